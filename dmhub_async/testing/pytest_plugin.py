@@ -1,0 +1,1 @@
+"""pytest plugin: the DM Hub simulator fixtures."""
