@@ -1,0 +1,73 @@
+"""dmhub_async: the async Python SDK for the DM Hub (Convertlab) customer API.
+
+::
+
+    from dmhub_async import DMHubClient
+
+    async with DMHubClient(app_id="...", secret="...") as dm:
+        async for customer in dm.customers.list(stage="lead", concurrency=4):
+            print(customer.id, customer.name)
+"""
+
+from ._auth import FileTokenStore, MemoryTokenStore, RedisTokenStore, Token, TokenStore
+from ._client import DEFAULT_AUTH_ERROR_CODES, DEFAULT_BASE_URL, ClientStats, DMHubClient
+from ._exceptions import (
+    APIConnectionError,
+    APIError,
+    APITimeoutError,
+    AuthenticationError,
+    DMHubError,
+    InvalidRequestError,
+    NotFoundError,
+    RateLimitError,
+    ResponseDecodeError,
+    ServerError,
+)
+from ._pagination import AsyncPaginator, PaginatorStats
+from ._retry import RetryPolicy
+from ._version import __version__
+from .models import (
+    Customer,
+    CustomerFields,
+    CustomerIdentity,
+    CustomerStatistics,
+    Gender,
+    Identity,
+    Page,
+)
+from .resources.customers import EMPTY_STAGE, CustomerFilters
+
+__all__ = [
+    "DEFAULT_AUTH_ERROR_CODES",
+    "DEFAULT_BASE_URL",
+    "EMPTY_STAGE",
+    "APIConnectionError",
+    "APIError",
+    "APITimeoutError",
+    "AsyncPaginator",
+    "AuthenticationError",
+    "ClientStats",
+    "Customer",
+    "CustomerFields",
+    "CustomerFilters",
+    "CustomerIdentity",
+    "CustomerStatistics",
+    "DMHubClient",
+    "DMHubError",
+    "FileTokenStore",
+    "Gender",
+    "Identity",
+    "InvalidRequestError",
+    "MemoryTokenStore",
+    "NotFoundError",
+    "Page",
+    "PaginatorStats",
+    "RateLimitError",
+    "RedisTokenStore",
+    "ResponseDecodeError",
+    "RetryPolicy",
+    "ServerError",
+    "Token",
+    "TokenStore",
+    "__version__",
+]

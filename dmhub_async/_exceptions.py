@@ -1,0 +1,170 @@
+"""The error tree of dmhub_async, and the one table that maps an answer to a class.
+
+::
+
+    DMHubError
+     +-- InvalidRequestError (also ValueError)   bad input caught before sending; nothing sent
+     +-- APIConnectionError                      no answer: refused, reset, DNS
+     |    +-- APITimeoutError (also TimeoutError)
+     +-- APIError  status, code, description     the service answered with an error
+          +-- AuthenticationError                bad appid/secret, token refused after one refresh
+          +-- NotFoundError                      404, or 40201 on a single-customer read
+          +-- RateLimitError  retry_after
+          +-- ServerError                        5xx
+          +-- ResponseDecodeError                a body that is not the JSON the contract promises
+
+No message, ``repr`` or chained cause carries the access token or the secret: every URL is
+redacted (:func:`dmhub_async._redact.redact`) before it reaches an exception, and aiohttp's own
+exceptions, which carry the full URL, are never chained raw.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+__all__ = [
+    "APIConnectionError",
+    "APIError",
+    "APITimeoutError",
+    "AuthenticationError",
+    "DMHubError",
+    "InvalidRequestError",
+    "NotFoundError",
+    "RateLimitError",
+    "ResponseDecodeError",
+    "ServerError",
+]
+
+
+class DMHubError(Exception):
+    """The root of every error dmhub_async raises."""
+
+
+class InvalidRequestError(DMHubError, ValueError):
+    """Bad input, caught before anything was sent."""
+
+
+class APIConnectionError(DMHubError):
+    """The service gave no answer: refused, reset, DNS failure.
+
+    ``outcome_unknown`` is true when the request may have reached the service and changed data
+    (a create whose answer was lost): it was not repeated, so check before you try again.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        method: str | None = None,
+        path: str | None = None,
+        outcome_unknown: bool = False,
+    ) -> None:
+        super().__init__(message)
+        self.method = method
+        self.path = path
+        self.outcome_unknown = outcome_unknown
+
+
+class APITimeoutError(APIConnectionError, TimeoutError):
+    """The service did not answer in time."""
+
+
+class APIError(DMHubError):
+    """The service answered with an error: ``status``, ``code`` and ``description``.
+
+    ``code`` is the body's ``error_code``, as an ``int`` when it is numeric (the live service
+    sends both ``40004`` and ``"40004"``), else the string, else ``None``. ``retry_after`` is
+    the wait in seconds a ``Retry-After`` header asked for (429 and 503), else ``None``.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int,
+        code: int | str | None = None,
+        description: str | None = None,
+        method: str | None = None,
+        path: str | None = None,
+        outcome_unknown: bool = False,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.status = status
+        self.code = code
+        self.description = description
+        self.method = method
+        self.path = path
+        self.outcome_unknown = outcome_unknown
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(status={self.status!r}, code={self.code!r}, "
+            f"description={self.description!r})"
+        )
+
+
+class AuthenticationError(APIError):
+    """Bad appid or secret, or a token the service refused again after one refresh."""
+
+
+class NotFoundError(APIError):
+    """The customer does not exist (HTTP 404, or 40201 on a single-customer read)."""
+
+
+class RateLimitError(APIError):
+    """The service is throttling: HTTP 429 (or 503 with ``Retry-After``).
+
+    ``retry_after`` is the wait in seconds the service asked for, or ``None``.
+    """
+
+
+class ServerError(APIError):
+    """The service failed: HTTP 5xx."""
+
+
+class ResponseDecodeError(APIError):
+    """The body is not the JSON the contract promises (HTML, truncated, wrong shape)."""
+
+
+# The one table from status to class; body codes come first (see error_for).
+_BY_STATUS: Mapping[int, type[APIError]] = {
+    401: AuthenticationError,
+    404: NotFoundError,
+    429: RateLimitError,
+}
+
+
+def coerce_code(code: object) -> int | str | None:
+    """An ``error_code`` as an int when numeric: the service sends ``40004`` and ``"40004"``."""
+    if code is None or isinstance(code, bool):
+        return None
+    if isinstance(code, int):
+        return code
+    text = str(code).strip()
+    try:
+        return int(text)
+    except ValueError:
+        return text or None
+
+
+def error_class(
+    status: int,
+    code: int | str | None,
+    *,
+    auth_codes: frozenset[int | str] = frozenset(),
+    not_found_codes: frozenset[int | str] = frozenset(),
+) -> type[APIError]:
+    """The class for an error answer: the body's code first, then the HTTP status."""
+    if code is not None:
+        if code in auth_codes:
+            return AuthenticationError
+        if code in not_found_codes:
+            return NotFoundError
+    cls = _BY_STATUS.get(status)
+    if cls is not None:
+        return cls
+    if status >= 500:
+        return ServerError
+    return APIError

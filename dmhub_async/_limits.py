@@ -1,0 +1,58 @@
+"""Client-wide limits: requests in flight and requests per second."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+__all__ = ["Limits", "RateLimiter"]
+
+
+class RateLimiter:
+    """Spaces requests ``1/rate`` seconds apart: smooth, no bursts, shared by all callers.
+
+    Each caller reserves the next free slot and sleeps until it comes, so the rate is met
+    exactly when there is work and never exceeded. (aiolimiter's leaky bucket lets a full
+    second's worth through at once, and cannot be driven by an injected clock in tests.)
+    """
+
+    def __init__(
+        self,
+        rate: float,
+        *,
+        clock: Callable[[], float],
+        sleep: Callable[[float], Awaitable[None]],
+    ) -> None:
+        if not rate > 0:
+            raise ValueError(
+                f"rate_limit must be a positive number of requests per second, not {rate!r}"
+            )
+        self.interval = 1.0 / rate
+        self._clock = clock
+        self._sleep = sleep
+        self._next = float("-inf")
+
+    async def acquire(self) -> None:
+        """Wait for this caller's slot."""
+        now = self._clock()
+        slot = max(now, self._next)
+        self._next = slot + self.interval
+        if slot > now:
+            await self._sleep(slot - now)
+
+
+class Limits:
+    """At most ``max_concurrency`` requests in flight, and at most ``rate`` a second."""
+
+    def __init__(self, max_concurrency: int, rate: RateLimiter | None) -> None:
+        self._semaphore = asyncio.Semaphore(max_concurrency)
+        self._rate = rate
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """Hold one in-flight slot, after waiting for the rate limit."""
+        async with self._semaphore:
+            if self._rate is not None:
+                await self._rate.acquire()
+            yield

@@ -1,0 +1,173 @@
+"""``dm.identities``: bind identities to customers and find customers by identity."""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+from collections import OrderedDict
+from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from typing import Any, Literal, overload
+
+from .._converter import identity_to_wire, structure_identities, structure_identity
+from .._exceptions import InvalidRequestError
+from .._validate import check_id, check_identity
+from ..models.identity import CustomerIdentity, Identity
+from ._base import Resource, decode
+
+__all__ = ["Identities"]
+
+#: Results remembered by lookup_iter to answer repeats without a request (bounded memory).
+_REPEAT_CACHE = 65_536
+
+
+class Identities(Resource):
+    """Customer identities: ``dm.identities``."""
+
+    async def add(self, customer_id: int, identity: Identity) -> CustomerIdentity:
+        """Bind ``identity`` to the customer (binding it again is harmless, so it is retried).
+
+        Raises:
+            InvalidRequestError: a bad id or an identity over the contract's limits.
+        """
+        cid = check_id("add", customer_id)
+        check_identity("add", identity)
+        # The reference sends customerId as a string; identity answers carry it so too.
+        body = {"customerId": str(cid), **identity_to_wire(identity)}
+        data = await self._client.request("POST", "/v1/customeridentities", json=body)
+        return decode(structure_identity, data, "an identity")
+
+    async def list(self, customer_ids: Iterable[int]) -> builtins.list[CustomerIdentity]:
+        """Every identity bound to these customers."""
+        if isinstance(customer_ids, (str, bytes)) or not isinstance(customer_ids, Iterable):
+            raise InvalidRequestError("list(): customer_ids must be a list of ints")
+        ids = [check_id("list", i) for i in customer_ids]
+        if not ids:
+            raise InvalidRequestError("list(): customer_ids is empty")
+        data = await self._client.request(
+            "GET", "/v1/customeridentities", params={"customerIds": ",".join(map(str, ids))}
+        )
+        return decode(structure_identities, data, "a list of identities")
+
+    async def find(self, identity: Identity) -> builtins.list[CustomerIdentity]:
+        """The bindings of ``identity`` (empty when no customer holds it)."""
+        check_identity("find", identity)
+        data = await self._client.request(
+            "GET",
+            "/v1/customeridentities",
+            params={"identityType": identity.type, "identityValue": identity.value},
+        )
+        return decode(structure_identities, data, "a list of identities")
+
+    async def lookup(self, identity: Identity) -> int | None:
+        """The id of the customer holding ``identity``, or None."""
+        for binding in await self.find(identity):
+            if binding.type == identity.type and binding.value == identity.value:
+                return binding.customer_id
+        return None
+
+    @overload
+    async def lookup_many(
+        self,
+        identities: Iterable[Identity],
+        *,
+        concurrency: int = ...,
+        return_exceptions: Literal[False] = ...,
+    ) -> dict[Identity, int | None]: ...
+
+    @overload
+    async def lookup_many(
+        self,
+        identities: Iterable[Identity],
+        *,
+        concurrency: int = ...,
+        return_exceptions: Literal[True],
+    ) -> dict[Identity, int | Exception | None]: ...
+
+    async def lookup_many(
+        self,
+        identities: Iterable[Identity],
+        *,
+        concurrency: int = 32,
+        return_exceptions: bool = False,
+    ) -> dict[Identity, Any]:
+        """Resolve many identities at once: ``{identity: customer_id or None}``.
+
+        Repeats in the input are looked up once. With ``return_exceptions=True`` a failed
+        lookup maps to its exception instead of failing the whole batch.
+
+        Raises:
+            InvalidRequestError: a bad identity anywhere in the input (before any request).
+        """
+        unique = list(dict.fromkeys(check_identity("lookup_many", i) for i in identities))
+        results: dict[Identity, Any] = {}
+        async for identity, result in self.lookup_iter(
+            unique, concurrency=concurrency, return_exceptions=return_exceptions
+        ):
+            results[identity] = result
+        return results
+
+    async def lookup_iter(
+        self,
+        identities: Iterable[Identity] | AsyncIterable[Identity],
+        *,
+        concurrency: int = 32,
+        return_exceptions: bool = False,
+    ) -> AsyncIterator[tuple[Identity, Any]]:
+        """Yield ``(identity, customer_id or None)`` in input order, ``concurrency`` at a time.
+
+        For inputs too large for memory: any iterable or async iterable; at most
+        ``concurrency`` lookups are held at once. Recent repeats are answered from memory.
+        """
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise InvalidRequestError(f"concurrency must be an int >= 1, not {concurrency!r}")
+        cache: OrderedDict[Identity, int | None] = OrderedDict()
+        window: builtins.list[tuple[Identity, asyncio.Future[int | None]]] = []
+        pending: dict[Identity, asyncio.Future[int | None]] = {}
+
+        def start(identity: Identity) -> None:
+            future = pending.get(identity)
+            if future is None:
+                future = pending[identity] = asyncio.ensure_future(self.lookup(identity))
+            window.append((identity, future))
+
+        async def drain_one() -> tuple[Identity, Any]:
+            identity, future = window.pop(0)
+            try:
+                result: Any = await future
+            except Exception as err:
+                if not return_exceptions:
+                    raise
+                result = err
+            else:
+                cache[identity] = result
+                if len(cache) > _REPEAT_CACHE:
+                    cache.popitem(last=False)
+            if pending.get(identity) is future and not any(f is future for _, f in window):
+                del pending[identity]
+            return identity, result
+
+        try:
+            async for identity in _aiter(identities):
+                check_identity("lookup_iter", identity)
+                if identity in cache and not window:
+                    yield identity, cache[identity]
+                    continue
+                start(identity)
+                if len(pending) >= concurrency or len(window) >= 4 * concurrency:
+                    yield await drain_one()
+            while window:
+                yield await drain_one()
+        finally:
+            for _, future in window:
+                future.cancel()
+            if window:
+                await asyncio.gather(*(f for _, f in window), return_exceptions=True)
+
+
+async def _aiter(items: Iterable[Identity] | AsyncIterable[Identity]) -> AsyncIterator[Identity]:
+    if isinstance(items, AsyncIterable):
+        async for item in items:
+            yield item
+    else:
+        for item in items:
+            yield item
