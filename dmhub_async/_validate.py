@@ -56,14 +56,14 @@ def check_customer_fields(method: str, fields: Mapping[str, Any] | CustomerField
             raise TypeError(f"{method}() got an unexpected keyword argument {name!r}")
         if value is None:
             continue
-        if (isinstance(value, bool) and bool not in allowed) or not isinstance(value, allowed):
+        if not _is_instance(value, allowed):
             expected = " or ".join(t.__name__ for t in allowed)
             raise InvalidRequestError(
                 f"{method}(): {name} must be {expected} or None, not {type(value).__name__}"
             )
         if name == "gender" and value not in tuple(Gender):
             raise InvalidRequestError(
-                f"{method}(): gender must be 0, 1 or 2 (Gender), not {value!r}"
+                f"{method}(): gender must be 0, 1 or 2, not {value!r}"
             )
         if name in _ADDRESSES and len(value) > MAX_ADDRESS:
             raise InvalidRequestError(
@@ -71,6 +71,12 @@ def check_customer_fields(method: str, fields: Mapping[str, Any] | CustomerField
             )
         if name == "attr" and not all(isinstance(k, str) for k in value):
             raise InvalidRequestError(f"{method}(): attr keys must be strings")
+
+
+def _is_instance(value: Any, allowed: tuple[type, ...]) -> bool:
+    if isinstance(value, bool) and bool not in allowed:
+        return False  # True is an int to Python, not an employee number to DM Hub
+    return isinstance(value, allowed)
 
 
 def check_id(method: str, customer_id: object) -> int:
