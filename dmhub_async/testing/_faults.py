@@ -1,0 +1,183 @@
+"""Fault injection settings of the simulator, and the counters of what it served."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import Counter, deque
+from collections.abc import Iterable
+from fnmatch import fnmatchcase
+
+#: Every fault kind the simulator knows, by the name used in scripts and counters.
+FAULT_KINDS: frozenset[str] = frozenset(
+    {
+        "429",  # 429 with Retry-After in seconds
+        "429-no-retry-after",  # 429 without Retry-After
+        "429-http-date",  # 429 with Retry-After as an HTTP date
+        "500",
+        "502",
+        "503",
+        "504",  # 5xx with a JSON error body
+        "html",  # 502 with an HTML page from a gateway, not JSON
+        "reset",  # the connection is dropped before the request is handled
+        "truncated",  # the request is handled, then a 200 body cut in half is sent
+        "reset-after-write",  # the request is handled (data changed), then the connection drops
+    }
+)
+#: Kinds applied before the handler runs: the request has no effect.
+BEFORE_HANDLER: frozenset[str] = FAULT_KINDS - {"truncated", "reset-after-write"}
+OK = "ok"
+
+DEFAULT_KINDS: tuple[str, ...] = ("429", "500", "503", "reset")
+
+
+class Faults:
+    """What the simulator does wrong, and when; every attribute can be changed while it runs.
+
+    Faults and latency apply to requests whose path matches ``paths`` (``fnmatch`` patterns,
+    optionally prefixed by a method: ``"GET /v1/customers"``, ``"/v1/customers/*"``); by
+    default every ``/v1`` path, never the token endpoint unless a pattern names it.
+    A scripted fault (see `script`) is taken first; otherwise each request draws one of
+    ``kinds`` with probability ``rate``.
+
+    aiohttp's client silently re-sends an idempotent request (GET, PUT, DELETE) once when the
+    connection drops; with ``drop_resent`` (the default) the simulator drops that immediate
+    re-send too, so a ``"reset"`` reaches the caller as a ``ServerDisconnectedError``.
+    """
+
+    ALL_KINDS: frozenset[str] = FAULT_KINDS
+    """Every fault kind: ``"429"``, ``"429-no-retry-after"``, ``"429-http-date"``, ``"500"``,
+    ``"502"``, ``"503"``, ``"504"``, ``"html"``, ``"reset"``, ``"truncated"``,
+    ``"reset-after-write"``."""
+
+    def __init__(
+        self,
+        *,
+        rate: float = 0.0,
+        kinds: Iterable[str] = DEFAULT_KINDS,
+        latency: float = 0.0,
+        latency_jitter: float = 0.0,
+        retry_after: int = 1,
+        paths: Iterable[str] | None = None,
+        drop_resent: bool = True,
+        seed: int | None = 0,
+    ) -> None:
+        self.rate = rate
+        self.kinds = tuple(kinds)
+        self.latency = latency
+        self.latency_jitter = latency_jitter
+        self.retry_after = retry_after
+        self.paths: tuple[str, ...] | None = None if paths is None else tuple(paths)
+        self.drop_resent = drop_resent
+        self._dropped: tuple[str, str, float] | None = None
+        self._script: deque[str] = deque()
+        self._rng = random.Random(seed)
+        _check_kinds(self.kinds)
+
+    def script(self, kinds: Iterable[str]) -> None:
+        """Queue faults taken one per matching request (``"ok"`` serves normally), then rate."""
+        queued = list(kinds)
+        _check_kinds(k for k in queued if k != OK)
+        self._script.extend(queued)
+
+    @property
+    def scripted(self) -> int:
+        """How many scripted entries are still queued."""
+        return len(self._script)
+
+    def clear(self) -> None:
+        """Turn every fault and all latency off and drop the script."""
+        self.rate = 0.0
+        self.latency = 0.0
+        self.latency_jitter = 0.0
+        self.paths = None
+        self._script.clear()
+
+    def applies_to(self, method: str, path: str, route: str) -> bool:
+        """Whether faults and latency apply to this request."""
+        if self.paths is None:
+            return path.startswith("/v1/")
+        for pattern in self.paths:
+            want_method, _, want_path = pattern.rpartition(" ")
+            if want_method and want_method.upper() != method:
+                continue
+            if fnmatchcase(path, want_path) or fnmatchcase(route, want_path):
+                return True
+        return False
+
+    def next_latency(self) -> float:
+        """Seconds to wait before answering this request."""
+        if self.latency_jitter > 0:
+            return self.latency + self._rng.uniform(0, self.latency_jitter)
+        return self.latency
+
+    def next_fault(self) -> str | None:
+        """The fault kind for this request, or None to serve it normally."""
+        if self._script:
+            kind = self._script.popleft()
+            return None if kind == OK else kind
+        if self.rate > 0 and self.kinds and self._rng.random() < self.rate:
+            return self._rng.choice(self.kinds)
+        return None
+
+    def dropped(self, method: str, target: str) -> None:
+        """Note a dropped connection, so that its immediate re-send is dropped too."""
+        if self.drop_resent:
+            self._dropped = (method, target, time.monotonic() + _RESEND_WINDOW)
+
+    def is_resend(self, method: str, target: str) -> bool:
+        """Whether this request re-sends the one just dropped (and forget that drop)."""
+        dropped = self._dropped
+        if dropped is None:
+            return False
+        if time.monotonic() >= dropped[2]:
+            self._dropped = None
+            return False
+        if dropped[0] == method and dropped[1] == target:
+            self._dropped = None
+            return True
+        return False
+
+
+_RESEND_WINDOW = 1.0  # seconds: aiohttp re-sends at once, on a new connection
+
+
+def _check_kinds(kinds: Iterable[str]) -> None:
+    unknown = sorted(set(kinds) - FAULT_KINDS)
+    if unknown:
+        raise ValueError(f"unknown fault kinds {unknown}; known: {sorted(FAULT_KINDS)}")
+
+
+class Counters:
+    """What the simulator served: requests by route, statuses, faults, tokens."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        """Zero every counter."""
+        self.requests: Counter[str] = Counter()
+        """Requests by route path, e.g. ``"/v1/customers/{id}"`` or ``"/security/accesstoken"``."""
+        self.routes: Counter[str] = Counter()
+        """Requests by method and route path, e.g. ``"GET /v1/customers"``."""
+        self.statuses: Counter[int] = Counter()
+        """Responses by HTTP status (dropped connections are not counted here)."""
+        self.faults: Counter[str] = Counter()
+        """Faults fired, by kind."""
+        self.errors: Counter[int | str] = Counter()
+        """Error bodies sent, by ``error_code`` (faults excluded)."""
+        self.tokens_issued = 0
+        """Access tokens handed out by the token endpoint."""
+        self.mutations = 0
+        """Customers inserted or deleted by `DMHubSimulator.mutate_every` hooks."""
+
+    @property
+    def total(self) -> int:
+        """Every request received."""
+        return sum(self.requests.values())
+
+    def __repr__(self) -> str:
+        return (
+            f"Counters(requests={dict(self.requests)}, statuses={dict(self.statuses)}, "
+            f"faults={dict(self.faults)}, tokens_issued={self.tokens_issued})"
+        )

@@ -1,0 +1,251 @@
+"""`DMHubSimulator`: a local DM Hub on loopback, quirks of the live service included."""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from types import TracebackType
+from typing import Any
+
+from aiohttp import web
+
+from ._app import build_app
+from ._data import Row
+from ._faults import Counters, Faults
+from ._store import CustomerStore
+from ._tokens import TokenIssuer
+
+RequestHook = Callable[[web.Request], "Awaitable[None] | None"]
+
+
+class DMHubSimulator:
+    """A DM Hub customer API served by aiohttp on 127.0.0.1, behaving as CONTRACT.md says.
+
+    Use it as ``async with DMHubSimulator(customers=1000) as sim:`` and point a client at
+    ``sim.url`` with ``sim.app_id`` and ``sim.secret``. ``sim.faults`` makes it misbehave,
+    ``sim.counters`` tells what it served. ``sim.app`` is the bare ``web.Application``, for
+    aiohttp's own test-server utilities.
+    """
+
+    def __init__(
+        self,
+        customers: int = 0,
+        *,
+        seed: int = 0,
+        app_id: str = "sim-app-id",
+        secret: str = "sim-secret",
+        host: str = "127.0.0.1",
+        port: int = 0,
+        page_cap: int = 100,
+        token_ttl: float = 7200.0,
+        clock: Callable[[], float] = time.time,
+        faults: Faults | None = None,
+    ) -> None:
+        self.store = CustomerStore(seed, clock)
+        """The customer table (internal API; prefer the helper methods)."""
+        self.store.seed(customers)
+        self.tokens = TokenIssuer(app_id, secret, token_ttl, clock)
+        """The access-token issuer of the one appid."""
+        self.faults = faults if faults is not None else Faults(seed=seed)
+        """Fault injection settings; change them at any time."""
+        self.counters = Counters()
+        """What the simulator served."""
+        self.page_cap = page_cap
+        """The most rows a list page returns, whatever ``rows`` asks for."""
+        self.host = host
+        self.port = port
+        self.app = build_app(self)
+        """The aiohttp application."""
+        self._runner: web.AppRunner | None = None
+        self._hooks: list[RequestHook] = []
+        self._revoke_in: int | None = None
+        self._expire_in: int | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    @property
+    def app_id(self) -> str:
+        """The appid the token endpoint accepts."""
+        return self.tokens.app_id
+
+    @property
+    def secret(self) -> str:
+        """The secret the token endpoint accepts."""
+        return self.tokens.secret
+
+    @property
+    def url(self) -> str:
+        """Base URL of the running simulator, e.g. ``http://127.0.0.1:54321``."""
+        if self._runner is None:
+            raise RuntimeError("the simulator is not running: use `async with` or start()")
+        return f"http://{self.host}:{self.port}"
+
+    async def start(self) -> None:
+        """Start serving on ``host``:``port`` (port 0 picks a free one)."""
+        if self._runner is not None:
+            return
+        runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=0.5)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, self.host, self.port)
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self.port = runner.addresses[0][1]
+        self._runner = runner
+
+    async def close(self) -> None:
+        """Stop serving and close every connection."""
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+
+    async def __aenter__(self) -> DMHubSimulator:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        where = f"{self.host}:{self.port}" if self._runner else "not running"
+        return f"<DMHubSimulator {where} customers={len(self.store)}>"
+
+    # -- data -----------------------------------------------------------------------------------
+
+    def customers_count(self) -> int:
+        """How many customers exist now."""
+        return len(self.store)
+
+    def customer_ids(self) -> list[int]:
+        """Every customer id, ascending."""
+        return self.store.ids()
+
+    def customer(self, customer_id: int) -> Row | None:
+        """A copy of a customer's wire dict, or None if it does not exist."""
+        row = self.store.get(customer_id)
+        return None if row is None else {**row, "attr": dict(row["attr"] or {})}
+
+    def identities(self, customer_id: int) -> list[tuple[str, str, str | None]]:
+        """The (type, value, name) identities bound to a customer."""
+        return self.store.identities(customer_id)
+
+    def add_customers(self, n: int) -> None:
+        """Seed ``n`` more customers, with ids above all existing ones."""
+        self.store.seed(n)
+
+    def insert_customer(self, fields: Mapping[str, Any], *, customer_id: int | None = None) -> Row:
+        """Create a customer from wire fields, optionally with a chosen id; returns a copy."""
+        row = self.store.create(fields, customer_id=customer_id)
+        return {**row, "attr": dict(row["attr"])}
+
+    def delete_customer(self, customer_id: int) -> bool:
+        """Delete a customer; False if it did not exist."""
+        return self.store.delete(customer_id)
+
+    # -- tokens ---------------------------------------------------------------------------------
+
+    @property
+    def access_token(self) -> str | None:
+        """The currently valid access token, if any."""
+        return self.tokens.current
+
+    def revoke_tokens(self, after_requests: int = 0) -> None:
+        """Revoke the active token now, or after that many more ``/v1`` requests."""
+        if after_requests <= 0:
+            self.tokens.revoke()
+            self._revoke_in = None
+        else:
+            self._revoke_in = after_requests
+
+    def expire_tokens(self, after_requests: int = 0) -> None:
+        """Expire the active token now, or after that many more ``/v1`` requests."""
+        if after_requests <= 0:
+            self.tokens.expire()
+            self._expire_in = None
+        else:
+            self._expire_in = after_requests
+
+    # -- hooks ----------------------------------------------------------------------------------
+
+    def on_request(self, hook: RequestHook) -> RequestHook:
+        """Call ``hook(request)`` (sync or async) before every request is handled."""
+        self._hooks.append(hook)
+        return hook
+
+    def clear_hooks(self) -> None:
+        """Remove every request hook, including `mutate_every` ones."""
+        self._hooks.clear()
+
+    def mutate_every(
+        self,
+        n_requests: int,
+        *,
+        inserts: int = 0,
+        deletes: int = 0,
+        paths: Iterable[str] = ("GET /v1/customers",),
+        front: bool = True,
+    ) -> RequestHook:
+        """Insert and delete customers before every ``n_requests``-th matching request.
+
+        With ``front`` (the default) deletes take the lowest ids and inserts get ids below
+        the lowest one, so an ascending walk by id sees every later page shift; otherwise
+        deletes are random and inserts get new, higher ids (as the live service gives).
+        """
+        if n_requests < 1:
+            raise ValueError("n_requests must be at least 1")
+        matcher = Faults(paths=paths)
+        seen = 0
+
+        def hook(request: web.Request) -> None:
+            nonlocal seen
+            resource = request.match_info.route.resource
+            route = resource.canonical if resource is not None else request.path
+            if not matcher.applies_to(request.method, request.path, route):
+                return
+            seen += 1
+            if seen % n_requests == 0:
+                self._mutate(inserts, deletes, front=front)
+
+        return self.on_request(hook)
+
+    def _mutate(self, inserts: int, deletes: int, *, front: bool) -> None:
+        for customer_id in self.store.random_ids(deletes, front=front):
+            if self.store.delete(customer_id):
+                self.counters.mutations += 1
+        if front:
+            ids = self.store.ids()
+            lowest = ids[0] if ids else 1_000_000
+            for n in range(min(inserts, lowest - 1)):
+                self.store.create({"name": f"插队客户{n}", "stage": "lead"}, lowest - 1 - n)
+                self.counters.mutations += 1
+        else:
+            self.store.seed(inserts)
+            self.counters.mutations += inserts
+
+    async def _before_request(self, request: web.Request, route: str) -> None:
+        # Called by the middleware first thing for every request.
+        if request.path.startswith("/v1/"):
+            if self._revoke_in is not None:
+                if self._revoke_in == 0:
+                    self.tokens.revoke()
+                    self._revoke_in = None
+                else:
+                    self._revoke_in -= 1
+            if self._expire_in is not None:
+                if self._expire_in == 0:
+                    self.tokens.expire()
+                    self._expire_in = None
+                else:
+                    self._expire_in -= 1
+        for hook in list(self._hooks):
+            result = hook(request)
+            if inspect.isawaitable(result):
+                await result

@@ -1,0 +1,493 @@
+"""The simulator's customer table: seeded rows, edited rows, indexes, identities and statistics."""
+
+from __future__ import annotations
+
+import random
+from array import array
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from itertools import accumulate, compress
+from typing import Any
+
+import attrs
+
+from ._data import (
+    CUSTOMER_FIELDS,
+    FIRST_ID,
+    Row,
+    created_of,
+    decode_customer,
+    decode_statistics,
+    email_of,
+    gender_of,
+    has_email,
+    has_mobile,
+    has_statistics,
+    identities_of,
+    identity_index,
+    index_of_email,
+    index_of_mobile,
+    iso,
+    mobile_of,
+    source_of,
+    stage_of,
+    updated_of,
+)
+
+#: Fields a client may write; the rest (id, displayName, timestamps, owner) are the service's.
+WRITABLE_FIELDS: frozenset[str] = frozenset(CUSTOMER_FIELDS) - {
+    "id",
+    "displayName",
+    "lastUpdated",
+    "dateCreated",
+    "ownerId",
+    "ownerName",
+    "isMember",
+}
+BOOL_FIELDS: frozenset[str] = frozenset({"mobileVerified", "emailVerified", "isEmployee"})
+
+Identity = tuple[str, str, "str | None"]
+
+
+@attrs.frozen
+class Filters:
+    """The list and count filters of ``GET /v1/customers``, parsed; times in epoch seconds."""
+
+    stage: str | None = None
+    source: str | None = None
+    mobile: str | None = None
+    email: str | None = None
+    gender: int | None = None
+    id_list: frozenset[int] | None = None
+    created_from: int | None = None
+    created_to: int | None = None
+    updated_from: int | None = None
+    updated_to: int | None = None
+
+    def is_empty(self) -> bool:
+        """Whether no filter is set."""
+        return self == _NO_FILTERS
+
+
+_NO_FILTERS = Filters()
+
+
+def _in_range(value: int, low: int | None, high: int | None) -> bool:
+    # Both bounds inclusive, to the second (CONTRACT.md "list": dateCreatedFrom/To).
+    return (low is None or value >= low) and (high is None or value <= high)
+
+
+def _sort_key(field: str) -> Callable[[Row], tuple[Any, ...]]:
+    # Nulls first when ascending, as the service's SQL ordering does; ties broken by id.
+    def key(row: Row) -> tuple[Any, ...]:
+        value = row.get(field)
+        if value is None:
+            return (0, 0, row["id"])
+        return (1, value, row["id"])
+
+    return key
+
+
+class CustomerStore:
+    """All customers of one simulator, in id order, with the lookups the API needs."""
+
+    def __init__(self, seed: int, now: Callable[[], float]) -> None:
+        self._rng = random.Random(seed)
+        self._offset = self._rng.getrandbits(48)
+        self._now = now
+        # Seeded rows: genes and ids by row index (ids ascending), and whether the row lives.
+        self._ga = array("Q")
+        self._gb = array("Q")
+        self._gid = array("q")
+        self._alive = bytearray()
+        # Rows created through the API, and seeded rows once edited: full wire dicts.
+        self._rows: dict[int, Row] = {}
+        self._by_mobile: dict[str, int] = {}
+        self._by_email: dict[str, int] = {}
+        # Identities bound through the API: (type, value) -> (customer id, name).
+        self._bound: dict[tuple[str, str], tuple[int, str | None]] = {}
+        self._bound_of: dict[int, list[tuple[str, str]]] = {}
+        self._live = array("q")  # every live id, ascending: list pages are slices of it
+        self._stat_ids = array("q")  # live seeded ids that have a statistics record, ascending
+        self._last_id = FIRST_ID - 1
+
+    # -- seeding --------------------------------------------------------------------------------
+
+    def seed(self, n: int) -> None:
+        """Append ``n`` generated customers, with ids above every existing one."""
+        if n <= 0:
+            return
+        start = len(self._gid)
+        ga = array("Q")
+        ga.frombytes(self._rng.randbytes(8 * n))
+        gb = array("Q")
+        gb.frombytes(self._rng.randbytes(8 * n))
+        ids = array("q", accumulate((1 + (a & 3) for a in ga), initial=self._last_id))[1:]
+        self._last_id = ids[-1]
+        self._ga.extend(ga)
+        self._gb.extend(gb)
+        self._gid.extend(ids)
+        self._alive.extend(b"\x01" * n)
+        self._live.extend(ids)
+        self._stat_ids.extend(compress(ids, (has_statistics(a) for a in ga)))
+        if self._by_mobile or self._by_email:
+            self._drop_clashes(start)
+
+    def _drop_clashes(self, start: int) -> None:
+        # A mobile or e-mail a client already used must stay unique: clear it on the new row.
+        for k in range(start, len(self._gid)):
+            a = self._ga[k]
+            clash: dict[str, None] = {}
+            if has_mobile(a) and mobile_of(k, self._offset) in self._by_mobile:
+                clash["mobile"] = None
+            if has_email(a) and email_of(k, a) in self._by_email:
+                clash["email"] = None
+            if clash:
+                row = self._materialize(self._gid[k])
+                row.update(clash)
+
+    # -- reads ----------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+    def ids(self) -> list[int]:
+        """Every live customer id, ascending."""
+        return self._live.tolist()
+
+    def _index(self, customer_id: int) -> int | None:
+        k = bisect_left(self._gid, customer_id)
+        if k < len(self._gid) and self._gid[k] == customer_id:
+            return k
+        return None
+
+    def get(self, customer_id: int) -> Row | None:
+        """The wire dict of a live customer (do not mutate it), or None."""
+        row = self._rows.get(customer_id)
+        if row is not None:
+            return row
+        k = self._index(customer_id)
+        if k is None or not self._alive[k]:
+            return None
+        return decode_customer(k, customer_id, self._ga[k], self._gb[k], self._offset)
+
+    def _seeded(self, k: int) -> int | None:
+        # The id of seeded row k if it lives and was never edited (edited rows sit in _rows).
+        if k < 0 or k >= len(self._gid) or not self._alive[k]:
+            return None
+        customer_id = self._gid[k]
+        return None if customer_id in self._rows else customer_id
+
+    def find_by_mobile(self, mobile: str) -> int | None:
+        """The id of the customer with this mobile number."""
+        found = self._by_mobile.get(mobile)
+        if found is not None:
+            return found
+        k = index_of_mobile(mobile, self._offset)
+        if k is None or (customer_id := self._seeded(k)) is None:
+            return None
+        return customer_id if has_mobile(self._ga[k]) else None
+
+    def find_by_email(self, email: str) -> int | None:
+        """The id of the customer with this e-mail address."""
+        found = self._by_email.get(email)
+        if found is not None:
+            return found
+        k = index_of_email(email)
+        if k is None or (customer_id := self._seeded(k)) is None:
+            return None
+        a = self._ga[k]
+        return customer_id if has_email(a) and email_of(k, a) == email else None
+
+    def find_identity(self, type_: str, value: str) -> tuple[int, str | None] | None:
+        """The (customer id, identity name) an identity is bound to."""
+        bound = self._bound.get((type_, value))
+        if bound is not None:
+            return bound
+        k = identity_index(type_, value, self._offset)
+        if k is None or k < 0 or k >= len(self._gid) or not self._alive[k]:
+            return None
+        for t, v, name in identities_of(k, self._ga[k], self._offset):
+            if t == type_ and v == value:
+                return self._gid[k], name
+        return None
+
+    def identities(self, customer_id: int) -> list[Identity]:
+        """The identities bound to a customer: seeded ones first, then those added by the API."""
+        out: list[Identity] = []
+        k = self._index(customer_id)
+        if k is not None and self._alive[k]:
+            out.extend(identities_of(k, self._ga[k], self._offset))
+        for key in self._bound_of.get(customer_id, ()):
+            out.append((key[0], key[1], self._bound[key][1]))
+        return out
+
+    # -- writes ---------------------------------------------------------------------------------
+
+    def _timestamp(self) -> str:
+        return iso(int(self._now()))
+
+    def _materialize(self, customer_id: int) -> Row:
+        # Move a seeded row into _rows so it can be edited; its unique values join the indexes.
+        row = self._rows.get(customer_id)
+        if row is None:
+            seeded = self.get(customer_id)
+            if seeded is None:
+                raise KeyError(customer_id)
+            row = seeded
+            self._rows[customer_id] = row
+            self._index_row(row)
+        return row
+
+    def _index_row(self, row: Row) -> None:
+        if row.get("mobile"):
+            self._by_mobile[row["mobile"]] = row["id"]
+        if row.get("email"):
+            self._by_email[row["email"]] = row["id"]
+
+    def _unindex_row(self, row: Row) -> None:
+        if row.get("mobile") and self._by_mobile.get(row["mobile"]) == row["id"]:
+            del self._by_mobile[row["mobile"]]
+        if row.get("email") and self._by_email.get(row["email"]) == row["id"]:
+            del self._by_email[row["email"]]
+
+    def _next_id(self) -> int:
+        # Increasing, not contiguous, like the service's.
+        self._last_id += 1 + self._rng.randrange(3)
+        return self._last_id
+
+    def create(self, fields: Mapping[str, Any], customer_id: int | None = None) -> Row:
+        """Create a customer from writable wire fields; returns its wire dict."""
+        if customer_id is None:
+            customer_id = self._next_id()
+        elif customer_id in self:
+            raise ValueError(f"customer {customer_id} exists")
+        now = self._timestamp()
+        row: Row = dict.fromkeys(CUSTOMER_FIELDS)
+        row.update(
+            id=customer_id,
+            mobileVerified=False,
+            emailVerified=False,
+            isEmployee=False,
+            isMember=False,
+            dateJoin=now,
+            lastUpdated=now,
+            dateCreated=now,
+            attr={},
+        )
+        _apply(row, fields, clear=False)
+        self._rows[customer_id] = row
+        self._index_row(row)
+        if customer_id > self._last_id:
+            self._last_id = customer_id
+        k = bisect_left(self._live, customer_id)
+        self._live.insert(k, customer_id)
+        return row
+
+    def update(self, customer_id: int, fields: Mapping[str, Any], *, clear: bool) -> Row:
+        """Apply writable fields to a customer; ``clear`` lets null clear a field (PUT)."""
+        row = self._materialize(customer_id)
+        self._unindex_row(row)
+        _apply(row, fields, clear=clear)
+        row["lastUpdated"] = self._timestamp()
+        self._index_row(row)
+        return row
+
+    def delete(self, customer_id: int) -> bool:
+        """Delete a customer, its identities and statistics; False if it did not exist."""
+        row = self._rows.pop(customer_id, None)
+        k = self._index(customer_id)
+        seeded_alive = k is not None and self._alive[k]
+        if row is None and not seeded_alive:
+            return False
+        if row is not None:
+            self._unindex_row(row)
+        if k is not None and seeded_alive:
+            self._alive[k] = 0
+            if has_statistics(self._ga[k]):
+                j = bisect_left(self._stat_ids, customer_id)
+                del self._stat_ids[j]
+        del self._live[bisect_left(self._live, customer_id)]
+        for key in self._bound_of.pop(customer_id, ()):
+            del self._bound[key]
+        return True
+
+    def __contains__(self, customer_id: object) -> bool:
+        if not isinstance(customer_id, int):
+            return False
+        k = bisect_left(self._live, customer_id)
+        return k < len(self._live) and self._live[k] == customer_id
+
+    def bind(self, customer_id: int, type_: str, value: str, name: str | None) -> int:
+        """Bind an identity to a customer unless already bound; returns its owner's id."""
+        found = self.find_identity(type_, value)
+        if found is not None:
+            return found[0]
+        self._bound[(type_, value)] = (customer_id, name)
+        self._bound_of.setdefault(customer_id, []).append((type_, value))
+        return customer_id
+
+    def random_ids(self, n: int, *, front: bool) -> list[int]:
+        """Up to ``n`` live ids: the lowest ones, or a seeded random sample."""
+        n = min(n, len(self._live))
+        if front:
+            return self._live[:n].tolist()
+        return [self._live[self._rng.randrange(len(self._live))] for _ in range(n)]
+
+    # -- queries --------------------------------------------------------------------------------
+
+    def _matches(self, customer_id: int, f: Filters) -> bool:
+        row = self._rows.get(customer_id)
+        if row is not None:
+            return _row_matches(row, f)
+        k = self._index(customer_id)
+        if k is None:
+            return False
+        a, b = self._ga[k], self._gb[k]
+        if f.stage is not None:
+            stage = stage_of(a)
+            if f.stage == "_empty":
+                if stage:
+                    return False
+            elif stage != f.stage:
+                return False
+        if f.source is not None and source_of(a) != f.source:
+            return False
+        if f.gender is not None:
+            gender = gender_of(a) or 0
+            if gender != f.gender:
+                return False
+        if f.mobile is not None and (not has_mobile(a) or mobile_of(k, self._offset) != f.mobile):
+            return False
+        if f.email is not None and (not has_email(a) or email_of(k, a) != f.email):
+            return False
+        if (f.created_from is not None or f.created_to is not None) and not _in_range(
+            created_of(k, b), f.created_from, f.created_to
+        ):
+            return False
+        return (f.updated_from is None and f.updated_to is None) or _in_range(
+            updated_of(k, b), f.updated_from, f.updated_to
+        )
+
+    def matching_ids(self, f: Filters) -> Iterator[int]:
+        """Ids of the customers that pass the filters, ascending."""
+        candidates: Iterable[int]
+        if f.id_list is not None:
+            candidates = sorted(i for i in f.id_list if i in self)
+        elif f.mobile is not None:
+            found = self.find_by_mobile(f.mobile)
+            candidates = () if found is None else (found,)
+        elif f.email is not None:
+            found = self.find_by_email(f.email)
+            candidates = () if found is None else (found,)
+        else:
+            candidates = self._live
+        return (i for i in candidates if self._matches(i, f))
+
+    def count(self, f: Filters) -> int:
+        """How many customers pass the filters."""
+        if f.is_empty():
+            return len(self._live)
+        return sum(1 for _ in self.matching_ids(f))
+
+    def page(
+        self, f: Filters, sidx: str, desc: bool, offset: int, limit: int
+    ) -> tuple[int, list[Row]]:
+        """(records, rows) of one page; the unfiltered walk by id costs O(limit)."""
+        ids: Any
+        if sidx == "id":
+            ids = self._live if f.is_empty() else array("q", self.matching_ids(f))
+            records = len(ids)
+            if desc:
+                high = max(0, records - offset)
+                chosen = ids[max(0, high - limit) : high].tolist()[::-1]
+            else:
+                chosen = ids[offset : offset + limit].tolist()
+            rows = [self.get(i) for i in chosen]
+            return records, [r for r in rows if r is not None]
+        everyone = [r for r in map(self.get, self.matching_ids(f)) if r is not None]
+        everyone.sort(key=_sort_key(sidx), reverse=desc)
+        return len(everyone), everyone[offset : offset + limit]
+
+    def statistics_page(
+        self, customer_id: int | None, sidx: str, desc: bool, offset: int, limit: int
+    ) -> tuple[int, list[Row]]:
+        """(records, items) of one page of customer statistics."""
+        ids: Any = self._stat_ids
+        if customer_id is not None:
+            k = bisect_left(self._stat_ids, customer_id)
+            found = k < len(ids) and ids[k] == customer_id
+            ids = array("q", [customer_id] if found else [])
+        records = len(ids)
+        if sidx in ("id", "customerId"):
+            # Record ids grow with customer ids, so both orders are the order of _stat_ids.
+            if desc:
+                high = max(0, records - offset)
+                chosen = ids[max(0, high - limit) : high].tolist()[::-1]
+            else:
+                chosen = ids[offset : offset + limit].tolist()
+            return records, [self._statistics(i) for i in chosen]
+        items = [self._statistics(i) for i in ids]
+        items.sort(key=_sort_key(sidx), reverse=desc)
+        return records, items[offset : offset + limit]
+
+    def _statistics(self, customer_id: int) -> Row:
+        k = self._index(customer_id)
+        assert k is not None
+        return decode_statistics(k, customer_id, self._ga[k], self._gb[k])
+
+
+def _row_matches(row: Row, f: Filters) -> bool:
+    if f.stage is not None:
+        if f.stage == "_empty":
+            if row["stage"]:
+                return False
+        elif row["stage"] != f.stage:
+            return False
+    if f.source is not None and row["source"] != f.source:
+        return False
+    if f.gender is not None and (row["gender"] or 0) != f.gender:
+        return False
+    if f.mobile is not None and row["mobile"] != f.mobile:
+        return False
+    if f.email is not None and row["email"] != f.email:
+        return False
+    # Timestamps share one fixed-width format, so they compare as strings.
+    if f.created_from is not None and row["dateCreated"] < iso(f.created_from):
+        return False
+    if f.created_to is not None and row["dateCreated"] > iso(f.created_to):
+        return False
+    if f.updated_from is not None and row["lastUpdated"] < iso(f.updated_from):
+        return False
+    return f.updated_to is None or row["lastUpdated"] <= iso(f.updated_to)
+
+
+def _apply(row: Row, fields: Mapping[str, Any], *, clear: bool) -> None:
+    # CONTRACT.md "update": a verified mobile/email stays verified while the address is unchanged.
+    for address, flag in (("mobile", "mobileVerified"), ("email", "emailVerified")):
+        if (
+            row[flag]
+            and flag in fields
+            and not fields[flag]
+            and fields.get(address, row[address]) == row[address]
+        ):
+            fields = {k: v for k, v in fields.items() if k != flag}
+    for name, value in fields.items():
+        if name not in WRITABLE_FIELDS:
+            continue  # read-only and unknown fields (createMethod...) are ignored
+        if name == "attr":
+            if value is None:
+                if clear:
+                    row["attr"] = {}
+                continue
+            attr = dict(row.get("attr") or {})
+            for key, v in value.items():
+                if v is not None or clear:
+                    attr[key] = v
+            row["attr"] = attr
+        elif value is None:
+            if clear:
+                row[name] = False if name in BOOL_FIELDS else None
+        else:
+            row[name] = value
+    row["displayName"] = row.get("name") or row.get("nickName")
