@@ -1,0 +1,67 @@
+"""The README's examples run as written: a user who copies them gets what it promises."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _python_blocks() -> list[str]:
+    return re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), re.S)
+
+
+def _block(marker: str) -> str:
+    found = [b for b in _python_blocks() if marker in b]
+    assert len(found) == 1, f"README should hold one python block with {marker!r}"
+    return found[0]
+
+
+def test_readme_opens_with_the_demo_and_the_test_command() -> None:
+    commands = re.findall(r"```bash\n(.*?)```", README.read_text(encoding="utf-8"), re.S)[0]
+    lines = [line for line in commands.splitlines() if line.strip()]
+    assert "dmhub-async demo" in lines[0]
+    assert "pytest" in lines[1]
+    ci = (README.parent / ".ci" / "run").read_text(encoding="utf-8")
+    test_command = lines[1].split("&&")[-1].split("#")[0].strip()
+    assert test_command in ci, "CI must run exactly the README's test command"
+
+
+def test_every_operation_example_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    code = _block("DMHubSimulator(customers=50)")
+    # The example calls asyncio.run itself, as a user's script would: run it in a thread-free
+    # subprocess so that it owns its event loop.
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert "gone: 40201" in result.stdout
+
+
+def test_pytest_plugin_example_passes(tmp_path: Path) -> None:
+    (tmp_path / "test_my_job.py").write_text(_block("dmhub_simulator"), encoding="utf-8")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-o",
+            "asyncio_mode=auto",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 passed" in result.stdout
