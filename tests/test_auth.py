@@ -1,0 +1,270 @@
+"""Tokens: fetched once and reused, refreshed ahead of expiry and once on refusal, single flight,
+shared through the memory, file and Redis stores, or given as is."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import stat
+from typing import Any
+
+import fakeredis
+import pytest
+from aioresponses import CallbackResult, aioresponses
+
+from dmhub_async import (
+    AuthenticationError,
+    DMHubClient,
+    FileTokenStore,
+    MemoryTokenStore,
+    RedisTokenStore,
+    Token,
+)
+
+BASE = "https://api.dmhub.test"
+CUSTOMER = {"id": 1, "name": "x"}
+
+
+def url(path: str) -> re.Pattern[str]:
+    return re.compile("^" + re.escape(BASE + path) + r"(\?.*)?$")
+
+
+def count(api: aioresponses, path: str) -> int:
+    return sum(len(calls) for (_, u), calls in api.requests.items() if u.path == path)
+
+
+class TokenChecker:
+    """An API endpoint that accepts only the tokens in ``valid``, answering like the service:
+    HTTP 200 with ``{"error_code": 42001}`` (or HTTP 401) for any other; it records the token
+    each request carried."""
+
+    def __init__(self, valid: set[str], status: int = 200) -> None:
+        self.valid = valid
+        self.status = status
+        self.seen: list[str] = []
+
+    def __call__(self, u: Any, **kwargs: Any) -> CallbackResult:
+        token = u.query.get("access_token", "")
+        self.seen.append(token)
+        if token in self.valid:
+            return CallbackResult(payload=CUSTOMER)
+        return CallbackResult(
+            status=self.status,
+            payload={"error_code": 42001, "error_description": "access_token is invalid"},
+        )
+
+
+async def test_one_token_fetch_serves_many_calls(api, tokens, make_client):
+    api.get(url("/v1/customers/1"), payload=CUSTOMER, repeat=True)
+    dm = make_client()
+
+    results = [await dm.request("GET", "/v1/customers/1") for _ in range(5)]
+
+    assert results == [CUSTOMER] * 5
+    assert tokens.issued == ["tok-1"]
+    assert count(api, "/v1/customers/1") == 5
+    sent = [u for (_, u) in api.requests if u.path == "/v1/customers/1"]
+    assert {u.query["access_token"] for u in sent} == {"tok-1"}
+    token_url = next(u for (_, u) in api.requests if u.path == "/security/accesstoken")
+    assert dict(token_url.query) == {
+        "grant_type": "client_credentials",
+        "appid": "app-1",
+        "secret": "secret-1",
+    }
+
+
+async def test_token_is_refreshed_ahead_of_expiry(api, tokens, make_client, clock):
+    checker = TokenChecker({"tok-1", "tok-2"})
+    api.get(url("/v1/customers/1"), callback=checker, repeat=True)
+    dm = make_client()
+
+    await dm.request("GET", "/v1/customers/1")
+    clock.advance(7200 - 301)  # still more than the 300 s margin left
+    await dm.request("GET", "/v1/customers/1")
+    assert tokens.issued == ["tok-1"]
+    clock.advance(2)  # now inside the margin: refresh before the service refuses it
+    await dm.request("GET", "/v1/customers/1")
+
+    assert tokens.issued == ["tok-1", "tok-2"]
+    assert checker.seen == ["tok-1", "tok-1", "tok-2"]
+
+
+@pytest.mark.parametrize("status", [200, 401])
+async def test_refused_token_is_refreshed_once_and_the_call_retried(
+    api, tokens, make_client, status
+):
+    checker = TokenChecker({"tok-2"}, status=status)  # tok-1 was revoked
+    api.get(url("/v1/customers/1"), callback=checker, repeat=True)
+    dm = make_client()
+
+    assert await dm.request("GET", "/v1/customers/1") == CUSTOMER
+
+    assert tokens.issued == ["tok-1", "tok-2"]
+    assert checker.seen == ["tok-1", "tok-2"]  # the retry carried the new token
+
+
+@pytest.mark.parametrize("status", [200, 401])
+async def test_token_refused_again_after_refresh_is_an_authentication_error(
+    api, tokens, make_client, clock, status
+):
+    checker = TokenChecker(set(), status=status)
+    api.get(url("/v1/customers/1"), callback=checker, repeat=True)
+    dm = make_client()
+
+    with pytest.raises(AuthenticationError) as info:
+        await dm.request("GET", "/v1/customers/1")
+
+    assert tokens.issued == ["tok-1", "tok-2"]  # one refresh, no loop
+    assert checker.seen == ["tok-1", "tok-2"]
+    assert info.value.status == status
+    assert info.value.code == 42001
+    assert clock.waits == []
+
+
+async def test_bad_credentials_are_an_authentication_error_with_an_int_code(api, make_client):
+    api.get(
+        url("/security/accesstoken"),
+        payload={"error_code": "40004", "error_description": "the params is illegal"},
+        repeat=True,
+    )
+    dm = make_client()
+
+    with pytest.raises(AuthenticationError) as info:
+        await dm.request("GET", "/v1/customers/1")
+
+    err = info.value
+    assert err.code == 40004
+    assert isinstance(err.code, int)
+    assert err.status == 200
+    assert err.description == "the params is illegal"
+    assert count(api, "/security/accesstoken") == 1  # a bad secret is not retried
+    assert count(api, "/v1/customers/1") == 0
+
+
+async def test_concurrent_calls_that_find_the_token_revoked_refresh_once(api, tokens, make_client):
+    checker = TokenChecker({"tok-2"})
+    api.get(url("/v1/customers/1"), callback=checker, repeat=True)
+    dm = make_client(max_concurrency=100)
+
+    results = await asyncio.gather(*(dm.request("GET", "/v1/customers/1") for _ in range(100)))
+
+    assert results == [CUSTOMER] * 100
+    assert tokens.issued == ["tok-1", "tok-2"]  # one fetch, then exactly ONE refresh
+    assert checker.seen.count("tok-1") == 100
+    assert checker.seen.count("tok-2") == 100
+
+
+async def test_concurrent_first_calls_fetch_one_token(api, tokens, make_client):
+    api.get(url("/v1/customers/1"), payload=CUSTOMER, repeat=True)
+    dm = make_client()
+
+    await asyncio.gather(*(dm.request("GET", "/v1/customers/1") for _ in range(50)))
+
+    assert tokens.issued == ["tok-1"]
+
+
+async def test_static_access_token_is_used_without_a_fetch(api, make_client):
+    api.get(url("/v1/customers/1"), payload=CUSTOMER, repeat=True)
+    dm = make_client(access_token="given-token")
+
+    assert await dm.request("GET", "/v1/customers/1") == CUSTOMER
+    await dm.request("GET", "/v1/customers/1")
+
+    assert count(api, "/security/accesstoken") == 0
+    (_, sent), *_ = api.requests
+    assert sent.query["access_token"] == "given-token"
+
+
+async def test_static_access_token_refused_is_not_refreshed(api, make_client):
+    api.get(url("/v1/customers/1"), payload={"error_code": 42001}, repeat=True)
+    dm = make_client(access_token="given-token")
+
+    with pytest.raises(AuthenticationError):
+        await dm.request("GET", "/v1/customers/1")
+
+    assert count(api, "/security/accesstoken") == 0
+    assert count(api, "/v1/customers/1") == 1
+
+
+async def test_auth_error_codes_are_configurable(api, tokens, make_client):
+    api.get(url("/v1/customers/1"), payload={"error_code": "49999"})
+    api.get(url("/v1/customers/1"), payload=CUSTOMER)
+    dm = make_client(auth_error_codes=["49999"])
+
+    assert await dm.request("GET", "/v1/customers/1") == CUSTOMER
+    assert tokens.issued == ["tok-1", "tok-2"]
+
+
+async def test_memory_store_shares_one_token_between_clients(api, tokens, make_client):
+    api.get(url("/v1/customers/1"), payload=CUSTOMER, repeat=True)
+    store = MemoryTokenStore()
+    first, second = make_client(token_store=store), make_client(token_store=store)
+
+    await first.request("GET", "/v1/customers/1")
+    await second.request("GET", "/v1/customers/1")
+
+    assert tokens.issued == ["tok-1"]
+
+
+async def test_refresh_by_one_client_is_picked_up_by_the_other(api, tokens, make_client):
+    # One active token per appid: after one client refreshes, the other must take its token,
+    # not fetch one of its own (which would revoke the first client's in turn).
+    checker = TokenChecker({"tok-1"})
+    api.get(url("/v1/customers/1"), callback=checker, repeat=True)
+    store = MemoryTokenStore()
+    first, second = make_client(token_store=store), make_client(token_store=store)
+    await store.set(f"{BASE}|app-1", Token("tok-0", expires_at=clock_far_future()))
+
+    await asyncio.gather(
+        first.request("GET", "/v1/customers/1"), second.request("GET", "/v1/customers/1")
+    )
+
+    assert tokens.issued == ["tok-1"]
+    assert checker.seen == ["tok-0", "tok-0", "tok-1", "tok-1"]
+
+
+def clock_far_future() -> float:
+    return 2_000_000_000.0  # well after the fake clock's start
+
+
+async def test_file_store_shares_one_token_in_a_private_file(api, tokens, make_client, tmp_path):
+    api.get(url("/v1/customers/1"), payload=CUSTOMER, repeat=True)
+    path = tmp_path / "tokens.json"
+    first = make_client(token_store=FileTokenStore(path))
+    second = make_client(token_store=FileTokenStore(path))  # another store on the same file
+
+    await asyncio.gather(
+        first.request("GET", "/v1/customers/1"), second.request("GET", "/v1/customers/1")
+    )
+    await first.request("GET", "/v1/customers/1")
+
+    assert tokens.issued == ["tok-1"]
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert "tok-1" in path.read_text()
+
+
+async def test_redis_store_shares_one_token(api, tokens, make_client):
+    api.get(url("/v1/customers/1"), payload=CUSTOMER, repeat=True)
+    redis = fakeredis.FakeAsyncRedis()
+    store = RedisTokenStore(client=redis)
+    first, second = make_client(token_store=store), make_client(token_store=store)
+
+    await asyncio.gather(
+        first.request("GET", "/v1/customers/1"), second.request("GET", "/v1/customers/1")
+    )
+    other = RedisTokenStore(client=redis)  # as another machine would see it
+    stored = await other.get(f"{BASE}|app-1")
+    await store.aclose()
+
+    assert tokens.issued == ["tok-1"]
+    assert stored is not None
+    assert stored.value == "tok-1"
+
+
+def test_repr_of_stores_and_tokens_hides_the_token():
+    assert "secret-value" not in repr(Token("secret-value", 1.0))
+    assert repr(MemoryTokenStore()) == "MemoryTokenStore(keys=0)"
+
+
+def test_client_with_access_token_needs_no_app_id():
+    DMHubClient(access_token="given-token")  # no error, nothing sent
