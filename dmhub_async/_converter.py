@@ -37,6 +37,7 @@ error.
 
 from __future__ import annotations
 
+import operator
 import re
 import sys
 from collections.abc import Callable, Mapping
@@ -223,6 +224,7 @@ def _parse_timestamp_slow(s: str) -> datetime:
 
 
 _PY311: Final = sys.version_info >= (3, 11)
+_fromisoformat: Final = datetime.fromisoformat
 
 
 def parse_timestamp(s: str) -> datetime:
@@ -249,11 +251,19 @@ _TS_CACHE_MAX: Final = 8192
 
 def _to_datetime_miss(v: Any) -> datetime | None:
     """Parse a timestamp not in the cache, and remember it."""
-    if isinstance(v, datetime):
-        return v.replace(tzinfo=UTC) if v.tzinfo is None else v.astimezone(UTC)
-    if not isinstance(v, str):
+    if type(v) is not str:
+        if isinstance(v, datetime):
+            return v.replace(tzinfo=UTC) if v.tzinfo is None else v.astimezone(UTC)
         raise TypeError(f"expected a timestamp string, got {type(v).__name__}")
-    dt = parse_timestamp(v)
+    if _PY311:
+        try:
+            dt = _fromisoformat(v)
+        except ValueError:
+            dt = _parse_timestamp_slow(v)
+        if dt.tzinfo is not UTC:
+            dt = dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
+    else:
+        dt = parse_timestamp(v)
     if len(_TS_CACHE) >= _TS_CACHE_MAX:
         _TS_CACHE.clear()
     _TS_CACHE[v] = dt
@@ -323,16 +333,17 @@ def _to_wire(v: Any) -> Any:
 # The fast structure hook factory
 # ---------------------------------------------------------------------------------------------
 
-# Inline expressions per field type: `v` is the wire value, `W` the wire name. The common case
-# (null, or the exact JSON type) costs no call; anything else goes to the lenient hook.
+# Inline expressions per field type, on the local `V` holding the wire value: the common case
+# (the exact JSON type, or null) costs no call; anything else goes to the lenient hook.
 _INLINE: Final[dict[Any, str]] = {
-    str | None: "v if (v := g(W)) is None or v.__class__ is str else _to_str(v)",
-    int | None: "v if (v := g(W)) is None or v.__class__ is int else _to_int(v)",
-    bool | None: "v if (v := g(W)) is None or v.__class__ is bool else _to_bool(v)",
-    datetime | None: "None if (v := g(W)) is None else (_ts_get(v) or _to_datetime_miss(v))",
-    Decimal | None: "None if (v := g(W)) is None else _to_decimal(v)",
-    int | str | None: "g(W)",
-    dict[str, Any]: "v if (v := g(W)).__class__ is dict else _to_dict(v)",
+    str | None: "V if V is None or type(V) is str else _to_str(V)",
+    int | None: "V if V is None or type(V) is int else _to_int(V)",
+    bool | None: "V if V is None or type(V) is bool else _to_bool(V)",
+    datetime | None: "None if V is None else (_ts_get(V) or _to_datetime_miss(V))",
+    Decimal | None: "None if V is None else _Decimal(_repr(V)) if type(V) is float"
+    " else _Decimal(V) if type(V) is int else _to_decimal(V)",
+    int | str | None: "V",
+    dict[str, Any]: "V if type(V) is dict else _to_dict(V)",
 }
 
 
@@ -341,13 +352,15 @@ def _make_fast_structure_fn(
 ) -> Callable[[Mapping[str, Any], Any], Any]:
     """Generate the structure hook of an attrs model that has an ``extra`` dict field.
 
-    The generated function sets every slot of ``object.__new__(cls)`` from ``o.get(wire)``
-    (missing and null give the default), collects keys it does not know into ``extra`` (or, when
-    ``strict``, raises ``ForbiddenExtraKeysError``), and never calls ``__init__``: so the model
+    The generated function reads every wire key at once with an ``itemgetter`` (a row with all
+    the fields, the usual case) or one by one with ``dict.get`` (a ``select=`` or sparse row:
+    missing and null give the default), converts each inline, sets the slots of
+    ``object.__new__(cls)``, and collects keys it does not know into ``extra`` (or, when
+    ``strict``, raises ``ForbiddenExtraKeysError``). It never calls ``__init__``, so the model
     must have no validators, converters or ``__attrs_post_init__`` (checked here).
     """
     attrs.resolve_types(cls)
-    fields = attrs.fields(cls)
+    fields = [a for a in attrs.fields(cls) if a.name != "extra"]
     if hasattr(cls, "__attrs_post_init__") or any(
         a.validator is not None or a.converter is not None for a in fields
     ):
@@ -358,11 +371,15 @@ def _make_fast_structure_fn(
         "_cls": cls,
         "_new": object.__new__,
         "_KNOWN": known,
+        "_N_KNOWN": len(known),
+        "_get_all": operator.itemgetter(*(names[a.name] for a in fields)),
         "_ForbiddenExtraKeysError": ForbiddenExtraKeysError,
         "_to_str": _to_str,
         "_to_int": _to_int,
         "_to_bool": _to_bool,
         "_to_decimal": _to_decimal,
+        "_Decimal": Decimal,
+        "_repr": repr,
         "_to_dict": _to_dict,
         "_to_datetime_miss": _to_datetime_miss,
         "_ts_get": _TS_CACHE.get,
@@ -370,28 +387,32 @@ def _make_fast_structure_fn(
         "_GENDERS": _GENDERS,
         "_UNKNOWN": Gender.UNKNOWN,
     }
+    local = [f"v{i}" for i in range(len(fields))]
     lines = [
         "def structure(o, _=None):",
-        "    g = o.get",
+        "    try:",
+        f"        ({', '.join(local)},) = _get_all(o)",
+        "        complete = True",
+        "    except KeyError:",
+        "        g = o.get",
+        *(f"        {v} = g({names[a.name]!r})" for v, a in zip(local, fields, strict=True)),
+        "        complete = False",
         "    self = _new(_cls)",
     ]
     gender_field = None
-    for i, a in enumerate(fields):
-        if a.name == "extra":
-            continue
-        wire = repr(names[a.name])
+    for i, (v, a) in enumerate(zip(local, fields, strict=True)):
         if a.type is Gender:
             gender_field = a.name
             lines += [
-                f"    gv = g({wire})",
-                "    gender = _GENDERS.get(gv) if gv is None or gv.__class__ is int"
-                " else _to_gender(gv)",
+                f"    gender = _GENDERS.get({v}) if {v} is None or type({v}) is int"
+                f" else _to_gender({v})",
                 f"    self.{a.name} = _UNKNOWN if gender is None else gender",
             ]
+            gender_local = v
             continue
         inline = _INLINE.get(a.type)
         if inline is not None:
-            expr = inline.replace("W", wire)
+            expr = inline.replace("V", v)
         else:
             # Any other type: the converter's own hook; null or missing gives the default.
             ns[f"_hook{i}"] = converter.get_structure_hook(a.type)
@@ -402,28 +423,24 @@ def _make_fast_structure_fn(
                 if isinstance(a.default, attrs.Factory)  # type: ignore[arg-type]
                 else f"_default{i}"
             )
-            expr = f"{default} if (v := g({wire})) is None else _hook{i}(v, _type{i})"
+            expr = f"{default} if {v} is None else _hook{i}({v}, _type{i})"
         lines.append(f"    self.{a.name} = {expr}")
+    # All known keys present and no more keys than that: nothing unknown (the usual case).
+    lines.append("    if (complete and len(o) == _N_KNOWN) or _KNOWN.issuperset(o):")
+    lines.append("        extra = {}")
+    lines.append("    else:")
     if strict:
-        lines += [
-            "    if not _KNOWN.issuperset(o):",
-            "        unknown = set(o) - _KNOWN",
-            "        raise _ForbiddenExtraKeysError(None, _cls, unknown)",
-        ]
-        if gender_field:
-            lines += [
-                "    if gender is None:",
-                "        raise ValueError('unknown gender: ' + repr(gv))",
-            ]
-        lines.append("    self.extra = {}")
+        lines.append("        raise _ForbiddenExtraKeysError(None, _cls, set(o) - _KNOWN)")
     else:
-        lines.append(
-            "    extra = {} if _KNOWN.issuperset(o) else {k: o[k] for k in o if k not in _KNOWN}"
-        )
-        if gender_field:
+        lines.append("        extra = {k: o[k] for k in o if k not in _KNOWN}")
+    if gender_field:
+        lines.append("    if gender is None:")
+        if strict:
+            lines.append(f"        raise ValueError('unknown gender: ' + repr({gender_local}))")
+        else:
             # An unmappable gender keeps its raw value, so nothing the service sent is lost.
-            lines += ["    if gender is None:", "        extra[" + repr("gender") + "] = gv"]
-        lines.append("    self.extra = extra")
+            lines.append(f"        extra['gender'] = {gender_local}")
+    lines.append("    self.extra = extra")
     lines.append("    return self")
     source = "\n".join(lines) + "\n"
     filename = f"<dmhub_async structure {cls.__name__}{' strict' if strict else ''}>"
