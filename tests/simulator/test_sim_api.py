@@ -1,0 +1,568 @@
+"""The simulator speaks the contract: raw aiohttp requests pin every quirk of the live service."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+from dmhub_async.testing import DMHubSimulator
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1_700_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Api:
+    """Raw HTTP against the simulator, with a token fetched on first use."""
+
+    def __init__(self, http: aiohttp.ClientSession, sim: DMHubSimulator) -> None:
+        self.http = http
+        self.sim = sim
+        self.token: str | None = None
+
+    async def fetch_token(self, **overrides: str) -> tuple[int, Any]:
+        params = {
+            "grant_type": "client_credentials",
+            "appid": self.sim.app_id,
+            "secret": self.sim.secret,
+            **overrides,
+        }
+        async with self.http.get(f"{self.sim.url}/security/accesstoken", params=params) as r:
+            return r.status, await r.json()
+
+    async def call(
+        self, method: str, path: str, body: Any = None, *, raw: bytes | None = None, **params: Any
+    ) -> tuple[int, Any]:
+        if self.token is None:
+            _, answer = await self.fetch_token()
+            self.token = answer["access_token"]
+        params.setdefault("access_token", self.token)
+        data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+        headers = {"Content-Type": "application/json"} if data is not None else {}
+        async with self.http.request(
+            method, self.sim.url + path, params=params, data=data, headers=headers
+        ) as r:
+            text = await r.text()
+            return r.status, (json.loads(text) if text else None)
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[DMHubSimulator]:
+    async with DMHubSimulator(customers=200, seed=3) as simulator:
+        yield simulator
+
+
+@pytest.fixture
+def api(http: aiohttp.ClientSession, sim: DMHubSimulator) -> Api:
+    return Api(http, sim)
+
+
+def everyone(sim: DMHubSimulator) -> list[dict[str, Any]]:
+    rows = [sim.customer(i) for i in sim.customer_ids()]
+    return [r for r in rows if r is not None]
+
+
+# -- tokens -------------------------------------------------------------------------------------
+
+
+async def test_token_success_has_numeric_zero_code_and_hex_token(api: Api) -> None:
+    status, body = await api.fetch_token()
+    assert status == 200
+    assert body["error_code"] == 0
+    assert body["expires_in"] == 7200
+    int(body["access_token"], 16)
+
+
+@pytest.mark.parametrize(
+    "override",
+    [{"secret": "wrong"}, {"appid": "someone-else"}, {"grant_type": "password"}],
+)
+async def test_bad_credentials_answer_200_with_string_code(
+    api: Api, override: dict[str, str]
+) -> None:
+    status, body = await api.fetch_token(**override)
+    assert status == 200
+    assert body == {"error_code": "40004", "error_description": "the params is illegal"}
+
+
+async def test_a_new_token_revokes_the_previous_one(api: Api, sim: DMHubSimulator) -> None:
+    _, first = await api.fetch_token()
+    _, second = await api.fetch_token()
+    api.token = second["access_token"]
+    status, body = await api.call("GET", "/v1/customers/count", access_token=first["access_token"])
+    assert status == 200
+    assert body["error_code"] == 40001
+    status, body = await api.call("GET", "/v1/customers/count", access_token=second["access_token"])
+    assert (status, body) == (200, 200)
+    assert sim.counters.tokens_issued == 2
+
+
+async def test_token_expires_after_ttl_by_the_injected_clock(http: aiohttp.ClientSession) -> None:
+    clock = Clock()
+    async with DMHubSimulator(customers=3, clock=clock, token_ttl=60) as sim:
+        api = Api(http, sim)
+        assert (await api.call("GET", "/v1/customers/count"))[1] == 3
+        clock.now += 59
+        assert (await api.call("GET", "/v1/customers/count"))[1] == 3
+        clock.now += 1
+        status, body = await api.call("GET", "/v1/customers/count")
+        assert status == 200
+        assert body["error_code"] == 42001
+
+
+@pytest.mark.parametrize("token", ["", "0123456789abcdef"])
+async def test_missing_or_unknown_token_is_an_error_body_on_200(api: Api, token: str) -> None:
+    status, body = await api.call("GET", "/v1/customers", access_token=token)
+    assert status == 200
+    assert body["error_code"] == 40014
+    assert body["error_description"]
+
+
+async def test_authorization_header_is_not_honoured(api: Api, http: aiohttp.ClientSession) -> None:
+    _, answer = await api.fetch_token()
+    headers = {"Authorization": f"Bearer {answer['access_token']}"}
+    async with http.get(f"{api.sim.url}/v1/customers/count", headers=headers) as r:
+        assert r.status == 200
+        assert (await r.json())["error_code"] == 40014
+
+
+async def test_revoke_and_expire_at_a_chosen_moment(api: Api, sim: DMHubSimulator) -> None:
+    assert (await api.call("GET", "/v1/customers/count"))[1] == 200
+    sim.expire_tokens()
+    assert (await api.call("GET", "/v1/customers/count"))[1]["error_code"] == 42001
+    api.token = None
+    sim.revoke_tokens(after_requests=2)
+    assert (await api.call("GET", "/v1/customers/count"))[1] == 200
+    assert (await api.call("GET", "/v1/customers/count"))[1] == 200
+    assert (await api.call("GET", "/v1/customers/count"))[1]["error_code"] == 40001
+
+
+# -- single customers ---------------------------------------------------------------------------
+
+
+async def test_missing_customer_is_500_with_40201(api: Api, sim: DMHubSimulator) -> None:
+    missing = sim.customer_ids()[-1] + 1
+    for method in ("GET", "DELETE"):
+        status, body = await api.call(method, f"/v1/customers/{missing}")
+        assert status == 500
+        assert body == {"error_code": 40201, "error_description": "permission is not enough"}
+    status, body = await api.call("PUT", f"/v1/customers/{missing}", {"name": "x"})
+    assert (status, body["error_code"]) == (500, 40201)
+
+
+async def test_get_returns_every_contract_field(api: Api, sim: DMHubSimulator) -> None:
+    first = sim.customer_ids()[0]
+    status, body = await api.call("GET", f"/v1/customers/{first}")
+    assert status == 200
+    assert body == sim.customer(first)
+    for field in ("id", "displayName", "attr", "ownerId", "ownerName", "isMember", "dateCreated"):
+        assert field in body
+
+
+async def test_create_answers_201_then_200_when_mobile_or_email_matches(api: Api) -> None:
+    status, made = await api.call(
+        "POST", "/v1/customers", {"name": "小D", "mobile": "18612341234", "createMethod": "api"}
+    )
+    assert status == 201
+    assert made["displayName"] == "小D"
+    assert "createMethod" not in made
+    status, again = await api.call(
+        "POST", "/v1/customers", {"mobile": "18612341234", "email": "d@x.cn", "city": None}
+    )
+    assert status == 200
+    assert again["id"] == made["id"]
+    assert again["name"] == "小D"  # not cleared
+    status, by_email = await api.call("POST", "/v1/customers", {"email": "d@x.cn", "remark": "r"})
+    assert (status, by_email["id"], by_email["remark"]) == (200, made["id"], "r")
+
+
+async def test_create_matches_a_seeded_customer_by_mobile(api: Api, sim: DMHubSimulator) -> None:
+    seeded = next(c for c in everyone(sim) if c["mobile"])
+    status, body = await api.call("POST", "/v1/customers", {"mobile": seeded["mobile"], "qq": "1"})
+    assert (status, body["id"], body["qq"]) == (200, seeded["id"], "1")
+    assert sim.customers_count() == 200
+
+
+async def test_upsert_creates_then_matches_by_identity(api: Api, sim: DMHubSimulator) -> None:
+    ident = {"identityType": "wechat", "identityValue": "o-new-1", "identityName": "昵称"}
+    body = {"customer": {"name": "小D", "attr": {"attr1": "a"}}, "customerIdentities": [ident]}
+    status, made = await api.call("POST", "/v1/customerandidentities", body)
+    assert status == 200
+    assert sim.customers_count() == 201
+    body = {
+        "customer": {"remark": "again", "name": None, "attr": {"attr1": None, "attr2": "b"}},
+        "customerIdentities": [ident, {"identityType": "shop", "identityValue": "u1"}],
+    }
+    status, updated = await api.call("POST", "/v1/customerandidentities", body)
+    assert status == 200
+    assert updated["id"] == made["id"]
+    assert updated["remark"] == "again"
+    assert updated["name"] == "小D"  # null does not clear through upsert
+    assert updated["attr"] == {"attr1": "a", "attr2": "b"}
+    assert sim.customers_count() == 201
+    types = {t for t, _, _ in sim.identities(made["id"])}
+    assert types == {"wechat", "shop"}
+
+
+async def test_upsert_prefers_identity_then_mobile_then_email(
+    api: Api, sim: DMHubSimulator
+) -> None:
+    a = sim.insert_customer({"name": "A", "mobile": "13000000001", "email": "a@x.cn"})
+    b = sim.insert_customer({"name": "B", "mobile": "13000000002", "email": "b@x.cn"})
+    sim.store.bind(a["id"], "wechat", "o-a", None)
+    ident_a = [{"identityType": "wechat", "identityValue": "o-a"}]
+    fresh = [{"identityType": "wechat", "identityValue": "o-fresh"}]
+    by_mobile = {"customer": {"mobile": "13000000002"}, "customerIdentities": fresh}
+    assert (await api.call("POST", "/v1/customerandidentities", by_mobile))[1]["id"] == b["id"]
+    fresh2 = [{"identityType": "wechat", "identityValue": "o-fresh-2"}]
+    by_email = {"customer": {"email": "a@x.cn"}, "customerIdentities": fresh2}
+    assert (await api.call("POST", "/v1/customerandidentities", by_email))[1]["id"] == a["id"]
+    by_ident = {"customer": {"mobile": "13000000002"}, "customerIdentities": ident_a}
+    assert (await api.call("POST", "/v1/customerandidentities", by_ident))[1]["id"] == a["id"]
+    fresh3 = [{"identityType": "wechat", "identityValue": "o-fresh-3"}]
+    c = sim.insert_customer({"name": "C", "mobile": "13000000003"})
+    both = {"customer": {"mobile": "13000000003", "email": "b@x.cn"}, "customerIdentities": fresh3}
+    assert (await api.call("POST", "/v1/customerandidentities", both))[1]["id"] == c["id"]
+    assert sim.customers_count() == 203
+    found = await api.call(
+        "GET", "/v1/customeridentities", identityType="wechat", identityValue="o-fresh"
+    )
+    assert found[1] == [
+        {
+            "customerId": str(b["id"]),
+            "identityType": "wechat",
+            "identityValue": "o-fresh",
+            "identityName": None,
+        }
+    ]
+
+
+async def test_put_null_clears_and_answers_the_customer_after(
+    http: aiohttp.ClientSession,
+) -> None:
+    clock = Clock()
+    async with DMHubSimulator(customers=5, clock=clock) as sim:
+        api = Api(http, sim)
+        target = next(c for c in everyone(sim) if c["city"])
+        clock.now += 100
+        status, body = await api.call(
+            "PUT", f"/v1/customers/{target['id']}", {"city": None, "remark": "vip", "attr": None}
+        )
+        assert status == 200
+        assert body["city"] is None
+        assert body["remark"] == "vip"
+        assert body["attr"] == {}
+        assert body["lastUpdated"] == "2023-11-14T22:15:00Z"
+        assert sim.customer(target["id"]) == body
+
+
+async def test_put_keeps_a_verified_mobile_verified(api: Api, sim: DMHubSimulator) -> None:
+    c = sim.insert_customer({"mobile": "13900000000", "mobileVerified": True})
+    _, body = await api.call("PUT", f"/v1/customers/{c['id']}", {"mobileVerified": False})
+    assert body["mobileVerified"] is True
+    _, body = await api.call(
+        "PUT", f"/v1/customers/{c['id']}", {"mobile": "13900000001", "mobileVerified": False}
+    )
+    assert body["mobileVerified"] is False
+
+
+async def test_delete_is_204_without_body(api: Api, sim: DMHubSimulator) -> None:
+    victim = sim.customer_ids()[5]
+    status, body = await api.call("DELETE", f"/v1/customers/{victim}")
+    assert (status, body) == (204, None)
+    assert (await api.call("GET", f"/v1/customers/{victim}"))[0] == 500
+    assert (await api.call("GET", "/v1/customers/count"))[1] == 199
+
+
+# -- list and count -----------------------------------------------------------------------------
+
+
+async def test_count_is_a_bare_integer(api: Api, http: aiohttp.ClientSession) -> None:
+    await api.call("GET", "/v1/customers/count")
+    url = f"{api.sim.url}/v1/customers/count"
+    async with http.get(url, params={"access_token": api.token, "stage": "vip"}) as r:
+        assert r.content_type == "application/json"
+        text = await r.text()
+    assert text.isdigit()
+    assert int(text) == sum(1 for c in everyone(api.sim) if c["stage"] == "vip")
+
+
+async def test_list_defaults_records_and_total(api: Api) -> None:
+    status, body = await api.call("GET", "/v1/customers")
+    assert status == 200
+    assert len(body["rows"]) == 20
+    assert (body["records"], body["total"]) == (200, 10)
+
+
+async def test_list_page_size_is_capped_at_100(api: Api) -> None:
+    _, body = await api.call("GET", "/v1/customers", rows=500)
+    assert len(body["rows"]) == 100
+    assert body["total"] == 2
+    _, body = await api.call("GET", "/v1/customers", rows=500, page=3)
+    assert (body["rows"], body["records"]) == ([], 200)
+
+
+async def test_walking_pages_by_id_sees_everyone_once(api: Api, sim: DMHubSimulator) -> None:
+    seen = []
+    for page in range(1, 5):
+        _, body = await api.call("GET", "/v1/customers", rows=60, page=page)
+        seen += [r["id"] for r in body["rows"]]
+    assert seen == sim.customer_ids()
+    assert seen == sorted(seen)
+    assert len(set(seen)) == 200
+    assert all(i > 2**31 for i in seen)
+
+
+async def test_sort_orders(api: Api, sim: DMHubSimulator) -> None:
+    _, body = await api.call("GET", "/v1/customers", sord="desc", rows=100)
+    assert [r["id"] for r in body["rows"]] == sim.customer_ids()[::-1][:100]
+    _, body = await api.call("GET", "/v1/customers", sidx="dateCreated", sord="desc", rows=100)
+    dates = [r["dateCreated"] for r in body["rows"]]
+    assert dates == sorted(dates, reverse=True)
+    _, body = await api.call("GET", "/v1/customers", sidx="stage", rows=100)
+    stages = [r["stage"] for r in body["rows"]]
+    nulls = stages.count(None)
+    assert stages[:nulls] == [None] * nulls
+    assert stages[nulls:] == sorted(stages[nulls:])
+
+
+def _expected(sim: DMHubSimulator, keep: Any) -> list[int]:
+    return [c["id"] for c in everyone(sim) if keep(c)]
+
+
+@pytest.mark.parametrize(
+    ("params", "keep"),
+    [
+        ({"stage": "lead"}, lambda c: c["stage"] == "lead"),
+        ({"stage": "_empty"}, lambda c: c["stage"] in ("", None)),
+        ({"source": "wechat"}, lambda c: c["source"] == "wechat"),
+        ({"gender": "2"}, lambda c: c["gender"] == 2),
+        ({"gender": "0"}, lambda c: c["gender"] in (0, None)),
+        (
+            {"dateCreatedFrom": "2016-01-01T01:00:00", "dateCreatedTo": "2016-01-01T02:00:00"},
+            lambda c: "2016-01-01T01:00:00Z" <= c["dateCreated"] <= "2016-01-01T02:00:00Z",
+        ),
+        (
+            {"lastUpdatedFrom": "2016-03-01T00:00:00"},
+            lambda c: c["lastUpdated"] >= "2016-03-01T00:00:00Z",
+        ),
+        (
+            {"lastUpdatedTo": "2016-01-01T00:30:00", "stage": "lead"},
+            lambda c: c["lastUpdated"] <= "2016-01-01T00:30:00Z" and c["stage"] == "lead",
+        ),
+    ],
+)
+async def test_list_and_count_filters(
+    api: Api, sim: DMHubSimulator, params: dict[str, str], keep: Any
+) -> None:
+    expected = _expected(sim, keep)
+    assert expected
+    assert len(expected) < 200
+    _, body = await api.call("GET", "/v1/customers", rows=100, **params)
+    assert [r["id"] for r in body["rows"]] == expected[:100]
+    assert body["records"] == len(expected)
+    assert (await api.call("GET", "/v1/customers/count", **params))[1] == len(expected)
+
+
+async def test_date_bounds_are_inclusive_to_the_second(api: Api, sim: DMHubSimulator) -> None:
+    target = everyone(sim)[7]
+    moment = target["dateCreated"].rstrip("Z")
+    _, body = await api.call("GET", "/v1/customers", dateCreatedFrom=moment, dateCreatedTo=moment)
+    assert [r["id"] for r in body["rows"]] == [target["id"]]
+
+
+async def test_filters_by_mobile_email_and_id_list(api: Api, sim: DMHubSimulator) -> None:
+    people = everyone(sim)
+    with_mobile = next(c for c in people if c["mobile"])
+    with_email = next(c for c in people if c["email"])
+    _, body = await api.call("GET", "/v1/customers", mobile=with_mobile["mobile"])
+    assert [r["id"] for r in body["rows"]] == [with_mobile["id"]]
+    _, body = await api.call("GET", "/v1/customers", email=with_email["email"])
+    assert [r["id"] for r in body["rows"]] == [with_email["id"]]
+    ids = [people[3]["id"], people[1]["id"], 42]
+    _, body = await api.call("GET", "/v1/customers", idList=",".join(map(str, ids)))
+    assert [r["id"] for r in body["rows"]] == [people[1]["id"], people[3]["id"]]
+    assert (await api.call("GET", "/v1/customers/count", mobile="10000000000"))[1] == 0
+
+
+async def test_select_keeps_id_and_the_named_fields(api: Api) -> None:
+    _, body = await api.call("GET", "/v1/customers", select="name,mobile", rows=3)
+    assert [set(r) for r in body["rows"]] == [{"id", "name", "mobile"}] * 3
+
+
+async def test_some_customers_carry_unknown_fields(sim: DMHubSimulator) -> None:
+    people = everyone(sim)
+    tagged = [c for c in people if "tagCount" in c]
+    assert 0 < len(tagged) < len(people)
+    assert all(isinstance(c["tagCount"], int) for c in tagged)
+
+
+# -- identities and statistics ------------------------------------------------------------------
+
+
+async def test_identities_have_customer_id_as_string(api: Api, sim: DMHubSimulator) -> None:
+    owners = [i for i in sim.customer_ids() if sim.identities(i)][:3]
+    _, body = await api.call(
+        "GET", "/v1/customeridentities", customerIds=",".join(map(str, owners))
+    )
+    assert {b["customerId"] for b in body} == {str(i) for i in owners}
+    assert all(isinstance(b["customerId"], str) for b in body)
+    wechat = next(b for b in body if b["identityType"] in ("wechat", "myshop-account", "mobile"))
+    _, found = await api.call(
+        "GET",
+        "/v1/customeridentities",
+        identityType=wechat["identityType"],
+        identityValue=wechat["identityValue"],
+    )
+    assert found == [wechat]
+    _, none = await api.call(
+        "GET", "/v1/customeridentities", identityType="wechat", identityValue="o-nobody"
+    )
+    assert none == []
+
+
+async def test_add_identity(api: Api, sim: DMHubSimulator) -> None:
+    first, second = sim.customer_ids()[:2]
+    body = {
+        "customerId": str(first),
+        "identityType": "myshop-account",
+        "identityValue": "shopper-1",
+        "identityName": "小羊苏西",
+    }
+    status, made = await api.call("POST", "/v1/customeridentities", body)
+    assert status == 200
+    assert made == body
+    status, again = await api.call("POST", "/v1/customeridentities", {**body, "customerId": first})
+    assert (status, again) == (200, body)
+    status, err = await api.call("POST", "/v1/customeridentities", {**body, "customerId": second})
+    assert (status, err["error_code"]) == (400, 40006)
+
+
+async def test_statistics_pages_with_has_next(api: Api) -> None:
+    status, body = await api.call("GET", "/v1/customerStatistics")
+    assert status == 200
+    records = body["meta"]["records"]
+    assert 10 < records < 200
+    assert len(body["items"]) == 5
+    assert body["meta"] == {"records": records, "total": -(-records // 5), "hasNext": True}
+    assert set(body["items"][0]) == {
+        "customerId",
+        "firstOrderDate",
+        "id",
+        "lastOrderDate",
+        "lastOrderDays",
+        "lastUpdated",
+        "latest30daysScore",
+        "orderAMT",
+        "orderAMTA",
+        "orderAPCT",
+        "orderTotal",
+        "orderTotalAmount",
+        "totalScore",
+    }
+    _, last = await api.call("GET", "/v1/customerStatistics", rows=10, page=-(-records // 10))
+    assert last["meta"]["hasNext"] is False
+    assert 0 < len(last["items"]) <= 10
+    one = body["items"][2]
+    _, only = await api.call("GET", "/v1/customerStatistics", customerId=one["customerId"])
+    assert only == {"items": [one], "meta": {"records": 1, "total": 1, "hasNext": False}}
+
+
+# -- bad requests -------------------------------------------------------------------------------
+
+LONG = "x" * 600
+IDENT = {"identityType": "wechat", "identityValue": "o1"}
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "kwargs", "code"),
+    [
+        ("POST", "/v1/customers", {"raw": b"{not json"}, 40002),
+        ("POST", "/v1/customers", {"body": [1, 2]}, 40002),
+        ("POST", "/v1/customerandidentities", {"body": {"customer": {}}}, 40003),
+        (
+            "POST",
+            "/v1/customerandidentities",
+            {"body": {"customer": {}, "customerIdentities": []}},
+            40003,
+        ),
+        (
+            "POST",
+            "/v1/customerandidentities",
+            {"body": {"customerIdentities": [{**IDENT, "identityType": "t" * 33}]}},
+            40005,
+        ),
+        (
+            "POST",
+            "/v1/customerandidentities",
+            {"body": {"customerIdentities": [{**IDENT, "identityValue": "v" * 129}]}},
+            40005,
+        ),
+        (
+            "POST",
+            "/v1/customerandidentities",
+            {"body": {"customerIdentities": [{**IDENT, "identityName": "n" * 257}]}},
+            40005,
+        ),
+        ("POST", "/v1/customeridentities", {"body": IDENT}, 40003),
+        ("POST", "/v1/customers", {"body": {"homeAddress": LONG}}, 40005),
+        ("POST", "/v1/customers", {"body": {"officeAddress": "y" * 513}}, 40005),
+        ("POST", "/v1/customers", {"body": {"gender": 7}}, 40005),
+        ("GET", "/v1/customers", {"rows": "many"}, 40005),
+        ("GET", "/v1/customers", {"sidx": "attr"}, 40005),
+        ("GET", "/v1/customers", {"dateCreatedFrom": "yesterday"}, 40005),
+        ("GET", "/v1/customeridentities", {}, 40003),
+    ],
+)
+async def test_bad_requests_get_a_400_error_body(
+    api: Api, method: str, path: str, kwargs: dict[str, Any], code: int
+) -> None:
+    status, body = await api.call(method, path, **kwargs)
+    assert status == 400
+    assert body["error_code"] == code
+    assert isinstance(body["error_description"], str)
+    assert (await api.call("GET", "/v1/customers/count"))[1] == 200
+
+
+async def test_put_with_overlong_address_is_rejected(api: Api, sim: DMHubSimulator) -> None:
+    target = sim.customer_ids()[0]
+    status, body = await api.call("PUT", f"/v1/customers/{target}", {"homeAddress": "z" * 513})
+    assert (status, body["error_code"]) == (400, 40005)
+    status, body = await api.call("PUT", f"/v1/customers/{target}", {"homeAddress": "z" * 512})
+    assert (status, len(body["homeAddress"])) == (200, 512)
+
+
+async def test_unknown_route_is_a_json_404(api: Api) -> None:
+    status, body = await api.call("GET", "/v1/nothing-here")
+    assert (status, body["error_code"]) == (404, 404)
+
+
+async def test_an_internal_error_still_answers_json(
+    api: Api, sim: DMHubSimulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    def boom(request: object) -> None:
+        raise RuntimeError("bug")
+
+    assert (await api.call("GET", "/v1/customers/count"))[1] == 200
+    sim.on_request(boom)
+    status, body = await api.call("GET", "/v1/customers/count")
+    assert (status, body["error_code"]) == (500, 500)
+    assert "simulator error" in caplog.text
+    sim.clear_hooks()
+    assert (await api.call("GET", "/v1/customers/count"))[1] == 200

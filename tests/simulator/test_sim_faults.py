@@ -1,0 +1,395 @@
+"""Fault injection, counters, mutation hooks and seeding of the simulator, seen over raw HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import io
+import itertools
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+import dmhub_async
+from dmhub_async.testing import DMHubSimulator, Faults, serve_forever
+
+HAS_CLIENT = hasattr(dmhub_async, "DMHubClient")
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[DMHubSimulator]:
+    async with DMHubSimulator(customers=30) as simulator:
+        yield simulator
+
+
+@pytest.fixture
+async def token(http: aiohttp.ClientSession, sim: DMHubSimulator) -> str:
+    params = {"grant_type": "client_credentials", "appid": sim.app_id, "secret": sim.secret}
+    async with http.get(f"{sim.url}/security/accesstoken", params=params) as r:
+        body: dict[str, Any] = await r.json()
+    return str(body["access_token"])
+
+
+async def get(
+    http: aiohttp.ClientSession, sim: DMHubSimulator, token: str, path: str, **params: Any
+) -> tuple[int, Any, bytes]:
+    async with http.get(sim.url + path, params={"access_token": token, **params}) as r:
+        return r.status, r.headers, await r.read()
+
+
+# -- each fault kind ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kind", "status", "retry_after"),
+    [
+        ("429", 429, "1"),
+        ("429-no-retry-after", 429, None),
+        ("500", 500, None),
+        ("502", 502, None),
+        ("503", 503, None),
+        ("504", 504, None),
+    ],
+)
+async def test_status_faults_answer_json_errors(
+    http: aiohttp.ClientSession,
+    sim: DMHubSimulator,
+    token: str,
+    kind: str,
+    status: int,
+    retry_after: str | None,
+) -> None:
+    sim.faults.script([kind])
+    got, headers, body = await get(http, sim, token, "/v1/customers")
+    assert got == status
+    assert headers.get("Retry-After") == retry_after
+    assert json.loads(body)["error_code"] == status
+    assert sim.counters.faults == {kind: 1}
+    assert (await get(http, sim, token, "/v1/customers/count"))[2] == b"30"
+
+
+async def test_429_with_retry_after_as_http_date(
+    http: aiohttp.ClientSession, sim: DMHubSimulator, token: str
+) -> None:
+    sim.faults.retry_after = 30
+    sim.faults.script(["429-http-date"])
+    status, headers, _ = await get(http, sim, token, "/v1/customers")
+    assert status == 429
+    when = email.utils.parsedate_to_datetime(headers["Retry-After"]).timestamp()
+    assert 25 < when - time.time() <= 31
+
+
+async def test_html_error_page(
+    http: aiohttp.ClientSession, sim: DMHubSimulator, token: str
+) -> None:
+    sim.faults.script(["html"])
+    status, headers, body = await get(http, sim, token, "/v1/customers/count")
+    assert status == 502
+    assert headers["Content-Type"].startswith("text/html")
+    assert body.startswith(b"<html>")
+
+
+async def test_reset_drops_the_connection(
+    http: aiohttp.ClientSession, sim: DMHubSimulator, token: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    await get(http, sim, token, "/v1/customers/count")  # a pooled connection to reuse
+    sim.faults.script(["reset"])
+    with pytest.raises((aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)):
+        await get(http, sim, token, "/v1/customers")
+    assert sim.counters.faults == {"reset": 1}
+    assert (await get(http, sim, token, "/v1/customers"))[0] == 200
+    assert not [r for r in caplog.records if r.levelname in ("WARNING", "ERROR")]
+
+
+async def test_truncated_body_is_half_of_a_valid_answer(
+    http: aiohttp.ClientSession, sim: DMHubSimulator, token: str
+) -> None:
+    full = (await get(http, sim, token, "/v1/customers"))[2]
+    sim.faults.script(["truncated"])
+    status, headers, body = await get(http, sim, token, "/v1/customers")
+    assert status == 200
+    assert int(headers["Content-Length"]) == len(body) == len(full) // 2
+    assert full.startswith(body)
+    with pytest.raises(ValueError):  # noqa: PT011 - any JSON decode error
+        json.loads(body)
+
+
+async def test_reset_after_write_applies_the_change_and_loses_the_answer(
+    http: aiohttp.ClientSession, sim: DMHubSimulator, token: str
+) -> None:
+    sim.faults.script(["reset-after-write"])
+    with pytest.raises((aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)):
+        async with http.post(
+            f"{sim.url}/v1/customers", params={"access_token": token}, json={"name": "丢失"}
+        ) as r:
+            await r.read()
+    assert sim.customers_count() == 31
+    assert sim.counters.faults == {"reset-after-write": 1}
+
+
+async def test_reset_after_write_on_delete_is_not_applied_twice(
+    http: aiohttp.ClientSession, sim: DMHubSimulator, token: str
+) -> None:
+    victim = sim.customer_ids()[0]
+    sim.faults.script(["reset-after-write"])
+    with pytest.raises((aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)):
+        async with http.delete(f"{sim.url}/v1/customers/{victim}", params={"access_token": token}):
+            pass
+    assert sim.customers_count() == 29
+    assert sim.counters.routes["DELETE /v1/customers/{id}"] == 2  # aiohttp's own re-send
+
+
+def test_unknown_fault_kind_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown fault kinds"):
+        Faults(kinds=["418"])
+    with pytest.raises(ValueError, match="unknown fault kinds"):
+        Faults().script(["ok", "boom"])
+
+
+# -- when faults fire ---------------------------------------------------------------------------
+
+
+async def test_script_is_consumed_one_per_request_then_rate_applies(
+    http: aiohttp.ClientSession, sim: DMHubSimulator, token: str
+) -> None:
+    sim.faults.script(["503", "ok", "429"])
+    statuses = [(await get(http, sim, token, "/v1/customers/count"))[0] for _ in range(4)]
+    assert statuses == [503, 200, 429, 200]
+    assert sim.faults.scripted == 0
+    sim.faults.rate = 1.0
+    sim.faults.kinds = ("500",)
+    assert (await get(http, sim, token, "/v1/customers/count"))[0] == 500
+    sim.faults.clear()
+    assert (await get(http, sim, token, "/v1/customers/count"))[0] == 200
+
+
+async def test_random_faults_at_a_rate_are_seeded(http: aiohttp.ClientSession) -> None:
+    async def run() -> list[int]:
+        faults = Faults(rate=0.5, kinds=["500", "503"], seed=11)
+        async with DMHubSimulator(customers=1, faults=faults) as sim:
+            t = await _token(http, sim)
+            return [(await get(http, sim, t, "/v1/customers/count"))[0] for _ in range(20)]
+
+    first, second = await run(), await run()
+    assert first == second
+    assert {200, 500, 503} == set(first)
+
+
+async def _token(http: aiohttp.ClientSession, sim: DMHubSimulator) -> str:
+    params = {"grant_type": "client_credentials", "appid": sim.app_id, "secret": sim.secret}
+    async with http.get(f"{sim.url}/security/accesstoken", params=params) as r:
+        return str((await r.json())["access_token"])
+
+
+async def test_faults_spare_the_token_endpoint_unless_named(http: aiohttp.ClientSession) -> None:
+    async with DMHubSimulator(faults=Faults(rate=1.0, kinds=["503"])) as sim:
+        token = await _token(http, sim)
+        assert (await get(http, sim, token, "/v1/customers/count"))[0] == 503
+        sim.faults.paths = ("/security/accesstoken",)
+        params = {"grant_type": "client_credentials", "appid": sim.app_id, "secret": sim.secret}
+        async with http.get(f"{sim.url}/security/accesstoken", params=params) as r:
+            assert r.status == 503
+        assert (await get(http, sim, token, "/v1/customers/count"))[0] == 200
+
+
+async def test_faults_restricted_to_a_method_and_path(
+    http: aiohttp.ClientSession, sim: DMHubSimulator, token: str
+) -> None:
+    sim.faults.paths = ("GET /v1/customers", "/v1/customers/*/nothing")
+    sim.faults.rate = 1.0
+    sim.faults.kinds = ("502",)
+    assert (await get(http, sim, token, "/v1/customers"))[0] == 502
+    assert (await get(http, sim, token, "/v1/customers/count"))[0] == 200
+    first = sim.customer_ids()[0]
+    assert (await get(http, sim, token, f"/v1/customers/{first}"))[0] == 200
+    sim.faults.paths = ("/v1/customers/{id}",)
+    assert (await get(http, sim, token, f"/v1/customers/{first}"))[0] == 502
+
+
+async def test_fixed_and_random_latency(
+    http: aiohttp.ClientSession, sim: DMHubSimulator, token: str
+) -> None:
+    sim.faults.latency = 0.02
+    started = time.perf_counter()
+    await get(http, sim, token, "/v1/customers/count")
+    assert time.perf_counter() - started >= 0.02
+    sim.faults.latency = 0.0
+    sim.faults.latency_jitter = 0.01
+    delays = {sim.faults.next_latency() for _ in range(5)}
+    assert len(delays) == 5
+    assert all(0 <= d <= 0.01 for d in delays)
+
+
+# -- counters and hooks -------------------------------------------------------------------------
+
+
+async def test_counters_record_what_was_served(
+    http: aiohttp.ClientSession, sim: DMHubSimulator, token: str
+) -> None:
+    first = sim.customer_ids()[0]
+    await get(http, sim, token, "/v1/customers")
+    await get(http, sim, token, f"/v1/customers/{first}")
+    await get(http, sim, token, f"/v1/customers/{first + 1}")
+    await get(http, sim, "bad-token", "/v1/customers")
+    sim.faults.script(["429"])
+    await get(http, sim, token, "/v1/customers")
+    c = sim.counters
+    assert c.tokens_issued == 1
+    assert c.requests == {
+        "/security/accesstoken": 1,
+        "/v1/customers": 3,
+        "/v1/customers/{id}": 2,
+    }
+    assert c.routes["GET /v1/customers/{id}"] == 2
+    assert c.statuses == {200: 4, 500: 1, 429: 1}
+    assert c.faults == {"429": 1}
+    assert c.errors == {40201: 1, 40014: 1}
+    assert c.total == 6
+    c.reset()
+    assert c.total == 0
+
+
+async def test_mutation_during_a_walk_shifts_pages(
+    http: aiohttp.ClientSession, sim: DMHubSimulator, token: str
+) -> None:
+    before = sim.customer_ids()
+    sim.mutate_every(1, deletes=2, inserts=1)
+    seen: list[int] = []
+    for page in (1, 2, 3):
+        _, _, body = await get(http, sim, token, "/v1/customers", rows=10, page=page)
+        seen += [r["id"] for r in json.loads(body)["rows"]]
+    assert sim.counters.mutations == 9
+    assert sim.customers_count() == 27
+    assert len(set(seen) & set(before)) < 30  # the walk skipped rows deleted ahead of it
+    assert (await get(http, sim, token, "/v1/customers/count"))[2] == b"27"
+
+
+async def test_mutation_at_the_end_gives_new_higher_ids(
+    http: aiohttp.ClientSession, sim: DMHubSimulator, token: str
+) -> None:
+    top = sim.customer_ids()[-1]
+    sim.mutate_every(2, inserts=3, front=False, paths=["/v1/customers/count"])
+    for _ in range(4):
+        await get(http, sim, token, "/v1/customers/count")
+    await get(http, sim, token, "/v1/customers")
+    new = [i for i in sim.customer_ids() if i > top]
+    assert len(new) == 6
+    assert sim.customers_count() == 36
+
+
+async def test_async_request_hook(http: aiohttp.ClientSession, sim: DMHubSimulator) -> None:
+    seen: list[str] = []
+
+    async def hook(request: aiohttp.web.Request) -> None:
+        await asyncio.sleep(0)
+        seen.append(request.path)
+
+    sim.on_request(hook)
+    await _token(http, sim)
+    assert seen == ["/security/accesstoken"]
+
+
+# -- seeding ------------------------------------------------------------------------------------
+
+
+def test_seeding_is_deterministic_per_seed() -> None:
+    a, b, c = DMHubSimulator(100, seed=5), DMHubSimulator(100, seed=5), DMHubSimulator(100, seed=6)
+    rows_a = [a.customer(i) for i in a.customer_ids()]
+    assert rows_a == [b.customer(i) for i in b.customer_ids()]
+    assert rows_a != [c.customer(i) for i in c.customer_ids()]
+    assert [a.identities(i) for i in a.customer_ids()] == [
+        b.identities(i) for i in b.customer_ids()
+    ]
+
+
+def test_seeded_data_looks_like_a_real_customer_base() -> None:
+    sim = DMHubSimulator(2000, seed=1)
+    people = [sim.customer(i) for i in sim.customer_ids()]
+    ids = [p["id"] for p in people if p]
+    assert ids == sorted(set(ids))
+    assert len({b - a for a, b in itertools.pairwise(ids)}) > 1  # not contiguous
+    mobiles = [p["mobile"] for p in people if p and p["mobile"]]
+    assert len(mobiles) == len(set(mobiles)) > 1500
+    assert all(len(m) == 11 and m.startswith("1") for m in mobiles)
+    assert 500 < sum(1 for p in people if p and p["email"]) < 1500
+    assert {p["stage"] for p in people if p} >= {"lead", "customer", "vip", "", None}
+    assert {p["gender"] for p in people if p} == {0, 1, 2, None}
+    assert {p["source"] for p in people if p} >= {"web", "wechat", "shop"}
+    assert all("\u4e00" <= p["name"][0] <= "\u9fff" for p in people if p)
+    assert any(isinstance(p["annualRevenue"], float) for p in people if p)
+    assert all(set(p["attr"]) == {"attr1", "attr2"} for p in people if p)
+    assert sum(1 for i in ids if sim.identities(i)) > 500
+
+
+def test_seeding_100k_customers_is_fast() -> None:
+    started = time.perf_counter()
+    sim = DMHubSimulator(100_000)
+    assert time.perf_counter() - started < 3
+    assert sim.customers_count() == 100_000
+
+
+def test_helpers_add_insert_and_delete() -> None:
+    sim = DMHubSimulator(10)
+    top = sim.customer_ids()[-1]
+    sim.add_customers(5)
+    assert sim.customers_count() == 15
+    assert min(sim.customer_ids()[10:]) > top
+    row = sim.insert_customer({"name": "插入", "mobile": "13812345678"}, customer_id=7)
+    assert sim.customer_ids()[0] == 7
+    assert row["displayName"] == "插入"
+    assert sim.delete_customer(7)
+    assert not sim.delete_customer(7)
+    assert sim.customer(7) is None
+
+
+async def test_serve_forever_prints_credentials_until_cancelled() -> None:
+    out = io.StringIO()
+    task = asyncio.create_task(serve_forever(0, 10, 0, 0.0, 1, out=out))
+    for _ in range(100):
+        if "Ctrl+C" in out.getvalue():
+            break
+        await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    text = out.getvalue()
+    assert "http://127.0.0.1:" in text
+    assert "DMHUB_APP_ID=sim-app-id" in text
+    assert "DMHUB_SECRET=sim-secret" in text
+
+
+async def test_the_app_runs_under_aiohttp_test_utilities() -> None:
+    from aiohttp.test_utils import TestClient, TestServer
+
+    sim = DMHubSimulator(3)
+    async with TestClient(TestServer(sim.app)) as client:
+        params = {"grant_type": "client_credentials", "appid": sim.app_id, "secret": sim.secret}
+        r = await client.get("/security/accesstoken", params=params)
+        token = (await r.json())["access_token"]
+        r = await client.get("/v1/customers/count", params={"access_token": token})
+        assert await r.text() == "3"
+
+
+async def test_dmhub_simulator_fixture(dmhub_simulator: DMHubSimulator) -> None:
+    assert dmhub_simulator.customers_count() == 50
+    assert dmhub_simulator.url.startswith("http://127.0.0.1:")
+
+
+@pytest.mark.dmhub_simulator(customers=7, seed=2)
+async def test_dmhub_simulator_fixture_takes_a_marker(dmhub_simulator: DMHubSimulator) -> None:
+    assert dmhub_simulator.customers_count() == 7
+
+
+@pytest.mark.skipif(not HAS_CLIENT, reason="DMHubClient is not available yet")
+async def test_dmhub_client_fixture(dmhub_client: Any, dmhub_simulator: DMHubSimulator) -> None:
+    assert await dmhub_client.customers.count() == 50
