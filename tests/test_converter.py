@@ -384,7 +384,7 @@ def test_identities_list_and_missing_name() -> None:
     rows = [
         {"customerId": "1", "identityType": "wechat", "identityValue": "o1"},
         {
-            "customerId": "2",
+            "customerId": 2,
             "identityType": "email",
             "identityValue": "a@b.c",
             "identityName": None,
@@ -392,7 +392,7 @@ def test_identities_list_and_missing_name() -> None:
     ]
     assert structure_identities(rows) == [
         CustomerIdentity(1, "wechat", "o1"),
-        CustomerIdentity(2, "email", "a@b"),
+        CustomerIdentity(2, "email", "a@b.c"),
     ]
 
 
