@@ -363,16 +363,26 @@ class DMHubClient:
             APIConnectionError: no answer, after the retries the policy allows.
         """
         self._check_open()
+
+        def count_retry() -> None:
+            self.stats.retries += 1
+            if on_retry is not None:
+                on_retry()
+
         call = CallState(
             request=Request(method, path, params, json, idempotent, not_found_codes),
             started=self._clock(),
-            on_retry=on_retry,
+            on_retry=count_retry,
         )
         return await self._send_with_retries(call)
 
     async def _attempt(self, call: CallState) -> Any:
         request: Request = call.request
-        token = await self._token() if request.authenticated else None
+        try:
+            token = await self._token() if request.authenticated else None
+        except DMHubError:
+            call.final = True  # the token request was retried on its own already
+            raise
         try:
             return await self._send(request, token)
         except AuthenticationError:
@@ -380,7 +390,11 @@ class DMHubClient:
             if not request.authenticated or self._tokens is None or call.refreshed:
                 raise
             call.refreshed = True
-        token = await self._tokens.refresh(stale=token)
+        try:
+            token = await self._tokens.refresh(stale=token)
+        except DMHubError:
+            call.final = True
+            raise
         self._current_token = token
         return await self._send(request, token)
 

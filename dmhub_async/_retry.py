@@ -102,6 +102,9 @@ class CallState:
     started: float
     retries: int = 0
     refreshed: bool = False
+    #: Set when the failure must not be retried by this loop: the token request that failed
+    #: had its own retries already, and repeating them here would multiply the attempts.
+    final: bool = False
     on_retry: Callable[[], None] | None = None
 
 
@@ -124,6 +127,8 @@ def retrying(
         call: CallState = details["args"][0]
         err: BaseException = details["exception"]  # type: ignore[typeddict-item]
         delay = policy.wait(details["tries"], err)
+        if call.final:
+            raise err
         if policy.budget is not None and clock() - call.started + delay > policy.budget:
             raise err  # the budget would run out while waiting: give up now
         call.retries += 1

@@ -1,0 +1,362 @@
+"""Retries: what is retried, how many times, how long each wait is, and what is never repeated.
+
+Every client here runs on the fake clock with jitter stubbed (``jitter=lambda c: c``), so the
+waits are exact: 0.5, 1, 2, 4, ... capped at ``max_delay``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import re
+from datetime import datetime, timezone
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp.client_reqrep import ConnectionKey
+from aioresponses import aioresponses
+
+from dmhub_async import (
+    APIConnectionError,
+    APIError,
+    APITimeoutError,
+    NotFoundError,
+    RateLimitError,
+    ResponseDecodeError,
+    RetryPolicy,
+    ServerError,
+)
+
+BASE = "https://api.dmhub.test"
+CUSTOMER = {"id": 1, "name": "x"}
+
+
+def url(path: str) -> re.Pattern[str]:
+    return re.compile("^" + re.escape(BASE + path) + r"(\?.*)?$")
+
+
+def count(api: aioresponses, path: str, method: str | None = None) -> int:
+    return sum(
+        len(calls)
+        for (m, u), calls in api.requests.items()
+        if u.path == path and method in (None, m)
+    )
+
+
+def connect_failure() -> aiohttp.ClientConnectorError:
+    """What aiohttp raises when the host cannot be reached: nothing was sent."""
+    key = ConnectionKey("api.dmhub.test", 443, True, True, None, None, None)
+    return aiohttp.ClientConnectorError(key, OSError(111, "Connection refused"))
+
+
+# Each failure: the mock's answer (kwargs for aioresponses) and the error the caller gets.
+RETRYABLE: dict[str, tuple[dict[str, Any], type[Exception]]] = {
+    "429": ({"status": 429, "payload": {"error_code": 429}}, RateLimitError),
+    "500": ({"status": 500, "payload": {"error_code": 1, "error_description": "x"}}, ServerError),
+    "502": ({"status": 502, "body": b""}, ServerError),
+    "503": ({"status": 503, "body": b""}, ServerError),
+    "504": ({"status": 504, "body": b""}, ServerError),
+    "502 html": (
+        {"status": 502, "body": b"<html><body>Bad Gateway</body></html>"},
+        ServerError,
+    ),
+    "500 empty": ({"status": 500, "body": b""}, ServerError),
+    "connection error": ({"exception": aiohttp.ClientConnectionError("reset")}, APIConnectionError),
+    "server disconnected": ({"exception": aiohttp.ServerDisconnectedError()}, APIConnectionError),
+    "connect failure": ({"exception": connect_failure()}, APIConnectionError),
+    "timeout": ({"exception": asyncio.TimeoutError()}, APITimeoutError),
+    "truncated 200": ({"status": 200, "body": b'{"id": 1, "na'}, ResponseDecodeError),
+}
+
+
+@pytest.mark.parametrize("kind", list(RETRYABLE))
+async def test_failure_that_keeps_failing_is_tried_max_retries_plus_one_times(
+    api, make_client, clock, kind
+):
+    answer, error = RETRYABLE[kind]
+    api.get(url("/v1/customers/1"), repeat=True, **answer)
+    dm = make_client(access_token="tok", max_retries=4)
+
+    with pytest.raises(error):
+        await dm.request("GET", "/v1/customers/1")
+
+    assert count(api, "/v1/customers/1") == 5
+    assert clock.waits == [0.5, 1, 2, 4]
+
+
+@pytest.mark.parametrize("kind", list(RETRYABLE))
+async def test_failure_then_success_returns_the_answer(api, make_client, clock, kind):
+    answer, _ = RETRYABLE[kind]
+    api.get(url("/v1/customers/1"), **answer)
+    api.get(url("/v1/customers/1"), **answer)
+    api.get(url("/v1/customers/1"), payload=CUSTOMER)
+    dm = make_client(access_token="tok")
+
+    assert await dm.request("GET", "/v1/customers/1") == CUSTOMER
+    assert count(api, "/v1/customers/1") == 3
+    assert clock.waits == [0.5, 1]
+    assert dm.stats.retries == 2
+
+
+async def test_waits_double_up_to_max_delay(api, make_client, clock):
+    api.get(url("/v1/customers/1"), status=500, repeat=True)
+    dm = make_client(access_token="tok", max_retries=7, max_delay=3.0)
+
+    with pytest.raises(ServerError):
+        await dm.request("GET", "/v1/customers/1")
+
+    assert count(api, "/v1/customers/1") == 8
+    assert clock.waits == [0.5, 1, 2, 3, 3, 3, 3]
+
+
+async def test_max_retries_zero_tries_once(api, make_client, clock):
+    api.get(url("/v1/customers/1"), status=500, repeat=True)
+    dm = make_client(access_token="tok", max_retries=0)
+
+    with pytest.raises(ServerError):
+        await dm.request("GET", "/v1/customers/1")
+
+    assert count(api, "/v1/customers/1") == 1
+    assert clock.waits == []
+
+
+def test_default_jitter_is_full_jitter_below_the_ceiling():
+    policy = RetryPolicy()
+    err = ServerError("x", status=500)
+    waits = [policy.wait(3, err) for _ in range(200)]
+    assert all(0 <= w <= 2.0 for w in waits)
+    assert len(set(waits)) > 1
+
+
+@pytest.mark.parametrize("status", [429, 503])
+async def test_retry_after_seconds_is_honoured(api, make_client, clock, status):
+    api.get(url("/v1/customers/1"), status=status, headers={"Retry-After": "7"})
+    api.get(url("/v1/customers/1"), payload=CUSTOMER)
+    dm = make_client(access_token="tok")
+
+    assert await dm.request("GET", "/v1/customers/1") == CUSTOMER
+    # The service's 7 s, plus a jitter of up to 10% (at most 1 s) so clients don't stampede.
+    assert clock.waits == [pytest.approx(7.7)]
+
+
+async def test_retry_after_http_date_is_honoured_relative_to_the_clock(api, make_client, clock):
+    when = datetime.fromtimestamp(clock.now + 20, tz=timezone.utc)
+    api.get(
+        url("/v1/customers/1"),
+        status=429,
+        headers={"Retry-After": email.utils.format_datetime(when, usegmt=True)},
+    )
+    api.get(url("/v1/customers/1"), payload=CUSTOMER)
+    dm = make_client(access_token="tok")
+
+    assert await dm.request("GET", "/v1/customers/1") == CUSTOMER
+    assert clock.waits == [pytest.approx(21.0)]  # 20 s, plus the 1 s jitter ceiling
+
+
+async def test_retry_after_in_the_past_retries_at_once(api, make_client, clock):
+    when = datetime.fromtimestamp(clock.now - 60, tz=timezone.utc)
+    api.get(
+        url("/v1/customers/1"),
+        status=429,
+        headers={"Retry-After": email.utils.format_datetime(when, usegmt=True)},
+    )
+    api.get(url("/v1/customers/1"), payload=CUSTOMER)
+    dm = make_client(access_token="tok")
+
+    assert await dm.request("GET", "/v1/customers/1") == CUSTOMER
+    assert clock.waits == [0.0]
+
+
+async def test_retry_after_above_the_cap_is_raised_at_once(api, make_client, clock):
+    api.get(url("/v1/customers/1"), status=429, headers={"Retry-After": "120"}, repeat=True)
+    dm = make_client(access_token="tok", retry_after_cap=60.0)
+
+    with pytest.raises(RateLimitError) as info:
+        await dm.request("GET", "/v1/customers/1")
+
+    assert count(api, "/v1/customers/1") == 1
+    assert info.value.retry_after == 120.0
+    assert info.value.status == 429
+    assert clock.waits == []
+
+
+async def test_budget_stops_retrying_before_a_wait_would_overrun_it(api, make_client, clock):
+    api.get(url("/v1/customers/1"), status=500, repeat=True)
+    dm = make_client(access_token="tok", max_retries=10, budget=2.0)
+
+    with pytest.raises(ServerError):
+        await dm.request("GET", "/v1/customers/1")
+
+    # 0.5 then 1 s fit in 2 s; waiting 2 s more would not, so it gives up after 3 attempts.
+    assert clock.waits == [0.5, 1]
+    assert count(api, "/v1/customers/1") == 3
+
+
+async def test_budget_counts_time_spent_in_attempts(api, make_client, clock):
+    def slow(u: Any, **kwargs: Any) -> None:
+        clock.advance(10)  # each attempt takes 10 s of the budget
+
+    api.get(url("/v1/customers/1"), status=500, callback=slow, repeat=True)
+    dm = make_client(access_token="tok", max_retries=10, budget=25.0)
+
+    with pytest.raises(ServerError):
+        await dm.request("GET", "/v1/customers/1")
+
+    assert clock.waits == [0.5, 1]  # 10 + 0.5 + 10 + 1 + 10 = 31.5: no third wait of 2 s
+    assert count(api, "/v1/customers/1") == 3
+
+
+@pytest.mark.parametrize("status", [400, 403, 404])
+async def test_non_retryable_status_is_sent_once(api, make_client, clock, status):
+    api.get(url("/v1/customers/1"), status=status, payload={"error_code": status}, repeat=True)
+    dm = make_client(access_token="tok")
+
+    with pytest.raises(APIError) as info:
+        await dm.request("GET", "/v1/customers/1")
+
+    assert info.value.status == status
+    assert not isinstance(info.value, (ServerError, RateLimitError))
+    assert count(api, "/v1/customers/1") == 1
+    assert clock.waits == []
+
+
+async def test_missing_customer_500_40201_is_not_found_and_not_retried(api, make_client, clock):
+    api.get(
+        url("/v1/customers/77"),
+        status=500,
+        payload={"error_code": 40201, "error_description": "permission is not enough"},
+        repeat=True,
+    )
+    dm = make_client(access_token="tok")
+
+    with pytest.raises(NotFoundError):
+        await dm.customers.get(77)
+
+    assert count(api, "/v1/customers/77") == 1
+    assert clock.waits == []
+
+
+# --- writes that must not be repeated -------------------------------------------------------
+
+UNKNOWN_OUTCOME: dict[str, tuple[dict[str, Any], type[Exception]]] = {
+    "read timeout": ({"exception": asyncio.TimeoutError()}, APITimeoutError),
+    "server timeout": ({"exception": aiohttp.ServerTimeoutError("read")}, APITimeoutError),
+    "server disconnected": ({"exception": aiohttp.ServerDisconnectedError()}, APIConnectionError),
+    "connection reset": (
+        {"exception": aiohttp.ClientOSError(104, "Connection reset by peer")},
+        APIConnectionError,
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", list(UNKNOWN_OUTCOME))
+async def test_create_is_not_repeated_when_the_answer_was_lost(api, make_client, clock, kind):
+    answer, error = UNKNOWN_OUTCOME[kind]
+    api.post(url("/v1/customers"), repeat=True, **answer)
+    dm = make_client(access_token="tok")
+
+    with pytest.raises(error) as info:
+        await dm.customers.create(name="x")
+
+    assert count(api, "/v1/customers", "POST") == 1
+    assert info.value.outcome_unknown is True
+    assert "outcome is unknown" in str(info.value)
+    assert clock.waits == []
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {"status": 500, "payload": {"error_code": 1}},
+        {"status": 502, "body": b"<html>Bad Gateway</html>"},
+        {"status": 200, "body": b'{"id": 1, "na'},
+    ],
+    ids=["500", "502 html", "truncated 200"],
+)
+async def test_create_is_not_repeated_after_an_answer_that_may_hide_a_write(
+    api, make_client, clock, answer
+):
+    api.post(url("/v1/customers"), repeat=True, **answer)
+    dm = make_client(access_token="tok")
+
+    with pytest.raises(APIError) as info:
+        await dm.request("POST", "/v1/customers", json={"name": "x"}, idempotent=False)
+
+    assert count(api, "/v1/customers", "POST") == 1
+    assert info.value.outcome_unknown is True
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {"exception": connect_failure()},
+        {"status": 429, "payload": {"error_code": 429}},
+        {"status": 503, "body": b""},
+    ],
+    ids=["connect failure", "429", "503"],
+)
+async def test_create_is_retried_where_it_surely_was_not_applied(api, make_client, clock, answer):
+    api.post(url("/v1/customers"), **answer)
+    api.post(url("/v1/customers"), status=201, payload=CUSTOMER)
+    dm = make_client(access_token="tok")
+
+    created = await dm.customers.create(name="x")
+
+    assert created.id == 1
+    assert count(api, "/v1/customers", "POST") == 2
+    assert clock.waits == [0.5]
+
+
+async def test_create_with_mobile_is_an_upsert_and_is_retried_after_a_timeout(
+    api, make_client, clock
+):
+    api.post(url("/v1/customers"), exception=asyncio.TimeoutError())
+    api.post(url("/v1/customers"), payload=CUSTOMER)
+    dm = make_client(access_token="tok")
+
+    await dm.customers.create(name="x", mobile="18612341234")
+
+    assert count(api, "/v1/customers", "POST") == 2
+
+
+async def test_connect_failure_on_a_create_after_retries_says_nothing_was_sent(
+    api, make_client, clock
+):
+    api.post(url("/v1/customers"), exception=connect_failure(), repeat=True)
+    dm = make_client(access_token="tok", max_retries=2)
+
+    with pytest.raises(APIConnectionError) as info:
+        await dm.customers.create(name="x")
+
+    assert count(api, "/v1/customers", "POST") == 3
+    assert info.value.outcome_unknown is False
+
+
+# --- the token endpoint ---------------------------------------------------------------------
+
+
+async def test_token_endpoint_failure_is_retried_within_one_budget_of_attempts(
+    api, make_client, clock
+):
+    api.get(url("/security/accesstoken"), status=500, repeat=True)
+    dm = make_client(max_retries=4)
+
+    with pytest.raises(ServerError):
+        await dm.request("GET", "/v1/customers/1")
+
+    # max_retries + 1 token requests, not (max_retries + 1) squared from nested loops.
+    assert count(api, "/security/accesstoken") == 5
+    assert count(api, "/v1/customers/1") == 0
+    assert clock.waits == [0.5, 1, 2, 4]
+
+
+async def test_token_endpoint_recovers(api, make_client, clock):
+    api.get(url("/security/accesstoken"), status=503)
+    api.get(url("/security/accesstoken"), payload={"error_code": 0, "access_token": "tok-1"})
+    api.get(url("/v1/customers/1"), payload=CUSTOMER)
+    dm = make_client()
+
+    assert await dm.request("GET", "/v1/customers/1") == CUSTOMER
+    assert count(api, "/security/accesstoken") == 2
+    assert clock.waits == [0.5]
