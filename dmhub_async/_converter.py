@@ -243,42 +243,20 @@ def parse_timestamp(s: str) -> datetime:
     return dt.astimezone(UTC)
 
 
-# Exports repeat timestamps (dateJoin is often dateCreated, batch imports share a second), and a
-# dict hit is cheaper than a parse. Bounded: cleared when full.
-_TS_CACHE: Final[dict[str, datetime]] = {}
-_TS_CACHE_MAX: Final = 8192
-
-
-def _to_datetime_miss(v: Any) -> datetime | None:
-    """Parse a timestamp not in the cache, and remember it."""
-    if type(v) is not str:
-        if isinstance(v, datetime):
-            return v.replace(tzinfo=UTC) if v.tzinfo is None else v.astimezone(UTC)
-        raise TypeError(f"expected a timestamp string, got {type(v).__name__}")
-    if _PY311:
-        try:
-            dt = _fromisoformat(v)
-        except ValueError:
-            dt = _parse_timestamp_slow(v)
-        if dt.tzinfo is not UTC:
-            dt = dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
-    else:
-        dt = parse_timestamp(v)
-    if len(_TS_CACHE) >= _TS_CACHE_MAX:
-        _TS_CACHE.clear()
-    _TS_CACHE[v] = dt
-    return dt
+def _to_utc(dt: datetime) -> datetime:
+    """An aware UTC ``datetime`` from any ``datetime`` (naive is taken as UTC)."""
+    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
 
 
 def _to_datetime(v: Any) -> datetime | None:
     """A wire timestamp (or null) as an aware UTC ``datetime`` (or None)."""
     if v is None:
         return None
-    if v.__class__ is str:
-        dt = _TS_CACHE.get(v)
-        if dt is not None:
-            return dt
-    return _to_datetime_miss(v)
+    if type(v) is str:
+        return parse_timestamp(v)
+    if isinstance(v, datetime):
+        return _to_utc(v)
+    raise TypeError(f"expected a timestamp string, got {type(v).__name__}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -333,18 +311,98 @@ def _to_wire(v: Any) -> Any:
 # The fast structure hook factory
 # ---------------------------------------------------------------------------------------------
 
-# Inline expressions per field type, on the local `V` holding the wire value: the common case
+# Inline expressions per field type, on the local `{v}` holding the wire value: the common case
 # (the exact JSON type, or null) costs no call; anything else goes to the lenient hook.
 _INLINE: Final[dict[Any, str]] = {
-    str | None: "V if V is None or type(V) is str else _to_str(V)",
-    int | None: "V if V is None or type(V) is int else _to_int(V)",
-    bool | None: "V if V is None or type(V) is bool else _to_bool(V)",
-    datetime | None: "None if V is None else (_ts_get(V) or _to_datetime_miss(V))",
-    Decimal | None: "None if V is None else _Decimal(_repr(V)) if type(V) is float"
-    " else _Decimal(V) if type(V) is int else _to_decimal(V)",
-    int | str | None: "V",
-    dict[str, Any]: "V if type(V) is dict else _to_dict(V)",
+    str | None: "{v} if {v} is None or type({v}) is str else _to_str({v})",
+    int | None: "{v} if {v} is None or type({v}) is int else _to_int({v})",
+    bool | None: "{v} if {v} is None or type({v}) is bool else _to_bool({v})",
+    datetime | None: "None if {v} is None else _to_datetime({v})",
+    Decimal | None: "None if {v} is None else _Decimal(_repr({v})) if type({v}) is float"
+    " else _Decimal({v}) if type({v}) is int else _to_decimal({v})",
+    int | str | None: "{v}",
+    dict[str, Any]: "{v} if type({v}) is dict else _to_dict({v})",
 }
+
+# Python >= 3.11: `fromisoformat` reads the contract's `...Z` form in C, and gives
+# `timezone.utc` itself for it, so a row of well-formed timestamps parses without a Python call.
+# A timestamp it refuses raises, and the row is read again with the lenient expressions.
+_INLINE_FAST: Final[dict[Any, str]] = (
+    {
+        datetime | None: "None if {v} is None"
+        " else d if (d := _fromiso({v})).tzinfo is _UTC else _to_utc(d)"
+    }
+    if _PY311
+    else {}
+)
+
+
+def _structure_source(
+    name: str,
+    fields: list[attrs.Attribute[Any]],
+    names: dict[str, str],
+    local: list[str],
+    ns: dict[str, Any],
+    converter: cattrs.Converter,
+    strict: bool,
+    overrides: dict[Any, str],
+) -> list[str]:
+    """The source lines of one generated structure function (see _make_fast_structure_fn)."""
+    lines = [
+        f"def {name}(o, _=None):",
+        "    try:",
+        f"        ({', '.join(local)},) = _get_all(o)",
+        "        complete = True",
+        "    except KeyError:",
+        "        g = o.get",
+        *(f"        {v} = g({names[a.name]!r})" for v, a in zip(local, fields, strict=True)),
+        "        complete = False",
+        "    self = _new(_cls)",
+    ]
+    gender_field = None
+    for i, (v, a) in enumerate(zip(local, fields, strict=True)):
+        if a.type is Gender:
+            gender_field = a.name
+            lines += [
+                f"    gender = _GENDERS.get({v}) if {v} is None or type({v}) is int"
+                f" else _to_gender({v})",
+                f"    self.{a.name} = _UNKNOWN if gender is None else gender",
+            ]
+            gender_local = v
+            continue
+        inline = overrides.get(a.type) or _INLINE.get(a.type)
+        if inline is not None:
+            expr = inline.replace("{v}", v)
+        else:
+            # Any other type: the converter's own hook; null or missing gives the default.
+            ns[f"_hook{i}"] = converter.get_structure_hook(a.type)
+            ns[f"_type{i}"] = a.type
+            ns[f"_default{i}"] = a.default
+            default = (
+                f"_default{i}.factory()"
+                if isinstance(a.default, attrs.Factory)  # type: ignore[arg-type]
+                else f"_default{i}"
+            )
+            expr = f"{default} if {v} is None else _hook{i}({v}, _type{i})"
+        lines.append(f"    self.{a.name} = {expr}")
+    # All known keys present and no more keys than that: nothing unknown (the usual case).
+    lines.append("    if (complete and len(o) == _N_KNOWN) or _KNOWN.issuperset(o):")
+    lines.append("        extra = {}")
+    lines.append("    else:")
+    if strict:
+        lines.append("        raise _ForbiddenExtraKeysError(None, _cls, set(o) - _KNOWN)")
+    else:
+        lines.append("        extra = {k: o[k] for k in o if k not in _KNOWN}")
+    if gender_field:
+        lines.append("    if gender is None:")
+        if strict:
+            lines.append(f"        raise ValueError('unknown gender: ' + repr({gender_local}))")
+        else:
+            # An unmappable gender keeps its raw value, so nothing the service sent is lost.
+            lines.append(f"        extra['gender'] = {gender_local}")
+    lines.append("    self.extra = extra")
+    lines.append("    return self")
+    return lines
 
 
 def _make_fast_structure_fn(
@@ -381,67 +439,29 @@ def _make_fast_structure_fn(
         "_Decimal": Decimal,
         "_repr": repr,
         "_to_dict": _to_dict,
-        "_to_datetime_miss": _to_datetime_miss,
-        "_ts_get": _TS_CACHE.get,
+        "_to_datetime": _to_datetime,
+        "_to_utc": _to_utc,
+        "_fromiso": _fromisoformat,
+        "_UTC": UTC,
         "_to_gender": _to_gender,
         "_GENDERS": _GENDERS,
         "_UNKNOWN": Gender.UNKNOWN,
     }
     local = [f"v{i}" for i in range(len(fields))]
-    lines = [
-        "def structure(o, _=None):",
-        "    try:",
-        f"        ({', '.join(local)},) = _get_all(o)",
-        "        complete = True",
-        "    except KeyError:",
-        "        g = o.get",
-        *(f"        {v} = g({names[a.name]!r})" for v, a in zip(local, fields, strict=True)),
-        "        complete = False",
-        "    self = _new(_cls)",
-    ]
-    gender_field = None
-    for i, (v, a) in enumerate(zip(local, fields, strict=True)):
-        if a.type is Gender:
-            gender_field = a.name
-            lines += [
-                f"    gender = _GENDERS.get({v}) if {v} is None or type({v}) is int"
-                f" else _to_gender({v})",
-                f"    self.{a.name} = _UNKNOWN if gender is None else gender",
-            ]
-            gender_local = v
-            continue
-        inline = _INLINE.get(a.type)
-        if inline is not None:
-            expr = inline.replace("V", v)
-        else:
-            # Any other type: the converter's own hook; null or missing gives the default.
-            ns[f"_hook{i}"] = converter.get_structure_hook(a.type)
-            ns[f"_type{i}"] = a.type
-            ns[f"_default{i}"] = a.default
-            default = (
-                f"_default{i}.factory()"
-                if isinstance(a.default, attrs.Factory)  # type: ignore[arg-type]
-                else f"_default{i}"
-            )
-            expr = f"{default} if {v} is None else _hook{i}({v}, _type{i})"
-        lines.append(f"    self.{a.name} = {expr}")
-    # All known keys present and no more keys than that: nothing unknown (the usual case).
-    lines.append("    if (complete and len(o) == _N_KNOWN) or _KNOWN.issuperset(o):")
-    lines.append("        extra = {}")
-    lines.append("    else:")
-    if strict:
-        lines.append("        raise _ForbiddenExtraKeysError(None, _cls, set(o) - _KNOWN)")
+    lenient = _structure_source("lenient", fields, names, local, ns, converter, strict, {})
+    if _INLINE_FAST:
+        fast = _structure_source("fast", fields, names, local, ns, converter, strict, _INLINE_FAST)
+        # Anything the fast expressions refuse is read again by the lenient ones.
+        lines = [
+            *lenient,
+            "def structure(o, _=None):",
+            "    try:",
+            *(f"    {line}" for line in fast[1:]),
+            "    except (ValueError, TypeError):",
+            "        return lenient(o)",
+        ]
     else:
-        lines.append("        extra = {k: o[k] for k in o if k not in _KNOWN}")
-    if gender_field:
-        lines.append("    if gender is None:")
-        if strict:
-            lines.append(f"        raise ValueError('unknown gender: ' + repr({gender_local}))")
-        else:
-            # An unmappable gender keeps its raw value, so nothing the service sent is lost.
-            lines.append(f"        extra['gender'] = {gender_local}")
-    lines.append("    self.extra = extra")
-    lines.append("    return self")
+        lines = [line.replace("def lenient(", "def structure(", 1) for line in lenient]
     source = "\n".join(lines) + "\n"
     filename = f"<dmhub_async structure {cls.__name__}{' strict' if strict else ''}>"
     exec(compile(source, filename, "exec"), ns)

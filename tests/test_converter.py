@@ -304,10 +304,15 @@ def test_timestamp_fallback_parser(wire: str, expected: datetime) -> None:
     assert parsed.tzinfo is UTC
 
 
-def test_timestamp_cache_returns_the_same_value() -> None:
-    first = structure_customer({"dateJoin": "2001-02-03T04:05:06+01:00"}).date_join
-    again = structure_customer({"dateJoin": "2001-02-03T04:05:06+01:00"}).date_join
-    assert first == again == datetime(2001, 2, 3, 3, 5, 6, tzinfo=UTC)
+@pytest.mark.parametrize("wire", ["2017-06-01T12:12:12z", " 2017-06-01T12:12:12Z"])
+def test_a_timestamp_fromisoformat_refuses_is_read_leniently(wire: str) -> None:
+    row = {**DOC_CUSTOMER, "dateJoin": wire, "levelScore": 1}
+    c = structure_customer(row)
+    assert c.date_join == NOON
+    assert c.date_join is not None
+    assert c.date_join.tzinfo is UTC
+    assert c.name == "小D"
+    assert c.extra == {"levelScore": 1}
 
 
 def test_format_timestamp() -> None:
