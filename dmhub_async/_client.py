@@ -29,7 +29,6 @@ from ._exceptions import (
     AuthenticationError,
     DMHubError,
     InvalidRequestError,
-    RateLimitError,
     ResponseDecodeError,
     coerce_code,
     error_class,
@@ -130,8 +129,6 @@ def read_response(
     retry_after = None
     if status in (429, 503):
         retry_after = parse_retry_after(headers.get("Retry-After"), now)
-    if status in (429, 503) and cls is APIError:
-        cls = RateLimitError
     raise _error(cls, request, status, code, description, retry_after=retry_after)
 
 
@@ -157,8 +154,11 @@ def _error(
     if retry_after is not None:
         message += f" (Retry-After {retry_after:g}s)"
     # A write whose answer failed may still have been applied: don't repeat it blindly.
-    # 429 and 503 are refusals: nothing was written. A 4xx is final anyway.
-    unknown = not request.idempotent and (status < 300 or (status >= 500 and status != 503))
+    # 429 and 503 are refusals: nothing was written. A 4xx is final anyway, and so is an
+    # error_code on a 2xx: the service answered, and said no. A 2xx we cannot read is unknown.
+    unknown = not request.idempotent and (
+        (status < 300 and code is None) or (status >= 500 and status != 503)
+    )
     return cls(
         message,
         status=status,

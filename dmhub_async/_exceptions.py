@@ -114,7 +114,7 @@ class NotFoundError(APIError):
 
 
 class RateLimitError(APIError):
-    """The service is throttling: HTTP 429 (or 503 with ``Retry-After``).
+    """The service is throttling: HTTP 429 (a 503 is a :class:`ServerError`, retried alike).
 
     ``retry_after`` is the wait in seconds the service asked for, or ``None``.
     """

@@ -1,0 +1,239 @@
+"""The error a caller gets for each answer: class, status, code and description.
+
+Most tests go through a client (``max_retries=0`` where the failure would be retried, so each
+sends one request); ``read_response`` and ``error_class`` are plain functions and are also
+tested without an event loop.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+from aioresponses import aioresponses
+
+from dmhub_async import (
+    APIConnectionError,
+    APIError,
+    APITimeoutError,
+    AuthenticationError,
+    DMHubError,
+    InvalidRequestError,
+    NotFoundError,
+    RateLimitError,
+    ResponseDecodeError,
+    ServerError,
+)
+from dmhub_async._client import Request, read_response
+from dmhub_async._exceptions import coerce_code, error_class
+
+BASE = "https://api.dmhub.test"
+
+
+def url(path: str) -> re.Pattern[str]:
+    return re.compile("^" + re.escape(BASE + path) + r"(\?.*)?$")
+
+
+def count(api: aioresponses, path: str) -> int:
+    return sum(len(calls) for (_, u), calls in api.requests.items() if u.path == path)
+
+
+# (status, body or payload) -> (class, status, code)
+CASES: dict[str, tuple[dict[str, Any], type[APIError], int | str | None]] = {
+    "401": ({"status": 401, "body": b""}, AuthenticationError, None),
+    "401 with body": (
+        {"status": 401, "payload": {"error_code": 40001, "error_description": "no"}},
+        AuthenticationError,
+        40001,
+    ),
+    "40001 on 200": ({"payload": {"error_code": 40001}}, AuthenticationError, 40001),
+    "40014 on 200": ({"payload": {"error_code": "40014"}}, AuthenticationError, 40014),
+    "42001 on 200": ({"payload": {"error_code": 42001}}, AuthenticationError, 42001),
+    "400": ({"status": 400, "payload": {"error_code": 40005}}, APIError, 40005),
+    "403": ({"status": 403, "body": b"Forbidden"}, APIError, None),
+    "404": ({"status": 404, "body": b""}, NotFoundError, None),
+    "429": ({"status": 429, "body": b""}, RateLimitError, None),
+    "500": ({"status": 500, "payload": {"error_code": 500}}, ServerError, 500),
+    "502": ({"status": 502, "body": b"<html>Bad Gateway</html>"}, ServerError, None),
+    "503": ({"status": 503, "body": b""}, ServerError, None),
+    "504": ({"status": 504, "body": b""}, ServerError, None),
+    "non-JSON 200": ({"body": b"<html>maintenance</html>"}, ResponseDecodeError, None),
+    "truncated JSON 200": ({"body": b'{"rows": [{"id": 1'}, ResponseDecodeError, None),
+    "other code on 200": (
+        {"payload": {"error_code": 40005, "error_description": "bad param"}},
+        APIError,
+        40005,
+    ),
+    "string code on 200": (
+        {"payload": {"error_code": "E_PARAM", "error_description": "bad param"}},
+        APIError,
+        "E_PARAM",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+async def test_error_class_for_each_answer(api, make_client, case):
+    answer, cls, code = CASES[case]
+    api.get(url("/v1/customers"), repeat=True, **answer)
+    # A static token: an auth error is raised as is, with no refresh in between.
+    dm = make_client(access_token="tok", max_retries=0)
+
+    with pytest.raises(APIError) as info:
+        await dm.request("GET", "/v1/customers")
+
+    err = info.value
+    assert type(err) is cls
+    assert err.status == answer.get("status", 200)
+    assert err.code == code
+    assert type(err.code) is type(code)
+    assert err.method == "GET"
+    assert err.path == "/v1/customers"
+    assert count(api, "/v1/customers") == 1
+    assert f"HTTP {err.status}" in str(err)
+
+
+async def test_error_on_http_200_carries_status_code_and_description(api, make_client):
+    api.get(url("/v1/customers"), payload={"error_code": "40005", "error_description": "bad"})
+    dm = make_client(access_token="tok")
+
+    with pytest.raises(APIError) as info:
+        await dm.request("GET", "/v1/customers")
+
+    assert (info.value.status, info.value.code, info.value.description) == (200, 40005, "bad")
+    assert "error_code 40005: bad" in str(info.value)
+    assert repr(info.value) == "APIError(status=200, code=40005, description='bad')"
+
+
+async def test_missing_customer_is_not_found_on_a_single_read(api, make_client, clock):
+    api.get(
+        url("/v1/customers/77"),
+        status=500,
+        payload={"error_code": 40201, "error_description": "permission is not enough"},
+        repeat=True,
+    )
+    dm = make_client(access_token="tok")
+
+    with pytest.raises(NotFoundError) as info:
+        await dm.customers.get(77)
+
+    assert info.value.status == 500
+    assert info.value.code == 40201
+    assert count(api, "/v1/customers/77") == 1  # not retried as a server error
+    assert clock.waits == []
+
+
+async def test_40201_elsewhere_is_a_server_error(api, make_client):
+    api.get(url("/v1/customers"), status=500, payload={"error_code": 40201})
+    dm = make_client(access_token="tok", max_retries=0)
+
+    with pytest.raises(ServerError):
+        await dm.request("GET", "/v1/customers")
+
+
+async def test_retry_after_is_on_the_rate_limit_error(api, make_client):
+    api.get(url("/v1/customers"), status=429, headers={"Retry-After": "3"})
+    dm = make_client(access_token="tok", max_retries=0)
+
+    with pytest.raises(RateLimitError) as info:
+        await dm.request("GET", "/v1/customers")
+
+    assert info.value.retry_after == 3.0
+    assert "Retry-After 3s" in str(info.value)
+
+
+@pytest.mark.parametrize("code", [0, "0"])
+async def test_zero_error_code_is_success(api, make_client, code):
+    api.get(url("/v1/customers"), payload={"error_code": code, "rows": []})
+    dm = make_client(access_token="tok")
+
+    assert await dm.request("GET", "/v1/customers") == {"error_code": code, "rows": []}
+
+
+async def test_empty_success_is_none(api, make_client):
+    api.delete(url("/v1/customers/1"), status=204)
+    dm = make_client(access_token="tok")
+
+    assert await dm.request("DELETE", "/v1/customers/1") is None
+
+
+async def test_bare_integer_body_is_returned(api, make_client):
+    api.get(url("/v1/customers/count"), body=b"7")
+    dm = make_client(access_token="tok")
+
+    assert await dm.request("GET", "/v1/customers/count") == 7
+
+
+async def test_refused_create_on_http_200_is_known_not_applied(api, make_client):
+    api.post(url("/v1/customers"), payload={"error_code": 40005, "error_description": "bad"})
+    dm = make_client(access_token="tok")
+
+    with pytest.raises(APIError) as info:
+        await dm.customers.create(name="x")
+
+    # The service said no: nothing was written, so the caller need not check first.
+    assert info.value.outcome_unknown is False
+
+
+def test_error_tree():
+    assert issubclass(InvalidRequestError, ValueError)
+    assert issubclass(InvalidRequestError, DMHubError)
+    assert issubclass(APITimeoutError, TimeoutError)
+    assert issubclass(APITimeoutError, APIConnectionError)
+    for cls in (AuthenticationError, NotFoundError, RateLimitError, ServerError):
+        assert issubclass(cls, APIError)
+    assert issubclass(ResponseDecodeError, APIError)
+    assert issubclass(APIError, DMHubError)
+    assert issubclass(APIConnectionError, DMHubError)
+    assert not issubclass(APIError, APIConnectionError)
+
+
+def test_timeout_error_is_caught_as_builtin_timeout():
+    with pytest.raises(TimeoutError):
+        raise APITimeoutError("GET /v1/customers timed out")
+
+
+@pytest.mark.parametrize(
+    ("raw", "code"),
+    [(40004, 40004), ("40004", 40004), (" 42001 ", 42001), ("E1", "E1"), ("", None), (None, None)],
+)
+def test_codes_are_ints_when_numeric(raw, code):
+    assert coerce_code(raw) == code
+    assert type(coerce_code(raw)) is type(code)
+
+
+def test_error_class_table():
+    auth = frozenset({42001})
+    assert error_class(200, 42001, auth_codes=auth) is AuthenticationError
+    assert error_class(500, 40201, not_found_codes=frozenset({40201})) is NotFoundError
+    assert error_class(401, None) is AuthenticationError
+    assert error_class(404, None) is NotFoundError
+    assert error_class(429, None) is RateLimitError
+    assert error_class(599, None) is ServerError
+    assert error_class(418, None) is APIError
+    assert error_class(200, 40005) is APIError
+
+
+def test_read_response_without_an_event_loop():
+    request = Request("GET", "/v1/customers/1")
+    assert read_response(request, 200, {}, b'{"id": 1}') == {"id": 1}
+    with pytest.raises(AuthenticationError):
+        read_response(request, 200, {}, b'{"error_code": 42001}')
+    with pytest.raises(ResponseDecodeError) as info:
+        read_response(request, 200, {}, b"\xff\xfe not json")
+    assert "not JSON" in str(info.value)
+
+
+def test_token_endpoint_errors_are_authentication_errors():
+    request = Request("GET", "/security/accesstoken", authenticated=False)
+    with pytest.raises(AuthenticationError) as info:
+        read_response(
+            request,
+            200,
+            {},
+            b'{"error_code": "40004", "error_description": "the params is illegal"}',
+        )
+    assert info.value.code == 40004
+    with pytest.raises(ServerError):
+        read_response(request, 502, {}, b"<html>")
