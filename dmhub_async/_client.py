@@ -435,13 +435,16 @@ class DMHubClient:
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as err:
                 failure = err
         elapsed_ms = (time.perf_counter() - started) * 1000
+        # The token this request carried: by the time its answer comes back another call may
+        # have refreshed it, so self._current_token is not enough.
+        secrets = (*self._secrets, token)
         if failure is not None:
             # Raised outside the except block, from a redacted stand-in: aiohttp's exceptions
             # carry the URL, and so the token; they must not ride along as cause or context.
             logger.debug(
                 "%s failed: %s (%.1f ms)", request.describe(), type(failure).__name__, elapsed_ms
             )
-            raise _connection_error(request, failure) from RedactedCause(failure, self._secrets)
+            raise _connection_error(request, failure) from RedactedCause(failure, secrets)
         logger.debug("%s -> %d (%.1f ms)", request.describe(), status, elapsed_ms)
         return read_response(
             request,
@@ -450,7 +453,7 @@ class DMHubClient:
             payload,
             auth_codes=self._auth_codes,
             now=self._clock(),
-            secrets=self._secrets,
+            secrets=secrets,
         )
 
     async def _fetch_token(self) -> Token:

@@ -1,0 +1,271 @@
+"""The access token and the secret never reach an error, a repr, a traceback or a log line.
+
+A canary token (``TOKEN-CANARY-7f3a9``) and a canary secret (``SECRET-CANARY-91bc``) are used
+for real: they ride in the URLs the mock receives, and every failure below also echoes them
+back the worst way it can (in the body, in aiohttp's exception messages, in the URL those
+exceptions carry). Then ``str(exc)``, ``repr(exc)``, its attributes, every ``__cause__`` and
+``__context__`` down the chain, ``traceback.format_exception(exc)`` and every record logged at
+DEBUG on ``dmhub_async`` must be free of both.
+
+Failure kinds covered:
+
+1.  HTTP 401, the token refused again after one refresh (body echoes the token)
+2.  ``error_code`` 42001 on HTTP 200, refused again after one refresh (description echoes the URL)
+3.  HTTP 500 after every retry (description echoes the token)
+4.  HTML 502 from a proxy that echoes the request line with the token
+5.  truncated JSON on HTTP 200 that contains the token
+6.  connection reset (``ClientOSError`` whose message carries the URL)
+7.  timeout (``asyncio.TimeoutError`` whose message carries the URL)
+8.  HTTP 429 with a ``Retry-After`` above the cap (description echoes the token)
+9.  bad credentials on the token endpoint (``40004`` on HTTP 200, description echoes the secret)
+10. DNS-like connect failure (``ClientConnectorError``, "Name or service not known")
+11. HTTP 404 (body echoes the token)
+12. ``ClientResponseError`` from aiohttp, which carries the full URL in its ``request_info``
+13. connection refused on the token endpoint (message carries the URL with the secret)
+14. server disconnected on a create (outcome unknown, message carries the URL)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import traceback
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp.client_reqrep import ConnectionKey, RequestInfo
+from aioresponses import CallbackResult, aioresponses
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from dmhub_async import DMHubClient, DMHubError
+
+BASE = "https://api.dmhub.test"
+TOKEN = "TOKEN-CANARY-7f3a9"
+SECRET = "SECRET-CANARY-91bc"
+CANARIES = (TOKEN, SECRET, "7f3a9", "91bc")
+TOKEN_URL = re.compile(r"^https://api\.dmhub\.test/security/accesstoken\?.*$")
+API_URL = re.compile(r"^https://api\.dmhub\.test/v1/customers.*$")
+
+
+def issue_tokens(api: aioresponses) -> list[str]:
+    """The token endpoint: hands out ``TOKEN-CANARY-7f3a9``, then ``...-2``, ``...-3``."""
+    issued: list[str] = []
+
+    def answer(url: Any, **kwargs: Any) -> CallbackResult:
+        token = TOKEN if not issued else f"{TOKEN}-{len(issued) + 1}"
+        issued.append(token)
+        return CallbackResult(payload={"error_code": 0, "access_token": token})
+
+    api.get(TOKEN_URL, callback=answer, repeat=True)
+    return issued
+
+
+def token_of(url: Any) -> str:
+    return str(url.query.get("access_token", ""))
+
+
+def body(status: int, text: str, content_type: str = "application/json") -> Callable[..., Any]:
+    """An answer whose body is ``text`` with ``{url}`` and ``{token}`` filled in."""
+
+    def answer(url: Any, **kwargs: Any) -> CallbackResult:
+        return CallbackResult(
+            status=status,
+            body=text.format(url=url, token=token_of(url)),
+            content_type=content_type,
+            headers={"Retry-After": "3600"} if status == 429 else None,
+        )
+
+    return answer
+
+
+def raises(make: Callable[[Any], BaseException]) -> Callable[..., Any]:
+    """An answer that fails the way aiohttp does, with the URL (and so the token) in it."""
+
+    def answer(url: Any, **kwargs: Any) -> None:
+        raise make(url)
+
+    return answer
+
+
+def response_error(url: Any) -> aiohttp.ClientResponseError:
+    info = RequestInfo(url, "GET", CIMultiDictProxy(CIMultiDict()), url)
+    return aiohttp.ClientResponseError(info, (), status=400, message=f"bad request {url}")
+
+
+def dns_failure(url: Any) -> aiohttp.ClientConnectorError:
+    key = ConnectionKey(url.host, 443, True, True, None, None, None)
+    return aiohttp.ClientConnectorError(key, OSError(-2, f"Name or service not known: {url}"))
+
+
+FAILURES: dict[str, tuple[str, Callable[..., Any]]] = {
+    # kind: (which endpoint fails, its answer)
+    "401": ("api", body(401, '{{"error_code": 401, "error_description": "bad token {token}"}}')),
+    "42001 on 200": (
+        "api",
+        body(200, '{{"error_code": 42001, "error_description": "invalid token in {url}"}}'),
+    ),
+    "500": ("api", body(500, '{{"error_code": 1, "error_description": "failed {token}"}}')),
+    "html 502": (
+        "api",
+        body(502, "<html><body>502 Bad Gateway: GET {url}</body></html>", "text/html"),
+    ),
+    "truncated 200": ("api", body(200, '{{"id": 1, "note": "{token}", "na')),
+    "connection reset": (
+        "api",
+        raises(lambda u: aiohttp.ClientOSError(104, f"Connection reset by peer: {u}")),
+    ),
+    "timeout": ("api", raises(lambda u: asyncio.TimeoutError(f"timed out reading {u}"))),
+    "429 retry-after": (
+        "api",
+        body(429, '{{"error_code": 429, "error_description": "slow down {token}"}}'),
+    ),
+    "bad credentials": (
+        "token",
+        body(200, '{{"error_code": "40004", "error_description": "illegal: {url}"}}'),
+    ),
+    "dns failure": ("api", raises(dns_failure)),
+    "404": ("api", body(404, '{{"error_code": 404, "error_description": "no {token}"}}')),
+    "client response error": ("api", raises(response_error)),
+    "token endpoint refused": (
+        "token",
+        raises(lambda u: aiohttp.ClientConnectionError(f"Connection refused: GET {u}")),
+    ),
+}
+
+
+def chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and every exception reachable through ``__cause__`` and ``__context__``."""
+    seen: set[int] = set()
+    todo = [exc]
+    while todo:
+        e = todo.pop()
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        yield e
+        todo.extend(x for x in (e.__cause__, e.__context__) if x is not None)
+
+
+def leaks(text: str) -> list[str]:
+    return [c for c in CANARIES if c in text]
+
+
+def assert_clean(exc: BaseException, records: list[logging.LogRecord]) -> None:
+    texts = {"format_exception": "".join(traceback.format_exception(exc))}
+    for i, e in enumerate(chain(exc)):
+        texts[f"chain[{i}] str"] = str(e)
+        texts[f"chain[{i}] repr"] = repr(e)
+        texts[f"chain[{i}] args"] = repr(e.args)
+        texts[f"chain[{i}] attrs"] = repr(vars(e))
+    for i, record in enumerate(records):
+        texts[f"log[{i}]"] = record.getMessage()
+        texts[f"log[{i}] args"] = repr(record.args)
+        if record.exc_info and record.exc_info[1] is not None:
+            texts[f"log[{i}] exc"] = "".join(traceback.format_exception(record.exc_info[1]))
+    leaked = {where: leaks(text) for where, text in texts.items() if leaks(text)}
+    assert not leaked, leaked
+
+
+def sent_urls(api: aioresponses) -> str:
+    return " ".join(str(u) for (_, u) in api.requests)
+
+
+@pytest.fixture
+def debug_logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    caplog.set_level(logging.DEBUG, logger="dmhub_async")
+    return caplog
+
+
+@pytest.mark.parametrize("kind", list(FAILURES))
+async def test_no_secret_in_errors_tracebacks_or_logs(api, make_client, debug_logs, kind):
+    where, answer = FAILURES[kind]
+    if where == "token":
+        api.get(TOKEN_URL, callback=answer, repeat=True)
+    else:
+        issue_tokens(api)
+        api.get(API_URL, callback=answer, repeat=True)
+    dm = make_client(app_id="app-1", secret=SECRET, max_retries=1)
+
+    with pytest.raises(DMHubError) as info:
+        await dm.request("GET", "/v1/customers")
+
+    # The canaries were really used: a leak would have been possible.
+    assert SECRET in sent_urls(api)
+    if where == "api":
+        assert TOKEN in sent_urls(api)
+    assert debug_logs.records, "the session layer logged nothing"
+    assert_clean(info.value, debug_logs.records)
+
+
+async def test_no_secret_when_a_create_is_cut_off(api, make_client, debug_logs):
+    issue_tokens(api)
+    api.post(
+        API_URL,
+        callback=raises(lambda u: aiohttp.ServerDisconnectedError(f"disconnected: {u}")),
+        repeat=True,
+    )
+    dm = make_client(app_id="app-1", secret=SECRET)
+
+    with pytest.raises(DMHubError) as info:
+        await dm.customers.create(name="x")
+
+    assert info.value.outcome_unknown is True
+    assert TOKEN in sent_urls(api)
+    assert_clean(info.value, debug_logs.records)
+
+
+async def test_no_stale_token_when_the_answer_comes_after_a_refresh(
+    api, make_client, debug_logs, clock
+):
+    # One call still waiting on an answer for the old token while another has refreshed it:
+    # the late answer echoes the old token, which must be masked all the same.
+    issue_tokens(api)
+    release = asyncio.Event()
+
+    async def slow_failure(url: Any, **kwargs: Any) -> CallbackResult:
+        await release.wait()
+        return CallbackResult(
+            status=500,
+            body=f'{{"error_code": 1, "error_description": "failed {token_of(url)}"}}',
+        )
+
+    api.get(re.compile(r"^https://api\.dmhub\.test/v1/slow.*$"), callback=slow_failure)
+    api.get(
+        re.compile(r"^https://api\.dmhub\.test/v1/customers.*$"),
+        body=b'{"error_code": 42001}',
+    )
+    api.get(re.compile(r"^https://api\.dmhub\.test/v1/customers.*$"), payload={"id": 1})
+    dm = make_client(app_id="app-1", secret=SECRET, max_retries=0)
+
+    slow = asyncio.ensure_future(dm.request("GET", "/v1/slow"))
+    await asyncio.sleep(0.01)  # slow is in flight with the first token
+    await dm.request("GET", "/v1/customers/1")  # refused: refreshed to ...-2
+    release.set()
+    with pytest.raises(DMHubError) as info:
+        await slow
+
+    assert_clean(info.value, debug_logs.records)
+
+
+async def test_retry_log_lines_are_clean(api, make_client, debug_logs):
+    issue_tokens(api)
+    api.get(API_URL, callback=body(500, '{{"error_code": 1}}'), repeat=True)
+    dm = make_client(app_id="app-1", secret=SECRET, max_retries=3)
+
+    with pytest.raises(DMHubError) as info:
+        await dm.request("GET", "/v1/customers", params={"stage": "lead"})
+
+    retries = [r for r in debug_logs.records if r.levelno == logging.INFO]
+    assert len(retries) == 3
+    assert_clean(info.value, debug_logs.records)
+
+
+def test_client_repr_shows_base_url_and_app_id_only():
+    dm = DMHubClient(app_id="app-1", secret=SECRET, base_url=BASE)
+    assert repr(dm) == "DMHubClient(base_url='https://api.dmhub.test', app_id='app-1')"
+    static = DMHubClient(access_token=TOKEN, base_url=BASE)
+    assert repr(static) == "DMHubClient(base_url='https://api.dmhub.test', app_id=None)"
+    assert not leaks(repr(dm.customers) + repr(static.customers))
