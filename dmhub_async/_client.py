@@ -428,6 +428,7 @@ class DMHubClient:
                     params=params,
                     data=body,
                     headers=headers,
+                    timeout=self._timeout,  # a passed-in session has its own default
                 ) as resp:
                     # Read it all inside the block: a retry never holds a connection.
                     payload = await resp.read()

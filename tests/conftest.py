@@ -22,11 +22,17 @@ TOKEN_URL = re.compile(r"^https://api\.dmhub\.test/security/accesstoken\?.*$")
 
 
 class FakeClock:
-    """Wall-clock seconds that move only by hand or by ``sleep``, which records each wait."""
+    """Wall-clock seconds that move only by hand or by ``sleep``, which records each wait.
+
+    ``sleep`` keeps virtual time: the earliest sleeper wakes first, once the other tasks have
+    had their turns, and the clock then jumps to its wake time. So concurrent sleepers see the
+    times they would see for real, and no test waits.
+    """
 
     def __init__(self, start: float = 1_700_000_000.0) -> None:
         self.now = start
         self.waits: list[float] = []
+        self._wakes: list[float] = []
 
     def __call__(self) -> float:
         return self.now
@@ -36,8 +42,16 @@ class FakeClock:
 
     async def sleep(self, seconds: float) -> None:
         self.waits.append(seconds)
-        self.now += seconds
-        await asyncio.sleep(0)  # still let other tasks run, as a real sleep would
+        wake = self.now + max(0.0, seconds)
+        self._wakes.append(wake)
+        try:
+            settled = 0
+            while settled < 10:  # ten turns in a row as the earliest sleeper: the rest are idle
+                await asyncio.sleep(0)
+                settled = settled + 1 if min(self._wakes) >= wake else 0
+            self.now = max(self.now, wake)
+        finally:
+            self._wakes.remove(wake)
 
 
 class TokenEndpoint:

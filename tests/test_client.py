@@ -1,0 +1,279 @@
+"""DMHubClient: its lifecycle, its settings, what each request sends, limits and logging."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+from typing import Any
+
+import aiohttp
+import pytest
+from aioresponses import CallbackResult, aioresponses
+
+from dmhub_async import DMHubClient, DMHubError, InvalidRequestError, MemoryTokenStore
+
+BASE = "https://api.dmhub.test"
+CUSTOMER = {"id": 1, "name": "x"}
+
+
+def url(path: str, base: str = BASE) -> re.Pattern[str]:
+    return re.compile("^" + re.escape(base + path) + r"(\?.*)?$")
+
+
+def calls(api: aioresponses, path: str) -> list[tuple[Any, Any]]:
+    """(URL, request kwargs) of every request sent to ``path``."""
+    return [
+        (u, call.kwargs) for (_, u), sent in api.requests.items() if u.path == path for call in sent
+    ]
+
+
+@pytest.fixture
+def no_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("DMHUB_APP_ID", "DMHUB_SECRET", "DMHUB_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+
+
+# --- lifecycle ------------------------------------------------------------------------------
+
+
+async def test_context_manager_closes_its_own_session(api, tokens, no_env):
+    api.get(url("/v1/customers/1"), payload=CUSTOMER)
+    async with DMHubClient("app-1", "secret-1", base_url=BASE) as dm:
+        assert await dm.request("GET", "/v1/customers/1") == CUSTOMER
+        session = dm._session
+        assert session is not None
+        assert not session.closed
+
+    assert session.closed
+    assert dm.closed
+
+
+async def test_passed_in_session_is_used_and_left_open(api, no_env):
+    api.get(url("/v1/customers/1"), payload=CUSTOMER, repeat=True)
+    async with aiohttp.ClientSession(headers={"X-Caller": "mine"}) as session:
+        async with DMHubClient(access_token="tok", base_url=BASE, session=session) as dm:
+            await dm.request("GET", "/v1/customers/1")
+
+        assert not session.closed
+        async with session.get(f"{BASE}/v1/customers/1") as resp:  # still usable
+            assert resp.status == 200
+
+    [(_, sent), *_] = calls(api, "/v1/customers/1")
+    assert sent["headers"]["X-Caller"] == "mine"  # the request went through that session
+
+
+async def test_timeout_applies_to_a_passed_in_session(api, no_env):
+    api.get(url("/v1/customers/1"), payload=CUSTOMER)
+    async with (
+        aiohttp.ClientSession() as session,
+        DMHubClient(access_token="tok", base_url=BASE, session=session, timeout=5.0) as dm,
+    ):
+        await dm.request("GET", "/v1/customers/1")
+
+    [(_, sent)] = calls(api, "/v1/customers/1")
+    assert sent["timeout"] == aiohttp.ClientTimeout(total=5.0)
+
+
+async def test_use_after_close_is_a_clear_error(api, make_client):
+    api.get(url("/v1/customers/1"), payload=CUSTOMER)
+    dm = make_client(access_token="tok")
+    await dm.aclose()
+    await dm.aclose()  # closing twice is fine
+
+    with pytest.raises(DMHubError, match="closed"):
+        await dm.request("GET", "/v1/customers/1")
+    with pytest.raises(DMHubError, match="closed"):
+        await dm.customers.get(1)
+    with pytest.raises(DMHubError, match="closed"):
+        async with dm:
+            pass
+    assert api.requests == {}
+
+
+async def test_close_without_any_request_is_fine(no_env):
+    async with DMHubClient(access_token="tok"):
+        pass
+
+
+# --- settings -------------------------------------------------------------------------------
+
+
+async def test_credentials_and_base_url_from_the_environment(api, monkeypatch, clock):
+    monkeypatch.setenv("DMHUB_APP_ID", "env-app")
+    monkeypatch.setenv("DMHUB_SECRET", "env-secret")
+    monkeypatch.setenv("DMHUB_BASE_URL", "https://env.dmhub.test/")
+    api.get(
+        url("/security/accesstoken", "https://env.dmhub.test"),
+        payload={"error_code": 0, "access_token": "env-token", "expires_in": 7200},
+    )
+    api.get(url("/v1/customers/1", "https://env.dmhub.test"), payload=CUSTOMER)
+
+    async with DMHubClient(token_store=MemoryTokenStore(), clock=clock) as dm:
+        assert dm.base_url == "https://env.dmhub.test"
+        assert dm.app_id == "env-app"
+        assert await dm.request("GET", "/v1/customers/1") == CUSTOMER
+
+    [(token_url, _)] = calls(api, "/security/accesstoken")
+    assert token_url.query["appid"] == "env-app"
+    assert token_url.query["secret"] == "env-secret"
+    [(sent, _)] = calls(api, "/v1/customers/1")
+    assert sent.query["access_token"] == "env-token"
+
+
+async def test_arguments_win_over_the_environment(monkeypatch):
+    monkeypatch.setenv("DMHUB_APP_ID", "env-app")
+    monkeypatch.setenv("DMHUB_SECRET", "env-secret")
+    monkeypatch.setenv("DMHUB_BASE_URL", "https://env.dmhub.test")
+    dm = DMHubClient("arg-app", "arg-secret", base_url="https://arg.dmhub.test")
+    assert (dm.app_id, dm.base_url) == ("arg-app", "https://arg.dmhub.test")
+
+
+def test_default_base_url(no_env):
+    assert DMHubClient(access_token="tok").base_url == "https://api.convertlab.com"
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{}, {"app_id": "app-1"}, {"secret": "s"}, {"app_id": "", "secret": ""}],
+    ids=["nothing", "no secret", "no app id", "empty"],
+)
+def test_no_credentials_is_invalid_request(no_env, kwargs):
+    with pytest.raises(InvalidRequestError, match="no credentials") as info:
+        DMHubClient(**kwargs)
+    assert isinstance(info.value, ValueError)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"base_url": "api.convertlab.com"},
+        {"timeout": 0},
+        {"max_retries": -1},
+        {"max_concurrency": 0},
+        {"rate_limit": 0},
+        {"rate_limit": -5},
+    ],
+)
+def test_bad_settings_are_invalid_request(no_env, kwargs):
+    with pytest.raises(InvalidRequestError):
+        DMHubClient(access_token="tok", **kwargs)
+
+
+# --- what a request sends -------------------------------------------------------------------
+
+
+async def test_request_sends_params_token_and_json(api, make_client):
+    api.post(url("/v1/customers"), status=201, payload=CUSTOMER)
+    dm = make_client(access_token="tok")
+
+    result = await dm.request(
+        "POST", "/v1/customers", params={"x": "1"}, json={"name": "小D", "mobile": "186"}
+    )
+
+    assert result == CUSTOMER
+    [(sent, kwargs)] = calls(api, "/v1/customers")
+    assert dict(sent.query) == {"x": "1", "access_token": "tok"}
+    assert kwargs["headers"]["Content-Type"] == "application/json; charset=utf-8"
+    assert json.loads(kwargs["data"]) == {"name": "小D", "mobile": "186"}
+    assert "小D".encode() in kwargs["data"]  # UTF-8 as is, not \\u escapes
+
+
+async def test_stats_count_requests_and_token_fetches(api, tokens, make_client):
+    api.get(url("/v1/customers/1"), status=500)
+    api.get(url("/v1/customers/1"), payload=CUSTOMER, repeat=True)
+    dm = make_client()
+
+    await dm.request("GET", "/v1/customers/1")
+    await dm.request("GET", "/v1/customers/1")
+
+    assert (dm.stats.requests, dm.stats.retries, dm.stats.token_fetches) == (4, 1, 1)
+
+
+# --- limits ---------------------------------------------------------------------------------
+
+
+async def test_rate_limit_spaces_requests_exactly(api, make_client, clock):
+    start = clock.now
+    sent_at: list[float] = []
+
+    def record(u: Any, **kwargs: Any) -> CallbackResult:
+        sent_at.append(clock.now - start)
+        return CallbackResult(payload=CUSTOMER)
+
+    api.get(url("/v1/customers/1"), callback=record, repeat=True)
+    dm = make_client(access_token="tok", rate_limit=4.0)
+
+    for _ in range(3):
+        await dm.request("GET", "/v1/customers/1")
+    await asyncio.gather(*(dm.request("GET", "/v1/customers/1") for _ in range(3)))
+
+    assert sent_at == pytest.approx([0.0, 0.25, 0.5, 0.75, 1.0, 1.25])
+
+
+async def test_rate_limit_lets_an_idle_client_go_at_once(api, make_client, clock):
+    api.get(url("/v1/customers/1"), payload=CUSTOMER, repeat=True)
+    dm = make_client(access_token="tok", rate_limit=2.0)
+
+    await dm.request("GET", "/v1/customers/1")
+    clock.advance(10)
+    await dm.request("GET", "/v1/customers/1")
+
+    assert clock.waits == []
+
+
+async def test_max_concurrency_bounds_requests_in_flight(api, make_client):
+    in_flight = peak = 0
+
+    async def slow(u: Any, **kwargs: Any) -> CallbackResult:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        for _ in range(5):
+            await asyncio.sleep(0)
+        in_flight -= 1
+        return CallbackResult(payload=CUSTOMER)
+
+    api.get(url("/v1/customers/1"), callback=slow, repeat=True)
+    dm = make_client(access_token="tok", max_concurrency=3)
+
+    await asyncio.gather(*(dm.request("GET", "/v1/customers/1") for _ in range(12)))
+
+    assert peak == 3
+
+
+# --- logging --------------------------------------------------------------------------------
+
+
+async def test_debug_line_per_request(api, make_client, caplog):
+    caplog.set_level(logging.DEBUG, logger="dmhub_async")
+    api.get(url("/v1/customers"), payload={"rows": []})
+    dm = make_client(access_token="tok")
+
+    await dm.request("GET", "/v1/customers", params={"stage": "lead"})
+
+    [record] = [r for r in caplog.records if r.name == "dmhub_async"]
+    assert record.levelno == logging.DEBUG
+    assert re.fullmatch(r"GET /v1/customers\?stage=lead -> 200 \(\d+\.\d ms\)", record.getMessage())
+
+
+async def test_info_line_per_retry(api, make_client, caplog):
+    caplog.set_level(logging.DEBUG, logger="dmhub_async")
+    api.get(url("/v1/customers/1"), status=503)
+    api.get(url("/v1/customers/1"), exception=aiohttp.ServerDisconnectedError())
+    api.get(url("/v1/customers/1"), payload=CUSTOMER)
+    dm = make_client(access_token="tok", max_retries=4)
+
+    await dm.request("GET", "/v1/customers/1")
+
+    infos = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert infos == [
+        "retrying GET /v1/customers/1 after HTTP 503 ServerError (retry 1 of 4) in 0.50s",
+        "retrying GET /v1/customers/1 after APIConnectionError (retry 2 of 4) in 1.00s",
+    ]
+    debugs = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
+    assert len(debugs) == 3
+    assert re.fullmatch(
+        r"GET /v1/customers/1 failed: ServerDisconnectedError \(\d+\.\d ms\)", debugs[1]
+    )
