@@ -18,6 +18,8 @@ from dmhub_async import (
     FileTokenStore,
     MemoryTokenStore,
     RedisTokenStore,
+    ResponseDecodeError,
+    ServerError,
     Token,
 )
 
@@ -268,3 +270,117 @@ def test_repr_of_stores_and_tokens_hides_the_token():
 
 def test_client_with_access_token_needs_no_app_id():
     DMHubClient(access_token="given-token")  # no error, nothing sent
+
+
+async def test_failed_refresh_is_not_retried_twice(api, make_client, clock):
+    api.get(url("/security/accesstoken"), payload={"error_code": 0, "access_token": "tok-1"})
+    api.get(url("/security/accesstoken"), status=500, repeat=True)
+    api.get(url("/v1/customers/1"), payload={"error_code": 42001}, repeat=True)
+    dm = make_client(max_retries=4)
+
+    with pytest.raises(ServerError):
+        await dm.request("GET", "/v1/customers/1")
+
+    # One fetch, then one refresh with its own 1 + 4 attempts; the call is not retried on top.
+    assert count(api, "/security/accesstoken") == 6
+    assert count(api, "/v1/customers/1") == 1
+    assert clock.waits == [0.5, 1, 2, 4]
+
+
+async def test_concurrent_calls_share_a_failed_fetch(api, make_client):
+    api.get(
+        url("/security/accesstoken"),
+        payload={"error_code": "40004", "error_description": "the params is illegal"},
+        repeat=True,
+    )
+    dm = make_client()
+
+    results = await asyncio.gather(
+        *(dm.request("GET", "/v1/customers/1") for _ in range(20)), return_exceptions=True
+    )
+
+    assert all(isinstance(r, AuthenticationError) for r in results)
+    assert count(api, "/security/accesstoken") == 1
+
+
+async def test_cancelling_one_caller_does_not_cancel_the_shared_fetch(api, make_client):
+    release = asyncio.Event()
+    issued: list[str] = []
+
+    async def slow_token(u: Any, **kwargs: Any) -> CallbackResult:
+        await release.wait()
+        issued.append("tok-1")
+        return CallbackResult(payload={"error_code": 0, "access_token": "tok-1"})
+
+    api.get(url("/security/accesstoken"), callback=slow_token, repeat=True)
+    api.get(url("/v1/customers/1"), payload=CUSTOMER, repeat=True)
+    dm = make_client()
+
+    first = asyncio.ensure_future(dm.request("GET", "/v1/customers/1"))
+    second = asyncio.ensure_future(dm.request("GET", "/v1/customers/1"))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    first.cancel()
+    release.set()
+
+    assert await second == CUSTOMER
+    assert first.cancelled()
+    assert issued == ["tok-1"]
+
+
+async def test_expires_in_from_the_answer_sets_the_refresh_time(api, make_client, clock):
+    answers = iter(["tok-1", "tok-2"])
+    api.get(
+        url("/security/accesstoken"),
+        callback=lambda u, **kw: CallbackResult(
+            payload={"error_code": 0, "access_token": next(answers), "expires_in": 900}
+        ),
+        repeat=True,
+    )
+    checker = TokenChecker({"tok-1", "tok-2"})
+    api.get(url("/v1/customers/1"), callback=checker, repeat=True)
+    dm = make_client()
+
+    await dm.request("GET", "/v1/customers/1")
+    clock.advance(599)  # 900 s less the 300 s margin
+    await dm.request("GET", "/v1/customers/1")
+    clock.advance(2)
+    await dm.request("GET", "/v1/customers/1")
+
+    assert checker.seen == ["tok-1", "tok-1", "tok-2"]
+
+
+async def test_token_body_without_access_token_is_a_decode_error(api, make_client):
+    api.get(url("/security/accesstoken"), payload={"error_code": 0}, repeat=True)
+    dm = make_client()
+
+    with pytest.raises(ResponseDecodeError):
+        await dm.request("GET", "/v1/customers/1")
+    assert count(api, "/v1/customers/1") == 0
+
+
+async def test_file_store_token_outlives_the_client(api, tokens, make_client, tmp_path):
+    # What a second process sees: a new store on the same file finds the token, no fetch.
+    api.get(url("/v1/customers/1"), payload=CUSTOMER, repeat=True)
+    path = tmp_path / "tokens.json"
+    first = make_client(token_store=FileTokenStore(path))
+    await first.request("GET", "/v1/customers/1")
+    await first.aclose()
+
+    later = make_client(token_store=FileTokenStore(path))
+    await later.request("GET", "/v1/customers/1")
+
+    assert tokens.issued == ["tok-1"]
+
+
+async def test_file_store_with_a_corrupt_file_fetches_a_new_token(
+    api, tokens, make_client, tmp_path
+):
+    api.get(url("/v1/customers/1"), payload=CUSTOMER)
+    path = tmp_path / "tokens.json"
+    path.write_text("{not json")
+    dm = make_client(token_store=FileTokenStore(path))
+
+    assert await dm.request("GET", "/v1/customers/1") == CUSTOMER
+    assert tokens.issued == ["tok-1"]
+    assert "tok-1" in path.read_text()
