@@ -34,7 +34,7 @@ from ._exceptions import (
     error_class,
 )
 from ._limits import Limits, RateLimiter
-from ._redact import RedactedCause, redact
+from ._redact import MASK, RedactedCause, redact
 from ._retry import CallState, RetryPolicy, parse_retry_after, retrying
 
 if TYPE_CHECKING:
@@ -58,13 +58,20 @@ DEFAULT_AUTH_ERROR_CODES: frozenset[int | str] = frozenset({40001, 40014, 42001}
 TOKEN_PATH = "/security/accesstoken"
 
 
+def _redact_params(params: Mapping[str, str] | None) -> str:
+    if not params:
+        return repr(params)
+    return repr({k: MASK if k in ("secret", "access_token") else v for k, v in params.items()})
+
+
 @attrs.frozen
 class Request:
     """One API call, before the token is added: what the retry loop repeats."""
 
     method: str
     path: str
-    params: Mapping[str, str] | None = None
+    #: The token request's query holds the secret: keep it out of the repr.
+    params: Mapping[str, str] | None = attrs.field(default=None, repr=_redact_params)
     json: Any = None
     #: Safe to repeat when the first answer was lost (GET, PUT, DELETE, upserts).
     idempotent: bool = True

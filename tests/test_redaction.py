@@ -38,9 +38,13 @@ import aiohttp
 import pytest
 from aiohttp.client_reqrep import ConnectionKey, RequestInfo
 from aioresponses import CallbackResult, aioresponses
+from hypothesis import given
+from hypothesis import strategies as st
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from dmhub_async import DMHubClient, DMHubError
+from dmhub_async._client import Request
+from dmhub_async._redact import MASK, RedactedCause, redact
 
 BASE = "https://api.dmhub.test"
 TOKEN = "TOKEN-CANARY-7f3a9"
@@ -269,3 +273,44 @@ def test_client_repr_shows_base_url_and_app_id_only():
     static = DMHubClient(access_token=TOKEN, base_url=BASE)
     assert repr(static) == "DMHubClient(base_url='https://api.dmhub.test', app_id=None)"
     assert not leaks(repr(dm.customers) + repr(static.customers))
+
+
+def test_request_repr_and_description_hide_the_secret():
+    request = Request(
+        "GET",
+        "/security/accesstoken",
+        {"grant_type": "client_credentials", "appid": "app-1", "secret": SECRET},
+        authenticated=False,
+    )
+    assert not leaks(repr(request))
+    assert not leaks(request.describe())
+    assert "appid=app-1" in request.describe()
+
+
+def test_redacted_cause_keeps_the_type_and_masks_the_message():
+    err = aiohttp.ClientConnectionError(f"refused: {BASE}/v1/customers?access_token={TOKEN}&x=1")
+    cause = RedactedCause(err, [TOKEN])
+    assert cause.original_type == "aiohttp.client_exceptions.ClientConnectionError"
+    assert str(cause) == f"ClientConnectionError: refused: {BASE}/v1/customers?access_token=***&x=1"
+
+
+@given(
+    # What a URL can hold: printable ASCII, the rest percent-encoded; & # and quotes end it.
+    value=st.text(
+        alphabet=st.characters(
+            min_codepoint=0x21, max_codepoint=0x7E, blacklist_characters="&#'\""
+        ),
+        min_size=1,
+    ),
+    name=st.sampled_from(["access_token", "secret", "ACCESS_TOKEN"]),
+    before=st.sampled_from(["", "?", "https://h/p?x=1&"]),
+    after=st.sampled_from(["", "&y=2", "#frag", " and more", "'", '"']),
+)
+def test_any_token_or_secret_parameter_value_is_masked(value, name, before, after):
+    text = f"{before}{name}={value}{after}"
+    assert redact(text) == f"{before}{name}={MASK}{after}"
+
+
+@given(secret=st.text(min_size=4), noise=st.text())
+def test_a_known_secret_is_masked_wherever_it_appears(secret, noise):
+    assert secret not in redact(noise + secret + noise, [secret])
