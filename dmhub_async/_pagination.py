@@ -6,8 +6,11 @@ customers and ``{"items", "meta": {"records", "total", "hasNext"}}`` for statist
 page ("Pagination hazards"), so the walk
 
 * drops repeats by key (with an ``id`` sort, by comparing with the last key: O(1) memory);
-* re-reads the page before when ``records`` changed between two pages, which catches the
-  records a delete behind the cursor shifted back across the page boundary;
+* re-reads from far enough back, up to the current page again, when ``records`` changed
+  between the reads of two pages (in the order reads complete, prefetched ones included),
+  which catches the records a delete behind the cursor shifted back across a page boundary
+  (not when as many records were inserted as deleted between two reads: the count looks
+  unchanged; the export reconciles with ``count`` for that);
 * refuses a page that repeats the previous one, instead of looping for ever.
 """
 
@@ -30,6 +33,8 @@ T = TypeVar("T")
 #: How repeats are recognised: by order of an ascending or descending key (O(1) memory), by a
 #: set of every key seen (memory grows with the walk), or not at all.
 Dedupe = Literal["ascending", "descending", "set", "none"]
+#: How often one re-read (see _walk) backs up again when records keep changing under it.
+_MAX_BACKUPS = 8
 
 
 @attrs.frozen
@@ -101,7 +106,15 @@ class AsyncPaginator(Generic[T]):
         self.checkpoint = start_page
         self.stats = PaginatorStats()
         self._started = False
-        self._tasks: dict[int, asyncio.Task[RawPage[T]]] = {}
+        # Rows a page the service serves, learned from the first page of a walk without
+        # totals (None until then): see _is_last.
+        self._served: int | None = None
+        self._tasks: dict[int, asyncio.Task[tuple[RawPage[T], int]]] = {}
+        # Bumped whenever a read (in the order reads complete, fetched ahead or not) reports
+        # another ``records`` than the read before it: two pages read in the same epoch saw
+        # the same count all along, even when other reads completed in between.
+        self._epoch = 0
+        self._seen_total: int | None = None
 
     def __aiter__(self) -> AsyncIterator[T]:
         return self._iter_items()
@@ -131,9 +144,17 @@ class AsyncPaginator(Generic[T]):
         self.stats.retries += 1
 
     def _launch(self, number: int) -> None:
-        self._tasks[number] = asyncio.ensure_future(
-            self._fetch(number, self.page_size, self._on_retry)
-        )
+        self._tasks[number] = asyncio.ensure_future(self._read(number))
+
+    async def _read(self, number: int) -> tuple[RawPage[T], int]:
+        """Page ``number`` and the epoch it was read in (see ``_epoch``)."""
+        raw = await self._fetch(number, self.page_size, self._on_retry)
+        total = raw.total_records
+        if total is not None:
+            if self._seen_total is not None and total != self._seen_total:
+                self._epoch += 1
+            self._seen_total = total
+        return raw, self._epoch
 
     def _keep(self, items: list[T]) -> list[T]:
         """The items not seen before, in order; repeats are counted, not yielded."""
@@ -180,7 +201,8 @@ class AsyncPaginator(Generic[T]):
         scheduled = number  # the next page to launch
         last_page: int | None = None  # known from totals
         effective_size = self.page_size  # the service may serve fewer than asked
-        previous: RawPage[T] | None = None
+        previous_total: int | None = None  # records, as the page before said
+        previous_epoch: int | None = None  # the epoch the page before was read in
         previous_keys: list[Hashable] | None = None
         remaining = self.max_items
         if remaining == 0:
@@ -197,11 +219,12 @@ class AsyncPaginator(Generic[T]):
             if number not in self._tasks:  # totals said this page should not exist; it does
                 self._launch(number)
                 scheduled = number + 1
-            raw = await self._tasks.pop(number)
+            raw, epoch = await self._tasks.pop(number)
             self.stats.pages += 1
 
             keys = [self._key(i) for i in raw.items] if self._key is not None else None
-            if keys and previous_keys == keys:
+            # (Unless records changed in between: then a delete can shift a whole page back.)
+            if keys and previous_keys == keys and epoch == previous_epoch:
                 raise ResponseDecodeError(
                     f"page {number} repeats page {number - 1}: the service ignored the page"
                     " number, so the walk stops rather than loop",
@@ -210,28 +233,41 @@ class AsyncPaginator(Generic[T]):
             previous_keys = keys
 
             if (
-                previous is not None
-                and previous.total_records is not None
-                and raw.total_records is not None
-                and raw.total_records != previous.total_records
+                previous_epoch is not None
+                and epoch != previous_epoch
                 and self._dedupe != "none"
+                and number > self.start_page
             ):
-                # Records changed between the two reads: a delete behind the cursor shifts
-                # records back across the boundary. Re-read the pages before this one (the
-                # repeats it brings are dropped) so that none is skipped.
-                back = max(
-                    1, math.ceil((previous.total_records - raw.total_records) / effective_size)
-                )
-                for again in range(max(self.start_page, number - back), number):
+                # Records changed between the reads of the page before and this one: a delete
+                # behind the cursor shifts records back across the boundary ("Pagination
+                # hazards"). Re-read from far enough back (the repeats it brings are dropped)
+                # up to this page again, backing up again whenever records change between two
+                # reads. Pages fetched ahead were read before: cancel them, fetch them after.
+                await self._cancel_all()
+                scheduled = number + 1
+                again = number - self._back(previous_total, raw.total_records, effective_size)
+                again = max(self.start_page, again)
+                backups = _MAX_BACKUPS
+                while True:
                     self.stats.refetches += 1
-                    fresh = await self._fetch(again, self.page_size, self._on_retry)
-                    for page in self._emit(fresh, again, has_next=True):
-                        remaining = self._count(page, remaining)
-                        if page.items:
-                            yield page
-                        if remaining == 0:
-                            return
-            previous = raw
+                    fresh, fresh_epoch = await self._read(again)
+                    if fresh_epoch != epoch and backups and again > self.start_page:
+                        backups -= 1
+                        back = self._back(raw.total_records, fresh.total_records, effective_size)
+                        again = max(self.start_page, again - back)
+                        raw, epoch = fresh, fresh_epoch
+                        continue
+                    raw, epoch = fresh, fresh_epoch
+                    if again == number:
+                        break  # this page, read again after the pages before it
+                    page = self._emit(fresh, again, has_next=True)
+                    remaining = self._count(page, remaining)
+                    if page.items:
+                        yield page
+                    if remaining == 0:
+                        return
+                    again += 1
+            previous_total, previous_epoch = raw.total_records, epoch
 
             if raw.items and len(raw.items) < self.page_size and number == self.start_page:
                 effective_size = len(raw.items)
@@ -240,7 +276,7 @@ class AsyncPaginator(Generic[T]):
             elif raw.total_records is not None:
                 last_page = max(1, math.ceil(raw.total_records / effective_size))
             done = self._is_last(raw, number, last_page)
-            page = self._emit(raw, number, has_next=not done)[0]
+            page = self._emit(raw, number, has_next=not done)
             remaining = self._count(page, remaining)
             yield page
             # The consumer is done with this page only once it asks for the next.
@@ -249,9 +285,16 @@ class AsyncPaginator(Generic[T]):
                 return
             number += 1
 
-    def _emit(self, raw: RawPage[T], number: int, *, has_next: bool) -> list[Page[T]]:
+    def _emit(self, raw: RawPage[T], number: int, *, has_next: bool) -> Page[T]:
         items = self._keep(raw.items)
-        return [Page(items, number, has_next, raw.total_records, raw.total_pages)]
+        return Page(items, number, has_next, raw.total_records, raw.total_pages)
+
+    @staticmethod
+    def _back(before: int | None, after: int | None, size: int) -> int:
+        """Pages to step back when ``records`` went from ``before`` to ``after`` (at least 1)."""
+        if before is None or after is None:
+            return 1
+        return max(1, math.ceil((before - after) / size))
 
     def _count(self, page: Page[T], remaining: int | None) -> int | None:
         if remaining is not None and len(page.items) > remaining:
@@ -266,5 +309,11 @@ class AsyncPaginator(Generic[T]):
             return not raw.has_next
         if last_page is not None:
             return number >= last_page
-        # No totals: a short page is the last (with totals, a short page may be a server cap).
-        return len(raw.items) < self.page_size
+        # No totals: a page shorter than the service serves is the last. A short first page
+        # is ambiguous: the end, or the service capping the page size (CONTRACT.md, "list":
+        # above 100 may be capped). Its length is taken as the size served, and the next page
+        # tells (empty: the end); with concurrency > 1 that page is already in flight.
+        if self._served is None:
+            self._served = len(raw.items)
+            return False
+        return len(raw.items) < self._served
