@@ -423,9 +423,11 @@ class DMHubClient:
         if request.json is not None:
             body = json.dumps(request.json, ensure_ascii=False).encode()
             headers["Content-Type"] = "application/json; charset=utf-8"
-        session = self._get_session()
         failure: BaseException | None = None
         async with self._limits.slot():
+            # The client may have been closed while this request queued for its slot.
+            self._check_open()
+            session = self._get_session()
             started = time.perf_counter()
             self.stats.requests += 1
             try:

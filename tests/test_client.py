@@ -92,6 +92,29 @@ async def test_use_after_close_is_a_clear_error(api, make_client):
     assert api.requests == {}
 
 
+async def test_request_queued_when_the_client_closes_gets_the_closed_error(api, make_client):
+    release = asyncio.Event()
+
+    async def slow(u: Any, **kwargs: Any) -> CallbackResult:
+        await release.wait()
+        return CallbackResult(payload=CUSTOMER)
+
+    api.get(url("/v1/customers/1"), callback=slow, repeat=True)
+    dm = make_client(access_token="tok", max_concurrency=1)
+    first = asyncio.ensure_future(dm.request("GET", "/v1/customers/1"))
+    queued = asyncio.ensure_future(dm.request("GET", "/v1/customers/1"))
+    for _ in range(5):
+        await asyncio.sleep(0)  # first is in flight, queued waits for its slot
+
+    await dm.aclose()
+    release.set()
+
+    assert await first == CUSTOMER
+    with pytest.raises(DMHubError, match="closed"):
+        await queued
+    assert len(calls(api, "/v1/customers/1")) == 1
+
+
 async def test_close_without_any_request_is_fine(no_env):
     async with DMHubClient(access_token="tok"):
         pass
