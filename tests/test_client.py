@@ -40,7 +40,9 @@ def no_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 async def test_context_manager_closes_its_own_session(api, tokens, no_env):
     api.get(url("/v1/customers/1"), payload=CUSTOMER)
-    async with DMHubClient("app-1", "secret-1", base_url=BASE) as dm:
+    async with DMHubClient(
+        "app-1", "secret-1", base_url=BASE, token_store=MemoryTokenStore()
+    ) as dm:
         assert await dm.request("GET", "/v1/customers/1") == CUSTOMER
         session = dm._session
         assert session is not None
