@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from typing import Any, Literal, overload
 
@@ -121,17 +121,25 @@ class Identities(Resource):
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise InvalidRequestError(f"concurrency must be an int >= 1, not {concurrency!r}")
         cache: OrderedDict[Identity, int | None] = OrderedDict()
-        window: builtins.list[tuple[Identity, asyncio.Future[int | None]]] = []
-        pending: dict[Identity, asyncio.Future[int | None]] = {}
+        window: deque[tuple[Identity, asyncio.Future[int | None]]] = deque()
+        # Lookups in flight (or done, not yet yielded), and how many window entries wait on each.
+        pending: dict[Identity, tuple[asyncio.Future[int | None], int]] = {}
 
         def start(identity: Identity) -> None:
-            future = pending.get(identity)
-            if future is None:
-                future = pending[identity] = asyncio.ensure_future(self.lookup(identity))
+            entry = pending.get(identity)
+            if entry is not None:
+                future, waiting = entry
+                pending[identity] = (future, waiting + 1)
+            elif identity in cache:  # a recent repeat: answered without a request, in order
+                future = asyncio.get_running_loop().create_future()
+                future.set_result(cache[identity])
+            else:
+                future = asyncio.ensure_future(self.lookup(identity))
+                pending[identity] = (future, 1)
             window.append((identity, future))
 
         async def drain_one() -> tuple[Identity, Any]:
-            identity, future = window.pop(0)
+            identity, future = window[0]
             try:
                 result: Any = await future
             except Exception as err:
@@ -140,16 +148,24 @@ class Identities(Resource):
                 result = err
             else:
                 cache[identity] = result
+                cache.move_to_end(identity)
                 if len(cache) > _REPEAT_CACHE:
                     cache.popitem(last=False)
-            if pending.get(identity) is future and not any(f is future for _, f in window):
-                del pending[identity]
+            # Out of the window only once answered, so that a cancelled consumer cancels it.
+            window.popleft()
+            entry = pending.get(identity)
+            if entry is not None and entry[0] is future:
+                if entry[1] == 1:
+                    del pending[identity]
+                else:
+                    pending[identity] = (future, entry[1] - 1)
             return identity, result
 
         try:
             async for identity in _aiter(identities):
                 check_identity("lookup_iter", identity)
                 if identity in cache and not window:
+                    cache.move_to_end(identity)
                     yield identity, cache[identity]
                     continue
                 start(identity)

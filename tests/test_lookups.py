@@ -1,0 +1,227 @@
+"""``dm.identities.lookup``, ``lookup_many`` and ``lookup_iter`` against a fake client.
+
+The fake stands in for :class:`DMHubClient` at its ``request`` method, so these tests count
+the requests sent and the lookups in flight without any HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+
+from dmhub_async import Identity, InvalidRequestError, ServerError
+from dmhub_async.resources.identities import Identities
+
+
+class FakeClient:
+    """Answers identity queries from a dict; counts requests and lookups in flight."""
+
+    def __init__(
+        self,
+        bound: dict[Identity, int],
+        *,
+        latency: float = 0.0,
+        failing: frozenset[Identity] = frozenset(),
+    ) -> None:
+        self.bound = bound
+        self.latency = latency
+        self.failing = failing
+        self.asked: Counter[Identity] = Counter()
+        self.in_flight = 0
+        self.max_in_flight = 0
+
+    async def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        assert (method, path) == ("GET", "/v1/customeridentities")
+        params = kwargs["params"]
+        identity = Identity(params["identityType"], params["identityValue"])
+        self.asked[identity] += 1
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            await asyncio.sleep(self.latency)
+            if identity in self.failing:
+                raise ServerError("GET /v1/customeridentities -> HTTP 500", status=500)
+            if identity not in self.bound:
+                return []
+            return [
+                # Another binding of the same type first: lookup must match type *and* value.
+                {"customerId": "1", "identityType": identity.type, "identityValue": "other"},
+                {
+                    "customerId": str(self.bound[identity]),
+                    "identityType": identity.type,
+                    "identityValue": identity.value,
+                    "identityName": None,
+                },
+            ]
+        finally:
+            self.in_flight -= 1
+
+
+def identities(n: int, *, kind: str = "wechat") -> list[Identity]:
+    return [Identity(kind, f"o{i}") for i in range(n)]
+
+
+def fake(n: int = 100, **kwargs: Any) -> tuple[FakeClient, Identities]:
+    client = FakeClient({ident: 1000 + i for i, ident in enumerate(identities(n))}, **kwargs)
+    return client, Identities(client)  # type: ignore[arg-type]
+
+
+def other_tasks() -> set[asyncio.Task[Any]]:
+    return asyncio.all_tasks() - {asyncio.current_task()}  # type: ignore[operator]
+
+
+async def test_lookup_finds_the_customer_or_none() -> None:
+    _, ids = fake(3)
+    assert await ids.lookup(Identity("wechat", "o2")) == 1002
+    assert await ids.lookup(Identity("wechat", "nobody")) is None
+
+
+async def test_lookup_many_maps_each_identity_and_none_for_unknown() -> None:
+    client, ids = fake(50)
+    wanted = [*identities(50), Identity("email", "nobody@example.com")]
+    result = await ids.lookup_many(wanted, concurrency=8)
+    assert result == {
+        **{ident: 1000 + i for i, ident in enumerate(identities(50))},
+        Identity("email", "nobody@example.com"): None,
+    }
+    assert list(result) == wanted  # input order
+    assert client.max_in_flight == 8
+
+
+async def test_lookup_many_looks_up_repeats_once() -> None:
+    client, ids = fake(10)
+    named = Identity("wechat", "o3", name="nickname")  # the name takes no part in equality
+    wanted = identities(10) * 3 + [named]
+    result = await ids.lookup_many(wanted, concurrency=4)
+    assert len(result) == 10
+    assert result[named] == 1003
+    assert sum(client.asked.values()) == 10
+    assert set(client.asked.values()) == {1}
+
+
+async def test_lookup_many_return_exceptions_maps_failures_to_their_exception() -> None:
+    bad = Identity("wechat", "o7")
+    _, ids = fake(10, failing=frozenset({bad}))
+    result = await ids.lookup_many(identities(12), concurrency=4, return_exceptions=True)
+    assert isinstance(result[bad], ServerError)
+    assert result[Identity("wechat", "o1")] == 1001
+    assert result[Identity("wechat", "o11")] is None
+    assert len(result) == 12
+
+
+async def test_lookup_many_raises_the_first_failure_and_cancels_the_rest() -> None:
+    client, ids = fake(200, latency=0.001, failing=frozenset({Identity("wechat", "o5")}))
+    with pytest.raises(ServerError):
+        await ids.lookup_many(identities(200), concurrency=16)
+    assert not other_tasks()
+    assert client.in_flight == 0
+    assert sum(client.asked.values()) < 40  # it stopped early
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        ("wechat", "o1"),  # a tuple, not an Identity
+        Identity("", "o1"),
+        Identity("wechat", ""),
+        Identity("t" * 33, "o1"),
+        Identity("wechat", "v" * 129),
+    ],
+)
+async def test_lookup_many_refuses_a_bad_identity_before_any_request(bad: Any) -> None:
+    client, ids = fake(10)
+    with pytest.raises(InvalidRequestError):
+        await ids.lookup_many([*identities(10), bad])
+    assert not client.asked
+
+
+@pytest.mark.parametrize("concurrency", [0, -1, 1.5, True])
+async def test_bad_concurrency_is_refused_before_any_request(concurrency: Any) -> None:
+    client, ids = fake(10)
+    with pytest.raises(InvalidRequestError):
+        await ids.lookup_many(identities(10), concurrency=concurrency)
+    with pytest.raises(InvalidRequestError):
+        async for _ in ids.lookup_iter(identities(10), concurrency=concurrency):
+            pass
+    assert not client.asked
+
+
+async def test_lookup_iter_keeps_input_order_with_repeats() -> None:
+    client, ids = fake(20, latency=0.001)
+    wanted = [Identity("wechat", f"o{i % 7}") for i in range(40)] + [Identity("x", "y")]
+    got = [pair async for pair in ids.lookup_iter(wanted, concurrency=5)]
+    assert [ident for ident, _ in got] == wanted
+    assert [cid for _, cid in got] == [1000 + i % 7 for i in range(40)] + [None]
+    # Repeats are looked up once while they are remembered (in flight or answered).
+    assert sum(client.asked.values()) == 8
+
+
+async def test_lookup_iter_accepts_an_async_iterable() -> None:
+    _, ids = fake(30)
+
+    async def stream() -> AsyncIterator[Identity]:
+        for ident in identities(30):
+            await asyncio.sleep(0)
+            yield ident
+
+    got = [cid async for _, cid in ids.lookup_iter(stream(), concurrency=4)]
+    assert got == list(range(1000, 1030))
+
+
+async def test_lookup_iter_holds_about_concurrency_lookups_at_once() -> None:
+    """An endless input: it is read only as fast as lookups finish, never all at once."""
+    client, ids = fake(0, latency=0.001)
+    read = 0
+
+    def endless() -> Iterator[Identity]:
+        nonlocal read
+        while True:
+            read += 1
+            yield Identity("wechat", f"o{read}")
+
+    got = 0
+    async for _ in ids.lookup_iter(endless(), concurrency=8):
+        got += 1
+        assert read - got <= 8  # input read ahead of the output: bounded
+        assert client.in_flight <= 8
+        if got == 200:
+            break
+    assert client.max_in_flight == 8
+    await asyncio.sleep(0)  # the generator's cleanup runs on the loop after the break
+    for _ in range(10):
+        if not other_tasks():
+            break
+        await asyncio.sleep(0)
+    assert not other_tasks()
+
+
+async def test_lookup_iter_checks_each_identity_before_its_request() -> None:
+    client, ids = fake(10)
+    with pytest.raises(InvalidRequestError):
+        async for _ in ids.lookup_iter([Identity("wechat", ""), *identities(10)]):
+            pass
+    assert not client.asked
+
+
+async def test_lookup_iter_return_exceptions_yields_the_exception_in_place() -> None:
+    bad = Identity("wechat", "o2")
+    _, ids = fake(5, failing=frozenset({bad}))
+    got = [pair async for pair in ids.lookup_iter(identities(5), return_exceptions=True)]
+    assert [ident for ident, _ in got] == identities(5)
+    assert isinstance(got[2][1], ServerError)
+    assert got[3][1] == 1003
+
+
+async def test_cancelling_lookup_many_cancels_its_lookups() -> None:
+    client, ids = fake(500, latency=0.01)
+    task = asyncio.create_task(ids.lookup_many(identities(500), concurrency=32))
+    await asyncio.sleep(0.015)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert client.in_flight == 0
+    assert not other_tasks()
