@@ -1,0 +1,397 @@
+"""export_customers against the in-process simulator: what lands in the file, and the report.
+
+Every test reads the output back with ``json`` or ``csv`` and compares it with the simulator's
+own table: the ids that arrive, how often, and their field values.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections import Counter
+from collections.abc import AsyncIterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dmhub_async import DMHubClient, InvalidRequestError, MemoryTokenStore, ServerError
+from dmhub_async.export import ExportProgress, ExportReport, export_customers
+from dmhub_async.testing import DMHubSimulator
+
+CUSTOMERS = 600
+TRICKY_NAME = '王, "小D"\n第二行'  # a comma, quotes and a newline: RFC 4180 must quote it
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[DMHubSimulator]:
+    async with DMHubSimulator(customers=CUSTOMERS, seed=3) as simulator:
+        yield simulator
+
+
+@pytest.fixture
+async def client(sim: DMHubSimulator) -> AsyncIterator[DMHubClient]:
+    async with DMHubClient(
+        sim.app_id, sim.secret, base_url=sim.url, max_retries=0, token_store=MemoryTokenStore()
+    ) as dm:
+        yield dm
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    with path.open(encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh]
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def files_in(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir())
+
+
+def ids_of(rows: list[dict[str, Any]]) -> list[int]:
+    return [int(row["id"]) for row in rows]
+
+
+def assert_once_each(ids: list[int], expected: list[int] | set[int]) -> None:
+    repeated = [i for i, n in Counter(ids).items() if n > 1]
+    assert repeated == []
+    assert set(ids) == set(expected)
+
+
+# -- formats ----------------------------------------------------------------------------------
+
+
+async def test_jsonl_holds_every_customer_once_as_the_service_sent_it(
+    sim: DMHubSimulator, client: DMHubClient, tmp_path: Path
+) -> None:
+    dest = tmp_path / "customers.jsonl"
+
+    report = await export_customers(client, dest, page_size=50, concurrency=4, progress=False)
+
+    rows = read_jsonl(dest)
+    assert ids_of(rows) == sim.customer_ids()  # id-ascending, each once
+    assert len(rows) == report.exported == sim.customers_count() == CUSTOMERS
+    assert all(row == sim.customer(row["id"]) for row in rows)  # nothing lost or reformatted
+    raw = dest.read_text(encoding="utf-8")
+    assert "中国" in raw  # Chinese as is, not \u escapes
+    assert "\\u" not in raw
+    assert (report.count_before, report.count_after, report.duplicates) == (CUSTOMERS, CUSTOMERS, 0)
+    assert report.pages == CUSTOMERS // 50
+    assert report.complete
+    assert report.format == "jsonl"
+    assert files_in(tmp_path) == [dest.name]  # no temporary file left behind
+
+
+async def test_csv_has_attr_columns_and_rfc4180_quoting(
+    sim: DMHubSimulator, client: DMHubClient, tmp_path: Path
+) -> None:
+    # Lowest id, so it is on the first page, which fixes the attr.* header.
+    sim.insert_customer(
+        {"name": TRICKY_NAME, "remark": "a,b", "attr": {"attr1": '引号"', "attr9": "x\r\ny"}},
+        customer_id=1,
+    )
+    # Highest id: an attr key first seen after the header was written goes to the attr column.
+    late = sim.insert_customer({"name": "晚到", "attr": {"late": "值"}})
+    dest = tmp_path / "customers.csv"
+
+    report = await export_customers(client, dest, progress=False)  # format from the extension
+
+    assert report.format == "csv"
+    rows = read_csv(dest)
+    assert_once_each(ids_of(rows), sim.customer_ids())
+    assert len(rows) == report.exported == CUSTOMERS + 2
+    header = list(rows[0])
+    assert header[0] == "id"
+    assert {"attr.attr1", "attr.attr2", "attr.attr9", "name", "dateCreated"} <= set(header)
+    first = rows[0]
+    assert first["id"] == "1"
+    assert first["name"] == TRICKY_NAME
+    assert first["remark"] == "a,b"
+    assert first["attr.attr1"] == '引号"'
+    assert first["attr.attr9"] == "x\r\ny"
+    by_id = {int(r["id"]): r for r in rows}
+    assert json.loads(by_id[late["id"]]["attr"]) == {"late": "值"}
+    some = sim.customer_ids()[5]
+    expected = sim.customer(some)
+    assert expected is not None
+    assert by_id[some]["name"] == expected["name"]
+    assert by_id[some]["attr.attr1"] == (expected["attr"]["attr1"] or "")
+    # The raw bytes: the quoted field doubles its quotes and keeps its newline inside quotes.
+    raw = dest.read_bytes().decode("utf-8")
+    assert '"王, ""小D""\n第二行"' in raw
+
+
+async def test_an_empty_csv_export_still_has_its_header(
+    client: DMHubClient, tmp_path: Path
+) -> None:
+    dest = tmp_path / "none.csv"
+
+    report = await export_customers(client, dest, mobile="10000000000", progress=False)
+
+    assert report.exported == 0
+    assert report.complete
+    lines = dest.read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("id,")
+
+
+# -- filters ----------------------------------------------------------------------------------
+
+
+def _created(row: dict[str, Any]) -> str:
+    return str(row["dateCreated"])
+
+
+FILTER_CASES: list[tuple[str, dict[str, Any], Any]] = [
+    ("stage", {"stage": "vip"}, lambda r: r["stage"] == "vip"),
+    ("empty stage", {"stage": ""}, lambda r: not r["stage"]),
+    ("source", {"source": "wechat"}, lambda r: r["source"] == "wechat"),
+    ("gender", {"gender": 2}, lambda r: (r["gender"] or 0) == 2),
+    ("gender unknown", {"gender": 0}, lambda r: not r["gender"]),
+    (
+        "created bounds",
+        {
+            "date_created_from": "2016-01-01T02:00:00",
+            "date_created_to": datetime(2016, 1, 1, 5, 30, tzinfo=timezone.utc),
+        },
+        lambda r: "2016-01-01T02:00:00Z" <= _created(r) <= "2016-01-01T05:30:00Z",
+    ),
+    (
+        "updated from, with stage",
+        {"last_updated_from": "2016-01-01T06:00:00", "stage": "lead"},
+        lambda r: r["lastUpdated"] >= "2016-01-01T06:00:00Z" and r["stage"] == "lead",
+    ),
+    ("updated to", {"last_updated_to": "2016-01-01T03:00:00"}, None),
+]
+
+
+@pytest.mark.parametrize(
+    ("filters", "matches"), [c[1:] for c in FILTER_CASES], ids=[c[0] for c in FILTER_CASES]
+)
+async def test_filters_give_exactly_the_matching_customers(
+    sim: DMHubSimulator,
+    client: DMHubClient,
+    tmp_path: Path,
+    filters: dict[str, Any],
+    matches: Any,
+) -> None:
+    if matches is None:
+        matches = lambda r: r["lastUpdated"] <= "2016-01-01T03:00:00Z"  # noqa: E731
+    everyone = [sim.customer(i) for i in sim.customer_ids()]
+    expected = [r["id"] for r in everyone if r is not None and matches(r)]
+    assert 0 < len(expected) < CUSTOMERS  # the filter really selects
+    dest = tmp_path / "filtered.jsonl"
+
+    report = await export_customers(client, dest, progress=False, page_size=40, **filters)
+
+    assert ids_of(read_jsonl(dest)) == expected
+    assert report.exported == report.count_before == report.count_after == len(expected)
+    assert report.complete
+
+
+async def test_select_exports_only_the_chosen_fields(
+    sim: DMHubSimulator, client: DMHubClient, tmp_path: Path
+) -> None:
+    dest = tmp_path / "names.jsonl"
+
+    await export_customers(client, dest, select=["name", "stage"], stage="lead", progress=False)
+
+    rows = read_jsonl(dest)
+    assert rows
+    assert all(set(row) == {"id", "name", "stage"} for row in rows)
+    assert all(row["stage"] == "lead" for row in rows)
+    expected = [i for i in sim.customer_ids() if (sim.customer(i) or {})["stage"] == "lead"]
+    assert ids_of(rows) == expected
+
+
+async def test_a_bad_filter_is_refused_before_anything_is_written(
+    sim: DMHubSimulator, client: DMHubClient, tmp_path: Path
+) -> None:
+    sim.counters.reset()
+    with pytest.raises(InvalidRequestError, match="date_created_from"):
+        await export_customers(
+            client, tmp_path / "x.jsonl", date_created_from="notadate", progress=False
+        )
+    with pytest.raises(InvalidRequestError, match="sort"):
+        await export_customers(client, tmp_path / "x.jsonl", sort_by="name", progress=False)
+    with pytest.raises(InvalidRequestError, match="cannot write"):
+        await export_customers(client, tmp_path / "no" / "x.jsonl", progress=False)
+    assert files_in(tmp_path) == []
+    assert sim.counters.routes["GET /v1/customers"] == 0
+
+
+# -- progress ---------------------------------------------------------------------------------
+
+
+async def test_progress_is_reported_after_every_page_with_the_total(
+    client: DMHubClient, tmp_path: Path
+) -> None:
+    seen: list[ExportProgress] = []
+
+    report = await export_customers(
+        client, tmp_path / "p.jsonl", page_size=100, progress=False, on_progress=seen.append
+    )
+
+    assert len(seen) == report.pages == 6
+    assert [p.pages for p in seen] == [1, 2, 3, 4, 5, 6]
+    assert [p.exported for p in seen] == [100, 200, 300, 400, 500, 600]
+    assert {p.total for p in seen} == {CUSTOMERS}
+    assert {p.duplicates for p in seen} == {0}
+
+
+# -- failures, checkpoints and resume ---------------------------------------------------------
+
+
+class Crash(Exception):
+    """Stands for the process dying between two pages."""
+
+
+def crash_after(pages: int) -> Any:
+    def on_progress(p: ExportProgress) -> None:
+        if p.pages == pages:
+            raise Crash
+
+    return on_progress
+
+
+async def test_without_checkpoint_a_failed_export_leaves_dest_untouched(
+    sim: DMHubSimulator, client: DMHubClient, tmp_path: Path
+) -> None:
+    dest = tmp_path / "customers.jsonl"
+    dest.write_text("yesterday's export\n", encoding="utf-8")
+    sim.faults.paths = ("GET /v1/customers",)
+    sim.faults.script(["ok", "ok", "ok", "500"])  # the fourth page fails (no retries)
+
+    with pytest.raises(ServerError):
+        await export_customers(client, dest, concurrency=1, progress=False)
+
+    assert dest.read_text(encoding="utf-8") == "yesterday's export\n"
+    assert files_in(tmp_path) == [dest.name]  # the temporary file is gone too
+
+
+async def test_without_checkpoint_a_failed_first_export_creates_no_file(
+    client: DMHubClient, tmp_path: Path
+) -> None:
+    dest = tmp_path / "customers.csv"
+    with pytest.raises(Crash):
+        await export_customers(client, dest, progress=False, on_progress=crash_after(2))
+    assert files_in(tmp_path) == []
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+@pytest.mark.parametrize("how", ["crash", "server error"])
+async def test_resume_after_a_failure_gives_every_customer_once(
+    sim: DMHubSimulator, client: DMHubClient, tmp_path: Path, fmt: str, how: str
+) -> None:
+    dest = tmp_path / f"customers.{fmt}"
+    ckpt = tmp_path / "export.ckpt"
+    first: dict[str, Any] = {"on_progress": crash_after(3)} if how == "crash" else {}
+    if how == "server error":
+        sim.faults.paths = ("GET /v1/customers",)
+        sim.faults.script(["ok", "ok", "ok", "503"])
+    with pytest.raises((Crash, ServerError)):
+        await export_customers(
+            client, dest, checkpoint=ckpt, page_size=50, concurrency=1, progress=False, **first
+        )
+    state = json.loads(ckpt.read_text(encoding="utf-8"))
+    assert state["next_page"] == 4
+    assert state["exported"] == 150
+    assert dest.stat().st_size == state["bytes"]
+    # A kill in the middle of the next write leaves a torn row after the checkpointed bytes.
+    with dest.open("ab") as fh:
+        fh.write(b'{"id": 3000000999, "name": "half a r')
+
+    report = await export_customers(
+        client, dest, checkpoint=ckpt, page_size=50, concurrency=3, progress=False
+    )
+
+    rows = read_jsonl(dest) if fmt == "jsonl" else read_csv(dest)
+    assert ids_of(rows) == sim.customer_ids()
+    assert report.resumed
+    assert report.exported == CUSTOMERS
+    assert report.pages == CUSTOMERS // 50 - 3  # only the pages not done before
+    assert report.complete
+    assert not ckpt.exists()  # done: the next run starts afresh
+    if fmt == "csv":
+        assert dest.read_text(encoding="utf-8").count("id,displayName") == 1
+
+
+async def test_a_checkpoint_of_another_export_is_refused(
+    client: DMHubClient, tmp_path: Path
+) -> None:
+    dest = tmp_path / "lead.jsonl"
+    ckpt = tmp_path / "export.ckpt"
+    with pytest.raises(Crash):
+        await export_customers(
+            client, dest, checkpoint=ckpt, stage="lead", progress=False, on_progress=crash_after(1)
+        )
+    before = dest.read_bytes()
+
+    for other in ({"stage": "vip"}, {"stage": "lead", "format": "csv"}):
+        with pytest.raises(InvalidRequestError, match="another export"):
+            await export_customers(client, dest, checkpoint=ckpt, progress=False, **other)
+    with pytest.raises(InvalidRequestError, match="another export"):
+        await export_customers(
+            client, tmp_path / "elsewhere.jsonl", checkpoint=ckpt, stage="lead", progress=False
+        )
+    ckpt_junk = tmp_path / "junk.ckpt"
+    ckpt_junk.write_text("not json", encoding="utf-8")
+    with pytest.raises(InvalidRequestError, match="not a checkpoint"):
+        await export_customers(client, dest, checkpoint=ckpt_junk, progress=False)
+    assert dest.read_bytes() == before  # nothing touched the half-done export
+
+
+# -- the data changes during the export -------------------------------------------------------
+
+
+@pytest.mark.parametrize("front", [True, False], ids=["ahead of the cursor", "anywhere"])
+@pytest.mark.parametrize(
+    ("every", "inserts", "deletes"),
+    [(5, 3, 2), (2, 7, 5)],
+    ids=["some churn", "churn on every other request"],
+)
+async def test_inserts_and_deletes_during_the_export(
+    sim: DMHubSimulator,
+    client: DMHubClient,
+    tmp_path: Path,
+    front: bool,
+    every: int,
+    inserts: int,
+    deletes: int,
+) -> None:
+    before = set(sim.customer_ids())
+    sim.mutate_every(every, inserts=inserts, deletes=deletes, front=front)
+    dest = tmp_path / "moving.jsonl"
+
+    report = await export_customers(client, dest, page_size=50, concurrency=4, progress=False)
+
+    after = set(sim.customer_ids())
+    assert sim.counters.mutations > 0
+    ids = ids_of(read_jsonl(dest))
+    assert len(ids) == len(set(ids)) == report.exported  # nothing repeated
+    assert ids == sorted(ids)
+    assert sorted((before & after) - set(ids)) == []  # every customer that lived throughout
+    # Nothing invented: an id not there before or after must have been inserted (below the
+    # lowest id with front inserts, above the highest otherwise) and maybe deleted since.
+    lowest, highest = min(before), max(before)
+    invented = [i for i in ids if i not in before and i not in after and lowest < i <= highest]
+    assert invented == []
+    assert report.count_before == len(before)
+    assert report.count_after == len(after)
+    assert report.count_before != report.count_after
+    assert report.complete == (report.exported in (len(before), len(after)))
+    if not report.complete:
+        assert "MISMATCH" in report.summary()
+
+
+def test_report_summary_and_completeness() -> None:
+    report = ExportReport("x.jsonl", "jsonl", exported=10, count_before=10, count_after=12)
+    assert report.complete
+    assert "MISMATCH" not in report.summary()
+    report.exported = 11
+    assert not report.complete
+    assert "MISMATCH" in report.summary()
