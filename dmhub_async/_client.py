@@ -21,6 +21,7 @@ from urllib.parse import urlencode
 import aiohttp
 import attrs
 
+from . import _json
 from ._auth import DEFAULT_STORE, Token, TokenManager, TokenStore
 from ._exceptions import (
     APIConnectionError,
@@ -104,7 +105,7 @@ def read_response(
     decoded = True
     if body.strip():
         try:
-            data = json.loads(body)
+            data = _json.loads(body)
         except ValueError:  # UnicodeDecodeError is a ValueError too
             decoded = False
     elif 200 <= status < 300:

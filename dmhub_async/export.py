@@ -33,6 +33,7 @@ from typing_extensions import Unpack
 
 from ._converter import wire_names
 from ._exceptions import InvalidRequestError
+from ._json import dumps_line
 from .models.customer import Customer
 from .resources.customers import CustomerFilters, customer_filter_params
 
@@ -114,10 +115,7 @@ class _JsonlWriter:
         return None
 
     def write(self, rows: Sequence[dict[str, Any]]) -> None:
-        dumps = json.dumps
-        self._fh.write(
-            "".join(dumps(row, ensure_ascii=False) + "\n" for row in rows).encode("utf-8")
-        )
+        self._fh.write(b"".join(map(dumps_line, rows)))
 
 
 class _CsvWriter:
