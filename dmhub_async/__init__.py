@@ -37,10 +37,7 @@ from .models import (
 )
 from .resources.customers import EMPTY_STAGE, CustomerFilters
 
-__all__ = [
-    "DEFAULT_AUTH_ERROR_CODES",
-    "DEFAULT_BASE_URL",
-    "EMPTY_STAGE",
+__all__ = [  # noqa: RUF022 - plain sorted(), as tests/test_public_api.py checks
     "APIConnectionError",
     "APIError",
     "APITimeoutError",
@@ -52,8 +49,11 @@ __all__ = [
     "CustomerFilters",
     "CustomerIdentity",
     "CustomerStatistics",
+    "DEFAULT_AUTH_ERROR_CODES",
+    "DEFAULT_BASE_URL",
     "DMHubClient",
     "DMHubError",
+    "EMPTY_STAGE",
     "FileTokenStore",
     "Gender",
     "Identity",
