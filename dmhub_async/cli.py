@@ -14,10 +14,10 @@ import sys
 import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NoReturn
 
 from ._client import DMHubClient
-from ._exceptions import DMHubError, InvalidRequestError
+from ._exceptions import APIConnectionError, DMHubError, InvalidRequestError
 from ._redact import redact
 from .export import ExportProgress, ExportReport, export_customers
 from .models.identity import Identity
@@ -30,8 +30,15 @@ EXIT_USAGE = 2
 EXIT_INCOMPLETE = 3
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a bad option reported as one line (the usage is on ``--help``)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="dmhub-async",
         description="The DM Hub customer API from the command line "
         "(credentials: DMHUB_APP_ID, DMHUB_SECRET, DMHUB_BASE_URL).",
@@ -45,12 +52,14 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--concurrency", type=_positive_int, default=8)
     export.add_argument("--checkpoint", help="record progress here; rerun to resume")
     export.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_max_retries(export)
     _add_filters(export)
 
     lookup = sub.add_parser("lookup", help="resolve identities to customer ids")
     lookup.add_argument("--in", dest="infile", required=True, help="CSV of type,value rows")
     lookup.add_argument("--out", required=True, help="CSV of type,value,customer_id rows")
     lookup.add_argument("--concurrency", type=_positive_int, default=32)
+    _add_max_retries(lookup)
 
     simulate = sub.add_parser("simulate", help="serve the DM Hub simulator on 127.0.0.1")
     simulate.add_argument("--port", type=int, default=8080)
@@ -65,6 +74,15 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--concurrency", type=_positive_int, default=8)
     demo.add_argument("--latency-ms", type=float, default=5.0)
     return parser
+
+
+def _add_max_retries(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--max-retries",
+        type=_non_negative_int,
+        default=4,
+        help="retries of a failed request (default 4; 0 fails at once)",
+    )
 
 
 def _add_filters(parser: argparse.ArgumentParser) -> None:
@@ -122,7 +140,7 @@ def _print_report(report: ExportReport) -> int:
 
 
 async def _export(args: argparse.Namespace) -> int:
-    async with DMHubClient() as dm:
+    async with DMHubClient(max_retries=args.max_retries) as dm:
         report = await export_customers(
             dm,
             args.out,
@@ -161,7 +179,7 @@ async def _lookup(args: argparse.Namespace) -> int:
     if not _is_file(infile):
         raise InvalidRequestError(f"no such file: {str(infile)!r}")
     found = missing = 0
-    async with DMHubClient() as dm:
+    async with DMHubClient(max_retries=args.max_retries) as dm:
         with _open_text(outfile) as out:
             writer = csv.writer(out, lineterminator="\r\n")
             writer.writerow(["type", "value", "customer_id"])
@@ -236,7 +254,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("dmhub-async: interrupted", file=sys.stderr)
         return 130
     except (DMHubError, OSError, ValueError) as err:
-        message = redact(str(err) or type(err).__name__, secrets)
+        message = str(err) or type(err).__name__
+        if isinstance(err, APIConnectionError):
+            where = os.environ.get("DMHUB_BASE_URL") or "the default base URL"
+            message += f": no answer from {where} (is DMHUB_BASE_URL right?)"
+        message = redact(message, secrets)
         print(f"dmhub-async: error: {message}", file=sys.stderr)
         return EXIT_ERROR
 
