@@ -1,0 +1,480 @@
+"""``dmhub-async`` end to end: the command in a subprocess, real files, a simulator on loopback.
+
+Most tests serve an in-process simulator from a background thread (so a test can read and
+change its data); one serves it with ``dmhub-async simulate`` in a subprocess. Every
+subprocess call has a timeout, and every server is stopped in ``finally``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Coroutine, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from dmhub_async.testing import DMHubSimulator
+
+T = TypeVar("T")
+
+SECRET = "s3cr3t-never-printed"
+APP_ID = "cli-app"
+CUSTOMERS = 1500
+REPO = Path(__file__).resolve().parent.parent
+TIMEOUT = 60  # seconds, for any one command
+
+
+class ServedSimulator:
+    """A DMHubSimulator served by its own event loop in a daemon thread."""
+
+    def __init__(self, customers: int, **kwargs: Any) -> None:
+        self.sim = DMHubSimulator(customers, app_id=APP_ID, secret=SECRET, **kwargs)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+        self.run(self.sim.start())
+
+    def stop(self) -> None:
+        try:
+            self.run(self.sim.close())
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+            self._loop.close()
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=30)
+
+    def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run ``fn`` on the simulator's loop, so it never races a request being served."""
+
+        async def call() -> T:
+            return fn(*args, **kwargs)
+
+        return self.run(call())
+
+    def rows(self) -> list[dict[str, Any]]:
+        def rows() -> list[dict[str, Any]]:
+            return [r for r in map(self.sim.customer, self.sim.customer_ids()) if r is not None]
+
+        return self.call(rows)
+
+    def ids(self) -> list[int]:
+        return self.call(self.sim.customer_ids)
+
+
+@pytest.fixture
+def served() -> Iterator[ServedSimulator]:
+    server = ServedSimulator(CUSTOMERS, seed=5)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def base_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DMHUB_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    return env
+
+
+@pytest.fixture
+def env(served: ServedSimulator) -> dict[str, str]:
+    return {
+        **base_env(),
+        "DMHUB_BASE_URL": served.sim.url,
+        "DMHUB_APP_ID": APP_ID,
+        "DMHUB_SECRET": SECRET,
+    }
+
+
+def cli_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "dmhub_async.cli", *args]
+
+
+def run_cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        cli_command(*args),
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        timeout=TIMEOUT,
+        check=False,
+    )
+    # Whatever happened: no traceback, and never the secret.
+    assert "Traceback" not in result.stderr
+    assert SECRET not in result.stdout + result.stderr
+    return result
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], code: int, *words: str) -> None:
+    assert result.returncode == code, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("dmhub-async")
+    assert "error" in lines[0]
+    for word in words:
+        assert word in lines[0]
+
+
+def jsonl_ids(path: Path) -> list[int]:
+    with path.open(encoding="utf-8") as fh:
+        return [json.loads(line)["id"] for line in fh]
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def assert_once_each(ids: list[int], expected: list[int]) -> None:
+    assert [i for i, n in Counter(ids).items() if n > 1] == []
+    assert sorted(ids) == sorted(expected)
+
+
+# -- export -----------------------------------------------------------------------------------
+
+
+def test_export_jsonl_is_complete_and_unique(
+    served: ServedSimulator, env: dict[str, str], tmp_path: Path
+) -> None:
+    result = run_cli("export", "--out", "all.jsonl", "--concurrency", "4", env=env, cwd=tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    out = tmp_path / "all.jsonl"
+    assert jsonl_ids(out) == served.ids()
+    assert f"exported      {CUSTOMERS} customers" in result.stdout
+    assert f"count         {CUSTOMERS} before, {CUSTOMERS} after" in result.stdout
+    assert "MISMATCH" not in result.stdout
+    text = out.read_text(encoding="utf-8")
+    assert "中国" in text
+    with out.open(encoding="utf-8") as fh:
+        assert [json.loads(line) for line in fh] == served.rows()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["all.jsonl"]
+
+
+def test_export_csv_is_complete_quoted_and_flattened(
+    served: ServedSimulator, env: dict[str, str], tmp_path: Path
+) -> None:
+    tricky = 'Zhang, "老张"\nsecond line'
+    served.call(
+        served.sim.insert_customer,
+        {"name": tricky, "city": "上海", "attr": {"attr1": "a,b"}},
+        customer_id=7,
+    )
+
+    result = run_cli("export", "--out", "all.csv", "--page-size", "80", env=env, cwd=tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    rows = read_csv(tmp_path / "all.csv")
+    assert_once_each([int(r["id"]) for r in rows], served.ids())
+    assert len(rows) == CUSTOMERS + 1
+    assert {"attr.attr1", "attr.attr2"} <= set(rows[0])
+    assert rows[0]["id"] == "7"
+    assert rows[0]["name"] == tricky
+    assert rows[0]["city"] == "上海"
+    assert rows[0]["attr.attr1"] == "a,b"
+
+
+def test_export_filters_give_exactly_the_matching_set(
+    served: ServedSimulator, env: dict[str, str], tmp_path: Path
+) -> None:
+    everyone = served.rows()
+
+    no_stage = run_cli(
+        "export", "--out", "nostage.csv", "--stage", "", "--no-progress", env=env, cwd=tmp_path
+    )
+    narrow = run_cli(
+        "export",
+        "--out",
+        "narrow.jsonl",
+        "--source",
+        "wechat",
+        "--gender",
+        "1",
+        "--created-from",
+        "2016-01-01T03:00:00",
+        "--created-to",
+        "2016-01-01T20:00:00",
+        "--updated-to",
+        "2016-03-01T00:00:00",
+        "--select",
+        "name,source, gender",
+        env=env,
+        cwd=tmp_path,
+    )
+
+    assert no_stage.returncode == 0, no_stage.stderr
+    expected = [r["id"] for r in everyone if not r["stage"]]
+    assert 0 < len(expected) < CUSTOMERS
+    assert [int(r["id"]) for r in read_csv(tmp_path / "nostage.csv")] == expected
+
+    assert narrow.returncode == 0, narrow.stderr
+    expected = [
+        r["id"]
+        for r in everyone
+        if r["source"] == "wechat"
+        and r["gender"] == 1
+        and "2016-01-01T03:00:00Z" <= r["dateCreated"] <= "2016-01-01T20:00:00Z"
+        and r["lastUpdated"] <= "2016-03-01T00:00:00Z"
+    ]
+    assert 0 < len(expected) < 200
+    with (tmp_path / "narrow.jsonl").open(encoding="utf-8") as fh:
+        rows = [json.loads(line) for line in fh]
+    assert [r["id"] for r in rows] == expected
+    assert {tuple(sorted(r)) for r in rows} == {("gender", "id", "name", "source")}
+
+
+def test_export_during_deletes_reports_the_mismatch_and_exits_3(
+    served: ServedSimulator, env: dict[str, str], tmp_path: Path
+) -> None:
+    before = set(served.ids())
+    served.call(served.sim.mutate_every, 3, inserts=2, deletes=4, front=False)
+
+    result = run_cli("export", "--out", "moving.jsonl", "--concurrency", "1", env=env, cwd=tmp_path)
+
+    after = set(served.ids())
+    ids = jsonl_ids(tmp_path / "moving.jsonl")
+    assert len(ids) == len(set(ids))
+    assert (before & after) - set(ids) == set()
+    assert f"count         {len(before)} before, {len(after)} after" in result.stdout
+    assert len(ids) not in (len(before), len(after))
+    assert result.returncode == 3
+    assert "MISMATCH" in result.stdout
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_sigkill_mid_export_then_resume_gives_every_customer_once(
+    served: ServedSimulator, env: dict[str, str], tmp_path: Path, fmt: str
+) -> None:
+    out, ckpt = tmp_path / f"big.{fmt}", tmp_path / "big.ckpt"
+    args = ["export", "--out", out.name, "--checkpoint", ckpt.name, "--page-size", "50"]
+    served.sim.faults.latency = 0.02  # 30 pages, one at a time: about a second in all
+    proc = subprocess.Popen(
+        cli_command(*args, "--concurrency", "1"),
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while time.monotonic() < deadline and proc.poll() is None:
+            if ckpt.exists() and json.loads(ckpt.read_text(encoding="utf-8"))["exported"] >= 200:
+                break
+            time.sleep(0.005)
+        assert proc.poll() is None, "the export ended before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        assert proc.stderr is not None
+        proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+    state = json.loads(ckpt.read_text(encoding="utf-8"))
+    assert 200 <= state["exported"] < CUSTOMERS
+    assert out.stat().st_size >= state["bytes"]
+    half_done = out.read_bytes()
+
+    # The checkpoint belongs to this export only: another one is refused and nothing changes.
+    other = run_cli(*args, "--stage", "lead", env=env, cwd=tmp_path)
+    assert_one_line_error(other, 1, "another export")
+    assert out.read_bytes() == half_done
+
+    served.sim.faults.latency = 0.0
+    resumed = run_cli(*args, "--concurrency", "4", env=env, cwd=tmp_path)
+
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed" in resumed.stdout
+    if fmt == "jsonl":
+        ids = jsonl_ids(out)
+    else:
+        ids = [int(r["id"]) for r in read_csv(out)]
+        assert out.read_text(encoding="utf-8").count("id,displayName,") == 1
+    assert ids == served.ids()
+    assert not ckpt.exists()
+
+
+def test_simulate_command_serves_an_export(tmp_path: Path) -> None:
+    server = subprocess.Popen(
+        cli_command("simulate", "--port", "0", "--customers", "300", "--seed", "9"),
+        env=base_env(),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        lines: queue.Queue[str] = queue.Queue()
+        assert server.stdout is not None
+        stdout = server.stdout
+        reader = threading.Thread(target=lambda: [lines.put(x) for x in stdout], daemon=True)
+        reader.start()
+        settings: dict[str, str] = {}
+        while "DMHUB_SECRET" not in settings:
+            line = lines.get(timeout=TIMEOUT).strip()
+            key, _, value = line.partition("=")
+            if key.startswith("DMHUB_"):
+                settings[key] = value
+        env = {**base_env(), **settings}
+
+        result = subprocess.run(
+            cli_command("export", "--out", "sim.jsonl"),
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+            check=False,
+        )
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(timeout=10)
+        if server.stdout is not None:
+            server.stdout.close()
+    assert result.returncode == 0, result.stderr
+    assert jsonl_ids(tmp_path / "sim.jsonl") == DMHubSimulator(300, seed=9).customer_ids()
+
+
+# -- bad input --------------------------------------------------------------------------------
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port  # nothing listens there any more
+
+
+BAD_INPUTS: list[tuple[str, list[str], dict[str, str | None], int, tuple[str, ...]]] = [
+    ("no credentials", [], {"DMHUB_APP_ID": None, "DMHUB_SECRET": None}, 1, ("credentials",)),
+    ("wrong secret", [], {"DMHUB_SECRET": "wrong-" + SECRET}, 1, ()),
+    ("unreachable", ["--max-retries", "0"], {"DMHUB_BASE_URL": "closed"}, 1, ("no answer",)),
+    ("bad gender", ["--gender", "7"], {}, 2, ("--gender",)),
+    ("bad date", ["--created-from", "notadate"], {}, 1, ("date_created_from",)),
+    ("bad page size", ["--page-size", "0"], {}, 2, ("--page-size",)),
+    ("bad url", [], {"DMHUB_BASE_URL": "ftp://example"}, 1, ("base_url",)),
+]
+
+
+@pytest.mark.parametrize(
+    ("args", "env_changes", "code", "words"),
+    [case[1:] for case in BAD_INPUTS],
+    ids=[case[0] for case in BAD_INPUTS],
+)
+def test_bad_input_is_one_line_on_stderr(
+    served: ServedSimulator,
+    env: dict[str, str],
+    tmp_path: Path,
+    args: list[str],
+    env_changes: dict[str, str | None],
+    code: int,
+    words: tuple[str, ...],
+) -> None:
+    for key, value in env_changes.items():
+        if value is None:
+            env.pop(key)
+        else:
+            env[key] = f"http://127.0.0.1:{closed_port()}" if value == "closed" else value
+
+    started = time.monotonic()
+    result = run_cli("export", "--out", "x.jsonl", *args, env=env, cwd=tmp_path)
+
+    assert_one_line_error(result, code, *words)
+    assert time.monotonic() - started < 10
+    assert not (tmp_path / "x.jsonl").exists()
+    token = served.sim.access_token
+    assert token is None or token not in result.stderr
+
+
+def test_unwritable_output_is_one_line_and_sends_nothing(
+    served: ServedSimulator, env: dict[str, str], tmp_path: Path
+) -> None:
+    result = run_cli("export", "--out", "/nonexistent/dir/x.jsonl", env=env, cwd=tmp_path)
+
+    assert_one_line_error(result, 1, "/nonexistent/dir")
+    assert served.sim.counters.routes["GET /v1/customers"] == 0
+
+
+def test_lookup_input_that_does_not_exist(env: dict[str, str], tmp_path: Path) -> None:
+    result = run_cli("lookup", "--in", "nope.csv", "--out", "r.csv", env=env, cwd=tmp_path)
+    assert_one_line_error(result, 1, "nope.csv")
+
+
+# -- lookup and demo --------------------------------------------------------------------------
+
+
+def test_lookup_resolves_identities_to_customer_ids(
+    served: ServedSimulator, env: dict[str, str], tmp_path: Path
+) -> None:
+    expected: dict[tuple[str, str], str] = {}
+    for customer_id in served.ids()[:40]:
+        for type_, value, _name in served.call(served.sim.identities, customer_id):
+            expected[(type_, value)] = str(customer_id)
+    assert {t for t, _ in expected} >= {"wechat", "myshop-account"}
+    expected[("wechat", "o-nobody-has-this")] = ""
+    expected[("email", "nobody@example.com")] = ""
+    with (tmp_path / "ids.csv").open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["type", "value"])
+        writer.writerows(expected)
+
+    result = run_cli(
+        "lookup",
+        "--in",
+        "ids.csv",
+        "--out",
+        "found.csv",
+        "--concurrency",
+        "8",
+        env=env,
+        cwd=tmp_path,
+    )
+
+    assert result.returncode == 0, result.stderr
+    rows = read_csv(tmp_path / "found.csv")
+    assert {(r["type"], r["value"]): r["customer_id"] for r in rows} == expected
+    assert [(r["type"], r["value"]) for r in rows] == list(expected)  # input order
+    assert f"{len(expected) - 2} found, 2 not found" in result.stdout
+
+
+def test_demo_exports_a_seeded_simulator(tmp_path: Path) -> None:
+    env = base_env()
+    result = subprocess.run(
+        cli_command("demo", "--customers", "500"),
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    ids = jsonl_ids(tmp_path / "dmhub-demo.jsonl")
+    assert len(ids) == len(set(ids)) == 500
+    assert "exported      500 customers" in result.stdout
