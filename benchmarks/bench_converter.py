@@ -1,35 +1,39 @@
 """Benchmark: a 1,000-customer page from bytes to typed objects, ours against the usual tools.
 
-Run ``python benchmarks/bench_converter.py`` (``--quick`` for a smoke run under 2 s). The
+Run ``python -m benchmarks.bench_converter`` (``--quick`` for a smoke run under 2 s). The
 contenders run in alternation, round after round, so a noisy neighbour hits them all alike;
 each is reported as the median and the min-max of its rounds, and as its median over ours.
 
-- ours: ``json.loads`` + ``dmhub_async._converter.structure_customers`` (what every page of an
-  export goes through);
+- ours: ``dmhub_async._json.loads`` (orjson, with a stdlib fallback) +
+  ``dmhub_async._converter.structure_customers``: what the session layer and the converter do
+  with every page of a typed walk;
 - pydantic: ``TypeAdapter(...).validate_json(bytes)`` with an equivalent v2 model (camelCase
   aliases, aware datetimes, Decimal, extra fields allowed);
 - msgspec: ``msgspec.json.decode(bytes, type=...)`` with ``Struct(rename="camel")`` (drops
   unknown fields: it does less than the others);
 - orjson / json: plain ``loads``, no typing at all: the floor;
-- orjson.loads + our converter: a what-if (the package itself never imports orjson).
+- json.loads + our converter: ours on the standard library's parser (the fallback, and the
+  path before the session layer decoded with orjson).
 """
 
 import argparse
 import json
-import os
-import platform
 import random
-import statistics
 import sys
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
-from importlib import metadata
 from typing import Any
 
 from dmhub_async._converter import structure_customers
+from dmhub_async._json import loads as session_loads
 from dmhub_async.models import Gender
+
+try:
+    from ._common import alternate, machine_info, ratio_table
+except ImportError:  # run as a file: python benchmarks/bench_converter.py
+    from _common import alternate, machine_info, ratio_table  # type: ignore[no-redef]
 
 _SURNAMES = "王李张刘陈杨黄赵吴周徐孙马朱胡郭何高林罗"
 _GIVEN = "伟芳娜秀英敏静丽强磊军洋勇艳杰娟涛明超霞平刚桂"
@@ -111,8 +115,8 @@ def make_page(n: int, seed: int = 1) -> bytes:
 
 
 def _ours() -> Callable[[bytes], int]:
-    """json.loads + the converter: what an export does with each page."""
-    loads = json.loads
+    """The session layer's decode + the converter: what a typed walk does with each page."""
+    loads = session_loads
 
     def run(body: bytes) -> int:
         return len(structure_customers(loads(body)["rows"]))
@@ -120,12 +124,12 @@ def _ours() -> Callable[[bytes], int]:
     return run
 
 
-def _ours_orjson() -> Callable[[bytes], int]:
-    """orjson.loads + the converter: what ours would cost if the session layer used orjson."""
-    import orjson
+def _ours_stdlib() -> Callable[[bytes], int]:
+    """json.loads + the converter: ours when a body falls back to the standard library."""
+    loads = json.loads
 
     def run(body: bytes) -> int:
-        return len(structure_customers(orjson.loads(body)["rows"]))
+        return len(structure_customers(loads(body)["rows"]))
 
     return run
 
@@ -281,8 +285,8 @@ def _orjson() -> Callable[[bytes], int]:
     return run
 
 
-def _json() -> Callable[[bytes], int]:
-    """json.loads only: the stdlib parse ours starts with."""
+def _stdlib_json() -> Callable[[bytes], int]:
+    """json.loads only: the standard library's parse, no typing."""
 
     def run(body: bytes) -> int:
         return len(json.loads(body)["rows"])
@@ -291,86 +295,64 @@ def _json() -> Callable[[bytes], int]:
 
 
 CONTENDERS: dict[str, Callable[[], Callable[[bytes], int]]] = {
-    "ours (json.loads + cattrs converter)": _ours,
+    "ours (_json.loads + cattrs converter)": _ours,
     "pydantic v2 validate_json(bytes)": _pydantic_json,
     "pydantic v2 json.loads+validate_python": _pydantic_python,
     "msgspec Struct decode": _msgspec,
-    "orjson.loads + our converter (what-if)": _ours_orjson,
+    "json.loads + our converter (fallback)": _ours_stdlib,
     "orjson.loads (no typing)": _orjson,
-    "json.loads (no typing)": _json,
+    "json.loads (no typing)": _stdlib_json,
 }
-
-
-def _version(dist: str) -> str:
-    """The installed version of a distribution, or "-"."""
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return "-"
-
-
-def machine_info() -> str:
-    """One line on the machine and the library versions."""
-    libs = ", ".join(
-        f"{d} {_version(d)}" for d in ("attrs", "cattrs", "pydantic", "msgspec", "orjson")
-    )
-    return (
-        f"{platform.platform()} | {platform.processor() or platform.machine()} | "
-        f"{os.cpu_count()} cores | Python {platform.python_version()} | {libs}"
-    )
 
 
 def run_benchmark(size: int, rounds: int, number: int, pages: int = 8) -> dict[str, list[float]]:
     """Time every available contender, alternating, ``rounds`` times; seconds per page.
 
     Each timing reads ``number`` pages taken in turn from ``pages`` distinct ones, as an export
-    reads new pages (so no cache of ours sees the same timestamps again and again).
+    reads new pages (so no cache of ours sees the same timestamps again and again); in a round
+    every contender reads the same ones.
     """
     bodies = [make_page(size, seed) for seed in range(1, pages + 1)]
-    runners: dict[str, Callable[[bytes], int]] = {}
+    batches = [[bodies[(r * number + i) % pages] for i in range(number)] for r in range(rounds)]
+    contenders: dict[str, Callable[[], float]] = {}
     for label, factory in CONTENDERS.items():
         try:
-            runners[label] = factory()
+            run = factory()
         except ImportError as err:
             print(f"skipping {label}: {err}")
-    for label, run in runners.items():  # warm up, and check every one read every row
-        if run(bodies[0]) != size:
+            continue
+        if run(bodies[0]) != size:  # warm up, and check every one read every row
             raise AssertionError(f"{label} read the wrong number of rows")
-    times: dict[str, list[float]] = {label: [] for label in runners}
+        contenders[label] = _timed(run, iter(batches))
+    return alternate(contenders, rounds)
+
+
+def _timed(run: Callable[[bytes], int], batches: Any) -> Callable[[], float]:
+    """A round of ``run``: the next batch, timed; seconds per page."""
     clock = time.perf_counter
-    turn = 0
-    for r in range(rounds):
-        order = list(runners.items())
-        if r % 2:  # alternate the order too, so no contender always runs after the same one
-            order.reverse()
-        batch = [bodies[(turn + i) % pages] for i in range(number)]
-        turn += number
-        for label, run in order:
-            start = clock()
-            for body in batch:
-                run(body)
-            times[label].append((clock() - start) / number)
-    return times
+
+    def timing() -> float:
+        batch = next(batches)
+        start = clock()
+        for body in batch:
+            run(body)
+        return (clock() - start) / len(batch)
+
+    return timing
 
 
 def report(times: dict[str, list[float]], size: int, body_len: int) -> str:
     """The results table: median, min-max, and each one's time over ours (median per round)."""
-    ours = next(iter(times.values()))
-    lines = [
-        f"{size} customers, {body_len / 1e6:.2f} MB of JSON per page, "
-        f"{len(ours)} rounds; ms per page",
-        f"{'contender':<42} {'median':>8} {'min-max':>13} {'vs ours':>8}",
-    ]
-    for label, samples in times.items():
-        med = statistics.median(samples)
-        span = f"{min(samples) * 1e3:.2f}-{max(samples) * 1e3:.2f}"
-        ratio = statistics.median(t / o for t, o in zip(samples, ours, strict=True))
-        lines.append(f"{label:<42} {med * 1e3:8.2f} {span:>13} {ratio:7.2f}x")
-    lines.append(
-        "vs ours: the median, over rounds, of a contender's time over ours in the same round "
-        "(above 1: ours is faster)"
+    ours = next(iter(times))
+    return "\n".join(
+        [
+            f"{size} customers, {body_len / 1e6:.2f} MB of JSON per page, "
+            f"{len(times[ours])} rounds; ms per page",
+            ratio_table(times, reference=ours, ratio_header="vs ours", unit="ms"),
+            "vs ours: the median, over rounds, of a contender's time over ours in the same round "
+            "(above 1: ours is faster)",
+        ]
     )
-    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
