@@ -1,0 +1,315 @@
+"""Benchmark: a typed walk through the SDK against a hand-written loop (the floor), and httpx.
+
+Run ``python -m benchmarks.bench_overhead`` (``--quick`` for a smoke run of a few seconds).
+Every contender walks all the simulator's customers, 100 a page, on its own new HTTP session,
+fetching its own token first; they run in alternation, round after round:
+
+- floor: ``aiohttp.ClientSession`` + ``json.loads``, page 1..N (question 1's reference): the
+  least a program can do to read the pages, with no typing, retries, limits or checks;
+- SDK: ``dm.customers.list(page_size=100)`` read to the end, sequential (concurrency 1: question
+  1, goal within 1.10x of the floor) and with ``concurrency=8``;
+- httpx (question 6, what a user would write and what most SDKs do): ``httpx.AsyncClient`` and a
+  sequential page loop, untyped (``r.json()``) and typed with pydantic v2 (``validate_json`` of
+  the page, the model of ``bench_converter``).
+
+Every request sends what the SDK sends (``sidx=id&sord=asc&rows=100&page=P&access_token=T``),
+so the simulator does the same work for each.
+
+The simulator runs in a separate process by default (``--sim process``): on two cores the
+server then has a core of its own instead of sharing the client's event loop, and the client's
+CPU time (``time.process_time``, the second table) is the client's alone, so the overhead shows
+undiluted by the server's share. ``--sim inprocess`` serves from the client's own loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import statistics
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aiohttp
+
+from dmhub_async import DMHubClient, MemoryTokenStore
+
+try:
+    from ._common import alternate_async, machine_info, ratio_table, ratios
+except ImportError:  # run as a file: python benchmarks/bench_overhead.py
+    from _common import (  # type: ignore[no-redef]
+        alternate_async,
+        machine_info,
+        ratio_table,
+        ratios,
+    )
+
+PAGE_SIZE = 100
+GOAL = 1.10
+FLOOR = "floor: aiohttp + json.loads"
+SDK_1 = "SDK list(), concurrency=1"
+SDK_8 = "SDK list(), concurrency=8"
+HTTPX = "httpx loop + r.json() (untyped)"
+HTTPX_PYDANTIC = "httpx loop + pydantic validate_json"
+_TOKEN = "/security/accesstoken"
+_LIST = "/v1/customers"
+
+
+class Server:
+    """Where the simulator listens, and with what credentials."""
+
+    def __init__(self, url: str, app_id: str, secret: str) -> None:
+        self.url = url
+        self.app_id = app_id
+        self.secret = secret
+
+    def token_params(self) -> dict[str, str]:
+        """The token request's query."""
+        return {"grant_type": "client_credentials", "appid": self.app_id, "secret": self.secret}
+
+
+def page_params(page: int, token: str) -> dict[str, str]:
+    """A list page's query, as the SDK sends it (sorted by id, so the server's work is equal)."""
+    return {
+        "sidx": "id",
+        "sord": "asc",
+        "rows": str(PAGE_SIZE),
+        "page": str(page),
+        "access_token": token,
+    }
+
+
+_SERVE = (
+    "import asyncio, sys\n"
+    "from dmhub_async.testing import serve_forever\n"
+    "asyncio.run(serve_forever(port=0, customers=int(sys.argv[1]), latency_ms=float(sys.argv[2])))"
+)
+
+
+@asynccontextmanager
+async def simulator(customers: int, latency_ms: float, where: str) -> AsyncIterator[Server]:
+    """A seeded simulator, in a child process (``"process"``) or on this loop."""
+    if where == "inprocess":
+        from dmhub_async.testing import DMHubSimulator
+
+        async with DMHubSimulator(customers) as sim:
+            sim.faults.latency = latency_ms / 1000
+            yield Server(sim.url, sim.app_id, sim.secret)
+        return
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _SERVE,
+        str(customers),
+        str(latency_ms),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        found: dict[str, str] = {}
+        # serve_forever prints the URL and the credentials, then "Press Ctrl+C" and waits.
+        while line := (await proc.stdout.readline()).decode():
+            key, _, value = line.strip().partition("=")
+            if key.startswith("DMHUB_"):
+                found[key] = value
+            if line.startswith("Press Ctrl+C"):
+                break
+        if len(found) < 3:
+            raise RuntimeError(f"the simulator did not start (exit status {proc.returncode})")
+        yield Server(found["DMHUB_BASE_URL"], found["DMHUB_APP_ID"], found["DMHUB_SECRET"])
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+        await proc.wait()
+
+
+# -- the contenders: each walks every customer and returns how many it read --------------------
+
+
+async def floor_walk(server: Server) -> int:
+    """aiohttp + json.loads: token, then every page; no typing, retries or checks."""
+    n = 0
+    async with aiohttp.ClientSession() as session:
+        async with session.get(server.url + _TOKEN, params=server.token_params()) as resp:
+            token = json.loads(await resp.read())["access_token"]
+        page = 1
+        while True:
+            async with session.get(server.url + _LIST, params=page_params(page, token)) as resp:
+                data = json.loads(await resp.read())
+            n += len(data["rows"])
+            if not data["rows"] or page >= data["total"]:
+                return n
+            page += 1
+
+
+def sdk_walk(concurrency: int) -> Callable[[Server], Awaitable[int]]:
+    """A typed walk through a new DMHubClient (its own token store, so it fetches a token)."""
+
+    async def walk(server: Server) -> int:
+        n = 0
+        async with DMHubClient(
+            server.app_id, server.secret, base_url=server.url, token_store=MemoryTokenStore()
+        ) as dm:
+            async for _ in dm.customers.list(page_size=PAGE_SIZE, concurrency=concurrency):
+                n += 1
+        return n
+
+    return walk
+
+
+def httpx_walk(typed: bool) -> Callable[[Server], Awaitable[int]]:
+    """httpx.AsyncClient and a sequential page loop, as a user (or most SDKs) would write it."""
+    import httpx
+
+    def read(resp: httpx.Response) -> tuple[list[Any], int]:
+        data = resp.json()
+        return data["rows"], data["total"]
+
+    if typed:
+        try:
+            from .bench_converter import _pydantic_adapter
+        except ImportError:  # run as a file
+            from bench_converter import _pydantic_adapter  # type: ignore[no-redef]
+        adapter = _pydantic_adapter()
+
+        def read(resp: httpx.Response) -> tuple[list[Any], int]:
+            page = adapter.validate_json(resp.content)
+            return page.rows, page.total
+
+    async def walk(server: Server) -> int:
+        n = 0
+        async with httpx.AsyncClient(base_url=server.url) as client:
+            token = (await client.get(_TOKEN, params=server.token_params())).json()["access_token"]
+            page = 1
+            while True:
+                resp = await client.get(_LIST, params=page_params(page, token))
+                resp.raise_for_status()
+                rows, total = read(resp)
+                n += len(rows)
+                if not rows or page >= total:
+                    return n
+                page += 1
+
+    return walk
+
+
+def contenders(names: list[str]) -> dict[str, Callable[[Server], Awaitable[int]]]:
+    """The contenders by label, the floor first; a missing library skips its contender."""
+    factories: dict[str, Callable[[], Callable[[Server], Awaitable[int]]]] = {
+        FLOOR: lambda: floor_walk,
+        SDK_1: lambda: sdk_walk(1),
+        SDK_8: lambda: sdk_walk(8),
+        HTTPX: lambda: httpx_walk(typed=False),
+        HTTPX_PYDANTIC: lambda: httpx_walk(typed=True),
+    }
+    found: dict[str, Callable[[Server], Awaitable[int]]] = {}
+    for label in names:
+        try:
+            found[label] = factories[label]()
+        except ImportError as err:
+            print(f"skipping {label}: {err}")
+    return found
+
+
+# -- the run ------------------------------------------------------------------------------------
+
+
+async def run_benchmark(
+    customers: int, rounds: int, latency_ms: float, where: str, names: list[str]
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Wall and client-CPU seconds of every contender's walks, alternating, ``rounds`` times."""
+    walks = contenders(names)
+    cpu: dict[str, list[float]] = {label: [] for label in walks}
+
+    def timed(label: str, walk: Callable[[Server], Awaitable[int]], server: Server) -> Any:
+        async def timing() -> float:
+            cpu_start, start = time.process_time(), time.perf_counter()
+            got = await walk(server)
+            wall = time.perf_counter() - start
+            cpu[label].append(time.process_time() - cpu_start)
+            if got != customers:
+                raise AssertionError(f"{label} read {got} customers, not {customers}")
+            return wall
+
+        return timing
+
+    async with simulator(customers, latency_ms, where) as server:
+        for label, walk in walks.items():  # warm up: imports, the server's first pages
+            if await walk(server) != customers:
+                raise AssertionError(f"{label} did not read every customer")
+        wall = await alternate_async(
+            {label: timed(label, walk, server) for label, walk in walks.items()}, rounds
+        )
+    return wall, cpu
+
+
+def report(
+    wall: dict[str, list[float]],
+    cpu: dict[str, list[float]],
+    customers: int,
+    latency_ms: float,
+    where: str,
+) -> str:
+    """The two tables, and question 1's goal, met or missed."""
+    pages = math.ceil(customers / PAGE_SIZE)
+    rounds = len(next(iter(wall.values())))
+    lines = [
+        f"{customers} customers, {pages} pages of {PAGE_SIZE}, latency {latency_ms:g} ms, "
+        f"simulator {'in a separate process' if where == 'process' else 'on the same loop'}, "
+        f"{rounds} rounds",
+        "wall time of a whole walk (token + every page)",
+        ratio_table(wall, reference=FLOOR, ratio_header="vs floor"),
+        "client CPU time of a walk (process_time"
+        + (", the client's alone)" if where == "process" else ", client and server)"),
+        ratio_table(cpu, reference=FLOOR, ratio_header="vs floor"),
+        "vs floor: the median, over rounds, of a contender's time over the floor's in the same "
+        "round (below 1: faster than the floor)",
+    ]
+    if SDK_1 in wall:
+        ratio = statistics.median(ratios(wall[SDK_1], wall[FLOOR]))
+        verdict = "met" if ratio <= GOAL else "MISSED"
+        lines.append(
+            f"question 1, SDK sequential within {GOAL:.2f}x of the floor: {verdict} "
+            f"({ratio:.2f}x wall)"
+        )
+    for ours in (SDK_1, SDK_8):
+        for theirs in (HTTPX, HTTPX_PYDANTIC):
+            if ours in wall and theirs in wall:
+                ratio = statistics.median(ratios(wall[theirs], wall[ours]))
+                lines.append(f"question 6, {theirs} over {ours}: {ratio:.2f}x wall")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark and print the machine, the tables and the verdicts."""
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a tiny run (smoke test)")
+    parser.add_argument("--customers", type=int, default=10_000)
+    parser.add_argument("--rounds", type=int, default=9, help="alternating rounds")
+    parser.add_argument("--latency-ms", type=float, default=0.0, help="simulator latency")
+    parser.add_argument("--sim", choices=("process", "inprocess"), default="process")
+    parser.add_argument(
+        "--contender",
+        action="append",
+        choices=(FLOOR, SDK_1, SDK_8, HTTPX, HTTPX_PYDANTIC),
+        help="run only these (the floor always runs)",
+    )
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.customers, args.rounds = 500, 2
+    names = [FLOOR, *(n for n in args.contender or [SDK_1, SDK_8, HTTPX, HTTPX_PYDANTIC])]
+    names = list(dict.fromkeys(names))
+    print(machine_info())
+    wall, cpu = asyncio.run(
+        run_benchmark(args.customers, args.rounds, args.latency_ms, args.sim, names)
+    )
+    print(report(wall, cpu, args.customers, args.latency_ms, args.sim))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
