@@ -117,7 +117,9 @@ def _time_param(query: Mapping[str, str], name: str) -> int | None:
     _bad(BAD_VALUE, f"parameter {name} must look like 2016-11-11T11:11:11")
 
 
-def _paging(query: Mapping[str, str], default_rows: int, cap: int, sortable: frozenset[str]) -> Any:
+def _paging(
+    query: Mapping[str, str], default_rows: int, cap: int, sortable: frozenset[str]
+) -> tuple[int, int, str, bool]:
     rows = _int_param(query, "rows", default_rows)
     page = _int_param(query, "page", 1)
     assert rows is not None

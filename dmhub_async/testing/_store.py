@@ -328,11 +328,11 @@ class CustomerStore:
         return customer_id
 
     def random_ids(self, n: int, *, front: bool) -> list[int]:
-        """Up to ``n`` live ids: the lowest ones, or a seeded random sample."""
+        """Up to ``n`` distinct live ids: the lowest ones, or a seeded random sample."""
         n = min(n, len(self._live))
         if front:
             return self._live[:n].tolist()
-        return [self._live[self._rng.randrange(len(self._live))] for _ in range(n)]
+        return [self._live[k] for k in sorted(self._rng.sample(range(len(self._live)), n))]
 
     # -- queries --------------------------------------------------------------------------------
 
