@@ -221,7 +221,8 @@ async def export_customers(
         client: an open :class:`DMHubClient`.
         dest: the output file; its extension picks the format unless ``format`` is given.
         format: ``"jsonl"`` or ``"csv"``.
-        page_size: rows a request (the service serves at most 100).
+        page_size: rows a request (the service serves at most 100); a resumed export keeps
+            the size it began with.
         concurrency: pages fetched at once.
         progress: show a progress bar (tqdm) when stderr is a terminal.
         checkpoint: a file recording progress after every page: rerun the same call to resume.
@@ -239,14 +240,24 @@ async def export_customers(
     dest = Path(dest)
     fmt = _format_of(dest, format)
     params = customer_filter_params("export_customers", dict(filters))
-    # Fails early on an unwritable directory, before any request.
-    if not dest.parent.exists() or not os.access(dest.parent, os.W_OK):
-        raise InvalidRequestError(f"cannot write to {str(dest.parent)!r}")
-
+    # Fails early on an unwritable output or checkpoint, before any request: a failure after
+    # the walk would lose it all, and one after the first page would leave dest cut short.
     ckpt_path = Path(checkpoint) if checkpoint is not None else None
+    if dest.is_dir():
+        raise InvalidRequestError(f"{str(dest)!r} is a directory, not a file")
+    for where in (dest, ckpt_path):
+        if where is not None and (
+            not where.parent.is_dir() or not os.access(where.parent, os.W_OK)
+        ):
+            raise InvalidRequestError(f"cannot write to {str(where.parent)!r}")
+
     fingerprint = _fingerprint(dest, fmt, params)
     state = _read_checkpoint(ckpt_path, fingerprint) if ckpt_path is not None else None
     report = ExportReport(path=str(dest), format=fmt, resumed=state is not None)
+    if state is not None:
+        # next_page counts pages of the size the walk began with: another size would start
+        # at another offset and skip (or repeat) records.
+        page_size = int(state.get("page_size", page_size))
 
     report.count_before = await client.customers.count(**filters)
     if state is not None:
@@ -290,6 +301,7 @@ async def export_customers(
                         "version": CHECKPOINT_VERSION,
                         "fingerprint": fingerprint,
                         "next_page": page.number + 1,
+                        "page_size": page_size,
                         "last_id": last_id,
                         "bytes": fh.tell(),
                         "exported": report.exported,
