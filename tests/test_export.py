@@ -320,6 +320,41 @@ async def test_resume_after_a_failure_gives_every_customer_once(
         assert dest.read_text(encoding="utf-8").count("id,displayName") == 1
 
 
+async def test_resume_keeps_the_page_size_it_began_with(
+    sim: DMHubSimulator, client: DMHubClient, tmp_path: Path
+) -> None:
+    dest, ckpt = tmp_path / "customers.jsonl", tmp_path / "export.ckpt"
+    with pytest.raises(Crash):
+        await export_customers(
+            client, dest, checkpoint=ckpt, page_size=50, progress=False, on_progress=crash_after(3)
+        )
+
+    # Page 4 of 100 would start at record 300, not 150: records 150-299 would be skipped.
+    report = await export_customers(client, dest, checkpoint=ckpt, page_size=100, progress=False)
+
+    assert ids_of(read_jsonl(dest)) == sim.customer_ids()
+    assert report.exported == CUSTOMERS
+    assert report.complete
+
+
+async def test_outputs_that_cannot_be_written_are_refused_before_any_request(
+    sim: DMHubSimulator, client: DMHubClient, tmp_path: Path
+) -> None:
+    dest = tmp_path / "customers.jsonl"
+    dest.write_text("yesterday's export\n", encoding="utf-8")
+    (tmp_path / "a-directory").mkdir()
+    sim.counters.reset()
+
+    with pytest.raises(InvalidRequestError, match="is a directory"):
+        await export_customers(client, tmp_path / "a-directory", progress=False)
+    with pytest.raises(InvalidRequestError, match="cannot write"):
+        await export_customers(client, dest, checkpoint=tmp_path / "no" / "c.ckpt", progress=False)
+
+    assert dest.read_text(encoding="utf-8") == "yesterday's export\n"
+    assert files_in(tmp_path) == ["a-directory", "customers.jsonl"]
+    assert sim.counters.total == 0
+
+
 async def test_a_checkpoint_of_another_export_is_refused(
     client: DMHubClient, tmp_path: Path
 ) -> None:
