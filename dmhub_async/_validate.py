@@ -62,9 +62,7 @@ def check_customer_fields(method: str, fields: Mapping[str, Any] | CustomerField
                 f"{method}(): {name} must be {expected} or None, not {type(value).__name__}"
             )
         if name == "gender" and value not in tuple(Gender):
-            raise InvalidRequestError(
-                f"{method}(): gender must be 0, 1 or 2, not {value!r}"
-            )
+            raise InvalidRequestError(f"{method}(): gender must be 0, 1 or 2, not {value!r}")
         if name in _ADDRESSES and len(value) > MAX_ADDRESS:
             raise InvalidRequestError(
                 f"{method}(): {name} is {len(value)} characters; at most {MAX_ADDRESS}"
