@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any, NoReturn
 
+import orjson
 from aiohttp import web
 
 from ._data import CUSTOMER_FIELDS, STATISTICS_FIELDS, Row
@@ -72,7 +73,7 @@ class ApiError(Exception):
 
 def json_response(data: Any, status: int = 200) -> web.Response:
     """A compact UTF-8 JSON response (Chinese text sent as is, like the service)."""
-    body = json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
+    body = orjson.dumps(data)  # compact UTF-8, as json.dumps(ensure_ascii=False) but ~8x faster
     return web.Response(body=body, status=status, content_type="application/json")
 
 
