@@ -456,7 +456,8 @@ class DMHubClient:
                 "%s failed: %s (%.1f ms)", request.describe(), type(failure).__name__, elapsed_ms
             )
             raise _connection_error(request, failure) from RedactedCause(failure, secrets)
-        logger.debug("%s -> %d (%.1f ms)", request.describe(), status, elapsed_ms)
+        if logger.isEnabledFor(logging.DEBUG):  # describe() encodes the query: not for nothing
+            logger.debug("%s -> %d (%.1f ms)", request.describe(), status, elapsed_ms)
         return read_response(
             request,
             status,
