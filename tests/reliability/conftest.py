@@ -1,0 +1,38 @@
+"""Fixtures of the reliability scenarios: clients on the fake clock against the simulator.
+
+Every scenario talks real HTTP to a `DMHubSimulator` on 127.0.0.1; only time is fake. The
+``clock`` fixture (``tests/conftest.py``) is the client's clock and its sleep, so backoff,
+``Retry-After`` and the rate limiter never really wait, and every wait is recorded. Helpers
+that tests import live in ``rel_support.py`` (a conftest cannot be imported by name).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from dmhub_async import DMHubClient, MemoryTokenStore
+from dmhub_async.testing import DMHubSimulator
+
+
+@pytest.fixture
+async def connect(clock: Any) -> AsyncIterator[Callable[..., DMHubClient]]:
+    """``connect(sim, **kwargs)``: a client of ``sim`` on the fake clock, with its own token store.
+
+    Each client is closed at the end of the test (a scenario closes its own earlier, to check).
+    """
+    clients: list[DMHubClient] = []
+
+    def make(sim: DMHubSimulator, **kwargs: Any) -> DMHubClient:
+        kwargs.setdefault("token_store", MemoryTokenStore())
+        kwargs.setdefault("clock", clock)
+        kwargs.setdefault("sleep", clock.sleep)
+        client = DMHubClient(sim.app_id, sim.secret, base_url=sim.url, **kwargs)
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        await client.aclose()

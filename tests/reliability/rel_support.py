@@ -1,0 +1,75 @@
+"""Helpers of the reliability scenarios: leftover tasks and connections, a log of calls."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from dmhub_async import DMHubClient
+
+#: The coroutine of the task aiohttp's server runs per open connection.
+SERVER_CONNECTION = "RequestHandler.start"
+
+
+def pending_tasks(*, connections: bool = False) -> list[str]:
+    """Tasks other than the running one, by coroutine name; with ``connections``, the
+    simulator's open connections too (aiohttp's server runs one task per connection)."""
+    names = [
+        getattr(task.get_coro(), "__qualname__", repr(task))
+        for task in asyncio.all_tasks()
+        if task is not asyncio.current_task()
+    ]
+    return sorted(n for n in names if connections or n != SERVER_CONNECTION)
+
+
+async def settled(*, connections: bool = False, turns: int = 50) -> list[str]:
+    """``pending_tasks`` once the loop has had ``turns`` turns to finish closing things."""
+    for _ in range(turns):
+        if not pending_tasks(connections=connections):
+            break
+        await asyncio.sleep(0)
+    gc.collect()  # an unclosed aiohttp session warns here: an error under filterwarnings
+    return pending_tasks(connections=connections)
+
+
+class CallLog:
+    """Each call a client makes through ``DMHubClient.request``, with its attempts.
+
+    Wraps the client's ``request`` (which the resources call) and counts the first attempt and
+    every retry the session layer reports, per call, keyed by path and ``page``.
+    """
+
+    def __init__(self, client: DMHubClient) -> None:
+        self.calls: list[list[Any]] = []  # [path, page, attempts]
+        inner = client.request
+
+        async def request(
+            method: str,
+            path: str,
+            *,
+            params: Any = None,
+            on_retry: Callable[[], None] | None = None,
+            **kwargs: Any,
+        ) -> Any:
+            entry = [path, (params or {}).get("page"), 1]
+            self.calls.append(entry)
+
+            def retried() -> None:
+                entry[2] += 1
+                if on_retry is not None:
+                    on_retry()
+
+            return await inner(method, path, params=params, on_retry=retried, **kwargs)
+
+        client.request = request  # type: ignore[method-assign]
+
+    def attempts(self, path: str = "/v1/customers") -> list[int]:
+        """Attempts of each call to ``path``, in call order."""
+        return [n for p, _, n in self.calls if p == path]
+
+    def pages(self) -> Counter[int]:
+        """Calls by list page number."""
+        return Counter(int(page) for p, page, _ in self.calls if p == "/v1/customers")
