@@ -373,7 +373,7 @@ class DMHubClient:
         self._check_open()
 
         def count_retry() -> None:
-            self.stats.retries += 1
+            self._count_retry()
             if on_retry is not None:
                 on_retry()
 
@@ -383,6 +383,10 @@ class DMHubClient:
             on_retry=count_retry,
         )
         return await self._send_with_retries(call)
+
+    def _count_retry(self) -> None:
+        # Every retry, the token request's included: stats.requests counts their attempts too.
+        self.stats.retries += 1
 
     async def _attempt(self, call: CallState) -> Any:
         request: Request = call.request
@@ -479,7 +483,9 @@ class DMHubClient:
         )
         self.stats.token_fetches += 1
         started = self._clock()
-        data = await self._send_with_retries(CallState(request=request, started=started))
+        data = await self._send_with_retries(
+            CallState(request=request, started=started, on_retry=self._count_retry)
+        )
         if not isinstance(data, dict) or not data.get("access_token"):
             raise ResponseDecodeError(
                 "GET /security/accesstoken -> a body without access_token",
