@@ -35,7 +35,7 @@ def test_runner_runs_the_overhead_benchmark() -> None:
 def test_runner_skips_a_script_that_is_missing(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setitem(runner.BENCHMARKS, "nothing", ("bench_nothing", "no question"))
+    monkeypatch.setitem(runner.BENCHMARKS, "nothing", ("bench_nothing", "no question", ()))
     assert runner.main(["--quick", "--only", "nothing"]) == 0
     out = capsys.readouterr().out
     assert "skipped: bench_nothing.py does not exist yet" in out
