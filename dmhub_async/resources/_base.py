@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .._exceptions import ResponseDecodeError
+from .._pagination import AsyncPaginator, Dedupe, RawPage
 
 if TYPE_CHECKING:
     from .._client import DMHubClient
@@ -53,3 +54,68 @@ def optional_int(value: Any) -> int | None:
         return int(value) if value is not None else None
     except (TypeError, ValueError):
         return None
+
+
+def dedupe_for(sort_by: str | None, sort_order: str | None) -> Dedupe:
+    """How a walk recognises repeats: by order when sorted by the immutable id, else by set."""
+    if sort_by == "id":
+        return "ascending" if sort_order == "asc" else "descending"
+    return "set"
+
+
+def paginate(
+    client: DMHubClient,
+    path: str,
+    params: dict[str, str],
+    read_page: Callable[[Any], RawPage[T]],
+    *,
+    key: Callable[[T], Hashable],
+    **paging: Any,
+) -> AsyncPaginator[T]:
+    """A paginator over ``GET path`` with ``rows``/``page`` added to ``params``."""
+
+    async def fetch(number: int, size: int, on_retry: Callable[[], None]) -> RawPage[T]:
+        data = await client.request(
+            "GET",
+            path,
+            params={**params, "rows": str(size), "page": str(number)},
+            on_retry=on_retry,
+        )
+        return read_page(data)
+
+    return AsyncPaginator(
+        fetch, key=key, dedupe=dedupe_for(params.get("sidx"), params.get("sord")), **paging
+    )
+
+
+def rows_page(structure: Callable[[list[Any]], list[T]], what: str) -> Callable[[Any], RawPage[T]]:
+    """Reads the customer list shape: ``{"rows": [...], "records": n, "total": pages}``."""
+
+    def read(data: Any) -> RawPage[T]:
+        rows = rows_of(data, "rows", what)
+        return RawPage(
+            decode(structure, rows, what),
+            None,
+            optional_int(data.get("records")),
+            optional_int(data.get("total")),
+        )
+
+    return read
+
+
+def items_page(structure: Callable[[list[Any]], list[T]], what: str) -> Callable[[Any], RawPage[T]]:
+    """Reads the statistics shape: ``{"items": [...], "meta": {records, total, hasNext}}``."""
+
+    def read(data: Any) -> RawPage[T]:
+        items = rows_of(data, "items", what)
+        meta = data.get("meta")
+        meta = meta if isinstance(meta, dict) else {}
+        has_next = meta.get("hasNext")
+        return RawPage(
+            decode(structure, items, what),
+            has_next if isinstance(has_next, bool) else None,
+            optional_int(meta.get("records")),
+            optional_int(meta.get("total")),
+        )
+
+    return read

@@ -6,10 +6,10 @@ from typing import Any, Literal
 
 from .._converter import structure_statistics_list
 from .._exceptions import InvalidRequestError
-from .._pagination import AsyncPaginator, Dedupe, RawPage
+from .._pagination import AsyncPaginator
 from .._validate import check_id
 from ..models.statistics import CustomerStatistics as CustomerStatisticsModel
-from ._base import Resource, decode, optional_int, rows_of
+from ._base import Resource, items_page, paginate
 
 __all__ = ["CustomerStatistics"]
 
@@ -38,36 +38,17 @@ class CustomerStatistics(Resource):
             )
         if not isinstance(sort_by, str) or not sort_by:
             raise InvalidRequestError("list(): sort_by must be a field name")
-        dedupe: Dedupe = "set"
-        if sort_by == "id":
-            dedupe = "ascending" if sort_order == "asc" else "descending"
-        client = self._client
-
-        async def fetch(number: int, size: int, on_retry: Any) -> RawPage[CustomerStatisticsModel]:
-            data = await client.request(
-                "GET",
-                "/v1/customerStatistics",
-                params={**params, "rows": str(size), "page": str(number)},
-                on_retry=on_retry,
-            )
-            items = rows_of(data, "items", "a page of customer statistics")
-            meta = data.get("meta") if isinstance(data.get("meta"), dict) else {}
-            has_next = meta.get("hasNext")
-            return RawPage(
-                decode(structure_statistics_list, items, "a page of customer statistics"),
-                has_next if isinstance(has_next, bool) else None,
-                optional_int(meta.get("records")),
-                optional_int(meta.get("total")),
-            )
-
-        return AsyncPaginator(
-            fetch,
+        read_page = items_page(structure_statistics_list, "a page of customer statistics")
+        return paginate(
+            self._client,
+            "/v1/customerStatistics",
+            params,
+            read_page,
             page_size=page_size,
             start_page=start_page,
             max_items=max_items,
             concurrency=concurrency,
             key=_record_id,
-            dedupe=dedupe,
         )
 
 

@@ -17,12 +17,12 @@ from .._converter import (
     wire_names,
 )
 from .._exceptions import InvalidRequestError
-from .._pagination import AsyncPaginator, Dedupe, RawPage
+from .._pagination import AsyncPaginator
 from .._validate import check_customer_fields, check_id, check_identities, utc_query_time
 from ..models.customer import Customer, CustomerFields
 from ..models.gender import Gender
 from ..models.identity import Identity
-from ._base import Resource, decode, optional_int, rows_of
+from ._base import Resource, decode, paginate, rows_page
 
 __all__ = ["EMPTY_STAGE", "CustomerFilters", "Customers", "customer_filter_params"]
 
@@ -292,27 +292,8 @@ class Customers(Resource):
     ) -> AsyncPaginator[T]:
         merged: dict[str, Any] = {"sort_by": "id", "sort_order": "asc", **filters}
         params = customer_filter_params("list", merged)
-        dedupe: Dedupe = "set"
-        if params.get("sidx") == "id":
-            dedupe = "ascending" if params.get("sord") == "asc" else "descending"
-        client = self._client
-
-        async def fetch(number: int, size: int, on_retry: Any) -> RawPage[T]:
-            data = await client.request(
-                "GET",
-                "/v1/customers",
-                params={**params, "rows": str(size), "page": str(number)},
-                on_retry=on_retry,
-            )
-            rows = rows_of(data, "rows", "a page of customers")
-            return RawPage(
-                decode(structure, rows, "a page of customers"),
-                None,
-                optional_int(data.get("records")),
-                optional_int(data.get("total")),
-            )
-
-        return AsyncPaginator(fetch, key=key, dedupe=dedupe, **paging)
+        read_page = rows_page(structure, "a page of customers")
+        return paginate(self._client, "/v1/customers", params, read_page, key=key, **paging)
 
 
 def _customer_id(customer: Customer) -> int | None:
