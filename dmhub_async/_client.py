@@ -141,8 +141,11 @@ def read_response(
 
 
 def _snippet(body: bytes, secrets: Iterable[str | None]) -> str:
-    text = body[:120].decode("utf-8", "replace").strip().replace("\n", " ")
-    return redact(f"not JSON: {text!r}" + ("..." if len(body) > 120 else ""), secrets)
+    # Redact before cutting: a secret cut in half at the edge would no longer be recognised,
+    # and its first half would leak.
+    text = redact(body[:4096].decode("utf-8", "replace"), secrets)
+    cut = text[:120].strip().replace("\n", " ")
+    return f"not JSON: {cut!r}" + ("..." if len(body) > 120 else "")
 
 
 def _error(

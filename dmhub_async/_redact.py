@@ -6,8 +6,11 @@ authentication") and the secret in the token request's, so any URL is a secret u
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import re
 from collections.abc import Iterable
+from urllib.parse import quote
 
 MASK = "***"
 
@@ -15,12 +18,36 @@ _SECRET_PARAMS = re.compile(r"((?:access_token|secret)=)[^&#\s'\"]*", re.IGNOREC
 
 
 def redact(text: str, secrets: Iterable[str | None] = ()) -> str:
-    """``text`` with ``access_token=``/``secret=`` values and every known secret masked."""
+    """``text`` with ``access_token=``/``secret=`` values and every known secret masked.
+
+    A secret is masked raw and URL-encoded too, in any mix (yarl leaves ``/`` as is in a query
+    value but encodes ``+``), as it appears when a service or a proxy echoes the query back.
+    """
     text = _SECRET_PARAMS.sub(r"\g<1>" + MASK, text)
     for secret in secrets:
         if secret and len(secret) >= 4:
-            text = text.replace(secret, MASK)
+            text = _secret_pattern(secret).sub(MASK, text)
     return text
+
+
+@functools.lru_cache(maxsize=64)
+def _secret_pattern(secret: str) -> re.Pattern[str]:
+    """Matches ``secret`` with each character that URL encoding may change either way."""
+    parts = []
+    for char in secret:
+        if char.isascii() and (char.isalnum() or char in "-._~"):
+            parts.append(re.escape(char))  # never encoded
+            continue
+        forms = {re.escape(char)}
+        # An undecodable byte from the environment arrives as a lone surrogate; other lone
+        # surrogates cannot be sent in a URL at all.
+        with contextlib.suppress(UnicodeEncodeError):
+            forms.add(re.escape(quote(char, safe="", errors="surrogateescape")))
+        if char == " ":
+            forms.add(r"\+")
+        parts.append("(?:" + "|".join(sorted(forms, key=len, reverse=True)) + ")")  # longest first
+    # Case-insensitive for the hex digits of %2b/%2B; masking a case variant too is harmless.
+    return re.compile("".join(parts), re.IGNORECASE)
 
 
 class RedactedCause(Exception):

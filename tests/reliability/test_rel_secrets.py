@@ -1,0 +1,408 @@
+"""Scenario 9: a secret canary through every kind of failure.
+
+The secret is a canary (base64-like, so that it changes when URL-encoded), and every access
+token the service handed out is one too. Each case makes the SDK fail one way, then searches
+everything a user or a log collector could see for any canary, raw or URL-encoded: the
+error's message, ``repr`` and attributes, every chained cause and context, the formatted
+traceback, every log record at DEBUG (message and formatted exception), and for the CLI cases
+what it printed on stdout and stderr.
+
+Besides the simulator's faults, an "echo" service on loopback answers with the request's own
+URL (the secret, the token) inside its error descriptions, HTML pages and broken bodies: what a
+careless gateway does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import traceback
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, quote_plus
+
+import attrs
+import pytest
+from aiohttp import web
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from yarl import URL
+
+from dmhub_async import (
+    APIConnectionError,
+    APIError,
+    APITimeoutError,
+    AuthenticationError,
+    DMHubClient,
+    DMHubError,
+    MemoryTokenStore,
+    NotFoundError,
+    RateLimitError,
+    ResponseDecodeError,
+    ServerError,
+    cli,
+)
+from dmhub_async._redact import redact
+from dmhub_async.testing import DMHubSimulator
+
+CANARY_SECRET = "Cn4ry+S3cr3t/Zq9="
+CANARY_TOKEN = "T0ken+Canary/x7Q="  # a token given as access_token=, for the echo service
+CANARY_APP = "canary-app"
+
+
+#: A run of this many characters of a secret counts as a leak: half a token is still too much.
+FRAGMENT = 8
+
+
+def fragments(secret: str) -> set[str]:
+    """Every run of ``FRAGMENT`` characters of a secret, raw or URL-encoded (three ways)."""
+    as_sent = URL("http://h/").with_query({"q": secret}).raw_query_string.partition("=")[2]
+    forms = {secret, quote(secret, safe=""), quote_plus(secret), as_sent}
+    return {f[i : i + FRAGMENT] for f in forms for i in range(max(1, len(f) - FRAGMENT + 1))}
+
+
+@attrs.define
+class Case:
+    """One way to fail, and the error class the SDK must raise for it."""
+
+    name: str
+    error: type[BaseException]
+    run: Callable[[Context], Awaitable[Any]]
+
+
+@attrs.define
+class Context:
+    sim: DMHubSimulator
+    echo_url: str
+    clock: Any
+    closed_url: str
+
+    def client(self, **kwargs: Any) -> DMHubClient:
+        kwargs.setdefault("app_id", CANARY_APP)
+        if "access_token" not in kwargs:
+            kwargs.setdefault("secret", CANARY_SECRET)
+        kwargs.setdefault("base_url", self.sim.url)
+        kwargs.setdefault("max_retries", 1)
+        kwargs.setdefault("token_store", MemoryTokenStore())
+        kwargs.setdefault("clock", self.clock)
+        kwargs.setdefault("sleep", self.clock.sleep)
+        return DMHubClient(**kwargs)
+
+
+def _echo_app() -> web.Application:
+    """A careless service: every answer quotes the request's URL back."""
+
+    def echo(request: web.Request) -> str:
+        # The URL, the decoded query, and each value as sent (URL-encoded, no name before it).
+        sent = [part.partition("=")[2] for part in request.query_string.split("&")]
+        return f"{request.url} {dict(request.query)} {' '.join(sent)}"
+
+    async def token(request: web.Request) -> web.Response:
+        # 40004 on HTTP 200, as the live service refuses credentials, with the query echoed.
+        described = f"the params is illegal: {echo(request)}"
+        return web.json_response({"error_code": "40004", "error_description": described})
+
+    async def api(request: web.Request) -> web.Response:
+        url = echo(request)
+        mode = request.match_info["mode"]
+        if mode == "json-400":
+            body = {"error_code": 40005, "error_description": f"bad request {url}"}
+            return web.json_response(body, status=400)
+        if mode == "html-502":
+            return web.Response(text=f"<html><h1>502</h1>{url}</html>", status=502)
+        if mode == "broken-200":
+            return web.Response(text=f'{{"rows": ["{url}"', content_type="application/json")
+        if mode == "retry-after":
+            headers = {"Retry-After": f"soon {url}"}
+            return web.json_response({"error_code": 429}, status=429, headers=headers)
+        return web.json_response({"rows": {"not": "a list", "url": url}})  # wrong shape
+
+    app = web.Application()
+    app.router.add_get("/security/accesstoken", token)
+    app.router.add_get("/v1/echo/{mode}", api)
+    return app
+
+
+# -- the cases ----------------------------------------------------------------------------------
+
+
+async def _call(ctx: Context, action: Callable[[DMHubClient], Awaitable[Any]], **kw: Any) -> Any:
+    async with ctx.client(**kw) as dm:
+        await dm.customers.count()  # a token first, so that every later URL carries one
+        return await action(dm)
+
+
+def _fault(kind: str, **kw: Any) -> Callable[[Context], Awaitable[Any]]:
+    async def run(ctx: Context) -> Any:
+        async def action(dm: DMHubClient) -> Any:
+            ctx.sim.faults.retry_after = 600  # a 429 over the cap: raised at once
+            ctx.sim.faults.script([kind] * 2)
+            return await dm.customers.list(max_items=5).to_list()
+
+        return await _call(ctx, action, **kw)
+
+    return run
+
+
+async def _bad_request(ctx: Context) -> Any:
+    return await _call(ctx, lambda dm: dm.request("GET", "/v1/customers", params={"rows": "x"}))
+
+
+async def _not_routed(ctx: Context) -> Any:
+    return await _call(ctx, lambda dm: dm.request("GET", "/v1/no-such-thing"))
+
+
+async def _missing_customer(ctx: Context) -> Any:
+    return await _call(ctx, lambda dm: dm.customers.get(1))
+
+
+async def _lost_create(ctx: Context) -> Any:
+    async def action(dm: DMHubClient) -> Any:
+        ctx.sim.faults.paths = ("POST /v1/customers",)
+        ctx.sim.faults.script(["reset-after-write"])
+        return await dm.customers.create(name="canary")
+
+    return await _call(ctx, action)
+
+
+async def _timeout(ctx: Context) -> Any:
+    async def action(dm: DMHubClient) -> Any:
+        ctx.sim.faults.latency = 0.3
+        return await dm.customers.count()
+
+    return await _call(ctx, action, timeout=0.05, max_retries=0)
+
+
+async def _refused(ctx: Context) -> Any:
+    async with ctx.client(base_url=ctx.closed_url) as dm:
+        return await dm.customers.count()
+
+
+async def _dns(ctx: Context) -> Any:
+    async with ctx.client(base_url="http://dmhub-canary.invalid", timeout=5) as dm:
+        return await dm.customers.count()
+
+
+async def _bad_credentials(ctx: Context) -> Any:
+    async with ctx.client(secret=CANARY_SECRET + "-wrong") as dm:
+        return await dm.customers.count()
+
+
+async def _refused_for_good(ctx: Context) -> Any:
+    async def action(dm: DMHubClient) -> Any:
+        ctx.sim.on_request(lambda request: ctx.sim.revoke_tokens())
+        return await dm.customers.count()
+
+    return await _call(ctx, action)
+
+
+async def _echoed_secret(ctx: Context) -> Any:
+    async with ctx.client(base_url=ctx.echo_url) as dm:
+        return await dm.customers.count()
+
+
+def _echoed_url(mode: str) -> Callable[[Context], Awaitable[Any]]:
+    async def run(ctx: Context) -> Any:
+        async with ctx.client(base_url=ctx.echo_url, access_token=CANARY_TOKEN) as dm:
+            return await dm.request("GET", f"/v1/echo/{mode}")
+
+    return run
+
+
+async def _echoed_wrong_shape(ctx: Context) -> Any:
+    async with ctx.client(base_url=ctx.echo_url, access_token=CANARY_TOKEN) as dm:
+        # customers.list() reads /v1/customers: point the walk at the echo service's page
+        original = dm.request
+
+        async def request(method: str, path: str, **kwargs: Any) -> Any:
+            return await original(method, "/v1/echo/wrong-shape", **kwargs)
+
+        dm.request = request  # type: ignore[method-assign]
+        return await dm.customers.list().to_list()
+
+
+CASES = [
+    Case("HTTP 400, error body", APIError, _bad_request),
+    Case("HTTP 404, not routed", NotFoundError, _not_routed),
+    Case("HTTP 500 with 40201, missing customer", NotFoundError, _missing_customer),
+    Case("HTTP 429, Retry-After over the cap", RateLimitError, _fault("429")),
+    Case("HTTP 429, HTTP-date over the cap", RateLimitError, _fault("429-http-date")),
+    Case("HTTP 500", ServerError, _fault("500")),
+    Case("HTTP 502", ServerError, _fault("502")),
+    Case("HTTP 503", ServerError, _fault("503")),
+    Case("HTTP 504", ServerError, _fault("504")),
+    Case("HTML 502 from a gateway", ServerError, _fault("html")),
+    Case("connection reset", APIConnectionError, _fault("reset")),
+    Case("truncated JSON", ResponseDecodeError, _fault("truncated")),
+    Case("reset after a write", APIConnectionError, _lost_create),
+    Case("timeout", APITimeoutError, _timeout),
+    Case("connection refused", APIConnectionError, _refused),
+    Case("DNS failure", APIConnectionError, _dns),
+    Case("bad credentials", AuthenticationError, _bad_credentials),
+    Case("token refused for good", AuthenticationError, _refused_for_good),
+    Case("token endpoint echoes the secret", AuthenticationError, _echoed_secret),
+    Case("400 echoing the URL", APIError, _echoed_url("json-400")),
+    Case("HTML 502 echoing the URL", ServerError, _echoed_url("html-502")),
+    Case("broken 200 echoing the URL", ResponseDecodeError, _echoed_url("broken-200")),
+    Case("429 with the URL as Retry-After", RateLimitError, _echoed_url("retry-after")),
+    Case("200 of the wrong shape echoing the URL", ResponseDecodeError, _echoed_wrong_shape),
+]
+
+
+# -- what a user could see ----------------------------------------------------------------------
+
+
+def exception_texts(err: BaseException) -> list[str]:
+    """Message, repr, args and attributes of the error and every cause and context, and the
+    traceback as Python prints it."""
+    texts = ["".join(traceback.format_exception(type(err), err, err.__traceback__))]
+    stack: list[BaseException] = [err]
+    seen: set[int] = set()
+    while stack:
+        current = stack.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        texts += [str(current), repr(current), repr(current.args)]
+        texts += [repr(value) for value in vars(current).values()]
+        stack += [e for e in (current.__cause__, current.__context__) if e is not None]
+    return texts
+
+
+def log_texts(records: list[logging.LogRecord]) -> list[str]:
+    formatter = logging.Formatter()
+    return [formatter.format(record) for record in records]
+
+
+def leaks(texts: list[str], secrets: set[str]) -> list[tuple[str, str]]:
+    """(fragment, text) for every text holding a fragment of a secret."""
+    found = []
+    for secret in secrets:
+        for fragment in fragments(secret):
+            found += [(fragment, text[:300]) for text in texts if fragment in text]
+    return found
+
+
+@pytest.fixture
+async def context(clock: Any) -> AsyncIterator[tuple[Context, set[str]]]:
+    """The simulator (its secret the canary), the echo service, and the secrets to look for:
+    every token the simulator saw in a request is added as the test runs."""
+    secrets = {CANARY_SECRET, CANARY_TOKEN}
+    echo = web.AppRunner(_echo_app(), access_log=None)
+    await echo.setup()
+    closed = web.AppRunner(web.Application())  # a port that refuses: bound, then closed
+    await closed.setup()
+    async with DMHubSimulator(customers=20, seed=9, app_id=CANARY_APP, secret=CANARY_SECRET) as sim:
+
+        def note_token(request: web.Request) -> None:
+            if request.query.get("access_token"):
+                secrets.add(request.query["access_token"])
+
+        sim.on_request(note_token)
+        try:
+            site = web.TCPSite(echo, "127.0.0.1", 0)
+            await site.start()
+            closed_site = web.TCPSite(closed, "127.0.0.1", 0)
+            await closed_site.start()
+            closed_url = f"http://127.0.0.1:{closed.addresses[0][1]}"
+            await closed.cleanup()
+            echo_url = f"http://127.0.0.1:{echo.addresses[0][1]}"
+            yield Context(sim, echo_url, clock, closed_url), secrets
+        finally:
+            await echo.cleanup()
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+async def test_scenario_9_no_secret_in_any_error_log_or_traceback(
+    context: tuple[Context, set[str]], caplog: pytest.LogCaptureFixture, case: Case
+) -> None:
+    """Scenario 9: 24 ways to fail (every status class, resets, a timeout, refused, DNS, HTML,
+    truncated and wrong-shaped JSON, bad credentials, services echoing the URL): the error is
+    the documented class, and no canary appears anywhere a user or a log could see it."""
+    ctx, secrets = context
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(DMHubError) as caught:
+        await case.run(ctx)
+    assert isinstance(caught.value, case.error)
+    secrets.add(ctx.sim.access_token or CANARY_TOKEN)
+    texts = exception_texts(caught.value) + log_texts(caplog.records)
+    assert any("dmhub_async" in r.name for r in caplog.records)  # the SDK did log, at DEBUG
+    assert leaks(texts, secrets) == []
+
+
+# -- the CLI ------------------------------------------------------------------------------------
+
+
+def _cli_env(monkeypatch: pytest.MonkeyPatch, base_url: str, secret: str = CANARY_SECRET) -> None:
+    monkeypatch.setenv("DMHUB_APP_ID", CANARY_APP)
+    monkeypatch.setenv("DMHUB_SECRET", secret)
+    monkeypatch.setenv("DMHUB_BASE_URL", base_url)
+
+
+CLI_CASES = ["bad credentials", "server errors", "connection refused", "echo", "lookup, 503s"]
+
+
+@pytest.mark.parametrize("case", CLI_CASES)
+async def test_scenario_9_no_secret_in_cli_output(
+    context: tuple[Context, set[str]],
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    case: str,
+) -> None:
+    """Scenario 9, CLI errors: one line on stderr, exit 1, and no canary on stdout, stderr or
+    in the DEBUG log. (The CLI runs its own event loop, in a thread; the simulator runs here.)"""
+    ctx, secrets = context
+    caplog.set_level(logging.DEBUG)
+    out = str(tmp_path / "customers.jsonl")
+    argv = ["export", "--out", out, "--max-retries", "1", "--no-progress"]
+    if case == "bad credentials":
+        _cli_env(monkeypatch, ctx.sim.url, secret=CANARY_SECRET + "-wrong")
+        secrets.add(CANARY_SECRET + "-wrong")
+    elif case == "server errors":
+        _cli_env(monkeypatch, ctx.sim.url)
+        ctx.sim.faults.rate, ctx.sim.faults.kinds = 1.0, ("500",)
+    elif case == "connection refused":
+        _cli_env(monkeypatch, ctx.closed_url)
+    elif case == "echo":
+        _cli_env(monkeypatch, ctx.echo_url)
+    else:
+        _cli_env(monkeypatch, ctx.sim.url)
+        ctx.sim.faults.rate, ctx.sim.faults.kinds = 1.0, ("503",)
+        ctx.sim.faults.paths = ("/v1/customeridentities",)
+        identities = tmp_path / "identities.csv"
+        identities.write_text("type,value\nwechat,o-canary\n", encoding="utf-8")
+        argv = ["lookup", "--in", str(identities), "--out", out, "--max-retries", "0"]
+
+    status = await asyncio.to_thread(cli.main, argv)
+
+    printed = capsys.readouterr()
+    assert status == cli.EXIT_ERROR
+    assert printed.err.startswith("dmhub-async: error: ")
+    assert printed.err.count("\n") == 1  # one line, no traceback
+    secrets.add(ctx.sim.access_token or CANARY_TOKEN)
+    texts = [printed.out, printed.err, *log_texts(caplog.records)]
+    assert leaks(texts, secrets) == []
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    secret=st.text(
+        st.characters(blacklist_categories=("Cs",), blacklist_characters="*"),
+        min_size=4,
+        max_size=40,
+    )
+)
+def test_a_secret_is_masked_raw_and_url_encoded_every_way(secret: str) -> None:
+    """What scenario 9's echo cases rely on: the secret, raw or URL-encoded any of three
+    ways (quote, quote_plus, as yarl sends it), never survives ``redact``."""
+    as_sent = URL("http://h/").with_query({"q": secret}).raw_query_string.partition("=")[2]
+    for form in {secret, quote(secret, safe=""), quote_plus(secret), as_sent}:
+        assert redact(f"<{form}>", [secret]) == "<***>"
+
+
+def test_a_secret_from_undecodable_environment_bytes_does_not_break_redaction() -> None:
+    secret = b"canary-\xff\xfe".decode("utf-8", "surrogateescape")
+    assert redact(f"x {secret} canary-%FF%FE y", [secret, "lone-\ud800"]) == "x *** *** y"
