@@ -106,8 +106,8 @@ def read_response(
     if body.strip():
         try:
             data = _json.loads(body)
-        except ValueError:  # UnicodeDecodeError is a ValueError too
-            decoded = False
+        except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError too
+            decoded = False  # RecursionError: nested deeper than the decoders go ([[[[...)
     elif 200 <= status < 300:
         return None  # 204 on delete, or an empty success
 

@@ -142,6 +142,8 @@ def coerce_code(code: object) -> int | str | None:
         return None
     if isinstance(code, int):
         return code
+    if isinstance(code, float) and code.is_integer():
+        return int(code)  # 0.0 is success and 40001.0 is 40001, as the numbers they are
     text = str(code).strip()
     try:
         return int(text)
