@@ -115,6 +115,10 @@ class AsyncPaginator(Generic[T]):
         # the same count all along, even when other reads completed in between.
         self._epoch = 0
         self._seen_total: int | None = None
+        # Records that vanished up to each epoch (the sum of every drop in ``records`` seen
+        # between reads): how far a delete behind the cursor may have shifted pages back.
+        # The net change would hide a delete that an insert made up for.
+        self._dropped: list[int] = [0]
 
     def __aiter__(self) -> AsyncIterator[T]:
         return self._iter_items()
@@ -153,6 +157,7 @@ class AsyncPaginator(Generic[T]):
         if total is not None:
             if self._seen_total is not None and total != self._seen_total:
                 self._epoch += 1
+                self._dropped.append(self._dropped[-1] + max(0, self._seen_total - total))
             self._seen_total = total
         return raw, self._epoch
 
@@ -201,9 +206,8 @@ class AsyncPaginator(Generic[T]):
         scheduled = number  # the next page to launch
         last_page: int | None = None  # known from totals
         effective_size = self.page_size  # the service may serve fewer than asked
-        previous_total: int | None = None  # records, as the page before said
         previous_epoch: int | None = None  # the epoch the page before was read in
-        previous_keys: list[Hashable] | None = None
+        previous_keys: tuple[Any, ...] | None = None
         remaining = self.max_items
         if remaining == 0:
             return
@@ -213,16 +217,23 @@ class AsyncPaginator(Generic[T]):
             ahead = self.concurrency
             if remaining is not None:
                 ahead = min(ahead, max(1, math.ceil(remaining / effective_size)))
-            while scheduled < number + ahead and (last_page is None or scheduled <= last_page):
-                self._launch(scheduled)
-                scheduled += 1
-            if number not in self._tasks:  # totals said this page should not exist; it does
-                self._launch(number)
+            if ahead == 1 and not self._tasks:
+                # One page at a time needs no task: it saves a task and a loop turn a page.
+                raw, epoch = await self._read(number)
                 scheduled = number + 1
-            raw, epoch = await self._tasks.pop(number)
+            else:
+                while scheduled < number + ahead and (last_page is None or scheduled <= last_page):
+                    self._launch(scheduled)
+                    scheduled += 1
+                if number not in self._tasks:  # totals said this page should not exist; it does
+                    self._launch(number)
+                    scheduled = number + 1
+                raw, epoch = await self._tasks.pop(number)
             self.stats.pages += 1
 
-            keys = [self._key(i) for i in raw.items] if self._key is not None else None
+            # A page's signature: its length and its first and last keys. Pages of distinct
+            # records cannot share one; a page served twice does.
+            keys = self._signature(raw.items)
             # (Unless records changed in between: then a delete can shift a whole page back.)
             if keys and previous_keys == keys and epoch == previous_epoch:
                 raise ResponseDecodeError(
@@ -245,7 +256,7 @@ class AsyncPaginator(Generic[T]):
                 # reads. Pages fetched ahead were read before: cancel them, fetch them after.
                 await self._cancel_all()
                 scheduled = number + 1
-                again = number - self._back(previous_total, raw.total_records, effective_size)
+                again = number - self._back(previous_epoch, epoch, effective_size)
                 again = max(self.start_page, again)
                 backups = _MAX_BACKUPS
                 while True:
@@ -253,7 +264,7 @@ class AsyncPaginator(Generic[T]):
                     fresh, fresh_epoch = await self._read(again)
                     if fresh_epoch != epoch and backups and again > self.start_page:
                         backups -= 1
-                        back = self._back(raw.total_records, fresh.total_records, effective_size)
+                        back = self._back(epoch, fresh_epoch, effective_size)
                         again = max(self.start_page, again - back)
                         raw, epoch = fresh, fresh_epoch
                         continue
@@ -267,7 +278,7 @@ class AsyncPaginator(Generic[T]):
                     if remaining == 0:
                         return
                     again += 1
-            previous_total, previous_epoch = raw.total_records, epoch
+            previous_epoch = epoch
 
             if raw.items and len(raw.items) < self.page_size and number == self.start_page:
                 effective_size = len(raw.items)
@@ -285,16 +296,19 @@ class AsyncPaginator(Generic[T]):
                 return
             number += 1
 
+    def _signature(self, items: list[T]) -> tuple[Any, ...] | None:
+        if self._key is None or not items:
+            return None
+        return (len(items), self._key(items[0]), self._key(items[-1]))
+
     def _emit(self, raw: RawPage[T], number: int, *, has_next: bool) -> Page[T]:
         items = self._keep(raw.items)
         return Page(items, number, has_next, raw.total_records, raw.total_pages)
 
-    @staticmethod
-    def _back(before: int | None, after: int | None, size: int) -> int:
-        """Pages to step back when ``records`` went from ``before`` to ``after`` (at least 1)."""
-        if before is None or after is None:
-            return 1
-        return max(1, math.ceil((before - after) / size))
+    def _back(self, before: int, after: int, size: int) -> int:
+        """Pages to step back for the records dropped between two epochs (at least 1)."""
+        dropped = abs(self._dropped[after] - self._dropped[before])
+        return max(1, math.ceil(dropped / size))
 
     def _count(self, page: Page[T], remaining: int | None) -> int | None:
         if remaining is not None and len(page.items) > remaining:
