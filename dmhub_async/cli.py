@@ -72,7 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--customers", type=_non_negative_int, default=20_000)
     demo.add_argument("--out", default="dmhub-demo.jsonl")
     demo.add_argument("--concurrency", type=_positive_int, default=8)
-    demo.add_argument("--latency-ms", type=float, default=5.0)
+    demo.add_argument("--latency-ms", type=float, default=20.0)
     return parser
 
 
