@@ -33,8 +33,8 @@ T = TypeVar("T")
 #: How repeats are recognised: by order of an ascending or descending key (O(1) memory), by a
 #: set of every key seen (memory grows with the walk), or not at all.
 Dedupe = Literal["ascending", "descending", "set", "none"]
-#: How often one re-read (see _walk) backs up again when records keep changing under it.
-_MAX_BACKUPS = 8
+#: Pages one drift repair (see _walk) may step back before it carries on unverified.
+_MAX_REREADS = 32
 
 
 @attrs.frozen
@@ -60,6 +60,8 @@ class PaginatorStats:
     duplicates: int = 0
     retries: int = 0
     refetches: int = 0
+    #: Pages taken after a drift repair ran out of re-reads: a record may have slipped by.
+    unverified: int = 0
 
 
 class AsyncPaginator(Generic[T]):
@@ -115,10 +117,6 @@ class AsyncPaginator(Generic[T]):
         # the same count all along, even when other reads completed in between.
         self._epoch = 0
         self._seen_total: int | None = None
-        # Records that vanished up to each epoch (the sum of every drop in ``records`` seen
-        # between reads): how far a delete behind the cursor may have shifted pages back.
-        # The net change would hide a delete that an insert made up for.
-        self._dropped: list[int] = [0]
 
     def __aiter__(self) -> AsyncIterator[T]:
         return self._iter_items()
@@ -157,7 +155,6 @@ class AsyncPaginator(Generic[T]):
         if total is not None:
             if self._seen_total is not None and total != self._seen_total:
                 self._epoch += 1
-                self._dropped.append(self._dropped[-1] + max(0, self._seen_total - total))
             self._seen_total = total
         return raw, self._epoch
 
@@ -246,38 +243,25 @@ class AsyncPaginator(Generic[T]):
             if (
                 previous_epoch is not None
                 and epoch != previous_epoch
-                and self._dedupe != "none"
                 and number > self.start_page
+                and not self._overlaps(raw.items)
             ):
-                # Records changed between the reads of the page before and this one: a delete
-                # behind the cursor shifts records back across the boundary ("Pagination
-                # hazards"). Re-read from far enough back (the repeats it brings are dropped)
-                # up to this page again, backing up again whenever records change between two
-                # reads. Pages fetched ahead were read before: cancel them, fetch them after.
+                # Records changed between the reads of the page before and this one, and this
+                # page does not reach back to what was yielded: a delete behind the cursor may
+                # have shifted records back across the boundary ("Pagination hazards"). Step
+                # back until a page overlaps what was yielded, then forward to this page again;
+                # a page is taken only when it overlaps what was yielded or was read in the
+                # same epoch as the page taken before it, so no record slips between two reads.
+                # Pages fetched ahead were read before all this: cancel them, fetch them after.
                 await self._cancel_all()
                 scheduled = number + 1
-                again = number - self._back(previous_epoch, epoch, effective_size)
-                again = max(self.start_page, again)
-                backups = _MAX_BACKUPS
-                while True:
-                    self.stats.refetches += 1
-                    fresh, fresh_epoch = await self._read(again)
-                    if fresh_epoch != epoch and backups and again > self.start_page:
-                        backups -= 1
-                        back = self._back(epoch, fresh_epoch, effective_size)
-                        again = max(self.start_page, again - back)
-                        raw, epoch = fresh, fresh_epoch
-                        continue
-                    raw, epoch = fresh, fresh_epoch
-                    if again == number:
-                        break  # this page, read again after the pages before it
-                    page = self._emit(fresh, again, has_next=True)
+                raw, epoch = await self._repair(number, raw, epoch, previous_epoch)
+                for page in self._repaired:
                     remaining = self._count(page, remaining)
                     if page.items:
                         yield page
                     if remaining == 0:
                         return
-                    again += 1
             previous_epoch = epoch
 
             if raw.items and len(raw.items) < self.page_size and number == self.start_page:
@@ -296,6 +280,56 @@ class AsyncPaginator(Generic[T]):
                 return
             number += 1
 
+    async def _repair(
+        self, number: int, raw: RawPage[T], epoch: int, taken_epoch: int
+    ) -> tuple[RawPage[T], int]:
+        """Re-read back from page ``number`` until the walk is contiguous again.
+
+        Fills ``self._repaired`` with the pages before ``number`` to yield (their new items
+        only) and returns page ``number`` as read last. Gives up after ``_MAX_REREADS`` reads
+        (``stats.unverified``): records changing under every read cannot be pinned down.
+        """
+        self._repaired: list[Page[T]] = []
+        held: dict[int, tuple[RawPage[T], int]] = {}  # the latest read of pages stepped over
+        again, budget = number, _MAX_REREADS
+        while True:
+            contiguous = epoch == taken_epoch or self._overlaps(raw.items)
+            if not contiguous and again > self.start_page and budget:
+                held[again] = (raw, epoch)
+                again, budget = again - 1, budget - 1
+                self.stats.refetches += 1
+                raw, epoch = await self._read(again)
+                continue
+            if not contiguous:
+                self.stats.unverified += 1
+            if again == number:
+                return raw, epoch
+            self._repaired.append(self._emit(raw, again, has_next=True))
+            taken_epoch, again = epoch, again + 1
+            kept = held.pop(again, None)
+            if kept is not None and kept[1] == taken_epoch:
+                raw, epoch = kept  # read in the same epoch as the page just taken
+            else:
+                self.stats.refetches += 1
+                raw, epoch = await self._read(again)
+
+    def _overlaps(self, items: list[T]) -> bool:
+        """Whether ``items`` reach back to what the walk already yielded (no gap before them).
+
+        An empty page overlaps nothing; without dedupe there is nothing to compare with, so
+        every page is taken as it comes.
+        """
+        if self._key is None or self._dedupe == "none":
+            return True
+        if not items:
+            return False
+        if self._dedupe == "set":
+            return any(self._key(item) in self._seen for item in items)
+        first, last = self._key(items[0]), self._last_key
+        if first is None or last is None:
+            return True
+        return bool(first <= last) if self._dedupe == "ascending" else bool(first >= last)
+
     def _signature(self, items: list[T]) -> tuple[Any, ...] | None:
         if self._key is None or not items:
             return None
@@ -304,11 +338,6 @@ class AsyncPaginator(Generic[T]):
     def _emit(self, raw: RawPage[T], number: int, *, has_next: bool) -> Page[T]:
         items = self._keep(raw.items)
         return Page(items, number, has_next, raw.total_records, raw.total_pages)
-
-    def _back(self, before: int, after: int, size: int) -> int:
-        """Pages to step back for the records dropped between two epochs (at least 1)."""
-        dropped = abs(self._dropped[after] - self._dropped[before])
-        return max(1, math.ceil(dropped / size))
 
     def _count(self, page: Page[T], remaining: int | None) -> int | None:
         if remaining is not None and len(page.items) > remaining:
