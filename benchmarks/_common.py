@@ -9,21 +9,33 @@ slows both, and the ratio of that round stays honest).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
+import queue
 import statistics
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+import subprocess
+import sys
+import threading
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from importlib import metadata
+from pathlib import Path
 
 __all__ = [
     "LIBRARIES",
+    "SimulatorProcess",
     "alternate",
     "alternate_async",
     "machine_info",
     "ratio_table",
     "ratios",
+    "simulator_process",
+    "subprocess_env",
     "version",
 ]
+
+#: The repository root: on the ``PYTHONPATH`` of every child process, installed or not.
+REPO = Path(__file__).resolve().parent.parent
 
 #: The libraries whose versions decide the figures: printed with every result.
 LIBRARIES = ("aiohttp", "attrs", "cattrs", "orjson", "pydantic", "msgspec", "httpx")
@@ -102,3 +114,112 @@ def ratio_table(
         ratio = statistics.median(ratios(samples, ref))
         lines.append(f"{label:<{width}} {med:11.2f} {span:>15} {ratio:9.2f}x")
     return "\n".join(lines)
+
+
+# -- the simulator in a process of its own ------------------------------------------------------
+
+
+def subprocess_env() -> dict[str, str]:
+    """The environment of a child process: this repository importable, no ``DMHUB_`` settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DMHUB_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    return env
+
+
+class SimulatorProcess:
+    """Where a simulator serving in a child process listens, and with what credentials."""
+
+    def __init__(self, url: str, app_id: str, secret: str, seeded: str, pid: int) -> None:
+        self.url = url
+        self.app_id = app_id
+        self.secret = secret
+        #: How long it took to seed, as it printed it ("0.12 s").
+        self.seeded = seeded
+        self.pid = pid
+
+
+@contextlib.contextmanager
+def simulator_process(
+    customers: int, *, latency_ms: float = 0.0, seed: int = 0, timeout: float = 120.0
+) -> Iterator[SimulatorProcess]:
+    """``dmhub-async simulate --port 0`` in a child process, until the block ends.
+
+    The simulator then has a core of its own: in-process, its handlers (routing, the store,
+    serialising rows) would run on the client's event loop, and every figure would include
+    the server's CPU. It prints its URL (the port the OS chose) and credentials, then serves;
+    what it prints later is drained and dropped, so that a full pipe never stalls it.
+    """
+    command = [
+        sys.executable,
+        "-m",
+        "dmhub_async.cli",
+        "simulate",
+        "--port",
+        "0",
+        "--customers",
+        str(customers),
+        "--latency-ms",
+        f"{latency_ms:g}",
+        "--seed",
+        str(seed),
+    ]
+    proc = subprocess.Popen(
+        command,
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: queue.Queue[str | None] = queue.Queue()
+    started = threading.Event()
+
+    def drain() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if not started.is_set():
+                lines.put(line)
+        lines.put(None)  # the output closed: the process is gone
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    try:
+        found: dict[str, str] = {}
+        seen: list[str] = []
+        while True:
+            try:
+                line = lines.get(timeout=timeout)
+            except queue.Empty:
+                raise RuntimeError(f"the simulator did not start in {timeout:g} s") from None
+            if line is None:
+                status = proc.wait()
+                raise RuntimeError(
+                    f"the simulator exited (status {status}) before serving:\n" + "".join(seen)
+                )
+            seen.append(line)
+            key, _, value = line.strip().partition("=")
+            if key.startswith("DMHUB_"):
+                found[key] = value
+            elif "seeded in" in line:
+                found["seeded"] = line.split("seeded in")[1].split("(")[0].strip()
+            elif line.startswith("Press Ctrl+C"):
+                break
+        started.set()
+        yield SimulatorProcess(
+            found["DMHUB_BASE_URL"],
+            found["DMHUB_APP_ID"],
+            found["DMHUB_SECRET"],
+            found.get("seeded", ""),
+            proc.pid,
+        )
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+        reader.join(timeout=5)  # the output closed with the process
+        if proc.stdout is not None:
+            with contextlib.suppress(OSError, ValueError):
+                proc.stdout.close()

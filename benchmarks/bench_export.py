@@ -4,9 +4,10 @@ Run ``python benchmarks/bench_export.py`` (10,000 and 100,000 customers; ``--mil
 1,000,000; ``--quick`` is a smoke run of a few seconds). The goal is flat memory: the exporter's
 peak RSS should not grow with the number of customers, and stay under 150 MB at a million.
 
-The simulator runs in its own process (``dmhub-async simulate``), and each export runs in a
-fresh process too, so the peak RSS measured (``ru_maxrss``) is the exporter's alone, from the
-interpreter's start to the end of the export. ``baseline`` is that process's RSS after its
+The simulator runs in its own process (``dmhub-async simulate``, started by
+``_common.simulator_process``), and each export runs in a fresh process too, so the peak RSS
+measured (``ru_maxrss``) is the exporter's alone, from the interpreter's start to the end of
+the export. ``baseline`` is that process's RSS after its
 imports and before the export: ``growth`` is what the export itself added. Each size is
 exported ``--runs`` times; the table gives medians with the min-max range.
 """
@@ -17,19 +18,24 @@ import argparse
 import asyncio
 import json
 import os
-import platform
-import queue
 import resource
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
+try:
+    from ._common import machine_info, simulator_process, subprocess_env
+except ImportError:  # run as a file (as the exporter process is): python benchmarks/bench_export.py
+    from _common import (  # type: ignore[no-redef]
+        machine_info,
+        simulator_process,
+        subprocess_env,
+    )
+
 TIMEOUT = 1800  # seconds, for any one process
 
 #: ru_maxrss is in kilobytes on Linux, bytes on macOS.
@@ -46,12 +52,6 @@ def _rss_now() -> int:
     except OSError:
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * _RSS_UNIT
-
-
-def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DMHUB_")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    return env
 
 
 # -- the exporter process ---------------------------------------------------------------------
@@ -85,54 +85,6 @@ def worker(url: str, out: str, fmt: str, page_size: int, concurrency: int) -> di
 # -- the driver -------------------------------------------------------------------------------
 
 
-class Simulator:
-    """``dmhub-async simulate`` in a subprocess, on a free port."""
-
-    def __init__(self, customers: int) -> None:
-        self.customers = customers
-        self.url = ""
-        self.seeded = ""
-        self._proc: subprocess.Popen[str] | None = None
-
-    def __enter__(self) -> Simulator:
-        command = [sys.executable, "-m", "dmhub_async.cli", "simulate", "--port", "0"]
-        self._proc = subprocess.Popen(
-            [*command, "--customers", str(self.customers)],
-            env=_env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        lines: queue.Queue[str] = queue.Queue()
-        stdout = self._proc.stdout
-        assert stdout is not None
-        threading.Thread(target=lambda: [lines.put(x) for x in stdout], daemon=True).start()
-        try:
-            while not self.url:
-                line = lines.get(timeout=120).strip()
-                if line.startswith("DMHUB_BASE_URL="):
-                    self.url = line.partition("=")[2]
-                elif "seeded in" in line:
-                    self.seeded = line.split("seeded in")[1].split("(")[0].strip()
-        except BaseException:
-            self.__exit__()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-        if proc.stdout is not None:
-            proc.stdout.close()
-
-
 def export_once(url: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
     """One export in a fresh process."""
     command = [
@@ -149,7 +101,7 @@ def export_once(url: str, args: argparse.Namespace, out: Path) -> dict[str, Any]
         str(args.concurrency),
     ]
     done = subprocess.run(
-        command, env=_env(), capture_output=True, text=True, timeout=TIMEOUT, check=False
+        command, env=subprocess_env(), capture_output=True, text=True, timeout=TIMEOUT, check=False
     )
     if done.returncode != 0:
         raise RuntimeError(f"the exporter failed:\n{done.stderr}")
@@ -165,20 +117,12 @@ def _spread(values: list[float], fmt: Any) -> str:
     return f"{fmt(statistics.median(values))} ({fmt(min(values))}-{fmt(max(values))})"
 
 
-def machine_info() -> str:
-    """One line: the machine and the interpreter."""
-    return (
-        f"python {platform.python_version()} on {platform.system()} {platform.machine()}, "
-        f"{os.cpu_count()} cores"
-    )
-
-
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Every size, ``args.runs`` times; one summary row per size."""
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bench-export-") as tmp:
         for size in args.sizes:
-            with Simulator(size) as sim:
+            with simulator_process(size) as sim:
                 runs = []
                 for n in range(args.runs):
                     out = Path(tmp) / f"export-{size}-{n}.{args.format}"

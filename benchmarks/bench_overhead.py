@@ -39,13 +39,14 @@ import aiohttp
 from dmhub_async import DMHubClient, MemoryTokenStore
 
 try:
-    from ._common import alternate_async, machine_info, ratio_table, ratios
+    from ._common import alternate_async, machine_info, ratio_table, ratios, simulator_process
 except ImportError:  # run as a file: python benchmarks/bench_overhead.py
     from _common import (  # type: ignore[no-redef]
         alternate_async,
         machine_info,
         ratio_table,
         ratios,
+        simulator_process,
     )
 
 PAGE_SIZE = 100
@@ -84,13 +85,6 @@ def page_params(page: int, token: str) -> dict[str, str]:
     }
 
 
-_SERVE = (
-    "import asyncio, sys\n"
-    "from dmhub_async.testing import serve_forever\n"
-    "asyncio.run(serve_forever(port=0, customers=int(sys.argv[1]), latency_ms=float(sys.argv[2])))"
-)
-
-
 @asynccontextmanager
 async def simulator(customers: int, latency_ms: float, where: str) -> AsyncIterator[Server]:
     """A seeded simulator, in a child process (``"process"``) or on this loop."""
@@ -101,32 +95,8 @@ async def simulator(customers: int, latency_ms: float, where: str) -> AsyncItera
             sim.faults.latency = latency_ms / 1000
             yield Server(sim.url, sim.app_id, sim.secret)
         return
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        _SERVE,
-        str(customers),
-        str(latency_ms),
-        stdout=asyncio.subprocess.PIPE,
-    )
-    try:
-        assert proc.stdout is not None
-        found: dict[str, str] = {}
-        # serve_forever prints the URL and the credentials, then "Press Ctrl+C" and waits.
-        while line := (await proc.stdout.readline()).decode():
-            key, _, value = line.strip().partition("=")
-            if key.startswith("DMHUB_"):
-                found[key] = value
-            if line.startswith("Press Ctrl+C"):
-                break
-        if len(found) < 3:  # it printed nothing more: it exited (its error is on stderr)
-            status = await proc.wait()
-            raise RuntimeError(f"the simulator did not start (exit status {status})")
-        yield Server(found["DMHUB_BASE_URL"], found["DMHUB_APP_ID"], found["DMHUB_SECRET"])
-    finally:
-        if proc.returncode is None:
-            proc.terminate()
-        await proc.wait()
+    with simulator_process(customers, latency_ms=latency_ms) as proc:
+        yield Server(proc.url, proc.app_id, proc.secret)
 
 
 # -- the contenders: each walks every customer and returns how many it read --------------------
