@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Hashable
 from typing import Any, Generic, Literal, TypeVar
 
 import attrs
@@ -187,7 +187,7 @@ class AsyncPaginator(Generic[T]):
         self._last_key = last
         return kept
 
-    async def pages(self) -> AsyncIterator[Page[T]]:
+    async def pages(self) -> AsyncGenerator[Page[T], None]:
         """Yield whole pages in order; a page's ``items`` hold only records not seen before."""
         if self._started:
             raise InvalidRequestError("a paginator walks once: call list() again for a new walk")

@@ -18,6 +18,7 @@ one, rows go to a temporary file that is moved into place only when the export s
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -259,6 +260,14 @@ async def export_customers(
         # at another offset and skip (or repeat) records.
         page_size = int(state.get("page_size", page_size))
 
+    # Built (and so checked: page_size, concurrency) before any request or file is touched.
+    paginator = client.customers.list_rows(
+        page_size=page_size,
+        concurrency=concurrency,
+        start_page=int(state["next_page"]) if state else 1,
+        resume_after=state.get("last_id") if state else None,
+        **filters,
+    )
     report.count_before = await client.customers.count(**filters)
     if state is not None:
         report.count_before = state.get("count_before", report.count_before)
@@ -273,51 +282,47 @@ async def export_customers(
     header = state.get("header") if state else None
     writer = _CsvWriter(fh, header) if fmt == "csv" else _JsonlWriter(fh)
 
-    paginator = client.customers.list_rows(
-        page_size=page_size,
-        concurrency=concurrency,
-        start_page=int(state["next_page"]) if state else 1,
-        resume_after=state.get("last_id") if state else None,
-        **filters,
-    )
     bar = _progress_bar(progress, report.count_before, report.exported)
     ok = False
     try:
         last_id = state.get("last_id") if state else None
-        async for page in paginator.pages():
-            if page.items:
-                writer.write(page.items)
-                last_id = page.items[-1].get("id", last_id)
-            fh.flush()
-            report.exported += len(page.items)
-            report.pages += 1
-            report.duplicates = (int(state["duplicates"]) if state else 0) + (
-                paginator.stats.duplicates
-            )
-            if ckpt_path is not None:
-                _write_checkpoint(
-                    ckpt_path,
-                    {
-                        "version": CHECKPOINT_VERSION,
-                        "fingerprint": fingerprint,
-                        "next_page": page.number + 1,
-                        "page_size": page_size,
-                        "last_id": last_id,
-                        "bytes": fh.tell(),
-                        "exported": report.exported,
-                        "duplicates": report.duplicates,
-                        "header": writer.header(),
-                        "count_before": report.count_before,
-                    },
+        # aclosing: on an error here the pages in flight are cancelled now, not when the
+        # abandoned generator is collected.
+        async with contextlib.aclosing(paginator.pages()) as pages:
+            async for page in pages:
+                if page.items:
+                    writer.write(page.items)
+                    last_id = page.items[-1].get("id", last_id)
+                fh.flush()
+                report.exported += len(page.items)
+                report.pages += 1
+                report.duplicates = (int(state["duplicates"]) if state else 0) + (
+                    paginator.stats.duplicates
                 )
-            if bar is not None:
-                bar.update(len(page.items))
-            if on_progress is not None:
-                on_progress(
-                    ExportProgress(
-                        report.exported, report.count_before, report.pages, report.duplicates
+                if ckpt_path is not None:
+                    _write_checkpoint(
+                        ckpt_path,
+                        {
+                            "version": CHECKPOINT_VERSION,
+                            "fingerprint": fingerprint,
+                            "next_page": page.number + 1,
+                            "page_size": page_size,
+                            "last_id": last_id,
+                            "bytes": fh.tell(),
+                            "exported": report.exported,
+                            "duplicates": report.duplicates,
+                            "header": writer.header(),
+                            "count_before": report.count_before,
+                        },
                     )
-                )
+                if bar is not None:
+                    bar.update(len(page.items))
+                if on_progress is not None:
+                    on_progress(
+                        ExportProgress(
+                            report.exported, report.count_before, report.pages, report.duplicates
+                        )
+                    )
         if fmt == "csv" and writer.header() is None:
             writer.write([])  # an empty export still gets its header
         ok = True

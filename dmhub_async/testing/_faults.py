@@ -122,7 +122,7 @@ class Faults:
 
     def dropped(self, method: str, target: str) -> None:
         """Note a dropped connection, so that its immediate re-send is dropped too."""
-        if self.drop_resent:
+        if self.drop_resent and method in _RESENT_METHODS:
             self._dropped = (method, target, time.monotonic() + _RESEND_WINDOW)
 
     def is_resend(self, method: str, target: str) -> bool:
@@ -140,6 +140,9 @@ class Faults:
 
 
 _RESEND_WINDOW = 1.0  # seconds: aiohttp re-sends at once, on a new connection
+#: What aiohttp re-sends by itself: idempotent methods only. A POST seen again is the client's
+#: own retry, and a fault script must count it as one.
+_RESENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
 
 def _check_kinds(kinds: Iterable[str]) -> None:

@@ -236,17 +236,11 @@ async def test_scenario_4_a_create_safe_to_repeat_is_retried_into_one_customer(
         again = await dm.customers.create_with_identities([Identity("wechat", "o-lost-answer")])
     assert sim.customers_count() == 52
     assert upserted.id == again.id != made.id
-    # Each was retried (the simulator may drop a quick retry as a re-send: see the xfail below).
-    assert sim.counters.routes["POST /v1/customers"] >= 2
-    assert sim.counters.routes["POST /v1/customerandidentities"] >= 4
+    # Each was retried once: the simulator drops only what aiohttp itself re-sends (not a POST).
+    assert sim.counters.routes["POST /v1/customers"] == 2
+    assert sim.counters.routes["POST /v1/customerandidentities"] == 4
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="simulator: Faults.drop_resent takes the client's own retry of a POST, sent within"
-    " 1 s, for aiohttp's silent re-send (which aiohttp never does for POST) and drops it too:"
-    " one scripted reset costs two attempts",
-)
 async def test_one_scripted_reset_after_write_costs_one_retry(
     sim: DMHubSimulator, connect: Callable[..., DMHubClient]
 ) -> None:
