@@ -142,6 +142,49 @@ def _floor_walk(
     return walk
 
 
+def _sdk_request_workers(dm: DMHubClient, pages: int, n: int) -> Callable[[], Awaitable[int]]:
+    """The SDK's request path (``dm.request`` + the converter) in the floor's ``n`` workers."""
+
+    async def page(number: int) -> int:
+        params = {"sidx": "id", "sord": "asc", "rows": str(PAGE_SIZE), "page": str(number)}
+        return len(structure_customers((await dm.request("GET", _LIST, params=params))["rows"]))
+
+    async def walk() -> int:
+        return await _workers(n, iter(range(1, pages + 1)), page)
+
+    return walk
+
+
+def _floor_paginator_schedule(
+    session: aiohttp.ClientSession, url: str, store: SharedStore, pages: int, n: int
+) -> Callable[[], Awaitable[int]]:
+    """The floor's fetch on the paginator's schedule: a task a page, ``n`` in flight, the
+    window refilled as pages are consumed in order."""
+
+    async def fetch(number: int) -> int:
+        params = {
+            "sidx": "id",
+            "sord": "asc",
+            "rows": str(PAGE_SIZE),
+            "page": str(number),
+            "access_token": store.value,
+        }
+        async with session.get(url + _LIST, params=params) as resp:
+            return len(structure_customers(loads(await resp.read())["rows"]))
+
+    async def walk() -> int:
+        tasks: dict[int, asyncio.Task[int]] = {}
+        launched, count = 1, 0
+        for number in range(1, pages + 1):
+            while launched < number + n and launched <= pages:
+                tasks[launched] = asyncio.ensure_future(fetch(launched))
+                launched += 1
+            count += await tasks.pop(number)
+        return count
+
+    return walk
+
+
 def _sdk_walk(dm: DMHubClient, n: int) -> Callable[[], Awaitable[int]]:
     async def walk() -> int:
         count = 0
@@ -160,7 +203,7 @@ def _table(
 ) -> str:
     """Median, min-max, ideal, vs ideal, vs floor (median round ratio), client and server CPU."""
     head = (
-        f"  {'contender':<24} {'median ms':>10} {'min-max ms':>15} {'ideal ms':>9} "
+        f"  {'contender':<28} {'median ms':>10} {'min-max ms':>15} {'ideal ms':>9} "
         f"{'vs ideal':>9} {'vs floor':>9} {'client CPU':>11} {'server CPU':>11}"
     )
     lines = [head]
@@ -173,7 +216,7 @@ def _table(
             else f"{'':>9}"
         )
         lines.append(
-            f"  {label:<24} {med * 1e3:10.1f} "
+            f"  {label:<28} {med * 1e3:10.1f} "
             f"{f'{min(samples) * 1e3:.1f}-{max(samples) * 1e3:.1f}':>15} "
             f"{ideal[label] * 1e3:9.0f} {med / ideal[label]:8.2f}x {vs_floor} "
             f"{statistics.median(timer.client_cpu[label]) * 1e3:8.1f} ms "
@@ -188,7 +231,11 @@ def _label(n: int, floor: bool = False) -> str:
 
 
 async def bench_walk(
-    customers: int, concurrencies: Sequence[int], rounds: int, floor: bool = True
+    customers: int,
+    concurrencies: Sequence[int],
+    rounds: int,
+    floor: bool = True,
+    diagnose: bool = False,
 ) -> dict[int, float]:
     """The SDK's median time over ideal of a whole walk, by concurrency."""
     pages = math.ceil(customers / PAGE_SIZE)
@@ -225,6 +272,18 @@ async def bench_walk(
                     contenders[label] = timer(label, run, customers)
                     ideal[label] = math.ceil(pages / n) * WALK_LATENCY_MS / 1e3
                     floor_of[label] = _label(n, floor=True)
+                if diagnose and n > 1:
+                    # Whose is the SDK's gap to the floor: its request path, or its schedule?
+                    for label, run in (
+                        (f"SDK request, {n} workers", _sdk_request_workers(dm, pages, n)),
+                        (
+                            f"floor, paginator sched. {n}",
+                            _floor_paginator_schedule(session, sim.url, store, pages, n),
+                        ),
+                    ):
+                        contenders[label] = timer(label, run, customers)
+                        ideal[label] = math.ceil(pages / n) * WALK_LATENCY_MS / 1e3
+                        floor_of[label] = _label(n, floor=True)
             # The token, and warm connections (the ideal counts no connection set-up): a walk
             # of each at the highest concurrency.
             top = max(concurrencies)
@@ -320,11 +379,17 @@ FULL = ((6400, (1, 4, 8, 16, 32), 5), (10_000, 64, 3))
 QUICK = ((600, (1, 4, 8), 1), (256, 64, 1))
 
 
-async def _main(quick: bool, rounds: int | None, floor: bool) -> dict[str, float]:
+async def _main(
+    quick: bool, rounds: int | None, floor: bool, diagnose: bool = False
+) -> dict[str, float]:
     (customers, concurrencies, walk_rounds), (lookups, concurrency, lookup_rounds) = (
         QUICK if quick else FULL
     )
-    walk = await bench_walk(customers, concurrencies, rounds or walk_rounds, floor)
+    walk = await bench_walk(
+        customers, concurrencies, rounds or walk_rounds, floor or diagnose, diagnose
+    )
+    if diagnose:
+        return {f"walk@{n}": r for n, r in walk.items()}
     found = await bench_lookups(lookups, concurrency, rounds or lookup_rounds, floor)
     return {**{f"walk@{n}": r for n, r in walk.items()}, f"lookups@{concurrency}": found}
 
@@ -335,9 +400,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     parser.add_argument("--quick", action="store_true", help="a smoke run under 3 s")
     parser.add_argument("--rounds", type=int, help="alternating rounds (both parts)")
     parser.add_argument("--no-floor", action="store_true", help="the SDK alone, no aiohttp floor")
+    parser.add_argument(
+        "--diagnose",
+        action="store_true",
+        help="the walk only, adding the SDK's request path in the floor's workers and the "
+        "floor's fetch on the paginator's schedule (whose is the gap to the floor)",
+    )
     args = parser.parse_args(argv)
     print(machine_info())
-    return asyncio.run(_main(args.quick, args.rounds, not args.no_floor))
+    return asyncio.run(_main(args.quick, args.rounds, not args.no_floor, args.diagnose))
 
 
 if __name__ == "__main__":

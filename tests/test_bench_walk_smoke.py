@@ -38,3 +38,12 @@ def test_simulator_process_starts_serves_and_stops() -> None:
         pid = sim.pid
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)  # gone (and reaped) once the block ends
+
+
+@pytest.mark.timeout(60)
+def test_bench_walk_diagnose_quick(capsys: pytest.CaptureFixture[str]) -> None:
+    ratios = bench_walk.main(["--quick", "--diagnose"])
+    assert set(ratios) == {"walk@1", "walk@4", "walk@8"}
+    out = capsys.readouterr().out
+    assert "SDK request, 8 workers" in out
+    assert "floor, paginator sched. 8" in out
