@@ -122,19 +122,26 @@ async def _workers(n: int, jobs: Iterator[Any], work: Callable[[Any], Awaitable[
     return done
 
 
+async def _floor_page(
+    session: aiohttp.ClientSession, url: str, store: SharedStore, number: int
+) -> int:
+    """One page the floor's way: aiohttp, the SDK's decoder and converter, nothing else."""
+    params = {
+        "sidx": "id",
+        "sord": "asc",
+        "rows": str(PAGE_SIZE),
+        "page": str(number),
+        "access_token": store.value,
+    }
+    async with session.get(url + _LIST, params=params) as resp:
+        return len(structure_customers(loads(await resp.read())["rows"]))
+
+
 def _floor_walk(
     session: aiohttp.ClientSession, url: str, store: SharedStore, pages: int, n: int
 ) -> Callable[[], Awaitable[int]]:
     async def page(number: int) -> int:
-        params = {
-            "sidx": "id",
-            "sord": "asc",
-            "rows": str(PAGE_SIZE),
-            "page": str(number),
-            "access_token": store.value,
-        }
-        async with session.get(url + _LIST, params=params) as resp:
-            return len(structure_customers(loads(await resp.read())["rows"]))
+        return await _floor_page(session, url, store, number)
 
     async def walk() -> int:
         return await _workers(n, iter(range(1, pages + 1)), page)
@@ -162,15 +169,7 @@ def _floor_paginator_schedule(
     window refilled as pages are consumed in order."""
 
     async def fetch(number: int) -> int:
-        params = {
-            "sidx": "id",
-            "sord": "asc",
-            "rows": str(PAGE_SIZE),
-            "page": str(number),
-            "access_token": store.value,
-        }
-        async with session.get(url + _LIST, params=params) as resp:
-            return len(structure_customers(loads(await resp.read())["rows"]))
+        return await _floor_page(session, url, store, number)
 
     async def walk() -> int:
         tasks: dict[int, asyncio.Task[int]] = {}
