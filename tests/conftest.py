@@ -12,12 +12,13 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
+from _helpers import BASE
 from aioresponses import CallbackResult, aioresponses
 
 from dmhub_async import DMHubClient, MemoryTokenStore, RetryPolicy
 
 #: The base URL every client built by ``make_client`` talks to.
-BASE_URL = "https://api.dmhub.test"
+BASE_URL = BASE
 TOKEN_URL = re.compile(r"^https://api\.dmhub\.test/security/accesstoken\?.*$")
 
 

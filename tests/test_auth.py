@@ -4,12 +4,12 @@ shared through the memory, file and Redis stores, or given as is."""
 from __future__ import annotations
 
 import asyncio
-import re
 import stat
 from typing import Any
 
 import fakeredis
 import pytest
+from _helpers import BASE, CUSTOMER, url
 from aioresponses import CallbackResult, aioresponses
 
 from dmhub_async import (
@@ -22,13 +22,6 @@ from dmhub_async import (
     ServerError,
     Token,
 )
-
-BASE = "https://api.dmhub.test"
-CUSTOMER = {"id": 1, "name": "x"}
-
-
-def url(path: str) -> re.Pattern[str]:
-    return re.compile("^" + re.escape(BASE + path) + r"(\?.*)?$")
 
 
 def count(api: aioresponses, path: str) -> int:

@@ -10,16 +10,10 @@ from typing import Any
 
 import aiohttp
 import pytest
+from _helpers import BASE, CUSTOMER, url
 from aioresponses import CallbackResult, aioresponses
 
 from dmhub_async import DMHubClient, DMHubError, InvalidRequestError, MemoryTokenStore
-
-BASE = "https://api.dmhub.test"
-CUSTOMER = {"id": 1, "name": "x"}
-
-
-def url(path: str, base: str = BASE) -> re.Pattern[str]:
-    return re.compile("^" + re.escape(base + path) + r"(\?.*)?$")
 
 
 def calls(api: aioresponses, path: str) -> list[tuple[Any, Any]]:

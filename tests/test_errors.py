@@ -7,10 +7,10 @@ tested without an event loop.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import pytest
+from _helpers import url
 from aioresponses import aioresponses
 
 from dmhub_async import (
@@ -27,12 +27,6 @@ from dmhub_async import (
 )
 from dmhub_async._client import Request, read_response
 from dmhub_async._exceptions import coerce_code, error_class
-
-BASE = "https://api.dmhub.test"
-
-
-def url(path: str) -> re.Pattern[str]:
-    return re.compile("^" + re.escape(BASE + path) + r"(\?.*)?$")
 
 
 def count(api: aioresponses, path: str) -> int:

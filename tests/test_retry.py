@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
-import re
 from datetime import datetime, timezone
 from typing import Any
 
 import aiohttp
 import pytest
+from _helpers import CUSTOMER, url
 from aiohttp.client_reqrep import ConnectionKey
 from aioresponses import aioresponses
 
@@ -27,13 +27,6 @@ from dmhub_async import (
     RetryPolicy,
     ServerError,
 )
-
-BASE = "https://api.dmhub.test"
-CUSTOMER = {"id": 1, "name": "x"}
-
-
-def url(path: str) -> re.Pattern[str]:
-    return re.compile("^" + re.escape(BASE + path) + r"(\?.*)?$")
 
 
 def count(api: aioresponses, path: str, method: str | None = None) -> int:
