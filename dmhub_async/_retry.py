@@ -126,9 +126,9 @@ def retrying(
     async def on_backoff(details: Details) -> None:
         call: CallState = details["args"][0]
         err: BaseException = details["exception"]  # type: ignore[typeddict-item]
-        delay = policy.wait(details["tries"], err)
         if call.final:
             raise err
+        delay = policy.wait(details["tries"], err)
         if policy.budget is not None and clock() - call.started + delay > policy.budget:
             raise err  # the budget would run out while waiting: give up now
         call.retries += 1
