@@ -166,44 +166,36 @@ async def test_an_error_from_one_page_cancels_the_others(sim: DMHubSimulator) ->
         assert not other_tasks()
 
 
-async def test_client_max_concurrency_bounds_requests_in_flight(sim: DMHubSimulator) -> None:
-    in_flight = 0
-    peak = 0
+class InFlight:
+    """Counts list requests the simulator is serving at once (each held for 5 ms)."""
 
-    async def measure(request: web.Request) -> None:
-        nonlocal in_flight, peak
+    def __init__(self, sim: DMHubSimulator) -> None:
+        self.now = self.peak = 0
+        sim.on_request(self.measure)
+
+    async def measure(self, request: web.Request) -> None:
         if request.path != "/v1/customers":
             return
-        in_flight += 1
-        peak = max(peak, in_flight)
+        self.now += 1
+        self.peak = max(self.peak, self.now)
         await asyncio.sleep(0.005)
-        in_flight -= 1
+        self.now -= 1
 
-    sim.on_request(measure)
+
+async def test_client_max_concurrency_bounds_requests_in_flight(sim: DMHubSimulator) -> None:
+    in_flight = InFlight(sim)
     async with client_for(sim, max_concurrency=3) as dm:
         walks = [dm.customers.list(page_size=50, concurrency=8) for _ in range(2)]
         results = await asyncio.gather(*(w.to_list() for w in walks))
     assert all(len(r) == 1000 for r in results)
-    assert peak == 3
+    assert in_flight.peak == 3
 
 
 async def test_walk_concurrency_bounds_requests_in_flight(sim: DMHubSimulator) -> None:
-    in_flight = 0
-    peak = 0
-
-    async def measure(request: web.Request) -> None:
-        nonlocal in_flight, peak
-        if request.path != "/v1/customers":
-            return
-        in_flight += 1
-        peak = max(peak, in_flight)
-        await asyncio.sleep(0.005)
-        in_flight -= 1
-
-    sim.on_request(measure)
+    in_flight = InFlight(sim)
     async with client_for(sim, max_concurrency=64) as dm:
         assert len(await dm.customers.list(page_size=20, concurrency=5).to_list()) == 1000
-    assert peak == 5
+    assert in_flight.peak == 5
 
 
 @pytest.mark.parametrize(
