@@ -234,7 +234,6 @@ class TokenManager:
         self._clock = clock
         self._margin = refresh_margin
         self._flight: asyncio.Future[str] | None = None
-        self.fetches = 0
 
     def _fresh(self, token: Token | None) -> bool:
         return token is not None and self._clock() < token.expires_at - self._margin
@@ -266,7 +265,6 @@ class TokenManager:
             token = await self._store.get(self._key)
             if token is not None and token.value != stale and self._fresh(token):
                 return token.value
-            self.fetches += 1
             token = await self._fetch()
             await self._store.set(self._key, token)
             return token.value

@@ -255,8 +255,8 @@ class AsyncPaginator(Generic[T]):
                 # Pages fetched ahead were read before all this: cancel them, fetch them after.
                 await self._cancel_all()
                 scheduled = number + 1
-                raw, epoch = await self._repair(number, raw, epoch, previous_epoch)
-                for page in self._repaired:
+                repaired, raw, epoch = await self._repair(number, raw, epoch, previous_epoch)
+                for page in repaired:
                     remaining = self._count(page, remaining)
                     if page.items:
                         yield page
@@ -282,14 +282,14 @@ class AsyncPaginator(Generic[T]):
 
     async def _repair(
         self, number: int, raw: RawPage[T], epoch: int, taken_epoch: int
-    ) -> tuple[RawPage[T], int]:
+    ) -> tuple[list[Page[T]], RawPage[T], int]:
         """Re-read back from page ``number`` until the walk is contiguous again.
 
-        Fills ``self._repaired`` with the pages before ``number`` to yield (their new items
-        only) and returns page ``number`` as read last. Gives up after ``_MAX_REREADS`` reads
+        Returns the pages before ``number`` to yield (their new items only), and page
+        ``number`` as read last with its epoch. Gives up after ``_MAX_REREADS`` reads
         (``stats.unverified``): records changing under every read cannot be pinned down.
         """
-        self._repaired: list[Page[T]] = []
+        repaired: list[Page[T]] = []
         held: dict[int, tuple[RawPage[T], int]] = {}  # the latest read of pages stepped over
         again, budget = number, _MAX_REREADS
         while True:
@@ -303,8 +303,8 @@ class AsyncPaginator(Generic[T]):
             if not contiguous:
                 self.stats.unverified += 1
             if again == number:
-                return raw, epoch
-            self._repaired.append(self._emit(raw, again, has_next=True))
+                return repaired, raw, epoch
+            repaired.append(self._emit(raw, again, has_next=True))
             taken_epoch, again = epoch, again + 1
             kept = held.pop(again, None)
             if kept is not None and kept[1] == taken_epoch:
