@@ -18,7 +18,6 @@ from aiohttp import web
 from dmhub_async.testing import DMHubSimulator
 from dmhub_async.testing._faults import Faults
 
-
 IMPORT_SECOND = 1_591_000_000.0  # 2020-06-01T08:26:40Z
 
 

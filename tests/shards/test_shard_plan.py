@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import AsyncIterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -41,8 +42,9 @@ async def test_windows_are_disjoint_cover_everyone_and_are_about_equal(
     shards = await plan_shards(dm, 8)
 
     assert [s.index for s in shards] == list(range(8))
-    assert shards[0].start is None and shards[-1].end is None
-    assert all(a.end == b.start for a, b in zip(shards, shards[1:], strict=False))
+    assert shards[0].start is None
+    assert shards[-1].end is None
+    assert all(a.end == b.start for a, b in itertools.pairwise(shards))
     for customer_id in sim.customer_ids():
         created = sim.customer(customer_id)["dateCreated"]  # type: ignore[index]
         assert sum(in_window(s, created) for s in shards) == 1
@@ -58,14 +60,16 @@ async def test_exporting_every_shard_gives_every_customer_once(
 ) -> None:
     manifest = await export_sharded(dm, tmp_path / "out", 5, progress=False)
 
-    assert manifest.complete and manifest.exported == 2_000
+    assert manifest.complete
+    assert manifest.exported == 2_000
     written = merge(tmp_path / "out", tmp_path / "all.jsonl")
     ids = [orjson.loads(line)["id"] for line in (tmp_path / "all.jsonl").read_bytes().splitlines()]
     assert written == 2_000
     assert sorted(ids) == sorted(sim.customer_ids())
     assert ids == sorted(ids, key=lambda i: ids.index(i))  # shard order, each part by id
     on_disk = Manifest.read(tmp_path / "out")
-    assert on_disk is not None and on_disk.status() == "complete"
+    assert on_disk is not None
+    assert on_disk.status() == "complete"
     assert [s.file for s in on_disk.shards] == [f"part-{i:05d}.jsonl" for i in range(5)]
 
 
@@ -80,11 +84,15 @@ async def test_a_skewed_set_is_planned_exported_and_complete(tmp_path: Path) -> 
         ids = sim.customer_ids()
 
     heavy = [s for s in shards if s.planned_count >= 1_800]
-    assert len(heavy) == 1 and heavy[0].note and "one second" in heavy[0].note
-    assert heavy[0].end is not None and heavy[0].start is not None
+    assert len(heavy) == 1
+    assert heavy[0].note
+    assert "one second" in heavy[0].note
+    assert heavy[0].end is not None
+    assert heavy[0].start is not None
     assert (heavy[0].end - heavy[0].start).total_seconds() == 1
     assert len(shards) < 8  # edges that fell together are one
-    assert manifest.complete and manifest.exported == 2_000
+    assert manifest.complete
+    assert manifest.exported == 2_000
     merge(tmp_path / "out", tmp_path / "all.jsonl")
     exported = [orjson.loads(x)["id"] for x in (tmp_path / "all.jsonl").read_bytes().splitlines()]
     assert sorted(exported) == sorted(ids)
@@ -96,7 +104,8 @@ async def test_the_callers_filters_and_bounds_are_kept(
     start = datetime(2016, 1, 2, tzinfo=timezone.utc)
     shards = await plan_shards(dm, 4, gender=Gender.FEMALE, date_created_from=start)
 
-    assert shards[0].start == start and shards[-1].end is None
+    assert shards[0].start == start
+    assert shards[-1].end is None
     assert all(s.filters == {"gender": 2} for s in shards)
     expected = await dm.customers.count(gender=2, date_created_from=start)
     assert sum(s.planned_count for s in shards) == expected
