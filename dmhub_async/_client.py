@@ -34,7 +34,7 @@ from ._exceptions import (
     coerce_code,
     error_class,
 )
-from ._limits import Limits, RateLimiter
+from ._limits import Limits, RateLimiter, SharedLimit
 from ._redact import MASK, RedactedCause, redact
 from ._retry import CallState, RetryPolicy, parse_retry_after, retrying
 
@@ -219,7 +219,8 @@ class DMHubClient:
         timeout: seconds for one attempt of one request.
         max_retries: retries after a failed attempt (see :class:`RetryPolicy`).
         max_concurrency: requests in flight at once, across the whole client.
-        rate_limit: requests per second across the whole client, or None.
+        rate_limit: requests per second across the whole client, or None; or a limit shared
+            with other clients (:class:`RedisRateLimiter`: every worker of a fleet).
         token_store: where clients sharing an appid share its one token
             (:class:`MemoryTokenStore` per process by default).
         auth_error_codes: body ``error_code`` values that mean the token is no longer valid.
@@ -242,7 +243,7 @@ class DMHubClient:
         timeout: float = 30.0,
         max_retries: int = 4,
         max_concurrency: int = 16,
-        rate_limit: float | None = None,
+        rate_limit: float | SharedLimit | None = None,
         token_store: TokenStore | None = None,
         auth_error_codes: Iterable[int | str] = DEFAULT_AUTH_ERROR_CODES,
         retry: RetryPolicy | None = None,
@@ -276,14 +277,14 @@ class DMHubClient:
         self._auth_codes = frozenset(coerce_code(c) or c for c in auth_error_codes)
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._max_concurrency = max_concurrency
-        try:
-            limiter = (
-                RateLimiter(rate_limit, clock=self._clock, sleep=self._sleep)
-                if rate_limit is not None
-                else None
-            )
-        except ValueError as err:
-            raise InvalidRequestError(str(err)) from None
+        limiter: Any = None
+        if hasattr(rate_limit, "acquire"):  # a shared limit, e.g. RedisRateLimiter
+            limiter = rate_limit
+        elif rate_limit is not None:
+            try:
+                limiter = RateLimiter(rate_limit, clock=self._clock, sleep=self._sleep)
+            except (TypeError, ValueError) as err:
+                raise InvalidRequestError(str(err)) from None
         self._limits = Limits(max_concurrency, limiter)
         self._session = session
         self._owns_session = session is None

@@ -5,8 +5,15 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Protocol
 
-__all__ = ["Limits", "RateLimiter"]
+__all__ = ["Limits", "RateLimiter", "SharedLimit"]
+
+
+class SharedLimit(Protocol):
+    """A rate limit a client can use: ``await acquire()`` before each request."""
+
+    async def acquire(self) -> None: ...
 
 
 class RateLimiter:
@@ -45,7 +52,7 @@ class RateLimiter:
 class Limits:
     """At most ``max_concurrency`` requests in flight, and at most ``rate`` a second."""
 
-    def __init__(self, max_concurrency: int, rate: RateLimiter | None) -> None:
+    def __init__(self, max_concurrency: int, rate: SharedLimit | None) -> None:
         self._semaphore = asyncio.Semaphore(max_concurrency)
         self._rate = rate
 

@@ -26,7 +26,7 @@ from .._auth import FileTokenStore
 from .._exceptions import DMHubError
 from ..export import ExportProgress
 from ._manifest import Manifest, ShardOutcome, checkpoint_name, part_name
-from ._run import ProgressBar, export_shard, pending
+from ._run import ProgressBar, export_shard, pending, record_result, result_of
 
 __all__ = ["WorkerSettings", "run_in_processes"]
 
@@ -82,18 +82,7 @@ async def _child_loop(
             except DMHubError as err:
                 events.put(("failed", index, str(err)))
             else:
-                events.put(
-                    (
-                        "done",
-                        index,
-                        {
-                            "complete": report.complete,
-                            "exported": report.exported,
-                            "duplicates": report.duplicates,
-                            "seconds": report.seconds,
-                        },
-                    )
-                )
+                events.put(("done", index, result_of(report)))
 
 
 def _reporter(events: Any, index: int) -> Callable[[ExportProgress], None]:
@@ -185,12 +174,7 @@ async def _supervise(
             if kind == "progress" and index in todo:
                 bar.update(index, value)
             elif kind == "done" and index in todo:
-                outcome = todo[index]
-                outcome.status = "complete" if value["complete"] else "incomplete"
-                outcome.exported = value["exported"]
-                outcome.duplicates = value["duplicates"]
-                outcome.seconds = round(value["seconds"], 3)
-                outcome.error = None
+                record_result(todo[index], value)
                 bar.update(index, value["exported"])
                 finish(index)
             elif kind == "failed" and index in todo:

@@ -23,7 +23,15 @@ from ._plan import Shard, manifest_filters, plan_shards
 if TYPE_CHECKING:
     from .._client import DMHubClient
 
-__all__ = ["ProgressBar", "export_shard", "export_sharded", "prepare", "record_outcome"]
+__all__ = [
+    "ProgressBar",
+    "export_shard",
+    "export_sharded",
+    "pending",
+    "prepare",
+    "record_result",
+    "result_of",
+]
 
 
 async def export_shard(
@@ -66,12 +74,22 @@ async def export_shard(
     )
 
 
-def record_outcome(outcome: ShardOutcome, report: ExportReport) -> None:
-    """Copy a shard export's report into its manifest entry."""
-    outcome.status = "complete" if report.complete else "incomplete"
-    outcome.exported = report.exported
-    outcome.duplicates = report.duplicates
-    outcome.seconds = round(report.seconds, 3)
+def result_of(report: ExportReport) -> dict[str, Any]:
+    """What a worker sends back of a shard's export: plain data, for any queue or pipe."""
+    return {
+        "complete": report.complete,
+        "exported": report.exported,
+        "duplicates": report.duplicates,
+        "seconds": report.seconds,
+    }
+
+
+def record_result(outcome: ShardOutcome, result: dict[str, Any]) -> None:
+    """Copy a shard's :func:`result_of` into its manifest entry."""
+    outcome.status = "complete" if result["complete"] else "incomplete"
+    outcome.exported = result["exported"]
+    outcome.duplicates = result["duplicates"]
+    outcome.seconds = round(result["seconds"], 3)
     outcome.error = None
 
 
@@ -194,7 +212,7 @@ async def export_sharded(
             except DMHubError as err:
                 outcome.status, outcome.error = "failed", str(err)
             else:
-                record_outcome(outcome, report)
+                record_result(outcome, result_of(report))
             manifest.write(where)
 
     tasks = [asyncio.ensure_future(run(o)) for o in pending(manifest.shards)]

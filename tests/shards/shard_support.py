@@ -70,6 +70,8 @@ def sim_process(customers: int, *, latency_ms: float = 0, skew: float = 0) -> It
     finally:
         proc.kill()
         proc.wait(10)
+        if proc.stdout is not None:
+            proc.stdout.close()
 
 
 def exported_ids(directory: Path) -> list[int]:
