@@ -49,11 +49,21 @@ async def test_four_processes_one_token_a_killed_worker_replaced(tmp_path: Path)
 async def kill_a_worker_mid_shard(out: Path) -> bool:
     """SIGKILL one worker once some part has rows in it (a shard half done)."""
     for _ in range(600):
-        parts = list(out.glob("part-*")) + list(out.glob(".part-*"))
-        started = any(p.stat().st_size > 0 for p in parts if p.exists())
+        started = any(size > 0 for size in part_sizes(out))
         children = multiprocessing.active_children()
         if started and children:
             os.kill(children[0].pid or 0, signal.SIGKILL)
             return True
         await asyncio.sleep(0.05)
     return False
+
+
+def part_sizes(out: Path) -> list[int]:
+    """The sizes of the part files being written (temp names included)."""
+    sizes = []
+    for part in [*out.glob("part-*"), *out.glob(".part-*")]:
+        try:
+            sizes.append(part.stat().st_size)
+        except FileNotFoundError:  # renamed into place in between
+            continue
+    return sizes
