@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from .._exceptions import DMHubError
+from .._exceptions import DMHubError, InvalidRequestError
 from ._manifest import Manifest, ShardOutcome, checkpoint_name, part_name
 from ._plan import Shard
 from ._run import ProgressBar, export_shard, pending, record_result, result_of
@@ -78,10 +78,12 @@ async def _export_shard_job(ctx: dict[str, Any], task: dict[str, Any]) -> dict[s
     progress_key = _progress_key(task["export_id"])
     last = 0.0
 
+    takeover, every = ctx["takeover"], ctx["heartbeat"]
+
     async def heartbeat() -> None:
         while True:
-            await redis.pexpire(in_progress, int(IN_PROGRESS_TTL * 1000))
-            await asyncio.sleep(HEARTBEAT)
+            await redis.pexpire(in_progress, int(takeover * 1000))
+            await asyncio.sleep(every)
 
     def on_progress(done: Any) -> None:
         nonlocal last
@@ -120,6 +122,8 @@ def worker(
     rate_limit: float | None = None,
     max_jobs: int = 1,
     burst: bool = False,
+    heartbeat: float = HEARTBEAT,
+    takeover: float = IN_PROGRESS_TTL,
 ) -> Any:
     """An arq ``Worker`` that exports shards; ``.run()`` it (the CLI's ``dmhub-async worker``).
 
@@ -130,7 +134,11 @@ def worker(
         rate_limit: requests per second shared by every worker on this Redis, or None.
         max_jobs: shards this worker exports at once.
         burst: stop when the queue is empty (for tests and batch machines).
+        heartbeat: seconds between renewals of a running job's in-progress mark.
+        takeover: seconds after its worker dies that a job is taken over (> ``heartbeat``).
     """
+    if not 0 < heartbeat < takeover:
+        raise InvalidRequestError("worker(): heartbeat must be positive and below takeover")
     from arq.connections import RedisSettings
     from arq.worker import Worker, func
 
@@ -151,6 +159,7 @@ def worker(
         ctx["limiter"] = limiter
         ctx["client"] = DMHubClient(**kwargs)
         ctx["pending_progress"] = set()
+        ctx["heartbeat"], ctx["takeover"] = heartbeat, takeover
 
     async def shutdown(ctx: dict[str, Any]) -> None:
         await _close(ctx.get("client"), ctx.get("limiter"), ctx.get("pending_progress") or set())
@@ -168,7 +177,7 @@ def worker(
     )
     # arq marks a job in progress for its whole timeout plus 10 s; the job's heartbeat keeps
     # the mark alive while its worker lives, so a short first mark is safe.
-    arq_worker.in_progress_timeout_s = IN_PROGRESS_TTL
+    arq_worker.in_progress_timeout_s = takeover
     return arq_worker
 
 

@@ -46,7 +46,7 @@ async def main() -> None:
         for _ in range(int(request.query.get("deletes", 0))):
             sim.delete_customer(rng.choice(sim.customer_ids()))
         sim.add_customers(int(request.query.get("inserts", 0)))
-        return web.json_response({"customers": sim.customers_count})
+        return web.json_response({"customers": sim.customers_count()})
 
     sim.app.router.add_get("/_sim/state", state)
     sim.app.router.add_post("/_sim/mutate", mutate)
