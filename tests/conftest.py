@@ -6,19 +6,22 @@ client "sleeps" on it, and every HTTP call is answered by aioresponses.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import _aioresponses_compat
 import pytest
-from _helpers import BASE
+from _helpers import BASE, hypothesis_profile
 from aioresponses import CallbackResult, aioresponses
+from hypothesis import settings
 
 from dmhub_async import DMHubClient, MemoryTokenStore, RetryPolicy
 from dmhub_async.testing import FakeClock
 
 _aioresponses_compat.install()  # aioresponses 0.7.9 on aiohttp 3.14: see the module
+settings.load_profile(hypothesis_profile(os.environ))  # derandomized in CI
 
 #: The base URL every client built by ``make_client`` talks to.
 BASE_URL = BASE
