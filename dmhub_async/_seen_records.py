@@ -36,8 +36,8 @@ class SeenRecords(Generic[T]):
         #: The last key yielded (ordered modes): the next record must come after it.
         self.last_key: Any = resume_after
         self.keys: set[Hashable] = set()
-        #: The farthest key any read reached (ordered modes), yielded or not.
-        self.farthest_key: Any = resume_after
+        #: The farthest key any read of this walk reached (ordered modes), yielded or not.
+        self.farthest_key: Any = None
 
     def _after(self, key: Any, mark: Any) -> bool:
         """Whether ``key`` comes after ``mark`` in walk order."""

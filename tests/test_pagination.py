@@ -412,6 +412,15 @@ async def test_known_totals_schedule_no_page_past_the_end(concurrency: int) -> N
     assert sorted(server.requests) == list(range(1, 21))
 
 
+@pytest.mark.parametrize("totals", ["both", "records", "pages", "has_next"])
+@pytest.mark.parametrize("concurrency", [2, 8, 64])
+async def test_no_page_past_the_known_last_is_requested(totals: Totals, concurrency: int) -> None:
+    """A 5-page list at any concurrency costs 5 requests: page 1 alone tells the totals."""
+    server = FakeServer(45, totals=totals, latency=0.001)
+    assert await walk(server, page_size=10, concurrency=concurrency).to_list() == server.ids
+    assert sorted(server.requests) == [1, 2, 3, 4, 5]
+
+
 async def test_max_items_fetches_only_the_pages_it_needs() -> None:
     server = FakeServer(1000, totals="both")
     got = await walk(server, page_size=10, concurrency=8, max_items=25).to_list()
@@ -538,6 +547,8 @@ async def test_cancelling_the_consumer_cancels_the_fetches() -> None:
         {"page_size": 2.5},
         {"page_size": True},
         {"concurrency": 0},
+        {"concurrency": 65},
+        {"concurrency": 10**9},
         {"start_page": 0},
         {"max_items": -1},
         {"max_items": "10"},
