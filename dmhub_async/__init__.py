@@ -24,6 +24,7 @@ from ._exceptions import (
     ServerError,
 )
 from ._pagination import AsyncPaginator, PaginatorStats
+from ._query_time import NaiveDatetimeWarning
 from ._retry import RetryPolicy
 from ._version import __version__
 from .models import (
@@ -59,6 +60,7 @@ __all__ = [  # noqa: RUF022 - plain sorted(), as tests/test_public_api.py checks
     "Identity",
     "InvalidRequestError",
     "MemoryTokenStore",
+    "NaiveDatetimeWarning",
     "NotFoundError",
     "Page",
     "PaginatorStats",
