@@ -22,6 +22,7 @@ from ._exceptions import (
     RateLimitError,
     ResponseDecodeError,
     ServerError,
+    TokenStoreError,
 )
 from ._pagination import AsyncPaginator, PaginatorStats
 from ._retry import RetryPolicy
@@ -69,5 +70,6 @@ __all__ = [  # noqa: RUF022 - plain sorted(), as tests/test_public_api.py checks
     "ServerError",
     "Token",
     "TokenStore",
+    "TokenStoreError",
     "__version__",
 ]
