@@ -48,7 +48,7 @@ DEFAULT_LIFETIME = 7200.0
 
 @attrs.frozen
 class Token:
-    """An access token, the wall-clock time (epoch seconds) it expires at, and when it was issued."""
+    """An access token, the epoch second it expires at, and (when known) when it was issued."""
 
     value: str = attrs.field(repr=False)
     expires_at: float

@@ -12,7 +12,6 @@ import pytest
 from _helpers import BASE, CUSTOMER, url
 from aioresponses import CallbackResult, aioresponses
 
-from dmhub_async._auth import token_key
 from dmhub_async import (
     AuthenticationError,
     DMHubClient,
@@ -210,7 +209,9 @@ async def test_refresh_by_one_client_is_picked_up_by_the_other(api, tokens, make
     api.get(url("/v1/customers/1"), callback=checker, repeat=True)
     store = MemoryTokenStore()
     first, second = make_client(token_store=store), make_client(token_store=store)
-    await store.set(token_key(BASE, "app-1", "secret-1"), Token("tok-0", expires_at=clock_far_future()))
+    await store.set(
+        token_key(BASE, "app-1", "secret-1"), Token("tok-0", expires_at=clock_far_future())
+    )
 
     await asyncio.gather(
         first.request("GET", "/v1/customers/1"), second.request("GET", "/v1/customers/1")
@@ -346,7 +347,9 @@ async def test_expires_in_from_the_answer_sets_the_refresh_time(api, make_client
 
 
 @pytest.mark.parametrize("lifetime", [60, 300])
-async def test_short_lived_tokens_are_not_fetched_before_every_call(api, make_client, clock, lifetime):
+async def test_short_lived_tokens_are_not_fetched_before_every_call(
+    api, make_client, clock, lifetime
+):
     # Issue 13 item 6: a fixed 300 s margin made a token of 300 s or less stale on arrival.
     issued: list[str] = []
 
