@@ -22,6 +22,7 @@ from ._exceptions import (
     RateLimitError,
     ResponseDecodeError,
     ServerError,
+    TokenStoreError,
 )
 from ._pagination import AsyncPaginator, PaginatorStats
 from ._query_time import NaiveDatetimeWarning
@@ -71,5 +72,6 @@ __all__ = [  # noqa: RUF022 - plain sorted(), as tests/test_public_api.py checks
     "ServerError",
     "Token",
     "TokenStore",
+    "TokenStoreError",
     "__version__",
 ]
