@@ -23,6 +23,7 @@ from ._exceptions import (
     ResponseDecodeError,
     ServerError,
 )
+from ._logging import setup_logging as _setup_logging
 from ._pagination import AsyncPaginator, PaginatorStats
 from ._retry import RetryPolicy
 from ._version import __version__
@@ -36,6 +37,8 @@ from .models import (
     Page,
 )
 from .resources.customers import EMPTY_STAGE, CustomerFilters
+
+_setup_logging()  # DMHUB_LOG=debug|info
 
 __all__ = [  # noqa: RUF022 - plain sorted(), as tests/test_public_api.py checks
     "APIConnectionError",

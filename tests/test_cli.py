@@ -87,16 +87,18 @@ def served() -> Iterator[ServedSimulator]:
         server.stop()
 
 
-def base_env() -> dict[str, str]:
+def base_env(cache: Path) -> dict[str, str]:
+    """The environment without DM Hub settings; tokens cached under ``cache`` (never ~/.cache)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("DMHUB_")}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env["XDG_CACHE_HOME"] = str(cache)
     return env
 
 
 @pytest.fixture
-def env(served: ServedSimulator) -> dict[str, str]:
+def env(served: ServedSimulator, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     return {
-        **base_env(),
+        **base_env(tmp_path_factory.mktemp("cache")),
         "DMHUB_BASE_URL": served.sim.url,
         "DMHUB_APP_ID": APP_ID,
         "DMHUB_SECRET": SECRET,
@@ -317,7 +319,7 @@ def test_sigkill_mid_export_then_resume_gives_every_customer_once(
 def test_simulate_command_serves_an_export(tmp_path: Path) -> None:
     server = subprocess.Popen(
         cli_command("simulate", "--port", "0", "--customers", "300", "--seed", "9"),
-        env=base_env(),
+        env=base_env(tmp_path / "cache"),
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -335,7 +337,7 @@ def test_simulate_command_serves_an_export(tmp_path: Path) -> None:
             key, _, value = line.partition("=")
             if key.startswith("DMHUB_"):
                 settings[key] = value
-        env = {**base_env(), **settings}
+        env = {**base_env(tmp_path / "cache"), **settings}
 
         result = subprocess.run(
             cli_command("export", "--out", "sim.jsonl"),
@@ -371,10 +373,11 @@ def closed_port() -> int:
 
 BAD_INPUTS: list[tuple[str, list[str], dict[str, str | None], int, tuple[str, ...]]] = [
     ("no credentials", [], {"DMHUB_APP_ID": None, "DMHUB_SECRET": None}, 1, ("credentials",)),
-    ("wrong secret", [], {"DMHUB_SECRET": "wrong-" + SECRET}, 1, ()),
+    ("wrong secret", [], {"DMHUB_SECRET": "wrong-" + SECRET}, 1, ("DMHUB_SECRET", "--token-store")),
     ("unreachable", ["--max-retries", "0"], {"DMHUB_BASE_URL": "closed"}, 1, ("no answer",)),
     ("bad gender", ["--gender", "7"], {}, 2, ("--gender",)),
-    ("bad date", ["--created-from", "notadate"], {}, 1, ("date_created_from",)),
+    ("bad date", ["--created-from", "notadate"], {}, 2, ("--created-from",)),
+    ("bad field", ["--select", "name,nosuchfield"], {}, 2, ("--select", "nosuchfield")),
     ("bad page size", ["--page-size", "0"], {}, 2, ("--page-size",)),
     ("bad url", [], {"DMHUB_BASE_URL": "ftp://example"}, 1, ("base_url",)),
 ]
@@ -462,7 +465,7 @@ def test_lookup_resolves_identities_to_customer_ids(
 
 
 def test_demo_exports_a_seeded_simulator(tmp_path: Path) -> None:
-    env = base_env()
+    env = base_env(tmp_path / "cache")
     result = subprocess.run(
         cli_command("demo", "--customers", "500"),
         env=env,
