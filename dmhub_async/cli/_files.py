@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import io
 import os
 import stat
 import sys
@@ -47,7 +48,8 @@ def check_output(
     if not stat.S_ISREG(info.st_mode):
         kind = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file"
         raise UsageError(f"--out {out} is {kind}: give a file name (or - for standard output)")
-    if not os.access(path, os.W_OK):
+    # No write bit at all is read-only even to root, whom os.access lets write anything.
+    if not info.st_mode & 0o222 or not os.access(path, os.W_OK):
         raise UsageError(f"--out {out} is read-only: give another file")
     if not (force or resumable):
         raise UsageError(f"--out {out} exists: pass --force to overwrite it")
@@ -69,8 +71,17 @@ def replace_on_success(out: str, encoding: str) -> Iterator[TextIO]:
     no partial output and the old file, if any, untouched.
     """
     if out == STDOUT:
-        yield sys.stdout
         sys.stdout.flush()
+        buffer = getattr(sys.stdout, "buffer", None)
+        if buffer is None:  # a replaced sys.stdout: text only
+            yield sys.stdout
+            return
+        stream = io.TextIOWrapper(buffer, encoding=encoding, newline="")
+        try:
+            yield stream
+        finally:
+            stream.flush()
+            stream.detach()  # sys.stdout keeps its buffer
         return
     path = Path(out)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
