@@ -6,9 +6,11 @@ Every subprocess call has a timeout, and every server is stopped in ``finally``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import json
 import os
+import queue
 import subprocess
 import sys
 import threading
@@ -141,3 +143,38 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 def assert_once_each(ids: list[int], expected: list[int]) -> None:
     assert [i for i, n in Counter(ids).items() if n > 1] == []
     assert sorted(ids) == sorted(expected)
+
+
+@contextlib.contextmanager
+def simulator_process(*args: str, cwd: Path) -> Iterator[dict[str, str]]:
+    """``dmhub-async simulate --port 0 ARGS`` in its own process; yields its DMHUB_* settings."""
+    server = subprocess.Popen(
+        cli_command("simulate", "--port", "0", *args),
+        env=base_env(cwd / "cache"),
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        lines: queue.Queue[str] = queue.Queue()
+        assert server.stdout is not None
+        stdout = server.stdout
+        reader = threading.Thread(target=lambda: [lines.put(x) for x in stdout], daemon=True)
+        reader.start()
+        settings: dict[str, str] = {}
+        while "DMHUB_SECRET" not in settings:
+            line = lines.get(timeout=TIMEOUT).strip()
+            key, _, value = line.partition("=")
+            if key.startswith("DMHUB_"):
+                settings[key] = value
+        yield settings
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(timeout=10)
+        if server.stdout is not None:
+            server.stdout.close()

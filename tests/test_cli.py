@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import csv
 import json
-import queue
 import signal
 import socket
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,6 +31,7 @@ from _cli_support import (
     run_cli,
     serve,
     served_env,
+    simulator_process,
 )
 
 from dmhub_async.testing import DMHubSimulator
@@ -214,46 +213,16 @@ def test_sigkill_mid_export_then_resume_gives_every_customer_once(
 
 
 def test_simulate_command_serves_an_export(tmp_path: Path) -> None:
-    server = subprocess.Popen(
-        cli_command("simulate", "--port", "0", "--customers", "300", "--seed", "9"),
-        env=base_env(tmp_path / "cache"),
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        lines: queue.Queue[str] = queue.Queue()
-        assert server.stdout is not None
-        stdout = server.stdout
-        reader = threading.Thread(target=lambda: [lines.put(x) for x in stdout], daemon=True)
-        reader.start()
-        settings: dict[str, str] = {}
-        while "DMHUB_SECRET" not in settings:
-            line = lines.get(timeout=TIMEOUT).strip()
-            key, _, value = line.partition("=")
-            if key.startswith("DMHUB_"):
-                settings[key] = value
-        env = {**base_env(tmp_path / "cache"), **settings}
-
+    with simulator_process("--customers", "300", "--seed", "9", cwd=tmp_path) as settings:
         result = subprocess.run(
             cli_command("export", "--out", "sim.jsonl"),
-            env=env,
+            env={**base_env(tmp_path / "cache"), **settings},
             cwd=tmp_path,
             capture_output=True,
             text=True,
             timeout=TIMEOUT,
             check=False,
         )
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(timeout=10)
-        if server.stdout is not None:
-            server.stdout.close()
     assert result.returncode == 0, result.stderr
     assert jsonl_ids(tmp_path / "sim.jsonl") == DMHubSimulator(300, seed=9).customer_ids()
 

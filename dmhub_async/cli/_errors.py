@@ -61,13 +61,13 @@ def without_method(message: str) -> str:
 
 def _auth_hint(err: AuthenticationError) -> str:
     sharing = (
-        "another process using the same app id may have taken the token (DM Hub keeps one per "
+        "another process using the same app id may have taken the token (DM Hub keeps one a "
         "app id): share it with --token-store or DMHUB_TOKEN_STORE"
     )
     credentials = "check DMHUB_APP_ID and DMHUB_SECRET"
     if str(err.code) == "40004":  # the token request itself was refused: the credentials
         return f"{credentials}; if they are right, {sharing}"
-    return f"{sharing}; or {credentials}"
+    return f"{sharing}, or {credentials}"
 
 
 def explain(err: BaseException) -> tuple[int, str]:
@@ -75,7 +75,7 @@ def explain(err: BaseException) -> tuple[int, str]:
     if isinstance(err, (CommandError, Interrupted)):
         return err.code, str(err)
     if isinstance(err, AuthenticationError):
-        return EXIT_ERROR, f"{err} ({_auth_hint(err)})"
+        return EXIT_ERROR, f"{err}; {_auth_hint(err)}"
     if isinstance(err, APIConnectionError):
         where = os.environ.get("DMHUB_BASE_URL") or "the default base URL"
         return EXIT_ERROR, f"{err}: no answer from {where} (is DMHUB_BASE_URL right?)"
