@@ -188,17 +188,18 @@ async def _demo(args: argparse.Namespace) -> int:
 
     check_output(args.out, force=args.force)
     latency = args.latency_ms
-    print(f"seeding an in-process DM Hub simulator with {args.customers:,} customers ...")
+    say = print if not args.quiet else lambda *_: None
+    say(f"seeding an in-process DM Hub simulator with {args.customers:,} customers ...")
     started = time.monotonic()
     async with DMHubSimulator(customers=args.customers) as sim:
         sim.faults.latency = latency / 1000.0
-        print(
+        say(
             f"simulator at {sim.url} ready in {time.monotonic() - started:.1f}s; every answer "
             f"is delayed {latency:g} ms to imitate a network (--latency-ms to change it)"
         )
         if latency > 0:
             ceiling = args.concurrency * 100 / (latency / 1000.0)
-            print(
+            say(
                 f"at {latency:g} ms a page of 100 and --concurrency {args.concurrency}, no client "
                 f"can beat {ceiling:,.0f} customers/s; exporting ..."
             )

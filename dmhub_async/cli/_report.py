@@ -12,7 +12,10 @@ import attrs
 
 from ..export import ExportProgress, ExportReport
 
-__all__ = ["ProgressLines", "export_report", "print_report"]
+__all__ = ["PROGRESS_EVERY", "ProgressLines", "export_report", "print_report"]
+
+#: Seconds between two progress lines: often enough to see a job move, rare enough for a log.
+PROGRESS_EVERY = 5.0
 
 
 def _duration(seconds: float) -> str:
@@ -22,21 +25,22 @@ def _duration(seconds: float) -> str:
 
 
 class ProgressLines:
-    """Progress for a log or CI, where a bar cannot redraw: a line every ``every`` seconds.
+    """Progress for a log or CI, where a bar cannot redraw: a line every few seconds.
 
-    Each line says what is done, of how many, the rate since the start and the time left.
+    Every ``every`` seconds (:data:`PROGRESS_EVERY` unless given) a line says what is done, of
+    how many, the rate since the start and the time left.
     """
 
     def __init__(
         self,
         out: TextIO | None = None,
         *,
-        every: float = 5.0,
+        every: float | None = None,
         what: str = "customers",
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._out = out
-        self._every = every
+        self._every = PROGRESS_EVERY if every is None else every
         self._what = what
         self._clock = clock
         self._started = clock()
