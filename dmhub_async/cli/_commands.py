@@ -195,7 +195,8 @@ async def _demo(args: argparse.Namespace) -> int:
         sim.faults.latency = latency / 1000.0
         say(
             f"simulator at {sim.url} ready in {time.monotonic() - started:.1f}s; every answer "
-            f"is delayed {latency:g} ms to imitate a network (--latency-ms to change it)"
+            f"is delayed {latency:g} ms to imitate a network (--latency-ms to change it); the "
+            "simulator shares this process's CPU, which slows the export too"
         )
         if latency > 0:
             ceiling = args.concurrency * 100 / (latency / 1000.0)
