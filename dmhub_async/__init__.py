@@ -24,6 +24,7 @@ from ._exceptions import (
     ServerError,
     TokenStoreError,
 )
+from ._logging import setup_logging as _setup_logging
 from ._pagination import AsyncPaginator, PaginatorStats
 from ._query_time import NaiveDatetimeWarning
 from ._retry import RetryPolicy
@@ -38,6 +39,8 @@ from .models import (
     Page,
 )
 from .resources.customers import EMPTY_STAGE, CustomerFilters
+
+_setup_logging()  # DMHUB_LOG=debug|info
 
 __all__ = [  # noqa: RUF022 - plain sorted(), as tests/test_public_api.py checks
     "APIConnectionError",
