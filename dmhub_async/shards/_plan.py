@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from datetime import date, datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone, tzinfo
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from .._exceptions import InvalidRequestError
-from .._validate import utc_query_time
+from .._query_time import query_time, warn_naive
 
 if TYPE_CHECKING:
     from .._client import DMHubClient
@@ -119,7 +119,15 @@ def _aware(text: str | None) -> datetime | None:
     return moment.astimezone(timezone.utc)
 
 
-def _json_safe_filters(filters: Mapping[str, Any]) -> dict[str, Any]:
+def _utc(name: str, value: Any, zone: tzinfo | None, *, end: bool = False) -> str:
+    """A time filter as an aware UTC ISO string, read in the client's zone when naive."""
+    text, naive = query_time("plan_shards", name, value, zone, end=end)
+    if naive:
+        warn_naive("plan_shards")
+    return text + "+00:00"
+
+
+def _json_safe_filters(filters: Mapping[str, Any], zone: tzinfo | None) -> dict[str, Any]:
     """The caller's filters as a shard carries them: checked, and JSON-safe."""
     reserved = sorted(name for name in ("sort_by", "sort_order") if name in filters)
     if reserved:
@@ -132,7 +140,7 @@ def _json_safe_filters(filters: Mapping[str, Any]) -> dict[str, Any]:
             continue
         if name in ("last_updated_from", "last_updated_to"):
             # Pinned to UTC now, so a worker in another time zone reads the same instant.
-            value = utc_query_time("plan_shards", name, value) + "+00:00"
+            value = _utc(name, value, zone, end=name.endswith("_to"))
         elif name == "id_list" or (name == "select" and not isinstance(value, str)):
             value = list(value)
         elif hasattr(value, "value"):  # an enum such as Gender
@@ -141,21 +149,20 @@ def _json_safe_filters(filters: Mapping[str, Any]) -> dict[str, Any]:
     return safe
 
 
-def manifest_filters(filters: Mapping[str, Any]) -> dict[str, Any]:
+def manifest_filters(filters: Mapping[str, Any], zone: tzinfo | None) -> dict[str, Any]:
     """The filters of a whole sharded export as its manifest records them (JSON-safe, UTC)."""
-    recorded = _json_safe_filters(filters)
+    recorded = _json_safe_filters(filters, zone)
     for name in ("date_created_from", "date_created_to"):
         if filters.get(name) is not None:
-            recorded[name] = utc_query_time("plan_shards", name, filters[name]) + "+00:00"
+            recorded[name] = _utc(name, filters[name], zone, end=name.endswith("_to"))
     return recorded
 
 
-def _bound(name: str, value: datetime | date | str | None) -> int | None:
-    """A caller's ``date_created_from``/``_to`` as whole UTC seconds."""
+def _bound(name: str, value: Any, zone: tzinfo | None) -> int | None:
+    """A caller's ``date_created_from``/``_to`` as whole UTC seconds (both inclusive)."""
     if value is None:
         return None
-    text = utc_query_time("plan_shards", name, value)  # type: ignore[arg-type]
-    return _seconds(datetime.fromisoformat(text).replace(tzinfo=timezone.utc))
+    return _seconds(datetime.fromisoformat(_utc(name, value, zone, end=name.endswith("_to"))))
 
 
 async def plan_shards(
@@ -184,9 +191,10 @@ async def plan_shards(
     """
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_SHARDS:
         raise InvalidRequestError(f"plan_shards(): n must be an int from 1 to {MAX_SHARDS}")
-    safe = _json_safe_filters(filters)
-    lo = _bound("date_created_from", filters.get("date_created_from"))
-    hi_inclusive = _bound("date_created_to", filters.get("date_created_to"))
+    zone = client.timezone
+    safe = _json_safe_filters(filters, zone)
+    lo = _bound("date_created_from", filters.get("date_created_from"), zone)
+    hi_inclusive = _bound("date_created_to", filters.get("date_created_to"), zone)
     hi = hi_inclusive + 1 if hi_inclusive is not None else None
     if lo is not None and hi is not None and hi <= lo:
         raise InvalidRequestError("plan_shards(): date_created_to is before date_created_from")

@@ -109,7 +109,7 @@ async def prepare(
     if format not in ("jsonl", "csv"):
         raise InvalidRequestError(f"format must be 'jsonl' or 'csv', not {format!r}")
     where = Path(directory)
-    recorded = manifest_filters(filters)
+    recorded = manifest_filters(filters, client.timezone)
     existing = _manifest_in(where)
     if existing is not None:
         existing.check_same_export(
