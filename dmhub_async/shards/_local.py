@@ -26,7 +26,7 @@ from .._auth import FileTokenStore
 from .._exceptions import DMHubError
 from ..export import ExportProgress
 from ._manifest import Manifest, ShardOutcome, checkpoint_name, part_name
-from ._run import ProgressBar, export_shard, pending, record_result, result_of
+from ._run import ProgressBar, TotalProgress, export_shard, pending, record_result, result_of
 
 __all__ = ["WorkerSettings", "run_in_processes"]
 
@@ -100,6 +100,7 @@ async def run_in_processes(
     *,
     client: Mapping[str, Any] | None = None,
     progress: bool = True,
+    on_total: TotalProgress | None = None,
 ) -> Manifest:
     """Export the manifest's pending shards on ``workers`` processes; the manifest at the end.
 
@@ -113,9 +114,9 @@ async def run_in_processes(
     with tempfile.TemporaryDirectory(prefix="dmhub-tokens-") as private:
         if settings is None:
             settings = WorkerSettings(client or {}, os.path.join(private, "tokens.json"))
-        return await _supervise(
-            settings, where, manifest, todo, max(1, min(workers, len(todo))), progress
-        )
+        bar = ProgressBar(progress, manifest, on_total)
+        workers = max(1, min(workers, len(todo)))
+        return await _supervise(settings, where, manifest, todo, workers, bar)
 
 
 async def _supervise(
@@ -124,12 +125,11 @@ async def _supervise(
     manifest: Manifest,
     todo: dict[int, ShardOutcome],
     workers: int,
-    progress: bool,
+    bar: ProgressBar,
 ) -> Manifest:
     ctx = multiprocessing.get_context("spawn")
     events: Any = ctx.Queue()
     waiting = list(todo)  # shard indexes not handed out yet, in order
-    bar = ProgressBar(progress, manifest)
     # Each worker has its own task queue, so this process knows which shard a worker holds
     # even when the worker is killed before it could say so.
     busy: dict[BaseProcess, tuple[Any, int | None]] = {}

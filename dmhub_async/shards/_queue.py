@@ -30,7 +30,7 @@ from typing import Any
 from .._exceptions import DMHubError, InvalidRequestError
 from ._manifest import Manifest, ShardOutcome, checkpoint_name, part_name
 from ._plan import Shard
-from ._run import ProgressBar, export_shard, pending, record_result, result_of
+from ._run import ProgressBar, TotalProgress, export_shard, pending, record_result, result_of
 
 __all__ = ["HEARTBEAT", "IN_PROGRESS_TTL", "JOB_NAME", "run_on_queue", "worker"]
 
@@ -124,6 +124,7 @@ def worker(
     burst: bool = False,
     heartbeat: float = HEARTBEAT,
     takeover: float = IN_PROGRESS_TTL,
+    handle_signals: bool = True,
 ) -> Any:
     """An arq ``Worker`` that exports shards; ``.run()`` it (the CLI's ``dmhub-async worker``).
 
@@ -136,6 +137,7 @@ def worker(
         burst: stop when the queue is empty (for tests and batch machines).
         heartbeat: seconds between renewals of a running job's in-progress mark.
         takeover: seconds after its worker dies that a job is taken over (> ``heartbeat``).
+        handle_signals: let arq handle SIGINT/SIGTERM (False inside a program that does).
     """
     if not 0 < heartbeat < takeover:
         raise InvalidRequestError("worker(): heartbeat must be positive and below takeover")
@@ -174,6 +176,7 @@ def worker(
         burst=burst,
         keep_result=7 * 24 * 3600,
         poll_delay=0.5,
+        handle_signals=handle_signals,
     )
     # arq marks a job in progress for its whole timeout plus 10 s; the job's heartbeat keeps
     # the mark alive while its worker lives, so a short first mark is safe.
@@ -197,6 +200,7 @@ async def run_on_queue(
     page_size: int = 100,
     concurrency: int = 8,
     progress: bool = True,
+    on_total: TotalProgress | None = None,
     poll: float = 0.5,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
 ) -> Manifest:
@@ -211,7 +215,7 @@ async def run_on_queue(
     where = _absolute(directory)
     export_id = export_id_of(where)
     todo = {o.shard.index: o for o in pending(manifest.shards)}
-    bar = ProgressBar(progress, manifest)
+    bar = ProgressBar(progress, manifest, on_total)
     pool = await create_pool(RedisSettings.from_dsn(redis_url))
     try:
         jobs: dict[int, Any] = {}

@@ -131,11 +131,23 @@ def _manifest_in(where: Path) -> Manifest | None:
     return Manifest.read(where) if where.is_dir() else None
 
 
-class ProgressBar:
-    """One bar for a whole sharded export, fed per shard from any number of workers."""
+#: Told the customers written so far and the customers planned, after every update.
+TotalProgress = Callable[[int, "int | None"], None]
 
-    def __init__(self, enabled: bool, manifest: Manifest) -> None:
+
+class ProgressBar:
+    """One bar for a whole sharded export, fed per shard from any number of workers.
+
+    The bar is drawn on a terminal when ``enabled``; ``on_total`` (for progress lines in a log)
+    hears the whole export's count after every update.
+    """
+
+    def __init__(
+        self, enabled: bool, manifest: Manifest, on_total: TotalProgress | None = None
+    ) -> None:
         self._done: dict[int, int] = {s.shard.index: s.exported for s in manifest.shards}
+        self._planned = manifest.planned or None
+        self._on_total = on_total
         self._bar: Any = None
         if enabled and sys.stderr.isatty():
             from tqdm import tqdm
@@ -155,6 +167,8 @@ class ProgressBar:
         self._done[index] = exported
         if self._bar is not None and exported != before:
             self._bar.update(exported - before)
+        if self._on_total is not None:
+            self._on_total(self.exported, self._planned)
 
     @property
     def exported(self) -> int:
@@ -177,12 +191,15 @@ async def export_sharded(
     concurrency: int = 8,
     parallel: int = 4,
     progress: bool = True,
+    on_total: TotalProgress | None = None,
     **filters: Any,
 ) -> Manifest:
     """Plan (or take up) a sharded export in ``directory`` and run it in this process.
 
     ``parallel`` shards run at once, each walking ``concurrency`` pages at once, all within the
-    client's own limits. For more than one process or machine, see ``docs/sharding.md``.
+    client's own limits. ``progress`` draws one bar on a terminal; ``on_total(done, planned)``
+    hears the whole export's progress. For more than one process or machine, see
+    ``docs/sharding.md``.
 
     Returns:
         The manifest as written at the end; ``manifest.complete`` is the export's verdict.
@@ -191,7 +208,7 @@ async def export_sharded(
         raise InvalidRequestError("export_sharded(): parallel must be an int >= 1")
     manifest = await prepare(client, directory, shards, format=format, **filters)
     where = Path(directory)
-    bar = ProgressBar(progress, manifest)
+    bar = ProgressBar(progress, manifest, on_total)
     gate = asyncio.Semaphore(parallel)
 
     async def run(outcome: ShardOutcome) -> None:
