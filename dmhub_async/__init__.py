@@ -28,6 +28,7 @@ from ._logging import setup_logging as _setup_logging
 from ._pagination import AsyncPaginator, PaginatorStats
 from ._query_time import NaiveDatetimeWarning
 from ._retry import RetryPolicy
+from ._shared_rate import RedisRateLimiter
 from ._version import __version__
 from .models import (
     Customer,
@@ -69,6 +70,7 @@ __all__ = [  # noqa: RUF022 - plain sorted(), as tests/test_public_api.py checks
     "Page",
     "PaginatorStats",
     "RateLimitError",
+    "RedisRateLimiter",
     "RedisTokenStore",
     "ResponseDecodeError",
     "RetryPolicy",

@@ -13,6 +13,7 @@ import logging
 import math
 import random
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
@@ -26,6 +27,16 @@ logger = logging.getLogger("dmhub_async")
 #: The longest single wait for a free place in the window; the window is re-read after it.
 _MAX_WAIT = 1.0
 _SPREAD = 0.02
+
+
+_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, str], asyncio.Lock]]
+_locks = weakref.WeakKeyDictionary()
+
+
+def _lock_of(where: str, key: str) -> asyncio.Lock:
+    """The lock of one shared limit in this process (and event loop)."""
+    per_loop = _locks.setdefault(asyncio.get_running_loop(), {})
+    return per_loop.setdefault((where, key), asyncio.Lock())
 
 
 def _window(rate: float) -> tuple[int, int]:
@@ -110,12 +121,17 @@ class RedisRateLimiter:
 
     async def acquire(self) -> None:
         """Wait until one more request fits in the shared window, and take its place."""
-        while not await self._call(self._limiter.hit, self._item, self._key):
-            stats = await self._call(self._limiter.get_window_stats, self._item, self._key)
-            # A little spread, so the waiting clients do not all rush at the instant a place
-            # frees (a burst the service would see at the edge of every second).
-            wait = stats.reset_time - time.time() + random.uniform(0, _SPREAD)
-            await self._sleep(min(max(wait, 0.001), _MAX_WAIT))
+        # One caller of this process at a time, for every limiter of the same limit: an entry
+        # carries the time its caller read before the round trip, and the moving window assumes
+        # entries arrive in that order. Callers racing each other add them out of order, and
+        # the window lets a few too many through (23 in a second at a limit of 20).
+        async with _lock_of(self._where, self._key):
+            while not await self._call(self._limiter.hit, self._item, self._key):
+                stats = await self._call(self._limiter.get_window_stats, self._item, self._key)
+                # A little spread, so the clients of other processes do not all rush at the
+                # instant a place frees.
+                wait = stats.reset_time - time.time() + random.uniform(0, _SPREAD)
+                await self._sleep(min(max(wait, 0.001), _MAX_WAIT))
 
     async def _call(self, method: Callable[..., Awaitable[Any]], *args: Any) -> Any:
         try:
