@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
+from types import TracebackType
 
 __all__ = ["Limits", "RateLimiter"]
 
@@ -43,16 +43,25 @@ class RateLimiter:
 
 
 class Limits:
-    """At most ``max_concurrency`` requests in flight, and at most ``rate`` a second."""
+    """``async with limits:`` holds one of ``max_concurrency`` in-flight slots, after the rate."""
 
     def __init__(self, max_concurrency: int, rate: RateLimiter | None) -> None:
         self._semaphore = asyncio.Semaphore(max_concurrency)
         self._rate = rate
 
-    @asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        """Hold one in-flight slot, after waiting for the rate limit."""
-        async with self._semaphore:
-            if self._rate is not None:
+    async def __aenter__(self) -> None:
+        await self._semaphore.acquire()
+        if self._rate is not None:
+            try:
                 await self._rate.acquire()
-            yield
+            except BaseException:
+                self._semaphore.release()
+                raise
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._semaphore.release()

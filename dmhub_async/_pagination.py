@@ -45,10 +45,12 @@ class RawPage(Generic[T]):
     has_next: bool | None = None
     total_records: int | None = None
     total_pages: int | None = None
+    #: Retries the request for this page took.
+    retries: int = 0
 
 
-#: Fetches page ``number`` of ``size`` items; calls ``on_retry`` for each retry it makes.
-PageFetcher = Callable[[int, int, Callable[[], None]], Awaitable[RawPage[T]]]
+#: Fetches page ``number`` of ``size`` items.
+PageFetcher = Callable[[int, int], Awaitable[RawPage[T]]]
 
 
 @attrs.define
@@ -142,15 +144,13 @@ class AsyncPaginator(Generic[T]):
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    def _on_retry(self) -> None:
-        self.stats.retries += 1
-
     def _launch(self, number: int) -> None:
         self._tasks[number] = asyncio.ensure_future(self._read(number))
 
     async def _read(self, number: int) -> tuple[RawPage[T], int]:
         """Page ``number`` and the epoch it was read in (see ``_epoch``)."""
-        raw = await self._fetch(number, self.page_size, self._on_retry)
+        raw = await self._fetch(number, self.page_size)
+        self.stats.retries += raw.retries
         total = raw.total_records
         if total is not None:
             if self._seen_total is not None and total != self._seen_total:

@@ -38,7 +38,7 @@ async def test_context_manager_closes_its_own_session(api, tokens, no_env):
         "app-1", "secret-1", base_url=BASE, token_store=MemoryTokenStore()
     ) as dm:
         assert await dm.request("GET", "/v1/customers/1") == CUSTOMER
-        session = dm._session
+        session = dm._session.http
         assert session is not None
         assert not session.closed
 

@@ -25,8 +25,8 @@ from dmhub_async import (
     ResponseDecodeError,
     ServerError,
 )
-from dmhub_async._client import Request, read_response
 from dmhub_async._exceptions import coerce_code, error_class
+from dmhub_async._sansio import Request, read_response
 
 
 def count(api: aioresponses, path: str) -> int:

@@ -140,7 +140,7 @@ async def test_break_mid_walk_leaves_no_task_and_no_connection(
                 break
         await settle()
         assert not other_tasks()
-        connector = dm._session.connector if dm._session else None
+        connector = dm._session.http.connector if dm._session.http else None
         assert connector is not None
         # Every connection is back in the pool or closed: none held by a cancelled request.
         assert not connector._acquired  # type: ignore[attr-defined]

@@ -22,7 +22,8 @@ from .._validate import check_customer_fields, check_id, check_identities, utc_q
 from ..models.customer import Customer, CustomerFields
 from ..models.gender import Gender
 from ..models.identity import Identity
-from ._base import Resource, decode, paginate, rows_page
+from ._pages import decode, paginate, rows_page
+from ._resource import Resource
 
 __all__ = ["EMPTY_STAGE", "CustomerFilters", "Customers", "customer_filter_params"]
 
@@ -146,7 +147,9 @@ class Customers(Resource):
             body["createMethod"] = create_method
         # The service matches on mobile or email, so such a create is safe to repeat.
         idempotent = bool(fields.get("mobile") or fields.get("email"))
-        data = await self._client.request("POST", "/v1/customers", json=body, idempotent=idempotent)
+        data = await self._session.request(
+            "POST", "/v1/customers", json=body, idempotent=idempotent
+        )
         return decode(structure_customer, data, "a customer")
 
     async def create_with_identities(
@@ -166,7 +169,7 @@ class Customers(Resource):
             "customer": customer_fields_to_wire(fields),
             "customerIdentities": [identity_to_wire(i) for i in checked],
         }
-        data = await self._client.request("POST", "/v1/customerandidentities", json=body)
+        data = await self._session.request("POST", "/v1/customerandidentities", json=body)
         return decode(structure_customer, data, "a customer")
 
     async def get(self, customer_id: int) -> Customer:
@@ -176,7 +179,7 @@ class Customers(Resource):
             NotFoundError: no such customer (the live service answers 500 with 40201).
         """
         cid = check_id("get", customer_id)
-        data = await self._client.request(
+        data = await self._session.request(
             "GET", f"/v1/customers/{cid}", not_found_codes=NOT_FOUND_CODES
         )
         return decode(structure_customer, data, "a customer")
@@ -195,7 +198,7 @@ class Customers(Resource):
         check_customer_fields("update", fields)
         if not fields:
             raise InvalidRequestError("update(): give at least one field to change")
-        data = await self._client.request(
+        data = await self._session.request(
             "PUT",
             f"/v1/customers/{cid}",
             json=customer_fields_to_wire(fields),
@@ -206,7 +209,7 @@ class Customers(Resource):
     async def delete(self, customer_id: int) -> None:
         """Delete the customer (the service answers 204)."""
         cid = check_id("delete", customer_id)
-        await self._client.request(
+        await self._session.request(
             "DELETE", f"/v1/customers/{cid}", not_found_codes=NOT_FOUND_CODES
         )
 
@@ -214,7 +217,7 @@ class Customers(Resource):
         """How many customers match the filters (the service answers a bare integer)."""
         params = customer_filter_params("count", dict(filters), paged=False)
         params.pop("select", None)
-        data = await self._client.request("GET", "/v1/customers/count", params=params)
+        data = await self._session.request("GET", "/v1/customers/count", params=params)
         if isinstance(data, dict):  # tolerate {"count": n} should the service change shape
             data = data.get("count", data.get("total"))
         if isinstance(data, bool) or not isinstance(data, int):
@@ -293,7 +296,7 @@ class Customers(Resource):
         merged: dict[str, Any] = {"sort_by": "id", "sort_order": "asc", **filters}
         params = customer_filter_params("list", merged)
         read_page = rows_page(structure, "a page of customers")
-        return paginate(self._client, "/v1/customers", params, read_page, key=key, **paging)
+        return paginate(self._session, "/v1/customers", params, read_page, key=key, **paging)
 
 
 def _customer_id(customer: Customer) -> int | None:

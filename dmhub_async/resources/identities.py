@@ -12,7 +12,8 @@ from .._converter import identity_to_wire, structure_identities, structure_ident
 from .._exceptions import InvalidRequestError
 from .._validate import check_id, check_identity
 from ..models.identity import CustomerIdentity, Identity
-from ._base import Resource, decode
+from ._pages import decode
+from ._resource import Resource
 
 __all__ = ["Identities"]
 
@@ -33,7 +34,7 @@ class Identities(Resource):
         check_identity("add", identity)
         # The reference sends customerId as a string; identity answers carry it so too.
         body = {"customerId": str(cid), **identity_to_wire(identity)}
-        data = await self._client.request("POST", "/v1/customeridentities", json=body)
+        data = await self._session.request("POST", "/v1/customeridentities", json=body)
         return decode(structure_identity, data, "an identity")
 
     async def list(self, customer_ids: Iterable[int]) -> builtins.list[CustomerIdentity]:
@@ -43,7 +44,7 @@ class Identities(Resource):
         ids = [check_id("list", i) for i in customer_ids]
         if not ids:
             raise InvalidRequestError("list(): customer_ids is empty")
-        data = await self._client.request(
+        data = await self._session.request(
             "GET", "/v1/customeridentities", params={"customerIds": ",".join(map(str, ids))}
         )
         return decode(structure_identities, data, "a list of identities")
@@ -51,7 +52,7 @@ class Identities(Resource):
     async def find(self, identity: Identity) -> builtins.list[CustomerIdentity]:
         """The bindings of ``identity`` (empty when no customer holds it)."""
         check_identity("find", identity)
-        data = await self._client.request(
+        data = await self._session.request(
             "GET",
             "/v1/customeridentities",
             params={"identityType": identity.type, "identityValue": identity.value},
