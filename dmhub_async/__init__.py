@@ -21,6 +21,7 @@ from ._exceptions import (
     NotFoundError,
     RateLimitError,
     ResponseDecodeError,
+    ResponseTooLargeError,
     ServerError,
 )
 from ._pagination import AsyncPaginator, PaginatorStats
@@ -65,6 +66,7 @@ __all__ = [  # noqa: RUF022 - plain sorted(), as tests/test_public_api.py checks
     "RateLimitError",
     "RedisTokenStore",
     "ResponseDecodeError",
+    "ResponseTooLargeError",
     "RetryPolicy",
     "ServerError",
     "Token",

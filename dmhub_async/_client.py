@@ -7,11 +7,13 @@ use directly; see docs/architecture.md.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -25,9 +27,17 @@ from .resources.customer_statistics import CustomerStatisticsResource
 from .resources.customers import Customers
 from .resources.identities import Identities
 
-__all__ = ["DEFAULT_AUTH_ERROR_CODES", "DEFAULT_BASE_URL", "ClientStats", "DMHubClient"]
+__all__ = [
+    "DEFAULT_AUTH_ERROR_CODES",
+    "DEFAULT_BASE_URL",
+    "DEFAULT_MAX_RESPONSE_SIZE",
+    "ClientStats",
+    "DMHubClient",
+]
 
 DEFAULT_BASE_URL = "https://api.convertlab.com"
+#: An export page is well under 1 MB; a body far larger is a broken or hostile server.
+DEFAULT_MAX_RESPONSE_SIZE = 64 * 1024 * 1024
 
 
 class DMHubClient:
@@ -49,6 +59,10 @@ class DMHubClient:
         retry: a full :class:`RetryPolicy`; overrides ``max_retries``.
         clock: wall-clock seconds (``time.time``); inject for tests.
         sleep: the sleep used for backoff and rate limiting (``asyncio.sleep``); inject for tests.
+        max_response_size: the largest answer body read, in bytes (64 MiB); a larger one
+            raises :class:`ResponseTooLargeError` as soon as it is seen.
+        allow_insecure_http: accept an ``http://`` base URL that is not on this machine (the
+            secret and the token would cross the network in clear text).
 
     Raises:
         InvalidRequestError: no credentials, or a bad setting.
@@ -71,6 +85,8 @@ class DMHubClient:
         retry: RetryPolicy | None = None,
         clock: Callable[[], float] | None = None,
         sleep: Callable[[float], Awaitable[None]] | None = None,
+        max_response_size: int = DEFAULT_MAX_RESPONSE_SIZE,
+        allow_insecure_http: bool = False,
     ) -> None:
         self.app_id = app_id or os.environ.get("DMHUB_APP_ID") or None
         secret = secret or os.environ.get("DMHUB_SECRET") or None
@@ -85,6 +101,22 @@ class DMHubClient:
         if not self.base_url.startswith(("http://", "https://")):
             raise InvalidRequestError(
                 f"base_url must start with http:// or https://: {self.base_url!r}"
+            )
+        if self.base_url.startswith("http://") and not (
+            allow_insecure_http or _is_loopback(self.base_url)
+        ):
+            raise InvalidRequestError(
+                f"base_url {self.base_url!r} is plain http: the secret and the access token "
+                "travel in the query string of every request, readable by anyone on the way. "
+                "Use https://, or pass allow_insecure_http=True if you must"
+            )
+        if (
+            isinstance(max_response_size, bool)
+            or not isinstance(max_response_size, int)
+            or max_response_size < 1
+        ):
+            raise InvalidRequestError(
+                f"max_response_size must be a positive number of bytes, not {max_response_size!r}"
             )
         if not timeout > 0:
             raise InvalidRequestError(f"timeout must be positive, not {timeout!r}")
@@ -110,6 +142,7 @@ class DMHubClient:
             http=session,
             timeout=aiohttp.ClientTimeout(total=timeout),
             max_concurrency=max_concurrency,
+            max_response_size=max_response_size,
             limits=Limits(max_concurrency, limiter),
             policy=self.retry_policy,
             auth_codes=frozenset(coerce_code(c) or c for c in auth_error_codes),
@@ -169,3 +202,17 @@ class DMHubClient:
             idempotent=idempotent,
             not_found_codes=not_found_codes,
         )
+
+
+def _is_loopback(url: str) -> bool:
+    """Whether ``url`` names this machine: plain http cannot be overheard there."""
+    try:
+        host = urlsplit(url).hostname or ""
+    except ValueError:
+        return False
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -12,15 +12,21 @@
           +-- RateLimitError  retry_after
           +-- ServerError                        5xx
           +-- ResponseDecodeError                a body that is not the JSON the contract promises
+          +-- ResponseTooLargeError              a body over the client's max_response_size
 
-No message, ``repr`` or chained cause carries the access token or the secret: every URL is
-redacted (:func:`dmhub_async._redact.redact`) before it reaches an exception, and aiohttp's own
-exceptions, which carry the full URL, are never chained raw.
+No message, attribute, ``repr`` or chained cause carries the access token or the secret: every
+error redacts its own message and text attributes as it is made
+(:func:`dmhub_async._redact.redact`, against the secrets of every live client), so no path that
+builds one can skip it; and aiohttp's own exceptions, which carry the full URL, are never
+chained raw.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
+
+from ._redact import redact
 
 __all__ = [
     "APIConnectionError",
@@ -32,12 +38,21 @@ __all__ = [
     "NotFoundError",
     "RateLimitError",
     "ResponseDecodeError",
+    "ResponseTooLargeError",
     "ServerError",
 ]
 
 
+def _redacted(value: Any) -> Any:
+    return redact(value) if isinstance(value, str) else value
+
+
 class DMHubError(Exception):
     """The root of every error dmhub_async raises."""
+
+    def __init__(self, *args: Any) -> None:
+        # A service may echo the URL, and so the token, into anything: mask it on the way in.
+        super().__init__(*map(_redacted, args))
 
 
 class InvalidRequestError(DMHubError, ValueError):
@@ -61,7 +76,7 @@ class APIConnectionError(DMHubError):
     ) -> None:
         super().__init__(message)
         self.method = method
-        self.path = path
+        self.path = _redacted(path)
         self.outcome_unknown = outcome_unknown
 
 
@@ -92,10 +107,10 @@ class APIError(DMHubError):
         super().__init__(message)
         self.retry_after = retry_after
         self.status = status
-        self.code = code
-        self.description = description
+        self.code = _redacted(code)
+        self.description = _redacted(description)
         self.method = method
-        self.path = path
+        self.path = _redacted(path)
         self.outcome_unknown = outcome_unknown
 
     def __repr__(self) -> str:
@@ -126,6 +141,10 @@ class ServerError(APIError):
 
 class ResponseDecodeError(APIError):
     """The body is not the JSON the contract promises (HTML, truncated, wrong shape)."""
+
+
+class ResponseTooLargeError(APIError):
+    """The body is larger than the client's ``max_response_size``: not read, not retried."""
 
 
 # The one table from status to class; body codes come first (see error_for).

@@ -34,12 +34,21 @@ class RateLimiter:
         self._next = float("-inf")
 
     async def acquire(self) -> None:
-        """Wait for this caller's slot."""
+        """Wait for this caller's slot; a caller cancelled while waiting gives it back."""
         now = self._clock()
         slot = max(now, self._next)
         self._next = slot + self.interval
         if slot > now:
-            await self._sleep(slot - now)
+            try:
+                await self._sleep(slot - now)
+            except asyncio.CancelledError:
+                # Unless a later caller reserved a slot after this one, the next caller takes
+                # this slot: a hundred timed-out waits must not push the next call 10 s out.
+                # (A slot in the middle of the queue is lost: the rate is under-used for one
+                # interval, never exceeded.)
+                if self._next == slot + self.interval:
+                    self._next = slot
+                raise
 
 
 class Limits:

@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
+import aiohttp
 import attrs
 
 from . import _json
@@ -20,15 +21,18 @@ from ._exceptions import (
     APIError,
     AuthenticationError,
     ResponseDecodeError,
+    ResponseTooLargeError,
     coerce_code,
     error_class,
 )
 from ._redact import MASK, redact
 from ._retry import parse_retry_after
+from ._version import __version__
 
 __all__ = [
     "DEFAULT_AUTH_ERROR_CODES",
     "TOKEN_PATH",
+    "USER_AGENT",
     "Request",
     "Response",
     "read_response",
@@ -42,7 +46,10 @@ DEFAULT_AUTH_ERROR_CODES: frozenset[int | str] = frozenset({40001, 40014, 42001}
 TOKEN_PATH = "/security/accesstoken"
 #: What a token's lifetime is taken to be when the answer does not say (docs/contract.md).
 DEFAULT_TOKEN_LIFETIME = 7200.0
-_JSON_HEADERS = {"Content-Type": "application/json; charset=utf-8"}
+#: Sent with every request, so that the service's operators can tell who calls.
+USER_AGENT = f"dmhub-async/{__version__} aiohttp/{aiohttp.__version__}"
+_HEADERS = {"User-Agent": USER_AGENT}
+_JSON_HEADERS = {**_HEADERS, "Content-Type": "application/json; charset=utf-8"}
 
 
 def _redact_params(params: Mapping[str, str] | None) -> str:
@@ -79,9 +86,9 @@ class Request:
         return params
 
     def body(self) -> tuple[bytes | None, Mapping[str, str]]:
-        """The encoded JSON body and its headers, or ``(None, {})`` when there is none."""
+        """The encoded JSON body (None when there is none) and the headers to send."""
         if self.json is None:
-            return None, {}
+            return None, _HEADERS
         return json.dumps(self.json, ensure_ascii=False).encode(), _JSON_HEADERS
 
 
@@ -161,11 +168,19 @@ def read_response(
             raise build_error(ResponseDecodeError, request, status, None, _snippet(body, secrets))
         return data
 
-    if request.path == TOKEN_PATH and status < 500 and status != 429:
+    if request.path == TOKEN_PATH and (status < 300 or 400 <= status < 500) and status != 429:
         cls: type[APIError] = AuthenticationError  # bad appid/secret, on HTTP 200 live
     else:
         cls = error_class(
             status, code, auth_codes=auth_codes, not_found_codes=request.not_found_codes
+        )
+    if 300 <= status < 400:
+        # Not followed: the token (and on the token request, the secret) rides in the query,
+        # which a redirect to another host would hand over (docs/reliability.md, "Hostile
+        # server").
+        description = (
+            f"a redirect to {_origin(headers.get('Location'))}, not followed: requests carry "
+            "credentials, which must not go to another address"
         )
     if description is None and not decoded:
         description = _snippet(body, secrets)
@@ -173,6 +188,30 @@ def read_response(
     if status in (429, 503):
         retry_after = parse_retry_after(headers.get("Retry-After"), now)
     raise build_error(cls, request, status, code, description, retry_after=retry_after)
+
+
+def too_large(request: Request, status: int, limit: int) -> APIError:
+    """The error for an answer whose body is over ``limit`` bytes (it is not read further)."""
+    description = (
+        f"the answer is larger than max_response_size ({limit:,} bytes): not read. "
+        "Raise max_response_size if the service really sends that much"
+    )
+    return build_error(ResponseTooLargeError, request, status, None, description)
+
+
+def _origin(location: str | None) -> str:
+    """``scheme://host:port`` of a ``Location``: where a redirect points, without the query."""
+    if not location:
+        return "nowhere (no Location)"
+    try:
+        parts = urlsplit(location)
+        host = parts.hostname
+        port = parts.port
+    except ValueError:
+        return "an unreadable Location"
+    if not host:
+        return "the same host"
+    return f"{parts.scheme}://{host}" + (f":{port}" if port else "")
 
 
 def _snippet(body: bytes, secrets: Iterable[str | None]) -> str:

@@ -27,8 +27,17 @@ from ._exceptions import (
 )
 from ._limits import Limits
 from ._redact import RedactedCause
+from ._redact import watch as redact_watch
 from ._retry import RetryPolicy, retrying
-from ._sansio import TOKEN_PATH, Request, Response, read_response, read_token, token_request
+from ._sansio import (
+    TOKEN_PATH,
+    Request,
+    Response,
+    read_response,
+    read_token,
+    token_request,
+    too_large,
+)
 
 __all__ = ["ClientStats", "Session"]
 
@@ -76,6 +85,7 @@ class Session:
         http: aiohttp.ClientSession | None,
         timeout: aiohttp.ClientTimeout,
         max_concurrency: int,
+        max_response_size: int,
         limits: Limits,
         policy: RetryPolicy,
         auth_codes: frozenset[int | str],
@@ -90,6 +100,7 @@ class Session:
         self._owns_http = http is None
         self._timeout = timeout
         self._max_concurrency = max_concurrency
+        self._max_response_size = max_response_size
         self._limits = limits
         self.policy = policy
         self._auth_codes = auth_codes
@@ -97,6 +108,7 @@ class Session:
         self.closed = False
         self.stats = ClientStats()
         self._current_token: str | None = None
+        redact_watch(self)
         self._tokens: TokenManager | None = None
         if app_id and secret:
             self._tokens = TokenManager(
@@ -113,6 +125,14 @@ class Session:
         self._send_token_request = retrying(
             self._attempt, policy, clock=clock, sleep=sleep, on_backoff=self._on_backoff
         )
+
+    def __repr__(self) -> str:
+        return f"Session(base_url={self.base_url!r}, app_id={self.app_id!r})"
+
+    @property
+    def secrets(self) -> tuple[str | None, ...]:
+        """The secret and the tokens this session uses: masked in every error."""
+        return (self._secret, self._static_token, self._current_token)
 
     async def aclose(self) -> None:
         """Close the HTTP session if this layer made it (a passed-in one is left open)."""
@@ -201,6 +221,7 @@ class Session:
             self.http = aiohttp.ClientSession(
                 timeout=self._timeout,
                 connector=aiohttp.TCPConnector(limit=self._max_concurrency),
+                trust_env=True,  # HTTPS_PROXY, HTTP_PROXY, NO_PROXY, as users expect
             )
         return self.http
 
@@ -223,16 +244,17 @@ class Session:
                     data=body,
                     headers=headers,
                     timeout=self._timeout,  # a passed-in session has its own default
+                    allow_redirects=False,  # see read_response: credentials stay here
                 ) as resp:
                     # Read it all inside the block: a retry never holds a connection.
-                    payload = await resp.read()
                     status, resp_headers = resp.status, resp.headers
+                    payload = await self._read(request, resp)
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as err:
                 failure = err
         elapsed_ms = (time.perf_counter() - started) * 1000
         # The token this request carried: by the time its answer comes back another call may
         # have refreshed it, so self._current_token is not enough.
-        secrets = (self._secret, self._static_token, self._current_token, token)
+        secrets = (*self.secrets, token)
         if failure is not None:
             # Raised outside the except block, from a redacted stand-in: aiohttp's exceptions
             # carry the URL, and so the token; they must not ride along as cause or context.
@@ -252,6 +274,21 @@ class Session:
             secrets=secrets,
         )
         return Response(status, resp_headers, data, retries)
+
+    async def _read(self, request: Request, resp: aiohttp.ClientResponse) -> bytes:
+        """The body, or ResponseTooLargeError as soon as it passes ``max_response_size``."""
+        limit = self._max_response_size
+        length = resp.content_length
+        if length is not None and length > limit:
+            raise too_large(request, resp.status, limit)
+        if length is not None and "Content-Encoding" not in resp.headers:
+            return await resp.read()  # its declared length, within the limit
+        body = bytearray()  # chunked or compressed: the size is known only by reading
+        async for chunk in resp.content.iter_chunked(1 << 16):
+            body += chunk
+            if len(body) > limit:
+                raise too_large(request, resp.status, limit)
+        return bytes(body)
 
 
 def _connection_error(request: Request, err: BaseException) -> APIConnectionError:

@@ -20,9 +20,12 @@ def decode(structure: Callable[[Any], T], data: Any, what: str) -> T:
     try:
         return structure(data)
     except (ValueError, TypeError, KeyError, AttributeError) as err:
-        raise ResponseDecodeError(
-            f"the answer is not {what}: {err}", status=200, description=str(err)
-        ) from None
+        problem = str(err)
+    # Raised outside the except block: the converter's error quotes the body, which a service
+    # may have filled with the URL, so it must not ride along as the context either.
+    raise ResponseDecodeError(
+        f"the answer is not {what}: {problem}", status=200, description=problem
+    )
 
 
 def rows_of(data: Any, key: str, what: str) -> list[Any]:

@@ -181,7 +181,7 @@ async def _refused(ctx: Context) -> Any:
 
 
 async def _dns(ctx: Context) -> Any:
-    async with ctx.client(base_url="http://dmhub-canary.invalid", timeout=5) as dm:
+    async with ctx.client(base_url="https://dmhub-canary.invalid", timeout=5) as dm:
         return await dm.customers.count()
 
 
