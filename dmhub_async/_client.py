@@ -11,6 +11,7 @@ import ipaddress
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from datetime import tzinfo
 from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
@@ -20,6 +21,7 @@ import aiohttp
 from ._auth import DEFAULT_STORE, TokenStore
 from ._exceptions import InvalidRequestError, coerce_code
 from ._limits import Limits, RateLimiter
+from ._query_time import zone_setting
 from ._retry import RetryPolicy
 from ._sansio import DEFAULT_AUTH_ERROR_CODES
 from ._session import ClientStats, Session
@@ -63,6 +65,9 @@ class DMHubClient:
             raises :class:`ResponseTooLargeError` as soon as it is seen.
         allow_insecure_http: accept an ``http://`` base URL that is not on this machine (the
             secret and the token would cross the network in clear text).
+        timezone: the zone of time filters given without an offset: a ``tzinfo`` or an IANA
+            name (``"Asia/Shanghai"``). Unset, they are read as UTC with a
+            :class:`NaiveDatetimeWarning`.
 
     Raises:
         InvalidRequestError: no credentials, or a bad setting.
@@ -87,6 +92,7 @@ class DMHubClient:
         sleep: Callable[[float], Awaitable[None]] | None = None,
         max_response_size: int = DEFAULT_MAX_RESPONSE_SIZE,
         allow_insecure_http: bool = False,
+        timezone: tzinfo | str | None = None,
     ) -> None:
         self.app_id = app_id or os.environ.get("DMHUB_APP_ID") or None
         secret = secret or os.environ.get("DMHUB_SECRET") or None
@@ -124,6 +130,8 @@ class DMHubClient:
             raise InvalidRequestError(f"max_retries must be >= 0, not {max_retries!r}")
         if max_concurrency < 1:
             raise InvalidRequestError(f"max_concurrency must be >= 1, not {max_concurrency!r}")
+        #: The zone of naive time filters (None: UTC, with a warning): see ``_query_time``.
+        self.timezone: tzinfo | None = zone_setting(timezone)
         clock = clock or time.time
         sleep = sleep or asyncio.sleep
         self.retry_policy = retry or RetryPolicy(max_retries=max_retries)
@@ -150,7 +158,7 @@ class DMHubClient:
             sleep=sleep,
         )
         self.stats: ClientStats = self._session.stats
-        self.customers = Customers(self._session)
+        self.customers = Customers(self._session, timezone=self.timezone)
         self.identities = Identities(self._session)
         self.customer_statistics = CustomerStatisticsResource(self._session)
 

@@ -17,7 +17,7 @@ import aiohttp
 import attrs
 from backoff.types import Details
 
-from ._auth import Token, TokenManager, TokenStore
+from ._auth import Token, TokenManager, TokenStore, token_key
 from ._exceptions import (
     APIConnectionError,
     APIError,
@@ -112,7 +112,11 @@ class Session:
         self._tokens: TokenManager | None = None
         if app_id and secret:
             self._tokens = TokenManager(
-                f"{base_url}|{app_id}", token_store, self._fetch_token, clock
+                token_key(base_url, app_id, secret),
+                token_store,
+                self._fetch_token,
+                clock,
+                timeout=timeout.total or 30.0,
             )
         self._send_call = retrying(
             self._attempt,

@@ -11,6 +11,7 @@ from .._exceptions import ResponseDecodeError
 from .._pagination import AsyncPaginator, Dedupe, RawPage
 from .._sansio import Request
 from .._session import Session
+from .._validate import check_paging
 
 T = TypeVar("T")
 
@@ -67,6 +68,7 @@ def paginate(
     **paging: Any,
 ) -> AsyncPaginator[T]:
     """A paginator over ``GET path`` with ``rows``/``page`` added to ``params``."""
+    check_paging(paging.get("page_size"), paging.get("start_page"), paging.get("concurrency"))
 
     async def fetch(number: int, size: int) -> RawPage[T]:
         request = Request("GET", path, {**params, "rows": str(size), "page": str(number)})
