@@ -102,6 +102,9 @@ class APITimeoutError(APIConnectionError, TimeoutError):
 class APIError(DMHubError):
     """The service answered with an error: ``status``, ``code`` and ``description``.
 
+    Also ``status_code`` (the same as ``status``), ``headers``, ``body`` (its start, redacted)
+    and ``request_id`` when the service sent one.
+
     ``code`` is the body's ``error_code``, as an ``int`` when it is numeric (the live service
     sends both ``40004`` and ``"40004"``), else the string, else ``None``. ``retry_after`` is
     the wait in seconds a ``Retry-After`` header asked for (429 and 503), else ``None``.
@@ -118,15 +121,29 @@ class APIError(DMHubError):
         path: str | None = None,
         outcome_unknown: bool = False,
         retry_after: float | None = None,
+        headers: Mapping[str, str] | None = None,
+        body: str | None = None,
+        request_id: str | None = None,
     ) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        #: The answer's headers (a ``Location`` may hold the token: values are redacted).
+        self.headers: dict[str, str] = {k: redact(v) for k, v in (headers or {}).items()}
+        #: The start of the answer's body (up to 1,000 characters), redacted.
+        self.body: str | None = _redacted(body)
+        #: The id the service gave the request (``X-Request-Id`` and the like), if any.
+        self.request_id: str | None = _redacted(request_id)
         self.status = status
         self.code = _redacted(code)
         self.description = _redacted(description)
         self.method = method
         self.path = _redacted(path)
         self.outcome_unknown = outcome_unknown
+
+    @property
+    def status_code(self) -> int:
+        """``status``, by the name most HTTP libraries give it."""
+        return self.status
 
     def __repr__(self) -> str:
         return (

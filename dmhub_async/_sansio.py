@@ -33,8 +33,8 @@ __all__ = [
     "DEFAULT_AUTH_ERROR_CODES",
     "TOKEN_PATH",
     "USER_AGENT",
+    "APIResponse",
     "Request",
-    "Response",
     "read_response",
     "read_token",
     "token_request",
@@ -92,14 +92,40 @@ class Request:
         return json.dumps(self.json, ensure_ascii=False).encode(), _JSON_HEADERS
 
 
+#: Headers a service or its gateway may name a request by, for its operators to look it up.
+REQUEST_ID_HEADERS = ("X-Request-Id", "X-Trace-Id", "Request-Id")
+
+
+def request_id(headers: Mapping[str, str]) -> str | None:
+    """The request id an answer carries, if any (see ``REQUEST_ID_HEADERS``)."""
+    for name in REQUEST_ID_HEADERS:
+        value = headers.get(name)
+        if value:
+            return value
+    return None
+
+
 @attrs.frozen
-class Response:
-    """A successful answer: its status, headers and decoded body, and the retries it took."""
+class APIResponse:
+    """A successful answer: status, headers, decoded body, and the retries it took.
+
+    ``dm.last_response`` is the latest one the calling task received.
+    """
 
     status: int
-    headers: Mapping[str, str]
-    data: Any
+    headers: Mapping[str, str] = attrs.field(repr=False)
+    data: Any = attrs.field(repr=False)
     retries: int = 0
+
+    @property
+    def status_code(self) -> int:
+        """``status``, by the name most HTTP libraries give it."""
+        return self.status
+
+    @property
+    def request_id(self) -> str | None:
+        """The id the service gave this request (``X-Request-Id`` and the like), if any."""
+        return request_id(self.headers)
 
 
 def token_request(app_id: str, secret: str) -> Request:
@@ -165,7 +191,15 @@ def read_response(
 
     if 200 <= status < 300 and code is None:
         if not decoded:
-            raise build_error(ResponseDecodeError, request, status, None, _snippet(body, secrets))
+            raise build_error(
+                ResponseDecodeError,
+                request,
+                status,
+                None,
+                _snippet(body, secrets),
+                headers=headers,
+                body=_body_text(body, secrets),
+            )
         return data
 
     if request.path == TOKEN_PATH and (status < 300 or 400 <= status < 500) and status != 429:
@@ -187,7 +221,16 @@ def read_response(
     retry_after = None
     if status in (429, 503):
         retry_after = parse_retry_after(headers.get("Retry-After"), now)
-    raise build_error(cls, request, status, code, description, retry_after=retry_after)
+    raise build_error(
+        cls,
+        request,
+        status,
+        code,
+        description,
+        retry_after=retry_after,
+        headers=headers,
+        body=_body_text(body, secrets),
+    )
 
 
 def too_large(request: Request, status: int, limit: int) -> APIError:
@@ -214,6 +257,14 @@ def _origin(location: str | None) -> str:
     return f"{parts.scheme}://{host}" + (f":{port}" if port else "")
 
 
+def _body_text(body: bytes, secrets: Iterable[str | None]) -> str | None:
+    """The start of a body as text, redacted before it is cut (see ``_snippet``)."""
+    if not body:
+        return None
+    text = redact(body[:4096].decode("utf-8", "replace"), secrets)
+    return text[:1000] + ("..." if len(text) > 1000 or len(body) > 4096 else "")
+
+
 def _snippet(body: bytes, secrets: Iterable[str | None]) -> str:
     # Redact before cutting: a secret cut in half at the edge would no longer be recognised,
     # and its first half would leak.
@@ -230,6 +281,8 @@ def build_error(
     description: str | None,
     *,
     retry_after: float | None = None,
+    headers: Mapping[str, str] | None = None,
+    body: str | None = None,
 ) -> APIError:
     """The error for an answer, saying whether a write's outcome is unknown."""
     message = f"{request.method} {request.path} -> HTTP {status}"
@@ -254,4 +307,7 @@ def build_error(
         path=request.path,
         outcome_unknown=unknown,
         retry_after=retry_after,
+        headers=headers,
+        body=body,
+        request_id=request_id(headers) if headers else None,
     )

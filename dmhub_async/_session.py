@@ -8,6 +8,8 @@ every error and log line (``_redact``). See docs/architecture.md.
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import copy
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -31,8 +33,8 @@ from ._redact import watch as redact_watch
 from ._retry import RetryPolicy, retrying
 from ._sansio import (
     TOKEN_PATH,
+    APIResponse,
     Request,
-    Response,
     read_response,
     read_token,
     token_request,
@@ -67,6 +69,24 @@ def _from_token_request(err: BaseException) -> bool:
     return getattr(err, "path", None) == TOKEN_PATH
 
 
+#: The latest answer each task received, and from which session (see ``last_response``).
+_last_response: contextvars.ContextVar[tuple[int, APIResponse] | None] = contextvars.ContextVar(
+    "dmhub_async_last_response", default=None
+)
+
+
+@attrs.define
+class _Connection:
+    """What a client and the clients derived from it (``with_options``) share."""
+
+    http: aiohttp.ClientSession | None
+    owns_http: bool
+    max_concurrency: int
+    closed: bool = False
+    #: The event loop of the first call: aiohttp's session and asyncio's locks belong to it.
+    loop: asyncio.AbstractEventLoop | None = None
+
+
 class Session:
     """Sends :class:`Request` s to one base URL: token, limits, retries, errors, aiohttp.
 
@@ -96,16 +116,16 @@ class Session:
         self.app_id = app_id
         self._secret = secret
         self._static_token = access_token
-        self.http = http
-        self._owns_http = http is None
+        self._conn = _Connection(http, http is None, max_concurrency)
         self._timeout = timeout
-        self._max_concurrency = max_concurrency
+        self._headers: Mapping[str, str] = {}
         self._max_response_size = max_response_size
         self._limits = limits
         self.policy = policy
         self._auth_codes = auth_codes
         self._clock = clock
-        self.closed = False
+        self._sleep = sleep
+        self.derived = False
         self.stats = ClientStats()
         self._current_token: str | None = None
         redact_watch(self)
@@ -118,20 +138,65 @@ class Session:
                 clock,
                 timeout=timeout.total or 30.0,
             )
+        self._build_retries()
+
+    def _build_retries(self) -> None:
+        clock, sleep, on_backoff = self._clock, self._sleep, self._on_backoff
         self._send_call = retrying(
             self._attempt,
-            policy,
+            self.policy,
             clock=clock,
             sleep=sleep,
-            on_backoff=self._on_backoff,
+            on_backoff=on_backoff,
             giveup=_from_token_request,
         )
         self._send_token_request = retrying(
-            self._attempt, policy, clock=clock, sleep=sleep, on_backoff=self._on_backoff
+            self._attempt, self.policy, clock=clock, sleep=sleep, on_backoff=on_backoff
         )
+
+    def derive(
+        self,
+        *,
+        timeout: aiohttp.ClientTimeout | None = None,
+        policy: RetryPolicy | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Session:
+        """A session with other settings that shares this one's connection, token and limits."""
+        derived = copy.copy(self)
+        derived.derived = True
+        if timeout is not None:
+            derived._timeout = timeout
+        if policy is not None:
+            derived.policy = policy
+        if headers:
+            derived._headers = {**self._headers, **headers}
+        derived._build_retries()  # its loops must call the derived session, not this one
+        redact_watch(derived)
+        return derived
 
     def __repr__(self) -> str:
         return f"Session(base_url={self.base_url!r}, app_id={self.app_id!r})"
+
+    @property
+    def timeout(self) -> aiohttp.ClientTimeout:
+        """The timeouts of one attempt."""
+        return self._timeout
+
+    @property
+    def http(self) -> aiohttp.ClientSession | None:
+        """The aiohttp session: None until the first request when the client makes its own."""
+        return self._conn.http
+
+    @property
+    def closed(self) -> bool:
+        """Whether the client (or the one this was derived from) was closed."""
+        return self._conn.closed
+
+    @property
+    def last_response(self) -> APIResponse | None:
+        """The latest answer the calling task received through this session."""
+        latest = _last_response.get()
+        return latest[1] if latest is not None and latest[0] == id(self) else None
 
     @property
     def secrets(self) -> tuple[str | None, ...]:
@@ -139,16 +204,33 @@ class Session:
         return (self._secret, self._static_token, self._current_token)
 
     async def aclose(self) -> None:
-        """Close the HTTP session if this layer made it (a passed-in one is left open)."""
-        self.closed = True
-        if self._owns_http and self.http is not None:
-            http, self.http = self.http, None
+        """Close the HTTP session if this layer made it (a passed-in one is left open).
+
+        A derived session leaves it open: it belongs to the session it was derived from.
+        """
+        if self.derived:
+            return
+        conn = self._conn
+        conn.closed = True
+        if conn.owns_http and conn.http is not None:
+            http, conn.http = conn.http, None
             await http.close()
 
     def check_open(self) -> None:
-        """Raise DMHubError when closed."""
-        if self.closed:
+        """Raise DMHubError when closed, or when called from another event loop."""
+        conn = self._conn
+        if conn.closed:
             raise DMHubError("this DMHubClient is closed: make a new one")
+        loop = asyncio.get_running_loop()
+        if conn.loop is not loop:
+            if conn.loop is not None:
+                raise DMHubError(
+                    "this DMHubClient was used in another event loop (an earlier "
+                    "asyncio.run()?), whose connections cannot be used in this one: make the "
+                    "client inside the coroutine you run, e.g. `async with DMHubClient() as dm:` "
+                    "in main(), once per asyncio.run()"
+                )
+            conn.loop = loop
 
     async def request(
         self,
@@ -165,10 +247,11 @@ class Session:
         response = await self.send(request)
         return response.data
 
-    async def send(self, request: Request) -> Response:
+    async def send(self, request: Request) -> APIResponse:
         """The answer to ``request``, with retries; an :class:`APIError` or connection error."""
         self.check_open()
-        response: Response = await self._send_call(_Call(request))
+        response: APIResponse = await self._send_call(_Call(request))
+        _last_response.set((id(self), response))
         return response
 
     def _on_backoff(self, details: Details) -> None:
@@ -188,7 +271,7 @@ class Session:
             details["wait"],
         )
 
-    async def _attempt(self, call: _Call) -> Response:
+    async def _attempt(self, call: _Call) -> APIResponse:
         request = call.request
         if not request.authenticated:
             return await self._send(request, None, call.retries)
@@ -215,24 +298,26 @@ class Session:
         assert self._secret is not None
         self.stats.token_fetches += 1
         started = self._clock()
-        response: Response = await self._send_token_request(
+        response: APIResponse = await self._send_token_request(
             _Call(token_request(self.app_id, self._secret))
         )
         return read_token(response.data, started)
 
     def _http_session(self) -> aiohttp.ClientSession:
-        if self.http is None:
-            self.http = aiohttp.ClientSession(
+        conn = self._conn
+        if conn.http is None:
+            conn.http = aiohttp.ClientSession(
                 timeout=self._timeout,
-                connector=aiohttp.TCPConnector(limit=self._max_concurrency),
+                connector=aiohttp.TCPConnector(limit=conn.max_concurrency),
                 trust_env=True,  # HTTPS_PROXY, HTTP_PROXY, NO_PROXY, as users expect
             )
-        return self.http
+        return conn.http
 
-    async def _send(self, request: Request, token: str | None, retries: int) -> Response:
-        self.check_open()
+    async def _send(self, request: Request, token: str | None, retries: int) -> APIResponse:
         params = request.query(token)
         body, headers = request.body()
+        if self._headers:
+            headers = {**headers, **self._headers}
         failure: BaseException | None = None
         async with self._limits:
             # The client may have been closed while this request queued for its slot.
@@ -277,10 +362,10 @@ class Session:
             now=self._clock(),
             secrets=secrets,
         )
-        return Response(status, resp_headers, data, retries)
+        return APIResponse(status, resp_headers, data, retries)
 
     async def _read(self, request: Request, resp: aiohttp.ClientResponse) -> bytes:
-        """The body, or ResponseTooLargeError as soon as it passes ``max_response_size``."""
+        """The body, or APIResponseTooLargeError as soon as it passes ``max_response_size``."""
         limit = self._max_response_size
         length = resp.content_length
         if length is not None and length > limit:

@@ -8,7 +8,7 @@ from collections import Counter
 from typing import Any
 
 from dmhub_async import DMHubClient
-from dmhub_async._sansio import Request, Response
+from dmhub_async._sansio import APIResponse, Request
 
 #: The coroutine of the task aiohttp's server runs per open connection.
 SERVER_CONNECTION = "RequestHandler.start"
@@ -47,7 +47,7 @@ class CallLog:
         session = client._session
         inner = session.send
 
-        async def send(request: Request) -> Response:
+        async def send(request: Request) -> APIResponse:
             entry = [request.path, (request.params or {}).get("page"), 1]
             self.calls.append(entry)
             response = await inner(request)

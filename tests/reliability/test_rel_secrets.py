@@ -44,7 +44,7 @@ from dmhub_async import (
     cli,
 )
 from dmhub_async._redact import redact
-from dmhub_async._sansio import Request, Response
+from dmhub_async._sansio import APIResponse, Request
 from dmhub_async.testing import DMHubSimulator
 
 CANARY_SECRET = "Cn4ry+S3cr3t/Zq9="
@@ -216,7 +216,7 @@ async def _echoed_wrong_shape(ctx: Context) -> Any:
         # customers.list() reads /v1/customers: point the walk at the echo service's page
         original = dm._session.send
 
-        async def send(request: Request) -> Response:
+        async def send(request: Request) -> APIResponse:
             return await original(attrs.evolve(request, path="/v1/echo/wrong-shape"))
 
         dm._session.send = send  # type: ignore[method-assign]
