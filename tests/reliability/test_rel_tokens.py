@@ -135,7 +135,9 @@ async def test_scenario_14_eight_processes_share_one_token_across_a_revocation(
     assert sim.counters.requests[TOKEN_ROUTE] == 2
     assert sim.counters.tokens_issued == 2
     if kind == "redis":
-        assert redis_commands(redis) <= 16 * PROCESSES  # before: one GET a call, 1,600+
+        # Observed about 105: the first token and the refresh, a dozen a process (the lock is
+        # polled while another process fetches). Before: a GET a call, 1,700 in all.
+        assert redis_commands(redis) <= 40 * PROCESSES
 
 
 # -- scenario 15 --------------------------------------------------------------------------------
@@ -154,7 +156,9 @@ async def test_scenario_15_a_warm_client_makes_a_handful_of_redis_round_trips_in
             assert await asyncio.gather(*(dm.customers.count() for _ in range(10))) == [10] * 10
     await store.aclose()
     assert sim.counters.tokens_issued == 1
-    assert redis_commands(redis) <= 10  # GET, the lock, GET, SET, unlock (and the client's hello)
+    # 9: GET, SET NX (the lock), GET, SET, and the unlock script (EVALSHA, SCRIPT LOAD, EVALSHA,
+    # with its GET and DEL inside Redis). Before: 1,008, a GET a call.
+    assert redis_commands(redis) <= 10
 
 
 # -- scenario 16 --------------------------------------------------------------------------------
@@ -223,11 +227,13 @@ async def test_scenario_16_a_refresh_due_while_redis_is_down(
         assert "fetching a token without the store" in local
 
         redis.start()
-        other = connect(sim, token_store=RedisTokenStore(redis.url))
+        other_store = RedisTokenStore(redis.url)
+        other = connect(sim, token_store=other_store)
         sim.revoke_tokens()  # both clients refresh: one fetch, through Redis again
         assert await asyncio.gather(dm.customers.count(), other.customers.count()) == [10, 10]
         assert sim.counters.tokens_issued == 3
     await store.aclose()
+    await other_store.aclose()
     assert all(sim.secret not in r.getMessage() for r in caplog.records)
 
 
@@ -279,6 +285,7 @@ async def test_scenario_17_a_stale_lock_falls_back_to_a_local_fetch(
 async def test_scenario_18_a_wrong_secret_fails_on_its_first_call_however_warm_the_store(
     kind: str,
     connect: Callable[..., DMHubClient],
+    clock: Any,
     tmp_path: Path,
     request: pytest.FixtureRequest,
 ) -> None:
@@ -290,7 +297,7 @@ async def test_scenario_18_a_wrong_secret_fails_on_its_first_call_however_warm_t
         right = connect(sim, token_store=store)
         assert await right.customers.count() == 10
         async with DMHubClient(
-            sim.app_id, "not-the-secret", base_url=sim.url, token_store=store
+            sim.app_id, "not-the-secret", base_url=sim.url, token_store=store, clock=clock
         ) as wrong:
             with pytest.raises(AuthenticationError) as caught:
                 await wrong.customers.count()
