@@ -162,7 +162,9 @@ class FileTokenStore:
         return TokenStoreError(f"{self!r}: {message}", store=repr(self), unsafe=unsafe)
 
     def _check_owner(self, st: os.stat_result, what: str, path: Path) -> None:
-        if hasattr(os, "getuid") and st.st_uid != os.getuid():
+        if not hasattr(os, "getuid"):
+            return  # not POSIX: no owners and modes to check
+        if st.st_uid != os.getuid():
             raise self._error(
                 f"the {what} {str(path)!r} belongs to another user (uid {st.st_uid}): refusing it",
                 unsafe=True,
@@ -203,11 +205,15 @@ class FileTokenStore:
                     f"{str(self.path)!r} is a symbolic link: refusing to follow it", unsafe=True
                 ) from None
             raise self._error(f"cannot read the token file: {err.strerror}") from None
-        with os.fdopen(fd, "rb") as fh:
-            st = os.fstat(fh.fileno())
+        try:
+            st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
-                raise self._error(f"{str(self.path)!r} is not a regular file", unsafe=True)
+                raise self._error(f"{str(self.path)!r} is not a regular file: refusing it")
             self._check_owner(st, "token file", self.path)
+        except BaseException:
+            os.close(fd)
+            raise
+        with os.fdopen(fd, "rb") as fh:
             raw = fh.read()
         try:
             data = json.loads(raw)
