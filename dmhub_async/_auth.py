@@ -21,9 +21,9 @@ from typing import TypeVar
 import yarl
 
 from ._exceptions import TokenStoreError
+from ._token_file import FileTokenStore
 from ._token_stores import (
     DEFAULT_STORE,
-    FileTokenStore,
     MemoryTokenStore,
     RedisTokenStore,
     Token,
