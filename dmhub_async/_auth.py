@@ -17,10 +17,9 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TypeVar
+from urllib.parse import urlsplit
 
-import yarl
-
-from ._exceptions import TokenStoreError
+from ._exceptions import InvalidRequestError, TokenStoreError
 from ._token_file import FileTokenStore
 from ._token_stores import (
     DEFAULT_STORE,
@@ -57,14 +56,17 @@ def normalise_base_url(base_url: str) -> str:
 
     Only the spelling: two host names of one service (``localhost`` and ``127.0.0.1``) stay two.
     """
-    url = yarl.URL(base_url)
-    scheme = url.scheme.lower()
-    host = (url.raw_host or "").lower()
+    parts = urlsplit(base_url)
+    scheme = parts.scheme.lower()
+    host = parts.hostname or ""  # lower case, IPv6 brackets off
     if ":" in host:
-        host = f"[{host}]"  # IPv6
-    port = url.port
+        host = f"[{host}]"
+    try:
+        port = parts.port
+    except ValueError:
+        raise InvalidRequestError(f"base_url has a bad port: {base_url!r}") from None
     netloc = host if port is None or port == _DEFAULT_PORTS.get(scheme) else f"{host}:{port}"
-    return f"{scheme}://{netloc}{url.raw_path.rstrip('/')}"
+    return f"{scheme}://{netloc}{parts.path.rstrip('/')}"
 
 
 def secret_fingerprint(app_id: str, secret: str) -> str:

@@ -39,7 +39,7 @@ class FileTokenStore:
         self.path = Path(path)
         self._lock_timeout = lock_timeout
         self._file_lock = filelock.FileLock(
-            str(self.path) + ".lock", thread_local=False, is_singleton=False, mode=0o600
+            str(self.path) + ".lock", thread_local=False, mode=0o600
         )
         self._locks = LoopLocks()
 
