@@ -596,3 +596,25 @@ async def test_an_unsafe_token_file_is_refused_with_a_clear_error(
     assert "refusing" in str(caught.value)
     assert count(api, "/v1/customers/1") == 0
     assert tokens.issued == []
+
+
+async def test_a_refresh_ahead_of_expiry_that_fails_costs_no_call(api, make_client, clock, caplog):
+    # The token endpoint down in the refresh margin: the held token is still valid, so calls go
+    # on with it; once it has expired, the endpoint's error is the call's.
+    api.get(url("/security/accesstoken"), payload={"error_code": 0, "access_token": "tok-1"})
+    api.get(url("/security/accesstoken"), status=503, repeat=True)
+    checker = TokenChecker({"tok-1"})
+    api.get(url("/v1/customers/1"), callback=checker, repeat=True)
+    dm = make_client(max_retries=1)
+    await dm.request("GET", "/v1/customers/1")
+
+    clock.advance(7200 - 100)
+    for _ in range(5):
+        assert await dm.request("GET", "/v1/customers/1") == CUSTOMER
+    assert count(api, "/security/accesstoken") == 1 + 2  # one refresh of 2 attempts, then a pause
+    assert "going on with the token held" in caplog.records[-1].getMessage()
+
+    clock.advance(100)
+    with pytest.raises(ServerError):
+        await dm.request("GET", "/v1/customers/1")
+    assert checker.seen == ["tok-1"] * 6  # the expired token was never sent
