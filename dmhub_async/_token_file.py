@@ -22,7 +22,9 @@ from ._token_stores import LoopLocks, Token
 
 __all__ = ["FileTokenStore"]
 
+# Not on Windows: there, no links to follow and no FIFO to block on.
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 _LOCK_POLL = 0.02  # seconds between tries of a file lock another process holds
 
 
@@ -81,7 +83,7 @@ class FileTokenStore:
         if not self._check_directory(create=False):
             return {}
         try:
-            fd = os.open(self.path, os.O_RDONLY | _NOFOLLOW | os.O_NONBLOCK)
+            fd = os.open(self.path, os.O_RDONLY | _NOFOLLOW | _NONBLOCK)
         except FileNotFoundError:
             return {}
         except OSError as err:
