@@ -566,3 +566,21 @@ async def test_an_internal_error_still_answers_json(
     assert "simulator error" in caplog.text
     sim.clear_hooks()
     assert (await api.call("GET", "/v1/customers/count"))[1] == 200
+
+
+# -- numbers ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("big", [2**64, -(2**63) - 1, 12345678901234567890123, -(10**30)])
+async def test_integers_beyond_64_bits_are_stored_and_served_exactly(api: Api, big: int) -> None:
+    status, made = await api.call(
+        "POST",
+        "/v1/customers",
+        {"name": "大数", "employeeNumber": big, "annualRevenue": big, "attr": {"attr9": big}},
+    )
+    assert status == 201, made
+    status, got = await api.call("GET", f"/v1/customers/{made['id']}")
+    assert status == 200
+    assert (got["employeeNumber"], got["annualRevenue"], got["attr"]["attr9"]) == (big, big, big)
+    status, page = await api.call("GET", "/v1/customers", idList=str(made["id"]))
+    assert page["rows"][0]["attr"]["attr9"] == big
