@@ -59,9 +59,7 @@ def _fault_response(kind: str, retry_after: int) -> web.Response:
     return response
 
 
-async def _send_truncated(
-    request: web.Request, response: web.StreamResponse
-) -> web.StreamResponse:
+async def _send_truncated(request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
     # As a network cuts an answer: the headers declare the whole body, half of it arrives, the
     # connection closes. A client can tell (fewer bytes than Content-Length) and must never take
     # the half for an answer: "300" cut to "3" is valid JSON.
