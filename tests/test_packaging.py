@@ -45,7 +45,10 @@ def user_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _pytest(python: Path, project: Path) -> subprocess.CompletedProcess[str]:
-    return _run([str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=project)
+    # -W error: importing the plugin (and with it the package) must not warn either.
+    return _run(
+        [str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "error"], cwd=project
+    )
 
 
 def test_a_project_that_does_not_use_the_fixtures_runs_as_before(
