@@ -71,3 +71,12 @@ def test_asking_for_a_fixture_without_pytest_asyncio_says_what_to_install(
     assert "1 passed, 1 error" in result.stdout
     assert "pip install pytest-asyncio" in result.stdout
     assert "Traceback" not in result.stdout
+
+
+def test_the_readmes_first_command_works_in_a_fresh_venv(user_python: Path, tmp_path: Path) -> None:
+    # `pip install . && dmhub-async demo`: the console script, with the runtime dependencies only.
+    demo = user_python.parent / "dmhub-async"
+    result = _run([str(demo), "demo", "--customers", "2000", "--latency-ms", "0"], cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    exported = (tmp_path / "dmhub-demo.jsonl").read_text(encoding="utf-8").splitlines()
+    assert len(exported) == 2000
