@@ -139,3 +139,56 @@ async def test_a_big_integer_comes_through_list_and_the_export(tmp_path: Path) -
     line = dest.read_bytes()
     assert b'"n":10000000000000000000000' in line.replace(b" ", b"")
     assert json.loads(line)["attr"]["m"] == -(2**63) - 1
+
+
+# --- raw rows: each row's bytes as the service sent them ------------------------------------
+
+
+def _both_ways(body: bytes) -> list[_json.RawRows]:
+    return [_json.raw_rows(body), _json._raw_rows_decoding(body, "rows")]
+
+
+def test_raw_rows_are_the_bytes_the_service_sent() -> None:
+    body = (
+        b'{"rows": [{"id": 7, "n": 1.50, "big": 12345678901234567890123}, {"id": 8}], "total": 2}'
+    )
+    fast = _json.raw_rows(body)
+    assert fast.rows == [b'{"id": 7, "n": 1.50, "big": 12345678901234567890123}', b'{"id": 8}']
+    assert fast.ids == [7, 8]
+    assert fast.page == {"total": 2}
+    for split in _both_ways(body):  # with or without msgspec: the same rows, decoded
+        assert [json.loads(row) for row in split.rows] == json.loads(body)["rows"]
+        assert split.ids == [7, 8]
+        assert split.page == {"total": 2}
+
+
+def test_a_row_over_several_lines_becomes_one_line() -> None:
+    body = b'{"rows": [{"id": 1,\n "name": "x"}, {"id": 2}]}'
+    for split in _both_ways(body):
+        assert all(b"\n" not in row for row in split.rows)
+        assert [json.loads(row) for row in split.rows] == [{"id": 1, "name": "x"}, {"id": 2}]
+
+
+@pytest.mark.parametrize("body", [b'{"total": 0}', b'{"rows": null}', b'{"rows": []}'])
+def test_no_rows(body: bytes) -> None:
+    for split in _both_ways(body):
+        assert (split.rows, split.ids) == ([], [])
+
+
+@pytest.mark.parametrize("body", [b"[1]", b'{"rows": [1, 2]}', b'{"rows": {}}', b"{", b"\xff"])
+def test_raw_rows_of_what_is_no_page_is_a_value_error(body: bytes) -> None:
+    with pytest.raises(ValueError):  # noqa: PT011 - msgspec's and the stdlib's errors differ
+        _json.raw_rows(body)
+    with pytest.raises(ValueError):  # noqa: PT011
+        _json._raw_rows_decoding(body, "rows")
+
+
+@settings(max_examples=100, deadline=None, derandomize=True)
+@given(st.lists(_ROWS, max_size=5))
+@example([BIG_ROW])
+def test_raw_rows_read_back_as_the_page(rows: list[dict[str, Any]]) -> None:
+    body = json.dumps({"rows": rows, "records": len(rows)}, ensure_ascii=False).encode()
+    for split in _both_ways(body):
+        assert repr([json.loads(row) for row in split.rows]) == repr(json.loads(body)["rows"])
+        assert split.ids == [row.get("id") for row in rows]
+        assert split.page == {"records": len(rows)}
