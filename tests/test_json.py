@@ -10,8 +10,13 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from dmhub_async import DMHubClient, _json
-from dmhub_async._converter import structure_customers
+from dmhub_async import Customer, DMHubClient, _json
+from dmhub_async._converter import (
+    make_converter,
+    read_customer_page,
+    structure_customers,
+    wire_struct,
+)
 from dmhub_async.export import export_customers
 from dmhub_async.testing import DMHubSimulator
 
@@ -78,6 +83,10 @@ _TIMESTAMPS = st.sampled_from(
         "2017-06-01T12:12:12.5z",
         " 2017-06-01T12:12:12Z",
         "2017-06-01T12:12:12,25Z",
+        "2017-06-01T12:12:12.1234567Z",
+        "2017-06-01T12:12:12.9999996Z",
+        "2017-06-01T12:12Z",
+        "2017-06-01",
     ]
 )
 _SCALARS = st.none() | st.booleans() | _INTS | st.floats(allow_nan=False) | st.text(max_size=8)
@@ -90,9 +99,13 @@ _ROWS = st.fixed_dictionaries(
     {},
     optional={
         "id": st.none() | st.integers(0, 2**63 - 1),
-        "name": st.none() | st.text(max_size=8),
+        "name": st.none() | st.text(max_size=8) | st.integers(-5, 5),  # a number: kept as text
+        "mobileVerified": st.none() | st.booleans() | st.sampled_from([0, 1, "true", "0"]),
         "employeeNumber": st.none() | _INTS,
-        "annualRevenue": st.none() | _INTS | st.floats(allow_nan=False, allow_infinity=False),
+        "annualRevenue": st.none()
+        | _INTS
+        | st.floats(allow_nan=False, allow_infinity=False)
+        | st.sampled_from(["1.50", "12345678901234567890.12", 1.5]),
         "qq": st.none() | _INTS.map(str),
         "dateJoin": st.none() | _TIMESTAMPS,
         "lastUpdated": st.none() | _TIMESTAMPS,
@@ -192,3 +205,59 @@ def test_raw_rows_read_back_as_the_page(rows: list[dict[str, Any]]) -> None:
         assert repr([json.loads(row) for row in split.rows]) == repr(json.loads(body)["rows"])
         assert split.ids == [row.get("id") for row in rows]
         assert split.page == {"records": len(rows)}
+
+
+# --- the page reader: bytes to models, msgspec's typed decode or the lenient way -----------
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(st.lists(_ROWS, max_size=5), st.booleans())
+@example([BIG_ROW], True)
+@example([{"id": 1, "dateJoin": "2017-06-01T12:12:12.1234567Z", "annualRevenue": 1.5}], False)
+def test_the_page_reader_gives_the_records_of_the_lenient_way(
+    rows: list[dict[str, Any]], extra_free: bool
+) -> None:
+    if extra_free:  # then msgspec reads the whole page, else record by record
+        rows = [{k: v for k, v in row.items() if k != "levelScore"} for row in rows]
+    body = json.dumps({"rows": rows, "records": len(rows)}, ensure_ascii=False).encode()
+    models, page = read_customer_page(body)
+    assert models == structure_customers(json.loads(body)["rows"])
+    assert [repr(m) for m in models] == [
+        repr(m) for m in structure_customers(_json.loads(body)["rows"])
+    ]
+    assert page == {"records": len(rows)}
+
+
+def test_the_page_reader_without_msgspec(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(wire_struct, "msgspec", None)
+    reader = wire_struct.page_reader(Customer, make_converter(), "rows", (), read_customer_page)
+    assert reader is read_customer_page  # the fallback itself
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (
+            b'{"rows": [{"id": 1}, {"id": 2, "dateJoin": "soon"}]}',
+            r"record 1 \(id 2\), field 'dateJoin'",
+        ),
+        (b'{"rows": [{"id": 1}, {"id": 2, "annualRevenue": "lots"}]}', r"record 1 \(id 2\)"),
+        (b'{"rows": [{"id": 1}, 5]}', "record 1 is not an object"),
+        (b'{"rows": {}}', "'rows' is not a list"),
+        (b"[]", "not a JSON object"),
+    ],
+)
+def test_the_page_reader_names_a_malformed_record(body: bytes, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        read_customer_page(body)
+
+
+def test_the_page_reader_keeps_unknown_fields_and_nulls() -> None:
+    body = (
+        b'{"rows": [{"id": 1, "levelScore": 9, "gender": 7}, {"id": 2, "attr": null}], "total": 1}'
+    )
+    models, page = read_customer_page(body)
+    assert [m.extra for m in models] == [{"levelScore": 9, "gender": 7}, {}]
+    assert [m.attr for m in models] == [{}, {}]
+    assert page == {"total": 1}
+    assert read_customer_page(b'{"rows": null, "total": 0}') == ([], {"total": 0})
