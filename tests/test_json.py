@@ -261,3 +261,20 @@ def test_the_page_reader_keeps_unknown_fields_and_nulls() -> None:
     assert [m.attr for m in models] == [{}, {}]
     assert page == {"total": 1}
     assert read_customer_page(b'{"rows": null, "total": 0}') == ([], {"total": 0})
+
+
+def test_a_record_msgspec_refuses_is_read_on_its_own_not_the_whole_page_again() -> None:
+    def whole_page_again(body: bytes) -> Any:
+        raise AssertionError("the lenient reading of the whole page was not needed")
+
+    reader = wire_struct.page_reader(
+        Customer, make_converter(), "rows", ("total",), whole_page_again
+    )
+    body = b'{"rows": [{"id": 1}, {"id": 2, "levelScore": 9}, {"id": "3", "qq": 5}], "total": 1}'
+    models, page = reader(body)
+    assert [(m.id, m.qq, m.extra) for m in models] == [
+        (1, None, {}),
+        (2, None, {"levelScore": 9}),
+        (3, "5", {}),
+    ]
+    assert page == {"total": 1}

@@ -103,11 +103,11 @@ def page_reader(
     build = make_tuple_build_fn(cls, converter)
     hook = converter.get_structure_hook(cls)
 
-    def read_row(raw: bytes) -> T:
+    def read_row(raw: Any) -> T:
         try:
             return cast(T, build(astuple(row_decoder.decode(raw))))
         except _REFUSED:
-            return cast(T, hook(_json.loads(raw), cls))
+            return cast(T, hook(_json.loads(bytes(raw)), cls))
 
     def read_page(body: bytes) -> tuple[list[T], dict[str, Any]]:
         try:
