@@ -21,7 +21,7 @@ from .. import _json
 from ..models import Customer, CustomerFields, CustomerIdentity, CustomerStatistics, Gender
 from ..models.identity import Identity
 from .converter import make_converter
-from .names import WRITABLE_CUSTOMER_FIELDS, wire_names
+from .names import WRITABLE_CUSTOMER_FIELDS, camel, wire_names
 from .scalars import decimal_to_json, format_timestamp, parse_timestamp
 from .wire_struct import page_reader
 
@@ -50,6 +50,7 @@ __all__ = [
 T = TypeVar("T")
 
 _converter: Final = make_converter()
+_CUSTOMER_WIRE: Final = wire_names(Customer)
 
 # The hooks, fetched once: calling them directly skips the converter's per-call dispatch.
 _structure_customer: Final[Callable[[Any, Any], Customer]] = _converter.get_structure_hook(Customer)
@@ -203,8 +204,14 @@ def customer_fields_to_wire(fields: CustomerFields | Mapping[str, Any]) -> dict[
     :func:`decimal_to_json`, ``Gender`` to its int; ``attr`` passes through as an object. Names
     are not validated here (the resources layer refuses unknown keywords).
     """
-    body: dict[str, Any] = to_wire(fields, CustomerFields)
-    return body
+    wire: dict[str, Any] = to_wire(fields, CustomerFields)
+    # In the caller's order (the resources name a refused value by its position), and a name
+    # CustomerFields does not know camelCased as it comes.
+    names = _CUSTOMER_WIRE
+    return {
+        (name := names.get(key) or camel(key)): wire[name] if name in wire else to_wire(value)
+        for key, value in fields.items()
+    }
 
 
 def identity_to_wire(identity: Identity) -> dict[str, Any]:
