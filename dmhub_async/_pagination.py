@@ -146,7 +146,8 @@ class AsyncPaginator(Generic[T]):
 
     async def _read_in_order(self, number: int) -> _Read[T]:
         """Page ``number``, the next in order: requested ahead already, or now."""
-        self._request_ahead()
+        if self.concurrency > 1:  # one page at a time needs no task: it saves a task a page
+            self._request_ahead()
         task = self._ahead.pop(number, None)
         if task is None:
             # Not worth a task (one page at a time, the start page), or a page the totals
@@ -158,7 +159,7 @@ class AsyncPaginator(Generic[T]):
     def _request_ahead(self) -> None:
         """Request pages, in order, while fewer than ``concurrency`` are in flight."""
         plan = self._plan
-        if self._closed or plan.finished or plan.repairing:
+        if self._in_flight >= self.concurrency or self._closed or plan.finished or plan.repairing:
             return
         self._next_to_request = max(self._next_to_request, plan.next_page)
         last = plan.last_page_to_request(2 * self.concurrency)
