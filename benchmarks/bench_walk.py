@@ -36,6 +36,7 @@ import argparse
 import asyncio
 import math
 import os
+import random
 import statistics
 import sys
 import time
@@ -45,9 +46,10 @@ from typing import Any
 import aiohttp
 import attrs
 
-from dmhub_async import DMHubClient, Identity, MemoryTokenStore
+from dmhub_async import AsyncPaginator, DMHubClient, Identity, MemoryTokenStore
 from dmhub_async._converter import structure_customers, structure_identities
 from dmhub_async._json import loads
+from dmhub_async._pagination import RawPage
 from dmhub_async.testing import DMHubSimulator
 
 try:
@@ -232,9 +234,10 @@ def _table(rows: Sequence[Row], ideal_header: str = "vs ideal+cost") -> str:
         noise = (max(row.samples) - min(row.samples)) / 2 / med
         vs_floor = _ratio(row.samples, row.floor) if row.floor is not None else ""
         vs_ideal = f"{med / row.ideal:.2f}x" if row.ideal else ""
+        cpu = "" if math.isnan(row.client_cpu) else f"{row.client_cpu * 1e3:.1f}"
         lines.append(
             f"  {row.group:<7} {row.label:<26} {med * 1e3:10.1f} {f'±{noise:.0%}':>7} "
-            f"{vs_floor:>21} {vs_ideal:>14} {row.client_cpu * 1e3:14.1f}"
+            f"{vs_floor:>21} {vs_ideal:>14} {cpu:>14}"
         )
     return "\n".join(lines)
 
@@ -404,13 +407,80 @@ async def bench_lookups(lookups: int, concurrency: int, rounds: int) -> float:
     return statistics.median(ratios(times[sdk_label], times[floor_label]))
 
 
+def _fake_service(pages: int, seed: int) -> Callable[..., Awaitable[RawPage[int]]]:
+    """Pages of ``PAGE_SIZE`` ids, each after a seeded log-normal latency around 20 ms."""
+    rng = random.Random(seed)
+    delays = [0.02 * rng.lognormvariate(0, 0.3) for _ in range(pages + 1)]
+
+    async def fetch(number: int, size: int, on_retry: Callable[[], None]) -> RawPage[int]:
+        await asyncio.sleep(delays[number])
+        ids = list(range((number - 1) * size + 1, number * size + 1))
+        return RawPage(ids, None, pages * size, pages)
+
+    return fetch
+
+
+def _fake_runs(
+    fetch: Callable[..., Awaitable[RawPage[int]]], pages: int, n: int
+) -> dict[str, Callable[[], Awaitable[int]]]:
+    """N workers (after page 1, like the floor) and the paginator, over the fake."""
+
+    async def page(number: int) -> int:
+        return len((await fetch(number, PAGE_SIZE, _no_retry)).items)
+
+    async def workers() -> int:
+        return await page(1) + await _workers(n, iter(range(2, pages + 1)), page)
+
+    async def walk() -> int:
+        paginator = AsyncPaginator(
+            fetch, page_size=PAGE_SIZE, concurrency=n, key=int, dedupe="ascending"
+        )
+        return len(await paginator.to_list())
+
+    return {"workers": workers, "AsyncPaginator": walk}
+
+
+async def bench_schedule(pages: int, concurrencies: Sequence[int], seeds: int) -> dict[str, float]:
+    """The paginator's schedule alone: ``AsyncPaginator`` against N workers on an in-process
+    fake whose pages take a seeded, jittered latency and no CPU, so head-of-line blocking
+    shows and the machine's load hardly does."""
+    print(f"schedule: {pages} pages, latency log-normal around 20 ms (sigma 0.3), {seeds} seeds")
+    found: dict[str, float] = {}
+    rows: list[Row] = []
+    for n in concurrencies:
+        times: dict[str, list[float]] = {"workers": [], "AsyncPaginator": []}
+        for seed in range(seeds):
+            runs = list(_fake_runs(_fake_service(pages, seed), pages, n).items())
+            for label, run in runs if seed % 2 else runs[::-1]:
+                started = time.perf_counter()
+                if await run() != pages * PAGE_SIZE:
+                    raise AssertionError(f"{label}: not every record")
+                times[label].append(time.perf_counter() - started)
+        sdk, floor = times["AsyncPaginator"], times["workers"]
+        rows += [
+            Row(f"c={n}", "workers", floor, math.nan),
+            Row(f"c={n}", "SDK", sdk, math.nan, floor),
+        ]
+        found[f"schedule@{n}"] = statistics.median(ratios(sdk, floor))
+    print(_table(rows))
+    return found
+
+
+def _no_retry() -> None:
+    """A fake fetch makes no retry."""
+
+
 #: The walk's (customers, concurrencies, latencies in ms, rounds); the lookups' (lookups,
 #: concurrency, rounds).
 FULL = ((6400, WALK_CONCURRENCIES, WALK_LATENCIES_MS, 5), (10_000, 64, 3))
 QUICK = ((600, (4, 8), (5.0,), 1), (256, 64, 1))
 
 
-async def _main(quick: bool, rounds: int | None, diagnose: bool = False) -> dict[str, float]:
+async def _main(
+    quick: bool, rounds: int | None, diagnose: bool = False, schedule: bool = False
+) -> dict[str, float]:
+    if schedule:
+        return await bench_schedule(16 if quick else 64, WALK_CONCURRENCIES, 3 if quick else 9)
     (customers, concurrencies, latencies, walk_rounds), (lookups, concurrency, lookup_rounds) = (
         QUICK if quick else FULL
     )
@@ -433,9 +503,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
         help="the walk only, adding the SDK's request path in the floor's workers (whose is "
         "the gap to the floor: the request path's, or the paginator's schedule)",
     )
+    parser.add_argument(
+        "--schedule",
+        action="store_true",
+        help="the paginator's schedule alone, against N workers, on an in-process fake with "
+        "jittered latency (no server, no CPU: robust on a loaded machine)",
+    )
     args = parser.parse_args(argv)
     print(machine_info())
-    return asyncio.run(_main(args.quick, args.rounds, args.diagnose))
+    return asyncio.run(_main(args.quick, args.rounds, args.diagnose, args.schedule))
 
 
 if __name__ == "__main__":

@@ -83,19 +83,26 @@ class AsyncPaginator(Generic[T]):
         self.max_items = max_items
         self.concurrency = concurrency
         self.checkpoint = start_page
-        self.stats = PaginatorStats()
         self._plan = WalkPlan(
             SeenRecords(key, dedupe, resume_after),
             page_size=page_size,
             start_page=start_page,
             max_items=max_items,
-            stats=self.stats,
         )
         self._started = False
         self._closed = False
         self._ahead: dict[int, asyncio.Task[_Read[T]]] = {}  # pages requested ahead, by number
         self._in_flight = 0
         self._next_to_request = start_page
+
+    @property
+    def stats(self) -> PaginatorStats:
+        """What the walk has done so far: pages, items, repeats dropped, re-reads, retries."""
+        return self._plan.stats
+
+    @stats.setter
+    def stats(self, stats: PaginatorStats) -> None:  # walks chained into one share a tally
+        self._plan.stats = stats
 
     def __aiter__(self) -> AsyncIterator[T]:
         return self._iter_items()
