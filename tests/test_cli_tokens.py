@@ -47,6 +47,17 @@ def test_the_default_is_a_file_in_the_cache_directory_unless_the_environment_say
     assert isinstance(token_store(f"file:{tmp_path}/x.json"), FileTokenStore)  # the flag wins
 
 
+def test_an_unwritable_cache_directory_falls_back_to_memory_and_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "cache").write_text("a file where the cache directory should be")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("DMHUB_TOKEN_STORE", raising=False)
+
+    assert isinstance(token_store(None), MemoryTokenStore)
+    assert "warning: cannot write" in capsys.readouterr().err
+
+
 def test_two_concurrent_exports_for_one_app_id_both_finish_complete(tmp_path: Path) -> None:
     customers = 2000
     # 20 pages one at a time at 20 ms: both runs overlap for most of their walks. Without a
