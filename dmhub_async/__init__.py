@@ -22,9 +22,11 @@ from ._exceptions import (
     RateLimitError,
     ResponseDecodeError,
     ServerError,
+    TokenStoreError,
 )
 from ._logging import setup_logging as _setup_logging
 from ._pagination import AsyncPaginator, PaginatorStats
+from ._query_time import NaiveDatetimeWarning
 from ._retry import RetryPolicy
 from ._version import __version__
 from .models import (
@@ -62,6 +64,7 @@ __all__ = [  # noqa: RUF022 - plain sorted(), as tests/test_public_api.py checks
     "Identity",
     "InvalidRequestError",
     "MemoryTokenStore",
+    "NaiveDatetimeWarning",
     "NotFoundError",
     "Page",
     "PaginatorStats",
@@ -72,5 +75,6 @@ __all__ = [  # noqa: RUF022 - plain sorted(), as tests/test_public_api.py checks
     "ServerError",
     "Token",
     "TokenStore",
+    "TokenStoreError",
     "__version__",
 ]
