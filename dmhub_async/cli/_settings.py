@@ -86,7 +86,10 @@ async def open_client(args: argparse.Namespace, concurrency: int) -> AsyncIterat
     try:
         # The flag means what it says: the client's own limit (16) must not hold it lower.
         async with DMHubClient(
-            max_retries=args.max_retries, max_concurrency=concurrency, token_store=store
+            max_retries=args.max_retries,
+            max_concurrency=concurrency,
+            token_store=store,
+            timezone=getattr(args, "timezone", None),
         ) as dm:
             yield dm
     finally:
