@@ -22,11 +22,19 @@ from .._exceptions import DMHubError
 from .._query_time import NaiveDatetimeWarning
 from .._redact import redact
 from ._commands import COMMANDS
-from ._errors import CommandError, Interrupted, explain
+from ._errors import (
+    EXIT_ERROR,
+    EXIT_INCOMPLETE,
+    EXIT_OK,
+    EXIT_USAGE,
+    CommandError,
+    Interrupted,
+    explain,
+)
 from ._parser import build_parser
 from ._settings import show_requests
 
-__all__ = ["main"]
+__all__ = ["EXIT_ERROR", "EXIT_INCOMPLETE", "EXIT_OK", "EXIT_USAGE", "main"]
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
