@@ -6,6 +6,7 @@ share it without being told; ``--token-store``/``DMHUB_TOKEN_STORE`` choose anot
 
 from __future__ import annotations
 
+import asyncio
 import stat
 import subprocess
 from pathlib import Path
@@ -24,7 +25,9 @@ def test_store_specs_name_the_existing_stores(tmp_path: Path) -> None:
     file_store = token_store(f"file:{tmp_path}/t.json")
     assert isinstance(file_store, FileTokenStore)
     assert file_store.path == tmp_path / "t.json"
-    assert isinstance(token_store("redis://127.0.0.1:1/0"), RedisTokenStore)  # connects lazily
+    redis_store = token_store("redis://127.0.0.1:1/0")  # connects lazily: nothing listens
+    assert isinstance(redis_store, RedisTokenStore)
+    asyncio.run(redis_store.aclose())
 
 
 @pytest.mark.parametrize("spec", ["file:", "mem", "/tmp/tokens.json", "http://127.0.0.1"])

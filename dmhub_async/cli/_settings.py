@@ -12,9 +12,9 @@ from pathlib import Path
 
 import platformdirs
 
-from .._auth import FileTokenStore, MemoryTokenStore, RedisTokenStore, TokenStore
 from .._client import DMHubClient
 from .._logging import show_log
+from .._token_stores import FileTokenStore, MemoryTokenStore, RedisTokenStore, TokenStore
 from ._errors import UsageError
 
 __all__ = ["TOKEN_STORE_ENV", "default_token_file", "open_client", "show_requests", "token_store"]
