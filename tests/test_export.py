@@ -300,9 +300,11 @@ async def test_resume_after_a_failure_gives_every_customer_once(
     state = json.loads(ckpt.read_text(encoding="utf-8"))
     assert state["next_page"] == 4
     assert state["exported"] == 150
-    assert dest.stat().st_size == state["bytes"]
+    part = tmp_path / state["part"]  # the work file: dest appears only when the export is done
+    assert not dest.exists()
+    assert part.stat().st_size == state["bytes"]
     # A kill in the middle of the next write leaves a torn row after the checkpointed bytes.
-    with dest.open("ab") as fh:
+    with part.open("ab") as fh:
         fh.write(b'{"id": 3000000999, "name": "half a r')
 
     report = await export_customers(
@@ -316,6 +318,7 @@ async def test_resume_after_a_failure_gives_every_customer_once(
     assert report.pages == CUSTOMERS // 50 - 3  # only the pages not done before
     assert report.complete
     assert not ckpt.exists()  # done: the next run starts afresh
+    assert files_in(tmp_path) == [dest.name]  # no work file or lock left
     if fmt == "csv":
         assert dest.read_text(encoding="utf-8").count("id,displayName") == 1
 
@@ -364,7 +367,8 @@ async def test_a_checkpoint_of_another_export_is_refused(
         await export_customers(
             client, dest, checkpoint=ckpt, stage="lead", progress=False, on_progress=crash_after(1)
         )
-    before = dest.read_bytes()
+    part = tmp_path / json.loads(ckpt.read_text(encoding="utf-8"))["part"]
+    before = part.read_bytes()
 
     for other in ({"stage": "vip"}, {"stage": "lead", "format": "csv"}):
         with pytest.raises(InvalidRequestError, match="another export"):
@@ -377,7 +381,7 @@ async def test_a_checkpoint_of_another_export_is_refused(
     ckpt_junk.write_text("not json", encoding="utf-8")
     with pytest.raises(InvalidRequestError, match="not a checkpoint"):
         await export_customers(client, dest, checkpoint=ckpt_junk, progress=False)
-    assert dest.read_bytes() == before  # nothing touched the half-done export
+    assert part.read_bytes() == before  # nothing touched the half-done export
 
 
 # -- the data changes during the export -------------------------------------------------------
@@ -408,7 +412,8 @@ async def test_inserts_and_deletes_during_the_export(
     assert sim.counters.mutations > 0
     ids = ids_of(read_jsonl(dest))
     assert len(ids) == len(set(ids)) == report.exported  # nothing repeated
-    assert ids == sorted(ids)
+    walked = ids[: len(ids) - report.recovered]
+    assert walked == sorted(walked)  # the walk in id order; what the final check found after it
     assert sorted((before & after) - set(ids)) == []  # every customer that lived throughout
     # Nothing invented: an id not there before or after must have been inserted (below the
     # lowest id with front inserts, above the highest otherwise) and maybe deleted since.
@@ -418,15 +423,26 @@ async def test_inserts_and_deletes_during_the_export(
     assert report.count_before == len(before)
     assert report.count_after == len(after)
     assert report.count_before != report.count_after
-    assert report.complete == (report.exported in (len(before), len(after)))
-    if not report.complete:
+    assert report.verified is not None  # the counts moved: the final check ran
+    # Complete means checked: every customer the service holds at the end is in the file.
+    assert report.complete == report.verified
+    if report.complete:
+        assert sorted(after - set(ids)) == []
+    else:
         assert "MISMATCH" in report.summary()
 
 
 def test_report_summary_and_completeness() -> None:
-    report = ExportReport("x.jsonl", "jsonl", exported=10, count_before=10, count_after=12)
+    report = ExportReport("x.jsonl", "jsonl", exported=10, count_before=10, count_after=10)
     assert report.complete
     assert "MISMATCH" not in report.summary()
-    report.exported = 11
+    report.count_after = 12  # the counts moved and nothing checked the file: not complete
+    assert not report.complete
+    assert "MISMATCH" in report.summary()
+    report.verified, report.recovered = True, 2  # the final check passed
+    assert report.complete
+    assert "MISMATCH" not in report.summary()
+    assert "2 found missing" in report.summary()
+    report.verified = False
     assert not report.complete
     assert "MISMATCH" in report.summary()
