@@ -90,8 +90,9 @@ async def final_check(
 
     Customers missing from the file are fetched by id and handed to ``append`` (which writes
     them and adds them to ``written``). A round passes when the count before the id walk, the
-    count after it and the ids it saw agree, and the walk had no unverified page; otherwise
-    customers changed during it and it runs again, :data:`CHECK_ROUNDS` times at most.
+    count after it and the ids it saw agree, every id it saw is now written, and the walk had
+    no unverified page; otherwise customers changed during it and it runs again,
+    :data:`CHECK_ROUNDS` times at most.
     """
     count = None
     for _ in range(CHECK_ROUNDS):
@@ -99,18 +100,18 @@ async def final_check(
         walk = client.customers.list_rows(
             page_size=100, concurrency=concurrency, **{**filters, "select": "id"}
         )
-        seen, missing = 0, []
+        seen, missing, unfetched = 0, [], 0
         async with contextlib.aclosing(walk.pages()) as pages:
             async for page in pages:
                 seen += len(page.items)
                 ids = (row.get("id") for row in page.items)
                 missing += [i for i in ids if i is not None and i not in written]
                 if len(missing) >= _FETCH_BATCH:
-                    await _fetch(client, filters, missing, append)
+                    unfetched += await _fetch(client, filters, missing, written, append)
                     missing = []
-        await _fetch(client, filters, missing, append)
+        unfetched += await _fetch(client, filters, missing, written, append)
         count = await client.customers.count(**filters)
-        if before == count == seen and walk.stats.unverified == 0:
+        if before == count == seen and not unfetched and walk.stats.unverified == 0:
             return True, count
     return False, count
 
@@ -119,9 +120,10 @@ async def _fetch(
     client: DMHubClient,
     filters: dict[str, Any],
     ids: list[Any],
+    written: IdSet,
     append: Callable[[Sequence[dict[str, Any]]], Awaitable[None]],
-) -> None:
-    """Fetch ``ids`` (those still there and still matching) and append them."""
+) -> int:
+    """Fetch ``ids`` and append them; how many did not come (gone, or changed since)."""
     for start in range(0, len(ids), _FETCH_BATCH):
         batch = ids[start : start + _FETCH_BATCH]
         rows = await client.customers.list_rows(
@@ -129,3 +131,4 @@ async def _fetch(
         ).to_list()
         if rows:
             await append(rows)
+    return sum(1 for i in ids if i not in written)
