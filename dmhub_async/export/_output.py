@@ -143,15 +143,19 @@ class Output:
     def close(self) -> None:
         """Release the output; after a failure leave a resumable work file, or none."""
         try:
-            if self._part is not None and self._committed is None:
-                self.fh.close()
-                self._part.unlink(missing_ok=True)  # no checkpoint names it: nothing resumes it
-            elif self._part is not None and self._committed is not None:
-                if self.fh.tell() > self._committed:
-                    self.fh.truncate(self._committed)  # what the checkpoint covers, no more
-                self.fh.close()
+            if self._part is not None:
+                self._abandon(self._part)
         finally:
             self._unlock()
+
+    def _abandon(self, part: Path) -> None:
+        if self._committed is None:
+            self.fh.close()
+            part.unlink(missing_ok=True)  # no checkpoint names it: nothing could resume it
+        elif not self.fh.closed:
+            if self.fh.tell() > self._committed:
+                self.fh.truncate(self._committed)  # what the checkpoint covers, no more
+            self.fh.close()
 
     def _unlock(self) -> None:
         for lock, path in reversed(self._locks):
