@@ -13,6 +13,7 @@ import json
 import os
 import re
 import socket
+import stat
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -307,7 +308,7 @@ async def test_a_second_export_to_the_same_file_is_refused_at_once(
 async def test_a_destination_that_is_not_a_regular_file_is_refused(
     tmp_path: Path, connect: Callable[..., DMHubClient], kind: str
 ) -> None:
-    """0.1 replaced a symlink, a FIFO and /dev/full with a regular file."""
+    """0.1 replaced a symlink, a FIFO and, run as root, /dev/full with a regular file."""
     victim = tmp_path / "victim.jsonl"
     victim.write_text("keep me\n", encoding="utf-8")
     dest = tmp_path / "out.jsonl"
@@ -316,15 +317,19 @@ async def test_a_destination_that_is_not_a_regular_file_is_refused(
     elif kind == "fifo":
         os.mkfifo(dest)
     else:
-        dest = Path("/dev/null")
+        # A device of its own (the null device's numbers): never a real /dev node, which
+        # a regressed export would replace for the whole machine.
+        try:
+            os.mknod(dest, 0o600 | stat.S_IFCHR, os.makedev(1, 3))
+        except PermissionError:
+            pytest.skip("making a device node needs root")
     async with DMHubSimulator(customers=10, seed=14) as sim, connect(sim) as dm:
         for ckpt in (None, tmp_path / "export.ckpt"):
             with pytest.raises(InvalidRequestError, match=r"not a regular file|symbolic link"):
                 await export(dm, dest, ckpt)
         assert sim.counters.total == 0
     assert victim.read_text(encoding="utf-8") == "keep me\n"
-    if kind != "device":
-        assert dest.is_symlink() == (kind == "symlink")
+    assert not stat.S_ISREG(os.lstat(dest).st_mode)  # still the link, the FIFO or the device
 
 
 async def test_temporary_files_follow_no_planted_link(
