@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import csv
 import json
+import re
+import subprocess
+import sys
 from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import datetime, timezone
@@ -446,3 +449,22 @@ def test_report_summary_and_completeness() -> None:
     report.verified = False
     assert not report.complete
     assert "MISMATCH" in report.summary()
+
+
+def test_the_readme_example_exports_and_reports(tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    [code] = [b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "leads.ckpt" in b]
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert files_in(tmp_path) == ["leads.csv"]  # the checkpoint is gone once done
+    rows = read_csv(tmp_path / "leads.csv")
+    assert rows
+    assert {row["stage"] for row in rows} == {"lead"}
+    assert f"exported      {len(rows)} customers to leads.csv (csv)" in result.stdout
