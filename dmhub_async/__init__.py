@@ -22,8 +22,11 @@ from ._exceptions import (
     RateLimitError,
     ResponseDecodeError,
     ServerError,
+    TokenStoreError,
 )
+from ._logging import setup_logging as _setup_logging
 from ._pagination import AsyncPaginator, PaginatorStats
+from ._query_time import NaiveDatetimeWarning
 from ._retry import RetryPolicy
 from ._version import __version__
 from .models import (
@@ -36,6 +39,8 @@ from .models import (
     Page,
 )
 from .resources.customers import EMPTY_STAGE, CustomerFilters
+
+_setup_logging()  # DMHUB_LOG=debug|info
 
 __all__ = [  # noqa: RUF022 - plain sorted(), as tests/test_public_api.py checks
     "APIConnectionError",
@@ -59,6 +64,7 @@ __all__ = [  # noqa: RUF022 - plain sorted(), as tests/test_public_api.py checks
     "Identity",
     "InvalidRequestError",
     "MemoryTokenStore",
+    "NaiveDatetimeWarning",
     "NotFoundError",
     "Page",
     "PaginatorStats",
@@ -69,5 +75,6 @@ __all__ = [  # noqa: RUF022 - plain sorted(), as tests/test_public_api.py checks
     "ServerError",
     "Token",
     "TokenStore",
+    "TokenStoreError",
     "__version__",
 ]

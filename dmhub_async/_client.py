@@ -14,6 +14,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from datetime import tzinfo
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
@@ -22,7 +23,7 @@ import aiohttp
 import attrs
 
 from . import _json
-from ._auth import DEFAULT_STORE, Token, TokenManager, TokenStore
+from ._auth import DEFAULT_STORE, Token, TokenManager, TokenStore, token_key
 from ._exceptions import (
     APIConnectionError,
     APIError,
@@ -35,6 +36,7 @@ from ._exceptions import (
     error_class,
 )
 from ._limits import Limits, RateLimiter
+from ._query_time import zone_setting
 from ._redact import MASK, RedactedCause, redact
 from ._retry import CallState, RetryPolicy, parse_retry_after, retrying
 
@@ -226,6 +228,9 @@ class DMHubClient:
         retry: a full :class:`RetryPolicy`; overrides ``max_retries``.
         clock: wall-clock seconds (``time.time``); inject for tests.
         sleep: the sleep used for backoff and rate limiting (``asyncio.sleep``); inject for tests.
+        timezone: the zone of time filters given without an offset: a ``tzinfo`` or an IANA
+            name (``"Asia/Shanghai"``). Unset, they are read as UTC with a
+            :class:`NaiveDatetimeWarning`.
 
     Raises:
         InvalidRequestError: no credentials, or a bad setting.
@@ -248,6 +253,7 @@ class DMHubClient:
         retry: RetryPolicy | None = None,
         clock: Callable[[], float] | None = None,
         sleep: Callable[[float], Awaitable[None]] | None = None,
+        timezone: tzinfo | str | None = None,
     ) -> None:
         self.app_id = app_id or os.environ.get("DMHUB_APP_ID") or None
         self._secret = secret or os.environ.get("DMHUB_SECRET") or None
@@ -270,6 +276,8 @@ class DMHubClient:
             raise InvalidRequestError(f"max_retries must be >= 0, not {max_retries!r}")
         if max_concurrency < 1:
             raise InvalidRequestError(f"max_concurrency must be >= 1, not {max_concurrency!r}")
+        #: The zone of naive time filters (None: UTC, with a warning): see ``_query_time``.
+        self.timezone: tzinfo | None = zone_setting(timezone)
         self._clock = clock or time.time
         self._sleep = sleep or asyncio.sleep
         self.retry_policy = retry or RetryPolicy(max_retries=max_retries)
@@ -293,10 +301,11 @@ class DMHubClient:
         self._current_token: str | None = None
         if self.app_id and self._secret:
             self._tokens = TokenManager(
-                f"{self.base_url}|{self.app_id}",
+                token_key(self.base_url, self.app_id, self._secret),
                 token_store if token_store is not None else DEFAULT_STORE,
                 self._fetch_token,
                 self._clock,
+                timeout=timeout,
             )
         self._send_with_retries = retrying(
             self._attempt,

@@ -1,15 +1,21 @@
 """Input checks that run before anything is sent: bad input never reaches the service.
 
-Limits are the contract's (CONTRACT.md, "Customer model" and "Identities").
+Every public call either sends a well-formed request or raises :class:`InvalidRequestError`
+before anything is sent, not even a token request. Field limits are the contract's
+(``docs/contract.md``, "Customer model" and "Identities"); the API gives no size limits for a
+URL, so every URL is kept under :data:`MAX_URL_LENGTH` (what common proxies take), and a body
+holds only what JSON can carry exactly (``docs/reliability.md``, "Bad input").
 """
 
 from __future__ import annotations
 
+import math
+import reprlib
 import types
 import typing
 from collections.abc import Iterable, Mapping
-from datetime import datetime, timezone
 from typing import Any
+from urllib.parse import quote, urlencode
 
 from ._exceptions import InvalidRequestError
 from .models.customer import CustomerFields
@@ -17,11 +23,18 @@ from .models.gender import Gender
 from .models.identity import Identity
 
 __all__ = [
+    "MAX_QUERY_LENGTH",
+    "MAX_URL_LENGTH",
     "check_customer_fields",
     "check_id",
     "check_identities",
     "check_identity",
-    "utc_query_time",
+    "check_json",
+    "check_paging",
+    "check_query",
+    "check_text",
+    "query_length",
+    "short",
 ]
 
 MAX_IDENTITY_TYPE = 32
@@ -29,6 +42,108 @@ MAX_IDENTITY_VALUE = 128
 MAX_IDENTITY_NAME = 256
 MAX_ADDRESS = 512
 _ADDRESSES = ("home_address", "office_address")
+
+#: The longest URL a request may have: 8 KB is what common proxies and servers take.
+MAX_URL_LENGTH = 8192
+#: Bytes (percent-encoded) a call's own query parameters may take: the rest of
+#: MAX_URL_LENGTH is kept for the base URL, the path, the token and the paging parameters.
+MAX_QUERY_LENGTH = 6144
+#: Nesting a body may have: custom fields are flat in practice; a cycle is refused by it.
+MAX_JSON_DEPTH = 64
+#: Digits an integer in a body may have (Python's own limit for writing one as text).
+MAX_INT_DIGITS = 4300
+_INT_BOUND = 10**MAX_INT_DIGITS
+#: Page numbers and sizes are 32-bit ints on the service's side.
+MAX_PAGE_NUMBER = 2**31 - 1
+#: Pages a walk may fetch ahead: more only holds memory, the client's limits decide the pace.
+MAX_WALK_CONCURRENCY = 256
+
+
+def short(value: object) -> str:
+    """``repr(value)`` cut to a readable length, for error messages."""
+    return reprlib.repr(value)
+
+
+def check_text(method: str, name: str, value: str) -> str:
+    """``value`` if it can be sent as UTF-8; a lone surrogate (``"\\udcff"``) cannot."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise InvalidRequestError(
+            f"{method}(): {name} holds a lone surrogate ({value[err.start]!r} at {err.start}),"
+            " which cannot be sent as UTF-8"
+        ) from None
+    return value
+
+
+def query_length(params: Mapping[str, str]) -> int:
+    """The length of ``params`` as a query string, every reserved character percent-encoded.
+
+    An upper bound of what any encoder writes (yarl leaves ``,`` as is, urllib does not).
+    """
+    return len(urlencode(params, safe="", quote_via=quote))
+
+
+def check_query(method: str, params: Mapping[str, str]) -> None:
+    """Refuse query parameters that cannot be sent as they are, or make too long a URL."""
+    for name, value in params.items():
+        check_text(method, name, value)
+    length = query_length(params)
+    if length > MAX_QUERY_LENGTH:
+        raise InvalidRequestError(
+            f"{method}(): the filters take {length} bytes of URL; at most {MAX_QUERY_LENGTH}"
+            f" (a URL is kept under {MAX_URL_LENGTH} bytes)"
+        )
+
+
+def check_json(method: str, what: str, value: Any) -> None:
+    """Refuse a body value JSON cannot carry exactly: NaN, infinities, lone surrogates,
+    integers of more than :data:`MAX_INT_DIGITS` digits, non-string keys, other types, or
+    nesting deeper than :data:`MAX_JSON_DEPTH` (a value that holds itself included)."""
+    _check_json(method, what, value, 0)
+
+
+def _check_json(method: str, where: str, value: Any, depth: int) -> None:
+    if value is None or isinstance(value, bool):
+        return
+    if isinstance(value, str):
+        check_text(method, where, value)
+    elif isinstance(value, int):
+        if not -_INT_BOUND < value < _INT_BOUND:
+            raise InvalidRequestError(
+                f"{method}(): {where} is an integer of more than {MAX_INT_DIGITS} digits"
+            )
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise InvalidRequestError(f"{method}(): {where} is {value}, which JSON cannot hold")
+    elif depth >= MAX_JSON_DEPTH:
+        raise InvalidRequestError(
+            f"{method}(): {where} is nested more than {MAX_JSON_DEPTH} deep (or holds itself)"
+        )
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise InvalidRequestError(f"{method}(): {where} has a key {short(key)}: not a str")
+            check_text(method, f"a key of {where}", key)
+            _check_json(method, f"{where}[{short(key)}]", item, depth + 1)
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            _check_json(method, f"{where}[{index}]", item, depth + 1)
+    else:
+        raise InvalidRequestError(
+            f"{method}(): {where} is a {type(value).__name__}, which JSON cannot hold"
+        )
+
+
+def check_paging(page_size: object, start_page: object, concurrency: object) -> None:
+    """The upper bounds of a walk's paging (the paginator checks the types and lower bounds)."""
+    for name, value, limit in (
+        ("page_size", page_size, MAX_PAGE_NUMBER),
+        ("start_page", start_page, MAX_PAGE_NUMBER),
+        ("concurrency", concurrency, MAX_WALK_CONCURRENCY),
+    ):
+        if isinstance(value, int) and value > limit:
+            raise InvalidRequestError(f"{name} must be at most {limit}, not {short(value)}")
 
 
 def _runtime_types(hint: Any) -> tuple[type, ...]:
@@ -62,7 +177,7 @@ def check_customer_fields(method: str, fields: Mapping[str, Any] | CustomerField
                 f"{method}(): {name} must be {expected} or None, not {type(value).__name__}"
             )
         if name == "gender" and value not in tuple(Gender):
-            raise InvalidRequestError(f"{method}(): gender must be 0, 1 or 2, not {value!r}")
+            raise InvalidRequestError(f"{method}(): gender must be 0, 1 or 2, not {short(value)}")
         if name in _ADDRESSES and len(value) > MAX_ADDRESS:
             raise InvalidRequestError(
                 f"{method}(): {name} is {len(value)} characters; at most {MAX_ADDRESS}"
@@ -104,37 +219,27 @@ def check_identity(method: str, identity: object) -> Identity:
             raise InvalidRequestError(
                 f"{method}(): identity {what} is {len(text)} characters; at most {limit}"
             )
-    if identity.name is not None and (
-        not isinstance(identity.name, str) or len(identity.name) > MAX_IDENTITY_NAME
-    ):
-        raise InvalidRequestError(
-            f"{method}(): identity name must be a string of at most {MAX_IDENTITY_NAME} characters"
-        )
+        check_text(method, f"identity {what}", text)
+    if identity.name is not None:
+        if not isinstance(identity.name, str) or len(identity.name) > MAX_IDENTITY_NAME:
+            raise InvalidRequestError(
+                f"{method}(): identity name must be a string of at most {MAX_IDENTITY_NAME}"
+                " characters"
+            )
+        check_text(method, "identity name", identity.name)
     return identity
+
+
+def is_collection(value: object) -> bool:
+    """Whether ``value`` is an iterable of items, not a str, bytes or Identity (iterable too)."""
+    return isinstance(value, Iterable) and not isinstance(value, (str, bytes, Identity))
 
 
 def check_identities(method: str, identities: Iterable[Identity]) -> list[Identity]:
     """A non-empty list of valid identities."""
-    if isinstance(identities, (str, bytes, Identity)) or not isinstance(identities, Iterable):
+    if not is_collection(identities):
         raise InvalidRequestError(f"{method}(): identities must be a list of Identity")
     checked = [check_identity(method, i) for i in identities]
     if not checked:
         raise InvalidRequestError(f"{method}(): at least one identity is needed")
     return checked
-
-
-def utc_query_time(method: str, name: str, value: datetime | str) -> str:
-    """A filter bound as the list API wants it: UTC ``2016-11-11T11:11:11``, no ``Z``."""
-    if isinstance(value, datetime):
-        if value.tzinfo is not None:
-            value = value.astimezone(timezone.utc).replace(tzinfo=None)
-        return value.strftime("%Y-%m-%dT%H:%M:%S")
-    if isinstance(value, str) and value:
-        try:
-            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError:
-            raise InvalidRequestError(
-                f"{method}(): {name} must be a datetime or an ISO 8601 string, not {value!r}"
-            ) from None
-        return utc_query_time(method, name, parsed)
-    raise InvalidRequestError(f"{method}(): {name} must be a datetime or an ISO 8601 string")

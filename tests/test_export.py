@@ -158,17 +158,17 @@ FILTER_CASES: list[tuple[str, dict[str, Any], Any]] = [
     (
         "created bounds",
         {
-            "date_created_from": "2016-01-01T02:00:00",
+            "date_created_from": "2016-01-01T02:00:00Z",
             "date_created_to": datetime(2016, 1, 1, 5, 30, tzinfo=timezone.utc),
         },
         lambda r: "2016-01-01T02:00:00Z" <= _created(r) <= "2016-01-01T05:30:00Z",
     ),
     (
         "updated from, with stage",
-        {"last_updated_from": "2016-01-01T06:00:00", "stage": "lead"},
+        {"last_updated_from": "2016-01-01T06:00:00Z", "stage": "lead"},
         lambda r: r["lastUpdated"] >= "2016-01-01T06:00:00Z" and r["stage"] == "lead",
     ),
-    ("updated to", {"last_updated_to": "2016-01-01T03:00:00"}, None),
+    ("updated to", {"last_updated_to": "2016-01-01T03:00:00Z"}, None),
 ]
 
 

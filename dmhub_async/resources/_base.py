@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from .._exceptions import ResponseDecodeError
 from .._pagination import AsyncPaginator, Dedupe, RawPage
+from .._validate import check_paging
 
 if TYPE_CHECKING:
     from .._client import DMHubClient
@@ -73,6 +74,7 @@ def paginate(
     **paging: Any,
 ) -> AsyncPaginator[T]:
     """A paginator over ``GET path`` with ``rows``/``page`` added to ``params``."""
+    check_paging(paging.get("page_size"), paging.get("start_page"), paging.get("concurrency"))
 
     async def fetch(number: int, size: int, on_retry: Callable[[], None]) -> RawPage[T]:
         data = await client.request(

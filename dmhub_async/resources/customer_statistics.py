@@ -7,7 +7,7 @@ from typing import Any, Literal
 from .._converter import structure_statistics_list
 from .._exceptions import InvalidRequestError
 from .._pagination import AsyncPaginator
-from .._validate import check_id
+from .._validate import check_id, check_query
 from ..models.statistics import CustomerStatistics as CustomerStatisticsModel
 from ._base import Resource, items_page, paginate
 
@@ -38,6 +38,7 @@ class CustomerStatistics(Resource):
             )
         if not isinstance(sort_by, str) or not sort_by:
             raise InvalidRequestError("list(): sort_by must be a field name")
+        check_query("list", params)
         read_page = items_page(structure_statistics_list, "a page of customer statistics")
         return paginate(
             self._client,

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import builtins
-from collections.abc import Callable, Iterable
-from datetime import datetime
+from collections.abc import Callable, Iterable, Mapping
+from datetime import date, datetime, tzinfo
 from typing import Any, Literal, TypedDict, TypeVar
 
 from typing_extensions import Unpack
@@ -18,11 +18,22 @@ from .._converter import (
 )
 from .._exceptions import InvalidRequestError
 from .._pagination import AsyncPaginator
-from .._validate import check_customer_fields, check_id, check_identities, utc_query_time
+from .._query_time import query_time, warn_naive
+from .._validate import (
+    check_customer_fields,
+    check_id,
+    check_identities,
+    check_json,
+    check_query,
+    check_text,
+    is_collection,
+    short,
+)
 from ..models.customer import Customer, CustomerFields
 from ..models.gender import Gender
 from ..models.identity import Identity
 from ._base import Resource, decode, paginate, rows_page
+from ._batches import BatchWalk, id_batches
 
 __all__ = ["EMPTY_STAGE", "CustomerFilters", "Customers", "customer_filter_params"]
 
@@ -33,6 +44,7 @@ NOT_FOUND_CODES: frozenset[int | str] = frozenset({40201})
 _WIRE = wire_names(Customer)
 _SORT_ORDERS = ("asc", "desc")
 T = TypeVar("T")
+Params = dict[str, str]
 
 
 class CustomerFilters(TypedDict, total=False):
@@ -44,10 +56,10 @@ class CustomerFilters(TypedDict, total=False):
     email: str
     gender: Gender | int
     id_list: Iterable[int]
-    date_created_from: datetime | str
-    date_created_to: datetime | str
-    last_updated_from: datetime | str
-    last_updated_to: datetime | str
+    date_created_from: datetime | date | str
+    date_created_to: datetime | date | str
+    last_updated_from: datetime | date | str
+    last_updated_to: datetime | date | str
     select: Iterable[str] | str
     sort_by: str
     sort_order: Literal["asc", "desc"]
@@ -62,19 +74,32 @@ _TIMES = {
 }
 
 
-def _wire_field(method: str, name: str) -> str:
-    if name in _WIRE:
-        return _WIRE[name]
-    if name in _WIRE.values():
-        return name
-    raise InvalidRequestError(f"{method}(): unknown customer field {name!r}")
+def _wire_field(method: str, name: object) -> str:
+    if isinstance(name, str):
+        if name in _WIRE:
+            return _WIRE[name]
+        if name in _WIRE.values():
+            return name
+    raise InvalidRequestError(f"{method}(): unknown customer field {short(name)}")
 
 
 def customer_filter_params(
-    method: str, filters: dict[str, Any], *, paged: bool = True
+    method: str, filters: dict[str, Any], *, paged: bool = True, zone: tzinfo | None = None
 ) -> dict[str, str]:
-    """The query string of a list or count call, checked before anything is sent."""
+    """The query string of a list or count call, checked before anything is sent.
+
+    Time filters without an offset are read in ``zone`` (UTC when None). ``idList`` holds
+    every id: :func:`id_batches` splits it when it is too long for one URL.
+    """
+    return _filter_params(method, filters, paged=paged, zone=zone)[0]
+
+
+def _filter_params(
+    method: str, filters: dict[str, Any], *, paged: bool, zone: tzinfo | None
+) -> tuple[dict[str, str], bool]:
+    """The query string, and whether a naive time was read as UTC for want of a zone."""
     params: dict[str, str] = {}
+    naive = False
     for name, value in filters.items():
         if name not in _FILTERS:
             raise TypeError(f"{method}() got an unexpected keyword argument {name!r}")
@@ -90,38 +115,46 @@ def customer_filter_params(
             params[name] = value
         elif name == "gender":
             if isinstance(value, bool) or value not in tuple(Gender):
-                raise InvalidRequestError(f"{method}(): gender must be 0, 1 or 2, not {value!r}")
+                raise InvalidRequestError(
+                    f"{method}(): gender must be 0, 1 or 2, not {short(value)}"
+                )
             params["gender"] = str(int(value))
         elif name == "id_list":
-            if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+            if not is_collection(value):
                 raise InvalidRequestError(f"{method}(): id_list must be a list of ints")
             ids = [check_id(method, i) for i in value]
             if not ids:
                 raise InvalidRequestError(f"{method}(): id_list is empty")
             params["idList"] = ",".join(map(str, ids))
         elif name in _TIMES:
-            params[_TIMES[name]] = utc_query_time(method, name, value)
+            end = name.endswith("_to")
+            params[_TIMES[name]], defaulted = query_time(method, name, value, zone, end=end)
+            naive = naive or defaulted
         elif name == "select":
+            if not isinstance(value, str) and not is_collection(value):
+                raise InvalidRequestError(f"{method}(): select must be field names")
             fields = [value] if isinstance(value, str) else list(value)
             wire = [_wire_field(method, f) for f in fields]
             if "id" not in wire:
                 wire.insert(0, "id")  # the walk drops repeats by id
-            params["select"] = ",".join(wire)
+            params["select"] = ",".join(dict.fromkeys(wire))
         elif name == "sort_by" and paged:
-            if not isinstance(value, str):
-                raise InvalidRequestError(f"{method}(): sort_by must be a field name")
             params["sidx"] = _wire_field(method, value)
         elif name == "sort_order" and paged:
             if value not in _SORT_ORDERS:
                 raise InvalidRequestError(
-                    f"{method}(): sort_order must be 'asc' or 'desc', not {value!r}"
+                    f"{method}(): sort_order must be 'asc' or 'desc', not {short(value)}"
                 )
             params["sord"] = value
-    return params
+    # idList is checked when it is split into batches, each short enough for one URL.
+    check_query(method, {k: v for k, v in params.items() if k != "idList"})
+    return params, naive
 
 
 class Customers(Resource):
     """The customers of DM Hub: ``dm.customers``."""
+
+    _warned_naive = False
 
     async def create(
         self, *, create_method: str | None = None, **fields: Unpack[CustomerFields]
@@ -139,11 +172,11 @@ class Customers(Resource):
                 a create without mobile or email is not repeated, since it could create twice.
         """
         check_customer_fields("create", fields)
-        body = customer_fields_to_wire(fields)
+        body = _body("create", fields)
         if create_method is not None:
             if not isinstance(create_method, str):
                 raise InvalidRequestError("create(): create_method must be a string")
-            body["createMethod"] = create_method
+            body["createMethod"] = check_text("create", "create_method", create_method)
         # The service matches on mobile or email, so such a create is safe to repeat.
         idempotent = bool(fields.get("mobile") or fields.get("email"))
         data = await self._client.request("POST", "/v1/customers", json=body, idempotent=idempotent)
@@ -163,7 +196,7 @@ class Customers(Resource):
         checked = check_identities("create_with_identities", identities)
         check_customer_fields("create_with_identities", fields)
         body = {
-            "customer": customer_fields_to_wire(fields),
+            "customer": _body("create_with_identities", fields),
             "customerIdentities": [identity_to_wire(i) for i in checked],
         }
         data = await self._client.request("POST", "/v1/customerandidentities", json=body)
@@ -198,7 +231,7 @@ class Customers(Resource):
         data = await self._client.request(
             "PUT",
             f"/v1/customers/{cid}",
-            json=customer_fields_to_wire(fields),
+            json=_body("update", fields),
             not_found_codes=NOT_FOUND_CODES,
         )
         return decode(structure_customer, data, "a customer")
@@ -212,14 +245,13 @@ class Customers(Resource):
 
     async def count(self, **filters: Unpack[CustomerFilters]) -> int:
         """How many customers match the filters (the service answers a bare integer)."""
-        params = customer_filter_params("count", dict(filters), paged=False)
+        params = self._params("count", dict(filters), paged=False)
         params.pop("select", None)
-        data = await self._client.request("GET", "/v1/customers/count", params=params)
-        if isinstance(data, dict):  # tolerate {"count": n} should the service change shape
-            data = data.get("count", data.get("total"))
-        if isinstance(data, bool) or not isinstance(data, int):
-            return decode(_not_a_count, data, "a count")
-        return data
+        total = 0
+        for batch in id_batches("count", params, "idList"):  # one unless id_list is long
+            data = await self._client.request("GET", "/v1/customers/count", params=batch)
+            total += _count_of(data)
+        return total
 
     def list(
         self,
@@ -291,9 +323,33 @@ class Customers(Resource):
         **paging: Any,
     ) -> AsyncPaginator[T]:
         merged: dict[str, Any] = {"sort_by": "id", "sort_order": "asc", **filters}
-        params = customer_filter_params("list", merged)
+        params = self._params("list", merged)
         read_page = rows_page(structure, "a page of customers")
-        return paginate(self._client, "/v1/customers", params, read_page, key=key, **paging)
+        descending = (params.get("sidx"), params.get("sord")) == ("id", "desc")
+        batches = id_batches("list", params, "idList", descending=descending)
+
+        def walk(batch: dict[str, str]) -> Callable[[int, int | None], AsyncPaginator[T]]:
+            def make(start_page: int, max_items: int | None) -> AsyncPaginator[T]:
+                options = {**paging, "start_page": start_page, "max_items": max_items}
+                return paginate(self._client, "/v1/customers", batch, read_page, key=key, **options)
+
+            return make
+
+        if len(batches) == 1:
+            return walk(batches[0])(paging["start_page"], paging["max_items"])
+        # A long id_list: the batches walked in turn (ascending ids with an id sort).
+        sizes = [batch["idList"].count(",") + 1 for batch in batches]
+        return BatchWalk([walk(batch) for batch in batches], sizes, **paging)
+
+    def _params(
+        self, method: str, filters: dict[str, Any], *, paged: bool = True
+    ) -> dict[str, str]:
+        zone = self._client.timezone
+        params, naive = _filter_params(method, filters, paged=paged, zone=zone)
+        if naive and not self._warned_naive:
+            self._warned_naive = True  # once per client
+            warn_naive(method)
+        return params
 
 
 def _customer_id(customer: Customer) -> int | None:
@@ -308,6 +364,27 @@ def _rows(rows: builtins.list[Any]) -> builtins.list[dict[str, Any]]:
 
 def _row_id(row: dict[str, Any]) -> Any:
     return row.get("id")
+
+
+def _body(method: str, fields: Mapping[str, Any]) -> dict[str, Any]:
+    """The wire body of ``fields``; refused before sending when JSON cannot carry it exactly."""
+    try:
+        body = customer_fields_to_wire(fields)
+    except RecursionError:  # an attr nested deeper than Python recurses, or holding itself
+        raise InvalidRequestError(
+            f"{method}(): attr is nested too deep (or holds itself)"
+        ) from None
+    for name, value in zip(fields, body.values(), strict=True):  # the same order, user's names
+        check_json(method, name, value)
+    return body
+
+
+def _count_of(data: Any) -> int:
+    if isinstance(data, dict):  # tolerate {"count": n} should the service change shape
+        data = data.get("count", data.get("total"))
+    if isinstance(data, bool) or not isinstance(data, int):
+        return decode(_not_a_count, data, "a count")
+    return data
 
 
 def _not_a_count(data: Any) -> int:

@@ -10,9 +10,10 @@ from typing import Any, Literal, overload
 
 from .._converter import identity_to_wire, structure_identities, structure_identity
 from .._exceptions import InvalidRequestError
-from .._validate import check_id, check_identity
+from .._validate import check_id, check_identity, is_collection, short
 from ..models.identity import CustomerIdentity, Identity
 from ._base import Resource, decode
+from ._batches import id_batches
 
 __all__ = ["Identities"]
 
@@ -38,15 +39,17 @@ class Identities(Resource):
 
     async def list(self, customer_ids: Iterable[int]) -> builtins.list[CustomerIdentity]:
         """Every identity bound to these customers."""
-        if isinstance(customer_ids, (str, bytes)) or not isinstance(customer_ids, Iterable):
+        if not is_collection(customer_ids):
             raise InvalidRequestError("list(): customer_ids must be a list of ints")
         ids = [check_id("list", i) for i in customer_ids]
         if not ids:
             raise InvalidRequestError("list(): customer_ids is empty")
-        data = await self._client.request(
-            "GET", "/v1/customeridentities", params={"customerIds": ",".join(map(str, ids))}
-        )
-        return decode(structure_identities, data, "a list of identities")
+        found: builtins.list[CustomerIdentity] = []
+        params = {"customerIds": ",".join(map(str, ids))}
+        for batch in id_batches("list", params, "customerIds"):  # one unless the list is long
+            data = await self._client.request("GET", "/v1/customeridentities", params=batch)
+            found += decode(structure_identities, data, "a list of identities")
+        return found
 
     async def find(self, identity: Identity) -> builtins.list[CustomerIdentity]:
         """The bindings of ``identity`` (empty when no customer holds it)."""
@@ -83,6 +86,15 @@ class Identities(Resource):
         return_exceptions: Literal[True],
     ) -> dict[Identity, int | Exception | None]: ...
 
+    @overload
+    async def lookup_many(
+        self,
+        identities: Iterable[Identity],
+        *,
+        concurrency: int = ...,
+        return_exceptions: bool,
+    ) -> dict[Identity, int | Exception | None]: ...
+
     async def lookup_many(
         self,
         identities: Iterable[Identity],
@@ -98,6 +110,8 @@ class Identities(Resource):
         Raises:
             InvalidRequestError: a bad identity anywhere in the input (before any request).
         """
+        if not is_collection(identities):
+            raise InvalidRequestError("lookup_many(): identities must be a list of Identity")
         unique = list(dict.fromkeys(check_identity("lookup_many", i) for i in identities))
         results: dict[Identity, Any] = {}
         async for identity, result in self.lookup_iter(
@@ -106,20 +120,49 @@ class Identities(Resource):
             results[identity] = result
         return results
 
+    @overload
+    def lookup_iter(
+        self,
+        identities: Iterable[Identity] | AsyncIterable[Identity],
+        *,
+        concurrency: int = ...,
+        return_exceptions: Literal[False] = ...,
+    ) -> AsyncIterator[tuple[Identity, int | None]]: ...
+
+    @overload
+    def lookup_iter(
+        self,
+        identities: Iterable[Identity] | AsyncIterable[Identity],
+        *,
+        concurrency: int = ...,
+        return_exceptions: Literal[True],
+    ) -> AsyncIterator[tuple[Identity, int | Exception | None]]: ...
+
+    @overload
+    def lookup_iter(
+        self,
+        identities: Iterable[Identity] | AsyncIterable[Identity],
+        *,
+        concurrency: int = ...,
+        return_exceptions: bool,
+    ) -> AsyncIterator[tuple[Identity, int | Exception | None]]: ...
+
     async def lookup_iter(
         self,
         identities: Iterable[Identity] | AsyncIterable[Identity],
         *,
         concurrency: int = 32,
         return_exceptions: bool = False,
-    ) -> AsyncIterator[tuple[Identity, Any]]:
+    ) -> AsyncIterator[tuple[Identity, int | Exception | None]]:
         """Yield ``(identity, customer_id or None)`` in input order, ``concurrency`` at a time.
 
         For inputs too large for memory: any iterable or async iterable; at most
         ``concurrency`` lookups are held at once. Recent repeats are answered from memory.
         """
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
-            raise InvalidRequestError(f"concurrency must be an int >= 1, not {concurrency!r}")
+            raise InvalidRequestError(f"concurrency must be an int >= 1, not {short(concurrency)}")
+        if not isinstance(identities, AsyncIterable) and not is_collection(identities):
+            raise InvalidRequestError("lookup_iter(): identities must be an iterable of Identity")
         cache: OrderedDict[Identity, int | None] = OrderedDict()
         window: deque[tuple[Identity, asyncio.Future[int | None]]] = deque()
         # Lookups in flight (or done, not yet yielded), and how many window entries wait on each.

@@ -1,0 +1,94 @@
+"""Time filters: datetimes, dates and ISO strings as the list API's UTC bounds, in a known zone.
+
+The list API takes its time bounds as UTC ``2016-11-11T11:11:11``, no offset, to the second,
+both ends inclusive (``docs/contract.md``, "list"). A value without an offset (a naive
+``datetime``, ``"2024-01-01T09:00"``) is read in the client's ``timezone``; when none was set it
+is read as UTC, with a :class:`NaiveDatetimeWarning` once per client, since DM Hub's users are
+mostly in UTC+8, where ``datetime(2024, 1, 1)`` read as UTC means 08:00 local time.
+"""
+
+from __future__ import annotations
+
+import warnings
+import zoneinfo
+from datetime import date, datetime, time, timezone, tzinfo
+
+from ._exceptions import InvalidRequestError
+from ._validate import short
+
+__all__ = ["NaiveDatetimeWarning", "query_time", "warn_naive", "zone_setting"]
+
+
+class NaiveDatetimeWarning(UserWarning):
+    """A time filter without an offset was read as UTC because the client has no ``timezone``.
+
+    Pass ``DMHubClient(timezone=...)`` (``"Asia/Shanghai"``, ``"UTC"`` or a ``tzinfo``), or aware
+    datetimes, to say which zone you mean.
+    """
+
+
+def zone_setting(value: object) -> tzinfo | None:
+    """The ``timezone`` setting as a tzinfo: a tzinfo as is, an IANA name looked up, or None."""
+    if value is None or isinstance(value, tzinfo):
+        return value
+    if isinstance(value, str):
+        try:
+            return zoneinfo.ZoneInfo(value)
+        except (ValueError, KeyError, OSError):  # ZoneInfoNotFoundError is a KeyError
+            pass
+        raise InvalidRequestError(f"timezone: no time zone is named {short(value)}")
+    raise InvalidRequestError(
+        f"timezone must be a tzinfo or an IANA name such as 'Asia/Shanghai', not {short(value)}"
+    )
+
+
+def query_time(
+    method: str, name: str, value: object, zone: tzinfo | None, *, end: bool
+) -> tuple[str, bool]:
+    """``value`` as the list API's UTC bound, and whether it was naive under no ``zone``.
+
+    A ``date`` (or ``"2024-01-01"``) is the whole day in ``zone``: its first second as a lower
+    bound, its last (``end=True``, the ``_to`` filters) as an upper one, both inclusive.
+    """
+    if isinstance(value, str) and value:
+        value = _parse(method, name, value)
+    if isinstance(value, datetime):
+        moment = value
+    elif isinstance(value, date):
+        moment = datetime.combine(value, time.max if end else time.min)
+    else:
+        raise InvalidRequestError(
+            f"{method}(): {name} must be a datetime, a date or an ISO 8601 string,"
+            f" not {short(value)}"
+        )
+    naive = moment.utcoffset() is None
+    if naive:
+        moment = moment.replace(tzinfo=zone or timezone.utc)
+    try:
+        utc = moment.astimezone(timezone.utc)
+    except (OverflowError, ValueError):
+        raise InvalidRequestError(f"{method}(): {name} is out of range: {short(value)}") from None
+    # isoformat, not strftime: strftime writes the year 5 as "5", not "0005".
+    return utc.replace(tzinfo=None).isoformat(timespec="seconds"), naive and zone is None
+
+
+def _parse(method: str, name: str, text: str) -> date | datetime:
+    try:
+        if len(text) == 10:  # a bare day: "2024-01-01"
+            return date.fromisoformat(text)
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidRequestError(
+            f"{method}(): {name} must be a datetime, a date or an ISO 8601 string,"
+            f" not {short(text)}"
+        ) from None
+
+
+def warn_naive(method: str) -> None:
+    """The once-per-client warning for a naive time under no ``timezone`` setting."""
+    warnings.warn(
+        f"{method}(): a time filter without an offset was read as UTC; pass"
+        " DMHubClient(timezone=...) (e.g. 'Asia/Shanghai' or 'UTC'), or aware datetimes",
+        NaiveDatetimeWarning,
+        stacklevel=4,
+    )

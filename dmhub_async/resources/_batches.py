@@ -1,0 +1,124 @@
+"""Id lists too long for one URL: split into batches, and one walk that chains their walks.
+
+``GET /v1/customers?idList=...`` takes the ids in its query string, and a URL is kept under
+``MAX_URL_LENGTH`` (``docs/reliability.md``, "Bad input"). A longer list is not an error: it
+is sent in batches, each as long as fits. ``count`` sums the batches' counts; ``list`` walks
+them one after another as one :class:`AsyncPaginator` (:class:`BatchWalk`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Callable
+from typing import Any, TypeVar
+
+from .._exceptions import InvalidRequestError
+from .._pagination import AsyncPaginator, RawPage
+from .._validate import MAX_QUERY_LENGTH, check_paging, query_length
+from ..models.page import Page
+
+__all__ = ["BatchWalk", "id_batches"]
+
+T = TypeVar("T")
+#: A comma, percent-encoded (an upper bound: yarl writes it as is).
+_SEPARATOR = len("%2C")
+
+
+def id_batches(
+    method: str, params: dict[str, str], name: str, *, descending: bool = False
+) -> list[dict[str, str]]:
+    """``params`` once per batch of the comma-separated ids in ``params[name]``.
+
+    Repeats are dropped (a count summed over batches would count them twice) and the ids
+    sorted, so that batches walked in turn keep an id sort's order.
+    """
+    if name not in params:
+        return [params]
+    ids = sorted({int(i) for i in params[name].split(",")}, reverse=descending)
+    room = MAX_QUERY_LENGTH - query_length({**params, name: ""})
+    if room < len(str(max(ids, key=abs))):
+        raise InvalidRequestError(
+            f"{method}(): the filters take too much of the URL to leave room for an id"
+        )
+    batches: list[list[str]] = []
+    used = room  # no batch yet
+    for text in map(str, ids):
+        cost = len(text) + _SEPARATOR
+        if used + cost > room + _SEPARATOR:  # the first id of a batch has no separator
+            batches.append([])
+            used = 0
+        batches[-1].append(text)
+        used += cost
+    return [{**params, name: ",".join(batch)} for batch in batches]
+
+
+class BatchWalk(AsyncPaginator[T]):
+    """One walk over several batches' walks in turn: each record once, batch after batch.
+
+    Page numbers go on from batch to batch: batch ``i`` owns the numbers after those of the
+    batches before it, one per id it holds (a page has at least one record), so a
+    ``checkpoint`` resumes in the right batch, whatever size the service serves.
+    """
+
+    def __init__(
+        self,
+        walks: list[Callable[[int, int | None], AsyncPaginator[T]]],
+        sizes: list[int],
+        *,
+        page_size: int,
+        start_page: int = 1,
+        max_items: int | None = None,
+        concurrency: int = 1,
+        **paging: Any,
+    ) -> None:
+        check_paging(page_size, start_page, concurrency)
+        super().__init__(
+            _no_fetch,
+            page_size=page_size,
+            start_page=start_page,
+            max_items=max_items,
+            concurrency=concurrency,
+            **paging,
+        )
+        self._walks = walks  # walks[i](start_page, max_items): batch i's walk
+        self._offsets = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
+        self._current: AsyncPaginator[T] | None = None
+        self._walked = False
+
+    async def pages(self) -> AsyncGenerator[Page[T], None]:
+        """Yield the batches' pages in turn, numbered on across batches."""
+        if self._walked:
+            raise InvalidRequestError("a paginator walks once: call list() again for a new walk")
+        self._walked = True
+        remaining = self.max_items
+        last = len(self._walks) - 1
+        try:
+            for index, make in enumerate(self._walks):
+                offset, end = self._offsets[index], self._offsets[index + 1]
+                if self.start_page > end:
+                    continue
+                if remaining == 0:
+                    return
+                walk = make(max(1, self.start_page - offset), remaining)
+                walk.stats = self.stats  # one tally for the whole walk
+                self._current = walk
+                async for page in walk.pages():
+                    if remaining is not None:
+                        remaining -= len(page.items)
+                    yield Page(
+                        page.items, offset + page.number, page.has_next or index < last, None, None
+                    )
+                    self.checkpoint = offset + page.number + 1
+                self.checkpoint = end + 1
+                self._current = None
+        finally:
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        """Cancel the pages of the batch under way still in flight."""
+        if self._current is not None:
+            current, self._current = self._current, None
+            await current.aclose()
+
+
+async def _no_fetch(number: int, size: int, on_retry: Callable[[], None]) -> RawPage[Any]:
+    raise AssertionError("a BatchWalk fetches through the walks of its batches")
