@@ -18,8 +18,8 @@ from aiohttp import web
 from rel_support import CallLog, settled
 
 from dmhub_async import DMHubClient, RetryPolicy
-from dmhub_async.export import _output as export_output
 from dmhub_async.export import ExportProgress, export_customers
+from dmhub_async.export import _output as export_output
 from dmhub_async.testing import DMHubSimulator, Faults
 
 # -- scenario 1 ---------------------------------------------------------------------------------
