@@ -190,14 +190,13 @@ def test_sigkill_mid_export_then_resume_gives_every_customer_once(
     assert proc.returncode == -signal.SIGKILL
     state = json.loads(ckpt.read_text(encoding="utf-8"))
     assert 200 <= state["exported"] < CUSTOMERS
-    part = tmp_path / state["part"]  # the work file; --out appears when the export is done
-    assert part.stat().st_size >= state["bytes"]
-    half_done = part.read_bytes()
+    assert out.stat().st_size >= state["bytes"]
+    half_done = out.read_bytes()
 
     # The checkpoint belongs to this export only: another one is refused and nothing changes.
     other = run_cli(*args, "--stage", "lead", env=env, cwd=tmp_path)
     assert_one_line_error(other, 1, "another export")
-    assert part.read_bytes() == half_done
+    assert out.read_bytes() == half_done
 
     served.sim.faults.latency = 0.0
     resumed = run_cli(*args, "--concurrency", "4", env=env, cwd=tmp_path)

@@ -303,11 +303,9 @@ async def test_resume_after_a_failure_gives_every_customer_once(
     state = json.loads(ckpt.read_text(encoding="utf-8"))
     assert state["next_page"] == 4
     assert state["exported"] == 150
-    part = tmp_path / state["part"]  # the work file: dest appears only when the export is done
-    assert not dest.exists()
-    assert part.stat().st_size == state["bytes"]
+    assert dest.stat().st_size == state["bytes"]
     # A kill in the middle of the next write leaves a torn row after the checkpointed bytes.
-    with part.open("ab") as fh:
+    with dest.open("ab") as fh:
         fh.write(b'{"id": 3000000999, "name": "half a r')
 
     report = await export_customers(
@@ -370,8 +368,7 @@ async def test_a_checkpoint_of_another_export_is_refused(
         await export_customers(
             client, dest, checkpoint=ckpt, stage="lead", progress=False, on_progress=crash_after(1)
         )
-    part = tmp_path / json.loads(ckpt.read_text(encoding="utf-8"))["part"]
-    before = part.read_bytes()
+    before = dest.read_bytes()
 
     for other in ({"stage": "vip"}, {"stage": "lead", "format": "csv"}):
         with pytest.raises(InvalidRequestError, match="another export"):
@@ -384,7 +381,7 @@ async def test_a_checkpoint_of_another_export_is_refused(
     ckpt_junk.write_text("not json", encoding="utf-8")
     with pytest.raises(InvalidRequestError, match="not a checkpoint"):
         await export_customers(client, dest, checkpoint=ckpt_junk, progress=False)
-    assert part.read_bytes() == before  # nothing touched the half-done export
+    assert dest.read_bytes() == before  # nothing touched the half-done export
 
 
 # -- the data changes during the export -------------------------------------------------------

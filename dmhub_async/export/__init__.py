@@ -11,13 +11,13 @@
 
 The walk sorts by the immutable ``id`` and drops repeats (docs/contract.md, "Pagination
 hazards"), holds at most ``concurrency`` pages in memory, and writes rows as the service sent
-them, to a work file that replaces the destination only when the export is done. With a
-checkpoint file, progress is recorded after every page written, and a rerun after a crash
-(SIGKILL included) checks the work file against it, cuts it back to the last recorded row and
-carries on from the last id written. ``report.complete`` comes from a check that can fail:
-see :class:`ExportReport` and docs/reliability.md, "Resuming an export".
+them. With a checkpoint file, progress is recorded after every page written, and a rerun after
+a crash (SIGKILL included) checks the output against it, cuts it back to the last recorded row
+and carries on from the last id written. Without one, rows go to a work file that replaces the
+destination only when the export is done. ``report.complete`` comes from a check that can
+fail: see :class:`ExportReport` and docs/reliability.md, "Resuming an export".
 
-The pieces: ``_export`` (the walk), ``_output`` (the locked destination, the work file),
+The pieces: ``_export`` (the walk), ``_output`` (the locked destination, its files),
 ``_checkpoint`` (the typed checkpoint), ``_writers`` (JSONL and CSV, written and read back),
 ``_reconcile`` (where a resume starts, the final check), ``_ids`` (the ids written).
 """

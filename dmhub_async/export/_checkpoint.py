@@ -49,8 +49,6 @@ class Checkpoint:
     """Where an export stands after its last page written."""
 
     scope: ExportScope
-    #: The work file in the destination's directory, moved onto ``scope.dest`` when done.
-    part: str
     page_size: int  # a page number means nothing at another size
     next_page: int  # where the walk would go on; a hint, checked against last_id on resume
     last_id: Any  # the last id written: the walk resumes after it

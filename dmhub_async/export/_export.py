@@ -47,9 +47,10 @@ async def export_customers(
 
     Args:
         client: an open :class:`DMHubClient`.
-        dest: the output file (its extension picks the format unless ``format`` is given),
-            replaced only when the export is done; or a writable binary stream (such as
-            ``sys.stdout.buffer``), written as rows come and not resumable.
+        dest: the output file (its extension picks the format unless ``format`` is given):
+            without a checkpoint, replaced only when the export is done; with one, written in
+            place. Or a writable binary stream (such as ``sys.stdout.buffer``), written as rows
+            come and not resumable.
         format: ``"jsonl"`` or ``"csv"``.
         page_size: rows a request (the service serves at most 100); a resumed export keeps
             the size it began with.
@@ -65,7 +66,7 @@ async def export_customers(
 
     Raises:
         InvalidRequestError: a bad filter, format or destination (a directory, a link, a
-            FIFO, a device), a checkpoint of another export or a work file that does not
+            FIFO, a device), a checkpoint of another export or an output that does not
             match it, or the destination in use by another export.
         OSError: the output cannot be written.
     """
@@ -236,7 +237,6 @@ class _Run:
         assert self.scope is not None
         return Checkpoint(
             scope=self.scope,
-            part=self.out.part_name,
             page_size=self.page_size,
             next_page=next_page,
             last_id=self.last_id,

@@ -1,10 +1,11 @@
-"""Where an export's rows go, safely: a locked destination, a work file, and its checkpoint.
+"""Where an export's rows go, safely: a locked destination, and a checkpoint that matches it.
 
-Rows go to a work file made by ``mkstemp`` next to the destination (an unpredictable name,
-created exclusively, no link followed), which replaces the destination only when the export
-is complete; or straight to a binary stream (not resumable). With a checkpoint, the work file
-stays after a failure, cut back to what the checkpoint covers, and a rerun checks it against
-the checkpoint before going on (docs/reliability.md, "Resuming an export").
+Without a checkpoint, rows go to a work file made by ``mkstemp`` next to the destination (an
+unpredictable name, created exclusively, no link followed) that replaces it only when the
+export is complete; any failure removes it. With a checkpoint, rows go to the destination
+itself (opened without following a link), so that a rerun finds them: it checks the file
+against the checkpoint before going on (docs/reliability.md, "Resuming an export"). Or rows
+go straight to a binary stream, not resumable.
 """
 
 from __future__ import annotations
@@ -46,8 +47,8 @@ def check_path(path: Path, what: str) -> None:
 class Output:
     """The open output of one export: ``write``, ``commit`` after a page, ``finish`` or ``close``.
 
-    ``resumed`` is the checkpoint read and ``found`` what the work file was checked to hold
-    (both None for a new export).
+    ``resumed`` is the checkpoint read and ``found`` what the file was checked to hold (both
+    None for a new export).
     """
 
     def __init__(
@@ -58,8 +59,9 @@ class Output:
         self._locks: list[tuple[filelock.BaseFileLock, Path]] = []
         self._checkpoint = checkpoint
         self._committed: int | None = None  # bytes the checkpoint on disk covers
+        self._work: Path | None = None  # the file written, removed if nothing can resume it
         if not isinstance(dest, Path):
-            self.fh, self._dest, self._part = dest, None, None
+            self.fh, self._dest = dest, None
             return
         assert scope is not None
         self._dest = dest
@@ -67,49 +69,32 @@ class Output:
             for path in (dest, checkpoint):
                 if path is not None:
                     self._locks.append(_lock(path))
-            if checkpoint is not None:
-                self.resumed = read_checkpoint(checkpoint, scope)
+            if checkpoint is None:
+                self.fh, self._work = _new_part(dest)
+                return
+            self.resumed = read_checkpoint(checkpoint, scope)
+            self.fh, self._work = _open_in_place(dest), dest
             if self.resumed is not None:
-                self.fh, self._part = self._reopen(self.resumed, scope)
+                self._check_against(self.resumed, scope)
             else:
-                self.fh, self._part = _new_part(dest)
+                self.fh.truncate(0)
         except BaseException:
+            if self._work is not None and not self.fh.closed:
+                self.fh.close()
             self._unlock()
             raise
+
+    def _check_against(self, resumed: Checkpoint, scope: ExportScope) -> None:
+        """Check the file against ``resumed``, and cut it back to what verifies."""
+        self.found = _verified(self.fh, resumed, scope.format, self._dest or Path())
+        self.fh.truncate(self.found.end)  # a torn record after the checkpoint, or a repair
+        self.fh.seek(0, os.SEEK_END)
+        self._committed = resumed.bytes
 
     @property
     def resumable(self) -> bool:
         """Whether this output keeps a checkpoint."""
         return self._checkpoint is not None
-
-    @property
-    def part_name(self) -> str:
-        """The work file's name in the destination's directory (a stream has none)."""
-        return self._part.name if self._part is not None else ""
-
-    def _reopen(self, resumed: Checkpoint, scope: ExportScope) -> tuple[IO[bytes], Path]:
-        """The work file of ``resumed``, checked against it and cut back to what verifies."""
-        assert self._dest is not None
-        name = resumed.part
-        if "/" in name or os.sep in name or not name.startswith(f".{self._dest.name}."):
-            raise InvalidRequestError(f"checkpoint names a work file {name!r} outside the export")
-        part = self._dest.with_name(name)
-        try:
-            fd = os.open(part, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK)
-        except FileNotFoundError:
-            fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        fh = os.fdopen(fd, "r+b")
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise InvalidRequestError(f"work file {str(part)!r} is not a regular file")
-            self.found = _verified(fh, resumed, scope.format, part)
-            fh.truncate(self.found.end)  # a torn record after the checkpoint, or a repair
-            fh.seek(0, os.SEEK_END)
-        except BaseException:
-            fh.close()
-            raise
-        self._committed = resumed.bytes
-        return fh, part
 
     def write(self, data: bytes) -> None:
         """Append ``data`` (to the OS cache: quick enough to do on the loop)."""
@@ -128,30 +113,31 @@ class Output:
         self._committed = checkpoint.bytes
 
     def finish(self) -> None:
-        """The export is complete: the work file becomes the destination, the checkpoint goes."""
+        """The export is complete: the file is in place, the checkpoint goes."""
         self.fh.flush()
-        if self._part is None or self._dest is None:
-            return
+        if self._work is None or self._dest is None:
+            return  # a stream: the caller closes it
         os.fsync(self.fh.fileno())
-        os.fchmod(self.fh.fileno(), 0o666 & ~_umask())  # as open() would have made it
+        if self._work != self._dest:
+            os.fchmod(self.fh.fileno(), 0o666 & ~_umask())  # as open() would have made it
+            os.replace(self._work, self._dest)
         self.fh.close()
-        os.replace(self._part, self._dest)
-        self._part = None
+        self._work = None
         if self._checkpoint is not None:
             self._checkpoint.unlink(missing_ok=True)  # done: a rerun starts a new export
 
     def close(self) -> None:
-        """Release the output; after a failure leave a resumable work file, or none."""
+        """Release the output; after a failure leave a resumable file, or none."""
         try:
-            if self._part is not None:
-                self._abandon(self._part)
+            if self._work is not None:
+                self._abandon(self._work)
         finally:
             self._unlock()
 
-    def _abandon(self, part: Path) -> None:
+    def _abandon(self, work: Path) -> None:
         if self._committed is None:
             self.fh.close()
-            part.unlink(missing_ok=True)  # no checkpoint names it: nothing could resume it
+            work.unlink(missing_ok=True)  # no checkpoint covers it: nothing could resume it
         elif not self.fh.closed:
             if self.fh.tell() > self._committed:
                 self.fh.truncate(self._committed)  # what the checkpoint covers, no more
@@ -164,8 +150,8 @@ class Output:
         self._locks.clear()
 
 
-def _verified(fh: IO[bytes], resumed: Checkpoint, fmt: str, part: Path) -> Scan:
-    """What the work file holds, checked against the checkpoint.
+def _verified(fh: IO[bytes], resumed: Checkpoint, fmt: str, path: Path) -> Scan:
+    """What the file holds, checked against the checkpoint.
 
     The file may end in a torn record after what the checkpoint covers (a kill mid-write): it
     is cut off. A file shorter than the checkpoint says (truncated, or not flushed before a
@@ -186,14 +172,14 @@ def _verified(fh: IO[bytes], resumed: Checkpoint, fmt: str, part: Path) -> Scan:
         foreign = foreign or found.header != resumed.header
     if foreign:
         raise InvalidRequestError(
-            f"work file {str(part)!r} does not match its checkpoint (it holds {found.count} "
+            f"output {str(path)!r} does not match its checkpoint (it holds {found.count} "
             f"records that read back, the checkpoint {resumed.exported}): it was changed since; "
             "delete both to start over"
         )
     logger.warning(
-        "export: work file %s is shorter than its checkpoint says (%d bytes, not %d): "
+        "export: %s is shorter than its checkpoint says (%d bytes, not %d): "
         "resuming after its last whole record (%d of %d)",
-        part,
+        path,
         size,
         resumed.bytes,
         found.count,
@@ -205,6 +191,15 @@ def _verified(fh: IO[bytes], resumed: Checkpoint, fmt: str, part: Path) -> Scan:
 def _new_part(dest: Path) -> tuple[IO[bytes], Path]:
     fd, part = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
     return os.fdopen(fd, "w+b"), Path(part)
+
+
+def _open_in_place(dest: Path) -> IO[bytes]:
+    """``dest`` for reading and writing, made if missing; never through a link, never a FIFO."""
+    fd = os.open(dest, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o666)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise InvalidRequestError(f"output {str(dest)!r} is not a regular file")
+    return os.fdopen(fd, "r+b")
 
 
 def _lock(path: Path) -> tuple[filelock.BaseFileLock, Path]:

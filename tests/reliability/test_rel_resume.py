@@ -59,12 +59,6 @@ def state(ckpt: Path) -> dict[str, Any]:
     return dict(json.loads(ckpt.read_text(encoding="utf-8")))
 
 
-def work_file(dest: Path, ckpt: Path) -> Path:
-    """The file a checkpointed export writes to until it is done."""
-    part = state(ckpt).get("part")
-    return dest.with_name(part) if part else dest  # (0.1 wrote into dest itself)
-
-
 async def export(dm: DMHubClient, dest: Path, ckpt: Path | None, **kwargs: Any) -> ExportReport:
     kwargs.setdefault("page_size", PAGE)
     kwargs.setdefault("concurrency", 2)
@@ -197,22 +191,21 @@ async def test_complete_comes_from_a_check_that_can_fail(
 async def test_a_truncated_output_is_repaired_never_padded(
     tmp_path: Path, connect: Callable[..., DMHubClient], cut: str
 ) -> None:
-    """The work file shorter than its checkpoint (truncated, or not on disk before a crash):
+    """The output shorter than its checkpoint (truncated, or not on disk before a crash):
     0.1 padded it with NUL bytes up to the recorded length and reported complete. It is cut
     back to its last whole record, and the walk resumes after that one."""
     dest, ckpt = tmp_path / "customers.jsonl", tmp_path / "export.ckpt"
     async with DMHubSimulator(customers=2000, seed=14) as sim:
         async with connect(sim) as dm:
             await crashed_export(dm, dest, ckpt, pages=16)
-            part = work_file(dest, ckpt)
-            data = part.read_bytes()
+            data = dest.read_bytes()
             lines = data.splitlines(keepends=True)
             keep = {
                 "mid-record": len(data) - len(lines[-1]) // 2,
                 "1,499 records": len(b"".join(lines[:101])),
                 "everything": 0,
             }[cut]
-            with part.open("r+b") as fh:
+            with dest.open("r+b") as fh:
                 fh.truncate(keep)
 
             report = await export(dm, dest, ckpt)
@@ -232,17 +225,16 @@ async def test_an_output_changed_since_its_checkpoint_is_refused(
     dest, ckpt = tmp_path / "customers.jsonl", tmp_path / "export.ckpt"
     async with DMHubSimulator(customers=CUSTOMERS, seed=14) as sim, connect(sim) as dm:
         await crashed_export(dm, dest, ckpt)
-        part = work_file(dest, ckpt)
-        data = part.read_bytes()
+        data = dest.read_bytes()
         changed = data.replace(b'"id":', b'"id":1', 1)[: len(data)]
-        part.write_bytes(changed)
+        dest.write_bytes(changed)
         sim.counters.reset()
 
         with pytest.raises(InvalidRequestError, match="does not match its checkpoint"):
             await export(dm, dest, ckpt)
 
         assert sim.counters.total == 0
-    assert part.read_bytes() == changed
+    assert dest.read_bytes() == changed
 
 
 async def test_a_checkpoint_of_another_service_or_app_is_refused(
@@ -257,8 +249,7 @@ async def test_a_checkpoint_of_another_service_or_app_is_refused(
     ):
         async with connect(staging) as dm:
             await crashed_export(dm, dest, ckpt)
-        part = work_file(dest, ckpt)
-        before = part.read_bytes()
+        before = dest.read_bytes()
         staging.counters.reset()
         async with connect(production) as dm:
             with pytest.raises(InvalidRequestError, match=r"another export \(base_url: "):
@@ -267,7 +258,7 @@ async def test_a_checkpoint_of_another_service_or_app_is_refused(
             with pytest.raises(InvalidRequestError, match=f"app_id: '{staging.app_id}' in the"):
                 await export(other_app, dest, ckpt)
         assert production.counters.total == staging.counters.total == 0  # refused at once
-    assert part.read_bytes() == before
+    assert dest.read_bytes() == before
 
 
 # -- two runs, and unsafe files -----------------------------------------------------------------
@@ -356,7 +347,7 @@ async def test_the_data_is_on_disk_before_the_checkpoint_that_points_past_it(
     tmp_path: Path, connect: Callable[..., DMHubClient], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     dest, ckpt = tmp_path / "customers.jsonl", tmp_path / "export.ckpt"
-    synced: list[int] = []  # the work file's length at each fsync of it
+    synced: list[int] = []  # the output's length at each fsync of it
     order: list[tuple[int, int]] = []  # (synced length, checkpoint bytes) at each checkpoint
     fsync, write_checkpoint = os.fsync, export_output.write_checkpoint
 
@@ -384,7 +375,7 @@ async def test_a_cancelled_export_leaves_no_file_or_a_resumable_one(
     tmp_path: Path, connect: Callable[..., DMHubClient], with_checkpoint: bool
 ) -> None:
     """Cancelled mid-page (Ctrl-C, SIGTERM handled as Ctrl-C): without a checkpoint nothing is
-    left; with one, a checkpoint and a work file of exactly the bytes it covers."""
+    left; with one, a checkpoint and an output of exactly the bytes it covers."""
     dest = tmp_path / "customers.jsonl"
     ckpt = tmp_path / "export.ckpt" if with_checkpoint else None
     async with DMHubSimulator(customers=CUSTOMERS, seed=14) as sim:
@@ -406,8 +397,8 @@ async def test_a_cancelled_export_leaves_no_file_or_a_resumable_one(
                 assert files_in(tmp_path) == []
                 return
             recorded = state(ckpt)
-            assert files_in(tmp_path) == sorted([ckpt.name, recorded["part"]])
-            assert (tmp_path / recorded["part"]).stat().st_size == recorded["bytes"]
+            assert files_in(tmp_path) == sorted([ckpt.name, dest.name])
+            assert dest.stat().st_size == recorded["bytes"]
             assert recorded["exported"] == 4 * PAGE
             report = await export(dm, dest, ckpt)
         expected = sim.customer_ids()
