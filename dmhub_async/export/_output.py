@@ -27,6 +27,8 @@ from ._writers import Scan, scan
 __all__ = ["Output", "check_path"]
 
 logger = logging.getLogger("dmhub_async")
+#: Open without following a link, and without blocking on a FIFO (where the OS has them).
+_SAFE_OPEN = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
 
 
 def check_path(path: Path, what: str) -> None:
@@ -195,7 +197,7 @@ def _new_part(dest: Path) -> tuple[IO[bytes], Path]:
 
 def _open_in_place(dest: Path) -> IO[bytes]:
     """``dest`` for reading and writing, made if missing; never through a link, never a FIFO."""
-    fd = os.open(dest, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o666)
+    fd = os.open(dest, os.O_RDWR | os.O_CREAT | _SAFE_OPEN, 0o666)
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
         raise InvalidRequestError(f"output {str(dest)!r} is not a regular file")
@@ -209,7 +211,8 @@ def _lock(path: Path) -> tuple[filelock.BaseFileLock, Path]:
 
     def record_holder(fd: int) -> None:
         os.ftruncate(fd, 0)
-        os.pwrite(fd, holder.encode(), 0)
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.write(fd, holder.encode())
 
     lock = filelock.FileLock(lock_path, timeout=0, thread_local=False, on_acquired=record_holder)
     try:
@@ -224,7 +227,7 @@ def _lock(path: Path) -> tuple[filelock.BaseFileLock, Path]:
 
 def _holder(lock_path: Path) -> str:
     try:
-        fd = os.open(lock_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        fd = os.open(lock_path, os.O_RDONLY | _SAFE_OPEN)
     except OSError:
         return "holder unknown"
     try:

@@ -9,6 +9,7 @@ compares it with the simulator's own table.
 from __future__ import annotations
 
 import asyncio
+import csv
 import json
 import os
 import re
@@ -46,7 +47,9 @@ def crash_after(pages: int) -> Callable[[ExportProgress], None]:
 
 
 def read_ids(path: Path) -> list[int]:
-    with path.open(encoding="utf-8") as fh:
+    with path.open(encoding="utf-8", newline="") as fh:
+        if path.suffix == ".csv":
+            return [int(row["id"]) for row in csv.DictReader(fh)]
         return [json.loads(line)["id"] for line in fh]
 
 
@@ -187,22 +190,25 @@ async def test_complete_comes_from_a_check_that_can_fail(
 # -- the files changed while the export was down ------------------------------------------------
 
 
-@pytest.mark.parametrize("cut", ["mid-record", "1,499 records", "everything"])
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+@pytest.mark.parametrize("cut", ["mid-record", "1,499 records", "half the bytes", "everything"])
 async def test_a_truncated_output_is_repaired_never_padded(
-    tmp_path: Path, connect: Callable[..., DMHubClient], cut: str
+    tmp_path: Path, connect: Callable[..., DMHubClient], cut: str, fmt: str
 ) -> None:
     """The output shorter than its checkpoint (truncated, or not on disk before a crash):
     0.1 padded it with NUL bytes up to the recorded length and reported complete. It is cut
     back to its last whole record, and the walk resumes after that one."""
-    dest, ckpt = tmp_path / "customers.jsonl", tmp_path / "export.ckpt"
+    dest, ckpt = tmp_path / f"customers.{fmt}", tmp_path / "export.ckpt"
     async with DMHubSimulator(customers=2000, seed=14) as sim:
         async with connect(sim) as dm:
             await crashed_export(dm, dest, ckpt, pages=16)
             data = dest.read_bytes()
-            lines = data.splitlines(keepends=True)
+            lines = data.splitlines(keepends=True)  # no field of the seeded rows has a newline
+            header = 1 if fmt == "csv" else 0
             keep = {
                 "mid-record": len(data) - len(lines[-1]) // 2,
-                "1,499 records": len(b"".join(lines[:101])),
+                "1,499 records": len(b"".join(lines[: header + 101])),
+                "half the bytes": len(data) // 2,
                 "everything": 0,
             }[cut]
             with dest.open("r+b") as fh:
@@ -214,6 +220,8 @@ async def test_a_truncated_output_is_repaired_never_padded(
     raw = dest.read_bytes()
     assert b"\x00" not in raw
     assert read_ids(dest) == expected  # every customer once, in order
+    if fmt == "csv":
+        assert raw.count(b"id,displayName,") == 1  # one header, even after a cut through it
     assert report.exported == 2000
     assert report.complete
 
