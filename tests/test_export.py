@@ -384,6 +384,24 @@ async def test_a_checkpoint_of_another_export_is_refused(
     assert dest.read_bytes() == before  # nothing touched the half-done export
 
 
+async def test_a_checkpoint_of_the_first_release_is_refused_with_what_to_do(
+    sim: DMHubSimulator, client: DMHubClient, tmp_path: Path
+) -> None:
+    """0.1's checkpoints (an untyped dict, version 1) recorded no service or app: they cannot
+    be checked, so they are refused, saying how to go on."""
+    dest, ckpt = tmp_path / "customers.jsonl", tmp_path / "export.ckpt"
+    dest.write_bytes(b'{"id": 3000000001}\n')
+    old = {"version": 1, "fingerprint": "0123456789abcdef", "next_page": 2, "page_size": 1}
+    ckpt.write_text(json.dumps({**old, "last_id": 3000000001, "bytes": 19}), encoding="utf-8")
+    sim.counters.reset()
+
+    with pytest.raises(InvalidRequestError, match=r"written by dmhub-async 0\.1.*start over"):
+        await export_customers(client, dest, checkpoint=ckpt, progress=False)
+
+    assert dest.read_bytes() == b'{"id": 3000000001}\n'
+    assert sim.counters.total == 0
+
+
 # -- the data changes during the export -------------------------------------------------------
 
 
