@@ -128,6 +128,70 @@ async def test_csv_has_attr_columns_and_rfc4180_quoting(
     assert '"王, ""小D""\n第二行"' in raw
 
 
+@pytest.mark.parametrize(
+    ("select", "columns"),
+    [
+        (["name", "stage"], ["id", "name", "stage"]),
+        (["mobile", "attr"], ["id", "mobile", "attr.attr1", "attr.attr2", "attr"]),
+    ],
+    ids=["fields", "fields and attr"],
+)
+async def test_a_csv_with_select_has_only_the_selected_columns(
+    sim: DMHubSimulator,
+    client: DMHubClient,
+    tmp_path: Path,
+    select: list[str],
+    columns: list[str],
+) -> None:
+    dest = tmp_path / "some.csv"
+
+    await export_customers(client, dest, select=select, stage="lead", progress=False)
+
+    rows = read_csv(dest)
+    assert rows
+    assert all(list(row) == columns for row in rows)
+    expected = [i for i in sim.customer_ids() if (sim.customer(i) or {})["stage"] == "lead"]
+    assert ids_of(rows) == expected
+    first = sim.customer(expected[0]) or {}
+    assert rows[0][columns[1]] == (first[columns[1]] or "")
+
+
+async def test_utf8_sig_starts_a_csv_with_one_byte_order_mark_even_after_a_resume(
+    sim: DMHubSimulator, client: DMHubClient, tmp_path: Path
+) -> None:
+    dest, ckpt = tmp_path / "excel.csv", tmp_path / "export.ckpt"
+    with pytest.raises(Crash):
+        await export_customers(
+            client,
+            dest,
+            encoding="utf-8-sig",
+            checkpoint=ckpt,
+            page_size=50,
+            progress=False,
+            on_progress=crash_after(2),
+        )
+
+    report = await export_customers(
+        client, dest, encoding="utf-8-sig", checkpoint=ckpt, page_size=50, progress=False
+    )
+
+    raw = dest.read_bytes()
+    assert raw.startswith(b"\xef\xbb\xbfid,displayName,")
+    assert raw.count(b"\xef\xbb\xbf") == 1
+    with dest.open(newline="", encoding="utf-8-sig") as fh:
+        assert ids_of(list(csv.DictReader(fh))) == sim.customer_ids()
+    assert report.resumed
+    assert report.complete
+    with pytest.raises(InvalidRequestError, match="utf-8-sig"):
+        await export_customers(client, tmp_path / "x.jsonl", encoding="utf-8-sig", progress=False)
+    with pytest.raises(Crash):
+        await export_customers(
+            client, dest, checkpoint=ckpt, progress=False, on_progress=crash_after(1)
+        )
+    with pytest.raises(InvalidRequestError, match="encoding: 'utf-8' in the checkpoint"):
+        await export_customers(client, dest, encoding="utf-8-sig", checkpoint=ckpt, progress=False)
+
+
 async def test_an_empty_csv_export_still_has_its_header(
     client: DMHubClient, tmp_path: Path
 ) -> None:

@@ -32,6 +32,7 @@ class ExportScope:
     app_id: str | None
     dest: str  # absolute
     format: str
+    encoding: str
     filters: dict[str, str]  # the query string of the walk, as sent
 
     def differences(self, other: ExportScope) -> list[str]:

@@ -20,7 +20,7 @@ from ._ids import IdSet
 from ._output import Output, check_path
 from ._reconcile import final_check, start_page
 from ._report import ExportProgress, ExportReport
-from ._writers import Format, new_writer
+from ._writers import Format, Writer, new_writer
 
 if TYPE_CHECKING:
     from .._client import DMHubClient
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 __all__ = ["export_customers"]
 
 Verify = Literal["auto", "always"]
+Encoding = Literal["utf-8", "utf-8-sig"]
 
 
 async def export_customers(
@@ -41,6 +42,7 @@ async def export_customers(
     checkpoint: str | os.PathLike[str] | None = None,
     on_progress: Callable[[ExportProgress], None] | None = None,
     verify: Verify = "auto",
+    encoding: Encoding = "utf-8",
     **filters: Unpack[CustomerFilters],
 ) -> ExportReport:
     """Export the customers that match ``filters`` to ``dest``, each exactly once.
@@ -61,8 +63,11 @@ async def export_customers(
         verify: when the final check (an id-only walk, see :class:`ExportReport`) runs:
             ``"auto"`` when the export was resumed or anything suggests customers changed
             during it, ``"always"`` after every export.
+        encoding: ``"utf-8"``, or for CSV ``"utf-8-sig"`` (a byte order mark first, which
+            Excel needs to read UTF-8).
         **filters: the filters of :meth:`Customers.list` (``sort_by``/``sort_order`` excepted:
-            the export walks by id, which is what makes it exact and resumable).
+            the export walks by id, which is what makes it exact and resumable). With
+            ``select``, a CSV has only the selected columns (``id`` first).
 
     Raises:
         InvalidRequestError: a bad filter, format or destination (a directory, a link, a
@@ -71,15 +76,23 @@ async def export_customers(
         OSError: the output cannot be written.
     """
     started = time.monotonic()
-    target, fmt, scope, checkpoint_path = _plan(client, dest, format, checkpoint, dict(filters))
     if verify not in ("auto", "always"):
         raise InvalidRequestError(f"verify must be 'auto' or 'always', not {verify!r}")
+    target, fmt, scope, checkpoint_path = _plan(
+        client, dest, format, encoding, checkpoint, dict(filters)
+    )
     # Built (and so checked: page_size, concurrency) before any request or file is touched.
     client.customers.list_rows(page_size=page_size, concurrency=concurrency, **filters)
     out = Output(target, checkpoint_path, scope)
     try:
         label = str(target) if isinstance(target, Path) else str(getattr(target, "name", "-"))
-        run = _Run(client, out, label, fmt, scope, dict(filters), page_size, on_progress)
+        writer = new_writer(
+            fmt,
+            out.found.header if out.found is not None else None,
+            select=_columns(dict(filters)),
+            bom=encoding == "utf-8-sig",
+        )
+        run = _Run(client, out, writer, label, fmt, scope, dict(filters), page_size, on_progress)
         report = await run.export(concurrency, progress=progress, verify=verify)
         out.finish()
     finally:
@@ -92,6 +105,7 @@ def _plan(
     client: DMHubClient,
     dest: str | os.PathLike[str] | IO[bytes],
     format: str | None,
+    encoding: str,
     checkpoint: str | os.PathLike[str] | None,
     filters: dict[str, Any],
 ) -> tuple[Path | IO[bytes], Format, ExportScope | None, Path | None]:
@@ -99,6 +113,11 @@ def _plan(
     if "sort_by" in filters or "sort_order" in filters:
         raise InvalidRequestError("export_customers() walks by id: sort_by/sort_order not allowed")
     params = customer_filter_params("export_customers", filters)
+    fmt = _format_of(Path(dest).suffix if isinstance(dest, (str, os.PathLike)) else "", format)
+    if encoding not in ("utf-8", "utf-8-sig") or (encoding != "utf-8" and fmt != "csv"):
+        raise InvalidRequestError(
+            f"encoding must be 'utf-8' (or 'utf-8-sig' for CSV), not {encoding!r} for {fmt}"
+        )
     if not isinstance(dest, (str, os.PathLike)):
         if isinstance(dest, io.TextIOBase) or not callable(getattr(dest, "write", None)):
             raise InvalidRequestError(
@@ -106,9 +125,8 @@ def _plan(
             )
         if checkpoint is not None:
             raise InvalidRequestError("an export to a stream cannot be resumed: no checkpoint")
-        return dest, _format_of("", format), None, None
+        return dest, fmt, None, None
     path = Path(dest)
-    fmt = _format_of(path.suffix, format)
     # Fails early on an unwritable output or checkpoint, before any request: a failure after
     # the walk would lose it all.
     check_path(path, "output")
@@ -117,8 +135,14 @@ def _plan(
         check_path(checkpoint_path, "checkpoint")
         if checkpoint_path.resolve() == path.resolve():
             raise InvalidRequestError("the checkpoint cannot be the output file")
-    scope = ExportScope(client.base_url, client.app_id, str(path.resolve()), fmt, params)
+    scope = ExportScope(client.base_url, client.app_id, str(path.resolve()), fmt, encoding, params)
     return path, fmt, scope, checkpoint_path
+
+
+def _columns(filters: dict[str, Any]) -> list[str] | None:
+    """The wire names of the selected fields (``id`` first), or None for every field."""
+    select = customer_filter_params("export_customers", filters).get("select")
+    return select.split(",") if select else None
 
 
 def _format_of(suffix: str, format: str | None) -> Format:
@@ -136,6 +160,7 @@ class _Run:
         self,
         client: DMHubClient,
         out: Output,
+        writer: Writer,
         label: str,
         fmt: Format,
         scope: ExportScope | None,
@@ -153,7 +178,7 @@ class _Run:
         self.written = found.ids if found is not None else IdSet()
         self.last_id = found.last_id if found is not None else None
         self.report.exported = found.count if found is not None else 0
-        self.writer = new_writer(fmt, found.header if found is not None else None)
+        self.writer = writer
 
     async def export(self, concurrency: int, *, progress: bool, verify: Verify) -> ExportReport:
         """Walk, write, and check; the report (its ``seconds`` excepted)."""

@@ -54,28 +54,53 @@ class CsvWriter:
 
     The ``attr`` keys are taken from the first page (a stream cannot grow its header later);
     keys first seen after it go to the ``attr`` column as JSON, and fields the model does not
-    know to ``extra``, so nothing is lost.
+    know to ``extra``, so nothing is lost. With ``select``, only the fields selected (in that
+    order; ``attr`` as its columns), and no ``extra``. With ``bom``, the file starts with a
+    UTF-8 byte order mark, which Excel needs to read UTF-8.
     """
 
-    def __init__(self, header: tuple[str, ...] | None = None) -> None:
+    def __init__(
+        self,
+        header: tuple[str, ...] | None = None,
+        *,
+        select: Sequence[str] | None = None,
+        bom: bool = False,
+    ) -> None:
         self.header = header
+        self._bom = bom
+        if header is not None:  # resumed: the columns are the header's
+            self._fields = [c for c in header if not c.startswith("attr.") and c != "extra"]
+            self._extra = "extra" in header
+        elif select is not None:
+            self._fields = list(select)
+            self._extra = False
+        else:
+            self._fields, self._extra = [*CSV_FIELDS, "attr"], True
         self._attr_keys = [c[5:] for c in header or () if c.startswith("attr.")]
 
     def encode(self, rows: Sequence[dict[str, Any]]) -> bytes:
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\r\n")
+        fields = [f for f in self._fields if f != "attr"]
+        with_attr = "attr" in self._fields
         if self.header is None:
-            self._attr_keys = sorted({k for row in rows for k in (row.get("attr") or {})})
-            self.header = (*CSV_FIELDS, *(f"attr.{k}" for k in self._attr_keys), "attr", "extra")
+            if self._bom:
+                buf.write("\ufeff")
+            if with_attr:
+                self._attr_keys = sorted({k for row in rows for k in (row.get("attr") or {})})
+            attr_columns = (*(f"attr.{k}" for k in self._attr_keys), "attr") if with_attr else ()
+            self.header = (*fields, *attr_columns, *(("extra",) if self._extra else ()))
             writer.writerow(self.header)
         known = set(CSV_FIELDS) | {"attr"}
         for row in rows:
-            attr = dict(row.get("attr") or {})
-            cells = [_cell(row.get(f)) for f in CSV_FIELDS]
-            cells += [_cell(attr.pop(k, None)) for k in self._attr_keys]
-            extra = {k: v for k, v in row.items() if k not in known}
-            cells.append(json.dumps(attr, ensure_ascii=False) if attr else "")
-            cells.append(json.dumps(extra, ensure_ascii=False) if extra else "")
+            cells = [_cell(row.get(f)) for f in fields]
+            if with_attr:
+                attr = dict(row.get("attr") or {})
+                cells += [_cell(attr.pop(k, None)) for k in self._attr_keys]
+                cells.append(json.dumps(attr, ensure_ascii=False) if attr else "")
+            if self._extra:
+                extra = {k: v for k, v in row.items() if k not in known}
+                cells.append(json.dumps(extra, ensure_ascii=False) if extra else "")
             writer.writerow(cells)
         return buf.getvalue().encode("utf-8")
 
@@ -90,9 +115,15 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def new_writer(fmt: Format, header: tuple[str, ...] | None = None) -> Writer:
+def new_writer(
+    fmt: Format,
+    header: tuple[str, ...] | None = None,
+    *,
+    select: Sequence[str] | None = None,
+    bom: bool = False,
+) -> Writer:
     """The writer of ``fmt``; a resumed CSV export passes the header it wrote."""
-    return CsvWriter(header) if fmt == "csv" else JsonlWriter()
+    return CsvWriter(header, select=select, bom=bom) if fmt == "csv" else JsonlWriter()
 
 
 # -- reading back -------------------------------------------------------------------------------
@@ -128,6 +159,8 @@ def scan(fh: IO[bytes], fmt: str, limit: int) -> Scan:
         first = next(reader, None)
         if first is None or not lines.whole:
             return result
+        if first:
+            first[0] = first[0].removeprefix("\ufeff")  # written with a byte order mark
         result.header, result.end = tuple(first), lines.offset
         for cells in reader:
             if not lines.whole or len(cells) != len(first):
