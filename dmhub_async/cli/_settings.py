@@ -14,7 +14,8 @@ import platformdirs
 
 from .._client import DMHubClient
 from .._logging import show_log
-from .._token_stores import FileTokenStore, MemoryTokenStore, RedisTokenStore, TokenStore
+from .._token_file import FileTokenStore
+from .._token_stores import MemoryTokenStore, RedisTokenStore, TokenStore
 from ._errors import UsageError
 
 __all__ = ["TOKEN_STORE_ENV", "default_token_file", "open_client", "show_requests", "token_store"]
