@@ -57,7 +57,8 @@ def sim_process(customers: int, *, latency_ms: float = 0, skew: float = 0) -> It
     """The simulator in a process of its own, until the block ends."""
     command = [
         sys.executable,
-        str(HERE / "sim_server.py"),
+        "-m",
+        "dmhub_async.testing._control",
         f"--customers={customers}",
         f"--latency-ms={latency_ms}",
         f"--skew={skew}",

@@ -1,22 +1,29 @@
-"""A DM Hub simulator in a process of its own, with a control route for the tests.
+"""A DM Hub simulator in a process of its own, with control routes for tests and benchmarks.
 
-``python sim_server.py --customers N [--latency-ms MS] [--skew FRACTION]`` prints
-``URL APP_ID SECRET`` on one line, then serves until killed. ``GET /_sim/state`` answers the
-tokens issued and every customer id; ``POST /_sim/mutate?inserts=I&deletes=D`` changes the data
-(seeded at random, so the test sees which ids survived through ``/_sim/state``).
+``python -m dmhub_async.testing._control --customers N [--latency-ms MS] [--skew FRACTION]``
+prints ``URL APP_ID SECRET`` on one line, then serves until killed. Its routes, beside the API:
+
+- ``GET /_sim/state``: the tokens issued, every customer id, and the API requests that arrived
+  in each second since the start (``per_second``), for a test of a shared rate limit;
+- ``POST /_sim/mutate?inserts=I&deletes=D``: insert and delete customers (deleted at random, so
+  a test reads which ids survived from ``/_sim/state``).
+
+Used by the sharded-export tests (worker processes on several event loops need the simulator
+out of theirs) and ``benchmarks/bench_scaleout.py``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import random
 import time
 
 from aiohttp import web
 
-from dmhub_async.testing import DMHubSimulator
-from dmhub_async.testing._faults import Faults
+from ._faults import Faults
+from ._simulator import DMHubSimulator
 
 IMPORT_SECOND = 1_591_000_000.0  # 2020-06-01T08:26:40Z
 
@@ -36,10 +43,20 @@ async def main() -> None:
     for _ in range(skewed):
         sim.insert_customer({"name": "imported"})
     rng = random.Random(7)
+    started = time.monotonic()
+    per_second: collections.Counter[int] = collections.Counter()
+
+    def arrived(request: web.Request) -> None:
+        if not request.path.startswith("/_sim/"):
+            per_second[int(time.monotonic() - started)] += 1
 
     async def state(request: web.Request) -> web.Response:
         return web.json_response(
-            {"tokens_issued": sim.counters.tokens_issued, "ids": sim.customer_ids()}
+            {
+                "tokens_issued": sim.counters.tokens_issued,
+                "ids": sim.customer_ids(),
+                "per_second": [per_second[s] for s in range(max(per_second, default=-1) + 1)],
+            }
         )
 
     async def mutate(request: web.Request) -> web.Response:
@@ -48,6 +65,7 @@ async def main() -> None:
         sim.add_customers(int(request.query.get("inserts", 0)))
         return web.json_response({"customers": sim.customers_count()})
 
+    sim.on_request(arrived)
     sim.app.router.add_get("/_sim/state", state)
     sim.app.router.add_post("/_sim/mutate", mutate)
     async with sim:
