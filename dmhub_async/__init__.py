@@ -21,6 +21,7 @@ from ._exceptions import (
     NotFoundError,
     RateLimitError,
     ResponseDecodeError,
+    ResponseTooLargeError,
     ServerError,
     TokenStoreError,
 )
@@ -28,6 +29,7 @@ from ._logging import setup_logging as _setup_logging
 from ._pagination import AsyncPaginator, PaginatorStats
 from ._query_time import NaiveDatetimeWarning
 from ._retry import RetryPolicy
+from ._sansio import APIResponse
 from ._version import __version__
 from .models import (
     Customer,
@@ -45,6 +47,7 @@ _setup_logging()  # DMHUB_LOG=debug|info
 __all__ = [  # noqa: RUF022 - plain sorted(), as tests/test_public_api.py checks
     "APIConnectionError",
     "APIError",
+    "APIResponse",
     "APITimeoutError",
     "AsyncPaginator",
     "AuthenticationError",
@@ -71,6 +74,7 @@ __all__ = [  # noqa: RUF022 - plain sorted(), as tests/test_public_api.py checks
     "RateLimitError",
     "RedisTokenStore",
     "ResponseDecodeError",
+    "ResponseTooLargeError",
     "RetryPolicy",
     "ServerError",
     "Token",

@@ -15,16 +15,26 @@ import contextlib
 import os
 import signal
 import sys
+import warnings
 from collections.abc import Sequence
 
 from .._exceptions import DMHubError
+from .._query_time import NaiveDatetimeWarning
 from .._redact import redact
 from ._commands import COMMANDS
-from ._errors import CommandError, Interrupted, explain
+from ._errors import (
+    EXIT_ERROR,
+    EXIT_INCOMPLETE,
+    EXIT_OK,
+    EXIT_USAGE,
+    CommandError,
+    Interrupted,
+    explain,
+)
 from ._parser import build_parser
 from ._settings import show_requests
 
-__all__ = ["main"]
+__all__ = ["EXIT_ERROR", "EXIT_INCOMPLETE", "EXIT_OK", "EXIT_USAGE", "main"]
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -70,7 +80,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     show_requests(args.verbose)
     try:
-        return asyncio.run(_run(args))
+        with warnings.catch_warnings():
+            # The CLI says it in its own terms (--timezone): see _commands._filters.
+            warnings.simplefilter("ignore", NaiveDatetimeWarning)
+            return asyncio.run(_run(args))
     except KeyboardInterrupt:  # a Ctrl-C before the handlers were in place
         err: BaseException = Interrupted(signal.SIGINT)
     except (Interrupted, CommandError, DMHubError, OSError, ValueError) as caught:

@@ -14,10 +14,11 @@ from typing import Any, TextIO
 
 from .._client import DMHubClient
 from .._exceptions import InvalidRequestError
+from .._query_time import zone_setting
 from .._validate import check_identity
 from ..export import ExportReport, export_customers
 from ..models.identity import Identity
-from ..resources.customers import customer_filter_params
+from ..resources.customers import _filter_params
 from ._errors import EXIT_INCOMPLETE, EXIT_OK, CommandError, UsageError, without_method
 from ._files import STDOUT, check_output, decoded_lines, replace_on_success
 from ._parser import FILTER_FLAGS
@@ -28,8 +29,14 @@ __all__ = ["COMMANDS"]
 
 
 def _filters(args: argparse.Namespace) -> dict[str, Any]:
-    """The filter flags as ``export_customers`` keywords, each checked and named by its flag."""
+    """The filter flags as ``export_customers`` keywords, each checked and named by its flag.
+
+    A time without an offset under no ``--timezone`` is read as UTC: a note says so (in place
+    of the library's warning, which names a Python setting).
+    """
+    zone = zone_setting(args.timezone)
     filters: dict[str, Any] = {}
+    naive: list[str] = []
     for flag, name in FILTER_FLAGS.items():
         value = getattr(args, name)
         if value is None:
@@ -37,11 +44,18 @@ def _filters(args: argparse.Namespace) -> dict[str, Any]:
         if name == "select":
             value = [f.strip() for f in value.split(",") if f.strip()]
         try:
-            customer_filter_params("export", {name: value})
+            if _filter_params("export", {name: value}, paged=True, zone=zone)[1]:
+                naive.append(flag)
         except InvalidRequestError as err:
             message = without_method(str(err)).replace(name, flag)
             raise UsageError(message if flag in message else f"{flag}: {message}") from None
         filters[name] = value
+    if naive and not args.quiet:
+        print(
+            f"dmhub-async: note: {' and '.join(naive)} without an offset read as UTC; give "
+            "--timezone (e.g. Asia/Shanghai) or an offset (+08:00)",
+            file=sys.stderr,
+        )
     return filters
 
 

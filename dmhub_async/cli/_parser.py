@@ -7,17 +7,17 @@ import zoneinfo
 from collections.abc import Callable
 from typing import NoReturn
 
+from .._pagination import MAX_CONCURRENCY
 from .._version import __version__
 from ._errors import EXIT_USAGE
 from ._settings import TOKEN_STORE_ENV
 
 __all__ = ["FILTER_FLAGS", "MAX_CONCURRENCY", "build_parser"]
 
-#: The most pages or lookups in flight. DM Hub's rate limits are not published and it throttles
-#: (429/503) long before this; a walk by id holds ``concurrency`` pages of 100 rows, so more only
-#: costs memory; and beyond a few dozen requests a 30 ms round trip is no longer the bottleneck
-#: (benchmarks/README.md). A bigger number is far more likely a typo than a need.
-MAX_CONCURRENCY = 64
+# MAX_CONCURRENCY, the most pages or lookups in flight: the paginator's cap (64). DM Hub's rate
+# limits are not published and it throttles (429/503) long before that; a walk by id holds
+# ``concurrency`` pages of 100 rows, so more only costs memory; and beyond a few dozen requests
+# a 30 ms round trip is no longer the bottleneck (benchmarks/README.md).
 
 #: Filter flag -> the keyword of ``export_customers`` it sets.
 FILTER_FLAGS = {

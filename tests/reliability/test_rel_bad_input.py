@@ -27,8 +27,8 @@ from dmhub_async import (
     MemoryTokenStore,
     ResponseDecodeError,
 )
-from dmhub_async._client import TOKEN_PATH, Request, read_response
 from dmhub_async._exceptions import coerce_code
+from dmhub_async._sansio import TOKEN_PATH, Request, read_response
 from dmhub_async._validate import FIELD_TYPES
 from dmhub_async.export import export_customers
 from dmhub_async.testing import DMHubSimulator
