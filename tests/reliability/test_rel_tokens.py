@@ -223,11 +223,13 @@ async def test_scenario_16_a_refresh_due_while_redis_is_down(
         assert "fetching a token without the store" in local
 
         redis.start()
-        other = connect(sim, token_store=RedisTokenStore(redis.url))
+        other_store = RedisTokenStore(redis.url)
+        other = connect(sim, token_store=other_store)
         sim.revoke_tokens()  # both clients refresh: one fetch, through Redis again
         assert await asyncio.gather(dm.customers.count(), other.customers.count()) == [10, 10]
         assert sim.counters.tokens_issued == 3
     await store.aclose()
+    await other_store.aclose()  # else its connection is left for the GC to warn about
     assert all(sim.secret not in r.getMessage() for r in caplog.records)
 
 
