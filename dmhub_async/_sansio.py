@@ -18,7 +18,9 @@ import attrs
 from . import _json
 from ._auth import Token
 from ._exceptions import (
+    APIConnectionError,
     APIError,
+    APITimeoutError,
     AuthenticationError,
     ResponseDecodeError,
     ResponseTooLargeError,
@@ -35,6 +37,7 @@ __all__ = [
     "USER_AGENT",
     "APIResponse",
     "Request",
+    "connection_error",
     "read_response",
     "read_token",
     "token_request",
@@ -311,3 +314,21 @@ def build_error(
         body=body,
         request_id=request_id(headers) if headers else None,
     )
+
+
+def connection_error(
+    request: Request, *, timeout: bool, not_sent: bool, kind: str
+) -> APIConnectionError:
+    """The error for a request that got no answer; says when a write's outcome is unknown.
+
+    ``not_sent``: it never reached the service (refused, DNS); ``kind`` names the failure.
+    """
+    unknown = not request.idempotent and not not_sent
+    message = f"{request.method} {request.path} " + ("timed out" if timeout else f"failed ({kind})")
+    if unknown:
+        message += (
+            "; the request may have reached the service, so its outcome is unknown and it was"
+            " not repeated: check before trying again"
+        )
+    cls = APITimeoutError if timeout else APIConnectionError
+    return cls(message, method=request.method, path=request.path, outcome_unknown=unknown)
