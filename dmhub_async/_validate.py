@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 from ._exceptions import InvalidRequestError
+from ._pagination import MAX_CONCURRENCY
 from .models.customer import CustomerFields
 from .models.gender import Gender
 from .models.identity import Identity
@@ -55,8 +56,8 @@ MAX_INT_DIGITS = 4300
 _INT_BOUND = 10**MAX_INT_DIGITS
 #: Page numbers and sizes are 32-bit ints on the service's side.
 MAX_PAGE_NUMBER = 2**31 - 1
-#: Pages a walk may fetch ahead: more only holds memory, the client's limits decide the pace.
-MAX_WALK_CONCURRENCY = 256
+#: Pages a walk may have in flight: the paginator's cap (see its note on why).
+MAX_WALK_CONCURRENCY = MAX_CONCURRENCY
 
 
 def short(value: object) -> str:

@@ -277,6 +277,8 @@ def success(status: int, body: bytes) -> tuple[bool, Any]:
 @example(Request("GET", "/v1/customers"), 429, {"Retry-After": "1e400"}, b"", 0.0)
 @example(Request("GET", "/v1/customers"), 503, {"Retry-After": FAR_DATE}, b"", 0.0)
 @example(Request("GET", "/v1/customers"), 200, {}, b'{"error_code": ' + b"9" * 5000 + b"}", 0.0)
+@example(Request("GET", "/v1/customers"), 200, {}, b'{"rows": [12345678901234567890123]}', 0.0)
+@example(Request("GET", "/v1/customers"), 200, {}, b"-9223372036854775809", 0.0)  # beyond 64 bits
 def test_read_response_returns_or_raises_only_api_errors(
     request: Request, status: int, headers: dict[str, str], body: bytes, now: float
 ) -> None:

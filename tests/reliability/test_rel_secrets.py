@@ -235,7 +235,7 @@ CASES = [
     Case("HTTP 504", ServerError, _fault("504")),
     Case("HTML 502 from a gateway", ServerError, _fault("html")),
     Case("connection reset", APIConnectionError, _fault("reset")),
-    Case("truncated JSON", ResponseDecodeError, _fault("truncated")),
+    Case("body cut short", APIConnectionError, _fault("truncated")),
     Case("reset after a write", APIConnectionError, _lost_create),
     Case("timeout", APITimeoutError, _timeout),
     Case("connection refused", APIConnectionError, _refused),
