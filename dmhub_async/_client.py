@@ -39,6 +39,7 @@ from ._limits import Limits, RateLimiter
 from ._query_time import zone_setting
 from ._redact import MASK, RedactedCause, redact
 from ._retry import CallState, RetryPolicy, parse_retry_after, retrying
+from ._validate import check_settings
 
 if TYPE_CHECKING:
     from .resources.customer_statistics import CustomerStatistics
@@ -255,6 +256,17 @@ class DMHubClient:
         sleep: Callable[[float], Awaitable[None]] | None = None,
         timezone: tzinfo | str | None = None,
     ) -> None:
+        check_settings(
+            {"app_id": app_id, "secret": secret, "access_token": access_token},
+            base_url,
+            {
+                "timeout": (timeout, 0, False, float),
+                "max_retries": (max_retries, 0, True, int),
+                "max_concurrency": (max_concurrency, 1, True, int),
+                "rate_limit": (rate_limit, 0, False, float),
+            },
+            auth_error_codes,
+        )
         self.app_id = app_id or os.environ.get("DMHUB_APP_ID") or None
         self._secret = secret or os.environ.get("DMHUB_SECRET") or None
         self._static_token = access_token

@@ -24,6 +24,7 @@ from typing import Any, Generic, Literal, TypeVar
 import attrs
 
 from ._exceptions import InvalidRequestError, ResponseDecodeError
+from ._validate import short
 from .models.page import Page
 
 __all__ = ["AsyncPaginator", "PaginatorStats", "RawPage"]
@@ -89,11 +90,13 @@ class AsyncPaginator(Generic[T]):
             ("concurrency", concurrency, 1),
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise InvalidRequestError(f"{name} must be an int >= {low}, not {value!r}")
+                raise InvalidRequestError(f"{name} must be an int >= {low}, not {short(value)}")
         if max_items is not None and (
             isinstance(max_items, bool) or not isinstance(max_items, int) or max_items < 0
         ):
-            raise InvalidRequestError(f"max_items must be an int >= 0 or None, not {max_items!r}")
+            raise InvalidRequestError(
+                f"max_items must be an int >= 0 or None, not {short(max_items)}"
+            )
         if dedupe != "none" and key is None:
             raise InvalidRequestError("dedupe needs a key")
         self._fetch = fetch

@@ -74,7 +74,12 @@ def paginate(
     **paging: Any,
 ) -> AsyncPaginator[T]:
     """A paginator over ``GET path`` with ``rows``/``page`` added to ``params``."""
-    check_paging(paging.get("page_size"), paging.get("start_page"), paging.get("concurrency"))
+    check_paging(
+        paging.get("page_size"),
+        paging.get("start_page"),
+        paging.get("concurrency"),
+        paging.get("max_items"),
+    )
 
     async def fetch(number: int, size: int, on_retry: Callable[[], None]) -> RawPage[T]:
         data = await client.request(

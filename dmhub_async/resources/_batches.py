@@ -70,7 +70,7 @@ class BatchWalk(AsyncPaginator[T]):
         concurrency: int = 1,
         **paging: Any,
     ) -> None:
-        check_paging(page_size, start_page, concurrency)
+        check_paging(page_size, start_page, concurrency, max_items)
         super().__init__(
             _no_fetch,
             page_size=page_size,
