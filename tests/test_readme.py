@@ -43,6 +43,15 @@ def test_every_operation_example_runs(capsys: pytest.CaptureFixture[str]) -> Non
     assert "gone: 40201" in result.stdout
 
 
+def test_resolving_many_identities_example_runs() -> None:
+    code = _block("lookup_iter(huge()")
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert "resolved" in result.stdout
+
+
 def test_pytest_plugin_example_passes(tmp_path: Path) -> None:
     (tmp_path / "test_my_job.py").write_text(_block("dmhub_simulator"), encoding="utf-8")
     result = subprocess.run(
