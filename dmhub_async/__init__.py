@@ -22,7 +22,9 @@ from ._exceptions import (
     RateLimitError,
     ResponseDecodeError,
     ServerError,
+    TokenStoreError,
 )
+from ._logging import setup_logging as _setup_logging
 from ._pagination import AsyncPaginator, PaginatorStats
 from ._query_time import NaiveDatetimeWarning
 from ._retry import RetryPolicy
@@ -37,6 +39,8 @@ from .models import (
     Page,
 )
 from .resources.customers import EMPTY_STAGE, CustomerFilters
+
+_setup_logging()  # DMHUB_LOG=debug|info
 
 __all__ = [  # noqa: RUF022 - plain sorted(), as tests/test_public_api.py checks
     "APIConnectionError",
@@ -71,5 +75,6 @@ __all__ = [  # noqa: RUF022 - plain sorted(), as tests/test_public_api.py checks
     "ServerError",
     "Token",
     "TokenStore",
+    "TokenStoreError",
     "__version__",
 ]

@@ -1,223 +1,95 @@
-"""Access tokens: fetch, cache, share and refresh them, once per flight.
+"""Access tokens: held in memory, shared through a store, refreshed once per flight.
 
 The service keeps one active token per appid: fetching a new one revokes the last
-(CONTRACT.md, "Transport and authentication"). So every client that shares an appid must share
-one token through a :class:`TokenStore`, and a refresh must happen once however many callers
-find the token refused at the same moment (single flight).
+(docs/contract.md, "Transport and authentication"). So every client that shares an appid must
+share one token through a :class:`TokenStore`, and a refresh must happen once however many
+callers find the token refused at the same moment (single flight). Each client holds the token
+in memory and goes to the store only when it nears expiry or is refused; how a failing store is
+ridden out is in docs/reliability.md, "Token stores".
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-import os
-import weakref
+import hashlib
+import logging
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TypeVar
 
-import attrs
-import filelock
+import yarl
 
-if TYPE_CHECKING:
-    from redis.asyncio import Redis
+from ._exceptions import TokenStoreError
+from ._token_stores import (
+    DEFAULT_STORE,
+    FileTokenStore,
+    MemoryTokenStore,
+    RedisTokenStore,
+    Token,
+    TokenStore,
+)
 
 __all__ = [
+    "DEFAULT_STORE",
     "FileTokenStore",
     "MemoryTokenStore",
     "RedisTokenStore",
     "Token",
     "TokenManager",
     "TokenStore",
+    "token_key",
 ]
 
+log = logging.getLogger("dmhub_async")
+T = TypeVar("T")
 
-@attrs.frozen
-class Token:
-    """An access token and the wall-clock time (epoch seconds) it expires at."""
-
-    value: str = attrs.field(repr=False)
-    expires_at: float
-
-    def to_json(self) -> dict[str, Any]:
-        """The token as a JSON-safe mapping, for stores."""
-        return {"access_token": self.value, "expires_at": self.expires_at}
-
-    @classmethod
-    def from_json(cls, data: Any) -> Token | None:
-        """A token read back from a store, or None when the entry is unusable."""
-        try:
-            return cls(str(data["access_token"]), float(data["expires_at"]))
-        except (KeyError, TypeError, ValueError):
-            return None
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+#: The refresh margin is at most this share of a token's lifetime (a 300 s token: 75 s).
+MARGIN_SHARE = 0.25
+#: After a store failed, a client that still holds a valid token asks it again only after
+#: this share of the refresh margin, so that a down or frozen store costs one wait, not one a call.
+STORE_PAUSE_SHARE = 0.1
 
 
-@runtime_checkable
-class TokenStore(Protocol):
-    """Where clients that share an appid keep their one token."""
+def normalise_base_url(base_url: str) -> str:
+    """``scheme://host[:port]/path`` in one spelling: lower case, no default port, no end slash.
 
-    async def get(self, key: str) -> Token | None:
-        """The stored token for ``key``, or None."""
-
-    async def set(self, key: str, token: Token) -> None:
-        """Store ``token`` for ``key``."""
-
-    def lock(self, key: str) -> AbstractAsyncContextManager[None]:
-        """A lock that one refresher holds while it fetches a new token for ``key``."""
-
-
-class _LoopLocks:
-    """asyncio locks by key, one set per event loop (a lock is bound to the loop that uses it)."""
-
-    def __init__(self) -> None:
-        self._by_loop: weakref.WeakKeyDictionary[
-            asyncio.AbstractEventLoop, dict[str, asyncio.Lock]
-        ] = weakref.WeakKeyDictionary()
-
-    def get(self, key: str) -> asyncio.Lock:
-        locks = self._by_loop.setdefault(asyncio.get_running_loop(), {})
-        lock = locks.get(key)
-        if lock is None:
-            lock = locks[key] = asyncio.Lock()
-        return lock
-
-
-class MemoryTokenStore:
-    """Tokens in this process's memory: the default, shared by every client of the process."""
-
-    def __init__(self) -> None:
-        self._tokens: dict[str, Token] = {}
-        self._locks = _LoopLocks()
-
-    async def get(self, key: str) -> Token | None:
-        """The stored token for ``key``, or None."""
-        return self._tokens.get(key)
-
-    async def set(self, key: str, token: Token) -> None:
-        """Store ``token`` for ``key``."""
-        self._tokens[key] = token
-
-    def lock(self, key: str) -> AbstractAsyncContextManager[None]:
-        """An asyncio lock for ``key`` in the running loop."""
-        return _hold(self._locks.get(key))
-
-    def __repr__(self) -> str:
-        return f"MemoryTokenStore(keys={len(self._tokens)})"
-
-
-@asynccontextmanager
-async def _hold(lock: asyncio.Lock) -> AsyncIterator[None]:
-    async with lock:
-        yield
-
-
-DEFAULT_STORE = MemoryTokenStore()
-
-
-class FileTokenStore:
-    """Tokens in a JSON file (mode 0600), file-locked: processes on one machine share them."""
-
-    def __init__(self, path: str | os.PathLike[str], *, lock_timeout: float = 60.0) -> None:
-        self.path = Path(path)
-        self._file_lock = filelock.AsyncFileLock(
-            str(self.path) + ".lock", timeout=lock_timeout, thread_local=False
-        )
-        self._locks = _LoopLocks()
-
-    def _read(self) -> dict[str, Any]:
-        try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-        except (FileNotFoundError, ValueError):
-            return {}
-        return data if isinstance(data, dict) else {}
-
-    def _write(self, data: dict[str, Any]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + f".{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh)
-        os.replace(tmp, self.path)
-
-    async def get(self, key: str) -> Token | None:
-        """The stored token for ``key``, or None."""
-        return Token.from_json(self._read().get(key))
-
-    async def set(self, key: str, token: Token) -> None:
-        """Store ``token`` for ``key`` (callers hold :meth:`lock`)."""
-        data = self._read()
-        data[key] = token.to_json()
-        self._write(data)
-
-    @asynccontextmanager
-    async def lock(self, key: str) -> AsyncIterator[None]:
-        """This process's lock for ``key``, then the file lock that other processes see."""
-        async with self._locks.get(key), self._file_lock:
-            yield
-
-    def __repr__(self) -> str:
-        return f"FileTokenStore({str(self.path)!r})"
-
-
-class RedisTokenStore:
-    """Tokens in Redis, with a Redis lock: processes on many machines share them.
-
-    Needs the ``redis`` extra (``pip install 'dmhub-async[redis]'``).
+    Only the spelling: two host names of one service (``localhost`` and ``127.0.0.1``) stay two.
     """
+    url = yarl.URL(base_url)
+    scheme = url.scheme.lower()
+    host = (url.raw_host or "").lower()
+    if ":" in host:
+        host = f"[{host}]"  # IPv6
+    port = url.port
+    netloc = host if port is None or port == _DEFAULT_PORTS.get(scheme) else f"{host}:{port}"
+    return f"{scheme}://{netloc}{url.raw_path.rstrip('/')}"
 
-    def __init__(
-        self,
-        url: str | None = None,
-        *,
-        client: Redis | None = None,
-        prefix: str = "dmhub_async:token:",
-        lock_timeout: float = 60.0,
-    ) -> None:
-        if client is None:
-            if url is None:
-                raise ValueError("RedisTokenStore needs a url or a client")
-            from redis.asyncio import Redis
 
-            client = Redis.from_url(url)
-        self._redis = client
-        self._prefix = prefix
-        self._lock_timeout = lock_timeout
+def secret_fingerprint(app_id: str, secret: str) -> str:
+    """A one-way fingerprint of the secret: tells secrets apart, reveals nothing of them."""
+    digest = hashlib.sha256(b"dmhub_async token key\0%s\0%s" % (app_id.encode(), secret.encode()))
+    return digest.hexdigest()[:16]
 
-    async def get(self, key: str) -> Token | None:
-        """The stored token for ``key``, or None."""
-        raw = await self._redis.get(self._prefix + key)
-        if raw is None:
-            return None
-        try:
-            return Token.from_json(json.loads(raw))
-        except ValueError:
-            return None
 
-    async def set(self, key: str, token: Token) -> None:
-        """Store ``token`` for ``key``; Redis drops it when it expires."""
-        await self._redis.set(self._prefix + key, json.dumps(token.to_json()), ex=7200)
+def token_key(base_url: str, app_id: str, secret: str) -> str:
+    """The store key of an appid's token: the normalised base URL, the appid, the fingerprint.
 
-    @asynccontextmanager
-    async def lock(self, key: str) -> AsyncIterator[None]:
-        """A Redis lock on ``key`` that expires on its own should its holder die."""
-        async with self._redis.lock(
-            self._prefix + key + ":lock",
-            timeout=self._lock_timeout,
-            blocking_timeout=self._lock_timeout,
-        ):
-            yield
-
-    async def aclose(self) -> None:
-        """Close the Redis connection pool."""
-        await self._redis.aclose()
-
-    def __repr__(self) -> str:
-        return f"RedisTokenStore(prefix={self._prefix!r})"
+    A client with a wrong secret gets a key of its own, so it fetches (and fails) instead of
+    using the token that the right secret obtained.
+    """
+    return f"{normalise_base_url(base_url)}|{app_id}|{secret_fingerprint(app_id, secret)}"
 
 
 class TokenManager:
-    """One client's view of its appid's token: cached, refreshed ahead of expiry, single flight."""
+    """One client's token: held in memory, shared through the store, refreshed single flight.
+
+    ``timeout`` bounds every store call (get, set, taking and releasing the lock). A store that
+    fails or is too slow never fails a call while a valid token is held (the call goes on with
+    it); with no valid token the client fetches one without the store and logs a WARNING
+    (docs/reliability.md, "Token stores"). A store that is unsafe to use is an error.
+    """
 
     def __init__(
         self,
@@ -227,28 +99,46 @@ class TokenManager:
         clock: Callable[[], float],
         *,
         refresh_margin: float = 300.0,
+        timeout: float = 30.0,
     ) -> None:
         self._key = key
         self._store = store
         self._fetch = fetch
         self._clock = clock
-        self._margin = refresh_margin
+        self._max_margin = refresh_margin
+        self._timeout = timeout
+        self._held: Token | None = None
+        self._store_paused_until = float("-inf")
         self._flight: asyncio.Future[str] | None = None
 
-    def _fresh(self, token: Token | None) -> bool:
-        return token is not None and self._clock() < token.expires_at - self._margin
+    def _margin(self, token: Token) -> float:
+        lifetime = token.lifetime
+        if lifetime is None:
+            return self._max_margin
+        return min(self._max_margin, lifetime * MARGIN_SHARE)
+
+    def _fresh(self, token: Token) -> bool:
+        return self._clock() < token.expires_at - self._margin(token)
+
+    def _valid(self, token: Token) -> bool:
+        return self._clock() < token.expires_at
 
     async def token(self) -> str:
-        """A token that is valid for at least the refresh margin."""
-        token = await self._store.get(self._key)
-        if token is not None and self._fresh(token):
-            return token.value
-        return await self.refresh(stale=token.value if token else None)
+        """The held token while it is fresh; near its expiry, the store's or a new one."""
+        held = self._held
+        if held is not None and (
+            self._fresh(held) or (self._valid(held) and self._clock() < self._store_paused_until)
+        ):
+            return held.value
+        return await self.refresh(stale=None)
 
     async def refresh(self, stale: str | None) -> str:
         """A token other than ``stale``: one fetch however many callers ask at once."""
+        held = self._held
+        if stale is not None and held is not None and held.value != stale and self._valid(held):
+            return held.value  # another caller has replaced the refused token already
         if self._flight is None:
-            self._flight = asyncio.ensure_future(self._refresh(stale))
+            self._flight = asyncio.ensure_future(self._renew(stale))
             self._flight.add_done_callback(self._land)
         # shield: one caller's cancellation must not cancel the fetch the others wait on.
         return await asyncio.shield(self._flight)
@@ -259,12 +149,88 @@ class TokenManager:
         if not flight.cancelled():
             flight.exception()  # mark retrieved: every waiter has seen it already
 
-    async def _refresh(self, stale: str | None) -> str:
-        async with self._store.lock(self._key):
+    async def _renew(self, stale: str | None) -> str:
+        held = self._held
+        keep = held if held is not None and held.value != stale and self._valid(held) else None
+        try:
+            token = await self._shared(stale)
+        except TokenStoreError as err:
+            if keep is not None:
+                self._store_paused_until = self._clock() + self._margin(keep) * STORE_PAUSE_SHARE
+                log.warning("%s; going on with the token held, valid until it expires", err)
+                return keep.value
+            if err.unsafe:
+                raise
+            log.warning(
+                "%s; fetching a token without the store: other processes that share this appid"
+                " may find theirs revoked until the store is back",
+                err,
+            )
+            token = await self._fetch_new()
+        self._held = token
+        self._store_paused_until = float("-inf")
+        return token.value
+
+    def _usable(self, token: Token | None, stale: str | None) -> bool:
+        return token is not None and token.value != stale and self._fresh(token)
+
+    async def _shared(self, stale: str | None) -> Token:
+        """The store's token if usable, else a new one fetched under the store's lock."""
+        token = await self._call(self._store.get(self._key))
+        if token is not None and self._usable(token, stale):
+            return token
+        async with self._locked():
             # Another client or process may have refreshed while we waited for the lock.
-            token = await self._store.get(self._key)
-            if token is not None and token.value != stale and self._fresh(token):
-                return token.value
-            token = await self._fetch()
-            await self._store.set(self._key, token)
-            return token.value
+            token = await self._call(self._store.get(self._key))
+            if token is not None and self._usable(token, stale):
+                return token
+            token = await self._fetch_new()
+            try:
+                await self._call(self._store.set(self._key, token))
+            except TokenStoreError as err:
+                log.warning("%s; the new token is held but not shared", err)
+            return token
+
+    async def _fetch_new(self) -> Token:
+        started = self._clock()
+        token = await self._fetch()
+        if token.issued_at is None:
+            token = Token(token.value, token.expires_at, started)
+        return token
+
+    async def _call(self, op: Awaitable[T]) -> T:
+        """``op`` within the timeout; its failure a :class:`TokenStoreError` naming the store."""
+        try:
+            return await asyncio.wait_for(op, self._timeout)
+        except TokenStoreError:
+            raise
+        except asyncio.TimeoutError:
+            raise TokenStoreError(
+                f"{self._store!r} did not answer in {self._timeout:g} s", store=repr(self._store)
+            ) from None
+        except Exception as err:  # a store of the user's making
+            raise TokenStoreError(
+                f"{self._store!r} failed: {type(err).__name__}", store=repr(self._store)
+            ) from None
+
+    @asynccontextmanager
+    async def _locked(self) -> AsyncIterator[None]:
+        """The store's lock, taken and released within the timeout.
+
+        Releasing it cannot fail the call: by then the token is fetched (Redis frees a lost lock
+        on its own).
+        """
+        lock: AbstractAsyncContextManager[None] = self._store.lock(self._key)
+        await self._call(lock.__aenter__())
+        try:
+            yield
+        except BaseException:
+            await self._release(lock, *sys.exc_info())
+            raise
+        await self._release(lock, None, None, None)
+
+    async def _release(self, lock: AbstractAsyncContextManager[None], *exc_info: object) -> None:
+        try:
+            await self._call(lock.__aexit__(*exc_info))  # type: ignore[arg-type]
+        except TokenStoreError as err:
+            log.warning("%s; its lock was not released and frees itself", err)

@@ -23,7 +23,7 @@ import aiohttp
 import attrs
 
 from . import _json
-from ._auth import DEFAULT_STORE, Token, TokenManager, TokenStore
+from ._auth import DEFAULT_STORE, Token, TokenManager, TokenStore, token_key
 from ._exceptions import (
     APIConnectionError,
     APIError,
@@ -313,10 +313,11 @@ class DMHubClient:
         self._current_token: str | None = None
         if self.app_id and self._secret:
             self._tokens = TokenManager(
-                f"{self.base_url}|{self.app_id}",
+                token_key(self.base_url, self.app_id, self._secret),
                 token_store if token_store is not None else DEFAULT_STORE,
                 self._fetch_token,
                 self._clock,
+                timeout=timeout,
             )
         self._send_with_retries = retrying(
             self._attempt,

@@ -4,6 +4,7 @@
 
     DMHubError
      +-- InvalidRequestError (also ValueError)   bad input caught before sending; nothing sent
+     +-- TokenStoreError  store                  a token store failed, was too slow, or is unsafe
      +-- APIConnectionError                      no answer: refused, reset, DNS
      |    +-- APITimeoutError (also TimeoutError)
      +-- APIError  status, code, description     the service answered with an error
@@ -33,6 +34,7 @@ __all__ = [
     "RateLimitError",
     "ResponseDecodeError",
     "ServerError",
+    "TokenStoreError",
 ]
 
 
@@ -42,6 +44,19 @@ class DMHubError(Exception):
 
 class InvalidRequestError(DMHubError, ValueError):
     """Bad input, caught before anything was sent."""
+
+
+class TokenStoreError(DMHubError):
+    """A token store failed, did not answer in time, or is unsafe to use; ``store`` names it.
+
+    ``unsafe`` is true for a store the client refuses to use (a token file another user owns or
+    can read, a symbolic link): that is an error to fix, not an outage to ride out.
+    """
+
+    def __init__(self, message: str, *, store: str, unsafe: bool = False) -> None:
+        super().__init__(message)
+        self.store = store
+        self.unsafe = unsafe
 
 
 class APIConnectionError(DMHubError):

@@ -58,8 +58,6 @@ MAX_INT_DIGITS = 4300
 _INT_BOUND = 10**MAX_INT_DIGITS
 #: Page numbers and sizes are 32-bit ints on the service's side.
 MAX_PAGE_NUMBER = 2**31 - 1
-#: Pages a walk may fetch ahead: more only holds memory, the client's limits decide the pace.
-MAX_WALK_CONCURRENCY = 256
 
 
 def short(value: object) -> str:
@@ -143,14 +141,11 @@ def _check_json(method: str, where: str, value: Any, depth: int) -> None:
         )
 
 
-def check_paging(
-    page_size: object, start_page: object, concurrency: object, max_items: object = None
-) -> None:
+def check_paging(page_size: object, start_page: object, max_items: object = None) -> None:
     """The ranges of a walk's paging ints (the paginator checks their types)."""
     for name, value, low, high in (
         ("page_size", page_size, 1, MAX_PAGE_NUMBER),
         ("start_page", start_page, 1, MAX_PAGE_NUMBER),
-        ("concurrency", concurrency, 1, MAX_WALK_CONCURRENCY),
         ("max_items", max_items, 0, None),
     ):
         if isinstance(value, int) and (value < low or (high is not None and value > high)):

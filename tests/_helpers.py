@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 
 BASE = "https://api.dmhub.test"
 CUSTOMER = {"id": 1, "name": "x"}
@@ -11,3 +12,12 @@ CUSTOMER = {"id": 1, "name": "x"}
 def url(path: str, base: str = BASE) -> re.Pattern[str]:
     """A pattern for ``base + path`` with any query string: aioresponses matches on it."""
     return re.compile("^" + re.escape(base + path) + r"(\?.*)?$")
+
+
+def hypothesis_profile(environ: Mapping[str, str]) -> str:
+    """The hypothesis profile for this run: ``ci`` (derandomized, no database) when CI is set.
+
+    Property tests must not fail at random in CI: there every run draws the same examples, and
+    anything found at random locally becomes an ``@example``.
+    """
+    return "ci" if environ.get("CI", "").lower() not in ("", "0", "false") else "default"

@@ -6,53 +6,26 @@ client "sleeps" on it, and every HTTP call is answered by aioresponses.
 
 from __future__ import annotations
 
-import asyncio
+import os
 import re
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
+import _aioresponses_compat
 import pytest
-from _helpers import BASE
+from _helpers import BASE, hypothesis_profile
 from aioresponses import CallbackResult, aioresponses
+from hypothesis import settings
 
 from dmhub_async import DMHubClient, MemoryTokenStore, RetryPolicy
+from dmhub_async.testing import FakeClock
+
+_aioresponses_compat.install()  # aioresponses 0.7.9 on aiohttp 3.14: see the module
+settings.load_profile(hypothesis_profile(os.environ))  # derandomized in CI
 
 #: The base URL every client built by ``make_client`` talks to.
 BASE_URL = BASE
 TOKEN_URL = re.compile(r"^https://api\.dmhub\.test/security/accesstoken\?.*$")
-
-
-class FakeClock:
-    """Wall-clock seconds that move only by hand or by ``sleep``, which records each wait.
-
-    ``sleep`` keeps virtual time: the earliest sleeper wakes first, once the other tasks have
-    had their turns, and the clock then jumps to its wake time. So concurrent sleepers see the
-    times they would see for real, and no test waits.
-    """
-
-    def __init__(self, start: float = 1_700_000_000.0) -> None:
-        self.now = start
-        self.waits: list[float] = []
-        self._wakes: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-    async def sleep(self, seconds: float) -> None:
-        self.waits.append(seconds)
-        wake = self.now + max(0.0, seconds)
-        self._wakes.append(wake)
-        try:
-            settled = 0
-            while settled < 10:  # ten turns in a row as the earliest sleeper: the rest are idle
-                await asyncio.sleep(0)
-                settled = settled + 1 if min(self._wakes) >= wake else 0
-            self.now = max(self.now, wake)
-        finally:
-            self._wakes.remove(wake)
 
 
 class TokenEndpoint:

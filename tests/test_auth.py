@@ -22,6 +22,7 @@ from dmhub_async import (
     ServerError,
     Token,
 )
+from dmhub_async._auth import token_key
 
 
 def count(api: aioresponses, path: str) -> int:
@@ -208,7 +209,9 @@ async def test_refresh_by_one_client_is_picked_up_by_the_other(api, tokens, make
     api.get(url("/v1/customers/1"), callback=checker, repeat=True)
     store = MemoryTokenStore()
     first, second = make_client(token_store=store), make_client(token_store=store)
-    await store.set(f"{BASE}|app-1", Token("tok-0", expires_at=clock_far_future()))
+    await store.set(
+        token_key(BASE, "app-1", "secret-1"), Token("tok-0", expires_at=clock_far_future())
+    )
 
     await asyncio.gather(
         first.request("GET", "/v1/customers/1"), second.request("GET", "/v1/customers/1")
@@ -248,7 +251,7 @@ async def test_redis_store_shares_one_token(api, tokens, make_client):
         first.request("GET", "/v1/customers/1"), second.request("GET", "/v1/customers/1")
     )
     other = RedisTokenStore(client=redis)  # as another machine would see it
-    stored = await other.get(f"{BASE}|app-1")
+    stored = await other.get(token_key(BASE, "app-1", "secret-1"))
     await store.aclose()
 
     assert tokens.issued == ["tok-1"]
@@ -335,12 +338,39 @@ async def test_expires_in_from_the_answer_sets_the_refresh_time(api, make_client
     dm = make_client()
 
     await dm.request("GET", "/v1/customers/1")
-    clock.advance(599)  # 900 s less the 300 s margin
+    clock.advance(674)  # 900 s less a margin of a quarter of the lifetime (under 300 s)
     await dm.request("GET", "/v1/customers/1")
     clock.advance(2)
     await dm.request("GET", "/v1/customers/1")
 
     assert checker.seen == ["tok-1", "tok-1", "tok-2"]
+
+
+@pytest.mark.parametrize("lifetime", [60, 300])
+async def test_short_lived_tokens_are_not_fetched_before_every_call(
+    api, make_client, clock, lifetime
+):
+    # Issue 13 item 6: a fixed 300 s margin made a token of 300 s or less stale on arrival.
+    issued: list[str] = []
+
+    def issue(u: Any, **kwargs: Any) -> CallbackResult:
+        issued.append(f"tok-{len(issued) + 1}")
+        return CallbackResult(
+            payload={"error_code": 0, "access_token": issued[-1], "expires_in": lifetime}
+        )
+
+    api.get(url("/security/accesstoken"), callback=issue, repeat=True)
+    checker = TokenChecker({f"tok-{n}" for n in range(1, 200)})
+    api.get(url("/v1/customers/1"), callback=checker, repeat=True)
+    dm = make_client()
+
+    for _ in range(100):
+        await dm.request("GET", "/v1/customers/1")
+        clock.advance(lifetime / 50)  # 100 calls over two lifetimes
+
+    # Refreshed a quarter of the lifetime ahead: every 0.75 lifetime, 3 tokens for 2 lifetimes.
+    assert len(issued) == 3
+    assert len(checker.seen) == 100
 
 
 async def test_token_body_without_access_token_is_a_decode_error(api, make_client):
@@ -372,6 +402,7 @@ async def test_file_store_with_a_corrupt_file_fetches_a_new_token(
     api.get(url("/v1/customers/1"), payload=CUSTOMER)
     path = tmp_path / "tokens.json"
     path.write_text("{not json")
+    path.chmod(0o600)
     dm = make_client(token_store=FileTokenStore(path))
 
     assert await dm.request("GET", "/v1/customers/1") == CUSTOMER

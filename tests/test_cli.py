@@ -7,146 +7,44 @@ subprocess call has a timeout, and every server is stopped in ``finally``.
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import json
-import os
-import queue
 import signal
 import socket
 import subprocess
-import sys
-import threading
 import time
-from collections import Counter
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
 
 import pytest
+from _cli_support import (
+    CUSTOMERS,
+    SECRET,
+    TIMEOUT,
+    ServedSimulator,
+    assert_once_each,
+    assert_one_line_error,
+    base_env,
+    cli_command,
+    jsonl_ids,
+    read_csv,
+    run_cli,
+    serve,
+    served_env,
+    simulator_process,
+)
 
 from dmhub_async.testing import DMHubSimulator
-
-T = TypeVar("T")
-
-SECRET = "s3cr3t-never-printed"
-APP_ID = "cli-app"
-CUSTOMERS = 1500
-REPO = Path(__file__).resolve().parent.parent
-TIMEOUT = 60  # seconds, for any one command
-
-
-class ServedSimulator:
-    """A DMHubSimulator served by its own event loop in a daemon thread."""
-
-    def __init__(self, customers: int, **kwargs: Any) -> None:
-        self.sim = DMHubSimulator(customers, app_id=APP_ID, secret=SECRET, **kwargs)
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-        self.run(self.sim.start())
-
-    def stop(self) -> None:
-        try:
-            self.run(self.sim.close())
-        finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(10)
-            self._loop.close()
-
-    def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=30)
-
-    def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run ``fn`` on the simulator's loop, so it never races a request being served."""
-
-        async def call() -> T:
-            return fn(*args, **kwargs)
-
-        return self.run(call())
-
-    def rows(self) -> list[dict[str, Any]]:
-        def rows() -> list[dict[str, Any]]:
-            return [r for r in map(self.sim.customer, self.sim.customer_ids()) if r is not None]
-
-        return self.call(rows)
-
-    def ids(self) -> list[int]:
-        return self.call(self.sim.customer_ids)
 
 
 @pytest.fixture
 def served() -> Iterator[ServedSimulator]:
-    server = ServedSimulator(CUSTOMERS, seed=5)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-def base_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DMHUB_")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    return env
+    yield from serve()
 
 
 @pytest.fixture
-def env(served: ServedSimulator) -> dict[str, str]:
-    return {
-        **base_env(),
-        "DMHUB_BASE_URL": served.sim.url,
-        "DMHUB_APP_ID": APP_ID,
-        "DMHUB_SECRET": SECRET,
-    }
-
-
-def cli_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "dmhub_async.cli", *args]
-
-
-def run_cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        cli_command(*args),
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        encoding="utf-8",
-        timeout=TIMEOUT,
-        check=False,
-    )
-    # Whatever happened: no traceback, and never the secret.
-    assert "Traceback" not in result.stderr
-    assert SECRET not in result.stdout + result.stderr
-    return result
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess[str], code: int, *words: str) -> None:
-    assert result.returncode == code, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("dmhub-async")
-    assert "error" in lines[0]
-    for word in words:
-        assert word in lines[0]
-
-
-def jsonl_ids(path: Path) -> list[int]:
-    with path.open(encoding="utf-8") as fh:
-        return [json.loads(line)["id"] for line in fh]
-
-
-def read_csv(path: Path) -> list[dict[str, str]]:
-    with path.open(newline="", encoding="utf-8") as fh:
-        return list(csv.DictReader(fh))
-
-
-def assert_once_each(ids: list[int], expected: list[int]) -> None:
-    assert [i for i, n in Counter(ids).items() if n > 1] == []
-    assert sorted(ids) == sorted(expected)
+def env(served: ServedSimulator, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    return served_env(served, tmp_path_factory.mktemp("cache"))
 
 
 # -- export -----------------------------------------------------------------------------------
@@ -315,46 +213,16 @@ def test_sigkill_mid_export_then_resume_gives_every_customer_once(
 
 
 def test_simulate_command_serves_an_export(tmp_path: Path) -> None:
-    server = subprocess.Popen(
-        cli_command("simulate", "--port", "0", "--customers", "300", "--seed", "9"),
-        env=base_env(),
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        lines: queue.Queue[str] = queue.Queue()
-        assert server.stdout is not None
-        stdout = server.stdout
-        reader = threading.Thread(target=lambda: [lines.put(x) for x in stdout], daemon=True)
-        reader.start()
-        settings: dict[str, str] = {}
-        while "DMHUB_SECRET" not in settings:
-            line = lines.get(timeout=TIMEOUT).strip()
-            key, _, value = line.partition("=")
-            if key.startswith("DMHUB_"):
-                settings[key] = value
-        env = {**base_env(), **settings}
-
+    with simulator_process("--customers", "300", "--seed", "9", cwd=tmp_path) as settings:
         result = subprocess.run(
             cli_command("export", "--out", "sim.jsonl"),
-            env=env,
+            env={**base_env(tmp_path / "cache"), **settings},
             cwd=tmp_path,
             capture_output=True,
             text=True,
             timeout=TIMEOUT,
             check=False,
         )
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(timeout=10)
-        if server.stdout is not None:
-            server.stdout.close()
     assert result.returncode == 0, result.stderr
     assert jsonl_ids(tmp_path / "sim.jsonl") == DMHubSimulator(300, seed=9).customer_ids()
 
@@ -371,10 +239,11 @@ def closed_port() -> int:
 
 BAD_INPUTS: list[tuple[str, list[str], dict[str, str | None], int, tuple[str, ...]]] = [
     ("no credentials", [], {"DMHUB_APP_ID": None, "DMHUB_SECRET": None}, 1, ("credentials",)),
-    ("wrong secret", [], {"DMHUB_SECRET": "wrong-" + SECRET}, 1, ()),
+    ("wrong secret", [], {"DMHUB_SECRET": "wrong-" + SECRET}, 1, ("DMHUB_SECRET", "--token-store")),
     ("unreachable", ["--max-retries", "0"], {"DMHUB_BASE_URL": "closed"}, 1, ("no answer",)),
     ("bad gender", ["--gender", "7"], {}, 2, ("--gender",)),
-    ("bad date", ["--created-from", "notadate"], {}, 1, ("date_created_from",)),
+    ("bad date", ["--created-from", "notadate"], {}, 2, ("--created-from",)),
+    ("bad field", ["--select", "name,nosuchfield"], {}, 2, ("--select", "nosuchfield")),
     ("bad page size", ["--page-size", "0"], {}, 2, ("--page-size",)),
     ("bad url", [], {"DMHUB_BASE_URL": "ftp://example"}, 1, ("base_url",)),
 ]
@@ -462,7 +331,7 @@ def test_lookup_resolves_identities_to_customer_ids(
 
 
 def test_demo_exports_a_seeded_simulator(tmp_path: Path) -> None:
-    env = base_env()
+    env = base_env(tmp_path / "cache")
     result = subprocess.run(
         cli_command("demo", "--customers", "500"),
         env=env,

@@ -16,17 +16,20 @@ from hypothesis import strategies as st
 from dmhub_async import _converter as conv
 from dmhub_async._converter import (
     WRITABLE_CUSTOMER_FIELDS,
+    binding_body,
+    customer_body,
     customer_fields_to_wire,
     decimal_to_json,
     identity_to_wire,
     make_converter,
+    scalars,
     structure_customer,
     structure_customers,
     structure_identities,
     structure_identity,
     structure_statistics,
     structure_statistics_list,
-    unstructure_customer,
+    to_wire,
 )
 from dmhub_async.models import (
     Customer,
@@ -221,7 +224,7 @@ def test_unknown_gender_is_unknown_with_the_raw_value_kept() -> None:
     c = structure_customer({"id": 1, "gender": 3})
     assert c.gender is Gender.UNKNOWN
     assert c.extra == {"gender": 3}
-    assert unstructure_customer(c)["gender"] == 3
+    assert to_wire(c)["gender"] == 3
     with pytest.raises(ValueError, match="gender"):
         strict_customer({"gender": 3})
 
@@ -256,6 +259,19 @@ def test_a_malformed_known_field_raises_value_error(row: dict[str, Any]) -> None
         structure_customer(row)
     with pytest.raises(ValueError, match="Customer"):
         structure_customers([DOC_CUSTOMER, row])
+
+
+def test_a_malformed_field_error_names_the_record_and_the_field() -> None:
+    rows = [DOC_CUSTOMER, {**DOC_CUSTOMER, "id": 8, "dateCreated": "the day before"}]
+    with pytest.raises(ValueError, match=r"Customer .*record 1 \(id 8\), field 'dateCreated'"):
+        structure_customers(rows)
+    with pytest.raises(ValueError, match=r"record 0, field 'orderAMT'"):
+        structure_statistics_list([{"orderAMT": "lots"}])
+
+
+def test_strict_is_the_converters_forbid_extra_keys_setting() -> None:
+    assert STRICT.forbid_extra_keys
+    assert not conv.make_converter().forbid_extra_keys
 
 
 def test_a_row_that_is_not_an_object_raises_value_error() -> None:
@@ -299,7 +315,7 @@ def test_timestamps_read_as_aware_utc(wire: str, expected: datetime) -> None:
 @pytest.mark.parametrize(("wire", "expected"), TIMESTAMPS)
 def test_timestamp_fallback_parser(wire: str, expected: datetime) -> None:
     # The parser Python 3.10 falls back on, where fromisoformat knows no "Z" nor odd fractions.
-    parsed = conv._parse_timestamp_slow(wire)
+    parsed = scalars.parse_timestamp_slow(wire)
     assert parsed == expected
     assert parsed.tzinfo is UTC
 
@@ -320,8 +336,7 @@ def test_timestamps_on_the_python_310_path(
     monkeypatch: pytest.MonkeyPatch, wire: str, expected: datetime
 ) -> None:
     # 3.10: no C fast path for timestamps, and "Z" rewritten before fromisoformat.
-    monkeypatch.setattr(conv, "_PY311", False)
-    monkeypatch.setattr(conv, "_INLINE_FAST", {})
+    monkeypatch.setattr(scalars, "PY311", False)
     converter = make_converter()
     c = converter.structure({**DOC_CUSTOMER, "lastUpdated": wire}, Customer)
     assert c.last_updated == expected
@@ -503,9 +518,33 @@ def test_customer_fields_to_wire_names_every_writable_field() -> None:
     assert customer_fields_to_wire({}) == {}
 
 
+def test_customer_body_of_a_create_and_of_an_upsert() -> None:
+    fields: dict[str, Any] = {"name": "小D", "gender": Gender.FEMALE, "nick_name": None}
+    wire = {"name": "小D", "gender": 2, "nickName": None}
+    assert customer_body(fields) == wire
+    assert customer_body(fields, create_method="ImportFromExternalSystem") == {
+        **wire,
+        "createMethod": "ImportFromExternalSystem",
+    }
+    assert customer_body(fields, identities=[Identity("wechat", "o1", name="昵称")]) == {
+        "customer": wire,
+        "customerIdentities": [
+            {"identityType": "wechat", "identityValue": "o1", "identityName": "昵称"}
+        ],
+    }
+
+
+def test_binding_body_sends_the_customer_id_as_a_string() -> None:
+    assert binding_body(123, Identity("wechat", "o1")) == {
+        "customerId": "123",
+        "identityType": "wechat",
+        "identityValue": "o1",
+    }
+
+
 def test_unstructure_customer_is_the_wire_form() -> None:
     row = {**DOC_CUSTOMER, "annualRevenue": 12345.67, "levelScore": 3}
-    out = unstructure_customer(structure_customer(row))
+    out = to_wire(structure_customer(row))
     assert out == row
     json.dumps(out)
 
@@ -558,7 +597,7 @@ def _customers() -> st.SearchStrategy[Customer]:
 @settings(max_examples=200, deadline=None)
 @given(_customers())
 def test_round_trip(customer: Customer) -> None:
-    wire = json.loads(json.dumps(unstructure_customer(customer), ensure_ascii=False))
+    wire = json.loads(json.dumps(to_wire(customer), ensure_ascii=False))
     assert structure_customer(wire) == customer
     assert structure_customers([wire]) == [customer]
     if not customer.extra:
@@ -569,4 +608,4 @@ def test_round_trip(customer: Customer) -> None:
 @given(st.decimals(allow_nan=False, allow_infinity=False))
 def test_decimal_to_json_never_loses_digits(value: Decimal) -> None:
     back = json.loads(json.dumps(decimal_to_json(value)))
-    assert conv._to_decimal(back) == value
+    assert scalars.to_decimal(back) == value

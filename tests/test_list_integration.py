@@ -6,6 +6,7 @@ unclosed session or connection fails the test).
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -144,7 +145,8 @@ async def test_break_mid_walk_leaves_no_task_and_no_connection(
         assert connector is not None
         # Every connection is back in the pool or closed: none held by a cancelled request.
         assert not connector._acquired  # type: ignore[attr-defined]
-    assert list_requests(sim) <= 2 + concurrency
+    # Pages are requested up to 2 x concurrency ahead of the one the consumer waits for.
+    assert list_requests(sim) <= 1 + 2 * concurrency
 
 
 async def test_max_items_stops_the_walk_cleanly(sim: DMHubSimulator) -> None:
@@ -164,6 +166,18 @@ async def test_an_error_from_one_page_cancels_the_others(sim: DMHubSimulator) ->
         with pytest.raises(ServerError):
             await dm.customers.list(page_size=20, concurrency=4).to_list()
         assert not other_tasks()
+
+
+@pytest.mark.parametrize("concurrency", [8, 64])
+async def test_no_page_past_the_last_is_requested(sim: DMHubSimulator, concurrency: int) -> None:
+    """1,000 customers asked 200 a page are 10 pages of 100 (the service's cap): 10 requests,
+    at any concurrency; the statistics list ends the same way on its totals."""
+    async with client_for(sim, max_concurrency=64) as dm:
+        got = await dm.customers.list(page_size=200, concurrency=concurrency).to_list()
+        stats = await dm.customer_statistics.list(page_size=100, concurrency=concurrency).to_list()
+    assert len(got) == 1000
+    assert list_requests(sim) == 10
+    assert sim.counters.routes["GET /v1/customerStatistics"] == math.ceil(len(stats) / 100)
 
 
 class InFlight:
@@ -203,6 +217,7 @@ async def test_walk_concurrency_bounds_requests_in_flight(sim: DMHubSimulator) -
     [
         {"page_size": 0},
         {"concurrency": 0},
+        {"concurrency": 65},
         {"max_items": -1},
         {"start_page": 0},
         {"sort_order": "up"},

@@ -45,7 +45,7 @@ class FakeServer:
         mutate: Callable[[FakeServer], None] | None = None,
         fail_page: int | None = None,
         ignore_page_number: bool = False,
-        fast_first_page: bool = False,
+        fast_pages: tuple[int, ...] = (),
     ) -> None:
         self.ids = list(range(1, n + 1))
         self.next_id = n + 1
@@ -56,7 +56,7 @@ class FakeServer:
         self.mutate = mutate
         self.fail_page = fail_page
         self.ignore_page_number = ignore_page_number
-        self.fast_first_page = fast_first_page
+        self.fast_pages = fast_pages
         self.requests: list[int] = []
         self.in_flight = 0
         self.max_in_flight = 0
@@ -70,7 +70,7 @@ class FakeServer:
             # Random interleaving of concurrent fetches (answers come back out of order).
             for _ in range(self.rng.randrange(4) if self.rng else 1):
                 await asyncio.sleep(0)
-            if self.latency and not (self.fast_first_page and number == 1):
+            if self.latency and number not in self.fast_pages:
                 await asyncio.sleep(self.latency)
             if self.mutate is not None:
                 self.mutate(self)
@@ -282,7 +282,7 @@ async def test_walk_under_inserts_and_deletes_loses_and_repeats_nothing(
     * as many inserts as deletes between two reads, with no read in between to see the
       intermediate count: ``records`` looks unchanged and the shifted records are skipped
       (``test_balanced_churn_is_invisible_to_the_walk``);
-    * records changing on nearly every request: the re-read backs up at most 8 times, then
+    * records changing on nearly every request: the re-read backs up at most 32 times, then
       carries on (so the changes here come from a seeded ``random.Random``, not from
       hypothesis, which would find the unlucky streak of churn on every request);
     * concurrent walks order reads by completion, not by when the server served them.
@@ -364,8 +364,8 @@ async def test_has_next_shape_ends_on_has_next_false(concurrency: int) -> None:
     pages = [p async for p in paginator.pages()]
     assert [p.has_next for p in pages] == [True, True, False]
     assert sum(map(len, (p.items for p in pages)), 0) == 30
-    # Before page 1 tells how many there are, the walk fetches `concurrency` pages ahead.
-    assert sorted(server.requests) == list(range(1, max(3, concurrency) + 1))
+    # Page 1 comes alone and tells how many there are: no page past the last is requested.
+    assert sorted(server.requests) == [1, 2, 3]
 
 
 async def test_has_next_true_beyond_the_totals_keeps_walking() -> None:
@@ -410,6 +410,15 @@ async def test_known_totals_schedule_no_page_past_the_end(concurrency: int) -> N
     server = FakeServer(195, totals="both")
     assert await walk(server, page_size=10, concurrency=concurrency).to_list() == server.ids
     assert sorted(server.requests) == list(range(1, 21))
+
+
+@pytest.mark.parametrize("totals", ["both", "records", "pages", "has_next"])
+@pytest.mark.parametrize("concurrency", [2, 8, 64])
+async def test_no_page_past_the_known_last_is_requested(totals: Totals, concurrency: int) -> None:
+    """A 5-page list at any concurrency costs 5 requests: page 1 alone tells the totals."""
+    server = FakeServer(45, totals=totals, latency=0.001)
+    assert await walk(server, page_size=10, concurrency=concurrency).to_list() == server.ids
+    assert sorted(server.requests) == [1, 2, 3, 4, 5]
 
 
 async def test_max_items_fetches_only_the_pages_it_needs() -> None:
@@ -473,14 +482,17 @@ async def test_break_leaves_no_task_behind(concurrency: int) -> None:
 
 
 async def test_aclose_cancels_pages_in_flight_at_once() -> None:
-    server = FakeServer(1000, totals="both", latency=0.05, fast_first_page=True)
+    server = FakeServer(1000, totals="both", latency=0.05, fast_pages=(1, 2))
     paginator = walk(server, concurrency=8)
-    async for _ in paginator.pages():
-        break
-    assert server.in_flight == 7
+    async for page in paginator.pages():
+        if page.number == 2:
+            break
+    # Page 1 came alone; then 2-9 were requested (and 10 as soon as 2 came back).
+    in_flight = server.in_flight
+    assert in_flight >= 7
     await paginator.aclose()
     assert server.in_flight == 0
-    assert server.cancelled == 7
+    assert server.cancelled == in_flight  # cancelled, not awaited (50 ms each)
 
 
 async def test_max_items_leaves_no_task_behind() -> None:
@@ -535,6 +547,8 @@ async def test_cancelling_the_consumer_cancels_the_fetches() -> None:
         {"page_size": 2.5},
         {"page_size": True},
         {"concurrency": 0},
+        {"concurrency": 65},
+        {"concurrency": 10**9},
         {"start_page": 0},
         {"max_items": -1},
         {"max_items": "10"},

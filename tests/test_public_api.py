@@ -9,7 +9,7 @@ import dmhub_async._auth
 import dmhub_async._exceptions
 import dmhub_async.models
 
-#: The public names DESIGN.md promises users can import from ``dmhub_async``.
+#: The public names users import from ``dmhub_async``: each one must keep working.
 DESIGNED = {
     "DMHubClient",
     "MemoryTokenStore",

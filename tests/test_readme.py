@@ -7,6 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
 import pytest
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -52,25 +57,49 @@ def test_resolving_many_identities_example_runs() -> None:
     assert "resolved" in result.stdout
 
 
-def test_pytest_plugin_example_passes(tmp_path: Path) -> None:
+def _user_project(tmp_path: Path) -> Path:
+    """A project holding the README's pytest example and its pytest settings, nothing else."""
     (tmp_path / "test_my_job.py").write_text(_block("dmhub_simulator"), encoding="utf-8")
+    toml = re.findall(r"```toml\n(.*?)```", README.read_text(encoding="utf-8"), re.S)
+    ini = [block for block in toml if "asyncio_mode" in block]
+    assert len(ini) == 1, "README should show the pytest-asyncio settings once"
+    (tmp_path / "pyproject.toml").write_text(ini[0], encoding="utf-8")
+    return tmp_path
+
+
+def test_pytest_plugin_example_passes(tmp_path: Path) -> None:
+    project = _user_project(tmp_path)
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            "-o",
-            "asyncio_mode=auto",
-            str(tmp_path),
-        ],
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "error"],
         capture_output=True,
         text=True,
         timeout=120,
-        cwd=tmp_path,
+        cwd=project,
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "2 passed" in result.stdout
+    assert "3 passed" in result.stdout
+
+
+def test_pytest_plugin_example_passes_mypy_strict(tmp_path: Path) -> None:
+    project = _user_project(tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "--cache-dir", str(tmp_path / ".mypy_cache"),
+         "test_my_job.py"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=project,
+        check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_dependency_list_is_the_packages() -> None:
+    project = tomllib.loads((README.parent / "pyproject.toml").read_text(encoding="utf-8"))
+    dependencies = project["project"]["dependencies"]
+    wanted = {re.split(r"[<>=!~\[; ]", dep, maxsplit=1)[0] for dep in dependencies}
+    line = re.search(r"Dependencies: (.*?);", README.read_text(encoding="utf-8"), re.S)
+    assert line is not None, "README's Install section should list the dependencies"
+    listed = {name.strip() for name in line.group(1).replace("\n", " ").split(",")}
+    assert listed == wanted

@@ -77,7 +77,6 @@ def paginate(
     check_paging(
         paging.get("page_size"),
         paging.get("start_page"),
-        paging.get("concurrency"),
         paging.get("max_items"),
     )
 

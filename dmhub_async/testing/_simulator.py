@@ -2,25 +2,23 @@
 
 from __future__ import annotations
 
-import inspect
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any
 
 from aiohttp import web
 
 from ._app import build_app
-from ._data import Row
 from ._faults import Counters, Faults
+from ._fields import Row
+from ._state import RequestHook, SimulatorState
 from ._store import CustomerStore
 from ._tokens import TokenIssuer
 
-RequestHook = Callable[[web.Request], "Awaitable[None] | None"]
-
 
 class DMHubSimulator:
-    """A DM Hub customer API served by aiohttp on 127.0.0.1, behaving as CONTRACT.md says.
+    """A DM Hub customer API served by aiohttp on 127.0.0.1, behaving as docs/contract.md says.
 
     Use it as ``async with DMHubSimulator(customers=1000) as sim:`` and point a client at
     ``sim.url`` with ``sim.app_id`` and ``sim.secret``. ``sim.faults`` makes it misbehave,
@@ -42,25 +40,55 @@ class DMHubSimulator:
         clock: Callable[[], float] = time.time,
         faults: Faults | None = None,
     ) -> None:
-        self.store = CustomerStore(seed, clock)
-        """The customer table (internal API; prefer the helper methods)."""
-        self.store.seed(customers)
-        self.tokens = TokenIssuer(app_id, secret, token_ttl, clock)
-        """The access-token issuer of the one appid."""
-        self.faults = faults if faults is not None else Faults(seed=seed)
-        """Fault injection settings; change them at any time."""
-        self.counters = Counters()
-        """What the simulator served."""
-        self.page_cap = page_cap
-        """The most rows a list page returns, whatever ``rows`` asks for."""
+        store = CustomerStore(seed, clock)
+        store.seed(customers)
+        self.state = SimulatorState(
+            store=store,
+            tokens=TokenIssuer(app_id, secret, token_ttl, clock),
+            faults=faults if faults is not None else Faults(seed=seed),
+            page_cap=page_cap,
+        )
+        """Everything the simulator serves, as one object."""
         self.host = host
         self.port = port
-        self.app = build_app(self)
+        self.app = build_app(self.state)
         """The aiohttp application."""
         self._runner: web.AppRunner | None = None
-        self._hooks: list[RequestHook] = []
-        self._revoke_in: int | None = None
-        self._expire_in: int | None = None
+
+    # -- state ----------------------------------------------------------------------------------
+
+    @property
+    def store(self) -> CustomerStore:
+        """The customer table (internal API; prefer the helper methods)."""
+        return self.state.store
+
+    @property
+    def tokens(self) -> TokenIssuer:
+        """The access-token issuer of the one appid."""
+        return self.state.tokens
+
+    @property
+    def faults(self) -> Faults:
+        """Fault injection settings; change them at any time."""
+        return self.state.faults
+
+    @faults.setter
+    def faults(self, faults: Faults) -> None:
+        self.state.faults = faults
+
+    @property
+    def counters(self) -> Counters:
+        """What the simulator served."""
+        return self.state.counters
+
+    @property
+    def page_cap(self) -> int:
+        """The most rows a list page returns, whatever ``rows`` asks for."""
+        return self.state.page_cap
+
+    @page_cap.setter
+    def page_cap(self, rows: int) -> None:
+        self.state.page_cap = rows
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -96,11 +124,15 @@ class DMHubSimulator:
         self.port = runner.addresses[0][1]
         self._runner = runner
 
-    async def close(self) -> None:
-        """Stop serving and close every connection."""
+    async def aclose(self) -> None:
+        """Stop serving and close every connection (as ``DMHubClient.aclose()``)."""
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
+
+    async def close(self) -> None:
+        """Stop serving: the same as `aclose`, kept for code written against 0.1.0."""
+        await self.aclose()
 
     async def __aenter__(self) -> DMHubSimulator:
         await self.start()
@@ -112,7 +144,7 @@ class DMHubSimulator:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await self.close()
+        await self.aclose()
 
     def __repr__(self) -> str:
         where = f"{self.host}:{self.port}" if self._runner else "not running"
@@ -161,28 +193,28 @@ class DMHubSimulator:
         """Revoke the active token now, or after that many more ``/v1`` requests."""
         if after_requests <= 0:
             self.tokens.revoke()
-            self._revoke_in = None
+            self.state.revoke_in = None
         else:
-            self._revoke_in = after_requests
+            self.state.revoke_in = after_requests
 
     def expire_tokens(self, after_requests: int = 0) -> None:
         """Expire the active token now, or after that many more ``/v1`` requests."""
         if after_requests <= 0:
             self.tokens.expire()
-            self._expire_in = None
+            self.state.expire_in = None
         else:
-            self._expire_in = after_requests
+            self.state.expire_in = after_requests
 
     # -- hooks ----------------------------------------------------------------------------------
 
     def on_request(self, hook: RequestHook) -> RequestHook:
         """Call ``hook(request)`` (sync or async) before every request is handled."""
-        self._hooks.append(hook)
+        self.state.hooks.append(hook)
         return hook
 
     def clear_hooks(self) -> None:
         """Remove every request hook, including `mutate_every` ones."""
-        self._hooks.clear()
+        self.state.hooks.clear()
 
     def mutate_every(
         self,
@@ -229,23 +261,3 @@ class DMHubSimulator:
         else:
             self.store.seed(inserts)
             self.counters.mutations += inserts
-
-    async def _before_request(self, request: web.Request, route: str) -> None:
-        # Called by the middleware first thing for every request.
-        if request.path.startswith("/v1/"):
-            if self._revoke_in is not None:
-                if self._revoke_in == 0:
-                    self.tokens.revoke()
-                    self._revoke_in = None
-                else:
-                    self._revoke_in -= 1
-            if self._expire_in is not None:
-                if self._expire_in == 0:
-                    self.tokens.expire()
-                    self._expire_in = None
-                else:
-                    self._expire_in -= 1
-        for hook in list(self._hooks):
-            result = hook(request)
-            if inspect.isawaitable(result):
-                await result

@@ -9,12 +9,10 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from itertools import accumulate, compress
 from typing import Any
 
-import attrs
-
-from ._data import (
-    CUSTOMER_FIELDS,
+from ._fields import BOOL_FIELDS, CUSTOMER_FIELDS, WRITABLE_FIELDS, Row
+from ._filters import Filters, in_range, row_matches, sort_key
+from ._seeded_rows import (
     FIRST_ID,
-    Row,
     created_of,
     decode_customer,
     decode_statistics,
@@ -34,62 +32,11 @@ from ._data import (
     updated_of,
 )
 
-#: Fields a client may write; the rest (id, displayName, timestamps, owner) are the service's.
-WRITABLE_FIELDS: frozenset[str] = frozenset(CUSTOMER_FIELDS) - {
-    "id",
-    "displayName",
-    "lastUpdated",
-    "dateCreated",
-    "ownerId",
-    "ownerName",
-    "isMember",
-}
-BOOL_FIELDS: frozenset[str] = frozenset({"mobileVerified", "emailVerified", "isEmployee"})
-
 Identity = tuple[str, str, "str | None"]
 
 
 #: Most seeded rows kept decoded (about 4 KB each).
 _DECODED_CACHE = 50_000
-
-
-@attrs.frozen
-class Filters:
-    """The list and count filters of ``GET /v1/customers``, parsed; times in epoch seconds."""
-
-    stage: str | None = None
-    source: str | None = None
-    mobile: str | None = None
-    email: str | None = None
-    gender: int | None = None
-    id_list: frozenset[int] | None = None
-    created_from: int | None = None
-    created_to: int | None = None
-    updated_from: int | None = None
-    updated_to: int | None = None
-
-    def is_empty(self) -> bool:
-        """Whether no filter is set."""
-        return self == _NO_FILTERS
-
-
-_NO_FILTERS = Filters()
-
-
-def _in_range(value: int, low: int | None, high: int | None) -> bool:
-    # Both bounds inclusive, to the second (CONTRACT.md "list": dateCreatedFrom/To).
-    return (low is None or value >= low) and (high is None or value <= high)
-
-
-def _sort_key(field: str) -> Callable[[Row], tuple[Any, ...]]:
-    # Nulls first when ascending, as the service's SQL ordering does; ties broken by id.
-    def key(row: Row) -> tuple[Any, ...]:
-        value = row.get(field)
-        if value is None:
-            return (0, 0, row["id"])
-        return (1, value, row["id"])
-
-    return key
 
 
 class CustomerStore:
@@ -351,7 +298,7 @@ class CustomerStore:
     def _matches(self, customer_id: int, f: Filters) -> bool:
         row = self._rows.get(customer_id)
         if row is not None:
-            return _row_matches(row, f)
+            return row_matches(row, f)
         k = self._index(customer_id)
         if k is None:
             return False
@@ -373,11 +320,11 @@ class CustomerStore:
             return False
         if f.email is not None and (not has_email(a) or email_of(k, a) != f.email):
             return False
-        if (f.created_from is not None or f.created_to is not None) and not _in_range(
+        if (f.created_from is not None or f.created_to is not None) and not in_range(
             created_of(k, b), f.created_from, f.created_to
         ):
             return False
-        return (f.updated_from is None and f.updated_to is None) or _in_range(
+        return (f.updated_from is None and f.updated_to is None) or in_range(
             updated_of(k, b), f.updated_from, f.updated_to
         )
 
@@ -418,7 +365,7 @@ class CustomerStore:
             rows = [self.get(i) for i in chosen]
             return records, [r for r in rows if r is not None]
         everyone = [r for r in map(self.get, self.matching_ids(f)) if r is not None]
-        everyone.sort(key=_sort_key(sidx), reverse=desc)
+        everyone.sort(key=sort_key(sidx), reverse=desc)
         return len(everyone), everyone[offset : offset + limit]
 
     def statistics_page(
@@ -440,7 +387,7 @@ class CustomerStore:
                 chosen = ids[offset : offset + limit].tolist()
             return records, [self._statistics(i) for i in chosen]
         items = [self._statistics(i) for i in ids]
-        items.sort(key=_sort_key(sidx), reverse=desc)
+        items.sort(key=sort_key(sidx), reverse=desc)
         return records, items[offset : offset + limit]
 
     def _statistics(self, customer_id: int) -> Row:
@@ -449,33 +396,8 @@ class CustomerStore:
         return decode_statistics(k, customer_id, self._ga[k], self._gb[k])
 
 
-def _row_matches(row: Row, f: Filters) -> bool:
-    if f.stage is not None:
-        if f.stage == "_empty":
-            if row["stage"]:
-                return False
-        elif row["stage"] != f.stage:
-            return False
-    if f.source is not None and row["source"] != f.source:
-        return False
-    if f.gender is not None and (row["gender"] or 0) != f.gender:
-        return False
-    if f.mobile is not None and row["mobile"] != f.mobile:
-        return False
-    if f.email is not None and row["email"] != f.email:
-        return False
-    # Timestamps share one fixed-width format, so they compare as strings.
-    if f.created_from is not None and row["dateCreated"] < iso(f.created_from):
-        return False
-    if f.created_to is not None and row["dateCreated"] > iso(f.created_to):
-        return False
-    if f.updated_from is not None and row["lastUpdated"] < iso(f.updated_from):
-        return False
-    return f.updated_to is None or row["lastUpdated"] <= iso(f.updated_to)
-
-
 def _apply(row: Row, fields: Mapping[str, Any], *, clear: bool) -> None:
-    # CONTRACT.md "update": a verified mobile/email stays verified while the address is unchanged.
+    # docs/contract.md "update": a verified mobile/email stays verified while it is unchanged.
     for address, flag in (("mobile", "mobileVerified"), ("email", "emailVerified")):
         if (
             row[flag]

@@ -5,7 +5,8 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable
 
-# Codes from CONTRACT.md's default "token no longer valid" set (40001, 40014, 42001).
+# The SDK's default "token no longer valid" codes (40001, 40014, 42001), as docs/contract.md
+# "Transport and authentication" says.
 TOKEN_REVOKED = 40001  # a token that was valid, replaced by a newer one or revoked
 TOKEN_INVALID = 40014  # missing, or never issued
 TOKEN_EXPIRED = 42001  # older than its ttl
@@ -35,7 +36,10 @@ class TokenIssuer:
         return self._current
 
     def issue(self) -> str:
-        """A new token; the previous one stops working (CONTRACT.md "one active token")."""
+        """A new token; the previous one stops working (one active token per appid).
+
+        See docs/contract.md "Transport and authentication".
+        """
         self.revoke()
         self._current = secrets.token_hex(16)
         self._expires_at = self.clock() + self.ttl

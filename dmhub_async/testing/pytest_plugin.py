@@ -1,56 +1,102 @@
 """pytest plugin: the DM Hub simulator fixtures.
 
 Registered through the ``pytest11`` entry point, so installing ``dmhub-async`` is enough; else
-add ``pytest_plugins = ["dmhub_async.testing.pytest_plugin"]`` to a ``conftest.py``.
+add ``pytest_plugins = ["dmhub_async.testing.pytest_plugin"]`` to a ``conftest.py``. It changes
+nothing in a test run that does not ask for its fixtures; the async ones need pytest-asyncio
+(``pip install pytest-asyncio``), and a test asking for them without it fails with that message.
 
 - ``dmhub_simulator``: a running `DMHubSimulator` seeded with 50 customers. Change that with
   ``@pytest.mark.dmhub_simulator(customers=500, seed=7)`` (any constructor argument).
-- ``dmhub_client``: a ``DMHubClient`` pointed at ``dmhub_simulator``.
+- ``dmhub_clock``: the `FakeClock` the client fixture waits on: retries take no real time, and
+  ``dmhub_clock.waits`` lists the waits.
+- ``dmhub_client``: a ``DMHubClient`` pointed at ``dmhub_simulator``, on ``dmhub_clock``. Pass
+  it settings with ``@pytest.mark.dmhub_client(max_retries=1, timeout=5)`` (any constructor
+  argument).
 """
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import pytest
-import pytest_asyncio
 
-from ._simulator import DMHubSimulator
+from ._clock import FakeClock
 
 if TYPE_CHECKING:
     from dmhub_async import DMHubClient
 
+    from ._simulator import DMHubSimulator
+
 DEFAULT_CUSTOMERS = 50
+NEEDS_PYTEST_ASYNCIO = (
+    "the dmhub_simulator and dmhub_client fixtures are async and need pytest-asyncio: "
+    "pip install pytest-asyncio"
+)
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Register the ``dmhub_simulator`` marker."""
+    """Register the ``dmhub_simulator`` and ``dmhub_client`` markers."""
     config.addinivalue_line(
         "markers",
         "dmhub_simulator(**kwargs): DMHubSimulator arguments for the dmhub_simulator fixture",
     )
+    config.addinivalue_line(
+        "markers",
+        "dmhub_client(**kwargs): DMHubClient arguments for the dmhub_client fixture",
+    )
 
 
-@pytest_asyncio.fixture
-async def dmhub_simulator(request: pytest.FixtureRequest) -> AsyncIterator[DMHubSimulator]:
-    """A running DM Hub simulator with 50 seeded customers (see the ``dmhub_simulator`` mark)."""
+def _mark_kwargs(request: pytest.FixtureRequest, name: str) -> dict[str, Any]:
+    marker = request.node.get_closest_marker(name)
+    return dict(marker.kwargs) if marker is not None else {}
+
+
+@pytest.fixture
+def dmhub_clock() -> FakeClock:
+    """The fake clock ``dmhub_client`` waits on: its retries take no real time."""
+    return FakeClock()
+
+
+async def _simulator(request: pytest.FixtureRequest) -> AsyncIterator[DMHubSimulator]:
+    from ._simulator import DMHubSimulator  # late: a run without these fixtures never loads it
+
     kwargs: dict[str, Any] = {"customers": DEFAULT_CUSTOMERS}
-    marker = request.node.get_closest_marker("dmhub_simulator")
-    if marker is not None:
-        kwargs.update(marker.kwargs)
+    kwargs.update(_mark_kwargs(request, "dmhub_simulator"))
     async with DMHubSimulator(**kwargs) as sim:
         yield sim
 
 
-@pytest_asyncio.fixture
-async def dmhub_client(dmhub_simulator: DMHubSimulator) -> AsyncIterator[DMHubClient]:
-    """A ``DMHubClient`` with the simulator's URL and credentials."""
-    from dmhub_async import DMHubClient  # imported late: the plugin loads before the client
+async def _client(
+    request: pytest.FixtureRequest, dmhub_simulator: DMHubSimulator, dmhub_clock: FakeClock
+) -> AsyncIterator[DMHubClient]:
+    from dmhub_async import DMHubClient, MemoryTokenStore
 
-    async with DMHubClient(
-        app_id=dmhub_simulator.app_id,
-        secret=dmhub_simulator.secret,
-        base_url=dmhub_simulator.url,
-    ) as client:
+    kwargs: dict[str, Any] = {
+        "app_id": dmhub_simulator.app_id,
+        "secret": dmhub_simulator.secret,
+        "base_url": dmhub_simulator.url,
+        "token_store": MemoryTokenStore(),
+        "clock": dmhub_clock,
+        "sleep": dmhub_clock.sleep,
+    }
+    kwargs.update(_mark_kwargs(request, "dmhub_client"))
+    async with DMHubClient(**kwargs) as client:
         yield client
+
+
+if importlib.util.find_spec("pytest_asyncio") is not None:
+    import pytest_asyncio
+
+    dmhub_simulator = pytest_asyncio.fixture(_simulator, name="dmhub_simulator")
+    dmhub_client = pytest_asyncio.fixture(_client, name="dmhub_client")
+else:
+
+    @pytest.fixture(name="dmhub_simulator")
+    def _simulator_needs_pytest_asyncio() -> None:
+        pytest.fail(NEEDS_PYTEST_ASYNCIO, pytrace=False)
+
+    @pytest.fixture(name="dmhub_client")
+    def _client_needs_pytest_asyncio() -> None:
+        pytest.fail(NEEDS_PYTEST_ASYNCIO, pytrace=False)

@@ -8,10 +8,12 @@ that tests import live in ``rel_support.py`` (a conftest cannot be imported by n
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+from _redis import REDIS_SERVER, SKIP_REASON, RedisServer, redis_server
 
 from dmhub_async import DMHubClient, MemoryTokenStore
 from dmhub_async.testing import DMHubSimulator
@@ -36,3 +38,14 @@ async def connect(clock: Any) -> AsyncIterator[Callable[..., DMHubClient]]:
     yield make
     for client in clients:
         await client.aclose()
+
+
+@pytest.fixture
+def redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A real redis-server of this test's own on a free 127.0.0.1 port (tests/_redis.py)."""
+    if REDIS_SERVER is None:
+        pytest.skip(SKIP_REASON)
+    directory = tmp_path / "redis"
+    directory.mkdir()
+    with redis_server(directory) as server:
+        yield server

@@ -1,4 +1,4 @@
-"""Seeded rows: every generated customer is decoded on demand from two 64-bit genes.
+"""The seeded customers: each one decoded on demand from two 64-bit genes.
 
 Keeping 16 bytes of genes (plus an 8-byte id) per customer instead of a dict is what lets the
 simulator hold 1,000,000 customers in tens of megabytes and seed 100,000 in well under a second.
@@ -9,8 +9,8 @@ looked up backwards without an index.
 from __future__ import annotations
 
 import time
-from typing import Any
 
+from ._fields import Row
 from ._pools import (
     ATTR1_VALUES,
     CAMPAIGNS,
@@ -25,69 +25,6 @@ from ._pools import (
     SOURCES,
     STAGES,
     SURNAMES,
-)
-
-Row = dict[str, Any]
-
-#: Wire field names of a customer, in the order the service sends them.
-CUSTOMER_FIELDS: tuple[str, ...] = (
-    "id",
-    "displayName",
-    "name",
-    "img",
-    "gender",
-    "mobile",
-    "mobileVerified",
-    "email",
-    "emailVerified",
-    "birthday",
-    "wechat",
-    "nickName",
-    "country",
-    "province",
-    "city",
-    "county",
-    "homeAddress",
-    "officeAddress",
-    "qq",
-    "weibo",
-    "stage",
-    "dateJoin",
-    "source",
-    "contentName",
-    "company",
-    "title",
-    "industry",
-    "employeeNumber",
-    "annualRevenue",
-    "website",
-    "telephone",
-    "ownerId",
-    "ownerName",
-    "isEmployee",
-    "campaignId",
-    "campaignName",
-    "lastUpdated",
-    "remark",
-    "isMember",
-    "dateCreated",
-    "attr",
-)
-
-STATISTICS_FIELDS: tuple[str, ...] = (
-    "customerId",
-    "firstOrderDate",
-    "id",
-    "lastOrderDate",
-    "lastOrderDays",
-    "lastUpdated",
-    "latest30daysScore",
-    "orderAMT",
-    "orderAMTA",
-    "orderAPCT",
-    "orderTotal",
-    "orderTotalAmount",
-    "totalScore",
 )
 
 FIRST_ID = 3_000_000_000  # beyond int32, so a client that truncates ids shows it

@@ -1,0 +1,179 @@
+"""The generated structure hook of the models with an ``extra`` dict (Customer, statistics).
+
+These hooks are on the hot path of every walk and export, so they are not cattrs's generic
+generated functions: :func:`make_fast_structure_fn` generates, once per class and converter,
+straight-line code that reads every wire key at once (``operator.itemgetter``; ``dict.get`` one
+by one for a sparse row), converts each value inline (no call at all for a null or a value of
+the expected JSON type; on Python >= 3.11 timestamps go straight to ``datetime.fromisoformat``,
+and a row it refuses is read again by the lenient expressions) and sets the slots of a fresh
+instance. Keys the model does not know land in ``extra``, and so does a gender that is none of
+the known ones (the field reads ``UNKNOWN``); what a strict converter makes of that is the
+converter's business, not the generated code's. ``benchmarks/bench_converter.py`` measures it.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Final, cast
+
+import attrs
+import cattrs
+
+from ..models import Gender
+from . import scalars
+from .names import wire_names
+
+# Inline expressions per field type, on the local `{v}` holding the wire value: the common case
+# (the exact JSON type, or null) costs no call; anything else goes to the lenient scalar.
+_INLINE: Final[dict[Any, str]] = {
+    str | None: "{v} if {v} is None or type({v}) is str else _to_str({v})",
+    int | None: "{v} if {v} is None or type({v}) is int else _to_int({v})",
+    bool | None: "{v} if {v} is None or type({v}) is bool else _to_bool({v})",
+    datetime | None: "None if {v} is None else _to_datetime({v})",
+    Decimal | None: "None if {v} is None else _Decimal(_repr({v})) if type({v}) is float"
+    " else _Decimal({v}) if type({v}) is int else _to_decimal({v})",
+    int | str | None: "{v}",
+    dict[str, Any]: "{v} if type({v}) is dict else _to_dict({v})",
+}
+
+#: Python >= 3.11: ``fromisoformat`` reads the contract's ``...Z`` form in C and gives
+#: ``timezone.utc`` itself for it, so a row of well-formed timestamps parses without a Python
+#: call. A timestamp it refuses raises, and the row is read again with the lenient expressions.
+_INLINE_FAST: Final[dict[Any, str]] = {
+    datetime | None: "None if {v} is None"
+    " else d if (d := _fromiso({v})).tzinfo is _UTC else _to_utc(d)"
+}
+
+_NAMESPACE: Final[dict[str, Any]] = {
+    "_new": object.__new__,
+    "_to_str": scalars.to_str,
+    "_to_int": scalars.to_int,
+    "_to_bool": scalars.to_bool,
+    "_to_decimal": scalars.to_decimal,
+    "_Decimal": Decimal,
+    "_repr": repr,
+    "_to_dict": scalars.to_dict,
+    "_to_datetime": scalars.to_datetime,
+    "_to_utc": scalars.to_utc,
+    "_fromiso": datetime.fromisoformat,
+    "_UTC": scalars.UTC,
+    "_to_gender": scalars.to_gender,
+    "_GENDERS": scalars.GENDERS,
+    "_UNKNOWN": Gender.UNKNOWN,
+}
+
+
+def _source(
+    name: str,
+    fields: list[attrs.Attribute[Any]],
+    names: dict[str, str],
+    ns: dict[str, Any],
+    converter: cattrs.Converter,
+    inline: dict[Any, str],
+) -> list[str]:
+    """The source lines of one generated structure function (see make_fast_structure_fn)."""
+    local = [f"v{i}" for i in range(len(fields))]
+    lines = [
+        f"def {name}(o, _=None):",
+        "    try:",
+        f"        ({', '.join(local)},) = _get_all(o)",
+        "        complete = True",
+        "    except KeyError:",
+        "        g = o.get",
+        *(f"        {v} = g({names[a.name]!r})" for v, a in zip(local, fields, strict=True)),
+        "        complete = False",
+        "    self = _new(_cls)",
+    ]
+    gender = None
+    for i, (v, a) in enumerate(zip(local, fields, strict=True)):
+        if a.type is Gender:
+            gender = (v, names[a.name])
+            lines += [
+                f"    gender = _GENDERS.get({v}) if {v} is None or type({v}) is int"
+                f" else _to_gender({v})",
+                f"    self.{a.name} = _UNKNOWN if gender is None else gender",
+            ]
+            continue
+        template = inline.get(a.type)
+        if template is not None:
+            expr = template.replace("{v}", v)
+        else:
+            # Any other type: the converter's own hook; null or missing gives the default.
+            ns[f"_hook{i}"] = converter.get_structure_hook(a.type)
+            ns[f"_type{i}"] = a.type
+            ns[f"_default{i}"] = a.default
+            default = (
+                f"_default{i}.factory()"
+                if isinstance(a.default, attrs.Factory)  # type: ignore[arg-type]
+                else f"_default{i}"
+            )
+            expr = f"{default} if {v} is None else _hook{i}({v}, _type{i})"
+        lines.append(f"    self.{a.name} = {expr}")
+    # All known keys present and no more keys than that: nothing unknown (the usual case).
+    lines += [
+        "    if (complete and len(o) == _N_KNOWN) or _KNOWN.issuperset(o):",
+        "        extra = {}",
+        "    else:",
+        "        extra = {k: o[k] for k in o if k not in _KNOWN}",
+    ]
+    if gender is not None:
+        # An unmappable gender keeps its raw value, so nothing the service sent is lost.
+        lines += ["    if gender is None:", f"        extra[{gender[1]!r}] = {gender[0]}"]
+    lines += ["    self.extra = extra", "    return self"]
+    return lines
+
+
+def make_fast_structure_fn(
+    cls: type[Any], converter: cattrs.Converter
+) -> Callable[[Mapping[str, Any], Any], Any]:
+    """Generate the structure hook of an attrs model that has an ``extra`` dict field.
+
+    The generated function reads every wire key at once with an ``itemgetter`` (a row with all
+    the fields, the usual case) or one by one with ``dict.get`` (a ``select=`` or sparse row:
+    missing and null give the default), converts each inline, sets the slots of
+    ``object.__new__(cls)``, and collects keys it does not know into ``extra``. It never calls
+    ``__init__``, so the model must have no validators, converters or ``__attrs_post_init__``
+    (checked here).
+    """
+    attrs.resolve_types(cls)
+    fields = [a for a in attrs.fields(cls) if a.name != "extra"]
+    if hasattr(cls, "__attrs_post_init__") or any(
+        a.validator is not None or a.converter is not None for a in fields
+    ):
+        raise TypeError(f"{cls.__name__} has validators or converters: no fast structure hook")
+    names = wire_names(cls)
+    known = frozenset(names.values())
+    ns: dict[str, Any] = {
+        **_NAMESPACE,
+        "_cls": cls,
+        "_KNOWN": known,
+        "_N_KNOWN": len(known),
+        "_get_all": operator.itemgetter(*(names[a.name] for a in fields)),
+    }
+    lenient = _source("lenient", fields, names, ns, converter, _INLINE)
+    if scalars.PY311:
+        fast = _source("fast", fields, names, ns, converter, {**_INLINE, **_INLINE_FAST})
+        # Anything the fast expressions refuse is read again by the lenient ones.
+        lines = [
+            *lenient,
+            "def structure(o, _=None):",
+            "    try:",
+            *(f"    {line}" for line in fast[1:]),
+            "    except (ValueError, TypeError):",
+            "        return lenient(o)",
+        ]
+    else:
+        lines = [line.replace("def lenient(", "def structure(", 1) for line in lenient]
+    source = "\n".join(lines) + "\n"
+    exec(compile(source, f"<dmhub_async structure {cls.__name__}>", "exec"), ns)
+    fn = ns["structure"]
+    fn.__doc__ = f"Structure a wire {cls.__name__} (generated by make_fast_structure_fn)."
+    return cast("Callable[[Mapping[str, Any], Any], Any]", fn)
+
+
+def has_extra(cls: Any) -> bool:
+    """Whether ``cls`` is an attrs model with an ``extra`` dict: the fast hook's models."""
+    return attrs.has(cls) and "extra" in attrs.fields_dict(cls)

@@ -1,0 +1,69 @@
+"""Wire names: the camelCase JSON key of each snake_case attribute (docs/contract.md).
+
+The rule is the plain camelCase of the attribute name (``nick_name`` -> ``nickName``); a small
+table holds the names that do not follow it (``orderAMT``, ``identityType``...).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Final
+
+import attrs
+from cattrs.gen import override
+
+from ..models import Customer, CustomerIdentity, CustomerStatistics, Identity
+
+#: Wire names that are not the plain camelCase of the attribute name (docs/contract.md).
+_IRREGULAR_WIRE_NAMES: Final[dict[type, dict[str, str]]] = {
+    CustomerStatistics: {
+        "order_amt": "orderAMT",
+        "order_amta": "orderAMTA",
+        "order_apct": "orderAPCT",
+    },
+    CustomerIdentity: {
+        "type": "identityType",
+        "value": "identityValue",
+        "name": "identityName",
+    },
+    Identity: {
+        "type": "identityType",
+        "value": "identityValue",
+        "name": "identityName",
+    },
+}
+
+_CAMEL_RE: Final = re.compile(r"_([a-z0-9])")
+
+
+def camel(name: str) -> str:
+    """``nick_name`` -> ``nickName``."""
+    return _CAMEL_RE.sub(lambda m: m.group(1).upper(), name)
+
+
+def wire_names(cls: type) -> dict[str, str]:
+    """Map each attribute of an attrs model (but ``extra``) to its wire name."""
+    irregular = _IRREGULAR_WIRE_NAMES.get(cls, {})
+    return {
+        a.name: irregular.get(a.name, camel(a.name)) for a in attrs.fields(cls) if a.name != "extra"
+    }
+
+
+#: Customer fields a client may write (docs/contract.md "Customer model": the rest are
+#: read-only).
+WRITABLE_CUSTOMER_FIELDS: Final[frozenset[str]] = frozenset(wire_names(Customer)) - {
+    "id",
+    "display_name",
+    "last_updated",
+    "date_created",
+    "owner_id",
+    "owner_name",
+    "is_member",
+}
+
+
+def renames(names: dict[str, str], *, omit: tuple[str, ...] = ()) -> dict[str, Any]:
+    """cattrs ``override(rename=...)`` for each name; ``omit`` left out of the output."""
+    overrides: dict[str, Any] = {a: override(rename=w) for a, w in names.items()}
+    overrides.update({a: override(omit=True) for a in omit})
+    return overrides

@@ -1,0 +1,213 @@
+"""Scalars in and out: what one wire value becomes, and what one Python value is written as.
+
+In (lenient: the service's JSON as it comes, docs/contract.md "Customer model"):
+- timestamps: ``2017-06-01T12:12:12Z`` (the contract's form), no offset (taken as UTC), any
+  ``+hh:mm`` offset, fractional seconds, on every supported Python (3.10's ``fromisoformat``
+  knows neither ``Z`` nor arbitrary fractions); always an aware UTC ``datetime``.
+- ``Decimal``: from a JSON string, int or float, a float through its shortest ``repr`` so
+  ``0.1`` gives ``Decimal("0.1")``.
+- ``Gender``: null or 0 is ``UNKNOWN``, 1 and 2 (or their strings) the others; anything else
+  is no known gender (``None`` here; the structure hook keeps the raw value in ``extra``).
+- a number sent for a text field is kept as its text; ``"123"`` for an int is read.
+
+A value of the wrong shape raises ``TypeError`` or ``ValueError``.
+
+Out (what the service expects): timestamps as ``...Z`` in UTC, a ``Decimal`` as a JSON number
+when no digit is lost (:func:`decimal_to_json`), a ``Gender`` as its int.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Mapping
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from typing import Any, Final
+
+from ..models import Gender
+
+UTC: Final = timezone.utc
+
+# ---------------------------------------------------------------------------------------------
+# In
+# ---------------------------------------------------------------------------------------------
+
+
+def to_str(v: Any) -> str | None:
+    """A wire value for a ``str | None`` field (a number the service sends is kept as text)."""
+    if v is None or v.__class__ is str:
+        return v
+    if isinstance(v, str | int | float | Decimal):
+        return str(v)
+    raise TypeError(f"expected a string, got {type(v).__name__}")
+
+
+def to_int(v: Any) -> int | None:
+    """A wire value for an ``int | None`` field; accepts ``"123"`` (identity ``customerId``)."""
+    if v is None or v.__class__ is int:
+        return v
+    if isinstance(v, bool):
+        raise TypeError("expected an integer, got a bool")
+    if isinstance(v, float | Decimal):
+        if v != int(v):
+            raise ValueError(f"expected an integer, got {v!r}")
+        return int(v)
+    if isinstance(v, int | str):
+        return int(v)
+    raise TypeError(f"expected an integer, got {type(v).__name__}")
+
+
+_BOOL_STRINGS: Final = {"true": True, "false": False, "1": True, "0": False}
+
+
+def to_bool(v: Any) -> bool | None:
+    """A wire value for a ``bool | None`` field; accepts 0/1 and ``"true"``/``"false"``."""
+    if v is None or v.__class__ is bool:
+        return v
+    if v.__class__ is int and v in (0, 1):
+        return bool(v)
+    if isinstance(v, str) and v.lower() in _BOOL_STRINGS:
+        return _BOOL_STRINGS[v.lower()]
+    raise ValueError(f"expected a boolean, got {v!r}")
+
+
+def to_decimal(v: Any) -> Decimal | None:
+    """A wire number or string as a ``Decimal``; a float goes through its shortest ``repr``."""
+    if v is None or v.__class__ is Decimal:
+        return v
+    if v.__class__ is float:
+        # repr() is the shortest string that round-trips: 0.1 -> "0.1", not 0.1000000000000000055
+        return Decimal(repr(v))
+    if isinstance(v, bool) or not isinstance(v, int | str):
+        raise TypeError(f"expected a number, got {type(v).__name__}")
+    return Decimal(v)
+
+
+def to_dict(v: Any) -> dict[str, Any]:
+    """A JSON object for a ``dict`` field (``attr``); null is an empty dict."""
+    if v is None:
+        return {}
+    if isinstance(v, Mapping):
+        return dict(v)
+    raise TypeError(f"expected an object, got {type(v).__name__}")
+
+
+GENDERS: Final[dict[Any, Gender]] = {
+    None: Gender.UNKNOWN,
+    0: Gender.UNKNOWN,
+    1: Gender.MALE,
+    2: Gender.FEMALE,
+    "0": Gender.UNKNOWN,
+    "1": Gender.MALE,
+    "2": Gender.FEMALE,
+}
+
+
+def to_gender(v: Any) -> Gender | None:
+    """The ``Gender`` of a wire value, or None when the value is no known gender."""
+    if isinstance(v, bool | dict | list):
+        return None
+    if isinstance(v, float) and v.is_integer():
+        v = int(v)
+    return GENDERS.get(v)
+
+
+_TS_RE: Final = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})(?:[T ](\d{2}):(\d{2})(?::(\d{2})(?:[.,](\d+))?)?)?"
+    r"\s*(Z|z|[+-]\d{2}(?::?\d{2})?)?"
+)
+
+
+def parse_timestamp_slow(s: str) -> datetime:
+    """Parse what ``datetime.fromisoformat`` of this Python refuses (3.10: ``Z``, odd fractions)."""
+    m = _TS_RE.fullmatch(s.strip())
+    if m is None:
+        raise ValueError(f"not a timestamp: {s!r}")
+    year, month, day, hour, minute, second, frac, tz = m.groups()
+    micro = int((frac or "0")[:6].ljust(6, "0"))
+    tzinfo = UTC
+    if tz and tz not in ("Z", "z"):
+        digits = tz[1:].replace(":", "")
+        offset = timedelta(hours=int(digits[:2]), minutes=int(digits[2:] or 0))
+        tzinfo = timezone(-offset if tz[0] == "-" else offset)
+    dt = datetime(
+        int(year),
+        int(month),
+        int(day),
+        int(hour or 0),
+        int(minute or 0),
+        int(second or 0),
+        micro,
+        tzinfo=tzinfo,
+    )
+    return dt if tzinfo is UTC else dt.astimezone(UTC)
+
+
+#: Python >= 3.11: ``fromisoformat`` reads the contract's ``...Z`` form, in C.
+PY311: Final = sys.version_info >= (3, 11)
+
+
+def parse_timestamp(s: str) -> datetime:
+    """Parse a wire timestamp to an aware UTC ``datetime`` (no offset means UTC)."""
+    if not PY311 and s[-1:] in ("Z", "z"):
+        s = s[:-1] + "+00:00"
+    try:
+        dt = datetime.fromisoformat(s)
+    except ValueError:
+        return parse_timestamp_slow(s)
+    tz = dt.tzinfo
+    if tz is UTC:
+        return dt
+    if tz is None:
+        return dt.replace(tzinfo=UTC)
+    return dt.astimezone(UTC)
+
+
+def to_utc(dt: datetime) -> datetime:
+    """An aware UTC ``datetime`` from any ``datetime`` (naive is taken as UTC)."""
+    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
+
+
+def to_datetime(v: Any) -> datetime | None:
+    """A wire timestamp (or null) as an aware UTC ``datetime`` (or None)."""
+    if v is None:
+        return None
+    if type(v) is str:
+        return parse_timestamp(v)
+    if isinstance(v, datetime):
+        return to_utc(v)
+    raise TypeError(f"expected a timestamp string, got {type(v).__name__}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Out
+# ---------------------------------------------------------------------------------------------
+
+
+def format_timestamp(dt: datetime) -> str:
+    """An aware (or naive, taken as UTC) ``datetime`` as the wire's ``2017-06-01T12:12:12Z``."""
+    tz = dt.tzinfo
+    if tz is UTC:
+        return dt.isoformat()[:-6] + "Z"  # drop "+00:00"
+    if tz is not None:
+        dt = dt.astimezone(UTC).replace(tzinfo=None)
+    return dt.isoformat() + "Z"
+
+
+def decimal_to_json(d: Decimal) -> int | float | str:
+    """A ``Decimal`` as a value ``json.dumps`` can write without losing digits.
+
+    The service expects JSON numbers, and the stdlib ``json`` cannot write a ``Decimal``: an
+    integral value becomes an ``int``, else a ``float`` when that float reads back as the same
+    decimal (``Decimal(repr(float(d))) == d``), else (more digits than a float holds, NaN,
+    infinities) the string ``str(d)``.
+    """
+    if not d.is_finite():
+        return str(d)
+    if d == d.to_integral_value():
+        return int(d)
+    f = float(d)
+    if Decimal(repr(f)) == d:
+        return f
+    return str(d)

@@ -1,0 +1,43 @@
+"""The library's log switch: ``DMHUB_LOG=debug|info`` shows its log on stderr (as ``OPENAI_LOG``).
+
+The library logs on ``logging.getLogger("dmhub_async")``: DEBUG per request (method, path,
+status, milliseconds; the token redacted), INFO per retry. Without the switch it adds no handler
+and leaves logging to the application; ``dmhub-async -v`` turns the same output on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+__all__ = ["LOG_ENV", "LOG_LEVELS", "setup_logging", "show_log"]
+
+LOG_ENV = "DMHUB_LOG"
+LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO}
+_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+logger = logging.getLogger("dmhub_async")
+_handler: logging.Handler | None = None
+
+
+def show_log(level: int) -> None:
+    """Show the library's log at ``level`` and above on stderr (one handler, however often)."""
+    global _handler
+    if _handler is None:
+        _handler = logging.StreamHandler()
+        _handler.setFormatter(logging.Formatter(_FORMAT))
+        logger.addHandler(_handler)
+    logger.setLevel(level)
+
+
+def setup_logging() -> None:
+    """Apply ``DMHUB_LOG`` when it is set (called once, on import of the package)."""
+    value = os.environ.get(LOG_ENV, "").strip().lower()
+    if not value:
+        return
+    level = LOG_LEVELS.get(value)
+    if level is None:
+        # A typo should not silently show nothing: say so, through logging's last resort.
+        logger.warning("%s=%r is not one of %s: ignored", LOG_ENV, value, ", ".join(LOG_LEVELS))
+        return
+    show_log(level)

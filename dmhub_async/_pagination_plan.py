@@ -1,0 +1,324 @@
+"""The paginator's decisions, with no I/O: what to yield, which page to read next, when to stop.
+
+:class:`AsyncPaginator` (``_pagination.py``) reads pages and hands every read to a
+:class:`WalkPlan`, which answers with the pages to yield; the plan also says which page it
+needs next (:attr:`WalkPlan.next_page`) and how far ahead reading is worth it
+(:meth:`WalkPlan.last_page_to_request`). Plain data in, plain data out: the unit tests drive a
+plan with lists.
+
+The service pages by offset (docs/contract.md, "Pagination hazards"): a record inserted behind
+the cursor shifts later pages forward (a record comes twice: ``_seen_records`` drops it), a
+record deleted behind it shifts them back (a record slips past a page boundary unread: the
+drift repair, below, reads it again). A hostile or broken service can also serve pages that
+never end; the plan stops such a walk with :class:`ResponseDecodeError` (docs/reliability.md,
+"Hostile server").
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Generic, TypeVar
+
+import attrs
+
+from ._exceptions import ResponseDecodeError
+from ._seen_records import SeenRecords
+from .models.page import Page
+
+__all__ = [
+    "MAX_READS_WITHOUT_PROGRESS",
+    "MAX_STEPS_BACK",
+    "PaginatorStats",
+    "RawPage",
+    "WalkPlan",
+]
+
+T = TypeVar("T")
+
+#: Pages one drift repair may step back before it takes a page unverified.
+MAX_STEPS_BACK = 32
+#: Reads in a row that bring no new record and reach no further in key order, after which the
+#: walk stops: more than a drift repair's steps back, so a repair never trips it.
+MAX_READS_WITHOUT_PROGRESS = MAX_STEPS_BACK + 8
+
+
+@attrs.frozen
+class RawPage(Generic[T]):
+    """A page as one request returned it; ``None`` where the service did not say."""
+
+    items: list[T]
+    has_next: bool | None = None
+    total_records: int | None = None
+    total_pages: int | None = None
+
+
+@attrs.define
+class PaginatorStats:
+    """What a walk has done: pages fetched, items yielded, repeats dropped, retries made."""
+
+    pages: int = 0
+    items: int = 0
+    duplicates: int = 0
+    retries: int = 0
+    refetches: int = 0
+    #: Pages taken after a drift repair ran out of steps back: a record may have slipped by.
+    unverified: int = 0
+
+
+@attrs.define
+class _Repair(Generic[T]):
+    """A drift repair under way: stepping back from ``target`` until a page reaches back to
+    what was yielded, then forward to ``target`` again."""
+
+    #: The page whose read found the gap; the repair ends when it is taken.
+    target: int
+    #: The epoch of the last page taken (see :meth:`WalkPlan.note_read`).
+    taken_epoch: int
+    steps_left: int = MAX_STEPS_BACK
+    #: The latest read of each page stepped back over, with its epoch.
+    stepped_over: dict[int, tuple[RawPage[T], int]] = attrs.Factory(dict)
+
+
+class WalkPlan(Generic[T]):
+    """The decisions of one walk over a page-numbered listing.
+
+    Feed it every read: :meth:`note_read` as the read completes (reads fetched ahead
+    included, in the order they complete), then :meth:`take` for the page it asked for
+    (:attr:`next_page`), which returns the pages to yield. :attr:`finished` says when the walk
+    is over; :attr:`repairing`, that reads must now be made one at a time and that pages read
+    ahead are stale.
+    """
+
+    def __init__(
+        self,
+        seen: SeenRecords[T],
+        *,
+        page_size: int,
+        start_page: int = 1,
+        max_items: int | None = None,
+        stats: PaginatorStats | None = None,
+    ) -> None:
+        self.seen = seen
+        self.page_size = page_size
+        self.start_page = start_page
+        self.stats = stats if stats is not None else PaginatorStats()
+        #: The page the walk needs next.
+        self.next_page = start_page
+        self.finished = max_items == 0
+        #: Items the walk may still yield (None: no limit).
+        self.items_left = max_items
+        #: Rows a page the service serves: learned from the first read of the start page,
+        #: which may be short because the service caps the page size (docs/contract.md, "list").
+        self.served_size: int | None = None
+        self._repair: _Repair[T] | None = None
+        # Bumped whenever a read reports another ``records`` than the read before it: two
+        # pages read in the same epoch saw the same count all along.
+        self._epoch = 0
+        self._latest_records: int | None = None
+        self._latest_pages: int | None = None
+        self._end_page: int | None = None  # a page a read found to be the last
+        self._largest_last_page: int | None = None
+        self._taken_epoch: int | None = None  # the epoch the page taken last was read in
+        self._taken_signature: tuple[Any, ...] | None = None
+        self._reads_without_progress = 0
+
+    @property
+    def repairing(self) -> bool:
+        """A drift repair is under way: read :attr:`next_page` now, nothing ahead."""
+        return self._repair is not None
+
+    # -- reads ------------------------------------------------------------------------------
+
+    def note_read(self, number: int, raw: RawPage[T]) -> int:
+        """Learn from a read as it completes; its epoch, to pass to :meth:`take`."""
+        if self.served_size is None and number == self.start_page:
+            short = 0 < len(raw.items) < self.page_size
+            self.served_size = len(raw.items) if short else self.page_size
+        if raw.total_records is not None:
+            if self._latest_records is not None and raw.total_records != self._latest_records:
+                self._epoch += 1
+            self._latest_records = raw.total_records
+        if raw.total_records is not None or raw.total_pages is not None:
+            self._latest_pages = raw.total_pages
+        # Keep the nearest page known to end the walk, from those still ahead of it.
+        end = self._end_page
+        nearer = end is None or end < self.next_page or number < end
+        if nearer and self._ends_the_walk(number, raw):
+            self._end_page = number
+        return self._epoch
+
+    def _last_page_of(self, records: int | None, pages: int | None) -> int | None:
+        """The last page the totals imply, at the size the service serves."""
+        if pages is not None:
+            return pages
+        if records is None:
+            return None
+        return max(1, math.ceil(records / (self.served_size or self.page_size)))
+
+    def _ends_the_walk(self, number: int, raw: RawPage[T]) -> bool:
+        """Whether page ``number``, read as ``raw``, is the last."""
+        if not raw.items:
+            return True
+        if raw.has_next is not None:
+            return not raw.has_next
+        last = self._last_page_of(raw.total_records, raw.total_pages)
+        if last is not None:
+            return number >= last
+        # No totals: a page shorter than the service serves is the last. A short start page
+        # is ambiguous (the end, or the service capping the page size): its length is taken
+        # as the size served, and the next page tells (empty: the end).
+        if number == self.start_page or self.served_size is None:
+            return False
+        return len(raw.items) < self.served_size
+
+    def last_page_to_request(self, window: int) -> int:
+        """The last page worth having requested now, at most ``window`` pages from the next.
+
+        Nothing past a page known to be the last (by the totals, ``hasNext``, or a short
+        page), nor more pages than ``max_items`` can use; until the start page is read, only
+        the start page: it tells the totals and the size served.
+        """
+        if self.finished:
+            return self.next_page - 1
+        if self.served_size is None or self.repairing:
+            return self.next_page
+        limit = self.next_page + window - 1
+        for last in (
+            self._last_page_of(self._latest_records, self._latest_pages),
+            self._end_page,
+        ):
+            if last is not None and last >= self.next_page:
+                limit = min(limit, last)
+        if self.items_left is not None:
+            pages_left = max(1, math.ceil(self.items_left / self.served_size))
+            limit = min(limit, self.next_page + pages_left - 1)
+        return limit
+
+    # -- takes ------------------------------------------------------------------------------
+
+    def take(self, number: int, raw: RawPage[T], epoch: int) -> list[Page[T]]:
+        """The pages to yield, in order, now that page ``number`` was read as ``raw``.
+
+        Raises:
+            ResponseDecodeError: the service serves pages that make no progress (one page
+                again, pages in a cycle, far more pages than its totals allow).
+        """
+        if number != self.next_page or self.finished:
+            raise ValueError(f"the plan needs page {self.next_page}, not {number}")
+        reaches_further = self.seen.reaches_further(raw.items)
+        if self._repair is None:
+            pages = self._take_next(number, raw, epoch)
+        else:
+            pages = self._repair_step(self._repair, number, raw, epoch)
+        if reaches_further or any(page.items for page in pages):
+            self._reads_without_progress = 0
+        else:
+            self._reads_without_progress += 1
+            if self._reads_without_progress >= MAX_READS_WITHOUT_PROGRESS and not self.finished:
+                raise ResponseDecodeError(
+                    f"the last {self._reads_without_progress} pages read (up to page {number})"
+                    " brought no new record: the service serves pages that make no progress,"
+                    " so the walk stops rather than loop",
+                    status=200,
+                )
+        return pages
+
+    def _take_next(self, number: int, raw: RawPage[T], epoch: int) -> list[Page[T]]:
+        """Page ``number`` read for the first time, in order."""
+        self.stats.pages += 1
+        self._check_within_totals(number, raw)
+        signature = self.seen.signature(raw.items)
+        # (Unless records changed in between: then a delete can shift a whole page back.)
+        if (
+            signature is not None
+            and signature == self._taken_signature
+            and epoch == self._taken_epoch
+        ):
+            raise ResponseDecodeError(
+                f"page {number} repeats page {number - 1}: the service ignored the page"
+                " number, so the walk stops rather than loop",
+                status=200,
+            )
+        self._taken_signature = signature
+        if (
+            self._taken_epoch is not None
+            and epoch != self._taken_epoch
+            and number > self.start_page
+            and not self.seen.reaches_back(raw.items)
+        ):
+            # Records changed between the reads of the page before and this one, and this
+            # page does not reach back to what was yielded: a delete behind the cursor may
+            # have shifted records back across the boundary. Step back until a page reaches
+            # back, then forward to this page again.
+            self._repair = _Repair(target=number, taken_epoch=self._taken_epoch)
+            return self._repair_step(self._repair, number, raw, epoch)
+        return [self._take_in_order(number, raw, epoch)]
+
+    def _check_within_totals(self, number: int, raw: RawPage[T]) -> None:
+        """Stop a walk that went far past every total the service reported."""
+        last = self._last_page_of(raw.total_records, raw.total_pages)
+        if last is not None:
+            self._largest_last_page = max(last, self._largest_last_page or 0)
+        largest = self._largest_last_page
+        if largest is not None and number > 2 * largest + MAX_READS_WITHOUT_PROGRESS:
+            raise ResponseDecodeError(
+                f"page {number} is far past the {largest} pages the service's totals allow:"
+                " it keeps saying there is more, so the walk stops rather than loop",
+                status=200,
+            )
+
+    def _repair_step(
+        self, repair: _Repair[T], number: int, raw: RawPage[T], epoch: int
+    ) -> list[Page[T]]:
+        """One read of the repair: step back once more, or take pages forward from here.
+
+        A page is taken when it reaches back to what was yielded, or was read in the same
+        epoch as the page taken before it, so no record slips between two reads.
+        """
+        pages: list[Page[T]] = []
+        while True:
+            contiguous = epoch == repair.taken_epoch or self.seen.reaches_back(raw.items)
+            if not contiguous and number > self.start_page and repair.steps_left:
+                repair.stepped_over[number] = (raw, epoch)
+                repair.steps_left -= 1
+                self.stats.refetches += 1
+                self.next_page = number - 1
+                return pages
+            if not contiguous:
+                self.stats.unverified += 1
+            if number == repair.target:
+                self._repair = None
+                return [*pages, self._take_in_order(number, raw, epoch)]
+            page = self._yield(raw, number, has_next=True)
+            if page.items:
+                pages.append(page)
+            if self.finished:
+                return pages
+            repair.taken_epoch, number = epoch, number + 1
+            stepped_over = repair.stepped_over.pop(number, None)
+            if stepped_over is None or stepped_over[1] != repair.taken_epoch:
+                self.stats.refetches += 1
+                self.next_page = number
+                return pages
+            raw, epoch = stepped_over  # read in the same epoch as the page just taken
+
+    def _take_in_order(self, number: int, raw: RawPage[T], epoch: int) -> Page[T]:
+        """Page ``number`` taken as the next of the walk: the walk goes on after it, or ends."""
+        self._taken_epoch = epoch
+        last = self._ends_the_walk(number, raw)
+        page = self._yield(raw, number, has_next=not last)
+        self.finished = self.finished or last
+        self.next_page = number + 1
+        return page
+
+    def _yield(self, raw: RawPage[T], number: int, *, has_next: bool) -> Page[T]:
+        """The page to yield: its records not yielded before, up to ``max_items``."""
+        items, repeats = self.seen.fresh(raw.items)
+        self.stats.duplicates += repeats
+        if self.items_left is not None:
+            del items[self.items_left :]
+            self.items_left -= len(items)
+            if self.items_left == 0:
+                self.finished = True
+        self.stats.items += len(items)
+        return Page(items, number, has_next, raw.total_records, raw.total_pages)

@@ -1,0 +1,115 @@
+"""Which records a walk has yielded, by key: to drop repeats, and to tell gaps and progress.
+
+The service pages by offset (docs/contract.md, "Pagination hazards"), so a walk meets records
+again (an insert behind the cursor shifts later pages forward) and must notice when a page
+does not reach back to what it yielded (a delete behind the cursor shifted records back past
+the boundary). The walk's plan (``_pagination_plan.WalkPlan``) asks this module both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable
+from typing import Any, Generic, Literal, TypeVar
+
+__all__ = ["Dedupe", "SeenRecords"]
+
+T = TypeVar("T")
+
+#: How repeats are recognised: by order of an ascending or descending key (O(1) memory), by a
+#: set of every key seen (memory grows with the walk), or not at all.
+Dedupe = Literal["ascending", "descending", "set", "none"]
+
+
+class SeenRecords(Generic[T]):
+    """The records a walk has yielded, by key: drops repeats, tells gaps and progress.
+
+    With an ordered key (``ascending``/``descending``) it keeps only the last key yielded;
+    with ``set``, every key; with ``none`` (or no key) it recognises nothing.
+    """
+
+    def __init__(
+        self, key: Callable[[T], Hashable] | None, dedupe: Dedupe, resume_after: Any = None
+    ) -> None:
+        self.key = key if dedupe != "none" else None
+        self.dedupe = dedupe
+        self._signature_key = key
+        #: The last key yielded (ordered modes): the next record must come after it.
+        self.last_key: Any = resume_after
+        self.keys: set[Hashable] = set()
+        #: The farthest key any read of this walk reached (ordered modes), yielded or not.
+        self.farthest_key: Any = None
+
+    def _after(self, key: Any, mark: Any) -> bool:
+        """Whether ``key`` comes after ``mark`` in walk order."""
+        return bool(key > mark) if self.dedupe == "ascending" else bool(key < mark)
+
+    def fresh(self, items: list[T]) -> tuple[list[T], int]:
+        """The items not yielded before, in order, now counted as yielded; and the repeats."""
+        key = self.key
+        if key is None:
+            return items, 0
+        fresh: list[T] = []
+        if self.dedupe == "set":
+            for item in items:
+                seen_key = key(item)
+                if seen_key not in self.keys:
+                    self.keys.add(seen_key)
+                    fresh.append(item)
+            return fresh, len(items) - len(fresh)
+        last = self.last_key
+        for item in items:
+            k: Any = key(item)
+            if k is None:  # a record without a key cannot be a known one
+                fresh.append(item)
+            elif last is None or self._after(k, last):
+                fresh.append(item)
+                last = k
+        self.last_key = last
+        return fresh, len(items) - len(fresh)
+
+    def reaches_back(self, items: list[T]) -> bool:
+        """Whether ``items`` start at or before what was yielded: no record can lie between.
+
+        An empty page reaches nothing; without a key there is nothing to compare with, so
+        every page is taken as it comes.
+        """
+        if self.key is None:
+            return True
+        if not items:
+            return False
+        if self.dedupe == "set":
+            return any(self.key(item) in self.keys for item in items)
+        first = self.key(items[0])
+        if first is None or self.last_key is None:
+            return True
+        return not self._after(first, self.last_key)
+
+    def reaches_further(self, items: list[T]) -> bool:
+        """Whether a read brings a key never yielded (``set``), or one beyond every key read so
+        far (ordered modes); true when records have no key to tell by.
+
+        A walk resumed early (``resume_after`` far ahead of ``start_page``) progresses this
+        way while it drops every record; a service serving the same pages again does not.
+        """
+        if self.key is None:
+            return True
+        keys = [k for k in map(self.key, items) if k is not None]
+        if len(keys) < len(items):
+            return True
+        if self.dedupe == "set":
+            return any(k not in self.keys for k in keys)
+        if not keys:
+            return False
+        last: Any = keys[-1]
+        if self.farthest_key is None or self._after(last, self.farthest_key):
+            self.farthest_key = last
+            return True
+        return False
+
+    def signature(self, items: list[T]) -> tuple[Any, ...] | None:
+        """A page's length and its first and last keys: pages of distinct records cannot
+        share one, a page served twice does (None when there is nothing to compare)."""
+        key = self._signature_key
+        if key is None or not items:
+            return None
+        return (len(items), key(items[0]), key(items[-1]))

@@ -1,0 +1,393 @@
+"""Where clients that share an appid keep its one token: in memory, in a file, in Redis.
+
+A store only keeps tokens and lends a lock; when to use it is :class:`~dmhub_async._auth.
+TokenManager`'s business. Every store error is a :class:`TokenStoreError` naming the store,
+never a raw OS or Redis exception (docs/reliability.md, "Token stores").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import json
+import logging
+import math
+import os
+import stat
+import tempfile
+import weakref
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import attrs
+import filelock
+
+from ._exceptions import InvalidRequestError, TokenStoreError
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+    from redis.asyncio.lock import Lock as RedisLock
+
+__all__ = [
+    "DEFAULT_STORE",
+    "FileTokenStore",
+    "MemoryTokenStore",
+    "RedisTokenStore",
+    "Token",
+    "TokenStore",
+]
+
+log = logging.getLogger("dmhub_async")
+
+#: How long a token lives when the service does not say (CONTRACT.md: 7200 s).
+DEFAULT_LIFETIME = 7200.0
+
+
+@attrs.frozen
+class Token:
+    """An access token, the epoch second it expires at, and (when known) when it was issued."""
+
+    value: str = attrs.field(repr=False)
+    expires_at: float
+    issued_at: float | None = None
+
+    @property
+    def lifetime(self) -> float | None:
+        """Seconds from issue to expiry, when the issue time is known."""
+        return None if self.issued_at is None else self.expires_at - self.issued_at
+
+    def to_json(self) -> dict[str, Any]:
+        """The token as a JSON-safe mapping, for stores."""
+        data: dict[str, Any] = {"access_token": self.value, "expires_at": self.expires_at}
+        if self.issued_at is not None:
+            data["issued_at"] = self.issued_at
+        return data
+
+    @classmethod
+    def from_json(cls, data: Any) -> Token | None:
+        """A token read back from a store, or None when the entry is unusable."""
+        try:
+            issued = data.get("issued_at")
+            return cls(
+                str(data["access_token"]),
+                float(data["expires_at"]),
+                None if issued is None else float(issued),
+            )
+        except (AttributeError, KeyError, TypeError, ValueError):
+            return None
+
+
+@runtime_checkable
+class TokenStore(Protocol):
+    """Where clients that share an appid keep their one token."""
+
+    async def get(self, key: str) -> Token | None:
+        """The stored token for ``key``, or None."""
+
+    async def set(self, key: str, token: Token) -> None:
+        """Store ``token`` for ``key``."""
+
+    def lock(self, key: str) -> AbstractAsyncContextManager[None]:
+        """A lock that one refresher holds while it fetches a new token for ``key``."""
+
+
+class _LoopLocks:
+    """asyncio locks by key, one set per event loop (a lock is bound to the loop that uses it)."""
+
+    def __init__(self) -> None:
+        self._by_loop: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, dict[str, asyncio.Lock]
+        ] = weakref.WeakKeyDictionary()
+
+    def get(self, key: str) -> asyncio.Lock:
+        locks = self._by_loop.setdefault(asyncio.get_running_loop(), {})
+        lock = locks.get(key)
+        if lock is None:
+            lock = locks[key] = asyncio.Lock()
+        return lock
+
+
+class MemoryTokenStore:
+    """Tokens in this process's memory: the default, shared by every client of the process."""
+
+    def __init__(self) -> None:
+        self._tokens: dict[str, Token] = {}
+        self._locks = _LoopLocks()
+
+    async def get(self, key: str) -> Token | None:
+        """The stored token for ``key``, or None."""
+        return self._tokens.get(key)
+
+    async def set(self, key: str, token: Token) -> None:
+        """Store ``token`` for ``key``."""
+        self._tokens[key] = token
+
+    @asynccontextmanager
+    async def lock(self, key: str) -> AsyncIterator[None]:
+        """An asyncio lock for ``key`` in the running loop."""
+        async with self._locks.get(key):
+            yield
+
+    def __repr__(self) -> str:
+        return f"MemoryTokenStore(keys={len(self._tokens)})"
+
+
+DEFAULT_STORE = MemoryTokenStore()
+
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_LOCK_POLL = 0.02  # seconds between tries of a file lock another process holds
+
+
+class FileTokenStore:
+    """Tokens in a private JSON file (mode 0600), file-locked: processes on one machine share them.
+
+    The file is written through a fresh temporary file in the same directory (``mkstemp``) and
+    renamed over the old one; links are not followed. A token file (or its directory) that
+    another user owns or that others can read or write is refused with a
+    :class:`TokenStoreError` (``unsafe=True``); a missing directory is created with mode 0700.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, lock_timeout: float = 60.0) -> None:
+        self.path = Path(path)
+        self._lock_timeout = lock_timeout
+        self._file_lock = filelock.FileLock(
+            str(self.path) + ".lock", thread_local=False, is_singleton=False, mode=0o600
+        )
+        self._locks = _LoopLocks()
+
+    def _error(self, message: str, *, unsafe: bool = False) -> TokenStoreError:
+        return TokenStoreError(f"{self!r}: {message}", store=repr(self), unsafe=unsafe)
+
+    def _check_owner(self, st: os.stat_result, what: str, path: Path) -> None:
+        if hasattr(os, "getuid") and st.st_uid != os.getuid():
+            raise self._error(
+                f"the {what} {str(path)!r} belongs to another user (uid {st.st_uid}): refusing it",
+                unsafe=True,
+            )
+        others = 0o022 if what == "directory" else 0o077
+        if st.st_mode & others:
+            raise self._error(
+                f"the {what} {str(path)!r} is open to other users (mode "
+                f"{stat.S_IMODE(st.st_mode):o}): refusing it; chmod "
+                f"{'700' if what == 'directory' else '600'} it",
+                unsafe=True,
+            )
+
+    def _check_directory(self, *, create: bool) -> bool:
+        """Whether the directory exists (made with mode 0700 if ``create``), and is safe."""
+        directory = self.path.parent
+        try:
+            if create:
+                directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            st = directory.stat()
+        except FileNotFoundError:
+            return False
+        except OSError as err:
+            raise self._error(f"cannot use the directory: {err.strerror}") from None
+        self._check_owner(st, "directory", directory)
+        return True
+
+    def _read(self) -> dict[str, Any]:
+        if not self._check_directory(create=False):
+            return {}
+        try:
+            fd = os.open(self.path, os.O_RDONLY | _NOFOLLOW | os.O_NONBLOCK)
+        except FileNotFoundError:
+            return {}
+        except OSError as err:
+            if err.errno == errno.ELOOP:
+                raise self._error(
+                    f"{str(self.path)!r} is a symbolic link: refusing to follow it", unsafe=True
+                ) from None
+            raise self._error(f"cannot read the token file: {err.strerror}") from None
+        with os.fdopen(fd, "rb") as fh:
+            st = os.fstat(fh.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise self._error(f"{str(self.path)!r} is not a regular file", unsafe=True)
+            self._check_owner(st, "token file", self.path)
+            raw = fh.read()
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def _write(self, data: dict[str, Any]) -> None:
+        self._check_directory(create=True)
+        # mkstemp: O_EXCL, O_NOFOLLOW, mode 0600 and a name nobody can guess ahead.
+        fd, tmp = tempfile.mkstemp(
+            dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp"
+        )
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                json.dump(data, fh)
+            os.replace(tmp, self.path)  # rename replaces a link itself, never its target
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+    async def get(self, key: str) -> Token | None:
+        """The stored token for ``key``, or None."""
+        return Token.from_json(self._read().get(key))
+
+    async def set(self, key: str, token: Token) -> None:
+        """Store ``token`` for ``key`` (callers hold :meth:`lock`)."""
+        data = self._read()
+        data[key] = token.to_json()
+        try:
+            self._write(data)
+        except OSError as err:
+            raise self._error(f"cannot write the token file: {err.strerror}") from None
+
+    @asynccontextmanager
+    async def lock(self, key: str) -> AsyncIterator[None]:
+        """This process's lock for ``key``, then the file lock that other processes see.
+
+        The file lock is tried without blocking and waited for on the event loop, so a caller
+        that gives up (a timeout, a cancellation) never leaves it held.
+        """
+        async with self._locks.get(key):
+            self._check_directory(create=True)
+            await self._acquire_file_lock()
+            try:
+                yield
+            finally:
+                self._file_lock.release()
+
+    async def _acquire_file_lock(self) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._lock_timeout
+        while True:
+            try:
+                self._file_lock.acquire(blocking=False)
+                return
+            except filelock.Timeout:
+                if loop.time() >= deadline:
+                    raise self._error(
+                        f"the file lock was not had in {self._lock_timeout:g} s"
+                    ) from None
+            except OSError as err:
+                raise self._error(f"cannot lock the token file: {err.strerror}") from None
+            await asyncio.sleep(_LOCK_POLL)
+
+    def __repr__(self) -> str:
+        return f"FileTokenStore({str(self.path)!r})"
+
+
+class RedisTokenStore:
+    """Tokens in Redis, with a Redis lock: processes on many machines share them.
+
+    The lock lives ``lock_ttl`` seconds and is extended while its holder fetches, so it outlives
+    a fetch however long its retries take, and frees itself soon after a holder that died.
+    ``lock_timeout`` bounds the wait for it. Needs the ``redis`` extra
+    (``pip install 'dmhub-async[redis]'``).
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        client: Redis | None = None,
+        prefix: str = "dmhub_async:token:",
+        lock_timeout: float = 60.0,
+        lock_ttl: float = 10.0,
+        socket_timeout: float = 10.0,
+    ) -> None:
+        if client is None:
+            if url is None:
+                raise InvalidRequestError("RedisTokenStore needs a url or a client")
+            from redis.asyncio import Redis
+
+            client = Redis.from_url(
+                url, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout
+            )
+        self._redis = client
+        self._prefix = prefix
+        self._lock_timeout = lock_timeout
+        self._lock_ttl = lock_ttl
+
+    def _error(self, doing: str, err: Exception) -> TokenStoreError:
+        return TokenStoreError(
+            f"{self!r}: {doing} failed: {type(err).__name__}: {err}", store=repr(self)
+        )
+
+    async def get(self, key: str) -> Token | None:
+        """The stored token for ``key``, or None."""
+        from redis.exceptions import RedisError
+
+        try:
+            raw = await self._redis.get(self._prefix + key)
+        except (RedisError, OSError) as err:
+            raise self._error("GET", err) from None
+        if raw is None:
+            return None
+        try:
+            return Token.from_json(json.loads(raw))
+        except ValueError:
+            return None
+
+    async def set(self, key: str, token: Token) -> None:
+        """Store ``token`` for ``key``; Redis drops it once it has expired."""
+        from redis.exceptions import RedisError
+
+        keep = max(DEFAULT_LIFETIME, math.ceil(token.lifetime or 0.0))
+        try:
+            await self._redis.set(self._prefix + key, json.dumps(token.to_json()), ex=int(keep))
+        except (RedisError, OSError) as err:
+            raise self._error("SET", err) from None
+
+    @asynccontextmanager
+    async def lock(self, key: str) -> AsyncIterator[None]:
+        """A Redis lock on ``key``, extended while held, freed on its own should its holder die."""
+        from redis.exceptions import LockError, RedisError
+
+        lock = self._redis.lock(
+            self._prefix + key + ":lock",
+            timeout=self._lock_ttl,
+            blocking_timeout=self._lock_timeout,
+            thread_local=False,
+        )
+        try:
+            acquired = await lock.acquire()
+        except (RedisError, OSError) as err:
+            raise self._error("taking the lock", err) from None
+        if not acquired:
+            raise TokenStoreError(
+                f"{self!r}: the lock was not had in {self._lock_timeout:g} s", store=repr(self)
+            )
+        keeper = asyncio.ensure_future(self._keep(lock))
+        try:
+            yield
+        finally:
+            keeper.cancel()
+            await asyncio.wait([keeper])
+            try:
+                await lock.release()
+            except (LockError, RedisError, OSError) as err:
+                # The token is fetched and stored by now: a lost lock must not fail the call.
+                log.warning("%r: releasing the lock failed (%s); it expires on its own", self, err)
+
+    async def _keep(self, lock: RedisLock) -> None:
+        """Extend ``lock`` to its full ttl every third of it, until cancelled."""
+        from redis.exceptions import LockError, RedisError
+
+        while True:
+            await asyncio.sleep(self._lock_ttl / 3)
+            try:
+                await lock.reacquire()
+            except (LockError, RedisError, OSError) as err:
+                log.warning("%r: extending the lock failed (%s)", self, err)
+                return
+
+    async def aclose(self) -> None:
+        """Close the Redis connection pool."""
+        await self._redis.aclose()
+
+    def __repr__(self) -> str:
+        kwargs = self._redis.connection_pool.connection_kwargs
+        where = kwargs.get("path") or f"{kwargs.get('host')}:{kwargs.get('port')}"
+        return f"RedisTokenStore({where!s}/{kwargs.get('db', 0)}, prefix={self._prefix!r})"

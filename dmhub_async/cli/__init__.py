@@ -1,0 +1,92 @@
+"""``dmhub-async``: export customers, resolve identities, run the simulator, see a demo.
+
+Credentials come from ``DMHUB_APP_ID``, ``DMHUB_SECRET`` and ``DMHUB_BASE_URL``. Errors are one
+line on stderr in the terms of the command line, never a traceback, never a secret. Exit codes:
+0 ok, 1 error, 2 usage, 3 incomplete export, 130 SIGINT, 143 SIGTERM. SIGTERM (what systemd,
+Docker, Kubernetes and CI send) is handled as Ctrl-C: the command is cancelled, so an export
+leaves a consistent checkpoint to resume from, or no file at all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+from collections.abc import Sequence
+
+from .._exceptions import DMHubError
+from .._redact import redact
+from ._commands import COMMANDS
+from ._errors import (
+    EXIT_ERROR,
+    EXIT_INCOMPLETE,
+    EXIT_OK,
+    EXIT_USAGE,
+    CommandError,
+    Interrupted,
+    explain,
+)
+from ._parser import build_parser
+from ._settings import show_requests
+
+__all__ = ["EXIT_ERROR", "EXIT_INCOMPLETE", "EXIT_OK", "EXIT_USAGE", "main"]
+
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+async def _run(args: argparse.Namespace) -> int:
+    """The command, cancelled (so its cleanup runs) by the first SIGINT or SIGTERM."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    received: list[int] = []
+
+    def stop(signum: int) -> None:
+        received.append(signum)
+        task.cancel()
+
+    installed = []
+    for signum in _SIGNALS:
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # not on Windows
+            loop.add_signal_handler(signum, stop, signum)
+            installed.append(signum)
+    try:
+        return await COMMANDS[args.command](args)
+    except asyncio.CancelledError:
+        if received:
+            raise Interrupted(received[0]) from None
+        raise
+    finally:
+        for signum in installed:
+            loop.remove_signal_handler(signum)
+
+
+def _interrupted(err: Interrupted, args: argparse.Namespace) -> str:
+    checkpoint = getattr(args, "checkpoint", None)
+    if checkpoint is not None and os.path.exists(checkpoint):
+        return f"stopped by {err}: rerun the same command to resume from {checkpoint}"
+    if args.command in ("export", "lookup", "demo"):
+        return f"stopped by {err}: no output written"
+    return f"stopped by {err}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    show_requests(args.verbose)
+    try:
+        return asyncio.run(_run(args))
+    except KeyboardInterrupt:  # a Ctrl-C before the handlers were in place
+        err: BaseException = Interrupted(signal.SIGINT)
+    except (Interrupted, CommandError, DMHubError, OSError, ValueError) as caught:
+        err = caught
+    code, message = explain(err)
+    if isinstance(err, Interrupted):
+        message = _interrupted(err, args)
+    else:
+        message = "error: " + redact(message, (os.environ.get("DMHUB_SECRET"),))
+    print(f"dmhub-async: {message}", file=sys.stderr)
+    return code

@@ -1,0 +1,217 @@
+"""The four commands: ``export``, ``lookup``, ``simulate`` and ``demo``."""
+
+from __future__ import annotations
+
+import argparse
+import codecs
+import csv
+import os
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, TextIO
+
+from .._client import DMHubClient
+from .._exceptions import InvalidRequestError
+from .._validate import check_identity
+from ..export import ExportReport, export_customers
+from ..models.identity import Identity
+from ..resources.customers import customer_filter_params
+from ._errors import EXIT_INCOMPLETE, EXIT_OK, CommandError, UsageError, without_method
+from ._files import STDOUT, check_output, decoded_lines, replace_on_success
+from ._parser import FILTER_FLAGS
+from ._report import ProgressLines, export_report, print_report
+from ._settings import open_client
+
+__all__ = ["COMMANDS"]
+
+
+def _filters(args: argparse.Namespace) -> dict[str, Any]:
+    """The filter flags as ``export_customers`` keywords, each checked and named by its flag."""
+    filters: dict[str, Any] = {}
+    for flag, name in FILTER_FLAGS.items():
+        value = getattr(args, name)
+        if value is None:
+            continue
+        if name == "select":
+            value = [f.strip() for f in value.split(",") if f.strip()]
+        try:
+            customer_filter_params("export", {name: value})
+        except InvalidRequestError as err:
+            message = without_method(str(err)).replace(name, flag)
+            raise UsageError(message if flag in message else f"{flag}: {message}") from None
+        filters[name] = value
+    return filters
+
+
+def _encoding(args: argparse.Namespace) -> str:
+    try:
+        return codecs.lookup(args.encoding).name
+    except LookupError:
+        raise UsageError(f"--encoding {args.encoding!r}: no such encoding") from None
+
+
+def _report_stream(args: argparse.Namespace) -> TextIO:
+    """The report's stream: stdout, unless the data goes there."""
+    return sys.stderr if args.out == STDOUT else sys.stdout
+
+
+def _progress(args: argparse.Namespace) -> tuple[bool, ProgressLines | None]:
+    """A bar on a terminal, lines in a log, nothing when ``--quiet``."""
+    if args.quiet or getattr(args, "no_progress", False):
+        return False, None
+    if sys.stderr.isatty():
+        return True, None
+    return False, ProgressLines()
+
+
+def _finish(report: ExportReport, args: argparse.Namespace, out: TextIO) -> int:
+    print_report(
+        export_report(report), report.summary(), style=args.report, quiet=args.quiet, out=out
+    )
+    if report.complete:
+        return EXIT_OK
+    if args.quiet and args.report == "text":
+        print(
+            f"dmhub-async: incomplete: {report.exported} exported, the service counted "
+            f"{report.count_before} before and {report.count_after} after; run it again",
+            file=sys.stderr,
+        )
+    return EXIT_INCOMPLETE
+
+
+def _check_export(args: argparse.Namespace) -> dict[str, Any]:
+    """Everything an export can get wrong before it sends a request; its filters."""
+    if args.out == STDOUT and args.checkpoint is not None:
+        raise UsageError("--checkpoint needs a file for --out: standard output cannot be resumed")
+    resumable = args.checkpoint is not None and os.path.exists(args.checkpoint)
+    check_output(args.out, force=args.force, resumable=resumable, inputs=[args.checkpoint])
+    filters = _filters(args)
+    encoding = _encoding(args)
+    if encoding != "utf-8":
+        # TODO(export): the writers take an encoding once the export package lands.
+        raise UsageError(f"--encoding {args.encoding}: exports are written in utf-8 for now")
+    return filters
+
+
+async def _export(args: argparse.Namespace) -> int:
+    filters = _check_export(args)
+    bar, lines = _progress(args)
+    async with open_client(args, args.concurrency) as dm:
+        report = await export_customers(
+            dm,
+            args.out,
+            format=args.format,
+            page_size=args.page_size,
+            concurrency=args.concurrency,
+            checkpoint=args.checkpoint,
+            progress=bar,
+            on_progress=lines,
+            **filters,
+        )
+    return _finish(report, args, _report_stream(args))
+
+
+def _identities(path: Path, encoding: str) -> Iterator[Identity]:
+    """The ``type,value`` rows of ``path``; a bad row is an error that names its line."""
+    reader = csv.reader(decoded_lines(path, "utf-8-sig" if encoding == "utf-8" else encoding))
+    for row in reader:
+        line = reader.line_num
+        if not row or not "".join(row).strip():
+            continue
+        if line == 1 and [c.strip().lower() for c in row[:2]] == ["type", "value"]:
+            continue  # a header
+        if len(row) < 2:
+            raise CommandError(f"{path}:{line}: expected type,value, not {','.join(row)!r}")
+        try:
+            yield check_identity("lookup", Identity(row[0].strip(), row[1].strip()))
+        except InvalidRequestError as err:
+            raise CommandError(f"{path}:{line}: {without_method(str(err))}") from None
+
+
+def _check_lookup(args: argparse.Namespace) -> tuple[Path, str, int]:
+    """The input, its encoding and its number of rows, every row checked before a request."""
+    infile = Path(args.infile)
+    if not infile.is_file():
+        raise CommandError(f"--in {args.infile}: no such file")
+    check_output(args.out, force=args.force, inputs=[args.infile])
+    encoding = _encoding(args)
+    return infile, encoding, sum(1 for _ in _identities(infile, encoding))
+
+
+async def _lookup(args: argparse.Namespace) -> int:
+    infile, encoding, total = _check_lookup(args)
+    progress = None if args.quiet else ProgressLines(what="identities")
+    found = missing = 0
+    async with open_client(args, args.concurrency) as dm:
+        with replace_on_success(args.out, encoding) as out:
+            writer = csv.writer(out, lineterminator="\r\n")
+            writer.writerow(["type", "value", "customer_id"])
+            async for identity, customer_id in dm.identities.lookup_iter(
+                _identities(infile, encoding), concurrency=args.concurrency
+            ):
+                writer.writerow(
+                    [identity.type, identity.value, "" if customer_id is None else customer_id]
+                )
+                if customer_id is None:
+                    missing += 1
+                else:
+                    found += 1
+                if progress is not None:
+                    progress.update(found + missing, total)
+    where = "standard output" if args.out == STDOUT else args.out
+    data = {"path": args.out, "resolved": found + missing, "found": found, "not_found": missing}
+    text = f"resolved {found + missing} identities: {found} found, {missing} not found -> {where}"
+    print_report(data, text, style=args.report, quiet=args.quiet, out=_report_stream(args))
+    return EXIT_OK
+
+
+async def _simulate(args: argparse.Namespace) -> int:
+    from ..testing import serve_forever
+
+    try:
+        await serve_forever(
+            port=args.port,
+            customers=args.customers,
+            latency_ms=args.latency_ms,
+            fault_rate=args.fault_rate,
+            seed=args.seed,
+        )
+    except OSError as err:
+        raise CommandError(f"--port {args.port}: {err.strerror or err}") from None
+    return EXIT_OK
+
+
+async def _demo(args: argparse.Namespace) -> int:
+    from ..testing import DMHubSimulator
+
+    check_output(args.out, force=args.force)
+    latency = args.latency_ms
+    say = print if not args.quiet else lambda *_: None
+    say(f"seeding an in-process DM Hub simulator with {args.customers:,} customers ...")
+    started = time.monotonic()
+    async with DMHubSimulator(customers=args.customers) as sim:
+        sim.faults.latency = latency / 1000.0
+        say(
+            f"simulator at {sim.url} ready in {time.monotonic() - started:.1f}s; every answer "
+            f"is delayed {latency:g} ms to imitate a network (--latency-ms to change it); the "
+            "simulator shares this process's CPU, which slows the export too"
+        )
+        if latency > 0:
+            ceiling = args.concurrency * 100 / (latency / 1000.0)
+            say(
+                f"at {latency:g} ms a page of 100 and --concurrency {args.concurrency}, no client "
+                f"can beat {ceiling:,.0f} customers/s; exporting ..."
+            )
+        bar, lines = _progress(args)
+        async with DMHubClient(
+            sim.app_id, sim.secret, base_url=sim.url, max_concurrency=args.concurrency
+        ) as dm:
+            report = await export_customers(
+                dm, args.out, concurrency=args.concurrency, progress=bar, on_progress=lines
+            )
+    return _finish(report, args, sys.stdout)
+
+
+COMMANDS = {"export": _export, "lookup": _lookup, "simulate": _simulate, "demo": _demo}

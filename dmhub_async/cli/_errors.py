@@ -1,0 +1,87 @@
+"""Exit codes, and every error as one line in the terms of the command line."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+
+from .._exceptions import APIConnectionError, AuthenticationError, DMHubError
+
+__all__ = [
+    "EXIT_ERROR",
+    "EXIT_INCOMPLETE",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "CommandError",
+    "Interrupted",
+    "UsageError",
+    "explain",
+    "without_method",
+]
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_INCOMPLETE = 3
+# 128 + the signal's number, as shells report a process a signal ended: 130 SIGINT, 143 SIGTERM.
+
+
+class CommandError(Exception):
+    """An error already worded for the command line, with its exit code."""
+
+    code = EXIT_ERROR
+
+
+class UsageError(CommandError):
+    """The command line asks for something that cannot be done: a bad flag or value (exit 2)."""
+
+    code = EXIT_USAGE
+
+
+class Interrupted(Exception):
+    """SIGINT or SIGTERM stopped the command after it cleaned up."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+    @property
+    def code(self) -> int:
+        return 128 + self.signum
+
+
+_METHOD = re.compile(r"^\w+\(\): ")
+
+
+def without_method(message: str) -> str:
+    """A library message without its ``method(): `` prefix: it means nothing on a command line."""
+    return _METHOD.sub("", message)
+
+
+def _auth_hint(err: AuthenticationError) -> str:
+    sharing = (
+        "another process using the same app id may have taken the token (DM Hub keeps one a "
+        "app id): share it with --token-store or DMHUB_TOKEN_STORE"
+    )
+    credentials = "check DMHUB_APP_ID and DMHUB_SECRET"
+    if str(err.code) == "40004":  # the token request itself was refused: the credentials
+        return f"{credentials}; if they are right, {sharing}"
+    return f"{sharing}, or {credentials}"
+
+
+def explain(err: BaseException) -> tuple[int, str]:
+    """The exit code and the one line to print for ``err``."""
+    if isinstance(err, (CommandError, Interrupted)):
+        return err.code, str(err)
+    if isinstance(err, AuthenticationError):
+        return EXIT_ERROR, f"{err}; {_auth_hint(err)}"
+    if isinstance(err, APIConnectionError):
+        where = os.environ.get("DMHUB_BASE_URL") or "the default base URL"
+        return EXIT_ERROR, f"{err}: no answer from {where} (is DMHUB_BASE_URL right?)"
+    if isinstance(err, OSError) and err.strerror:
+        where = f"{err.filename}: " if err.filename is not None else ""
+        return EXIT_ERROR, f"{where}{err.strerror}"
+    if isinstance(err, DMHubError):
+        return EXIT_ERROR, without_method(str(err)) or type(err).__name__
+    return EXIT_ERROR, str(err) or type(err).__name__

@@ -1,0 +1,123 @@
+"""Outputs that never destroy a file, and inputs read line by line in a named encoding."""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import io
+import os
+import stat
+import sys
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import TextIO
+
+from ._errors import CommandError, UsageError
+
+__all__ = ["STDOUT", "check_output", "decoded_lines", "replace_on_success"]
+
+#: ``--out -``: the data goes to standard output (and the report to standard error).
+STDOUT = "-"
+
+
+def check_output(
+    out: str, *, force: bool, resumable: bool = False, inputs: Iterable[str | None] = ()
+) -> None:
+    """Refuse, before anything is sent, an ``--out`` whose writing would destroy something.
+
+    The input (or checkpoint) itself; a link, FIFO, device or directory (writing there would
+    replace the link, block, or fill a disk: only regular files are outputs); a read-only file;
+    and an existing file unless ``--force`` (or ``resumable``: a checkpoint says the file is an
+    export in progress).
+    """
+    if out == STDOUT:
+        return
+    path = Path(out)
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        info = None
+    for other in inputs:
+        if other is not None and other != STDOUT and _same_file(path, Path(other)):
+            raise UsageError(f"--out {out} is also an input of this command: give another file")
+    if info is None:
+        return
+    if stat.S_ISLNK(info.st_mode):
+        raise UsageError(f"--out {out} is a symbolic link: give the file it points to, or another")
+    if not stat.S_ISREG(info.st_mode):
+        kind = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file"
+        raise UsageError(f"--out {out} is {kind}: give a file name (or - for standard output)")
+    # No write bit at all is read-only even to root, whom os.access lets write anything.
+    if not info.st_mode & 0o222 or not os.access(path, os.W_OK):
+        raise UsageError(f"--out {out} is read-only: give another file")
+    if not (force or resumable):
+        raise UsageError(f"--out {out} exists: pass --force to overwrite it")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet): compare where they would be
+        return a.resolve() == b.resolve()
+
+
+@contextlib.contextmanager
+def replace_on_success(out: str, encoding: str) -> Iterator[TextIO]:
+    """A text stream for ``out`` that becomes ``out`` only when the block ends without error.
+
+    Rows go to a temporary file of an unpredictable name beside ``out`` (created with
+    ``O_EXCL``, so no link is followed); any error or signal removes it, so a failed run leaves
+    no partial output and the old file, if any, untouched.
+    """
+    if out == STDOUT:
+        sys.stdout.flush()
+        buffer = getattr(sys.stdout, "buffer", None)
+        if buffer is None:  # a replaced sys.stdout: text only
+            yield sys.stdout
+            return
+        stream = io.TextIOWrapper(buffer, encoding=encoding, newline="")
+        try:
+            yield stream
+        finally:
+            stream.flush()
+            stream.detach()  # sys.stdout keeps its buffer
+        return
+    path = Path(out)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    done = False
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)  # what a plain open() would give, not mkstemp's 0600
+        with open(fd, "w", newline="", encoding=encoding) as fh:
+            yield fh
+        os.replace(tmp, path)
+        done = True
+    finally:
+        if not done:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+
+
+def decoded_lines(path: Path, encoding: str) -> Iterator[str]:
+    """The lines of ``path`` decoded one by one, so that a bad byte is reported with its line.
+
+    For the encodings CSV files come in (UTF-8, GBK, GB18030, Big5, Latin-1...), in which a
+    newline byte is always a newline.
+    """
+    decoder = codecs.getincrementaldecoder(encoding)()
+    with path.open("rb") as fh:
+        for number, raw in enumerate(fh, 1):
+            try:
+                yield decoder.decode(raw)
+            except UnicodeDecodeError as err:
+                name = "UTF-8" if codecs.lookup(encoding).name.startswith("utf-8") else encoding
+                raise CommandError(
+                    f"{path}:{number}: not {name} text (byte 0x{err.object[err.start]:02x}): "
+                    "give the file's encoding with --encoding (Excel on Chinese Windows saves "
+                    "CSV as --encoding gbk)"
+                ) from None
+        tail = decoder.decode(b"", final=True)
+        if tail:
+            yield tail

@@ -1,0 +1,282 @@
+"""The flags of ``dmhub-async``: every one with its default, every command with an example."""
+
+from __future__ import annotations
+
+import argparse
+import zoneinfo
+from collections.abc import Callable
+from typing import NoReturn
+
+from .._version import __version__
+from ._errors import EXIT_USAGE
+from ._settings import TOKEN_STORE_ENV
+
+__all__ = ["FILTER_FLAGS", "MAX_CONCURRENCY", "build_parser"]
+
+#: The most pages or lookups in flight. DM Hub's rate limits are not published and it throttles
+#: (429/503) long before this; a walk by id holds ``concurrency`` pages of 100 rows, so more only
+#: costs memory; and beyond a few dozen requests a 30 ms round trip is no longer the bottleneck
+#: (benchmarks/README.md). A bigger number is far more likely a typo than a need.
+MAX_CONCURRENCY = 64
+
+#: Filter flag -> the keyword of ``export_customers`` it sets.
+FILTER_FLAGS = {
+    "--stage": "stage",
+    "--source": "source",
+    "--mobile": "mobile",
+    "--email": "email",
+    "--gender": "gender",
+    "--created-from": "date_created_from",
+    "--created-to": "date_created_to",
+    "--updated-from": "last_updated_from",
+    "--updated-to": "last_updated_to",
+    "--select": "select",
+}
+
+EXIT_CODES = """\
+exit codes: 0 ok, 1 error, 2 usage (a bad flag, or an output that would destroy a file),
+3 incomplete (the export's count differs from the service's), 130 SIGINT (Ctrl-C), 143 SIGTERM"""
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Every flag's default after its help; the examples in the epilog kept as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help = action.help or ""
+        if action.option_strings and action.default not in (None, False, argparse.SUPPRESS):
+            help += " (default: %(default)s)"
+        return help
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a bad option reported as one line (the usage is on ``--help``)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"dmhub-async: error: {message} (see {self.prog} --help)\n")
+
+
+def _int_in(low: int, high: int | None = None) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if value < low or (high is not None and value > high):
+            span = f"at least {low}" if high is None else f"from {low} to {high}"
+            raise argparse.ArgumentTypeError(f"must be {span}, not {value}")
+        return value
+
+    return parse
+
+
+def _float_in(low: float, high: float | None = None) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not value >= low or (high is not None and value > high):
+            span = f"at least {low}" if high is None else f"from {low} to {high}"
+            raise argparse.ArgumentTypeError(f"must be {span}, not {text}")
+        return value
+
+    return parse
+
+
+def _time_zone(text: str) -> str:
+    try:
+        zoneinfo.ZoneInfo(text)
+    except (ValueError, zoneinfo.ZoneInfoNotFoundError):
+        raise argparse.ArgumentTypeError(
+            f"not an IANA time zone: {text!r} (say Asia/Shanghai, or UTC)"
+        ) from None
+    return text
+
+
+def _common() -> _Parser:
+    common = _Parser(add_help=False)
+    common.add_argument(
+        "-v", "--verbose", action="store_true", help="log every request and retry on stderr"
+    )
+    common.add_argument(
+        "-q", "--quiet", action="store_true", help="no progress and no text report; errors only"
+    )
+    common.add_argument(
+        "--report",
+        choices=("text", "json"),
+        default="text",
+        help="the report after the run: text for people, json (one object) for scripts",
+    )
+    return common
+
+
+def _client_flags(parser: argparse.ArgumentParser, concurrency: int) -> None:
+    parser.add_argument(
+        "--concurrency",
+        type=_int_in(1, MAX_CONCURRENCY),
+        default=concurrency,
+        metavar="N",
+        help=f"requests in flight, at most {MAX_CONCURRENCY}",
+    )
+    parser.add_argument(
+        "--max-retries",
+        type=_int_in(0),
+        metavar="N",
+        default=4,
+        help="retries of a failed request (0 fails at once)",
+    )
+    parser.add_argument(
+        "--token-store",
+        metavar="STORE",
+        help="where runs with one app id share its token: memory, file:PATH or redis://HOST; "
+        f"default: ${TOKEN_STORE_ENV}, else a file in your cache directory",
+    )
+
+
+def _output_flags(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--force", action="store_true", help="overwrite --out if it exists (a regular file)"
+    )
+    parser.add_argument(
+        "--encoding",
+        default="utf-8",
+        metavar="NAME",
+        help=f"text encoding of {what} (utf-8-sig adds the mark Excel looks for)",
+    )
+
+
+def _filters(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("filters (all optional; times are ISO 8601)")
+    group.add_argument("--stage", help="a stage; '' for customers with no stage")
+    group.add_argument("--source", help="a source, e.g. wechat")
+    group.add_argument("--mobile", help="a mobile number")
+    group.add_argument("--email", help="an email address")
+    group.add_argument("--gender", type=int, choices=(0, 1, 2), help="0 unknown, 1 male, 2 female")
+    for flag, what in (
+        ("--created-from", "created at or after"),
+        ("--created-to", "created at or before"),
+        ("--updated-from", "last updated at or after"),
+        ("--updated-to", "last updated at or before"),
+    ):
+        group.add_argument(flag, dest=FILTER_FLAGS[flag], metavar="TIME", help=what)
+    group.add_argument(
+        "--timezone",
+        type=_time_zone,
+        metavar="ZONE",
+        help="IANA zone of times without an offset (e.g. Asia/Shanghai); default: UTC",
+    )
+    group.add_argument(
+        "--select", metavar="F1,F2", help="only these fields (and id), in the file too"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``dmhub-async`` parser."""
+    parser = _Parser(
+        prog="dmhub-async",
+        description="The DM Hub customer API from the command line.\n"
+        "Credentials: DMHUB_APP_ID, DMHUB_SECRET; service: DMHUB_BASE_URL "
+        "(default https://api.convertlab.com).",
+        epilog=f"example:\n  dmhub-async demo\n  dmhub-async export --out customers.jsonl\n\n"
+        f"{EXIT_CODES}\nDMHUB_LOG=debug|info shows the library's log on stderr.",
+        formatter_class=_Formatter,
+    )
+    parser.add_argument("--version", action="version", version=f"dmhub-async {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    common = _common()
+
+    def command(name: str, help: str, example: str) -> argparse.ArgumentParser:
+        return sub.add_parser(
+            name,
+            help=help,
+            description=help,
+            parents=[common],
+            formatter_class=_Formatter,
+            epilog=f"example:\n  {example}\n\n{EXIT_CODES}",
+        )
+
+    export = command(
+        "export",
+        "export customers to a JSONL or CSV file, each exactly once",
+        "dmhub-async export --out leads.csv --stage lead --checkpoint leads.ckpt",
+    )
+    export.add_argument(
+        "--out",
+        required=True,
+        metavar="PATH",
+        help="the output file: .jsonl or .csv, or - for standard output",
+    )
+    export.add_argument("--format", choices=("jsonl", "csv"), help="default: from --out")
+    export.add_argument(
+        "--checkpoint", metavar="PATH", help="record progress here; rerun the command to resume"
+    )
+    export.add_argument(
+        "--page-size", type=_int_in(1, 100), default=100, metavar="N", help="customers a request"
+    )
+    export.add_argument("--no-progress", action="store_true", help="no progress bar or lines")
+    _client_flags(export, concurrency=8)
+    _output_flags(export, "a CSV --out")
+    _filters(export)
+
+    lookup = command(
+        "lookup",
+        "resolve identities (type,value rows) to customer ids",
+        "dmhub-async lookup --in identities.csv --out found.csv --encoding gbk",
+    )
+    lookup.add_argument(
+        "--in",
+        dest="infile",
+        required=True,
+        metavar="PATH",
+        help="CSV of type,value rows (a header is optional)",
+    )
+    lookup.add_argument(
+        "--out",
+        required=True,
+        metavar="PATH",
+        help="CSV of type,value,customer_id rows, or - for standard output",
+    )
+    _client_flags(lookup, concurrency=32)
+    _output_flags(lookup, "--in and --out")
+
+    simulate = command(
+        "simulate",
+        "serve the DM Hub simulator on 127.0.0.1 until Ctrl-C",
+        "dmhub-async simulate --port 8080 --customers 50000 --latency-ms 20",
+    )
+    simulate.add_argument(
+        "--port", type=_int_in(0, 65535), default=8080, help="0 picks a free port"
+    )
+    simulate.add_argument("--customers", type=_int_in(0), default=10_000, help="seeded customers")
+    simulate.add_argument(
+        "--latency-ms", type=_float_in(0.0), default=0.0, help="added to every answer"
+    )
+    simulate.add_argument(
+        "--fault-rate", type=_float_in(0.0, 1.0), default=0.0, help="share of requests that fail"
+    )
+    simulate.add_argument("--seed", type=int, default=0, help="seed of the data and the faults")
+
+    demo = command(
+        "demo",
+        "export a seeded in-process simulator, with simulated network latency",
+        "dmhub-async demo --customers 5000 --latency-ms 0",
+    )
+    demo.add_argument("--customers", type=_int_in(0), default=20_000, help="seeded customers")
+    demo.add_argument("--out", default="dmhub-demo.jsonl", help="the output file")
+    demo.add_argument(
+        "--force", action="store_true", help="overwrite --out if it exists (a regular file)"
+    )
+    demo.add_argument(
+        "--concurrency",
+        type=_int_in(1, MAX_CONCURRENCY),
+        default=8,
+        metavar="N",
+        help=f"pages in flight, at most {MAX_CONCURRENCY}",
+    )
+    demo.add_argument(
+        "--latency-ms",
+        type=_float_in(0.0),
+        default=20.0,
+        help="simulated latency of every answer, as a real network has",
+    )
+    return parser

@@ -1,0 +1,86 @@
+"""What a run tells its user: progress lines for logs, and the report as text or JSON."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, TextIO
+
+import attrs
+
+from ..export import ExportProgress, ExportReport
+
+__all__ = ["PROGRESS_EVERY", "ProgressLines", "export_report", "print_report"]
+
+#: Seconds between two progress lines: often enough to see a job move, rare enough for a log.
+PROGRESS_EVERY = 5.0
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}"
+
+
+class ProgressLines:
+    """Progress for a log or CI, where a bar cannot redraw: a line every few seconds.
+
+    Every ``every`` seconds (:data:`PROGRESS_EVERY` unless given) a line says what is done, of
+    how many, the rate since the start and the time left.
+    """
+
+    def __init__(
+        self,
+        out: TextIO | None = None,
+        *,
+        every: float | None = None,
+        what: str = "customers",
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._out = out
+        self._every = PROGRESS_EVERY if every is None else every
+        self._what = what
+        self._clock = clock
+        self._started = clock()
+        self._last_line = self._started
+        self._first: int | None = None
+
+    def __call__(self, progress: ExportProgress) -> None:
+        self.update(progress.exported, progress.total)
+
+    def update(self, done: int, total: int | None) -> None:
+        """Note ``done`` of ``total``; print a line when the last one is ``every`` seconds old."""
+        now = self._clock()
+        if self._first is None:
+            self._first = done  # a resumed export: the rate counts this run only
+        if now - self._last_line < self._every:
+            return
+        self._last_line = now
+        rate = (done - self._first) / (now - self._started) if now > self._started else 0.0
+        line = f"dmhub-async: {done:,}"
+        if total:
+            line += f"/{total:,} {self._what} ({100 * done / total:.0f}%)"
+        else:
+            line += f" {self._what}"
+        line += f", {rate:,.0f}/s"
+        if total and rate > 0:
+            line += f", ETA {_duration(max(total - done, 0) / rate)}"
+        print(line, file=self._out or sys.stderr, flush=True)
+
+
+def export_report(report: ExportReport) -> dict[str, Any]:
+    """The report as plain data: its fields and what it concludes."""
+    data = attrs.asdict(report)
+    data["complete"] = report.complete
+    data["records_per_second"] = round(report.records_per_second, 1)
+    return data
+
+
+def print_report(data: dict[str, Any], text: str, *, style: str, quiet: bool, out: TextIO) -> None:
+    """``text`` for people (unless ``quiet``), or ``data`` as one JSON object for scripts."""
+    if style == "json":
+        print(json.dumps(data, ensure_ascii=False, default=str), file=out, flush=True)
+    elif not quiet:
+        print(text, file=out, flush=True)

@@ -1,0 +1,75 @@
+"""The client the commands use: its token store, its limits, its log."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import platformdirs
+
+from .._auth import FileTokenStore, MemoryTokenStore, RedisTokenStore, TokenStore
+from .._client import DMHubClient
+from .._logging import show_log
+from ._errors import UsageError
+
+__all__ = ["TOKEN_STORE_ENV", "default_token_file", "open_client", "show_requests", "token_store"]
+
+TOKEN_STORE_ENV = "DMHUB_TOKEN_STORE"
+
+
+def default_token_file() -> Path:
+    """Where runs on one machine share their token unless told otherwise."""
+    return platformdirs.user_cache_path("dmhub-async") / "tokens.json"
+
+
+def token_store(spec: str | None) -> TokenStore:
+    """The store a ``--token-store`` spec names: ``memory``, ``file:PATH`` or ``redis://...``.
+
+    ``None`` takes ``DMHUB_TOKEN_STORE``, else a file in the user's cache directory: DM Hub keeps
+    one token per app id, so two runs that do not share it revoke each other's (docs/contract.md,
+    "Transport and authentication").
+    """
+    if spec is None:
+        spec = os.environ.get(TOKEN_STORE_ENV) or f"file:{default_token_file()}"
+    if spec == "memory":
+        return MemoryTokenStore()
+    if spec.startswith("file:") and spec != "file:":
+        return FileTokenStore(Path(spec[len("file:") :]).expanduser())
+    if spec.startswith(("redis://", "rediss://", "unix://")):
+        try:
+            return RedisTokenStore(spec)
+        except ImportError:
+            raise UsageError(
+                "--token-store redis://... needs the redis extra: pip install 'dmhub-async[redis]'"
+            ) from None
+        except ValueError as err:
+            raise UsageError(f"--token-store: {err}") from None
+    raise UsageError(
+        f"--token-store (or {TOKEN_STORE_ENV}) must be memory, file:PATH or redis://HOST[:PORT], "
+        f"not {spec!r}"
+    )
+
+
+def show_requests(verbose: bool) -> None:
+    """``-v``: the library's log on stderr, a line per request and per retry."""
+    if verbose:
+        show_log(logging.DEBUG)
+
+
+@contextlib.asynccontextmanager
+async def open_client(args: argparse.Namespace, concurrency: int) -> AsyncIterator[DMHubClient]:
+    """A client for one command: ``concurrency`` requests in flight, the chosen token store."""
+    store = token_store(args.token_store)
+    try:
+        # The flag means what it says: the client's own limit (16) must not hold it lower.
+        async with DMHubClient(
+            max_retries=args.max_retries, max_concurrency=concurrency, token_store=store
+        ) as dm:
+            yield dm
+    finally:
+        if isinstance(store, RedisTokenStore):
+            await store.aclose()

@@ -1,0 +1,137 @@
+"""The simulator's middleware: counters, request hooks, fault injection and the token check."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from ._checks import ApiError, json_response
+from ._faults import BEFORE_HANDLER
+from ._state import SimulatorState
+
+logger = logging.getLogger("dmhub_async.testing")
+
+_HTML_502 = (
+    "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
+    "<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx</center>\r\n"
+    "</body>\r\n</html>\r\n"
+)
+_REASONS = {
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+}
+
+STATE_KEY: web.AppKey[SimulatorState] = web.AppKey("dmhub_simulator_state")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+# -- faults and auth ----------------------------------------------------------------------------
+
+
+def _drop_connection(request: web.Request) -> web.Response:
+    # Closing the transport under aiohttp makes it fail writing the response, which it treats
+    # as a client disconnect (logged at DEBUG only); the client sees the connection drop.
+    transport = request.transport
+    if transport is not None:
+        transport.abort()
+    return web.Response(status=500)
+
+
+def _fault_response(kind: str, retry_after: int) -> web.Response:
+    if kind == "html":
+        return web.Response(text=_HTML_502, status=502, content_type="text/html")
+    status = int(kind[:3])
+    response = json_response({"error_code": status, "error_description": _REASONS[status]}, status)
+    if kind == "429":
+        response.headers["Retry-After"] = str(retry_after)
+    elif kind == "429-http-date":
+        response.headers["Retry-After"] = email.utils.formatdate(
+            time.time() + retry_after, usegmt=True
+        )
+    return response
+
+
+def _truncate(response: web.StreamResponse) -> web.StreamResponse:
+    if not isinstance(response, web.Response) or not isinstance(response.body, bytes):
+        return response
+    body = response.body
+    # Content-Length matches the cut body: a clean HTTP answer whose JSON is invalid.
+    return web.Response(
+        body=body[: len(body) // 2],
+        status=response.status,
+        content_type=response.content_type,
+    )
+
+
+@web.middleware
+async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Count the request, run the hooks, inject a fault or check the token, then answer."""
+    state = request.app[STATE_KEY]
+    counters = state.counters
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else request.path
+    counters.requests[route] += 1
+    counters.routes[f"{request.method} {route}"] += 1
+    try:
+        await state.before_request(request)
+        faults = state.faults
+        target = request.path_qs
+        if faults.is_resend(request.method, target):
+            return _drop_connection(request)
+        kind = None
+        if faults.applies_to(request.method, request.path, route):
+            delay = faults.next_latency()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            kind = faults.next_fault()
+        if kind is not None and kind in BEFORE_HANDLER:
+            counters.faults[kind] += 1
+            if kind == "reset":
+                faults.dropped(request.method, target)
+                return _drop_connection(request)
+            response: web.StreamResponse = _fault_response(kind, faults.retry_after)
+        else:
+            response = await _answer(state, request, handler)
+            if kind == "truncated":
+                counters.faults[kind] += 1
+                response = _truncate(response)
+            elif kind == "reset-after-write":
+                counters.faults[kind] += 1
+                faults.dropped(request.method, target)
+                return _drop_connection(request)
+    except ApiError as err:
+        counters.errors[err.code] += 1
+        response = err.response()
+    except Exception as err:
+        # The simulator must answer, whatever went wrong inside it.
+        logger.exception("simulator error on %s %s", request.method, route)
+        counters.errors[500] += 1
+        response = json_response(
+            {"error_code": 500, "error_description": f"simulator error: {type(err).__name__}"}, 500
+        )
+    counters.statuses[response.status] += 1
+    return response
+
+
+async def _answer(
+    state: SimulatorState, request: web.Request, handler: Handler
+) -> web.StreamResponse:
+    if request.path.startswith("/v1/"):
+        # docs/contract.md "Errors": a bad token answers HTTP 200 with the error in the body.
+        code = state.tokens.check(request.query.get("access_token"))
+        if code is not None:
+            raise ApiError(200, code, state.tokens.describe(code))
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        raise ApiError(exc.status, exc.status, exc.reason) from None

@@ -1,0 +1,180 @@
+"""What the CLI tests share: a simulator served from a thread, the command in a subprocess.
+
+Every subprocess call has a timeout, and every server is stopped in ``finally``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import csv
+import json
+import os
+import queue
+import subprocess
+import sys
+import threading
+from collections import Counter
+from collections.abc import Callable, Coroutine, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+from dmhub_async.testing import DMHubSimulator
+
+T = TypeVar("T")
+
+SECRET = "s3cr3t-never-printed"
+APP_ID = "cli-app"
+CUSTOMERS = 1500
+REPO = Path(__file__).resolve().parent.parent
+TIMEOUT = 60  # seconds, for any one command
+
+
+class ServedSimulator:
+    """A DMHubSimulator served by its own event loop in a daemon thread."""
+
+    def __init__(self, customers: int, **kwargs: Any) -> None:
+        self.sim = DMHubSimulator(customers, app_id=APP_ID, secret=SECRET, **kwargs)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+        self.run(self.sim.start())
+
+    def stop(self) -> None:
+        try:
+            self.run(self.sim.close())
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+            self._loop.close()
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=30)
+
+    def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run ``fn`` on the simulator's loop, so it never races a request being served."""
+
+        async def call() -> T:
+            return fn(*args, **kwargs)
+
+        return self.run(call())
+
+    def rows(self) -> list[dict[str, Any]]:
+        def rows() -> list[dict[str, Any]]:
+            return [r for r in map(self.sim.customer, self.sim.customer_ids()) if r is not None]
+
+        return self.call(rows)
+
+    def ids(self) -> list[int]:
+        return self.call(self.sim.customer_ids)
+
+
+def serve(customers: int = CUSTOMERS) -> Iterator[ServedSimulator]:
+    """The body of a test file's ``served`` fixture: a simulator, stopped whatever happens."""
+    server = ServedSimulator(customers, seed=5)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def base_env(cache: Path) -> dict[str, str]:
+    """The environment without DM Hub settings; tokens cached under ``cache`` (never ~/.cache)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DMHUB_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env["XDG_CACHE_HOME"] = str(cache)
+    return env
+
+
+def served_env(served: ServedSimulator, cache: Path) -> dict[str, str]:
+    """The environment of a command that talks to ``served``."""
+    return {
+        **base_env(cache),
+        "DMHUB_BASE_URL": served.sim.url,
+        "DMHUB_APP_ID": APP_ID,
+        "DMHUB_SECRET": SECRET,
+    }
+
+
+def cli_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "dmhub_async.cli", *args]
+
+
+def run_cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        cli_command(*args),
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        timeout=TIMEOUT,
+        check=False,
+    )
+    # Whatever happened: no traceback, and never the secret.
+    assert "Traceback" not in result.stderr
+    assert SECRET not in result.stdout + result.stderr
+    return result
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], code: int, *words: str) -> None:
+    assert result.returncode == code, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("dmhub-async")
+    assert "error" in lines[0]
+    for word in words:
+        assert word in lines[0]
+
+
+def jsonl_ids(path: Path) -> list[int]:
+    with path.open(encoding="utf-8") as fh:
+        return [json.loads(line)["id"] for line in fh]
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def assert_once_each(ids: list[int], expected: list[int]) -> None:
+    assert [i for i, n in Counter(ids).items() if n > 1] == []
+    assert sorted(ids) == sorted(expected)
+
+
+@contextlib.contextmanager
+def simulator_process(*args: str, cwd: Path) -> Iterator[dict[str, str]]:
+    """``dmhub-async simulate --port 0 ARGS`` in its own process; yields its DMHUB_* settings."""
+    server = subprocess.Popen(
+        cli_command("simulate", "--port", "0", *args),
+        env=base_env(cwd / "cache"),
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        lines: queue.Queue[str] = queue.Queue()
+        assert server.stdout is not None
+        stdout = server.stdout
+        reader = threading.Thread(target=lambda: [lines.put(x) for x in stdout], daemon=True)
+        reader.start()
+        settings: dict[str, str] = {}
+        while "DMHUB_SECRET" not in settings:
+            line = lines.get(timeout=TIMEOUT).strip()
+            key, _, value = line.partition("=")
+            if key.startswith("DMHUB_"):
+                settings[key] = value
+        yield settings
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(timeout=10)
+        if server.stdout is not None:
+            server.stdout.close()

@@ -1,0 +1,326 @@
+"""Scenarios 14 to 18: one token per appid shared by processes through a file and a real Redis.
+
+The simulator serves from this test's process; the workers are processes of their own
+(``rel_token_worker.py``) sharing one ``FileTokenStore`` or ``RedisTokenStore``. The Redis is a
+real ``redis-server`` that each test starts, kills and restarts itself (``tests/_redis.py``);
+without one those tests skip, saying why. See docs/reliability.md, "Token stores".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from _redis import RedisServer
+from aiohttp import web
+
+from dmhub_async import (
+    AuthenticationError,
+    DMHubClient,
+    FileTokenStore,
+    MemoryTokenStore,
+    RedisTokenStore,
+    TokenStore,
+)
+from dmhub_async._auth import token_key
+from dmhub_async.testing import DMHubSimulator
+
+TOKEN_ROUTE = "/security/accesstoken"
+WORKER = Path(__file__).with_name("rel_token_worker.py")
+REPO = Path(__file__).resolve().parents[2]
+PROCESSES = 8
+CALLS = 200
+WORKER_TIMEOUT = 90.0
+
+
+async def run_workers(
+    sim: DMHubSimulator, where: str, on_warm: Callable[[], None] = lambda: None
+) -> list[dict[str, Any]]:
+    """Start 8 workers on the store ``where`` and let them go at once; once each has made its
+    first call (and so holds a token), call ``on_warm`` and let them make the other 199; collect
+    what each reports: calls that succeeded, errors, its token fetches."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DMHUB_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env["DMHUB_SECRET"] = sim.secret
+    args = (str(WORKER), sim.url, sim.app_id, where, str(CALLS))
+    procs = [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            *args,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=env,
+        )
+        for _ in range(PROCESSES)
+    ]
+    try:
+        for state in (b"ready\n", b"warm\n"):
+            for proc in procs:
+                assert proc.stdout is not None
+                line = await asyncio.wait_for(proc.stdout.readline(), WORKER_TIMEOUT)
+                assert line == state, line
+            if state == b"warm\n":
+                on_warm()
+            for proc in procs:
+                assert proc.stdin is not None
+                proc.stdin.write(b"go\n")
+                await proc.stdin.drain()
+        outputs = await asyncio.wait_for(
+            asyncio.gather(*(proc.communicate() for proc in procs)), WORKER_TIMEOUT
+        )
+    finally:
+        for proc in procs:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    reports = []
+    for proc, (out, err) in zip(procs, outputs, strict=True):
+        assert proc.returncode == 0, err.decode()[-2000:]
+        reports.append(json.loads(out.decode().splitlines()[-1]))
+    return reports
+
+
+def store_of(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> TokenStore:
+    if kind == "memory":
+        return MemoryTokenStore()
+    if kind == "file":
+        return FileTokenStore(tmp_path / "tokens" / "tokens.json")
+    redis: RedisServer = request.getfixturevalue("redis")
+    return RedisTokenStore(redis.url)
+
+
+async def close(store: TokenStore) -> None:
+    if isinstance(store, RedisTokenStore):
+        await store.aclose()
+
+
+def redis_commands(redis: RedisServer) -> int:
+    """Commands the server served since the last reset, less those of the test's own looks."""
+    served = redis.commands_served()
+    return sum(n for name, n in served.items() if name not in ("config|resetstat", "info"))
+
+
+# -- scenario 14 --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["file", "redis"])
+async def test_scenario_14_eight_processes_share_one_token_across_a_revocation(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Scenario 14: 8 processes, 200 calls each, one token store, the token revoked once in
+    the middle: 2 token requests in all (the first token, one refresh), no call fails; with
+    Redis, a handful of round trips a process, not one a call."""
+    if kind == "file":
+        where = f"file:{tmp_path / 'tokens' / 'tokens.json'}"
+    else:
+        redis: RedisServer = request.getfixturevalue("redis")
+        where = redis.url
+        redis.command("CONFIG", "RESETSTAT")
+    async with DMHubSimulator(customers=10, seed=14) as sim:
+        reports = await run_workers(
+            sim, where, on_warm=lambda: sim.revoke_tokens(after_requests=PROCESSES * CALLS // 2)
+        )
+
+    assert [r["failed"] for r in reports] == [[]] * PROCESSES
+    assert sum(r["ok"] for r in reports) == PROCESSES * CALLS
+    assert sim.counters.errors[40001] >= 1  # the revocation did happen mid-run
+    assert sim.counters.requests[TOKEN_ROUTE] == 2
+    assert sim.counters.tokens_issued == 2
+    if kind == "redis":
+        assert redis_commands(redis) <= 16 * PROCESSES  # before: one GET a call, 1,600+
+
+
+# -- scenario 15 --------------------------------------------------------------------------------
+
+
+async def test_scenario_15_a_warm_client_makes_a_handful_of_redis_round_trips_in_1000_calls(
+    connect: Callable[..., DMHubClient], redis: RedisServer
+) -> None:
+    """Scenario 15: one client, 1,000 calls on a Redis store: the token is held in memory,
+    so Redis serves the first fetch's few commands and nothing more."""
+    store = RedisTokenStore(redis.url)
+    redis.command("CONFIG", "RESETSTAT")
+    async with DMHubSimulator(customers=10, seed=15) as sim:
+        dm = connect(sim, token_store=store)
+        for _ in range(100):
+            assert await asyncio.gather(*(dm.customers.count() for _ in range(10))) == [10] * 10
+    await store.aclose()
+    assert sim.counters.tokens_issued == 1
+    assert redis_commands(redis) <= 10  # GET, the lock, GET, SET, unlock (and the client's hello)
+
+
+# -- scenario 16 --------------------------------------------------------------------------------
+
+
+async def test_scenario_16_redis_killed_and_restarted_under_eight_processes(
+    redis: RedisServer,
+) -> None:
+    """Scenario 16: 8 processes hold the token; Redis is killed after 400 more of their calls
+    and restarted after 800: no call fails, and no new token is fetched."""
+    events: list[str] = []
+    async with DMHubSimulator(customers=10, seed=16) as sim:
+        served = 0
+
+        def kill_and_restart(request: web.Request) -> None:
+            nonlocal served
+            if not request.path.startswith("/v1/"):
+                return
+            served += 1
+            if served == PROCESSES * CALLS // 4:
+                redis.kill()
+                events.append(f"killed at {served}")
+            elif served == PROCESSES * CALLS // 2:
+                redis.start()
+                events.append(f"restarted at {served}")
+
+        reports = await run_workers(
+            sim, redis.url, on_warm=lambda: sim.on_request(kill_and_restart)
+        )
+
+    assert events == ["killed at 400", "restarted at 800"]  # counted once all were warm
+    assert [r["failed"] for r in reports] == [[]] * PROCESSES
+    assert sum(r["ok"] for r in reports) == PROCESSES * CALLS
+    assert sim.counters.tokens_issued == 1
+
+
+async def test_scenario_16_a_refresh_due_while_redis_is_down(
+    connect: Callable[..., DMHubClient],
+    clock: Any,
+    redis: RedisServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Scenario 16: Redis down when the token nears expiry: calls go on with the held token
+    (one WARNING, the store asked again only after a pause); once it has expired the client
+    fetches a token without the store (a WARNING says so); Redis back, it shares again."""
+    store = RedisTokenStore(redis.url)
+    async with DMHubSimulator(customers=10, seed=16, clock=clock) as sim:
+        dm = connect(sim, token_store=store)
+        await dm.customers.count()
+        redis.kill()
+        caplog.set_level(logging.WARNING, logger="dmhub_async")
+
+        clock.advance(7200 - 200)  # inside the 300 s refresh margin
+        assert [await dm.customers.count() for _ in range(5)] == [10] * 5
+        assert sim.counters.tokens_issued == 1
+        held = [r.getMessage() for r in caplog.records]
+        assert len(held) == 1
+        assert "RedisTokenStore(127.0.0.1:" in held[0]
+        assert "going on with the token held" in held[0]
+
+        clock.advance(200)  # expired now, Redis still down
+        assert await dm.customers.count() == 10
+        assert sim.counters.tokens_issued == 2
+        assert sim.counters.errors[42001] == 0  # the expired token was never sent
+        local = caplog.records[-1].getMessage()
+        assert "fetching a token without the store" in local
+
+        redis.start()
+        other = connect(sim, token_store=RedisTokenStore(redis.url))
+        sim.revoke_tokens()  # both clients refresh: one fetch, through Redis again
+        assert await asyncio.gather(dm.customers.count(), other.customers.count()) == [10, 10]
+        assert sim.counters.tokens_issued == 3
+    await store.aclose()
+    assert all(sim.secret not in r.getMessage() for r in caplog.records)
+
+
+# -- scenario 17 --------------------------------------------------------------------------------
+
+
+async def test_scenario_17_a_lock_outlives_a_fetch_longer_than_its_ttl(
+    connect: Callable[..., DMHubClient], redis: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Scenario 17: a token fetch of 0.3 s under a lock that lives 0.1 s: the lock is extended
+    while held, so the second client waits for it and takes the first one's token: one fetch,
+    both calls succeed, no lock error."""
+    stores = [RedisTokenStore(redis.url, lock_ttl=0.1) for _ in range(2)]
+    async with DMHubSimulator(customers=10, seed=17) as sim:
+        sim.faults.paths = (TOKEN_ROUTE,)
+        sim.faults.latency = 0.3
+        clients = [connect(sim, token_store=store) for store in stores]
+        got = await asyncio.gather(*(dm.customers.count() for dm in clients))
+    for store in stores:
+        await store.aclose()
+    assert got == [10, 10]
+    assert sim.counters.tokens_issued == 1
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+async def test_scenario_17_a_stale_lock_falls_back_to_a_local_fetch(
+    connect: Callable[..., DMHubClient], redis: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Scenario 17: a lock left by a holder that died (60 s to live): the client waits
+    ``lock_timeout`` for it, then fetches without it and says so; the call succeeds."""
+    store = RedisTokenStore(redis.url, lock_timeout=0.2)
+    async with DMHubSimulator(customers=10, seed=17) as sim:
+        key = token_key(sim.url, sim.app_id, sim.secret)
+        redis.command("SET", f"dmhub_async:token:{key}:lock", "dead-holder", "PX", "60000")
+        dm = connect(sim, token_store=store)
+        assert await dm.customers.count() == 10
+    await store.aclose()
+    assert sim.counters.tokens_issued == 1
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1
+    assert "the lock was not had in 0.2 s" in warnings[0]
+    assert "fetching a token without the store" in warnings[0]
+
+
+# -- scenario 18 --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["memory", "file", "redis"])
+async def test_scenario_18_a_wrong_secret_fails_on_its_first_call_however_warm_the_store(
+    kind: str,
+    connect: Callable[..., DMHubClient],
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+) -> None:
+    """Scenario 18: a client with the right secret warms the store; a second client with the
+    same appid and a wrong secret gets ``AuthenticationError`` on its first call, and the
+    first client's token survives."""
+    store = store_of(kind, tmp_path, request)
+    async with DMHubSimulator(customers=10, seed=18) as sim:
+        right = connect(sim, token_store=store)
+        assert await right.customers.count() == 10
+        async with DMHubClient(
+            sim.app_id, "not-the-secret", base_url=sim.url, token_store=store
+        ) as wrong:
+            with pytest.raises(AuthenticationError) as caught:
+                await wrong.customers.count()
+        assert await right.customers.count() == 10
+    await close(store)
+    assert caught.value.code == 40004
+    assert sim.counters.requests[TOKEN_ROUTE] == 2  # the right one, and the refused one
+    assert sim.counters.tokens_issued == 1
+
+
+async def test_scenario_18_spellings_of_one_base_url_share_one_token(clock: Any) -> None:
+    """Scenario 18: the base URL with an upper-case host, a trailing slash or two: one key,
+    one token for 15 calls from 3 clients (before: 3 tokens that revoked each other)."""
+    store = MemoryTokenStore()
+    async with DMHubSimulator(customers=10, seed=18) as sim:
+        port = sim.url.rsplit(":", 1)[1]
+        spellings = [
+            f"http://localhost:{port}",
+            f"http://LOCALHOST:{port}/",
+            f"http://LocalHost:{port}//",
+        ]
+        clients = [
+            DMHubClient(sim.app_id, sim.secret, base_url=url, token_store=store, clock=clock)
+            for url in spellings
+        ]
+        try:
+            for _ in range(5):
+                assert [await dm.customers.count() for dm in clients] == [10] * 3
+        finally:
+            for dm in clients:
+                await dm.aclose()
+    assert sim.counters.tokens_issued == 1
+    assert sim.counters.errors[40001] == 0

@@ -1,0 +1,193 @@
+"""``dmhub-async`` never destroys a file: outputs are checked before anything is sent.
+
+Issue 14 items 5, 6 and 8: the input as the output, links, FIFOs, devices, read-only and existing
+files; ``--out -``; no partial lookup output on an error; a bad row or a GBK file named by line.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from _cli_support import (
+    ServedSimulator,
+    assert_one_line_error,
+    jsonl_ids,
+    run_cli,
+    serve,
+    served_env,
+)
+
+CUSTOMERS = 120
+
+
+@pytest.fixture
+def served() -> Iterator[ServedSimulator]:
+    yield from serve(CUSTOMERS)
+
+
+@pytest.fixture
+def env(served: ServedSimulator, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    return served_env(served, tmp_path_factory.mktemp("cache"))
+
+
+def requests(served: ServedSimulator) -> int:
+    return sum(served.sim.counters.routes.values())
+
+
+def write_identities(path: Path, rows: list[tuple[str, str]], encoding: str = "utf-8") -> None:
+    with path.open("w", newline="", encoding=encoding) as fh:
+        csv.writer(fh).writerows([("type", "value"), *rows])
+
+
+def known_identities(served: ServedSimulator, customers: int) -> dict[tuple[str, str], str]:
+    found: dict[tuple[str, str], str] = {}
+    for customer_id in served.ids()[:customers]:
+        for type_, value, _name in served.call(served.sim.identities, customer_id):
+            found[(type_, value)] = str(customer_id)
+    return found
+
+
+def test_lookup_refuses_to_write_over_its_input(
+    served: ServedSimulator, env: dict[str, str], tmp_path: Path
+) -> None:
+    ids = tmp_path / "ids.csv"
+    write_identities(ids, [("wechat", "o1"), ("email", "a@example.com")])
+    before = ids.read_bytes()
+
+    result = run_cli("lookup", "--in", "ids.csv", "--out", "./ids.csv", env=env, cwd=tmp_path)
+
+    assert_one_line_error(result, 2, "--out", "input")
+    assert ids.read_bytes() == before
+    assert requests(served) == 0
+
+
+@pytest.mark.parametrize("kind", ["symlink", "fifo", "device", "directory"])
+def test_export_refuses_an_output_that_is_not_a_regular_file(
+    served: ServedSimulator, env: dict[str, str], tmp_path: Path, kind: str
+) -> None:
+    target = tmp_path / "precious.jsonl"
+    target.write_text("keep me\n", encoding="utf-8")
+    out = tmp_path / "out.jsonl"
+    if kind == "symlink":
+        out.symlink_to(target)
+    elif kind == "fifo":
+        os.mkfifo(out)
+    elif kind == "directory":
+        out.mkdir()
+    else:
+        out = Path("/dev/full")
+
+    result = run_cli("export", "--out", str(out), "--force", env=env, cwd=tmp_path)
+
+    assert_one_line_error(result, 2, "--out")
+    assert target.read_text(encoding="utf-8") == "keep me\n"
+    if kind == "symlink":
+        assert out.is_symlink()
+    assert requests(served) == 0
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_an_existing_output_needs_force_and_a_read_only_one_is_refused(
+    served: ServedSimulator, env: dict[str, str], tmp_path: Path
+) -> None:
+    out = tmp_path / "all.jsonl"
+    out.write_text("an earlier export\n", encoding="utf-8")
+
+    refused = run_cli("export", "--out", "all.jsonl", env=env, cwd=tmp_path)
+    assert_one_line_error(refused, 2, "--force")
+    assert out.read_text(encoding="utf-8") == "an earlier export\n"
+    assert requests(served) == 0
+
+    forced = run_cli("export", "--out", "all.jsonl", "--force", env=env, cwd=tmp_path)
+    assert forced.returncode == 0, forced.stderr
+    assert jsonl_ids(out) == served.ids()
+
+    out.chmod(0o444)
+    read_only = run_cli("export", "--out", "all.jsonl", "--force", env=env, cwd=tmp_path)
+    assert_one_line_error(read_only, 2, "read-only")
+    assert jsonl_ids(out) == served.ids()
+
+
+def test_lookup_to_stdout_puts_the_report_on_stderr(
+    served: ServedSimulator, env: dict[str, str], tmp_path: Path
+) -> None:
+    expected = known_identities(served, 5)
+    write_identities(tmp_path / "ids.csv", list(expected))
+
+    result = run_cli("lookup", "--in", "ids.csv", "--out", "-", env=env, cwd=tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    rows = list(csv.DictReader(result.stdout.splitlines()))
+    assert {(r["type"], r["value"]): r["customer_id"] for r in rows} == expected
+    assert f"resolved {len(expected)} identities" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ids.csv"]
+
+
+def test_a_failed_lookup_leaves_no_output_and_keeps_the_old_one(
+    served: ServedSimulator, env: dict[str, str], tmp_path: Path
+) -> None:
+    expected = known_identities(served, 30)
+    write_identities(tmp_path / "ids.csv", list(expected))
+    (tmp_path / "found.csv").write_text("an earlier result\n", encoding="utf-8")
+    served.sim.faults.script(["ok"] * 10 + ["503"] * 50)  # fails after a few lookups
+
+    result = run_cli(
+        "lookup",
+        "--in",
+        "ids.csv",
+        "--out",
+        "found.csv",
+        "--force",
+        "--max-retries",
+        "0",
+        "--concurrency",
+        "2",
+        env=env,
+        cwd=tmp_path,
+    )
+
+    assert_one_line_error(result, 1, "503")
+    assert (tmp_path / "found.csv").read_text(encoding="utf-8") == "an earlier result\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["found.csv", "ids.csv"]
+
+
+def test_a_bad_row_is_named_by_file_and_line_before_any_request(
+    served: ServedSimulator, env: dict[str, str], tmp_path: Path
+) -> None:
+    (tmp_path / "ids.csv").write_text(
+        "type,value\nwechat,o1\n\nemail\nwechat,o2\n", encoding="utf-8"
+    )
+
+    result = run_cli("lookup", "--in", "ids.csv", "--out", "r.csv", env=env, cwd=tmp_path)
+
+    assert_one_line_error(result, 1, "ids.csv:4:", "type,value")
+    assert requests(served) == 0
+    assert not (tmp_path / "r.csv").exists()
+
+
+def test_a_gbk_file_names_encoding_and_reads_with_it(
+    served: ServedSimulator, env: dict[str, str], tmp_path: Path
+) -> None:
+    name = "小羊苏西"
+    customer_id = served.ids()[0]
+    served.call(served.sim.store.bind, customer_id, "myshop", name, None)
+    write_identities(tmp_path / "ids.csv", [("wechat", "o-nobody"), ("myshop", name)], "gbk")
+
+    plain = run_cli("lookup", "--in", "ids.csv", "--out", "r.csv", env=env, cwd=tmp_path)
+    assert_one_line_error(plain, 1, "ids.csv:3:", "UTF-8", "--encoding")
+    assert not (tmp_path / "r.csv").exists()
+
+    gbk = run_cli(
+        "lookup", "--in", "ids.csv", "--out", "r.csv", "--encoding", "gbk", env=env, cwd=tmp_path
+    )
+    assert gbk.returncode == 0, gbk.stderr
+    with (tmp_path / "r.csv").open(newline="", encoding="gbk") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [(r["value"], r["customer_id"]) for r in rows] == [
+        ("o-nobody", ""),
+        (name, str(customer_id)),
+    ]

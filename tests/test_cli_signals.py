@@ -1,0 +1,166 @@
+"""SIGTERM and SIGINT, sent for real to ``python -m dmhub_async`` in the middle of its work.
+
+Issue 14 item 6: SIGTERM is what systemd, Docker, Kubernetes and CI send. Either signal leaves a
+consistent checkpoint to resume from, or no file at all, and exits 128 + the signal's number.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from _cli_support import (
+    TIMEOUT,
+    ServedSimulator,
+    base_env,
+    jsonl_ids,
+    run_cli,
+    serve,
+    served_env,
+)
+
+LIST = "GET /v1/customers"
+
+
+@pytest.fixture
+def served() -> Iterator[ServedSimulator]:
+    yield from serve()
+
+
+@pytest.fixture
+def env(served: ServedSimulator, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    return served_env(served, tmp_path_factory.mktemp("cache"))
+
+
+def log_of(cwd: Path) -> Path:
+    """Where the command's output goes: beside ``cwd``, whose listing the tests check."""
+    return cwd.parent / f"{cwd.name}.log"
+
+
+def interrupt(
+    args: list[str],
+    *,
+    env: dict[str, str],
+    cwd: Path,
+    signum: int,
+    started: Callable[[], bool],
+) -> tuple[int, str]:
+    """Run ``python -m dmhub_async ARGS``, send ``signum`` once ``started()``; code and output."""
+    with log_of(cwd).open("w+b") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dmhub_async", *args],
+            env=env,
+            cwd=cwd,
+            stdout=stderr,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            deadline = time.monotonic() + TIMEOUT
+            while time.monotonic() < deadline and proc.poll() is None:
+                if started():
+                    break
+                time.sleep(0.005)
+            assert proc.poll() is None, "the command ended before it could be interrupted"
+            proc.send_signal(signum)
+            proc.wait(timeout=TIMEOUT)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
+        stderr.seek(0)
+        text = stderr.read().decode("utf-8")
+    assert "Traceback" not in text
+    return proc.returncode, text
+
+
+@pytest.mark.parametrize(
+    ("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["TERM", "INT"]
+)
+def test_a_signal_without_checkpoint_leaves_no_file(
+    served: ServedSimulator, env: dict[str, str], tmp_path: Path, signum: int, code: int
+) -> None:
+    served.sim.faults.latency = 0.02  # 30 pages, one at a time: about a second in all
+
+    returncode, stderr = interrupt(
+        ["export", "--out", "all.jsonl", "--page-size", "50", "--concurrency", "1"],
+        env=env,
+        cwd=tmp_path,
+        signum=signum,
+        started=lambda: served.sim.counters.routes[LIST] >= 5,
+    )
+
+    assert returncode == code, stderr
+    assert (
+        stderr.strip()
+        == f"dmhub-async: stopped by {signal.Signals(signum).name}: no output written"
+    )
+    assert list(tmp_path.iterdir()) == []  # no all.jsonl, no hidden .part
+
+
+def test_sigterm_leaves_a_checkpoint_that_resumes_exactly(
+    served: ServedSimulator, env: dict[str, str], tmp_path: Path
+) -> None:
+    args = ["export", "--out", "all.jsonl", "--checkpoint", "all.ckpt", "--page-size", "50"]
+    served.sim.faults.latency = 0.02
+
+    returncode, stderr = interrupt(
+        [*args, "--concurrency", "1"],
+        env=env,
+        cwd=tmp_path,
+        signum=signal.SIGTERM,
+        started=lambda: served.sim.counters.routes[LIST] >= 5,
+    )
+
+    assert returncode == 143, stderr
+    assert "rerun the same command to resume from all.ckpt" in stderr
+    state = json.loads((tmp_path / "all.ckpt").read_text(encoding="utf-8"))
+    out = tmp_path / "all.jsonl"
+    assert 0 < state["exported"] < len(served.ids())
+    assert len(jsonl_ids(out)) == state["exported"]  # the file ends where the checkpoint says
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["all.ckpt", "all.jsonl"]
+
+    served.sim.faults.latency = 0.0
+    resumed = run_cli(*args, env=env, cwd=tmp_path)
+
+    assert resumed.returncode == 0, resumed.stderr
+    assert jsonl_ids(out) == served.ids()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["all.jsonl"]
+
+
+def test_sigterm_mid_lookup_leaves_no_output(
+    served: ServedSimulator, env: dict[str, str], tmp_path: Path
+) -> None:
+    with (tmp_path / "ids.csv").open("w", newline="", encoding="utf-8") as fh:
+        csv.writer(fh).writerows([("wechat", f"o-{n}") for n in range(300)])
+    served.sim.faults.latency = 0.02
+
+    returncode, stderr = interrupt(
+        ["lookup", "--in", "ids.csv", "--out", "found.csv", "--concurrency", "2"],
+        env=env,
+        cwd=tmp_path,
+        signum=signal.SIGTERM,
+        started=lambda: sum(served.sim.counters.routes.values()) >= 10,
+    )
+
+    assert returncode == 143, stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ids.csv"]
+
+
+def test_sigterm_stops_the_simulator(tmp_path: Path) -> None:
+    returncode, stderr = interrupt(
+        ["simulate", "--port", "0", "--customers", "10"],
+        env=base_env(tmp_path / "cache"),
+        cwd=tmp_path,
+        signum=signal.SIGTERM,
+        started=lambda: "Ctrl+C" in log_of(tmp_path).read_text(encoding="utf-8"),
+    )
+
+    assert returncode == 143
+    assert stderr.strip().endswith("dmhub-async: stopped by SIGTERM")

@@ -1,0 +1,76 @@
+"""The command line shares its token (issue 13 item 7): DM Hub keeps one token per app id.
+
+By default the CLI keeps it in a file in the user's cache directory, so two runs on one machine
+share it without being told; ``--token-store``/``DMHUB_TOKEN_STORE`` choose another store.
+"""
+
+from __future__ import annotations
+
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+from _cli_support import TIMEOUT, base_env, cli_command, jsonl_ids, simulator_process
+
+from dmhub_async import FileTokenStore, MemoryTokenStore, RedisTokenStore
+from dmhub_async.cli._errors import UsageError
+from dmhub_async.cli._settings import token_store
+from dmhub_async.testing import DMHubSimulator
+
+
+def test_store_specs_name_the_existing_stores(tmp_path: Path) -> None:
+    assert isinstance(token_store("memory"), MemoryTokenStore)
+    file_store = token_store(f"file:{tmp_path}/t.json")
+    assert isinstance(file_store, FileTokenStore)
+    assert file_store.path == tmp_path / "t.json"
+    assert isinstance(token_store("redis://127.0.0.1:1/0"), RedisTokenStore)  # connects lazily
+
+
+@pytest.mark.parametrize("spec", ["file:", "mem", "/tmp/tokens.json", "http://127.0.0.1"])
+def test_a_bad_store_spec_is_a_usage_error_naming_the_flag(spec: str) -> None:
+    with pytest.raises(UsageError, match="--token-store"):
+        token_store(spec)
+
+
+def test_the_default_is_a_file_in_the_cache_directory_unless_the_environment_says(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.delenv("DMHUB_TOKEN_STORE", raising=False)
+    default = token_store(None)
+    assert isinstance(default, FileTokenStore)
+    assert default.path == tmp_path / "dmhub-async" / "tokens.json"
+
+    monkeypatch.setenv("DMHUB_TOKEN_STORE", "memory")
+    assert isinstance(token_store(None), MemoryTokenStore)
+    assert isinstance(token_store(f"file:{tmp_path}/x.json"), FileTokenStore)  # the flag wins
+
+
+def test_two_concurrent_exports_for_one_app_id_both_finish_complete(tmp_path: Path) -> None:
+    customers = 2000
+    # 20 pages one at a time at 20 ms: both runs overlap for most of their walks. Without a
+    # shared token each run's token fetch revokes the other's, and a run fails with 40001.
+    with simulator_process(
+        "--customers", str(customers), "--latency-ms", "20", cwd=tmp_path
+    ) as settings:
+        env = {**base_env(tmp_path / "cache"), **settings}
+        runs = [
+            subprocess.Popen(
+                cli_command("export", "--out", f"run{n}.jsonl", "--concurrency", "1", "-q"),
+                env=env,
+                cwd=tmp_path,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for n in range(2)
+        ]
+        results = [run.communicate(timeout=TIMEOUT) for run in runs]
+
+    expected = DMHubSimulator(customers).customer_ids()
+    for n, (run, (_, stderr)) in enumerate(zip(runs, results, strict=True)):
+        assert run.returncode == 0, stderr
+        assert jsonl_ids(tmp_path / f"run{n}.jsonl") == expected
+    token_file = tmp_path / "cache" / "dmhub-async" / "tokens.json"
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600

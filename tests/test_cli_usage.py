@@ -1,0 +1,233 @@
+"""What a user of ``dmhub-async`` expects of a command line (issue 14 items 7-9, issue 17 item 7).
+
+``--version``, ``python -m dmhub_async``, a default and an example in every ``--help``, usage
+errors (exit 2) for values out of range, progress lines in a log, ``--quiet``, ``--report json``,
+``-v`` and ``DMHUB_LOG`` to see requests and retries.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from _cli_support import (
+    CUSTOMERS,
+    SECRET,
+    ServedSimulator,
+    assert_one_line_error,
+    base_env,
+    jsonl_ids,
+    run_cli,
+    serve,
+    served_env,
+)
+
+from dmhub_async import __version__
+from dmhub_async.cli import _report, main
+
+
+@pytest.fixture
+def served() -> Iterator[ServedSimulator]:
+    yield from serve()
+
+
+@pytest.fixture
+def env(served: ServedSimulator, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    return served_env(served, tmp_path_factory.mktemp("cache"))
+
+
+@pytest.fixture
+def in_process(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> dict[str, str]:
+    """``main()`` called in this process, with the served simulator's settings."""
+    for key in ("DMHUB_BASE_URL", "DMHUB_APP_ID", "DMHUB_SECRET", "XDG_CACHE_HOME"):
+        monkeypatch.setenv(key, env[key])
+    monkeypatch.chdir(tmp_path)
+    return env
+
+
+def python_m(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "dmhub_async", *args],
+        env=base_env(cwd / "cache"),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_version_and_python_m(tmp_path: Path) -> None:
+    result = python_m("--version", cwd=tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"dmhub-async {__version__}"
+
+
+@pytest.mark.parametrize("command", ["export", "lookup", "simulate", "demo"])
+def test_every_help_shows_defaults_an_example_and_the_exit_codes(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main([command, "--help"])
+
+    assert exited.value.code == 0
+    text = capsys.readouterr().out
+    assert f"example:\n  dmhub-async {command} " in text
+    assert "(default: " in text
+    assert "130 SIGINT" in text
+    assert "143 SIGTERM" in text
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["simulate", "--port", "70000"], ("--port", "65535")),
+        (["simulate", "--latency-ms", "-1"], ("--latency-ms",)),
+        (["export", "--out", "x.jsonl", "--concurrency", "65"], ("--concurrency", "64")),
+        (["lookup", "--in", "a", "--out", "b", "--concurrency", "100000"], ("--concurrency",)),
+        (["export", "--out", "x.jsonl", "--page-size", "101"], ("--page-size", "100")),
+        (["export", "--out", "x.jsonl", "--timezone", "Asia/Shang"], ("--timezone",)),
+    ],
+)
+def test_values_out_of_range_are_usage_errors(
+    args: list[str], words: tuple[str, ...], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(args)
+
+    assert exited.value.code == 2
+    line = capsys.readouterr().err.strip()
+    assert "\n" not in line
+    assert line.startswith("dmhub-async: error: ")
+    for word in words:
+        assert word in line
+
+
+def test_progress_lines_say_done_total_rate_and_eta() -> None:
+    now = [100.0]
+    out = io.StringIO()
+    lines = _report.ProgressLines(out, every=5.0, clock=lambda: now[0])
+
+    for done, at in [(100, 101.0), (200, 104.9), (500, 105.0), (600, 106.0), (1000, 110.0)]:
+        now[0] = at
+        lines.update(done, 1500)
+
+    assert out.getvalue().splitlines() == [
+        "dmhub-async: 500/1,500 customers (33%), 80/s, ETA 0:00:12",
+        "dmhub-async: 1,000/1,500 customers (67%), 90/s, ETA 0:00:06",
+    ]
+
+
+def test_progress_lines_in_a_log_and_none_when_quiet(
+    in_process: dict[str, str],
+    served: ServedSimulator,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setattr(_report, "PROGRESS_EVERY", 0.0)  # a line a page
+
+    assert main(["export", "--out", "a.jsonl", "--page-size", "100", "--concurrency", "2"]) == 0
+    shown = capsys.readouterr()
+    progress = [line for line in shown.err.splitlines() if line.startswith("dmhub-async: ")]
+    assert len(progress) == CUSTOMERS // 100
+    assert progress[-1].startswith(f"dmhub-async: {CUSTOMERS:,}/{CUSTOMERS:,} customers (100%)")
+    assert f"exported      {CUSTOMERS} customers" in shown.out
+
+    assert main(["export", "--out", "b.jsonl", "--quiet"]) == 0
+    quiet = capsys.readouterr()
+    assert (quiet.out, quiet.err) == ("", "")
+    assert jsonl_ids(Path("b.jsonl")) == served.ids()
+
+
+def test_report_json_for_scripts(
+    in_process: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["export", "--out", "a.jsonl", "--report", "json", "-q"]) == 0
+
+    report = json.loads(capsys.readouterr().out)
+    assert report["exported"] == CUSTOMERS
+    assert report["complete"] is True
+    assert report["path"] == "a.jsonl"
+    assert report["count_before"] == report["count_after"] == CUSTOMERS
+
+
+def test_verbose_shows_requests_and_retries_without_the_token(
+    served: ServedSimulator, env: dict[str, str], tmp_path: Path
+) -> None:
+    served.sim.faults.script(["ok", "503"])  # the count, then the first page fails once
+
+    result = run_cli("export", "--out", "a.jsonl", "-v", "-q", env=env, cwd=tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    assert "DEBUG dmhub_async: GET /v1/customers" in result.stderr
+    assert "INFO dmhub_async: retrying GET /v1/customers" in result.stderr
+    token = served.sim.access_token
+    assert token is not None
+    assert token not in result.stderr
+
+
+@pytest.mark.parametrize(("value", "shown"), [("debug", True), ("info", False), ("", False)])
+def test_dmhub_log_shows_the_library_log(
+    served: ServedSimulator, env: dict[str, str], tmp_path: Path, value: str, shown: bool
+) -> None:
+    script = (
+        "import asyncio\n"
+        "from dmhub_async import DMHubClient\n"
+        "async def main():\n"
+        "    async with DMHubClient() as dm:\n"
+        "        print(await dm.customers.count())\n"
+        "asyncio.run(main())\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        env={**env, "DMHUB_LOG": value},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(CUSTOMERS)
+    assert ("DEBUG dmhub_async: GET /v1/customers/count" in result.stderr) is shown
+    assert SECRET not in result.stderr
+
+
+def test_a_misspelt_dmhub_log_says_so(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", "import dmhub_async"],
+        env={**base_env(tmp_path), "DMHUB_LOG": "dbug"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert result.returncode == 0
+    assert "DMHUB_LOG='dbug' is not one of debug, info: ignored" in result.stderr
+
+
+def test_demo_says_its_simulated_latency(tmp_path: Path) -> None:
+    result = python_m("demo", "--customers", "300", "--latency-ms", "5", cwd=tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    assert "delayed 5 ms to imitate a network" in result.stdout
+    assert "no client can beat 160,000 customers/s" in result.stdout
+    assert "exported      300 customers" in result.stdout
+
+    quiet = python_m("demo", "--customers", "300", "--force", "-q", cwd=tmp_path)
+    assert quiet.returncode == 0, quiet.stderr
+    assert (quiet.stdout, quiet.stderr) == ("", "")
+
+
+def test_no_credentials_is_one_line(tmp_path: Path) -> None:
+    result = run_cli("export", "--out", "a.jsonl", env=base_env(tmp_path), cwd=tmp_path)
+    assert_one_line_error(result, 1, "DMHUB_APP_ID", "DMHUB_SECRET")

@@ -1,0 +1,68 @@
+"""The package as a user installs it: a fresh venv with dmhub-async and pytest, nothing else.
+
+The pytest plugin is registered for every install (the ``pytest11`` entry point), so it must not
+change a project's test run unless that project asks for its fixtures, and pytest-asyncio (which
+the fixtures need) is not a dependency of the package.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import venv
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(args: list[str], cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        args, capture_output=True, text=True, timeout=timeout, cwd=cwd, check=False
+    )
+
+
+@pytest.fixture(scope="module")
+def user_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The python of a fresh venv holding only dmhub-async (with its dependencies) and pytest."""
+    where = tmp_path_factory.mktemp("user-venv")
+    try:
+        venv.create(where, with_pip=True)
+    except (OSError, subprocess.CalledProcessError) as err:
+        pytest.skip(f"cannot make a venv here: {err}")
+    python = where / "bin" / "python"
+    installed = _run(
+        [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+         str(ROOT), "pytest"],
+        cwd=where,
+        timeout=300,
+    )  # fmt: skip
+    if installed.returncode != 0:
+        pytest.skip(f"cannot install into a fresh venv: {installed.stderr.strip()[-300:]}")
+    return python
+
+
+def _pytest(python: Path, project: Path) -> subprocess.CompletedProcess[str]:
+    return _run([str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=project)
+
+
+def test_a_project_that_does_not_use_the_fixtures_runs_as_before(
+    user_python: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "test_sum.py").write_text("def test_sum():\n    assert 1 + 1 == 2\n")
+    result = _pytest(user_python, tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 passed" in result.stdout
+
+
+def test_asking_for_a_fixture_without_pytest_asyncio_says_what_to_install(
+    user_python: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "test_sim.py").write_text(
+        "def test_sim(dmhub_simulator):\n    pass\n\ndef test_other():\n    pass\n"
+    )
+    result = _pytest(user_python, tmp_path)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "1 passed, 1 error" in result.stdout
+    assert "pip install pytest-asyncio" in result.stdout
+    assert "Traceback" not in result.stdout
