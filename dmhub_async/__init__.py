@@ -21,6 +21,7 @@ from ._exceptions import (
     NotFoundError,
     RateLimitError,
     ResponseDecodeError,
+    ResponseTooLargeError,
     ServerError,
     TokenStoreError,
 )
@@ -28,6 +29,8 @@ from ._logging import setup_logging as _setup_logging
 from ._pagination import AsyncPaginator, PaginatorStats
 from ._query_time import NaiveDatetimeWarning
 from ._retry import RetryPolicy
+from ._sansio import APIResponse
+from ._shared_rate import RedisRateLimiter
 from ._version import __version__
 from .models import (
     Customer,
@@ -45,6 +48,7 @@ _setup_logging()  # DMHUB_LOG=debug|info
 __all__ = [  # noqa: RUF022 - plain sorted(), as tests/test_public_api.py checks
     "APIConnectionError",
     "APIError",
+    "APIResponse",
     "APITimeoutError",
     "AsyncPaginator",
     "AuthenticationError",
@@ -69,8 +73,10 @@ __all__ = [  # noqa: RUF022 - plain sorted(), as tests/test_public_api.py checks
     "Page",
     "PaginatorStats",
     "RateLimitError",
+    "RedisRateLimiter",
     "RedisTokenStore",
     "ResponseDecodeError",
+    "ResponseTooLargeError",
     "RetryPolicy",
     "ServerError",
     "Token",

@@ -17,13 +17,12 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TypeVar
+from urllib.parse import urlsplit
 
-import yarl
-
-from ._exceptions import TokenStoreError
+from ._exceptions import DMHubError, InvalidRequestError, TokenStoreError
+from ._token_file import FileTokenStore
 from ._token_stores import (
     DEFAULT_STORE,
-    FileTokenStore,
     MemoryTokenStore,
     RedisTokenStore,
     Token,
@@ -47,9 +46,10 @@ T = TypeVar("T")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 #: The refresh margin is at most this share of a token's lifetime (a 300 s token: 75 s).
 MARGIN_SHARE = 0.25
-#: After a store failed, a client that still holds a valid token asks it again only after
-#: this share of the refresh margin, so that a down or frozen store costs one wait, not one a call.
-STORE_PAUSE_SHARE = 0.1
+#: After a refresh ahead of expiry failed (the store or the token endpoint), a client that still
+#: holds a valid token tries again only after this share of the refresh margin, so that a down
+#: or frozen store costs one wait, not one a call.
+RENEW_PAUSE_SHARE = 0.1
 
 
 def normalise_base_url(base_url: str) -> str:
@@ -57,14 +57,17 @@ def normalise_base_url(base_url: str) -> str:
 
     Only the spelling: two host names of one service (``localhost`` and ``127.0.0.1``) stay two.
     """
-    url = yarl.URL(base_url)
-    scheme = url.scheme.lower()
-    host = (url.raw_host or "").lower()
+    parts = urlsplit(base_url)
+    scheme = parts.scheme.lower()
+    host = parts.hostname or ""  # lower case, IPv6 brackets off
     if ":" in host:
-        host = f"[{host}]"  # IPv6
-    port = url.port
+        host = f"[{host}]"
+    try:
+        port = parts.port
+    except ValueError:
+        raise InvalidRequestError(f"base_url has a bad port: {base_url!r}") from None
     netloc = host if port is None or port == _DEFAULT_PORTS.get(scheme) else f"{host}:{port}"
-    return f"{scheme}://{netloc}{url.raw_path.rstrip('/')}"
+    return f"{scheme}://{netloc}{parts.path.rstrip('/')}"
 
 
 def secret_fingerprint(app_id: str, secret: str) -> str:
@@ -86,9 +89,10 @@ class TokenManager:
     """One client's token: held in memory, shared through the store, refreshed single flight.
 
     ``timeout`` bounds every store call (get, set, taking and releasing the lock). A store that
-    fails or is too slow never fails a call while a valid token is held (the call goes on with
-    it); with no valid token the client fetches one without the store and logs a WARNING
-    (docs/reliability.md, "Token stores"). A store that is unsafe to use is an error.
+    fails or is too slow, or a refresh ahead of expiry that fails, never fails a call while a valid
+    token is held (the call goes on with it); with no valid token the client fetches one without
+    the store and logs a WARNING (docs/reliability.md, "Token stores"). A store that is unsafe to
+    use is an error.
     """
 
     def __init__(
@@ -108,7 +112,7 @@ class TokenManager:
         self._max_margin = refresh_margin
         self._timeout = timeout
         self._held: Token | None = None
-        self._store_paused_until = float("-inf")
+        self._renew_paused_until = float("-inf")
         self._flight: asyncio.Future[str] | None = None
 
     def _margin(self, token: Token) -> float:
@@ -127,7 +131,7 @@ class TokenManager:
         """The held token while it is fresh; near its expiry, the store's or a new one."""
         held = self._held
         if held is not None and (
-            self._fresh(held) or (self._valid(held) and self._clock() < self._store_paused_until)
+            self._fresh(held) or (self._valid(held) and self._clock() < self._renew_paused_until)
         ):
             return held.value
         return await self.refresh(stale=None)
@@ -154,12 +158,14 @@ class TokenManager:
         keep = held if held is not None and held.value != stale and self._valid(held) else None
         try:
             token = await self._shared(stale)
-        except TokenStoreError as err:
+        except DMHubError as err:
             if keep is not None:
-                self._store_paused_until = self._clock() + self._margin(keep) * STORE_PAUSE_SHARE
+                # Ahead of expiry: a store or token endpoint that fails costs no call while the
+                # held token is valid; try again after a pause, not on every call.
+                self._renew_paused_until = self._clock() + self._margin(keep) * RENEW_PAUSE_SHARE
                 log.warning("%s; going on with the token held, valid until it expires", err)
                 return keep.value
-            if err.unsafe:
+            if not isinstance(err, TokenStoreError) or err.unsafe:
                 raise
             log.warning(
                 "%s; fetching a token without the store: other processes that share this appid"
@@ -168,7 +174,7 @@ class TokenManager:
             )
             token = await self._fetch_new()
         self._held = token
-        self._store_paused_until = float("-inf")
+        self._renew_paused_until = float("-inf")
         return token.value
 
     def _usable(self, token: Token | None, stale: str | None) -> bool:

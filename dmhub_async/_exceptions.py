@@ -13,15 +13,21 @@
           +-- RateLimitError  retry_after
           +-- ServerError                        5xx
           +-- ResponseDecodeError                a body that is not the JSON the contract promises
+          +-- ResponseTooLargeError              a body over the client's max_response_size
 
-No message, ``repr`` or chained cause carries the access token or the secret: every URL is
-redacted (:func:`dmhub_async._redact.redact`) before it reaches an exception, and aiohttp's own
-exceptions, which carry the full URL, are never chained raw.
+No message, attribute, ``repr`` or chained cause carries the access token or the secret: every
+error redacts its own message and text attributes as it is made
+(:func:`dmhub_async._redact.redact`, against the secrets of every live client), so no path that
+builds one can skip it; and aiohttp's own exceptions, which carry the full URL, are never
+chained raw.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
+
+from ._redact import redact
 
 __all__ = [
     "APIConnectionError",
@@ -33,13 +39,22 @@ __all__ = [
     "NotFoundError",
     "RateLimitError",
     "ResponseDecodeError",
+    "ResponseTooLargeError",
     "ServerError",
     "TokenStoreError",
 ]
 
 
+def _redacted(value: Any) -> Any:
+    return redact(value) if isinstance(value, str) else value
+
+
 class DMHubError(Exception):
     """The root of every error dmhub_async raises."""
+
+    def __init__(self, *args: Any) -> None:
+        # A service may echo the URL, and so the token, into anything: mask it on the way in.
+        super().__init__(*map(_redacted, args))
 
 
 class InvalidRequestError(DMHubError, ValueError):
@@ -76,7 +91,7 @@ class APIConnectionError(DMHubError):
     ) -> None:
         super().__init__(message)
         self.method = method
-        self.path = path
+        self.path = _redacted(path)
         self.outcome_unknown = outcome_unknown
 
 
@@ -86,6 +101,9 @@ class APITimeoutError(APIConnectionError, TimeoutError):
 
 class APIError(DMHubError):
     """The service answered with an error: ``status``, ``code`` and ``description``.
+
+    Also ``status_code`` (the same as ``status``), ``headers``, ``body`` (its start, redacted)
+    and ``request_id`` when the service sent one.
 
     ``code`` is the body's ``error_code``, as an ``int`` when it is numeric (the live service
     sends both ``40004`` and ``"40004"``), else the string, else ``None``. ``retry_after`` is
@@ -103,15 +121,29 @@ class APIError(DMHubError):
         path: str | None = None,
         outcome_unknown: bool = False,
         retry_after: float | None = None,
+        headers: Mapping[str, str] | None = None,
+        body: str | None = None,
+        request_id: str | None = None,
     ) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        #: The answer's headers (a ``Location`` may hold the token: values are redacted).
+        self.headers: dict[str, str] = {k: redact(v) for k, v in (headers or {}).items()}
+        #: The start of the answer's body (up to 1,000 characters), redacted.
+        self.body: str | None = _redacted(body)
+        #: The id the service gave the request (``X-Request-Id`` and the like), if any.
+        self.request_id: str | None = _redacted(request_id)
         self.status = status
-        self.code = code
-        self.description = description
+        self.code = _redacted(code)
+        self.description = _redacted(description)
         self.method = method
-        self.path = path
+        self.path = _redacted(path)
         self.outcome_unknown = outcome_unknown
+
+    @property
+    def status_code(self) -> int:
+        """``status``, by the name most HTTP libraries give it."""
+        return self.status
 
     def __repr__(self) -> str:
         return (
@@ -141,6 +173,10 @@ class ServerError(APIError):
 
 class ResponseDecodeError(APIError):
     """The body is not the JSON the contract promises (HTML, truncated, wrong shape)."""
+
+
+class ResponseTooLargeError(APIError):
+    """The body is larger than the client's ``max_response_size``: not read, not retried."""
 
 
 # The one table from status to class; body codes come first (see error_for).

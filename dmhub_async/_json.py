@@ -1,26 +1,81 @@
 """JSON on the hot path: orjson when it can, the standard library when it cannot.
 
 Decoding is most of the cost of reading a page (benchmarks/bench_converter.py): orjson does it
-in about half the time of ``json.loads``. It refuses what the standard library still reads
-(integers beyond 64 bits, NaN), so those bodies fall back rather than fail.
+in about half the time of ``json.loads``. It refuses some of what the standard library still
+reads (NaN), so those bodies fall back rather than fail. Worse, it does not refuse an integer
+beyond 64 bits: it returns it as a float, rounded (``12345678901234567890123`` comes back as
+``1.2345678901234568e+22``). A body that may hold such an integer is therefore decoded by
+``json.loads``, which keeps every digit; finding out costs a scan of one byte in four
+(:func:`_may_hold_big_int`), about a tenth of orjson's own time. Writing is the mirror
+image: orjson refuses integers beyond 64 bits, and ``json.dumps`` writes them exactly.
+
+:func:`raw_rows` splits a page into each row's bytes as the service sent them, for a writer
+that keeps them as they came (the export): with msgspec installed it never decodes a row,
+about a third of the cost of decoding and re-encoding every one (benchmarks/bench_export.py).
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any
+import re
+from typing import Any, Final, NamedTuple
 
 import orjson
 
-__all__ = ["dumps_line", "loads"]
+try:  # optional: the `fast` extra; without it raw_rows decodes and re-encodes each row
+    import msgspec
+except ImportError:  # pragma: no cover - exercised by tests that hide msgspec
+    msgspec = None  # type: ignore[assignment]
+
+__all__ = ["RawRows", "dumps", "dumps_line", "loads", "raw_rows"]
+
+#: Every fourth byte: a run of 16 or more digits leaves four digits in a row in the sample,
+#: and a timestamp (``2017-06-01T12:12:12``: a separator every 3 bytes) never does.
+_STRIDE: Final = 4
+_RUN: Final = b"0000"
+#: Digits to b"0", every other byte to b" ".
+_DIGITS_TO_ZERO: Final = bytes(0x30 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))
+#: An integer literal orjson rounds: below -2**63 (19 digits and a sign) or 20 digits and more
+#: (2**64 - 1 has 20 digits too: a few of those are read by json.loads for nothing).
+_BEYOND_64_BITS: Final = re.compile(rb"-\d{19}|\d{20}")
+
+
+def _may_hold_big_int(body: bytes) -> bool:
+    """Whether ``body`` has a run of digits that orjson would read as a rounded float.
+
+    Never a false negative: any 16 consecutive bytes hold four multiples of four, so every
+    run of 19 digits or more shows as ``0000`` in the sample; each such place is then checked
+    exactly. Digits inside strings may give a false positive, which costs only speed.
+    """
+    sample = body[::_STRIDE].translate(_DIGITS_TO_ZERO)
+    at = sample.find(_RUN)
+    while at != -1:
+        start = at * _STRIDE
+        # The run holds bytes start to start + 12; any 20 digits of it, or its sign and 19
+        # digits, lie within 40 bytes either side.
+        if _BEYOND_64_BITS.search(body, max(0, start - 40), start + 52):
+            return True
+        at = sample.find(_RUN, at + 1)
+    return False
 
 
 def loads(body: bytes | str) -> Any:
-    """Decode a JSON body; ValueError when it is not JSON."""
+    """Decode a JSON body, integers of any size exactly; ValueError when it is not JSON."""
+    raw = body.encode("utf-8", "surrogatepass") if isinstance(body, str) else body
+    if not _may_hold_big_int(raw):
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(body)  # raises ValueError (UnicodeDecodeError too) when not JSON
+
+
+def dumps(obj: Any) -> bytes:
+    """``obj`` as compact UTF-8 JSON, non-ASCII as is, integers of any size exactly."""
     try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return json.loads(body)  # raises ValueError (UnicodeDecodeError too) when not JSON
+        return orjson.dumps(obj)
+    except TypeError:  # an integer beyond 64 bits, say
+        return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
 def dumps_line(obj: Any) -> bytes:
@@ -29,3 +84,61 @@ def dumps_line(obj: Any) -> bytes:
         return orjson.dumps(obj, option=orjson.OPT_APPEND_NEWLINE)
     except TypeError:  # an integer beyond 64 bits, say
         return (json.dumps(obj, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+class RawRows(NamedTuple):
+    """A page split for a writer: each row's JSON bytes, its ``id``, and the page's other keys."""
+
+    rows: list[bytes]
+    """Each row as one line of JSON without the newline: the bytes the service sent."""
+    ids: list[Any]
+    """Each row's ``id`` (None when it has none), decoded exactly."""
+    page: dict[str, Any]
+    """The other keys of the page (``records``, ``total``, ``error_code``...), decoded."""
+
+
+if msgspec is not None:
+
+    class _Id(msgspec.Struct):
+        id: Any = None
+
+    _page_decoder: Final = msgspec.json.Decoder(dict[str, msgspec.Raw])
+    _rows_decoder: Final = msgspec.json.Decoder(list[msgspec.Raw])
+    _ids_decoder: Final = msgspec.json.Decoder(list[_Id])
+    _value_decoder: Final = msgspec.json.Decoder()
+
+
+def raw_rows(body: bytes, key: str = "rows") -> RawRows:
+    """The rows of a page (the list under ``key``) as their own bytes; ValueError if not JSON.
+
+    With msgspec, no row is decoded but for its id, so a row is written exactly as it came
+    (integers of any size, number forms, key order). A row the service spread over several
+    lines is written again on one, so each stays one line of JSON Lines. A missing or null
+    ``key`` gives no rows; a page that is not an object, or rows that are not a list or not
+    objects, raise ValueError.
+    """
+    if msgspec is None:
+        return _raw_rows_decoding(body, key)
+    page = _page_decoder.decode(body)  # raises msgspec.DecodeError, a ValueError
+    raw = page.pop(key, None)
+    rows: list[bytes] = []
+    ids: list[Any] = []
+    if raw is not None and bytes(raw) != b"null":
+        rows = [bytes(row) for row in _rows_decoder.decode(raw)]
+        ids = [row.id for row in _ids_decoder.decode(raw)]  # raises if a row is no object
+        rows = [
+            dumps_line(loads(row))[:-1] if b"\n" in row or b"\r" in row else row for row in rows
+        ]
+    return RawRows(rows, ids, {k: _value_decoder.decode(v) for k, v in page.items()})
+
+
+def _raw_rows_decoding(body: bytes, key: str) -> RawRows:
+    """:func:`raw_rows` without msgspec: decode the page, encode each row again."""
+    page = loads(body)
+    if not isinstance(page, dict):
+        raise ValueError("the page is not a JSON object")
+    data = page.pop(key, None)
+    data = [] if data is None else data
+    if not isinstance(data, list) or not all(isinstance(row, dict) for row in data):
+        raise ValueError(f"{key!r} is not a list of objects")
+    return RawRows([dumps_line(row)[:-1] for row in data], [row.get("id") for row in data], page)

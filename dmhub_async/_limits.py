@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import Protocol
 
-__all__ = ["Limits", "RateLimiter"]
+__all__ = ["Limits", "RateLimiter", "SharedLimit"]
+
+
+class SharedLimit(Protocol):
+    """A rate limit a client can use: ``await acquire()`` before each request."""
+
+    async def acquire(self) -> None: ...
 
 
 class RateLimiter:
@@ -34,25 +41,43 @@ class RateLimiter:
         self._next = float("-inf")
 
     async def acquire(self) -> None:
-        """Wait for this caller's slot."""
+        """Wait for this caller's slot; a caller cancelled while waiting gives it back."""
         now = self._clock()
         slot = max(now, self._next)
         self._next = slot + self.interval
         if slot > now:
-            await self._sleep(slot - now)
+            try:
+                await self._sleep(slot - now)
+            except asyncio.CancelledError:
+                # Unless a later caller reserved a slot after this one, the next caller takes
+                # this slot: a hundred timed-out waits must not push the next call 10 s out.
+                # (A slot in the middle of the queue is lost: the rate is under-used for one
+                # interval, never exceeded.)
+                if self._next == slot + self.interval:
+                    self._next = slot
+                raise
 
 
 class Limits:
-    """At most ``max_concurrency`` requests in flight, and at most ``rate`` a second."""
+    """``async with limits:`` holds one of ``max_concurrency`` in-flight slots, after the rate."""
 
-    def __init__(self, max_concurrency: int, rate: RateLimiter | None) -> None:
+    def __init__(self, max_concurrency: int, rate: SharedLimit | None) -> None:
         self._semaphore = asyncio.Semaphore(max_concurrency)
         self._rate = rate
 
-    @asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        """Hold one in-flight slot, after waiting for the rate limit."""
-        async with self._semaphore:
-            if self._rate is not None:
+    async def __aenter__(self) -> None:
+        await self._semaphore.acquire()
+        if self._rate is not None:
+            try:
                 await self._rate.acquire()
-            yield
+            except BaseException:
+                self._semaphore.release()
+                raise
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._semaphore.release()

@@ -35,8 +35,8 @@ T = TypeVar("T")
 #: ``2 * concurrency`` pages of up to 100 records) and a connection.
 MAX_CONCURRENCY = 64
 
-#: Fetches page ``number`` of ``size`` items; calls ``on_retry`` for each retry it makes.
-PageFetcher = Callable[[int, int, Callable[[], None]], Awaitable[RawPage[T]]]
+#: Fetches page ``number`` of ``size`` items.
+PageFetcher = Callable[[int, int], Awaitable[RawPage[T]]]
 
 _Read = tuple[RawPage[T], int]  # a page as read, and the epoch it was read in
 
@@ -86,19 +86,26 @@ class AsyncPaginator(Generic[T]):
         self.max_items = max_items
         self.concurrency = concurrency
         self.checkpoint = start_page
-        self.stats = PaginatorStats()
         self._plan = WalkPlan(
             SeenRecords(key, dedupe, resume_after),
             page_size=page_size,
             start_page=start_page,
             max_items=max_items,
-            stats=self.stats,
         )
         self._started = False
         self._closed = False
         self._ahead: dict[int, asyncio.Task[_Read[T]]] = {}  # pages requested ahead, by number
         self._in_flight = 0
         self._next_to_request = start_page
+
+    @property
+    def stats(self) -> PaginatorStats:
+        """What the walk has done so far: pages, items, repeats dropped, re-reads, retries."""
+        return self._plan.stats
+
+    @stats.setter
+    def stats(self, stats: PaginatorStats) -> None:  # walks chained into one share a tally
+        self._plan.stats = stats
 
     def __aiter__(self) -> AsyncIterator[T]:
         return self._iter_items()
@@ -141,15 +148,14 @@ class AsyncPaginator(Generic[T]):
 
     async def _read(self, number: int) -> _Read[T]:
         """Page ``number``, and the epoch the plan puts its read in."""
-        raw = await self._fetch(number, self.page_size, self._count_retry)
+        raw = await self._fetch(number, self.page_size)
+        self.stats.retries += raw.retries
         return raw, self._plan.note_read(number, raw)
-
-    def _count_retry(self) -> None:
-        self.stats.retries += 1
 
     async def _read_in_order(self, number: int) -> _Read[T]:
         """Page ``number``, the next in order: requested ahead already, or now."""
-        self._request_ahead()
+        if self.concurrency > 1:  # one page at a time needs no task: it saves a task a page
+            self._request_ahead()
         task = self._ahead.pop(number, None)
         if task is None:
             # Not worth a task (one page at a time, the start page), or a page the totals
@@ -161,7 +167,7 @@ class AsyncPaginator(Generic[T]):
     def _request_ahead(self) -> None:
         """Request pages, in order, while fewer than ``concurrency`` are in flight."""
         plan = self._plan
-        if self._closed or plan.finished or plan.repairing:
+        if self._in_flight >= self.concurrency or self._closed or plan.finished or plan.repairing:
             return
         self._next_to_request = max(self._next_to_request, plan.next_page)
         last = plan.last_page_to_request(2 * self.concurrency)

@@ -50,6 +50,8 @@ class RawPage(Generic[T]):
     has_next: bool | None = None
     total_records: int | None = None
     total_pages: int | None = None
+    #: Retries the request for this page took.
+    retries: int = 0
 
 
 @attrs.define

@@ -84,10 +84,10 @@ def _parse(method: str, name: str, text: str) -> date | datetime:
         ) from None
 
 
-def warn_naive(method: str, stacklevel: int) -> None:
+def warn_naive(method: str, stacklevel: int = 2) -> None:
     """The once-per-client warning for a naive time under no ``timezone`` setting.
 
-    ``stacklevel`` counts the frames from the public method's caller to this one.
+    ``stacklevel`` counts the frames from the caller's frame to show up to this one's caller.
     """
     warnings.warn(
         f"{method}(): a time filter without an offset was read as UTC; pass"

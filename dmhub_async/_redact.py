@@ -9,10 +9,33 @@ from __future__ import annotations
 import contextlib
 import functools
 import re
+import weakref
 from collections.abc import Iterable
+from typing import Protocol
 from urllib.parse import quote
 
 MASK = "***"
+
+
+class SecretHolder(Protocol):
+    """Something that knows secrets in use: a client's session (its secret and tokens)."""
+
+    @property
+    def secrets(self) -> Iterable[str | None]: ...
+
+
+_holders: weakref.WeakSet[SecretHolder] = weakref.WeakSet()
+
+
+def watch(holder: SecretHolder) -> None:
+    """Mask ``holder``'s secrets in every error from now on, for as long as it lives."""
+    _holders.add(holder)
+
+
+def live_secrets() -> list[str | None]:
+    """The secrets of every live holder: what every error message is redacted against."""
+    return [secret for holder in list(_holders) for secret in holder.secrets]
+
 
 _SECRET_PARAMS = re.compile(r"((?:access_token|secret)=)[^&#\s'\"]*", re.IGNORECASE)
 
@@ -24,7 +47,7 @@ def redact(text: str, secrets: Iterable[str | None] = ()) -> str:
     value but encodes ``+``), as it appears when a service or a proxy echoes the query back.
     """
     text = _SECRET_PARAMS.sub(r"\g<1>" + MASK, text)
-    for secret in secrets:
+    for secret in (*secrets, *live_secrets()):
         if secret and len(secret) >= 4:
             text = _secret_pattern(secret).sub(MASK, text)
     return text

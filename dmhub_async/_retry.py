@@ -1,17 +1,22 @@
-"""Retry policy: what is retried, how long to wait, when to give up.
+"""Retry policy: what is retried, how long to wait, when to give up: the whole of it, here.
 
-The loop itself is ``backoff.on_exception``, built once per client. backoff sleeps with
-``asyncio.sleep`` and times with ``datetime.now``, which tests cannot steer, so its own wait is
-zero and the real wait happens in our ``on_backoff`` handler through the client's injected
-``sleep`` and ``clock``: tests never really wait.
+:class:`RetryPolicy` says it; :func:`retrying` hands it to ``backoff.on_exception`` the way
+backoff's docs show: ``giveup=`` for what is not worth another try, ``max_tries=`` for the count,
+and a wait generator (:meth:`RetryPolicy.waits`) that honours ``Retry-After`` and stops (so
+backoff gives up) when the next wait would overrun the call's time budget. backoff does the
+waiting, with the client's injected ``sleep`` (see :func:`_sleeping_with`), and times the budget
+with the client's injected ``clock``: tests never really wait.
 """
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
-import logging
+import functools
+import itertools
+import types
 from collections.abc import Awaitable, Callable, Generator
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import attrs
 import backoff
@@ -19,16 +24,13 @@ from backoff.types import Details
 
 from ._exceptions import (
     APIConnectionError,
-    APIError,
     DMHubError,
     RateLimitError,
     ResponseDecodeError,
     ServerError,
 )
 
-__all__ = ["RetryPolicy", "parse_retry_after"]
-
-logger = logging.getLogger("dmhub_async")
+__all__ = ["RetryPolicy", "parse_retry_after", "retrying"]
 
 T = TypeVar("T")
 
@@ -93,70 +95,78 @@ class RetryPolicy:
         ceiling = min(self.max_delay, self.initial_delay * 2 ** (retry - 1))
         return self.jitter(ceiling)
 
+    def waits(self, clock: Callable[[], float]) -> Generator[float, BaseException, None]:
+        """backoff's wait generator for one call: each failure in, the wait before the next try out.
 
-@attrs.define
-class CallState:
-    """One call's progress through its retries."""
-
-    request: Any
-    started: float
-    retries: int = 0
-    refreshed: bool = False
-    #: Set when the failure must not be retried by this loop: the token request that failed
-    #: had its own retries already, and repeating them here would multiply the attempts.
-    final: bool = False
-    on_retry: Callable[[], None] | None = None
-
-
-def _no_wait() -> Generator[float, None, None]:
-    while True:
-        yield 0.0
+        backoff starts it as the call starts and sends it every failure; when the next wait
+        would overrun :attr:`budget` it ends, and backoff gives up with that failure.
+        (backoff's own ``max_time`` reads the real clock and shortens the last wait instead.)
+        """
+        started = clock()
+        err = yield 0.0  # backoff primes the generator; this value is not used
+        for retry in itertools.count(1):
+            delay = self.wait(retry, err)
+            if self.budget is not None and clock() - started + delay > self.budget:
+                return
+            err = yield delay
 
 
 def retrying(
-    attempt: Callable[[CallState], Awaitable[T]],
+    attempt: Callable[..., Awaitable[T]],
     policy: RetryPolicy,
     *,
-    sleep: Callable[[float], Awaitable[None]],
     clock: Callable[[], float],
-    describe: Callable[[CallState], str],
-) -> Callable[[CallState], Awaitable[T]]:
-    """Wrap ``attempt`` in the backoff loop that ``policy`` describes."""
+    sleep: Callable[[float], Awaitable[None]],
+    on_backoff: Callable[[Details], None],
+    giveup: Callable[[BaseException], bool] = lambda err: False,
+) -> Callable[..., Awaitable[T]]:
+    """``attempt`` retried as ``policy`` says; ``giveup`` names more failures not to retry.
 
-    async def on_backoff(details: Details) -> None:
-        call: CallState = details["args"][0]
-        err: BaseException = details["exception"]  # type: ignore[typeddict-item]
-        if call.final:
-            raise err
-        delay = policy.wait(details["tries"], err)
-        if policy.budget is not None and clock() - call.started + delay > policy.budget:
-            raise err  # the budget would run out while waiting: give up now
-        call.retries += 1
-        if call.on_retry is not None:
-            call.on_retry()
-        logger.info(
-            "retrying %s after %s (retry %d of %d) in %.2fs",
-            describe(call),
-            _why(err),
-            call.retries,
-            policy.max_retries,
-            delay,
-        )
-        await sleep(delay)
-
-    wrapped: Callable[[CallState], Awaitable[T]] = backoff.on_exception(
-        _no_wait,
+    ``on_backoff`` hears of each retry before its wait (backoff's ``details``: ``args``,
+    ``tries``, ``wait``, ``exception``).
+    """
+    # backoff's stubs say a wait generator is sent nothing; it is sent each failure.
+    waits = cast(
+        "Callable[..., Generator[float, None, None]]", functools.partial(policy.waits, clock)
+    )
+    loop: Callable[..., Awaitable[T]] = backoff.on_exception(
+        waits,
         DMHubError,
         max_tries=policy.max_retries + 1,
-        giveup=lambda err: not policy.retryable(err),
+        giveup=lambda err: not policy.retryable(err) or giveup(err),
         on_backoff=on_backoff,
-        jitter=None,
-        logger=None,
+        jitter=None,  # policy.wait jitters already, differently for Retry-After
+        logger=None,  # the session logs each retry itself, with the token redacted
     )(attempt)
-    return wrapped
+    sleeping: Callable[..., Awaitable[T]] = _sleeping_with(loop, sleep)
+    return sleeping
 
 
-def _why(err: BaseException) -> str:
-    if isinstance(err, APIError):
-        return f"HTTP {err.status} {type(err).__name__}"
-    return type(err).__name__
+class _AsyncioSleepingWith:
+    """The asyncio module as backoff's loop sees it, with another ``sleep``."""
+
+    def __init__(self, sleep: Callable[[float], Awaitable[None]]) -> None:
+        self.sleep = sleep
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(asyncio, name)
+
+
+def _sleeping_with(
+    loop: Callable[..., Awaitable[T]], sleep: Callable[[float], Awaitable[None]]
+) -> Any:
+    """backoff's retry ``loop``, waiting with ``sleep`` instead of ``asyncio.sleep``.
+
+    backoff 2.2 takes no sleep argument: its async loop ends each round with
+    ``await asyncio.sleep(seconds)``, looking ``asyncio`` up in its own module's namespace
+    (backoff/_async.py). So that the client's ``sleep=`` (a fake clock in tests) does the waiting
+    backoff decided on, the loop function is rebuilt over a copy of that namespace in which
+    ``asyncio.sleep`` is the client's. Nothing global changes; the same code runs.
+    """
+    if not isinstance(loop, types.FunctionType) or "asyncio" not in loop.__code__.co_names:
+        raise RuntimeError("backoff's async loop no longer sleeps through asyncio.sleep")
+    namespace = {**loop.__globals__, "asyncio": _AsyncioSleepingWith(sleep)}
+    rebuilt: Callable[..., Awaitable[T]] = types.FunctionType(
+        loop.__code__, namespace, loop.__name__, loop.__defaults__, loop.__closure__
+    )
+    return rebuilt

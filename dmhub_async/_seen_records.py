@@ -56,12 +56,14 @@ class SeenRecords(Generic[T]):
                     self.keys.add(seen_key)
                     fresh.append(item)
             return fresh, len(items) - len(fresh)
+        # The hot loop of every walk (a comparison a record): written out, not _after().
+        ascending = self.dedupe == "ascending"
         last = self.last_key
         for item in items:
             k: Any = key(item)
             if k is None:  # a record without a key cannot be a known one
                 fresh.append(item)
-            elif last is None or self._after(k, last):
+            elif last is None or (k > last if ascending else k < last):
                 fresh.append(item)
                 last = k
         self.last_key = last
@@ -91,16 +93,13 @@ class SeenRecords(Generic[T]):
         A walk resumed early (``resume_after`` far ahead of ``start_page``) progresses this
         way while it drops every record; a service serving the same pages again does not.
         """
-        if self.key is None:
-            return True
-        keys = [k for k in map(self.key, items) if k is not None]
-        if len(keys) < len(items):
-            return True
+        if self.key is None or not items:
+            return self.key is None
         if self.dedupe == "set":
-            return any(k not in self.keys for k in keys)
-        if not keys:
-            return False
-        last: Any = keys[-1]
+            return any(self.key(item) not in self.keys for item in items)
+        last: Any = self.key(items[-1])  # pages come in key order: the last reaches furthest
+        if last is None:
+            return True
         if self.farthest_key is None or self._after(last, self.farthest_key):
             self.farthest_key = last
             return True

@@ -1,4 +1,6 @@
-"""Where clients that share an appid keep its one token: in memory, in a file, in Redis.
+"""Where clients that share an appid keep its one token: the protocol, memory and Redis.
+
+The file store is in ``_token_file.py``.
 
 A store only keeps tokens and lends a lock; when to use it is :class:`~dmhub_async._auth.
 TokenManager`'s business. Every store error is a :class:`TokenStoreError` naming the store,
@@ -8,22 +10,15 @@ never a raw OS or Redis exception (docs/reliability.md, "Token stores").
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import errno
 import json
 import logging
 import math
-import os
-import stat
-import tempfile
 import weakref
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import attrs
-import filelock
 
 from ._exceptions import InvalidRequestError, TokenStoreError
 
@@ -33,7 +28,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_STORE",
-    "FileTokenStore",
     "MemoryTokenStore",
     "RedisTokenStore",
     "Token",
@@ -42,7 +36,7 @@ __all__ = [
 
 log = logging.getLogger("dmhub_async")
 
-#: How long a token lives when the service does not say (CONTRACT.md: 7200 s).
+#: How long a token lives when the service does not say (docs/contract.md: 7200 s).
 DEFAULT_LIFETIME = 7200.0
 
 
@@ -94,7 +88,7 @@ class TokenStore(Protocol):
         """A lock that one refresher holds while it fetches a new token for ``key``."""
 
 
-class _LoopLocks:
+class LoopLocks:
     """asyncio locks by key, one set per event loop (a lock is bound to the loop that uses it)."""
 
     def __init__(self) -> None:
@@ -115,7 +109,7 @@ class MemoryTokenStore:
 
     def __init__(self) -> None:
         self._tokens: dict[str, Token] = {}
-        self._locks = _LoopLocks()
+        self._locks = LoopLocks()
 
     async def get(self, key: str) -> Token | None:
         """The stored token for ``key``, or None."""
@@ -136,146 +130,6 @@ class MemoryTokenStore:
 
 
 DEFAULT_STORE = MemoryTokenStore()
-
-_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
-_LOCK_POLL = 0.02  # seconds between tries of a file lock another process holds
-
-
-class FileTokenStore:
-    """Tokens in a private JSON file (mode 0600), file-locked: processes on one machine share them.
-
-    The file is written through a fresh temporary file in the same directory (``mkstemp``) and
-    renamed over the old one; links are not followed. A token file (or its directory) that
-    another user owns or that others can read or write is refused with a
-    :class:`TokenStoreError` (``unsafe=True``); a missing directory is created with mode 0700.
-    """
-
-    def __init__(self, path: str | os.PathLike[str], *, lock_timeout: float = 60.0) -> None:
-        self.path = Path(path)
-        self._lock_timeout = lock_timeout
-        self._file_lock = filelock.FileLock(
-            str(self.path) + ".lock", thread_local=False, is_singleton=False, mode=0o600
-        )
-        self._locks = _LoopLocks()
-
-    def _error(self, message: str, *, unsafe: bool = False) -> TokenStoreError:
-        return TokenStoreError(f"{self!r}: {message}", store=repr(self), unsafe=unsafe)
-
-    def _check_owner(self, st: os.stat_result, what: str, path: Path) -> None:
-        if hasattr(os, "getuid") and st.st_uid != os.getuid():
-            raise self._error(
-                f"the {what} {str(path)!r} belongs to another user (uid {st.st_uid}): refusing it",
-                unsafe=True,
-            )
-        others = 0o022 if what == "directory" else 0o077
-        if st.st_mode & others:
-            raise self._error(
-                f"the {what} {str(path)!r} is open to other users (mode "
-                f"{stat.S_IMODE(st.st_mode):o}): refusing it; chmod "
-                f"{'700' if what == 'directory' else '600'} it",
-                unsafe=True,
-            )
-
-    def _check_directory(self, *, create: bool) -> bool:
-        """Whether the directory exists (made with mode 0700 if ``create``), and is safe."""
-        directory = self.path.parent
-        try:
-            if create:
-                directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-            st = directory.stat()
-        except FileNotFoundError:
-            return False
-        except OSError as err:
-            raise self._error(f"cannot use the directory: {err.strerror}") from None
-        self._check_owner(st, "directory", directory)
-        return True
-
-    def _read(self) -> dict[str, Any]:
-        if not self._check_directory(create=False):
-            return {}
-        try:
-            fd = os.open(self.path, os.O_RDONLY | _NOFOLLOW | os.O_NONBLOCK)
-        except FileNotFoundError:
-            return {}
-        except OSError as err:
-            if err.errno == errno.ELOOP:
-                raise self._error(
-                    f"{str(self.path)!r} is a symbolic link: refusing to follow it", unsafe=True
-                ) from None
-            raise self._error(f"cannot read the token file: {err.strerror}") from None
-        with os.fdopen(fd, "rb") as fh:
-            st = os.fstat(fh.fileno())
-            if not stat.S_ISREG(st.st_mode):
-                raise self._error(f"{str(self.path)!r} is not a regular file", unsafe=True)
-            self._check_owner(st, "token file", self.path)
-            raw = fh.read()
-        try:
-            data = json.loads(raw)
-        except ValueError:
-            return {}
-        return data if isinstance(data, dict) else {}
-
-    def _write(self, data: dict[str, Any]) -> None:
-        self._check_directory(create=True)
-        # mkstemp: O_EXCL, O_NOFOLLOW, mode 0600 and a name nobody can guess ahead.
-        fd, tmp = tempfile.mkstemp(
-            dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp"
-        )
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(data, fh)
-            os.replace(tmp, self.path)  # rename replaces a link itself, never its target
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-
-    async def get(self, key: str) -> Token | None:
-        """The stored token for ``key``, or None."""
-        return Token.from_json(self._read().get(key))
-
-    async def set(self, key: str, token: Token) -> None:
-        """Store ``token`` for ``key`` (callers hold :meth:`lock`)."""
-        data = self._read()
-        data[key] = token.to_json()
-        try:
-            self._write(data)
-        except OSError as err:
-            raise self._error(f"cannot write the token file: {err.strerror}") from None
-
-    @asynccontextmanager
-    async def lock(self, key: str) -> AsyncIterator[None]:
-        """This process's lock for ``key``, then the file lock that other processes see.
-
-        The file lock is tried without blocking and waited for on the event loop, so a caller
-        that gives up (a timeout, a cancellation) never leaves it held.
-        """
-        async with self._locks.get(key):
-            self._check_directory(create=True)
-            await self._acquire_file_lock()
-            try:
-                yield
-            finally:
-                self._file_lock.release()
-
-    async def _acquire_file_lock(self) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._lock_timeout
-        while True:
-            try:
-                self._file_lock.acquire(blocking=False)
-                return
-            except filelock.Timeout:
-                if loop.time() >= deadline:
-                    raise self._error(
-                        f"the file lock was not had in {self._lock_timeout:g} s"
-                    ) from None
-            except OSError as err:
-                raise self._error(f"cannot lock the token file: {err.strerror}") from None
-            await asyncio.sleep(_LOCK_POLL)
-
-    def __repr__(self) -> str:
-        return f"FileTokenStore({str(self.path)!r})"
 
 
 class RedisTokenStore:

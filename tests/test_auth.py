@@ -4,6 +4,7 @@ shared through the memory, file and Redis stores, or given as is."""
 from __future__ import annotations
 
 import asyncio
+import os
 import stat
 from typing import Any
 
@@ -21,6 +22,7 @@ from dmhub_async import (
     ResponseDecodeError,
     ServerError,
     Token,
+    TokenStoreError,
 )
 from dmhub_async._auth import token_key
 
@@ -408,3 +410,211 @@ async def test_file_store_with_a_corrupt_file_fetches_a_new_token(
     assert await dm.request("GET", "/v1/customers/1") == CUSTOMER
     assert tokens.issued == ["tok-1"]
     assert "tok-1" in path.read_text()
+
+
+# -- issue 13: keys, stores that fail, token files that are not safe ----------------------------
+
+
+def test_token_key_normalises_the_spelling_of_the_base_url():
+    key = token_key("https://api.convertlab.com", "app-1", "secret-1")
+    for spelling in (
+        "https://api.convertlab.com/",
+        "HTTPS://API.Convertlab.COM:443",
+        "https://api.convertlab.com:443//",
+    ):
+        assert token_key(spelling, "app-1", "secret-1") == key
+    assert token_key("http://127.0.0.1:80/", "a", "s") == token_key("http://127.0.0.1", "a", "s")
+    assert token_key("https://[::1]:443/", "a", "s") == token_key("https://[::1]", "a", "s")
+    # Only the spelling: another host name, port, scheme or path is another service.
+    for other in (
+        "http://api.convertlab.com",
+        "https://api.convertlab.com:8443",
+        "https://api.convertlab.com/v2",
+        "https://93.184.216.34",
+    ):
+        assert token_key(other, "app-1", "secret-1") != key
+
+
+def test_token_key_tells_secrets_apart_and_holds_none():
+    key = token_key(BASE, "app-1", "secret-1")
+    assert token_key(BASE, "app-1", "secret-2") != key
+    assert token_key(BASE, "app-2", "secret-1") != key
+    assert "secret-1" not in key
+    assert key.startswith(f"{BASE}|app-1|")
+
+
+class BrokenStore:
+    """A store of the user's making that works, until ``down`` is set: then it fails as a
+    network store would (a reset), or never answers (``hang``)."""
+
+    def __init__(self, *, down: bool = True, hang: bool = False) -> None:
+        self.down = down
+        self.hang = hang
+        self.failed = 0
+        self.inner = MemoryTokenStore()
+
+    async def _check(self) -> None:
+        if not self.down:
+            return
+        self.failed += 1
+        if self.hang:
+            await asyncio.Event().wait()
+        raise ConnectionResetError("peer went away")
+
+    async def get(self, key: str) -> Token | None:
+        await self._check()
+        return await self.inner.get(key)
+
+    async def set(self, key: str, token: Token) -> None:
+        await self._check()
+        await self.inner.set(key, token)
+
+    def lock(self, key: str) -> Any:
+        return self.inner.lock(key)
+
+    def __repr__(self) -> str:
+        return "BrokenStore()"
+
+
+@pytest.mark.parametrize("hang", [False, True])
+async def test_a_failing_or_frozen_store_never_fails_a_call(
+    api, tokens, make_client, clock, caplog, hang
+):
+    # Issue 13 item 3: with no token held the client fetches without the store, and says so;
+    # a frozen store is given up after the client's timeout (0.05 s here), not awaited forever.
+    api.get(url("/v1/customers/1"), payload=CUSTOMER, repeat=True)
+    store = BrokenStore(hang=hang)
+    dm = make_client(token_store=store, timeout=0.05)
+
+    results = await asyncio.wait_for(
+        asyncio.gather(*(dm.request("GET", "/v1/customers/1") for _ in range(10))), 10
+    )
+
+    assert results == [CUSTOMER] * 10
+    assert tokens.issued == ["tok-1"]  # one fetch for ten callers, store or no store
+    assert store.failed == 1  # then the token is held: the store is not asked again
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    reason = "did not answer in 0.05 s" if hang else "failed: ConnectionResetError"
+    assert f"BrokenStore() {reason}; fetching a token without the store" in warning
+
+
+async def test_a_failing_store_near_expiry_keeps_the_held_token(
+    api, tokens, make_client, clock, caplog
+):
+    checker = TokenChecker({"tok-1", "tok-2"})
+    api.get(url("/v1/customers/1"), callback=checker, repeat=True)
+    broken = BrokenStore(down=False)
+    dm = make_client(token_store=broken)
+    await dm.request("GET", "/v1/customers/1")
+    broken.down = True
+
+    clock.advance(7200 - 100)  # inside the margin: time to refresh, but the token is valid
+    for _ in range(10):
+        await dm.request("GET", "/v1/customers/1")
+        clock.advance(1)
+
+    assert tokens.issued == ["tok-1"]
+    assert checker.seen == ["tok-1"] * 11
+    assert broken.failed == 1  # asked once, then left alone for a while (30 s here)
+    clock.advance(30)
+    await dm.request("GET", "/v1/customers/1")
+    assert broken.failed == 2
+    assert all("going on with the token held" in r.getMessage() for r in caplog.records)
+
+
+async def test_store_errors_are_token_store_errors_naming_the_store(tmp_path):
+    store = RedisTokenStore("redis://:hunter2@127.0.0.1:1/0", socket_timeout=2)
+    with pytest.raises(TokenStoreError) as caught:
+        await store.get("key")
+    await store.aclose()
+    assert "RedisTokenStore(127.0.0.1:1/0" in str(caught.value)
+    assert caught.value.store == repr(store)
+    assert caught.value.__cause__ is None
+    assert caught.value.__suppress_context__
+    assert "hunter2" not in repr(store) + str(caught.value)
+
+    (tmp_path / "tokens.json").mkdir()  # a directory where the file should be
+    with pytest.raises(TokenStoreError, match="is not a regular file"):
+        await FileTokenStore(tmp_path / "tokens.json").get("key")
+
+
+async def test_file_store_makes_a_private_directory_and_an_unguessable_temp_file(tmp_path):
+    # Issue 13 item 5: the old temp file, tokens.json.<pid>.tmp, was opened without O_EXCL or
+    # O_NOFOLLOW: a link planted at that name sent the token wherever it pointed.
+    path = tmp_path / "cache" / "dmhub" / "tokens.json"
+    victim = tmp_path / "victim.txt"
+    victim.write_text("untouched")
+    path.parent.mkdir(parents=True, mode=0o700)
+    (path.parent / f"tokens.json.{os.getpid()}.tmp").symlink_to(victim)
+    store = FileTokenStore(path)
+
+    async with store.lock("k"):
+        await store.set("k", Token("tok-1", 1e10))
+
+    assert victim.read_text() == "untouched"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert (await FileTokenStore(path).get("k")) == Token("tok-1", 1e10)
+    fresh = FileTokenStore(tmp_path / "new" / "dir" / "tokens.json")
+    await fresh.set("k", Token("tok-1", 1e10))
+    assert stat.S_IMODE((tmp_path / "new" / "dir").stat().st_mode) == 0o700
+
+
+def make_unsafe(path: Any, how: str) -> None:
+    if how == "symlink":
+        target = path.with_name("elsewhere.json")
+        target.write_text("{}")
+        target.chmod(0o600)
+        path.symlink_to(target)
+    elif how == "readable":
+        path.write_text("{}")
+        path.chmod(0o644)
+    elif how == "other-owner":
+        path.write_text("{}")
+        path.chmod(0o600)
+        os.chown(path, 65534, 65534)
+    elif how == "open-directory":
+        path.parent.chmod(0o777)
+
+
+@pytest.mark.parametrize("how", ["symlink", "readable", "other-owner", "open-directory"])
+async def test_an_unsafe_token_file_is_refused_with_a_clear_error(
+    api, tokens, make_client, tmp_path, how
+):
+    if how == "other-owner" and os.getuid() != 0:
+        pytest.skip("making a file of another user needs root")
+    api.get(url("/v1/customers/1"), payload=CUSTOMER, repeat=True)
+    directory = tmp_path / "private"
+    directory.mkdir(mode=0o700)
+    path = directory / "tokens.json"
+    make_unsafe(path, how)
+    dm = make_client(token_store=FileTokenStore(path))
+
+    with pytest.raises(TokenStoreError) as caught:
+        await dm.request("GET", "/v1/customers/1")
+
+    assert caught.value.unsafe
+    assert "refusing" in str(caught.value)
+    assert count(api, "/v1/customers/1") == 0
+    assert tokens.issued == []
+
+
+async def test_a_refresh_ahead_of_expiry_that_fails_costs_no_call(api, make_client, clock, caplog):
+    # The token endpoint down in the refresh margin: the held token is still valid, so calls go
+    # on with it; once it has expired, the endpoint's error is the call's.
+    api.get(url("/security/accesstoken"), payload={"error_code": 0, "access_token": "tok-1"})
+    api.get(url("/security/accesstoken"), status=503, repeat=True)
+    checker = TokenChecker({"tok-1"})
+    api.get(url("/v1/customers/1"), callback=checker, repeat=True)
+    dm = make_client(max_retries=1)
+    await dm.request("GET", "/v1/customers/1")
+
+    clock.advance(7200 - 100)
+    for _ in range(5):
+        assert await dm.request("GET", "/v1/customers/1") == CUSTOMER
+    assert count(api, "/security/accesstoken") == 1 + 2  # one refresh of 2 attempts, then a pause
+    assert "going on with the token held" in caplog.records[-1].getMessage()
+
+    clock.advance(100)
+    with pytest.raises(ServerError):
+        await dm.request("GET", "/v1/customers/1")
+    assert checker.seen == ["tok-1"] * 6  # the expired token was never sent

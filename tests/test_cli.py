@@ -245,7 +245,7 @@ BAD_INPUTS: list[tuple[str, list[str], dict[str, str | None], int, tuple[str, ..
     ("bad date", ["--created-from", "notadate"], {}, 2, ("--created-from",)),
     ("bad field", ["--select", "name,nosuchfield"], {}, 2, ("--select", "nosuchfield")),
     ("bad page size", ["--page-size", "0"], {}, 2, ("--page-size",)),
-    ("bad url", [], {"DMHUB_BASE_URL": "ftp://example"}, 1, ("base_url",)),
+    ("bad url", [], {"DMHUB_BASE_URL": "ftp://example"}, 1, ("DMHUB_BASE_URL", "ftp://")),
 ]
 
 

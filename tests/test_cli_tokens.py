@@ -6,6 +6,7 @@ share it without being told; ``--token-store``/``DMHUB_TOKEN_STORE`` choose anot
 
 from __future__ import annotations
 
+import asyncio
 import stat
 import subprocess
 from pathlib import Path
@@ -24,7 +25,9 @@ def test_store_specs_name_the_existing_stores(tmp_path: Path) -> None:
     file_store = token_store(f"file:{tmp_path}/t.json")
     assert isinstance(file_store, FileTokenStore)
     assert file_store.path == tmp_path / "t.json"
-    assert isinstance(token_store("redis://127.0.0.1:1/0"), RedisTokenStore)  # connects lazily
+    redis_store = token_store("redis://127.0.0.1:1/0")  # connects lazily: nothing listens
+    assert isinstance(redis_store, RedisTokenStore)
+    asyncio.run(redis_store.aclose())
 
 
 @pytest.mark.parametrize("spec", ["file:", "mem", "/tmp/tokens.json", "http://127.0.0.1"])
@@ -45,6 +48,17 @@ def test_the_default_is_a_file_in_the_cache_directory_unless_the_environment_say
     monkeypatch.setenv("DMHUB_TOKEN_STORE", "memory")
     assert isinstance(token_store(None), MemoryTokenStore)
     assert isinstance(token_store(f"file:{tmp_path}/x.json"), FileTokenStore)  # the flag wins
+
+
+def test_an_unwritable_cache_directory_falls_back_to_memory_and_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "cache").write_text("a file where the cache directory should be")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("DMHUB_TOKEN_STORE", raising=False)
+
+    assert isinstance(token_store(None), MemoryTokenStore)
+    assert "warning: cannot write" in capsys.readouterr().err
 
 
 def test_two_concurrent_exports_for_one_app_id_both_finish_complete(tmp_path: Path) -> None:

@@ -231,3 +231,27 @@ def test_demo_says_its_simulated_latency(tmp_path: Path) -> None:
 def test_no_credentials_is_one_line(tmp_path: Path) -> None:
     result = run_cli("export", "--out", "a.jsonl", env=base_env(tmp_path), cwd=tmp_path)
     assert_one_line_error(result, 1, "DMHUB_APP_ID", "DMHUB_SECRET")
+
+
+def test_timezone_reads_times_without_offset_in_that_zone(
+    in_process: dict[str, str], served: ServedSimulator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shanghai = ["--created-from", "2016-01-01T11:00", "--created-to", "2016-01-02T04:00"]
+    utc = ["--created-from", "2016-01-01T03:00Z", "--created-to", "2016-01-01T20:00:00+00:00"]
+
+    assert main(["export", "--out", "sh.jsonl", *shanghai, "--timezone", "Asia/Shanghai"]) == 0
+    assert main(["export", "--out", "utc.jsonl", *utc]) == 0
+    assert "note" not in capsys.readouterr().err
+
+    expected = [
+        r["id"]
+        for r in served.rows()
+        if "2016-01-01T03:00:00Z" <= r["dateCreated"] <= "2016-01-01T20:00:00Z"
+    ]
+    assert 0 < len(expected) < CUSTOMERS
+    assert jsonl_ids(Path("sh.jsonl")) == jsonl_ids(Path("utc.jsonl")) == expected
+
+    assert main(["export", "--out", "naive.jsonl", *shanghai]) == 0
+    err = capsys.readouterr().err
+    assert "note: --created-from and --created-to without an offset read as UTC" in err
+    assert "--timezone" in err

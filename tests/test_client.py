@@ -6,14 +6,17 @@ import asyncio
 import json
 import logging
 import re
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
 import pytest
 from _helpers import BASE, CUSTOMER, url
+from aiohttp import web
 from aioresponses import CallbackResult, aioresponses
 
-from dmhub_async import DMHubClient, DMHubError, InvalidRequestError, MemoryTokenStore
+from dmhub_async import APIError, DMHubClient, DMHubError, InvalidRequestError, MemoryTokenStore
 
 
 def calls(api: aioresponses, path: str) -> list[tuple[Any, Any]]:
@@ -38,7 +41,7 @@ async def test_context_manager_closes_its_own_session(api, tokens, no_env):
         "app-1", "secret-1", base_url=BASE, token_store=MemoryTokenStore()
     ) as dm:
         assert await dm.request("GET", "/v1/customers/1") == CUSTOMER
-        session = dm._session
+        session = dm._session.http
         assert session is not None
         assert not session.closed
 
@@ -296,3 +299,145 @@ async def test_info_line_per_retry(api, make_client, caplog):
     assert re.fullmatch(
         r"GET /v1/customers/1 failed: ServerDisconnectedError \(\d+\.\d ms\)", debugs[1]
     )
+
+
+# --- per-call options, raw answers, event loops (issue 17) -----------------------------------
+
+
+async def test_with_options_shares_the_token_and_sends_its_own_headers(api, tokens, make_client):
+    api.get(url("/v1/customers/1"), payload=CUSTOMER, repeat=True)
+    dm = make_client()
+    traced = dm.with_options(extra_headers={"X-Trace": "abc"})
+
+    await dm.request("GET", "/v1/customers/1")
+    assert await traced.customers.get(1) is not None
+
+    assert tokens.issued == ["tok-1"]  # one token for both: the same session and token
+    sent = [kwargs["headers"] for _, kwargs in calls(api, "/v1/customers/1")]
+    assert [h.get("X-Trace") for h in sent] == [None, "abc"]  # the parent's stay as they were
+    assert dm.stats.requests == 3  # one stats for both: the token, and the two calls
+
+
+async def test_with_options_max_retries_applies_to_the_derived_client_only(api, make_client):
+    api.get(url("/v1/customers/1"), status=503, repeat=True)
+    dm = make_client(access_token="tok", max_retries=3)
+
+    with pytest.raises(DMHubError):
+        await dm.with_options(max_retries=0).request("GET", "/v1/customers/1")
+    assert len(calls(api, "/v1/customers/1")) == 1
+    with pytest.raises(DMHubError):
+        await dm.request("GET", "/v1/customers/1")
+    assert len(calls(api, "/v1/customers/1")) == 1 + 4
+
+
+async def test_with_options_timeouts_and_closing(api, make_client):
+    api.get(url("/v1/customers/1"), payload=CUSTOMER, repeat=True)
+    dm = make_client(access_token="tok", timeout=30.0)
+    fast = dm.with_options(timeout=5, connect_timeout=1, read_timeout=2)
+
+    await fast.request("GET", "/v1/customers/1")
+    [(_, sent)] = calls(api, "/v1/customers/1")
+    assert sent["timeout"] == aiohttp.ClientTimeout(total=5, sock_connect=1, sock_read=2)
+
+    await fast.aclose()  # the derived client owns nothing: the parent stays open
+    assert not dm.closed
+    assert await dm.request("GET", "/v1/customers/1") == CUSTOMER
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"timeout": 0},
+        {"read_timeout": -1},
+        {"connect_timeout": "1"},
+        {"max_retries": -1},
+        {"max_retries": 1.5},
+        {"extra_headers": {"X-N": 1}},
+    ],
+)
+def test_with_options_refuses_bad_options(options: dict[str, Any]) -> None:
+    dm = DMHubClient(access_token="tok", base_url=BASE)
+    with pytest.raises(InvalidRequestError):
+        dm.with_options(**options)
+
+
+def test_connect_and_read_timeouts_are_checked() -> None:
+    with pytest.raises(InvalidRequestError, match="read_timeout"):
+        DMHubClient(access_token="tok", base_url=BASE, read_timeout=0)
+
+
+async def test_errors_carry_headers_body_and_request_id(api, make_client):
+    api.get(
+        url("/v1/customers/1"),
+        status=400,
+        payload={"error_code": 40005, "error_description": "bad"},
+        headers={"X-Request-Id": "req-42"},
+    )
+    dm = make_client(access_token="tok")
+
+    with pytest.raises(APIError) as caught:
+        await dm.request("GET", "/v1/customers/1")
+
+    err = caught.value
+    assert err.status_code == err.status == 400
+    assert err.request_id == "req-42"
+    assert err.headers["X-Request-Id"] == "req-42"
+    assert err.body is not None
+    assert json.loads(err.body)["error_code"] == 40005
+
+
+async def test_last_response_shows_a_successful_calls_headers(api, make_client):
+    api.get(url("/v1/customers/1"), payload=CUSTOMER, headers={"X-Request-Id": "req-7"})
+    dm = make_client(access_token="tok")
+    assert dm.last_response is None
+
+    await dm.customers.get(1)
+
+    response = dm.last_response
+    assert response is not None
+    assert (response.status_code, response.request_id, response.data) == (200, "req-7", CUSTOMER)
+    assert make_client(access_token="tok").last_response is None  # per client
+
+
+@pytest.fixture
+def server_in_a_thread() -> Iterator[str]:
+    """An aiohttp server on 127.0.0.1 with a loop of its own, outliving the test's loops."""
+    loop = asyncio.new_event_loop()
+    started: list[str] = []
+
+    async def start() -> web.AppRunner:
+        async def customer(request: web.Request) -> web.Response:
+            return web.json_response(CUSTOMER)
+
+        app = web.Application()
+        app.router.add_get("/v1/customers/1", customer)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        started.append(f"http://127.0.0.1:{runner.addresses[0][1]}")
+        return runner
+
+    runner = loop.run_until_complete(start())
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    yield started[0]
+    asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(timeout=10)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(timeout=10)
+    loop.close()
+
+
+def test_a_client_reused_in_a_second_asyncio_run_says_what_to_do(server_in_a_thread, no_env):
+    dm = DMHubClient(access_token="tok", base_url=server_in_a_thread)
+    first = asyncio.new_event_loop()  # as the first asyncio.run() makes, kept to close dm in
+    try:
+        assert first.run_until_complete(dm.request("GET", "/v1/customers/1")) == CUSTOMER
+
+        with pytest.raises(DMHubError, match=r"asyncio\.run\(\)") as caught:
+            asyncio.run(dm.request("GET", "/v1/customers/1"))  # before: a RuntimeError
+
+        assert "inside the coroutine" in str(caught.value)
+    finally:
+        first.run_until_complete(dm.aclose())
+        first.close()

@@ -511,6 +511,17 @@ def test_customer_fields_to_wire_renames_converts_and_keeps_none() -> None:
     json.dumps(body)
 
 
+def test_customer_fields_to_wire_keeps_the_callers_order() -> None:
+    fields = {"remark": "a", "name": "b", "gender": 2, "attr": {}, "nick_name": None}
+    assert list(customer_fields_to_wire(fields)) == [
+        "remark",
+        "name",
+        "gender",
+        "attr",
+        "nickName",
+    ]
+
+
 def test_customer_fields_to_wire_names_every_writable_field() -> None:
     body = customer_fields_to_wire(dict.fromkeys(WRITABLE_CUSTOMER_FIELDS))
     assert set(body) == {conv.wire_names(Customer)[f] for f in WRITABLE_CUSTOMER_FIELDS}

@@ -18,6 +18,7 @@ from dmhub_async import (
     APIError,
     APITimeoutError,
     AuthenticationError,
+    DMHubClient,
     DMHubError,
     InvalidRequestError,
     NotFoundError,
@@ -25,8 +26,8 @@ from dmhub_async import (
     ResponseDecodeError,
     ServerError,
 )
-from dmhub_async._client import Request, read_response
 from dmhub_async._exceptions import coerce_code, error_class
+from dmhub_async._sansio import Request, read_response
 
 
 def count(api: aioresponses, path: str) -> int:
@@ -231,3 +232,31 @@ def test_token_endpoint_errors_are_authentication_errors():
     assert info.value.code == 40004
     with pytest.raises(ServerError):
         read_response(request, 502, {}, b"<html>")
+
+
+def test_every_error_masks_the_secrets_of_live_clients_in_every_text() -> None:
+    # However an error is built, by the session, a resource, the paginator or the converter's
+    # callers: what a service echoed back cannot reach the message or any attribute.
+    dm = DMHubClient("app-1", "Secret-Canary-123", access_token="Token-Canary-456")
+    echoed = "Secret-Canary-123 Token-Canary-456 /x?access_token=other-token-789"
+    errors = [
+        DMHubError(echoed),
+        InvalidRequestError(echoed),
+        APIConnectionError(echoed, path=echoed),
+        APIError(
+            echoed,
+            status=400,
+            code=echoed,
+            description=echoed,
+            path=echoed,
+            headers={"Location": echoed},
+            body=echoed,
+            request_id=echoed,
+        ),
+        ResponseDecodeError(echoed, status=200, description=echoed),
+    ]
+    for err in errors:
+        seen = f"{err} {err!r} {err.args} {vars(err)}"
+        for secret in ("Secret-Canary-123", "Token-Canary-456", "other-token-789"):
+            assert secret not in seen, (type(err).__name__, seen)
+    del dm

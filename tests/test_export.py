@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import csv
 import json
+import re
+import subprocess
+import sys
 from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import datetime, timezone
@@ -123,6 +126,70 @@ async def test_csv_has_attr_columns_and_rfc4180_quoting(
     # The raw bytes: the quoted field doubles its quotes and keeps its newline inside quotes.
     raw = dest.read_bytes().decode("utf-8")
     assert '"王, ""小D""\n第二行"' in raw
+
+
+@pytest.mark.parametrize(
+    ("select", "columns"),
+    [
+        (["name", "stage"], ["id", "name", "stage"]),
+        (["mobile", "attr"], ["id", "mobile", "attr.attr1", "attr.attr2", "attr"]),
+    ],
+    ids=["fields", "fields and attr"],
+)
+async def test_a_csv_with_select_has_only_the_selected_columns(
+    sim: DMHubSimulator,
+    client: DMHubClient,
+    tmp_path: Path,
+    select: list[str],
+    columns: list[str],
+) -> None:
+    dest = tmp_path / "some.csv"
+
+    await export_customers(client, dest, select=select, stage="lead", progress=False)
+
+    rows = read_csv(dest)
+    assert rows
+    assert all(list(row) == columns for row in rows)
+    expected = [i for i in sim.customer_ids() if (sim.customer(i) or {})["stage"] == "lead"]
+    assert ids_of(rows) == expected
+    first = sim.customer(expected[0]) or {}
+    assert rows[0][columns[1]] == (first[columns[1]] or "")
+
+
+async def test_utf8_sig_starts_a_csv_with_one_byte_order_mark_even_after_a_resume(
+    sim: DMHubSimulator, client: DMHubClient, tmp_path: Path
+) -> None:
+    dest, ckpt = tmp_path / "excel.csv", tmp_path / "export.ckpt"
+    with pytest.raises(Crash):
+        await export_customers(
+            client,
+            dest,
+            encoding="utf-8-sig",
+            checkpoint=ckpt,
+            page_size=50,
+            progress=False,
+            on_progress=crash_after(2),
+        )
+
+    report = await export_customers(
+        client, dest, encoding="utf-8-sig", checkpoint=ckpt, page_size=50, progress=False
+    )
+
+    raw = dest.read_bytes()
+    assert raw.startswith(b"\xef\xbb\xbfid,displayName,")
+    assert raw.count(b"\xef\xbb\xbf") == 1
+    with dest.open(newline="", encoding="utf-8-sig") as fh:
+        assert ids_of(list(csv.DictReader(fh))) == sim.customer_ids()
+    assert report.resumed
+    assert report.complete
+    with pytest.raises(InvalidRequestError, match="utf-8-sig"):
+        await export_customers(client, tmp_path / "x.jsonl", encoding="utf-8-sig", progress=False)
+    with pytest.raises(Crash):
+        await export_customers(
+            client, dest, checkpoint=ckpt, progress=False, on_progress=crash_after(1)
+        )
+    with pytest.raises(InvalidRequestError, match="encoding: 'utf-8' in the checkpoint"):
+        await export_customers(client, dest, encoding="utf-8-sig", checkpoint=ckpt, progress=False)
 
 
 async def test_an_empty_csv_export_still_has_its_header(
@@ -316,6 +383,7 @@ async def test_resume_after_a_failure_gives_every_customer_once(
     assert report.pages == CUSTOMERS // 50 - 3  # only the pages not done before
     assert report.complete
     assert not ckpt.exists()  # done: the next run starts afresh
+    assert files_in(tmp_path) == [dest.name]  # no work file or lock left
     if fmt == "csv":
         assert dest.read_text(encoding="utf-8").count("id,displayName") == 1
 
@@ -380,6 +448,24 @@ async def test_a_checkpoint_of_another_export_is_refused(
     assert dest.read_bytes() == before  # nothing touched the half-done export
 
 
+async def test_a_checkpoint_of_the_first_release_is_refused_with_what_to_do(
+    sim: DMHubSimulator, client: DMHubClient, tmp_path: Path
+) -> None:
+    """0.1's checkpoints (an untyped dict, version 1) recorded no service or app: they cannot
+    be checked, so they are refused, saying how to go on."""
+    dest, ckpt = tmp_path / "customers.jsonl", tmp_path / "export.ckpt"
+    dest.write_bytes(b'{"id": 3000000001}\n')
+    old = {"version": 1, "fingerprint": "0123456789abcdef", "next_page": 2, "page_size": 1}
+    ckpt.write_text(json.dumps({**old, "last_id": 3000000001, "bytes": 19}), encoding="utf-8")
+    sim.counters.reset()
+
+    with pytest.raises(InvalidRequestError, match=r"written by dmhub-async 0\.1.*start over"):
+        await export_customers(client, dest, checkpoint=ckpt, progress=False)
+
+    assert dest.read_bytes() == b'{"id": 3000000001}\n'
+    assert sim.counters.total == 0
+
+
 # -- the data changes during the export -------------------------------------------------------
 
 
@@ -408,7 +494,8 @@ async def test_inserts_and_deletes_during_the_export(
     assert sim.counters.mutations > 0
     ids = ids_of(read_jsonl(dest))
     assert len(ids) == len(set(ids)) == report.exported  # nothing repeated
-    assert ids == sorted(ids)
+    walked = ids[: len(ids) - report.recovered]
+    assert walked == sorted(walked)  # the walk in id order; what the final check found after it
     assert sorted((before & after) - set(ids)) == []  # every customer that lived throughout
     # Nothing invented: an id not there before or after must have been inserted (below the
     # lowest id with front inserts, above the highest otherwise) and maybe deleted since.
@@ -418,15 +505,45 @@ async def test_inserts_and_deletes_during_the_export(
     assert report.count_before == len(before)
     assert report.count_after == len(after)
     assert report.count_before != report.count_after
-    assert report.complete == (report.exported in (len(before), len(after)))
-    if not report.complete:
+    assert report.verified is not None  # the counts moved: the final check ran
+    # Complete means checked: every customer the service holds at the end is in the file.
+    assert report.complete == report.verified
+    if report.complete:
+        assert sorted(after - set(ids)) == []
+    else:
         assert "MISMATCH" in report.summary()
 
 
 def test_report_summary_and_completeness() -> None:
-    report = ExportReport("x.jsonl", "jsonl", exported=10, count_before=10, count_after=12)
+    report = ExportReport("x.jsonl", "jsonl", exported=10, count_before=10, count_after=10)
     assert report.complete
     assert "MISMATCH" not in report.summary()
-    report.exported = 11
+    report.count_after = 12  # the counts moved and nothing checked the file: not complete
     assert not report.complete
     assert "MISMATCH" in report.summary()
+    report.verified, report.recovered = True, 2  # the final check passed
+    assert report.complete
+    assert "MISMATCH" not in report.summary()
+    assert "2 found missing" in report.summary()
+    report.verified = False
+    assert not report.complete
+    assert "MISMATCH" in report.summary()
+
+
+def test_the_readme_example_exports_and_reports(tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    [code] = [b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "leads.ckpt" in b]
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert files_in(tmp_path) == ["leads.csv"]  # the checkpoint is gone once done
+    rows = read_csv(tmp_path / "leads.csv")
+    assert rows
+    assert {row["stage"] for row in rows} == {"lead"}
+    assert f"exported      {len(rows)} customers to leads.csv (csv)" in result.stdout

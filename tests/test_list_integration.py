@@ -141,7 +141,7 @@ async def test_break_mid_walk_leaves_no_task_and_no_connection(
                 break
         await settle()
         assert not other_tasks()
-        connector = dm._session.connector if dm._session else None
+        connector = dm._session.http.connector if dm._session.http else None
         assert connector is not None
         # Every connection is back in the pool or closed: none held by a cancelled request.
         assert not connector._acquired  # type: ignore[attr-defined]
@@ -234,3 +234,16 @@ async def test_bad_paging_values_are_refused_before_any_request(
             with pytest.raises(InvalidRequestError):
                 dm.customer_statistics.list(**kwargs)
     assert sim.counters.total == 0
+
+
+async def test_a_long_id_list_walks_in_batches_with_one_tally(sim: DMHubSimulator) -> None:
+    """An id_list too long for one URL is walked batch after batch, as one paginator whose
+    ``stats`` count every batch's pages and records."""
+    ids = sim.customer_ids()
+    async with client_for(sim) as dm:
+        paginator = dm.customers.list(id_list=ids, concurrency=4)
+        got = [c.id async for c in paginator]
+    assert got == ids
+    assert list_requests(sim) > 10  # more than one batch of 10 pages
+    assert paginator.stats.items == len(ids)
+    assert paginator.stats.pages == list_requests(sim)

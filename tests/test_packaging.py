@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+#: Making the venv and installing into it takes 10-20 s, more on a busy machine.
+pytestmark = pytest.mark.timeout(600)
 
 
 def _run(args: list[str], cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -43,7 +45,10 @@ def user_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _pytest(python: Path, project: Path) -> subprocess.CompletedProcess[str]:
-    return _run([str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=project)
+    # -W error: importing the plugin (and with it the package) must not warn either.
+    return _run(
+        [str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "error"], cwd=project
+    )
 
 
 def test_a_project_that_does_not_use_the_fixtures_runs_as_before(
@@ -66,3 +71,12 @@ def test_asking_for_a_fixture_without_pytest_asyncio_says_what_to_install(
     assert "1 passed, 1 error" in result.stdout
     assert "pip install pytest-asyncio" in result.stdout
     assert "Traceback" not in result.stdout
+
+
+def test_the_readmes_first_command_works_in_a_fresh_venv(user_python: Path, tmp_path: Path) -> None:
+    # `pip install . && dmhub-async demo`: the console script, with the runtime dependencies only.
+    demo = user_python.parent / "dmhub-async"
+    result = _run([str(demo), "demo", "--customers", "2000", "--latency-ms", "0"], cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    exported = (tmp_path / "dmhub-demo.jsonl").read_text(encoding="utf-8").splitlines()
+    assert len(exported) == 2000

@@ -62,7 +62,7 @@ class FakeServer:
         self.max_in_flight = 0
         self.cancelled = 0
 
-    async def fetch(self, number: int, size: int, on_retry: Callable[[], None]) -> RawPage[int]:
+    async def fetch(self, number: int, size: int) -> RawPage[int]:
         self.requests.append(number)
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
@@ -436,10 +436,9 @@ async def test_concurrency_bounds_requests_in_flight(concurrency: int) -> None:
 
 
 async def test_stats_count_pages_items_duplicates_and_retries() -> None:
-    async def fetch(number: int, size: int, on_retry: Callable[[], None]) -> RawPage[int]:
-        on_retry()
+    async def fetch(number: int, size: int) -> RawPage[int]:
         rows = {1: [1, 2, 3], 2: [3, 4, 5], 3: [6]}[number]  # 3 shifted onto page 2
-        return RawPage(rows, number < 3, None, None)
+        return RawPage(rows, number < 3, None, None, retries=1)  # one retry each
 
     paginator = AsyncPaginator(fetch, page_size=3, key=int, dedupe="ascending")
     assert await paginator.to_list() == [1, 2, 3, 4, 5, 6]
@@ -456,7 +455,7 @@ async def test_stats_count_pages_items_duplicates_and_retries() -> None:
     ],
 )
 async def test_dedupe_modes(dedupe: Any, rows: list[list[Any]], expected: list[Any]) -> None:
-    async def fetch(number: int, size: int, on_retry: Callable[[], None]) -> RawPage[Any]:
+    async def fetch(number: int, size: int) -> RawPage[Any]:
         return RawPage(rows[number - 1], number < len(rows))
 
     key = (lambda x: x) if dedupe != "none" else None

@@ -43,8 +43,8 @@ from hypothesis import strategies as st
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from dmhub_async import DMHubClient, DMHubError
-from dmhub_async._client import Request
 from dmhub_async._redact import MASK, RedactedCause, redact
+from dmhub_async._sansio import Request
 
 BASE = "https://api.dmhub.test"
 TOKEN = "TOKEN-CANARY-7f3a9"

@@ -17,11 +17,13 @@ from typing import Any, Final, TypeVar
 
 import attrs
 
+from .. import _json
 from ..models import Customer, CustomerFields, CustomerIdentity, CustomerStatistics, Gender
 from ..models.identity import Identity
 from .converter import make_converter
-from .names import WRITABLE_CUSTOMER_FIELDS, wire_names
+from .names import WRITABLE_CUSTOMER_FIELDS, camel, wire_names
 from .scalars import decimal_to_json, format_timestamp, parse_timestamp
+from .wire_struct import page_reader
 
 __all__ = [
     "WRITABLE_CUSTOMER_FIELDS",
@@ -33,6 +35,8 @@ __all__ = [
     "identity_to_wire",
     "make_converter",
     "parse_timestamp",
+    "read_customer_page",
+    "read_statistics_page",
     "structure_customer",
     "structure_customers",
     "structure_identities",
@@ -46,6 +50,7 @@ __all__ = [
 T = TypeVar("T")
 
 _converter: Final = make_converter()
+_CUSTOMER_WIRE: Final = wire_names(Customer)
 
 # The hooks, fetched once: calling them directly skips the converter's per-call dispatch.
 _structure_customer: Final[Callable[[Any, Any], Customer]] = _converter.get_structure_hook(Customer)
@@ -142,6 +147,43 @@ def structure_statistics_list(rows: list[Any]) -> list[CustomerStatistics]:
     return _structure_all(_structure_statistics, CustomerStatistics, rows)
 
 
+def _page_fallback(
+    structure: Callable[[list[Any]], list[T]], key: str
+) -> Callable[[bytes], tuple[list[T], dict[str, Any]]]:
+    """Read a page the lenient way: decode it, then structure the list under ``key``."""
+
+    def read(body: bytes) -> tuple[list[T], dict[str, Any]]:
+        page = _json.loads(body)
+        if not isinstance(page, dict):
+            raise ValueError("the answer is not a JSON object")
+        rows = page.pop(key, None)
+        if rows is not None and not isinstance(rows, list):
+            raise ValueError(f"{key!r} is not a list")
+        return structure(rows or []), page
+
+    return read
+
+
+#: A customer page's bytes (``{"rows": [...], "records": n, "total": pages}``) to its
+#: ``Customer``s and its other keys; msgspec's typed decode when installed (see .wire_struct).
+#: ValueError when the body is not such a page or a record is malformed.
+read_customer_page: Final = page_reader(
+    Customer,
+    _converter,
+    "rows",
+    ("records", "total", "page", "error_code", "error_description"),
+    _page_fallback(structure_customers, "rows"),
+)
+#: A statistics page's bytes (``{"items": [...], "meta": {...}}``), as read_customer_page.
+read_statistics_page: Final = page_reader(
+    CustomerStatistics,
+    _converter,
+    "items",
+    ("meta", "error_code", "error_description"),
+    _page_fallback(structure_statistics_list, "items"),
+)
+
+
 # ---------------------------------------------------------------------------------------------
 # To the wire
 # ---------------------------------------------------------------------------------------------
@@ -162,8 +204,14 @@ def customer_fields_to_wire(fields: CustomerFields | Mapping[str, Any]) -> dict[
     :func:`decimal_to_json`, ``Gender`` to its int; ``attr`` passes through as an object. Names
     are not validated here (the resources layer refuses unknown keywords).
     """
-    body: dict[str, Any] = to_wire(fields, CustomerFields)
-    return body
+    wire: dict[str, Any] = to_wire(fields, CustomerFields)
+    # In the caller's order (the resources name a refused value by its position), and a name
+    # CustomerFields does not know camelCased as it comes.
+    names = _CUSTOMER_WIRE
+    return {
+        (name := names.get(key) or camel(key)): wire[name] if name in wire else to_wire(value)
+        for key, value in fields.items()
+    }
 
 
 def identity_to_wire(identity: Identity) -> dict[str, Any]:

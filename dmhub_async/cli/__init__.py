@@ -15,9 +15,11 @@ import contextlib
 import os
 import signal
 import sys
+import warnings
 from collections.abc import Sequence
 
 from .._exceptions import DMHubError
+from .._query_time import NaiveDatetimeWarning
 from .._redact import redact
 from ._commands import COMMANDS
 from ._errors import (
@@ -78,7 +80,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     show_requests(args.verbose)
     try:
-        return asyncio.run(_run(args))
+        with warnings.catch_warnings():
+            # The CLI says it in its own terms (--timezone): see _commands._filters.
+            warnings.simplefilter("ignore", NaiveDatetimeWarning)
+            return asyncio.run(_run(args))
     except KeyboardInterrupt:  # a Ctrl-C before the handlers were in place
         err: BaseException = Interrupted(signal.SIGINT)
     except (Interrupted, CommandError, DMHubError, OSError, ValueError) as caught:

@@ -52,6 +52,11 @@ class Interrupted(Exception):
 
 
 _METHOD = re.compile(r"^\w+\(\): ")
+#: The client's settings as a command line user sets them.
+_SETTINGS = (
+    ("allow_insecure_http=True", "--allow-insecure-http"),
+    ("base_url", "DMHUB_BASE_URL"),
+)
 
 
 def without_method(message: str) -> str:
@@ -83,5 +88,8 @@ def explain(err: BaseException) -> tuple[int, str]:
         where = f"{err.filename}: " if err.filename is not None else ""
         return EXIT_ERROR, f"{where}{err.strerror}"
     if isinstance(err, DMHubError):
-        return EXIT_ERROR, without_method(str(err)) or type(err).__name__
+        message = without_method(str(err)) or type(err).__name__
+        for setting, where in _SETTINGS:
+            message = message.replace(setting, where)
+        return EXIT_ERROR, message
     return EXIT_ERROR, str(err) or type(err).__name__

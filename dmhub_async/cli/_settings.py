@@ -6,14 +6,16 @@ import argparse
 import contextlib
 import logging
 import os
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import platformdirs
 
-from .._auth import FileTokenStore, MemoryTokenStore, RedisTokenStore, TokenStore
 from .._client import DMHubClient
 from .._logging import show_log
+from .._token_file import FileTokenStore
+from .._token_stores import MemoryTokenStore, RedisTokenStore, TokenStore
 from ._errors import UsageError
 
 __all__ = ["TOKEN_STORE_ENV", "default_token_file", "open_client", "show_requests", "token_store"]
@@ -26,6 +28,24 @@ def default_token_file() -> Path:
     return platformdirs.user_cache_path("dmhub-async") / "tokens.json"
 
 
+def _default_spec() -> str:
+    """A file in the cache directory; this run's memory where that cannot be written (say so)."""
+    path = default_token_file()
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        writable = os.access(path.parent, os.W_OK)
+    except OSError:
+        writable = False
+    if writable:
+        return f"file:{path}"
+    print(
+        f"dmhub-async: warning: cannot write {path.parent}: the token is kept in memory, so "
+        "other runs with this app id will revoke it (see --token-store)",
+        file=sys.stderr,
+    )
+    return "memory"
+
+
 def token_store(spec: str | None) -> TokenStore:
     """The store a ``--token-store`` spec names: ``memory``, ``file:PATH`` or ``redis://...``.
 
@@ -34,7 +54,7 @@ def token_store(spec: str | None) -> TokenStore:
     "Transport and authentication").
     """
     if spec is None:
-        spec = os.environ.get(TOKEN_STORE_ENV) or f"file:{default_token_file()}"
+        spec = os.environ.get(TOKEN_STORE_ENV) or _default_spec()
     if spec == "memory":
         return MemoryTokenStore()
     if spec.startswith("file:") and spec != "file:":
@@ -67,7 +87,10 @@ async def open_client(args: argparse.Namespace, concurrency: int) -> AsyncIterat
     try:
         # The flag means what it says: the client's own limit (16) must not hold it lower.
         async with DMHubClient(
-            max_retries=args.max_retries, max_concurrency=concurrency, token_store=store
+            max_retries=args.max_retries,
+            max_concurrency=concurrency,
+            token_store=store,
+            timezone=getattr(args, "timezone", None),
         ) as dm:
             yield dm
     finally:

@@ -129,5 +129,5 @@ class BatchWalk(AsyncPaginator[T]):
             await current.aclose()
 
 
-async def _no_fetch(number: int, size: int, on_retry: Callable[[], None]) -> RawPage[Any]:
+async def _no_fetch(number: int, size: int) -> RawPage[Any]:
     raise AssertionError("a BatchWalk fetches through the walks of its batches")

@@ -8,13 +8,14 @@ from .._converter import structure_statistics_list
 from .._exceptions import InvalidRequestError
 from .._pagination import AsyncPaginator
 from .._validate import check_id, check_query, short
-from ..models.statistics import CustomerStatistics as CustomerStatisticsModel
-from ._base import Resource, items_page, paginate
+from ..models.statistics import CustomerStatistics
+from ._pages import items_page, paginate
+from ._resource import Resource
 
-__all__ = ["CustomerStatistics"]
+__all__ = ["CustomerStatisticsResource"]
 
 
-class CustomerStatistics(Resource):
+class CustomerStatisticsResource(Resource):
     """Customer statistics: ``dm.customer_statistics``."""
 
     def list(
@@ -27,7 +28,7 @@ class CustomerStatistics(Resource):
         concurrency: int = 1,
         sort_by: str = "id",
         sort_order: Literal["asc", "desc"] = "asc",
-    ) -> AsyncPaginator[CustomerStatisticsModel]:
+    ) -> AsyncPaginator[CustomerStatistics]:
         """Walk the statistics records, of one customer or of all, in order (``meta.hasNext``)."""
         params: dict[str, str] = {"sidx": sort_by, "sord": sort_order}
         if customer_id is not None:
@@ -41,7 +42,7 @@ class CustomerStatistics(Resource):
         check_query("list", params)
         read_page = items_page(structure_statistics_list, "a page of customer statistics")
         return paginate(
-            self._client,
+            self._session,
             "/v1/customerStatistics",
             params,
             read_page,
@@ -53,5 +54,5 @@ class CustomerStatistics(Resource):
         )
 
 
-def _record_id(record: CustomerStatisticsModel) -> Any:
+def _record_id(record: CustomerStatistics) -> Any:
     return record.id

@@ -19,6 +19,7 @@ from .._converter import (
 from .._exceptions import InvalidRequestError
 from .._pagination import AsyncPaginator
 from .._query_time import query_time, warn_naive
+from .._session import Session
 from .._validate import (
     check_customer_fields,
     check_id,
@@ -32,8 +33,9 @@ from .._validate import (
 from ..models.customer import Customer, CustomerFields
 from ..models.gender import Gender
 from ..models.identity import Identity
-from ._base import Resource, decode, paginate, rows_page
 from ._batches import BatchWalk, id_batches
+from ._pages import decode, paginate, rows_page
+from ._resource import Resource
 
 __all__ = ["EMPTY_STAGE", "CustomerFilters", "Customers", "customer_filter_params"]
 
@@ -154,7 +156,10 @@ def _filter_params(
 class Customers(Resource):
     """The customers of DM Hub: ``dm.customers``."""
 
-    _warned_naive = False
+    def __init__(self, session: Session, *, timezone: tzinfo | None = None) -> None:
+        super().__init__(session)
+        self._timezone = timezone  # of naive time filters (None: UTC, with a warning)
+        self._warned_naive = False
 
     async def create(
         self, *, create_method: str | None = None, **fields: Unpack[CustomerFields]
@@ -179,7 +184,9 @@ class Customers(Resource):
             body["createMethod"] = check_text("create", "create_method", create_method)
         # The service matches on mobile or email, so such a create is safe to repeat.
         idempotent = bool(fields.get("mobile") or fields.get("email"))
-        data = await self._client.request("POST", "/v1/customers", json=body, idempotent=idempotent)
+        data = await self._session.request(
+            "POST", "/v1/customers", json=body, idempotent=idempotent
+        )
         return decode(structure_customer, data, "a customer")
 
     async def create_with_identities(
@@ -199,7 +206,7 @@ class Customers(Resource):
             "customer": _body("create_with_identities", fields),
             "customerIdentities": [identity_to_wire(i) for i in checked],
         }
-        data = await self._client.request("POST", "/v1/customerandidentities", json=body)
+        data = await self._session.request("POST", "/v1/customerandidentities", json=body)
         return decode(structure_customer, data, "a customer")
 
     async def get(self, customer_id: int) -> Customer:
@@ -209,7 +216,7 @@ class Customers(Resource):
             NotFoundError: no such customer (the live service answers 500 with 40201).
         """
         cid = check_id("get", customer_id)
-        data = await self._client.request(
+        data = await self._session.request(
             "GET", f"/v1/customers/{cid}", not_found_codes=NOT_FOUND_CODES
         )
         return decode(structure_customer, data, "a customer")
@@ -228,7 +235,7 @@ class Customers(Resource):
         check_customer_fields("update", fields)
         if not fields:
             raise InvalidRequestError("update(): give at least one field to change")
-        data = await self._client.request(
+        data = await self._session.request(
             "PUT",
             f"/v1/customers/{cid}",
             json=_body("update", fields),
@@ -239,7 +246,7 @@ class Customers(Resource):
     async def delete(self, customer_id: int) -> None:
         """Delete the customer (the service answers 204)."""
         cid = check_id("delete", customer_id)
-        await self._client.request(
+        await self._session.request(
             "DELETE", f"/v1/customers/{cid}", not_found_codes=NOT_FOUND_CODES
         )
 
@@ -249,7 +256,7 @@ class Customers(Resource):
         params.pop("select", None)
         total = 0
         for batch in id_batches("count", params, "idList"):  # one unless id_list is long
-            data = await self._client.request("GET", "/v1/customers/count", params=batch)
+            data = await self._session.request("GET", "/v1/customers/count", params=batch)
             total += _count_of(data)
         return total
 
@@ -331,7 +338,9 @@ class Customers(Resource):
         def walk(batch: dict[str, str]) -> Callable[[int, int | None], AsyncPaginator[T]]:
             def make(start_page: int, max_items: int | None) -> AsyncPaginator[T]:
                 options = {**paging, "start_page": start_page, "max_items": max_items}
-                return paginate(self._client, "/v1/customers", batch, read_page, key=key, **options)
+                return paginate(
+                    self._session, "/v1/customers", batch, read_page, key=key, **options
+                )
 
             return make
 
@@ -345,7 +354,7 @@ class Customers(Resource):
         self, method: str, filters: dict[str, Any], *, paged: bool = True, frames: int = 2
     ) -> dict[str, str]:
         """The checked query; ``frames`` from here up to the public method's caller."""
-        zone = self._client.timezone
+        zone = self._timezone
         params, naive = _filter_params(method, filters, paged=paged, zone=zone)
         if naive and not self._warned_naive:
             self._warned_naive = True  # once per client

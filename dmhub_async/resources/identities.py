@@ -12,8 +12,9 @@ from .._converter import identity_to_wire, structure_identities, structure_ident
 from .._exceptions import InvalidRequestError
 from .._validate import check_id, check_identity, is_collection, short
 from ..models.identity import CustomerIdentity, Identity
-from ._base import Resource, decode
 from ._batches import id_batches
+from ._pages import decode
+from ._resource import Resource
 
 __all__ = ["Identities"]
 
@@ -34,7 +35,7 @@ class Identities(Resource):
         check_identity("add", identity)
         # The reference sends customerId as a string; identity answers carry it so too.
         body = {"customerId": str(cid), **identity_to_wire(identity)}
-        data = await self._client.request("POST", "/v1/customeridentities", json=body)
+        data = await self._session.request("POST", "/v1/customeridentities", json=body)
         return decode(structure_identity, data, "an identity")
 
     async def list(self, customer_ids: Iterable[int]) -> builtins.list[CustomerIdentity]:
@@ -47,7 +48,7 @@ class Identities(Resource):
         found: builtins.list[CustomerIdentity] = []
         params = {"customerIds": ",".join(map(str, ids))}
         for batch in id_batches("list", params, "customerIds"):  # one unless the list is long
-            data = await self._client.request("GET", "/v1/customeridentities", params=batch)
+            data = await self._session.request("GET", "/v1/customeridentities", params=batch)
             found += decode(structure_identities, data, "a list of identities")
         return found
 
@@ -61,7 +62,7 @@ class Identities(Resource):
 
     # Unchecked: lookup_iter checks each identity once, as it takes it in.
     async def _find(self, identity: Identity) -> builtins.list[CustomerIdentity]:
-        data = await self._client.request(
+        data = await self._session.request(
             "GET",
             "/v1/customeridentities",
             params={"identityType": identity.type, "identityValue": identity.value},

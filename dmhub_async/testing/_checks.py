@@ -9,9 +9,9 @@ from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
 from typing import Any, NoReturn
 
-import orjson
 from aiohttp import web
 
+from .. import _json
 from ._fields import BOOL_FIELDS, CUSTOMER_FIELDS, WRITABLE_FIELDS, Row
 from ._filters import Filters
 
@@ -46,7 +46,7 @@ class ApiError(Exception):
 
 def json_response(data: Any, status: int = 200) -> web.Response:
     """A compact UTF-8 JSON response (Chinese text sent as is, like the service)."""
-    body = orjson.dumps(data)  # compact UTF-8, as json.dumps(ensure_ascii=False) but ~8x faster
+    body = _json.dumps(data)  # compact UTF-8; integers beyond 64 bits exactly
     return web.Response(body=body, status=status, content_type="application/json")
 
 

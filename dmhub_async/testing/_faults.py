@@ -20,7 +20,7 @@ FAULT_KINDS: frozenset[str] = frozenset(
         "504",  # 5xx with a JSON error body
         "html",  # 502 with an HTML page from a gateway, not JSON
         "reset",  # the connection is dropped before the request is handled
-        "truncated",  # the request is handled, then a 200 body cut in half is sent
+        "truncated",  # the request is handled; half the body arrives, short of Content-Length
         "reset-after-write",  # the request is handled (data changed), then the connection drops
     }
 )

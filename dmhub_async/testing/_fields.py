@@ -1,7 +1,8 @@
-"""Wire field names of customers and statistics records, and which ones a client may write."""
+"""Wire field names of customers and statistics records; which ones a client may write, and how."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 Row = dict[str, Any]
@@ -78,3 +79,35 @@ WRITABLE_FIELDS: frozenset[str] = frozenset(CUSTOMER_FIELDS) - {
     "isMember",
 }
 BOOL_FIELDS: frozenset[str] = frozenset({"mobileVerified", "emailVerified", "isEmployee"})
+
+
+def apply_fields(row: Row, fields: Mapping[str, Any], *, clear: bool) -> None:
+    """Write the writable ``fields`` into ``row``; ``clear`` lets a null clear a field (PUT)."""
+    # docs/contract.md "update": a verified mobile/email stays verified while it is unchanged.
+    for address, flag in (("mobile", "mobileVerified"), ("email", "emailVerified")):
+        if (
+            row[flag]
+            and flag in fields
+            and not fields[flag]
+            and fields.get(address, row[address]) == row[address]
+        ):
+            fields = {k: v for k, v in fields.items() if k != flag}
+    for name, value in fields.items():
+        if name not in WRITABLE_FIELDS:
+            continue  # read-only and unknown fields (createMethod...) are ignored
+        if name == "attr":
+            if value is None:
+                if clear:
+                    row["attr"] = {}
+                continue
+            attr = dict(row.get("attr") or {})
+            for key, v in value.items():
+                if v is not None or clear:
+                    attr[key] = v
+            row["attr"] = attr
+        elif value is None:
+            if clear:
+                row[name] = False if name in BOOL_FIELDS else None
+        else:
+            row[name] = value
+    row["displayName"] = row.get("name") or row.get("nickName")

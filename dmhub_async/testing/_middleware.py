@@ -59,16 +59,25 @@ def _fault_response(kind: str, retry_after: int) -> web.Response:
     return response
 
 
-def _truncate(response: web.StreamResponse) -> web.StreamResponse:
+async def _send_truncated(request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
+    # As a network cuts an answer: the headers declare the whole body, half of it arrives, the
+    # connection closes. A client can tell (fewer bytes than Content-Length) and must never take
+    # the half for an answer: "300" cut to "3" is valid JSON.
     if not isinstance(response, web.Response) or not isinstance(response.body, bytes):
         return response
     body = response.body
-    # Content-Length matches the cut body: a clean HTTP answer whose JSON is invalid.
-    return web.Response(
-        body=body[: len(body) // 2],
-        status=response.status,
-        content_type=response.content_type,
-    )
+    if not body:
+        return response  # nothing to cut
+    cut = web.StreamResponse(status=response.status, reason=response.reason)
+    cut.content_type = response.content_type
+    cut.charset = response.charset
+    cut.content_length = len(body)
+    await cut.prepare(request)
+    await cut.write(body[: len(body) // 2])
+    transport = request.transport
+    if transport is not None:
+        transport.close()  # close, not abort: what was written still goes out first
+    return cut
 
 
 @web.middleware
@@ -102,7 +111,7 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
             response = await _answer(state, request, handler)
             if kind == "truncated":
                 counters.faults[kind] += 1
-                response = _truncate(response)
+                response = await _send_truncated(request, response)
             elif kind == "reset-after-write":
                 counters.faults[kind] += 1
                 faults.dropped(request.method, target)

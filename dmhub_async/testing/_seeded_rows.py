@@ -53,20 +53,28 @@ def iso(ts: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
 
+#: The filterable fields drawn from a few values: (shift, mask, values) of their code in gene a.
+CODED_FIELDS: dict[str, tuple[int, int, tuple[object, ...]]] = {
+    "gender": (18, 7, GENDERS),
+    "stage": (21, 15, STAGES),
+    "source": (25, 15, SOURCES),
+}
+
+
 # Each gene field, as (shift, mask); ``a`` and ``b`` are the two genes of a row.
 def gender_of(a: int) -> int | None:
     """Gender of a seeded row."""
-    return GENDERS[(a >> 18) & 7]
+    return GENDERS[(a >> 18) & 7]  # CODED_FIELDS["gender"]
 
 
 def stage_of(a: int) -> str | None:
     """Stage of a seeded row."""
-    return STAGES[(a >> 21) & 15]
+    return STAGES[(a >> 21) & 15]  # CODED_FIELDS["stage"]
 
 
 def source_of(a: int) -> str | None:
     """Source of a seeded row."""
-    return SOURCES[(a >> 25) & 15]
+    return SOURCES[(a >> 25) & 15]  # CODED_FIELDS["source"]
 
 
 def created_of(i: int, b: int) -> int:

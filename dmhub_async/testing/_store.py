@@ -5,19 +5,19 @@ from __future__ import annotations
 import random
 from array import array
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from heapq import merge
 from itertools import accumulate, compress
 from typing import Any
 
-from ._fields import BOOL_FIELDS, CUSTOMER_FIELDS, WRITABLE_FIELDS, Row
-from ._filters import Filters, in_range, row_matches, sort_key
+from ._fields import CUSTOMER_FIELDS, Row, apply_fields
+from ._filter_index import SeededIndex, genes_match
+from ._filters import Filters, row_matches, sort_key
 from ._seeded_rows import (
     FIRST_ID,
-    created_of,
     decode_customer,
     decode_statistics,
     email_of,
-    gender_of,
     has_email,
     has_mobile,
     has_statistics,
@@ -27,9 +27,6 @@ from ._seeded_rows import (
     index_of_mobile,
     iso,
     mobile_of,
-    source_of,
-    stage_of,
-    updated_of,
 )
 
 Identity = tuple[str, str, "str | None"]
@@ -37,6 +34,8 @@ Identity = tuple[str, str, "str | None"]
 
 #: Most seeded rows kept decoded (about 4 KB each).
 _DECODED_CACHE = 50_000
+#: Most filters whose matching ids are kept (8 bytes an id).
+_FOUND_CACHE = 8
 
 
 class CustomerStore:
@@ -64,6 +63,10 @@ class CustomerStore:
         self._live = array("q")  # every live id, ascending: list pages are slices of it
         self._stat_ids = array("q")  # live seeded ids that have a statistics record, ascending
         self._last_id = FIRST_ID - 1
+        self._seeded_index = SeededIndex(self._ga, self._gb)
+        # Ids passing recent filters, kept while nothing changes: the pages of one walk share it.
+        self._version = 0
+        self._found: dict[tuple[Filters, int], array[int]] = {}
 
     # -- seeding --------------------------------------------------------------------------------
 
@@ -71,6 +74,7 @@ class CustomerStore:
         """Append ``n`` generated customers, with ids above every existing one."""
         if n <= 0:
             return
+        self._version += 1
         start = len(self._gid)
         ga = array("Q")
         ga.frombytes(self._rng.randbytes(8 * n))
@@ -217,6 +221,7 @@ class CustomerStore:
 
     def create(self, fields: Mapping[str, Any], customer_id: int | None = None) -> Row:
         """Create a customer from writable wire fields; returns its wire dict."""
+        self._version += 1
         if customer_id is None:
             customer_id = self._next_id()
         elif customer_id in self:
@@ -234,7 +239,7 @@ class CustomerStore:
             dateCreated=now,
             attr={},
         )
-        _apply(row, fields, clear=False)
+        apply_fields(row, fields, clear=False)
         self._rows[customer_id] = row
         self._index_row(row)
         if customer_id > self._last_id:
@@ -245,9 +250,10 @@ class CustomerStore:
 
     def update(self, customer_id: int, fields: Mapping[str, Any], *, clear: bool) -> Row:
         """Apply writable fields to a customer; ``clear`` lets null clear a field (PUT)."""
+        self._version += 1
         row = self._materialize(customer_id)
         self._unindex_row(row)
-        _apply(row, fields, clear=clear)
+        apply_fields(row, fields, clear=clear)
         row["lastUpdated"] = self._timestamp()
         self._index_row(row)
         return row
@@ -259,6 +265,7 @@ class CustomerStore:
         seeded_alive = k is not None and self._alive[k]
         if row is None and not seeded_alive:
             return False
+        self._version += 1
         if row is not None:
             self._unindex_row(row)
         if k is not None and seeded_alive:
@@ -300,54 +307,49 @@ class CustomerStore:
         if row is not None:
             return row_matches(row, f)
         k = self._index(customer_id)
-        if k is None:
-            return False
-        a, b = self._ga[k], self._gb[k]
-        if f.stage is not None:
-            stage = stage_of(a)
-            if f.stage == "_empty":
-                if stage:
-                    return False
-            elif stage != f.stage:
-                return False
-        if f.source is not None and source_of(a) != f.source:
-            return False
-        if f.gender is not None:
-            gender = gender_of(a) or 0
-            if gender != f.gender:
-                return False
-        if f.mobile is not None and (not has_mobile(a) or mobile_of(k, self._offset) != f.mobile):
-            return False
-        if f.email is not None and (not has_email(a) or email_of(k, a) != f.email):
-            return False
-        if (f.created_from is not None or f.created_to is not None) and not in_range(
-            created_of(k, b), f.created_from, f.created_to
-        ):
-            return False
-        return (f.updated_from is None and f.updated_to is None) or in_range(
-            updated_of(k, b), f.updated_from, f.updated_to
-        )
+        return k is not None and self._seeded_matches(k, f)
 
-    def matching_ids(self, f: Filters) -> Iterator[int]:
-        """Ids of the customers that pass the filters, ascending."""
+    def _seeded_matches(self, k: int, f: Filters) -> bool:
+        # Seeded row k, never edited, against the filters: from its genes, nothing decoded.
+        return genes_match(k, self._ga[k], self._gb[k], self._offset, f)
+
+    def matching_ids(self, f: Filters) -> array[int]:
+        """Ids of the customers that pass the filters, ascending (do not mutate the array)."""
+        if f.is_empty():
+            return self._live
+        key = (f, self._version)
+        found = self._found.get(key)
+        if found is None:
+            found = self._find(f)
+            if len(self._found) >= _FOUND_CACHE:
+                del self._found[next(iter(self._found))]  # the oldest
+            self._found[key] = found
+        return found
+
+    def _find(self, f: Filters) -> array[int]:
         candidates: Iterable[int]
         if f.id_list is not None:
             candidates = sorted(i for i in f.id_list if i in self)
         elif f.mobile is not None:
-            found = self.find_by_mobile(f.mobile)
-            candidates = () if found is None else (found,)
+            candidates = [i for i in (self.find_by_mobile(f.mobile),) if i is not None]
         elif f.email is not None:
-            found = self.find_by_email(f.email)
-            candidates = () if found is None else (found,)
+            candidates = [i for i in (self.find_by_email(f.email),) if i is not None]
         else:
-            candidates = self._live
-        return (i for i in candidates if self._matches(i, f))
+            # Seeded rows never edited, through the index; edited and created ones by a scan.
+            gid, alive, rows = self._gid, self._alive, self._rows
+            candidates, exact = self._seeded_index.candidates(f)
+            seeded = [
+                gid[k]
+                for k in candidates
+                if alive[k] and gid[k] not in rows and (exact or self._seeded_matches(k, f))
+            ]
+            others = sorted(i for i, row in rows.items() if row_matches(row, f))
+            return array("q", merge(seeded, others) if others else seeded)
+        return array("q", (i for i in candidates if self._matches(i, f)))
 
     def count(self, f: Filters) -> int:
         """How many customers pass the filters."""
-        if f.is_empty():
-            return len(self._live)
-        return sum(1 for _ in self.matching_ids(f))
+        return len(self.matching_ids(f))
 
     def page(
         self, f: Filters, sidx: str, desc: bool, offset: int, limit: int
@@ -355,7 +357,7 @@ class CustomerStore:
         """(records, rows) of one page; the unfiltered walk by id costs O(limit)."""
         ids: Any
         if sidx == "id":
-            ids = self._live if f.is_empty() else array("q", self.matching_ids(f))
+            ids = self.matching_ids(f)
             records = len(ids)
             if desc:
                 high = max(0, records - offset)
@@ -394,34 +396,3 @@ class CustomerStore:
         k = self._index(customer_id)
         assert k is not None
         return decode_statistics(k, customer_id, self._ga[k], self._gb[k])
-
-
-def _apply(row: Row, fields: Mapping[str, Any], *, clear: bool) -> None:
-    # docs/contract.md "update": a verified mobile/email stays verified while it is unchanged.
-    for address, flag in (("mobile", "mobileVerified"), ("email", "emailVerified")):
-        if (
-            row[flag]
-            and flag in fields
-            and not fields[flag]
-            and fields.get(address, row[address]) == row[address]
-        ):
-            fields = {k: v for k, v in fields.items() if k != flag}
-    for name, value in fields.items():
-        if name not in WRITABLE_FIELDS:
-            continue  # read-only and unknown fields (createMethod...) are ignored
-        if name == "attr":
-            if value is None:
-                if clear:
-                    row["attr"] = {}
-                continue
-            attr = dict(row.get("attr") or {})
-            for key, v in value.items():
-                if v is not None or clear:
-                    attr[key] = v
-            row["attr"] = attr
-        elif value is None:
-            if clear:
-                row[name] = False if name in BOOL_FIELDS else None
-        else:
-            row[name] = value
-    row["displayName"] = row.get("name") or row.get("nickName")

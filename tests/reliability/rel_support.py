@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import gc
 from collections import Counter
-from collections.abc import Callable
 from typing import Any
 
 from dmhub_async import DMHubClient
+from dmhub_async._sansio import APIResponse, Request
 
 #: The coroutine of the task aiohttp's server runs per open connection.
 SERVER_CONNECTION = "RequestHandler.start"
@@ -36,35 +36,25 @@ async def settled(*, connections: bool = False, turns: int = 50) -> list[str]:
 
 
 class CallLog:
-    """Each call a client makes through ``DMHubClient.request``, with its attempts.
+    """Each call a client's resources send through its session layer, with its attempts.
 
-    Wraps the client's ``request`` (which the resources call) and counts the first attempt and
-    every retry the session layer reports, per call, keyed by path and ``page``.
+    Wraps the session's ``send`` and records the first attempt and every retry of each call that
+    got an answer, keyed by path and ``page``.
     """
 
     def __init__(self, client: DMHubClient) -> None:
         self.calls: list[list[Any]] = []  # [path, page, attempts]
-        inner = client.request
+        session = client._session
+        inner = session.send
 
-        async def request(
-            method: str,
-            path: str,
-            *,
-            params: Any = None,
-            on_retry: Callable[[], None] | None = None,
-            **kwargs: Any,
-        ) -> Any:
-            entry = [path, (params or {}).get("page"), 1]
+        async def send(request: Request) -> APIResponse:
+            entry = [request.path, (request.params or {}).get("page"), 1]
             self.calls.append(entry)
+            response = await inner(request)
+            entry[2] += response.retries
+            return response
 
-            def retried() -> None:
-                entry[2] += 1
-                if on_retry is not None:
-                    on_retry()
-
-            return await inner(method, path, params=params, on_retry=retried, **kwargs)
-
-        client.request = request  # type: ignore[method-assign]
+        session.send = send  # type: ignore[method-assign]
 
     def attempts(self, path: str = "/v1/customers") -> list[int]:
         """Attempts of each call to ``path``, in call order."""

@@ -31,8 +31,8 @@ from dmhub_async import (
     Page,
     ResponseDecodeError,
 )
-from dmhub_async._client import TOKEN_PATH, Request, read_response
 from dmhub_async._exceptions import coerce_code
+from dmhub_async._sansio import TOKEN_PATH, Request, read_response
 from dmhub_async._validate import FIELD_TYPES, MAX_URL_LENGTH
 from dmhub_async.export import export_customers
 from dmhub_async.testing import DMHubSimulator
@@ -349,6 +349,8 @@ def success(status: int, body: bytes) -> tuple[bool, Any]:
 @example(Request("GET", "/v1/customers"), 429, {"Retry-After": "1e400"}, b"", 0.0)
 @example(Request("GET", "/v1/customers"), 503, {"Retry-After": FAR_DATE}, b"", 0.0)
 @example(Request("GET", "/v1/customers"), 200, {}, b'{"error_code": ' + b"9" * 5000 + b"}", 0.0)
+@example(Request("GET", "/v1/customers"), 200, {}, b'{"rows": [12345678901234567890123]}', 0.0)
+@example(Request("GET", "/v1/customers"), 200, {}, b"-9223372036854775809", 0.0)  # beyond 64 bits
 def test_read_response_returns_or_raises_only_api_errors(
     request: Request, status: int, headers: dict[str, str], body: bytes, now: float
 ) -> None:

@@ -18,8 +18,8 @@ from aiohttp import web
 from rel_support import CallLog, settled
 
 from dmhub_async import DMHubClient, RetryPolicy
-from dmhub_async import export as export_module
 from dmhub_async.export import ExportProgress, export_customers
+from dmhub_async.export import _output as export_output
 from dmhub_async.testing import DMHubSimulator, Faults
 
 # -- scenario 1 ---------------------------------------------------------------------------------
@@ -111,15 +111,15 @@ async def test_scenario_11_twenty_kills_each_resumed(
     rng = random.Random(11)
     dest, ckpt = tmp_path / "customers.jsonl", tmp_path / "customers.ckpt"
     run: dict[str, Any] = {}
-    write_checkpoint = export_module._write_checkpoint
+    write_checkpoint = export_output.write_checkpoint
 
-    def checkpoint_then_maybe_die(path: Path, state: dict[str, Any]) -> None:
+    def checkpoint_then_maybe_die(path: Path, checkpoint: Any) -> None:
         run["checkpoints"] += 1
         if run["mode"] == "checkpoint" and run["checkpoints"] == run["at"]:
             raise Kill("killed after writing rows, before the checkpoint")
-        write_checkpoint(path, state)
+        write_checkpoint(path, checkpoint)
 
-    monkeypatch.setattr(export_module, "_write_checkpoint", checkpoint_then_maybe_die)
+    monkeypatch.setattr(export_output, "write_checkpoint", checkpoint_then_maybe_die)
 
     def on_progress(progress: ExportProgress) -> None:
         if run["mode"] == "progress" and progress.pages == run["at"]:

@@ -44,6 +44,7 @@ from dmhub_async import (
     cli,
 )
 from dmhub_async._redact import redact
+from dmhub_async._sansio import APIResponse, Request
 from dmhub_async.testing import DMHubSimulator
 
 CANARY_SECRET = "Cn4ry+S3cr3t/Zq9="
@@ -180,7 +181,7 @@ async def _refused(ctx: Context) -> Any:
 
 
 async def _dns(ctx: Context) -> Any:
-    async with ctx.client(base_url="http://dmhub-canary.invalid", timeout=5) as dm:
+    async with ctx.client(base_url="https://dmhub-canary.invalid", timeout=5) as dm:
         return await dm.customers.count()
 
 
@@ -213,12 +214,12 @@ def _echoed_url(mode: str) -> Callable[[Context], Awaitable[Any]]:
 async def _echoed_wrong_shape(ctx: Context) -> Any:
     async with ctx.client(base_url=ctx.echo_url, access_token=CANARY_TOKEN) as dm:
         # customers.list() reads /v1/customers: point the walk at the echo service's page
-        original = dm.request
+        original = dm._session.send
 
-        async def request(method: str, path: str, **kwargs: Any) -> Any:
-            return await original(method, "/v1/echo/wrong-shape", **kwargs)
+        async def send(request: Request) -> APIResponse:
+            return await original(attrs.evolve(request, path="/v1/echo/wrong-shape"))
 
-        dm.request = request  # type: ignore[method-assign]
+        dm._session.send = send  # type: ignore[method-assign]
         return await dm.customers.list().to_list()
 
 
@@ -234,7 +235,7 @@ CASES = [
     Case("HTTP 504", ServerError, _fault("504")),
     Case("HTML 502 from a gateway", ServerError, _fault("html")),
     Case("connection reset", APIConnectionError, _fault("reset")),
-    Case("truncated JSON", ResponseDecodeError, _fault("truncated")),
+    Case("body cut short", APIConnectionError, _fault("truncated")),
     Case("reset after a write", APIConnectionError, _lost_create),
     Case("timeout", APITimeoutError, _timeout),
     Case("connection refused", APIConnectionError, _refused),

@@ -1,9 +1,9 @@
-"""Scenarios 14 to 18: one token per appid shared by processes through a file and a real Redis.
+"""T1 to T5: one token per appid, shared by processes through a file and a real Redis.
 
 The simulator serves from this test's process; the workers are processes of their own
 (``rel_token_worker.py``) sharing one ``FileTokenStore`` or ``RedisTokenStore``. The Redis is a
 real ``redis-server`` that each test starts, kills and restarts itself (``tests/_redis.py``);
-without one those tests skip, saying why. See docs/reliability.md, "Token stores".
+without one those tests skip, saying why. See docs/reliability.md, "T1-T5. Token stores".
 """
 
 from __future__ import annotations
@@ -108,14 +108,14 @@ def redis_commands(redis: RedisServer) -> int:
     return sum(n for name, n in served.items() if name not in ("config|resetstat", "info"))
 
 
-# -- scenario 14 --------------------------------------------------------------------------------
+# -- T1 --------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("kind", ["file", "redis"])
-async def test_scenario_14_eight_processes_share_one_token_across_a_revocation(
+async def test_t1_eight_processes_share_one_token_across_a_revocation(
     kind: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    """Scenario 14: 8 processes, 200 calls each, one token store, the token revoked once in
+    """T1: 8 processes, 200 calls each, one token store, the token revoked once in
     the middle: 2 token requests in all (the first token, one refresh), no call fails; with
     Redis, a handful of round trips a process, not one a call."""
     if kind == "file":
@@ -135,16 +135,18 @@ async def test_scenario_14_eight_processes_share_one_token_across_a_revocation(
     assert sim.counters.requests[TOKEN_ROUTE] == 2
     assert sim.counters.tokens_issued == 2
     if kind == "redis":
-        assert redis_commands(redis) <= 16 * PROCESSES  # before: one GET a call, 1,600+
+        # Observed about 105: the first token and the refresh, a dozen a process (the lock is
+        # polled while another process fetches). Before: a GET a call, 1,700 in all.
+        assert redis_commands(redis) <= 40 * PROCESSES
 
 
-# -- scenario 15 --------------------------------------------------------------------------------
+# -- T2 --------------------------------------------------------------------------------------
 
 
-async def test_scenario_15_a_warm_client_makes_a_handful_of_redis_round_trips_in_1000_calls(
+async def test_t2_a_warm_client_makes_a_handful_of_redis_round_trips_in_1000_calls(
     connect: Callable[..., DMHubClient], redis: RedisServer
 ) -> None:
-    """Scenario 15: one client, 1,000 calls on a Redis store: the token is held in memory,
+    """T2: one client, 1,000 calls on a Redis store: the token is held in memory,
     so Redis serves the first fetch's few commands and nothing more."""
     store = RedisTokenStore(redis.url)
     redis.command("CONFIG", "RESETSTAT")
@@ -154,16 +156,18 @@ async def test_scenario_15_a_warm_client_makes_a_handful_of_redis_round_trips_in
             assert await asyncio.gather(*(dm.customers.count() for _ in range(10))) == [10] * 10
     await store.aclose()
     assert sim.counters.tokens_issued == 1
-    assert redis_commands(redis) <= 10  # GET, the lock, GET, SET, unlock (and the client's hello)
+    # 9: GET, SET NX (the lock), GET, SET, and the unlock script (EVALSHA, SCRIPT LOAD, EVALSHA,
+    # with its GET and DEL inside Redis). Before: 1,008, a GET a call.
+    assert redis_commands(redis) <= 10
 
 
-# -- scenario 16 --------------------------------------------------------------------------------
+# -- T3 --------------------------------------------------------------------------------------
 
 
-async def test_scenario_16_redis_killed_and_restarted_under_eight_processes(
+async def test_t3_redis_killed_and_restarted_under_eight_processes(
     redis: RedisServer,
 ) -> None:
-    """Scenario 16: 8 processes hold the token; Redis is killed after 400 more of their calls
+    """T3: 8 processes hold the token; Redis is killed after 400 more of their calls
     and restarted after 800: no call fails, and no new token is fetched."""
     events: list[str] = []
     async with DMHubSimulator(customers=10, seed=16) as sim:
@@ -191,13 +195,13 @@ async def test_scenario_16_redis_killed_and_restarted_under_eight_processes(
     assert sim.counters.tokens_issued == 1
 
 
-async def test_scenario_16_a_refresh_due_while_redis_is_down(
+async def test_t3_a_refresh_due_while_redis_is_down(
     connect: Callable[..., DMHubClient],
     clock: Any,
     redis: RedisServer,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """Scenario 16: Redis down when the token nears expiry: calls go on with the held token
+    """T3: Redis down when the token nears expiry: calls go on with the held token
     (one WARNING, the store asked again only after a pause); once it has expired the client
     fetches a token without the store (a WARNING says so); Redis back, it shares again."""
     store = RedisTokenStore(redis.url)
@@ -223,27 +227,29 @@ async def test_scenario_16_a_refresh_due_while_redis_is_down(
         assert "fetching a token without the store" in local
 
         redis.start()
-        other = connect(sim, token_store=RedisTokenStore(redis.url))
+        other_store = RedisTokenStore(redis.url)
+        other = connect(sim, token_store=other_store)
         sim.revoke_tokens()  # both clients refresh: one fetch, through Redis again
         assert await asyncio.gather(dm.customers.count(), other.customers.count()) == [10, 10]
         assert sim.counters.tokens_issued == 3
     await store.aclose()
+    await other_store.aclose()
     assert all(sim.secret not in r.getMessage() for r in caplog.records)
 
 
-# -- scenario 17 --------------------------------------------------------------------------------
+# -- T4 --------------------------------------------------------------------------------------
 
 
-async def test_scenario_17_a_lock_outlives_a_fetch_longer_than_its_ttl(
+async def test_t4_a_lock_outlives_a_fetch_longer_than_its_ttl(
     connect: Callable[..., DMHubClient], redis: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Scenario 17: a token fetch of 0.3 s under a lock that lives 0.1 s: the lock is extended
+    """T4: a token fetch of 1 s under a lock that lives 0.45 s: the lock is extended
     while held, so the second client waits for it and takes the first one's token: one fetch,
     both calls succeed, no lock error."""
-    stores = [RedisTokenStore(redis.url, lock_ttl=0.1) for _ in range(2)]
+    stores = [RedisTokenStore(redis.url, lock_ttl=0.45) for _ in range(2)]
     async with DMHubSimulator(customers=10, seed=17) as sim:
         sim.faults.paths = (TOKEN_ROUTE,)
-        sim.faults.latency = 0.3
+        sim.faults.latency = 1.0
         clients = [connect(sim, token_store=store) for store in stores]
         got = await asyncio.gather(*(dm.customers.count() for dm in clients))
     for store in stores:
@@ -253,10 +259,10 @@ async def test_scenario_17_a_lock_outlives_a_fetch_longer_than_its_ttl(
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
-async def test_scenario_17_a_stale_lock_falls_back_to_a_local_fetch(
+async def test_t4_a_stale_lock_falls_back_to_a_local_fetch(
     connect: Callable[..., DMHubClient], redis: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Scenario 17: a lock left by a holder that died (60 s to live): the client waits
+    """T4: a lock left by a holder that died (60 s to live): the client waits
     ``lock_timeout`` for it, then fetches without it and says so; the call succeeds."""
     store = RedisTokenStore(redis.url, lock_timeout=0.2)
     async with DMHubSimulator(customers=10, seed=17) as sim:
@@ -272,17 +278,18 @@ async def test_scenario_17_a_stale_lock_falls_back_to_a_local_fetch(
     assert "fetching a token without the store" in warnings[0]
 
 
-# -- scenario 18 --------------------------------------------------------------------------------
+# -- T5 --------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("kind", ["memory", "file", "redis"])
-async def test_scenario_18_a_wrong_secret_fails_on_its_first_call_however_warm_the_store(
+async def test_t5_a_wrong_secret_fails_on_its_first_call_however_warm_the_store(
     kind: str,
     connect: Callable[..., DMHubClient],
+    clock: Any,
     tmp_path: Path,
     request: pytest.FixtureRequest,
 ) -> None:
-    """Scenario 18: a client with the right secret warms the store; a second client with the
+    """T5: a client with the right secret warms the store; a second client with the
     same appid and a wrong secret gets ``AuthenticationError`` on its first call, and the
     first client's token survives."""
     store = store_of(kind, tmp_path, request)
@@ -290,7 +297,7 @@ async def test_scenario_18_a_wrong_secret_fails_on_its_first_call_however_warm_t
         right = connect(sim, token_store=store)
         assert await right.customers.count() == 10
         async with DMHubClient(
-            sim.app_id, "not-the-secret", base_url=sim.url, token_store=store
+            sim.app_id, "not-the-secret", base_url=sim.url, token_store=store, clock=clock
         ) as wrong:
             with pytest.raises(AuthenticationError) as caught:
                 await wrong.customers.count()
@@ -301,8 +308,8 @@ async def test_scenario_18_a_wrong_secret_fails_on_its_first_call_however_warm_t
     assert sim.counters.tokens_issued == 1
 
 
-async def test_scenario_18_spellings_of_one_base_url_share_one_token(clock: Any) -> None:
-    """Scenario 18: the base URL with an upper-case host, a trailing slash or two: one key,
+async def test_t5_spellings_of_one_base_url_share_one_token(clock: Any) -> None:
+    """T5: the base URL with an upper-case host, a trailing slash or two: one key,
     one token for 15 calls from 3 clients (before: 3 tokens that revoked each other)."""
     store = MemoryTokenStore()
     async with DMHubSimulator(customers=10, seed=18) as sim:

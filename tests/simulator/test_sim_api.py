@@ -9,17 +9,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from dmhub_async.testing import DMHubSimulator
-
-
-class Clock:
-    """A clock the test moves by hand."""
-
-    def __init__(self) -> None:
-        self.now = 1_700_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
+from dmhub_async.testing import DMHubSimulator, FakeClock
 
 
 class Api:
@@ -114,7 +104,7 @@ async def test_a_new_token_revokes_the_previous_one(api: Api, sim: DMHubSimulato
 
 
 async def test_token_expires_after_ttl_by_the_injected_clock(http: aiohttp.ClientSession) -> None:
-    clock = Clock()
+    clock = FakeClock()
     async with DMHubSimulator(customers=3, clock=clock, token_ttl=60) as sim:
         api = Api(http, sim)
         assert (await api.call("GET", "/v1/customers/count"))[1] == 3
@@ -256,7 +246,7 @@ async def test_upsert_prefers_identity_then_mobile_then_email(
 async def test_put_null_clears_and_answers_the_customer_after(
     http: aiohttp.ClientSession,
 ) -> None:
-    clock = Clock()
+    clock = FakeClock()
     async with DMHubSimulator(customers=5, clock=clock) as sim:
         api = Api(http, sim)
         target = next(c for c in everyone(sim) if c["city"])
@@ -566,3 +556,21 @@ async def test_an_internal_error_still_answers_json(
     assert "simulator error" in caplog.text
     sim.clear_hooks()
     assert (await api.call("GET", "/v1/customers/count"))[1] == 200
+
+
+# -- numbers ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("big", [2**64, -(2**63) - 1, 12345678901234567890123, -(10**30)])
+async def test_integers_beyond_64_bits_are_stored_and_served_exactly(api: Api, big: int) -> None:
+    status, made = await api.call(
+        "POST",
+        "/v1/customers",
+        {"name": "大数", "employeeNumber": big, "annualRevenue": big, "attr": {"attr9": big}},
+    )
+    assert status == 201, made
+    status, got = await api.call("GET", f"/v1/customers/{made['id']}")
+    assert status == 200
+    assert (got["employeeNumber"], got["annualRevenue"], got["attr"]["attr9"]) == (big, big, big)
+    status, page = await api.call("GET", "/v1/customers", idList=str(made["id"]))
+    assert page["rows"][0]["attr"]["attr9"] == big

@@ -7,6 +7,7 @@ import email.utils
 import io
 import itertools
 import json
+import re
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -15,7 +16,7 @@ import aiohttp
 import pytest
 
 import dmhub_async
-from dmhub_async.testing import DMHubSimulator, Faults, serve_forever
+from dmhub_async.testing import DMHubSimulator, FakeClock, Faults, serve_forever
 
 HAS_CLIENT = hasattr(dmhub_async, "DMHubClient")
 
@@ -111,17 +112,37 @@ async def test_reset_drops_the_connection(
     assert not [r for r in caplog.records if r.levelname in ("WARNING", "ERROR")]
 
 
-async def test_truncated_body_is_half_of_a_valid_answer(
+async def test_a_truncated_body_stops_short_of_its_declared_length(
+    sim: DMHubSimulator, token: str
+) -> None:
+    # Read below aiohttp's client, which would refuse the short body: what crosses the wire.
+    full = json.dumps(sim.customers_count()).encode()
+    sim.faults.script(["truncated"])
+    reader, writer = await asyncio.open_connection(sim.host, sim.port)
+    try:
+        writer.write(
+            f"GET /v1/customers/count?access_token={token} HTTP/1.1\r\n"
+            f"Host: {sim.host}\r\n\r\n".encode()
+        )
+        raw = await asyncio.wait_for(reader.read(), timeout=10)  # until the server closes
+    finally:
+        writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    declared = re.search(rb"(?i)content-length: (\d+)", head)
+    assert declared is not None
+    assert int(declared.group(1)) == len(full) == 2  # "30"
+    assert body == full[: len(full) // 2] == b"3"  # valid JSON on its own ("3"), but short
+    assert sim.counters.faults == {"truncated": 1}
+
+
+async def test_aiohttp_refuses_a_truncated_body(
     http: aiohttp.ClientSession, sim: DMHubSimulator, token: str
 ) -> None:
-    full = (await get(http, sim, token, "/v1/customers"))[2]
     sim.faults.script(["truncated"])
-    status, headers, body = await get(http, sim, token, "/v1/customers")
-    assert status == 200
-    assert int(headers["Content-Length"]) == len(body) == len(full) // 2
-    assert full.startswith(body)
-    with pytest.raises(ValueError):  # noqa: PT011 - any JSON decode error
-        json.loads(body)
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await get(http, sim, token, "/v1/customers")
+    assert (await get(http, sim, token, "/v1/customers"))[0] == 200
 
 
 async def test_reset_after_write_applies_the_change_and_loses_the_answer(
@@ -393,3 +414,53 @@ async def test_dmhub_simulator_fixture_takes_a_marker(dmhub_simulator: DMHubSimu
 @pytest.mark.skipif(not HAS_CLIENT, reason="DMHubClient is not available yet")
 async def test_dmhub_client_fixture(dmhub_client: Any, dmhub_simulator: DMHubSimulator) -> None:
     assert await dmhub_client.customers.count() == 50
+
+
+@pytest.mark.dmhub_simulator(customers=300)
+async def test_count_under_a_truncated_body_is_retried_into_the_true_count(
+    dmhub_simulator: DMHubSimulator, dmhub_client: dmhub_async.DMHubClient
+) -> None:
+    # Cut the way the simulator used to cut it (a shorter Content-Length), "300" was the valid
+    # JSON "3" and count() returned 3 with no retry.
+    dmhub_simulator.faults.script(["truncated"])
+    assert await dmhub_client.customers.count() == 300
+    assert dmhub_simulator.counters.faults == {"truncated": 1}
+    assert dmhub_simulator.counters.routes["GET /v1/customers/count"] == 2  # one retry
+    assert dmhub_client.stats.retries == 1
+
+
+async def test_the_client_fixture_waits_on_the_fake_clock(
+    dmhub_simulator: DMHubSimulator,
+    dmhub_client: dmhub_async.DMHubClient,
+    dmhub_clock: FakeClock,
+) -> None:
+    dmhub_simulator.faults.retry_after = 30
+    dmhub_simulator.faults.script(["429", "503"])
+    started = time.monotonic()
+    assert await dmhub_client.customers.count() == 50
+    assert time.monotonic() - started < 10  # not the 30 s Retry-After: the clock is fake
+    assert len(dmhub_clock.waits) == 2
+    assert dmhub_clock.waits[0] >= 30  # the Retry-After was honoured, in virtual time
+
+
+@pytest.mark.dmhub_client(max_retries=0)
+async def test_the_client_fixture_takes_settings_from_its_mark(
+    dmhub_simulator: DMHubSimulator, dmhub_client: dmhub_async.DMHubClient
+) -> None:
+    dmhub_simulator.faults.script(["503"])
+    with pytest.raises(dmhub_async.ServerError):
+        await dmhub_client.customers.count()
+    assert dmhub_simulator.counters.routes["GET /v1/customers/count"] == 1
+
+
+async def test_aclose_stops_the_simulator_and_close_still_does() -> None:
+    for stop in ("aclose", "close"):
+        sim = DMHubSimulator(1)
+        await sim.start()
+        url = sim.url
+        await getattr(sim, stop)()
+        with pytest.raises(RuntimeError, match="not running"):
+            _ = sim.url
+        async with aiohttp.ClientSession() as http:
+            with pytest.raises(aiohttp.ClientConnectionError):
+                await http.get(url + "/v1/customers/count")

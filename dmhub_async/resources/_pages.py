@@ -1,28 +1,19 @@
-"""What every resource shares: its client, and turning answers into models."""
+"""Answers as models: the two page shapes, decoding with a clear error, and paginating."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
+
+import attrs
 
 from .._exceptions import ResponseDecodeError
 from .._pagination import AsyncPaginator, Dedupe, RawPage
+from .._sansio import Request
+from .._session import Session
 from .._validate import check_paging
 
-if TYPE_CHECKING:
-    from .._client import DMHubClient
-
 T = TypeVar("T")
-
-
-class Resource:
-    """A collection of the API, reached through one client."""
-
-    def __init__(self, client: DMHubClient) -> None:
-        self._client = client
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self._client!r})"
 
 
 def decode(structure: Callable[[Any], T], data: Any, what: str) -> T:
@@ -30,9 +21,12 @@ def decode(structure: Callable[[Any], T], data: Any, what: str) -> T:
     try:
         return structure(data)
     except (ValueError, TypeError, KeyError, AttributeError) as err:
-        raise ResponseDecodeError(
-            f"the answer is not {what}: {err}", status=200, description=str(err)
-        ) from None
+        problem = str(err)
+    # Raised outside the except block: the converter's error quotes the body, which a service
+    # may have filled with the URL, so it must not ride along as the context either.
+    raise ResponseDecodeError(
+        f"the answer is not {what}: {problem}", status=200, description=problem
+    )
 
 
 def rows_of(data: Any, key: str, what: str) -> list[Any]:
@@ -65,7 +59,7 @@ def dedupe_for(sort_by: str | None, sort_order: str | None) -> Dedupe:
 
 
 def paginate(
-    client: DMHubClient,
+    session: Session,
     path: str,
     params: dict[str, str],
     read_page: Callable[[Any], RawPage[T]],
@@ -80,14 +74,11 @@ def paginate(
         paging.get("max_items"),
     )
 
-    async def fetch(number: int, size: int, on_retry: Callable[[], None]) -> RawPage[T]:
-        data = await client.request(
-            "GET",
-            path,
-            params={**params, "rows": str(size), "page": str(number)},
-            on_retry=on_retry,
-        )
-        return read_page(data)
+    async def fetch(number: int, size: int) -> RawPage[T]:
+        request = Request("GET", path, {**params, "rows": str(size), "page": str(number)})
+        response = await session.send(request)
+        page = read_page(response.data)
+        return attrs.evolve(page, retries=response.retries) if response.retries else page
 
     return AsyncPaginator(
         fetch, key=key, dedupe=dedupe_for(params.get("sidx"), params.get("sord")), **paging

@@ -1,0 +1,134 @@
+"""A page of bytes to models through msgspec's typed decode, when msgspec is installed.
+
+msgspec (the optional ``fast`` extra) decodes JSON bytes straight into typed records in C, so
+a page costs little more than parsing it (benchmarks/bench_converter.py). It knows none of our
+promises, so it is only asked for what it does exactly: each model gets a msgspec Struct with
+the model's wire names and strict types (text, integers of any size, booleans) that refuses
+unknown keys. Timestamps and decimals come out as the JSON gave them and are read by our own
+expressions, so a fraction beyond microseconds or ``1.50`` reads as it always has.
+
+A record msgspec refuses (an unknown key, a number sent as text, a form it does not read) is
+read the lenient way, from its own bytes, by the converter's hook, so unknown keys land in
+``extra`` as ever; a record the hook refuses too sends the whole page the lenient way,
+:func:`page_reader`'s ``fallback``, whose error names the record and the field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Final, TypeVar, cast
+
+import attrs
+import cattrs
+
+from .. import _json
+from ..models import Gender
+from .codegen import make_tuple_build_fn
+from .names import wire_names
+
+try:
+    import msgspec
+except ImportError:  # pragma: no cover - the fast extra is not installed
+    msgspec = None  # type: ignore[assignment]
+
+T = TypeVar("T")
+
+PageReader = Callable[[bytes], tuple[list[T], dict[str, Any]]]
+
+#: What msgspec is asked to check, per model field type.
+_STRICT_TYPES: Final[dict[Any, Any]] = {
+    str | None: str | None,
+    int | None: int | None,
+    bool | None: bool | None,
+    datetime | None: str | None,
+    Decimal | None: int | float | str | None,
+    int | str | None: int | str | None,
+    dict[str, Any]: dict[str, Any] | None,
+    Gender: Any,  # the lenient gender is read by the build function
+}
+
+
+def wire_struct(cls: type[Any]) -> Any:
+    """The msgspec Struct of ``cls``'s wire record, or None (no msgspec, or a field type it
+    is not asked to check)."""
+    if msgspec is None:
+        return None
+    attrs.resolve_types(cls)
+    fields = [a for a in attrs.fields(cls) if a.name != "extra"]
+    if any(a.type not in _STRICT_TYPES for a in fields):
+        return None
+    return msgspec.defstruct(
+        f"Wire{cls.__name__}",
+        [(a.name, _STRICT_TYPES[a.type], None) for a in fields],
+        kw_only=True,
+        forbid_unknown_fields=True,
+        rename=wire_names(cls),
+    )
+
+
+def page_reader(
+    cls: type[T],
+    converter: cattrs.Converter,
+    key: str,
+    page_keys: tuple[str, ...],
+    fallback: Callable[[bytes], tuple[list[T], dict[str, Any]]],
+) -> Callable[[bytes], tuple[list[T], dict[str, Any]]]:
+    """A function from a page's bytes to its models (the list under ``key``) and other keys.
+
+    Without msgspec, ``fallback`` itself; with it, msgspec first, a record it refuses by the
+    converter's hook, and ``fallback`` for a page that is still not read. Of the page's other
+    keys, msgspec gives the ``page_keys`` (those the callers read: a decode of the page that
+    kept every key cost a sixth of the whole); ``fallback`` gives them all.
+    """
+    struct = wire_struct(cls)
+    if struct is None:
+        return fallback
+    unset = msgspec.UNSET
+    page_struct = msgspec.defstruct(
+        f"Wire{cls.__name__}Page",
+        [
+            (key, list[struct] | None, None),  # type: ignore[valid-type]
+            *((k, Any, unset) for k in page_keys),
+        ],
+        kw_only=True,
+    )
+    page_decoder = msgspec.json.Decoder(page_struct)
+    raw_page_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])
+    raw_rows_decoder = msgspec.json.Decoder(list[msgspec.Raw] | None)
+    row_decoder = msgspec.json.Decoder(struct)
+    value_decoder = msgspec.json.Decoder()
+    astuple = msgspec.structs.astuple
+    build = make_tuple_build_fn(cls, converter)
+    hook = converter.get_structure_hook(cls)
+
+    def read_row(raw: Any) -> T:
+        try:
+            return cast(T, build(astuple(row_decoder.decode(raw))))
+        except _REFUSED:
+            return cast(T, hook(_json.loads(bytes(raw)), cls))
+
+    def read_page(body: bytes) -> tuple[list[T], dict[str, Any]]:
+        try:
+            page = page_decoder.decode(body)
+            records = getattr(page, key) or ()
+            meta = {k: v for k in page_keys if (v := getattr(page, k)) is not unset}
+            return [build(astuple(record)) for record in records], meta
+        except _REFUSED:
+            pass
+        try:  # a record msgspec refuses: each record on its own
+            raw_page = raw_page_decoder.decode(body)
+            raw = raw_page.pop(key, None)
+            rows = [] if raw is None else raw_rows_decoder.decode(raw) or ()
+            return [read_row(row) for row in rows], {
+                k: value_decoder.decode(v) for k, v in raw_page.items()
+            }
+        except _REFUSED:
+            return fallback(body)
+
+    return read_page
+
+
+#: What msgspec (its errors are ValueErrors), a build or a hook raise for a record they refuse.
+_REFUSED: Final = (ValueError, TypeError, ArithmeticError, AttributeError, KeyError, RecursionError)

@@ -1,0 +1,313 @@
+"""Requests and answers as plain data: bytes in, data or :class:`APIError` out, no I/O.
+
+What a call sends (:class:`Request`) and what its answer means (:func:`read_response`) are
+decided here, testable without an event loop or a server; the session layer (``_session``)
+only carries them over the network. See docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+import aiohttp
+import attrs
+
+from . import _json
+from ._auth import Token
+from ._exceptions import (
+    APIError,
+    AuthenticationError,
+    ResponseDecodeError,
+    ResponseTooLargeError,
+    coerce_code,
+    error_class,
+)
+from ._redact import MASK, redact
+from ._retry import parse_retry_after
+from ._version import __version__
+
+__all__ = [
+    "DEFAULT_AUTH_ERROR_CODES",
+    "TOKEN_PATH",
+    "USER_AGENT",
+    "APIResponse",
+    "Request",
+    "read_response",
+    "read_token",
+    "token_request",
+]
+
+#: Body codes meaning "this token is no longer valid" (docs/contract.md, "Errors": undocumented
+#: by the service, so configurable).
+DEFAULT_AUTH_ERROR_CODES: frozenset[int | str] = frozenset({40001, 40014, 42001})
+TOKEN_PATH = "/security/accesstoken"
+#: What a token's lifetime is taken to be when the answer does not say (docs/contract.md).
+DEFAULT_TOKEN_LIFETIME = 7200.0
+#: Sent with every request, so that the service's operators can tell who calls.
+USER_AGENT = f"dmhub-async/{__version__} aiohttp/{aiohttp.__version__}"
+_HEADERS = {"User-Agent": USER_AGENT}
+_JSON_HEADERS = {**_HEADERS, "Content-Type": "application/json; charset=utf-8"}
+
+
+def _redact_params(params: Mapping[str, str] | None) -> str:
+    if not params:
+        return repr(params)
+    return repr({k: MASK if k in ("secret", "access_token") else v for k, v in params.items()})
+
+
+@attrs.frozen
+class Request:
+    """One API call, before the token is added: what the retry loop repeats."""
+
+    method: str
+    path: str
+    #: The token request's query holds the secret: keep it out of the repr.
+    params: Mapping[str, str] | None = attrs.field(default=None, repr=_redact_params)
+    json: Any = None
+    #: Safe to repeat when the first answer was lost (GET, PUT, DELETE, upserts).
+    idempotent: bool = True
+    #: Body codes that mean "no such record" for this call (40201 on a single-customer read).
+    not_found_codes: frozenset[int | str] = frozenset()
+    authenticated: bool = True
+
+    def describe(self) -> str:
+        """``METHOD /path?query`` with no token in it."""
+        query = f"?{redact(urlencode(self.params))}" if self.params else ""
+        return f"{self.method} {self.path}{query}"
+
+    def query(self, token: str | None) -> dict[str, str]:
+        """The query string to send: the params, and the token (docs/contract.md, "Transport")."""
+        params = dict(self.params) if self.params else {}
+        if token is not None:
+            params["access_token"] = token
+        return params
+
+    def body(self) -> tuple[bytes | None, Mapping[str, str]]:
+        """The encoded JSON body (None when there is none) and the headers to send."""
+        if self.json is None:
+            return None, _HEADERS
+        return json.dumps(self.json, ensure_ascii=False).encode(), _JSON_HEADERS
+
+
+#: Headers a service or its gateway may name a request by, for its operators to look it up.
+REQUEST_ID_HEADERS = ("X-Request-Id", "X-Trace-Id", "Request-Id")
+
+
+def request_id(headers: Mapping[str, str]) -> str | None:
+    """The request id an answer carries, if any (see ``REQUEST_ID_HEADERS``)."""
+    for name in REQUEST_ID_HEADERS:
+        value = headers.get(name)
+        if value:
+            return value
+    return None
+
+
+@attrs.frozen
+class APIResponse:
+    """A successful answer: status, headers, decoded body, and the retries it took.
+
+    ``dm.last_response`` is the latest one the calling task received.
+    """
+
+    status: int
+    headers: Mapping[str, str] = attrs.field(repr=False)
+    data: Any = attrs.field(repr=False)
+    retries: int = 0
+
+    @property
+    def status_code(self) -> int:
+        """``status``, by the name most HTTP libraries give it."""
+        return self.status
+
+    @property
+    def request_id(self) -> str | None:
+        """The id the service gave this request (``X-Request-Id`` and the like), if any."""
+        return request_id(self.headers)
+
+
+def token_request(app_id: str, secret: str) -> Request:
+    """The token request (docs/contract.md, "Transport and authentication")."""
+    return Request(
+        "GET",
+        TOKEN_PATH,
+        {"grant_type": "client_credentials", "appid": app_id, "secret": secret},
+        authenticated=False,
+    )
+
+
+def read_token(data: Any, started: float) -> Token:
+    """The token in a token answer fetched at ``started``, or ResponseDecodeError."""
+    if not isinstance(data, dict) or not data.get("access_token"):
+        raise ResponseDecodeError(
+            f"GET {TOKEN_PATH} -> a body without access_token",
+            status=200,
+            method="GET",
+            path=TOKEN_PATH,
+        )
+    try:
+        expires_in = float(data.get("expires_in") or DEFAULT_TOKEN_LIFETIME)
+    except (TypeError, ValueError):
+        expires_in = DEFAULT_TOKEN_LIFETIME
+    return Token(str(data["access_token"]), started + expires_in)
+
+
+def read_response(
+    request: Request,
+    status: int,
+    headers: Mapping[str, str],
+    body: bytes,
+    *,
+    auth_codes: frozenset[int | str] = DEFAULT_AUTH_ERROR_CODES,
+    now: float = 0.0,
+    secrets: Iterable[str | None] = (),
+) -> Any:
+    """The decoded body of a successful answer, or the :class:`APIError` it stands for, raised.
+
+    Any body with a non-zero ``error_code`` is an error whatever the HTTP status: the service
+    answers errors on HTTP 200 (docs/contract.md, "Errors").
+    """
+    data: Any = None
+    decoded = True
+    if body.strip():
+        try:
+            data = _json.loads(body)
+        except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError too
+            decoded = False  # RecursionError: nested deeper than the decoders go ([[[[...)
+    elif 200 <= status < 300:
+        return None  # 204 on delete, or an empty success
+
+    code: int | str | None = None
+    description: str | None = None
+    if isinstance(data, dict) and "error_code" in data:
+        code = coerce_code(data.get("error_code"))
+        if code == 0:
+            code = None
+        else:
+            raw = data.get("error_description")
+            description = redact(str(raw), secrets) if raw is not None else None
+
+    if 200 <= status < 300 and code is None:
+        if not decoded:
+            raise build_error(
+                ResponseDecodeError,
+                request,
+                status,
+                None,
+                _snippet(body, secrets),
+                headers=headers,
+                body=_body_text(body, secrets),
+            )
+        return data
+
+    if request.path == TOKEN_PATH and (status < 300 or 400 <= status < 500) and status != 429:
+        cls: type[APIError] = AuthenticationError  # bad appid/secret, on HTTP 200 live
+    else:
+        cls = error_class(
+            status, code, auth_codes=auth_codes, not_found_codes=request.not_found_codes
+        )
+    if 300 <= status < 400:
+        # Not followed: the token (and on the token request, the secret) rides in the query,
+        # which a redirect to another host would hand over (docs/reliability.md, "Hostile
+        # server").
+        description = (
+            f"a redirect to {_origin(headers.get('Location'))}, not followed: requests carry "
+            "credentials, which must not go to another address"
+        )
+    if description is None and not decoded:
+        description = _snippet(body, secrets)
+    retry_after = None
+    if status in (429, 503):
+        retry_after = parse_retry_after(headers.get("Retry-After"), now)
+    raise build_error(
+        cls,
+        request,
+        status,
+        code,
+        description,
+        retry_after=retry_after,
+        headers=headers,
+        body=_body_text(body, secrets),
+    )
+
+
+def too_large(request: Request, status: int, limit: int) -> APIError:
+    """The error for an answer whose body is over ``limit`` bytes (it is not read further)."""
+    description = (
+        f"the answer is larger than max_response_size ({limit:,} bytes): not read. "
+        "Raise max_response_size if the service really sends that much"
+    )
+    return build_error(ResponseTooLargeError, request, status, None, description)
+
+
+def _origin(location: str | None) -> str:
+    """``scheme://host:port`` of a ``Location``: where a redirect points, without the query."""
+    if not location:
+        return "nowhere (no Location)"
+    try:
+        parts = urlsplit(location)
+        host = parts.hostname
+        port = parts.port
+    except ValueError:
+        return "an unreadable Location"
+    if not host:
+        return "the same host"
+    return f"{parts.scheme}://{host}" + (f":{port}" if port else "")
+
+
+def _body_text(body: bytes, secrets: Iterable[str | None]) -> str | None:
+    """The start of a body as text, redacted before it is cut (see ``_snippet``)."""
+    if not body:
+        return None
+    text = redact(body[:4096].decode("utf-8", "replace"), secrets)
+    return text[:1000] + ("..." if len(text) > 1000 or len(body) > 4096 else "")
+
+
+def _snippet(body: bytes, secrets: Iterable[str | None]) -> str:
+    # Redact before cutting: a secret cut in half at the edge would no longer be recognised,
+    # and its first half would leak.
+    text = redact(body[:4096].decode("utf-8", "replace"), secrets)
+    cut = text[:120].strip().replace("\n", " ")
+    return f"not JSON: {cut!r}" + ("..." if len(body) > 120 else "")
+
+
+def build_error(
+    cls: type[APIError],
+    request: Request,
+    status: int,
+    code: int | str | None,
+    description: str | None,
+    *,
+    retry_after: float | None = None,
+    headers: Mapping[str, str] | None = None,
+    body: str | None = None,
+) -> APIError:
+    """The error for an answer, saying whether a write's outcome is unknown."""
+    message = f"{request.method} {request.path} -> HTTP {status}"
+    if code is not None:
+        message += f", error_code {code}"
+    if description:
+        message += f": {description}"
+    if retry_after is not None:
+        message += f" (Retry-After {retry_after:g}s)"
+    # A write whose answer failed may still have been applied: don't repeat it blindly.
+    # 429 and 503 are refusals: nothing was written. A 4xx is final anyway, and so is an
+    # error_code on a 2xx: the service answered, and said no. A 2xx we cannot read is unknown.
+    unknown = not request.idempotent and (
+        (status < 300 and code is None) or (status >= 500 and status != 503)
+    )
+    return cls(
+        message,
+        status=status,
+        code=code,
+        description=description,
+        method=request.method,
+        path=request.path,
+        outcome_unknown=unknown,
+        retry_after=retry_after,
+        headers=headers,
+        body=body,
+        request_id=request_id(headers) if headers else None,
+    )

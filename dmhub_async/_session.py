@@ -1,0 +1,396 @@
+"""The session layer: the token, the limits, the retry loop, and aiohttp: the only I/O.
+
+Resources and the paginator send through a :class:`Session`; what a request is and what its
+answer means is decided in ``_sansio``, how often to try in ``_retry``. Secrets are kept out of
+every error and log line (``_redact``). See docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import copy
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import aiohttp
+import attrs
+from backoff.types import Details
+
+from ._auth import Token, TokenManager, TokenStore, token_key
+from ._exceptions import (
+    APIConnectionError,
+    APIError,
+    APITimeoutError,
+    AuthenticationError,
+    DMHubError,
+)
+from ._limits import Limits
+from ._redact import RedactedCause
+from ._redact import watch as redact_watch
+from ._retry import RetryPolicy, retrying
+from ._sansio import (
+    TOKEN_PATH,
+    APIResponse,
+    Request,
+    read_response,
+    read_token,
+    token_request,
+    too_large,
+)
+
+__all__ = ["ClientStats", "Session"]
+
+logger = logging.getLogger("dmhub_async")
+
+
+@attrs.define
+class ClientStats:
+    """What a client has done so far."""
+
+    requests: int = 0
+    retries: int = 0
+    token_fetches: int = 0
+
+
+@attrs.define
+class _Call:
+    """One call's progress through its attempts."""
+
+    request: Request
+    retries: int = 0
+    refreshed: bool = False
+
+
+def _from_token_request(err: BaseException) -> bool:
+    # A failed token request had its own retries: repeating them here would multiply them.
+    return getattr(err, "path", None) == TOKEN_PATH
+
+
+#: The latest answer each task received, and from which session (see ``last_response``).
+_last_response: contextvars.ContextVar[tuple[int, APIResponse] | None] = contextvars.ContextVar(
+    "dmhub_async_last_response", default=None
+)
+
+
+@attrs.define
+class _Connection:
+    """What a client and the clients derived from it (``with_options``) share."""
+
+    http: aiohttp.ClientSession | None
+    owns_http: bool
+    max_concurrency: int
+    closed: bool = False
+    #: The event loop of the first call: aiohttp's session and asyncio's locks belong to it.
+    loop: asyncio.AbstractEventLoop | None = None
+
+
+class Session:
+    """Sends :class:`Request` s to one base URL: token, limits, retries, errors, aiohttp.
+
+    Built by :class:`DMHubClient` from its settings; ``http`` is None until the first request
+    when the client makes its own ``aiohttp.ClientSession``.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        app_id: str | None,
+        secret: str | None,
+        access_token: str | None,
+        token_store: TokenStore,
+        http: aiohttp.ClientSession | None,
+        timeout: aiohttp.ClientTimeout,
+        max_concurrency: int,
+        max_response_size: int,
+        limits: Limits,
+        policy: RetryPolicy,
+        auth_codes: frozenset[int | str],
+        clock: Callable[[], float],
+        sleep: Callable[[float], Awaitable[None]],
+    ) -> None:
+        self.base_url = base_url
+        self.app_id = app_id
+        self._secret = secret
+        self._static_token = access_token
+        self._conn = _Connection(http, http is None, max_concurrency)
+        self._timeout = timeout
+        self._headers: Mapping[str, str] = {}
+        self._max_response_size = max_response_size
+        self._limits = limits
+        self.policy = policy
+        self._auth_codes = auth_codes
+        self._clock = clock
+        self._sleep = sleep
+        self.derived = False
+        self.stats = ClientStats()
+        self._current_token: str | None = None
+        redact_watch(self)
+        self._tokens: TokenManager | None = None
+        if app_id and secret:
+            self._tokens = TokenManager(
+                token_key(base_url, app_id, secret),
+                token_store,
+                self._fetch_token,
+                clock,
+                timeout=timeout.total or 30.0,
+            )
+        self._build_retries()
+
+    def _build_retries(self) -> None:
+        clock, sleep, on_backoff = self._clock, self._sleep, self._on_backoff
+        self._send_call = retrying(
+            self._attempt,
+            self.policy,
+            clock=clock,
+            sleep=sleep,
+            on_backoff=on_backoff,
+            giveup=_from_token_request,
+        )
+        self._send_token_request = retrying(
+            self._attempt, self.policy, clock=clock, sleep=sleep, on_backoff=on_backoff
+        )
+
+    def derive(
+        self,
+        *,
+        timeout: aiohttp.ClientTimeout | None = None,
+        policy: RetryPolicy | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Session:
+        """A session with other settings that shares this one's connection, token and limits."""
+        derived = copy.copy(self)
+        derived.derived = True
+        if timeout is not None:
+            derived._timeout = timeout
+        if policy is not None:
+            derived.policy = policy
+        if headers:
+            derived._headers = {**self._headers, **headers}
+        derived._build_retries()  # its loops must call the derived session, not this one
+        redact_watch(derived)
+        return derived
+
+    def __repr__(self) -> str:
+        return f"Session(base_url={self.base_url!r}, app_id={self.app_id!r})"
+
+    @property
+    def timeout(self) -> aiohttp.ClientTimeout:
+        """The timeouts of one attempt."""
+        return self._timeout
+
+    @property
+    def http(self) -> aiohttp.ClientSession | None:
+        """The aiohttp session: None until the first request when the client makes its own."""
+        return self._conn.http
+
+    @property
+    def closed(self) -> bool:
+        """Whether the client (or the one this was derived from) was closed."""
+        return self._conn.closed
+
+    @property
+    def last_response(self) -> APIResponse | None:
+        """The latest answer the calling task received through this session."""
+        latest = _last_response.get()
+        return latest[1] if latest is not None and latest[0] == id(self) else None
+
+    @property
+    def secrets(self) -> tuple[str | None, ...]:
+        """The secret and the tokens this session uses: masked in every error."""
+        return (self._secret, self._static_token, self._current_token)
+
+    async def aclose(self) -> None:
+        """Close the HTTP session if this layer made it (a passed-in one is left open).
+
+        A derived session leaves it open: it belongs to the session it was derived from.
+        """
+        if self.derived:
+            return
+        conn = self._conn
+        conn.closed = True
+        if conn.owns_http and conn.http is not None:
+            http, conn.http = conn.http, None
+            await http.close()
+
+    def check_open(self) -> None:
+        """Raise DMHubError when closed, or when called from another event loop."""
+        conn = self._conn
+        if conn.closed:
+            raise DMHubError("this DMHubClient is closed: make a new one")
+        loop = asyncio.get_running_loop()
+        if conn.loop is not loop:
+            if conn.loop is not None:
+                raise DMHubError(
+                    "this DMHubClient was used in another event loop (an earlier "
+                    "asyncio.run()?), whose connections cannot be used in this one: make the "
+                    "client inside the coroutine you run, e.g. `async with DMHubClient() as dm:` "
+                    "in main(), once per asyncio.run()"
+                )
+            conn.loop = loop
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        json: Any = None,
+        idempotent: bool = True,
+        not_found_codes: frozenset[int | str] = frozenset(),
+    ) -> Any:
+        """The decoded JSON body of one call, with retries (None for an empty answer)."""
+        request = Request(method, path, params, json, idempotent, not_found_codes)
+        response = await self.send(request)
+        return response.data
+
+    async def send(self, request: Request) -> APIResponse:
+        """The answer to ``request``, with retries; an :class:`APIError` or connection error."""
+        self.check_open()
+        response: APIResponse = await self._send_call(_Call(request))
+        _last_response.set((id(self), response))
+        return response
+
+    def _on_backoff(self, details: Details) -> None:
+        # Every retry, the token request's included: stats.requests counts their attempts too.
+        call: _Call = details["args"][0]
+        err = details["exception"]  # type: ignore[typeddict-item]
+        call.retries += 1
+        self.stats.retries += 1
+        logger.info(
+            "retrying %s after %s (retry %d of %d) in %.2fs",
+            call.request.describe(),
+            f"HTTP {err.status} {type(err).__name__}"
+            if isinstance(err, APIError)
+            else type(err).__name__,
+            call.retries,
+            self.policy.max_retries,
+            details["wait"],
+        )
+
+    async def _attempt(self, call: _Call) -> APIResponse:
+        request = call.request
+        if not request.authenticated:
+            return await self._send(request, None, call.retries)
+        token = await self._token()
+        try:
+            return await self._send(request, token, call.retries)
+        except AuthenticationError:
+            # docs/contract.md: a refused token is refreshed once and the call retried once.
+            if self._tokens is None or call.refreshed:
+                raise
+            call.refreshed = True
+        token = self._current_token = await self._tokens.refresh(stale=token)
+        return await self._send(request, token, call.retries)
+
+    async def _token(self) -> str:
+        if self._tokens is None:
+            assert self._static_token is not None
+            return self._static_token
+        token = self._current_token = await self._tokens.token()
+        return token
+
+    async def _fetch_token(self) -> Token:
+        assert self.app_id is not None
+        assert self._secret is not None
+        self.stats.token_fetches += 1
+        started = self._clock()
+        response: APIResponse = await self._send_token_request(
+            _Call(token_request(self.app_id, self._secret))
+        )
+        return read_token(response.data, started)
+
+    def _http_session(self) -> aiohttp.ClientSession:
+        conn = self._conn
+        if conn.http is None:
+            conn.http = aiohttp.ClientSession(
+                timeout=self._timeout,
+                connector=aiohttp.TCPConnector(limit=conn.max_concurrency),
+                trust_env=True,  # HTTPS_PROXY, HTTP_PROXY, NO_PROXY, as users expect
+            )
+        return conn.http
+
+    async def _send(self, request: Request, token: str | None, retries: int) -> APIResponse:
+        params = request.query(token)
+        body, headers = request.body()
+        if self._headers:
+            headers = {**headers, **self._headers}
+        failure: BaseException | None = None
+        async with self._limits:
+            # The client may have been closed while this request queued for its slot.
+            self.check_open()
+            http = self._http_session()
+            started = time.perf_counter()
+            self.stats.requests += 1
+            try:
+                async with http.request(
+                    request.method,
+                    self.base_url + request.path,
+                    params=params,
+                    data=body,
+                    headers=headers,
+                    timeout=self._timeout,  # a passed-in session has its own default
+                    allow_redirects=False,  # see read_response: credentials stay here
+                ) as resp:
+                    # Read it all inside the block: a retry never holds a connection.
+                    status, resp_headers = resp.status, resp.headers
+                    payload = await self._read(request, resp)
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as err:
+                failure = err
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        # The token this request carried: by the time its answer comes back another call may
+        # have refreshed it, so self._current_token is not enough.
+        secrets = (*self.secrets, token)
+        if failure is not None:
+            # Raised outside the except block, from a redacted stand-in: aiohttp's exceptions
+            # carry the URL, and so the token; they must not ride along as cause or context.
+            logger.debug(
+                "%s failed: %s (%.1f ms)", request.describe(), type(failure).__name__, elapsed_ms
+            )
+            raise _connection_error(request, failure) from RedactedCause(failure, secrets)
+        if logger.isEnabledFor(logging.DEBUG):  # describe() encodes the query: not for nothing
+            logger.debug("%s -> %d (%.1f ms)", request.describe(), status, elapsed_ms)
+        data = read_response(
+            request,
+            status,
+            resp_headers,
+            payload,
+            auth_codes=self._auth_codes,
+            now=self._clock(),
+            secrets=secrets,
+        )
+        return APIResponse(status, resp_headers, data, retries)
+
+    async def _read(self, request: Request, resp: aiohttp.ClientResponse) -> bytes:
+        """The body, or APIResponseTooLargeError as soon as it passes ``max_response_size``."""
+        limit = self._max_response_size
+        length = resp.content_length
+        if length is not None and length > limit:
+            raise too_large(request, resp.status, limit)
+        if length is not None and "Content-Encoding" not in resp.headers:
+            return await resp.read()  # its declared length, within the limit
+        body = bytearray()  # chunked or compressed: the size is known only by reading
+        async for chunk in resp.content.iter_chunked(1 << 16):
+            body += chunk
+            if len(body) > limit:
+                raise too_large(request, resp.status, limit)
+        return bytes(body)
+
+
+def _connection_error(request: Request, err: BaseException) -> APIConnectionError:
+    """Our error for an aiohttp or timeout failure; says when a write's outcome is unknown."""
+    not_sent = isinstance(err, aiohttp.ClientConnectorError)  # refused or DNS: never reached
+    unknown = not request.idempotent and not not_sent
+    timeout = isinstance(err, (asyncio.TimeoutError, aiohttp.ServerTimeoutError))
+    what = "timed out" if timeout else f"failed ({type(err).__name__})"
+    message = f"{request.method} {request.path} {what}"
+    if unknown:
+        message += (
+            "; the request may have reached the service, so its outcome is unknown and it was"
+            " not repeated: check before trying again"
+        )
+    cls = APITimeoutError if timeout else APIConnectionError
+    return cls(message, method=request.method, path=request.path, outcome_unknown=unknown)

@@ -1,0 +1,171 @@
+"""A token store in a private file, for processes on one machine (docs/reliability.md,
+"Token stores"): written safely, read only when it is the user's own and nobody else's."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import json
+import os
+import stat
+import tempfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import filelock
+
+from ._exceptions import TokenStoreError
+from ._token_stores import LoopLocks, Token
+
+__all__ = ["FileTokenStore"]
+
+# Not on Windows: there, no links to follow and no FIFO to block on.
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+_LOCK_POLL = 0.02  # seconds between tries of a file lock another process holds
+
+
+class FileTokenStore:
+    """Tokens in a private JSON file (mode 0600), file-locked: processes on one machine share them.
+
+    The file is written through a fresh temporary file in the same directory (``mkstemp``) and
+    renamed over the old one; links are not followed. A token file (or its directory) that
+    another user owns or that others can read or write is refused with a
+    :class:`TokenStoreError` (``unsafe=True``); a missing directory is created with mode 0700.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, lock_timeout: float = 60.0) -> None:
+        self.path = Path(path)
+        self._lock_timeout = lock_timeout
+        self._file_lock = filelock.FileLock(
+            str(self.path) + ".lock", thread_local=False, mode=0o600
+        )
+        self._locks = LoopLocks()
+
+    def _error(self, message: str, *, unsafe: bool = False) -> TokenStoreError:
+        return TokenStoreError(f"{self!r}: {message}", store=repr(self), unsafe=unsafe)
+
+    def _check_owner(self, st: os.stat_result, what: str, path: Path) -> None:
+        if not hasattr(os, "getuid"):
+            return  # not POSIX: no owners and modes to check
+        if st.st_uid != os.getuid():
+            raise self._error(
+                f"the {what} {str(path)!r} belongs to another user (uid {st.st_uid}): refusing it",
+                unsafe=True,
+            )
+        others = 0o022 if what == "directory" else 0o077
+        if st.st_mode & others:
+            raise self._error(
+                f"the {what} {str(path)!r} is open to other users (mode "
+                f"{stat.S_IMODE(st.st_mode):o}): refusing it; chmod "
+                f"{'700' if what == 'directory' else '600'} it",
+                unsafe=True,
+            )
+
+    def _check_directory(self, *, create: bool) -> bool:
+        """Whether the directory exists (made with mode 0700 if ``create``), and is safe."""
+        directory = self.path.parent
+        try:
+            if create:
+                directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            st = directory.stat()
+        except FileNotFoundError:
+            return False
+        except OSError as err:
+            raise self._error(f"cannot use the directory: {err.strerror}") from None
+        self._check_owner(st, "directory", directory)
+        return True
+
+    def _read(self) -> dict[str, Any]:
+        if not self._check_directory(create=False):
+            return {}
+        try:
+            fd = os.open(self.path, os.O_RDONLY | _NOFOLLOW | _NONBLOCK)
+        except FileNotFoundError:
+            return {}
+        except OSError as err:
+            if err.errno == errno.ELOOP:
+                raise self._error(
+                    f"{str(self.path)!r} is a symbolic link: refusing to follow it", unsafe=True
+                ) from None
+            raise self._error(f"cannot read the token file: {err.strerror}") from None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise self._error(f"{str(self.path)!r} is not a regular file: refusing it")
+            self._check_owner(st, "token file", self.path)
+        except BaseException:
+            os.close(fd)
+            raise
+        with os.fdopen(fd, "rb") as fh:
+            raw = fh.read()
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def _write(self, data: dict[str, Any]) -> None:
+        self._check_directory(create=True)
+        # mkstemp: O_EXCL, O_NOFOLLOW, mode 0600 and a name nobody can guess ahead.
+        fd, tmp = tempfile.mkstemp(
+            dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp"
+        )
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                json.dump(data, fh)
+            os.replace(tmp, self.path)  # rename replaces a link itself, never its target
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+    async def get(self, key: str) -> Token | None:
+        """The stored token for ``key``, or None."""
+        return Token.from_json(self._read().get(key))
+
+    async def set(self, key: str, token: Token) -> None:
+        """Store ``token`` for ``key`` (callers hold :meth:`lock`)."""
+        data = self._read()
+        data[key] = token.to_json()
+        try:
+            self._write(data)
+        except OSError as err:
+            raise self._error(f"cannot write the token file: {err.strerror}") from None
+
+    @asynccontextmanager
+    async def lock(self, key: str) -> AsyncIterator[None]:
+        """This process's lock for ``key``, then the file lock that other processes see.
+
+        The file lock is tried without blocking and waited for on the event loop, so a caller
+        that gives up (a timeout, a cancellation) never leaves it held.
+        """
+        async with self._locks.get(key):
+            self._check_directory(create=True)
+            await self._acquire_file_lock()
+            try:
+                yield
+            finally:
+                self._file_lock.release()
+
+    async def _acquire_file_lock(self) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._lock_timeout
+        while True:
+            try:
+                self._file_lock.acquire(blocking=False)
+                return
+            except filelock.Timeout:
+                if loop.time() >= deadline:
+                    raise self._error(
+                        f"the file lock was not had in {self._lock_timeout:g} s"
+                    ) from None
+            except OSError as err:
+                raise self._error(f"cannot lock the token file: {err.strerror}") from None
+            await asyncio.sleep(_LOCK_POLL)
+
+    def __repr__(self) -> str:
+        return f"FileTokenStore({str(self.path)!r})"

@@ -1,0 +1,116 @@
+"""The export's checkpoint: a typed record of what is exported, how far, and where.
+
+Written (atomically, after the data it points past is on disk) after every page, read when
+the same export is run again. A checkpoint resumes only the export it was written by: the same
+service, app, destination, format and filters (docs/reliability.md, "Resuming an export").
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import attrs
+import cattrs
+import orjson
+
+from .._exceptions import InvalidRequestError
+
+__all__ = ["CHECKPOINT_VERSION", "Checkpoint", "ExportScope", "read_checkpoint", "write_checkpoint"]
+
+#: 1: dmhub-async 0.1 (a fingerprint of the file, format and filters, and no service or app).
+CHECKPOINT_VERSION = 2
+
+
+@attrs.frozen
+class ExportScope:
+    """What an export is of. Two exports with the same scope write the same file."""
+
+    base_url: str
+    app_id: str | None
+    dest: str  # absolute
+    format: str
+    encoding: str
+    filters: dict[str, str]  # the query string of the walk, as sent
+
+    def differences(self, other: ExportScope) -> list[str]:
+        """``"format: 'jsonl' in the checkpoint, 'csv' now"`` for each field that differs."""
+        return [
+            f"{field.name}: {getattr(self, field.name)!r} in the checkpoint, "
+            f"{getattr(other, field.name)!r} now"
+            for field in attrs.fields(ExportScope)
+            if getattr(self, field.name) != getattr(other, field.name)
+        ]
+
+
+@attrs.frozen
+class Checkpoint:
+    """Where an export stands after its last page written."""
+
+    scope: ExportScope
+    page_size: int  # a page number means nothing at another size
+    next_page: int  # where the walk would go on; a hint, checked against last_id on resume
+    last_id: Any  # the last id written: the walk resumes after it
+    bytes: int  # the file's length up to that record
+    exported: int  # records in those bytes
+    duplicates: int
+    header: tuple[str, ...] | None  # the CSV header written
+    count_before: int | None
+    version: int = CHECKPOINT_VERSION
+
+
+_converter = cattrs.Converter(forbid_extra_keys=True)
+
+
+def write_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
+    """Replace the checkpoint at ``path`` atomically (a kill leaves the old one or the new).
+
+    The temporary file is made by ``mkstemp`` next to it: an unpredictable name, created
+    exclusively, never a link followed; ``fsync`` before the rename, so that after a crash
+    the checkpoint on disk never points past data that is not.
+    """
+    data = orjson.dumps(_converter.unstructure(checkpoint))
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_checkpoint(path: Path, scope: ExportScope) -> Checkpoint | None:
+    """The checkpoint at ``path`` if there is one; refused unless it is of this ``scope``."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        data = None
+    version = data.get("version") if isinstance(data, dict) else None
+    if version == 1:
+        raise InvalidRequestError(
+            f"checkpoint {str(path)!r} was written by dmhub-async 0.1, which did not record the "
+            "service and app it exported from, so it cannot be checked: finish that export with "
+            "0.1, or delete the checkpoint and the output to start over"
+        )
+    try:
+        if version != CHECKPOINT_VERSION:
+            raise ValueError(version)
+        checkpoint = _converter.structure(data, Checkpoint)
+    except (ValueError, TypeError, KeyError, cattrs.BaseValidationError):
+        raise InvalidRequestError(f"checkpoint {str(path)!r} is not a checkpoint file") from None
+    differences = checkpoint.scope.differences(scope)
+    if differences:
+        raise InvalidRequestError(
+            f"checkpoint {str(path)!r} belongs to another export ({'; '.join(differences)}): "
+            "delete it to start over"
+        )
+    return checkpoint

@@ -1,0 +1,284 @@
+"""``export_customers``: the walk by id, page by page into the output, then the final check."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, Literal
+
+from typing_extensions import Unpack
+
+from .._exceptions import InvalidRequestError
+from .._pagination import AsyncPaginator
+from ..resources.customers import CustomerFilters, customer_filter_params
+from ._checkpoint import Checkpoint, ExportScope
+from ._ids import IdSet
+from ._output import Output, check_path
+from ._reconcile import final_check, start_page
+from ._report import ExportProgress, ExportReport
+from ._writers import Format, Writer, new_writer
+
+if TYPE_CHECKING:
+    from .._client import DMHubClient
+
+__all__ = ["export_customers"]
+
+Verify = Literal["auto", "always"]
+Encoding = Literal["utf-8", "utf-8-sig"]
+
+
+async def export_customers(
+    client: DMHubClient,
+    dest: str | os.PathLike[str] | IO[bytes],
+    *,
+    format: Format | None = None,
+    page_size: int = 100,
+    concurrency: int = 8,
+    progress: bool = True,
+    checkpoint: str | os.PathLike[str] | None = None,
+    on_progress: Callable[[ExportProgress], None] | None = None,
+    verify: Verify = "auto",
+    encoding: Encoding = "utf-8",
+    **filters: Unpack[CustomerFilters],
+) -> ExportReport:
+    """Export the customers that match ``filters`` to ``dest``, each exactly once.
+
+    Args:
+        client: an open :class:`DMHubClient`.
+        dest: the output file (its extension picks the format unless ``format`` is given):
+            without a checkpoint, replaced only when the export is done; with one, written in
+            place. Or a writable binary stream (such as ``sys.stdout.buffer``), written as rows
+            come and not resumable.
+        format: ``"jsonl"`` or ``"csv"``.
+        page_size: rows a request (the service serves at most 100); a resumed export keeps
+            the size it began with.
+        concurrency: pages fetched at once.
+        progress: show a progress bar (tqdm) when stderr is a terminal.
+        checkpoint: a file recording progress after every page: rerun the same call to resume.
+        on_progress: called with an :class:`ExportProgress` after every page written.
+        verify: when the final check (an id-only walk, see :class:`ExportReport`) runs:
+            ``"auto"`` when the export was resumed or anything suggests customers changed
+            during it, ``"always"`` after every export.
+        encoding: ``"utf-8"``, or for CSV ``"utf-8-sig"`` (a byte order mark first, which
+            Excel needs to read UTF-8).
+        **filters: the filters of :meth:`Customers.list` (``sort_by``/``sort_order`` excepted:
+            the export walks by id, which is what makes it exact and resumable). With
+            ``select``, a CSV has only the selected columns (``id`` first).
+
+    Raises:
+        InvalidRequestError: a bad filter, format or destination (a directory, a link, a
+            FIFO, a device), a checkpoint of another export or an output that does not
+            match it, or the destination in use by another export.
+        OSError: the output cannot be written.
+    """
+    started = time.monotonic()
+    if verify not in ("auto", "always"):
+        raise InvalidRequestError(f"verify must be 'auto' or 'always', not {verify!r}")
+    target, fmt, scope, checkpoint_path = _plan(
+        client, dest, format, encoding, checkpoint, dict(filters)
+    )
+    # Built (and so checked: page_size, concurrency) before any request or file is touched.
+    client.customers.list_rows(page_size=page_size, concurrency=concurrency, **filters)
+    out = Output(target, checkpoint_path, scope)
+    try:
+        label = str(target) if isinstance(target, Path) else str(getattr(target, "name", "-"))
+        writer = new_writer(
+            fmt,
+            out.found.header if out.found is not None else None,
+            select=_columns(dict(filters)),
+            bom=encoding == "utf-8-sig",
+        )
+        run = _Run(client, out, writer, label, fmt, scope, dict(filters), page_size, on_progress)
+        report = await run.export(concurrency, progress=progress, verify=verify)
+        out.finish()
+    finally:
+        out.close()
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def _plan(
+    client: DMHubClient,
+    dest: str | os.PathLike[str] | IO[bytes],
+    format: str | None,
+    encoding: str,
+    checkpoint: str | os.PathLike[str] | None,
+    filters: dict[str, Any],
+) -> tuple[Path | IO[bytes], Format, ExportScope | None, Path | None]:
+    """The checked destination, format, scope and checkpoint path; nothing is sent or written."""
+    if "sort_by" in filters or "sort_order" in filters:
+        raise InvalidRequestError("export_customers() walks by id: sort_by/sort_order not allowed")
+    params = customer_filter_params("export_customers", filters)
+    fmt = _format_of(Path(dest).suffix if isinstance(dest, (str, os.PathLike)) else "", format)
+    if encoding not in ("utf-8", "utf-8-sig") or (encoding != "utf-8" and fmt != "csv"):
+        raise InvalidRequestError(
+            f"encoding must be 'utf-8' (or 'utf-8-sig' for CSV), not {encoding!r} for {fmt}"
+        )
+    if not isinstance(dest, (str, os.PathLike)):
+        if isinstance(dest, io.TextIOBase) or not callable(getattr(dest, "write", None)):
+            raise InvalidRequestError(
+                "dest must be a path or a binary stream (sys.stdout.buffer, not sys.stdout)"
+            )
+        if checkpoint is not None:
+            raise InvalidRequestError("an export to a stream cannot be resumed: no checkpoint")
+        return dest, fmt, None, None
+    path = Path(dest)
+    # Fails early on an unwritable output or checkpoint, before any request: a failure after
+    # the walk would lose it all.
+    check_path(path, "output")
+    checkpoint_path = Path(checkpoint) if checkpoint is not None else None
+    if checkpoint_path is not None:
+        check_path(checkpoint_path, "checkpoint")
+        if checkpoint_path.resolve() == path.resolve():
+            raise InvalidRequestError("the checkpoint cannot be the output file")
+    scope = ExportScope(client.base_url, client.app_id, str(path.resolve()), fmt, encoding, params)
+    return path, fmt, scope, checkpoint_path
+
+
+def _columns(filters: dict[str, Any]) -> list[str] | None:
+    """The wire names of the selected fields (``id`` first), or None for every field."""
+    select = customer_filter_params("export_customers", filters).get("select")
+    return select.split(",") if select else None
+
+
+def _format_of(suffix: str, format: str | None) -> Format:
+    if format is None:
+        format = "csv" if suffix.lower() == ".csv" else "jsonl"
+    if format not in ("jsonl", "csv"):
+        raise InvalidRequestError(f"format must be 'jsonl' or 'csv', not {format!r}")
+    return "csv" if format == "csv" else "jsonl"
+
+
+class _Run:
+    """One run of an export: a new one, or the rest of one a checkpoint recorded."""
+
+    def __init__(
+        self,
+        client: DMHubClient,
+        out: Output,
+        writer: Writer,
+        label: str,
+        fmt: Format,
+        scope: ExportScope | None,
+        filters: dict[str, Any],
+        page_size: int,
+        on_progress: Callable[[ExportProgress], None] | None,
+    ) -> None:
+        self.client, self.out, self.scope, self.filters = client, out, scope, filters
+        self.on_progress = on_progress
+        resumed, found = out.resumed, out.found
+        self.report = ExportReport(path=label, format=fmt, resumed=resumed is not None)
+        # A page number means nothing at another size: a resume keeps the size it began with.
+        self.page_size = resumed.page_size if resumed is not None else page_size
+        self.earlier_duplicates = resumed.duplicates if resumed is not None else 0
+        self.written = found.ids if found is not None else IdSet()
+        self.last_id = found.last_id if found is not None else None
+        self.report.exported = found.count if found is not None else 0
+        self.writer = writer
+
+    async def export(self, concurrency: int, *, progress: bool, verify: Verify) -> ExportReport:
+        """Walk, write, and check; the report (its ``seconds`` excepted)."""
+        report, customers = self.report, self.client.customers
+        first = 1
+        resumed = self.out.resumed
+        if resumed is not None:
+            first = await start_page(
+                self.client, self.filters, self.page_size, resumed.next_page, self.last_id
+            )
+            report.count_before = resumed.count_before
+        else:
+            report.count_before = await customers.count(**self.filters)
+        paginator = customers.list_rows(
+            page_size=self.page_size,
+            concurrency=concurrency,
+            start_page=first,
+            resume_after=self.last_id,
+            **self.filters,
+        )
+        await self._walk(paginator, progress)
+        if self.writer.header is None and report.format == "csv":
+            self.out.write(self.writer.encode([]))  # an empty export still gets its header
+        report.retries = paginator.stats.retries
+        report.count_after = await customers.count(**self.filters)
+        if verify == "always" or self._may_have_missed(paginator):
+            report.verified, report.count_after = await final_check(
+                self.client, self.filters, self.written, self._recover, concurrency=concurrency
+            )
+        return report
+
+    async def _walk(self, paginator: AsyncPaginator[dict[str, Any]], progress: bool) -> None:
+        report = self.report
+        bar = _progress_bar(progress, report.count_before, report.exported)
+        try:
+            # aclosing: on an error here the pages in flight are cancelled now, not when the
+            # abandoned generator is collected.
+            async with contextlib.aclosing(paginator.pages()) as pages:
+                async for page in pages:
+                    self._write(page.items)
+                    report.pages += 1
+                    report.duplicates = self.earlier_duplicates + paginator.stats.duplicates
+                    if self.out.resumable:
+                        self.out.commit(self._checkpoint(page.number + 1))
+                    if bar is not None:
+                        bar.update(len(page.items))
+                    if self.on_progress is not None:
+                        self.on_progress(self._progress())
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def _progress(self) -> ExportProgress:
+        report = self.report
+        return ExportProgress(report.exported, report.count_before, report.pages, report.duplicates)
+
+    def _write(self, rows: Sequence[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        self.out.write(self.writer.encode(rows))
+        for row in rows:
+            customer_id = row.get("id")
+            if customer_id is not None:
+                self.written.add(customer_id)
+                self.last_id = customer_id
+        self.report.exported += len(rows)
+
+    async def _recover(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Customers the final check found missing: appended (after the ordered walk)."""
+        self._write(rows)
+        self.report.recovered += len(rows)
+
+    def _may_have_missed(self, paginator: AsyncPaginator[dict[str, Any]]) -> bool:
+        """Whether anything suggests customers changed while the export ran (or was down)."""
+        report, stats = self.report, paginator.stats
+        counts = {report.count_before, report.count_after, len(self.written)}
+        changed = stats.refetches or stats.unverified or stats.duplicates
+        return report.resumed or len(counts) > 1 or bool(changed)
+
+    def _checkpoint(self, next_page: int) -> Checkpoint:
+        assert self.scope is not None
+        return Checkpoint(
+            scope=self.scope,
+            page_size=self.page_size,
+            next_page=next_page,
+            last_id=self.last_id,
+            bytes=self.out.tell(),
+            exported=self.report.exported,
+            duplicates=self.report.duplicates,
+            header=self.writer.header,
+            count_before=self.report.count_before,
+        )
+
+
+def _progress_bar(enabled: bool, total: int | None, initial: int) -> Any:
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    # disable=None: a bar on a terminal, nothing in a log file or CI.
+    return tqdm(
+        total=total, initial=initial, unit=" customers", unit_scale=True, disable=None, leave=True
+    )

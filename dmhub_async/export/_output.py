@@ -1,0 +1,243 @@
+"""Where an export's rows go, safely: a locked destination, and a checkpoint that matches it.
+
+Without a checkpoint, rows go to a work file made by ``mkstemp`` next to the destination (an
+unpredictable name, created exclusively, no link followed) that replaces it only when the
+export is complete; any failure removes it. With a checkpoint, rows go to the destination
+itself (opened without following a link), so that a rerun finds them: it checks the file
+against the checkpoint before going on (docs/reliability.md, "Resuming an export"). Or rows
+go straight to a binary stream, not resumable.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import stat
+import tempfile
+from pathlib import Path
+from typing import IO
+
+import filelock
+
+from .._exceptions import InvalidRequestError
+from ._checkpoint import Checkpoint, ExportScope, read_checkpoint, write_checkpoint
+from ._writers import Scan, scan
+
+__all__ = ["Output", "check_path"]
+
+logger = logging.getLogger("dmhub_async")
+#: Open without following a link, and without blocking on a FIFO (where the OS has them).
+_SAFE_OPEN = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+
+
+def check_path(path: Path, what: str) -> None:
+    """Refuse a path that is not a regular file (or nothing yet) in a writable directory."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        mode = None
+    if mode is not None and stat.S_ISDIR(mode):
+        raise InvalidRequestError(f"{str(path)!r} is a directory, not a file")
+    if mode is not None and not stat.S_ISREG(mode):
+        kind = "a symbolic link" if stat.S_ISLNK(mode) else "not a regular file"
+        raise InvalidRequestError(f"{what} {str(path)!r} is {kind}: give a regular file")
+    if not path.parent.is_dir() or not os.access(path.parent, os.W_OK):
+        raise InvalidRequestError(f"cannot write to {str(path.parent)!r}")
+
+
+class Output:
+    """The open output of one export: ``write``, ``commit`` after a page, ``finish`` or ``close``.
+
+    ``resumed`` is the checkpoint read and ``found`` what the file was checked to hold (both
+    None for a new export).
+    """
+
+    def __init__(
+        self, dest: Path | IO[bytes], checkpoint: Path | None, scope: ExportScope | None
+    ) -> None:
+        self.resumed: Checkpoint | None = None
+        self.found: Scan | None = None
+        self._locks: list[tuple[filelock.BaseFileLock, Path]] = []
+        self._checkpoint = checkpoint
+        self._committed: int | None = None  # bytes the checkpoint on disk covers
+        self._work: Path | None = None  # the file written, removed if nothing can resume it
+        if not isinstance(dest, Path):
+            self.fh, self._dest = dest, None
+            return
+        assert scope is not None
+        self._dest = dest
+        try:
+            for path in (dest, checkpoint):
+                if path is not None:
+                    self._locks.append(_lock(path))
+            if checkpoint is None:
+                self.fh, self._work = _new_part(dest)
+                return
+            self.resumed = read_checkpoint(checkpoint, scope)
+            self.fh, self._work = _open_in_place(dest), dest
+            if self.resumed is not None:
+                self._check_against(self.resumed, scope)
+            else:
+                self.fh.truncate(0)
+        except BaseException:
+            if self._work is not None and not self.fh.closed:
+                self.fh.close()
+            self._unlock()
+            raise
+
+    def _check_against(self, resumed: Checkpoint, scope: ExportScope) -> None:
+        """Check the file against ``resumed``, and cut it back to what verifies."""
+        self.found = _verified(self.fh, resumed, scope.format, self._dest or Path())
+        self.fh.truncate(self.found.end)  # a torn record after the checkpoint, or a repair
+        self.fh.seek(0, os.SEEK_END)
+        self._committed = resumed.bytes
+
+    @property
+    def resumable(self) -> bool:
+        """Whether this output keeps a checkpoint."""
+        return self._checkpoint is not None
+
+    def write(self, data: bytes) -> None:
+        """Append ``data`` (to the OS cache: quick enough to do on the loop)."""
+        self.fh.write(data)
+
+    def tell(self) -> int:
+        """Bytes written so far."""
+        return self.fh.tell()
+
+    def commit(self, checkpoint: Checkpoint) -> None:
+        """Record ``checkpoint``, once the data it points past is on disk."""
+        assert self._checkpoint is not None
+        self.fh.flush()
+        os.fsync(self.fh.fileno())
+        write_checkpoint(self._checkpoint, checkpoint)
+        self._committed = checkpoint.bytes
+
+    def finish(self) -> None:
+        """The export is complete: the file is in place, the checkpoint goes."""
+        self.fh.flush()
+        if self._work is None or self._dest is None:
+            return  # a stream: the caller closes it
+        os.fsync(self.fh.fileno())
+        if self._work != self._dest:
+            os.fchmod(self.fh.fileno(), 0o666 & ~_umask())  # as open() would have made it
+            os.replace(self._work, self._dest)
+        self.fh.close()
+        self._work = None
+        if self._checkpoint is not None:
+            self._checkpoint.unlink(missing_ok=True)  # done: a rerun starts a new export
+
+    def close(self) -> None:
+        """Release the output; after a failure leave a resumable file, or none."""
+        try:
+            if self._work is not None:
+                self._abandon(self._work)
+        finally:
+            self._unlock()
+
+    def _abandon(self, work: Path) -> None:
+        if self._committed is None:
+            self.fh.close()
+            work.unlink(missing_ok=True)  # no checkpoint covers it: nothing could resume it
+        elif not self.fh.closed:
+            if self.fh.tell() > self._committed:
+                self.fh.truncate(self._committed)  # what the checkpoint covers, no more
+            self.fh.close()
+
+    def _unlock(self) -> None:
+        for lock, path in reversed(self._locks):
+            path.unlink(missing_ok=True)  # while held: a run waiting on this inode re-checks it
+            lock.release()
+        self._locks.clear()
+
+
+def _verified(fh: IO[bytes], resumed: Checkpoint, fmt: str, path: Path) -> Scan:
+    """What the file holds, checked against the checkpoint.
+
+    The file may end in a torn record after what the checkpoint covers (a kill mid-write): it
+    is cut off. A file shorter than the checkpoint says (truncated, or not flushed before a
+    crash) is repaired back to its last whole record, and the walk resumes after that one.
+    Anything else (other records where the checkpoint's should be) is refused.
+    """
+    size = os.fstat(fh.fileno()).st_size
+    found = scan(fh, fmt, min(size, resumed.bytes))
+    exact = (found.end, found.count, found.last_id) == (
+        resumed.bytes,
+        resumed.exported,
+        resumed.last_id,
+    )
+    if exact:
+        return found
+    foreign = size >= resumed.bytes or found.count > resumed.exported
+    if found.header is not None and resumed.header is not None:
+        foreign = foreign or found.header != resumed.header
+    if foreign:
+        raise InvalidRequestError(
+            f"output {str(path)!r} does not match its checkpoint (it holds {found.count} "
+            f"records that read back, the checkpoint {resumed.exported}): it was changed since; "
+            "delete both to start over"
+        )
+    logger.warning(
+        "export: %s is shorter than its checkpoint says (%d bytes, not %d): "
+        "resuming after its last whole record (%d of %d)",
+        path,
+        size,
+        resumed.bytes,
+        found.count,
+        resumed.exported,
+    )
+    return found
+
+
+def _new_part(dest: Path) -> tuple[IO[bytes], Path]:
+    fd, part = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    return os.fdopen(fd, "w+b"), Path(part)
+
+
+def _open_in_place(dest: Path) -> IO[bytes]:
+    """``dest`` for reading and writing, made if missing; never through a link, never a FIFO."""
+    fd = os.open(dest, os.O_RDWR | os.O_CREAT | _SAFE_OPEN, 0o666)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise InvalidRequestError(f"output {str(dest)!r} is not a regular file")
+    return os.fdopen(fd, "r+b")
+
+
+def _lock(path: Path) -> tuple[filelock.BaseFileLock, Path]:
+    """An exclusive lock on ``path`` (by a hidden file next to it), taken at once or refused."""
+    lock_path = path.with_name(f".{path.name}.lock")
+    holder = f"pid {os.getpid()} on {socket.gethostname()}"
+
+    def record_holder(fd: int) -> None:
+        os.ftruncate(fd, 0)
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.write(fd, holder.encode())
+
+    lock = filelock.FileLock(lock_path, timeout=0, thread_local=False, on_acquired=record_holder)
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        raise InvalidRequestError(
+            f"{str(path)!r} is in use by another export ({_holder(lock_path)}): "
+            "wait for it to finish, or stop it"
+        ) from None
+    return lock, lock_path
+
+
+def _holder(lock_path: Path) -> str:
+    try:
+        fd = os.open(lock_path, os.O_RDONLY | _SAFE_OPEN)
+    except OSError:
+        return "holder unknown"
+    try:
+        text = os.read(fd, 200).decode("utf-8", "replace")
+    finally:
+        os.close(fd)
+    return text if text.isprintable() and text else "holder unknown"
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask

@@ -1,0 +1,134 @@
+"""The export's two checks against the service, both on id-only pages (``select=id``).
+
+* :func:`start_page`: where a resumed walk must start so that nothing after its last id is
+  skipped. The service pages by offset (docs/contract.md, "Pagination hazards"): customers
+  deleted while the export was down shift the rest back, so the page number in the checkpoint
+  may now start past records never written. Found from the last id written, not the page number.
+* :func:`final_check`: every customer the service holds is in the file. An id-only walk is
+  compared with the ids written; those missing are fetched by ``id_list`` and appended. It
+  passes when the walk saw as many customers as the service counted before and after it.
+
+docs/reliability.md, "Resuming an export", has the scenarios and their figures.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from ._ids import IdSet
+
+if TYPE_CHECKING:
+    from .._client import DMHubClient
+
+__all__ = ["final_check", "start_page"]
+
+#: Walks of the final check before it gives up (the service changing during every one).
+CHECK_ROUNDS = 3
+#: Steps of the search for the start page (2**40 pages is beyond any service).
+_MAX_PROBES = 80
+#: Ids fetched a request: one page of the service's largest size.
+_FETCH_BATCH = 100
+
+
+async def start_page(
+    client: DMHubClient, filters: dict[str, Any], page_size: int, hint: int, last_id: Any
+) -> int:
+    """The first page holding a customer after ``last_id`` (or the end), searched from ``hint``.
+
+    A page is *behind* when it is full and its last id is at most ``last_id``: every record on
+    it was written. Pages are in id order, so those behind come first; the answer is the first
+    page not behind, found by galloping from ``hint`` and then bisecting: two id-only pages
+    when nothing changed, about 2 log2(shift) when it did.
+    """
+    if last_id is None:
+        return 1
+    probed: dict[int, bool] = {}
+
+    async def behind(number: int) -> bool:
+        if number < 1:
+            return True
+        if number not in probed:
+            ids = await _ids_on_page(client, filters, page_size, number)
+            probed[number] = len(ids) == page_size and ids[-1] <= last_id
+        return probed[number]
+
+    step, hint = 1, max(1, hint)
+    if await behind(hint):
+        low, high = hint, hint + 1
+        while await behind(high) and len(probed) < _MAX_PROBES:
+            low, high, step = high, hint + 2 * step, 2 * step
+    else:
+        low, high = hint - 1, hint
+        while not await behind(low) and len(probed) < _MAX_PROBES:
+            low, high, step = hint - 2 * step, low, 2 * step
+    while high - low > 1 and len(probed) < _MAX_PROBES:
+        middle = (low + high) // 2
+        low, high = (middle, high) if await behind(middle) else (low, middle)
+    return max(1, high)
+
+
+async def _ids_on_page(
+    client: DMHubClient, filters: dict[str, Any], page_size: int, number: int
+) -> list[Any]:
+    walk = client.customers.list_rows(
+        page_size=page_size, start_page=number, max_items=page_size, **{**filters, "select": "id"}
+    )
+    return [row.get("id") for row in await walk.to_list()]
+
+
+async def final_check(
+    client: DMHubClient,
+    filters: dict[str, Any],
+    written: IdSet,
+    append: Callable[[Sequence[dict[str, Any]]], Awaitable[None]],
+    *,
+    concurrency: int,
+) -> tuple[bool, int | None]:
+    """Whether every customer matching ``filters`` is in ``written``, and the last count.
+
+    Customers missing from the file are fetched by id and handed to ``append`` (which writes
+    them and adds them to ``written``). A round passes when the count before the id walk, the
+    count after it and the ids it saw agree, every id it saw is now written, and the walk had
+    no unverified page; otherwise customers changed during it and it runs again,
+    :data:`CHECK_ROUNDS` times at most.
+    """
+    count = None
+    for _ in range(CHECK_ROUNDS):
+        before = await client.customers.count(**filters)
+        walk = client.customers.list_rows(
+            page_size=100, concurrency=concurrency, **{**filters, "select": "id"}
+        )
+        seen, missing, unfetched = 0, [], 0
+        async with contextlib.aclosing(walk.pages()) as pages:
+            async for page in pages:
+                seen += len(page.items)
+                ids = (row.get("id") for row in page.items)
+                missing += [i for i in ids if i is not None and i not in written]
+                if len(missing) >= _FETCH_BATCH:
+                    unfetched += await _fetch(client, filters, missing, written, append)
+                    missing = []
+        unfetched += await _fetch(client, filters, missing, written, append)
+        count = await client.customers.count(**filters)
+        if before == count == seen and not unfetched and walk.stats.unverified == 0:
+            return True, count
+    return False, count
+
+
+async def _fetch(
+    client: DMHubClient,
+    filters: dict[str, Any],
+    ids: list[Any],
+    written: IdSet,
+    append: Callable[[Sequence[dict[str, Any]]], Awaitable[None]],
+) -> int:
+    """Fetch ``ids`` and append them; how many did not come (gone, or changed since)."""
+    for start in range(0, len(ids), _FETCH_BATCH):
+        batch = ids[start : start + _FETCH_BATCH]
+        rows = await client.customers.list_rows(
+            page_size=_FETCH_BATCH, **{**filters, "id_list": batch}
+        ).to_list()
+        if rows:
+            await append(rows)
+    return sum(1 for i in ids if i not in written)

@@ -1,0 +1,79 @@
+"""What an export tells its caller: the report at the end, and progress after every page."""
+
+from __future__ import annotations
+
+import attrs
+
+__all__ = ["ExportProgress", "ExportReport"]
+
+
+@attrs.define
+class ExportReport:
+    """What an export did. ``complete`` is true only when a check that could fail passed."""
+
+    path: str
+    format: str
+    exported: int = 0
+    duplicates: int = 0
+    count_before: int | None = None
+    count_after: int | None = None
+    pages: int = 0
+    retries: int = 0
+    seconds: float = 0.0
+    resumed: bool = False
+    #: The final check (an id-only walk of the service): True when every customer the service
+    #: holds was found in the file, False when that could not be shown, None when it did not
+    #: run because the counts and the walk showed no change (see ``docs/reliability.md``).
+    verified: bool | None = None
+    #: Customers the final check found missing and fetched by id (appended to the file).
+    recovered: int = 0
+
+    @property
+    def complete(self) -> bool:
+        """Every customer the service holds is in the file, once.
+
+        Shown by the final check when it ran; otherwise by the counts before and after, which
+        must both equal the customers exported.
+        """
+        if self.verified is not None:
+            return self.verified
+        counts = (self.count_before, self.count_after)
+        return all(c == self.exported for c in counts if c is not None)
+
+    @property
+    def records_per_second(self) -> float:
+        """Throughput of this run."""
+        return self.exported / self.seconds if self.seconds > 0 else 0.0
+
+    def summary(self) -> str:
+        """The report as a few readable lines."""
+        lines = [
+            f"exported      {self.exported} customers to {self.path} ({self.format})",
+            f"duplicates    {self.duplicates} repeated ids dropped",
+            f"count         {self.count_before} before, {self.count_after} after",
+            f"pages         {self.pages} ({self.retries} retries)",
+            f"time          {self.seconds:.1f}s ({self.records_per_second:,.0f} customers/s)",
+        ]
+        if self.resumed:
+            lines.append("resumed       from a checkpoint")
+        if self.verified:
+            lines.append(
+                f"verified      every customer the service holds is in the file "
+                f"({self.recovered} found missing and fetched by id)"
+            )
+        if not self.complete:
+            lines.append(
+                "MISMATCH      the file could not be shown to hold every customer: customers "
+                "kept changing during the export, or some were missed; run it again"
+            )
+        return "\n".join(lines)
+
+
+@attrs.frozen
+class ExportProgress:
+    """A progress update, passed to ``on_progress`` after every page written."""
+
+    exported: int
+    total: int | None
+    pages: int
+    duplicates: int

@@ -1,0 +1,225 @@
+"""The export's file formats: how rows are written (JSONL, CSV), and how they are read back.
+
+Reading back is how a resume checks the file against its checkpoint: :func:`scan` walks the
+complete records at the start of a file and stops at the first that is torn, unreadable or out
+of id order (docs/reliability.md, "Resuming an export").
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterator, Sequence
+from typing import IO, Any, Literal, Protocol
+
+import attrs
+
+from .._converter import wire_names
+from .._json import dumps_line, loads
+from ..models.customer import Customer
+from ._ids import IdSet
+
+__all__ = ["CSV_FIELDS", "CsvWriter", "Format", "JsonlWriter", "Scan", "Writer", "scan"]
+
+Format = Literal["jsonl", "csv"]
+#: CSV columns: every wire field of the model except the nested ones, in model order.
+CSV_FIELDS: tuple[str, ...] = tuple(
+    wire for name, wire in wire_names(Customer).items() if name not in ("attr", "extra")
+)
+
+
+class Writer(Protocol):
+    """Turns rows (as the service sent them) into the bytes of one format."""
+
+    @property
+    def header(self) -> tuple[str, ...] | None:
+        """The CSV header once written (a resume must write the same columns), else None."""
+
+    def encode(self, rows: Sequence[dict[str, Any]]) -> bytes:
+        """The bytes of ``rows``; the first call of a CSV writer without header adds one."""
+
+
+class JsonlWriter:
+    """One customer a line, wire field names, UTF-8 with Chinese as is."""
+
+    header: tuple[str, ...] | None = None
+
+    def encode(self, rows: Sequence[dict[str, Any]]) -> bytes:
+        return b"".join(map(dumps_line, rows))
+
+
+class CsvWriter:
+    """A header of every field, ``attr.*`` flattened to columns, RFC 4180 quoting.
+
+    The ``attr`` keys are taken from the first page (a stream cannot grow its header later);
+    keys first seen after it go to the ``attr`` column as JSON, and fields the model does not
+    know to ``extra``, so nothing is lost. With ``select``, only the fields selected (in that
+    order; ``attr`` as its columns), and no ``extra``. With ``bom``, the file starts with a
+    UTF-8 byte order mark, which Excel needs to read UTF-8.
+    """
+
+    def __init__(
+        self,
+        header: tuple[str, ...] | None = None,
+        *,
+        select: Sequence[str] | None = None,
+        bom: bool = False,
+    ) -> None:
+        self.header = header
+        self._bom = bom
+        if header is not None:  # resumed: the columns are the header's
+            self._fields = [c for c in header if not c.startswith("attr.") and c != "extra"]
+            self._extra = "extra" in header
+        elif select is not None:
+            self._fields = list(select)
+            self._extra = False
+        else:
+            self._fields, self._extra = [*CSV_FIELDS, "attr"], True
+        self._attr_keys = [c[5:] for c in header or () if c.startswith("attr.")]
+
+    def encode(self, rows: Sequence[dict[str, Any]]) -> bytes:
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\r\n")
+        fields = [f for f in self._fields if f != "attr"]
+        with_attr = "attr" in self._fields
+        if self.header is None:
+            if self._bom:
+                buf.write("\ufeff")
+            if with_attr:
+                self._attr_keys = sorted({k for row in rows for k in (row.get("attr") or {})})
+            attr_columns = (*(f"attr.{k}" for k in self._attr_keys), "attr") if with_attr else ()
+            self.header = (*fields, *attr_columns, *(("extra",) if self._extra else ()))
+            writer.writerow(self.header)
+        known = set(CSV_FIELDS) | {"attr"}
+        for row in rows:
+            cells = [_cell(row.get(f)) for f in fields]
+            if with_attr:
+                attr = dict(row.get("attr") or {})
+                cells += [_cell(attr.pop(k, None)) for k in self._attr_keys]
+                cells.append(json.dumps(attr, ensure_ascii=False) if attr else "")
+            if self._extra:
+                extra = {k: v for k, v in row.items() if k not in known}
+                cells.append(json.dumps(extra, ensure_ascii=False) if extra else "")
+            writer.writerow(cells)
+        return buf.getvalue().encode("utf-8")
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)
+
+
+def new_writer(
+    fmt: Format,
+    header: tuple[str, ...] | None = None,
+    *,
+    select: Sequence[str] | None = None,
+    bom: bool = False,
+) -> Writer:
+    """The writer of ``fmt``; a resumed CSV export passes the header it wrote."""
+    return CsvWriter(header, select=select, bom=bom) if fmt == "csv" else JsonlWriter()
+
+
+# -- reading back -------------------------------------------------------------------------------
+
+
+@attrs.define
+class Scan:
+    """The complete records at the start of a file, in ascending id order."""
+
+    end: int = 0  # the byte just after the last of them (after the CSV header, if any)
+    count: int = 0
+    last_id: Any = None
+    ids: IdSet = attrs.Factory(IdSet)
+    header: tuple[str, ...] | None = None
+
+
+def scan(fh: IO[bytes], fmt: str, limit: int) -> Scan:
+    """The records in the first ``limit`` bytes of ``fh`` up to the first bad one.
+
+    A record counts when it is whole (it ends in a newline within ``limit``), reads back as a
+    row with an id, and its id is above the one before. Memory: the ids, 8 bytes each.
+    """
+    fh.seek(0)
+    lines = _Lines(fh, limit)
+    result = Scan()
+    if fmt == "jsonl":
+        for line in lines:
+            if not lines.whole or not _take(result, _jsonl_id(line), lines.offset):
+                break
+        return result
+    reader = csv.reader(lines.text())
+    try:
+        first = next(reader, None)
+        if first is None or not lines.whole:
+            return result
+        if first:
+            first[0] = first[0].removeprefix("\ufeff")  # written with a byte order mark
+        result.header, result.end = tuple(first), lines.offset
+        for cells in reader:
+            if not lines.whole or len(cells) != len(first):
+                break
+            if not _take(result, _csv_id(cells), lines.offset):
+                break
+    except csv.Error:  # a quoted field cut off by the end
+        pass
+    return result
+
+
+def _take(result: Scan, customer_id: Any, end: int) -> bool:
+    if customer_id is None or (result.last_id is not None and not customer_id > result.last_id):
+        return False
+    result.ids.add(customer_id)
+    result.count, result.last_id, result.end = result.count + 1, customer_id, end
+    return True
+
+
+def _jsonl_id(line: bytes) -> Any:
+    try:
+        row = loads(line)
+    except ValueError:
+        return None
+    return row.get("id") if isinstance(row, dict) else None
+
+
+def _csv_id(cells: list[str]) -> int | None:
+    try:
+        return int(cells[0])
+    except ValueError:
+        return None
+
+
+class _Lines:
+    """The lines of the first ``limit`` bytes, with the offset after the last one handed out."""
+
+    def __init__(self, fh: IO[bytes], limit: int) -> None:
+        self._fh, self._limit = fh, limit
+        self.offset = 0
+        self.whole = True  # the last line handed out ended in a newline
+
+    def __iter__(self) -> Iterator[bytes]:
+        for line in self._fh:
+            if self.offset + len(line) > self._limit:
+                line = line[: self._limit - self.offset]
+            if not line:
+                return
+            self.offset += len(line)
+            self.whole = line.endswith(b"\n")
+            yield line
+            if not self.whole:
+                return
+
+    def text(self) -> Iterator[str]:
+        """The same lines decoded (CSV rows end in CRLF: never inside a UTF-8 sequence)."""
+        for line in self:
+            try:
+                yield line.decode("utf-8")
+            except UnicodeDecodeError:
+                self.whole = False
+                return

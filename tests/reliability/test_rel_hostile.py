@@ -1,0 +1,429 @@
+"""A broken or hostile server (issue 12): nothing leaks, nothing grows without bound.
+
+A hostile aiohttp server on 127.0.0.1 plays the service; a second one on 127.0.0.2 plays a
+foreign host and records whatever reaches it. The figures are in docs/reliability.md,
+"Hostile server".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import traceback
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import attrs
+import pytest
+from aiohttp import web
+
+from dmhub_async import (
+    APIError,
+    AuthenticationError,
+    DMHubClient,
+    InvalidRequestError,
+    MemoryTokenStore,
+    ResponseDecodeError,
+    ResponseTooLargeError,
+    __version__,
+)
+
+TOKEN = "T0kenCanaryHostile77"
+SECRET = "S3cretCanaryHostile99"
+APP = "app-hostile"
+MB = 1024 * 1024
+REPO = Path(__file__).resolve().parents[2]
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@attrs.define
+class Server:
+    """An aiohttp server on one loopback address that records every request it gets."""
+
+    host: str
+    handler: Handler | None = None
+    seen: list[dict[str, Any]] = attrs.Factory(list)
+    url: str = ""
+    sent_bytes: int = 0
+
+    async def serve(self, request: web.Request) -> web.StreamResponse:
+        self.seen.append(
+            {
+                "url": str(request.url),
+                "query": dict(request.query),
+                "headers": dict(request.headers),
+                "body": await request.read(),
+            }
+        )
+        if self.handler is None:
+            return web.json_response({"error_code": 0, "seen": True})
+        return await self.handler(request)
+
+
+@pytest.fixture
+async def servers() -> AsyncIterator[tuple[Server, Server]]:
+    """(the service on 127.0.0.1, a foreign host on 127.0.0.2)."""
+    runners = []
+    pair = (Server("127.0.0.1"), Server("127.0.0.2"))
+    for server in pair:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", server.serve)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+        await runner.setup()
+        site = web.TCPSite(runner, server.host, 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        server.url = f"http://{server.host}:{port}"
+        runners.append(runner)
+    yield pair
+    for runner in runners:
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def client(clock: Any) -> AsyncIterator[Callable[..., DMHubClient]]:
+    clients: list[DMHubClient] = []
+
+    def make(base_url: str, **kwargs: Any) -> DMHubClient:
+        if "app_id" not in kwargs:
+            kwargs.setdefault("access_token", TOKEN)
+        kwargs.setdefault("token_store", MemoryTokenStore())
+        kwargs.setdefault("clock", clock)
+        kwargs.setdefault("sleep", clock.sleep)
+        dm = DMHubClient(base_url=base_url, **kwargs)
+        clients.append(dm)
+        return dm
+
+    yield make
+    for dm in clients:
+        await dm.aclose()
+
+
+def texts_of(err: BaseException) -> str:
+    """Everything a user or a log could see of an error: message, repr, attributes, traceback."""
+    parts = ["".join(traceback.format_exception(type(err), err, err.__traceback__))]
+    for cause in (err, err.__cause__, err.__context__):
+        if cause is not None:
+            parts += [str(cause), repr(cause), repr(vars(cause)), repr(cause.args)]
+    return "\n".join(parts)
+
+
+def redirect_to(foreign: Server, status: int) -> Handler:
+    """Answers ``status`` with a Location on the foreign host, keeping path and query."""
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        location = f"{foreign.url}{request.path_qs}"
+        return web.Response(status=status, headers={"Location": location})
+
+    return answer
+
+
+# -- 1. credentials never follow a redirect to another host -----------------------------------
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+async def test_a_redirect_to_another_host_gets_no_token(
+    servers: tuple[Server, Server], client: Callable[..., DMHubClient], status: int
+) -> None:
+    service, foreign = servers
+    service.handler = redirect_to(foreign, status)
+    dm = client(service.url)
+
+    with pytest.raises(APIError) as caught:
+        await dm.customers.get(1)
+
+    assert foreign.seen == []  # before: the foreign host got access_token=T0ken...
+    assert caught.value.status == status
+    assert foreign.url in str(caught.value)  # where it pointed, so the user can check
+    assert TOKEN not in texts_of(caught.value)
+    assert len(service.seen) == 1  # and not retried
+
+
+async def test_a_307_does_not_resend_a_create_body_to_another_host(
+    servers: tuple[Server, Server], client: Callable[..., DMHubClient]
+) -> None:
+    service, foreign = servers
+    service.handler = redirect_to(foreign, 307)
+    dm = client(service.url)
+
+    with pytest.raises(APIError):
+        await dm.customers.create(name="小D", mobile="18612341234")
+
+    assert foreign.seen == []  # before: the POST body and the token, re-sent to it
+
+
+async def test_the_token_request_follows_no_redirect_with_the_secret(
+    servers: tuple[Server, Server], client: Callable[..., DMHubClient]
+) -> None:
+    service, foreign = servers
+    service.handler = redirect_to(foreign, 302)
+    dm = client(service.url, app_id=APP, secret=SECRET)
+
+    with pytest.raises(APIError) as caught:
+        await dm.customers.count()
+
+    assert foreign.seen == []  # before: secret=S3cret... delivered to the foreign host
+    assert not isinstance(caught.value, AuthenticationError)  # a redirect, not bad credentials
+    assert "redirect" in str(caught.value)
+    assert SECRET not in texts_of(caught.value)
+
+
+# -- 2. a cap on an answer's size ---------------------------------------------------------------
+
+
+def endless_body(server: Server, limit: int = 500 * MB) -> Handler:
+    """A chunked body of ``limit`` bytes of JSON whitespace, sent until the client hangs up."""
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        chunk = b" " * MB
+        try:
+            while server.sent_bytes < limit:
+                await response.write(chunk)
+                server.sent_bytes += len(chunk)
+        except (ConnectionResetError, ConnectionError, RuntimeError):
+            pass  # the client hung up: what this server is waiting for
+        return response
+
+    return answer
+
+
+async def test_an_endless_body_is_cut_off_at_the_cap(
+    servers: tuple[Server, Server], client: Callable[..., DMHubClient]
+) -> None:
+    service, _ = servers
+    service.handler = endless_body(service)
+    dm = client(service.url, max_response_size=2 * MB)
+
+    with pytest.raises(ResponseTooLargeError) as caught:
+        await dm.customers.get(1)
+
+    assert "max_response_size" in str(caught.value)
+    assert len(service.seen) == 1  # not retried: the same server would send it again
+    # The client stopped reading at the cap, not at the server's 500 MB (socket buffers aside).
+    assert service.sent_bytes < 64 * MB
+
+
+async def test_a_declared_length_over_the_cap_is_refused_before_reading(
+    servers: tuple[Server, Server], client: Callable[..., DMHubClient]
+) -> None:
+    service, _ = servers
+
+    async def huge(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Length": str(500 * MB)})
+        await response.prepare(request)
+        await response.write(b" " * MB)
+        service.sent_bytes += MB
+        return response  # a body shorter than declared: the client must not wait for it
+
+    service.handler = huge
+    dm = client(service.url, max_response_size=MB)
+
+    with pytest.raises(ResponseTooLargeError):
+        await dm.customers.get(1)
+
+
+def test_max_response_size_must_be_a_positive_int() -> None:
+    for bad in (0, -1, 1.5, True, "64"):
+        with pytest.raises(InvalidRequestError, match="max_response_size"):
+            DMHubClient(access_token=TOKEN, max_response_size=bad)  # type: ignore[arg-type]
+
+
+PEAK_SCRIPT = textwrap.dedent(
+    """
+    import asyncio, json, resource, sys
+    from dmhub_async import DMHubClient, ResponseTooLargeError
+
+    def peak_mb():
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    async def main():
+        async with DMHubClient(access_token="t0ken-peak", base_url=sys.argv[1]) as dm:
+            await dm.request("GET", "/warm")  # aiohttp's own buffers, before the baseline
+            baseline = peak_mb()
+            try:
+                await dm.request("GET", "/v1/customers/1")
+                outcome = "read"
+            except ResponseTooLargeError:
+                outcome = "refused"
+            print(json.dumps({"outcome": outcome, "above_baseline_mb": peak_mb() - baseline}))
+
+    asyncio.run(main())
+    """
+)
+
+
+async def test_a_500_mb_hostile_body_costs_under_100_mb(servers: tuple[Server, Server]) -> None:
+    """With the default cap (64 MiB), in a process of its own so that its peak is its own."""
+    service, _ = servers
+    endless = endless_body(service)
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        if request.path == "/warm":
+            return web.json_response({"error_code": 0})
+        return await endless(request)
+
+    service.handler = answer
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        PEAK_SCRIPT,
+        service.url,
+        stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), timeout=120)
+    result = json.loads(out)
+
+    assert result["outcome"] == "refused"
+    assert result["above_baseline_mb"] < 100  # before: 500 MB read whole, about 1 GB peak
+
+
+# -- 4. the token in no error, whatever the server echoes ----------------------------------------
+
+
+async def test_a_row_field_echoing_the_token_does_not_reach_the_decode_error(
+    servers: tuple[Server, Server], client: Callable[..., DMHubClient]
+) -> None:
+    service, _ = servers
+
+    async def echo_in_a_row(request: web.Request) -> web.StreamResponse:
+        row = {"id": 1, "dateCreated": request.query["access_token"]}  # not a timestamp
+        return web.json_response({"rows": [row], "records": 1, "total": 1})
+
+    service.handler = echo_in_a_row
+    dm = client(service.url)
+
+    with pytest.raises(ResponseDecodeError) as caught:
+        await dm.customers.list().to_list()
+
+    assert TOKEN not in texts_of(caught.value)  # before: "not a timestamp: 'T0ken...'"
+    assert "timestamp" in str(caught.value)  # still says what was wrong
+
+
+async def test_an_error_code_echoing_the_token_does_not_reach_the_api_error(
+    servers: tuple[Server, Server], client: Callable[..., DMHubClient]
+) -> None:
+    service, _ = servers
+
+    async def echo_in_the_code(request: web.Request) -> web.StreamResponse:
+        body = {"error_code": request.query["access_token"], "error_description": "no"}
+        return web.json_response(body, status=400)
+
+    service.handler = echo_in_the_code
+    dm = client(service.url)
+
+    with pytest.raises(APIError) as caught:
+        await dm.customers.get(1)
+
+    assert TOKEN not in texts_of(caught.value)  # before: in .code and in the message
+    assert caught.value.status == 400
+
+
+# -- 6. plain http only to this machine, unless asked for -----------------------------------------
+
+
+@pytest.mark.parametrize("url", ["http://api.convertlab.com", "http://10.0.0.5:8080"])
+def test_plain_http_to_another_machine_is_refused(url: str) -> None:
+    with pytest.raises(InvalidRequestError) as caught:
+        DMHubClient(access_token=TOKEN, base_url=url)  # before: accepted
+    message = str(caught.value)
+    assert "plain http" in message
+    assert "allow_insecure_http=True" in message
+
+
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:8080", "http://127.0.0.2", "http://localhost:80", "http://[::1]:9"]
+)
+def test_plain_http_to_this_machine_is_accepted(url: str) -> None:
+    assert DMHubClient(access_token=TOKEN, base_url=url).base_url == url
+
+
+def test_plain_http_to_another_machine_is_accepted_when_asked_for() -> None:
+    dm = DMHubClient(
+        access_token=TOKEN, base_url="http://api.convertlab.com", allow_insecure_http=True
+    )
+    assert dm.base_url == "http://api.convertlab.com"
+
+
+# -- 7. a cancelled wait gives its rate-limiter slot back -----------------------------------------
+
+
+async def test_cancelled_waits_do_not_starve_the_rate_limiter(
+    servers: tuple[Server, Server], client: Callable[..., DMHubClient], clock: Any
+) -> None:
+    service, _ = servers
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        await asyncio.Event().wait()  # until cancelled, as by asyncio.wait_for's timeout
+
+    dm = client(service.url, rate_limit=10, sleep=sleep)
+    await dm.request("GET", "/v1/customers/1")  # takes the first slot at once
+    for _ in range(100):
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(dm.request("GET", "/v1/customers/1"), timeout=0.001)
+
+    next_call = asyncio.ensure_future(dm.request("GET", "/v1/customers/1"))
+    for _ in range(20):
+        await asyncio.sleep(0)
+    next_call.cancel()
+    await asyncio.gather(next_call, return_exceptions=True)
+
+    assert len(waits) == 101
+    assert waits[-1] <= 0.1  # one interval at 10/s; before: 10.1 s, a slot per timed-out call
+    assert len(service.seen) == 1
+
+
+# -- 9. a User-Agent, and the proxy settings of the environment ---------------------------------
+
+
+async def test_every_request_names_the_sdk_in_its_user_agent(
+    servers: tuple[Server, Server], client: Callable[..., DMHubClient]
+) -> None:
+    service, _ = servers
+
+    async def token_or_count(request: web.Request) -> web.StreamResponse:
+        if request.path == "/security/accesstoken":
+            return web.json_response({"error_code": 0, "access_token": TOKEN, "expires_in": 7200})
+        if request.method == "POST":
+            return web.json_response({"id": 1, "name": "x"})
+        return web.Response(text="3")
+
+    service.handler = token_or_count
+    dm = client(service.url, app_id=APP, secret=SECRET)
+    await dm.customers.count()
+    await dm.customers.create(name="x")
+
+    agents = {seen["headers"].get("User-Agent") for seen in service.seen}
+    assert agents == {f"dmhub-async/{__version__} aiohttp/{aiohttp.__version__}"}
+    assert len(service.seen) == 3  # the token request, the count and the create
+
+
+async def test_the_proxy_of_the_environment_is_used(
+    servers: tuple[Server, Server],
+    client: Callable[..., DMHubClient],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    proxy, target = servers
+    proxy.handler = None  # answers {"error_code": 0, "seen": true} to whatever comes
+    for name in ("NO_PROXY", "no_proxy", "HTTPS_PROXY", "https_proxy", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", proxy.url)
+    dm = client(target.url)
+
+    assert await dm.request("GET", "/v1/customers/1") == {"error_code": 0, "seen": True}
+
+    assert target.seen == []  # before: sent straight to the target, past the proxy
+    [seen] = proxy.seen
+    assert seen["url"].startswith(f"{target.url}/v1/customers/1?")

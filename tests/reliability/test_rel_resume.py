@@ -1,0 +1,436 @@
+"""Scenario 14: resuming an export after customers changed, files changed, or another run.
+
+An export of 1,000 customers (10 pages of 100) is stopped after page 3 (an exception from
+``on_progress``, as a crash between two pages), then the service or the files are changed
+while it is down, and the same call is made again. Each test reads the output back and
+compares it with the simulator's own table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+import os
+import re
+import socket
+import stat
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from dmhub_async import DMHubClient, InvalidRequestError
+from dmhub_async.export import ExportProgress, ExportReport, export_customers
+from dmhub_async.export import _export as export_run
+from dmhub_async.export import _output as export_output
+from dmhub_async.export import _reconcile as export_reconcile
+from dmhub_async.testing import DMHubSimulator
+
+CUSTOMERS = 1000
+PAGE = 100
+
+
+class Crash(Exception):
+    """Stands for the process dying between two pages."""
+
+
+def crash_after(pages: int) -> Callable[[ExportProgress], None]:
+    def on_progress(progress: ExportProgress) -> None:
+        if progress.pages == pages:
+            raise Crash
+
+    return on_progress
+
+
+def read_ids(path: Path) -> list[int]:
+    with path.open(encoding="utf-8", newline="") as fh:
+        if path.suffix == ".csv":
+            return [int(row["id"]) for row in csv.DictReader(fh)]
+        return [json.loads(line)["id"] for line in fh]
+
+
+def files_in(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir())
+
+
+def state(ckpt: Path) -> dict[str, Any]:
+    """The checkpoint as its JSON."""
+    return dict(json.loads(ckpt.read_text(encoding="utf-8")))
+
+
+async def export(dm: DMHubClient, dest: Path, ckpt: Path | None, **kwargs: Any) -> ExportReport:
+    kwargs.setdefault("page_size", PAGE)
+    kwargs.setdefault("concurrency", 2)
+    return await export_customers(dm, dest, checkpoint=ckpt, progress=False, **kwargs)
+
+
+async def crashed_export(dm: DMHubClient, dest: Path, ckpt: Path, pages: int = 3) -> None:
+    with pytest.raises(Crash):
+        await export(dm, dest, ckpt, on_progress=crash_after(pages))
+    assert state(ckpt)["exported"] == pages * PAGE
+
+
+def assert_once_each(ids: list[int], expected: list[int]) -> None:
+    assert [i for i, n in Counter(ids).items() if n > 1] == []  # nothing twice
+    assert sorted(set(expected) - set(ids)) == []  # nothing the service holds is missing
+
+
+# -- customers changed while the export was down ------------------------------------------------
+
+
+@pytest.mark.parametrize("deleted", [10, 37])
+async def test_deletes_while_down_lose_no_survivor(
+    tmp_path: Path, connect: Callable[..., DMHubClient], deleted: int
+) -> None:
+    """The issue's figures: 0.1 wrote 990 of 1,000 (37 deletes: 963), 10 (37) survivors never
+    exported, and reported complete; the resumed walk starts from the page of its last id."""
+    dest, ckpt = tmp_path / "customers.jsonl", tmp_path / "export.ckpt"
+    async with DMHubSimulator(customers=CUSTOMERS, seed=14) as sim:
+        async with connect(sim) as dm:
+            await crashed_export(dm, dest, ckpt)
+            lowest = sim.customer_ids()[:deleted]  # already exported
+            for customer_id in lowest:
+                assert sim.delete_customer(customer_id)
+
+            report = await export(dm, dest, ckpt)
+
+        survivors = sim.customer_ids()
+    ids = read_ids(dest)
+    assert_once_each(ids, survivors)
+    assert ids == sorted(ids)  # found by the walk, in order: nothing needed recovering
+    assert len(ids) == CUSTOMERS  # the deleted ones stay: they were exported before
+    assert (report.exported, report.recovered, report.resumed) == (CUSTOMERS, 0, True)
+    assert (report.count_before, report.count_after) == (CUSTOMERS, CUSTOMERS - deleted)
+    assert report.verified is True
+    assert report.complete
+
+
+@pytest.mark.parametrize(
+    ("deleted", "inserted_below", "inserted_above"),
+    [(0, 10, 10), (10, 10, 0), (25, 5, 40)],
+    ids=["inserts", "as many deletes as inserts", "both"],
+)
+async def test_inserts_and_deletes_while_down(
+    tmp_path: Path,
+    connect: Callable[..., DMHubClient],
+    deleted: int,
+    inserted_below: int,
+    inserted_above: int,
+) -> None:
+    """Customers inserted while down, below the ids exported (which the resumed walk cannot
+    reach) and above them: the final check finds the ones below and fetches them by id.
+    With as many deletes as inserts the counts agree, and 0.1 reported complete over 10
+    survivors missed."""
+    dest, ckpt = tmp_path / "customers.jsonl", tmp_path / "export.ckpt"
+    async with DMHubSimulator(customers=CUSTOMERS, seed=14) as sim:
+        async with connect(sim) as dm:
+            await crashed_export(dm, dest, ckpt)
+            lowest = sim.customer_ids()[0]  # new ids below every id exported, never reused
+            for customer_id in sim.customer_ids()[:deleted]:
+                sim.delete_customer(customer_id)
+            for n in range(inserted_below):
+                sim.insert_customer({"name": f"新客户{n}"}, customer_id=lowest - 1 - n)
+            for n in range(inserted_above):
+                sim.insert_customer({"name": f"后来{n}"})
+
+            report = await export(dm, dest, ckpt)
+
+        now = sim.customer_ids()
+    ids = read_ids(dest)
+    assert_once_each(ids, now)
+    walked = ids[: len(ids) - report.recovered]
+    assert walked == sorted(walked)
+    assert report.recovered == inserted_below  # appended after the walk
+    assert report.exported == len(ids) == CUSTOMERS + inserted_below + inserted_above
+    assert report.count_after == len(now)
+    assert report.verified is True
+    assert report.complete
+
+
+async def test_complete_comes_from_a_check_that_can_fail(
+    tmp_path: Path, connect: Callable[..., DMHubClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the resume position taken from the page number alone (0.1's way), the walk misses
+    the 10 survivors the deletes shifted back: the final check finds and fetches them. When
+    they cannot be fetched either, the export is not complete, and says so."""
+    dest, ckpt = tmp_path / "customers.jsonl", tmp_path / "export.ckpt"
+
+    async def page_number_alone(*args: Any) -> int:
+        return int(args[3])  # the checkpoint's next page
+
+    monkeypatch.setattr(export_run, "start_page", page_number_alone)
+    async with DMHubSimulator(customers=CUSTOMERS, seed=14) as sim, connect(sim) as dm:
+        await crashed_export(dm, dest, ckpt)
+        shifted = sim.customer_ids()[300:310]  # back onto page 3 by the deletes
+        for customer_id in sim.customer_ids()[:10]:
+            sim.delete_customer(customer_id)
+        recovered = await export(dm, dest, ckpt)
+        assert recovered.recovered == 10
+        assert read_ids(dest)[-10:] == shifted
+        assert recovered.complete
+
+        async def fetch_nothing(*args: Any) -> int:
+            return len(args[2])  # every id it was asked for stays missing
+
+        monkeypatch.setattr(export_reconcile, "_fetch", fetch_nothing)
+        await crashed_export(dm, dest, ckpt)
+        for customer_id in sim.customer_ids()[:10]:
+            sim.delete_customer(customer_id)
+        missed = await export(dm, dest, ckpt)
+
+    assert missed.verified is False
+    assert not missed.complete
+    assert "MISMATCH" in missed.summary()
+
+
+# -- the files changed while the export was down ------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+@pytest.mark.parametrize("cut", ["mid-record", "1,499 records", "half the bytes", "everything"])
+async def test_a_truncated_output_is_repaired_never_padded(
+    tmp_path: Path, connect: Callable[..., DMHubClient], cut: str, fmt: str
+) -> None:
+    """The output shorter than its checkpoint (truncated, or not on disk before a crash):
+    0.1 padded it with NUL bytes up to the recorded length and reported complete. It is cut
+    back to its last whole record, and the walk resumes after that one."""
+    dest, ckpt = tmp_path / f"customers.{fmt}", tmp_path / "export.ckpt"
+    async with DMHubSimulator(customers=2000, seed=14) as sim:
+        async with connect(sim) as dm:
+            await crashed_export(dm, dest, ckpt, pages=16)
+            data = dest.read_bytes()
+            lines = data.splitlines(keepends=True)  # no field of the seeded rows has a newline
+            header = 1 if fmt == "csv" else 0
+            keep = {
+                "mid-record": len(data) - len(lines[-1]) // 2,
+                "1,499 records": len(b"".join(lines[: header + 101])),
+                "half the bytes": len(data) // 2,
+                "everything": 0,
+            }[cut]
+            with dest.open("r+b") as fh:
+                fh.truncate(keep)
+
+            report = await export(dm, dest, ckpt)
+
+        expected = sim.customer_ids()
+    raw = dest.read_bytes()
+    assert b"\x00" not in raw
+    assert read_ids(dest) == expected  # every customer once, in order
+    if fmt == "csv":
+        assert raw.count(b"id,displayName,") == 1  # one header, even after a cut through it
+    assert report.exported == 2000
+    assert report.complete
+
+
+async def test_an_output_changed_since_its_checkpoint_is_refused(
+    tmp_path: Path, connect: Callable[..., DMHubClient]
+) -> None:
+    """Other records where the checkpoint's should be: refused, nothing touched."""
+    dest, ckpt = tmp_path / "customers.jsonl", tmp_path / "export.ckpt"
+    async with DMHubSimulator(customers=CUSTOMERS, seed=14) as sim, connect(sim) as dm:
+        await crashed_export(dm, dest, ckpt)
+        data = dest.read_bytes()
+        changed = data.replace(b'"id":', b'"id":1', 1)[: len(data)]
+        dest.write_bytes(changed)
+        sim.counters.reset()
+
+        with pytest.raises(InvalidRequestError, match="does not match its checkpoint"):
+            await export(dm, dest, ckpt)
+
+        assert sim.counters.total == 0
+    assert dest.read_bytes() == changed
+
+
+async def test_a_checkpoint_of_another_service_or_app_is_refused(
+    tmp_path: Path, connect: Callable[..., DMHubClient]
+) -> None:
+    """A staging checkpoint resumed against production: 0.1 accepted it and wrote a mixed
+    file marked complete. The checkpoint names the service, app, file, format and filters."""
+    dest, ckpt = tmp_path / "customers.jsonl", tmp_path / "export.ckpt"
+    async with (
+        DMHubSimulator(customers=CUSTOMERS, seed=14) as staging,
+        DMHubSimulator(customers=CUSTOMERS, seed=15) as production,
+    ):
+        async with connect(staging) as dm:
+            await crashed_export(dm, dest, ckpt)
+        before = dest.read_bytes()
+        staging.counters.reset()
+        async with connect(production) as dm:
+            with pytest.raises(InvalidRequestError, match=r"another export \(base_url: "):
+                await export(dm, dest, ckpt)
+        async with DMHubClient("another-app", "its-secret", base_url=staging.url) as other_app:
+            with pytest.raises(InvalidRequestError, match=f"app_id: '{staging.app_id}' in the"):
+                await export(other_app, dest, ckpt)
+        assert production.counters.total == staging.counters.total == 0  # refused at once
+    assert dest.read_bytes() == before
+
+
+# -- two runs, and unsafe files -----------------------------------------------------------------
+
+
+async def test_a_second_export_to_the_same_file_is_refused_at_once(
+    tmp_path: Path, connect: Callable[..., DMHubClient]
+) -> None:
+    """0.1 let two runs share the work file; one crashed, the other reported complete over a
+    file with 9 corrupt lines. The second now refuses at once, naming the first."""
+    dest = tmp_path / "customers.jsonl"
+    async with DMHubSimulator(customers=CUSTOMERS, seed=14) as sim:
+        release = asyncio.Event()
+        at_service = asyncio.Event()
+
+        async def hold(request: web.Request) -> None:
+            if request.path == "/v1/customers" and request.query.get("page") == "2":
+                at_service.set()
+                await release.wait()
+
+        sim.on_request(hold)
+        async with connect(sim) as dm:
+            first = asyncio.ensure_future(export(dm, dest, tmp_path / "a.ckpt", concurrency=1))
+            await asyncio.wait_for(at_service.wait(), 10)
+            holder = f"in use by another export (pid {os.getpid()} on {socket.gethostname()})"
+            for ckpt in (tmp_path / "b.ckpt", None):
+                with pytest.raises(InvalidRequestError, match=re.escape(holder)):
+                    await export(dm, dest, ckpt)
+            release.set()
+            report = await asyncio.wait_for(first, 30)
+        expected = sim.customer_ids()
+    assert read_ids(dest) == expected
+    assert report.complete
+    assert files_in(tmp_path) == [dest.name]  # no lock, work file or checkpoint left
+
+
+@pytest.mark.parametrize("kind", ["symlink", "fifo", "device"])
+async def test_a_destination_that_is_not_a_regular_file_is_refused(
+    tmp_path: Path, connect: Callable[..., DMHubClient], kind: str
+) -> None:
+    """0.1 replaced a symlink, a FIFO and, run as root, /dev/full with a regular file."""
+    victim = tmp_path / "victim.jsonl"
+    victim.write_text("keep me\n", encoding="utf-8")
+    dest = tmp_path / "out.jsonl"
+    if kind == "symlink":
+        dest.symlink_to(victim)
+    elif kind == "fifo":
+        os.mkfifo(dest)
+    else:
+        # A device of its own (the null device's numbers): never a real /dev node, which
+        # a regressed export would replace for the whole machine.
+        try:
+            os.mknod(dest, 0o600 | stat.S_IFCHR, os.makedev(1, 3))
+        except PermissionError:
+            pytest.skip("making a device node needs root")
+    async with DMHubSimulator(customers=10, seed=14) as sim, connect(sim) as dm:
+        for ckpt in (None, tmp_path / "export.ckpt"):
+            with pytest.raises(InvalidRequestError, match=r"not a regular file|symbolic link"):
+                await export(dm, dest, ckpt)
+        assert sim.counters.total == 0
+    assert victim.read_text(encoding="utf-8") == "keep me\n"
+    assert not stat.S_ISREG(os.lstat(dest).st_mode)  # still the link, the FIFO or the device
+
+
+async def test_temporary_files_follow_no_planted_link(
+    tmp_path: Path, connect: Callable[..., DMHubClient]
+) -> None:
+    """0.1 wrote the checkpoint through ``NAME.tmp`` and the output through ``.NAME.PID.part``:
+    links planted at those names redirected its writes to any file the user can write."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me\n", encoding="utf-8")
+    dest, ckpt = tmp_path / "customers.jsonl", tmp_path / "export.ckpt"
+    (tmp_path / "export.ckpt.tmp").symlink_to(victim)
+    (tmp_path / f".customers.jsonl.{os.getpid()}.part").symlink_to(victim)
+    async with DMHubSimulator(customers=300, seed=14) as sim:
+        async with connect(sim) as dm:
+            await export(dm, dest, ckpt)
+            await export(dm, dest, None)
+        expected = sim.customer_ids()
+    assert victim.read_text(encoding="utf-8") == "keep me\n"
+    assert read_ids(dest) == expected
+    assert not dest.is_symlink()
+
+
+async def test_the_data_is_on_disk_before_the_checkpoint_that_points_past_it(
+    tmp_path: Path, connect: Callable[..., DMHubClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dest, ckpt = tmp_path / "customers.jsonl", tmp_path / "export.ckpt"
+    synced: list[int] = []  # the output's length at each fsync of it
+    order: list[tuple[int, int]] = []  # (synced length, checkpoint bytes) at each checkpoint
+    fsync, write_checkpoint = os.fsync, export_output.write_checkpoint
+
+    def recording_fsync(fd: int) -> None:
+        fsync(fd)
+        synced.append(os.fstat(fd).st_size)
+
+    def recording_checkpoint(path: Path, checkpoint: Any) -> None:
+        order.append((synced[-1] if synced else -1, checkpoint.bytes))
+        write_checkpoint(path, checkpoint)
+
+    monkeypatch.setattr(export_output.os, "fsync", recording_fsync)
+    monkeypatch.setattr(export_output, "write_checkpoint", recording_checkpoint)
+    async with DMHubSimulator(customers=500, seed=14) as sim, connect(sim) as dm:
+        await export(dm, dest, ckpt)
+    assert len(order) == 5
+    assert all(on_disk >= covered > 0 for on_disk, covered in order)
+
+
+# -- exits that cannot be resumed, and streams --------------------------------------------------
+
+
+@pytest.mark.parametrize("with_checkpoint", [False, True], ids=["no checkpoint", "checkpoint"])
+async def test_a_cancelled_export_leaves_no_file_or_a_resumable_one(
+    tmp_path: Path, connect: Callable[..., DMHubClient], with_checkpoint: bool
+) -> None:
+    """Cancelled mid-page (Ctrl-C, SIGTERM handled as Ctrl-C): without a checkpoint nothing is
+    left; with one, a checkpoint and an output of exactly the bytes it covers."""
+    dest = tmp_path / "customers.jsonl"
+    ckpt = tmp_path / "export.ckpt" if with_checkpoint else None
+    async with DMHubSimulator(customers=CUSTOMERS, seed=14) as sim:
+        requests = 0
+        task: asyncio.Future[ExportReport] | None = None
+
+        def cancel_at_page_5(request: web.Request) -> None:
+            nonlocal requests
+            requests += request.path == "/v1/customers"
+            if requests == 5 and task is not None:
+                task.cancel()
+
+        sim.on_request(cancel_at_page_5)
+        async with connect(sim) as dm:
+            task = asyncio.ensure_future(export(dm, dest, ckpt, concurrency=1))
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            if ckpt is None:
+                assert files_in(tmp_path) == []
+                return
+            recorded = state(ckpt)
+            assert files_in(tmp_path) == sorted([ckpt.name, dest.name])
+            assert dest.stat().st_size == recorded["bytes"]
+            assert recorded["exported"] == 4 * PAGE
+            report = await export(dm, dest, ckpt)
+        expected = sim.customer_ids()
+    assert read_ids(dest) == expected
+    assert report.complete
+
+
+async def test_an_export_to_a_binary_stream(
+    tmp_path: Path, connect: Callable[..., DMHubClient]
+) -> None:
+    """``dest`` may be a binary stream (the CLI's ``--out -``): written as rows come, and not
+    resumable, so a checkpoint is refused, as is a text stream."""
+    import io
+
+    stream = io.BytesIO()
+    async with DMHubSimulator(customers=250, seed=14) as sim:
+        async with connect(sim) as dm:
+            report = await export_customers(dm, stream, progress=False)
+            with pytest.raises(InvalidRequestError, match="cannot be resumed"):
+                await export_customers(dm, io.BytesIO(), checkpoint=tmp_path / "c", progress=False)
+            with pytest.raises(InvalidRequestError, match="binary stream"):
+                await export_customers(dm, io.StringIO(), progress=False)  # type: ignore[arg-type]
+        expected = sim.customer_ids()
+    assert [json.loads(line)["id"] for line in stream.getvalue().splitlines()] == expected
+    assert report.exported == 250
+    assert report.complete
+    assert files_in(tmp_path) == []

@@ -1,0 +1,280 @@
+"""JSON in and out: orjson's speed, the standard library's exactness (integers of any size)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from dmhub_async import Customer, DMHubClient, _json
+from dmhub_async._converter import (
+    make_converter,
+    read_customer_page,
+    structure_customers,
+    wire_struct,
+)
+from dmhub_async.export import export_customers
+from dmhub_async.testing import DMHubSimulator
+
+BIG = [
+    2**64,  # one past orjson's largest
+    12345678901234567890123,  # the issue's example
+    -(2**63) - 1,  # one below orjson's smallest
+    10**40,
+    -(10**25),
+]
+
+
+@pytest.mark.parametrize("value", BIG)
+def test_an_integer_beyond_64_bits_is_read_exactly(value: int) -> None:
+    body = json.dumps({"rows": [{"id": 1, "attr": {"big": value}, "score": [value]}]}).encode()
+    data = _json.loads(body)
+    assert data["rows"][0]["attr"]["big"] == value
+    assert type(data["rows"][0]["attr"]["big"]) is int
+    assert data["rows"][0]["score"] == [value]
+    assert _json.loads(str(value).encode()) == value
+    assert _json.loads(str(value)) == value
+
+
+@pytest.mark.parametrize("value", [2**63 - 1, 2**64 - 1, -(2**63), 9_007_199_254_740_993])
+def test_64_bit_integers_stay_exact_too(value: int) -> None:
+    assert _json.loads(json.dumps([value]).encode()) == [value]
+
+
+def test_a_long_digit_string_is_text_not_a_number() -> None:
+    body = b'{"mobile": "123456789012345678901234", "id": 7}'
+    assert _json.loads(body) == {"mobile": "123456789012345678901234", "id": 7}
+
+
+@pytest.mark.parametrize("value", BIG)
+def test_an_integer_beyond_64_bits_is_written_exactly(value: int) -> None:
+    assert json.loads(_json.dumps({"n": value})) == {"n": value}
+    assert json.loads(_json.dumps_line({"n": value})) == {"n": value}
+    assert _json.dumps_line({"n": value}).endswith(b"\n")
+
+
+def test_dumps_is_compact_utf8() -> None:
+    assert _json.dumps({"name": "小D", "n": [1, None]}) == '{"name":"小D","n":[1,null]}'.encode()
+    assert _json.dumps({"n": 2**70}) == b'{"n":1180591620717411303424}'
+
+
+def test_not_json_is_a_value_error() -> None:
+    with pytest.raises(json.JSONDecodeError):
+        _json.loads(b"{")
+    with pytest.raises(UnicodeDecodeError):
+        _json.loads(b"\xff")
+
+
+# --- the property: the fast path reads every body as the standard library does --------------
+
+_INTS = st.integers(-(2**63), 2**64 - 1) | st.integers(-(2**80), 2**80) | st.sampled_from(BIG)
+_TIMESTAMPS = st.sampled_from(
+    [
+        "2017-06-01T12:12:12Z",
+        "2017-06-01T12:12:12",
+        "2017-06-01 12:12:12",
+        "2017-06-01T20:12:12+08:00",
+        "2017-06-01T20:12:12+0800",
+        "2017-06-01T12:12:12.123456Z",
+        "2017-06-01T12:12:12.5z",
+        " 2017-06-01T12:12:12Z",
+        "2017-06-01T12:12:12,25Z",
+        "2017-06-01T12:12:12.1234567Z",
+        "2017-06-01T12:12:12.9999996Z",
+        "2017-06-01T12:12Z",
+        "2017-06-01",
+    ]
+)
+_SCALARS = st.none() | st.booleans() | _INTS | st.floats(allow_nan=False) | st.text(max_size=8)
+_VALUES = st.recursive(
+    _SCALARS,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner),
+    max_leaves=6,
+)
+_ROWS = st.fixed_dictionaries(
+    {},
+    optional={
+        "id": st.none() | st.integers(0, 2**63 - 1),
+        "name": st.none() | st.text(max_size=8) | st.integers(-5, 5),  # a number: kept as text
+        "mobileVerified": st.none() | st.booleans() | st.sampled_from([0, 1, "true", "0"]),
+        "employeeNumber": st.none() | _INTS,
+        "annualRevenue": st.none()
+        | _INTS
+        | st.floats(allow_nan=False, allow_infinity=False)
+        | st.sampled_from(["1.50", "12345678901234567890.12", 1.5]),
+        "qq": st.none() | _INTS.map(str),
+        "dateJoin": st.none() | _TIMESTAMPS,
+        "lastUpdated": st.none() | _TIMESTAMPS,
+        "gender": st.none() | st.sampled_from([0, 1, 2, 3, "1"]),
+        "attr": st.dictionaries(st.text(max_size=6), _VALUES, max_size=3),
+        "ownerId": st.none() | _INTS | st.text(max_size=8),
+        "levelScore": _VALUES,  # unknown to the model: kept in extra
+    },
+)
+
+BIG_ROW = {"id": 1, "employeeNumber": 2**64, "attr": {"n": -(2**63) - 1}, "tags": [10**22]}
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(st.lists(_ROWS, max_size=5))
+@example([BIG_ROW])
+@example([{"annualRevenue": 12345678901234567890123, "ownerId": 2**64}])
+def test_the_fast_path_reads_what_the_standard_library_reads(rows: list[dict[str, Any]]) -> None:
+    body = json.dumps({"rows": rows, "total": len(rows)}, ensure_ascii=False).encode()
+    data = _json.loads(body)
+    exact = json.loads(body)
+    assert data == exact
+    assert repr(data) == repr(exact)  # 10**22 and 1e22 are equal floats and ints: the types too
+    assert structure_customers(data["rows"]) == structure_customers(exact["rows"])
+    assert repr(json.loads(_json.dumps(data))) == repr(exact)
+
+
+# --- end to end: the simulator stores and serves them, list() and the export keep them ------
+
+
+async def test_a_big_integer_comes_through_list_and_the_export(tmp_path: Path) -> None:
+    async with (
+        DMHubSimulator(customers=3, seed=5) as sim,
+        DMHubClient(app_id=sim.app_id, secret=sim.secret, base_url=sim.url) as dm,
+    ):
+        created = await dm.customers.create(name="大数", attr={"n": 10**22, "m": -(2**63) - 1})
+        assert created.attr == {"n": 10**22, "m": -(2**63) - 1}
+        [listed] = [c async for c in dm.customers.list(id_list=[created.id])]
+        assert listed.attr == {"n": 10**22, "m": -(2**63) - 1}
+        [row] = [r async for r in dm.customers.list_rows(id_list=[created.id])]
+        assert row["attr"] == {"n": 10**22, "m": -(2**63) - 1}
+        dest = tmp_path / "out.jsonl"
+        await export_customers(dm, dest, progress=False, id_list=[created.id])
+    line = dest.read_bytes()
+    assert b'"n":10000000000000000000000' in line.replace(b" ", b"")
+    assert json.loads(line)["attr"]["m"] == -(2**63) - 1
+
+
+# --- raw rows: each row's bytes as the service sent them ------------------------------------
+
+
+def _both_ways(body: bytes) -> list[_json.RawRows]:
+    return [_json.raw_rows(body), _json._raw_rows_decoding(body, "rows")]
+
+
+def test_raw_rows_are_the_bytes_the_service_sent() -> None:
+    body = (
+        b'{"rows": [{"id": 7, "n": 1.50, "big": 12345678901234567890123}, {"id": 8}], "total": 2}'
+    )
+    fast = _json.raw_rows(body)
+    assert fast.rows == [b'{"id": 7, "n": 1.50, "big": 12345678901234567890123}', b'{"id": 8}']
+    assert fast.ids == [7, 8]
+    assert fast.page == {"total": 2}
+    for split in _both_ways(body):  # with or without msgspec: the same rows, decoded
+        assert [json.loads(row) for row in split.rows] == json.loads(body)["rows"]
+        assert split.ids == [7, 8]
+        assert split.page == {"total": 2}
+
+
+def test_a_row_over_several_lines_becomes_one_line() -> None:
+    body = b'{"rows": [{"id": 1,\n "name": "x"}, {"id": 2}]}'
+    for split in _both_ways(body):
+        assert all(b"\n" not in row for row in split.rows)
+        assert [json.loads(row) for row in split.rows] == [{"id": 1, "name": "x"}, {"id": 2}]
+
+
+@pytest.mark.parametrize("body", [b'{"total": 0}', b'{"rows": null}', b'{"rows": []}'])
+def test_no_rows(body: bytes) -> None:
+    for split in _both_ways(body):
+        assert (split.rows, split.ids) == ([], [])
+
+
+@pytest.mark.parametrize("body", [b"[1]", b'{"rows": [1, 2]}', b'{"rows": {}}', b"{", b"\xff"])
+def test_raw_rows_of_what_is_no_page_is_a_value_error(body: bytes) -> None:
+    with pytest.raises(ValueError):  # noqa: PT011 - msgspec's and the stdlib's errors differ
+        _json.raw_rows(body)
+    with pytest.raises(ValueError):  # noqa: PT011
+        _json._raw_rows_decoding(body, "rows")
+
+
+@settings(max_examples=100, deadline=None, derandomize=True)
+@given(st.lists(_ROWS, max_size=5))
+@example([BIG_ROW])
+def test_raw_rows_read_back_as_the_page(rows: list[dict[str, Any]]) -> None:
+    body = json.dumps({"rows": rows, "records": len(rows)}, ensure_ascii=False).encode()
+    for split in _both_ways(body):
+        assert repr([json.loads(row) for row in split.rows]) == repr(json.loads(body)["rows"])
+        assert split.ids == [row.get("id") for row in rows]
+        assert split.page == {"records": len(rows)}
+
+
+# --- the page reader: bytes to models, msgspec's typed decode or the lenient way -----------
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(st.lists(_ROWS, max_size=5), st.booleans())
+@example([BIG_ROW], True)
+@example([{"id": 1, "dateJoin": "2017-06-01T12:12:12.1234567Z", "annualRevenue": 1.5}], False)
+def test_the_page_reader_gives_the_records_of_the_lenient_way(
+    rows: list[dict[str, Any]], extra_free: bool
+) -> None:
+    if extra_free:  # then msgspec reads the whole page, else record by record
+        rows = [{k: v for k, v in row.items() if k != "levelScore"} for row in rows]
+    body = json.dumps({"rows": rows, "records": len(rows)}, ensure_ascii=False).encode()
+    models, page = read_customer_page(body)
+    assert models == structure_customers(json.loads(body)["rows"])
+    assert [repr(m) for m in models] == [
+        repr(m) for m in structure_customers(_json.loads(body)["rows"])
+    ]
+    assert page == {"records": len(rows)}
+
+
+def test_the_page_reader_without_msgspec(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(wire_struct, "msgspec", None)
+    reader = wire_struct.page_reader(Customer, make_converter(), "rows", (), read_customer_page)
+    assert reader is read_customer_page  # the fallback itself
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (
+            b'{"rows": [{"id": 1}, {"id": 2, "dateJoin": "soon"}]}',
+            r"record 1 \(id 2\), field 'dateJoin'",
+        ),
+        (b'{"rows": [{"id": 1}, {"id": 2, "annualRevenue": "lots"}]}', r"record 1 \(id 2\)"),
+        (b'{"rows": [{"id": 1}, 5]}', "record 1 is not an object"),
+        (b'{"rows": {}}', "'rows' is not a list"),
+        (b"[]", "not a JSON object"),
+    ],
+)
+def test_the_page_reader_names_a_malformed_record(body: bytes, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        read_customer_page(body)
+
+
+def test_the_page_reader_keeps_unknown_fields_and_nulls() -> None:
+    body = (
+        b'{"rows": [{"id": 1, "levelScore": 9, "gender": 7}, {"id": 2, "attr": null}], "total": 1}'
+    )
+    models, page = read_customer_page(body)
+    assert [m.extra for m in models] == [{"levelScore": 9, "gender": 7}, {}]
+    assert [m.attr for m in models] == [{}, {}]
+    assert page == {"total": 1}
+    assert read_customer_page(b'{"rows": null, "total": 0}') == ([], {"total": 0})
+
+
+def test_a_record_msgspec_refuses_is_read_on_its_own_not_the_whole_page_again() -> None:
+    def whole_page_again(body: bytes) -> Any:
+        raise AssertionError("the lenient reading of the whole page was not needed")
+
+    reader = wire_struct.page_reader(
+        Customer, make_converter(), "rows", ("total",), whole_page_again
+    )
+    body = b'{"rows": [{"id": 1}, {"id": 2, "levelScore": 9}, {"id": "3", "qq": 5}], "total": 1}'
+    models, page = reader(body)
+    assert [(m.id, m.qq, m.extra) for m in models] == [
+        (1, None, {}),
+        (2, None, {"levelScore": 9}),
+        (3, "5", {}),
+    ]
+    assert page == {"total": 1}
