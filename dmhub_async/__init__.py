@@ -30,6 +30,7 @@ from ._pagination import AsyncPaginator, PaginatorStats
 from ._query_time import NaiveDatetimeWarning
 from ._retry import RetryPolicy
 from ._sansio import APIResponse
+from ._shared_rate import RedisRateLimiter
 from ._version import __version__
 from .models import (
     Customer,
@@ -72,6 +73,7 @@ __all__ = [  # noqa: RUF022 - plain sorted(), as tests/test_public_api.py checks
     "Page",
     "PaginatorStats",
     "RateLimitError",
+    "RedisRateLimiter",
     "RedisTokenStore",
     "ResponseDecodeError",
     "ResponseTooLargeError",

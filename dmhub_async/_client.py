@@ -14,7 +14,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import tzinfo
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -22,7 +22,7 @@ import attrs
 
 from ._auth import DEFAULT_STORE, TokenStore
 from ._exceptions import InvalidRequestError, coerce_code
-from ._limits import Limits, RateLimiter
+from ._limits import Limits, RateLimiter, SharedLimit
 from ._query_time import zone_setting
 from ._retry import RetryPolicy
 from ._sansio import DEFAULT_AUTH_ERROR_CODES, APIResponse
@@ -58,7 +58,8 @@ class DMHubClient:
         read_timeout: seconds to wait for the next bytes of an answer, or None.
         max_retries: retries after a failed attempt (see :class:`RetryPolicy`).
         max_concurrency: requests in flight at once, across the whole client.
-        rate_limit: requests per second across the whole client, or None.
+        rate_limit: requests per second across the whole client, or None; or a limit shared
+            with other clients (:class:`RedisRateLimiter`: every worker of a fleet).
         token_store: where clients sharing an appid share its one token
             (:class:`MemoryTokenStore` per process by default).
         auth_error_codes: body ``error_code`` values that mean the token is no longer valid.
@@ -88,7 +89,7 @@ class DMHubClient:
         timeout: float = 30.0,
         max_retries: int = 4,
         max_concurrency: int = 16,
-        rate_limit: float | None = None,
+        rate_limit: float | SharedLimit | None = None,
         token_store: TokenStore | None = None,
         auth_error_codes: Iterable[int | str] = DEFAULT_AUTH_ERROR_CODES,
         retry: RetryPolicy | None = None,
@@ -139,11 +140,13 @@ class DMHubClient:
         clock = clock or time.time
         sleep = sleep or asyncio.sleep
         self.retry_policy = retry or RetryPolicy(max_retries=max_retries)
-        limiter = None
-        if rate_limit is not None:
+        limiter: SharedLimit | None = None
+        if hasattr(rate_limit, "acquire"):  # a limit shared with others: RedisRateLimiter
+            limiter = cast(SharedLimit, rate_limit)
+        elif rate_limit is not None:
             try:
                 limiter = RateLimiter(rate_limit, clock=clock, sleep=sleep)
-            except ValueError as err:
+            except (TypeError, ValueError) as err:
                 raise InvalidRequestError(str(err)) from None
         self._session = Session(
             self.base_url,

@@ -5,8 +5,15 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from types import TracebackType
+from typing import Protocol
 
-__all__ = ["Limits", "RateLimiter"]
+__all__ = ["Limits", "RateLimiter", "SharedLimit"]
+
+
+class SharedLimit(Protocol):
+    """A rate limit a client can use: ``await acquire()`` before each request."""
+
+    async def acquire(self) -> None: ...
 
 
 class RateLimiter:
@@ -54,7 +61,7 @@ class RateLimiter:
 class Limits:
     """``async with limits:`` holds one of ``max_concurrency`` in-flight slots, after the rate."""
 
-    def __init__(self, max_concurrency: int, rate: RateLimiter | None) -> None:
+    def __init__(self, max_concurrency: int, rate: SharedLimit | None) -> None:
         self._semaphore = asyncio.Semaphore(max_concurrency)
         self._rate = rate
 

@@ -94,3 +94,17 @@ def test_the_dependency_list_is_the_packages() -> None:
     assert line is not None, "README's Install section should list the dependencies"
     listed = {name.strip() for name in line.group(1).replace("\n", " ").split(",")}
     assert listed == wanted
+    extra = re.search(r"the `redis` extra adds (.*?)\.", README.read_text(encoding="utf-8"), re.S)
+    assert extra is not None
+    named = {n.strip() for n in extra.group(1).replace(" and ", ", ").replace("\n", " ").split(",")}
+    redis_extra = project["project"]["optional-dependencies"]["redis"]
+    assert named == {re.split(r"[<>=!~\[; ]", dep, maxsplit=1)[0] for dep in redis_extra}
+
+
+def test_sharded_export_example_runs() -> None:
+    code = _block("plan_shards(dm, 4)")
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert "complete 3000 lines: 3000" in result.stdout

@@ -24,6 +24,7 @@ from ._files import STDOUT, check_output, decoded_lines, replace_on_success
 from ._parser import FILTER_FLAGS
 from ._report import ProgressLines, export_report, print_report
 from ._settings import open_client
+from ._shards import merge_command, sharded_export, worker_command
 
 __all__ = ["COMMANDS"]
 
@@ -116,6 +117,8 @@ def _check_export(args: argparse.Namespace) -> tuple[dict[str, Any], ExportEncod
 
 
 async def _export(args: argparse.Namespace) -> int:
+    if args.shards is not None:
+        return await sharded_export(args, _filters(args))
     filters, encoding = _check_export(args)
     bar, lines = _progress(args)
     async with open_client(args, args.concurrency) as dm:
@@ -235,4 +238,11 @@ async def _demo(args: argparse.Namespace) -> int:
     return _finish(report, args, sys.stdout)
 
 
-COMMANDS = {"export": _export, "lookup": _lookup, "simulate": _simulate, "demo": _demo}
+COMMANDS = {
+    "export": _export,
+    "lookup": _lookup,
+    "simulate": _simulate,
+    "demo": _demo,
+    "worker": worker_command,
+    "merge": merge_command,
+}

@@ -9,6 +9,7 @@ from typing import NoReturn
 
 from .._pagination import MAX_CONCURRENCY
 from .._version import __version__
+from ..shards import MAX_SHARDS
 from ._errors import EXIT_USAGE
 from ._settings import TOKEN_STORE_ENV
 
@@ -223,6 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     _client_flags(export, concurrency=8)
     _output_flags(export, "a CSV --out")
     _filters(export)
+    _shard_flags(export)
 
     lookup = command(
         "lookup",
@@ -285,4 +287,70 @@ def build_parser() -> argparse.ArgumentParser:
         default=20.0,
         help="simulated latency of every answer, as a real network has",
     )
+    _shard_commands(command)
     return parser
+
+
+def _shard_flags(export: argparse.ArgumentParser) -> None:
+    group = export.add_argument_group(
+        "sharded export (--out is then a directory of part files and manifest.json)"
+    )
+    group.add_argument(
+        "--shards",
+        type=_int_in(1, MAX_SHARDS),
+        metavar="N",
+        help="split the customers into N dateCreated windows, one part file each",
+    )
+    group.add_argument(
+        "--workers",
+        type=_int_in(1, MAX_CONCURRENCY),
+        default=1,
+        metavar="K",
+        help="processes of this machine that export shards",
+    )
+    group.add_argument(
+        "--queue",
+        metavar="REDIS_URL",
+        help="run the shards as jobs on this arq queue, served by `dmhub-async worker`",
+    )
+
+
+def _shard_commands(command: Callable[[str, str, str], argparse.ArgumentParser]) -> None:
+    worker = command(
+        "worker",
+        "serve sharded-export jobs from the arq queue on a Redis, until stopped",
+        "dmhub-async worker --redis redis://queue.internal:6379/0 --rate-limit 50",
+    )
+    worker.add_argument(
+        "--redis",
+        required=True,
+        metavar="URL",
+        help="the queue; also the shared token store and the shared rate limit",
+    )
+    worker.add_argument(
+        "--rate-limit",
+        type=_float_in(0.001),
+        metavar="PER_SECOND",
+        help="requests per second shared by every worker on this Redis (default: none)",
+    )
+    worker.add_argument(
+        "--jobs", type=_int_in(1, MAX_CONCURRENCY), default=1, help="shards exported at once"
+    )
+    worker.add_argument("--burst", action="store_true", help="stop when the queue is empty")
+    _client_flags(worker, concurrency=8)
+
+    merge = command(
+        "merge",
+        "concatenate the parts of a sharded export into one file, in shard order",
+        "dmhub-async merge exports/june --out june.jsonl",
+    )
+    merge.add_argument("directory", metavar="DIR", help="the directory `export --shards` wrote")
+    merge.add_argument("--out", required=True, metavar="PATH", help="the merged file")
+    merge.add_argument(
+        "--force", action="store_true", help="overwrite --out if it exists (a regular file)"
+    )
+    merge.add_argument(
+        "--allow-incomplete",
+        action="store_true",
+        help="merge the parts there are even if the export is not complete",
+    )

@@ -1,0 +1,145 @@
+"""A rate limit shared by every client on every machine, kept in Redis by ``limits``.
+
+``DMHubClient(rate_limit=50)`` spaces one client's requests. Workers of a fleet each have a
+client, so their limits add up; :class:`RedisRateLimiter` is one limit for them all: a moving
+window in Redis (the ``limits`` library's, a maintained implementation), so no second, measured
+from any instant, holds more requests than the limit, whichever workers send them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+import time
+import weakref
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+from ._exceptions import DMHubError, InvalidRequestError
+
+__all__ = ["RedisRateLimiter"]
+
+logger = logging.getLogger("dmhub_async")
+
+#: The longest single wait for a free place in the window; the window is re-read after it.
+_MAX_WAIT = 1.0
+_SPREAD = 0.02
+
+
+_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, str], asyncio.Lock]]
+_locks = weakref.WeakKeyDictionary()
+
+
+def _lock_of(where: str, key: str) -> asyncio.Lock:
+    """The lock of one shared limit in this process (and event loop)."""
+    per_loop = _locks.setdefault(asyncio.get_running_loop(), {})
+    return per_loop.setdefault((where, key), asyncio.Lock())
+
+
+def _window(rate: float) -> tuple[int, int]:
+    """``rate`` requests a second as whole requests per whole seconds (0.5/s: 1 per 2 s)."""
+    if rate >= 1:
+        return math.floor(rate), 1
+    return 1, math.ceil(1 / rate)
+
+
+def _where(url: str) -> str:
+    """``redis://host:port/db`` with no password: for messages."""
+    parts = urlsplit(url)
+    host = parts.hostname or "localhost"
+    return f"{parts.scheme}://{host}:{parts.port or 6379}{parts.path}"
+
+
+class RedisRateLimiter:
+    """At most ``rate`` requests a second across every client sharing ``url`` and ``key``.
+
+    Pass it as a client's ``rate_limit``::
+
+        limiter = RedisRateLimiter("redis://redis.internal:6379/0", 50, key=app_id)
+        async with DMHubClient(rate_limit=limiter) as dm: ...
+
+    Args:
+        url: the Redis server, ``redis://[:password@]host:port/db``.
+        rate: requests per second, shared; below 1 it is whole requests per whole seconds.
+        key: what the limit is for: clients with the same key share one limit (the app id is a
+            good key: the service limits an app, not a process).
+        timeout: seconds one Redis command may take.
+        sleep: the wait between tries (``asyncio.sleep``).
+
+    Raises:
+        InvalidRequestError: a bad rate or URL (at once, nothing is sent).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        rate: float,
+        *,
+        key: str = "default",
+        timeout: float = 5.0,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not rate > 0:
+            raise InvalidRequestError(
+                f"rate must be a positive number of requests per second, not {rate!r}"
+            )
+        if not isinstance(url, str) or urlsplit(url).scheme not in ("redis", "rediss"):
+            raise InvalidRequestError("the shared rate limit needs a redis:// or rediss:// URL")
+        from limits import RateLimitItemPerSecond
+        from limits.aio.storage import RedisStorage
+        from limits.aio.strategies import MovingWindowRateLimiter
+        from redis.asyncio import ConnectionPool
+
+        amount, seconds = _window(float(rate))
+        self.rate = float(rate)
+        self._item = RateLimitItemPerSecond(amount, seconds)
+        self._key = f"dmhub_async:{key}"
+        self._where = _where(url)
+        # Our own pool, so that aclose() can close it (the storage has no close of its own),
+        # with timeouts: a frozen Redis must not hold a call for ever.
+        self._pool = ConnectionPool.from_url(
+            url, socket_timeout=timeout, socket_connect_timeout=timeout
+        )
+        self._storage: Any = RedisStorage(
+            "async+" + url,
+            implementation="redispy",
+            key_prefix="dmhub_rate",
+            connection_pool=self._pool,  # type: ignore[arg-type]  # passed on to redis-py
+        )
+        self._limiter = MovingWindowRateLimiter(self._storage)
+        self._sleep = sleep
+
+    def __repr__(self) -> str:
+        return f"RedisRateLimiter({self._where!r}, {self.rate:g}/s)"
+
+    async def aclose(self) -> None:
+        """Close the connections to Redis."""
+        await self._pool.disconnect()
+
+    async def acquire(self) -> None:
+        """Wait until one more request fits in the shared window, and take its place."""
+        # One caller of this process at a time, for every limiter of the same limit: an entry
+        # carries the time its caller read before the round trip, and the moving window assumes
+        # entries arrive in that order. Callers racing each other add them out of order, and
+        # the window lets a few too many through (23 in a second at a limit of 20).
+        async with _lock_of(self._where, self._key):
+            while not await self._call(self._limiter.hit, self._item, self._key):
+                stats = await self._call(self._limiter.get_window_stats, self._item, self._key)
+                # A little spread, so the clients of other processes do not all rush at the
+                # instant a place frees.
+                wait = stats.reset_time - time.time() + random.uniform(0, _SPREAD)
+                await self._sleep(min(max(wait, 0.001), _MAX_WAIT))
+
+    async def _call(self, method: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+        try:
+            return await method(*args)
+        except Exception as err:  # redis-py's errors, whatever the version
+            if isinstance(err, DMHubError):
+                raise
+            raise DMHubError(
+                f"the shared rate limit at {self._where} cannot be reached "
+                f"({type(err).__name__}): no request was sent"
+            ) from None

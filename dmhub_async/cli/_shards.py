@@ -1,0 +1,165 @@
+"""Sharded exports on the command line: ``export --shards``, ``worker`` and ``merge``.
+
+``export --out DIR --shards N`` plans N ``dateCreated`` windows (or takes up the plan already in
+DIR) and exports them in this process, on ``--workers K`` processes, or through the arq queue on
+``--queue redis://...`` that ``dmhub-async worker`` processes serve, on any number of machines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from .._auth import FileTokenStore
+from ..shards import Manifest, merge
+from ..shards._local import WorkerSettings, run_in_processes
+from ..shards._queue import worker
+from ..shards._run import TotalProgress, export_sharded, prepare
+from ._errors import EXIT_INCOMPLETE, EXIT_OK, CommandError, UsageError
+from ._files import check_output
+from ._report import ProgressLines, print_report
+from ._settings import open_client, token_store
+
+__all__ = ["merge_command", "sharded_export", "worker_command"]
+
+
+def _progress(args: argparse.Namespace) -> tuple[bool, TotalProgress | None]:
+    """A bar on a terminal, lines in a log (every few seconds), nothing when ``--quiet``."""
+    if args.quiet:
+        return False, None
+    if sys.stderr.isatty():
+        return True, None
+    return False, ProgressLines().update
+
+
+def check_sharding(args: argparse.Namespace) -> None:
+    """Flags that do not go with ``--shards``, refused before anything is sent."""
+    if args.out == "-":
+        raise UsageError("--shards writes a directory of parts: --out must name a directory")
+    if args.checkpoint is not None:
+        raise UsageError("--shards keeps a checkpoint per part in --out: drop --checkpoint")
+    if args.workers > 1 and args.queue:
+        raise UsageError("--workers and --queue are two ways to run shards: choose one")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise UsageError(f"--out {args.out}: not a directory (--shards writes one)")
+
+
+async def sharded_export(args: argparse.Namespace, filters: dict[str, Any]) -> int:
+    """``export --out DIR --shards N``: plan, run every shard, write the manifest."""
+    check_sharding(args)
+    fmt = args.format or "jsonl"
+    bar, lines = _progress(args)
+    async with open_client(args, args.concurrency) as dm:
+        if args.workers <= 1 and not args.queue:
+            manifest = await export_sharded(
+                dm,
+                args.out,
+                args.shards,
+                format=fmt,
+                page_size=args.page_size,
+                concurrency=args.concurrency,
+                progress=bar,
+                on_total=lines,
+                **filters,
+            )
+            return _finish(manifest, args)
+        manifest = await prepare(dm, args.out, args.shards, format=fmt, **filters)
+        # Credentials: the worker processes inherit this one's environment, as the CLI's own
+        # client takes them from it; nothing secret is passed or written.
+        client = {
+            "base_url": dm.base_url,
+            "max_retries": args.max_retries,
+            "timezone": dm.timezone,
+        }
+    if args.queue:
+        from ..shards._queue import run_on_queue
+
+        manifest = await run_on_queue(
+            args.queue,
+            args.out,
+            manifest,
+            page_size=args.page_size,
+            concurrency=args.concurrency,
+            progress=bar,
+            on_total=lines,
+        )
+    else:
+        store = token_store(args.token_store)
+        token_file = str(store.path) if isinstance(store, FileTokenStore) else None
+        settings = (
+            WorkerSettings(client, token_file, args.page_size, args.concurrency)
+            if token_file is not None
+            else None
+        )
+        manifest = await run_in_processes(
+            settings, args.out, manifest, args.workers, client=client, progress=bar, on_total=lines
+        )
+    return _finish(manifest, args)
+
+
+def _finish(manifest: Manifest, args: argparse.Namespace) -> int:
+    data = {
+        "path": args.out,
+        "status": manifest.status(),
+        "complete": manifest.complete,
+        "exported": manifest.exported,
+        "planned": manifest.planned,
+        "shards": [
+            {"file": s.file, "status": s.status, "exported": s.exported, "error": s.error}
+            for s in manifest.shards
+        ],
+    }
+    done = sum(s.status == "complete" for s in manifest.shards)
+    text = (
+        f"exported {manifest.exported:,} customers in {len(manifest.shards)} parts to "
+        f"{args.out} ({done} of {len(manifest.shards)} complete; {manifest.planned:,} counted "
+        "when planned)"
+    )
+    for s in manifest.shards:
+        if s.status != "complete":
+            text += f"\n  {s.file}: {s.status}" + (f": {s.error}" if s.error else "")
+    if not manifest.complete:
+        text += "\nrerun the same command to finish the parts that are not complete"
+    print_report(data, text, style=args.report, quiet=args.quiet, out=sys.stdout)
+    return EXIT_OK if manifest.complete else EXIT_INCOMPLETE
+
+
+async def worker_command(args: argparse.Namespace) -> int:
+    """``worker --redis URL``: serve the export queue until stopped (SIGTERM, Ctrl-C)."""
+    client: dict[str, Any] = {"max_retries": args.max_retries}
+    if getattr(args, "timezone", None):
+        client["timezone"] = args.timezone
+    if args.token_store:
+        client["token_store"] = token_store(args.token_store)
+    arq_worker = worker(
+        args.redis,
+        client=client,
+        rate_limit=args.rate_limit,
+        max_jobs=args.jobs,
+        burst=args.burst,
+        handle_signals=False,
+    )
+    try:
+        await arq_worker.async_run()
+    finally:
+        await arq_worker.close()
+    return EXIT_OK
+
+
+def _merge(args: argparse.Namespace) -> int:
+    if not os.path.isdir(args.directory):
+        raise CommandError(f"{args.directory}: no such directory")
+    check_output(args.out, force=args.force)
+    return merge(args.directory, args.out, allow_incomplete=args.allow_incomplete)
+
+
+async def merge_command(args: argparse.Namespace) -> int:
+    """``merge DIR --out FILE``: the parts of a sharded export as one file, in shard order."""
+    lines = _merge(args)
+    data = {"path": args.out, "lines": lines}
+    text = f"merged {lines:,} lines from {args.directory} into {args.out}"
+    print_report(data, text, style=args.report, quiet=args.quiet, out=sys.stdout)
+    return EXIT_OK

@@ -1,0 +1,33 @@
+"""Sharded export: one customer set split into disjoint ``dateCreated`` windows, exported in parts.
+
+::
+
+    from dmhub_async import DMHubClient
+    from dmhub_async.shards import export_sharded, merge
+
+    async with DMHubClient() as dm:
+        manifest = await export_sharded(dm, "export-dir", shards=8, stage="lead")
+    print(manifest.status(), manifest.exported)
+    merge("export-dir", "customers.jsonl")
+
+Each shard is a small value a task queue can carry; :func:`export_shard` is all a task needs.
+The command line runs shards on processes (``--workers``) or on machines through arq and Redis
+(``--queue``, ``dmhub-async worker``): see docs/sharding.md.
+"""
+
+from ._manifest import MANIFEST_NAME, Manifest, ShardOutcome, merge, part_name
+from ._plan import MAX_SHARDS, Shard, plan_shards
+from ._run import export_shard, export_sharded
+
+__all__ = [
+    "MANIFEST_NAME",
+    "MAX_SHARDS",
+    "Manifest",
+    "Shard",
+    "ShardOutcome",
+    "export_shard",
+    "export_sharded",
+    "merge",
+    "part_name",
+    "plan_shards",
+]

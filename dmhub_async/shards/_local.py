@@ -1,0 +1,217 @@
+"""Shards on worker processes of this machine: ``dmhub-async export --shards N --workers K``.
+
+K processes (spawned, not forked: an event loop does not survive a fork) each build one client
+and take shards from a queue until it is empty. They share the one token of the appid through a
+:class:`~dmhub_async.FileTokenStore`, so K processes cost one token request, not K that revoke
+each other. Each process reports progress on an event queue; this process alone writes the
+manifest and draws the one progress bar. A worker that dies (killed, out of memory) is replaced
+and its shard handed to the replacement, which resumes from the shard's checkpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+import queue
+import tempfile
+from collections.abc import Callable, Mapping
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from .._auth import FileTokenStore
+from .._exceptions import DMHubError
+from ..export import ExportProgress
+from ._manifest import Manifest, ShardOutcome, checkpoint_name, part_name
+from ._run import ProgressBar, TotalProgress, export_shard, pending, record_result, result_of
+
+__all__ = ["WorkerSettings", "run_in_processes"]
+
+#: How often a shard is handed out again after its worker died, before it is marked failed.
+MAX_TRIES = 3
+
+
+@attrs.frozen
+class WorkerSettings:
+    """What a worker process needs to build its client: picklable, sent to the children only.
+
+    ``client`` holds ``DMHubClient`` keyword arguments (credentials included: they go to the
+    child over a pipe, never to a file or a log). ``token_file`` is the shared token store.
+    """
+
+    client: Mapping[str, Any] = attrs.field(repr=False)
+    token_file: str
+    page_size: int = 100
+    concurrency: int = 8
+
+
+def _child(settings: WorkerSettings, directory: str, fmt: str, tasks: Any, events: Any) -> None:
+    """A worker process: export shards taken from ``tasks`` until it gets None."""
+    asyncio.run(_child_loop(settings, Path(directory), fmt, tasks, events))
+
+
+async def _child_loop(
+    settings: WorkerSettings, directory: Path, fmt: str, tasks: Any, events: Any
+) -> None:
+    from .._client import DMHubClient
+    from ._plan import Shard
+
+    loop = asyncio.get_running_loop()
+    store = FileTokenStore(settings.token_file)
+    async with DMHubClient(**settings.client, token_store=store) as client:
+        while True:
+            task = await loop.run_in_executor(None, tasks.get)
+            if task is None:
+                return
+            shard = Shard.from_dict(task)
+            index = shard.index
+            try:
+                report = await export_shard(
+                    client,
+                    shard,
+                    directory / part_name(index, fmt),
+                    checkpoint=directory / checkpoint_name(index, fmt),
+                    format=fmt,
+                    page_size=settings.page_size,
+                    concurrency=settings.concurrency,
+                    on_progress=_reporter(events, index),
+                )
+            except DMHubError as err:
+                events.put(("failed", index, str(err)))
+            else:
+                events.put(("done", index, result_of(report)))
+
+
+def _reporter(events: Any, index: int) -> Callable[[ExportProgress], None]:
+    def report(progress: ExportProgress) -> None:
+        events.put(("progress", index, progress.exported))
+
+    return report
+
+
+async def run_in_processes(
+    settings: WorkerSettings | None,
+    directory: str | os.PathLike[str],
+    manifest: Manifest,
+    workers: int,
+    *,
+    client: Mapping[str, Any] | None = None,
+    progress: bool = True,
+    on_total: TotalProgress | None = None,
+) -> Manifest:
+    """Export the manifest's pending shards on ``workers`` processes; the manifest at the end.
+
+    Pass ``settings``, or only ``client`` (``DMHubClient`` keyword arguments) to share the token
+    through a private temporary file store.
+    """
+    where = Path(directory)
+    todo = {o.shard.index: o for o in pending(manifest.shards)}
+    if not todo:
+        return manifest
+    with tempfile.TemporaryDirectory(prefix="dmhub-tokens-") as private:
+        if settings is None:
+            settings = WorkerSettings(client or {}, os.path.join(private, "tokens.json"))
+        bar = ProgressBar(progress, manifest, on_total)
+        workers = max(1, min(workers, len(todo)))
+        return await _supervise(settings, where, manifest, todo, workers, bar)
+
+
+async def _supervise(
+    settings: WorkerSettings,
+    where: Path,
+    manifest: Manifest,
+    todo: dict[int, ShardOutcome],
+    workers: int,
+    bar: ProgressBar,
+) -> Manifest:
+    ctx = multiprocessing.get_context("spawn")
+    events: Any = ctx.Queue()
+    waiting = list(todo)  # shard indexes not handed out yet, in order
+    # Each worker has its own task queue, so this process knows which shard a worker holds
+    # even when the worker is killed before it could say so.
+    busy: dict[BaseProcess, tuple[Any, int | None]] = {}
+    tries: dict[int, int] = {}
+    loop = asyncio.get_running_loop()
+
+    def hand_out(proc: BaseProcess, tasks: Any) -> None:
+        index = waiting.pop(0) if waiting else None
+        busy[proc] = (tasks, index)
+        if index is None:
+            tasks.put(None)
+            return
+        tries[index] = tries.get(index, 0) + 1
+        todo[index].status = "running"
+        tasks.put(todo[index].shard.to_dict())
+
+    def spawn() -> None:
+        tasks: Any = ctx.Queue()
+        proc = ctx.Process(
+            target=_child,
+            args=(settings, str(where), manifest.format, tasks, events),
+            daemon=True,
+        )
+        proc.start()
+        hand_out(proc, tasks)
+
+    def finish(index: int) -> None:
+        todo.pop(index, None)
+        manifest.write(where)
+        for proc, (tasks, held) in list(busy.items()):
+            if held == index:
+                hand_out(proc, tasks)
+
+    for _ in range(workers):
+        spawn()
+    try:
+        while todo:
+            try:
+                kind, index, value = await loop.run_in_executor(None, events.get, True, 0.5)
+            except queue.Empty:
+                kind = None
+            if kind == "progress" and index in todo:
+                bar.update(index, value)
+            elif kind == "done" and index in todo:
+                record_result(todo[index], value)
+                bar.update(index, value["exported"])
+                finish(index)
+            elif kind == "failed" and index in todo:
+                todo[index].status, todo[index].error = "failed", value
+                finish(index)
+            if kind is None:
+                _replace_the_dead(busy, todo, waiting, tries, finish, spawn)
+    finally:
+        for proc, (tasks, _) in busy.items():
+            if proc.is_alive():
+                tasks.put(None)
+        for proc in busy:
+            await loop.run_in_executor(None, proc.join, 10)
+            if proc.is_alive():
+                proc.kill()
+        bar.close()
+        manifest.write(where)
+    return manifest
+
+
+def _replace_the_dead(
+    busy: dict[BaseProcess, tuple[Any, int | None]],
+    todo: dict[int, ShardOutcome],
+    waiting: list[int],
+    tries: dict[int, int],
+    finish: Any,
+    spawn: Any,
+) -> None:
+    """Hand a dead worker's shard back out (to a new worker), or fail it after MAX_TRIES."""
+    for proc, (_, index) in list(busy.items()):
+        if proc.is_alive() or index is None or index not in todo:
+            continue
+        del busy[proc]
+        if tries.get(index, 0) >= MAX_TRIES:
+            todo[index].status = "failed"
+            todo[index].error = f"its worker died {MAX_TRIES} times"
+            finish(index)
+        else:
+            waiting.insert(0, index)
+            spawn()

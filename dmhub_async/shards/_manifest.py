@@ -1,0 +1,210 @@
+"""The sharded export's directory: one part file per shard and ``manifest.json``.
+
+The manifest is the plan and its outcome: each shard's window, file, count and status, and the
+whole export's status, ``complete`` only when every shard is. It also records where the export
+came from (base URL, app id, filters, format), so a rerun that would mix two environments or two
+selections in one directory is refused. It is written by the one process that coordinates the
+export (never by the workers), atomically: a crash leaves the old manifest or the new one.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import attrs
+import cattrs
+import orjson
+
+from .._exceptions import InvalidRequestError
+from ._plan import Shard
+
+__all__ = ["MANIFEST_NAME", "Manifest", "ShardOutcome", "merge", "part_name"]
+
+MANIFEST_NAME = "manifest.json"
+MANIFEST_VERSION = 1
+Status = Literal["pending", "running", "complete", "incomplete", "failed"]
+
+
+def part_name(index: int, fmt: str) -> str:
+    """``part-00003.jsonl``: the file of shard 3."""
+    return f"part-{index:05d}.{fmt}"
+
+
+def checkpoint_name(index: int, fmt: str) -> str:
+    """The shard's checkpoint, beside its part on the storage every worker shares."""
+    return f"{part_name(index, fmt)}.ckpt"
+
+
+@attrs.define
+class ShardOutcome:
+    """One shard of the manifest: its window and what became of it."""
+
+    shard: Shard
+    file: str
+    status: Status = "pending"
+    exported: int = 0
+    duplicates: int = 0
+    seconds: float = 0.0
+    error: str | None = None
+
+
+@attrs.define
+class Manifest:
+    """``manifest.json`` of a sharded export directory."""
+
+    format: str
+    base_url: str
+    app_id: str | None
+    filters: dict[str, Any]
+    shards: list[ShardOutcome]
+    version: int = MANIFEST_VERSION
+
+    @property
+    def complete(self) -> bool:
+        """Every shard exported and verified complete."""
+        return bool(self.shards) and all(s.status == "complete" for s in self.shards)
+
+    @property
+    def exported(self) -> int:
+        """Customers written, all parts together."""
+        return sum(s.exported for s in self.shards)
+
+    @property
+    def planned(self) -> int:
+        """Customers counted when the shards were planned."""
+        return sum(s.shard.planned_count for s in self.shards)
+
+    def status(self) -> str:
+        """``complete`` or ``incomplete``: the whole export's status."""
+        return "complete" if self.complete else "incomplete"
+
+    @classmethod
+    def new(
+        cls,
+        shards: Sequence[Shard],
+        *,
+        fmt: str,
+        base_url: str,
+        app_id: str | None,
+        filters: dict[str, Any],
+    ) -> Manifest:
+        """A manifest of shards planned and not yet exported."""
+        return cls(
+            format=fmt,
+            base_url=base_url,
+            app_id=app_id,
+            filters=filters,
+            shards=[ShardOutcome(s, part_name(s.index, fmt)) for s in shards],
+        )
+
+    def check_same_export(
+        self, *, fmt: str, base_url: str, app_id: str | None, filters: dict[str, Any]
+    ) -> None:
+        """Refuse to carry on this manifest's export with other settings."""
+        mine = {"format": self.format, "base_url": self.base_url, "app_id": self.app_id}
+        theirs = {"format": fmt, "base_url": base_url, "app_id": app_id}
+        changed = [k for k in mine if mine[k] != theirs[k]]
+        if self.filters != filters:
+            changed.append("filters")
+        if changed:
+            raise InvalidRequestError(
+                f"the directory holds a sharded export with other {', '.join(changed)}: "
+                "use a new directory (or delete this one) to start another export"
+            )
+
+    # -- files ---------------------------------------------------------------------------------
+
+    def write(self, directory: str | os.PathLike[str]) -> Path:
+        """Write ``manifest.json`` atomically (a temp file of an unpredictable name, renamed)."""
+        path = Path(directory) / MANIFEST_NAME
+        data = orjson.dumps(
+            {**_converter.unstructure(self), "status": self.status()},
+            option=orjson.OPT_INDENT_2,
+        )
+        fd, tmp = tempfile.mkstemp(prefix=".manifest.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data + b"\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+    @classmethod
+    def read(cls, directory: str | os.PathLike[str]) -> Manifest | None:
+        """The directory's manifest, or None when it has none."""
+        path = Path(directory) / MANIFEST_NAME
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        try:
+            data = orjson.loads(raw)
+            data.pop("status", None)
+            return _converter.structure(data, cls)
+        except (orjson.JSONDecodeError, cattrs.BaseValidationError, AttributeError) as err:
+            raise InvalidRequestError(f"{path} is not a manifest this SDK wrote: {err}") from None
+
+
+_converter = cattrs.Converter()
+_converter.register_unstructure_hook(Shard, lambda shard: shard.to_dict())
+_converter.register_structure_hook(Shard, lambda data, _: Shard.from_dict(data))
+
+
+def merge(
+    directory: str | os.PathLike[str],
+    dest: str | os.PathLike[str],
+    *,
+    allow_incomplete: bool = False,
+) -> int:
+    """Concatenate a sharded export's parts into ``dest``, in shard order; the lines written.
+
+    The lines are the records of a JSONL export. A CSV keeps the first part's header only (and
+    counts a quoted line break as a line). ``dest`` is written to a temp file beside it and
+    moved into place at the end, so a failed merge leaves no half file.
+
+    Raises:
+        InvalidRequestError: no manifest, a part missing, or the export is not complete (unless
+            ``allow_incomplete``).
+    """
+    manifest = Manifest.read(directory)
+    if manifest is None:
+        raise InvalidRequestError(f"{directory} has no {MANIFEST_NAME}: not a sharded export")
+    if not manifest.complete and not allow_incomplete:
+        raise InvalidRequestError(
+            f"the export in {directory} is not complete: finish it first (rerun the export), "
+            "or merge what there is with allow_incomplete=True (CLI: --allow-incomplete)"
+        )
+    dest_path = Path(dest)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest_path.name}.", suffix=".tmp", dir=dest_path.parent)
+    records = 0
+    try:
+        with os.fdopen(fd, "wb") as out:
+            for outcome in manifest.shards:
+                part = Path(directory) / outcome.file
+                if not part.is_file():
+                    if allow_incomplete:
+                        continue
+                    raise InvalidRequestError(f"{part} is missing")
+                with part.open("rb") as fh:
+                    if manifest.format == "csv":
+                        header = fh.readline()
+                        if out.tell() == 0:
+                            out.write(header)
+                    for line in fh:
+                        out.write(line)
+                        records += 1
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, dest_path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return records

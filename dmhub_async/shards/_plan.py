@@ -1,0 +1,286 @@
+"""Planning a sharded export: disjoint ``dateCreated`` windows of about equal size.
+
+``dateCreated`` is the only immutable field the list API filters on (docs/contract.md, "More live
+behaviour"), so it is the key that splits a customer set into parts that stay disjoint however
+the data changes while the parts are exported. The planner finds the window edges with ``count``
+probes (a bisection per edge, all edges probed together each round), never with a walk.
+
+Windows are closed-open ``[start, end)`` in whole UTC seconds: the service stores and filters
+``dateCreated`` to the second, both bounds inclusive, so ``[start, end)`` is sent as
+``dateCreatedFrom=start`` and ``dateCreatedTo=end - 1s``. The first window has no start (unless
+the caller's filters give one) and the last no end, so the union of the windows is exactly the
+filtered set, customers created after the plan included.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from datetime import datetime, timedelta, timezone, tzinfo
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from .._exceptions import InvalidRequestError
+from .._query_time import query_time, warn_naive
+
+if TYPE_CHECKING:
+    from .._client import DMHubClient
+
+__all__ = ["MAX_SHARDS", "Shard", "manifest_filters", "plan_shards"]
+
+#: More parts than this is a plan for a fleet this SDK has not been tried on.
+MAX_SHARDS = 4096
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_ONE_SECOND = timedelta(seconds=1)
+
+
+def _seconds(moment: datetime) -> int:
+    return int((moment - _EPOCH).total_seconds())
+
+
+def _moment(seconds: int) -> datetime:
+    return _EPOCH + timedelta(seconds=seconds)
+
+
+@attrs.frozen
+class Shard:
+    """One part of a sharded export: a ``dateCreated`` window and the export's other filters.
+
+    A small value that pickles and converts to JSON (:meth:`to_dict`), so a task queue can carry
+    it: :func:`~dmhub_async.shards.export_shard` is all a worker needs.
+
+    Attributes:
+        index: the part's number, from 0; parts are merged in this order.
+        start: the first second of the window (aware UTC), or None for "from the beginning".
+        end: the second after the window (aware UTC), or None for "open-ended".
+        filters: the caller's other filters, JSON-safe (datetimes as ISO strings).
+        planned_count: customers in the window when it was planned.
+        note: why the window is as it is, when the planner could not do better.
+    """
+
+    index: int
+    start: datetime | None
+    end: datetime | None
+    filters: Mapping[str, Any] = attrs.field(factory=dict)
+    planned_count: int = 0
+    note: str | None = None
+
+    def export_filters(self) -> dict[str, Any]:
+        """The keyword filters of ``export_customers`` that select exactly this window."""
+        chosen = dict(self.filters)
+        if self.start is not None:
+            chosen["date_created_from"] = self.start
+        if self.end is not None:
+            chosen["date_created_to"] = self.end - _ONE_SECOND  # the service's bound is inclusive
+        return chosen
+
+    def describe(self) -> str:
+        """``[2024-01-01T00:00:00Z, 2024-03-05T11:12:13Z)``-style text for logs and reports."""
+
+        def text(moment: datetime | None, open_side: str) -> str:
+            return moment.strftime("%Y-%m-%dT%H:%M:%SZ") if moment else open_side
+
+        return f"[{text(self.start, '-inf')}, {text(self.end, '+inf')})"
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-safe dict; :meth:`from_dict` reads it back."""
+        return {
+            "index": self.index,
+            "start": self.start.isoformat() if self.start else None,
+            "end": self.end.isoformat() if self.end else None,
+            "filters": dict(self.filters),
+            "planned_count": self.planned_count,
+            "note": self.note,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Shard:
+        """The shard :meth:`to_dict` wrote."""
+        try:
+            return cls(
+                index=int(data["index"]),
+                start=_aware(data.get("start")),
+                end=_aware(data.get("end")),
+                filters=dict(data.get("filters") or {}),
+                planned_count=int(data.get("planned_count") or 0),
+                note=data.get("note"),
+            )
+        except (KeyError, TypeError, ValueError) as err:
+            raise InvalidRequestError(f"not a shard: {err}") from None
+
+
+def _aware(text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    moment = datetime.fromisoformat(text)
+    if moment.tzinfo is None:
+        raise ValueError(f"shard bound without a time zone: {text!r}")
+    return moment.astimezone(timezone.utc)
+
+
+def _utc(name: str, value: Any, zone: tzinfo | None, *, end: bool = False) -> str:
+    """A time filter as an aware UTC ISO string, read in the client's zone when naive."""
+    text, naive = query_time("plan_shards", name, value, zone, end=end)
+    if naive:
+        warn_naive("plan_shards")
+    return text + "+00:00"
+
+
+def _json_safe_filters(filters: Mapping[str, Any], zone: tzinfo | None) -> dict[str, Any]:
+    """The caller's filters as a shard carries them: checked, and JSON-safe."""
+    reserved = sorted(name for name in ("sort_by", "sort_order") if name in filters)
+    if reserved:
+        raise InvalidRequestError(
+            f"plan_shards(): {', '.join(reserved)} not allowed: a sharded export walks by id"
+        )
+    safe: dict[str, Any] = {}
+    for name, value in filters.items():
+        if value is None or name in ("date_created_from", "date_created_to"):
+            continue
+        if name in ("last_updated_from", "last_updated_to"):
+            # Pinned to UTC now, so a worker in another time zone reads the same instant.
+            value = _utc(name, value, zone, end=name.endswith("_to"))
+        elif name == "id_list" or (name == "select" and not isinstance(value, str)):
+            value = list(value)
+        elif hasattr(value, "value"):  # an enum such as Gender
+            value = value.value
+        safe[name] = value
+    return safe
+
+
+def manifest_filters(filters: Mapping[str, Any], zone: tzinfo | None) -> dict[str, Any]:
+    """The filters of a whole sharded export as its manifest records them (JSON-safe, UTC)."""
+    recorded = _json_safe_filters(filters, zone)
+    for name in ("date_created_from", "date_created_to"):
+        if filters.get(name) is not None:
+            recorded[name] = _utc(name, filters[name], zone, end=name.endswith("_to"))
+    return recorded
+
+
+def _bound(name: str, value: Any, zone: tzinfo | None) -> int | None:
+    """A caller's ``date_created_from``/``_to`` as whole UTC seconds (both inclusive)."""
+    if value is None:
+        return None
+    return _seconds(datetime.fromisoformat(_utc(name, value, zone, end=name.endswith("_to"))))
+
+
+async def plan_shards(
+    client: DMHubClient,
+    n: int,
+    *,
+    now: datetime | None = None,
+    **filters: Any,
+) -> list[Shard]:
+    """Split the customers that match ``filters`` into at most ``n`` disjoint windows.
+
+    Each window holds about ``count / n`` customers when planned. A second that alone holds
+    more than a window's share cannot be split (the service filters to the second): it becomes
+    one shard, said in its ``note``, and the plan has fewer than ``n`` shards when edges fall
+    together. Costs about ``log2(seconds in the range)`` rounds of ``n - 1`` concurrent counts.
+
+    Args:
+        client: an open client.
+        n: the number of shards wanted, 1 to 4096.
+        now: the planning time (the newest second probed); defaults to the clock now.
+        **filters: the filters of ``Customers.list``; ``date_created_from``/``_to`` bound the
+            whole plan, ``sort_by``/``sort_order`` are not allowed.
+
+    Raises:
+        InvalidRequestError: a bad ``n`` or filter, before any request.
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_SHARDS:
+        raise InvalidRequestError(f"plan_shards(): n must be an int from 1 to {MAX_SHARDS}")
+    zone = client.timezone
+    safe = _json_safe_filters(filters, zone)
+    lo = _bound("date_created_from", filters.get("date_created_from"), zone)
+    hi_inclusive = _bound("date_created_to", filters.get("date_created_to"), zone)
+    hi = hi_inclusive + 1 if hi_inclusive is not None else None
+    if lo is not None and hi is not None and hi <= lo:
+        raise InvalidRequestError("plan_shards(): date_created_to is before date_created_from")
+    # Checked by the resource before the first request: a bad filter sends nothing.
+    probe = _Probe(client, safe, lo)
+    total = await probe.count_before(hi)
+    newest = _seconds((now or datetime.now(timezone.utc)).astimezone(timezone.utc)) + 1
+    top = hi if hi is not None else newest + 1
+    bottom = lo if lo is not None else 0
+    edges = await _edges(probe, n, total, bottom, top) if n > 1 and total > 0 else []
+    bounds: list[int | None] = [lo, *edges, hi]
+    shards: list[Shard] = []
+    counts = [0, *[probe.known[e] for e in edges], total]
+    share = total / n
+    for i in range(len(bounds) - 1):
+        start, end = bounds[i], bounds[i + 1]
+        held = counts[i + 1] - counts[i]
+        note = None
+        if start is not None and end is not None and end - start == 1 and held > share * 1.5:
+            note = f"{held} customers were created within one second: this window cannot be split"
+        shards.append(
+            Shard(
+                index=i,
+                start=_moment(start) if start is not None else None,
+                end=_moment(end) if end is not None else None,
+                filters=safe,
+                planned_count=held,
+                note=note,
+            )
+        )
+    return shards
+
+
+class _Probe:
+    """``count`` of the filtered customers created before a second, memoised."""
+
+    def __init__(self, client: DMHubClient, filters: Mapping[str, Any], lo: int | None) -> None:
+        self._client = client
+        self._filters = dict(filters)
+        if lo is not None:
+            self._filters["date_created_from"] = _moment(lo)
+        self.known: dict[int, int] = {}
+
+    async def count_before(self, second: int | None) -> int:
+        if second is not None and second in self.known:
+            return self.known[second]
+        filters = dict(self._filters)
+        if second is not None:
+            filters["date_created_to"] = _moment(second - 1)
+        found = await self._client.customers.count(**filters)
+        if second is not None:
+            self.known[second] = found
+        return found
+
+
+async def _edges(probe: _Probe, n: int, total: int, bottom: int, top: int) -> list[int]:
+    """The n-1 window edges: for each target k*total/n, the first second t with C(t) >= target.
+
+    One bisection per edge, run side by side: each round probes every unresolved edge's middle
+    at once, so the plan takes about log2(top - bottom) round trips, not (n-1) times that.
+    """
+    targets = [-(-k * total // n) for k in range(1, n)]  # ceil(k * total / n)
+    # Invariant per edge: C(low) < target <= C(high); C(bottom) is 0 when nothing predates it.
+    low = [bottom] * len(targets)
+    high = [top] * len(targets)
+    while True:
+        middles = sorted({(a + b) // 2 for a, b in zip(low, high, strict=True) if b - a > 1})
+        if not middles:
+            break
+        counts = await asyncio.gather(*(probe.count_before(m) for m in middles))
+        seen = dict(zip(middles, counts, strict=True))
+        for i, target in enumerate(targets):
+            if high[i] - low[i] > 1:
+                middle = (low[i] + high[i]) // 2
+                if seen[middle] >= target:
+                    high[i] = middle
+                else:
+                    low[i] = middle
+    edges = set(high) - {top}
+    # A second that holds more than a share of its own gets a window of its own: else the
+    # customers before it in the same window would make that window heavier still.
+    share = total / n
+    for edge in sorted(edges):
+        before, through = await asyncio.gather(
+            probe.count_before(edge - 1), probe.count_before(edge)
+        )
+        if through - before > share and edge - 1 > bottom:
+            edges.add(edge - 1)
+    return sorted(edges)

@@ -1,0 +1,273 @@
+"""Shards on machines: arq job queues on Redis (``dmhub-async worker`` / ``export --queue``).
+
+One arq job per shard. The coordinator (``export --queue``) enqueues the shards still to do,
+under job ids made from the export directory and the shard, so a rerun never doubles a job; it
+follows their progress in Redis and writes the manifest. Workers (``dmhub-async worker``) take
+their credentials from their own environment (never from Redis), share the appid's one token
+through :class:`~dmhub_async.RedisTokenStore` on the same Redis, and, with a rate limit, share
+one limit through :class:`~dmhub_async.RedisRateLimiter`.
+
+A worker killed mid-shard: arq keeps the job queued and marks it in progress only while the
+worker that holds it lives, because the job renews arq's in-progress key every few seconds
+(:data:`HEARTBEAT`) with a short life (:data:`IN_PROGRESS_TTL`); arq's own default would keep a
+dead worker's job for the whole job timeout plus 10 s. Another worker then takes the job, which
+resumes from the shard's checkpoint beside its part file: the output directory must be storage
+that every worker can write (a shared volume, NFS), at the same path on every machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from .._exceptions import DMHubError, InvalidRequestError
+from ._manifest import Manifest, ShardOutcome, checkpoint_name, part_name
+from ._plan import Shard
+from ._run import ProgressBar, TotalProgress, export_shard, pending, record_result, result_of
+
+__all__ = ["HEARTBEAT", "IN_PROGRESS_TTL", "JOB_NAME", "run_on_queue", "worker"]
+
+logger = logging.getLogger("dmhub_async")
+
+JOB_NAME = "dmhub_export_shard"
+#: Seconds between renewals of a running job's in-progress mark.
+HEARTBEAT = 5.0
+#: Seconds a dead worker's job stays marked in progress: it is taken over within about this.
+IN_PROGRESS_TTL = 20.0
+#: A shard may take hours; liveness is the heartbeat's job, not the timeout's.
+JOB_TIMEOUT = 24 * 3600
+#: Tries of one shard (a kill, a failure) before arq gives it up.
+MAX_TRIES = 5
+_PROGRESS_EVERY = 0.5
+
+
+def _progress_key(export_id: str) -> str:
+    return f"dmhub_async:export:{export_id}:progress"
+
+
+def export_id_of(directory: Path) -> str:
+    """The export's id: the same directory is the same export, on every machine."""
+    return hashlib.sha256(os.path.abspath(directory).encode()).hexdigest()[:16]
+
+
+def _absolute(directory: str | os.PathLike[str]) -> Path:
+    return Path(os.path.abspath(directory))
+
+
+def job_id_of(export_id: str, index: int) -> str:
+    """The job of one shard: a rerun of the coordinator finds the same job, never a second."""
+    return f"dmhub-export:{export_id}:{index:05d}"
+
+
+async def _export_shard_job(ctx: dict[str, Any], task: dict[str, Any]) -> dict[str, Any]:
+    """The arq job: export one shard, renewing the job's in-progress mark while it runs."""
+    from arq.constants import in_progress_key_prefix
+
+    redis = ctx["redis"]
+    in_progress = in_progress_key_prefix + ctx["job_id"]
+    shard = Shard.from_dict(task["shard"])
+    directory = Path(task["directory"])
+    fmt = task["format"]
+    progress_key = _progress_key(task["export_id"])
+    last = 0.0
+
+    takeover, every = ctx["takeover"], ctx["heartbeat"]
+
+    async def heartbeat() -> None:
+        while True:
+            await redis.pexpire(in_progress, int(takeover * 1000))
+            await asyncio.sleep(every)
+
+    def on_progress(done: Any) -> None:
+        nonlocal last
+        now = time.monotonic()
+        if now - last >= _PROGRESS_EVERY:
+            last = now
+            ctx["pending_progress"].add(
+                asyncio.ensure_future(redis.hset(progress_key, str(shard.index), done.exported))
+            )
+
+    beating = asyncio.ensure_future(heartbeat())
+    try:
+        report = await export_shard(
+            ctx["client"],
+            shard,
+            directory / part_name(shard.index, fmt),
+            checkpoint=directory / checkpoint_name(shard.index, fmt),
+            format=fmt,
+            page_size=task["page_size"],
+            concurrency=task["concurrency"],
+            on_progress=on_progress,
+        )
+    finally:
+        beating.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await beating
+    await redis.hset(progress_key, str(shard.index), report.exported)
+    await redis.expire(progress_key, 7 * 24 * 3600)
+    return result_of(report)
+
+
+def worker(
+    redis_url: str,
+    *,
+    client: dict[str, Any] | None = None,
+    rate_limit: float | None = None,
+    max_jobs: int = 1,
+    burst: bool = False,
+    heartbeat: float = HEARTBEAT,
+    takeover: float = IN_PROGRESS_TTL,
+    handle_signals: bool = True,
+) -> Any:
+    """An arq ``Worker`` that exports shards; ``.run()`` it (the CLI's ``dmhub-async worker``).
+
+    Args:
+        redis_url: the queue's Redis, ``redis://HOST:PORT/DB``; also the shared token store and
+            the shared rate limit.
+        client: more ``DMHubClient`` keyword arguments (credentials default to the environment).
+        rate_limit: requests per second shared by every worker on this Redis, or None.
+        max_jobs: shards this worker exports at once.
+        burst: stop when the queue is empty (for tests and batch machines).
+        heartbeat: seconds between renewals of a running job's in-progress mark.
+        takeover: seconds after its worker dies that a job is taken over (> ``heartbeat``).
+        handle_signals: let arq handle SIGINT/SIGTERM (False inside a program that does).
+    """
+    if not 0 < heartbeat < takeover:
+        raise InvalidRequestError("worker(): heartbeat must be positive and below takeover")
+    from arq.connections import RedisSettings
+    from arq.worker import Worker, func
+
+    from .._auth import RedisTokenStore
+    from .._client import DMHubClient
+    from .._shared_rate import RedisRateLimiter
+
+    settings = dict(client or {})
+
+    async def startup(ctx: dict[str, Any]) -> None:
+        kwargs = dict(settings)
+        kwargs.setdefault("token_store", RedisTokenStore(redis_url))
+        limiter = None
+        if rate_limit is not None:
+            app_id = kwargs.get("app_id") or os.environ.get("DMHUB_APP_ID") or "default"
+            limiter = RedisRateLimiter(redis_url, rate_limit, key=str(app_id))
+            kwargs["rate_limit"] = limiter
+        ctx["limiter"] = limiter
+        ctx["client"] = DMHubClient(**kwargs)
+        ctx["pending_progress"] = set()
+        ctx["heartbeat"], ctx["takeover"] = heartbeat, takeover
+
+    async def shutdown(ctx: dict[str, Any]) -> None:
+        await _close(ctx.get("client"), ctx.get("limiter"), ctx.get("pending_progress") or set())
+
+    job = func(_export_shard_job, name=JOB_NAME, max_tries=MAX_TRIES, timeout=JOB_TIMEOUT)
+    arq_worker = Worker(
+        functions=[job],
+        redis_settings=RedisSettings.from_dsn(redis_url),
+        on_startup=startup,
+        on_shutdown=shutdown,
+        max_jobs=max_jobs,
+        burst=burst,
+        keep_result=7 * 24 * 3600,
+        poll_delay=0.5,
+        handle_signals=handle_signals,
+    )
+    # arq marks a job in progress for its whole timeout plus 10 s; the job's heartbeat keeps
+    # the mark alive while its worker lives, so a short first mark is safe.
+    arq_worker.in_progress_timeout_s = takeover
+    return arq_worker
+
+
+async def _close(client: Any, limiter: Any, writes: set[asyncio.Future[Any]]) -> None:
+    await asyncio.gather(*writes, return_exceptions=True)
+    if client is not None:
+        await client.aclose()
+    if limiter is not None:
+        await limiter.aclose()
+
+
+async def run_on_queue(
+    redis_url: str,
+    directory: str | os.PathLike[str],
+    manifest: Manifest,
+    *,
+    page_size: int = 100,
+    concurrency: int = 8,
+    progress: bool = True,
+    on_total: TotalProgress | None = None,
+    poll: float = 0.5,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> Manifest:
+    """Enqueue the manifest's pending shards, follow them to the end, and write the manifest.
+
+    Returns when every shard has ended (complete, incomplete or failed after arq's tries).
+    """
+    from arq import create_pool
+    from arq.connections import RedisSettings
+    from arq.jobs import Job, JobStatus
+
+    where = _absolute(directory)
+    export_id = export_id_of(where)
+    todo = {o.shard.index: o for o in pending(manifest.shards)}
+    bar = ProgressBar(progress, manifest, on_total)
+    pool = await create_pool(RedisSettings.from_dsn(redis_url))
+    try:
+        jobs: dict[int, Any] = {}
+        for index, outcome in todo.items():
+            job_id = job_id_of(export_id, index)
+            job = Job(job_id, pool)
+            status = await job.status()
+            if status == JobStatus.complete and not await _usable(job, outcome):
+                await pool.delete(f"arq:result:{job_id}", f"arq:retry:{job_id}")
+                status = JobStatus.not_found
+            if status == JobStatus.not_found:
+                task = {
+                    "shard": outcome.shard.to_dict(),
+                    "directory": str(where),
+                    "format": manifest.format,
+                    "page_size": page_size,
+                    "concurrency": concurrency,
+                    "export_id": export_id,
+                }
+                await pool.enqueue_job(JOB_NAME, task, _job_id=job_id)
+            outcome.status = "running"
+            jobs[index] = job
+        while todo:
+            done: dict[bytes, bytes] = await pool.hgetall(_progress_key(export_id))  # type: ignore[misc]
+            for shard_index, exported in done.items():
+                bar.update(int(shard_index), int(exported))
+            for index in list(todo):
+                if await jobs[index].status() != JobStatus.complete:
+                    continue
+                _record(todo.pop(index), await jobs[index].result_info())
+                manifest.write(where)
+            if todo:
+                await sleep(poll)
+    finally:
+        bar.close()
+        manifest.write(where)
+        await pool.aclose()
+    return manifest
+
+
+async def _usable(job: Any, outcome: ShardOutcome) -> bool:
+    """Whether a finished job's result can stand for its shard (else the shard runs again)."""
+    info = await job.result_info()
+    return info is not None and info.success and bool(info.result.get("complete"))
+
+
+def _record(outcome: ShardOutcome, info: Any) -> None:
+    if info is None:
+        outcome.status, outcome.error = "failed", "the job's result is gone"
+    elif info.success:
+        record_result(outcome, info.result)
+    else:
+        error = info.result
+        message = str(error) if isinstance(error, DMHubError) else type(error).__name__
+        outcome.status, outcome.error = "failed", message

@@ -1,0 +1,251 @@
+"""Exporting shards: one shard (:func:`export_shard`), or a whole plan in this process.
+
+:func:`export_shard` is all a task of any scheduler needs (arq, Celery, Airflow, Ray): the
+shard is a small value, its file and checkpoint are its own, and it resumes on its own as
+``export_customers`` does. :func:`export_sharded` plans (or takes up the plan already in the
+directory), runs the shards still to do, and keeps ``manifest.json`` up to date.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .._exceptions import DMHubError, InvalidRequestError
+from ..export import ExportProgress, ExportReport, export_customers
+from ._manifest import Manifest, ShardOutcome, checkpoint_name
+from ._plan import Shard, manifest_filters, plan_shards
+
+if TYPE_CHECKING:
+    from .._client import DMHubClient
+
+__all__ = [
+    "ProgressBar",
+    "export_shard",
+    "export_sharded",
+    "pending",
+    "prepare",
+    "record_result",
+    "result_of",
+]
+
+
+async def export_shard(
+    client: DMHubClient,
+    shard: Shard,
+    dest: str | os.PathLike[str],
+    *,
+    checkpoint: str | os.PathLike[str] | None = None,
+    format: str | None = None,
+    page_size: int = 100,
+    concurrency: int = 8,
+    progress: bool = False,
+    on_progress: Callable[[ExportProgress], None] | None = None,
+) -> ExportReport:
+    """Export one shard's customers to ``dest``; rerun with the same checkpoint to resume.
+
+    Args:
+        client: an open client.
+        shard: a shard of :func:`plan_shards` (or ``Shard.from_dict`` of one sent to a worker).
+        dest: the shard's output file.
+        checkpoint: the shard's checkpoint file; keep it on storage every worker that may take
+            the shard over can read and write.
+        format, page_size, concurrency, progress, on_progress: as for ``export_customers``.
+
+    Returns:
+        The export's report; ``report.complete`` is the shard's verdict.
+    """
+    if not isinstance(shard, Shard):
+        raise InvalidRequestError(f"export_shard(): expected a Shard, not {type(shard).__name__}")
+    return await export_customers(
+        client,
+        dest,
+        format=format,  # type: ignore[arg-type]
+        page_size=page_size,
+        concurrency=concurrency,
+        progress=progress,
+        checkpoint=checkpoint,
+        on_progress=on_progress,
+        **shard.export_filters(),
+    )
+
+
+def result_of(report: ExportReport) -> dict[str, Any]:
+    """What a worker sends back of a shard's export: plain data, for any queue or pipe."""
+    return {
+        "complete": report.complete,
+        "exported": report.exported,
+        "duplicates": report.duplicates,
+        "seconds": report.seconds,
+    }
+
+
+def record_result(outcome: ShardOutcome, result: dict[str, Any]) -> None:
+    """Copy a shard's :func:`result_of` into its manifest entry."""
+    outcome.status = "complete" if result["complete"] else "incomplete"
+    outcome.exported = result["exported"]
+    outcome.duplicates = result["duplicates"]
+    outcome.seconds = round(result["seconds"], 3)
+    outcome.error = None
+
+
+async def prepare(
+    client: DMHubClient,
+    directory: str | os.PathLike[str],
+    shards: int,
+    *,
+    format: str = "jsonl",
+    **filters: Any,
+) -> Manifest:
+    """The directory's manifest: the one already there (same export), or a new plan written.
+
+    A rerun after a crash or a kill takes up the plan it made the first time, so every shard
+    keeps its window, its file and its checkpoint.
+    """
+    if format not in ("jsonl", "csv"):
+        raise InvalidRequestError(f"format must be 'jsonl' or 'csv', not {format!r}")
+    where = Path(directory)
+    recorded = manifest_filters(filters, client.timezone)
+    existing = _manifest_in(where)
+    if existing is not None:
+        existing.check_same_export(
+            fmt=format, base_url=client.base_url, app_id=client.app_id, filters=recorded
+        )
+        return existing
+    plan = await plan_shards(client, shards, **filters)
+    manifest = Manifest.new(
+        plan, fmt=format, base_url=client.base_url, app_id=client.app_id, filters=recorded
+    )
+    where.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - once, before any part
+    manifest.write(where)
+    return manifest
+
+
+def _manifest_in(where: Path) -> Manifest | None:
+    if where.exists() and not where.is_dir():
+        raise InvalidRequestError(f"{where} is not a directory: a sharded export writes one")
+    return Manifest.read(where) if where.is_dir() else None
+
+
+#: Told the customers written so far and the customers planned, after every update.
+TotalProgress = Callable[[int, "int | None"], None]
+
+
+class ProgressBar:
+    """One bar for a whole sharded export, fed per shard from any number of workers.
+
+    The bar is drawn on a terminal when ``enabled``; ``on_total`` (for progress lines in a log)
+    hears the whole export's count after every update.
+    """
+
+    def __init__(
+        self, enabled: bool, manifest: Manifest, on_total: TotalProgress | None = None
+    ) -> None:
+        self._done: dict[int, int] = {s.shard.index: s.exported for s in manifest.shards}
+        self._planned = manifest.planned or None
+        self._on_total = on_total
+        self._bar: Any = None
+        if enabled and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self._bar = tqdm(
+                total=manifest.planned or None,
+                initial=sum(self._done.values()),
+                unit=" customers",
+                unit_scale=True,
+                desc=f"{len(manifest.shards)} shards",
+                file=sys.stderr,
+            )
+
+    def update(self, index: int, exported: int) -> None:
+        """Shard ``index`` has written ``exported`` customers so far."""
+        before = self._done.get(index, 0)
+        self._done[index] = exported
+        if self._bar is not None and exported != before:
+            self._bar.update(exported - before)
+        if self._on_total is not None:
+            self._on_total(self.exported, self._planned)
+
+    @property
+    def exported(self) -> int:
+        """Customers written so far, all shards together."""
+        return sum(self._done.values())
+
+    def close(self) -> None:
+        """Close the bar."""
+        if self._bar is not None:
+            self._bar.close()
+
+
+async def export_sharded(
+    client: DMHubClient,
+    directory: str | os.PathLike[str],
+    shards: int,
+    *,
+    format: str = "jsonl",
+    page_size: int = 100,
+    concurrency: int = 8,
+    parallel: int = 4,
+    progress: bool = True,
+    on_total: TotalProgress | None = None,
+    **filters: Any,
+) -> Manifest:
+    """Plan (or take up) a sharded export in ``directory`` and run it in this process.
+
+    ``parallel`` shards run at once, each walking ``concurrency`` pages at once, all within the
+    client's own limits. ``progress`` draws one bar on a terminal; ``on_total(done, planned)``
+    hears the whole export's progress. For more than one process or machine, see
+    ``docs/sharding.md``.
+
+    Returns:
+        The manifest as written at the end; ``manifest.complete`` is the export's verdict.
+    """
+    if isinstance(parallel, bool) or not isinstance(parallel, int) or parallel < 1:
+        raise InvalidRequestError("export_sharded(): parallel must be an int >= 1")
+    manifest = await prepare(client, directory, shards, format=format, **filters)
+    where = Path(directory)
+    bar = ProgressBar(progress, manifest, on_total)
+    gate = asyncio.Semaphore(parallel)
+
+    async def run(outcome: ShardOutcome) -> None:
+        index = outcome.shard.index
+        async with gate:
+            outcome.status = "running"
+            try:
+                report = await export_shard(
+                    client,
+                    outcome.shard,
+                    where / outcome.file,
+                    checkpoint=where / checkpoint_name(index, manifest.format),
+                    format=manifest.format,
+                    page_size=page_size,
+                    concurrency=concurrency,
+                    on_progress=lambda p: bar.update(index, p.exported),
+                )
+            except DMHubError as err:
+                outcome.status, outcome.error = "failed", str(err)
+            else:
+                record_result(outcome, result_of(report))
+            manifest.write(where)
+
+    tasks = [asyncio.ensure_future(run(o)) for o in pending(manifest.shards)]
+    try:
+        await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+    finally:
+        bar.close()
+        manifest.write(where)
+    return manifest
+
+
+def pending(outcomes: Sequence[ShardOutcome]) -> list[ShardOutcome]:
+    """The shards still to export (all but the complete ones)."""
+    return [o for o in outcomes if o.status != "complete"]

@@ -1,0 +1,84 @@
+"""Helpers of the sharded-export tests: a simulator process, and reading an export back."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment of a child process: this checkout first on the path."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env.update(extra)
+    return env
+
+
+@attrs.frozen
+class SimProcess:
+    url: str
+    app_id: str
+    secret: str
+    proc: subprocess.Popen[str]
+
+    def state(self) -> dict[str, Any]:
+        with urllib.request.urlopen(f"{self.url}/_sim/state", timeout=10) as answer:
+            data: dict[str, Any] = json.load(answer)
+        return data
+
+    def mutate(self, inserts: int = 0, deletes: int = 0) -> None:
+        request = urllib.request.Request(
+            f"{self.url}/_sim/mutate?inserts={inserts}&deletes={deletes}", method="POST"
+        )
+        with urllib.request.urlopen(request, timeout=10):
+            pass
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """The environment of a CLI or worker process that talks to this simulator."""
+        return child_env(
+            DMHUB_BASE_URL=self.url, DMHUB_APP_ID=self.app_id, DMHUB_SECRET=self.secret, **extra
+        )
+
+
+@contextmanager
+def sim_process(customers: int, *, latency_ms: float = 0, skew: float = 0) -> Iterator[SimProcess]:
+    """The simulator in a process of its own, until the block ends."""
+    command = [
+        sys.executable,
+        "-m",
+        "dmhub_async.testing._control",
+        f"--customers={customers}",
+        f"--latency-ms={latency_ms}",
+        f"--skew={skew}",
+    ]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=child_env())
+    try:
+        assert proc.stdout is not None
+        url, app_id, secret = proc.stdout.readline().split()
+        yield SimProcess(url, app_id, secret, proc)
+    finally:
+        proc.kill()
+        proc.wait(10)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+def exported_ids(directory: Path) -> list[int]:
+    """Every customer id in the parts of a sharded JSONL export, repeats kept."""
+    ids = []
+    for part in sorted(directory.glob("part-*.jsonl")):
+        with part.open("rb") as fh:
+            ids.extend(json.loads(line)["id"] for line in fh)
+    return ids

@@ -1,0 +1,149 @@
+"""plan_shards: disjoint dateCreated windows of about equal size, found with count probes."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator
+from datetime import datetime, timezone
+from pathlib import Path
+
+import orjson
+import pytest
+
+from dmhub_async import DMHubClient, Gender, InvalidRequestError
+from dmhub_async.shards import Manifest, Shard, export_sharded, merge, plan_shards
+from dmhub_async.testing import DMHubSimulator
+
+IMPORT_SECOND = 1_591_000_000.0  # 2020-06-01T08:26:40Z
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[DMHubSimulator]:
+    async with DMHubSimulator(customers=2_000) as simulator:
+        yield simulator
+
+
+@pytest.fixture
+async def dm(sim: DMHubSimulator) -> AsyncIterator[DMHubClient]:
+    async with DMHubClient(sim.app_id, sim.secret, base_url=sim.url) as client:
+        yield client
+
+
+def in_window(shard: Shard, created: str) -> bool:
+    moment = datetime.fromisoformat(created.replace("Z", "+00:00"))
+    return (shard.start is None or moment >= shard.start) and (
+        shard.end is None or moment < shard.end
+    )
+
+
+async def test_windows_are_disjoint_cover_everyone_and_are_about_equal(
+    sim: DMHubSimulator, dm: DMHubClient
+) -> None:
+    shards = await plan_shards(dm, 8)
+
+    assert [s.index for s in shards] == list(range(8))
+    assert shards[0].start is None
+    assert shards[-1].end is None
+    assert all(a.end == b.start for a, b in itertools.pairwise(shards))
+    for customer_id in sim.customer_ids():
+        created = sim.customer(customer_id)["dateCreated"]  # type: ignore[index]
+        assert sum(in_window(s, created) for s in shards) == 1
+    assert sum(s.planned_count for s in shards) == 2_000
+    assert all(240 <= s.planned_count <= 260 for s in shards), [s.planned_count for s in shards]
+    # Bisection on every edge at once: rounds of ~log2(seconds since 1970), never a walk.
+    assert dm.stats.requests < 200
+    assert sim.counters.requests["/v1/customers"] == 0
+
+
+async def test_exporting_every_shard_gives_every_customer_once(
+    sim: DMHubSimulator, dm: DMHubClient, tmp_path: Path
+) -> None:
+    manifest = await export_sharded(dm, tmp_path / "out", 5, progress=False)
+
+    assert manifest.complete
+    assert manifest.exported == 2_000
+    written = merge(tmp_path / "out", tmp_path / "all.jsonl")
+    ids = [orjson.loads(line)["id"] for line in (tmp_path / "all.jsonl").read_bytes().splitlines()]
+    assert written == 2_000
+    assert sorted(ids) == sorted(sim.customer_ids())
+    assert ids == sorted(ids, key=lambda i: ids.index(i))  # shard order, each part by id
+    on_disk = Manifest.read(tmp_path / "out")
+    assert on_disk is not None
+    assert on_disk.status() == "complete"
+    assert [s.file for s in on_disk.shards] == [f"part-{i:05d}.jsonl" for i in range(5)]
+
+
+async def test_a_skewed_set_is_planned_exported_and_complete(tmp_path: Path) -> None:
+    # 90% of the customers created in one import second: that second cannot be split.
+    async with DMHubSimulator(customers=200, clock=lambda: IMPORT_SECOND) as sim:
+        for _ in range(1_800):
+            sim.insert_customer({"name": "imported"})
+        async with DMHubClient(sim.app_id, sim.secret, base_url=sim.url) as dm:
+            shards = await plan_shards(dm, 8)
+            manifest = await export_sharded(dm, tmp_path / "out", 8, progress=False)
+        ids = sim.customer_ids()
+
+    heavy = [s for s in shards if s.planned_count >= 1_800]
+    assert len(heavy) == 1
+    assert heavy[0].note
+    assert "one second" in heavy[0].note
+    assert heavy[0].end is not None
+    assert heavy[0].start is not None
+    assert (heavy[0].end - heavy[0].start).total_seconds() == 1
+    assert len(shards) < 8  # edges that fell together are one
+    assert manifest.complete
+    assert manifest.exported == 2_000
+    merge(tmp_path / "out", tmp_path / "all.jsonl")
+    exported = [orjson.loads(x)["id"] for x in (tmp_path / "all.jsonl").read_bytes().splitlines()]
+    assert sorted(exported) == sorted(ids)
+
+
+async def test_the_callers_filters_and_bounds_are_kept(
+    sim: DMHubSimulator, dm: DMHubClient
+) -> None:
+    start = datetime(2016, 1, 2, tzinfo=timezone.utc)
+    shards = await plan_shards(dm, 4, gender=Gender.FEMALE, date_created_from=start)
+
+    assert shards[0].start == start
+    assert shards[-1].end is None
+    assert all(s.filters == {"gender": 2} for s in shards)
+    expected = await dm.customers.count(gender=2, date_created_from=start)
+    assert sum(s.planned_count for s in shards) == expected
+    counted = [await dm.customers.count(**s.export_filters()) for s in shards]
+    assert counted == [s.planned_count for s in shards]
+
+
+async def test_an_empty_set_is_one_open_shard(sim: DMHubSimulator, dm: DMHubClient) -> None:
+    shards = await plan_shards(dm, 8, email="nobody@example.invalid")
+    assert len(shards) == 1
+    assert (shards[0].start, shards[0].end, shards[0].planned_count) == (None, None, 0)
+
+
+async def test_a_shard_survives_json(sim: DMHubSimulator, dm: DMHubClient) -> None:
+    shards = await plan_shards(dm, 3, stage="lead")
+    assert [Shard.from_dict(orjson.loads(orjson.dumps(s.to_dict()))) for s in shards] == shards
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"n": 0}, {"n": 10_000}, {"n": "4"}, {"n": 2, "sort_by": "id"}, {"n": 2, "stage": 5}],
+)
+async def test_bad_input_sends_nothing(
+    sim: DMHubSimulator, dm: DMHubClient, kwargs: dict[str, object]
+) -> None:
+    with pytest.raises(InvalidRequestError):
+        await plan_shards(dm, **kwargs)  # type: ignore[arg-type]
+    assert dm.stats.requests == 0
+
+
+async def test_a_rerun_takes_up_the_plan_in_the_directory(
+    sim: DMHubSimulator, dm: DMHubClient, tmp_path: Path
+) -> None:
+    first = await export_sharded(dm, tmp_path / "out", 4, progress=False)
+    requests = dm.stats.requests
+    again = await export_sharded(dm, tmp_path / "out", 4, progress=False)
+
+    assert again.shards == first.shards
+    assert dm.stats.requests == requests  # every shard complete: nothing to plan or fetch
+    with pytest.raises(InvalidRequestError, match="other filters"):
+        await export_sharded(dm, tmp_path / "out", 4, stage="lead", progress=False)

@@ -1,0 +1,69 @@
+"""Shards on worker processes of one machine: one token, a killed worker replaced, nothing lost."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+import signal
+from pathlib import Path
+
+import pytest
+from shard_support import exported_ids, sim_process
+
+from dmhub_async import DMHubClient, FileTokenStore
+from dmhub_async.shards import Manifest
+from dmhub_async.shards._local import WorkerSettings, run_in_processes
+from dmhub_async.shards._run import prepare
+
+pytestmark = pytest.mark.timeout(120)
+
+
+async def test_four_processes_one_token_a_killed_worker_replaced(tmp_path: Path) -> None:
+    tokens = str(tmp_path / "tokens.json")
+    out = tmp_path / "out"
+    with sim_process(20_000, latency_ms=2) as sim:
+        credentials = {"app_id": sim.app_id, "secret": sim.secret, "base_url": sim.url}
+        async with DMHubClient(**credentials, token_store=FileTokenStore(tokens)) as dm:
+            manifest = await prepare(dm, out, 8)
+        settings = WorkerSettings(credentials, tokens, concurrency=4)
+        running = asyncio.ensure_future(
+            run_in_processes(settings, out, manifest, 4, progress=False)
+        )
+        killed = await kill_a_worker_mid_shard(out)
+        manifest = await running
+        state = sim.state()
+
+    assert killed
+    assert manifest.complete
+    ids = exported_ids(out)
+    assert len(ids) == len(set(ids)) == 20_000
+    assert sorted(ids) == sorted(state["ids"])
+    assert state["tokens_issued"] == 1  # the planner and 4 (+1 replacement) workers: one token
+    on_disk = Manifest.read(out)
+    assert on_disk is not None
+    assert on_disk.status() == "complete"
+    assert on_disk.exported == 20_000
+
+
+async def kill_a_worker_mid_shard(out: Path) -> bool:
+    """SIGKILL one worker once some part has rows in it (a shard half done)."""
+    for _ in range(600):
+        started = any(size > 0 for size in part_sizes(out))
+        children = multiprocessing.active_children()
+        if started and children:
+            os.kill(children[0].pid or 0, signal.SIGKILL)
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
+def part_sizes(out: Path) -> list[int]:
+    """The sizes of the part files being written (temp names included)."""
+    sizes = []
+    for part in [*out.glob("part-*"), *out.glob(".part-*")]:
+        try:
+            sizes.append(part.stat().st_size)
+        except FileNotFoundError:  # renamed into place in between
+            continue
+    return sizes
