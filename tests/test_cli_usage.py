@@ -71,7 +71,7 @@ def test_version_and_python_m(tmp_path: Path) -> None:
     assert result.stdout.strip() == f"dmhub-async {__version__}"
 
 
-@pytest.mark.parametrize("command", ["export", "lookup", "simulate", "demo"])
+@pytest.mark.parametrize("command", ["export", "lookup", "simulate", "demo", "worker", "merge"])
 def test_every_help_shows_defaults_an_example_and_the_exit_codes(
     command: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
