@@ -12,6 +12,7 @@ from typing import IO, TYPE_CHECKING, Any, Literal
 
 from typing_extensions import Unpack
 
+from .._auth import normalise_base_url
 from .._exceptions import InvalidRequestError
 from .._pagination import AsyncPaginator
 from ..resources.customers import CustomerFilters, customer_filter_params
@@ -135,7 +136,9 @@ def _plan(
         check_path(checkpoint_path, "checkpoint")
         if checkpoint_path.resolve() == path.resolve():
             raise InvalidRequestError("the checkpoint cannot be the output file")
-    scope = ExportScope(client.base_url, client.app_id, str(path.resolve()), fmt, encoding, params)
+    # One spelling of the service (as the token stores key it): HTTP://Host:443/ is https://host.
+    base_url = normalise_base_url(client.base_url)
+    scope = ExportScope(base_url, client.app_id, str(path.resolve()), fmt, encoding, params)
     return path, fmt, scope, checkpoint_path
 
 

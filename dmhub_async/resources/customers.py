@@ -330,7 +330,7 @@ class Customers(Resource):
         **paging: Any,
     ) -> AsyncPaginator[T]:
         merged: dict[str, Any] = {"sort_by": "id", "sort_order": "asc", **filters}
-        params = self._params("list", merged)
+        params = self._params("list", merged, frames=3)  # list() or list_rows(), _walk
         read_page = rows_page(structure, "a page of customers")
         descending = (params.get("sidx"), params.get("sord")) == ("id", "desc")
         batches = id_batches("list", params, "idList", descending=descending)
@@ -351,13 +351,14 @@ class Customers(Resource):
         return BatchWalk([walk(batch) for batch in batches], sizes, **paging)
 
     def _params(
-        self, method: str, filters: dict[str, Any], *, paged: bool = True
+        self, method: str, filters: dict[str, Any], *, paged: bool = True, frames: int = 2
     ) -> dict[str, str]:
+        """The checked query; ``frames`` from here up to the public method's caller."""
         zone = self._timezone
         params, naive = _filter_params(method, filters, paged=paged, zone=zone)
         if naive and not self._warned_naive:
             self._warned_naive = True  # once per client
-            warn_naive(method)
+            warn_naive(method, stacklevel=frames + 1)
         return params
 
 
