@@ -239,7 +239,7 @@ def record_rows(
         number = re.findall(r"\d+", row.label)
         record(
             question,
-            row.group,
+            f"{row.group} a request",
             row.label,
             row.samples,
             floors=floors,

@@ -59,8 +59,8 @@ def test_runner_summary_shows_both_floors_and_draws_the_walk(tmp_path: Path) -> 
     # Every figure went to the JSON, with what the chart needs of the walk.
     document = json.loads(results.read_text(encoding="utf-8"))
     walk = chart.walk_series(document["results"])
-    assert set(walk) == {"5 ms"}
-    assert set(walk["5 ms"]["SDK"]) == set(walk["5 ms"]["floor"]) == {4, 8}
+    assert set(walk) == {"5 ms a request"}
+    assert set(walk["5 ms a request"]["SDK"]) == set(walk["5 ms a request"]["floor"]) == {4, 8}
     if HAS_MATPLOTLIB:
         assert f"chart: {png}" in out
         assert png.read_bytes().startswith(b"\x89PNG")
