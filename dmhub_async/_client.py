@@ -27,6 +27,7 @@ from ._query_time import zone_setting
 from ._retry import RetryPolicy
 from ._sansio import DEFAULT_AUTH_ERROR_CODES, APIResponse
 from ._session import ClientStats, Session
+from ._validate import check_settings
 from .resources.customer_statistics import CustomerStatisticsResource
 from .resources.customers import Customers
 from .resources.identities import Identities
@@ -102,6 +103,24 @@ class DMHubClient:
         connect_timeout: float | None = None,
         read_timeout: float | None = None,
     ) -> None:
+        check_settings(
+            {"app_id": app_id, "secret": secret, "access_token": access_token},
+            base_url,
+            {
+                "timeout": (timeout, 0, False, float),
+                "max_retries": (max_retries, 0, True, int),
+                "max_concurrency": (max_concurrency, 1, True, int),
+                # A limit shared with other clients (RedisRateLimiter) is an object, not a rate.
+                "rate_limit": (
+                    None if hasattr(rate_limit, "acquire") else rate_limit,
+                    0,
+                    False,
+                    float,
+                ),
+            },
+            auth_error_codes,
+            optional=frozenset({"rate_limit"}),
+        )
         self.app_id = app_id or os.environ.get("DMHUB_APP_ID") or None
         secret = secret or os.environ.get("DMHUB_SECRET") or None
         if not access_token and not (self.app_id and secret):

@@ -22,6 +22,7 @@ from typing import Any, Generic, TypeVar
 from ._exceptions import InvalidRequestError
 from ._pagination_plan import PaginatorStats, RawPage, WalkPlan
 from ._seen_records import Dedupe, SeenRecords
+from ._validate import short
 from .models.page import Page
 
 __all__ = ["MAX_CONCURRENCY", "AsyncPaginator", "Dedupe", "PaginatorStats", "RawPage"]
@@ -65,16 +66,18 @@ class AsyncPaginator(Generic[T]):
             ("concurrency", concurrency, 1),
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise InvalidRequestError(f"{name} must be an int >= {low}, not {value!r}")
+                raise InvalidRequestError(f"{name} must be an int >= {low}, not {short(value)}")
         if concurrency > MAX_CONCURRENCY:
             raise InvalidRequestError(
-                f"concurrency must be at most {MAX_CONCURRENCY}, not {concurrency}: more pages"
-                " in flight make a walk no faster and hold more memory"
+                f"concurrency must be at most {MAX_CONCURRENCY}, not {short(concurrency)}: more"
+                " pages in flight make a walk no faster and hold more memory"
             )
         if max_items is not None and (
             isinstance(max_items, bool) or not isinstance(max_items, int) or max_items < 0
         ):
-            raise InvalidRequestError(f"max_items must be an int >= 0 or None, not {max_items!r}")
+            raise InvalidRequestError(
+                f"max_items must be an int >= 0 or None, not {short(max_items)}"
+            )
         if dedupe != "none" and key is None:
             raise InvalidRequestError("dedupe needs a key")
         self._fetch = fetch

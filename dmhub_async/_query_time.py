@@ -84,11 +84,14 @@ def _parse(method: str, name: str, text: str) -> date | datetime:
         ) from None
 
 
-def warn_naive(method: str) -> None:
-    """The once-per-client warning for a naive time under no ``timezone`` setting."""
+def warn_naive(method: str, stacklevel: int = 2) -> None:
+    """The once-per-client warning for a naive time under no ``timezone`` setting.
+
+    ``stacklevel`` counts the frames from the caller's frame to show up to this one's caller.
+    """
     warnings.warn(
         f"{method}(): a time filter without an offset was read as UTC; pass"
         " DMHubClient(timezone=...) (e.g. 'Asia/Shanghai' or 'UTC'), or aware datetimes",
         NaiveDatetimeWarning,
-        stacklevel=4,
+        stacklevel=stacklevel + 1,
     )

@@ -1,6 +1,6 @@
 """Keep the access token and the secret out of every message, log line and chained cause.
 
-The token rides in the query string of every call (CONTRACT.md, "Transport and
+The token rides in the query string of every call (docs/contract.md, "Transport and
 authentication") and the secret in the token request's, so any URL is a secret until redacted.
 """
 

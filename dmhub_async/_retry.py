@@ -138,8 +138,7 @@ def retrying(
         jitter=None,  # policy.wait jitters already, differently for Retry-After
         logger=None,  # the session logs each retry itself, with the token redacted
     )(attempt)
-    sleeping: Callable[..., Awaitable[T]] = _sleeping_with(loop, sleep)
-    return sleeping
+    return _sleeping_with(loop, sleep)
 
 
 class _AsyncioSleepingWith:
@@ -154,7 +153,7 @@ class _AsyncioSleepingWith:
 
 def _sleeping_with(
     loop: Callable[..., Awaitable[T]], sleep: Callable[[float], Awaitable[None]]
-) -> Any:
+) -> Callable[..., Awaitable[T]]:
     """backoff's retry ``loop``, waiting with ``sleep`` instead of ``asyncio.sleep``.
 
     backoff 2.2 takes no sleep argument: its async loop ends each round with

@@ -18,7 +18,9 @@ import attrs
 from . import _json
 from ._auth import Token
 from ._exceptions import (
+    APIConnectionError,
     APIError,
+    APITimeoutError,
     AuthenticationError,
     ResponseDecodeError,
     ResponseTooLargeError,
@@ -35,6 +37,7 @@ __all__ = [
     "USER_AGENT",
     "APIResponse",
     "Request",
+    "connection_error",
     "read_response",
     "read_token",
     "token_request",
@@ -257,20 +260,24 @@ def _origin(location: str | None) -> str:
     return f"{parts.scheme}://{host}" + (f":{port}" if port else "")
 
 
-def _body_text(body: bytes, secrets: Iterable[str | None]) -> str | None:
-    """The start of a body as text, redacted before it is cut (see ``_snippet``)."""
+def _body_text(body: bytes, secrets: Iterable[str | None], limit: int = 1000) -> str | None:
+    """The start of a body as text, up to ``limit`` characters, redacted."""
     if not body:
         return None
-    text = redact(body[:4096].decode("utf-8", "replace"), secrets)
-    return text[:1000] + ("..." if len(text) > 1000 or len(body) > 4096 else "")
-
-
-def _snippet(body: bytes, secrets: Iterable[str | None]) -> str:
     # Redact before cutting: a secret cut in half at the edge would no longer be recognised,
     # and its first half would leak.
     text = redact(body[:4096].decode("utf-8", "replace"), secrets)
-    cut = text[:120].strip().replace("\n", " ")
-    return f"not JSON: {cut!r}" + ("..." if len(body) > 120 else "")
+    return text[:limit] + ("..." if len(text) > limit or len(body) > 4096 else "")
+
+
+def _snippet(body: bytes, secrets: Iterable[str | None]) -> str:
+    """A short quote of a body that is not JSON, for an error's description."""
+    text = _body_text(body, secrets, limit=120) or ""
+    return (
+        "not JSON: "
+        + repr(text.removesuffix("...").strip().replace("\n", " "))
+        + ("..." if text.endswith("...") else "")
+    )
 
 
 def build_error(
@@ -311,3 +318,21 @@ def build_error(
         body=body,
         request_id=request_id(headers) if headers else None,
     )
+
+
+def connection_error(
+    request: Request, *, timeout: bool, not_sent: bool, kind: str
+) -> APIConnectionError:
+    """The error for a request that got no answer; says when a write's outcome is unknown.
+
+    ``not_sent``: it never reached the service (refused, DNS); ``kind`` names the failure.
+    """
+    unknown = not request.idempotent and not not_sent
+    message = f"{request.method} {request.path} " + ("timed out" if timeout else f"failed ({kind})")
+    if unknown:
+        message += (
+            "; the request may have reached the service, so its outcome is unknown and it was"
+            " not repeated: check before trying again"
+        )
+    cls = APITimeoutError if timeout else APIConnectionError
+    return cls(message, method=request.method, path=request.path, outcome_unknown=unknown)

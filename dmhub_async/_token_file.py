@@ -4,12 +4,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import json
 import os
 import stat
-import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -17,6 +15,7 @@ from typing import Any
 
 import filelock
 
+from ._atomic import replace_file
 from ._exceptions import TokenStoreError
 from ._token_stores import LoopLocks, Token
 
@@ -110,18 +109,9 @@ class FileTokenStore:
 
     def _write(self, data: dict[str, Any]) -> None:
         self._check_directory(create=True)
-        # mkstemp: O_EXCL, O_NOFOLLOW, mode 0600 and a name nobody can guess ahead.
-        fd, tmp = tempfile.mkstemp(
-            dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp"
-        )
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(data, fh)
-            os.replace(tmp, self.path)  # rename replaces a link itself, never its target
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        # mkstemp: O_EXCL, no link followed, mode 0600, a name nobody can guess ahead. No
+        # fsync: a token lost in a crash is fetched again.
+        replace_file(self.path, json.dumps(data).encode("utf-8"), sync=False)
 
     async def get(self, key: str) -> Token | None:
         """The stored token for ``key``, or None."""

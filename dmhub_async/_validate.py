@@ -17,8 +17,9 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import quote, urlencode
 
+from yarl import URL
+
 from ._exceptions import InvalidRequestError
-from ._pagination import MAX_CONCURRENCY
 from .models.customer import CustomerFields
 from .models.gender import Gender
 from .models.identity import Identity
@@ -33,6 +34,7 @@ __all__ = [
     "check_json",
     "check_paging",
     "check_query",
+    "check_settings",
     "check_text",
     "query_length",
     "short",
@@ -49,6 +51,9 @@ MAX_URL_LENGTH = 8192
 #: Bytes (percent-encoded) a call's own query parameters may take: the rest of
 #: MAX_URL_LENGTH is kept for the base URL, the path, the token and the paging parameters.
 MAX_QUERY_LENGTH = 6144
+#: Bytes (percent-encoded) a credential or the base URL may take: with the query above,
+#: the path and the paging parameters, a URL stays under MAX_URL_LENGTH.
+MAX_SETTING_LENGTH = 512
 #: Nesting a body may have: custom fields are flat in practice; a cycle is refused by it.
 MAX_JSON_DEPTH = 64
 #: Digits an integer in a body may have (Python's own limit for writing one as text).
@@ -56,13 +61,16 @@ MAX_INT_DIGITS = 4300
 _INT_BOUND = 10**MAX_INT_DIGITS
 #: Page numbers and sizes are 32-bit ints on the service's side.
 MAX_PAGE_NUMBER = 2**31 - 1
-#: Pages a walk may have in flight: the paginator's cap (see its note on why).
-MAX_WALK_CONCURRENCY = MAX_CONCURRENCY
 
 
 def short(value: object) -> str:
-    """``repr(value)`` cut to a readable length, for error messages."""
-    return reprlib.repr(value)
+    """``repr(value)`` cut to a readable length, for error messages; never raises."""
+    if isinstance(value, int) and value.bit_length() > 256:  # repr fails past 4300 digits
+        return f"an integer of {value.bit_length()} bits"
+    try:
+        return reprlib.repr(value)
+    except Exception:  # a broken __repr__ must not replace the error being reported
+        return f"a {type(value).__name__}"
 
 
 def check_text(method: str, name: str, value: str) -> str:
@@ -136,15 +144,74 @@ def _check_json(method: str, where: str, value: Any, depth: int) -> None:
         )
 
 
-def check_paging(page_size: object, start_page: object, concurrency: object) -> None:
-    """The upper bounds of a walk's paging (the paginator checks the types and lower bounds)."""
-    for name, value, limit in (
-        ("page_size", page_size, MAX_PAGE_NUMBER),
-        ("start_page", start_page, MAX_PAGE_NUMBER),
-        ("concurrency", concurrency, MAX_WALK_CONCURRENCY),
+def check_paging(page_size: object, start_page: object, max_items: object = None) -> None:
+    """The ranges of a walk's paging ints (the paginator checks their types)."""
+    for name, value, low, high in (
+        ("page_size", page_size, 1, MAX_PAGE_NUMBER),
+        ("start_page", start_page, 1, MAX_PAGE_NUMBER),
+        ("max_items", max_items, 0, None),
     ):
-        if isinstance(value, int) and value > limit:
-            raise InvalidRequestError(f"{name} must be at most {limit}, not {short(value)}")
+        if isinstance(value, int) and (value < low or (high is not None and value > high)):
+            bounds = f"from {low} to {high}" if high is not None else f">= {low}"
+            raise InvalidRequestError(f"{name} must be an int {bounds}, not {short(value)}")
+
+
+def check_settings(
+    credentials: Mapping[str, object],
+    base_url: object,
+    numbers: Mapping[str, tuple[object, float, bool, type]],
+    auth_error_codes: object,
+    optional: frozenset[str] = frozenset(),
+) -> None:
+    """The client's settings: strings that can be sent, a base URL, numbers in range.
+
+    ``numbers`` maps a setting to ``(value, lowest, whether the lowest is allowed, int or
+    float)``; None is refused but for the settings named ``optional``. No message repeats a
+    credential.
+    """
+    for name, value in credentials.items():
+        if value is not None and not isinstance(value, str):
+            raise InvalidRequestError(f"{name} must be a string, not {type(value).__name__}")
+        if isinstance(value, str) and not value.isprintable():
+            raise InvalidRequestError(f"{name} holds a character that cannot be sent")
+        if isinstance(value, str) and len(quote(value, safe="")) > MAX_SETTING_LENGTH:
+            raise InvalidRequestError(f"{name} is longer than {MAX_SETTING_LENGTH} bytes")
+    if base_url is not None:
+        _check_base_url(base_url)
+    for name, (value, low, inclusive, kind) in numbers.items():
+        if value is None and name in optional:
+            continue
+        allowed = (int,) if kind is int else (int, float)
+        if isinstance(value, bool) or not isinstance(value, allowed) or value != value:
+            what = "an int" if kind is int else "a number"
+            raise InvalidRequestError(f"{name} must be {what}, not {short(value)}")
+        if value < low or (value == low and not inclusive):
+            bound = ">=" if inclusive else ">"
+            raise InvalidRequestError(f"{name} must be {bound} {low}, not {short(value)}")
+    if not is_collection(auth_error_codes) or not all(
+        isinstance(code, (int, str)) and not isinstance(code, bool)
+        for code in typing.cast(Iterable[object], auth_error_codes)
+    ):
+        raise InvalidRequestError("auth_error_codes must be a list of ints or strings")
+
+
+def _check_base_url(base_url: object) -> None:
+    if not isinstance(base_url, str):
+        raise InvalidRequestError(f"base_url must be a string, not {type(base_url).__name__}")
+    check_text("DMHubClient", "base_url", base_url)
+    if len(quote(base_url, safe=":/")) > MAX_SETTING_LENGTH:
+        raise InvalidRequestError(f"base_url is longer than {MAX_SETTING_LENGTH} bytes")
+    try:
+        url = URL(base_url)
+        port = url.port
+    except (ValueError, UnicodeError):  # a bad IPv6 literal, port, or host name
+        raise InvalidRequestError(f"base_url is not a URL: {short(base_url)}") from None
+    if url.scheme not in ("http", "https") or not url.host or port is None:
+        raise InvalidRequestError(
+            f"base_url must be http:// or https:// and a host: {short(base_url)}"
+        )
+    if url.query_string or url.fragment:
+        raise InvalidRequestError(f"base_url must have no query or fragment: {short(base_url)}")
 
 
 def _runtime_types(hint: Any) -> tuple[type, ...]:
@@ -200,7 +267,7 @@ def check_id(method: str, customer_id: object) -> int:
             f"{method}(): a customer id must be an int, not {type(customer_id).__name__}"
         )
     if customer_id < 0 or customer_id >= 2**63:
-        raise InvalidRequestError(f"{method}(): customer id {customer_id} is out of range")
+        raise InvalidRequestError(f"{method}(): customer id {short(customer_id)} is out of range")
     return customer_id
 
 

@@ -284,7 +284,7 @@ def test_unwritable_output_is_one_line_and_sends_nothing(
 ) -> None:
     result = run_cli("export", "--out", "/nonexistent/dir/x.jsonl", env=env, cwd=tmp_path)
 
-    assert_one_line_error(result, 1, "/nonexistent/dir")
+    assert_one_line_error(result, 2, "/nonexistent/dir")
     assert served.sim.counters.routes["GET /v1/customers"] == 0
 
 

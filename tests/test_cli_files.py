@@ -6,7 +6,10 @@ files; ``--out -``; no partial lookup output on an error; a bad row or a GBK fil
 
 from __future__ import annotations
 
+import codecs
 import csv
+import io
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -191,3 +194,47 @@ def test_a_gbk_file_names_encoding_and_reads_with_it(
         ("o-nobody", ""),
         (name, str(customer_id)),
     ]
+
+
+def test_export_to_stdout_puts_the_report_on_stderr(
+    served: ServedSimulator, env: dict[str, str], tmp_path: Path
+) -> None:
+    result = run_cli("export", "--out", "-", "--concurrency", "4", env=env, cwd=tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    assert [json.loads(line)["id"] for line in result.stdout.splitlines()] == served.ids()
+    assert f"exported      {CUSTOMERS} customers" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_csv_select_writes_only_those_columns_with_excels_mark(
+    served: ServedSimulator, env: dict[str, str], tmp_path: Path
+) -> None:
+    result = run_cli(
+        "export",
+        "--out",
+        "few.csv",
+        "--select",
+        "name,mobile",
+        "--encoding",
+        "utf-8-sig",
+        env=env,
+        cwd=tmp_path,
+    )
+
+    assert result.returncode == 0, result.stderr
+    raw = (tmp_path / "few.csv").read_bytes()
+    assert raw.startswith(codecs.BOM_UTF8)
+    assert raw.count(codecs.BOM_UTF8) == 1
+    rows = list(csv.reader(io.StringIO(raw.decode("utf-8-sig"), newline="")))
+    assert rows[0] == ["id", "name", "mobile"]
+    assert rows[1:] == [[str(c["id"]), c["name"] or "", c["mobile"] or ""] for c in served.rows()]
+
+
+def test_excels_mark_is_for_csv_only(
+    served: ServedSimulator, env: dict[str, str], tmp_path: Path
+) -> None:
+    result = run_cli("export", "--out", "a.jsonl", "--encoding", "utf-8-sig", env=env, cwd=tmp_path)
+
+    assert_one_line_error(result, 2, "--encoding", "CSV")
+    assert requests(served) == 0

@@ -71,7 +71,7 @@ def test_version_and_python_m(tmp_path: Path) -> None:
     assert result.stdout.strip() == f"dmhub-async {__version__}"
 
 
-@pytest.mark.parametrize("command", ["export", "lookup", "simulate", "demo"])
+@pytest.mark.parametrize("command", ["export", "lookup", "simulate", "demo", "worker", "merge"])
 def test_every_help_shows_defaults_an_example_and_the_exit_codes(
     command: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -255,3 +255,18 @@ def test_timezone_reads_times_without_offset_in_that_zone(
     err = capsys.readouterr().err
     assert "note: --created-from and --created-to without an offset read as UTC" in err
     assert "--timezone" in err
+
+
+def test_plain_http_off_this_machine_needs_allow_insecure_http(
+    served: ServedSimulator, env: dict[str, str], tmp_path: Path
+) -> None:
+    # 0.0.0.0 is not a loopback name, yet on Linux a connection to it reaches this machine.
+    env["DMHUB_BASE_URL"] = served.sim.url.replace("127.0.0.1", "0.0.0.0")
+
+    refused = run_cli("export", "--out", "a.jsonl", env=env, cwd=tmp_path)
+    assert_one_line_error(refused, 1, "DMHUB_BASE_URL", "plain http", "--allow-insecure-http")
+    assert sum(served.sim.counters.routes.values()) == 0
+
+    allowed = run_cli("export", "--out", "a.jsonl", "--allow-insecure-http", env=env, cwd=tmp_path)
+    assert allowed.returncode == 0, allowed.stderr
+    assert jsonl_ids(tmp_path / "a.jsonl") == served.ids()

@@ -103,7 +103,7 @@ DOC_STATISTICS: dict[str, Any] = {
     "totalScore": 0,
 }
 
-# The contract's customer model, wire names as documented (CONTRACT.md, "Customer model").
+# The contract's customer model, wire names as documented (docs/contract.md, "Customer model").
 CONTRACT_WIRE_NAMES = {
     "id", "displayName", "name", "img", "gender", "mobile", "mobileVerified", "email",
     "emailVerified", "birthday", "wechat", "nickName", "country", "province", "city", "county",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,9 @@ from dmhub_async import Customer, DMHubClient, _json
 from dmhub_async._converter import (
     make_converter,
     read_customer_page,
+    read_statistics_page,
     structure_customers,
+    structure_statistics_list,
     wire_struct,
 )
 from dmhub_async.export import export_customers
@@ -89,7 +92,9 @@ _TIMESTAMPS = st.sampled_from(
         "2017-06-01",
     ]
 )
-_SCALARS = st.none() | st.booleans() | _INTS | st.floats(allow_nan=False) | st.text(max_size=8)
+# JSON has no NaN or infinity (json.loads reads them, orjson writes them as null): finite floats.
+_FLOATS = st.floats(allow_nan=False, allow_infinity=False)
+_SCALARS = st.none() | st.booleans() | _INTS | _FLOATS | st.text(max_size=8)
 _VALUES = st.recursive(
     _SCALARS,
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner),
@@ -278,3 +283,20 @@ def test_a_record_msgspec_refuses_is_read_on_its_own_not_the_whole_page_again() 
         (3, "5", {}),
     ]
     assert page == {"total": 1}
+
+
+def test_the_statistics_page_reader() -> None:
+    items = [
+        {"id": 1, "customerId": 7, "orderAMT": 0.05, "lastUpdated": "2017-01-22T16:34:03Z"},
+        {"id": 2, "customerId": "8", "rfm": "A"},  # a number as text, an unknown field
+    ]
+    meta = {"records": 2, "total": 1, "hasNext": False}
+    body = json.dumps({"items": items, "meta": meta}).encode()
+    models, page = read_statistics_page(body)
+    assert models == structure_statistics_list(items)
+    assert (models[0].order_amt, models[1].customer_id, models[1].extra) == (
+        Decimal("0.05"),
+        8,
+        {"rfm": "A"},
+    )
+    assert page == {"meta": meta}

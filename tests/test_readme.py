@@ -48,6 +48,15 @@ def test_every_operation_example_runs(capsys: pytest.CaptureFixture[str]) -> Non
     assert "gone: 40201" in result.stdout
 
 
+def test_resolving_many_identities_example_runs() -> None:
+    code = _block("lookup_iter(huge()")
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert "resolved" in result.stdout
+
+
 def _user_project(tmp_path: Path) -> Path:
     """A project holding the README's pytest example and its pytest settings, nothing else."""
     (tmp_path / "test_my_job.py").write_text(_block("dmhub_simulator"), encoding="utf-8")

@@ -353,3 +353,18 @@ async def test_token_endpoint_recovers(api, make_client, clock):
     assert await dm.request("GET", "/v1/customers/1") == CUSTOMER
     assert count(api, "/security/accesstoken") == 2
     assert clock.waits == [0.5]
+
+
+async def test_backoff_waits_with_the_clients_sleep_and_nothing_global_changes(
+    api, make_client, clock
+):
+    import backoff._async
+
+    api.get(url("/v1/customers/1"), status=503)
+    api.get(url("/v1/customers/1"), payload=CUSTOMER)
+    dm = make_client(access_token="tok")
+
+    assert await dm.request("GET", "/v1/customers/1") == CUSTOMER
+
+    assert clock.waits == [0.5]  # backoff's wait, through the injected sleep: no real waiting
+    assert backoff._async.asyncio is asyncio  # other users of backoff keep asyncio.sleep

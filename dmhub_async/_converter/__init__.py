@@ -229,7 +229,7 @@ def customer_body(
     """The body of a customer write: create and update, or with ``identities`` the upsert.
 
     ``create_method`` is the create's ``createMethod``; the upsert's body is
-    ``{"customer": ..., "customerIdentities": [...]}`` (docs/contract.md, "Customers").
+    ``{"customer": ..., "customerIdentities": [...]}`` (docs/contract.md, "create with identities").
     """
     body = customer_fields_to_wire(fields)
     if create_method is not None:

@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Literal, TextIO
 
 from .._client import DMHubClient
 from .._exceptions import InvalidRequestError
@@ -18,7 +18,7 @@ from .._query_time import zone_setting
 from .._validate import check_identity
 from ..export import ExportReport, export_customers
 from ..models.identity import Identity
-from ..resources.customers import _filter_params
+from ..resources._filters import _filter_params
 from ._errors import EXIT_INCOMPLETE, EXIT_OK, CommandError, UsageError, without_method
 from ._files import STDOUT, check_output, decoded_lines, replace_on_success
 from ._parser import FILTER_FLAGS
@@ -27,6 +27,8 @@ from ._settings import open_client
 from ._shards import merge_command, sharded_export, worker_command
 
 __all__ = ["COMMANDS"]
+
+ExportEncoding = Literal["utf-8", "utf-8-sig"]
 
 
 def _filters(args: argparse.Namespace) -> dict[str, Any]:
@@ -96,35 +98,40 @@ def _finish(report: ExportReport, args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_INCOMPLETE
 
 
-def _check_export(args: argparse.Namespace) -> dict[str, Any]:
-    """Everything an export can get wrong before it sends a request; its filters."""
+def _check_export(args: argparse.Namespace) -> tuple[dict[str, Any], ExportEncoding]:
+    """Everything an export can get wrong before it sends a request; its filters, encoding."""
     if args.out == STDOUT and args.checkpoint is not None:
         raise UsageError("--checkpoint needs a file for --out: standard output cannot be resumed")
     resumable = args.checkpoint is not None and os.path.exists(args.checkpoint)
     check_output(args.out, force=args.force, resumable=resumable, inputs=[args.checkpoint])
     filters = _filters(args)
     encoding = _encoding(args)
-    if encoding != "utf-8":
-        # TODO(export): the writers take an encoding once the export package lands.
-        raise UsageError(f"--encoding {args.encoding}: exports are written in utf-8 for now")
-    return filters
+    if encoding not in ("utf-8", "utf-8-sig"):
+        raise UsageError(
+            f"--encoding {args.encoding}: an export is written in utf-8, or utf-8-sig for Excel"
+        )
+    csv_out = args.format == "csv" or (args.format is None and args.out.lower().endswith(".csv"))
+    if encoding == "utf-8-sig" and not csv_out:
+        raise UsageError("--encoding utf-8-sig is for CSV (--format csv): JSONL is plain utf-8")
+    return filters, "utf-8-sig" if encoding == "utf-8-sig" else "utf-8"
 
 
 async def _export(args: argparse.Namespace) -> int:
     if args.shards is not None:
         return await sharded_export(args, _filters(args))
-    filters = _check_export(args)
+    filters, encoding = _check_export(args)
     bar, lines = _progress(args)
     async with open_client(args, args.concurrency) as dm:
         report = await export_customers(
             dm,
-            args.out,
+            sys.stdout.buffer if args.out == STDOUT else args.out,
             format=args.format,
             page_size=args.page_size,
             concurrency=args.concurrency,
             checkpoint=args.checkpoint,
             progress=bar,
             on_progress=lines,
+            encoding=encoding,
             **filters,
         )
     return _finish(report, args, _report_stream(args))

@@ -6,13 +6,14 @@ import codecs
 import contextlib
 import io
 import os
-import stat
 import sys
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TextIO
 
+from .._exceptions import InvalidRequestError
+from ..export._output import check_path
 from ._errors import CommandError, UsageError
 
 __all__ = ["STDOUT", "check_output", "decoded_lines", "replace_on_success"]
@@ -26,28 +27,26 @@ def check_output(
 ) -> None:
     """Refuse, before anything is sent, an ``--out`` whose writing would destroy something.
 
-    The input (or checkpoint) itself; a link, FIFO, device or directory (writing there would
-    replace the link, block, or fill a disk: only regular files are outputs); a read-only file;
+    The input (or checkpoint) itself; what the export refuses too (a link, FIFO, device or
+    directory: writing there would replace the link, block, or fill a disk); a read-only file;
     and an existing file unless ``--force`` (or ``resumable``: a checkpoint says the file is an
     export in progress).
     """
     if out == STDOUT:
         return
     path = Path(out)
-    try:
-        info = os.lstat(path)
-    except FileNotFoundError:
-        info = None
     for other in inputs:
         if other is not None and other != STDOUT and _same_file(path, Path(other)):
             raise UsageError(f"--out {out} is also an input of this command: give another file")
-    if info is None:
+    try:
+        check_path(path, "--out")  # a regular file or nothing yet, in a writable directory
+    except InvalidRequestError as err:
+        message = str(err)
+        raise UsageError(message if "--out" in message else f"--out: {message}") from None
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
         return
-    if stat.S_ISLNK(info.st_mode):
-        raise UsageError(f"--out {out} is a symbolic link: give the file it points to, or another")
-    if not stat.S_ISREG(info.st_mode):
-        kind = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file"
-        raise UsageError(f"--out {out} is {kind}: give a file name (or - for standard output)")
     # No write bit at all is read-only even to root, whom os.access lets write anything.
     if not info.st_mode & 0o222 or not os.access(path, os.W_OK):
         raise UsageError(f"--out {out} is read-only: give another file")

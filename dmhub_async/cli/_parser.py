@@ -127,6 +127,12 @@ def _client_flags(parser: argparse.ArgumentParser, concurrency: int) -> None:
         help="retries of a failed request (0 fails at once)",
     )
     parser.add_argument(
+        "--allow-insecure-http",
+        action="store_true",
+        help="accept a plain http:// DMHUB_BASE_URL off this machine (the secret and the token "
+        "would cross the network readable by anyone on the way)",
+    )
+    parser.add_argument(
         "--token-store",
         metavar="STORE",
         help="where runs with one app id share its token: memory, file:PATH or redis://HOST; "

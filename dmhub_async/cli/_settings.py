@@ -91,6 +91,7 @@ async def open_client(args: argparse.Namespace, concurrency: int) -> AsyncIterat
             max_concurrency=concurrency,
             token_store=store,
             timezone=getattr(args, "timezone", None),
+            allow_insecure_http=args.allow_insecure_http,
         ) as dm:
             yield dm
     finally:

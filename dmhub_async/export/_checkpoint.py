@@ -7,8 +7,6 @@ service, app, destination, format and filters (docs/reliability.md, "Resuming an
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +14,7 @@ import attrs
 import cattrs
 import orjson
 
+from .._atomic import replace_file
 from .._exceptions import InvalidRequestError
 
 __all__ = ["CHECKPOINT_VERSION", "Checkpoint", "ExportScope", "read_checkpoint", "write_checkpoint"]
@@ -71,17 +70,7 @@ def write_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
     exclusively, never a link followed; ``fsync`` before the rename, so that after a crash
     the checkpoint on disk never points past data that is not.
     """
-    data = orjson.dumps(_converter.unstructure(checkpoint))
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    replace_file(path, orjson.dumps(_converter.unstructure(checkpoint)))
 
 
 def read_checkpoint(path: Path, scope: ExportScope) -> Checkpoint | None:

@@ -12,6 +12,7 @@ from typing import IO, TYPE_CHECKING, Any, Literal
 
 from typing_extensions import Unpack
 
+from .._auth import normalise_base_url
 from .._exceptions import InvalidRequestError
 from .._pagination import AsyncPaginator
 from ..resources.customers import CustomerFilters, customer_filter_params
@@ -112,7 +113,7 @@ def _plan(
     """The checked destination, format, scope and checkpoint path; nothing is sent or written."""
     if "sort_by" in filters or "sort_order" in filters:
         raise InvalidRequestError("export_customers() walks by id: sort_by/sort_order not allowed")
-    params = customer_filter_params("export_customers", filters)
+    params = customer_filter_params("export_customers", filters, zone=client.timezone)
     fmt = _format_of(Path(dest).suffix if isinstance(dest, (str, os.PathLike)) else "", format)
     if encoding not in ("utf-8", "utf-8-sig") or (encoding != "utf-8" and fmt != "csv"):
         raise InvalidRequestError(
@@ -135,7 +136,9 @@ def _plan(
         check_path(checkpoint_path, "checkpoint")
         if checkpoint_path.resolve() == path.resolve():
             raise InvalidRequestError("the checkpoint cannot be the output file")
-    scope = ExportScope(client.base_url, client.app_id, str(path.resolve()), fmt, encoding, params)
+    # One spelling of the service (as the token stores key it): HTTP://Host:443/ is https://host.
+    base_url = normalise_base_url(client.base_url)
+    scope = ExportScope(base_url, client.app_id, str(path.resolve()), fmt, encoding, params)
     return path, fmt, scope, checkpoint_path
 
 

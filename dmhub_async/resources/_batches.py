@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, Callable
 from typing import Any, TypeVar
 
+import attrs
+
 from .._exceptions import InvalidRequestError
 from .._pagination import AsyncPaginator, RawPage
 from .._validate import MAX_QUERY_LENGTH, check_paging, query_length
@@ -70,7 +72,7 @@ class BatchWalk(AsyncPaginator[T]):
         concurrency: int = 1,
         **paging: Any,
     ) -> None:
-        check_paging(page_size, start_page, concurrency)
+        check_paging(page_size, start_page, max_items)
         super().__init__(
             _no_fetch,
             page_size=page_size,
@@ -99,19 +101,26 @@ class BatchWalk(AsyncPaginator[T]):
                 if remaining == 0:
                     return
                 walk = make(max(1, self.start_page - offset), remaining)
-                walk.stats = self.stats  # one tally for the whole walk
                 self._current = walk
+                before = attrs.asdict(self.stats)  # the batches walked so far
                 async for page in walk.pages():
+                    self._tally(before, walk)
                     if remaining is not None:
                         remaining -= len(page.items)
                     yield Page(
                         page.items, offset + page.number, page.has_next or index < last, None, None
                     )
                     self.checkpoint = offset + page.number + 1
+                self._tally(before, walk)
                 self.checkpoint = end + 1
                 self._current = None
         finally:
             await self.aclose()
+
+    def _tally(self, before: dict[str, int], walk: AsyncPaginator[T]) -> None:
+        """``stats``: the batches before this one, and this one so far."""
+        for name, value in attrs.asdict(walk.stats).items():
+            setattr(self.stats, name, before[name] + value)
 
     async def aclose(self) -> None:
         """Cancel the pages of the batch under way still in flight."""

@@ -68,7 +68,11 @@ def paginate(
     **paging: Any,
 ) -> AsyncPaginator[T]:
     """A paginator over ``GET path`` with ``rows``/``page`` added to ``params``."""
-    check_paging(paging.get("page_size"), paging.get("start_page"), paging.get("concurrency"))
+    check_paging(
+        paging.get("page_size"),
+        paging.get("start_page"),
+        paging.get("max_items"),
+    )
 
     async def fetch(number: int, size: int) -> RawPage[T]:
         request = Request("GET", path, {**params, "rows": str(size), "page": str(number)})

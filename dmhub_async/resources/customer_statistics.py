@@ -7,7 +7,7 @@ from typing import Any, Literal
 from .._converter import structure_statistics_list
 from .._exceptions import InvalidRequestError
 from .._pagination import AsyncPaginator
-from .._validate import check_id, check_query
+from .._validate import check_id, check_query, short
 from ..models.statistics import CustomerStatistics
 from ._pages import items_page, paginate
 from ._resource import Resource
@@ -35,7 +35,7 @@ class CustomerStatisticsResource(Resource):
             params["customerId"] = str(check_id("list", customer_id))
         if sort_order not in ("asc", "desc"):
             raise InvalidRequestError(
-                f"list(): sort_order must be 'asc' or 'desc', not {sort_order!r}"
+                f"list(): sort_order must be 'asc' or 'desc', not {short(sort_order)}"
             )
         if not isinstance(sort_by, str) or not sort_by:
             raise InvalidRequestError("list(): sort_by must be a field name")

@@ -54,7 +54,14 @@ class Identities(Resource):
 
     async def find(self, identity: Identity) -> builtins.list[CustomerIdentity]:
         """The bindings of ``identity`` (empty when no customer holds it)."""
-        check_identity("find", identity)
+        return await self._find(check_identity("find", identity))
+
+    async def lookup(self, identity: Identity) -> int | None:
+        """The id of the customer holding ``identity``, or None."""
+        return await self._lookup(check_identity("lookup", identity))
+
+    # Unchecked: lookup_iter checks each identity once, as it takes it in.
+    async def _find(self, identity: Identity) -> builtins.list[CustomerIdentity]:
         data = await self._session.request(
             "GET",
             "/v1/customeridentities",
@@ -62,9 +69,8 @@ class Identities(Resource):
         )
         return decode(structure_identities, data, "a list of identities")
 
-    async def lookup(self, identity: Identity) -> int | None:
-        """The id of the customer holding ``identity``, or None."""
-        for binding in await self.find(identity):
+    async def _lookup(self, identity: Identity) -> int | None:
+        for binding in await self._find(identity):
             if binding.type == identity.type and binding.value == identity.value:
                 return binding.customer_id
         return None
@@ -178,7 +184,7 @@ class Identities(Resource):
                 future = asyncio.get_running_loop().create_future()
                 future.set_result(cache[identity])
             else:
-                future = asyncio.ensure_future(self.lookup(identity))
+                future = asyncio.ensure_future(self._lookup(identity))
                 pending[identity] = (future, 1)
             window.append((identity, future))
 

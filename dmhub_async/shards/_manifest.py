@@ -19,6 +19,7 @@ import attrs
 import cattrs
 import orjson
 
+from .._atomic import replace_file
 from .._exceptions import InvalidRequestError
 from ._plan import Shard
 
@@ -125,16 +126,7 @@ class Manifest:
             {**_converter.unstructure(self), "status": self.status()},
             option=orjson.OPT_INDENT_2,
         )
-        fd, tmp = tempfile.mkstemp(prefix=".manifest.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data + b"\n")
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        replace_file(path, data + b"\n")
         return path
 
     @classmethod

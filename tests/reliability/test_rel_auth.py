@@ -1,6 +1,6 @@
 """Scenarios 5 to 8: tokens revoked, refreshed ahead of expiry, refused for good, unobtainable.
 
-The simulator keeps one active token per appid, as the live service does (CONTRACT.md,
+The simulator keeps one active token per appid, as the live service does (docs/contract.md,
 "Transport and authentication"); ``sim.counters`` counts the token requests it served.
 """
 

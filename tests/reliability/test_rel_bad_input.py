@@ -10,10 +10,13 @@ code, and otherwise raises ``ResponseDecodeError`` or another ``APIError``, neve
 from __future__ import annotations
 
 import inspect
+import itertools
 import json
+import math
 from collections.abc import AsyncIterator, Callable
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 from hypothesis import example, given, settings
@@ -25,11 +28,12 @@ from dmhub_async import (
     Identity,
     InvalidRequestError,
     MemoryTokenStore,
+    Page,
     ResponseDecodeError,
 )
 from dmhub_async._exceptions import coerce_code
 from dmhub_async._sansio import TOKEN_PATH, Request, read_response
-from dmhub_async._validate import FIELD_TYPES
+from dmhub_async._validate import FIELD_TYPES, MAX_URL_LENGTH
 from dmhub_async.export import export_customers
 from dmhub_async.testing import DMHubSimulator
 
@@ -126,6 +130,43 @@ CASES: dict[str, Call] = {
     "statistics: sort_order up": lambda dm: dm.customer_statistics.list(sort_order="up"),
     "statistics: empty sort_by": lambda dm: dm.customer_statistics.list(sort_by=""),
     "statistics: page_size 0": lambda dm: dm.customer_statistics.list(page_size=0),
+    # issue 12 item 8: sent as is (a filter silently changed, a URL no server takes), or a raw
+    # TypeError/OverflowError/RecursionError/ValueError/UnicodeEncodeError, before or after
+    # a token request
+    "count: lone surrogate in stage": lambda dm: dm.customers.count(stage="lead\udcff"),
+    "list: lone surrogate in email": lambda dm: dm.customers.list(email="a\ud800@b.c"),
+    "find: lone surrogate in value": lambda dm: dm.identities.find(Identity("wechat", "\udcff")),
+    "add: lone surrogate in name": lambda dm: dm.identities.add(1, Identity("w", "v", "\ud800")),
+    "create: lone surrogate in name": lambda dm: dm.customers.create(name="\ud800"),
+    "create: lone surrogate in create_method": lambda dm: dm.customers.create(
+        name="x", create_method="\udcff"
+    ),
+    "update: lone surrogate in an attr key": lambda dm: dm.customers.update(1, attr={"k\udcff": 1}),
+    "count: a 10 MB stage": lambda dm: dm.customers.count(stage="x" * 10_000_000),
+    "statistics: a 1 MB sort_by": lambda dm: dm.customer_statistics.list(sort_by="x" * 1_000_000),
+    "list: select an int": lambda dm: dm.customers.list(select=5),
+    "list: select a list in a list": lambda dm: dm.customers.list(select=[["name"]]),
+    "count: date out of range": lambda dm: dm.customers.count(
+        date_created_from="9999-12-31T23:59:59-05:00"
+    ),
+    "count: aware datetime.max": lambda dm: dm.customers.count(
+        last_updated_to=datetime.max.replace(tzinfo=timezone(timedelta(hours=-1)))
+    ),
+    "get: an id of 5,000 digits": lambda dm: dm.customers.get(10**5000),
+    "list: page_size of 400 digits": lambda dm: dm.customers.list(page_size=10**400),
+    "list: concurrency a million": lambda dm: dm.customers.list(concurrency=10**6),
+    "statistics: start_page 2**40": lambda dm: dm.customer_statistics.list(start_page=2**40),
+    "create: attr NaN": lambda dm: dm.customers.create(attr={"score": math.nan}),
+    "create: attr infinity": lambda dm: dm.customers.create(attr={"score": [math.inf]}),
+    "create: attr a set": lambda dm: dm.customers.create(attr={"tags": {"a"}}),
+    "create: attr an int of 5,000 digits": lambda dm: dm.customers.create(attr={"n": 10**5000}),
+    "create: attr nested 2,000 deep": lambda dm: dm.customers.create(attr=nested(2000)),
+    "create: attr nested 65 deep": lambda dm: dm.customers.create(attr=nested(65)),
+    "update: attr holding itself": lambda dm: dm.customers.update(1, attr=holds_itself()),
+    "upsert: attr NaN": lambda dm: dm.customers.create_with_identities([OK], attr={"a": math.nan}),
+    "lookup_many: an int": lambda dm: dm.identities.lookup_many(5),
+    "lookup_iter: an int": lambda dm: dm.identities.lookup_iter(5),
+    "statistics: sort_order deep": lambda dm: dm.customer_statistics.list(sort_order=nested(2000)),
 }
 # Every writable field, given a value of no type it takes.
 CASES.update(
@@ -153,14 +194,29 @@ async def invoke(result: Any) -> None:
             pass
 
 
-@pytest.mark.parametrize("call", list(CASES.values()), ids=list(CASES))
+@pytest.mark.parametrize("name", list(CASES))
 async def test_bad_input_is_refused_before_any_request(
-    sim: DMHubSimulator, connect: Callable[..., DMHubClient], call: Call
+    sim: DMHubSimulator, connect: Callable[..., DMHubClient], name: str
 ) -> None:
+    # An unknown keyword is a TypeError, as Python's own; any other bad value our error.
+    expected = TypeError if "unknown keyword" in name or "unknown filter" in name else None
     async with connect(sim) as dm:
-        with pytest.raises((InvalidRequestError, TypeError)):
-            await invoke(call(dm))
+        with pytest.raises(expected or InvalidRequestError):
+            await invoke(CASES[name](dm))
     assert sim.counters.total == 0  # not even the token request
+
+
+def nested(depth: int) -> dict[str, Any]:
+    value: dict[str, Any] = {}
+    for _ in range(depth):
+        value = {"a": value}
+    return value
+
+
+def holds_itself() -> dict[str, Any]:
+    value: dict[str, Any] = {}
+    value["self"] = value
+    return value
 
 
 CLIENT_CASES: dict[str, dict[str, Any]] = {
@@ -173,6 +229,26 @@ CLIENT_CASES: dict[str, dict[str, Any]] = {
     "base_url not http": {"base_url": "ftp://api.convertlab.com"},
     "no credentials": {"app_id": None, "secret": None},
     "app_id without secret": {"app_id": "a", "secret": None},
+    # issue 12 item 8: a raw TypeError, or a ValueError/UnicodeError at the first call
+    "timeout a string": {"timeout": "30"},
+    "max_retries a float": {"max_retries": 1.5},
+    "max_concurrency a string": {"max_concurrency": "8"},
+    "max_concurrency None": {"max_concurrency": None},
+    "app_id of 9,000 characters": {"app_id": "x" * 9000},
+    "base_url of 9,000 characters": {"base_url": "https://api.convertlab.com/" + "x" * 9000},
+    "timeout None": {"timeout": None},
+    "rate_limit NaN": {"rate_limit": math.nan},
+    "base_url not a string": {"base_url": 5},
+    "base_url port out of range": {"base_url": "http://127.0.0.1:99999"},
+    "base_url bad IPv6": {"base_url": "http://["},
+    "base_url host a lone surrogate": {"base_url": "https://x\udcff"},
+    "base_url with a query": {"base_url": "https://api.convertlab.com/?a=1"},
+    "app_id a lone surrogate": {"app_id": "a\udcff"},
+    "secret an int": {"secret": 5},
+    "auth_error_codes of dicts": {"auth_error_codes": [{}]},
+    "timezone unknown": {"timezone": "Mars/Olympus_Mons"},
+    "timezone a path": {"timezone": "../../etc/passwd"},
+    "timezone an int": {"timezone": 8},
 }
 
 
@@ -293,3 +369,87 @@ def test_read_response_returns_or_raises_only_api_errors(
     assert caught.value.retry_after is None or caught.value.retry_after >= 0
     if caught.value.code is None and body.strip() and 200 <= status < 300:
         assert isinstance(caught.value, ResponseDecodeError)  # a 2xx we cannot read
+
+
+# -- an id_list too long for one URL: batches ------------------------------------------------
+
+
+@pytest.fixture
+async def many() -> AsyncIterator[DMHubSimulator]:
+    """1,200 customers, and the length of every request line the simulator received."""
+    async with DMHubSimulator(customers=1200, seed=15) as simulator:
+        simulator.lines = []  # type: ignore[attr-defined]
+        simulator.on_request(
+            lambda request: simulator.lines.append(len(str(request.rel_url)))  # type: ignore[attr-defined]
+        )
+        yield simulator
+
+
+def long_id_list(sim: DMHubSimulator) -> list[int]:
+    """10,000 ids: every other customer's, and 13-digit ids of no one, shuffled, with repeats."""
+    ids = sim.customer_ids()[::2] + [10**12 + i for i in range(9_000)]
+    ids += ids[:400]  # repeats are one customer, not two
+    return sorted(ids, key=lambda i: (i * 7919) % 10_007)[:10_000]
+
+
+async def test_count_sums_the_batches_of_a_long_id_list(
+    many: DMHubSimulator, connect: Callable[..., DMHubClient]
+) -> None:
+    ids = long_id_list(many)
+    expected = len(set(ids) & set(many.customer_ids()))
+    async with connect(many) as dm:
+        assert await dm.customers.count(id_list=ids) == expected
+    assert many.counters.routes["GET /v1/customers/count"] > 1
+    assert max(many.lines) <= MAX_URL_LENGTH  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("order", ["asc", "desc"])
+async def test_list_walks_the_batches_of_a_long_id_list_in_order(
+    many: DMHubSimulator, connect: Callable[..., DMHubClient], order: Literal["asc", "desc"]
+) -> None:
+    ids = long_id_list(many)
+    expected = sorted(set(ids) & set(many.customer_ids()), reverse=order == "desc")
+    async with connect(many) as dm:
+        walk = dm.customers.list(id_list=ids, sort_order=order, page_size=50, concurrency=3)
+        got = [c.id async for c in walk]
+    assert got == expected  # each once, in id order across batches
+    assert walk.stats.items == len(expected)
+    assert many.counters.routes["GET /v1/customers"] > len(expected) // 50
+    assert max(many.lines) <= MAX_URL_LENGTH  # type: ignore[attr-defined]
+
+
+async def test_a_batched_walk_resumes_from_its_checkpoint_and_stops_at_max_items(
+    many: DMHubSimulator, connect: Callable[..., DMHubClient]
+) -> None:
+    ids = long_id_list(many)
+    expected = sorted(set(ids) & set(many.customer_ids()))
+    async with connect(many) as dm:
+        first = dm.customers.list_rows(id_list=ids, page_size=40)
+        pages: list[Page[dict[str, Any]]] = []
+        async for page in first.pages():  # stop at the second page of the second batch
+            pages.append(page)
+            jumps = [b for a, b in itertools.pairwise(pages) if b.number != a.number + 1]
+            if jumps and page.number == jumps[0].number + 1:
+                break
+        await first.aclose()
+        # The page in hand when the walk stopped is not done: the checkpoint points at it.
+        head = [row["id"] for page in pages if page.number < first.checkpoint for row in page.items]
+        assert len(head) == sum(len(page.items) for page in pages[:-1])
+        rest = dm.customers.list_rows(id_list=ids, page_size=40, start_page=first.checkpoint)
+        tail = [row["id"] async for row in rest]
+        capped = await dm.customers.list(id_list=ids, max_items=333).to_list()
+    assert head + tail == expected  # nothing lost, nothing twice
+    assert [c.id for c in capped] == expected[:333]
+
+
+async def test_identities_of_a_long_id_list_come_in_batches(
+    many: DMHubSimulator, connect: Callable[..., DMHubClient]
+) -> None:
+    ids = long_id_list(many)
+    owners = set(ids) & set(many.customer_ids())
+    async with connect(many) as dm:
+        found = await dm.identities.list(ids)
+    assert {binding.customer_id for binding in found} == {
+        cid for cid in owners if many.identities(cid)
+    }
+    assert max(many.lines) <= MAX_URL_LENGTH  # type: ignore[attr-defined]

@@ -427,3 +427,20 @@ async def test_the_proxy_of_the_environment_is_used(
     assert target.seen == []  # before: sent straight to the target, past the proxy
     [seen] = proxy.seen
     assert seen["url"].startswith(f"{target.url}/v1/customers/1?")
+
+
+async def test_no_proxy_spares_the_hosts_it_names(
+    servers: tuple[Server, Server],
+    client: Callable[..., DMHubClient],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    proxy, target = servers
+    for name in ("no_proxy", "HTTPS_PROXY", "https_proxy", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", proxy.url)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.2")
+    dm = client(target.url)
+
+    await dm.request("GET", "/v1/customers/1")
+
+    assert (len(proxy.seen), len(target.seen)) == (0, 1)

@@ -68,7 +68,7 @@ async def test_a_worker_killed_mid_shard_is_taken_over_and_nothing_is_lost(
     tmp_path: Path, redis: RedisServer, churn: bool
 ) -> None:
     out = tmp_path / "out"
-    with sim_process(40_000, latency_ms=2) as sim:
+    with sim_process(200_000, latency_ms=2) as sim:
         store = RedisTokenStore(redis.url)
         try:
             async with DMHubClient(
@@ -99,7 +99,7 @@ async def test_a_worker_killed_mid_shard_is_taken_over_and_nothing_is_lost(
         assert not missing
     else:
         assert set(ids) == survivors
-        assert len(ids) == 40_000
+        assert len(ids) == 200_000
     assert manifest.complete
     on_disk = Manifest.read(out)
     assert on_disk is not None

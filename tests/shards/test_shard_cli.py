@@ -1,0 +1,83 @@
+"""The sharded export on the command line: --shards, --workers, merge, and what is refused."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from shard_support import SimProcess, exported_ids, sim_process
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def dmhub(sim: SimProcess, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    # A cache directory of the test's own: the CLI's default token store lives there.
+    env = sim.env(XDG_CACHE_HOME=str(tmp_path / "cache"))
+    return subprocess.run(
+        [sys.executable, "-m", "dmhub_async", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=150,
+        check=False,
+    )
+
+
+def test_export_on_worker_processes_then_merge(tmp_path: Path) -> None:
+    out = tmp_path / "june"
+    with sim_process(6_000) as sim:
+        run = dmhub(sim, tmp_path, "export", "--out", str(out), "--shards", "4", "--workers", "2")
+        report = dmhub(
+            sim, tmp_path, "export", "--out", str(out), "--shards", "4", "--report", "json"
+        )
+        merged = dmhub(sim, tmp_path, "merge", str(out), "--out", str(tmp_path / "june.jsonl"))
+        state = sim.state()
+
+    assert run.returncode == 0, run.stderr
+    assert "exported 6,000 customers in 4 parts" in run.stdout
+    assert sorted(exported_ids(out)) == sorted(state["ids"])
+    # A rerun finds every part complete and only reports.
+    assert report.returncode == 0, report.stderr
+    assert json.loads(report.stdout)["status"] == "complete"
+    assert merged.returncode == 0, merged.stderr
+    lines = (tmp_path / "june.jsonl").read_bytes().splitlines()
+    assert len(lines) == 6_000
+    assert state["tokens_issued"] == 1  # the planner, 2 workers and the rerun: one token
+
+
+def test_what_a_sharded_export_refuses(tmp_path: Path) -> None:
+    out = tmp_path / "parts"
+    a_file = tmp_path / "file.jsonl"
+    a_file.write_text("{}\n", encoding="utf-8")
+    with sim_process(500) as sim:
+        first = dmhub(sim, tmp_path, "export", "--out", str(out), "--shards", "2", "--quiet")
+        other_filters = dmhub(
+            sim, tmp_path, "export", "--out", str(out), "--shards", "2", "--stage", "lead"
+        )
+        to_stdout = dmhub(sim, tmp_path, "export", "--out", "-", "--shards", "2")
+        onto_file = dmhub(sim, tmp_path, "export", "--out", str(a_file), "--shards", "2")
+        both = dmhub(
+            sim,
+            tmp_path,
+            "export",
+            "--out",
+            str(out),
+            "--shards",
+            "2",
+            "--workers",
+            "2",
+            "--queue",
+            "redis://127.0.0.1:1/0",
+        )
+        too_many = dmhub(sim, tmp_path, "export", "--out", str(out), "--shards", "100000")
+
+    assert first.returncode == 0, first.stderr
+    assert other_filters.returncode == 1
+    assert "other filters" in other_filters.stderr
+    for refused in (to_stdout, onto_file, both, too_many):
+        assert refused.returncode == 2, refused.stderr
+        assert refused.stderr.count("\n") == 1  # one line, no traceback
+    assert a_file.read_text(encoding="utf-8") == "{}\n"

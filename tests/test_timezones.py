@@ -1,0 +1,189 @@
+"""Time filters in the client's ``timezone``; dates as whole days; a warning for naive values.
+
+The list API takes UTC ``2016-11-11T11:11:11``, both ends inclusive (``docs/contract.md``).
+Each test reads the query the client sent to the aioresponses mock.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+from _helpers import url
+from aioresponses import aioresponses
+
+from dmhub_async import DMHubClient, InvalidRequestError, MemoryTokenStore, NaiveDatetimeWarning
+from dmhub_async.export import export_customers
+from dmhub_async.testing import DMHubSimulator
+
+SHANGHAI = ZoneInfo("Asia/Shanghai")
+
+
+def sent_query(api: aioresponses, path: str = "/v1/customers/count") -> dict[str, str]:
+    """The query string of the one request sent to ``path``."""
+    calls = [(key, c) for key, c in api.requests.items() if key[1].path == path]
+    assert len(calls) == 1
+    assert len(calls[0][1]) == 1
+    return dict(calls[0][0][1].query)
+
+
+@pytest.fixture
+def count_answers(api: aioresponses, tokens: Any) -> aioresponses:
+    api.get(url("/v1/customers/count"), payload=7, repeat=True)
+    return api
+
+
+@pytest.mark.parametrize(
+    ("zone", "value", "sent"),
+    [
+        # DM Hub's users are mostly in UTC+8: 09:00 there is 01:00 UTC.
+        ("Asia/Shanghai", datetime(2024, 1, 1, 9, 0), "2024-01-01T01:00:00"),
+        (SHANGHAI, "2024-01-01T09:00:00", "2024-01-01T01:00:00"),
+        ("UTC", datetime(2024, 1, 1, 9, 0), "2024-01-01T09:00:00"),
+        # An offset says which zone: the setting does not apply.
+        ("Asia/Shanghai", "2024-01-01T09:00:00Z", "2024-01-01T09:00:00"),
+        ("Asia/Shanghai", datetime(2024, 1, 1, 9, tzinfo=timezone.utc), "2024-01-01T09:00:00"),
+        ("UTC", "2024-01-01T09:00:00-05:00", "2024-01-01T14:00:00"),
+        # strftime wrote the year 5 as "5".
+        ("UTC", datetime(5, 1, 1), "0005-01-01T00:00:00"),
+    ],
+)
+async def test_a_naive_value_is_read_in_the_client_timezone(
+    count_answers: aioresponses,
+    make_client: Callable[..., DMHubClient],
+    zone: Any,
+    value: Any,
+    sent: str,
+) -> None:
+    dm = make_client(timezone=zone)
+    assert await dm.customers.count(date_created_from=value) == 7
+    assert sent_query(count_answers)["dateCreatedFrom"] == sent
+
+
+@pytest.mark.parametrize(
+    ("zone", "value", "sent_from", "sent_to"),
+    [
+        # 2024-01-01 in Shanghai runs from 2023-12-31T16:00:00Z to 2024-01-01T15:59:59Z.
+        ("Asia/Shanghai", date(2024, 1, 1), "2023-12-31T16:00:00", "2024-01-01T15:59:59"),
+        ("Asia/Shanghai", "2024-01-01", "2023-12-31T16:00:00", "2024-01-01T15:59:59"),
+        ("UTC", date(2024, 2, 29), "2024-02-29T00:00:00", "2024-02-29T23:59:59"),
+    ],
+)
+async def test_a_date_is_the_whole_day_in_the_client_timezone(
+    count_answers: aioresponses,
+    make_client: Callable[..., DMHubClient],
+    zone: str,
+    value: Any,
+    sent_from: str,
+    sent_to: str,
+) -> None:
+    dm = make_client(timezone=zone)
+    await dm.customers.count(last_updated_from=value, last_updated_to=value)
+    query = sent_query(count_answers)
+    assert (query["lastUpdatedFrom"], query["lastUpdatedTo"]) == (sent_from, sent_to)
+
+
+async def test_naive_values_under_the_default_warn_once_per_client(
+    count_answers: aioresponses, make_client: Callable[..., DMHubClient]
+) -> None:
+    dm = make_client()
+
+    async def two_calls() -> None:
+        await dm.customers.count(
+            date_created_from=datetime(2024, 1, 1), date_created_to="2024-01-02T00:00:00"
+        )
+        await dm.customers.count(date_created_from=date(2024, 1, 1))
+
+    with pytest.warns(NaiveDatetimeWarning, match=r"timezone=") as caught:
+        await two_calls()
+    assert len(caught) == 1  # once, for three naive values in two calls
+    assert caught[0].filename == __file__  # it points at the caller's line
+    assert count_answers.requests  # and the calls went out, read as UTC
+    with pytest.warns(NaiveDatetimeWarning) as again:  # another client warns again
+        make_client().customers.list(date_created_from=datetime(2024, 1, 1))
+    assert again[0].filename == __file__
+
+
+@pytest.mark.parametrize("zone", ["UTC", timezone.utc, "Asia/Shanghai"])
+async def test_no_warning_once_a_timezone_is_set_or_values_are_aware(
+    count_answers: aioresponses, make_client: Callable[..., DMHubClient], zone: Any
+) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        await make_client(timezone=zone).customers.count(date_created_from=datetime(2024, 1, 1))
+        aware = datetime(2024, 1, 1, tzinfo=timezone(timedelta(hours=8)))
+        await make_client().customers.count(
+            date_created_from=aware, last_updated_to="2024-01-01T00:00+08:00"
+        )
+
+
+async def test_the_walk_takes_the_zone_too(
+    api: aioresponses, tokens: Any, make_client: Callable[..., DMHubClient]
+) -> None:
+    api.get(url("/v1/customers"), payload={"rows": [], "records": 0, "total": 0})
+    dm = make_client(timezone="Asia/Shanghai")
+    assert await dm.customers.list(date_created_to=date(2024, 1, 1)).to_list() == []
+    assert sent_query(api, "/v1/customers")["dateCreatedTo"] == "2024-01-01T15:59:59"
+
+
+def test_the_setting_is_a_tzinfo() -> None:
+    dm = DMHubClient(access_token="t", timezone="Asia/Shanghai")
+    assert dm.timezone == SHANGHAI
+    assert DMHubClient(access_token="t").timezone is None  # unset: UTC, with the warning
+
+
+@pytest.mark.parametrize("zone", ["Mars/Olympus_Mons", "", "../etc/passwd", 8, timedelta(hours=8)])
+def test_an_unknown_zone_is_refused(zone: Any) -> None:
+    with pytest.raises(InvalidRequestError, match="timezone"):
+        DMHubClient(access_token="t", timezone=zone)
+
+
+class Crash(Exception):
+    """Stops an export after its first page, leaving its checkpoint behind."""
+
+
+def crash(progress: Any) -> None:
+    raise Crash
+
+
+async def test_an_export_checkpoint_holds_the_zone_of_its_naive_filters(
+    tmp_path: Path, clock: Any
+) -> None:
+    dest, ckpt = tmp_path / "out.jsonl", tmp_path / "out.ckpt"
+    since = datetime(2000, 1, 1)  # naive: 2000-01-01T00:00 in Shanghai, 8 hours off UTC's
+
+    async with DMHubSimulator(customers=30, seed=4) as sim:
+
+        def client(zone: str) -> DMHubClient:
+            return DMHubClient(
+                sim.app_id,
+                sim.secret,
+                base_url=sim.url,
+                timezone=zone,
+                token_store=MemoryTokenStore(),
+                clock=clock,
+                sleep=clock.sleep,
+            )
+
+        async with client("Asia/Shanghai") as dm:
+            with pytest.raises(Crash):
+                await export_customers(
+                    dm,
+                    dest,
+                    checkpoint=ckpt,
+                    page_size=10,
+                    progress=False,
+                    on_progress=crash,
+                    date_created_from=since,
+                )
+        # The same call under another zone asks for other customers: not a resume of that one.
+        async with client("UTC") as dm:
+            with pytest.raises(InvalidRequestError, match="another export"):
+                await export_customers(
+                    dm, dest, checkpoint=ckpt, page_size=10, progress=False, date_created_from=since
+                )
