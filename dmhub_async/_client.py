@@ -61,6 +61,7 @@ class DMHubClient:
         max_concurrency: requests in flight at once, across the whole client.
         rate_limit: requests per second across the whole client, or None; or a limit shared
             with other clients (:class:`RedisRateLimiter`: every worker of a fleet).
+            The client never closes a shared limit or a store: whoever made one closes it.
         token_store: where clients sharing an appid share its one token
             (:class:`MemoryTokenStore` per process by default).
         auth_error_codes: body ``error_code`` values that mean the token is no longer valid.
@@ -118,6 +119,7 @@ class DMHubClient:
                 ),
             },
             auth_error_codes,
+            optional=frozenset({"rate_limit"}),
         )
         self.app_id = app_id or os.environ.get("DMHUB_APP_ID") or None
         secret = secret or os.environ.get("DMHUB_SECRET") or None
