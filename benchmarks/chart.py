@@ -87,7 +87,7 @@ def walk_chart(
         ax.set_xscale("log", base=2)
         ax.set_xticks(ns, [str(n) for n in ns])
         ax.minorticks_off()
-        ax.set_xlim(ns[0] / 1.3, ns[-1] * 1.3)
+        ax.set_xlim(ns[0] / 1.3, ns[-1] * 1.6)  # room for the last label
         ax.set_ylim(bottom=0, top=max(v for line in lines.values() for v in line.values()) * 1.15)
         ax.set_title(latency)
         ax.set_xlabel("concurrency N (pages in flight)")
