@@ -29,6 +29,7 @@ from dmhub_async import (
 )
 from dmhub_async._converter import (
     lenient_page_reader,
+    make_converter,
     read_customer_page,
     read_statistics_page,
     structure_customers,
@@ -259,3 +260,42 @@ async def test_a_checked_export_writes_every_row_as_the_service_sends_it(tmp_pat
     assert written.splitlines() == [_json.dumps(row) for row in rows]
     assert json.loads(written.splitlines()[-1])["attr"] == {"n": 10**22}
     assert json.loads(written.splitlines()[-1])["id"] == big["id"]
+
+
+# --- unknown keys: learnt by the typed decode, still in extra ----------------------------------
+
+_UNKNOWN = st.dictionaries(
+    st.sampled_from(["tagCount", "levelScore", "x-y", "名字", "a`b"]),
+    st.one_of(st.none(), st.integers(), st.text(max_size=3), st.lists(st.integers(), max_size=2)),
+    max_size=3,
+)
+
+
+@settings(max_examples=100, deadline=None, derandomize=True)
+@given(st.lists(st.lists(st.tuples(_ROWS, _UNKNOWN), max_size=4), min_size=1, max_size=4))
+@example([[({"id": 1}, {"tagCount": 2**64})], [({"id": 2}, {"levelScore": None, "名字": [1]})]])
+def test_unknown_keys_learnt_by_the_typed_decode_land_in_extra(
+    pages: list[list[tuple[dict[str, Any], dict[str, Any]]]],
+) -> None:
+    lenient = lenient_page_reader(structure_customers, "rows")
+    reader = wire_struct.page_reader(
+        Customer, make_converter(), "rows", ("records",), lenient
+    )  # a new reader: what it learns stays in this test
+    for pairs in pages:  # page after page: the keys learnt on one serve the next
+        rows = [{**row, **unknown} for row, unknown in pairs]
+        body = json.dumps({"rows": rows, "records": len(rows)}, ensure_ascii=False).encode()
+        models, keys = reader(body)
+        assert models == lenient(body)[0]
+        for model, (_, unknown) in zip(models, pairs, strict=True):
+            assert {k: model.extra.get(k, "missing") for k in unknown} == unknown
+        assert keys == {"records": len(rows)}
+
+
+def test_a_page_reader_learns_at_most_so_many_unknown_keys() -> None:
+    lenient = lenient_page_reader(structure_customers, "rows")
+    reader = wire_struct.page_reader(Customer, make_converter(), "rows", (), lenient)
+    many = {f"k{i}": i for i in range(wire_struct.MAX_UNKNOWN_KEYS + 5)}
+    body = json.dumps({"rows": [{"id": 1, **many}, {"id": 2, "k0": "x"}]}).encode()
+    models, _ = reader(body)
+    assert models == lenient(body)[0]
+    assert models[0].extra == many
