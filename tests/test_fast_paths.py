@@ -299,3 +299,26 @@ def test_a_page_reader_learns_at_most_so_many_unknown_keys() -> None:
     models, _ = reader(body)
     assert models == lenient(body)[0]
     assert models[0].extra == many
+
+
+# --- raw rows read in two passes: the same rows, ids and keys -------------------------------
+
+KEYS = ("records", "total", "error_code")
+
+
+@settings(max_examples=100, deadline=None, derandomize=True)
+@given(st.lists(_ROWS, max_size=5), st.booleans())
+@example([BIG_ROW], True)
+def test_raw_rows_of_named_keys_are_the_raw_rows(rows: list[dict[str, Any]], indent: bool) -> None:
+    page = {"total": 3, "rows": rows, "records": 250, "meta": {"x": 1}}
+    body = json.dumps(page, ensure_ascii=False, indent=1 if indent else None).encode()
+    every, named = _json.raw_rows(body), _json.raw_rows(body, "rows", KEYS)
+    assert (named.rows, named.ids) == (every.rows, every.ids)
+    assert named.page == {"records": 250, "total": 3}
+    assert all(b"\n" not in row for row in named.rows)  # rows spread over lines: one line each
+
+
+@pytest.mark.parametrize("body", [b"[1]", b'{"rows": [1, 2]}', b'{"rows": {}}', b"{", b"\xff"])
+def test_raw_rows_of_named_keys_of_what_is_no_page_is_a_value_error(body: bytes) -> None:
+    with pytest.raises(ValueError):  # noqa: PT011 - msgspec's and the stdlib's errors differ
+        _json.raw_rows(body, "rows", KEYS)

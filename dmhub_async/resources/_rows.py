@@ -37,9 +37,13 @@ class RawRow(NamedTuple):
     json: bytes
 
 
+#: The keys of a customer page the walk reads beside the rows (error_code: read_response's).
+_PAGE_KEYS = ("records", "total", "page", "error_code", "error_description")
+
+
 def read_raw_rows(body: bytes) -> tuple[list[RawRow], dict[str, Any]]:
     """A customer page's bytes to its rows as :class:`RawRow`, and its other keys."""
-    rows = _json.raw_rows(body)
+    rows = _json.raw_rows(body, "rows", _PAGE_KEYS)
     return list(map(RawRow, rows.ids, rows.rows)), rows.page
 
 
