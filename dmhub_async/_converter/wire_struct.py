@@ -126,12 +126,20 @@ def page_reader(
     hook = converter.get_structure_hook(cls)
     known = len(attrs.fields(cast(Any, cls))) - 1  # the fields but extra
 
-    def build_extra(values: tuple[Any, ...], unknown: tuple[str, ...]) -> T:
-        model = build(values[:known])
-        extra = {k: v for k, v in zip(unknown, values[known:], strict=True) if v is not unset}
-        if extra:  # first, as the hook puts them (then a gender it did not know, say)
-            model.extra = {**extra, **model.extra}
-        return cast(T, model)
+    def build_all(records: Any, unknown: tuple[str, ...]) -> list[T]:
+        if not unknown:
+            return [build(astuple(record)) for record in records]
+        rows = [astuple(record) for record in records]
+        models = [build(row[:known]) for row in rows]
+        # Each unknown key's values into extra, the last first: in the end they come in the
+        # order learnt, and before what build put there (a gender it did not know), as the
+        # hook puts them.
+        for column in range(known + len(unknown) - 1, known - 1, -1):
+            name = unknown[column - known]
+            for model, row in zip(models, rows, strict=True):
+                if (value := row[column]) is not unset:
+                    model.extra = {name: value, **model.extra}
+        return models
 
     def read_row(raw: Any) -> T:
         try:
@@ -154,9 +162,7 @@ def page_reader(
                 continue
             records = getattr(page, key) or ()
             meta = {k: v for k in page_keys if (v := getattr(page, k)) is not unset}
-            if not unknown:
-                return [build(astuple(record)) for record in records], meta
-            return [build_extra(astuple(record), unknown) for record in records], meta
+            return build_all(records, unknown), meta
 
     def read_page(body: bytes) -> tuple[list[T], dict[str, Any]]:
         try:
