@@ -118,6 +118,7 @@ class DMHubClient:
                 ),
             },
             auth_error_codes,
+            optional=frozenset({"rate_limit"}),
         )
         self.app_id = app_id or os.environ.get("DMHUB_APP_ID") or None
         secret = secret or os.environ.get("DMHUB_SECRET") or None

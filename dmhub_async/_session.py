@@ -320,7 +320,8 @@ class Session:
         failure: BaseException | None = None
         async with self._limits:
             # The client may have been closed while this request queued for its slot.
-            self.check_open()
+            if self._conn.closed:
+                self.check_open()
             http = self._http_session()
             started = time.perf_counter()
             self.stats.requests += 1

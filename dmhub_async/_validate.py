@@ -51,6 +51,9 @@ MAX_URL_LENGTH = 8192
 #: Bytes (percent-encoded) a call's own query parameters may take: the rest of
 #: MAX_URL_LENGTH is kept for the base URL, the path, the token and the paging parameters.
 MAX_QUERY_LENGTH = 6144
+#: Bytes (percent-encoded) a credential or the base URL may take: with the query above,
+#: the path and the paging parameters, a URL stays under MAX_URL_LENGTH.
+MAX_SETTING_LENGTH = 512
 #: Nesting a body may have: custom fields are flat in practice; a cycle is refused by it.
 MAX_JSON_DEPTH = 64
 #: Digits an integer in a body may have (Python's own limit for writing one as text).
@@ -158,21 +161,25 @@ def check_settings(
     base_url: object,
     numbers: Mapping[str, tuple[object, float, bool, type]],
     auth_error_codes: object,
+    optional: frozenset[str] = frozenset(),
 ) -> None:
     """The client's settings: strings that can be sent, a base URL, numbers in range.
 
     ``numbers`` maps a setting to ``(value, lowest, whether the lowest is allowed, int or
-    float)``; a None value is left to the client's default. No message repeats a credential.
+    float)``; None is refused but for the settings named ``optional``. No message repeats a
+    credential.
     """
     for name, value in credentials.items():
         if value is not None and not isinstance(value, str):
             raise InvalidRequestError(f"{name} must be a string, not {type(value).__name__}")
         if isinstance(value, str) and not value.isprintable():
             raise InvalidRequestError(f"{name} holds a character that cannot be sent")
+        if isinstance(value, str) and len(quote(value, safe="")) > MAX_SETTING_LENGTH:
+            raise InvalidRequestError(f"{name} is longer than {MAX_SETTING_LENGTH} bytes")
     if base_url is not None:
         _check_base_url(base_url)
     for name, (value, low, inclusive, kind) in numbers.items():
-        if value is None:
+        if value is None and name in optional:
             continue
         allowed = (int,) if kind is int else (int, float)
         if isinstance(value, bool) or not isinstance(value, allowed) or value != value:
@@ -191,8 +198,11 @@ def check_settings(
 def _check_base_url(base_url: object) -> None:
     if not isinstance(base_url, str):
         raise InvalidRequestError(f"base_url must be a string, not {type(base_url).__name__}")
+    check_text("DMHubClient", "base_url", base_url)
+    if len(quote(base_url, safe=":/")) > MAX_SETTING_LENGTH:
+        raise InvalidRequestError(f"base_url is longer than {MAX_SETTING_LENGTH} bytes")
     try:
-        url = URL(check_text("DMHubClient", "base_url", base_url))
+        url = URL(base_url)
         port = url.port
     except (ValueError, UnicodeError):  # a bad IPv6 literal, port, or host name
         raise InvalidRequestError(f"base_url is not a URL: {short(base_url)}") from None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -16,7 +17,9 @@ import pytest
 from _helpers import url
 from aioresponses import aioresponses
 
-from dmhub_async import DMHubClient, InvalidRequestError, NaiveDatetimeWarning
+from dmhub_async import DMHubClient, InvalidRequestError, MemoryTokenStore, NaiveDatetimeWarning
+from dmhub_async.export import export_customers
+from dmhub_async.testing import DMHubSimulator
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 
@@ -138,3 +141,49 @@ def test_the_setting_is_a_tzinfo() -> None:
 def test_an_unknown_zone_is_refused(zone: Any) -> None:
     with pytest.raises(InvalidRequestError, match="timezone"):
         DMHubClient(access_token="t", timezone=zone)
+
+
+class Crash(Exception):
+    """Stops an export after its first page, leaving its checkpoint behind."""
+
+
+def crash(progress: Any) -> None:
+    raise Crash
+
+
+async def test_an_export_checkpoint_holds_the_zone_of_its_naive_filters(
+    tmp_path: Path, clock: Any
+) -> None:
+    dest, ckpt = tmp_path / "out.jsonl", tmp_path / "out.ckpt"
+    since = datetime(2000, 1, 1)  # naive: 2000-01-01T00:00 in Shanghai, 8 hours off UTC's
+
+    async with DMHubSimulator(customers=30, seed=4) as sim:
+
+        def client(zone: str) -> DMHubClient:
+            return DMHubClient(
+                sim.app_id,
+                sim.secret,
+                base_url=sim.url,
+                timezone=zone,
+                token_store=MemoryTokenStore(),
+                clock=clock,
+                sleep=clock.sleep,
+            )
+
+        async with client("Asia/Shanghai") as dm:
+            with pytest.raises(Crash):
+                await export_customers(
+                    dm,
+                    dest,
+                    checkpoint=ckpt,
+                    page_size=10,
+                    progress=False,
+                    on_progress=crash,
+                    date_created_from=since,
+                )
+        # The same call under another zone asks for other customers: not a resume of that one.
+        async with client("UTC") as dm:
+            with pytest.raises(InvalidRequestError, match="another export"):
+                await export_customers(
+                    dm, dest, checkpoint=ckpt, page_size=10, progress=False, date_created_from=since
+                )

@@ -18,7 +18,7 @@ from .._query_time import zone_setting
 from .._validate import check_identity
 from ..export import ExportReport, export_customers
 from ..models.identity import Identity
-from ..resources.customers import _filter_params
+from ..resources._filters import _filter_params
 from ._errors import EXIT_INCOMPLETE, EXIT_OK, CommandError, UsageError, without_method
 from ._files import STDOUT, check_output, decoded_lines, replace_on_success
 from ._parser import FILTER_FLAGS

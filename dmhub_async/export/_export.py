@@ -113,7 +113,7 @@ def _plan(
     """The checked destination, format, scope and checkpoint path; nothing is sent or written."""
     if "sort_by" in filters or "sort_order" in filters:
         raise InvalidRequestError("export_customers() walks by id: sort_by/sort_order not allowed")
-    params = customer_filter_params("export_customers", filters)
+    params = customer_filter_params("export_customers", filters, zone=client.timezone)
     fmt = _format_of(Path(dest).suffix if isinstance(dest, (str, os.PathLike)) else "", format)
     if encoding not in ("utf-8", "utf-8-sig") or (encoding != "utf-8" and fmt != "csv"):
         raise InvalidRequestError(

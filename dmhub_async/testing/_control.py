@@ -60,8 +60,9 @@ async def main() -> None:
         )
 
     async def mutate(request: web.Request) -> web.Response:
-        for _ in range(int(request.query.get("deletes", 0))):
-            sim.delete_customer(rng.choice(sim.customer_ids()))
+        ids = sim.customer_ids()
+        for customer_id in rng.sample(ids, min(int(request.query.get("deletes", 0)), len(ids))):
+            sim.delete_customer(customer_id)
         sim.add_customers(int(request.query.get("inserts", 0)))
         return web.json_response({"customers": sim.customers_count()})
 

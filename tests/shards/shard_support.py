@@ -34,7 +34,7 @@ class SimProcess:
     proc: subprocess.Popen[str]
 
     def state(self) -> dict[str, Any]:
-        with urllib.request.urlopen(f"{self.url}/_sim/state", timeout=10) as answer:
+        with urllib.request.urlopen(f"{self.url}/_sim/state", timeout=60) as answer:
             data: dict[str, Any] = json.load(answer)
         return data
 
@@ -42,7 +42,7 @@ class SimProcess:
         request = urllib.request.Request(
             f"{self.url}/_sim/mutate?inserts={inserts}&deletes={deletes}", method="POST"
         )
-        with urllib.request.urlopen(request, timeout=10):
+        with urllib.request.urlopen(request, timeout=60):
             pass
 
     def env(self, **extra: str) -> dict[str, str]:

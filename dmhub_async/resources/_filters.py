@@ -1,0 +1,129 @@
+"""The filters of ``customers.list`` and ``customers.count``, as a checked query string.
+
+Times go through ``_query_time`` (the client's zone for naive values); ``idList`` holds every id
+here and is split into batches short enough for one URL by ``_batches``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import date, datetime, tzinfo
+from typing import Any, Literal, TypedDict
+
+from .._converter import wire_names
+from .._exceptions import InvalidRequestError
+from .._query_time import query_time
+from .._validate import check_id, check_query, is_collection, short
+from ..models.customer import Customer
+from ..models.gender import Gender
+
+__all__ = ["EMPTY_STAGE", "CustomerFilters", "customer_filter_params"]
+
+#: ``stage=EMPTY_STAGE`` (or ``""``) finds customers whose stage is empty (wire: ``_empty``).
+EMPTY_STAGE = "_empty"
+_WIRE = wire_names(Customer)
+_SORT_ORDERS = ("asc", "desc")
+
+
+class CustomerFilters(TypedDict, total=False):
+    """The filters of :meth:`Customers.list` and :meth:`Customers.count`."""
+
+    stage: str
+    source: str
+    mobile: str
+    email: str
+    gender: Gender | int
+    id_list: Iterable[int]
+    date_created_from: datetime | date | str
+    date_created_to: datetime | date | str
+    last_updated_from: datetime | date | str
+    last_updated_to: datetime | date | str
+    select: Iterable[str] | str
+    sort_by: str
+    sort_order: Literal["asc", "desc"]
+
+
+_FILTERS = frozenset(CustomerFilters.__annotations__)
+_TIMES = {
+    "date_created_from": "dateCreatedFrom",
+    "date_created_to": "dateCreatedTo",
+    "last_updated_from": "lastUpdatedFrom",
+    "last_updated_to": "lastUpdatedTo",
+}
+
+
+def _wire_field(method: str, name: object) -> str:
+    if isinstance(name, str):
+        if name in _WIRE:
+            return _WIRE[name]
+        if name in _WIRE.values():
+            return name
+    raise InvalidRequestError(f"{method}(): unknown customer field {short(name)}")
+
+
+def customer_filter_params(
+    method: str, filters: dict[str, Any], *, paged: bool = True, zone: tzinfo | None = None
+) -> dict[str, str]:
+    """The query string of a list or count call, checked before anything is sent.
+
+    Time filters without an offset are read in ``zone`` (UTC when None). ``idList`` holds
+    every id: :func:`id_batches` splits it when it is too long for one URL.
+    """
+    return _filter_params(method, filters, paged=paged, zone=zone)[0]
+
+
+def _filter_params(
+    method: str, filters: dict[str, Any], *, paged: bool, zone: tzinfo | None
+) -> tuple[dict[str, str], bool]:
+    """The query string, and whether a naive time was read as UTC for want of a zone."""
+    params: dict[str, str] = {}
+    naive = False
+    for name, value in filters.items():
+        if name not in _FILTERS:
+            raise TypeError(f"{method}() got an unexpected keyword argument {name!r}")
+        if value is None:
+            continue
+        if name == "stage":
+            if not isinstance(value, str):
+                raise InvalidRequestError(f"{method}(): stage must be a string")
+            params["stage"] = value or EMPTY_STAGE
+        elif name in ("source", "mobile", "email"):
+            if not isinstance(value, str) or not value:
+                raise InvalidRequestError(f"{method}(): {name} must be a non-empty string")
+            params[name] = value
+        elif name == "gender":
+            if isinstance(value, bool) or value not in tuple(Gender):
+                raise InvalidRequestError(
+                    f"{method}(): gender must be 0, 1 or 2, not {short(value)}"
+                )
+            params["gender"] = str(int(value))
+        elif name == "id_list":
+            if not is_collection(value):
+                raise InvalidRequestError(f"{method}(): id_list must be a list of ints")
+            ids = [check_id(method, i) for i in value]
+            if not ids:
+                raise InvalidRequestError(f"{method}(): id_list is empty")
+            params["idList"] = ",".join(map(str, ids))
+        elif name in _TIMES:
+            end = name.endswith("_to")
+            params[_TIMES[name]], defaulted = query_time(method, name, value, zone, end=end)
+            naive = naive or defaulted
+        elif name == "select":
+            if not isinstance(value, str) and not is_collection(value):
+                raise InvalidRequestError(f"{method}(): select must be field names")
+            fields = [value] if isinstance(value, str) else list(value)
+            wire = [_wire_field(method, f) for f in fields]
+            if "id" not in wire:
+                wire.insert(0, "id")  # the walk drops repeats by id
+            params["select"] = ",".join(dict.fromkeys(wire))
+        elif name == "sort_by" and paged:
+            params["sidx"] = _wire_field(method, value)
+        elif name == "sort_order" and paged:
+            if value not in _SORT_ORDERS:
+                raise InvalidRequestError(
+                    f"{method}(): sort_order must be 'asc' or 'desc', not {short(value)}"
+                )
+            params["sord"] = value
+    # idList is checked when it is split into batches, each short enough for one URL.
+    check_query(method, {k: v for k, v in params.items() if k != "idList"})
+    return params, naive
