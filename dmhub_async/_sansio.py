@@ -127,6 +127,7 @@ class APIResponse:
 
     status: int
     headers: Mapping[str, str] = attrs.field(repr=False)
+    #: The decoded JSON; for a request with ``decode`` (a list's page), what that made of it.
     data: Any = attrs.field(repr=False)
     retries: int = 0
 
