@@ -80,6 +80,7 @@ def wire_struct(cls: type[Any], unknown: tuple[str, ...] = ()) -> Any:
         kw_only=True,
         forbid_unknown_fields=True,
         rename={**wire_names(cls), **extra},
+        gc=False,  # read, turned into a model and dropped: never in a cycle (see page_reader)
     )
 
 
@@ -111,6 +112,7 @@ def page_reader(
                 *((k, Any, unset) for k in page_keys),
             ],
             kw_only=True,
+            gc=False,
         )
         return msgspec.json.Decoder(page_struct)
 
