@@ -99,7 +99,7 @@ class RawRows(NamedTuple):
 
 if msgspec is not None:
 
-    class _Id(msgspec.Struct):
+    class _Id(msgspec.Struct, gc=False):  # untracked: never in a cycle, so no collections
         id: Any = None
 
     _page_decoder: Final = msgspec.json.Decoder(dict[str, msgspec.Raw])
@@ -152,8 +152,9 @@ def _page_decoders(key: str, page_keys: tuple[str, ...]) -> tuple[Any, Any]:
             "RawPage",
             [(key, list[msgspec.Raw] | None, None), *((k, Any, msgspec.UNSET) for k in page_keys)],
             kw_only=True,
+            gc=False,
         )
-        ids = msgspec.defstruct("IdsPage", [(key, list[_Id] | None, None)], kw_only=True)
+        ids = msgspec.defstruct("IdsPage", [(key, list[_Id] | None, None)], kw_only=True, gc=False)
         found = _page_structs[key, page_keys] = (
             msgspec.json.Decoder(rows),
             msgspec.json.Decoder(ids),
