@@ -61,6 +61,7 @@ class DMHubClient:
         max_concurrency: requests in flight at once, across the whole client.
         rate_limit: requests per second across the whole client, or None; or a limit shared
             with other clients (:class:`RedisRateLimiter`: every worker of a fleet).
+            The client never closes a shared limit or a store: whoever made one closes it.
         token_store: where clients sharing an appid share its one token
             (:class:`MemoryTokenStore` per process by default).
         auth_error_codes: body ``error_code`` values that mean the token is no longer valid.

@@ -139,6 +139,11 @@ class RedisTokenStore:
     a fetch however long its retries take, and frees itself soon after a holder that died.
     ``lock_timeout`` bounds the wait for it. Needs the ``redis`` extra
     (``pip install 'dmhub-async[redis]'``).
+
+    Who closes what: a store made from a ``url`` owns its connections, and :meth:`aclose` (or
+    ``async with``) closes them; a ``client`` passed in stays its caller's to close. A
+    :class:`~dmhub_async.DMHubClient` never closes the store it is given, since other clients may
+    share it.
     """
 
     def __init__(
@@ -151,6 +156,7 @@ class RedisTokenStore:
         lock_ttl: float = 10.0,
         socket_timeout: float = 10.0,
     ) -> None:
+        self._owned = client is None
         if client is None:
             if url is None:
                 raise InvalidRequestError("RedisTokenStore needs a url or a client")
@@ -238,8 +244,18 @@ class RedisTokenStore:
                 return
 
     async def aclose(self) -> None:
-        """Close the Redis connection pool."""
-        await self._redis.aclose()
+        """Close the connections of a store made from a URL (a ``client`` passed in is left open).
+
+        Closing twice is fine.
+        """
+        if self._owned:
+            await self._redis.aclose()
+
+    async def __aenter__(self) -> RedisTokenStore:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
 
     def __repr__(self) -> str:
         kwargs = self._redis.connection_pool.connection_kwargs

@@ -1,4 +1,15 @@
-"""The real redis-server of the tests (``dmhub_async.testing._redis``, which benchmarks use too)."""
+"""The real redis-server of the tests (``dmhub_async.testing._redis``, which benchmarks use too),
+and the check that a Redis test leaves no connection open."""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import sys
+import warnings
+from collections.abc import Iterator
+
+import pytest
 
 from dmhub_async.testing._redis import (
     REDIS_SERVER,
@@ -8,4 +19,51 @@ from dmhub_async.testing._redis import (
     redis_server,
 )
 
-__all__ = ["REDIS_SERVER", "SKIP_REASON", "RedisServer", "free_port", "redis_server"]
+__all__ = [
+    "REDIS_SERVER",
+    "SKIP_REASON",
+    "RedisServer",
+    "free_port",
+    "leaks_collected",
+    "no_leaks",
+    "redis_server",
+]
+
+
+def leaks_collected() -> list[str]:
+    """Collect garbage now and say what it finalised that was left open.
+
+    redis-py (and asyncio) warn with a ``ResourceWarning`` when a connection is finalised
+    unclosed; with warnings as errors that is an exception in ``__del__``, which Python reports
+    as "unraisable". Both are caught here, where pytest would report them against whichever
+    test happens to be running when the collector passes.
+    """
+    leaks: list[str] = []
+
+    def unraisable(args: sys.UnraisableHookArgs) -> None:
+        leaks.append(f"{args.err_msg or 'Exception ignored in'}: {args.object!r}: {args.exc_value}")
+
+    hook, sys.unraisablehook = sys.unraisablehook, unraisable
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for _ in range(3):  # an object freed by one pass may free others in the next
+                gc.collect()
+    finally:
+        sys.unraisablehook = hook
+    return [f"{w.category.__name__}: {w.message}" for w in caught] + leaks
+
+
+@contextlib.contextmanager
+def no_leaks() -> Iterator[None]:
+    """Fail the test if its garbage holds an unclosed connection (an autouse fixture of the
+    Redis test modules wraps each test in this).
+
+    Garbage from before the test is collected first, the usual way (pytest reports it), so
+    that what is found after is this test's own.
+    """
+    gc.collect()
+    yield
+    leaks = leaks_collected()
+    if leaks:
+        pytest.fail("left open by this test:\n" + "\n".join(leaks), pytrace=False)

@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 import os
 import stat
+from collections.abc import Iterator
 from typing import Any
 
 import fakeredis
 import pytest
 from _helpers import BASE, CUSTOMER, url
+from _redis import no_leaks
 from aioresponses import CallbackResult, aioresponses
 
 from dmhub_async import (
@@ -25,6 +27,13 @@ from dmhub_async import (
     TokenStoreError,
 )
 from dmhub_async._auth import token_key
+
+
+@pytest.fixture(autouse=True)
+def _no_leaks() -> Iterator[None]:
+    """Each test fails itself if it leaves a Redis (or HTTP) connection open (tests/_redis.py)."""
+    with no_leaks():
+        yield
 
 
 def count(api: aioresponses, path: str) -> int:
@@ -254,7 +263,8 @@ async def test_redis_store_shares_one_token(api, tokens, make_client):
     )
     other = RedisTokenStore(client=redis)  # as another machine would see it
     stored = await other.get(token_key(BASE, "app-1", "secret-1"))
-    await store.aclose()
+    await store.aclose()  # leaves the client open: it is its caller's to close
+    await redis.aclose()
 
     assert tokens.issued == ["tok-1"]
     assert stored is not None
@@ -523,10 +533,9 @@ async def test_a_failing_store_near_expiry_keeps_the_held_token(
 
 
 async def test_store_errors_are_token_store_errors_naming_the_store(tmp_path):
-    store = RedisTokenStore("redis://:hunter2@127.0.0.1:1/0", socket_timeout=2)
-    with pytest.raises(TokenStoreError) as caught:
-        await store.get("key")
-    await store.aclose()
+    async with RedisTokenStore("redis://:hunter2@127.0.0.1:1/0", socket_timeout=2) as store:
+        with pytest.raises(TokenStoreError) as caught:
+            await store.get("key")
     assert "RedisTokenStore(127.0.0.1:1/0" in str(caught.value)
     assert caught.value.store == repr(store)
     assert caught.value.__cause__ is None

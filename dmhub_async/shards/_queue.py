@@ -152,7 +152,9 @@ def worker(
 
     async def startup(ctx: dict[str, Any]) -> None:
         kwargs = dict(settings)
-        kwargs.setdefault("token_store", RedisTokenStore(redis_url))
+        # A store made here is closed at shutdown; one passed in is its maker's to close.
+        ctx["token_store"] = None if "token_store" in kwargs else RedisTokenStore(redis_url)
+        kwargs.setdefault("token_store", ctx["token_store"])
         limiter = None
         if rate_limit is not None:
             app_id = kwargs.get("app_id") or os.environ.get("DMHUB_APP_ID") or "default"
@@ -165,6 +167,8 @@ def worker(
 
     async def shutdown(ctx: dict[str, Any]) -> None:
         await _close(ctx.get("client"), ctx.get("limiter"), ctx.get("pending_progress") or set())
+        if ctx.get("token_store") is not None:
+            await ctx["token_store"].aclose()
 
     job = func(_export_shard_job, name=JOB_NAME, max_tries=MAX_TRIES, timeout=JOB_TIMEOUT)
     arq_worker = Worker(

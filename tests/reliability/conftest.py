@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from _redis import REDIS_SERVER, SKIP_REASON, RedisServer, redis_server
 
-from dmhub_async import DMHubClient, MemoryTokenStore
+from dmhub_async import DMHubClient, MemoryTokenStore, RedisTokenStore
 from dmhub_async.testing import DMHubSimulator
 
 
@@ -49,3 +49,18 @@ def redis(tmp_path: Path) -> Iterator[RedisServer]:
     directory.mkdir()
     with redis_server(directory) as server:
         yield server
+
+
+@pytest.fixture
+async def redis_store(redis: RedisServer) -> AsyncIterator[Callable[..., RedisTokenStore]]:
+    """``redis_store(**kwargs)``: a ``RedisTokenStore`` on this test's Redis, closed at the end
+    (before the server stops), whether the test passes or not."""
+    stores: list[RedisTokenStore] = []
+
+    def make(**kwargs: Any) -> RedisTokenStore:
+        stores.append(RedisTokenStore(redis.url, **kwargs))
+        return stores[-1]
+
+    yield make
+    for store in stores:
+        await store.aclose()

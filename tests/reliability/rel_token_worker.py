@@ -11,9 +11,11 @@ its own token fetches.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import sys
+from typing import Any
 
 from dmhub_async import DMHubClient, DMHubError, FileTokenStore, RedisTokenStore, TokenStore
 
@@ -31,6 +33,15 @@ async def main(base_url: str, app_id: str, where: str, calls: int) -> None:
         store = FileTokenStore(where.removeprefix("file:"))
     else:
         store = RedisTokenStore(where)
+    try:
+        report = await calls_on(store, base_url, app_id, calls)
+    finally:
+        if isinstance(store, RedisTokenStore):
+            await store.aclose()  # the client leaves the store it was given open
+    print(json.dumps(report), flush=True)
+
+
+async def calls_on(store: TokenStore, base_url: str, app_id: str, calls: int) -> dict[str, Any]:
     ok, failed = 0, []
     secret = os.environ["DMHUB_SECRET"]
     async with DMHubClient(app_id, secret, base_url=base_url, token_store=store) as dm:
@@ -50,10 +61,9 @@ async def main(base_url: str, app_id: str, where: str, calls: int) -> None:
                 else:
                     ok += 1
         fetches = dm.stats.token_fetches
-    if isinstance(store, RedisTokenStore):
-        await store.aclose()
-    print(json.dumps({"ok": ok, "failed": failed, "fetches": fetches}), flush=True)
+    return {"ok": ok, "failed": failed, "fetches": fetches}
 
 
 if __name__ == "__main__":
     asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])))
+    gc.collect()  # a connection left open says so on stderr (run with -W always::ResourceWarning)

@@ -6,7 +6,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from _redis import REDIS_SERVER, SKIP_REASON, RedisServer, redis_server
+from _redis import REDIS_SERVER, SKIP_REASON, RedisServer, no_leaks, redis_server
+
+
+@pytest.fixture(autouse=True)
+def _no_leaks() -> Iterator[None]:
+    """Each test fails itself if it leaves a Redis connection open (tests/_redis.py)."""
+    with no_leaks():
+        yield
 
 
 @pytest.fixture
