@@ -10,9 +10,11 @@ slows both, and the ratio of that round stays honest).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import platform
 import queue
+import re
 import statistics
 import subprocess
 import sys
@@ -20,6 +22,7 @@ import threading
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
+from typing import Any, Protocol
 
 __all__ = [
     "LIBRARIES",
@@ -27,11 +30,16 @@ __all__ = [
     "alternate",
     "alternate_async",
     "machine_info",
+    "noise",
     "ratio_table",
     "ratios",
+    "record",
+    "record_rows",
+    "record_times",
     "simulator_process",
     "subprocess_env",
     "version",
+    "write_results",
 ]
 
 #: The repository root: on the ``PYTHONPATH`` of every child process, installed or not.
@@ -91,29 +99,168 @@ def ratios(samples: Sequence[float], reference: Sequence[float]) -> list[float]:
     return [t / ref for t, ref in zip(samples, reference, strict=True)]
 
 
+def noise(samples: Sequence[float]) -> float:
+    """Half the min-max spread over the median: 0.05 reads "±5%" (what one round may be off)."""
+    return (max(samples) - min(samples)) / 2 / statistics.median(samples)
+
+
 def ratio_table(
     times: Mapping[str, Sequence[float]],
     *,
-    reference: str,
-    ratio_header: str,
+    references: Mapping[str, str],
     unit: str = "ms",
     scale: float = 1e3,
-    width: int = 42,
 ) -> str:
-    """The table: contender, median, min-max and the median round ratio to ``reference``.
+    """The table: contender, median, noise, min-max and the median round ratio to each reference.
 
-    ``scale`` turns the raw figures (seconds, usually) into ``unit``.
+    ``references`` maps a column's header to the label of the contender it divides by (every
+    floor gets its column: never the kinder one alone); ``scale`` turns the raw figures
+    (seconds, usually) into ``unit``.
     """
-    ref = times[reference]
+    width = max(len("contender"), *map(len, times))
+    cols = [max(len(header), 9) for header in references]
     lines = [
-        f"{'contender':<{width}} {f'median {unit}':>11} {'min-max':>15} {ratio_header:>10}",
+        f"{'contender':<{width}} {f'median {unit}':>11} {'noise':>6} {'min-max':>15}"
+        + "".join(f" {header:>{col}}" for header, col in zip(references, cols, strict=True)),
     ]
     for label, samples in times.items():
         med = statistics.median(samples) * scale
         span = f"{min(samples) * scale:.2f}-{max(samples) * scale:.2f}"
-        ratio = statistics.median(ratios(samples, ref))
-        lines.append(f"{label:<{width}} {med:11.2f} {span:>15} {ratio:9.2f}x")
+        spread = f"±{noise(samples):.0%}"
+        cells = "".join(
+            f" {statistics.median(ratios(samples, times[ref])):{col - 1}.2f}x"
+            for ref, col in zip(references.values(), cols, strict=True)
+        )
+        lines.append(f"{label:<{width}} {med:11.2f} {spread:>6} {span:>15}{cells}")
     return "\n".join(lines)
+
+
+# -- what a script hands the runner: its figures, as JSON ----------------------------------------
+
+#: Every figure :func:`record` kept in this process, in order.
+RESULTS: list[dict[str, Any]] = []
+
+
+def record(
+    question: str,
+    scenario: str,
+    contender: str,
+    samples: Sequence[float],
+    *,
+    floors: Mapping[str, Sequence[float] | float] | None = None,
+    unit: str = "ms",
+    scale: float = 1e3,
+    summary: bool = True,
+    **extra: Any,
+) -> dict[str, Any]:
+    """Keep one contender's figures for the runner (see :func:`write_results`); the record.
+
+    ``samples`` are its figure in each round (seconds, usually: ``scale`` turns them into
+    ``unit``). ``floors`` maps a floor's name to its figures in the same rounds (the ratio is
+    then the median round ratio, with their min-max) or to one figure (an ideal: the median
+    over it). ``summary`` says whether the runner's summary table shows it (every record is
+    in the JSON); ``extra`` adds fields (JSON values) for the chart or a reader.
+    """
+    med = statistics.median(samples)
+    ratio_of: dict[str, dict[str, float]] = {}
+    for name, ref in (floors or {}).items():
+        if isinstance(ref, (int, float)):
+            rs = [s / ref for s in samples]
+            ratio_of[name] = {"median": med / ref, "min": min(rs), "max": max(rs)}
+        else:
+            rs = ratios(samples, ref)
+            ratio_of[name] = {"median": statistics.median(rs), "min": min(rs), "max": max(rs)}
+    result = {
+        "question": question,
+        "scenario": scenario,
+        "contender": contender,
+        "unit": unit,
+        "median": med * scale,
+        "min": min(samples) * scale,
+        "max": max(samples) * scale,
+        "noise": noise(samples),
+        "rounds": len(samples),
+        "ratios": ratio_of,
+        "summary": summary,
+        **extra,
+    }
+    RESULTS.append(result)
+    return result
+
+
+def record_times(
+    question: str,
+    scenario: str,
+    times: Mapping[str, Sequence[float]],
+    *,
+    floors: Mapping[str, str],
+    summary: Iterable[str] | None = None,
+    **options: Any,
+) -> None:
+    """:func:`record` every contender of an :func:`alternate` run, with its ratio to each floor.
+
+    ``floors`` maps a floor's name to its contender's label (a floor not in ``times`` is left
+    out); ``summary`` lists the labels the summary shows (default: all); ``options`` go to
+    :func:`record` (``unit``, ``scale``).
+    """
+    shown = set(times if summary is None else summary)
+    refs = {name: times[label] for name, label in floors.items() if label in times}
+    for label, samples in times.items():
+        record(question, scenario, label, samples, floors=refs, summary=label in shown, **options)
+
+
+class _TableRow(Protocol):
+    """A row of ``bench_walk``'s tables (its ``Row``): what :func:`record_rows` reads."""
+
+    group: str
+    label: str
+    samples: list[float]
+    client_cpu: float
+    floor: list[float] | None
+    ideal: float | None
+
+
+def record_rows(
+    question: str,
+    rows: Iterable[_TableRow],
+    *,
+    floor: str = "aiohttp worker floor",
+    ideal: str = "ideal+cost",
+) -> None:
+    """:func:`record` every row of a walk's table: the ratio to the floor (a row that has one
+    is the SDK's: in the summary) and to the ideal; the concurrency (the label's last number),
+    the ideal and the client's CPU in ms go along for the chart."""
+    for row in rows:
+        floors: dict[str, Sequence[float] | float] = {}
+        if row.floor is not None:
+            floors[floor] = row.floor
+        if row.ideal:
+            floors[ideal] = row.ideal
+        number = re.findall(r"\d+", row.label)
+        record(
+            question,
+            f"{row.group} a request",
+            row.label,
+            row.samples,
+            floors=floors,
+            summary=row.floor is not None,
+            concurrency=int(number[-1]) if number else None,
+            ideal_ms=row.ideal * 1e3 if row.ideal else None,
+            client_cpu_ms=None if row.client_cpu != row.client_cpu else row.client_cpu * 1e3,
+        )
+
+
+def write_results(path: str | os.PathLike[str], script: str) -> None:
+    """Write what :func:`record` kept, with the machine and the command, as JSON to ``path``;
+    then forget it (a script run twice in one process writes each run's own)."""
+    document = {
+        "script": script,
+        "machine": machine_info(),
+        "command": " ".join(["python -m", f"benchmarks.{script}", *sys.argv[1:]]),
+        "results": RESULTS,
+    }
+    Path(path).write_text(json.dumps(document, indent=1, allow_nan=False), encoding="utf-8")
+    RESULTS.clear()
 
 
 # -- the simulator in a process of its own ------------------------------------------------------

@@ -8,8 +8,11 @@ The simulator runs in its own process (``dmhub-async simulate``, started by
 ``_common.simulator_process``), and each export runs in a fresh process too, so the peak RSS
 measured (``ru_maxrss``) is the exporter's alone, from the interpreter's start to the end of
 the export. ``baseline`` is that process's RSS after its
-imports and before the export: ``growth`` is what the export itself added. Each size is
-exported ``--runs`` times; the table gives medians with the min-max range.
+imports and before the export: ``growth`` is what the export itself added. ``CPU ms/page`` is
+the exporter's CPU time (user + system, imports excluded) over the pages it read: the client's
+cost of a page, which issue 15 asks to bring down. Each size is exported ``--runs`` times; the
+table gives medians with the min-max range. ``--json PATH`` also writes the figures for
+``python -m benchmarks``' summary.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import resource
 import statistics
@@ -28,12 +32,14 @@ from pathlib import Path
 from typing import Any
 
 try:
-    from ._common import machine_info, simulator_process, subprocess_env
+    from ._common import machine_info, record, simulator_process, subprocess_env, write_results
 except ImportError:  # run as a file (as the exporter process is): python benchmarks/bench_export.py
     from _common import (  # type: ignore[no-redef]
         machine_info,
+        record,
         simulator_process,
         subprocess_env,
+        write_results,
     )
 
 TIMEOUT = 1800  # seconds, for any one process
@@ -54,6 +60,12 @@ def _rss_now() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * _RSS_UNIT
 
 
+def _cpu_seconds() -> float:
+    """This process's CPU time so far, user and system."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 # -- the exporter process ---------------------------------------------------------------------
 
 
@@ -63,6 +75,7 @@ def worker(url: str, out: str, fmt: str, page_size: int, concurrency: int) -> di
     from dmhub_async.export import export_customers
 
     baseline = _rss_now()
+    cpu = _cpu_seconds()
 
     async def run() -> Any:
         async with DMHubClient("sim-app-id", "sim-secret", base_url=url) as dm:
@@ -72,6 +85,8 @@ def worker(url: str, out: str, fmt: str, page_size: int, concurrency: int) -> di
 
     report = asyncio.run(run())
     return {
+        "cpu_seconds": _cpu_seconds() - cpu,
+        "pages": math.ceil(report.exported / page_size),
         "exported": report.exported,
         "complete": report.complete,
         "seconds": report.seconds,
@@ -142,12 +157,29 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
+def _cpu_per_page(runs: list[dict[str, Any]]) -> list[float]:
+    """Each run's exporter CPU seconds over the pages it read."""
+    return [r["cpu_seconds"] / max(r["pages"], 1) for r in runs]
+
+
+def keep(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
+    """:func:`record` each size's records/s, peak RSS and CPU a page for the runner."""
+    scenario = f"export to {args.format}, concurrency {args.concurrency}, 0 ms"
+    for row in rows:
+        runs, size = row["runs"], f"{row['customers']:,} customers"
+        rates = [r["records_per_second"] for r in runs]
+        record("5", scenario, f"{size}: records/s", rates, unit="rec/s", scale=1, runs=runs)
+        peaks = [r["peak_rss"] for r in runs]
+        record("5", scenario, f"{size}: peak RSS", peaks, unit="MB", scale=2**-20)
+        record("5", scenario, f"{size}: client CPU a page", _cpu_per_page(runs), unit="ms")
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     """The results as a fixed-width table."""
     head = (
         f"{'customers':>10}  {'records/s median (min-max)':>28}  "
         f"{'peak RSS MB median (min-max)':>29}  {'baseline MB':>11}  {'growth MB':>9}  "
-        f"{'MB on disk':>10}"
+        f"{'MB on disk':>10}  {'CPU ms/page':>11}"
     )
     lines = [head, "-" * len(head)]
     for row in rows:
@@ -160,7 +192,8 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"{_spread(peak, _mb):>29}  "
             f"{_mb(statistics.median(base)):>11}  "
             f"{_mb(statistics.median(p - b for p, b in zip(peak, base, strict=True))):>9}  "
-            f"{_mb(statistics.median(r['bytes'] for r in runs)):>10}"
+            f"{_mb(statistics.median(r['bytes'] for r in runs)):>10}  "
+            f"{statistics.median(_cpu_per_page(runs)) * 1e3:>11.3f}"
         )
     return "\n".join(lines)
 
@@ -175,7 +208,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
     parser.add_argument("--page-size", type=int, default=100)
     parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--json", metavar="PATH", help="also write the raw results here")
+    parser.add_argument(
+        "--json", metavar="PATH", help="also write the figures and raw runs here (for the runner)"
+    )
     parser.add_argument("--worker", nargs=2, metavar=("URL", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -196,8 +231,9 @@ def main(argv: list[str] | None = None) -> int:
     rows = run(args)
     print(table(rows))
     print(f"({time.monotonic() - started:.1f} s in all)")
+    keep(rows, args)
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2), encoding="utf-8")
+        write_results(args.json, "bench_export")
     return 0
 
 

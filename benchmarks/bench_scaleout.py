@@ -30,9 +30,14 @@ from pathlib import Path
 from typing import Any
 
 try:
-    from ._common import machine_info, subprocess_env
+    from ._common import machine_info, record, subprocess_env, write_results
 except ImportError:  # run as a file
-    from _common import machine_info, subprocess_env  # type: ignore[no-redef]
+    from _common import (  # type: ignore[no-redef]
+        machine_info,
+        record,
+        subprocess_env,
+        write_results,
+    )
 
 SHARDS = 16
 
@@ -153,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--latency-ms", type=float, default=20.0)
     parser.add_argument("--rate-limit", type=float, default=100.0)
+    parser.add_argument("--json", metavar="PATH", help="also write the figures here")
     args = parser.parse_args(argv)
     if args.quick:
         args.customers, args.workers, args.rounds = 4_000, "1,2", 1
@@ -191,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"{n:>8} {median:>11,.0f} {min(rates):>8,.0f}-{max(rates):<8,.0f} "
                     f"{median / base:>6.2f} {statistics.median(busy[n]):>8.0%}"
                 )
+                scenario = f"{args.customers:,} customers, {args.latency_ms:g} ms, arq workers"
+                record("7", scenario, f"{n} workers", rates, unit="rec/s", scale=1)
         with control_simulator(args.customers, args.latency_ms) as sim:
             out = Path(tmp) / "out-limited"
             n = 4 if not args.quick else 2
@@ -204,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"{seconds:.1f} s; the busiest second the simulator saw held {max(per_second)} "
                 "requests (the plan's counts included)"
             )
+    if args.json:
+        write_results(args.json, "bench_scaleout")
     return 0
 
 

@@ -53,13 +53,22 @@ from dmhub_async._pagination import RawPage
 from dmhub_async.testing import DMHubSimulator
 
 try:
-    from ._common import alternate_async, machine_info, ratios, simulator_process
+    from ._common import (
+        alternate_async,
+        machine_info,
+        ratios,
+        record_rows,
+        simulator_process,
+        write_results,
+    )
 except ImportError:  # run as a file: python benchmarks/bench_walk.py
     from _common import (  # type: ignore[no-redef]
         alternate_async,
         machine_info,
         ratios,
+        record_rows,
         simulator_process,
+        write_results,
     )
 
 #: The walk's settings (issue 15, question 3) and its goal: the SDK over the worker floor.
@@ -324,6 +333,7 @@ async def bench_walk(
             if statistics.median(rs) > GOAL_VS_FLOOR:
                 misses.append(f"{n} at {latency_ms:g} ms ({_ratio(rs, [1.0] * len(rs))})")
     print(_table(rows))
+    record_rows("3", rows)  # for the runner's summary and chart (--json)
     print(f"  a request's cost beyond the latency (the floor, one at a time): {', '.join(costs)}")
     verdict = "met" if not misses else "MISSED at " + ", ".join(misses)
     print(f"question 3, SDK within {GOAL_VS_FLOOR}x of the aiohttp worker floor: {verdict}")
@@ -404,6 +414,7 @@ async def bench_lookups(lookups: int, concurrency: int, rounds: int) -> float:
     ]
     rows[1].floor = times[floor_label]
     print(_table(rows, ideal_header="vs ideal"))
+    record_rows("4", rows, ideal="ideal")
     return statistics.median(ratios(times[sdk_label], times[floor_label]))
 
 
@@ -509,9 +520,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
         help="the paginator's schedule alone, against N workers, on an in-process fake with "
         "jittered latency (no server, no CPU: robust on a loaded machine)",
     )
+    parser.add_argument("--json", metavar="PATH", help="also write every row's figures here")
     args = parser.parse_args(argv)
     print(machine_info())
-    return asyncio.run(_main(args.quick, args.rounds, args.diagnose, args.schedule))
+    found = asyncio.run(_main(args.quick, args.rounds, args.diagnose, args.schedule))
+    if args.json:
+        write_results(args.json, "bench_walk")
+    return found
 
 
 if __name__ == "__main__":
