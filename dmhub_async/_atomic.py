@@ -1,26 +1,30 @@
-"""Replacing a small file atomically: checkpoints, manifests, token files."""
+"""Replacing a file atomically: checkpoints, manifests, token files, merged exports."""
 
 from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
-__all__ = ["replace_file"]
+__all__ = ["replace_file", "replacing"]
 
 
-def replace_file(path: Path, data: bytes, *, sync: bool = True) -> None:
-    """Write ``data`` to ``path`` so that a crash leaves the old file or the new, never half.
+@contextmanager
+def replacing(path: Path, *, sync: bool = True) -> Iterator[BinaryIO]:
+    """A file to write that replaces ``path`` when the block ends: a crash leaves old or new.
 
-    The data goes to a temporary file made by ``mkstemp`` beside ``path`` (an unpredictable
-    name, created exclusively with mode 0600, never a link followed), is ``fsync``-ed unless
-    ``sync`` is false, then renamed over ``path`` (a rename replaces a link itself, never its
-    target). On any failure the temporary file is removed.
+    It is a temporary file made by ``mkstemp`` beside ``path`` (an unpredictable name, created
+    exclusively with mode 0600, never a link followed), ``fsync``-ed unless ``sync`` is false,
+    then renamed over ``path`` (a rename replaces a link itself, never its target). If the block
+    raises, the temporary file is removed and ``path`` is left as it was.
     """
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            yield fh
             if sync:
                 fh.flush()
                 os.fsync(fh.fileno())
@@ -28,3 +32,9 @@ def replace_file(path: Path, data: bytes, *, sync: bool = True) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def replace_file(path: Path, data: bytes, *, sync: bool = True) -> None:
+    """Replace ``path`` with ``data`` atomically (see :func:`replacing`)."""
+    with replacing(path, sync=sync) as fh:
+        fh.write(data)

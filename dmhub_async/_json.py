@@ -99,7 +99,7 @@ class RawRows(NamedTuple):
 
 if msgspec is not None:
 
-    class _Id(msgspec.Struct):
+    class _Id(msgspec.Struct, gc=False):  # untracked: never in a cycle, so no collections
         id: Any = None
 
     _page_decoder: Final = msgspec.json.Decoder(dict[str, msgspec.Raw])
@@ -108,28 +108,58 @@ if msgspec is not None:
     _value_decoder: Final = msgspec.json.Decoder()
 
 
-def raw_rows(body: bytes, key: str = "rows") -> RawRows:
+def raw_rows(body: bytes, key: str = "rows", page_keys: tuple[str, ...] | None = None) -> RawRows:
     """The rows of a page (the list under ``key``) as their own bytes; ValueError if not JSON.
 
     With msgspec, no row is decoded but for its id, so a row is written exactly as it came
     (integers of any size, number forms, key order). A row the service spread over several
     lines is written again on one, so each stays one line of JSON Lines. A missing or null
     ``key`` gives no rows; a page that is not an object, or rows that are not a list or not
-    objects, raise ValueError.
+    objects, raise ValueError. ``page_keys``: the other keys wanted, if not all (with msgspec,
+    the page is then read in two passes rather than four, about twice as fast).
     """
     if msgspec is None:
         return _raw_rows_decoding(body, key)
-    page = _page_decoder.decode(body)  # raises msgspec.DecodeError, a ValueError
-    raw = page.pop(key, None)
-    rows: list[bytes] = []
-    ids: list[Any] = []
-    if raw is not None and bytes(raw) != b"null":
-        rows = [bytes(row) for row in _rows_decoder.decode(raw)]
-        ids = [row.id for row in _ids_decoder.decode(raw)]  # raises if a row is no object
+    if page_keys is not None:
+        rows_of, ids_of = _page_decoders(key, page_keys)
+        page = rows_of.decode(body)  # raises msgspec.DecodeError, a ValueError
+        rows = [bytes(row) for row in getattr(page, key) or ()]
+        ids = [row.id for row in getattr(ids_of.decode(body), key) or ()]  # rows are objects
+        others = {k: v for k in page_keys if (v := getattr(page, k)) is not msgspec.UNSET}
+    else:
+        found = _page_decoder.decode(body)
+        raw = found.pop(key, None)
+        rows, ids = [], []
+        if raw is not None and bytes(raw) != b"null":
+            rows = [bytes(row) for row in _rows_decoder.decode(raw)]
+            ids = [row.id for row in _ids_decoder.decode(raw)]  # raises if a row is no object
+        others = {k: _value_decoder.decode(v) for k, v in found.items()}
+    if b"\n" in body or b"\r" in body:  # within a JSON string they are escaped: a row's only
         rows = [
             dumps_line(loads(row))[:-1] if b"\n" in row or b"\r" in row else row for row in rows
         ]
-    return RawRows(rows, ids, {k: _value_decoder.decode(v) for k, v in page.items()})
+    return RawRows(rows, ids, others)
+
+
+_page_structs: dict[tuple[str, tuple[str, ...]], tuple[Any, Any]] = {}
+
+
+def _page_decoders(key: str, page_keys: tuple[str, ...]) -> tuple[Any, Any]:
+    """msgspec decoders of a page: its rows as Raw with the ``page_keys``, and the rows' ids."""
+    found = _page_structs.get((key, page_keys))
+    if found is None:
+        rows = msgspec.defstruct(
+            "RawPage",
+            [(key, list[msgspec.Raw] | None, None), *((k, Any, msgspec.UNSET) for k in page_keys)],
+            kw_only=True,
+            gc=False,
+        )
+        ids = msgspec.defstruct("IdsPage", [(key, list[_Id] | None, None)], kw_only=True, gc=False)
+        found = _page_structs[key, page_keys] = (
+            msgspec.json.Decoder(rows),
+            msgspec.json.Decoder(ids),
+        )
+    return found
 
 
 def _raw_rows_decoding(body: bytes, key: str) -> RawRows:

@@ -8,7 +8,7 @@ only carries them over the network. See docs/architecture.md.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
@@ -36,6 +36,7 @@ __all__ = [
     "TOKEN_PATH",
     "USER_AGENT",
     "APIResponse",
+    "Decode",
     "Request",
     "connection_error",
     "read_response",
@@ -61,6 +62,12 @@ def _redact_params(params: Mapping[str, str] | None) -> str:
     return repr({k: MASK if k in ("secret", "access_token") else v for k, v in params.items()})
 
 
+#: A caller's reader of a successful body: bytes to what the call returns, and the body's
+#: top-level keys other than the records (``error_code`` among them, when there is one), so that
+#: an error answered on HTTP 200 is still found. ValueError when it cannot read the body.
+Decode = Callable[[bytes], tuple[Any, Mapping[str, Any]]]
+
+
 @attrs.frozen
 class Request:
     """One API call, before the token is added: what the retry loop repeats."""
@@ -75,6 +82,9 @@ class Request:
     #: Body codes that mean "no such record" for this call (40201 on a single-customer read).
     not_found_codes: frozenset[int | str] = frozenset()
     authenticated: bool = True
+    #: Reads a successful body in place of ``_json.loads`` (a page straight into models, say);
+    #: errors are found and built as ever (:func:`read_response`).
+    decode: Decode | None = attrs.field(default=None, repr=False, eq=False)
 
     def describe(self) -> str:
         """``METHOD /path?query`` with no token in it."""
@@ -117,6 +127,7 @@ class APIResponse:
 
     status: int
     headers: Mapping[str, str] = attrs.field(repr=False)
+    #: The decoded JSON; for a request with ``decode`` (a list's page), what that made of it.
     data: Any = attrs.field(repr=False)
     retries: int = 0
 
@@ -171,35 +182,42 @@ def read_response(
 
     Any body with a non-zero ``error_code`` is an error whatever the HTTP status: the service
     answers errors on HTTP 200 (docs/contract.md, "Errors").
+
+    With ``request.decode``, a 2xx body is read by it and what it returns is the result, unless
+    the keys it returns hold an error code, which raises as ever. A body it refuses is read
+    again as JSON (an error's path): one that is not JSON, or holds an error code, raises as it
+    would without ``decode``; otherwise ResponseDecodeError with ``decode``'s message.
     """
     data: Any = None
     decoded = True
-    if body.strip():
+    refused: str | None = None  # why request.decode could not read a 2xx body
+    if request.decode is not None and 200 <= status < 300:
+        try:
+            value, data = request.decode(body)
+        except (ValueError, RecursionError) as err:
+            refused = str(err)
+        else:
+            if _error_of(data, secrets)[0] is None:
+                return value
+    if data is not None:
+        pass  # an error code among the keys request.decode read: built below
+    elif body.strip():
         try:
             data = _json.loads(body)
         except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError too
             decoded = False  # RecursionError: nested deeper than the decoders go ([[[[...)
-    elif 200 <= status < 300:
+    elif 200 <= status < 300 and refused is None:
         return None  # 204 on delete, or an empty success
 
-    code: int | str | None = None
-    description: str | None = None
-    if isinstance(data, dict) and "error_code" in data:
-        code = coerce_code(data.get("error_code"))
-        if code == 0:
-            code = None
-        else:
-            raw = data.get("error_description")
-            description = redact(str(raw), secrets) if raw is not None else None
-
+    code, description = _error_of(data, secrets)
     if 200 <= status < 300 and code is None:
-        if not decoded:
+        if not decoded or refused is not None:
             raise build_error(
                 ResponseDecodeError,
                 request,
                 status,
                 None,
-                _snippet(body, secrets),
+                _snippet(body, secrets) if not decoded else redact(refused or "", secrets),
                 headers=headers,
                 body=_body_text(body, secrets),
             )
@@ -234,6 +252,17 @@ def read_response(
         headers=headers,
         body=_body_text(body, secrets),
     )
+
+
+def _error_of(data: Any, secrets: Iterable[str | None]) -> tuple[int | str | None, str | None]:
+    """A decoded body's ``error_code`` (None for none, or 0) and its redacted description."""
+    if not isinstance(data, Mapping) or "error_code" not in data:
+        return None, None
+    code = coerce_code(data.get("error_code"))
+    if code == 0:
+        return None, None
+    raw = data.get("error_description")
+    return code, redact(str(raw), secrets) if raw is not None else None
 
 
 def too_large(request: Request, status: int, limit: int) -> APIError:

@@ -33,6 +33,7 @@ __all__ = [
     "decimal_to_json",
     "format_timestamp",
     "identity_to_wire",
+    "lenient_page_reader",
     "make_converter",
     "parse_timestamp",
     "read_customer_page",
@@ -147,10 +148,13 @@ def structure_statistics_list(rows: list[Any]) -> list[CustomerStatistics]:
     return _structure_all(_structure_statistics, CustomerStatistics, rows)
 
 
-def _page_fallback(
+def lenient_page_reader(
     structure: Callable[[list[Any]], list[T]], key: str
 ) -> Callable[[bytes], tuple[list[T], dict[str, Any]]]:
-    """Read a page the lenient way: decode it, then structure the list under ``key``."""
+    """A page reader the lenient way: decode the page, then ``structure`` the list under ``key``.
+
+    The page readers' fallback without msgspec, and ``list_rows``' reader (rows as dicts).
+    """
 
     def read(body: bytes) -> tuple[list[T], dict[str, Any]]:
         page = _json.loads(body)
@@ -172,7 +176,7 @@ read_customer_page: Final = page_reader(
     _converter,
     "rows",
     ("records", "total", "page", "error_code", "error_description"),
-    _page_fallback(structure_customers, "rows"),
+    lenient_page_reader(structure_customers, "rows"),
 )
 #: A statistics page's bytes (``{"items": [...], "meta": {...}}``), as read_customer_page.
 read_statistics_page: Final = page_reader(
@@ -180,7 +184,7 @@ read_statistics_page: Final = page_reader(
     _converter,
     "items",
     ("meta", "error_code", "error_description"),
-    _page_fallback(structure_statistics_list, "items"),
+    lenient_page_reader(structure_statistics_list, "items"),
 )
 
 

@@ -7,14 +7,21 @@ the model's wire names and strict types (text, integers of any size, booleans) t
 unknown keys. Timestamps and decimals come out as the JSON gave them and are read by our own
 expressions, so a fraction beyond microseconds or ``1.50`` reads as it always has.
 
-A record msgspec refuses (an unknown key, a number sent as text, a form it does not read) is
-read the lenient way, from its own bytes, by the converter's hook, so unknown keys land in
-``extra`` as ever; a record the hook refuses too sends the whole page the lenient way,
-:func:`page_reader`'s ``fallback``, whose error names the record and the field.
+An unknown key (a field the service added: the simulator's ``tagCount`` is on every record)
+is learnt: the reader's Struct then names it too, typed as any JSON, and its value goes to
+``extra``; the next pages are read in one go again (reading every such record the lenient
+way cost twice the lenient way itself). Up to ``MAX_UNKNOWN_KEYS`` are learnt; ``extra``
+equals the hook's, its keys perhaps in another order when a record has several.
+
+A record msgspec still refuses (a number sent as text, a form it does not read) is read the
+lenient way, from its own bytes, by the converter's hook; a record the hook refuses too sends
+the whole page the lenient way, :func:`page_reader`'s ``fallback``, whose error names the
+record and the field.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from datetime import datetime
 from decimal import Decimal
@@ -50,21 +57,30 @@ _STRICT_TYPES: Final[dict[Any, Any]] = {
 }
 
 
-def wire_struct(cls: type[Any]) -> Any:
+def wire_struct(cls: type[Any], unknown: tuple[str, ...] = ()) -> Any:
     """The msgspec Struct of ``cls``'s wire record, or None (no msgspec, or a field type it
-    is not asked to check)."""
+    is not asked to check).
+
+    ``unknown``: wire keys the model does not know that the record may hold too (any JSON,
+    UNSET when absent), after the model's fields: what goes to ``extra``.
+    """
     if msgspec is None:
         return None
     attrs.resolve_types(cls)
     fields = [a for a in attrs.fields(cls) if a.name != "extra"]
     if any(a.type not in _STRICT_TYPES for a in fields):
         return None
+    extra = {f"unknown_{i}": name for i, name in enumerate(unknown)}
     return msgspec.defstruct(
         f"Wire{cls.__name__}",
-        [(a.name, _STRICT_TYPES[a.type], None) for a in fields],
+        [
+            *((a.name, _STRICT_TYPES[a.type], None) for a in fields),
+            *((field, Any, msgspec.UNSET) for field in extra),
+        ],
         kw_only=True,
         forbid_unknown_fields=True,
-        rename=wire_names(cls),
+        rename={**wire_names(cls), **extra},
+        gc=False,  # read, turned into a model and dropped: never in a cycle (see page_reader)
     )
 
 
@@ -77,8 +93,9 @@ def page_reader(
 ) -> Callable[[bytes], tuple[list[T], dict[str, Any]]]:
     """A function from a page's bytes to its models (the list under ``key``) and other keys.
 
-    Without msgspec, ``fallback`` itself; with it, msgspec first, a record it refuses by the
-    converter's hook, and ``fallback`` for a page that is still not read. Of the page's other
+    Without msgspec, ``fallback`` itself; with it, msgspec first (unknown keys learnt, see
+    above), a record it refuses by the converter's hook, and ``fallback`` for a page that is
+    still not read. Of the page's other
     keys, msgspec gives the ``page_keys`` (those the callers read: a decode of the page that
     kept every key cost a sixth of the whole); ``fallback`` gives them all.
     """
@@ -86,15 +103,22 @@ def page_reader(
     if struct is None:
         return fallback
     unset = msgspec.UNSET
-    page_struct = msgspec.defstruct(
-        f"Wire{cls.__name__}Page",
-        [
-            (key, list[struct] | None, None),  # type: ignore[valid-type]
-            *((k, Any, unset) for k in page_keys),
-        ],
-        kw_only=True,
-    )
-    page_decoder = msgspec.json.Decoder(page_struct)
+
+    def page_decoder(unknown: tuple[str, ...]) -> Any:
+        page_struct = msgspec.defstruct(
+            f"Wire{cls.__name__}Page",
+            [
+                (key, list[wire_struct(cls, unknown)] | None, None),  # type: ignore[misc]
+                *((k, Any, unset) for k in page_keys),
+            ],
+            kw_only=True,
+            gc=False,
+        )
+        return msgspec.json.Decoder(page_struct)
+
+    # The unknown keys met so far (a service that adds a field sends it on every record) and
+    # the page decoder that reads them too: learnt once, then every page is read in one go.
+    typed: tuple[tuple[str, ...], Any] = ((), page_decoder(()))
     raw_page_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])
     raw_rows_decoder = msgspec.json.Decoder(list[msgspec.Raw] | None)
     row_decoder = msgspec.json.Decoder(struct)
@@ -102,6 +126,22 @@ def page_reader(
     astuple = msgspec.structs.astuple
     build = make_tuple_build_fn(cls, converter)
     hook = converter.get_structure_hook(cls)
+    known = len(attrs.fields(cast(Any, cls))) - 1  # the fields but extra
+
+    def build_all(records: Any, unknown: tuple[str, ...]) -> list[T]:
+        if not unknown:
+            return [build(astuple(record)) for record in records]
+        rows = [astuple(record) for record in records]
+        models = [build(row[:known]) for row in rows]
+        # Each unknown key's values into extra, the last first: in the end they come in the
+        # order learnt, and before what build put there (a gender it did not know), as the
+        # hook puts them.
+        for column in range(known + len(unknown) - 1, known - 1, -1):
+            name = unknown[column - known]
+            for model, row in zip(models, rows, strict=True):
+                if (value := row[column]) is not unset:
+                    model.extra = {name: value, **model.extra}
+        return models
 
     def read_row(raw: Any) -> T:
         try:
@@ -109,12 +149,28 @@ def page_reader(
         except _REFUSED:
             return cast(T, hook(_json.loads(bytes(raw)), cls))
 
-    def read_page(body: bytes) -> tuple[list[T], dict[str, Any]]:
-        try:
-            page = page_decoder.decode(body)
+    def read_typed(body: bytes) -> tuple[list[T], dict[str, Any]] | None:
+        nonlocal typed
+        while True:
+            unknown, decoder = typed
+            try:
+                page = decoder.decode(body)
+            except msgspec.ValidationError as err:
+                found = _UNKNOWN_KEY.match(str(err))
+                if found is None or len(unknown) >= MAX_UNKNOWN_KEYS:
+                    return None
+                learnt = (*unknown, found.group(1))
+                typed = (learnt, page_decoder(learnt))
+                continue
             records = getattr(page, key) or ()
             meta = {k: v for k in page_keys if (v := getattr(page, k)) is not unset}
-            return [build(astuple(record)) for record in records], meta
+            return build_all(records, unknown), meta
+
+    def read_page(body: bytes) -> tuple[list[T], dict[str, Any]]:
+        try:
+            read = read_typed(body)
+            if read is not None:
+                return read
         except _REFUSED:
             pass
         try:  # a record msgspec refuses: each record on its own
@@ -128,6 +184,13 @@ def page_reader(
             return fallback(body)
 
     return read_page
+
+
+#: Unknown record keys a page reader learns to read in its typed decode; beyond them, records
+#: with others are read one by one.
+MAX_UNKNOWN_KEYS: Final = 16
+#: msgspec's error for a key its Struct does not name.
+_UNKNOWN_KEY: Final = re.compile(r"Object contains unknown field `(.*)` - at `\$\.")
 
 
 #: What msgspec (its errors are ValueErrors), a build or a hook raise for a record they refuse.

@@ -195,13 +195,7 @@ class _Run:
             report.count_before = resumed.count_before
         else:
             report.count_before = await customers.count(**self.filters)
-        paginator = customers.list_rows(
-            page_size=self.page_size,
-            concurrency=concurrency,
-            start_page=first,
-            resume_after=self.last_id,
-            **self.filters,
-        )
+        paginator = self._rows(concurrency=concurrency, start_page=first, resume_after=self.last_id)
         await self._walk(paginator, progress)
         if self.writer.header is None and report.format == "csv":
             self.out.write(self.writer.encode([]))  # an empty export still gets its header
@@ -209,11 +203,11 @@ class _Run:
         report.count_after = await customers.count(**self.filters)
         if verify == "always" or self._may_have_missed(paginator):
             report.verified, report.count_after = await final_check(
-                self.client, self.filters, self.written, self._recover, concurrency=concurrency
+                self.client, self.filters, self.written, self._recover, self._rows, concurrency
             )
         return report
 
-    async def _walk(self, paginator: AsyncPaginator[dict[str, Any]], progress: bool) -> None:
+    async def _walk(self, paginator: AsyncPaginator[Any], progress: bool) -> None:
         report = self.report
         bar = _progress_bar(progress, report.count_before, report.exported)
         try:
@@ -234,27 +228,50 @@ class _Run:
             if bar is not None:
                 bar.close()
 
+    def _rows(
+        self,
+        *,
+        page_size: int | None = None,
+        concurrency: int = 1,
+        start_page: int = 1,
+        resume_after: Any = None,
+        **more: Any,
+    ) -> AsyncPaginator[Any]:
+        """The walk of the rows to write, ``more`` filters added: as bytes for JSONL, which
+        writes them as they came (``RawRow``), as dicts for CSV."""
+        options = {
+            "page_size": page_size or self.page_size,
+            "start_page": start_page,
+            "max_items": None,
+            "concurrency": concurrency,
+            "resume_after": resume_after,
+        }
+        filters = {**self.filters, **more}
+        customers = self.client.customers
+        if self.report.format == "jsonl":
+            return customers._list_raw(filters, **options)
+        return customers.list_rows(**options, **filters)
+
     def _progress(self) -> ExportProgress:
         report = self.report
         return ExportProgress(report.exported, report.count_before, report.pages, report.duplicates)
 
-    def _write(self, rows: Sequence[dict[str, Any]]) -> None:
+    def _write(self, rows: Sequence[Any]) -> None:
         if not rows:
             return
         self.out.write(self.writer.encode(rows))
-        for row in rows:
-            customer_id = row.get("id")
+        for customer_id in map(self.writer.row_id, rows):
             if customer_id is not None:
                 self.written.add(customer_id)
                 self.last_id = customer_id
         self.report.exported += len(rows)
 
-    async def _recover(self, rows: Sequence[dict[str, Any]]) -> None:
+    async def _recover(self, rows: Sequence[Any]) -> None:
         """Customers the final check found missing: appended (after the ordered walk)."""
         self._write(rows)
         self.report.recovered += len(rows)
 
-    def _may_have_missed(self, paginator: AsyncPaginator[dict[str, Any]]) -> bool:
+    def _may_have_missed(self, paginator: AsyncPaginator[Any]) -> bool:
         """Whether anything suggests customers changed while the export ran (or was down)."""
         report, stats = self.report, paginator.stats
         counts = {report.count_before, report.count_after, len(self.written)}

@@ -21,6 +21,7 @@ from ._ids import IdSet
 
 if TYPE_CHECKING:
     from .._client import DMHubClient
+    from .._pagination import AsyncPaginator
 
 __all__ = ["final_check", "start_page"]
 
@@ -82,14 +83,15 @@ async def final_check(
     client: DMHubClient,
     filters: dict[str, Any],
     written: IdSet,
-    append: Callable[[Sequence[dict[str, Any]]], Awaitable[None]],
-    *,
+    append: Callable[[Sequence[Any]], Awaitable[None]],
+    rows: Callable[..., AsyncPaginator[Any]],
     concurrency: int,
 ) -> tuple[bool, int | None]:
     """Whether every customer matching ``filters`` is in ``written``, and the last count.
 
-    Customers missing from the file are fetched by id and handed to ``append`` (which writes
-    them and adds them to ``written``). A round passes when the count before the id walk, the
+    Customers missing from the file are fetched by id through ``rows`` (the export's walk,
+    given filters to add) and handed to ``append`` (which writes them and adds them to
+    ``written``). A round passes when the count before the id walk, the
     count after it and the ids it saw agree, every id it saw is now written, and the walk had
     no unverified page; otherwise customers changed during it and it runs again,
     :data:`CHECK_ROUNDS` times at most.
@@ -107,9 +109,9 @@ async def final_check(
                 ids = (row.get("id") for row in page.items)
                 missing += [i for i in ids if i is not None and i not in written]
                 if len(missing) >= _FETCH_BATCH:
-                    unfetched += await _fetch(client, filters, missing, written, append)
+                    unfetched += await _fetch(rows, missing, written, append)
                     missing = []
-        unfetched += await _fetch(client, filters, missing, written, append)
+        unfetched += await _fetch(rows, missing, written, append)
         count = await client.customers.count(**filters)
         if before == count == seen and not unfetched and walk.stats.unverified == 0:
             return True, count
@@ -117,18 +119,15 @@ async def final_check(
 
 
 async def _fetch(
-    client: DMHubClient,
-    filters: dict[str, Any],
+    rows: Callable[..., AsyncPaginator[Any]],
     ids: list[Any],
     written: IdSet,
-    append: Callable[[Sequence[dict[str, Any]]], Awaitable[None]],
+    append: Callable[[Sequence[Any]], Awaitable[None]],
 ) -> int:
     """Fetch ``ids`` and append them; how many did not come (gone, or changed since)."""
     for start in range(0, len(ids), _FETCH_BATCH):
         batch = ids[start : start + _FETCH_BATCH]
-        rows = await client.customers.list_rows(
-            page_size=_FETCH_BATCH, **{**filters, "id_list": batch}
-        ).to_list()
-        if rows:
-            await append(rows)
+        found = await rows(page_size=_FETCH_BATCH, id_list=batch).to_list()
+        if found:
+            await append(found)
     return sum(1 for i in ids if i not in written)

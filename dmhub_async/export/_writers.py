@@ -16,8 +16,9 @@ from typing import IO, Any, Literal, Protocol
 import attrs
 
 from .._converter import wire_names
-from .._json import dumps_line, loads
+from .._json import loads
 from ..models.customer import Customer
+from ..resources._rows import RawRow
 from ._ids import IdSet
 
 __all__ = ["CSV_FIELDS", "CsvWriter", "Format", "JsonlWriter", "Scan", "Writer", "scan"]
@@ -36,17 +37,28 @@ class Writer(Protocol):
     def header(self) -> tuple[str, ...] | None:
         """The CSV header once written (a resume must write the same columns), else None."""
 
-    def encode(self, rows: Sequence[dict[str, Any]]) -> bytes:
+    def encode(self, rows: Sequence[Any]) -> bytes:
         """The bytes of ``rows``; the first call of a CSV writer without header adds one."""
+
+    def row_id(self, row: Any) -> Any:
+        """The ``id`` of one of the rows it encodes (None when it has none)."""
 
 
 class JsonlWriter:
-    """One customer a line, wire field names, UTF-8 with Chinese as is."""
+    """One customer a line: the bytes the service sent (``RawRow``), each and a newline.
+
+    Nothing is decoded or encoded again: wire names, key order, number forms, integers of any
+    size and Chinese text stay as they came (a row the service spread over lines excepted,
+    ``_json.raw_rows``).
+    """
 
     header: tuple[str, ...] | None = None
 
-    def encode(self, rows: Sequence[dict[str, Any]]) -> bytes:
-        return b"".join(map(dumps_line, rows))
+    def encode(self, rows: Sequence[RawRow]) -> bytes:
+        return b"".join([line for row in rows for line in (row.json, b"\n")])
+
+    def row_id(self, row: RawRow) -> Any:
+        return row.id
 
 
 class CsvWriter:
@@ -77,6 +89,9 @@ class CsvWriter:
         else:
             self._fields, self._extra = [*CSV_FIELDS, "attr"], True
         self._attr_keys = [c[5:] for c in header or () if c.startswith("attr.")]
+
+    def row_id(self, row: dict[str, Any]) -> Any:
+        return row.get("id")
 
     def encode(self, rows: Sequence[dict[str, Any]]) -> bytes:
         buf = io.StringIO()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Mapping
 from typing import Any, TypeVar
 
 import attrs
@@ -29,18 +29,6 @@ def decode(structure: Callable[[Any], T], data: Any, what: str) -> T:
     )
 
 
-def rows_of(data: Any, key: str, what: str) -> list[Any]:
-    """``data[key]`` as a list (a missing or null key is an empty page)."""
-    if not isinstance(data, dict):
-        raise ResponseDecodeError(f"the answer is not {what}: expected an object", status=200)
-    rows = data.get(key)
-    if rows is None:
-        return []
-    if not isinstance(rows, list):
-        raise ResponseDecodeError(f"the answer is not {what}: {key!r} is not a list", status=200)
-    return rows
-
-
 def optional_int(value: Any) -> int | None:
     """A count from a page's totals, or None when absent or not a number."""
     if isinstance(value, bool):
@@ -58,16 +46,25 @@ def dedupe_for(sort_by: str | None, sort_order: str | None) -> Dedupe:
     return "set"
 
 
+#: A page's bytes to its records and its other keys: the converter's page readers
+#: (``read_customer_page``...) and :func:`json_rows_page`. ValueError when it cannot.
+PageReader = Callable[[bytes], tuple[list[T], dict[str, Any]]]
+
+
 def paginate(
     session: Session,
     path: str,
     params: dict[str, str],
-    read_page: Callable[[Any], RawPage[T]],
+    decode: Callable[[bytes], tuple[RawPage[T], Mapping[str, Any]]],
     *,
     key: Callable[[T], Hashable],
     **paging: Any,
 ) -> AsyncPaginator[T]:
-    """A paginator over ``GET path`` with ``rows``/``page`` added to ``params``."""
+    """A paginator over ``GET path`` with ``rows``/``page`` added to ``params``.
+
+    ``decode`` (:func:`rows_page`, :func:`items_page`) reads each page's bytes as the session
+    receives them: no JSON tree is built only to be read again (docs/architecture.md).
+    """
     check_paging(
         paging.get("page_size"),
         paging.get("start_page"),
@@ -75,9 +72,9 @@ def paginate(
     )
 
     async def fetch(number: int, size: int) -> RawPage[T]:
-        request = Request("GET", path, {**params, "rows": str(size), "page": str(number)})
-        response = await session.send(request)
-        page = read_page(response.data)
+        query = {**params, "rows": str(size), "page": str(number)}
+        response = await session.send(Request("GET", path, query, decode=decode))
+        page: RawPage[T] = response.data
         return attrs.evolve(page, retries=response.retries) if response.retries else page
 
     return AsyncPaginator(
@@ -85,34 +82,46 @@ def paginate(
     )
 
 
-def rows_page(structure: Callable[[list[Any]], list[T]], what: str) -> Callable[[Any], RawPage[T]]:
+def _read(read: PageReader[T], body: bytes, what: str) -> tuple[list[T], dict[str, Any]]:
+    """``read(body)``, its error saying what the answer is not."""
+    try:
+        return read(body)
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as err:
+        problem = str(err)
+    # Raised outside the except block: the converter's error quotes the body, which a service
+    # may have filled with the URL, so it must not ride along as the context either.
+    raise ValueError(f"the answer is not {what}: {problem}")
+
+
+def rows_page(
+    read: PageReader[T], what: str
+) -> Callable[[bytes], tuple[RawPage[T], dict[str, Any]]]:
     """Reads the customer list shape: ``{"rows": [...], "records": n, "total": pages}``."""
 
-    def read(data: Any) -> RawPage[T]:
-        rows = rows_of(data, "rows", what)
-        return RawPage(
-            decode(structure, rows, what),
-            None,
-            optional_int(data.get("records")),
-            optional_int(data.get("total")),
-        )
+    def decode(body: bytes) -> tuple[RawPage[T], dict[str, Any]]:
+        rows, keys = _read(read, body, what)
+        records, total = optional_int(keys.get("records")), optional_int(keys.get("total"))
+        return RawPage(rows, None, records, total), keys
 
-    return read
+    return decode
 
 
-def items_page(structure: Callable[[list[Any]], list[T]], what: str) -> Callable[[Any], RawPage[T]]:
+def items_page(
+    read: PageReader[T], what: str
+) -> Callable[[bytes], tuple[RawPage[T], dict[str, Any]]]:
     """Reads the statistics shape: ``{"items": [...], "meta": {records, total, hasNext}}``."""
 
-    def read(data: Any) -> RawPage[T]:
-        items = rows_of(data, "items", what)
-        meta = data.get("meta")
+    def decode(body: bytes) -> tuple[RawPage[T], dict[str, Any]]:
+        items, keys = _read(read, body, what)
+        meta = keys.get("meta")
         meta = meta if isinstance(meta, dict) else {}
         has_next = meta.get("hasNext")
-        return RawPage(
-            decode(structure, items, what),
+        page = RawPage(
+            items,
             has_next if isinstance(has_next, bool) else None,
             optional_int(meta.get("records")),
             optional_int(meta.get("total")),
         )
+        return page, keys
 
-    return read
+    return decode

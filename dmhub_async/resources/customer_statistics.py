@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from .._converter import structure_statistics_list
+from .._converter import read_statistics_page
 from .._exceptions import InvalidRequestError
 from .._pagination import AsyncPaginator
 from .._validate import check_id, check_query, short
@@ -40,7 +40,7 @@ class CustomerStatisticsResource(Resource):
         if not isinstance(sort_by, str) or not sort_by:
             raise InvalidRequestError("list(): sort_by must be a field name")
         check_query("list", params)
-        read_page = items_page(structure_statistics_list, "a page of customer statistics")
+        read_page = items_page(read_statistics_page, "a page of customer statistics")
         return paginate(
             self._session,
             "/v1/customerStatistics",

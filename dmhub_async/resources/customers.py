@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import builtins
 from collections.abc import Callable, Iterable, Mapping
 from datetime import tzinfo
 from typing import Any, TypeVar
@@ -12,8 +11,8 @@ from typing_extensions import Unpack
 from .._converter import (
     customer_fields_to_wire,
     identity_to_wire,
+    read_customer_page,
     structure_customer,
-    structure_customers,
 )
 from .._exceptions import InvalidRequestError
 from .._pagination import AsyncPaginator
@@ -35,8 +34,9 @@ from ._filters import (
     _filter_params,
     customer_filter_params,
 )
-from ._pages import decode, paginate, rows_page
+from ._pages import PageReader, decode, paginate, rows_page
 from ._resource import Resource
+from ._rows import RawRow, raw_row_id, read_raw_rows, read_rows, row_id
 
 __all__ = [
     "EMPTY_STAGE",
@@ -184,7 +184,7 @@ class Customers(Resource):
             InvalidRequestError: a bad filter or paging value (at once, before any request).
         """
         return self._walk(
-            structure_customers,
+            read_customer_page,
             _customer_id,
             dict(filters),
             page_size=page_size,
@@ -210,8 +210,8 @@ class Customers(Resource):
         and without the cost of building a model.
         """
         return self._walk(
-            _rows,
-            _row_id,
+            read_rows,
+            row_id,
             dict(filters),
             page_size=page_size,
             start_page=start_page,
@@ -220,16 +220,20 @@ class Customers(Resource):
             resume_after=resume_after,
         )
 
+    def _list_raw(self, filters: dict[str, Any], **paging: Any) -> AsyncPaginator[RawRow]:
+        """:meth:`list_rows`, each row as its bytes: the JSONL export's walk (``._rows``)."""
+        return self._walk(read_raw_rows, raw_row_id, filters, **paging)
+
     def _walk(
         self,
-        structure: Callable[[builtins.list[Any]], builtins.list[T]],
+        read: PageReader[T],
         key: Callable[[T], Any],
         filters: dict[str, Any],
         **paging: Any,
     ) -> AsyncPaginator[T]:
         merged: dict[str, Any] = {"sort_by": "id", "sort_order": "asc", **filters}
         params = self._params("list", merged, frames=3)  # list() or list_rows(), _walk
-        read_page = rows_page(structure, "a page of customers")
+        read_page = rows_page(read, "a page of customers")
         descending = (params.get("sidx"), params.get("sord")) == ("id", "desc")
         batches = id_batches("list", params, "idList", descending=descending)
 
@@ -262,16 +266,6 @@ class Customers(Resource):
 
 def _customer_id(customer: Customer) -> int | None:
     return customer.id
-
-
-def _rows(rows: builtins.list[Any]) -> builtins.list[dict[str, Any]]:
-    if not all(isinstance(row, dict) for row in rows):
-        raise ValueError("a row is not an object")
-    return rows
-
-
-def _row_id(row: dict[str, Any]) -> Any:
-    return row.get("id")
 
 
 def _body(method: str, fields: Mapping[str, Any]) -> dict[str, Any]:

@@ -10,7 +10,6 @@ export (never by the workers), atomically: a crash leaves the old manifest or th
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -19,7 +18,7 @@ import attrs
 import cattrs
 import orjson
 
-from .._atomic import replace_file
+from .._atomic import replace_file, replacing
 from .._exceptions import InvalidRequestError
 from ._plan import Shard
 
@@ -174,29 +173,20 @@ def merge(
             f"the export in {directory} is not complete: finish it first (rerun the export), "
             "or merge what there is with allow_incomplete=True (CLI: --allow-incomplete)"
         )
-    dest_path = Path(dest)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest_path.name}.", suffix=".tmp", dir=dest_path.parent)
     records = 0
-    try:
-        with os.fdopen(fd, "wb") as out:
-            for outcome in manifest.shards:
-                part = Path(directory) / outcome.file
-                if not part.is_file():
-                    if allow_incomplete:
-                        continue
-                    raise InvalidRequestError(f"{part} is missing")
-                with part.open("rb") as fh:
-                    if manifest.format == "csv":
-                        header = fh.readline()
-                        if out.tell() == 0:
-                            out.write(header)
-                    for line in fh:
-                        out.write(line)
-                        records += 1
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, dest_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with replacing(Path(dest)) as out:
+        for outcome in manifest.shards:
+            part = Path(directory) / outcome.file
+            if not part.is_file():
+                if allow_incomplete:
+                    continue
+                raise InvalidRequestError(f"{part} is missing")
+            with part.open("rb") as fh:
+                if manifest.format == "csv":
+                    header = fh.readline()
+                    if out.tell() == 0:
+                        out.write(header)
+                for line in fh:
+                    out.write(line)
+                    records += 1
     return records

@@ -1,0 +1,52 @@
+"""Customers as rows: dicts as the service sent them (``list_rows``), or their very bytes.
+
+The bytes are the JSONL export's (:class:`RawRow`, ``Customers._list_raw``): written as they
+came, neither decoded nor encoded again (``_json.raw_rows``), with the id the walk drops
+repeats by.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from .. import _json
+from .._converter import lenient_page_reader
+
+__all__ = ["RawRow", "raw_row_id", "read_raw_rows", "read_rows", "row_id"]
+
+
+def _dicts(rows: list[Any]) -> list[dict[str, Any]]:
+    if not all(isinstance(row, dict) for row in rows):
+        raise ValueError("a row is not an object")
+    return rows
+
+
+#: A customer page's bytes to its rows as dicts, and its other keys.
+read_rows = lenient_page_reader(_dicts, "rows")
+
+
+def row_id(row: dict[str, Any]) -> Any:
+    """A row's ``id`` (None when it has none)."""
+    return row.get("id")
+
+
+class RawRow(NamedTuple):
+    """A customer as the bytes the service sent (one line of JSON, no newline), and its id."""
+
+    id: Any
+    json: bytes
+
+
+#: The keys of a customer page the walk reads beside the rows (error_code: read_response's).
+_PAGE_KEYS = ("records", "total", "page", "error_code", "error_description")
+
+
+def read_raw_rows(body: bytes) -> tuple[list[RawRow], dict[str, Any]]:
+    """A customer page's bytes to its rows as :class:`RawRow`, and its other keys."""
+    rows = _json.raw_rows(body, "rows", _PAGE_KEYS)
+    return list(map(RawRow, rows.ids, rows.rows)), rows.page
+
+
+def raw_row_id(row: RawRow) -> Any:
+    """A raw row's ``id``."""
+    return row.id

@@ -1,0 +1,324 @@
+"""The fast paths give what the lenient ones gave: pages read by the caller's decoder.
+
+``list()`` and ``customer_statistics.list()`` read each page's bytes with the converter's page
+reader (msgspec's typed decode when installed) through ``Request.decode``; the JSONL export
+writes each row's bytes as the service sent them. Same records, same errors, same redaction.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from _helpers import url
+from aioresponses import aioresponses
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+from test_json import _ROWS, BIG_ROW
+
+from dmhub_async import (
+    APIError,
+    AuthenticationError,
+    DMHubClient,
+    ResponseDecodeError,
+    ServerError,
+    _json,
+    _sansio,
+)
+from dmhub_async._converter import (
+    lenient_page_reader,
+    make_converter,
+    read_customer_page,
+    read_statistics_page,
+    structure_customers,
+    structure_statistics_list,
+    wire_struct,
+)
+from dmhub_async._sansio import Request, read_response
+from dmhub_async.export import export_customers
+from dmhub_async.models import Customer
+from dmhub_async.resources import _pages, customer_statistics, customers
+from dmhub_async.testing import DMHubSimulator
+
+WHAT = "a page of customers"
+FAST = _pages.rows_page(read_customer_page, WHAT)
+LENIENT = _pages.rows_page(lenient_page_reader(structure_customers, "rows"), WHAT)
+PAGE = Request("GET", "/v1/customers", {"rows": "100", "page": "1"})
+
+
+def _read(body: bytes, decode: Any = None, status: int = 200, **kwargs: Any) -> Any:
+    request = (
+        PAGE if decode is None else Request(PAGE.method, PAGE.path, PAGE.params, decode=decode)
+    )
+    return read_response(request, status, {}, body, **kwargs)
+
+
+def _models(pages: list[Any]) -> list[str]:
+    """Records as their reprs: ``Decimal('1.50')`` and ``1.5``, ``10**22`` and ``1e22`` differ."""
+    return [repr(record) for page in pages for record in page.items]
+
+
+# --- read_response with a decoder ---------------------------------------------------------
+
+
+@settings(max_examples=150, deadline=None, derandomize=True)
+@given(st.lists(_ROWS, max_size=5), st.sampled_from([0, "0", None]))
+@example([BIG_ROW], 0)
+@example([{"id": 1, "dateJoin": "2017-06-01T12:12:12.1234567Z", "annualRevenue": 1.50}], None)
+def test_a_page_read_by_its_decoder_holds_the_records_of_the_lenient_way(
+    rows: list[dict[str, Any]], error_code: Any
+) -> None:
+    page: dict[str, Any] = {"rows": rows, "records": 250, "total": 3}
+    if error_code is not None:
+        page["error_code"] = error_code  # zero: a success
+    body = json.dumps(page, ensure_ascii=False).encode()
+    fast, lenient = _read(body, FAST), _read(body, LENIENT)
+    assert _models([fast]) == _models([lenient])
+    assert fast.items == lenient.items == structure_customers(json.loads(body)["rows"])
+    assert (fast.total_records, fast.total_pages) == (250, 3)
+
+
+# What each answer raises without a decoder must be what it raises with one: the same class and
+# the same text, code and body, secrets masked the same way.
+ERRORS = {
+    "error code on 200": (200, b'{"error_code": 42001, "error_description": "bad token"}'),
+    "error code on 200 beside rows": (
+        200,
+        b'{"rows": [{"id": 1}], "error_code": "40005", "error_description": "tok-secret"}',
+    ),
+    "error code on 200 beside a malformed row": (
+        200,
+        b'{"rows": [{"id": 1, "dateJoin": 5}], "error_code": 40005}',
+    ),
+    "not JSON on 200": (200, b"<html>tok-secret maintenance</html>"),
+    "cut short on 200": (200, b'{"rows": [{"id": 1'),
+    "HTTP 500 of a page": (500, b'{"rows": [], "error_code": 50000}'),
+    "HTTP 502 of HTML": (502, b"<html>bad gateway</html>"),
+    "HTTP 400 with a description": (400, b'{"error_code": 40004, "error_description": "tok-x"}'),
+}
+
+
+@pytest.mark.parametrize(("status", "body"), ERRORS.values(), ids=ERRORS.keys())
+def test_errors_are_found_and_built_as_without_a_decoder(status: int, body: bytes) -> None:
+    caught = []
+    for decode in (None, FAST, LENIENT):
+        with pytest.raises(APIError) as info:
+            _read(body, decode, status, secrets=("tok-secret",))
+        caught.append(info.value)
+    plain = caught[0]
+    assert "tok-secret" not in str(plain)
+    for err in caught[1:]:
+        assert type(err) is type(plain)
+        assert (str(err), err.code, err.body, err.status) == (
+            str(plain),
+            plain.code,
+            plain.body,
+            plain.status,
+        )
+
+
+def test_an_error_code_on_200_is_still_the_error_it_names() -> None:
+    with pytest.raises(AuthenticationError):
+        _read(b'{"rows": [], "error_code": 42001}', FAST)
+    with pytest.raises(ServerError):
+        _read(b'{"rows": [{"id": 1}]}', FAST, status=503)
+
+
+@pytest.mark.parametrize("decode", [FAST, LENIENT], ids=["fast", "lenient"])
+def test_a_malformed_record_names_the_record_and_the_field(decode: Any) -> None:
+    body = b'{"rows": [{"id": 1}, {"id": 2, "dateJoin": "tok-secret"}], "records": 2}'
+    with pytest.raises(ResponseDecodeError) as info:
+        _read(body, decode, secrets=("tok-secret",))
+    text = str(info.value)
+    assert text.startswith("GET /v1/customers -> HTTP 200: the answer is not a page of customers")
+    assert "record 1 (id 2), field 'dateJoin'" in text
+    assert "tok-secret" not in text
+    assert info.value.__cause__ is None
+    assert info.value.__context__ is None
+
+
+@pytest.mark.parametrize("body", [b"", b"[1, 2]", b'{"rows": {}}', b'{"rows": [1]}', b"null"])
+def test_what_is_no_page_is_a_decode_error(body: bytes) -> None:
+    for decode in (FAST, LENIENT):
+        with pytest.raises(ResponseDecodeError, match="not a page of customers"):
+            _read(body, decode)
+
+
+# --- list() through the simulator, with and without msgspec ------------------------------
+
+
+async def _walks(dm: DMHubClient) -> tuple[list[Any], list[Any]]:
+    records = [c async for c in dm.customers.list(page_size=7, concurrency=3)]
+    rows = [r async for r in dm.customers.list_rows(page_size=7, concurrency=3)]
+    return records, rows
+
+
+async def test_list_yields_the_same_records_with_and_without_msgspec(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with (
+        DMHubSimulator(customers=40, seed=15) as sim,
+        DMHubClient(app_id=sim.app_id, secret=sim.secret, base_url=sim.url) as dm,
+    ):
+        sim.insert_customer({"name": "大数 小D", "attr": {"n": 10**22, "m": -(2**63) - 1}})
+        sim.insert_customer({"name": "张三", "mobile": "13800000000", "attr": {"x": 1.5}})
+        fast, rows = await _walks(dm)
+        # The lenient way, as list() read pages before: decode, then structure.
+        lenient = lenient_page_reader(structure_customers, "rows")
+        monkeypatch.setattr(customers, "read_customer_page", lenient)
+        slow, _ = await _walks(dm)
+    assert len(fast) == 42
+    assert [repr(c) for c in fast] == [repr(c) for c in slow]
+    assert fast == structure_customers(rows)
+    assert fast[-2].attr == {"n": 10**22, "m": -(2**63) - 1}
+    assert all(c.date_created is not None and c.date_created.utcoffset() is not None for c in fast)
+    # With msgspec installed (the test extra has it), the fast path is msgspec's typed decode.
+    assert wire_struct.msgspec is None or wire_struct.wire_struct(Customer) is not None
+
+
+class _NoLoads:
+    """``_json`` for ``_sansio`` with ``loads`` refused: a page decoded twice would fail."""
+
+    dumps = staticmethod(_json.dumps)
+
+    @staticmethod
+    def loads(body: bytes) -> Any:
+        raise AssertionError("a page decoded by _json.loads before its reader")
+
+
+async def test_a_page_is_decoded_once_by_its_reader(monkeypatch: pytest.MonkeyPatch) -> None:
+    async with (
+        DMHubSimulator(customers=9, seed=1) as sim,
+        DMHubClient(app_id=sim.app_id, secret=sim.secret, base_url=sim.url) as dm,
+    ):
+        assert await dm.customers.count() == 9  # the token fetched, read as ever
+        monkeypatch.setattr(_sansio, "_json", _NoLoads)
+        records = await dm.customers.list(page_size=4).to_list()
+        rows = await dm.customers.list_rows(page_size=4).to_list()
+    assert [c.id for c in records] == [r["id"] for r in rows]
+    assert len(records) == 9
+
+
+async def test_statistics_yield_the_same_records_with_and_without_msgspec(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with (
+        DMHubSimulator(customers=12, seed=3) as sim,
+        DMHubClient(app_id=sim.app_id, secret=sim.secret, base_url=sim.url) as dm,
+    ):
+        fast = await dm.customer_statistics.list(page_size=4, concurrency=2).to_list()
+        lenient = lenient_page_reader(structure_statistics_list, "items")
+        monkeypatch.setattr(customer_statistics, "read_statistics_page", lenient)
+        slow = await dm.customer_statistics.list(page_size=4, concurrency=2).to_list()
+    assert fast
+    assert [repr(s) for s in fast] == [repr(s) for s in slow]
+    assert read_statistics_page is not lenient
+
+
+# --- the JSONL export writes the bytes the service sent -------------------------------------
+
+#: Two rows as a service might write them: spaces, keys out of model order, a big integer, a
+#: trailing zero, Chinese text, an escaped character and a field the model does not know.
+SENT_ROWS = [
+    b'{"name": "\xe5\xbc\xa0\xe4\xb8\x89 \xe5\xb0\x8fD", "id": 3, "annualRevenue": 1.50, '
+    b'"attr": {"n": 12345678901234567890123, "m": -9223372036854775809}}',
+    b'{"id":7,"levelScore":[10000000000000000000000],"jobTitle":"a\\"b\\u00e9"}',
+]
+
+
+async def test_an_exported_jsonl_line_is_the_row_as_the_service_sent_it(
+    api: aioresponses, tokens: Any, make_client: Any, tmp_path: Path
+) -> None:
+    page = b'{"total": 1, "rows": [' + b", ".join(SENT_ROWS) + b'], "records": 2}'
+    api.get(url("/v1/customers/count"), body=b"2", repeat=True)
+    api.get(url("/v1/customers"), body=page, repeat=True)
+    dest = tmp_path / "out.jsonl"
+
+    report = await export_customers(make_client(), dest, progress=False)
+
+    assert (report.exported, report.verified) == (2, None)
+    # Before: b'{"name":"张三 小D","id":3,"annualRevenue":1.5,"attr":{"n": ...' (re-encoded).
+    assert dest.read_bytes() == b"".join(row + b"\n" for row in SENT_ROWS)
+
+
+async def test_a_checked_export_writes_every_row_as_the_service_sends_it(tmp_path: Path) -> None:
+    async with (
+        DMHubSimulator(customers=30, seed=4) as sim,
+        DMHubClient(app_id=sim.app_id, secret=sim.secret, base_url=sim.url) as dm,
+    ):
+        big = sim.insert_customer({"name": "大数", "attr": {"n": 10**22}})
+        dest, checkpoint = tmp_path / "out.jsonl", tmp_path / "out.ckpt"
+        first = await export_customers(
+            dm, dest, page_size=10, progress=False, checkpoint=checkpoint, verify="always"
+        )
+        written = dest.read_bytes()
+        # What the service sends for each customer: its row, compact, as the simulator writes it.
+        rows = await dm.customers.list_rows(page_size=100).to_list()
+    assert first.verified
+    assert written.splitlines() == [_json.dumps(row) for row in rows]
+    assert json.loads(written.splitlines()[-1])["attr"] == {"n": 10**22}
+    assert json.loads(written.splitlines()[-1])["id"] == big["id"]
+
+
+# --- unknown keys: learnt by the typed decode, still in extra ----------------------------------
+
+_UNKNOWN = st.dictionaries(
+    st.sampled_from(["tagCount", "levelScore", "x-y", "名字", "a`b"]),
+    st.one_of(st.none(), st.integers(), st.text(max_size=3), st.lists(st.integers(), max_size=2)),
+    max_size=3,
+)
+
+
+@settings(max_examples=100, deadline=None, derandomize=True)
+@given(st.lists(st.lists(st.tuples(_ROWS, _UNKNOWN), max_size=4), min_size=1, max_size=4))
+@example([[({"id": 1}, {"tagCount": 2**64})], [({"id": 2}, {"levelScore": None, "名字": [1]})]])
+def test_unknown_keys_learnt_by_the_typed_decode_land_in_extra(
+    pages: list[list[tuple[dict[str, Any], dict[str, Any]]]],
+) -> None:
+    lenient = lenient_page_reader(structure_customers, "rows")
+    reader = wire_struct.page_reader(
+        Customer, make_converter(), "rows", ("records",), lenient
+    )  # a new reader: what it learns stays in this test
+    for pairs in pages:  # page after page: the keys learnt on one serve the next
+        rows = [{**row, **unknown} for row, unknown in pairs]
+        body = json.dumps({"rows": rows, "records": len(rows)}, ensure_ascii=False).encode()
+        models, keys = reader(body)
+        assert models == lenient(body)[0]
+        for model, (_, unknown) in zip(models, pairs, strict=True):
+            assert {k: model.extra.get(k, "missing") for k in unknown} == unknown
+        assert keys == {"records": len(rows)}
+
+
+def test_a_page_reader_learns_at_most_so_many_unknown_keys() -> None:
+    lenient = lenient_page_reader(structure_customers, "rows")
+    reader = wire_struct.page_reader(Customer, make_converter(), "rows", (), lenient)
+    many = {f"k{i}": i for i in range(wire_struct.MAX_UNKNOWN_KEYS + 5)}
+    body = json.dumps({"rows": [{"id": 1, **many}, {"id": 2, "k0": "x"}]}).encode()
+    models, _ = reader(body)
+    assert models == lenient(body)[0]
+    assert models[0].extra == many
+
+
+# --- raw rows read in two passes: the same rows, ids and keys -------------------------------
+
+KEYS = ("records", "total", "error_code")
+
+
+@settings(max_examples=100, deadline=None, derandomize=True)
+@given(st.lists(_ROWS, max_size=5), st.booleans())
+@example([BIG_ROW], True)
+def test_raw_rows_of_named_keys_are_the_raw_rows(rows: list[dict[str, Any]], indent: bool) -> None:
+    page = {"total": 3, "rows": rows, "records": 250, "meta": {"x": 1}}
+    body = json.dumps(page, ensure_ascii=False, indent=1 if indent else None).encode()
+    every, named = _json.raw_rows(body), _json.raw_rows(body, "rows", KEYS)
+    assert (named.rows, named.ids) == (every.rows, every.ids)
+    assert named.page == {"records": 250, "total": 3}
+    assert all(b"\n" not in row for row in named.rows)  # rows spread over lines: one line each
+
+
+@pytest.mark.parametrize("body", [b"[1]", b'{"rows": [1, 2]}', b'{"rows": {}}', b"{", b"\xff"])
+def test_raw_rows_of_named_keys_of_what_is_no_page_is_a_value_error(body: bytes) -> None:
+    with pytest.raises(ValueError):  # noqa: PT011 - msgspec's and the stdlib's errors differ
+        _json.raw_rows(body, "rows", KEYS)
