@@ -9,11 +9,13 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import _aioresponses_compat
 import pytest
 from _helpers import BASE, hypothesis_profile
+from _redis import REDIS_SERVER, SKIP_REASON, RedisServer, redis_server
 from aioresponses import CallbackResult, aioresponses
 from hypothesis import settings
 
@@ -90,3 +92,14 @@ async def make_client(clock: FakeClock) -> AsyncIterator[Callable[..., DMHubClie
     yield make
     for client in clients:
         await client.aclose()
+
+
+@pytest.fixture
+def redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A real redis-server of this test's own on a free 127.0.0.1 port (tests/_redis.py)."""
+    if REDIS_SERVER is None:
+        pytest.skip(SKIP_REASON)
+    directory = tmp_path / "redis"
+    directory.mkdir()
+    with redis_server(directory) as server:
+        yield server

@@ -8,12 +8,11 @@ that tests import live in ``rel_support.py`` (a conftest cannot be imported by n
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
-from _redis import REDIS_SERVER, SKIP_REASON, RedisServer, redis_server
+from _redis import RedisServer
 
 from dmhub_async import DMHubClient, MemoryTokenStore, RedisTokenStore
 from dmhub_async.testing import DMHubSimulator
@@ -38,17 +37,6 @@ async def connect(clock: Any) -> AsyncIterator[Callable[..., DMHubClient]]:
     yield make
     for client in clients:
         await client.aclose()
-
-
-@pytest.fixture
-def redis(tmp_path: Path) -> Iterator[RedisServer]:
-    """A real redis-server of this test's own on a free 127.0.0.1 port (tests/_redis.py)."""
-    if REDIS_SERVER is None:
-        pytest.skip(SKIP_REASON)
-    directory = tmp_path / "redis"
-    directory.mkdir()
-    with redis_server(directory) as server:
-        yield server
 
 
 @pytest.fixture
