@@ -14,6 +14,7 @@ from typing import Any
 
 import _aioresponses_compat
 import pytest
+from _cli_support import ServedSimulator, serve, served_env
 from _helpers import BASE, hypothesis_profile
 from _redis import REDIS_SERVER, SKIP_REASON, RedisServer, redis_server
 from aioresponses import CallbackResult, aioresponses
@@ -103,3 +104,15 @@ def redis(tmp_path: Path) -> Iterator[RedisServer]:
     directory.mkdir()
     with redis_server(directory) as server:
         yield server
+
+
+@pytest.fixture
+def served() -> Iterator[ServedSimulator]:
+    """The simulator in a process of its own, for the CLI's subprocess tests."""
+    yield from serve()
+
+
+@pytest.fixture
+def env(served: ServedSimulator, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """The environment of a CLI run against ``served``, with a cache directory of its own."""
+    return served_env(served, tmp_path_factory.mktemp("cache"))

@@ -13,7 +13,6 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,23 +28,10 @@ from _cli_support import (
     jsonl_ids,
     read_csv,
     run_cli,
-    serve,
-    served_env,
     simulator_process,
 )
 
 from dmhub_async.testing import DMHubSimulator
-
-
-@pytest.fixture
-def served() -> Iterator[ServedSimulator]:
-    yield from serve()
-
-
-@pytest.fixture
-def env(served: ServedSimulator, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    return served_env(served, tmp_path_factory.mktemp("cache"))
-
 
 # -- export -----------------------------------------------------------------------------------
 

@@ -21,7 +21,6 @@ from _cli_support import (
     jsonl_ids,
     run_cli,
     serve,
-    served_env,
 )
 
 CUSTOMERS = 120
@@ -29,12 +28,8 @@ CUSTOMERS = 120
 
 @pytest.fixture
 def served() -> Iterator[ServedSimulator]:
+    """A smaller simulator than the other CLI tests' (tests/conftest.py's ``env`` uses it)."""
     yield from serve(CUSTOMERS)
-
-
-@pytest.fixture
-def env(served: ServedSimulator, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    return served_env(served, tmp_path_factory.mktemp("cache"))
 
 
 def requests(served: ServedSimulator) -> int:

@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -22,21 +22,9 @@ from _cli_support import (
     base_env,
     jsonl_ids,
     run_cli,
-    serve,
-    served_env,
 )
 
 LIST = "GET /v1/customers"
-
-
-@pytest.fixture
-def served() -> Iterator[ServedSimulator]:
-    yield from serve()
-
-
-@pytest.fixture
-def env(served: ServedSimulator, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    return served_env(served, tmp_path_factory.mktemp("cache"))
 
 
 def log_of(cwd: Path) -> Path:

@@ -11,7 +11,6 @@ import io
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,22 +22,10 @@ from _cli_support import (
     base_env,
     jsonl_ids,
     run_cli,
-    serve,
-    served_env,
 )
 
 from dmhub_async import __version__
 from dmhub_async.cli import _report, main
-
-
-@pytest.fixture
-def served() -> Iterator[ServedSimulator]:
-    yield from serve()
-
-
-@pytest.fixture
-def env(served: ServedSimulator, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    return served_env(served, tmp_path_factory.mktemp("cache"))
 
 
 @pytest.fixture
