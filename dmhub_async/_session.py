@@ -8,7 +8,6 @@ every error and log line (``_redact``). See docs/architecture.md.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import copy
 import logging
 import time
@@ -23,6 +22,7 @@ from backoff.types import Details
 
 from ._auth import Token, TokenManager, TokenStore, token_key
 from ._exceptions import APIError, AuthenticationError, DMHubError
+from ._last_response import last_response, remember_response
 from ._limits import Limits
 from ._redact import RedactedCause
 from ._redact import watch as redact_watch
@@ -64,12 +64,6 @@ class _Call:
 def _from_token_request(err: BaseException) -> bool:
     # A failed token request had its own retries: repeating them here would multiply them.
     return getattr(err, "path", None) == TOKEN_PATH
-
-
-#: The latest answer each task received, and from which session (see ``last_response``).
-_last_response: contextvars.ContextVar[tuple[int, APIResponse] | None] = contextvars.ContextVar(
-    "dmhub_async_last_response", default=None
-)
 
 
 @attrs.define
@@ -194,8 +188,8 @@ class Session:
     @property
     def last_response(self) -> APIResponse | None:
         """The latest answer the calling task received through this session."""
-        latest = _last_response.get()
-        return latest[1] if latest is not None and latest[0] == id(self) else None
+        latest: APIResponse | None = last_response(self)
+        return latest
 
     @property
     def secrets(self) -> tuple[str | None, ...]:
@@ -250,7 +244,7 @@ class Session:
         """The answer to ``request``, with retries; an :class:`APIError` or connection error."""
         self.check_open()
         response: APIResponse = await self._send_call(_Call(request))
-        _last_response.set((id(self), response))
+        remember_response(self, response)
         return response
 
     def _on_backoff(self, details: Details) -> None:

@@ -7,6 +7,7 @@ import json
 import logging
 import re
 import threading
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,6 +18,7 @@ from aiohttp import web
 from aioresponses import CallbackResult, aioresponses
 
 from dmhub_async import APIError, DMHubClient, DMHubError, InvalidRequestError, MemoryTokenStore
+from dmhub_async.testing import DMHubSimulator
 
 
 def calls(api: aioresponses, path: str) -> list[tuple[Any, Any]]:
@@ -397,6 +399,40 @@ async def test_last_response_shows_a_successful_calls_headers(api, make_client):
     assert response is not None
     assert (response.status_code, response.request_id, response.data) == (200, "req-7", CUSTOMER)
     assert make_client(access_token="tok").last_response is None  # per client
+
+
+async def test_last_response_is_the_calling_tasks_own(api, make_client):
+    api.get(url("/v1/customers/1"), payload=CUSTOMER, repeat=True)
+    dm = make_client(access_token="tok")
+    await dm.customers.get(1)
+    parents = dm.last_response
+
+    async def child() -> tuple[object, object]:
+        before = dm.last_response  # nothing received yet: not its parent's answer
+        await dm.customers.get(1)
+        return before, dm.last_response
+
+    before, own = await asyncio.create_task(child())
+
+    assert before is None
+    assert own is not None
+    assert own is not parents
+    assert dm.last_response is parents  # the child's call did not replace the parent's
+
+
+async def test_a_walk_keeps_no_page_it_has_yielded_alive():
+    # Regression: every answer used to be set anew in a context variable, and each cancelled
+    # aiohttp timeout kept a context snapshot (and so a whole page of customers) alive until
+    # the event loop pruned its timers: a 30-page walk held nearly every page it had read.
+    async with (
+        DMHubSimulator(customers=300) as sim,
+        DMHubClient(sim.app_id, sim.secret, base_url=sim.url) as dm,
+    ):
+        yielded = [weakref.ref(customer) async for customer in dm.customers.list(page_size=10)]
+        alive = sum(ref() is not None for ref in yielded)
+
+    assert len(yielded) == 300
+    assert alive <= 10  # the last page, still dm.last_response's data
 
 
 @pytest.fixture

@@ -1,0 +1,64 @@
+"""``dm.last_response``: the latest answer each task received, and through which session.
+
+Each task gets a slot of its own in a context variable, set once and then written in place.
+Setting the variable anew on every answer would pin every earlier answer (a list's page with
+all its records) in each context snapshot taken since: asyncio keeps a snapshot in every
+timer handle, and a cancelled timer (aiohttp's per-request timeouts) stays in the loop's heap
+until the loop prunes it, so a walk kept up to a hundred pages alive and gave the garbage
+collector that much more to scan, page after page. A slot holds one answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import weakref
+from typing import Any
+
+__all__ = ["last_response", "remember_response"]
+
+
+class _Slot:
+    """One task's latest answer and the session it came through (``id`` of the session)."""
+
+    __slots__ = ("owner", "response", "session")
+
+    def __init__(self, owner: weakref.ref[asyncio.Task[Any]] | None) -> None:
+        self.owner = owner
+        self.session = 0
+        self.response: Any = None
+
+    def belongs_to(self, task: asyncio.Task[Any] | None) -> bool:
+        return (self.owner() if self.owner is not None else None) is task
+
+
+_slot: contextvars.ContextVar[_Slot | None] = contextvars.ContextVar(
+    "dmhub_async_last_response", default=None
+)
+
+
+def _current_task() -> asyncio.Task[Any] | None:
+    try:
+        return asyncio.current_task()
+    except RuntimeError:  # no running loop
+        return None
+
+
+def remember_response(session: object, response: Any) -> None:
+    """Keep ``response`` as the calling task's latest, received through ``session``."""
+    slot = _slot.get()
+    task = _current_task()
+    if slot is None or not slot.belongs_to(task):
+        # A task's first answer (a task started by another sees its parent's slot: not its own).
+        slot = _Slot(weakref.ref(task) if task is not None else None)
+        _slot.set(slot)
+    slot.session = id(session)
+    slot.response = response
+
+
+def last_response(session: object) -> Any:
+    """The calling task's latest answer if it came through ``session``, else None."""
+    slot = _slot.get()
+    if slot is None or slot.session != id(session) or not slot.belongs_to(_current_task()):
+        return None
+    return slot.response
