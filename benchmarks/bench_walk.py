@@ -423,7 +423,7 @@ def _fake_service(pages: int, seed: int) -> Callable[..., Awaitable[RawPage[int]
     rng = random.Random(seed)
     delays = [0.02 * rng.lognormvariate(0, 0.3) for _ in range(pages + 1)]
 
-    async def fetch(number: int, size: int, on_retry: Callable[[], None]) -> RawPage[int]:
+    async def fetch(number: int, size: int) -> RawPage[int]:
         await asyncio.sleep(delays[number])
         ids = list(range((number - 1) * size + 1, number * size + 1))
         return RawPage(ids, None, pages * size, pages)
@@ -437,7 +437,7 @@ def _fake_runs(
     """N workers (after page 1, like the floor) and the paginator, over the fake."""
 
     async def page(number: int) -> int:
-        return len((await fetch(number, PAGE_SIZE, _no_retry)).items)
+        return len((await fetch(number, PAGE_SIZE)).items)
 
     async def workers() -> int:
         return await page(1) + await _workers(n, iter(range(2, pages + 1)), page)
@@ -475,10 +475,6 @@ async def bench_schedule(pages: int, concurrencies: Sequence[int], seeds: int) -
         found[f"schedule@{n}"] = statistics.median(ratios(sdk, floor))
     print(_table(rows))
     return found
-
-
-def _no_retry() -> None:
-    """A fake fetch makes no retry."""
 
 
 #: The walk's (customers, concurrencies, latencies in ms, rounds); the lookups' (lookups,

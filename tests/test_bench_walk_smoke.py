@@ -46,3 +46,13 @@ def test_bench_walk_diagnose_quick(capsys: pytest.CaptureFixture[str]) -> None:
     ratios = bench_walk.main(["--quick", "--diagnose"])
     assert set(ratios) == {"walk@4@5ms", "walk@8@5ms"}
     assert "SDK request path, 8 wkrs" in capsys.readouterr().out
+
+
+@pytest.mark.timeout(60)
+def test_bench_walk_schedule_quick(capsys: pytest.CaptureFixture[str]) -> None:
+    # The paginator's schedule against N workers on the in-process fake: the fake's fetch must
+    # keep the paginator's signature (a drift once made this mode fail with a TypeError).
+    ratios = bench_walk.main(["--quick", "--schedule"])
+    assert set(ratios) == {f"schedule@{n}" for n in bench_walk.WALK_CONCURRENCIES}
+    assert all(r > 0 and math.isfinite(r) for r in ratios.values())
+    assert "workers" in capsys.readouterr().out
