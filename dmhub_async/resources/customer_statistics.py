@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import operator
+from collections.abc import Callable
 from typing import Any, Literal
 
 from .._converter import read_statistics_page
@@ -54,5 +56,5 @@ class CustomerStatisticsResource(Resource):
         )
 
 
-def _record_id(record: CustomerStatistics) -> Any:
-    return record.id
+#: A record's id, in C: the walk reads it from every record.
+_record_id: Callable[[CustomerStatistics], Any] = operator.attrgetter("id")

@@ -1,0 +1,52 @@
+"""SeenRecords.fresh: its fast path for a common page keeps what the rule keeps."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import example, given
+from hypothesis import strategies as st
+
+from dmhub_async._seen_records import SeenRecords
+
+
+def by_rule(keys: list[int | None], last: int | None, ascending: bool) -> tuple[list[int], int]:
+    """The rule, record by record: a record is fresh when it has no key or comes after the last
+    fresh one; returns the indexes of the fresh records and the last key yielded."""
+    fresh = []
+    for i, k in enumerate(keys):
+        if k is None:
+            fresh.append(i)
+        elif last is None or (k > last if ascending else k < last):
+            fresh.append(i)
+            last = k
+    return fresh, last  # type: ignore[return-value]
+
+
+@given(
+    keys=st.lists(st.one_of(st.none(), st.integers(-5, 40)), max_size=30),
+    last=st.one_of(st.none(), st.integers(-5, 40)),
+    ascending=st.booleans(),
+)
+@example(keys=[1, 2, 3], last=None, ascending=True)  # the common page: all fresh
+@example(keys=[3, 2, 1], last=4, ascending=False)
+@example(keys=[1, 2, 2, 3], last=None, ascending=True)  # a repeat inside the page
+@example(keys=[2, 3], last=2, ascending=True)  # the first record yielded already
+@example(keys=[1, None, 2], last=0, ascending=True)  # a record without a key
+@example(keys=[], last=5, ascending=True)
+def test_fresh_keeps_what_the_rule_keeps(
+    keys: list[int | None], last: int | None, ascending: bool
+) -> None:
+    items = [{"id": k, "n": i} for i, k in enumerate(keys)]
+    seen: SeenRecords[dict[str, Any]] = SeenRecords(
+        lambda row: row["id"], "ascending" if ascending else "descending", resume_after=last
+    )
+
+    fresh, repeats = seen.fresh(items)
+
+    expected, expected_last = by_rule(keys, last, ascending)
+    assert [row["n"] for row in fresh] == expected
+    assert repeats == len(keys) - len(expected)
+    assert seen.last_key == expected_last
+    fresh.clear()
+    assert len(items) == len(keys)  # the walk may cut what it got: never the page it read
