@@ -7,7 +7,7 @@ import attrs
 __all__ = ["CustomerIdentity", "Identity"]
 
 
-@attrs.frozen
+@attrs.frozen(cache_hash=True)  # a lookup hashes it about ten times: once is enough
 class Identity:
     """An identity such as ``Identity("wechat", "o123")``; hashable, keyed on type and value.
 

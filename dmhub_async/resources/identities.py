@@ -121,8 +121,8 @@ class Identities(Resource):
             raise InvalidRequestError("lookup_many(): identities must be a list of Identity")
         unique = list(dict.fromkeys(check_identity("lookup_many", i) for i in identities))
         results: dict[Identity, Any] = {}
-        async for identity, result in self.lookup_iter(
-            unique, concurrency=concurrency, return_exceptions=return_exceptions
+        async for identity, result in self._lookup_iter(
+            unique, concurrency, return_exceptions, checked=True
         ):
             results[identity] = result
         return results
@@ -154,7 +154,7 @@ class Identities(Resource):
         return_exceptions: bool,
     ) -> AsyncIterator[tuple[Identity, int | Exception | None]]: ...
 
-    async def lookup_iter(
+    def lookup_iter(
         self,
         identities: Iterable[Identity] | AsyncIterable[Identity],
         *,
@@ -166,10 +166,22 @@ class Identities(Resource):
         For inputs too large for memory: any iterable or async iterable; at most
         ``concurrency`` lookups are held at once. Recent repeats are answered from memory.
         """
+        return self._lookup_iter(identities, concurrency, return_exceptions, checked=False)
+
+    async def _lookup_iter(
+        self,
+        identities: Iterable[Identity] | AsyncIterable[Identity],
+        concurrency: int,
+        return_exceptions: bool,
+        *,
+        checked: bool,
+    ) -> AsyncIterator[tuple[Identity, int | Exception | None]]:
+        """lookup_iter; ``checked``: every identity was checked already (lookup_many's)."""
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise InvalidRequestError(f"concurrency must be an int >= 1, not {short(concurrency)}")
         if not isinstance(identities, AsyncIterable) and not is_collection(identities):
             raise InvalidRequestError("lookup_iter(): identities must be an iterable of Identity")
+        loop = asyncio.get_running_loop()
         cache: OrderedDict[Identity, int | None] = OrderedDict()
         window: deque[tuple[Identity, asyncio.Future[int | None]]] = deque()
         # Lookups in flight (or done, not yet yielded), and how many window entries wait on each.
@@ -181,10 +193,10 @@ class Identities(Resource):
                 future, waiting = entry
                 pending[identity] = (future, waiting + 1)
             elif identity in cache:  # a recent repeat: answered without a request, in order
-                future = asyncio.get_running_loop().create_future()
+                future = loop.create_future()
                 future.set_result(cache[identity])
             else:
-                future = asyncio.ensure_future(self._lookup(identity))
+                future = loop.create_task(self._lookup(identity))
                 pending[identity] = (future, 1)
             window.append((identity, future))
 
@@ -213,7 +225,8 @@ class Identities(Resource):
 
         try:
             async for identity in _aiter(identities):
-                check_identity("lookup_iter", identity)
+                if not checked:
+                    check_identity("lookup_iter", identity)
                 if identity in cache and not window:
                     cache.move_to_end(identity)
                     yield identity, cache[identity]
