@@ -8,8 +8,6 @@ the boundary). The walk's plan (``_pagination_plan.WalkPlan``) asks this module 
 
 from __future__ import annotations
 
-import itertools
-import operator
 from collections.abc import Callable, Hashable
 from typing import Any, Generic, Literal, TypeVar
 
@@ -58,21 +56,11 @@ class SeenRecords(Generic[T]):
                     self.keys.add(seen_key)
                     fresh.append(item)
             return fresh, len(items) - len(fresh)
+        # The hot loop of every walk (a comparison a record): written out, not _after().
         ascending = self.dedupe == "ascending"
         last = self.last_key
-        # The common page: every key present, all beyond the last yielded, in walk order.
-        # Checked in C (the keys a map, the order a map of comparisons): a tenth of the loop
-        # below, which a page with a repeat or a record without a key still takes.
-        keys: list[Any] = list(map(key, items))
-        if keys and None not in keys:
-            after = operator.gt if ascending else operator.lt
-            if (last is None or after(keys[0], last)) and all(
-                map(after, itertools.islice(keys, 1, None), keys)
-            ):
-                self.last_key = keys[-1]
-                return items[:], 0  # a list of its own: the walk may cut it to max_items
-        # The hot loop of every walk (a comparison a record): written out, not _after().
-        for item, k in zip(items, keys, strict=True):
+        for item in items:
+            k: Any = key(item)
             if k is None:  # a record without a key cannot be a known one
                 fresh.append(item)
             elif last is None or (k > last if ascending else k < last):

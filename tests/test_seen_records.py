@@ -1,4 +1,4 @@
-"""SeenRecords.fresh: its fast path for a common page keeps what the rule keeps."""
+"""SeenRecords.fresh keeps what the record-by-record rule keeps, and leaves the page read alone."""
 
 from __future__ import annotations
 
