@@ -355,8 +355,15 @@ def _identities(lookups: int) -> tuple[list[Identity], int]:
     return known + unknown, len(known)
 
 
-async def bench_lookups(lookups: int, concurrency: int, rounds: int) -> float:
-    """The SDK's median round ratio to the floor of ``lookup_many`` of ``lookups`` identities."""
+async def bench_lookups(
+    lookups: int, concurrency: int, rounds: int, diagnose: bool = False
+) -> float:
+    """The SDK's median round ratio to the floor of ``lookup_many`` of ``lookups`` identities.
+
+    ``diagnose`` adds the SDK's layers one by one in the floor's workers: ``lookup()`` (the
+    request path and the identities' decode) and ``dm.request`` (the request path alone), so
+    that the client CPU over the floor's splits into the window's share and the request path's.
+    """
     print(
         f"lookups: {lookups:,} distinct identities at concurrency {concurrency}, "
         f"{LOOKUP_LATENCY_MS:g} ms a request, {rounds} round(s)"
@@ -402,6 +409,26 @@ async def bench_lookups(lookups: int, concurrency: int, rounds: int) -> float:
                 floor_label: timer(floor_label, floor_run, lookups),
                 sdk_label: timer(sdk_label, sdk, lookups),
             }
+            if diagnose:
+
+                async def sdk_lookup(identity: Identity) -> int:
+                    await dm.identities.lookup(identity)
+                    return 1
+
+                async def sdk_request(identity: Identity) -> int:
+                    params = {"identityType": identity.type, "identityValue": identity.value}
+                    await dm.request("GET", _IDENTITIES, params=params)
+                    return 1
+
+                for label, work in (
+                    (f"SDK lookup(), {concurrency} wkrs", sdk_lookup),
+                    (f"SDK dm.request, {concurrency} wkrs", sdk_request),
+                ):
+
+                    async def each(work: Callable[[Identity], Awaitable[int]] = work) -> int:
+                        return await _workers(concurrency, iter(wanted), work)
+
+                    contenders[label] = timer(label, each, lookups)
             # The token, warm connections (a lookup each) and the simulator's first answers.
             await dm.identities.lookup_many(wanted[:concurrency], concurrency=concurrency)
             await _workers(concurrency, iter(wanted[:concurrency]), one)
@@ -412,8 +439,12 @@ async def bench_lookups(lookups: int, concurrency: int, rounds: int) -> float:
         Row(group, label, samples, statistics.median(timer.client_cpu[label]), None, ideal)
         for label, samples in times.items()
     ]
-    rows[1].floor = times[floor_label]
+    for row in rows[1:]:
+        row.floor = times[floor_label]
     print(_table(rows, ideal_header="vs ideal"))
+    for label in list(times)[1:]:
+        cpu = statistics.median(ratios(timer.client_cpu[label], timer.client_cpu[floor_label]))
+        print(f"  {label}: client CPU {cpu:.2f}x the floor's (median round ratio)")
     record_rows("4", rows, ideal="ideal")
     return statistics.median(ratios(times[sdk_label], times[floor_label]))
 
@@ -484,13 +515,20 @@ QUICK = ((600, (4, 8), (5.0,), 1), (256, 64, 1))
 
 
 async def _main(
-    quick: bool, rounds: int | None, diagnose: bool = False, schedule: bool = False
+    quick: bool,
+    rounds: int | None,
+    diagnose: bool = False,
+    schedule: bool = False,
+    diagnose_lookups: bool = False,
 ) -> dict[str, float]:
     if schedule:
         return await bench_schedule(16 if quick else 64, WALK_CONCURRENCIES, 3 if quick else 9)
     (customers, concurrencies, latencies, walk_rounds), (lookups, concurrency, lookup_rounds) = (
         QUICK if quick else FULL
     )
+    if diagnose_lookups:
+        ratio = await bench_lookups(lookups, concurrency, rounds or lookup_rounds, diagnose=True)
+        return {f"lookups@{concurrency}": ratio}
     found = await bench_walk(customers, concurrencies, latencies, rounds or walk_rounds, diagnose)
     if not diagnose:
         found[f"lookups@{concurrency}"] = await bench_lookups(
@@ -516,10 +554,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
         help="the paginator's schedule alone, against N workers, on an in-process fake with "
         "jittered latency (no server, no CPU: robust on a loaded machine)",
     )
+    parser.add_argument(
+        "--diagnose-lookups",
+        action="store_true",
+        help="the lookups only, adding the SDK's lookup() and dm.request in the floor's workers "
+        "(whose is the client CPU over the floor's: lookup_many's window, or the request path)",
+    )
     parser.add_argument("--json", metavar="PATH", help="also write every row's figures here")
     args = parser.parse_args(argv)
     print(machine_info())
-    found = asyncio.run(_main(args.quick, args.rounds, args.diagnose, args.schedule))
+    found = asyncio.run(
+        _main(args.quick, args.rounds, args.diagnose, args.schedule, args.diagnose_lookups)
+    )
     if args.json:
         write_results(args.json, "bench_walk")
     return found

@@ -56,3 +56,12 @@ def test_bench_walk_schedule_quick(capsys: pytest.CaptureFixture[str]) -> None:
     assert set(ratios) == {f"schedule@{n}" for n in bench_walk.WALK_CONCURRENCIES}
     assert all(r > 0 and math.isfinite(r) for r in ratios.values())
     assert "workers" in capsys.readouterr().out
+
+
+@pytest.mark.timeout(60)
+def test_bench_walk_diagnose_lookups_quick(capsys: pytest.CaptureFixture[str]) -> None:
+    ratios = bench_walk.main(["--quick", "--diagnose-lookups"])
+    assert set(ratios) == {"lookups@64"}
+    out = capsys.readouterr().out
+    for label in ("SDK lookup(), 64 wkrs", "SDK dm.request, 64 wkrs"):
+        assert f"{label}: client CPU" in out
