@@ -1,0 +1,327 @@
+"""Benchmark: the client's CPU counted in instructions, a figure a rerun reproduces.
+
+Run ``python -m benchmarks.bench_instructions`` (``--quick`` for a smoke run; ``--json PATH``
+also writes the figures). It needs valgrind (``apt-get install valgrind``) and says so, and
+does nothing else, without it.
+
+On a shared machine the timed benchmarks move by 10-40% from one run to the next, and a ratio
+of 1.20x against 1.05x cannot be told apart. Here each contender runs in a child process under
+callgrind, which counts the instructions the client executes, and does the same work whatever
+the neighbours do: the ratios below came out within about 2% in repeated runs. Instructions
+are not time (a memory-bound copy runs more of them a nanosecond than the interpreter does),
+so these figures complement the timed ones, never replace them.
+
+Each contender runs ``a`` and then ``b`` times in two child processes (hash seed fixed); the
+difference over ``b - a`` is one run's count, without Python's start-up, the imports and the
+first call's warm-up. The simulator serves from a process of its own, as in bench_overhead.
+
+- question 1, per page of a 100-a-page walk of ``--customers`` customers (token and client
+  set-up included, spread over the pages): the aiohttp + orjson floor, the typed floor
+  (aiohttp + the SDK's decode and converter), ``list()``, ``list_rows()`` and
+  ``list_rows().pages()``; and two diagnostics, ``list_rows()`` with the check for integers
+  beyond 64 bits off and with the repeat check off: what those two promises cost;
+- question 4, per call, one call at a time: ``session.get`` + ``orjson.loads`` (the floor),
+  ``dm.request`` and ``dm.identities.lookup`` of an identity.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import queue
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from itertools import product
+from typing import Any
+
+try:
+    from ._common import REPO, machine_info, record, simulator_process, write_results
+except ImportError:  # run as a file: python benchmarks/bench_instructions.py
+    from _common import (  # type: ignore[no-redef]
+        REPO,
+        machine_info,
+        record,
+        simulator_process,
+        write_results,
+    )
+
+PAGE_SIZE = 100
+_IDENTITIES = "/v1/customeridentities"
+_TOKEN = "/security/accesstoken"
+
+#: Question 1's contenders: label -> what the child runs (see _walk).
+WALKS: dict[str, str] = {
+    "floor: aiohttp + orjson": "floor",
+    "typed floor: aiohttp + _json.loads + our converter": "typed-floor",
+    "SDK list()": "list",
+    "SDK list_rows()": "rows",
+    "SDK list_rows().pages()": "rows-pages",
+    "diagnostic: list_rows(), big-integer check off": "rows-no-big-int-check",
+    "diagnostic: list_rows(), repeat check off": "rows-no-repeat-check",
+}
+#: Question 4's contenders: label -> what the child runs (see _calls).
+CALLS: dict[str, str] = {
+    "floor: session.get + orjson.loads": "get",
+    "SDK dm.request": "request",
+    "SDK identities.lookup": "lookup",
+}
+WALK_FLOOR = "floor: aiohttp + orjson"
+CALL_FLOOR = "floor: session.get + orjson.loads"
+
+#: callgrind's summary line: ``==123== Collected : 456789``.
+_COLLECTED = re.compile(r"Collected\s*:\s*(\d+)")
+
+
+def collected(stderr: str) -> int:
+    """The instruction count in callgrind's output; ValueError when it has none."""
+    found = _COLLECTED.findall(stderr)
+    if not found:
+        raise ValueError("callgrind printed no instruction count:\n" + stderr[-2000:])
+    return int(found[-1])
+
+
+def per_run(count_a: int, count_b: int, a: int, b: int) -> float:
+    """One run's instructions: the count of ``b`` runs less that of ``a``, over ``b - a``.
+
+    ValueError when the difference is not positive: one of the two children did not do its
+    work (a timeout under valgrind's slowness, say), and no figure is better than a wrong one.
+    """
+    if b <= a:
+        raise ValueError(f"b ({b}) must be more than a ({a})")
+    if count_b <= count_a:
+        raise ValueError(f"{b} runs counted {count_b:,}, not more than {a} runs' {count_a:,}")
+    return (count_b - count_a) / (b - a)
+
+
+# -- the child: one contender, n times, under callgrind ----------------------------------------
+
+
+def _disable(what: str) -> None:
+    """Turn one promise off, for the diagnostics (never in the SDK's own use)."""
+    if what == "big-int-check":
+        from dmhub_async import _json
+
+        _json._may_hold_big_int = lambda body: False  # type: ignore[assignment]
+    elif what == "repeat-check":
+        from dmhub_async import _seen_records
+
+        def fresh(self: Any, items: list[Any]) -> tuple[list[Any], int]:
+            return items, 0
+
+        _seen_records.SeenRecords.fresh = fresh  # type: ignore[method-assign]
+
+
+def _walk(kind: str, server: Any) -> Callable[[], Awaitable[int]]:
+    import orjson
+
+    from dmhub_async._json import loads as sdk_loads
+
+    try:
+        from .bench_overhead import floor_walk, sdk_walk
+    except ImportError:
+        from bench_overhead import floor_walk, sdk_walk  # type: ignore[no-redef]
+
+    if kind.startswith("rows-no-"):
+        _disable(kind.removeprefix("rows-no-"))
+        kind = "rows"
+    walk = {
+        "floor": lambda: floor_walk(orjson.loads, typed=False),
+        "typed-floor": lambda: floor_walk(sdk_loads, typed=True),
+        "list": lambda: sdk_walk(1),
+        "rows": lambda: sdk_walk(1, typed=False),
+        "rows-pages": lambda: sdk_walk(1, typed=False, pages=True),
+    }[kind]()
+    return lambda: walk(server)
+
+
+def _calls(kind: str, server: Any, n: int) -> Callable[[], Awaitable[None]]:
+    import aiohttp
+    import orjson
+
+    from dmhub_async import DMHubClient, Identity, MemoryTokenStore
+
+    def value(i: int) -> str:
+        return str(13900000000 + i)
+
+    async def get() -> None:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(server.url + _TOKEN, params=server.token_params()) as resp:
+                token = orjson.loads(await resp.read())["access_token"]
+            for i in range(n):
+                params = {"identityType": "mobile", "identityValue": value(i)}
+                params["access_token"] = token
+                async with session.get(server.url + _IDENTITIES, params=params) as resp:
+                    orjson.loads(await resp.read())
+
+    async def sdk(lookup: bool) -> None:
+        async with DMHubClient(
+            server.app_id, server.secret, base_url=server.url, token_store=MemoryTokenStore()
+        ) as dm:
+            for i in range(n):
+                if lookup:
+                    await dm.identities.lookup(Identity("mobile", value(i)))
+                else:
+                    params = {"identityType": "mobile", "identityValue": value(i)}
+                    await dm.request("GET", _IDENTITIES, params=params)
+
+    return {"get": get, "request": lambda: sdk(False), "lookup": lambda: sdk(True)}[kind]
+
+
+def child(kind: str, n: int) -> None:
+    """Run contender ``kind`` ``n`` times (walks) or ``n`` calls, against $BENCH_SIM_*; print
+    the records the last walk read (or the calls made), so a smoke test sees the work done."""
+    try:
+        from .bench_overhead import Server
+    except ImportError:
+        from bench_overhead import Server  # type: ignore[no-redef]
+
+    server = Server(
+        os.environ["BENCH_SIM_URL"], os.environ["BENCH_SIM_APP_ID"], os.environ["BENCH_SIM_SECRET"]
+    )
+
+    async def main() -> int:
+        if kind in CALLS.values():
+            await _calls(kind, server, n)()
+            return n
+        walk = _walk(kind, server)
+        read = 0
+        for _ in range(n):
+            read = await walk()
+        return read
+
+    print(asyncio.run(main()))
+
+
+# -- the parent ---------------------------------------------------------------------------------
+
+
+def count(kind: str, n: int, sim: Any) -> int:
+    """The instructions of a child running ``kind`` ``n`` times, under callgrind."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DMHUB_")} | {
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+        "PYTHONHASHSEED": "0",  # the same dict and set layouts in every child
+        "PYTHONMALLOC": "malloc",  # valgrind's own allocator sees every allocation
+        "BENCH_SIM_URL": sim.url,
+        "BENCH_SIM_APP_ID": sim.app_id,
+        "BENCH_SIM_SECRET": sim.secret,
+    }
+    command = [
+        "valgrind",
+        "--tool=callgrind",
+        "--callgrind-out-file=/dev/null",
+        sys.executable,
+        "-m",
+        "benchmarks.bench_instructions",
+        "--child",
+        kind,
+        str(n),
+    ]
+    done = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{kind} x{n} failed under valgrind:\n{done.stderr[-3000:]}")
+    return collected(done.stderr)
+
+
+def measure(
+    contenders: Mapping[str, str], runs: tuple[int, int], sims: Sequence[Any], unit: float
+) -> dict[str, float]:
+    """Each contender's instructions per ``unit`` of one run (a page, a call).
+
+    The children run one a simulator at a time, as many at once as there are ``sims``: what
+    each counts is its own work, whatever runs beside it. Never two on one simulator: a token
+    fetched revokes the one before (docs/contract.md), and the floors do not fetch again.
+    """
+    a, b = runs
+    labels = list(contenders)
+    free: queue.Queue[Any] = queue.Queue()
+    for sim in sims:
+        free.put(sim)
+
+    def job(kind: str, n: int) -> int:
+        sim = free.get()
+        try:
+            return count(kind, n, sim)
+        finally:
+            free.put(sim)
+
+    with ThreadPoolExecutor(len(sims)) as pool:
+        counts = list(pool.map(lambda jn: job(contenders[jn[0]], jn[1]), product(labels, runs)))
+    figures: dict[str, float] = {}
+    for i, label in enumerate(labels):
+        figures[label] = per_run(counts[2 * i], counts[2 * i + 1], a, b) / unit
+    return figures
+
+
+def table(figures: Mapping[str, float], floor: str, what: str) -> str:
+    """Contender, thousands of instructions per ``what``, and the ratio to the floor."""
+    lines = [f"{'contender':<52} {'k instr/' + what:>14} {'vs floor':>9}"]
+    for label, value in figures.items():
+        lines.append(f"{label:<52} {value / 1e3:14,.0f} {value / figures[floor]:8.2f}x")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Count every contender's instructions and print the two tables."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a small run (smoke test)")
+    parser.add_argument("--customers", type=int, default=2000, help="customers to walk")
+    parser.add_argument("--calls", type=int, default=400, help="calls of question 4's run b")
+    parser.add_argument(
+        "--jobs", type=int, default=2, help="children under valgrind at once, a simulator each"
+    )
+    parser.add_argument("--json", metavar="PATH", help="also write the figures here")
+    parser.add_argument("--child", nargs=2, metavar=("KIND", "N"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        child(args.child[0], int(args.child[1]))
+        return 0
+    if shutil.which("valgrind") is None:
+        print("skipped: valgrind is not installed (apt-get install valgrind)")
+        return 0
+    walks, calls = WALKS, CALLS
+    customers, walk_runs, call_runs = args.customers, (2, 5), (args.calls // 4, args.calls)
+    if args.quick:  # a floor and the SDK of each question, small
+        walks = {label: WALKS[label] for label in (WALK_FLOOR, "SDK list_rows()")}
+        calls = {label: CALLS[label] for label in (CALL_FLOOR, "SDK dm.request")}
+        customers, walk_runs, call_runs = 300, (1, 2), (20, 60)
+    pages = -(-customers // PAGE_SIZE)
+    print(machine_info())
+    print(f"valgrind --tool=callgrind; {customers} customers, {pages} pages of {PAGE_SIZE}")
+    with contextlib.ExitStack() as stack:
+        sims = [stack.enter_context(simulator_process(customers)) for _ in range(args.jobs)]
+        print(f"question 1: walks, runs {walk_runs[0]} and {walk_runs[1]}", flush=True)
+        per_page = measure(walks, walk_runs, sims, pages)
+        print(f"question 4: calls, runs of {call_runs[0]} and {call_runs[1]}", flush=True)
+        per_call = measure(calls, call_runs, sims, 1)
+    print(f"\nquestion 1: instructions a page ({pages} pages a walk, set-up included)")
+    print(table(per_page, WALK_FLOOR, "page"))
+    print("\nquestion 4: instructions a call (one at a time)")
+    print(table(per_call, CALL_FLOOR, "call"))
+    for question, figures, floor, what in (
+        ("1", per_page, WALK_FLOOR, "a page"),
+        ("4", per_call, CALL_FLOOR, "a call"),
+    ):
+        for label, value in figures.items():
+            record(
+                question,
+                f"instructions {what} (callgrind)",
+                label,
+                [value],
+                floors={"floor (instructions)": figures[floor]},
+                unit="k instr",
+                scale=1e-3,
+                summary=False,
+            )
+    if args.json:
+        write_results(args.json, "bench_instructions")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

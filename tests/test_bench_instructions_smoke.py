@@ -1,0 +1,82 @@
+"""The instruction-count benchmark: its arithmetic, its contenders' work, its skip note.
+
+The counting itself needs valgrind and minutes, so it is not run here: what is run is every
+part it is made of (each contender reads every customer, or makes every call, in a child of
+its own, as it would under callgrind).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from benchmarks import bench_instructions as bi
+from benchmarks._common import REPO, simulator_process, subprocess_env
+
+CALLGRIND_TAIL = """==41== Events    : Ir
+==41== Collected : 123456789
+==41==
+==41== I   refs:      123,456,789
+"""
+
+
+def test_the_count_is_read_from_callgrinds_summary() -> None:
+    assert bi.collected(CALLGRIND_TAIL) == 123_456_789
+
+
+def test_output_without_a_count_is_an_error_not_a_zero() -> None:
+    with pytest.raises(ValueError, match="no instruction count"):
+        bi.collected("==41== Invalid read of size 8\n")
+
+
+def test_one_runs_count_is_the_difference_over_the_runs_between() -> None:
+    # 2 runs: 1,000 start-up + 2 x 500; 5 runs: 1,000 + 5 x 500.
+    assert bi.per_run(2_000, 3_500, 2, 5) == 500
+
+
+@pytest.mark.parametrize(("count_a", "count_b"), [(3_500, 3_500), (3_500, 2_000)])
+def test_a_child_that_did_less_than_the_other_gives_no_figure(count_a: int, count_b: int) -> None:
+    with pytest.raises(ValueError, match="not more than"):
+        bi.per_run(count_a, count_b, 2, 5)
+
+
+def test_the_table_gives_each_contenders_ratio_to_the_floor() -> None:
+    out = bi.table({"floor": 4_000_000, "SDK": 4_800_000}, "floor", "page")
+    assert out.splitlines()[1].split()[-2:] == ["4,000", "1.00x"]
+    assert out.splitlines()[2].split()[-2:] == ["4,800", "1.20x"]
+
+
+def test_without_valgrind_it_says_so_and_counts_nothing(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(bi.shutil, "which", lambda name: None)
+    assert bi.main([]) == 0
+    assert "skipped: valgrind is not installed" in capsys.readouterr().out
+
+
+@pytest.mark.timeout(90)
+def test_each_contender_does_its_whole_work_in_its_child() -> None:
+    # The diagnostics turn a promise off in their own process only: run as the parent does.
+    with simulator_process(250) as sim:
+        env = subprocess_env() | {
+            "BENCH_SIM_URL": sim.url,
+            "BENCH_SIM_APP_ID": sim.app_id,
+            "BENCH_SIM_SECRET": sim.secret,
+        }
+        for kind, n, expected in [
+            *((kind, 1, "250") for kind in bi.WALKS.values()),
+            *((kind, 3, "3") for kind in bi.CALLS.values()),
+        ]:
+            done = subprocess.run(
+                [sys.executable, "-m", "benchmarks.bench_instructions", "--child", kind, str(n)],
+                env=env,
+                cwd=REPO,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+            assert done.returncode == 0, done.stderr
+            assert done.stdout.split() == [expected], kind
