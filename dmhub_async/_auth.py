@@ -127,14 +127,22 @@ class TokenManager:
     def _valid(self, token: Token) -> bool:
         return self._clock() < token.expires_at
 
-    async def token(self) -> str:
-        """The held token while it is fresh; near its expiry, the store's or a new one."""
+    def held(self) -> str | None:
+        """The held token while :meth:`token` would return it as it is, else None.
+
+        Synchronous, for the request path: most calls find the token fresh, and need no
+        coroutine to learn it.
+        """
         held = self._held
         if held is not None and (
             self._fresh(held) or (self._valid(held) and self._clock() < self._renew_paused_until)
         ):
             return held.value
-        return await self.refresh(stale=None)
+        return None
+
+    async def token(self) -> str:
+        """The held token while it is fresh; near its expiry, the store's or a new one."""
+        return self.held() or await self.refresh(stale=None)
 
     async def refresh(self, stale: str | None) -> str:
         """A token other than ``stale``: one fetch however many callers ask at once."""

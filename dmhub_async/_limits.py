@@ -65,7 +65,8 @@ class Limits:
         self._semaphore = asyncio.Semaphore(max_concurrency)
         self._rate = rate
 
-    async def __aenter__(self) -> None:
+    async def acquire(self) -> None:
+        """Wait for a slot, then for the rate; :meth:`release` gives the slot back."""
         await self._semaphore.acquire()
         if self._rate is not None:
             try:
@@ -74,10 +75,17 @@ class Limits:
                 self._semaphore.release()
                 raise
 
+    def release(self) -> None:
+        """Give back the slot :meth:`acquire` took (synchronous: no coroutine on every call)."""
+        self._semaphore.release()
+
+    async def __aenter__(self) -> None:
+        await self.acquire()
+
     async def __aexit__(
         self,
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._semaphore.release()
+        self.release()

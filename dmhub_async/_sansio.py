@@ -68,9 +68,14 @@ def _redact_params(params: Mapping[str, str] | None) -> str:
 Decode = Callable[[bytes], tuple[Any, Mapping[str, Any]]]
 
 
-@attrs.frozen
+@attrs.define
 class Request:
-    """One API call, before the token is added: what the retry loop repeats."""
+    """One API call, before the token is added: what the retry loop repeats.
+
+    Not changed once made (nothing here or in the session sets a field), but not frozen
+    either: a frozen attrs class sets each field through ``object.__setattr__``, and every
+    request and page makes one (0.6 us against 0.2 us, measured with timeit).
+    """
 
     method: str
     path: str
@@ -256,8 +261,8 @@ def read_response(
 
 def _error_of(data: Any, secrets: Iterable[str | None]) -> tuple[int | str | None, str | None]:
     """A decoded body's ``error_code`` (None for none, or 0) and its redacted description."""
-    if not isinstance(data, Mapping) or "error_code" not in data:
-        return None, None
+    if not (type(data) is dict or isinstance(data, Mapping)) or "error_code" not in data:
+        return None, None  # (a dict first: the ABC's isinstance costs more than the rest)
     code = coerce_code(data.get("error_code"))
     if code == 0:
         return None, None

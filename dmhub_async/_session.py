@@ -236,8 +236,11 @@ class Session:
         not_found_codes: frozenset[int | str] = frozenset(),
     ) -> Any:
         """The decoded JSON body of one call, with retries (None for an empty answer)."""
-        request = Request(method, path, params, json, idempotent, not_found_codes)
-        response = await self.send(request)
+        # send(), written out: a coroutine less on every call.
+        self.check_open()
+        call = _Call(Request(method, path, params, json, idempotent, not_found_codes))
+        response: APIResponse = await self._send_call(call)
+        remember_response(self, response)
         return response.data
 
     async def send(self, request: Request) -> APIResponse:
@@ -268,7 +271,12 @@ class Session:
         request = call.request
         if not request.authenticated:
             return await self._send(request, None, call.retries)
-        token = await self._token()
+        tokens = self._tokens
+        if tokens is None:
+            assert self._static_token is not None
+            token = self._static_token
+        else:  # fresh, the usual case, without a coroutine; else the store's or a new one
+            token = self._current_token = tokens.held() or await tokens.refresh(stale=None)
         try:
             return await self._send(request, token, call.retries)
         except AuthenticationError:
@@ -278,13 +286,6 @@ class Session:
             call.refreshed = True
         token = self._current_token = await self._tokens.refresh(stale=token)
         return await self._send(request, token, call.retries)
-
-    async def _token(self) -> str:
-        if self._tokens is None:
-            assert self._static_token is not None
-            return self._static_token
-        token = self._current_token = await self._tokens.token()
-        return token
 
     async def _fetch_token(self) -> Token:
         assert self.app_id is not None
@@ -312,7 +313,9 @@ class Session:
         if self._headers:
             headers = {**headers, **self._headers}
         failure: BaseException | None = None
-        async with self._limits:
+        limits = self._limits
+        await limits.acquire()
+        try:
             # The client may have been closed while this request queued for its slot.
             if self._conn.closed:
                 self.check_open()
@@ -332,9 +335,19 @@ class Session:
                 ) as resp:
                     # Read it all inside the block: a retry never holds a connection.
                     status, resp_headers = resp.status, resp.headers
-                    payload = await self._read(request, resp)
+                    length = resp.content_length
+                    if (
+                        length is not None
+                        and length <= self._max_response_size
+                        and "Content-Encoding" not in resp_headers
+                    ):
+                        payload = await resp.read()  # its declared length, within the limit
+                    else:
+                        payload = await self._read(request, resp)
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as err:
                 failure = err
+        finally:
+            limits.release()
         elapsed_ms = (time.perf_counter() - started) * 1000
         # The token this request carried: by the time its answer comes back another call may
         # have refreshed it, so self._current_token is not enough.
