@@ -100,20 +100,24 @@ def _source(
     *,
     read: list[str] | None = None,
     extra: list[str] = _EXTRA_OF_DICT,
+    preset: frozenset[str] = frozenset(),
 ) -> list[str]:
     """The source lines of one generated structure function (see make_fast_structure_fn).
 
     ``read`` sets the locals ``v0``... from the argument ``o`` (default: a wire dict), ``extra``
-    sets ``extra`` (default: the keys of the dict the model does not know).
+    sets ``extra`` (default: the keys of the dict the model does not know). With ``preset``,
+    ``read`` makes ``self`` too and sets those fields of it as they are.
     """
     local = [f"v{i}" for i in range(len(fields))]
     lines = [
         f"def {name}(o, _=None):",
         *(read if read is not None else _read_dict(local, fields, names)),
-        "    self = _new(_cls)",
+        *(() if preset else ["    self = _new(_cls)"]),
     ]
     gender = None
     for i, (v, a) in enumerate(zip(local, fields, strict=True)):
+        if a.name in preset:
+            continue
         if a.type is Gender:
             gender = (v, names[a.name])
             lines += [
@@ -219,16 +223,21 @@ def make_tuple_build_fn(cls: type[Any], converter: cattrs.Converter) -> Callable
     fields = [a for a in attrs.fields(cls) if a.name != "extra"]
     names = wire_names(cls)
     ns: dict[str, Any] = {**_NAMESPACE, "_cls": cls}
-    local = [f"v{i}" for i in range(len(fields))]
+    inline = {**_INLINE_TYPED, **(_INLINE_FAST if scalars.PY311 else {})}
+    # A field msgspec typed fully is set straight from the tuple, in the one unpacking (a local
+    # and a statement less each: 35 of Customer's 41 fields); the others go through a local.
+    preset = frozenset(a.name for a in fields if inline.get(a.type) == "{v}")
+    targets = [f"self.{a.name}" if a.name in preset else f"v{i}" for i, a in enumerate(fields)]
     lines = _source(
         "build",
         fields,
         names,
         ns,
         converter,
-        {**_INLINE_TYPED, **(_INLINE_FAST if scalars.PY311 else {})},
-        read=[f"    ({', '.join(local)},) = o"],
+        inline,
+        read=["    self = _new(_cls)", f"    ({', '.join(targets)},) = o"],
         extra=["    extra = {}"],
+        preset=preset,
     )
     exec(compile("\n".join(lines) + "\n", f"<dmhub_async build {cls.__name__}>", "exec"), ns)
     return cast("Callable[[Any], Any]", ns["build"])
