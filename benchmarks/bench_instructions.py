@@ -20,6 +20,9 @@ first call's warm-up. The simulator serves from a process of its own, as in benc
   (aiohttp + the SDK's decode and converter), ``list()``, ``list_rows()`` and
   ``list_rows().pages()``; and two diagnostics, ``list_rows()`` with the check for integers
   beyond 64 bits off and with the repeat check off: what those two promises cost;
+- question 2, per page of 1,000 customers (10% of the rows with unknown fields, as
+  bench_converter's first table), decoded in this process, no I/O: msgspec's typed decode (the
+  goal's reference), our page reader, the msgspec + attrs what-if, pydantic v2 and orjson;
 - question 4, per call, one call at a time: ``session.get`` + ``orjson.loads`` (the floor),
   ``dm.request`` and ``dm.identities.lookup`` of an identity.
 """
@@ -71,7 +74,24 @@ CALLS: dict[str, str] = {
     "SDK dm.request": "request",
     "SDK identities.lookup": "lookup",
 }
+#: Question 2's contenders: label -> bench_converter's contender of that label (see _decodes).
+DECODES: dict[str, str] = {
+    "msgspec Struct decode": "msgspec Struct decode",
+    "ours, page reader (msgspec + lenient rows)": "ours, page reader (msgspec + lenient rows)",
+    "msgspec Struct + attrs build (what-if)": "msgspec Struct + attrs build (what-if)",
+    "pydantic v2 validate_json(bytes)": "pydantic v2 validate_json(bytes)",
+    "orjson.loads (no typing)": "orjson.loads (no typing)",
+}
+DECODE_FLOOR = "msgspec Struct decode"
+#: Question 2's page: customers, and the share of rows with unknown fields (as bench_converter).
+DECODE_PAGE = (1000, 0.1)
 WALK_FLOOR = "floor: aiohttp + orjson"
+#: ``--quick``: the SDK contender each question runs beside its floor.
+QUICK = {
+    "1": "SDK list_rows()",
+    "2": "ours, page reader (msgspec + lenient rows)",
+    "4": "SDK dm.request",
+}
 CALL_FLOOR = "floor: session.get + orjson.loads"
 
 #: callgrind's summary line: ``==123== Collected : 456789``.
@@ -173,6 +193,23 @@ def _calls(kind: str, server: Any, n: int) -> Callable[[], Awaitable[None]]:
     return {"get": get, "request": lambda: sdk(False), "lookup": lambda: sdk(True)}[kind]
 
 
+def _decodes(label: str, n: int) -> int:
+    """Read ``n`` pages (four distinct ones in turn) with bench_converter's contender ``label``;
+    the records read from the last."""
+    try:
+        from . import bench_converter
+    except ImportError:
+        import bench_converter  # type: ignore[no-redef]
+
+    size, unknown_share = DECODE_PAGE
+    bodies = [bench_converter.make_page(size, seed, unknown_share) for seed in range(1, 5)]
+    run = bench_converter.CONTENDERS[label]()
+    read = 0
+    for i in range(n):
+        read = run(bodies[i % len(bodies)])
+    return read
+
+
 def child(kind: str, n: int) -> None:
     """Run contender ``kind`` ``n`` times (walks) or ``n`` calls, against $BENCH_SIM_*; print
     the records the last walk read (or the calls made), so a smoke test sees the work done."""
@@ -184,6 +221,10 @@ def child(kind: str, n: int) -> None:
     server = Server(
         os.environ["BENCH_SIM_URL"], os.environ["BENCH_SIM_APP_ID"], os.environ["BENCH_SIM_SECRET"]
     )
+
+    if kind in DECODES.values():
+        print(_decodes(kind, n))
+        return
 
     async def main() -> int:
         if kind in CALLS.values():
@@ -267,11 +308,14 @@ def table(figures: Mapping[str, float], floor: str, what: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Count every contender's instructions and print the two tables."""
+    """Count every contender's instructions and print a table a question."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a small run (smoke test)")
     parser.add_argument("--customers", type=int, default=2000, help="customers to walk")
     parser.add_argument("--calls", type=int, default=400, help="calls of question 4's run b")
+    parser.add_argument(
+        "--question", action="append", choices=("1", "2", "4"), help="only these (repeatable)"
+    )
     parser.add_argument(
         "--jobs", type=int, default=2, help="children under valgrind at once, a simulator each"
     )
@@ -284,36 +328,53 @@ def main(argv: Sequence[str] | None = None) -> int:
     if shutil.which("valgrind") is None:
         print("skipped: valgrind is not installed (apt-get install valgrind)")
         return 0
-    walks, calls = WALKS, CALLS
-    customers, walk_runs, call_runs = args.customers, (2, 5), (args.calls // 4, args.calls)
-    if args.quick:  # a floor and the SDK of each question, small
-        walks = {label: WALKS[label] for label in (WALK_FLOOR, "SDK list_rows()")}
-        calls = {label: CALLS[label] for label in (CALL_FLOOR, "SDK dm.request")}
-        customers, walk_runs, call_runs = 300, (1, 2), (20, 60)
+    customers = 300 if args.quick else args.customers
     pages = -(-customers // PAGE_SIZE)
+    calls = args.calls
+    # question -> (contenders, runs a and b, the unit a figure is of, the floor, heading)
+    plans: dict[str, tuple[Mapping[str, str], tuple[int, int], float, str, str]] = {
+        "1": (
+            WALKS,
+            (2, 5),
+            pages,
+            WALK_FLOOR,
+            f"instructions a page ({pages} pages a walk, set-up included)",
+        ),
+        "2": (
+            DECODES,
+            (2, 6),
+            1,
+            DECODE_FLOOR,
+            f"instructions a page of {DECODE_PAGE[0]:,} customers (the floor: msgspec)",
+        ),
+        "4": (CALLS, (calls // 4, calls), 1, CALL_FLOOR, "instructions a call (one at a time)"),
+    }
+    if args.quick:  # a floor and the SDK of each question, small
+        for question, (contenders, _, unit, floor, heading) in plans.items():
+            picked = {k: contenders[k] for k in (floor, QUICK[question])}
+            runs = (20, 60) if question == "4" else (1, 2)
+            plans[question] = (picked, runs, unit, floor, heading)
+    chosen = sorted(set(args.question or plans))
     print(machine_info())
     print(f"valgrind --tool=callgrind; {customers} customers, {pages} pages of {PAGE_SIZE}")
+    figures: dict[str, dict[str, float]] = {}
     with contextlib.ExitStack() as stack:
         sims = [stack.enter_context(simulator_process(customers)) for _ in range(args.jobs)]
-        print(f"question 1: walks, runs {walk_runs[0]} and {walk_runs[1]}", flush=True)
-        per_page = measure(walks, walk_runs, sims, pages)
-        print(f"question 4: calls, runs of {call_runs[0]} and {call_runs[1]}", flush=True)
-        per_call = measure(calls, call_runs, sims, 1)
-    print(f"\nquestion 1: instructions a page ({pages} pages a walk, set-up included)")
-    print(table(per_page, WALK_FLOOR, "page"))
-    print("\nquestion 4: instructions a call (one at a time)")
-    print(table(per_call, CALL_FLOOR, "call"))
-    for question, figures, floor, what in (
-        ("1", per_page, WALK_FLOOR, "a page"),
-        ("4", per_call, CALL_FLOOR, "a call"),
-    ):
-        for label, value in figures.items():
+        for question in chosen:
+            contenders, runs, unit, _, _ = plans[question]
+            print(f"question {question}: runs of {runs[0]} and {runs[1]}", flush=True)
+            figures[question] = measure(contenders, runs, sims, unit)
+    for question in chosen:
+        _, _, _, floor, heading = plans[question]
+        print(f"\nquestion {question}: {heading}")
+        print(table(figures[question], floor, "page" if question != "4" else "call"))
+        for label, value in figures[question].items():
             record(
                 question,
-                f"instructions {what} (callgrind)",
+                f"{heading} (callgrind)",
                 label,
                 [value],
-                floors={"floor (instructions)": figures[floor]},
+                floors={"floor (instructions)": figures[question][floor]},
                 unit="k instr",
                 scale=1e-3,
                 summary=False,
