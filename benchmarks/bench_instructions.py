@@ -7,17 +7,18 @@ does nothing else, without it.
 On a shared machine the timed benchmarks move by 10-40% from one run to the next, and a ratio
 of 1.20x against 1.05x cannot be told apart. Here each contender runs in a child process under
 callgrind, which counts the instructions the client executes, and does nearly the same work
-whatever the neighbours do: in repeated runs the walks' and the decodes' counts came out within
-1% of each other. The one-call-at-a-time floor of question 4 moved more (377-403k a call in
-three runs: how often the client's event loop wakes before an answer is in depends on the
-machine's load), so its ratios are good to about 0.1x. Instructions are not time (a
+whatever the neighbours do: in repeated runs the counts came out within 1% of each other (the
+canned-answer contenders, with no I/O at all, to the instruction). Instructions are not time (a
 memory-bound copy runs more of them a nanosecond than the interpreter does, and pydantic's
 Rust core fewer than its time suggests), so these figures complement the timed ones, never
 replace them.
 
 Each contender runs ``a`` and then ``b`` times in two child processes (hash seed fixed); the
 difference over ``b - a`` is one run's count, without Python's start-up, the imports and the
-first call's warm-up. The simulator serves from a process of its own, as in bench_overhead.
+first call's warm-up. A run of a few hundred calls is not enough: a full collection of the
+garbage collector (every few hundred calls, over every object the imports left) falls inside
+one window and not the other, and moved a call's count by 5-25k; 400 and 2,000 calls average
+them out. The simulator serves from a process of its own, as in bench_overhead.
 
 - question 1, per page of a 100-a-page walk of ``--customers`` customers (token and client
   set-up included, spread over the pages): the aiohttp + orjson floor, the typed floor
@@ -362,7 +363,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a small run (smoke test)")
     parser.add_argument("--customers", type=int, default=2000, help="customers to walk")
-    parser.add_argument("--calls", type=int, default=400, help="calls of question 4's run b")
+    parser.add_argument(
+        "--calls",
+        type=int,
+        default=2000,
+        help="calls of question 4's run b (a: a fifth): enough for the garbage collector's full"
+        " collections to average out",
+    )
     parser.add_argument(
         "--question", action="append", choices=("1", "2", "4"), help="only these (repeatable)"
     )
@@ -397,7 +404,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             DECODE_FLOOR,
             f"instructions a page of {DECODE_PAGE[0]:,} customers (the floor: msgspec)",
         ),
-        "4": (CALLS, (calls // 4, calls), 1, CALL_FLOOR, "instructions a call (one at a time)"),
+        "4": (CALLS, (calls // 5, calls), 1, CALL_FLOOR, "instructions a call (one at a time)"),
     }
     if args.quick:  # a floor and the SDK of each question, small
         for question, (contenders, _, unit, floor, heading) in plans.items():
