@@ -33,6 +33,7 @@ from ._version import __version__
 
 __all__ = [
     "DEFAULT_AUTH_ERROR_CODES",
+    "HEADERS",
     "TOKEN_PATH",
     "USER_AGENT",
     "APIResponse",
@@ -52,8 +53,9 @@ TOKEN_PATH = "/security/accesstoken"
 DEFAULT_TOKEN_LIFETIME = 7200.0
 #: Sent with every request, so that the service's operators can tell who calls.
 USER_AGENT = f"dmhub-async/{__version__} aiohttp/{aiohttp.__version__}"
-_HEADERS = {"User-Agent": USER_AGENT}
-_JSON_HEADERS = {**_HEADERS, "Content-Type": "application/json; charset=utf-8"}
+#: What every request without a body carries (a session the client makes sends them itself).
+HEADERS = {"User-Agent": USER_AGENT}
+_JSON_HEADERS = {**HEADERS, "Content-Type": "application/json; charset=utf-8"}
 
 
 def _redact_params(params: Mapping[str, str] | None) -> str:
@@ -106,7 +108,7 @@ class Request:
     def body(self) -> tuple[bytes | None, Mapping[str, str]]:
         """The encoded JSON body (None when there is none) and the headers to send."""
         if self.json is None:
-            return None, _HEADERS
+            return None, HEADERS
         return json.dumps(self.json, ensure_ascii=False).encode(), _JSON_HEADERS
 
 

@@ -28,6 +28,7 @@ from ._redact import RedactedCause
 from ._redact import watch as redact_watch
 from ._retry import RetryPolicy, retrying
 from ._sansio import (
+    HEADERS,
     TOKEN_PATH,
     APIResponse,
     Request,
@@ -303,6 +304,7 @@ class Session:
             conn.http = aiohttp.ClientSession(
                 timeout=self._timeout,
                 connector=aiohttp.TCPConnector(limit=conn.max_concurrency),
+                headers=HEADERS,
             )
             conn.proxy = env_proxy(self.base_url)
         return conn.http
@@ -310,8 +312,13 @@ class Session:
     async def _send(self, request: Request, token: str | None, retries: int) -> APIResponse:
         params = request.query(token)
         body, headers = request.body()
+        sent_headers: Mapping[str, str] | None = headers
         if self._headers:
-            headers = {**headers, **self._headers}
+            sent_headers = {**headers, **self._headers}
+        elif headers is HEADERS and self._conn.owns_http:
+            # The session made here sends them as its default headers: aiohttp merges a
+            # request's own headers in Python, about 10k instructions a call.
+            sent_headers = None
         failure: BaseException | None = None
         limits = self._limits
         await limits.acquire()
@@ -328,7 +335,7 @@ class Session:
                     self.base_url + request.path,
                     params=params,
                     data=body,
-                    headers=headers,
+                    headers=sent_headers,
                     timeout=self._timeout,  # a passed-in session has its own default
                     allow_redirects=False,  # see read_response: credentials stay here
                     proxy=self._conn.proxy,

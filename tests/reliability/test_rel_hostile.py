@@ -410,6 +410,29 @@ async def test_every_request_names_the_sdk_in_its_user_agent(
     assert len(service.seen) == 3  # the token request, the count and the create
 
 
+@pytest.mark.parametrize("own_session", [True, False])
+async def test_the_user_agent_goes_with_a_passed_in_session_and_with_added_headers(
+    servers: tuple[Server, Server], client: Callable[..., DMHubClient], own_session: bool
+) -> None:
+    # The client's own session sends it as a default header; a session the caller passes in
+    # has none of ours, so each request carries it; with_options(extra_headers=) go along.
+    service, _ = servers
+
+    async def ok(request: web.Request) -> web.StreamResponse:
+        return web.json_response({"error_code": 0})
+
+    service.handler = ok
+    async with aiohttp.ClientSession() as http:
+        dm = client(service.url, **({} if own_session else {"session": http}))
+        await dm.request("GET", "/v1/a")
+        await dm.with_options(extra_headers={"X-Trace": "t1"}).request("GET", "/v1/b")
+        await dm.request("POST", "/v1/c", json={"name": "x"}, idempotent=False)
+
+    agent = f"dmhub-async/{__version__} aiohttp/{aiohttp.__version__}"
+    assert [seen["headers"].get("User-Agent") for seen in service.seen] == [agent] * 3
+    assert [seen["headers"].get("X-Trace") for seen in service.seen] == [None, "t1", None]
+
+
 async def test_the_proxy_of_the_environment_is_used(
     servers: tuple[Server, Server],
     client: Callable[..., DMHubClient],
