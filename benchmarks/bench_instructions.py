@@ -84,13 +84,16 @@ CALLS: dict[str, str] = {
     "SDK dm.request, canned answer, no aiohttp": "request-canned",
     "SDK identities.lookup, canned answer, no aiohttp": "lookup-canned",
 }
-#: Question 2's contenders: label -> bench_converter's contender of that label (see _decodes).
+#: Question 2's contenders: bench_converter's, by its labels (each its own kind, see _decodes).
 DECODES: dict[str, str] = {
-    "msgspec Struct decode": "msgspec Struct decode",
-    "ours, page reader (msgspec + lenient rows)": "ours, page reader (msgspec + lenient rows)",
-    "msgspec Struct + attrs build (what-if)": "msgspec Struct + attrs build (what-if)",
-    "pydantic v2 validate_json(bytes)": "pydantic v2 validate_json(bytes)",
-    "orjson.loads (no typing)": "orjson.loads (no typing)",
+    label: label
+    for label in (
+        "msgspec Struct decode",
+        "ours, page reader (msgspec + lenient rows)",
+        "msgspec Struct + attrs build (what-if)",
+        "pydantic v2 validate_json(bytes)",
+        "orjson.loads (no typing)",
+    )
 }
 DECODE_FLOOR = "msgspec Struct decode"
 #: Question 2's page: customers, and the share of rows with unknown fields (as bench_converter).

@@ -128,7 +128,8 @@ class TokenManager:
         return self._clock() < token.expires_at
 
     def held(self) -> str | None:
-        """The held token while :meth:`token` would return it as it is, else None.
+        """The held token while it is fresh (or valid while renewal pauses), else None: then
+        :meth:`refresh` gives the store's or a new one.
 
         Synchronous, for the request path: most calls find the token fresh, and need no
         coroutine to learn it.
@@ -139,10 +140,6 @@ class TokenManager:
         ):
             return held.value
         return None
-
-    async def token(self) -> str:
-        """The held token while it is fresh; near its expiry, the store's or a new one."""
-        return self.held() or await self.refresh(stale=None)
 
     async def refresh(self, stale: str | None) -> str:
         """A token other than ``stale``: one fetch however many callers ask at once."""

@@ -386,13 +386,12 @@ class Session:
         return APIResponse(status, resp_headers, data, retries)
 
     async def _read(self, request: Request, resp: aiohttp.ClientResponse) -> bytes:
-        """The body, or ResponseTooLargeError as soon as it passes ``max_response_size``."""
+        """A body ``_send`` cannot read in one go (declared too large, chunked or compressed),
+        or ResponseTooLargeError as soon as it passes ``max_response_size``."""
         limit = self._max_response_size
         length = resp.content_length
         if length is not None and length > limit:
             raise too_large(request, resp.status, limit)
-        if length is not None and "Content-Encoding" not in resp.headers:
-            return await resp.read()  # its declared length, within the limit
         body = bytearray()  # chunked or compressed: the size is known only by reading
         async for chunk in resp.content.iter_chunked(1 << 16):
             body += chunk

@@ -105,14 +105,14 @@ def _source(
     """The source lines of one generated structure function (see make_fast_structure_fn).
 
     ``read`` sets the locals ``v0``... from the argument ``o`` (default: a wire dict), ``extra``
-    sets ``extra`` (default: the keys of the dict the model does not know). With ``preset``,
-    ``read`` makes ``self`` too and sets those fields of it as they are.
+    sets ``extra`` (default: the keys of the dict the model does not know). ``read`` may set
+    the ``preset`` fields of ``self`` itself, as they are.
     """
     local = [f"v{i}" for i in range(len(fields))]
     lines = [
         f"def {name}(o, _=None):",
+        "    self = _new(_cls)",
         *(read if read is not None else _read_dict(local, fields, names)),
-        *(() if preset else ["    self = _new(_cls)"]),
     ]
     gender = None
     for i, (v, a) in enumerate(zip(local, fields, strict=True)):
@@ -235,7 +235,7 @@ def make_tuple_build_fn(cls: type[Any], converter: cattrs.Converter) -> Callable
         ns,
         converter,
         inline,
-        read=["    self = _new(_cls)", f"    ({', '.join(targets)},) = o"],
+        read=[f"    ({', '.join(targets)},) = o"],
         extra=["    extra = {}"],
         preset=preset,
     )
