@@ -30,7 +30,8 @@ them out. The simulator serves from a process of its own, as in bench_overhead.
   goal's reference), our page reader, the msgspec + attrs what-if, pydantic v2 and orjson;
 - question 4, per call, one call at a time: ``session.get`` + ``orjson.loads`` (the floor),
   ``dm.request`` and ``dm.identities.lookup`` of an identity; and both again with aiohttp's
-  request replaced by a canned answer, which leaves the SDK's own path alone.
+  request replaced by a canned answer, which leaves the SDK's own path alone; and, canned too,
+  ``lookup_many`` over 64 workers (bench_walk's lookups), a lookup counted as a call.
 """
 
 from __future__ import annotations
@@ -83,6 +84,8 @@ CALLS: dict[str, str] = {
     # (its count moves least: no event loop waiting on a server).
     "SDK dm.request, canned answer, no aiohttp": "request-canned",
     "SDK identities.lookup, canned answer, no aiohttp": "lookup-canned",
+    # bench_walk's lookups: lookup_many over 64 workers; each lookup counted as one call
+    "SDK lookup_many(concurrency=64), canned answer, no aiohttp": "lookup-many-canned",
 }
 #: Question 2's contenders: bench_converter's, by its labels (each its own kind, see _decodes).
 DECODES: dict[str, str] = {
@@ -192,10 +195,15 @@ def _calls(kind: str, server: Any, n: int) -> Callable[[], Awaitable[None]]:
                 async with session.get(server.url + _IDENTITIES, params=params) as resp:
                     orjson.loads(await resp.read())
 
-    async def sdk(lookup: bool) -> None:
+    async def sdk(lookup: bool, many: bool = False) -> None:
         async with DMHubClient(
             server.app_id, server.secret, base_url=server.url, token_store=MemoryTokenStore()
         ) as dm:
+            if many:
+                wanted = [Identity("mobile", value(i)) for i in range(n)]
+                found = await dm.identities.lookup_many(wanted, concurrency=64)
+                assert len(found) == n
+                return
             for i in range(n):
                 if lookup:
                     await dm.identities.lookup(Identity("mobile", value(i)))
@@ -206,7 +214,12 @@ def _calls(kind: str, server: Any, n: int) -> Callable[[], Awaitable[None]]:
     if kind.endswith("-canned"):
         _can_answers()
         kind = kind.removesuffix("-canned")
-    return {"get": get, "request": lambda: sdk(False), "lookup": lambda: sdk(True)}[kind]
+    return {
+        "get": get,
+        "request": lambda: sdk(False),
+        "lookup": lambda: sdk(True),
+        "lookup-many": lambda: sdk(True, many=True),
+    }[kind]
 
 
 def _can_answers() -> None:
@@ -355,9 +368,10 @@ def measure(
 
 def table(figures: Mapping[str, float], floor: str, what: str) -> str:
     """Contender, thousands of instructions per ``what``, and the ratio to the floor."""
-    lines = [f"{'contender':<52} {'k instr/' + what:>14} {'vs floor':>9}"]
+    width = max(52, *map(len, figures))
+    lines = [f"{'contender':<{width}} {'k instr/' + what:>14} {'vs floor':>9}"]
     for label, value in figures.items():
-        lines.append(f"{label:<52} {value / 1e3:14,.0f} {value / figures[floor]:8.2f}x")
+        lines.append(f"{label:<{width}} {value / 1e3:14,.0f} {value / figures[floor]:8.2f}x")
     return "\n".join(lines)
 
 

@@ -92,6 +92,17 @@ async def test_lookup_many_maps_each_identity_and_none_for_unknown() -> None:
     assert client.max_in_flight == 8
 
 
+async def test_lookup_many_of_nothing_or_of_fewer_than_its_concurrency() -> None:
+    client, ids = fake(3)
+    assert await ids.lookup_many([]) == {}
+    assert not client.asked
+    wanted = [Identity("wechat", "o2"), Identity("wechat", "nobody"), Identity("wechat", "o0")]
+    result = await ids.lookup_many(wanted, concurrency=64)
+    assert list(result.items()) == [(wanted[0], 1002), (wanted[1], None), (wanted[2], 1000)]
+    assert sum(client.asked.values()) == 3
+    assert not other_tasks()
+
+
 async def test_lookup_many_looks_up_repeats_once() -> None:
     client, ids = fake(10)
     named = Identity("wechat", "o3", name="nickname")  # the name takes no part in equality
