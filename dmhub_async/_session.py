@@ -321,7 +321,8 @@ class Session:
             sent_headers = None
         failure: BaseException | None = None
         limits = self._limits
-        await limits.acquire()
+        if not limits.take():  # a free slot, the usual case, without a coroutine
+            await limits.acquire()
         try:
             # The client may have been closed while this request queued for its slot.
             if self._conn.closed:

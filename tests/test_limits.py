@@ -1,0 +1,136 @@
+"""``Limits``: the client's in-flight slots, first come first served, through cancellations.
+
+The request path takes a free slot with ``take()`` (no coroutine) and waits with ``acquire()``
+otherwise; these tests hold both to what ``asyncio.Semaphore`` promised before them: never more
+than ``max_concurrency`` holders, waiters served in order, and no slot lost or made up when a
+waiter is cancelled, before or after its slot was handed to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from dmhub_async._limits import Limits
+
+
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def test_take_takes_free_slots_only() -> None:
+    limits = Limits(2, None)
+    assert limits.take()
+    assert limits.take()
+    assert not limits.take()
+    limits.release()
+    assert limits.take()
+
+
+async def test_waiters_get_released_slots_in_the_order_they_came() -> None:
+    limits = Limits(1, None)
+    assert limits.take()
+    served: list[int] = []
+
+    async def waiter(i: int) -> None:
+        await limits.acquire()
+        served.append(i)
+
+    tasks = [asyncio.create_task(waiter(i)) for i in range(4)]
+    await settle()
+    assert served == []
+    assert not limits.take()  # a caller who comes later does not jump the queue
+    for expected in range(4):
+        limits.release()
+        await settle()
+        assert served == list(range(expected + 1))
+    await asyncio.gather(*tasks)
+    limits.release()
+    assert limits.take()
+
+
+async def test_a_waiter_cancelled_before_its_turn_loses_no_slot() -> None:
+    limits = Limits(1, None)
+    assert limits.take()
+    first = asyncio.create_task(limits.acquire())
+    second = asyncio.create_task(limits.acquire())
+    await settle()
+    first.cancel()
+    await settle()
+    limits.release()  # goes to the second waiter, past the cancelled one
+    await asyncio.wait_for(second, 1)
+    assert first.cancelled()
+    assert not limits.take()  # the second holds it
+    limits.release()
+    assert limits.take()
+
+
+async def test_a_waiter_cancelled_after_its_slot_was_handed_to_it_passes_it_on() -> None:
+    limits = Limits(1, None)
+    assert limits.take()
+    first = asyncio.create_task(limits.acquire())
+    second = asyncio.create_task(limits.acquire())
+    await settle()
+    limits.release()  # handed to the first...
+    first.cancel()  # ...which is cancelled before it runs again
+    await settle()
+    assert first.cancelled()
+    await asyncio.wait_for(second, 1)  # the slot went on to the second
+    limits.release()
+    assert limits.take()
+    assert not limits.take()  # one slot, never two
+
+
+@pytest.mark.parametrize("slots", [1, 3, 8])
+async def test_never_more_holders_than_slots(slots: int) -> None:
+    limits = Limits(slots, None)
+    holding = most = done = 0
+
+    async def call(i: int) -> None:
+        nonlocal holding, most, done
+        if not limits.take():
+            await limits.acquire()
+        holding += 1
+        most = max(most, holding)
+        for _ in range(i % 4):  # held over a few steps of the loop, some not at all
+            await asyncio.sleep(0)
+        holding -= 1
+        limits.release()
+        done += 1
+
+    await asyncio.gather(*(call(i) for i in range(100)))
+    assert (most, done, holding) == (slots, 100, 0)
+    assert [limits.take() for _ in range(slots + 1)] == [True] * slots + [False]
+
+
+async def test_with_a_rate_every_slot_waits_for_the_rate() -> None:
+    class Rate:
+        calls = 0
+
+        async def acquire(self) -> None:
+            Rate.calls += 1
+
+    limits = Limits(2, Rate())
+    assert not limits.take()  # the rate must be awaited: never taken at once
+    await limits.acquire()
+    await limits.acquire()
+    assert Rate.calls == 2
+    assert not limits.take()
+
+
+async def test_a_failed_rate_gives_the_slot_back() -> None:
+    class Rate:
+        calls = 0
+
+        async def acquire(self) -> None:
+            Rate.calls += 1
+            if Rate.calls == 1:
+                raise asyncio.CancelledError  # the caller cancelled while it waited its turn
+
+    limits = Limits(1, Rate())
+    with pytest.raises(asyncio.CancelledError):
+        await limits.acquire()
+    await asyncio.wait_for(limits.acquire(), 1)  # the one slot was given back, not lost
+    assert Rate.calls == 2
