@@ -277,6 +277,17 @@ def check_identity(method: str, identity: object) -> Identity:
         raise InvalidRequestError(
             f"{method}(): expected an Identity(type, value), not {type(identity).__name__}"
         )
+    kind, value = identity.type, identity.value
+    if (  # the usual identity at a glance: ASCII (so no lone surrogate), within the limits
+        type(kind) is str
+        and type(value) is str
+        and identity.name is None
+        and 0 < len(kind) <= MAX_IDENTITY_TYPE
+        and 0 < len(value) <= MAX_IDENTITY_VALUE
+        and kind.isascii()
+        and value.isascii()
+    ):
+        return identity
     for what, text, limit in (
         ("type", identity.type, MAX_IDENTITY_TYPE),
         ("value", identity.value, MAX_IDENTITY_VALUE),

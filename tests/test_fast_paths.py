@@ -22,6 +22,8 @@ from dmhub_async import (
     APIError,
     AuthenticationError,
     DMHubClient,
+    Identity,
+    InvalidRequestError,
     ResponseDecodeError,
     ServerError,
     _json,
@@ -37,6 +39,12 @@ from dmhub_async._converter import (
     wire_struct,
 )
 from dmhub_async._sansio import Request, read_response
+from dmhub_async._validate import (
+    MAX_IDENTITY_NAME,
+    MAX_IDENTITY_TYPE,
+    MAX_IDENTITY_VALUE,
+    check_identity,
+)
 from dmhub_async.export import export_customers
 from dmhub_async.models import Customer
 from dmhub_async.resources import _pages, customer_statistics, customers
@@ -322,3 +330,52 @@ def test_raw_rows_of_named_keys_are_the_raw_rows(rows: list[dict[str, Any]], ind
 def test_raw_rows_of_named_keys_of_what_is_no_page_is_a_value_error(body: bytes) -> None:
     with pytest.raises(ValueError):  # noqa: PT011 - msgspec's and the stdlib's errors differ
         _json.raw_rows(body, "rows", KEYS)
+
+
+def _sendable(text: object, limit: int, *, empty: bool = False) -> bool:
+    """The contract's rule for an identity's text, written out: the check's oracle."""
+    if not isinstance(text, str) or len(text) > limit or (not text and not empty):
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+class _Str(str):
+    """A str subclass: not the fast path's exact type, still a string."""
+
+
+_TEXTS = st.one_of(
+    st.text(max_size=140),  # lone surrogates, non-ASCII, empty and over-long among them
+    st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789_-", min_size=30, max_size=130),
+    st.builds(_Str, st.text(max_size=40)),
+    st.sampled_from([None, 7, b"bytes"]),
+)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(_TEXTS, _TEXTS, st.one_of(st.none(), _TEXTS))
+@example("wechat", "o" * 128, None)  # at the limits: sent
+@example("w" * 33, "o1", None)  # one over: refused
+@example("", "o1", None)  # empty: refused
+@example("wechat", "", None)
+@example("wechat", "\udcff", None)  # a lone surrogate is no UTF-8: refused
+@example("\udcff", "o1", None)
+@example("wechat", "o1", "\udcff")
+def test_an_identity_is_sent_exactly_when_the_contract_allows_it(
+    kind: Any, value: Any, name: Any
+) -> None:
+    """``check_identity`` (its ASCII fast path and its full one) against the rule itself."""
+    identity = Identity(kind, value, name)
+    allowed = (
+        _sendable(kind, MAX_IDENTITY_TYPE)
+        and _sendable(value, MAX_IDENTITY_VALUE)
+        and (name is None or _sendable(name, MAX_IDENTITY_NAME, empty=True))
+    )
+    if allowed:
+        assert check_identity("lookup", identity) is identity
+    else:
+        with pytest.raises(InvalidRequestError, match=r"^lookup\(\): identity "):
+            check_identity("lookup", identity)
