@@ -112,6 +112,8 @@ class TokenManager:
         self._max_margin = refresh_margin
         self._timeout = timeout
         self._held: Token | None = None
+        #: When the held token stops being fresh (``_fresh``), worked out once, when it is set.
+        self._fresh_until = float("-inf")
         self._renew_paused_until = float("-inf")
         self._flight: asyncio.Future[str] | None = None
 
@@ -135,9 +137,10 @@ class TokenManager:
         coroutine to learn it.
         """
         held = self._held
-        if held is not None and (
-            self._fresh(held) or (self._valid(held) and self._clock() < self._renew_paused_until)
-        ):
+        if held is None:
+            return None
+        now = self._clock()
+        if now < self._fresh_until or (now < held.expires_at and now < self._renew_paused_until):
             return held.value
         return None
 
@@ -179,6 +182,7 @@ class TokenManager:
             )
             token = await self._fetch_new()
         self._held = token
+        self._fresh_until = token.expires_at - self._margin(token)
         self._renew_paused_until = float("-inf")
         return token.value
 

@@ -47,8 +47,9 @@ def _current_task() -> asyncio.Task[Any] | None:
 def remember_response(session: object, response: Any) -> None:
     """Keep ``response`` as the calling task's latest, received through ``session``."""
     slot = _slot.get()
-    task = _current_task()
-    if slot is None or not slot.belongs_to(task):
+    task = asyncio.current_task()  # the request path runs in a loop: no _current_task() guard
+    owner = slot.owner if slot is not None else None
+    if slot is None or (owner() if owner is not None else None) is not task:  # belongs_to()
         # A task's first answer (a task started by another sees its parent's slot: not its own).
         slot = _Slot(weakref.ref(task) if task is not None else None)
         _slot.set(slot)

@@ -263,8 +263,9 @@ def read_response(
 
 def _error_of(data: Any, secrets: Iterable[str | None]) -> tuple[int | str | None, str | None]:
     """A decoded body's ``error_code`` (None for none, or 0) and its redacted description."""
-    if not (type(data) is dict or isinstance(data, Mapping)) or "error_code" not in data:
-        return None, None  # (a dict first: the ABC's isinstance costs more than the rest)
+    kind = type(data)
+    if kind is list or not (kind is dict or isinstance(data, Mapping)) or "error_code" not in data:
+        return None, None  # (the usual types first: the ABC's isinstance costs more than the rest)
     code = coerce_code(data.get("error_code"))
     if code == 0:
         return None, None

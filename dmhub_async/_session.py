@@ -358,8 +358,8 @@ class Session:
             limits.release()
         elapsed_ms = (time.perf_counter() - started) * 1000
         # The token this request carried: by the time its answer comes back another call may
-        # have refreshed it, so self._current_token is not enough.
-        secrets = (*self.secrets, token)
+        # have refreshed it, so self._current_token is not enough. (self.secrets, written out.)
+        secrets = (self._secret, self._static_token, self._current_token, token)
         if failure is not None:
             # Raised outside the except block, from a redacted stand-in: aiohttp's exceptions
             # carry the URL, and so the token; they must not ride along as cause or context.
@@ -381,7 +381,7 @@ class Session:
             resp_headers,
             payload,
             auth_codes=self._auth_codes,
-            now=self._clock(),
+            now=self._clock() if status in (429, 503) else 0.0,  # for Retry-After's date alone
             secrets=secrets,
         )
         return APIResponse(status, resp_headers, data, retries)
