@@ -237,8 +237,11 @@ class Session:
         not_found_codes: frozenset[int | str] = frozenset(),
     ) -> Any:
         """The decoded JSON body of one call, with retries (None for an empty answer)."""
-        # send(), written out: a coroutine less on every call.
-        self.check_open()
+        # send(), written out: a coroutine less on every call; check_open() only when it has
+        # something to say (closed, another loop) or to do (the first call binds the loop).
+        conn = self._conn
+        if conn.closed or conn.loop is not asyncio.get_running_loop():
+            self.check_open()
         call = _Call(Request(method, path, params, json, idempotent, not_found_codes))
         response: APIResponse = await self._send_call(call)
         remember_response(self, response)
@@ -311,7 +314,7 @@ class Session:
 
     async def _send(self, request: Request, token: str | None, retries: int) -> APIResponse:
         params = request.query(token)
-        body, headers = request.body()
+        body, headers = (None, HEADERS) if request.json is None else request.body()
         sent_headers: Mapping[str, str] | None = headers
         if self._headers:
             sent_headers = {**headers, **self._headers}
@@ -327,7 +330,9 @@ class Session:
             # The client may have been closed while this request queued for its slot.
             if self._conn.closed:
                 self.check_open()
-            http = self._http_session()
+            http = self._conn.http
+            if http is None:
+                http = self._http_session()
             started = time.perf_counter()
             self.stats.requests += 1
             try:

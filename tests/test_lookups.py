@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from dmhub_async import Identity, InvalidRequestError, ServerError
+from dmhub_async import Identity, InvalidRequestError, ResponseDecodeError, ServerError
 from dmhub_async.resources.identities import Identities
 
 
@@ -78,6 +78,29 @@ async def test_lookup_finds_the_customer_or_none() -> None:
     _, ids = fake(3)
     assert await ids.lookup(Identity("wechat", "o2")) == 1002
     assert await ids.lookup(Identity("wechat", "nobody")) is None
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {"identities": []},  # not a list
+        None,
+        [{"customerId": "not a number", "identityType": "wechat", "identityValue": "o1"}],
+        ["o1"],
+    ],
+)
+async def test_lookup_of_an_answer_that_is_no_list_of_bindings_is_a_decode_error(
+    answer: Any,
+) -> None:
+    class Answering:
+        async def request(self, method: str, path: str, **kwargs: Any) -> Any:
+            return answer
+
+    ids = Identities(Answering())  # type: ignore[arg-type]
+    with pytest.raises(ResponseDecodeError, match="not a list of identities"):
+        await ids.lookup(Identity("wechat", "o1"))
+    with pytest.raises(ResponseDecodeError):
+        await ids.lookup_many([Identity("wechat", "o1")])
 
 
 async def test_lookup_many_maps_each_identity_and_none_for_unknown() -> None:
