@@ -71,7 +71,7 @@ def test_each_contender_does_its_whole_work_in_its_child() -> None:
         }
         for kind, n, expected in [
             *((kind, 1, "250") for kind in bi.WALKS.values()),
-            *((kind, 3, "3") for kind in bi.CALLS.values()),
+            *((kind, 3, "3") for kind in [*bi.CALLS.values(), *bi.LOOKUPS.values()]),
             *((kind, 1, "1000") for kind in bi.DECODES.values()),
         ]:
             done = subprocess.run(
@@ -91,7 +91,14 @@ def test_a_run_prints_each_questions_contenders_over_its_floor(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     # Counts as callgrind would give them: start-up, then so much a run, per contender.
-    per_run = {"floor": 4_000_000, "rows": 4_800_000, "get": 400_000, "request": 460_000}
+    per_run = {
+        "floor": 4_000_000,
+        "rows": 4_800_000,
+        "get": 400_000,
+        "request": 460_000,
+        "get-64": 380_000,
+        "lookup-many": 440_000,
+    }
 
     def fake_count(kind: str, n: int, sim: object) -> int:
         return 90_000_000 + n * per_run[kind]
@@ -104,13 +111,16 @@ def test_a_run_prints_each_questions_contenders_over_its_floor(
     monkeypatch.setattr(bi, "count", fake_count)
     monkeypatch.setattr(bi, "simulator_process", fake_simulator)
     results = tmp_path / "run.json"
-    assert bi.main(["--quick", "--question", "4", "--question", "1", "--json", str(results)]) == 0
+    argv = ["--quick", "--question", "4", "--question", "1", "--question", "4c"]
+    assert bi.main([*argv, "--json", str(results)]) == 0
     out = capsys.readouterr().out
     # --quick walks 300 customers: 3 pages a walk.
     assert "question 1: instructions a page (3 pages a walk" in out
     rows = {line.rsplit(None, 2)[0]: line.split()[-2:] for line in out.splitlines()[3:] if line}
     assert rows["SDK list_rows()"] == ["1,600", "1.20x"]
     assert rows["SDK dm.request"] == ["460", "1.15x"]
+    assert "question 4c: instructions a lookup, 64 at a time" in out
+    assert rows["SDK lookup_many(concurrency=64)"] == ["440", "1.16x"]  # over its own floor
     assert "question 2" not in out
     figures = {r["contender"]: r for r in json.loads(results.read_text())["results"]}
     assert figures["SDK dm.request"]["ratios"]["floor (instructions)"]["median"] == 1.15
