@@ -129,7 +129,8 @@ class Identities(Resource):
         todo = iter(list(results))
 
         # A fixed pool of workers rather than a task per lookup (lookup_iter's way, which must
-        # yield in order): about 7 us of CPU less a lookup (benchmarks/README.md, issue 15).
+        # yield in order): 167k -> 120k instructions a lookup, counted with a canned answer
+        # (benchmarks/README.md, issue 15's fifth round).
         async def worker() -> None:
             for identity in todo:  # shared: each identity goes to exactly one worker
                 try:
