@@ -101,19 +101,23 @@ def start_workers(
     return procs
 
 
-async def plan(sim: dict[str, Any], redis_url: str, out: Path) -> None:
-    """The sharded plan of the simulator's customers, written to ``out`` (a manifest)."""
-    from dmhub_async import DMHubClient, RedisTokenStore
+async def plan(sim: dict[str, Any], redis_url: str, out: Path, rate_limit: float | None) -> Any:
+    """The sharded plan of the simulator's customers in ``out``: the one there, or a new one
+    written (a manifest). With ``rate_limit``, its counts go through the fleet's limit too."""
+    from dmhub_async import DMHubClient, RedisRateLimiter, RedisTokenStore
     from dmhub_async.shards._run import prepare
 
     store = RedisTokenStore(redis_url)
+    limiter = RedisRateLimiter(redis_url, rate_limit, key=sim["app_id"]) if rate_limit else None
     try:
         async with DMHubClient(
-            sim["app_id"], sim["secret"], base_url=sim["url"], token_store=store
+            sim["app_id"], sim["secret"], base_url=sim["url"], token_store=store, rate_limit=limiter
         ) as dm:
-            await prepare(dm, out, SHARDS)
+            return await prepare(dm, out, SHARDS)
     finally:
         await store.aclose()
+        if limiter is not None:
+            await limiter.aclose()
 
 
 async def export_on_workers(
@@ -123,27 +127,11 @@ async def export_on_workers(
 
     The clock starts when the plan is made and the workers are up: it times the export.
     """
-    from dmhub_async import DMHubClient, RedisRateLimiter, RedisTokenStore
     from dmhub_async.shards._queue import run_on_queue
-    from dmhub_async.shards._run import prepare
 
-    env = subprocess_env()
-    env.update(DMHUB_BASE_URL=sim["url"], DMHUB_APP_ID=sim["app_id"], DMHUB_SECRET=sim["secret"])
-    command = [sys.executable, "-m", "dmhub_async", "worker", "--redis", redis_url, "--quiet"]
-    if rate_limit is not None:
-        command += ["--rate-limit", str(rate_limit)]
-    store = RedisTokenStore(redis_url)
-    # The planner's counts go through the fleet's limit too: no second above it, all in.
-    limiter = RedisRateLimiter(redis_url, rate_limit, key=sim["app_id"]) if rate_limit else None
-    try:
-        async with DMHubClient(
-            sim["app_id"], sim["secret"], base_url=sim["url"], token_store=store, rate_limit=limiter
-        ) as dm:
-            manifest = await prepare(dm, out, SHARDS)
-    finally:
-        await store.aclose()
-        if limiter is not None:
-            await limiter.aclose()
+    # A plan copied into ``out`` is taken up as it is; else the counts are made here, under
+    # the rate limit if any (the limited run's busiest second includes them).
+    manifest = await plan(sim, redis_url, out, rate_limit)
     try:
         started, load_before = time.monotonic(), _cpu_seconds()
         manifest = await run_on_queue(redis_url, out, manifest, progress=False, poll=0.05)
@@ -196,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp, redis_server(Path(tmp)) as redis:
         with control_simulator(args.customers, args.latency_ms) as sim:
             planned = Path(tmp) / "plan"
-            asyncio.run(plan(sim, redis.url, planned))
+            asyncio.run(plan(sim, redis.url, planned, None))
             for round_number in range(args.rounds):
                 order = counts if round_number % 2 == 0 else counts[::-1]
                 for n in order:

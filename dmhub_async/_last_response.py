@@ -48,8 +48,7 @@ def remember_response(session: object, response: Any) -> None:
     """Keep ``response`` as the calling task's latest, received through ``session``."""
     slot = _slot.get()
     task = asyncio.current_task()  # the request path runs in a loop: no _current_task() guard
-    owner = slot.owner if slot is not None else None
-    if slot is None or (owner() if owner is not None else None) is not task:  # belongs_to()
+    if slot is None or not slot.belongs_to(task):
         # A task's first answer (a task started by another sees its parent's slot: not its own).
         slot = _Slot(weakref.ref(task) if task is not None else None)
         _slot.set(slot)

@@ -237,11 +237,8 @@ class Session:
         not_found_codes: frozenset[int | str] = frozenset(),
     ) -> Any:
         """The decoded JSON body of one call, with retries (None for an empty answer)."""
-        # send(), written out: a coroutine less on every call; check_open() only when it has
-        # something to say (closed, another loop) or to do (the first call binds the loop).
-        conn = self._conn
-        if conn.closed or conn.loop is not asyncio.get_running_loop():
-            self.check_open()
+        # send(), written out: a coroutine less on every call.
+        self.check_open()
         call = _Call(Request(method, path, params, json, idempotent, not_found_codes))
         response: APIResponse = await self._send_call(call)
         remember_response(self, response)
@@ -314,7 +311,7 @@ class Session:
 
     async def _send(self, request: Request, token: str | None, retries: int) -> APIResponse:
         params = request.query(token)
-        body, headers = (None, HEADERS) if request.json is None else request.body()
+        body, headers = request.body()
         sent_headers: Mapping[str, str] | None = headers
         if self._headers:
             sent_headers = {**headers, **self._headers}
@@ -330,9 +327,7 @@ class Session:
             # The client may have been closed while this request queued for its slot.
             if self._conn.closed:
                 self.check_open()
-            http = self._conn.http
-            if http is None:
-                http = self._http_session()
+            http = self._http_session()
             started = time.perf_counter()
             self.stats.requests += 1
             try:
@@ -363,8 +358,8 @@ class Session:
             limits.release()
         elapsed_ms = (time.perf_counter() - started) * 1000
         # The token this request carried: by the time its answer comes back another call may
-        # have refreshed it, so self._current_token is not enough. (self.secrets, written out.)
-        secrets = (self._secret, self._static_token, self._current_token, token)
+        # have refreshed it, so self._current_token is not enough.
+        secrets = (*self.secrets, token)
         if failure is not None:
             # Raised outside the except block, from a redacted stand-in: aiohttp's exceptions
             # carry the URL, and so the token; they must not ride along as cause or context.
@@ -386,7 +381,7 @@ class Session:
             resp_headers,
             payload,
             auth_codes=self._auth_codes,
-            now=self._clock() if status in (429, 503) else 0.0,  # for Retry-After's date alone
+            now=self._clock(),
             secrets=secrets,
         )
         return APIResponse(status, resp_headers, data, retries)
