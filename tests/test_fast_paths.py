@@ -273,7 +273,7 @@ async def test_a_checked_export_writes_every_row_as_the_service_sends_it(tmp_pat
 # --- unknown keys: learnt by the typed decode, still in extra ----------------------------------
 
 _UNKNOWN = st.dictionaries(
-    st.sampled_from(["tagCount", "levelScore", "x-y", "名字", "a`b"]),
+    st.sampled_from(["tagCount", "levelScore", "x-y", "名字", "a`b", 'q"\\']),
     st.one_of(st.none(), st.integers(), st.text(max_size=3), st.lists(st.integers(), max_size=2)),
     max_size=3,
 )
@@ -282,6 +282,14 @@ _UNKNOWN = st.dictionaries(
 @settings(max_examples=100, deadline=None, derandomize=True)
 @given(st.lists(st.lists(st.tuples(_ROWS, _UNKNOWN), max_size=4), min_size=1, max_size=4))
 @example([[({"id": 1}, {"tagCount": 2**64})], [({"id": 2}, {"levelScore": None, "名字": [1]})]])
+# a gender the model does not know beside learnt keys, one of them only on some records, and a
+# key that must be quoted in the generated build
+@example(
+    [
+        [({"id": 3, "gender": 7}, {"levelScore": 1, 'q"\\': 2}), ({"id": 4}, {'q"\\': None})],
+        [({"id": 5, "gender": "x"}, {}), ({"id": 6}, {"levelScore": [1]})],
+    ]
+)
 def test_unknown_keys_learnt_by_the_typed_decode_land_in_extra(
     pages: list[list[tuple[dict[str, Any], dict[str, Any]]]],
 ) -> None:

@@ -118,30 +118,18 @@ def page_reader(
 
     # The unknown keys met so far (a service that adds a field sends it on every record) and
     # the page decoder that reads them too: learnt once, then every page is read in one go.
-    typed: tuple[tuple[str, ...], Any] = ((), page_decoder(()))
+    typed: tuple[tuple[str, ...], Any, Callable[[Any], T]] = (
+        (),
+        page_decoder(()),
+        make_tuple_build_fn(cls, converter),
+    )
     raw_page_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])
     raw_rows_decoder = msgspec.json.Decoder(list[msgspec.Raw] | None)
     row_decoder = msgspec.json.Decoder(struct)
     value_decoder = msgspec.json.Decoder()
     astuple = msgspec.structs.astuple
-    build = make_tuple_build_fn(cls, converter)
+    build = typed[2]
     hook = converter.get_structure_hook(cls)
-    known = len(attrs.fields(cast(Any, cls))) - 1  # the fields but extra
-
-    def build_all(records: Any, unknown: tuple[str, ...]) -> list[T]:
-        if not unknown:
-            return [build(astuple(record)) for record in records]
-        rows = [astuple(record) for record in records]
-        models = [build(row[:known]) for row in rows]
-        # Each unknown key's values into extra, the last first: in the end they come in the
-        # order learnt, and before what build put there (a gender it did not know), as the
-        # hook puts them.
-        for column in range(known + len(unknown) - 1, known - 1, -1):
-            name = unknown[column - known]
-            for model, row in zip(models, rows, strict=True):
-                if (value := row[column]) is not unset:
-                    model.extra = {name: value, **model.extra}
-        return models
 
     def read_row(raw: Any) -> T:
         try:
@@ -152,7 +140,7 @@ def page_reader(
     def read_typed(body: bytes) -> tuple[list[T], dict[str, Any]] | None:
         nonlocal typed
         while True:
-            unknown, decoder = typed
+            unknown, decoder, build_known = typed
             try:
                 page = decoder.decode(body)
             except msgspec.ValidationError as err:
@@ -160,11 +148,16 @@ def page_reader(
                 if found is None or len(unknown) >= MAX_UNKNOWN_KEYS:
                     return None
                 learnt = (*unknown, found.group(1))
-                typed = (learnt, page_decoder(learnt))
+                # The build of the learnt keys too: their values go straight to extra.
+                typed = (
+                    learnt,
+                    page_decoder(learnt),
+                    make_tuple_build_fn(cls, converter, learnt, unset),
+                )
                 continue
             records = getattr(page, key) or ()
             meta = {k: v for k in page_keys if (v := getattr(page, k)) is not unset}
-            return build_all(records, unknown), meta
+            return [build_known(astuple(record)) for record in records], meta
 
     def read_page(body: bytes) -> tuple[list[T], dict[str, Any]]:
         try:
