@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 try:
-    from ._common import machine_info
+    from ._common import children_stopped_on_sigterm, machine_info
 except ImportError:  # run as a file: python benchmarks/__main__.py
-    from _common import machine_info  # type: ignore[no-redef]
+    from _common import children_stopped_on_sigterm, machine_info  # type: ignore[no-redef]
 
 HERE = Path(__file__).resolve().parent
 
@@ -93,7 +93,19 @@ def run_one(name: str, quick: bool, results: Path | None) -> tuple[str, float]:
         command += ["--json", str(results)]
     started = time.perf_counter()
     # The parent of the package as the working directory, so `-m benchmarks.x` resolves.
-    status = subprocess.run(command, cwd=HERE.parent, check=False).returncode
+    script = subprocess.Popen(command, cwd=HERE.parent)
+    try:
+        status = script.wait()
+    except BaseException:
+        # Stopped (a kill, Ctrl+C): the script is asked to stop as well, which stops its own
+        # children (the simulator, Redis, workers); subprocess.run would kill it outright and
+        # leave them serving.
+        script.terminate()
+        try:
+            script.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            script.kill()
+        raise
     elapsed = time.perf_counter() - started
     return ("ok" if status == 0 else f"failed (exit status {status})"), elapsed
 
@@ -220,4 +232,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with children_stopped_on_sigterm():  # a kill stops the running script, and so its children
+        sys.exit(main())

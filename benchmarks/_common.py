@@ -15,6 +15,7 @@ import os
 import platform
 import queue
 import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -29,6 +30,7 @@ __all__ = [
     "SimulatorProcess",
     "alternate",
     "alternate_async",
+    "children_stopped_on_sigterm",
     "machine_info",
     "noise",
     "ratio_table",
@@ -264,6 +266,26 @@ def write_results(path: str | os.PathLike[str], script: str) -> None:
 
 
 # -- the simulator in a process of its own ------------------------------------------------------
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+@contextlib.contextmanager
+def children_stopped_on_sigterm() -> Iterator[None]:
+    """While the block runs, SIGTERM ends this process the way Ctrl+C does: by unwinding it.
+
+    By default SIGTERM (``kill``, a CI timeout) ends Python on the spot, and the children a
+    benchmark started (the simulator, Redis, arq workers), which serve until told to stop,
+    were left running. Unwound, every ``with`` block that started one stops it. Each script's
+    ``__main__`` runs in this block (the main thread only: Python runs handlers there).
+    """
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def subprocess_env() -> dict[str, str]:

@@ -32,9 +32,17 @@ from pathlib import Path
 from typing import Any
 
 try:
-    from ._common import machine_info, record, simulator_process, subprocess_env, write_results
+    from ._common import (
+        children_stopped_on_sigterm,
+        machine_info,
+        record,
+        simulator_process,
+        subprocess_env,
+        write_results,
+    )
 except ImportError:  # run as a file (as the exporter process is): python benchmarks/bench_export.py
     from _common import (  # type: ignore[no-redef]
+        children_stopped_on_sigterm,
         machine_info,
         record,
         simulator_process,
@@ -238,4 +246,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with children_stopped_on_sigterm():  # a kill stops the children too
+        sys.exit(main())

@@ -56,10 +56,18 @@ from itertools import product
 from typing import Any
 
 try:
-    from ._common import REPO, machine_info, record, simulator_process, write_results
+    from ._common import (
+        REPO,
+        children_stopped_on_sigterm,
+        machine_info,
+        record,
+        simulator_process,
+        write_results,
+    )
 except ImportError:  # run as a file: python benchmarks/bench_instructions.py
     from _common import (  # type: ignore[no-redef]
         REPO,
+        children_stopped_on_sigterm,
         machine_info,
         record,
         simulator_process,
@@ -391,8 +399,13 @@ def measure(
         finally:
             free.put(sim)
 
-    with ThreadPoolExecutor(len(sims)) as pool:
+    pool = ThreadPoolExecutor(len(sims))
+    try:
         counts = list(pool.map(lambda jn: job(contenders[jn[0]], jn[1]), product(labels, runs)))
+    finally:
+        # Stopped (a kill, Ctrl+C): no child more is started, and the caller stops the
+        # simulators, which ends those running. (`with pool` would run every queued one first.)
+        pool.shutdown(wait=False, cancel_futures=True)
     figures: dict[str, float] = {}
     for i, label in enumerate(labels):
         figures[label] = per_run(counts[2 * i], counts[2 * i + 1], a, b) / unit
@@ -500,4 +513,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with children_stopped_on_sigterm():  # a kill stops the children too
+        sys.exit(main())

@@ -52,6 +52,7 @@ from dmhub_async._json import loads as sdk_loads
 try:
     from ._common import (
         alternate_async,
+        children_stopped_on_sigterm,
         machine_info,
         ratio_table,
         ratios,
@@ -62,6 +63,7 @@ try:
 except ImportError:  # run as a file: python benchmarks/bench_overhead.py
     from _common import (  # type: ignore[no-redef]
         alternate_async,
+        children_stopped_on_sigterm,
         machine_info,
         ratio_table,
         ratios,
@@ -419,4 +421,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with children_stopped_on_sigterm():  # a kill stops the children too
+        sys.exit(main())

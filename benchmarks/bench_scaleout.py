@@ -32,9 +32,16 @@ from pathlib import Path
 from typing import Any
 
 try:
-    from ._common import machine_info, record, subprocess_env, write_results
+    from ._common import (
+        children_stopped_on_sigterm,
+        machine_info,
+        record,
+        subprocess_env,
+        write_results,
+    )
 except ImportError:  # run as a file
     from _common import (  # type: ignore[no-redef]
+        children_stopped_on_sigterm,
         machine_info,
         record,
         subprocess_env,
@@ -95,9 +102,15 @@ def start_workers(
         command += ["--rate-limit", str(rate_limit)]
     before = _clients(redis)
     procs = [subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL) for _ in range(workers)]
-    deadline = time.monotonic() + 60
-    while _clients(redis) < before + workers and time.monotonic() < deadline:
-        time.sleep(0.05)  # a benchmark's setup, not a measurement
+    try:
+        deadline = time.monotonic() + 60
+        while _clients(redis) < before + workers and time.monotonic() < deadline:
+            time.sleep(0.05)  # a benchmark's setup, not a measurement
+    except BaseException:  # stopped (a kill, Ctrl+C) before the caller holds them
+        for proc in procs:
+            proc.kill()
+            proc.wait(10)
+        raise
     return procs
 
 
@@ -131,8 +144,8 @@ async def export_on_workers(
 
     # A plan copied into ``out`` is taken up as it is; else the counts are made here, under
     # the rate limit if any (the limited run's busiest second includes them).
-    manifest = await plan(sim, redis_url, out, rate_limit)
     try:
+        manifest = await plan(sim, redis_url, out, rate_limit)
         started, load_before = time.monotonic(), _cpu_seconds()
         manifest = await run_on_queue(redis_url, out, manifest, progress=False, poll=0.05)
         seconds = time.monotonic() - started
@@ -226,4 +239,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    with children_stopped_on_sigterm():  # a kill stops the children too
+        raise SystemExit(main())

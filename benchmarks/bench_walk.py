@@ -55,6 +55,7 @@ from dmhub_async.testing import DMHubSimulator
 try:
     from ._common import (
         alternate_async,
+        children_stopped_on_sigterm,
         machine_info,
         ratios,
         record_rows,
@@ -64,6 +65,7 @@ try:
 except ImportError:  # run as a file: python benchmarks/bench_walk.py
     from _common import (  # type: ignore[no-redef]
         alternate_async,
+        children_stopped_on_sigterm,
         machine_info,
         ratios,
         record_rows,
@@ -572,5 +574,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    main()
+    with children_stopped_on_sigterm():  # a kill stops the children too
+        main()
     sys.exit(0)
