@@ -133,7 +133,7 @@ def page_reader(
 
     def read_row(raw: Any) -> T:
         try:
-            return cast(T, build(astuple(row_decoder.decode(raw))))
+            return build(astuple(row_decoder.decode(raw)))
         except _REFUSED:
             return cast(T, hook(_json.loads(bytes(raw)), cls))
 
