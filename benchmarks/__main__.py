@@ -49,8 +49,11 @@ BENCHMARKS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     ),
     "simulator": ("bench_simulator", "the simulator's filtered list pages", ()),
 }
-#: The whole suite should stay under this, so people run it.
-BUDGET_S = 300.0
+#: The whole suite should stay under this, so people run it. It was 300 s until question 7
+#: (scale-out, 80 s of starting worker processes and exporting) joined: full runs then took
+#: 310-341 s, and fewer rounds would widen the medians on a shared host more than the minute
+#: is worth.
+BUDGET_S = 360.0
 
 
 def _tree(path: Path) -> ast.Module:
