@@ -17,7 +17,14 @@ from _helpers import BASE, CUSTOMER, url
 from aiohttp import web
 from aioresponses import CallbackResult, aioresponses
 
-from dmhub_async import APIError, DMHubClient, DMHubError, InvalidRequestError, MemoryTokenStore
+from dmhub_async import (
+    APIError,
+    DMHubClient,
+    DMHubError,
+    Identity,
+    InvalidRequestError,
+    MemoryTokenStore,
+)
 from dmhub_async.testing import DMHubSimulator
 
 
@@ -418,6 +425,24 @@ async def test_last_response_is_the_calling_tasks_own(api, make_client):
     assert own is not None
     assert own is not parents
     assert dm.last_response is parents  # the child's call did not replace the parent's
+
+
+async def test_lookups_in_tasks_of_their_own_leave_the_callers_last_response(api, make_client):
+    api.get(url("/v1/customers/1"), payload=CUSTOMER)
+    api.get(url("/v1/customeridentities"), payload=[], repeat=True)
+    dm = make_client(access_token="tok")
+    await dm.customers.get(1)
+    own = dm.last_response
+    wanted = [Identity("mobile", f"1390000000{i}") for i in range(3)]
+
+    assert await dm.identities.lookup_many(wanted) == dict.fromkeys(wanted)
+    assert [x async for x in dm.identities.lookup_iter(wanted)] == [(i, None) for i in wanted]
+    assert dm.last_response is own
+
+    await dm.identities.lookup(wanted[0])  # asked from the calling task: its own answer
+    assert dm.last_response is not own
+    assert dm.last_response is not None
+    assert dm.last_response.data == []
 
 
 async def test_a_walk_keeps_no_page_it_has_yielded_alive():
