@@ -206,6 +206,7 @@ def _calls(kind: str, server: Any, n: int) -> Callable[[], Awaitable[None]]:
     import orjson
 
     from dmhub_async import DMHubClient, Identity, MemoryTokenStore
+    from dmhub_async._client import DEFAULT_MAX_RESPONSE_SIZE
     from dmhub_async._sansio import USER_AGENT
 
     def value(i: int) -> str:
@@ -254,7 +255,11 @@ def _calls(kind: str, server: Any, n: int) -> Callable[[], Awaitable[None]]:
                         proxy=None,
                     ) as resp:
                         length = resp.content_length
-                        if length is None or length > 1 << 26 or "Content-Encoding" in resp.headers:
+                        if (
+                            length is None
+                            or length > DEFAULT_MAX_RESPONSE_SIZE
+                            or "Content-Encoding" in resp.headers
+                        ):
                             raise RuntimeError("an answer the SDK reads in chunks")
                         orjson.loads(await resp.read())
 

@@ -107,11 +107,17 @@ def start_workers(
         while _clients(redis) < before + workers and time.monotonic() < deadline:
             time.sleep(0.05)  # a benchmark's setup, not a measurement
     except BaseException:  # stopped (a kill, Ctrl+C) before the caller holds them
-        for proc in procs:
-            proc.kill()
-            proc.wait(10)
+        stop_workers(procs)
         raise
     return procs
+
+
+def stop_workers(procs: list[subprocess.Popen[bytes]]) -> None:
+    """Ask every worker to stop (arq shuts down on SIGTERM) and wait for each."""
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        proc.wait(30)
 
 
 async def plan(sim: dict[str, Any], redis_url: str, out: Path, rate_limit: float | None) -> Any:
@@ -151,10 +157,7 @@ async def export_on_workers(
         seconds = time.monotonic() - started
         busy = (_cpu_seconds() - load_before) / seconds / (os.cpu_count() or 1)
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            proc.wait(30)
+        stop_workers(procs)
     if not manifest.complete:
         raise RuntimeError(f"the export on {len(procs)} workers is not complete")
     return seconds, manifest.exported, busy

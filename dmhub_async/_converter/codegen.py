@@ -252,8 +252,9 @@ def make_tuple_build_fn(
         extra=[
             "    extra = {}",
             *(
-                f"    if u{i} is not _UNSET:\n        extra[{name!r}] = u{i}"
+                line
                 for i, name in enumerate(unknown)
+                for line in (f"    if u{i} is not _UNSET:", f"        extra[{name!r}] = u{i}")
             ),
         ],
         preset=preset,

@@ -118,17 +118,13 @@ def page_reader(
 
     # The unknown keys met so far (a service that adds a field sends it on every record) and
     # the page decoder that reads them too: learnt once, then every page is read in one go.
-    typed: tuple[tuple[str, ...], Any, Callable[[Any], T]] = (
-        (),
-        page_decoder(()),
-        make_tuple_build_fn(cls, converter),
-    )
+    build: Callable[[Any], T] = make_tuple_build_fn(cls, converter)  # no unknown key
+    typed: tuple[tuple[str, ...], Any, Callable[[Any], T]] = ((), page_decoder(()), build)
     raw_page_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])
     raw_rows_decoder = msgspec.json.Decoder(list[msgspec.Raw] | None)
     row_decoder = msgspec.json.Decoder(struct)
     value_decoder = msgspec.json.Decoder()
     astuple = msgspec.structs.astuple
-    build = typed[2]
     hook = converter.get_structure_hook(cls)
 
     def read_row(raw: Any) -> T:
