@@ -103,6 +103,36 @@ async def test_waits_double_up_to_max_delay(api, make_client, clock):
     assert clock.waits == [0.5, 1, 2, 3, 3, 3, 3]
 
 
+async def test_each_call_and_each_derived_client_retries_by_its_own_policy(api, make_client, clock):
+    # backoff's loop is built at a client's first retry: the calls after it, and a client
+    # derived before or after it, still count, wait and give up by their own policy.
+    api.get(url("/v1/customers/1"), status=503, repeat=True)
+    dm = make_client(access_token="tok", max_retries=2)
+    early = dm.with_options(max_retries=1)
+
+    for _ in range(2):
+        with pytest.raises(ServerError):
+            await dm.request("GET", "/v1/customers/1")
+    late = dm.with_options(max_retries=3)
+    for derived in (early, late):
+        with pytest.raises(ServerError):
+            await derived.request("GET", "/v1/customers/1")
+
+    assert count(api, "/v1/customers/1") == 3 + 3 + 2 + 4
+    assert clock.waits == [0.5, 1] * 2 + [0.5] + [0.5, 1, 2]
+    assert dm.stats.retries == 2 + 2 + 1 + 3  # one stats for the client and its copies
+
+
+def test_a_backoff_that_no_longer_sleeps_through_asyncio_is_refused():
+    from dmhub_async._retry import _sleeping_with
+
+    async def loop(wait: Any) -> None:  # a retry loop that waits some other way
+        await wait(1)
+
+    with pytest.raises(RuntimeError, match=r"no longer sleeps through asyncio\.sleep"):
+        _sleeping_with(loop, asyncio.sleep)
+
+
 async def test_max_retries_zero_tries_once(api, make_client, clock):
     api.get(url("/v1/customers/1"), status=500, repeat=True)
     dm = make_client(access_token="tok", max_retries=0)
