@@ -408,6 +408,9 @@ def env_proxy(url: str) -> str | None:
     both up, and ``~/.netrc`` too, in a worker thread on every request (0.6 ms of CPU each).
     """
     parts = urlsplit(url)
-    if urllib.request.proxy_bypass(parts.hostname or ""):
+    # The proxies first: with none for this scheme (the usual case) the bypass rules do not
+    # matter, and each lookup reads the whole environment (about 0.1 ms).
+    proxy = urllib.request.getproxies().get(parts.scheme)
+    if proxy is None or urllib.request.proxy_bypass(parts.hostname or ""):
         return None
-    return urllib.request.getproxies().get(parts.scheme)
+    return proxy
