@@ -39,7 +39,12 @@ them out. The simulator serves from a process of its own, as in bench_overhead.
   default header, the keywords it passes, the answer's size checked before it is read): the
   share of the SDK's gap that is the shape of its call, not its own code. With requests in flight
   together the event loop's batching varies a little from run to run; these counts moved by
-  less than 1% when run again.
+  less than 1% when run again;
+- question 4 for a short-lived client (``--question 4s``), per client: a new
+  ``aiohttp.ClientSession``, its token and one call, closed (the floor), against a new
+  ``DMHubClient`` doing the same: what a job or a function that makes one client per run pays
+  for the client's set-up (its checks, its retry loops, the proxy settings read from the
+  environment, the token through the request path).
 """
 
 from __future__ import annotations
@@ -111,6 +116,12 @@ LOOKUPS: dict[str, str] = {
     "diagnostic: the floor's workers calling aiohttp the SDK's way": "get-64-sdk-way",
 }
 LOOKUP_FLOOR = "floor: 64 aiohttp workers, session.get + orjson.loads"
+#: Question 4 for a short-lived client (``4s``): a client made, its token, one call, closed.
+SHORT_LIVED: dict[str, str] = {
+    "floor: a new aiohttp session, its token, one call": "get-new-session",
+    "SDK: a new DMHubClient, its token, one call": "request-new-client",
+}
+SHORT_LIVED_FLOOR = "floor: a new aiohttp session, its token, one call"
 #: Question 2's contenders: bench_converter's, by its labels (each its own kind, see _decodes).
 DECODES: dict[str, str] = {
     label: label
@@ -132,6 +143,7 @@ QUICK = {
     "2": "ours, page reader (msgspec + lenient rows)",
     "4": "SDK dm.request",
     "4c": "SDK lookup_many(concurrency=64)",
+    "4s": "SDK: a new DMHubClient, its token, one call",
 }
 CALL_FLOOR = "floor: session.get + orjson.loads"
 
@@ -265,6 +277,24 @@ def _calls(kind: str, server: Any, n: int) -> Callable[[], Awaitable[None]]:
 
             await asyncio.gather(*(worker() for _ in range(64)))
 
+    async def get_new_session() -> None:
+        for i in range(n):  # n sessions, one call each
+            async with aiohttp.ClientSession() as session:
+                async with session.get(server.url + _TOKEN, params=server.token_params()) as resp:
+                    token = orjson.loads(await resp.read())["access_token"]
+                params = {"identityType": "mobile", "identityValue": value(i)}
+                params["access_token"] = token
+                async with session.get(server.url + _IDENTITIES, params=params) as resp:
+                    orjson.loads(await resp.read())
+
+    async def request_new_client() -> None:
+        for i in range(n):  # n clients, one call each
+            async with DMHubClient(
+                server.app_id, server.secret, base_url=server.url, token_store=MemoryTokenStore()
+            ) as dm:
+                params = {"identityType": "mobile", "identityValue": value(i)}
+                await dm.request("GET", _IDENTITIES, params=params)
+
     async def sdk(lookup: bool, many: bool = False) -> None:
         async with DMHubClient(
             server.app_id,
@@ -292,6 +322,8 @@ def _calls(kind: str, server: Any, n: int) -> Callable[[], Awaitable[None]]:
         "get": get,
         "get-64": get_64,
         "get-64-sdk-way": lambda: get_64(sdk_way=True),
+        "get-new-session": get_new_session,
+        "request-new-client": request_new_client,
         "request": lambda: sdk(False),
         "lookup": lambda: sdk(True),
         "lookup-many": lambda: sdk(True, many=True),
@@ -370,7 +402,7 @@ def child(kind: str, n: int) -> None:
         return
 
     async def main() -> int:
-        if kind in CALLS.values() or kind in LOOKUPS.values():
+        if kind in (*CALLS.values(), *LOOKUPS.values(), *SHORT_LIVED.values()):
             await _calls(kind, server, n)()
             return n
         walk = _walk(kind, server)
@@ -466,10 +498,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         type=int,
         default=2000,
         help="calls of question 4's run b (a: a fifth): enough for the garbage collector's full"
-        " collections to average out",
+        " collections to average out; question 4s makes a quarter as many clients (a: a twentieth)",
     )
     parser.add_argument(
-        "--question", action="append", choices=("1", "2", "4", "4c"), help="only these (repeatable)"
+        "--question",
+        action="append",
+        choices=("1", "2", "4", "4c", "4s"),
+        help="only these (repeatable)",
     )
     parser.add_argument(
         "--jobs", type=int, default=2, help="children under valgrind at once, a simulator each"
@@ -510,6 +545,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             LOOKUP_FLOOR,
             "instructions a lookup, 64 at a time (bench_walk's lookups; no customer holds them)",
         ),
+        "4s": (
+            SHORT_LIVED,
+            (calls // 20, calls // 4),
+            1,
+            SHORT_LIVED_FLOOR,
+            "instructions a short-lived client: made, its token, one call, closed",
+        ),
     }
     if args.quick:  # a floor and the SDK of each question, small
         for question, (contenders, _, unit, floor, heading) in plans.items():
@@ -529,7 +571,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for question in chosen:
         _, _, _, floor, heading = plans[question]
         print(f"\nquestion {question}: {heading}")
-        unit_name = {"4": "call", "4c": "lookup"}.get(question, "page")
+        unit_name = {"4": "call", "4c": "lookup", "4s": "client"}.get(question, "page")
         print(table(figures[question], floor, unit_name))
         for label, value in figures[question].items():
             record(

@@ -71,7 +71,10 @@ def test_each_contender_does_its_whole_work_in_its_child() -> None:
         }
         for kind, n, expected in [
             *((kind, 1, "250") for kind in bi.WALKS.values()),
-            *((kind, 3, "3") for kind in [*bi.CALLS.values(), *bi.LOOKUPS.values()]),
+            *(
+                (kind, 3, "3")
+                for kind in [*bi.CALLS.values(), *bi.LOOKUPS.values(), *bi.SHORT_LIVED.values()]
+            ),
             *((kind, 1, "1000") for kind in bi.DECODES.values()),
         ]:
             done = subprocess.run(
@@ -98,6 +101,8 @@ def test_a_run_prints_each_questions_contenders_over_its_floor(
         "request": 460_000,
         "get-64": 380_000,
         "lookup-many": 440_000,
+        "get-new-session": 2_000_000,
+        "request-new-client": 2_500_000,
     }
 
     def fake_count(kind: str, n: int, sim: object) -> int:
@@ -111,7 +116,7 @@ def test_a_run_prints_each_questions_contenders_over_its_floor(
     monkeypatch.setattr(bi, "count", fake_count)
     monkeypatch.setattr(bi, "simulator_process", fake_simulator)
     results = tmp_path / "run.json"
-    argv = ["--quick", "--question", "4", "--question", "1", "--question", "4c"]
+    argv = ["--quick", "--question", "4", "--question", "1", "--question", "4c", "--question", "4s"]
     assert bi.main([*argv, "--json", str(results)]) == 0
     out = capsys.readouterr().out
     # --quick walks 300 customers: 3 pages a walk.
@@ -121,6 +126,9 @@ def test_a_run_prints_each_questions_contenders_over_its_floor(
     assert rows["SDK dm.request"] == ["460", "1.15x"]
     assert "question 4c: instructions a lookup, 64 at a time" in out
     assert rows["SDK lookup_many(concurrency=64)"] == ["440", "1.16x"]  # over its own floor
+    assert "question 4s: instructions a short-lived client: made, its token, one call" in out
+    assert "k instr/client" in out
+    assert rows["SDK: a new DMHubClient, its token, one call"] == ["2,500", "1.25x"]
     assert "question 2" not in out
     figures = {r["contender"]: r for r in json.loads(results.read_text())["results"]}
     assert figures["SDK dm.request"]["ratios"]["floor (instructions)"]["median"] == 1.15
