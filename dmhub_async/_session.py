@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
+import os
 import time
 import urllib.request
 from collections.abc import Awaitable, Callable, Mapping
@@ -406,11 +407,42 @@ def env_proxy(url: str) -> str | None:
 
     Read once, when the client makes its HTTP session: aiohttp's ``trust_env=True`` would look
     both up, and ``~/.netrc`` too, in a worker thread on every request (0.6 ms of CPU each).
+    urllib's rules throughout; where the proxies come from the environment alone (POSIX but
+    macOS), only its ``*_proxy`` variables are read (:func:`environment_proxies`).
     """
     parts = urlsplit(url)
-    # The proxies first: with none for this scheme (the usual case) the bypass rules do not
-    # matter, and each lookup reads the whole environment (about 0.1 ms).
-    proxy = urllib.request.getproxies().get(parts.scheme)
+    if urllib.request.getproxies is urllib.request.getproxies_environment:
+        proxy = environment_proxies().get(parts.scheme)
+    else:  # macOS and Windows: the system's settings too, as urllib reads them
+        proxy = urllib.request.getproxies().get(parts.scheme)
+    # With no proxy for the scheme (the usual case) the bypass rules cannot change the answer.
     if proxy is None or urllib.request.proxy_bypass(parts.hostname or ""):
         return None
     return proxy
+
+
+def environment_proxies() -> dict[str, str]:
+    """``urllib.request.getproxies_environment()``: the same passes over the same variables,
+    in the same order, but only those it can use.
+
+    urllib reads every variable of the environment twice, decoding each name and value: about
+    0.55M instructions with 35 of them, 0.72M in a benchmark's child, for each client made.
+    Its rules, kept: any ``<scheme>_proxy`` in any case, then the all-lowercase ones over
+    those (an empty one removes the scheme), and no upper-case ``HTTP_PROXY`` in a CGI script
+    (CVE-2016-1000110: a request's ``Proxy:`` header becomes it).
+    """
+    environ = os.environ
+    found = [(name, environ[name]) for name in environ if name.lower()[-6:] == "_proxy"]
+    proxies: dict[str, str] = {}
+    for name, value in found:
+        if value:
+            proxies[name.lower()[:-6]] = value
+    if "REQUEST_METHOD" in environ:
+        proxies.pop("http", None)
+    for name, value in found:
+        if name[-6:] == "_proxy":  # a lower-case suffix: these win over the others
+            if value:
+                proxies[name.lower()[:-6]] = value
+            else:
+                proxies.pop(name.lower()[:-6], None)
+    return proxies

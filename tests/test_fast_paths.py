@@ -8,8 +8,12 @@ writes each row's bytes as the service sent them. Same records, same errors, sam
 from __future__ import annotations
 
 import json
+import os
+import urllib.request
 from pathlib import Path
 from typing import Any
+from unittest import mock
+from urllib.parse import urlsplit
 
 import pytest
 from _helpers import url
@@ -39,6 +43,7 @@ from dmhub_async._converter import (
     wire_struct,
 )
 from dmhub_async._sansio import Request, read_response
+from dmhub_async._session import env_proxy, environment_proxies
 from dmhub_async._validate import (
     MAX_IDENTITY_NAME,
     MAX_IDENTITY_TYPE,
@@ -387,3 +392,46 @@ def test_an_identity_is_sent_exactly_when_the_contract_allows_it(
     else:
         with pytest.raises(InvalidRequestError, match=r"^lookup\(\): identity "):
             check_identity("lookup", identity)
+
+
+# -- the proxy of the environment: urllib's answer, from the variables it can use ---------------
+
+_PROXY_NAMES = [
+    *("http_proxy", "HTTP_PROXY", "Http_Proxy", "HTTP_proxy", "https_proxy", "HTTPS_PROXY"),
+    *("no_proxy", "NO_PROXY", "all_proxy", "ftp_PROXY", "_proxy", "proxy", "PROXYS", "PATH"),
+    "REQUEST_METHOD",  # a CGI script: an upper-case HTTP_PROXY may be a request's header
+]
+_PROXY_VALUES = ["", "http://p1:3128", "http://p2", "*", "api.test,.example.com", "127.0.0.1"]
+_PROXIED_URLS = [
+    "https://api.test",
+    "http://api.test:8080",
+    "https://a.example.com",
+    "http://127.0.0.1:9",
+    "https://elsewhere.test",
+]
+
+
+@settings(max_examples=300)
+@given(
+    env=st.lists(
+        st.tuples(st.sampled_from(_PROXY_NAMES), st.sampled_from(_PROXY_VALUES)), max_size=8
+    ),
+    target=st.sampled_from(_PROXIED_URLS),
+)
+@example(env=[("HTTP_PROXY", "http://p1:3128"), ("REQUEST_METHOD", "")], target=_PROXIED_URLS[1])
+@example(env=[("HTTPS_PROXY", "http://p1:3128"), ("https_proxy", "")], target=_PROXIED_URLS[0])
+@example(env=[("Http_Proxy", "http://p1"), ("HTTP_PROXY", "http://p2")], target=_PROXIED_URLS[1])
+@example(env=[("https_proxy", "http://p1"), ("NO_PROXY", ".example.com")], target=_PROXIED_URLS[2])
+def test_the_proxy_read_from_the_environment_is_urllibs(
+    env: list[tuple[str, str]], target: str
+) -> None:
+    # env_proxy reads only the *_proxy variables, once, where urllib reads them all twice.
+    with mock.patch.dict(os.environ, dict(env), clear=True):
+        assert environment_proxies() == urllib.request.getproxies_environment()
+        host = urlsplit(target).hostname or ""
+        urllibs = (
+            None
+            if urllib.request.proxy_bypass(host)
+            else urllib.request.getproxies().get(urlsplit(target).scheme)
+        )
+        assert env_proxy(target) == urllibs
