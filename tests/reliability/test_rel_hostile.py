@@ -371,7 +371,7 @@ async def test_cancelled_waits_do_not_starve_the_rate_limiter(
     dm = client(service.url, rate_limit=10, sleep=sleep)
     await dm.request("GET", "/v1/customers/1")  # takes the first slot at once
     for _ in range(100):
-        with pytest.raises(TimeoutError):
+        with pytest.raises(asyncio.TimeoutError):  # not the builtin TimeoutError on 3.10
             await asyncio.wait_for(dm.request("GET", "/v1/customers/1"), timeout=0.001)
 
     next_call = asyncio.ensure_future(dm.request("GET", "/v1/customers/1"))
