@@ -147,8 +147,22 @@ def retrying(
             raise _first.pop()
         return await attempt(*args)
 
-    # backoff's loop is built at the first retry this function makes, not up front: decorating
-    # costs about 60 us, and most clients (and every with_options() copy) never retry.
+    def backoff_loop() -> Callable[..., Awaitable[T]]:
+        return _sleeping_with(
+            backoff.on_exception(
+                waits,
+                DMHubError,
+                max_tries=policy.max_retries + 1,
+                giveup=gives_up,
+                on_backoff=on_backoff,
+                jitter=None,  # policy.wait jitters already, differently for Retry-After
+                logger=None,  # the session logs each retry itself, with the token redacted
+            )(replaying),
+            sleep,
+        )
+
+    # Built at the first retry this function makes, not up front: decorating costs about 60 us,
+    # and most clients (and every with_options() copy) never retry.
     loop: Callable[..., Awaitable[T]] | None = None
 
     async def retried(*args: Any) -> T:
@@ -167,18 +181,7 @@ def retrying(
             _first_attempt_started[err] = started
             first: list[BaseException] = [err]
         if loop is None:
-            loop = _sleeping_with(
-                backoff.on_exception(
-                    waits,
-                    DMHubError,
-                    max_tries=policy.max_retries + 1,
-                    giveup=gives_up,
-                    on_backoff=on_backoff,
-                    jitter=None,  # policy.wait jitters already, differently for Retry-After
-                    logger=None,  # the session logs each retry itself, with the token redacted
-                )(replaying),
-                sleep,
-            )
+            loop = backoff_loop()
         return await loop(*args, _first=first)
 
     return retried

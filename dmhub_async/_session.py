@@ -432,17 +432,19 @@ def environment_proxies() -> dict[str, str]:
     (CVE-2016-1000110: a request's ``Proxy:`` header becomes it).
     """
     environ = os.environ
-    found = [(name, environ[name]) for name in environ if name.lower()[-6:] == "_proxy"]
-    proxies: dict[str, str] = {}
-    for name, value in found:
-        if value:
-            proxies[name.lower()[:-6]] = value
+    # (name, scheme, value) of each variable named <scheme>_proxy in any case, in order.
+    found = [
+        (name, lowered[:-6], environ[name])
+        for name in environ
+        if (lowered := name.lower())[-6:] == "_proxy"
+    ]
+    proxies = {scheme: value for _, scheme, value in found if value}
     if "REQUEST_METHOD" in environ:
         proxies.pop("http", None)
-    for name, value in found:
+    for name, scheme, value in found:
         if name[-6:] == "_proxy":  # a lower-case suffix: these win over the others
             if value:
-                proxies[name.lower()[:-6]] = value
+                proxies[scheme] = value
             else:
-                proxies.pop(name.lower()[:-6], None)
+                proxies.pop(scheme, None)
     return proxies
