@@ -21,6 +21,7 @@ from aioresponses import CallbackResult, aioresponses
 from hypothesis import settings
 
 from dmhub_async import DMHubClient, MemoryTokenStore, RetryPolicy
+from dmhub_async._auth import DEFAULT_STORE
 from dmhub_async.testing import FakeClock
 
 _aioresponses_compat.install()  # aioresponses 0.7.9 on aiohttp 3.14: see the module
@@ -45,6 +46,21 @@ class TokenEndpoint:
         return CallbackResult(
             payload={"error_code": 0, "access_token": token, "expires_in": self.expires_in}
         )
+
+
+@pytest.fixture(autouse=True)
+def fresh_default_token_store() -> Iterator[None]:
+    """Each test starts and ends with the process's default token store empty.
+
+    Clients made without a ``token_store`` share it, keyed by address, appid and secret; every
+    simulator serves the same appid and secret on 127.0.0.1, and the OS hands a closed one's
+    port to a later one. A token left behind would meet that later simulator, which refuses
+    it: the client fetches a new one and sends the request again, one request more than a test
+    that counts requests expects (test_list_integration.py, the tests after the id-list walk).
+    """
+    DEFAULT_STORE._tokens.clear()
+    yield
+    DEFAULT_STORE._tokens.clear()
 
 
 @pytest.fixture
