@@ -49,8 +49,8 @@ class TokenEndpoint:
 
 
 @pytest.fixture(autouse=True)
-def fresh_default_token_store() -> Iterator[None]:
-    """Each test starts and ends with the process's default token store empty.
+def fresh_default_token_store() -> None:
+    """Each test starts with the process's default token store empty.
 
     Clients made without a ``token_store`` share it, keyed by address, appid and secret; every
     simulator serves the same appid and secret on 127.0.0.1, and the OS hands a closed one's
@@ -58,8 +58,6 @@ def fresh_default_token_store() -> Iterator[None]:
     it: the client fetches a new one and sends the request again, one request more than a test
     that counts requests expects (test_list_integration.py, the tests after the id-list walk).
     """
-    DEFAULT_STORE._tokens.clear()
-    yield
     DEFAULT_STORE._tokens.clear()
 
 

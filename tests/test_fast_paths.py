@@ -428,10 +428,10 @@ def test_the_proxy_read_from_the_environment_is_urllibs(
     # env_proxy reads only the *_proxy variables, once, where urllib reads them all twice.
     with mock.patch.dict(os.environ, dict(env), clear=True):
         assert environment_proxies() == urllib.request.getproxies_environment()
-        host = urlsplit(target).hostname or ""
+        parts = urlsplit(target)
         urllibs = (
             None
-            if urllib.request.proxy_bypass(host)
-            else urllib.request.getproxies().get(urlsplit(target).scheme)
+            if urllib.request.proxy_bypass(parts.hostname or "")
+            else urllib.request.getproxies().get(parts.scheme)
         )
         assert env_proxy(target) == urllibs
