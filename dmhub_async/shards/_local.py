@@ -3,9 +3,11 @@
 K processes (spawned, not forked: an event loop does not survive a fork) each build one client
 and take shards from a queue until it is empty. They share the one token of the appid through a
 :class:`~dmhub_async.FileTokenStore`, so K processes cost one token request, not K that revoke
-each other. Each process reports progress on an event queue; this process alone writes the
-manifest and draws the one progress bar. A worker that dies (killed, out of memory) is replaced
-and its shard handed to the replacement, which resumes from the shard's checkpoint.
+each other. Each process reports progress on a pipe of its own; this process alone writes the
+manifest and draws the one progress bar. (Not one queue for all: a worker killed while it wrote
+to a shared queue would leave its lock held and no other worker's report would arrive again.)
+A worker that dies (killed, out of memory) is replaced and its shard handed to the replacement,
+which resumes from the shard's checkpoint.
 """
 
 from __future__ import annotations
@@ -13,9 +15,9 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
-import queue
 import tempfile
 from collections.abc import Callable, Mapping
+from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
@@ -48,13 +50,16 @@ class WorkerSettings:
     concurrency: int = 8
 
 
-def _child(settings: WorkerSettings, directory: str, fmt: str, tasks: Any, events: Any) -> None:
-    """A worker process: export shards taken from ``tasks`` until it gets None."""
+def _child(
+    settings: WorkerSettings, directory: str, fmt: str, tasks: Any, events: Connection
+) -> None:
+    """A worker process: export shards taken from ``tasks`` until it gets None, each event
+    sent on ``events``, the write end of its own pipe."""
     asyncio.run(_child_loop(settings, Path(directory), fmt, tasks, events))
 
 
 async def _child_loop(
-    settings: WorkerSettings, directory: Path, fmt: str, tasks: Any, events: Any
+    settings: WorkerSettings, directory: Path, fmt: str, tasks: Any, events: Connection
 ) -> None:
     from .._client import DMHubClient
     from ._plan import Shard
@@ -80,14 +85,14 @@ async def _child_loop(
                     on_progress=_reporter(events, index),
                 )
             except DMHubError as err:
-                events.put(("failed", index, str(err)))
+                events.send(("failed", index, str(err)))
             else:
-                events.put(("done", index, result_of(report)))
+                events.send(("done", index, result_of(report)))
 
 
-def _reporter(events: Any, index: int) -> Callable[[ExportProgress], None]:
+def _reporter(events: Connection, index: int) -> Callable[[ExportProgress], None]:
     def report(progress: ExportProgress) -> None:
-        events.put(("progress", index, progress.exported))
+        events.send(("progress", index, progress.exported))
 
     return report
 
@@ -128,7 +133,7 @@ async def _supervise(
     bar: ProgressBar,
 ) -> Manifest:
     ctx = multiprocessing.get_context("spawn")
-    events: Any = ctx.Queue()
+    events: list[Connection] = []  # the read end of each live worker's pipe
     waiting = list(todo)  # shard indexes not handed out yet, in order
     # Each worker has its own task queue, so this process knows which shard a worker holds
     # even when the worker is killed before it could say so.
@@ -148,12 +153,15 @@ async def _supervise(
 
     def spawn() -> None:
         tasks: Any = ctx.Queue()
+        reader, writer = ctx.Pipe(duplex=False)
         proc = ctx.Process(
             target=_child,
-            args=(settings, str(where), manifest.format, tasks, events),
+            args=(settings, str(where), manifest.format, tasks, writer),
             daemon=True,
         )
         proc.start()
+        writer.close()  # the worker's is the only write end: its death ends the reader's file
+        events.append(reader)
         hand_out(proc, tasks)
 
     def finish(index: int) -> None:
@@ -167,22 +175,31 @@ async def _supervise(
         spawn()
     try:
         while todo:
-            try:
-                kind, index, value = await loop.run_in_executor(None, events.get, True, 0.5)
-            except queue.Empty:
-                kind = None
-            if kind == "progress" and index in todo:
-                bar.update(index, value)
-            elif kind == "done" and index in todo:
-                record_result(todo[index], value)
-                bar.update(index, value["exported"])
-                finish(index)
-            elif kind == "failed" and index in todo:
-                todo[index].status, todo[index].error = "failed", value
-                finish(index)
-            if kind is None:
+            ready = await loop.run_in_executor(None, wait, list(events), 0.5)
+            ended = False
+            for reader in ready:
+                assert isinstance(reader, Connection)
+                try:
+                    kind, index, value = reader.recv()
+                except (EOFError, OSError):  # its worker is gone, maybe in the middle of one
+                    events.remove(reader)
+                    reader.close()
+                    ended = True
+                    continue
+                if kind == "progress" and index in todo:
+                    bar.update(index, value)
+                elif kind == "done" and index in todo:
+                    record_result(todo[index], value)
+                    bar.update(index, value["exported"])
+                    finish(index)
+                elif kind == "failed" and index in todo:
+                    todo[index].status, todo[index].error = "failed", value
+                    finish(index)
+            if ended or not ready:
                 _replace_the_dead(busy, todo, waiting, tries, finish, spawn)
     finally:
+        for reader in events:
+            reader.close()
         for proc, (tasks, _) in busy.items():
             if proc.is_alive():
                 tasks.put(None)

@@ -82,3 +82,26 @@ def exported_ids(directory: Path) -> list[int]:
         with part.open("rb") as fh:
             ids.extend(json.loads(line)["id"] for line in fh)
     return ids
+
+
+#: The file the first worker of child_dying_mid_report creates before it dies (an env variable,
+#: so that the spawned workers see it).
+DIE_FLAG = "DMHUB_TEST_DIE_FLAG"
+
+
+def child_dying_mid_report(
+    settings: Any, directory: str, fmt: str, tasks: Any, events: Any
+) -> None:
+    """A worker process (``_local._child``'s stand-in) of which the first one takes its shard
+    and dies halfway through sending a report, as SIGKILL can leave it; the others are real."""
+    from dmhub_async.shards import _local
+
+    try:
+        os.close(os.open(os.environ[DIE_FLAG], os.O_CREAT | os.O_EXCL))
+    except FileExistsError:
+        _local._child(settings, directory, fmt, tasks, events)
+        return
+    tasks.get()
+    # A message's header says 1,000 bytes; 10 of them are written, and then the worker is gone.
+    os.write(events.fileno(), (1000).to_bytes(4, "big") + b"0123456789")
+    os._exit(1)

@@ -9,10 +9,10 @@ import signal
 from pathlib import Path
 
 import pytest
-from shard_support import exported_ids, sim_process
+from shard_support import DIE_FLAG, child_dying_mid_report, exported_ids, sim_process
 
 from dmhub_async import DMHubClient, FileTokenStore
-from dmhub_async.shards import Manifest
+from dmhub_async.shards import Manifest, _local
 from dmhub_async.shards._local import WorkerSettings, run_in_processes
 from dmhub_async.shards._run import prepare
 
@@ -44,6 +44,33 @@ async def test_four_processes_one_token_a_killed_worker_replaced(tmp_path: Path)
     assert on_disk is not None
     assert on_disk.status() == "complete"
     assert on_disk.exported == 20_000
+
+
+async def test_a_worker_dead_in_the_middle_of_a_report_stops_no_other_report(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker killed while it sends a report leaves half a message behind. With one queue for
+    all workers it also left the queue's lock held: no report arrived again and the run waited
+    for ever (a CI run hung this way in the test above). Each worker has its own pipe now."""
+    tokens = str(tmp_path / "tokens.json")
+    out = tmp_path / "out"
+    monkeypatch.setenv(DIE_FLAG, str(tmp_path / "died"))
+    monkeypatch.setattr(_local, "_child", child_dying_mid_report)  # the spawned take it by name
+    with sim_process(4_000) as sim:
+        credentials = {"app_id": sim.app_id, "secret": sim.secret, "base_url": sim.url}
+        async with DMHubClient(**credentials, token_store=FileTokenStore(tokens)) as dm:
+            manifest = await prepare(dm, out, 4)
+        settings = WorkerSettings(credentials, tokens, concurrency=2)
+        manifest = await asyncio.wait_for(
+            run_in_processes(settings, out, manifest, 2, progress=False), timeout=60
+        )
+        state = sim.state()
+
+    assert (tmp_path / "died").exists()
+    assert manifest.complete
+    ids = exported_ids(out)
+    assert len(ids) == len(set(ids)) == 4_000
+    assert sorted(ids) == sorted(state["ids"])
 
 
 async def kill_a_worker_mid_shard(out: Path) -> bool:
