@@ -27,7 +27,7 @@ from ._query_time import zone_setting
 from ._retry import RetryPolicy
 from ._sansio import DEFAULT_AUTH_ERROR_CODES, APIResponse
 from ._session import ClientStats, Session
-from ._validate import check_settings
+from ._validate import check_number, check_settings
 from .resources.customer_statistics import CustomerStatisticsResource
 from .resources.customers import Customers
 from .resources.identities import Identities
@@ -54,13 +54,14 @@ class DMHubClient:
         access_token: a token to use as is, instead of fetching one.
         base_url: defaults to ``$DMHUB_BASE_URL``, else ``https://api.convertlab.com``.
         session: an ``aiohttp.ClientSession`` to use; the client never closes it.
-        timeout: seconds for one attempt of one request, all in.
+        timeout: seconds for one attempt of one request, all in (finite, like the two below).
         connect_timeout: seconds to open a connection (within ``timeout``), or None.
         read_timeout: seconds to wait for the next bytes of an answer, or None.
         max_retries: retries after a failed attempt (see :class:`RetryPolicy`).
         max_concurrency: requests in flight at once, across the whole client.
-        rate_limit: requests per second across the whole client, or None; or a limit shared
-            with other clients (:class:`RedisRateLimiter`: every worker of a fleet).
+        rate_limit: requests per second across the whole client (any positive number;
+            ``inf`` waits for nothing), or None; or a limit shared with other clients
+            (:class:`RedisRateLimiter`: every worker of a fleet).
             The client never closes a shared limit or a store: whoever made one closes it.
         token_store: where clients sharing an appid share its one token
             (:class:`MemoryTokenStore` per process by default).
@@ -106,10 +107,10 @@ class DMHubClient:
         check_settings(
             {"app_id": app_id, "secret": secret, "access_token": access_token},
             base_url,
-            {
-                "timeout": (timeout, 0, False, float),
+            {  # the timeouts: _timeout, below
                 "max_retries": (max_retries, 0, True, int),
                 "max_concurrency": (max_concurrency, 1, True, int),
+                "max_response_size": (max_response_size, 1, True, int),
                 # A limit shared with other clients (RedisRateLimiter) is an object, not a rate.
                 "rate_limit": (
                     None if hasattr(rate_limit, "acquire") else rate_limit,
@@ -143,18 +144,7 @@ class DMHubClient:
                 "travel in the query string of every request, readable by anyone on the way. "
                 "Use https://, or pass allow_insecure_http=True if you must"
             )
-        if (
-            isinstance(max_response_size, bool)
-            or not isinstance(max_response_size, int)
-            or max_response_size < 1
-        ):
-            raise InvalidRequestError(
-                f"max_response_size must be a positive number of bytes, not {max_response_size!r}"
-            )
         client_timeout = _timeout(timeout, connect_timeout, read_timeout)
-        _check_max_retries(max_retries)
-        if max_concurrency < 1:
-            raise InvalidRequestError(f"max_concurrency must be >= 1, not {max_concurrency!r}")
         #: The zone of naive time filters (None: UTC, with a warning): see ``_query_time``.
         self.timezone: tzinfo | None = zone_setting(timezone)
         clock = clock or time.time
@@ -313,11 +303,11 @@ def _timeout(
     for name, value in (("timeout", total), ("connect_timeout", connect), ("read_timeout", read)):
         if value is None and name != "timeout":
             continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-            raise InvalidRequestError(f"{name} must be a positive number of seconds, not {value!r}")
+        # Finite: aiohttp's timer cannot be set past any float (a raw OverflowError at the
+        # first call, blamed on the token store, it was).
+        check_number(name, value, 0, inclusive=False, finite=True, what="a number of seconds")
     return aiohttp.ClientTimeout(total=total, sock_connect=connect, sock_read=read)
 
 
 def _check_max_retries(max_retries: int) -> None:
-    if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
-        raise InvalidRequestError(f"max_retries must be an int >= 0, not {max_retries!r}")
+    check_number("max_retries", max_retries, 0, inclusive=True, kind=int)

@@ -36,7 +36,7 @@ class RateLimiter:
             raise ValueError(
                 f"rate_limit must be a positive number of requests per second, not {rate!r}"
             )
-        self.interval = 1.0 / rate
+        self.interval = 1 / rate  # not 1.0 / rate: 1.0 / 10**400 raises OverflowError
         self._clock = clock
         self._sleep = sleep
         self._next = float("-inf")

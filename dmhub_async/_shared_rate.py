@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ._exceptions import DMHubError, InvalidRequestError
+from ._validate import check_number
 
 __all__ = ["RedisRateLimiter"]
 
@@ -27,6 +28,11 @@ logger = logging.getLogger("dmhub_async")
 #: The longest single wait for a free place in the window; the window is re-read after it.
 _MAX_WAIT = 1.0
 _SPREAD = 0.02
+#: The shared rates Redis can keep: a window of at most 10**15 s (past about 9.2e15 s Redis
+#: refuses its expiry) and at most 10**15 requests in a second (past about 2**57 its script
+#: refuses the count); beyond either, every call failed as if Redis could not be reached.
+_MIN_RATE = 1e-15
+_MAX_RATE = 1e15
 
 
 _locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, str], asyncio.Lock]]
@@ -63,14 +69,15 @@ class RedisRateLimiter:
 
     Args:
         url: the Redis server, ``redis://[:password@]host:port/db``.
-        rate: requests per second, shared; below 1 it is whole requests per whole seconds.
+        rate: requests per second, shared; below 1 it is whole requests per whole seconds
+            (from 1e-15 to 1e15: what Redis can keep).
         key: what the limit is for: clients with the same key share one limit (the app id is a
             good key: the service limits an app, not a process).
         timeout: seconds one Redis command may take.
         sleep: the wait between tries (``asyncio.sleep``).
 
     Raises:
-        InvalidRequestError: a bad rate or URL (at once, nothing is sent).
+        InvalidRequestError: a bad rate, timeout or URL (at once, nothing is sent).
     """
 
     def __init__(
@@ -82,10 +89,16 @@ class RedisRateLimiter:
         timeout: float = 5.0,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
-        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not rate > 0:
+        what = "a number of requests per second"
+        check_number("rate", rate, 0, inclusive=False, finite=True, what=what)
+        if not _MIN_RATE <= rate <= _MAX_RATE:
             raise InvalidRequestError(
-                f"rate must be a positive number of requests per second, not {rate!r}"
+                f"rate must be from {_MIN_RATE:g} to {_MAX_RATE:g} requests per second (what "
+                f"Redis can keep), not {rate:g}"
             )
+        check_number(
+            "timeout", timeout, 0, inclusive=False, finite=True, what="a number of seconds"
+        )
         if not isinstance(url, str) or urlsplit(url).scheme not in ("redis", "rediss"):
             raise InvalidRequestError("the shared rate limit needs a redis:// or rediss:// URL")
         from limits import RateLimitItemPerSecond

@@ -32,6 +32,7 @@ __all__ = [
     "check_identities",
     "check_identity",
     "check_json",
+    "check_number",
     "check_paging",
     "check_query",
     "check_settings",
@@ -181,18 +182,48 @@ def check_settings(
     for name, (value, low, inclusive, kind) in numbers.items():
         if value is None and name in optional:
             continue
-        allowed = (int,) if kind is int else (int, float)
-        if isinstance(value, bool) or not isinstance(value, allowed) or value != value:
-            what = "an int" if kind is int else "a number"
-            raise InvalidRequestError(f"{name} must be {what}, not {short(value)}")
-        if value < low or (value == low and not inclusive):
-            bound = ">=" if inclusive else ">"
-            raise InvalidRequestError(f"{name} must be {bound} {low}, not {short(value)}")
+        check_number(name, value, low, inclusive=inclusive, kind=kind)
     if not is_collection(auth_error_codes) or not all(
         isinstance(code, (int, str)) and not isinstance(code, bool)
         for code in typing.cast(Iterable[object], auth_error_codes)
     ):
         raise InvalidRequestError("auth_error_codes must be a list of ints or strings")
+
+
+def check_number(
+    name: str,
+    value: object,
+    low: float,
+    *,
+    inclusive: bool,
+    kind: type = float,
+    finite: bool = False,
+    what: str | None = None,
+) -> None:
+    """A setting that is a number (``kind`` int: an int) above ``low`` (or at it, ``inclusive``).
+
+    ``finite``: a float must hold it and it is not infinite; a timeout beyond that made the
+    first call fail with a raw OverflowError. ``what`` names the number (``"a number of
+    seconds"``). Every message writes the value with :func:`short`: writing an integer of
+    5,000 digits raises ValueError.
+    """
+    allowed = (int,) if kind is int else (int, float)
+    if isinstance(value, bool) or not isinstance(value, allowed) or value != value:
+        what = what or ("an int" if kind is int else "a number")
+        raise InvalidRequestError(f"{name} must be {what}, not {short(value)}")
+    number = typing.cast(float, value)
+    if number < low or (number == low and not inclusive):
+        bound = ">=" if inclusive else ">"
+        raise InvalidRequestError(f"{name} must be {bound} {low}, not {short(value)}")
+    if finite and not _finite(number):
+        raise InvalidRequestError(f"{name} must be finite, not {short(value)}")
+
+
+def _finite(number: float) -> bool:
+    try:
+        return math.isfinite(number)
+    except OverflowError:  # an int beyond any float
+        return False
 
 
 def _check_base_url(base_url: object) -> None:

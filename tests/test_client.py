@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import re
 import threading
 import weakref
@@ -254,6 +255,17 @@ async def test_rate_limit_lets_an_idle_client_go_at_once(api, make_client, clock
     assert clock.waits == []
 
 
+@pytest.mark.parametrize("rate", [math.inf, 10**400, 10**5000], ids=["inf", "10**400", "10**5000"])
+async def test_a_rate_beyond_any_float_limits_nothing(api, make_client, clock, rate):
+    # 10**400 requests a second is a rate, if a silly one: a raw OverflowError it was.
+    api.get(url("/v1/customers/1"), payload=CUSTOMER, repeat=True)
+    dm = make_client(access_token="tok", rate_limit=rate)
+
+    await asyncio.gather(*(dm.request("GET", "/v1/customers/1") for _ in range(5)))
+
+    assert clock.waits == []
+
+
 async def test_max_concurrency_bounds_requests_in_flight(api, make_client):
     in_flight = peak = 0
 
@@ -359,6 +371,10 @@ async def test_with_options_timeouts_and_closing(api, make_client):
         {"timeout": 0},
         {"read_timeout": -1},
         {"connect_timeout": "1"},
+        # Accepted once, then a raw OverflowError at the first call.
+        {"timeout": math.inf},
+        {"connect_timeout": 10**400},
+        {"read_timeout": -(10**5000)},  # a raw ValueError writing the message
         {"max_retries": -1},
         {"max_retries": 1.5},
         {"extra_headers": {"X-N": 1}},

@@ -406,6 +406,8 @@ SETTINGS = st.fixed_dictionaries(
 @example(options={"auth_error_codes": [{}]})  # TypeError
 @example(options={"max_concurrency": None})  # TypeError at the first call
 @example(options={"app_id": "x" * 9000})  # a token request URL of 9 KB
+@example(options={"rate_limit": 10**5000})  # OverflowError making the client
+@example(options={"timeout": 10**5000})  # OverflowError at the first call
 async def test_client_settings_are_checked_when_the_client_is_made(
     options: dict[str, Any], clock: Any
 ) -> None:

@@ -249,6 +249,14 @@ CLIENT_CASES: dict[str, dict[str, Any]] = {
     "timezone unknown": {"timezone": "Mars/Olympus_Mons"},
     "timezone a path": {"timezone": "../../etc/passwd"},
     "timezone an int": {"timezone": 8},
+    # Accepted, then a raw OverflowError at the first call (blamed on the token store).
+    "timeout infinite": {"timeout": math.inf},
+    "timeout beyond any float": {"timeout": 10**5000},
+    "connect_timeout infinite": {"connect_timeout": math.inf},
+    "read_timeout beyond any float": {"read_timeout": 10**400},
+    # A raw ValueError: the message wrote out an integer of 5,000 digits.
+    "read_timeout of 5,000 digits": {"read_timeout": -(10**5000)},
+    "max_response_size of 5,000 digits": {"max_response_size": -(10**5000)},
 }
 
 

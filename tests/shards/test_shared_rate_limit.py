@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from _redis import RedisServer
 
 from dmhub_async import DMHubClient, DMHubError, InvalidRequestError, RedisRateLimiter
+from dmhub_async._shared_rate import _MAX_RATE, _MIN_RATE
 from dmhub_async.testing import DMHubSimulator
 
 pytestmark = pytest.mark.timeout(60)
@@ -71,8 +74,51 @@ async def test_an_unreachable_redis_is_a_dmhub_error_and_nothing_is_sent(tmp_pat
 
 @pytest.mark.parametrize(
     ("url", "rate"),
-    [("redis://x/0", 0), ("redis://x/0", -1), ("redis://x/0", True), ("http://x/", 5)],
+    [
+        ("redis://x/0", 0),
+        ("redis://x/0", -1),
+        ("redis://x/0", True),
+        ("http://x/", 5),
+        # Each a raw OverflowError or ValueError making it, or (1e-300, 1e300, 2**64) a
+        # window Redis refuses at the first call, reported as "cannot be reached".
+        ("redis://x/0", math.inf),
+        ("redis://x/0", 10**5000),
+        ("redis://x/0", -(10**5000)),
+        ("redis://x/0", 1e-320),
+        ("redis://x/0", 1e-300),
+        ("redis://x/0", 1e300),
+        ("redis://x/0", 2**64),
+    ],
+    ids=[
+        *("0", "-1", "True", "http", "inf", "10**5000", "-10**5000"),
+        *("1e-320", "1e-300", "1e300", "2**64"),
+    ],
 )
 def test_bad_settings_are_refused(url: str, rate: float) -> None:
     with pytest.raises(InvalidRequestError):
         RedisRateLimiter(url, rate)
+
+
+@pytest.mark.parametrize(
+    "timeout",
+    [0, -1, "5", math.inf, math.nan, 10**5000],
+    ids=["0", "-1", "a string", "inf", "nan", "10**5000"],
+)
+def test_a_bad_timeout_is_refused(timeout: Any) -> None:
+    with pytest.raises(InvalidRequestError, match="timeout"):
+        RedisRateLimiter("redis://x/0", 5, timeout=timeout)
+
+
+@pytest.mark.parametrize(
+    "rate", [_MIN_RATE, _MAX_RATE, int(_MAX_RATE)], ids=["min", "max", "max int"]
+)
+async def test_the_slowest_and_fastest_rates_taken_are_ones_redis_keeps(
+    redis: RedisServer, rate: float
+) -> None:
+    limiter = RedisRateLimiter(redis.url, rate, key=f"bounds-{rate!r}")
+    try:
+        await asyncio.wait_for(limiter.acquire(), 10)  # a Redis refusal would raise DMHubError
+        if rate > 1:
+            await asyncio.wait_for(limiter.acquire(), 10)  # and within the same second
+    finally:
+        await limiter.aclose()
