@@ -26,10 +26,12 @@ from backoff.types import Details
 from ._exceptions import (
     APIConnectionError,
     DMHubError,
+    InvalidRequestError,
     RateLimitError,
     ResponseDecodeError,
     ServerError,
 )
+from ._validate import check_number, short
 
 __all__ = ["RetryPolicy", "parse_retry_after", "retrying"]
 
@@ -72,6 +74,10 @@ class RetryPolicy:
             :class:`RateLimitError` (its ``retry_after`` says how long the service asked for).
         budget: seconds one call may spend in all (waits included) before it gives up, or None.
         jitter: maps a ceiling to the wait; full jitter (uniform in ``[0, ceiling]``) by default.
+
+    Raises:
+        InvalidRequestError: a bad setting (delays must be finite numbers >= 0; the cap and the
+            budget may be ``inf``), when the policy is made.
     """
 
     max_retries: int = 4
@@ -80,6 +86,21 @@ class RetryPolicy:
     retry_after_cap: float = 60.0
     budget: float | None = 300.0
     jitter: Callable[[float], float] = backoff.full_jitter
+
+    def __attrs_post_init__(self) -> None:
+        # Checked here, not when a call first retries: a bad policy failed, or waited for ever,
+        # only when the service was already failing.
+        check_number("max_retries", self.max_retries, 0, inclusive=True, kind=int)
+        seconds = "a number of seconds"
+        for name in ("initial_delay", "max_delay"):
+            value = getattr(self, name)
+            check_number(name, value, 0, inclusive=True, finite=True, what=seconds)
+        # Unbounded is a choice here: honour any Retry-After, spend any time.
+        check_number("retry_after_cap", self.retry_after_cap, 0, inclusive=True, what=seconds)
+        if self.budget is not None:
+            check_number("budget", self.budget, 0, inclusive=False, what=seconds)
+        if not callable(self.jitter):
+            raise InvalidRequestError(f"jitter must be a function, not {short(self.jitter)}")
 
     def retryable(self, err: BaseException) -> bool:
         """Whether ``err`` is worth another attempt of the same request."""
@@ -99,7 +120,9 @@ class RetryPolicy:
         if retry_after is not None:
             # Honour the service, plus a little jitter so that clients don't stampede together.
             return float(retry_after) + self.jitter(min(1.0, 0.1 * float(retry_after)))
-        ceiling = min(self.max_delay, self.initial_delay * 2 ** (retry - 1))
+        # 2.0 ** 1000 and no further: past 1,024 retries 2 ** (retry - 1) is no float (a raw
+        # OverflowError, for a policy that retries until it works); any delay is capped anyway.
+        ceiling = min(self.max_delay, self.initial_delay * 2.0 ** min(retry - 1, 1000))
         return self.jitter(ceiling)
 
     def waits(self, clock: Callable[[], float]) -> Generator[float, BaseException, None]:

@@ -19,7 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ._exceptions import DMHubError, InvalidRequestError
-from ._validate import check_number
+from ._validate import REDIS_MAX_SECONDS, check_number
 
 __all__ = ["RedisRateLimiter"]
 
@@ -31,7 +31,7 @@ _SPREAD = 0.02
 #: The shared rates Redis can keep: a window of at most 10**15 s (past about 9.2e15 s Redis
 #: refuses its expiry) and at most 10**15 requests in a second (past about 2**57 its script
 #: refuses the count); beyond either, every call failed as if Redis could not be reached.
-_MIN_RATE = 1e-15
+_MIN_RATE = 1 / REDIS_MAX_SECONDS
 _MAX_RATE = 1e15
 
 

@@ -18,6 +18,7 @@ import filelock
 from ._atomic import replace_file
 from ._exceptions import TokenStoreError
 from ._token_stores import LoopLocks, Token
+from ._validate import check_number
 
 __all__ = ["FileTokenStore"]
 
@@ -37,6 +38,10 @@ class FileTokenStore:
     """
 
     def __init__(self, path: str | os.PathLike[str], *, lock_timeout: float = 60.0) -> None:
+        # Finite: filelock reads a negative timeout as "wait for ever".
+        check_number(
+            "lock_timeout", lock_timeout, 0, inclusive=True, finite=True, what="a number of seconds"
+        )
         self.path = Path(path)
         self._lock_timeout = lock_timeout
         self._file_lock = filelock.FileLock(

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import attrs
 
 from ._exceptions import InvalidRequestError, TokenStoreError
+from ._validate import REDIS_MAX_SECONDS, check_number
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -156,6 +157,17 @@ class RedisTokenStore:
         lock_ttl: float = 10.0,
         socket_timeout: float = 10.0,
     ) -> None:
+        seconds = "a number of seconds"
+        check_number("lock_timeout", lock_timeout, 0, inclusive=True, finite=True, what=seconds)
+        check_number("lock_ttl", lock_ttl, 0, inclusive=False, finite=True, what=seconds)
+        if lock_ttl > REDIS_MAX_SECONDS:  # Redis would refuse the lock: every fetch unshared
+            raise InvalidRequestError(
+                f"lock_ttl must be at most {REDIS_MAX_SECONDS:g} s (what Redis keeps), "
+                f"not {lock_ttl:g}"
+            )
+        check_number(
+            "socket_timeout", socket_timeout, 0, inclusive=False, finite=True, what=seconds
+        )
         self._owned = client is None
         if client is None:
             if url is None:

@@ -14,11 +14,13 @@ import reprlib
 import types
 import typing
 from collections.abc import Iterable, Mapping
+from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import quote, urlencode
 
 from yarl import URL
 
+from ._converter.scalars import parse_timestamp
 from ._exceptions import InvalidRequestError
 from .models.customer import CustomerFields
 from .models.gender import Gender
@@ -60,6 +62,9 @@ MAX_JSON_DEPTH = 64
 #: Digits an integer in a body may have (Python's own limit for writing one as text).
 MAX_INT_DIGITS = 4300
 _INT_BOUND = 10**MAX_INT_DIGITS
+#: The longest time Redis keeps a key for: past about 9.2e15 s it refuses the expiry (a lock's
+#: life, a rate limit's window), and the call that sets it fails.
+REDIS_MAX_SECONDS = 1e15
 #: Page numbers and sizes are 32-bit ints on the service's side.
 MAX_PAGE_NUMBER = 2**31 - 1
 
@@ -283,6 +288,27 @@ def check_customer_fields(method: str, fields: Mapping[str, Any] | CustomerField
             )
         if name == "attr" and not all(isinstance(k, str) for k in value):
             raise InvalidRequestError(f"{method}(): attr keys must be strings")
+        if name == "date_join":
+            _check_timestamp(method, name, value)
+
+
+def _check_timestamp(method: str, name: str, value: datetime | str) -> None:
+    """A time the wire can carry (in UTC) and the client can read back, or InvalidRequestError.
+
+    A string went out as it was, and one the client cannot read (``"garbage"``) made the answer
+    to a create unreadable, after the customer was written; a datetime with no UTC form (year 1
+    at +23:00) was a raw OverflowError.
+    """
+    try:
+        if isinstance(value, str):
+            parse_timestamp(check_text(method, name, value))
+        elif value.tzinfo is not None:
+            value.astimezone(timezone.utc)
+    except (ValueError, OverflowError):  # UnicodeError is a ValueError
+        raise InvalidRequestError(
+            f"{method}(): {name} must be a time in UTC's range, as a datetime or a timestamp "
+            f"like 2017-06-01T12:12:12Z, not {short(value)}"
+        ) from None
 
 
 def _is_instance(value: Any, allowed: tuple[type, ...]) -> bool:

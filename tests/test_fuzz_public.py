@@ -371,6 +371,13 @@ FUZZ = settings(
 @example(Call("customers.list", (), {"select": 5}))  # TypeError
 @example(Call("identities.lookup_many", (5,)))  # TypeError
 @example(Call("customers.count", (), {"date_created_from": "9999-12-31T23:59:59-05:00"}))
+@example(
+    Call(
+        "customers.create",
+        (),
+        {"date_join": datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=23)))},
+    )
+)  # OverflowError
 async def test_every_method_sends_well_formed_requests_or_refuses_first(call: Call) -> None:
     await run(call, **fresh_store())
 

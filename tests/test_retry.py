@@ -103,6 +103,18 @@ async def test_waits_double_up_to_max_delay(api, make_client, clock):
     assert clock.waits == [0.5, 1, 2, 3, 3, 3, 3]
 
 
+async def test_a_call_retried_past_a_thousand_times_waits_max_delay(api, make_client, clock):
+    # "Retry until it works": the 1,025th ceiling, 0.5 * 2**1024, was a raw OverflowError.
+    api.get(url("/v1/customers/1"), status=500, repeat=True)
+    dm = make_client(access_token="tok", max_retries=1100, budget=None, max_delay=3.0)
+
+    with pytest.raises(ServerError):
+        await dm.request("GET", "/v1/customers/1")
+
+    assert count(api, "/v1/customers/1") == 1101
+    assert clock.waits[-80:] == [3.0] * 80
+
+
 async def test_each_call_and_each_derived_client_retries_by_its_own_policy(api, make_client, clock):
     # backoff's loop is built at a client's first retry: the calls after it, and a client
     # derived before or after it, still count, wait and give up by their own policy.

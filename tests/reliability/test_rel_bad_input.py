@@ -25,15 +25,18 @@ from hypothesis import strategies as st
 from dmhub_async import (
     APIError,
     DMHubClient,
+    FileTokenStore,
     Identity,
     InvalidRequestError,
     MemoryTokenStore,
     Page,
+    RedisTokenStore,
     ResponseDecodeError,
+    RetryPolicy,
 )
 from dmhub_async._exceptions import coerce_code
 from dmhub_async._sansio import TOKEN_PATH, Request, read_response
-from dmhub_async._validate import FIELD_TYPES, MAX_URL_LENGTH
+from dmhub_async._validate import FIELD_TYPES, MAX_URL_LENGTH, short
 from dmhub_async.export import export_customers
 from dmhub_async.testing import DMHubSimulator
 
@@ -152,6 +155,19 @@ CASES: dict[str, Call] = {
     "count: aware datetime.max": lambda dm: dm.customers.count(
         last_updated_to=datetime.max.replace(tzinfo=timezone(timedelta(hours=-1)))
     ),
+    # Sent as it was: the customer was written, and its answer could not be read.
+    "create: date_join not a timestamp": lambda dm: dm.customers.create(date_join="garbage"),
+    "update: date_join a lone surrogate": lambda dm: dm.customers.update(1, date_join="\udcff"),
+    # A raw OverflowError (found by the fuzz test run at random): no such time in UTC.
+    "create: date_join before year 1 in UTC": lambda dm: dm.customers.create(
+        date_join=datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=23)))
+    ),
+    "update: date_join after year 9999 in UTC": lambda dm: dm.customers.update(
+        1, date_join=datetime.max.replace(tzinfo=timezone(timedelta(hours=-1)))
+    ),
+    "upsert: date_join after year 9999 in UTC": lambda dm: dm.customers.create_with_identities(
+        [OK], date_join=datetime.max.replace(tzinfo=timezone(timedelta(hours=-1)))
+    ),
     "get: an id of 5,000 digits": lambda dm: dm.customers.get(10**5000),
     "list: page_size of 400 digits": lambda dm: dm.customers.list(page_size=10**400),
     "list: concurrency a million": lambda dm: dm.customers.list(concurrency=10**6),
@@ -204,6 +220,19 @@ async def test_bad_input_is_refused_before_any_request(
         with pytest.raises(expected or InvalidRequestError):
             await invoke(CASES[name](dm))
     assert sim.counters.total == 0  # not even the token request
+
+
+@pytest.mark.parametrize(
+    "date_join",
+    ["2017-06-01T20:12:12+08:00", "2017-06-01T12:12:12Z", datetime(2017, 6, 1, 12, 12, 12)],
+    ids=["a timestamp at +08:00", "a timestamp in UTC", "a naive datetime (UTC)"],
+)
+async def test_a_date_join_the_client_can_read_is_sent(
+    sim: DMHubSimulator, connect: Callable[..., DMHubClient], date_join: Any
+) -> None:
+    async with connect(sim) as dm:
+        created = await dm.customers.create(name="x", date_join=date_join)
+    assert created.date_join == datetime(2017, 6, 1, 12, 12, 12, tzinfo=timezone.utc)
 
 
 def nested(depth: int) -> dict[str, Any]:
@@ -269,6 +298,48 @@ def test_bad_client_settings_are_refused(
     settings = {"app_id": "a", "secret": "s", "token_store": MemoryTokenStore(), **kwargs}
     with pytest.raises(InvalidRequestError):
         DMHubClient(**settings)
+
+
+BIG = 10**5000  # no float holds it, and writing it in a message raises ValueError
+#: The settings of the public helpers a client is given: each took anything, and failed (or
+#: waited for ever, or never) when the client used it.
+HELPER_CASES: dict[str, Callable[[], object]] = {
+    **{
+        f"RetryPolicy {name}={label}": (lambda n=name, v=value: RetryPolicy(**{n: v}))
+        for name, values in {
+            "max_retries": [-1, 1.5, "1", None, -BIG],
+            "initial_delay": [-1, math.inf, math.nan, "1", None, BIG],
+            "max_delay": [-1, math.inf, math.nan, "1", None, -BIG],
+            "retry_after_cap": [-1, math.nan, "1", None, -BIG],
+            "budget": [0, -1, math.nan, "1", -BIG],
+            "jitter": [None, 5],
+        }.items()
+        for label, value in ((short(v), v) for v in values)
+    },
+    **{
+        f"RedisTokenStore {name}={label}": (
+            lambda n=name, v=value: RedisTokenStore("redis://127.0.0.1:1/0", **{n: v})
+        )
+        for name, values in {
+            "lock_timeout": [-1, math.inf, math.nan, "1", BIG],
+            "lock_ttl": [0, -1, math.inf, math.nan, "1", 1e300, BIG],
+            "socket_timeout": [0, -1, math.inf, math.nan, "1", BIG],
+        }.items()
+        for label, value in ((short(v), v) for v in values)
+    },
+    **{
+        f"FileTokenStore lock_timeout={label}": (
+            lambda v=value: FileTokenStore("tokens.json", lock_timeout=v)
+        )
+        for label, value in ((short(v), v) for v in [-1, math.inf, math.nan, "1", None, BIG, -BIG])
+    },
+}
+
+
+@pytest.mark.parametrize("make", list(HELPER_CASES.values()), ids=list(HELPER_CASES))
+def test_bad_settings_of_the_helpers_are_refused(make: Callable[[], object]) -> None:
+    with pytest.raises(InvalidRequestError):
+        make()
 
 
 EXPORT_CASES: dict[str, dict[str, Any]] = {
