@@ -15,6 +15,7 @@ from typing_extensions import Unpack
 from .._auth import normalise_base_url
 from .._exceptions import InvalidRequestError
 from .._pagination import AsyncPaginator
+from .._validate import short
 from ..resources.customers import CustomerFilters, customer_filter_params
 from ._checkpoint import Checkpoint, ExportScope
 from ._ids import IdSet
@@ -78,12 +79,11 @@ async def export_customers(
     """
     started = time.monotonic()
     if verify not in ("auto", "always"):
-        raise InvalidRequestError(f"verify must be 'auto' or 'always', not {verify!r}")
+        raise InvalidRequestError(f"verify must be 'auto' or 'always', not {short(verify)}")
     target, fmt, scope, checkpoint_path = _plan(
         client, dest, format, encoding, checkpoint, dict(filters)
     )
-    # Built (and so checked: page_size, concurrency) before any request or file is touched.
-    client.customers.list_rows(page_size=page_size, concurrency=concurrency, **filters)
+    check_run(client, page_size, concurrency, ("on_progress", on_progress), **filters)
     out = Output(target, checkpoint_path, scope)
     try:
         label = str(target) if isinstance(target, Path) else str(getattr(target, "name", "-"))
@@ -102,6 +102,24 @@ async def export_customers(
     return report
 
 
+def check_run(
+    client: DMHubClient,
+    page_size: int,
+    concurrency: int,
+    callback: tuple[str, object],
+    **filters: Any,
+) -> None:
+    """The walk's settings and a progress callback, checked before any request or file.
+
+    A bad callback was a raw TypeError at the first progress, with pages already written.
+    """
+    # Built, not walked: the walk checks page_size, concurrency and the filters as it is made.
+    client.customers.list_rows(page_size=page_size, concurrency=concurrency, **filters)
+    name, function = callback
+    if function is not None and not callable(function):
+        raise InvalidRequestError(f"{name} must be a function, not {short(function)}")
+
+
 def _plan(
     client: DMHubClient,
     dest: str | os.PathLike[str] | IO[bytes],
@@ -117,7 +135,7 @@ def _plan(
     fmt = _format_of(Path(dest).suffix if isinstance(dest, (str, os.PathLike)) else "", format)
     if encoding not in ("utf-8", "utf-8-sig") or (encoding != "utf-8" and fmt != "csv"):
         raise InvalidRequestError(
-            f"encoding must be 'utf-8' (or 'utf-8-sig' for CSV), not {encoding!r} for {fmt}"
+            f"encoding must be 'utf-8' (or 'utf-8-sig' for CSV), not {short(encoding)} for {fmt}"
         )
     if not isinstance(dest, (str, os.PathLike)):
         if isinstance(dest, io.TextIOBase) or not callable(getattr(dest, "write", None)):
@@ -131,6 +149,8 @@ def _plan(
     # Fails early on an unwritable output or checkpoint, before any request: a failure after
     # the walk would lose it all.
     check_path(path, "output")
+    if checkpoint is not None and not isinstance(checkpoint, (str, os.PathLike)):
+        raise InvalidRequestError(f"checkpoint must be a path, not {type(checkpoint).__name__}")
     checkpoint_path = Path(checkpoint) if checkpoint is not None else None
     if checkpoint_path is not None:
         check_path(checkpoint_path, "checkpoint")
@@ -152,7 +172,7 @@ def _format_of(suffix: str, format: str | None) -> Format:
     if format is None:
         format = "csv" if suffix.lower() == ".csv" else "jsonl"
     if format not in ("jsonl", "csv"):
-        raise InvalidRequestError(f"format must be 'jsonl' or 'csv', not {format!r}")
+        raise InvalidRequestError(f"format must be 'jsonl' or 'csv', not {short(format)}")
     return "csv" if format == "csv" else "jsonl"
 
 

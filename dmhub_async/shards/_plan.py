@@ -23,6 +23,7 @@ import attrs
 
 from .._exceptions import InvalidRequestError
 from .._query_time import query_time, warn_naive
+from .._validate import short
 
 if TYPE_CHECKING:
     from .._client import DMHubClient
@@ -165,6 +166,18 @@ def _bound(name: str, value: Any, zone: tzinfo | None) -> int | None:
     return _seconds(datetime.fromisoformat(_utc(name, value, zone, end=name.endswith("_to"))))
 
 
+def _newest(now: datetime | None) -> int:
+    """The second after ``now`` (the clock's now), or InvalidRequestError before any request."""
+    if now is None:
+        now = datetime.now(timezone.utc)
+    elif not isinstance(now, datetime):
+        raise InvalidRequestError(f"plan_shards(): now must be a datetime, not {short(now)}")
+    try:
+        return _seconds(now.astimezone(timezone.utc)) + 1
+    except (OverflowError, ValueError):  # year 1 at +23:00 has no UTC form
+        raise InvalidRequestError(f"plan_shards(): now {short(now)} has no time in UTC") from None
+
+
 async def plan_shards(
     client: DMHubClient,
     n: int,
@@ -198,10 +211,10 @@ async def plan_shards(
     hi = hi_inclusive + 1 if hi_inclusive is not None else None
     if lo is not None and hi is not None and hi <= lo:
         raise InvalidRequestError("plan_shards(): date_created_to is before date_created_from")
+    newest = _newest(now)
     # Checked by the resource before the first request: a bad filter sends nothing.
     probe = _Probe(client, safe, lo)
     total = await probe.count_before(hi)
-    newest = _seconds((now or datetime.now(timezone.utc)).astimezone(timezone.utc)) + 1
     top = hi if hi is not None else newest + 1
     bottom = lo if lo is not None else 0
     edges = await _edges(probe, n, total, bottom, top) if n > 1 and total > 0 else []

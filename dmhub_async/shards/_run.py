@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .._exceptions import DMHubError, InvalidRequestError
+from .._validate import short
 from ..export import ExportProgress, ExportReport, export_customers
+from ..export._export import check_run
 from ._manifest import Manifest, ShardOutcome, checkpoint_name
 from ._plan import Shard, manifest_filters, plan_shards
 
@@ -107,7 +109,7 @@ async def prepare(
     keeps its window, its file and its checkpoint.
     """
     if format not in ("jsonl", "csv"):
-        raise InvalidRequestError(f"format must be 'jsonl' or 'csv', not {format!r}")
+        raise InvalidRequestError(f"format must be 'jsonl' or 'csv', not {short(format)}")
     where = Path(directory)
     recorded = manifest_filters(filters, client.timezone)
     existing = _manifest_in(where)
@@ -206,6 +208,9 @@ async def export_sharded(
     """
     if isinstance(parallel, bool) or not isinstance(parallel, int) or parallel < 1:
         raise InvalidRequestError("export_sharded(): parallel must be an int >= 1")
+    # Before the plan: a bad one was planned, then failed in every shard (or at the first
+    # progress, a raw TypeError).
+    check_run(client, page_size, concurrency, ("on_total", on_total))
     manifest = await prepare(client, directory, shards, format=format, **filters)
     where = Path(directory)
     bar = ProgressBar(progress, manifest, on_total)

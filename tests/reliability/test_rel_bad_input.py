@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 
 from dmhub_async import (
     APIError,
+    CustomerFilters,
     DMHubClient,
     FileTokenStore,
     Identity,
@@ -348,6 +349,14 @@ EXPORT_CASES: dict[str, dict[str, Any]] = {
     "unknown filter": {"stag": "lead"},
     "bad gender": {"gender": 7},
     "no such directory": {"dest": "no/such/dir/out.jsonl"},
+    # A raw TypeError, the first two after the walk had begun (a page written, requests sent).
+    "on_progress an int": {"on_progress": 5},
+    "on_progress a str": {"on_progress": "x"},
+    "checkpoint an int": {"checkpoint": 5},
+    # A raw ValueError: the message wrote out an integer of 5,000 digits.
+    "verify of 5,000 digits": {"verify": BIG},
+    "format of 5,000 digits": {"format": BIG},
+    "encoding of 5,000 digits": {"encoding": BIG},
 }
 
 
@@ -364,8 +373,11 @@ async def test_bad_export_input_is_refused_before_any_request(
     sim: DMHubSimulator, connect: Callable[..., DMHubClient], tmp_path: Path, kwargs: Any
 ) -> None:
     dest = tmp_path / kwargs.pop("dest", "out.jsonl")
+    # An unknown keyword is a TypeError, as Python's own; any other bad value our error.
+    known = {*inspect.signature(export_customers).parameters, *CustomerFilters.__annotations__}
+    expected = TypeError if set(kwargs) - known else InvalidRequestError
     async with connect(sim) as dm:
-        with pytest.raises((InvalidRequestError, TypeError)):
+        with pytest.raises(expected):
             await export_customers(dm, dest, progress=False, **kwargs)
     assert sim.counters.total == 0
     assert files_in(tmp_path) == []  # nothing written, nothing left behind

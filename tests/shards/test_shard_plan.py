@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import AsyncIterator
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -126,7 +127,17 @@ async def test_a_shard_survives_json(sim: DMHubSimulator, dm: DMHubClient) -> No
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"n": 0}, {"n": 10_000}, {"n": "4"}, {"n": 2, "sort_by": "id"}, {"n": 2, "stage": 5}],
+    [
+        {"n": 0},
+        {"n": 10_000},
+        {"n": "4"},
+        {"n": 2, "sort_by": "id"},
+        {"n": 2, "stage": 5},
+        # Raw errors after the first count was sent: AttributeError, OverflowError.
+        {"n": 2, "now": 5},
+        {"n": 2, "now": datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=23)))},
+    ],
+    ids=["n 0", "n 10,000", "n a str", "sort_by", "stage an int", "now an int", "now year 0"],
 )
 async def test_bad_input_sends_nothing(
     sim: DMHubSimulator, dm: DMHubClient, kwargs: dict[str, object]
@@ -134,6 +145,35 @@ async def test_bad_input_sends_nothing(
     with pytest.raises(InvalidRequestError):
         await plan_shards(dm, **kwargs)  # type: ignore[arg-type]
     assert dm.stats.requests == 0
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        # Planned (counts sent, a manifest written), then every shard failed with the error.
+        {"page_size": 0},
+        {"concurrency": "1"},
+        # A raw TypeError at the first progress, after the plan.
+        {"on_total": 5},
+        # A raw ValueError: the message wrote out an integer of 5,000 digits.
+        {"format": 10**5000},
+        {"parallel": 0},
+    ],
+    ids=[
+        "page_size 0",
+        "concurrency a str",
+        "on_total an int",
+        "format 5,000 digits",
+        "parallel 0",
+    ],
+)
+async def test_a_sharded_export_with_bad_input_sends_and_writes_nothing(
+    sim: DMHubSimulator, dm: DMHubClient, tmp_path: Path, kwargs: dict[str, Any]
+) -> None:
+    with pytest.raises(InvalidRequestError):
+        await export_sharded(dm, tmp_path / "out", 2, progress=False, **kwargs)
+    assert dm.stats.requests == 0
+    assert not (tmp_path / "out").exists()
 
 
 async def test_a_rerun_takes_up_the_plan_in_the_directory(
