@@ -204,8 +204,10 @@ def check_number(
     kind: type = float,
     finite: bool = False,
     what: str | None = None,
+    high: float | None = None,
 ) -> None:
-    """A setting that is a number (``kind`` int: an int) above ``low`` (or at it, ``inclusive``).
+    """A setting that is a number (``kind`` int: an int) above ``low`` (or at it, ``inclusive``),
+    and at most ``high`` if given.
 
     ``finite``: a float must hold it and it is not infinite; a timeout beyond that made the
     first call fail with a raw OverflowError. ``what`` names the number (``"a number of
@@ -222,6 +224,8 @@ def check_number(
         raise InvalidRequestError(f"{name} must be {bound} {low}, not {short(value)}")
     if finite and not _finite(number):
         raise InvalidRequestError(f"{name} must be finite, not {short(value)}")
+    if high is not None and number > high:
+        raise InvalidRequestError(f"{name} must be <= {high:g}, not {short(value)}")
 
 
 def _finite(number: float) -> bool:

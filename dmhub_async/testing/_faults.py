@@ -8,6 +8,8 @@ from collections import Counter, deque
 from collections.abc import Iterable
 from fnmatch import fnmatchcase
 
+from .._validate import check_number
+
 #: Every fault kind the simulator knows, by the name used in scripts and counters.
 FAULT_KINDS: frozenset[str] = frozenset(
     {
@@ -62,6 +64,12 @@ class Faults:
         drop_resent: bool = True,
         seed: int | None = 0,
     ) -> None:
+        check_number("rate", rate, 0, inclusive=True, what="a share from 0 to 1", high=1)
+        seconds = "a number of seconds"
+        check_number("latency", latency, 0, inclusive=True, finite=True, what=seconds)
+        check_number("latency_jitter", latency_jitter, 0, inclusive=True, finite=True, what=seconds)
+        # A header value: a whole number of seconds that can be written out.
+        check_number("retry_after", retry_after, 0, inclusive=True, kind=int, high=2**31 - 1)
         self.rate = rate
         self.kinds = tuple(kinds)
         self.latency = latency

@@ -9,12 +9,16 @@ from typing import Any
 
 from aiohttp import web
 
+from .._validate import check_number
 from ._app import build_app
 from ._faults import Counters, Faults
 from ._fields import Row
 from ._state import RequestHook, SimulatorState
 from ._store import CustomerStore
 from ._tokens import TokenIssuer
+
+#: The most customers a simulator seeds: about 60 bytes and half a microsecond each.
+MAX_CUSTOMERS = 100_000_000
 
 
 class DMHubSimulator:
@@ -40,6 +44,13 @@ class DMHubSimulator:
         clock: Callable[[], float] = time.time,
         faults: Faults | None = None,
     ) -> None:
+        # Checked here: a bad one served nonsense (no rows a page, a token dead on arrival) or
+        # failed later with a raw error (OverflowError binding port 70000).
+        # At most 100 million: some 60 bytes each (6 GB), and a minute to seed.
+        check_number("customers", customers, 0, inclusive=True, kind=int, high=MAX_CUSTOMERS)
+        check_number("page_cap", page_cap, 1, inclusive=True, kind=int)
+        check_number("token_ttl", token_ttl, 0, inclusive=False, finite=True, what="seconds")
+        check_number("port", port, 0, inclusive=True, kind=int, high=65535)
         store = CustomerStore(seed, clock)
         store.seed(customers)
         self.state = SimulatorState(
@@ -88,6 +99,7 @@ class DMHubSimulator:
 
     @page_cap.setter
     def page_cap(self, rows: int) -> None:
+        check_number("page_cap", rows, 1, inclusive=True, kind=int)
         self.state.page_cap = rows
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -171,6 +183,8 @@ class DMHubSimulator:
 
     def add_customers(self, n: int) -> None:
         """Seed ``n`` more customers, with ids above all existing ones."""
+        room = MAX_CUSTOMERS - len(self.store)
+        check_number("add_customers(): n", n, 0, inclusive=True, kind=int, high=max(room, 0))
         self.store.seed(n)
 
     def insert_customer(self, fields: Mapping[str, Any], *, customer_id: int | None = None) -> Row:

@@ -38,6 +38,19 @@ _DECODED_CACHE = 50_000
 _FOUND_CACHE = 8
 
 
+#: Words drawn at once when seeding (32 MB): randbytes draws at most 2**31 bits at a time, and
+#: seeding 33 million customers in one draw was a raw OverflowError.
+_CHUNK_WORDS = 1 << 22
+
+
+def _random_words(rng: random.Random, n: int) -> array[int]:
+    """``n`` random 64-bit words, the same as one ``randbytes(8 * n)``, drawn in chunks."""
+    words = array("Q")
+    for done in range(0, n, _CHUNK_WORDS):
+        words.frombytes(rng.randbytes(8 * min(_CHUNK_WORDS, n - done)))
+    return words
+
+
 class CustomerStore:
     """All customers of one simulator, in id order, with the lookups the API needs."""
 
@@ -76,10 +89,8 @@ class CustomerStore:
             return
         self._version += 1
         start = len(self._gid)
-        ga = array("Q")
-        ga.frombytes(self._rng.randbytes(8 * n))
-        gb = array("Q")
-        gb.frombytes(self._rng.randbytes(8 * n))
+        ga = _random_words(self._rng, n)
+        gb = _random_words(self._rng, n)
         ids = array("q", accumulate((1 + (a & 3) for a in ga), initial=self._last_id))[1:]
         self._last_id = ids[-1]
         self._ga.extend(ga)

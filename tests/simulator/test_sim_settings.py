@@ -1,0 +1,79 @@
+"""The simulator's settings: a bad one is refused when it is made, with what was wrong.
+
+Each case below was taken before (and served nonsense: a page of none, a token dead on
+arrival, a fault rate of 2) or failed later with a raw error (``OverflowError`` binding port
+70000 or seeding a billion customers, ``ValueError`` writing a Retry-After of 5,000 digits).
+"""
+
+from __future__ import annotations
+
+import math
+from array import array
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from dmhub_async import InvalidRequestError
+from dmhub_async.testing import DMHubSimulator, Faults, _store
+
+BIG = 10**5000
+
+CASES: dict[str, Callable[[], object]] = {
+    "customers -1": lambda: DMHubSimulator(-1),
+    "customers 2.5": lambda: DMHubSimulator(2.5),  # type: ignore[arg-type]
+    "customers of 5,000 digits": lambda: DMHubSimulator(BIG),  # it seeded until memory ran out
+    "customers a billion": lambda: DMHubSimulator(10**9),  # 60 GB, an OverflowError at 33 M
+    "page_cap 0": lambda: DMHubSimulator(page_cap=0),
+    "page_cap a str": lambda: DMHubSimulator(page_cap="5"),  # type: ignore[arg-type]
+    "token_ttl 0": lambda: DMHubSimulator(token_ttl=0),
+    "token_ttl NaN": lambda: DMHubSimulator(token_ttl=math.nan),
+    "token_ttl inf": lambda: DMHubSimulator(token_ttl=math.inf),
+    "add_customers -1": lambda: DMHubSimulator().add_customers(-1),
+    "add_customers of 5,000 digits": lambda: DMHubSimulator().add_customers(BIG),
+    "add_customers past the most": lambda: DMHubSimulator(10).add_customers(100_000_000),
+    "page_cap set to 0": lambda: setattr(DMHubSimulator(), "page_cap", 0),
+    "port 70000": lambda: DMHubSimulator(port=70000),
+    "port -1": lambda: DMHubSimulator(port=-1),
+    "port a str": lambda: DMHubSimulator(port="80"),  # type: ignore[arg-type]
+    "fault rate 2": lambda: Faults(rate=2),
+    "fault rate -1": lambda: Faults(rate=-1),
+    "fault rate NaN": lambda: Faults(rate=math.nan),
+    "latency -1": lambda: Faults(latency=-1),
+    "latency inf": lambda: Faults(latency=math.inf),
+    "latency_jitter -1": lambda: Faults(latency_jitter=-1),
+    "retry_after -1": lambda: Faults(retry_after=-1),
+    "retry_after 2.5": lambda: Faults(retry_after=2.5),  # type: ignore[arg-type]
+    "retry_after of 5,000 digits": lambda: Faults(retry_after=BIG),
+}
+
+
+@pytest.mark.parametrize("make", list(CASES.values()), ids=list(CASES))
+def test_a_bad_setting_is_refused_when_made(make: Callable[[], object]) -> None:
+    with pytest.raises(InvalidRequestError):  # a ValueError
+        make()
+
+
+def test_seeding_in_chunks_gives_the_customers_of_one_draw(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Seeded in chunks so that no draw passes randbytes' limit (2**31 bits: 33 million
+    # customers at once); the chunks must not change what a seed gives.
+    whole = DMHubSimulator(50, seed=7).store
+    monkeypatch.setattr(_store, "_CHUNK_WORDS", 3)
+    chunked = DMHubSimulator(50, seed=7).store
+    assert chunked.ids() == whole.ids()
+    assert [chunked.get(i) for i in chunked.ids()] == [whole.get(i) for i in whole.ids()]
+
+
+def test_the_seeded_words_are_drawn_in_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    drawn: list[int] = []
+    real = _store.random.Random.randbytes
+
+    def randbytes(self: Any, n: int) -> bytes:
+        drawn.append(n)
+        return real(self, n)
+
+    monkeypatch.setattr(_store.random.Random, "randbytes", randbytes)
+    monkeypatch.setattr(_store, "_CHUNK_WORDS", 4)
+    DMHubSimulator(10, seed=1)
+    assert drawn == [32, 32, 16] * 2  # ga, then gb: 4 + 4 + 2 words of 8 bytes each
+    assert isinstance(DMHubSimulator(3).store._ga, array)
