@@ -25,7 +25,8 @@ from _cli_support import (
 )
 
 from dmhub_async import __version__
-from dmhub_async.cli import _report, main
+from dmhub_async.cli import _parser, _report, main
+from dmhub_async.testing._simulator import MAX_CUSTOMERS
 
 
 @pytest.fixture
@@ -78,6 +79,12 @@ def test_every_help_shows_defaults_an_example_and_the_exit_codes(
     [
         (["simulate", "--port", "70000"], ("--port", "65535")),
         (["simulate", "--latency-ms", "-1"], ("--latency-ms",)),
+        # Taken: the demo then waited for ever on its first answer.
+        (["demo", "--latency-ms", "inf"], ("--latency-ms", "finite")),
+        (["simulate", "--fault-rate", "nan"], ("--fault-rate",)),
+        # Not a usage error: the simulator's own, after the flags were read.
+        (["demo", "--customers", "1000000000"], ("--customers", "100000000")),
+        (["simulate", "--customers", "-1"], ("--customers",)),
         (["export", "--out", "x.jsonl", "--concurrency", "65"], ("--concurrency", "64")),
         (["lookup", "--in", "a", "--out", "b", "--concurrency", "100000"], ("--concurrency",)),
         (["export", "--out", "x.jsonl", "--page-size", "101"], ("--page-size", "100")),
@@ -96,6 +103,10 @@ def test_values_out_of_range_are_usage_errors(
     assert line.startswith("dmhub-async: error: ")
     for word in words:
         assert word in line
+
+
+def test_the_flags_seed_what_the_simulator_takes() -> None:
+    assert _parser.MAX_SEEDED == MAX_CUSTOMERS
 
 
 def test_progress_lines_say_done_total_rate_and_eta() -> None:

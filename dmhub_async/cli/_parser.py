@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import zoneinfo
 from collections.abc import Callable
 from typing import NoReturn
@@ -56,6 +57,11 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"dmhub-async: error: {message} (see {self.prog} --help)\n")
 
 
+#: The simulator's MAX_CUSTOMERS, without importing it (and aiohttp.web) to read the flags;
+#: tests/test_cli_usage.py holds the two equal.
+MAX_SEEDED = 100_000_000
+
+
 def _int_in(low: int, high: int | None = None) -> Callable[[str], int]:
     def parse(text: str) -> int:
         try:
@@ -79,6 +85,8 @@ def _float_in(low: float, high: float | None = None) -> Callable[[str], float]:
         if not value >= low or (high is not None and value > high):
             span = f"at least {low}" if high is None else f"from {low} to {high}"
             raise argparse.ArgumentTypeError(f"must be {span}, not {text}")
+        if not math.isfinite(value):  # --latency-ms inf: the demo waited for ever
+            raise argparse.ArgumentTypeError(f"must be a finite number, not {text}")
         return value
 
     return parse
@@ -255,7 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument(
         "--port", type=_int_in(0, 65535), default=8080, help="0 picks a free port"
     )
-    simulate.add_argument("--customers", type=_int_in(0), default=10_000, help="seeded customers")
+    simulate.add_argument(
+        "--customers", type=_int_in(0, MAX_SEEDED), default=10_000, help="seeded customers"
+    )
     simulate.add_argument(
         "--latency-ms", type=_float_in(0.0), default=0.0, help="added to every answer"
     )
@@ -269,7 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
         "export a seeded in-process simulator, with simulated network latency",
         "dmhub-async demo --customers 5000 --latency-ms 0",
     )
-    demo.add_argument("--customers", type=_int_in(0), default=20_000, help="seeded customers")
+    demo.add_argument(
+        "--customers", type=_int_in(0, MAX_SEEDED), default=20_000, help="seeded customers"
+    )
     demo.add_argument("--out", default="dmhub-demo.jsonl", help="the output file")
     demo.add_argument(
         "--force", action="store_true", help="overwrite --out if it exists (a regular file)"
