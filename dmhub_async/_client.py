@@ -27,7 +27,7 @@ from ._query_time import zone_setting
 from ._retry import RetryPolicy
 from ._sansio import DEFAULT_AUTH_ERROR_CODES, APIResponse
 from ._session import ClientStats, Session
-from ._validate import check_number, check_settings
+from ._validate import check_number, check_request, check_settings
 from .resources.customer_statistics import CustomerStatisticsResource
 from .resources.customers import Customers
 from .resources.identities import Identities
@@ -269,14 +269,20 @@ class DMHubClient:
     ) -> Any:
         """Send one API call with retries, and return its decoded JSON body (None for 204).
 
+        ``method`` is one of GET, POST, PUT, PATCH and DELETE; ``path`` starts with ``/`` and
+        is joined to the client's ``base_url``; ``params`` values are strings (or ints).
+
         Raises:
+            InvalidRequestError: a call that cannot be sent as it is (an unknown method, a path
+                to another host, NaN in ``json``, a URL over 8 KB...), before anything is sent.
             APIError: the service answered with an error (a subclass says which).
             APIConnectionError: no answer, after the retries the policy allows.
         """
+        method, query = check_request(method, path, params, json)
         return await self._session.request(
             method,
             path,
-            params=params,
+            params=query,
             json=json,
             idempotent=idempotent,
             not_found_codes=not_found_codes,

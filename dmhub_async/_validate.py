@@ -37,6 +37,7 @@ __all__ = [
     "check_number",
     "check_paging",
     "check_query",
+    "check_request",
     "check_settings",
     "check_text",
     "query_length",
@@ -57,6 +58,11 @@ MAX_QUERY_LENGTH = 6144
 #: Bytes (percent-encoded) a credential or the base URL may take: with the query above,
 #: the path and the paging parameters, a URL stays under MAX_URL_LENGTH.
 MAX_SETTING_LENGTH = 512
+#: Bytes (percent-encoded) the path of a ``DMHubClient.request`` may take, within the 1.5 KB
+#: of MAX_URL_LENGTH that the base URL and the query leave.
+MAX_PATH_LENGTH = 1024
+#: The methods ``DMHubClient.request`` sends (the API's, docs/contract.md).
+METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE"})
 #: Nesting a body may have: custom fields are flat in practice; a cycle is refused by it.
 MAX_JSON_DEPTH = 64
 #: Digits an integer in a body may have (Python's own limit for writing one as text).
@@ -109,6 +115,51 @@ def check_query(method: str, params: Mapping[str, str]) -> None:
             f"{method}(): the filters take {length} bytes of URL; at most {MAX_QUERY_LENGTH}"
             f" (a URL is kept under {MAX_URL_LENGTH} bytes)"
         )
+
+
+def check_request(
+    method: object, path: object, params: object, json: Any
+) -> tuple[str, dict[str, str] | None]:
+    """``DMHubClient.request``'s call: its method (upper case) and its query as strings.
+
+    The typed methods check their own input; this is the escape hatch's, so that it too sends
+    a well-formed request or nothing: a known method, a path on the client's service, a query
+    and a body that can be sent exactly, a URL under :data:`MAX_URL_LENGTH`.
+    """
+    if not isinstance(method, str) or method.upper() not in METHODS:
+        raise InvalidRequestError(
+            f"request(): method must be one of {', '.join(sorted(METHODS))}, not {short(method)}"
+        )
+    if not isinstance(path, str) or not path.startswith("/") or path.startswith("//"):
+        # No other host: "//host/x" or "http://host/x" would not be the client's service.
+        raise InvalidRequestError(
+            f"request(): path must be a str starting with one /, like '/v1/customers', "
+            f"not {short(path)}"
+        )
+    check_text("request", "path", path)
+    if any(c < " " or c == "\x7f" for c in path):
+        raise InvalidRequestError("request(): path holds a control character")
+    if len(quote(path, safe="/")) > MAX_PATH_LENGTH:
+        raise InvalidRequestError(f"request(): path is longer than {MAX_PATH_LENGTH} bytes")
+    query: dict[str, str] | None = None
+    if params is not None:
+        if not isinstance(params, Mapping):
+            raise InvalidRequestError(f"request(): params must be a mapping, not {short(params)}")
+        query = {}
+        for name, value in params.items():
+            if not isinstance(name, str):
+                raise InvalidRequestError(f"request(): a param name must be a str: {short(name)}")
+            if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() < 64:
+                value = str(value)
+            if not isinstance(value, str):
+                raise InvalidRequestError(
+                    f"request(): param {name!r} must be a str or a 64-bit int, not {short(value)}"
+                )
+            query[name] = value
+        check_query("request", query)
+    if json is not None:
+        check_json("request", "json", json)
+    return method.upper(), query
 
 
 def check_json(method: str, what: str, value: Any) -> None:

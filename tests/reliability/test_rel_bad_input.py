@@ -156,6 +156,31 @@ CASES: dict[str, Call] = {
     "count: aware datetime.max": lambda dm: dm.customers.count(
         last_updated_to=datetime.max.replace(tzinfo=timezone(timedelta(hours=-1)))
     ),
+    # DMHubClient.request, the escape hatch: each was sent (a NaN body, a 9 KB URL, a method
+    # the service does not know, a path with a line break), or raised a raw error.
+    "request: method an int": lambda dm: dm.request(5, "/v1/customers/count"),
+    "request: method FOO": lambda dm: dm.request("FOO", "/v1/customers/count"),
+    "request: method with a space": lambda dm: dm.request("GET /x", "/v1/customers/count"),
+    "request: path without a slash": lambda dm: dm.request("GET", "v1/customers/count"),
+    "request: path an int": lambda dm: dm.request("GET", 5),
+    "request: path another host": lambda dm: dm.request("GET", "//evil.example/v1/customers"),
+    "request: path a URL": lambda dm: dm.request("GET", "http://evil.example/v1/customers"),
+    "request: path with a line break": lambda dm: dm.request("GET", "/v1/customers\r\nX: y"),
+    "request: path a lone surrogate": lambda dm: dm.request("GET", "/v1/\udcff"),
+    "request: path of 9 KB": lambda dm: dm.request("GET", "/v1/" + "x" * 9000),
+    "request: params not a mapping": lambda dm: dm.request("GET", "/v1/customers", params=5),
+    "request: params a bool": lambda dm: dm.request("GET", "/v1/customers", params={"a": True}),
+    "request: params of 5,000 digits": lambda dm: dm.request(
+        "GET", "/v1/customers", params={"a": 10**5000}
+    ),
+    "request: params of 9 KB": lambda dm: dm.request(
+        "GET", "/v1/customers", params={"a": "x" * 9000}
+    ),
+    "request: json NaN": lambda dm: dm.request("POST", "/v1/customers", json={"a": math.nan}),
+    "request: json a set": lambda dm: dm.request("POST", "/v1/customers", json={"a": {1}}),
+    "request: json of 5,000 digits": lambda dm: dm.request(
+        "POST", "/v1/customers", json={"a": 10**5000}
+    ),
     # Sent as it was: the customer was written, and its answer could not be read.
     "create: date_join not a timestamp": lambda dm: dm.customers.create(date_join="garbage"),
     "update: date_join a lone surrogate": lambda dm: dm.customers.update(1, date_join="\udcff"),
