@@ -25,6 +25,7 @@ from .._validate import (
     check_identities,
     check_json,
     check_text,
+    short,
 )
 from ..models.customer import Customer, CustomerFields
 from ..models.identity import Identity
@@ -176,7 +177,8 @@ class Customers(Resource):
             start_page: the first page; resume a walk with its ``checkpoint``.
             max_items: stop after this many customers.
             concurrency: pages fetched at once (yielded in order all the same).
-            resume_after: with an id sort, the last id a previous walk yielded.
+            resume_after: the last id a previous walk yielded (the id sort only: another sort
+                cannot tell where a walk stopped, and is refused with it).
             **filters: ``stage``, ``source``, ``mobile``, ``email``, ``gender``, ``id_list``,
                 ``date_created_from``/``_to``, ``last_updated_from``/``_to``, ``select``,
                 ``sort_by`` (default ``"id"``), ``sort_order`` (``"asc"`` or ``"desc"``).
@@ -234,6 +236,7 @@ class Customers(Resource):
     ) -> AsyncPaginator[T]:
         merged: dict[str, Any] = {"sort_by": "id", "sort_order": "asc", **filters}
         params = self._params("list", merged, frames=3)  # list() or list_rows(), _walk
+        _check_resume_after(paging.get("resume_after"), params)
         read_page = rows_page(read, "a page of customers")
         descending = (params.get("sidx"), params.get("sord")) == ("id", "desc")
         batches = id_batches("list", params, "idList", descending=descending)
@@ -263,6 +266,31 @@ class Customers(Resource):
             self._warned_naive = True  # once per client
             warn_naive(method, stacklevel=frames + 1)
         return params
+
+
+def _check_resume_after(resume_after: object, params: Mapping[str, str]) -> None:
+    """A walk's resume point: a customer id, and an id sort to find it by.
+
+    Checked before the first request: a str was a TypeError after the first page, NaN lost
+    every customer (nothing compares after it) and called the walk complete, and with another
+    sort it was ignored, every customer yielded again.
+    """
+    if resume_after is None:
+        return
+    if (
+        isinstance(resume_after, bool)
+        or not isinstance(resume_after, int)
+        or not 0 <= resume_after < 2**63
+    ):
+        raise InvalidRequestError(
+            f"list(): resume_after must be a customer id (an int from 0 to 2**63 - 1), "
+            f"not {short(resume_after)}"
+        )
+    if params.get("sidx") != "id":
+        raise InvalidRequestError(
+            "list(): resume_after needs the id sort (sort_by='id'): by another field a walk "
+            "cannot tell where the last one stopped"
+        )
 
 
 #: A customer's id, in C: the walk reads it from every record.

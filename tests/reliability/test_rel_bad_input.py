@@ -181,6 +181,16 @@ CASES: dict[str, Call] = {
     "request: json of 5,000 digits": lambda dm: dm.request(
         "POST", "/v1/customers", json={"a": 10**5000}
     ),
+    # resume_after, a walk's resume point: a raw TypeError after the first page ("5"), every
+    # customer lost with the walk called complete (NaN), or ignored, every customer again,
+    # with a sort that is not by id.
+    "list: resume_after a str": lambda dm: dm.customers.list(resume_after="5"),
+    "list_rows: resume_after NaN": lambda dm: dm.customers.list_rows(resume_after=math.nan),
+    "list: resume_after True": lambda dm: dm.customers.list(resume_after=True),
+    "list: resume_after 1.5": lambda dm: dm.customers.list(resume_after=1.5),
+    "list: resume_after -1": lambda dm: dm.customers.list(resume_after=-1),
+    "list: resume_after 2**63": lambda dm: dm.customers.list(resume_after=2**63),
+    "list: resume_after by name": lambda dm: dm.customers.list(sort_by="name", resume_after=5),
     # Sent as it was: the customer was written, and its answer could not be read.
     "create: date_join not a timestamp": lambda dm: dm.customers.create(date_join="garbage"),
     "update: date_join a lone surrogate": lambda dm: dm.customers.update(1, date_join="\udcff"),
