@@ -16,7 +16,7 @@ from typing import Any
 import filelock
 
 from ._atomic import replace_file
-from ._exceptions import TokenStoreError
+from ._exceptions import InvalidRequestError, TokenStoreError
 from ._token_stores import LoopLocks, Token
 from ._validate import check_number
 
@@ -42,7 +42,11 @@ class FileTokenStore:
         check_number(
             "lock_timeout", lock_timeout, 0, inclusive=True, finite=True, what="a number of seconds"
         )
+        if not isinstance(path, (str, os.PathLike)):
+            raise InvalidRequestError(f"path must be a path, not {type(path).__name__}")
         self.path = Path(path)
+        if self.path.is_dir():  # taken, then every call went on without the store
+            raise InvalidRequestError(f"{str(self.path)!r} is a directory: name a file in it")
         self._lock_timeout = lock_timeout
         self._file_lock = filelock.FileLock(
             str(self.path) + ".lock", thread_local=False, mode=0o600

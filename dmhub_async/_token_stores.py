@@ -17,11 +17,12 @@ import weakref
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from urllib.parse import urlsplit
 
 import attrs
 
 from ._exceptions import InvalidRequestError, TokenStoreError
-from ._validate import REDIS_MAX_SECONDS, check_number
+from ._validate import REDIS_MAX_SECONDS, check_number, check_text
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -133,6 +134,21 @@ class MemoryTokenStore:
 DEFAULT_STORE = MemoryTokenStore()
 
 
+_REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+def _check_async_client(client: object) -> None:
+    """A ``redis.asyncio`` client, or InvalidRequestError: a sync ``redis.Redis`` (or anything
+    else) failed at the first call, and the client went on without the store."""
+    import redis
+
+    if isinstance(client, redis.Redis) or not callable(getattr(client, "lock", None)):
+        raise InvalidRequestError(
+            f"client must be a redis.asyncio.Redis, not {type(client).__module__}."
+            f"{type(client).__qualname__}"
+        )
+
+
 class RedisTokenStore:
     """Tokens in Redis, with a Redis lock: processes on many machines share them.
 
@@ -168,15 +184,27 @@ class RedisTokenStore:
         check_number(
             "socket_timeout", socket_timeout, 0, inclusive=False, finite=True, what=seconds
         )
+        # A prefix Redis cannot take failed every call: each client then fetched its own token,
+        # revoking the others' (the store's whole point).
+        if not isinstance(prefix, str):
+            raise InvalidRequestError(f"prefix must be a str, not {type(prefix).__name__}")
+        check_text("RedisTokenStore", "prefix", prefix)
         self._owned = client is None
         if client is None:
             if url is None:
                 raise InvalidRequestError("RedisTokenStore needs a url or a client")
+            if not isinstance(url, str) or urlsplit(url).scheme not in _REDIS_SCHEMES:
+                # Never the URL itself in the message: it may hold the password.
+                raise InvalidRequestError(
+                    "RedisTokenStore needs a redis://, rediss:// or unix:// URL"
+                )
             from redis.asyncio import Redis
 
             client = Redis.from_url(
                 url, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout
             )
+        else:
+            _check_async_client(client)
         self._redis = client
         self._prefix = prefix
         self._lock_timeout = lock_timeout

@@ -19,6 +19,7 @@ from dmhub_async import (
     AuthenticationError,
     DMHubClient,
     FileTokenStore,
+    InvalidRequestError,
     MemoryTokenStore,
     RedisTokenStore,
     ResponseDecodeError,
@@ -542,9 +543,12 @@ async def test_store_errors_are_token_store_errors_naming_the_store(tmp_path):
     assert caught.value.__suppress_context__
     assert "hunter2" not in repr(store) + str(caught.value)
 
-    (tmp_path / "tokens.json").mkdir()  # a directory where the file should be
+    store = FileTokenStore(tmp_path / "tokens.json")
+    (tmp_path / "tokens.json").mkdir()  # a directory where the file should be, since
     with pytest.raises(TokenStoreError, match="is not a regular file"):
-        await FileTokenStore(tmp_path / "tokens.json").get("key")
+        await store.get("key")
+    with pytest.raises(InvalidRequestError, match="is a directory"):  # one there already
+        FileTokenStore(tmp_path / "tokens.json")
 
 
 async def test_file_store_makes_a_private_directory_and_an_unguessable_temp_file(tmp_path):

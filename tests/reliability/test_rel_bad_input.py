@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pytest
+import redis
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -363,6 +364,18 @@ HELPER_CASES: dict[str, Callable[[], object]] = {
         }.items()
         for label, value in ((short(v), v) for v in values)
     },
+    # Taken, then every call failed the store and fetched tokens unshared (revoking other
+    # processes' tokens), or a raw error now or at the first call.
+    "RedisTokenStore prefix=5": lambda: RedisTokenStore("redis://127.0.0.1:1/0", prefix=5),
+    "RedisTokenStore prefix a lone surrogate": lambda: RedisTokenStore(
+        "redis://127.0.0.1:1/0", prefix="\udcff"
+    ),
+    "RedisTokenStore url http://": lambda: RedisTokenStore("http://127.0.0.1:1/0"),
+    "RedisTokenStore url an int": lambda: RedisTokenStore(5),
+    "RedisTokenStore client=5": lambda: RedisTokenStore(client=5),
+    "RedisTokenStore client a sync Redis": lambda: RedisTokenStore(client=redis.Redis()),
+    "FileTokenStore path an int": lambda: FileTokenStore(5),
+    "FileTokenStore path a directory": lambda: FileTokenStore("."),
     **{
         f"FileTokenStore lock_timeout={label}": (
             lambda v=value: FileTokenStore("tokens.json", lock_timeout=v)
