@@ -1,0 +1,84 @@
+"""``DMHubClient.request``'s checks: the glance at the usual call agrees with the full check.
+
+``check_request`` tells an ASCII, short path and query at a glance and checks anything else in
+full; whatever the input, its verdict must be the full check's (here written from the rule).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from dmhub_async import InvalidRequestError
+from dmhub_async._validate import MAX_PATH_LENGTH, MAX_QUERY_LENGTH, check_request, query_length
+
+
+def sendable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def path_is_good(path: str) -> bool:
+    return (
+        path.startswith("/")
+        and not path.startswith("//")
+        and sendable(path)
+        and not any(c < " " or c == "\x7f" for c in path)
+        and len(quote(path, safe="/")) <= MAX_PATH_LENGTH
+    )
+
+
+def query_of(params: dict[str, Any]) -> dict[str, str] | None:
+    query = {}
+    for name, value in params.items():
+        if isinstance(value, int) and not isinstance(value, bool):
+            if value.bit_length() > 63:
+                return None
+            value = str(value)
+        if not (sendable(name) and sendable(value)):
+            return None
+        query[name] = value
+    return query if query_length(query) <= MAX_QUERY_LENGTH else None
+
+
+TEXT = st.text(max_size=40) | st.text(alphabet="/abc", min_size=300, max_size=1100)
+PATHS = st.builds(lambda head, rest: head + rest, st.sampled_from(["/", "//", "", "v"]), TEXT)
+VALUES = (
+    st.text(max_size=20)
+    | st.integers(-(2**70), 2**70)
+    | st.text(alphabet="x%", min_size=1000, max_size=2200)
+)
+PARAMS = st.dictionaries(st.text(max_size=10), VALUES, max_size=4)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(path=PATHS, params=PARAMS)
+@example(path="/v1/\udcff", params={})
+@example(path="/v1/x\r\n", params={})
+@example(path="/" + "a" * 341, params={})  # 3 * 342 > 1,024: checked in full, and fits
+@example(path="/" + "é" * 200, params={})  # 1,201 bytes percent-encoded
+@example(path="/v1", params={"a": "x" * 2047})  # 3 * 2,052 > 6,144: checked in full
+@example(path="/v1", params={"a": "\udcff"})
+@example(path="/v1", params={"a": 2**63})
+def test_the_glance_agrees_with_the_full_check(path: str, params: dict[str, Any]) -> None:
+    expected = query_of(params) if path_is_good(path) else None
+    try:
+        method, query = check_request("get", path, params, None)
+    except InvalidRequestError:
+        assert expected is None
+    else:
+        assert method == "GET"
+        assert dict(query or {}) == expected
+
+
+@pytest.mark.parametrize("method", [["GET"], None, b"GET", "GETX"])
+def test_a_method_of_another_kind_is_refused(method: Any) -> None:
+    with pytest.raises(InvalidRequestError, match="method must be one of"):
+        check_request(method, "/v1/customers", None, None)
