@@ -154,10 +154,7 @@ class DMHubClient:
         if hasattr(rate_limit, "acquire"):  # a limit shared with others: RedisRateLimiter
             limiter = cast(SharedLimit, rate_limit)
         elif rate_limit is not None:
-            try:
-                limiter = RateLimiter(rate_limit, clock=clock, sleep=sleep)
-            except (TypeError, ValueError) as err:
-                raise InvalidRequestError(str(err)) from None
+            limiter = RateLimiter(rate_limit, clock=clock, sleep=sleep)
         self._session = Session(
             self.base_url,
             app_id=self.app_id,
@@ -202,8 +199,7 @@ class DMHubClient:
         """
         derived = copy.copy(self)
         policy = retry
-        if policy is None and max_retries is not None:
-            _check_max_retries(max_retries)
+        if policy is None and max_retries is not None:  # checked by RetryPolicy as it is made
             policy = attrs.evolve(self.retry_policy, max_retries=max_retries)
         client_timeout = None
         if timeout is not None or connect_timeout is not None or read_timeout is not None:
@@ -313,7 +309,3 @@ def _timeout(
         # first call, blamed on the token store, it was).
         check_number(name, value, 0, inclusive=False, finite=True, what="a number of seconds")
     return aiohttp.ClientTimeout(total=total, sock_connect=connect, sock_read=read)
-
-
-def _check_max_retries(max_retries: int) -> None:
-    check_number("max_retries", max_retries, 0, inclusive=True, kind=int)

@@ -8,6 +8,8 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
+from ._validate import check_number
+
 __all__ = ["Limits", "RateLimiter", "SharedLimit"]
 
 
@@ -32,10 +34,8 @@ class RateLimiter:
         clock: Callable[[], float],
         sleep: Callable[[float], Awaitable[None]],
     ) -> None:
-        if not rate > 0:
-            raise ValueError(
-                f"rate_limit must be a positive number of requests per second, not {rate!r}"
-            )
+        what = "a number of requests per second"
+        check_number("rate_limit", rate, 0, inclusive=False, what=what)  # inf: no wait at all
         self.interval = 1 / rate  # not 1.0 / rate: 1.0 / 10**400 raises OverflowError
         self._clock = clock
         self._sleep = sleep

@@ -89,13 +89,8 @@ class RedisRateLimiter:
         timeout: float = 5.0,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
-        what = "a number of requests per second"
-        check_number("rate", rate, 0, inclusive=False, finite=True, what=what)
-        if not _MIN_RATE <= rate <= _MAX_RATE:
-            raise InvalidRequestError(
-                f"rate must be from {_MIN_RATE:g} to {_MAX_RATE:g} requests per second (what "
-                f"Redis can keep), not {rate:g}"
-            )
+        what = "a number of requests per second Redis can keep"
+        check_number("rate", rate, _MIN_RATE, inclusive=True, high=_MAX_RATE, what=what)
         check_number(
             "timeout", timeout, 0, inclusive=False, finite=True, what="a number of seconds"
         )

@@ -83,7 +83,7 @@ async def export_customers(
     target, fmt, scope, checkpoint_path = _plan(
         client, dest, format, encoding, checkpoint, dict(filters)
     )
-    check_run(client, page_size, concurrency, ("on_progress", on_progress), **filters)
+    check_run(client, page_size, concurrency, "on_progress", on_progress, **filters)
     out = Output(target, checkpoint_path, scope)
     try:
         label = str(target) if isinstance(target, Path) else str(getattr(target, "name", "-"))
@@ -106,7 +106,8 @@ def check_run(
     client: DMHubClient,
     page_size: int,
     concurrency: int,
-    callback: tuple[str, object],
+    callback_name: str,
+    callback: object,
     **filters: Any,
 ) -> None:
     """The walk's settings and a progress callback, checked before any request or file.
@@ -115,9 +116,8 @@ def check_run(
     """
     # Built, not walked: the walk checks page_size, concurrency and the filters as it is made.
     client.customers.list_rows(page_size=page_size, concurrency=concurrency, **filters)
-    name, function = callback
-    if function is not None and not callable(function):
-        raise InvalidRequestError(f"{name} must be a function, not {short(function)}")
+    if callback is not None and not callable(callback):
+        raise InvalidRequestError(f"{callback_name} must be a function, not {short(callback)}")
 
 
 def _plan(

@@ -25,7 +25,6 @@ from .._validate import (
     check_identities,
     check_json,
     check_text,
-    short,
 )
 from ..models.customer import Customer, CustomerFields
 from ..models.identity import Identity
@@ -277,15 +276,7 @@ def _check_resume_after(resume_after: object, params: Mapping[str, str]) -> None
     """
     if resume_after is None:
         return
-    if (
-        isinstance(resume_after, bool)
-        or not isinstance(resume_after, int)
-        or not 0 <= resume_after < 2**63
-    ):
-        raise InvalidRequestError(
-            f"list(): resume_after must be a customer id (an int from 0 to 2**63 - 1), "
-            f"not {short(resume_after)}"
-        )
+    check_id("list", resume_after)
     if params.get("sidx") != "id":
         raise InvalidRequestError(
             "list(): resume_after needs the id sort (sort_by='id'): by another field a walk "

@@ -210,7 +210,7 @@ async def export_sharded(
         raise InvalidRequestError("export_sharded(): parallel must be an int >= 1")
     # Before the plan: a bad one was planned, then failed in every shard (or at the first
     # progress, a raw TypeError).
-    check_run(client, page_size, concurrency, ("on_total", on_total))
+    check_run(client, page_size, concurrency, "on_total", on_total)
     manifest = await prepare(client, directory, shards, format=format, **filters)
     where = Path(directory)
     bar = ProgressBar(progress, manifest, on_total)

@@ -49,7 +49,9 @@ class DMHubSimulator:
         # At most 100 million: some 60 bytes each (6 GB), and a minute to seed.
         check_number("customers", customers, 0, inclusive=True, kind=int, high=MAX_CUSTOMERS)
         check_number("page_cap", page_cap, 1, inclusive=True, kind=int)
-        check_number("token_ttl", token_ttl, 0, inclusive=False, finite=True, what="seconds")
+        check_number(
+            "token_ttl", token_ttl, 0, inclusive=False, finite=True, what="a number of seconds"
+        )
         check_number("port", port, 0, inclusive=True, kind=int, high=65535)
         store = CustomerStore(seed, clock)
         store.seed(customers)
