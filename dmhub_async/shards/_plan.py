@@ -67,6 +67,40 @@ class Shard:
     planned_count: int = 0
     note: str | None = None
 
+    def __attrs_post_init__(self) -> None:
+        # A window is an instant range every worker reads alike: a naive bound would be read
+        # in each worker's own time zone, and a window that ends before it starts exported
+        # nothing and called itself complete.
+        if isinstance(self.index, bool) or not isinstance(self.index, int) or self.index < 0:
+            raise InvalidRequestError(f"Shard: index must be an int >= 0, not {short(self.index)}")
+        for name in ("start", "end"):
+            bound = getattr(self, name)
+            if bound is None:
+                continue
+            if not isinstance(bound, datetime) or bound.utcoffset() is None:
+                raise InvalidRequestError(
+                    f"Shard: {name} must be an aware datetime or None, not {short(bound)}"
+                )
+            try:  # in UTC, as describe() and to_dict() write it
+                object.__setattr__(self, name, bound.astimezone(timezone.utc))
+            except (OverflowError, ValueError):
+                raise InvalidRequestError(
+                    f"Shard: {name} {short(bound)} has no time in UTC"
+                ) from None
+        if self.start is not None and self.end is not None and self.start >= self.end:
+            raise InvalidRequestError(f"Shard: the window {self.describe()} holds no second")
+        if not isinstance(self.filters, Mapping):
+            raise InvalidRequestError(
+                f"Shard: filters must be a mapping, not {short(self.filters)}"
+            )
+        count = self.planned_count
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise InvalidRequestError(
+                f"Shard: planned_count must be an int >= 0, not {short(count)}"
+            )
+        if self.note is not None and not isinstance(self.note, str):
+            raise InvalidRequestError(f"Shard: note must be a str or None, not {short(self.note)}")
+
     def export_filters(self) -> dict[str, Any]:
         """The keyword filters of ``export_customers`` that select exactly this window."""
         chosen = dict(self.filters)

@@ -125,6 +125,60 @@ async def test_a_shard_survives_json(sim: DMHubSimulator, dm: DMHubClient) -> No
     assert [Shard.from_dict(orjson.loads(orjson.dumps(s.to_dict()))) for s in shards] == shards
 
 
+_UTC_2020 = datetime(2020, 1, 1, tzinfo=timezone.utc)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        # Exported nothing and reported the shard complete.
+        {"start": _UTC_2020 + timedelta(days=1), "end": _UTC_2020},
+        {"start": _UTC_2020, "end": _UTC_2020},
+        # Read in each worker's own time zone: workers in two zones lose or repeat customers.
+        {"start": datetime(2020, 1, 1), "end": None},
+        {"start": None, "end": "2020-01-01T00:00:00Z"},
+        {"start": datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=23))), "end": None},
+        {"index": -1},
+        {"index": "0"},
+        {"index": True},
+        {"planned_count": -5},
+        {"filters": ["stage"]},
+        {"note": 5},
+    ],
+    ids=[
+        "ends before it starts",
+        "empty window",
+        "naive start",
+        "end a str",
+        "start without UTC form",
+        "index -1",
+        "index a str",
+        "index a bool",
+        "planned_count -5",
+        "filters a list",
+        "note an int",
+    ],
+)
+def test_a_shard_that_is_no_window_is_refused(kwargs: dict[str, Any]) -> None:
+    fields: dict[str, Any] = {"index": 0, "start": None, "end": None} | kwargs
+    with pytest.raises(InvalidRequestError, match=r"^Shard: "):
+        Shard(**fields)
+
+
+async def test_a_shard_in_another_zone_is_the_same_window_in_utc(
+    sim: DMHubSimulator, dm: DMHubClient, tmp_path: Path
+) -> None:
+    planned = (await plan_shards(dm, 2))[1]
+    assert planned.start is not None
+    shanghai = timezone(timedelta(hours=8))
+    moved = Shard(1, planned.start.astimezone(shanghai), None, planned.filters)
+
+    assert moved.start == planned.start
+    assert moved.start.tzinfo is timezone.utc
+    assert moved.describe() == planned.describe()
+    assert moved.export_filters() == planned.export_filters()
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [
