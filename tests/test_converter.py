@@ -511,6 +511,24 @@ def test_customer_fields_to_wire_renames_converts_and_keeps_none() -> None:
     json.dumps(body)
 
 
+@pytest.mark.parametrize(
+    ("written", "sent"),
+    [
+        ("2017-06-01T20:12:12+08:00", "2017-06-01T12:12:12Z"),
+        ("2017-06-01T12:12:12Z", "2017-06-01T12:12:12Z"),
+        ("2017-06-01T12:12:12", "2017-06-01T12:12:12Z"),  # no offset: UTC, as a datetime
+        ("2017-06-01T12:12:12.25-01:00", "2017-06-01T13:12:12.250000Z"),
+        (None, None),
+    ],
+)
+def test_a_date_join_string_is_sent_in_the_wires_form(
+    written: str | None, sent: str | None
+) -> None:
+    assert customer_fields_to_wire({"date_join": written}) == {"dateJoin": sent}
+    upsert = customer_body({"date_join": written}, identities=[Identity("mobile", "1")])
+    assert upsert["customer"] == {"dateJoin": sent}
+
+
 def test_customer_fields_to_wire_keeps_the_callers_order() -> None:
     fields = {"remark": "a", "name": "b", "gender": 2, "attr": {}, "nick_name": None}
     assert list(customer_fields_to_wire(fields)) == [

@@ -74,6 +74,10 @@ def make_converter(strict: bool = False) -> cattrs.Converter:
     field_names: dict[str, Any] = {
         k: override(rename=customer_wire[k]) for k in CustomerFields.__annotations__
     }
+    # A date_join given as text goes out in the wire's form too: `+08:00` read and sent in UTC.
+    field_names["date_join"] = override(
+        rename=customer_wire["date_join"], unstruct_hook=scalars.timestamp_to_wire
+    )
     conv.register_unstructure_hook(
         CustomerFields, make_typeddict_unstructure_fn(CustomerFields, conv, **field_names)
     )

@@ -195,6 +195,14 @@ def format_timestamp(dt: datetime) -> str:
     return dt.isoformat() + "Z"
 
 
+def timestamp_to_wire(value: datetime | str | None) -> str | None:
+    """A time to write (a ``datetime`` or a timestamp the client reads) in the wire's form:
+    ``2017-06-01T20:12:12+08:00`` goes out as ``2017-06-01T12:12:12Z``."""
+    if value is None:
+        return None
+    return format_timestamp(parse_timestamp(value) if isinstance(value, str) else value)
+
+
 def decimal_to_json(d: Decimal) -> int | float | str:
     """A ``Decimal`` as a value ``json.dumps`` can write without losing digits.
 

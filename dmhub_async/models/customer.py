@@ -69,7 +69,11 @@ class Customer:
 
 
 class CustomerFields(TypedDict, total=False):
-    """The writable customer fields, as keyword arguments of create and update; None clears."""
+    """The writable customer fields, as keyword arguments of create and update; None clears.
+
+    ``date_join`` is a ``datetime`` (naive means UTC) or a timestamp such as
+    ``"2017-06-01T20:12:12+08:00"``; either is sent in the wire's UTC form, ``...Z``.
+    """
 
     name: str | None
     img: str | None

@@ -270,6 +270,8 @@ async def test_a_date_join_the_client_can_read_is_sent(
     async with connect(sim) as dm:
         created = await dm.customers.create(name="x", date_join=date_join)
     assert created.date_join == datetime(2017, 6, 1, 12, 12, 12, tzinfo=timezone.utc)
+    # Sent in the wire's form (docs/contract.md): a `+08:00` string went out as it was given.
+    assert sim.customer(created.id)["dateJoin"] == "2017-06-01T12:12:12Z"  # type: ignore[index]
 
 
 def nested(depth: int) -> dict[str, Any]:
