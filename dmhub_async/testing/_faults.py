@@ -34,7 +34,8 @@ DEFAULT_KINDS: tuple[str, ...] = ("429", "500", "503", "reset")
 
 
 class Faults:
-    """What the simulator does wrong, and when; every attribute can be changed while it runs.
+    """What the simulator does wrong, and when; every attribute can be changed while it runs,
+    and is checked when it is set (``InvalidRequestError``; ``ValueError`` for unknown kinds).
 
     Faults and latency apply to requests whose path matches ``paths`` (``fnmatch`` patterns,
     optionally prefixed by a method: ``"GET /v1/customers"``, ``"/v1/customers/*"``); by
@@ -64,14 +65,8 @@ class Faults:
         drop_resent: bool = True,
         seed: int | None = 0,
     ) -> None:
-        check_number("rate", rate, 0, inclusive=True, what="a share from 0 to 1", high=1)
-        seconds = "a number of seconds"
-        check_number("latency", latency, 0, inclusive=True, finite=True, what=seconds)
-        check_number("latency_jitter", latency_jitter, 0, inclusive=True, finite=True, what=seconds)
-        # A header value: a whole number of seconds that can be written out.
-        check_number("retry_after", retry_after, 0, inclusive=True, kind=int, high=2**31 - 1)
         self.rate = rate
-        self.kinds = tuple(kinds)
+        self.kinds = kinds  # any iterable, kept as a tuple
         self.latency = latency
         self.latency_jitter = latency_jitter
         self.retry_after = retry_after
@@ -80,7 +75,62 @@ class Faults:
         self._dropped: tuple[str, str, float] | None = None
         self._script: deque[str] = deque()
         self._rng = random.Random(seed)
-        _check_kinds(self.kinds)
+
+    # Checked when set, at any time: a fault rate of 2 or an infinite latency set on a running
+    # simulator was taken, then failed (or waited for ever) inside a request.
+    @property
+    def rate(self) -> float:
+        """The share of matching requests that draw a fault, from 0 to 1."""
+        return self._rate
+
+    @rate.setter
+    def rate(self, value: float) -> None:
+        check_number("rate", value, 0, inclusive=True, what="a share from 0 to 1", high=1)
+        self._rate = value
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        """The fault kinds a request draws from (see ``ALL_KINDS``)."""
+        return self._kinds
+
+    @kinds.setter
+    def kinds(self, value: Iterable[str]) -> None:
+        if isinstance(value, str):  # "500" is not the kinds "5", "0", "0"
+            raise ValueError(f"kinds must be an iterable of fault kinds, not the string {value!r}")
+        kinds = tuple(value)
+        _check_kinds(kinds)
+        self._kinds = kinds
+
+    @property
+    def latency(self) -> float:
+        """Seconds every matching request waits before it is answered."""
+        return self._latency
+
+    @latency.setter
+    def latency(self, value: float) -> None:
+        check_number("latency", value, 0, inclusive=True, finite=True, what=_SECONDS)
+        self._latency = value
+
+    @property
+    def latency_jitter(self) -> float:
+        """Up to this many seconds more, drawn for each request."""
+        return self._latency_jitter
+
+    @latency_jitter.setter
+    def latency_jitter(self, value: float) -> None:
+        check_number("latency_jitter", value, 0, inclusive=True, finite=True, what=_SECONDS)
+        self._latency_jitter = value
+
+    @property
+    def retry_after(self) -> int:
+        """The ``Retry-After`` seconds of a ``"429"`` fault."""
+        return self._retry_after
+
+    @retry_after.setter
+    def retry_after(self, value: int) -> None:
+        # A header value: a whole number of seconds that can be written out.
+        check_number("retry_after", value, 0, inclusive=True, kind=int, high=2**31 - 1)
+        self._retry_after = value
 
     def script(self, kinds: Iterable[str]) -> None:
         """Queue faults taken one per matching request (``"ok"`` serves normally), then rate."""
@@ -147,6 +197,7 @@ class Faults:
         return False
 
 
+_SECONDS = "a number of seconds"
 _RESEND_WINDOW = 1.0  # seconds: aiohttp re-sends at once, on a new connection
 #: What aiohttp re-sends by itself: idempotent methods only. A POST seen again is the client's
 #: own retry, and a fault script must count it as one.

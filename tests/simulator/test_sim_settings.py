@@ -45,6 +45,13 @@ CASES: dict[str, Callable[[], object]] = {
     "retry_after -1": lambda: Faults(retry_after=-1),
     "retry_after 2.5": lambda: Faults(retry_after=2.5),  # type: ignore[arg-type]
     "retry_after of 5,000 digits": lambda: Faults(retry_after=BIG),
+    # "Every attribute can be changed while it runs": set later, each was taken unchecked, and
+    # the requests that met it failed (or waited for ever: an infinite latency).
+    "fault rate set to 2": lambda: setattr(Faults(), "rate", 2),
+    "latency set to inf": lambda: setattr(Faults(), "latency", math.inf),
+    "latency_jitter set to NaN": lambda: setattr(Faults(), "latency_jitter", math.nan),
+    "retry_after set to 2.5": lambda: setattr(Faults(), "retry_after", 2.5),
+    "retry_after set to 5,000 digits": lambda: setattr(Faults(), "retry_after", BIG),
 }
 
 
@@ -52,6 +59,28 @@ CASES: dict[str, Callable[[], object]] = {
 def test_a_bad_setting_is_refused_when_made(make: Callable[[], object]) -> None:
     with pytest.raises(InvalidRequestError):  # a ValueError
         make()
+
+
+@pytest.mark.parametrize("kinds", [("500", "teapot"), "500"], ids=["an unknown kind", "a str"])
+def test_unknown_fault_kinds_are_refused_when_set(kinds: Any) -> None:
+    faults = Faults(kinds=("500",))
+    with pytest.raises(ValueError, match="kind"):
+        faults.kinds = kinds
+    with pytest.raises(ValueError, match="kind"):
+        Faults(kinds=kinds)
+    assert faults.kinds == ("500",)
+
+
+async def test_a_running_simulator_keeps_its_faults_when_a_bad_one_is_set() -> None:
+    async with DMHubSimulator(customers=3) as sim:
+        sim.faults.latency = 0.0
+        with pytest.raises(InvalidRequestError):
+            sim.faults.latency = math.inf
+        with pytest.raises(InvalidRequestError):
+            sim.faults.rate = 2
+        assert (sim.faults.latency, sim.faults.rate) == (0.0, 0.0)
+        assert sim.faults.next_latency() == 0.0
+        assert sim.faults.next_fault() is None
 
 
 def test_seeding_in_chunks_gives_the_customers_of_one_draw(monkeypatch: pytest.MonkeyPatch) -> None:
