@@ -35,6 +35,12 @@ _MIN_RATE = 1 / REDIS_MAX_SECONDS
 _MAX_RATE = 1e15
 
 
+def check_shared_rate(name: str, rate: object) -> None:
+    """A shared rate Redis can keep (see above), or InvalidRequestError."""
+    what = "a number of requests per second Redis can keep"
+    check_number(name, rate, _MIN_RATE, inclusive=True, high=_MAX_RATE, what=what)
+
+
 _locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, str], asyncio.Lock]]
 _locks = weakref.WeakKeyDictionary()
 
@@ -89,8 +95,7 @@ class RedisRateLimiter:
         timeout: float = 5.0,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
-        what = "a number of requests per second Redis can keep"
-        check_number("rate", rate, _MIN_RATE, inclusive=True, high=_MAX_RATE, what=what)
+        check_shared_rate("rate", rate)
         check_number(
             "timeout", timeout, 0, inclusive=False, finite=True, what="a number of seconds"
         )

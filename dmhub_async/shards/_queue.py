@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from .._exceptions import DMHubError, InvalidRequestError
+from .._shared_rate import check_shared_rate
+from .._validate import check_number
 from ._manifest import Manifest, ShardOutcome, checkpoint_name, part_name
 from ._plan import Shard
 from ._run import ProgressBar, TotalProgress, export_shard, pending, record_result, result_of
@@ -139,8 +141,14 @@ def worker(
         takeover: seconds after its worker dies that a job is taken over (> ``heartbeat``).
         handle_signals: let arq handle SIGINT/SIGTERM (False inside a program that does).
     """
-    if not 0 < heartbeat < takeover:
+    # Finite: an infinite takeover was taken, then every job failed renewing its mark.
+    check_number("worker(): heartbeat", heartbeat, 0, inclusive=False, finite=True)
+    check_number("worker(): takeover", takeover, 0, inclusive=False, finite=True, high=1e9)
+    if not heartbeat < takeover:
         raise InvalidRequestError("worker(): heartbeat must be positive and below takeover")
+    check_number("worker(): max_jobs", max_jobs, 1, inclusive=True, kind=int)
+    if rate_limit is not None:  # checked by the limiter too, but only at the worker's start
+        check_shared_rate("worker(): rate_limit", rate_limit)
     from arq.connections import RedisSettings
     from arq.worker import Worker, func
 

@@ -15,9 +15,9 @@ import pytest
 from _redis import RedisServer
 from shard_support import SimProcess, exported_ids, sim_process
 
-from dmhub_async import DMHubClient, RedisTokenStore
+from dmhub_async import DMHubClient, InvalidRequestError, RedisTokenStore
 from dmhub_async.shards import Manifest
-from dmhub_async.shards._queue import run_on_queue
+from dmhub_async.shards._queue import run_on_queue, worker
 from dmhub_async.shards._run import prepare
 
 pytestmark = pytest.mark.timeout(240)
@@ -105,3 +105,32 @@ async def test_a_worker_killed_mid_shard_is_taken_over_and_nothing_is_lost(
     assert on_disk is not None
     assert on_disk.status() == "complete"
     assert state["tokens_issued"] <= 2
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        # Taken, then every job failed renewing its in-progress mark (an OverflowError).
+        {"heartbeat": 1, "takeover": float("inf")},
+        {"heartbeat": float("nan")},
+        {"heartbeat": 30, "takeover": 20},
+        # Taken, then the worker took no job (0) or failed at its start (a str).
+        {"max_jobs": 0},
+        {"max_jobs": "2"},
+        # Taken, then the worker failed at its start making the shared limit.
+        {"rate_limit": 0},
+        {"rate_limit": 1e300},
+    ],
+    ids=[
+        "takeover inf",
+        "heartbeat NaN",
+        "heartbeat above takeover",
+        "max_jobs 0",
+        "max_jobs a str",
+        "rate_limit 0",
+        "rate_limit 1e300",
+    ],
+)
+def test_a_worker_with_a_bad_setting_is_refused_when_made(kwargs: dict[str, object]) -> None:
+    with pytest.raises(InvalidRequestError, match=r"^worker\(\): "):
+        worker("redis://127.0.0.1:1/0", **kwargs)  # type: ignore[arg-type]
