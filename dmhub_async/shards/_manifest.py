@@ -10,6 +10,7 @@ export (never by the workers), atomically: a crash leaves the old manifest or th
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -50,6 +51,20 @@ class ShardOutcome:
     duplicates: int = 0
     seconds: float = 0.0
     error: str | None = None
+    #: The part's size in bytes when its export ended: a part deleted or cut short since is
+    #: found (None in a manifest written before this was recorded).
+    size: int | None = None
+
+    def part_changed(self, directory: Path) -> str | None:
+        """Why this complete shard's part no longer holds what was exported, or None."""
+        part = directory / self.file
+        try:
+            size = part.stat().st_size
+        except FileNotFoundError:
+            return f"{self.file} is missing"
+        if self.size is not None and size != self.size:
+            return f"{self.file} holds {size:,} bytes, {self.size:,} when it was exported"
+        return None
 
 
 @attrs.define
@@ -62,6 +77,9 @@ class Manifest:
     filters: dict[str, Any]
     shards: list[ShardOutcome]
     version: int = MANIFEST_VERSION
+    #: This plan's own name: the queue's jobs carry it, so a result a job of an earlier
+    #: export in the same directory left in Redis is never taken for this one's.
+    plan_id: str = ""
 
     @property
     def complete(self) -> bool:
@@ -99,6 +117,7 @@ class Manifest:
             app_id=app_id,
             filters=filters,
             shards=[ShardOutcome(s, part_name(s.index, fmt)) for s in shards],
+            plan_id=secrets.token_hex(8),
         )
 
     def check_same_export(
@@ -139,9 +158,40 @@ class Manifest:
         try:
             data = orjson.loads(raw)
             data.pop("status", None)
-            return _converter.structure(data, cls)
-        except (orjson.JSONDecodeError, cattrs.BaseValidationError, AttributeError) as err:
+            manifest = _converter.structure(data, cls)
+            manifest._check_layout()
+        except (
+            orjson.JSONDecodeError,
+            cattrs.BaseValidationError,
+            AttributeError,
+            TypeError,  # a JSON array: list.pop("status", None)
+            ValueError,  # InvalidRequestError too: a Shard that is no window
+        ) as err:
             raise InvalidRequestError(f"{path} is not a manifest this SDK wrote: {err}") from None
+        return manifest
+
+    def _check_layout(self) -> None:
+        """The plan as :meth:`new` lays it out, or ValueError: shards 0 to n-1 in order, each
+        in its own part file, windows that follow each other without a gap or an overlap.
+
+        An edited manifest (two shards with one window, a part file named for another shard)
+        was exported and merged as complete with customers twice and others never.
+        """
+        if self.version != MANIFEST_VERSION or self.format not in ("jsonl", "csv"):
+            raise ValueError(f"version {self.version!r}, format {self.format!r}")
+        if not self.shards:
+            raise ValueError("no shards")
+        for i, outcome in enumerate(self.shards):
+            shard = outcome.shard
+            if shard.index != i or outcome.file != part_name(i, self.format):
+                raise ValueError(f"shard {i} is shard {shard.index} in {outcome.file!r}")
+            if i and self.shards[i - 1].shard.end != shard.start:
+                raise ValueError(f"shard {i} does not start where shard {i - 1} ends")
+        first, last = self.shards[0].shard, self.shards[-1].shard
+        if (first.start is None) != (self.filters.get("date_created_from") is None) or (
+            last.end is None
+        ) != (self.filters.get("date_created_to") is None):
+            raise ValueError("the windows do not span the export's dateCreated range")
 
 
 _converter = cattrs.Converter()
@@ -181,6 +231,11 @@ def merge(
                 if allow_incomplete:
                     continue
                 raise InvalidRequestError(f"{part} is missing")
+            changed = outcome.part_changed(Path(directory))
+            if changed is not None and outcome.status == "complete" and not allow_incomplete:
+                raise InvalidRequestError(
+                    f"{changed}: rerun the export, which exports that shard again"
+                )
             with part.open("rb") as fh:
                 if manifest.format == "csv":
                     header = fh.readline()

@@ -63,9 +63,15 @@ def _absolute(directory: str | os.PathLike[str]) -> Path:
     return Path(os.path.abspath(directory))
 
 
-def job_id_of(export_id: str, index: int) -> str:
-    """The job of one shard: a rerun of the coordinator finds the same job, never a second."""
-    return f"dmhub-export:{export_id}:{index:05d}"
+def job_id_of(export_id: str, plan_id: str, index: int) -> str:
+    """The job of one shard: a rerun of the coordinator finds the same job, never a second.
+
+    The plan's id is part of it: an export started again in the same directory (deleted, or a
+    new one at the same path) found the earlier export's results, kept in Redis for a week,
+    and took them for its own, complete with no part written.
+    """
+    plan = f"{plan_id}:" if plan_id else ""  # a manifest written before plans had ids
+    return f"dmhub-export:{export_id}:{plan}{index:05d}"
 
 
 async def _export_shard_job(ctx: dict[str, Any], task: dict[str, Any]) -> dict[str, Any]:
@@ -232,10 +238,10 @@ async def run_on_queue(
     try:
         jobs: dict[int, Any] = {}
         for index, outcome in todo.items():
-            job_id = job_id_of(export_id, index)
+            job_id = job_id_of(export_id, manifest.plan_id, index)
             job = Job(job_id, pool)
             status = await job.status()
-            if status == JobStatus.complete and not await _usable(job, outcome):
+            if status == JobStatus.complete and not await _usable(job, where / outcome.file):
                 await pool.delete(f"arq:result:{job_id}", f"arq:retry:{job_id}")
                 status = JobStatus.not_found
             if status == JobStatus.not_found:
@@ -268,10 +274,17 @@ async def run_on_queue(
     return manifest
 
 
-async def _usable(job: Any, outcome: ShardOutcome) -> bool:
-    """Whether a finished job's result can stand for its shard (else the shard runs again)."""
+async def _usable(job: Any, part: Path) -> bool:
+    """Whether a finished job's result can stand for its shard (else the shard runs again):
+    complete, and its part still the size it had then (not deleted or cut short since)."""
     info = await job.result_info()
-    return info is not None and info.success and bool(info.result.get("complete"))
+    if info is None or not info.success or not info.result.get("complete"):
+        return False
+    try:
+        size = part.stat().st_size  # noqa: ASYNC240 - one stat a shard, when taken up
+    except FileNotFoundError:
+        return False
+    return info.result.get("size") in (None, size)
 
 
 def _record(outcome: ShardOutcome, info: Any) -> None:

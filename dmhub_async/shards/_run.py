@@ -9,6 +9,7 @@ directory), runs the shards still to do, and keeps ``manifest.json`` up to date.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -24,6 +25,8 @@ from ._plan import Shard, manifest_filters, plan_shards
 
 if TYPE_CHECKING:
     from .._client import DMHubClient
+
+logger = logging.getLogger("dmhub_async")
 
 __all__ = [
     "ProgressBar",
@@ -78,11 +81,16 @@ async def export_shard(
 
 def result_of(report: ExportReport) -> dict[str, Any]:
     """What a worker sends back of a shard's export: plain data, for any queue or pipe."""
+    try:
+        size: int | None = os.stat(report.path).st_size
+    except OSError:
+        size = None
     return {
         "complete": report.complete,
         "exported": report.exported,
         "duplicates": report.duplicates,
         "seconds": report.seconds,
+        "size": size,
     }
 
 
@@ -92,6 +100,7 @@ def record_result(outcome: ShardOutcome, result: dict[str, Any]) -> None:
     outcome.exported = result["exported"]
     outcome.duplicates = result["duplicates"]
     outcome.seconds = round(result["seconds"], 3)
+    outcome.size = result.get("size")
     outcome.error = None
 
 
@@ -117,6 +126,7 @@ async def prepare(
         existing.check_same_export(
             fmt=format, base_url=client.base_url, app_id=client.app_id, filters=recorded
         )
+        _recheck_parts(where, existing)
         return existing
     plan = await plan_shards(client, shards, **filters)
     manifest = Manifest.new(
@@ -125,6 +135,28 @@ async def prepare(
     where.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - once, before any part
     manifest.write(where)
     return manifest
+
+
+def _recheck_parts(where: Path, manifest: Manifest) -> None:
+    """Send a complete shard whose part was deleted or changed since back to be exported.
+
+    The manifest alone said complete: a rerun did nothing and reported the export complete
+    without the part's customers. The stale part and any checkpoint go: the shard starts over.
+    """
+    changed = False
+    for outcome in manifest.shards:
+        why = outcome.part_changed(where) if outcome.status == "complete" else None
+        if why is None:
+            continue
+        logger.warning("shard %d: %s: exporting it again", outcome.shard.index, why)
+        for stale in (outcome.file, checkpoint_name(outcome.shard.index, manifest.format)):
+            (where / stale).unlink(missing_ok=True)
+        outcome.status, outcome.error = "pending", f"exported again: {why}"
+        outcome.exported = outcome.duplicates = 0
+        outcome.size = None
+        changed = True
+    if changed:
+        manifest.write(where)
 
 
 def _manifest_in(where: Path) -> Manifest | None:

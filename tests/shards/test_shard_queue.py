@@ -107,6 +107,46 @@ async def test_a_worker_killed_mid_shard_is_taken_over_and_nothing_is_lost(
     assert state["tokens_issued"] <= 2
 
 
+async def test_an_export_started_again_in_its_directory_never_takes_the_old_results(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    out = tmp_path / "out"
+    with sim_process(3_000) as sim:
+        store = RedisTokenStore(redis.url)
+        try:
+            async with DMHubClient(
+                sim.app_id, sim.secret, base_url=sim.url, token_store=store
+            ) as dm:
+
+                async def export(**filters: object) -> Manifest:
+                    manifest = await prepare(dm, out, 3, **filters)
+                    with workers(sim, redis.url, 2):
+                        return await asyncio.wait_for(
+                            run_on_queue(redis.url, out, manifest, progress=False, poll=0.1), 120
+                        )
+
+                assert (await export()).complete
+                everyone = sorted(exported_ids(out))
+                assert len(everyone) == 3_000
+
+                # The same export, a part deleted since: its job's result no longer stands.
+                (out / "part-00001.jsonl").unlink()
+                assert (await export()).complete
+                assert sorted(exported_ids(out)) == everyone
+
+                # A new export where the old one was (its manifest deleted, the parts left): its
+                # own jobs, not the old results, which Redis keeps for a week. Before, it was
+                # "complete" at once with the old parts, or with none if they were deleted too.
+                (out / "manifest.json").unlink()
+                leads = await dm.customers.count(stage="lead")
+                manifest = await export(stage="lead")
+        finally:
+            await store.aclose()
+    assert manifest.complete
+    assert len(list(out.glob("part-*.jsonl"))) == len(manifest.shards)
+    assert len(exported_ids(out)) == manifest.exported == leads < 3_000
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [

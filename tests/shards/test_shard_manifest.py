@@ -1,0 +1,145 @@
+"""The manifest is checked against the directory: a part deleted, cut short or a plan edited.
+
+Each case here was reported complete before (a rerun did nothing, a merge wrote what was
+left), or failed with a raw error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from shard_support import exported_ids
+
+from dmhub_async import DMHubClient, InvalidRequestError
+from dmhub_async.shards import MANIFEST_NAME, Manifest, export_sharded, merge
+from dmhub_async.testing import DMHubSimulator
+
+CUSTOMERS = 400
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[DMHubSimulator]:
+    async with DMHubSimulator(customers=CUSTOMERS, seed=3) as simulator:
+        yield simulator
+
+
+@pytest.fixture
+async def dm(sim: DMHubSimulator) -> AsyncIterator[DMHubClient]:
+    async with DMHubClient(sim.app_id, sim.secret, base_url=sim.url) as client:
+        yield client
+
+
+@pytest.fixture
+async def done(dm: DMHubClient, tmp_path: Path) -> Path:
+    """A complete 4-shard JSONL export, in tmp_path / "out"."""
+    manifest = await export_sharded(dm, tmp_path / "out", 4, progress=False)
+    assert manifest.complete
+    return tmp_path / "out"
+
+
+def cut_short(part: Path) -> None:
+    lines = part.read_bytes().splitlines(keepends=True)
+    part.write_bytes(b"".join(lines[: len(lines) // 2]))
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [lambda part: part.unlink(), cut_short],
+    ids=["a part deleted", "a part cut short"],
+)
+async def test_a_rerun_exports_again_a_part_deleted_or_cut_short(
+    sim: DMHubSimulator,
+    dm: DMHubClient,
+    done: Path,
+    tmp_path: Path,
+    damage: Callable[[Path], None],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    damage(done / "part-00001.jsonl")
+    fetched = sim.counters.requests["/v1/customers"]
+
+    manifest = await export_sharded(dm, done, 4, progress=False)
+
+    assert manifest.complete
+    assert sorted(exported_ids(done)) == sorted(sim.customer_ids())
+    assert sim.counters.requests["/v1/customers"] > fetched  # that shard, walked again
+    assert "part-00001.jsonl" in caplog.text
+    assert "exporting it again" in caplog.text
+    assert merge(done, tmp_path / "all.jsonl") == CUSTOMERS
+
+
+async def test_a_merge_refuses_a_part_cut_short_since_it_was_exported(
+    done: Path, tmp_path: Path
+) -> None:
+    cut_short(done / "part-00002.jsonl")
+    with pytest.raises(InvalidRequestError, match=r"part-00002\.jsonl holds .* bytes"):
+        merge(done, tmp_path / "all.jsonl")
+    assert not (tmp_path / "all.jsonl").exists()
+    # Asked for what there is, it merges what there is.
+    assert merge(done, tmp_path / "all.jsonl", allow_incomplete=True) < CUSTOMERS
+
+
+def edit(directory: Path, change: Callable[[dict[str, Any]], object]) -> None:
+    data = orjson.loads((directory / MANIFEST_NAME).read_bytes())
+    change(data)
+    (directory / MANIFEST_NAME).write_bytes(orjson.dumps(data))
+
+
+def same_window_twice(data: dict[str, Any]) -> None:
+    data["shards"][1]["shard"] = {**data["shards"][2]["shard"], "index": 1}
+
+
+def swapped_files(data: dict[str, Any]) -> None:
+    first, second = data["shards"][0], data["shards"][1]
+    first["file"], second["file"] = second["file"], first["file"]
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        same_window_twice,
+        swapped_files,
+        lambda data: data["shards"].pop(1),  # a gap between two windows
+        lambda data: data["shards"][0]["shard"].update(index=5),
+        lambda data: data["shards"][0].update(file="../elsewhere.jsonl"),
+        lambda data: data.update(shards=[]),
+        lambda data: data.update(format="xml"),
+        lambda data: data.update(version=2),
+        # The first window must be open: no date_created_from was asked for.
+        lambda data: data["shards"][0]["shard"].update(start="2000-01-01T00:00:00+00:00"),
+    ],
+    ids=[
+        "two shards, one window",
+        "two shards' files swapped",
+        "a shard removed",
+        "an index out of place",
+        "a part outside the directory",
+        "no shards",
+        "an unknown format",
+        "an unknown version",
+        "the first window closed",
+    ],
+)
+async def test_an_edited_plan_is_refused(
+    dm: DMHubClient, done: Path, tmp_path: Path, change: Callable[[dict[str, Any]], object]
+) -> None:
+    edit(done, change)
+    with pytest.raises(InvalidRequestError, match="is not a manifest this SDK wrote"):
+        Manifest.read(done)
+    with pytest.raises(InvalidRequestError, match="is not a manifest this SDK wrote"):
+        await export_sharded(dm, done, 4, progress=False)
+    with pytest.raises(InvalidRequestError, match="is not a manifest this SDK wrote"):
+        merge(done, tmp_path / "all.jsonl")
+
+
+@pytest.mark.parametrize(
+    "text", [b"[1, 2]", b'{"shards": 5}', b"5"], ids=["an array", "shards a number", "a number"]
+)
+def test_a_manifest_that_is_no_object_is_refused(tmp_path: Path, text: bytes) -> None:
+    (tmp_path / MANIFEST_NAME).write_bytes(text)  # an array was a raw TypeError
+    with pytest.raises(InvalidRequestError, match="is not a manifest this SDK wrote"):
+        Manifest.read(tmp_path)
