@@ -133,8 +133,10 @@ async def test_csv_has_attr_columns_and_rfc4180_quoting(
     [
         (["name", "stage"], ["id", "name", "stage"]),
         (["mobile", "attr"], ["id", "mobile", "attr.attr1", "attr.attr2", "attr"]),
+        # id named later: it still comes first, where a resume reads it back
+        (["name", "id", "stage"], ["id", "name", "stage"]),
     ],
-    ids=["fields", "fields and attr"],
+    ids=["fields", "fields and attr", "id named later"],
 )
 async def test_a_csv_with_select_has_only_the_selected_columns(
     sim: DMHubSimulator,
@@ -190,6 +192,32 @@ async def test_utf8_sig_starts_a_csv_with_one_byte_order_mark_even_after_a_resum
         )
     with pytest.raises(InvalidRequestError, match="encoding: 'utf-8' in the checkpoint"):
         await export_customers(client, dest, encoding="utf-8-sig", checkpoint=ckpt, progress=False)
+
+
+async def test_a_csv_with_id_selected_later_resumes(
+    sim: DMHubSimulator, client: DMHubClient, tmp_path: Path
+) -> None:
+    # Its header was "name,id": the resume read ids from the first column, found none, and
+    # refused the file as changed, losing the work done (the CLI says "rerun to resume").
+    dest, ckpt = tmp_path / "some.csv", tmp_path / "export.ckpt"
+    with pytest.raises(Crash):
+        await export_customers(
+            client,
+            dest,
+            select=["name", "id"],
+            checkpoint=ckpt,
+            page_size=50,
+            progress=False,
+            on_progress=crash_after(2),
+        )
+
+    report = await export_customers(
+        client, dest, select=["name", "id"], checkpoint=ckpt, page_size=50, progress=False
+    )
+
+    assert report.resumed
+    assert report.complete
+    assert ids_of(read_csv(dest)) == sim.customer_ids()
 
 
 async def test_an_empty_csv_export_still_has_its_header(

@@ -165,7 +165,10 @@ def _plan(
 def _columns(filters: dict[str, Any]) -> list[str] | None:
     """The wire names of the selected fields (``id`` first), or None for every field."""
     select = customer_filter_params("export_customers", filters).get("select")
-    return select.split(",") if select else None
+    if not select:
+        return None
+    # First, wherever it was named: a resume reads each record's id from the first column.
+    return ["id", *(name for name in select.split(",") if name != "id")]
 
 
 def _format_of(suffix: str, format: str | None) -> Format:
