@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from .._auth import FileTokenStore
+from .._exceptions import DMHubError, InvalidRequestError
 from ..shards import Manifest, merge
 from ..shards._local import WorkerSettings, run_in_processes
-from ..shards._queue import worker
+from ..shards._queue import check_queue, unreachable, worker
 from ..shards._run import TotalProgress, export_sharded, prepare
 from ._errors import EXIT_INCOMPLETE, EXIT_OK, CommandError, UsageError
 from ._files import check_output
@@ -50,6 +51,8 @@ def check_sharding(args: argparse.Namespace) -> None:
 async def sharded_export(args: argparse.Namespace, filters: dict[str, Any]) -> int:
     """``export --out DIR --shards N``: plan, run every shard, write the manifest."""
     check_sharding(args)
+    if args.queue:  # before the plan: a bad or silent queue left a plan and a raw traceback
+        await _reach_queue(args.queue, "--queue")
     fmt = args.format or "jsonl"
     bar, lines = _progress(args)
     async with open_client(args, args.concurrency) as dm:
@@ -134,6 +137,9 @@ async def worker_command(args: argparse.Namespace) -> int:
         client["timezone"] = args.timezone
     if args.token_store:
         client["token_store"] = token_store(args.token_store)
+    await _reach_queue(args.redis, "--redis")
+    from redis.exceptions import RedisError  # installed: _reach_queue found it
+
     arq_worker = worker(
         args.redis,
         client=client,
@@ -144,9 +150,27 @@ async def worker_command(args: argparse.Namespace) -> int:
     )
     try:
         await arq_worker.async_run()
+    except (RedisError, OSError) as err:  # it went away: arq's own tries ended
+        raise CommandError(str(unreachable(args.redis, err))) from None
     finally:
         await arq_worker.close()
     return EXIT_OK
+
+
+async def _reach_queue(redis_url: str, flag: str) -> None:
+    try:
+        import arq  # noqa: F401
+        import redis  # noqa: F401
+    except ImportError:
+        raise UsageError(
+            f"{flag} needs the redis extra: pip install 'dmhub-async[redis]'"
+        ) from None
+    try:
+        await check_queue(redis_url, flag)
+    except InvalidRequestError as err:
+        raise UsageError(str(err)) from None
+    except DMHubError as err:
+        raise CommandError(str(err)) from None
 
 
 def _merge(args: argparse.Namespace) -> int:

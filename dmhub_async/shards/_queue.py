@@ -26,6 +26,7 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from .._exceptions import DMHubError, InvalidRequestError
 from .._shared_rate import check_shared_rate
@@ -34,7 +35,16 @@ from ._manifest import Manifest, ShardOutcome, checkpoint_name, part_name
 from ._plan import Shard
 from ._run import ProgressBar, TotalProgress, export_shard, pending, record_result, result_of
 
-__all__ = ["HEARTBEAT", "IN_PROGRESS_TTL", "JOB_NAME", "run_on_queue", "worker"]
+__all__ = [
+    "HEARTBEAT",
+    "IN_PROGRESS_TTL",
+    "JOB_NAME",
+    "check_queue",
+    "queue_settings",
+    "run_on_queue",
+    "unreachable",
+    "worker",
+]
 
 logger = logging.getLogger("dmhub_async")
 
@@ -61,6 +71,53 @@ def export_id_of(directory: Path) -> str:
 
 def _absolute(directory: str | os.PathLike[str]) -> Path:
     return Path(os.path.abspath(directory))
+
+
+def _where(redis_url: str) -> str:
+    """The queue's Redis for a message: host, port and database, never a password."""
+    try:
+        parts = urlsplit(redis_url)
+        return f"{parts.scheme}://{parts.hostname or 'localhost'}:{parts.port or 6379}{parts.path}"
+    except ValueError:
+        return "the URL given"
+
+
+def queue_settings(redis_url: object, name: str) -> Any:
+    """arq's ``RedisSettings`` of ``redis_url``, or InvalidRequestError before anything is
+    planned or enqueued (arq's own errors were a raw RuntimeError or ValueError, late)."""
+    from arq.connections import RedisSettings
+
+    if not isinstance(redis_url, str):
+        raise InvalidRequestError(f"{name} must be a redis:// URL, not {type(redis_url).__name__}")
+    try:
+        return RedisSettings.from_dsn(redis_url)
+    except (RuntimeError, ValueError):
+        raise InvalidRequestError(  # not repeated: it may hold a password
+            f"{name} must be a URL such as redis://HOST:PORT/DB (or rediss://, unix://)"
+        ) from None
+
+
+async def check_queue(redis_url: str, name: str = "the queue") -> None:
+    """Reach the queue's Redis once, or DMHubError naming where (not the password): before a
+    plan is made, rather than a raw ConnectionError after it."""
+    from redis.asyncio import Redis
+    from redis.exceptions import RedisError
+
+    queue_settings(redis_url, name)
+    client = Redis.from_url(redis_url, socket_connect_timeout=10, socket_timeout=10)
+    try:
+        await client.ping()
+    except (RedisError, OSError) as err:
+        raise unreachable(redis_url, err) from None
+    finally:
+        await client.aclose()
+
+
+def unreachable(redis_url: str, err: BaseException) -> DMHubError:
+    """The error of a queue's Redis that does not answer."""
+    return DMHubError(
+        f"cannot reach the queue's Redis at {_where(redis_url)}: {type(err).__name__}"
+    )
 
 
 def job_id_of(export_id: str, plan_id: str, index: int) -> str:
@@ -150,12 +207,12 @@ def worker(
     # Finite: an infinite takeover was taken, then every job failed renewing its mark.
     check_number("worker(): heartbeat", heartbeat, 0, inclusive=False, finite=True)
     check_number("worker(): takeover", takeover, 0, inclusive=False, finite=True, high=1e9)
+    settings_of_redis = queue_settings(redis_url, "worker(): redis_url")
     if not heartbeat < takeover:
         raise InvalidRequestError("worker(): heartbeat must be positive and below takeover")
     check_number("worker(): max_jobs", max_jobs, 1, inclusive=True, kind=int)
     if rate_limit is not None:  # checked by the limiter too, but only at the worker's start
         check_shared_rate("worker(): rate_limit", rate_limit)
-    from arq.connections import RedisSettings
     from arq.worker import Worker, func
 
     from .._auth import RedisTokenStore
@@ -187,7 +244,7 @@ def worker(
     job = func(_export_shard_job, name=JOB_NAME, max_tries=MAX_TRIES, timeout=JOB_TIMEOUT)
     arq_worker = Worker(
         functions=[job],
-        redis_settings=RedisSettings.from_dsn(redis_url),
+        redis_settings=settings_of_redis,
         on_startup=startup,
         on_shutdown=shutdown,
         max_jobs=max_jobs,
@@ -227,14 +284,17 @@ async def run_on_queue(
     Returns when every shard has ended (complete, incomplete or failed after arq's tries).
     """
     from arq import create_pool
-    from arq.connections import RedisSettings
     from arq.jobs import Job, JobStatus
+    from redis.exceptions import RedisError
 
     where = _absolute(directory)
     export_id = export_id_of(where)
     todo = {o.shard.index: o for o in pending(manifest.shards)}
     bar = ProgressBar(progress, manifest, on_total)
-    pool = await create_pool(RedisSettings.from_dsn(redis_url))
+    try:
+        pool = await create_pool(queue_settings(redis_url, "run_on_queue(): redis_url"))
+    except (RedisError, OSError) as err:
+        raise unreachable(redis_url, err) from None
     try:
         jobs: dict[int, Any] = {}
         for index, outcome in todo.items():

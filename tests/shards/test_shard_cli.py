@@ -81,3 +81,33 @@ def test_what_a_sharded_export_refuses(tmp_path: Path) -> None:
         assert refused.returncode == 2, refused.stderr
         assert refused.stderr.count("\n") == 1  # one line, no traceback
     assert a_file.read_text(encoding="utf-8") == "{}\n"
+
+
+def test_a_queue_that_is_no_url_or_does_not_answer_is_found_before_the_plan(
+    tmp_path: Path,
+) -> None:
+    # Before: planned (counts sent, a manifest written), then a raw RuntimeError or
+    # ConnectionError traceback; the worker the same.
+    with sim_process(200) as sim:
+        runs = {
+            (flag, url): dmhub(
+                sim,
+                tmp_path,
+                *(
+                    ("export", "--out", str(tmp_path / "out"), "--shards", "2", "-q", flag, url)
+                    if flag == "--queue"
+                    else ("worker", flag, url, "--burst")
+                ),
+            )
+            for flag in ("--queue", "--redis")
+            for url in ("notaurl", "redis://:hunter2@127.0.0.1:1/0")
+        }
+        requests = sum(sim.state()["per_second"])  # every API request the simulator saw
+
+    for (flag, url), run in runs.items():
+        assert run.returncode == (2 if url == "notaurl" else 1), run.stderr
+        assert run.stderr.count("\n") == 1, run.stderr  # one line, no traceback
+        assert flag in run.stderr or "cannot reach the queue's Redis at" in run.stderr
+        assert "hunter2" not in run.stderr
+    assert not (tmp_path / "out").exists()
+    assert requests == 0
