@@ -47,10 +47,43 @@ def redact(text: str, secrets: Iterable[str | None] = ()) -> str:
     value but encodes ``+``), as it appears when a service or a proxy echoes the query back.
     """
     text = _SECRET_PARAMS.sub(r"\g<1>" + MASK, text)
-    for secret in (*secrets, *live_secrets()):
-        if secret and len(secret) >= 4:
-            text = _secret_pattern(secret).sub(MASK, text)
+    known = [secret for secret in (*secrets, *live_secrets()) if secret and len(secret) >= 4]
+    for secret in known:
+        text = _secret_pattern(secret).sub(MASK, text)
+    # Then the runs of any of them, all at once: masking one secret's runs first could cut a
+    # whole other one (two canaries sharing "-CANARY-") where its own match would no longer find it.
+    longer = [secret for secret in known if len(secret) > FRAGMENT]
+    return _mask_fragments(text, longer) if longer else text
+
+
+#: A run of this many characters of a secret is masked wherever it appears. A message that
+#: quotes a value cut short (``'a449c4458ea1...eddcca9af9481'``, or a field the service echoed
+#: cut at 200 characters) held most of a token, which the whole-secret match no longer found.
+FRAGMENT = 8
+
+
+def _mask_fragments(text: str, secrets: list[str]) -> str:
+    """``text`` with every run of ``FRAGMENT`` characters or more of a secret masked."""
+    folded = text.lower()
+    if len(folded) == len(text):  # any case, as the whole secret is matched
+        grams = frozenset().union(*(_fragments(secret.lower()) for secret in secrets))
+    else:  # lower() changed a length ("İ"): positions would no longer match the text
+        folded, grams = text, frozenset().union(*(_fragments(secret) for secret in secrets))
+    spans: list[list[int]] = []
+    for start in range(len(folded) - FRAGMENT + 1):
+        if folded[start : start + FRAGMENT] in grams:
+            if spans and start <= spans[-1][1]:
+                spans[-1][1] = start + FRAGMENT
+            else:
+                spans.append([start, start + FRAGMENT])
+    for start, end in reversed(spans):
+        text = text[:start] + MASK + text[end:]
     return text
+
+
+@functools.lru_cache(maxsize=64)
+def _fragments(secret: str) -> frozenset[str]:
+    return frozenset(secret[i : i + FRAGMENT] for i in range(len(secret) - FRAGMENT + 1))
 
 
 @functools.lru_cache(maxsize=64)

@@ -314,3 +314,42 @@ def test_any_token_or_secret_parameter_value_is_masked(value, name, before, afte
 @given(secret=st.text(min_size=4), noise=st.text())
 def test_a_known_secret_is_masked_wherever_it_appears(secret, noise):
     assert secret not in redact(noise + secret + noise, [secret])
+
+
+@given(
+    secret=st.text(st.characters(blacklist_characters="*"), min_size=9, max_size=40),
+    cut=st.data(),
+    noise=st.text(st.characters(blacklist_characters="*"), max_size=30),
+)
+def test_a_run_of_eight_characters_of_a_secret_is_masked(secret, cut, noise):
+    # What a message quoting a value cut short holds: the start, the end, or the middle.
+    start = cut.draw(st.integers(0, len(secret) - 8))
+    end = cut.draw(st.integers(start + 8, len(secret)))
+    fragment = secret[start:end]
+    assert fragment not in redact(noise + fragment + "..." + noise, [secret])
+
+
+async def test_a_token_cut_short_in_a_message_does_not_leak() -> None:
+    from dmhub_async import InvalidRequestError, ResponseDecodeError
+    from dmhub_async.testing import DMHubSimulator
+
+    async with (
+        DMHubSimulator(customers=0) as sim,
+        DMHubClient(sim.app_id, sim.secret, base_url=sim.url) as dm,
+    ):
+        await dm.customers.count()
+        token = sim.access_token
+        assert token is not None
+        # A service that echoes the token into a field of the wrong type: the field's error
+        # is cut at 200 characters, and 15 characters of the token were left.
+        row = sim.insert_customer({"name": "x", "mobileVerified": "A" * 160 + token})
+        with pytest.raises(ResponseDecodeError) as decode:
+            await dm.customers.get(row["id"])
+        # A value quoted in an input error is cut to its first 12 and last 13 characters.
+        with pytest.raises(InvalidRequestError) as refused:
+            dm.customers.list(sort_order=token)  # type: ignore[arg-type]
+
+    assert MASK in str(decode.value)
+    assert MASK in str(refused.value)
+    for text in (str(decode.value), decode.value.description or "", str(refused.value)):
+        assert not any(token[i : i + 8] in text for i in range(len(token) - 7)), text
