@@ -10,16 +10,19 @@ holds only what JSON can carry exactly (``docs/reliability.md``, "Bad input").
 from __future__ import annotations
 
 import math
+import re
 import reprlib
 import types
 import typing
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
+from decimal import Decimal
 from typing import Any
 from urllib.parse import quote, urlencode
 
 from yarl import URL
 
+from ._converter import scalars
 from ._converter.scalars import parse_timestamp
 from ._exceptions import InvalidRequestError
 from .models.customer import CustomerFields
@@ -66,7 +69,7 @@ METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE"})
 #: Nesting a body may have: custom fields are flat in practice; a cycle is refused by it.
 MAX_JSON_DEPTH = 64
 #: Digits an integer in a body may have (Python's own limit for writing one as text).
-MAX_INT_DIGITS = 4300
+MAX_INT_DIGITS = scalars.MAX_INT_DIGITS
 _INT_BOUND = 10**MAX_INT_DIGITS
 #: The longest time Redis keeps a key for: past about 9.2e15 s it refuses the expiry (a lock's
 #: life, a rate limit's window), and the call that sets it fails.
@@ -200,6 +203,11 @@ def _check_json(method: str, where: str, value: Any, depth: int) -> None:
     elif isinstance(value, float):
         if not math.isfinite(value):
             raise InvalidRequestError(f"{method}(): {where} is {value}, which JSON cannot hold")
+    elif isinstance(value, Decimal) and (
+        not value.is_finite() or value.adjusted() >= MAX_INT_DIGITS
+    ):  # what the converter could not write (decimal_to_json)
+        what = f"an integer of more than {MAX_INT_DIGITS} digits" if value.is_finite() else value
+        raise InvalidRequestError(f"{method}(): {where} is {what}, which JSON cannot hold")
     elif depth >= MAX_JSON_DEPTH:
         raise InvalidRequestError(
             f"{method}(): {where} is nested more than {MAX_JSON_DEPTH} deep (or holds itself)"
@@ -363,6 +371,17 @@ def check_customer_fields(method: str, fields: Mapping[str, Any] | CustomerField
             raise InvalidRequestError(f"{method}(): attr keys must be strings")
         if name == "date_join":
             _check_timestamp(method, name, value)
+        if name == "annual_revenue" and isinstance(value, str) and not _NUMBER.fullmatch(value):
+            # Sent as it was, a JSON string the service refused after the request (or took:
+            # Python's Decimal reads "1_000" and "Infinity").
+            raise InvalidRequestError(
+                f"{method}(): annual_revenue must be a number (or its text, such as '1000.50'),"
+                f" not {short(value)}"
+            )
+
+
+#: A JSON number's text: what an amount given as a string may be.
+_NUMBER: typing.Final = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
 
 
 def _check_timestamp(method: str, name: str, value: datetime | str) -> None:

@@ -388,7 +388,6 @@ def test_decimal_from_an_int() -> None:
         (Decimal("-2.25"), -2.25),
         (Decimal("12345678901234567890.12"), "12345678901234567890.12"),
         (Decimal("0.1000000000000000000001"), "0.1000000000000000000001"),
-        (Decimal("NaN"), "NaN"),
     ],
 )
 def test_decimal_to_json(value: Decimal, wire: int | float | str) -> None:
@@ -527,6 +526,35 @@ def test_a_date_join_string_is_sent_in_the_wires_form(
     assert customer_fields_to_wire({"date_join": written}) == {"dateJoin": sent}
     upsert = customer_body({"date_join": written}, identities=[Identity("mobile", "1")])
     assert upsert["customer"] == {"dateJoin": sent}
+
+
+class _NoInt(Decimal):
+    def __int__(self) -> int:
+        raise AssertionError("int() of a decimal of a million digits: half a minute of CPU")
+
+
+def test_a_decimal_json_cannot_hold_is_left_for_the_request_check() -> None:
+    # int(Decimal("1E+1000000")) held the event loop for 27 s before the request was refused.
+    huge = _NoInt("1E+1000000")
+    assert conv.decimal_to_json(huge) is huge
+    for special in ("NaN", "-Infinity", "sNaN"):
+        assert conv.decimal_to_json(Decimal(special)).is_nan() == ("NaN" in special)
+    assert conv.decimal_to_json(Decimal("1E+400")) == 10**400
+
+
+@pytest.mark.parametrize(
+    ("written", "sent"),
+    [
+        ("1000.50", 1000.5),
+        ("-12", -12),
+        ("1e3", 1000),
+        ("0.1234567890123456789", "0.1234567890123456789"),
+    ],
+)
+def test_an_amount_as_text_is_sent_as_the_number_it_is(written: str, sent: object) -> None:
+    body = customer_fields_to_wire({"annual_revenue": written})
+    assert body == {"annualRevenue": sent}
+    assert type(body["annualRevenue"]) is type(sent)
 
 
 def test_customer_fields_to_wire_keeps_the_callers_order() -> None:

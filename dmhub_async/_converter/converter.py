@@ -78,6 +78,10 @@ def make_converter(strict: bool = False) -> cattrs.Converter:
     field_names["date_join"] = override(
         rename=customer_wire["date_join"], unstruct_hook=scalars.timestamp_to_wire
     )
+    # And an amount as text as the number it is: "1000.50" went out as a JSON string.
+    field_names["annual_revenue"] = override(
+        rename=customer_wire["annual_revenue"], unstruct_hook=scalars.number_to_wire
+    )
     conv.register_unstructure_hook(
         CustomerFields, make_typeddict_unstructure_fn(CustomerFields, conv, **field_names)
     )

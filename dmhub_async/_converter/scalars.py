@@ -195,6 +195,14 @@ def format_timestamp(dt: datetime) -> str:
     return dt.isoformat() + "Z"
 
 
+def number_to_wire(value: Decimal | int | float | str | None) -> Any:
+    """An amount to write (``annual_revenue``) as a JSON number: a ``Decimal`` per
+    :func:`decimal_to_json`, a string of a number (checked first) read as a ``Decimal``."""
+    if isinstance(value, str):
+        value = Decimal(value)
+    return decimal_to_json(value) if isinstance(value, Decimal) else value
+
+
 def timestamp_to_wire(value: datetime | str | None) -> str | None:
     """A time to write (a ``datetime`` or a timestamp the client reads) in the wire's form:
     ``2017-06-01T20:12:12+08:00`` goes out as ``2017-06-01T12:12:12Z``."""
@@ -203,16 +211,22 @@ def timestamp_to_wire(value: datetime | str | None) -> str | None:
     return format_timestamp(parse_timestamp(value) if isinstance(value, str) else value)
 
 
-def decimal_to_json(d: Decimal) -> int | float | str:
+#: The most digits of an integer a request body carries (Python's own limit for int <-> str).
+MAX_INT_DIGITS: Final = 4300
+
+
+def decimal_to_json(d: Decimal) -> int | float | str | Decimal:
     """A ``Decimal`` as a value ``json.dumps`` can write without losing digits.
 
     The service expects JSON numbers, and the stdlib ``json`` cannot write a ``Decimal``: an
     integral value becomes an ``int``, else a ``float`` when that float reads back as the same
-    decimal (``Decimal(repr(float(d))) == d``), else (more digits than a float holds, NaN,
-    infinities) the string ``str(d)``.
+    decimal (``Decimal(repr(float(d))) == d``), else (more digits than a float holds) the
+    string ``str(d)``. NaN, the infinities and integers of more than :data:`MAX_INT_DIGITS`
+    digits stay ``Decimal``s, which the request's check refuses by name: ``"NaN"`` was sent as
+    a string, and ``int(Decimal("1E+1000000"))`` held the event loop for half a minute.
     """
-    if not d.is_finite():
-        return str(d)
+    if not d.is_finite() or d.adjusted() >= MAX_INT_DIGITS:
+        return d
     if d == d.to_integral_value():
         return int(d)
     f = float(d)

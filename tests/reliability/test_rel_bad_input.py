@@ -15,6 +15,7 @@ import json
 import math
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timedelta, timezone
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
@@ -59,6 +60,28 @@ CASES: dict[str, Call] = {
     "create: attr not a dict": lambda dm: dm.customers.create(attr="x"),
     "create: attr key not str": lambda dm: dm.customers.create(attr={1: "x"}),
     "create: create_method int": lambda dm: dm.customers.create(name="x", create_method=5),
+    # Sent before: a Decimal NaN or infinity as the string "NaN" (in attr, stored as such), an
+    # amount as text as it was typed (Python's Decimal reads "1_000" and "Infinity").
+    "create: annual_revenue Decimal NaN": lambda dm: dm.customers.create(
+        annual_revenue=Decimal("NaN")
+    ),
+    "create: annual_revenue Decimal -Infinity": lambda dm: dm.customers.create(
+        annual_revenue=Decimal("-Infinity")
+    ),
+    "create: annual_revenue Decimal sNaN": lambda dm: dm.customers.create(
+        annual_revenue=Decimal("sNaN")
+    ),
+    "create: attr holding a Decimal NaN": lambda dm: dm.customers.create(
+        attr={"score": [Decimal("NaN")]}
+    ),
+    "update: annual_revenue 'abc'": lambda dm: dm.customers.update(1, annual_revenue="abc"),
+    "update: annual_revenue '1_000'": lambda dm: dm.customers.update(1, annual_revenue="1_000"),
+    "update: annual_revenue 'Infinity'": lambda dm: dm.customers.update(
+        1, annual_revenue="Infinity"
+    ),
+    "create: annual_revenue 1E+5000": lambda dm: dm.customers.create(
+        annual_revenue=Decimal("1E+5000")
+    ),
     "upsert: no identities": lambda dm: dm.customers.create_with_identities([]),
     "upsert: a str": lambda dm: dm.customers.create_with_identities("wechat"),
     "upsert: one Identity, not a list": lambda dm: dm.customers.create_with_identities(OK),
