@@ -231,10 +231,24 @@ async def test_bad_paging_values_are_refused_before_any_request(
     async with client_for(sim) as dm:
         with pytest.raises(InvalidRequestError):
             dm.customers.list(**kwargs)
-        if "sort_by" not in kwargs:  # statistics pass any sort field through
+        # Statistics sent any sort field as given (the service then refused it).
+        with pytest.raises(InvalidRequestError):
+            dm.customer_statistics.list(**kwargs)
+        if "sort_by" in kwargs or "sort_order" in kwargs:  # count took them unchecked
             with pytest.raises(InvalidRequestError):
-                dm.customer_statistics.list(**kwargs)
+                await dm.customers.count(**kwargs)
     assert sim.counters.total == 0
+
+
+async def test_statistics_sort_by_the_models_field_names(sim: DMHubSimulator) -> None:
+    # "total_score" was sent as it was, and refused: only the wire's "totalScore" worked.
+    async with client_for(sim) as dm:
+        by_model = await dm.customer_statistics.list(sort_by="total_score").to_list()
+        by_wire = await dm.customer_statistics.list(sort_by="totalScore").to_list()
+    assert by_model == by_wire
+    assert by_model
+    scores = [s.total_score for s in by_model]
+    assert scores == sorted(scores, key=lambda score: (score is not None, score))
 
 
 async def test_a_long_id_list_walks_in_batches_with_one_tally(sim: DMHubSimulator) -> None:

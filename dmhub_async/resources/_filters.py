@@ -116,14 +116,18 @@ def _filter_params(
             if "id" not in wire:
                 wire.insert(0, "id")  # the walk drops repeats by id
             params["select"] = ",".join(dict.fromkeys(wire))
-        elif name == "sort_by" and paged:
-            params["sidx"] = _wire_field(method, value)
-        elif name == "sort_order" and paged:
+        # Checked even where they are not sent (count): a bad one there was silently taken.
+        elif name == "sort_by":
+            field = _wire_field(method, value)
+            if paged:
+                params["sidx"] = field
+        elif name == "sort_order":
             if value not in _SORT_ORDERS:
                 raise InvalidRequestError(
                     f"{method}(): sort_order must be 'asc' or 'desc', not {short(value)}"
                 )
-            params["sord"] = value
+            if paged:
+                params["sord"] = value
     # idList is checked when it is split into batches, each short enough for one URL.
     check_query(method, {k: v for k, v in params.items() if k != "idList"})
     return params, naive

@@ -6,7 +6,7 @@ import operator
 from collections.abc import Callable
 from typing import Any, Literal
 
-from .._converter import read_statistics_page
+from .._converter import read_statistics_page, wire_names
 from .._exceptions import InvalidRequestError
 from .._pagination import AsyncPaginator
 from .._validate import check_id, check_query, short
@@ -31,16 +31,18 @@ class CustomerStatisticsResource(Resource):
         sort_by: str = "id",
         sort_order: Literal["asc", "desc"] = "asc",
     ) -> AsyncPaginator[CustomerStatistics]:
-        """Walk the statistics records, of one customer or of all, in order (``meta.hasNext``)."""
-        params: dict[str, str] = {"sidx": sort_by, "sord": sort_order}
-        if customer_id is not None:
-            params["customerId"] = str(check_id("list", customer_id))
+        """Walk the statistics records, of one customer or of all, in order (``meta.hasNext``).
+
+        ``sort_by`` is a field of :class:`CustomerStatistics` by its name (``"total_score"``) or
+        the wire's (``"totalScore"``); anything else is refused before a request.
+        """
         if sort_order not in ("asc", "desc"):
             raise InvalidRequestError(
                 f"list(): sort_order must be 'asc' or 'desc', not {short(sort_order)}"
             )
-        if not isinstance(sort_by, str) or not sort_by:
-            raise InvalidRequestError("list(): sort_by must be a field name")
+        params: dict[str, str] = {"sidx": _sort_field(sort_by), "sord": sort_order}
+        if customer_id is not None:
+            params["customerId"] = str(check_id("list", customer_id))
         check_query("list", params)
         read_page = items_page(read_statistics_page, "a page of customer statistics")
         return paginate(
@@ -54,6 +56,21 @@ class CustomerStatisticsResource(Resource):
             concurrency=concurrency,
             key=_record_id,
         )
+
+
+#: The fields a walk sorts by: the model's names and the wire's.
+_SORT_FIELDS: dict[str, str] = {
+    **{wire: wire for wire in wire_names(CustomerStatistics).values()},
+    **wire_names(CustomerStatistics),
+}
+
+
+def _sort_field(sort_by: object) -> str:
+    """A statistics field as the wire names it (``total_score`` -> ``totalScore``), or
+    InvalidRequestError: it was sent as given, and the service refused a model name."""
+    if isinstance(sort_by, str) and sort_by in _SORT_FIELDS:
+        return _SORT_FIELDS[sort_by]
+    raise InvalidRequestError(f"list(): unknown customer statistics field {short(sort_by)}")
 
 
 #: A record's id, in C: the walk reads it from every record.
