@@ -9,7 +9,7 @@
      |    +-- APITimeoutError (also TimeoutError)
      +-- APIError  status, code, description     the service answered with an error
           +-- AuthenticationError                bad appid/secret, token refused after one refresh
-          +-- NotFoundError                      404, or 40201 on a single-customer read
+          +-- NotFoundError                      404, or 40201 naming a missing customer
           +-- RateLimitError  retry_after
           +-- ServerError                        5xx
           +-- ResponseDecodeError                a body that is not the JSON the contract promises
@@ -157,7 +157,8 @@ class AuthenticationError(APIError):
 
 
 class NotFoundError(APIError):
-    """The customer does not exist (HTTP 404, or 40201 on a single-customer read)."""
+    """The customer does not exist (HTTP 404, or 40201 on a single-customer call: get,
+    update, delete, binding an identity)."""
 
 
 class RateLimitError(APIError):

@@ -20,6 +20,7 @@ from dmhub_async import (
     AuthenticationError,
     DMHubClient,
     DMHubError,
+    Identity,
     InvalidRequestError,
     NotFoundError,
     RateLimitError,
@@ -116,6 +117,24 @@ async def test_missing_customer_is_not_found_on_a_single_read(api, make_client, 
     assert info.value.status == 500
     assert info.value.code == 40201
     assert count(api, "/v1/customers/77") == 1  # not retried as a server error
+    assert clock.waits == []
+
+
+async def test_binding_an_identity_to_a_missing_customer_is_not_found(api, make_client, clock):
+    # Retried as a ServerError before: five requests and seconds of backoff for an answer.
+    api.post(
+        url("/v1/customeridentities"),
+        status=500,
+        payload={"error_code": 40201, "error_description": "permission is not enough"},
+        repeat=True,
+    )
+    dm = make_client(access_token="tok")
+
+    with pytest.raises(NotFoundError) as info:
+        await dm.identities.add(77, Identity("wechat", "o-1"))
+
+    assert (info.value.status, info.value.code) == (500, 40201)
+    assert count(api, "/v1/customeridentities") == 1
     assert clock.waits == []
 
 

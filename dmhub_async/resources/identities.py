@@ -15,6 +15,7 @@ from ..models.identity import CustomerIdentity, Identity
 from ._batches import id_batches
 from ._pages import decode
 from ._resource import Resource
+from .customers import NOT_FOUND_CODES
 
 __all__ = ["Identities"]
 
@@ -30,12 +31,17 @@ class Identities(Resource):
 
         Raises:
             InvalidRequestError: a bad id or an identity over the contract's limits.
+            NotFoundError: no such customer (the service's 40201, as on a get).
         """
         cid = check_id("add", customer_id)
         check_identity("add", identity)
         # The reference sends customerId as a string; identity answers carry it so too.
         body = {"customerId": str(cid), **identity_to_wire(identity)}
-        data = await self._session.request("POST", "/v1/customeridentities", json=body)
+        # A missing customer is the 500 + 40201 of a get: an answer, not a failure to retry
+        # (it was retried as a ServerError, five requests and seconds of backoff).
+        data = await self._session.request(
+            "POST", "/v1/customeridentities", json=body, not_found_codes=NOT_FOUND_CODES
+        )
         return decode(structure_identity, data, "an identity")
 
     async def list(self, customer_ids: Iterable[int]) -> builtins.list[CustomerIdentity]:
