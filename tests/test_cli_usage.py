@@ -12,6 +12,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from _cli_support import (
@@ -268,3 +269,35 @@ def test_plain_http_off_this_machine_needs_allow_insecure_http(
     allowed = run_cli("export", "--out", "a.jsonl", "--allow-insecure-http", env=env, cwd=tmp_path)
     assert allowed.returncode == 0, allowed.stderr
     assert jsonl_ids(tmp_path / "a.jsonl") == served.ids()
+
+
+@pytest.mark.parametrize("store", ["memory", "file"])
+def test_worker_processes_get_the_page_size_and_concurrency_asked_for(
+    in_process: dict[str, str],
+    served: ServedSimulator,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    store: str,
+) -> None:
+    # With a memory token store the workers were given no settings but the client's: they
+    # walked pages of 100, 8 at a time, whatever --page-size and --concurrency said.
+    from dmhub_async.cli import _shards
+    from dmhub_async.shards import Manifest
+
+    given: list[Any] = []
+
+    async def run_in_processes(
+        settings: Any, directory: Any, manifest: Manifest, *_: Any, **__: Any
+    ) -> Manifest:
+        given.append(settings)
+        return manifest
+
+    monkeypatch.setattr(_shards, "run_in_processes", run_in_processes)
+    spec = "memory" if store == "memory" else f"file:{tmp_path / 'tokens.json'}"
+    args = ["--workers", "2", "--page-size", "40", "--concurrency", "3", "--token-store", spec]
+    main(["export", "--out", "parts", "--shards", "2", "-q", *args])
+
+    (settings,) = given
+    assert (settings.page_size, settings.concurrency) == (40, 3)
+    assert settings.token_redis is None
+    assert settings.token_file == ("" if store == "memory" else str(tmp_path / "tokens.json"))

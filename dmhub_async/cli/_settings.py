@@ -46,6 +46,11 @@ def _default_spec() -> str:
     return "memory"
 
 
+def token_store_spec(spec: str | None) -> str:
+    """The ``--token-store`` spec in force: the flag's, ``DMHUB_TOKEN_STORE``'s or the default."""
+    return spec if spec is not None else os.environ.get(TOKEN_STORE_ENV) or _default_spec()
+
+
 def token_store(spec: str | None) -> TokenStore:
     """The store a ``--token-store`` spec names: ``memory``, ``file:PATH`` or ``redis://...``.
 
@@ -53,8 +58,7 @@ def token_store(spec: str | None) -> TokenStore:
     one token per app id, so two runs that do not share it revoke each other's (docs/contract.md,
     "Transport and authentication").
     """
-    if spec is None:
-        spec = os.environ.get(TOKEN_STORE_ENV) or _default_spec()
+    spec = token_store_spec(spec)
     if spec == "memory":
         return MemoryTokenStore()
     if spec.startswith("file:") and spec != "file:":

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .._auth import FileTokenStore
+from .._auth import FileTokenStore, RedisTokenStore
 from .._exceptions import DMHubError, InvalidRequestError
 from ..shards import Manifest, merge
 from ..shards._local import WorkerSettings, run_in_processes
@@ -22,7 +22,7 @@ from ..shards._run import TotalProgress, export_sharded, prepare
 from ._errors import EXIT_INCOMPLETE, EXIT_OK, CommandError, UsageError
 from ._files import check_output
 from ._report import ProgressLines, print_report
-from ._settings import open_client, token_store
+from ._settings import open_client, token_store, token_store_spec
 
 __all__ = ["merge_command", "sharded_export", "worker_command"]
 
@@ -90,12 +90,20 @@ async def sharded_export(args: argparse.Namespace, filters: dict[str, Any]) -> i
             on_total=lines,
         )
     else:
-        store = token_store(args.token_store)
-        token_file = str(store.path) if isinstance(store, FileTokenStore) else None
-        settings = (
-            WorkerSettings(client, token_file, args.page_size, args.concurrency)
-            if token_file is not None
-            else None
+        spec = token_store_spec(args.token_store)
+        store = token_store(spec)
+        # A Redis store is passed on as asked: the workers used a private file, so fetched a
+        # token of their own and revoked that of every process sharing the store (one token an
+        # app id). With a memory store they share a private file ("": made for the run).
+        redis_store = isinstance(store, RedisTokenStore)
+        if isinstance(store, RedisTokenStore):
+            await store.aclose()
+        settings = WorkerSettings(
+            client,
+            str(store.path) if isinstance(store, FileTokenStore) else "",
+            args.page_size,
+            args.concurrency,
+            token_redis=spec if redis_store else None,
         )
         manifest = await run_in_processes(
             settings, args.out, manifest, args.workers, client=client, progress=bar, on_total=lines

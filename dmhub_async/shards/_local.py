@@ -13,6 +13,7 @@ which resumes from the shard's checkpoint.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
 import os
 import tempfile
@@ -24,7 +25,7 @@ from typing import Any
 
 import attrs
 
-from .._auth import FileTokenStore
+from .._auth import FileTokenStore, RedisTokenStore, TokenStore
 from .._exceptions import DMHubError
 from ..export import ExportProgress
 from ._manifest import Manifest, ShardOutcome, checkpoint_name, part_name
@@ -48,6 +49,9 @@ class WorkerSettings:
     token_file: str
     page_size: int = 100
     concurrency: int = 8
+    #: A Redis token store's URL (it may hold a password: never shown), used instead of
+    #: ``token_file`` when given: the store the command was told to share the token through.
+    token_redis: str | None = attrs.field(default=None, repr=False)
 
 
 def _child(
@@ -65,8 +69,15 @@ async def _child_loop(
     from ._plan import Shard
 
     loop = asyncio.get_running_loop()
-    store = FileTokenStore(settings.token_file)
-    async with DMHubClient(**settings.client, token_store=store) as client:
+    store: TokenStore = (
+        RedisTokenStore(settings.token_redis)
+        if settings.token_redis
+        else FileTokenStore(settings.token_file)
+    )
+    async with contextlib.AsyncExitStack() as stack:
+        if isinstance(store, RedisTokenStore):
+            stack.push_async_callback(store.aclose)
+        client = await stack.enter_async_context(DMHubClient(**settings.client, token_store=store))
         while True:
             task = await loop.run_in_executor(None, tasks.get)
             if task is None:
@@ -109,8 +120,8 @@ async def run_in_processes(
 ) -> Manifest:
     """Export the manifest's pending shards on ``workers`` processes; the manifest at the end.
 
-    Pass ``settings``, or only ``client`` (``DMHubClient`` keyword arguments) to share the token
-    through a private temporary file store.
+    Pass ``settings``, or only ``client`` (``DMHubClient`` keyword arguments); the token is
+    shared through a private temporary file store unless ``settings`` names a store.
     """
     where = Path(directory)
     todo = {o.shard.index: o for o in pending(manifest.shards)}
@@ -118,7 +129,9 @@ async def run_in_processes(
         return manifest
     with tempfile.TemporaryDirectory(prefix="dmhub-tokens-") as private:
         if settings is None:
-            settings = WorkerSettings(client or {}, os.path.join(private, "tokens.json"))
+            settings = WorkerSettings(client or {}, "")
+        if not settings.token_file and not settings.token_redis:
+            settings = attrs.evolve(settings, token_file=os.path.join(private, "tokens.json"))
         bar = ProgressBar(progress, manifest, on_total)
         workers = max(1, min(workers, len(todo)))
         return await _supervise(settings, where, manifest, todo, workers, bar)

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from _redis import RedisServer
 from shard_support import SimProcess, exported_ids, sim_process
 
 pytestmark = pytest.mark.timeout(180)
@@ -111,3 +112,34 @@ def test_a_queue_that_is_no_url_or_does_not_answer_is_found_before_the_plan(
         assert "hunter2" not in run.stderr
     assert not (tmp_path / "out").exists()
     assert requests == 0
+
+
+def test_worker_processes_share_the_token_through_the_store_asked_for(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    # With --token-store redis://..., the workers used a private file: each fetched a token
+    # of its own, revoking the one every other process on the Redis store shares.
+    out = tmp_path / "parts"
+    with sim_process(3_000) as sim:
+        run = dmhub(
+            sim,
+            tmp_path,
+            "export",
+            "--out",
+            str(out),
+            "--shards",
+            "4",
+            "--workers",
+            "2",
+            "--page-size",
+            "50",
+            "--token-store",
+            redis.url,
+            "-q",
+        )
+        state = sim.state()
+
+    assert run.returncode == 0, run.stderr
+    assert sorted(exported_ids(out)) == sorted(state["ids"])
+    assert state["tokens_issued"] == 1  # the planner's, in Redis, taken up by both workers
+    assert redis.command("KEYS", "dmhub_async:token:*").startswith("*1")
