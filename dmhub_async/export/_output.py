@@ -10,8 +10,10 @@ go straight to a binary stream, not resumable.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import re
 import socket
 import stat
 import tempfile
@@ -71,6 +73,7 @@ class Output:
             for path in (dest, checkpoint):
                 if path is not None:
                     self._locks.append(_lock(path))
+                    _sweep(path)
             if checkpoint is None:
                 self.fh, self._work = _new_part(dest)
                 return
@@ -188,6 +191,19 @@ def _verified(fh: IO[bytes], resumed: Checkpoint, fmt: str, path: Path) -> Scan:
         resumed.exported,
     )
     return found
+
+
+def _sweep(path: Path) -> None:
+    """Remove the work files a killed export left beside ``path``, its lock held: the hidden
+    ``.NAME.xxxxxxxx.part`` of an export without a checkpoint and the ``.tmp`` of a checkpoint
+    being written (``mkstemp``'s names). No live export has one while the lock is ours; each
+    ``kill -9`` left one more."""
+    mine = re.compile(rf"\.{re.escape(path.name)}\.[a-z0-9_]{{8}}\.(?:part|tmp)")
+    with contextlib.suppress(OSError):  # a directory that cannot be listed: nothing to sweep
+        for entry in os.scandir(path.parent):
+            if mine.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
 
 
 def _new_part(dest: Path) -> tuple[IO[bytes], Path]:

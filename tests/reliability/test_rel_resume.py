@@ -434,3 +434,26 @@ async def test_an_export_to_a_binary_stream(
     assert report.exported == 250
     assert report.complete
     assert files_in(tmp_path) == []
+
+
+@pytest.mark.parametrize("with_checkpoint", [False, True], ids=["no checkpoint", "checkpoint"])
+async def test_the_work_files_of_killed_exports_are_swept(
+    tmp_path: Path, connect: Callable[..., DMHubClient], with_checkpoint: bool
+) -> None:
+    """What `kill -9` leaves (a hidden `.part` of an export without a checkpoint, a `.tmp` of a
+    checkpoint being written) piled up, one more a kill; the next export to the same files
+    removes them, and nothing else."""
+    dest = tmp_path / "customers.jsonl"
+    ckpt = tmp_path / "export.ckpt" if with_checkpoint else None
+    left = [f".{dest.name}.k1ll3d_1.part", f".{dest.name}.a2b4c6d8.part"]
+    if ckpt is not None:
+        left.append(f".{ckpt.name}.zz99yy88.tmp")
+    kept = [f".{dest.name}.notmine.part", ".other.jsonl.abcdefgh.part", "notes.txt"]
+    for name in (*left, *kept):
+        (tmp_path / name).write_bytes(b"{}\n")
+
+    async with DMHubSimulator(customers=CUSTOMERS, seed=14) as sim, connect(sim) as dm:
+        report = await export(dm, dest, ckpt)
+
+    assert report.complete
+    assert files_in(tmp_path) == sorted([dest.name, *kept])
