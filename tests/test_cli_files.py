@@ -89,6 +89,28 @@ def test_export_refuses_an_output_that_is_not_a_regular_file(
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
+@pytest.mark.parametrize("kind", ["directory", "in a missing directory", "symlink"])
+def test_export_refuses_a_checkpoint_that_cannot_be_one_as_a_usage_error(
+    served: ServedSimulator, env: dict[str, str], tmp_path: Path, kind: str
+) -> None:
+    # Exit 1, as if the export had failed, rather than 2: the command line was wrong.
+    checkpoint = tmp_path / "export.ckpt"
+    if kind == "directory":
+        checkpoint.mkdir()
+    elif kind == "symlink":
+        checkpoint.symlink_to(tmp_path / "elsewhere")
+    else:
+        checkpoint = tmp_path / "missing" / "export.ckpt"
+
+    result = run_cli(
+        "export", "--out", "out.jsonl", "--checkpoint", str(checkpoint), env=env, cwd=tmp_path
+    )
+
+    assert_one_line_error(result, 2, "--checkpoint")
+    assert requests(served) == 0
+    assert not (tmp_path / "out.jsonl").exists()
+
+
 def test_an_existing_output_needs_force_and_a_read_only_one_is_refused(
     served: ServedSimulator, env: dict[str, str], tmp_path: Path
 ) -> None:

@@ -20,7 +20,7 @@ from ..export import ExportReport, export_customers
 from ..models.identity import Identity
 from ..resources._filters import _filter_params
 from ._errors import EXIT_INCOMPLETE, EXIT_OK, CommandError, UsageError, without_method
-from ._files import STDOUT, check_output, decoded_lines, replace_on_success
+from ._files import STDOUT, check_checkpoint, check_output, decoded_lines, replace_on_success
 from ._parser import FILTER_FLAGS
 from ._report import ProgressLines, export_report, print_report
 from ._settings import open_client
@@ -104,6 +104,8 @@ def _check_export(args: argparse.Namespace) -> tuple[dict[str, Any], ExportEncod
         raise UsageError("--checkpoint needs a file for --out: standard output cannot be resumed")
     resumable = args.checkpoint is not None and os.path.exists(args.checkpoint)
     check_output(args.out, force=args.force, resumable=resumable, inputs=[args.checkpoint])
+    if args.checkpoint is not None:  # a directory, or one that is missing: a usage error too
+        check_checkpoint(args.checkpoint)
     filters = _filters(args)
     encoding = _encoding(args)
     if encoding not in ("utf-8", "utf-8-sig"):

@@ -22,6 +22,18 @@ __all__ = ["STDOUT", "check_output", "decoded_lines", "replace_on_success"]
 STDOUT = "-"
 
 
+def check_checkpoint(checkpoint: str) -> None:
+    """Refuse a ``--checkpoint`` the export would refuse (a directory, a link, a directory
+    that does not exist) as a usage error, before anything is sent: it was exit 1."""
+    try:
+        check_path(Path(checkpoint), "--checkpoint")
+    except InvalidRequestError as err:
+        message = str(err)
+        raise UsageError(
+            message if "--checkpoint" in message else f"--checkpoint: {message}"
+        ) from None
+
+
 def check_output(
     out: str, *, force: bool, resumable: bool = False, inputs: Iterable[str | None] = ()
 ) -> None:
