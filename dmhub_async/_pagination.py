@@ -45,7 +45,8 @@ class AsyncPaginator(Generic[T]):
     """``async for item in paginator``: every item once, in server order.
 
     Also :meth:`pages` for whole pages, :meth:`to_list`, ``.checkpoint`` (the next page to
-    fetch, for ``start_page`` of a later walk) and ``.stats``.
+    fetch, for ``start_page`` of a later walk with ``resume_after`` the last item's key; the
+    page ``max_items`` cut short, when it did) and ``.stats``.
     """
 
     def __init__(
@@ -140,8 +141,9 @@ class AsyncPaginator(Generic[T]):
                     read = await self._read_in_order(number)
                 for page in plan.take(number, *read):
                     yield page
-                    # The consumer is done with this page only once it asks for the next.
-                    self.checkpoint = page.number + 1
+                    # The consumer is done with this page only once it asks for the next;
+                    # with the rest of a page max_items cut short, a resume reads it again.
+                    self.checkpoint = page.number + (page.number != plan.cut_short)
         finally:
             self._closed = True
             await self._cancel_ahead()

@@ -109,6 +109,8 @@ class WalkPlan(Generic[T]):
         self.finished = max_items == 0
         #: Items the walk may still yield (None: no limit).
         self.items_left = max_items
+        #: The page ``max_items`` cut short, if any: a later walk resumes on it, not after it.
+        self.cut_short: int | None = None
         #: Rows a page the service serves: learned from the first read of the start page,
         #: which may be short because the service caps the page size (docs/contract.md, "list").
         self.served_size: int | None = None
@@ -318,6 +320,8 @@ class WalkPlan(Generic[T]):
         items, repeats = self.seen.fresh(raw.items)
         self.stats.duplicates += repeats
         if self.items_left is not None:
+            if len(items) > self.items_left:
+                self.cut_short = number
             del items[self.items_left :]
             self.items_left -= len(items)
             if self.items_left == 0:

@@ -299,3 +299,35 @@ async def test_a_client_leaves_its_token_in_the_default_store(sim: DMHubSimulato
 def test_the_next_test_starts_with_an_empty_default_store() -> None:
     """Run after the one above (pytest keeps a module's order): it left a token behind."""
     assert DEFAULT_STORE._tokens == {}
+
+
+@pytest.mark.parametrize("max_items", [130, 200, 1], ids=["mid-page", "at a page's end", "one"])
+@pytest.mark.parametrize("walk", ["list", "id_list in batches", "statistics"])
+async def test_a_walk_max_items_stopped_resumes_from_its_checkpoint_with_nothing_lost(
+    sim: DMHubSimulator, walk: str, max_items: int
+) -> None:
+    # The checkpoint was the page after the one max_items cut short (the rest of it was never
+    # read again), and in batches the end of the batch: 70 and 271 customers lost, unseen.
+    everyone = sim.customer_ids()
+    ids = everyone[::2] + list(range(10**12, 10**12 + 1500))  # long: several batches
+
+    def make(dm: DMHubClient, **paging: Any) -> Any:
+        if walk == "statistics":
+            return dm.customer_statistics.list(page_size=50, **paging)
+        if walk == "list":
+            return dm.customers.list(**paging)
+        return dm.customers.list(id_list=ids, **paging)
+
+    async with client_for(sim) as dm:
+        everything = [r.id for r in await make(dm).to_list()]
+        first = make(dm, max_items=max_items)
+        kept = [r.id async for r in first]
+        if walk == "statistics":  # no resume_after: what the first walk took is dropped here
+            after = [r.id async for r in make(dm, start_page=first.checkpoint)]
+            after = after[after.index(kept[-1]) + 1 :] if kept[-1] in after else after
+        else:
+            rest = make(dm, start_page=first.checkpoint, resume_after=kept[-1])
+            after = [r.id async for r in rest]
+
+    assert len(kept) == max_items
+    assert kept + after == everything

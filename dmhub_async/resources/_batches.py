@@ -112,7 +112,8 @@ class BatchWalk(AsyncPaginator[T]):
                     )
                     self.checkpoint = offset + page.number + 1
                 self._tally(before, walk)
-                self.checkpoint = end + 1
+                # The next batch, unless max_items stopped this one: then where it stopped.
+                self.checkpoint = offset + walk.checkpoint if remaining == 0 else end + 1
                 self._current = None
         finally:
             await self.aclose()
