@@ -38,8 +38,9 @@ T = TypeVar("T")
 #: Pages one drift repair may step back before it takes a page unverified.
 MAX_STEPS_BACK = 32
 #: Reads in a row that bring no new record and reach no further in key order, after which the
-#: walk stops: more than a drift repair's steps back, so a repair never trips it.
-MAX_READS_WITHOUT_PROGRESS = MAX_STEPS_BACK + 8
+#: walk stops: more than a drift repair's reads (its steps back, and as many forward again),
+#: so a repair never trips it. (It was MAX_STEPS_BACK + 8, which a repair could pass.)
+MAX_READS_WITHOUT_PROGRESS = 2 * MAX_STEPS_BACK + 8
 
 
 @attrs.frozen
@@ -79,6 +80,9 @@ class _Repair(Generic[T]):
     steps_left: int = MAX_STEPS_BACK
     #: The latest read of each page stepped back over, with its epoch.
     stepped_over: dict[int, tuple[RawPage[T], int]] = attrs.Factory(dict)
+    #: The signature of each page as taken before the repair began (every read it steps
+    #: back over came later).
+    taken_before: dict[int, Any] = attrs.Factory(dict)
 
 
 class WalkPlan(Generic[T]):
@@ -124,6 +128,9 @@ class WalkPlan(Generic[T]):
         self._largest_last_page: int | None = None
         self._taken_epoch: int | None = None  # the epoch the page taken last was read in
         self._taken_signature: tuple[Any, ...] | None = None
+        # The signature of the pages taken lately, by number: what a repair compares a page
+        # read again with (see _repair_step).
+        self._signatures: dict[int, tuple[Any, ...] | None] = {}
         self._reads_without_progress = 0
 
     @property
@@ -254,7 +261,9 @@ class WalkPlan(Generic[T]):
             # page does not reach back to what was yielded: a delete behind the cursor may
             # have shifted records back across the boundary. Step back until a page reaches
             # back, then forward to this page again.
-            self._repair = _Repair(target=number, taken_epoch=self._taken_epoch)
+            self._repair = _Repair(
+                target=number, taken_epoch=self._taken_epoch, taken_before=dict(self._signatures)
+            )
             return self._repair_step(self._repair, number, raw, epoch)
         return [self._take_in_order(number, raw, epoch)]
 
@@ -277,11 +286,16 @@ class WalkPlan(Generic[T]):
         """One read of the repair: step back once more, or take pages forward from here.
 
         A page is taken when it reaches back to what was yielded, or was read in the same
-        epoch as the page taken before it, so no record slips between two reads.
+        epoch as the page taken before it, so no record slips between two reads; or, read
+        before a page taken again that came back as it was taken before the repair: records
+        changed, but not behind that page, so none slipped into the gap. (On an account whose
+        count changes between any two reads, new customers coming in, no two reads share an
+        epoch: the repair stepped back and forth between two pages until the walk stopped.)
         """
         pages: list[Page[T]] = []
+        unmoved = False
         while True:
-            contiguous = epoch == repair.taken_epoch or self.seen.reaches_back(raw.items)
+            contiguous = unmoved or epoch == repair.taken_epoch or self.seen.reaches_back(raw.items)
             if not contiguous and number > self.start_page and repair.steps_left:
                 repair.stepped_over[number] = (raw, epoch)
                 repair.steps_left -= 1
@@ -298,17 +312,23 @@ class WalkPlan(Generic[T]):
                 pages.append(page)
             if self.finished:
                 return pages
+            unmoved = repair.taken_before.get(number, False) == self.seen.signature(raw.items)
             repair.taken_epoch, number = epoch, number + 1
             stepped_over = repair.stepped_over.pop(number, None)
-            if stepped_over is None or stepped_over[1] != repair.taken_epoch:
+            if stepped_over is None or (stepped_over[1] != repair.taken_epoch and not unmoved):
                 self.stats.refetches += 1
                 self.next_page = number
                 return pages
-            raw, epoch = stepped_over  # read in the same epoch as the page just taken
+            # Read in the same epoch as the page just taken, or after it was last taken as it
+            # is now (see above).
+            raw, epoch = stepped_over
 
     def _take_in_order(self, number: int, raw: RawPage[T], epoch: int) -> Page[T]:
         """Page ``number`` taken as the next of the walk: the walk goes on after it, or ends."""
         self._taken_epoch = epoch
+        signatures = self._signatures
+        signatures[number] = self.seen.signature(raw.items)
+        signatures.pop(number - MAX_STEPS_BACK - 1, None)  # no repair steps back further
         last = self._ends_the_walk(number, raw)
         page = self._yield(raw, number, has_next=not last)
         self.finished = self.finished or last

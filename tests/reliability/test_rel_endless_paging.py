@@ -78,7 +78,9 @@ async def test_pages_in_a_cycle_stop_the_walk(server: HostileServer, concurrency
     # already in flight when the walk stopped).
     after_first_repeat = len(server.requests) - 2
     assert after_first_repeat <= MAX_READS_WITHOUT_PROGRESS + 2 * concurrency
-    assert after_first_repeat <= 56
+    assert (
+        after_first_repeat <= 88
+    )  # 72 reads (a repair's 32 steps back and forward, and 8) + 2 x 8
 
 
 @pytest.mark.parametrize("concurrency", [1, 8])
@@ -92,7 +94,9 @@ async def test_one_page_under_a_changing_count_stops_the_walk(
         await walk_until_stopped(server, concurrency=concurrency)
     after_first_repeat = len(server.requests) - 1
     assert after_first_repeat <= MAX_READS_WITHOUT_PROGRESS + 2 * concurrency
-    assert after_first_repeat <= 56
+    assert (
+        after_first_repeat <= 88
+    )  # 72 reads (a repair's 32 steps back and forward, and 8) + 2 x 8
 
 
 async def test_has_next_for_ever_past_the_totals_stops_the_walk(server: HostileServer) -> None:
