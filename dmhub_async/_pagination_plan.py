@@ -107,6 +107,10 @@ class WalkPlan(Generic[T]):
         self.seen = seen
         self.page_size = page_size
         self.start_page = start_page
+        # A walk resumed after a key (``resume_after``) checks its start page too, and may
+        # step back before it: records deleted behind while it was stopped shift back.
+        self._resumed = seen.key is not None and seen.last_key is not None
+        self._first_page = 1 if self._resumed else start_page
         self.stats = stats if stats is not None else PaginatorStats()
         #: The page the walk needs next.
         self.next_page = start_page
@@ -251,18 +255,21 @@ class WalkPlan(Generic[T]):
                 status=200,
             )
         self._taken_signature = signature
+        changed = self._taken_epoch is not None and epoch != self._taken_epoch
+        # A resumed walk's start page: nothing says what moved while the walk was stopped.
+        resumed = self._resumed and number == self.start_page
         if (
-            self._taken_epoch is not None
-            and epoch != self._taken_epoch
-            and number > self.start_page
+            (changed or resumed)
+            and number > self._first_page
             and not self.seen.reaches_back(raw.items)
         ):
             # Records changed between the reads of the page before and this one, and this
             # page does not reach back to what was yielded: a delete behind the cursor may
             # have shifted records back across the boundary. Step back until a page reaches
             # back, then forward to this page again.
+            taken = self._taken_epoch if self._taken_epoch is not None else -1
             self._repair = _Repair(
-                target=number, taken_epoch=self._taken_epoch, taken_before=dict(self._signatures)
+                target=number, taken_epoch=taken, taken_before=dict(self._signatures)
             )
             return self._repair_step(self._repair, number, raw, epoch)
         return [self._take_in_order(number, raw, epoch)]
@@ -295,8 +302,13 @@ class WalkPlan(Generic[T]):
         pages: list[Page[T]] = []
         unmoved = False
         while True:
-            contiguous = unmoved or epoch == repair.taken_epoch or self.seen.reaches_back(raw.items)
-            if not contiguous and number > self.start_page and repair.steps_left:
+            contiguous = (
+                unmoved
+                or epoch == repair.taken_epoch
+                or number == 1  # nothing lies before the first page
+                or self.seen.reaches_back(raw.items)
+            )
+            if not contiguous and number > self._first_page and repair.steps_left:
                 repair.stepped_over[number] = (raw, epoch)
                 repair.steps_left -= 1
                 self.stats.refetches += 1

@@ -24,6 +24,7 @@ import pytest
 from aiohttp import web
 
 from dmhub_async import DMHubClient, InvalidRequestError
+from dmhub_async._seen_records import SeenRecords
 from dmhub_async.export import ExportProgress, ExportReport, export_customers
 from dmhub_async.export import _export as export_run
 from dmhub_async.export import _output as export_output
@@ -154,15 +155,19 @@ async def test_inserts_and_deletes_while_down(
 async def test_complete_comes_from_a_check_that_can_fail(
     tmp_path: Path, connect: Callable[..., DMHubClient], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """With the resume position taken from the page number alone (0.1's way), the walk misses
-    the 10 survivors the deletes shifted back: the final check finds and fetches them. When
-    they cannot be fetched either, the export is not complete, and says so."""
+    """With the resume position taken from the page number alone (0.1's way) and the walk's
+    own check of its start page off, the walk misses the 10 survivors the deletes shifted
+    back: the final check finds and fetches them. When they cannot be fetched either, the
+    export is not complete, and says so."""
     dest, ckpt = tmp_path / "customers.jsonl", tmp_path / "export.ckpt"
 
     async def page_number_alone(*args: Any) -> int:
         return int(args[3])  # the checkpoint's next page
 
     monkeypatch.setattr(export_run, "start_page", page_number_alone)
+    # The walk steps back when its start page does not reach back to the last id: every
+    # page now reaches back, as before that check (nothing changes while the walk runs).
+    monkeypatch.setattr(SeenRecords, "reaches_back", lambda self, items: True)
     async with DMHubSimulator(customers=CUSTOMERS, seed=14) as sim, connect(sim) as dm:
         await crashed_export(dm, dest, ckpt)
         shifted = sim.customer_ids()[300:310]  # back onto page 3 by the deletes
