@@ -116,6 +116,8 @@ class TokenManager:
         self._fresh_until = float("-inf")
         self._renew_paused_until = float("-inf")
         self._flight: asyncio.Future[str] | None = None
+        #: The held token was fetched without the store (it failed): the store's may be older.
+        self._unshared = False
 
     def _margin(self, token: Token) -> float:
         lifetime = token.lifetime
@@ -181,13 +183,27 @@ class TokenManager:
                 err,
             )
             token = await self._fetch_new()
-        self._held = token
+            self._held, self._unshared = token, True
+        else:
+            self._held, self._unshared = token, False
         self._fresh_until = token.expires_at - self._margin(token)
         self._renew_paused_until = float("-inf")
         return token.value
 
     def _usable(self, token: Token | None, stale: str | None) -> bool:
-        return token is not None and token.value != stale and self._fresh(token)
+        if token is None or token.value == stale or not self._fresh(token):
+            return False
+        held = self._held
+        # A stored token issued before the one this client fetched while the store was down is
+        # older: the service revoked it when ours was issued. Taken, it spent the one refresh
+        # of a refused call on a dead token, and the call failed with the store back and well.
+        return not (
+            self._unshared
+            and held is not None
+            and held.issued_at is not None
+            and token.issued_at is not None
+            and token.issued_at < held.issued_at
+        )
 
     async def _shared(self, stale: str | None) -> Token:
         """The store's token if usable, else a new one fetched under the store's lock."""

@@ -51,6 +51,8 @@ DEFAULT_AUTH_ERROR_CODES: frozenset[int | str] = frozenset({40001, 40014, 42001}
 TOKEN_PATH = "/security/accesstoken"
 #: What a token's lifetime is taken to be when the answer does not say (docs/contract.md).
 DEFAULT_TOKEN_LIFETIME = 7200.0
+#: The longest ``expires_in`` taken as given (30 days); beyond it, or not positive, the default.
+MAX_TOKEN_LIFETIME = 30 * 86400.0
 #: Sent with every request, so that the service's operators can tell who calls.
 USER_AGENT = f"dmhub-async/{__version__} aiohttp/{aiohttp.__version__}"
 #: What every request without a body carries (a session the client makes sends them itself).
@@ -161,7 +163,8 @@ def token_request(app_id: str, secret: str) -> Request:
 
 def read_token(data: Any, started: float) -> Token:
     """The token in a token answer fetched at ``started``, or ResponseDecodeError."""
-    if not isinstance(data, dict) or not data.get("access_token"):
+    token = data.get("access_token") if isinstance(data, dict) else None
+    if not isinstance(token, str) or not token:  # a list or an object was str()-ed and sent
         raise ResponseDecodeError(
             f"GET {TOKEN_PATH} -> a body without access_token",
             status=200,
@@ -170,9 +173,13 @@ def read_token(data: Any, started: float) -> Token:
         )
     try:
         expires_in = float(data.get("expires_in") or DEFAULT_TOKEN_LIFETIME)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         expires_in = DEFAULT_TOKEN_LIFETIME
-    return Token(str(data["access_token"]), started + expires_in)
+    # Out of reason, the default: a negative or NaN lifetime made every call fetch a token
+    # (revoking the others'), and a huge one a token Redis would not store (then not shared).
+    if not 0 < expires_in <= MAX_TOKEN_LIFETIME:
+        expires_in = DEFAULT_TOKEN_LIFETIME
+    return Token(token, started + expires_in)
 
 
 def read_response(

@@ -28,6 +28,7 @@ from dmhub_async import (
     TokenStoreError,
 )
 from dmhub_async._auth import token_key
+from dmhub_async._sansio import DEFAULT_TOKEN_LIFETIME, read_token
 
 
 @pytest.fixture(autouse=True)
@@ -359,6 +360,25 @@ async def test_expires_in_from_the_answer_sets_the_refresh_time(api, make_client
     assert checker.seen == ["tok-1", "tok-1", "tok-2"]
 
 
+@pytest.mark.parametrize(
+    "expires_in", [-1, 0, "nan", "-inf", "inf", 1e17, None, "abc"], ids=lambda v: repr(v)
+)
+def test_a_token_lifetime_out_of_reason_is_the_default(expires_in: Any) -> None:
+    # Taken as given, a negative or NaN one made every call fetch a token (revoking every other
+    # client's); a huge one a token Redis refused to store, so each client fetched its own.
+    token = read_token({"access_token": "tok", "expires_in": expires_in}, 1000.0)
+    assert (token.value, token.expires_at) == ("tok", 1000.0 + DEFAULT_TOKEN_LIFETIME)
+    assert read_token({"access_token": "tok", "expires_in": 900}, 1000.0).expires_at == 1900.0
+
+
+@pytest.mark.parametrize(
+    "value", [["tok"], {"t": 1}, 5, ""], ids=["a list", "an object", "an int", "empty"]
+)
+def test_an_access_token_that_is_no_text_is_a_decode_error(value: Any) -> None:
+    with pytest.raises(ResponseDecodeError, match="without access_token"):
+        read_token({"access_token": value, "expires_in": 7200}, 0.0)  # a list was sent as "['tok']"
+
+
 @pytest.mark.parametrize("lifetime", [60, 300])
 async def test_short_lived_tokens_are_not_fetched_before_every_call(
     api, make_client, clock, lifetime
@@ -631,3 +651,33 @@ async def test_a_refresh_ahead_of_expiry_that_fails_costs_no_call(api, make_clie
     with pytest.raises(ServerError):
         await dm.request("GET", "/v1/customers/1")
     assert checker.seen == ["tok-1"] * 6  # the expired token was never sent
+
+
+async def test_after_a_token_fetched_without_the_store_a_refresh_skips_its_older_token() -> None:
+    """The store failed, the client fetched a token of its own (revoking the stored one); the
+    store came back, and the next refusal's one refresh took the store's older token, already
+    revoked: the call failed with the store healthy."""
+    from dmhub_async.testing import DMHubSimulator
+
+    class FlakyStore(MemoryTokenStore):
+        down = False
+
+        async def get(self, key: str) -> Any:
+            if self.down:
+                raise ConnectionError("store down")
+            return await super().get(key)
+
+    store = FlakyStore()
+    async with (
+        DMHubSimulator(customers=1) as sim,
+        DMHubClient(sim.app_id, sim.secret, base_url=sim.url, token_store=store) as dm,
+    ):
+        assert await dm.customers.count() == 1  # a token, stored
+        store.down = True
+        sim.tokens.revoke()  # someone else fetched
+        assert await dm.customers.count() == 1  # a token of its own, the store down
+        store.down = False
+        sim.tokens.revoke()  # the next revocation, the store back
+        assert await dm.customers.count() == 1
+        assert await dm.customers.count() == 1
+    assert sim.counters.tokens_issued == 3
