@@ -17,7 +17,7 @@ import filelock
 
 from ._atomic import replace_file
 from ._exceptions import InvalidRequestError, TokenStoreError
-from ._token_stores import LoopLocks, Token
+from ._token_stores import ProcessLocks, Token
 from ._validate import check_number
 
 __all__ = ["FileTokenStore"]
@@ -51,7 +51,9 @@ class FileTokenStore:
         self._file_lock = filelock.FileLock(
             str(self.path) + ".lock", thread_local=False, mode=0o600
         )
-        self._locks = LoopLocks()
+        # The process's own lock first: the file lock (thread_local=False) is re-entrant, so
+        # clients of one store on two threads both held it at once.
+        self._locks = ProcessLocks()
 
     def _error(self, message: str, *, unsafe: bool = False) -> TokenStoreError:
         return TokenStoreError(f"{self!r}: {message}", store=repr(self), unsafe=unsafe)
@@ -142,7 +144,7 @@ class FileTokenStore:
         The file lock is tried without blocking and waited for on the event loop, so a caller
         that gives up (a timeout, a cancellation) never leaves it held.
         """
-        async with self._locks.get(key):
+        async with self._locks.hold(key):
             self._check_directory(create=True)
             await self._acquire_file_lock()
             try:

@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 import math
+import threading
 import weakref
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -90,28 +91,51 @@ class TokenStore(Protocol):
         """A lock that one refresher holds while it fetches a new token for ``key``."""
 
 
-class LoopLocks:
-    """asyncio locks by key, one set per event loop (a lock is bound to the loop that uses it)."""
+class ProcessLocks:
+    """Locks by key for the whole process: every event loop of it (threads each running
+    ``asyncio.run()``), not only one.
+
+    An asyncio lock is bound to one loop: clients on loops of their own each took their own
+    lock and fetched a token each, revoking the others' (8 threads: 9 to 17 tokens, calls
+    failed). Here a loop's callers queue on its asyncio lock, and the one at the head takes the
+    key's thread lock, polled so that waiting never blocks its loop.
+    """
 
     def __init__(self) -> None:
+        self._guard = threading.Lock()
         self._by_loop: weakref.WeakKeyDictionary[
             asyncio.AbstractEventLoop, dict[str, asyncio.Lock]
         ] = weakref.WeakKeyDictionary()
+        self._threads: dict[str, threading.Lock] = {}
 
-    def get(self, key: str) -> asyncio.Lock:
-        locks = self._by_loop.setdefault(asyncio.get_running_loop(), {})
-        lock = locks.get(key)
-        if lock is None:
-            lock = locks[key] = asyncio.Lock()
-        return lock
+    @asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        """``key``'s lock, held by this task alone in the process."""
+        loop = asyncio.get_running_loop()
+        with self._guard:
+            in_loop = self._by_loop.setdefault(loop, {}).setdefault(key, asyncio.Lock())
+            in_process = self._threads.setdefault(key, threading.Lock())
+        async with in_loop:
+            # (An asyncio.Event cannot wake it: the holder may run on another loop.)
+            while not in_process.acquire(blocking=False):  # noqa: ASYNC110 - see above
+                await asyncio.sleep(_THREAD_LOCK_POLL)
+            try:
+                yield
+            finally:
+                in_process.release()
+
+
+#: Seconds between tries of a lock a client on another event loop holds (a token fetch).
+_THREAD_LOCK_POLL = 0.005
 
 
 class MemoryTokenStore:
-    """Tokens in this process's memory: the default, shared by every client of the process."""
+    """Tokens in this process's memory: the default, shared by every client of the process,
+    on any of its event loops (threads)."""
 
     def __init__(self) -> None:
         self._tokens: dict[str, Token] = {}
-        self._locks = LoopLocks()
+        self._locks = ProcessLocks()
 
     async def get(self, key: str) -> Token | None:
         """The stored token for ``key``, or None."""
@@ -121,11 +145,9 @@ class MemoryTokenStore:
         """Store ``token`` for ``key``."""
         self._tokens[key] = token
 
-    @asynccontextmanager
-    async def lock(self, key: str) -> AsyncIterator[None]:
-        """An asyncio lock for ``key`` in the running loop."""
-        async with self._locks.get(key):
-            yield
+    def lock(self, key: str) -> AbstractAsyncContextManager[None]:
+        """The process's lock for ``key``, whatever event loop the caller runs on."""
+        return self._locks.hold(key)
 
     def __repr__(self) -> str:
         return f"MemoryTokenStore(keys={len(self._tokens)})"

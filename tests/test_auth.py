@@ -18,6 +18,7 @@ from aioresponses import CallbackResult, aioresponses
 from dmhub_async import (
     AuthenticationError,
     DMHubClient,
+    DMHubError,
     FileTokenStore,
     InvalidRequestError,
     MemoryTokenStore,
@@ -681,3 +682,55 @@ async def test_after_a_token_fetched_without_the_store_a_refresh_skips_its_older
         assert await dm.customers.count() == 1
         assert await dm.customers.count() == 1
     assert sim.counters.tokens_issued == 3
+
+
+@pytest.mark.parametrize("shared", ["the default store", "one FileTokenStore"])
+def test_clients_on_event_loops_of_their_own_share_one_token(tmp_path: Any, shared: str) -> None:
+    """Threads each running asyncio.run() (a threaded server, a thread pool of jobs): the
+    stores' locks were per event loop (and the file lock re-entrant across threads), so each
+    loop fetched a token of its own, revoking the others': 9 to 17 tokens, calls failed."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from dmhub_async.testing import DMHubSimulator
+
+    ready, stop, box = threading.Event(), threading.Event(), {}
+
+    def serve() -> None:
+        async def main() -> None:
+            async with DMHubSimulator(customers=1) as sim:
+                sim.faults.paths = ("/security/accesstoken",)
+                sim.faults.latency = 0.05  # a token fetch takes a while: the loops meet in it
+                box["sim"] = sim
+                ready.set()
+                await asyncio.to_thread(stop.wait, 60)  # serving until the jobs are done
+
+        asyncio.run(main())
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    assert ready.wait(30)
+    sim = box["sim"]
+    store = None if shared == "the default store" else FileTokenStore(tmp_path / "tokens.json")
+    failures: list[BaseException] = []
+
+    def job(_: int) -> None:
+        async def main() -> None:
+            kwargs: dict[str, Any] = {} if store is None else {"token_store": store}
+            async with DMHubClient(sim.app_id, sim.secret, base_url=sim.url, **kwargs) as dm:
+                for _ in range(5):
+                    try:
+                        await dm.customers.count()
+                    except DMHubError as err:
+                        failures.append(err)
+
+        asyncio.run(main())
+
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(job, range(8)))
+    finally:
+        stop.set()
+        server.join(30)
+    assert failures == []
+    assert sim.counters.tokens_issued == 1
