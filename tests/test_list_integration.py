@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from dmhub_async import DMHubClient, InvalidRequestError, ServerError
+from dmhub_async import DMHubClient, Identity, InvalidRequestError, ServerError
 from dmhub_async._auth import DEFAULT_STORE, token_key
 from dmhub_async.testing import DMHubSimulator
 
@@ -387,3 +387,32 @@ async def test_a_resumed_walk_finds_what_deletes_behind_it_shifted_back(
 
     assert after == [i for i in sim.customer_ids() if i > kept[-1]]
     assert rest.stats.unverified == 0
+
+
+async def test_lookup_iter_holds_at_most_concurrency_lookups_with_repeats(
+    sim: DMHubSimulator,
+) -> None:
+    # A repeat at the head of the window freed no lookup, yet counted as one drained: after
+    # a run of repeats 8 lookups were in flight at concurrency 2.
+    in_flight = peak = 0
+
+    async def hold(request: Any) -> None:
+        nonlocal in_flight, peak
+        if request.path != "/v1/customeridentities":
+            return
+        in_flight += 1
+        peak = max(peak, in_flight)
+        try:
+            for _ in range(50):  # the client's turn to start more, if it would
+                await asyncio.sleep(0)
+        finally:
+            in_flight -= 1
+
+    sim.on_request(hold)
+    hot = Identity("wechat", "hot")
+    wanted = [hot] * 20 + [Identity("wechat", f"o{i}") for i in range(40)]
+    async with client_for(sim, max_concurrency=64) as dm:
+        found = [i async for i, _ in dm.identities.lookup_iter(wanted, concurrency=2)]
+
+    assert found == wanted
+    assert peak == 2

@@ -258,7 +258,9 @@ class Identities(Resource):
                     yield identity, cache[identity]
                     continue
                 start(identity)
-                if len(pending) >= concurrency or len(window) >= 4 * concurrency:
+                # Until a lookup may start again: the head of the window may be a repeat that
+                # frees no lookup (one drain let 4 x concurrency run at once after repeats).
+                while len(pending) >= concurrency or len(window) >= 4 * concurrency:
                     yield await drain_one()
             while window:
                 yield await drain_one()
