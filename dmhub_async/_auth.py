@@ -104,8 +104,13 @@ class TokenManager:
         *,
         refresh_margin: float = 300.0,
         timeout: float = 30.0,
+        lock_wait: float | None = None,
     ) -> None:
         self._key = key
+        #: How long to wait for the store's lock: another client's whole fetch, retries
+        #: included (it was one attempt's ``timeout``: a token answer slow enough to be retried
+        #: sent every waiter to fetch its own, revoking the others', on a healthy store).
+        self._lock_wait = timeout if lock_wait is None else max(timeout, lock_wait)
         self._store = store
         self._fetch = fetch
         self._clock = clock
@@ -229,20 +234,21 @@ class TokenManager:
             token = Token(token.value, token.expires_at, started)
         return token
 
-    async def _call(self, op: Awaitable[T]) -> T:
+    async def _call(self, op: Awaitable[T], timeout: float | None = None) -> T:
         """``op`` within the timeout; its failure a :class:`TokenStoreError` naming the store."""
+        timeout = self._timeout if timeout is None else timeout
         try:
             if sys.version_info >= (3, 11):
                 # In this task rather than a new one, as wait_for runs it: the same timeout for
                 # some 65k instructions less a store call (five of them for a token fetched).
-                async with asyncio.timeout(self._timeout):
+                async with asyncio.timeout(timeout):
                     return await op
-            return await asyncio.wait_for(op, self._timeout)
+            return await asyncio.wait_for(op, timeout)
         except TokenStoreError:
             raise
         except asyncio.TimeoutError:
             raise TokenStoreError(
-                f"{self._store!r} did not answer in {self._timeout:g} s", store=repr(self._store)
+                f"{self._store!r} did not answer in {timeout:g} s", store=repr(self._store)
             ) from None
         except Exception as err:  # a store of the user's making
             raise TokenStoreError(
@@ -257,7 +263,7 @@ class TokenManager:
         on its own).
         """
         lock: AbstractAsyncContextManager[None] = self._store.lock(self._key)
-        await self._call(lock.__aenter__())
+        await self._call(lock.__aenter__(), self._lock_wait)
         try:
             yield
         except BaseException:

@@ -132,6 +132,7 @@ class Session:
                 self._fetch_token,
                 clock,
                 timeout=timeout.total or 30.0,
+                lock_wait=_fetch_budget(timeout.total or 30.0, policy),
             )
         self._build_retries()
 
@@ -400,6 +401,13 @@ class Session:
             if len(body) > limit:
                 raise too_large(request, resp.status, limit)
         return bytes(body)
+
+
+def _fetch_budget(attempt: float, policy: RetryPolicy) -> float:
+    """The longest a token fetch may take, retries and their waits included: what a client
+    waits for the store's lock while another client fetches."""
+    longest = (policy.max_retries + 1) * attempt + policy.max_retries * policy.max_delay
+    return min(longest, policy.budget + attempt) if policy.budget is not None else longest
 
 
 def env_proxy(url: str) -> str | None:

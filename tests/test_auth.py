@@ -734,3 +734,38 @@ def test_clients_on_event_loops_of_their_own_share_one_token(tmp_path: Any, shar
         server.join(30)
     assert failures == []
     assert sim.counters.tokens_issued == 1
+
+
+async def test_a_client_waits_for_the_lock_while_another_fetch_is_retried() -> None:
+    """Waiting for the store's lock was bounded by one attempt's timeout: a token answer slow
+    enough to be retried sent every waiting client to fetch a token of its own, revoking the
+    others', though the store was healthy. Now the wait covers the holder's whole fetch."""
+    from dmhub_async._auth import TokenManager
+
+    loop = asyncio.get_running_loop()
+    store = MemoryTokenStore()
+    answered = asyncio.Event()
+    fetches = 0
+
+    async def fetch() -> Token:
+        nonlocal fetches
+        fetches += 1
+        if fetches == 1:  # the first fetch is slow (its retries, say): 50 ms
+            loop.call_later(0.05, answered.set)
+            await answered.wait()
+        return Token(f"tok-{fetches}", loop.time() + 7200, loop.time())
+
+    def manager() -> TokenManager:
+        return TokenManager("key", store, fetch, loop.time, timeout=0.01, lock_wait=5.0)
+
+    tokens = await asyncio.gather(manager().refresh(None), manager().refresh(None))
+
+    assert tokens == ["tok-1", "tok-1"]
+    assert fetches == 1
+
+
+def test_the_lock_wait_covers_a_whole_fetch_with_its_retries() -> None:
+    dm = DMHubClient("app", "secret", timeout=10, max_retries=2)
+    tokens = dm._session._tokens
+    assert tokens is not None
+    assert tokens._lock_wait == 3 * 10 + 2 * 8.0  # attempts, and the waits between them
