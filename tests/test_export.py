@@ -575,3 +575,37 @@ def test_the_readme_example_exports_and_reports(tmp_path: Path) -> None:
     assert rows
     assert {row["stage"] for row in rows} == {"lead"}
     assert f"exported      {len(rows)} customers to leads.csv (csv)" in result.stdout
+
+
+async def test_a_csv_with_a_field_past_csvs_limit_resumes(
+    sim: DMHubSimulator, client: DMHubClient, tmp_path: Path
+) -> None:
+    # csv.reader refuses a field over 131,072 characters: the resume read the file back as
+    # 5 records where the checkpoint said 200, and refused it as changed by someone else.
+    for index in range(300):
+        sim.insert_customer({"name": f"c{index}", "remark": "x" * 140_000 if index == 5 else ""})
+    dest, ckpt = tmp_path / "long.csv", tmp_path / "export.ckpt"
+    with pytest.raises(Crash):
+        await export_customers(
+            client,
+            dest,
+            checkpoint=ckpt,
+            page_size=100,
+            concurrency=1,
+            progress=False,
+            on_progress=crash_after(2),
+        )
+    limit = csv.field_size_limit()
+
+    report = await export_customers(
+        client, dest, checkpoint=ckpt, page_size=100, concurrency=1, progress=False
+    )
+
+    assert report.resumed
+    assert report.complete
+    assert csv.field_size_limit() == limit  # the process's own limit, as it was
+    csv.field_size_limit(2**31 - 1)
+    try:
+        assert ids_of(read_csv(dest)) == sim.customer_ids()
+    finally:
+        csv.field_size_limit(limit)

@@ -170,6 +170,10 @@ def scan(fh: IO[bytes], fmt: str, limit: int) -> Scan:
                 break
         return result
     reader = csv.reader(lines.text())
+    # csv's limit of 131,072 characters a field is process-wide: raised for this read only
+    # (no await within), or a long remark made the export refuse to resume its own file.
+    limit = csv.field_size_limit()
+    csv.field_size_limit(max(limit, _MAX_FIELD))
     try:
         first = next(reader, None)
         if first is None or not lines.whole:
@@ -184,7 +188,13 @@ def scan(fh: IO[bytes], fmt: str, limit: int) -> Scan:
                 break
     except csv.Error:  # a quoted field cut off by the end
         pass
+    finally:
+        csv.field_size_limit(limit)
     return result
+
+
+#: The longest CSV field a resume reads back (a C long on every platform).
+_MAX_FIELD = 2**31 - 1
 
 
 def _take(result: Scan, customer_id: Any, end: int) -> bool:
