@@ -577,13 +577,22 @@ def test_the_readme_example_exports_and_reports(tmp_path: Path) -> None:
     assert f"exported      {len(rows)} customers to leads.csv (csv)" in result.stdout
 
 
-async def test_a_csv_with_a_field_past_csvs_limit_resumes(
-    sim: DMHubSimulator, client: DMHubClient, tmp_path: Path
-) -> None:
+async def test_a_csv_with_a_field_past_csvs_limit_resumes(tmp_path: Path) -> None:
     # csv.reader refuses a field over 131,072 characters: the resume read the file back as
     # 5 records where the checkpoint said 200, and refused it as changed by someone else.
-    for index in range(300):
-        sim.insert_customer({"name": f"c{index}", "remark": "x" * 140_000 if index == 5 else ""})
+    async with (
+        DMHubSimulator(customers=0) as sim,
+        DMHubClient(
+            sim.app_id, sim.secret, base_url=sim.url, token_store=MemoryTokenStore()
+        ) as client,
+    ):
+        for index in range(300):
+            long = index == 5
+            sim.insert_customer({"name": f"c{index}", "remark": "x" * 140_000 if long else ""})
+        await _export_long_csv(sim, client, tmp_path)
+
+
+async def _export_long_csv(sim: DMHubSimulator, client: DMHubClient, tmp_path: Path) -> None:
     dest, ckpt = tmp_path / "long.csv", tmp_path / "export.ckpt"
     with pytest.raises(Crash):
         await export_customers(
