@@ -301,3 +301,20 @@ def test_worker_processes_get_the_page_size_and_concurrency_asked_for(
     assert (settings.page_size, settings.concurrency) == (40, 3)
     assert settings.token_redis is None
     assert settings.token_file == ("" if store == "memory" else str(tmp_path / "tokens.json"))
+
+
+def test_demo_refuses_an_out_of_dash_rather_than_write_a_file_of_that_name(
+    tmp_path: Path,
+) -> None:
+    # "-" passed the output checks as standard output, then the demo wrote a file named "-",
+    # over one already there without --force, read-only or not.
+    dash = tmp_path / "-"
+    dash.write_text("keep me\n", encoding="utf-8")
+    dash.chmod(0o444)
+
+    result = python_m("demo", "--customers", "3", "--latency-ms", "0", "--out", "-", cwd=tmp_path)
+
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1
+    assert "not standard output" in result.stderr
+    assert dash.read_text(encoding="utf-8") == "keep me\n"

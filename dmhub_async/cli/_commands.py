@@ -212,7 +212,7 @@ async def _simulate(args: argparse.Namespace) -> int:
 async def _demo(args: argparse.Namespace) -> int:
     from ..testing import DMHubSimulator
 
-    check_output(args.out, force=args.force)
+    check_output(args.out, force=args.force, stdout=False)
     latency = args.latency_ms
     say = print if not args.quiet else lambda *_: None
     say(f"seeding an in-process DM Hub simulator with {args.customers:,} customers ...")

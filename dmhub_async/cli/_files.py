@@ -35,16 +35,23 @@ def check_checkpoint(checkpoint: str) -> None:
 
 
 def check_output(
-    out: str, *, force: bool, resumable: bool = False, inputs: Iterable[str | None] = ()
+    out: str,
+    *,
+    force: bool,
+    resumable: bool = False,
+    inputs: Iterable[str | None] = (),
+    stdout: bool = True,
 ) -> None:
     """Refuse, before anything is sent, an ``--out`` whose writing would destroy something.
 
     The input (or checkpoint) itself; what the export refuses too (a link, FIFO, device or
     directory: writing there would replace the link, block, or fill a disk); a read-only file;
     and an existing file unless ``--force`` (or ``resumable``: a checkpoint says the file is an
-    export in progress).
+    export in progress). ``stdout``: whether ``-`` means standard output to this command.
     """
     if out == STDOUT:
+        if not stdout:  # it was written as a file named "-", over one already there
+            raise UsageError("--out -: this command writes a file, not standard output")
         return
     path = Path(out)
     for other in inputs:

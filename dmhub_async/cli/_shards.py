@@ -184,7 +184,15 @@ async def _reach_queue(redis_url: str, flag: str) -> None:
 def _merge(args: argparse.Namespace) -> int:
     if not os.path.isdir(args.directory):
         raise CommandError(f"{args.directory}: no such directory")
-    check_output(args.out, force=args.force)
+    out = Path(args.out).resolve()
+    if out == Path(args.directory).resolve() or Path(args.directory).resolve() in out.parents:
+        # Into the manifest or a part, with --force: the merge wrote over its own input and
+        # said it had merged, and the export could no longer be rerun or merged.
+        raise UsageError(
+            f"--out {args.out} is inside the export's directory {args.directory}: "
+            "give a file elsewhere"
+        )
+    check_output(args.out, force=args.force, stdout=False)
     return merge(args.directory, args.out, allow_incomplete=args.allow_incomplete)
 
 

@@ -143,3 +143,38 @@ def test_worker_processes_share_the_token_through_the_store_asked_for(
     assert sorted(exported_ids(out)) == sorted(state["ids"])
     assert state["tokens_issued"] == 1  # the planner's, in Redis, taken up by both workers
     assert redis.command("KEYS", "dmhub_async:token:*").startswith("*1")
+
+
+def test_merge_refuses_to_write_into_the_export_or_to_a_file_named_dash(tmp_path: Path) -> None:
+    # Into the manifest with --force, the merge wrote over it, said "merged 200 lines" and
+    # exit 0, and the export could no longer be rerun or merged; "-" was a file of that name.
+    out = tmp_path / "parts"
+    dash = tmp_path / "-"
+    dash.write_text("keep me\n", encoding="utf-8")
+    with sim_process(300) as sim:
+        first = dmhub(sim, tmp_path, "export", "--out", str(out), "--shards", "2", "-q")
+        manifest = (out / "manifest.json").read_bytes()
+        runs = [
+            dmhub(sim, tmp_path, "merge", str(out), "--out", str(target), "--force")
+            for target in (out / "manifest.json", out / "part-00001.jsonl", out / "all.jsonl")
+        ]
+        to_dash = subprocess.run(
+            [sys.executable, "-m", "dmhub_async", "merge", str(out), "--out", "-", "--force"],
+            env=sim.env(XDG_CACHE_HOME=str(tmp_path / "cache")),
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=150,
+            check=False,
+        )
+        again = dmhub(sim, tmp_path, "export", "--out", str(out), "--shards", "2", "-q")
+
+    assert first.returncode == 0, first.stderr
+    for refused in (*runs, to_dash):
+        assert refused.returncode == 2, refused.stderr
+        assert refused.stderr.count("\n") == 1
+    assert "inside the export's directory" in runs[0].stderr
+    assert "not standard output" in to_dash.stderr
+    assert (out / "manifest.json").read_bytes() == manifest
+    assert dash.read_text(encoding="utf-8") == "keep me\n"
+    assert again.returncode == 0, again.stderr
