@@ -104,8 +104,16 @@ class DMHubClient:
         connect_timeout: float | None = None,
         read_timeout: float | None = None,
     ) -> None:
+        # The environment's values are checked as the arguments are (a secret with a line
+        # break, or of 6,000 characters, was sent), and named as what they came from.
+        env = os.environ
+        app_id_from = "app_id" if app_id else "DMHUB_APP_ID"
+        secret_from = "secret" if secret else "DMHUB_SECRET"
+        app_id = app_id or env.get("DMHUB_APP_ID") or None
+        secret = secret or env.get("DMHUB_SECRET") or None
+        base_url = base_url or env.get("DMHUB_BASE_URL") or None
         check_settings(
-            {"app_id": app_id, "secret": secret, "access_token": access_token},
+            {app_id_from: app_id, secret_from: secret, "access_token": access_token},
             base_url,
             {  # the timeouts: _timeout, below
                 "max_retries": (max_retries, 0, True, int),
@@ -122,16 +130,13 @@ class DMHubClient:
             auth_error_codes,
             optional=frozenset({"rate_limit"}),
         )
-        self.app_id = app_id or os.environ.get("DMHUB_APP_ID") or None
-        secret = secret or os.environ.get("DMHUB_SECRET") or None
+        self.app_id = app_id
         if not access_token and not (self.app_id and secret):
             raise InvalidRequestError(
                 "no credentials: pass app_id and secret (or access_token), "
                 "or set DMHUB_APP_ID and DMHUB_SECRET"
             )
-        self.base_url = (base_url or os.environ.get("DMHUB_BASE_URL") or DEFAULT_BASE_URL).rstrip(
-            "/"
-        )
+        self.base_url = (base_url or DEFAULT_BASE_URL).rstrip("/")
         if not self.base_url.startswith(("http://", "https://")):
             raise InvalidRequestError(
                 f"base_url must start with http:// or https://: {self.base_url!r}"

@@ -132,6 +132,29 @@ async def test_close_without_any_request_is_fine(no_env):
 # --- settings -------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    ("variable", "value", "said"),
+    [
+        ("DMHUB_SECRET", "sec\nret", "DMHUB_SECRET holds a character"),
+        ("DMHUB_SECRET", "s" * 6000, "DMHUB_SECRET is longer than"),
+        ("DMHUB_APP_ID", "app\udcff", "DMHUB_APP_ID holds a character"),
+        ("DMHUB_BASE_URL", "https://h.test/" + "p" * 3000, "base_url"),
+    ],
+    ids=["a line break", "6,000 characters", "a lone surrogate", "a 3 KB base URL"],
+)
+def test_settings_from_the_environment_are_checked_as_arguments_are(
+    monkeypatch, variable, value, said
+):
+    # Taken unchecked: the secret with its line break (and of 6,000 characters) was sent in
+    # the token request; a lone surrogate failed later with a codec's message.
+    monkeypatch.setenv("DMHUB_APP_ID", "env-app")
+    monkeypatch.setenv("DMHUB_SECRET", "env-secret")
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(InvalidRequestError, match=said) as info:
+        DMHubClient(token_store=MemoryTokenStore())
+    assert value not in str(info.value)
+
+
 async def test_credentials_and_base_url_from_the_environment(api, monkeypatch, clock):
     monkeypatch.setenv("DMHUB_APP_ID", "env-app")
     monkeypatch.setenv("DMHUB_SECRET", "env-secret")
