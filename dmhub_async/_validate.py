@@ -435,6 +435,8 @@ def check_identity(method: str, identity: object) -> Identity:
         and 0 < len(value) <= MAX_IDENTITY_VALUE
         and kind.isascii()
         and value.isascii()
+        and kind.isprintable()  # ASCII that is not: a control character (a tab, a NUL)
+        and value.isprintable()
     ):
         return identity
     for what, text, limit in (
@@ -448,6 +450,9 @@ def check_identity(method: str, identity: object) -> Identity:
                 f"{method}(): identity {what} is {len(text)} characters; at most {limit}"
             )
         check_text(method, f"identity {what}", text)
+        if any(char < " " or "\x7f" <= char <= "\x9f" for char in text):
+            # Sent as %09 or %00 (request() refuses them in a path): a TSV's tab, say.
+            raise InvalidRequestError(f"{method}(): identity {what} holds a control character")
     if identity.name is not None:
         if not isinstance(identity.name, str) or len(identity.name) > MAX_IDENTITY_NAME:
             raise InvalidRequestError(

@@ -92,6 +92,16 @@ CASES: dict[str, Call] = {
     "upsert: over-long type": lambda dm: dm.customers.create_with_identities([LONG_TYPE]),
     "upsert: over-long value": lambda dm: dm.customers.create_with_identities([LONG_VALUE]),
     "upsert: over-long name": lambda dm: dm.customers.create_with_identities([LONG_NAME]),
+    # Sent as identityType=we%09chat, identityValue=a%00b: control characters, which
+    # request() refuses in a path.
+    "lookup: a tab in the type": lambda dm: dm.identities.lookup(Identity("we\tchat", "o-1")),
+    "lookup: a NUL in the value": lambda dm: dm.identities.lookup(Identity("wechat", "a\x00b")),
+    "add: a C1 control in a unicode value": lambda dm: dm.identities.add(
+        1, Identity("wechat", "微信\x85")
+    ),
+    "lookup_many: a line break in a value": lambda dm: dm.identities.lookup_many(
+        [OK, Identity("mobile", "139\n")]
+    ),
     "upsert: bad field": lambda dm: dm.customers.create_with_identities([OK], name=5),
     "get: str id": lambda dm: dm.customers.get("1"),
     "get: float id": lambda dm: dm.customers.get(1.0),
