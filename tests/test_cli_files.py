@@ -189,6 +189,43 @@ def test_a_bad_row_is_named_by_file_and_line_before_any_request(
     assert not (tmp_path / "r.csv").exists()
 
 
+@pytest.mark.parametrize(
+    ("content", "encoding", "code", "said"),
+    [
+        (b"type,value\rwechat,o-1\r", None, 1, "ids.csv:1: not a CSV line"),
+        (b"wechat," + b"x" * 200_000 + b"\n", None, 1, "ids.csv:1: not a CSV line"),
+        ("type,value\nwechat,o-1\n".encode("utf-16"), "utf-16", 2, "--encoding utf-16"),
+        ("type,value\nwechat,o-1\n".encode("utf-16-le"), None, 1, "a UTF-16 file"),
+        (b"type,value\nwechat,o-1\n", "rot13", 2, "--encoding rot13"),
+    ],
+    ids=[
+        "a Mac CSV's CR line ends",
+        "a field past csv's limit",
+        "UTF-16",
+        "UTF-16 as UTF-8",
+        "rot13",
+    ],
+)
+def test_a_file_that_is_not_csv_text_is_one_line_naming_it_before_any_request(
+    served: ServedSimulator,
+    env: dict[str, str],
+    tmp_path: Path,
+    content: bytes,
+    encoding: str | None,
+    code: int,
+    said: str,
+) -> None:
+    # Each was a raw traceback (csv.Error, TypeError) or a row of NUL characters.
+    (tmp_path / "ids.csv").write_bytes(content)
+    flags = ["--encoding", encoding] if encoding else []
+
+    result = run_cli("lookup", "--in", "ids.csv", "--out", "r.csv", *flags, env=env, cwd=tmp_path)
+
+    assert_one_line_error(result, code, said)
+    assert requests(served) == 0
+    assert not (tmp_path / "r.csv").exists()
+
+
 def test_a_gbk_file_names_encoding_and_reads_with_it(
     served: ServedSimulator, env: dict[str, str], tmp_path: Path
 ) -> None:

@@ -64,9 +64,22 @@ def _filters(args: argparse.Namespace) -> dict[str, Any]:
 
 def _encoding(args: argparse.Namespace) -> str:
     try:
-        return codecs.lookup(args.encoding).name
+        info = codecs.lookup(args.encoding)
     except LookupError:
         raise UsageError(f"--encoding {args.encoding!r}: no such encoding") from None
+    # Files are read line by line on the newline byte, and as text: UTF-16 split in the middle
+    # of its characters (a raw csv.Error), rot13 or base64 failed with a raw TypeError.
+    text, readable = "type,value\n", getattr(info, "_is_text_encoding", True)
+    if readable:
+        encoder = info.incrementalencoder()
+        encoder.encode("x")  # past a byte order mark (utf-8-sig writes one first)
+        readable = encoder.encode(text) == text.encode()  # ASCII-compatible
+    if not readable:
+        raise UsageError(
+            f"--encoding {args.encoding}: not an encoding CSV files are read in here (UTF-8, GBK,"
+            " GB18030, Big5, Latin-1...): save the file as UTF-8 (Excel: CSV UTF-8)"
+        )
+    return info.name
 
 
 def _report_stream(args: argparse.Namespace) -> TextIO:
@@ -142,8 +155,13 @@ async def _export(args: argparse.Namespace) -> int:
 def _identities(path: Path, encoding: str) -> Iterator[Identity]:
     """The ``type,value`` rows of ``path``; a bad row is an error that names its line."""
     reader = csv.reader(decoded_lines(path, "utf-8-sig" if encoding == "utf-8" else encoding))
-    for row in reader:
+    for row in _csv_rows(reader, path):
         line = reader.line_num
+        if "\x00" in "".join(row):
+            raise CommandError(
+                f"{path}:{line}: holds NUL characters: a UTF-16 file (Excel's Unicode Text)?"
+                " save it as UTF-8 (Excel: CSV UTF-8)"
+            )
         if not row or not "".join(row).strip():
             continue
         if line == 1 and [c.strip().lower() for c in row[:2]] == ["type", "value"]:
@@ -154,6 +172,17 @@ def _identities(path: Path, encoding: str) -> Iterator[Identity]:
             yield check_identity("lookup", Identity(row[0].strip(), row[1].strip()))
         except InvalidRequestError as err:
             raise CommandError(f"{path}:{line}: {without_method(str(err))}") from None
+
+
+def _csv_rows(reader: Any, path: Path) -> Iterator[list[str]]:
+    """The reader's rows; a file it cannot read as CSV is an error naming the line."""
+    try:
+        yield from reader
+    except csv.Error as err:  # a lone CR line end (a Mac CSV), a field past csv's limit
+        raise CommandError(
+            f"{path}:{max(1, reader.line_num)}: not a CSV line ({err}): save the file as CSV UTF-8"
+            " with Windows or Unix line ends"
+        ) from None
 
 
 def _check_lookup(args: argparse.Namespace) -> tuple[Path, str, int]:
