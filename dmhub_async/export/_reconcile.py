@@ -6,7 +6,8 @@
   may now start past records never written. Found from the last id written, not the page number.
 * :func:`final_check`: every customer the service holds is in the file. An id-only walk is
   compared with the ids written; those missing are fetched by ``id_list`` and appended. It
-  passes when the walk saw as many customers as the service counted before and after it.
+  passes when two walks in a row saw the same customers, as many as the service counted
+  before and after each.
 
 docs/reliability.md, "Resuming an export", has the scenarios and their figures.
 """
@@ -25,8 +26,11 @@ if TYPE_CHECKING:
 
 __all__ = ["final_check", "start_page"]
 
-#: Walks of the final check before it gives up (the service changing during every one).
+#: Walks of the final check before it gives up (the service changing during every one); it
+#: passes on two walks in a row that agree.
 CHECK_ROUNDS = 3
+_MASK = (1 << 64) - 1
+_MIX = 0x9E3779B97F4A7C15  # an odd constant: a second sum of the ids, spread differently
 #: Steps of the search for the start page (2**40 pages is beyond any service).
 _MAX_PROBES = 80
 #: Ids fetched a request: one page of the service's largest size.
@@ -97,24 +101,40 @@ async def final_check(
     :data:`CHECK_ROUNDS` times at most.
     """
     count = None
+    previous: tuple[int, int, int] | None = None
     for _ in range(CHECK_ROUNDS):
         before = await client.customers.count(**filters)
         walk = client.customers.list_rows(
             page_size=100, concurrency=concurrency, **{**filters, "select": "id"}
         )
         seen, missing, unfetched = 0, [], 0
+        total, mixed = 0, 0  # the ids seen, summed two ways: the walk's fingerprint
         async with contextlib.aclosing(walk.pages()) as pages:
             async for page in pages:
                 seen += len(page.items)
-                ids = (row.get("id") for row in page.items)
+                ids = [row.get("id") for row in page.items]
+                for customer_id in ids:
+                    value = hash(customer_id)
+                    total = (total + value) & _MASK
+                    mixed = (mixed + (((value * _MIX) & _MASK) ^ (value >> 29))) & _MASK
                 missing += [i for i in ids if i is not None and i not in written]
                 if len(missing) >= _FETCH_BATCH:
                     unfetched += await _fetch(rows, missing, written, append)
                     missing = []
         unfetched += await _fetch(rows, missing, written, append)
         count = await client.customers.count(**filters)
-        if before == count == seen and not unfetched and walk.stats.unverified == 0:
+        fingerprint = (seen, total, mixed)
+        # Two walks in a row must see the same customers: under churn balanced between two
+        # counts (as many sign-ups as deletes) one walk can skip some and still see as many as
+        # counted, and the check said complete without them.
+        if (
+            before == count == seen
+            and not unfetched
+            and walk.stats.unverified == 0
+            and fingerprint == previous
+        ):
             return True, count
+        previous = fingerprint
     return False, count
 
 

@@ -12,6 +12,7 @@ import asyncio
 import csv
 import json
 import os
+import random
 import re
 import socket
 import stat
@@ -462,3 +463,32 @@ async def test_the_work_files_of_killed_exports_are_swept(
 
     assert report.complete
     assert files_in(tmp_path) == sorted([dest.name, *kept])
+
+
+@pytest.mark.parametrize("seed", [324, 326])
+async def test_verify_always_never_says_complete_with_a_customer_missing_under_churn(
+    tmp_path: Path, connect: Callable[..., DMHubClient], seed: int
+) -> None:
+    """Five sign-ups and five deletes before every page read, the final check's included:
+    the count stays put, and one id walk could skip survivors yet see as many customers as
+    counted, so the check passed (`complete` and `verified`) with 2 (seed 324) and 1 (seed
+    326) survivors missing. Two walks in a row must now see the same customers."""
+    rng = random.Random(seed)
+    dest = tmp_path / "customers.jsonl"
+    async with DMHubSimulator(customers=3000, seed=seed) as sim:
+        start = set(sim.customer_ids())
+
+        def churn(request: web.Request) -> None:
+            if request.method == "GET" and request.path == "/v1/customers":
+                for customer_id in rng.sample(sim.customer_ids(), 5):
+                    sim.delete_customer(customer_id)
+                sim.add_customers(5)
+
+        sim.on_request(churn)
+        async with connect(sim) as dm:
+            report = await export_customers(dm, dest, progress=False, verify="always")
+        sim.clear_hooks()
+        survivors = start & set(sim.customer_ids())
+
+    missing = survivors - set(read_ids(dest))
+    assert not (report.complete and missing), (report, sorted(missing))
