@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import logging
-import time
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -45,7 +44,7 @@ def _drop_connection(request: web.Request) -> web.Response:
     return web.Response(status=500)
 
 
-def _fault_response(kind: str, retry_after: int) -> web.Response:
+def _fault_response(kind: str, retry_after: int, now: float) -> web.Response:
     if kind == "html":
         return web.Response(text=_HTML_502, status=502, content_type="text/html")
     status = int(kind[:3])
@@ -53,9 +52,9 @@ def _fault_response(kind: str, retry_after: int) -> web.Response:
     if kind == "429":
         response.headers["Retry-After"] = str(retry_after)
     elif kind == "429-http-date":
-        response.headers["Retry-After"] = email.utils.formatdate(
-            time.time() + retry_after, usegmt=True
-        )
+        # On the simulator's clock, the client's too when a test fakes both: on the real one,
+        # a client on a FakeClock read a Retry-After of three years and gave up at once.
+        response.headers["Retry-After"] = email.utils.formatdate(now + retry_after, usegmt=True)
     return response
 
 
@@ -106,7 +105,7 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
             if kind == "reset":
                 faults.dropped(request.method, target)
                 return _drop_connection(request)
-            response: web.StreamResponse = _fault_response(kind, faults.retry_after)
+            response: web.StreamResponse = _fault_response(kind, faults.retry_after, state.clock())
         else:
             response = await _answer(state, request, handler)
             if kind == "truncated":

@@ -60,6 +60,7 @@ class DMHubSimulator:
             tokens=TokenIssuer(app_id, secret, token_ttl, clock),
             faults=faults if faults is not None else Faults(seed=seed),
             page_cap=page_cap,
+            clock=clock,
         )
         """Everything the simulator serves, as one object."""
         self.host = host

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import time
 from collections.abc import Awaitable, Callable
 
 import attrs
@@ -34,6 +35,8 @@ class SimulatorState:
     page_cap: int = 100
     """The most rows a list page returns, whatever ``rows`` asks for."""
     hooks: list[RequestHook] = attrs.field(factory=list)
+    #: The simulator's clock: the time of its answers (a Retry-After date, say).
+    clock: Callable[[], float] = time.time
     """Called with every request before it is handled (sync or async)."""
     revoke_in: int | None = None
     """Revoke the token after this many more ``/v1`` requests (None: never)."""

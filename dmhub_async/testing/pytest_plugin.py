@@ -59,10 +59,14 @@ def dmhub_clock() -> FakeClock:
     return FakeClock()
 
 
-async def _simulator(request: pytest.FixtureRequest) -> AsyncIterator[DMHubSimulator]:
+async def _simulator(
+    request: pytest.FixtureRequest, dmhub_clock: FakeClock
+) -> AsyncIterator[DMHubSimulator]:
     from ._simulator import DMHubSimulator  # late: a run without these fixtures never loads it
 
-    kwargs: dict[str, Any] = {"customers": DEFAULT_CUSTOMERS}
+    # The client's clock: the simulator's times (a Retry-After date, token lifetimes, the
+    # customers it creates) are then the times the client sees.
+    kwargs: dict[str, Any] = {"customers": DEFAULT_CUSTOMERS, "clock": dmhub_clock}
     kwargs.update(_mark_kwargs(request, "dmhub_simulator"))
     async with DMHubSimulator(**kwargs) as sim:
         yield sim
