@@ -280,7 +280,9 @@ class WalkPlan(Generic[T]):
         if last is not None:
             self._largest_last_page = max(last, self._largest_last_page or 0)
         largest = self._largest_last_page
-        if largest is not None and number > 2 * largest + MAX_READS_WITHOUT_PROGRESS:
+        # (An empty page ends the walk, whatever its number: a resume may start past the end,
+        # and one in the unused page numbers of an id_list's batch was refused here.)
+        if raw.items and largest is not None and number > 2 * largest + MAX_READS_WITHOUT_PROGRESS:
             raise ResponseDecodeError(
                 f"page {number} is far past the {largest} pages the service's totals allow:"
                 " it keeps saying there is more, so the walk stops rather than loop",
@@ -313,10 +315,13 @@ class WalkPlan(Generic[T]):
                 repair.steps_left -= 1
                 self.stats.refetches += 1
                 self.next_page = number - 1
+                last = self._last_page_of(raw.total_records, raw.total_pages)
+                if not raw.items and last is not None:  # past the end: back to the last page
+                    self.next_page = max(self._first_page, min(number - 1, last))
                 return pages
             if not contiguous:
                 self.stats.unverified += 1
-            if number == repair.target:
+            if number == repair.target or not raw.items:  # (an empty page: the walk's end)
                 self._repair = None
                 return [*pages, self._take_in_order(number, raw, epoch)]
             page = self._yield(raw, number, has_next=True)

@@ -492,3 +492,26 @@ async def test_verify_always_never_says_complete_with_a_customer_missing_under_c
 
     missing = survivors - set(read_ids(dest))
     assert not (report.complete and missing), (report, sorted(missing))
+
+
+async def test_an_export_of_a_long_id_list_resumes_after_any_number_of_stops(
+    tmp_path: Path, connect: Callable[..., DMHubClient]
+) -> None:
+    """3,000 ids go in batches of ~470, each owning a page number per id; a resume's search
+    for its start page probed numbers no page holds: the batch's walk started at page 470 of
+    5 and was refused as "far past the totals" (then, stepping back, as making no progress),
+    and every rerun failed alike: the resume was lost."""
+    dest, ckpt = tmp_path / "customers.jsonl", tmp_path / "export.ckpt"
+    async with DMHubSimulator(customers=20_000, seed=14) as sim:
+        ids = random.Random(1).sample(sim.customer_ids(), 3000)
+        async with connect(sim) as dm:
+            for _ in range(3):  # stopped three times, nothing changing in between
+                with pytest.raises(Crash):
+                    await export(
+                        dm, dest, ckpt, id_list=ids, concurrency=1, on_progress=crash_after(4)
+                    )
+            report = await export(dm, dest, ckpt, id_list=ids, concurrency=1)
+
+    assert report.resumed
+    assert report.complete
+    assert sorted(read_ids(dest)) == sorted(ids)
