@@ -14,12 +14,15 @@ from shard_support import SimProcess, exported_ids, sim_process
 pytestmark = pytest.mark.timeout(180)
 
 
-def dmhub(sim: SimProcess, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def dmhub(
+    sim: SimProcess, tmp_path: Path, *args: str, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     # A cache directory of the test's own: the CLI's default token store lives there.
     env = sim.env(XDG_CACHE_HOME=str(tmp_path / "cache"))
     return subprocess.run(
         [sys.executable, "-m", "dmhub_async", *args],
         env=env,
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=150,
@@ -158,15 +161,7 @@ def test_merge_refuses_to_write_into_the_export_or_to_a_file_named_dash(tmp_path
             dmhub(sim, tmp_path, "merge", str(out), "--out", str(target), "--force")
             for target in (out / "manifest.json", out / "part-00001.jsonl", out / "all.jsonl")
         ]
-        to_dash = subprocess.run(
-            [sys.executable, "-m", "dmhub_async", "merge", str(out), "--out", "-", "--force"],
-            env=sim.env(XDG_CACHE_HOME=str(tmp_path / "cache")),
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=150,
-            check=False,
-        )
+        to_dash = dmhub(sim, tmp_path, "merge", str(out), "--out", "-", "--force", cwd=tmp_path)
         again = dmhub(sim, tmp_path, "export", "--out", str(out), "--shards", "2", "-q")
 
     assert first.returncode == 0, first.stderr
