@@ -153,3 +153,26 @@ def test_sigterm_stops_the_simulator(tmp_path: Path) -> None:
 
     assert returncode == 143
     assert stderr.strip().endswith("dmhub-async: stopped by SIGTERM")
+
+
+def test_a_signal_mid_lookup_to_standard_output_says_its_rows_are_incomplete(
+    served: ServedSimulator, env: dict[str, str], tmp_path: Path
+) -> None:
+    # It said "no output written" after rows had gone to standard output.
+    with (tmp_path / "ids.csv").open("w", newline="", encoding="utf-8") as fh:
+        csv.writer(fh).writerows([("wechat", f"o-{n}") for n in range(300)])
+    served.sim.faults.latency = 0.02
+
+    returncode, output = interrupt(
+        ["lookup", "--in", "ids.csv", "--out", "-", "--concurrency", "2"],
+        env=env,
+        cwd=tmp_path,
+        signum=signal.SIGTERM,
+        started=lambda: sum(served.sim.counters.routes.values()) >= 10,
+    )
+
+    assert returncode == 143, output
+    assert output.strip().splitlines()[-1] == (
+        "dmhub-async: stopped by SIGTERM: what went to standard output is incomplete"
+    )
+    assert "no output written" not in output

@@ -70,6 +70,9 @@ def _interrupted(err: Interrupted, args: argparse.Namespace) -> str:
     checkpoint = getattr(args, "checkpoint", None)
     if checkpoint is not None and os.path.exists(checkpoint):
         return f"stopped by {err}: rerun the same command to resume from {checkpoint}"
+    if args.command in ("export", "lookup") and getattr(args, "out", None) == "-":
+        # Rows went out as they came: "no output written" followed 225 of them.
+        return f"stopped by {err}: what went to standard output is incomplete"
     if args.command in ("export", "lookup", "demo"):
         return f"stopped by {err}: no output written"
     return f"stopped by {err}"
