@@ -154,14 +154,10 @@ async def _export(args: argparse.Namespace) -> int:
 
 def _identities(path: Path, encoding: str) -> Iterator[Identity]:
     """The ``type,value`` rows of ``path``; a bad row is an error that names its line."""
-    reader = csv.reader(decoded_lines(path, "utf-8-sig" if encoding == "utf-8" else encoding))
+    lines = decoded_lines(path, "utf-8-sig" if encoding == "utf-8" else encoding)
+    reader = csv.reader(_without_nul(lines, path))
     for row in _csv_rows(reader, path):
         line = reader.line_num
-        if "\x00" in "".join(row):
-            raise CommandError(
-                f"{path}:{line}: holds NUL characters: a UTF-16 file (Excel's Unicode Text)?"
-                " save it as UTF-8 (Excel: CSV UTF-8)"
-            )
         if not row or not "".join(row).strip():
             continue
         if line == 1 and [c.strip().lower() for c in row[:2]] == ["type", "value"]:
@@ -172,6 +168,18 @@ def _identities(path: Path, encoding: str) -> Iterator[Identity]:
             yield check_identity("lookup", Identity(row[0].strip(), row[1].strip()))
         except InvalidRequestError as err:
             raise CommandError(f"{path}:{line}: {without_method(str(err))}") from None
+
+
+def _without_nul(lines: Iterator[str], path: Path) -> Iterator[str]:
+    """The lines, or an error at the first holding a NUL: a UTF-16 file read as UTF-8 (its
+    rows were read as NUL characters; csv on Python 3.10 refuses them, on 3.11 takes them)."""
+    for number, line in enumerate(lines, 1):
+        if "\x00" in line:
+            raise CommandError(
+                f"{path}:{number}: holds NUL characters: a UTF-16 file (Excel's Unicode Text)?"
+                " save it as UTF-8 (Excel: CSV UTF-8)"
+            )
+        yield line
 
 
 def _csv_rows(reader: Any, path: Path) -> Iterator[list[str]]:
