@@ -41,6 +41,8 @@ MAX_STEPS_BACK = 32
 #: walk stops: more than a drift repair's reads (its steps back, and as many forward again),
 #: so a repair never trips it. (It was MAX_STEPS_BACK + 8, which a repair could pass.)
 MAX_READS_WITHOUT_PROGRESS = 2 * MAX_STEPS_BACK + 8
+#: A signature not worked out yet (a page's may be None).
+_UNKNOWN: Any = object()
 
 
 @attrs.frozen
@@ -272,7 +274,7 @@ class WalkPlan(Generic[T]):
                 target=number, taken_epoch=taken, taken_before=dict(self._signatures)
             )
             return self._repair_step(self._repair, number, raw, epoch)
-        return [self._take_in_order(number, raw, epoch)]
+        return [self._take_in_order(number, raw, epoch, signature)]
 
     def _check_within_totals(self, number: int, raw: RawPage[T]) -> None:
         """Stop a walk that went far past every total the service reported."""
@@ -340,11 +342,16 @@ class WalkPlan(Generic[T]):
             # is now (see above).
             raw, epoch = stepped_over
 
-    def _take_in_order(self, number: int, raw: RawPage[T], epoch: int) -> Page[T]:
-        """Page ``number`` taken as the next of the walk: the walk goes on after it, or ends."""
+    def _take_in_order(
+        self, number: int, raw: RawPage[T], epoch: int, signature: Any = _UNKNOWN
+    ) -> Page[T]:
+        """Page ``number`` taken as the next of the walk: the walk goes on after it, or ends.
+
+        ``signature``: the page's, when the caller has it already (every page of a walk).
+        """
         self._taken_epoch = epoch
         signatures = self._signatures
-        signatures[number] = self.seen.signature(raw.items)
+        signatures[number] = self.seen.signature(raw.items) if signature is _UNKNOWN else signature
         signatures.pop(number - MAX_STEPS_BACK - 1, None)  # no repair steps back further
         last = self._ends_the_walk(number, raw)
         page = self._yield(raw, number, has_next=not last)

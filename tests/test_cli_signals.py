@@ -123,20 +123,26 @@ def test_sigterm_leaves_a_checkpoint_that_resumes_exactly(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["all.jsonl"]
 
 
-def test_sigterm_mid_lookup_leaves_no_output(
-    served: ServedSimulator, env: dict[str, str], tmp_path: Path
-) -> None:
-    with (tmp_path / "ids.csv").open("w", newline="", encoding="utf-8") as fh:
+def sigterm_mid_lookup(
+    served: ServedSimulator, env: dict[str, str], cwd: Path, out: str
+) -> tuple[int, str]:
+    """A lookup of 300 identities to ``out``, sent SIGTERM after its tenth request."""
+    with (cwd / "ids.csv").open("w", newline="", encoding="utf-8") as fh:
         csv.writer(fh).writerows([("wechat", f"o-{n}") for n in range(300)])
     served.sim.faults.latency = 0.02
-
-    returncode, stderr = interrupt(
-        ["lookup", "--in", "ids.csv", "--out", "found.csv", "--concurrency", "2"],
+    return interrupt(
+        ["lookup", "--in", "ids.csv", "--out", out, "--concurrency", "2"],
         env=env,
-        cwd=tmp_path,
+        cwd=cwd,
         signum=signal.SIGTERM,
         started=lambda: sum(served.sim.counters.routes.values()) >= 10,
     )
+
+
+def test_sigterm_mid_lookup_leaves_no_output(
+    served: ServedSimulator, env: dict[str, str], tmp_path: Path
+) -> None:
+    returncode, stderr = sigterm_mid_lookup(served, env, tmp_path, "found.csv")
 
     assert returncode == 143, stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ids.csv"]
@@ -159,17 +165,7 @@ def test_a_signal_mid_lookup_to_standard_output_says_its_rows_are_incomplete(
     served: ServedSimulator, env: dict[str, str], tmp_path: Path
 ) -> None:
     # It said "no output written" after rows had gone to standard output.
-    with (tmp_path / "ids.csv").open("w", newline="", encoding="utf-8") as fh:
-        csv.writer(fh).writerows([("wechat", f"o-{n}") for n in range(300)])
-    served.sim.faults.latency = 0.02
-
-    returncode, output = interrupt(
-        ["lookup", "--in", "ids.csv", "--out", "-", "--concurrency", "2"],
-        env=env,
-        cwd=tmp_path,
-        signum=signal.SIGTERM,
-        started=lambda: sum(served.sim.counters.routes.values()) >= 10,
-    )
+    returncode, output = sigterm_mid_lookup(served, env, tmp_path, "-")
 
     assert returncode == 143, output
     assert output.strip().splitlines()[-1] == (

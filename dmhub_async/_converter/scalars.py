@@ -215,6 +215,12 @@ def timestamp_to_wire(value: datetime | str | None) -> str | None:
 MAX_INT_DIGITS: Final = 4300
 
 
+def beyond_json(d: Decimal) -> bool:
+    """Whether JSON cannot carry ``d`` exactly: NaN, an infinity, or an integer of more than
+    :data:`MAX_INT_DIGITS` digits (told from its exponent, before ``int()`` spends on it)."""
+    return not d.is_finite() or d.adjusted() >= MAX_INT_DIGITS
+
+
 def decimal_to_json(d: Decimal) -> int | float | str | Decimal:
     """A ``Decimal`` as a value ``json.dumps`` can write without losing digits.
 
@@ -225,7 +231,7 @@ def decimal_to_json(d: Decimal) -> int | float | str | Decimal:
     digits stay ``Decimal``s, which the request's check refuses by name: ``"NaN"`` was sent as
     a string, and ``int(Decimal("1E+1000000"))`` held the event loop for half a minute.
     """
-    if not d.is_finite() or d.adjusted() >= MAX_INT_DIGITS:
+    if beyond_json(d):
         return d
     if d == d.to_integral_value():
         return int(d)

@@ -22,16 +22,20 @@ __all__ = ["STDOUT", "check_output", "decoded_lines", "replace_on_success"]
 STDOUT = "-"
 
 
+def _check_path(path: Path, flag: str) -> None:
+    """The export's ``check_path`` (a regular file or nothing yet, in a writable directory),
+    its refusal a usage error naming ``flag``."""
+    try:
+        check_path(path, flag)
+    except InvalidRequestError as err:
+        message = str(err)
+        raise UsageError(message if flag in message else f"{flag}: {message}") from None
+
+
 def check_checkpoint(checkpoint: str) -> None:
     """Refuse a ``--checkpoint`` the export would refuse (a directory, a link, a directory
     that does not exist) as a usage error, before anything is sent: it was exit 1."""
-    try:
-        check_path(Path(checkpoint), "--checkpoint")
-    except InvalidRequestError as err:
-        message = str(err)
-        raise UsageError(
-            message if "--checkpoint" in message else f"--checkpoint: {message}"
-        ) from None
+    _check_path(Path(checkpoint), "--checkpoint")
 
 
 def check_output(
@@ -57,11 +61,7 @@ def check_output(
     for other in inputs:
         if other is not None and other != STDOUT and _same_file(path, Path(other)):
             raise UsageError(f"--out {out} is also an input of this command: give another file")
-    try:
-        check_path(path, "--out")  # a regular file or nothing yet, in a writable directory
-    except InvalidRequestError as err:
-        message = str(err)
-        raise UsageError(message if "--out" in message else f"--out: {message}") from None
+    _check_path(path, "--out")
     try:
         info = os.stat(path)
     except FileNotFoundError:

@@ -95,15 +95,16 @@ async def sharded_export(args: argparse.Namespace, filters: dict[str, Any]) -> i
         # A Redis store is passed on as asked: the workers used a private file, so fetched a
         # token of their own and revoked that of every process sharing the store (one token an
         # app id). With a memory store they share a private file ("": made for the run).
-        redis_store = isinstance(store, RedisTokenStore)
-        if isinstance(store, RedisTokenStore):
+        token_redis = None
+        if isinstance(store, RedisTokenStore):  # made to check the spec: the workers make theirs
             await store.aclose()
+            token_redis = spec
         settings = WorkerSettings(
             client,
             str(store.path) if isinstance(store, FileTokenStore) else "",
             args.page_size,
             args.concurrency,
-            token_redis=spec if redis_store else None,
+            token_redis=token_redis,
         )
         manifest = await run_in_processes(
             settings, args.out, manifest, args.workers, client=client, progress=bar, on_total=lines

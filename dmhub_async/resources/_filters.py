@@ -6,7 +6,7 @@ here and is split into batches short enough for one URL by ``_batches``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import date, datetime, tzinfo
 from typing import Any, Literal, TypedDict
 
@@ -17,7 +17,7 @@ from .._validate import check_id, check_query, is_collection, short
 from ..models.customer import Customer
 from ..models.gender import Gender
 
-__all__ = ["EMPTY_STAGE", "CustomerFilters", "customer_filter_params"]
+__all__ = ["EMPTY_STAGE", "CustomerFilters", "customer_filter_params", "wire_field"]
 
 #: ``stage=EMPTY_STAGE`` (or ``""``) finds customers whose stage is empty (wire: ``_empty``).
 EMPTY_STAGE = "_empty"
@@ -52,13 +52,17 @@ _TIMES = {
 }
 
 
-def _wire_field(method: str, name: object) -> str:
+def wire_field(
+    method: str, name: object, names: Mapping[str, str] = _WIRE, what: str = "customer field"
+) -> str:
+    """A model's field as the wire names it, given by either name (``names``: the model's
+    :func:`wire_names`), or InvalidRequestError naming ``what`` it is not."""
     if isinstance(name, str):
-        if name in _WIRE:
-            return _WIRE[name]
-        if name in _WIRE.values():
+        if name in names:
+            return names[name]
+        if name in names.values():
             return name
-    raise InvalidRequestError(f"{method}(): unknown customer field {short(name)}")
+    raise InvalidRequestError(f"{method}(): unknown {what} {short(name)}")
 
 
 def customer_filter_params(
@@ -112,13 +116,13 @@ def _filter_params(
             if not isinstance(value, str) and not is_collection(value):
                 raise InvalidRequestError(f"{method}(): select must be field names")
             fields = [value] if isinstance(value, str) else list(value)
-            wire = [_wire_field(method, f) for f in fields]
+            wire = [wire_field(method, f) for f in fields]
             if "id" not in wire:
                 wire.insert(0, "id")  # the walk drops repeats by id
             params["select"] = ",".join(dict.fromkeys(wire))
         # Checked even where they are not sent (count): a bad one there was silently taken.
         elif name == "sort_by":
-            field = _wire_field(method, value)
+            field = wire_field(method, value)
             if paged:
                 params["sidx"] = field
         elif name == "sort_order":

@@ -11,6 +11,7 @@ from .._exceptions import InvalidRequestError
 from .._pagination import AsyncPaginator
 from .._validate import check_id, check_query, short
 from ..models.statistics import CustomerStatistics
+from ._filters import wire_field
 from ._pages import items_page, paginate
 from ._resource import Resource
 
@@ -40,7 +41,10 @@ class CustomerStatisticsResource(Resource):
             raise InvalidRequestError(
                 f"list(): sort_order must be 'asc' or 'desc', not {short(sort_order)}"
             )
-        params: dict[str, str] = {"sidx": _sort_field(sort_by), "sord": sort_order}
+        params: dict[str, str] = {
+            "sidx": wire_field("list", sort_by, _WIRE, "customer statistics field"),
+            "sord": sort_order,
+        }
         if customer_id is not None:
             params["customerId"] = str(check_id("list", customer_id))
         check_query("list", params)
@@ -58,19 +62,9 @@ class CustomerStatisticsResource(Resource):
         )
 
 
-#: The fields a walk sorts by: the model's names and the wire's.
-_SORT_FIELDS: dict[str, str] = {
-    **{wire: wire for wire in wire_names(CustomerStatistics).values()},
-    **wire_names(CustomerStatistics),
-}
-
-
-def _sort_field(sort_by: object) -> str:
-    """A statistics field as the wire names it (``total_score`` -> ``totalScore``), or
-    InvalidRequestError: it was sent as given, and the service refused a model name."""
-    if isinstance(sort_by, str) and sort_by in _SORT_FIELDS:
-        return _SORT_FIELDS[sort_by]
-    raise InvalidRequestError(f"list(): unknown customer statistics field {short(sort_by)}")
+#: The wire name of each statistics field: sort_by takes either (``total_score`` was sent as
+#: given, and the service refused it).
+_WIRE = wire_names(CustomerStatistics)
 
 
 #: A record's id, in C: the walk reads it from every record.

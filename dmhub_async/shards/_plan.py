@@ -23,7 +23,7 @@ import attrs
 
 from .._exceptions import InvalidRequestError
 from .._query_time import query_time, warn_naive
-from .._validate import short
+from .._validate import check_number, short
 
 if TYPE_CHECKING:
     from .._client import DMHubClient
@@ -71,8 +71,7 @@ class Shard:
         # A window is an instant range every worker reads alike: a naive bound would be read
         # in each worker's own time zone, and a window that ends before it starts exported
         # nothing and called itself complete.
-        if isinstance(self.index, bool) or not isinstance(self.index, int) or self.index < 0:
-            raise InvalidRequestError(f"Shard: index must be an int >= 0, not {short(self.index)}")
+        check_number("Shard: index", self.index, 0, inclusive=True, kind=int)
         for name in ("start", "end"):
             bound = getattr(self, name)
             if bound is None:
@@ -93,11 +92,7 @@ class Shard:
             raise InvalidRequestError(
                 f"Shard: filters must be a mapping, not {short(self.filters)}"
             )
-        count = self.planned_count
-        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
-            raise InvalidRequestError(
-                f"Shard: planned_count must be an int >= 0, not {short(count)}"
-            )
+        check_number("Shard: planned_count", self.planned_count, 0, inclusive=True, kind=int)
         if self.note is not None and not isinstance(self.note, str):
             raise InvalidRequestError(f"Shard: note must be a str or None, not {short(self.note)}")
 
