@@ -187,3 +187,39 @@ async def test_an_export_checkpoint_holds_the_zone_of_its_naive_filters(
                 await export_customers(
                     dm, dest, checkpoint=ckpt, page_size=10, progress=False, date_created_from=since
                 )
+
+
+@pytest.mark.parametrize(
+    ("low", "high", "value_from", "value_to"),
+    [
+        ("date_created_from", "date_created_to", "2024-01-02", "2024-01-01"),
+        ("last_updated_from", "last_updated_to", "2024-01-01T09:00:01Z", "2024-01-01T09:00:00Z"),
+        # 09:00 in Shanghai is 01:00 UTC: after 00:30 UTC, whatever the text says.
+        ("date_created_from", "date_created_to", "2024-01-01T09:00+08:00", "2024-01-01T00:30Z"),
+    ],
+)
+async def test_a_range_that_ends_before_it_starts_is_refused_before_anything_is_sent(
+    api: aioresponses,
+    tokens: Any,
+    make_client: Callable[..., DMHubClient],
+    tmp_path: Path,
+    low: str,
+    high: str,
+    value_from: str,
+    value_to: str,
+) -> None:
+    # It used to be sent: the service found nothing, and an export wrote an empty file that
+    # called itself complete.
+    dm = make_client(timezone="UTC")
+    filters: Any = {low: value_from, high: value_to}
+    with pytest.raises(InvalidRequestError, match=f"{high} is before {low}"):
+        await dm.customers.count(**filters)
+    with pytest.raises(InvalidRequestError, match=f"{high} is before {low}"):
+        dm.customers.list(**filters)
+    with pytest.raises(InvalidRequestError, match=f"{high} is before {low}"):
+        await export_customers(dm, tmp_path / "out.jsonl", **filters)
+    assert not api.requests
+    assert not (tmp_path / "out.jsonl").exists()
+    # One second, or one day, is a range: the bounds are both inclusive.
+    api.get(url("/v1/customers/count"), payload=1, repeat=True)
+    assert await dm.customers.count(**{low: value_to, high: value_to}) == 1

@@ -50,6 +50,8 @@ _TIMES = {
     "last_updated_from": "lastUpdatedFrom",
     "last_updated_to": "lastUpdatedTo",
 }
+#: Each time range's bounds (both inclusive): the lower may not come after the upper.
+_RANGES = (("date_created_from", "date_created_to"), ("last_updated_from", "last_updated_to"))
 
 
 def wire_field(
@@ -132,6 +134,11 @@ def _filter_params(
                 )
             if paged:
                 params["sord"] = value
+    for low, high in _RANGES:  # the same fixed-width UTC form: compared as text
+        if _TIMES[low] in params and _TIMES[high] in params:
+            if params[_TIMES[low]] > params[_TIMES[high]]:
+                # Sent, it found nothing: an empty export that called itself complete.
+                raise InvalidRequestError(f"{method}(): {high} is before {low}")
     # idList is checked when it is split into batches, each short enough for one URL.
     check_query(method, {k: v for k, v in params.items() if k != "idList"})
     return params, naive
