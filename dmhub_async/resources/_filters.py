@@ -135,10 +135,10 @@ def _filter_params(
             if paged:
                 params["sord"] = value
     for low, high in _RANGES:  # the same fixed-width UTC form: compared as text
-        if _TIMES[low] in params and _TIMES[high] in params:
-            if params[_TIMES[low]] > params[_TIMES[high]]:
-                # Sent, it found nothing: an empty export that called itself complete.
-                raise InvalidRequestError(f"{method}(): {high} is before {low}")
+        first, last = params.get(_TIMES[low]), params.get(_TIMES[high])
+        if first is not None and last is not None and first > last:
+            # Sent, it found nothing: an empty export that called itself complete.
+            raise InvalidRequestError(f"{method}(): {high} is before {low}")
     # idList is checked when it is split into batches, each short enough for one URL.
     check_query(method, {k: v for k, v in params.items() if k != "idList"})
     return params, naive
