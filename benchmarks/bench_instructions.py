@@ -180,7 +180,7 @@ def _disable(what: str) -> None:
     if what == "big-int-check":
         from dmhub_async import _json
 
-        _json._may_hold_big_int = lambda body: False  # type: ignore[assignment]
+        _json._may_lose_digits = lambda body: False  # type: ignore[assignment]
     elif what == "repeat-check":
         from dmhub_async import _seen_records
 

@@ -2,12 +2,15 @@
 
 Decoding is most of the cost of reading a page (benchmarks/bench_converter.py): orjson does it
 in about half the time of ``json.loads``. It refuses some of what the standard library still
-reads (NaN), so those bodies fall back rather than fail. Worse, it does not refuse an integer
-beyond 64 bits: it returns it as a float, rounded (``12345678901234567890123`` comes back as
-``1.2345678901234568e+22``). A body that may hold such an integer is therefore decoded by
-``json.loads``, which keeps every digit; finding out costs a scan of one byte in four
-(:func:`_may_hold_big_int`), about a tenth of orjson's own time. Writing is the mirror
-image: orjson refuses integers beyond 64 bits, and ``json.dumps`` writes them exactly.
+reads (NaN), so those bodies fall back rather than fail. Worse, it reads every number into 64
+bits: an integer beyond them comes back as a float, rounded (``12345678901234567890123`` as
+``1.2345678901234568e+22``), and so does a decimal with more digits than a float holds
+(``12345678901234567.89`` as ``1.2345678901234568e+16``). A body that may hold such a number is
+therefore decoded by ``json.loads``, which keeps every integer's digits and hands each other
+number to :func:`exact_number`: a float when the float is the same decimal, else a ``Decimal``.
+Finding out costs a scan of one byte in four (:func:`_may_lose_digits`), about a tenth of
+orjson's own time. Writing is the mirror image: orjson refuses integers beyond 64 bits, so
+those are handed to it as their digits, and so is a ``Decimal`` (a JSON number).
 
 :func:`raw_rows` splits a page into each row's bytes as the service sent them, for a writer
 that keeps them as they came (the export): with msgspec installed it never decodes a row,
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import json
 import re
+from decimal import Decimal
 from typing import Any, Final, NamedTuple
 
 import orjson
@@ -27,63 +31,100 @@ try:  # optional: the `fast` extra; without it raw_rows decodes and re-encodes e
 except ImportError:  # pragma: no cover - exercised by tests that hide msgspec
     msgspec = None  # type: ignore[assignment]
 
-__all__ = ["RawRows", "dumps", "dumps_line", "loads", "raw_rows"]
+__all__ = ["RawRows", "dumps", "dumps_line", "exact_number", "loads", "raw_rows"]
 
-#: Every fourth byte: a run of 16 or more digits leaves four digits in a row in the sample,
-#: and a timestamp (``2017-06-01T12:12:12``: a separator every 3 bytes) never does.
+#: Every fourth byte: a run of 16 or more digits (and points) leaves four in a row in the
+#: sample, and a timestamp (``2017-06-01T12:12:12.123``: a separator every 3 bytes, and 3 to 6
+#: digits after the point) never does.
 _STRIDE: Final = 4
 _RUN: Final = b"0000"
-#: Digits to b"0", every other byte to b" ".
-_DIGITS_TO_ZERO: Final = bytes(0x30 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))
-#: An integer literal orjson rounds: below -2**63 (19 digits and a sign) or 20 digits and more
-#: (2**64 - 1 has 20 digits too: a few of those are read by json.loads for nothing).
-_BEYOND_64_BITS: Final = re.compile(rb"-\d{19}|\d{20}")
+#: Digits and the decimal point to b"0", every other byte to b" ".
+_DIGITS_TO_ZERO: Final = bytes(0x30 if 0x30 <= b <= 0x39 or b == 0x2E else 0x20 for b in range(256))
+#: A number literal orjson rounds: an integer below -2**63 (19 digits and a sign) or of 20
+#: digits and more (2**64 - 1 has 20 digits too: a few of those are read by json.loads for
+#: nothing); a decimal of 16 digits or more, counting from its first digit (a float holds 15;
+#: some of 16 and 17 read back the same, and exact_number keeps those floats), with a point
+#: or an exponent.
+_LOSSY: Final = re.compile(rb"-\d{19}|\d{20}|(?=[\d.]{17})\d*\.\d|\d{16}[eE]")
 
 
-def _may_hold_big_int(body: bytes) -> bool:
-    """Whether ``body`` has a run of digits that orjson would read as a rounded float.
+def _may_lose_digits(body: bytes) -> bool:
+    """Whether ``body`` has a number literal that orjson would read as a rounded float.
 
     Never a false negative: any 16 consecutive bytes hold four multiples of four, so every
-    run of 19 digits or more shows as ``0000`` in the sample; each such place is then checked
-    exactly. Digits inside strings may give a false positive, which costs only speed.
+    such literal (16 digits and more, or 17 digits and points) shows as ``0000`` in the
+    sample; each such place is then checked exactly. Digits inside strings may give a false
+    positive, which costs only speed.
     """
     sample = body[::_STRIDE].translate(_DIGITS_TO_ZERO)
     at = sample.find(_RUN)
     while at != -1:
         start = at * _STRIDE
-        # The run holds bytes start to start + 12; any 20 digits of it, or its sign and 19
-        # digits, lie within 40 bytes either side.
-        if _BEYOND_64_BITS.search(body, max(0, start - 40), start + 52):
+        # The run holds bytes start to start + 12; any literal it is part of shows within 40
+        # bytes either side (a longer one is looked at again from its next sampled byte).
+        if _LOSSY.search(body, max(0, start - 40), start + 52):
             return True
         at = sample.find(_RUN, at + 1)
     return False
 
 
+def exact_number(text: str) -> float | Decimal:
+    """A JSON number other than an integer (its text): a float when the float is that very
+    decimal (``0.1``, ``1e16``), else a ``Decimal`` of every digit (``12345678901234567.89``,
+    and ``1e400``, which no float holds)."""
+    value = float(text)
+    exact = Decimal(text)
+    return value if Decimal(repr(value)) == exact else exact
+
+
 def loads(body: bytes | str) -> Any:
-    """Decode a JSON body, integers of any size exactly; ValueError when it is not JSON."""
+    """Decode a JSON body, every number exactly; ValueError when it is not JSON.
+
+    Integers are ints of any size; any other number is a float, or a ``Decimal`` where a float
+    would lose a digit (:func:`exact_number`).
+    """
     raw = body.encode("utf-8", "surrogatepass") if isinstance(body, str) else body
-    if not _may_hold_big_int(raw):
+    if not _may_lose_digits(raw):
         try:
             return orjson.loads(body)
         except orjson.JSONDecodeError:
             pass
-    return json.loads(body)  # raises ValueError (UnicodeDecodeError too) when not JSON
+    # raises ValueError (UnicodeDecodeError too) when not JSON
+    return json.loads(body, parse_float=exact_number)
 
 
-def dumps(obj: Any) -> bytes:
-    """``obj`` as compact UTF-8 JSON, non-ASCII as is, integers of any size exactly."""
+def _decimal_text(value: Any) -> Any:
+    """orjson's ``default``: a finite ``Decimal`` as its digits, a JSON number."""
+    if isinstance(value, Decimal) and value.is_finite():
+        return orjson.Fragment(str(value).encode())
+    raise TypeError(f"Type is not JSON serializable: {type(value).__name__}")
+
+
+def _big_ints(obj: Any) -> Any:
+    """``obj`` with every integer beyond 64 bits as its digits, for orjson."""
+    if isinstance(obj, dict):
+        return {k: _big_ints(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_big_ints(v) for v in obj]
+    if isinstance(obj, int) and not isinstance(obj, bool) and not -(2**63) <= obj < 2**64:
+        return orjson.Fragment(str(obj).encode())  # ValueError beyond Python's 4,300 digits
+    return obj
+
+
+def dumps(obj: Any, *, option: int = 0) -> bytes:
+    """``obj`` as compact UTF-8 JSON, non-ASCII as is, integers of any size and ``Decimal``s
+    exactly (as JSON numbers); TypeError for what JSON cannot hold (a NaN ``Decimal``)."""
     try:
-        return orjson.dumps(obj)
-    except TypeError:  # an integer beyond 64 bits, say
-        return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        return orjson.dumps(obj, default=_decimal_text, option=option)
+    except TypeError:  # an integer beyond 64 bits, or a key that is not a string
+        # Keys as the standard library writes them (1 as "1", True as "true").
+        option |= orjson.OPT_NON_STR_KEYS
+        return orjson.dumps(_big_ints(obj), default=_decimal_text, option=option)
 
 
 def dumps_line(obj: Any) -> bytes:
     """``obj`` as one UTF-8 JSON line, non-ASCII as is, ending in a newline."""
-    try:
-        return orjson.dumps(obj, option=orjson.OPT_APPEND_NEWLINE)
-    except TypeError:  # an integer beyond 64 bits, say
-        return (json.dumps(obj, ensure_ascii=False) + "\n").encode("utf-8")
+    return dumps(obj, option=orjson.OPT_APPEND_NEWLINE)
 
 
 class RawRows(NamedTuple):
@@ -105,7 +146,7 @@ if msgspec is not None:
     _page_decoder: Final = msgspec.json.Decoder(dict[str, msgspec.Raw])
     _rows_decoder: Final = msgspec.json.Decoder(list[msgspec.Raw])
     _ids_decoder: Final = msgspec.json.Decoder(list[_Id])
-    _value_decoder: Final = msgspec.json.Decoder()
+    _value_decoder: Final = msgspec.json.Decoder(float_hook=exact_number)
 
 
 def raw_rows(body: bytes, key: str = "rows", page_keys: tuple[str, ...] | None = None) -> RawRows:

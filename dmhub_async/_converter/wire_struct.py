@@ -4,8 +4,11 @@ msgspec (the optional ``fast`` extra) decodes JSON bytes straight into typed rec
 a page costs little more than parsing it (benchmarks/bench_converter.py). It knows none of our
 promises, so it is only asked for what it does exactly: each model gets a msgspec Struct with
 the model's wire names and strict types (text, integers of any size, booleans) that refuses
-unknown keys. Timestamps and decimals come out as the JSON gave them and are read by our own
-expressions, so a fraction beyond microseconds or ``1.50`` reads as it always has.
+unknown keys. Timestamps come out as the JSON gave them and are read by our own expressions,
+so a fraction beyond microseconds reads as it always has. A decimal field is read by msgspec
+itself, as every digit the service sent (``12345678901234567.89``; ``1.50`` keeps its zero,
+where the lenient way, through a float, gives the equal ``Decimal("1.5")``); a float in an
+unknown key goes through ``_json.exact_number``, as the lenient way's does.
 
 An unknown key (a field the service added: the simulator's ``tagCount`` is on every record)
 is learnt: the reader's Struct then names it too, typed as any JSON, and its value goes to
@@ -50,7 +53,7 @@ _STRICT_TYPES: Final[dict[Any, Any]] = {
     int | None: int | None,
     bool | None: bool | None,
     datetime | None: str | None,
-    Decimal | None: int | float | str | None,
+    Decimal | None: Decimal | None,  # a number's every digit (a float would round past 15)
     int | str | None: int | str | None,
     dict[str, Any]: dict[str, Any] | None,
     Gender: Any,  # the lenient gender is read by the build function
@@ -114,7 +117,7 @@ def page_reader(
             kw_only=True,
             gc=False,
         )
-        return msgspec.json.Decoder(page_struct)
+        return msgspec.json.Decoder(page_struct, float_hook=_json.exact_number)
 
     # The unknown keys met so far (a service that adds a field sends it on every record) and
     # the page decoder that reads them too: learnt once, then every page is read in one go.
@@ -122,8 +125,8 @@ def page_reader(
     typed: tuple[tuple[str, ...], Any, Callable[[Any], T]] = ((), page_decoder(()), build)
     raw_page_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])
     raw_rows_decoder = msgspec.json.Decoder(list[msgspec.Raw] | None)
-    row_decoder = msgspec.json.Decoder(struct)
-    value_decoder = msgspec.json.Decoder()
+    row_decoder = msgspec.json.Decoder(struct, float_hook=_json.exact_number)
+    value_decoder = msgspec.json.Decoder(float_hook=_json.exact_number)
     astuple = msgspec.structs.astuple
     hook = converter.get_structure_hook(cls)
 

@@ -15,6 +15,7 @@ from typing import IO, Any, Literal, Protocol
 
 import attrs
 
+from .. import _json
 from .._converter import wire_names
 from .._json import loads
 from ..models.customer import Customer
@@ -112,10 +113,10 @@ class CsvWriter:
             if with_attr:
                 attr = dict(row.get("attr") or {})
                 cells += [_cell(attr.pop(k, None)) for k in self._attr_keys]
-                cells.append(json.dumps(attr, ensure_ascii=False) if attr else "")
+                cells.append(_json_cell(attr) if attr else "")
             if self._extra:
                 extra = {k: v for k, v in row.items() if k not in known}
-                cells.append(json.dumps(extra, ensure_ascii=False) if extra else "")
+                cells.append(_json_cell(extra) if extra else "")
             writer.writerow(cells)
         return buf.getvalue().encode("utf-8")
 
@@ -126,8 +127,17 @@ def _cell(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (dict, list)):
+        return _json_cell(value)
+    return str(value)  # a Decimal (a number a float would round) as every digit
+
+
+def _json_cell(value: dict[str, Any] | list[Any]) -> str:
+    """An object or a list as a cell of JSON; a ``Decimal`` in it as a JSON number, exactly
+    (the standard library cannot write one: those cells are compact, as ``_json`` writes)."""
+    try:
         return json.dumps(value, ensure_ascii=False)
-    return str(value)
+    except TypeError:
+        return _json.dumps(value).decode("utf-8")
 
 
 def new_writer(
