@@ -18,7 +18,7 @@ from .._exceptions import DMHubError, InvalidRequestError
 from ..shards import Manifest, merge
 from ..shards._local import WorkerSettings, run_in_processes
 from ..shards._queue import check_queue, unreachable, worker
-from ..shards._run import TotalProgress, export_sharded, prepare
+from ..shards._run import TotalProgress, coordinating, export_sharded, prepare
 from ._errors import EXIT_INCOMPLETE, EXIT_OK, CommandError, UsageError
 from ._files import check_output
 from ._report import ProgressLines, print_report
@@ -53,6 +53,12 @@ async def sharded_export(args: argparse.Namespace, filters: dict[str, Any]) -> i
     check_sharding(args)
     if args.queue:  # before the plan: a bad or silent queue left a plan and a raw traceback
         await _reach_queue(args.queue, "--queue")
+    # One coordinator a directory, from its plan to its last shard: a second one is refused.
+    with coordinating(args.out):
+        return await _sharded_export(args, filters)
+
+
+async def _sharded_export(args: argparse.Namespace, filters: dict[str, Any]) -> int:
     fmt = args.format or "jsonl"
     bar, lines = _progress(args)
     async with open_client(args, args.concurrency) as dm:

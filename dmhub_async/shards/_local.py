@@ -29,7 +29,15 @@ from .._auth import FileTokenStore, RedisTokenStore, TokenStore
 from .._exceptions import DMHubError
 from ..export import ExportProgress
 from ._manifest import Manifest, ShardOutcome, checkpoint_name, part_name
-from ._run import ProgressBar, TotalProgress, export_shard, pending, record_result, result_of
+from ._run import (
+    ProgressBar,
+    TotalProgress,
+    coordinating,
+    export_shard,
+    pending,
+    record_result,
+    result_of,
+)
 
 __all__ = ["WorkerSettings", "run_in_processes"]
 
@@ -127,7 +135,7 @@ async def run_in_processes(
     todo = {o.shard.index: o for o in pending(manifest.shards)}
     if not todo:
         return manifest
-    with tempfile.TemporaryDirectory(prefix="dmhub-tokens-") as private:
+    with coordinating(where), tempfile.TemporaryDirectory(prefix="dmhub-tokens-") as private:
         if settings is None:
             settings = WorkerSettings(client or {}, "")
         if not settings.token_file and not settings.token_redis:

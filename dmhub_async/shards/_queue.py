@@ -25,7 +25,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from .._exceptions import DMHubError, InvalidRequestError
@@ -33,7 +33,18 @@ from .._shared_rate import check_shared_rate
 from .._validate import check_number
 from ._manifest import Manifest, ShardOutcome, checkpoint_name, part_name
 from ._plan import Shard
-from ._run import ProgressBar, TotalProgress, export_shard, pending, record_result, result_of
+
+if TYPE_CHECKING:
+    from arq.connections import ArqRedis
+from ._run import (
+    ProgressBar,
+    TotalProgress,
+    coordinating,
+    export_shard,
+    pending,
+    record_result,
+    result_of,
+)
 
 __all__ = [
     "HEARTBEAT",
@@ -284,17 +295,35 @@ async def run_on_queue(
     Returns when every shard has ended (complete, incomplete or failed after arq's tries).
     """
     from arq import create_pool
-    from arq.jobs import Job, JobStatus
     from redis.exceptions import RedisError
 
     where = _absolute(directory)
-    export_id = export_id_of(where)
     todo = {o.shard.index: o for o in pending(manifest.shards)}
-    bar = ProgressBar(progress, manifest, on_total)
-    try:
-        pool = await create_pool(queue_settings(redis_url, "run_on_queue(): redis_url"))
-    except (RedisError, OSError) as err:
-        raise unreachable(redis_url, err) from None
+    with coordinating(where):
+        try:
+            pool = await create_pool(queue_settings(redis_url, "run_on_queue(): redis_url"))
+        except (RedisError, OSError) as err:
+            raise unreachable(redis_url, err) from None
+        bar = ProgressBar(progress, manifest, on_total)
+        settings = (page_size, concurrency, poll, sleep)
+        return await _follow(pool, where, manifest, todo, bar, *settings)
+
+
+async def _follow(
+    pool: ArqRedis,
+    where: Path,
+    manifest: Manifest,
+    todo: dict[int, ShardOutcome],
+    bar: ProgressBar,
+    page_size: int,
+    concurrency: int,
+    poll: float,
+    sleep: Callable[[float], Awaitable[None]],
+) -> Manifest:
+    """Enqueue ``todo`` on ``pool`` (the jobs not there already) and follow them to the end."""
+    from arq.jobs import Job, JobStatus
+
+    export_id = export_id_of(where)
     try:
         jobs: dict[int, Any] = {}
         for index, outcome in todo.items():

@@ -9,10 +9,12 @@ directory), runs the shards still to do, and keeps ``manifest.json`` up to date.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +22,8 @@ from .._exceptions import DMHubError, InvalidRequestError
 from .._validate import short
 from ..export import ExportProgress, ExportReport, export_customers
 from ..export._export import check_run
-from ._manifest import Manifest, ShardOutcome, checkpoint_name
+from ..export._output import _lock
+from ._manifest import MANIFEST_NAME, Manifest, ShardOutcome, checkpoint_name
 from ._plan import Shard, manifest_filters, plan_shards
 
 if TYPE_CHECKING:
@@ -30,6 +33,7 @@ logger = logging.getLogger("dmhub_async")
 
 __all__ = [
     "ProgressBar",
+    "coordinating",
     "export_shard",
     "export_sharded",
     "pending",
@@ -104,6 +108,51 @@ def record_result(outcome: ShardOutcome, result: dict[str, Any]) -> None:
     outcome.error = None
 
 
+#: The directories this task (and the tasks it started) coordinates: a nested call takes
+#: the lock it already holds (the CLI's plan, then its run on a queue or on processes).
+_COORDINATED: contextvars.ContextVar[frozenset[Path]] = contextvars.ContextVar(
+    "dmhub_async_coordinated", default=frozenset()
+)
+
+
+@contextlib.contextmanager
+def coordinating(directory: str | os.PathLike[str]) -> Iterator[None]:
+    """Hold ``directory``'s coordinator lock (``.manifest.json.lock``), made if missing.
+
+    One coordinator a directory, on any number of machines that share it: a second one
+    (``export --shards`` run twice, say) raises InvalidRequestError naming the holder at once.
+    Two used to plan, enqueue and write the one manifest over each other, and fail each other's
+    shards on their parts' locks.
+    """
+    where = Path(directory).absolute()
+    if where in _COORDINATED.get():
+        yield
+        return
+    _check_directory(where)
+    made = not where.exists()
+    where.mkdir(parents=True, exist_ok=True)
+    try:
+        lock, lock_path = _lock(where / MANIFEST_NAME)
+    except BaseException:
+        _remove_if_empty(where, made)
+        raise
+    held = _COORDINATED.set(_COORDINATED.get() | {where})
+    try:
+        yield
+    finally:
+        _COORDINATED.reset(held)
+        lock_path.unlink(missing_ok=True)  # while held, as the export's own locks
+        lock.release()
+        _remove_if_empty(where, made)
+
+
+def _remove_if_empty(where: Path, made: bool) -> None:
+    """The directory :func:`coordinating` made, if nothing was written in it (no plan)."""
+    if made:
+        with contextlib.suppress(OSError):
+            where.rmdir()
+
+
 async def prepare(
     client: DMHubClient,
     directory: str | os.PathLike[str],
@@ -119,8 +168,19 @@ async def prepare(
     """
     if format not in ("jsonl", "csv"):
         raise InvalidRequestError(f"format must be 'jsonl' or 'csv', not {short(format)}")
-    where = Path(directory)
     recorded = manifest_filters(filters, client.timezone)
+    with coordinating(directory):
+        return await _prepare(client, Path(directory), shards, format, recorded, filters)
+
+
+async def _prepare(
+    client: DMHubClient,
+    where: Path,
+    shards: int,
+    format: str,
+    recorded: dict[str, Any],
+    filters: dict[str, Any],
+) -> Manifest:
     existing = _manifest_in(where)
     if existing is not None:
         existing.check_same_export(
@@ -132,7 +192,6 @@ async def prepare(
     manifest = Manifest.new(
         plan, fmt=format, base_url=client.base_url, app_id=client.app_id, filters=recorded
     )
-    where.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - once, before any part
     manifest.write(where)
     return manifest
 
@@ -159,9 +218,13 @@ def _recheck_parts(where: Path, manifest: Manifest) -> None:
         manifest.write(where)
 
 
-def _manifest_in(where: Path) -> Manifest | None:
+def _check_directory(where: Path) -> None:
     if where.exists() and not where.is_dir():
         raise InvalidRequestError(f"{where} is not a directory: a sharded export writes one")
+
+
+def _manifest_in(where: Path) -> Manifest | None:
+    _check_directory(where)
     return Manifest.read(where) if where.is_dir() else None
 
 
@@ -243,6 +306,33 @@ async def export_sharded(
     # Before the plan: a bad one was planned, then failed in every shard (or at the first
     # progress, a raw TypeError).
     check_run(client, page_size, concurrency, "on_total", on_total)
+    with coordinating(directory):
+        return await _export_sharded(
+            client,
+            directory,
+            shards,
+            format,
+            page_size,
+            concurrency,
+            parallel,
+            progress,
+            on_total,
+            filters,
+        )
+
+
+async def _export_sharded(
+    client: DMHubClient,
+    directory: str | os.PathLike[str],
+    shards: int,
+    format: str,
+    page_size: int,
+    concurrency: int,
+    parallel: int,
+    progress: bool,
+    on_total: TotalProgress | None,
+    filters: dict[str, Any],
+) -> Manifest:
     manifest = await prepare(client, directory, shards, format=format, **filters)
     where = Path(directory)
     bar = ProgressBar(progress, manifest, on_total)

@@ -13,6 +13,7 @@ import pytest
 
 from dmhub_async import DMHubClient, Gender, InvalidRequestError
 from dmhub_async.shards import Manifest, Shard, export_sharded, merge, plan_shards
+from dmhub_async.shards._run import coordinating, prepare
 from dmhub_async.testing import DMHubSimulator
 
 IMPORT_SECOND = 1_591_000_000.0  # 2020-06-01T08:26:40Z
@@ -241,3 +242,41 @@ async def test_a_rerun_takes_up_the_plan_in_the_directory(
     assert dm.stats.requests == requests  # every shard complete: nothing to plan or fetch
     with pytest.raises(InvalidRequestError, match="other filters"):
         await export_sharded(dm, tmp_path / "out", 4, stage="lead", progress=False)
+
+
+async def test_a_second_coordinator_of_the_directory_is_refused_at_once(
+    sim: DMHubSimulator, dm: DMHubClient, tmp_path: Path
+) -> None:
+    # Two coordinators planned, ran and wrote the one manifest over each other, and failed
+    # each other's shards on the parts' locks. The lock is an OS file lock: another process
+    # holding it is what this test's own FileLock is.
+    import filelock
+
+    out = tmp_path / "out"
+    out.mkdir()
+    other = filelock.FileLock(out / ".manifest.json.lock", timeout=0)
+    with other:
+        with pytest.raises(InvalidRequestError, match="in use by another export"):
+            await export_sharded(dm, out, 4, progress=False)
+        with pytest.raises(InvalidRequestError, match="in use by another export"):
+            await prepare(dm, out, 4)
+    assert dm.stats.requests == 0
+    assert [p.name for p in out.iterdir()] == [".manifest.json.lock"]  # the holder's: no plan
+    manifest = await export_sharded(dm, out, 4, progress=False)  # once it is free
+    assert manifest.complete
+    assert not (out / ".manifest.json.lock").exists()  # and free again after
+
+
+async def test_a_coordinator_runs_its_own_plan_under_its_lock(
+    sim: DMHubSimulator, dm: DMHubClient, tmp_path: Path
+) -> None:
+    out = tmp_path / "new" / "out"
+    with coordinating(out):  # as the CLI does: the plan, then the run, one lock
+        manifest = await prepare(dm, out, 2)
+        manifest = await export_sharded(dm, out, 2, progress=False)
+        assert (out / ".manifest.json.lock").exists()
+    assert manifest.complete
+    assert not (out / ".manifest.json.lock").exists()
+    with pytest.raises(InvalidRequestError):  # a plan that fails leaves no directory made
+        await export_sharded(dm, tmp_path / "never", 0, progress=False)
+    assert not (tmp_path / "never").exists()
