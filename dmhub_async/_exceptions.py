@@ -50,11 +50,29 @@ def _redacted(value: Any) -> Any:
 
 
 class DMHubError(Exception):
-    """The root of every error dmhub_async raises."""
+    """The root of every error dmhub_async raises.
+
+    Every one pickles, attributes and all: a task queue (arq, Celery, Ray) sends a failed
+    task's error back that way.
+    """
 
     def __init__(self, *args: Any) -> None:
         # A service may echo the URL, and so the token, into anything: mask it on the way in.
         super().__init__(*map(_redacted, args))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Exception's own pickling calls the class with ``args`` alone, which the errors with
+        # keyword-only attributes (``status``, ``store``) refuse: a shard's APIError sent back
+        # by an arq worker could not be read, and the coordinator stopped on a traceback.
+        return _rebuilt, (type(self), self.args, self.__dict__)
+
+
+def _rebuilt(cls: type[DMHubError], args: tuple[Any, ...], state: dict[str, Any]) -> DMHubError:
+    """An error as pickled: its class, its args and its attributes, as they were (redacted)."""
+    error = cls.__new__(cls, *args)
+    error.args = args
+    error.__dict__.update(state)
+    return error
 
 
 class InvalidRequestError(DMHubError, ValueError):
@@ -68,6 +86,9 @@ class TokenStoreError(DMHubError):
     can read, a symbolic link): that is an error to fix, not an outage to ride out.
     """
 
+    store: str
+    unsafe: bool
+
     def __init__(self, message: str, *, store: str, unsafe: bool = False) -> None:
         super().__init__(message)
         self.store = store
@@ -80,6 +101,10 @@ class APIConnectionError(DMHubError):
     ``outcome_unknown`` is true when the request may have reached the service and changed data
     (a create whose answer was lost): it was not repeated, so check before you try again.
     """
+
+    method: str | None
+    path: str | None
+    outcome_unknown: bool
 
     def __init__(
         self,
@@ -110,6 +135,17 @@ class APIError(DMHubError):
     the wait in seconds a ``Retry-After`` header asked for (429 and 503), else ``None``.
     """
 
+    status: int
+    code: int | str | None
+    description: str | None
+    method: str | None
+    path: str | None
+    outcome_unknown: bool
+    retry_after: float | None
+    headers: dict[str, str]
+    body: str | None
+    request_id: str | None
+
     def __init__(
         self,
         message: str,
@@ -128,11 +164,11 @@ class APIError(DMHubError):
         super().__init__(message)
         self.retry_after = retry_after
         #: The answer's headers (a ``Location`` may hold the token: values are redacted).
-        self.headers: dict[str, str] = {k: redact(v) for k, v in (headers or {}).items()}
+        self.headers = {k: redact(v) for k, v in (headers or {}).items()}
         #: The start of the answer's body (up to 1,000 characters), redacted.
-        self.body: str | None = _redacted(body)
+        self.body = _redacted(body)
         #: The id the service gave the request (``X-Request-Id`` and the like), if any.
-        self.request_id: str | None = _redacted(request_id)
+        self.request_id = _redacted(request_id)
         self.status = status
         self.code = _redacted(code)
         self.description = _redacted(description)

@@ -23,6 +23,7 @@ import hashlib
 import logging
 import os
 import time
+import types
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -352,7 +353,7 @@ async def _follow(
             for index in list(todo):
                 if await jobs[index].status() != JobStatus.complete:
                     continue
-                _record(todo.pop(index), await jobs[index].result_info())
+                _record(todo.pop(index), await _result_info(jobs[index]))
                 manifest.write(where)
             if todo:
                 await sleep(poll)
@@ -366,7 +367,7 @@ async def _follow(
 async def _usable(job: Any, part: Path) -> bool:
     """Whether a finished job's result can stand for its shard (else the shard runs again):
     complete, and its part still the size it had then (not deleted or cut short since)."""
-    info = await job.result_info()
+    info = await _result_info(job)
     if info is None or not info.success or not info.result.get("complete"):
         return False
     try:
@@ -374,6 +375,24 @@ async def _usable(job: Any, part: Path) -> bool:
     except FileNotFoundError:
         return False
     return info.result.get("size") in (None, size)
+
+
+async def _result_info(job: Any) -> Any:
+    """The job's result (None when it is gone); one this process cannot read is a failure.
+
+    arq pickles a failed job's error: one that does not unpickle here (a class of another
+    version, or of a package this process lacks) raised DeserializationError out of the
+    coordinator, on every rerun too, for as long as Redis kept the result.
+    """
+    from arq.jobs import DeserializationError
+
+    try:
+        return await job.result_info()
+    except DeserializationError as err:
+        cause = err.__cause__
+        why = f"{type(cause).__name__}: {cause}" if cause is not None else str(err)
+        error = DMHubError(f"the worker's result could not be read ({why[:300]})")
+        return types.SimpleNamespace(success=False, result=error)
 
 
 def _record(outcome: ShardOutcome, info: Any) -> None:

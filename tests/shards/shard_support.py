@@ -48,7 +48,12 @@ class SimProcess:
     def env(self, **extra: str) -> dict[str, str]:
         """The environment of a CLI or worker process that talks to this simulator."""
         return child_env(
-            DMHUB_BASE_URL=self.url, DMHUB_APP_ID=self.app_id, DMHUB_SECRET=self.secret, **extra
+            **{
+                "DMHUB_BASE_URL": self.url,
+                "DMHUB_APP_ID": self.app_id,
+                "DMHUB_SECRET": self.secret,
+                **extra,
+            }
         )
 
 

@@ -16,7 +16,7 @@ from _redis import RedisServer
 from shard_support import SimProcess, exported_ids, sim_process
 
 from dmhub_async import DMHubClient, InvalidRequestError, RedisTokenStore
-from dmhub_async.shards import Manifest
+from dmhub_async.shards import Manifest, Shard
 from dmhub_async.shards._queue import run_on_queue, worker
 from dmhub_async.shards._run import prepare
 
@@ -30,11 +30,13 @@ WORKER = (
 
 
 @contextmanager
-def workers(sim: SimProcess, redis_url: str, n: int) -> Iterator[list[subprocess.Popen[bytes]]]:
+def workers(
+    sim: SimProcess, redis_url: str, n: int, **env: str
+) -> Iterator[list[subprocess.Popen[bytes]]]:
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", WORKER, redis_url],
-            env=sim.env(),
+            env=sim.env(**env),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -145,6 +147,64 @@ async def test_an_export_started_again_in_its_directory_never_takes_the_old_resu
     assert manifest.complete
     assert len(list(out.glob("part-*.jsonl"))) == len(manifest.shards)
     assert len(exported_ids(out)) == manifest.exported == leads < 3_000
+
+
+async def test_a_shard_that_fails_is_recorded_failed_and_exported_on_a_rerun(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    # A worker's shard failed with an APIError (here: the worker's app id is wrong). arq sends
+    # a failed job's error back pickled, and an APIError could not be unpickled: the
+    # coordinator stopped on arq's DeserializationError, and so did every rerun for the week
+    # Redis keeps the result.
+    out = tmp_path / "out"
+    with sim_process(600) as sim:
+        store = RedisTokenStore(redis.url)
+        try:
+            async with DMHubClient(
+                sim.app_id, sim.secret, base_url=sim.url, token_store=store
+            ) as dm:
+                manifest = await prepare(dm, out, 2)
+        finally:
+            await store.aclose()
+        with workers(sim, redis.url, 1, DMHUB_APP_ID="not-this-app"):
+            failed = await asyncio.wait_for(
+                run_on_queue(redis.url, out, manifest, progress=False, poll=0.1), 120
+            )
+        assert [s.status for s in failed.shards] == ["failed", "failed"]
+        assert all("40004" in (s.error or "") for s in failed.shards), failed.shards
+        with workers(sim, redis.url, 1):
+            again = await asyncio.wait_for(
+                run_on_queue(redis.url, out, failed, progress=False, poll=0.1), 120
+            )
+        state = sim.state()
+    assert again.complete
+    assert sorted(exported_ids(out)) == sorted(state["ids"])
+
+
+async def test_a_result_that_cannot_be_read_is_a_failed_shard_not_a_traceback(
+    tmp_path: Path,
+) -> None:
+    # An error class of another version, say: the coordinator stopped on arq's
+    # DeserializationError. Now the shard is failed (and a rerun enqueues it again).
+    from arq.jobs import DeserializationError
+
+    from dmhub_async.shards._queue import _record, _result_info, _usable
+
+    class Unreadable:
+        async def result_info(self) -> None:
+            try:
+                raise TypeError("__init__() missing 1 required keyword-only argument")
+            except TypeError as err:
+                raise DeserializationError("unable to deserialize job result") from err
+
+    [outcome] = Manifest.new(
+        [Shard(0, None, None)], fmt="jsonl", base_url="u", app_id="a", filters={}
+    ).shards
+    _record(outcome, await _result_info(Unreadable()))
+    assert outcome.status == "failed"
+    assert "could not be read" in (outcome.error or "")
+    assert "missing 1 required" in (outcome.error or "")
+    assert not await _usable(Unreadable(), tmp_path / "part-00000.jsonl")
 
 
 @pytest.mark.parametrize(
