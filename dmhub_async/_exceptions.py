@@ -105,6 +105,8 @@ class APIConnectionError(DMHubError):
     method: str | None
     path: str | None
     outcome_unknown: bool
+    #: The request never left (refused, DNS): nothing of it reached the service.
+    _not_sent: bool = False
 
     def __init__(
         self,

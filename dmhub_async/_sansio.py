@@ -379,4 +379,6 @@ def connection_error(
             " not repeated: check before trying again"
         )
     cls = APITimeoutError if timeout else APIConnectionError
-    return cls(message, method=request.method, path=request.path, outcome_unknown=unknown)
+    error = cls(message, method=request.method, path=request.path, outcome_unknown=unknown)
+    error._not_sent = not_sent
+    return error

@@ -22,7 +22,14 @@ import attrs
 from backoff.types import Details
 
 from ._auth import Token, TokenManager, TokenStore, token_key
-from ._exceptions import APIError, AuthenticationError, DMHubError
+from ._exceptions import (
+    APIConnectionError,
+    APIError,
+    AuthenticationError,
+    DMHubError,
+    ResponseDecodeError,
+    ServerError,
+)
 from ._last_response import last_response, remember_response
 from ._limits import Limits
 from ._redact import RedactedCause
@@ -61,6 +68,29 @@ class _Call:
     request: Request
     retries: int = 0
     refreshed: bool = False
+    #: A write's earlier attempt got no answer it could read, and may have been applied.
+    maybe_applied: bool = False
+
+
+def _note_write_failure(call: _Call, err: DMHubError) -> None:
+    """Remember a write's attempt that may have been applied; mark a later refusal unknown.
+
+    A DELETE whose 204 was lost is repeated (it is idempotent), and the repeat's "no such
+    customer" (40201) was raised as a plain NotFoundError: the caller was told the customer
+    did not exist, when the first attempt had deleted it.
+    """
+    if isinstance(err, APIConnectionError):
+        call.maybe_applied = call.maybe_applied or not err._not_sent
+    elif isinstance(err, ServerError | ResponseDecodeError):
+        # 503 is a refusal; any other 5xx, or a 2xx we could not read, may follow the write.
+        call.maybe_applied = call.maybe_applied or err.status != 503
+    elif isinstance(err, APIError) and call.maybe_applied and not err.outcome_unknown:
+        err.outcome_unknown = True
+        err.args = (
+            f"{err}; an earlier attempt got no answer and may have been applied, so the"
+            " outcome is unknown: check before trying again",
+            *err.args[1:],
+        )
 
 
 def _from_token_request(err: BaseException) -> bool:
@@ -287,6 +317,10 @@ class Session:
             if self._tokens is None or call.refreshed:
                 raise
             call.refreshed = True
+        except DMHubError as err:
+            if request.method != "GET":
+                _note_write_failure(call, err)
+            raise
         token = self._current_token = await self._tokens.refresh(stale=token)
         return await self._send(request, token, call.retries)
 

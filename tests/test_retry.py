@@ -410,3 +410,58 @@ async def test_backoff_waits_with_the_clients_sleep_and_nothing_global_changes(
 
     assert clock.waits == [0.5]  # backoff's wait, through the injected sleep: no real waiting
     assert backoff._async.asyncio is asyncio  # other users of backoff keep asyncio.sleep
+
+
+@pytest.mark.parametrize(
+    ("first", "unknown"),
+    [
+        ({"exception": aiohttp.ServerDisconnectedError()}, True),
+        ({"status": 502, "body": b""}, True),
+        ({"status": 200, "body": b'{"id": 1, "na'}, True),  # an answer we could not read
+        ({"status": 503, "body": b""}, False),  # a refusal: nothing was done
+        ({"exception": connect_failure()}, False),  # never sent
+        (None, False),  # no earlier attempt at all
+    ],
+    ids=["lost answer", "502", "unreadable 2xx", "503", "not sent", "first attempt"],
+)
+async def test_a_not_found_after_a_delete_that_may_have_been_applied_is_an_unknown_outcome(
+    api: aioresponses, make_client: Any, clock: Any, first: dict[str, Any] | None, unknown: bool
+) -> None:
+    # A DELETE whose 204 was lost is repeated, and the repeat's 40201 said "not found": the
+    # caller was told the customer did not exist, when the first attempt had deleted it.
+    path = "/v1/customers/7"
+    if first is not None:
+        api.delete(url(path), **first)
+    api.delete(url(path), status=500, payload={"error_code": 40201, "error_description": "x"})
+    dm = make_client(access_token="tok")
+
+    with pytest.raises(NotFoundError) as info:
+        await dm.customers.delete(7)
+
+    assert count(api, path, "DELETE") == (1 if first is None else 2)
+    assert info.value.outcome_unknown is unknown
+    assert ("may have been applied" in str(info.value)) is unknown
+
+
+async def test_a_delete_whose_answer_the_simulator_lost_says_its_outcome_is_unknown() -> None:
+    from dmhub_async import DMHubClient, MemoryTokenStore
+    from dmhub_async.testing import DMHubSimulator, FakeClock
+
+    fake = FakeClock()
+    async with (
+        DMHubSimulator(customers=3, clock=fake) as sim,
+        DMHubClient(
+            sim.app_id,
+            sim.secret,
+            base_url=sim.url,
+            token_store=MemoryTokenStore(),
+            clock=fake,
+            sleep=fake.sleep,
+        ) as dm,
+    ):
+        cid = sim.customer_ids()[0]
+        sim.faults.script(["reset-after-write"])  # deleted, then the connection drops
+        with pytest.raises(NotFoundError) as info:
+            await dm.customers.delete(cid)
+        assert info.value.outcome_unknown
+        assert cid not in sim.customer_ids()
