@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import attrs
 from backoff.types import Details
+from yarl import URL
 
 from ._auth import Token, TokenManager, TokenStore, token_key
 from ._exceptions import (
@@ -27,6 +28,7 @@ from ._exceptions import (
     APIError,
     AuthenticationError,
     DMHubError,
+    InvalidRequestError,
     ResponseDecodeError,
     ServerError,
 )
@@ -110,6 +112,8 @@ class _Connection:
     loop: asyncio.AbstractEventLoop | None = None
     #: The proxy the environment names for the base URL, for the session made here.
     proxy: str | None = None
+    #: Its password, if it has one: masked in every error, as the secret is.
+    proxy_password: str | None = None
 
 
 class Session:
@@ -227,7 +231,7 @@ class Session:
     @property
     def secrets(self) -> tuple[str | None, ...]:
         """The secret and the tokens this session uses: masked in every error."""
-        return (self._secret, self._static_token, self._current_token)
+        return (self._secret, self._static_token, self._current_token, self._conn.proxy_password)
 
     async def aclose(self) -> None:
         """Close the HTTP session if this layer made it (a passed-in one is left open).
@@ -337,12 +341,14 @@ class Session:
     def _http_session(self) -> aiohttp.ClientSession:
         conn = self._conn
         if conn.http is None:
+            # First: a proxy it refuses leaves no session made without it.
+            conn.proxy = usable_proxy(env_proxy(self.base_url))
+            conn.proxy_password = URL(conn.proxy).password if conn.proxy else None
             conn.http = aiohttp.ClientSession(
                 timeout=self._timeout,
                 connector=aiohttp.TCPConnector(limit=conn.max_concurrency),
                 headers=HEADERS,
             )
-            conn.proxy = env_proxy(self.base_url)
         return conn.http
 
     async def _send(self, request: Request, token: str | None, retries: int) -> APIResponse:
@@ -460,6 +466,26 @@ def env_proxy(url: str) -> str | None:
     # With no proxy for the scheme (the usual case) the bypass rules cannot change the answer.
     if proxy is None or urllib.request.proxy_bypass(parts.hostname or ""):
         return None
+    return proxy
+
+
+def usable_proxy(proxy: str | None) -> str | None:
+    """The proxy as aiohttp takes it (``host:port`` as ``http://host:port``, as urllib and
+    requests read it), or InvalidRequestError, before anything is sent, for one it cannot use,
+    never quoting it: it may hold a password. A mistyped port used to fail every request with
+    aiohttp's InvalidURL, the password in its message, retried as if the service were down."""
+    if proxy is None:
+        return None
+    if "://" not in proxy:
+        proxy = "http://" + proxy
+    where = "the proxy the environment names (HTTPS_PROXY, HTTP_PROXY or the system's)"
+    try:
+        url = URL(proxy)
+        port = url.port
+    except (ValueError, UnicodeError):
+        raise InvalidRequestError(f"{where} is not a URL") from None
+    if url.scheme not in ("http", "https") or not url.host or port is None:
+        raise InvalidRequestError(f"{where} must be an http:// or https:// URL with a host")
     return proxy
 
 

@@ -316,6 +316,12 @@ def _check_base_url(base_url: object) -> None:
     check_text("DMHubClient", "base_url", base_url)
     if len(quote(base_url, safe=":/")) > MAX_SETTING_LENGTH:
         raise InvalidRequestError(f"base_url is longer than {MAX_SETTING_LENGTH} bytes")
+    if "@" in re.split(r"[/?#]", base_url.partition("://")[2], maxsplit=1)[0]:  # never quoted
+        raise InvalidRequestError(
+            "base_url must hold no user or password (user:password@host): DM Hub takes the app"
+            " id and secret, and the URL is shown in reprs, errors and a sharded export's"
+            " manifest"
+        )
     try:
         url = URL(base_url)
         port = url.port

@@ -42,7 +42,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from dmhub_async import DMHubClient, DMHubError
+from dmhub_async import DMHubClient, DMHubError, InvalidRequestError
 from dmhub_async._redact import MASK, RedactedCause, redact
 from dmhub_async._sansio import Request
 
@@ -353,3 +353,61 @@ async def test_a_token_cut_short_in_a_message_does_not_leak() -> None:
     assert MASK in str(refused.value)
     for text in (str(decode.value), decode.value.description or "", str(refused.value)):
         assert not any(token[i : i + 8] in text for i in range(len(token) - 7)), text
+
+
+@pytest.mark.parametrize(
+    "base_url",
+    [
+        "http://gw-user:GatewayPassw0rd@127.0.0.1:8080",
+        "https://gw-user:GatewayPassw0rd@api.dmhub.test",
+        "https://GatewayPassw0rd@api.dmhub.test/v2",
+        "http://gw-user:GatewayPassw0rd@127.0.0.1:80a80",  # refused for its port, quoted, before
+    ],
+)
+def test_a_base_url_with_a_password_is_refused_without_quoting_it(base_url: str) -> None:
+    # It was taken, and its password shown in repr(client), the CLI's "no answer from ..."
+    # and a sharded export's manifest.
+    with pytest.raises(InvalidRequestError, match="no user or password") as info:
+        DMHubClient(app_id="app-1", secret=SECRET, base_url=base_url)
+    assert "GatewayPassw0rd" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "proxy",
+    [
+        "http://corp-user:ProxyPassw0rd@proxy.internal:80a80",  # a mistyped port
+        "socks5://corp-user:ProxyPassw0rd@proxy.internal:1080",  # no proxy aiohttp takes
+        "http://corp-user:ProxyPassw0rd@[::1:8080",
+    ],
+)
+async def test_a_proxy_aiohttp_cannot_use_is_refused_before_sending_without_quoting_it(
+    api: aioresponses, monkeypatch: pytest.MonkeyPatch, proxy: str
+) -> None:
+    # Each request failed on aiohttp's InvalidURL, the proxy's password in the chained cause
+    # and any traceback, was retried as if the service were down, and a create said that its
+    # outcome was unknown.
+    for name in ("HTTPS_PROXY", "https_proxy", "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTPS_PROXY", proxy)
+    async with DMHubClient(app_id="app-1", secret=SECRET, base_url=BASE) as dm:
+        with pytest.raises(InvalidRequestError, match="the proxy the environment names") as info:
+            await dm.customers.create(name="x")
+    assert not api.requests
+    shown = "".join(traceback.format_exception(info.value))
+    assert "ProxyPassw0rd" not in shown
+    assert not getattr(info.value, "outcome_unknown", False)
+
+
+@pytest.mark.parametrize(
+    ("proxy", "used"),
+    [
+        ("proxy.internal:3128", "http://proxy.internal:3128"),  # as urllib and requests read it
+        ("http://u:p@proxy.internal:3128", "http://u:p@proxy.internal:3128"),
+        ("https://proxy.internal", "https://proxy.internal"),
+    ],
+)
+def test_a_usable_proxy_is_used_as_named(proxy: str, used: str) -> None:
+    from dmhub_async._session import usable_proxy
+
+    assert usable_proxy(proxy) == used
+    assert usable_proxy(None) is None
