@@ -280,6 +280,24 @@ async def test_delete_is_204_without_body(api: Api, sim: DMHubSimulator) -> None
     assert (await api.call("GET", "/v1/customers/count"))[1] == 199
 
 
+async def test_delete_answers_an_html_content_type_as_live(
+    http: aiohttp.ClientSession, dmhub_simulator: DMHubSimulator, dmhub_client: Any
+) -> None:
+    # docs/contract.md "delete": live, the empty 204 comes as text/html;charset=utf-8 (it came
+    # with no Content-Type): a client that parses an empty body as JSON must fail here too.
+    api = Api(http, dmhub_simulator)
+    await api.call("GET", "/v1/customers/count")
+    url = f"{dmhub_simulator.url}/v1/customers/{dmhub_simulator.customer_ids()[5]}"
+    async with http.delete(url, params={"access_token": api.token}) as r:
+        assert (r.status, r.headers.get("Content-Type"), await r.read()) == (
+            204,
+            "text/html;charset=utf-8",
+            b"",
+        )
+    await dmhub_client.customers.delete(dmhub_simulator.customer_ids()[0])  # the SDK copes
+    assert dmhub_simulator.customers_count() == 48
+
+
 # -- list and count -----------------------------------------------------------------------------
 
 
