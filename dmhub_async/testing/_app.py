@@ -27,7 +27,7 @@ from ._checks import (
     paging,
     parse_filters,
 )
-from ._fields import STATISTICS_FIELDS
+from ._fields import STATISTICS_FIELDS, answer_of
 from ._middleware import STATE_KEY, middleware
 from ._state import SimulatorState
 
@@ -82,7 +82,7 @@ class _Routes:
             row = self.store.update(found, customer, clear=False)  # nulls cannot clear here
         for type_, value, name in identities:
             self.store.bind(row["id"], type_, value, name)
-        return json_response(row)
+        return json_response(answer_of(row, customer))
 
     def _match(self, customer: Mapping[str, Any]) -> int | None:
         found = None
@@ -97,8 +97,9 @@ class _Routes:
         found = self._match(customer)
         if found is not None:
             # docs/contract.md "create": matched by mobile or email, updated; live answers 200.
-            return json_response(self.store.update(found, customer, clear=False))
-        return json_response(self.store.create(customer), 201)
+            row = self.store.update(found, customer, clear=False)
+            return json_response(answer_of(row, customer))
+        return json_response(answer_of(self.store.create(customer), customer), 201)
 
     async def get(self, request: web.Request) -> web.Response:
         row = self.store.get(customer_id_of(request))
@@ -112,7 +113,7 @@ class _Routes:
         if customer_id not in self.store:
             missing_customer()
         # docs/contract.md "update": null clears; the answer is the customer after (live).
-        return json_response(self.store.update(customer_id, fields, clear=True))
+        return json_response(answer_of(self.store.update(customer_id, fields, clear=True), fields))
 
     async def delete(self, request: web.Request) -> web.Response:
         if not self.store.delete(customer_id_of(request)):

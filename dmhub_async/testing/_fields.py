@@ -79,6 +79,19 @@ WRITABLE_FIELDS: frozenset[str] = frozenset(CUSTOMER_FIELDS) - {
     "isMember",
 }
 BOOL_FIELDS: frozenset[str] = frozenset({"mobileVerified", "emailVerified", "isEmployee"})
+#: Request fields the service knows that are not a customer's (docs/contract.md "create").
+REQUEST_FIELDS: frozenset[str] = frozenset({"createMethod"})
+
+
+def answer_of(row: Row, fields: Mapping[str, Any]) -> Row:
+    """``row`` as a write answers it: ``fields`` the service does not know come back as null."""
+    # docs/contract.md "More live behaviour": they are ignored (not kept), and answered as null.
+    unknown = [
+        name
+        for name in fields
+        if name not in row and name not in CUSTOMER_FIELDS and name not in REQUEST_FIELDS
+    ]
+    return {**row, **dict.fromkeys(unknown)} if unknown else row
 
 
 def apply_fields(row: Row, fields: Mapping[str, Any], *, clear: bool) -> None:

@@ -182,6 +182,36 @@ async def test_create_answers_201_then_200_when_mobile_or_email_matches(api: Api
     assert (status, by_email["id"], by_email["remark"]) == (200, made["id"], "r")
 
 
+async def test_request_fields_the_service_does_not_know_come_back_as_null(
+    api: Api, sim: DMHubSimulator
+) -> None:
+    # docs/contract.md "More live behaviour": ignored without an error, answered as null (the
+    # simulator left them out), and not kept.
+    status, made = await api.call(
+        "POST", "/v1/customers", {"name": "小D", "fooBar": 1, "createMethod": "api"}
+    )
+    assert (status, made["fooBar"], made["name"]) == (201, None, "小D")
+    assert "createMethod" not in made  # a request field the service knows: not a customer's
+    _, again = await api.call("POST", "/v1/customers", {"name": "小E", "mobile": "13700000000"})
+    status, matched = await api.call(
+        "POST", "/v1/customers", {"mobile": "13700000000", "shoeSize": 42}
+    )
+    assert (status, matched["id"], matched["shoeSize"]) == (200, again["id"], None)
+    status, put = await api.call("PUT", f"/v1/customers/{made['id']}", {"qux": "v", "qq": "1"})
+    assert (status, put["qux"], put["qq"]) == (200, None, "1")
+    body = {
+        "customer": {"name": "小F", "zip": "100000"},
+        "customerIdentities": [{"identityType": "wechat", "identityValue": "o-unknown"}],
+    }
+    status, upserted = await api.call("POST", "/v1/customerandidentities", body)
+    assert (status, upserted["zip"], upserted["name"]) == (200, None, "小F")
+    for customer_id in (made["id"], again["id"], upserted["id"]):
+        assert {"fooBar", "shoeSize", "qux", "zip"}.isdisjoint(sim.customer(customer_id) or {})
+    tagged = next(c for c in everyone(sim) if "tagCount" in c)
+    status, kept = await api.call("PUT", f"/v1/customers/{tagged['id']}", {"tagCount": 99})
+    assert kept["tagCount"] == tagged["tagCount"]  # a field answers carry is known: not nulled
+
+
 async def test_create_matches_a_seeded_customer_by_mobile(api: Api, sim: DMHubSimulator) -> None:
     seeded = next(c for c in everyone(sim) if c["mobile"])
     status, body = await api.call("POST", "/v1/customers", {"mobile": seeded["mobile"], "qq": "1"})
