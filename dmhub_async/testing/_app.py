@@ -60,7 +60,10 @@ class _Routes:
 
     async def upsert(self, request: web.Request) -> web.Response:
         body = await json_object(request)
-        customer = check_customer(body.get("customer") or {})
+        # docs/contract.md "create with identities": both parts are required.
+        if body.get("customer") is None:
+            bad(MISSING_FIELD, "customer is required")
+        customer = check_customer(body["customer"])
         items = body.get("customerIdentities")
         if not isinstance(items, list) or not items:
             bad(MISSING_FIELD, "customerIdentities is required and must not be empty")

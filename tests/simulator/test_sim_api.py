@@ -526,6 +526,7 @@ async def test_statistics_pages_with_has_next(api: Api) -> None:
 
 LONG = "x" * 600
 IDENT = {"identityType": "wechat", "identityValue": "o1"}
+NO_FIELDS = {"customer": {}}
 
 
 @pytest.mark.parametrize(
@@ -540,22 +541,37 @@ IDENT = {"identityType": "wechat", "identityValue": "o1"}
             {"body": {"customer": {}, "customerIdentities": []}},
             40003,
         ),
+        # docs/contract.md "create with identities": both parts are required (a missing
+        # customer was taken as an empty one, and created).
+        ("POST", "/v1/customerandidentities", {"body": {"customerIdentities": [IDENT]}}, 40003),
         (
             "POST",
             "/v1/customerandidentities",
-            {"body": {"customerIdentities": [{**IDENT, "identityType": "t" * 33}]}},
+            {"body": {"customer": None, "customerIdentities": [IDENT]}},
+            40003,
+        ),
+        (
+            "POST",
+            "/v1/customerandidentities",
+            {"body": {"customer": [], "customerIdentities": [IDENT]}},
+            40002,
+        ),
+        (
+            "POST",
+            "/v1/customerandidentities",
+            {"body": {**NO_FIELDS, "customerIdentities": [{**IDENT, "identityType": "t" * 33}]}},
             40005,
         ),
         (
             "POST",
             "/v1/customerandidentities",
-            {"body": {"customerIdentities": [{**IDENT, "identityValue": "v" * 129}]}},
+            {"body": {**NO_FIELDS, "customerIdentities": [{**IDENT, "identityValue": "v" * 129}]}},
             40005,
         ),
         (
             "POST",
             "/v1/customerandidentities",
-            {"body": {"customerIdentities": [{**IDENT, "identityName": "n" * 257}]}},
+            {"body": {**NO_FIELDS, "customerIdentities": [{**IDENT, "identityName": "n" * 257}]}},
             40005,
         ),
         ("POST", "/v1/customeridentities", {"body": IDENT}, 40003),
