@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import calendar
 import json
+import re
 import time
 from collections.abc import Mapping
+from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any, NoReturn
 
@@ -26,6 +28,9 @@ CUSTOMER_MISSING = 40201  # live: a missing customer is "permission is not enoug
 _MAX_LENGTHS = {"homeAddress": 512, "officeAddress": 512}
 _IDENTITY_LENGTHS = {"identityType": 32, "identityValue": 128, "identityName": 256}
 SORTABLE = frozenset(CUSTOMER_FIELDS) - {"attr"}
+# docs/contract.md "Customer model": dateJoin is UTC, 2017-06-01T12:12:12Z; a fraction of a second
+# is let through (the SDK writes a datetime's microseconds).
+_UTC_TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d+)?Z")
 
 
 class ApiError(Exception):
@@ -158,9 +163,22 @@ def check_customer(fields: Any) -> dict[str, Any]:
                 bad(BAD_VALUE, "attr must be a JSON object")
         elif not isinstance(value, str):
             bad(BAD_VALUE, f"{name} must be a string")
+        elif name == "dateJoin" and not _is_utc_time(value):
+            # Kept as sent, "yesterday" came back in every answer and no client could read it.
+            bad(BAD_VALUE, "dateJoin must be a UTC time such as 2017-06-01T12:12:12Z")
         elif len(value) > _MAX_LENGTHS.get(name, 1 << 30):
             bad(BAD_VALUE, f"{name} is longer than {_MAX_LENGTHS[name]} characters")
     return out
+
+
+def _is_utc_time(value: str) -> bool:
+    if not _UTC_TIME.fullmatch(value):
+        return False
+    try:
+        datetime.strptime(value[:19], "%Y-%m-%dT%H:%M:%S")  # a real day and second
+    except ValueError:
+        return False
+    return True
 
 
 def _decimal(value: Any) -> float | int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import aiohttp
@@ -600,6 +601,53 @@ async def test_put_with_overlong_address_is_rejected(api: Api, sim: DMHubSimulat
     assert (status, body["error_code"]) == (400, 40005)
     status, body = await api.call("PUT", f"/v1/customers/{target}", {"homeAddress": "z" * 512})
     assert (status, len(body["homeAddress"])) == (200, 512)
+
+
+@pytest.mark.parametrize(
+    "when",
+    [
+        "yesterday",
+        "2017-06-01",
+        "2017-06-01T12:12:12",
+        "2017-06-01T20:12:12+08:00",
+        "2017-02-30T12:12:12Z",
+        "2017-06-01T12:12:60Z",
+        20170601,
+    ],
+)
+async def test_a_date_join_not_in_the_contracts_form_is_refused(
+    api: Api, sim: DMHubSimulator, when: Any
+) -> None:
+    # docs/contract.md "Customer model": dateJoin is UTC, 2017-06-01T12:12:12Z. "yesterday" was
+    # kept, and the SDK's get() could not read the customer back.
+    target = sim.customer_ids()[0]
+    before = dict(sim.customer(target) or {})
+    upsert = {"customer": {"dateJoin": when}, "customerIdentities": [IDENT]}
+    for method, path, body in [
+        ("POST", "/v1/customers", {"name": "x", "dateJoin": when}),
+        ("PUT", f"/v1/customers/{target}", {"dateJoin": when}),
+        ("POST", "/v1/customerandidentities", upsert),
+    ]:
+        status, answer = await api.call(method, path, body)
+        assert (status, answer["error_code"]) == (400, 40005), (method, path)
+        assert "dateJoin" in answer["error_description"]
+    assert sim.customers_count() == 200
+    assert sim.customer(target) == before
+
+
+async def test_a_date_join_in_the_contracts_form_is_kept_and_reads_back(
+    api: Api, dmhub_client: Any
+) -> None:
+    for when in ("2017-06-01T12:12:12Z", "2017-06-01T12:12:12.5Z", None):
+        status, made = await api.call("POST", "/v1/customers", {"name": "x", "dateJoin": when})
+        assert status == 201
+        assert made["dateJoin"] == (when or made["dateCreated"])  # null: the service's own
+    # The SDK writes a datetime's microseconds; what it writes is taken and read back.
+    joined = datetime(2017, 6, 1, 20, 12, 12, 123456, tzinfo=timezone(timedelta(hours=8)))
+    made = await dmhub_client.customers.create(name="y", date_join=joined)
+    assert (await dmhub_client.customers.get(made.id)).date_join == joined
+    updated = await dmhub_client.customers.update(made.id, date_join="2018-01-02T03:04:05Z")
+    assert updated.date_join == datetime(2018, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
 
 
 async def test_unknown_route_is_a_json_404(api: Api) -> None:
