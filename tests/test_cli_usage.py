@@ -75,6 +75,20 @@ def test_every_help_shows_defaults_an_example_and_the_exit_codes(
     assert "143 SIGTERM" in text
 
 
+def test_help_shows_a_default_of_zero_and_no_default_of_an_on_off_flag(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # 0 == False: a default of 0 was taken for a switch's False and not shown.
+    with pytest.raises(SystemExit):
+        main(["simulate", "--help"])
+
+    text = " ".join(capsys.readouterr().out.split())
+    assert "seed of the data and the faults (default: 0)" in text
+    assert "added to every answer (default: 0.0)" in text
+    assert "share of requests that fail (default: 0.0)" in text
+    assert "(default: False)" not in text
+
+
 @pytest.mark.parametrize(
     ("args", "words"),
     [

@@ -45,7 +45,9 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         help = action.help or ""
-        if action.option_strings and action.default not in (None, False, argparse.SUPPRESS):
+        # By identity: ``0 in (None, False)`` is true (0 == False), which hid a default of 0.
+        hidden = action.default is None or action.default is False
+        if action.option_strings and not hidden and action.default is not argparse.SUPPRESS:
             help += " (default: %(default)s)"
         return help
 
