@@ -14,10 +14,20 @@ from pathlib import Path
 import pytest
 from _cli_support import TIMEOUT, base_env, cli_command, jsonl_ids, simulator_process
 
-from dmhub_async import FileTokenStore, MemoryTokenStore, RedisTokenStore
-from dmhub_async.cli._errors import UsageError
+from dmhub_async import AuthenticationError, FileTokenStore, MemoryTokenStore, RedisTokenStore
+from dmhub_async.cli._errors import EXIT_ERROR, UsageError, explain
 from dmhub_async.cli._settings import token_store
 from dmhub_async.testing import DMHubSimulator
+
+
+@pytest.mark.parametrize("code", [40001, 40004])
+def test_a_refused_token_says_why_runs_must_share_it(code: int) -> None:
+    # It said "DM Hub keeps one a app id".
+    exit_code, line = explain(AuthenticationError("refused", status=401, code=code))
+
+    assert exit_code == EXIT_ERROR
+    assert "(DM Hub keeps one token per app id): share it with --token-store" in line
+    assert "DMHUB_APP_ID and DMHUB_SECRET" in line
 
 
 def test_store_specs_name_the_existing_stores(tmp_path: Path) -> None:

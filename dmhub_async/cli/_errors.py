@@ -66,8 +66,8 @@ def without_method(message: str) -> str:
 
 def _auth_hint(err: AuthenticationError) -> str:
     sharing = (
-        "another process using the same app id may have taken the token (DM Hub keeps one a "
-        "app id): share it with --token-store or DMHUB_TOKEN_STORE"
+        "another process using the same app id may have taken the token (DM Hub keeps one "
+        "token per app id): share it with --token-store or DMHUB_TOKEN_STORE"
     )
     credentials = "check DMHUB_APP_ID and DMHUB_SECRET"
     if str(err.code) == "40004":  # the token request itself was refused: the credentials
