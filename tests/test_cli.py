@@ -7,13 +7,19 @@ subprocess call has a timeout, and every server is stopped in ``finally``.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import csv
 import json
+import queue
 import signal
 import socket
 import subprocess
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import pytest
 from _cli_support import (
@@ -31,6 +37,7 @@ from _cli_support import (
     simulator_process,
 )
 
+from dmhub_async import DMHubClient, MemoryTokenStore
 from dmhub_async.testing import DMHubSimulator
 
 # -- export -----------------------------------------------------------------------------------
@@ -211,6 +218,86 @@ def test_simulate_command_serves_an_export(tmp_path: Path) -> None:
         )
     assert result.returncode == 0, result.stderr
     assert jsonl_ids(tmp_path / "sim.jsonl") == DMHubSimulator(300, seed=9).customer_ids()
+
+
+@contextlib.contextmanager
+def simulating(*args: str, cwd: Path) -> Iterator[tuple[queue.Queue[str | None], int]]:
+    """``dmhub-async simulate --port PORT ARGS``: its stdout lines (None at the end), its port."""
+    port = closed_port()
+    server = subprocess.Popen(
+        cli_command("simulate", "--port", str(port), *args),
+        env=base_env(cwd / "cache"),
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def read(stdout: IO[str]) -> None:
+        for line in stdout:
+            lines.put(line)
+        lines.put(None)
+
+    assert server.stdout is not None
+    reader = threading.Thread(target=read, args=(server.stdout,), daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while True:  # until it listens
+            assert server.poll() is None, "the simulator ended"
+            assert time.monotonic() < deadline, "the simulator never listened"
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        yield lines, port
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+        reader.join(10)
+        server.stdout.close()
+
+
+def rest(lines: queue.Queue[str | None]) -> list[str]:
+    """What the stopped simulator printed that was not read yet."""
+    printed = []
+    while (line := lines.get(timeout=10)) is not None:
+        printed.append(line)
+    return printed
+
+
+@pytest.mark.parametrize("quiet", [[], ["-q"]])
+def test_simulate_report_json_is_one_object_to_connect_with(
+    quiet: list[str], tmp_path: Path
+) -> None:
+    # It was ignored: the text banner came out, -q or not.
+    with simulating("--customers", "30", "--report", "json", *quiet, cwd=tmp_path) as (lines, port):
+        line = lines.get(timeout=TIMEOUT)
+        assert line is not None
+        ready = json.loads(line)
+        assert ready["base_url"] == f"http://127.0.0.1:{port}"
+        assert (ready["customers"], ready["seed"]) == (30, 0)
+
+        async def count() -> int:
+            async with DMHubClient(
+                ready["app_id"],
+                ready["secret"],
+                base_url=ready["base_url"],
+                token_store=MemoryTokenStore(),
+            ) as dm:
+                return await dm.customers.count()
+
+        assert asyncio.run(count()) == 30
+    assert rest(lines) == []  # no banner, no "Press Ctrl+C"
+
+
+def test_simulate_quiet_prints_nothing(tmp_path: Path) -> None:
+    # It printed its banner.
+    with simulating("--customers", "30", "-q", cwd=tmp_path) as (lines, _):
+        pass
+    assert rest(lines) == []
 
 
 # -- bad input --------------------------------------------------------------------------------

@@ -240,6 +240,8 @@ async def _simulate(args: argparse.Namespace) -> int:
             latency_ms=args.latency_ms,
             fault_rate=args.fault_rate,
             seed=args.seed,
+            report=args.report,
+            quiet=args.quiet,
         )
     except OSError as err:
         raise CommandError(f"--port {args.port}: {err.strerror or err}") from None
