@@ -516,12 +516,18 @@ def test_customer_fields_to_wire_renames_converts_and_keeps_none() -> None:
         ("2017-06-01T20:12:12+08:00", "2017-06-01T12:12:12Z"),
         ("2017-06-01T12:12:12Z", "2017-06-01T12:12:12Z"),
         ("2017-06-01T12:12:12", "2017-06-01T12:12:12Z"),  # no offset: UTC, as a datetime
-        ("2017-06-01T12:12:12.25-01:00", "2017-06-01T13:12:12.250000Z"),
+        # To the second, as the contract writes it: the fraction went out as it came.
+        ("2017-06-01T12:12:12.25-01:00", "2017-06-01T13:12:12Z"),
+        ("2017-06-01T12:12:12.999999Z", "2017-06-01T12:12:12Z"),
+        (
+            datetime(2017, 6, 1, 20, 12, 12, 528054, timezone(timedelta(hours=8))),
+            "2017-06-01T12:12:12Z",
+        ),
         (None, None),
     ],
 )
 def test_a_date_join_string_is_sent_in_the_wires_form(
-    written: str | None, sent: str | None
+    written: str | datetime | None, sent: str | None
 ) -> None:
     assert customer_fields_to_wire({"date_join": written}) == {"dateJoin": sent}
     upsert = customer_body({"date_join": written}, identities=[Identity("mobile", "1")])

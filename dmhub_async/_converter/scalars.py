@@ -206,11 +206,16 @@ def number_to_wire(value: Decimal | int | float | str | None) -> Any:
 
 
 def timestamp_to_wire(value: datetime | str | None) -> str | None:
-    """A time to write (a ``datetime`` or a timestamp the client reads) in the wire's form:
-    ``2017-06-01T20:12:12+08:00`` goes out as ``2017-06-01T12:12:12Z``."""
+    """A time to write (a ``datetime`` or a timestamp the client reads) in the wire's form, to
+    the second: ``2017-06-01T20:12:12.25+08:00`` goes out as ``2017-06-01T12:12:12Z``.
+
+    The contract's form has no fraction and the service keeps seconds: a ``datetime.now()``
+    went out with its microseconds, a form the contract does not promise the service reads.
+    """
     if value is None:
         return None
-    return format_timestamp(parse_timestamp(value) if isinstance(value, str) else value)
+    moment = parse_timestamp(value) if isinstance(value, str) else value
+    return format_timestamp(moment.replace(microsecond=0))
 
 
 #: The most digits of an integer a request body carries (Python's own limit for int <-> str).
