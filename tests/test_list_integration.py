@@ -223,6 +223,7 @@ async def test_walk_concurrency_bounds_requests_in_flight(sim: DMHubSimulator) -
         {"start_page": 0},
         {"sort_order": "up"},
         {"sort_by": "no_such_field"},
+        {"sort_by": "attr"},  # an object: sent, the service refused it after the token
     ],
 )
 async def test_bad_paging_values_are_refused_before_any_request(
@@ -238,6 +239,17 @@ async def test_bad_paging_values_are_refused_before_any_request(
             with pytest.raises(InvalidRequestError):
                 await dm.customers.count(**kwargs)
     assert sim.counters.total == 0
+
+
+@pytest.mark.parametrize("select", ["name,mobile", "name, mobile", ["name", "mobile"], "name"])
+async def test_select_takes_field_names_in_a_list_or_as_the_wire_writes_them(
+    sim: DMHubSimulator, select: Any
+) -> None:
+    # "name,mobile", the wire's own form, was refused as one unknown field.
+    async with client_for(sim) as dm:
+        rows = await dm.customers.list_rows(select=select, max_items=3).to_list()
+    wanted = {"id", "name", "mobile"} if select != "name" else {"id", "name"}
+    assert [set(row) for row in rows] == [wanted] * 3
 
 
 async def test_statistics_sort_by_the_models_field_names(sim: DMHubSimulator) -> None:

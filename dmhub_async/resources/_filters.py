@@ -117,7 +117,10 @@ def _filter_params(
         elif name == "select":
             if not isinstance(value, str) and not is_collection(value):
                 raise InvalidRequestError(f"{method}(): select must be field names")
-            fields = [value] if isinstance(value, str) else list(value)
+            # "name,mobile" (the wire's own form) too: it was refused as one unknown field.
+            fields = (
+                [f.strip() for f in value.split(",")] if isinstance(value, str) else list(value)
+            )
             wire = [wire_field(method, f) for f in fields]
             if "id" not in wire:
                 wire.insert(0, "id")  # the walk drops repeats by id
@@ -125,6 +128,8 @@ def _filter_params(
         # Checked even where they are not sent (count): a bad one there was silently taken.
         elif name == "sort_by":
             field = wire_field(method, value)
+            if field == "attr":  # an object: the service answers 400, after the token
+                raise InvalidRequestError(f"{method}(): cannot sort by attr (an object)")
             if paged:
                 params["sidx"] = field
         elif name == "sort_order":
