@@ -244,6 +244,15 @@ class Session:
         conn.closed = True
         if conn.owns_http and conn.http is not None:
             http, conn.http = conn.http, None
+            if conn.loop is not None and conn.loop is not asyncio.get_running_loop():
+                # Its connections are the other loop's: closed from here, it returned as if
+                # done and left their sockets open. Said, as a call from here says it.
+                raise DMHubError(
+                    "this DMHubClient was used in another event loop (an earlier "
+                    "asyncio.run()?) and must be closed there: its connections are that loop's,"
+                    " and are left open. Make and close the client inside the coroutine you run"
+                    ", e.g. `async with DMHubClient() as dm:` in main()"
+                )
             await http.close()
 
     def check_open(self) -> None:

@@ -541,3 +541,21 @@ def test_a_client_reused_in_a_second_asyncio_run_says_what_to_do(server_in_a_thr
     finally:
         first.run_until_complete(dm.aclose())
         first.close()
+
+
+def test_closing_a_client_in_another_event_loop_says_it_cannot(server_in_a_thread, no_env):
+    # It returned as if closed and left the first loop's connection open (a ResourceWarning
+    # at garbage collection); a call from there says what to do, and now so does the close.
+    dm = DMHubClient(access_token="tok", base_url=server_in_a_thread)
+    first = asyncio.new_event_loop()
+    try:
+        assert first.run_until_complete(dm.request("GET", "/v1/customers/1")) == CUSTOMER
+        http = dm._session.http
+        assert http is not None
+        with pytest.raises(DMHubError, match=r"must be closed there"):
+            asyncio.run(dm.aclose())
+        assert dm.closed
+        assert not http.closed  # not closed, and said so
+    finally:
+        first.run_until_complete(http.close())
+        first.close()
