@@ -19,7 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ._exceptions import DMHubError, InvalidRequestError
-from ._validate import REDIS_MAX_SECONDS, check_number
+from ._validate import REDIS_MAX_SECONDS, check_number, redis_url_error, redis_where
 
 __all__ = ["RedisRateLimiter"]
 
@@ -56,13 +56,6 @@ def _window(rate: float) -> tuple[int, int]:
     if rate >= 1:
         return math.floor(rate), 1
     return 1, math.ceil(1 / rate)
-
-
-def _where(url: str) -> str:
-    """``redis://host:port/db`` with no password: for messages."""
-    parts = urlsplit(url)
-    host = parts.hostname or "localhost"
-    return f"{parts.scheme}://{host}:{parts.port or 6379}{parts.path}"
 
 
 class RedisRateLimiter:
@@ -110,12 +103,15 @@ class RedisRateLimiter:
         self.rate = float(rate)
         self._item = RateLimitItemPerSecond(amount, seconds)
         self._key = f"dmhub_async:{key}"
-        self._where = _where(url)
+        self._where = redis_where(url)
         # Our own pool, so that aclose() can close it (the storage has no close of its own),
         # with timeouts: a frozen Redis must not hold a call for ever.
-        self._pool = ConnectionPool.from_url(
-            url, socket_timeout=timeout, socket_connect_timeout=timeout
-        )
+        try:
+            self._pool = ConnectionPool.from_url(
+                url, socket_timeout=timeout, socket_connect_timeout=timeout
+            )
+        except ValueError as err:
+            raise redis_url_error("the shared rate limit", url, err) from None
         self._storage: Any = RedisStorage(
             "async+" + url,
             implementation="redispy",

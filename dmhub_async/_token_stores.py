@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 import attrs
 
 from ._exceptions import InvalidRequestError, TokenStoreError
-from ._validate import REDIS_MAX_SECONDS, check_number, check_text
+from ._validate import REDIS_MAX_SECONDS, check_number, check_text, redis_url_error
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -219,9 +219,12 @@ class RedisTokenStore:
                 )
             from redis.asyncio import Redis
 
-            client = Redis.from_url(
-                url, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout
-            )
+            try:
+                client = Redis.from_url(
+                    url, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout
+                )
+            except ValueError as err:
+                raise redis_url_error("RedisTokenStore", url, err) from None
         else:
             _check_async_client(client)
         self._redis = client

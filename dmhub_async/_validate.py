@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, urlencode, urlsplit
 
 from yarl import URL
 
@@ -74,6 +74,30 @@ _INT_BOUND = 10**MAX_INT_DIGITS
 #: The longest time Redis keeps a key for: past about 9.2e15 s it refuses the expiry (a lock's
 #: life, a rate limit's window), and the call that sets it fails.
 REDIS_MAX_SECONDS = 1e15
+
+
+def redis_where(url: str) -> str:
+    """The Redis a URL names, for messages: scheme, host, port and database, never a password."""
+    try:
+        parts = urlsplit(url)
+        return f"{parts.scheme}://{parts.hostname or 'localhost'}:{parts.port or 6379}{parts.path}"
+    except ValueError:  # a port out of range
+        return "the URL given"
+
+
+def redis_url_error(owner: str, url: str, err: ValueError) -> InvalidRequestError:
+    """redis-py's refusal of a URL (a query value it cannot read, a port out of range) as
+    InvalidRequestError: it was a raw ValueError. Its text only when no password is in it."""
+    text = str(err)
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        password = None
+    if password and password in text:
+        text = "a value it cannot read"
+    return InvalidRequestError(f"{owner}: redis-py cannot read the URL: {text}")
+
+
 #: Page numbers and sizes are 32-bit ints on the service's side.
 MAX_PAGE_NUMBER = 2**31 - 1
 

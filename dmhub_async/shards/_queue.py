@@ -27,11 +27,10 @@ import types
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 from .._exceptions import DMHubError, InvalidRequestError
 from .._shared_rate import check_shared_rate
-from .._validate import check_number
+from .._validate import check_number, redis_where
 from ._manifest import Manifest, ShardOutcome, checkpoint_name, part_name
 from ._plan import Shard
 
@@ -85,15 +84,6 @@ def _absolute(directory: str | os.PathLike[str]) -> Path:
     return Path(os.path.abspath(directory))
 
 
-def _where(redis_url: str) -> str:
-    """The queue's Redis for a message: host, port and database, never a password."""
-    try:
-        parts = urlsplit(redis_url)
-        return f"{parts.scheme}://{parts.hostname or 'localhost'}:{parts.port or 6379}{parts.path}"
-    except ValueError:
-        return "the URL given"
-
-
 def queue_settings(redis_url: object, name: str) -> Any:
     """arq's ``RedisSettings`` of ``redis_url``, or InvalidRequestError before anything is
     planned or enqueued (arq's own errors were a raw RuntimeError or ValueError, late)."""
@@ -128,7 +118,7 @@ async def check_queue(redis_url: str, name: str = "the queue") -> None:
 def unreachable(redis_url: str, err: BaseException) -> DMHubError:
     """The error of a queue's Redis that does not answer."""
     return DMHubError(
-        f"cannot reach the queue's Redis at {_where(redis_url)}: {type(err).__name__}"
+        f"cannot reach the queue's Redis at {redis_where(redis_url)}: {type(err).__name__}"
     )
 
 

@@ -11,7 +11,13 @@ from typing import Any
 import pytest
 from _redis import RedisServer
 
-from dmhub_async import DMHubClient, DMHubError, InvalidRequestError, RedisRateLimiter
+from dmhub_async import (
+    DMHubClient,
+    DMHubError,
+    InvalidRequestError,
+    RedisRateLimiter,
+    RedisTokenStore,
+)
 from dmhub_async._shared_rate import _MAX_RATE, _MIN_RATE
 from dmhub_async.testing import DMHubSimulator
 
@@ -97,6 +103,25 @@ async def test_an_unreachable_redis_is_a_dmhub_error_and_nothing_is_sent(tmp_pat
 def test_bad_settings_are_refused(url: str, rate: float) -> None:
     with pytest.raises(InvalidRequestError):
         RedisRateLimiter(url, rate)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://:RedisPassw0rd@localhost:6379/0?socket_timeout=abc",
+        "redis://:RedisPassw0rd@localhost:6379/0?health_check_interval=RedisPassw0rd",
+        "redis://:RedisPassw0rd@localhost:99999/0",
+    ],
+    ids=["socket_timeout", "a value that is the password", "port"],
+)
+@pytest.mark.parametrize("make", [RedisTokenStore, lambda url: RedisRateLimiter(url, 5)])
+def test_a_redis_url_redis_py_cannot_read_is_refused_without_its_password(
+    url: str, make: Any
+) -> None:
+    # A raw ValueError from redis-py, where the docs promise InvalidRequestError.
+    with pytest.raises(InvalidRequestError, match="redis-py cannot read the URL") as info:
+        make(url)
+    assert "RedisPassw0rd" not in str(info.value)
 
 
 @pytest.mark.parametrize(
