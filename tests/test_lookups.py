@@ -259,3 +259,58 @@ async def test_cancelling_lookup_many_cancels_its_lookups() -> None:
         await task
     assert client.in_flight == 0
     assert not other_tasks()
+
+
+async def test_lookup_iter_hands_back_an_answer_before_the_next_input_arrives() -> None:
+    # Fed from a queue that gets an item now and then: an answered lookup waited for the next
+    # item to arrive, however long that took.
+    _, ids = fake(5)
+    inputs: asyncio.Queue[Identity | None] = asyncio.Queue()
+
+    async def from_queue() -> AsyncIterator[Identity]:
+        while (item := await inputs.get()) is not None:
+            yield item
+
+    walk = ids.lookup_iter(from_queue(), concurrency=4)
+    await inputs.put(Identity("wechat", "o1"))
+    # Nothing more is put until the first answer is out: before, this waited for ever.
+    assert await asyncio.wait_for(walk.__anext__(), 5) == (Identity("wechat", "o1"), 1001)
+    await inputs.put(Identity("wechat", "o2"))
+    await inputs.put(None)
+    assert [pair async for pair in walk] == [(Identity("wechat", "o2"), 1002)]
+    assert not other_tasks()
+
+
+@pytest.mark.parametrize("kind", ["a bad identity", "an input that raises"])
+@pytest.mark.parametrize("source", ["list", "async"])
+async def test_lookup_iter_answers_every_item_before_a_bad_input_then_raises(
+    kind: str, source: str
+) -> None:
+    # The error came out at once, and the answers of up to 4 x concurrency items before it,
+    # some already looked up, were dropped.
+    client, ids = fake(300)
+
+    def items() -> Iterator[Identity]:
+        yield from identities(200)
+        if kind == "a bad identity":
+            yield Identity("wechat", "")
+        else:
+            raise OSError("the input file went away")
+
+    async def async_items() -> AsyncIterator[Identity]:
+        for item in items():
+            yield item
+
+    got = []
+
+    async def walk() -> None:
+        async for pair in ids.lookup_iter(
+            items() if source == "list" else async_items(), concurrency=32
+        ):
+            got.append(pair)
+
+    with pytest.raises(InvalidRequestError if kind == "a bad identity" else OSError):
+        await walk()
+    assert got == [(ident, 1000 + i) for i, ident in enumerate(identities(200))]
+    assert sum(client.asked.values()) == 200
+    assert not other_tasks()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable
 from typing import Any, Literal, overload
 
 from .._converter import identity_to_wire, structure_identities, structure_identity
@@ -250,9 +250,39 @@ class Identities(Resource):
                     pending[identity] = (future, entry[1] - 1)
             return identity, result
 
+        source = _aiter(identities)
+        # An async input may keep us waiting (a queue fed now and then): its next item is
+        # awaited beside the head of the window, whose answer then goes out first. Waiting on
+        # the input alone held a finished lookup back until the next item came.
+        racing = isinstance(identities, AsyncIterable)
+        next_item: asyncio.Future[Identity] | None = None
         try:
-            async for identity in _aiter(identities):
-                check_identity("lookup_iter", identity)
+            while True:
+                if racing and window and not window[0][1].done():
+                    if next_item is None:
+                        next_item = loop.create_task(_next(source))
+                    await asyncio.wait(
+                        (next_item, window[0][1]), return_when=asyncio.FIRST_COMPLETED
+                    )
+                    if not next_item.done():
+                        yield await drain_one()
+                        continue
+                try:
+                    if next_item is not None:
+                        identity = await next_item  # cancelled here: the finally cancels it
+                        next_item = None
+                    else:
+                        identity = await _next(source)
+                    check_identity("lookup_iter", identity)
+                except StopAsyncIteration:
+                    break
+                except Exception:
+                    # The input failed, or gave no identity: the items before it are answered
+                    # first (they were dropped, answers and all).
+                    next_item = None
+                    while window:
+                        yield await drain_one()
+                    raise
                 if identity in cache and not window:
                     cache.move_to_end(identity)
                     yield identity, cache[identity]
@@ -265,10 +295,14 @@ class Identities(Resource):
             while window:
                 yield await drain_one()
         finally:
+            if next_item is not None:
+                next_item.cancel()
+                await asyncio.gather(next_item, return_exceptions=True)
             for _, future in window:
                 future.cancel()
             if window:
                 await asyncio.gather(*(f for _, f in window), return_exceptions=True)
+            await source.aclose()
 
 
 _PATH = "/v1/customeridentities"
@@ -284,7 +318,14 @@ def _check_concurrency(concurrency: object) -> None:
         raise InvalidRequestError(f"concurrency must be an int >= 1, not {short(concurrency)}")
 
 
-async def _aiter(items: Iterable[Identity] | AsyncIterable[Identity]) -> AsyncIterator[Identity]:
+async def _next(items: AsyncGenerator[Identity, None]) -> Identity:
+    """The next item (StopAsyncIteration at the end): a coroutine, for a task to run."""
+    return await items.__anext__()
+
+
+async def _aiter(
+    items: Iterable[Identity] | AsyncIterable[Identity],
+) -> AsyncGenerator[Identity, None]:
     if isinstance(items, AsyncIterable):
         async for item in items:
             yield item
