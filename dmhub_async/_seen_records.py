@@ -52,7 +52,9 @@ class SeenRecords(Generic[T]):
         if self.dedupe == "set":
             for item in items:
                 seen_key = key(item)
-                if seen_key not in self.keys:
+                if seen_key is None:  # no key: not a known one, as in the ordered modes
+                    fresh.append(item)  # (its None in the set dropped every later one)
+                elif seen_key not in self.keys:
                     self.keys.add(seen_key)
                     fresh.append(item)
             return fresh, len(items) - len(fresh)

@@ -50,3 +50,28 @@ def test_fresh_keeps_what_the_rule_keeps(
     assert seen.last_key == expected_last
     fresh.clear()
     assert len(items) == len(keys)  # the walk may cut what it got: never the page it read
+
+
+def test_a_record_without_a_key_is_never_a_repeat_in_set_mode_either() -> None:
+    # The set kept None once, and every later record without a key was dropped as a repeat:
+    # statistics sorted by a score, from a service that left "id" out, gave 1 record of 7.
+    seen: SeenRecords[dict[str, Any]] = SeenRecords(lambda row: row.get("id"), "set")
+    page = [{"n": 1}, {"id": 5, "n": 2}, {"n": 3}, {"id": 5, "n": 4}, {"id": None, "n": 5}]
+    fresh, repeats = seen.fresh(page)
+    assert [row["n"] for row in fresh] == [1, 2, 3, 5]
+    assert repeats == 1
+    fresh, repeats = seen.fresh([{"n": 6}, {"id": 5, "n": 7}])
+    assert [row["n"] for row in fresh] == [6]
+    assert repeats == 1
+
+
+async def test_statistics_without_ids_sorted_by_a_score_all_come_through(
+    api: Any, tokens: Any, make_client: Any
+) -> None:
+    from _helpers import url
+
+    items = [{"customerId": 100 + i, "totalScore": 10 - i} for i in range(7)]
+    api.get(url("/v1/customerStatistics"), payload={"items": items, "meta": {"hasNext": False}})
+    dm = make_client()
+    got = await dm.customer_statistics.list(sort_by="total_score", page_size=10).to_list()
+    assert [s.customer_id for s in got] == [100 + i for i in range(7)]
