@@ -314,3 +314,44 @@ async def test_lookup_iter_answers_every_item_before_a_bad_input_then_raises(
     assert got == [(ident, 1000 + i) for i, ident in enumerate(identities(200))]
     assert sum(client.asked.values()) == 200
     assert not other_tasks()
+
+
+@pytest.mark.parametrize(
+    "customer_id",
+    [None, "１２", " 12 ", "+12", "1_000", "12abc", "", True, [12]],
+    ids=["null", "full-width", "spaces", "plus", "underscore", "letters", "empty", "bool", "list"],
+)
+async def test_a_binding_whose_customer_id_is_no_integer_is_a_decode_error(
+    customer_id: Any,
+) -> None:
+    # null was read as customer None, which lookup gave as "not found"; int() took the
+    # rest ("１２" was customer 12).
+    class Answers(FakeClient):
+        async def request(self, method: str, path: str, **kwargs: Any) -> Any:
+            params = kwargs["params"]
+            return [
+                {
+                    "customerId": customer_id,
+                    "identityType": params["identityType"],
+                    "identityValue": params["identityValue"],
+                }
+            ]
+
+    ids = Identities(Answers({}))  # type: ignore[arg-type]
+    with pytest.raises(ResponseDecodeError):
+        await ids.lookup(Identity("wechat", "o1"))
+    with pytest.raises(ResponseDecodeError):
+        await ids.find(Identity("wechat", "o1"))
+
+
+@pytest.mark.parametrize(
+    ("customer_id", "read"), [("12", 12), (12, 12), ("3000000001", 3000000001)]
+)
+async def test_a_customer_id_as_digits_or_a_number_is_read(customer_id: Any, read: int) -> None:
+    class Answers(FakeClient):
+        async def request(self, method: str, path: str, **kwargs: Any) -> Any:
+            params = kwargs["params"]
+            return [{"customerId": customer_id, **{k: v for k, v in params.items()}}]
+
+    ids = Identities(Answers({}))  # type: ignore[arg-type]
+    assert await ids.lookup(Identity("wechat", "o1")) == read

@@ -36,12 +36,13 @@ from .names import renames, wire_names
 _SCALARS_IN: dict[Any, Callable[[Any], Any]] = {
     str | None: scalars.to_str,
     int | None: scalars.to_int,
-    int: scalars.to_int,
+    int: scalars.required(scalars.to_int),
+    str: scalars.required(scalars.to_str),
     bool | None: scalars.to_bool,
     datetime | None: scalars.to_datetime,
-    datetime: scalars.to_datetime,
+    datetime: scalars.required(scalars.to_datetime),
     Decimal | None: scalars.to_decimal,
-    Decimal: scalars.to_decimal,
+    Decimal: scalars.required(scalars.to_decimal),
     int | str | None: identity,
 }
 

@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from ..models import Gender
+
+T = TypeVar("T")
 
 UTC: Final = timezone.utc
 
@@ -55,9 +57,32 @@ def to_int(v: Any) -> int | None:
         if v != int(v):
             raise ValueError(f"expected an integer, got {v!r}")
         return int(v)
-    if isinstance(v, int | str):
+    if isinstance(v, str):
+        # ASCII digits only: int() also took " 12 ", "+12", "1_000" and full-width digits, so a
+        # lookup answered "１２" was customer 12.
+        if _INT_TEXT.match(v) is None:
+            raise ValueError(f"expected an integer, got {v[:40]!r}")
+        return int(v)
+    if isinstance(v, int):
         return int(v)
     raise TypeError(f"expected an integer, got {type(v).__name__}")
+
+
+_INT_TEXT: Final = re.compile(r"-?[0-9]{1,4300}\Z")
+
+
+def required(read: Callable[[Any], T | None]) -> Callable[[Any], T]:
+    """``read`` for a field that may not be null (``CustomerIdentity.customer_id``): a null
+    binding was read as customer None, which a lookup then gave as "not found"."""
+
+    def read_required(v: Any) -> T:
+        if v is None:
+            raise TypeError("expected a value, got null")
+        value = read(v)
+        assert value is not None
+        return value
+
+    return read_required
 
 
 _BOOL_STRINGS: Final = {"true": True, "false": False, "1": True, "0": False}
