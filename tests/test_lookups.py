@@ -173,7 +173,7 @@ async def test_lookup_many_refuses_a_bad_identity_before_any_request(bad: Any) -
     assert not client.asked
 
 
-@pytest.mark.parametrize("concurrency", [0, -1, 1.5, True])
+@pytest.mark.parametrize("concurrency", [0, -1, 1.5, True, 65, 10**6])  # 65: past the walks' cap
 async def test_bad_concurrency_is_refused_before_any_request(concurrency: Any) -> None:
     client, ids = fake(10)
     with pytest.raises(InvalidRequestError):
