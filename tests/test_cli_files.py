@@ -292,3 +292,43 @@ def test_excels_mark_is_for_csv_only(
 
     assert_one_line_error(result, 2, "--encoding", "CSV")
     assert requests(served) == 0
+
+
+def test_lookup_input_takes_spaces_after_commas_and_a_header_after_blank_lines(
+    tmp_path: Path,
+) -> None:
+    # `wechat, "o-1"` kept its quotes in the value (and was not found, without a word); a
+    # header after blank lines was looked up as the identity ("type", "value").
+    from dmhub_async import Identity
+    from dmhub_async.cli._commands import _identities
+
+    path = tmp_path / "ids.csv"
+    path.write_text('\n\ntype, value\nwechat, "o-1"\n email , o-2\n"wechat" , o-3\n', "utf-8")
+    assert list(_identities(path, "utf-8")) == [
+        Identity("wechat", "o-1"),
+        Identity("email", "o-2"),
+        Identity("wechat", "o-3"),
+    ]
+
+
+def test_output_to_a_closed_standard_output_is_a_usage_error(tmp_path: Path) -> None:
+    # Started with >&-: a raw AttributeError traceback ('NoneType' object has no attribute).
+    import subprocess
+    import sys
+
+    (tmp_path / "ids.csv").write_text("wechat,o-1\n", encoding="utf-8")
+    result = subprocess.run(
+        [sys.executable, "-m", "dmhub_async", "lookup", "--in", "ids.csv", "--out", "-"],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=60,
+        check=False,
+        close_fds=True,
+        preexec_fn=lambda: os.close(1),
+        env={**os.environ, "DMHUB_ACCESS_TOKEN": "t", "DMHUB_BASE_URL": "http://127.0.0.1:9"},
+    )
+    assert result.returncode == 2, result.stderr
+    assert "standard output is closed" in result.stderr
+    assert "Traceback" not in result.stderr

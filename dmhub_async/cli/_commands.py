@@ -155,13 +155,17 @@ async def _export(args: argparse.Namespace) -> int:
 def _identities(path: Path, encoding: str) -> Iterator[Identity]:
     """The ``type,value`` rows of ``path``; a bad row is an error that names its line."""
     lines = decoded_lines(path, "utf-8-sig" if encoding == "utf-8" else encoding)
-    reader = csv.reader(_without_nul(lines, path))
+    # skipinitialspace: `wechat, "o4..."` kept its quotes in the value (and was not found).
+    reader = csv.reader(_without_nul(lines, path), skipinitialspace=True)
+    first = True
     for row in _csv_rows(reader, path):
         line = reader.line_num
         if not row or not "".join(row).strip():
             continue
-        if line == 1 and [c.strip().lower() for c in row[:2]] == ["type", "value"]:
-            continue  # a header
+        if first and [c.strip().lower() for c in row[:2]] == ["type", "value"]:
+            first = False  # a header, on the first row that is not blank (not only line 1)
+            continue
+        first = False
         if len(row) < 2:
             raise CommandError(f"{path}:{line}: expected type,value, not {','.join(row)!r}")
         try:

@@ -56,6 +56,8 @@ def check_output(
     if out == STDOUT:
         if not stdout:  # it was written as a file named "-", over one already there
             raise UsageError("--out -: this command writes a file, not standard output")
+        if sys.stdout is None or getattr(sys.stdout, "closed", False):  # started with >&-
+            raise UsageError("--out -: standard output is closed: give --out a file")
         return
     path = Path(out)
     for other in inputs:
