@@ -9,39 +9,46 @@
             print(customer.id, customer.name)
 """
 
-from ._auth import FileTokenStore, MemoryTokenStore, RedisTokenStore, Token, TokenStore
-from ._client import DEFAULT_AUTH_ERROR_CODES, DEFAULT_BASE_URL, ClientStats, DMHubClient
-from ._exceptions import (
-    APIConnectionError,
-    APIError,
-    APITimeoutError,
-    AuthenticationError,
-    DMHubError,
-    InvalidRequestError,
-    NotFoundError,
-    RateLimitError,
-    ResponseDecodeError,
-    ResponseTooLargeError,
-    ServerError,
-    TokenStoreError,
-)
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ._lazy import lazy_namespace as _lazy_namespace
 from ._logging import setup_logging as _setup_logging
-from ._pagination import AsyncPaginator, PaginatorStats
-from ._query_time import NaiveDatetimeWarning
-from ._retry import RetryPolicy
-from ._sansio import APIResponse
-from ._shared_rate import RedisRateLimiter
 from ._version import __version__
-from .models import (
-    Customer,
-    CustomerFields,
-    CustomerIdentity,
-    CustomerStatistics,
-    Gender,
-    Identity,
-    Page,
-)
-from .resources.customers import EMPTY_STAGE, CustomerFilters
+
+if TYPE_CHECKING:  # what a type checker sees; at run time each name is imported on first use
+    from ._auth import FileTokenStore, MemoryTokenStore, RedisTokenStore, Token, TokenStore
+    from ._client import DEFAULT_AUTH_ERROR_CODES, DEFAULT_BASE_URL, ClientStats, DMHubClient
+    from ._exceptions import (
+        APIConnectionError,
+        APIError,
+        APITimeoutError,
+        AuthenticationError,
+        DMHubError,
+        InvalidRequestError,
+        NotFoundError,
+        RateLimitError,
+        ResponseDecodeError,
+        ResponseTooLargeError,
+        ServerError,
+        TokenStoreError,
+    )
+    from ._pagination import AsyncPaginator, PaginatorStats
+    from ._query_time import NaiveDatetimeWarning
+    from ._retry import RetryPolicy
+    from ._sansio import APIResponse
+    from ._shared_rate import RedisRateLimiter
+    from .models import (
+        Customer,
+        CustomerFields,
+        CustomerIdentity,
+        CustomerStatistics,
+        Gender,
+        Identity,
+        Page,
+    )
+    from .resources.customers import EMPTY_STAGE, CustomerFilters
 
 _setup_logging()  # DMHUB_LOG=debug|info
 
@@ -84,3 +91,46 @@ __all__ = [  # noqa: RUF022 - plain sorted(), as tests/test_public_api.py checks
     "TokenStoreError",
     "__version__",
 ]
+
+#: Where each public name lives: imported on its first use (see ._lazy).
+_HOME: dict[str, str] = {
+    "FileTokenStore": "._auth",
+    "MemoryTokenStore": "._auth",
+    "RedisTokenStore": "._auth",
+    "Token": "._auth",
+    "TokenStore": "._auth",
+    "DEFAULT_AUTH_ERROR_CODES": "._client",
+    "DEFAULT_BASE_URL": "._client",
+    "ClientStats": "._client",
+    "DMHubClient": "._client",
+    "APIConnectionError": "._exceptions",
+    "APIError": "._exceptions",
+    "APITimeoutError": "._exceptions",
+    "AuthenticationError": "._exceptions",
+    "DMHubError": "._exceptions",
+    "InvalidRequestError": "._exceptions",
+    "NotFoundError": "._exceptions",
+    "RateLimitError": "._exceptions",
+    "ResponseDecodeError": "._exceptions",
+    "ResponseTooLargeError": "._exceptions",
+    "ServerError": "._exceptions",
+    "TokenStoreError": "._exceptions",
+    "AsyncPaginator": "._pagination",
+    "PaginatorStats": "._pagination",
+    "NaiveDatetimeWarning": "._query_time",
+    "RetryPolicy": "._retry",
+    "APIResponse": "._sansio",
+    "RedisRateLimiter": "._shared_rate",
+    "Customer": ".models",
+    "CustomerFields": ".models",
+    "CustomerIdentity": ".models",
+    "CustomerStatistics": ".models",
+    "Gender": ".models",
+    "Identity": ".models",
+    "Page": ".models",
+    "EMPTY_STAGE": ".resources.customers",
+    "CustomerFilters": ".resources.customers",
+}
+
+if not TYPE_CHECKING:  # hidden from type checkers: a module __getattr__ makes any name "exist"
+    __getattr__, __dir__ = _lazy_namespace(__name__, _HOME, __all__, globals())

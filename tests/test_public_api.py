@@ -108,3 +108,51 @@ def test_exported_names_are_the_implementations():
     assert dmhub_async.DMHubClient is DMHubClient
     assert dmhub_async.APIError is APIError
     assert isinstance(dmhub_async.__version__, str)
+
+
+def test_importing_the_package_or_its_pytest_plugin_loads_no_http_stack() -> None:
+    # The pytest plugin runs in every test run of a project that has the SDK installed: it
+    # imported the whole SDK and aiohttp (about 0.25 s a run) through the package's imports.
+    import subprocess
+    import sys
+
+    heavy = ["aiohttp", "dmhub_async._client", "dmhub_async.testing._simulator", "attrs"]
+    probe = (
+        "import sys, dmhub_async, dmhub_async.testing.pytest_plugin\n"
+        f"print([m for m in {heavy!r} if m in sys.modules])\n"
+        "from dmhub_async import DMHubClient\n"  # a name brings its module when first used
+        "print('dmhub_async._client' in sys.modules, DMHubClient.__module__)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-W", "error", "-c", probe],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert result.stdout.splitlines() == ["[]", "True dmhub_async._client"]
+
+
+def test_every_name_and_subpackage_comes_on_first_use() -> None:
+    import subprocess
+    import sys
+
+    probe = (
+        "import dmhub_async, dmhub_async.testing as t\n"
+        "ns = {}\n"
+        "exec('from dmhub_async import *', ns)\n"
+        "print(sorted(n for n in ns if not n.startswith('__')) == sorted(\n"
+        "    n for n in dmhub_async.__all__ if not n.startswith('__')))\n"
+        "print(dmhub_async.models.Customer is dmhub_async.Customer, t.FakeClock.__name__)\n"
+        "print(set(dmhub_async.__all__) <= set(dir(dmhub_async)))\n"
+        "try:\n    dmhub_async.Nope\nexcept AttributeError as err:\n    print(err)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.splitlines() == [
+        "True",
+        "True FakeClock",
+        "True",
+        "module 'dmhub_async' has no attribute 'Nope'",
+    ]
