@@ -55,6 +55,16 @@ def workers(
                 proc.wait(5)
 
 
+async def planned(sim: SimProcess, redis: RedisServer, out: Path, shards: int) -> Manifest:
+    """The plan of a sharded export in ``out``, made as the CLI makes it (the token in Redis)."""
+    store = RedisTokenStore(redis.url)
+    try:
+        async with DMHubClient(sim.app_id, sim.secret, base_url=sim.url, token_store=store) as dm:
+            return await prepare(dm, out, shards)
+    finally:
+        await store.aclose()
+
+
 async def wait_for_rows(redis: RedisServer) -> None:
     """Until some shard has reported rows written (a worker is mid-shard)."""
     for _ in range(1200):
@@ -71,14 +81,7 @@ async def test_a_worker_killed_mid_shard_is_taken_over_and_nothing_is_lost(
 ) -> None:
     out = tmp_path / "out"
     with sim_process(200_000, latency_ms=2) as sim:
-        store = RedisTokenStore(redis.url)
-        try:
-            async with DMHubClient(
-                sim.app_id, sim.secret, base_url=sim.url, token_store=store
-            ) as dm:
-                manifest = await prepare(dm, out, 16)
-        finally:
-            await store.aclose()
+        manifest = await planned(sim, redis, out, 16)
         with workers(sim, redis.url, 4) as procs:
             running = asyncio.ensure_future(
                 run_on_queue(redis.url, out, manifest, progress=False, poll=0.2)
@@ -158,14 +161,7 @@ async def test_a_shard_that_fails_is_recorded_failed_and_exported_on_a_rerun(
     # Redis keeps the result.
     out = tmp_path / "out"
     with sim_process(600) as sim:
-        store = RedisTokenStore(redis.url)
-        try:
-            async with DMHubClient(
-                sim.app_id, sim.secret, base_url=sim.url, token_store=store
-            ) as dm:
-                manifest = await prepare(dm, out, 2)
-        finally:
-            await store.aclose()
+        manifest = await planned(sim, redis, out, 2)
         with workers(sim, redis.url, 1, DMHUB_APP_ID="not-this-app"):
             failed = await asyncio.wait_for(
                 run_on_queue(redis.url, out, manifest, progress=False, poll=0.1), 120
