@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 import subprocess
 import sys
@@ -341,6 +342,12 @@ async def test_progress_is_reported_after_every_page_with_the_total(
 # -- failures, checkpoints and resume ---------------------------------------------------------
 
 
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 class Crash(Exception):
     """Stands for the process dying between two pages."""
 
@@ -375,6 +382,35 @@ async def test_without_checkpoint_a_failed_first_export_creates_no_file(
     with pytest.raises(Crash):
         await export_customers(client, dest, progress=False, on_progress=crash_after(2))
     assert files_in(tmp_path) == []
+
+
+async def test_with_a_checkpoint_a_run_failing_before_its_first_page_leaves_dest_untouched(
+    sim: DMHubSimulator, client: DMHubClient, tmp_path: Path
+) -> None:
+    # The file was cut to nothing before the first request, then removed with nothing
+    # checkpointed: a wrong secret or an early Ctrl-C deleted yesterday's export.
+    dest = tmp_path / "customers.jsonl"
+    dest.write_text("yesterday's export\n", encoding="utf-8")
+    checkpoint = tmp_path / "customers.ckpt"
+    sim.faults.paths = ("GET /v1/customers",)
+    sim.faults.script(["500"])  # the first page fails (no retries)
+
+    with pytest.raises(ServerError):
+        await export_customers(client, dest, checkpoint=checkpoint, concurrency=1, progress=False)
+
+    assert dest.read_text(encoding="utf-8") == "yesterday's export\n"
+    assert files_in(tmp_path) == [dest.name]  # no work file, no checkpoint
+
+    # After its first checkpoint the export is the file: a later failure leaves it resumable.
+    sim.faults.script(["ok", "ok", "500"])
+    with pytest.raises(ServerError):
+        await export_customers(client, dest, checkpoint=checkpoint, concurrency=1, progress=False)
+    assert sorted(files_in(tmp_path)) == sorted([dest.name, checkpoint.name])
+    assert "yesterday" not in dest.read_text(encoding="utf-8")
+    report = await export_customers(client, dest, checkpoint=checkpoint, progress=False)
+    assert report.complete
+    assert files_in(tmp_path) == [dest.name]
+    assert dest.stat().st_mode & 0o777 == 0o666 & ~current_umask()
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "csv"])

@@ -78,11 +78,14 @@ class Output:
                 self.fh, self._work = _new_part(dest)
                 return
             self.resumed = read_checkpoint(checkpoint, scope)
-            self.fh, self._work = _open_in_place(dest), dest
             if self.resumed is not None:
+                self.fh, self._work = _open_in_place(dest), dest
                 self._check_against(self.resumed, scope)
             else:
-                self.fh.truncate(0)
+                # A new export: beside the output until its first checkpoint, then in its
+                # place. It was cut to nothing at once, so a run that failed before its first
+                # page (a wrong secret, a signal) removed the file it was to replace.
+                self.fh, self._work = _new_part(dest)
         except BaseException:
             if self._work is not None and not self.fh.closed:
                 self.fh.close()
@@ -114,8 +117,17 @@ class Output:
         assert self._checkpoint is not None
         self.fh.flush()
         os.fsync(self.fh.fileno())
+        if self._work is not None and self._work != self._dest:
+            self._work = self._in_place(self._work)  # the first checkpoint: the file takes over
         write_checkpoint(self._checkpoint, checkpoint)
         self._committed = checkpoint.bytes
+
+    def _in_place(self, work: Path) -> Path:
+        """The file written (open, synced) takes the output's name, and its mode."""
+        assert self._dest is not None
+        os.fchmod(self.fh.fileno(), 0o666 & ~_umask())  # as open() would have made it
+        os.replace(work, self._dest)
+        return self._dest
 
     def finish(self) -> None:
         """The export is complete: the file is in place, the checkpoint goes."""
@@ -124,8 +136,7 @@ class Output:
             return  # a stream: the caller closes it
         os.fsync(self.fh.fileno())
         if self._work != self._dest:
-            os.fchmod(self.fh.fileno(), 0o666 & ~_umask())  # as open() would have made it
-            os.replace(self._work, self._dest)
+            self._in_place(self._work)
         self.fh.close()
         self._work = None
         if self._checkpoint is not None:
