@@ -80,3 +80,27 @@ def test_the_readmes_first_command_works_in_a_fresh_venv(user_python: Path, tmp_
     assert result.returncode == 0, result.stdout + result.stderr
     exported = (tmp_path / "dmhub-demo.jsonl").read_text(encoding="utf-8").splitlines()
     assert len(exported) == 2000
+
+
+def test_the_plugin_named_in_a_conftest_too_and_switched_off_by_its_name(
+    user_python: Path, tmp_path: Path
+) -> None:
+    # The docstring's `pytest_plugins = [...]`, with the package installed: pytest stopped with
+    # "Plugin already registered under a different name", the entry point's.
+    (tmp_path / "conftest.py").write_text(
+        'pytest_plugins = ["dmhub_async.testing.pytest_plugin"]\n'
+    )
+    (tmp_path / "test_clock.py").write_text(
+        "def test_clock(dmhub_clock):\n    assert dmhub_clock.waits == []\n"
+    )
+    result = _pytest(user_python, tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 passed" in result.stdout
+    (tmp_path / "conftest.py").unlink()
+    off = _run(
+        [str(user_python), "-m", "pytest", "-q", "-p", "no:cacheprovider",
+         "-p", "no:dmhub_async.testing.pytest_plugin"],
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert off.returncode == 1, off.stdout + off.stderr
+    assert "fixture 'dmhub_clock' not found" in off.stdout

@@ -1,7 +1,8 @@
 """pytest plugin: the DM Hub simulator fixtures.
 
-Registered through the ``pytest11`` entry point, so installing ``dmhub-async`` is enough; else
-add ``pytest_plugins = ["dmhub_async.testing.pytest_plugin"]`` to a ``conftest.py``. It changes
+Registered through the ``pytest11`` entry point, so installing ``dmhub-async`` is enough (and
+``pytest_plugins = ["dmhub_async.testing.pytest_plugin"]`` in a ``conftest.py`` does no harm);
+``-p no:dmhub_async.testing.pytest_plugin`` switches it off. It changes
 nothing in a test run that does not ask for its fixtures; the async ones need pytest-asyncio
 (``pip install pytest-asyncio``), and a test asking for them without it fails with that message.
 
