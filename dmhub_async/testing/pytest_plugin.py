@@ -23,11 +23,10 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from ._clock import FakeClock
-
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # imported by the fixtures that use them: a run without them loads neither
     from dmhub_async import DMHubClient
 
+    from ._clock import FakeClock
     from ._simulator import DMHubSimulator
 
 DEFAULT_CUSTOMERS = 50
@@ -57,6 +56,8 @@ def _mark_kwargs(request: pytest.FixtureRequest, name: str) -> dict[str, Any]:
 @pytest.fixture
 def dmhub_clock() -> FakeClock:
     """The fake clock ``dmhub_client`` waits on: its retries take no real time."""
+    from ._clock import FakeClock
+
     return FakeClock()
 
 
