@@ -95,9 +95,7 @@ class Faults:
 
     @kinds.setter
     def kinds(self, value: Iterable[str]) -> None:
-        if isinstance(value, str):  # "500" is not the kinds "5", "0", "0"
-            raise ValueError(f"kinds must be an iterable of fault kinds, not the string {value!r}")
-        kinds = tuple(value)
+        kinds = _kinds_of("kinds", value)
         _check_kinds(kinds)
         self._kinds = kinds
 
@@ -134,7 +132,7 @@ class Faults:
 
     def script(self, kinds: Iterable[str]) -> None:
         """Queue faults taken one per matching request (``"ok"`` serves normally), then rate."""
-        queued = list(kinds)
+        queued = list(_kinds_of("script", kinds))  # script("500") said: unknown '0', '5'
         _check_kinds(k for k in queued if k != OK)
         self._script.extend(queued)
 
@@ -202,6 +200,12 @@ _RESEND_WINDOW = 1.0  # seconds: aiohttp re-sends at once, on a new connection
 #: What aiohttp re-sends by itself: idempotent methods only. A POST seen again is the client's
 #: own retry, and a fault script must count it as one.
 _RESENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+
+
+def _kinds_of(name: str, value: Iterable[str]) -> tuple[str, ...]:
+    if isinstance(value, str):  # "500" is not the kinds "5", "0", "0"
+        raise ValueError(f"{name} takes an iterable of fault kinds, not the string {value!r}")
+    return tuple(value)
 
 
 def _check_kinds(kinds: Iterable[str]) -> None:

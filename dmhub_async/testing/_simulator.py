@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
@@ -66,6 +67,7 @@ class DMHubSimulator:
         self.host = host
         self.port = port
         self.app = build_app(self.state)
+        self._served_on: asyncio.AbstractEventLoop | None = None
         """The aiohttp application."""
         self._runner: web.AppRunner | None = None
 
@@ -128,6 +130,12 @@ class DMHubSimulator:
         """Start serving on ``host``:``port`` (port 0 picks a free one)."""
         if self._runner is not None:
             return
+        loop = asyncio.get_running_loop()
+        if self._served_on is not None and self._served_on is not loop:
+            # aiohttp ties an application to the loop that first ran it: a second asyncio.run()
+            # failed inside aiohttp. A new one serves the same state (customers, tokens, hooks).
+            self.app = build_app(self.state)
+        self._served_on = loop
         runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=0.5)
         await runner.setup()
         try:

@@ -29,6 +29,9 @@ from ._seeded_rows import (
     mobile_of,
 )
 
+#: The largest id the service's (and the store's) 64-bit ids hold.
+MAX_CUSTOMER_ID = 2**63 - 1
+
 Identity = tuple[str, str, "str | None"]
 
 
@@ -87,6 +90,8 @@ class CustomerStore:
         """Append ``n`` generated customers, with ids above every existing one."""
         if n <= 0:
             return
+        if self._last_id > MAX_CUSTOMER_ID - 3 * n:  # each id is 1 to 3 past the last
+            raise ValueError(f"the simulator has no ids left for {n} more customers")
         self._version += 1
         start = len(self._gid)
         ga = _random_words(self._rng, n)
@@ -227,14 +232,25 @@ class CustomerStore:
 
     def _next_id(self) -> int:
         # Increasing, not contiguous, like the service's.
-        self._last_id += 1 + self._rng.randrange(3)
-        return self._last_id
+        after = self._last_id + 1 + self._rng.randrange(3)
+        if after > MAX_CUSTOMER_ID:
+            raise ValueError(f"the simulator has no id left after {self._last_id}")
+        self._last_id = after
+        return after
 
     def create(self, fields: Mapping[str, Any], customer_id: int | None = None) -> Row:
         """Create a customer from writable wire fields; returns its wire dict."""
         self._version += 1
         if customer_id is None:
             customer_id = self._next_id()
+        elif (
+            isinstance(customer_id, bool)
+            or not isinstance(customer_id, int)
+            or not 1 <= customer_id <= MAX_CUSTOMER_ID
+        ):
+            # Checked before anything is kept: 2**63 was stored, then failed the live index
+            # half-way, and every later create answered 500.
+            raise ValueError(f"a customer id is an int from 1 to 2**63 - 1, not {customer_id!r}")
         elif customer_id in self:
             raise ValueError(f"customer {customer_id} exists")
         now = self._timestamp()

@@ -464,3 +464,51 @@ async def test_aclose_stops_the_simulator_and_close_still_does() -> None:
         async with aiohttp.ClientSession() as http:
             with pytest.raises(aiohttp.ClientConnectionError):
                 await http.get(url + "/v1/customers/count")
+
+
+@pytest.mark.parametrize("customer_id", [2**63, 0, -1, True, "7"])
+def test_an_id_outside_64_bits_is_refused_and_nothing_kept(customer_id: Any) -> None:
+    # 2**63 was stored, then failed the live index half-way (a raw OverflowError), and every
+    # later create answered 500.
+    sim = DMHubSimulator(customers=3)
+    with pytest.raises(ValueError, match="a customer id is an int from 1 to 2\\*\\*63 - 1"):
+        sim.insert_customer({"name": "too big"}, customer_id=customer_id)
+    assert sim.customers_count() == 3
+    sim.insert_customer({"name": "fine"})
+    assert sim.customers_count() == 4
+
+
+def test_the_largest_id_is_taken_and_then_ids_run_out_with_a_clear_error() -> None:
+    sim = DMHubSimulator(customers=3)
+    sim.insert_customer({"name": "last"}, customer_id=2**63 - 1)
+    with pytest.raises(ValueError, match="no id left"):
+        sim.insert_customer({"name": "one more"})
+    with pytest.raises(ValueError, match="no ids left"):
+        sim.add_customers(1)
+    assert sim.customers_count() == 4
+
+
+def test_a_simulator_serves_again_in_a_second_asyncio_run() -> None:
+    # aiohttp ties an app to the loop that first ran it: the second run failed inside aiohttp.
+    sim = DMHubSimulator(customers=5)
+
+    async def count() -> int:
+        async with (
+            sim,
+            dmhub_async.DMHubClient(
+                sim.app_id,
+                sim.secret,
+                base_url=sim.url,
+                token_store=dmhub_async.MemoryTokenStore(),
+            ) as dm,
+        ):
+            return await dm.customers.count()
+
+    assert asyncio.run(count()) == 5
+    assert asyncio.run(count()) == 5
+
+
+def test_a_script_given_one_string_says_so() -> None:
+    # script("500") said: unknown fault kinds ['0', '5'].
+    with pytest.raises(ValueError, match="script takes an iterable of fault kinds, not the string"):
+        Faults().script("500")
