@@ -51,7 +51,8 @@ class DMHubClient:
     Args:
         app_id: the app id; defaults to ``$DMHUB_APP_ID``.
         secret: the app secret; defaults to ``$DMHUB_SECRET``.
-        access_token: a token to use as is, instead of fetching one.
+        access_token: a token to use as is, instead of fetching one (then neither app_id and
+            secret nor ``DMHUB_APP_ID``/``DMHUB_SECRET`` are used: no token is fetched).
         base_url: defaults to ``$DMHUB_BASE_URL``, else ``https://api.convertlab.com``.
         session: an ``aiohttp.ClientSession`` to use; the client never closes it.
         timeout: seconds for one attempt of one request, all in (finite, like the two below).
@@ -107,10 +108,17 @@ class DMHubClient:
         # The environment's values are checked as the arguments are (a secret with a line
         # break, or of 6,000 characters, was sent), and named as what they came from.
         env = os.environ
+        if access_token is not None and (app_id or secret):
+            # Which would win? The credentials did, and the token was never used.
+            raise InvalidRequestError(
+                "pass access_token, or app_id and secret, not both: a token is used as is, "
+                "credentials fetch their own"
+            )
         app_id_from = "app_id" if app_id else "DMHUB_APP_ID"
         secret_from = "secret" if secret else "DMHUB_SECRET"
-        app_id = app_id or env.get("DMHUB_APP_ID") or None
-        secret = secret or env.get("DMHUB_SECRET") or None
+        if access_token is None:  # a token given is used as is: not the environment's fetch
+            app_id = app_id or env.get("DMHUB_APP_ID") or None
+            secret = secret or env.get("DMHUB_SECRET") or None
         base_url = base_url or env.get("DMHUB_BASE_URL") or None
         check_settings(
             {app_id_from: app_id, secret_from: secret, "access_token": access_token},

@@ -559,3 +559,27 @@ def test_closing_a_client_in_another_event_loop_says_it_cannot(server_in_a_threa
     finally:
         first.run_until_complete(http.close())
         first.close()
+
+
+async def test_an_access_token_is_used_as_is_whatever_the_environment_holds(
+    api, monkeypatch, clock
+):
+    # With DMHUB_APP_ID and DMHUB_SECRET set, the token given was never used: a token was
+    # fetched with the environment's credentials, which on DM Hub revokes every other one.
+    monkeypatch.setenv("DMHUB_APP_ID", "env-app")
+    monkeypatch.setenv("DMHUB_SECRET", "env-secret")
+    api.get(url("/v1/customers/1"), payload=CUSTOMER)
+    async with DMHubClient(
+        access_token="given-token", base_url=BASE, clock=clock, sleep=clock.sleep
+    ) as dm:
+        assert (await dm.customers.get(1)).id == CUSTOMER["id"]
+        assert dm.stats.token_fetches == 0
+    [(_, sent)] = [(k, c) for k, c in api.requests.items() if k[1].path == "/v1/customers/1"]
+    assert sent[0].kwargs["params"]["access_token"] == "given-token"
+
+
+def test_an_access_token_and_credentials_together_are_refused(no_env):
+    with pytest.raises(InvalidRequestError, match="not both"):
+        DMHubClient("app", "secret", access_token="tok")
+    with pytest.raises(InvalidRequestError, match="not both"):
+        DMHubClient(secret="secret", access_token="tok")
