@@ -27,7 +27,7 @@ from ._query_time import zone_setting
 from ._retry import RetryPolicy
 from ._sansio import DEFAULT_AUTH_ERROR_CODES, APIResponse
 from ._session import ClientStats, Session
-from ._validate import check_number, check_request, check_settings
+from ._validate import check_number, check_request, check_settings, short
 from .resources.customer_statistics import CustomerStatisticsResource
 from .resources.customers import Customers
 from .resources.identities import Identities
@@ -271,15 +271,20 @@ class DMHubClient:
         method: str,
         path: str,
         *,
-        params: Mapping[str, str] | None = None,
+        params: Mapping[str, str | int] | None = None,
         json: Any = None,
-        idempotent: bool = True,
+        idempotent: bool | None = None,
         not_found_codes: frozenset[int | str] = frozenset(),
     ) -> Any:
         """Send one API call with retries, and return its decoded JSON body (None for 204).
 
         ``method`` is one of GET, POST, PUT, PATCH and DELETE; ``path`` starts with ``/`` and
         is joined to the client's ``base_url``; ``params`` values are strings (or ints).
+        ``idempotent``: whether a call whose answer was lost may be sent again; by default,
+        by its method (GET, PUT and DELETE may; a POST or PATCH is sent once and raises with
+        ``outcome_unknown``, as ``customers.create`` does). ``not_found_codes``: the body's
+        ``error_code`` values that mean "no such customer" (40201 on the customer routes),
+        raised as ``NotFoundError`` and not retried.
 
         Raises:
             InvalidRequestError: a call that cannot be sent as it is (an unknown method, a path
@@ -288,6 +293,13 @@ class DMHubClient:
             APIConnectionError: no answer, after the retries the policy allows.
         """
         method, query = check_request(method, path, params, json)
+        if idempotent is None:
+            # By the method: a POST repeated after a lost answer made two customers.
+            idempotent = method not in ("POST", "PATCH")
+        elif not isinstance(idempotent, bool):
+            raise InvalidRequestError(
+                f"request(): idempotent must be True, False or None, not {short(idempotent)}"
+            )
         return await self._session.request(
             method,
             path,

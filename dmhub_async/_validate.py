@@ -167,6 +167,10 @@ def check_request(
             f"request(): path must be a str starting with one /, like '/v1/customers', "
             f"not {short(path)}"
         )
+    if "?" in path or "#" in path:  # "?access_token=x" went out beside the client's own
+        raise InvalidRequestError(
+            "request(): path holds a query or a fragment: pass the query as params="
+        )
     # ASCII and printable: no lone surrogate, no control character, at most 3 bytes a character.
     if not (path.isascii() and path.isprintable() and 3 * len(path) <= MAX_PATH_LENGTH):
         check_text("request", "path", path)

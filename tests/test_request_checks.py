@@ -29,6 +29,8 @@ def path_is_good(path: str) -> bool:
     return (
         path.startswith("/")
         and not path.startswith("//")
+        and "?" not in path  # a query goes in params: "?access_token=" went out beside ours
+        and "#" not in path
         and sendable(path)
         and not any(c < " " or c == "\x7f" for c in path)
         and len(quote(path, safe="/")) <= MAX_PATH_LENGTH
@@ -67,6 +69,8 @@ PARAMS = st.dictionaries(st.text(max_size=10), VALUES, max_size=4)
 @example(path="/v1", params={"a": "x" * 2047})  # 3 * 2,052 > 6,144: checked in full
 @example(path="/v1", params={"a": "\udcff"})
 @example(path="/v1", params={"a": 2**63})
+@example(path="/v1/customers/count?access_token=ATTACKER", params={})
+@example(path="/v1/customers#x", params={})
 def test_the_glance_agrees_with_the_full_check(path: str, params: dict[str, Any]) -> None:
     expected = query_of(params) if path_is_good(path) else None
     try:
@@ -82,3 +86,34 @@ def test_the_glance_agrees_with_the_full_check(path: str, params: dict[str, Any]
 def test_a_method_of_another_kind_is_refused(method: Any) -> None:
     with pytest.raises(InvalidRequestError, match="method must be one of"):
         check_request(method, "/v1/customers", None, None)
+
+
+async def test_a_post_through_request_is_sent_once_when_its_answer_is_lost() -> None:
+    # idempotent defaulted to True for every method: a POST whose answer was lost was sent
+    # again, and made a second customer.
+    from dmhub_async import APIConnectionError, DMHubClient, MemoryTokenStore
+    from dmhub_async.testing import DMHubSimulator, FakeClock
+
+    clock = FakeClock()
+    async with (
+        DMHubSimulator(customers=0, clock=clock) as sim,
+        DMHubClient(
+            sim.app_id,
+            sim.secret,
+            base_url=sim.url,
+            token_store=MemoryTokenStore(),
+            clock=clock,
+            sleep=clock.sleep,
+        ) as dm,
+    ):
+        sim.faults.script(["reset-after-write"])
+        with pytest.raises(APIConnectionError) as info:
+            await dm.request("POST", "/v1/customers", json={"name": "raw"})
+        assert info.value.outcome_unknown
+        assert sim.customers_count() == 1
+        made = await dm.request("POST", "/v1/customers", json={"name": "again"})
+        sim.faults.script(["reset-after-write"])  # a PUT may be sent again: it is
+        await dm.request("PUT", f"/v1/customers/{made['id']}", json={"name": "renamed"})
+        assert sim.customer(made["id"])["name"] == "renamed"
+        with pytest.raises(InvalidRequestError, match="idempotent"):
+            await dm.request("GET", "/v1/customers/count", idempotent="yes")  # type: ignore[arg-type]
