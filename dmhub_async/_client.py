@@ -27,7 +27,7 @@ from ._query_time import zone_setting
 from ._retry import RetryPolicy
 from ._sansio import DEFAULT_AUTH_ERROR_CODES, APIResponse
 from ._session import ClientStats, Session
-from ._validate import check_number, check_request, check_settings, short
+from ._validate import check_number, check_request, check_settings, is_collection, short
 from .resources.customer_statistics import CustomerStatisticsResource
 from .resources.customers import Customers
 from .resources.identities import Identities
@@ -108,6 +108,10 @@ class DMHubClient:
         # The environment's values are checked as the arguments are (a secret with a line
         # break, or of 6,000 characters, was sent), and named as what they came from.
         env = os.environ
+        # Once: an iterator was used up by its check, and token refresh then knew no code.
+        auth_error_codes = (
+            tuple(auth_error_codes) if is_collection(auth_error_codes) else auth_error_codes
+        )
         if access_token is not None and (app_id or secret):
             # Which would win? The credentials did, and the token was never used.
             raise InvalidRequestError(

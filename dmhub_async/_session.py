@@ -391,6 +391,9 @@ class Session:
                     timeout=self._timeout,  # a passed-in session has its own default
                     allow_redirects=False,  # see read_response: credentials stay here
                     proxy=self._conn.proxy,
+                    # read_response maps the status: a session of the caller's made with
+                    # raise_for_status=True turned a 404 into a connection error, retried.
+                    raise_for_status=False,
                 ) as resp:
                     # Read it all inside the block: a retry never holds a connection.
                     status, resp_headers = resp.status, resp.headers

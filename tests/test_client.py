@@ -583,3 +583,50 @@ def test_an_access_token_and_credentials_together_are_refused(no_env):
         DMHubClient("app", "secret", access_token="tok")
     with pytest.raises(InvalidRequestError, match="not both"):
         DMHubClient(secret="secret", access_token="tok")
+
+
+async def test_auth_error_codes_may_be_any_iterable_even_a_generator() -> None:
+    # A generator was used up by its check: token refresh then knew no code, and a revoked
+    # token's 40001 was raised instead of refreshed.
+    from dmhub_async.testing import DMHubSimulator
+
+    async with DMHubSimulator(customers=3) as sim:
+        codes = (code for code in (40001, 40014, 40003, 40004))
+        async with DMHubClient(
+            sim.app_id,
+            sim.secret,
+            base_url=sim.url,
+            token_store=MemoryTokenStore(),
+            auth_error_codes=codes,
+        ) as dm:
+            assert await dm.customers.count() == 3
+            sim.revoke_tokens()
+            assert await dm.customers.count() == 3
+            assert dm.stats.token_fetches == 2
+
+
+async def test_a_session_of_the_callers_that_raises_for_status_changes_nothing() -> None:
+    # aiohttp raised ClientResponseError inside the request: a missing customer became a
+    # connection error, retried five times, and NotFoundError was lost.
+    import aiohttp
+
+    from dmhub_async import NotFoundError
+    from dmhub_async.testing import DMHubSimulator, FakeClock
+
+    clock = FakeClock()
+    async with (
+        DMHubSimulator(customers=3, clock=clock) as sim,
+        aiohttp.ClientSession(raise_for_status=True) as http,
+        DMHubClient(
+            sim.app_id,
+            sim.secret,
+            base_url=sim.url,
+            session=http,
+            token_store=MemoryTokenStore(),
+            clock=clock,
+            sleep=clock.sleep,
+        ) as dm,
+    ):
+        with pytest.raises(NotFoundError):
+            await dm.customers.get(999_999)
+        assert dm.stats.retries == 0
