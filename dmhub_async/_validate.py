@@ -344,6 +344,11 @@ def _check_base_url(base_url: object) -> None:
     check_text("DMHubClient", "base_url", base_url)
     if len(quote(base_url, safe=":/")) > MAX_SETTING_LENGTH:
         raise InvalidRequestError(f"base_url is longer than {MAX_SETTING_LENGTH} bytes")
+    if "?" in base_url or "#" in base_url:  # never quoted: a query may hold the secret
+        # A bare "?" or "#" passed the check below (an empty query), and every call went to /.
+        raise InvalidRequestError("base_url must have no query or fragment (no ? or #)")
+    if base_url != base_url.strip() or " " in base_url:
+        raise InvalidRequestError("base_url must hold no spaces")
     if "@" in re.split(r"[/?#]", base_url.partition("://")[2], maxsplit=1)[0]:  # never quoted
         raise InvalidRequestError(
             "base_url must hold no user or password (user:password@host): DM Hub takes the app"
@@ -355,7 +360,7 @@ def _check_base_url(base_url: object) -> None:
         port = url.port
     except (ValueError, UnicodeError):  # a bad IPv6 literal, port, or host name
         raise InvalidRequestError(f"base_url is not a URL: {short(base_url)}") from None
-    if url.scheme not in ("http", "https") or not url.host or port is None:
+    if url.scheme not in ("http", "https") or not url.host or not port:  # None, or 0
         raise InvalidRequestError(
             f"base_url must be http:// or https:// and a host: {short(base_url)}"
         )

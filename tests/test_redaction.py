@@ -411,3 +411,26 @@ def test_a_usable_proxy_is_used_as_named(proxy: str, used: str) -> None:
 
     assert usable_proxy(proxy) == used
     assert usable_proxy(None) is None
+
+
+@pytest.mark.parametrize(
+    ("base_url", "said"),
+    [
+        (
+            "https://api.dmhub.test/security/accesstoken?grant_type=x&secret=" + SECRET,
+            "no query or fragment",
+        ),
+        ("https://api.dmhub.test/v1/customers?access_token=" + TOKEN, "no query or fragment"),
+        ("https://api.dmhub.test?", "no query or fragment"),  # every call went to /
+        ("https://api.dmhub.test#", "no query or fragment"),
+        ("https://api.dmhub.test ", "no spaces"),
+        ("https://api.dmhub.test:0", "a host"),
+    ],
+    ids=["secret in the query", "token in the query", "bare ?", "bare #", "a space", "port 0"],
+)
+def test_a_base_url_with_a_query_is_refused_without_quoting_it(base_url: str, said: str) -> None:
+    # The message quoted the URL's tail: 13 characters of the secret, 12 of a token's 16 (cut
+    # where the masking would have found "access_token="). A bare "?" or "#" was taken.
+    with pytest.raises(InvalidRequestError, match=said) as info:
+        DMHubClient(app_id="app-1", secret=SECRET, base_url=base_url)
+    assert not leaks(str(info.value))
