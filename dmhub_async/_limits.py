@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Protocol
@@ -40,22 +41,30 @@ class RateLimiter:
         self._clock = clock
         self._sleep = sleep
         self._next = float("-inf")
+        #: Slots given back by callers cancelled while they waited, the earliest first.
+        self._free: list[float] = []
 
     async def acquire(self) -> None:
         """Wait for this caller's slot; a caller cancelled while waiting gives it back."""
         now = self._clock()
-        slot = max(now, self._next)
-        self._next = slot + self.interval
+        free = self._free
+        while free and free[0] < now:  # passed: taken now, it could follow a neighbour closely
+            heapq.heappop(free)
+        if free:
+            slot = heapq.heappop(free)  # one of the sequence's own slots: spaced as they are
+        else:
+            slot = max(now, self._next)
+            self._next = slot + self.interval
         if slot > now:
             try:
                 await self._sleep(slot - now)
             except asyncio.CancelledError:
-                # Unless a later caller reserved a slot after this one, the next caller takes
-                # this slot: a hundred timed-out waits must not push the next call 10 s out.
-                # (A slot in the middle of the queue is lost: the rate is under-used for one
-                # interval, never exceeded.)
+                # The next caller takes this slot: ten calls timed out in a row (each a slot
+                # before the last) pushed the next one 5 s out at 2 a second.
                 if self._next == slot + self.interval:
                     self._next = slot
+                else:
+                    heapq.heappush(free, slot)
                 raise
 
 

@@ -9,10 +9,11 @@ waiter is cancelled, before or after its slot was handed to it.
 from __future__ import annotations
 
 import asyncio
+import itertools
 
 import pytest
 
-from dmhub_async._limits import Limits
+from dmhub_async._limits import Limits, RateLimiter
 
 
 async def settle() -> None:
@@ -134,3 +135,44 @@ async def test_a_failed_rate_gives_the_slot_back() -> None:
         await limits.acquire()
     await asyncio.wait_for(limits.acquire(), 1)  # the one slot was given back, not lost
     assert Rate.calls == 2
+
+
+@pytest.mark.parametrize("order", ["oldest first", "newest first", "every other"])
+async def test_turns_given_back_by_cancelled_callers_are_taken_by_the_next(order: str) -> None:
+    # wait_for() with one timeout cancels the oldest first: each gave back a slot before the
+    # last, and only the last was taken again. Ten timed-out calls at 2 a second pushed the
+    # next one 5 s out.
+    now = 0.0
+    waits: list[float] = []
+    never = asyncio.Event()
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        await never.wait()
+
+    rate = RateLimiter(2, clock=lambda: now, sleep=sleep)
+    await rate.acquire()  # slot 0, at once
+    waiting = [asyncio.ensure_future(rate.acquire()) for _ in range(10)]  # 0.5 .. 5.0
+    await asyncio.sleep(0)
+    assert waits == [0.5 * i for i in range(1, 11)]
+    cancelled = {
+        "oldest first": waiting,
+        "newest first": waiting[::-1],
+        "every other": waiting[::2],
+    }[order]
+    for task in cancelled:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    now = 0.1
+    waits.clear()
+    late = [asyncio.ensure_future(rate.acquire()) for _ in range(len(cancelled))]
+    await asyncio.sleep(0)
+    # The turns given back, from the earliest: never two closer than the interval.
+    kept = sorted(0.5 * (i + 1) for i, t in enumerate(waiting) if t not in cancelled)
+    taken = sorted(round(now + w, 9) for w in waits)
+    assert taken == sorted(0.5 * (i + 1) for i, t in enumerate(waiting) if t in cancelled)
+    slots = sorted([*kept, *taken])
+    assert all(b - a >= 0.5 - 1e-9 for a, b in itertools.pairwise(slots))
+    for task in [*late, *(t for t in waiting if t not in cancelled)]:
+        task.cancel()
+    await asyncio.gather(*late, *waiting, return_exceptions=True)
