@@ -19,14 +19,18 @@ __all__ = ["last_response", "remember_response"]
 
 
 class _Slot:
-    """One task's latest answer and the session it came through (``id`` of the session)."""
+    """One task's latest answer and the session it came through; and, once the task has used
+    another session, each other live session's latest answer."""
 
-    __slots__ = ("owner", "response", "session")
+    __slots__ = ("earlier", "owner", "response", "session")
 
     def __init__(self, owner: weakref.ref[asyncio.Task[Any]] | None) -> None:
         self.owner = owner
-        self.session = 0
+        #: The session of ``response``, by a weak reference: its id() could be a new client's
+        #: once it was gone, which then showed the dead client's answer (another tenant's).
+        self.session: weakref.ref[Any] | None = None
         self.response: Any = None
+        self.earlier: weakref.WeakKeyDictionary[Any, Any] | None = None
 
     def belongs_to(self, task: asyncio.Task[Any] | None) -> bool:
         return (self.owner() if self.owner is not None else None) is task
@@ -52,13 +56,25 @@ def remember_response(session: object, response: Any) -> None:
         # A task's first answer (a task started by another sees its parent's slot: not its own).
         slot = _Slot(weakref.ref(task) if task is not None else None)
         _slot.set(slot)
-    slot.session = id(session)
+    current = slot.session
+    if current is None or current() is not session:
+        # Another client's answer: the one before is kept for its own client (a call through
+        # a second client in the same task wiped the first's), while that client lives.
+        before = current() if current is not None else None
+        if before is not None:
+            if slot.earlier is None:
+                slot.earlier = weakref.WeakKeyDictionary()
+            slot.earlier[before] = slot.response
+        slot.session = weakref.ref(session)
     slot.response = response
 
 
 def last_response(session: object) -> Any:
     """The calling task's latest answer if it came through ``session``, else None."""
     slot = _slot.get()
-    if slot is None or slot.session != id(session) or not slot.belongs_to(_current_task()):
+    if slot is None or not slot.belongs_to(_current_task()):
         return None
-    return slot.response
+    current = slot.session
+    if current is not None and current() is session:
+        return slot.response
+    return slot.earlier.get(session) if slot.earlier is not None else None
