@@ -10,6 +10,7 @@ import asyncio
 import copy
 import ipaddress
 import os
+import re
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import tzinfo
@@ -161,6 +162,7 @@ class DMHubClient:
                 "travel in the query string of every request, readable by anyone on the way. "
                 "Use https://, or pass allow_insecure_http=True if you must"
             )
+        _check_objects(retry, token_store, session, clock, sleep, rate_limit)
         client_timeout = _timeout(timeout, connect_timeout, read_timeout)
         #: The zone of naive time filters (None: UTC, with a warning): see ``_query_time``.
         self.timezone: tzinfo | None = zone_setting(timezone)
@@ -226,10 +228,10 @@ class DMHubClient:
                 connect_timeout if connect_timeout is not None else current.sock_connect,
                 read_timeout if read_timeout is not None else current.sock_read,
             )
-        if extra_headers is not None and not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in extra_headers.items()
-        ):
-            raise InvalidRequestError("extra_headers must map header names to strings")
+        if extra_headers is not None:
+            _check_headers(extra_headers)
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise InvalidRequestError(f"retry must be a RetryPolicy, not {short(retry)}")
         derived._session = self._session.derive(
             timeout=client_timeout, policy=policy, headers=extra_headers
         )
@@ -312,6 +314,50 @@ class DMHubClient:
             idempotent=idempotent,
             not_found_codes=not_found_codes,
         )
+
+
+def _check_objects(
+    retry: object, token_store: object, session: object, clock: object, sleep: object, rate: object
+) -> None:
+    """The settings that are objects, of the kind each must be, or InvalidRequestError now:
+    ``token_store="memory"`` (the CLI's spelling), ``retry=5`` or ``clock=5`` failed at the
+    first call with a raw AttributeError or TypeError."""
+    if retry is not None and not isinstance(retry, RetryPolicy):
+        raise InvalidRequestError(f"retry must be a RetryPolicy, not {short(retry)}")
+    if token_store is not None and not isinstance(token_store, TokenStore):
+        raise InvalidRequestError(
+            "token_store must be a TokenStore (MemoryTokenStore(), FileTokenStore(path), "
+            f"RedisTokenStore(url)), not {short(token_store)}"
+        )
+    if session is not None and not isinstance(session, aiohttp.ClientSession):
+        raise InvalidRequestError(f"session must be an aiohttp.ClientSession, not {short(session)}")
+    for name, value in (("clock", clock), ("sleep", sleep)):
+        if value is not None and not callable(value):
+            raise InvalidRequestError(f"{name} must be a function, not {short(value)}")
+    if hasattr(rate, "acquire") and not callable(rate.acquire):
+        raise InvalidRequestError("rate_limit's acquire must be an async function")
+
+
+#: A header name: an RFC 9110 token.
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+
+
+def _check_headers(headers: object) -> None:
+    """Header names and values that can be sent as given, or InvalidRequestError now: a line
+    break failed at the call with aiohttp's raw ValueError, a lone surrogate went out as an
+    empty value, a name with a space was sent and refused (400)."""
+    if not isinstance(headers, Mapping):
+        raise InvalidRequestError(
+            f"extra_headers must be a mapping of names to values, not {short(headers)}"
+        )
+    for name, value in headers.items():
+        if not isinstance(name, str) or not _HEADER_NAME.match(name):
+            raise InvalidRequestError(f"extra_headers: {short(name)} is no header name")
+        if not isinstance(value, str) or not value.isprintable() or not value.isascii():
+            # isprintable() refuses CR, LF, NUL and lone surrogates; a header is ASCII.
+            raise InvalidRequestError(
+                f"extra_headers: the value of {name} must be printable ASCII text"
+            )
 
 
 def _is_loopback(url: str) -> bool:

@@ -668,3 +668,43 @@ async def test_each_client_keeps_its_own_last_answer_in_a_task() -> None:
     assert (last_response(one), last_response(two)) == ("one's", "two's")
     remember_response(one, "one's again")
     assert (last_response(one), last_response(two)) == ("one's again", "two's")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "said"),
+    [
+        ({"token_store": "memory"}, "token_store must be a TokenStore"),
+        ({"retry": 5}, "retry must be a RetryPolicy"),
+        ({"retry": {}}, "retry must be a RetryPolicy"),
+        ({"session": "x"}, "session must be an aiohttp.ClientSession"),
+        ({"clock": 5}, "clock must be a function"),
+        ({"sleep": 5}, "sleep must be a function"),
+    ],
+)
+def test_settings_that_are_objects_are_checked_when_the_client_is_made(no_env, kwargs, said):
+    # Taken, then a raw AttributeError or TypeError at the first call.
+    with pytest.raises(InvalidRequestError, match=said):
+        DMHubClient(access_token="tok", **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("headers", "said"),
+    [
+        ({"X-Trace": "a\r\nX-Evil: 1"}, "printable ASCII"),
+        ({"X-Trace": "\udcff"}, "printable ASCII"),
+        ({"X Trace": "a"}, "no header name"),
+        ({"": "a"}, "no header name"),
+        ([("X-Trace", "a")], "must be a mapping"),
+        ({"X-Trace": 5}, "printable ASCII"),
+    ],
+    ids=["a line break", "a lone surrogate", "a space in the name", "no name", "pairs", "int"],
+)
+def test_with_options_checks_its_headers_when_made(no_env, headers, said):
+    # A line break failed at the call (aiohttp's raw ValueError), a lone surrogate went out as
+    # an empty value, a name with a space was sent (and refused), pairs an AttributeError.
+    dm = DMHubClient(access_token="tok")
+    with pytest.raises(InvalidRequestError, match=said):
+        dm.with_options(extra_headers=headers)
+    with pytest.raises(InvalidRequestError, match="retry must be a RetryPolicy"):
+        dm.with_options(retry=5)  # type: ignore[arg-type]
+    assert dm.with_options(extra_headers={"X-Trace": "abc-123"}) is not dm
