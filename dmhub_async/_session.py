@@ -155,6 +155,8 @@ class Session:
         self._clock = clock
         self._sleep = sleep
         self.derived = False
+        #: This (derived) session was closed: the connection it shares stays open for others.
+        self.closed_here = False
         self.stats = ClientStats()
         self._current_token: str | None = None
         redact_watch(self)
@@ -220,7 +222,7 @@ class Session:
     @property
     def closed(self) -> bool:
         """Whether the client (or the one this was derived from) was closed."""
-        return self._conn.closed
+        return self._conn.closed or self.closed_here
 
     @property
     def last_response(self) -> APIResponse | None:
@@ -239,6 +241,7 @@ class Session:
         A derived session leaves it open: it belongs to the session it was derived from.
         """
         if self.derived:
+            self.closed_here = True  # it was open, and working, after its own aclose()
             return
         conn = self._conn
         conn.closed = True
@@ -258,7 +261,7 @@ class Session:
     def check_open(self) -> None:
         """Raise DMHubError when closed, or when called from another event loop."""
         conn = self._conn
-        if conn.closed:
+        if conn.closed or self.closed_here:
             raise DMHubError("this DMHubClient is closed: make a new one")
         loop = asyncio.get_running_loop()
         if conn.loop is not loop:

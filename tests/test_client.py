@@ -708,3 +708,16 @@ def test_with_options_checks_its_headers_when_made(no_env, headers, said):
     with pytest.raises(InvalidRequestError, match="retry must be a RetryPolicy"):
         dm.with_options(retry=5)  # type: ignore[arg-type]
     assert dm.with_options(extra_headers={"X-Trace": "abc-123"}) is not dm
+
+
+async def test_a_derived_client_closed_is_closed_and_its_parent_open(api, make_client):
+    # Its aclose() left it saying closed == False, and working.
+    api.get(url("/v1/customers/1"), payload=CUSTOMER, repeat=True)
+    dm = make_client(access_token="tok")
+    derived = dm.with_options(timeout=5)
+    await derived.aclose()
+    assert derived.closed
+    assert not dm.closed
+    with pytest.raises(DMHubError, match="closed"):
+        await derived.customers.get(1)
+    assert (await dm.customers.get(1)).id == CUSTOMER["id"]
