@@ -2,8 +2,9 @@
 
 ``DMHubClient(rate_limit=50)`` spaces one client's requests. Workers of a fleet each have a
 client, so their limits add up; :class:`RedisRateLimiter` is one limit for them all: a moving
-window in Redis (the ``limits`` library's, a maintained implementation), so no second, measured
-from any instant, holds more requests than the limit, whichever workers send them.
+window in Redis (the ``limits`` library's, a maintained implementation), so no second of the
+limiter's clock, measured from any instant, holds more grants than the limit, whichever
+workers send them (at the service, arrival times shift: docs/sharding.md).
 """
 
 from __future__ import annotations
