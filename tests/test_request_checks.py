@@ -88,32 +88,23 @@ def test_a_method_of_another_kind_is_refused(method: Any) -> None:
         check_request(method, "/v1/customers", None, None)
 
 
-async def test_a_post_through_request_is_sent_once_when_its_answer_is_lost() -> None:
+@pytest.mark.dmhub_simulator(customers=0)
+async def test_a_post_through_request_is_sent_once_when_its_answer_is_lost(
+    dmhub_simulator: Any, dmhub_client: Any
+) -> None:
     # idempotent defaulted to True for every method: a POST whose answer was lost was sent
     # again, and made a second customer.
-    from dmhub_async import APIConnectionError, DMHubClient, MemoryTokenStore
-    from dmhub_async.testing import DMHubSimulator, FakeClock
+    from dmhub_async import APIConnectionError
 
-    clock = FakeClock()
-    async with (
-        DMHubSimulator(customers=0, clock=clock) as sim,
-        DMHubClient(
-            sim.app_id,
-            sim.secret,
-            base_url=sim.url,
-            token_store=MemoryTokenStore(),
-            clock=clock,
-            sleep=clock.sleep,
-        ) as dm,
-    ):
-        sim.faults.script(["reset-after-write"])
-        with pytest.raises(APIConnectionError) as info:
-            await dm.request("POST", "/v1/customers", json={"name": "raw"})
-        assert info.value.outcome_unknown
-        assert sim.customers_count() == 1
-        made = await dm.request("POST", "/v1/customers", json={"name": "again"})
-        sim.faults.script(["reset-after-write"])  # a PUT may be sent again: it is
-        await dm.request("PUT", f"/v1/customers/{made['id']}", json={"name": "renamed"})
-        assert sim.customer(made["id"])["name"] == "renamed"
-        with pytest.raises(InvalidRequestError, match="idempotent"):
-            await dm.request("GET", "/v1/customers/count", idempotent="yes")  # type: ignore[arg-type]
+    sim, dm = dmhub_simulator, dmhub_client
+    sim.faults.script(["reset-after-write"])
+    with pytest.raises(APIConnectionError) as info:
+        await dm.request("POST", "/v1/customers", json={"name": "raw"})
+    assert info.value.outcome_unknown
+    assert sim.customers_count() == 1
+    made = await dm.request("POST", "/v1/customers", json={"name": "again"})
+    sim.faults.script(["reset-after-write"])  # a PUT may be sent again: it is
+    await dm.request("PUT", f"/v1/customers/{made['id']}", json={"name": "renamed"})
+    assert sim.customer(made["id"])["name"] == "renamed"
+    with pytest.raises(InvalidRequestError, match="idempotent"):
+        await dm.request("GET", "/v1/customers/count", idempotent="yes")

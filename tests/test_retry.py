@@ -443,25 +443,12 @@ async def test_a_not_found_after_a_delete_that_may_have_been_applied_is_an_unkno
     assert ("may have been applied" in str(info.value)) is unknown
 
 
-async def test_a_delete_whose_answer_the_simulator_lost_says_its_outcome_is_unknown() -> None:
-    from dmhub_async import DMHubClient, MemoryTokenStore
-    from dmhub_async.testing import DMHubSimulator, FakeClock
-
-    fake = FakeClock()
-    async with (
-        DMHubSimulator(customers=3, clock=fake) as sim,
-        DMHubClient(
-            sim.app_id,
-            sim.secret,
-            base_url=sim.url,
-            token_store=MemoryTokenStore(),
-            clock=fake,
-            sleep=fake.sleep,
-        ) as dm,
-    ):
-        cid = sim.customer_ids()[0]
-        sim.faults.script(["reset-after-write"])  # deleted, then the connection drops
-        with pytest.raises(NotFoundError) as info:
-            await dm.customers.delete(cid)
-        assert info.value.outcome_unknown
-        assert cid not in sim.customer_ids()
+async def test_a_delete_whose_answer_the_simulator_lost_says_its_outcome_is_unknown(
+    dmhub_simulator: Any, dmhub_client: Any
+) -> None:
+    cid = dmhub_simulator.customer_ids()[0]
+    dmhub_simulator.faults.script(["reset-after-write"])  # deleted, then the connection drops
+    with pytest.raises(NotFoundError) as info:
+        await dmhub_client.customers.delete(cid)
+    assert info.value.outcome_unknown
+    assert cid not in dmhub_simulator.customer_ids()
