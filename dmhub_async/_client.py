@@ -230,8 +230,7 @@ class DMHubClient:
             )
         if extra_headers is not None:
             _check_headers(extra_headers)
-        if retry is not None and not isinstance(retry, RetryPolicy):
-            raise InvalidRequestError(f"retry must be a RetryPolicy, not {short(retry)}")
+        _check_retry(retry)
         derived._session = self._session.derive(
             timeout=client_timeout, policy=policy, headers=extra_headers
         )
@@ -322,8 +321,7 @@ def _check_objects(
     """The settings that are objects, of the kind each must be, or InvalidRequestError now:
     ``token_store="memory"`` (the CLI's spelling), ``retry=5`` or ``clock=5`` failed at the
     first call with a raw AttributeError or TypeError."""
-    if retry is not None and not isinstance(retry, RetryPolicy):
-        raise InvalidRequestError(f"retry must be a RetryPolicy, not {short(retry)}")
+    _check_retry(retry)
     if token_store is not None and not isinstance(token_store, TokenStore):
         raise InvalidRequestError(
             "token_store must be a TokenStore (MemoryTokenStore(), FileTokenStore(path), "
@@ -336,6 +334,11 @@ def _check_objects(
             raise InvalidRequestError(f"{name} must be a function, not {short(value)}")
     if hasattr(rate, "acquire") and not callable(rate.acquire):
         raise InvalidRequestError("rate_limit's acquire must be an async function")
+
+
+def _check_retry(retry: object) -> None:
+    if retry is not None and not isinstance(retry, RetryPolicy):
+        raise InvalidRequestError(f"retry must be a RetryPolicy, not {short(retry)}")
 
 
 #: A header name: an RFC 9110 token.
