@@ -259,7 +259,8 @@ def test_token_endpoint_errors_are_authentication_errors():
 def test_every_error_masks_the_secrets_of_live_clients_in_every_text() -> None:
     # However an error is built, by the session, a resource, the paginator or the converter's
     # callers: what a service echoed back cannot reach the message or any attribute.
-    dm = DMHubClient("app-1", "Secret-Canary-123", access_token="Token-Canary-456")
+    dm = DMHubClient("app-1", "Secret-Canary-123")
+    by_token = DMHubClient(access_token="Token-Canary-456")  # a token or credentials, not both
     echoed = "Secret-Canary-123 Token-Canary-456 /x?access_token=other-token-789"
     errors = [
         DMHubError(echoed),
@@ -281,7 +282,7 @@ def test_every_error_masks_the_secrets_of_live_clients_in_every_text() -> None:
         seen = f"{err} {err!r} {err.args} {vars(err)}"
         for secret in ("Secret-Canary-123", "Token-Canary-456", "other-token-789"):
             assert secret not in seen, (type(err).__name__, seen)
-    del dm
+    del dm, by_token
 
 
 @pytest.mark.parametrize(

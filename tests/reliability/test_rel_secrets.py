@@ -80,8 +80,8 @@ class Context:
     closed_url: str
 
     def client(self, **kwargs: Any) -> DMHubClient:
-        kwargs.setdefault("app_id", CANARY_APP)
-        if "access_token" not in kwargs:
+        if "access_token" not in kwargs:  # a token is used as is: not with credentials
+            kwargs.setdefault("app_id", CANARY_APP)
             kwargs.setdefault("secret", CANARY_SECRET)
         kwargs.setdefault("base_url", self.sim.url)
         kwargs.setdefault("max_retries", 1)
