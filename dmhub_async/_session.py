@@ -338,7 +338,12 @@ class Session:
                 _note_write_failure(call, err)
             raise
         token = self._current_token = await self._tokens.refresh(stale=token)
-        return await self._send(request, token, call.retries)
+        try:
+            return await self._send(request, token, call.retries)
+        except DMHubError as err:  # the send after a refresh may be applied as well
+            if request.method != "GET":
+                _note_write_failure(call, err)
+            raise
 
     async def _fetch_token(self) -> Token:
         assert self.app_id is not None

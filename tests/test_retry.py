@@ -452,3 +452,21 @@ async def test_a_delete_whose_answer_the_simulator_lost_says_its_outcome_is_unkn
         await dmhub_client.customers.delete(cid)
     assert info.value.outcome_unknown
     assert cid not in dmhub_simulator.customer_ids()
+
+
+async def test_a_delete_lost_after_a_token_refresh_says_its_outcome_is_unknown(
+    dmhub_simulator: Any, dmhub_client: Any
+) -> None:
+    # The send after a refused token's refresh was not noted: its lost answer, then the
+    # repeat's 40201, said the customer had never been there.
+    sim = dmhub_simulator
+    await dmhub_client.customers.count()  # a token in hand
+    cid = sim.customer_ids()[0]
+    sim.revoke_tokens()
+    sim.faults.paths = ("DELETE /v1/customers/{id}",)
+    sim.faults.script(["ok", "reset-after-write"])  # refused token; then deleted, answer lost
+    with pytest.raises(NotFoundError) as info:
+        await dmhub_client.customers.delete(cid)
+    assert info.value.outcome_unknown
+    assert cid not in sim.customer_ids()
+    assert dmhub_client.stats.token_fetches == 2
