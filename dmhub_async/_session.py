@@ -79,8 +79,10 @@ def _note_write_failure(call: _Call, err: DMHubError) -> None:
 
     A DELETE whose 204 was lost is repeated (it is idempotent), and the repeat's "no such
     customer" (40201) was raised as a plain NotFoundError: the caller was told the customer
-    did not exist, when the first attempt had deleted it.
+    did not exist, when the first attempt had deleted it. A GET writes nothing: not noted.
     """
+    if call.request.method == "GET":
+        return
     if isinstance(err, APIConnectionError):
         call.maybe_applied = call.maybe_applied or not err._not_sent
     elif isinstance(err, ServerError | ResponseDecodeError):
@@ -334,15 +336,13 @@ class Session:
                 raise
             call.refreshed = True
         except DMHubError as err:
-            if request.method != "GET":
-                _note_write_failure(call, err)
+            _note_write_failure(call, err)
             raise
         token = self._current_token = await self._tokens.refresh(stale=token)
         try:
             return await self._send(request, token, call.retries)
         except DMHubError as err:  # the send after a refresh may be applied as well
-            if request.method != "GET":
-                _note_write_failure(call, err)
+            _note_write_failure(call, err)
             raise
 
     async def _fetch_token(self) -> Token:

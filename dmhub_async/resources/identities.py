@@ -273,7 +273,7 @@ class Identities(Resource):
                         identity = await next_item  # cancelled here: the finally cancels it
                         next_item = None
                     else:
-                        identity = await _next(source)
+                        identity = await source.__anext__()  # no task: no frame of _next
                     check_identity("lookup_iter", identity)
                 except StopAsyncIteration:
                     break

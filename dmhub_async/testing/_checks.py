@@ -29,7 +29,7 @@ _MAX_LENGTHS = {"homeAddress": 512, "officeAddress": 512}
 _IDENTITY_LENGTHS = {"identityType": 32, "identityValue": 128, "identityName": 256}
 SORTABLE = frozenset(CUSTOMER_FIELDS) - {"attr"}
 # docs/contract.md "Customer model": dateJoin is UTC, 2017-06-01T12:12:12Z; a fraction of a second
-# is let through (the SDK writes a datetime's microseconds).
+# is let through (the SDK writes whole seconds; clients before it wrote a datetime's microseconds).
 _UTC_TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d+)?Z")
 
 
