@@ -654,3 +654,44 @@ async def _export_long_csv(sim: DMHubSimulator, client: DMHubClient, tmp_path: P
         assert ids_of(read_csv(dest)) == sim.customer_ids()
     finally:
         csv.field_size_limit(limit)
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+async def test_a_lone_surrogate_sent_by_the_service_is_the_sdks_error_and_resumable(
+    sim: DMHubSimulator,
+    client: DMHubClient,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    fmt: str,
+) -> None:
+    # JSON may carry "\ud83d" alone (an emoji cut in half by a service counting UTF-16 units),
+    # which UTF-8 cannot hold. JSONL refused the page (ResponseDecodeError); the CSV writer
+    # raised a raw UnicodeEncodeError from inside the export, naming no customer.
+    from aiohttp import web
+
+    from dmhub_async import ResponseDecodeError, _json
+    from dmhub_async.testing import _app
+
+    def json_response(data: Any, status: int = 200) -> web.Response:
+        body = _json.dumps(data).replace(b"<HALF>", b"\\ud83d")
+        return web.Response(body=body, status=status, content_type="application/json")
+
+    monkeypatch.setattr(_app, "json_response", json_response)
+    bad = sim.insert_customer({"name": "cut <HALF> here"})  # the highest id: the last page
+    dest, ckpt = tmp_path / f"customers.{fmt}", tmp_path / "export.ckpt"
+
+    with pytest.raises(ResponseDecodeError) as caught:
+        await export_customers(client, dest, checkpoint=ckpt, page_size=100, progress=False)
+    if fmt == "csv":
+        assert f"customer {bad['id']}" in str(caught.value)
+        assert "field 'displayName'" in str(caught.value)  # the simulator copies name there
+    assert ckpt.exists()  # the pages before it are kept
+
+    sim.delete_customer(bad["id"])  # the service repaired: the same call resumes
+    sim.insert_customer({"name": "cut here"}, customer_id=bad["id"])
+    report = await export_customers(client, dest, checkpoint=ckpt, page_size=100, progress=False)
+
+    rows = read_jsonl(dest) if fmt == "jsonl" else read_csv(dest)
+    assert ids_of(rows) == sim.customer_ids()
+    assert report.resumed
+    assert report.complete

@@ -76,6 +76,8 @@ async def export_customers(
             FIFO, a device), a checkpoint of another export or an output that does not
             match it, or the destination in use by another export.
         OSError: the output cannot be written.
+        ResponseDecodeError: a page the service sent cannot be written (text UTF-8 cannot
+            hold, a lone surrogate), or read; the pages before it are kept.
     """
     started = time.monotonic()
     if verify not in ("auto", "always"):

@@ -17,6 +17,7 @@ import attrs
 
 from .. import _json
 from .._converter import wire_names
+from .._exceptions import ResponseDecodeError
 from .._json import loads
 from ..models.customer import Customer
 from ..resources._rows import RawRow
@@ -118,7 +119,10 @@ class CsvWriter:
                 extra = {k: v for k, v in row.items() if k not in known}
                 cells.append(_json_cell(extra) if extra else "")
             writer.writerow(cells)
-        return buf.getvalue().encode("utf-8")
+        try:
+            return buf.getvalue().encode("utf-8")
+        except UnicodeEncodeError:
+            raise _unwritable(rows) from None
 
 
 def _cell(value: Any) -> str:
@@ -129,6 +133,33 @@ def _cell(value: Any) -> str:
     if isinstance(value, (dict, list)):
         return _json_cell(value)
     return str(value)  # a Decimal (a number a float would round) as every digit
+
+
+def _unwritable(rows: Sequence[dict[str, Any]]) -> ResponseDecodeError:
+    """The error for a page holding text UTF-8 cannot (a lone surrogate, ``"\\ud83d"``: half
+    of a character the service cut in two), naming the customer and field. JSON can send it
+    escaped; the JSONL export refuses such a page as the decoder's ``ResponseDecodeError``."""
+    where = "a customer"
+    for row in rows:
+        bad = [name for name, value in row.items() if not _encodes(name) or not _encodes(value)]
+        if bad:
+            where = f"customer {row.get('id')!a}'s field {bad[0]!a}"
+            break
+    return ResponseDecodeError(
+        f"GET /v1/customers -> HTTP 200: {where} holds a lone surrogate (half of a character), "
+        "which UTF-8 cannot hold: the CSV cannot be written until the service's value is fixed",
+        status=200,
+        method="GET",
+        path="/v1/customers",
+    )
+
+
+def _encodes(value: Any) -> bool:
+    try:
+        json.dumps(value, ensure_ascii=False, default=str).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _json_cell(value: dict[str, Any] | list[Any]) -> str:
