@@ -20,6 +20,7 @@ import tempfile
 from pathlib import Path
 from typing import IO
 
+import attrs
 import filelock
 
 from .._exceptions import InvalidRequestError
@@ -93,10 +94,31 @@ class Output:
             raise
 
     def _check_against(self, resumed: Checkpoint, scope: ExportScope) -> None:
-        """Check the file against ``resumed``, and cut it back to what verifies."""
-        self.found = _verified(self.fh, resumed, scope.format, self._dest or Path())
-        self.fh.truncate(self.found.end)  # a torn record after the checkpoint, or a repair
+        """Check the file against ``resumed``, and cut it back to what verifies.
+
+        A repair (the file shorter than recorded) is checkpointed at once: the old checkpoint
+        pointed past the file's end, and a failure before the next page's checkpoint left other
+        records there (customers deleted while down), which every rerun refused as foreign.
+        """
+        found = self.found = _verified(self.fh, resumed, scope.format, self._dest or Path())
+        self.fh.truncate(found.end)  # a torn record after the checkpoint, or a repair
         self.fh.seek(0, os.SEEK_END)
+        if (found.end, found.count, found.last_id) != (
+            resumed.bytes,
+            resumed.exported,
+            resumed.last_id,
+        ):
+            assert self._checkpoint is not None
+            os.fsync(self.fh.fileno())
+            resumed = attrs.evolve(
+                resumed,
+                bytes=found.end,
+                exported=found.count,
+                last_id=found.last_id,
+                header=found.header,
+            )
+            write_checkpoint(self._checkpoint, resumed)
+            self.resumed = resumed
         self._committed = resumed.bytes
 
     @property

@@ -232,6 +232,40 @@ async def test_a_truncated_output_is_repaired_never_padded(
     assert report.complete
 
 
+async def test_a_repaired_output_that_fails_again_before_its_next_checkpoint_resumes(
+    tmp_path: Path, connect: Callable[..., DMHubClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An output found shorter than its checkpoint is cut back and resumed; the checkpoint on
+    disk still said the old length until the next page's. A failure before that (the disk
+    full at the checkpoint's write; a kill) left the file past the old length with other
+    records there (customers deleted while down), and every rerun refused it as "does not
+    match its checkpoint": the export could only be started over."""
+    dest, ckpt = tmp_path / "customers.jsonl", tmp_path / "export.ckpt"
+    async with DMHubSimulator(customers=CUSTOMERS, seed=14) as sim, connect(sim) as dm:
+        await crashed_export(dm, dest, ckpt)  # 300 records
+        data = dest.read_bytes()
+        last = data.splitlines(keepends=True)[-1]
+        with dest.open("r+b") as fh:
+            fh.truncate(len(data) - len(last) // 2)  # record 300 torn: not on disk at a crash
+        for customer_id in sim.customer_ids()[295:300]:  # and deleted while it was down
+            sim.delete_customer(customer_id)
+        write_checkpoint = export_output.write_checkpoint
+
+        def disk_full(path: Path, checkpoint: Any) -> None:
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(export_output, "write_checkpoint", disk_full)
+        with pytest.raises(OSError, match="No space"):
+            await export(dm, dest, ckpt)
+        monkeypatch.setattr(export_output, "write_checkpoint", write_checkpoint)
+
+        report = await export(dm, dest, ckpt)
+
+        expected = sim.customer_ids()
+    assert_once_each(read_ids(dest), expected)
+    assert report.complete
+
+
 async def test_an_output_changed_since_its_checkpoint_is_refused(
     tmp_path: Path, connect: Callable[..., DMHubClient]
 ) -> None:
