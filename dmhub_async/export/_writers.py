@@ -246,12 +246,15 @@ def _take(result: Scan, customer_id: Any, end: int) -> bool:
     return True
 
 
-def _jsonl_id(line: bytes) -> Any:
+def _jsonl_id(line: bytes) -> int | None:
+    """The record's id; None when it has none, or one that is no integer (``"12"``, ``[12]``:
+    not what the export wrote, and compared with the id before it, a raw TypeError)."""
     try:
         row = loads(line)
     except ValueError:
         return None
-    return row.get("id") if isinstance(row, dict) else None
+    customer_id = row.get("id") if isinstance(row, dict) else None
+    return customer_id if type(customer_id) is int else None
 
 
 def _csv_id(cells: list[str]) -> int | None:

@@ -266,15 +266,30 @@ async def test_a_repaired_output_that_fails_again_before_its_next_checkpoint_res
     assert report.complete
 
 
+@pytest.mark.parametrize(
+    "change",
+    [
+        pytest.param(lambda data: data.replace(b'"id":', b'"id":1', 1), id="another id"),
+        # Read back, an id that is no number was compared with the one before it: a raw
+        # TypeError ("'>' not supported between 'str' and 'int'"), not the refusal.
+        pytest.param(
+            lambda data: re.sub(rb'(?<=\n\{"id":)(\d+)', rb'"\1"', data, count=1), id="text id"
+        ),
+        pytest.param(
+            lambda data: re.sub(rb'(?<=\n\{"id":)(\d+)', rb"[\1]", data, count=1), id="list id"
+        ),
+    ],
+)
 async def test_an_output_changed_since_its_checkpoint_is_refused(
-    tmp_path: Path, connect: Callable[..., DMHubClient]
+    tmp_path: Path, connect: Callable[..., DMHubClient], change: Callable[[bytes], bytes]
 ) -> None:
     """Other records where the checkpoint's should be: refused, nothing touched."""
     dest, ckpt = tmp_path / "customers.jsonl", tmp_path / "export.ckpt"
     async with DMHubSimulator(customers=CUSTOMERS, seed=14) as sim, connect(sim) as dm:
         await crashed_export(dm, dest, ckpt)
         data = dest.read_bytes()
-        changed = data.replace(b'"id":', b'"id":1', 1)[: len(data)]
+        changed = change(data)[: len(data)]
+        assert changed != data
         dest.write_bytes(changed)
         sim.counters.reset()
 
