@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
@@ -13,13 +13,17 @@ __all__ = ["replace_file", "replacing"]
 
 
 @contextmanager
-def replacing(path: Path, *, sync: bool = True) -> Iterator[BinaryIO]:
+def replacing(
+    path: Path, *, sync: bool = True, before_rename: Callable[[], object] | None = None
+) -> Iterator[BinaryIO]:
     """A file to write that replaces ``path`` when the block ends: a crash leaves old or new.
 
     It is a temporary file made by ``mkstemp`` beside ``path`` (an unpredictable name, created
     exclusively with mode 0600, never a link followed), ``fsync``-ed unless ``sync`` is false,
     then renamed over ``path`` (a rename replaces a link itself, never its target). If the block
-    raises, the temporary file is removed and ``path`` is left as it was.
+    raises, the temporary file is removed and ``path`` is left as it was. ``before_rename`` is
+    called once the data is written (and synced), just before the rename: if it raises, the
+    same.
     """
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -28,13 +32,21 @@ def replacing(path: Path, *, sync: bool = True) -> Iterator[BinaryIO]:
             if sync:
                 fh.flush()
                 os.fsync(fh.fileno())
+        if before_rename is not None:
+            before_rename()
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
-def replace_file(path: Path, data: bytes, *, sync: bool = True) -> None:
+def replace_file(
+    path: Path,
+    data: bytes,
+    *,
+    sync: bool = True,
+    before_rename: Callable[[], object] | None = None,
+) -> None:
     """Replace ``path`` with ``data`` atomically (see :func:`replacing`)."""
-    with replacing(path, sync=sync) as fh:
+    with replacing(path, sync=sync, before_rename=before_rename) as fh:
         fh.write(data)

@@ -413,6 +413,30 @@ async def test_with_a_checkpoint_a_run_failing_before_its_first_page_leaves_dest
     assert dest.stat().st_mode & 0o777 == 0o666 & ~current_umask()
 
 
+async def test_a_disk_too_full_for_the_first_checkpoint_leaves_dest_untouched(
+    client: DMHubClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The first page's file took the output's name, then the checkpoint could not be written
+    # (ENOSPC at its fsync): with nothing checkpointed the file was removed, and yesterday's
+    # export with it, though "a run that fails before its first checkpoint leaves an existing
+    # file as it was" (README).
+    dest, ckpt = tmp_path / "customers.jsonl", tmp_path / "customers.ckpt"
+    dest.write_text("yesterday's export\n", encoding="utf-8")
+    fsync = os.fsync
+
+    def full_for_checkpoints(fd: int) -> None:
+        if os.readlink(f"/proc/self/fd/{fd}").endswith(".tmp"):  # the checkpoint's mkstemp
+            raise OSError(28, "No space left on device")
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", full_for_checkpoints)
+    with pytest.raises(OSError, match="No space"):
+        await export_customers(client, dest, checkpoint=ckpt, progress=False)
+
+    assert dest.read_text(encoding="utf-8") == "yesterday's export\n"
+    assert files_in(tmp_path) == [dest.name]
+
+
 @pytest.mark.parametrize("fmt", ["jsonl", "csv"])
 @pytest.mark.parametrize("how", ["crash", "server error"])
 async def test_resume_after_a_failure_gives_every_customer_once(

@@ -7,6 +7,7 @@ service, app, destination, format and filters (docs/reliability.md, "Resuming an
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -63,14 +64,18 @@ class Checkpoint:
 _converter = cattrs.Converter(forbid_extra_keys=True)
 
 
-def write_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
+def write_checkpoint(
+    path: Path, checkpoint: Checkpoint, *, before_rename: Callable[[], object] | None = None
+) -> None:
     """Replace the checkpoint at ``path`` atomically (a kill leaves the old one or the new).
 
     The temporary file is made by ``mkstemp`` next to it: an unpredictable name, created
     exclusively, never a link followed; ``fsync`` before the rename, so that after a crash
-    the checkpoint on disk never points past data that is not.
+    the checkpoint on disk never points past data that is not. ``before_rename``: called
+    once the new checkpoint is on disk, before it takes the name (see ``replace_file``).
     """
-    replace_file(path, orjson.dumps(_converter.unstructure(checkpoint)))
+    data = orjson.dumps(_converter.unstructure(checkpoint))
+    replace_file(path, data, before_rename=before_rename)
 
 
 def read_checkpoint(path: Path, scope: ExportScope) -> Checkpoint | None:

@@ -139,9 +139,18 @@ class Output:
         assert self._checkpoint is not None
         self.fh.flush()
         os.fsync(self.fh.fileno())
-        if self._work is not None and self._work != self._dest:
-            self._work = self._in_place(self._work)  # the first checkpoint: the file takes over
-        write_checkpoint(self._checkpoint, checkpoint)
+        work = self._work
+        if work is not None and work != self._dest:
+            # The first checkpoint: the file takes the output's place once the checkpoint is
+            # written and synced, just before its rename. It took it first, and a checkpoint the
+            # disk had no room for left nothing to resume: the file was removed, and the
+            # output it had replaced (yesterday's export) with it.
+            def in_place() -> None:
+                self._work = self._in_place(work)
+
+            write_checkpoint(self._checkpoint, checkpoint, before_rename=in_place)
+        else:
+            write_checkpoint(self._checkpoint, checkpoint)
         self._committed = checkpoint.bytes
 
     def _in_place(self, work: Path) -> Path:

@@ -113,11 +113,11 @@ async def test_scenario_11_twenty_kills_each_resumed(
     run: dict[str, Any] = {}
     write_checkpoint = export_output.write_checkpoint
 
-    def checkpoint_then_maybe_die(path: Path, checkpoint: Any) -> None:
+    def checkpoint_then_maybe_die(path: Path, checkpoint: Any, **options: Any) -> None:
         run["checkpoints"] += 1
         if run["mode"] == "checkpoint" and run["checkpoints"] == run["at"]:
             raise Kill("killed after writing rows, before the checkpoint")
-        write_checkpoint(path, checkpoint)
+        write_checkpoint(path, checkpoint, **options)
 
     monkeypatch.setattr(export_output, "write_checkpoint", checkpoint_then_maybe_die)
 

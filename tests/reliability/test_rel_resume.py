@@ -251,7 +251,7 @@ async def test_a_repaired_output_that_fails_again_before_its_next_checkpoint_res
             sim.delete_customer(customer_id)
         write_checkpoint = export_output.write_checkpoint
 
-        def disk_full(path: Path, checkpoint: Any) -> None:
+        def disk_full(path: Path, checkpoint: Any, **options: Any) -> None:
             raise OSError(28, "No space left on device")
 
         monkeypatch.setattr(export_output, "write_checkpoint", disk_full)
@@ -418,9 +418,9 @@ async def test_the_data_is_on_disk_before_the_checkpoint_that_points_past_it(
         fsync(fd)
         synced.append(os.fstat(fd).st_size)
 
-    def recording_checkpoint(path: Path, checkpoint: Any) -> None:
+    def recording_checkpoint(path: Path, checkpoint: Any, **options: Any) -> None:
         order.append((synced[-1] if synced else -1, checkpoint.bytes))
-        write_checkpoint(path, checkpoint)
+        write_checkpoint(path, checkpoint, **options)
 
     monkeypatch.setattr(export_output.os, "fsync", recording_fsync)
     monkeypatch.setattr(export_output, "write_checkpoint", recording_checkpoint)
