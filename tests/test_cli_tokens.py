@@ -46,6 +46,28 @@ def test_a_bad_store_spec_is_a_usage_error_naming_the_flag(spec: str) -> None:
         token_store(spec)
 
 
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "rediss:/:Hunter2Redis@cache.internal:6380/0",  # a slash short
+        "redis+sentinel://:Hunter2Redis@cache.internal:26379",
+        " redis://user:Hunter2Redis@cache.internal",  # pasted with a space
+    ],
+)
+def test_a_bad_store_spec_never_shows_the_redis_password(spec: str) -> None:
+    # The usage error quoted the spec whole, its password on stderr and in CI logs.
+    with pytest.raises(UsageError, match="--token-store") as caught:
+        token_store(spec)
+    assert "Hunter2Redis" not in str(caught.value)
+
+
+def test_a_redis_url_is_taken_in_any_case_of_its_scheme() -> None:
+    # RedisTokenStore (and redis-py) take REDIS://; the CLI refused it, quoting the password.
+    store = token_store("REDIS://:Hunter2Redis@127.0.0.1:1/0")
+    assert isinstance(store, RedisTokenStore)
+    asyncio.run(store.aclose())
+
+
 def test_the_default_is_a_file_in_the_cache_directory_unless_the_environment_says(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

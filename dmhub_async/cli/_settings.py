@@ -63,7 +63,7 @@ def token_store(spec: str | None) -> TokenStore:
         return MemoryTokenStore()
     if spec.startswith("file:") and spec != "file:":
         return FileTokenStore(Path(spec[len("file:") :]).expanduser())
-    if spec.startswith(("redis://", "rediss://", "unix://")):
+    if spec.lower().startswith(("redis://", "rediss://", "unix://")):  # as redis-py reads it
         try:
             return RedisTokenStore(spec)
         except ImportError:
@@ -72,9 +72,12 @@ def token_store(spec: str | None) -> TokenStore:
             ) from None
         except ValueError as err:
             raise UsageError(f"--token-store: {err}") from None
+    # Not quoted if it may hold a password (redis://:PASSWORD@HOST mistyped): stderr goes to
+    # terminals and CI logs.
+    given = "what was given (not shown: it may hold a password)" if "@" in spec else repr(spec)
     raise UsageError(
         f"--token-store (or {TOKEN_STORE_ENV}) must be memory, file:PATH or redis://HOST[:PORT], "
-        f"not {spec!r}"
+        f"not {given}"
     )
 
 
