@@ -325,7 +325,8 @@ def _shard_flags(export: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--queue",
         metavar="REDIS_URL",
-        help="run the shards as jobs on this arq queue, served by `dmhub-async worker`",
+        help="run the shards as jobs on this arq queue, served by `dmhub-async worker`; also "
+        "the shared token store, as for the workers, unless --token-store is given",
     )
 
 

@@ -53,6 +53,11 @@ async def sharded_export(args: argparse.Namespace, filters: dict[str, Any]) -> i
     check_sharding(args)
     if args.queue:  # before the plan: a bad or silent queue left a plan and a raw traceback
         await _reach_queue(args.queue, "--queue")
+        if args.token_store is None:
+            # The store the workers use (worker_command): planning on the default file store
+            # made this process a second holder of the app id's token, and each holder's fetch
+            # revoked the other's (every worker refused once an export, 4 tokens in 2 runs).
+            args = argparse.Namespace(**{**vars(args), "token_store": args.queue})
     # One coordinator a directory, from its plan to its last shard: a second one is refused.
     with coordinating(args.out):
         return await _sharded_export(args, filters)

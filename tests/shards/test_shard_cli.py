@@ -148,6 +148,48 @@ def test_worker_processes_share_the_token_through_the_store_asked_for(
     assert redis.command("KEYS", "dmhub_async:token:*").startswith("*1")
 
 
+def test_a_queue_export_shares_the_token_with_its_workers_through_the_queue(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    # The coordinator planned with the default file store while the workers share the token
+    # through the queue's Redis: two holders of one app id, each fetch revoking the other's.
+    # Two exports: 4 tokens, every worker and the second plan refused once. Now one token.
+    with sim_process(3_000) as sim:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "dmhub_async", "worker", "--redis", redis.url],
+            env=sim.env(XDG_CACHE_HOME=str(tmp_path / "cache")),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            runs = [
+                dmhub(
+                    sim,
+                    tmp_path,
+                    "export",
+                    "--out",
+                    str(tmp_path / name),
+                    "--shards",
+                    "2",
+                    "--queue",
+                    redis.url,
+                    "-q",
+                )
+                for name in ("first", "second")
+            ]
+            state = sim.state()
+        finally:
+            worker.terminate()
+            _, worker_err = worker.communicate(timeout=30)
+
+    for run in runs:
+        assert run.returncode == 0, run.stderr
+    assert sorted(exported_ids(tmp_path / "second")) == sorted(state["ids"])
+    assert "Traceback" not in worker_err, worker_err
+    assert state["tokens_issued"] == 1
+
+
 def test_merge_refuses_to_write_into_the_export_or_to_a_file_named_dash(tmp_path: Path) -> None:
     # Into the manifest with --force, the merge wrote over it, said "merged 200 lines" and
     # exit 0, and the export could no longer be rerun or merged; "-" was a file of that name.
