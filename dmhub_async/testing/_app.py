@@ -54,9 +54,11 @@ class _Routes:
             raise ApiError(200, BAD_CREDENTIALS, "the params is illegal")
         token = tokens.issue()
         self.state.counters.tokens_issued += 1
-        return json_response(
-            {"error_code": 0, "access_token": token, "expires_in": int(tokens.ttl)}
-        )
+        # Whole seconds, as live; a ttl that is not (0.5 s) as it is: int() sent 0, which a
+        # client reads as "not said" and kept the token for the default 7,200 s.
+        ttl = tokens.ttl
+        expires_in = int(ttl) if ttl == int(ttl) else ttl
+        return json_response({"error_code": 0, "access_token": token, "expires_in": expires_in})
 
     async def upsert(self, request: web.Request) -> web.Response:
         body = await json_object(request)

@@ -28,7 +28,8 @@ class DMHubSimulator:
     Use it as ``async with DMHubSimulator(customers=1000) as sim:`` and point a client at
     ``sim.url`` with ``sim.app_id`` and ``sim.secret``. ``sim.faults`` makes it misbehave,
     ``sim.counters`` tells what it served. ``sim.app`` is the bare ``web.Application``, for
-    aiohttp's own test-server utilities.
+    aiohttp's own test-server utilities. ``token_ttl`` is how long a token lives, and what the
+    token answer's ``expires_in`` says (a whole number of seconds, as live; a fraction as is).
     """
 
     def __init__(

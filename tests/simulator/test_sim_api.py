@@ -10,6 +10,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from dmhub_async import DMHubClient, MemoryTokenStore
 from dmhub_async.testing import DMHubSimulator, FakeClock
 
 
@@ -115,6 +116,29 @@ async def test_token_expires_after_ttl_by_the_injected_clock(http: aiohttp.Clien
         status, body = await api.call("GET", "/v1/customers/count")
         assert status == 200
         assert body["error_code"] == 42001
+
+
+async def test_a_client_never_sends_a_token_past_a_short_ttl() -> None:
+    # token_ttl=0.5 went out as "expires_in": 0 (int()), which a client reads as "not said":
+    # it kept the token for the default 7,200 s and every call after half a second was
+    # refused with 42001 first.
+    clock = FakeClock()
+    async with (
+        DMHubSimulator(customers=3, clock=clock, token_ttl=0.5) as sim,
+        DMHubClient(
+            sim.app_id,
+            sim.secret,
+            base_url=sim.url,
+            token_store=MemoryTokenStore(),
+            clock=clock,
+            sleep=clock.sleep,
+        ) as dm,
+    ):
+        for _ in range(4):
+            assert await dm.customers.count() == 3
+            clock.now += 0.4
+    assert sim.counters.errors[42001] == 0
+    assert sim.counters.tokens_issued == 4  # each one renewed ahead of its end
 
 
 @pytest.mark.parametrize("token", ["", "0123456789abcdef"])
