@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import json
+import math
 import os
 import stat
 from collections.abc import AsyncIterator
@@ -26,6 +27,7 @@ __all__ = ["FileTokenStore"]
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 _LOCK_POLL = 0.02  # seconds between tries of a file lock another process holds
+_SECONDS = "a number of seconds, or None"
 
 
 class FileTokenStore:
@@ -35,13 +37,18 @@ class FileTokenStore:
     renamed over the old one; links are not followed. A token file (or its directory) that
     another user owns or that others can read or write is refused with a
     :class:`TokenStoreError` (``unsafe=True``); a missing directory is created with mode 0700.
+
+    ``lock_timeout`` bounds the wait for the file lock; None (the default) sets no bound of the
+    store's own: a client waits as long as the holder's token fetch may take, retries included
+    (a fixed 60 s sent every waiting process to fetch its own token, revoking the others', once
+    a slow token answer was retried past a minute).
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, lock_timeout: float = 60.0) -> None:
-        # Finite: filelock reads a negative timeout as "wait for ever".
-        check_number(
-            "lock_timeout", lock_timeout, 0, inclusive=True, finite=True, what="a number of seconds"
-        )
+    def __init__(self, path: str | os.PathLike[str], *, lock_timeout: float | None = None) -> None:
+        if lock_timeout is not None:
+            check_number(
+                "lock_timeout", lock_timeout, 0, inclusive=True, finite=True, what=_SECONDS
+            )
         if not isinstance(path, (str, os.PathLike)):
             raise InvalidRequestError(f"path must be a path, not {type(path).__name__}")
         self.path = Path(path)
@@ -154,16 +161,15 @@ class FileTokenStore:
 
     async def _acquire_file_lock(self) -> None:
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._lock_timeout
+        limit = self._lock_timeout
+        deadline = math.inf if limit is None else loop.time() + limit
         while True:
             try:
                 self._file_lock.acquire(blocking=False)
                 return
             except filelock.Timeout:
                 if loop.time() >= deadline:
-                    raise self._error(
-                        f"the file lock was not had in {self._lock_timeout:g} s"
-                    ) from None
+                    raise self._error(f"the file lock was not had in {limit:g} s") from None
             except OSError as err:
                 raise self._error(f"cannot lock the token file: {err.strerror}") from None
             await asyncio.sleep(_LOCK_POLL)

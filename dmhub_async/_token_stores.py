@@ -176,7 +176,10 @@ class RedisTokenStore:
 
     The lock lives ``lock_ttl`` seconds and is extended while its holder fetches, so it outlives
     a fetch however long its retries take, and frees itself soon after a holder that died.
-    ``lock_timeout`` bounds the wait for it. Needs the ``redis`` extra
+    ``lock_timeout`` bounds the wait for it; None (the default) sets no bound of the store's
+    own: a client waits as long as the holder's token fetch may take, retries included (a fixed
+    60 s sent every waiting process to fetch its own token, revoking the others', once a slow
+    token answer was retried past a minute). Needs the ``redis`` extra
     (``pip install 'dmhub-async[redis]'``).
 
     Who closes what: a store made from a ``url`` owns its connections, and :meth:`aclose` (or
@@ -191,12 +194,13 @@ class RedisTokenStore:
         *,
         client: Redis | None = None,
         prefix: str = "dmhub_async:token:",
-        lock_timeout: float = 60.0,
+        lock_timeout: float | None = None,
         lock_ttl: float = 10.0,
         socket_timeout: float = 10.0,
     ) -> None:
         seconds = "a number of seconds"
-        check_number("lock_timeout", lock_timeout, 0, inclusive=True, finite=True, what=seconds)
+        if lock_timeout is not None:
+            check_number("lock_timeout", lock_timeout, 0, inclusive=True, finite=True, what=seconds)
         # At most what Redis keeps: it would refuse the lock, and every fetch go unshared.
         kept = "a number of seconds Redis can keep"
         check_number("lock_ttl", lock_ttl, 0, inclusive=False, high=REDIS_MAX_SECONDS, what=kept)
@@ -277,9 +281,10 @@ class RedisTokenStore:
             acquired = await lock.acquire()
         except (RedisError, OSError) as err:
             raise self._error("taking the lock", err) from None
-        if not acquired:
+        if not acquired:  # only with a lock_timeout: without, redis-py waits until it is had
             raise TokenStoreError(
-                f"{self!r}: the lock was not had in {self._lock_timeout:g} s", store=repr(self)
+                f"{self!r}: the lock was not had in {self._lock_timeout or 0:g} s",
+                store=repr(self),
             )
         keeper = asyncio.ensure_future(self._keep(lock))
         try:

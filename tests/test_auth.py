@@ -764,6 +764,51 @@ async def test_a_client_waits_for_the_lock_while_another_fetch_is_retried() -> N
     assert fetches == 1
 
 
+@pytest.mark.parametrize("kind", ["file", "redis"])
+async def test_a_process_waits_for_a_fetch_longer_than_a_minute_on_the_default_stores(
+    kind: str, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The client waits for the lock as long as another's fetch may take (3 min by default),
+    but FileTokenStore and RedisTokenStore gave up after their own 60 s: a token answer slow
+    enough to be retried past a minute sent every waiting process to fetch a token of its own,
+    each revoking the others'. The loop's clock jumps 150 s while the first fetch lasts."""
+    from dmhub_async._auth import TokenManager
+
+    loop = asyncio.get_running_loop()
+    real_time = loop.time
+    skipped = 0.0
+    monkeypatch.setattr(loop, "time", lambda: real_time() + skipped)
+    fetches = 0
+
+    async def fetch() -> Token:
+        nonlocal fetches, skipped
+        fetches += 1
+        number = fetches
+        if number == 1:
+            await asyncio.sleep(0.05)  # the other process is waiting for the lock by now
+            skipped += 150.0  # the fetch, retried, took two and a half minutes
+            await asyncio.sleep(0.05)
+        return Token(f"tok-{number}", loop.time() + 7200, loop.time())
+
+    if kind == "file":  # two stores on one file: two processes, as far as the lock goes
+        stores: list[Any] = [FileTokenStore(tmp_path / "tokens.json") for _ in range(2)]
+    else:
+        server = fakeredis.FakeServer()
+        stores = [
+            RedisTokenStore(client=fakeredis.aioredis.FakeRedis(server=server)) for _ in range(2)
+        ]
+    managers = [
+        TokenManager("key", store, fetch, loop.time, timeout=1.0, lock_wait=300.0)
+        for store in stores
+    ]
+    first = asyncio.ensure_future(managers[0].refresh(None))
+    await asyncio.sleep(0.02)  # the first holds the lock
+    tokens = await asyncio.gather(first, managers[1].refresh(None))
+
+    assert tokens == ["tok-1", "tok-1"]
+    assert fetches == 1
+
+
 def test_the_lock_wait_covers_a_whole_fetch_with_its_retries() -> None:
     dm = DMHubClient("app", "secret", timeout=10, max_retries=2)
     tokens = dm._session._tokens
