@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import json
 import math
@@ -108,6 +109,11 @@ class FileTokenStore:
                 raise self._error(
                     f"{str(self.path)!r} is a symbolic link: refusing to follow it", unsafe=True
                 ) from None
+            if err.errno in (errno.EACCES, errno.EPERM):
+                # Another user's 0600 file cannot even be opened: refused as such (unsafe), not
+                # a passing failure that each process met by fetching a token of its own.
+                with contextlib.suppress(OSError):
+                    self._check_owner(os.lstat(self.path), "token file", self.path)
             raise self._error(f"cannot read the token file: {err.strerror}") from None
         try:
             st = os.fstat(fd)
