@@ -148,8 +148,14 @@ async def _export_shard_job(ctx: dict[str, Any], task: dict[str, Any]) -> dict[s
     takeover, every = ctx["takeover"], ctx["heartbeat"]
 
     async def heartbeat() -> None:
+        from redis.exceptions import RedisError
+
         while True:
-            await redis.pexpire(in_progress, int(takeover * 1000))
+            # SET, not PEXPIRE: the mark comes back after Redis lost it (flushed, restarted),
+            # so the job the coordinator enqueues again then is not taken from this worker.
+            # A Redis away for a moment stops neither the beat nor the shard.
+            with contextlib.suppress(RedisError, OSError):
+                await redis.set(in_progress, b"1", px=int(takeover * 1000))
             await asyncio.sleep(every)
 
     def on_progress(done: Any) -> None:
@@ -280,8 +286,12 @@ async def run_on_queue(
     on_total: TotalProgress | None = None,
     poll: float = 0.5,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    takeover: float = IN_PROGRESS_TTL,
 ) -> Manifest:
     """Enqueue the manifest's pending shards, follow them to the end, and write the manifest.
+
+    A shard's job that Redis loses (flushed, or restarted without its data) is enqueued again,
+    to start ``takeover`` seconds later (the workers' own ``takeover``).
 
     Returns when every shard has ended (complete, incomplete or failed after arq's tries).
     """
@@ -296,7 +306,7 @@ async def run_on_queue(
         except (RedisError, OSError) as err:
             raise unreachable(redis_url, err) from None
         bar = ProgressBar(progress, manifest, on_total)
-        settings = (page_size, concurrency, poll, sleep)
+        settings = (page_size, concurrency, poll, sleep, takeover)
         return await _follow(pool, where, manifest, todo, bar, *settings)
 
 
@@ -310,38 +320,53 @@ async def _follow(
     concurrency: int,
     poll: float,
     sleep: Callable[[float], Awaitable[None]],
+    takeover: float,
 ) -> Manifest:
     """Enqueue ``todo`` on ``pool`` (the jobs not there already) and follow them to the end."""
     from arq.jobs import Job, JobStatus
 
     export_id = export_id_of(where)
+
+    async def enqueue(index: int, defer: float | None = None) -> None:
+        task = {
+            "shard": todo[index].shard.to_dict(),
+            "directory": str(where),
+            "format": manifest.format,
+            "page_size": page_size,
+            "concurrency": concurrency,
+            "export_id": export_id,
+        }
+        await pool.enqueue_job(JOB_NAME, task, _job_id=jobs[index].job_id, _defer_by=defer)
+
     try:
         jobs: dict[int, Any] = {}
         for index, outcome in todo.items():
             job_id = job_id_of(export_id, manifest.plan_id, index)
-            job = Job(job_id, pool)
+            job = jobs[index] = Job(job_id, pool)
             status = await job.status()
             if status == JobStatus.complete and not await _usable(job, where / outcome.file):
                 await pool.delete(f"arq:result:{job_id}", f"arq:retry:{job_id}")
                 status = JobStatus.not_found
             if status == JobStatus.not_found:
-                task = {
-                    "shard": outcome.shard.to_dict(),
-                    "directory": str(where),
-                    "format": manifest.format,
-                    "page_size": page_size,
-                    "concurrency": concurrency,
-                    "export_id": export_id,
-                }
-                await pool.enqueue_job(JOB_NAME, task, _job_id=job_id)
+                await enqueue(index)
             outcome.status = "running"
-            jobs[index] = job
         while todo:
             done: dict[bytes, bytes] = await pool.hgetall(_progress_key(export_id))  # type: ignore[misc]
             for shard_index, exported in done.items():
                 bar.update(int(shard_index), int(exported))
             for index in list(todo):
-                if await jobs[index].status() != JobStatus.complete:
+                status = await jobs[index].status()
+                if status == JobStatus.not_found:
+                    # Neither queued, nor running, nor ended: Redis lost it (flushed, or
+                    # restarted without its data). Enqueued again, it resumes from the
+                    # shard's checkpoint. Deferred by a takeover time: a worker still
+                    # exporting the shard has put its in-progress mark back by then, and
+                    # no other worker takes the job from it.
+                    logger.warning(
+                        "shard %d: its job is gone from the queue's Redis: enqueued again", index
+                    )
+                    await enqueue(index, defer=takeover)
+                if status != JobStatus.complete:
                     continue
                 _record(todo.pop(index), await _result_info(jobs[index]))
                 manifest.write(where)

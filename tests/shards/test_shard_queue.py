@@ -112,6 +112,35 @@ async def test_a_worker_killed_mid_shard_is_taken_over_and_nothing_is_lost(
     assert state["tokens_issued"] <= 2
 
 
+@pytest.mark.parametrize("loss", ["flushed", "restarted"])
+async def test_jobs_lost_with_redis_mid_run_are_enqueued_again(
+    tmp_path: Path, redis: RedisServer, loss: str
+) -> None:
+    # Redis flushed, or restarted without persistence, while shards were queued: their jobs
+    # were gone, no worker had anything to take, and the coordinator waited for them for ever
+    # with the shards "running" in the manifest.
+    out = tmp_path / "out"
+    with sim_process(20_000, latency_ms=2) as sim:
+        manifest = await planned(sim, redis, out, 8)
+        with workers(sim, redis.url, 2):
+            running = asyncio.ensure_future(
+                run_on_queue(redis.url, out, manifest, progress=False, poll=0.2, takeover=3)
+            )
+            await wait_for_rows(redis)
+            if loss == "flushed":
+                redis.command("FLUSHALL")
+            else:
+                redis.kill()
+                redis.start()
+            manifest = await asyncio.wait_for(running, 120)
+        state = sim.state()
+
+    assert manifest.complete
+    ids = exported_ids(out)
+    assert len(ids) == len(set(ids)) == 20_000
+    assert set(ids) == set(state["ids"])
+
+
 async def test_an_export_started_again_in_its_directory_never_takes_the_old_results(
     tmp_path: Path, redis: RedisServer
 ) -> None:
