@@ -294,6 +294,10 @@ async def run_on_queue(
     to start ``takeover`` seconds later (the workers' own ``takeover``).
 
     Returns when every shard has ended (complete, incomplete or failed after arq's tries).
+
+    Raises:
+        DMHubError: the queue's Redis cannot be reached (at the start or later: the manifest
+            is written as it stands, and a rerun carries on).
     """
     from arq import create_pool
     from redis.exceptions import RedisError
@@ -307,7 +311,10 @@ async def run_on_queue(
             raise unreachable(redis_url, err) from None
         bar = ProgressBar(progress, manifest, on_total)
         settings = (page_size, concurrency, poll, sleep, takeover)
-        return await _follow(pool, where, manifest, todo, bar, *settings)
+        try:
+            return await _follow(pool, where, manifest, todo, bar, *settings)
+        except RedisError as err:  # gone mid-run: the manifest is written as it stands
+            raise unreachable(redis_url, err) from None
 
 
 async def _follow(

@@ -15,7 +15,7 @@ import pytest
 from _redis import RedisServer
 from shard_support import SimProcess, exported_ids, sim_process
 
-from dmhub_async import DMHubClient, InvalidRequestError, RedisTokenStore
+from dmhub_async import DMHubClient, DMHubError, InvalidRequestError, RedisTokenStore
 from dmhub_async.shards import Manifest, Shard
 from dmhub_async.shards._queue import run_on_queue, worker
 from dmhub_async.shards._run import prepare
@@ -139,6 +139,31 @@ async def test_jobs_lost_with_redis_mid_run_are_enqueued_again(
     ids = exported_ids(out)
     assert len(ids) == len(set(ids)) == 20_000
     assert set(ids) == set(state["ids"])
+
+
+async def test_a_queue_redis_gone_mid_run_is_a_dmhub_error_and_the_manifest_is_kept(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    # redis-py's own ConnectionError came out of the coordinator (the CLI: a raw traceback).
+    out = tmp_path / "out"
+    manifest = Manifest.new(
+        [Shard(0, None, None)], fmt="jsonl", base_url="http://127.0.0.1:1", app_id="a", filters={}
+    )
+    polls = 0
+
+    async def sleep(_: float) -> None:
+        nonlocal polls
+        polls += 1
+        if polls == 1:  # the job enqueued, no worker to take it: Redis goes away
+            redis.kill()
+
+    with pytest.raises(DMHubError, match=r"^cannot reach the queue's Redis at redis://127\.0"):
+        await asyncio.wait_for(
+            run_on_queue(redis.url, out, manifest, progress=False, sleep=sleep), 60
+        )
+    on_disk = Manifest.read(out)
+    assert on_disk is not None
+    assert on_disk.status() == "incomplete"
 
 
 async def test_an_export_started_again_in_its_directory_never_takes_the_old_results(
