@@ -85,7 +85,7 @@ def redis_where(url: str) -> str:
         return "the URL given"
 
 
-def redis_url_error(owner: str, url: str, err: ValueError) -> InvalidRequestError:
+def redis_url_error(owner: str, url: str, err: Exception) -> InvalidRequestError:
     """redis-py's refusal of a URL (a query value it cannot read, a port out of range) as
     InvalidRequestError: it was a raw ValueError. Its text only when no password is in it."""
     text = str(err)

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._exceptions import DMHubError, InvalidRequestError
 from .._shared_rate import check_shared_rate
-from .._validate import check_number, redis_where
+from .._validate import check_number, redis_url_error, redis_where
 from ._manifest import Manifest, ShardOutcome, checkpoint_name, part_name
 from ._plan import Shard
 
@@ -106,11 +106,16 @@ async def check_queue(redis_url: str, name: str = "the queue") -> None:
     from redis.exceptions import RedisError
 
     queue_settings(redis_url, name)
-    client = Redis.from_url(redis_url, socket_connect_timeout=10, socket_timeout=10)
+    try:
+        client = Redis.from_url(redis_url, socket_connect_timeout=10, socket_timeout=10)
+    except ValueError as err:  # a query value it cannot read
+        raise redis_url_error(name, redis_url, err) from None
     try:
         await client.ping()
     except (RedisError, OSError) as err:
         raise unreachable(redis_url, err) from None
+    except TypeError as err:  # a query option it does not know, passed on to its connection
+        raise redis_url_error(name, redis_url, err) from None
     finally:
         await client.aclose()
 

@@ -87,6 +87,15 @@ def test_what_a_sharded_export_refuses(tmp_path: Path) -> None:
     assert a_file.read_text(encoding="utf-8") == "{}\n"
 
 
+#: URLs refused as usage errors. An option redis-py does not know (a typo) or cannot read was a
+#: raw TypeError traceback, or its ValueError with exit code 1.
+BAD_QUEUE_URLS = (
+    "notaurl",
+    "redis://:hunter2@127.0.0.1:1/0?timeout=5",
+    "redis://:hunter2@127.0.0.1:1/0?socket_timeout=abc",
+)
+
+
 def test_a_queue_that_is_no_url_or_does_not_answer_is_found_before_the_plan(
     tmp_path: Path,
 ) -> None:
@@ -104,12 +113,12 @@ def test_a_queue_that_is_no_url_or_does_not_answer_is_found_before_the_plan(
                 ),
             )
             for flag in ("--queue", "--redis")
-            for url in ("notaurl", "redis://:hunter2@127.0.0.1:1/0")
+            for url in (*BAD_QUEUE_URLS, "redis://:hunter2@127.0.0.1:1/0")
         }
         requests = sum(sim.state()["per_second"])  # every API request the simulator saw
 
     for (flag, url), run in runs.items():
-        assert run.returncode == (2 if url == "notaurl" else 1), run.stderr
+        assert run.returncode == (2 if url in BAD_QUEUE_URLS else 1), run.stderr
         assert run.stderr.count("\n") == 1, run.stderr  # one line, no traceback
         assert flag in run.stderr or "cannot reach the queue's Redis at" in run.stderr
         assert "hunter2" not in run.stderr
