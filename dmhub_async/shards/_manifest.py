@@ -209,7 +209,9 @@ def merge(
 
     The lines are the records of a JSONL export. A CSV keeps the first part's header only (and
     counts a quoted line break as a line). ``dest`` is written to a temp file beside it and
-    moved into place at the end, so a failed merge leaves no half file.
+    moved into place at the end, so a failed merge leaves no half file. With
+    ``allow_incomplete``, a part that is not complete goes in as far as its checkpoint covers,
+    in whole lines: a record its worker was killed writing is left out.
 
     Raises:
         InvalidRequestError: no manifest, a part missing, or the export is not complete (unless
@@ -236,12 +238,32 @@ def merge(
                 raise InvalidRequestError(
                     f"{changed}: rerun the export, which exports that shard again"
                 )
+            # An unfinished part may end in a torn record (its worker killed mid-write): only
+            # what its checkpoint covers goes in, and never a line cut short, which glued
+            # itself to the next part's first record.
+            unfinished = outcome.status != "complete"
+            limit = _committed(part.with_name(f"{part.name}.ckpt")) if unfinished else None
             with part.open("rb") as fh:
+                read = 0
                 if manifest.format == "csv":
                     header = fh.readline()
+                    read += len(header)
                     if out.tell() == 0:
                         out.write(header)
                 for line in fh:
+                    read += len(line)
+                    torn = not line.endswith(b"\n") or (limit is not None and read > limit)
+                    if unfinished and torn:
+                        break
                     out.write(line)
                     records += 1
     return records
+
+
+def _committed(checkpoint: Path) -> int | None:
+    """The bytes of its part a checkpoint covers, or None without a checkpoint that says."""
+    try:
+        covered = orjson.loads(checkpoint.read_bytes())["bytes"]
+    except (OSError, orjson.JSONDecodeError, KeyError, TypeError):
+        return None
+    return covered if isinstance(covered, int) and not isinstance(covered, bool) else None

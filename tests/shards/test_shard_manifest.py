@@ -143,3 +143,37 @@ def test_a_manifest_that_is_no_object_is_refused(tmp_path: Path, text: bytes) ->
     (tmp_path / MANIFEST_NAME).write_bytes(text)  # an array was a raw TypeError
     with pytest.raises(InvalidRequestError, match="is not a manifest this SDK wrote"):
         Manifest.read(tmp_path)
+
+
+async def test_merging_what_there_is_leaves_out_a_torn_record(done: Path, tmp_path: Path) -> None:
+    # A worker killed mid-write leaves a torn record at the end of its part; a shard whose worker
+    # died every try ends failed with it. `merge --allow-incomplete` glued the torn record to
+    # the next part's first line: a line that is no JSON, and that customer lost with it.
+    edit(done, lambda data: data["shards"][1].update(status="failed"))
+    with (done / "part-00001.jsonl").open("ab") as part:
+        part.write(b'{"id": 12345, "name": "Tor')
+
+    merged = merge(done, tmp_path / "all.jsonl", allow_incomplete=True)
+
+    lines = (tmp_path / "all.jsonl").read_bytes().splitlines()
+    ids = [orjson.loads(line)["id"] for line in lines]
+    assert merged == len(ids) == len(set(ids)) == CUSTOMERS
+
+
+async def test_merging_what_there_is_stops_where_the_checkpoint_does(
+    dm: DMHubClient, tmp_path: Path
+) -> None:
+    # A CSV record with a line break in a quoted field, torn after its first line: a line
+    # that ends, which only the checkpoint tells from a record.
+    out = tmp_path / "out"
+    manifest = await export_sharded(dm, out, 2, format="csv", progress=False)
+    edit(out, lambda data: data["shards"][0].update(status="incomplete"))
+    part = out / "part-00000.csv"
+    whole = part.read_bytes()
+    (out / "part-00000.csv.ckpt").write_bytes(orjson.dumps({"bytes": len(whole)}))
+    part.write_bytes(whole + b'1,"a torn\n')
+
+    merged = merge(out, tmp_path / "all.csv", allow_incomplete=True)
+
+    assert merged == manifest.exported
+    assert (tmp_path / "all.csv").read_bytes().count(b"torn") == 0
