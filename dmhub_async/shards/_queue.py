@@ -151,6 +151,7 @@ async def _export_shard_job(ctx: dict[str, Any], task: dict[str, Any]) -> dict[s
     last = 0.0
 
     takeover, every = ctx["takeover"], ctx["heartbeat"]
+    _check_same_service(ctx["client"], task)
 
     async def heartbeat() -> None:
         from redis.exceptions import RedisError
@@ -191,6 +192,18 @@ async def _export_shard_job(ctx: dict[str, Any], task: dict[str, Any]) -> dict[s
     await redis.hset(progress_key, str(shard.index), report.exported)
     await redis.expire(progress_key, 7 * 24 * 3600)
     return result_of(report)
+
+
+def _check_same_service(client: Any, task: dict[str, Any]) -> None:
+    """Refuse a shard of an export from another service or app than this worker's client."""
+    mine = (client.base_url, client.app_id)
+    theirs = (task.get("base_url", client.base_url), task.get("app_id", client.app_id))
+    if mine != theirs:
+        raise InvalidRequestError(
+            f"a worker exporting from {mine[0]} (app {mine[1]}) took another export's shard, "
+            f"of {theirs[0]} (app {theirs[1]}), and exported nothing: give each service or "
+            "app workers of their own (its own Redis, or Redis database)"
+        )
 
 
 def worker(
@@ -347,6 +360,10 @@ async def _follow(
             "page_size": page_size,
             "concurrency": concurrency,
             "export_id": export_id,
+            # Whose customers the export is of: a worker of another service or app on the
+            # same Redis refuses the shard rather than fill its part with its own customers.
+            "base_url": manifest.base_url,
+            "app_id": manifest.app_id,
         }
         await pool.enqueue_job(JOB_NAME, task, _job_id=jobs[index].job_id, _defer_by=defer)
 

@@ -209,14 +209,15 @@ async def test_an_export_started_again_in_its_directory_never_takes_the_old_resu
 async def test_a_shard_that_fails_is_recorded_failed_and_exported_on_a_rerun(
     tmp_path: Path, redis: RedisServer
 ) -> None:
-    # A worker's shard failed with an APIError (here: the worker's app id is wrong). arq sends
-    # a failed job's error back pickled, and an APIError could not be unpickled: the
-    # coordinator stopped on arq's DeserializationError, and so did every rerun for the week
-    # Redis keeps the result.
+    # A worker's shard failed with an APIError (here: the worker's secret is wrong, and the
+    # planner's token is gone from the store). arq sends a failed job's error back pickled, and
+    # an APIError could not be unpickled: the coordinator stopped on arq's
+    # DeserializationError, and so did every rerun for the week Redis keeps the result.
     out = tmp_path / "out"
     with sim_process(600) as sim:
         manifest = await planned(sim, redis, out, 2)
-        with workers(sim, redis.url, 1, DMHUB_APP_ID="not-this-app"):
+        redis.command("FLUSHALL")
+        with workers(sim, redis.url, 1, DMHUB_SECRET="not-this-secret"):
             failed = await asyncio.wait_for(
                 run_on_queue(redis.url, out, manifest, progress=False, poll=0.1), 120
             )
@@ -229,6 +230,26 @@ async def test_a_shard_that_fails_is_recorded_failed_and_exported_on_a_rerun(
         state = sim.state()
     assert again.complete
     assert sorted(exported_ids(out)) == sorted(state["ids"])
+
+
+async def test_a_worker_of_another_service_on_the_same_redis_exports_nothing_of_its_own(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    # Two environments (staging, production) sharing one Redis: a worker that exports from
+    # the other one took the shard and wrote that service's customers into this export's part,
+    # which the coordinator recorded complete.
+    out = tmp_path / "out"
+    with sim_process(300) as sim, sim_process(500) as other:
+        manifest = await planned(sim, redis, out, 1)
+        with workers(other, redis.url, 1):
+            manifest = await asyncio.wait_for(
+                run_on_queue(redis.url, out, manifest, progress=False, poll=0.1), 120
+            )
+        theirs = set(other.state()["ids"])
+
+    assert not manifest.complete
+    assert "another export's" in (manifest.shards[0].error or ""), manifest.shards[0]
+    assert not set(exported_ids(out)) & theirs
 
 
 async def test_a_result_that_cannot_be_read_is_a_failed_shard_not_a_traceback(
