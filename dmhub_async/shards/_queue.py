@@ -71,8 +71,10 @@ MAX_TRIES = 5
 _PROGRESS_EVERY = 0.5
 
 
-def _progress_key(export_id: str) -> str:
-    return f"dmhub_async:export:{export_id}:progress"
+def _progress_key(export_id: str, plan_id: str) -> str:
+    """The hash of the shards' progress; of one plan, as the jobs' ids (see job_id_of)."""
+    plan = f"{plan_id}:" if plan_id else ""  # a manifest written before plans had ids
+    return f"dmhub_async:export:{export_id}:{plan}progress"
 
 
 def export_id_of(directory: Path) -> str:
@@ -147,7 +149,7 @@ async def _export_shard_job(ctx: dict[str, Any], task: dict[str, Any]) -> dict[s
     shard = Shard.from_dict(task["shard"])
     directory = Path(task["directory"])
     fmt = task["format"]
-    progress_key = _progress_key(task["export_id"])
+    progress_key = _progress_key(task["export_id"], task.get("plan_id", ""))
     last = 0.0
 
     takeover, every = ctx["takeover"], ctx["heartbeat"]
@@ -360,6 +362,7 @@ async def _follow(
             "page_size": page_size,
             "concurrency": concurrency,
             "export_id": export_id,
+            "plan_id": manifest.plan_id,
             # Whose customers the export is of: a worker of another service or app on the
             # same Redis refuses the shard rather than fill its part with its own customers.
             "base_url": manifest.base_url,
@@ -380,7 +383,9 @@ async def _follow(
                 await enqueue(index)
             outcome.status = "running"
         while todo:
-            done: dict[bytes, bytes] = await pool.hgetall(_progress_key(export_id))  # type: ignore[misc]
+            done: dict[bytes, bytes] = await pool.hgetall(
+                _progress_key(export_id, manifest.plan_id)
+            )  # type: ignore[misc]
             for shard_index, exported in done.items():
                 bar.update(int(shard_index), int(exported))
             for index in list(todo):

@@ -166,6 +166,40 @@ async def test_a_queue_redis_gone_mid_run_is_a_dmhub_error_and_the_manifest_is_k
     assert on_disk.status() == "incomplete"
 
 
+async def test_a_new_export_in_a_directory_shows_none_of_the_old_ones_progress(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    # The progress the workers report was kept in Redis (for a week) under the directory
+    # alone: an export started again where an earlier one was counted the earlier one's
+    # customers as its own from its first progress line (here 5,000 of the 0 planned) until
+    # its own shards reported.
+    from dmhub_async.shards._queue import export_id_of
+
+    out = tmp_path / "out"
+    out.mkdir()
+    keys = f"dmhub_async:export:{export_id_of(out)}"
+    redis.command("HSET", f"{keys}:progress", "0", "5000")  # as workers before plan ids left it
+    redis.command("HSET", f"{keys}:0123456789abcdef:progress", "0", "5000")  # an earlier plan's
+    manifest = Manifest.new(
+        [Shard(0, None, None)], fmt="jsonl", base_url="http://127.0.0.1:1", app_id="a", filters={}
+    )
+    seen: list[int] = []
+
+    async def stop(_: float) -> None:
+        raise asyncio.CancelledError
+
+    with pytest.raises(asyncio.CancelledError):
+        await run_on_queue(
+            redis.url,
+            out,
+            manifest,
+            progress=False,
+            on_total=lambda done, planned: seen.append(done),
+            sleep=stop,
+        )
+    assert seen == [] or max(seen) == 0, seen
+
+
 async def test_an_export_started_again_in_its_directory_never_takes_the_old_results(
     tmp_path: Path, redis: RedisServer
 ) -> None:
