@@ -68,6 +68,9 @@ IN_PROGRESS_TTL = 20.0
 JOB_TIMEOUT = 24 * 3600
 #: Tries of one shard (a kill, a failure) before arq gives it up.
 MAX_TRIES = 5
+#: How long a job may wait in the queue: arq's default, a day, failed the shards still queued
+#: after a day behind long ones ("job expired") without a try. As long as results are kept.
+QUEUED_FOR = 7 * 24 * 3600
 _PROGRESS_EVERY = 0.5
 
 
@@ -368,7 +371,9 @@ async def _follow(
             "base_url": manifest.base_url,
             "app_id": manifest.app_id,
         }
-        await pool.enqueue_job(JOB_NAME, task, _job_id=jobs[index].job_id, _defer_by=defer)
+        await pool.enqueue_job(
+            JOB_NAME, task, _job_id=jobs[index].job_id, _defer_by=defer, _expires=QUEUED_FOR
+        )
 
     try:
         jobs: dict[int, Any] = {}
@@ -402,7 +407,16 @@ async def _follow(
                     await enqueue(index, defer=takeover)
                 if status != JobStatus.complete:
                     continue
-                _record(todo.pop(index), await _result_info(jobs[index]))
+                info = await _result_info(jobs[index])
+                if _expired(info):
+                    # Its data gone before a worker read it (a Redis flushed then, or a wait
+                    # past QUEUED_FOR): never tried, so tried again.
+                    logger.warning("shard %d: its job expired in the queue: enqueued again", index)
+                    job_id = jobs[index].job_id
+                    await pool.delete(f"arq:result:{job_id}", f"arq:retry:{job_id}")
+                    await enqueue(index, defer=takeover)
+                    continue
+                _record(todo.pop(index), info)
                 manifest.write(where)
             if todo:
                 await sleep(poll)
@@ -442,6 +456,14 @@ async def _result_info(job: Any) -> Any:
         why = f"{type(cause).__name__}: {cause}" if cause is not None else str(err)
         error = DMHubError(f"the worker's result could not be read ({why[:300]})")
         return types.SimpleNamespace(success=False, result=error)
+
+
+def _expired(info: Any) -> bool:
+    """Whether a job's result is arq's "job expired": a worker took it and found no data."""
+    from arq.worker import JobExecutionFailed
+
+    error = getattr(info, "result", None) if info is not None and not info.success else None
+    return isinstance(error, JobExecutionFailed) and str(error) == "job expired"
 
 
 def _record(outcome: ShardOutcome, info: Any) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -17,7 +18,7 @@ from shard_support import SimProcess, exported_ids, sim_process
 
 from dmhub_async import DMHubClient, DMHubError, InvalidRequestError, RedisTokenStore
 from dmhub_async.shards import Manifest, Shard
-from dmhub_async.shards._queue import run_on_queue, worker
+from dmhub_async.shards._queue import export_id_of, job_id_of, run_on_queue, worker
 from dmhub_async.shards._run import prepare
 
 pytestmark = pytest.mark.timeout(240)
@@ -139,6 +140,38 @@ async def test_jobs_lost_with_redis_mid_run_are_enqueued_again(
     ids = exported_ids(out)
     assert len(ids) == len(set(ids)) == 20_000
     assert set(ids) == set(state["ids"])
+
+
+async def test_a_shard_whose_job_expired_in_the_queue_is_enqueued_again(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    # arq drops a queued job's data a day after it was due: with more shards than workers
+    # for that long, the last ones were failed by the worker that took them ("job expired")
+    # without being tried. A flush between a worker's pick and its read did the same.
+    out = tmp_path / "out"
+    with sim_process(300) as sim, contextlib.ExitStack() as stack:
+        manifest = await planned(sim, redis, out, 1)
+        job_key = "arq:job:" + job_id_of(export_id_of(out), manifest.plan_id, 0)
+        kept_for: list[int] = []
+
+        async def expire_then_serve(_: float) -> None:
+            if not kept_for:
+                kept_for.append(int(redis.command("PTTL", job_key).lstrip(":")))
+                redis.command("DEL", job_key)  # as its expiry does
+                stack.enter_context(workers(sim, redis.url, 1))
+            await asyncio.sleep(0.1)
+
+        manifest = await asyncio.wait_for(
+            run_on_queue(
+                redis.url, out, manifest, progress=False, sleep=expire_then_serve, takeover=3
+            ),
+            60,
+        )
+        state = sim.state()
+
+    assert manifest.complete, manifest.shards[0].error
+    assert sorted(exported_ids(out)) == sorted(state["ids"])
+    assert kept_for[0] > 2 * 86_400_000  # a queue may hold a shard for longer than a day
 
 
 async def test_a_queue_redis_gone_mid_run_is_a_dmhub_error_and_the_manifest_is_kept(
