@@ -20,7 +20,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ._exceptions import DMHubError, InvalidRequestError
-from ._validate import REDIS_MAX_SECONDS, check_number, redis_url_error, redis_where
+from ._validate import (
+    REDIS_MAX_SECONDS,
+    check_number,
+    check_redis_options,
+    redis_url_error,
+    redis_where,
+)
 
 __all__ = ["RedisRateLimiter"]
 
@@ -113,6 +119,7 @@ class RedisRateLimiter:
             )
         except ValueError as err:
             raise redis_url_error("the shared rate limit", url, err) from None
+        check_redis_options("the shared rate limit", url, self._pool)
         self._storage: Any = RedisStorage(
             "async+" + url,
             implementation="redispy",

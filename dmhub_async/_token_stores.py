@@ -23,7 +23,13 @@ from urllib.parse import urlsplit
 import attrs
 
 from ._exceptions import InvalidRequestError, TokenStoreError
-from ._validate import REDIS_MAX_SECONDS, check_number, check_text, redis_url_error
+from ._validate import (
+    REDIS_MAX_SECONDS,
+    check_number,
+    check_redis_options,
+    check_text,
+    redis_url_error,
+)
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -229,6 +235,7 @@ class RedisTokenStore:
                 )
             except ValueError as err:
                 raise redis_url_error("RedisTokenStore", url, err) from None
+            check_redis_options("RedisTokenStore", url, client.connection_pool)
         else:
             _check_async_client(client)
         self._redis = client

@@ -98,6 +98,17 @@ def redis_url_error(owner: str, url: str, err: Exception) -> InvalidRequestError
     return InvalidRequestError(f"{owner}: redis-py cannot read the URL: {text}")
 
 
+def check_redis_options(owner: str, url: str, pool: Any) -> None:
+    """Build one connection of redis-py's ``pool`` (no I/O) to check the URL's options now:
+    redis-py passes a query option it does not know (``?timeout=5``) to the connection, a
+    TypeError at the first command, which a token store met as an outage (every process then
+    fetching a token of its own, revoking the others') and a queue as a raw traceback."""
+    try:
+        pool.connection_class(**pool.connection_kwargs)
+    except (TypeError, ValueError) as err:
+        raise redis_url_error(owner, url, err) from None
+
+
 #: Page numbers and sizes are 32-bit ints on the service's side.
 MAX_PAGE_NUMBER = 2**31 - 1
 

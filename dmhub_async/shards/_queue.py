@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._exceptions import DMHubError, InvalidRequestError
 from .._shared_rate import check_shared_rate
-from .._validate import check_number, redis_url_error, redis_where
+from .._validate import check_number, check_redis_options, redis_url_error, redis_where
 from ._manifest import Manifest, ShardOutcome, checkpoint_name, part_name
 from ._plan import Shard
 
@@ -116,11 +116,10 @@ async def check_queue(redis_url: str, name: str = "the queue") -> None:
     except ValueError as err:  # a query value it cannot read
         raise redis_url_error(name, redis_url, err) from None
     try:
+        check_redis_options(name, redis_url, client.connection_pool)
         await client.ping()
     except (RedisError, OSError) as err:
         raise unreachable(redis_url, err) from None
-    except TypeError as err:  # a query option it does not know, passed on to its connection
-        raise redis_url_error(name, redis_url, err) from None
     finally:
         await client.aclose()
 

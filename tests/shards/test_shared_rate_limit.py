@@ -111,8 +111,11 @@ def test_bad_settings_are_refused(url: str, rate: float) -> None:
         "redis://:RedisPassw0rd@localhost:6379/0?socket_timeout=abc",
         "redis://:RedisPassw0rd@localhost:6379/0?health_check_interval=RedisPassw0rd",
         "redis://:RedisPassw0rd@localhost:99999/0",
+        # redis-py passed an option it does not know to its connection: a TypeError at the
+        # first command, which a token store met as an outage (a token fetched per process).
+        "redis://:RedisPassw0rd@localhost:6379/0?timeout=5",
     ],
-    ids=["socket_timeout", "a value that is the password", "port"],
+    ids=["socket_timeout", "a value that is the password", "port", "an unknown option"],
 )
 @pytest.mark.parametrize("make", [RedisTokenStore, lambda url: RedisRateLimiter(url, 5)])
 def test_a_redis_url_redis_py_cannot_read_is_refused_without_its_password(
