@@ -100,14 +100,18 @@ def _decimal_text(value: Any) -> Any:
     raise TypeError(f"Type is not JSON serializable: {type(value).__name__}")
 
 
-def _big_ints(obj: Any) -> Any:
-    """``obj`` with every integer beyond 64 bits as its digits, for orjson."""
+def _plain(obj: Any) -> Any:
+    """``obj`` as orjson writes it the standard library's way: every integer beyond 64 bits
+    as its digits, a float or a str of a subclass (numpy's ``float64``, a ``StrEnum`` key) as
+    the float or text it is, a tuple of a subclass (a named tuple) as a list."""
     if isinstance(obj, dict):
-        return {k: _big_ints(v) for k, v in obj.items()}
+        return {str.__str__(k) if isinstance(k, str) else k: _plain(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return [_big_ints(v) for v in obj]
+        return [_plain(v) for v in obj]
     if isinstance(obj, int) and not isinstance(obj, bool) and not -(2**63) <= obj < 2**64:
         return orjson.Fragment(str(obj).encode())  # ValueError beyond Python's 4,300 digits
+    if isinstance(obj, float) and type(obj) is not float:
+        return float(obj)
     return obj
 
 
@@ -116,10 +120,10 @@ def dumps(obj: Any, *, option: int = 0) -> bytes:
     exactly (as JSON numbers); TypeError for what JSON cannot hold (a NaN ``Decimal``)."""
     try:
         return orjson.dumps(obj, default=_decimal_text, option=option)
-    except TypeError:  # an integer beyond 64 bits, or a key that is not a string
+    except TypeError:  # an integer beyond 64 bits, a key that is not a string, a subclass
         # Keys as the standard library writes them (1 as "1", True as "true").
         option |= orjson.OPT_NON_STR_KEYS
-        return orjson.dumps(_big_ints(obj), default=_decimal_text, option=option)
+        return orjson.dumps(_plain(obj), default=_decimal_text, option=option)
 
 
 def dumps_line(obj: Any) -> bytes:

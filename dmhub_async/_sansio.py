@@ -7,7 +7,6 @@ only carries them over the network. See docs/architecture.md.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import urlencode, urlsplit
@@ -111,7 +110,8 @@ class Request:
         """The encoded JSON body (None when there is none) and the headers to send."""
         if self.json is None:
             return None, HEADERS
-        return json.dumps(self.json, ensure_ascii=False).encode(), _JSON_HEADERS
+        # Every digit of an integer beyond 64 bits or a Decimal, as a JSON number.
+        return _json.dumps(self.json), _JSON_HEADERS
 
 
 #: Headers a service or its gateway may name a request by, for its operators to look it up.

@@ -242,9 +242,11 @@ def _check_json(method: str, where: str, value: Any, depth: int) -> None:
     elif isinstance(value, float):
         if not math.isfinite(value):
             raise InvalidRequestError(f"{method}(): {where} is {value}, which JSON cannot hold")
-    elif isinstance(value, Decimal) and scalars.beyond_json(value):  # left by decimal_to_json
-        what = f"an integer of more than {MAX_INT_DIGITS} digits" if value.is_finite() else value
-        raise InvalidRequestError(f"{method}(): {where} is {what}, which JSON cannot hold")
+    elif isinstance(value, Decimal):  # a JSON number of its digits (decimal_to_json)
+        if scalars.beyond_json(value):
+            huge = f"an integer of more than {MAX_INT_DIGITS} digits"
+            what = huge if value.is_finite() else value
+            raise InvalidRequestError(f"{method}(): {where} is {what}, which JSON cannot hold")
     elif depth >= MAX_JSON_DEPTH:
         raise InvalidRequestError(
             f"{method}(): {where} is nested more than {MAX_JSON_DEPTH} deep (or holds itself)"

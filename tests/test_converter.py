@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dmhub_async import _converter as conv
+from dmhub_async import _json
 from dmhub_async._converter import (
     WRITABLE_CUSTOMER_FIELDS,
     binding_body,
@@ -386,15 +387,18 @@ def test_decimal_from_an_int() -> None:
         (Decimal("1.50"), 1.5),
         (Decimal("0.1"), 0.1),
         (Decimal("-2.25"), -2.25),
-        (Decimal("12345678901234567890.12"), "12345678901234567890.12"),
-        (Decimal("0.1000000000000000000001"), "0.1000000000000000000001"),
+        # More digits than a float holds: the Decimal, written as a JSON number of its digits
+        # (it was the JSON string "12345678901234567890.12").
+        (Decimal("12345678901234567890.12"), Decimal("12345678901234567890.12")),
+        (Decimal("0.1000000000000000000001"), Decimal("0.1000000000000000000001")),
     ],
 )
-def test_decimal_to_json(value: Decimal, wire: int | float | str) -> None:
+def test_decimal_to_json(value: Decimal, wire: int | float | Decimal) -> None:
     out = decimal_to_json(value)
     assert out == wire
     assert type(out) is type(wire)
-    json.dumps(out)
+    [back] = _json.loads(_json.dumps([out]))
+    assert scalars.to_decimal(back) == value
 
 
 # --- identities and statistics ----------------------------------------------------------------
@@ -554,7 +558,7 @@ def test_a_decimal_json_cannot_hold_is_left_for_the_request_check() -> None:
         ("1000.50", 1000.5),
         ("-12", -12),
         ("1e3", 1000),
-        ("0.1234567890123456789", "0.1234567890123456789"),
+        ("0.1234567890123456789", Decimal("0.1234567890123456789")),  # a number, every digit
     ],
 )
 def test_an_amount_as_text_is_sent_as_the_number_it_is(written: str, sent: object) -> None:
@@ -660,7 +664,7 @@ def _customers() -> st.SearchStrategy[Customer]:
 @settings(max_examples=200, deadline=None)
 @given(_customers())
 def test_round_trip(customer: Customer) -> None:
-    wire = json.loads(json.dumps(to_wire(customer), ensure_ascii=False))
+    wire = _json.loads(_json.dumps(to_wire(customer)))
     assert structure_customer(wire) == customer
     assert structure_customers([wire]) == [customer]
     if not customer.extra:
@@ -670,5 +674,5 @@ def test_round_trip(customer: Customer) -> None:
 @settings(max_examples=100, deadline=None)
 @given(st.decimals(allow_nan=False, allow_infinity=False))
 def test_decimal_to_json_never_loses_digits(value: Decimal) -> None:
-    back = json.loads(json.dumps(decimal_to_json(value)))
+    back = _json.loads(_json.dumps(decimal_to_json(value)))
     assert scalars.to_decimal(back) == value

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 from hypothesis import example, given, settings
@@ -63,6 +63,24 @@ def test_an_integer_beyond_64_bits_is_written_exactly(value: int) -> None:
 def test_dumps_is_compact_utf8() -> None:
     assert _json.dumps({"name": "小D", "n": [1, None]}) == '{"name":"小D","n":[1,null]}'.encode()
     assert _json.dumps({"n": 2**70}) == b'{"n":1180591620717411303424}'
+
+
+def test_dumps_writes_subclasses_as_the_standard_library_does() -> None:
+    # Request bodies are written by dumps (a Decimal as its digits); what json.dumps took must
+    # still go: orjson alone refuses a float subclass (numpy's float64), a str-subclass key and
+    # a named tuple.
+    class Score(float):
+        pass
+
+    class Key(str):
+        pass
+
+    class Pair(NamedTuple):
+        a: int
+        b: str
+
+    data = {"s": Score(1.5), Key("k"): Pair(1, "x"), "d": Decimal("12345678901234567.89")}
+    assert _json.dumps(data) == b'{"s":1.5,"k":[1,"x"],"d":12345678901234567.89}'
 
 
 def test_not_json_is_a_value_error() -> None:
@@ -272,6 +290,37 @@ async def test_a_long_decimal_comes_through_list_list_rows_and_the_export(
     assert "0.10000000000000001" in written
     if fmt == "jsonl":
         assert _json.loads(written.encode())["annualRevenue"] == revenue
+
+
+async def test_a_long_decimal_written_reads_back_exactly() -> None:
+    # Written, a Decimal a float would round went out as a JSON string ("12345678901234567.89",
+    # not the contract's number) and the simulator read it through a float: the customer came
+    # back with 12345678901234568, and an attr value came back as text, not a number.
+    revenue, small = Decimal("12345678901234567.89"), Decimal("0.10000000000000001")
+    attr = {"r": revenue, "deep": [{"s": small}]}
+    async with (
+        DMHubSimulator(customers=3, seed=5) as sim,
+        DMHubClient(app_id=sim.app_id, secret=sim.secret, base_url=sim.url) as dm,
+    ):
+        bodies: list[Any] = []
+
+        async def keep(request: Any) -> None:
+            if request.can_read_body:
+                bodies.append(json.loads(await request.read(), parse_float=Decimal))
+
+        sim.on_request(keep)
+        made = await dm.customers.create(name="大数", annual_revenue=revenue, attr=attr)
+        assert made.id is not None
+        assert (made.annual_revenue, made.attr) == (revenue, attr)
+        got = await dm.customers.get(made.id)
+        assert (got.annual_revenue, got.attr) == (revenue, attr)
+        updated = await dm.customers.update(made.id, annual_revenue="99999999999999999999.99")
+        assert updated.annual_revenue == Decimal("99999999999999999999.99")
+        assert (await dm.customers.get(made.id)).annual_revenue == updated.annual_revenue
+    # Sent as JSON numbers, every digit of them.
+    assert bodies[0]["annualRevenue"] == revenue
+    assert bodies[0]["attr"] == attr
+    assert bodies[1] == {"annualRevenue": Decimal("99999999999999999999.99")}
 
 
 # --- raw rows: each row's bytes as the service sent them ------------------------------------

@@ -253,15 +253,18 @@ def beyond_json(d: Decimal) -> bool:
     return not d.is_finite() or d.adjusted() >= MAX_INT_DIGITS
 
 
-def decimal_to_json(d: Decimal) -> int | float | str | Decimal:
-    """A ``Decimal`` as a value ``json.dumps`` can write without losing digits.
+def decimal_to_json(d: Decimal) -> int | float | Decimal:
+    """A ``Decimal`` as the JSON number it is, every digit kept.
 
-    The service expects JSON numbers, and the stdlib ``json`` cannot write a ``Decimal``: an
-    integral value becomes an ``int``, else a ``float`` when that float reads back as the same
-    decimal (``Decimal(repr(float(d))) == d``), else (more digits than a float holds) the
-    string ``str(d)``. NaN, the infinities and integers of more than :data:`MAX_INT_DIGITS`
-    digits stay ``Decimal``s, which the request's check refuses by name: ``"NaN"`` was sent as
-    a string, and ``int(Decimal("1E+1000000"))`` held the event loop for half a minute.
+    The service expects JSON numbers (docs/contract.md "Customer model": ``annualRevenue``
+    is a decimal): an integral value becomes an ``int``, else a ``float`` when that float
+    reads back as the same decimal (``Decimal(repr(float(d))) == d``), else (more digits than
+    a float holds) the ``Decimal`` itself, which the request body's encoder
+    (:func:`dmhub_async._json.dumps`) writes as its digits, a JSON number. It went out as a
+    JSON string, ``"12345678901234567.89"``: text in an ``attr``, not the contract's number.
+    NaN, the infinities and integers of more than :data:`MAX_INT_DIGITS` digits stay
+    ``Decimal``s too, which the request's check refuses by name: ``"NaN"`` was sent as a
+    string, and ``int(Decimal("1E+1000000"))`` held the event loop for half a minute.
     """
     if beyond_json(d):
         return d
@@ -270,4 +273,4 @@ def decimal_to_json(d: Decimal) -> int | float | str | Decimal:
     f = float(d)
     if Decimal(repr(f)) == d:
         return f
-    return str(d)
+    return d

@@ -74,7 +74,8 @@ class CustomerFields(TypedDict, total=False):
     ``date_join`` is a ``datetime`` (naive means UTC) or a timestamp such as
     ``"2017-06-01T20:12:12+08:00"``; either is sent in the wire's UTC form, ``...Z``.
     ``annual_revenue`` is a number, or a number's text such as ``"1000.50"``: sent as a JSON
-    number (a ``Decimal`` with more digits than a float holds as its text, so none is lost).
+    number with every digit (``12345678901234567.89``, which a float would round), as is a
+    ``Decimal`` anywhere in ``attr``.
     NaN and infinities, as floats or ``Decimal``s, anywhere in a body, are refused.
     """
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import calendar
-import json
 import re
 import time
 from collections.abc import Mapping
@@ -14,6 +13,7 @@ from typing import Any, NoReturn
 from aiohttp import web
 
 from .. import _json
+from .._converter import scalars
 from ._fields import BOOL_FIELDS, CUSTOMER_FIELDS, WRITABLE_FIELDS, Row
 from ._filters import Filters
 
@@ -65,7 +65,7 @@ def bad(code: int, description: str) -> NoReturn:
 async def json_object(request: web.Request) -> dict[str, Any]:
     raw = await request.read()
     try:
-        data = json.loads(raw)
+        data = _json.loads(raw)  # every number exactly: a float rounded 12345678901234567.89
     except (ValueError, UnicodeDecodeError):
         bad(BAD_BODY, "request body is not valid JSON")
     if not isinstance(data, dict):
@@ -181,7 +181,8 @@ def _is_utc_time(value: str) -> bool:
     return True
 
 
-def _decimal(value: Any) -> float | int:
+def _decimal(value: Any) -> float | int | Decimal:
+    """An amount as the number it is, every digit kept (served as a JSON number of them)."""
     if isinstance(value, bool):
         bad(BAD_VALUE, "annualRevenue must be a number")
     if isinstance(value, (int, float)):
@@ -190,9 +191,11 @@ def _decimal(value: Any) -> float | int:
         number = Decimal(str(value))
     except InvalidOperation:
         bad(BAD_VALUE, "annualRevenue must be a number")
-    if not number.is_finite():
+    if scalars.beyond_json(number):  # NaN, infinite, or an int() that would take minutes
         bad(BAD_VALUE, "annualRevenue must be a number")
-    return int(number) if number == number.to_integral_value() else float(number)
+    if number == number.to_integral_value():
+        return int(number)
+    return _json.exact_number(str(number))  # a float when it is that decimal
 
 
 def check_identity(item: Any, *, where: str) -> tuple[str, str, str | None]:
