@@ -77,7 +77,8 @@ class DMHubClient:
             secret and the token would cross the network in clear text).
         timezone: the zone of time filters given without an offset: a ``tzinfo`` or an IANA
             name (``"Asia/Shanghai"``). Unset, they are read as UTC with a
-            :class:`NaiveDatetimeWarning`.
+            :class:`NaiveDatetimeWarning`. A ``date_join`` written without an offset is read
+            in it too (unset: UTC).
 
     Raises:
         InvalidRequestError: no credentials, or a bad setting.

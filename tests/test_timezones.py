@@ -17,7 +17,13 @@ import pytest
 from _helpers import url
 from aioresponses import aioresponses
 
-from dmhub_async import DMHubClient, InvalidRequestError, MemoryTokenStore, NaiveDatetimeWarning
+from dmhub_async import (
+    DMHubClient,
+    Identity,
+    InvalidRequestError,
+    MemoryTokenStore,
+    NaiveDatetimeWarning,
+)
 from dmhub_async.export import export_customers
 from dmhub_async.testing import DMHubSimulator
 
@@ -223,3 +229,46 @@ async def test_a_range_that_ends_before_it_starts_is_refused_before_anything_is_
     # One second, or one day, is a range: the bounds are both inclusive.
     api.get(url("/v1/customers/count"), payload=1, repeat=True)
     assert await dm.customers.count(**{low: value_to, high: value_to}) == 1
+
+
+@pytest.mark.parametrize(
+    ("zone", "date_join", "stored"),
+    [
+        # Read in the client's zone, as a time filter is: 09:00 in Shanghai is 01:00 UTC.
+        ("Asia/Shanghai", datetime(2024, 1, 1, 9, 0), "2024-01-01T01:00:00Z"),
+        ("Asia/Shanghai", "2024-01-01T09:00:00", "2024-01-01T01:00:00Z"),
+        ("Asia/Shanghai", "2024-01-01 09:00", "2024-01-01T01:00:00Z"),
+        # An offset says which zone: the setting does not apply.
+        ("Asia/Shanghai", "2024-01-01T09:00:00Z", "2024-01-01T09:00:00Z"),
+        ("Asia/Shanghai", datetime(2024, 1, 1, 9, tzinfo=timezone.utc), "2024-01-01T09:00:00Z"),
+        ("UTC", "2024-01-01T09:00:00-05:00", "2024-01-01T14:00:00Z"),
+        # No setting: UTC, as before.
+        (None, datetime(2024, 1, 1, 9, 0), "2024-01-01T09:00:00Z"),
+        (None, "2024-01-01T09:00:00", "2024-01-01T09:00:00Z"),
+    ],
+)
+async def test_a_naive_date_join_is_written_in_the_client_timezone(
+    zone: Any, date_join: Any, stored: str
+) -> None:
+    # A client set to Asia/Shanghai read a naive filter there but wrote a naive date_join as
+    # UTC: datetime(2024, 1, 1, 9) became 09:00Z, 17:00 in Shanghai, eight hours late.
+    async with (
+        DMHubSimulator(customers=0) as sim,
+        DMHubClient(
+            sim.app_id,
+            sim.secret,
+            base_url=sim.url,
+            timezone=zone,
+            token_store=MemoryTokenStore(),
+        ) as dm,
+    ):
+        made = await dm.customers.create(name="x", date_join=date_join)
+        assert made.id is not None
+        assert sim.customer(made.id)["dateJoin"] == stored  # type: ignore[index]
+        await dm.customers.update(made.id, date_join=date_join)
+        upserted = await dm.customers.create_with_identities(
+            [Identity("wechat", "o-tz")], date_join=date_join
+        )
+        assert upserted.id is not None
+        for customer_id in (made.id, upserted.id):
+            assert sim.customer(customer_id)["dateJoin"] == stored  # type: ignore[index]

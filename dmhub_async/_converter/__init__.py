@@ -22,7 +22,7 @@ from ..models import Customer, CustomerFields, CustomerIdentity, CustomerStatist
 from ..models.identity import Identity
 from .converter import make_converter
 from .names import WRITABLE_CUSTOMER_FIELDS, camel, wire_names
-from .scalars import decimal_to_json, format_timestamp, parse_timestamp
+from .scalars import decimal_to_json, format_timestamp, parse_timestamp, timestamp_as_written
 from .wire_struct import page_reader
 
 __all__ = [
@@ -44,6 +44,7 @@ __all__ = [
     "structure_identity",
     "structure_statistics",
     "structure_statistics_list",
+    "timestamp_as_written",
     "to_wire",
     "wire_names",
 ]

@@ -191,6 +191,18 @@ def parse_timestamp(s: str) -> datetime:
     return dt.astimezone(UTC)
 
 
+def timestamp_as_written(s: str) -> datetime:
+    """A timestamp to write as it is written: aware when it names an offset (or ``Z``), else
+    naive, its wall time for the writer to place in a zone; ValueError when unreadable."""
+    try:
+        return datetime.fromisoformat(s[:-1] + "+00:00" if s[-1:] in ("Z", "z") else s)
+    except ValueError:
+        moment = parse_timestamp_slow(s)  # raises ValueError when it is no timestamp
+    match = _TS_RE.fullmatch(s.strip())
+    assert match is not None  # parse_timestamp_slow read it
+    return moment if match.group(8) else moment.replace(tzinfo=None)
+
+
 def to_utc(dt: datetime) -> datetime:
     """An aware UTC ``datetime`` from any ``datetime`` (naive is taken as UTC)."""
     return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)

@@ -71,8 +71,10 @@ class Customer:
 class CustomerFields(TypedDict, total=False):
     """The writable customer fields, as keyword arguments of create and update; None clears.
 
-    ``date_join`` is a ``datetime`` (naive means UTC) or a timestamp such as
-    ``"2017-06-01T20:12:12+08:00"``; either is sent in the wire's UTC form, ``...Z``.
+    ``date_join`` is a ``datetime`` or a timestamp such as ``"2017-06-01T20:12:12+08:00"``;
+    either is sent in the wire's UTC form, ``...Z``. One without an offset (a naive
+    ``datetime``, ``"2017-06-01T20:12:12"``) is read in the client's ``timezone``, UTC when
+    it has none.
     ``annual_revenue`` is a number, or a number's text such as ``"1000.50"``: sent as a JSON
     number with every digit (``12345678901234567.89``, which a float would round), as is a
     ``Decimal`` anywhere in ``attr``.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable, Iterable, Mapping
-from datetime import tzinfo
+from datetime import timezone, tzinfo
 from typing import Any, TypeVar
 
 from typing_extensions import Unpack
@@ -14,6 +14,7 @@ from .._converter import (
     identity_to_wire,
     read_customer_page,
     structure_customer,
+    timestamp_as_written,
 )
 from .._exceptions import InvalidRequestError
 from .._pagination import AsyncPaginator
@@ -25,6 +26,7 @@ from .._validate import (
     check_identities,
     check_json,
     check_text,
+    short,
 )
 from ..models.customer import Customer, CustomerFields
 from ..models.identity import Identity
@@ -76,7 +78,7 @@ class Customers(Resource):
                 a create without mobile or email is not repeated, since it could create twice.
         """
         check_customer_fields("create", fields)
-        body = _body("create", fields)
+        body = _body("create", self._zoned("create", fields))
         if create_method is not None:
             if not isinstance(create_method, str):
                 raise InvalidRequestError("create(): create_method must be a string")
@@ -102,7 +104,9 @@ class Customers(Resource):
         checked = check_identities("create_with_identities", identities)
         check_customer_fields("create_with_identities", fields)
         body = {
-            "customer": _body("create_with_identities", fields),
+            "customer": _body(
+                "create_with_identities", self._zoned("create_with_identities", fields)
+            ),
             "customerIdentities": [identity_to_wire(i) for i in checked],
         }
         data = await self._session.request("POST", "/v1/customerandidentities", json=body)
@@ -137,7 +141,7 @@ class Customers(Resource):
         data = await self._session.request(
             "PUT",
             f"/v1/customers/{cid}",
-            json=_body("update", fields),
+            json=_body("update", self._zoned("update", fields)),
             not_found_codes=NOT_FOUND_CODES,
         )
         return decode(structure_customer, data, "a customer")
@@ -254,6 +258,26 @@ class Customers(Resource):
         # A long id_list: the batches walked in turn (ascending ids with an id sort).
         sizes = [batch["idList"].count(",") + 1 for batch in batches]
         return BatchWalk([walk(batch) for batch in batches], sizes, **paging)
+
+    def _zoned(self, method: str, fields: Mapping[str, Any]) -> Mapping[str, Any]:
+        """``fields`` with a ``date_join`` without an offset placed in the client's ``timezone``,
+        as a time filter is (UTC when none is set). It was always UTC: under ``Asia/Shanghai``,
+        ``datetime(2024, 1, 1, 9)`` went out as 09:00Z, 17:00 in Shanghai."""
+        when = fields.get("date_join")
+        zone = self._timezone
+        if when is None or zone is None:
+            return fields
+        moment = timestamp_as_written(when) if isinstance(when, str) else when
+        if moment.utcoffset() is not None:
+            return fields
+        placed = moment.replace(tzinfo=zone)
+        try:
+            placed.astimezone(timezone.utc)
+        except (OverflowError, ValueError):  # no such time in UTC (year 1 at +08:00)
+            raise InvalidRequestError(
+                f"{method}(): date_join {short(when)} in {zone} is out of UTC's range"
+            ) from None
+        return {**fields, "date_join": placed}
 
     def _params(
         self, method: str, filters: dict[str, Any], *, paged: bool = True, frames: int = 2
