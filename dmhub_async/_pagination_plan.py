@@ -82,9 +82,9 @@ class _Repair(Generic[T]):
     steps_left: int = MAX_STEPS_BACK
     #: The latest read of each page stepped back over, with its epoch.
     stepped_over: dict[int, tuple[RawPage[T], int]] = attrs.Factory(dict)
-    #: The signature of each page as taken before the repair began (every read it steps
-    #: back over came later).
-    taken_before: dict[int, Any] = attrs.Factory(dict)
+    #: The signature of each page as taken before the repair began, and the epoch it was read
+    #: in (every read the repair steps back over completed later).
+    taken_before: dict[int, tuple[Any, int]] = attrs.Factory(dict)
 
 
 class WalkPlan(Generic[T]):
@@ -128,15 +128,19 @@ class WalkPlan(Generic[T]):
         # Bumped whenever a read reports another ``records`` than the read before it: two
         # pages read in the same epoch saw the same count all along.
         self._epoch = 0
+        # The first epoch of the latest run of changes that all went one way (the count only
+        # grew, or only shrank, since): a page read again unmoved proves nothing across a turn.
+        self._one_way_since = 0
+        self._direction = 0  # +1: the count grew at the latest change; -1: it shrank
         self._latest_records: int | None = None
         self._latest_pages: int | None = None
         self._end_page: int | None = None  # a page a read found to be the last
         self._largest_last_page: int | None = None
         self._taken_epoch: int | None = None  # the epoch the page taken last was read in
         self._taken_signature: tuple[Any, ...] | None = None
-        # The signature of the pages taken lately, by number: what a repair compares a page
-        # read again with (see _repair_step).
-        self._signatures: dict[int, tuple[Any, ...] | None] = {}
+        # The signature of the pages taken lately, by number, and the epoch each was read in:
+        # what a repair compares a page read again with (see _repair_step).
+        self._signatures: dict[int, tuple[Any, int]] = {}
         self._reads_without_progress = 0
 
     @property
@@ -152,7 +156,13 @@ class WalkPlan(Generic[T]):
             short = 0 < len(raw.items) < self.page_size
             self.served_size = len(raw.items) if short else self.page_size
         if raw.total_records is not None:
-            if self._latest_records is not None and raw.total_records != self._latest_records:
+            latest = self._latest_records
+            if latest is not None and raw.total_records != latest:
+                direction = 1 if raw.total_records > latest else -1
+                if direction != self._direction:
+                    if self._direction:  # a turn: the run of one-way changes starts anew
+                        self._one_way_since = self._epoch
+                    self._direction = direction
                 self._epoch += 1
             self._latest_records = raw.total_records
         if raw.total_records is not None or raw.total_pages is not None:
@@ -298,10 +308,14 @@ class WalkPlan(Generic[T]):
 
         A page is taken when it reaches back to what was yielded, or was read in the same
         epoch as the page taken before it, so no record slips between two reads; or, read
-        before a page taken again that came back as it was taken before the repair: records
-        changed, but not behind that page, so none slipped into the gap. (On an account whose
-        count changes between any two reads, new customers coming in, no two reads share an
-        epoch: the repair stepped back and forth between two pages until the walk stopped.)
+        between the first take of the page before it and a read of that page again that came
+        back as first taken, with every change of the count in that time going one way:
+        records changed, but not behind that page, so none slipped into the gap. (On an
+        account whose count changes between any two reads, new customers coming in, no two
+        reads share an epoch: the repair stepped back and forth between two pages until the
+        walk stopped.) A page read before that first take (read ahead), or across a turn of
+        the count (a delete behind, then an insert behind), is read again: a record may have
+        slipped back across the boundary and forward again.
         """
         pages: list[Page[T]] = []
         unmoved = False
@@ -331,9 +345,16 @@ class WalkPlan(Generic[T]):
                 pages.append(page)
             if self.finished:
                 return pages
-            unmoved = repair.taken_before.get(number, False) == self.seen.signature(raw.items)
+            first_take = repair.taken_before.get(number)
             repair.taken_epoch, number = epoch, number + 1
             stepped_over = repair.stepped_over.pop(number, None)
+            unmoved = (
+                first_take is not None
+                and stepped_over is not None
+                and first_take[0] == self.seen.signature(raw.items)
+                and first_take[1] < stepped_over[1]  # read after that first take
+                and first_take[1] >= self._one_way_since  # no turn of the count since it
+            )
             if stepped_over is None or (stepped_over[1] != repair.taken_epoch and not unmoved):
                 self.stats.refetches += 1
                 self.next_page = number
@@ -351,7 +372,9 @@ class WalkPlan(Generic[T]):
         """
         self._taken_epoch = epoch
         signatures = self._signatures
-        signatures[number] = self.seen.signature(raw.items) if signature is _UNKNOWN else signature
+        if signature is _UNKNOWN:
+            signature = self.seen.signature(raw.items)
+        signatures[number] = (signature, epoch)
         signatures.pop(number - MAX_STEPS_BACK - 1, None)  # no repair steps back further
         last = self._ends_the_walk(number, raw)
         page = self._yield(raw, number, has_next=not last)

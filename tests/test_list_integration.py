@@ -378,6 +378,38 @@ async def test_a_walk_of_an_account_that_changes_between_every_two_reads_finishe
     assert walk.stats.unverified == 0
 
 
+async def test_a_descending_walk_reading_ahead_keeps_every_customer_under_sign_ups(
+    sim: DMHubSimulator,
+) -> None:
+    # New customers get the highest ids: the front of a descending walk. Page 3, read ahead,
+    # was answered before page 2, and a sign-up came in between: page 2 read again came back
+    # as first taken, so page 3 was taken as read before the sign-up, and the customer the
+    # sign-up pushed from page 2 to page 3 was in neither (1 to 5 of 1,000 lost, at random).
+    everyone = sim.customer_ids()
+    page_3_read = asyncio.Event()
+    first_page_2 = True
+
+    async def on_read(request: Any) -> None:
+        nonlocal first_page_2
+        if request.path != "/v1/customers":
+            return
+        if request.query.get("page") == "3":
+            page_3_read.set()  # answered at once, before page 2 goes on
+        elif request.query.get("page") == "2" and first_page_2:
+            first_page_2 = False
+            await asyncio.wait_for(page_3_read.wait(), 10)
+            sim.add_customers(1)  # a sign-up, after page 3 was read, before page 2 is
+
+    sim.on_request(on_read)
+    async with client_for(sim) as dm:
+        walk = dm.customers.list(page_size=50, concurrency=2, sort_order="desc")
+        got = [c.id async for c in walk]
+
+    assert got == sorted(set(got), reverse=True)
+    assert set(everyone) <= set(got)
+    assert walk.stats.unverified == 0
+
+
 @pytest.mark.parametrize("deleted", [0, 150, 1000], ids=["none", "150", "10 pages"])
 async def test_a_resumed_walk_finds_what_deletes_behind_it_shifted_back(
     sim: DMHubSimulator, deleted: int

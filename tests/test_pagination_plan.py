@@ -191,6 +191,56 @@ def test_a_delete_of_more_than_a_page_steps_back_further() -> None:
     assert reads == [1, 2, 3, 2, 1, 4, 5]
 
 
+def test_a_delete_then_an_insert_behind_the_cursor_during_a_repair_loses_nothing() -> None:
+    # Page 3 read after a delete behind (120 slips back onto page 2), page 2 read again after
+    # an insert behind (120 back on page 3): page 2 comes back as first taken, yet page 3 as
+    # read before the insert lacks 120. It was taken all the same: 120 was never yielded.
+    ids = list(range(100, 130))
+    serve = pages_of(ids)
+    served: list[int] = []
+
+    def churn(number: int) -> RawPage[int]:
+        served.append(number)
+        if len(served) == 3:
+            ids.remove(105)
+        if len(served) == 4:
+            ids.insert(0, 50)
+        return serve(number)
+
+    plan = plan_for()
+    got, reads = drive(plan, churn)
+    assert set(ids) - {50} <= set(got)
+    assert reads == [1, 2, 3, 2, 3]
+    assert plan.stats.unverified == 0
+
+
+def test_a_page_read_ahead_before_an_insert_behind_the_cursor_is_read_again() -> None:
+    # Reading ahead (concurrency 2), page 3 comes back before page 2, and a sign-up at the
+    # front of a descending walk lands between the two reads: 111, last on page 2 before it,
+    # is first on page 3 after it, in neither read. Page 2 read again comes back as taken,
+    # which took page 3 as read before the insert: 111 was never yielded.
+    ids = list(range(130, 100, -1))  # descending: 130 ... 101
+    serve = pages_of(ids)
+    plan = plan_for(dedupe="descending")
+    got: list[int] = []
+
+    def read_and_take(number: int) -> None:
+        raw = serve(number)
+        got.extend(
+            i for page in plan.take(number, raw, plan.note_read(number, raw)) for i in page.items
+        )
+
+    read_and_take(1)
+    page_3 = serve(3)
+    early = plan.note_read(3, page_3)
+    ids.insert(0, 131)  # a sign-up: the newest id, first in a descending walk
+    read_and_take(2)
+    got.extend(i for page in plan.take(3, page_3, early) for i in page.items)
+    rest, _ = drive(plan, serve)
+    assert set(range(101, 131)) <= set(got + rest)
+    assert plan.stats.unverified == 0
+
+
 def test_an_unchanged_count_takes_pages_as_they_come() -> None:
     # Page 2 starts past page 1's end (a record missing), but the count did not change: no
     # delete can have shifted anything (a gap in the ids is not a sign).
