@@ -74,8 +74,13 @@ def query_time(
 
 def _parse(method: str, name: str, text: str) -> date | datetime:
     try:
-        if len(text) == 10:  # a bare day: "2024-01-01"
-            return date.fromisoformat(text)
+        # A bare day in any form this Python reads as one ("2024-01-01"; from 3.11 also
+        # "20240101" and "2024-W01-1"): datetime.fromisoformat reads those too, as midnight,
+        # which made a _to bound of "20240101" its first second instead of its last.
+        return date.fromisoformat(text)
+    except ValueError:
+        pass
+    try:
         return datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         raise InvalidRequestError(

@@ -6,6 +6,7 @@ Each test reads the query the client sent to the aioresponses mock.
 
 from __future__ import annotations
 
+import sys
 import warnings
 from collections.abc import Callable
 from datetime import date, datetime, timedelta, timezone
@@ -92,6 +93,23 @@ async def test_a_date_is_the_whole_day_in_the_client_timezone(
     await dm.customers.count(last_updated_from=value, last_updated_to=value)
     query = sent_query(count_answers)
     assert (query["lastUpdatedFrom"], query["lastUpdatedTo"]) == (sent_from, sent_to)
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="3.10 reads no other form of a day")
+@pytest.mark.parametrize("day", ["20240101", "2024-W01-1", "2024W011"])
+async def test_every_iso_form_of_a_day_is_the_whole_day(
+    count_answers: aioresponses, make_client: Callable[..., DMHubClient], day: str
+) -> None:
+    # Python 3.11 reads these ISO 8601 days (basic, week date) as datetimes at midnight, and
+    # only the 10-character form was taken as a day: last_updated_to="20240101" went out as
+    # 2023-12-31T16:00:00, and every customer of that day but its first second was left out.
+    dm = make_client(timezone="Asia/Shanghai")
+    await dm.customers.count(last_updated_from=day, last_updated_to=day)
+    query = sent_query(count_answers)
+    assert (query["lastUpdatedFrom"], query["lastUpdatedTo"]) == (
+        "2023-12-31T16:00:00",
+        "2024-01-01T15:59:59",
+    )
 
 
 async def test_naive_values_under_the_default_warn_once_per_client(
