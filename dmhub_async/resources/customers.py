@@ -175,6 +175,11 @@ class Customers(Resource):
     ) -> AsyncPaginator[Customer]:
         """Walk the customers that match the filters, each once, in server order.
 
+        Sorted by ``id`` (the default), the walk repairs the shifts that creates and deletes
+        make meanwhile (README, "Walking lists: pagination", and its known limit). Sorted by a
+        field that changes during the walk, customers shifted by a move can slip by unread:
+        such pages count in ``paginator.stats.unverified``.
+
         Args:
             page_size: rows a page (the service serves at most 100).
             start_page: the first page; resume a walk with its ``checkpoint``.
