@@ -55,7 +55,9 @@ def query_time(
     if isinstance(value, datetime):
         moment = value
     elif isinstance(value, date):
-        moment = datetime.combine(value, time.max if end else time.min)
+        # A day's last second is its later 23:59:59 where clocks go back at midnight (fold=1):
+        # the earlier one left the repeated hour out of both that day and the next.
+        moment = datetime.combine(value, time.max.replace(fold=1) if end else time.min)
     else:
         raise InvalidRequestError(
             f"{method}(): {name} must be a datetime, a date or an ISO 8601 string,"

@@ -79,6 +79,13 @@ async def test_a_naive_value_is_read_in_the_client_timezone(
         ("Asia/Shanghai", date(2024, 1, 1), "2023-12-31T16:00:00", "2024-01-01T15:59:59"),
         ("Asia/Shanghai", "2024-01-01", "2023-12-31T16:00:00", "2024-01-01T15:59:59"),
         ("UTC", date(2024, 2, 29), "2024-02-29T00:00:00", "2024-02-29T23:59:59"),
+        # Chile turned its clocks back from midnight to 23:00 on 6 April 2024: that day ran
+        # to 03:59:59 UTC. Its end was the first 23:59:59 (02:59:59 UTC), and 7 April starts
+        # at 04:00 UTC: the hour between belonged to neither day's filter.
+        ("America/Santiago", date(2024, 4, 6), "2024-04-06T03:00:00", "2024-04-07T03:59:59"),
+        ("America/Santiago", "2024-04-06", "2024-04-06T03:00:00", "2024-04-07T03:59:59"),
+        # And on 8 September from midnight to 01:00: the day starts at its first instant.
+        ("America/Santiago", date(2024, 9, 8), "2024-09-08T04:00:00", "2024-09-09T02:59:59"),
     ],
 )
 async def test_a_date_is_the_whole_day_in_the_client_timezone(
