@@ -135,6 +135,13 @@ def check_text(method: str, name: str, value: str) -> str:
     return value
 
 
+def check_no_controls(method: str, name: str, text: str) -> None:
+    """Refuse a control character in a value matched against the service's data: sent as
+    ``%0A`` or ``%09`` (a line's end or a TSV's tab, read from a file), it matches nothing."""
+    if any(char < " " or "\x7f" <= char <= "\x9f" for char in text):
+        raise InvalidRequestError(f"{method}(): {name} holds a control character")
+
+
 def query_length(params: Mapping[str, str]) -> int:
     """The length of ``params`` as a query string, every reserved character percent-encoded.
 
@@ -500,9 +507,7 @@ def check_identity(method: str, identity: object) -> Identity:
                 f"{method}(): identity {what} is {len(text)} characters; at most {limit}"
             )
         check_text(method, f"identity {what}", text)
-        if any(char < " " or "\x7f" <= char <= "\x9f" for char in text):
-            # Sent as %09 or %00 (request() refuses them in a path): a TSV's tab, say.
-            raise InvalidRequestError(f"{method}(): identity {what} holds a control character")
+        check_no_controls(method, f"identity {what}", text)
     if identity.name is not None:
         if not isinstance(identity.name, str) or len(identity.name) > MAX_IDENTITY_NAME:
             raise InvalidRequestError(

@@ -13,7 +13,7 @@ from typing import Any, Literal, TypedDict
 from .._converter import wire_names
 from .._exceptions import InvalidRequestError
 from .._query_time import query_time
-from .._validate import check_id, check_query, is_collection, short
+from .._validate import check_id, check_no_controls, check_query, is_collection, short
 from ..models.customer import Customer
 from ..models.gender import Gender
 
@@ -92,13 +92,16 @@ def _filter_params(
         if name == "stage":
             if not isinstance(value, str):
                 raise InvalidRequestError(f"{method}(): stage must be a string")
+            check_no_controls(method, name, value)
             params["stage"] = value or EMPTY_STAGE
         elif name in ("source", "mobile", "email"):
             if not isinstance(value, str) or not value:
                 raise InvalidRequestError(f"{method}(): {name} must be a non-empty string")
+            check_no_controls(method, name, value)  # "138...\n" from a file matched no one
             params[name] = value
         elif name == "gender":
-            if isinstance(value, bool) or value not in tuple(Gender):
+            # 1.0 equals 1 and was sent: a float is no code, as wherever an int is asked.
+            if isinstance(value, bool) or not isinstance(value, int) or value not in tuple(Gender):
                 raise InvalidRequestError(
                     f"{method}(): gender must be 0, 1 or 2, not {short(value)}"
                 )

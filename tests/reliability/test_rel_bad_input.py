@@ -123,6 +123,12 @@ CASES: dict[str, Call] = {
     "count: mobile int": lambda dm: dm.customers.count(mobile=18612341234),
     "count: gender 5": lambda dm: dm.customers.count(gender=5),
     "count: gender str": lambda dm: dm.customers.count(gender="1"),
+    "count: gender float": lambda dm: dm.customers.count(gender=1.0),
+    # A control character matched no one: a mobile read from a file with its line's end.
+    "count: mobile with a line's end": lambda dm: dm.customers.count(mobile="13800000000\n"),
+    "count: stage with a tab": lambda dm: dm.customers.count(stage="lead\t"),
+    "list: source with a NUL": lambda dm: dm.customers.list(source="web\x00"),
+    "list_rows: email with a DEL": lambda dm: dm.customers.list_rows(email="a@b.c\x7f"),
     "count: empty id_list": lambda dm: dm.customers.count(id_list=[]),
     "count: id_list str": lambda dm: dm.customers.count(id_list="1,2"),
     "count: id_list of str": lambda dm: dm.customers.count(id_list=["1"]),
