@@ -369,7 +369,8 @@ def connection_error(
 ) -> APIConnectionError:
     """The error for a request that got no answer; says when a write's outcome is unknown.
 
-    ``not_sent``: it never reached the service (refused, DNS); ``kind`` names the failure.
+    ``not_sent``: it never reached the service (refused, DNS, no connection within
+    ``connect_timeout``); ``kind`` names the failure.
     """
     unknown = not request.idempotent and not not_sent
     message = f"{request.method} {request.path} " + ("timed out" if timeout else f"failed ({kind})")

@@ -431,7 +431,11 @@ class Session:
             error = connection_error(
                 request,
                 timeout=isinstance(failure, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)),
-                not_sent=isinstance(failure, aiohttp.ClientConnectorError),  # refused, DNS
+                # Refused, DNS, or no connection open within connect_timeout: aiohttp raises
+                # ConnectionTimeoutError only around opening one, before a byte is sent.
+                not_sent=isinstance(
+                    failure, (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
+                ),
                 kind=type(failure).__name__,
             )
             raise error from RedactedCause(failure, secrets)

@@ -326,10 +326,13 @@ async def test_create_is_not_repeated_after_an_answer_that_may_hide_a_write(
     "answer",
     [
         {"exception": connect_failure()},
+        # connect_timeout= ran out before a connection was open: nothing was sent. It was taken
+        # as a lost answer: the create not repeated, and said to have an unknown outcome.
+        {"exception": aiohttp.ConnectionTimeoutError("Connection timeout to host")},
         {"status": 429, "payload": {"error_code": 429}},
         {"status": 503, "body": b""},
     ],
-    ids=["connect failure", "429", "503"],
+    ids=["connect failure", "connect timeout", "429", "503"],
 )
 async def test_create_is_retried_where_it_surely_was_not_applied(api, make_client, clock, answer):
     api.post(url("/v1/customers"), **answer)
