@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 import aiohttp
 import attrs
@@ -28,6 +28,7 @@ from ._exceptions import (
 )
 from ._redact import MASK, redact
 from ._retry import parse_retry_after
+from ._validate import MAX_SETTING_LENGTH
 from ._version import __version__
 
 __all__ = [
@@ -161,15 +162,28 @@ def token_request(app_id: str, secret: str) -> Request:
     )
 
 
+def _no_token(problem: str) -> ResponseDecodeError:
+    return ResponseDecodeError(
+        f"GET {TOKEN_PATH} -> {problem}", status=200, method="GET", path=TOKEN_PATH
+    )
+
+
 def read_token(data: Any, started: float) -> Token:
     """The token in a token answer fetched at ``started``, or ResponseDecodeError."""
     token = data.get("access_token") if isinstance(data, dict) else None
     if not isinstance(token, str) or not token:  # a list or an object was str()-ed and sent
-        raise ResponseDecodeError(
-            f"GET {TOKEN_PATH} -> a body without access_token",
-            status=200,
-            method="GET",
-            path=TOKEN_PATH,
+        raise _no_token("a body without access_token")
+    if (
+        len(token) > MAX_SETTING_LENGTH
+        or not token.isprintable()
+        or len(quote(token, safe="")) > MAX_SETTING_LENGTH
+    ):
+        # Checked as an access_token given to the client is: it goes out in every URL (a line
+        # break, 200 KB), and every error masks each run of 8 of its characters (a 4 MB one
+        # held the event loop 4.5 s and kept 545 MB, for each error).
+        raise _no_token(
+            "an access_token that cannot be sent (not printable, or longer than "
+            f"{MAX_SETTING_LENGTH} bytes URL-encoded)"
         )
     try:
         expires_in = float(data.get("expires_in") or DEFAULT_TOKEN_LIFETIME)
