@@ -52,14 +52,18 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
     try:
         seconds = float(value)
     except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if when.tzinfo is None:  # pragma: no cover - RFC 9110 dates are GMT
-            return None
-        seconds = when.timestamp() - now
-    return max(0.0, seconds) if seconds == seconds else None  # NaN is no answer
+        pass
+    else:
+        # delay-seconds are digits (RFC 9110): a negative one is no answer, as garbage is,
+        # and backoff applies. Read as "now", every retry went at once to a throttling server.
+        return max(0.0, seconds) if seconds >= 0 else None  # NaN: no answer either (-0: 0)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # pragma: no cover - RFC 9110 dates are GMT
+        return None
+    return max(0.0, when.timestamp() - now)  # a date gone by: now
 
 
 @attrs.frozen

@@ -203,6 +203,21 @@ async def test_retry_after_in_the_past_retries_at_once(api, make_client, clock):
     assert clock.waits == [0.0]
 
 
+@pytest.mark.parametrize("value", ["-5", "-1e9", "-inf"])
+async def test_a_negative_retry_after_is_no_answer_and_backoff_applies(
+    api, make_client, clock, value
+):
+    api.get(url("/v1/customers/1"), status=429, headers={"Retry-After": value}, repeat=True)
+    dm = make_client(access_token="tok")
+
+    with pytest.raises(RateLimitError) as info:
+        await dm.request("GET", "/v1/customers/1")
+
+    # Before: read as "retry now", the throttling server was sent all 5 attempts at once.
+    assert clock.waits == [0.5, 1, 2, 4]
+    assert info.value.retry_after is None
+
+
 async def test_retry_after_above_the_cap_is_raised_at_once(api, make_client, clock):
     api.get(url("/v1/customers/1"), status=429, headers={"Retry-After": "120"}, repeat=True)
     dm = make_client(access_token="tok", retry_after_cap=60.0)
