@@ -133,8 +133,10 @@ class APIError(DMHubError):
     and ``request_id`` when the service sent one.
 
     ``code`` is the body's ``error_code``, as an ``int`` when it is numeric (the live service
-    sends both ``40004`` and ``"40004"``), else the string, else ``None``. ``retry_after`` is
-    the wait in seconds a ``Retry-After`` header asked for (429 and 503), else ``None``.
+    sends both ``40004`` and ``"40004"``), else the string, else ``None``; ``description`` its
+    ``error_description``. Either text is kept up to 1,000 characters (then ``...``).
+    ``retry_after`` is the wait in seconds a ``Retry-After`` header asked for (429 and 503),
+    else ``None``.
     """
 
     status: int

@@ -290,8 +290,16 @@ def _error_of(data: Any, secrets: Iterable[str | None]) -> tuple[int | str | Non
     code = coerce_code(data.get("error_code"))
     if code == 0:
         return None, None
+    if isinstance(code, str) and len(code) > _ERROR_TEXT:
+        code = _text_start(code, secrets, _ERROR_TEXT)
     raw = data.get("error_description")
-    return code, redact(str(raw), secrets) if raw is not None else None
+    return code, _text_start(str(raw), secrets, _ERROR_TEXT) if raw is not None else None
+
+
+#: The characters of an error's description (or textual code) kept: the service's are a line.
+#: Kept whole, 10 MB of one was the message of the error (every log line of it), and masking
+#: secrets in it held the event loop 2.7 s.
+_ERROR_TEXT = 1000
 
 
 def too_large(request: Request, status: int, limit: int) -> APIError:
@@ -326,6 +334,13 @@ def _body_text(body: bytes, secrets: Iterable[str | None], limit: int = 1000) ->
     # and its first half would leak.
     text = redact(body[:4096].decode("utf-8", "replace"), secrets)
     return text[:limit] + ("..." if len(text) > limit or len(body) > 4096 else "")
+
+
+def _text_start(text: str, secrets: Iterable[str | None], limit: int) -> str:
+    """The start of a text the service sent, up to ``limit`` characters, redacted (as
+    :func:`_body_text`: only its first 4,096 characters, masking costs a loop turn each)."""
+    redacted = redact(text[:4096], secrets)
+    return redacted[:limit] + ("..." if len(redacted) > limit or len(text) > 4096 else "")
 
 
 def _snippet(body: bytes, secrets: Iterable[str | None]) -> str:

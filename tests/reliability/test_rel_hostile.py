@@ -330,6 +330,35 @@ async def test_an_error_code_echoing_the_token_does_not_reach_the_api_error(
 
 
 @pytest.mark.parametrize(
+    "body",
+    [
+        {"error_code": 40005, "error_description": "x" * (10 * MB)},
+        {"error_code": "E" * (10 * MB), "error_description": "no"},
+    ],
+    ids=["description", "code"],
+)
+async def test_an_error_text_of_megabytes_is_cut_short(
+    servers: tuple[Server, Server], client: Callable[..., DMHubClient], body: dict[str, Any]
+) -> None:
+    service, _ = servers
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        return web.json_response(body, status=400)
+
+    service.handler = answer
+    dm = client(service.url)
+
+    with pytest.raises(APIError) as caught:
+        await dm.customers.get(1)
+
+    # Before: the whole 10 MB in the message, .description or .code (every log line of the
+    # error), and 2.7 s of the event loop masking secrets in it, twice.
+    assert len(str(caught.value)) < 1200
+    assert len(caught.value.description or "") <= 1003
+    assert len(str(caught.value.code)) <= 1003
+
+
+@pytest.mark.parametrize(
     "token",
     ["ab12" * 50_000, "ab12cd34\r\nX-Injected: 1"],
     ids=["200 KB", "a line break"],
