@@ -65,17 +65,16 @@ def _may_lose_digits(body: bytes) -> bool:
     in one pass instead: the cost stays linear, a few times orjson's at most.
     """
     sample = body[::_STRIDE].translate(_DIGITS_TO_ZERO)
-    runs = sample.count(_RUN)
-    if not runs:
-        return False
-    if runs > len(body) // _DENSE:
-        # Every literal _LOSSY matches has 16 digits and points in a row: most such bodies
-        # have none (ids, keys of digits), found at C speed; the others, one regex pass.
-        if _RUN * 4 not in body.translate(_DIGITS_TO_ZERO):
-            return False
-        return _LOSSY.search(body) is not None
+    searches = len(body) // _DENSE  # worth making one place at a time; then one pass
     at = sample.find(_RUN)
     while at != -1:
+        if not searches:
+            # Every literal _LOSSY matches has 16 digits and points in a row: most such bodies
+            # have none (ids, keys of digits), found at C speed; the others, one regex pass.
+            if _RUN * 4 not in body.translate(_DIGITS_TO_ZERO):
+                return False
+            return _LOSSY.search(body) is not None
+        searches -= 1
         start = at * _STRIDE
         # The run holds bytes start to start + 12; any literal it is part of shows within 40
         # bytes either side (a longer one is looked at again from its next sampled byte).

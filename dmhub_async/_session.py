@@ -433,9 +433,7 @@ class Session:
                 timeout=isinstance(failure, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)),
                 # Refused, DNS, or no connection open within connect_timeout: aiohttp raises
                 # ConnectionTimeoutError only around opening one, before a byte is sent.
-                not_sent=isinstance(
-                    failure, (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
-                ),
+                not_sent=isinstance(failure, _NOT_SENT),
                 kind=type(failure).__name__,
             )
             raise error from RedactedCause(failure, secrets)
@@ -465,6 +463,14 @@ class Session:
             if len(body) > limit:
                 raise too_large(request, resp.status, limit)
         return bytes(body)
+
+
+#: What aiohttp raises for a request that never left: refused, DNS, and (from aiohttp 3.10,
+#: the SDK takes 3.9) no connection opened within ``connect_timeout``.
+_NOT_SENT: tuple[type[BaseException], ...] = (
+    aiohttp.ClientConnectorError,
+    *(getattr(aiohttp, name) for name in ("ConnectionTimeoutError",) if hasattr(aiohttp, name)),
+)
 
 
 def _fetch_budget(attempt: float, policy: RetryPolicy) -> float:

@@ -126,7 +126,8 @@ def test_a_body_thick_with_digits_is_scanned_in_one_pass(
     monkeypatch.setattr(_json, "_LOSSY", counting)
 
     assert _json.loads(body) == json.loads(body)
-    assert counting.searches <= 1  # before: 230,000 to 520,000, one per run of digits
+    # A search a KB at most, then one pass: before, 230,000 to 520,000, one per run of digits.
+    assert counting.searches <= len(body) // 1024 + 1
     # and a number a float would round is still found there, the page read exactly
     lossy = body[:-1] + (b',"n":' if body.startswith(b"{") else b",") + b"12345678901234567.89"
     lossy += body[-1:]
