@@ -185,8 +185,11 @@ def read_token(data: Any, started: float) -> Token:
             "an access_token that cannot be sent (not printable, or longer than "
             f"{MAX_SETTING_LENGTH} bytes URL-encoded)"
         )
+    lifetime = data.get("expires_in")
+    if isinstance(lifetime, bool):  # true was float()-ed to 1 s: a fetch a second
+        lifetime = None
     try:
-        expires_in = float(data.get("expires_in") or DEFAULT_TOKEN_LIFETIME)
+        expires_in = float(lifetime or DEFAULT_TOKEN_LIFETIME)
     except (TypeError, ValueError, OverflowError):
         expires_in = DEFAULT_TOKEN_LIFETIME
     # Out of reason, the default: a negative or NaN lifetime made every call fetch a token

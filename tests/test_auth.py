@@ -363,7 +363,9 @@ async def test_expires_in_from_the_answer_sets_the_refresh_time(api, make_client
 
 
 @pytest.mark.parametrize(
-    "expires_in", [-1, 0, "nan", "-inf", "inf", 1e17, None, "abc"], ids=lambda v: repr(v)
+    "expires_in",
+    [-1, 0, "nan", "-inf", "inf", 1e17, None, "abc", True, [7200]],
+    ids=lambda v: repr(v),
 )
 def test_a_token_lifetime_out_of_reason_is_the_default(expires_in: Any) -> None:
     # Taken as given, a negative or NaN one made every call fetch a token (revoking every other
