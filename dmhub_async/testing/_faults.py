@@ -6,6 +6,7 @@ import random
 import time
 from collections import Counter, deque
 from collections.abc import Iterable
+from collections.abc import Set as AbstractSet
 from fnmatch import fnmatchcase
 
 from .._validate import check_number
@@ -41,7 +42,8 @@ class Faults:
     optionally prefixed by a method: ``"GET /v1/customers"``, ``"/v1/customers/*"``); by
     default every ``/v1`` path, never the token endpoint unless a pattern names it.
     A scripted fault (see `script`) is taken first; otherwise each request draws one of
-    ``kinds`` with probability ``rate``.
+    ``kinds`` with probability ``rate``, from a random generator seeded by ``seed``: one seed,
+    one schedule, in every run (a set of kinds, such as ``ALL_KINDS``, is taken sorted).
 
     aiohttp's client silently re-sends an idempotent request (GET, PUT, DELETE) once when the
     connection drops; with ``drop_resent`` (the default) the simulator drops that immediate
@@ -205,6 +207,10 @@ _RESENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"}
 def _kinds_of(name: str, value: Iterable[str]) -> tuple[str, ...]:
     if isinstance(value, str):  # "500" is not the kinds "5", "0", "0"
         raise ValueError(f"{name} takes an iterable of fault kinds, not the string {value!r}")
+    if isinstance(value, AbstractSet):
+        # A set's order is its strings' hashes, which PYTHONHASHSEED changes: ALL_KINDS gave
+        # each run its own fault schedule for one seed. Sorted, a seed is one schedule.
+        return tuple(sorted(value))
     return tuple(value)
 
 

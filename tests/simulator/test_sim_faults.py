@@ -7,7 +7,10 @@ import email.utils
 import io
 import itertools
 import json
+import os
 import re
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -204,6 +207,28 @@ async def test_random_faults_at_a_rate_are_seeded(http: aiohttp.ClientSession) -
     first, second = await run(), await run()
     assert first == second
     assert {200, 500, 503} == set(first)
+
+
+def test_random_faults_drawn_from_a_set_of_kinds_are_the_same_under_any_hash_seed() -> None:
+    # Faults.ALL_KINDS is a frozenset: a tuple of it is in the order of the string hashes,
+    # which change with PYTHONHASHSEED, so one seed gave each run its own fault schedule.
+    program = (
+        "from dmhub_async.testing import Faults\n"
+        "f = Faults(rate=0.5, kinds=Faults.ALL_KINDS, seed=1)\n"
+        "print([f.next_fault() for _ in range(40)])\n"
+    )
+    schedules = {
+        subprocess.run(
+            [sys.executable, "-c", program],
+            env={**os.environ, "PYTHONHASHSEED": str(hash_seed)},
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        ).stdout
+        for hash_seed in (0, 1, 2)
+    }
+    assert len(schedules) == 1, schedules
 
 
 async def _token(http: aiohttp.ClientSession, sim: DMHubSimulator) -> str:
