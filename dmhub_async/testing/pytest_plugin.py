@@ -7,7 +7,8 @@ nothing in a test run that does not ask for its fixtures; the async ones need py
 (``pip install pytest-asyncio``), and a test asking for them without it fails with that message.
 
 - ``dmhub_simulator``: a running `DMHubSimulator` seeded with 50 customers. Change that with
-  ``@pytest.mark.dmhub_simulator(customers=500, seed=7)`` (any constructor argument).
+  ``@pytest.mark.dmhub_simulator(customers=500, seed=7)`` (any constructor argument, as the
+  constructor takes it: ``dmhub_simulator(500)`` is 500 customers).
 - ``dmhub_clock``: the `FakeClock` the client fixture waits on: retries take no real time, and
   ``dmhub_clock.waits`` lists the waits.
 - ``dmhub_client``: a ``DMHubClient`` pointed at ``dmhub_simulator``, on ``dmhub_clock``. Pass
@@ -18,7 +19,8 @@ nothing in a test run that does not ask for its fixtures; the async ones need py
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import AsyncIterator
+import inspect
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -48,9 +50,22 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
-def _mark_kwargs(request: pytest.FixtureRequest, name: str) -> dict[str, Any]:
+def _mark_kwargs(
+    request: pytest.FixtureRequest, name: str, target: Callable[..., object]
+) -> dict[str, Any]:
+    """The marker's arguments, positional ones included, by ``target``'s parameter names."""
     marker = request.node.get_closest_marker(name)
-    return dict(marker.kwargs) if marker is not None else {}
+    if marker is None:
+        return {}
+    # Bound to the signature: `dmhub_simulator(500)` is 500 customers, as DMHubSimulator(500)
+    # is (its positional arguments were dropped unread, and the test ran on 50).
+    try:
+        bound = inspect.signature(target).bind_partial(*marker.args, **marker.kwargs)
+    except TypeError as err:
+        refused = f"@pytest.mark.{name}(...): {err}"
+    else:
+        return dict(bound.arguments)
+    pytest.fail(refused, pytrace=False)  # outside the except: one line, no chained traceback
 
 
 @pytest.fixture
@@ -69,7 +84,7 @@ async def _simulator(
     # The client's clock: the simulator's times (a Retry-After date, token lifetimes, the
     # customers it creates) are then the times the client sees.
     kwargs: dict[str, Any] = {"customers": DEFAULT_CUSTOMERS, "clock": dmhub_clock}
-    kwargs.update(_mark_kwargs(request, "dmhub_simulator"))
+    kwargs.update(_mark_kwargs(request, "dmhub_simulator", DMHubSimulator))
     async with DMHubSimulator(**kwargs) as sim:
         yield sim
 
@@ -87,7 +102,7 @@ async def _client(
         "clock": dmhub_clock,
         "sleep": dmhub_clock.sleep,
     }
-    kwargs.update(_mark_kwargs(request, "dmhub_client"))
+    kwargs.update(_mark_kwargs(request, "dmhub_client", DMHubClient))
     async with DMHubClient(**kwargs) as client:
         yield client
 

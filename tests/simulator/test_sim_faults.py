@@ -436,6 +436,23 @@ async def test_dmhub_simulator_fixture_takes_a_marker(dmhub_simulator: DMHubSimu
     assert dmhub_simulator.customers_count() == 7
 
 
+@pytest.mark.dmhub_simulator(7, seed=2)
+async def test_dmhub_simulator_fixture_takes_the_markers_positional_argument(
+    dmhub_simulator: DMHubSimulator,
+) -> None:
+    # DMHubSimulator(7) is 7 customers: the marker's positional arguments were dropped unread,
+    # and the test ran on the default 50.
+    assert dmhub_simulator.customers_count() == 7
+
+
+@pytest.mark.dmhub_client("sim-app-id", "not-the-secret", max_retries=0)
+async def test_dmhub_client_fixture_takes_the_markers_positional_arguments(
+    dmhub_client: dmhub_async.DMHubClient,
+) -> None:
+    with pytest.raises(dmhub_async.AuthenticationError):
+        await dmhub_client.customers.count()
+
+
 @pytest.mark.skipif(not HAS_CLIENT, reason="DMHubClient is not available yet")
 async def test_dmhub_client_fixture(dmhub_client: Any, dmhub_simulator: DMHubSimulator) -> None:
     assert await dmhub_client.customers.count() == 50
