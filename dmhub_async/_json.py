@@ -93,11 +93,16 @@ def exact_number(text: str) -> float | Decimal:
     return value if Decimal(repr(value)) == exact else exact
 
 
-def loads(body: bytes | str) -> Any:
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")
+
+
+def loads(body: bytes | str, *, allow_nan: bool = True) -> Any:
     """Decode a JSON body, every number exactly; ValueError when it is not JSON.
 
     Integers are ints of any size; any other number is a float, or a ``Decimal`` where a float
-    would lose a digit (:func:`exact_number`).
+    would lose a digit (:func:`exact_number`). ``NaN`` and ``Infinity``, which the standard
+    library writes but JSON has not, are read as floats, or refused without ``allow_nan``.
     """
     raw = body.encode("utf-8", "surrogatepass") if isinstance(body, str) else body
     if not _may_lose_digits(raw):
@@ -106,7 +111,9 @@ def loads(body: bytes | str) -> Any:
         except orjson.JSONDecodeError:
             pass
     # raises ValueError (UnicodeDecodeError too) when not JSON
-    return json.loads(body, parse_float=exact_number)
+    return json.loads(
+        body, parse_float=exact_number, parse_constant=None if allow_nan else _not_json
+    )
 
 
 def _decimal_text(value: Any) -> Any:

@@ -65,7 +65,9 @@ def bad(code: int, description: str) -> NoReturn:
 async def json_object(request: web.Request) -> dict[str, Any]:
     raw = await request.read()
     try:
-        data = _json.loads(raw)  # every number exactly: a float rounded 12345678901234567.89
+        # Every number exactly (a float rounded 12345678901234567.89); NaN and Infinity, which
+        # json.dumps writes, are not JSON: taken, they were stored and served as null.
+        data = _json.loads(raw, allow_nan=False)
     except (ValueError, UnicodeDecodeError):
         bad(BAD_BODY, "request body is not valid JSON")
     if not isinstance(data, dict):

@@ -559,6 +559,16 @@ NO_FIELDS = {"customer": {}}
     [
         ("POST", "/v1/customers", {"raw": b"{not json"}, 40002),
         ("POST", "/v1/customers", {"body": [1, 2]}, 40002),
+        # NaN and Infinity are not JSON (the standard library's json.dumps writes them): the
+        # simulator took them, stored a NaN and served it as null, where the service refuses.
+        ("POST", "/v1/customers", {"raw": b'{"annualRevenue": NaN}'}, 40002),
+        ("POST", "/v1/customers", {"raw": b'{"attr": {"attr1": Infinity}}'}, 40002),
+        (
+            "POST",
+            "/v1/customerandidentities",
+            {"raw": b'{"customer": {"annualRevenue": -Infinity}, "customerIdentities": []}'},
+            40002,
+        ),
         ("POST", "/v1/customerandidentities", {"body": {"customer": {}}}, 40003),
         (
             "POST",
