@@ -8,7 +8,9 @@ nothing in a test run that does not ask for its fixtures; the async ones need py
 
 - ``dmhub_simulator``: a running `DMHubSimulator` seeded with 50 customers. Change that with
   ``@pytest.mark.dmhub_simulator(customers=500, seed=7)`` (any constructor argument, as the
-  constructor takes it: ``dmhub_simulator(500)`` is 500 customers).
+  constructor takes it: ``dmhub_simulator(500)`` is 500 customers). It serves on the event
+  loop of an ``async def`` test, and from a thread of its own for a plain ``def`` test, whose
+  synchronous code (an ``asyncio.run()`` job, a subprocess) then reaches it.
 - ``dmhub_clock``: the `FakeClock` the client fixture waits on: retries take no real time, and
   ``dmhub_clock.waits`` lists the waits.
 - ``dmhub_client``: a ``DMHubClient`` pointed at ``dmhub_simulator``, on ``dmhub_clock``. Pass
@@ -18,9 +20,10 @@ nothing in a test run that does not ask for its fixtures; the async ones need py
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import inspect
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -76,17 +79,64 @@ def dmhub_clock() -> FakeClock:
     return FakeClock()
 
 
-async def _simulator(
-    request: pytest.FixtureRequest, dmhub_clock: FakeClock
-) -> AsyncIterator[DMHubSimulator]:
+def _new_simulator(request: pytest.FixtureRequest, dmhub_clock: FakeClock) -> DMHubSimulator:
     from ._simulator import DMHubSimulator  # late: a run without these fixtures never loads it
 
     # The client's clock: the simulator's times (a Retry-After date, token lifetimes, the
     # customers it creates) are then the times the client sees.
     kwargs: dict[str, Any] = {"customers": DEFAULT_CUSTOMERS, "clock": dmhub_clock}
     kwargs.update(_mark_kwargs(request, "dmhub_simulator", DMHubSimulator))
-    async with DMHubSimulator(**kwargs) as sim:
+    return DMHubSimulator(**kwargs)
+
+
+async def _simulator_in_loop(
+    request: pytest.FixtureRequest, dmhub_clock: FakeClock
+) -> AsyncIterator[DMHubSimulator]:
+    async with _new_simulator(request, dmhub_clock) as sim:
         yield sim
+
+
+def _is_async_test(request: pytest.FixtureRequest) -> bool:
+    test = getattr(request.node, "function", None)
+    test = getattr(getattr(test, "hypothesis", None), "inner_test", test)  # @given wraps it
+    return inspect.iscoroutinefunction(test) or inspect.isasyncgenfunction(test)
+
+
+@contextlib.contextmanager
+def _served_from_a_thread(sim: DMHubSimulator) -> Iterator[DMHubSimulator]:
+    """``sim`` serving on an event loop of its own thread, for the length of the block."""
+    import asyncio
+    import threading
+
+    ready = threading.Event()
+    running: dict[str, Any] = {}
+
+    async def serve() -> None:
+        loop, stop = asyncio.get_running_loop(), asyncio.Event()
+        running["stop"] = lambda: loop.call_soon_threadsafe(stop.set)
+        try:
+            async with sim:
+                ready.set()
+                await stop.wait()
+        except BaseException as err:  # a port taken, say: raised in the test's thread
+            running["error"] = err
+        finally:
+            ready.set()
+
+    thread = threading.Thread(
+        target=asyncio.run, args=(serve(),), name="dmhub_simulator", daemon=True
+    )
+    thread.start()
+    try:
+        ready.wait()
+        if "error" not in running:
+            yield sim
+    finally:
+        if "stop" in running:
+            running["stop"]()
+        thread.join()
+    if "error" in running:  # starting or stopping it failed
+        raise running["error"]
 
 
 async def _client(
@@ -110,8 +160,22 @@ async def _client(
 if importlib.util.find_spec("pytest_asyncio") is not None:
     import pytest_asyncio
 
-    dmhub_simulator = pytest_asyncio.fixture(_simulator, name="dmhub_simulator")
+    _dmhub_simulator_in_loop = pytest_asyncio.fixture(
+        _simulator_in_loop, name="_dmhub_simulator_in_loop"
+    )
     dmhub_client = pytest_asyncio.fixture(_client, name="dmhub_client")
+
+    @pytest.fixture(name="dmhub_simulator")
+    def _dmhub_simulator(
+        request: pytest.FixtureRequest, dmhub_clock: FakeClock
+    ) -> Iterator[DMHubSimulator]:
+        if _is_async_test(request):  # served by the test's own event loop
+            yield request.getfixturevalue("_dmhub_simulator_in_loop")
+            return
+        # A plain `def` test runs no event loop: one in the test's loop took connections and
+        # never answered, and synchronous code under test (an asyncio.run() job) hung on it.
+        with _served_from_a_thread(_new_simulator(request, dmhub_clock)) as sim:
+            yield sim
 else:
 
     @pytest.fixture(name="dmhub_simulator")

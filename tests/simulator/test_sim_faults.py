@@ -436,6 +436,31 @@ async def test_dmhub_simulator_fixture_takes_a_marker(dmhub_simulator: DMHubSimu
     assert dmhub_simulator.customers_count() == 7
 
 
+@pytest.mark.dmhub_simulator(customers=9)
+def test_dmhub_simulator_fixture_answers_a_synchronous_test(
+    dmhub_simulator: DMHubSimulator,
+) -> None:
+    # README "From synchronous code": a job is one asyncio.run(main()). In a plain `def` test
+    # the simulator sat in an event loop nothing ran: it took the connection and never
+    # answered, and the job hung until its timeout (with urllib's default, for ever).
+    async def job() -> int:
+        async with dmhub_async.DMHubClient(
+            dmhub_simulator.app_id,
+            dmhub_simulator.secret,
+            base_url=dmhub_simulator.url,
+            token_store=dmhub_async.MemoryTokenStore(),
+            timeout=5,
+            max_retries=0,
+        ) as dm:
+            return await dm.customers.count()
+
+    assert asyncio.run(job()) == 9
+    dmhub_simulator.faults.script(["503"])
+    with pytest.raises(dmhub_async.ServerError):
+        asyncio.run(job())
+    assert dmhub_simulator.counters.routes["GET /v1/customers/count"] == 2
+
+
 @pytest.mark.dmhub_simulator(7, seed=2)
 async def test_dmhub_simulator_fixture_takes_the_markers_positional_argument(
     dmhub_simulator: DMHubSimulator,
