@@ -12,7 +12,10 @@ import re
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator
+from http.client import HTTPException
 from typing import Any
 
 import aiohttp
@@ -171,6 +174,36 @@ async def test_reset_after_write_on_delete_is_not_applied_twice(
             pass
     assert sim.customers_count() == 29
     assert sim.counters.routes["DELETE /v1/customers/{id}"] == 2  # aiohttp's own re-send
+
+
+def test_one_scripted_reset_is_one_failure_for_a_client_that_does_not_resend() -> None:
+    # docs/contract.md "Where the simulator goes its own way": urllib does not re-send as aiohttp
+    # does, so its own immediate retry is taken for the re-send unless drop_resent is off.
+    async def failures(drop_resent: bool) -> list[bool]:
+        async with DMHubSimulator(1, faults=Faults(drop_resent=drop_resent)) as sim:
+            token = f"{sim.url}/security/accesstoken?grant_type=client_credentials"
+            token += f"&appid={sim.app_id}&secret={sim.secret}"
+
+            def three_tries() -> list[bool]:
+                with urllib.request.urlopen(token, timeout=10) as r:
+                    count = (
+                        f"{sim.url}/v1/customers/count?access_token={json.load(r)['access_token']}"
+                    )
+                sim.faults.script(["reset"])
+                failed = []
+                for _ in range(3):
+                    try:
+                        urllib.request.urlopen(count, timeout=10).close()
+                    except (ConnectionError, urllib.error.URLError, HTTPException):
+                        failed.append(True)
+                    else:
+                        failed.append(False)
+                return failed
+
+            return await asyncio.to_thread(three_tries)
+
+    assert asyncio.run(failures(drop_resent=False)) == [True, False, False]
+    assert asyncio.run(failures(drop_resent=True)) == [True, True, False]
 
 
 def test_unknown_fault_kind_is_refused() -> None:
