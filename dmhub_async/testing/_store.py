@@ -160,8 +160,10 @@ class CustomerStore:
     def find_by_mobile(self, mobile: str) -> int | None:
         """The id of the customer with this mobile number."""
         found = self._by_mobile.get(mobile)
-        if found is not None:
-            return found
+        return found if found is not None else self._seeded_with_mobile(mobile)
+
+    def _seeded_with_mobile(self, mobile: str) -> int | None:
+        # The seeded row, never edited, that has this mobile number.
         k = index_of_mobile(mobile, self._offset)
         if k is None or (customer_id := self._seeded(k)) is None:
             return None
@@ -170,13 +172,23 @@ class CustomerStore:
     def find_by_email(self, email: str) -> int | None:
         """The id of the customer with this e-mail address."""
         found = self._by_email.get(email)
-        if found is not None:
-            return found
+        return found if found is not None else self._seeded_with_email(email)
+
+    def _seeded_with_email(self, email: str) -> int | None:
+        # The seeded row, never edited, that has this e-mail address.
         k = index_of_email(email)
         if k is None or (customer_id := self._seeded(k)) is None:
             return None
         a = self._ga[k]
         return customer_id if has_email(a) and email_of(k, a) == email else None
+
+    def _holders(self, field: str, value: str, seeded: int | None) -> list[int]:
+        """Every customer whose ``field`` is ``value``, ascending: an update may give a customer
+        another's mobile or e-mail, and the index above keeps one id for each."""
+        found = {i for i, row in self._rows.items() if row[field] == value}
+        if seeded is not None:
+            found.add(seeded)
+        return sorted(found)
 
     def find_identity(self, type_: str, value: str) -> tuple[int, str | None] | None:
         """The (customer id, identity name) an identity is bound to."""
@@ -279,11 +291,23 @@ class CustomerStore:
         """Apply writable fields to a customer; ``clear`` lets null clear a field (PUT)."""
         self._version += 1
         row = self._materialize(customer_id)
+        before = (row["mobile"], row["email"])
         self._unindex_row(row)
         apply_fields(row, fields, clear=clear)
         row["lastUpdated"] = self._timestamp()
         self._index_row(row)
+        self._reindex_left(before)
         return row
+
+    def _reindex_left(self, before: tuple[str | None, str | None]) -> None:
+        # A mobile or e-mail this row gave up may still be another edited row's (an update can
+        # give one customer another's): index that one, so that a create still matches it.
+        indexes = (self._by_mobile, self._by_email)
+        for field, index, value in zip(("mobile", "email"), indexes, before, strict=True):
+            if value and value not in index:
+                other = next((i for i, r in self._rows.items() if r[field] == value), None)
+                if other is not None:
+                    index[value] = other
 
     def delete(self, customer_id: int) -> bool:
         """Delete a customer, its identities and statistics; False if it did not exist."""
@@ -358,9 +382,9 @@ class CustomerStore:
         if f.id_list is not None:
             candidates = sorted(i for i in f.id_list if i in self)
         elif f.mobile is not None:
-            candidates = [i for i in (self.find_by_mobile(f.mobile),) if i is not None]
+            candidates = self._holders("mobile", f.mobile, self._seeded_with_mobile(f.mobile))
         elif f.email is not None:
-            candidates = [i for i in (self.find_by_email(f.email),) if i is not None]
+            candidates = self._holders("email", f.email, self._seeded_with_email(f.email))
         else:
             # Seeded rows never edited, through the index; edited and created ones by a scan.
             gid, alive, rows = self._gid, self._alive, self._rows

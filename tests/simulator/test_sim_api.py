@@ -464,6 +464,35 @@ async def test_filters_by_mobile_email_and_id_list(api: Api, sim: DMHubSimulator
     assert (await api.call("GET", "/v1/customers/count", mobile="10000000000"))[1] == 0
 
 
+@pytest.mark.parametrize("field", ["mobile", "email"])
+async def test_a_mobile_or_email_filter_lists_every_customer_that_has_it(
+    api: Api, sim: DMHubSimulator, field: str
+) -> None:
+    # An update may give a customer another's mobile (docs/contract.md "Where the simulator
+    # goes its own way"); the filter then listed only the last one written, and after that one
+    # moved on, none (an edited customer that kept it was found by nobody).
+    people = everyone(sim)
+    first, second, third = [c for c in people if c[field]][:3]
+    value = first[field]
+    await api.call("PUT", f"/v1/customers/{first['id']}", {"remark": "edited"})
+    for other in (second, third):
+        status, _ = await api.call("PUT", f"/v1/customers/{other['id']}", {field: value})
+        assert status == 200
+    wanted = sorted([first["id"], second["id"], third["id"]])
+    _, body = await api.call("GET", "/v1/customers", **{field: value})
+    assert [r["id"] for r in body["rows"]] == wanted
+    assert (await api.call("GET", "/v1/customers/count", **{field: value}))[1] == 3
+    await api.call("PUT", f"/v1/customers/{third['id']}", {field: None})
+    _, body = await api.call("GET", "/v1/customers", **{field: value})
+    assert [r["id"] for r in body["rows"]] == [i for i in wanted if i != third["id"]]
+    assert (await api.call("GET", "/v1/customers/count", **{field: value}))[1] == 2
+    # A create with it matches one of the two left: it made a new customer, a fourth with it.
+    status, created = await api.call("POST", "/v1/customers", {field: value, "remark": "again"})
+    assert status == 200
+    assert created["id"] in wanted
+    assert (await api.call("GET", "/v1/customers/count", **{field: value}))[1] == 2
+
+
 async def test_select_keeps_id_and_the_named_fields(api: Api) -> None:
     _, body = await api.call("GET", "/v1/customers", select="name,mobile", rows=3)
     assert [set(r) for r in body["rows"]] == [{"id", "name", "mobile"}] * 3
