@@ -241,6 +241,18 @@ def test_demo_says_its_simulated_latency(tmp_path: Path) -> None:
     assert (quiet.stdout, quiet.stderr) == ("", "")
 
 
+def test_demo_report_json_is_one_object(tmp_path: Path) -> None:
+    # `demo --report json | jq .exported`: the banner lines came first, and jq failed on them.
+    result = python_m(
+        "demo", "--customers", "300", "--latency-ms", "1", "--report", "json", cwd=tmp_path
+    )
+
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["exported"] == 300
+    assert report["complete"] is True
+
+
 def test_no_credentials_is_one_line(tmp_path: Path) -> None:
     result = run_cli("export", "--out", "a.jsonl", env=base_env(tmp_path), cwd=tmp_path)
     assert_one_line_error(result, 1, "DMHUB_APP_ID", "DMHUB_SECRET")

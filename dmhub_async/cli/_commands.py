@@ -257,7 +257,8 @@ async def _demo(args: argparse.Namespace) -> int:
 
     check_output(args.out, force=args.force, stdout=False)
     latency = args.latency_ms
-    say = print if not args.quiet else lambda *_: None
+    # The banner is for people: with --report json, stdout holds the one JSON object only.
+    say = print if not args.quiet and args.report == "text" else lambda *_: None
     say(f"seeding an in-process DM Hub simulator with {args.customers:,} customers ...")
     started = time.monotonic()
     async with DMHubSimulator(customers=args.customers) as sim:
