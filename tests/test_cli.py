@@ -317,6 +317,21 @@ BAD_INPUTS: list[tuple[str, list[str], dict[str, str | None], int, tuple[str, ..
     ("bad gender", ["--gender", "7"], {}, 2, ("--gender",)),
     ("bad date", ["--created-from", "notadate"], {}, 2, ("--created-from",)),
     ("bad field", ["--select", "name,nosuchfield"], {}, 2, ("--select", "nosuchfield")),
+    # Each flag was checked alone: the range was refused later, exit 1, in library names.
+    (
+        "times the wrong way round",
+        ["--created-from", "2016-01-02", "--created-to", "2016-01-01"],
+        {},
+        2,
+        ("--created-to is before --created-from",),
+    ),
+    (
+        "updated the wrong way round",
+        ["--updated-from", "2020-01-02T00:00:00+08:00", "--updated-to", "2020-01-01T00:00Z"],
+        {},
+        2,
+        ("--updated-to is before --updated-from",),
+    ),
     ("bad page size", ["--page-size", "0"], {}, 2, ("--page-size",)),
     ("bad url", [], {"DMHUB_BASE_URL": "ftp://example"}, 1, ("DMHUB_BASE_URL", "ftp://")),
 ]

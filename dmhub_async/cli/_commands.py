@@ -6,6 +6,7 @@ import argparse
 import codecs
 import csv
 import os
+import re
 import sys
 import time
 from collections.abc import Iterator
@@ -53,6 +54,13 @@ def _filters(args: argparse.Namespace) -> dict[str, Any]:
             message = without_method(str(err)).replace(name, flag)
             raise UsageError(message if flag in message else f"{flag}: {message}") from None
         filters[name] = value
+    try:  # together: --created-to before --created-from was refused later, exit 1, unnamed
+        _filter_params("export", filters, paged=True, zone=zone)
+    except InvalidRequestError as err:
+        message = without_method(str(err))
+        for flag, name in FILTER_FLAGS.items():
+            message = re.sub(rf"\b{name}\b", flag, message)
+        raise UsageError(message) from None
     if naive and not args.quiet:
         print(
             f"dmhub-async: note: {' and '.join(naive)} without an offset read as UTC; give "
