@@ -344,3 +344,24 @@ def test_demo_refuses_an_out_of_dash_rather_than_write_a_file_of_that_name(
     assert result.stderr.count("\n") == 1
     assert "not standard output" in result.stderr
     assert dash.read_text(encoding="utf-8") == "keep me\n"
+
+
+@pytest.mark.parametrize(
+    "flags", [["--queue", "redis://127.0.0.1:1/0"], ["--workers", "4"]], ids=["queue", "workers"]
+)
+def test_queue_or_workers_without_shards_is_a_usage_error(
+    in_process: dict[str, str],
+    served: ServedSimulator,
+    capsys: pytest.CaptureFixture[str],
+    flags: list[str],
+) -> None:
+    # Both were ignored: the export ran here, in one process, on a token of its own (the
+    # queue's workers share theirs in its Redis: each fetch revoked the other's).
+    assert main(["export", "--out", "a.jsonl", "-q", *flags]) == 2
+
+    line = capsys.readouterr().err.strip()
+    assert "\n" not in line
+    assert flags[0] in line
+    assert "--shards" in line
+    assert sum(served.sim.counters.routes.values()) == 0
+    assert not Path("a.jsonl").exists()

@@ -121,6 +121,10 @@ def _finish(report: ExportReport, args: argparse.Namespace, out: TextIO) -> int:
 
 def _check_export(args: argparse.Namespace) -> tuple[dict[str, Any], ExportEncoding]:
     """Everything an export can get wrong before it sends a request; its filters, encoding."""
+    # Ignored, the export ran here in one process, and without the queue's shared token.
+    for flag, given in (("--queue", args.queue), ("--workers", args.workers > 1)):
+        if given:
+            raise UsageError(f"{flag} runs the shards of a sharded export: give --shards N too")
     if args.out == STDOUT and args.checkpoint is not None:
         raise UsageError("--checkpoint needs a file for --out: standard output cannot be resumed")
     resumable = args.checkpoint is not None and os.path.exists(args.checkpoint)

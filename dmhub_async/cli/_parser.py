@@ -320,12 +320,13 @@ def _shard_flags(export: argparse.ArgumentParser) -> None:
         type=_int_in(1, MAX_CONCURRENCY),
         default=1,
         metavar="K",
-        help="processes of this machine that export shards",
+        help="processes of this machine that export the shards (with --shards)",
     )
     group.add_argument(
         "--queue",
         metavar="REDIS_URL",
-        help="run the shards as jobs on this arq queue, served by `dmhub-async worker`; also "
+        help="run the shards (with --shards) as jobs on this arq queue, served by "
+        "`dmhub-async worker`; also "
         "the shared token store, as for the workers, unless --token-store is given",
     )
 
