@@ -365,3 +365,22 @@ def test_queue_or_workers_without_shards_is_a_usage_error(
     assert "--shards" in line
     assert sum(served.sim.counters.routes.values()) == 0
     assert not Path("a.jsonl").exists()
+
+
+@pytest.mark.parametrize("encoding", ["utf-8-sig", "gbk", "nosuchcodec"])
+def test_a_sharded_export_refuses_an_encoding_it_would_not_write(
+    in_process: dict[str, str],
+    served: ServedSimulator,
+    capsys: pytest.CaptureFixture[str],
+    encoding: str,
+) -> None:
+    # --encoding was ignored with --shards: utf-8-sig parts had no mark for Excel, and a name
+    # that is no encoding at all was taken.
+    args = ["export", "--out", "parts", "--shards", "2", "--format", "csv", "--encoding", encoding]
+    assert main([*args, "-q"]) == 2
+
+    line = capsys.readouterr().err.strip()
+    assert "\n" not in line
+    assert f"--encoding {encoding}" in line
+    assert sum(served.sim.counters.routes.values()) == 0
+    assert not Path("parts").exists()

@@ -8,6 +8,7 @@ DIR) and exports them in this process, on ``--workers K`` processes, or through 
 from __future__ import annotations
 
 import argparse
+import codecs
 import os
 import sys
 from pathlib import Path
@@ -44,6 +45,15 @@ def check_sharding(args: argparse.Namespace) -> None:
         raise UsageError("--shards keeps a checkpoint per part in --out: drop --checkpoint")
     if args.workers > 1 and args.queue:
         raise UsageError("--workers and --queue are two ways to run shards: choose one")
+    try:
+        utf8 = codecs.lookup(args.encoding).name == "utf-8"
+    except LookupError:
+        utf8 = False
+    if not utf8:  # it was ignored: no mark for Excel, and a name of no encoding was taken
+        raise UsageError(
+            f"--encoding {args.encoding}: the parts of --shards are written in utf-8 (merge "
+            "concatenates them, so no part can start with utf-8-sig's mark)"
+        )
     if Path(args.out).exists() and not Path(args.out).is_dir():
         raise UsageError(f"--out {args.out}: not a directory (--shards writes one)")
 
