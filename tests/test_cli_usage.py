@@ -384,3 +384,19 @@ def test_a_sharded_export_refuses_an_encoding_it_would_not_write(
     assert f"--encoding {encoding}" in line
     assert sum(served.sim.counters.routes.values()) == 0
     assert not Path("parts").exists()
+
+
+def test_no_progress_holds_for_a_sharded_export_too(
+    in_process: dict[str, str],
+    served: ServedSimulator,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # --shards printed progress lines in a log (a bar on a terminal) whatever --no-progress said.
+    monkeypatch.setattr(_report, "PROGRESS_EVERY", 0.0)  # a line a page
+
+    assert main(["export", "--out", "parts", "--shards", "2", "--no-progress"]) == 0
+
+    shown = capsys.readouterr()
+    assert shown.err == ""
+    assert f"exported {CUSTOMERS:,} customers in" in shown.out

@@ -29,8 +29,9 @@ __all__ = ["merge_command", "sharded_export", "worker_command"]
 
 
 def _progress(args: argparse.Namespace) -> tuple[bool, TotalProgress | None]:
-    """A bar on a terminal, lines in a log (every few seconds), nothing when ``--quiet``."""
-    if args.quiet:
+    """A bar on a terminal, lines in a log (every few seconds), nothing when ``--quiet`` or
+    ``--no-progress``."""
+    if args.quiet or args.no_progress:
         return False, None
     if sys.stderr.isatty():
         return True, None
