@@ -332,6 +332,9 @@ BAD_INPUTS: list[tuple[str, list[str], dict[str, str | None], int, tuple[str, ..
         2,
         ("--updated-to is before --updated-from",),
     ),
+    # `--select "$FIELDS"` with FIELDS unset: a file of ids alone, exit 0.
+    ("no field selected", ["--select", ""], {}, 2, ("--select", "--select id")),
+    ("only commas selected", ["--select", " , "], {}, 2, ("--select",)),
     ("bad page size", ["--page-size", "0"], {}, 2, ("--page-size",)),
     ("bad url", [], {"DMHUB_BASE_URL": "ftp://example"}, 1, ("DMHUB_BASE_URL", "ftp://")),
 ]

@@ -47,6 +47,10 @@ def _filters(args: argparse.Namespace) -> dict[str, Any]:
             continue
         if name == "select":
             value = [f.strip() for f in value.split(",") if f.strip()]
+            if not value:  # `--select "$FIELDS"`, FIELDS unset: a file of ids alone
+                raise UsageError(
+                    f"--select {args.select!r} names no field (ids alone: --select id)"
+                )
         try:
             if _filter_params("export", {name: value}, paged=True, zone=zone)[1]:
                 naive.append(flag)
