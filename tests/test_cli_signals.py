@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from _cli_support import (
@@ -172,3 +174,40 @@ def test_a_signal_mid_lookup_to_standard_output_says_its_rows_are_incomplete(
         "dmhub-async: stopped by SIGTERM: what went to standard output is incomplete"
     )
     assert "no output written" not in output
+
+
+@pytest.mark.parametrize(
+    ("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["TERM", "INT"]
+)
+def test_a_signal_mid_merge_stops_it_and_leaves_no_file(
+    served: ServedSimulator,
+    env: dict[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    signum: int,
+    code: int,
+) -> None:
+    # The merge is blocking work: the event loop, which handled the signals, did not run until
+    # it ended, so a merge of gigabytes ignored Ctrl-C and SIGTERM (Docker's SIGKILL followed,
+    # and left the hidden temporary file), then wrote the file and exited 0.
+    from dmhub_async.cli import _shards, main
+
+    for key in ("DMHUB_BASE_URL", "DMHUB_APP_ID", "DMHUB_SECRET", "XDG_CACHE_HOME"):
+        monkeypatch.setenv(key, env[key])
+    monkeypatch.chdir(tmp_path)
+    assert main(["export", "--out", "parts", "--shards", "2", "-q"]) == 0
+    merge = _shards.merge
+
+    def merge_signalled(*args: Any, **kwargs: Any) -> int:
+        os.kill(os.getpid(), signum)  # pending as the merge starts: it arrives mid-merge
+        return merge(*args, **kwargs)
+
+    monkeypatch.setattr(_shards, "merge", merge_signalled)
+
+    assert main(["merge", "parts", "--out", "all.jsonl"]) == code
+
+    said = capsys.readouterr()
+    assert said.err == f"dmhub-async: stopped by {signal.Signals(signum).name}: no output written\n"
+    assert said.out == ""
+    assert [p.name for p in tmp_path.iterdir()] == ["parts"]  # no all.jsonl, nor a hidden .tmp

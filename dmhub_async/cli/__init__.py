@@ -73,7 +73,7 @@ def _interrupted(err: Interrupted, args: argparse.Namespace) -> str:
     if args.command in ("export", "lookup") and getattr(args, "out", None) == "-":
         # Rows went out as they came: "no output written" followed 225 of them.
         return f"stopped by {err}: what went to standard output is incomplete"
-    if args.command in ("export", "lookup", "demo"):
+    if args.command in ("export", "lookup", "demo", "merge"):
         return f"stopped by {err}: no output written"
     return f"stopped by {err}"
 

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
+from collections.abc import Iterator
+from types import FrameType
+from typing import Any
 
 from .._exceptions import APIConnectionError, AuthenticationError, DMHubError
 
@@ -17,6 +21,7 @@ __all__ = [
     "Interrupted",
     "UsageError",
     "explain",
+    "interruptible",
     "without_method",
 ]
 
@@ -49,6 +54,29 @@ class Interrupted(Exception):
     @property
     def code(self) -> int:
         return 128 + self.signum
+
+
+@contextlib.contextmanager
+def interruptible() -> Iterator[None]:
+    """SIGINT and SIGTERM raise :class:`Interrupted` in the blocking work of the block.
+
+    The event loop handles them otherwise, and it does not run while blocking work does: a
+    merge of gigabytes ignored both until it had written its file. Raised where the work is,
+    the error runs its cleanup (a temporary file removed) on its way out.
+    """
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise Interrupted(signum)
+
+    previous: dict[signal.Signals, Any] = {}
+    try:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(ValueError):  # not the main thread: the loop's handling
+                previous[signum] = signal.signal(signum, interrupt)
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 _METHOD = re.compile(r"^\w+\(\): ")

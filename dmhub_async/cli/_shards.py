@@ -20,7 +20,7 @@ from ..shards import Manifest, merge
 from ..shards._local import WorkerSettings, run_in_processes
 from ..shards._queue import check_queue, unreachable, worker
 from ..shards._run import TotalProgress, coordinating, export_sharded, prepare
-from ._errors import EXIT_INCOMPLETE, EXIT_OK, CommandError, UsageError
+from ._errors import EXIT_INCOMPLETE, EXIT_OK, CommandError, UsageError, interruptible
 from ._files import check_output
 from ._report import ProgressLines, print_report
 from ._settings import open_client, token_store, token_store_spec
@@ -221,7 +221,8 @@ def _merge(args: argparse.Namespace) -> int:
 
 async def merge_command(args: argparse.Namespace) -> int:
     """``merge DIR --out FILE``: the parts of a sharded export as one file, in shard order."""
-    lines = _merge(args)
+    with interruptible():  # blocking: the loop would see a signal only once it had ended
+        lines = _merge(args)
     data = {"path": args.out, "lines": lines}
     text = f"merged {lines:,} lines from {args.directory} into {args.out}"
     print_report(data, text, style=args.report, quiet=args.quiet, out=sys.stdout)
