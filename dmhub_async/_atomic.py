@@ -14,7 +14,11 @@ __all__ = ["replace_file", "replacing"]
 
 @contextmanager
 def replacing(
-    path: Path, *, sync: bool = True, before_rename: Callable[[], object] | None = None
+    path: Path,
+    *,
+    sync: bool = True,
+    before_rename: Callable[[], object] | None = None,
+    output: bool = False,
 ) -> Iterator[BinaryIO]:
     """A file to write that replaces ``path`` when the block ends: a crash leaves old or new.
 
@@ -23,11 +27,16 @@ def replacing(
     then renamed over ``path`` (a rename replaces a link itself, never its target). If the block
     raises, the temporary file is removed and ``path`` is left as it was. ``before_rename`` is
     called once the data is written (and synced), just before the rename: if it raises, the
-    same.
+    same. ``output``: the file is the user's data (a merged export), so it gets the mode a plain
+    ``open()`` gives, 0666 less the umask, not the 0600 kept for checkpoints and tokens.
     """
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
+            if output:
+                umask = os.umask(0o022)
+                os.umask(umask)
+                os.fchmod(fd, 0o666 & ~umask)
             yield fh
             if sync:
                 fh.flush()

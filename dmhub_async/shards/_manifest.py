@@ -209,7 +209,8 @@ def merge(
 
     The lines are the records of a JSONL export. A CSV keeps the first part's header only (and
     counts a quoted line break as a line). ``dest`` is written to a temp file beside it and
-    moved into place at the end, so a failed merge leaves no half file. With
+    moved into place at the end, so a failed merge leaves no half file; it gets the mode a
+    plain ``open()`` gives (0666 less the umask), as the parts do. With
     ``allow_incomplete``, a part that is not complete goes in as far as its checkpoint covers,
     in whole lines: a record its worker was killed writing is left out.
 
@@ -226,7 +227,7 @@ def merge(
             "or merge what there is with allow_incomplete=True (CLI: --allow-incomplete)"
         )
     records = 0
-    with replacing(Path(dest)) as out:
+    with replacing(Path(dest), output=True) as out:  # as readable as the parts
         for outcome in manifest.shards:
             part = Path(directory) / outcome.file
             if not part.is_file():

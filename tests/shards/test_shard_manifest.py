@@ -6,6 +6,8 @@ left), or failed with a raw error.
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -81,6 +83,21 @@ async def test_a_merge_refuses_a_part_cut_short_since_it_was_exported(
     assert not (tmp_path / "all.jsonl").exists()
     # Asked for what there is, it merges what there is.
     assert merge(done, tmp_path / "all.jsonl", allow_incomplete=True) < CUSTOMERS
+
+
+async def test_the_merged_file_gets_the_mode_the_parts_and_an_export_get(
+    done: Path, tmp_path: Path
+) -> None:
+    # It was mkstemp's 0600 (the parts and a one-file export are 0666 less the umask): the
+    # merged file could not be read by the group or the other user that the export was for.
+    umask = os.umask(0o022)
+    try:
+        merge(done, tmp_path / "all.jsonl")
+    finally:
+        os.umask(umask)
+
+    assert stat.S_IMODE((tmp_path / "all.jsonl").stat().st_mode) == 0o644
+    assert stat.S_IMODE((done / "part-00000.jsonl").stat().st_mode) == 0o644
 
 
 def edit(directory: Path, change: Callable[[dict[str, Any]], object]) -> None:
