@@ -89,6 +89,21 @@ def test_export_refuses_an_output_that_is_not_a_regular_file(
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
+@pytest.mark.parametrize("command", ["export", "lookup"])
+def test_an_output_named_as_a_directory_is_refused_not_written_as_a_file(
+    served: ServedSimulator, env: dict[str, str], tmp_path: Path, command: str
+) -> None:
+    # `--out exports/` (meant: into that directory, not made yet) wrote a file named "exports".
+    write_identities(tmp_path / "ids.csv", [("mobile", "13800000000")])
+    args = ["--in", "ids.csv"] if command == "lookup" else []
+
+    result = run_cli(command, *args, "--out", "exports/", env=env, cwd=tmp_path)
+
+    assert_one_line_error(result, 2, "--out exports/", "directory")
+    assert not (tmp_path / "exports").exists()
+    assert requests(served) == 0
+
+
 @pytest.mark.parametrize("kind", ["directory", "in a missing directory", "symlink"])
 def test_export_refuses_a_checkpoint_that_cannot_be_one_as_a_usage_error(
     served: ServedSimulator, env: dict[str, str], tmp_path: Path, kind: str

@@ -59,6 +59,10 @@ def check_output(
         if sys.stdout is None or getattr(sys.stdout, "closed", False):  # started with >&-
             raise UsageError("--out -: standard output is closed: give --out a file")
         return
+    if out.endswith(("/", os.sep)) and not os.path.isdir(out):
+        # Path("exports/") is "exports": a file of that name was written where a directory was
+        # meant (an existing directory is refused below, as any directory is).
+        raise UsageError(f"--out {out} names a directory: give a file, in it or elsewhere")
     path = Path(out)
     for other in inputs:
         if other is not None and other != STDOUT and _same_file(path, Path(other)):
