@@ -211,3 +211,38 @@ def test_a_signal_mid_merge_stops_it_and_leaves_no_file(
     assert said.err == f"dmhub-async: stopped by {signal.Signals(signum).name}: no output written\n"
     assert said.out == ""
     assert [p.name for p in tmp_path.iterdir()] == ["parts"]  # no all.jsonl, nor a hidden .tmp
+
+
+def test_a_signal_mid_sharded_export_says_a_rerun_resumes_it(
+    served: ServedSimulator,
+    env: dict[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # It said "no output written" over a directory of a manifest, parts and their checkpoints,
+    # which the same command resumes: told that, a user started over from nothing.
+    from dmhub_async.cli import _shards, main
+
+    for key in ("DMHUB_BASE_URL", "DMHUB_APP_ID", "DMHUB_SECRET", "XDG_CACHE_HOME"):
+        monkeypatch.setenv(key, env[key])
+    monkeypatch.chdir(tmp_path)
+    served.sim.faults.latency = 0.01
+
+    class SignalAfterAPage:
+        def update(self, done: int, total: int | None) -> None:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    progress_lines = _shards.ProgressLines
+    monkeypatch.setattr(_shards, "ProgressLines", SignalAfterAPage)
+    args = ["export", "--out", "parts", "--shards", "2", "--concurrency", "1", "--page-size", "50"]
+
+    assert main(args) == 143
+
+    said = capsys.readouterr().err
+    assert said == "dmhub-async: stopped by SIGTERM: rerun the same command to resume from parts\n"
+    assert (tmp_path / "parts" / "manifest.json").exists()
+    monkeypatch.setattr(_shards, "ProgressLines", progress_lines)
+    assert main([*args, "-q"]) == 0
+    ids = [i for part in sorted((tmp_path / "parts").glob("part-*.jsonl")) for i in jsonl_ids(part)]
+    assert sorted(ids) == sorted(served.ids())

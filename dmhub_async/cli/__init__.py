@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from .._exceptions import DMHubError
 from .._query_time import NaiveDatetimeWarning
 from .._redact import redact
+from ..shards import MANIFEST_NAME
 from ._commands import COMMANDS
 from ._errors import (
     EXIT_ERROR,
@@ -70,6 +71,11 @@ def _interrupted(err: Interrupted, args: argparse.Namespace) -> str:
     checkpoint = getattr(args, "checkpoint", None)
     if checkpoint is not None and os.path.exists(checkpoint):
         return f"stopped by {err}: rerun the same command to resume from {checkpoint}"
+    if getattr(args, "shards", None) is not None and os.path.isfile(
+        os.path.join(args.out, MANIFEST_NAME)
+    ):
+        # The parts and their checkpoints are kept: "no output written" sent users to start over.
+        return f"stopped by {err}: rerun the same command to resume from {args.out}"
     if args.command in ("export", "lookup") and getattr(args, "out", None) == "-":
         # Rows went out as they came: "no output written" followed 225 of them.
         return f"stopped by {err}: what went to standard output is incomplete"
