@@ -6,6 +6,7 @@ consistent checkpoint to resume from, or no file at all, and exits 128 + the sig
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -246,3 +247,65 @@ def test_a_signal_mid_sharded_export_says_a_rerun_resumes_it(
     assert main([*args, "-q"]) == 0
     ids = [i for part in sorted((tmp_path / "parts").glob("part-*.jsonl")) for i in jsonl_ids(part)]
     assert sorted(ids) == sorted(served.ids())
+
+
+def blocked_writing(pid: int) -> bool:
+    """Whether ``pid`` waits in a write to a full pipe (Linux's /proc says so)."""
+    try:
+        return "pipe" in Path(f"/proc/{pid}/wchan").read_text(encoding="ascii")
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/wchan").exists(), reason="needs Linux's /proc")
+@pytest.mark.parametrize("command", ["export", "lookup"])
+def test_a_signal_stops_a_run_whose_standard_output_is_a_full_pipe(
+    served: ServedSimulator, env: dict[str, str], tmp_path: Path, command: str
+) -> None:
+    # `dmhub-async export --out - | less`, or a consumer that hangs: the write to the full pipe
+    # blocked the event loop, which handles the signals, so Ctrl-C and SIGTERM did nothing
+    # until the reader read or went away (Kubernetes' SIGKILL followed).
+    with (tmp_path / "ids.csv").open("w", newline="", encoding="utf-8") as fh:
+        csv.writer(fh).writerows([("wechat", f"o-{n}-{'x' * 60}") for n in range(3000)])
+    args = ["--in", "ids.csv"] if command == "lookup" else []
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    with contextlib.suppress(BlockingIOError):
+        while True:  # full from the start: the first write waits with nothing written
+            os.write(write_end, b"x" * 4096)
+    os.set_blocking(write_end, True)
+    try:
+        with log_of(tmp_path).open("w+b") as stderr:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "dmhub_async", command, *args, "--out", "-"],
+                env=env,
+                cwd=tmp_path,
+                stdout=write_end,  # never read
+                stderr=stderr,
+            )
+            os.close(write_end)
+            write_end = -1
+            try:
+                deadline = time.monotonic() + TIMEOUT
+                while not blocked_writing(proc.pid) and time.monotonic() < deadline:
+                    assert proc.poll() is None, "the command ended before it filled the pipe"
+                    time.sleep(0.005)
+                assert blocked_writing(proc.pid)
+                proc.send_signal(signal.SIGTERM)
+                returncode = proc.wait(timeout=15)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait(timeout=10)
+            stderr.seek(0)
+            said = stderr.read().decode("utf-8")
+    finally:
+        os.close(read_end)
+        if write_end != -1:
+            os.close(write_end)
+
+    assert returncode == 143, said
+    assert "Traceback" not in said
+    assert said.strip().splitlines()[-1] == (
+        "dmhub-async: stopped by SIGTERM: what went to standard output is incomplete"
+    )

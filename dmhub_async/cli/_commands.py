@@ -21,7 +21,14 @@ from ..export import ExportReport, export_customers
 from ..models.identity import Identity
 from ..resources._filters import _filter_params
 from ._errors import EXIT_INCOMPLETE, EXIT_OK, CommandError, UsageError, without_method
-from ._files import STDOUT, check_checkpoint, check_output, decoded_lines, replace_on_success
+from ._files import (
+    STDOUT,
+    check_checkpoint,
+    check_output,
+    decoded_lines,
+    replace_on_success,
+    stdout_bytes,
+)
 from ._parser import FILTER_FLAGS
 from ._report import ProgressLines, export_report, print_report
 from ._settings import open_client
@@ -155,7 +162,7 @@ async def _export(args: argparse.Namespace) -> int:
     async with open_client(args, args.concurrency) as dm:
         report = await export_customers(
             dm,
-            sys.stdout.buffer if args.out == STDOUT else args.out,
+            stdout_bytes() if args.out == STDOUT else args.out,
             format=args.format,
             page_size=args.page_size,
             concurrency=args.concurrency,

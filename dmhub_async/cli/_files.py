@@ -10,16 +10,64 @@ import sys
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, BinaryIO, TextIO, cast
 
 from .._exceptions import InvalidRequestError
 from ..export._output import check_path
-from ._errors import CommandError, UsageError
+from ._errors import CommandError, Interrupted, UsageError, interruptible
 
-__all__ = ["STDOUT", "check_output", "decoded_lines", "replace_on_success"]
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer
+
+__all__ = ["STDOUT", "check_output", "decoded_lines", "replace_on_success", "stdout_bytes"]
 
 #: ``--out -``: the data goes to standard output (and the report to standard error).
 STDOUT = "-"
+
+
+class _SignalledStdout(io.BufferedIOBase):
+    """Standard output whose writes Ctrl-C and SIGTERM stop.
+
+    A write to a full pipe (``| less``, a consumer that hangs) blocks, and with it the event
+    loop that handles the signals: both did nothing until the reader read or went away. Here a
+    signal raises :class:`Interrupted` in the write. Nothing is buffered (so nothing is left to
+    flush into the full pipe at exit), and once stopped, what is still written is dropped.
+    """
+
+    def __init__(self, fd: int) -> None:
+        super().__init__()
+        self._fd = fd
+        self._stopped = False
+
+    def writable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def write(self, data: ReadableBuffer, /) -> int:
+        view = memoryview(data).cast("B")
+        if self._stopped:
+            return len(view)
+        try:
+            with interruptible():
+                done = 0
+                while done < len(view):
+                    done += os.write(self._fd, view[done:])
+        except Interrupted:
+            self._stopped = True
+            raise
+        return len(view)
+
+
+def stdout_bytes() -> BinaryIO:
+    """Standard output as bytes, for ``--out -``, its blocked writes stopped by a signal."""
+    sys.stdout.flush()
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # replaced (a test's capture): as it is
+        return sys.stdout.buffer
+    return cast(BinaryIO, _SignalledStdout(fd))  # a binary stream, as typing does not see
 
 
 def _check_path(path: Path, flag: str) -> None:
@@ -96,11 +144,10 @@ def replace_on_success(out: str, encoding: str) -> Iterator[TextIO]:
     """
     if out == STDOUT:
         sys.stdout.flush()
-        buffer = getattr(sys.stdout, "buffer", None)
-        if buffer is None:  # a replaced sys.stdout: text only
+        if getattr(sys.stdout, "buffer", None) is None:  # a replaced sys.stdout: text only
             yield sys.stdout
             return
-        stream = io.TextIOWrapper(buffer, encoding=encoding, newline="")
+        stream = io.TextIOWrapper(stdout_bytes(), encoding=encoding, newline="")
         try:
             yield stream
         finally:
