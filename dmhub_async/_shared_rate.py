@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ._exceptions import DMHubError, InvalidRequestError
+from ._token_stores import loop_table
 from ._validate import (
     REDIS_MAX_SECONDS,
     check_number,
@@ -54,7 +55,7 @@ _locks = weakref.WeakKeyDictionary()
 
 def _lock_of(where: str, key: str) -> asyncio.Lock:
     """The lock of one shared limit in this process (and event loop)."""
-    per_loop = _locks.setdefault(asyncio.get_running_loop(), {})
+    per_loop = loop_table(_locks, asyncio.get_running_loop())  # closed loops let go
     return per_loop.setdefault((where, key), asyncio.Lock())
 
 

@@ -17,7 +17,7 @@ import threading
 import weakref
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 from urllib.parse import urlsplit
 
 import attrs
@@ -97,6 +97,29 @@ class TokenStore(Protocol):
         """A lock that one refresher holds while it fetches a new token for ``key``."""
 
 
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+def loop_table(
+    tables: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[K, V]],
+    loop: asyncio.AbstractEventLoop,
+) -> dict[K, V]:
+    """``loop``'s own table in ``tables``, made on its first use.
+
+    A closed loop's table is dropped then: its asyncio locks refer to their loop once a caller
+    waited on one, so the weak key never died and every ``asyncio.run()`` whose callers met at
+    a lock stayed in memory for the life of the process (some 7 KB each). Here a loop is let
+    go when the next new loop comes.
+    """
+    table = tables.get(loop)
+    if table is None:
+        for closed in [other for other in tables if other.is_closed()]:
+            del tables[closed]
+        table = tables[loop] = {}
+    return table
+
+
 class ProcessLocks:
     """Locks by key for the whole process: every event loop of it (threads each running
     ``asyncio.run()``), not only one.
@@ -119,7 +142,7 @@ class ProcessLocks:
         """``key``'s lock, held by this task alone in the process."""
         loop = asyncio.get_running_loop()
         with self._guard:
-            in_loop = self._by_loop.setdefault(loop, {}).setdefault(key, asyncio.Lock())
+            in_loop = loop_table(self._by_loop, loop).setdefault(key, asyncio.Lock())
             in_process = self._threads.setdefault(key, threading.Lock())
         async with in_loop:
             # (An asyncio.Event cannot wake it: the holder may run on another loop.)

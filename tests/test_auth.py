@@ -830,3 +830,32 @@ def test_the_lock_wait_covers_a_whole_fetch_with_its_retries() -> None:
     tokens = dm._session._tokens
     assert tokens is not None
     assert tokens._lock_wait == 3 * 10 + 2 * 8.0  # attempts, and the waits between them
+
+
+@pytest.mark.parametrize("kind", ["memory", "file"])
+def test_a_store_keeps_no_event_loop_alive_after_its_asyncio_run(tmp_path: Any, kind: str) -> None:
+    """A store's lock per event loop is an asyncio.Lock, which refers to its loop once a caller
+    has waited on it: kept in a WeakKeyDictionary by loop, it kept the loop alive for ever, so
+    every asyncio.run() (a job, a thread's request) whose clients met at the lock left its loop
+    in memory, some 7 KB each, for the life of the process."""
+    import gc
+    import weakref
+
+    store = MemoryTokenStore() if kind == "memory" else FileTokenStore(tmp_path / "tokens.json")
+    loops: list[weakref.ref[asyncio.AbstractEventLoop]] = []
+
+    async def job() -> None:
+        loops.append(weakref.ref(asyncio.get_running_loop()))
+
+        async def hold() -> None:
+            async with store.lock("key"):
+                await asyncio.sleep(0)
+
+        await asyncio.gather(hold(), hold())  # the second waits for the first: they meet
+
+    for _ in range(5):
+        asyncio.run(job())
+    gc.collect()
+
+    # The last one may wait until the next loop comes: closed loops are let go then.
+    assert sum(ref() is not None for ref in loops) <= 1

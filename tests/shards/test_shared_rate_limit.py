@@ -150,3 +150,29 @@ async def test_the_slowest_and_fastest_rates_taken_are_ones_redis_keeps(
             await asyncio.wait_for(limiter.acquire(), 10)  # and within the same second
     finally:
         await limiter.aclose()
+
+
+def test_a_limit_keeps_no_event_loop_alive_after_its_asyncio_run(redis: RedisServer) -> None:
+    # Its lock per event loop (an asyncio.Lock, which refers to its loop once a caller waited
+    # on it) was kept in a WeakKeyDictionary by loop: every asyncio.run() whose calls met at the
+    # limit (any with two at once) stayed in memory for the life of the process (a job queue's
+    # worker, a thread per request: some 5 KB a run).
+    import gc
+    import weakref
+
+    loops: list[weakref.ref[asyncio.AbstractEventLoop]] = []
+
+    async def job() -> None:
+        loops.append(weakref.ref(asyncio.get_running_loop()))
+        limiter = RedisRateLimiter(redis.url, 1000, key="loops")
+        try:
+            await asyncio.gather(*(limiter.acquire() for _ in range(3)))
+        finally:
+            await limiter.aclose()
+
+    for _ in range(5):
+        asyncio.run(job())
+    gc.collect()
+
+    # The last one may wait until the next loop comes: closed loops are let go then.
+    assert sum(ref() is not None for ref in loops) <= 1
