@@ -15,7 +15,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import tzinfo
 from types import TracebackType
-from typing import Any, cast
+from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -23,7 +23,7 @@ import attrs
 
 from ._auth import DEFAULT_STORE, TokenStore
 from ._exceptions import InvalidRequestError, coerce_code
-from ._limits import Limits, RateLimiter, SharedLimit
+from ._limits import SharedLimit
 from ._query_time import zone_setting
 from ._retry import RetryPolicy
 from ._sansio import DEFAULT_AUTH_ERROR_CODES, APIResponse
@@ -170,11 +170,6 @@ class DMHubClient:
         clock = clock or time.time
         sleep = sleep or asyncio.sleep
         self.retry_policy = retry or RetryPolicy(max_retries=max_retries)
-        limiter: SharedLimit | None = None
-        if hasattr(rate_limit, "acquire"):  # a limit shared with others: RedisRateLimiter
-            limiter = cast(SharedLimit, rate_limit)
-        elif rate_limit is not None:
-            limiter = RateLimiter(rate_limit, clock=clock, sleep=sleep)
         self._session = Session(
             self.base_url,
             app_id=self.app_id,
@@ -185,7 +180,7 @@ class DMHubClient:
             timeout=client_timeout,
             max_concurrency=max_concurrency,
             max_response_size=max_response_size,
-            limits=Limits(max_concurrency, limiter),
+            rate_limit=rate_limit,
             policy=self.retry_policy,
             auth_codes=frozenset(coerce_code(c) or c for c in auth_error_codes),
             clock=clock,
@@ -264,7 +259,11 @@ class DMHubClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the client's own HTTP session (a passed-in session is left open)."""
+        """Close the client's own HTTP session (a passed-in session is left open).
+
+        Calls still under way raise :class:`DMHubError` ("closed"): one waiting out a retry's
+        backoff or a rate-limit turn (``rate_limit``, a shared one too) at once.
+        """
         await self._session.aclose()
 
     @property

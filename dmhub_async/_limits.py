@@ -7,17 +7,90 @@ import contextlib
 import heapq
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
+from ._exceptions import DMHubError
 from ._validate import check_number
 
-__all__ = ["Limits", "RateLimiter", "SharedLimit"]
+__all__ = ["Closing", "Limits", "RateLimiter", "SharedLimit", "UnlessClosed", "client_closed"]
+
+T = TypeVar("T")
 
 
 class SharedLimit(Protocol):
     """A rate limit a client can use: ``await acquire()`` before each request."""
 
     async def acquire(self) -> None: ...
+
+
+def client_closed() -> DMHubError:
+    """The error of a call to a closed client, or of one the close ended."""
+    return DMHubError("this DMHubClient is closed: make a new one")
+
+
+class Closing:
+    """Ends the waits of a client's calls (a backoff, a rate turn) as soon as it is closed.
+
+    They waited it out, then raised the closed error: a Retry-After of a minute, or a queue of
+    rate turns (20 calls at 2 a second: 10 s), held a service's shutdown that long.
+    """
+
+    def __init__(self, sleep: Callable[[float], Awaitable[None]]) -> None:
+        self._sleep = sleep
+        self.closed = False
+        #: Done when the client closes; made by the first wait, in that wait's event loop.
+        self._signal: asyncio.Future[None] | None = None
+
+    def close(self) -> None:
+        """End every wait now, with the closed error, and every later one at once."""
+        self.closed = True
+        signal = self._signal
+        if signal is not None and not signal.done() and not signal.get_loop().is_closed():
+            signal.set_result(None)
+
+    async def sleep(self, seconds: float) -> None:
+        """``sleep(seconds)``, cut short by the close."""
+        await self.wait(self._sleep(seconds))
+
+    async def wait(self, waiting: Awaitable[T]) -> T:
+        """``waiting``'s result, or the closed error as soon as the client closes."""
+        task = asyncio.ensure_future(waiting)
+        if self.closed:
+            task.cancel()
+            raise client_closed()
+        signal = self._signal
+        loop = asyncio.get_running_loop()
+        if signal is None or signal.get_loop() is not loop:
+            signal = self._signal = loop.create_future()
+        try:
+            await asyncio.wait((task, signal), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not task.done():  # closed, or this caller cancelled: the wait ends with it
+                task.cancel()
+                task.add_done_callback(_retrieved)  # whatever it ends with, nobody will ask
+        if task.done():
+            return task.result()
+        await asyncio.wait((task,))  # its own clean-up (a rate turn given back) first
+        raise client_closed()
+
+
+def _retrieved(task: asyncio.Future[Any]) -> None:
+    """Mark ``task``'s outcome seen: an error it ended with after its caller left is no
+    "Task exception was never retrieved" in the log."""
+    if not task.cancelled():
+        task.exception()
+
+
+class UnlessClosed:
+    """A shared limit (:class:`SharedLimit`) whose wait for a place the client's close ends."""
+
+    def __init__(self, limit: SharedLimit, closing: Closing) -> None:
+        self.limit = limit
+        self._closing = closing
+
+    async def acquire(self) -> None:
+        """The shared limit's ``acquire()``, or the closed error as soon as the client closes."""
+        await self._closing.wait(self.limit.acquire())
 
 
 class RateLimiter:

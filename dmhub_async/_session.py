@@ -14,7 +14,7 @@ import os
 import time
 import urllib.request
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -33,7 +33,7 @@ from ._exceptions import (
     ServerError,
 )
 from ._last_response import last_response, remember_response
-from ._limits import Limits
+from ._limits import Closing, Limits, RateLimiter, SharedLimit, UnlessClosed, client_closed
 from ._redact import RedactedCause
 from ._redact import watch as redact_watch
 from ._retry import RetryPolicy, retrying
@@ -109,6 +109,8 @@ class _Connection:
     http: aiohttp.ClientSession | None
     owns_http: bool
     max_concurrency: int
+    #: Ends the calls' waits (backoffs, rate turns) when the client is closed.
+    closing: Closing
     closed: bool = False
     #: The event loop of the first call: aiohttp's session and asyncio's locks belong to it.
     loop: asyncio.AbstractEventLoop | None = None
@@ -137,7 +139,7 @@ class Session:
         timeout: aiohttp.ClientTimeout,
         max_concurrency: int,
         max_response_size: int,
-        limits: Limits,
+        rate_limit: float | SharedLimit | None,
         policy: RetryPolicy,
         auth_codes: frozenset[int | str],
         clock: Callable[[], float],
@@ -147,15 +149,20 @@ class Session:
         self.app_id = app_id
         self._secret = secret
         self._static_token = access_token
-        self._conn = _Connection(http, http is None, max_concurrency)
+        closing = Closing(sleep)  # the close ends the calls' waits: backoffs and rate turns
+        self._conn = _Connection(http, http is None, max_concurrency, closing)
         self._timeout = timeout
         self._headers: Mapping[str, str] = {}
         self._max_response_size = max_response_size
-        self._limits = limits
+        limiter: SharedLimit | None = None
+        if hasattr(rate_limit, "acquire"):  # a limit shared with others: RedisRateLimiter
+            limiter = UnlessClosed(cast(SharedLimit, rate_limit), closing)
+        elif rate_limit is not None:
+            limiter = RateLimiter(rate_limit, clock=clock, sleep=closing.sleep)
+        self._limits = Limits(max_concurrency, limiter)
         self.policy = policy
         self._auth_codes = auth_codes
         self._clock = clock
-        self._sleep = sleep
         self.derived = False
         #: This (derived) session was closed: the connection it shares stays open for others.
         self.closed_here = False
@@ -175,7 +182,7 @@ class Session:
         self._build_retries()
 
     def _build_retries(self) -> None:
-        clock, sleep, on_backoff = self._clock, self._sleep, self._on_backoff
+        clock, sleep, on_backoff = self._clock, self._conn.closing.sleep, self._on_backoff
         self._send_call = retrying(
             self._attempt,
             self.policy,
@@ -247,6 +254,7 @@ class Session:
             return
         conn = self._conn
         conn.closed = True
+        conn.closing.close()
         if conn.owns_http and conn.http is not None:
             http, conn.http = conn.http, None
             if conn.loop is not None and conn.loop is not asyncio.get_running_loop():
@@ -264,7 +272,7 @@ class Session:
         """Raise DMHubError when closed, or when called from another event loop."""
         conn = self._conn
         if conn.closed or self.closed_here:
-            raise DMHubError("this DMHubClient is closed: make a new one")
+            raise client_closed()
         loop = asyncio.get_running_loop()
         if conn.loop is not loop:
             if conn.loop is not None:

@@ -124,6 +124,46 @@ async def test_request_queued_when_the_client_closes_gets_the_closed_error(api, 
     assert len(calls(api, "/v1/customers/1")) == 1
 
 
+class _NeverFree:
+    """A shared rate limit (as RedisRateLimiter is) that has no place free for a long while."""
+
+    def __init__(self) -> None:
+        self.waiting = 0
+
+    async def acquire(self) -> None:
+        self.waiting += 1
+        await asyncio.Event().wait()
+
+
+@pytest.mark.parametrize("rate", ["own", "shared"])
+async def test_closing_ends_calls_waiting_out_a_backoff_or_a_rate_turn(api, make_client, rate):
+    # They waited it all out, then raised "closed": a Retry-After of a minute, or a queue of
+    # calls at 2 a second (20 calls: 10 s), kept a service's shutdown waiting that long.
+    sleeping: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        sleeping.append(seconds)
+        await asyncio.Event().wait()  # a long wait: it ends only if the close ends it
+
+    api.get(url("/v1/customers/1"), status=503, repeat=True)
+    shared = _NeverFree()
+    dm = make_client(
+        access_token="tok", sleep=sleep, rate_limit=shared if rate == "shared" else 2.0
+    )
+    calls = [asyncio.ensure_future(dm.request("GET", "/v1/customers/1")) for _ in range(3)]
+    for _ in range(100):  # own: two rate turns and the first call's backoff; or three places
+        if len(sleeping) + shared.waiting == 3:
+            break
+        await asyncio.sleep(0)
+    assert len(sleeping) + shared.waiting == 3
+
+    await asyncio.wait_for(dm.aclose(), 5)
+    outcomes = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 5)
+
+    assert [str(err) for err in outcomes] == ["this DMHubClient is closed: make a new one"] * 3
+    assert all(type(err) is DMHubError for err in outcomes)
+
+
 async def test_close_without_any_request_is_fine(no_env):
     async with DMHubClient(access_token="tok"):
         pass
