@@ -262,7 +262,8 @@ class DMHubClient:
         """Close the client's own HTTP session (a passed-in session is left open).
 
         Calls still under way raise :class:`DMHubError` ("closed"): one waiting out a retry's
-        backoff or a rate-limit turn (``rate_limit``, a shared one too) at once.
+        backoff, a rate-limit turn (``rate_limit``, a shared one too) or the token store's lock
+        (another client's token fetch) at once.
         """
         await self._session.aclose()
 

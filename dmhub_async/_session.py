@@ -335,7 +335,7 @@ class Session:
             assert self._static_token is not None
             token = self._static_token
         else:  # fresh, the usual case, without a coroutine; else the store's or a new one
-            token = self._current_token = tokens.held() or await tokens.refresh(stale=None)
+            token = self._current_token = tokens.held() or await self._refresh(tokens, None)
         try:
             return await self._send(request, token, call.retries)
         except AuthenticationError:
@@ -346,12 +346,19 @@ class Session:
         except DMHubError as err:
             _note_write_failure(call, err)
             raise
-        token = self._current_token = await self._tokens.refresh(stale=token)
+        token = self._current_token = await self._refresh(self._tokens, token)
         try:
             return await self._send(request, token, call.retries)
         except DMHubError as err:  # the send after a refresh may be applied as well
             _note_write_failure(call, err)
             raise
+
+    async def _refresh(self, tokens: TokenManager, stale: str | None) -> str:
+        """``tokens.refresh(stale)``, ended by the client's close: the store's lock may be
+        another process's for minutes. The fetch itself goes on (it ends at that lock or at its
+        request): cut short, a token fetched and not yet stored would leave every other process
+        with a revoked one."""
+        return await self._conn.closing.wait(tokens.refresh(stale))
 
     async def _fetch_token(self) -> Token:
         assert self.app_id is not None

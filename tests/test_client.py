@@ -164,6 +164,30 @@ async def test_closing_ends_calls_waiting_out_a_backoff_or_a_rate_turn(api, make
     assert all(type(err) is DMHubError for err in outcomes)
 
 
+async def test_closing_ends_a_call_waiting_for_the_token_stores_lock(api, make_client, tmp_path):
+    # Another process held the lock, fetching a token (182 s at most by default): the call
+    # went on waiting for it after aclose(), and raised "closed" only once it was released.
+    import filelock
+
+    from dmhub_async import FileTokenStore
+
+    store = FileTokenStore(tmp_path / "tokens.json")
+    other = filelock.FileLock(str(tmp_path / "tokens.json.lock"), thread_local=False)
+    other.acquire()  # the other process's fetch
+    try:
+        dm = make_client(token_store=store)
+        call = asyncio.ensure_future(dm.request("GET", "/v1/customers/1"))
+        for _ in range(10):
+            await asyncio.sleep(0)  # the call is waiting for the lock
+
+        await asyncio.wait_for(dm.aclose(), 5)
+        with pytest.raises(DMHubError, match=r"^this DMHubClient is closed"):
+            await asyncio.wait_for(call, 5)
+    finally:
+        other.release()
+    assert api.requests == {}
+
+
 async def test_close_without_any_request_is_fine(no_env):
     async with DMHubClient(access_token="tok"):
         pass
