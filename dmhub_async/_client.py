@@ -261,9 +261,10 @@ class DMHubClient:
     async def aclose(self) -> None:
         """Close the client's own HTTP session (a passed-in session is left open).
 
-        Calls still under way raise :class:`DMHubError` ("closed"): one waiting out a retry's
-        backoff, a rate-limit turn (``rate_limit``, a shared one too) or the token store's lock
-        (another client's token fetch) at once.
+        Calls still under way raise :class:`DMHubError` ("closed") at once: one waiting out a
+        retry's backoff, a rate-limit turn (``rate_limit``, a shared one too) or the token
+        store's lock (another client's token fetch), or reading an answer through the client's
+        own session (a write cut short raises with ``outcome_unknown=True``).
         """
         await self._session.aclose()
 

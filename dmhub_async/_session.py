@@ -118,6 +118,8 @@ class _Connection:
     proxy: str | None = None
     #: Its password, if it has one: masked in every error, as the secret is.
     proxy_password: str | None = None
+    #: The answers whose bodies are being read, for the close to end.
+    reading: set[aiohttp.ClientResponse] = attrs.Factory(set)
 
 
 class Session:
@@ -266,6 +268,10 @@ class Session:
                     " and are left open. Make and close the client inside the coroutine you run"
                     ", e.g. `async with DMHubClient() as dm:` in main()"
                 )
+            # aiohttp's close drops their connections but never tells the readers: a call half
+            # way through an answer waited for the rest until its timeout (30 s by default).
+            for resp in list(conn.reading):
+                resp.content.set_exception(aiohttp.ClientConnectionError("the client was closed"))
             await http.close()
 
     def check_open(self) -> None:
@@ -421,14 +427,19 @@ class Session:
                     # Read it all inside the block: a retry never holds a connection.
                     status, resp_headers = resp.status, resp.headers
                     length = resp.content_length
-                    if (
-                        length is not None
-                        and length <= self._max_response_size
-                        and "Content-Encoding" not in resp_headers
-                    ):
-                        payload = await resp.read()  # its declared length, within the limit
-                    else:
-                        payload = await self._read(request, resp)
+                    reading = self._conn.reading
+                    reading.add(resp)  # for aclose() to end
+                    try:
+                        if (
+                            length is not None
+                            and length <= self._max_response_size
+                            and "Content-Encoding" not in resp_headers
+                        ):
+                            payload = await resp.read()  # its declared length, within the limit
+                        else:
+                            payload = await self._read(request, resp)
+                    finally:
+                        reading.discard(resp)
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as err:
                 failure = err
         finally:

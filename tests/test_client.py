@@ -188,6 +188,44 @@ async def test_closing_ends_a_call_waiting_for_the_token_stores_lock(api, make_c
     assert api.requests == {}
 
 
+@pytest.mark.parametrize("length", ["declared", "chunked"])
+async def test_closing_ends_a_call_reading_an_answers_body(make_client, length):
+    # aiohttp's close drops the connection but never tells the body's reader: a call half way
+    # through an answer went on waiting for the rest until its timeout (30 s by default).
+    sent, release = asyncio.Event(), asyncio.Event()
+
+    async def half(request: web.Request) -> web.StreamResponse:
+        body = json.dumps(CUSTOMER).encode()
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        if length == "declared":
+            response.content_length = len(body)
+        await response.prepare(request)
+        await response.write(body[:10])
+        sent.set()
+        await release.wait()
+        return response
+
+    app = web.Application()
+    app.router.add_get("/v1/customers/1", half)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        dm = make_client(access_token="tok", base_url=f"http://127.0.0.1:{runner.addresses[0][1]}")
+        call = asyncio.ensure_future(dm.request("GET", "/v1/customers/1"))
+        await asyncio.wait_for(sent.wait(), 5)
+        for _ in range(50):  # the client reads the headers and the first bytes
+            await asyncio.sleep(0)
+
+        await asyncio.wait_for(dm.aclose(), 5)
+        with pytest.raises(DMHubError, match=r"^this DMHubClient is closed"):
+            await asyncio.wait_for(call, 5)
+    finally:
+        release.set()
+        await runner.cleanup()
+
+
 async def test_close_without_any_request_is_fine(no_env):
     async with DMHubClient(access_token="tok"):
         pass
