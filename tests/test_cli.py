@@ -336,6 +336,8 @@ BAD_INPUTS: list[tuple[str, list[str], dict[str, str | None], int, tuple[str, ..
     ("no field selected", ["--select", ""], {}, 2, ("--select", "--select id")),
     ("only commas selected", ["--select", " , "], {}, 2, ("--select",)),
     ("bad page size", ["--page-size", "0"], {}, 2, ("--page-size",)),
+    # Written as plain JSONL under a name that gunzip refused.
+    ("a compressed name", ["--out", "x.csv.gz"], {}, 2, ("x.csv.gz", "compressed")),
     ("bad url", [], {"DMHUB_BASE_URL": "ftp://example"}, 1, ("DMHUB_BASE_URL", "ftp://")),
 ]
 

@@ -316,6 +316,10 @@ async def test_a_bad_filter_is_refused_before_anything_is_written(
         await export_customers(client, tmp_path / "x.jsonl", sort_by="name", progress=False)
     with pytest.raises(InvalidRequestError, match="cannot write"):
         await export_customers(client, tmp_path / "no" / "x.jsonl", progress=False)
+    # Written as plain JSONL under a name gunzip (and any reader of such files) refused.
+    for name in ("x.jsonl.gz", "x.csv.GZ", "x.zst"):
+        with pytest.raises(InvalidRequestError, match="names a compressed file"):
+            await export_customers(client, tmp_path / name, format="csv", progress=False)
     assert files_in(tmp_path) == []
     assert sim.counters.routes["GET /v1/customers"] == 0
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, TextIO, cast
 
 from .._exceptions import InvalidRequestError
+from ..export._export import check_uncompressed
 from ..export._output import check_path
 from ._errors import CommandError, Interrupted, UsageError, interruptible
 
@@ -112,6 +113,10 @@ def check_output(
         # meant (an existing directory is refused below, as any directory is).
         raise UsageError(f"--out {out} names a directory: give a file, in it or elsewhere")
     path = Path(out)
+    try:
+        check_uncompressed(path)  # written as plain text under a name gunzip refused
+    except InvalidRequestError as err:
+        raise UsageError(f"--out {err}") from None
     for other in inputs:
         if other is not None and other != STDOUT and _same_file(path, Path(other)):
             raise UsageError(f"--out {out} is also an input of this command: give another file")

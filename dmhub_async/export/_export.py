@@ -8,7 +8,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Literal
+from typing import IO, TYPE_CHECKING, Any, Final, Literal
 
 from typing_extensions import Unpack
 
@@ -134,6 +134,8 @@ def _plan(
     if "sort_by" in filters or "sort_order" in filters:
         raise InvalidRequestError("export_customers() walks by id: sort_by/sort_order not allowed")
     params = customer_filter_params("export_customers", filters, zone=client.timezone)
+    if isinstance(dest, (str, os.PathLike)):
+        check_uncompressed(Path(dest))
     fmt = _format_of(Path(dest).suffix if isinstance(dest, (str, os.PathLike)) else "", format)
     if encoding not in ("utf-8", "utf-8-sig") or (encoding != "utf-8" and fmt != "csv"):
         raise InvalidRequestError(
@@ -171,6 +173,21 @@ def _columns(filters: dict[str, Any]) -> list[str] | None:
         return None
     # First, wherever it was named: a resume reads each record's id from the first column.
     return ["id", *(name for name in select.split(",") if name != "id")]
+
+
+#: Suffixes of compressed files: the export writes none of them.
+_COMPRESSED: Final = frozenset({".gz", ".bz2", ".xz", ".zst", ".zip", ".lz4", ".br", ".7z"})
+
+
+def check_uncompressed(dest: Path) -> None:
+    """Refuse a destination named as a compressed file (``customers.jsonl.gz``): the export
+    writes plain text, and a file so named was written as plain JSONL, which ``gunzip`` and
+    every reader of such files then refused."""
+    if dest.suffix.lower() in _COMPRESSED:
+        raise InvalidRequestError(
+            f"{dest.name} names a compressed file, and the export writes plain text: drop "
+            f"{dest.suffix!r}, or compress the file it writes (gzip {dest.with_suffix('').name})"
+        )
 
 
 def _format_of(suffix: str, format: str | None) -> Format:

@@ -21,6 +21,7 @@ import orjson
 
 from .._atomic import replace_file, replacing
 from .._exceptions import InvalidRequestError
+from ..export._export import check_uncompressed
 from ._plan import Shard
 
 __all__ = ["MANIFEST_NAME", "Manifest", "ShardOutcome", "merge", "part_name"]
@@ -218,6 +219,7 @@ def merge(
         InvalidRequestError: no manifest, a part missing, or the export is not complete (unless
             ``allow_incomplete``).
     """
+    check_uncompressed(Path(dest))
     manifest = Manifest.read(directory)
     if manifest is None:
         raise InvalidRequestError(f"{directory} has no {MANIFEST_NAME}: not a sharded export")

@@ -85,6 +85,15 @@ async def test_a_merge_refuses_a_part_cut_short_since_it_was_exported(
     assert merge(done, tmp_path / "all.jsonl", allow_incomplete=True) < CUSTOMERS
 
 
+async def test_a_merge_refuses_a_compressed_name_it_would_write_plain(
+    done: Path, tmp_path: Path
+) -> None:
+    # all.jsonl.gz was written as plain JSONL, which gunzip then refused.
+    with pytest.raises(InvalidRequestError, match="names a compressed file"):
+        merge(done, tmp_path / "all.jsonl.gz")
+    assert list(tmp_path.iterdir()) == [done]
+
+
 async def test_the_merged_file_gets_the_mode_the_parts_and_an_export_get(
     done: Path, tmp_path: Path
 ) -> None:
