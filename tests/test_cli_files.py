@@ -18,6 +18,7 @@ import pytest
 from _cli_support import (
     ServedSimulator,
     assert_one_line_error,
+    cli_command,
     jsonl_ids,
     run_cli,
     serve,
@@ -274,6 +275,39 @@ def test_export_to_stdout_puts_the_report_on_stderr(
     assert [json.loads(line)["id"] for line in result.stdout.splitlines()] == served.ids()
     assert f"exported      {CUSTOMERS} customers" in result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_export_to_a_pipe_its_reader_closes_ends_quietly(
+    served: ServedSimulator, env: dict[str, str], tmp_path: Path
+) -> None:
+    # `dmhub-async export --out - | head -1`: it ended "dmhub-async: error: Broken pipe", exit
+    # 1, noise in every such pipeline. A command whose reader left ends as a shell's `yes | head`
+    # does: silent, 141 (128 + SIGPIPE).
+    import fcntl
+    import subprocess
+
+    read_end, write_end = os.pipe()
+    # A pipe of a page (Linux's F_SETPIPE_SZ), so the export outgrows it whatever its size.
+    if hasattr(fcntl, "F_SETPIPE_SZ"):  # Python 3.10+ on Linux; elsewhere 120 rows outgrow it
+        fcntl.fcntl(read_end, fcntl.F_SETPIPE_SZ, 4096)
+    proc = subprocess.Popen(
+        cli_command("export", "--out", "-", "--page-size", "10"),
+        env=env,
+        cwd=tmp_path,
+        stdout=write_end,
+        stderr=subprocess.PIPE,
+    )
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as reader:
+        first = json.loads(reader.readline())
+    # head -1 has its line, and is gone
+    assert proc.stderr is not None
+    err = proc.stderr.read().decode()
+    proc.stderr.close()
+    assert proc.wait(timeout=60) == 141, err
+
+    assert first["id"] == served.ids()[0]
+    assert err == ""
 
 
 def test_csv_select_writes_only_those_columns_with_excels_mark(

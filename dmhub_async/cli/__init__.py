@@ -24,6 +24,7 @@ from .._redact import redact
 from ..shards import MANIFEST_NAME
 from ._commands import COMMANDS
 from ._errors import (
+    EXIT_BROKEN_PIPE,
     EXIT_ERROR,
     EXIT_INCOMPLETE,
     EXIT_OK,
@@ -97,6 +98,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         err: BaseException = Interrupted(signal.SIGINT)
     except (Interrupted, CommandError, DMHubError, OSError, ValueError) as caught:
         err = caught
+    if isinstance(err, BrokenPipeError):
+        # The reader of our output left (`| head -1`): ended silently, as `yes | head` does,
+        # not "error: Broken pipe". stdout to /dev/null: the interpreter's last flush at exit
+        # would fail on the pipe again.
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     code, message = explain(err)
     if isinstance(err, Interrupted):
         message = _interrupted(err, args)

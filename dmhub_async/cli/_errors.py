@@ -13,6 +13,7 @@ from typing import Any
 from .._exceptions import APIConnectionError, AuthenticationError, DMHubError
 
 __all__ = [
+    "EXIT_BROKEN_PIPE",
     "EXIT_ERROR",
     "EXIT_INCOMPLETE",
     "EXIT_OK",
@@ -29,6 +30,8 @@ EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_INCOMPLETE = 3
+#: The reader of the output went away (``| head -1``): 128 + SIGPIPE, as a shell reports it.
+EXIT_BROKEN_PIPE = 128 + 13
 # 128 + the signal's number, as shells report a process a signal ended: 130 SIGINT, 143 SIGTERM.
 
 
