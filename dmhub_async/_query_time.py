@@ -64,14 +64,20 @@ def query_time(
             f" not {short(value)}"
         )
     naive = moment.utcoffset() is None
-    if naive:
-        moment = moment.replace(tzinfo=zone or timezone.utc)
-    try:
-        utc = moment.astimezone(timezone.utc)
-    except (OverflowError, ValueError):
-        raise InvalidRequestError(f"{method}(): {name} is out of range: {short(value)}") from None
+    utc = in_utc(method, name, moment, zone or timezone.utc, given=value)
     # isoformat, not strftime: strftime writes the year 5 as "5", not "0005".
     return utc.replace(tzinfo=None).isoformat(timespec="seconds"), naive and zone is None
+
+
+def in_utc(method: str, name: str, moment: datetime, zone: tzinfo, *, given: object) -> datetime:
+    """``moment`` in UTC, read in ``zone`` when it is naive; InvalidRequestError naming
+    ``name`` and the value ``given`` when UTC has no such time (the year 1 at +08:00)."""
+    if moment.utcoffset() is None:
+        moment = moment.replace(tzinfo=zone)
+    try:
+        return moment.astimezone(timezone.utc)
+    except (OverflowError, ValueError):
+        raise InvalidRequestError(f"{method}(): {name} is out of range: {short(given)}") from None
 
 
 def _parse(method: str, name: str, text: str) -> date | datetime:

@@ -333,17 +333,19 @@ def _body_text(body: bytes, secrets: Iterable[str | None], limit: int = 1000) ->
     """The start of a body as text, up to ``limit`` characters, redacted."""
     if not body:
         return None
+    start = body[:4096].decode("utf-8", "replace")
+    return _text_start(start, secrets, limit, cut=len(body) > 4096)
+
+
+def _text_start(text: str, secrets: Iterable[str | None], limit: int, *, cut: bool = False) -> str:
+    """The start of a text the service sent, up to ``limit`` characters, redacted; ``...``
+    when more followed (``cut``: more than ``text`` holds). Only its first 4,096 characters
+    are masked: masking costs a loop turn each."""
     # Redact before cutting: a secret cut in half at the edge would no longer be recognised,
     # and its first half would leak.
-    text = redact(body[:4096].decode("utf-8", "replace"), secrets)
-    return text[:limit] + ("..." if len(text) > limit or len(body) > 4096 else "")
-
-
-def _text_start(text: str, secrets: Iterable[str | None], limit: int) -> str:
-    """The start of a text the service sent, up to ``limit`` characters, redacted (as
-    :func:`_body_text`: only its first 4,096 characters, masking costs a loop turn each)."""
     redacted = redact(text[:4096], secrets)
-    return redacted[:limit] + ("..." if len(redacted) > limit or len(text) > 4096 else "")
+    more = cut or len(redacted) > limit or len(text) > 4096
+    return redacted[:limit] + ("..." if more else "")
 
 
 def _snippet(body: bytes, secrets: Iterable[str | None]) -> str:

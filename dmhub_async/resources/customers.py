@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable, Iterable, Mapping
-from datetime import timezone, tzinfo
+from datetime import tzinfo
 from typing import Any, TypeVar
 
 from typing_extensions import Unpack
@@ -18,7 +18,7 @@ from .._converter import (
 )
 from .._exceptions import InvalidRequestError
 from .._pagination import AsyncPaginator
-from .._query_time import warn_naive
+from .._query_time import in_utc, warn_naive
 from .._session import Session
 from .._validate import (
     check_customer_fields,
@@ -26,7 +26,6 @@ from .._validate import (
     check_identities,
     check_json,
     check_text,
-    short,
 )
 from ..models.customer import Customer, CustomerFields
 from ..models.identity import Identity
@@ -275,14 +274,7 @@ class Customers(Resource):
         moment = timestamp_as_written(when) if isinstance(when, str) else when
         if moment.utcoffset() is not None:
             return fields
-        placed = moment.replace(tzinfo=zone)
-        try:
-            placed.astimezone(timezone.utc)
-        except (OverflowError, ValueError):  # no such time in UTC (year 1 at +08:00)
-            raise InvalidRequestError(
-                f"{method}(): date_join {short(when)} in {zone} is out of UTC's range"
-            ) from None
-        return {**fields, "date_join": placed}
+        return {**fields, "date_join": in_utc(method, "date_join", moment, zone, given=when)}
 
     def _params(
         self, method: str, filters: dict[str, Any], *, paged: bool = True, frames: int = 2
