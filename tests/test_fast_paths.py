@@ -52,7 +52,7 @@ from dmhub_async._validate import (
 )
 from dmhub_async.export import export_customers
 from dmhub_async.models import Customer
-from dmhub_async.resources import _pages, customer_statistics, customers
+from dmhub_async.resources import _pages, customer_statistics, customers, identities
 from dmhub_async.testing import DMHubSimulator
 
 WHAT = "a page of customers"
@@ -401,6 +401,105 @@ def test_an_identity_is_sent_exactly_when_the_contract_allows_it(
     else:
         with pytest.raises(InvalidRequestError, match=r"^lookup\(\): identity "):
             check_identity("lookup", identity)
+
+
+# -- a lookup reads the usual answer in place: what the converter's bindings would give ------
+
+_WANTED = Identity("mobile", "13900000000")
+_BINDING_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=False),
+    st.sampled_from(["mobile", "13900000000", "wechat", "12", "１２", " 12", ""]),
+    st.lists(st.integers(), max_size=1),
+)
+_BINDING_KEYS = st.sampled_from(["customerId", "identityType", "identityValue", "identityName"])
+_BINDINGS = st.lists(
+    st.one_of(
+        st.dictionaries(_BINDING_KEYS | st.just("other"), _BINDING_VALUES, max_size=5),
+        st.fixed_dictionaries(  # well-formed, the wanted identity or another
+            {
+                "customerId": st.integers(min_value=1, max_value=2**64),
+                "identityType": st.sampled_from(["mobile", "wechat"]),
+                "identityValue": st.sampled_from(["13900000000", "o1"]),
+            },
+            optional={"identityName": st.none() | st.text(max_size=3), "other": _BINDING_VALUES},
+        ),
+        _BINDING_VALUES,  # not an object at all
+    ),
+    max_size=4,
+)
+
+
+def _converters_answer(data: Any) -> Any:
+    """What the lookup returned before it read rows in place: the converter's bindings."""
+    try:
+        bindings = _pages.decode(identities.structure_identities, data, "a list of identities")
+    except ResponseDecodeError as err:
+        return ("error", str(err))
+    for binding in bindings:
+        if binding.type == _WANTED.type and binding.value == _WANTED.value:
+            return binding.customer_id
+    return None
+
+
+class _Answering:
+    """A session that answers every request with ``data``."""
+
+    def __init__(self, data: Any) -> None:
+        self.data = data
+
+    async def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        return self.data
+
+
+@settings(max_examples=400)
+@given(data=_BINDINGS)
+@example(data=[{"customerId": 1, "identityType": "mobile", "identityValue": "13900000000"}])
+@example(data=[{"customerId": "7", "identityType": "mobile", "identityValue": "13900000000"}])
+@example(data=[{"customerId": True, "identityType": "mobile", "identityValue": "13900000000"}])
+@example(  # the match first, a malformed row after it: still the converter's error
+    data=[
+        {"customerId": 1, "identityType": "mobile", "identityValue": "13900000000"},
+        {"customerId": 2, "identityType": "mobile"},
+    ]
+)
+@example(  # two matches: the first
+    data=[
+        {"customerId": 1, "identityType": "mobile", "identityValue": "13900000000"},
+        {"customerId": 2, "identityType": "mobile", "identityValue": "13900000000"},
+    ]
+)
+@example(
+    data=[
+        {
+            "customerId": 3,
+            "identityType": "mobile",
+            "identityValue": "13900000000",
+            "identityName": 5,
+        }
+    ]
+)
+@example(  # a name the converter cannot read as text: its error
+    data=[
+        {
+            "customerId": 3,
+            "identityType": "mobile",
+            "identityValue": "13900000000",
+            "identityName": [1],
+        }
+    ]
+)
+@example(data=[None])
+async def test_a_lookup_reads_the_answer_as_the_converters_bindings(data: Any) -> None:
+    lookup = identities.Identities(_Answering(data))._lookup  # type: ignore[arg-type]
+    try:
+        found: Any = await lookup(_WANTED)
+    except ResponseDecodeError as err:
+        found = ("error", str(err))
+    assert found == _converters_answer(data)
+    assert type(found) is type(_converters_answer(data))
 
 
 # -- the proxy of the environment: urllib's answer, from the variables it can use ---------------

@@ -23,6 +23,9 @@ __all__ = ["Identities"]
 #: Results remembered by lookup_iter to answer repeats without a request (bounded memory).
 _REPEAT_CACHE = 65_536
 
+#: What a binding's ``identityName`` may be for a lookup to read the row in place (absent: None).
+_NAME_TYPES = (type(None), str)
+
 
 class Identities(Resource):
     """Customer identities: ``dm.identities``."""
@@ -75,8 +78,25 @@ class Identities(Resource):
     async def _lookup(self, identity: Identity) -> int | None:
         # _find() written out: a coroutine less a lookup; no binding needs no structuring.
         data = await self._session.request("GET", _PATH, params=_query_of(identity))
-        if type(data) is list and not data:
-            return None
+        if type(data) is list:
+            # The usual answer read in place, without a CustomerIdentity a row: every row is
+            # checked as the converter would (a row it would refuse, or read otherwise, such as
+            # a customerId sent as text, goes the converter's way below), the first match wins.
+            # About 15k instructions less a lookup (benchmarks/README.md, issue 15).
+            found: int | None = None
+            for row in data:
+                if not (
+                    type(row) is dict
+                    and type(customer_id := row.get("customerId")) is int
+                    and type(kind := row.get("identityType")) is str
+                    and type(value := row.get("identityValue")) is str
+                    and type(row.get("identityName")) in _NAME_TYPES
+                ):
+                    break
+                if found is None and kind == identity.type and value == identity.value:
+                    found = customer_id
+            else:
+                return found
         for binding in decode(structure_identities, data, "a list of identities"):
             if binding.type == identity.type and binding.value == identity.value:
                 return binding.customer_id
