@@ -47,6 +47,8 @@ _DIGITS_TO_ZERO: Final = bytes(0x30 if 0x30 <= b <= 0x39 or b == 0x2E else 0x20 
 #: or an exponent.
 _LOSSY: Final = re.compile(rb"-\d{19}|\d{20}|(?=[\d.]{17})\d*\.\d|\d{16}[eE]")
 
+#: The shortest body ``_LOSSY`` can match in (17 digits and a point or an exponent).
+_SHORTEST_LOSSY: Final = 17
 
 #: Past one run of ``0000`` in the sample per this many bytes of body, a regex search at each
 #: (a turn of a Python loop, about 4 us) costs more than one pass over the whole body (about
@@ -105,7 +107,7 @@ def loads(body: bytes | str, *, allow_nan: bool = True) -> Any:
     library writes but JSON has not, are read as floats, or refused without ``allow_nan``.
     """
     raw = body.encode("utf-8", "surrogatepass") if isinstance(body, str) else body
-    if not _may_lose_digits(raw):
+    if len(raw) < _SHORTEST_LOSSY or not _may_lose_digits(raw):  # "[]": no call
         try:
             return orjson.loads(body)
         except orjson.JSONDecodeError:

@@ -444,15 +444,24 @@ class Session:
                 failure = err
         finally:
             limits.release()
-        elapsed_ms = (time.perf_counter() - started) * 1000
         # The token this request carried: by the time its answer comes back another call may
-        # have refreshed it, so self._current_token is not enough.
-        secrets = (*self.secrets, token)
+        # have refreshed it, so self._current_token is not enough. (self.secrets written out:
+        # a property call and a tuple less on every request.)
+        secrets = (
+            self._secret,
+            self._static_token,
+            self._current_token,
+            self._conn.proxy_password,
+            token,
+        )
         if failure is not None:
             # Raised outside the except block, from a redacted stand-in: aiohttp's exceptions
             # carry the URL, and so the token; they must not ride along as cause or context.
             logger.debug(
-                "%s failed: %s (%.1f ms)", request.describe(), type(failure).__name__, elapsed_ms
+                "%s failed: %s (%.1f ms)",
+                request.describe(),
+                type(failure).__name__,
+                (time.perf_counter() - started) * 1000,
             )
             error = connection_error(
                 request,
@@ -464,6 +473,7 @@ class Session:
             )
             raise error from RedactedCause(failure, secrets)
         if logger.isEnabledFor(logging.DEBUG):  # describe() encodes the query: not for nothing
+            elapsed_ms = (time.perf_counter() - started) * 1000
             logger.debug("%s -> %d (%.1f ms)", request.describe(), status, elapsed_ms)
         data = read_response(
             request,
