@@ -214,6 +214,49 @@ def test_a_signal_mid_merge_stops_it_and_leaves_no_file(
     assert [p.name for p in tmp_path.iterdir()] == ["parts"]  # no all.jsonl, nor a hidden .tmp
 
 
+@pytest.mark.parametrize(
+    ("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["TERM", "INT"]
+)
+def test_a_signal_while_the_lookup_checks_its_input_stops_the_check(
+    served: ServedSimulator,
+    env: dict[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    signum: int,
+    code: int,
+) -> None:
+    # Every row is checked before a request, in one blocking pass (2,000,000 rows: 7 s): the
+    # event loop, which handled the signals, did not run until it had read the whole file, so
+    # Ctrl-C and SIGTERM waited that long (Docker's SIGKILL comes after 10 s).
+    from dmhub_async.cli import _commands, main
+
+    for key in ("DMHUB_BASE_URL", "DMHUB_APP_ID", "DMHUB_SECRET", "XDG_CACHE_HOME"):
+        monkeypatch.setenv(key, env[key])
+    monkeypatch.chdir(tmp_path)
+    with (tmp_path / "ids.csv").open("w", newline="", encoding="utf-8") as fh:
+        csv.writer(fh).writerows([("wechat", f"o-{n}") for n in range(1000)])
+    identities = _commands._identities
+    read: list[int] = []
+
+    def signalled(*args: Any) -> Any:
+        for n, identity in enumerate(identities(*args)):
+            if not read and n == 10:
+                os.kill(os.getpid(), signum)  # at the 10th row of the check
+            yield identity
+        read.append(n + 1)
+
+    monkeypatch.setattr(_commands, "_identities", signalled)
+
+    assert main(["lookup", "--in", "ids.csv", "--out", "found.csv", "-q"]) == code
+
+    assert read == []  # the check stopped at the signal, not at the end of the file
+    said = capsys.readouterr()
+    assert said.err == f"dmhub-async: stopped by {signal.Signals(signum).name}: no output written\n"
+    assert sum(served.sim.counters.routes.values()) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ids.csv"]
+
+
 def test_a_signal_mid_sharded_export_says_a_rerun_resumes_it(
     served: ServedSimulator,
     env: dict[str, str],
