@@ -233,6 +233,33 @@ async def test_lookup_iter_holds_about_concurrency_lookups_at_once() -> None:
     assert not other_tasks()
 
 
+async def test_lookup_iter_of_many_repeats_lets_other_tasks_run() -> None:
+    # Repeats are answered from memory without a pause: once the few identities of a file of
+    # orders were known, the rest went out without the event loop running (1,000,000 repeats
+    # of 5 held it 7 s: the CLI's Ctrl-C, a service's health checks and other calls waited).
+    client, ids = fake(5)
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0)
+            ticks += 1
+
+    task = asyncio.create_task(ticker())
+    try:
+        n = 0
+        async for _ in ids.lookup_iter(identities(5) * 20_000, concurrency=4):
+            n += 1
+            if n == 10_000:
+                before = ticks
+        assert n == 100_000
+        assert ticks - before >= 50  # the loop ran while the other 90,000 went out
+    finally:
+        task.cancel()
+    assert sum(client.asked.values()) == 5
+
+
 async def test_lookup_iter_checks_each_identity_before_its_request() -> None:
     client, ids = fake(10)
     with pytest.raises(InvalidRequestError):
