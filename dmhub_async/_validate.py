@@ -137,9 +137,18 @@ def check_text(method: str, name: str, value: str) -> str:
 
 def check_no_controls(method: str, name: str, text: str) -> None:
     """Refuse a control character in a value matched against the service's data: sent as
-    ``%0A`` or ``%09`` (a line's end or a TSV's tab, read from a file), it matches nothing."""
+    ``%0A`` or ``%09`` (a line's end or a TSV's tab, read from a file), it matches nothing.
+
+    A byte order mark too: the start of a "CSV UTF-8" file read as ``utf-8``, not
+    ``utf-8-sig`` (or of a second file joined to the first), sent as ``%EF%BB%BF``.
+    """
     if any(char < " " or "\x7f" <= char <= "\x9f" for char in text):
         raise InvalidRequestError(f"{method}(): {name} holds a control character")
+    if "\ufeff" in text:
+        raise InvalidRequestError(
+            f"{method}(): {name} holds a byte order mark (U+FEFF), the start of a UTF-8 file:"
+            " one read as utf-8 rather than utf-8-sig, or files joined together?"
+        )
 
 
 def query_length(params: Mapping[str, str]) -> int:

@@ -360,6 +360,18 @@ def test_lookup_input_takes_spaces_after_commas_and_a_header_after_blank_lines(
     ]
 
 
+def test_lookup_input_of_two_joined_excel_files_names_the_second_mark(tmp_path: Path) -> None:
+    # `cat a.csv b.csv` of two Excel "CSV UTF-8" files: the second's byte order mark began a
+    # line, and its first identity was looked up with the mark (and "not found", without a word).
+    from dmhub_async.cli._commands import _identities
+    from dmhub_async.cli._errors import CommandError
+
+    path = tmp_path / "ids.csv"
+    path.write_bytes("\ufeffwechat,o-1\r\n".encode() * 2)
+    with pytest.raises(CommandError, match=r"ids\.csv:2: identity type holds a byte order mark"):
+        list(_identities(path, "utf-8"))
+
+
 def test_output_to_a_closed_standard_output_is_a_usage_error(tmp_path: Path) -> None:
     # Started with >&-: a raw AttributeError traceback ('NoneType' object has no attribute).
     import subprocess

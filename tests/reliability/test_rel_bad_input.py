@@ -102,6 +102,18 @@ CASES: dict[str, Call] = {
     "lookup_many: a line break in a value": lambda dm: dm.identities.lookup_many(
         [OK, Identity("mobile", "139\n")]
     ),
+    # A byte order mark: the first value of an Excel "CSV UTF-8" file read as utf-8 (Python's
+    # usual way, not utf-8-sig), or of a second file joined to the first. Sent as %EF%BB%BF,
+    # it matched no one: the customer holding "o-123" was "not found".
+    "lookup: a byte order mark before the value": lambda dm: dm.identities.lookup(
+        Identity("wechat", "\ufeffo-123")
+    ),
+    "lookup_many: a byte order mark before a type": lambda dm: dm.identities.lookup_many(
+        [OK, Identity("\ufeffwechat", "o-1")]
+    ),
+    "count: mobile with a byte order mark": lambda dm: dm.customers.count(
+        mobile="\ufeff13800000000"
+    ),
     "upsert: bad field": lambda dm: dm.customers.create_with_identities([OK], name=5),
     "get: str id": lambda dm: dm.customers.get("1"),
     "get: float id": lambda dm: dm.customers.get(1.0),
