@@ -372,6 +372,22 @@ def test_lookup_input_of_two_joined_excel_files_names_the_second_mark(tmp_path: 
         list(_identities(path, "utf-8"))
 
 
+@pytest.mark.parametrize("encoding", ["gbk", "big5", "latin-1"])
+def test_lookup_input_in_utf8_with_its_mark_read_as_another_encoding_is_an_error(
+    tmp_path: Path, encoding: str
+) -> None:
+    # An Excel "CSV UTF-8" file given --encoding gbk (the README's advice for Excel's CSV on
+    # Chinese Windows): its mark was read as text ('锘縲echat'), and its first identity was
+    # "not found" (or its header looked up as one), exit 0, without a word.
+    from dmhub_async.cli._commands import _identities
+    from dmhub_async.cli._errors import CommandError
+
+    path = tmp_path / "ids.csv"
+    path.write_bytes(codecs.BOM_UTF8 + b"wechat,o-1\r\nwechat,o-2\r\n")
+    with pytest.raises(CommandError, match=r"ids\.csv:1: .*UTF-8.*--encoding utf-8"):
+        list(_identities(path, encoding))
+
+
 def test_output_to_a_closed_standard_output_is_a_usage_error(tmp_path: Path) -> None:
     # Started with >&-: a raw AttributeError traceback ('NoneType' object has no attribute).
     import subprocess

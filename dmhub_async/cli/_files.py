@@ -183,12 +183,19 @@ def decoded_lines(path: Path, encoding: str) -> Iterator[str]:
     newline byte is always a newline.
     """
     decoder = codecs.getincrementaldecoder(encoding)()
+    utf8 = codecs.lookup(encoding).name.startswith("utf-8")
     with path.open("rb") as fh:
         for number, raw in enumerate(fh, 1):
+            if number == 1 and not utf8 and raw.startswith(codecs.BOM_UTF8):
+                # Read as GBK, the mark was text ('锘縲echat'): the first row was not found.
+                raise CommandError(
+                    f"{path}:1: starts with the mark of a UTF-8 file (Excel: CSV UTF-8), not "
+                    f"{encoding} text: give --encoding utf-8 (the default)"
+                )
             try:
                 yield decoder.decode(raw)
             except UnicodeDecodeError as err:
-                name = "UTF-8" if codecs.lookup(encoding).name.startswith("utf-8") else encoding
+                name = "UTF-8" if utf8 else encoding
                 raise CommandError(
                     f"{path}:{number}: not {name} text (byte 0x{err.object[err.start]:02x}): "
                     "give the file's encoding with --encoding (Excel on Chinese Windows saves "
