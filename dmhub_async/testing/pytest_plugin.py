@@ -5,6 +5,8 @@ Registered through the ``pytest11`` entry point, so installing ``dmhub-async`` i
 ``-p no:dmhub_async.testing.pytest_plugin`` switches it off. It changes
 nothing in a test run that does not ask for its fixtures; the async ones need pytest-asyncio
 (``pip install pytest-asyncio``), and a test asking for them without it fails with that message.
+They run on the test's event loop, whatever its scope (``asyncio_default_test_loop_scope``, an
+``asyncio`` mark's ``loop_scope``) and whatever ``asyncio_default_fixture_loop_scope`` says.
 
 - ``dmhub_simulator``: a running `DMHubSimulator` seeded with 50 customers. Change that with
   ``@pytest.mark.dmhub_simulator(customers=500, seed=7)`` (any constructor argument, as the
@@ -23,8 +25,9 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import inspect
+import types
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import pytest
 
@@ -157,25 +160,73 @@ async def _client(
         yield client
 
 
+#: The event loop scopes pytest-asyncio runs a test in.
+LOOP_SCOPES = ("function", "class", "module", "package", "session")
+
+
+def _test_loop_scope(request: pytest.FixtureRequest) -> str:
+    """The scope of the event loop pytest-asyncio runs this test in, found as it finds it.
+
+    Its closest ``asyncio`` mark's ``loop_scope`` (``scope``, before pytest-asyncio 0.24), else
+    the ``asyncio_default_test_loop_scope`` setting, else ``"function"``.
+    """
+    marker = request.node.get_closest_marker("asyncio")
+    if marker is not None:
+        scope = marker.kwargs.get("loop_scope") or marker.kwargs.get("scope")
+        if scope:
+            return str(scope)
+    try:
+        scope = request.config.getini("asyncio_default_test_loop_scope")
+    except ValueError:  # a pytest-asyncio without that setting: the function's loop
+        return "function"
+    return str(scope or "function")
+
+
+def _copy_of(func: Callable[..., Any]) -> Callable[..., Any]:
+    """A new function object running ``func``'s code: pytest-asyncio marks the function itself
+    with its loop scope, so one object under five fixtures ran all five on the last scope's."""
+    return types.FunctionType(
+        func.__code__, func.__globals__, func.__name__, func.__defaults__, func.__closure__
+    )
+
+
 if importlib.util.find_spec("pytest_asyncio") is not None:
     import pytest_asyncio
 
-    _dmhub_simulator_in_loop = pytest_asyncio.fixture(
-        _simulator_in_loop, name="_dmhub_simulator_in_loop"
-    )
-    dmhub_client = pytest_asyncio.fixture(_client, name="dmhub_client")
+    # One copy of each async fixture per loop scope, and `dmhub_simulator` / `dmhub_client`
+    # take the one on the test's loop: left to `asyncio_default_fixture_loop_scope`, they ran
+    # on a loop other than the test's wherever the two scopes differed (that setting
+    # "session", a `@pytest.mark.asyncio(loop_scope="module")`...), and the client failed
+    # with "used in another event loop" while the simulator, its loop stopped, never answered.
+    _PER_LOOP_SCOPE = "loop_scope" in inspect.signature(pytest_asyncio.fixture).parameters
+    for _scope in LOOP_SCOPES if _PER_LOOP_SCOPE else ("function",):  # 0.23: the test's loop
+        _on_scope: dict[str, Any] = {"loop_scope": _scope} if _PER_LOOP_SCOPE else {}
+        for _name, _func in (("simulator", _simulator_in_loop), ("client", _client)):
+            _fixture_name = f"_dmhub_{_name}_in_{_scope}_loop"
+            globals()[_fixture_name] = pytest_asyncio.fixture(
+                _copy_of(_func), name=_fixture_name, **_on_scope
+            )
+
+    def _on_the_tests_loop(request: pytest.FixtureRequest, name: str) -> Any:
+        scope = _test_loop_scope(request) if _PER_LOOP_SCOPE else "function"
+        return request.getfixturevalue(f"_dmhub_{name}_in_{scope}_loop")
 
     @pytest.fixture(name="dmhub_simulator")
     def _dmhub_simulator(
         request: pytest.FixtureRequest, dmhub_clock: FakeClock
     ) -> Iterator[DMHubSimulator]:
         if _is_async_test(request):  # served by the test's own event loop
-            yield request.getfixturevalue("_dmhub_simulator_in_loop")
+            yield _on_the_tests_loop(request, "simulator")
             return
         # A plain `def` test runs no event loop: one in the test's loop took connections and
         # never answered, and synchronous code under test (an asyncio.run() job) hung on it.
         with _served_from_a_thread(_new_simulator(request, dmhub_clock)) as sim:
             yield sim
+
+    @pytest.fixture(name="dmhub_client")
+    def _dmhub_client(request: pytest.FixtureRequest) -> DMHubClient:
+        return cast("DMHubClient", _on_the_tests_loop(request, "client"))
+
 else:
 
     @pytest.fixture(name="dmhub_simulator")

@@ -543,6 +543,54 @@ async def test_the_client_fixture_waits_on_the_fake_clock(
     assert dmhub_clock.waits[0] >= 30  # the Retry-After was honoured, in virtual time
 
 
+def _user_project(pytester: pytest.Pytester, ini: str, tests: str) -> pytest.RunResult:
+    """A user's project: its pytest settings, one test file, run by pytest in this process."""
+    pytester.makeini("[pytest]\nasyncio_mode = auto\n" + ini)
+    pytester.makepyfile(test_user=tests)
+    return pytester.runpytest("-p", "no:cacheprovider")
+
+
+USER_TESTS_ON_THE_CLIENT = """
+import pytest
+
+
+async def test_counts(dmhub_client, dmhub_simulator):
+    assert await dmhub_client.customers.count() == 50
+    assert dmhub_simulator.customers_count() == 50
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_on_the_modules_loop(dmhub_client):
+    assert await dmhub_client.customers.count() == 50
+
+
+class TestOnTheClassLoop:
+    pytestmark = pytest.mark.asyncio(loop_scope="class")
+
+    async def test_counts(self, dmhub_client):
+        assert await dmhub_client.customers.count() == 50
+"""
+
+
+@pytest.mark.parametrize(
+    "ini",
+    [
+        "asyncio_default_fixture_loop_scope = function",
+        "asyncio_default_fixture_loop_scope = session",
+        "asyncio_default_fixture_loop_scope = module\nasyncio_default_test_loop_scope = session",
+        "asyncio_default_fixture_loop_scope = session\nasyncio_default_test_loop_scope = session",
+    ],
+)
+def test_the_fixtures_serve_on_the_tests_event_loop_whatever_its_scope(
+    pytester: pytest.Pytester, ini: str
+) -> None:
+    # The fixtures ran on the loop of `asyncio_default_fixture_loop_scope`, the test on its own
+    # (`asyncio_default_test_loop_scope`, or its mark's `loop_scope`): where the two differed,
+    # the client failed with "used in another event loop", and the simulator did not answer.
+    result = _user_project(pytester, ini, USER_TESTS_ON_THE_CLIENT)
+    result.assert_outcomes(passed=3)
+
+
 @pytest.mark.dmhub_client(max_retries=0)
 async def test_the_client_fixture_takes_settings_from_its_mark(
     dmhub_simulator: DMHubSimulator, dmhub_client: dmhub_async.DMHubClient
