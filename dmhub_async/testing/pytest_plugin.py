@@ -18,6 +18,10 @@ They run on the test's event loop, whatever its scope (``asyncio_default_test_lo
 - ``dmhub_client``: a ``DMHubClient`` pointed at ``dmhub_simulator``, on ``dmhub_clock``. Pass
   it settings with ``@pytest.mark.dmhub_client(max_retries=1, timeout=5)`` (any constructor
   argument).
+
+A module's or class's ``pytestmark`` of these marks counts too, the closest mark winning key by
+key: a test's ``dmhub_simulator(seed=7)`` under a module's ``dmhub_simulator(500)`` is 500
+customers seeded with 7.
 """
 
 from __future__ import annotations
@@ -59,18 +63,27 @@ def pytest_configure(config: pytest.Config) -> None:
 def _mark_kwargs(
     request: pytest.FixtureRequest, name: str, target: Callable[..., object]
 ) -> dict[str, Any]:
-    """The marker's arguments, positional ones included, by ``target``'s parameter names."""
-    marker = request.node.get_closest_marker(name)
-    if marker is None:
-        return {}
-    # Bound to the signature: `dmhub_simulator(500)` is 500 customers, as DMHubSimulator(500)
-    # is (its positional arguments were dropped unread, and the test ran on 50).
-    try:
-        bound = inspect.signature(target).bind_partial(*marker.args, **marker.kwargs)
-    except TypeError as err:
-        refused = f"@pytest.mark.{name}(...): {err}"
+    """The arguments of the test's marks called ``name``, by ``target``'s parameter names.
+
+    Every level's mark counts (a module's or class's ``pytestmark``, the test's own), the
+    closest winning key by key: a test's ``dmhub_simulator(seed=3)`` under a module's
+    ``dmhub_simulator(500)`` is 500 customers seeded with 3. Positional arguments are read as
+    ``target`` reads them.
+    """
+    merged: dict[str, Any] = {}
+    for marker in request.node.iter_markers(name):  # the closest first
+        # Bound to the signature: `dmhub_simulator(500)` is 500 customers, as DMHubSimulator(500)
+        # is (its positional arguments were dropped unread, and the test ran on 50).
+        try:
+            bound = inspect.signature(target).bind_partial(*marker.args, **marker.kwargs)
+        except TypeError as err:
+            refused = f"@pytest.mark.{name}(...): {err}"
+            break
+        # Merged, a closer mark's keys kept: the closest mark alone counted, and a test's own
+        # mark dropped every setting of its module's.
+        merged = {**bound.arguments, **merged}
     else:
-        return dict(bound.arguments)
+        return merged
     pytest.fail(refused, pytrace=False)  # outside the except: one line, no chained traceback
 
 

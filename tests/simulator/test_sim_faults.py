@@ -591,6 +591,56 @@ def test_the_fixtures_serve_on_the_tests_event_loop_whatever_its_scope(
     result.assert_outcomes(passed=3)
 
 
+USER_TESTS_WITH_MARKS_AT_EVERY_LEVEL = """
+import pytest
+
+from dmhub_async.testing import DMHubSimulator
+
+pytestmark = [
+    pytest.mark.dmhub_simulator(12, page_cap=5),
+    pytest.mark.dmhub_client(max_retries=0, timezone="Asia/Shanghai"),
+]
+
+
+async def test_the_modules_marks(dmhub_simulator, dmhub_client):
+    assert (dmhub_simulator.customers_count(), dmhub_simulator.page_cap) == (12, 5)
+    assert dmhub_client.retry_policy.max_retries == 0
+    assert str(dmhub_client.timezone) == "Asia/Shanghai"
+
+
+@pytest.mark.dmhub_simulator(seed=3)
+@pytest.mark.dmhub_client(timezone="UTC")
+async def test_its_own_marks_change_only_what_they_name(dmhub_simulator, dmhub_client):
+    assert (dmhub_simulator.customers_count(), dmhub_simulator.page_cap) == (12, 5)
+    rows = lambda sim: [sim.customer(i) for i in sim.customer_ids()]  # noqa: E731
+    assert rows(dmhub_simulator) == rows(DMHubSimulator(12, seed=3))
+    assert rows(dmhub_simulator) != rows(DMHubSimulator(12))
+    assert dmhub_client.retry_policy.max_retries == 0
+    assert str(dmhub_client.timezone) == "UTC"
+
+
+@pytest.mark.dmhub_simulator(customers=4)
+class TestAClassMark:
+    @pytest.mark.dmhub_simulator(2)
+    async def test_the_closest_wins(self, dmhub_simulator):
+        assert (dmhub_simulator.customers_count(), dmhub_simulator.page_cap) == (2, 5)
+
+    async def test_the_class_over_the_module(self, dmhub_simulator):
+        assert (dmhub_simulator.customers_count(), dmhub_simulator.page_cap) == (4, 5)
+"""
+
+
+def test_a_tests_own_marks_override_its_modules_key_by_key(pytester: pytest.Pytester) -> None:
+    # The closest mark was taken whole: a test's `@pytest.mark.dmhub_simulator(seed=3)` dropped
+    # the module's `customers` and `page_cap`, and it ran on 50 customers and the default page.
+    result = _user_project(
+        pytester,
+        "asyncio_default_fixture_loop_scope = function",
+        USER_TESTS_WITH_MARKS_AT_EVERY_LEVEL,
+    )
+    result.assert_outcomes(passed=4)
+
+
 @pytest.mark.dmhub_client(max_retries=0)
 async def test_the_client_fixture_takes_settings_from_its_mark(
     dmhub_simulator: DMHubSimulator, dmhub_client: dmhub_async.DMHubClient
