@@ -148,9 +148,13 @@ class _Routes:
         raw_id = body.get("customerId")
         if raw_id is None or raw_id == "":
             bad(MISSING_FIELD, "customerId is required")
+        # An integer or its digits as a string (as the SDK sends it): int() also read `true` and
+        # `1.9` as customer 1, and bound the identity to it, where the service refuses them.
+        if isinstance(raw_id, bool) or not isinstance(raw_id, (int, str)):
+            bad(BAD_VALUE, "customerId must be an integer")
         try:
             customer_id = int(raw_id)
-        except (TypeError, ValueError):
+        except ValueError:
             bad(BAD_VALUE, "customerId must be an integer")
         type_, value, name = check_identity(body, where="body")
         if customer_id not in self.store:

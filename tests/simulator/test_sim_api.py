@@ -546,6 +546,21 @@ async def test_add_identity(api: Api, sim: DMHubSimulator) -> None:
     assert (status, err["error_code"]) == (400, 40006)
 
 
+@pytest.mark.parametrize("customer_id", [True, 1.9, 1.0, [1], {"id": 1}])
+async def test_add_identity_refuses_a_customer_id_that_is_not_an_integer(
+    api: Api, sim: DMHubSimulator, customer_id: Any
+) -> None:
+    # int() read `true` and `1.9` as customer 1 and bound the identity to it, where the service
+    # refuses them; a list or an object was a 400 already.
+    sim.insert_customer({"name": "one"}, customer_id=1)
+    body = {"customerId": customer_id, "identityType": "wechat", "identityValue": "o-one"}
+    status, err = await api.call("POST", "/v1/customeridentities", body)
+    assert (status, err.get("error_code")) == (400, 40005)
+    assert sim.identities(1) == []
+    status, made = await api.call("POST", "/v1/customeridentities", {**body, "customerId": 1})
+    assert (status, made["customerId"]) == (200, "1")
+
+
 async def test_statistics_pages_with_has_next(api: Api) -> None:
     status, body = await api.call("GET", "/v1/customerStatistics")
     assert status == 200
