@@ -233,7 +233,7 @@ class Counters:
         self.routes: Counter[str] = Counter()
         """Requests by method and route path, e.g. ``"GET /v1/customers"``."""
         self.statuses: Counter[int] = Counter()
-        """Responses by HTTP status (dropped connections are not counted here)."""
+        """Responses by HTTP status (a connection dropped, by a fault or the client, is not)."""
         self.faults: Counter[str] = Counter()
         """Faults fired, by kind."""
         self.errors: Counter[int | str] = Counter()

@@ -7,6 +7,7 @@ import email.utils
 import io
 import itertools
 import json
+import logging
 import os
 import re
 import subprocess
@@ -541,6 +542,48 @@ async def test_the_client_fixture_waits_on_the_fake_clock(
     assert time.monotonic() - started < 10  # not the 30 s Retry-After: the clock is fake
     assert len(dmhub_clock.waits) == 2
     assert dmhub_clock.waits[0] >= 30  # the Retry-After was honoured, in virtual time
+
+
+@pytest.mark.parametrize("drop", ["mid-answer", "mid-request"])
+async def test_a_client_that_drops_leaves_no_traceback_and_no_500_counted(
+    caplog: pytest.LogCaptureFixture, drop: str
+) -> None:
+    # aiohttp's ClientConnectionResetError (writing an answer to a client that left) and
+    # ConnectionResetError (reading the body of one) were logged as "simulator error" with
+    # their tracebacks, in a user's test output, and counted as a 500 the client never saw.
+    sim = DMHubSimulator(customers=5)
+    arrived = asyncio.Event()
+
+    async def gone(request: Any) -> None:
+        # No event says so: the server's side of the connection closes when its loop reads
+        # the drop, and nothing else tells it.
+        while request.transport is not None and not request.transport.is_closing():  # noqa: ASYNC110
+            await asyncio.sleep(0)
+
+    @sim.on_request
+    async def hold_until_the_client_left(request: Any) -> None:
+        if request.path.startswith("/v1/"):
+            arrived.set()
+            await asyncio.wait_for(gone(request), timeout=10)
+
+    async with sim:
+        token = sim.tokens.issue()
+        sim.faults.script(["truncated"])  # writes in the middleware: the first to fail
+        _, writer = await asyncio.open_connection(sim.host, sim.port)
+        if drop == "mid-answer":
+            writer.write(
+                f"GET /v1/customers?access_token={token} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+            )
+        else:
+            head = f"POST /v1/customers?access_token={token} HTTP/1.1\r\nHost: x\r\n"
+            writer.write(f"{head}Content-Length: 100\r\n\r\n{{".encode())
+        await writer.drain()
+        await arrived.wait()
+        writer.transport.abort()
+    # Left: the simulator's shutdown waited for that request's handler.
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info] == []
+    assert sim.counters.errors == {}
+    assert sim.counters.statuses == {}
 
 
 def _user_project(pytester: pytest.Pytester, ini: str, tests: str) -> pytest.RunResult:
