@@ -15,7 +15,8 @@ They run on the test's event loop, whatever its scope (``asyncio_default_test_lo
   synchronous code (an ``asyncio.run()`` job, a subprocess) then reaches it.
 - ``dmhub_clock``: the `FakeClock` the client fixture waits on: retries take no real time, and
   ``dmhub_clock.waits`` lists the waits.
-- ``dmhub_client``: a ``DMHubClient`` pointed at ``dmhub_simulator``, on ``dmhub_clock``. Pass
+- ``dmhub_client``: a ``DMHubClient`` pointed at ``dmhub_simulator``, on ``dmhub_clock``, for
+  ``async def`` tests (a plain ``def`` test asking for it fails, saying how to make one). Pass
   it settings with ``@pytest.mark.dmhub_client(max_retries=1, timeout=5)`` (any constructor
   argument).
 
@@ -45,6 +46,12 @@ DEFAULT_CUSTOMERS = 50
 NEEDS_PYTEST_ASYNCIO = (
     "the dmhub_simulator and dmhub_client fixtures are async and need pytest-asyncio: "
     "pip install pytest-asyncio"
+)
+
+CLIENT_NEEDS_ASYNC_TEST = (
+    "dmhub_client is for `async def` tests: in a plain `def` test, make the client inside the "
+    "coroutine you run, `async with DMHubClient(dmhub_simulator.app_id, dmhub_simulator.secret, "
+    "base_url=dmhub_simulator.url) as dm:`"
 )
 
 
@@ -238,6 +245,10 @@ if importlib.util.find_spec("pytest_asyncio") is not None:
 
     @pytest.fixture(name="dmhub_client")
     def _dmhub_client(request: pytest.FixtureRequest) -> DMHubClient:
+        if not _is_async_test(request):
+            # Made on a loop that does not run in a `def` test, it failed at its first call
+            # with "used in another event loop (an earlier asyncio.run()?)".
+            pytest.fail(CLIENT_NEEDS_ASYNC_TEST, pytrace=False)
         return cast("DMHubClient", _on_the_tests_loop(request, "client"))
 
 else:

@@ -684,6 +684,24 @@ def test_a_tests_own_marks_override_its_modules_key_by_key(pytester: pytest.Pyte
     result.assert_outcomes(passed=4)
 
 
+def test_the_client_fixture_in_a_plain_def_test_says_what_to_do(
+    pytester: pytest.Pytester,
+) -> None:
+    # The client was made on an event loop that does not run during a `def` test: its first
+    # call failed with "used in another event loop (an earlier asyncio.run()?)", which the
+    # test never made, and nothing said the fixture is for `async def` tests.
+    tests = """
+import asyncio
+
+
+def test_counts(dmhub_client):
+    assert asyncio.run(dmhub_client.customers.count()) == 50
+"""
+    result = _user_project(pytester, "asyncio_default_fixture_loop_scope = function", tests)
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*dmhub_client is for `async def` tests*dmhub_simulator.url*"])
+
+
 @pytest.mark.dmhub_client(max_retries=0)
 async def test_the_client_fixture_takes_settings_from_its_mark(
     dmhub_simulator: DMHubSimulator, dmhub_client: dmhub_async.DMHubClient
