@@ -38,8 +38,9 @@ class Faults:
     """What the simulator does wrong, and when; every attribute can be changed while it runs,
     and is checked when it is set (``InvalidRequestError``; ``ValueError`` for unknown kinds).
 
-    Faults and latency apply to requests whose path matches ``paths`` (``fnmatch`` patterns,
-    optionally prefixed by a method: ``"GET /v1/customers"``, ``"/v1/customers/*"``); by
+    Faults and latency apply to requests whose path matches ``paths`` (an iterable of
+    ``fnmatch`` patterns, optionally prefixed by a method and a space: ``"GET /v1/customers"``,
+    ``"/v1/customers/*"``; a string, or a pattern that can match no path, is refused); by
     default every ``/v1`` path, never the token endpoint unless a pattern names it.
     A scripted fault (see `script`) is taken first; otherwise each request draws one of
     ``kinds`` with probability ``rate``, from a random generator seeded by ``seed``: one seed,
@@ -72,7 +73,7 @@ class Faults:
         self.latency = latency
         self.latency_jitter = latency_jitter
         self.retry_after = retry_after
-        self.paths: tuple[str, ...] | None = None if paths is None else tuple(paths)
+        self.paths = paths
         self.drop_resent = drop_resent
         self._dropped: tuple[str, str, float] | None = None
         self._script: deque[str] = deque()
@@ -131,6 +132,15 @@ class Faults:
         # A header value: a whole number of seconds that can be written out.
         check_number("retry_after", value, 0, inclusive=True, kind=int, high=2**31 - 1)
         self._retry_after = value
+
+    @property
+    def paths(self) -> tuple[str, ...] | None:
+        """The patterns of the requests faults and latency apply to (None: every ``/v1`` path)."""
+        return self._paths
+
+    @paths.setter
+    def paths(self, value: Iterable[str] | None) -> None:
+        self._paths = None if value is None else _paths_of(value)
 
     def script(self, kinds: Iterable[str]) -> None:
         """Queue faults taken one per matching request (``"ok"`` serves normally), then rate."""
@@ -212,6 +222,22 @@ def _kinds_of(name: str, value: Iterable[str]) -> tuple[str, ...]:
         # each run its own fault schedule for one seed. Sorted, a seed is one schedule.
         return tuple(sorted(value))
     return tuple(value)
+
+
+def _paths_of(value: Iterable[str]) -> tuple[str, ...]:
+    # Unchecked, "/v1/customers" was kept as its characters and "GET/v1/customers" as a
+    # pattern no path matches: no fault ever fired, and a resilience test passed without one.
+    if isinstance(value, str):
+        raise ValueError(f"paths takes an iterable of patterns, not the string {value!r}")
+    paths = tuple(value)
+    for pattern in paths:
+        path = pattern.rpartition(" ")[2] if isinstance(pattern, str) else ""
+        if not path.startswith(("/", "*", "?", "[")):
+            raise ValueError(
+                f"paths: {pattern!r} matches no request; a pattern is a path such as "
+                '"/v1/customers/*", optionally after a method and a space: "GET /v1/customers"'
+            )
+    return paths
 
 
 def _check_kinds(kinds: Iterable[str]) -> None:

@@ -71,6 +71,24 @@ def test_unknown_fault_kinds_are_refused_when_set(kinds: Any) -> None:
     assert faults.kinds == ("500",)
 
 
+@pytest.mark.parametrize(
+    "paths",
+    ["/v1/customers", ["GET/v1/customers"], ["v1/customers/*"], [None]],
+    ids=["a str", "no space after the method", "no leading slash", "not a str"],
+)
+def test_fault_paths_that_match_nothing_are_refused_when_set(paths: Any) -> None:
+    # `Faults(paths="/v1/customers")` was kept as its characters, and "GET/v1/customers" as a
+    # pattern no path matches: no fault ever fired, and a test of a job's resilience to them
+    # passed without one.
+    faults = Faults(paths=["/v1/customers"])
+    with pytest.raises(ValueError, match="paths"):
+        faults.paths = paths
+    with pytest.raises(ValueError, match="paths"):
+        Faults(paths=paths)
+    assert faults.paths == ("/v1/customers",)
+    assert faults.applies_to("GET", "/v1/customers", "/v1/customers")
+
+
 async def test_a_running_simulator_keeps_its_faults_when_a_bad_one_is_set() -> None:
     async with DMHubSimulator(customers=3) as sim:
         sim.faults.latency = 0.0
