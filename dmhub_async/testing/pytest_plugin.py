@@ -22,12 +22,14 @@ They run on the test's event loop, whatever its scope (``asyncio_default_test_lo
 
 A module's or class's ``pytestmark`` of these marks counts too, the closest mark winning key by
 key: a test's ``dmhub_simulator(seed=7)`` under a module's ``dmhub_simulator(500)`` is 500
-customers seeded with 7.
+customers seeded with 7. A ``Faults`` given in a mark is copied for each test (each starts
+from its seed, with no script): change a running one through ``dmhub_simulator.faults``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import importlib.util
 import inspect
 import types
@@ -109,6 +111,10 @@ def _new_simulator(request: pytest.FixtureRequest, dmhub_clock: FakeClock) -> DM
     # customers it creates) are then the times the client sees.
     kwargs: dict[str, Any] = {"customers": DEFAULT_CUSTOMERS, "clock": dmhub_clock}
     kwargs.update(_mark_kwargs(request, "dmhub_simulator", DMHubSimulator))
+    if kwargs.get("faults") is not None:
+        # A mark is made once, at import: its one Faults served every test it marks, each
+        # starting from the random draws and the script the one before left.
+        kwargs["faults"] = copy.deepcopy(kwargs["faults"])
     return DMHubSimulator(**kwargs)
 
 

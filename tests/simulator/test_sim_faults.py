@@ -684,6 +684,30 @@ def test_a_tests_own_marks_override_its_modules_key_by_key(pytester: pytest.Pyte
     result.assert_outcomes(passed=4)
 
 
+def test_a_faults_in_a_mark_starts_afresh_for_each_test(pytester: pytest.Pytester) -> None:
+    # The mark is made once, at import: its one Faults served every test of the module, each
+    # starting where the one before left its random draws and its script, so a test's faults
+    # depended on which tests ran before it (`-k`, a rerun, the order).
+    tests = """
+import pytest
+
+from dmhub_async.testing import Faults
+
+pytestmark = pytest.mark.dmhub_simulator(faults=Faults(rate=0.5, kinds=["503"], seed=1))
+SAME = Faults(rate=0.5, kinds=["503"], seed=1)
+EXPECTED = [SAME.next_fault() for _ in range(20)]
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+async def test_each_draws_the_seeds_schedule(dmhub_simulator, n):
+    assert dmhub_simulator.faults.scripted == 0
+    assert [dmhub_simulator.faults.next_fault() for _ in range(20)] == EXPECTED
+    dmhub_simulator.faults.script(["500"])  # left unused
+"""
+    result = _user_project(pytester, "asyncio_default_fixture_loop_scope = function", tests)
+    result.assert_outcomes(passed=3)
+
+
 def test_the_client_fixture_in_a_plain_def_test_says_what_to_do(
     pytester: pytest.Pytester,
 ) -> None:
