@@ -122,10 +122,12 @@ class DMHubSimulator:
 
     @property
     def url(self) -> str:
-        """Base URL of the running simulator, e.g. ``http://127.0.0.1:54321``."""
+        """Base URL of the running simulator, e.g. ``http://127.0.0.1:54321`` (``[::1]`` too)."""
         if self._runner is None:
             raise RuntimeError("the simulator is not running: use `async with` or start()")
-        return f"http://{self.host}:{self.port}"
+        # An IPv6 address in brackets: "http://::1:40123" is no URL, and a client refused it.
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
 
     async def start(self) -> None:
         """Start serving on ``host``:``port`` (port 0 picks a free one)."""

@@ -771,6 +771,25 @@ def test_the_largest_id_is_taken_and_then_ids_run_out_with_a_clear_error() -> No
     assert sim.customers_count() == 4
 
 
+async def test_a_simulator_on_ipv6_loopback_gives_a_url_a_client_takes() -> None:
+    # "http://::1:40123": not a URL, and DMHubClient refused it as one.
+    sim = DMHubSimulator(customers=3, host="::1")
+    try:
+        await sim.start()
+    except OSError as err:  # a host without IPv6
+        pytest.skip(f"no IPv6 loopback here: {err}")
+    async with sim:
+        assert sim.url == f"http://[::1]:{sim.port}"
+        async with dmhub_async.DMHubClient(
+            sim.app_id,
+            sim.secret,
+            base_url=sim.url,
+            token_store=dmhub_async.MemoryTokenStore(),
+            max_retries=0,
+        ) as dm:
+            assert await dm.customers.count() == 3
+
+
 def test_a_simulator_serves_again_in_a_second_asyncio_run() -> None:
     # aiohttp ties an app to the loop that first ran it: the second run failed inside aiohttp.
     sim = DMHubSimulator(customers=5)
