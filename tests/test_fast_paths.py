@@ -159,6 +159,89 @@ def test_what_is_no_page_is_a_decode_error(body: bytes) -> None:
             _read(body, decode)
 
 
+#: Every reader of a customer page: models (msgspec's and the lenient way), dicts, raw rows.
+CUSTOMER_READERS = {
+    "fast": FAST,
+    "lenient": LENIENT,
+    "rows": _pages.rows_page(customers.read_rows, WHAT),
+    "raw rows": _pages.rows_page(customers.read_raw_rows, WHAT),
+}
+#: Success answers that are no page of customers: read as "no records" (or a total cut to an
+#: int), they ended a walk as if it were complete. (The contract: ``{"rows": [...]}``, with
+#: ``records`` and ``total`` counts when given.)
+NO_CUSTOMER_PAGE = {
+    "no rows": b'{"records": "x"}',
+    "empty object": b"{}",
+    "error code zero alone": b'{"error_code": "0"}',
+    "rows null beside a count": b'{"rows": null, "records": 5, "total": 1}',
+    "records not a number": b'{"rows": [{"id": 1}], "records": "y"}',
+    "total not a number": b'{"rows": [{"id": 1}], "total": "x"}',
+    "total a fraction": b'{"rows": [{"id": 1}], "records": 2, "total": 1.5}',
+    "records negative": b'{"rows": [{"id": 1}], "records": -3}',
+    "total a boolean": b'{"rows": [{"id": 1}], "total": true}',
+    "records of full-width digits": b'{"rows": [{"id": 1}], "records": "\\uff11"}',
+}
+
+
+@pytest.mark.parametrize("reader", CUSTOMER_READERS.values(), ids=CUSTOMER_READERS.keys())
+@pytest.mark.parametrize("body", NO_CUSTOMER_PAGE.values(), ids=NO_CUSTOMER_PAGE.keys())
+def test_a_success_answer_that_is_no_page_of_customers_is_a_decode_error(
+    body: bytes, reader: Any
+) -> None:
+    with pytest.raises(ResponseDecodeError, match="not a page of customers"):
+        _read(body, reader)
+
+
+@pytest.mark.parametrize("reader", CUSTOMER_READERS.values(), ids=CUSTOMER_READERS.keys())
+def test_the_pages_the_contract_promises_are_read(reader: Any) -> None:
+    empty = _read(b'{"rows": []}', reader)
+    assert (empty.items, empty.total_records, empty.total_pages) == ([], None, None)
+    last = _read(b'{"rows": [], "records": 0, "total": 0}', reader)
+    assert (last.items, last.total_records, last.total_pages) == ([], 0, 0)
+    counted = _read(b'{"rows": [{"id": 1}], "records": "7", "total": null}', reader)
+    assert (len(counted.items), counted.total_records, counted.total_pages) == (1, 7, None)
+
+
+STATISTICS = _pages.items_page(read_statistics_page, "a page of customer statistics")
+NO_STATISTICS_PAGE = {
+    "no items": b'{"meta": {"records": 3, "total": 1, "hasNext": false}}',
+    "empty object": b"{}",
+    "items null": b'{"items": null, "meta": {"hasNext": true}}',
+    "meta not an object": b'{"items": [{"id": 1}], "meta": "x"}',
+    "hasNext not a boolean": b'{"items": [{"id": 1}], "meta": {"hasNext": "false"}}',
+    "records not a number": b'{"items": [{"id": 1}], "meta": {"records": "x"}}',
+    "total a fraction": b'{"items": [{"id": 1}], "meta": {"total": 0.5}}',
+}
+
+
+@pytest.mark.parametrize("body", NO_STATISTICS_PAGE.values(), ids=NO_STATISTICS_PAGE.keys())
+def test_a_success_answer_that_is_no_page_of_statistics_is_a_decode_error(body: bytes) -> None:
+    with pytest.raises(ResponseDecodeError, match="not a page of customer statistics"):
+        _read(body, STATISTICS)
+
+
+def test_the_statistics_pages_the_contract_promises_are_read() -> None:
+    page = _read(b'{"items": [], "meta": {"records": 0, "total": 0, "hasNext": false}}', STATISTICS)
+    assert (page.items, page.has_next, page.total_records, page.total_pages) == ([], False, 0, 0)
+    bare = _read(b'{"items": [{"id": 1}]}', STATISTICS)
+    assert (len(bare.items), bare.has_next, bare.total_records) == (1, None, None)
+
+
+async def test_a_walk_and_an_export_over_pages_without_rows_raise_not_end(
+    api: aioresponses, tokens: Any, make_client: Any, tmp_path: Path
+) -> None:
+    # Before: list() gave [] and the export wrote an empty file, as for an empty account.
+    api.get(url("/v1/customers/count"), body=b"3", repeat=True)
+    api.get(url("/v1/customers"), body=b'{"records": "x"}', repeat=True)
+    dm = make_client(max_retries=0)
+    with pytest.raises(ResponseDecodeError, match="'rows'"):
+        await dm.customers.list().to_list()
+    with pytest.raises(ResponseDecodeError, match="'rows'"):
+        await dm.customers.list_rows().to_list()
+    with pytest.raises(ResponseDecodeError, match="'rows'"):
+        await export_customers(dm, tmp_path / "out.jsonl", progress=False)
+
+
 # --- list() through the simulator, with and without msgspec ------------------------------
 
 

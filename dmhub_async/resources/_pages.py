@@ -7,11 +7,12 @@ from typing import Any, TypeVar
 
 import attrs
 
+from .. import _json
 from .._exceptions import ResponseDecodeError
 from .._pagination import AsyncPaginator, Dedupe, RawPage
 from .._sansio import Request
 from .._session import Session
-from .._validate import check_paging
+from .._validate import check_paging, short
 
 T = TypeVar("T")
 
@@ -29,14 +30,34 @@ def decode(structure: Callable[[Any], T], data: Any, what: str) -> T:
     )
 
 
-def optional_int(value: Any) -> int | None:
-    """A count from a page's totals, or None when absent or not a number."""
-    if isinstance(value, bool):
+def page_count(keys: Mapping[str, Any], name: str, what: str) -> int | None:
+    """A page's ``records`` or ``total``: None when absent or null, else a count (an integer
+    >= 0, or one written as ASCII digits).
+
+    Anything else raises ValueError: read as "not said" (or ``1.5`` cut to 1), it ended a walk
+    early, the rest of the records unread, as if it were complete.
+    """
+    value = keys.get(name)
+    if value is None:
         return None
-    try:
-        return int(value) if value is not None else None
-    except (TypeError, ValueError):
-        return None
+    if type(value) is int and value >= 0:  # type(): not True, not a float
+        return value
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        return int(value)
+    raise ValueError(f"the answer is not {what}: {name!r} is {short(value)}, not a count")
+
+
+def _check_listed(body: bytes, key: str, what: str) -> None:
+    """Refuse a page that brought no records without saying so with an empty ``key`` list.
+
+    The readers take a missing or null list as no records; a page is ``{key: [...]}``
+    (docs/contract.md), and an answer without it (``{}``, ``{"records": "x"}``) read as an
+    empty page ended the walk as complete. Only a page without records is read again here: the
+    last one of a walk.
+    """
+    page = _json.loads(body)
+    if not isinstance(page, dict) or not isinstance(page.get(key), list):
+        raise ValueError(f"the answer is not {what}: it has no {key!r} list")
 
 
 def dedupe_for(sort_by: str | None, sort_order: str | None) -> Dedupe:
@@ -100,7 +121,9 @@ def rows_page(
 
     def decode(body: bytes) -> tuple[RawPage[T], dict[str, Any]]:
         rows, keys = _read(read, body, what)
-        records, total = optional_int(keys.get("records")), optional_int(keys.get("total"))
+        if not rows:
+            _check_listed(body, "rows", what)
+        records, total = page_count(keys, "records", what), page_count(keys, "total", what)
         return RawPage(rows, None, records, total), keys
 
     return decode
@@ -113,14 +136,21 @@ def items_page(
 
     def decode(body: bytes) -> tuple[RawPage[T], dict[str, Any]]:
         items, keys = _read(read, body, what)
+        if not items:
+            _check_listed(body, "items", what)
         meta = keys.get("meta")
-        meta = meta if isinstance(meta, dict) else {}
+        if meta is None:
+            meta = {}
+        elif not isinstance(meta, dict):
+            raise ValueError(f"the answer is not {what}: 'meta' is {short(meta)}, not an object")
         has_next = meta.get("hasNext")
+        if has_next is not None and not isinstance(has_next, bool):
+            raise ValueError(f"the answer is not {what}: 'hasNext' is {short(has_next)}")
         page = RawPage(
             items,
-            has_next if isinstance(has_next, bool) else None,
-            optional_int(meta.get("records")),
-            optional_int(meta.get("total")),
+            has_next,
+            page_count(meta, "records", what),
+            page_count(meta, "total", what),
         )
         return page, keys
 
