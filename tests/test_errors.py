@@ -123,6 +123,36 @@ async def test_missing_customer_is_not_found_on_a_single_read(api, make_client, 
     assert clock.waits == []
 
 
+#: Success answers to a single-customer call that hold no customer: read as Customer(id=None).
+NO_CUSTOMER = {
+    "error code zero alone": {"error_code": "0"},
+    "empty object": {},
+    "fields without the id": {"name": "x", "mobile": "13800000000"},
+    "null id": {"id": None, "name": "x"},
+}
+
+
+@pytest.mark.parametrize("answer", NO_CUSTOMER.values(), ids=NO_CUSTOMER.keys())
+async def test_a_success_answer_without_the_customer_is_a_decode_error(api, make_client, answer):
+    api.get(url("/v1/customers/5"), payload=answer, repeat=True)
+    api.put(url("/v1/customers/5"), payload=answer, repeat=True)
+    api.post(url("/v1/customers"), payload=answer, repeat=True)
+    api.post(url("/v1/customerandidentities"), payload=answer, repeat=True)
+    dm = make_client(access_token="tok", max_retries=0)
+    calls = {
+        "get": dm.customers.get(5),
+        "update": dm.customers.update(5, name="y"),
+        "create": dm.customers.create(name="y", mobile="13800000000"),
+        "create_with_identities": dm.customers.create_with_identities(
+            [Identity("wechat", "o1")], name="y"
+        ),
+    }
+    for name, call in calls.items():
+        with pytest.raises(ResponseDecodeError, match="not a customer: it has no 'id'") as info:
+            await call
+        assert info.value.status == 200, name
+
+
 async def test_binding_an_identity_to_a_missing_customer_is_not_found(api, make_client, clock):
     # Retried as a ServerError before: five requests and seconds of backoff for an answer.
     api.post(

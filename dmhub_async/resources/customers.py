@@ -87,7 +87,7 @@ class Customers(Resource):
         data = await self._session.request(
             "POST", "/v1/customers", json=body, idempotent=idempotent
         )
-        return decode(structure_customer, data, "a customer")
+        return decode(_customer_of, data, "a customer")
 
     async def create_with_identities(
         self, identities: Iterable[Identity], **fields: Unpack[CustomerFields]
@@ -109,19 +109,21 @@ class Customers(Resource):
             "customerIdentities": [identity_to_wire(i) for i in checked],
         }
         data = await self._session.request("POST", "/v1/customerandidentities", json=body)
-        return decode(structure_customer, data, "a customer")
+        return decode(_customer_of, data, "a customer")
 
     async def get(self, customer_id: int) -> Customer:
         """The customer with this id.
 
         Raises:
             NotFoundError: no such customer (the live service answers 500 with 40201).
+            ResponseDecodeError: the answer holds no customer (no ``id``), as for every call
+                that answers with one.
         """
         cid = check_id("get", customer_id)
         data = await self._session.request(
             "GET", f"/v1/customers/{cid}", not_found_codes=NOT_FOUND_CODES
         )
-        return decode(structure_customer, data, "a customer")
+        return decode(_customer_of, data, "a customer")
 
     async def update(self, customer_id: int, **fields: Unpack[CustomerFields]) -> Customer:
         """Change the given fields; a field given as None is cleared, the others are not sent.
@@ -143,7 +145,7 @@ class Customers(Resource):
             json=_body("update", self._zoned("update", fields)),
             not_found_codes=NOT_FOUND_CODES,
         )
-        return decode(structure_customer, data, "a customer")
+        return decode(_customer_of, data, "a customer")
 
     async def delete(self, customer_id: int) -> None:
         """Delete the customer (the service answers 204)."""
@@ -320,6 +322,18 @@ def _body(method: str, fields: Mapping[str, Any]) -> dict[str, Any]:
     for name, value in zip(fields, body.values(), strict=True):  # the same order, user's names
         check_json(method, name, value)
     return body
+
+
+def _customer_of(data: Any) -> Customer:
+    """The customer a single-customer call answered: one with an id.
+
+    The answer is the customer, always with its id (``select`` is a list's only): ``{}`` or
+    ``{"error_code": "0"}`` was read as ``Customer(id=None)``, every field None, as if stored so.
+    """
+    customer = structure_customer(data)
+    if customer.id is None:
+        raise ValueError("it has no 'id'")
+    return customer
 
 
 def _count_of(data: Any) -> int:
