@@ -84,6 +84,8 @@ async def test_lookup_finds_the_customer_or_none() -> None:
     "answer",
     [
         {"identities": []},  # not a list
+        {},  # an empty object: it was "no binding", the identity "not found"
+        "",  # an empty string, likewise
         None,
         [{"customerId": "not a number", "identityType": "wechat", "identityValue": "o1"}],
         ["o1"],

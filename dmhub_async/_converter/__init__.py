@@ -135,7 +135,13 @@ def structure_identity(data: Mapping[str, Any]) -> CustomerIdentity:
 
 
 def structure_identities(rows: list[Any]) -> list[CustomerIdentity]:
-    """A JSON array of identity bindings as ``CustomerIdentity``s."""
+    """A JSON array of identity bindings as ``CustomerIdentity``s; ValueError if no array.
+
+    (An object or a string was iterated: ``{}`` and ``""`` read as no binding, so a lookup
+    said "not found".)
+    """
+    if not isinstance(rows, list):
+        raise ValueError(f"expected a JSON array, got {type(rows).__name__}")
     return _structure_all(_structure_identity, CustomerIdentity, rows)
 
 
