@@ -212,6 +212,24 @@ async def test_bare_integer_body_is_returned(api, make_client):
     assert await dm.request("GET", "/v1/customers/count") == 7
 
 
+@pytest.mark.parametrize("body", [b"-1", b'{"count": -3}', b"true", b"7.0", b'"7"', b"{}"])
+async def test_a_count_answer_that_is_no_count_is_a_decode_error(api, make_client, body):
+    # -1 and {"count": -3} were returned as the count (an export's count_before of -1).
+    api.get(url("/v1/customers/count"), body=body, repeat=True)
+    dm = make_client(access_token="tok", max_retries=0)
+
+    with pytest.raises(ResponseDecodeError, match="the answer is not a count"):
+        await dm.customers.count()
+
+
+async def test_a_count_answer_of_zero_or_an_object_with_the_count_is_the_count(api, make_client):
+    api.get(url("/v1/customers/count"), body=b"0")
+    api.get(url("/v1/customers/count"), body=b'{"count": 12}')
+    dm = make_client(access_token="tok")
+
+    assert (await dm.customers.count(), await dm.customers.count()) == (0, 12)
+
+
 async def test_refused_create_on_http_200_is_known_not_applied(api, make_client):
     api.post(url("/v1/customers"), payload={"error_code": 40005, "error_description": "bad"})
     dm = make_client(access_token="tok")

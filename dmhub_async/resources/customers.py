@@ -26,6 +26,7 @@ from .._validate import (
     check_identities,
     check_json,
     check_text,
+    short,
 )
 from ..models.customer import Customer, CustomerFields
 from ..models.identity import Identity
@@ -155,7 +156,11 @@ class Customers(Resource):
         )
 
     async def count(self, **filters: Unpack[CustomerFilters]) -> int:
-        """How many customers match the filters (the service answers a bare integer)."""
+        """How many customers match the filters (the service answers a bare integer).
+
+        Raises:
+            ResponseDecodeError: the answer is no integer, or one below 0.
+        """
         params = self._params("count", dict(filters), paged=False)
         params.pop("select", None)
         total = 0
@@ -339,10 +344,12 @@ def _customer_of(data: Any) -> Customer:
 def _count_of(data: Any) -> int:
     if isinstance(data, dict):  # tolerate {"count": n} should the service change shape
         data = data.get("count", data.get("total"))
-    if isinstance(data, bool) or not isinstance(data, int):
+    if isinstance(data, bool) or not isinstance(data, int) or data < 0:
         return decode(_not_a_count, data, "a count")
     return data
 
 
 def _not_a_count(data: Any) -> int:
+    if isinstance(data, int) and not isinstance(data, bool):  # below 0: -1 was the count
+        raise ValueError(f"expected an integer >= 0, got {short(data)}")
     raise ValueError(f"expected an integer, got {type(data).__name__}")
