@@ -124,6 +124,10 @@ def _filter_params(
             fields = (
                 [f.strip() for f in value.split(",")] if isinstance(value, str) else list(value)
             )
+            if not fields:  # went out as select=id: ids alone, where no choice was made
+                raise InvalidRequestError(
+                    f"{method}(): select names no field (ids alone: select=['id'])"
+                )
             wire = [wire_field(method, f) for f in fields]
             if "id" not in wire:
                 wire.insert(0, "id")  # the walk drops repeats by id

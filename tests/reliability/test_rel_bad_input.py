@@ -202,6 +202,10 @@ CASES: dict[str, Call] = {
     "statistics: a 1 MB sort_by": lambda dm: dm.customer_statistics.list(sort_by="x" * 1_000_000),
     "list: select an int": lambda dm: dm.customers.list(select=5),
     "list: select a list in a list": lambda dm: dm.customers.list(select=[["name"]]),
+    # Sent as select=id: a file of ids alone, where a list built empty meant no choice made.
+    "list: select an empty list": lambda dm: dm.customers.list(select=[]),
+    "list_rows: select an empty tuple": lambda dm: dm.customers.list_rows(select=()),
+    "count: select an empty list": lambda dm: dm.customers.count(select=[]),
     "count: date out of range": lambda dm: dm.customers.count(
         date_created_from="9999-12-31T23:59:59-05:00"
     ),
