@@ -207,7 +207,9 @@ class DMHubClient:
         """A client with other per-call options that shares this one's connections and token.
 
         Cheap: nothing is opened or fetched. ``await dm.with_options(timeout=5).customers.get(1)``.
-        Unset options keep this client's. Closing the derived client leaves this one open.
+        Unset options keep this client's. Closing the derived client leaves this one open, and
+        ends its own calls still waiting (a backoff, a rate turn, the token store's lock, a body
+        half read) with the "closed" error, as :meth:`aclose` does.
 
         Raises:
             InvalidRequestError: a bad option.

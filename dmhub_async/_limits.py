@@ -33,17 +33,32 @@ class Closing:
 
     They waited it out, then raised the closed error: a Retry-After of a minute, or a queue of
     rate turns (20 calls at 2 a second: 10 s), held a service's shutdown that long.
+
+    A derived client's (``with_options``) has its ``parent``'s: its waits end when either
+    closes, and its own close leaves the parent's calls alone.
     """
 
-    def __init__(self, sleep: Callable[[float], Awaitable[None]]) -> None:
+    def __init__(
+        self, sleep: Callable[[float], Awaitable[None]], parent: Closing | None = None
+    ) -> None:
         self._sleep = sleep
-        self.closed = False
+        self._parent = parent
+        self._closed = False
         #: Done when the client closes; made by the first wait, in that wait's event loop.
         self._signal: asyncio.Future[None] | None = None
 
+    @property
+    def closed(self) -> bool:
+        """Whether this client, or the one it was derived from, was closed."""
+        return self._closed or (self._parent is not None and self._parent.closed)
+
+    def derive(self) -> Closing:
+        """The closing of a client derived from this one."""
+        return Closing(self._sleep, self)
+
     def close(self) -> None:
         """End every wait now, with the closed error, and every later one at once."""
-        self.closed = True
+        self._closed = True
         signal = self._signal
         if signal is not None and not signal.done() and not signal.get_loop().is_closed():
             signal.set_result(None)
@@ -52,18 +67,27 @@ class Closing:
         """``sleep(seconds)``, cut short by the close."""
         await self.wait(self._sleep(seconds))
 
+    def _signals(self, loop: asyncio.AbstractEventLoop) -> list[asyncio.Future[None]]:
+        """This closing's signal in ``loop``, and its parents'."""
+        signals = []
+        closing: Closing | None = self
+        while closing is not None:
+            signal = closing._signal
+            if signal is None or signal.get_loop() is not loop:
+                signal = closing._signal = loop.create_future()
+            signals.append(signal)
+            closing = closing._parent
+        return signals
+
     async def wait(self, waiting: Awaitable[T]) -> T:
         """``waiting``'s result, or the closed error as soon as the client closes."""
         task = asyncio.ensure_future(waiting)
         if self.closed:
             task.cancel()
             raise client_closed()
-        signal = self._signal
-        loop = asyncio.get_running_loop()
-        if signal is None or signal.get_loop() is not loop:
-            signal = self._signal = loop.create_future()
+        waiters: list[asyncio.Future[Any]] = [task, *self._signals(asyncio.get_running_loop())]
         try:
-            await asyncio.wait((task, signal), return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         finally:
             if not task.done():  # closed, or this caller cancelled: the wait ends with it
                 task.cancel()

@@ -153,6 +153,11 @@ class Session:
         self._static_token = access_token
         closing = Closing(sleep)  # the close ends the calls' waits: backoffs and rate turns
         self._conn = _Connection(http, http is None, max_concurrency, closing)
+        #: Ends this client's calls' waits: the connection's, or a derived client's own.
+        self._closing = closing
+        #: A derived client's answers being read, for its own close to end (None: the root's
+        #: are the connection's ``reading``).
+        self._reading: set[aiohttp.ClientResponse] | None = None
         self._timeout = timeout
         self._headers: Mapping[str, str] = {}
         self._max_response_size = max_response_size
@@ -166,8 +171,6 @@ class Session:
         self._auth_codes = auth_codes
         self._clock = clock
         self.derived = False
-        #: This (derived) session was closed: the connection it shares stays open for others.
-        self.closed_here = False
         self.stats = ClientStats()
         self._current_token: str | None = None
         redact_watch(self)
@@ -184,7 +187,7 @@ class Session:
         self._build_retries()
 
     def _build_retries(self) -> None:
-        clock, sleep, on_backoff = self._clock, self._conn.closing.sleep, self._on_backoff
+        clock, sleep, on_backoff = self._clock, self._closing.sleep, self._on_backoff
         self._send_call = retrying(
             self._attempt,
             self.policy,
@@ -207,6 +210,9 @@ class Session:
         """A session with other settings that shares this one's connection, token and limits."""
         derived = copy.copy(self)
         derived.derived = True
+        # Its own close ends its own calls' waits and reads (the parent's close, all of them).
+        derived._closing = self._closing.derive()
+        derived._reading = set()
         if timeout is not None:
             derived._timeout = timeout
         if policy is not None:
@@ -232,8 +238,8 @@ class Session:
 
     @property
     def closed(self) -> bool:
-        """Whether the client (or the one this was derived from) was closed."""
-        return self._conn.closed or self.closed_here
+        """Whether the client (or one it was derived from, at any remove) was closed."""
+        return self._conn.closed or self._closing.closed
 
     @property
     def last_response(self) -> APIResponse | None:
@@ -252,7 +258,12 @@ class Session:
         A derived session leaves it open: it belongs to the session it was derived from.
         """
         if self.derived:
-            self.closed_here = True  # it was open, and working, after its own aclose()
+            # Closed, it said open and worked. Its calls waiting out a backoff, a Retry-After, a
+            # rate turn or the token store's lock waited it all out: only the parent's close
+            # ended them. (The connection it shares stays open for the others.)
+            self._closing.close()
+            for resp in list(self._reading or ()):
+                resp.content.set_exception(aiohttp.ClientConnectionError("the client was closed"))
             return
         conn = self._conn
         conn.closed = True
@@ -277,7 +288,7 @@ class Session:
     def check_open(self) -> None:
         """Raise DMHubError when closed, or when called from another event loop."""
         conn = self._conn
-        if conn.closed or self.closed_here:
+        if conn.closed or self._closing.closed:
             raise client_closed()
         loop = asyncio.get_running_loop()
         if conn.loop is not loop:
@@ -364,7 +375,7 @@ class Session:
         another process's for minutes. The fetch itself goes on (it ends at that lock or at its
         request): cut short, a token fetched and not yet stored would leave every other process
         with a revoked one."""
-        return await self._conn.closing.wait(tokens.refresh(stale))
+        return await self._closing.wait(tokens.refresh(stale))
 
     async def _fetch_token(self) -> Token:
         assert self.app_id is not None
@@ -401,11 +412,15 @@ class Session:
             sent_headers = None
         failure: BaseException | None = None
         limits = self._limits
-        if not limits.take():  # a free slot, the usual case, without a coroutine
+        if limits.take():  # a free slot, the usual case, without a coroutine
+            pass
+        elif self.derived:  # the limits are the parent's: its close alone ended the wait
+            await self._closing.wait(limits.acquire())
+        else:
             await limits.acquire()
         try:
             # The client may have been closed while this request queued for its slot.
-            if self._conn.closed:
+            if self._conn.closed or self._closing.closed:
                 self.check_open()
             http = self._http_session()
             started = time.perf_counter()
@@ -427,8 +442,10 @@ class Session:
                     # Read it all inside the block: a retry never holds a connection.
                     status, resp_headers = resp.status, resp.headers
                     length = resp.content_length
-                    reading = self._conn.reading
+                    reading, own = self._conn.reading, self._reading
                     reading.add(resp)  # for aclose() to end
+                    if own is not None:  # a derived client's: for its own aclose() too
+                        own.add(resp)
                     try:
                         if (
                             length is not None
@@ -440,6 +457,8 @@ class Session:
                             payload = await self._read(request, resp)
                     finally:
                         reading.discard(resp)
+                        if own is not None:
+                            own.discard(resp)
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as err:
                 failure = err
         finally:

@@ -164,7 +164,56 @@ async def test_closing_ends_calls_waiting_out_a_backoff_or_a_rate_turn(api, make
     assert all(type(err) is DMHubError for err in outcomes)
 
 
-async def test_closing_ends_a_call_waiting_for_the_token_stores_lock(api, make_client, tmp_path):
+@pytest.mark.parametrize("rate", ["own", "shared"])
+async def test_closing_a_derived_client_ends_its_own_waiting_calls_and_leaves_its_parent_open(
+    api, make_client, rate
+):
+    # The derived client said closed, but its calls waiting out a backoff (a Retry-After) or a
+    # rate turn waited it all out: only the parent's close ended them.
+    sleeping: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        sleeping.append(seconds)
+        await asyncio.Event().wait()  # a long wait: it ends only if the close ends it
+
+    api.get(url("/v1/customers/1"), status=503, repeat=True)
+    api.get(url("/v1/customers/2"), payload=CUSTOMER, repeat=True)
+    shared = _NeverFree()
+    dm = make_client(
+        access_token="tok", sleep=sleep, rate_limit=shared if rate == "shared" else 2.0
+    )
+    derived = dm.with_options(max_retries=3, extra_headers={"X-Trace": "a"})
+    calls = [asyncio.ensure_future(derived.request("GET", "/v1/customers/1")) for _ in range(3)]
+    for _ in range(100):
+        if len(sleeping) + shared.waiting == 3:
+            break
+        await asyncio.sleep(0)
+    assert len(sleeping) + shared.waiting == 3
+
+    await asyncio.wait_for(derived.aclose(), 5)
+    done, _ = await asyncio.wait(calls, timeout=1)
+    assert len(done) == 3  # before: none, each still waiting
+    outcomes = [call.exception() for call in calls]
+    assert [str(err) for err in outcomes] == ["this DMHubClient is closed: make a new one"] * 3
+    assert all(type(err) is DMHubError for err in outcomes)
+    # The parent is open, its session too, and its calls go on.
+    assert not dm.closed
+    http = dm._session.http  # (None: no call reached the network, the shared limit held them)
+    assert http is None or not http.closed
+    if rate == "own":  # (a shared limit that never frees a place holds the parent's call too)
+        parent_call = asyncio.ensure_future(dm.request("GET", "/v1/customers/2"))
+        for _ in range(100):
+            if parent_call.done() or len(sleeping) == 4:
+                break
+            await asyncio.sleep(0)
+        assert not parent_call.done()  # waiting for its own rate turn, not ended
+        parent_call.cancel()
+
+
+@pytest.mark.parametrize("closed", ["client", "derived"])
+async def test_closing_ends_a_call_waiting_for_the_token_stores_lock(
+    api, make_client, tmp_path, closed
+):
     # Another process held the lock, fetching a token (182 s at most by default): the call
     # went on waiting for it after aclose(), and raised "closed" only once it was released.
     import filelock
@@ -176,11 +225,13 @@ async def test_closing_ends_a_call_waiting_for_the_token_stores_lock(api, make_c
     other.acquire()  # the other process's fetch
     try:
         dm = make_client(token_store=store)
-        call = asyncio.ensure_future(dm.request("GET", "/v1/customers/1"))
+        # A client made by with_options() too: its own close ended none of its calls.
+        caller = dm if closed == "client" else dm.with_options(timeout=5)
+        call = asyncio.ensure_future(caller.request("GET", "/v1/customers/1"))
         for _ in range(10):
             await asyncio.sleep(0)  # the call is waiting for the lock
 
-        await asyncio.wait_for(dm.aclose(), 5)
+        await asyncio.wait_for(caller.aclose(), 5)
         with pytest.raises(DMHubError, match=r"^this DMHubClient is closed"):
             await asyncio.wait_for(call, 5)
     finally:
@@ -188,8 +239,9 @@ async def test_closing_ends_a_call_waiting_for_the_token_stores_lock(api, make_c
     assert api.requests == {}
 
 
+@pytest.mark.parametrize("closed", ["client", "derived"])
 @pytest.mark.parametrize("length", ["declared", "chunked"])
-async def test_closing_ends_a_call_reading_an_answers_body(make_client, length):
+async def test_closing_ends_a_call_reading_an_answers_body(make_client, length, closed):
     # aiohttp's close drops the connection but never tells the body's reader: a call half way
     # through an answer went on waiting for the rest until its timeout (30 s by default).
     sent, release = asyncio.Event(), asyncio.Event()
@@ -213,12 +265,13 @@ async def test_closing_ends_a_call_reading_an_answers_body(make_client, length):
     await site.start()
     try:
         dm = make_client(access_token="tok", base_url=f"http://127.0.0.1:{runner.addresses[0][1]}")
-        call = asyncio.ensure_future(dm.request("GET", "/v1/customers/1"))
+        caller = dm if closed == "client" else dm.with_options(timeout=5)
+        call = asyncio.ensure_future(caller.request("GET", "/v1/customers/1"))
         await asyncio.wait_for(sent.wait(), 5)
         for _ in range(50):  # the client reads the headers and the first bytes
             await asyncio.sleep(0)
 
-        await asyncio.wait_for(dm.aclose(), 5)
+        await asyncio.wait_for(caller.aclose(), 5)
         with pytest.raises(DMHubError, match=r"^this DMHubClient is closed"):
             await asyncio.wait_for(call, 5)
     finally:
@@ -823,3 +876,18 @@ async def test_a_derived_client_closed_is_closed_and_its_parent_open(api, make_c
     with pytest.raises(DMHubError, match="closed"):
         await derived.customers.get(1)
     assert (await dm.customers.get(1)).id == CUSTOMER["id"]
+
+
+async def test_closing_a_derived_client_closes_the_clients_derived_from_it(api, make_client):
+    # As closing a client closes every client derived from it. (A client derived from a closed
+    # one said open, and its calls went on, while their waits ended as closed.)
+    api.get(url("/v1/customers/1"), payload=CUSTOMER, repeat=True)
+    dm = make_client(access_token="tok")
+    derived = dm.with_options(timeout=5)
+    grandchild, sibling = derived.with_options(max_retries=0), dm.with_options(max_retries=0)
+    await derived.aclose()
+    closed = (derived.closed, grandchild.closed, sibling.closed, dm.closed)
+    assert closed == (True, True, False, False)
+    with pytest.raises(DMHubError, match="closed"):
+        await grandchild.customers.get(1)
+    assert (await sibling.customers.get(1)).id == CUSTOMER["id"]
