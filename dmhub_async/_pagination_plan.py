@@ -68,7 +68,8 @@ class PaginatorStats:
     refetches: int = 0
     #: Pages a record may have slipped past unread: taken after a drift repair ran out of steps
     #: back, or, sorted by a field other than the id, holding a record met before while the
-    #: count stood still (it moved in the sort order during the walk, shifting others).
+    #: count stood still (it moved in the sort order during the walk, shifting others); and an
+    #: empty page (the walk's end) where its totals or ``hasNext`` say there are records.
     unverified: int = 0
 
 
@@ -184,6 +185,20 @@ class WalkPlan(Generic[T]):
             return None
         return max(1, math.ceil(records / (self.served_size or self.page_size)))
 
+    def _holds_records(self, number: int, raw: RawPage[T]) -> bool:
+        """Whether page ``number``'s own totals (or ``hasNext``) say it holds records.
+
+        The page count first, as the service counts its pages (see :meth:`_last_page_of`);
+        else records, counted at the size asked, not the size served: a short start page makes
+        the served size a guess (the service's cap, or the end), and a walk past its end must
+        not be taken for a short one.
+        """
+        if raw.has_next:
+            return True
+        if raw.total_pages is not None:
+            return number <= raw.total_pages
+        return raw.total_records is not None and raw.total_records > (number - 1) * self.page_size
+
     def _ends_the_walk(self, number: int, raw: RawPage[T]) -> bool:
         """Whether page ``number``, read as ``raw``, is the last."""
         if not raw.items:
@@ -286,6 +301,13 @@ class WalkPlan(Generic[T]):
                 target=number, taken_epoch=taken, taken_before=dict(self._signatures)
             )
             return self._repair_step(self._repair, number, raw, epoch)
+        if not raw.items and self._holds_records(number, raw):
+            # An empty page where the totals say there are records, the count unmoved since
+            # the page before (else the repair above ran): the count lags the rows (a cache, a
+            # replica) or the service lost them. Customers deleted behind the cursor meanwhile
+            # shifted the rest back, unread; the walk ends here all the same, as an empty page
+            # ends it, but says it may be short.
+            self.stats.unverified += 1
         repeats = self.stats.duplicates
         page = self._take_in_order(number, raw, epoch, signature)
         if self.seen.dedupe == "set" and not changed and self.stats.duplicates > repeats:

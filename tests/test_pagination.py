@@ -344,6 +344,60 @@ async def test_delete_behind_the_cursor_triggers_a_reread() -> None:
     assert server.requests == [1, 2, 1, 3]
 
 
+class StaleCountServer(FakeServer):
+    """A server whose totals lag its rows: ``records`` stays what it was at the start."""
+
+    def page(self, number: int, size: int) -> RawPage[int]:
+        raw = super().page(number, size)
+        return RawPage(raw.items, None, 30, 3)
+
+
+@pytest.mark.parametrize("concurrency", [1, 3])
+async def test_an_empty_page_before_the_reported_total_counts_as_unverified(
+    concurrency: int,
+) -> None:
+    # 10 customers deleted behind the cursor, and a count that did not move (a cache, a
+    # replica): page 3 came back empty while the totals still said 30 records in 3 pages. The
+    # walk ended there, 21 to 30 (shifted onto page 2, read already) never yielded, and
+    # stats.unverified == 0: nothing told the caller the walk may be short.
+    server = StaleCountServer(30)
+    served = 0
+
+    def mutate(server: FakeServer) -> None:
+        nonlocal served
+        served += 1
+        if served == 3:
+            del server.ids[:10]
+
+    server.mutate = mutate
+    paginator = walk(server, page_size=10, concurrency=concurrency)
+    got = await paginator.to_list()
+    assert got == list(range(1, 21))  # what a walk can see (the walk still ends on it)
+    assert paginator.stats.unverified == 1
+
+
+async def test_an_empty_first_page_of_a_walk_with_records_counts_as_unverified() -> None:
+    server = StaleCountServer(0)  # no rows, while the totals say 30 records
+    paginator = walk(server, page_size=10)
+    assert await paginator.to_list() == []
+    assert paginator.stats.unverified == 1
+
+
+async def test_an_empty_page_the_totals_agree_with_is_no_unverified_page() -> None:
+    # The last page read empty where the totals say there is none (records 0; a resume or
+    # an id_list batch past the end): a walk's plain end.
+    for server, start in ((FakeServer(0), 1), (FakeServer(30), 4), (FakeServer(30), 9)):
+        paginator = walk(server, page_size=10, start_page=start)
+        assert await paginator.to_list() == []
+        assert paginator.stats.unverified == 0
+    # A resume on a short last page: its length is taken as the size served (5, not 10), so
+    # the totals (25 records, no page count) seem to promise page 4, which is empty.
+    for totals in ("records", "both"):
+        paginator = walk(FakeServer(25, totals=totals), page_size=10, start_page=3)
+        assert await paginator.to_list() == list(range(21, 26))
+        assert paginator.stats.unverified == 0
+
+
 # -- shapes and endings ---------------------------------------------------------------------
 
 
