@@ -202,6 +202,40 @@ def test_the_pages_the_contract_promises_are_read(reader: Any) -> None:
     assert (len(counted.items), counted.total_records, counted.total_pages) == (1, 7, None)
 
 
+#: Rows whose id is no integer: list() refuses each (ResponseDecodeError); the readers of rows
+#: (list_rows(), the export) raised a raw TypeError comparing it with the others, dropped
+#: ``true`` as a repeat of 1, or compared ids written as text as text ("10" < "9": dropped).
+BAD_ROW_IDS = {
+    "text": b'{"rows": [{"id": 1}, {"id": "abc"}, {"id": 3}]}',
+    "a boolean": b'{"rows": [{"id": 1}, {"id": true}, {"id": 3}]}',
+    "a fraction": b'{"rows": [{"id": 1}, {"id": 2.5}, {"id": 3}]}',
+    "a list": b'{"rows": [{"id": 1}, {"id": [2]}, {"id": 3}]}',
+    "digits as text": b'{"rows": [{"id": "8"}, {"id": "9"}, {"id": "10"}]}',
+}
+
+
+@pytest.mark.parametrize("body", BAD_ROW_IDS.values(), ids=BAD_ROW_IDS.keys())
+@pytest.mark.parametrize("reader", ["rows", "raw rows"])
+def test_a_row_whose_id_is_no_integer_is_a_decode_error(body: bytes, reader: str) -> None:
+    with pytest.raises(ResponseDecodeError, match=r"record [01]: its id .* is not an integer"):
+        _read(body, CUSTOMER_READERS[reader])
+
+
+async def test_list_rows_and_the_export_refuse_ids_that_are_no_integers(
+    api: aioresponses, tokens: Any, make_client: Any, tmp_path: Path
+) -> None:
+    api.get(url("/v1/customers/count"), body=b"3", repeat=True)
+    page = b'{"rows": [{"id": "8"}, {"id": "9"}, {"id": "10"}], "records": 3, "total": 1}'
+    api.get(url("/v1/customers"), body=page, repeat=True)
+    dm = make_client(max_retries=0)
+    # Before: [{"id": "8"}, {"id": "9"}], "10" dropped as a repeat ("10" < "9" as text).
+    with pytest.raises(ResponseDecodeError, match="not an integer"):
+        await dm.customers.list_rows().to_list()
+    for fmt in ("jsonl", "csv"):
+        with pytest.raises(ResponseDecodeError, match="not an integer"):
+            await export_customers(dm, tmp_path / f"out.{fmt}", progress=False)
+
+
 STATISTICS = _pages.items_page(read_statistics_page, "a page of customer statistics")
 NO_STATISTICS_PAGE = {
     "no items": b'{"meta": {"records": 3, "total": 1, "hasNext": false}}',

@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 
 from .. import _json
 from .._converter import lenient_page_reader
+from .._validate import short
 
 __all__ = ["RawRow", "raw_row_id", "read_raw_rows", "read_rows", "row_id"]
 
@@ -21,7 +22,25 @@ __all__ = ["RawRow", "raw_row_id", "read_raw_rows", "read_rows", "row_id"]
 def _dicts(rows: list[Any]) -> list[dict[str, Any]]:
     if not all(map(isinstance, rows, itertools.repeat(dict))):
         raise ValueError("a row is not an object")
+    check_ids(list(map(row_id, rows)))
     return rows
+
+
+_ID_TYPES = frozenset({int, type(None)})
+
+
+def check_ids(ids: list[Any]) -> None:
+    """Refuse a page whose rows' ids are not JSON integers (or absent), as ``list()`` does.
+
+    The walk drops repeats by comparing ids: text raised a raw TypeError against an integer,
+    ``true`` was dropped as a repeat of 1, and ids all written as text compared as text
+    (``"10" < "9"``: customer 10 dropped as a repeat, list_rows() and the export short).
+    """
+    if set(map(type, ids)) <= _ID_TYPES:  # the usual page, in C
+        return
+    for number, customer_id in enumerate(ids):
+        if type(customer_id) not in _ID_TYPES:
+            raise ValueError(f"record {number}: its id {short(customer_id)} is not an integer")
 
 
 #: A customer page's bytes to its rows as dicts, and its other keys.
@@ -51,6 +70,7 @@ _PAGE_KEYS = ("records", "total", "page", "error_code", "error_description")
 def read_raw_rows(body: bytes) -> tuple[list[RawRow], dict[str, Any]]:
     """A customer page's bytes to its rows as :class:`RawRow`, and its other keys."""
     rows = _json.raw_rows(body, "rows", _PAGE_KEYS)
+    check_ids(rows.ids)
     return list(map(RawRow, rows.ids, rows.rows)), rows.page
 
 
