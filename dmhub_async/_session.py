@@ -13,6 +13,7 @@ import logging
 import os
 import time
 import urllib.request
+import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, cast
 from urllib.parse import urlsplit
@@ -120,6 +121,8 @@ class _Connection:
     proxy_password: str | None = None
     #: The answers whose bodies are being read, for the close to end.
     reading: set[aiohttp.ClientResponse] = attrs.Factory(set)
+    #: The derived sessions (``with_options``) alive, whose answers the close ends too.
+    derived: weakref.WeakSet[Session] = attrs.Factory(weakref.WeakSet)
 
 
 class Session:
@@ -155,9 +158,9 @@ class Session:
         self._conn = _Connection(http, http is None, max_concurrency, closing)
         #: Ends this client's calls' waits: the connection's, or a derived client's own.
         self._closing = closing
-        #: A derived client's answers being read, for its own close to end (None: the root's
-        #: are the connection's ``reading``).
-        self._reading: set[aiohttp.ClientResponse] | None = None
+        #: The answers this client is reading, for its close to end: a derived client's are
+        #: its own (the root's close ends them too), the root's the connection's.
+        self._reading = self._conn.reading
         self._timeout = timeout
         self._headers: Mapping[str, str] = {}
         self._max_response_size = max_response_size
@@ -213,6 +216,7 @@ class Session:
         # Its own close ends its own calls' waits and reads (the parent's close, all of them).
         derived._closing = self._closing.derive()
         derived._reading = set()
+        self._conn.derived.add(derived)
         if timeout is not None:
             derived._timeout = timeout
         if policy is not None:
@@ -262,7 +266,7 @@ class Session:
             # rate turn or the token store's lock waited it all out: only the parent's close
             # ended them. (The connection it shares stays open for the others.)
             self._closing.close()
-            for resp in list(self._reading or ()):
+            for resp in list(self._reading):
                 resp.content.set_exception(aiohttp.ClientConnectionError("the client was closed"))
             return
         conn = self._conn
@@ -281,14 +285,14 @@ class Session:
                 )
             # aiohttp's close drops their connections but never tells the readers: a call half
             # way through an answer waited for the rest until its timeout (30 s by default).
-            for resp in list(conn.reading):
+            for resp in [*conn.reading, *(r for d in list(conn.derived) for r in d._reading)]:
                 resp.content.set_exception(aiohttp.ClientConnectionError("the client was closed"))
             await http.close()
 
     def check_open(self) -> None:
         """Raise DMHubError when closed, or when called from another event loop."""
         conn = self._conn
-        if conn.closed or self._closing.closed:
+        if conn.closed or (self.derived and self._closing.closed):  # a root's is conn.closed
             raise client_closed()
         loop = asyncio.get_running_loop()
         if conn.loop is not loop:
@@ -420,7 +424,7 @@ class Session:
             await limits.acquire()
         try:
             # The client may have been closed while this request queued for its slot.
-            if self._conn.closed or self._closing.closed:
+            if self._conn.closed or (self.derived and self._closing.closed):
                 self.check_open()
             http = self._http_session()
             started = time.perf_counter()
@@ -442,10 +446,8 @@ class Session:
                     # Read it all inside the block: a retry never holds a connection.
                     status, resp_headers = resp.status, resp.headers
                     length = resp.content_length
-                    reading, own = self._conn.reading, self._reading
+                    reading = self._reading
                     reading.add(resp)  # for aclose() to end
-                    if own is not None:  # a derived client's: for its own aclose() too
-                        own.add(resp)
                     try:
                         if (
                             length is not None
@@ -457,8 +459,6 @@ class Session:
                             payload = await self._read(request, resp)
                     finally:
                         reading.discard(resp)
-                        if own is not None:
-                            own.discard(resp)
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as err:
                 failure = err
         finally:

@@ -239,7 +239,7 @@ async def test_closing_ends_a_call_waiting_for_the_token_stores_lock(
     assert api.requests == {}
 
 
-@pytest.mark.parametrize("closed", ["client", "derived"])
+@pytest.mark.parametrize("closed", ["client", "derived", "parent"])
 @pytest.mark.parametrize("length", ["declared", "chunked"])
 async def test_closing_ends_a_call_reading_an_answers_body(make_client, length, closed):
     # aiohttp's close drops the connection but never tells the body's reader: a call half way
@@ -271,7 +271,8 @@ async def test_closing_ends_a_call_reading_an_answers_body(make_client, length, 
         for _ in range(50):  # the client reads the headers and the first bytes
             await asyncio.sleep(0)
 
-        await asyncio.wait_for(caller.aclose(), 5)
+        # "parent": a derived client's call, its parent closed
+        await asyncio.wait_for((dm if closed == "parent" else caller).aclose(), 5)
         with pytest.raises(DMHubError, match=r"^this DMHubClient is closed"):
             await asyncio.wait_for(call, 5)
     finally:
