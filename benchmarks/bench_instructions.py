@@ -32,6 +32,9 @@ them out. The simulator serves from a process of its own, as in bench_overhead.
   ``dm.request`` and ``dm.identities.lookup`` of an identity; and both again with aiohttp's
   request replaced by a canned answer, which leaves the SDK's own path alone; and, canned too,
   ``lookup_many`` over 64 workers (bench_walk's lookups), a lookup counted as a call;
+- question 4 for identities a customer holds (``--question 4h``), per lookup, one at a time:
+  the floor and ``dm.identities.lookup`` as above, each answer a binding (which the SDK checks
+  and reads), the mobiles of the simulator's first 200 customers in turn;
 - question 4 as bench_walk times it (``--question 4c``), per lookup: 64 aiohttp workers of
   ``session.get`` + ``orjson.loads`` (the floor) against ``lookup_many(concurrency=64)``, real
   requests 64 at a time, each for an identity no customer holds; and a diagnostic, the floor's
@@ -108,6 +111,12 @@ CALLS: dict[str, str] = {
     # bench_walk's lookups: lookup_many over 64 workers; each lookup counted as one call
     "SDK lookup_many(concurrency=64), canned answer, no aiohttp": "lookup-many-canned",
 }
+#: Question 4 for identities the simulator holds (``4h``): each answer a binding, which the SDK
+#: types and checks (a job resolving its customers' openids or mobiles mostly finds them).
+HELD: dict[str, str] = {
+    "floor: session.get + orjson.loads": "get-held",
+    "SDK identities.lookup": "lookup-held",
+}
 #: Question 4 as bench_walk times it (``4c``): lookups 64 at a time, each a request.
 LOOKUPS: dict[str, str] = {
     "floor: 64 aiohttp workers, session.get + orjson.loads": "get-64",
@@ -144,6 +153,7 @@ QUICK = {
     "4": "SDK dm.request",
     "4c": "SDK lookup_many(concurrency=64)",
     "4s": "SDK: a new DMHubClient, its token, one call",
+    "4h": "SDK identities.lookup",
 }
 CALL_FLOOR = "floor: session.get + orjson.loads"
 
@@ -221,10 +231,24 @@ def _calls(kind: str, server: Any, n: int) -> Callable[[], Awaitable[None]]:
     from dmhub_async._client import DEFAULT_MAX_RESPONSE_SIZE
     from dmhub_async._sansio import USER_AGENT
 
-    def value(i: int) -> str:
-        return str(13900000000 + i)
+    held: list[str] = []  # "-held": the mobiles the simulator's customers hold, found first
 
-    async def get() -> None:
+    def value(i: int) -> str:
+        return held[i % len(held)] if held else str(13900000000 + i)
+
+    async def find_held() -> None:
+        # The same work in both runs of a contender (and in the floor's and the SDK's): its
+        # instructions cancel out of the difference.
+        async with DMHubClient(
+            server.app_id, server.secret, base_url=server.url, token_store=MemoryTokenStore()
+        ) as dm:
+            ids = [row["id"] async for row in dm.customers.list_rows(select=["id"], max_items=200)]
+            bindings = await dm.identities.list(ids)
+        held.extend(b.value for b in bindings if b.type == "mobile")
+
+    async def get(find: bool = False) -> None:
+        if find:
+            await find_held()
         async with aiohttp.ClientSession() as session:
             async with session.get(server.url + _TOKEN, params=server.token_params()) as resp:
                 token = orjson.loads(await resp.read())["access_token"]
@@ -232,7 +256,9 @@ def _calls(kind: str, server: Any, n: int) -> Callable[[], Awaitable[None]]:
                 params = {"identityType": "mobile", "identityValue": value(i)}
                 params["access_token"] = token
                 async with session.get(server.url + _IDENTITIES, params=params) as resp:
-                    orjson.loads(await resp.read())
+                    bindings = orjson.loads(await resp.read())
+                if find and not bindings:
+                    raise RuntimeError(f"no customer holds mobile {value(i)}")
 
     async def get_64(sdk_way: bool = False) -> None:
         # bench_walk's floor: 64 workers taking the next identity as soon as one is done.
@@ -295,7 +321,9 @@ def _calls(kind: str, server: Any, n: int) -> Callable[[], Awaitable[None]]:
                 params = {"identityType": "mobile", "identityValue": value(i)}
                 await dm.request("GET", _IDENTITIES, params=params)
 
-    async def sdk(lookup: bool, many: bool = False) -> None:
+    async def sdk(lookup: bool, many: bool = False, find: bool = False) -> None:
+        if find:
+            await find_held()
         async with DMHubClient(
             server.app_id,
             server.secret,
@@ -310,7 +338,9 @@ def _calls(kind: str, server: Any, n: int) -> Callable[[], Awaitable[None]]:
                 return
             for i in range(n):
                 if lookup:
-                    await dm.identities.lookup(Identity("mobile", value(i)))
+                    found = await dm.identities.lookup(Identity("mobile", value(i)))
+                    if find and found is None:
+                        raise RuntimeError(f"no customer holds mobile {value(i)}")
                 else:
                     params = {"identityType": "mobile", "identityValue": value(i)}
                     await dm.request("GET", _IDENTITIES, params=params)
@@ -326,6 +356,8 @@ def _calls(kind: str, server: Any, n: int) -> Callable[[], Awaitable[None]]:
         "request-new-client": request_new_client,
         "request": lambda: sdk(False),
         "lookup": lambda: sdk(True),
+        "get-held": lambda: get(find=True),
+        "lookup-held": lambda: sdk(True, find=True),
         "lookup-many": lambda: sdk(True, many=True),
     }[kind]
 
@@ -402,7 +434,7 @@ def child(kind: str, n: int) -> None:
         return
 
     async def main() -> int:
-        if kind in (*CALLS.values(), *LOOKUPS.values(), *SHORT_LIVED.values()):
+        if kind in (*CALLS.values(), *HELD.values(), *LOOKUPS.values(), *SHORT_LIVED.values()):
             await _calls(kind, server, n)()
             return n
         walk = _walk(kind, server)
@@ -503,7 +535,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--question",
         action="append",
-        choices=("1", "2", "4", "4c", "4s"),
+        choices=("1", "2", "4", "4h", "4c", "4s"),
         help="only these (repeatable)",
     )
     parser.add_argument(
@@ -538,6 +570,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"instructions a page of {DECODE_PAGE[0]:,} customers (the floor: msgspec)",
         ),
         "4": (CALLS, (calls // 5, calls), 1, CALL_FLOOR, "instructions a call (one at a time)"),
+        "4h": (
+            HELD,
+            (calls // 5, calls),
+            1,
+            CALL_FLOOR,
+            "instructions a lookup of an identity a customer holds (one at a time)",
+        ),
         "4c": (
             LOOKUPS,
             (calls // 5, calls),
@@ -571,7 +610,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for question in chosen:
         _, _, _, floor, heading = plans[question]
         print(f"\nquestion {question}: {heading}")
-        unit_name = {"4": "call", "4c": "lookup", "4s": "client"}.get(question, "page")
+        unit_name = {"4": "call", "4h": "lookup", "4c": "lookup", "4s": "client"}.get(
+            question, "page"
+        )
         print(table(figures[question], floor, unit_name))
         for label, value in figures[question].items():
             record(

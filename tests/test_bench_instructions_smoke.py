@@ -73,7 +73,12 @@ def test_each_contender_does_its_whole_work_in_its_child() -> None:
             *((kind, 1, "250") for kind in bi.WALKS.values()),
             *(
                 (kind, 3, "3")
-                for kind in [*bi.CALLS.values(), *bi.LOOKUPS.values(), *bi.SHORT_LIVED.values()]
+                for kind in [
+                    *bi.CALLS.values(),
+                    *bi.HELD.values(),  # each lookup finds its customer, or the child fails
+                    *bi.LOOKUPS.values(),
+                    *bi.SHORT_LIVED.values(),
+                ]
             ),
             *((kind, 1, "1000") for kind in bi.DECODES.values()),
         ]:
