@@ -150,9 +150,11 @@ def _client_flags(parser: argparse.ArgumentParser, concurrency: int) -> None:
     )
 
 
-def _output_flags(parser: argparse.ArgumentParser, what: str) -> None:
+def _output_flags(parser: argparse.ArgumentParser, what: str, force: str = "") -> None:
     parser.add_argument(
-        "--force", action="store_true", help="overwrite --out if it exists (a regular file)"
+        "--force",
+        action="store_true",
+        help=f"overwrite --out if it exists (a regular file){force}",
     )
     parser.add_argument(
         "--encoding",
@@ -232,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("--no-progress", action="store_true", help="no progress bar or lines")
     _client_flags(export, concurrency=8)
-    _output_flags(export, "a CSV --out")
+    _output_flags(export, "a CSV --out", " or, with --shards, holds another export's parts")
     _filters(export)
     _shard_flags(export)
 

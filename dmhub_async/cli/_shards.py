@@ -10,13 +10,14 @@ from __future__ import annotations
 import argparse
 import codecs
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
 
 from .._auth import FileTokenStore, RedisTokenStore
 from .._exceptions import DMHubError, InvalidRequestError
-from ..shards import Manifest, merge
+from ..shards import MANIFEST_NAME, Manifest, merge
 from ..shards._local import WorkerSettings, run_in_processes
 from ..shards._queue import check_queue, unreachable, worker
 from ..shards._run import TotalProgress, coordinating, export_sharded, prepare
@@ -71,7 +72,34 @@ async def sharded_export(args: argparse.Namespace, filters: dict[str, Any]) -> i
             args = argparse.Namespace(**{**vars(args), "token_store": args.queue})
     # One coordinator a directory, from its plan to its last shard: a second one is refused.
     with coordinating(args.out):
+        _check_strays(Path(args.out), force=args.force)
         return await _sharded_export(args, filters)
+
+
+#: What a plan writes in its directory: a part and its checkpoint.
+_PART = re.compile(r"part-\d{5,}\.(?:jsonl|csv)(?:\.ckpt)?")
+
+
+def _check_strays(where: Path, *, force: bool) -> None:
+    """Refuse a directory that holds parts but no manifest, unless ``force`` (they go then).
+
+    Someone else's parts, or a failed run's whose manifest was deleted: a new plan wrote its
+    own over them without a word (and failed a shard on a stale checkpoint), where a
+    single-file export refuses an existing ``--out`` without ``--force``.
+    """
+    if (where / MANIFEST_NAME).exists() or not where.is_dir():
+        return  # the same export taken up (or refused) by its manifest; or a new directory
+    strays = sorted(entry.name for entry in os.scandir(where) if _PART.fullmatch(entry.name))
+    if not strays:
+        return
+    if not force:
+        shown = ", ".join(strays[:3]) + (f" and {len(strays) - 3} more" if len(strays) > 3 else "")
+        raise UsageError(
+            f"--out {where} holds {shown} but no {MANIFEST_NAME}: another export's parts; "
+            "pass --force to overwrite them, or give another directory"
+        )
+    for name in strays:  # a stale checkpoint of another plan failed its shard
+        (where / name).unlink(missing_ok=True)
 
 
 async def _sharded_export(args: argparse.Namespace, filters: dict[str, Any]) -> int:

@@ -224,3 +224,28 @@ def test_merge_refuses_to_write_into_the_export_or_to_a_file_named_dash(tmp_path
     assert (out / "manifest.json").read_bytes() == manifest
     assert dash.read_text(encoding="utf-8") == "keep me\n"
     assert again.returncode == 0, again.stderr
+
+
+def test_parts_without_a_manifest_are_not_overwritten_without_force(tmp_path: Path) -> None:
+    # Someone else's parts, or a failed run's whose manifest was deleted: a new plan wrote its
+    # own parts over them without a word (a single-file export refuses an existing --out).
+    out = tmp_path / "parts"
+    out.mkdir()
+    theirs = {"part-00000.jsonl": b'{"id": "theirs"}\n', "part-00001.jsonl.ckpt": b"{}"}
+    for name, data in theirs.items():
+        (out / name).write_bytes(data)
+    with sim_process(300) as sim:
+        refused = dmhub(sim, tmp_path, "export", "--out", str(out), "--shards", "2", "-q")
+        kept = {name: (out / name).read_bytes() for name in theirs}
+        listing = sorted(p.name for p in out.iterdir())
+        forced = dmhub(sim, tmp_path, "export", "--out", str(out), "--shards", "2", "-q", "--force")
+        state = sim.state()
+
+    assert refused.returncode == 2, refused.stderr
+    assert refused.stderr.count("\n") == 1
+    assert "part-00000.jsonl" in refused.stderr
+    assert "--force" in refused.stderr
+    assert kept == theirs
+    assert listing == sorted(theirs)  # no manifest, no part of its own
+    assert forced.returncode == 0, forced.stderr
+    assert sorted(exported_ids(out)) == sorted(state["ids"])
