@@ -400,3 +400,25 @@ def test_no_progress_holds_for_a_sharded_export_too(
     shown = capsys.readouterr()
     assert shown.err == ""
     assert f"exported {CUSTOMERS:,} customers in" in shown.out
+
+
+@pytest.mark.parametrize("flag", ["--mobile", "--email"])
+@pytest.mark.parametrize("shards", [[], ["--shards", "2"]], ids=["file", "shards"])
+def test_a_filter_pasted_with_spaces_is_a_usage_error(
+    in_process: dict[str, str],
+    served: ServedSimulator,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    flag: str,
+    shards: list[str],
+) -> None:
+    # `--mobile " 13900000000"` matched no one: an export of nothing, exit 0, "complete".
+    code = main(["export", "--out", "found", flag, " 13900000000 ", "-q", *shards])
+
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dmhub-async: error: ")
+    assert flag in err
+    assert err.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []
+    assert sum(served.sim.counters.routes.values()) == 0  # nothing sent, no token either

@@ -98,6 +98,9 @@ def _filter_params(
             if not isinstance(value, str) or not value:
                 raise InvalidRequestError(f"{method}(): {name} must be a non-empty string")
             check_no_controls(method, name, value)  # "138...\n" from a file matched no one
+            if name in ("mobile", "email") and value != value.strip():
+                # " 139..." pasted with a space matched no one (an export of nothing, complete).
+                raise InvalidRequestError(f"{method}(): {name} starts or ends with a space")
             params[name] = value
         elif name == "gender":
             # 1.0 equals 1 and was sent: a float is no code, as wherever an int is asked.

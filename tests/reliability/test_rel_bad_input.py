@@ -141,6 +141,12 @@ CASES: dict[str, Call] = {
     "count: stage with a tab": lambda dm: dm.customers.count(stage="lead\t"),
     "list: source with a NUL": lambda dm: dm.customers.list(source="web\x00"),
     "list_rows: email with a DEL": lambda dm: dm.customers.list_rows(email="a@b.c\x7f"),
+    # A value pasted with a space around it matched no one, and an export of it was complete.
+    "count: mobile with a leading space": lambda dm: dm.customers.count(mobile=" 13900000000"),
+    "list: email with a trailing space": lambda dm: dm.customers.list(email="a@b.c "),
+    "list_rows: mobile with a no-break space": lambda dm: dm.customers.list_rows(
+        mobile="13900000000\u00a0"
+    ),
     "count: empty id_list": lambda dm: dm.customers.count(id_list=[]),
     "count: id_list str": lambda dm: dm.customers.count(id_list="1,2"),
     "count: id_list of str": lambda dm: dm.customers.count(id_list=["1"]),
