@@ -42,11 +42,12 @@ def interrupt(
     cwd: Path,
     signum: int,
     started: Callable[[], bool],
+    python: tuple[str, ...] = ("-m", "dmhub_async"),
 ) -> tuple[int, str]:
     """Run ``python -m dmhub_async ARGS``, send ``signum`` once ``started()``; code and output."""
     with log_of(cwd).open("w+b") as stderr:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "dmhub_async", *args],
+            [sys.executable, *python, *args],
             env=env,
             cwd=cwd,
             stdout=stderr,
@@ -162,6 +163,57 @@ def test_sigterm_stops_the_simulator(tmp_path: Path) -> None:
 
     assert returncode == 143
     assert stderr.strip().endswith("dmhub-async: stopped by SIGTERM")
+
+
+#: ``dmhub-async ARGS`` whose simulator seeds in 100 steps of 50 ms (5 s in all), saying when
+#: it starts (a file ``seeding``) and when it is done (``seeded``).
+SLOW_SEED = """
+import sys, time
+from pathlib import Path
+from dmhub_async.testing import _store
+seed = _store.CustomerStore.seed
+def slow_seed(self, n):
+    Path("seeding").touch()
+    for _ in range(100):
+        seed(self, n // 100)
+        time.sleep(0.05)
+    Path("seeded").touch()
+_store.CustomerStore.seed = slow_seed
+from dmhub_async.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize(
+    ("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["TERM", "INT"]
+)
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["simulate", "--port", "0", "--customers", "1000"], ""),
+        (["demo", "--customers", "1000", "--out", "demo.jsonl"], ": no output written"),
+    ],
+    ids=["simulate", "demo"],
+)
+def test_a_signal_while_the_simulator_seeds_stops_at_once(
+    tmp_path: Path, args: list[str], said: str, signum: int, code: int
+) -> None:
+    # Seeding is blocking work (7 s at 20 million customers, a minute at 100 million): the
+    # event loop that handles the signals did not run until it had ended.
+    returncode, output = interrupt(
+        args,
+        env=base_env(tmp_path / "cache"),
+        cwd=tmp_path,
+        signum=signum,
+        started=lambda: (tmp_path / "seeding").exists(),
+        python=("-c", SLOW_SEED),
+    )
+
+    assert returncode == code, output
+    assert not (tmp_path / "seeded").exists()  # stopped mid-seeding, not once it was done
+    name = signal.Signals(signum).name
+    assert output.strip().splitlines()[-1] == f"dmhub-async: stopped by {name}{said}"
+    assert not (tmp_path / "demo.jsonl").exists()
 
 
 def test_a_signal_mid_lookup_to_standard_output_says_its_rows_are_incomplete(

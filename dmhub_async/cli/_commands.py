@@ -279,6 +279,8 @@ async def _simulate(args: argparse.Namespace) -> int:
             seed=args.seed,
             report=args.report,
             quiet=args.quiet,
+            # Blocking (7 s at 20 million customers): the loop saw Ctrl-C only once it ended.
+            seeding=interruptible,
         )
     except OSError as err:
         raise CommandError(f"--port {args.port}: {err.strerror or err}") from None
@@ -294,7 +296,9 @@ async def _demo(args: argparse.Namespace) -> int:
     say = print if not args.quiet and args.report == "text" else lambda *_: None
     say(f"seeding an in-process DM Hub simulator with {args.customers:,} customers ...")
     started = time.monotonic()
-    async with DMHubSimulator(customers=args.customers) as sim:
+    with interruptible():  # blocking: the loop would see a signal only once it had ended
+        sim = DMHubSimulator(customers=args.customers)
+    async with sim:
         sim.faults.latency = latency / 1000.0
         say(
             f"simulator at {sim.url} ready in {time.monotonic() - started:.1f}s; every answer "

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Literal, TextIO
 
 from ._faults import Faults
@@ -23,6 +26,7 @@ async def serve_forever(
     out: TextIO | None = None,
     report: Literal["text", "json"] = "text",
     quiet: bool = False,
+    seeding: Callable[[], AbstractContextManager[object]] = contextlib.nullcontext,
 ) -> None:
     """Serve a seeded simulator on ``host``:``port``, printing its URL and credentials.
 
@@ -30,12 +34,15 @@ async def serve_forever(
     one JSON object on one line (``report="json"``, even if ``quiet``): ``base_url``,
     ``app_id``, ``secret`` (``DMHubClient``'s arguments), ``customers``, ``seed``,
     ``latency_ms``, ``fault_rate`` and ``seeded_seconds``; for a script that asked for
-    ``port=0``, the one way to learn the port.
+    ``port=0``, the one way to learn the port. The seeding, blocking work (seconds for
+    millions of customers), runs in the context ``seeding()`` makes: the command line's lets
+    a signal stop it.
     """
     out = out if out is not None else sys.stdout
     faults = Faults(rate=fault_rate, latency=latency_ms / 1000, seed=seed)
     started = time.perf_counter()
-    sim = DMHubSimulator(customers, seed=seed, host=host, port=port, faults=faults)
+    with seeding():
+        sim = DMHubSimulator(customers, seed=seed, host=host, port=port, faults=faults)
     seeded = time.perf_counter() - started
     async with sim:
         if report == "json":
