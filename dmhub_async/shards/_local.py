@@ -106,7 +106,7 @@ async def _child_loop(
             except DMHubError as err:
                 events.send(("failed", index, str(err)))
             else:
-                events.send(("done", index, result_of(report)))
+                events.send(("done", index, await result_of(report)))
 
 
 def _reporter(events: Connection, index: int) -> Callable[[ExportProgress], None]:

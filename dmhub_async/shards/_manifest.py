@@ -9,6 +9,7 @@ export (never by the workers), atomically: a crash leaves the old manifest or th
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 from collections.abc import Sequence
@@ -24,11 +25,20 @@ from .._exceptions import InvalidRequestError
 from ..export._export import check_uncompressed
 from ._plan import Shard
 
-__all__ = ["MANIFEST_NAME", "Manifest", "ShardOutcome", "merge", "part_name"]
+__all__ = ["MANIFEST_NAME", "Manifest", "ShardOutcome", "merge", "part_digest", "part_name"]
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_VERSION = 1
 Status = Literal["pending", "running", "complete", "incomplete", "failed"]
+
+
+def part_digest(path: Path) -> tuple[int, str]:
+    """The size and SHA-256 (hex) of the part at ``path``, read once (blocking work)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+        return fh.tell(), digest.hexdigest()
 
 
 def part_name(index: int, fmt: str) -> str:
@@ -55,6 +65,10 @@ class ShardOutcome:
     #: The part's size in bytes when its export ended: a part deleted or cut short since is
     #: found (None in a manifest written before this was recorded).
     size: int | None = None
+    #: The part's SHA-256 (hex, what ``sha256sum`` prints) when its export ended: a part
+    #: edited, or swapped with another of the same size, is found by ``merge`` (None in a
+    #: manifest written before this was recorded).
+    sha256: str | None = None
 
     def part_changed(self, directory: Path) -> str | None:
         """Why this complete shard's part no longer holds what was exported, or None."""
@@ -216,8 +230,9 @@ def merge(
     in whole lines: a record its worker was killed writing is left out.
 
     Raises:
-        InvalidRequestError: no manifest, a part missing, or the export is not complete (unless
-            ``allow_incomplete``).
+        InvalidRequestError: no manifest, a part missing, the export not complete, or a
+            complete part changed since it was exported: its size, or its content (the
+            SHA-256 the manifest records) (all unless ``allow_incomplete``).
     """
     check_uncompressed(Path(dest))
     manifest = Manifest.read(directory)
@@ -246,11 +261,16 @@ def merge(
             # itself to the next part's first record.
             unfinished = outcome.status != "complete"
             limit = _committed(part.with_name(f"{part.name}.ckpt")) if unfinished else None
+            # Its content checked as it is copied: a part edited, or another run's part of the
+            # same size put in its place, was merged without a word.
+            check = outcome.sha256 is not None and not unfinished and not allow_incomplete
+            digest = hashlib.sha256()
             with part.open("rb") as fh:
                 read = 0
                 if manifest.format == "csv":
                     header = fh.readline()
                     read += len(header)
+                    digest.update(header)
                     if out.tell() == 0:
                         out.write(header)
                 for line in fh:
@@ -258,8 +278,15 @@ def merge(
                     torn = not line.endswith(b"\n") or (limit is not None and read > limit)
                     if unfinished and torn:
                         break
+                    if check:
+                        digest.update(line)
                     out.write(line)
                     records += 1
+            if check and digest.hexdigest() != outcome.sha256:
+                raise InvalidRequestError(
+                    f"{outcome.file} is not what was exported (its content changed since, the "
+                    "same size): delete it and rerun the export, which exports that shard again"
+                )
     return records
 
 

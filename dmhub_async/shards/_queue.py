@@ -195,7 +195,7 @@ async def _export_shard_job(ctx: dict[str, Any], task: dict[str, Any]) -> dict[s
             await beating
     await redis.hset(progress_key, str(shard.index), report.exported)
     await redis.expire(progress_key, 7 * 24 * 3600)
-    return result_of(report)
+    return await result_of(report)
 
 
 def _check_same_service(client: Any, task: dict[str, Any]) -> None:

@@ -23,7 +23,7 @@ from .._validate import short
 from ..export import ExportProgress, ExportReport, export_customers
 from ..export._export import check_run
 from ..export._output import _lock
-from ._manifest import MANIFEST_NAME, Manifest, ShardOutcome, checkpoint_name
+from ._manifest import MANIFEST_NAME, Manifest, ShardOutcome, checkpoint_name, part_digest
 from ._plan import Shard, manifest_filters, plan_shards
 
 if TYPE_CHECKING:
@@ -83,18 +83,28 @@ async def export_shard(
     )
 
 
-def result_of(report: ExportReport) -> dict[str, Any]:
-    """What a worker sends back of a shard's export: plain data, for any queue or pipe."""
+async def result_of(report: ExportReport) -> dict[str, Any]:
+    """What a worker sends back of a shard's export: plain data, for any queue or pipe.
+
+    A complete part's size and SHA-256 are read in a thread: hashing a part of gigabytes on
+    the loop stalled every other shard's requests.
+    """
+    size: int | None = None
+    sha256: str | None = None
     try:
-        size: int | None = os.stat(report.path).st_size
+        if report.complete:
+            size, sha256 = await asyncio.to_thread(part_digest, Path(report.path))
+        else:
+            size = os.stat(report.path).st_size
     except OSError:
-        size = None
+        size = sha256 = None
     return {
         "complete": report.complete,
         "exported": report.exported,
         "duplicates": report.duplicates,
         "seconds": report.seconds,
         "size": size,
+        "sha256": sha256,
     }
 
 
@@ -105,6 +115,7 @@ def record_result(outcome: ShardOutcome, result: dict[str, Any]) -> None:
     outcome.duplicates = result["duplicates"]
     outcome.seconds = round(result["seconds"], 3)
     outcome.size = result.get("size")
+    outcome.sha256 = result.get("sha256")
     outcome.error = None
 
 
@@ -212,7 +223,7 @@ def _recheck_parts(where: Path, manifest: Manifest) -> None:
             (where / stale).unlink(missing_ok=True)
         outcome.status, outcome.error = "pending", f"exported again: {why}"
         outcome.exported = outcome.duplicates = 0
-        outcome.size = None
+        outcome.size = outcome.sha256 = None
         changed = True
     if changed:
         manifest.write(where)
@@ -356,7 +367,7 @@ async def _export_sharded(
             except DMHubError as err:
                 outcome.status, outcome.error = "failed", str(err)
             else:
-                record_result(outcome, result_of(report))
+                record_result(outcome, await result_of(report))
             manifest.write(where)
 
     tasks = [asyncio.ensure_future(run(o)) for o in pending(manifest.shards)]

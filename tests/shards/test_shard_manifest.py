@@ -85,6 +85,59 @@ async def test_a_merge_refuses_a_part_cut_short_since_it_was_exported(
     assert merge(done, tmp_path / "all.jsonl", allow_incomplete=True) < CUSTOMERS
 
 
+def edited(data: bytes) -> bytes:
+    """``data`` with its first digit changed: another id (or field), the same size."""
+    at = next(i for i, b in enumerate(data) if chr(b).isdigit())
+    return data[:at] + (b"1" if data[at : at + 1] != b"1" else b"2") + data[at + 1 :]
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda out: (out / "part-00001.jsonl").write_bytes(
+            edited((out / "part-00001.jsonl").read_bytes())
+        ),
+        # Another run's part of the same size in its place (two exports' parts mixed up).
+        lambda out: (out / "part-00001.jsonl").write_bytes(
+            edited(edited((out / "part-00001.jsonl").read_bytes())[::-1])[::-1]
+        ),
+    ],
+    ids=["edited in place", "another of the same size"],
+)
+async def test_a_merge_refuses_a_part_whose_content_changed_since_it_was_exported(
+    done: Path, tmp_path: Path, damage: Callable[[Path], None]
+) -> None:
+    # Only the size was checked: a part edited, or swapped with another of the same size,
+    # was merged without a word, other data mixed into the export.
+    size = (done / "part-00001.jsonl").stat().st_size
+    damage(done)
+    assert (done / "part-00001.jsonl").stat().st_size == size
+
+    with pytest.raises(InvalidRequestError, match=r"part-00001\.jsonl is not what was exported"):
+        merge(done, tmp_path / "all.jsonl")
+    assert not (tmp_path / "all.jsonl").exists()
+
+
+async def test_a_manifest_without_digests_still_merges(done: Path, tmp_path: Path) -> None:
+    # Written before the digests were recorded: read and merged as before (sizes checked).
+    data = orjson.loads((done / MANIFEST_NAME).read_bytes())
+    for shard in data["shards"]:
+        shard.pop("sha256", None)
+    (done / MANIFEST_NAME).write_bytes(orjson.dumps(data))
+
+    assert merge(done, tmp_path / "all.jsonl") == CUSTOMERS
+
+
+async def test_the_manifest_records_each_parts_sha256(done: Path) -> None:
+    import hashlib
+
+    manifest = Manifest.read(done)
+    assert manifest is not None
+    for outcome in manifest.shards:
+        part = (done / outcome.file).read_bytes()
+        assert getattr(outcome, "sha256", None) == hashlib.sha256(part).hexdigest()
+
+
 async def test_a_merge_refuses_a_compressed_name_it_would_write_plain(
     done: Path, tmp_path: Path
 ) -> None:
