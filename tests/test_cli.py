@@ -151,6 +151,24 @@ def test_export_during_deletes_reports_the_mismatch_and_exits_3(
     assert "MISMATCH" in result.stdout
 
 
+@pytest.mark.parametrize("shards", [[], ["--shards", "2"]], ids=["file", "shards"])
+def test_quiet_says_an_export_is_incomplete(
+    served: ServedSimulator, env: dict[str, str], tmp_path: Path, shards: list[str]
+) -> None:
+    # -q prints errors only; an incomplete export exits 3 and says so in one line on stderr.
+    # A sharded one said nothing at all: exit 3 and an empty stderr.
+    served.call(served.sim.mutate_every, 3, inserts=2, deletes=4, front=False)
+
+    result = run_cli(
+        "export", "--out", "moving", "--concurrency", "1", "-q", *shards, env=env, cwd=tmp_path
+    )
+
+    assert result.returncode == 3, result.stderr
+    assert result.stdout == ""
+    assert result.stderr.startswith("dmhub-async: incomplete: "), result.stderr
+    assert result.stderr.count("\n") == 1
+
+
 @pytest.mark.parametrize("fmt", ["jsonl", "csv"])
 def test_sigkill_mid_export_then_resume_gives_every_customer_once(
     served: ServedSimulator, env: dict[str, str], tmp_path: Path, fmt: str

@@ -186,6 +186,13 @@ def _finish(manifest: Manifest, args: argparse.Namespace) -> int:
     if not manifest.complete:
         text += "\nrerun the same command to finish the parts that are not complete"
     print_report(data, text, style=args.report, quiet=args.quiet, out=sys.stdout)
+    if not manifest.complete and args.quiet and args.report == "text":
+        # As a one-file export says it: exit 3 alone said nothing of what to do.
+        print(
+            f"dmhub-async: incomplete: {done} of {len(manifest.shards)} parts complete in "
+            f"{args.out}; rerun the same command to finish them",
+            file=sys.stderr,
+        )
     return EXIT_OK if manifest.complete else EXIT_INCOMPLETE
 
 
