@@ -43,8 +43,12 @@ def interrupt(
     signum: int,
     started: Callable[[], bool],
     python: tuple[str, ...] = ("-m", "dmhub_async"),
+    group: bool = False,
 ) -> tuple[int, str]:
-    """Run ``python -m dmhub_async ARGS``, send ``signum`` once ``started()``; code and output."""
+    """Run ``python -m dmhub_async ARGS``, send ``signum`` once ``started()``; code and output.
+
+    ``group``: to its whole process group, as a terminal's Ctrl-C does (its children too).
+    """
     with log_of(cwd).open("w+b") as stderr:
         proc = subprocess.Popen(
             [sys.executable, *python, *args],
@@ -52,6 +56,7 @@ def interrupt(
             cwd=cwd,
             stdout=stderr,
             stderr=subprocess.STDOUT,
+            start_new_session=group,
         )
         try:
             deadline = time.monotonic() + TIMEOUT
@@ -60,7 +65,10 @@ def interrupt(
                     break
                 time.sleep(0.005)
             assert proc.poll() is None, "the command ended before it could be interrupted"
-            proc.send_signal(signum)
+            if group:
+                os.killpg(proc.pid, signum)
+            else:
+                proc.send_signal(signum)
             proc.wait(timeout=TIMEOUT)
         finally:
             if proc.poll() is None:
@@ -163,6 +171,40 @@ def test_sigterm_stops_the_simulator(tmp_path: Path) -> None:
 
     assert returncode == 143
     assert stderr.strip().endswith("dmhub-async: stopped by SIGTERM")
+
+
+@pytest.mark.parametrize(
+    ("signum", "group"),
+    [(signal.SIGINT, True), (signal.SIGTERM, False), (signal.SIGINT, False)],
+    ids=["Ctrl-C", "TERM", "INT"],
+)
+def test_a_signal_mid_export_on_worker_processes_is_one_line(
+    served: ServedSimulator, env: dict[str, str], tmp_path: Path, signum: int, group: bool
+) -> None:
+    # The worker processes printed raw tracebacks: KeyboardInterrupt on a terminal's Ctrl-C
+    # (it reaches the whole group), BrokenPipeError once the stopped coordinator had gone.
+    served.sim.faults.latency = 0.02
+    args = ["export", "--out", "parts", "--shards", "4", "--workers", "2"]
+
+    returncode, output = interrupt(
+        [*args, "--concurrency", "1", "--page-size", "50", "--no-progress"],
+        env=env,
+        cwd=tmp_path,
+        signum=signum,
+        started=lambda: served.sim.counters.routes[LIST] >= 5,
+        group=group,
+    )
+
+    name = signal.Signals(signum).name
+    assert returncode == 128 + signum, output
+    assert (
+        output == f"dmhub-async: stopped by {name}: rerun the same command to resume from parts\n"
+    )
+    served.sim.faults.latency = 0.0
+    resumed = run_cli(*args, "-q", env=env, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    ids = [i for part in sorted((tmp_path / "parts").glob("part-*.jsonl")) for i in jsonl_ids(part)]
+    assert sorted(ids) == sorted(served.ids())
 
 
 #: ``dmhub-async ARGS`` whose simulator seeds in 100 steps of 50 ms (5 s in all), saying when

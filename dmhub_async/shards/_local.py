@@ -16,8 +16,9 @@ import asyncio
 import contextlib
 import multiprocessing
 import os
+import signal
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from pathlib import Path
@@ -67,7 +68,13 @@ def _child(
 ) -> None:
     """A worker process: export shards taken from ``tasks`` until it gets None, each event
     sent on ``events``, the write end of its own pipe."""
-    asyncio.run(_child_loop(settings, Path(directory), fmt, tasks, events))
+    try:
+        asyncio.run(_child_loop(settings, Path(directory), fmt, tasks, events))
+    except (BrokenPipeError, EOFError):
+        # Its coordinator stopped (Ctrl-C, SIGTERM) and closed its end of the pipe: the
+        # shard's export left its checkpoint on its way out, and the coordinator says in one
+        # line what happened. Each worker printed a raw traceback of its own.
+        return
 
 
 async def _child_loop(
@@ -180,7 +187,8 @@ async def _supervise(
             args=(settings, str(where), manifest.format, tasks, writer),
             daemon=True,
         )
-        proc.start()
+        with _ctrl_c_held():
+            proc.start()
         writer.close()  # the worker's is the only write end: its death ends the reader's file
         events.append(reader)
         hand_out(proc, tasks)
@@ -231,6 +239,25 @@ async def _supervise(
         bar.close()
         manifest.write(where)
     return manifest
+
+
+@contextlib.contextmanager
+def _ctrl_c_held() -> Iterator[None]:
+    """SIGINT blocked in this thread while a worker starts: the worker keeps the block for
+    its life, and this process gets a Ctrl-C of that moment as soon as the block ends.
+
+    A terminal's Ctrl-C reaches every process of its group: a worker still starting printed
+    a raw KeyboardInterrupt traceback from its imports. The coordinator stops its workers
+    itself (it closes their pipes and tells them to end).
+    """
+    if not hasattr(signal, "pthread_sigmask"):  # Windows: no process groups to reach them
+        yield
+        return
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 def _replace_the_dead(
