@@ -227,7 +227,8 @@ def merge(
     moved into place at the end, so a failed merge leaves no half file; it gets the mode a
     plain ``open()`` gives (0666 less the umask), as the parts do. With
     ``allow_incomplete``, a part that is not complete goes in as far as its checkpoint covers,
-    in whole lines: a record its worker was killed writing is left out.
+    in whole lines: a record its worker was killed writing is left out (as is a torn last
+    record of a complete part cut short since).
 
     Raises:
         InvalidRequestError: no manifest, a part missing, the export not complete, or a
@@ -276,7 +277,7 @@ def merge(
                 for line in fh:
                     read += len(line)
                     torn = not line.endswith(b"\n") or (limit is not None and read > limit)
-                    if unfinished and torn:
+                    if torn:  # a complete part cut short since too (allow_incomplete)
                         break
                     if check:
                         digest.update(line)

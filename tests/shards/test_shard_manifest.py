@@ -239,6 +239,22 @@ async def test_merging_what_there_is_leaves_out_a_torn_record(done: Path, tmp_pa
     assert merged == len(ids) == len(set(ids)) == CUSTOMERS
 
 
+async def test_merging_what_there_is_leaves_out_a_torn_record_of_a_complete_part(
+    done: Path, tmp_path: Path
+) -> None:
+    # A complete part cut short mid-record since (a disk that filled, a copy cut off): with
+    # allow_incomplete its torn record was glued to the next part's first line, a line that
+    # is no JSON, and merge counted it as a record.
+    part = done / "part-00001.jsonl"
+    part.write_bytes(part.read_bytes()[:-10])
+
+    merged = merge(done, tmp_path / "all.jsonl", allow_incomplete=True)
+
+    lines = (tmp_path / "all.jsonl").read_bytes().splitlines()
+    ids = [orjson.loads(line)["id"] for line in lines]
+    assert merged == len(ids) == len(set(ids)) == CUSTOMERS - 1
+
+
 async def test_merging_what_there_is_stops_where_the_checkpoint_does(
     dm: DMHubClient, tmp_path: Path
 ) -> None:
