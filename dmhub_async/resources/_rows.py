@@ -22,7 +22,10 @@ __all__ = ["RawRow", "raw_row_id", "read_raw_rows", "read_rows", "row_id"]
 def _dicts(rows: list[Any]) -> list[dict[str, Any]]:
     if not all(map(isinstance, rows, itertools.repeat(dict))):
         raise ValueError("a row is not an object")
-    check_ids(list(map(row_id, rows)))
+    # The ids' types in C (a row_id() call a row cost list_rows() 2.4% more instructions a
+    # page); the ids themselves only when one is not an integer, for the error.
+    if not set(map(type, map(dict.get, rows, itertools.repeat("id")))) <= _ID_TYPES:
+        check_ids(list(map(row_id, rows)))
     return rows
 
 
