@@ -576,6 +576,18 @@ class _Answering:
 @example(data=[{"customerId": 1, "identityType": "mobile", "identityValue": "13900000000"}])
 @example(data=[{"customerId": "7", "identityType": "mobile", "identityValue": "13900000000"}])
 @example(data=[{"customerId": True, "identityType": "mobile", "identityValue": "13900000000"}])
+@example(data=[{"customerId": "-5", "identityType": "mobile", "identityValue": "13900000000"}])
+@example(data=[{"customerId": "0012", "identityType": "mobile", "identityValue": "13900000000"}])
+@example(
+    data=[{"customerId": "1" * 4301, "identityType": "mobile", "identityValue": "13900000000"}]
+)
+@example(data=[{"customerId": "１２", "identityType": "mobile", "identityValue": "13900000000"}])
+@example(  # the service's text ids, the match second
+    data=[
+        {"customerId": "8", "identityType": "wechat", "identityValue": "o1"},
+        {"customerId": "9", "identityType": "mobile", "identityValue": "13900000000"},
+    ]
+)
 @example(  # the match first, a malformed row after it: still the converter's error
     data=[
         {"customerId": 1, "identityType": "mobile", "identityValue": "13900000000"},

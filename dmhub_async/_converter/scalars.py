@@ -60,7 +60,7 @@ def to_int(v: Any) -> int | None:
     if isinstance(v, str):
         # ASCII digits only: int() also took " 12 ", "+12", "1_000" and full-width digits, so a
         # lookup answered "１２" was customer 12.
-        if _INT_TEXT.match(v) is None:
+        if INT_TEXT.match(v) is None:
             raise ValueError(f"expected an integer, got {v[:40]!r}")
         return int(v)
     if isinstance(v, int):
@@ -68,7 +68,7 @@ def to_int(v: Any) -> int | None:
     raise TypeError(f"expected an integer, got {type(v).__name__}")
 
 
-_INT_TEXT: Final = re.compile(r"-?[0-9]{1,4300}\Z")
+INT_TEXT: Final = re.compile(r"-?[0-9]{1,4300}\Z")
 
 
 def required(read: Callable[[Any], T | None]) -> Callable[[Any], T]:

@@ -9,6 +9,7 @@ from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterab
 from typing import Any, Literal, overload
 
 from .._converter import identity_to_wire, structure_identities, structure_identity
+from .._converter.scalars import INT_TEXT
 from .._exceptions import InvalidRequestError
 from .._pagination import MAX_CONCURRENCY
 from .._validate import check_id, check_identity, is_collection, short
@@ -82,23 +83,27 @@ class Identities(Resource):
         data = await self._session.request("GET", _PATH, params=_query_of(identity))
         if type(data) is list:
             # The usual answer read in place, without a CustomerIdentity a row: every row is
-            # checked as the converter would (a row it would refuse, or read otherwise, such as
-            # a customerId sent as text, goes the converter's way below), the first match wins.
-            # About 15k instructions less a lookup (benchmarks/README.md, issue 15).
-            found: int | None = None
+            # checked as the converter would (a row it would refuse or read otherwise goes the
+            # converter's way below, for its result or its error), the first match wins.
+            found: str | int | None = None
             for row in data:
                 if not (
                     type(row) is dict
-                    and type(customer_id := row.get("customerId")) is int
                     and type(kind := row.get("identityType")) is str
                     and type(value := row.get("identityValue")) is str
                     and type(row.get("identityName")) in _NAME_TYPES
                 ):
                     break
+                customer_id = row.get("customerId")
+                if type(customer_id) is str:  # as the service sends it: ASCII digits
+                    if INT_TEXT.match(customer_id) is None:
+                        break
+                elif type(customer_id) is not int:
+                    break
                 if found is None and kind == identity.type and value == identity.value:
                     found = customer_id
             else:
-                return found
+                return int(found) if found is not None else None
         for binding in decode(structure_identities, data, "a list of identities"):
             if binding.type == identity.type and binding.value == identity.value:
                 return binding.customer_id
