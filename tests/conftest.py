@@ -130,3 +130,15 @@ def served() -> Iterator[ServedSimulator]:
 def env(served: ServedSimulator, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """The environment of a CLI run against ``served``, with a cache directory of its own."""
     return served_env(served, tmp_path_factory.mktemp("cache"))
+
+
+@pytest.fixture
+def in_process(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> dict[str, str]:
+    """``main()`` called in this process, in ``tmp_path``, with the served simulator's
+    settings."""
+    for key in ("DMHUB_BASE_URL", "DMHUB_APP_ID", "DMHUB_SECRET", "XDG_CACHE_HOME"):
+        monkeypatch.setenv(key, env[key])
+    monkeypatch.chdir(tmp_path)
+    return env

@@ -275,8 +275,7 @@ def test_a_signal_mid_lookup_to_standard_output_says_its_rows_are_incomplete(
     ("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["TERM", "INT"]
 )
 def test_a_signal_mid_merge_stops_it_and_leaves_no_file(
-    served: ServedSimulator,
-    env: dict[str, str],
+    in_process: dict[str, str],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
@@ -288,9 +287,6 @@ def test_a_signal_mid_merge_stops_it_and_leaves_no_file(
     # and left the hidden temporary file), then wrote the file and exited 0.
     from dmhub_async.cli import _shards, main
 
-    for key in ("DMHUB_BASE_URL", "DMHUB_APP_ID", "DMHUB_SECRET", "XDG_CACHE_HOME"):
-        monkeypatch.setenv(key, env[key])
-    monkeypatch.chdir(tmp_path)
     assert main(["export", "--out", "parts", "--shards", "2", "-q"]) == 0
     merge = _shards.merge
 
@@ -313,7 +309,7 @@ def test_a_signal_mid_merge_stops_it_and_leaves_no_file(
 )
 def test_a_signal_while_the_lookup_checks_its_input_stops_the_check(
     served: ServedSimulator,
-    env: dict[str, str],
+    in_process: dict[str, str],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
@@ -325,9 +321,6 @@ def test_a_signal_while_the_lookup_checks_its_input_stops_the_check(
     # Ctrl-C and SIGTERM waited that long (Docker's SIGKILL comes after 10 s).
     from dmhub_async.cli import _commands, main
 
-    for key in ("DMHUB_BASE_URL", "DMHUB_APP_ID", "DMHUB_SECRET", "XDG_CACHE_HOME"):
-        monkeypatch.setenv(key, env[key])
-    monkeypatch.chdir(tmp_path)
     with (tmp_path / "ids.csv").open("w", newline="", encoding="utf-8") as fh:
         csv.writer(fh).writerows([("wechat", f"o-{n}") for n in range(1000)])
     identities = _commands._identities
@@ -353,7 +346,7 @@ def test_a_signal_while_the_lookup_checks_its_input_stops_the_check(
 
 def test_a_signal_mid_sharded_export_says_a_rerun_resumes_it(
     served: ServedSimulator,
-    env: dict[str, str],
+    in_process: dict[str, str],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
@@ -362,9 +355,6 @@ def test_a_signal_mid_sharded_export_says_a_rerun_resumes_it(
     # which the same command resumes: told that, a user started over from nothing.
     from dmhub_async.cli import _shards, main
 
-    for key in ("DMHUB_BASE_URL", "DMHUB_APP_ID", "DMHUB_SECRET", "XDG_CACHE_HOME"):
-        monkeypatch.setenv(key, env[key])
-    monkeypatch.chdir(tmp_path)
     served.sim.faults.latency = 0.01
 
     class SignalAfterAPage:

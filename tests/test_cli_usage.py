@@ -30,17 +30,6 @@ from dmhub_async.cli import _parser, _report, main
 from dmhub_async.testing._simulator import MAX_CUSTOMERS
 
 
-@pytest.fixture
-def in_process(
-    env: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> dict[str, str]:
-    """``main()`` called in this process, with the served simulator's settings."""
-    for key in ("DMHUB_BASE_URL", "DMHUB_APP_ID", "DMHUB_SECRET", "XDG_CACHE_HOME"):
-        monkeypatch.setenv(key, env[key])
-    monkeypatch.chdir(tmp_path)
-    return env
-
-
 def python_m(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "dmhub_async", *args],
