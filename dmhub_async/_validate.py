@@ -76,10 +76,22 @@ _INT_BOUND = 10**MAX_INT_DIGITS
 REDIS_MAX_SECONDS = 1e15
 
 
+def _typed_userinfo(url: str) -> str:
+    """A URL's user and password as typed: all before the last ``@`` after the scheme.
+
+    Wider than what ``urlsplit`` reads as the user and password: a ``/``, ``#`` or ``?`` not
+    percent-encoded in a password ends the netloc there, and the password's start is read as
+    the host and port, its rest as the path (``redis://:Ab12/cd@host``).
+    """
+    return url.partition("://")[2].rpartition("@")[0]
+
+
 def redis_where(url: str) -> str:
     """The Redis a URL names, for messages: scheme, host, port and database, never a password."""
     try:
         parts = urlsplit(url)
+        if _typed_userinfo(url) and "@" not in parts.netloc:
+            return "the URL given"  # a password read as host, port and path: not shown
         return f"{parts.scheme}://{parts.hostname or 'localhost'}:{parts.port or 6379}{parts.path}"
     except ValueError:  # a port out of range
         return "the URL given"
@@ -87,14 +99,19 @@ def redis_where(url: str) -> str:
 
 def redis_url_error(owner: str, url: str, err: Exception) -> InvalidRequestError:
     """redis-py's refusal of a URL (a query value it cannot read, a port out of range) as
-    InvalidRequestError: it was a raw ValueError. Its text only when no password is in it."""
+    InvalidRequestError: it was a raw ValueError. Its text only when no password is in it,
+    nor a value it quotes from what was typed as the password (read as the port)."""
     text = str(err)
     try:
         password = urlsplit(url).password
     except ValueError:
         password = None
-    if password and password in text:
+    typed = _typed_userinfo(url)
+    quoted = [value for value in re.findall(r"'([^']*)'", text) if value]
+    if (password and password in text) or any(value in typed for value in quoted):
         text = "a value it cannot read"
+        if typed:
+            text += " (a password's /, #, ? or @ must be percent-encoded: %2F, %23, %3F, %40)"
     return InvalidRequestError(f"{owner}: redis-py cannot read the URL: {text}")
 
 

@@ -52,6 +52,9 @@ def test_a_bad_store_spec_is_a_usage_error_naming_the_flag(spec: str) -> None:
         "rediss:/:Hunter2Redis@cache.internal:6380/0",  # a slash short
         "redis+sentinel://:Hunter2Redis@cache.internal:26379",
         " redis://user:Hunter2Redis@cache.internal",  # pasted with a space
+        # A / in the password, not percent-encoded: its start was read as the port, and
+        # redis-py's refusal quoted it ("... integer value as 'Hunter2Redis'").
+        "redis://:Hunter2Redis/x9@cache.internal:6380/0",
     ],
 )
 def test_a_bad_store_spec_never_shows_the_redis_password(spec: str) -> None:

@@ -114,8 +114,21 @@ def test_bad_settings_are_refused(url: str, rate: float) -> None:
         # redis-py passed an option it does not know to its connection: a TypeError at the
         # first command, which a token store met as an outage (a token fetched per process).
         "redis://:RedisPassw0rd@localhost:6379/0?timeout=5",
+        # A password with "/", "#" or "?" not percent-encoded (a generated one): its start was
+        # read as the port, and redis-py's message quoted it ("... as 'RedisPassw0rd'").
+        "redis://:RedisPassw0rd/x9@localhost:6379/0",
+        "redis://:RedisPassw0rd#x9@localhost:6379/0",
+        "redis://user:RedisPassw0rd?x9@localhost:6379/0",
     ],
-    ids=["socket_timeout", "a value that is the password", "port", "an unknown option"],
+    ids=[
+        "socket_timeout",
+        "a value that is the password",
+        "port",
+        "an unknown option",
+        "a / in the password",
+        "a # in the password",
+        "a ? in the password",
+    ],
 )
 @pytest.mark.parametrize("make", [RedisTokenStore, lambda url: RedisRateLimiter(url, 5)])
 def test_a_redis_url_redis_py_cannot_read_is_refused_without_its_password(
