@@ -121,8 +121,12 @@ class RedisRateLimiter:
         except ValueError as err:
             raise redis_url_error("the shared rate limit", url, err) from None
         check_redis_options("the shared rate limit", url, self._pool)
+        # The storage connects through the pool alone; its URL is read only for a host, a port
+        # and a password the pool has already. Given the user's, it refused one without a port
+        # (``redis://host/0``) and quoted pieces of a password holding ``@`` and ``,`` (or all
+        # of the URL) in a raw ConfigurationError.
         self._storage: Any = RedisStorage(
-            "async+" + url,
+            "async+redis://",
             implementation="redispy",
             key_prefix="dmhub_rate",
             connection_pool=self._pool,  # type: ignore[arg-type]  # passed on to redis-py

@@ -141,6 +141,33 @@ def test_a_redis_url_redis_py_cannot_read_is_refused_without_its_password(
 
 
 @pytest.mark.parametrize(
+    "url",
+    [
+        "redis://redis.internal/0",  # Redis's own port, 6379, not written
+        "redis://:RedisPassw0rd@redis.internal/0",
+        # A password holding "@" and ",", not percent-encoded: the rate limit library read the
+        # URL on its own, and quoted a piece of it ("Missing host or port in location ...") or
+        # all of it ("Unable to parse storage uri redis://:a@b:RedisPassw0rd,y@...").
+        "redis://:Xk9@RedisPassw0rd,abc@redis.internal:6379/0",
+        "redis://:a@b:RedisPassw0rd,y@redis.internal:6379/0",
+    ],
+    ids=["no port", "no port, a password", "@ and , in the password", "@ : and , in it"],
+)
+def test_a_url_redis_py_reads_is_taken_and_its_password_never_shown(url: str) -> None:
+    # A raw limits.errors.ConfigurationError, out of `dmhub-async worker --rate-limit` too.
+    limiter = RedisRateLimiter(url, 5)
+    assert repr(limiter) == "RedisRateLimiter('redis://redis.internal:6379/0', 5/s)"
+    asyncio.run(limiter.aclose())
+
+
+def test_a_password_read_as_a_path_is_not_shown_as_where_redis_is() -> None:
+    # "/" in the password, not percent-encoded, after a start of digits: redis-py reads the
+    # digits as the port and the rest as the path, and the limiter named its Redis with it.
+    limiter = RedisRateLimiter("redis://:6380/RedisPassw0rd@redis.internal/0", 5)
+    assert "RedisPassw0rd" not in repr(limiter)
+
+
+@pytest.mark.parametrize(
     "timeout",
     [0, -1, "5", math.inf, math.nan, 10**5000],
     ids=["0", "-1", "a string", "inf", "nan", "10**5000"],
