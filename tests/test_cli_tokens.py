@@ -71,6 +71,23 @@ def test_a_redis_url_is_taken_in_any_case_of_its_scheme() -> None:
     asyncio.run(store.aclose())
 
 
+def test_a_redis_store_takes_its_password_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Only the command line could give a Redis password: on every user's process list (ps).
+    monkeypatch.setenv("DMHUB_REDIS_PASSWORD", "p@ss/w:rd#1")
+    for spec, user in (("redis://127.0.0.1:1/0", None), ("rediss://ops@127.0.0.1:1/0", "ops")):
+        store = token_store(spec)
+        assert isinstance(store, RedisTokenStore)
+        kwargs = store._redis.connection_pool.connection_kwargs
+        assert (kwargs.get("username"), kwargs["password"]) == (user, "p@ss/w:rd#1")
+        asyncio.run(store.aclose())
+    own = token_store("redis://:its-own@127.0.0.1:1/0")  # a password in the URL is the one used
+    assert isinstance(own, RedisTokenStore)
+    assert own._redis.connection_pool.connection_kwargs["password"] == "its-own"
+    asyncio.run(own.aclose())
+
+
 def test_the_default_is_a_file_in_the_cache_directory_unless_the_environment_says(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

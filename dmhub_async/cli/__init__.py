@@ -34,7 +34,7 @@ from ._errors import (
     explain,
 )
 from ._parser import build_parser
-from ._settings import show_requests
+from ._settings import REDIS_PASSWORD_ENV, show_requests
 
 __all__ = ["EXIT_ERROR", "EXIT_INCOMPLETE", "EXIT_OK", "EXIT_USAGE", "main"]
 
@@ -109,6 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if isinstance(err, Interrupted):
         message = _interrupted(err, args)
     else:
-        message = "error: " + redact(message, (os.environ.get("DMHUB_SECRET"),))
+        secrets = (os.environ.get("DMHUB_SECRET"), os.environ.get(REDIS_PASSWORD_ENV))
+        message = "error: " + redact(message, secrets)
     print(f"dmhub-async: {message}", file=sys.stderr)
     return code

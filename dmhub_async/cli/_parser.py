@@ -12,7 +12,7 @@ from .._pagination import MAX_CONCURRENCY
 from .._version import __version__
 from ..shards import MAX_SHARDS
 from ._errors import EXIT_USAGE
-from ._settings import TOKEN_STORE_ENV
+from ._settings import REDIS_PASSWORD_ENV, TOKEN_STORE_ENV
 
 __all__ = ["FILTER_FLAGS", "MAX_CONCURRENCY", "build_parser"]
 
@@ -146,7 +146,8 @@ def _client_flags(parser: argparse.ArgumentParser, concurrency: int) -> None:
         "--token-store",
         metavar="STORE",
         help="where runs with one app id share its token: memory, file:PATH or redis://HOST; "
-        f"default: ${TOKEN_STORE_ENV}, else a file in your cache directory",
+        f"default: ${TOKEN_STORE_ENV}, else a file in your cache directory (a Redis password: "
+        f"${REDIS_PASSWORD_ENV}, not in the URL, which ps shows)",
     )
 
 
@@ -329,7 +330,8 @@ def _shard_flags(export: argparse.ArgumentParser) -> None:
         metavar="REDIS_URL",
         help="run the shards (with --shards) as jobs on this arq queue, served by "
         "`dmhub-async worker`; also "
-        "the shared token store, as for the workers, unless --token-store is given",
+        "the shared token store, as for the workers, unless --token-store is given "
+        f"(its password: ${REDIS_PASSWORD_ENV}, not in the URL, which ps shows)",
     )
 
 
@@ -343,7 +345,8 @@ def _shard_commands(command: Callable[[str, str, str], argparse.ArgumentParser])
         "--redis",
         required=True,
         metavar="URL",
-        help="the queue; also the shared token store and the shared rate limit",
+        help="the queue; also the shared token store and the shared rate limit (its "
+        f"password: ${REDIS_PASSWORD_ENV}, not in the URL, which ps shows)",
     )
     worker.add_argument(
         "--rate-limit",

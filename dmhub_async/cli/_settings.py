@@ -9,6 +9,7 @@ import os
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import platformdirs
 
@@ -18,9 +19,40 @@ from .._token_file import FileTokenStore
 from .._token_stores import MemoryTokenStore, RedisTokenStore, TokenStore
 from ._errors import UsageError
 
-__all__ = ["TOKEN_STORE_ENV", "default_token_file", "open_client", "show_requests", "token_store"]
+__all__ = [
+    "REDIS_PASSWORD_ENV",
+    "TOKEN_STORE_ENV",
+    "default_token_file",
+    "open_client",
+    "show_requests",
+    "token_store",
+    "with_redis_password",
+]
 
 TOKEN_STORE_ENV = "DMHUB_TOKEN_STORE"
+REDIS_PASSWORD_ENV = "DMHUB_REDIS_PASSWORD"
+_REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+def with_redis_password(url: str) -> str:
+    """``url`` with ``$DMHUB_REDIS_PASSWORD`` as its password when it names none.
+
+    A password written in ``--redis``, ``--queue`` or ``--token-store`` is on the process list
+    (``ps``) of every user of the machine for as long as the command runs; from the
+    environment, it never is. Anything but a Redis URL, or one that has a password, is as given.
+    """
+    password = os.environ.get(REDIS_PASSWORD_ENV)
+    if not password:
+        return url
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # refused where it is used, in its own words
+        return url
+    if parts.scheme.lower() not in _REDIS_SCHEMES or parts.password is not None:
+        return url
+    user, _, where = parts.netloc.rpartition("@")
+    netloc = f"{user}:{quote(password, safe='')}@{where}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 def default_token_file() -> Path:
@@ -47,8 +79,10 @@ def _default_spec() -> str:
 
 
 def token_store_spec(spec: str | None) -> str:
-    """The ``--token-store`` spec in force: the flag's, ``DMHUB_TOKEN_STORE``'s or the default."""
-    return spec if spec is not None else os.environ.get(TOKEN_STORE_ENV) or _default_spec()
+    """The ``--token-store`` spec in force: the flag's, ``DMHUB_TOKEN_STORE``'s or the default
+    (a Redis URL with ``$DMHUB_REDIS_PASSWORD`` as its password when it names none)."""
+    spec = spec if spec is not None else os.environ.get(TOKEN_STORE_ENV) or _default_spec()
+    return with_redis_password(spec)
 
 
 def token_store(spec: str | None) -> TokenStore:

@@ -24,7 +24,7 @@ from ..shards._run import TotalProgress, coordinating, export_sharded, prepare
 from ._errors import EXIT_INCOMPLETE, EXIT_OK, CommandError, UsageError, interruptible
 from ._files import check_output
 from ._report import ProgressLines, print_report
-from ._settings import open_client, token_store, token_store_spec
+from ._settings import open_client, token_store, token_store_spec, with_redis_password
 
 __all__ = ["merge_command", "sharded_export", "worker_command"]
 
@@ -64,6 +64,7 @@ async def sharded_export(args: argparse.Namespace, filters: dict[str, Any]) -> i
     """``export --out DIR --shards N``: plan, run every shard, write the manifest."""
     check_sharding(args)
     if args.queue:  # before the plan: a bad or silent queue left a plan and a raw traceback
+        args = argparse.Namespace(**{**vars(args), "queue": with_redis_password(args.queue)})
         await _reach_queue(args.queue, "--queue")
         if args.token_store is None:
             # The store the workers use (worker_command): planning on the default file store
@@ -203,6 +204,7 @@ async def worker_command(args: argparse.Namespace) -> int:
         client["timezone"] = args.timezone
     if args.token_store:
         client["token_store"] = token_store(args.token_store)
+    args = argparse.Namespace(**{**vars(args), "redis": with_redis_password(args.redis)})
     await _reach_queue(args.redis, "--redis")
     from redis.exceptions import RedisError  # installed: _reach_queue found it
 

@@ -199,6 +199,54 @@ def test_a_queue_export_shares_the_token_with_its_workers_through_the_queue(
     assert state["tokens_issued"] == 1
 
 
+def test_a_queue_with_a_password_is_reached_without_it_on_the_command_line(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    # A Redis with a password could only be named with it in --redis, --queue and
+    # --token-store: on every process list (ps) of the machine, for the worker's whole life.
+    password = "QueuePassw0rd-9f2"
+    assert redis.command("CONFIG", "SET", "requirepass", password) == "+OK"
+    with sim_process(1_000) as sim:
+        env = sim.env(XDG_CACHE_HOME=str(tmp_path / "cache"), DMHUB_REDIS_PASSWORD=password)
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "dmhub_async", "worker", "--redis", redis.url],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            run = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "dmhub_async",
+                    "export",
+                    "--out",
+                    str(tmp_path / "q"),
+                    "--shards",
+                    "2",
+                    "--queue",
+                    redis.url,
+                    "-q",
+                ],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=150,
+                check=False,
+            )
+            state = sim.state()
+        finally:
+            worker.terminate()
+            _, worker_err = worker.communicate(timeout=30)
+
+    assert run.returncode == 0, run.stderr
+    assert sorted(exported_ids(tmp_path / "q")) == sorted(state["ids"])
+    assert "Traceback" not in worker_err, worker_err
+    assert state["tokens_issued"] == 1  # shared through the queue's Redis, as without a password
+
+
 def test_merge_refuses_to_write_into_the_export_or_to_a_file_named_dash(tmp_path: Path) -> None:
     # Into the manifest with --force, the merge wrote over it, said "merged 200 lines" and
     # exit 0, and the export could no longer be rerun or merged; "-" was a file of that name.
