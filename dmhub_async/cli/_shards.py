@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import argparse
 import codecs
+import contextlib
+import logging
 import os
 import re
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from .._auth import FileTokenStore, RedisTokenStore
 from .._exceptions import DMHubError, InvalidRequestError
+from .._redact import redact
 from ..shards import MANIFEST_NAME, Manifest, merge
 from ..shards._local import WorkerSettings, run_in_processes
 from ..shards._queue import check_queue, unreachable, worker
@@ -24,7 +28,13 @@ from ..shards._run import TotalProgress, coordinating, export_sharded, prepare
 from ._errors import EXIT_INCOMPLETE, EXIT_OK, CommandError, UsageError, interruptible
 from ._files import check_output
 from ._report import ProgressLines, print_report
-from ._settings import open_client, token_store, token_store_spec, with_redis_password
+from ._settings import (
+    REDIS_PASSWORD_ENV,
+    open_client,
+    token_store,
+    token_store_spec,
+    with_redis_password,
+)
 
 __all__ = ["merge_command", "sharded_export", "worker_command"]
 
@@ -216,13 +226,46 @@ async def worker_command(args: argparse.Namespace) -> int:
         burst=args.burst,
         handle_signals=False,
     )
-    try:
-        await arq_worker.async_run()
-    except (RedisError, OSError) as err:  # it went away: arq's own tries ended
-        raise CommandError(str(unreachable(args.redis, err))) from None
-    finally:
-        await arq_worker.close()
+    with _arq_log(verbose=args.verbose):
+        try:
+            await arq_worker.async_run()
+        except (RedisError, OSError) as err:  # it went away: arq's own tries ended
+            raise CommandError(str(unreachable(args.redis, err))) from None
+        finally:
+            await arq_worker.close()
     return EXIT_OK
+
+
+class _OneLine(logging.Formatter):
+    """A log record as one line, ``dmhub-async: ...``: its message without the traceback."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        secrets = (os.environ.get("DMHUB_SECRET"), os.environ.get(REDIS_PASSWORD_ENV))
+        text = " ".join(record.getMessage().split())
+        return f"dmhub-async: {redact(text, secrets)}"
+
+
+@contextlib.contextmanager
+def _arq_log(*, verbose: bool) -> Iterator[None]:
+    """arq's log on stderr, a line a record: each failed shard's line (with ``-v``, each
+    job's start and end too), never a traceback.
+
+    Without a handler of its own, arq's failed jobs reached stderr through logging's last
+    resort, each with its whole traceback (some 60 lines a shard).
+    """
+    arq_logger = logging.getLogger("arq")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_OneLine())
+    before = arq_logger.level, arq_logger.propagate
+    arq_logger.addHandler(handler)
+    arq_logger.setLevel(logging.INFO if verbose else logging.WARNING)
+    arq_logger.propagate = False
+    try:
+        yield
+    finally:
+        arq_logger.removeHandler(handler)
+        arq_logger.setLevel(before[0])
+        arq_logger.propagate = before[1]
 
 
 async def _reach_queue(redis_url: str, flag: str) -> None:

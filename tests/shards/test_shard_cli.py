@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -245,6 +246,53 @@ def test_a_queue_with_a_password_is_reached_without_it_on_the_command_line(
     assert sorted(exported_ids(tmp_path / "q")) == sorted(state["ids"])
     assert "Traceback" not in worker_err, worker_err
     assert state["tokens_issued"] == 1  # shared through the queue's Redis, as without a password
+
+
+def test_a_worker_says_a_failed_shard_in_one_line_not_a_traceback(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    # arq logged each failed job with its traceback, which reached stderr through logging's
+    # last resort: some 60 lines a shard, where the CLI promises one line and no traceback.
+    with sim_process(200) as sim:
+        export = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "dmhub_async",
+                "export",
+                "--out",
+                str(tmp_path / "q"),
+                "--shards",
+                "2",
+                "--queue",
+                redis.url,
+                "-q",
+            ],
+            env=sim.env(XDG_CACHE_HOME=str(tmp_path / "cache")),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            for _ in range(1500):  # its jobs enqueued (at most 15 s)
+                if redis.command("ZCARD", "arq:queue") == ":2":
+                    break
+                time.sleep(0.01)
+            worker = subprocess.run(
+                [sys.executable, "-m", "dmhub_async", "worker", "--redis", redis.url, "--burst"],
+                env=sim.env(XDG_CACHE_HOME=str(tmp_path / "cache"), DMHUB_SECRET="wrong-one"),
+                capture_output=True,
+                text=True,
+                timeout=150,
+                check=False,
+            )
+        finally:
+            assert export.wait(timeout=150) == 3  # incomplete: both shards failed
+
+    assert worker.returncode == 0, worker.stderr
+    assert "Traceback" not in worker.stderr, worker.stderr
+    lines = worker.stderr.splitlines()
+    assert len(lines) == 2, worker.stderr
+    assert all("failed" in line and "AuthenticationError" in line for line in lines), lines
 
 
 def test_merge_refuses_to_write_into_the_export_or_to_a_file_named_dash(tmp_path: Path) -> None:
