@@ -283,6 +283,15 @@ class WalkPlan(Generic[T]):
                 " number, so the walk stops rather than loop",
                 status=200,
             )
+        if signature is not None and self.seen.against_order(signature):
+            # Sorted by the id, a page's records run one way: a page the other way (a service
+            # ignoring sord) had every record but its first dropped as a repeat, silently.
+            raise ResponseDecodeError(
+                f"page {number} is not in the order asked (its last record's id comes before"
+                " its first's): the service ignored the sort order, so the walk stops rather"
+                " than drop its records as repeats",
+                status=200,
+            )
         self._taken_signature = signature
         changed = self._taken_epoch is not None and epoch != self._taken_epoch
         # A resumed walk's start page: nothing says what moved while the walk was stopped.

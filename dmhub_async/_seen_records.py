@@ -107,6 +107,14 @@ class SeenRecords(Generic[T]):
             return True
         return False
 
+    def against_order(self, signature: tuple[Any, ...]) -> bool:
+        """Whether a page of this :meth:`signature` runs against the walk's order: its last
+        key before its first (ordered modes; a page of one record, or without keys, cannot)."""
+        if self.key is None or self.dedupe == "set":
+            return False
+        _, first, last = signature
+        return first is not None and last is not None and first != last and self._after(first, last)
+
     def signature(self, items: list[T]) -> tuple[Any, ...] | None:
         """A page's length and its first and last keys: pages of distinct records cannot
         share one, a page served twice does (None when there is nothing to compare)."""

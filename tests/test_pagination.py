@@ -401,6 +401,22 @@ async def test_an_empty_page_the_totals_agree_with_is_no_unverified_page() -> No
 # -- shapes and endings ---------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("concurrency", [1, 3])
+async def test_pages_against_the_order_asked_raise_instead_of_dropping_their_records(
+    concurrency: int,
+) -> None:
+    # A service that ignores sord=desc serves 1..10, 11..20: each record after the first was
+    # taken for a repeat of one already yielded (descending, a record must come below the
+    # last), so a walk of 30 customers yielded 3, with only stats.duplicates to tell.
+    server = FakeServer(30)
+    paginator = AsyncPaginator(
+        server.fetch, key=int, dedupe="descending", page_size=10, concurrency=concurrency
+    )
+    with pytest.raises(ResponseDecodeError, match=r"^page 1 is not in the order asked"):
+        await paginator.to_list()
+    assert not other_tasks()
+
+
 async def test_a_page_repeating_the_previous_one_raises_instead_of_looping() -> None:
     server = FakeServer(50, totals="none", ignore_page_number=True)
     paginator = walk(server, page_size=10, concurrency=3)
