@@ -56,9 +56,10 @@ class FileTokenStore:
         if self.path.is_dir():  # taken, then every call went on without the store
             raise InvalidRequestError(f"{str(self.path)!r} is a directory: name a file in it")
         self._lock_timeout = lock_timeout
-        self._file_lock = filelock.FileLock(
-            str(self.path) + ".lock", thread_local=False, mode=0o600
-        )
+        #: The file lock and the process it is for, made at first use: see
+        #: :meth:`_process_file_lock`.
+        self._file_lock: filelock.FileLock | None = None
+        self._file_lock_pid: int | None = None
         # The process's own lock first: the file lock (thread_local=False) is re-entrant, so
         # clients of one store on two threads both held it at once.
         self._locks = ProcessLocks()
@@ -159,19 +160,33 @@ class FileTokenStore:
         """
         async with self._locks.hold(key):
             self._check_directory(create=True)
-            await self._acquire_file_lock()
+            file_lock = self._process_file_lock()
+            await self._acquire_file_lock(file_lock)
             try:
                 yield
             finally:
-                self._file_lock.release()
+                file_lock.release()
 
-    async def _acquire_file_lock(self) -> None:
+    def _process_file_lock(self) -> filelock.FileLock:
+        """The file lock of this process, made anew in a child forked after the store was made
+        (gunicorn's ``--preload``, multiprocessing's fork workers): filelock refuses a lock
+        inherited across fork (a RuntimeError), so every worker fetched a token of its own,
+        revoking the others'."""
+        pid = os.getpid()
+        if self._file_lock is None or self._file_lock_pid != pid:
+            self._file_lock = filelock.FileLock(
+                str(self.path) + ".lock", thread_local=False, mode=0o600
+            )
+            self._file_lock_pid = pid
+        return self._file_lock
+
+    async def _acquire_file_lock(self, file_lock: filelock.FileLock) -> None:
         loop = asyncio.get_running_loop()
         limit = self._lock_timeout
         deadline = math.inf if limit is None else loop.time() + limit
         while True:
             try:
-                self._file_lock.acquire(blocking=False)
+                file_lock.acquire(blocking=False)
                 return
             except filelock.Timeout:
                 if loop.time() >= deadline:

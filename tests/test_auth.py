@@ -859,3 +859,51 @@ def test_a_store_keeps_no_event_loop_alive_after_its_asyncio_run(tmp_path: Any, 
 
     # The last one may wait until the next loop comes: closed loops are let go then.
     assert sum(ref() is not None for ref in loops) <= 1
+
+
+def _fork_child_refresh(store: Any, fetches: Any, out: Any) -> None:
+    """A forked worker: one TokenManager on a store its parent made, its token to ``out``."""
+    import time
+
+    from dmhub_async._auth import TokenManager
+
+    async def fetch() -> Token:
+        # One line a token fetched, whoever fetched it (O_APPEND: whole lines).
+        fd = os.open(fetches, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        os.close(fd)
+        return Token(f"tok-{os.getpid()}", time.time() + 7200, time.time())
+
+    async def main() -> str:
+        return await TokenManager("key", store, fetch, time.time, timeout=10.0).refresh(None)
+
+    try:
+        out.put(asyncio.run(main()))
+    except BaseException as err:  # the parent sees it, not a silent exit code
+        out.put(repr(err))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX")
+def test_workers_forked_after_the_file_store_was_made_share_one_token(tmp_path: Any) -> None:
+    """A FileTokenStore made before a fork (gunicorn's --preload, multiprocessing's fork
+    workers, the README's "the same path in every worker") failed in every child: filelock 4
+    refuses a lock inherited across fork (RuntimeError), so each worker fetched a token of its
+    own without the store, revoking the others' (4 workers: 11 tokens, calls failed)."""
+    import multiprocessing
+
+    store = FileTokenStore(tmp_path / "tokens.json")
+    fetches = tmp_path / "fetches"
+    context = multiprocessing.get_context("fork")
+    out = context.Queue()
+    workers = [
+        context.Process(target=_fork_child_refresh, args=(store, fetches, out)) for _ in range(3)
+    ]
+    for worker in workers:
+        worker.start()
+    tokens = [out.get(timeout=30) for _ in workers]
+    for worker in workers:
+        worker.join(10)
+
+    assert len(set(tokens)) == 1, tokens
+    assert tokens[0].startswith("tok-")
+    assert len(fetches.read_text().split()) == 1
