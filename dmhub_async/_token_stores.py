@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 import math
+import os
 import threading
 import weakref
 from collections.abc import AsyncIterator
@@ -131,6 +132,10 @@ class ProcessLocks:
     """
 
     def __init__(self) -> None:
+        self._reset()
+        _ALL_PROCESS_LOCKS.add(self)
+
+    def _reset(self) -> None:
         self._guard = threading.Lock()
         self._by_loop: weakref.WeakKeyDictionary[
             asyncio.AbstractEventLoop, dict[str, asyncio.Lock]
@@ -156,6 +161,21 @@ class ProcessLocks:
 
 #: Seconds between tries of a lock a client on another event loop holds (a token fetch).
 _THREAD_LOCK_POLL = 0.005
+
+_ALL_PROCESS_LOCKS: weakref.WeakSet[ProcessLocks] = weakref.WeakSet()
+
+
+def _reset_after_fork() -> None:
+    """In a forked child, every store's locks start anew: a lock one of the parent's threads
+    held when the process forked was copied held, by a thread the child does not have, and the
+    child's every refresh waited the whole lock wait (182 s by default), then fetched a token
+    of its own, revoking the others'."""
+    for locks in list(_ALL_PROCESS_LOCKS):
+        locks._reset()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_reset_after_fork)
 
 
 class MemoryTokenStore:

@@ -907,3 +907,59 @@ def test_workers_forked_after_the_file_store_was_made_share_one_token(tmp_path: 
     assert len(set(tokens)) == 1, tokens
     assert tokens[0].startswith("tok-")
     assert len(fetches.read_text().split()) == 1
+
+
+def _fork_child_take_lock(store: Any, out: Any) -> None:
+    """A forked worker: how it fared taking the store's lock, within 5 s."""
+
+    async def main() -> str:
+        async with store.lock("key"):
+            return "taken"
+
+    try:
+        out.put(asyncio.run(asyncio.wait_for(main(), 5)))
+    except BaseException as err:
+        out.put(repr(err))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX")
+@pytest.mark.parametrize("kind", ["memory", "file"])
+def test_a_worker_forked_while_another_thread_held_the_lock_can_take_it(
+    tmp_path: Any, kind: str
+) -> None:
+    """A process forked while one of its threads held the store's lock (a token fetch on a
+    thread's event loop) gave its child a copy of that thread lock, held by a thread the
+    child does not have: the child's every refresh waited the whole lock wait (182 s by
+    default), then fetched a token of its own without the store, revoking the others'."""
+    import multiprocessing
+    import threading
+    import warnings
+
+    store: Any = MemoryTokenStore() if kind == "memory" else FileTokenStore(tmp_path / "t.json")
+    held, done = threading.Event(), threading.Event()
+
+    def holder() -> None:
+        async def main() -> None:
+            async with store.lock("key"):
+                held.set()
+                await asyncio.to_thread(done.wait, 30)
+
+        asyncio.run(main())
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    context = multiprocessing.get_context("fork")
+    out = context.Queue()
+    try:
+        assert held.wait(10)
+        worker = context.Process(target=_fork_child_take_lock, args=(store, out))
+        with warnings.catch_warnings():  # 3.12+: "this process is multi-threaded"
+            warnings.simplefilter("ignore", DeprecationWarning)
+            worker.start()
+    finally:
+        done.set()
+        thread.join(10)
+    result = out.get(timeout=30)
+    worker.join(10)
+
+    assert result == "taken"
