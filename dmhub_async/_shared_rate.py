@@ -20,7 +20,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ._exceptions import DMHubError, InvalidRequestError
-from ._token_stores import loop_table
+from ._token_stores import PerLoop, loop_table
 from ._validate import (
     REDIS_MAX_SECONDS,
     check_number,
@@ -57,6 +57,10 @@ def _lock_of(where: str, key: str) -> asyncio.Lock:
     """The lock of one shared limit in this process (and event loop)."""
     per_loop = loop_table(_locks, asyncio.get_running_loop())  # closed loops let go
     return per_loop.setdefault((where, key), asyncio.Lock())
+
+
+async def _disconnect(made: tuple[Any, Any]) -> None:
+    await made[0].disconnect()
 
 
 def _window(rate: float) -> tuple[int, int]:
@@ -112,34 +116,45 @@ class RedisRateLimiter:
         self._item = RateLimitItemPerSecond(amount, seconds)
         self._key = f"dmhub_async:{key}"
         self._where = redis_where(url)
+
         # Our own pool, so that aclose() can close it (the storage has no close of its own),
         # with timeouts: a frozen Redis must not hold a call for ever.
-        try:
-            self._pool = ConnectionPool.from_url(
+        def connect() -> ConnectionPool:
+            return ConnectionPool.from_url(
                 url, socket_timeout=timeout, socket_connect_timeout=timeout
             )
+
+        def limiter() -> tuple[ConnectionPool, MovingWindowRateLimiter]:
+            pool = connect()
+            # The storage connects through the pool alone; its URL is read only for a host, a
+            # port and a password the pool has already. Given the user's, it refused one without
+            # a port (``redis://host/0``) and quoted pieces of a password holding ``@`` and ``,``
+            # (or all of the URL) in a raw ConfigurationError.
+            storage: Any = RedisStorage(
+                "async+redis://",
+                implementation="redispy",
+                key_prefix="dmhub_rate",
+                connection_pool=pool,  # type: ignore[arg-type]  # passed on to redis-py
+            )
+            return pool, MovingWindowRateLimiter(storage)
+
+        try:
+            settings = connect()  # never connected: the URL's settings, checked
         except ValueError as err:
             raise redis_url_error("the shared rate limit", url, err) from None
-        check_redis_options("the shared rate limit", url, self._pool)
-        # The storage connects through the pool alone; its URL is read only for a host, a port
-        # and a password the pool has already. Given the user's, it refused one without a port
-        # (``redis://host/0``) and quoted pieces of a password holding ``@`` and ``,`` (or all
-        # of the URL) in a raw ConfigurationError.
-        self._storage: Any = RedisStorage(
-            "async+redis://",
-            implementation="redispy",
-            key_prefix="dmhub_rate",
-            connection_pool=self._pool,  # type: ignore[arg-type]  # passed on to redis-py
-        )
-        self._limiter = MovingWindowRateLimiter(self._storage)
+        check_redis_options("the shared rate limit", url, settings)
+        # Connections of each event loop's own (PerLoop): a limiter made once serves a job
+        # scheduler's every asyncio.run(), and threads each running their own loop.
+        self._per_loop = PerLoop(limiter, _disconnect)
         self._sleep = sleep
 
     def __repr__(self) -> str:
         return f"RedisRateLimiter({self._where!r}, {self.rate:g}/s)"
 
     async def aclose(self) -> None:
-        """Close the connections to Redis."""
-        await self._pool.disconnect()
+        """Close the connections to Redis of the running event loop (another loop's close as
+        that loop ends: ``asyncio.run()`` ends it so). The limiter may be used again after."""
+        await self._per_loop.aclose()
 
     async def acquire(self) -> None:
         """Wait until one more request fits in the shared window, and take its place."""
@@ -147,9 +162,10 @@ class RedisRateLimiter:
         # carries the time its caller read before the round trip, and the moving window assumes
         # entries arrive in that order. Callers racing each other add them out of order, and
         # the window lets a few too many through (23 in a second at a limit of 20).
+        _, limiter = await self._per_loop.get()
         async with _lock_of(self._where, self._key):
-            while not await self._call(self._limiter.hit, self._item, self._key):
-                stats = await self._call(self._limiter.get_window_stats, self._item, self._key)
+            while not await self._call(limiter.hit, self._item, self._key):
+                stats = await self._call(limiter.get_window_stats, self._item, self._key)
                 # A little spread, so the clients of other processes do not all rush at the
                 # instant a place frees.
                 wait = stats.reset_time - time.time() + random.uniform(0, _SPREAD)

@@ -16,9 +16,9 @@ import math
 import os
 import threading
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, runtime_checkable
 from urllib.parse import urlsplit
 
 import attrs
@@ -121,6 +121,67 @@ def loop_table(
     return table
 
 
+class PerLoop(Generic[V]):
+    """One ``V`` (a Redis connection pool and what uses it) for each event loop of the process,
+    made at its first use on a loop and closed as that loop ends.
+
+    redis.asyncio's connections and its pool's lock belong to the loop that opened them. A
+    store or limiter made once (at import, in a service's settings) and used by each
+    ``asyncio.run()`` of a job scheduler, or by threads each running their own loop, failed
+    in every loop but the first (RuntimeError: "attached to a different loop", "Event loop is
+    closed"), or waited until the client's timeout; the token store's clients then fetched
+    tokens of their own, revoking the others'.
+
+    A loop's ``V`` is closed by an async generator of that loop, which ``asyncio.run()`` (and
+    any loop's ``shutdown_asyncgens()``) closes as it ends; a loop closed without it has its
+    ``V`` let go when the next loop comes, as :func:`loop_table` does.
+    """
+
+    def __init__(self, make: Callable[[], V], close: Callable[[V], Awaitable[None]]) -> None:
+        self._make = make
+        self._close = close
+        self._reset()
+        _ALL_PER_LOOP.add(self)
+
+    def _reset(self) -> None:
+        self._guard = threading.Lock()
+        self._by_loop: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, tuple[V, AsyncGenerator[None, None]]
+        ] = weakref.WeakKeyDictionary()
+
+    async def get(self) -> V:
+        """The running loop's ``V``, made now if it has none."""
+        loop = asyncio.get_running_loop()
+        made = self._by_loop.get(loop)
+        if made is not None:
+            return made[0]
+        value = self._make()
+        closer = self._close_at_loop_end(value)
+        # It runs to its yield at once (nothing before it awaits), and is the loop's to close.
+        await closer.__anext__()
+        with self._guard:
+            for closed in [other for other in self._by_loop if other.is_closed()]:
+                del self._by_loop[closed]
+            self._by_loop[loop] = (value, closer)
+        return value
+
+    async def _close_at_loop_end(self, value: V) -> AsyncGenerator[None, None]:
+        try:
+            yield
+        finally:
+            try:
+                await self._close(value)
+            except Exception as err:  # a close that fails leaves its connections to the GC
+                log.debug("closing the Redis connections of an event loop failed: %r", err)
+
+    async def aclose(self) -> None:
+        """Close the running loop's ``V`` now (another loop's closes as that loop ends)."""
+        with self._guard:
+            made = self._by_loop.pop(asyncio.get_running_loop(), None)
+        if made is not None:
+            await made[1].aclose()
+
+
 class ProcessLocks:
     """Locks by key for the whole process: every event loop of it (threads each running
     ``asyncio.run()``), not only one.
@@ -163,15 +224,21 @@ class ProcessLocks:
 _THREAD_LOCK_POLL = 0.005
 
 _ALL_PROCESS_LOCKS: weakref.WeakSet[ProcessLocks] = weakref.WeakSet()
+_ALL_PER_LOOP: weakref.WeakSet[PerLoop[Any]] = weakref.WeakSet()
 
 
 def _reset_after_fork() -> None:
-    """In a forked child, every store's locks start anew: a lock one of the parent's threads
-    held when the process forked was copied held, by a thread the child does not have, and the
-    child's every refresh waited the whole lock wait (182 s by default), then fetched a token
-    of its own, revoking the others'."""
+    """In a forked child, every store's locks (and Redis connections) start anew: a lock one
+    of the parent's threads held when the process forked was copied held, by a thread the child
+    does not have, and the child's every refresh waited the whole lock wait (182 s by default),
+    then fetched a token of its own, revoking the others'."""
     for locks in list(_ALL_PROCESS_LOCKS):
         locks._reset()
+    # The parent's connections are the parent's: a child that used them would share a
+    # socket with it (and with its siblings). Left to the GC, which closes only the child's
+    # copies of them.
+    for per_loop in list(_ALL_PER_LOOP):
+        per_loop._reset()
 
 
 if hasattr(os, "register_at_fork"):  # POSIX
@@ -206,6 +273,10 @@ DEFAULT_STORE = MemoryTokenStore()
 
 
 _REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+async def _close_redis(client: Redis) -> None:
+    await client.aclose()
 
 
 def _check_async_client(client: object) -> None:
@@ -261,7 +332,6 @@ class RedisTokenStore:
         if not isinstance(prefix, str):
             raise InvalidRequestError(f"prefix must be a str, not {type(prefix).__name__}")
         check_text("RedisTokenStore", "prefix", prefix)
-        self._owned = client is None
         if client is None:
             if url is None:
                 raise InvalidRequestError("RedisTokenStore needs a url or a client")
@@ -272,19 +342,31 @@ class RedisTokenStore:
                 )
             from redis.asyncio import Redis
 
-            try:
-                client = Redis.from_url(
+            def connect() -> Redis:
+                made: Redis = Redis.from_url(
                     url, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout
                 )
+                return made
+
+            try:
+                client = connect()  # never connected: the settings, for checks and repr
             except ValueError as err:
                 raise redis_url_error("RedisTokenStore", url, err) from None
             check_redis_options("RedisTokenStore", url, client.connection_pool)
+            # Connections of each event loop's own (PerLoop): a store made once serves a job
+            # scheduler's every asyncio.run(), and threads each running their own loop.
+            self._per_loop: PerLoop[Redis] | None = PerLoop(connect, _close_redis)
         else:
             _check_async_client(client)
+            self._per_loop = None
         self._redis = client
         self._prefix = prefix
         self._lock_timeout = lock_timeout
         self._lock_ttl = lock_ttl
+
+    async def _client(self) -> Redis:
+        """The client of the running event loop: the one passed in, or this loop's own."""
+        return self._redis if self._per_loop is None else await self._per_loop.get()
 
     def _error(self, doing: str, err: Exception) -> TokenStoreError:
         return TokenStoreError(
@@ -296,7 +378,7 @@ class RedisTokenStore:
         from redis.exceptions import RedisError
 
         try:
-            raw = await self._redis.get(self._prefix + key)
+            raw = await (await self._client()).get(self._prefix + key)
         except (RedisError, OSError) as err:
             raise self._error("GET", err) from None
         if raw is None:
@@ -312,7 +394,9 @@ class RedisTokenStore:
 
         keep = max(DEFAULT_LIFETIME, math.ceil(token.lifetime or 0.0))
         try:
-            await self._redis.set(self._prefix + key, json.dumps(token.to_json()), ex=int(keep))
+            await (await self._client()).set(
+                self._prefix + key, json.dumps(token.to_json()), ex=int(keep)
+            )
         except (RedisError, OSError) as err:
             raise self._error("SET", err) from None
 
@@ -321,7 +405,7 @@ class RedisTokenStore:
         """A Redis lock on ``key``, extended while held, freed on its own should its holder die."""
         from redis.exceptions import LockError, RedisError
 
-        lock = self._redis.lock(
+        lock = (await self._client()).lock(
             self._prefix + key + ":lock",
             timeout=self._lock_ttl,
             blocking_timeout=self._lock_timeout,
@@ -363,10 +447,12 @@ class RedisTokenStore:
     async def aclose(self) -> None:
         """Close the connections of a store made from a URL (a ``client`` passed in is left open).
 
-        Closing twice is fine.
+        Those of the running event loop: a store made from a URL has connections of each loop
+        it is used on, and another loop's close as that loop ends (``asyncio.run()`` ends it so).
+        Closing twice is fine, and the store may be used again after.
         """
-        if self._owned:
-            await self._redis.aclose()
+        if self._per_loop is not None:
+            await self._per_loop.aclose()
 
     async def __aenter__(self) -> RedisTokenStore:
         return self

@@ -404,3 +404,48 @@ async def test_a_store_closes_only_the_connections_it_made(redis: RedisServer) -
         await own.get("key")
     del own
     assert leaks_collected() == []
+
+
+# -- one store, many event loops ------------------------------------------------------------
+
+
+def test_one_redis_store_serves_every_event_loop_of_a_process(
+    redis: RedisServer, dmhub_simulator: DMHubSimulator
+) -> None:
+    """A RedisTokenStore made once (at import, a service's settings) and used by a job
+    scheduler's asyncio.run() each minute, or by threads each running their own: its Redis
+    connections belonged to the first event loop, so every other loop's store call failed
+    (RuntimeError: "attached to a different loop", "Event loop is closed") or hung until the
+    client's timeout, and each such client fetched a token without the store, revoking the
+    others' (3 runs then 8 threads: 15 tokens, 6 threads' calls failed with 40001)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from dmhub_async import DMHubError
+
+    sim = dmhub_simulator
+    store = RedisTokenStore(redis.url)
+    failures: list[BaseException] = []
+
+    def job(_: int) -> None:
+        async def main() -> None:
+            async with DMHubClient(
+                sim.app_id, sim.secret, base_url=sim.url, token_store=store
+            ) as dm:
+                for _ in range(3):
+                    try:
+                        await asyncio.wait_for(dm.customers.count(), 20)
+                    except (DMHubError, asyncio.TimeoutError) as err:
+                        failures.append(err)
+
+        asyncio.run(main())
+
+    for run in range(3):  # a scheduler's runs, one after another
+        job(run)
+        sim.tokens.revoke()  # each run needs the store again: a refresh under its lock
+    with ThreadPoolExecutor(8) as pool:  # and threads each running their own loop at once
+        list(pool.map(job, range(8)))
+    asyncio.run(store.aclose())
+
+    assert failures == []
+    assert sim.counters.tokens_issued == 4  # the first, then one a revocation
+    assert leaks_collected() == []  # each loop's connections were closed with it

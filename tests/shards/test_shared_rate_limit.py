@@ -216,3 +216,29 @@ def test_a_limit_keeps_no_event_loop_alive_after_its_asyncio_run(redis: RedisSer
 
     # The last one may wait until the next loop comes: closed loops are let go then.
     assert sum(ref() is not None for ref in loops) <= 1
+
+
+def test_one_limiter_serves_every_event_loop_of_a_process(redis: RedisServer) -> None:
+    """A RedisRateLimiter made once and used by each asyncio.run() of a job scheduler, or by
+    threads each running their own loop: its connections belonged to the first loop, and
+    every other run's calls failed with "the shared rate limit ... cannot be reached
+    (RuntimeError)", Redis up and well (every second run, and most threads)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from _redis import leaks_collected
+
+    limiter = RedisRateLimiter(redis.url, 1000, key="every-loop")
+
+    def job(_: int) -> None:
+        async def main() -> None:
+            await asyncio.wait_for(asyncio.gather(*(limiter.acquire() for _ in range(3))), 10)
+
+        asyncio.run(main())
+
+    for run in range(3):  # a scheduler's runs, one after another
+        job(run)
+    with ThreadPoolExecutor(4) as pool:  # threads each running their own loop at once
+        list(pool.map(job, range(8)))
+    asyncio.run(limiter.aclose())
+
+    assert leaks_collected() == []  # each loop's connections were closed with it
