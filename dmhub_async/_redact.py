@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import re
+import threading
 import weakref
 from collections.abc import Iterable
 from typing import Protocol
@@ -25,16 +27,34 @@ class SecretHolder(Protocol):
 
 
 _holders: weakref.WeakSet[SecretHolder] = weakref.WeakSet()
+#: Held while ``_holders`` is added to or read: a client made on one thread while an error was
+#: made on another (a threaded server) changed the set under the reader, and the error was a
+#: raw "RuntimeError: Set changed size during iteration". (Holders that die while it is read
+#: are set aside by the WeakSet itself.)
+_holders_lock = threading.RLock()  # re-entrant: a finalizer the GC runs in it may make an error
+
+
+def _new_holders_lock() -> None:
+    """A forked child's own: held by another thread at the fork, it was copied held for ever."""
+    global _holders_lock
+    _holders_lock = threading.RLock()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_new_holders_lock)
 
 
 def watch(holder: SecretHolder) -> None:
     """Mask ``holder``'s secrets in every error from now on, for as long as it lives."""
-    _holders.add(holder)
+    with _holders_lock:
+        _holders.add(holder)
 
 
 def live_secrets() -> list[str | None]:
     """The secrets of every live holder: what every error message is redacted against."""
-    return [secret for holder in list(_holders) for secret in holder.secrets]
+    with _holders_lock:
+        holders = list(_holders)
+    return [secret for holder in holders for secret in holder.secrets]
 
 
 _SECRET_PARAMS = re.compile(r"((?:access_token|secret)=)[^&#\s'\"]*", re.IGNORECASE)

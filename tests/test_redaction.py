@@ -434,3 +434,43 @@ def test_a_base_url_with_a_query_is_refused_without_quoting_it(base_url: str, sa
     with pytest.raises(InvalidRequestError, match=said) as info:
         DMHubClient(app_id="app-1", secret=SECRET, base_url=base_url)
     assert not leaks(str(info.value))
+
+
+def test_an_error_made_while_another_thread_makes_a_client_is_the_sdks_own() -> None:
+    """Every error masks the secrets of every live client, read from a set that each new
+    client joins: read while another thread's client joined it (a threaded server, a thread
+    pool of jobs), it raised a raw "RuntimeError: Set changed size during iteration" in place
+    of the error, here an InvalidRequestError (4 to 26 times a second of this)."""
+    import sys
+    import threading
+    import time
+
+    from dmhub_async import DMHubClient, InvalidRequestError
+
+    stop = threading.Event()
+
+    def make_clients() -> None:
+        alive: list[DMHubClient] = []
+        while not stop.is_set():
+            alive.append(DMHubClient("app", "secret"))
+            del alive[:-50]
+
+    raised: list[BaseException] = []
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # the threads take turns as often as they can
+    maker = threading.Thread(target=make_clients)
+    maker.start()
+    try:
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            try:
+                DMHubClient("app", "secret", base_url="ftp://api.example.com")
+            except Exception as err:  # which error it is, is the point
+                raised.append(err)
+    finally:
+        stop.set()
+        maker.join(10)
+        sys.setswitchinterval(interval)
+
+    assert raised
+    assert {type(err) for err in raised} == {InvalidRequestError}, {repr(e) for e in raised}
