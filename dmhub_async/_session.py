@@ -270,19 +270,26 @@ class Session:
                 resp.content.set_exception(aiohttp.ClientConnectionError("the client was closed"))
             return
         conn = self._conn
+        elsewhere = conn.loop is not None and conn.loop is not asyncio.get_running_loop()
+        if elsewhere and conn.owns_http and conn.http is not None:
+            # Its connections are the other loop's: closed from here, it returned as if done
+            # and left their sockets open. Said, as a call from here says it; and nothing is
+            # changed while that loop can still close it, as the message says to (closed here,
+            # its own loop's calls failed, and its close there found nothing left to close).
+            if conn.loop is not None and conn.loop.is_closed():
+                conn.closed = True
+                conn.closing.close()
+                conn.http = None
+            raise DMHubError(
+                "this DMHubClient was used in another event loop (an earlier "
+                "asyncio.run()?) and must be closed there: its connections are that loop's,"
+                " and are left open. Make and close the client inside the coroutine you run"
+                ", e.g. `async with DMHubClient() as dm:` in main()"
+            )
         conn.closed = True
         conn.closing.close()
         if conn.owns_http and conn.http is not None:
             http, conn.http = conn.http, None
-            if conn.loop is not None and conn.loop is not asyncio.get_running_loop():
-                # Its connections are the other loop's: closed from here, it returned as if
-                # done and left their sockets open. Said, as a call from here says it.
-                raise DMHubError(
-                    "this DMHubClient was used in another event loop (an earlier "
-                    "asyncio.run()?) and must be closed there: its connections are that loop's,"
-                    " and are left open. Make and close the client inside the coroutine you run"
-                    ", e.g. `async with DMHubClient() as dm:` in main()"
-                )
             # aiohttp's close drops their connections but never tells the readers: a call half
             # way through an answer waited for the rest until its timeout (30 s by default).
             for resp in [*conn.reading, *(r for d in list(conn.derived) for r in d._reading)]:

@@ -710,10 +710,37 @@ def test_closing_a_client_in_another_event_loop_says_it_cannot(server_in_a_threa
         assert http is not None
         with pytest.raises(DMHubError, match=r"must be closed there"):
             asyncio.run(dm.aclose())
-        assert dm.closed
+        assert not dm.closed  # its own loop can still close it
         assert not http.closed  # not closed, and said so
     finally:
         first.run_until_complete(http.close())
+        first.close()
+
+
+def test_a_client_closed_from_another_loop_can_still_be_closed_in_its_own(
+    server_in_a_thread, no_env
+):
+    # A close from the wrong loop (a shutdown hook on the main thread, the client's loop on a
+    # worker thread) said "must be closed there", but had already marked the client closed
+    # (its own loop's calls failed) and let go of its HTTP session: closing it there, as told,
+    # returned without closing anything, and the connections were left to the collector.
+    dm = DMHubClient(access_token="tok", base_url=server_in_a_thread)
+    first = asyncio.new_event_loop()
+    try:
+        assert first.run_until_complete(dm.request("GET", "/v1/customers/1")) == CUSTOMER
+        http = dm._session.http
+        assert http is not None
+        with pytest.raises(DMHubError, match=r"must be closed there"):
+            asyncio.run(dm.aclose())
+
+        assert not dm.closed
+        assert first.run_until_complete(dm.request("GET", "/v1/customers/1")) == CUSTOMER
+        first.run_until_complete(dm.aclose())  # as the error says
+        assert dm.closed
+        assert http.closed
+    finally:
+        if not http.closed:
+            first.run_until_complete(http.close())
         first.close()
 
 
