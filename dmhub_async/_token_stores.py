@@ -425,12 +425,30 @@ class RedisTokenStore:
             yield
         finally:
             keeper.cancel()
-            await asyncio.wait([keeper])
+            token = lock.local.token
             try:
                 await lock.release()
             except (LockError, RedisError, OSError) as err:
                 # The token is fetched and stored by now: a lost lock must not fail the call.
                 log.warning("%r: releasing the lock failed (%s); it expires on its own", self, err)
+            except asyncio.CancelledError:
+                # Cancelled before Redis had it (its asyncio.run() ending, a timeout): the lock
+                # stayed for its ttl, and every other client waited that long for a lock nobody
+                # held. Released all the same, by a task of its own (asyncio.run() cancels the
+                # tasks it had when it ended, not this one), waited for.
+                await asyncio.wait([asyncio.ensure_future(self._release(lock, token))])
+                raise
+            finally:
+                await asyncio.wait([keeper])
+
+    async def _release(self, lock: RedisLock, token: Any) -> None:
+        """Release ``lock``, held with ``token``, unless it is released already."""
+        from redis.exceptions import LockError, RedisError
+
+        try:
+            await lock.do_release(token)
+        except (LockError, RedisError, OSError) as err:
+            log.debug("%r: releasing the lock again failed (%s)", self, err)
 
     async def _keep(self, lock: RedisLock) -> None:
         """Extend ``lock`` to its full ttl every third of it, until cancelled."""

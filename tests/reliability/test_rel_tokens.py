@@ -449,3 +449,37 @@ def test_one_redis_store_serves_every_event_loop_of_a_process(
     assert failures == []
     assert sim.counters.tokens_issued == 4  # the first, then one a revocation
     assert leaks_collected() == []  # each loop's connections were closed with it
+
+
+def test_a_run_that_ends_while_a_redis_lock_is_released_leaves_it_free(
+    redis: RedisServer,
+) -> None:
+    """A run that ended (asyncio.run() returning, a job's timeout) while a client let go of
+    the Redis lock after a token fetch cancelled the release half way: the lock stayed in
+    Redis for its ttl, and the next run, and every other process of the fleet, waited that
+    long (10 s by default) for a lock nobody held."""
+    store = RedisTokenStore(redis.url)
+
+    async def run_ending_in_the_release() -> None:
+        held, fetched = asyncio.Event(), asyncio.Event()
+
+        async def refresh() -> None:
+            async with store.lock("key"):
+                held.set()
+                await fetched.wait()  # the token is fetched and stored: let go of the lock
+
+        holder = asyncio.ensure_future(refresh())
+        await asyncio.wait_for(held.wait(), 10)
+        fetched.set()
+        await asyncio.sleep(0)  # the holder runs to its first wait in the release
+        assert not holder.done()
+        # ... and the run ends now: asyncio.run() cancels what is left of its tasks
+
+    async def next_run() -> None:
+        async with store.lock("key"):
+            pass
+
+    asyncio.run(run_ending_in_the_release())
+    assert redis.command("EXISTS", "dmhub_async:token:key:lock") == ":0"
+    asyncio.run(asyncio.wait_for(next_run(), 3))  # not the lock's 10 s ttl
+    asyncio.run(store.aclose())
