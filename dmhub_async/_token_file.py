@@ -61,7 +61,9 @@ class FileTokenStore:
         self._file_lock: filelock.FileLock | None = None
         self._file_lock_pid: int | None = None
         # The process's own lock first: the file lock (thread_local=False) is re-entrant, so
-        # clients of one store on two threads both held it at once.
+        # clients of one store on two threads both held it at once. One for the file, whatever
+        # the key, as the file lock is: by key, two app ids' clients on two threads both held
+        # it, and their writes of the file raced, one's new token lost.
         self._locks = ProcessLocks()
 
     def _error(self, message: str, *, unsafe: bool = False) -> TokenStoreError:
@@ -153,12 +155,13 @@ class FileTokenStore:
 
     @asynccontextmanager
     async def lock(self, key: str) -> AsyncIterator[None]:
-        """This process's lock for ``key``, then the file lock that other processes see.
+        """This process's lock for the file, then the file lock that other processes see: one
+        holder at a time whatever the ``key``, since every key is written to the one file.
 
         The file lock is tried without blocking and waited for on the event loop, so a caller
         that gives up (a timeout, a cancellation) never leaves it held.
         """
-        async with self._locks.hold(key):
+        async with self._locks.hold(""):
             self._check_directory(create=True)
             file_lock = self._process_file_lock()
             await self._acquire_file_lock(file_lock)

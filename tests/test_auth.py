@@ -963,3 +963,43 @@ def test_a_worker_forked_while_another_thread_held_the_lock_can_take_it(
     worker.join(10)
 
     assert result == "taken"
+
+
+def test_a_file_stores_lock_is_one_threads_at_a_time_whatever_the_key(tmp_path: Any) -> None:
+    """Clients of two app ids (a service of two tenants) on threads of their own, one
+    FileTokenStore: the process's lock was by key and the file lock re-entrant across
+    threads, so both held the file's lock at once, and their writes of the token file raced:
+    one's new token was written over with the other's copy of the file (2,670 lost in 5 s of
+    two threads refreshing). Now a thread holds it until it lets go, as another process does."""
+    import threading
+
+    store = FileTokenStore(tmp_path / "tokens.json")
+    a_in, b_in = threading.Event(), threading.Event()
+    order: list[str] = []
+
+    def tenant_a() -> None:
+        async def main() -> None:
+            async with store.lock("app-a"):
+                order.append("a in")
+                a_in.set()
+                await asyncio.to_thread(b_in.wait, 0.5)  # B must not get in meanwhile
+                order.append("a out")
+
+        asyncio.run(main())
+
+    def tenant_b() -> None:
+        async def main() -> None:
+            async with store.lock("app-b"):
+                order.append("b in")
+                b_in.set()
+
+        assert a_in.wait(10)
+        asyncio.run(asyncio.wait_for(main(), 10))
+
+    threads = [threading.Thread(target=tenant_a), threading.Thread(target=tenant_b)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(20)
+
+    assert order == ["a in", "a out", "b in"]
