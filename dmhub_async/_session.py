@@ -125,6 +125,23 @@ class _Connection:
     derived: weakref.WeakSet[Session] = attrs.Factory(weakref.WeakSet)
 
 
+async def _slot_unless_closed(limits: Limits, closing: Closing) -> None:
+    """A slot of ``limits``, waited for until ``closing`` closes: a derived client's own close
+    ends its wait, as the parent's ends the parent's.
+
+    The wait runs in a task of its own: a caller cancelled (a timeout, a task group) in the
+    turn that task was handed the slot left with the slot taken, never given back, and once
+    ``max_concurrency`` were lost so every call of every client sharing them waited forever.
+    """
+    acquiring = asyncio.ensure_future(limits.acquire())
+    try:
+        await closing.wait(acquiring)
+    except BaseException:
+        if acquiring.done() and not acquiring.cancelled() and acquiring.exception() is None:
+            limits.release()  # taken for a caller that has gone: the next one's
+        raise
+
+
 class Session:
     """Sends :class:`Request` s to one base URL: token, limits, retries, errors, aiohttp.
 
@@ -426,7 +443,7 @@ class Session:
         if limits.take():  # a free slot, the usual case, without a coroutine
             pass
         elif self.derived:  # the limits are the parent's: its close alone ended the wait
-            await self._closing.wait(limits.acquire())
+            await _slot_unless_closed(limits, self._closing)
         else:
             await limits.acquire()
         try:

@@ -919,3 +919,23 @@ async def test_closing_a_derived_client_closes_the_clients_derived_from_it(api, 
     with pytest.raises(DMHubError, match="closed"):
         await grandchild.customers.get(1)
     assert (await sibling.customers.get(1)).id == CUSTOMER["id"]
+
+
+async def test_a_derived_call_cancelled_as_it_gets_its_slot_gives_the_slot_back(api, make_client):
+    # A with_options() client's call waiting for one of max_concurrency's slots, cancelled (a
+    # timeout, a task group) in the turn it was handed the slot: the slot was never given back,
+    # and once max_concurrency of them were lost every call of every client sharing the
+    # connections waited forever.
+    api.get(url("/v1/customers/1"), payload=CUSTOMER, repeat=True)
+    dm = make_client(access_token="tok", max_concurrency=1)
+    derived = dm.with_options(timeout=5)
+    limits = dm._session._limits
+    assert limits.take()  # another call holds the only slot
+    call = asyncio.ensure_future(derived.customers.get(1))
+    for _ in range(10):
+        await asyncio.sleep(0)  # the derived call waits for the slot
+    loop = asyncio.get_running_loop()
+    limits.release()  # the other call ends: the slot is the derived call's...
+    loop.call_soon(loop.call_soon, call.cancel)  # ...which is cancelled as it gets it
+    await asyncio.wait([call])  # cancelled (or through already): either way, done with the slot
+    assert (await asyncio.wait_for(dm.customers.get(1), 5)).id == CUSTOMER["id"]
