@@ -209,7 +209,8 @@ class DMHubClient:
         Cheap: nothing is opened or fetched. ``await dm.with_options(timeout=5).customers.get(1)``.
         Unset options keep this client's. Closing the derived client leaves this one open, and
         ends its own calls still waiting (a backoff, a rate turn, the token store's lock, a body
-        half read) with the "closed" error, as :meth:`aclose` does.
+        half read), and those of the clients derived from it, with the "closed" error, as
+        :meth:`aclose` does.
 
         Raises:
             InvalidRequestError: a bad option.

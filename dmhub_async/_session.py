@@ -283,7 +283,10 @@ class Session:
             # rate turn or the token store's lock waited it all out: only the parent's close
             # ended them. (The connection it shares stays open for the others.)
             self._closing.close()
-            for resp in list(self._reading):
+            # Its own answers, and those of the clients derived from it (closed with it: their
+            # closings are this one's children). Theirs were read on to their timeout.
+            ended = self._conn.derived
+            for resp in [r for d in list(ended) if d._closing.closed for r in d._reading]:
                 resp.content.set_exception(aiohttp.ClientConnectionError("the client was closed"))
             return
         conn = self._conn

@@ -239,7 +239,7 @@ async def test_closing_ends_a_call_waiting_for_the_token_stores_lock(
     assert api.requests == {}
 
 
-@pytest.mark.parametrize("closed", ["client", "derived", "parent"])
+@pytest.mark.parametrize("closed", ["client", "derived", "parent", "derived parent"])
 @pytest.mark.parametrize("length", ["declared", "chunked"])
 async def test_closing_ends_a_call_reading_an_answers_body(make_client, length, closed):
     # aiohttp's close drops the connection but never tells the body's reader: a call half way
@@ -266,13 +266,16 @@ async def test_closing_ends_a_call_reading_an_answers_body(make_client, length, 
     try:
         dm = make_client(access_token="tok", base_url=f"http://127.0.0.1:{runner.addresses[0][1]}")
         caller = dm if closed == "client" else dm.with_options(timeout=5)
+        closing = dm if closed == "parent" else caller
+        if closed == "derived parent":  # a call of a client derived from a derived one
+            caller = closing.with_options(extra_headers={"X-Trace": "a"})
         call = asyncio.ensure_future(caller.request("GET", "/v1/customers/1"))
         await asyncio.wait_for(sent.wait(), 5)
         for _ in range(50):  # the client reads the headers and the first bytes
             await asyncio.sleep(0)
 
         # "parent": a derived client's call, its parent closed
-        await asyncio.wait_for((dm if closed == "parent" else caller).aclose(), 5)
+        await asyncio.wait_for(closing.aclose(), 5)
         with pytest.raises(DMHubError, match=r"^this DMHubClient is closed"):
             await asyncio.wait_for(call, 5)
     finally:
