@@ -220,10 +220,10 @@ def merge(
     *,
     allow_incomplete: bool = False,
 ) -> int:
-    """Concatenate a sharded export's parts into ``dest``, in shard order; the lines written.
+    """Concatenate a sharded export's parts into ``dest``, in shard order; the records written.
 
-    The lines are the records of a JSONL export. A CSV keeps the first part's header only (and
-    counts a quoted line break as a line). ``dest`` is written to a temp file beside it and
+    A CSV keeps the first part's header only; a record whose quoted field holds line breaks
+    counts once. ``dest`` is written to a temp file beside it and
     moved into place at the end, so a failed merge leaves no half file; it gets the mode a
     plain ``open()`` gives (0666 less the umask), as the parts do. With
     ``allow_incomplete``, a part that is not complete goes in as far as its checkpoint covers,
@@ -266,9 +266,15 @@ def merge(
             # same size put in its place, was merged without a word.
             check = outcome.sha256 is not None and not unfinished and not allow_incomplete
             digest = hashlib.sha256()
+            csv = manifest.format == "csv"
+            # A CSV record's lines while a quoted field runs on (an odd count of `"` on a line
+            # opens or closes one: a quote inside a field is doubled): written once it ends, so
+            # a record counts once, and one torn across its lines is left out whole.
+            held: list[bytes] = []
+            quoted = False
             with part.open("rb") as fh:
                 read = 0
-                if manifest.format == "csv":
+                if csv:
                     header = fh.readline()
                     read += len(header)
                     digest.update(header)
@@ -281,6 +287,13 @@ def merge(
                         break
                     if check:
                         digest.update(line)
+                    if csv and (quoted or line.count(b'"') % 2):
+                        held.append(line)
+                        quoted ^= line.count(b'"') % 2 == 1
+                        if quoted:
+                            continue
+                        line = b"".join(held)
+                        held.clear()
                     out.write(line)
                     records += 1
             if check and digest.hexdigest() != outcome.sha256:

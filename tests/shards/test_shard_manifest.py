@@ -6,6 +6,7 @@ left), or failed with a raw error.
 
 from __future__ import annotations
 
+import csv
 import os
 import stat
 from collections.abc import AsyncIterator, Callable
@@ -272,3 +273,32 @@ async def test_merging_what_there_is_stops_where_the_checkpoint_does(
 
     assert merged == manifest.exported
     assert (tmp_path / "all.csv").read_bytes().count(b"torn") == 0
+
+
+async def test_a_csv_merge_counts_records_and_leaves_out_one_torn_across_its_lines(
+    dm: DMHubClient, tmp_path: Path
+) -> None:
+    # A CSV record whose quoted field holds line breaks spans lines: merge counted lines, not
+    # records (3 customers with two breaks each: 6 too many), and a complete part cut short
+    # inside such a record (allow_incomplete) gave the merged file half a record.
+    for n in range(3):
+        await dm.customers.create(name=f"first\nsecond\nthird {n}")
+    out = tmp_path / "out"
+    manifest = await export_sharded(dm, out, 2, format="csv", progress=False)
+
+    assert merge(out, tmp_path / "all.csv") == manifest.exported == CUSTOMERS + 3
+    with (tmp_path / "all.csv").open(newline="", encoding="utf-8") as fh:
+        assert len(list(csv.reader(fh))) == 1 + CUSTOMERS + 3  # the header, then each record
+
+    last = out / "part-00001.csv"
+    whole = last.read_bytes()
+    last.write_bytes(whole[: whole.rindex(b"\nsecond\n") + 1])  # inside the last such record
+    merged = merge(out, tmp_path / "some.csv", allow_incomplete=True)
+    with (tmp_path / "some.csv").open(newline="", encoding="utf-8") as fh:
+        rows = list(csv.reader(fh))
+    assert merged == len(rows) - 1
+    assert all(
+        not row[rows[0].index("name")].startswith("first\n")
+        or "third" in row[rows[0].index("name")]
+        for row in rows[1:]
+    )  # no half record
