@@ -31,6 +31,12 @@ def dmhub(
     )
 
 
+def queued_export(out: Path, queue: str) -> list[str]:
+    """The command of a 2-shard export of everyone into ``out`` on the queue at ``queue``."""
+    command = ["export", "--out", str(out), "--shards", "2", "--queue", queue, "-q"]
+    return [sys.executable, "-m", "dmhub_async", *command]
+
+
 def test_export_on_worker_processes_then_merge(tmp_path: Path) -> None:
     out = tmp_path / "june"
     with sim_process(6_000) as sim:
@@ -218,19 +224,7 @@ def test_a_queue_with_a_password_is_reached_without_it_on_the_command_line(
         )
         try:
             run = subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "dmhub_async",
-                    "export",
-                    "--out",
-                    str(tmp_path / "q"),
-                    "--shards",
-                    "2",
-                    "--queue",
-                    redis.url,
-                    "-q",
-                ],
+                queued_export(tmp_path / "q", redis.url),
                 env=env,
                 capture_output=True,
                 text=True,
@@ -255,19 +249,7 @@ def test_a_worker_says_a_failed_shard_in_one_line_not_a_traceback(
     # last resort: some 60 lines a shard, where the CLI promises one line and no traceback.
     with sim_process(200) as sim:
         export = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "dmhub_async",
-                "export",
-                "--out",
-                str(tmp_path / "q"),
-                "--shards",
-                "2",
-                "--queue",
-                redis.url,
-                "-q",
-            ],
+            queued_export(tmp_path / "q", redis.url),
             env=sim.env(XDG_CACHE_HOME=str(tmp_path / "cache")),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
