@@ -7,11 +7,18 @@ the fixtures need) is not a dependency of the package.
 
 from __future__ import annotations
 
+import re
 import subprocess
+import sys
 import venv
 from pathlib import Path
 
 import pytest
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Making the venv and installing into it takes 10-20 s, more on a busy machine.
@@ -104,3 +111,48 @@ def test_the_plugin_named_in_a_conftest_too_and_switched_off_by_its_name(
     )  # fmt: skip
     assert off.returncode == 1, off.stdout + off.stderr
     assert "fixture 'dmhub_clock' not found" in off.stdout
+
+
+def _declared_floors() -> list[str]:
+    """``name==floor`` for each runtime dependency, its ``>=`` floor in pyproject.toml."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    floors = []
+    for requirement in project["dependencies"]:
+        found = re.fullmatch(r"([A-Za-z0-9_.-]+)>=([0-9.]+)", requirement)
+        assert found, f"a runtime dependency without a plain >= floor: {requirement!r}"
+        floors.append(f"{found[1]}=={found[2]}")
+    return floors
+
+
+@pytest.fixture(scope="module")
+def floor_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh venv holding dmhub-async with each dependency at the oldest version it allows."""
+    where = tmp_path_factory.mktemp("floor-venv")
+    try:
+        venv.create(where, with_pip=True)
+    except (OSError, subprocess.CalledProcessError) as err:
+        pytest.skip(f"cannot make a venv here: {err}")
+    python = where / "bin" / "python"
+    constraints = where / "floors.txt"
+    constraints.write_text("\n".join(_declared_floors()) + "\n", encoding="utf-8")
+    installed = _run(
+        [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+         "--only-binary", ":all:", "-c", str(constraints), str(ROOT)],
+        cwd=where,
+        timeout=300,
+    )  # fmt: skip
+    if installed.returncode != 0:  # no wheel of an old floor for this Python, or no network
+        pytest.skip(f"cannot install the floors: {installed.stderr.strip()[-300:]}")
+    return python
+
+
+def test_the_declared_dependency_floors_run_an_export(floor_python: Path, tmp_path: Path) -> None:
+    # pyproject said filelock>=3.12, but the export's output lock passes `on_acquired`, which
+    # filelock has since 3.30: a user whose project held filelock 3.12-3.29 (pip keeps an
+    # installed version that satisfies the floor) had every `export` and `demo` fail with
+    # "TypeError: ... unexpected keyword argument 'on_acquired'".
+    demo = floor_python.parent / "dmhub-async"
+    result = _run([str(demo), "demo", "--customers", "300", "--latency-ms", "0"], cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    exported = (tmp_path / "dmhub-demo.jsonl").read_text(encoding="utf-8").splitlines()
+    assert len(exported) == 300
