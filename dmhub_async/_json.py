@@ -30,6 +30,11 @@ try:  # optional: the `fast` extra; without it raw_rows decodes and re-encodes e
     import msgspec
 except ImportError:  # pragma: no cover - exercised by tests that hide msgspec
     msgspec = None  # type: ignore[assignment]
+else:
+    if not issubclass(msgspec.DecodeError, ValueError):  # pragma: no cover - tests/test_packaging
+        # Before msgspec 0.21 its errors are no ValueError, which the readers catch: an older one
+        # (installed for another library, not by the extra) is left unused, not let raise them.
+        msgspec = None  # type: ignore[assignment]
 
 __all__ = ["RawRows", "dumps", "dumps_line", "exact_number", "loads", "raw_rows"]
 

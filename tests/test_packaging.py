@@ -114,10 +114,10 @@ def test_the_plugin_named_in_a_conftest_too_and_switched_off_by_its_name(
 
 
 def _declared_floors() -> list[str]:
-    """``name==floor`` for each runtime dependency, its ``>=`` floor in pyproject.toml."""
+    """``name==floor`` for each runtime dependency and the ``fast`` extra's, its ``>=`` floor."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     floors = []
-    for requirement in project["dependencies"]:
+    for requirement in project["dependencies"] + project["optional-dependencies"]["fast"]:
         found = re.fullmatch(r"([A-Za-z0-9_.-]+)>=([0-9.]+)", requirement)
         assert found, f"a runtime dependency without a plain >= floor: {requirement!r}"
         floors.append(f"{found[1]}=={found[2]}")
@@ -126,7 +126,7 @@ def _declared_floors() -> list[str]:
 
 @pytest.fixture(scope="module")
 def floor_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A fresh venv holding dmhub-async with each dependency at the oldest version it allows."""
+    """A fresh venv holding dmhub-async[fast], each dependency at the oldest version allowed."""
     where = tmp_path_factory.mktemp("floor-venv")
     try:
         venv.create(where, with_pip=True)
@@ -137,7 +137,7 @@ def floor_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
     constraints.write_text("\n".join(_declared_floors()) + "\n", encoding="utf-8")
     installed = _run(
         [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-         "--only-binary", ":all:", "-c", str(constraints), str(ROOT)],
+         "--only-binary", ":all:", "-c", str(constraints), f"{ROOT}[fast]"],
         cwd=where,
         timeout=300,
     )  # fmt: skip
@@ -156,3 +156,80 @@ def test_the_declared_dependency_floors_run_an_export(floor_python: Path, tmp_pa
     assert result.returncode == 0, result.stdout + result.stderr
     exported = (tmp_path / "dmhub-demo.jsonl").read_text(encoding="utf-8").splitlines()
     assert len(exported) == 300
+
+
+#: A service whose list page holds an object where the rows go: the SDK's error, not msgspec's.
+ODD_PAGE = """
+import asyncio
+from aiohttp import web
+from dmhub_async import DMHubClient, ResponseDecodeError
+
+async def token(request):
+    return web.json_response({"access_token": "a" * 32, "expires_in": 7200})
+
+async def customers(request):
+    return web.json_response({"rows": {"id": 1}, "records": 1, "total": 1})
+
+async def main():
+    app = web.Application()
+    app.router.add_get("/security/accesstoken", token)
+    app.router.add_get("/v1/customers", customers)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        async with DMHubClient("app", "secret", base_url=f"http://127.0.0.1:{port}") as dm:
+            try:
+                [c async for c in dm.customers.list()]
+            except ResponseDecodeError as err:
+                print("ResponseDecodeError:", err)
+    finally:
+        await runner.cleanup()
+
+asyncio.run(main())
+"""
+
+
+def test_the_fast_extras_floor_raises_the_sdks_errors(floor_python: Path, tmp_path: Path) -> None:
+    # The extra allowed msgspec 0.18, but the page readers catch msgspec's errors as the
+    # ValueError they are from msgspec 0.21 on: with 0.18-0.20 a page not of the promised shape
+    # raised a raw `msgspec.ValidationError` (not a DMHubError, so not caught as one) and a
+    # service's lenient values (a number where a string goes) failed the walk, not read.
+    result = _run([str(floor_python), "-c", ODD_PAGE], cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "ResponseDecodeError: GET /v1/customers -> HTTP 200" in result.stdout
+
+
+@pytest.fixture(scope="module")
+def old_msgspec_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh venv holding dmhub-async without its extra, and msgspec 0.20 installed apart."""
+    where = tmp_path_factory.mktemp("old-msgspec-venv")
+    try:
+        venv.create(where, with_pip=True)
+    except (OSError, subprocess.CalledProcessError) as err:
+        pytest.skip(f"cannot make a venv here: {err}")
+    python = where / "bin" / "python"
+    installed = _run(
+        [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+         "--only-binary", "msgspec", str(ROOT), "msgspec==0.20.0"],
+        cwd=where,
+        timeout=300,
+    )  # fmt: skip
+    if installed.returncode != 0:
+        pytest.skip(f"cannot install msgspec 0.20: {installed.stderr.strip()[-300:]}")
+    return python
+
+
+def test_an_older_msgspec_installed_for_another_library_is_left_unused(
+    old_msgspec_python: Path, tmp_path: Path
+) -> None:
+    # The SDK uses msgspec whenever it can import it, extra or not: a project holding an older
+    # one for another library met msgspec's raw errors too, whatever the extra's floor says.
+    result = _run([str(old_msgspec_python), "-c", ODD_PAGE], cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "ResponseDecodeError: GET /v1/customers -> HTTP 200" in result.stdout
+    demo = old_msgspec_python.parent / "dmhub-async"
+    result = _run([str(demo), "demo", "--customers", "300", "--latency-ms", "0"], cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr

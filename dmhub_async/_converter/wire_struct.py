@@ -42,6 +42,9 @@ try:
     import msgspec
 except ImportError:  # pragma: no cover - the fast extra is not installed
     msgspec = None  # type: ignore[assignment]
+else:
+    if not issubclass(msgspec.DecodeError, ValueError):  # pragma: no cover - before 0.21
+        msgspec = None  # type: ignore[assignment]
 
 T = TypeVar("T")
 
