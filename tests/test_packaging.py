@@ -31,24 +31,28 @@ def _run(args: list[str], cwd: Path, timeout: float = 120) -> subprocess.Complet
     )
 
 
-@pytest.fixture(scope="module")
-def user_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The python of a fresh venv holding only dmhub-async (with its dependencies) and pytest."""
-    where = tmp_path_factory.mktemp("user-venv")
+def _venv_with(tmp_path_factory: pytest.TempPathFactory, name: str, *pip: str) -> Path:
+    """The python of a fresh venv into which ``pip install *pip`` went (skip if it cannot)."""
+    where = tmp_path_factory.mktemp(name)
     try:
         venv.create(where, with_pip=True)
     except (OSError, subprocess.CalledProcessError) as err:
         pytest.skip(f"cannot make a venv here: {err}")
     python = where / "bin" / "python"
     installed = _run(
-        [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-         str(ROOT), "pytest"],
+        [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *pip],
         cwd=where,
         timeout=300,
-    )  # fmt: skip
-    if installed.returncode != 0:
-        pytest.skip(f"cannot install into a fresh venv: {installed.stderr.strip()[-300:]}")
+    )
+    if installed.returncode != 0:  # no wheel of an old floor for this Python, or no network
+        pytest.skip(f"cannot install {pip}: {installed.stderr.strip()[-300:]}")
     return python
+
+
+@pytest.fixture(scope="module")
+def user_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The python of a fresh venv holding only dmhub-async (with its dependencies) and pytest."""
+    return _venv_with(tmp_path_factory, "user-venv", str(ROOT), "pytest")
 
 
 def _pytest(python: Path, project: Path) -> subprocess.CompletedProcess[str]:
@@ -131,23 +135,13 @@ def _declared_floors() -> list[str]:
 @pytest.fixture(scope="module")
 def floor_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh venv holding dmhub-async[fast,redis], each dependency at its oldest allowed."""
-    where = tmp_path_factory.mktemp("floor-venv")
-    try:
-        venv.create(where, with_pip=True)
-    except (OSError, subprocess.CalledProcessError) as err:
-        pytest.skip(f"cannot make a venv here: {err}")
-    python = where / "bin" / "python"
-    constraints = where / "floors.txt"
+    constraints = tmp_path_factory.mktemp("floors") / "floors.txt"
     constraints.write_text("\n".join(_declared_floors()) + "\n", encoding="utf-8")
-    installed = _run(
-        [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-         "--only-binary", ":all:", "-c", str(constraints), f"{ROOT}[fast,redis]"],
-        cwd=where,
-        timeout=300,
-    )  # fmt: skip
-    if installed.returncode != 0:  # no wheel of an old floor for this Python, or no network
-        pytest.skip(f"cannot install the floors: {installed.stderr.strip()[-300:]}")
-    return python
+    return _venv_with(
+        tmp_path_factory,
+        "floor-venv",
+        *("--only-binary", ":all:", "-c", str(constraints), f"{ROOT}[fast,redis]"),
+    )
 
 
 def test_the_declared_dependency_floors_run_an_export(floor_python: Path, tmp_path: Path) -> None:
@@ -209,21 +203,14 @@ def test_the_fast_extras_floor_raises_the_sdks_errors(floor_python: Path, tmp_pa
 @pytest.fixture(scope="module")
 def old_msgspec_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh venv holding dmhub-async without its extra, and msgspec 0.20 installed apart."""
-    where = tmp_path_factory.mktemp("old-msgspec-venv")
-    try:
-        venv.create(where, with_pip=True)
-    except (OSError, subprocess.CalledProcessError) as err:
-        pytest.skip(f"cannot make a venv here: {err}")
-    python = where / "bin" / "python"
-    installed = _run(
-        [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-         "--only-binary", "msgspec", str(ROOT), "msgspec==0.20.0"],
-        cwd=where,
-        timeout=300,
-    )  # fmt: skip
-    if installed.returncode != 0:
-        pytest.skip(f"cannot install msgspec 0.20: {installed.stderr.strip()[-300:]}")
-    return python
+    return _venv_with(
+        tmp_path_factory,
+        "old-msgspec-venv",
+        "--only-binary",
+        "msgspec",
+        str(ROOT),
+        "msgspec==0.20.0",
+    )
 
 
 def test_an_older_msgspec_installed_for_another_library_is_left_unused(
