@@ -36,7 +36,10 @@ else:
         # (installed for another library, not by the extra) is left unused, not let raise them.
         msgspec = None  # type: ignore[assignment]
 
-__all__ = ["RawRows", "dumps", "dumps_line", "exact_number", "loads", "raw_rows"]
+#: Whether msgspec is used (installed, and 0.21 or newer): the converter's page readers ask too.
+HAS_MSGSPEC: Final = msgspec is not None
+
+__all__ = ["HAS_MSGSPEC", "RawRows", "dumps", "dumps_line", "exact_number", "loads", "raw_rows"]
 
 #: Every fourth byte: a run of 16 or more digits (and points) leaves four in a row in the
 #: sample, and a timestamp (``2017-06-01T12:12:12.123``: a separator every 3 bytes, and 3 to 6

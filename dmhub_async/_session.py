@@ -14,7 +14,7 @@ import os
 import time
 import urllib.request
 import weakref
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, cast
 from urllib.parse import urlsplit
 
@@ -123,6 +123,13 @@ class _Connection:
     reading: set[aiohttp.ClientResponse] = attrs.Factory(set)
     #: The derived sessions (``with_options``) alive, whose answers the close ends too.
     derived: weakref.WeakSet[Session] = attrs.Factory(weakref.WeakSet)
+
+
+def _end_reads(responses: Iterable[aiohttp.ClientResponse]) -> None:
+    """End the reads of these answers' bodies with the "closed" connection error, at once
+    (aiohttp's close drops their connections but never tells the readers)."""
+    for resp in list(responses):  # a reader woken here may leave its set while this runs
+        resp.content.set_exception(aiohttp.ClientConnectionError("the client was closed"))
 
 
 async def _slot_unless_closed(limits: Limits, closing: Closing) -> None:
@@ -285,9 +292,7 @@ class Session:
             self._closing.close()
             # Its own answers, and those of the clients derived from it (closed with it: their
             # closings are this one's children). Theirs were read on to their timeout.
-            ended = self._conn.derived
-            for resp in [r for d in list(ended) if d._closing.closed for r in d._reading]:
-                resp.content.set_exception(aiohttp.ClientConnectionError("the client was closed"))
+            _end_reads(r for d in list(self._conn.derived) if d._closing.closed for r in d._reading)
             return
         conn = self._conn
         elsewhere = conn.loop is not None and conn.loop is not asyncio.get_running_loop()
@@ -312,8 +317,7 @@ class Session:
             http, conn.http = conn.http, None
             # aiohttp's close drops their connections but never tells the readers: a call half
             # way through an answer waited for the rest until its timeout (30 s by default).
-            for resp in [*conn.reading, *(r for d in list(conn.derived) for r in d._reading)]:
-                resp.content.set_exception(aiohttp.ClientConnectionError("the client was closed"))
+            _end_reads([*conn.reading, *(r for d in list(conn.derived) for r in d._reading)])
             await http.close()
 
     def check_open(self) -> None:

@@ -115,10 +115,15 @@ def loop_table(
     """
     table = tables.get(loop)
     if table is None:
-        for closed in [other for other in tables if other.is_closed()]:
-            del tables[closed]
+        drop_closed_loops(tables)
         table = tables[loop] = {}
     return table
+
+
+def drop_closed_loops(tables: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any]) -> None:
+    """Forget what ``tables`` keeps for loops now closed (see :func:`loop_table`)."""
+    for closed in [other for other in tables if other.is_closed()]:
+        del tables[closed]
 
 
 class PerLoop(Generic[V]):
@@ -160,8 +165,7 @@ class PerLoop(Generic[V]):
         # It runs to its yield at once (nothing before it awaits), and is the loop's to close.
         await closer.__anext__()
         with self._guard:
-            for closed in [other for other in self._by_loop if other.is_closed()]:
-                del self._by_loop[closed]
+            drop_closed_loops(self._by_loop)
             self._by_loop[loop] = (value, closer)
         return value
 

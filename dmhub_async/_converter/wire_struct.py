@@ -43,7 +43,7 @@ try:
 except ImportError:  # pragma: no cover - the fast extra is not installed
     msgspec = None  # type: ignore[assignment]
 else:
-    if not issubclass(msgspec.DecodeError, ValueError):  # pragma: no cover - before 0.21
+    if not _json.HAS_MSGSPEC:  # pragma: no cover - too old for the readers: _json decides
         msgspec = None  # type: ignore[assignment]
 
 T = TypeVar("T")
