@@ -76,7 +76,8 @@ class DMHubClient:
         allow_insecure_http: accept an ``http://`` base URL that is not on this machine (the
             secret and the token would cross the network in clear text).
         timezone: the zone of time filters given without an offset: a ``tzinfo`` or an IANA
-            name (``"Asia/Shanghai"``). Unset, they are read as UTC with a
+            name (``"Asia/Shanghai"``); a pytz zone is read as the zone it names (not its
+            local mean time). Unset, they are read as UTC with a
             :class:`NaiveDatetimeWarning`. A ``date_join`` written without an offset is read
             in it too (unset: UTC).
 

@@ -28,18 +28,32 @@ class NaiveDatetimeWarning(UserWarning):
 
 
 def zone_setting(value: object) -> tzinfo | None:
-    """The ``timezone`` setting as a tzinfo: a tzinfo as is, an IANA name looked up, or None."""
-    if value is None or isinstance(value, tzinfo):
+    """The ``timezone`` setting as a tzinfo: a tzinfo as is, an IANA name looked up, or None.
+
+    A pytz zone is taken as the ``ZoneInfo`` of its name: a naive time is placed in a zone by
+    ``replace(tzinfo=...)``, which on a pytz zone gives its first, local mean time (+08:06 for
+    Asia/Shanghai, -04:56 for America/New_York), minutes off every time sent.
+    """
+    if value is None:
+        return None
+    if isinstance(value, tzinfo):
+        name = getattr(value, "zone", None)
+        if callable(getattr(value, "localize", None)) and isinstance(name, str):
+            return _named(name)  # pytz: FixedOffset has no name and works as it is
         return value
     if isinstance(value, str):
-        try:
-            return zoneinfo.ZoneInfo(value)
-        except (ValueError, KeyError, OSError):  # ZoneInfoNotFoundError is a KeyError
-            pass
-        raise InvalidRequestError(f"timezone: no time zone is named {short(value)}")
+        return _named(value)
     raise InvalidRequestError(
         f"timezone must be a tzinfo or an IANA name such as 'Asia/Shanghai', not {short(value)}"
     )
+
+
+def _named(name: str) -> tzinfo:
+    try:
+        return zoneinfo.ZoneInfo(name)
+    except (ValueError, KeyError, OSError):  # ZoneInfoNotFoundError is a KeyError
+        pass
+    raise InvalidRequestError(f"timezone: no time zone is named {short(name)}")
 
 
 def query_time(

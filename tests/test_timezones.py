@@ -168,6 +168,32 @@ def test_the_setting_is_a_tzinfo() -> None:
     assert DMHubClient(access_token="t").timezone is None  # unset: UTC, with the warning
 
 
+@pytest.mark.parametrize(
+    ("name", "value", "sent"),
+    [
+        ("Asia/Shanghai", datetime(2024, 1, 1, 9, 0), "2024-01-01T01:00:00"),
+        ("Asia/Shanghai", date(2024, 7, 1), "2024-06-30T16:00:00"),
+        ("America/New_York", datetime(2024, 7, 1, 9, 0), "2024-07-01T13:00:00"),
+        ("America/New_York", "2024-01-01", "2024-01-01T05:00:00"),
+    ],
+)
+async def test_a_pytz_zone_is_read_as_its_named_zone(
+    count_answers: aioresponses,
+    make_client: Callable[..., DMHubClient],
+    name: str,
+    value: Any,
+    sent: str,
+) -> None:
+    # A pytz zone set on a naive time (replace(tzinfo=...), which is how a tzinfo is applied)
+    # gives that zone's first, local mean time: +08:06 for Shanghai, -04:56 for New York.
+    # 09:00 in Shanghai went out as 00:54Z, and a summer day in New York began 56 minutes late.
+    pytz = pytest.importorskip("pytz")
+    dm = make_client(timezone=pytz.timezone(name))
+    assert await dm.customers.count(date_created_from=value) == 7
+    assert sent_query(count_answers)["dateCreatedFrom"] == sent
+    assert dm.timezone == ZoneInfo(name)
+
+
 @pytest.mark.parametrize("zone", ["Mars/Olympus_Mons", "", "../etc/passwd", 8, timedelta(hours=8)])
 def test_an_unknown_zone_is_refused(zone: Any) -> None:
     with pytest.raises(InvalidRequestError, match="timezone"):
