@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import sys
 import warnings
-from collections.abc import Callable
+import zoneinfo
+from collections.abc import Callable, Iterator
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -192,6 +193,34 @@ async def test_a_pytz_zone_is_read_as_its_named_zone(
     assert await dm.customers.count(date_created_from=value) == 7
     assert sent_query(count_answers)["dateCreatedFrom"] == sent
     assert dm.timezone == ZoneInfo(name)
+
+
+#: A zone no other test names: this one's cache entry is dropped before and after.
+_UNSHARED = "Asia/Harbin"  # a name of Shanghai's rules
+
+
+@pytest.fixture
+def no_system_zones() -> Iterator[None]:
+    """A machine without the system's zone database: Windows, an Alpine or distroless image."""
+    zoneinfo.ZoneInfo.clear_cache(only_keys=[_UNSHARED])
+    zoneinfo.reset_tzpath(to=[])
+    try:
+        yield
+    finally:
+        zoneinfo.reset_tzpath()
+        zoneinfo.ZoneInfo.clear_cache(only_keys=[_UNSHARED])
+
+
+async def test_a_zone_name_works_without_the_system_zone_database(
+    no_system_zones: None,
+    count_answers: aioresponses,
+    make_client: Callable[..., DMHubClient],
+) -> None:
+    # The README's timezone="Asia/Shanghai" raised "no time zone is named 'Asia/Shanghai'" on
+    # Windows, which has no zone database for zoneinfo to read: the package now brings one.
+    dm = make_client(timezone=_UNSHARED)
+    assert await dm.customers.count(date_created_from=datetime(2024, 1, 1, 9)) == 7
+    assert sent_query(count_answers)["dateCreatedFrom"] == "2024-01-01T01:00:00"
 
 
 @pytest.mark.parametrize("zone", ["Mars/Olympus_Mons", "", "../etc/passwd", 8, timedelta(hours=8)])
