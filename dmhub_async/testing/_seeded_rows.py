@@ -9,6 +9,7 @@ looked up backwards without an index.
 from __future__ import annotations
 
 import time
+from datetime import datetime, timedelta
 
 from ._fields import Row
 from ._pools import (
@@ -50,7 +51,14 @@ _SHOP_OFFSET = 10_000
 
 def iso(ts: int) -> str:
     """Format epoch seconds the way the service does: ``2017-06-01T12:12:12Z``."""
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+    if ts >= 0:
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+    # Before 1970 (a filter's bound): strftime writes the year 500 as "500-01-01...", which
+    # compares as text after "2016-...", and gmtime refuses such times on Windows.
+    return (_EPOCH + timedelta(seconds=ts)).isoformat() + "Z"
+
+
+_EPOCH = datetime(1970, 1, 1)
 
 
 #: The filterable fields drawn from a few values: (shift, mask, values) of their code in gene a.

@@ -450,6 +450,28 @@ async def test_date_bounds_are_inclusive_to_the_second(api: Api, sim: DMHubSimul
     assert [r["id"] for r in body["rows"]] == [target["id"]]
 
 
+@pytest.mark.parametrize(
+    ("params", "found"),
+    [
+        ({"dateCreatedTo": "0500-01-01T00:00:00"}, 0),
+        ({"lastUpdatedTo": "0999-12-31T23:59:59"}, 0),
+        ({"dateCreatedFrom": "0500-01-01T00:00:00"}, 200),
+        ({"lastUpdatedFrom": "0999-12-31T23:59:59"}, 200),
+    ],
+)
+async def test_a_bound_before_the_year_1000_filters_edited_customers_too(
+    api: Api, sim: DMHubSimulator, params: dict[str, str], found: int
+) -> None:
+    # Edited rows were compared as text with the bound written by strftime, "500-01-01...":
+    # "2016-..." is after it as text, so before the year 500 they all were, and not after it.
+    first = everyone(sim)[0]["id"]
+    status, _ = await api.call("PUT", f"/v1/customers/{first}", {"remark": "edited"})
+    assert status == 200
+    assert (await api.call("GET", "/v1/customers/count", **params))[1] == found
+    _, body = await api.call("GET", "/v1/customers", rows=100, **params)
+    assert body["records"] == found
+
+
 async def test_filters_by_mobile_email_and_id_list(api: Api, sim: DMHubSimulator) -> None:
     people = everyone(sim)
     with_mobile = next(c for c in people if c["mobile"])
