@@ -34,6 +34,8 @@ __all__ = ["MAX_SHARDS", "Shard", "manifest_filters", "plan_shards"]
 MAX_SHARDS = 4096
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _ONE_SECOND = timedelta(seconds=1)
+#: The last second a window can end at (exclusive): datetime's last whole second.
+_LAST_END = (datetime.max.replace(tzinfo=timezone.utc) - _EPOCH) // _ONE_SECOND
 
 
 def _seconds(moment: datetime) -> int:
@@ -240,6 +242,13 @@ async def plan_shards(
     hi = hi_inclusive + 1 if hi_inclusive is not None else None
     if lo is not None and hi is not None and hi <= lo:
         raise InvalidRequestError("plan_shards(): date_created_to is before date_created_from")
+    if hi is not None and hi > _LAST_END:
+        # The last window ends the second after the bound, which no datetime holds: a raw
+        # OverflowError after every count probe.
+        raise InvalidRequestError(
+            "plan_shards(): date_created_to is the last second of the year 9999, after which"
+            " no window can end: leave it out to export without an end"
+        )
     newest = _newest(now)
     # Checked by the resource before the first request: a bad filter sends nothing.
     probe = _Probe(client, safe, lo)

@@ -191,8 +191,22 @@ async def test_a_shard_in_another_zone_is_the_same_window_in_utc(
         # Raw errors after the first count was sent: AttributeError, OverflowError.
         {"n": 2, "now": 5},
         {"n": 2, "now": datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=23)))},
+        # A raw OverflowError after every count probe (CLI: a traceback): the last window
+        # ends the second after this one, which no datetime holds.
+        {"n": 2, "date_created_to": "9999-12-31T23:59:59+00:00"},
+        {"n": 2, "date_created_to": datetime.max.replace(tzinfo=timezone.utc)},
     ],
-    ids=["n 0", "n 10,000", "n a str", "sort_by", "stage an int", "now an int", "now year 0"],
+    ids=[
+        "n 0",
+        "n 10,000",
+        "n a str",
+        "sort_by",
+        "stage an int",
+        "now an int",
+        "now year 0",
+        "to the last second",
+        "to datetime.max",
+    ],
 )
 async def test_bad_input_sends_nothing(
     sim: DMHubSimulator, dm: DMHubClient, kwargs: dict[str, object]
