@@ -12,11 +12,12 @@ from __future__ import annotations
 import warnings
 import zoneinfo
 from datetime import date, datetime, time, timezone, tzinfo
+from typing import Any
 
 from ._exceptions import InvalidRequestError
-from ._validate import short
+from ._validate import MAX_JSON_DEPTH, short
 
-__all__ = ["NaiveDatetimeWarning", "query_time", "warn_naive", "zone_setting"]
+__all__ = ["NaiveDatetimeWarning", "query_time", "times_in_utc", "warn_naive", "zone_setting"]
 
 
 class NaiveDatetimeWarning(UserWarning):
@@ -92,6 +93,39 @@ def in_utc(method: str, name: str, moment: datetime, zone: tzinfo, *, given: obj
         return moment.astimezone(timezone.utc)
     except (OverflowError, ValueError):
         raise InvalidRequestError(f"{method}(): {name} is out of range: {short(given)}") from None
+
+
+def times_in_utc(method: str, where: str, value: Any, zone: tzinfo, depth: int = 0) -> Any:
+    """``value``, JSON data such as ``attr``, with each ``datetime`` in it (in dicts, lists and
+    tuples) in UTC, one without an offset read in ``zone``; ``value`` itself when none is in it.
+
+    As ``date_join`` is: one with no UTC form (year 1 at +23:00) was a raw OverflowError from
+    the converter; it is InvalidRequestError naming it (``attr['joined']``). Nesting past the
+    body check's limit is left for that check to refuse.
+    """
+    if isinstance(value, datetime):
+        return in_utc(method, where, value, zone, given=value)
+    if depth >= MAX_JSON_DEPTH:
+        return value
+    if isinstance(value, dict):
+        changed = False
+        out: dict[Any, Any] = {}
+        for key, item in value.items():
+            if isinstance(item, (datetime, dict, list, tuple)):
+                new = times_in_utc(method, f"{where}[{short(key)}]", item, zone, depth + 1)
+                changed = changed or new is not item
+                item = new
+            out[key] = item
+        return out if changed else value
+    if isinstance(value, (list, tuple)):
+        items = [
+            times_in_utc(method, f"{where}[{index}]", item, zone, depth + 1)
+            if isinstance(item, (datetime, dict, list, tuple))
+            else item
+            for index, item in enumerate(value)
+        ]
+        return items if any(a is not b for a, b in zip(items, value, strict=True)) else value
+    return value
 
 
 def _parse(method: str, name: str, text: str) -> date | datetime:

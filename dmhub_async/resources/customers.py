@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable, Iterable, Mapping
-from datetime import tzinfo
+from datetime import timezone, tzinfo
 from typing import Any, TypeVar
 
 from typing_extensions import Unpack
@@ -18,7 +18,7 @@ from .._converter import (
 )
 from .._exceptions import InvalidRequestError
 from .._pagination import AsyncPaginator
-from .._query_time import in_utc, warn_naive
+from .._query_time import in_utc, times_in_utc, warn_naive
 from .._session import Session
 from .._validate import (
     check_customer_fields,
@@ -273,9 +273,15 @@ class Customers(Resource):
     def _zoned(self, method: str, fields: Mapping[str, Any]) -> Mapping[str, Any]:
         """``fields`` with a ``date_join`` without an offset placed in the client's ``timezone``,
         as a time filter is (UTC when none is set). It was always UTC: under ``Asia/Shanghai``,
-        ``datetime(2024, 1, 1, 9)`` went out as 09:00Z, 17:00 in Shanghai."""
-        when = fields.get("date_join")
+        ``datetime(2024, 1, 1, 9)`` went out as 09:00Z, 17:00 in Shanghai. A ``datetime`` in
+        ``attr`` with no UTC form is refused, as such a ``date_join`` is."""
         zone = self._timezone
+        attr = fields.get("attr")
+        if attr:  # checked a dict; its times in UTC, or refused naming the one with no UTC form
+            zoned = times_in_utc(method, "attr", attr, timezone.utc)
+            if zoned is not attr:
+                fields = {**fields, "attr": zoned}
+        when = fields.get("date_join")
         if when is None or zone is None:
             return fields
         moment = timestamp_as_written(when) if isinstance(when, str) else when

@@ -266,6 +266,16 @@ CASES: dict[str, Call] = {
     "upsert: date_join after year 9999 in UTC": lambda dm: dm.customers.create_with_identities(
         [OK], date_join=datetime.max.replace(tzinfo=timezone(timedelta(hours=-1)))
     ),
+    # The same times in custom fields, nested too: a raw OverflowError from the converter.
+    "create: attr datetime before year 1 in UTC": lambda dm: dm.customers.create(
+        attr={"joined": datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=23)))}
+    ),
+    "update: attr datetime after year 9999 in UTC": lambda dm: dm.customers.update(
+        1, attr={"visits": [{"at": datetime.max.replace(tzinfo=timezone(timedelta(hours=-1)))}]}
+    ),
+    "upsert: attr datetime after year 9999 in UTC": lambda dm: dm.customers.create_with_identities(
+        [OK], attr={"at": datetime.max.replace(tzinfo=timezone(timedelta(hours=-1)))}
+    ),
     "get: an id of 5,000 digits": lambda dm: dm.customers.get(10**5000),
     "list: page_size of 400 digits": lambda dm: dm.customers.list(page_size=10**400),
     "list: concurrency a million": lambda dm: dm.customers.list(concurrency=10**6),
