@@ -99,8 +99,9 @@ def times_in_utc(method: str, where: str, value: Any, zone: tzinfo, depth: int =
     """``value``, JSON data such as ``attr``, with each ``datetime`` in it (in dicts, lists and
     tuples) in UTC, one without an offset read in ``zone``; ``value`` itself when none is in it.
 
-    As ``date_join`` is: one with no UTC form (year 1 at +23:00) was a raw OverflowError from
-    the converter; it is InvalidRequestError naming it (``attr['joined']``). Nesting past the
+    As ``date_join`` is: a naive one went out as UTC under ``timezone="Asia/Shanghai"`` (eight
+    hours off); one with no UTC form (year 1 at +23:00) was a raw OverflowError from the
+    converter, and is InvalidRequestError naming it (``attr['joined']``). Nesting past the
     body check's limit is left for that check to refuse.
     """
     if isinstance(value, datetime):

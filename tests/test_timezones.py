@@ -352,3 +352,49 @@ async def test_a_naive_date_join_is_written_in_the_client_timezone(
         assert upserted.id is not None
         for customer_id in (made.id, upserted.id):
             assert sim.customer(customer_id)["dateJoin"] == stored  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    ("zone", "written", "stored"),
+    [
+        # Read in the client's zone, as date_join is: 09:00 in Shanghai is 01:00 UTC.
+        ("Asia/Shanghai", datetime(2024, 1, 1, 9, 0), "2024-01-01T01:00:00Z"),
+        # An offset says which zone: the setting does not apply (and the fraction stays).
+        (
+            "Asia/Shanghai",
+            datetime(2024, 1, 1, 9, 0, 0, 250000, tzinfo=timezone(timedelta(hours=8))),
+            "2024-01-01T01:00:00.250000Z",
+        ),
+        # No setting: UTC, as before.
+        (None, datetime(2024, 1, 1, 9, 0), "2024-01-01T09:00:00Z"),
+    ],
+)
+async def test_a_naive_datetime_in_attr_is_written_in_the_client_timezone(
+    zone: Any, written: datetime, stored: str
+) -> None:
+    # A client set to Asia/Shanghai wrote a naive date_join in Shanghai time but a naive
+    # datetime in a custom field as UTC: 09:00 became 09:00Z, 17:00 in Shanghai.
+    attr = {"joined": written, "visits": [{"at": written}]}
+    expected = {"joined": stored, "visits": [{"at": stored}]}
+    async with (
+        DMHubSimulator(customers=0) as sim,
+        DMHubClient(
+            sim.app_id,
+            sim.secret,
+            base_url=sim.url,
+            timezone=zone,
+            token_store=MemoryTokenStore(),
+        ) as dm,
+    ):
+        made = await dm.customers.create(name="x", attr=attr)
+        assert made.id is not None
+        assert sim.customer(made.id)["attr"] == expected  # type: ignore[index]
+        await dm.customers.update(made.id, attr={"joined": None})
+        await dm.customers.update(made.id, attr=attr)
+        upserted = await dm.customers.create_with_identities(
+            [Identity("wechat", "o-tz-attr")], attr=attr
+        )
+        assert upserted.id is not None
+        for customer_id in (made.id, upserted.id):
+            assert sim.customer(customer_id)["attr"] == expected  # type: ignore[index]
+        assert attr == {"joined": written, "visits": [{"at": written}]}  # the caller's, as given

@@ -79,8 +79,9 @@ class CustomerFields(TypedDict, total=False):
     number with every digit (``12345678901234567.89``, which a float would round), as is a
     ``Decimal`` anywhere in ``attr``.
     NaN and infinities, as floats or ``Decimal``s, anywhere in a body, are refused.
-    A ``datetime`` in ``attr`` is sent as a UTC timestamp (``...Z``); one with no UTC form
-    (the year 1 at +23:00) is refused, as such a ``date_join`` is.
+    A ``datetime`` in ``attr`` is sent as a UTC timestamp (``...Z``), one without an offset
+    read in the client's ``timezone`` as ``date_join`` is; one with no UTC form (the year 1 at
+    +23:00) is refused, as such a ``date_join`` is.
     """
 
     name: str | None

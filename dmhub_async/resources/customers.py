@@ -272,13 +272,14 @@ class Customers(Resource):
 
     def _zoned(self, method: str, fields: Mapping[str, Any]) -> Mapping[str, Any]:
         """``fields`` with a ``date_join`` without an offset placed in the client's ``timezone``,
-        as a time filter is (UTC when none is set). It was always UTC: under ``Asia/Shanghai``,
-        ``datetime(2024, 1, 1, 9)`` went out as 09:00Z, 17:00 in Shanghai. A ``datetime`` in
-        ``attr`` with no UTC form is refused, as such a ``date_join`` is."""
+        as a time filter is (UTC when none is set), and so every naive ``datetime`` in
+        ``attr``. Both were always UTC: under ``Asia/Shanghai``, ``datetime(2024, 1, 1, 9)``
+        went out as 09:00Z, 17:00 in Shanghai. A ``datetime`` in ``attr`` with no UTC form is
+        refused, as such a ``date_join`` is."""
         zone = self._timezone
         attr = fields.get("attr")
         if attr:  # checked a dict; its times in UTC, or refused naming the one with no UTC form
-            zoned = times_in_utc(method, "attr", attr, timezone.utc)
+            zoned = times_in_utc(method, "attr", attr, zone or timezone.utc)
             if zoned is not attr:
                 fields = {**fields, "attr": zoned}
         when = fields.get("date_join")
