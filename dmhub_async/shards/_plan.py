@@ -20,6 +20,7 @@ from datetime import datetime, timedelta, timezone, tzinfo
 from typing import TYPE_CHECKING, Any
 
 import attrs
+from typing_extensions import Unpack
 
 from .._exceptions import InvalidRequestError
 from .._query_time import query_time, warn_naive
@@ -27,6 +28,7 @@ from .._validate import check_number, short
 
 if TYPE_CHECKING:
     from .._client import DMHubClient
+    from ..resources.customers import CustomerFilters
 
 __all__ = ["MAX_SHARDS", "Shard", "manifest_filters", "plan_shards"]
 
@@ -214,7 +216,7 @@ async def plan_shards(
     n: int,
     *,
     now: datetime | None = None,
-    **filters: Any,
+    **filters: Unpack[CustomerFilters],
 ) -> list[Shard]:
     """Split the customers that match ``filters`` into at most ``n`` disjoint windows.
 

@@ -18,6 +18,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from typing_extensions import Unpack
+
 from .._exceptions import DMHubError, InvalidRequestError
 from .._validate import short
 from ..export import ExportProgress, ExportReport, export_customers
@@ -28,6 +30,7 @@ from ._plan import Shard, manifest_filters, plan_shards
 
 if TYPE_CHECKING:
     from .._client import DMHubClient
+    from ..resources.customers import CustomerFilters
 
 logger = logging.getLogger("dmhub_async")
 
@@ -300,7 +303,7 @@ async def export_sharded(
     parallel: int = 4,
     progress: bool = True,
     on_total: TotalProgress | None = None,
-    **filters: Any,
+    **filters: Unpack[CustomerFilters],
 ) -> Manifest:
     """Plan (or take up) a sharded export in ``directory`` and run it in this process.
 
@@ -328,7 +331,7 @@ async def export_sharded(
             parallel,
             progress,
             on_total,
-            filters,
+            dict(filters),
         )
 
 

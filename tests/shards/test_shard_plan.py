@@ -294,3 +294,33 @@ async def test_a_coordinator_runs_its_own_plan_under_its_lock(
     with pytest.raises(InvalidRequestError):  # a plan that fails leaves no directory made
         await export_sharded(dm, tmp_path / "never", 0, progress=False)
     assert not (tmp_path / "never").exists()
+
+
+def test_a_misspelt_or_mistyped_filter_fails_a_type_check(tmp_path: Path) -> None:
+    # plan_shards and export_sharded took **filters as Any: a misspelt filter passed
+    # mypy --strict (and an editor offered no filter names), while export_customers, with
+    # the same filters, had them typed.
+    api = pytest.importorskip("mypy.api")
+    user = tmp_path / "user.py"
+    user.write_text(
+        "from dmhub_async import DMHubClient\n"
+        "from dmhub_async.shards import export_sharded, plan_shards\n"
+        "\n"
+        "\n"
+        "async def main(dm: DMHubClient) -> None:\n"
+        "    await plan_shards(dm, 4, stgae='lead')\n"
+        "    await export_sharded(dm, 'out', 4, stage=5)\n"
+        "    await plan_shards(dm, 4, stage='lead', gender=1, date_created_from='2024-01-01')\n"
+        "    await export_sharded(dm, 'out', 4, format='csv', source='web', select=['name'])\n",
+        encoding="utf-8",
+    )
+    # This checkout's package, a user's --strict alone (as tests/test_readme.py does).
+    root = Path(__file__).resolve().parents[2]
+    config = tmp_path / "mypy.ini"
+    config.write_text(f"[mypy]\nmypy_path = {root}\n", encoding="utf-8")
+    args = ["--strict", "--config-file", str(config), "--cache-dir", str(tmp_path / ".cache")]
+    out, err, _ = api.run([*args, str(user)])
+    errors = [line for line in out.splitlines() if ": error:" in line]
+    assert [line.split(":")[1] for line in errors] == ["6", "7"], out + err
+    assert '"stgae"' in errors[0]
+    assert '"stage"' in errors[1]
