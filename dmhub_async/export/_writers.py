@@ -210,7 +210,10 @@ def scan(fh: IO[bytes], fmt: str, limit: int) -> Scan:
             if not lines.whole or not _take(result, _jsonl_id(line), lines.offset):
                 break
         return result
-    reader = csv.reader(lines.text())
+    # strict: a quoted field the end cuts off (a remark torn after one of its line breaks) is an
+    # error, not a record; without it csv handed the torn record out, and a resume wrote on
+    # inside its open quote.
+    reader = csv.reader(lines.text(), strict=True)
     # csv's limit of 131,072 characters a field is process-wide: raised for this read only
     # (no await within), or a long remark made the export refuse to resume its own file.
     limit = csv.field_size_limit()

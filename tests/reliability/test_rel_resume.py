@@ -232,6 +232,36 @@ async def test_a_truncated_output_is_repaired_never_padded(
     assert report.complete
 
 
+async def test_a_csv_cut_inside_a_multi_line_value_is_repaired_not_resumed_inside_it(
+    tmp_path: Path, connect: Callable[..., DMHubClient]
+) -> None:
+    """A CSV record whose last cell spans lines (a remark typed with line breaks) cut after
+    one of its inner line breaks: read back, csv handed the torn record out as whole, the
+    resume wrote on inside its open quote: the file no longer read back as its customers (the
+    lines of the remarks after it read as rows, "第二行" as a customer id)."""
+    dest, ckpt = tmp_path / "customers.csv", tmp_path / "export.ckpt"
+    async with DMHubSimulator(customers=0, seed=14) as sim, connect(sim) as dm:
+        for n in range(500):
+            sim.insert_customer({"name": f"客户{n}", "remark": f"第一行 {n}\r\n第二行\n第三行"})
+        with pytest.raises(Crash):
+            await export(dm, dest, ckpt, select=["name", "remark"], on_progress=crash_after(3))
+        data = dest.read_bytes()
+        inner = data.rindex("第二行".encode())  # just after the last record's first line break
+        with dest.open("r+b") as fh:
+            fh.truncate(inner)
+
+        report = await export(dm, dest, ckpt, select=["name", "remark"])
+
+        expected = {c: sim.customer(c) for c in sim.customer_ids()}
+    with dest.open(encoding="utf-8", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(row["id"]) for row in rows] == list(expected)
+    assert {int(r["id"]): r["remark"] for r in rows} == {
+        c: row["remark"] for c, row in expected.items() if row is not None
+    }
+    assert report.complete
+
+
 async def test_a_repaired_output_that_fails_again_before_its_next_checkpoint_resumes(
     tmp_path: Path, connect: Callable[..., DMHubClient], monkeypatch: pytest.MonkeyPatch
 ) -> None:
