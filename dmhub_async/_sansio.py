@@ -28,7 +28,7 @@ from ._exceptions import (
 )
 from ._redact import MASK, redact
 from ._retry import parse_retry_after
-from ._validate import MAX_SETTING_LENGTH
+from ._validate import MAX_SETTING_LENGTH, printable
 from ._version import __version__
 
 __all__ = [
@@ -381,10 +381,12 @@ def build_error(
 ) -> APIError:
     """The error for an answer, saying whether a write's outcome is unknown."""
     message = f"{request.method} {request.path} -> HTTP {status}"
+    # The service's words as one line that no terminal obeys (an escape sequence, a line
+    # break): the message reaches terminals and logs; the attributes keep them as sent.
     if code is not None:
-        message += f", error_code {code}"
+        message += f", error_code {printable(str(code))}"
     if description:
-        message += f": {description}"
+        message += f": {printable(description)}"
     if retry_after is not None:
         message += f" (Retry-After {retry_after:g}s)"
     # A write whose answer failed may still have been applied: don't repeat it blindly.

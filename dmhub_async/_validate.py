@@ -14,6 +14,7 @@ import re
 import reprlib
 import types
 import typing
+import unicodedata
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -43,6 +44,7 @@ __all__ = [
     "check_request",
     "check_settings",
     "check_text",
+    "printable",
     "query_length",
     "short",
 ]
@@ -138,6 +140,22 @@ def short(value: object) -> str:
         return reprlib.repr(value)
     except Exception:  # a broken __repr__ must not replace the error being reported
         return f"a {type(value).__name__}"
+
+
+def printable(text: str) -> str:
+    """``text`` as one line a terminal shows and never obeys: a control character (an escape
+    sequence's ESC, a line break), a format character (a right-to-left override) or a line
+    separator is written escaped (``\\x1b``, ``\\r``, ``\\u202e``), as ``repr`` writes it;
+    spaces (the ideographic one included) and every letter stay as they are.
+
+    For the service's words in an error message (an ``error_description``) and the CLI's lines.
+    """
+    if text.isprintable():
+        return text
+    return "".join(
+        char if char.isprintable() or unicodedata.category(char) == "Zs" else repr(char)[1:-1]
+        for char in text
+    )
 
 
 def check_text(method: str, name: str, value: str) -> str:

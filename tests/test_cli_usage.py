@@ -7,10 +7,12 @@ errors (exit 2) for values out of range, progress lines in a log, ``--quiet``, `
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,7 @@ from _cli_support import (
     jsonl_ids,
     run_cli,
 )
+from aiohttp import web
 
 from dmhub_async import __version__
 from dmhub_async.cli import _parser, _report, main
@@ -411,3 +414,58 @@ def test_a_filter_pasted_with_spaces_is_a_usage_error(
     assert err.count("\n") == 1
     assert list(tmp_path.iterdir()) == []
     assert sum(served.sim.counters.routes.values()) == 0  # nothing sent, no token either
+
+
+def test_an_error_text_from_the_service_cannot_drive_the_terminal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The service's words in an error (its ``error_description``, a customer's name it
+    echoes) are the one line the CLI prints on stderr. Printed as sent, an escape sequence in
+    them drove the operator's terminal (OSC 52 set the clipboard, ``ESC [2J`` cleared the
+    screen) and a line break printed a line of the service's own making."""
+    description = (
+        "客户 \x1b]52;c;cm0gLXJmIH4=\x07\x1b[2J名字\r\ndmhub-async: exported 1500 customers"
+        "\u2028\u202e\x9b31m"
+    )
+
+    async def token(request: web.Request) -> web.Response:
+        return web.json_response({"error_code": 0, "access_token": "a" * 32, "expires_in": 7200})
+
+    async def count(request: web.Request) -> web.Response:
+        body = {"error_code": 40005, "error_description": description}
+        return web.json_response(body, status=400)
+
+    app = web.Application()
+    app.router.add_get("/security/accesstoken", token)
+    app.router.add_get("/v1/customers/count", count)
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    runner = web.AppRunner(app)
+    try:
+        asyncio.run_coroutine_threadsafe(runner.setup(), loop).result(10)
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        asyncio.run_coroutine_threadsafe(site.start(), loop).result(10)
+        port = runner.addresses[0][1]
+        for key, value in base_env(tmp_path / "cache").items():
+            monkeypatch.setenv(key, value)
+        monkeypatch.setenv("DMHUB_BASE_URL", f"http://127.0.0.1:{port}")
+        monkeypatch.setenv("DMHUB_APP_ID", "app")
+        monkeypatch.setenv("DMHUB_SECRET", SECRET)
+        monkeypatch.chdir(tmp_path)
+
+        code = main(["export", "--out", "a.jsonl", "--no-progress", "--token-store", "memory"])
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.count("\n") == 1, err  # one line
+    assert err.endswith("\n")
+    assert "客户" in err  # the service's words, readable
+    assert "名字" in err
+    assert all(c.isprintable() for c in err[:-1]), repr(err)  # and nothing a terminal obeys
+    assert "\\x1b]52;c;" in err  # shown for what it is

@@ -7,6 +7,7 @@ tested without an event loop.
 
 from __future__ import annotations
 
+import json
 import pickle
 import typing
 from typing import Any
@@ -288,6 +289,26 @@ def test_read_response_without_an_event_loop():
     with pytest.raises(ResponseDecodeError) as info:
         read_response(request, 200, {}, b"\xff\xfe not json")
     assert "not JSON" in str(info.value)
+
+
+def test_the_services_words_in_a_message_are_one_line_no_terminal_obeys() -> None:
+    """An ``error_description`` (or a textual code) with an escape sequence or a line break:
+    the message (what a log line or a terminal shows) has them escaped, the attributes keep
+    them as sent. They were in the message as sent: OSC 52 set the reader's clipboard, a line
+    break wrote a log line of the service's making."""
+    request = Request("GET", "/v1/customers/count")
+    description = "名字\x1b]52;c;eA==\x07\x1b[2J\r\nINFO forged\u2028\u202e\u3000张 三"
+    body = json.dumps({"error_code": "E\x1b[5m1", "error_description": description})
+    with pytest.raises(APIError) as info:
+        read_response(request, 400, {}, body.encode())
+    message = str(info.value)
+    assert all(char.isprintable() or char == "\u3000" for char in message), repr(message)
+    assert message.endswith(
+        "error_code E\\x1b[5m1: 名字\\x1b]52;c;eA==\\x07\\x1b[2J\\r\\nINFO forged"
+        "\\u2028\\u202e\u3000张 三"
+    )
+    assert info.value.description == description
+    assert info.value.code == "E\x1b[5m1"
 
 
 def test_token_endpoint_errors_are_authentication_errors():

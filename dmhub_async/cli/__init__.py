@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from .._exceptions import DMHubError
 from .._query_time import NaiveDatetimeWarning
 from .._redact import redact
+from .._validate import printable
 from ..shards import MANIFEST_NAME
 from ._commands import COMMANDS
 from ._errors import (
@@ -111,5 +112,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         secrets = (os.environ.get("DMHUB_SECRET"), os.environ.get(REDIS_PASSWORD_ENV))
         message = "error: " + redact(message, secrets)
-    print(f"dmhub-async: {message}", file=sys.stderr)
+    # One line, whatever it quotes (the service's words, a file name): nothing a terminal obeys.
+    print(f"dmhub-async: {printable(message)}", file=sys.stderr)
     return code
