@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -162,6 +163,30 @@ def test_report_json_for_scripts(
     assert report["complete"] is True
     assert report["path"] == "a.jsonl"
     assert report["count_before"] == report["count_after"] == CUSTOMERS
+
+
+@pytest.mark.parametrize("report", ["json", "text"])
+def test_the_report_of_an_output_named_in_bytes_that_are_not_utf8(
+    env: dict[str, str], tmp_path: Path, report: str
+) -> None:
+    """A file name that is no UTF-8 (one made on Chinese Windows, unzipped: GBK bytes) comes to
+    Python with lone surrogates. With standard output strict UTF-8 (``PYTHONIOENCODING=utf-8``,
+    as many container images set; a Windows console redirected to a file), the report failed
+    after the export had written every customer: exit 1, "'utf-8' codec can't encode
+    characters", no report."""
+    name = os.fsdecode("客户".encode("gbk") + b".jsonl")
+    env = {**env, "PYTHONIOENCODING": "utf-8"}
+
+    result = run_cli("export", "--out", name, "--report", report, env=env, cwd=tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    assert jsonl_ids(tmp_path / name) != []
+    if report == "json":
+        data = json.loads(result.stdout)
+        assert data["exported"] == CUSTOMERS
+        assert data["path"] == name  # the name as Python holds it: open() finds the file
+    else:
+        assert f"{CUSTOMERS} customers to" in result.stdout
 
 
 def test_verbose_shows_requests_and_retries_without_the_token(

@@ -79,8 +79,32 @@ def export_report(report: ExportReport) -> dict[str, Any]:
 
 
 def print_report(data: dict[str, Any], text: str, *, style: str, quiet: bool, out: TextIO) -> None:
-    """``text`` for people (unless ``quiet``), or ``data`` as one JSON object for scripts."""
+    """``text`` for people (unless ``quiet``), or ``data`` as one JSON object for scripts.
+
+    A file name that is not UTF-8 (GBK bytes, read by Python as lone surrogates) failed a
+    strict stream (``PYTHONIOENCODING=utf-8``) after the run: JSON then writes it as escapes
+    (``\\udcbf``, read back as the same name), text with backslashes.
+    """
     if style == "json":
-        print(json.dumps(data, ensure_ascii=False, default=str), file=out, flush=True)
-    elif not quiet:
-        print(text, file=out, flush=True)
+        line = json.dumps(data, ensure_ascii=False, default=str)
+        if not _writable(line, out):
+            line = json.dumps(data, default=str)
+    elif quiet:
+        return
+    else:
+        line = text
+        if not _writable(line, out):
+            encoding = getattr(out, "encoding", None) or "utf-8"
+            line = line.encode(encoding, "backslashreplace").decode(encoding)
+    print(line, file=out, flush=True)
+
+
+def _writable(text: str, out: TextIO) -> bool:
+    """Whether ``out`` can write ``text`` (its encoding, its error handler)."""
+    try:
+        text.encode(
+            getattr(out, "encoding", None) or "utf-8", getattr(out, "errors", None) or "strict"
+        )
+    except UnicodeError:
+        return False
+    return True
