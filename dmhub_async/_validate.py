@@ -175,7 +175,8 @@ def check_no_controls(method: str, name: str, text: str) -> None:
     ``%0A`` or ``%09`` (a line's end or a TSV's tab, read from a file), it matches nothing.
 
     A byte order mark too: the start of a "CSV UTF-8" file read as ``utf-8``, not
-    ``utf-8-sig`` (or of a second file joined to the first), sent as ``%EF%BB%BF``.
+    ``utf-8-sig`` (or of a second file joined to the first), sent as ``%EF%BB%BF``; and the
+    invisible marks of :data:`_INVISIBLE`, which copied text carries.
     """
     if any(char < " " or "\x7f" <= char <= "\x9f" for char in text):
         raise InvalidRequestError(f"{method}(): {name} holds a control character")
@@ -184,6 +185,21 @@ def check_no_controls(method: str, name: str, text: str) -> None:
             f"{method}(): {name} holds a byte order mark (U+FEFF), the start of a UTF-8 file:"
             " one read as utf-8 rather than utf-8-sig, or files joined together?"
         )
+    if not text.isascii():
+        mark = _INVISIBLE.search(text)
+        if mark is not None:
+            raise InvalidRequestError(
+                f"{method}(): {name} holds an invisible mark (U+{ord(mark.group()):04X}), as text"
+                " copied from a contact card, a web page or a chat carries: remove it"
+            )
+
+
+#: Invisible direction and zero-width marks, which no mobile, e-mail, id or stage holds and
+#: copying text brings along (a Windows contact card wraps a number in U+202A ... U+202C):
+#: sent, they matched no one. Not the joiners U+200C and U+200D, parts of emoji and scripts.
+_INVISIBLE: typing.Final = re.compile(
+    "[\u061c\u200b\u200e\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069]"
+)
 
 
 def query_length(params: Mapping[str, str]) -> int:

@@ -114,6 +114,23 @@ CASES: dict[str, Call] = {
     "count: mobile with a byte order mark": lambda dm: dm.customers.count(
         mobile="\ufeff13800000000"
     ),
+    # Invisible direction and zero-width marks, which copying a number or an address carries
+    # (a Windows contact card wraps a phone number in U+202A ... U+202C; web pages and chat
+    # apps leave U+200B): sent percent-encoded, they matched no one, a bound identity answered
+    # "not found" and an export of the filter wrote nothing and called itself complete.
+    "count: mobile copied from a contact card": lambda dm: dm.customers.count(
+        mobile="\u202a13900000000\u202c"
+    ),
+    "list: email with a zero-width space": lambda dm: dm.customers.list(email="a@b.c\u200b"),
+    "list_rows: source with a right-to-left mark": lambda dm: dm.customers.list_rows(
+        source="\u200fweb"
+    ),
+    "lookup: a mobile identity from a contact card": lambda dm: dm.identities.lookup(
+        Identity("mobile", "\u202a13900000000\u202c")
+    ),
+    "lookup_many: a word joiner in a type": lambda dm: dm.identities.lookup_many(
+        [OK, Identity("wechat\u2060", "o-1")]
+    ),
     "upsert: bad field": lambda dm: dm.customers.create_with_identities([OK], name=5),
     "get: str id": lambda dm: dm.customers.get("1"),
     "get: float id": lambda dm: dm.customers.get(1.0),
