@@ -723,3 +723,25 @@ async def test_a_lone_surrogate_sent_by_the_service_is_the_sdks_error_and_resuma
     assert ids_of(rows) == sim.customer_ids()
     assert report.resumed
     assert report.complete
+
+
+async def test_a_nul_sent_by_the_service_is_written_or_the_sdks_error(
+    sim: DMHubSimulator, client: DMHubClient, tmp_path: Path
+) -> None:
+    # JSON may carry "\u0000" in a name. Python 3.10's csv cannot write a NUL at all: the CSV
+    # export stopped on a raw `_csv.Error: need to escape, but no escapechar set` naming no
+    # customer (the CLI: a traceback). Python 3.11 and later write it as it came.
+    from dmhub_async import ResponseDecodeError
+
+    bad = sim.insert_customer({"name": "张\x00三"})
+    dest = tmp_path / "customers.csv"
+
+    if sys.version_info >= (3, 11):
+        report = await export_customers(client, dest, progress=False)
+        assert report.complete
+        assert [r["name"] for r in read_csv(dest) if r["id"] == str(bad["id"])] == ["张\x00三"]
+    else:
+        with pytest.raises(ResponseDecodeError) as caught:
+            await export_customers(client, dest, progress=False)
+        assert f"customer {bad['id']}" in str(caught.value)
+        assert "NUL" in str(caught.value)

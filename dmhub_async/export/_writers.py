@@ -118,7 +118,15 @@ class CsvWriter:
             if self._extra:
                 extra = {k: v for k, v in row.items() if k not in known}
                 cells.append(_json_cell(extra) if extra else "")
-            writer.writerow(cells)
+            try:
+                writer.writerow(cells)
+            except csv.Error:  # Python 3.10's csv writes no NUL: raw, it named no customer
+                raise _unwritable(
+                    [row],
+                    "a NUL character (U+0000), which the csv module of "
+                    "Python 3.10 cannot write: export as JSONL, or on Python 3.11 "
+                    "or later",
+                ) from None
         try:
             return buf.getvalue().encode("utf-8")
         except UnicodeEncodeError:
@@ -135,23 +143,34 @@ def _cell(value: Any) -> str:
     return str(value)  # a Decimal (a number a float would round) as every digit
 
 
-def _unwritable(rows: Sequence[dict[str, Any]]) -> ResponseDecodeError:
+def _unwritable(rows: Sequence[dict[str, Any]], what: str | None = None) -> ResponseDecodeError:
     """The error for a page holding text UTF-8 cannot (a lone surrogate, ``"\\ud83d"``: half
     of a character the service cut in two), naming the customer and field. JSON can send it
-    escaped; the JSONL export refuses such a page as the decoder's ``ResponseDecodeError``."""
+    escaped; the JSONL export refuses such a page as the decoder's ``ResponseDecodeError``.
+    ``what``: another character the CSV cannot hold (a NUL, on Python 3.10), said so."""
     where = "a customer"
     for row in rows:
-        bad = [name for name, value in row.items() if not _encodes(name) or not _encodes(value)]
+        bad = [
+            name
+            for name, value in row.items()
+            if (_has_nul(name, value) if what else not _encodes(name) or not _encodes(value))
+        ]
         if bad:
             where = f"customer {row.get('id')!a}'s field {bad[0]!a}"
             break
+    what = what or "a lone surrogate (half of a character), which UTF-8 cannot hold"
     return ResponseDecodeError(
-        f"GET /v1/customers -> HTTP 200: {where} holds a lone surrogate (half of a character), "
-        "which UTF-8 cannot hold: the CSV cannot be written until the service's value is fixed",
+        f"GET /v1/customers -> HTTP 200: {where} holds {what}: "
+        "the CSV cannot be written until the service's value is fixed",
         status=200,
         method="GET",
         path="/v1/customers",
     )
+
+
+def _has_nul(name: str, value: Any) -> bool:
+    """Whether a field's name or its text holds a NUL (a JSON cell writes it escaped)."""
+    return "\x00" in name or (isinstance(value, str) and "\x00" in value)
 
 
 def _encodes(value: Any) -> bool:
