@@ -14,6 +14,7 @@ import asyncio
 import email.utils
 import functools
 import itertools
+import math
 import types
 import weakref
 from collections.abc import Awaitable, Callable, Generator
@@ -56,7 +57,11 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
     else:
         # delay-seconds are digits (RFC 9110): a negative one is no answer, as garbage is,
         # and backoff applies. Read as "now", every retry went at once to a throttling server.
-        return max(0.0, seconds) if seconds >= 0 else None  # NaN: no answer either (-0: 0)
+        # Nor is an endless one ("inf", "1e400"): it gave up at once, or with an unbounded cap
+        # and budget, slept for ever.
+        if not 0 <= seconds < math.inf:  # NaN: no answer either (-0: 0)
+            return None
+        return max(0.0, seconds)
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):

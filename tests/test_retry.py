@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import math
 from datetime import datetime, timezone
 from typing import Any
 
@@ -216,6 +217,34 @@ async def test_a_negative_retry_after_is_no_answer_and_backoff_applies(
     # Before: read as "retry now", the throttling server was sent all 5 attempts at once.
     assert clock.waits == [0.5, 1, 2, 4]
     assert info.value.retry_after is None
+
+
+@pytest.mark.parametrize("value", ["inf", "Infinity", "1e400"])
+async def test_an_endless_retry_after_is_no_answer_and_backoff_applies(
+    api, make_client, clock, value
+):
+    api.get(url("/v1/customers/1"), status=429, headers={"Retry-After": value}, repeat=True)
+    dm = make_client(access_token="tok")
+
+    with pytest.raises(RateLimitError) as info:
+        await dm.request("GET", "/v1/customers/1")
+
+    # Not delay-seconds (RFC 9110: digits), as garbage is not. Before: read as infinite, the
+    # call gave up at once with retry_after=inf, "(Retry-After infs)"; with retry_after_cap=inf
+    # and budget=None it slept for ever.
+    assert clock.waits == [0.5, 1, 2, 4]
+    assert info.value.retry_after is None
+    assert "inf" not in str(info.value)
+
+
+async def test_an_endless_retry_after_never_waits_for_ever(api, make_client, clock):
+    api.get(url("/v1/customers/1"), status=429, headers={"Retry-After": "inf"}, repeat=True)
+    dm = make_client(access_token="tok", retry_after_cap=math.inf, budget=None)
+
+    with pytest.raises(RateLimitError):
+        await dm.request("GET", "/v1/customers/1")
+
+    assert clock.waits == [0.5, 1, 2, 4]
 
 
 async def test_retry_after_above_the_cap_is_raised_at_once(api, make_client, clock):
