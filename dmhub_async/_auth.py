@@ -19,7 +19,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TypeVar
 from urllib.parse import urlsplit
 
-from ._exceptions import DMHubError, InvalidRequestError, TokenStoreError
+from ._exceptions import AuthenticationError, DMHubError, InvalidRequestError, TokenStoreError
 from ._token_file import FileTokenStore
 from ._token_stores import (
     DEFAULT_STORE,
@@ -121,6 +121,8 @@ class TokenManager:
         self._fresh_until = float("-inf")
         self._renew_paused_until = float("-inf")
         self._flight: asyncio.Future[str] | None = None
+        #: How the fetch in flight makes its token (the fetch of the client that started it).
+        self._flight_fetch: Callable[[], Awaitable[Token]] = fetch
         #: The held token was fetched without the store (it failed): the store's may be older.
         self._unshared = False
 
@@ -151,16 +153,41 @@ class TokenManager:
             return held.value
         return None
 
-    async def refresh(self, stale: str | None) -> str:
-        """A token other than ``stale``: one fetch however many callers ask at once."""
-        held = self._held
-        if stale is not None and held is not None and held.value != stale and self._valid(held):
-            return held.value  # another caller has replaced the refused token already
-        if self._flight is None:
-            self._flight = asyncio.ensure_future(self._renew(stale))
-            self._flight.add_done_callback(self._land)
-        # shield: one caller's cancellation must not cancel the fetch the others wait on.
-        return await asyncio.shield(self._flight)
+    async def refresh(
+        self, stale: str | None, fetch: Callable[[], Awaitable[Token]] | None = None
+    ) -> str:
+        """A token other than ``stale``: one fetch however many callers ask at once.
+
+        ``fetch`` (the manager's own by default) makes the token if this caller starts the
+        fetch: a client made by ``with_options`` fetches by its own retries and timeout. A
+        caller that waited on a fetch made another way (``fetch`` compares unequal), which
+        failed (but for refused credentials or an unsafe store) or whose client was closed,
+        fetches its own way, once.
+        """
+        fetch = self._fetch if fetch is None else fetch
+        waited_on_another = False  # once: each failed fetch must not start one more for ever
+        while True:
+            held = self._held
+            if stale is not None and held is not None and held.value != stale and self._valid(held):
+                return held.value  # another caller has replaced the refused token already
+            flight = self._flight
+            if flight is None:
+                flight = self._flight = asyncio.ensure_future(self._renew(stale, fetch))
+                self._flight_fetch = fetch
+                flight.add_done_callback(self._land)
+            elif self._flight_fetch != fetch and not waited_on_another:
+                # Another client's fetch (with_options: fewer retries, a shorter timeout): its
+                # failure is no answer by this caller's policy, which then tries its own, once.
+                waited_on_another = True
+                try:
+                    return await asyncio.shield(flight)
+                except DMHubError as err:
+                    # Credentials refused, or a store unsafe to use: the same for any fetch.
+                    if isinstance(err, AuthenticationError) or getattr(err, "unsafe", False):
+                        raise
+                    continue  # a failure its retries met, or that client closed meanwhile
+            # shield: one caller's cancellation must not cancel the fetch the others wait on.
+            return await asyncio.shield(flight)
 
     def _land(self, flight: asyncio.Future[str]) -> None:
         if self._flight is flight:
@@ -168,11 +195,11 @@ class TokenManager:
         if not flight.cancelled():
             flight.exception()  # mark retrieved: every waiter has seen it already
 
-    async def _renew(self, stale: str | None) -> str:
+    async def _renew(self, stale: str | None, fetch: Callable[[], Awaitable[Token]]) -> str:
         held = self._held
         keep = held if held is not None and held.value != stale and self._valid(held) else None
         try:
-            token = await self._shared(stale)
+            token = await self._shared(stale, fetch)
         except DMHubError as err:
             if keep is not None:
                 # Ahead of expiry: a store or token endpoint that fails costs no call while the
@@ -187,7 +214,7 @@ class TokenManager:
                 " may find theirs revoked until the store is back",
                 err,
             )
-            token = await self._fetch_new()
+            token = await self._fetch_new(fetch)
             self._held, self._unshared = token, True
         else:
             self._held, self._unshared = token, False
@@ -210,7 +237,7 @@ class TokenManager:
             and token.issued_at < held.issued_at
         )
 
-    async def _shared(self, stale: str | None) -> Token:
+    async def _shared(self, stale: str | None, fetch: Callable[[], Awaitable[Token]]) -> Token:
         """The store's token if usable, else a new one fetched under the store's lock."""
         token = await self._call(self._store.get(self._key))
         if token is not None and self._usable(token, stale):
@@ -220,16 +247,16 @@ class TokenManager:
             token = await self._call(self._store.get(self._key))
             if token is not None and self._usable(token, stale):
                 return token
-            token = await self._fetch_new()
+            token = await self._fetch_new(fetch)
             try:
                 await self._call(self._store.set(self._key, token))
             except TokenStoreError as err:
                 log.warning("%s; the new token is held but not shared", err)
             return token
 
-    async def _fetch_new(self) -> Token:
+    async def _fetch_new(self, fetch: Callable[[], Awaitable[Token]]) -> Token:
         started = self._clock()
-        token = await self._fetch()
+        token = await fetch()
         if token.issued_at is None:
             token = Token(token.value, token.expires_at, started)
         return token

@@ -98,6 +98,19 @@ def _note_write_failure(call: _Call, err: DMHubError) -> None:
         )
 
 
+@attrs.frozen
+class _TokenFetch:
+    """A client's token fetch, equal to another's with the same retry policy and timeout: the
+    clients ``with_options`` makes for a call or two share one fetch when their settings do."""
+
+    policy: RetryPolicy
+    timeout: aiohttp.ClientTimeout
+    fetch: Callable[[], Awaitable[Token]] = attrs.field(eq=False)
+
+    def __call__(self) -> Awaitable[Token]:
+        return self.fetch()
+
+
 def _from_token_request(err: BaseException) -> bool:
     # A failed token request had its own retries: repeating them here would multiply them.
     return getattr(err, "path", None) == TOKEN_PATH
@@ -202,11 +215,13 @@ class Session:
         self._current_token: str | None = None
         redact_watch(self)
         self._tokens: TokenManager | None = None
+        #: How this client fetches a token: by its own retries and timeout (see derive()).
+        self._token_fetch = _TokenFetch(policy, timeout, self._fetch_token)
         if app_id and secret:
             self._tokens = TokenManager(
                 token_key(base_url, app_id, secret),
                 token_store,
-                self._fetch_token,
+                self._token_fetch,
                 clock,
                 timeout=timeout.total or 30.0,
                 lock_wait=_fetch_budget(timeout.total or 30.0, policy),
@@ -247,6 +262,9 @@ class Session:
             derived.policy = policy
         if headers:
             derived._headers = {**self._headers, **headers}
+        # A token it fetches is fetched by its own retries and timeout: the parent's sent 5 token
+        # requests of up to 30 s each for a client told max_retries=0, timeout=5.
+        derived._token_fetch = _TokenFetch(derived.policy, derived._timeout, derived._fetch_token)
         derived._build_retries()  # its loops must call the derived session, not this one
         redact_watch(derived)
         return derived
@@ -410,7 +428,7 @@ class Session:
         another process's for minutes. The fetch itself goes on (it ends at that lock or at its
         request): cut short, a token fetched and not yet stored would leave every other process
         with a revoked one."""
-        return await self._closing.wait(tokens.refresh(stale))
+        return await self._closing.wait(tokens.refresh(stale, self._token_fetch))
 
     async def _fetch_token(self) -> Token:
         assert self.app_id is not None

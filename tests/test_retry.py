@@ -16,12 +16,13 @@ import aiohttp
 import pytest
 from _helpers import CUSTOMER, url
 from aiohttp.client_reqrep import ConnectionKey
-from aioresponses import aioresponses
+from aioresponses import CallbackResult, aioresponses
 
 from dmhub_async import (
     APIConnectionError,
     APIError,
     APITimeoutError,
+    DMHubError,
     NotFoundError,
     RateLimitError,
     ResponseDecodeError,
@@ -441,6 +442,93 @@ async def test_token_endpoint_recovers(api, make_client, clock):
 
     assert await dm.request("GET", "/v1/customers/1") == CUSTOMER
     assert count(api, "/security/accesstoken") == 2
+    assert clock.waits == [0.5]
+
+
+async def test_a_derived_clients_token_fetch_keeps_its_own_retries_and_timeout(
+    api, make_client, clock
+):
+    timeouts: list[float | None] = []
+
+    def failing(u: Any, **kwargs: Any) -> CallbackResult:
+        timeouts.append(kwargs["timeout"].total)
+        return CallbackResult(status=503)
+
+    api.get(url("/security/accesstoken"), callback=failing, repeat=True)
+    dm = make_client(max_retries=4)
+    impatient = dm.with_options(timeout=5, max_retries=0)  # the README's example
+
+    with pytest.raises(ServerError):
+        await impatient.customers.count()
+
+    # Before: the token was fetched by dm's policy and timeout, 5 requests of up to 30 s each
+    # and 7.5 s of waits, for a client told to try once within 5 s.
+    assert timeouts == [5]
+    assert clock.waits == []
+
+
+async def test_a_call_that_joined_another_clients_failed_token_fetch_makes_its_own(
+    api, make_client, clock
+):
+    api.get(url("/security/accesstoken"), status=503, repeat=False)
+    api.get(url("/security/accesstoken"), status=503, repeat=False)
+    api.get(url("/security/accesstoken"), payload={"error_code": 0, "access_token": "tok-1"})
+    api.get(url("/v1/customers/1"), payload=CUSTOMER, repeat=True)
+    dm = make_client(max_retries=4)
+    impatient = dm.with_options(max_retries=0)
+
+    hasty, patient = await asyncio.gather(
+        impatient.request("GET", "/v1/customers/1"),
+        dm.request("GET", "/v1/customers/1"),
+        return_exceptions=True,
+    )
+
+    # The impatient call tried once and failed; the patient one, which waited on that fetch,
+    # then fetched by its own policy (one retry) instead of failing with it.
+    assert isinstance(hasty, ServerError)
+    assert patient == CUSTOMER
+    assert count(api, "/security/accesstoken") == 3
+    assert clock.waits == [0.5]
+
+
+async def test_closing_a_derived_client_mid_fetch_fails_none_of_the_parents_calls(
+    api, make_client, clock
+):
+    api.get(url("/security/accesstoken"), status=503)
+    api.get(url("/security/accesstoken"), payload={"error_code": 0, "access_token": "tok-1"})
+    api.get(url("/v1/customers/1"), payload=CUSTOMER, repeat=True)
+    dm = make_client(max_retries=4)
+    derived = dm.with_options(max_retries=3)
+
+    async def close_soon() -> None:
+        await clock.sleep(0.1)  # while the derived client's fetch waits out its backoff
+        await derived.aclose()
+
+    from_derived, from_dm, _ = await asyncio.gather(
+        derived.request("GET", "/v1/customers/1"),
+        dm.request("GET", "/v1/customers/1"),
+        close_soon(),
+        return_exceptions=True,
+    )
+
+    assert isinstance(from_derived, DMHubError)
+    assert "closed" in str(from_derived)
+    assert from_dm == CUSTOMER  # dm is open: its call fetched a token its own way
+
+
+async def test_calls_through_clients_made_per_call_share_one_token_fetch(api, make_client, clock):
+    api.get(url("/security/accesstoken"), status=503, repeat=True)
+    dm = make_client(max_retries=4)
+
+    results = await asyncio.gather(
+        *(dm.with_options(max_retries=i % 3).request("GET", "/v1/customers/1") for i in range(50)),
+        return_exceptions=True,
+    )
+
+    # 50 clients of 3 settings, the token endpoint down: the first fetch (1 try) fails, and
+    # one fetch more by another policy (2 tries) is made for all the others, not one each.
+    assert all(isinstance(r, ServerError) for r in results)
+    assert count(api, "/security/accesstoken") == 1 + 2
     assert clock.waits == [0.5]
 
 
