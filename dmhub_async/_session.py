@@ -89,13 +89,37 @@ def _note_write_failure(call: _Call, err: DMHubError) -> None:
     elif isinstance(err, ServerError | ResponseDecodeError):
         # 503 is a refusal; any other 5xx, or a 2xx we could not read, may follow the write.
         call.maybe_applied = call.maybe_applied or err.status != 503
-    elif isinstance(err, APIError) and call.maybe_applied and not err.outcome_unknown:
-        err.outcome_unknown = True
-        err.args = (
-            f"{err}; an earlier attempt got no answer and may have been applied, so the"
-            " outcome is unknown: check before trying again",
-            *err.args[1:],
-        )
+    elif isinstance(err, APIError) and call.maybe_applied:
+        _mark_unknown(err)
+
+
+def _mark_unknown(err: APIError | APIConnectionError) -> None:
+    """Say in ``err`` that an earlier attempt of its write may have been applied."""
+    if err.outcome_unknown:
+        return
+    err.outcome_unknown = True
+    err.args = (
+        f"{err}; an earlier attempt got no answer and may have been applied, so the"
+        " outcome is unknown: check before trying again",
+        *err.args[1:],
+    )
+
+
+def _given_up(call: _Call, err: DMHubError) -> DMHubError:
+    """The error a write's call ends with, after an attempt that may have been applied, marked
+    so: a retry refused (503), lost, or unable to get a token was raised as if nothing had been
+    sent, and a delete that had deleted looked as if it never went out.
+
+    A token fetch's error is every waiting caller's (one fetch for all): marked, it is a copy.
+    """
+    if not call.maybe_applied or not isinstance(err, APIError | APIConnectionError):
+        return err
+    if err.outcome_unknown:
+        return err
+    if _from_token_request(err):
+        err = copy.copy(err)
+    _mark_unknown(err)
+    return err
 
 
 @attrs.frozen
@@ -368,14 +392,27 @@ class Session:
         # send(), written out: a coroutine less on every call.
         self.check_open()
         call = _Call(Request(method, path, params, json, idempotent, not_found_codes))
-        response: APIResponse = await self._send_call(call)
+        try:
+            response: APIResponse = await self._send_call(call)
+        except DMHubError as err:
+            marked = _given_up(call, err)
+            if marked is err:
+                raise
+            raise marked from err.__cause__
         remember_response(self, response)
         return response.data
 
     async def send(self, request: Request) -> APIResponse:
         """The answer to ``request``, with retries; an :class:`APIError` or connection error."""
         self.check_open()
-        response: APIResponse = await self._send_call(_Call(request))
+        call = _Call(request)
+        try:
+            response: APIResponse = await self._send_call(call)
+        except DMHubError as err:
+            marked = _given_up(call, err)
+            if marked is err:
+                raise
+            raise marked from err.__cause__
         remember_response(self, response)
         return response
 

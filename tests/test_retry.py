@@ -578,6 +578,66 @@ async def test_a_not_found_after_a_delete_that_may_have_been_applied_is_an_unkno
     assert ("may have been applied" in str(info.value)) is unknown
 
 
+@pytest.mark.parametrize(
+    "later",
+    [
+        {"status": 503, "body": b""},
+        {"status": 429, "body": b""},
+        {"exception": aiohttp.ServerDisconnectedError()},
+    ],
+    ids=["503", "429", "reset"],
+)
+async def test_a_write_given_up_after_an_attempt_that_may_have_been_applied_says_so(
+    api: aioresponses, make_client: Any, clock: Any, later: dict[str, Any]
+) -> None:
+    # The first DELETE's answer is lost (it may have deleted); every retry is refused or lost
+    # too until max_retries. The error raised was a plain 503, 429 or reset: the caller was
+    # not told the customer may be gone.
+    path = "/v1/customers/7"
+    api.delete(url(path), exception=aiohttp.ServerDisconnectedError())
+    api.delete(url(path), repeat=True, **later)
+    dm = make_client(access_token="tok", max_retries=2)
+
+    with pytest.raises((APIError, APIConnectionError)) as info:
+        await dm.customers.delete(7)
+
+    assert count(api, path, "DELETE") == 3
+    assert info.value.outcome_unknown is True
+    assert "may have been applied" in str(info.value)
+
+
+async def test_a_write_whose_retry_cannot_get_a_token_says_its_outcome_is_unknown(
+    api: aioresponses, make_client: Any, clock: Any
+) -> None:
+    answers = iter([CallbackResult(payload={"error_code": 0, "access_token": "tok-1"})])
+
+    def token(u: Any, **kwargs: Any) -> CallbackResult:
+        return next(answers, CallbackResult(status=503))
+
+    path = "/v1/customers/7"
+    api.get(url("/security/accesstoken"), callback=token, repeat=True)
+    api.delete(url(path), exception=aiohttp.ServerDisconnectedError())  # may have deleted
+    api.delete(url(path), payload={"error_code": 42001})  # the token expired meanwhile
+    api.get(url("/v1/customers/1"), payload={"error_code": 42001})
+    dm = make_client(max_retries=2)
+
+    deleted, read = await asyncio.gather(
+        dm.customers.delete(7), dm.customers.get(1), return_exceptions=True
+    )
+
+    # The refresh failed (the token endpoint down): before, a plain "GET /security/accesstoken
+    # -> HTTP 503", as if the delete had never gone out.
+    assert count(api, path, "DELETE") == 2
+    assert isinstance(deleted, ServerError)
+    assert deleted.outcome_unknown is True
+    assert "may have been applied" in str(deleted)
+    # The read that shared the failed token fetch is told nothing of the delete.
+    assert count(api, "/security/accesstoken") == 1 + 3
+    assert isinstance(read, ServerError)
+    assert read.outcome_unknown is False
+    assert "may have been applied" not in str(read)
+
+
 async def test_a_delete_whose_answer_the_simulator_lost_says_its_outcome_is_unknown(
     dmhub_simulator: Any, dmhub_client: Any
 ) -> None:
