@@ -34,9 +34,14 @@ from ._exceptions import (
 )
 from ._validate import check_number, short
 
-__all__ = ["RetryPolicy", "parse_retry_after", "retrying"]
+__all__ = ["FINAL_5XX", "RetryPolicy", "parse_retry_after", "retrying"]
 
 T = TypeVar("T")
+
+#: 5xx answers that say the request was not carried out and will not be: 501 (the method is
+#: not implemented), 505 (the HTTP version) and 511 (a captive portal's proxy wants a login).
+#: Not retried, and a write answered so was not applied (see ``_sansio.build_error``).
+FINAL_5XX = frozenset({501, 505, 511})
 
 #: When the first attempt of a call that is now retried began (its failure -> clock time):
 #: that attempt ran before backoff's loop started the wait generator, which times the budget.
@@ -118,6 +123,8 @@ class RetryPolicy:
             return False  # the caller learns how long from err.retry_after
         if isinstance(err, RateLimitError):
             return True
+        if isinstance(err, ServerError) and err.status in FINAL_5XX:
+            return False
         if isinstance(err, (APIConnectionError, ServerError, ResponseDecodeError)):
             # The session layer marks outcome_unknown where a repeat could write twice.
             return not err.outcome_unknown

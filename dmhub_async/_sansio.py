@@ -27,7 +27,7 @@ from ._exceptions import (
     error_class,
 )
 from ._redact import MASK, redact
-from ._retry import parse_retry_after
+from ._retry import FINAL_5XX, parse_retry_after
 from ._validate import MAX_SETTING_LENGTH, printable
 from ._version import __version__
 
@@ -390,10 +390,12 @@ def build_error(
     if retry_after is not None:
         message += f" (Retry-After {retry_after:g}s)"
     # A write whose answer failed may still have been applied: don't repeat it blindly.
-    # 429 and 503 are refusals: nothing was written. A 4xx is final anyway, and so is an
-    # error_code on a 2xx: the service answered, and said no. A 2xx we cannot read is unknown.
+    # 429 and 503 are refusals: nothing was written, nor on a FINAL_5XX. A 4xx is final anyway,
+    # and so is an error_code on a 2xx: the service answered, and said no. A 2xx we cannot
+    # read is unknown.
     unknown = not request.idempotent and (
-        (status < 300 and code is None) or (status >= 500 and status != 503)
+        (status < 300 and code is None)
+        or (status >= 500 and status != 503 and status not in FINAL_5XX)
     )
     return cls(
         message,

@@ -37,7 +37,7 @@ from ._last_response import last_response, remember_response
 from ._limits import Closing, Limits, RateLimiter, SharedLimit, UnlessClosed, client_closed
 from ._redact import RedactedCause
 from ._redact import watch as redact_watch
-from ._retry import RetryPolicy, retrying
+from ._retry import FINAL_5XX, RetryPolicy, retrying
 from ._sansio import (
     HEADERS,
     TOKEN_PATH,
@@ -87,8 +87,10 @@ def _note_write_failure(call: _Call, err: DMHubError) -> None:
     if isinstance(err, APIConnectionError):
         call.maybe_applied = call.maybe_applied or not err._not_sent
     elif isinstance(err, ServerError | ResponseDecodeError):
-        # 503 is a refusal; any other 5xx, or a 2xx we could not read, may follow the write.
-        call.maybe_applied = call.maybe_applied or err.status != 503
+        # 503 and FINAL_5XX are refusals; any other 5xx, or a 2xx we could not read, may
+        # follow the write.
+        refused = err.status == 503 or err.status in FINAL_5XX
+        call.maybe_applied = call.maybe_applied or not refused
     elif isinstance(err, APIError) and call.maybe_applied:
         _mark_unknown(err)
 

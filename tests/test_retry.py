@@ -301,6 +301,29 @@ async def test_non_retryable_status_is_sent_once(api, make_client, clock, status
     assert clock.waits == []
 
 
+@pytest.mark.parametrize("status", [501, 505, 511])
+async def test_a_5xx_that_says_it_never_will_is_sent_once_and_says_nothing_was_written(
+    api, make_client, clock, status
+):
+    # 501 (method not implemented), 505 (HTTP version) and 511 (a captive portal's proxy
+    # wants a login) answer the same every time, and carry nothing out: they were retried
+    # max_retries times, and a create answered so said its outcome was unknown.
+    api.get(url("/v1/customers/1"), status=status, repeat=True)
+    api.post(url("/v1/customers"), status=status, repeat=True)
+    dm = make_client(access_token="tok")
+
+    with pytest.raises(ServerError) as read:
+        await dm.request("GET", "/v1/customers/1")
+    with pytest.raises(ServerError) as write:
+        await dm.customers.create(name="x")
+
+    assert (read.value.status, write.value.status) == (status, status)
+    assert count(api, "/v1/customers/1") == 1
+    assert count(api, "/v1/customers", "POST") == 1
+    assert write.value.outcome_unknown is False
+    assert clock.waits == []
+
+
 async def test_missing_customer_500_40201_is_not_found_and_not_retried(api, make_client, clock):
     api.get(
         url("/v1/customers/77"),
