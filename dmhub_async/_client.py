@@ -15,7 +15,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import tzinfo
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -28,7 +28,14 @@ from ._query_time import zone_setting
 from ._retry import RetryPolicy
 from ._sansio import DEFAULT_AUTH_ERROR_CODES, APIResponse
 from ._session import ClientStats, Session
-from ._validate import check_number, check_request, check_settings, is_collection, short
+from ._validate import (
+    check_codes,
+    check_number,
+    check_request,
+    check_settings,
+    is_collection,
+    short,
+)
 from .resources.customer_statistics import CustomerStatisticsResource
 from .resources.customers import Customers
 from .resources.identities import Identities
@@ -44,6 +51,8 @@ __all__ = [
 DEFAULT_BASE_URL = "https://api.convertlab.com"
 #: An export page is well under 1 MB; a body far larger is a broken or hostile server.
 DEFAULT_MAX_RESPONSE_SIZE = 64 * 1024 * 1024
+#: ``request()``'s default: no code means "not found" (told apart without a check).
+_NO_CODES: frozenset[int | str] = frozenset()
 
 
 class DMHubClient:
@@ -285,7 +294,7 @@ class DMHubClient:
         params: Mapping[str, str | int] | None = None,
         json: Any = None,
         idempotent: bool | None = None,
-        not_found_codes: frozenset[int | str] = frozenset(),
+        not_found_codes: Iterable[int | str] = _NO_CODES,
     ) -> Any:
         """Send one API call with retries, and return its decoded JSON body (None for 204).
 
@@ -294,8 +303,9 @@ class DMHubClient:
         ``idempotent``: whether a call whose answer was lost may be sent again; by default,
         by its method (GET, PUT and DELETE may; a POST or PATCH is sent once and raises with
         ``outcome_unknown``, as ``customers.create`` does). ``not_found_codes``: the body's
-        ``error_code`` values that mean "no such customer" (40201 on the customer routes),
-        raised as ``NotFoundError`` and not retried.
+        ``error_code`` values (ints or strings, ``{40201}`` or ``["40201"]``) that mean "no
+        such customer" (40201 on the customer routes), raised as ``NotFoundError`` and not
+        retried.
 
         Raises:
             InvalidRequestError: a call that cannot be sent as it is (an unknown method, a path
@@ -311,13 +321,15 @@ class DMHubClient:
             raise InvalidRequestError(
                 f"request(): idempotent must be True, False or None, not {short(idempotent)}"
             )
+        if not_found_codes is not _NO_CODES:
+            not_found_codes = check_codes("request(): not_found_codes", not_found_codes)
         return await self._session.request(
             method,
             path,
             params=query,
             json=json,
             idempotent=idempotent,
-            not_found_codes=not_found_codes,
+            not_found_codes=cast("frozenset[int | str]", not_found_codes),
         )
 
 

@@ -25,7 +25,7 @@ from yarl import URL
 
 from ._converter import scalars
 from ._converter.scalars import parse_timestamp
-from ._exceptions import InvalidRequestError
+from ._exceptions import InvalidRequestError, coerce_code
 from .models.customer import CustomerFields
 from .models.gender import Gender
 from .models.identity import Identity
@@ -371,11 +371,22 @@ def check_settings(
         if value is None and name in optional:
             continue
         check_number(name, value, low, inclusive=inclusive, kind=kind)
-    if not is_collection(auth_error_codes) or not all(
-        isinstance(code, (int, str)) and not isinstance(code, bool)
-        for code in typing.cast(Iterable[object], auth_error_codes)
+    check_codes("auth_error_codes", auth_error_codes)
+
+
+def check_codes(name: str, codes: object) -> frozenset[int | str]:
+    """Body ``error_code`` values as a set to look an answer's code up in, each read as the
+    answer's is (:func:`coerce_code`: ``"40201"`` is 40201), or InvalidRequestError.
+
+    ``request(not_found_codes={"40201"})`` never matched the answer's 40201, and one that was
+    no collection (``40201``) was sent, then raised a raw TypeError on the error answer.
+    """
+    items = tuple(typing.cast(Iterable[object], codes)) if is_collection(codes) else None
+    if items is None or not all(
+        isinstance(code, (int, str)) and not isinstance(code, bool) for code in items
     ):
-        raise InvalidRequestError("auth_error_codes must be a list of ints or strings")
+        raise InvalidRequestError(f"{name} must be a list of ints or strings, not {short(codes)}")
+    return frozenset(coerce_code(code) or typing.cast("int | str", code) for code in items)
 
 
 def check_number(

@@ -108,3 +108,29 @@ async def test_a_post_through_request_is_sent_once_when_its_answer_is_lost(
     assert sim.customer(made["id"])["name"] == "renamed"
     with pytest.raises(InvalidRequestError, match="idempotent"):
         await dm.request("GET", "/v1/customers/count", idempotent="yes")
+
+
+@pytest.mark.dmhub_simulator(customers=1)
+@pytest.mark.parametrize("codes", [{40201}, [40201], frozenset({"40201"}), (" 40201",)])
+async def test_not_found_codes_name_the_code_however_it_is_written(
+    dmhub_simulator: Any, dmhub_client: Any, codes: Any
+) -> None:
+    # A code given as text ("40201", the type allows it) never matched the answer's, read as
+    # an int: the missing customer was a ServerError, retried five times.
+    from dmhub_async import NotFoundError
+
+    with pytest.raises(NotFoundError):
+        await dmhub_client.request("GET", "/v1/customers/999", not_found_codes=codes)
+    requests = dmhub_simulator.counters.requests
+    assert sum(n for path, n in requests.items() if path.startswith("/v1/")) == 1
+
+
+@pytest.mark.dmhub_simulator(customers=1)
+@pytest.mark.parametrize("codes", [40201, "40201", None, [40201, None], [True], [1.5]])
+async def test_not_found_codes_that_are_no_codes_are_refused_before_sending(
+    dmhub_simulator: Any, dmhub_client: Any, codes: Any
+) -> None:
+    # They were taken, the call sent, and its error answer then raised a raw TypeError.
+    with pytest.raises(InvalidRequestError, match="not_found_codes"):
+        await dmhub_client.request("GET", "/v1/customers/999", not_found_codes=codes)
+    assert dmhub_simulator.counters.requests == {}
