@@ -155,4 +155,4 @@ def test_sharded_export_example_runs() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
     )
     assert result.returncode == 0, result.stderr
-    assert "complete 3000 lines: 3000" in result.stdout
+    assert "complete 3000 merged: 3000" in result.stdout

@@ -9,6 +9,8 @@ from __future__ import annotations
 import csv
 import os
 import stat
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -302,3 +304,22 @@ async def test_a_csv_merge_counts_records_and_leaves_out_one_torn_across_its_lin
         or "third" in row[rows[0].index("name")]
         for row in rows[1:]
     )  # no half record
+
+
+async def test_the_cli_says_it_merged_records_not_lines(dm: DMHubClient, tmp_path: Path) -> None:
+    # `merge` counts a CSV's records, but the CLI called them lines ("merged 401 lines", JSON
+    # "lines": 401) of a file of 403 lines (a header, and a record of two): a user checking
+    # the one against `wc -l` found them apart.
+    await dm.customers.create(name="first\nsecond")
+    out = tmp_path / "out"
+    await export_sharded(dm, out, 2, format="csv", progress=False)
+
+    def run(*args: str) -> str:
+        command = [sys.executable, "-m", "dmhub_async", "merge", str(out), *args]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=True)
+        return done.stdout
+
+    text = run("--out", str(tmp_path / "all.csv"))
+    report = orjson.loads(run("--out", str(tmp_path / "again.csv"), "--report", "json"))
+    assert text.startswith(f"merged {CUSTOMERS + 1:,} records from "), text
+    assert report["records"] == CUSTOMERS + 1
