@@ -156,3 +156,34 @@ def test_sharded_export_example_runs() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "complete 3000 merged: 3000" in result.stdout
+
+
+def test_the_command_line_synopsis_names_every_flag() -> None:
+    # The README's synopsis is where a user looks a flag up: `demo --concurrency`, `lookup
+    # --allow-insecure-http`, `export --shards` and the `worker` and `merge` commands were
+    # missing from it, though --help had them.
+    import argparse
+
+    from dmhub_async.cli import build_parser
+
+    text = README.read_text(encoding="utf-8")
+    synopsis = next(b for b in re.findall(r"```text\n(.*?)```", text, re.S) if "dmhub-async" in b)
+    usage: dict[str, str] = {}
+    command = ""
+    for line in synopsis.splitlines():
+        if line.startswith("dmhub-async "):
+            command = line.split()[1]
+        usage[command] = usage.get(command, "") + line + "\n"
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    missing = {}
+    for name, parser in commands.choices.items():
+        flags = [
+            action.option_strings
+            for action in parser._actions
+            if action.option_strings and "--help" not in action.option_strings
+        ]
+        said = usage.get(name, "")
+        gone = [f[-1] for f in flags if not any(re.search(rf"{o}\b", said) for o in f)]
+        if gone:
+            missing[name] = gone
+    assert not missing, missing
