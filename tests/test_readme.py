@@ -187,3 +187,14 @@ def test_the_command_line_synopsis_names_every_flag() -> None:
         if gone:
             missing[name] = gone
     assert not missing, missing
+
+
+def test_the_readme_gives_the_bound_on_a_walk_that_makes_no_progress() -> None:
+    # The README said a walk stops after 40 pages without progress (and past twice the largest
+    # total plus 40); the bound was raised to 72 so that a long drift repair never trips it,
+    # and a user sizing a timeout on the README's figure got 32 more requests.
+    from dmhub_async._pagination_plan import MAX_READS_WITHOUT_PROGRESS as BOUND
+
+    text = " ".join(README.read_text(encoding="utf-8").split())
+    assert f"{BOUND} pages in a row that bring no new record" in text
+    assert f"reported, plus {BOUND} (`hasNext` true for ever)" in text
