@@ -636,3 +636,23 @@ async def test_a_paginator_walks_once() -> None:
     assert await paginator.to_list() == [1, 2, 3, 4, 5]
     with pytest.raises(InvalidRequestError, match="walks once"):
         await paginator.to_list()
+
+
+async def test_pages_held_while_one_is_slow_are_up_to_twice_the_concurrency() -> None:
+    # The README said an export holds at most `concurrency` pages; while one page is slow the
+    # other workers go on reading, and up to 2 * concurrency pages (read, and waiting for it)
+    # are held: the memory a user sizes must count them.
+    concurrency, slow = 2, 2
+    server = FakeServer(1000, totals="both", latency=0.05, fast_pages=(1, *range(3, 101)))
+    paginator = walk(server, concurrency=concurrency)
+    pages = paginator.pages()
+    assert (await pages.__anext__()).number == 1
+    waiting = asyncio.ensure_future(pages.__anext__())  # for page 2, the slow one
+    for _ in range(100):  # the loop turns the other worker needs to read all it may
+        await asyncio.sleep(0)
+    held = [n for n in server.requests if n > slow]  # answered: only page 2 is out
+    assert not waiting.done()
+    assert server.in_flight == 1
+    assert concurrency < len(held) <= 2 * concurrency, server.requests
+    waiting.cancel()
+    await paginator.aclose()

@@ -58,7 +58,7 @@ async def export_customers(
         format: ``"jsonl"`` or ``"csv"``.
         page_size: rows a request (the service serves at most 100); a resumed export keeps
             the size it began with.
-        concurrency: pages fetched at once.
+        concurrency: pages fetched at once (up to twice as many are held, waiting for a slow one).
         progress: show a progress bar (tqdm) when stderr is a terminal.
         checkpoint: a file recording progress after every page: rerun the same call to resume.
         on_progress: called with an :class:`ExportProgress` after every page written.
