@@ -198,3 +198,20 @@ def test_the_readme_gives_the_bound_on_a_walk_that_makes_no_progress() -> None:
     text = " ".join(README.read_text(encoding="utf-8").split())
     assert f"{BOUND} pages in a row that bring no new record" in text
     assert f"reported, plus {BOUND} (`hasNext` true for ever)" in text
+
+
+def test_the_error_tree_names_every_error_the_sdk_raises() -> None:
+    # TokenStoreError (a token store failed, was too slow, or is unsafe) was missing from the
+    # README's tree, so code catching "every DMHubError subclass" as listed missed it.
+    import dmhub_async
+    from dmhub_async import DMHubError
+
+    text = README.read_text(encoding="utf-8")
+    tree = next(b for b in re.findall(r"```text\n(.*?)```", text, re.S) if "DMHubError" in b)
+    errors = {
+        name
+        for name in dmhub_async.__all__
+        if isinstance(getattr(dmhub_async, name), type)
+        and issubclass(getattr(dmhub_async, name), DMHubError)
+    }
+    assert errors == {"DMHubError", *re.findall(r"\+-- (\w+)", tree)}
