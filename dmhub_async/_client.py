@@ -382,12 +382,16 @@ def _check_headers(headers: object) -> None:
 
 
 def _is_loopback(url: str) -> bool:
-    """Whether ``url`` names this machine: plain http cannot be overheard there."""
+    """Whether ``url`` names this machine: plain http cannot be overheard there.
+
+    A loopback address, or ``localhost`` itself (``/etc/hosts``). Not a name under
+    ``.localhost``: glibc sends it to DNS, which may answer with any host's address.
+    """
     try:
         host = urlsplit(url).hostname or ""
     except ValueError:
         return False
-    if host == "localhost" or host.endswith(".localhost"):
+    if host == "localhost":
         return True
     try:
         return ipaddress.ip_address(host).is_loopback

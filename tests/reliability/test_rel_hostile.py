@@ -391,7 +391,17 @@ async def test_a_token_answer_that_holds_no_sendable_token_is_refused(
 # -- 6. plain http only to this machine, unless asked for -----------------------------------------
 
 
-@pytest.mark.parametrize("url", ["http://api.convertlab.com", "http://10.0.0.5:8080"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://api.convertlab.com",
+        "http://10.0.0.5:8080",
+        # A name under .localhost is this machine only where the resolver says so: glibc asks
+        # DNS for it ("files dns"), which may answer any address. It was taken as loopback.
+        "http://api.localhost",
+        "http://dmhub.internal.localhost:8080",
+    ],
+)
 def test_plain_http_to_another_machine_is_refused(url: str) -> None:
     with pytest.raises(InvalidRequestError) as caught:
         DMHubClient(access_token=TOKEN, base_url=url)  # before: accepted
