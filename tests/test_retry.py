@@ -62,6 +62,10 @@ RETRYABLE: dict[str, tuple[dict[str, Any], type[Exception]]] = {
     "connect failure": ({"exception": connect_failure()}, APIConnectionError),
     "timeout": ({"exception": asyncio.TimeoutError()}, APITimeoutError),
     "truncated 200": ({"status": 200, "body": b'{"id": 1, "na'}, ResponseDecodeError),
+    # Any 5xx but FINAL_5XX, not only the 500/502/503/504 the README listed (a CDN's 520-524
+    # are outages too), and a 200 that is no JSON (a gateway's page): the README says so.
+    "520": ({"status": 520, "body": b""}, ServerError),
+    "html 200": ({"status": 200, "body": b"<html>maintenance</html>"}, ResponseDecodeError),
 }
 
 
