@@ -121,7 +121,9 @@ def mobile_of(i: int, offset: int) -> str:
 
 def index_of_mobile(mobile: str, offset: int) -> int | None:
     """The seeded row index whose generated mobile this is, if it has that shape."""
-    if len(mobile) != 11 or not mobile.isdigit():
+    # ASCII digits only: "²" is a digit to isdigit() but not to int() (a raw 500), and int()
+    # reads "٤" as 4, so another string would point at a seeded row's number.
+    if len(mobile) != 11 or not (mobile.isascii() and mobile.isdigit()):
         return None
     prefix = _PREFIX_INDEX.get(mobile[:3])
     if prefix is None:
@@ -140,9 +142,14 @@ def index_of_email(email: str) -> int | None:
     """The seeded row index encoded in a generated e-mail address, if it has that shape."""
     local, _, _ = email.partition("@")
     digits = local.lstrip("abcdefghijklmnopqrstuvwxyz")
-    if not digits or not digits.isdigit() or len(digits) > 12:
+    if not digits or not _is_ascii_number(digits) or len(digits) > 12:
         return None
     return int(digits)
+
+
+def _is_ascii_number(text: str) -> bool:
+    """Whether ``text`` is ASCII digits only (``isdigit()`` takes "²", which int() refuses)."""
+    return text.isascii() and text.isdigit()
 
 
 def openid_of(i: int, offset: int) -> str:
@@ -171,7 +178,7 @@ def shop_account_of(i: int) -> str:
 def index_of_shop_account(value: str) -> int | None:
     """The seeded row index encoded in a generated shop account, if it has that shape."""
     digits = value[4:]
-    if not value.startswith("user") or not digits.isdigit() or len(digits) > 12:
+    if not value.startswith("user") or not _is_ascii_number(digits) or len(digits) > 12:
         return None
     return int(digits) - _SHOP_OFFSET
 

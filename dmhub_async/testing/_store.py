@@ -167,7 +167,8 @@ class CustomerStore:
         k = index_of_mobile(mobile, self._offset)
         if k is None or (customer_id := self._seeded(k)) is None:
             return None
-        return customer_id if has_mobile(self._ga[k]) else None
+        found = has_mobile(self._ga[k]) and mobile_of(k, self._offset) == mobile
+        return customer_id if found else None
 
     def find_by_email(self, email: str) -> int | None:
         """The id of the customer with this e-mail address."""

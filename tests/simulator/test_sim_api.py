@@ -486,6 +486,53 @@ async def test_filters_by_mobile_email_and_id_list(api: Api, sim: DMHubSimulator
     assert (await api.call("GET", "/v1/customers/count", mobile="10000000000"))[1] == 0
 
 
+_ARABIC_DIGITS = str.maketrans(
+    "0123456789", "\u0660\u0661\u0662\u0663\u0664\u0665\u0666\u0667\u0668\u0669"
+)
+
+
+async def test_a_mobile_in_other_digits_matches_no_seeded_customer(
+    api: Api, sim: DMHubSimulator
+) -> None:
+    # A mobile written in Arabic-Indic digits is another string: live, a create with it is a new
+    # customer. The simulator read it back to a seeded row's number (int() takes those digits)
+    # and updated that customer instead, overwriting its name and mobile.
+    seeded = next(c for c in everyone(sim) if c["mobile"])
+    other = seeded["mobile"][:3] + seeded["mobile"][3:].translate(_ARABIC_DIGITS)
+    status, body = await api.call("POST", "/v1/customers", {"name": "新人", "mobile": other})
+    assert (status, body["mobile"]) == (201, other)
+    assert body["id"] != seeded["id"]
+    assert sim.customer(seeded["id"]) == seeded
+    assert (await api.call("GET", "/v1/customers/count", mobile=other))[1] == 1
+
+
+@pytest.mark.parametrize(
+    ("path", "params"),
+    [
+        ("/v1/customers/count", {"email": "wang\u00b2@qq.com"}),
+        ("/v1/customers", {"mobile": "139" + "\u00b2" * 8}),
+        (
+            "/v1/customeridentities",
+            {"identityType": "mobile", "identityValue": "139" + "\u00b2" * 8},
+        ),
+        (
+            "/v1/customeridentities",
+            {"identityType": "myshop-account", "identityValue": "user\u00b2"},
+        ),
+    ],
+)
+async def test_a_superscript_digit_in_a_lookup_finds_no_one(
+    api: Api, path: str, params: dict[str, str]
+) -> None:
+    # "²" is a digit to str.isdigit() but not to int(): the simulator answered a raw 500
+    # ("simulator error: ValueError") where the service finds no one.
+    status, body = await api.call("GET", path, **params)
+    assert status == 200
+    assert body in (0, [], {"rows": [], "records": 0, "total": 0})
+    status, body = await api.call("POST", "/v1/customers", {"email": "li\u00b2@qq.com"})
+    assert status == 201
+
+
 @pytest.mark.parametrize("field", ["mobile", "email"])
 async def test_a_mobile_or_email_filter_lists_every_customer_that_has_it(
     api: Api, sim: DMHubSimulator, field: str
