@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import calendar
 import random
+import time
 from array import array
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping
@@ -52,6 +54,20 @@ def _random_words(rng: random.Random, n: int) -> array[int]:
     for done in range(0, n, _CHUNK_WORDS):
         words.frombytes(rng.randbytes(8 * min(_CHUNK_WORDS, n - done)))
     return words
+
+
+#: 9999-12-31T23:59:59Z: the last second the contract's timestamps can write.
+_LAST_SECOND = 253_402_300_799
+
+
+def _moved_join(joined: str, now: int) -> str:
+    """``dateJoin`` after a write that does not set it: the write's time, or a second after
+    ``joined`` when that is later (a clock standing still still moves it), to the second."""
+    try:
+        before = calendar.timegm(time.strptime(joined[:19], "%Y-%m-%dT%H:%M:%S"))
+    except ValueError:  # not the contract's form (the simulator refuses those): the write's time
+        return iso(now)
+    return iso(min(max(now, before + 1), _LAST_SECOND))
 
 
 class CustomerStore:
@@ -295,7 +311,14 @@ class CustomerStore:
         before = (row["mobile"], row["email"])
         self._unindex_row(row)
         apply_fields(row, fields, clear=clear)
-        row["lastUpdated"] = self._timestamp()
+        now = int(self._now())
+        row["lastUpdated"] = iso(now)
+        sets_join = fields.get("dateJoin") is not None or (clear and "dateJoin" in fields)
+        if row["dateJoin"] is not None and not sets_join:
+            # docs/contract.md "More live behaviour": live, dateJoin moved after a matched
+            # create and after a PUT. Kept, code reading it as the creation time (dateCreated
+            # is) passed its tests here. To the write's time, and at least a second on.
+            row["dateJoin"] = _moved_join(row["dateJoin"], now)
         self._index_row(row)
         self._reindex_left(before)
         return row

@@ -317,6 +317,34 @@ async def test_put_null_clears_and_answers_the_customer_after(
         assert sim.customer(target["id"]) == body
 
 
+async def test_date_join_moves_after_a_put_or_a_matched_create(http: aiohttp.ClientSession) -> None:
+    # docs/contract.md "More live behaviour": live, dateJoin moved after a matched create and
+    # after a PUT (dateCreated is the creation time). The simulator kept it, so code reading
+    # dateJoin as the creation time passed its tests and went wrong live.
+    clock = FakeClock(1_700_000_000.0)
+    async with DMHubSimulator(customers=5, seed=3, clock=clock) as sim:
+        api = Api(http, sim)
+        _, made = await api.call("POST", "/v1/customers", {"name": "D", "mobile": "13700000000"})
+        path, created = f"/v1/customers/{made['id']}", made["dateCreated"]
+        assert made["dateJoin"] == created == "2023-11-14T22:13:20Z"
+        _, put = await api.call("PUT", path, {"remark": "r"})
+        assert (put["dateJoin"], put["dateCreated"]) == ("2023-11-14T22:13:21Z", created)
+        _, matched = await api.call("POST", "/v1/customers", {"mobile": "13700000000"})
+        assert (matched["id"], matched["dateCreated"]) == (made["id"], created)
+        assert matched["dateJoin"] == "2023-11-14T22:13:22Z"  # moved, on a clock standing still
+        ident = [{"identityType": "wechat", "identityValue": "o-dj"}]
+        body = {"customer": {"mobile": "13700000000"}, "customerIdentities": ident}
+        _, upserted = await api.call("POST", "/v1/customerandidentities", body)
+        assert (upserted["id"], upserted["dateJoin"]) == (made["id"], "2023-11-14T22:13:23Z")
+        clock.advance(3600)
+        _, later = await api.call("PUT", path, {"remark": "s"})
+        assert later["dateJoin"] == later["lastUpdated"] == "2023-11-14T23:13:20Z"
+        # A write that sets dateJoin keeps what it sets.
+        await api.call("PUT", path, {"dateJoin": "2017-06-01T12:12:12Z"})
+        assert (await api.call("GET", path))[1]["dateJoin"] == "2017-06-01T12:12:12Z"
+        assert (await api.call("GET", path))[1]["dateCreated"] == created
+
+
 async def test_put_keeps_a_verified_mobile_verified(api: Api, sim: DMHubSimulator) -> None:
     c = sim.insert_customer({"mobile": "13900000000", "mobileVerified": True})
     _, body = await api.call("PUT", f"/v1/customers/{c['id']}", {"mobileVerified": False})
