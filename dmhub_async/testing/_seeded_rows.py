@@ -276,6 +276,10 @@ def decode_customer(i: int, customer_id: int, a: int, b: int, offset: int) -> Ro
     if (a >> 45) & 3 == 0:
         # A field no published document lists: what a newer service would send.
         row["tagCount"] = (b >> 10) & 15
+    elif (a >> 45) & 3 == 3 and (b >> 62) == 0:
+        # One in sixteen: docs/contract.md "More live behaviour", some live answers "lacked
+        # attr and displayName entirely", so code must not count on either key.
+        del row["attr"], row["displayName"]
     return row
 
 

@@ -189,7 +189,10 @@ class DMHubSimulator:
     def customer(self, customer_id: int) -> Row | None:
         """A copy of a customer's wire dict, or None if it does not exist."""
         row = self.store.get(customer_id)
-        return None if row is None else {**row, "attr": dict(row["attr"] or {})}
+        if row is None:
+            return None
+        # A copy: attr as well (some seeded customers have none, as some live answers do).
+        return {**row, "attr": dict(row["attr"] or {})} if "attr" in row else dict(row)
 
     def identities(self, customer_id: int) -> list[tuple[str, str, str | None]]:
         """The (type, value, name) identities bound to a customer."""
