@@ -104,7 +104,12 @@ class _Routes:
             # docs/contract.md "create": matched by mobile or email, updated; live answers 200.
             row = self.store.update(found, customer, clear=False)
             return json_response(answer_of(row, customer))
-        return json_response(answer_of(self.store.create(customer), customer), 201)
+        # docs/contract.md "create": live, a new customer was answered 201, and once 200 as a
+        # matched one is, so the status cannot tell them apart. Always 201, code that took it
+        # for "created" passed its tests here: 200 and 201 in turn, 200 first.
+        self.state.customers_created += 1
+        status = 200 if self.state.customers_created % 2 else 201
+        return json_response(answer_of(self.store.create(customer), customer), status)
 
     async def get(self, request: web.Request) -> web.Response:
         row = self.store.get(customer_id_of(request))

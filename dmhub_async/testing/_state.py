@@ -42,6 +42,8 @@ class SimulatorState:
     """Revoke the token after this many more ``/v1`` requests (None: never)."""
     expire_in: int | None = None
     """Expire the token after this many more ``/v1`` requests (None: never)."""
+    customers_created: int = 0
+    """Customers ``POST /v1/customers`` created (not matched): its answer's status turns on it."""
 
     async def before_request(self, request: web.Request) -> None:
         """Count down the pending token revocation and expiry, then run the request hooks."""

@@ -191,11 +191,11 @@ async def test_get_returns_every_contract_field(api: Api, sim: DMHubSimulator) -
         assert field in body
 
 
-async def test_create_answers_201_then_200_when_mobile_or_email_matches(api: Api) -> None:
+async def test_create_answers_200_when_mobile_or_email_matches(api: Api) -> None:
     status, made = await api.call(
         "POST", "/v1/customers", {"name": "小D", "mobile": "18612341234", "createMethod": "api"}
     )
-    assert status == 201
+    assert status in (200, 201)  # new: either (see the test below)
     assert made["displayName"] == "小D"
     assert "createMethod" not in made
     status, again = await api.call(
@@ -208,6 +208,21 @@ async def test_create_answers_201_then_200_when_mobile_or_email_matches(api: Api
     assert (status, by_email["id"], by_email["remark"]) == (200, made["id"], "r")
 
 
+async def test_the_status_of_a_create_does_not_tell_a_new_customer(
+    api: Api, sim: DMHubSimulator
+) -> None:
+    # docs/contract.md "create": live, a new customer was answered 201 and, in one recording,
+    # 200, as a matched one is: the status cannot tell them apart. The simulator always said
+    # 201, so code taking 201 (dm.last_response.status_code) for "created" passed its tests
+    # and went wrong live. New customers are answered 200 and 201 in turn, 200 first.
+    statuses = []
+    for n in range(4):
+        status, _ = await api.call("POST", "/v1/customers", {"name": f"新{n}"})
+        statuses.append(status)
+    assert statuses == [200, 201, 200, 201]
+    assert sim.customers_count() == 204
+
+
 async def test_request_fields_the_service_does_not_know_come_back_as_null(
     api: Api, sim: DMHubSimulator
 ) -> None:
@@ -216,7 +231,7 @@ async def test_request_fields_the_service_does_not_know_come_back_as_null(
     status, made = await api.call(
         "POST", "/v1/customers", {"name": "小D", "fooBar": 1, "createMethod": "api"}
     )
-    assert (status, made["fooBar"], made["name"]) == (201, None, "小D")
+    assert (status in (200, 201), made["fooBar"], made["name"]) == (True, None, "小D")
     assert "createMethod" not in made  # a request field the service knows: not a customer's
     _, again = await api.call("POST", "/v1/customers", {"name": "小E", "mobile": "13700000000"})
     status, matched = await api.call(
@@ -529,7 +544,7 @@ async def test_a_mobile_in_other_digits_matches_no_seeded_customer(
     seeded = next(c for c in everyone(sim) if c["mobile"])
     other = seeded["mobile"][:3] + seeded["mobile"][3:].translate(_ARABIC_DIGITS)
     status, body = await api.call("POST", "/v1/customers", {"name": "新人", "mobile": other})
-    assert (status, body["mobile"]) == (201, other)
+    assert (status in (200, 201), body["mobile"]) == (True, other)
     assert body["id"] != seeded["id"]
     assert sim.customer(seeded["id"]) == seeded
     assert (await api.call("GET", "/v1/customers/count", mobile=other))[1] == 1
@@ -559,7 +574,7 @@ async def test_a_superscript_digit_in_a_lookup_finds_no_one(
     assert status == 200
     assert body in (0, [], {"rows": [], "records": 0, "total": 0})
     status, body = await api.call("POST", "/v1/customers", {"email": "li\u00b2@qq.com"})
-    assert status == 201
+    assert status in (200, 201)
 
 
 @pytest.mark.parametrize("field", ["mobile", "email"])
@@ -838,7 +853,7 @@ async def test_a_date_join_in_the_contracts_form_is_kept_and_reads_back(
 ) -> None:
     for when in ("2017-06-01T12:12:12Z", "2017-06-01T12:12:12.5Z", None):
         status, made = await api.call("POST", "/v1/customers", {"name": "x", "dateJoin": when})
-        assert status == 201
+        assert status in (200, 201)
         assert made["dateJoin"] == (when or made["dateCreated"])  # null: the service's own
     # The SDK writes a datetime to the second, as the contract does; it reads back so.
     joined = datetime(2017, 6, 1, 20, 12, 12, 123456, tzinfo=timezone(timedelta(hours=8)))
@@ -878,7 +893,7 @@ async def test_integers_beyond_64_bits_are_stored_and_served_exactly(api: Api, b
         "/v1/customers",
         {"name": "大数", "employeeNumber": big, "annualRevenue": big, "attr": {"attr9": big}},
     )
-    assert status == 201, made
+    assert status in (200, 201), made
     status, got = await api.call("GET", f"/v1/customers/{made['id']}")
     assert status == 200
     assert (got["employeeNumber"], got["annualRevenue"], got["attr"]["attr9"]) == (big, big, big)
