@@ -165,9 +165,12 @@ def check_customer(fields: Any) -> dict[str, Any]:
                 bad(BAD_VALUE, "attr must be a JSON object")
         elif not isinstance(value, str):
             bad(BAD_VALUE, f"{name} must be a string")
-        elif name == "dateJoin" and not _is_utc_time(value):
-            # Kept as sent, "yesterday" came back in every answer and no client could read it.
-            bad(BAD_VALUE, "dateJoin must be a UTC time such as 2017-06-01T12:12:12Z")
+        elif name == "dateJoin":
+            if not _is_utc_time(value):
+                # Kept as sent, "yesterday" came back in every answer and no client read it.
+                bad(BAD_VALUE, "dateJoin must be a UTC time such as 2017-06-01T12:12:12Z")
+            # A fraction is taken, and dropped: live answers times to the second.
+            out[name] = value[:19] + "Z"
         elif len(value) > _MAX_LENGTHS.get(name, 1 << 30):
             bad(BAD_VALUE, f"{name} is longer than {_MAX_LENGTHS[name]} characters")
     return out
