@@ -37,6 +37,7 @@ __all__ = [
     "Token",
     "TokenManager",
     "TokenStore",
+    "legacy_token_key",
     "token_key",
 ]
 
@@ -85,6 +86,19 @@ def token_key(base_url: str, app_id: str, secret: str) -> str:
     return f"{normalise_base_url(base_url)}|{app_id}|{secret_fingerprint(app_id, secret)}"
 
 
+def legacy_token_key(base_url: str, app_id: str) -> str:
+    """The key dmhub-async 0.1 kept an appid's token under: the base URL as given (less a
+    final ``/``) and the appid.
+
+    A token this version fetches is written there too (:class:`TokenManager`'s
+    ``mirror_keys``), so that 0.1 processes sharing the store take it after a refusal instead
+    of fetching their own, which revoked this version's, which fetched again, and so on for
+    every call while both ran (a rolling upgrade). Only written, never read: a token found
+    there carries no fingerprint of the secret that fetched it.
+    """
+    return f"{base_url.rstrip('/')}|{app_id}"
+
+
 class TokenManager:
     """One client's token: held in memory, shared through the store, refreshed single flight.
 
@@ -105,8 +119,11 @@ class TokenManager:
         refresh_margin: float = 300.0,
         timeout: float = 30.0,
         lock_wait: float | None = None,
+        mirror_keys: tuple[str, ...] = (),
     ) -> None:
         self._key = key
+        #: Keys a token this manager fetches is also written under (:func:`legacy_token_key`).
+        self._mirror_keys = mirror_keys
         #: How long to wait for the store's lock: another client's whole fetch, retries
         #: included (it was one attempt's ``timeout``: a token answer slow enough to be retried
         #: sent every waiter to fetch its own, revoking the others', on a healthy store).
@@ -250,6 +267,8 @@ class TokenManager:
             token = await self._fetch_new(fetch)
             try:
                 await self._call(self._store.set(self._key, token))
+                for key in self._mirror_keys:
+                    await self._call(self._store.set(key, token))
             except TokenStoreError as err:
                 log.warning("%s; the new token is held but not shared", err)
             return token

@@ -23,7 +23,7 @@ import attrs
 from backoff.types import Details
 from yarl import URL
 
-from ._auth import Token, TokenManager, TokenStore, token_key
+from ._auth import MemoryTokenStore, Token, TokenManager, TokenStore, legacy_token_key, token_key
 from ._exceptions import (
     APIConnectionError,
     APIError,
@@ -251,6 +251,10 @@ class Session:
                 clock,
                 timeout=timeout.total or 30.0,
                 lock_wait=_fetch_budget(timeout.total or 30.0, policy),
+                # A store other processes may share, 0.1 ones among them: see legacy_token_key.
+                mirror_keys=()
+                if isinstance(token_store, MemoryTokenStore)
+                else (legacy_token_key(base_url, app_id),),
             )
         self._build_retries()
 

@@ -7,6 +7,7 @@ import asyncio
 import errno
 import os
 import stat
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -1003,3 +1004,81 @@ def test_a_file_stores_lock_is_one_threads_at_a_time_whatever_the_key(tmp_path: 
         thread.join(20)
 
     assert order == ["a in", "a out", "b in"]
+
+
+class Client01:
+    """The token handling of dmhub-async 0.1.0, as it runs in a process not yet upgraded: its
+    store key is the base URL and the appid; each call reads the store, and a refused token is
+    refreshed under the store's lock unless the store holds another fresh one (0.1.0's
+    ``TokenManager``, word for word), then the call is sent once more."""
+
+    def __init__(self, sim: Any, store: Any, http: Any) -> None:
+        self.sim, self.store, self.http = sim, store, http
+        self.key = f"{sim.url.rstrip('/')}|{sim.app_id}"
+
+    def _fresh(self, token: Token | None) -> bool:
+        return token is not None and time.time() < token.expires_at - 300.0
+
+    async def _token(self) -> str:
+        token = await self.store.get(self.key)
+        if token is not None and self._fresh(token):
+            return token.value
+        return await self._refresh(token.value if token else None)
+
+    async def _refresh(self, stale: str | None) -> str:
+        async with self.store.lock(self.key):
+            token = await self.store.get(self.key)
+            if token is not None and token.value != stale and self._fresh(token):
+                return token.value
+            params = {"grant_type": "client_credentials", "appid": self.sim.app_id}
+            params["secret"] = self.sim.secret
+            async with self.http.get(f"{self.sim.url}/security/accesstoken", params=params) as r:
+                body = await r.json()
+            token = Token(body["access_token"], time.time() + float(body["expires_in"]))
+            await self.store.set(self.key, token)
+            return token.value
+
+    async def count(self) -> int:
+        token = await self._token()
+        for attempt in range(2):
+            url = f"{self.sim.url}/v1/customers/count"
+            async with self.http.get(url, params={"access_token": token}) as r:
+                body = await r.json(content_type=None)
+            if not isinstance(body, dict):
+                return int(body)
+            if attempt == 0:
+                token = await self._refresh(token)
+        raise AssertionError(f"0.1.0's call failed: {body}")
+
+
+@pytest.mark.parametrize("kind", ["file", "redis"])
+async def test_a_0_1_process_sharing_the_store_takes_this_versions_token(
+    tmp_path: Any, kind: str
+) -> None:
+    """A rolling upgrade: a process still on 0.1.0 and an upgraded one share a token file or
+    Redis. The store key changed (issue 13), so each read only its own key and fetched a token
+    whenever the other's had revoked its own: every call of one after a call of the other
+    fetched a token (40 tokens for 40 calls; run at once, 36 of 400 calls failed with
+    AuthenticationError). Either version alone fetches one. The upgraded client now also
+    writes a token it fetches under 0.1.0's key, where a 0.1.0 process looks after a refusal."""
+    import aiohttp
+
+    from dmhub_async.testing import DMHubSimulator
+
+    redis = fakeredis.FakeAsyncRedis() if kind == "redis" else None
+    shared: Any = (
+        FileTokenStore(tmp_path / "tokens.json") if redis is None else RedisTokenStore(client=redis)
+    )
+    async with (
+        DMHubSimulator(customers=3) as sim,
+        aiohttp.ClientSession() as http,
+        DMHubClient(sim.app_id, sim.secret, base_url=sim.url, token_store=shared) as dm,
+    ):
+        old = Client01(sim, shared, http)
+        for _ in range(10):
+            assert await old.count() == 3
+            assert await dm.customers.count() == 3
+        issued = sim.counters.tokens_issued
+    if redis is not None:
+        await redis.aclose()
+    assert issued <= 2
