@@ -79,10 +79,17 @@ class FileTokenStore:
             )
         others = 0o022 if what == "directory" else 0o077
         if st.st_mode & others:
+            if what != "directory":
+                advice = "chmod 600 it"
+            elif st.st_mode & stat.S_ISVTX:
+                # A shared directory (/tmp, /var/tmp): chmod 700 on it breaks every other user
+                # and service of the machine.
+                advice = "keep the token file in a directory of your own (mode 700) instead"
+            else:
+                advice = "chmod 700 it, or keep the token file in a directory of your own"
             raise self._error(
                 f"the {what} {str(path)!r} is open to other users (mode "
-                f"{stat.S_IMODE(st.st_mode):o}): refusing it; chmod "
-                f"{'700' if what == 'directory' else '600'} it",
+                f"{stat.S_IMODE(st.st_mode):o}): refusing it; {advice}",
                 unsafe=True,
             )
 

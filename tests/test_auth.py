@@ -649,6 +649,28 @@ async def test_an_unsafe_token_file_is_refused_with_a_clear_error(
     assert tokens.issued == []
 
 
+async def test_a_token_file_in_a_shared_directory_is_refused_without_advising_chmod(
+    api, tokens, make_client, tmp_path
+):
+    """0.1 kept a token file anywhere, /tmp included; now a directory others can write to is
+    refused. For a shared directory such as /tmp (sticky, mode 1777, root's own in a container
+    run as root) the error said "chmod 700 it": done, it breaks every other user and service of
+    the machine. It now says to move the file to a directory of the user's own."""
+    shared = tmp_path / "tmp"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    api.get(url("/v1/customers/1"), payload=CUSTOMER, repeat=True)
+    dm = make_client(token_store=FileTokenStore(shared / "dmhub-tokens.json"))
+
+    with pytest.raises(TokenStoreError) as caught:
+        await dm.request("GET", "/v1/customers/1")
+
+    assert caught.value.unsafe
+    assert "chmod" not in str(caught.value)
+    assert "a directory of your own" in str(caught.value)
+    assert tokens.issued == []
+
+
 async def test_a_refresh_ahead_of_expiry_that_fails_costs_no_call(api, make_client, clock, caplog):
     # The token endpoint down in the refresh margin: the held token is still valid, so calls go
     # on with it; once it has expired, the endpoint's error is the call's.
