@@ -156,3 +156,24 @@ def test_every_name_and_subpackage_comes_on_first_use() -> None:
         "True",
         "module 'dmhub_async' has no attribute 'Nope'",
     ]
+
+
+def test_0_1s_statistics_resource_name_warns_and_is_the_resource_where_0_1_defined_it() -> None:
+    """0.1's resource behind ``dm.customer_statistics`` was ``CustomerStatistics``, defined in
+    ``dmhub_async.resources.customer_statistics``; it is ``CustomerStatisticsResource`` now.
+    ``dmhub_async.resources.CustomerStatistics`` warned and gave the resource, but the module
+    0.1 defined it in gave the model under that name, silently: a 0.1 import from there got
+    another class (``isinstance(dm.customer_statistics, CustomerStatistics)`` turned false)."""
+    import warnings
+
+    import dmhub_async.resources
+    import dmhub_async.resources.customer_statistics as module
+    from dmhub_async.resources import CustomerStatisticsResource
+
+    for where in (dmhub_async.resources, module):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            resource = where.CustomerStatistics
+        assert resource is CustomerStatisticsResource, where
+        assert [w.category for w in caught] == [DeprecationWarning], where
+        assert "CustomerStatisticsResource" in str(caught[0].message)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import operator
+import warnings
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -10,7 +11,7 @@ from .._converter import read_statistics_page, wire_names
 from .._exceptions import InvalidRequestError
 from .._pagination import AsyncPaginator
 from .._validate import check_id, check_query, short
-from ..models.statistics import CustomerStatistics
+from ..models.statistics import CustomerStatistics as CustomerStatisticsModel
 from ._filters import wire_field
 from ._pages import items_page, paginate
 from ._resource import Resource
@@ -31,7 +32,7 @@ class CustomerStatisticsResource(Resource):
         concurrency: int = 1,
         sort_by: str = "id",
         sort_order: Literal["asc", "desc"] = "asc",
-    ) -> AsyncPaginator[CustomerStatistics]:
+    ) -> AsyncPaginator[CustomerStatisticsModel]:
         """Walk the statistics records, of one customer or of all, in order (``meta.hasNext``).
 
         ``sort_by`` is a field of :class:`CustomerStatistics` by its name (``"total_score"``) or
@@ -64,8 +65,22 @@ class CustomerStatisticsResource(Resource):
 
 #: The wire name of each statistics field: sort_by takes either (``total_score`` was sent as
 #: given, and the service refused it).
-_WIRE = wire_names(CustomerStatistics)
+_WIRE = wire_names(CustomerStatisticsModel)
 
 
 #: A record's id, in C: the walk reads it from every record.
-_record_id: Callable[[CustomerStatistics], Any] = operator.attrgetter("id")
+_record_id: Callable[[CustomerStatisticsModel], Any] = operator.attrgetter("id")
+
+
+def __getattr__(name: str) -> Any:
+    # 0.1 defined the resource here as CustomerStatistics, the model's name: an import of it
+    # from here must not quietly give the model.
+    if name == "CustomerStatistics":
+        warnings.warn(
+            "dmhub_async.resources.customer_statistics.CustomerStatistics is now "
+            "CustomerStatisticsResource (dmhub_async.CustomerStatistics is the model)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return CustomerStatisticsResource
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
