@@ -277,7 +277,9 @@ class DMHubClient:
         Calls still under way raise :class:`DMHubError` ("closed") at once: one waiting out a
         retry's backoff, a rate-limit turn (``rate_limit``, a shared one too) or the token
         store's lock (another client's token fetch), or reading an answer through the client's
-        own session (a write cut short raises with ``outcome_unknown=True``).
+        own session. A write cut short after it was sent (its answer half read, or its retry's
+        wait after an attempt that may have been applied) raises :class:`APIConnectionError`
+        with ``outcome_unknown=True``.
         """
         await self._session.aclose()
 

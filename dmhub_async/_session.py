@@ -137,6 +137,19 @@ class _TokenFetch:
         return self.fetch()
 
 
+def _closed_after_write(request: Request) -> APIConnectionError:
+    """The error of a write the client's close ended after an attempt that may have been
+    applied (its answer cut short, or a retry's wait after a 500): the plain "closed" error
+    said nothing of the write it may have made."""
+    return APIConnectionError(
+        f"{request.method} {request.path} got no answer: the client was closed; an attempt may"
+        " have been applied, so the outcome is unknown: check before trying again",
+        method=request.method,
+        path=request.path,
+        outcome_unknown=True,
+    )
+
+
 def _from_token_request(err: BaseException) -> bool:
     # A failed token request had its own retries: repeating them here would multiply them.
     return getattr(err, "path", None) == TOKEN_PATH
@@ -401,10 +414,7 @@ class Session:
         try:
             response: APIResponse = await self._send_call(call)
         except DMHubError as err:
-            marked = _given_up(call, err)
-            if marked is err:
-                raise
-            raise marked from err.__cause__
+            raise self._ended(call, err) from err.__cause__  # a redacted stand-in, or None
         remember_response(self, response)
         return response.data
 
@@ -415,12 +425,16 @@ class Session:
         try:
             response: APIResponse = await self._send_call(call)
         except DMHubError as err:
-            marked = _given_up(call, err)
-            if marked is err:
-                raise
-            raise marked from err.__cause__
+            raise self._ended(call, err) from err.__cause__  # a redacted stand-in, or None
         remember_response(self, response)
         return response
+
+    def _ended(self, call: _Call, err: DMHubError) -> DMHubError:
+        """The error a call ends with: ``err``, or for a write that may have been applied, one
+        that says so (:func:`_given_up`; the client's close, :func:`_closed_after_write`)."""
+        if call.maybe_applied and type(err) is DMHubError and self.closed:
+            return _closed_after_write(call.request)
+        return _given_up(call, err)
 
     def _on_backoff(self, details: Details) -> None:
         # Every retry, the token request's included: stats.requests counts their attempts too.

@@ -19,6 +19,7 @@ from aiohttp import web
 from aioresponses import CallbackResult, aioresponses
 
 from dmhub_async import (
+    APIConnectionError,
     APIError,
     DMHubClient,
     DMHubError,
@@ -281,6 +282,65 @@ async def test_closing_ends_a_call_reading_an_answers_body(make_client, length, 
     finally:
         release.set()
         await runner.cleanup()
+
+
+@pytest.mark.parametrize(
+    ("method", "how"),
+    [
+        ("PUT", "half read"),
+        ("DELETE", "half read"),
+        ("POST", "half read"),  # idempotent: a create with a mobile, an upsert by identity
+        ("PUT", "backoff"),
+    ],
+)
+async def test_a_write_the_close_cuts_short_says_its_outcome_is_unknown(make_client, method, how):
+    # A write that may be repeated (PUT, DELETE, a POST the service matches) was sent, and its
+    # answer cut short by the close, or it waited out a backoff after a 500: it raised the
+    # plain "closed" DMHubError, which says nothing of the write it may have made. The docs
+    # promise a write cut short raises with outcome_unknown=True.
+    sent, release = asyncio.Event(), asyncio.Event()
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        sent.set()
+        if how == "backoff":
+            return web.json_response({"error_code": 500}, status=500)
+        body = json.dumps(CUSTOMER).encode()
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        response.content_length = len(body)
+        await response.prepare(request)
+        await response.write(body[:10])
+        await release.wait()
+        return response
+
+    async def sleep(seconds: float) -> None:
+        await asyncio.Event().wait()  # a long backoff: it ends only if the close ends it
+
+    app = web.Application()
+    app.router.add_route(method, "/v1/customers/1", handler)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        base = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        dm = make_client(access_token="tok", base_url=base, sleep=sleep)
+        body = {"name": "x"} if method != "DELETE" else None
+        call = asyncio.ensure_future(
+            dm.request(method, "/v1/customers/1", json=body, idempotent=True)
+        )
+        await asyncio.wait_for(sent.wait(), 5)
+        for _ in range(50):  # the client reads the headers and the first bytes, or waits
+            await asyncio.sleep(0)
+
+        await asyncio.wait_for(dm.aclose(), 5)
+        with pytest.raises(APIConnectionError) as raised:
+            await asyncio.wait_for(call, 5)
+    finally:
+        release.set()
+        await runner.cleanup()
+    assert raised.value.outcome_unknown is True
+    assert "client was closed" in str(raised.value)
+    assert "outcome is unknown" in str(raised.value)
 
 
 async def test_close_without_any_request_is_fine(no_env):
