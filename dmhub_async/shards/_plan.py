@@ -15,9 +15,9 @@ filtered set, customers created after the plan included.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Awaitable, Iterable, Mapping
 from datetime import datetime, timedelta, timezone, tzinfo
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 from typing_extensions import Unpack
@@ -38,6 +38,7 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _ONE_SECOND = timedelta(seconds=1)
 #: The last second a window can end at (exclusive): datetime's last whole second.
 _LAST_END = (datetime.max.replace(tzinfo=timezone.utc) - _EPOCH) // _ONE_SECOND
+T = TypeVar("T")
 
 
 def _seconds(moment: datetime) -> int:
@@ -223,7 +224,8 @@ async def plan_shards(
     Each window holds about ``count / n`` customers when planned. A second that alone holds
     more than a window's share cannot be split (the service filters to the second): it becomes
     one shard, said in its ``note``, and the plan has fewer than ``n`` shards when edges fall
-    together. Costs about ``log2(seconds in the range)`` rounds of ``n - 1`` concurrent counts.
+    together. Costs about ``log2(seconds in the range)`` rounds of ``n - 1`` concurrent counts;
+    a count that fails stops the others of its round before the error is raised.
 
     Args:
         client: an open client.
@@ -303,6 +305,19 @@ class _Probe:
         return found
 
 
+async def _together(calls: Iterable[Awaitable[T]]) -> list[T]:
+    """The results of ``calls``, run at once. The first failure (or the caller's cancellation)
+    cancels the others, and waits for them: with ``asyncio.gather`` alone they went on in the
+    background, retries and all (up to n - 1 of them a round), holding the client's slots."""
+    tasks = [asyncio.ensure_future(call) for call in calls]
+    try:
+        return await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()  # nothing, for those done
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
 async def _edges(probe: _Probe, n: int, total: int, bottom: int, top: int) -> list[int]:
     """The n-1 window edges: for each target k*total/n, the first second t with C(t) >= target.
 
@@ -317,7 +332,7 @@ async def _edges(probe: _Probe, n: int, total: int, bottom: int, top: int) -> li
         middles = sorted({(a + b) // 2 for a, b in zip(low, high, strict=True) if b - a > 1})
         if not middles:
             break
-        counts = await asyncio.gather(*(probe.count_before(m) for m in middles))
+        counts = await _together(probe.count_before(m) for m in middles)
         seen = dict(zip(middles, counts, strict=True))
         for i, target in enumerate(targets):
             if high[i] - low[i] > 1:
@@ -331,9 +346,7 @@ async def _edges(probe: _Probe, n: int, total: int, bottom: int, top: int) -> li
     # customers before it in the same window would make that window heavier still.
     share = total / n
     for edge in sorted(edges):
-        before, through = await asyncio.gather(
-            probe.count_before(edge - 1), probe.count_before(edge)
-        )
+        before, through = await _together((probe.count_before(edge - 1), probe.count_before(edge)))
         if through - before > share and edge - 1 > bottom:
             edges.add(edge - 1)
     return sorted(edges)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
@@ -10,8 +11,9 @@ from typing import Any
 
 import orjson
 import pytest
+from aiohttp import web
 
-from dmhub_async import DMHubClient, Gender, InvalidRequestError
+from dmhub_async import DMHubClient, Gender, InvalidRequestError, ServerError
 from dmhub_async.shards import Manifest, Shard, export_sharded, merge, plan_shards
 from dmhub_async.shards._run import coordinating, prepare
 from dmhub_async.testing import DMHubSimulator
@@ -324,3 +326,39 @@ def test_a_misspelt_or_mistyped_filter_fails_a_type_check(tmp_path: Path) -> Non
     assert [line.split(":")[1] for line in errors] == ["6", "7"], out + err
     assert '"stgae"' in errors[0]
     assert '"stage"' in errors[1]
+
+
+async def test_a_count_that_fails_stops_the_plans_other_counts(sim: DMHubSimulator) -> None:
+    # A round of bisection sends up to n - 1 counts at once. One of them failing (a 500 past
+    # the retries, a token refused for good) raised at once, and the others went on in the
+    # background, each with its retries: thousands at n=4096, holding the client's slots, so
+    # the caller's next call (a retried plan) waited behind them.
+    held = asyncio.Event()
+    in_flight, failed = 0, False
+
+    async def fail_one_of_a_round(request: web.Request) -> None:
+        nonlocal in_flight, failed
+        if request.path != "/v1/customers/count":
+            return
+        in_flight += 1
+        try:
+            for _ in range(20):  # the other counts of the round arrive
+                await asyncio.sleep(0)
+            if failed:
+                await held.wait()  # an answer slow to come
+            elif in_flight >= 2:
+                failed = True
+                sim.faults.script(["500"])  # this one: the simulator draws it next
+        finally:
+            in_flight -= 1
+
+    sim.on_request(fail_one_of_a_round)
+    async with DMHubClient(sim.app_id, sim.secret, base_url=sim.url, max_retries=0) as dm:
+        try:
+            with pytest.raises(ServerError):
+                await asyncio.wait_for(plan_shards(dm, 8), 5)
+            left = [t for t in asyncio.all_tasks() if "count_before" in repr(t.get_coro())]
+            assert not left  # before: the round's other counts, waiting for their answers
+            assert dm._session._limits._free == 16  # every slot back for the next call
+        finally:
+            held.set()
