@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 import os
@@ -173,9 +174,13 @@ async def _export_shard_job(ctx: dict[str, Any], task: dict[str, Any]) -> dict[s
         now = time.monotonic()
         if now - last >= _PROGRESS_EVERY:
             last = now
-            ctx["pending_progress"].add(
-                asyncio.ensure_future(redis.hset(progress_key, str(shard.index), done.exported))
+            writing = asyncio.ensure_future(
+                redis.hset(progress_key, str(shard.index), done.exported)
             )
+            # Kept until written, no longer: a worker running for days held every one it made.
+            pending = ctx["pending_progress"]
+            pending.add(writing)
+            writing.add_done_callback(functools.partial(_written, pending))
 
     beating = asyncio.ensure_future(heartbeat())
     try:
@@ -196,6 +201,14 @@ async def _export_shard_job(ctx: dict[str, Any], task: dict[str, Any]) -> dict[s
     await redis.hset(progress_key, str(shard.index), report.exported)
     await redis.expire(progress_key, 7 * 24 * 3600)
     return await result_of(report)
+
+
+def _written(pending: set[asyncio.Future[Any]], writing: asyncio.Future[Any]) -> None:
+    """A progress write done: out of the worker's pending set, its error (a Redis away for a
+    moment) seen, as the close's gather saw it: progress is a hint, the part is the record."""
+    pending.discard(writing)
+    if not writing.cancelled():
+        writing.exception()
 
 
 def _check_same_service(client: Any, task: dict[str, Any]) -> None:

@@ -372,3 +372,58 @@ async def test_a_result_that_cannot_be_read_is_a_failed_shard_not_a_traceback(
 def test_a_worker_with_a_bad_setting_is_refused_when_made(kwargs: dict[str, object]) -> None:
     with pytest.raises(InvalidRequestError, match=r"^worker\(\): "):
         worker("redis://127.0.0.1:1/0", **kwargs)  # type: ignore[arg-type]
+
+
+async def test_a_long_running_worker_keeps_no_progress_write_once_it_is_done(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every progress report (each page, at most twice a second) is written to Redis by a task
+    # the job's context kept in a set until the worker shut down: a worker running for days
+    # held one done task (about 0.7 KB) for every half second of every shard it ran.
+    from dmhub_async.shards import _queue
+    from dmhub_async.testing import DMHubSimulator
+
+    class Redis:
+        def __init__(self) -> None:
+            self.progress: list[int] = []
+
+        async def set(self, *args: object, **kwargs: object) -> None:
+            pass
+
+        async def hset(self, key: str, field: str, value: int) -> None:
+            await asyncio.sleep(0)
+            self.progress.append(value)
+
+        async def expire(self, *args: object) -> None:
+            pass
+
+    monkeypatch.setattr(_queue, "_PROGRESS_EVERY", 0.0)  # a report for every page
+    redis = Redis()
+    async with (
+        DMHubSimulator(customers=50) as sim,
+        DMHubClient(sim.app_id, sim.secret, base_url=sim.url) as dm,
+    ):
+        ctx = {
+            "redis": redis,
+            "job_id": "j",
+            "client": dm,
+            "pending_progress": set(),
+            "heartbeat": 10.0,
+            "takeover": 30.0,
+        }
+        task = {
+            "shard": Shard(0, None, None).to_dict(),
+            "directory": str(tmp_path),
+            "format": "jsonl",
+            "page_size": 10,
+            "concurrency": 1,
+            "export_id": "e",
+            "plan_id": "p",
+        }
+        result = await _queue._export_shard_job(ctx, task)
+        for _ in range(10):
+            await asyncio.sleep(0)  # the last reports' writes end
+
+    assert result["exported"] == 50
+    assert redis.progress[:5] == [10, 20, 30, 40, 50]
+    assert ctx["pending_progress"] == set()  # before: one done task for every report
