@@ -44,6 +44,9 @@ __all__ = ["WorkerSettings", "run_in_processes"]
 
 #: How often a shard is handed out again after its worker died, before it is marked failed.
 MAX_TRIES = 3
+#: Seconds the workers have, all together, to end once the run stops (each its current page,
+#: told by its closed pipe), before those still running are killed.
+STOP_GRACE = 10.0
 
 
 @attrs.frozen
@@ -232,10 +235,15 @@ async def _supervise(
         for proc, (tasks, _) in busy.items():
             if proc.is_alive():
                 tasks.put(None)
+        # One grace period for them all, not one each: waited for in turn, workers stuck on a
+        # slow page (a struggling service, a long Retry-After) held a cancelled run (the CLI's
+        # Ctrl-C) 10 s a worker. A worker killed then resumes from its checkpoint on a rerun.
+        deadline = loop.time() + STOP_GRACE
         for proc in busy:
-            await loop.run_in_executor(None, proc.join, 10)
+            await loop.run_in_executor(None, proc.join, max(0.0, deadline - loop.time()))
             if proc.is_alive():
                 proc.kill()
+                await loop.run_in_executor(None, proc.join, 5)
         bar.close()
         manifest.write(where)
     return manifest

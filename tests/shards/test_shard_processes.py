@@ -94,3 +94,39 @@ def part_sizes(out: Path) -> list[int]:
         except FileNotFoundError:  # renamed into place in between
             continue
     return sizes
+
+
+async def test_a_run_cancelled_while_its_workers_wait_for_pages_ends_in_one_grace_period(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Cancelled (a timeout, a service's shutdown; the CLI's Ctrl-C ends it this way too) while
+    # each worker waited on a slow page, the run waited for its workers one after another, a
+    # grace period each: 10 s a worker, 80 s for `--workers 8` on a struggling service.
+    from dmhub_async.testing import DMHubSimulator
+
+    monkeypatch.setattr(_local, "STOP_GRACE", 1.0)
+    out = tmp_path / "out"
+    async with DMHubSimulator(customers=300) as sim:
+        credentials = {"app_id": sim.app_id, "secret": sim.secret, "base_url": sim.url}
+        async with DMHubClient(**credentials) as dm:
+            manifest = await prepare(dm, out, 3)
+        sim.faults.paths = ("GET /v1/customers",)
+        sim.faults.latency = 60.0  # every page: the workers are all waiting on one
+        running = asyncio.ensure_future(
+            run_in_processes(None, out, manifest, 3, client=credentials, progress=False)
+        )
+        for _ in range(1200):
+            if sim.counters.routes["GET /v1/customers"] >= 3:
+                break
+            await asyncio.sleep(0.05)
+        assert sim.counters.routes["GET /v1/customers"] >= 3
+
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        running.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await running
+        took = loop.time() - started
+
+    assert took < 1.0 + 3.0  # one grace period for all, then they are killed; before: 30 s
+    assert not multiprocessing.active_children()
