@@ -6,10 +6,11 @@ Each test reads the query the client sent to the aioresponses mock.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import warnings
 import zoneinfo
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -311,6 +312,18 @@ async def test_a_range_that_ends_before_it_starts_is_refused_before_anything_is_
     assert await dm.customers.count(**{low: value_to, high: value_to}) == 1
 
 
+@contextlib.asynccontextmanager
+async def zoned_client(zone: Any) -> AsyncIterator[tuple[DMHubSimulator, DMHubClient]]:
+    """An empty simulator and a client of it set to ``zone``: what a write's times become."""
+    async with (
+        DMHubSimulator(customers=0) as sim,
+        DMHubClient(
+            sim.app_id, sim.secret, base_url=sim.url, timezone=zone, token_store=MemoryTokenStore()
+        ) as dm,
+    ):
+        yield sim, dm
+
+
 @pytest.mark.parametrize(
     ("zone", "date_join", "stored"),
     [
@@ -332,16 +345,7 @@ async def test_a_naive_date_join_is_written_in_the_client_timezone(
 ) -> None:
     # A client set to Asia/Shanghai read a naive filter there but wrote a naive date_join as
     # UTC: datetime(2024, 1, 1, 9) became 09:00Z, 17:00 in Shanghai, eight hours late.
-    async with (
-        DMHubSimulator(customers=0) as sim,
-        DMHubClient(
-            sim.app_id,
-            sim.secret,
-            base_url=sim.url,
-            timezone=zone,
-            token_store=MemoryTokenStore(),
-        ) as dm,
-    ):
+    async with zoned_client(zone) as (sim, dm):
         made = await dm.customers.create(name="x", date_join=date_join)
         assert made.id is not None
         assert sim.customer(made.id)["dateJoin"] == stored  # type: ignore[index]
@@ -376,16 +380,7 @@ async def test_a_naive_datetime_in_attr_is_written_in_the_client_timezone(
     # datetime in a custom field as UTC: 09:00 became 09:00Z, 17:00 in Shanghai.
     attr = {"joined": written, "visits": [{"at": written}]}
     expected = {"joined": stored, "visits": [{"at": stored}]}
-    async with (
-        DMHubSimulator(customers=0) as sim,
-        DMHubClient(
-            sim.app_id,
-            sim.secret,
-            base_url=sim.url,
-            timezone=zone,
-            token_store=MemoryTokenStore(),
-        ) as dm,
-    ):
+    async with zoned_client(zone) as (sim, dm):
         made = await dm.customers.create(name="x", attr=attr)
         assert made.id is not None
         assert sim.customer(made.id)["attr"] == expected  # type: ignore[index]

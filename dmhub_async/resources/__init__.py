@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
-from .customer_statistics import CustomerStatisticsResource
+from .customer_statistics import CustomerStatisticsResource, renamed_resource
 from .customers import Customers
 from .identities import Identities
 
@@ -15,11 +14,5 @@ __all__ = ["CustomerStatisticsResource", "Customers", "Identities"]
 def __getattr__(name: str) -> Any:
     # The resource was called CustomerStatistics, as the model still is: one name, two things.
     if name == "CustomerStatistics":
-        warnings.warn(
-            "dmhub_async.resources.CustomerStatistics is now CustomerStatisticsResource "
-            "(dmhub_async.CustomerStatistics is the model)",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return CustomerStatisticsResource
+        return renamed_resource(__name__)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -72,15 +72,21 @@ _WIRE = wire_names(CustomerStatisticsModel)
 _record_id: Callable[[CustomerStatisticsModel], Any] = operator.attrgetter("id")
 
 
+def renamed_resource(module: str) -> type[CustomerStatisticsResource]:
+    """0.1's name of the resource, ``CustomerStatistics`` (the model's name now), looked up in
+    ``module``: the resource, with a DeprecationWarning pointing at the user's import."""
+    warnings.warn(
+        f"{module}.CustomerStatistics is now CustomerStatisticsResource "
+        "(dmhub_async.CustomerStatistics is the model)",
+        DeprecationWarning,
+        stacklevel=3,  # this function, the module's __getattr__, the import
+    )
+    return CustomerStatisticsResource
+
+
 def __getattr__(name: str) -> Any:
     # 0.1 defined the resource here as CustomerStatistics, the model's name: an import of it
     # from here must not quietly give the model.
     if name == "CustomerStatistics":
-        warnings.warn(
-            "dmhub_async.resources.customer_statistics.CustomerStatistics is now "
-            "CustomerStatisticsResource (dmhub_async.CustomerStatistics is the model)",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return CustomerStatisticsResource
+        return renamed_resource(__name__)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
