@@ -360,6 +360,29 @@ def test_lookup_input_takes_spaces_after_commas_and_a_header_after_blank_lines(
     ]
 
 
+def test_lookup_input_refuses_a_cell_past_the_value_unless_a_header_names_it(
+    tmp_path: Path,
+) -> None:
+    # `wechat,o-1,x`: a value holding an unquoted comma, split in two: its first part was
+    # looked up (and "not found", or worse, another customer's), the rest dropped without a
+    # word. Empty cells after the value (Excel's trailing commas) are no value; a header that
+    # names more columns declares them, as a file exported with a name column has.
+    from dmhub_async import Identity
+    from dmhub_async.cli._commands import _identities
+    from dmhub_async.cli._errors import CommandError
+
+    path = tmp_path / "ids.csv"
+    path.write_text("wechat,o-1,,\nshop,acme,inc\n", "utf-8")
+    with pytest.raises(CommandError, match=r"ids\.csv:2: .*'shop,acme,inc'.*quote"):
+        list(_identities(path, "utf-8"))
+
+    path.write_text("type,value,name\nwechat,o-1,Wang\nemail,o-2,\n", "utf-8")
+    assert list(_identities(path, "utf-8")) == [
+        Identity("wechat", "o-1"),
+        Identity("email", "o-2"),
+    ]
+
+
 def test_lookup_input_of_two_joined_excel_files_names_the_second_mark(tmp_path: Path) -> None:
     # `cat a.csv b.csv` of two Excel "CSV UTF-8" files: the second's byte order mark began a
     # line, and its first identity was looked up with the mark (and "not found", without a word).

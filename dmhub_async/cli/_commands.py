@@ -188,16 +188,23 @@ def _identities(path: Path, encoding: str) -> Iterator[Identity]:
     # skipinitialspace: `wechat, "o4..."` kept its quotes in the value (and was not found).
     reader = csv.reader(_without_nul(lines, path), skipinitialspace=True)
     first = True
+    columns = 2  # a header may name more (a name column), whose cells are then left alone
     for row in _csv_rows(reader, path):
         line = reader.line_num
         if not row or not "".join(row).strip():
             continue
         if first and [c.strip().lower() for c in row[:2]] == ["type", "value"]:
             first = False  # a header, on the first row that is not blank (not only line 1)
+            columns = max(2, len(row))
             continue
         first = False
-        if len(row) < 2:
-            raise CommandError(f"{path}:{line}: expected type,value, not {','.join(row)!r}")
+        if len(row) < 2 or any(cell.strip() for cell in row[columns:]):
+            # A cell past the value: most likely a value holding an unquoted comma, whose
+            # first part alone was looked up. Empty ones are Excel's trailing commas.
+            raise CommandError(
+                f"{path}:{line}: expected type,value, not {','.join(row)!r} (a value holding a"
+                ' comma must be quoted: wechat,"a,b"; a header naming more columns allows them)'
+            )
         try:
             yield check_identity("lookup", Identity(row[0].strip(), row[1].strip()))
         except InvalidRequestError as err:
