@@ -12,6 +12,7 @@ import copy
 import logging
 import os
 import time
+import traceback
 import urllib.request
 import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -600,15 +601,25 @@ class Session:
         if logger.isEnabledFor(logging.DEBUG):  # describe() encodes the query: not for nothing
             elapsed_ms = (time.perf_counter() - started) * 1000
             logger.debug("%s -> %d (%.1f ms)", request.describe(), status, elapsed_ms)
-        data = read_response(
-            request,
-            status,
-            resp_headers,
-            payload,
-            auth_codes=self._auth_codes,
-            now=self._clock(),
-            secrets=secrets,
-        )
+        try:
+            data = read_response(
+                request,
+                status,
+                resp_headers,
+                payload,
+                auth_codes=self._auth_codes,
+                now=self._clock(),
+                secrets=secrets,
+            )
+        except DMHubError as err:
+            # The error has what it needs of the body; the locals of the frames in its
+            # traceback (this one's and read_response's) held all of it, up to
+            # max_response_size, for as long as the error was kept (return_exceptions=True,
+            # a list of failures, an error tracker). read_response's are finished frames;
+            # this one, still running, is left alone by clear_frames.
+            traceback.clear_frames(err.__traceback__)
+            del payload, resp
+            raise
         return APIResponse(status, resp_headers, data, retries)
 
     async def _read(self, request: Request, resp: aiohttp.ClientResponse) -> bytes:
@@ -622,6 +633,9 @@ class Session:
         async for chunk in resp.content.iter_chunked(1 << 16):
             body += chunk
             if len(body) > limit:
+                # Not kept in this frame's locals: the error's traceback holds them for as
+                # long as the error is kept, and this body is what the limit refused.
+                del body, chunk
                 raise too_large(request, resp.status, limit)
         return bytes(body)
 

@@ -8,12 +8,14 @@ foreign host and records whatever reaches it. The figures are in docs/reliabilit
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import subprocess
 import sys
 import textwrap
 import traceback
+import tracemalloc
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -230,6 +232,48 @@ async def test_a_declared_length_over_the_cap_is_refused_before_reading(
 
     with pytest.raises(ResponseTooLargeError):
         await dm.customers.get(1)
+
+
+@pytest.mark.parametrize("answer", ["too large", "a large error page"])
+async def test_an_error_kept_does_not_keep_the_body_alive(
+    servers: tuple[Server, Server], client: Callable[..., DMHubClient], answer: str
+) -> None:
+    """Errors kept (``return_exceptions=True``, a list of failures, an error tracker) hold
+    their message, not the body: each held it (up to max_response_size, 64 MiB by default)
+    through the locals of the frames in its traceback."""
+    service, _ = servers
+    endless = endless_body(service)
+    page = b'{"error_code": 500, "error_description": "down", "pad": "' + b"x" * (4 * MB) + b'"}'
+
+    async def serve(request: web.Request) -> web.StreamResponse:
+        if request.path == "/warm":
+            return web.json_response({"error_code": 0})
+        if answer == "too large":
+            return await endless(request)
+        return web.Response(status=500, body=page, content_type="application/json")
+
+    service.handler = serve
+    dm = client(service.url, max_response_size=6 * MB, max_retries=0)
+    await dm.request("GET", "/warm")  # aiohttp's own buffers, before the baseline
+    tracemalloc.start()
+    try:
+        kept = []
+        for _ in range(3):
+            with pytest.raises(APIError) as caught:
+                await dm.request("GET", "/v1/customers/1")
+            kept.append(caught.value)
+            del caught
+        gc.collect()
+        with_errors = tracemalloc.get_traced_memory()[0]
+        # Still a traceback to read, down to where the SDK raised it.
+        assert all("in _send" in "".join(traceback.format_exception(e)) for e in kept)
+        kept.clear()
+        gc.collect()  # (no await since: the server's buffers are as they were)
+        held = with_errors - tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+
+    assert held < MB  # before: 24 MB (too large) and 25 MB (the error page) for 3 errors
 
 
 def test_max_response_size_must_be_a_positive_int() -> None:
