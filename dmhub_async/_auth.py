@@ -181,30 +181,39 @@ class TokenManager:
         failed (but for refused credentials or an unsafe store) or whose client was closed,
         fetches its own way, once.
         """
-        fetch = self._fetch if fetch is None else fetch
-        waited_on_another = False  # once: each failed fetch must not start one more for ever
-        while True:
-            held = self._held
-            if stale is not None and held is not None and held.value != stale and self._valid(held):
-                return held.value  # another caller has replaced the refused token already
-            flight = self._flight
-            if flight is None:
-                flight = self._flight = asyncio.ensure_future(self._renew(stale, fetch))
-                self._flight_fetch = fetch
-                flight.add_done_callback(self._land)
-            elif self._flight_fetch != fetch and not waited_on_another:
-                # Another client's fetch (with_options: fewer retries, a shorter timeout): its
-                # failure is no answer by this caller's policy, which then tries its own, once.
-                waited_on_another = True
-                try:
-                    return await asyncio.shield(flight)
-                except DMHubError as err:
-                    # Credentials refused, or a store unsafe to use: the same for any fetch.
-                    if isinstance(err, AuthenticationError) or getattr(err, "unsafe", False):
-                        raise
-                    continue  # a failure its retries met, or that client closed meanwhile
-            # shield: one caller's cancellation must not cancel the fetch the others wait on.
-            return await asyncio.shield(flight)
+        try:
+            fetch = self._fetch if fetch is None else fetch
+            waited_on_another = False  # once: each failed fetch must not start one more for ever
+            while True:
+                held = self._held
+                if (
+                    stale is not None
+                    and held is not None
+                    and held.value != stale
+                    and self._valid(held)
+                ):
+                    return held.value  # another caller has replaced the refused token already
+                flight = self._flight
+                if flight is None:
+                    flight = self._flight = asyncio.ensure_future(self._renew(stale, fetch))
+                    self._flight_fetch = fetch
+                    flight.add_done_callback(self._land)
+                elif self._flight_fetch != fetch and not waited_on_another:
+                    # Another client's fetch (with_options: fewer retries, a shorter timeout): its
+                    # failure is no answer by this caller's policy, which then tries its own, once.
+                    waited_on_another = True
+                    try:
+                        return await asyncio.shield(flight)
+                    except DMHubError as err:
+                        # Credentials refused, or a store unsafe to use: the same for any fetch.
+                        if isinstance(err, AuthenticationError) or getattr(err, "unsafe", False):
+                            raise
+                        continue  # a failure its retries met, or that client closed meanwhile
+                # shield: one caller's cancellation must not cancel the fetch the others wait on.
+                return await asyncio.shield(flight)
+        except BaseException:
+            del stale  # the refused token: not among the variables an error tracker records
+            raise
 
     def _land(self, flight: asyncio.Future[str]) -> None:
         if self._flight is flight:
@@ -213,31 +222,37 @@ class TokenManager:
             flight.exception()  # mark retrieved: every waiter has seen it already
 
     async def _renew(self, stale: str | None, fetch: Callable[[], Awaitable[Token]]) -> str:
-        held = self._held
-        keep = held if held is not None and held.value != stale and self._valid(held) else None
         try:
-            token = await self._shared(stale, fetch)
-        except DMHubError as err:
-            if keep is not None:
-                # Ahead of expiry: a store or token endpoint that fails costs no call while the
-                # held token is valid; try again after a pause, not on every call.
-                self._renew_paused_until = self._clock() + self._margin(keep) * RENEW_PAUSE_SHARE
-                log.warning("%s; going on with the token held, valid until it expires", err)
-                return keep.value
-            if not isinstance(err, TokenStoreError) or err.unsafe:
-                raise
-            log.warning(
-                "%s; fetching a token without the store: other processes that share this appid"
-                " may find theirs revoked until the store is back",
-                err,
-            )
-            token = await self._fetch_new(fetch)
-            self._held, self._unshared = token, True
-        else:
-            self._held, self._unshared = token, False
-        self._fresh_until = token.expires_at - self._margin(token)
-        self._renew_paused_until = float("-inf")
-        return token.value
+            held = self._held
+            keep = held if held is not None and held.value != stale and self._valid(held) else None
+            try:
+                token = await self._shared(stale, fetch)
+            except DMHubError as err:
+                if keep is not None:
+                    # Ahead of expiry: a store or token endpoint that fails costs no call while the
+                    # held token is valid; try again after a pause, not on every call.
+                    self._renew_paused_until = (
+                        self._clock() + self._margin(keep) * RENEW_PAUSE_SHARE
+                    )
+                    log.warning("%s; going on with the token held, valid until it expires", err)
+                    return keep.value
+                if not isinstance(err, TokenStoreError) or err.unsafe:
+                    raise
+                log.warning(
+                    "%s; fetching a token without the store: other processes that share this appid"
+                    " may find theirs revoked until the store is back",
+                    err,
+                )
+                token = await self._fetch_new(fetch)
+                self._held, self._unshared = token, True
+            else:
+                self._held, self._unshared = token, False
+            self._fresh_until = token.expires_at - self._margin(token)
+            self._renew_paused_until = float("-inf")
+            return token.value
+        except BaseException:
+            del stale  # as in refresh()
+            raise
 
     def _usable(self, token: Token | None, stale: str | None) -> bool:
         if token is None or token.value == stale or not self._fresh(token):
@@ -256,22 +271,26 @@ class TokenManager:
 
     async def _shared(self, stale: str | None, fetch: Callable[[], Awaitable[Token]]) -> Token:
         """The store's token if usable, else a new one fetched under the store's lock."""
-        token = await self._call(self._store.get(self._key))
-        if token is not None and self._usable(token, stale):
-            return token
-        async with self._locked():
-            # Another client or process may have refreshed while we waited for the lock.
+        try:
             token = await self._call(self._store.get(self._key))
             if token is not None and self._usable(token, stale):
                 return token
-            token = await self._fetch_new(fetch)
-            try:
-                await self._call(self._store.set(self._key, token))
-                for key in self._mirror_keys:
-                    await self._call(self._store.set(key, token))
-            except TokenStoreError as err:
-                log.warning("%s; the new token is held but not shared", err)
-            return token
+            async with self._locked():
+                # Another client or process may have refreshed while we waited for the lock.
+                token = await self._call(self._store.get(self._key))
+                if token is not None and self._usable(token, stale):
+                    return token
+                token = await self._fetch_new(fetch)
+                try:
+                    await self._call(self._store.set(self._key, token))
+                    for key in self._mirror_keys:
+                        await self._call(self._store.set(key, token))
+                except TokenStoreError as err:
+                    log.warning("%s; the new token is held but not shared", err)
+                return token
+        except BaseException:
+            del stale  # as in refresh()
+            raise
 
     async def _fetch_new(self, fetch: Callable[[], Awaitable[Token]]) -> Token:
         started = self._clock()

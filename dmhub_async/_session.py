@@ -459,26 +459,31 @@ class Session:
         if not request.authenticated:
             return await self._send(request, None, call.retries)
         tokens = self._tokens
-        if tokens is None:
-            assert self._static_token is not None
-            token = self._static_token
-        else:  # fresh, the usual case, without a coroutine; else the store's or a new one
-            token = self._current_token = tokens.held() or await self._refresh(tokens, None)
+        token: str | None = None
         try:
-            return await self._send(request, token, call.retries)
-        except AuthenticationError:
-            # docs/contract.md: a refused token is refreshed once and the call retried once.
-            if self._tokens is None or call.refreshed:
+            if tokens is None:
+                assert self._static_token is not None
+                token = self._static_token
+            else:  # fresh, the usual case, without a coroutine; else the store's or a new one
+                token = self._current_token = tokens.held() or await self._refresh(tokens, None)
+            try:
+                return await self._send(request, token, call.retries)
+            except AuthenticationError:
+                # docs/contract.md: a refused token is refreshed once and the call retried once.
+                if self._tokens is None or call.refreshed:
+                    raise
+                call.refreshed = True
+            except DMHubError as err:
+                _note_write_failure(call, err)
                 raise
-            call.refreshed = True
-        except DMHubError as err:
-            _note_write_failure(call, err)
-            raise
-        token = self._current_token = await self._refresh(self._tokens, token)
-        try:
-            return await self._send(request, token, call.retries)
-        except DMHubError as err:  # the send after a refresh may be applied as well
-            _note_write_failure(call, err)
+            token = self._current_token = await self._refresh(self._tokens, token)
+            try:
+                return await self._send(request, token, call.retries)
+            except DMHubError as err:  # the send after a refresh may be applied as well
+                _note_write_failure(call, err)
+                raise
+        except BaseException:
+            del token  # not among the variables an error tracker records (see _send)
             raise
 
     async def _refresh(self, tokens: TokenManager, stale: str | None) -> str:
@@ -486,7 +491,11 @@ class Session:
         another process's for minutes. The fetch itself goes on (it ends at that lock or at its
         request): cut short, a token fetched and not yet stored would leave every other process
         with a revoked one."""
-        return await self._closing.wait(tokens.refresh(stale, self._token_fetch))
+        try:
+            return await self._closing.wait(tokens.refresh(stale, self._token_fetch))
+        except BaseException:
+            del stale  # the refused token: not for an error tracker (see _send)
+            raise
 
     async def _fetch_token(self) -> Token:
         assert self.app_id is not None
@@ -522,6 +531,7 @@ class Session:
             # request's own headers in Python, about 10k instructions a call.
             sent_headers = None
         failure: BaseException | None = None
+        resp: aiohttp.ClientResponse | None = None
         limits = self._limits
         if limits.take():  # a free slot, the usual case, without a coroutine
             pass
@@ -568,6 +578,9 @@ class Session:
                         reading.discard(resp)
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as err:
                 failure = err
+        except BaseException:  # closed, cancelled, too large: see _forget below
+            del token, params, resp
+            raise
         finally:
             limits.release()
         # The token this request carried: by the time its answer comes back another call may
@@ -597,7 +610,12 @@ class Session:
                 not_sent=isinstance(failure, _NOT_SENT),
                 kind=type(failure).__name__,
             )
-            raise error from RedactedCause(failure, secrets)
+            cause = RedactedCause(failure, secrets)
+            # An error tracker records the variables of each frame of a traceback (Sentry's
+            # default): the token, the secret (a token request's parameters) and aiohttp's
+            # error and answer (their URL) must not be among this one's.
+            del token, params, secrets, failure, resp
+            raise error from cause
         if logger.isEnabledFor(logging.DEBUG):  # describe() encodes the query: not for nothing
             elapsed_ms = (time.perf_counter() - started) * 1000
             logger.debug("%s -> %d (%.1f ms)", request.describe(), status, elapsed_ms)
@@ -618,7 +636,7 @@ class Session:
             # a list of failures, an error tracker). read_response's are finished frames;
             # this one, still running, is left alone by clear_frames.
             traceback.clear_frames(err.__traceback__)
-            del payload, resp
+            del payload, resp, token, params, secrets  # nor the secrets (see above)
             raise
         return APIResponse(status, resp_headers, data, retries)
 

@@ -32,6 +32,7 @@ import logging
 import re
 import traceback
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -42,6 +43,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from multidict import CIMultiDict, CIMultiDictProxy
 
+import dmhub_async
 from dmhub_async import DMHubClient, DMHubError, InvalidRequestError
 from dmhub_async._redact import MASK, RedactedCause, redact
 from dmhub_async._sansio import Request
@@ -164,6 +166,11 @@ def assert_clean(exc: BaseException, records: list[logging.LogRecord]) -> None:
         texts[f"chain[{i}] repr"] = repr(e)
         texts[f"chain[{i}] args"] = repr(e.args)
         texts[f"chain[{i}] attrs"] = repr(vars(e))
+    for where, variables in sdk_frame_locals(exc):
+        # What an error tracker that records each frame's variables (Sentry's default) sends:
+        # the token rode in the locals of the frames that built and sent the request.
+        for name, value in variables.items():
+            texts[f"{where}: {name}"] = repr(value)
     for i, record in enumerate(records):
         texts[f"log[{i}]"] = record.getMessage()
         texts[f"log[{i}] args"] = repr(record.args)
@@ -171,6 +178,18 @@ def assert_clean(exc: BaseException, records: list[logging.LogRecord]) -> None:
             texts[f"log[{i}] exc"] = "".join(traceback.format_exception(record.exc_info[1]))
     leaked = {where: leaks(text) for where, text in texts.items() if leaks(text)}
     assert not leaked, leaked
+
+
+def sdk_frame_locals(exc: BaseException) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The variables of each of the SDK's frames in the tracebacks of ``exc``'s chain."""
+    package = str(Path(dmhub_async.__file__).parent)
+    for e in chain(exc):
+        tb = e.__traceback__
+        while tb is not None:
+            code = tb.tb_frame.f_code
+            if code.co_filename.startswith(package):
+                yield f"{code.co_name} ({Path(code.co_filename).name})", tb.tb_frame.f_locals
+            tb = tb.tb_next
 
 
 def sent_urls(api: aioresponses) -> str:
@@ -201,6 +220,25 @@ async def test_no_secret_in_errors_tracebacks_or_logs(api, make_client, debug_lo
     if where == "api":
         assert TOKEN in sent_urls(api)
     assert debug_logs.records, "the session layer logged nothing"
+    assert_clean(info.value, debug_logs.records)
+
+
+async def test_no_secret_when_the_refresh_after_a_refusal_fails(api, make_client, debug_logs):
+    # The refused token rides into the refresh (its "stale" one): a refresh that fails left it
+    # in the variables of the frames an error tracker records.
+    api.get(TOKEN_URL, payload={"error_code": 0, "access_token": TOKEN})
+    api.get(
+        TOKEN_URL,
+        callback=raises(lambda u: aiohttp.ClientConnectionError(f"Connection refused: GET {u}")),
+        repeat=True,
+    )
+    api.get(API_URL, callback=body(401, '{{"error_code": 401}}'), repeat=True)
+    dm = make_client(app_id="app-1", secret=SECRET, max_retries=1)
+
+    with pytest.raises(DMHubError) as info:
+        await dm.request("GET", "/v1/customers")
+
+    assert TOKEN in sent_urls(api)
     assert_clean(info.value, debug_logs.records)
 
 
