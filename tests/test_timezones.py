@@ -393,3 +393,45 @@ async def test_a_naive_datetime_in_attr_is_written_in_the_client_timezone(
         for customer_id in (made.id, upserted.id):
             assert sim.customer(customer_id)["attr"] == expected  # type: ignore[index]
         assert attr == {"joined": written, "visits": [{"at": written}]}  # the caller's, as given
+
+
+async def test_an_export_or_a_plan_warns_once_naming_itself_at_the_callers_line(
+    tmp_path: Path, clock: Any
+) -> None:
+    # export_customers warned as "list()" and plan_shards/export_sharded as "plan_shards()",
+    # each pointing into the SDK (export/_export.py, shards/_plan.py) and not at the line to
+    # fix; plan_shards warned twice a call, and again on every call of the same client.
+    from dmhub_async.shards import export_sharded, plan_shards
+
+    naive = {"date_created_from": datetime(2000, 1, 1), "last_updated_to": "2100-01-01T00:00"}
+    async with DMHubSimulator(customers=20, seed=4) as sim:
+
+        def client() -> DMHubClient:
+            return DMHubClient(
+                sim.app_id,
+                sim.secret,
+                base_url=sim.url,
+                token_store=MemoryTokenStore(),
+                clock=clock,
+                sleep=clock.sleep,
+            )
+
+        async with client() as dm:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                await export_customers(dm, tmp_path / "a.jsonl", progress=False, **naive)
+                await export_customers(dm, tmp_path / "b.jsonl", progress=False, **naive)
+        async with client() as dm:
+            with warnings.catch_warnings(record=True) as planned:
+                warnings.simplefilter("always")
+                await plan_shards(dm, 2, **naive)
+                await plan_shards(dm, 2, **naive)
+        async with client() as dm:
+            with warnings.catch_warnings(record=True) as sharded:
+                warnings.simplefilter("always")
+                await export_sharded(dm, tmp_path / "parts", 2, progress=False, **naive)
+    for found, name in ((caught, "export_customers"), (planned, "plan_shards")):
+        assert [(w.category, w.filename) for w in found] == [(NaiveDatetimeWarning, __file__)]
+        assert str(found[0].message).startswith(f"{name}(): ")
+    assert [(w.category, w.filename) for w in sharded] == [(NaiveDatetimeWarning, __file__)]
+    assert str(sharded[0].message).startswith("export_sharded(): ")

@@ -133,7 +133,9 @@ def _plan(
     """The checked destination, format, scope and checkpoint path; nothing is sent or written."""
     if "sort_by" in filters or "sort_order" in filters:
         raise InvalidRequestError("export_customers() walks by id: sort_by/sort_order not allowed")
-    params = customer_filter_params("export_customers", filters, zone=client.timezone)
+    # Warns (once per client) at the caller's line, in its own name: the walk's list() and
+    # count() it runs next would have named themselves, at a line of this module.
+    params = client.customers._params("export_customers", filters, frames=3)
     if isinstance(dest, (str, os.PathLike)):
         check_uncompressed(Path(dest))
     fmt = _format_of(Path(dest).suffix if isinstance(dest, (str, os.PathLike)) else "", format)

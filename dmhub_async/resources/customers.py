@@ -296,10 +296,16 @@ class Customers(Resource):
         """The checked query; ``frames`` from here up to the public method's caller."""
         zone = self._timezone
         params, naive = _filter_params(method, filters, paged=paged, zone=zone)
-        if naive and not self._warned_naive:
-            self._warned_naive = True  # once per client
-            warn_naive(method, stacklevel=frames + 1)
+        if naive:
+            self._warn_naive(method, frames)
         return params
+
+    def _warn_naive(self, method: str, frames: int) -> None:
+        """The :class:`NaiveDatetimeWarning`, once per client, for ``method`` (a public name:
+        ``export_customers``, ``plan_shards``...) at the line ``frames`` up from the caller."""
+        if not self._warned_naive:
+            self._warned_naive = True
+            warn_naive(method, stacklevel=frames + 2)
 
 
 def _check_resume_after(resume_after: object, params: Mapping[str, str]) -> None:

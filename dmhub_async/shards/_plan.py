@@ -23,14 +23,14 @@ import attrs
 from typing_extensions import Unpack
 
 from .._exceptions import InvalidRequestError
-from .._query_time import query_time, warn_naive
+from .._query_time import query_time
 from .._validate import check_number, short
 
 if TYPE_CHECKING:
     from .._client import DMHubClient
     from ..resources.customers import CustomerFilters
 
-__all__ = ["MAX_SHARDS", "Shard", "manifest_filters", "plan_shards"]
+__all__ = ["MAX_SHARDS", "Shard", "manifest_filters", "plan_shards", "warn_if_naive"]
 
 #: More parts than this is a plan for a fleet this SDK has not been tried on.
 MAX_SHARDS = 4096
@@ -156,10 +156,24 @@ def _aware(text: str | None) -> datetime | None:
 
 def _utc(name: str, value: Any, zone: tzinfo | None, *, end: bool = False) -> str:
     """A time filter as an aware UTC ISO string, read in the client's zone when naive."""
-    text, naive = query_time("plan_shards", name, value, zone, end=end)
-    if naive:
-        warn_naive("plan_shards")
-    return text + "+00:00"
+    return query_time("plan_shards", name, value, zone, end=end)[0] + "+00:00"
+
+
+_TIMES = ("date_created_from", "date_created_to", "last_updated_from", "last_updated_to")
+
+
+def warn_if_naive(client: DMHubClient, method: str, filters: Mapping[str, Any]) -> None:
+    """The client's :class:`NaiveDatetimeWarning` (once per client) when a time filter without
+    an offset is read as UTC, for want of a ``timezone``: in ``method``'s name, at the line
+    that called it (this function's caller must be ``method`` itself). It warned from here,
+    as ``plan_shards`` and at a line of this module, for every such filter of every call."""
+    if client.timezone is not None:
+        return
+    for name in _TIMES:
+        value = filters.get(name)
+        if value is not None and query_time(method, name, value, None, end=False)[1]:
+            client.customers._warn_naive(method, frames=2)
+            return
 
 
 def _json_safe_filters(filters: Mapping[str, Any], zone: tzinfo | None) -> dict[str, Any]:
@@ -254,6 +268,7 @@ async def plan_shards(
             " no window can end: leave it out to export without an end"
         )
     newest = _newest(now)
+    warn_if_naive(client, "plan_shards", filters)  # checked: warned only for a plan made
     # Checked by the resource before the first request: a bad filter sends nothing.
     probe = _Probe(client, safe, lo)
     total = await probe.count_before(hi)

@@ -26,7 +26,7 @@ from ..export import ExportProgress, ExportReport, export_customers
 from ..export._export import check_run
 from ..export._output import _lock
 from ._manifest import MANIFEST_NAME, Manifest, ShardOutcome, checkpoint_name, part_digest
-from ._plan import Shard, manifest_filters, plan_shards
+from ._plan import Shard, manifest_filters, plan_shards, warn_if_naive
 
 if TYPE_CHECKING:
     from .._client import DMHubClient
@@ -320,6 +320,7 @@ async def export_sharded(
     # Before the plan: a bad one was planned, then failed in every shard (or at the first
     # progress, a raw TypeError).
     check_run(client, page_size, concurrency, "on_total", on_total)
+    warn_if_naive(client, "export_sharded", filters)
     with coordinating(directory):
         return await _export_sharded(
             client,
