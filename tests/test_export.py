@@ -480,6 +480,25 @@ async def test_resume_after_a_failure_gives_every_customer_once(
         assert dest.read_text(encoding="utf-8").count("id,displayName") == 1
 
 
+async def test_a_resumed_exports_rate_counts_the_customers_of_this_run_only(
+    client: DMHubClient, tmp_path: Path
+) -> None:
+    # It divided every customer in the file, those of the run that crashed included, by this
+    # run's seconds: a resume that wrote 100 customers reported the rate of 600.
+    dest, ckpt = tmp_path / "customers.jsonl", tmp_path / "export.ckpt"
+    with pytest.raises(Crash):
+        await export_customers(
+            client, dest, checkpoint=ckpt, page_size=50, progress=False, on_progress=crash_after(10)
+        )
+
+    report = await export_customers(client, dest, checkpoint=ckpt, page_size=50, progress=False)
+
+    assert report.exported == CUSTOMERS
+    assert report.records_per_second == pytest.approx((CUSTOMERS - 500) / report.seconds)
+    assert report.exported_before == 500
+    assert "500 exported before" in report.summary()
+
+
 async def test_resume_keeps_the_page_size_it_began_with(
     sim: DMHubSimulator, client: DMHubClient, tmp_path: Path
 ) -> None:

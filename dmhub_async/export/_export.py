@@ -225,6 +225,7 @@ class _Run:
         self.written = found.ids if found is not None else IdSet()
         self.last_id = found.last_id if found is not None else None
         self.report.exported = found.count if found is not None else 0
+        self.report.exported_before = self.report.exported
         self.writer = writer
 
     async def export(self, concurrency: int, *, progress: bool, verify: Verify) -> ExportReport:

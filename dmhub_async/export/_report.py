@@ -27,6 +27,9 @@ class ExportReport:
     verified: bool | None = None
     #: Customers the final check found missing and fetched by id (appended to the file).
     recovered: int = 0
+    #: Customers the file already held when this run took it up from a checkpoint (0 unless
+    #: ``resumed``): ``exported`` counts them, ``records_per_second`` does not.
+    exported_before: int = 0
 
     @property
     def complete(self) -> bool:
@@ -42,8 +45,10 @@ class ExportReport:
 
     @property
     def records_per_second(self) -> float:
-        """Throughput of this run."""
-        return self.exported / self.seconds if self.seconds > 0 else 0.0
+        """Throughput of this run: the customers it wrote (not those a resumed file already
+        held, ``exported_before``) over its ``seconds``."""
+        written = self.exported - self.exported_before
+        return written / self.seconds if self.seconds > 0 else 0.0
 
     def summary(self) -> str:
         """The report as a few readable lines."""
@@ -55,7 +60,9 @@ class ExportReport:
             f"time          {self.seconds:.1f}s ({self.records_per_second:,.0f} customers/s)",
         ]
         if self.resumed:
-            lines.append("resumed       from a checkpoint")
+            lines.append(
+                f"resumed       from a checkpoint ({self.exported_before} exported before)"
+            )
         if self.verified:
             lines.append(
                 f"verified      every customer the service holds is in the file "
