@@ -441,6 +441,35 @@ def test_lookup_resolves_identities_to_customer_ids(
     assert f"{len(expected) - 2} found, 2 not found" in result.stdout
 
 
+def test_a_failed_lookup_names_the_input_line_it_failed_on(
+    served: ServedSimulator, env: dict[str, str], tmp_path: Path
+) -> None:
+    # The error was "GET /v1/customeridentities -> HTTP 500" alone: with thousands of rows, a
+    # row the service keeps refusing could only be found by splitting the file.
+    lines = ["type,value", "", *(f"wechat,o-row-{i}" for i in range(20))]
+    (tmp_path / "ids.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    served.sim.faults.paths = ("GET /v1/customeridentities",)
+    served.sim.faults.script(["ok"] * 6 + ["500"])  # the 7th identity: line 9
+
+    result = run_cli(
+        "lookup",
+        "--in",
+        "ids.csv",
+        "--out",
+        "found.csv",
+        "--concurrency",
+        "1",
+        "--max-retries",
+        "0",
+        env=env,
+        cwd=tmp_path,
+    )
+
+    assert_one_line_error(result, 1, "ids.csv:9:", "HTTP 500", "run it again")
+    assert "o-row-6" not in result.stderr  # the line, not its identity (personal data)
+    assert not (tmp_path / "found.csv").exists()
+
+
 def test_demo_exports_a_seeded_simulator(tmp_path: Path) -> None:
     env = base_env(tmp_path / "cache")
     result = subprocess.run(

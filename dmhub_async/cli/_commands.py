@@ -9,12 +9,13 @@ import os
 import re
 import sys
 import time
+from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal, TextIO
 
 from .._client import DMHubClient
-from .._exceptions import InvalidRequestError
+from .._exceptions import APIError, AuthenticationError, InvalidRequestError
 from .._query_time import zone_setting
 from .._validate import check_identity
 from ..export import ExportReport, export_customers
@@ -184,6 +185,12 @@ async def _export(args: argparse.Namespace) -> int:
 
 def _identities(path: Path, encoding: str) -> Iterator[Identity]:
     """The ``type,value`` rows of ``path``; a bad row is an error that names its line."""
+    for _, identity in _numbered_identities(path, encoding):
+        yield identity
+
+
+def _numbered_identities(path: Path, encoding: str) -> Iterator[tuple[int, Identity]]:
+    """:func:`_identities`, each with the line it starts on."""
     lines = decoded_lines(path, "utf-8-sig" if encoding == "utf-8" else encoding)
     # skipinitialspace: `wechat, "o4..."` kept its quotes in the value (and was not found).
     reader = csv.reader(_without_nul(lines, path), skipinitialspace=True)
@@ -206,7 +213,7 @@ def _identities(path: Path, encoding: str) -> Iterator[Identity]:
                 ' comma must be quoted: wechat,"a,b"; a header naming more columns allows them)'
             )
         try:
-            yield check_identity("lookup", Identity(row[0].strip(), row[1].strip()))
+            yield line, check_identity("lookup", Identity(row[0].strip(), row[1].strip()))
         except InvalidRequestError as err:
             raise CommandError(f"{path}:{line}: {without_method(str(err))}") from None
 
@@ -251,22 +258,41 @@ async def _lookup(args: argparse.Namespace) -> int:
     infile, encoding, total = _check_lookup(args)
     progress = None if args.quiet else ProgressLines(what="identities")
     found = missing = 0
+    # The line of each identity taken and not yet answered: answers come in input order, so
+    # the first is the line of the lookup that fails.
+    lines: deque[int] = deque()
+
+    def taken() -> Iterator[Identity]:
+        for line, identity in _numbered_identities(infile, encoding):
+            lines.append(line)
+            yield identity
+
     async with open_client(args, args.concurrency) as dm:
         with replace_on_success(args.out, encoding) as out:
             writer = csv.writer(out, lineterminator="\r\n")
             writer.writerow(["type", "value", "customer_id"])
-            async for identity, customer_id in dm.identities.lookup_iter(
-                _identities(infile, encoding), concurrency=args.concurrency
-            ):
-                writer.writerow(
-                    [identity.type, identity.value, "" if customer_id is None else customer_id]
-                )
-                if customer_id is None:
-                    missing += 1
-                else:
-                    found += 1
-                if progress is not None:
-                    progress.update(found + missing, total)
+            try:
+                async for identity, customer_id in dm.identities.lookup_iter(
+                    taken(), concurrency=args.concurrency
+                ):
+                    lines.popleft()
+                    writer.writerow(
+                        [identity.type, identity.value, "" if customer_id is None else customer_id]
+                    )
+                    if customer_id is None:
+                        missing += 1
+                    else:
+                        found += 1
+                    if progress is not None:
+                        progress.update(found + missing, total)
+            except APIError as err:
+                if isinstance(err, AuthenticationError) or not lines:
+                    raise  # the app's, not the line's: explain() says what to do
+                # The line, not its value: an identity is personal data (a mobile, an openid).
+                raise CommandError(
+                    f"{infile}:{lines[0]}: its lookup failed: {without_method(str(err))}; "
+                    "run it again, and if that line fails again, check or remove it"
+                ) from None
     where = "standard output" if args.out == STDOUT else args.out
     data = {"path": args.out, "resolved": found + missing, "found": found, "not_found": missing}
     text = f"resolved {found + missing} identities: {found} found, {missing} not found -> {where}"
