@@ -578,7 +578,7 @@ class Session:
                         reading.discard(resp)
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as err:
                 failure = err
-        except BaseException:  # closed, cancelled, too large: see _forget below
+        except BaseException:  # closed, cancelled, too large: see the failure's `del` below
             del token, params, resp
             raise
         finally:
