@@ -257,6 +257,8 @@ class Session:
         self._tokens: TokenManager | None = None
         #: How this client fetches a token: by its own retries and timeout (see derive()).
         self._token_fetch = _TokenFetch(policy, timeout, self._fetch_token)
+        #: A derived client's fetch runs here, made at its first: see _fetch_shared_token().
+        self._fetcher: Session | None = None
         if app_id and secret:
             self._tokens = TokenManager(
                 token_key(base_url, app_id, secret),
@@ -308,7 +310,10 @@ class Session:
             derived._headers = {**self._headers, **headers}
         # A token it fetches is fetched by its own retries and timeout: the parent's sent 5 token
         # requests of up to 30 s each for a client told max_retries=0, timeout=5.
-        derived._token_fetch = _TokenFetch(derived.policy, derived._timeout, derived._fetch_token)
+        derived._fetcher = None
+        derived._token_fetch = _TokenFetch(
+            derived.policy, derived._timeout, derived._fetch_shared_token
+        )
         derived._build_retries()  # its loops must call the derived session, not this one
         redact_watch(derived)
         return derived
@@ -496,6 +501,21 @@ class Session:
         except BaseException:
             del stale  # the refused token: not for an error tracker (see _send)
             raise
+
+    async def _fetch_shared_token(self) -> Token:
+        """A derived client's token fetch, ended by the root's close only, as the root's is.
+
+        The fetch is every waiting client's (one flight for all: the parent's, and a twin's
+        made with the same settings): cut by this client's own close, their calls failed with
+        "closed", their clients open. This client's callers stop waiting at its close
+        (:meth:`_refresh`); the fetch goes on, and its token is stored for the others.
+        """
+        fetcher = self._fetcher
+        if fetcher is None:
+            fetcher = self._fetcher = copy.copy(self)
+            fetcher._closing, fetcher._reading = self._conn.closing, self._conn.reading
+            fetcher._build_retries()
+        return await fetcher._fetch_token()
 
     async def _fetch_token(self) -> Token:
         assert self.app_id is not None

@@ -529,6 +529,41 @@ async def test_closing_a_derived_client_mid_fetch_fails_none_of_the_parents_call
     assert from_dm == CUSTOMER  # dm is open: its call fetched a token its own way
 
 
+@pytest.mark.parametrize(
+    "options", [{}, {"max_retries": 4}, {"extra_headers": {"X-Trace": "t-1"}}], ids=str
+)
+async def test_closing_a_derived_client_of_the_same_settings_mid_fetch_fails_no_other_call(
+    api, make_client, clock, options
+):
+    # A client derived with the parent's retries and timeout (extra headers, or nothing else)
+    # shares the parent's fetch, and derived twins each other's: the fetch one of them started
+    # was cut by its own close, and the parent's (or the twin's) call waiting on it failed with
+    # "this DMHubClient is closed", its own client open. Before with_options fetched by its
+    # own policy, only the root's close ended a fetch: every client's single flight.
+    api.get(url("/security/accesstoken"), status=503)
+    api.get(url("/security/accesstoken"), payload={"error_code": 0, "access_token": "tok-1"})
+    api.get(url("/v1/customers/1"), payload=CUSTOMER, repeat=True)
+    dm = make_client(max_retries=4)
+    derived, twin = dm.with_options(**options), dm.with_options(**options)
+
+    async def close_soon() -> None:
+        await clock.sleep(0.1)  # while the derived client's fetch waits out its backoff
+        await derived.aclose()
+
+    from_derived, from_dm, from_twin, _ = await asyncio.gather(
+        derived.request("GET", "/v1/customers/1"),
+        dm.request("GET", "/v1/customers/1"),
+        twin.request("GET", "/v1/customers/1"),
+        close_soon(),
+        return_exceptions=True,
+    )
+
+    assert isinstance(from_derived, DMHubError)
+    assert "closed" in str(from_derived)
+    assert (from_dm, from_twin) == (CUSTOMER, CUSTOMER)
+    assert count(api, "/security/accesstoken") == 2  # one fetch for all, retried once
+
+
 async def test_calls_through_clients_made_per_call_share_one_token_fetch(api, make_client, clock):
     api.get(url("/security/accesstoken"), status=503, repeat=True)
     dm = make_client(max_retries=4)
