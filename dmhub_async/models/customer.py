@@ -82,6 +82,9 @@ class CustomerFields(TypedDict, total=False):
     A ``datetime`` in ``attr`` is sent as a UTC timestamp (``...Z``), one without an offset
     read in the client's ``timezone`` as ``date_join`` is; one with no UTC form (the year 1 at
     +23:00) is refused, as such a ``date_join`` is.
+    A ``mobile`` or ``email`` holding a control character, a byte order mark or an invisible
+    direction or zero-width mark (copied from a contact card) is refused, as such a filter is:
+    the service matches a create on them.
     """
 
     name: str | None

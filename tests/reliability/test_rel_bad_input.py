@@ -131,6 +131,17 @@ CASES: dict[str, Call] = {
     "lookup_many: a word joiner in a type": lambda dm: dm.identities.lookup_many(
         [OK, Identity("wechat\u2060", "o-1")]
     ),
+    # The same marks in the fields the service matches a create on: sent, the create matched
+    # no one and made a second customer, whose mobile the mobile filter then refused to find.
+    "create: mobile copied from a contact card": lambda dm: dm.customers.create(
+        name="x", mobile="\u202a13900000000\u202c"
+    ),
+    "upsert: email with a zero-width space": lambda dm: dm.customers.create_with_identities(
+        [OK], email="a@b.c\u200b"
+    ),
+    "update: mobile with a line break from a file": lambda dm: dm.customers.update(
+        1, mobile="13900000000\n"
+    ),
     "upsert: bad field": lambda dm: dm.customers.create_with_identities([OK], name=5),
     "get: str id": lambda dm: dm.customers.get("1"),
     "get: float id": lambda dm: dm.customers.get(1.0),
@@ -345,6 +356,21 @@ async def test_bad_input_is_refused_before_any_request(
         with pytest.raises(expected or InvalidRequestError):
             await invoke(CASES[name](dm))
     assert sim.counters.total == 0  # not even the token request
+
+
+async def test_a_create_by_a_mobile_copied_with_invisible_marks_makes_no_second_customer(
+    sim: DMHubSimulator, connect: Callable[..., DMHubClient]
+) -> None:
+    # The service matches a create on mobile or email: a number copied from a Windows contact
+    # card (U+202A ... U+202C around it) matched no one, and a second customer was created
+    # with the marks in its mobile, which count(mobile=) and list(mobile=) then refuse.
+    holder = sim.insert_customer({"name": "x", "mobile": "13900000000"})
+    before = sim.customers_count()
+    async with connect(sim) as dm:
+        with pytest.raises(InvalidRequestError, match="invisible mark"):
+            await dm.customers.create(name="y", mobile="\u202a13900000000\u202c")
+    assert sim.customers_count() == before
+    assert sim.customer(holder["id"])["name"] == "x"  # type: ignore[index]
 
 
 @pytest.mark.parametrize(
