@@ -92,17 +92,42 @@ def _absolute(directory: str | os.PathLike[str]) -> Path:
 
 def queue_settings(redis_url: object, name: str) -> Any:
     """arq's ``RedisSettings`` of ``redis_url``, or InvalidRequestError before anything is
-    planned or enqueued (arq's own errors were a raw RuntimeError or ValueError, late)."""
+    planned or enqueued (arq's own errors were a raw RuntimeError or ValueError, late).
+
+    The user, password and TLS options are redis-py's reading of the URL, as the token store
+    and the shared rate limit on the same URL read them: arq's own kept a percent-encoded
+    password as typed (``%2F``, and every ``!`` or ``+`` of ``DMHUB_REDIS_PASSWORD``) and
+    dropped ``?ssl_ca_certs=``, so workers and the coordinator were refused by a Redis the
+    token store reached.
+    """
     from arq.connections import RedisSettings
+    from redis.asyncio.connection import parse_url
 
     if not isinstance(redis_url, str):
         raise InvalidRequestError(f"{name} must be a redis:// URL, not {type(redis_url).__name__}")
     try:
-        return RedisSettings.from_dsn(redis_url)
+        settings = RedisSettings.from_dsn(redis_url)
+        read: dict[str, Any] = dict(parse_url(redis_url))
     except (RuntimeError, ValueError):
         raise InvalidRequestError(  # not repeated: it may hold a password
             f"{name} must be a URL such as redis://HOST:PORT/DB (or rediss://, unix://)"
         ) from None
+    settings.username, settings.password = read.get("username"), read.get("password")
+    for option in _TLS_OPTIONS:
+        if read.get(option) is not None:
+            setattr(settings, option, read[option])
+    return settings
+
+
+#: The TLS options of a ``rediss://`` URL's query that redis-py reads and arq's settings take.
+_TLS_OPTIONS = (
+    "ssl_keyfile",
+    "ssl_certfile",
+    "ssl_cert_reqs",
+    "ssl_ca_certs",
+    "ssl_ca_data",
+    "ssl_check_hostname",
+)
 
 
 async def check_queue(redis_url: str, name: str = "the queue") -> None:

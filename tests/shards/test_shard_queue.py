@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import signal
+import socket
 import subprocess
 import sys
+import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from _redis import RedisServer
@@ -427,3 +432,176 @@ async def test_a_long_running_worker_keeps_no_progress_write_once_it_is_done(
     assert result["exported"] == 50
     assert redis.progress[:5] == [10, 20, 30, 40, 50]
     assert ctx["pending_progress"] == set()  # before: one done task for every report
+
+
+async def test_a_percent_encoded_password_is_the_queues_as_it_is_the_token_stores(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    # A password holding `/`, `!` or `@` is written percent-encoded in a URL (the README says
+    # so, and DMHUB_REDIS_PASSWORD is put in the URL so): RedisTokenStore and the shared limit
+    # read it decoded, but arq took it as typed, so `dmhub-async worker` and `export --queue`
+    # failed "cannot reach the queue's Redis ... AuthenticationError" with the right password.
+    from urllib.parse import quote
+
+    password = "Ab1/c!d@e f"
+    redis.command("CONFIG", "SET", "requirepass", password)
+    url = f"redis://:{quote(password, safe='')}@127.0.0.1:{redis.port}/0"
+    manifest = Manifest.new(
+        [Shard(0, None, None)], fmt="jsonl", base_url="http://127.0.0.1:1", app_id="a", filters={}
+    )
+
+    class Stop(Exception):
+        pass
+
+    async def stop(_: float) -> None:
+        raise Stop
+
+    with pytest.raises(Stop):  # enqueued and followed: connected with the password
+        await asyncio.wait_for(
+            run_on_queue(url, tmp_path / "out", manifest, progress=False, sleep=stop), 30
+        )
+    # A worker (on a queue of its own, database 1, which holds no job) starts.
+    queued = worker(
+        url.replace("/0", "/1"),
+        burst=True,
+        handle_signals=False,
+        client={"app_id": "a", "secret": "s"},
+    )
+    try:
+        await asyncio.wait_for(queued.main(), 30)  # its startup reached Redis
+    finally:
+        await _close_worker(queued)
+
+
+async def _close_worker(arq_worker: Any) -> None:
+    with warnings.catch_warnings():  # arq closes its pool by redis-py's deprecated close()
+        warnings.simplefilter("ignore", DeprecationWarning)
+        await arq_worker.close()
+
+
+def _tls_redis(directory: Path) -> tuple[subprocess.Popen[bytes], int, Path]:
+    """A redis-server on 127.0.0.1 speaking only TLS, with a certificate of a CA of its own."""
+    import shutil
+
+    from _redis import REDIS_SERVER, free_port
+
+    openssl = shutil.which("openssl")
+    if REDIS_SERVER is None or openssl is None:
+        pytest.skip("needs redis-server and openssl")
+    ca, key = directory / "ca.pem", directory / "ca.key"
+    cert, cert_key = directory / "srv.pem", directory / "srv.key"
+    run = functools.partial(subprocess.run, check=True, capture_output=True, timeout=60)
+    run(
+        [
+            openssl,
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            key,
+            "-out",
+            ca,
+            "-days",
+            "1",
+            "-subj",
+            "/CN=test-ca",
+        ]
+    )
+    run(
+        [
+            openssl,
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            cert_key,
+            "-out",
+            directory / "srv.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ]
+    )
+    (directory / "ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    run(
+        [
+            openssl,
+            "x509",
+            "-req",
+            "-in",
+            directory / "srv.csr",
+            "-CA",
+            ca,
+            "-CAkey",
+            key,
+            "-CAcreateserial",
+            "-out",
+            cert,
+            "-days",
+            "1",
+            "-extfile",
+            directory / "ext",
+        ]
+    )
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            REDIS_SERVER,
+            "--port",
+            "0",
+            "--tls-port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--tls-cert-file",
+            cert,
+            "--tls-key-file",
+            cert_key,
+            "--tls-ca-cert-file",
+            ca,
+            "--tls-auth-clients",
+            "no",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            directory,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # listening (TLS: no PING over a plain socket)
+        if proc.poll() is not None:
+            pytest.skip("this redis-server has no TLS")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+            return proc, port, ca
+        time.sleep(0.01)
+    proc.kill()
+    raise AssertionError("the TLS redis-server did not listen")
+
+
+async def test_a_rediss_url_with_its_ca_reaches_the_queue_as_it_reaches_the_token_store(
+    tmp_path: Path,
+) -> None:
+    # `rediss://...?ssl_ca_certs=ca.pem` (a Redis with a certificate of a private CA): the
+    # token store verified it, arq dropped the option and failed CERTIFICATE_VERIFY_FAILED.
+    from dmhub_async.shards._queue import check_queue
+
+    proc, port, ca = _tls_redis(tmp_path)
+    try:
+        url = f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={ca}"
+        await check_queue(url)  # redis-py: reached
+        queued = worker(
+            url, burst=True, handle_signals=False, client={"app_id": "a", "secret": "s"}
+        )
+        try:
+            await asyncio.wait_for(queued.main(), 30)
+        finally:
+            await _close_worker(queued)
+    finally:
+        proc.kill()
+        proc.wait(10)
