@@ -51,6 +51,7 @@ __all__ = [
     "HEARTBEAT",
     "IN_PROGRESS_TTL",
     "JOB_NAME",
+    "QUEUE_TIMEOUT",
     "check_queue",
     "queue_settings",
     "run_on_queue",
@@ -73,6 +74,9 @@ MAX_TRIES = 5
 #: after a day behind long ones ("job expired") without a try. As long as results are kept.
 QUEUED_FOR = 7 * 24 * 3600
 _PROGRESS_EVERY = 0.5
+#: Seconds the coordinator waits for one answer of the queue's Redis before it stops with
+#: "cannot reach the queue's Redis" (the manifest written as it stands).
+QUEUE_TIMEOUT = 10.0
 
 
 def _progress_key(export_id: str, plan_id: str) -> str:
@@ -356,18 +360,27 @@ async def run_on_queue(
     Returns when every shard has ended (complete, incomplete or failed after arq's tries).
 
     Raises:
-        DMHubError: the queue's Redis cannot be reached (at the start or later: the manifest
-            is written as it stands, and a rerun carries on).
+        DMHubError: the queue's Redis cannot be reached, or leaves a command unanswered for
+            :data:`QUEUE_TIMEOUT` seconds (at the start or later: the manifest is written as it
+            stands, and a rerun carries on).
     """
-    from arq import create_pool
+    from arq.connections import ArqRedis
     from redis.exceptions import RedisError
 
+    queue_settings(redis_url, "run_on_queue(): redis_url")  # a URL arq and redis-py read
     where = _absolute(directory)
     todo = {o.shard.index: o for o in pending(manifest.shards)}
     with coordinating(where):
+        # Every command bounded (arq's own pool has no read timeout): a Redis that stopped
+        # answering (paused, or cut off by a partition that drops packets) held the
+        # coordinator for ever.
+        pool = ArqRedis.from_url(
+            redis_url, socket_timeout=QUEUE_TIMEOUT, socket_connect_timeout=QUEUE_TIMEOUT
+        )
         try:
-            pool = await create_pool(queue_settings(redis_url, "run_on_queue(): redis_url"))
+            await pool.ping()
         except (RedisError, OSError) as err:
+            await pool.aclose()
             raise unreachable(redis_url, err) from None
         bar = ProgressBar(progress, manifest, on_total)
         settings = (page_size, concurrency, poll, sleep, takeover)
