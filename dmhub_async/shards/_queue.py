@@ -52,6 +52,7 @@ __all__ = [
     "IN_PROGRESS_TTL",
     "JOB_NAME",
     "QUEUE_TIMEOUT",
+    "REDIS_RETRIES",
     "check_queue",
     "queue_settings",
     "run_on_queue",
@@ -77,6 +78,9 @@ _PROGRESS_EVERY = 0.5
 #: Seconds the coordinator waits for one answer of the queue's Redis before it stops with
 #: "cannot reach the queue's Redis" (the manifest written as it stands).
 QUEUE_TIMEOUT = 10.0
+#: Tries of a worker's Redis command while Redis is away (a restart, a failover): with their
+#: backoff, about a minute; past it the worker stops ("cannot reach the queue's Redis").
+REDIS_RETRIES = 32
 
 
 def _progress_key(export_id: str, plan_id: str) -> str:
@@ -275,6 +279,10 @@ def worker(
         heartbeat: seconds between renewals of a running job's in-progress mark.
         takeover: seconds after its worker dies that a job is taken over (> ``heartbeat``).
         handle_signals: let arq handle SIGINT/SIGTERM (False inside a program that does).
+
+    A Redis that goes away (restarted, failed over) is waited for, about a minute
+    (:data:`REDIS_RETRIES` tries of each command); past that ``run()`` raises redis-py's
+    ConnectionError.
     """
     # Finite: an infinite takeover was taken, then every job failed renewing its mark.
     check_number("worker(): heartbeat", heartbeat, 0, inclusive=False, finite=True)
@@ -286,6 +294,19 @@ def worker(
     if rate_limit is not None:  # checked by the limiter too, but only at the worker's start
         check_shared_rate("worker(): rate_limit", rate_limit)
     from arq.worker import Worker, func
+    from redis.asyncio.retry import Retry
+    from redis.backoff import ExponentialBackoff
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    # A Redis restarted or failed over is waited for: without tries, the worker's first poll
+    # after it went away raised, and every worker of the fleet exited. Each command (and each
+    # connection) is tried again, with a backoff up to 2 s, for about a minute; arq's own
+    # tries at the start would repeat that minute five times.
+    settings_of_redis.retry = Retry(ExponentialBackoff(cap=2.0, base=0.1), REDIS_RETRIES)
+    # A refused connection is an OSError (redis-py's tries know only its own errors).
+    settings_of_redis.retry_on_error = [RedisConnectionError, RedisTimeoutError, OSError]
+    settings_of_redis.conn_retries = 0
 
     from .._auth import RedisTokenStore
     from .._client import DMHubClient

@@ -636,3 +636,34 @@ async def test_a_queue_redis_that_stops_answering_stops_the_coordinator(
     on_disk = Manifest.read(tmp_path / "out")
     assert on_disk is not None
     assert on_disk.status() == "incomplete"
+
+
+async def test_a_worker_outlives_a_redis_restart_and_takes_the_next_shard(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    # A Redis restarted (an upgrade, a failover) while the workers were idle: each worker's
+    # next poll met a refused or closed connection, and every `dmhub-async worker` of the
+    # fleet exited, though the docs have the coordinator re-enqueue lost jobs for "a worker
+    # still exporting that shard".
+    out = tmp_path / "out"
+    with sim_process(300) as sim:
+        manifest = await planned(sim, redis, out, 1)
+        with workers(sim, redis.url, 1) as [proc]:
+            deadline = time.monotonic() + 60
+            while not redis.commands_served().get("zrangebyscore"):  # the worker is polling
+                assert time.monotonic() < deadline, "the worker never polled"
+                await asyncio.sleep(0.05)
+            redis.kill()
+            # Down for 2 s, four of the worker's polls (a restart takes longer in production).
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                await asyncio.to_thread(proc.wait, 2)
+            assert proc.poll() is None, "the worker exited while Redis was away"
+            redis.start()
+            manifest = await asyncio.wait_for(
+                run_on_queue(redis.url, out, manifest, progress=False, poll=0.1), 60
+            )
+            assert proc.poll() is None
+        state = sim.state()
+
+    assert manifest.complete, manifest.shards[0].error
+    assert sorted(exported_ids(out)) == sorted(state["ids"])
