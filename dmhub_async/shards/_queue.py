@@ -293,7 +293,7 @@ def worker(
     check_number("worker(): max_jobs", max_jobs, 1, inclusive=True, kind=int)
     if rate_limit is not None:  # checked by the limiter too, but only at the worker's start
         check_shared_rate("worker(): rate_limit", rate_limit)
-    from arq.worker import Worker, func
+    from arq.worker import func
     from redis.asyncio.retry import Retry
     from redis.backoff import ExponentialBackoff
     from redis.exceptions import ConnectionError as RedisConnectionError
@@ -330,12 +330,15 @@ def worker(
         ctx["heartbeat"], ctx["takeover"] = heartbeat, takeover
 
     async def shutdown(ctx: dict[str, Any]) -> None:
+        if ctx.get("shut_down"):  # once, whether arq's close ran it or _ShardWorker's
+            return
+        ctx["shut_down"] = True
         await _close(ctx.get("client"), ctx.get("limiter"), ctx.get("pending_progress") or set())
         if ctx.get("token_store") is not None:
             await ctx["token_store"].aclose()
 
     job = func(_export_shard_job, name=JOB_NAME, max_tries=MAX_TRIES, timeout=JOB_TIMEOUT)
-    arq_worker = Worker(
+    arq_worker = _worker_class()(
         functions=[job],
         redis_settings=settings_of_redis,
         on_startup=startup,
@@ -350,6 +353,41 @@ def worker(
     # the mark alive while its worker lives, so a short first mark is safe.
     arq_worker.in_progress_timeout_s = takeover
     return arq_worker
+
+
+@functools.cache
+def _worker_class() -> Any:
+    """arq's ``Worker``, whose close neither waits for nor fails on a Redis gone by then."""
+    from arq.worker import Worker
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+    from redis.exceptions import RedisError
+
+    class _ShardWorker(Worker):
+        async def close(self) -> None:
+            """Stop: arq's close, which tells Redis the worker is gone; with Redis away, the
+            worker's own shutdown all the same, at once.
+
+            arq's close raised redis-py's error (the CLI's SIGTERM a traceback), and skipped
+            the shutdown that closes the client; with the tries for a restarting Redis, it
+            waited a minute first. The health key it could not delete expires on its own.
+            """
+            pool = self._pool
+            if pool is not None:
+                pool.connection_pool.set_retry(Retry(NoBackoff(), 0))
+            try:
+                await super().close()
+            except (RedisError, OSError) as err:
+                logger.warning(
+                    "the queue's Redis is away as the worker stops: %s", type(err).__name__
+                )
+                self._pool = None
+                if self.on_shutdown is not None:
+                    await self.on_shutdown(self.ctx)
+                if pool is not None:
+                    await pool.aclose()
+
+    return _ShardWorker
 
 
 async def _close(client: Any, limiter: Any, writes: set[asyncio.Future[Any]]) -> None:

@@ -329,3 +329,36 @@ def test_parts_without_a_manifest_are_not_overwritten_without_force(tmp_path: Pa
     assert listing == sorted(theirs)  # no manifest, no part of its own
     assert forced.returncode == 0, forced.stderr
     assert sorted(exported_ids(out)) == sorted(state["ids"])
+
+
+def test_a_worker_stopped_while_redis_is_away_ends_at_once_in_one_line(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    # SIGTERM (a deploy, systemd) while the queue's Redis was down: arq's close told Redis the
+    # worker was gone, and redis-py's ConnectionError came out as a traceback in place of
+    # "stopped by SIGTERM" (and, with the worker's tries for a restarting Redis, after a minute).
+    with sim_process(100) as sim:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "dmhub_async", "worker", "--redis", redis.url],
+            env=sim.env(XDG_CACHE_HOME=str(tmp_path / "cache")),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while not redis.commands_served().get("zrangebyscore"):  # it serves the queue
+                assert worker.poll() is None
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            redis.kill()
+            worker.terminate()
+            _, err = worker.communicate(timeout=20)
+        finally:
+            if worker.poll() is None:
+                worker.kill()
+                worker.communicate()
+
+    assert "Traceback" not in err, err
+    assert err.strip().splitlines()[-1] == "dmhub-async: stopped by SIGTERM", err
+    assert worker.returncode == 143
