@@ -25,6 +25,7 @@ from ._validate import (
     REDIS_MAX_SECONDS,
     check_number,
     check_redis_options,
+    printable,
     redis_url_error,
     redis_where,
 )
@@ -177,6 +178,16 @@ class RedisRateLimiter:
         except Exception as err:  # redis-py's errors, whatever the version
             if isinstance(err, DMHubError):
                 raise
+            from redis.exceptions import AuthenticationError, ResponseError
+
+            if isinstance(err, (ResponseError, AuthenticationError)):
+                # Reached, and refused: Redis's own words say what to fix (full, an ACL user
+                # without EVALSHA, a database that does not exist, the password); "cannot be
+                # reached" sent the user to the network. They never hold the password.
+                raise DMHubError(
+                    f"the shared rate limit at {self._where} refused the request: "
+                    f"{printable(str(err))[:300]}: no request was sent"
+                ) from None
             raise DMHubError(
                 f"the shared rate limit at {self._where} cannot be reached "
                 f"({type(err).__name__}): no request was sent"

@@ -242,3 +242,31 @@ def test_one_limiter_serves_every_event_loop_of_a_process(redis: RedisServer) ->
     asyncio.run(limiter.aclose())
 
     assert leaks_collected() == []  # each loop's connections were closed with it
+
+
+@pytest.mark.parametrize(
+    ("setup", "path", "said"),
+    [
+        (("CONFIG", "SET", "maxmemory", "1"), "/0", "maxmemory"),  # full, noeviction
+        (("ACL", "SETUSER", "default", "-evalsha", "-eval"), "/0", "no permissions"),
+        (None, "/99", "DB index is out of range"),
+    ],
+    ids=["full", "no-permission", "no-such-database"],
+)
+async def test_a_redis_that_refuses_the_limit_says_why_not_that_it_cannot_be_reached(
+    redis: RedisServer, setup: tuple[str, ...] | None, path: str, said: str
+) -> None:
+    # A Redis that answers but refuses (full with noeviction, an ACL user without EVALSHA,
+    # a database that does not exist) was reported "cannot be reached (ResponseError)": the
+    # user looked at the network while Redis said what was wrong.
+    if setup is not None:
+        redis.command(*setup)
+    limiter = RedisRateLimiter(redis.url.removesuffix("/0") + path, 5)
+    try:
+        with pytest.raises(DMHubError) as caught:
+            await limiter.acquire()
+    finally:
+        await limiter.aclose()
+    assert said in str(caught.value)
+    assert "cannot be reached" not in str(caught.value)
+    assert "no request was sent" in str(caught.value)
