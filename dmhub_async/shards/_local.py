@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import multiprocessing
 import os
+import pickle
 import signal
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
@@ -114,16 +115,28 @@ async def _child_loop(
                     on_progress=_reporter(events, index),
                 )
             except DMHubError as err:
-                events.send(("failed", index, str(err)))
+                _send(events, ("failed", index, str(err)))
             else:
-                events.send(("done", index, await result_of(report)))
+                _send(events, ("done", index, await result_of(report)))
 
 
 def _reporter(events: Connection, index: int) -> Callable[[ExportProgress], None]:
     def report(progress: ExportProgress) -> None:
-        events.send(("progress", index, progress.exported))
+        _send(events, ("progress", index, progress.exported))
 
     return report
+
+
+def _send(events: Connection, event: tuple[str, int, Any]) -> None:
+    """Send ``event`` on a worker's pipe, as ``events.send`` does (the coordinator's ``recv``
+    reads it), but pickled to bytes first.
+
+    ``Connection.send`` pickles into a ``BytesIO`` and sends a view of its buffer; on a pipe the
+    coordinator had closed (Ctrl-C, SIGTERM), the BrokenPipeError's traceback kept that view,
+    and on Python 3.12 and 3.13 the collector then finalized the ``BytesIO`` first: each worker
+    printed "Exception ignored in: <_io.BytesIO ...> BufferError" under the CLI's one line.
+    """
+    events.send_bytes(pickle.dumps(event))
 
 
 async def run_in_processes(
