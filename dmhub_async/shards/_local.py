@@ -289,7 +289,11 @@ def _replace_the_dead(
     finish: Any,
     spawn: Any,
 ) -> None:
-    """Hand a dead worker's shard back out (to a new worker), or fail it after MAX_TRIES."""
+    """Hand a dead worker's shard back out (to a new worker), or fail it after MAX_TRIES.
+
+    A worker whose shard is failed is replaced too while shards wait to be handed out: they
+    waited for ever once every worker had died so (one worker, and a shard that kills it).
+    """
     for proc, (_, index) in list(busy.items()):
         if proc.is_alive() or index is None or index not in todo:
             continue
@@ -298,6 +302,8 @@ def _replace_the_dead(
             todo[index].status = "failed"
             todo[index].error = f"its worker died {MAX_TRIES} times"
             finish(index)
+            if waiting:
+                spawn()
         else:
             waiting.insert(0, index)
             spawn()

@@ -110,3 +110,26 @@ def child_dying_mid_report(
     # A message's header says 1,000 bytes; 10 of them are written, and then the worker is gone.
     os.write(events.fileno(), (1000).to_bytes(4, "big") + b"0123456789")
     os._exit(1)
+
+
+def child_dying_on_shard_zero(
+    settings: Any, directory: str, fmt: str, tasks: Any, events: Any
+) -> None:
+    """A worker process (``_local._child``'s stand-in) that dies whenever it is handed shard 0
+    (a shard whose export kills its worker every time: out of memory, say); real otherwise."""
+    from dmhub_async.shards import _local
+
+    first = tasks.get()
+    if first is not None and first["index"] == 0:
+        os._exit(1)
+
+    class Again:
+        """``tasks`` with the task already taken put back in front."""
+
+        def __init__(self) -> None:
+            self.taken = [first]
+
+        def get(self) -> Any:
+            return self.taken.pop() if self.taken else tasks.get()
+
+    _local._child(settings, directory, fmt, Again(), events)

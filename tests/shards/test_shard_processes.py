@@ -9,7 +9,13 @@ import signal
 from pathlib import Path
 
 import pytest
-from shard_support import DIE_FLAG, child_dying_mid_report, exported_ids, sim_process
+from shard_support import (
+    DIE_FLAG,
+    child_dying_mid_report,
+    child_dying_on_shard_zero,
+    exported_ids,
+    sim_process,
+)
 
 from dmhub_async import DMHubClient, FileTokenStore
 from dmhub_async.shards import Manifest, _local
@@ -71,6 +77,36 @@ async def test_a_worker_dead_in_the_middle_of_a_report_stops_no_other_report(
     ids = exported_ids(out)
     assert len(ids) == len(set(ids)) == 4_000
     assert sorted(ids) == sorted(state["ids"])
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_a_shard_that_kills_every_worker_fails_and_the_others_still_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: int
+) -> None:
+    """A shard whose worker died MAX_TRIES times is failed; the shards not yet handed out still
+    go to a worker. The dead worker was not replaced once its shard failed: with every worker
+    gone that way (one worker, or as many poisonous shards as workers) the run waited for ever
+    on shards no process would take."""
+    monkeypatch.setattr(_local, "_child", child_dying_on_shard_zero)
+    out = tmp_path / "out"
+    with sim_process(600) as sim:
+        credentials = {"app_id": sim.app_id, "secret": sim.secret, "base_url": sim.url}
+        async with DMHubClient(**credentials) as dm:
+            manifest = await prepare(dm, out, 3)
+        manifest = await asyncio.wait_for(
+            run_in_processes(None, out, manifest, workers, client=credentials, progress=False),
+            timeout=30,
+        )
+        state = sim.state()
+
+    assert [s.status for s in manifest.shards] == ["failed", "complete", "complete"]
+    assert manifest.shards[0].error == f"its worker died {_local.MAX_TRIES} times"
+    assert not manifest.complete
+    planned = manifest.shards[1].shard.planned_count + manifest.shards[2].shard.planned_count
+    ids = exported_ids(out)
+    assert len(ids) == len(set(ids)) == planned
+    assert set(ids) <= set(state["ids"])
+    assert not multiprocessing.active_children()
 
 
 async def kill_a_worker_mid_shard(out: Path) -> bool:
