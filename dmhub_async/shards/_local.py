@@ -17,6 +17,7 @@ import contextlib
 import multiprocessing
 import os
 import pickle
+import queue
 import signal
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
@@ -48,6 +49,8 @@ MAX_TRIES = 3
 #: Seconds the workers have, all together, to end once the run stops (each its current page,
 #: told by its closed pipe), before those still running are killed.
 STOP_GRACE = 10.0
+#: Seconds between a waiting worker's checks that its coordinator is still alive.
+PARENT_CHECK = 0.5
 
 
 @attrs.frozen
@@ -98,7 +101,7 @@ async def _child_loop(
             stack.push_async_callback(store.aclose)
         client = await stack.enter_async_context(DMHubClient(**settings.client, token_store=store))
         while True:
-            task = await loop.run_in_executor(None, tasks.get)
+            task = await loop.run_in_executor(None, _next_task, tasks)
             if task is None:
                 return
             shard = Shard.from_dict(task)
@@ -118,6 +121,21 @@ async def _child_loop(
                 _send(events, ("failed", index, str(err)))
             else:
                 _send(events, ("done", index, await result_of(report)))
+
+
+def _next_task(tasks: Any) -> Any:
+    """The next task from ``tasks``, or None once the coordinator is gone.
+
+    A coordinator killed (SIGKILL, the OOM killer) cannot tell its workers to end, and its
+    queue never closes (each worker holds both of its ends): they waited for ever, idle.
+    """
+    parent = multiprocessing.parent_process()
+    while True:
+        try:
+            return tasks.get(timeout=PARENT_CHECK)
+        except queue.Empty:
+            if parent is not None and not parent.is_alive():
+                return None
 
 
 def _reporter(events: Connection, index: int) -> Callable[[ExportProgress], None]:

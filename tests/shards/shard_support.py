@@ -129,7 +129,7 @@ def child_dying_on_shard_zero(
         def __init__(self) -> None:
             self.taken = [first]
 
-        def get(self) -> Any:
-            return self.taken.pop() if self.taken else tasks.get()
+        def get(self, timeout: float | None = None) -> Any:
+            return self.taken.pop() if self.taken else tasks.get(timeout=timeout)
 
     _local._child(settings, directory, fmt, Again(), events)

@@ -1,0 +1,249 @@
+"""Exports killed with SIGKILL at named points, the service changed while they are down, and
+rerun until they exit 0: every customer once, no torn record, a report that tells the truth.
+
+The command runs in a subprocess (its own process group) against a simulator served from this
+process; tests/_crash_site/sitecustomize.py kills it at the point named (tests/_crash.py).
+tests/crash_sweep.py runs a long random sweep of the same.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from _cli_support import TIMEOUT, ServedSimulator, cli_command, serve, served_env
+from _crash import check_export, crash_env, records, run_once, run_until_done
+
+CUSTOMERS = 600
+PAGE = ["--page-size", "50", "--concurrency", "2", "--report", "json", "--no-progress"]
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture
+def sim() -> Iterator[ServedSimulator]:
+    yield from serve(CUSTOMERS)
+
+
+@pytest.fixture
+def env(sim: ServedSimulator, tmp_path: Path) -> dict[str, str]:
+    return served_env(sim, tmp_path / "cache")
+
+
+class Churn:
+    """Deletes and inserts at the service between runs; remembers what was deleted (a record
+    exported before its delete stays in the file, as docs/reliability.md says)."""
+
+    def __init__(self, sim: ServedSimulator, seed: int = 1) -> None:
+        self.sim, self.rng, self.deleted = sim, random.Random(seed), set[int]()
+
+    def __call__(self, _run: int) -> None:
+        def change() -> None:
+            ids = self.sim.sim.customer_ids()
+            for customer_id in self.rng.sample(ids[: len(ids) // 2], 4):
+                self.sim.sim.delete_customer(customer_id)
+                self.deleted.add(customer_id)
+            low, high = ids[0], ids[len(ids) // 3]  # behind most cursors: the final check's
+            for _ in range(4):
+                customer_id = self.rng.randrange(low, high)
+                if self.sim.sim.customer(customer_id) is None:
+                    self.sim.sim.insert_customer({"displayName": "new"}, customer_id=customer_id)
+
+        self.sim.call(change)
+
+    def expected(self) -> list[int]:
+        return self.sim.ids()
+
+
+def check(out: Path, fmt: str, sim: ServedSimulator, churn: Churn, report: dict) -> None:
+    rows = records(out, fmt)
+    exported_then_deleted = {int(r["id"]) for r in rows} & churn.deleted
+    check_export(out, fmt, sorted({*sim.ids(), *exported_then_deleted}), report)
+
+
+# -- one file -------------------------------------------------------------------------------------
+
+KILLS = [
+    ["page:1"],
+    ["page:5"],
+    ["write:1"],  # mid-write of the first page, before any checkpoint
+    ["write:4"],  # mid-write of a page
+    ["sync:3"],  # the output synced, its checkpoint not yet written
+    ["ckpt_write:1"],
+    ["ckpt_write:3"],  # half a checkpoint in its temporary file
+    ["ckpt_rename:4"],  # the checkpoint synced, not yet renamed
+    ["page:3", "verify:2"],  # in the final check's id walk of the resumed run
+    ["page:6", "recover:1"],  # just after the final check appended customers it found missing
+    ["page:2", "finish:1"],  # done and synced, the checkpoint not yet removed
+    ["write:2", "page:2", "sync:2", "ckpt_write:2"],  # killed again and again
+]
+
+
+@pytest.mark.parametrize("kills", KILLS, ids=["+".join(k) for k in KILLS])
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_an_export_killed_and_rerun_has_every_customer_once(
+    sim: ServedSimulator, env: dict[str, str], tmp_path: Path, fmt: str, kills: list[str]
+) -> None:
+    out = tmp_path / f"customers.{fmt}"
+    args = ["export", "--out", out.name, "--checkpoint", "customers.ckpt", *PAGE]
+    churn = Churn(sim)
+    runs = run_until_done(args, env, tmp_path, kills, between=churn)
+
+    assert [r.crashed_at is not None for r in runs] == [True] * len(kills) + [False]
+    check(out, fmt, sim, churn, runs[-1].report)
+    assert not (tmp_path / "customers.ckpt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "cache") == [out.name]
+
+
+# -- sharded ----------------------------------------------------------------------------------
+
+
+def merged(tmp_path: Path, env: dict[str, str], fmt: str) -> tuple[Path, int]:
+    run = run_once(["merge", "parts", "--out", f"all.{fmt}", "--report", "json"], env, tmp_path)
+    assert run.returncode == 0, run.stderr
+    return tmp_path / f"all.{fmt}", run.report["records"]
+
+
+SHARD_KILLS = [
+    ("worker", ["page:2"], 2),  # every worker, at its second page: each replacement resumes
+    ("worker", ["ckpt_rename:3"], 2),
+    ("main", ["manifest:1"], 2),  # the plan's own manifest, before any shard ran
+    ("main", ["manifest:3"], 1),  # a shard's result, not yet recorded
+]
+
+
+@pytest.mark.parametrize(
+    ("role", "kills", "workers"), SHARD_KILLS, ids=[f"{r}-{k[0]}-w{w}" for r, k, w in SHARD_KILLS]
+)
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_a_sharded_export_killed_and_rerun_has_every_customer_once(
+    sim: ServedSimulator,
+    env: dict[str, str],
+    tmp_path: Path,
+    fmt: str,
+    role: str,
+    kills: list[str],
+    workers: int,
+) -> None:
+    args = ["export", "--out", "parts", "--shards", "3", "--workers", str(workers)]
+    churn = Churn(sim)
+    runs = run_until_done([*args, "--format", fmt, *PAGE], env, tmp_path, kills, role=role)
+    del churn  # the service is not changed here: a shard's window is not checked against it
+
+    assert runs[0].crashed_at is not None
+    out, count = merged(tmp_path, env, fmt)
+    check_export(out, fmt, sim.ids(), {**runs[-1].report, "complete": True})
+    assert runs[-1].report["complete"] is True
+    assert runs[-1].report["exported"] == count == CUSTOMERS
+
+
+def test_workers_end_when_their_coordinator_is_killed(env: dict[str, str], tmp_path: Path) -> None:
+    """The coordinator of ``--workers`` killed (SIGKILL, the OOM killer): its workers end too.
+
+    They waited for their next shard for ever, one process per worker left on the machine by
+    every such kill (an hour later they were still there)."""
+    args = ["export", "--out", "parts", "--shards", "3", "--workers", "2", *PAGE]
+    run = run_once(args, env, tmp_path, "manifest:2", role="main", linger=10.0)
+
+    assert run.crashed_at is not None
+    assert run.left_behind == []
+
+
+# -- merge --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("nth", [1, 3])
+def test_a_merge_killed_while_it_writes_leaves_no_half_file_and_reruns(
+    env: dict[str, str], sim: ServedSimulator, tmp_path: Path, nth: int
+) -> None:
+    runs = run_until_done(["export", "--out", "parts", "--shards", "3", *PAGE], env, tmp_path, [])
+    assert runs[-1].report["complete"] is True
+    merge = ["merge", "parts", "--out", "all.jsonl", "--report", "json"]
+
+    killed = run_once(merge, env, tmp_path, f"merge:{nth}")
+
+    assert killed.crashed_at is not None
+    assert not (tmp_path / "all.jsonl").exists()
+    again = run_once(merge, env, tmp_path)
+    assert again.returncode == 0, again.stderr
+    check_export(
+        tmp_path / "all.jsonl",
+        "jsonl",
+        sim.ids(),
+        {**again.report, "complete": True, "exported": again.report["records"]},
+    )
+
+
+# -- refused: another export's checkpoint, two resumers ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        ["--stage", "lead"],
+        ["--select", "id,mobile"],
+        ["--format", "csv"],
+        ["--created-from", "2016-01-01T00:00:00Z"],
+    ],
+)
+def test_a_checkpoint_of_another_export_is_refused_and_nothing_changes(
+    sim: ServedSimulator, env: dict[str, str], tmp_path: Path, other: list[str]
+) -> None:
+    args = ["export", "--out", "c.jsonl", "--checkpoint", "c.ckpt", *PAGE]
+    killed = run_once(args, env, tmp_path, "page:3")
+    assert killed.crashed_at is not None
+    before = {p.name: p.read_bytes() for p in tmp_path.glob("c.*")}
+    requests = sim.sim.counters.total
+
+    refused = run_once([*args, *other], env, tmp_path)
+
+    assert refused.returncode in (1, 2), refused.stderr
+    assert "another export" in refused.stderr or "checkpoint" in refused.stderr
+    assert {p.name: p.read_bytes() for p in tmp_path.glob("c.*")} == before
+    assert sim.sim.counters.total == requests  # refused before any request
+    done = run_until_done(args, env, tmp_path, [])
+    check_export(tmp_path / "c.jsonl", "jsonl", sim.ids(), done[-1].report)
+
+
+def test_a_resume_with_another_page_size_keeps_the_first(
+    sim: ServedSimulator, env: dict[str, str], tmp_path: Path
+) -> None:
+    """Documented: a resumed export keeps the page size it began with (a page number means
+    nothing at another size)."""
+    args = ["export", "--out", "c.jsonl", "--checkpoint", "c.ckpt", *PAGE]
+    assert run_once(args, env, tmp_path, "page:3").crashed_at is not None
+
+    done = run_until_done([*args, "--page-size", "20"], env, tmp_path, [])
+
+    check_export(tmp_path / "c.jsonl", "jsonl", sim.ids(), done[-1].report)
+
+
+def test_two_resumers_started_at_once_one_is_refused(
+    sim: ServedSimulator, env: dict[str, str], tmp_path: Path
+) -> None:
+    args = ["export", "--out", "c.jsonl", "--checkpoint", "c.ckpt", *PAGE]
+    assert run_once(args, env, tmp_path, "page:3").crashed_at is not None
+    sim.sim.faults.latency = 0.01  # long enough that the two overlap
+    procs = [
+        subprocess.Popen(
+            cli_command(*args),
+            env=crash_env(env, None, tmp_path / "unused"),
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    results = [(p.wait(timeout=TIMEOUT), *p.communicate(timeout=TIMEOUT)) for p in procs]
+
+    codes = sorted(code for code, _, _ in results)
+    assert codes == [0, 1], results
+    refused = next(err for code, _, err in results if code == 1)
+    assert "in use by another export" in refused
+    report = json.loads(next(out for code, out, _ in results if code == 0).strip().splitlines()[-1])
+    check_export(tmp_path / "c.jsonl", "jsonl", sim.ids(), report)
