@@ -99,6 +99,28 @@ def test_an_export_killed_and_rerun_has_every_customer_once(
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != "cache") == [out.name]
 
 
+@pytest.mark.parametrize("force", [False, True], ids=["new", "over-an-old-file"])
+@pytest.mark.parametrize("point", ["ckpt_rename:1", "in_place:1", "in_placed:1"])
+def test_an_export_killed_as_its_file_takes_the_outputs_name_reruns(
+    sim: ServedSimulator, env: dict[str, str], tmp_path: Path, point: str, force: bool
+) -> None:
+    """Killed between the first checkpoint's rename and the work file's: the file was in place
+    with no checkpoint, and every rerun of the command was refused ("--out exists: pass
+    --force"), the old export replaced by a partial one that nothing said was partial."""
+    out = tmp_path / "customers.jsonl"
+    args = ["export", "--out", out.name, "--checkpoint", "customers.ckpt", *PAGE]
+    if force:
+        out.write_bytes(b'{"id": 1, "displayName": "yesterday"}\n')
+        args.append("--force")
+
+    runs = run_until_done(args, env, tmp_path, [point], max_runs=3)
+
+    assert runs[0].crashed_at is not None
+    assert [r.returncode for r in runs[1:]] == [0], runs
+    check_export(out, "jsonl", sim.ids(), runs[-1].report)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "cache") == [out.name]
+
+
 # -- sharded ----------------------------------------------------------------------------------
 
 

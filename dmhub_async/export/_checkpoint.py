@@ -7,7 +7,6 @@ service, app, destination, format and filters (docs/reliability.md, "Resuming an
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -59,23 +58,26 @@ class Checkpoint:
     header: tuple[str, ...] | None  # the CSV header written
     count_before: int | None
     version: int = CHECKPOINT_VERSION
+    #: A new export's first checkpoint: the work file (its name, beside the output) holding
+    #: the data, which takes the output's name just after this checkpoint takes its own. A
+    #: run killed in between finds the data there (``Output``); None once it is in place.
+    work: str | None = None
 
 
 _converter = cattrs.Converter(forbid_extra_keys=True)
 
 
-def write_checkpoint(
-    path: Path, checkpoint: Checkpoint, *, before_rename: Callable[[], object] | None = None
-) -> None:
+def write_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
     """Replace the checkpoint at ``path`` atomically (a kill leaves the old one or the new).
 
     The temporary file is made by ``mkstemp`` next to it: an unpredictable name, created
     exclusively, never a link followed; ``fsync`` before the rename, so that after a crash
-    the checkpoint on disk never points past data that is not. ``before_rename``: called
-    once the new checkpoint is on disk, before it takes the name (see ``replace_file``).
+    the checkpoint on disk never points past data that is not.
     """
-    data = orjson.dumps(_converter.unstructure(checkpoint))
-    replace_file(path, data, before_rename=before_rename)
+    raw = _converter.unstructure(checkpoint)
+    if raw["work"] is None:
+        del raw["work"]  # as earlier releases wrote it, which can then read it
+    replace_file(path, orjson.dumps(raw))
 
 
 def read_checkpoint(path: Path, scope: ExportScope) -> Checkpoint | None:

@@ -74,11 +74,16 @@ class Output:
             for path in (dest, checkpoint):
                 if path is not None:
                     self._locks.append(_lock(path))
+            if checkpoint is not None:
+                self.resumed = read_checkpoint(checkpoint, scope)
+                if self.resumed is not None:
+                    _take_up_work(self.resumed, dest)
+            for path in (dest, checkpoint):
+                if path is not None:
                     _sweep(path)
             if checkpoint is None:
                 self.fh, self._work = _new_part(dest)
                 return
-            self.resumed = read_checkpoint(checkpoint, scope)
             if self.resumed is not None:
                 self.fh, self._work = _open_in_place(dest), dest
                 self._check_against(self.resumed, scope)
@@ -142,16 +147,17 @@ class Output:
         work = self._work
         if work is not None and work != self._dest:
             # The first checkpoint: the file takes the output's place once the checkpoint is
-            # written and synced, just before its rename. It took it first, and a checkpoint the
-            # disk had no room for left nothing to resume: the file was removed, and the
-            # output it had replaced (yesterday's export) with it.
-            def in_place() -> None:
-                self._work = self._in_place(work)
-
-            write_checkpoint(self._checkpoint, checkpoint, before_rename=in_place)
+            # in place. It took it first, and a checkpoint the disk had no room for left
+            # nothing to resume: the file was removed, and the output it had replaced
+            # (yesterday's export) with it. The checkpoint names the work file, so that a run
+            # killed between the two renames finds the data there: without a checkpoint, the
+            # file in the output's place was refused by every rerun as an existing output.
+            write_checkpoint(self._checkpoint, attrs.evolve(checkpoint, work=work.name))
+            self._committed = checkpoint.bytes
+            self._work = self._in_place(work)
         else:
             write_checkpoint(self._checkpoint, checkpoint)
-        self._committed = checkpoint.bytes
+            self._committed = checkpoint.bytes
 
     def _in_place(self, work: Path) -> Path:
         """The file written (open, synced) takes the output's name, and its mode."""
@@ -235,12 +241,28 @@ def _verified(fh: IO[bytes], resumed: Checkpoint, fmt: str, path: Path) -> Scan:
     return found
 
 
+def _take_up_work(resumed: Checkpoint, dest: Path) -> None:
+    """The work file a first checkpoint names, put in the output's place if it is still
+    beside it (a run killed between the checkpoint's rename and its own)."""
+    if resumed.work is None or not _work_name(dest).fullmatch(resumed.work):
+        return
+    work = dest.with_name(resumed.work)
+    with contextlib.suppress(FileNotFoundError):  # in place already: the usual case
+        if stat.S_ISREG(os.lstat(work).st_mode):
+            os.replace(work, dest)
+
+
+def _work_name(path: Path) -> re.Pattern[str]:
+    """The names ``mkstemp`` gives the work files of ``path``: ``.NAME.xxxxxxxx.part|tmp``."""
+    return re.compile(rf"\.{re.escape(path.name)}\.[a-z0-9_]{{8}}\.(?:part|tmp)")
+
+
 def _sweep(path: Path) -> None:
     """Remove the work files a killed export left beside ``path``, its lock held: the hidden
     ``.NAME.xxxxxxxx.part`` of an export without a checkpoint and the ``.tmp`` of a checkpoint
     being written (``mkstemp``'s names). No live export has one while the lock is ours; each
     ``kill -9`` left one more."""
-    mine = re.compile(rf"\.{re.escape(path.name)}\.[a-z0-9_]{{8}}\.(?:part|tmp)")
+    mine = _work_name(path)
     with contextlib.suppress(OSError):  # a directory that cannot be listed: nothing to sweep
         for entry in os.scandir(path.parent):
             if mine.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):

@@ -14,8 +14,8 @@ Points:
 - ``sync``: after the output's fsync of the Nth commit, before its checkpoint is written.
 - ``ckpt_write``: in the Nth checkpoint's write: half of it in the temporary file.
 - ``ckpt_rename``: the Nth checkpoint written and synced, just before its rename.
-- ``in_place``: just after a new export's work file took the output's name (before the first
-  checkpoint's rename).
+- ``in_place``, ``in_placed``: just before, and just after, a new export's work file takes the
+  output's name (at its first checkpoint).
 - ``verify``: at the Nth page of the final check's id walk (``select=id`` pages).
 - ``recover``: just after the Nth batch of customers the final check appended.
 - ``finish``: in ``Output.finish``, after the data is synced, before the checkpoint goes.
@@ -112,12 +112,14 @@ def _install() -> None:
             return real_replace_file(path, data, sync=sync, before_rename=then_die)
 
         _checkpoint.replace_file = replace_file  # type: ignore[assignment]
-    elif point == "in_place":
+    elif point in ("in_place", "in_placed"):
         real_in_place = Output._in_place
 
         def in_place(self: _output.Output, work):  # type: ignore[no-untyped-def]
+            if point == "in_place" and reached():
+                die()
             done = real_in_place(self, work)
-            if reached():
+            if point == "in_placed" and reached():
                 die()
             return done
 
