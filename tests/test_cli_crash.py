@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import random
+import resource
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -173,6 +174,38 @@ def test_workers_end_when_their_coordinator_is_killed(env: dict[str, str], tmp_p
 
     assert run.crashed_at is not None
     assert run.left_behind == []
+
+
+def _file_size_limit(limit: int) -> Callable[[], None]:
+    """A ``preexec_fn`` that caps the files the command (and its workers) write, a full disk's
+    effect on a write: EFBIG rather than ENOSPC, on any file system, without mounting one."""
+
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return cap
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_full_disk_fails_a_sharded_export_saying_so_and_a_rerun_finishes(
+    sim: ServedSimulator, env: dict[str, str], tmp_path: Path, workers: int
+) -> None:
+    """With --workers, a worker whose part could not be written died with a raw traceback
+    (three times a shard), and the report said only "its worker died 3 times"."""
+    args = ["export", "--out", "parts", "--shards", "3", "--workers", str(workers), *PAGE]
+
+    full = run_once(args, env, tmp_path, preexec=_file_size_limit(60_000))
+
+    assert full.returncode in (1, 3), full.stderr
+    assert "Traceback" not in full.stderr
+    if workers > 1:
+        errors = [s["error"] for s in full.report["shards"]]
+        assert all("File too large" in (e or "") for e in errors), errors
+    else:
+        assert "File too large" in full.stderr
+    runs = run_until_done(args, env, tmp_path, [])
+    out, count = merged(tmp_path, env, "jsonl")
+    check_export(out, "jsonl", sim.ids(), {**runs[-1].report, "exported": count})
 
 
 # -- merge --------------------------------------------------------------------------------------
