@@ -14,6 +14,7 @@ import zoneinfo
 from datetime import date, datetime, time, timezone, tzinfo
 from typing import Any
 
+from ._converter.scalars import timestamp_as_written
 from ._exceptions import InvalidRequestError
 from ._validate import MAX_JSON_DEPTH, short
 
@@ -138,8 +139,10 @@ def _parse(method: str, name: str, text: str) -> date | datetime:
     except ValueError:
         pass
     try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
+        # As date_join and the service's times are read: on Python 3.10 as well, forms its
+        # fromisoformat refuses ("...09:00:00.5Z", "+0800") were an error there alone.
+        return timestamp_as_written(text)
+    except (ValueError, OverflowError):  # OverflowError: no UTC form (year 1 at +08:00)
         raise InvalidRequestError(
             f"{method}(): {name} must be a datetime, a date or an ISO 8601 string,"
             f" not {short(text)}"
