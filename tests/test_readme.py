@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 if sys.version_info >= (3, 11):
@@ -81,17 +82,11 @@ def test_pytest_plugin_example_passes(tmp_path: Path) -> None:
     assert "3 passed" in result.stdout
 
 
-def test_pytest_plugin_example_passes_mypy_strict(tmp_path: Path) -> None:
+def test_pytest_plugin_example_passes_mypy_strict(
+    tmp_path: Path, mypy_strict: Callable[..., subprocess.CompletedProcess[str]]
+) -> None:
     project = _user_project(tmp_path)
-    result = subprocess.run(
-        [sys.executable, "-m", "mypy", "--strict", "--cache-dir", str(tmp_path / ".mypy_cache"),
-         "test_my_job.py"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=project,
-        check=False,
-    )  # fmt: skip
+    result = mypy_strict(project / "test_my_job.py", cwd=project)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -112,11 +107,12 @@ def _programs() -> list[str]:
     return programs
 
 
-def test_readme_programs_pass_mypy_strict(tmp_path: Path) -> None:
+def test_readme_programs_pass_mypy_strict(
+    tmp_path: Path, mypy_strict: Callable[..., subprocess.CompletedProcess[str]]
+) -> None:
     # The every-operation example passed `c.id` (an `int | None`) where an int is wanted, and
     # the last_response one used an `APIResponse | None` unchecked: 9 errors for a user on
     # --strict.
-    api = pytest.importorskip("mypy.api")
     programs = _programs()
     assert any("DMHubSimulator(customers=50)" in p for p in programs)
     assert any("dm.last_response" in p for p in programs)
@@ -124,14 +120,9 @@ def test_readme_programs_pass_mypy_strict(tmp_path: Path) -> None:
     for i, program in enumerate(programs):
         files.append(tmp_path / f"readme_block_{i}.py")
         files[-1].write_text(program, encoding="utf-8")
-    # This checkout's package (not an installed one), and none of this project's mypy settings:
-    # a user's --strict, alone.
-    config = tmp_path / "mypy.ini"
-    config.write_text(f"[mypy]\nmypy_path = {README.parent}\n", encoding="utf-8")
-    cache = tmp_path / ".mypy_cache"
-    args = ["--strict", "--config-file", str(config), "--cache-dir", str(cache)]
-    out, err, status = api.run([*args, *map(str, files)])
-    assert status == 0, out + err
+    # This checkout's package (not an installed one), and a user's --strict, alone.
+    result = mypy_strict(*files, cwd=tmp_path, mypy_path=README.parent)
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_the_dependency_list_is_the_packages() -> None:

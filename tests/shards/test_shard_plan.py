@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator
+import subprocess
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -298,11 +299,12 @@ async def test_a_coordinator_runs_its_own_plan_under_its_lock(
     assert not (tmp_path / "never").exists()
 
 
-def test_a_misspelt_or_mistyped_filter_fails_a_type_check(tmp_path: Path) -> None:
+def test_a_misspelt_or_mistyped_filter_fails_a_type_check(
+    tmp_path: Path, mypy_strict: Callable[..., subprocess.CompletedProcess[str]]
+) -> None:
     # plan_shards and export_sharded took **filters as Any: a misspelt filter passed
     # mypy --strict (and an editor offered no filter names), while export_customers, with
     # the same filters, had them typed.
-    api = pytest.importorskip("mypy.api")
     user = tmp_path / "user.py"
     user.write_text(
         "from dmhub_async import DMHubClient\n"
@@ -317,13 +319,10 @@ def test_a_misspelt_or_mistyped_filter_fails_a_type_check(tmp_path: Path) -> Non
         encoding="utf-8",
     )
     # This checkout's package, a user's --strict alone (as tests/test_readme.py does).
-    root = Path(__file__).resolve().parents[2]
-    config = tmp_path / "mypy.ini"
-    config.write_text(f"[mypy]\nmypy_path = {root}\n", encoding="utf-8")
-    args = ["--strict", "--config-file", str(config), "--cache-dir", str(tmp_path / ".cache")]
-    out, err, _ = api.run([*args, str(user)])
+    result = mypy_strict(user, cwd=tmp_path, mypy_path=Path(__file__).resolve().parents[2])
+    out = result.stdout + result.stderr
     errors = [line for line in out.splitlines() if ": error:" in line]
-    assert [line.split(":")[1] for line in errors] == ["6", "7"], out + err
+    assert [line.split(":")[1] for line in errors] == ["6", "7"], out
     assert '"stgae"' in errors[0]
     assert '"stage"' in errors[1]
 
