@@ -35,6 +35,9 @@ class SeenRecords(Generic[T]):
         self._signature_key = key
         #: The last key yielded (ordered modes): the next record must come after it.
         self.last_key: Any = resume_after
+        #: Where an earlier walk stopped: a record at or before it, read again when a resumed
+        #: walk checks the page before its start, is that walk's, not one served twice.
+        self.resume_mark: Any = resume_after
         self.keys: set[Hashable] = set()
         #: The farthest key any read of this walk reached (ordered modes), yielded or not.
         self.farthest_key: Any = None
@@ -69,7 +72,13 @@ class SeenRecords(Generic[T]):
                 fresh.append(item)
                 last = k
         self.last_key = last
-        return fresh, len(items) - len(fresh)
+        repeats = len(items) - len(fresh)
+        mark = self.resume_mark
+        if repeats and mark is not None:  # (rare: a service's repeat, or a resume's step back)
+            repeats -= sum(
+                1 for item in items if (k := key(item)) is not None and not self._after(k, mark)
+            )
+        return fresh, repeats
 
     def reaches_back(self, items: list[T]) -> bool:
         """Whether ``items`` start at or before what was yielded: no record can lie between.

@@ -32,6 +32,7 @@ def by_rule(keys: list[int | None], last: int | None, ascending: bool) -> tuple[
 @example(keys=[3, 2, 1], last=4, ascending=False)
 @example(keys=[1, 2, 2, 3], last=None, ascending=True)  # a repeat inside the page
 @example(keys=[2, 3], last=2, ascending=True)  # the first record yielded already
+@example(keys=[1, 3, 3], last=2, ascending=True)  # one the earlier walk's, one a repeat
 @example(keys=[1, None, 2], last=0, ascending=True)  # a record without a key
 @example(keys=[], last=5, ascending=True)
 def test_fresh_keeps_what_the_rule_keeps(
@@ -46,7 +47,15 @@ def test_fresh_keeps_what_the_rule_keeps(
 
     expected, expected_last = by_rule(keys, last, ascending)
     assert [row["n"] for row in fresh] == expected
-    assert repeats == len(keys) - len(expected)
+    # A record at or before where the earlier walk stopped is that walk's, read again by a
+    # resume's check of the page before its start: not a repeat of the service's (a resumed
+    # export reported a page of duplicates where the service repeated nothing).
+    before_the_mark = [
+        k
+        for k in keys
+        if k is not None and last is not None and (k <= last if ascending else k >= last)
+    ]
+    assert repeats == len(keys) - len(expected) - len(before_the_mark)
     assert seen.last_key == expected_last
     fresh.clear()
     assert len(items) == len(keys)  # the walk may cut what it got: never the page it read
