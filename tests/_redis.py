@@ -60,10 +60,16 @@ def no_leaks() -> Iterator[None]:
     Redis test modules wraps each test in this).
 
     Garbage from before the test is collected first, the usual way (pytest reports it), so
-    that what is found after is this test's own.
+    that what is found after is this test's own; the objects left are then frozen (out of the
+    collector's sight), so that the passes after the test look at its own objects alone, not
+    at the whole suite's heap again (four passes a test over some 300,000 objects).
     """
     gc.collect()
-    yield
-    leaks = leaks_collected()
+    gc.freeze()
+    try:
+        yield
+        leaks = leaks_collected()
+    finally:
+        gc.unfreeze()
     if leaks:
         pytest.fail("left open by this test:\n" + "\n".join(leaks), pytrace=False)
