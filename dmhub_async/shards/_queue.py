@@ -418,12 +418,18 @@ async def run_on_queue(
 
     Returns when every shard has ended (complete, incomplete or failed after arq's tries).
 
+    A Redis that goes away once the run has begun (restarted, failed over) is waited for as
+    the workers wait, about a minute (:data:`REDIS_RETRIES` tries of each command).
+
     Raises:
-        DMHubError: the queue's Redis cannot be reached, or leaves a command unanswered for
-            :data:`QUEUE_TIMEOUT` seconds (at the start or later: the manifest is written as it
-            stands, and a rerun carries on).
+        DMHubError: the queue's Redis cannot be reached at the start, stays away past those
+            tries, or leaves a command unanswered for :data:`QUEUE_TIMEOUT` seconds (the
+            manifest is written as it stands, and a rerun carries on).
     """
     from arq.connections import ArqRedis
+    from redis.asyncio.retry import Retry
+    from redis.backoff import ExponentialBackoff, NoBackoff
+    from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import RedisError
 
     queue_settings(redis_url, "run_on_queue(): redis_url")  # a URL arq and redis-py read
@@ -434,13 +440,24 @@ async def run_on_queue(
         # answering (paused, or cut off by a partition that drops packets) held the
         # coordinator for ever.
         pool = ArqRedis.from_url(
-            redis_url, socket_timeout=QUEUE_TIMEOUT, socket_connect_timeout=QUEUE_TIMEOUT
+            redis_url,
+            socket_timeout=QUEUE_TIMEOUT,
+            socket_connect_timeout=QUEUE_TIMEOUT,
+            retry=Retry(NoBackoff(), 0),  # at the start, a Redis not there is said at once
+            retry_on_error=[RedisConnectionError, OSError],  # not a timeout: see above
         )
         try:
             await pool.ping()
         except (RedisError, OSError) as err:
             await pool.aclose()
             raise unreachable(redis_url, err) from None
+        # Then a Redis that went away (refused, or a command's connection reset: a restart, a
+        # failover) is waited for as the workers wait: the export stopped at once, the fleet
+        # still running.
+        # (Retry's own errors take in a timeout too; the pool's retry_on_error still does not.)
+        waiting = Retry(ExponentialBackoff(cap=2.0, base=0.1), REDIS_RETRIES)
+        pool.connection_pool.set_retry(waiting)
+        pool.connection_pool.connection_kwargs["retry"] = waiting  # and its later connections
         bar = ProgressBar(progress, manifest, on_total)
         settings = (page_size, concurrency, poll, sleep, takeover)
         try:
