@@ -179,47 +179,24 @@ async def test_a_shard_whose_job_expired_in_the_queue_is_enqueued_again(
     assert kept_for[0] > 2 * 86_400_000  # a queue may hold a shard for longer than a day
 
 
-async def test_the_coordinator_waits_for_a_redis_restarting_as_the_workers_do(
-    tmp_path: Path, redis: RedisServer
-) -> None:
-    # Workers wait about a minute for a Redis that went away (a restart, a failover); the
-    # coordinator stopped at its next command, refused (or reset, when the restart caught a
-    # command on its way: the suite's restart test failed so now and then), and the export
-    # with it, the fleet still running.
-    out = tmp_path / "out"
-    manifest = Manifest.new(
-        [Shard(0, None, None)], fmt="jsonl", base_url="http://127.0.0.1:1", app_id="a", filters={}
-    )
-    polls = 0
-
-    async def sleep(_: float) -> None:
-        nonlocal polls
-        polls += 1
-        if polls == 1:  # the job enqueued, no worker to take it: Redis restarts, taking 0.3 s
-            redis.kill()
-            asyncio.get_running_loop().call_later(0.3, redis.start)
-        else:  # Redis answered the poll after the restart
-            raise _Stop
-
-    with pytest.raises(_Stop):
-        await asyncio.wait_for(
-            run_on_queue(redis.url, out, manifest, progress=False, sleep=sleep), 60
-        )
-    assert polls == 2  # it polled Redis after the restart, not stopped by it
-
-
 class _Stop(Exception):
     """Ends a coordinator's run where a test has seen what it wanted."""
 
 
-async def test_a_queue_redis_gone_mid_run_is_a_dmhub_error_and_the_manifest_is_kept(
-    tmp_path: Path, redis: RedisServer, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("back", [True, False], ids=["restarted", "gone"])
+async def test_a_queue_redis_gone_mid_run_is_waited_for_then_a_dmhub_error(
+    tmp_path: Path, redis: RedisServer, monkeypatch: pytest.MonkeyPatch, back: bool
 ) -> None:
-    # redis-py's own ConnectionError came out of the coordinator (the CLI: a raw traceback).
-    # (Gone for good: past the tries that wait for a restart, here cut to one.)
+    # Restarted: workers wait about a minute for a Redis that went away (a restart, a
+    # failover); the coordinator stopped at its next command, refused (or reset, when the
+    # restart caught a command on its way: the suite's restart test failed so now and then),
+    # and the export with it, the fleet still running.
+    # Gone for good (past the tries, here cut to one): redis-py's own ConnectionError came out
+    # of the coordinator (the CLI: a raw traceback).
     from dmhub_async.shards import _queue
 
-    monkeypatch.setattr(_queue, "REDIS_RETRIES", 1)
+    if not back:
+        monkeypatch.setattr(_queue, "REDIS_RETRIES", 1)
     out = tmp_path / "out"
     manifest = Manifest.new(
         [Shard(0, None, None)], fmt="jsonl", base_url="http://127.0.0.1:1", app_id="a", filters={}
@@ -231,11 +208,19 @@ async def test_a_queue_redis_gone_mid_run_is_a_dmhub_error_and_the_manifest_is_k
         polls += 1
         if polls == 1:  # the job enqueued, no worker to take it: Redis goes away
             redis.kill()
+            if back:  # for 0.3 s
+                asyncio.get_running_loop().call_later(0.3, redis.start)
+        elif back:  # Redis answered the poll after the restart
+            raise _Stop
 
+    run = run_on_queue(redis.url, out, manifest, progress=False, sleep=sleep)
+    if back:
+        with pytest.raises(_Stop):
+            await asyncio.wait_for(run, 60)
+        assert polls == 2  # it polled Redis after the restart, not stopped by it
+        return
     with pytest.raises(DMHubError, match=r"^cannot reach the queue's Redis at redis://127\.0"):
-        await asyncio.wait_for(
-            run_on_queue(redis.url, out, manifest, progress=False, sleep=sleep), 60
-        )
+        await asyncio.wait_for(run, 60)
     on_disk = Manifest.read(out)
     assert on_disk is not None
     assert on_disk.status() == "incomplete"
