@@ -61,6 +61,8 @@ class ClientStats:
     """What a client has done so far."""
 
     requests: int = 0
+    #: Requests the service answered, whatever the status: none means it was never reached.
+    responses: int = 0
     retries: int = 0
     token_fetches: int = 0
 
@@ -636,6 +638,7 @@ class Session:
             # error and answer (their URL) must not be among this one's.
             del token, params, secrets, failure, resp
             raise error from cause
+        self.stats.responses += 1
         if logger.isEnabledFor(logging.DEBUG):  # describe() encodes the query: not for nothing
             elapsed_ms = (time.perf_counter() - started) * 1000
             logger.debug("%s -> %d (%.1f ms)", request.describe(), status, elapsed_ms)

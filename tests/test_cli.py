@@ -390,6 +390,30 @@ def test_bad_input_is_one_line_on_stderr(
     assert token is None or token not in result.stderr
 
 
+def test_a_service_that_stops_answering_mid_run_is_not_blamed_on_the_base_url(
+    served: ServedSimulator, env: dict[str, str], tmp_path: Path
+) -> None:
+    # Every lost connection asked "is DMHUB_BASE_URL right?", an export that failed after
+    # thousands of pages included: the service had answered at that URL all along.
+    served.sim.faults.paths = ("GET /v1/customers",)
+    served.sim.faults.script(["ok"] * 3 + ["reset"])  # three pages, then the connection drops
+
+    result = run_cli(
+        "export",
+        "--out",
+        "x.jsonl",
+        "--concurrency",
+        "1",
+        "--max-retries",
+        "0",
+        env=env,
+        cwd=tmp_path,
+    )
+
+    assert_one_line_error(result, 1, "stopped answering", env["DMHUB_BASE_URL"])
+    assert "DMHUB_BASE_URL right" not in result.stderr
+
+
 def test_unwritable_output_is_one_line_and_sends_nothing(
     served: ServedSimulator, env: dict[str, str], tmp_path: Path
 ) -> None:

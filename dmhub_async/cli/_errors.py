@@ -23,6 +23,7 @@ __all__ = [
     "UsageError",
     "explain",
     "interruptible",
+    "stopped_answering",
     "without_method",
 ]
 
@@ -106,6 +107,15 @@ def _auth_hint(err: AuthenticationError) -> str:
     return f"{sharing}, or {credentials}"
 
 
+def _base_url() -> str:
+    return os.environ.get("DMHUB_BASE_URL") or "the default base URL"
+
+
+def stopped_answering(err: APIConnectionError) -> CommandError:
+    """``err`` after the service had answered in this run: its URL is right, it went away."""
+    return CommandError(f"{err}: {_base_url()} stopped answering (it had answered in this run)")
+
+
 def explain(err: BaseException) -> tuple[int, str]:
     """The exit code and the one line to print for ``err``."""
     if isinstance(err, (CommandError, Interrupted)):
@@ -113,8 +123,8 @@ def explain(err: BaseException) -> tuple[int, str]:
     if isinstance(err, AuthenticationError):
         return EXIT_ERROR, f"{err}; {_auth_hint(err)}"
     if isinstance(err, APIConnectionError):
-        where = os.environ.get("DMHUB_BASE_URL") or "the default base URL"
-        return EXIT_ERROR, f"{err}: no answer from {where} (is DMHUB_BASE_URL right?)"
+        # Nothing answered in this run (else open_client raised stopped_answering's error).
+        return EXIT_ERROR, f"{err}: no answer from {_base_url()} (is DMHUB_BASE_URL right?)"
     if isinstance(err, OSError) and err.strerror:
         where = f"{err.filename}: " if err.filename is not None else ""
         return EXIT_ERROR, f"{where}{err.strerror}"

@@ -14,10 +14,11 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import platformdirs
 
 from .._client import DMHubClient
+from .._exceptions import APIConnectionError
 from .._logging import show_log
 from .._token_file import FileTokenStore
 from .._token_stores import MemoryTokenStore, RedisTokenStore, TokenStore
-from ._errors import UsageError
+from ._errors import UsageError, stopped_answering
 
 __all__ = [
     "REDIS_PASSWORD_ENV",
@@ -134,7 +135,14 @@ async def open_client(args: argparse.Namespace, concurrency: int) -> AsyncIterat
             timezone=getattr(args, "timezone", None),
             allow_insecure_http=args.allow_insecure_http,
         ) as dm:
-            yield dm
+            try:
+                yield dm
+            except APIConnectionError as err:
+                # "Is DMHUB_BASE_URL right?" misled where the service had answered at that URL
+                # (an export lost after thousands of pages): only the first answer proves it.
+                if dm.stats.responses:
+                    raise stopped_answering(err) from err
+                raise
     finally:
         if isinstance(store, RedisTokenStore):
             await store.aclose()
