@@ -34,6 +34,7 @@ from ._version import __version__
 __all__ = [
     "DEFAULT_AUTH_ERROR_CODES",
     "HEADERS",
+    "PERSONAL_PARAMS",
     "TOKEN_PATH",
     "USER_AGENT",
     "APIResponse",
@@ -60,10 +61,19 @@ HEADERS = {"User-Agent": USER_AGENT}
 _JSON_HEADERS = {**HEADERS, "Content-Type": "application/json; charset=utf-8"}
 
 
+#: Query parameters whose values are personal data (docs/contract.md, "list" and "query
+#: identities"): a mobile number, an e-mail address, a WeChat openid. Log lines and reprs name
+#: them but never quote their values; the rest (page, rows, stage, ids) tells requests apart.
+PERSONAL_PARAMS = frozenset({"mobile", "email", "identityValue"})
+_MASKED_PARAMS = PERSONAL_PARAMS | {"secret", "access_token"}
+
+
+def _masked(params: Mapping[str, str]) -> dict[str, str]:
+    return {k: MASK if k in _MASKED_PARAMS else v for k, v in params.items()}
+
+
 def _redact_params(params: Mapping[str, str] | None) -> str:
-    if not params:
-        return repr(params)
-    return repr({k: MASK if k in ("secret", "access_token") else v for k, v in params.items()})
+    return repr(_masked(params)) if params else repr(params)
 
 
 #: A caller's reader of a successful body: bytes to what the call returns, and the body's
@@ -83,7 +93,7 @@ class Request:
 
     method: str
     path: str
-    #: The token request's query holds the secret: keep it out of the repr.
+    #: The token request's query holds the secret, a lookup's a person's identity: masked.
     params: Mapping[str, str] | None = attrs.field(default=None, repr=_redact_params)
     json: Any = None
     #: Safe to repeat when the first answer was lost (GET, PUT, DELETE, upserts).
@@ -96,8 +106,8 @@ class Request:
     decode: Decode | None = attrs.field(default=None, repr=False, eq=False)
 
     def describe(self) -> str:
-        """``METHOD /path?query`` with no token in it."""
-        query = f"?{redact(urlencode(self.params))}" if self.params else ""
+        """``METHOD /path?query`` without the token or a personal value (``PERSONAL_PARAMS``)."""
+        query = f"?{redact(urlencode(_masked(self.params), safe=MASK))}" if self.params else ""
         return f"{self.method} {self.path}{query}"
 
     def query(self, token: str | None) -> dict[str, str]:

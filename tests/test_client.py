@@ -564,6 +564,31 @@ async def test_info_line_per_retry(api, make_client, caplog):
     )
 
 
+async def test_log_lines_mask_identity_values_and_keep_the_rest(api, make_client, caplog):
+    # A retry's INFO line quoted the whole query: a lookup's mobile number or WeChat openid,
+    # and a --mobile or --email filter's value, went to the logs of every run (personal data).
+    caplog.set_level(logging.DEBUG, logger="dmhub_async")
+    for path in ("/v1/customeridentities", "/v1/customers"):
+        api.get(url(path), status=503)
+        api.get(url(path), payload=[] if "identities" in path else {"rows": []})
+    dm = make_client(access_token="tok", max_retries=1)
+
+    assert await dm.identities.lookup(Identity("wechat", "oWx-openid-8Kq2")) is None
+    params = {"mobile": "13800138000", "email": "li.lei@example.cn", "page": 3, "rows": 100}
+    await dm.request("GET", "/v1/customers", params=params)
+
+    infos = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert infos == [
+        "retrying GET /v1/customeridentities?identityType=wechat&identityValue=*** after "
+        "HTTP 503 ServerError (retry 1 of 1) in 0.50s",
+        "retrying GET /v1/customers?mobile=***&email=***&page=3&rows=100 after "
+        "HTTP 503 ServerError (retry 1 of 1) in 0.50s",
+    ]
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    for value in ("oWx-openid-8Kq2", "13800138000", "li.lei", "example.cn"):
+        assert value not in logged  # nor in the DEBUG lines
+
+
 # --- per-call options, raw answers, event loops (issue 17) -----------------------------------
 
 
