@@ -110,7 +110,10 @@ def _common() -> _Parser:
         "-v", "--verbose", action="store_true", help="log every request and retry on stderr"
     )
     common.add_argument(
-        "-q", "--quiet", action="store_true", help="no progress and no text report; errors only"
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="no progress and no text report: errors, and warnings of what changes the run, only",
     )
     common.add_argument(
         "--report",
