@@ -19,6 +19,8 @@ from zoneinfo import ZoneInfo
 import pytest
 from _helpers import url
 from aioresponses import aioresponses
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 from dmhub_async import (
     DMHubClient,
@@ -27,7 +29,10 @@ from dmhub_async import (
     MemoryTokenStore,
     NaiveDatetimeWarning,
 )
+from dmhub_async._converter import customer_fields_to_wire, structure_customer
+from dmhub_async._validate import check_customer_fields
 from dmhub_async.export import export_customers
+from dmhub_async.resources._filters import customer_filter_params
 from dmhub_async.testing import DMHubSimulator
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
@@ -92,6 +97,59 @@ async def test_a_time_is_read_alike_on_every_python(
     dm = make_client(timezone="Asia/Shanghai")
     assert await dm.customers.count(date_created_from=value) == 7
     assert sent_query(count_answers)["dateCreatedFrom"] == sent
+
+
+@st.composite
+def iso_timestamps(draw: st.DrawFn) -> tuple[str, datetime]:
+    """An ISO 8601 timestamp in the extended form the SDK reads on every Python, and the UTC
+    instant it names (to the microsecond): either case of ``T`` and ``Z`` (RFC 3339 allows
+    ``t`` and ``z``), a space, fractions of any length, and offsets in each form."""
+    day = draw(st.dates(min_value=date(1900, 1, 1), max_value=date(2100, 12, 31)))
+    hour, minute, second = draw(st.tuples(*(st.integers(0, top) for top in (23, 59, 59))))
+    fraction = draw(st.one_of(st.none(), st.from_regex(r"[0-9]{1,9}", fullmatch=True)))
+    text = f"{day.isoformat()}{draw(st.sampled_from('Tt '))}{hour:02}:{minute:02}:{second:02}"
+    if fraction is not None:
+        text += draw(st.sampled_from(".,")) + fraction
+    offset = timedelta(0)
+    suffix = draw(st.sampled_from(["", "Z", "z", "+hh:mm", "+hhmm", "+hh", "-hh:mm"]))
+    if suffix.startswith(("+", "-")):
+        hours, minutes = draw(st.integers(0, 23)), draw(st.integers(0, 59))
+        if suffix.endswith("hh"):
+            minutes = 0
+        offset = timedelta(hours=hours, minutes=minutes) * (-1 if suffix[0] == "-" else 1)
+        suffix = suffix.replace("hh", f"{hours:02}", 1).replace("mm", f"{minutes:02}")
+    micro = int((fraction or "0")[:6].ljust(6, "0"))
+    moment = datetime.combine(day, datetime.min.time()).replace(
+        hour=hour, minute=minute, second=second, microsecond=micro, tzinfo=timezone(offset)
+    )
+    return text + suffix, moment.astimezone(timezone.utc)
+
+
+@example(("2024-01-02t03:04:05z", datetime(2024, 1, 2, 3, 4, 5, tzinfo=timezone.utc)))
+@example(("2024-01-02t03:04:05.5Z", datetime(2024, 1, 2, 3, 4, 5, 500000, tzinfo=timezone.utc)))
+@example(("2024-01-02t03:04:05+0800", datetime(2024, 1, 1, 19, 4, 5, tzinfo=timezone.utc)))
+@given(iso_timestamps())
+def test_a_timestamp_is_read_alike_as_a_filter_a_date_join_and_an_answer_on_every_python(
+    written: tuple[str, datetime],
+) -> None:
+    # "2024-01-02t03:04:05z" (RFC 3339 allows a lower-case t and z) was a time filter on every
+    # Python, but a date_join refused with InvalidRequestError on 3.11+ alone (and a service
+    # answer holding it unreadable there); "...t03:04:05.5Z" and "...t03:04:05+0800" were the
+    # reverse: read on 3.11+, refused as filters and date_joins on 3.10.
+    text, instant = written
+    query = customer_filter_params("count", {"date_created_from": text}, zone=timezone.utc)
+    assert query["dateCreatedFrom"] == instant.replace(tzinfo=None).isoformat("T", "seconds")
+    check_customer_fields("create", {"date_join": text})
+    sent = instant.replace(microsecond=0, tzinfo=None).isoformat() + "Z"
+    assert customer_fields_to_wire({"date_join": text}) == {"dateJoin": sent}
+    assert structure_customer({"id": 1, "dateJoin": text}).date_join == instant
+
+
+async def test_a_lower_case_date_join_is_written_on_every_python() -> None:
+    async with zoned_client("Asia/Shanghai") as (sim, dm):
+        made = await dm.customers.create(name="x", date_join="2024-01-02t03:04:05z")
+        assert made.id is not None
+        assert sim.customer(made.id)["dateJoin"] == "2024-01-02T03:04:05Z"  # type: ignore[index]
 
 
 @pytest.mark.parametrize(

@@ -2,8 +2,9 @@
 
 In (lenient: the service's JSON as it comes, docs/contract.md "Customer model"):
 - timestamps: ``2017-06-01T12:12:12Z`` (the contract's form), no offset (taken as UTC), any
-  ``+hh:mm`` offset, fractional seconds, on every supported Python (3.10's ``fromisoformat``
-  knows neither ``Z`` nor arbitrary fractions); always an aware UTC ``datetime``.
+  ``+hh:mm`` offset, fractional seconds, a lower-case ``t`` or ``z``, on every supported
+  Python (3.10's ``fromisoformat`` knows neither ``Z`` nor arbitrary fractions, 3.11's no
+  ``z``); always an aware UTC ``datetime``.
 - ``Decimal``: from a JSON string, int or float, a float through its shortest ``repr`` so
   ``0.1`` gives ``Decimal("0.1")``.
 - ``Gender``: null or 0 is ``UNKNOWN``, 1 and 2 (or their strings) the others; anything else
@@ -140,8 +141,10 @@ def to_gender(v: Any) -> Gender | None:
     return GENDERS.get(v)
 
 
+# "t" as "T" and "z" as "Z" (RFC 3339, section 5.6): 3.11's fromisoformat takes any separator
+# but no "z", so "2024-01-02t03:04:05z" was read on 3.10 alone, "...t03:04:05.5Z" on 3.11 alone.
 _TS_RE: Final = re.compile(
-    r"(\d{4})-(\d{2})-(\d{2})(?:[T ](\d{2}):(\d{2})(?::(\d{2})(?:[.,](\d+))?)?)?"
+    r"(\d{4})-(\d{2})-(\d{2})(?:[Tt ](\d{2}):(\d{2})(?::(\d{2})(?:[.,](\d+))?)?)?"
     r"\s*(Z|z|[+-]\d{2}(?::?\d{2})?)?"
 )
 
