@@ -14,7 +14,7 @@ import zoneinfo
 from datetime import date, datetime, time, timezone, tzinfo
 from typing import Any
 
-from ._converter.scalars import timestamp_as_written
+from ._converter.scalars import ascii_digits, timestamp_as_written
 from ._exceptions import InvalidRequestError
 from ._validate import MAX_JSON_DEPTH, short
 
@@ -131,17 +131,20 @@ def times_in_utc(method: str, where: str, value: Any, zone: tzinfo, depth: int =
 
 
 def _parse(method: str, name: str, text: str) -> date | datetime:
+    # Full-width digits as their ASCII ones, as date_join reads them: "２０２４-０１-０２" was
+    # read as a time, its midnight, and as a _to bound left out the whole day but its first second.
+    digits = ascii_digits(text)
     try:
         # A bare day in any form this Python reads as one ("2024-01-01"; from 3.11 also
         # "20240101" and "2024-W01-1"): datetime.fromisoformat reads those too, as midnight,
         # which made a _to bound of "20240101" its first second instead of its last.
-        return date.fromisoformat(text)
+        return date.fromisoformat(digits)
     except ValueError:
         pass
     try:
         # As date_join and the service's times are read: on Python 3.10 as well, forms its
         # fromisoformat refuses ("...09:00:00.5Z", "+0800") were an error there alone.
-        return timestamp_as_written(text)
+        return timestamp_as_written(digits)
     except (ValueError, OverflowError):  # OverflowError: no UTC form (year 1 at +08:00)
         raise InvalidRequestError(
             f"{method}(): {name} must be a datetime, a date or an ISO 8601 string,"

@@ -145,6 +145,42 @@ def test_a_timestamp_is_read_alike_as_a_filter_a_date_join_and_an_answer_on_ever
     assert structure_customer({"id": 1, "dateJoin": text}).date_join == instant
 
 
+FULL_WIDTH = str.maketrans("0123456789", "０１２３４５６７８９")
+
+
+@example("2024-01-01")
+@given(st.one_of(iso_timestamps().map(lambda written: written[0]), st.dates().map(str)))
+def test_a_timestamp_in_full_width_digits_reads_as_in_ascii_ones(text: str) -> None:
+    # Chinese input methods type full-width digits: every path reads them as their ASCII
+    # digits, as date_join did. A filter read a day so written as its midnight (below).
+    wide = text.translate(FULL_WIDTH)
+    for name in ("date_created_from", "date_created_to"):
+        read = customer_filter_params("count", {name: wide}, zone=SHANGHAI)
+        assert read == customer_filter_params("count", {name: text}, zone=SHANGHAI)
+    assert customer_fields_to_wire({"date_join": wide}) == customer_fields_to_wire(
+        {"date_join": text}
+    )
+    assert structure_customer({"id": 1, "dateJoin": wide}) == structure_customer(
+        {"id": 1, "dateJoin": text}
+    )
+
+
+async def test_a_day_in_full_width_digits_is_the_whole_day(
+    count_answers: aioresponses, make_client: Callable[..., DMHubClient]
+) -> None:
+    # It was read as a time, its midnight: last_updated_to="２０２４-０１-０１" went out as
+    # 2023-12-31T16:00:00, and every customer of that day but its first second was left out.
+    dm = make_client(timezone="Asia/Shanghai")
+    await dm.customers.count(
+        last_updated_from="２０２４-０１-０１", last_updated_to="２０２４-０１-０１"
+    )
+    query = sent_query(count_answers)
+    assert (query["lastUpdatedFrom"], query["lastUpdatedTo"]) == (
+        "2023-12-31T16:00:00",
+        "2024-01-01T15:59:59",
+    )
+
+
 async def test_a_lower_case_date_join_is_written_on_every_python() -> None:
     async with zoned_client("Asia/Shanghai") as (sim, dm):
         made = await dm.customers.create(name="x", date_join="2024-01-02t03:04:05z")

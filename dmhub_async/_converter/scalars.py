@@ -2,7 +2,8 @@
 
 In (lenient: the service's JSON as it comes, docs/contract.md "Customer model"):
 - timestamps: ``2017-06-01T12:12:12Z`` (the contract's form), no offset (taken as UTC), any
-  ``+hh:mm`` offset, fractional seconds, a lower-case ``t`` or ``z``, on every supported
+  ``+hh:mm`` offset, fractional seconds, a lower-case ``t`` or ``z``, full-width digits (read
+  as their ASCII digits, :func:`ascii_digits`), on every supported
   Python (3.10's ``fromisoformat`` knows neither ``Z`` nor arbitrary fractions, 3.11's no
   ``z``); always an aware UTC ``datetime``.
 - ``Decimal``: from a JSON string, int or float, a float through its shortest ``repr`` so
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import re
 import sys
+import unicodedata
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
@@ -149,9 +151,21 @@ _TS_RE: Final = re.compile(
 )
 
 
+def ascii_digits(text: str) -> str:
+    """``text`` with each decimal digit of another script (full-width ``２``, as Chinese input
+    methods type it; Arabic-Indic ``٢``) as its ASCII digit; ``text`` itself when all ASCII.
+
+    ``fromisoformat`` reads ASCII digits alone, and the fallback reader all of them: a day
+    written ``２０２４-０１-０２`` was a filter's midnight, not the whole day ``2024-01-02`` is.
+    """
+    if text.isascii():
+        return text
+    return "".join(str(unicodedata.decimal(char)) if char.isdecimal() else char for char in text)
+
+
 def parse_timestamp_slow(s: str) -> datetime:
     """Parse what ``datetime.fromisoformat`` of this Python refuses (3.10: ``Z``, odd fractions)."""
-    m = _TS_RE.fullmatch(s.strip())
+    m = _TS_RE.fullmatch(ascii_digits(s).strip())
     if m is None:
         raise ValueError(f"not a timestamp: {s!r}")
     year, month, day, hour, minute, second, frac, tz = m.groups()
@@ -185,7 +199,8 @@ def parse_timestamp(s: str) -> datetime:
     try:
         dt = datetime.fromisoformat(s)
     except ValueError:
-        return parse_timestamp_slow(s)
+        digits = ascii_digits(s)  # off the hot path: the service writes ASCII
+        return parse_timestamp(digits) if digits != s else parse_timestamp_slow(s)
     tz = dt.tzinfo
     if tz is UTC:
         return dt
@@ -197,6 +212,7 @@ def parse_timestamp(s: str) -> datetime:
 def timestamp_as_written(s: str) -> datetime:
     """A timestamp to write as it is written: aware when it names an offset (or ``Z``), else
     naive, its wall time for the writer to place in a zone; ValueError when unreadable."""
+    s = ascii_digits(s)
     try:
         return datetime.fromisoformat(s[:-1] + "+00:00" if s[-1:] in ("Z", "z") else s)
     except ValueError:
