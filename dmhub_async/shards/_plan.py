@@ -23,7 +23,7 @@ import attrs
 from typing_extensions import Unpack
 
 from .._exceptions import InvalidRequestError
-from .._query_time import query_time
+from .._query_time import in_utc, query_time
 from .._validate import check_number, short
 
 if TYPE_CHECKING:
@@ -162,12 +162,18 @@ def _utc(name: str, value: Any, zone: tzinfo | None, *, end: bool = False) -> st
 _TIMES = ("date_created_from", "date_created_to", "last_updated_from", "last_updated_to")
 
 
-def warn_if_naive(client: DMHubClient, method: str, filters: Mapping[str, Any]) -> None:
-    """The client's :class:`NaiveDatetimeWarning` (once per client) when a time filter without
-    an offset is read as UTC, for want of a ``timezone``: in ``method``'s name, at the line
-    that called it (this function's caller must be ``method`` itself). It warned from here,
-    as ``plan_shards`` and at a line of this module, for every such filter of every call."""
+def warn_if_naive(
+    client: DMHubClient, method: str, filters: Mapping[str, Any], now: datetime | None = None
+) -> None:
+    """The client's :class:`NaiveDatetimeWarning` (once per client) when a time filter (or
+    ``plan_shards``'s ``now``) without an offset is read as UTC, for want of a ``timezone``: in
+    ``method``'s name, at the line that called it (this function's caller must be ``method``
+    itself). It warned from here, as ``plan_shards`` and at a line of this module, for every
+    such filter of every call."""
     if client.timezone is not None:
+        return
+    if now is not None and now.utcoffset() is None:
+        client.customers._warn_naive(method, frames=2)
         return
     for name in _TIMES:
         value = filters.get(name)
@@ -214,16 +220,20 @@ def _bound(name: str, value: Any, zone: tzinfo | None) -> int | None:
     return _seconds(datetime.fromisoformat(_utc(name, value, zone, end=name.endswith("_to"))))
 
 
-def _newest(now: datetime | None) -> int:
-    """The second after ``now`` (the clock's now), or InvalidRequestError before any request."""
+def _newest(now: datetime | None, zone: tzinfo | None) -> int:
+    """The second after ``now`` (the clock's now), or InvalidRequestError before any request.
+
+    A naive ``now`` is read in the client's ``timezone`` (UTC without one), as a time filter
+    is: ``astimezone`` read it in the machine's zone, and under ``timezone="UTC"`` on a machine
+    at UTC+8 a plan at 01:00 saw every customer of the last eight hours as created after it,
+    all in the last shard.
+    """
     if now is None:
         now = datetime.now(timezone.utc)
     elif not isinstance(now, datetime):
         raise InvalidRequestError(f"plan_shards(): now must be a datetime, not {short(now)}")
-    try:
-        return _seconds(now.astimezone(timezone.utc)) + 1
-    except (OverflowError, ValueError):  # year 1 at +23:00 has no UTC form
-        raise InvalidRequestError(f"plan_shards(): now {short(now)} has no time in UTC") from None
+    # InvalidRequestError when it has no UTC form (year 1 at +23:00)
+    return _seconds(in_utc("plan_shards", "now", now, zone or timezone.utc, given=now)) + 1
 
 
 async def plan_shards(
@@ -244,7 +254,8 @@ async def plan_shards(
     Args:
         client: an open client.
         n: the number of shards wanted, 1 to 4096.
-        now: the planning time (the newest second probed); defaults to the clock now.
+        now: the planning time (the newest second probed); defaults to the clock now. A
+            naive one is read in the client's ``timezone``, as a time filter is.
         **filters: the filters of ``Customers.list``; ``date_created_from``/``_to`` bound the
             whole plan, ``sort_by``/``sort_order`` are not allowed.
 
@@ -267,8 +278,8 @@ async def plan_shards(
             "plan_shards(): date_created_to is the last second of the year 9999, after which"
             " no window can end: leave it out to export without an end"
         )
-    newest = _newest(now)
-    warn_if_naive(client, "plan_shards", filters)  # checked: warned only for a plan made
+    newest = _newest(now, zone)
+    warn_if_naive(client, "plan_shards", filters, now)  # checked: warned only for a plan made
     # Checked by the resource before the first request: a bad filter sends nothing.
     probe = _Probe(client, safe, lo)
     total = await probe.count_before(hi)

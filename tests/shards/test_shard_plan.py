@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import subprocess
-from collections.abc import AsyncIterator, Callable
+import time
+import warnings
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,13 @@ import orjson
 import pytest
 from aiohttp import web
 
-from dmhub_async import DMHubClient, Gender, InvalidRequestError, ServerError
+from dmhub_async import (
+    DMHubClient,
+    Gender,
+    InvalidRequestError,
+    NaiveDatetimeWarning,
+    ServerError,
+)
 from dmhub_async.shards import Manifest, Shard, export_sharded, merge, plan_shards
 from dmhub_async.shards._run import coordinating, prepare
 from dmhub_async.testing import DMHubSimulator
@@ -361,3 +369,40 @@ async def test_a_count_that_fails_stops_the_plans_other_counts(sim: DMHubSimulat
             assert dm._session._limits._free == 16  # every slot back for the next call
         finally:
             held.set()
+
+
+@pytest.fixture
+def machine_in_shanghai(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The machine's local zone is Asia/Shanghai (UTC+8) for the test."""
+    if not hasattr(time, "tzset"):
+        pytest.skip("time.tzset: POSIX only")
+    monkeypatch.setenv("TZ", "Asia/Shanghai")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+@pytest.mark.usefixtures("machine_in_shanghai")
+@pytest.mark.parametrize("zone", ["UTC", None])
+async def test_a_naive_now_is_read_in_the_clients_timezone_not_the_machines(
+    zone: str | None,
+) -> None:
+    # 100 customers created one a second from 2024-01-01T00:00:00Z; planned at 01:00 UTC.
+    # A naive now was read in the machine's zone, 01:00 in Shanghai, 17:00 UTC the day
+    # before: every customer came after it, and the plan was one shard of 100, not 4 of 25.
+    created = [datetime(2024, 1, 1, tzinfo=timezone.utc).timestamp()]
+    async with DMHubSimulator(clock=lambda: created[0]) as sim:
+        for _ in range(100):
+            sim.insert_customer({"name": "x"})
+            created[0] += 1
+        async with DMHubClient(sim.app_id, sim.secret, base_url=sim.url, timezone=zone) as dm:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                shards = await plan_shards(dm, 4, now=datetime(2024, 1, 1, 1, 0))
+
+    assert [s.planned_count for s in shards] == [25, 25, 25, 25]
+    # Without a timezone setting, read as UTC and said, as a naive time filter is.
+    assert [(w.category, w.filename) for w in caught] == (
+        [] if zone else [(NaiveDatetimeWarning, __file__)]
+    )
