@@ -223,8 +223,11 @@ def test_a_merge_killed_while_it_writes_leaves_no_half_file_and_reruns(
 
     assert killed.crashed_at is not None
     assert not (tmp_path / "all.jsonl").exists()
+    assert [p.name for p in tmp_path.glob(".all.jsonl.*.tmp")] != []  # what it was writing
     again = run_once(merge, env, tmp_path)
     assert again.returncode == 0, again.stderr
+    # The rerun removed the killed merge's temporary file (it stayed for ever), and its lock.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["all.jsonl", "cache", "parts"]
     check_export(
         tmp_path / "all.jsonl",
         "jsonl",

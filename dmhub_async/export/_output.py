@@ -198,8 +198,7 @@ class Output:
 
     def _unlock(self) -> None:
         for lock, path in reversed(self._locks):
-            path.unlink(missing_ok=True)  # while held: a run waiting on this inode re-checks it
-            lock.release()
+            _release(lock, path)
         self._locks.clear()
 
 
@@ -252,17 +251,17 @@ def _take_up_work(resumed: Checkpoint, dest: Path) -> None:
             os.replace(work, dest)
 
 
-def _work_name(path: Path) -> re.Pattern[str]:
+def _work_name(path: Path, suffixes: str = "part|tmp") -> re.Pattern[str]:
     """The names ``mkstemp`` gives the work files of ``path``: ``.NAME.xxxxxxxx.part|tmp``."""
-    return re.compile(rf"\.{re.escape(path.name)}\.[a-z0-9_]{{8}}\.(?:part|tmp)")
+    return re.compile(rf"\.{re.escape(path.name)}\.[a-z0-9_]{{8}}\.(?:{suffixes})")
 
 
-def _sweep(path: Path) -> None:
+def _sweep(path: Path, suffixes: str = "part|tmp") -> None:
     """Remove the work files a killed export left beside ``path``, its lock held: the hidden
     ``.NAME.xxxxxxxx.part`` of an export without a checkpoint and the ``.tmp`` of a checkpoint
-    being written (``mkstemp``'s names). No live export has one while the lock is ours; each
-    ``kill -9`` left one more."""
-    mine = _work_name(path)
+    (or a merge) being written (``mkstemp``'s names). No live export or merge has one while the
+    lock is ours; each ``kill -9`` left one more. ``suffixes``: the kinds to remove."""
+    mine = _work_name(path, suffixes)
     with contextlib.suppress(OSError):  # a directory that cannot be listed: nothing to sweep
         for entry in os.scandir(path.parent):
             if mine.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
@@ -284,8 +283,9 @@ def _open_in_place(dest: Path) -> IO[bytes]:
     return os.fdopen(fd, "r+b")
 
 
-def _lock(path: Path) -> tuple[filelock.BaseFileLock, Path]:
-    """An exclusive lock on ``path`` (by a hidden file next to it), taken at once or refused."""
+def _lock(path: Path, by: str = "another export") -> tuple[filelock.BaseFileLock, Path]:
+    """An exclusive lock on ``path`` (by a hidden file next to it), taken at once or refused
+    (saying it is in use ``by`` whom)."""
     lock_path = path.with_name(f".{path.name}.lock")
     holder = f"pid {os.getpid()} on {socket.gethostname()}"
 
@@ -299,10 +299,16 @@ def _lock(path: Path) -> tuple[filelock.BaseFileLock, Path]:
         lock.acquire()
     except filelock.Timeout:
         raise InvalidRequestError(
-            f"{str(path)!r} is in use by another export ({_holder(lock_path)}): "
+            f"{str(path)!r} is in use by {by} ({_holder(lock_path)}): "
             "wait for it to finish, or stop it"
         ) from None
     return lock, lock_path
+
+
+def _release(lock: filelock.BaseFileLock, lock_path: Path) -> None:
+    """Release a lock :func:`_lock` took, its file removed first."""
+    lock_path.unlink(missing_ok=True)  # while held: a run waiting on this inode re-checks it
+    lock.release()
 
 
 def _holder(lock_path: Path) -> str:

@@ -14,7 +14,7 @@ import os
 import secrets
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 import attrs
 import cattrs
@@ -23,6 +23,7 @@ import orjson
 from .._atomic import replace_file, replacing
 from .._exceptions import InvalidRequestError
 from ..export._export import check_uncompressed
+from ..export._output import _lock, _release, _sweep
 from ._plan import Shard
 
 __all__ = ["MANIFEST_NAME", "Manifest", "ShardOutcome", "merge", "part_digest", "part_name"]
@@ -244,63 +245,76 @@ def merge(
             f"the export in {directory} is not complete: finish it first (rerun the export), "
             "or merge what there is with allow_incomplete=True (CLI: --allow-incomplete)"
         )
+    # Under the lock an export to ``dest`` takes: a merge killed (kill -9) left its temporary
+    # file beside ``dest`` for ever, and it can be removed only while no live merge writes it.
+    # Only a merge's ``.tmp``: a ``.part`` may be the data an export's checkpoint names.
+    lock, lock_path = _lock(Path(dest), by="another export or merge")
+    try:
+        _sweep(Path(dest), suffixes="tmp")
+        with replacing(Path(dest), output=True) as out:  # as readable as the parts
+            return _copy_parts(manifest, Path(directory), out, allow_incomplete)
+    finally:
+        _release(lock, lock_path)
+
+
+def _copy_parts(manifest: Manifest, directory: Path, out: BinaryIO, allow_incomplete: bool) -> int:
+    """Copy the parts into ``out`` in shard order, as :func:`merge` says; the records."""
     records = 0
-    with replacing(Path(dest), output=True) as out:  # as readable as the parts
-        for outcome in manifest.shards:
-            part = Path(directory) / outcome.file
-            if not part.is_file():
-                if allow_incomplete:
-                    continue
-                raise InvalidRequestError(f"{part} is missing")
-            changed = outcome.part_changed(Path(directory))
-            if changed is not None and outcome.status == "complete" and not allow_incomplete:
-                raise InvalidRequestError(
-                    f"{changed}: rerun the export, which exports that shard again"
-                )
-            # An unfinished part may end in a torn record (its worker killed mid-write): only
-            # what its checkpoint covers goes in, and never a line cut short, which glued
-            # itself to the next part's first record.
-            unfinished = outcome.status != "complete"
-            limit = _committed(part.with_name(f"{part.name}.ckpt")) if unfinished else None
-            # Its content checked as it is copied: a part edited, or another run's part of the
-            # same size put in its place, was merged without a word.
-            check = outcome.sha256 is not None and not unfinished and not allow_incomplete
-            digest = hashlib.sha256()
-            csv = manifest.format == "csv"
-            # A CSV record's lines while a quoted field runs on (an odd count of `"` on a line
-            # opens or closes one: a quote inside a field is doubled): written once it ends, so
-            # a record counts once, and one torn across its lines is left out whole.
-            held: list[bytes] = []
-            quoted = False
-            with part.open("rb") as fh:
-                read = 0
-                if csv:
-                    header = fh.readline()
-                    read += len(header)
-                    digest.update(header)
-                    if out.tell() == 0:
-                        out.write(header)
-                for line in fh:
-                    read += len(line)
-                    torn = not line.endswith(b"\n") or (limit is not None and read > limit)
-                    if torn:  # a complete part cut short since too (allow_incomplete)
-                        break
-                    if check:
-                        digest.update(line)
-                    if csv and (quoted or line.count(b'"') % 2):
-                        held.append(line)
-                        quoted ^= line.count(b'"') % 2 == 1
-                        if quoted:
-                            continue
-                        line = b"".join(held)
-                        held.clear()
-                    out.write(line)
-                    records += 1
-            if check and digest.hexdigest() != outcome.sha256:
-                raise InvalidRequestError(
-                    f"{outcome.file} is not what was exported (its content changed since, the "
-                    "same size): delete it and rerun the export, which exports that shard again"
-                )
+    for outcome in manifest.shards:
+        part = directory / outcome.file
+        if not part.is_file():
+            if allow_incomplete:
+                continue
+            raise InvalidRequestError(f"{part} is missing")
+        changed = outcome.part_changed(directory)
+        if changed is not None and outcome.status == "complete" and not allow_incomplete:
+            raise InvalidRequestError(
+                f"{changed}: rerun the export, which exports that shard again"
+            )
+        # An unfinished part may end in a torn record (its worker killed mid-write): only
+        # what its checkpoint covers goes in, and never a line cut short, which glued
+        # itself to the next part's first record.
+        unfinished = outcome.status != "complete"
+        limit = _committed(part.with_name(f"{part.name}.ckpt")) if unfinished else None
+        # Its content checked as it is copied: a part edited, or another run's part of the
+        # same size put in its place, was merged without a word.
+        check = outcome.sha256 is not None and not unfinished and not allow_incomplete
+        digest = hashlib.sha256()
+        csv = manifest.format == "csv"
+        # A CSV record's lines while a quoted field runs on (an odd count of `"` on a line
+        # opens or closes one: a quote inside a field is doubled): written once it ends, so
+        # a record counts once, and one torn across its lines is left out whole.
+        held: list[bytes] = []
+        quoted = False
+        with part.open("rb") as fh:
+            read = 0
+            if csv:
+                header = fh.readline()
+                read += len(header)
+                digest.update(header)
+                if out.tell() == 0:
+                    out.write(header)
+            for line in fh:
+                read += len(line)
+                torn = not line.endswith(b"\n") or (limit is not None and read > limit)
+                if torn:  # a complete part cut short since too (allow_incomplete)
+                    break
+                if check:
+                    digest.update(line)
+                if csv and (quoted or line.count(b'"') % 2):
+                    held.append(line)
+                    quoted ^= line.count(b'"') % 2 == 1
+                    if quoted:
+                        continue
+                    line = b"".join(held)
+                    held.clear()
+                out.write(line)
+                records += 1
+        if check and digest.hexdigest() != outcome.sha256:
+            raise InvalidRequestError(
+                f"{outcome.file} is not what was exported (its content changed since, the "
+                "same size): delete it and rerun the export, which exports that shard again"
+            )
     return records
 
 

@@ -24,7 +24,7 @@ from .._exceptions import DMHubError, InvalidRequestError
 from .._validate import short
 from ..export import ExportProgress, ExportReport, export_customers
 from ..export._export import check_run
-from ..export._output import _lock
+from ..export._output import _lock, _release
 from ._manifest import MANIFEST_NAME, Manifest, ShardOutcome, checkpoint_name, part_digest
 from ._plan import Shard, manifest_filters, plan_shards, warn_if_naive
 
@@ -155,8 +155,7 @@ def coordinating(directory: str | os.PathLike[str]) -> Iterator[None]:
         yield
     finally:
         _COORDINATED.reset(held)
-        lock_path.unlink(missing_ok=True)  # while held, as the export's own locks
-        lock.release()
+        _release(lock, lock_path)
         _remove_if_empty(where, made)
 
 

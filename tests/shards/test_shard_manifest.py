@@ -323,3 +323,39 @@ async def test_the_cli_says_it_merged_records_not_lines(dm: DMHubClient, tmp_pat
     report = orjson.loads(run("--out", str(tmp_path / "again.csv"), "--report", "json"))
     assert text.startswith(f"merged {CUSTOMERS + 1:,} records from "), text
     assert report["records"] == CUSTOMERS + 1
+
+
+async def test_a_merge_removes_the_temporary_file_a_killed_merge_left(
+    done: Path, tmp_path: Path
+) -> None:
+    # A merge killed (kill -9, the OOM killer) mid-way left its hidden `.NAME.xxxxxxxx.tmp`,
+    # as large as what it had copied, beside the merged file for ever: no later merge took it.
+    merged = tmp_path / "merged"
+    merged.mkdir()
+    (merged / ".all.jsonl.k1lled_0.tmp").write_bytes(b'{"id": 1}\n{"id"')
+
+    assert merge(done, merged / "all.jsonl") == CUSTOMERS
+
+    assert sorted(p.name for p in merged.iterdir()) == ["all.jsonl"]
+
+
+async def test_a_merge_refuses_while_another_writes_the_file_and_leaves_its_work(
+    done: Path, tmp_path: Path
+) -> None:
+    # Another merge (or an export) to the same file holds its lock: its temporary file is
+    # live, so this merge neither removes it nor writes over the file with it.
+    from dmhub_async.export._output import _lock
+
+    merged = tmp_path / "merged"
+    merged.mkdir()
+    live = merged / ".all.jsonl.l1ve_000.tmp"
+    live.write_bytes(b'{"id": 1}\n')
+    lock, lock_path = _lock(merged / "all.jsonl")
+    try:
+        with pytest.raises(InvalidRequestError, match="in use by another export or merge"):
+            merge(done, merged / "all.jsonl")
+        assert live.read_bytes() == b'{"id": 1}\n'
+        assert not (merged / "all.jsonl").exists()
+    finally:
+        lock_path.unlink()
+        lock.release()
