@@ -441,6 +441,48 @@ async def test_a_disk_too_full_for_the_first_checkpoint_leaves_dest_untouched(
     assert files_in(tmp_path) == [dest.name]
 
 
+def lock_files_cannot_go(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The output's directory made read-only mid-run: its lock files can no longer be removed
+    (what unlink says in a directory without write permission, where chmod binds: not root)."""
+    unlink = Path.unlink
+
+    def refuse_locks(path: Path, missing_ok: bool = False) -> None:
+        if path.name.endswith(".lock"):
+            raise PermissionError(13, "Permission denied", str(path))
+        unlink(path, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", refuse_locks)
+
+
+async def test_a_failed_export_says_why_though_its_lock_files_cannot_be_removed(
+    sim: DMHubSimulator,
+    client: DMHubClient,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The service failed, and the directory had been made read-only meanwhile: the user was
+    # told "Permission denied: .customers.jsonl.lock" (the lock's cleanup raised over the
+    # error on its way out), and never that the service had failed.
+    dest, ckpt = tmp_path / "customers.jsonl", tmp_path / "customers.ckpt"
+    sim.faults.paths = ("GET /v1/customers",)
+    sim.faults.script(["ok", "ok", "503"])
+    lock_files_cannot_go(monkeypatch)
+
+    with pytest.raises(ServerError):
+        await export_customers(
+            client, dest, checkpoint=ckpt, page_size=50, concurrency=1, progress=False
+        )
+
+    assert ".customers.jsonl.lock" in caplog.text  # said, not raised
+    monkeypatch.undo()  # writable again: the locks were released, the rerun resumes
+    report = await export_customers(
+        client, dest, checkpoint=ckpt, page_size=50, concurrency=1, progress=False
+    )
+    assert report.resumed
+    assert ids_of(read_jsonl(dest)) == sim.customer_ids()
+
+
 @pytest.mark.parametrize("fmt", ["jsonl", "csv"])
 @pytest.mark.parametrize("how", ["crash", "server error"])
 async def test_resume_after_a_failure_gives_every_customer_once(

@@ -306,9 +306,19 @@ def _lock(path: Path, by: str = "another export") -> tuple[filelock.BaseFileLock
 
 
 def _release(lock: filelock.BaseFileLock, lock_path: Path) -> None:
-    """Release a lock :func:`_lock` took, its file removed first."""
-    lock_path.unlink(missing_ok=True)  # while held: a run waiting on this inode re-checks it
-    lock.release()
+    """Release a lock :func:`_lock` took, its file removed first.
+
+    A lock file that cannot be removed (its directory made read-only mid-run) is left, with a
+    warning: the next run takes the lock on it all the same. Raised, that error took the place
+    of the one the run was failing with ("Permission denied: .NAME.lock", not the service's
+    error), and the run's other locks stayed held.
+    """
+    try:
+        lock_path.unlink(missing_ok=True)  # while held: a run waiting on this inode re-checks it
+    except OSError as err:
+        logger.warning("could not remove the lock file %s: %s", lock_path, err.strerror or err)
+    finally:
+        lock.release()
 
 
 def _holder(lock_path: Path) -> str:

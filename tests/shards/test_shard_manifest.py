@@ -6,6 +6,7 @@ left), or failed with a raw error.
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import os
 import stat
@@ -20,6 +21,7 @@ import pytest
 from shard_support import exported_ids
 
 from dmhub_async import DMHubClient, InvalidRequestError
+from dmhub_async.cli import main
 from dmhub_async.shards import MANIFEST_NAME, Manifest, export_sharded, merge
 from dmhub_async.testing import DMHubSimulator
 
@@ -359,3 +361,34 @@ async def test_a_merge_refuses_while_another_writes_the_file_and_leaves_its_work
     finally:
         lock_path.unlink()
         lock.release()
+
+
+def test_the_cli_says_why_a_merge_failed_though_its_lock_file_cannot_be_removed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A part missing, and --out's directory made read-only meanwhile: the merge said
+    # "Permission denied: .all.jsonl.lock" (its lock's cleanup raised over the real error).
+    async def export() -> None:
+        async with (
+            DMHubSimulator(customers=40, seed=3) as sim,
+            DMHubClient(sim.app_id, sim.secret, base_url=sim.url) as dm,
+        ):
+            await export_sharded(dm, tmp_path / "out", 2, progress=False)
+
+    asyncio.run(export())
+    (tmp_path / "out" / "part-00001.jsonl").unlink()
+    unlink = Path.unlink
+
+    def refuse_locks(path: Path, missing_ok: bool = False) -> None:
+        if path.name.endswith(".lock"):
+            raise PermissionError(13, "Permission denied", str(path))
+        unlink(path, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", refuse_locks)
+
+    code = main(["merge", str(tmp_path / "out"), "--out", str(tmp_path / "all.jsonl")])
+
+    error = capsys.readouterr().err
+    assert code != 0
+    assert "part-00001.jsonl is missing" in error, error
+    assert not (tmp_path / "all.jsonl").exists()
