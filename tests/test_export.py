@@ -7,6 +7,9 @@ own table: the ids that arrive, how often, and their field values.
 from __future__ import annotations
 
 import csv
+import errno
+import gc
+import io
 import json
 import os
 import re
@@ -16,12 +19,12 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pytest
 
 from dmhub_async import DMHubClient, InvalidRequestError, MemoryTokenStore, ServerError
-from dmhub_async.export import ExportProgress, ExportReport, export_customers
+from dmhub_async.export import ExportProgress, ExportReport, _output, export_customers
 from dmhub_async.testing import DMHubSimulator
 
 CUSTOMERS = 600
@@ -481,6 +484,81 @@ async def test_a_failed_export_says_why_though_its_lock_files_cannot_be_removed(
     )
     assert report.resumed
     assert ids_of(read_jsonl(dest)) == sim.customer_ids()
+
+
+class FullDisk(io.FileIO):
+    """A file on a disk with ``free`` bytes left: the write that reaches the end is cut short,
+    and every write after it fails with ENOSPC, as on a full disk."""
+
+    free = 0
+
+    def write(self, data: Any) -> int:
+        if FullDisk.free <= 0:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        written = super().write(bytes(data)[: FullDisk.free])
+        FullDisk.free -= written
+        return written
+
+
+def on_a_disk_with(free: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The export's output (its work file, or the file in place) on a disk ``free`` bytes
+    from full."""
+
+    def on_full_disk(fh: IO[bytes]) -> IO[bytes]:
+        fd = os.dup(fh.fileno())
+        fh.close()
+        return io.BufferedRandom(FullDisk(fd, "r+"))
+
+    new_part, open_in_place = _output._new_part, _output._open_in_place
+
+    def part_on_full_disk(dest: Path) -> tuple[IO[bytes], Path]:
+        fh, part = new_part(dest)
+        return on_full_disk(fh), part
+
+    FullDisk.free = free
+    monkeypatch.setattr(_output, "_new_part", part_on_full_disk)
+    monkeypatch.setattr(_output, "_open_in_place", lambda dest: on_full_disk(open_in_place(dest)))
+
+
+@pytest.mark.parametrize(("fmt", "free"), [("jsonl", 41_000), ("csv", 60_000)])
+async def test_an_export_failing_on_a_full_disk_leaves_no_hidden_file_behind(
+    client: DMHubClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmt: str, free: int
+) -> None:
+    # The work file's close flushed what its buffer still held onto the full disk, failed
+    # again, and the file was never removed: a hidden `.NAME.xxxxxxxx.part` as large as what
+    # was written kept the disk full (until an export to the same file came by).
+    on_a_disk_with(free, monkeypatch)
+
+    with pytest.raises(OSError, match="No space left on device"):
+        await export_customers(
+            client, tmp_path / f"all.{fmt}", format=fmt, page_size=50, progress=False
+        )
+
+    assert files_in(tmp_path) == []
+
+
+async def test_an_export_failing_on_a_full_disk_leaves_what_its_checkpoint_covers(
+    sim: DMHubSimulator, client: DMHubClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Cutting the file back to its checkpoint flushed first, failed again, and was never done:
+    # the file was left longer than its checkpoint, and open, its buffer written out whenever
+    # it was collected (into the file a rerun in the same process was writing).
+    dest, ckpt = tmp_path / "all.csv", tmp_path / "all.ckpt"
+    on_a_disk_with(60_000, monkeypatch)
+
+    with pytest.raises(OSError, match="No space left on device"):
+        await export_customers(
+            client, dest, format="csv", checkpoint=ckpt, page_size=50, progress=False
+        )
+    gc.collect()  # an output left open: ResourceWarning, an error here
+
+    assert dest.stat().st_size == json.loads(ckpt.read_bytes())["bytes"]
+    monkeypatch.undo()  # space freed: the rerun resumes
+    report = await export_customers(
+        client, dest, format="csv", checkpoint=ckpt, page_size=50, progress=False
+    )
+    assert report.resumed
+    assert sorted(int(row["id"]) for row in read_csv(dest)) == sim.customer_ids()
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "csv"])

@@ -11,6 +11,7 @@ go straight to a binary stream, not resumable.
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import re
@@ -188,13 +189,20 @@ class Output:
             self._unlock()
 
     def _abandon(self, work: Path) -> None:
+        # Never through the buffer: flushing it first (close, truncate) failed again on the
+        # full disk that failed the run, and the file was left as it was, still open.
         if self._committed is None:
-            self.fh.close()
-            work.unlink(missing_ok=True)  # no checkpoint covers it: nothing could resume it
+            try:
+                _close_unflushed(self.fh)
+            finally:
+                work.unlink(missing_ok=True)  # no checkpoint covers it: nothing could resume it
         elif not self.fh.closed:
-            if self.fh.tell() > self._committed:
-                self.fh.truncate(self._committed)  # what the checkpoint covers, no more
-            self.fh.close()
+            try:
+                if self.fh.tell() > self._committed:
+                    # What the checkpoint covers, no more: the buffer holds only what is after.
+                    os.ftruncate(self.fh.fileno(), self._committed)
+            finally:
+                _close_unflushed(self.fh)
 
     def _unlock(self) -> None:
         for lock, path in reversed(self._locks):
@@ -267,6 +275,15 @@ def _sweep(path: Path, suffixes: str = "part|tmp") -> None:
             if mine.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
                 with contextlib.suppress(OSError):
                     os.unlink(entry.path)
+
+
+def _close_unflushed(fh: IO[bytes]) -> None:
+    """Close ``fh``, dropping what its buffer holds unwritten (an abandoned run's rows)."""
+    raw = getattr(fh, "raw", None)
+    if isinstance(raw, io.RawIOBase):
+        raw.close()  # the buffer then counts as closed, and is never flushed
+    else:
+        fh.close()
 
 
 def _new_part(dest: Path) -> tuple[IO[bytes], Path]:
