@@ -1,9 +1,12 @@
-"""Constants and helpers shared by the aioresponses unit tests (imported, not fixtures)."""
+"""Constants and helpers shared by the tests (imported, not fixtures)."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from pathlib import Path
+
+import pytest
 
 BASE = "https://api.dmhub.test"
 CUSTOMER = {"id": 1, "name": "x"}
@@ -21,3 +24,16 @@ def hypothesis_profile(environ: Mapping[str, str]) -> str:
     anything found at random locally becomes an ``@example``.
     """
     return "ci" if environ.get("CI", "").lower() not in ("", "0", "false") else "default"
+
+
+def lock_files_cannot_go(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The output's directory made read-only mid-run: its lock files can no longer be removed
+    (what unlink says in a directory without write permission, where chmod binds: not root)."""
+    unlink = Path.unlink
+
+    def refuse_locks(path: Path, missing_ok: bool = False) -> None:
+        if path.name.endswith(".lock"):
+            raise PermissionError(13, "Permission denied", str(path))
+        unlink(path, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", refuse_locks)

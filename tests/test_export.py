@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import pytest
+from _helpers import lock_files_cannot_go
 
 from dmhub_async import DMHubClient, InvalidRequestError, MemoryTokenStore, ServerError
 from dmhub_async.export import ExportProgress, ExportReport, _output, export_customers
@@ -442,19 +443,6 @@ async def test_a_disk_too_full_for_the_first_checkpoint_leaves_dest_untouched(
 
     assert dest.read_text(encoding="utf-8") == "yesterday's export\n"
     assert files_in(tmp_path) == [dest.name]
-
-
-def lock_files_cannot_go(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The output's directory made read-only mid-run: its lock files can no longer be removed
-    (what unlink says in a directory without write permission, where chmod binds: not root)."""
-    unlink = Path.unlink
-
-    def refuse_locks(path: Path, missing_ok: bool = False) -> None:
-        if path.name.endswith(".lock"):
-            raise PermissionError(13, "Permission denied", str(path))
-        unlink(path, missing_ok=missing_ok)
-
-    monkeypatch.setattr(Path, "unlink", refuse_locks)
 
 
 async def test_a_failed_export_says_why_though_its_lock_files_cannot_be_removed(

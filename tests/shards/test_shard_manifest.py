@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 import pytest
+from _helpers import lock_files_cannot_go
 from shard_support import exported_ids
 
 from dmhub_async import DMHubClient, InvalidRequestError
@@ -377,14 +378,7 @@ def test_the_cli_says_why_a_merge_failed_though_its_lock_file_cannot_be_removed(
 
     asyncio.run(export())
     (tmp_path / "out" / "part-00001.jsonl").unlink()
-    unlink = Path.unlink
-
-    def refuse_locks(path: Path, missing_ok: bool = False) -> None:
-        if path.name.endswith(".lock"):
-            raise PermissionError(13, "Permission denied", str(path))
-        unlink(path, missing_ok=missing_ok)
-
-    monkeypatch.setattr(Path, "unlink", refuse_locks)
+    lock_files_cannot_go(monkeypatch)
 
     code = main(["merge", str(tmp_path / "out"), "--out", str(tmp_path / "all.jsonl")])
 
