@@ -3,8 +3,9 @@
 ``DMHubClient(rate_limit=50)`` spaces one client's requests. Workers of a fleet each have a
 client, so their limits add up; :class:`RedisRateLimiter` is one limit for them all: a moving
 window in Redis (the ``limits`` library's, a maintained implementation), so no second of the
-limiter's clock, measured from any instant, holds more grants than the limit, whichever
-workers send them (at the service, arrival times shift: docs/sharding.md).
+limiter's clock (for a fractional rate, no window of its: 5 in 2 s for 2.5), measured from any
+instant, holds more grants than the limit, whichever workers send them (at the service, arrival
+times shift: docs/sharding.md).
 """
 
 from __future__ import annotations
@@ -45,9 +46,11 @@ _MAX_RATE = 1e15
 
 
 def check_shared_rate(name: str, rate: object) -> None:
-    """A shared rate Redis can keep (see above), or InvalidRequestError."""
+    """A shared rate Redis can keep (see above) in a window (:func:`_window`), or
+    InvalidRequestError."""
     what = "a number of requests per second Redis can keep"
     check_number(name, rate, _MIN_RATE, inclusive=True, high=_MAX_RATE, what=what)
+    _window(name, float(rate))  # type: ignore[arg-type]  # a number: checked just above
 
 
 _locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, str], asyncio.Lock]]
@@ -64,11 +67,32 @@ async def _disconnect(made: tuple[Any, Any]) -> None:
     await made[0].disconnect()
 
 
-def _window(rate: float) -> tuple[int, int]:
-    """``rate`` requests a second as whole requests per whole seconds (0.5/s: 1 per 2 s)."""
-    if rate >= 1:
-        return math.floor(rate), 1
-    return 1, math.ceil(1 / rate)
+#: The longest window a rate of more than one request a window is kept in: a window's worth may
+#: go at once, so a longer one would let minutes of requests through in a moment.
+_MAX_WINDOW = 60
+
+
+def _window(name: str, rate: float) -> tuple[int, int]:
+    """``rate`` requests a second as whole requests per whole seconds, exactly: 2.5/s is 5 per
+    2 s, 0.3/s 3 per 10 s, 0.001/s 1 per 1000 s; or InvalidRequestError.
+
+    ``limits`` keeps a window of whole requests in whole seconds. Rounding the count down made
+    2.5 a second 2, and 0.3 one every 4 s (0.25): the shortest window that holds the rate whole
+    is taken instead (to within a billionth, the float's own noise), and a rate none of up to
+    60 s holds, nor one request every whole number of seconds, is refused.
+    """
+    for seconds in range(1, _MAX_WINDOW + 1):
+        amount = round(rate * seconds)
+        if amount >= 1 and math.isclose(rate * seconds, amount, rel_tol=1e-9):
+            return amount, seconds
+    seconds = round(1 / rate)
+    if math.isclose(rate * seconds, 1, rel_tol=1e-9):
+        return 1, seconds
+    raise InvalidRequestError(
+        f"{name} {rate:g} is not a whole number of requests in a whole number of seconds up to "
+        f"{_MAX_WINDOW} (2.5: 5 in 2 s), nor one request every whole number of seconds (0.001: "
+        f"1 in 1000 s), which the shared rate limit keeps: round it"
+    )
 
 
 class RedisRateLimiter:
@@ -81,15 +105,17 @@ class RedisRateLimiter:
 
     Args:
         url: the Redis server, ``redis://[:password@]host:port/db``.
-        rate: requests per second, shared; below 1 it is whole requests per whole seconds
-            (from 1e-15 to 1e15: what Redis can keep).
+        rate: requests per second, shared, from 1e-15 to 1e15 (what Redis can keep): a whole
+            number of requests in a whole number of seconds up to 60 (2.5: 5 in 2 s, which may
+            go at once), or one request every whole number of seconds (0.001).
         key: what the limit is for: clients with the same key share one limit (the app id is a
             good key: the service limits an app, not a process).
         timeout: seconds one Redis command may take.
         sleep: the wait between tries (``asyncio.sleep``).
 
     Raises:
-        InvalidRequestError: a bad rate, timeout or URL (at once, nothing is sent).
+        InvalidRequestError: a bad rate (one no such window holds too), timeout or URL (at
+            once, nothing is sent).
     """
 
     def __init__(
@@ -112,7 +138,7 @@ class RedisRateLimiter:
         from limits.aio.strategies import MovingWindowRateLimiter
         from redis.asyncio import ConnectionPool
 
-        amount, seconds = _window(float(rate))
+        amount, seconds = _window("rate", float(rate))
         self.rate = float(rate)
         self._item = RateLimitItemPerSecond(amount, seconds)
         self._key = f"dmhub_async:{key}"

@@ -385,6 +385,7 @@ async def test_a_result_that_cannot_be_read_is_a_failed_shard_not_a_traceback(
         # Taken, then the worker failed at its start making the shared limit.
         {"rate_limit": 0},
         {"rate_limit": 1e300},
+        {"rate_limit": 50.01},  # no window of whole seconds up to 60 holds it
     ],
     ids=[
         "takeover inf",
@@ -394,6 +395,7 @@ async def test_a_result_that_cannot_be_read_is_a_failed_shard_not_a_traceback(
         "max_jobs a str",
         "rate_limit 0",
         "rate_limit 1e300",
+        "rate_limit 50.01",
     ],
 )
 def test_a_worker_with_a_bad_setting_is_refused_when_made(kwargs: dict[str, object]) -> None:

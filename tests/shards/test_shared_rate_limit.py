@@ -270,3 +270,43 @@ async def test_a_redis_that_refuses_the_limit_says_why_not_that_it_cannot_be_rea
     assert said in str(caught.value)
     assert "cannot be reached" not in str(caught.value)
     assert "no request was sent" in str(caught.value)
+
+
+class Waited(Exception):
+    """A limiter's wait for a place: the test stops there, having seen how long it was."""
+
+
+@pytest.mark.parametrize(
+    ("rate", "granted", "window"),
+    [(2.5, 5, 2), (0.3, 3, 10), (0.5, 1, 2), (1 / 3, 1, 3), (20, 20, 1)],
+    ids=["2.5", "0.3", "0.5", "1/3", "20"],
+)
+async def test_a_fractional_rate_holds_exactly(
+    redis: RedisServer, rate: float, granted: int, window: int
+) -> None:
+    # 2.5 a second let 2 a second through (a 20 % slower export), 0.3 one every 4 s: the
+    # window's count was rounded down. Now rate * window requests go, then the next waits for
+    # the window to move on: the same rate as DMHubClient(rate_limit=2.5) keeps in-process.
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        raise Waited
+
+    limiter = RedisRateLimiter(redis.url, rate, key=f"fraction-{rate!r}", sleep=sleep)
+    try:
+        for _ in range(granted):
+            await limiter.acquire()
+        assert waits == []
+        with pytest.raises(Waited):
+            await limiter.acquire()
+    finally:
+        await limiter.aclose()
+    # Until the window's first place frees (re-read at least every second).
+    assert min(window, 1.0) - 0.5 < waits[0] <= min(window, 1.0) + 0.05
+
+
+@pytest.mark.parametrize("rate", [50.01, 0.007, 1e-3 + 1e-7])
+def test_a_rate_no_short_window_can_hold_is_refused_before_anything_is_sent(rate: float) -> None:
+    with pytest.raises(InvalidRequestError, match=r"rate .* whole number of requests"):
+        RedisRateLimiter("redis://x/0", rate)
