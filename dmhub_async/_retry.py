@@ -17,7 +17,7 @@ import itertools
 import math
 import types
 import weakref
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import Awaitable, Callable, Generator, Iterable
 from typing import Any, TypeVar, cast
 
 import attrs
@@ -34,7 +34,7 @@ from ._exceptions import (
 )
 from ._validate import check_number, short
 
-__all__ = ["FINAL_5XX", "RetryPolicy", "parse_retry_after", "retrying"]
+__all__ = ["FINAL_5XX", "RetryPolicy", "longest_retry_after", "parse_retry_after", "retrying"]
 
 T = TypeVar("T")
 
@@ -74,6 +74,18 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
     if when.tzinfo is None:  # pragma: no cover - RFC 9110 dates are GMT
         return None
     return max(0.0, when.timestamp() - now)  # a date gone by: now
+
+
+def longest_retry_after(values: Iterable[str], now: float) -> float | None:
+    """The longest wait the ``Retry-After`` headers of one answer ask for (None: none readable).
+
+    The field is no list (RFC 9110 sections 10.2.3 and 5.3): sent more than once, the message
+    is invalid, yet a proxy or gateway that throttles too may add its own to the service's. Each
+    asks not to be called again before its time, so the longest is kept; the first alone sent
+    the retry to a gateway that had asked for 30 s after the service's 2 s.
+    """
+    waits = [wait for value in values if (wait := parse_retry_after(value, now)) is not None]
+    return max(waits, default=None)
 
 
 @attrs.frozen

@@ -27,7 +27,7 @@ from ._exceptions import (
     error_class,
 )
 from ._redact import MASK, redact
-from ._retry import FINAL_5XX, parse_retry_after
+from ._retry import FINAL_5XX, longest_retry_after
 from ._validate import MAX_SETTING_LENGTH, printable
 from ._version import __version__
 
@@ -292,7 +292,10 @@ def read_response(
         description = _snippet(body, secrets)
     retry_after = None
     if status in (429, 503):
-        retry_after = parse_retry_after(headers.get("Retry-After"), now)
+        # aiohttp keeps every header line; .get() is the first alone (see longest_retry_after).
+        getall = getattr(headers, "getall", None)
+        values = getall("Retry-After", ()) if getall else [headers.get("Retry-After", "")]
+        retry_after = longest_retry_after(values, now)
     raise build_error(
         cls,
         request,

@@ -17,6 +17,7 @@ import pytest
 from _helpers import CUSTOMER, url
 from aiohttp.client_reqrep import ConnectionKey
 from aioresponses import CallbackResult, aioresponses
+from multidict import CIMultiDict
 
 from dmhub_async import (
     APIConnectionError,
@@ -713,3 +714,30 @@ async def test_a_delete_lost_after_a_token_refresh_says_its_outcome_is_unknown(
     assert info.value.outcome_unknown
     assert cid not in sim.customer_ids()
     assert dmhub_client.stats.token_fetches == 2
+
+
+async def test_repeated_retry_after_headers_wait_the_longest(api, make_client, clock):
+    # A proxy or gateway that throttles too may add its own Retry-After to the service's. The
+    # field is no list (RFC 9110: sent twice, the message is invalid), so which one counts is
+    # ours to choose: only the first was read, and the call went back after 2 s to a gateway
+    # that had asked for 30. Each asks not to be called before its time: the longest is kept.
+    headers = CIMultiDict([("Retry-After", "2"), ("Retry-After", "30"), ("Retry-After", "x")])
+    api.get(url("/v1/customers/1"), status=429, headers=headers)
+    api.get(url("/v1/customers/1"), payload=CUSTOMER)
+    dm = make_client(access_token="tok")
+
+    assert await dm.request("GET", "/v1/customers/1") == CUSTOMER
+    assert clock.waits == [pytest.approx(31.0)]  # 30 s, plus the 1 s jitter ceiling
+
+
+async def test_a_repeated_retry_after_above_the_cap_is_raised_at_once(api, make_client, clock):
+    headers = CIMultiDict([("Retry-After", "5"), ("Retry-After", "120")])
+    api.get(url("/v1/customers/1"), status=503, headers=headers, repeat=True)
+    dm = make_client(access_token="tok", retry_after_cap=60.0)
+
+    with pytest.raises(ServerError) as info:
+        await dm.request("GET", "/v1/customers/1")
+
+    assert count(api, "/v1/customers/1") == 1
+    assert info.value.retry_after == 120.0
+    assert clock.waits == []
