@@ -116,9 +116,23 @@ def _given_up(call: _Call, err: DMHubError) -> DMHubError:
     sent, and a delete that had deleted looked as if it never went out.
 
     A token fetch's error is every waiting caller's (one fetch for all): marked, it is a copy.
+    Any other DMHubError stopped a retry before it was sent (a shared rate limit's Redis gone):
+    it has no ``outcome_unknown`` to set, and its "no request was sent" spoke of the retry
+    alone, so it becomes the cause of an APIConnectionError that says so.
     """
-    if not call.maybe_applied or not isinstance(err, APIError | APIConnectionError):
+    if not call.maybe_applied:
         return err
+    if not isinstance(err, APIError | APIConnectionError):
+        request = call.request
+        unsent = APIConnectionError(
+            f"{request.method} {request.path}: {err}; an earlier attempt got no answer and may"
+            " have been applied, so the outcome is unknown: check before trying again",
+            method=request.method,
+            path=request.path,
+            outcome_unknown=True,
+        )
+        unsent.__cause__ = err
+        return unsent
     if err.outcome_unknown:
         return err
     if _from_token_request(err):
@@ -422,7 +436,8 @@ class Session:
         try:
             response: APIResponse = await self._send_call(call)
         except DMHubError as err:
-            raise self._ended(call, err) from err.__cause__  # a redacted stand-in, or None
+            ended = self._ended(call, err)
+            raise ended from ended.__cause__ or err.__cause__  # a redacted stand-in, or None
         remember_response(self, response)
         return response.data
 
@@ -433,7 +448,8 @@ class Session:
         try:
             response: APIResponse = await self._send_call(call)
         except DMHubError as err:
-            raise self._ended(call, err) from err.__cause__  # a redacted stand-in, or None
+            ended = self._ended(call, err)
+            raise ended from ended.__cause__ or err.__cause__  # a redacted stand-in, or None
         remember_response(self, response)
         return response
 

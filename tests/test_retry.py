@@ -15,6 +15,7 @@ from typing import Any
 import aiohttp
 import pytest
 from _helpers import CUSTOMER, url
+from _redis import RedisServer
 from aiohttp.client_reqrep import ConnectionKey
 from aioresponses import CallbackResult, aioresponses
 from multidict import CIMultiDict
@@ -26,6 +27,7 @@ from dmhub_async import (
     DMHubError,
     NotFoundError,
     RateLimitError,
+    RedisRateLimiter,
     ResponseDecodeError,
     RetryPolicy,
     ServerError,
@@ -741,3 +743,33 @@ async def test_a_repeated_retry_after_above_the_cap_is_raised_at_once(api, make_
     assert count(api, "/v1/customers/1") == 1
     assert info.value.retry_after == 120.0
     assert clock.waits == []
+
+
+async def test_a_write_whose_retry_cannot_take_its_rate_turn_says_its_outcome_is_unknown(
+    api: aioresponses, make_client: Any, redis: RedisServer
+) -> None:
+    # The first PUT got a 500 (it may have been applied); the shared rate limit's Redis went
+    # away before the retry could take its turn. The error was the limit's plain DMHubError
+    # ("no request was sent"), with no outcome_unknown at all: the caller was told nothing of
+    # the update that may have gone in.
+    path = "/v1/customers/7"
+
+    def failed(u: Any, **kwargs: Any) -> CallbackResult:
+        redis.kill()
+        return CallbackResult(status=500, payload={"error_code": 500})
+
+    api.put(url(path), callback=failed)
+    api.put(url(path), payload=CUSTOMER)
+    limiter = RedisRateLimiter(redis.url, 1000, key="retry-gone")
+    dm = make_client(access_token="tok", rate_limit=limiter)
+    try:
+        with pytest.raises(APIConnectionError) as info:
+            await dm.customers.update(7, name="x")
+    finally:
+        await limiter.aclose()
+
+    assert count(api, path, "PUT") == 1
+    assert info.value.outcome_unknown is True
+    assert str(info.value).startswith("PUT /v1/customers/7: the shared rate limit at ")
+    assert "may have been applied" in str(info.value)
+    assert isinstance(info.value.__cause__, DMHubError)  # the limit's own error
