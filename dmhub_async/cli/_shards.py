@@ -23,7 +23,7 @@ from .._exceptions import DMHubError, InvalidRequestError
 from .._redact import redact
 from ..shards import MANIFEST_NAME, Manifest, merge
 from ..shards._local import WorkerSettings, run_in_processes
-from ..shards._queue import check_queue, unreachable, worker
+from ..shards._queue import check_queue, queue_redis_error, worker
 from ..shards._run import TotalProgress, coordinating, export_sharded, prepare
 from ._errors import EXIT_INCOMPLETE, EXIT_OK, CommandError, UsageError, interruptible
 from ._files import check_output
@@ -230,7 +230,7 @@ async def worker_command(args: argparse.Namespace) -> int:
         try:
             await arq_worker.async_run()
         except (RedisError, OSError) as err:  # it went away: arq's own tries ended
-            raise CommandError(str(unreachable(args.redis, err))) from None
+            raise CommandError(str(queue_redis_error(args.redis, err))) from None
         finally:
             await arq_worker.close()
     return EXIT_OK

@@ -31,7 +31,13 @@ from typing import TYPE_CHECKING, Any
 
 from .._exceptions import DMHubError, InvalidRequestError
 from .._shared_rate import check_shared_rate
-from .._validate import check_number, check_redis_options, redis_url_error, redis_where
+from .._validate import (
+    check_number,
+    check_redis_options,
+    printable,
+    redis_url_error,
+    redis_where,
+)
 from ._manifest import Manifest, ShardOutcome, checkpoint_name, part_name
 from ._plan import Shard
 
@@ -54,9 +60,9 @@ __all__ = [
     "QUEUE_TIMEOUT",
     "REDIS_RETRIES",
     "check_queue",
+    "queue_redis_error",
     "queue_settings",
     "run_on_queue",
-    "unreachable",
     "worker",
 ]
 
@@ -153,16 +159,25 @@ async def check_queue(redis_url: str, name: str = "the queue") -> None:
         check_redis_options(name, redis_url, client.connection_pool)
         await client.ping()
     except (RedisError, OSError) as err:
-        raise unreachable(redis_url, err) from None
+        raise queue_redis_error(redis_url, err) from None
     finally:
         await client.aclose()
 
 
-def unreachable(redis_url: str, err: BaseException) -> DMHubError:
-    """The error of a queue's Redis that does not answer."""
-    return DMHubError(
-        f"cannot reach the queue's Redis at {redis_where(redis_url)}: {type(err).__name__}"
-    )
+def queue_redis_error(redis_url: str, err: BaseException) -> DMHubError:
+    """The error of a queue's Redis that does not answer, or answers with a refusal.
+
+    Reached and refused (full under ``noeviction``, an ACL user without a command arq needs,
+    a database that does not exist, a wrong password), it was "cannot reach", which sent the
+    user to the network: Redis's own words say what to fix, as the shared rate limit says
+    them. They never hold the password.
+    """
+    from redis.exceptions import AuthenticationError, BusyLoadingError, ResponseError
+
+    where = redis_where(redis_url)
+    if isinstance(err, (ResponseError, AuthenticationError, BusyLoadingError)):
+        return DMHubError(f"the queue's Redis at {where} refused: {printable(str(err))[:300]}")
+    return DMHubError(f"cannot reach the queue's Redis at {where}: {type(err).__name__}")
 
 
 def job_id_of(export_id: str, plan_id: str, index: int) -> str:
@@ -423,8 +438,9 @@ async def run_on_queue(
 
     Raises:
         DMHubError: the queue's Redis cannot be reached at the start, stays away past those
-            tries, or leaves a command unanswered for :data:`QUEUE_TIMEOUT` seconds (the
-            manifest is written as it stands, and a rerun carries on).
+            tries, or leaves a command unanswered for :data:`QUEUE_TIMEOUT` seconds; or it
+            refuses (full, a wrong password...), in Redis's own words (the manifest is
+            written as it stands, and a rerun carries on).
     """
     from arq.connections import ArqRedis
     from redis.asyncio.retry import Retry
@@ -450,7 +466,7 @@ async def run_on_queue(
             await pool.ping()
         except (RedisError, OSError) as err:
             await pool.aclose()
-            raise unreachable(redis_url, err) from None
+            raise queue_redis_error(redis_url, err) from None
         # Then a Redis that went away (refused, or a command's connection reset: a restart, a
         # failover) is waited for as the workers wait: the export stopped at once, the fleet
         # still running.
@@ -463,7 +479,7 @@ async def run_on_queue(
         try:
             return await _follow(pool, where, manifest, todo, bar, *settings)
         except RedisError as err:  # gone mid-run: the manifest is written as it stands
-            raise unreachable(redis_url, err) from None
+            raise queue_redis_error(redis_url, err) from None
 
 
 async def _follow(

@@ -362,3 +362,43 @@ def test_a_worker_stopped_while_redis_is_away_ends_at_once_in_one_line(
     assert "Traceback" not in err, err
     assert err.strip().splitlines()[-1] == "dmhub-async: stopped by SIGTERM", err
     assert worker.returncode == 143
+
+
+def test_a_queue_redis_that_refuses_is_said_to_refuse_by_export_and_worker(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    # A wrong password, or a database that does not exist: `export --queue` and `worker` said
+    # "cannot reach the queue's Redis ... AuthenticationError" (or ResponseError), sending the
+    # user to the network though Redis answered.
+    redis.command("CONFIG", "SET", "requirepass", "rightpw")
+    wrong = f"redis://:hunter2@127.0.0.1:{redis.port}/0"
+    no_database = f"redis://:rightpw@127.0.0.1:{redis.port}/99"
+    out = tmp_path / "out"
+    with sim_process(200) as sim:
+        runs = {
+            (flag, url, words): dmhub(
+                sim,
+                tmp_path,
+                *(
+                    ("export", "--out", str(out), "--shards", "2", "-q", flag, url)
+                    if flag == "--queue"
+                    else ("worker", flag, url, "--burst")
+                ),
+            )
+            for flag in ("--queue", "--redis")
+            for url, words in (
+                (wrong, "invalid username-password pair"),
+                (no_database, "DB index is out of range"),
+            )
+        }
+
+    for (_, url, words), run in runs.items():
+        where = url.replace(":hunter2@", "").replace(":rightpw@", "")
+        assert run.returncode == 1, run.stderr
+        refused = f"dmhub-async: error: the queue's Redis at {where} refused: "
+        assert run.stderr.startswith(refused), run.stderr
+        assert words in run.stderr
+        assert run.stderr.count("\n") == 1  # one line, no traceback
+        assert "hunter2" not in run.stderr
+        assert "rightpw" not in run.stderr
+    assert not out.exists()

@@ -691,3 +691,45 @@ async def test_a_worker_outlives_a_redis_restart_and_takes_the_next_shard(
 
     assert manifest.complete, manifest.shards[0].error
     assert sorted(exported_ids(out)) == sorted(state["ids"])
+
+
+#: A queue's Redis that answers but refuses: how it is set up, the URL's user and database, and
+#: the words of Redis's refusal that the error quotes.
+REFUSALS = {
+    "full": (("CONFIG", "SET", "maxmemory", "1"), "", "0", "used memory > 'maxmemory'"),
+    "acl-user-without-zadd": (
+        ("ACL", "SETUSER", "poller", "on", ">pollerpw", "~*", "&*", "+@all", "-zadd"),
+        "poller:pollerpw@",
+        "0",
+        "no permissions to run the 'zadd' command",
+    ),
+    "no-such-database": ((), "", "99", "DB index is out of range"),
+    "wrong-password": (
+        ("CONFIG", "SET", "requirepass", "rightpw"),
+        ":wrongpw@",
+        "0",
+        "invalid username-password pair",
+    ),
+}
+
+
+@pytest.mark.parametrize("refusal", REFUSALS.values(), ids=REFUSALS.keys())
+async def test_a_queue_redis_that_refuses_is_said_to_refuse_in_its_own_words(
+    tmp_path: Path, redis: RedisServer, refusal: tuple[tuple[str, ...], str, str, str]
+) -> None:
+    # It said "cannot reach the queue's Redis ... OutOfMemoryError", which sent the user to
+    # the network, though Redis answered and said what to fix.
+    setup, user, database, words = refusal
+    redis.command("CONFIG", "SET", "maxmemory-policy", "noeviction")
+    if setup:
+        redis.command(*setup)
+    manifest = Manifest.new(
+        [Shard(0, None, None)], fmt="jsonl", base_url="http://127.0.0.1:1", app_id="a", filters={}
+    )
+    url = f"redis://{user}127.0.0.1:{redis.port}/{database}"
+    with pytest.raises(DMHubError) as refused:
+        await asyncio.wait_for(run_on_queue(url, tmp_path / "out", manifest, progress=False), 30)
+    where = f"redis://127.0.0.1:{redis.port}/{database}"
+    assert str(refused.value).startswith(f"the queue's Redis at {where} refused: ")
+    assert words in str(refused.value)
+    assert "pw" not in str(refused.value)
