@@ -157,11 +157,37 @@ async def check_queue(redis_url: str, name: str = "the queue") -> None:
         raise redis_url_error(name, redis_url, err) from None
     try:
         check_redis_options(name, redis_url, client.connection_pool)
-        await client.ping()
+        await _ping(client)
     except (RedisError, OSError) as err:
         raise queue_redis_error(redis_url, err) from None
     finally:
         await client.aclose()
+
+
+async def _ping(client: Any) -> None:
+    """PING the queue's Redis, waiting for one that is loading its dataset as for a restart.
+
+    A Redis restarted with persistence answers ``-LOADING`` (redis-py's BusyLoadingError) until
+    its dataset is read: the coordinator and ``dmhub-async worker`` took it for a Redis not
+    there and stopped at their start, where a restart is waited for (:data:`REDIS_RETRIES`
+    tries, about a minute). A Redis not there at all is still said at once.
+    """
+    from redis.asyncio.retry import Retry
+    from redis.exceptions import BusyLoadingError
+
+    loading = Retry(_backoff(), REDIS_RETRIES, supported_errors=(BusyLoadingError,))
+    await loading.call_with_retry(client.ping, _loading_seen)
+
+
+async def _loading_seen(err: Exception) -> None:
+    logger.info("the queue's Redis is loading its dataset: waiting for it")
+
+
+def _backoff() -> Any:
+    """The backoff between tries of a Redis away or loading: up to 2 s, about a minute in all."""
+    from redis.backoff import ExponentialBackoff
+
+    return ExponentialBackoff(cap=2.0, base=0.1)
 
 
 def queue_redis_error(redis_url: str, err: BaseException) -> DMHubError:
@@ -310,7 +336,6 @@ def worker(
         check_shared_rate("worker(): rate_limit", rate_limit)
     from arq.worker import func
     from redis.asyncio.retry import Retry
-    from redis.backoff import ExponentialBackoff
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -318,7 +343,7 @@ def worker(
     # after it went away raised, and every worker of the fleet exited. Each command (and each
     # connection) is tried again, with a backoff up to 2 s, for about a minute; arq's own
     # tries at the start would repeat that minute five times.
-    settings_of_redis.retry = Retry(ExponentialBackoff(cap=2.0, base=0.1), REDIS_RETRIES)
+    settings_of_redis.retry = Retry(_backoff(), REDIS_RETRIES)
     # A refused connection is an OSError (redis-py's tries know only its own errors).
     settings_of_redis.retry_on_error = [RedisConnectionError, RedisTimeoutError, OSError]
     settings_of_redis.conn_retries = 0
@@ -444,7 +469,7 @@ async def run_on_queue(
     """
     from arq.connections import ArqRedis
     from redis.asyncio.retry import Retry
-    from redis.backoff import ExponentialBackoff, NoBackoff
+    from redis.backoff import NoBackoff
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import RedisError
 
@@ -463,7 +488,7 @@ async def run_on_queue(
             retry_on_error=[RedisConnectionError, OSError],  # not a timeout: see above
         )
         try:
-            await pool.ping()
+            await _ping(pool)
         except (RedisError, OSError) as err:
             await pool.aclose()
             raise queue_redis_error(redis_url, err) from None
@@ -471,7 +496,7 @@ async def run_on_queue(
         # failover) is waited for as the workers wait: the export stopped at once, the fleet
         # still running.
         # (Retry's own errors take in a timeout too; the pool's retry_on_error still does not.)
-        waiting = Retry(ExponentialBackoff(cap=2.0, base=0.1), REDIS_RETRIES)
+        waiting = Retry(_backoff(), REDIS_RETRIES)
         pool.connection_pool.set_retry(waiting)
         pool.connection_pool.connection_kwargs["retry"] = waiting  # and its later connections
         bar = ProgressBar(progress, manifest, on_total)

@@ -733,3 +733,151 @@ async def test_a_queue_redis_that_refuses_is_said_to_refuse_in_its_own_words(
     assert str(refused.value).startswith(f"the queue's Redis at {where} refused: ")
     assert words in str(refused.value)
     assert "pw" not in str(refused.value)
+
+
+class LoadingRedis:
+    """A proxy on 127.0.0.1 before a real Redis that answers its next ``loading`` commands
+    ``-LOADING``, as a Redis restarted with persistence does while it reads its dataset
+    (then it forwards, as Redis answers once loaded).
+
+    As Redis does, it lets the commands of a new connection through while loading (redis-py's
+    ``CLIENT SETINFO``, ``SELECT``, ``AUTH``); their replies are one line each.
+    """
+
+    ALLOWED_WHILE_LOADING = (b"CLIENT", b"SELECT", b"AUTH")
+
+    def __init__(self, upstream_port: int, loading: int) -> None:
+        self.upstream_port, self.loading = upstream_port, loading
+        self.answered_loading = 0
+        self._server: asyncio.Server | None = None
+        self._clients: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None
+        return f"redis://127.0.0.1:{self._server.sockets[0].getsockname()[1]}/0"
+
+    async def __aenter__(self) -> LoadingRedis:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        await self.restart(0)
+        await self._server.wait_closed()
+
+    async def restart(self, loading: int) -> None:
+        """Close every client's connection, as a restart does, and load for ``loading``."""
+        self.loading = loading
+        for writer in self._clients.values():
+            writer.close()
+        await asyncio.gather(*self._clients, return_exceptions=True)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._clients[task] = writer
+        upstream = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        relay: asyncio.Future[None] | None = None  # once loaded: every reply, as it comes
+        try:
+            while command := await _resp_command(reader):
+                if relay is None and self.loading > 0:
+                    if command.split(b"\r\n")[2].upper() in self.ALLOWED_WHILE_LOADING:
+                        upstream[1].write(command)
+                        writer.write(await upstream[0].readline())
+                    else:
+                        self.loading -= 1
+                        self.answered_loading += 1
+                        writer.write(b"-LOADING Redis is loading the dataset in memory\r\n")
+                    await writer.drain()
+                    continue
+                if relay is None:
+                    relay = asyncio.ensure_future(_pipe(upstream[0], writer))
+                upstream[1].write(command)
+                await upstream[1].drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            del self._clients[task]
+            writer.close()
+            upstream[1].close()
+            await upstream[1].wait_closed()
+            if relay is not None:
+                await asyncio.gather(relay, return_exceptions=True)
+
+
+async def _resp_command(reader: asyncio.StreamReader) -> bytes:
+    """One command of a client (a RESP array of bulk strings) as sent, or b"" at its end."""
+    header = await reader.readline()
+    if not header:
+        return b""
+    assert header.startswith(b"*"), header
+    command = header
+    for _ in range(int(header[1:])):
+        length = await reader.readline()
+        command += length + await reader.readexactly(int(length[1:]) + 2)
+    return command
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    with contextlib.suppress(ConnectionError):
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+
+
+async def test_a_queue_redis_loading_its_dataset_is_waited_for_by_the_coordinator(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    # A Redis restarted with persistence answers -LOADING until its dataset is read: redis-py's
+    # BusyLoadingError. At the start the coordinator took it for a Redis not there and stopped
+    # ("cannot reach the queue's Redis ... BusyLoadingError"), where it waits for a restart.
+    manifest = Manifest.new(
+        [Shard(0, None, None)], fmt="jsonl", base_url="http://127.0.0.1:1", app_id="a", filters={}
+    )
+    polls = 0
+
+    async with LoadingRedis(redis.port, loading=2) as proxy:
+
+        async def sleep(_: float) -> None:
+            nonlocal polls
+            polls += 1
+            if polls == 1:  # mid-run: restarted, loading again
+                await proxy.restart(loading=2)
+            else:
+                raise _Stop
+
+        with pytest.raises(_Stop):  # enqueued and followed, then polled through the loading
+            await asyncio.wait_for(
+                run_on_queue(proxy.url, tmp_path / "out", manifest, progress=False, sleep=sleep),
+                60,
+            )
+        assert proxy.answered_loading == 4
+    assert (
+        redis.command(
+            "EXISTS", f"arq:job:{job_id_of(export_id_of(tmp_path / 'out'), manifest.plan_id, 0)}"
+        )
+        == ":1"
+    )
+
+
+async def test_a_queue_redis_loading_its_dataset_is_waited_for_by_a_worker_at_its_start(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    # `dmhub-async worker` checks its Redis first: a Redis loading its dataset stopped it
+    # ("cannot reach the queue's Redis ... BusyLoadingError", exit code 1), so a fleet started
+    # with a Redis restarting with persistence (a host reboot) exited.
+    async with LoadingRedis(redis.port, loading=2) as proxy:
+        with sim_process(10) as sim:
+            run = await asyncio.to_thread(
+                subprocess.run,
+                [sys.executable, "-m", "dmhub_async", "worker", "--redis", proxy.url, "--burst"],
+                env=sim.env(XDG_CACHE_HOME=str(tmp_path / "cache")),
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+        assert proxy.answered_loading == 2
+    assert (run.returncode, run.stderr) == (0, "")
