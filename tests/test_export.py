@@ -368,6 +368,38 @@ def crash_after(pages: int) -> Any:
     return on_progress
 
 
+async def test_the_report_counts_the_retries_of_every_request_the_export_sent(
+    sim: DMHubSimulator, tmp_path: Path, clock: Any
+) -> None:
+    # Only the walk's page retries were counted: a resume's start-page search, the counts and
+    # the final check's id pages retried too, and the report said fewer than the client did.
+    dest, ckpt = tmp_path / "customers.jsonl", tmp_path / "export.ckpt"
+    async with DMHubClient(
+        sim.app_id,
+        sim.secret,
+        base_url=sim.url,
+        max_retries=6,
+        token_store=MemoryTokenStore(),
+        clock=clock,
+        sleep=clock.sleep,
+    ) as dm:
+        with pytest.raises(Crash):
+            await export_customers(
+                dm, dest, checkpoint=ckpt, page_size=50, progress=False, on_progress=crash_after(2)
+            )
+        before = dm.stats.retries
+        sim.faults.kinds = ["500"]
+        sim.faults.rate = 0.3  # every /v1 request: counts, id-only probes, pages, id pages
+        report = await export_customers(dm, dest, checkpoint=ckpt, verify="always", progress=False)
+        retried = dm.stats.retries - before
+
+    assert report.resumed
+    assert report.complete
+    assert retried >= 5
+    assert report.retries == retried
+    assert f"({retried} retries)" in report.summary()
+
+
 async def test_without_checkpoint_a_failed_export_leaves_dest_untouched(
     sim: DMHubSimulator, client: DMHubClient, tmp_path: Path
 ) -> None:

@@ -20,7 +20,7 @@ from ..resources.customers import CustomerFilters, customer_filter_params
 from ._checkpoint import Checkpoint, ExportScope
 from ._ids import IdSet
 from ._output import Output, check_path
-from ._reconcile import final_check, start_page
+from ._reconcile import Retries, final_check, start_page
 from ._report import ExportProgress, ExportReport
 from ._writers import Format, Writer, new_writer
 
@@ -230,26 +230,28 @@ class _Run:
 
     async def export(self, concurrency: int, *, progress: bool, verify: Verify) -> ExportReport:
         """Walk, write, and check; the report (its ``seconds`` excepted)."""
-        report, customers = self.report, self.client.customers
+        report, client, filters = self.report, self.client, self.filters
+        retries = Retries()  # every request's, not the walk's alone: the client's tally agrees
         first = 1
         resumed = self.out.resumed
         if resumed is not None:
             first = await start_page(
-                self.client, self.filters, self.page_size, resumed.next_page, self.last_id
+                client, filters, self.page_size, resumed.next_page, self.last_id, retries
             )
             report.count_before = resumed.count_before
         else:
-            report.count_before = await customers.count(**self.filters)
+            report.count_before = await retries.count(client, filters)
         paginator = self._rows(concurrency=concurrency, start_page=first, resume_after=self.last_id)
         await self._walk(paginator, progress)
         if self.writer.header is None and report.format == "csv":
             self.out.write(self.writer.encode([]))  # an empty export still gets its header
-        report.retries = paginator.stats.retries
-        report.count_after = await customers.count(**self.filters)
+        retries.taken += paginator.stats.retries
+        report.count_after = await retries.count(client, filters)
         if verify == "always" or self._may_have_missed(paginator):
             report.verified, report.count_after = await final_check(
-                self.client, self.filters, self.written, self._recover, self._rows, concurrency
+                client, filters, self.written, self._recover, self._rows, concurrency, retries
             )
+        report.retries = retries.taken
         return report
 
     async def _walk(self, paginator: AsyncPaginator[Any], progress: bool) -> None:

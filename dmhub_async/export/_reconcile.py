@@ -9,6 +9,8 @@
   passes when two walks in a row saw the same customers, as many as the service counted
   before and after each.
 
+Both add the retries their requests took to a :class:`Retries` (the report's ``retries``).
+
 docs/reliability.md, "Resuming an export", has the scenarios and their figures.
 """
 
@@ -16,7 +18,9 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import attrs
 
 from ._ids import IdSet
 
@@ -24,7 +28,9 @@ if TYPE_CHECKING:
     from .._client import DMHubClient
     from .._pagination import AsyncPaginator
 
-__all__ = ["final_check", "start_page"]
+__all__ = ["Retries", "final_check", "start_page"]
+
+T = TypeVar("T")
 
 #: Walks of the final check before it gives up (the service changing during every one); it
 #: passes on two walks in a row that agree.
@@ -37,8 +43,32 @@ _MAX_PROBES = 80
 _FETCH_BATCH = 100
 
 
+@attrs.define
+class Retries:
+    """The retries an export's requests took: its walk's, its counts' and its checks'."""
+
+    taken: int = 0
+
+    async def count(self, client: DMHubClient, filters: dict[str, Any]) -> int:
+        """How many customers match ``filters``, its retries added."""
+        total, retries = await client.customers._count(filters)
+        self.taken += retries
+        return total
+
+    async def to_list(self, walk: AsyncPaginator[T]) -> list[T]:
+        """Every item of ``walk``, its retries added."""
+        items = await walk.to_list()
+        self.taken += walk.stats.retries
+        return items
+
+
 async def start_page(
-    client: DMHubClient, filters: dict[str, Any], page_size: int, hint: int, last_id: Any
+    client: DMHubClient,
+    filters: dict[str, Any],
+    page_size: int,
+    hint: int,
+    last_id: Any,
+    retries: Retries,
 ) -> int:
     """The first page holding a customer after ``last_id`` (or the end), searched from ``hint``.
 
@@ -55,7 +85,7 @@ async def start_page(
         if number < 1:
             return True
         if number not in probed:
-            ids = await _ids_on_page(client, filters, page_size, number)
+            ids = await _ids_on_page(client, filters, page_size, number, retries)
             probed[number] = len(ids) == page_size and ids[-1] <= last_id
         return probed[number]
 
@@ -75,12 +105,12 @@ async def start_page(
 
 
 async def _ids_on_page(
-    client: DMHubClient, filters: dict[str, Any], page_size: int, number: int
+    client: DMHubClient, filters: dict[str, Any], page_size: int, number: int, retries: Retries
 ) -> list[Any]:
     walk = client.customers.list_rows(
         page_size=page_size, start_page=number, max_items=page_size, **{**filters, "select": "id"}
     )
-    return [row.get("id") for row in await walk.to_list()]
+    return [row.get("id") for row in await retries.to_list(walk)]
 
 
 async def final_check(
@@ -90,6 +120,7 @@ async def final_check(
     append: Callable[[Sequence[Any]], Awaitable[None]],
     rows: Callable[..., AsyncPaginator[Any]],
     concurrency: int,
+    retries: Retries,
 ) -> tuple[bool, int | None]:
     """Whether every customer matching ``filters`` is in ``written``, and the last count.
 
@@ -103,7 +134,7 @@ async def final_check(
     count = None
     previous: tuple[int, int, int] | None = None
     for _ in range(CHECK_ROUNDS):
-        before = await client.customers.count(**filters)
+        before = await retries.count(client, filters)
         walk = client.customers.list_rows(
             page_size=100, concurrency=concurrency, **{**filters, "select": "id"}
         )
@@ -119,10 +150,11 @@ async def final_check(
                     mixed = (mixed + (((value * _MIX) & _MASK) ^ (value >> 29))) & _MASK
                 missing += [i for i in ids if i is not None and i not in written]
                 if len(missing) >= _FETCH_BATCH:
-                    unfetched += await _fetch(rows, missing, written, append)
+                    unfetched += await _fetch(rows, missing, written, append, retries)
                     missing = []
-        unfetched += await _fetch(rows, missing, written, append)
-        count = await client.customers.count(**filters)
+        retries.taken += walk.stats.retries
+        unfetched += await _fetch(rows, missing, written, append, retries)
+        count = await retries.count(client, filters)
         fingerprint = (seen, total, mixed)
         # Two walks in a row must see the same customers: under churn balanced between two
         # counts (as many sign-ups as deletes) one walk can skip some and still see as many as
@@ -143,11 +175,12 @@ async def _fetch(
     ids: list[Any],
     written: IdSet,
     append: Callable[[Sequence[Any]], Awaitable[None]],
+    retries: Retries,
 ) -> int:
     """Fetch ``ids`` and append them; how many did not come (gone, or changed since)."""
     for start in range(0, len(ids), _FETCH_BATCH):
         batch = ids[start : start + _FETCH_BATCH]
-        found = await rows(page_size=_FETCH_BATCH, id_list=batch).to_list()
+        found = await retries.to_list(rows(page_size=_FETCH_BATCH, id_list=batch))
         if found:
             await append(found)
     return sum(1 for i in ids if i not in written)

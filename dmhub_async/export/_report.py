@@ -18,6 +18,8 @@ class ExportReport:
     count_before: int | None = None
     count_after: int | None = None
     pages: int = 0
+    #: Retries this run's requests took: its pages', its counts', a resume's start-page
+    #: search's and the final check's (``client.stats.retries`` also counts a token fetch's).
     retries: int = 0
     seconds: float = 0.0
     resumed: bool = False

@@ -19,6 +19,7 @@ from .._converter import (
 from .._exceptions import InvalidRequestError
 from .._pagination import AsyncPaginator
 from .._query_time import in_utc, times_in_utc, warn_naive
+from .._sansio import Request
 from .._session import Session
 from .._validate import (
     check_customer_fields,
@@ -161,13 +162,19 @@ class Customers(Resource):
         Raises:
             ResponseDecodeError: the answer is no integer, or one below 0.
         """
-        params = self._params("count", dict(filters), paged=False)
-        params.pop("select", None)
-        total = 0
-        for batch in id_batches("count", params, "idList"):  # one unless id_list is long
-            data = await self._session.request("GET", "/v1/customers/count", params=batch)
-            total += _count_of(data)
+        total, _ = await self._count(dict(filters))
         return total
+
+    async def _count(self, filters: dict[str, Any]) -> tuple[int, int]:
+        """:meth:`count`, and the retries its requests took (the export's report counts them)."""
+        params = self._params("count", filters, paged=False, frames=3)  # count(), _count
+        params.pop("select", None)
+        total = retries = 0
+        for batch in id_batches("count", params, "idList"):  # one unless id_list is long
+            response = await self._session.send(Request("GET", "/v1/customers/count", batch))
+            total += _count_of(response.data)
+            retries += response.retries
+        return total, retries
 
     def list(
         self,
