@@ -347,6 +347,40 @@ async def test_progress_is_reported_after_every_page_with_the_total(
     assert {p.duplicates for p in seen} == {0}
 
 
+async def test_progress_and_the_bar_include_what_the_final_check_recovers(
+    sim: DMHubSimulator, client: DMHubClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The bar closed at the end of the walk, and on_progress heard nothing after it: the
+    # customers the final check fetched were written with the bar saying 600/600, done.
+    import tqdm
+
+    bars: list[tqdm.tqdm[Any]] = []
+
+    class Bar(tqdm.tqdm):  # type: ignore[type-arg]
+        def __init__(self, **kwargs: Any) -> None:
+            super().__init__(**{**kwargs, "disable": False, "file": io.StringIO()})
+            bars.append(self)
+
+    monkeypatch.setattr(tqdm, "tqdm", Bar)
+    seen: list[ExportProgress] = []
+
+    def on_progress(p: ExportProgress) -> None:
+        seen.append(p)
+        if len(seen) == 6:  # the walk's last page: a sign-up behind it, for the check to find
+            sim.insert_customer({"name": "late"}, customer_id=min(sim.customer_ids()) - 1)
+
+    report = await export_customers(
+        client, tmp_path / "p.jsonl", page_size=100, on_progress=on_progress
+    )
+
+    assert report.recovered == 1
+    assert report.exported == CUSTOMERS + 1
+    assert (seen[-1].exported, seen[-1].total) == (CUSTOMERS + 1, CUSTOMERS + 1)
+    (bar,) = bars
+    assert (bar.n, bar.total) == (CUSTOMERS + 1, CUSTOMERS + 1)
+    assert "601/601" in bar.fp.getvalue().split("\r")[-1]
+
+
 # -- failures, checkpoints and resume ---------------------------------------------------------
 
 

@@ -61,7 +61,8 @@ async def export_customers(
         concurrency: pages fetched at once (up to twice as many are held, waiting for a slow one).
         progress: show a progress bar (tqdm) when stderr is a terminal.
         checkpoint: a file recording progress after every page: rerun the same call to resume.
-        on_progress: called with an :class:`ExportProgress` after every page written.
+        on_progress: called with an :class:`ExportProgress` after every page written, those
+            of customers the final check recovers included (the bar covers them too).
         verify: when the final check (an id-only walk, see :class:`ExportReport`) runs:
             ``"auto"`` when the export was resumed or anything suggests customers changed
             during it, ``"always"`` after every export.
@@ -227,6 +228,8 @@ class _Run:
         self.report.exported = found.count if found is not None else 0
         self.report.exported_before = self.report.exported
         self.writer = writer
+        self.total: int | None = None  # the count progress is shown against
+        self.bar: Any = None
 
     async def export(self, concurrency: int, *, progress: bool, verify: Verify) -> ExportReport:
         """Walk, write, and check; the report (its ``seconds`` excepted)."""
@@ -242,38 +245,52 @@ class _Run:
         else:
             report.count_before = await retries.count(client, filters)
         paginator = self._rows(concurrency=concurrency, start_page=first, resume_after=self.last_id)
-        await self._walk(paginator, progress)
-        if self.writer.header is None and report.format == "csv":
-            self.out.write(self.writer.encode([]))  # an empty export still gets its header
-        retries.taken += paginator.stats.retries
-        report.count_after = await retries.count(client, filters)
-        if verify == "always" or self._may_have_missed(paginator):
-            report.verified, report.count_after = await final_check(
-                client, filters, self.written, self._recover, self._rows, concurrency, retries
-            )
+        self.total = report.count_before
+        # Open until the final check is done: the customers it recovers are written too.
+        self.bar = _progress_bar(progress, self.total, report.exported)
+        try:
+            await self._walk(paginator)
+            if self.writer.header is None and report.format == "csv":
+                self.out.write(self.writer.encode([]))  # an empty export still gets its header
+            retries.taken += paginator.stats.retries
+            report.count_after = await retries.count(client, filters)
+            if verify == "always" or self._may_have_missed(paginator):
+                self._aim_at(report.count_after)  # what the check makes the file hold
+                report.verified, report.count_after = await final_check(
+                    client, filters, self.written, self._recover, self._rows, concurrency, retries
+                )
+        finally:
+            if self.bar is not None:
+                self.bar.close()
         report.retries = retries.taken
         return report
 
-    async def _walk(self, paginator: AsyncPaginator[Any], progress: bool) -> None:
+    async def _walk(self, paginator: AsyncPaginator[Any]) -> None:
         report = self.report
-        bar = _progress_bar(progress, report.count_before, report.exported)
-        try:
-            # aclosing: on an error here the pages in flight are cancelled now, not when the
-            # abandoned generator is collected.
-            async with contextlib.aclosing(paginator.pages()) as pages:
-                async for page in pages:
-                    self._write(page.items)
-                    report.pages += 1
-                    report.duplicates = self.earlier_duplicates + paginator.stats.duplicates
-                    if self.out.resumable:
-                        self.out.commit(self._checkpoint(page.number + 1))
-                    if bar is not None:
-                        bar.update(len(page.items))
-                    if self.on_progress is not None:
-                        self.on_progress(self._progress())
-        finally:
-            if bar is not None:
-                bar.close()
+        # aclosing: on an error here the pages in flight are cancelled now, not when the
+        # abandoned generator is collected.
+        async with contextlib.aclosing(paginator.pages()) as pages:
+            async for page in pages:
+                self._write(page.items)
+                report.pages += 1
+                report.duplicates = self.earlier_duplicates + paginator.stats.duplicates
+                if self.out.resumable:
+                    self.out.commit(self._checkpoint(page.number + 1))
+                self._show(len(page.items))
+
+    def _show(self, written: int) -> None:
+        """Progress after ``written`` rows: the bar moved on, ``on_progress`` told."""
+        if self.bar is not None:
+            self.bar.update(written)
+        if self.on_progress is not None:
+            self.on_progress(self._progress())
+
+    def _aim_at(self, total: int) -> None:
+        """The count progress is shown against from now on (the final check's)."""
+        self.total = total
+        if self.bar is not None:
+            self.bar.total = total
+            self.bar.refresh()
 
     def _rows(
         self,
@@ -301,7 +318,7 @@ class _Run:
 
     def _progress(self) -> ExportProgress:
         report = self.report
-        return ExportProgress(report.exported, report.count_before, report.pages, report.duplicates)
+        return ExportProgress(report.exported, self.total, report.pages, report.duplicates)
 
     def _write(self, rows: Sequence[Any]) -> None:
         if not rows:
@@ -317,6 +334,7 @@ class _Run:
         """Customers the final check found missing: appended (after the ordered walk)."""
         self._write(rows)
         self.report.recovered += len(rows)
+        self._show(len(rows))
 
     def _may_have_missed(self, paginator: AsyncPaginator[Any]) -> bool:
         """Whether anything suggests customers changed while the export ran (or was down)."""

@@ -80,7 +80,9 @@ class ExportReport:
 
 @attrs.frozen
 class ExportProgress:
-    """A progress update, passed to ``on_progress`` after every page written."""
+    """A progress update, passed to ``on_progress`` after every page written (the final
+    check's recovered customers included); ``total`` is the service's count, the latest once
+    the final check runs."""
 
     exported: int
     total: int | None
