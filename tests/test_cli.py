@@ -356,6 +356,8 @@ BAD_INPUTS: list[tuple[str, list[str], dict[str, str | None], int, tuple[str, ..
     ("bad page size", ["--page-size", "0"], {}, 2, ("--page-size",)),
     # Written as plain JSONL under a name that gunzip refused.
     ("a compressed name", ["--out", "x.csv.gz"], {}, 2, ("x.csv.gz", "compressed")),
+    ("a tarball name", ["--out", "x.jsonl.tgz"], {}, 2, ("x.jsonl.tgz", "compressed")),
+    ("a zstd name", ["--out", "x.jsonl.zstd"], {}, 2, ("x.jsonl.zstd", "compressed")),
     ("bad url", [], {"DMHUB_BASE_URL": "ftp://example"}, 1, ("DMHUB_BASE_URL", "ftp://")),
 ]
 

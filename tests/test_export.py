@@ -328,6 +328,31 @@ async def test_a_bad_filter_is_refused_before_anything_is_written(
     assert sim.counters.routes["GET /v1/customers"] == 0
 
 
+@pytest.mark.parametrize(
+    "name",
+    [
+        "x.jsonl.tgz",
+        "x.jsonl.zstd",
+        "x.csv.tbz2",
+        "x.jsonl.txz",
+        "x.jsonl.tzst",
+        "x.jsonl.lzma",
+        "x.jsonl.lz",
+        "x.csv.Z",
+        "x.jsonl.TGZ",
+    ],
+)
+async def test_every_common_compressed_name_is_refused_before_any_request(
+    sim: DMHubSimulator, client: DMHubClient, tmp_path: Path, name: str
+) -> None:
+    # .gz, .zst and .xz were refused, but .tgz, .zstd and the like were written as plain text
+    # under a name that tar, zstd and every reader of such files then refused.
+    with pytest.raises(InvalidRequestError, match="names a compressed file"):
+        await export_customers(client, tmp_path / name, progress=False)
+    assert files_in(tmp_path) == []
+    assert sim.counters.total == 0
+
+
 # -- progress ---------------------------------------------------------------------------------
 
 

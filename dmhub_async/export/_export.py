@@ -178,8 +178,12 @@ def _columns(filters: dict[str, Any]) -> list[str] | None:
     return ["id", *(name for name in select.split(",") if name != "id")]
 
 
-#: Suffixes of compressed files: the export writes none of them.
-_COMPRESSED: Final = frozenset({".gz", ".bz2", ".xz", ".zst", ".zip", ".lz4", ".br", ".7z"})
+#: Suffixes of compressed files and compressed tarballs, lower case: the export writes none
+#: of them.
+_COMPRESSED: Final = frozenset(
+    {".gz", ".tgz", ".z", ".bz2", ".tbz", ".tbz2", ".xz", ".txz", ".lzma", ".lz", ".lz4"}
+    | {".zst", ".zstd", ".tzst", ".br", ".zip", ".7z", ".rar"}
+)
 
 
 def check_uncompressed(dest: Path) -> None:
