@@ -84,6 +84,61 @@ def test_export_csv_is_complete_quoted_and_flattened(
     assert rows[0]["attr.attr1"] == "a,b"
 
 
+def _export_to_a_terminal(env: dict[str, str], cwd: Path, *args: str) -> bytes:
+    """What ``dmhub-async export --out - ARGS`` shows on a terminal (a raw pty: no newline
+    translation), its stderr dropped."""
+    import os
+    import pty
+    import tty
+
+    shown, terminal = pty.openpty()
+    tty.setraw(terminal)
+    with subprocess.Popen(
+        cli_command("export", "--out", "-", *args),
+        env=env,
+        cwd=cwd,
+        stdout=terminal,
+        stderr=subprocess.DEVNULL,
+    ) as process:
+        os.close(terminal)
+        chunks = []
+        with contextlib.suppress(OSError):  # EIO once the command has exited
+            while chunk := os.read(shown, 65536):
+                chunks.append(chunk)
+        os.close(shown)
+        assert process.wait(TIMEOUT) == 0
+    return b"".join(chunks)
+
+
+def test_export_to_a_terminal_shows_control_characters_a_pipe_gets_them_as_they_are(
+    served: ServedSimulator, env: dict[str, str], tmp_path: Path
+) -> None:
+    # A CSV cell went to the terminal as raw bytes: a name could set the window title,
+    # clear the screen or rewrite the line before it (JSONL escapes them). Shown, not obeyed,
+    # on a terminal; exact in a pipe or a file.
+    name = "Mallory\x1b]0;pwned\x07\x1b[2J\x9b31m\x7f\rX\tY\nZ"
+    served.call(served.sim.insert_customer, {"name": name}, customer_id=7)
+    args = ("--format", "csv", "--select", "name", "--no-progress")
+
+    piped = subprocess.run(
+        cli_command("export", "--out", "-", *args),
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
+    on_terminal = _export_to_a_terminal(env, tmp_path, *args)
+
+    assert piped.returncode == 0, piped.stderr
+    first = piped.stdout.split(b"\r\n", 2)[1]
+    assert first.decode() == '7,"' + name.replace('"', '""') + '"'
+    assert on_terminal.startswith(b"id,name\r\n")
+    shown = on_terminal.decode().split("\r\n", 2)[1]
+    assert shown == '7,"Mallory\u241b]0;pwned\u2407\u241b[2J\ufffd31m\u2421\u240dX\tY\nZ"'
+    assert len(on_terminal.split(b"\r\n")) == len(piped.stdout.split(b"\r\n"))
+
+
 def test_export_filters_give_exactly_the_matching_set(
     served: ServedSimulator, env: dict[str, str], tmp_path: Path
 ) -> None:

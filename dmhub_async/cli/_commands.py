@@ -34,8 +34,8 @@ from ._files import (
     check_checkpoint,
     check_output,
     decoded_lines,
+    export_stdout,
     replace_on_success,
-    stdout_bytes,
 )
 from ._parser import FILTER_FLAGS
 from ._report import ProgressLines, export_report, print_report
@@ -170,7 +170,7 @@ async def _export(args: argparse.Namespace) -> int:
     async with open_client(args, args.concurrency) as dm:
         report = await export_customers(
             dm,
-            stdout_bytes() if args.out == STDOUT else args.out,
+            export_stdout() if args.out == STDOUT else args.out,
             format=args.format,
             page_size=args.page_size,
             concurrency=args.concurrency,

@@ -6,11 +6,12 @@ import codecs
 import contextlib
 import io
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, TextIO, cast
+from typing import TYPE_CHECKING, BinaryIO, Final, TextIO, cast
 
 from .._exceptions import InvalidRequestError
 from ..export._export import check_uncompressed
@@ -20,7 +21,14 @@ from ._errors import CommandError, Interrupted, UsageError, interruptible
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
 
-__all__ = ["STDOUT", "check_output", "decoded_lines", "replace_on_success", "stdout_bytes"]
+__all__ = [
+    "STDOUT",
+    "check_output",
+    "decoded_lines",
+    "export_stdout",
+    "replace_on_success",
+    "stdout_bytes",
+]
 
 #: ``--out -``: the data goes to standard output (and the report to standard error).
 STDOUT = "-"
@@ -69,6 +77,59 @@ def stdout_bytes() -> BinaryIO:
     except (AttributeError, OSError, ValueError):  # replaced (a test's capture): as it is
         return sys.stdout.buffer
     return cast(BinaryIO, _SignalledStdout(fd))  # a binary stream, as typing does not see
+
+
+#: On a terminal, each control character a row holds is shown as a visible stand-in: C0
+#: controls (tab and newline excepted) and DEL as their Unicode control pictures (ESC as
+#: U+241B), C1 controls (CSI U+009B...) as U+FFFD. A carriage return is handled apart.
+_SHOWN_CONTROLS: Final = {
+    **{code: 0x2400 + code for code in range(0x20) if code not in (0x09, 0x0A, 0x0D)},
+    0x7F: 0x2421,
+    **dict.fromkeys(range(0x80, 0xA0), 0xFFFD),
+}
+_LONE_CR: Final = re.compile("\r(?!\n)")
+
+
+class _ShownControls(io.BufferedIOBase):
+    """A terminal's standard output, for an export's UTF-8 rows: their control characters
+    shown, not obeyed.
+
+    A CSV cell went to the terminal as raw bytes, and a customer's name holding ESC could
+    set the window title, clear the screen or rewrite the lines before it (JSONL escapes
+    them). A pipe or a file gets the rows exactly as they are; only what a person reads
+    is changed. Each write is whole rows (the export encodes a page at a time), so whole
+    characters: a CSV's CRLF line ends stay, a carriage return alone is shown (U+240D).
+    """
+
+    def __init__(self, stream: BinaryIO) -> None:
+        super().__init__()
+        self._stream = stream
+
+    def writable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self._stream.fileno()
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+    def write(self, data: ReadableBuffer, /) -> int:
+        view = memoryview(data).cast("B")
+        text = str(view, "utf-8", "replace").translate(_SHOWN_CONTROLS)
+        self._stream.write(_LONE_CR.sub("\u240d", text).encode())
+        return len(view)
+
+
+def export_stdout() -> BinaryIO:
+    """:func:`stdout_bytes` for an export's rows: on a terminal, their control characters
+    shown, not obeyed (:class:`_ShownControls`); in a pipe or a file, exact."""
+    stream = stdout_bytes()
+    try:
+        on_terminal = os.isatty(stream.fileno())
+    except (AttributeError, OSError, ValueError):  # replaced (a test's capture): as it is
+        return stream
+    return cast(BinaryIO, _ShownControls(stream)) if on_terminal else stream
 
 
 def _check_path(path: Path, flag: str) -> None:
