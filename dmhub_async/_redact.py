@@ -14,7 +14,7 @@ import threading
 import weakref
 from collections.abc import Iterable
 from typing import Protocol
-from urllib.parse import quote
+from urllib.parse import quote, quote_plus
 
 MASK = "***"
 
@@ -72,13 +72,14 @@ def redact(text: str, secrets: Iterable[str | None] = ()) -> str:
         text = _secret_pattern(secret).sub(MASK, text)
     # Then the runs of any of them, all at once: masking one secret's runs first could cut a
     # whole other one (two canaries sharing "-CANARY-") where its own match would no longer find it.
-    longer = [secret for secret in known if len(secret) > FRAGMENT]
+    longer = [form for secret in known if len(secret) > FRAGMENT for form in _forms(secret)]
     return _mask_fragments(text, longer) if longer else text
 
 
-#: A run of this many characters of a secret is masked wherever it appears. A message that
-#: quotes a value cut short (``'a449c4458ea1...eddcca9af9481'``, or a field the service echoed
-#: cut at 200 characters) held most of a token, which the whole-secret match no longer found.
+#: A run of this many characters of a secret, raw or URL-encoded, is masked wherever it
+#: appears. A message that quotes a value cut short (``'a449c4458ea1...eddcca9af9481'``, or a
+#: field the service echoed cut at 200 characters) held most of a token, which the
+#: whole-secret match no longer found.
 FRAGMENT = 8
 
 
@@ -99,6 +100,17 @@ def _mask_fragments(text: str, secrets: list[str]) -> str:
     for start, end in reversed(spans):
         text = text[:start] + MASK + text[end:]
     return text
+
+
+@functools.lru_cache(maxsize=64)
+def _forms(secret: str) -> tuple[str, ...]:
+    """``secret`` and the ways a URL encodes it, whose runs are masked alike: a value quoted
+    URL-encoded and cut short (``Cn4ry%2BS3cr3t%2FZq9...``) held no run of the raw secret."""
+    forms = {secret}
+    with contextlib.suppress(UnicodeEncodeError):  # a lone surrogate: never sent, see below
+        forms.update(quote(secret, safe=safe) for safe in ("", "/", "/?:@!$'()*,"))
+        forms.add(quote_plus(secret))
+    return tuple(forms)
 
 
 @functools.lru_cache(maxsize=64)

@@ -34,12 +34,13 @@ import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, quote_plus
 
 import aiohttp
 import pytest
 from aiohttp.client_reqrep import ConnectionKey, RequestInfo
 from aioresponses import CallbackResult, aioresponses
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 from multidict import CIMultiDict, CIMultiDictProxy
 
@@ -376,6 +377,38 @@ def test_a_run_of_eight_characters_of_a_secret_is_masked(secret, cut, noise):
     end = cut.draw(st.integers(start + 8, len(secret)))
     fragment = secret[start:end]
     assert fragment not in redact(noise + fragment + "..." + noise, [secret])
+
+
+def _as_sent(secret: str) -> str:
+    """``secret`` as yarl puts it in a query (``/`` kept, ``+`` encoded), as aiohttp sends it."""
+    from yarl import URL
+
+    return URL("http://h/").with_query({"q": secret}).raw_query_string.partition("=")[2]
+
+
+@example(secret="Cn4ry+S3cr3t/Zq9=", cut=None, noise="bad value ")
+@given(
+    # A secret of what a URL must encode (+ / = and the like) as well as of what it need not.
+    secret=st.text(
+        st.characters(min_codepoint=0x21, max_codepoint=0x7E, blacklist_characters="*"),
+        min_size=9,
+        max_size=40,
+    ),
+    cut=st.data(),
+    noise=st.text(st.characters(blacklist_characters="*%"), max_size=30),
+)
+def test_a_run_of_eight_characters_of_a_url_encoded_secret_is_masked(secret, cut, noise):
+    # A service quoting the value it was sent, URL-encoded and cut short (a description cut at
+    # 200 characters): "Cn4ry%2BS3cr3t%2FZq9..." kept 14 characters of the secret in the clear.
+    for encoded in {quote(secret, safe=""), quote_plus(secret), _as_sent(secret)}:
+        if cut is None:
+            start, end = 0, len(encoded) - 3
+        else:
+            start = cut.draw(st.integers(0, len(encoded) - 8))
+            end = cut.draw(st.integers(start + 8, len(encoded)))
+        fragment = encoded[start:end]
+        text = redact(noise + fragment + "..." + noise, [secret])
+        assert fragment not in text, (encoded, text)
 
 
 async def test_a_token_cut_short_in_a_message_does_not_leak() -> None:
