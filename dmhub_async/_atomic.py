@@ -9,7 +9,28 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["replace_file", "replacing"]
+__all__ = ["current_umask", "replace_file", "replacing"]
+
+
+def current_umask() -> int:
+    """The process's umask, read without widening it.
+
+    The umask is every thread's: read by setting it (to 0o022, or 0) and back, it was wider for
+    that moment, and a private file another thread of the application made then (mode 0600
+    under umask 077) was readable, or writable, by every user. Linux says it in
+    ``/proc/self/status``; elsewhere it is set to 0o777 for the moment it is read, which a file
+    made meanwhile can only gain privacy from.
+    """
+    try:
+        with open("/proc/self/status", "rb") as fh:
+            for line in fh:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    umask = os.umask(0o777)
+    os.umask(umask)
+    return umask
 
 
 @contextmanager
@@ -34,9 +55,7 @@ def replacing(
     try:
         with os.fdopen(fd, "wb") as fh:
             if output:
-                umask = os.umask(0o022)
-                os.umask(umask)
-                os.fchmod(fd, 0o666 & ~umask)
+                os.fchmod(fd, 0o666 & ~current_umask())
             yield fh
             if sync:
                 fh.flush()

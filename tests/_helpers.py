@@ -37,3 +37,28 @@ def lock_files_cannot_go(monkeypatch: pytest.MonkeyPatch) -> None:
         unlink(path, missing_ok=missing_ok)
 
     monkeypatch.setattr(Path, "unlink", refuse_locks)
+
+
+def files_made_as_the_umask_changes(monkeypatch: pytest.MonkeyPatch, directory: Path) -> list[int]:
+    """The modes of files that another thread of the process creates, with a plain ``open()``,
+    at each moment the umask is changed (what a thread writing a file of its own then gets).
+
+    The umask is the process's, every thread's: set to read it and set back, it was wider for
+    that moment, and a file an application's other thread made then was readable by others.
+    """
+    import os
+
+    made: list[int] = []
+    umask = os.umask
+
+    def changed(mask: int) -> int:
+        before = umask(mask)
+        path = directory / f"meanwhile-{len(made)}"
+        with open(path, "w"):  # a plain open(), as another thread would
+            pass
+        made.append(path.stat().st_mode & 0o777)
+        path.unlink()
+        return before
+
+    monkeypatch.setattr(os, "umask", changed)
+    return made

@@ -23,6 +23,7 @@ from _cli_support import (
     run_cli,
     serve,
 )
+from _helpers import files_made_as_the_umask_changes
 
 CUSTOMERS = 120
 
@@ -432,3 +433,25 @@ def test_output_to_a_closed_standard_output_is_a_usage_error(tmp_path: Path) -> 
     assert result.returncode == 2, result.stderr
     assert "standard output is closed" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_an_output_file_never_widens_the_umask_other_threads_create_files_with(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # To give `lookup --out FILE` 0666 less the umask, the CLI read the umask by setting it to
+    # 0 and back: a file another thread made at that moment was writable by every user.
+    from dmhub_async.cli._files import replace_on_success
+
+    meanwhile = tmp_path / "meanwhile"
+    meanwhile.mkdir()
+    set_umask = os.umask
+    umask = set_umask(0o077)
+    try:
+        made = files_made_as_the_umask_changes(monkeypatch, meanwhile)
+        with replace_on_success(str(tmp_path / "found.csv"), "utf-8") as out:
+            out.write("type,value,customer_id\n")
+    finally:
+        set_umask(umask)
+
+    assert all(mode & 0o077 == 0 for mode in made), [oct(mode) for mode in made]
+    assert (tmp_path / "found.csv").stat().st_mode & 0o777 == 0o600  # 0666 less 077

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Final, TextIO, cast
 
+from .._atomic import current_umask
 from .._exceptions import InvalidRequestError
 from ..export._export import check_uncompressed
 from ..export._output import check_path
@@ -224,9 +225,7 @@ def replace_on_success(out: str, encoding: str) -> Iterator[TextIO]:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
     done = False
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)  # what a plain open() would give, not mkstemp's 0600
+        os.fchmod(fd, 0o666 & ~current_umask())  # as a plain open() gives, not mkstemp's 0600
         with open(fd, "w", newline="", encoding=encoding) as fh:
             yield fh
         os.replace(tmp, path)

@@ -24,6 +24,7 @@ from typing import IO
 import attrs
 import filelock
 
+from .._atomic import current_umask
 from .._exceptions import InvalidRequestError
 from ._checkpoint import Checkpoint, ExportScope, read_checkpoint, write_checkpoint
 from ._writers import Scan, scan
@@ -163,7 +164,7 @@ class Output:
     def _in_place(self, work: Path) -> Path:
         """The file written (open, synced) takes the output's name, and its mode."""
         assert self._dest is not None
-        os.fchmod(self.fh.fileno(), 0o666 & ~_umask())  # as open() would have made it
+        os.fchmod(self.fh.fileno(), 0o666 & ~current_umask())  # as open() would have made it
         os.replace(work, self._dest)
         return self._dest
 
@@ -348,9 +349,3 @@ def _holder(lock_path: Path) -> str:
     finally:
         os.close(fd)
     return text if text.isprintable() and text else "holder unknown"
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask

@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 import pytest
-from _helpers import lock_files_cannot_go
+from _helpers import files_made_as_the_umask_changes, lock_files_cannot_go
 from shard_support import exported_ids
 
 from dmhub_async import DMHubClient, InvalidRequestError
@@ -166,6 +166,26 @@ async def test_the_merged_file_gets_the_mode_the_parts_and_an_export_get(
 
     assert stat.S_IMODE((tmp_path / "all.jsonl").stat().st_mode) == 0o644
     assert stat.S_IMODE((done / "part-00000.jsonl").stat().st_mode) == 0o644
+
+
+async def test_a_merge_never_widens_the_umask_other_threads_create_files_with(
+    done: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # To give the merged file 0666 less the umask, the merge read the umask by setting it to
+    # 0o022 and back: a private file (mode 0600 under umask 077) that another thread of the
+    # application made at that moment was readable by every user of the machine (0644).
+    meanwhile = tmp_path / "meanwhile"
+    meanwhile.mkdir()
+    set_umask = os.umask
+    umask = set_umask(0o077)
+    try:
+        made = files_made_as_the_umask_changes(monkeypatch, meanwhile)
+        merge(done, tmp_path / "all.jsonl")
+    finally:
+        set_umask(umask)
+
+    assert all(mode & 0o077 == 0 for mode in made), [oct(mode) for mode in made]
+    assert stat.S_IMODE((tmp_path / "all.jsonl").stat().st_mode) == 0o600  # 0666 less 077
 
 
 def edit(directory: Path, change: Callable[[dict[str, Any]], object]) -> None:
