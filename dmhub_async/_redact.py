@@ -58,15 +58,23 @@ def live_secrets() -> list[str | None]:
 
 
 _SECRET_PARAMS = re.compile(r"((?:access_token|secret)=)[^&#\s'\"]*", re.IGNORECASE)
+#: The same fields in a JSON body or a dict's repr quoted back (their quotes escaped too, as
+#: a body quoted inside a JSON string): a token answer the client could not read (not JSON, in
+#: a gateway's page) held the token the service had just issued, which no client knew yet.
+_SECRET_FIELDS = re.compile(
+    r"""(\\?["'](?:access_token|secret)\\?["']\s*:\s*\\?["'])[^"'\\]*""", re.IGNORECASE
+)
 
 
 def redact(text: str, secrets: Iterable[str | None] = ()) -> str:
-    """``text`` with ``access_token=``/``secret=`` values and every known secret masked.
+    """``text`` with ``access_token=``/``secret=`` values, ``"access_token": "..."`` and
+    ``"secret": "..."`` fields, and every known secret masked.
 
     A secret is masked raw and URL-encoded too, in any mix (yarl leaves ``/`` as is in a query
     value but encodes ``+``), as it appears when a service or a proxy echoes the query back.
     """
     text = _SECRET_PARAMS.sub(r"\g<1>" + MASK, text)
+    text = _SECRET_FIELDS.sub(r"\g<1>" + MASK, text)
     known = [secret for secret in (*secrets, *live_secrets()) if secret and len(secret) >= 4]
     for secret in known:
         text = _secret_pattern(secret).sub(MASK, text)

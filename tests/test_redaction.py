@@ -140,6 +140,23 @@ FAILURES: dict[str, tuple[str, Callable[..., Any]]] = {
         "token",
         raises(lambda u: aiohttp.ClientConnectionError(f"Connection refused: GET {u}")),
     ),
+    # A token answer the client cannot read, holding the token the service has just issued
+    # (which revoked the one before it): the error quoted the body, and so the live token.
+    "token answer not json": (
+        "token",
+        body(200, '{{"error_code": 0, "access_token": "' + TOKEN + '", "expires_in": 7200,}}'),
+    ),
+    "token answer in a gateway page": (
+        "token",
+        body(200, '<html><body>{{"access_token": "' + TOKEN + '"}}</body></html>', "text/html"),
+    ),
+    "token answer with an error code": (
+        "token",
+        body(
+            200,
+            '{{"error_code": 40099, "error_description": "busy", "access_token": "' + TOKEN + '"}}',
+        ),
+    ),
 }
 
 
@@ -359,6 +376,23 @@ def test_redacted_cause_keeps_the_type_and_masks_the_message():
 def test_any_token_or_secret_parameter_value_is_masked(value, name, before, after):
     text = f"{before}{name}={value}{after}"
     assert redact(text) == f"{before}{name}={MASK}{after}"
+
+
+@pytest.mark.parametrize(
+    ("text", "masked"),
+    [
+        ('{"error_code": 0, "access_token": "v4lue"}', '{"error_code": 0, "access_token": "***"}'),
+        ("{'secret': 'v4l+ue/'}", "{'secret': '***'}"),
+        ('{"ACCESS_TOKEN" : "v4lue"', '{"ACCESS_TOKEN" : "***"'),  # cut short, as a snippet
+        # A body quoted inside a JSON string (a gateway's error page, an echoed description).
+        (
+            '"body": "{\\"access_token\\": \\"v4lue\\"}"',
+            '"body": "{\\"access_token\\": \\"***\\"}"',
+        ),
+    ],
+)
+def test_a_token_or_secret_field_of_a_quoted_body_is_masked(text: str, masked: str) -> None:
+    assert redact(text) == masked
 
 
 @given(secret=st.text(min_size=4), noise=st.text())
