@@ -19,7 +19,7 @@ from .._validate import short
 from ..resources.customers import CustomerFilters, customer_filter_params
 from ._checkpoint import Checkpoint, ExportScope
 from ._ids import IdSet
-from ._output import Output, check_path
+from ._output import Output, check_path, open_output
 from ._reconcile import Retries, final_check, start_page
 from ._report import ExportProgress, ExportReport
 from ._writers import Format, Writer, new_writer
@@ -87,7 +87,7 @@ async def export_customers(
         client, dest, format, encoding, checkpoint, dict(filters)
     )
     check_run(client, page_size, concurrency, "on_progress", on_progress, **filters)
-    out = Output(target, checkpoint_path, scope)
+    out = await open_output(target, checkpoint_path, scope)
     try:
         label = str(target) if isinstance(target, Path) else str(getattr(target, "name", "-"))
         writer = new_writer(

@@ -10,6 +10,7 @@ go straight to a binary stream, not resumable.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import logging
@@ -29,7 +30,7 @@ from .._exceptions import InvalidRequestError
 from ._checkpoint import Checkpoint, ExportScope, read_checkpoint, write_checkpoint
 from ._writers import Scan, scan
 
-__all__ = ["Output", "check_path"]
+__all__ = ["Output", "check_path", "open_output"]
 
 logger = logging.getLogger("dmhub_async")
 #: Open without following a link, and without blocking on a FIFO (where the OS has them).
@@ -49,6 +50,32 @@ def check_path(path: Path, what: str) -> None:
         raise InvalidRequestError(f"{what} {str(path)!r} is {kind}: give a regular file")
     if not path.parent.is_dir() or not os.access(path.parent, os.W_OK):
         raise InvalidRequestError(f"cannot write to {str(path.parent)!r}")
+
+
+async def open_output(
+    dest: Path | IO[bytes], checkpoint: Path | None, scope: ExportScope | None
+) -> Output:
+    """An :class:`Output` for ``dest``, opened on a thread when it is a file.
+
+    A resume reads back all the file its checkpoint covers (1.6 s for a million customers,
+    186 MB): on the event loop, every other coroutine of the service stood still meanwhile.
+    Cancelled while the thread works, the output it opens is closed (its locks released, the
+    file left resumable) before the cancellation is raised.
+    """
+    if not isinstance(dest, Path):
+        return Output(dest, checkpoint, scope)  # a stream: nothing to lock or read back
+    opening = asyncio.ensure_future(asyncio.to_thread(Output, dest, checkpoint, scope))
+    try:
+        return await asyncio.shield(opening)
+    except asyncio.CancelledError:
+        opening.add_done_callback(_close_opened)  # however the wait below ends
+        await asyncio.wait([opening])
+        raise
+
+
+def _close_opened(opening: asyncio.Future[Output]) -> None:
+    if not opening.cancelled() and opening.exception() is None:
+        opening.result().close()
 
 
 class Output:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import threading
 from collections.abc import Iterator, Sequence
 from typing import IO, Any, Literal, Protocol
 
@@ -233,8 +234,18 @@ def scan(fh: IO[bytes], fmt: str, limit: int) -> Scan:
     # error, not a record; without it csv handed the torn record out, and a resume wrote on
     # inside its open quote.
     reader = csv.reader(lines.text(), strict=True)
-    # csv's limit of 131,072 characters a field is process-wide: raised for this read only
-    # (no await within), or a long remark made the export refuse to resume its own file.
+    # csv's limit of 131,072 characters a field is process-wide: raised for this read only,
+    # or a long remark made the export refuse to resume its own file. Reads run on threads
+    # (open_output): one at a time, or one's end put the limit back under another's feet.
+    with _FIELD_SIZE_LIMIT:
+        return _scan_csv(reader, lines, result)
+
+
+#: Held while a CSV read back has csv's field size limit raised.
+_FIELD_SIZE_LIMIT = threading.Lock()
+
+
+def _scan_csv(reader: Iterator[list[str]], lines: _Lines, result: Scan) -> Scan:
     limit = csv.field_size_limit()
     csv.field_size_limit(max(limit, _MAX_FIELD))
     try:
