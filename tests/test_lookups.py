@@ -262,6 +262,38 @@ async def test_lookup_iter_of_many_repeats_lets_other_tasks_run() -> None:
     assert sum(client.asked.values()) == 5
 
 
+async def test_lookup_many_lets_other_tasks_run_while_it_checks_its_input() -> None:
+    # Every identity is checked before the first request, in one go: 1,000,000 (repeats of 5,
+    # from a file of orders) held the event loop 0.2 s, a million distinct ones 1 s, and a
+    # service's other calls and health checks waited.
+    client, ids = fake(5)
+    ticks = 0
+    at_first_request: list[int] = []
+    request = client.request
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0)
+            ticks += 1
+
+    async def watched(method: str, path: str, **kwargs: Any) -> Any:
+        at_first_request.append(ticks)
+        return await request(method, path, **kwargs)
+
+    client.request = watched  # type: ignore[method-assign]
+    task = asyncio.create_task(ticker())
+    try:
+        await asyncio.sleep(0)
+        before = ticks
+        found = await ids.lookup_many(identities(5) * 20_000, concurrency=4)
+        assert at_first_request[0] - before >= 50  # the loop ran while the 100,000 were checked
+    finally:
+        task.cancel()
+    assert found == {ident: 1000 + i for i, ident in enumerate(identities(5))}
+    assert sum(client.asked.values()) == 5
+
+
 async def test_lookup_iter_checks_each_identity_before_its_request() -> None:
     client, ids = fake(10)
     with pytest.raises(InvalidRequestError):

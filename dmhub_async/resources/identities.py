@@ -23,7 +23,8 @@ __all__ = ["Identities"]
 
 #: Results remembered by lookup_iter to answer repeats without a request (bounded memory).
 _REPEAT_CACHE = 65_536
-#: lookup_iter lets the event loop run once every this many inputs, whatever it awaited.
+#: lookup_iter (and lookup_many, checking its input) let the event loop run once every this
+#: many inputs, whatever they awaited.
 _PAUSE_EVERY = 1_024
 
 #: What a binding's ``identityName`` may be for a lookup to read the row in place (absent: None).
@@ -154,10 +155,14 @@ class Identities(Resource):
         if not is_collection(identities):
             raise InvalidRequestError("lookup_many(): identities must be a list of Identity")
         _check_concurrency(concurrency)
-        # Every key now, in input order; each worker fills in its answers as they come.
-        results: dict[Identity, Any] = dict.fromkeys(
-            check_identity("lookup_many", i) for i in identities
-        )
+        # Every key now, in input order; each worker fills in its answers as they come. The
+        # loop runs every 1,024 inputs, as for lookup_iter: in one go, a million held it for
+        # 0.2 s (repeats) to 1 s. A copy is checked, which nothing can change meanwhile.
+        results: dict[Identity, Any] = {}
+        for taken, identity in enumerate(list(identities), 1):
+            results.setdefault(check_identity("lookup_many", identity))
+            if not taken % _PAUSE_EVERY:
+                await asyncio.sleep(0)
         if not results:
             return results
         todo = iter(list(results))
