@@ -373,6 +373,16 @@ class RedisTokenStore:
         return self._redis if self._per_loop is None else await self._per_loop.get()
 
     def _error(self, doing: str, err: Exception) -> TokenStoreError:
+        if isinstance(err, RuntimeError) and "loop" in str(err) and self._per_loop is None:
+            # redis.asyncio's "Event loop is closed", "attached to a different loop": said so
+            # (a raw RuntimeError, logged as "failed: RuntimeError", said nothing of why).
+            return TokenStoreError(
+                f"{self!r}: {doing} failed: the redis client given as client= belongs to another "
+                "event loop (an earlier asyncio.run(), another thread's), whose connections it "
+                "holds: make it in this loop, or give the store a URL, RedisTokenStore(url), "
+                "which opens connections of each event loop's own",
+                store=repr(self),
+            )
         return TokenStoreError(
             f"{self!r}: {doing} failed: {type(err).__name__}: {err}", store=repr(self)
         )
@@ -383,7 +393,7 @@ class RedisTokenStore:
 
         try:
             raw = await (await self._client()).get(self._prefix + key)
-        except (RedisError, OSError) as err:
+        except (RedisError, OSError, RuntimeError) as err:
             raise self._error("GET", err) from None
         if raw is None:
             return None
@@ -401,7 +411,7 @@ class RedisTokenStore:
             await (await self._client()).set(
                 self._prefix + key, json.dumps(token.to_json()), ex=int(keep)
             )
-        except (RedisError, OSError) as err:
+        except (RedisError, OSError, RuntimeError) as err:
             raise self._error("SET", err) from None
 
     @asynccontextmanager
@@ -417,7 +427,7 @@ class RedisTokenStore:
         )
         try:
             acquired = await lock.acquire()
-        except (RedisError, OSError) as err:
+        except (RedisError, OSError, RuntimeError) as err:
             raise self._error("taking the lock", err) from None
         if not acquired:  # only with a lock_timeout: without, redis-py waits until it is had
             raise TokenStoreError(

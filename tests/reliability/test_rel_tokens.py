@@ -29,6 +29,7 @@ from dmhub_async import (
     MemoryTokenStore,
     RedisTokenStore,
     TokenStore,
+    TokenStoreError,
 )
 from dmhub_async._auth import token_key
 from dmhub_async.testing import DMHubSimulator
@@ -450,6 +451,53 @@ def test_one_redis_store_serves_every_event_loop_of_a_process(
     assert failures == []
     assert sim.counters.tokens_issued == 4  # the first, then one a revocation
     assert leaks_collected() == []  # each loop's connections were closed with it
+
+
+def test_a_redis_client_of_an_ended_event_loop_is_said_so(
+    redis: RedisServer, dmhub_simulator: DMHubSimulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A redis client given as ``client=`` and used in one asyncio.run() holds connections of
+    that loop: in the next, every store call failed with a raw RuntimeError ("Event loop is
+    closed"), which the client logged as "failed: RuntimeError", nothing saying why or what to
+    do, while each run fetched a token without the store, revoking the other processes'."""
+    from redis.asyncio import Redis
+
+    sim = dmhub_simulator
+    logged: list[str] = []
+
+    class Messages(logging.Handler):  # the text alone: a record holds the error, and it the
+        def emit(self, record: logging.LogRecord) -> None:  # connections of ended loops
+            logged.append(record.getMessage())
+
+    logger = logging.getLogger("dmhub_async")
+    monkeypatch.setattr(logger, "propagate", False)
+    handler = Messages(logging.WARNING)
+    logger.addHandler(handler)
+
+    async def main(store: RedisTokenStore) -> int:
+        async with DMHubClient(sim.app_id, sim.secret, base_url=sim.url, token_store=store) as dm:
+            return await dm.customers.count()
+
+    def runs() -> None:
+        client = Redis.from_url(redis.url)
+        store = RedisTokenStore(client=client)
+        asyncio.run(main(store))
+        with pytest.raises(TokenStoreError, match="client= belongs to another event loop"):
+            asyncio.run(store.get("key"))  # never a raw RuntimeError
+        asyncio.run(main(store))  # (the failure dropped the connection: this run makes another)
+        logged.clear()
+        assert asyncio.run(main(store)) == sim.customers_count()  # on a token of its own
+        asyncio.run(client.aclose())
+
+    try:
+        runs()
+    finally:
+        logger.removeHandler(handler)
+    leaks_collected()  # the sockets of ended loops, which only those loops could have closed
+    assert len(logged) == 1
+    assert "client= belongs to another event loop" in logged[0]
+    assert "RedisTokenStore(url)" in logged[0]  # what to do instead
+    assert "failed: RuntimeError" not in logged[0]
 
 
 def test_a_run_that_ends_while_a_redis_lock_is_released_leaves_it_free(
