@@ -10,10 +10,10 @@ import json
 import math
 import os
 import stat
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import filelock
 
@@ -29,6 +29,28 @@ _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 _LOCK_POLL = 0.02  # seconds between tries of a file lock another process holds
 _SECONDS = "a number of seconds, or None"
+
+T = TypeVar("T")
+
+
+async def _on_thread(work: Callable[[], T], undo: Callable[[T], object] | None = None) -> T:
+    """``work()``, file I/O, on a thread, so that a filesystem that stalls (an NFS server
+    away, a saturated disk) holds this call, never the event loop and every other coroutine
+    of the service with it.
+
+    Cancelled meanwhile (the client's timeout on store calls), it waits for the thread all the
+    same, then ``undo``es what it did, then raises: a write landing after the caller let go
+    of the lock could put an older token over a newer one, and a lock taken after the caller
+    gave up would be held by nobody, for ever.
+    """
+    running = asyncio.ensure_future(asyncio.to_thread(work))
+    try:
+        return await asyncio.shield(running)
+    except asyncio.CancelledError:
+        await asyncio.wait([running])
+        if undo is not None and not running.cancelled() and running.exception() is None:
+            undo(running.result())
+        raise
 
 
 class FileTokenStore:
@@ -148,11 +170,15 @@ class FileTokenStore:
         replace_file(self.path, json.dumps(data).encode("utf-8"), sync=False)
 
     async def get(self, key: str) -> Token | None:
-        """The stored token for ``key``, or None."""
-        return Token.from_json(self._read().get(key))
+        """The stored token for ``key``, or None (read on a thread: see :func:`_on_thread`)."""
+        # Not waited for when cancelled: a read changes nothing.
+        return Token.from_json((await asyncio.to_thread(self._read)).get(key))
 
     async def set(self, key: str, token: Token) -> None:
-        """Store ``token`` for ``key`` (callers hold :meth:`lock`)."""
+        """Store ``token`` for ``key`` (callers hold :meth:`lock`), on a thread."""
+        await _on_thread(lambda: self._update(key, token))
+
+    def _update(self, key: str, token: Token) -> None:
         data = self._read()
         data[key] = token.to_json()
         try:
@@ -166,16 +192,17 @@ class FileTokenStore:
         holder at a time whatever the ``key``, since every key is written to the one file.
 
         The file lock is tried without blocking and waited for on the event loop, so a caller
-        that gives up (a timeout, a cancellation) never leaves it held.
+        that gives up (a timeout, a cancellation) never leaves it held. Each try, like every
+        other touch of the files, runs on a thread (:func:`_on_thread`).
         """
         async with self._locks.hold(""):
-            self._check_directory(create=True)
+            await _on_thread(lambda: self._check_directory(create=True))
             file_lock = self._process_file_lock()
             await self._acquire_file_lock(file_lock)
             try:
                 yield
             finally:
-                file_lock.release()
+                await _on_thread(file_lock.release)
 
     def _process_file_lock(self) -> filelock.FileLock:
         """The file lock of this process, made anew in a child forked after the store was made
@@ -195,15 +222,30 @@ class FileTokenStore:
         limit = self._lock_timeout
         deadline = math.inf if limit is None else loop.time() + limit
         while True:
-            try:
-                file_lock.acquire(blocking=False)
+            # Taken by a try the caller gave up on: released at once.
+            if await _on_thread(lambda: self._try_lock(file_lock), _undo_lock(file_lock)):
                 return
-            except filelock.Timeout:
-                if loop.time() >= deadline:
-                    raise self._error(f"the file lock was not had in {limit:g} s") from None
-            except OSError as err:
-                raise self._error(f"cannot lock the token file: {err.strerror}") from None
+            if loop.time() >= deadline:
+                raise self._error(f"the file lock was not had in {limit:g} s")
             await asyncio.sleep(_LOCK_POLL)
+
+    def _try_lock(self, file_lock: filelock.FileLock) -> bool:
+        """Whether the file lock is taken now (never waiting for another process's)."""
+        try:
+            file_lock.acquire(blocking=False)
+        except filelock.Timeout:
+            return False
+        except OSError as err:
+            raise self._error(f"cannot lock the token file: {err.strerror}") from None
+        return True
 
     def __repr__(self) -> str:
         return f"FileTokenStore({str(self.path)!r})"
+
+
+def _undo_lock(file_lock: filelock.FileLock) -> Callable[[bool], None]:
+    def undo(taken: bool) -> None:
+        if taken:
+            file_lock.release()
+
+    return undo

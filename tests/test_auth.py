@@ -7,6 +7,7 @@ import asyncio
 import errno
 import os
 import stat
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -595,6 +596,68 @@ async def test_file_store_makes_a_private_directory_and_an_unguessable_temp_file
     fresh = FileTokenStore(tmp_path / "new" / "dir" / "tokens.json")
     await fresh.set("k", Token("tok-1", 1e10))
     assert stat.S_IMODE((tmp_path / "new" / "dir").stat().st_mode) == 0o700
+
+
+async def test_a_file_store_never_holds_the_event_loop_on_a_stalled_filesystem(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The store read, wrote, and took the file lock on the event loop: a token file on a
+    # filesystem that stalls (an NFS server away, a saturated disk) froze every coroutine of
+    # the service for as long, and the client's timeout on store calls could never fire. Here
+    # each open of a file of the store's needs the event loop to run meanwhile.
+    loop = asyncio.get_running_loop()
+    directory = tmp_path / "tokens"
+    on_the_loop: list[str] = []
+    real_open = os.open
+
+    def stalling_open(file: Any, flags: int, mode: int = 0o777, **kwargs: Any) -> int:
+        name = os.fsdecode(file)
+        if name.startswith(str(directory)) and not on_the_loop:
+            ran = threading.Event()
+            loop.call_soon_threadsafe(ran.set)
+            if not ran.wait(2):  # the loop stood still while the file was opened
+                on_the_loop.append(os.path.basename(name))
+        return real_open(file, flags, mode, **kwargs)
+
+    monkeypatch.setattr(os, "open", stalling_open)
+    store = FileTokenStore(directory / "tokens.json")
+    async with store.lock("k"):
+        assert await store.get("k") is None
+        await store.set("k", Token("tok-1", 1e10))
+    assert await store.get("k") == Token("tok-1", 1e10)
+    assert on_the_loop == []
+
+
+async def test_a_file_lock_taken_by_a_try_the_caller_gave_up_on_is_released(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The lock is tried on a thread: a caller cancelled (its timeout) while a try is under way
+    # waits for it, and lets go of the lock it took, which nobody would have released.
+    started, go = threading.Event(), threading.Event()
+    real_try = FileTokenStore._try_lock
+
+    def slow_try(self: FileTokenStore, file_lock: Any) -> bool:
+        started.set()
+        assert go.wait(5)
+        return real_try(self, file_lock)
+
+    path = tmp_path / "tokens" / "tokens.json"
+    store = FileTokenStore(path)
+
+    async def take() -> None:
+        async with store.lock("k"):
+            raise AssertionError("cancelled before the lock was had")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(FileTokenStore, "_try_lock", slow_try)
+        task = asyncio.ensure_future(take())
+        assert await asyncio.to_thread(started.wait, 5)
+        task.cancel()
+        go.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    async with FileTokenStore(path, lock_timeout=0).lock("k"):  # free: had at once
+        pass
 
 
 def make_unsafe(path: Any, how: str) -> None:
