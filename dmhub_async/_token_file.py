@@ -29,6 +29,9 @@ _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 _LOCK_POLL = 0.02  # seconds between tries of a file lock another process holds
 _SECONDS = "a number of seconds, or None"
+#: Errors that no wait mends (a read-only file system, no permission): a store that cannot be
+#: locked or written for them is an error to fix, not an outage to ride out by fetching alone.
+_FOR_GOOD = (errno.EROFS, errno.EACCES, errno.EPERM)
 
 T = TypeVar("T")
 
@@ -91,6 +94,21 @@ class FileTokenStore:
     def _error(self, message: str, *, unsafe: bool = False) -> TokenStoreError:
         return TokenStoreError(f"{self!r}: {message}", store=repr(self), unsafe=unsafe)
 
+    def _for_good(self, message: str, err: OSError) -> TokenStoreError:
+        """A failure to make the directory or lock the file: ``unsafe`` when no wait mends it.
+
+        Taken as passing, each process that shares the file fetched a token of its own, on every
+        refusal for as long as they ran, revoking the others' (a read-only mount: 305 tokens in
+        5 s for 4 processes, a quarter of their calls refused).
+        """
+        if err.errno not in _FOR_GOOD:
+            return self._error(message)
+        return self._error(
+            f"{message}: no process can share a token through it; make it writable, or keep"
+            " the token file elsewhere",
+            unsafe=True,
+        )
+
     def _check_owner(self, st: os.stat_result, what: str, path: Path) -> None:
         if not hasattr(os, "getuid"):
             return  # not POSIX: no owners and modes to check
@@ -125,7 +143,7 @@ class FileTokenStore:
         except FileNotFoundError:
             return False
         except OSError as err:
-            raise self._error(f"cannot use the directory: {err.strerror}") from None
+            raise self._for_good(f"cannot use the directory: {err.strerror}", err) from None
         self._check_owner(st, "directory", directory)
         return True
 
@@ -236,7 +254,7 @@ class FileTokenStore:
         except filelock.Timeout:
             return False
         except OSError as err:
-            raise self._error(f"cannot lock the token file: {err.strerror}") from None
+            raise self._for_good(f"cannot lock the token file: {err.strerror}", err) from None
         return True
 
     def __repr__(self) -> str:

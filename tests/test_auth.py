@@ -1167,3 +1167,68 @@ async def test_a_0_1_process_sharing_the_store_takes_this_versions_token(
     if redis is not None:
         await redis.aclose()
     assert issued <= 2
+
+
+def mount_read_only(monkeypatch: Any, directory: Any) -> None:
+    """Make ``directory`` behave as on a read-only file system: opening a file in it to write
+    (the token file's lock, a temporary file) or making a directory there fails with EROFS."""
+    real_open, real_mkdir = os.open, os.mkdir
+    writing = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+
+    def inside(file: Any) -> bool:
+        return os.path.abspath(os.fspath(file)).startswith(os.fspath(directory))
+
+    def open_read_only(file: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if inside(file) and flags & writing:
+            raise OSError(errno.EROFS, "Read-only file system", os.fspath(file))
+        return real_open(file, flags, *args, **kwargs)
+
+    def mkdir_read_only(path: Any, *args: Any, **kwargs: Any) -> None:
+        if inside(path) and not os.path.isdir(path):
+            raise OSError(errno.EROFS, "Read-only file system", os.fspath(path))
+        real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", open_read_only)
+    monkeypatch.setattr(os, "mkdir", mkdir_read_only)
+
+
+@pytest.mark.parametrize("where", ["tokens.json", "missing/tokens.json"])
+async def test_a_token_file_on_a_read_only_mount_is_an_error_not_a_revocation_loop(
+    tmp_path: Any, monkeypatch: Any, where: str
+) -> None:
+    """Processes sharing a token file on a read-only file system (a container's read-only root,
+    a ``ro`` bind mount) could not take its lock: each fetched a token of its own on every
+    refusal, revoking the others', for as long as they ran (4 processes for 5 s: 305 tokens,
+    715 of 3,030 calls failed with 40001), each WARNING saying "until the store is back". It is
+    now an error to fix, before any token is fetched."""
+    from dmhub_async.testing import DMHubSimulator
+
+    mount = tmp_path / "ro"
+    mount.mkdir(mode=0o700)
+    mount_read_only(monkeypatch, mount)
+    async with DMHubSimulator(customers=3) as sim:
+        clients = [
+            DMHubClient(
+                sim.app_id, sim.secret, base_url=sim.url, token_store=FileTokenStore(mount / where)
+            )
+            for _ in range(2)  # two processes: two stores, two file locks on one file
+        ]
+        try:
+            outcomes = []
+            for _ in range(5):
+                for dm in clients:
+                    try:
+                        outcomes.append(await dm.customers.count())
+                    except DMHubError as err:
+                        outcomes.append(err)
+        finally:
+            for dm in clients:
+                await dm.aclose()
+        issued = sim.counters.tokens_issued
+
+    assert issued == 0
+    assert all(isinstance(outcome, TokenStoreError) for outcome in outcomes), outcomes
+    error = outcomes[0]
+    assert isinstance(error, TokenStoreError)
+    assert error.unsafe
+    assert "Read-only file system" in str(error)
