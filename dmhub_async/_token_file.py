@@ -168,7 +168,11 @@ class FileTokenStore:
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
-                raise self._error(f"{str(self.path)!r} is not a regular file: refusing it")
+                # Unsafe: as a passing failure, every process fetched a token of its own on
+                # every refusal, revoking the others' (a FIFO, a directory made there since).
+                raise self._error(
+                    f"{str(self.path)!r} is not a regular file: refusing it", unsafe=True
+                )
             self._check_owner(st, "token file", self.path)
         except BaseException:
             os.close(fd)
