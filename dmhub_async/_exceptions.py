@@ -83,8 +83,8 @@ class TokenStoreError(DMHubError):
     """A token store failed, did not answer in time, or is unsafe to use; ``store`` names it.
 
     ``unsafe`` is true for a store the client refuses to use (a token file another user owns or
-    can read, a symbolic link) or can never lock or write (a read-only file system): that is an
-    error to fix, not an outage to ride out.
+    can read, a symbolic link) or can never lock or write (a read-only file system, a Redis
+    that refuses its password): that is an error to fix, not an outage to ride out.
     """
 
     store: str

@@ -383,9 +383,24 @@ class RedisTokenStore:
                 "which opens connections of each event loop's own",
                 store=repr(self),
             )
-        return TokenStoreError(
-            f"{self!r}: {doing} failed: {type(err).__name__}: {err}", store=repr(self)
+        from redis.exceptions import (
+            AuthenticationError,
+            AuthenticationWrongNumberOfArgsError,
+            NoPermissionError,
         )
+
+        message = f"{self!r}: {doing} failed: {type(err).__name__}: {err}"
+        # Refused for good (a password missing or wrong, an ACL user without the commands): an
+        # error to fix. Taken for an outage, each process fetched a token of its own on every
+        # refusal, revoking the others' (4 processes, 3 s: 181 tokens).
+        refused = (AuthenticationError, AuthenticationWrongNumberOfArgsError, NoPermissionError)
+        if isinstance(err, refused):
+            message += (
+                "; no process can share a token through it: give the store a user and password"
+                " that Redis takes"
+            )
+            return TokenStoreError(message, store=repr(self), unsafe=True)
+        return TokenStoreError(message, store=repr(self))
 
     async def get(self, key: str) -> Token | None:
         """The stored token for ``key``, or None."""
