@@ -181,7 +181,9 @@ class FileTokenStore:
             raw = fh.read()
         try:
             data = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):
+            # Garbage, nested past the parser's depth included, holds no token: replaced at the
+            # next fetch. Raised, it failed every read, and the file was never written again.
             return {}
         return data if isinstance(data, dict) else {}
 

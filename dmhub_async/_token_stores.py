@@ -80,7 +80,10 @@ class Token:
                 float(data["expires_at"]),
                 None if issued is None else float(issued),
             )
-        except (AttributeError, KeyError, TypeError, ValueError):
+        except (AttributeError, KeyError, TypeError, ValueError, OverflowError):
+            # OverflowError: an integer no float holds. Raised, it failed every read of the
+            # store, which was then never written again: each process fetched a token of its
+            # own on every refusal, revoking the others', for as long as they ran.
             return None
 
 
@@ -414,7 +417,7 @@ class RedisTokenStore:
             return None
         try:
             return Token.from_json(json.loads(raw))
-        except ValueError:
+        except (ValueError, RecursionError):  # nested past the parser's depth: garbage too
             return None
 
     async def set(self, key: str, token: Token) -> None:

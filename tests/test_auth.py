@@ -1169,13 +1169,18 @@ async def test_a_0_1_process_sharing_the_store_takes_this_versions_token(
     assert issued <= 2
 
 
-async def two_processes_take_turns(stores: list[FileTokenStore]) -> tuple[list[Any], int]:
+async def two_processes_take_turns(
+    stores: list[FileTokenStore], prepare: Any = None
+) -> tuple[list[Any], int]:
     """Two clients, each with a ``FileTokenStore`` of its own on one path (as two processes
-    have: two file locks on one file), take turns at 5 calls each against a simulator: what
-    each call gave (a count or an error), and the tokens the simulator issued."""
+    have: two file locks on one file), take turns at 5 calls each against a simulator (given
+    to ``prepare`` first, if given): what each call gave (a count or an error), and the tokens
+    the simulator issued."""
     from dmhub_async.testing import DMHubSimulator
 
     async with DMHubSimulator(customers=3) as sim:
+        if prepare is not None:
+            prepare(sim)
         clients = [
             DMHubClient(sim.app_id, sim.secret, base_url=sim.url, token_store=store)
             for store in stores
@@ -1261,3 +1266,49 @@ async def test_a_token_path_that_is_no_regular_file_is_an_error_not_a_revocation
     assert all(isinstance(outcome, TokenStoreError) for outcome in outcomes), outcomes
     assert all(outcome.unsafe for outcome in outcomes)
     assert "not a regular file" in str(outcomes[0])
+
+
+@pytest.mark.parametrize("what", ["a time of 400 digits", "arrays nested 100,000 deep"])
+async def test_a_token_file_no_parser_takes_is_replaced_not_fetched_around_for_ever(
+    tmp_path: Any, what: str
+) -> None:
+    """A token file whose entry holds an integer no float holds (OverflowError), or whose JSON
+    is nested past the parser's depth (RecursionError), failed every read of the store: each
+    process fetched a token without the store on every refusal, revoking the others', and as
+    the store was never written again, for as long as they ran (two clients taking turns: a
+    token a call). It is read as holding no token, as other garbage is, and replaced."""
+    path = tmp_path / "private" / "tokens.json"
+    path.parent.mkdir(mode=0o700)
+    stores = [FileTokenStore(path) for _ in range(2)]
+
+    def garbage(sim: Any) -> None:
+        if what.startswith("a time"):
+            key = token_key(sim.url, sim.app_id, sim.secret)
+            path.write_text(f'{{"{key}": {{"access_token": "old", "expires_at": 1{"0" * 400}}}}}')
+        else:
+            path.write_text("[" * 100_000)
+        path.chmod(0o600)
+
+    outcomes, issued = await two_processes_take_turns(stores, garbage)
+
+    assert outcomes == [3] * 10
+    assert issued == 1
+
+
+@pytest.mark.parametrize(
+    "raw", [b"[" * 100_000, b'{"access_token": "old", "expires_at": 1' + b"0" * 400 + b"}"]
+)
+async def test_a_redis_token_no_parser_takes_is_no_token(raw: bytes) -> None:
+    """As in a token file (above): a Redis entry no parser takes raised out of every read,
+    and the store was never written again; it is read as no token, then replaced."""
+    redis = fakeredis.FakeAsyncRedis()
+    store = RedisTokenStore(client=redis, prefix="t:")
+    await redis.set("t:key", raw)
+    try:
+        assert await store.get("key") is None
+        await store.set("key", Token("new", time.time() + 7200))
+        token = await store.get("key")
+        assert token is not None
+        assert token.value == "new"
+    finally:
+        await redis.aclose()
