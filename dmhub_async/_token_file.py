@@ -95,7 +95,8 @@ class FileTokenStore:
         return TokenStoreError(f"{self!r}: {message}", store=repr(self), unsafe=unsafe)
 
     def _for_good(self, message: str, err: OSError) -> TokenStoreError:
-        """A failure to make the directory or lock the file: ``unsafe`` when no wait mends it.
+        """A failure to make the directory, read or lock the file: ``unsafe`` when no wait
+        mends it.
 
         Taken as passing, each process that shares the file fetched a token of its own, on every
         refusal for as long as they ran, revoking the others' (a read-only mount: 305 tokens in
@@ -104,8 +105,8 @@ class FileTokenStore:
         if err.errno not in _FOR_GOOD:
             return self._error(message)
         return self._error(
-            f"{message}: no process can share a token through it; make it writable, or keep"
-            " the token file elsewhere",
+            f"{message}: no process can share a token through it; let this user read and"
+            " write it, or keep the token file elsewhere",
             unsafe=True,
         )
 
@@ -164,7 +165,10 @@ class FileTokenStore:
                 # a passing failure that each process met by fetching a token of its own.
                 with contextlib.suppress(OSError):
                     self._check_owner(os.lstat(self.path), "token file", self.path)
-            raise self._error(f"cannot read the token file: {err.strerror}") from None
+            # One's own file without read permission (chmod 000): as a passing failure, no
+            # read ever succeeded, the file was never written again, and each process fetched
+            # a token of its own on every refusal.
+            raise self._for_good(f"cannot read the token file: {err.strerror}", err) from None
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):

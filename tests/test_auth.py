@@ -1312,3 +1312,32 @@ async def test_a_redis_token_no_parser_takes_is_no_token(raw: bytes) -> None:
         assert token.value == "new"
     finally:
         await redis.aclose()
+
+
+async def test_a_token_file_of_ones_own_that_cannot_be_read_is_an_error_not_a_loop(
+    tmp_path: Any, monkeypatch: Any
+) -> None:
+    """The user's own token file with no read permission (``chmod 000``, ``chmod 200``) failed
+    every read as a passing failure: the store was never written again, and each process
+    fetched a token on every refusal, revoking the others' (two clients taking turns: a token
+    a call). It is now an error to fix, as another user's unreadable file already is."""
+    path = tmp_path / "private" / "tokens.json"
+    path.parent.mkdir(mode=0o700)
+    path.write_text("{}")
+    path.chmod(0o200)  # root reads it all the same: its refusal is played below
+    real_open = os.open
+
+    def open_without_read_permission(file: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if os.fspath(file) == os.fspath(path) and not flags & (os.O_WRONLY | os.O_RDWR):
+            raise PermissionError(errno.EACCES, "Permission denied", os.fspath(file))
+        return real_open(file, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", open_without_read_permission)
+    stores = [FileTokenStore(path) for _ in range(2)]
+
+    outcomes, issued = await two_processes_take_turns(stores)
+
+    assert issued == 0
+    assert all(isinstance(outcome, TokenStoreError) for outcome in outcomes), outcomes
+    assert all(outcome.unsafe for outcome in outcomes)
+    assert "Permission denied" in str(outcomes[0])
