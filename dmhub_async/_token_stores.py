@@ -407,10 +407,17 @@ class RedisTokenStore:
 
     async def get(self, key: str) -> Token | None:
         """The stored token for ``key``, or None."""
-        from redis.exceptions import RedisError
+        from redis.exceptions import RedisError, ResponseError
 
         try:
             raw = await (await self._client()).get(self._prefix + key)
+        except ResponseError as err:
+            if str(err).startswith("WRONGTYPE"):
+                # A list, a hash... at the token's key holds no token: the next one replaces
+                # it (SET takes any key). Raised, every read failed, the key was never written
+                # again, and each process fetched a token of its own on every refusal.
+                return None
+            raise self._error("GET", err) from None
         except (RedisError, OSError, RuntimeError) as err:
             raise self._error("GET", err) from None
         if raw is None:

@@ -1169,18 +1169,16 @@ async def test_a_0_1_process_sharing_the_store_takes_this_versions_token(
     assert issued <= 2
 
 
-async def two_processes_take_turns(
-    stores: list[FileTokenStore], prepare: Any = None
-) -> tuple[list[Any], int]:
-    """Two clients, each with a ``FileTokenStore`` of its own on one path (as two processes
+async def two_processes_take_turns(stores: list[Any], prepare: Any = None) -> tuple[list[Any], int]:
+    """Two clients, each with a token store of its own on one file or Redis (as two processes
     have: two file locks on one file), take turns at 5 calls each against a simulator (given
     to ``prepare`` first, if given): what each call gave (a count or an error), and the tokens
     the simulator issued."""
     from dmhub_async.testing import DMHubSimulator
 
     async with DMHubSimulator(customers=3) as sim:
-        if prepare is not None:
-            prepare(sim)
+        if prepare is not None and asyncio.iscoroutine(prepared := prepare(sim)):
+            await prepared
         clients = [
             DMHubClient(sim.app_id, sim.secret, base_url=sim.url, token_store=store)
             for store in stores
@@ -1341,3 +1339,23 @@ async def test_a_token_file_of_ones_own_that_cannot_be_read_is_an_error_not_a_lo
     assert all(isinstance(outcome, TokenStoreError) for outcome in outcomes), outcomes
     assert all(outcome.unsafe for outcome in outcomes)
     assert "Permission denied" in str(outcomes[0])
+
+
+async def test_a_redis_key_of_another_type_is_replaced_not_fetched_around_for_ever() -> None:
+    """The token's key holding a list, a hash or a set (a prefix shared with another program):
+    every GET failed (WRONGTYPE), so the store was never written again, and each process
+    fetched a token on every refusal, revoking the others' (two clients taking turns: a token
+    a call). It is read as no token, as garbage is, and the next token replaces it."""
+    redis = fakeredis.FakeAsyncRedis()
+    stores = [RedisTokenStore(client=redis) for _ in range(2)]
+
+    async def planted(sim: Any) -> None:
+        await redis.rpush("dmhub_async:token:" + token_key(sim.url, sim.app_id, sim.secret), "x")
+
+    try:
+        outcomes, issued = await two_processes_take_turns(stores, planted)
+    finally:
+        await redis.aclose()
+
+    assert outcomes == [3] * 10
+    assert issued == 1
