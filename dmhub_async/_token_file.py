@@ -29,9 +29,10 @@ _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 _LOCK_POLL = 0.02  # seconds between tries of a file lock another process holds
 _SECONDS = "a number of seconds, or None"
-#: Errors that no wait mends (a read-only file system, no permission): a store that cannot be
-#: locked or written for them is an error to fix, not an outage to ride out by fetching alone.
-_FOR_GOOD = (errno.EROFS, errno.EACCES, errno.EPERM)
+#: Errors that no wait mends (a read-only file system, no permission, a file where a directory
+#: should be): a store that cannot be read, locked or written for them is an error to fix, not
+#: an outage to ride out by fetching alone.
+_FOR_GOOD = (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR)
 
 T = TypeVar("T")
 
@@ -139,12 +140,20 @@ class FileTokenStore:
         directory = self.path.parent
         try:
             if create:
-                directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+                with contextlib.suppress(FileExistsError):  # a file of that name: see below
+                    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
             st = directory.stat()
         except FileNotFoundError:
             return False
         except OSError as err:
             raise self._for_good(f"cannot use the directory: {err.strerror}", err) from None
+        if not stat.S_ISDIR(st.st_mode):
+            # No read or lock could ever succeed: as a passing failure, each process fetched a
+            # token of its own on every refusal, revoking the others'.
+            raise self._error(
+                f"{str(directory)!r} is not a directory: refusing it; name a file in a directory",
+                unsafe=True,
+            )
         self._check_owner(st, "directory", directory)
         return True
 

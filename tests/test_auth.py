@@ -1359,3 +1359,22 @@ async def test_a_redis_key_of_another_type_is_replaced_not_fetched_around_for_ev
 
     assert outcomes == [3] * 10
     assert issued == 1
+
+
+@pytest.mark.parametrize("where", ["app/tokens.json", "app/sub/tokens.json"])
+async def test_a_token_file_under_a_regular_file_is_an_error_not_a_revocation_loop(
+    tmp_path: Any, where: str
+) -> None:
+    """A token path whose directory is a regular file (``~/.config/app`` a file, not a
+    directory: a typo, a leftover): no read or lock could ever succeed, and each process
+    fetched a token without the store on every refusal, revoking the others' (two clients
+    taking turns: a token a call). It is now an error to fix, with no token fetched."""
+    (tmp_path / "app").write_text("a file, not a directory")
+    stores = [FileTokenStore(tmp_path / where) for _ in range(2)]
+
+    outcomes, issued = await two_processes_take_turns(stores)
+
+    assert issued == 0
+    assert all(isinstance(outcome, TokenStoreError) for outcome in outcomes), outcomes
+    assert all(outcome.unsafe for outcome in outcomes)
+    assert "not a directory" in str(outcomes[0]).lower()
