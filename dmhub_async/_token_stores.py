@@ -393,14 +393,15 @@ class RedisTokenStore:
         )
 
         message = f"{self!r}: {doing} failed: {type(err).__name__}: {err}"
-        # Refused for good (a password missing or wrong, an ACL user without the commands): an
-        # error to fix. Taken for an outage, each process fetched a token of its own on every
-        # refusal, revoking the others' (4 processes, 3 s: 181 tokens).
+        # Refused for good (a password missing or wrong, an ACL user without the commands, a
+        # database the server does not have): an error to fix. Taken for an outage, each
+        # process fetched a token of its own on every refusal, revoking the others' (4
+        # processes, 3 s: 181 tokens).
         refused = (AuthenticationError, AuthenticationWrongNumberOfArgsError, NoPermissionError)
-        if isinstance(err, refused):
+        if isinstance(err, refused) or str(err).startswith("DB index is out of range"):
             message += (
-                "; no process can share a token through it: give the store a user and password"
-                " that Redis takes"
+                "; no process can share a token through it: give the store a user, password"
+                " and database that Redis takes"
             )
             return TokenStoreError(message, store=repr(self), unsafe=True)
         return TokenStoreError(message, store=repr(self))

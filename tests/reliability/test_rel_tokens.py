@@ -370,7 +370,9 @@ async def test_t5_spellings_of_one_base_url_share_one_token(clock: Any) -> None:
     assert sim.counters.errors[40001] == 0
 
 
-@pytest.mark.parametrize("how", ["no password", "a wrong password", "no permission"])
+@pytest.mark.parametrize(
+    "how", ["no password", "a wrong password", "no permission", "no such database"]
+)
 async def test_a_redis_that_refuses_the_store_is_an_error_not_a_revocation_loop(
     redis: RedisServer, how: str
 ) -> None:
@@ -380,7 +382,9 @@ async def test_a_redis_that_refuses_the_store_is_an_error_not_a_revocation_loop(
     3 s: 181 tokens, 285 of 1,780 calls failed with 40001), the WARNING saying "until the store
     is back". It is now an error to fix, with no token fetched."""
     url = redis.url
-    if how == "no permission":
+    if how == "no such database":
+        url = url.removesuffix("/0") + "/99"
+    elif how == "no permission":
         redis.command("ACL", "SETUSER", "probe", "on", ">pw", "~*", "-@all", "+ping")
         url = url.replace("redis://", "redis://probe:pw@")
     else:
