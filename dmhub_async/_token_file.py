@@ -27,6 +27,7 @@ __all__ = ["FileTokenStore"]
 # Not on Windows: there, no links to follow and no FIFO to block on.
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+_WINDOWS = os.name == "nt"
 _LOCK_POLL = 0.02  # seconds between tries of a file lock another process holds
 _SECONDS = "a number of seconds, or None"
 #: Errors that no wait mends (a read-only file system, no permission, a file where a directory
@@ -103,7 +104,10 @@ class FileTokenStore:
         refusal for as long as they ran, revoking the others' (a read-only mount: 305 tokens in
         5 s for 4 processes, a quarter of their calls refused).
         """
-        if err.errno not in _FOR_GOOD:
+        # On Windows a denied access is also another program holding the file for a moment
+        # (a virus scanner, a writer's rename): a passing failure there.
+        passing = _WINDOWS and err.errno in (errno.EACCES, errno.EPERM)
+        if err.errno not in _FOR_GOOD or passing:
             return self._error(message)
         return self._error(
             f"{message}: no process can share a token through it; let this user read and"

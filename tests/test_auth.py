@@ -1378,3 +1378,20 @@ async def test_a_token_file_under_a_regular_file_is_an_error_not_a_revocation_lo
     assert all(isinstance(outcome, TokenStoreError) for outcome in outcomes), outcomes
     assert all(outcome.unsafe for outcome in outcomes)
     assert "not a directory" in str(outcomes[0]).lower()
+
+
+@pytest.mark.parametrize("system", ["posix", "nt"])
+def test_a_denied_access_is_for_good_on_posix_and_passing_on_windows(
+    tmp_path: Any, monkeypatch: Any, system: str
+) -> None:
+    """EACCES on POSIX is a permission, which no wait mends (see the tests above); on Windows it
+    is also another program holding the file for a moment (a virus scanner, a writer's rename),
+    which the next try rides out: refused there, a call failed that a fetch would have served."""
+    from dmhub_async import _token_file
+
+    store = FileTokenStore(tmp_path / "tokens.json")
+    monkeypatch.setattr(_token_file, "_WINDOWS", system == "nt")
+    error = store._for_good("cannot read", PermissionError(errno.EACCES, "Permission denied"))
+    read_only = store._for_good("cannot lock", OSError(errno.EROFS, "Read-only file system"))
+    assert error.unsafe is (system == "posix")
+    assert read_only.unsafe
