@@ -16,7 +16,7 @@ import logging
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import urlsplit
 
 from ._exceptions import AuthenticationError, DMHubError, InvalidRequestError, TokenStoreError
@@ -28,6 +28,9 @@ from ._token_stores import (
     Token,
     TokenStore,
 )
+
+if TYPE_CHECKING:
+    from ._limits import Closing
 
 __all__ = [
     "DEFAULT_STORE",
@@ -97,6 +100,19 @@ def legacy_token_key(base_url: str, app_id: str) -> str:
     there carries no fingerprint of the secret that fetched it.
     """
     return f"{base_url.rstrip('/')}|{app_id}"
+
+
+async def _waited(flight: asyncio.Future[str], closing: Closing | None) -> str:
+    """``flight``'s token, shielded: one caller's cancellation, or its client's close (which
+    ends this wait at once), must not cancel the fetch the others wait on.
+
+    The close ends the wait through ``closing`` here, on the shield itself: wrapping the whole
+    refresh instead cost a task and an ``asyncio.wait`` a refresh (130k instructions, 5% of a
+    short-lived client's call).
+    """
+    if closing is None:
+        return await asyncio.shield(flight)
+    return await closing.wait(asyncio.shield(flight))
 
 
 class TokenManager:
@@ -171,7 +187,10 @@ class TokenManager:
         return None
 
     async def refresh(
-        self, stale: str | None, fetch: Callable[[], Awaitable[Token]] | None = None
+        self,
+        stale: str | None,
+        fetch: Callable[[], Awaitable[Token]] | None = None,
+        closing: Closing | None = None,
     ) -> str:
         """A token other than ``stale``: one fetch however many callers ask at once.
 
@@ -179,7 +198,8 @@ class TokenManager:
         fetch: a client made by ``with_options`` fetches by its own retries and timeout. A
         caller that waited on a fetch made another way (``fetch`` compares unequal), which
         failed (but for refused credentials or an unsafe store) or whose client was closed,
-        fetches its own way, once.
+        fetches its own way, once. ``closing`` (the caller's client's) ends this caller's wait
+        when that client closes; the fetch goes on for the others.
         """
         try:
             fetch = self._fetch if fetch is None else fetch
@@ -203,14 +223,18 @@ class TokenManager:
                     # failure is no answer by this caller's policy, which then tries its own, once.
                     waited_on_another = True
                     try:
-                        return await asyncio.shield(flight)
+                        return await _waited(flight, closing)
                     except DMHubError as err:
-                        # Credentials refused, or a store unsafe to use: the same for any fetch.
-                        if isinstance(err, AuthenticationError) or getattr(err, "unsafe", False):
+                        # Credentials refused, or a store unsafe to use: the same for any fetch;
+                        # this caller's client closed: no fetch of its own.
+                        if (
+                            isinstance(err, AuthenticationError)
+                            or getattr(err, "unsafe", False)
+                            or (closing is not None and closing.closed)
+                        ):
                             raise
                         continue  # a failure its retries met, or that client closed meanwhile
-                # shield: one caller's cancellation must not cancel the fetch the others wait on.
-                return await asyncio.shield(flight)
+                return await _waited(flight, closing)
         except BaseException:
             del stale  # the refused token: not among the variables an error tracker records
             raise

@@ -515,7 +515,7 @@ class Session:
         request): cut short, a token fetched and not yet stored would leave every other process
         with a revoked one."""
         try:
-            return await self._closing.wait(tokens.refresh(stale, self._token_fetch))
+            return await tokens.refresh(stale, self._token_fetch, self._closing)
         except BaseException:
             del stale  # the refused token: not for an error tracker (see _send)
             raise

@@ -240,6 +240,39 @@ async def test_closing_ends_a_call_waiting_for_the_token_stores_lock(
     assert api.requests == {}
 
 
+async def test_closing_a_derived_client_ends_its_call_waiting_on_the_parents_token_fetch(
+    api, make_client, tmp_path
+):
+    # The derived client's call waits on the fetch its parent started (another fetch: its own
+    # timeout), which waits for the store's lock: the derived client's close ends that call at
+    # once, and the parent's fetch goes on for the parent's call.
+    import filelock
+
+    from dmhub_async import FileTokenStore
+
+    store = FileTokenStore(tmp_path / "tokens.json")
+    other = filelock.FileLock(str(tmp_path / "tokens.json.lock"), thread_local=False)
+    other.acquire()  # another process's fetch
+    try:
+        dm = make_client(token_store=store)
+        derived = dm.with_options(timeout=5)
+        parent_call = asyncio.ensure_future(dm.request("GET", "/v1/customers/1"))
+        for _ in range(10):
+            await asyncio.sleep(0)  # the parent's fetch is under way, waiting for the lock
+        call = asyncio.ensure_future(derived.request("GET", "/v1/customers/1"))
+        for _ in range(10):
+            await asyncio.sleep(0)  # the derived client's call waits on it
+
+        await asyncio.wait_for(derived.aclose(), 5)
+        with pytest.raises(DMHubError, match=r"^this DMHubClient is closed"):
+            await asyncio.wait_for(call, 5)
+        assert not parent_call.done()  # its fetch and its call go on
+        parent_call.cancel()
+    finally:
+        other.release()
+    assert api.requests == {}
+
+
 @pytest.mark.parametrize("closed", ["client", "derived", "parent", "derived parent"])
 @pytest.mark.parametrize("length", ["declared", "chunked"])
 async def test_closing_ends_a_call_reading_an_answers_body(make_client, length, closed):
