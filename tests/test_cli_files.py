@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -455,3 +456,43 @@ def test_an_output_file_never_widens_the_umask_other_threads_create_files_with(
 
     assert all(mode & 0o077 == 0 for mode in made), [oct(mode) for mode in made]
     assert (tmp_path / "found.csv").stat().st_mode & 0o777 == 0o600  # 0666 less 077
+
+
+@pytest.mark.parametrize(
+    ("row", "said"),
+    [
+        ("mobile,1.38001E+10", "scientific notation"),
+        ("member-card,6.22848E+15", "scientific notation"),
+        ("mobile,13800138000.0", ".0"),
+        ("mobile,'13800138000", "apostrophe"),
+        ("mobile,\uff11\uff13\uff18\uff10\uff10\uff11\uff13\uff18\uff10\uff10\uff10", "full-width"),
+        ('mobile,"=""13800138000"""', "formula"),
+    ],
+    ids=[
+        "scientific",
+        "scientific, any type",
+        "trailing .0",
+        "apostrophe",
+        "full-width",
+        "formula",
+    ],
+)
+def test_lookup_input_refuses_a_number_excel_mangled_naming_its_line(
+    tmp_path: Path, row: str, said: str
+) -> None:
+    # A mobile column Excel or WPS left as a number: 1.38001E+10 (its digits lost), 13800138000.0,
+    # '13800138000, full-width digits, ="13800138000". Each was looked up as it was, "not found",
+    # exit 0, without a word: a customer the file held reported as no customer.
+    from dmhub_async.cli._commands import _identities
+    from dmhub_async.cli._errors import CommandError
+
+    path = tmp_path / "ids.csv"
+    path.write_text(f"type,value\r\nmobile,13800138000\r\n{row}\r\n", "utf-8")
+    with pytest.raises(CommandError, match=rf"ids\.csv:3: .*{re.escape(said)}") as caught:
+        list(_identities(path, "utf-8"))
+    value = next(csv.reader([row]))[1]
+    assert value not in str(caught.value)  # a line, not its value: personal data
+    assert "\n" not in str(caught.value)
+
+    path.write_text("type,value\r\nmobile,13800138000\r\nwechat,o-1.0\r\nmobile,+86 138\r\n")
+    assert [i.value for i in _identities(path, "utf-8")] == ["13800138000", "o-1.0", "+86 138"]

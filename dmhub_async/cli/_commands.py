@@ -12,7 +12,7 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal, TextIO
+from typing import Any, Final, Literal, TextIO
 
 from .._client import DMHubClient
 from .._exceptions import APIError, AuthenticationError, InvalidRequestError
@@ -213,9 +213,44 @@ def _numbered_identities(path: Path, encoding: str) -> Iterator[tuple[int, Ident
                 ' comma must be quoted: wechat,"a,b"; a header naming more columns allows them)'
             )
         try:
-            yield line, check_identity("lookup", Identity(row[0].strip(), row[1].strip()))
+            identity = check_identity("lookup", Identity(row[0].strip(), row[1].strip()))
         except InvalidRequestError as err:
             raise CommandError(f"{path}:{line}: {without_method(str(err))}") from None
+        mangled = _mangled_by_a_spreadsheet(identity)
+        if mangled:  # the line, not the value: an identity is personal data
+            raise CommandError(f"{path}:{line}: {identity.type} value {mangled}")
+        yield line, identity
+
+
+#: A number as Excel and WPS write one too long for them (12 digits and more): 1.38001E+10.
+_SCIENTIFIC: Final = re.compile(r"[0-9](\.[0-9]+)?E\+[0-9]{2,}")
+#: A number written as a decimal (Excel's General format, pandas' float column): 13800138000.0.
+_DECIMAL: Final = re.compile(r"\+?[0-9]+\.0+")
+_TEXT_COLUMN: Final = "format the column as Text in Excel (or WPS) and save the file again"
+
+
+def _mangled_by_a_spreadsheet(identity: Identity) -> str | None:
+    """Why ``identity``'s value is a number a spreadsheet changed, or None.
+
+    Each was looked up as it was and "not found" (exit 0): a customer the file held reported as
+    none. Scientific notation is any type's (a member card number; no identity is written so);
+    the rest a mobile's, which is digits: a ``.0``, Excel's text mark ``'``, a formula, or
+    full-width digits (１３８) typed with a Chinese input method.
+    """
+    value = identity.value
+    if _SCIENTIFIC.fullmatch(value):
+        return f"is in scientific notation (1.38E+10): its digits are lost; {_TEXT_COLUMN}"
+    if identity.type != "mobile":
+        return None
+    if _DECIMAL.fullmatch(value):
+        return f"ends in .0 (a number written as a decimal): give the digits alone; {_TEXT_COLUMN}"
+    if value.startswith("'"):
+        return "starts with an apostrophe (Excel's mark for text): remove it"
+    if value.startswith("="):
+        return 'is a formula (="..."): give the digits alone'
+    if not value.isascii():
+        return "holds full-width or other non-ASCII characters: give ASCII digits (0-9)"
+    return None
 
 
 def _without_nul(lines: Iterator[str], path: Path) -> Iterator[str]:
