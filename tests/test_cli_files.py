@@ -496,3 +496,39 @@ def test_lookup_input_refuses_a_number_excel_mangled_naming_its_line(
 
     path.write_text("type,value\r\nmobile,13800138000\r\nwechat,o-1.0\r\nmobile,+86 138\r\n")
     assert [i.value for i in _identities(path, "utf-8")] == ["13800138000", "o-1.0", "+86 138"]
+
+
+XLSX = b"PK\x03\x04\x14\x00\x06\x00\x08\x00\x00\x00!\x00b\xee\x9dh^\x01\x00\x00\x90\x04\x00\x00"
+XLS = bytes.fromhex("d0cf11e0a1b11ae1") + bytes(24) + b"\x3e\x00\x03\x00\xfe\xff\x09\x00"
+UNICODE_TEXT = "type\tvalue\r\nmobile\t13800138000\r\n".encode("utf-16")  # Excel's Unicode Text
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "gbk", "gb18030", "latin-1"])
+@pytest.mark.parametrize(
+    ("content", "said"),
+    [
+        (UNICODE_TEXT, "UTF-16"),
+        ("type,value\r\nmobile,13800138000\r\n".encode("utf-16-be"), "UTF-16"),
+        (codecs.BOM_UTF16_BE + "mobile,13800138000\r\n".encode("utf-16-be"), "UTF-16"),
+        (XLSX, "workbook"),
+        (XLS, "workbook"),
+    ],
+    ids=["Excel's Unicode Text", "UTF-16 BE, no mark", "UTF-16 BE", ".xlsx", ".xls"],
+)
+def test_lookup_input_that_is_utf16_or_a_workbook_says_so_in_any_encoding(
+    tmp_path: Path, content: bytes, said: str, encoding: str
+) -> None:
+    # Read as UTF-8, Excel's "Unicode Text" (UTF-16 with its mark) and an .xlsx renamed .csv
+    # were "not UTF-8 text (byte 0xff): ... save CSV as --encoding gbk", and with --encoding
+    # gbk "not gbk text": advice that goes round in a circle. As Latin-1, a workbook was "a
+    # UTF-16 file?".
+    from dmhub_async.cli._commands import _identities
+    from dmhub_async.cli._errors import CommandError
+
+    path = tmp_path / "ids.csv"
+    path.write_bytes(content)
+    with pytest.raises(CommandError, match=r"ids\.csv:1: ") as caught:
+        list(_identities(path, encoding))
+    assert said in str(caught.value)
+    assert "CSV UTF-8" in str(caught.value)
+    assert "--encoding gbk" not in str(caught.value)

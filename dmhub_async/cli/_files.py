@@ -236,6 +236,25 @@ def replace_on_success(out: str, encoding: str) -> Iterator[TextIO]:
                 os.unlink(tmp)
 
 
+#: What a file that is no CSV text starts with, and what it is: each was "not UTF-8 text (byte
+#: 0xff): ... --encoding gbk", and with gbk "not gbk text", advice going round in a circle.
+_NOT_CSV: Final = (
+    (codecs.BOM_UTF16_LE, "a UTF-16 file (Excel: Unicode Text)"),  # UTF-32 LE's mark too
+    (codecs.BOM_UTF16_BE, "a UTF-16 file"),
+    (b"PK\x03\x04", "an Excel workbook (.xlsx, or another zip file)"),
+    (bytes.fromhex("d0cf11e0a1b11ae1"), "an Excel workbook (.xls, or WPS .et)"),
+)
+
+
+def _check_not_binary(path: Path, first: bytes) -> None:
+    """Refuse a file whose first line says it is UTF-16 or a workbook, whatever ``--encoding``."""
+    for start, what in _NOT_CSV:
+        if first.startswith(start):
+            raise CommandError(
+                f"{path}:1: {what}, not CSV text: save it as CSV in Excel or WPS (CSV UTF-8)"
+            )
+
+
 def decoded_lines(path: Path, encoding: str) -> Iterator[str]:
     """The lines of ``path`` decoded one by one, so that a bad byte is reported with its line.
 
@@ -246,6 +265,8 @@ def decoded_lines(path: Path, encoding: str) -> Iterator[str]:
     utf8 = codecs.lookup(encoding).name.startswith("utf-8")
     with path.open("rb") as fh:
         for number, raw in enumerate(fh, 1):
+            if number == 1:
+                _check_not_binary(path, raw)
             if number == 1 and not utf8 and raw.startswith(codecs.BOM_UTF8):
                 # Read as GBK, the mark was text ('锘縲echat'): the first row was not found.
                 raise CommandError(
