@@ -532,3 +532,22 @@ def test_lookup_input_that_is_utf16_or_a_workbook_says_so_in_any_encoding(
     assert said in str(caught.value)
     assert "CSV UTF-8" in str(caught.value)
     assert "--encoding gbk" not in str(caught.value)
+
+
+@pytest.mark.parametrize("encoding", ["gbk", "gb2312", "cp936"])
+def test_lookup_input_beyond_gbk_read_as_gbk_is_told_gb18030(tmp_path: Path, encoding: str) -> None:
+    # A name with a character GBK lacks (刘䶮), in a file WPS saved as GB18030: "--encoding gbk"
+    # failed with "not gbk text ... Excel on Chinese Windows saves CSV as --encoding gbk", the
+    # encoding just given.
+    from dmhub_async import Identity
+    from dmhub_async.cli._commands import _identities
+    from dmhub_async.cli._errors import CommandError
+
+    path = tmp_path / "ids.csv"
+    path.write_bytes("type,value\r\nwechat,o-1\r\nmyshop,刘䶮\r\n".encode("gb18030"))
+    with pytest.raises(CommandError, match=r"ids\.csv:3: ") as caught:
+        list(_identities(path, encoding))
+    assert "--encoding gb18030" in str(caught.value)
+    assert "--encoding gbk" not in str(caught.value)
+
+    assert list(_identities(path, "gb18030"))[1] == Identity("myshop", "刘䶮")

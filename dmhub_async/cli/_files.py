@@ -262,7 +262,15 @@ def decoded_lines(path: Path, encoding: str) -> Iterator[str]:
     newline byte is always a newline.
     """
     decoder = codecs.getincrementaldecoder(encoding)()
-    utf8 = codecs.lookup(encoding).name.startswith("utf-8")
+    name = codecs.lookup(encoding).name
+    utf8 = name.startswith("utf-8")
+    # Advice that never names the encoding that just failed.
+    if utf8:
+        advice = "(Excel on Chinese Windows saves CSV as --encoding gbk)"
+    elif name in ("gbk", "gb2312"):  # a name with 䶮 (no GBK character), saved as GB18030
+        advice = "(rare characters, beyond GBK: --encoding gb18030, which reads GBK files too)"
+    else:
+        advice = "(or none: UTF-8 is the default)"
     with path.open("rb") as fh:
         for number, raw in enumerate(fh, 1):
             if number == 1:
@@ -276,11 +284,10 @@ def decoded_lines(path: Path, encoding: str) -> Iterator[str]:
             try:
                 yield decoder.decode(raw)
             except UnicodeDecodeError as err:
-                name = "UTF-8" if utf8 else encoding
                 raise CommandError(
-                    f"{path}:{number}: not {name} text (byte 0x{err.object[err.start]:02x}): "
-                    "give the file's encoding with --encoding (Excel on Chinese Windows saves "
-                    "CSV as --encoding gbk)"
+                    f"{path}:{number}: not {'UTF-8' if utf8 else encoding} text (byte "
+                    f"0x{err.object[err.start]:02x}): give the file's encoding with --encoding "
+                    + advice
                 ) from None
         tail = decoder.decode(b"", final=True)
         if tail:
