@@ -255,13 +255,19 @@ def _verified(fh: IO[bytes], resumed: Checkpoint, fmt: str, path: Path) -> Scan:
     )
     if exact:
         return found
-    foreign = size >= resumed.bytes or found.count > resumed.exported
+    # Every record the checkpoint counts, read back in fewer bytes: no truncation does that
+    # (its records end where they ended). A CSV saved by Excel (mobiles as 1.39E+10) was
+    # taken for one and resumed, its changed records kept.
+    rewritten = 0 < found.count == resumed.exported and found.last_id == resumed.last_id
+    foreign = size >= resumed.bytes or found.count > resumed.exported or rewritten
     if found.header is not None and resumed.header is not None:
         foreign = foreign or found.header != resumed.header
     if foreign:
         raise InvalidRequestError(
             f"output {str(path)!r} does not match its checkpoint (it holds {found.count} "
-            f"records that read back, the checkpoint {resumed.exported}): it was changed since; "
+            f"records that read back, the checkpoint {resumed.exported}"
+            + (f", in {size} bytes, not {resumed.bytes}" if rewritten else "")
+            + "): it was changed since (saved by a spreadsheet or an editor?); "
             "delete both to start over"
         )
     logger.warning(

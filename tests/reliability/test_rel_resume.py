@@ -393,6 +393,36 @@ async def test_an_output_changed_since_its_checkpoint_is_refused(
     assert dest.read_bytes() == changed
 
 
+async def test_an_output_a_spreadsheet_saved_shorter_is_refused_not_resumed_with_its_changes(
+    tmp_path: Path, connect: Callable[..., DMHubClient]
+) -> None:
+    """A CSV opened in Excel and saved, its mobiles turned into 1.39E+10: shorter than its
+    checkpoint, it was taken for a truncated file ("resuming after its last whole record
+    (300 of 300)", a log line), resumed, and reported complete and verified, the mangled
+    mobiles in it. A truncated file cannot hold every record the checkpoint counts in fewer
+    bytes: that one was rewritten, and is refused as any changed output is."""
+    dest, ckpt = tmp_path / "customers.csv", tmp_path / "export.ckpt"
+    async with DMHubSimulator(customers=CUSTOMERS, seed=14) as sim, connect(sim) as dm:
+        await crashed_export(dm, dest, ckpt)
+        with dest.open(encoding="utf-8", newline="") as fh:
+            rows = list(csv.reader(fh))
+        mobile = rows[0].index("mobile")
+        for row in rows[1:]:
+            if row[mobile]:
+                row[mobile] = f"{int(row[mobile]):.2E}"
+        with dest.open("w", encoding="utf-8", newline="") as fh:
+            csv.writer(fh, lineterminator="\r\n").writerows(rows)
+        changed = dest.read_bytes()
+        assert len(changed) < state(ckpt)["bytes"]
+        sim.counters.reset()
+
+        with pytest.raises(InvalidRequestError, match="does not match its checkpoint"):
+            await export(dm, dest, ckpt)
+
+        assert sim.counters.total == 0
+    assert dest.read_bytes() == changed
+
+
 async def test_a_checkpoint_of_another_service_or_app_is_refused(
     tmp_path: Path, connect: Callable[..., DMHubClient]
 ) -> None:
