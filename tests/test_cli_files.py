@@ -551,3 +551,31 @@ def test_lookup_input_beyond_gbk_read_as_gbk_is_told_gb18030(tmp_path: Path, enc
     assert "--encoding gbk" not in str(caught.value)
 
     assert list(_identities(path, "gb18030"))[1] == Identity("myshop", "刘䶮")
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "类型,值",
+        "身份类型,身份值,姓名",
+        "标识类型,标识值",
+        "identityType,identityValue",
+        "TYPE,VALUE",
+    ],
+)
+def test_lookup_input_takes_a_header_in_chinese_or_in_the_apis_names(
+    tmp_path: Path, header: str
+) -> None:
+    # "类型,值" was looked up as the identity ("类型", "值"), a row "not found" in the output;
+    # "类型,值,姓名" was refused at line 1 as "expected type,value ... a header naming more
+    # columns allows them", the header it was.
+    from dmhub_async import Identity
+    from dmhub_async.cli._commands import _identities
+
+    path = tmp_path / "ids.csv"
+    name = ",王伟" if header.count(",") == 2 else ""  # a column the header names
+    path.write_text(f"{header}\r\nmobile,13800138000{name}\r\nwechat,o-1\r\n", "utf-8")
+    assert list(_identities(path, "utf-8")) == [
+        Identity("mobile", "13800138000"),
+        Identity("wechat", "o-1"),
+    ]

@@ -200,7 +200,7 @@ def _numbered_identities(path: Path, encoding: str) -> Iterator[tuple[int, Ident
         line = reader.line_num
         if not row or not "".join(row).strip():
             continue
-        if first and [c.strip().lower() for c in row[:2]] == ["type", "value"]:
+        if first and _is_header(row):
             first = False  # a header, on the first row that is not blank (not only line 1)
             columns = max(2, len(row))
             continue
@@ -251,6 +251,21 @@ def _mangled_by_a_spreadsheet(identity: Identity) -> str | None:
     if not value.isascii():
         return "holds full-width or other non-ASCII characters: give ASCII digits (0-9)"
     return None
+
+
+#: A header's names for the two columns: English, the API's, and Chinese (a file made in
+#: Excel or WPS by a Chinese team), each of which was looked up as an identity, or refused.
+_HEADER: Final = (
+    frozenset({"type", "identitytype", "identity_type", "类型", "身份类型", "标识类型"}),
+    frozenset({"value", "identityvalue", "identity_value", "值", "身份值", "标识值"}),
+)
+
+
+def _is_header(row: list[str]) -> bool:
+    """Whether ``row`` names the type and value columns."""
+    return len(row) >= 2 and all(
+        c.strip().lower() in names for c, names in zip(row[:2], _HEADER, strict=True)
+    )
 
 
 def _without_nul(lines: Iterator[str], path: Path) -> Iterator[str]:
