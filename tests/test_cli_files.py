@@ -579,3 +579,27 @@ def test_lookup_input_takes_a_header_in_chinese_or_in_the_apis_names(
         Identity("mobile", "13800138000"),
         Identity("wechat", "o-1"),
     ]
+
+
+@pytest.mark.parametrize(
+    ("given", "said"),
+    [
+        ("missing.csv", "no such file"),
+        ("folder", "a directory"),
+        ("fifo", "read twice"),
+        ("-", "read twice"),
+    ],
+)
+def test_lookup_input_that_is_no_regular_file_says_what_it_is(
+    served: ServedSimulator, env: dict[str, str], tmp_path: Path, given: str, said: str
+) -> None:
+    # `--in <(iconv -f gbk -t utf-8 ids.csv)` (a pipe), `--in -` and a directory were each
+    # "--in ...: no such file", of a path that is there.
+    (tmp_path / "folder").mkdir()
+    os.mkfifo(tmp_path / "fifo")
+
+    result = run_cli("lookup", "--in", given, "--out", "r.csv", env=env, cwd=tmp_path)
+
+    assert_one_line_error(result, 1, f"--in {given}", said)
+    assert requests(served) == 0
+    assert not (tmp_path / "r.csv").exists()

@@ -295,7 +295,15 @@ def _check_lookup(args: argparse.Namespace) -> tuple[Path, str, int]:
     """The input, its encoding and its number of rows, every row checked before a request."""
     infile = Path(args.infile)
     if not infile.is_file():
-        raise CommandError(f"--in {args.infile}: no such file")
+        if args.infile != "-" and not infile.exists():
+            raise CommandError(f"--in {args.infile}: no such file")
+        if infile.is_dir():
+            raise CommandError(f"--in {args.infile} is a directory: give a CSV file")
+        # `--in <(iconv -f gbk -t utf-8 ids.csv)`, `--in -`: was "no such file".
+        raise CommandError(
+            f"--in {args.infile} is no regular file (a pipe, <(...), standard input): it is read"
+            " twice, every row checked before anything is sent: save it to a file first"
+        )
     check_output(args.out, force=args.force, inputs=[args.infile])
     encoding = _encoding(args)
     # Blocking (2,000,000 rows: 7 s): the loop would see a signal only once the file was read.
