@@ -603,3 +603,24 @@ def test_lookup_input_that_is_no_regular_file_says_what_it_is(
     assert_one_line_error(result, 1, f"--in {given}", said)
     assert requests(served) == 0
     assert not (tmp_path / "r.csv").exists()
+
+
+def test_lookup_of_an_excel_csv_utf8_writes_the_mark_excel_reads_it_by(
+    served: ServedSimulator, env: dict[str, str], tmp_path: Path
+) -> None:
+    # An Excel "CSV UTF-8" file (its mark first) gave a result without the mark: opened in
+    # Excel (double-click), every Chinese value in it was mojibake (小羊苏西 as 灏忕緤...).
+    name = "小羊苏西"
+    customer_id = served.ids()[0]
+    served.call(served.sim.store.bind, customer_id, "myshop", name, None)
+    write_identities(tmp_path / "ids.csv", [("myshop", name), ("wechat", "o-nobody")], "utf-8-sig")
+
+    result = run_cli("lookup", "--in", "ids.csv", "--out", "r.csv", env=env, cwd=tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    raw = (tmp_path / "r.csv").read_bytes()
+    assert raw.startswith(codecs.BOM_UTF8)
+    assert raw.decode("utf-8-sig").splitlines()[1] == f"myshop,{name},{customer_id}"
+
+    plain = run_cli("lookup", "--in", "ids.csv", "--out", "-", env=env, cwd=tmp_path)
+    assert plain.stdout.startswith("type,value,customer_id")  # a pipe gets no mark

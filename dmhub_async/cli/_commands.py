@@ -291,8 +291,9 @@ def _csv_rows(reader: Any, path: Path) -> Iterator[list[str]]:
         ) from None
 
 
-def _check_lookup(args: argparse.Namespace) -> tuple[Path, str, int]:
-    """The input, its encoding and its number of rows, every row checked before a request."""
+def _check_lookup(args: argparse.Namespace) -> tuple[Path, str, int, str]:
+    """The input, its encoding, its number of rows (every row checked before a request), and
+    the output's encoding."""
     infile = Path(args.infile)
     if not infile.is_file():
         if args.infile != "-" and not infile.exists():
@@ -309,11 +310,18 @@ def _check_lookup(args: argparse.Namespace) -> tuple[Path, str, int]:
     # Blocking (2,000,000 rows: 7 s): the loop would see a signal only once the file was read.
     with interruptible():
         total = sum(1 for _ in _identities(infile, encoding))
-    return infile, encoding, total
+    # Excel's "CSV UTF-8" starts with a mark, and Excel reads a file without it as the local
+    # code page: the result, double-clicked, showed its Chinese values as mojibake.
+    out_encoding = encoding
+    if encoding == "utf-8" and args.out != STDOUT:
+        with infile.open("rb") as fh:
+            if fh.read(len(codecs.BOM_UTF8)) == codecs.BOM_UTF8:
+                out_encoding = "utf-8-sig"
+    return infile, encoding, total, out_encoding
 
 
 async def _lookup(args: argparse.Namespace) -> int:
-    infile, encoding, total = _check_lookup(args)
+    infile, encoding, total, out_encoding = _check_lookup(args)
     progress = None if args.quiet else ProgressLines(what="identities")
     found = missing = 0
     # The line of each identity taken and not yet answered: answers come in input order, so
@@ -326,7 +334,7 @@ async def _lookup(args: argparse.Namespace) -> int:
             yield identity
 
     async with open_client(args, args.concurrency) as dm:
-        with replace_on_success(args.out, encoding) as out:
+        with replace_on_success(args.out, out_encoding) as out:
             writer = csv.writer(out, lineterminator="\r\n")
             writer.writerow(["type", "value", "customer_id"])
             try:
