@@ -210,14 +210,12 @@ def test_a_bad_row_is_named_by_file_and_line_before_any_request(
 @pytest.mark.parametrize(
     ("content", "encoding", "code", "said"),
     [
-        (b"type,value\rwechat,o-1\r", None, 1, "ids.csv:1: not a CSV line"),
         (b"wechat," + b"x" * 200_000 + b"\n", None, 1, "ids.csv:1: not a CSV line"),
         ("type,value\nwechat,o-1\n".encode("utf-16"), "utf-16", 2, "--encoding utf-16"),
         ("type,value\nwechat,o-1\n".encode("utf-16-le"), None, 1, "a UTF-16 file"),
         (b"type,value\nwechat,o-1\n", "rot13", 2, "--encoding rot13"),
     ],
     ids=[
-        "a Mac CSV's CR line ends",
         "a field past csv's limit",
         "UTF-16",
         "UTF-16 as UTF-8",
@@ -624,3 +622,27 @@ def test_lookup_of_an_excel_csv_utf8_writes_the_mark_excel_reads_it_by(
 
     plain = run_cli("lookup", "--in", "ids.csv", "--out", "-", env=env, cwd=tmp_path)
     assert plain.stdout.startswith("type,value,customer_id")  # a pipe gets no mark
+
+
+def test_lookup_input_with_a_macs_cr_line_ends_reads_as_its_rows(tmp_path: Path) -> None:
+    # A CSV saved by Excel for Mac ("CSV (Macintosh)"), or by any tool that ends lines in a
+    # lone CR, was refused whole: "ids.csv:1: not a CSV line (new-line character seen in
+    # unquoted field - do you need to open the file in universal-newline mode?)".
+    from dmhub_async import Identity
+    from dmhub_async.cli._commands import _identities
+    from dmhub_async.cli._errors import CommandError
+
+    path = tmp_path / "ids.csv"
+    path.write_bytes('类型,值\rwechat,o-1\r\rmyshop,"小羊,苏西"\rmobile,13800138000'.encode("gbk"))
+    assert list(_identities(path, "gbk")) == [
+        Identity("wechat", "o-1"),
+        Identity("myshop", "小羊,苏西"),
+        Identity("mobile", "13800138000"),
+    ]
+
+    path.write_bytes(b"type,value\rwechat,o-1\r\nemail\rwechat,o-2\r")
+    with pytest.raises(CommandError, match=r"ids\.csv:3: expected type,value"):
+        list(_identities(path, "utf-8"))
+    path.write_bytes(b"type,value\rwechat,o-1\rwechat,\xff\r")
+    with pytest.raises(CommandError, match=r"ids\.csv:3: not UTF-8 text"):
+        list(_identities(path, "utf-8"))

@@ -284,10 +284,9 @@ def _csv_rows(reader: Any, path: Path) -> Iterator[list[str]]:
     """The reader's rows; a file it cannot read as CSV is an error naming the line."""
     try:
         yield from reader
-    except csv.Error as err:  # a lone CR line end (a Mac CSV), a field past csv's limit
+    except csv.Error as err:  # a field past csv's limit (a lone CR ends a line: _files)
         raise CommandError(
             f"{path}:{max(1, reader.line_num)}: not a CSV line ({err}): save the file as CSV UTF-8"
-            " with Windows or Unix line ends"
         ) from None
 
 

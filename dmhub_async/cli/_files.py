@@ -89,6 +89,9 @@ _SHOWN_CONTROLS: Final = {
     **dict.fromkeys(range(0x80, 0xA0), 0xFFFD),
 }
 _LONE_CR: Final = re.compile("\r(?!\n)")
+#: Where a line ends in a CR alone (a Mac's CSV): csv reads such a line as one, as it reads a
+#: line ending in CRLF or LF, when it is handed out alone.
+_AFTER_LONE_CR: Final = re.compile("(?<=\r)(?!\n)")
 
 
 class _ShownControls(io.BufferedIOBase):
@@ -259,7 +262,7 @@ def decoded_lines(path: Path, encoding: str) -> Iterator[str]:
     """The lines of ``path`` decoded one by one, so that a bad byte is reported with its line.
 
     For the encodings CSV files come in (UTF-8, GBK, GB18030, Big5, Latin-1...), in which a
-    newline byte is always a newline.
+    newline byte is always a newline. A line ends at LF, or at a CR alone (a Mac's CSV).
     """
     decoder = codecs.getincrementaldecoder(encoding)()
     name = codecs.lookup(encoding).name
@@ -271,24 +274,30 @@ def decoded_lines(path: Path, encoding: str) -> Iterator[str]:
         advice = "(rare characters, beyond GBK: --encoding gb18030, which reads GBK files too)"
     else:
         advice = "(or none: UTF-8 is the default)"
+    number = 0  # the lines handed out; a lone CR (a Mac's CSV) ends one too
     with path.open("rb") as fh:
-        for number, raw in enumerate(fh, 1):
-            if number == 1:
+        for raw in fh:
+            if number == 0:
                 _check_not_binary(path, raw)
-            if number == 1 and not utf8 and raw.startswith(codecs.BOM_UTF8):
+            if number == 0 and not utf8 and raw.startswith(codecs.BOM_UTF8):
                 # Read as GBK, the mark was text ('锘縲echat'): the first row was not found.
                 raise CommandError(
                     f"{path}:1: starts with the mark of a UTF-8 file (Excel: CSV UTF-8), not "
                     f"{encoding} text: give --encoding utf-8 (the default)"
                 )
             try:
-                yield decoder.decode(raw)
+                text = decoder.decode(raw)
             except UnicodeDecodeError as err:
+                line = number + 1 + raw[: err.start].count(b"\r")
                 raise CommandError(
-                    f"{path}:{number}: not {'UTF-8' if utf8 else encoding} text (byte "
+                    f"{path}:{line}: not {'UTF-8' if utf8 else encoding} text (byte "
                     f"0x{err.object[err.start]:02x}): give the file's encoding with --encoding "
                     + advice
                 ) from None
+            for part in _AFTER_LONE_CR.split(text):
+                if part:
+                    number += 1
+                    yield part
         tail = decoder.decode(b"", final=True)
         if tail:
             yield tail
