@@ -646,3 +646,24 @@ def test_lookup_input_with_a_macs_cr_line_ends_reads_as_its_rows(tmp_path: Path)
     path.write_bytes(b"type,value\rwechat,o-1\rwechat,\xff\r")
     with pytest.raises(CommandError, match=r"ids\.csv:3: not UTF-8 text"):
         list(_identities(path, "utf-8"))
+
+
+def test_lookup_input_of_files_joined_with_their_headers_skips_each_header(
+    tmp_path: Path,
+) -> None:
+    # `cat shop1.csv shop2.csv > ids.csv` (or Excel sheets pasted one under the other): the
+    # second header was looked up as the identity ("type", "value"), a row "not found" in the
+    # result; one naming a name column had its rows refused.
+    from dmhub_async import Identity
+    from dmhub_async.cli._commands import _identities
+
+    path = tmp_path / "ids.csv"
+    path.write_text(
+        "type,value\r\nwechat,o-1\r\n类型,值,姓名\r\nwechat,o-2,王伟\r\nType,Value\r\nemail,a@b.c\r\n",
+        "utf-8",
+    )
+    assert list(_identities(path, "utf-8")) == [
+        Identity("wechat", "o-1"),
+        Identity("wechat", "o-2"),
+        Identity("email", "a@b.c"),
+    ]

@@ -194,17 +194,16 @@ def _numbered_identities(path: Path, encoding: str) -> Iterator[tuple[int, Ident
     lines = decoded_lines(path, "utf-8-sig" if encoding == "utf-8" else encoding)
     # skipinitialspace: `wechat, "o4..."` kept its quotes in the value (and was not found).
     reader = csv.reader(_without_nul(lines, path), skipinitialspace=True)
-    first = True
     columns = 2  # a header may name more (a name column), whose cells are then left alone
     for row in _csv_rows(reader, path):
         line = reader.line_num
         if not row or not "".join(row).strip():
             continue
-        if first and _is_header(row):
-            first = False  # a header, on the first row that is not blank (not only line 1)
+        if _is_header(row):
+            # On the first row that is not blank (not only line 1), or further down: files
+            # joined with their headers (cat a.csv b.csv). Each names the columns under it.
             columns = max(2, len(row))
             continue
-        first = False
         if len(row) < 2 or any(cell.strip() for cell in row[columns:]):
             # A cell past the value: most likely a value holding an unquoted comma, whose
             # first part alone was looked up. Empty ones are Excel's trailing commas.
