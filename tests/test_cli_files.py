@@ -461,6 +461,7 @@ def test_an_output_file_never_widens_the_umask_other_threads_create_files_with(
     [
         ("mobile,1.38001E+10", "scientific notation"),
         ("member-card,6.22848E+15", "scientific notation"),
+        ("member-card,6.228480e+18", "scientific notation"),
         ("mobile,13800138000.0", ".0"),
         ("mobile,'13800138000", "apostrophe"),
         ("mobile,\uff11\uff13\uff18\uff10\uff10\uff11\uff13\uff18\uff10\uff10\uff10", "full-width"),
@@ -469,6 +470,7 @@ def test_an_output_file_never_widens_the_umask_other_threads_create_files_with(
     ids=[
         "scientific",
         "scientific, any type",
+        "scientific as pandas writes it",
         "trailing .0",
         "apostrophe",
         "full-width",

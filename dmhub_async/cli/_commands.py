@@ -221,8 +221,9 @@ def _numbered_identities(path: Path, encoding: str) -> Iterator[tuple[int, Ident
         yield line, identity
 
 
-#: A number as Excel and WPS write one too long for them (12 digits and more): 1.38001E+10.
-_SCIENTIFIC: Final = re.compile(r"[0-9](\.[0-9]+)?E\+[0-9]{2,}")
+#: A number as Excel and WPS write one too long for them (12 digits and more): 1.38001E+10;
+#: as Python and pandas write a float of 17 digits and more: 6.22848e+18.
+_SCIENTIFIC: Final = re.compile(r"[0-9](\.[0-9]+)?[eE]\+[0-9]{2,}")
 #: A number written as a decimal (Excel's General format, pandas' float column): 13800138000.0.
 _DECIMAL: Final = re.compile(r"\+?[0-9]+\.0+")
 _TEXT_COLUMN: Final = "format the column as Text in Excel (or WPS) and save the file again"
