@@ -669,3 +669,16 @@ def test_lookup_input_of_files_joined_with_their_headers_skips_each_header(
         Identity("wechat", "o-2"),
         Identity("email", "a@b.c"),
     ]
+
+
+def test_lookup_input_separated_by_tabs_is_named_so(tmp_path: Path) -> None:
+    # Excel's and WPS's "Text (Tab delimited)", GBK on Chinese Windows: "expected type,value,
+    # not 'type\tvalue' (a value holding a comma must be quoted ...)", about commas.
+    from dmhub_async.cli._commands import _identities
+    from dmhub_async.cli._errors import CommandError
+
+    path = tmp_path / "ids.txt"
+    path.write_bytes("类型\t值\r\nmobile\t13800138000\r\n".encode("gbk"))
+    with pytest.raises(CommandError, match=r"ids\.txt:1: .*tab.*save it as CSV") as caught:
+        list(_identities(path, "gbk"))
+    assert "comma must be quoted" not in str(caught.value)

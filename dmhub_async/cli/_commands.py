@@ -204,6 +204,11 @@ def _numbered_identities(path: Path, encoding: str) -> Iterator[tuple[int, Ident
             # joined with their headers (cat a.csv b.csv). Each names the columns under it.
             columns = max(2, len(row))
             continue
+        if len(row) == 1 and "\t" in row[0]:  # no identity holds a tab
+            raise CommandError(
+                f"{path}:{line}: separated by tabs (Excel: Text (Tab delimited)), not commas:"
+                " save it as CSV (Excel: CSV UTF-8)"
+            )
         if len(row) < 2 or any(cell.strip() for cell in row[columns:]):
             # A cell past the value: most likely a value holding an unquoted comma, whose
             # first part alone was looked up. Empty ones are Excel's trailing commas.
