@@ -682,3 +682,28 @@ def test_lookup_input_separated_by_tabs_is_named_so(tmp_path: Path) -> None:
     with pytest.raises(CommandError, match=r"ids\.txt:1: .*tab.*save it as CSV") as caught:
         list(_identities(path, "gbk"))
     assert "comma must be quoted" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"type,value\r\nwechat,o-1\x00\r\nwechat,o-2\r\n",
+        b"type,value\r\nwechat,o-1\r\n" + bytes(4096),  # zeros after the end: a crash's
+    ],
+    ids=["a NUL in a value", "zeros after the last line"],
+)
+def test_lookup_input_holding_a_nul_byte_names_it_not_utf16(tmp_path: Path, content: bytes) -> None:
+    # Each was "holds NUL characters: a UTF-16 file (Excel's Unicode Text)?": the file is
+    # UTF-8 (UTF-16 is named by its mark, or by NULs between its ASCII characters).
+    from dmhub_async.cli._commands import _identities
+    from dmhub_async.cli._errors import CommandError
+
+    path = tmp_path / "ids.csv"
+    path.write_bytes(content)
+    with pytest.raises(CommandError, match=r"ids\.csv:[23]: .*NUL") as caught:
+        list(_identities(path, "utf-8"))
+    assert "UTF-16" not in str(caught.value)
+
+    path.write_bytes("type,value\r\nwechat,o-1\r\n".encode("utf-16-le"))  # no mark
+    with pytest.raises(CommandError, match=r"ids\.csv:1: .*UTF-16"):
+        list(_identities(path, "utf-8"))

@@ -278,11 +278,21 @@ def _without_nul(lines: Iterator[str], path: Path) -> Iterator[str]:
     rows were read as NUL characters; csv on Python 3.10 refuses them, on 3.11 takes them)."""
     for number, line in enumerate(lines, 1):
         if "\x00" in line:
+            if _UTF16.search(line):  # NUL beside every ASCII character: UTF-16 with no mark
+                raise CommandError(
+                    f"{path}:{number}: holds NUL characters: a UTF-16 file (Excel's Unicode Text)?"
+                    " save it as UTF-8 (Excel: CSV UTF-8)"
+                )
+            # A NUL in a value (a database's export), zeros after the end (a crash's)
             raise CommandError(
-                f"{path}:{number}: holds NUL characters: a UTF-16 file (Excel's Unicode Text)?"
-                " save it as UTF-8 (Excel: CSV UTF-8)"
+                f"{path}:{number}: holds a NUL byte (at character {line.index(chr(0)) + 1}),"
+                " which no identity holds: remove it"
             )
         yield line
+
+
+#: Text read from UTF-16 as an 8-bit encoding: ASCII characters with a NUL between each.
+_UTF16: Final = re.compile("[\x01-\x7f]\x00[\x01-\x7f]\x00")
 
 
 def _csv_rows(reader: Any, path: Path) -> Iterator[list[str]]:
