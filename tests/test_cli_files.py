@@ -707,3 +707,23 @@ def test_lookup_input_holding_a_nul_byte_names_it_not_utf16(tmp_path: Path, cont
     path.write_bytes("type,value\r\nwechat,o-1\r\n".encode("utf-16-le"))  # no mark
     with pytest.raises(CommandError, match=r"ids\.csv:1: .*UTF-16"):
         list(_identities(path, "utf-8"))
+
+
+@pytest.mark.parametrize(
+    "address", ["wang\uff20example.com", "wang@example\u3002com", "\uff57ang@example.com"]
+)
+def test_lookup_input_refuses_an_email_typed_in_full_width(tmp_path: Path, address: str) -> None:
+    # Typed with a Chinese input method left in full-width mode: wang＠example.com,
+    # wang@example。com. Each was looked up as it was, "not found", exit 0, without a word.
+    from dmhub_async import Identity
+    from dmhub_async.cli._commands import _identities
+    from dmhub_async.cli._errors import CommandError
+
+    path = tmp_path / "ids.csv"
+    path.write_text(f"type,value\r\nemail,li@example.com\r\nemail,{address}\r\n", "utf-8")
+    with pytest.raises(CommandError, match=r"ids\.csv:3: email value .*full-width") as caught:
+        list(_identities(path, "utf-8"))
+    assert address not in str(caught.value)  # a line, not its value: personal data
+
+    path.write_text("email,王@例子.中国\r\n", "utf-8")  # an address in Chinese is one
+    assert list(_identities(path, "utf-8")) == [Identity("email", "王@例子.中国")]

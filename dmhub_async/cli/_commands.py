@@ -231,20 +231,29 @@ def _numbered_identities(path: Path, encoding: str) -> Iterator[tuple[int, Ident
 _SCIENTIFIC: Final = re.compile(r"[0-9](\.[0-9]+)?[eE]\+[0-9]{2,}")
 #: A number written as a decimal (Excel's General format, pandas' float column): 13800138000.0.
 _DECIMAL: Final = re.compile(r"\+?[0-9]+\.0+")
+#: The full-width forms of ASCII, and the ideographic full stop.
+_FULL_WIDTH: Final = re.compile("[\uff01-\uff5e\u3002]")
 _TEXT_COLUMN: Final = "format the column as Text in Excel (or WPS) and save the file again"
 
 
 def _mangled_by_a_spreadsheet(identity: Identity) -> str | None:
-    """Why ``identity``'s value is a number a spreadsheet changed, or None.
+    """Why ``identity``'s value is a number a spreadsheet changed (or an address typed in
+    full-width), or None.
 
     Each was looked up as it was and "not found" (exit 0): a customer the file held reported as
     none. Scientific notation is any type's (a member card number; no identity is written so);
     the rest a mobile's, which is digits: a ``.0``, Excel's text mark ``'``, a formula, or
-    full-width digits (１３８) typed with a Chinese input method.
+    full-width digits (１３８) typed with a Chinese input method; or an email's.
     """
     value = identity.value
     if _SCIENTIFIC.fullmatch(value):
         return f"is in scientific notation (1.38E+10): its digits are lost; {_TEXT_COLUMN}"
+    if identity.type == "email":
+        # A Chinese input method left in full-width mode: wang＠example。com. An address may
+        # hold Chinese (王@例子.中国), never these.
+        if _FULL_WIDTH.search(value):
+            return "holds full-width characters (＠, ．, 。): type them half-width (@, .)"
+        return None
     if identity.type != "mobile":
         return None
     if _DECIMAL.fullmatch(value):
