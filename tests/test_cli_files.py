@@ -727,3 +727,27 @@ def test_lookup_input_refuses_an_email_typed_in_full_width(tmp_path: Path, addre
 
     path.write_text("email,王@例子.中国\r\n", "utf-8")  # an address in Chinese is one
     assert list(_identities(path, "utf-8")) == [Identity("email", "王@例子.中国")]
+
+
+@pytest.mark.parametrize(
+    ("content", "encoding"),
+    [
+        ("type,value\r\nwechat,o-1\r\nmyshop,小羊".encode()[:-1], "utf-8"),
+        ("type,value\r\nwechat,o-1\r\nmyshop,小羊".encode("gbk")[:-1], "gbk"),
+    ],
+    ids=["UTF-8", "GBK"],
+)
+def test_lookup_input_cut_inside_its_last_character_names_the_line(
+    tmp_path: Path, content: bytes, encoding: str
+) -> None:
+    # A file cut short in the middle of a character at its end (a download stopped, `head -c`):
+    # "error: 'utf-8' codec can't decode byte 0xe7 in position 0: unexpected end of data", no
+    # file, no line, Python's words.
+    from dmhub_async.cli._commands import _identities
+    from dmhub_async.cli._errors import CommandError
+
+    path = tmp_path / "ids.csv"
+    path.write_bytes(content)
+    with pytest.raises(CommandError, match=r"ids\.csv:3: .*cut") as caught:
+        list(_identities(path, encoding))
+    assert "codec" not in str(caught.value)

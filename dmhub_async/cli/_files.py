@@ -275,8 +275,10 @@ def decoded_lines(path: Path, encoding: str) -> Iterator[str]:
     else:
         advice = "(or none: UTF-8 is the default)"
     number = 0  # the lines handed out; a lone CR (a Mac's CSV) ends one too
+    last = 1  # the line the file ends on
     with path.open("rb") as fh:
         for raw in fh:
+            last = number + 1 + raw.count(b"\r") - raw.endswith(b"\r\n")
             if number == 0:
                 _check_not_binary(path, raw)
             if number == 0 and not utf8 and raw.startswith(codecs.BOM_UTF8):
@@ -298,6 +300,12 @@ def decoded_lines(path: Path, encoding: str) -> Iterator[str]:
                 if part:
                     number += 1
                     yield part
-        tail = decoder.decode(b"", final=True)
+        try:
+            tail = decoder.decode(b"", final=True)
+        except UnicodeDecodeError:  # was Python's words: "unexpected end of data", no line
+            raise CommandError(
+                f"{path}:{last}: ends inside a character: the file was cut short (a copy or a"
+                " download not finished?): get it whole"
+            ) from None
         if tail:
             yield tail
