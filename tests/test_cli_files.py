@@ -751,3 +751,20 @@ def test_lookup_input_cut_inside_its_last_character_names_the_line(
     with pytest.raises(CommandError, match=r"ids\.csv:3: .*cut") as caught:
         list(_identities(path, encoding))
     assert "codec" not in str(caught.value)
+
+
+@pytest.mark.parametrize("encoding", ["gbk", "gb2312", "big5"])
+def test_lookup_input_in_utf8_read_as_gbk_is_told_utf8(tmp_path: Path, encoding: str) -> None:
+    # A UTF-8 file without the mark (WPS, a web system's export) given --encoding gbk, as the
+    # README advises for Excel's CSV: "not gbk text ... --encoding gb18030", which reads it as
+    # mojibake (李娜 as 鏉庡): every Chinese value looked up "not found".
+    from dmhub_async.cli._commands import _identities
+    from dmhub_async.cli._errors import CommandError
+
+    path = tmp_path / "ids.csv"
+    path.write_bytes("type,value\r\nwechat,o-1\r\nmyshop,李娜\r\n".encode())
+    with pytest.raises(CommandError, match=r"ids\.csv:3: ") as caught:
+        list(_identities(path, encoding))
+    assert "UTF-8 text" in str(caught.value)
+    assert "--encoding utf-8" in str(caught.value)
+    assert "gb18030" not in str(caught.value)

@@ -258,6 +258,14 @@ def _check_not_binary(path: Path, first: bytes) -> None:
             )
 
 
+def _is_utf8(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def decoded_lines(path: Path, encoding: str) -> Iterator[str]:
     """The lines of ``path`` decoded one by one, so that a bad byte is reported with its line.
 
@@ -291,6 +299,11 @@ def decoded_lines(path: Path, encoding: str) -> Iterator[str]:
                 text = decoder.decode(raw)
             except UnicodeDecodeError as err:
                 line = number + 1 + raw[: err.start].count(b"\r")
+                if not utf8 and _is_utf8(raw):  # told gb18030, it read as mojibake
+                    raise CommandError(
+                        f"{path}:{line}: UTF-8 text, not {encoding}: give --encoding utf-8 (the"
+                        " default)"
+                    ) from None
                 raise CommandError(
                     f"{path}:{line}: not {'UTF-8' if utf8 else encoding} text (byte "
                     f"0x{err.object[err.start]:02x}): give the file's encoding with --encoding "
