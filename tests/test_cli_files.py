@@ -768,3 +768,25 @@ def test_lookup_input_in_utf8_read_as_gbk_is_told_utf8(tmp_path: Path, encoding:
     assert "UTF-8 text" in str(caught.value)
     assert "--encoding utf-8" in str(caught.value)
     assert "gb18030" not in str(caught.value)
+
+
+@pytest.mark.parametrize("encoding", ["gbk", "gb18030"])
+def test_lookup_input_in_utf8_that_reads_as_gbk_mojibake_is_refused(
+    tmp_path: Path, encoding: str
+) -> None:
+    # A UTF-8 file whose every line happens to read as GBK (王伟 as 鐜嬩紵, 张敏 as 寮犳晱):
+    # looked up as mojibake, every Chinese value "not found", exit 0, without a word.
+    from dmhub_async import Identity
+    from dmhub_async.cli._commands import _identities
+    from dmhub_async.cli._errors import CommandError
+
+    path = tmp_path / "ids.csv"
+    content = "type,value\r\nwechat,o-1\r\nmyshop,王伟\r\nmyshop,张敏\r\n"
+    path.write_bytes(content.encode())
+    with pytest.raises(CommandError, match=r"ids\.csv:3: UTF-8 text, not .*--encoding utf-8"):
+        list(_identities(path, encoding))
+
+    path.write_bytes(content.encode(encoding))  # the same in GBK: read as it is
+    assert [i.value for i in _identities(path, encoding)] == ["o-1", "王伟", "张敏"]
+    path.write_bytes("myshop,王伟\r\n".encode())  # one line alone may be GBK: not refused
+    assert list(_identities(path, encoding)) == [Identity("myshop", "鐜嬩紵")]

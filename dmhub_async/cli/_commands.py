@@ -277,8 +277,10 @@ _HEADER: Final = (
 
 def _is_header(row: list[str]) -> bool:
     """Whether ``row`` names the type and value columns."""
-    return len(row) >= 2 and all(
-        c.strip().lower() in names for c, names in zip(row[:2], _HEADER, strict=True)
+    return (
+        len(row) >= 2
+        and row[0].strip().lower() in _HEADER[0]
+        and row[1].strip().lower() in _HEADER[1]
     )
 
 

@@ -258,6 +258,10 @@ def _check_not_binary(path: Path, first: bytes) -> None:
             )
 
 
+#: The first byte of a character of three bytes or four in UTF-8: a CJK one, among others.
+_CJK_UTF8: Final = re.compile(b"[\xe0-\xf4]")
+
+
 def _is_utf8(raw: bytes) -> bool:
     try:
         raw.decode("utf-8")
@@ -284,9 +288,16 @@ def decoded_lines(path: Path, encoding: str) -> Iterator[str]:
         advice = "(or none: UTF-8 is the default)"
     number = 0  # the lines handed out; a lone CR (a Mac's CSV) ends one too
     last = 1  # the line the file ends on
+    # Lines not ASCII: those that are UTF-8 holding CJK (the first of them), and the others.
+    utf8_lines, first_utf8, other_lines = 0, 0, 0
     with path.open("rb") as fh:
         for raw in fh:
             last = number + 1 + raw.count(b"\r") - raw.endswith(b"\r\n")
+            if not utf8 and not raw.isascii():
+                if _CJK_UTF8.search(raw) and _is_utf8(raw):
+                    utf8_lines, first_utf8 = utf8_lines + 1, first_utf8 or number + 1
+                else:
+                    other_lines += 1
             if number == 0:
                 _check_not_binary(path, raw)
             if number == 0 and not utf8 and raw.startswith(codecs.BOM_UTF8):
@@ -309,6 +320,12 @@ def decoded_lines(path: Path, encoding: str) -> Iterator[str]:
                     f"0x{err.object[err.start]:02x}): give the file's encoding with --encoding "
                     + advice
                 ) from None
+            if not text:  # only the start of a character: the file ends inside it (below)
+                continue
+            if text.count("\r") <= text.endswith("\r\n"):  # no lone CR: the usual line
+                number += 1
+                yield text
+                continue
             for part in _AFTER_LONE_CR.split(text):
                 if part:
                     number += 1
@@ -322,3 +339,11 @@ def decoded_lines(path: Path, encoding: str) -> Iterator[str]:
             ) from None
         if tail:
             yield tail
+    if utf8_lines >= 2 and not other_lines:
+        # UTF-8 that happened to read as mojibake (王伟 as 鐜嬩紵): its Chinese values were
+        # looked up so, all "not found". GBK text is UTF-8 holding CJK on about one line in a
+        # thousand (rare characters); on two lines and no other, one file in a million.
+        raise CommandError(
+            f"{path}:{first_utf8}: UTF-8 text, not {encoding} (each line with Chinese reads as"
+            " UTF-8): give --encoding utf-8 (the default)"
+        )
