@@ -790,3 +790,20 @@ def test_lookup_input_in_utf8_that_reads_as_gbk_mojibake_is_refused(
     assert [i.value for i in _identities(path, encoding)] == ["o-1", "王伟", "张敏"]
     path.write_bytes("myshop,王伟\r\n".encode())  # one line alone may be GBK: not refused
     assert list(_identities(path, encoding)) == [Identity("myshop", "鐜嬩紵")]
+
+
+def test_lookup_input_rows_after_a_cell_with_line_breaks_are_named_by_their_first_line(
+    tmp_path: Path,
+) -> None:
+    # A remark typed with Alt+Enter in Excel spans lines in the CSV: its row was numbered by
+    # its last line, so a lookup that failed named the line after it ("ids.csv:3" for the
+    # row on line 2), and a bad row further down was named right only by chance.
+    from dmhub_async import Identity
+    from dmhub_async.cli._commands import _numbered_identities
+
+    path = tmp_path / "ids.csv"
+    path.write_text('类型,值,备注\r\nwechat,o-1,"第一行\r\n第二行"\r\n\r\nwechat,o-2\r\n', "utf-8")
+    assert list(_numbered_identities(path, "utf-8")) == [
+        (2, Identity("wechat", "o-1")),
+        (5, Identity("wechat", "o-2")),
+    ]

@@ -195,8 +195,9 @@ def _numbered_identities(path: Path, encoding: str) -> Iterator[tuple[int, Ident
     # skipinitialspace: `wechat, "o4..."` kept its quotes in the value (and was not found).
     reader = csv.reader(_without_nul(lines, path), skipinitialspace=True)
     columns = 2  # a header may name more (a name column), whose cells are then left alone
+    end = 0  # the line the row before ended on: a cell may span lines (a remark)
     for row in _csv_rows(reader, path):
-        line = reader.line_num
+        line, end = end + 1, reader.line_num
         if not row or not "".join(row).strip():
             continue
         if _is_header(row):
