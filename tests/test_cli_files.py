@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import codecs
 import csv
+import gzip
 import io
 import json
+import lzma
 import os
 import re
 from collections.abc import Iterator
@@ -512,10 +514,12 @@ UNICODE_TEXT = "type\tvalue\r\nmobile\t13800138000\r\n".encode("utf-16")  # Exce
         (codecs.BOM_UTF16_BE + "mobile,13800138000\r\n".encode("utf-16-be"), "UTF-16"),
         (XLSX, "workbook"),
         (XLS, "workbook"),
+        (gzip.compress(b"type,value\r\nwechat,o-1\r\n"), "gzip"),
+        (lzma.compress(b"type,value\r\nwechat,o-1\r\n"), "xz"),
     ],
-    ids=["Excel's Unicode Text", "UTF-16 BE, no mark", "UTF-16 BE", ".xlsx", ".xls"],
+    ids=["Excel's Unicode Text", "UTF-16 BE, no mark", "UTF-16 BE", ".xlsx", ".xls", ".gz", ".xz"],
 )
-def test_lookup_input_that_is_utf16_or_a_workbook_says_so_in_any_encoding(
+def test_lookup_input_that_is_utf16_a_workbook_or_compressed_says_so_in_any_encoding(
     tmp_path: Path, content: bytes, said: str, encoding: str
 ) -> None:
     # Read as UTF-8, Excel's "Unicode Text" (UTF-16 with its mark) and an .xlsx renamed .csv

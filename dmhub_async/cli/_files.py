@@ -241,21 +241,25 @@ def replace_on_success(out: str, encoding: str) -> Iterator[TextIO]:
 
 #: What a file that is no CSV text starts with, and what it is: each was "not UTF-8 text (byte
 #: 0xff): ... --encoding gbk", and with gbk "not gbk text", advice going round in a circle.
+_SAVE_AS_CSV: Final = "save it as CSV in Excel or WPS (CSV UTF-8)"
+_DECOMPRESS, _GIVE_CSV = "decompress it first", "and give the CSV UTF-8 within"
 _NOT_CSV: Final = (
-    (codecs.BOM_UTF16_LE, "a UTF-16 file (Excel: Unicode Text)"),  # UTF-32 LE's mark too
-    (codecs.BOM_UTF16_BE, "a UTF-16 file"),
-    (b"PK\x03\x04", "an Excel workbook (.xlsx, or another zip file)"),
-    (bytes.fromhex("d0cf11e0a1b11ae1"), "an Excel workbook (.xls, or WPS .et)"),
+    (codecs.BOM_UTF16_LE, "a UTF-16 file (Excel: Unicode Text)", _SAVE_AS_CSV),  # UTF-32 LE too
+    (codecs.BOM_UTF16_BE, "a UTF-16 file", _SAVE_AS_CSV),
+    (b"PK\x03\x04", "an Excel workbook (.xlsx, or another zip file)", _SAVE_AS_CSV),
+    (bytes.fromhex("d0cf11e0a1b11ae1"), "an Excel workbook (.xls, or WPS .et)", _SAVE_AS_CSV),
+    (b"\x1f\x8b", "a gzip file", f"{_DECOMPRESS} (gunzip) {_GIVE_CSV}"),
+    (b"\xfd7zXZ\x00", "an xz file", f"{_DECOMPRESS} (unxz) {_GIVE_CSV}"),
+    (b"\x28\xb5\x2f\xfd", "a zstd file", f"{_DECOMPRESS} (unzstd) {_GIVE_CSV}"),
 )
 
 
 def _check_not_binary(path: Path, first: bytes) -> None:
-    """Refuse a file whose first line says it is UTF-16 or a workbook, whatever ``--encoding``."""
-    for start, what in _NOT_CSV:
+    """Refuse a file whose first line says it is UTF-16, a workbook or compressed, whatever
+    ``--encoding``."""
+    for start, what, advice in _NOT_CSV:
         if first.startswith(start):
-            raise CommandError(
-                f"{path}:1: {what}, not CSV text: save it as CSV in Excel or WPS (CSV UTF-8)"
-            )
+            raise CommandError(f"{path}:1: {what}, not CSV text: {advice}")
 
 
 #: The first byte of a character of three bytes or four in UTF-8: a CJK one, among others.
