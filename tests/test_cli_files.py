@@ -811,3 +811,21 @@ def test_lookup_input_rows_after_a_cell_with_line_breaks_are_named_by_their_firs
         (2, Identity("wechat", "o-1")),
         (5, Identity("wechat", "o-2")),
     ]
+
+
+@pytest.mark.parametrize(
+    ("given", "meant"), [("ANSI", "gbk"), ("UTF-8-BOM", "utf-8-sig"), ("utf8bom", "utf-8-sig")]
+)
+def test_an_encoding_named_as_windows_names_it_points_to_its_name_here(
+    served: ServedSimulator, env: dict[str, str], tmp_path: Path, given: str, meant: str
+) -> None:
+    # Notepad's and Notepad++'s names ("ANSI", what Excel's CSV is on Chinese Windows;
+    # "UTF-8-BOM"): "--encoding 'ANSI': no such encoding", and no word of what to give.
+    (tmp_path / "ids.csv").write_text("wechat,o-1\n", encoding="utf-8")
+
+    result = run_cli(
+        "lookup", "--in", "ids.csv", "--out", "r.csv", "--encoding", given, env=env, cwd=tmp_path
+    )
+
+    assert_one_line_error(result, 2, "--encoding", f"--encoding {meant}")
+    assert requests(served) == 0

@@ -93,7 +93,15 @@ def _encoding(args: argparse.Namespace) -> str:
     try:
         info = codecs.lookup(args.encoding)
     except LookupError:
-        raise UsageError(f"--encoding {args.encoding!r}: no such encoding") from None
+        # Notepad's and Notepad++'s names, which Python does not know.
+        name = re.sub(r"[\s_-]", "", args.encoding.lower())
+        meant = {"ansi": "gbk", "utf8bom": "utf-8-sig", "utf8withbom": "utf-8-sig"}.get(name)
+        hint = ": utf-8, utf-8-sig, gbk, gb18030, big5..."
+        if meant == "gbk":
+            hint = f" (on Chinese Windows: --encoding {meant})"
+        elif meant:
+            hint = f": --encoding {meant}"
+        raise UsageError(f"--encoding {args.encoding!r}: no such encoding{hint}") from None
     # Files are read line by line on the newline byte, and as text: UTF-16 split in the middle
     # of its characters (a raw csv.Error), rot13 or base64 failed with a raw TypeError.
     text, readable = "type,value\n", getattr(info, "_is_text_encoding", True)
