@@ -259,7 +259,7 @@ def _verified(fh: IO[bytes], resumed: Checkpoint, fmt: str, path: Path) -> Scan:
     # (its records end where they ended). A CSV saved by Excel (mobiles as 1.39E+10) was
     # taken for one and resumed, its changed records kept.
     rewritten = 0 < found.count == resumed.exported and found.last_id == resumed.last_id
-    foreign = size >= resumed.bytes or found.count > resumed.exported or rewritten
+    foreign = size >= resumed.bytes or found.count > resumed.exported or rewritten or found.not_utf8
     if found.header is not None and resumed.header is not None:
         foreign = foreign or found.header != resumed.header
     if foreign:
@@ -267,6 +267,7 @@ def _verified(fh: IO[bytes], resumed: Checkpoint, fmt: str, path: Path) -> Scan:
             f"output {str(path)!r} does not match its checkpoint (it holds {found.count} "
             f"records that read back, the checkpoint {resumed.exported}"
             + (f", in {size} bytes, not {resumed.bytes}" if rewritten else "")
+            + (", then a line that is not UTF-8" if found.not_utf8 else "")
             + "): it was changed since (saved by a spreadsheet or an editor?); "
             "delete both to start over"
         )

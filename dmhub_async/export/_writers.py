@@ -214,6 +214,9 @@ class Scan:
     last_id: Any = None
     ids: IdSet = attrs.Factory(IdSet)
     header: tuple[str, ...] | None = None
+    #: A whole line that is not UTF-8 ended the records: no export wrote it (a torn one can
+    #: end inside a character only where the file ends), the file was saved in another.
+    not_utf8: bool = False
 
 
 def scan(fh: IO[bytes], fmt: str, limit: int) -> Scan:
@@ -228,6 +231,7 @@ def scan(fh: IO[bytes], fmt: str, limit: int) -> Scan:
     if fmt == "jsonl":
         for line in lines:
             if not lines.whole or not _take(result, _jsonl_id(line), lines.offset):
+                result.not_utf8 = lines.whole and not _is_utf8(line)
                 break
         return result
     # strict: a quoted field the end cuts off (a remark torn after one of its line breaks) is an
@@ -264,6 +268,7 @@ def _scan_csv(reader: Iterator[list[str]], lines: _Lines, result: Scan) -> Scan:
         pass
     finally:
         csv.field_size_limit(limit)
+    result.not_utf8 = lines.not_utf8
     return result
 
 
@@ -304,6 +309,7 @@ class _Lines:
         self._fh, self._limit = fh, limit
         self.offset = 0
         self.whole = True  # the last line handed out ended in a newline
+        self.not_utf8 = False  # text() stopped at a whole line that is not UTF-8
 
     def __iter__(self) -> Iterator[bytes]:
         for line in self._fh:
@@ -323,5 +329,13 @@ class _Lines:
             try:
                 yield line.decode("utf-8")
             except UnicodeDecodeError:
-                self.whole = False
+                self.not_utf8, self.whole = self.whole, False
                 return
+
+
+def _is_utf8(line: bytes) -> bool:
+    try:
+        line.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True

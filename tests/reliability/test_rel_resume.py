@@ -423,6 +423,32 @@ async def test_an_output_a_spreadsheet_saved_shorter_is_refused_not_resumed_with
     assert dest.read_bytes() == changed
 
 
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+async def test_an_output_saved_in_gbk_is_refused_not_cut_back_to_its_first_chinese_record(
+    tmp_path: Path, connect: Callable[..., DMHubClient], fmt: str
+) -> None:
+    """An export opened in Excel (or an editor) and saved as GBK, Excel's CSV on Chinese
+    Windows, while the export was down: read back as UTF-8 it stopped at its first record
+    holding Chinese, and was taken for a file truncated there: cut back to it, the records
+    before it kept as the spreadsheet rewrote them. The export writes UTF-8 only: a whole
+    line that is not UTF-8 is no truncation, and the file is refused as changed."""
+    dest, ckpt = tmp_path / f"customers.{fmt}", tmp_path / "export.ckpt"
+    async with DMHubSimulator(customers=0, seed=14) as sim, connect(sim) as dm:
+        for n in range(400):
+            sim.insert_customer({"name": f"customer {n}" if n < 150 else f"客户{n}"})
+        await crashed_export(dm, dest, ckpt)
+        changed = dest.read_text(encoding="utf-8").encode("gbk")
+        assert len(changed) < state(ckpt)["bytes"]
+        dest.write_bytes(changed)
+        sim.counters.reset()
+
+        with pytest.raises(InvalidRequestError, match="does not match its checkpoint"):
+            await export(dm, dest, ckpt)
+
+        assert sim.counters.total == 0
+    assert dest.read_bytes() == changed
+
+
 async def test_a_checkpoint_of_another_service_or_app_is_refused(
     tmp_path: Path, connect: Callable[..., DMHubClient]
 ) -> None:
