@@ -17,6 +17,7 @@ from .._atomic import current_umask
 from .._exceptions import InvalidRequestError
 from ..export._export import check_uncompressed
 from ..export._output import check_path
+from ..export._writers import is_utf8
 from ._errors import CommandError, Interrupted, UsageError, interruptible
 
 if TYPE_CHECKING:
@@ -266,14 +267,6 @@ def _check_not_binary(path: Path, first: bytes) -> None:
 _CJK_UTF8: Final = re.compile(b"[\xe0-\xf4]")
 
 
-def _is_utf8(raw: bytes) -> bool:
-    try:
-        raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
-
-
 def decoded_lines(path: Path, encoding: str) -> Iterator[str]:
     """The lines of ``path`` decoded one by one, so that a bad byte is reported with its line.
 
@@ -298,7 +291,7 @@ def decoded_lines(path: Path, encoding: str) -> Iterator[str]:
         for raw in fh:
             last = number + 1 + raw.count(b"\r") - raw.endswith(b"\r\n")
             if not utf8 and not raw.isascii():
-                if _CJK_UTF8.search(raw) and _is_utf8(raw):
+                if _CJK_UTF8.search(raw) and is_utf8(raw):
                     utf8_lines, first_utf8 = utf8_lines + 1, first_utf8 or number + 1
                 else:
                     other_lines += 1
@@ -314,7 +307,7 @@ def decoded_lines(path: Path, encoding: str) -> Iterator[str]:
                 text = decoder.decode(raw)
             except UnicodeDecodeError as err:
                 line = number + 1 + raw[: err.start].count(b"\r")
-                if not utf8 and _is_utf8(raw):  # told gb18030, it read as mojibake
+                if not utf8 and is_utf8(raw):  # told gb18030, it read as mojibake
                     raise CommandError(
                         f"{path}:{line}: UTF-8 text, not {encoding}: give --encoding utf-8 (the"
                         " default)"

@@ -24,7 +24,16 @@ from ..models.customer import Customer
 from ..resources._rows import RawRow
 from ._ids import IdSet
 
-__all__ = ["CSV_FIELDS", "CsvWriter", "Format", "JsonlWriter", "Scan", "Writer", "scan"]
+__all__ = [
+    "CSV_FIELDS",
+    "CsvWriter",
+    "Format",
+    "JsonlWriter",
+    "Scan",
+    "Writer",
+    "is_utf8",
+    "scan",
+]
 
 Format = Literal["jsonl", "csv"]
 #: CSV columns: every wire field of the model except the nested ones, in model order.
@@ -231,7 +240,7 @@ def scan(fh: IO[bytes], fmt: str, limit: int) -> Scan:
     if fmt == "jsonl":
         for line in lines:
             if not lines.whole or not _take(result, _jsonl_id(line), lines.offset):
-                result.not_utf8 = lines.whole and not _is_utf8(line)
+                result.not_utf8 = lines.whole and not is_utf8(line)
                 break
         return result
     # strict: a quoted field the end cuts off (a remark torn after one of its line breaks) is an
@@ -333,7 +342,8 @@ class _Lines:
                 return
 
 
-def _is_utf8(line: bytes) -> bool:
+def is_utf8(line: bytes) -> bool:
+    """Whether ``line`` is UTF-8 text (a resume's read back, the CLI's input files)."""
     try:
         line.decode("utf-8")
     except UnicodeDecodeError:
