@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -62,3 +65,48 @@ def files_made_as_the_umask_changes(monkeypatch: pytest.MonkeyPatch, directory: 
 
     monkeypatch.setattr(os, "umask", changed)
     return made
+
+
+@contextlib.contextmanager
+def umask_watched(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[list[int]]:
+    """Under umask 077, the modes of the files another thread creates each time the umask is
+    changed within (:func:`files_made_as_the_umask_changes`): each must be private."""
+    import os
+
+    meanwhile = tmp_path / "meanwhile"
+    meanwhile.mkdir()
+    set_umask = os.umask
+    umask = set_umask(0o077)
+    try:
+        yield files_made_as_the_umask_changes(monkeypatch, meanwhile)
+    finally:
+        set_umask(umask)
+
+
+async def two_processes_take_turns(stores: list[Any], prepare: Any = None) -> tuple[list[Any], int]:
+    """Two clients, each with a token store of its own on one file or Redis (as two processes
+    have: two file locks on one file), take turns at 5 calls each against a simulator (given
+    to ``prepare`` first, if given): what each call gave (a count or an error), and the tokens
+    the simulator issued."""
+    from dmhub_async import DMHubClient, DMHubError
+    from dmhub_async.testing import DMHubSimulator
+
+    async with DMHubSimulator(customers=3) as sim:
+        if prepare is not None and asyncio.iscoroutine(prepared := prepare(sim)):
+            await prepared
+        clients = [
+            DMHubClient(sim.app_id, sim.secret, base_url=sim.url, token_store=store)
+            for store in stores
+        ]
+        try:
+            outcomes: list[Any] = []
+            for _ in range(5):
+                for dm in clients:
+                    try:
+                        outcomes.append(await dm.customers.count())
+                    except DMHubError as err:
+                        outcomes.append(err)
+        finally:
+            for dm in clients:
+                await dm.aclose()
+        return outcomes, sim.counters.tokens_issued

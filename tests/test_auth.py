@@ -14,7 +14,7 @@ from typing import Any
 
 import fakeredis
 import pytest
-from _helpers import BASE, CUSTOMER, url
+from _helpers import BASE, CUSTOMER, two_processes_take_turns, url
 from _redis import no_leaks
 from aioresponses import CallbackResult, aioresponses
 
@@ -1167,34 +1167,6 @@ async def test_a_0_1_process_sharing_the_store_takes_this_versions_token(
     if redis is not None:
         await redis.aclose()
     assert issued <= 2
-
-
-async def two_processes_take_turns(stores: list[Any], prepare: Any = None) -> tuple[list[Any], int]:
-    """Two clients, each with a token store of its own on one file or Redis (as two processes
-    have: two file locks on one file), take turns at 5 calls each against a simulator (given
-    to ``prepare`` first, if given): what each call gave (a count or an error), and the tokens
-    the simulator issued."""
-    from dmhub_async.testing import DMHubSimulator
-
-    async with DMHubSimulator(customers=3) as sim:
-        if prepare is not None and asyncio.iscoroutine(prepared := prepare(sim)):
-            await prepared
-        clients = [
-            DMHubClient(sim.app_id, sim.secret, base_url=sim.url, token_store=store)
-            for store in stores
-        ]
-        try:
-            outcomes: list[Any] = []
-            for _ in range(5):
-                for dm in clients:
-                    try:
-                        outcomes.append(await dm.customers.count())
-                    except DMHubError as err:
-                        outcomes.append(err)
-        finally:
-            for dm in clients:
-                await dm.aclose()
-        return outcomes, sim.counters.tokens_issued
 
 
 def mount_read_only(monkeypatch: Any, directory: Any) -> None:

@@ -26,7 +26,7 @@ from _cli_support import (
     run_cli,
     serve,
 )
-from _helpers import files_made_as_the_umask_changes
+from _helpers import umask_watched
 
 CUSTOMERS = 120
 
@@ -443,16 +443,11 @@ def test_an_output_file_never_widens_the_umask_other_threads_create_files_with(
     # 0 and back: a file another thread made at that moment was writable by every user.
     from dmhub_async.cli._files import replace_on_success
 
-    meanwhile = tmp_path / "meanwhile"
-    meanwhile.mkdir()
-    set_umask = os.umask
-    umask = set_umask(0o077)
-    try:
-        made = files_made_as_the_umask_changes(monkeypatch, meanwhile)
-        with replace_on_success(str(tmp_path / "found.csv"), "utf-8") as out:
-            out.write("type,value,customer_id\n")
-    finally:
-        set_umask(umask)
+    with (
+        umask_watched(monkeypatch, tmp_path) as made,
+        replace_on_success(str(tmp_path / "found.csv"), "utf-8") as out,
+    ):
+        out.write("type,value,customer_id\n")
 
     assert all(mode & 0o077 == 0 for mode in made), [oct(mode) for mode in made]
     assert (tmp_path / "found.csv").stat().st_mode & 0o777 == 0o600  # 0666 less 077

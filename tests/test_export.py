@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import pytest
-from _helpers import files_made_as_the_umask_changes, lock_files_cannot_go
+from _helpers import lock_files_cannot_go, umask_watched
 
 from dmhub_async import DMHubClient, InvalidRequestError, MemoryTokenStore, ServerError
 from dmhub_async.export import ExportProgress, ExportReport, _output, export_customers
@@ -421,17 +421,10 @@ async def test_an_export_never_widens_the_umask_other_threads_create_files_with(
     # To give the output 0666 less the umask, the export read the umask by setting it to
     # 0o022 and back: a private file (mode 0600 under umask 077) that another thread of the
     # application made at that moment was readable by every user of the machine (0644).
-    meanwhile = tmp_path / "meanwhile"
-    meanwhile.mkdir()
     dest = tmp_path / "out" / "customers.jsonl"
     dest.parent.mkdir()
-    set_umask = os.umask
-    umask = set_umask(0o077)
-    try:
-        made = files_made_as_the_umask_changes(monkeypatch, meanwhile)
+    with umask_watched(monkeypatch, tmp_path) as made:
         await export_customers(client, dest, checkpoint=dest.with_suffix(".ckpt"), progress=False)
-    finally:
-        set_umask(umask)
 
     assert all(mode & 0o077 == 0 for mode in made), [oct(mode) for mode in made]
     assert dest.stat().st_mode & 0o777 == 0o600  # 0666 less 077

@@ -359,6 +359,21 @@ async def test_a_repaired_output_that_fails_again_before_its_next_checkpoint_res
     assert report.complete
 
 
+async def refused_as_changed(
+    sim: DMHubSimulator, dm: DMHubClient, dest: Path, ckpt: Path, changed: bytes
+) -> None:
+    """``changed`` written over the output: the resume is refused, nothing is sent, and the
+    file is left as it is."""
+    dest.write_bytes(changed)  # noqa: ASYNC240 - a test's small file, nothing else on the loop
+    sim.counters.reset()
+
+    with pytest.raises(InvalidRequestError, match="does not match its checkpoint"):
+        await export(dm, dest, ckpt)
+
+    assert sim.counters.total == 0
+    assert dest.read_bytes() == changed  # noqa: ASYNC240 - as above
+
+
 @pytest.mark.parametrize(
     "change",
     [
@@ -383,14 +398,7 @@ async def test_an_output_changed_since_its_checkpoint_is_refused(
         data = dest.read_bytes()
         changed = change(data)[: len(data)]
         assert changed != data
-        dest.write_bytes(changed)
-        sim.counters.reset()
-
-        with pytest.raises(InvalidRequestError, match="does not match its checkpoint"):
-            await export(dm, dest, ckpt)
-
-        assert sim.counters.total == 0
-    assert dest.read_bytes() == changed
+        await refused_as_changed(sim, dm, dest, ckpt, changed)
 
 
 async def test_an_output_a_spreadsheet_saved_shorter_is_refused_not_resumed_with_its_changes(
@@ -439,14 +447,7 @@ async def test_an_output_saved_in_gbk_is_refused_not_cut_back_to_its_first_chine
         await crashed_export(dm, dest, ckpt)
         changed = dest.read_text(encoding="utf-8").encode("gbk")
         assert len(changed) < state(ckpt)["bytes"]
-        dest.write_bytes(changed)
-        sim.counters.reset()
-
-        with pytest.raises(InvalidRequestError, match="does not match its checkpoint"):
-            await export(dm, dest, ckpt)
-
-        assert sim.counters.total == 0
-    assert dest.read_bytes() == changed
+        await refused_as_changed(sim, dm, dest, ckpt, changed)
 
 
 async def test_a_checkpoint_of_another_service_or_app_is_refused(

@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 import pytest
-from _helpers import files_made_as_the_umask_changes, lock_files_cannot_go
+from _helpers import lock_files_cannot_go, umask_watched
 from shard_support import exported_ids
 
 from dmhub_async import DMHubClient, InvalidRequestError
@@ -174,15 +174,8 @@ async def test_a_merge_never_widens_the_umask_other_threads_create_files_with(
     # To give the merged file 0666 less the umask, the merge read the umask by setting it to
     # 0o022 and back: a private file (mode 0600 under umask 077) that another thread of the
     # application made at that moment was readable by every user of the machine (0644).
-    meanwhile = tmp_path / "meanwhile"
-    meanwhile.mkdir()
-    set_umask = os.umask
-    umask = set_umask(0o077)
-    try:
-        made = files_made_as_the_umask_changes(monkeypatch, meanwhile)
+    with umask_watched(monkeypatch, tmp_path) as made:
         merge(done, tmp_path / "all.jsonl")
-    finally:
-        set_umask(umask)
 
     assert all(mode & 0o077 == 0 for mode in made), [oct(mode) for mode in made]
     assert stat.S_IMODE((tmp_path / "all.jsonl").stat().st_mode) == 0o600  # 0666 less 077
