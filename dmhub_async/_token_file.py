@@ -13,12 +13,13 @@ import stat
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import filelock
 
 from ._atomic import replace_file
 from ._exceptions import InvalidRequestError, TokenStoreError
+from ._threads import on_thread
 from ._token_stores import ProcessLocks, Token
 from ._validate import check_number
 
@@ -34,28 +35,6 @@ _SECONDS = "a number of seconds, or None"
 #: should be): a store that cannot be read, locked or written for them is an error to fix, not
 #: an outage to ride out by fetching alone.
 _FOR_GOOD = (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR)
-
-T = TypeVar("T")
-
-
-async def _on_thread(work: Callable[[], T], undo: Callable[[T], object] | None = None) -> T:
-    """``work()``, file I/O, on a thread, so that a filesystem that stalls (an NFS server
-    away, a saturated disk) holds this call, never the event loop and every other coroutine
-    of the service with it.
-
-    Cancelled meanwhile (the client's timeout on store calls), it waits for the thread all the
-    same, then ``undo``es what it did, then raises: a write landing after the caller let go
-    of the lock could put an older token over a newer one, and a lock taken after the caller
-    gave up would be held by nobody, for ever.
-    """
-    running = asyncio.ensure_future(asyncio.to_thread(work))
-    try:
-        return await asyncio.shield(running)
-    except asyncio.CancelledError:
-        await asyncio.wait([running])
-        if undo is not None and not running.cancelled() and running.exception() is None:
-            undo(running.result())
-        raise
 
 
 class FileTokenStore:
@@ -211,13 +190,13 @@ class FileTokenStore:
         replace_file(self.path, json.dumps(data).encode("utf-8"), sync=False)
 
     async def get(self, key: str) -> Token | None:
-        """The stored token for ``key``, or None (read on a thread: see :func:`_on_thread`)."""
+        """The stored token for ``key``, or None (read on a thread: see :func:`.on_thread`)."""
         # Not waited for when cancelled: a read changes nothing.
         return Token.from_json((await asyncio.to_thread(self._read)).get(key))
 
     async def set(self, key: str, token: Token) -> None:
         """Store ``token`` for ``key`` (callers hold :meth:`lock`), on a thread."""
-        await _on_thread(lambda: self._update(key, token))
+        await on_thread(lambda: self._update(key, token))
 
     def _update(self, key: str, token: Token) -> None:
         data = self._read()
@@ -234,16 +213,16 @@ class FileTokenStore:
 
         The file lock is tried without blocking and waited for on the event loop, so a caller
         that gives up (a timeout, a cancellation) never leaves it held. Each try, like every
-        other touch of the files, runs on a thread (:func:`_on_thread`).
+        other touch of the files, runs on a thread (:func:`.on_thread`).
         """
         async with self._locks.hold(""):
-            await _on_thread(lambda: self._check_directory(create=True))
+            await on_thread(lambda: self._check_directory(create=True))
             file_lock = self._process_file_lock()
             await self._acquire_file_lock(file_lock)
             try:
                 yield
             finally:
-                await _on_thread(file_lock.release)
+                await on_thread(file_lock.release)
 
     def _process_file_lock(self) -> filelock.FileLock:
         """The file lock of this process, made anew in a child forked after the store was made
@@ -264,7 +243,7 @@ class FileTokenStore:
         deadline = math.inf if limit is None else loop.time() + limit
         while True:
             # Taken by a try the caller gave up on: released at once.
-            if await _on_thread(lambda: self._try_lock(file_lock), _undo_lock(file_lock)):
+            if await on_thread(lambda: self._try_lock(file_lock), _undo_lock(file_lock)):
                 return
             if loop.time() >= deadline:
                 raise self._error(f"the file lock was not had in {limit:g} s")

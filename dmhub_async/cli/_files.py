@@ -297,12 +297,12 @@ def decoded_lines(path: Path, encoding: str) -> Iterator[str]:
                     other_lines += 1
             if number == 0:
                 _check_not_binary(path, raw)
-            if number == 0 and not utf8 and raw.startswith(codecs.BOM_UTF8):
-                # Read as GBK, the mark was text ('锘縲echat'): the first row was not found.
-                raise CommandError(
-                    f"{path}:1: starts with the mark of a UTF-8 file (Excel: CSV UTF-8), not "
-                    f"{encoding} text: give --encoding utf-8 (the default)"
-                )
+                if not utf8 and raw.startswith(codecs.BOM_UTF8):
+                    # Read as GBK, the mark was text ('锘縲echat'): the first row was not found.
+                    raise CommandError(
+                        f"{path}:1: starts with the mark of a UTF-8 file (Excel: CSV UTF-8), "
+                        f"not {encoding} text: give --encoding utf-8 (the default)"
+                    )
             try:
                 text = decoder.decode(raw)
             except UnicodeDecodeError as err:

@@ -10,7 +10,6 @@ go straight to a binary stream, not resumable.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import io
 import logging
@@ -27,6 +26,7 @@ import filelock
 
 from .._atomic import current_umask
 from .._exceptions import InvalidRequestError
+from .._threads import on_thread
 from ._checkpoint import Checkpoint, ExportScope, read_checkpoint, write_checkpoint
 from ._writers import Scan, scan
 
@@ -64,18 +64,7 @@ async def open_output(
     """
     if not isinstance(dest, Path):
         return Output(dest, checkpoint, scope)  # a stream: nothing to lock or read back
-    opening = asyncio.ensure_future(asyncio.to_thread(Output, dest, checkpoint, scope))
-    try:
-        return await asyncio.shield(opening)
-    except asyncio.CancelledError:
-        opening.add_done_callback(_close_opened)  # however the wait below ends
-        await asyncio.wait([opening])
-        raise
-
-
-def _close_opened(opening: asyncio.Future[Output]) -> None:
-    if not opening.cancelled() and opening.exception() is None:
-        opening.result().close()
+    return await on_thread(lambda: Output(dest, checkpoint, scope), Output.close)
 
 
 class Output:
