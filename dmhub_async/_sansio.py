@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
-from urllib.parse import quote, urlencode, urlsplit
+from urllib.parse import urlencode, urlsplit
 
 import aiohttp
 import attrs
@@ -28,7 +28,7 @@ from ._exceptions import (
 )
 from ._redact import MASK, redact
 from ._retry import FINAL_5XX, longest_retry_after
-from ._validate import MAX_SETTING_LENGTH, printable
+from ._validate import MAX_SETTING_LENGTH, printable, sendable_token
 from ._version import __version__
 
 __all__ = [
@@ -183,14 +183,7 @@ def read_token(data: Any, started: float) -> Token:
     token = data.get("access_token") if isinstance(data, dict) else None
     if not isinstance(token, str) or not token:  # a list or an object was str()-ed and sent
         raise _no_token("a body without access_token")
-    if (
-        len(token) > MAX_SETTING_LENGTH
-        or not token.isprintable()
-        or len(quote(token, safe="")) > MAX_SETTING_LENGTH
-    ):
-        # Checked as an access_token given to the client is: it goes out in every URL (a line
-        # break, 200 KB), and every error masks each run of 8 of its characters (a 4 MB one
-        # held the event loop 4.5 s and kept 545 MB, for each error).
+    if not sendable_token(token):  # as an access_token given to the client is checked
         raise _no_token(
             "an access_token that cannot be sent (not printable, or longer than "
             f"{MAX_SETTING_LENGTH} bytes URL-encoded)"

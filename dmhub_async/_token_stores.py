@@ -30,6 +30,7 @@ from ._validate import (
     check_redis_options,
     check_text,
     redis_url_error,
+    sendable_token,
 )
 
 if TYPE_CHECKING:
@@ -74,17 +75,23 @@ class Token:
     def from_json(cls, data: Any) -> Token | None:
         """A token read back from a store, or None when the entry is unusable."""
         try:
+            value = data["access_token"]
             issued = data.get("issued_at")
-            return cls(
-                str(data["access_token"]),
-                float(data["expires_at"]),
-                None if issued is None else float(issued),
-            )
+            expires_at = float(data["expires_at"])
+            issued_at = None if issued is None else float(issued)
         except (AttributeError, KeyError, TypeError, ValueError, OverflowError):
             # OverflowError: an integer no float holds. Raised, it failed every read of the
             # store, which was then never written again: each process fetched a token of its
             # own on every refusal, revoking the others', for as long as they ran.
             return None
+        # Checked as a token from the service is (read_token): one too long for a URL failed
+        # every call with HTTP 400 and, as no call was refused, was never replaced; a control
+        # character, an empty value or a list str()-ed was sent, and the call refused.
+        if not sendable_token(value) or not math.isfinite(expires_at):
+            return None
+        if issued_at is not None and not math.isfinite(issued_at):
+            return None
+        return cls(value, expires_at, issued_at)
 
 
 @runtime_checkable

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import json
+import math
 import os
 import stat
 import threading
@@ -1367,3 +1369,69 @@ def test_a_denied_access_is_for_good_on_posix_and_passing_on_windows(
     read_only = store._for_good("cannot lock", OSError(errno.EROFS, "Read-only file system"))
     assert error.unsafe is (system == "posix")
     assert read_only.unsafe
+
+
+@pytest.mark.parametrize("kind", ["file", "redis"])
+@pytest.mark.parametrize(
+    "stored",
+    [
+        "a" * 10_000,  # longer than any URL takes
+        "tok\r\nX-Injected: 1",  # a control character
+        "",
+        ["a list"],  # str()-ed and sent as "['a list']"
+        12345,
+    ],
+    ids=["10 KB", "control characters", "empty", "a list", "a number"],
+)
+async def test_a_stored_token_that_cannot_be_sent_is_no_token(
+    tmp_path: Any, kind: str, stored: Any
+) -> None:
+    """A token read from a store is checked as one from the service is (``read_token``): a
+    token file or Redis entry left by another program, an older version or an edit. One too
+    long to send failed every call with HTTP 400 (the URL too long) and, as no call was
+    refused, was never replaced: every process sharing the store failed every call until it
+    expired. Control characters, an empty value or one that was no text were sent, and the
+    call refused once. It is now read as no token: one is fetched and replaces it."""
+    from dmhub_async.testing import DMHubSimulator
+
+    path = tmp_path / "private" / "tokens.json"
+    path.parent.mkdir(mode=0o700)
+    redis = fakeredis.FakeAsyncRedis()
+    store: Any = FileTokenStore(path) if kind == "file" else RedisTokenStore(client=redis)
+    try:
+        async with DMHubSimulator(customers=3) as sim:
+            key = token_key(sim.url, sim.app_id, sim.secret)
+            entry = {"access_token": stored, "expires_at": time.time() + 7000}
+            if kind == "file":
+                path.write_text(json.dumps({key: entry}))
+                path.chmod(0o600)
+            else:
+                await redis.set("dmhub_async:token:" + key, json.dumps(entry))
+            async with DMHubClient(
+                sim.app_id, sim.secret, base_url=sim.url, token_store=store
+            ) as dm:
+                counts = [await dm.customers.count() for _ in range(3)]
+            refused = dict(sim.counters.errors)
+            issued = sim.counters.tokens_issued
+        replaced = await store.get(key)
+    finally:
+        await redis.aclose()
+
+    assert counts == [3, 3, 3]
+    assert issued == 1
+    assert refused == {}  # no call carried the stored value
+    assert replaced is not None
+    assert replaced.value not in (stored, str(stored))
+
+
+@pytest.mark.parametrize(
+    "times",
+    [
+        {"expires_at": math.nan},
+        {"expires_at": math.inf},
+        {"expires_at": "inf"},
+        {"expires_at": 2e9, "issued_at": math.nan},
+    ],
+)
+def test_a_stored_token_with_a_time_that_is_no_time_is_no_token(times: dict[str, Any]) -> None:
+    assert Token.from_json({"access_token": "tok", **times}) is None
