@@ -10,6 +10,7 @@ import json
 import math
 import os
 import stat
+import tempfile
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -183,6 +184,25 @@ class FileTokenStore:
             return {}
         return data if isinstance(data, dict) else {}
 
+    def _check_writable(self) -> None:
+        """The directory made if need be, and a token could be written in it: a temporary file
+        made there and removed, as :meth:`_write` makes one.
+
+        The lock is taken only to fetch a token and write it: a directory that could be locked
+        but not written (``chmod 500`` once a run had made the lock file) let each process
+        fetch a token and keep it unshared on every refusal, revoking the others'. Found here,
+        it is an error to fix before any token is fetched.
+        """
+        self._check_directory(create=True)
+        try:
+            fd, tmp = tempfile.mkstemp(
+                dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp"
+            )
+        except OSError as err:
+            raise self._for_good(f"cannot write the token file: {err.strerror}", err) from None
+        os.close(fd)
+        os.unlink(tmp)
+
     def _write(self, data: dict[str, Any]) -> None:
         self._check_directory(create=True)
         # mkstemp: O_EXCL, no link followed, mode 0600, a name nobody can guess ahead. No
@@ -216,7 +236,7 @@ class FileTokenStore:
         other touch of the files, runs on a thread (:func:`.on_thread`).
         """
         async with self._locks.hold(""):
-            await on_thread(lambda: self._check_directory(create=True))
+            await on_thread(self._check_writable)
             file_lock = self._process_file_lock()
             await self._acquire_file_lock(file_lock)
             try:

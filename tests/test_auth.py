@@ -1435,3 +1435,39 @@ async def test_a_stored_token_that_cannot_be_sent_is_no_token(
 )
 def test_a_stored_token_with_a_time_that_is_no_time_is_no_token(times: dict[str, Any]) -> None:
     assert Token.from_json({"access_token": "tok", **times}) is None
+
+
+@pytest.mark.parametrize("lock_file", ["there", "made"])
+async def test_a_token_file_that_can_be_locked_but_not_written_is_an_error_not_a_loop(
+    tmp_path: Any, monkeypatch: Any, lock_file: str
+) -> None:
+    """A token directory the user may no longer write (``chmod 500`` after a run made the lock
+    file, or the lock file kept elsewhere by an administrator): the file could be read and
+    locked, but no token written, so each process fetched a token and kept it unshared on
+    every refusal, revoking the others' (two clients taking turns: a token a call), each
+    WARNING saying only "held but not shared". It is now an error to fix, found under the lock
+    before any token is fetched, as a directory that cannot be locked is."""
+    import tempfile
+
+    path = tmp_path / "private" / "tokens.json"
+    path.parent.mkdir(mode=0o700)
+    path.write_text("{}")
+    path.chmod(0o600)
+    if lock_file == "there":
+        (tmp_path / "private" / "tokens.json.lock").touch(mode=0o600)
+    real_mkstemp = tempfile.mkstemp
+
+    def mkstemp_refused(*args: Any, **kwargs: Any) -> Any:  # root writes it all the same
+        if os.fspath(kwargs.get("dir", "")) == os.fspath(path.parent):
+            raise PermissionError(errno.EACCES, "Permission denied", os.fspath(path.parent))
+        return real_mkstemp(*args, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp_refused)
+    stores = [FileTokenStore(path) for _ in range(2)]
+
+    outcomes, issued = await two_processes_take_turns(stores)
+
+    assert issued == 0
+    assert all(isinstance(outcome, TokenStoreError) for outcome in outcomes), outcomes
+    assert all(outcome.unsafe for outcome in outcomes)
+    assert "cannot write the token file: Permission denied" in str(outcomes[0])
