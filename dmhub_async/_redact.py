@@ -65,16 +65,35 @@ _SECRET_FIELDS = re.compile(
     r"""(\\?["'](?:access_token|secret)\\?["']\s*:\s*\\?["'])[^"'\\]*""", re.IGNORECASE
 )
 
+#: A quote as a page escapes it (``&quot;``, ``&#34;``, ``&#x27;``...), or a raw or escaped one.
+_ANY_QUOTE = r"""(?:&(?:quot|apos|\#0*3[49]|\#x0*2[27]);|\\?["'])"""
+#: The same fields in a body no parser takes that quotes them otherwise: HTML-escaped in a
+#: gateway's page, an XML element (CDATA or not), a header line a proxy quoted
+#: (``Access-Token: ...``). The token the service had just issued, which no client knew yet,
+#: was in the error's message and ``body``.
+_SECRET_MARKUP = re.compile(
+    rf"""(
+        (?:access_token|secret){_ANY_QUOTE}\s*:\s*{_ANY_QUOTE}
+      | <(?:access_token|secret)\s*>\s*(?:<!\[CDATA\[)?
+      | (?:^|(?<=[\s"'>;]))(?:x-)?(?:access[_-]token|secret)[ \t]*:[ \t]*
+    )[^\s"'&<>\\\]]*""",
+    re.IGNORECASE | re.MULTILINE | re.VERBOSE,
+)
+
 
 def redact(text: str, secrets: Iterable[str | None] = ()) -> str:
     """``text`` with ``access_token=``/``secret=`` values, ``"access_token": "..."`` and
-    ``"secret": "..."`` fields, and every known secret masked.
+    ``"secret": "..."`` fields (HTML-escaped too), ``<access_token>`` elements, ``Access-Token:``
+    header lines, and every known secret masked.
 
     A secret is masked raw and URL-encoded too, in any mix (yarl leaves ``/`` as is in a query
     value but encodes ``+``), as it appears when a service or a proxy echoes the query back.
     """
     text = _SECRET_PARAMS.sub(r"\g<1>" + MASK, text)
     text = _SECRET_FIELDS.sub(r"\g<1>" + MASK, text)
+    folded = text.lower()
+    if "token" in folded or "secret" in folded:  # 0.6 ms on 4 KB otherwise, for nothing
+        text = _SECRET_MARKUP.sub(r"\g<1>" + MASK, text)
     known = [secret for secret in (*secrets, *live_secrets()) if secret and len(secret) >= 4]
     for secret in known:
         text = _secret_pattern(secret).sub(MASK, text)

@@ -592,3 +592,70 @@ def test_an_error_made_while_another_thread_makes_a_client_is_the_sdks_own() -> 
 
     assert raised
     assert {type(err) for err in raised} == {InvalidRequestError}, {repr(e) for e in raised}
+
+
+FRESH = "Zq9fr3sh0123456789abcdef"  # a token just issued: in no client's secrets yet
+
+
+@pytest.mark.parametrize(
+    ("content_type", "status", "body"),
+    [
+        # A gateway's page showing the JSON it could not pass on, HTML-escaped.
+        (
+            "text/html",
+            200,
+            f"<pre>{{&quot;access_token&quot;:&quot;{FRESH}&quot;,&quot;expires_in&quot;:7200}}"
+            "</pre>",
+        ),
+        ("text/html", 502, f"<pre>{{&#34;access_token&#34;: &#34;{FRESH}&#34;}}</pre>"),
+        ("text/html", 502, f"<pre>{{&#x27;access_token&#x27;: &#x27;{FRESH}&#x27;}}</pre>"),
+        # The answer as XML (an old gateway, a content negotiation gone wrong).
+        (
+            "application/xml",
+            200,
+            f"<xml><access_token>{FRESH}</access_token><expires_in>7200</expires_in></xml>",
+        ),
+        ("application/xml", 200, f"<xml><access_token><![CDATA[{FRESH}]]></access_token></xml>"),
+        # A proxy's error page quoting the upstream answer's headers.
+        ("text/plain", 502, f"upstream sent: HTTP/1.1 200 OK\r\nAccess-Token: {FRESH}\r\n"),
+        ("text/plain", 200, f"X-Access-Token: {FRESH}"),
+        ("text/plain", 200, f"access_token: {FRESH}"),
+    ],
+    ids=["html", "html-decimal", "html-single", "xml", "xml-cdata", "header", "x-header", "text"],
+)
+async def test_a_fresh_token_in_a_token_answer_no_parser_takes_is_masked(
+    api, make_client, content_type: str, status: int, body: str
+) -> None:
+    """A token answer the client cannot read, that holds the token the service has just
+    issued (which no client knows yet, so only its field can be recognised): HTML-escaped in
+    a gateway's page, as XML, or as a header a proxy quoted. Only a JSON field and a query
+    parameter were masked: the token was in the error's message, repr and ``body``."""
+    api.get(TOKEN_URL, status=status, body=body, content_type=content_type, repeat=True)
+    dm = make_client(app_id="app-1", secret=SECRET, base_url=BASE, max_retries=0)
+
+    with pytest.raises(DMHubError) as raised:
+        await dm.request("GET", "/v1/customers/1")
+
+    error = raised.value
+    seen = [
+        str(error),
+        repr(error),
+        str(getattr(error, "body", "")),
+        *traceback.format_exception(error),
+    ]
+    assert not any(FRESH[:8] in text for text in seen), seen
+    assert MASK in str(error)
+
+
+@pytest.mark.parametrize(
+    ("text", "masked"),
+    [
+        ("<secret>s3cr3t</secret>", f"<secret>{MASK}</secret>"),
+        ("{&quot;secret&quot;: &quot;s3cr3t&quot;}", f"{{&quot;secret&quot;: &quot;{MASK}&quot;}}"),
+        ("Access-Token: v4lue\r\nVia: 1.1 gw", f"Access-Token: {MASK}\r\nVia: 1.1 gw"),
+        ("access_token is invalid", "access_token is invalid"),  # no value: nothing to mask
+        ("a body without access_token", "a body without access_token"),
+    ],
+)
+def test_a_token_or_secret_in_markup_or_a_header_line_is_masked(text: str, masked: str) -> None:
+    assert redact(text) == masked
