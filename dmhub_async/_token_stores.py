@@ -439,10 +439,16 @@ class RedisTokenStore:
         """Store ``token`` for ``key``; Redis drops it once it has expired."""
         from redis.exceptions import RedisError
 
-        keep = max(DEFAULT_LIFETIME, math.ceil(token.lifetime or 0.0))
+        # As long as the token lives, counted from now (its issue was a moment ago): it was at
+        # least 7,200 s, and a 300 s token stayed in Redis, expired, for almost two hours. The
+        # service's default lifetime when the lifetime is unknown or out of reason (a NaN
+        # failed the SET).
+        lifetime = token.lifetime
+        if lifetime is None or not 0 < lifetime <= REDIS_MAX_SECONDS:
+            lifetime = DEFAULT_LIFETIME
         try:
             await (await self._client()).set(
-                self._prefix + key, json.dumps(token.to_json()), ex=int(keep)
+                self._prefix + key, json.dumps(token.to_json()), ex=math.ceil(lifetime)
             )
         except (RedisError, OSError, RuntimeError) as err:
             raise self._error("SET", err) from None

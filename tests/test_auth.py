@@ -1471,3 +1471,33 @@ async def test_a_token_file_that_can_be_locked_but_not_written_is_an_error_not_a
     assert all(isinstance(outcome, TokenStoreError) for outcome in outcomes), outcomes
     assert all(outcome.unsafe for outcome in outcomes)
     assert "cannot write the token file: Permission denied" in str(outcomes[0])
+
+
+@pytest.mark.parametrize(
+    ("issued", "expires", "kept"),
+    [
+        (0.0, 300.0, 300),
+        (0.0, 60.5, 61),
+        (0.0, 86400.0, 86400),
+        (None, 300.0, 7200),  # the lifetime unknown
+        (math.nan, 300.0, 7200),  # out of reason
+        (310.0, 300.0, 7200),
+    ],
+)
+async def test_redis_keeps_a_token_as_long_as_it_lives(
+    issued: float | None, expires: float, kept: int
+) -> None:
+    """Redis kept every token at least 7,200 s: a 300 s token stayed there, expired, for
+    almost two hours after it was of any use (and a NaN issue time failed the SET). It now
+    expires with the token: 7,200 s, the service's default lifetime, when the lifetime is
+    unknown or out of reason."""
+    redis = fakeredis.FakeAsyncRedis()
+    store = RedisTokenStore(client=redis, prefix="t:")
+    now = time.time()
+    token = Token("tok", now + expires, None if issued is None else now + issued)
+    try:
+        await store.set("key", token)
+        ttl = await redis.ttl("t:key")
+    finally:
+        await redis.aclose()
+    assert kept - 1 <= ttl <= kept
