@@ -28,6 +28,7 @@ from ._token_stores import (
     Token,
     TokenStore,
 )
+from ._validate import sendable_token
 
 if TYPE_CHECKING:
     from ._limits import Closing
@@ -280,6 +281,10 @@ class TokenManager:
 
     def _usable(self, token: Token | None, stale: str | None) -> bool:
         if token is None or token.value == stale or not self._fresh(token):
+            return False
+        if not sendable_token(token.value):
+            # From a store of the user's own (the file and Redis stores check as they read):
+            # a 10 KB one failed every call with HTTP 400 and, never refused, was never replaced.
             return False
         held = self._held
         # A stored token issued before the one this client fetched while the store was down is

@@ -1501,3 +1501,38 @@ async def test_redis_keeps_a_token_as_long_as_it_lives(
     finally:
         await redis.aclose()
     assert kept - 1 <= ttl <= kept
+
+
+class PlantedStore(MemoryTokenStore):
+    """A store of the user's making that hands back what was planted in it, as it is."""
+
+    def __init__(self, planted: Token) -> None:
+        super().__init__()
+        self.planted: Token | None = planted
+
+    async def get(self, key: str) -> Token | None:
+        return self.planted
+
+    async def set(self, key: str, token: Token) -> None:
+        self.planted = token
+
+
+@pytest.mark.parametrize("value", ["a" * 10_000, "tok\nen", ""], ids=["10 KB", "newline", "empty"])
+async def test_a_token_that_cannot_be_sent_from_a_store_of_ones_own_is_no_token(value: str) -> None:
+    """A TokenStore of the user's own is not read through Token.from_json: a token in it
+    that cannot be sent was sent (10 KB: HTTP 400 on every call, never replaced). The client
+    checks what any store gives as it checks the service's answer."""
+    from dmhub_async.testing import DMHubSimulator
+
+    store = PlantedStore(Token(value, time.time() + 7000))
+    async with (
+        DMHubSimulator(customers=3) as sim,
+        DMHubClient(sim.app_id, sim.secret, base_url=sim.url, token_store=store) as dm,
+    ):
+        counts = [await dm.customers.count() for _ in range(3)]
+        refused, issued = dict(sim.counters.errors), sim.counters.tokens_issued
+
+    assert counts == [3, 3, 3]
+    assert (issued, refused) == (1, {})
+    assert store.planted is not None
+    assert store.planted.value != value
