@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -82,9 +83,30 @@ async def sharded_export(args: argparse.Namespace, filters: dict[str, Any]) -> i
             # revoked the other's (every worker refused once an export, 4 tokens in 2 runs).
             args = argparse.Namespace(**{**vars(args), "token_store": args.queue})
     # One coordinator a directory, from its plan to its last shard: a second one is refused.
-    with coordinating(args.out):
+    with coordinating(args.out), _memory_of_the_run(args) as args:
         _check_strays(Path(args.out), force=args.force)
         return await _sharded_export(args, filters)
+
+
+@contextlib.contextmanager
+def _memory_of_the_run(args: argparse.Namespace) -> Iterator[argparse.Namespace]:
+    """``args``, with ``--token-store memory`` and ``--workers`` a private file for the run:
+    the planner's and the workers' (run_in_processes's own would be the workers' alone), in a
+    directory removed as the run ends.
+
+    "This run only" is every process of the run: the planner kept its token in its memory and
+    the workers fetched one of their own, revoking it (two tokens a run).
+    """
+    if args.queue or args.workers <= 1:
+        yield args
+        return
+    # Memory also when the cache directory cannot be written: said once, here.
+    if token_store_spec(args.token_store) != "memory":
+        yield args
+        return
+    with tempfile.TemporaryDirectory(prefix="dmhub-tokens-") as private:
+        spec = "file:" + os.path.join(private, "tokens.json")
+        yield argparse.Namespace(**{**vars(args), "token_store": spec})
 
 
 #: What a plan writes in its directory: a part and its checkpoint.

@@ -166,6 +166,33 @@ def test_worker_processes_share_the_token_through_the_store_asked_for(
     assert redis.command("KEYS", "dmhub_async:token:*").startswith("*2")
 
 
+def test_a_memory_token_store_is_the_runs_planner_and_workers_alike(tmp_path: Path) -> None:
+    # --token-store memory ("this run only") with --workers: the planner kept its token in
+    # its memory and the workers theirs in a private file, so the run fetched two tokens, the
+    # workers' revoking the planner's. They now share the run's private file, removed at the end.
+    out = tmp_path / "parts"
+    private_tmp = tmp_path / "tmp"
+    private_tmp.mkdir()
+    with sim_process(3_000) as sim:
+        env = sim.env(XDG_CACHE_HOME=str(tmp_path / "cache"), TMPDIR=str(private_tmp))
+        command = ["export", "--out", str(out), "--shards", "4", "--workers", "2"]
+        run = subprocess.run(
+            [sys.executable, "-m", "dmhub_async", *command, "--token-store", "memory", "-q"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=150,
+            check=False,
+        )
+        state = sim.state()
+
+    assert run.returncode == 0, run.stderr
+    assert sorted(exported_ids(out)) == sorted(state["ids"])
+    assert state["tokens_issued"] == 1
+    assert list(private_tmp.iterdir()) == []  # no token file left behind
+    assert not (tmp_path / "cache").exists()  # nor in the cache: memory was asked for
+
+
 def test_a_queue_export_shares_the_token_with_its_workers_through_the_queue(
     tmp_path: Path, redis: RedisServer
 ) -> None:
