@@ -44,6 +44,7 @@ __all__ = [
     "check_request",
     "check_settings",
     "check_text",
+    "mangled_value",
     "printable",
     "query_length",
     "short",
@@ -591,6 +592,8 @@ def check_identity(method: str, identity: object) -> Identity:
         and value.isascii()
         and kind.isprintable()  # ASCII that is not: a control character (a tab, a NUL)
         and value.isprintable()
+        and "+" not in value  # no number in scientific notation (mangled_value)
+        and (kind != "mobile" or value.isdigit())
     ):
         return identity
     for what, text, limit in (
@@ -612,7 +615,53 @@ def check_identity(method: str, identity: object) -> Identity:
                 " characters"
             )
         check_text(method, "identity name", identity.name)
+    mangled = mangled_value(identity, text=_AS_TEXT)
+    if mangled:  # its type, not its value: an identity is personal data
+        raise InvalidRequestError(f"{method}(): identity value of type {kind} {mangled}")
     return identity
+
+
+#: A number as Excel and WPS write one too long for them (12 digits and more): 1.38001E+10;
+#: as Python and pandas write a float of 17 digits and more: 6.22848e+18.
+_SCIENTIFIC: typing.Final = re.compile(r"[0-9](\.[0-9]+)?[eE]\+[0-9]{2,}")
+#: A number written as a decimal (Excel's General format, a float's str()): 13800138000.0.
+_DECIMAL: typing.Final = re.compile(r"\+?[0-9]+\.0+")
+#: The full-width forms of ASCII, and the ideographic full stop.
+_FULL_WIDTH: typing.Final = re.compile("[\uff01-\uff5e\u3002]")
+#: How a program keeps a column of numbers as the text it holds.
+_AS_TEXT: typing.Final = "read the column as text, not as numbers (pandas: dtype=str)"
+
+
+def mangled_value(identity: Identity, *, text: str) -> str | None:
+    """Why ``identity``'s value is one no service holds, a number a spreadsheet or a float
+    changed, or an address typed in full-width (None: it is not).
+
+    Each was looked up as it was and "not found": a customer holding the number reported as
+    none. Scientific notation is any type's (a member card number; no identity is written
+    so); the rest a ``mobile``'s, which is digits (an ``+86`` allowed): a ``.0``, Excel's text
+    mark ``'``, a formula, or full-width digits (１３８) typed with a Chinese input method; or
+    an ``email``'s (an address may hold Chinese, 王@例子.中国, never ＠ or 。). ``text`` is the
+    advice that keeps a number's digits, in the words of where it was read. The CLI's
+    ``lookup --in`` and :func:`check_identity` share it.
+    """
+    kind, value = identity.type, identity.value
+    if "+" in value and _SCIENTIFIC.fullmatch(value):
+        return f"is in scientific notation (1.38E+10): its digits are lost; {text}"
+    if kind == "email":
+        if _FULL_WIDTH.search(value):
+            return "holds full-width characters (＠, ．, 。): type them half-width (@, .)"
+        return None
+    if kind != "mobile" or (value.isdigit() and value.isascii()):
+        return None
+    if _DECIMAL.fullmatch(value):
+        return f"ends in .0 (a number written as a decimal): give the digits alone; {text}"
+    if value.startswith("'"):
+        return "starts with an apostrophe (Excel's mark for text): remove it"
+    if value.startswith("="):
+        return 'is a formula (="..."): give the digits alone'
+    if not value.isascii():
+        return "holds full-width or other non-ASCII characters: give ASCII digits (0-9)"
+    return None
 
 
 def is_collection(value: object) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -478,6 +479,17 @@ def _sendable(text: object, limit: int, *, empty: bool = False, controls: bool =
     return True
 
 
+def _mangled(kind: str, value: str) -> bool:
+    """A number a spreadsheet or a float wrote (any type), or a mobile that is no digits."""
+    if re.fullmatch(r"[0-9](\.[0-9]+)?[eE]\+[0-9]{2,}", value):
+        return True
+    if kind == "email":
+        return any("\uff01" <= c <= "\uff5e" or c == "\u3002" for c in value)
+    return kind == "mobile" and bool(
+        re.fullmatch(r"\+?[0-9]+\.0+", value) or value[:1] in ("'", "=") or not value.isascii()
+    )
+
+
 class _Str(str):
     """A str subclass: not the fast path's exact type, still a string."""
 
@@ -503,6 +515,10 @@ _TEXTS = st.one_of(
 @example("we\tchat", "o1", None)
 @example("wechat", "o\x85", None)  # C1, in a value that is not ASCII
 @example("wechat", "o1", "a\tname")  # in a name: sent, as before
+@example("mobile", "13800138000.0", None)  # a float's digits: refused
+@example("mobile", "+8613800138000", None)  # sent
+@example("email", "a\uff20b.c", None)  # a full-width at sign: refused
+@example("x", "1.5E+10", None)  # scientific notation, any type: refused
 def test_an_identity_is_sent_exactly_when_the_contract_allows_it(
     kind: Any, value: Any, name: Any
 ) -> None:
@@ -512,6 +528,7 @@ def test_an_identity_is_sent_exactly_when_the_contract_allows_it(
         _sendable(kind, MAX_IDENTITY_TYPE)
         and _sendable(value, MAX_IDENTITY_VALUE)
         and (name is None or _sendable(name, MAX_IDENTITY_NAME, empty=True, controls=True))
+        and not _mangled(kind, value)
     )
     if allowed:
         assert check_identity("lookup", identity) is identity

@@ -175,6 +175,62 @@ async def test_lookup_many_refuses_a_bad_identity_before_any_request(bad: Any) -
     assert not client.asked
 
 
+MANGLED = [
+    ("mobile", "13800138000.0", "ends in .0"),  # str() of a float, pandas' float column
+    ("mobile", "1.38001E+10", "scientific notation"),  # Excel's General format
+    ("member-card", "6.22848e+18", "scientific notation"),  # str() of a float, any type
+    ("mobile", "'13800138000", "apostrophe"),
+    ("mobile", '="13800138000"', "formula"),
+    ("mobile", "\uff11\uff13\uff18\uff10\uff10\uff11\uff13\uff18\uff10\uff10\uff10", "full-width"),
+    ("email", "wang\uff20example.com", "full-width"),
+    ("email", "wang@example\u3002com", "full-width"),
+]
+
+
+@pytest.mark.parametrize(("kind", "value", "said"), MANGLED)
+@pytest.mark.parametrize("method", ["lookup_many", "lookup_iter"])
+async def test_a_value_a_spreadsheet_or_a_float_mangled_is_refused_naming_its_item(
+    method: str, kind: str, value: str, said: str
+) -> None:
+    # Sent as it was, it came back "not found": the customer holding 13800138000 reported as
+    # none. The CLI's lookup --in refused them; the Python API sent them.
+    client, ids = fake(10)
+    wanted = [*identities(3), Identity(kind, value), *identities(10)]
+
+    async def call() -> None:
+        if method == "lookup_many":
+            await ids.lookup_many(wanted)
+        else:
+            async for _ in ids.lookup_iter(wanted):
+                pass
+
+    with pytest.raises(InvalidRequestError) as caught:
+        await call()
+    message = str(caught.value)
+    assert message.startswith(f"{method}(): identities[3]: identity value of type {kind} ")
+    assert said in message
+    assert value not in message  # its place, not its value: personal data
+    assert client.asked == (Counter() if method == "lookup_many" else Counter(identities(3)))
+
+
+@pytest.mark.parametrize(
+    "wanted",
+    [
+        Identity("mobile", "+8613800138000"),
+        Identity("mobile", "13800138000"),
+        Identity("wechat", "o-1.0"),  # a .0 is a mobile's mark of a float only
+        Identity("email", "\u738b@\u4f8b\u5b50.\u4e2d\u56fd"),  # an address in Chinese
+        Identity("member-card", "1E5"),  # no + sign: not how a float is written
+        Identity("Mobile", "13800138000.0"),  # a custom type: the contract allows any value
+        Identity("mobile", "138 0013 8000"),  # sent as typed: the service may hold it so
+    ],
+)
+async def test_a_value_the_contract_allows_is_sent_as_it_is(wanted: Identity) -> None:
+    client, ids = fake(10)
+    assert await ids.lookup_many([wanted]) == {wanted: None}
+    assert client.asked == Counter([wanted])
+
+
 @pytest.mark.parametrize("concurrency", [0, -1, 1.5, True, 65, 10**6])  # 65: past the walks' cap
 async def test_bad_concurrency_is_refused_before_any_request(concurrency: Any) -> None:
     client, ids = fake(10)

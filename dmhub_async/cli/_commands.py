@@ -17,7 +17,7 @@ from typing import Any, Final, Literal, TextIO
 from .._client import DMHubClient
 from .._exceptions import APIError, AuthenticationError, InvalidRequestError
 from .._query_time import zone_setting
-from .._validate import check_identity
+from .._validate import check_identity, mangled_value
 from ..export import ExportReport, export_customers
 from ..models.identity import Identity
 from ..resources._filters import _filter_params
@@ -225,55 +225,20 @@ def _numbered_identities(path: Path, encoding: str) -> Iterator[tuple[int, Ident
                 f"{path}:{line}: expected type,value, not {','.join(row)!r} (a value holding a"
                 ' comma must be quoted: wechat,"a,b"; a header naming more columns allows them)'
             )
-        try:
-            identity = check_identity("lookup", Identity(row[0].strip(), row[1].strip()))
-        except InvalidRequestError as err:
-            raise CommandError(f"{path}:{line}: {without_method(str(err))}") from None
-        mangled = _mangled_by_a_spreadsheet(identity)
+        identity = Identity(row[0].strip(), row[1].strip())
+        # Before check_identity, which refuses them too, in a program's words.
+        mangled = mangled_value(identity, text=_TEXT_COLUMN)
         if mangled:  # the line, not the value: an identity is personal data
             raise CommandError(f"{path}:{line}: {identity.type} value {mangled}")
+        try:
+            check_identity("lookup", identity)
+        except InvalidRequestError as err:
+            raise CommandError(f"{path}:{line}: {without_method(str(err))}") from None
         yield line, identity
 
 
-#: A number as Excel and WPS write one too long for them (12 digits and more): 1.38001E+10;
-#: as Python and pandas write a float of 17 digits and more: 6.22848e+18.
-_SCIENTIFIC: Final = re.compile(r"[0-9](\.[0-9]+)?[eE]\+[0-9]{2,}")
-#: A number written as a decimal (Excel's General format, pandas' float column): 13800138000.0.
-_DECIMAL: Final = re.compile(r"\+?[0-9]+\.0+")
-#: The full-width forms of ASCII, and the ideographic full stop.
-_FULL_WIDTH: Final = re.compile("[\uff01-\uff5e\u3002]")
+#: How a spreadsheet keeps a column of numbers as the text it holds.
 _TEXT_COLUMN: Final = "format the column as Text in Excel (or WPS) and save the file again"
-
-
-def _mangled_by_a_spreadsheet(identity: Identity) -> str | None:
-    """Why ``identity``'s value is a number a spreadsheet changed (or an address typed in
-    full-width), or None.
-
-    Each was looked up as it was and "not found" (exit 0): a customer the file held reported as
-    none. Scientific notation is any type's (a member card number; no identity is written so);
-    the rest a mobile's, which is digits: a ``.0``, Excel's text mark ``'``, a formula, or
-    full-width digits (１３８) typed with a Chinese input method; or an email's.
-    """
-    value = identity.value
-    if _SCIENTIFIC.fullmatch(value):
-        return f"is in scientific notation (1.38E+10): its digits are lost; {_TEXT_COLUMN}"
-    if identity.type == "email":
-        # A Chinese input method left in full-width mode: wang＠example。com. An address may
-        # hold Chinese (王@例子.中国), never these.
-        if _FULL_WIDTH.search(value):
-            return "holds full-width characters (＠, ．, 。): type them half-width (@, .)"
-        return None
-    if identity.type != "mobile":
-        return None
-    if _DECIMAL.fullmatch(value):
-        return f"ends in .0 (a number written as a decimal): give the digits alone; {_TEXT_COLUMN}"
-    if value.startswith("'"):
-        return "starts with an apostrophe (Excel's mark for text): remove it"
-    if value.startswith("="):
-        return 'is a formula (="..."): give the digits alone'
-    if not value.isascii():
-        return "holds full-width or other non-ASCII characters: give ASCII digits (0-9)"
-    return None
 
 
 #: A header's names for the two columns: English, the API's, and Chinese (a file made in

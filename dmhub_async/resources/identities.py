@@ -160,7 +160,10 @@ class Identities(Resource):
         # 0.2 s (repeats) to 1 s. A copy is checked, which nothing can change meanwhile.
         results: dict[Identity, Any] = {}
         for taken, identity in enumerate(list(identities), 1):
-            results.setdefault(check_identity("lookup_many", identity))
+            try:
+                results.setdefault(check_identity("lookup_many", identity))
+            except InvalidRequestError as err:
+                raise _at(err, "lookup_many", taken - 1) from None
             if not taken % _PAUSE_EVERY:
                 await asyncio.sleep(0)
         if not results:
@@ -311,12 +314,14 @@ class Identities(Resource):
                     check_identity("lookup_iter", identity)
                 except StopAsyncIteration:
                     break
-                except Exception:
+                except Exception as err:
                     # The input failed, or gave no identity: the items before it are answered
                     # first (they were dropped, answers and all).
                     next_item = None
                     while window:
                         yield await drain_one()
+                    if isinstance(err, InvalidRequestError):
+                        raise _at(err, "lookup_iter", taken) from None
                     raise
                 taken += 1
                 if not taken % _PAUSE_EVERY:
@@ -351,6 +356,14 @@ _PATH = "/v1/customeridentities"
 def _query_of(identity: Identity) -> dict[str, str]:
     """The query that asks for the bindings of ``identity``."""
     return {"identityType": identity.type, "identityValue": identity.value}
+
+
+def _at(err: InvalidRequestError, method: str, index: int) -> InvalidRequestError:
+    """``err`` naming the input's item it is about by its index (its value may be personal
+    data; among thousands of identities, "identity value of type mobile" named none)."""
+    prefix = f"{method}(): "
+    message = str(err).removeprefix(prefix)
+    return InvalidRequestError(f"{prefix}identities[{index}]: {message}")
 
 
 def _check_concurrency(concurrency: object) -> None:

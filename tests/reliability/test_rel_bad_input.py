@@ -131,6 +131,20 @@ CASES: dict[str, Call] = {
     "lookup_many: a word joiner in a type": lambda dm: dm.identities.lookup_many(
         [OK, Identity("wechat\u2060", "o-1")]
     ),
+    # A number a spreadsheet or a float's str() mangled, an address typed in full-width: no
+    # service holds them. Looked up, "not found"; bound, a customer no one finds by mobile.
+    "lookup: a mobile written as a float": lambda dm: dm.identities.lookup(
+        Identity("mobile", "13800138000.0")
+    ),
+    "find: a number in scientific notation": lambda dm: dm.identities.find(
+        Identity("member-card", "6.22848e+18")
+    ),
+    "add: a mobile with Excel's text mark": lambda dm: dm.identities.add(
+        1, Identity("mobile", "'13800138000")
+    ),
+    "upsert: an email typed in full-width": lambda dm: dm.customers.create_with_identities(
+        [Identity("email", "wang\uff20example.com")], name="x"
+    ),
     # The same marks in the fields the service matches a create on: sent, the create matched
     # no one and made a second customer, whose mobile the mobile filter then refused to find.
     "create: mobile copied from a contact card": lambda dm: dm.customers.create(
