@@ -15,6 +15,7 @@ import email.utils
 import functools
 import itertools
 import math
+import re
 import types
 import weakref
 from collections.abc import Awaitable, Callable, Generator, Iterable
@@ -84,8 +85,35 @@ def longest_retry_after(values: Iterable[str], now: float) -> float | None:
     asks not to be called again before its time, so the longest is kept; the first alone sent
     the retry to a gateway that had asked for 30 s after the service's 2 s.
     """
-    waits = [wait for value in values if (wait := parse_retry_after(value, now)) is not None]
+    waits = [
+        wait
+        for value in values
+        for element in _elements(value)
+        if (wait := parse_retry_after(element, now)) is not None
+    ]
     return max(waits, default=None)
+
+
+#: A date's day before its comma: ``Wed`` of ``Wed, 21 Oct 2015 07:28:00 GMT`` (RFC 850's
+#: ``Wednesday`` too).
+_DAY_NAME = re.compile(r"[A-Za-z]{3,9}")
+
+
+def _elements(value: str) -> list[str]:
+    """The ``Retry-After`` values one header line holds: itself, or the values a proxy joined
+    with commas (``2, 30``), as it may join a list field's repeated lines.
+
+    A date holds a comma of its own (``Wed, 21 Oct ...``): its day name is joined back on.
+    """
+    if "," not in value or parse_retry_after(value, 0.0) is not None:
+        return [value]
+    elements: list[str] = []
+    for part in value.split(","):
+        if elements and _DAY_NAME.fullmatch(elements[-1].strip()):
+            elements[-1] += "," + part
+        else:
+            elements.append(part)
+    return elements
 
 
 @attrs.frozen

@@ -732,6 +732,23 @@ async def test_repeated_retry_after_headers_wait_the_longest(api, make_client, c
     assert clock.waits == [pytest.approx(31.0)]  # 30 s, plus the 1 s jitter ceiling
 
 
+@pytest.mark.parametrize(
+    "value",
+    ["2, 30", "30,2", "2 , x, 30", "Wed, 21 Oct 2015 07:28:00 GMT, 30"],
+    ids=["two", "no space", "one unreadable", "a date and seconds"],
+)
+async def test_retry_after_values_joined_by_commas_wait_the_longest(api, make_client, clock, value):
+    # A proxy that folds repeated headers into one line (as HTTP lets it do for a list field)
+    # sent `Retry-After: 2, 30`: unreadable, it was ignored, and the retry went out after the
+    # backoff's fraction of a second to a gateway that had asked for 30 s.
+    api.get(url("/v1/customers/1"), status=429, headers={"Retry-After": value})
+    api.get(url("/v1/customers/1"), payload=CUSTOMER)
+    dm = make_client(access_token="tok")
+
+    assert await dm.request("GET", "/v1/customers/1") == CUSTOMER
+    assert clock.waits == [pytest.approx(31.0)]  # 30 s (the date is gone by), plus 1 s jitter
+
+
 async def test_a_repeated_retry_after_above_the_cap_is_raised_at_once(api, make_client, clock):
     headers = CIMultiDict([("Retry-After", "5"), ("Retry-After", "120")])
     api.get(url("/v1/customers/1"), status=503, headers=headers, repeat=True)
