@@ -103,11 +103,14 @@ def cli_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "dmhub_async.cli", *args]
 
 
-def run_cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, env: dict[str, str], cwd: Path, input: str | None = None
+) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
         cli_command(*args),
         env=env,
         cwd=cwd,
+        input=input,
         capture_output=True,
         text=True,
         encoding="utf-8",

@@ -30,11 +30,13 @@ from ._errors import (
     without_method,
 )
 from ._files import (
+    STDIN,
     STDOUT,
     check_checkpoint,
     check_output,
     decoded_lines,
     export_stdout,
+    read_twice,
     replace_on_success,
 )
 from ._parser import FILTER_FLAGS
@@ -191,15 +193,19 @@ async def _export(args: argparse.Namespace) -> int:
     return _finish(report, args, _report_stream(args))
 
 
-def _identities(path: Path, encoding: str) -> Iterator[Identity]:
-    """The ``type,value`` rows of ``path``; a bad row is an error that names its line."""
-    for _, identity in _numbered_identities(path, encoding):
+def _identities(path: Path, encoding: str, name: str | None = None) -> Iterator[Identity]:
+    """The ``type,value`` rows of ``path``; a bad row is an error that names its line (of
+    ``name``, the input ``path`` is a copy of)."""
+    for _, identity in _numbered_identities(path, encoding, name):
         yield identity
 
 
-def _numbered_identities(path: Path, encoding: str) -> Iterator[tuple[int, Identity]]:
+def _numbered_identities(
+    source: Path, encoding: str, name: str | None = None
+) -> Iterator[tuple[int, Identity]]:
     """:func:`_identities`, each with the line it starts on."""
-    lines = decoded_lines(path, "utf-8-sig" if encoding == "utf-8" else encoding)
+    path = source if name is None else name  # what the messages name
+    lines = decoded_lines(source, "utf-8-sig" if encoding == "utf-8" else encoding, name)
     # skipinitialspace: `wechat, "o4..."` kept its quotes in the value (and was not found).
     reader = csv.reader(_without_nul(lines, path), skipinitialspace=True)
     columns = 2  # a header may name more (a name column), whose cells are then left alone
@@ -258,7 +264,7 @@ def _is_header(row: list[str]) -> bool:
     )
 
 
-def _without_nul(lines: Iterator[str], path: Path) -> Iterator[str]:
+def _without_nul(lines: Iterator[str], path: Path | str) -> Iterator[str]:
     """The lines, or an error at the first holding a NUL: a UTF-16 file read as UTF-8 (its
     rows were read as NUL characters; csv on Python 3.10 refuses them, on 3.11 takes them)."""
     for number, line in enumerate(lines, 1):
@@ -280,7 +286,7 @@ def _without_nul(lines: Iterator[str], path: Path) -> Iterator[str]:
 _UTF16: Final = re.compile("[\x01-\x7f]\x00[\x01-\x7f]\x00")
 
 
-def _csv_rows(reader: Any, path: Path) -> Iterator[list[str]]:
+def _csv_rows(reader: Any, path: Path | str) -> Iterator[list[str]]:
     """The reader's rows; a file it cannot read as CSV is an error naming the line."""
     try:
         yield from reader
@@ -290,37 +296,42 @@ def _csv_rows(reader: Any, path: Path) -> Iterator[list[str]]:
         ) from None
 
 
-def _check_lookup(args: argparse.Namespace) -> tuple[Path, str, int, str]:
-    """The input, its encoding, its number of rows (every row checked before a request), and
-    the output's encoding."""
-    infile = Path(args.infile)
-    if not infile.is_file():
-        if args.infile != "-" and not infile.exists():
-            raise CommandError(f"--in {args.infile}: no such file")
-        if infile.is_dir():
-            raise CommandError(f"--in {args.infile} is a directory: give a CSV file")
-        # `--in <(iconv -f gbk -t utf-8 ids.csv)`, `--in -`: was "no such file".
-        raise CommandError(
-            f"--in {args.infile} is no regular file (a pipe, <(...), standard input): it is read"
-            " twice, every row checked before anything is sent: save it to a file first"
-        )
+def _check_lookup(args: argparse.Namespace) -> str:
+    """The output's checks, and the input's encoding, before the input is read."""
+    given = Path(args.infile)
+    if args.infile != STDIN and not given.exists():
+        raise CommandError(f"--in {args.infile}: no such file")
+    if given.is_dir():
+        raise CommandError(f"--in {args.infile} is a directory: give a CSV file")
     check_output(args.out, force=args.force, inputs=[args.infile])
-    encoding = _encoding(args)
+    return _encoding(args)
+
+
+def _count_rows(infile: Path, name: str, encoding: str, out: str) -> tuple[int, str]:
+    """The input's number of rows (every row checked before a request), and the output's
+    encoding."""
     # Blocking (2,000,000 rows: 7 s): the loop would see a signal only once the file was read.
     with interruptible():
-        total = sum(1 for _ in _identities(infile, encoding))
+        total = sum(1 for _ in _identities(infile, encoding, name))
     # Excel's "CSV UTF-8" starts with a mark, and Excel reads a file without it as the local
     # code page: the result, double-clicked, showed its Chinese values as mojibake.
     out_encoding = encoding
-    if encoding == "utf-8" and args.out != STDOUT:
+    if encoding == "utf-8" and out != STDOUT:
         with infile.open("rb") as fh:
             if fh.read(len(codecs.BOM_UTF8)) == codecs.BOM_UTF8:
                 out_encoding = "utf-8-sig"
-    return infile, encoding, total, out_encoding
+    return total, out_encoding
 
 
 async def _lookup(args: argparse.Namespace) -> int:
-    infile, encoding, total, out_encoding = _check_lookup(args)
+    encoding = _check_lookup(args)
+    # Standard input or a pipe: copied first, as the rows are read twice.
+    with read_twice(args.infile) as (infile, name):
+        return await _lookup_rows(args, infile, name, encoding)
+
+
+async def _lookup_rows(args: argparse.Namespace, infile: Path, name: str, encoding: str) -> int:
+    total, out_encoding = _count_rows(infile, name, encoding, args.out)
     progress = None if args.quiet else ProgressLines(what="identities")
     found = missing = 0
     # The line of each identity taken and not yet answered: answers come in input order, so
@@ -328,7 +339,7 @@ async def _lookup(args: argparse.Namespace) -> int:
     lines: deque[int] = deque()
 
     def taken() -> Iterator[Identity]:
-        for line, identity in _numbered_identities(infile, encoding):
+        for line, identity in _numbered_identities(infile, encoding, name):
             lines.append(line)
             yield identity
 
@@ -355,7 +366,7 @@ async def _lookup(args: argparse.Namespace) -> int:
                     raise  # the app's, not the line's: explain() says what to do
                 # The line, not its value: an identity is personal data (a mobile, an openid).
                 raise CommandError(
-                    f"{infile}:{lines[0]}: its lookup failed: {without_method(str(err))}; "
+                    f"{name}:{lines[0]}: its lookup failed: {without_method(str(err))}; "
                     "run it again, and if that line fails again, check or remove it"
                 ) from None
     where = "standard output" if args.out == STDOUT else args.out

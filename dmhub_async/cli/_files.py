@@ -7,6 +7,7 @@ import contextlib
 import io
 import os
 import re
+import shutil
 import sys
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -28,12 +29,15 @@ __all__ = [
     "check_output",
     "decoded_lines",
     "export_stdout",
+    "read_twice",
     "replace_on_success",
     "stdout_bytes",
 ]
 
 #: ``--out -``: the data goes to standard output (and the report to standard error).
 STDOUT = "-"
+#: ``--in -``: the rows come from standard input.
+STDIN = "-"
 
 
 class _SignalledStdout(io.BufferedIOBase):
@@ -240,6 +244,34 @@ def replace_on_success(out: str, encoding: str) -> Iterator[TextIO]:
                 os.unlink(tmp)
 
 
+@contextlib.contextmanager
+def read_twice(given: str) -> Iterator[tuple[Path, str]]:
+    """``--in given`` as a file that can be read twice, and the name its messages give it.
+
+    The rows are read twice (every one checked before anything is sent), so standard input
+    (``-``) or a pipe (``<(iconv -f gbk -t utf-8 ids.csv)``) is first copied to a temporary
+    file only this user can read (it holds personal data), removed at the end, whatever
+    happens. A regular file is read where it is.
+    """
+    path = Path(given)
+    if given != STDIN and path.is_file():
+        yield path, given
+        return
+    fd, tmp = tempfile.mkstemp(prefix=".dmhub-lookup-", suffix=".csv")  # 0600
+    try:
+        with open(fd, "wb") as copy, interruptible():
+            if given != STDIN:
+                with path.open("rb") as source:
+                    shutil.copyfileobj(source, copy, 1 << 20)
+            elif sys.stdin is None or getattr(sys.stdin, "closed", False):  # started with <&-
+                raise CommandError("--in -: standard input is closed: give --in a file")
+            else:
+                shutil.copyfileobj(sys.stdin.buffer, copy, 1 << 20)
+        yield Path(tmp), "<stdin>" if given == STDIN else given
+    finally:
+        os.unlink(tmp)
+
+
 #: What a file that is no CSV text starts with, and what it is: each was "not UTF-8 text (byte
 #: 0xff): ... --encoding gbk", and with gbk "not gbk text", advice going round in a circle.
 _SAVE_AS_CSV: Final = "save it as CSV in Excel or WPS (CSV UTF-8)"
@@ -255,24 +287,26 @@ _NOT_CSV: Final = (
 )
 
 
-def _check_not_binary(path: Path, first: bytes) -> None:
+def _check_not_binary(where: str, first: bytes) -> None:
     """Refuse a file whose first line says it is UTF-16, a workbook or compressed, whatever
     ``--encoding``."""
     for start, what, advice in _NOT_CSV:
         if first.startswith(start):
-            raise CommandError(f"{path}:1: {what}, not CSV text: {advice}")
+            raise CommandError(f"{where}:1: {what}, not CSV text: {advice}")
 
 
 #: The first byte of a character of three bytes or four in UTF-8: a CJK one, among others.
 _CJK_UTF8: Final = re.compile(b"[\xe0-\xf4]")
 
 
-def decoded_lines(path: Path, encoding: str) -> Iterator[str]:
-    """The lines of ``path`` decoded one by one, so that a bad byte is reported with its line.
+def decoded_lines(path: Path, encoding: str, name: str | None = None) -> Iterator[str]:
+    """The lines of ``path`` decoded one by one, so that a bad byte is reported with its line
+    (of ``name``: where it was read from, when ``path`` is its copy).
 
     For the encodings CSV files come in (UTF-8, GBK, GB18030, Big5, Latin-1...), in which a
     newline byte is always a newline. A line ends at LF, or at a CR alone (a Mac's CSV).
     """
+    where = str(path) if name is None else name
     decoder = codecs.getincrementaldecoder(encoding)()
     name = codecs.lookup(encoding).name
     utf8 = name.startswith("utf-8")
@@ -296,11 +330,11 @@ def decoded_lines(path: Path, encoding: str) -> Iterator[str]:
                 else:
                     other_lines += 1
             if number == 0:
-                _check_not_binary(path, raw)
+                _check_not_binary(where, raw)
                 if not utf8 and raw.startswith(codecs.BOM_UTF8):
                     # Read as GBK, the mark was text ('锘縲echat'): the first row was not found.
                     raise CommandError(
-                        f"{path}:1: starts with the mark of a UTF-8 file (Excel: CSV UTF-8), "
+                        f"{where}:1: starts with the mark of a UTF-8 file (Excel: CSV UTF-8), "
                         f"not {encoding} text: give --encoding utf-8 (the default)"
                     )
             try:
@@ -309,11 +343,11 @@ def decoded_lines(path: Path, encoding: str) -> Iterator[str]:
                 line = number + 1 + raw[: err.start].count(b"\r")
                 if not utf8 and is_utf8(raw):  # told gb18030, it read as mojibake
                     raise CommandError(
-                        f"{path}:{line}: UTF-8 text, not {encoding}: give --encoding utf-8 (the"
+                        f"{where}:{line}: UTF-8 text, not {encoding}: give --encoding utf-8 (the"
                         " default)"
                     ) from None
                 raise CommandError(
-                    f"{path}:{line}: not {'UTF-8' if utf8 else encoding} text (byte "
+                    f"{where}:{line}: not {'UTF-8' if utf8 else encoding} text (byte "
                     f"0x{err.object[err.start]:02x}): give the file's encoding with --encoding "
                     + advice
                 ) from None
@@ -331,7 +365,7 @@ def decoded_lines(path: Path, encoding: str) -> Iterator[str]:
             tail = decoder.decode(b"", final=True)
         except UnicodeDecodeError:  # was Python's words: "unexpected end of data", no line
             raise CommandError(
-                f"{path}:{last}: ends inside a character: the file was cut short (a copy or a"
+                f"{where}:{last}: ends inside a character: the file was cut short (a copy or a"
                 " download not finished?): get it whole"
             ) from None
         if tail:
@@ -341,6 +375,6 @@ def decoded_lines(path: Path, encoding: str) -> Iterator[str]:
         # looked up so, all "not found". GBK text is UTF-8 holding CJK on about one line in a
         # thousand (rare characters); on two lines and no other, one file in a million.
         raise CommandError(
-            f"{path}:{first_utf8}: UTF-8 text, not {encoding} (each line with Chinese reads as"
+            f"{where}:{first_utf8}: UTF-8 text, not {encoding} (each line with Chinese reads as"
             " UTF-8): give --encoding utf-8 (the default)"
         )

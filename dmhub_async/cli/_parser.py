@@ -252,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="infile",
         required=True,
         metavar="PATH",
-        help="CSV of type,value rows (a header is optional)",
+        help="CSV of type,value rows (a header is optional); - reads standard input",
     )
     lookup.add_argument(
         "--out",
