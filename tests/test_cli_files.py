@@ -639,6 +639,39 @@ def test_lookup_reads_standard_input_or_a_pipe(
     assert list(tmp.iterdir()) == []
 
 
+@pytest.mark.parametrize("end", ["\r", "\n", "\r\n"], ids=["CR (a Mac's)", "LF", "CRLF"])
+def test_lookup_input_is_read_in_bounded_memory_whatever_its_line_ends(
+    tmp_path: Path, end: str
+) -> None:
+    # A file whose lines end in a CR alone (Excel for Mac) is one line to a binary file's
+    # iterator: it was read whole into memory (and its text beside it), 8 MB for 8 MB.
+    import tracemalloc
+
+    from dmhub_async.cli._commands import _identities
+
+    path = tmp_path / "ids.csv"
+    rows = 62_000
+    path.write_text(end.join(f"wechat,o-{i:0120d}" for i in range(rows)) + end, "utf-8")
+    assert path.stat().st_size >= 8_000_000
+    tracemalloc.start()
+    try:
+        assert sum(1 for _ in _identities(path, "utf-8")) == rows
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1_000_000, peak
+
+
+def test_lookup_input_of_one_endless_line_names_it(tmp_path: Path) -> None:
+    from dmhub_async.cli._commands import _identities
+    from dmhub_async.cli._errors import CommandError
+
+    path = tmp_path / "ids.csv"
+    path.write_bytes(b"type,value\r\nwechat,o-1\r\nwechat," + b"o" * 3_000_000)
+    with pytest.raises(CommandError, match=r"^.*ids\.csv:3: a line of more than 1 MiB"):
+        list(_identities(path, "utf-8"))
+
+
 def test_lookup_of_an_excel_csv_utf8_writes_the_mark_excel_reads_it_by(
     served: ServedSimulator, env: dict[str, str], tmp_path: Path
 ) -> None:

@@ -299,6 +299,37 @@ def _check_not_binary(where: str, first: bytes) -> None:
 _CJK_UTF8: Final = re.compile(b"[\xe0-\xf4]")
 
 
+#: The longest line read: a row of identities is a few hundred bytes, a cell at most csv's
+#: 131,072 characters; a file of one endless line was read whole before csv refused it.
+_LONGEST_LINE: Final = 1 << 20
+_BLOCK: Final = 1 << 16
+
+
+def _byte_lines(fh: BinaryIO, where: str) -> Iterator[bytes]:
+    """The lines of ``fh``, each ending in LF, CRLF or a CR alone (the last maybe in none).
+
+    A binary file's own lines end at LF alone: a file whose lines end in a CR (Excel for Mac)
+    was one line, read whole into memory. Read in blocks, at most :data:`_LONGEST_LINE` held.
+    """
+    held = b""
+    lines = 0
+    while block := fh.read(_BLOCK):
+        parts = (held + block).splitlines(keepends=True)  # at LF, CRLF and a lone CR
+        held = parts.pop()
+        if held.endswith(b"\n"):  # a whole line; one ending in CR may be CRLF's first half
+            parts.append(held)
+            held = b""
+        lines += len(parts)
+        yield from parts
+        if len(held) > _LONGEST_LINE:
+            raise CommandError(
+                f"{where}:{lines + 1}: a line of more than 1 MiB, which no row of identities"
+                " is: is it the file you meant?"
+            )
+    if held:
+        yield held
+
+
 def decoded_lines(path: Path, encoding: str, name: str | None = None) -> Iterator[str]:
     """The lines of ``path`` decoded one by one, so that a bad byte is reported with its line
     (of ``name``: where it was read from, when ``path`` is its copy).
@@ -322,7 +353,7 @@ def decoded_lines(path: Path, encoding: str, name: str | None = None) -> Iterato
     # Lines not ASCII: those that are UTF-8 holding CJK (the first of them), and the others.
     utf8_lines, first_utf8, other_lines = 0, 0, 0
     with path.open("rb") as fh:
-        for raw in fh:
+        for raw in _byte_lines(fh, where):
             last = number + 1 + raw.count(b"\r") - raw.endswith(b"\r\n")
             if not utf8 and not raw.isascii():
                 if _CJK_UTF8.search(raw) and is_utf8(raw):
