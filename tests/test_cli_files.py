@@ -672,6 +672,61 @@ def test_lookup_input_of_one_endless_line_names_it(tmp_path: Path) -> None:
         list(_identities(path, "utf-8"))
 
 
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"sep=,\r\ntype,value\r\nwechat,o-1\r\nmobile,13800138000\r\n",  # Excel's hint line
+        b"type,value\r\nwechat,o-1\r\nmobile,13800138000\r\n\x1a",  # DOS's end of file
+        b"wechat,o-1\r\nmobile,13800138000\x1a",  # on the last row itself
+    ],
+    ids=["sep=,", "Ctrl-Z", "Ctrl-Z on the last row"],
+)
+def test_lookup_input_reads_excels_sep_line_and_a_dos_end_of_file(
+    tmp_path: Path, content: bytes
+) -> None:
+    # `sep=,` (the line that tells Excel the separator) was "identity value must be a
+    # non-empty string"; a file ending in Ctrl-Z (copy /b a.csv+b.csv, DOS tools) was
+    # "expected type,value, not '\x1a'", or "holds a control character".
+    from dmhub_async import Identity
+    from dmhub_async.cli._commands import _identities
+
+    path = tmp_path / "ids.csv"
+    path.write_bytes(content)
+    assert list(_identities(path, "utf-8")) == [
+        Identity("wechat", "o-1"),
+        Identity("mobile", "13800138000"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("content", "said"),
+    [
+        (
+            "sep=;\r\ntype;value\r\nwechat;o-1\r\n",
+            "ids.csv:1: separated by ';' (its sep= line), not commas",
+        ),
+        ("sep=\t\r\nwechat\to-1\r\n", "ids.csv:1: separated by tabs (its sep= line), not commas"),
+        ("type,value\r\nwechat\uff0co-1\r\n", "ids.csv:2: separated by full-width commas (\uff0c)"),
+        ("wechat,o-1\r\nmobile\uff0c138\uff0cx\r\n", "ids.csv:2: separated by full-width commas"),
+    ],
+    ids=["sep=;", "sep=tab", "full-width comma", "full-width commas"],
+)
+def test_lookup_input_with_another_separator_says_which(
+    tmp_path: Path, content: str, said: str
+) -> None:
+    # Each was "expected type,value, not 'wechat，o-1' (a value holding a comma must be
+    # quoted...)": advice about quoting for a file typed with a Chinese input method's comma.
+    from dmhub_async.cli._commands import _identities
+    from dmhub_async.cli._errors import CommandError
+
+    path = tmp_path / "ids.csv"
+    path.write_text(content, "utf-8")
+    with pytest.raises(CommandError) as caught:
+        list(_identities(path, "utf-8"))
+    assert said in str(caught.value)
+    assert "o-1" not in str(caught.value)  # the line, not its values
+
+
 def test_lookup_of_an_excel_csv_utf8_writes_the_mark_excel_reads_it_by(
     served: ServedSimulator, env: dict[str, str], tmp_path: Path
 ) -> None:

@@ -214,6 +214,16 @@ def _numbered_identities(
         line, end = end + 1, reader.line_num
         if not row or not "".join(row).strip():
             continue
+        if line == 1 and row[0][:4].lower() == "sep=" and len(first := ",".join(row)) == 5:
+            # Excel's line naming the separator: sep=, is no row; another is no CSV of commas.
+            separator = first[4]
+            if separator == ",":
+                continue
+            said = "tabs" if separator == "\t" else repr(separator)
+            raise CommandError(
+                f"{path}:1: separated by {said} (its sep= line), not commas: save it as CSV"
+                " (Excel: CSV UTF-8)"
+            )
         if _is_header(row):
             # On the first row that is not blank (not only line 1), or further down: files
             # joined with their headers (cat a.csv b.csv). Each names the columns under it.
@@ -223,6 +233,10 @@ def _numbered_identities(
             raise CommandError(
                 f"{path}:{line}: separated by tabs (Excel: Text (Tab delimited)), not commas:"
                 " save it as CSV (Excel: CSV UTF-8)"
+            )
+        if len(row) == 1 and "\uff0c" in row[0]:  # a Chinese input method's comma
+            raise CommandError(
+                f"{path}:{line}: separated by full-width commas (\uff0c): type them half-width (,)"
             )
         if len(row) < 2 or any(cell.strip() for cell in row[columns:]):
             # A cell past the value: most likely a value holding an unquoted comma, whose

@@ -306,7 +306,8 @@ _BLOCK: Final = 1 << 16
 
 
 def _byte_lines(fh: BinaryIO, where: str) -> Iterator[bytes]:
-    """The lines of ``fh``, each ending in LF, CRLF or a CR alone (the last maybe in none).
+    """The lines of ``fh``, each ending in LF, CRLF or a CR alone (the last maybe in none),
+    without a Ctrl-Z that ends the file (DOS's mark of its end).
 
     A binary file's own lines end at LF alone: a file whose lines end in a CR (Excel for Mac)
     was one line, read whole into memory. Read in blocks, at most :data:`_LONGEST_LINE` held.
@@ -326,6 +327,7 @@ def _byte_lines(fh: BinaryIO, where: str) -> Iterator[bytes]:
                 f"{where}:{lines + 1}: a line of more than 1 MiB, which no row of identities"
                 " is: is it the file you meant?"
             )
+    held = held.removesuffix(b"\x1a")  # DOS's end of file (Ctrl-Z): copy /b a.csv+b.csv
     if held:
         yield held
 
