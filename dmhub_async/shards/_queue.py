@@ -28,6 +28,7 @@ import types
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from .._exceptions import DMHubError, InvalidRequestError
 from .._shared_rate import check_shared_rate
@@ -201,9 +202,16 @@ def queue_redis_error(redis_url: str, err: BaseException) -> DMHubError:
     from redis.exceptions import AuthenticationError, BusyLoadingError, ResponseError
 
     where = redis_where(redis_url)
+    reason = printable(str(err))[:300]
+    with contextlib.suppress(ValueError):  # checked before: a URL it reads
+        password = urlsplit(redis_url).password
+        if password:  # redis-py's words never hold it: kept so, whatever a version says
+            reason = reason.replace(password, "***")
     if isinstance(err, (ResponseError, AuthenticationError, BusyLoadingError)):
-        return DMHubError(f"the queue's Redis at {where} refused: {printable(str(err))[:300]}")
-    return DMHubError(f"cannot reach the queue's Redis at {where}: {type(err).__name__}")
+        return DMHubError(f"the queue's Redis at {where} refused: {reason}")
+    # Why, in redis-py's words ("Error 111 connecting to HOST:PORT. Connect call failed",
+    # "Connection lost"): it was the error's type alone, "ConnectionError".
+    return DMHubError(f"cannot reach the queue's Redis at {where}: {reason or type(err).__name__}")
 
 
 def job_id_of(export_id: str, plan_id: str, index: int) -> str:

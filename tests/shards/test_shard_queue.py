@@ -735,6 +735,20 @@ async def test_a_queue_redis_that_refuses_is_said_to_refuse_in_its_own_words(
     assert "pw" not in str(refused.value)
 
 
+async def test_a_queue_redis_not_there_is_said_with_the_reason() -> None:
+    # "cannot reach the queue's Redis at redis://127.0.0.1:1/0: ConnectionError" said nothing
+    # of why (refused, a name that does not resolve, a connection lost), where the refusals
+    # of a Redis that answered give Redis's own words.
+    from dmhub_async.shards._queue import check_queue
+
+    with pytest.raises(DMHubError) as unreached:
+        await asyncio.wait_for(check_queue("redis://:hunter2@127.0.0.1:1/0"), 30)
+    message = str(unreached.value)
+    assert message.startswith("cannot reach the queue's Redis at redis://127.0.0.1:1/0: ")
+    assert "Error 111 connecting to 127.0.0.1:1" in message  # ECONNREFUSED
+    assert "hunter2" not in message
+
+
 class LoadingRedis:
     """A proxy on 127.0.0.1 before a real Redis that answers its next ``loading`` commands
     ``-LOADING``, as a Redis restarted with persistence does while it reads its dataset
