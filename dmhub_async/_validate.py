@@ -38,6 +38,7 @@ __all__ = [
     "check_identities",
     "check_identity",
     "check_json",
+    "check_not_mangled",
     "check_number",
     "check_paging",
     "check_query",
@@ -517,8 +518,10 @@ def check_customer_fields(method: str, fields: Mapping[str, Any] | CustomerField
         if name in _MATCHED_ON:
             # The service matches a create on them: a number copied from a contact card (its
             # invisible marks) or read with its line's end matched no one and made a second
-            # customer, whose mobile the filters then refused to look for.
+            # customer, whose mobile the filters then refused to look for. So did a mobile a
+            # float wrote (13800138000.0).
             check_no_controls(method, name, value)
+            check_not_mangled(method, name, value)
         if name == "attr" and not all(isinstance(k, str) for k in value):
             raise InvalidRequestError(f"{method}(): attr keys must be strings")
         if name == "date_join":
@@ -615,10 +618,17 @@ def check_identity(method: str, identity: object) -> Identity:
                 " characters"
             )
         check_text(method, "identity name", identity.name)
-    mangled = mangled_value(identity, text=_AS_TEXT)
+    mangled = mangled_value(kind, value, text=_AS_TEXT)
     if mangled:  # its type, not its value: an identity is personal data
         raise InvalidRequestError(f"{method}(): identity value of type {kind} {mangled}")
     return identity
+
+
+def check_not_mangled(method: str, name: str, value: str) -> None:
+    """Refuse a ``mobile`` or ``email`` (a filter's, a field's) :func:`mangled_value` finds."""
+    mangled = mangled_value(name, value, text=_AS_TEXT)
+    if mangled:  # its name, not its value: personal data
+        raise InvalidRequestError(f"{method}(): {name} {mangled}")
 
 
 #: A number as Excel and WPS write one too long for them (12 digits and more): 1.38001E+10;
@@ -632,8 +642,9 @@ _FULL_WIDTH: typing.Final = re.compile("[\uff01-\uff5e\u3002]")
 _AS_TEXT: typing.Final = "read the column as text, not as numbers (pandas: dtype=str)"
 
 
-def mangled_value(identity: Identity, *, text: str) -> str | None:
-    """Why ``identity``'s value is one no service holds, a number a spreadsheet or a float
+def mangled_value(kind: str, value: str, *, text: str) -> str | None:
+    """Why ``value``, an identity's of type ``kind`` (or the ``mobile`` or ``email`` of a
+    filter or a customer), is one no service holds, a number a spreadsheet or a float
     changed, or an address typed in full-width (None: it is not).
 
     Each was looked up as it was and "not found": a customer holding the number reported as
@@ -642,9 +653,9 @@ def mangled_value(identity: Identity, *, text: str) -> str | None:
     mark ``'``, a formula, or full-width digits (１３８) typed with a Chinese input method; or
     an ``email``'s (an address may hold Chinese, 王@例子.中国, never ＠ or 。). ``text`` is the
     advice that keeps a number's digits, in the words of where it was read. The CLI's
-    ``lookup --in`` and :func:`check_identity` share it.
+    ``lookup --in``, :func:`check_identity`, the filters and :func:`check_customer_fields`
+    share it.
     """
-    kind, value = identity.type, identity.value
     if "+" in value and _SCIENTIFIC.fullmatch(value):
         return f"is in scientific notation (1.38E+10): its digits are lost; {text}"
     if kind == "email":

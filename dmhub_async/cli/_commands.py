@@ -247,7 +247,7 @@ def _numbered_identities(
             )
         identity = Identity(row[0].strip(), row[1].strip())
         # Before check_identity, which refuses them too, in a program's words.
-        mangled = mangled_value(identity, text=_TEXT_COLUMN)
+        mangled = mangled_value(identity.type, identity.value, text=_TEXT_COLUMN)
         if mangled:  # the line, not the value: an identity is personal data
             raise CommandError(f"{path}:{line}: {identity.type} value {mangled}")
         try:

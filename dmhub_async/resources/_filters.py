@@ -13,7 +13,14 @@ from typing import Any, Literal, TypedDict
 from .._converter import wire_names
 from .._exceptions import InvalidRequestError
 from .._query_time import query_time
-from .._validate import check_id, check_no_controls, check_query, is_collection, short
+from .._validate import (
+    check_id,
+    check_no_controls,
+    check_not_mangled,
+    check_query,
+    is_collection,
+    short,
+)
 from ..models.customer import Customer
 from ..models.gender import Gender
 
@@ -98,9 +105,12 @@ def _filter_params(
             if not isinstance(value, str) or not value:
                 raise InvalidRequestError(f"{method}(): {name} must be a non-empty string")
             check_no_controls(method, name, value)  # "138...\n" from a file matched no one
-            if name in ("mobile", "email") and value != value.strip():
-                # " 139..." pasted with a space matched no one (an export of nothing, complete).
-                raise InvalidRequestError(f"{method}(): {name} starts or ends with a space")
+            if name in ("mobile", "email"):
+                if value != value.strip():
+                    # " 139..." pasted with a space matched no one (an export of nothing,
+                    # complete), as 13800138000.0, a float's text, did.
+                    raise InvalidRequestError(f"{method}(): {name} starts or ends with a space")
+                check_not_mangled(method, name, value)
             params[name] = value
         elif name == "gender":
             # 1.0 equals 1 and was sent: a float is no code, as wherever an int is asked.

@@ -145,6 +145,23 @@ CASES: dict[str, Call] = {
     "upsert: an email typed in full-width": lambda dm: dm.customers.create_with_identities(
         [Identity("email", "wang\uff20example.com")], name="x"
     ),
+    # The same numbers as a filter, or in the fields a create is matched on: an export of
+    # mobile="13800138000.0" wrote nothing and called itself complete; a create made a second
+    # customer holding the float's text as its mobile.
+    "count: a mobile written as a float": lambda dm: dm.customers.count(mobile="13800138000.0"),
+    "list: a mobile in scientific notation": lambda dm: dm.customers.list(mobile="1.38001E+10"),
+    "list_rows: an email typed in full-width": lambda dm: dm.customers.list_rows(
+        email="wang\uff20example.com"
+    ),
+    "create: a mobile with Excel's text mark": lambda dm: dm.customers.create(
+        name="x", mobile="'13800138000"
+    ),
+    "update: a mobile in full-width digits": lambda dm: dm.customers.update(
+        1, mobile="\uff11\uff13\uff18\uff10\uff10\uff11\uff13\uff18\uff10\uff10\uff10"
+    ),
+    "upsert: an email typed in full-width field": lambda dm: dm.customers.create_with_identities(
+        [OK], email="wang@example\u3002com"
+    ),
     # The same marks in the fields the service matches a create on: sent, the create matched
     # no one and made a second customer, whose mobile the mobile filter then refused to find.
     "create: mobile copied from a contact card": lambda dm: dm.customers.create(
@@ -370,6 +387,18 @@ async def test_bad_input_is_refused_before_any_request(
         with pytest.raises(expected or InvalidRequestError):
             await invoke(CASES[name](dm))
     assert sim.counters.total == 0  # not even the token request
+
+
+async def test_a_mobile_filter_a_float_wrote_says_so_and_other_mobiles_are_sent(
+    sim: DMHubSimulator, connect: Callable[..., DMHubClient]
+) -> None:
+    sim.insert_customer({"name": "x", "mobile": "+86 138-0013-8000"})
+    async with connect(sim) as dm:
+        with pytest.raises(InvalidRequestError) as caught:
+            await dm.customers.count(mobile="13800138000.0")
+        assert str(caught.value).startswith("count(): mobile ends in .0 (a number written as")
+        assert "13800138000" not in str(caught.value)
+        assert await dm.customers.count(mobile="+86 138-0013-8000") == 1  # as the service has it
 
 
 async def test_a_create_by_a_mobile_copied_with_invisible_marks_makes_no_second_customer(
