@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from collections.abc import Callable, Iterator
@@ -10,6 +11,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 __all__ = ["current_umask", "replace_file", "replacing"]
+
+logger = logging.getLogger("dmhub_async")
 
 
 def current_umask() -> int:
@@ -46,7 +49,8 @@ def replacing(
     It is a temporary file made by ``mkstemp`` beside ``path`` (an unpredictable name, created
     exclusively with mode 0600, never a link followed), ``fsync``-ed unless ``sync`` is false,
     then renamed over ``path`` (a rename replaces a link itself, never its target). If the block
-    raises, the temporary file is removed and ``path`` is left as it was. ``before_rename`` is
+    raises, the temporary file is removed (or, if that fails too, left with a warning: the
+    block's error is the one raised) and ``path`` is left as it was. ``before_rename`` is
     called once the data is written (and synced), just before the rename: if it raises, the
     same. ``output``: the file is the user's data (a merged export), so it gets the mode a plain
     ``open()`` gives, 0666 less the umask, not the 0600 kept for checkpoints and tokens.
@@ -64,8 +68,21 @@ def replacing(
             before_rename()
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        _remove(Path(tmp))
         raise
+
+
+def _remove(tmp: Path) -> None:
+    """Remove the temporary file of a failed :func:`replacing`, or say it is left.
+
+    Raised, an error removing it (the file system gone read-only, which failed the rename
+    too) took the place of the one the block failed with, and named a hidden file the user
+    never asked for.
+    """
+    try:
+        tmp.unlink(missing_ok=True)
+    except OSError as err:
+        logger.warning("could not remove the temporary file %s: %s", tmp, err.strerror or err)
 
 
 def replace_file(

@@ -1,0 +1,40 @@
+"""``_atomic.replacing``: a failure is reported as what failed, whatever its cleanup meets."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+from pathlib import Path
+
+import pytest
+
+from dmhub_async._atomic import replace_file
+
+
+def test_a_failed_rename_is_the_error_raised_though_its_temp_file_cannot_be_removed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The rename failed (the file system gone read-only), and so did the removal of the
+    # temporary file after it: the removal's error was raised in the rename's place, naming a
+    # hidden `.NAME.xxxxxxxx.tmp` the user never asked for, the real failure only its context.
+    target = tmp_path / "customers.ckpt"
+    target.write_bytes(b"old")
+
+    def rename_fails(src: object, dst: object) -> None:
+        raise OSError(errno.EIO, "Input/output error", str(src), None, str(dst))
+
+    def unlink_fails(self: Path, missing_ok: bool = False) -> None:
+        raise PermissionError(errno.EROFS, "Read-only file system", str(self))
+
+    monkeypatch.setattr(os, "replace", rename_fails)
+    monkeypatch.setattr(Path, "unlink", unlink_fails)
+
+    with pytest.raises(OSError, match="Input/output error") as raised:
+        replace_file(target, b"new")
+
+    assert raised.value.errno == errno.EIO
+    assert target.read_bytes() == b"old"
+    assert "could not remove the temporary file" in caplog.text
+    assert "Read-only file system" in caplog.text
+    assert caplog.records[-1].levelno == logging.WARNING
