@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["current_umask", "replace_file", "replacing"]
+__all__ = ["current_umask", "naming", "replace_file", "replacing"]
 
 logger = logging.getLogger("dmhub_async")
 
@@ -37,6 +37,22 @@ def current_umask() -> int:
 
 
 @contextmanager
+def naming(path: Path) -> Iterator[None]:
+    """An OSError of the block that names no file names ``path``, the file being written.
+
+    A write, ``flush`` or ``fsync`` that fails (a full disk: ENOSPC, or EFBIG under a file
+    size limit) raises an error without a file name, and the command line said only "error:
+    No space left on device", not which file, on which disk, had no room.
+    """
+    try:
+        yield
+    except OSError as err:
+        if err.filename is None:
+            err.filename = str(path)
+        raise
+
+
+@contextmanager
 def replacing(
     path: Path,
     *,
@@ -52,12 +68,13 @@ def replacing(
     raises, the temporary file is removed (or, if that fails too, left with a warning: the
     block's error is the one raised) and ``path`` is left as it was. ``before_rename`` is
     called once the data is written (and synced), just before the rename: if it raises, the
-    same. ``output``: the file is the user's data (a merged export), so it gets the mode a plain
-    ``open()`` gives, 0666 less the umask, not the 0600 kept for checkpoints and tokens.
+    same. An error writing it that names no file names ``path`` (:func:`naming`). ``output``:
+    the file is the user's data (a merged export), so it gets the mode a plain ``open()``
+    gives, 0666 less the umask, not the 0600 kept for checkpoints and tokens.
     """
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as fh:
+        with naming(path), os.fdopen(fd, "wb") as fh:
             if output:
                 os.fchmod(fd, 0o666 & ~current_umask())
             yield fh

@@ -38,3 +38,21 @@ def test_a_failed_rename_is_the_error_raised_though_its_temp_file_cannot_be_remo
     assert "could not remove the temporary file" in caplog.text
     assert "Read-only file system" in caplog.text
     assert caplog.records[-1].levelno == logging.WARNING
+
+
+def test_a_full_disk_names_the_file_being_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A merge (or a manifest, a token file) on a full disk: "No space left on device", no file.
+    target = tmp_path / "all.jsonl"
+
+    def disk_full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+
+    with pytest.raises(OSError, match="No space left on device") as raised:
+        replace_file(target, b"{}\n")
+
+    assert raised.value.filename == str(target)
+    assert list(tmp_path.iterdir()) == []

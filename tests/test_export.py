@@ -631,6 +631,45 @@ async def test_an_export_failing_on_a_full_disk_leaves_no_hidden_file_behind(
     assert files_in(tmp_path) == []
 
 
+@pytest.mark.parametrize("checkpointed", [False, True])
+async def test_a_full_disk_names_the_output_it_could_not_write(
+    client: DMHubClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, checkpointed: bool
+) -> None:
+    # "dmhub-async: error: No space left on device": which disk, which file, was not said.
+    dest = tmp_path / "all.jsonl"
+    on_a_disk_with(41_000, monkeypatch)
+
+    with pytest.raises(OSError, match="No space left on device") as raised:
+        await export_customers(
+            client,
+            dest,
+            checkpoint=tmp_path / "all.ckpt" if checkpointed else None,
+            page_size=50,
+            progress=False,
+        )
+
+    assert raised.value.filename == str(dest)
+    assert str(dest) in str(raised.value)
+
+
+async def test_a_full_disk_names_the_checkpoint_it_could_not_write(
+    client: DMHubClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dest, ckpt = tmp_path / "customers.jsonl", tmp_path / "customers.ckpt"
+    fsync = os.fsync
+
+    def full_for_checkpoints(fd: int) -> None:
+        if os.readlink(f"/proc/self/fd/{fd}").endswith(".tmp"):  # the checkpoint's mkstemp
+            raise OSError(errno.ENOSPC, "No space left on device")
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", full_for_checkpoints)
+    with pytest.raises(OSError, match="No space left on device") as raised:
+        await export_customers(client, dest, checkpoint=ckpt, progress=False)
+
+    assert raised.value.filename == str(ckpt)
+
+
 async def test_an_export_failing_on_a_full_disk_leaves_what_its_checkpoint_covers(
     sim: DMHubSimulator, client: DMHubClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -24,7 +24,7 @@ from typing import IO
 import attrs
 import filelock
 
-from .._atomic import current_umask
+from .._atomic import current_umask, naming
 from .._exceptions import InvalidRequestError
 from .._threads import on_thread
 from ._checkpoint import Checkpoint, ExportScope, read_checkpoint, write_checkpoint
@@ -123,8 +123,10 @@ class Output:
         pointed past the file's end, and a failure before the next page's checkpoint left other
         records there (customers deleted while down), which every rerun refused as foreign.
         """
-        found = self.found = _verified(self.fh, resumed, scope.format, self._dest or Path())
-        self.fh.truncate(found.end)  # a torn record after the checkpoint, or a repair
+        assert self._dest is not None
+        found = self.found = _verified(self.fh, resumed, scope.format, self._dest)
+        with naming(self._dest):
+            self.fh.truncate(found.end)  # a torn record after the checkpoint, or a repair
         self.fh.seek(0, os.SEEK_END)
         if (found.end, found.count, found.last_id) != (
             resumed.bytes,
@@ -132,7 +134,8 @@ class Output:
             resumed.last_id,
         ):
             assert self._checkpoint is not None
-            os.fsync(self.fh.fileno())
+            with naming(self._dest):
+                os.fsync(self.fh.fileno())
             resumed = attrs.evolve(
                 resumed,
                 bytes=found.end,
@@ -151,7 +154,11 @@ class Output:
 
     def write(self, data: bytes) -> None:
         """Append ``data`` (to the OS cache: quick enough to do on the loop)."""
-        self.fh.write(data)
+        if self._dest is None:
+            self.fh.write(data)
+            return
+        with naming(self._dest):  # a full disk: the error says which file had no room
+            self.fh.write(data)
 
     def tell(self) -> int:
         """Bytes written so far."""
@@ -160,8 +167,10 @@ class Output:
     def commit(self, checkpoint: Checkpoint) -> None:
         """Record ``checkpoint``, once the data it points past is on disk."""
         assert self._checkpoint is not None
-        self.fh.flush()
-        os.fsync(self.fh.fileno())
+        assert self._dest is not None
+        with naming(self._dest):
+            self.fh.flush()
+            os.fsync(self.fh.fileno())
         work = self._work
         if work is not None and work != self._dest:
             # The first checkpoint: the file takes the output's place once the checkpoint is
@@ -186,10 +195,12 @@ class Output:
 
     def finish(self) -> None:
         """The export is complete: the file is in place, the checkpoint goes."""
-        self.fh.flush()
         if self._work is None or self._dest is None:
+            self.fh.flush()
             return  # a stream: the caller closes it
-        os.fsync(self.fh.fileno())
+        with naming(self._dest):
+            self.fh.flush()
+            os.fsync(self.fh.fileno())
         if self._work != self._dest:
             self._in_place(self._work)
         self.fh.close()
