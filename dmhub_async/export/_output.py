@@ -19,7 +19,7 @@ import socket
 import stat
 import tempfile
 from pathlib import Path
-from typing import IO
+from typing import IO, Final
 
 import attrs
 import filelock
@@ -335,11 +335,23 @@ def _open_in_place(dest: Path) -> IO[bytes]:
     return os.fdopen(fd, "r+b")
 
 
-def _lock(path: Path, by: str = "another export") -> tuple[filelock.BaseFileLock, Path]:
-    """An exclusive lock on ``path`` (by a hidden file next to it), taken at once or refused
-    (saying it is in use ``by`` whom)."""
+#: What holds a lock, as its file says it: ``merge: pid 4242 on host``.
+_ROLES: Final = {"export": "an export", "merge": "a merge"}
+_HOLDER: Final = re.compile(r"(export|merge): (pid .+)")
+
+
+def _lock(
+    path: Path, by: str = "another export", role: str = "export"
+) -> tuple[filelock.BaseFileLock, Path]:
+    """An exclusive lock on ``path`` (by a hidden file next to it), taken at once or refused.
+
+    The lock file records the holder: its ``role`` (``"export"`` or ``"merge"``), pid and
+    host. Refused, the error says which holds it (``in use by a merge (pid 4242 on host)``):
+    an export blocked by a merge said "another export", and the user looked for one that was
+    not running. ``by``: whom to name when the lock file does not say (an earlier release's).
+    """
     lock_path = path.with_name(f".{path.name}.lock")
-    holder = f"pid {os.getpid()} on {socket.gethostname()}"
+    holder = f"{role}: pid {os.getpid()} on {socket.gethostname()}"
 
     def record_holder(fd: int) -> None:
         os.ftruncate(fd, 0)
@@ -350,9 +362,14 @@ def _lock(path: Path, by: str = "another export") -> tuple[filelock.BaseFileLock
     try:
         lock.acquire()
     except filelock.Timeout:
+        held = _holder(lock_path)
+        known = _HOLDER.fullmatch(held)
+        if known is not None:
+            other = known[1]
+            by = f"another {other}" if other == role else _ROLES[other]
+            held = known[2]
         raise InvalidRequestError(
-            f"{str(path)!r} is in use by {by} ({_holder(lock_path)}): "
-            "wait for it to finish, or stop it"
+            f"{str(path)!r} is in use by {by} ({held}): wait for it to finish, or stop it"
         ) from None
     return lock, lock_path
 

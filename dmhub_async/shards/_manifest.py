@@ -248,7 +248,7 @@ def merge(
     # Under the lock an export to ``dest`` takes: a merge killed (kill -9) left its temporary
     # file beside ``dest`` for ever, and it can be removed only while no live merge writes it.
     # Only a merge's ``.tmp``: a ``.part`` may be the data an export's checkpoint names.
-    lock, lock_path = _lock(Path(dest), by="another export or merge")
+    lock, lock_path = _lock(Path(dest), by="another export or merge", role="merge")
     try:
         _sweep(Path(dest), suffixes="tmp")
         with replacing(Path(dest), output=True) as out:  # as readable as the parts

@@ -23,6 +23,7 @@ from shard_support import exported_ids
 
 from dmhub_async import DMHubClient, InvalidRequestError
 from dmhub_async.cli import main
+from dmhub_async.export import export_customers
 from dmhub_async.shards import MANIFEST_NAME, Manifest, export_sharded, merge
 from dmhub_async.testing import DMHubSimulator
 
@@ -368,13 +369,45 @@ async def test_a_merge_refuses_while_another_writes_the_file_and_leaves_its_work
     live.write_bytes(b'{"id": 1}\n')
     lock, lock_path = _lock(merged / "all.jsonl")
     try:
-        with pytest.raises(InvalidRequestError, match="in use by another export or merge"):
+        with pytest.raises(InvalidRequestError, match=r"in use by an export \(pid "):
             merge(done, merged / "all.jsonl")
         assert live.read_bytes() == b'{"id": 1}\n'
         assert not (merged / "all.jsonl").exists()
     finally:
         lock_path.unlink()
         lock.release()
+
+
+async def test_an_export_blocked_by_a_merge_says_a_merge_holds_the_file(
+    dm: DMHubClient, done: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An export to the file a merge was writing said it was "in use by another export": the
+    # user looked for an export that was not running, and stopped none.
+    import threading
+
+    from dmhub_async.shards import _manifest
+
+    dest = tmp_path / "all.jsonl"
+    merging, go = threading.Event(), threading.Event()
+    copy_parts = _manifest._copy_parts
+
+    def held(*args: Any) -> int:
+        merging.set()
+        assert go.wait(30)
+        return copy_parts(*args)
+
+    monkeypatch.setattr(_manifest, "_copy_parts", held)
+    merged = asyncio.get_running_loop().run_in_executor(None, merge, done, dest)
+    try:
+        assert await asyncio.to_thread(merging.wait, 30)
+        with pytest.raises(InvalidRequestError, match=r"in use by a merge \(pid ") as raised:
+            await export_customers(dm, dest, progress=False)
+        with pytest.raises(InvalidRequestError, match=r"in use by another merge \(pid "):
+            merge(done, dest)
+    finally:
+        go.set()
+        assert await asyncio.wait_for(merged, 30) == CUSTOMERS
+    assert "another export" not in str(raised.value)
 
 
 def test_the_cli_says_why_a_merge_failed_though_its_lock_file_cannot_be_removed(
