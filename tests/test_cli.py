@@ -413,6 +413,8 @@ BAD_INPUTS: list[tuple[str, list[str], dict[str, str | None], int, tuple[str, ..
     ("a compressed name", ["--out", "x.csv.gz"], {}, 2, ("x.csv.gz", "compressed")),
     ("a tarball name", ["--out", "x.jsonl.tgz"], {}, 2, ("x.jsonl.tgz", "compressed")),
     ("a zstd name", ["--out", "x.jsonl.zstd"], {}, 2, ("x.jsonl.zstd", "compressed")),
+    ("a tar name", ["--out", "x.jsonl.tar"], {}, 2, ("x.jsonl.tar", "tar archive")),
+    ("a name ending in a space", ["--out", "x.csv "], {}, 2, ("'x.csv '", "ends in a space")),
     ("bad url", [], {"DMHUB_BASE_URL": "ftp://example"}, 1, ("DMHUB_BASE_URL", "ftp://")),
 ]
 

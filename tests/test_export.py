@@ -353,6 +353,29 @@ async def test_every_common_compressed_name_is_refused_before_any_request(
     assert sim.counters.total == 0
 
 
+@pytest.mark.parametrize(
+    ("name", "words"),
+    [
+        ("x.tar", "names a tar archive"),
+        ("x.jsonl.TAR", "names a tar archive"),
+        ("x.csv ", "ends in a space"),
+        ("x.jsonl\n", "ends in a line break"),
+        ("x.csv\t", "ends in a tab"),
+    ],
+)
+async def test_a_tar_name_or_one_ending_in_a_space_is_refused_before_any_request(
+    sim: DMHubSimulator, client: DMHubClient, tmp_path: Path, name: str, words: str
+) -> None:
+    # customers.tar was written as plain JSONL, which tar then refused; "customers.csv " (a
+    # name pasted with its space, or `--out "$(cat name)"` with its newline) was written as
+    # JSONL, the extension being ".csv ", under a name no one could see was not the CSV.
+    with pytest.raises(InvalidRequestError, match=words) as raised:
+        await export_customers(client, tmp_path / name, progress=False)
+    assert repr(name) in str(raised.value) or name in str(raised.value)
+    assert files_in(tmp_path) == []
+    assert sim.counters.total == 0
+
+
 # -- progress ---------------------------------------------------------------------------------
 
 

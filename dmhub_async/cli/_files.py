@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, BinaryIO, Final, TextIO, cast
 
 from .._atomic import current_umask
 from .._exceptions import InvalidRequestError
-from ..export._export import check_uncompressed
+from ..export._export import check_output_name
 from ..export._output import check_path
 from ..export._writers import is_utf8
 from ._errors import CommandError, Interrupted, UsageError, interruptible
@@ -184,7 +184,7 @@ def check_output(
         raise UsageError(f"--out {out} names a directory: give a file, in it or elsewhere")
     path = Path(out)
     try:
-        check_uncompressed(path)  # written as plain text under a name gunzip refused
+        check_output_name(path)  # written as plain text under a name gunzip or tar refused
     except InvalidRequestError as err:
         raise UsageError(f"--out {err}") from None
     for other in inputs:

@@ -138,7 +138,7 @@ def _plan(
     # count() it runs next would have named themselves, at a line of this module.
     params = client.customers._params("export_customers", filters, frames=3)
     if isinstance(dest, (str, os.PathLike)):
-        check_uncompressed(Path(dest))
+        check_output_name(Path(dest))
     fmt = _format_of(Path(dest).suffix if isinstance(dest, (str, os.PathLike)) else "", format)
     if encoding not in ("utf-8", "utf-8-sig") or (encoding != "utf-8" and fmt != "csv"):
         raise InvalidRequestError(
@@ -186,14 +186,39 @@ _COMPRESSED: Final = frozenset(
 )
 
 
-def check_uncompressed(dest: Path) -> None:
-    """Refuse a destination named as a compressed file (``customers.jsonl.gz``): the export
-    writes plain text, and a file so named was written as plain JSONL, which ``gunzip`` and
-    every reader of such files then refused."""
-    if dest.suffix.lower() in _COMPRESSED:
+#: Archives: the export writes no archive either.
+_ARCHIVES: Final = frozenset({".tar"})
+#: What a name may end in unseen, as the refusal names it.
+_TRAILING: Final = {" ": "a space", "\n": "a line break", "\r": "a line break", "\t": "a tab"}
+
+
+def check_output_name(dest: Path) -> None:
+    """Refuse a destination named as what the export does not write, or ending unseen.
+
+    A compressed file (``customers.jsonl.gz``) or a tar archive (``customers.tar``): the
+    export writes plain text, and a file so named was written as plain JSONL, which
+    ``gunzip``, ``tar`` and every reader of such files then refused. A name ending in white
+    space (``"customers.csv "`` pasted with its space, ``--out "$(cat name)"`` with its
+    newline): its extension is not ``.csv``, so it was written as JSONL, under a name that
+    looked like the CSV's.
+    """
+    name = dest.name
+    if name != name.rstrip():
+        what = _TRAILING.get(name[-1], "white space")
         raise InvalidRequestError(
-            f"{dest.name} names a compressed file, and the export writes plain text: drop "
+            f"{name!r} ends in {what}: give the name without it ({name.rstrip()!r})"
+        )
+    suffix = dest.suffix.lower()
+    if suffix in _COMPRESSED:
+        raise InvalidRequestError(
+            f"{name} names a compressed file, and the export writes plain text: drop "
             f"{dest.suffix!r}, or compress the file it writes (gzip {dest.with_suffix('').name})"
+        )
+    if suffix in _ARCHIVES:
+        raise InvalidRequestError(
+            f"{name} names a tar archive, and the export writes plain text: drop "
+            f"{dest.suffix!r}, or put the file it writes in one "
+            f"(tar -cf {name} {dest.with_suffix('').name})"
         )
 
 

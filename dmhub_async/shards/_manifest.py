@@ -22,7 +22,7 @@ import orjson
 
 from .._atomic import replace_file, replacing
 from .._exceptions import InvalidRequestError
-from ..export._export import check_uncompressed
+from ..export._export import check_output_name
 from ..export._output import _lock, _release, _sweep
 from ._plan import Shard
 
@@ -236,7 +236,7 @@ def merge(
             complete part changed since it was exported: its size, or its content (the
             SHA-256 the manifest records) (all unless ``allow_incomplete``).
     """
-    check_uncompressed(Path(dest))
+    check_output_name(Path(dest))
     manifest = Manifest.read(directory)
     if manifest is None:
         raise InvalidRequestError(f"{directory} has no {MANIFEST_NAME}: not a sharded export")

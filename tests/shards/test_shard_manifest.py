@@ -152,6 +152,11 @@ async def test_a_merge_refuses_a_compressed_name_it_would_write_plain(
     with pytest.raises(InvalidRequestError, match="names a compressed file"):
         merge(done, tmp_path / "all.jsonl.gz")
     assert not (tmp_path / "all.jsonl.gz").exists()
+    # A tar archive, and a name that ends in a space, written as plain JSONL all the same.
+    for name, words in (("all.tar", "tar archive"), ("all.jsonl ", "ends in a space")):
+        with pytest.raises(InvalidRequestError, match=words):
+            merge(done, tmp_path / name)
+        assert not (tmp_path / name).exists()
 
 
 async def test_the_merged_file_gets_the_mode_the_parts_and_an_export_get(
