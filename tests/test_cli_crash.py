@@ -122,6 +122,45 @@ def test_an_export_killed_as_its_file_takes_the_outputs_name_reruns(
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != "cache") == [out.name]
 
 
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_a_rerun_after_a_kill_once_the_export_ended_says_it_reads_as_a_finished_export(
+    sim: ServedSimulator, env: dict[str, str], tmp_path: Path, fmt: str
+) -> None:
+    """Killed once the export had ended (its checkpoint removed, no report printed), the rerun
+    said only "--out customers.jsonl exists: pass --force", as of any file: nothing told the
+    user the file was the export that had just run, or that the checkpoint was gone on purpose."""
+    out = tmp_path / f"customers.{fmt}"
+    args = ["export", "--out", out.name, "--checkpoint", "customers.ckpt", *PAGE]
+    killed = run_once(args, env, tmp_path, "finished:1")
+    assert killed.crashed_at is not None
+    assert not (tmp_path / "customers.ckpt").exists()
+    before, requests = out.read_bytes(), sim.sim.counters.total
+
+    rerun = run_once(args, env, tmp_path)
+
+    assert rerun.returncode == 2, rerun.stderr
+    assert "reads as a finished export" in rerun.stderr
+    assert f"{len(sim.ids()):,} customers" in rerun.stderr
+    assert "--force" in rerun.stderr
+    assert out.read_bytes() == before
+    assert sim.sim.counters.total == requests  # refused before any request
+
+
+def test_a_foreign_file_where_a_checkpointed_export_would_go_is_not_taken_for_one(
+    sim: ServedSimulator, env: dict[str, str], tmp_path: Path
+) -> None:
+    out = tmp_path / "customers.jsonl"
+    out.write_bytes(b"a shopping list\n")
+    args = ["export", "--out", out.name, "--checkpoint", "customers.ckpt", *PAGE]
+
+    refused = run_once(args, env, tmp_path)
+
+    assert refused.returncode == 2, refused.stderr
+    assert "does not read as an export" in refused.stderr
+    assert "finished export" not in refused.stderr
+    assert out.read_bytes() == b"a shopping list\n"
+
+
 # -- sharded ----------------------------------------------------------------------------------
 
 

@@ -947,3 +947,18 @@ def test_an_encoding_named_as_windows_names_it_points_to_its_name_here(
 
     assert_one_line_error(result, 2, "--encoding", f"--encoding {meant}")
     assert requests(served) == 0
+
+
+def test_a_large_finished_export_is_read_only_in_part_to_say_what_it_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The refusal of an existing --out read the whole file back (and held every id it read):
+    # minutes and gigabytes of memory for an export of tens of millions, to say "exists".
+    from dmhub_async.cli import _files
+
+    out = tmp_path / "customers.jsonl"
+    out.write_bytes(b"".join(b'{"id": %d}\n' % i for i in range(1, 101)))
+    monkeypatch.setattr(_files, "_READ_BACK", 11 * 10)  # the first ten records
+
+    with pytest.raises(_files.UsageError, match="at least 10 customers"):
+        _files.check_output(str(out), force=False, checkpoint="customers.ckpt")

@@ -157,7 +157,15 @@ def _check_export(args: argparse.Namespace) -> tuple[dict[str, Any], ExportEncod
     if args.out == STDOUT and args.checkpoint is not None:
         raise UsageError("--checkpoint needs a file for --out: standard output cannot be resumed")
     resumable = args.checkpoint is not None and os.path.exists(args.checkpoint)
-    check_output(args.out, force=args.force, resumable=resumable, inputs=[args.checkpoint])
+    csv_out = args.format == "csv" or (args.format is None and args.out.lower().endswith(".csv"))
+    check_output(
+        args.out,
+        force=args.force,
+        resumable=resumable,
+        inputs=[args.checkpoint],
+        checkpoint=args.checkpoint,
+        fmt="csv" if csv_out else "jsonl",
+    )
     if args.checkpoint is not None:  # a directory, or one that is missing: a usage error too
         check_checkpoint(args.checkpoint)
     filters = _filters(args)
@@ -166,7 +174,6 @@ def _check_export(args: argparse.Namespace) -> tuple[dict[str, Any], ExportEncod
         raise UsageError(
             f"--encoding {args.encoding}: an export is written in utf-8, or utf-8-sig for Excel"
         )
-    csv_out = args.format == "csv" or (args.format is None and args.out.lower().endswith(".csv"))
     if encoding == "utf-8-sig" and not csv_out:
         raise UsageError("--encoding utf-8-sig is for CSV (--format csv): JSONL is plain utf-8")
     return filters, "utf-8-sig" if encoding == "utf-8-sig" else "utf-8"

@@ -18,7 +18,7 @@ from .._atomic import current_umask
 from .._exceptions import InvalidRequestError
 from ..export._export import check_output_name
 from ..export._output import check_path
-from ..export._writers import is_utf8
+from ..export._writers import is_utf8, scan
 from ._errors import CommandError, Interrupted, UsageError, interruptible
 
 if TYPE_CHECKING:
@@ -164,6 +164,8 @@ def check_output(
     resumable: bool = False,
     inputs: Iterable[str | None] = (),
     stdout: bool = True,
+    checkpoint: str | None = None,
+    fmt: str = "jsonl",
 ) -> None:
     """Refuse, before anything is sent, an ``--out`` whose writing would destroy something.
 
@@ -171,6 +173,9 @@ def check_output(
     directory: writing there would replace the link, block, or fill a disk); a read-only file;
     and an existing file unless ``--force`` (or ``resumable``: a checkpoint says the file is an
     export in progress). ``stdout``: whether ``-`` means standard output to this command.
+    ``checkpoint``, ``fmt``: an export's checkpoint (which does not exist) and format, for the
+    refusal of an existing file to say whether it reads as a finished export
+    (:func:`_exists_without_checkpoint`).
     """
     if out == STDOUT:
         if not stdout:  # it was written as a file named "-", over one already there
@@ -199,7 +204,42 @@ def check_output(
     if not info.st_mode & 0o222 or not os.access(path, os.W_OK):
         raise UsageError(f"--out {out} is read-only: give another file")
     if not (force or resumable):
+        if checkpoint is not None:
+            raise UsageError(_exists_without_checkpoint(out, checkpoint, fmt))
         raise UsageError(f"--out {out} exists: pass --force to overwrite it")
+
+
+#: The most of an existing ``--out`` read to say whether it reads as an export: 64 MiB, 0.43 s
+#: (80,658 of the demo's customers of 830 bytes).
+_READ_BACK: Final = 64 << 20
+
+
+def _exists_without_checkpoint(out: str, checkpoint: str, fmt: str) -> str:
+    """Why an export with ``checkpoint`` refuses ``out``, which exists and no checkpoint covers.
+
+    The export that wrote it may have ended: it removes its checkpoint then, and a run killed
+    just after printed no report. Its rerun said only "exists: pass --force", as of any file.
+    Its start is read (as a resume reads a file back, :data:`_READ_BACK` bytes at most: a
+    refusal does not read gigabytes) to say whether it reads as an export.
+    """
+    try:
+        with open(out, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            found = scan(fh, fmt, min(size, _READ_BACK))
+    except OSError:
+        found, size = None, 0
+    if found is None or found.count == 0:
+        return (
+            f"--out {out} exists and does not read as an export ({fmt}), and there is no "
+            f"checkpoint {checkpoint} of one in progress: pass --force to overwrite it"
+        )
+    # Past the bytes read, or customers the final check appended after the ordered ones.
+    count = f"{'' if found.end == size else 'at least '}{found.count:,} customers"
+    return (
+        f"--out {out} exists and reads as a finished export ({count}): an export removes "
+        f"its checkpoint ({checkpoint}) when it ends, and one killed just then printed no "
+        "report; pass --force to export it again"
+    )
 
 
 def _same_file(a: Path, b: Path) -> bool:
