@@ -21,6 +21,7 @@ from typing import Any, Generic, TypeVar
 
 from ._exceptions import InvalidRequestError
 from ._pagination_plan import PaginatorStats, RawPage, WalkPlan
+from ._retry import RETRY_TALLY, RetryTally
 from ._seen_records import Dedupe, SeenRecords
 from ._validate import short
 from .models.page import Page
@@ -149,8 +150,20 @@ class AsyncPaginator(Generic[T]):
             await self._cancel_ahead()
 
     async def _read(self, number: int) -> _Read[T]:
-        """Page ``number``, and the epoch the plan puts its read in."""
-        raw = await self._fetch(number, self.page_size)
+        """Page ``number``, and the epoch the plan puts its read in.
+
+        Its retries are counted once it is read, as its answer says; cancelled (a page read
+        ahead, dropped) or failed, as far as it had gone (:class:`RetryTally`).
+        """
+        tally = RetryTally()
+        kept = RETRY_TALLY.set(tally)
+        try:
+            raw = await self._fetch(number, self.page_size)
+        except BaseException:
+            self.stats.retries += tally.retries
+            raise
+        finally:
+            RETRY_TALLY.reset(kept)
         self.stats.retries += raw.retries
         return raw, self._plan.note_read(number, raw)
 

@@ -11,6 +11,7 @@ with the client's injected ``clock``: tests never really wait.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import email.utils
 import functools
 import itertools
@@ -35,7 +36,36 @@ from ._exceptions import (
 )
 from ._validate import check_number, short
 
-__all__ = ["FINAL_5XX", "RetryPolicy", "longest_retry_after", "parse_retry_after", "retrying"]
+__all__ = [
+    "FINAL_5XX",
+    "RETRY_TALLY",
+    "RetryPolicy",
+    "RetryTally",
+    "longest_retry_after",
+    "parse_retry_after",
+    "retrying",
+]
+
+
+class RetryTally:
+    """The retries the API calls of a block have made so far, counted as each is sent.
+
+    A call's answer says how many retries it took; a call cancelled while it waited to retry
+    (a page requested ahead, dropped when its walk ended or repaired) answers nothing, and its
+    retries went uncounted by the walk (and an export's report) though the client counted
+    them. Set in :data:`RETRY_TALLY`, it counts them as they happen (a token fetch's excepted).
+    """
+
+    __slots__ = ("retries",)
+
+    def __init__(self) -> None:
+        self.retries = 0
+
+
+#: The tally of the calls made in this context, if one is kept (:class:`RetryTally`).
+RETRY_TALLY: contextvars.ContextVar[RetryTally | None] = contextvars.ContextVar(
+    "dmhub_async_retry_tally", default=None
+)
 
 T = TypeVar("T")
 

@@ -38,7 +38,7 @@ from ._last_response import last_response, remember_response
 from ._limits import Closing, Limits, RateLimiter, SharedLimit, UnlessClosed, client_closed
 from ._redact import RedactedCause
 from ._redact import watch as redact_watch
-from ._retry import FINAL_5XX, RetryPolicy, retrying
+from ._retry import FINAL_5XX, RETRY_TALLY, RetryPolicy, retrying
 from ._sansio import (
     HEADERS,
     TOKEN_PATH,
@@ -466,6 +466,9 @@ class Session:
         err = details["exception"]  # type: ignore[typeddict-item]
         call.retries += 1
         self.stats.retries += 1
+        tally = RETRY_TALLY.get()
+        if tally is not None and call.request.authenticated:  # not a token fetch's
+            tally.retries += 1
         logger.info(
             "retrying %s after %s (retry %d of %d) in %.2fs",
             call.request.describe(),

@@ -495,3 +495,32 @@ async def test_lookup_iter_holds_at_most_concurrency_lookups_with_repeats(
 
     assert found == wanted
     assert peak == 2
+
+
+async def test_a_page_read_ahead_and_cancelled_while_retrying_counts_its_retries(
+    sim: DMHubSimulator,
+) -> None:
+    # A page requested ahead, answered 503 and waiting to retry, then cancelled (the walk
+    # closed, or a drift repair dropping what was read ahead): its retry was sent, and
+    # counted by the client, but not by the walk's stats, nor so by an export's report.
+    waiting = asyncio.Event()
+
+    async def sleep(delay: float) -> None:
+        if not waiting.is_set():  # the first retry's wait: held until it is cancelled
+            waiting.set()
+            await asyncio.Event().wait()
+
+    sim.faults.paths = ("GET /v1/customers",)
+    sim.faults.script(["ok", "503"])  # page 1, then the first page requested ahead
+    async with client_for(sim, sleep=sleep) as dm:
+        walk = dm.customers.list(page_size=10, concurrency=4)
+        pages = walk.pages()
+        await anext(pages)
+        following = asyncio.ensure_future(anext(pages))
+        await asyncio.wait_for(waiting.wait(), 10)
+        following.cancel()
+        await asyncio.gather(following, return_exceptions=True)
+        await asyncio.wait_for(pages.aclose(), 10)
+
+        assert dm.stats.retries == 1
+        assert walk.stats.retries == dm.stats.retries
