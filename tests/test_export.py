@@ -603,6 +603,37 @@ async def test_a_failed_export_says_why_though_its_lock_files_cannot_be_removed(
     assert ids_of(read_jsonl(dest)) == sim.customer_ids()
 
 
+async def test_a_failed_export_says_why_though_its_work_file_cannot_be_removed(
+    sim: DMHubSimulator,
+    client: DMHubClient,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The service failed, and the directory had been made read-only meanwhile: removing the
+    # work file raised "Permission denied: .customers.jsonl.xxxxxxxx.part" in place of the
+    # service's error, and the user was never told the service had failed.
+    dest = tmp_path / "customers.jsonl"
+    sim.faults.paths = ("GET /v1/customers",)
+    sim.faults.script(["ok", "ok", "503"])
+    unlink = Path.unlink
+
+    def read_only(path: Path, missing_ok: bool = False) -> None:
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    monkeypatch.setattr(Path, "unlink", read_only)
+
+    with pytest.raises(ServerError):
+        await export_customers(client, dest, page_size=50, concurrency=1, progress=False)
+
+    assert ".part" in caplog.text  # said, not raised
+    monkeypatch.setattr(Path, "unlink", unlink)
+    left = [name for name in files_in(tmp_path) if name.endswith(".part")]
+    assert len(left) == 1  # left, with the warning: the next export to the file removes it
+    await export_customers(client, dest, page_size=50, progress=False)
+    assert files_in(tmp_path) == [dest.name]
+
+
 class FullDisk(io.FileIO):
     """A file on a disk with ``free`` bytes left: the write that reaches the end is cut short,
     and every write after it fails with ENOSPC, as on a full disk."""

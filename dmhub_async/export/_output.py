@@ -223,7 +223,7 @@ class Output:
             try:
                 _close_unflushed(self.fh)
             finally:
-                work.unlink(missing_ok=True)  # no checkpoint covers it: nothing could resume it
+                _remove_work(work)  # no checkpoint covers it: nothing could resume it
         elif not self.fh.closed:
             try:
                 if self.fh.tell() > self._committed:
@@ -281,6 +281,20 @@ def _verified(fh: IO[bytes], resumed: Checkpoint, fmt: str, path: Path) -> Scan:
         resumed.exported,
     )
     return found
+
+
+def _remove_work(work: Path) -> None:
+    """Remove the work file of a run that failed before its first checkpoint, or say it is
+    left (the next export to the same file removes it, :func:`_sweep`).
+
+    Raised, an error removing it (its directory made read-only mid-run) took the place of the
+    one the run was failing with: "Permission denied: .NAME.xxxxxxxx.part", not the service's
+    error.
+    """
+    try:
+        work.unlink(missing_ok=True)
+    except OSError as err:
+        logger.warning("could not remove the work file %s: %s", work, err.strerror or err)
 
 
 def _take_up_work(resumed: Checkpoint, dest: Path) -> None:
