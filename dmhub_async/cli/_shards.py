@@ -202,6 +202,7 @@ def _finish(manifest: Manifest, args: argparse.Namespace) -> int:
         "complete": manifest.complete,
         "exported": manifest.exported,
         "planned": manifest.planned,
+        "retries": manifest.retries,
         "shards": [
             {"file": s.file, "status": s.status, "exported": s.exported, "error": s.error}
             for s in manifest.shards
@@ -211,7 +212,7 @@ def _finish(manifest: Manifest, args: argparse.Namespace) -> int:
     text = (
         f"exported {manifest.exported:,} customers in {len(manifest.shards)} parts to "
         f"{args.out} ({done} of {len(manifest.shards)} complete; {manifest.planned:,} counted "
-        "when planned)"
+        f"when planned; {manifest.retries} retries)"
     )
     for s in manifest.shards:
         if s.status != "complete":

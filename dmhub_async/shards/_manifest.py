@@ -70,6 +70,10 @@ class ShardOutcome:
     #: edited, or swapped with another of the same size, is found by ``merge`` (None in a
     #: manifest written before this was recorded).
     sha256: str | None = None
+    #: Retries the requests of the run that last exported this shard took (its report's
+    #: ``retries``: pages, counts, a resume's search, the final check); 0 in a manifest
+    #: written before this was recorded.
+    retries: int = 0
 
     def part_changed(self, directory: Path) -> str | None:
         """Why this complete shard's part no longer holds what was exported, or None."""
@@ -106,6 +110,11 @@ class Manifest:
     def exported(self) -> int:
         """Customers written, all parts together."""
         return sum(s.exported for s in self.shards)
+
+    @property
+    def retries(self) -> int:
+        """Retries the shards' exports took, all together (each its last run's)."""
+        return sum(s.retries for s in self.shards)
 
     @property
     def planned(self) -> int:

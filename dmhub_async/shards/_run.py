@@ -106,6 +106,7 @@ async def result_of(report: ExportReport) -> dict[str, Any]:
         "exported": report.exported,
         "duplicates": report.duplicates,
         "seconds": report.seconds,
+        "retries": report.retries,
         "size": size,
         "sha256": sha256,
     }
@@ -117,6 +118,7 @@ def record_result(outcome: ShardOutcome, result: dict[str, Any]) -> None:
     outcome.exported = result["exported"]
     outcome.duplicates = result["duplicates"]
     outcome.seconds = round(result["seconds"], 3)
+    outcome.retries = result.get("retries", 0)  # a worker of an earlier release sends none
     outcome.size = result.get("size")
     outcome.sha256 = result.get("sha256")
     outcome.error = None

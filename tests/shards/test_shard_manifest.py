@@ -328,6 +328,33 @@ async def test_a_csv_merge_counts_records_and_leaves_out_one_torn_across_its_lin
     )  # no half record
 
 
+async def test_a_sharded_exports_manifest_counts_the_retries_its_shards_took(
+    sim: DMHubSimulator, tmp_path: Path
+) -> None:
+    # Each shard's export counted its retries (pages, counts, the final check's), and the
+    # manifest dropped them: a sharded export under faults said nothing of its retries,
+    # where one export says "pages 20 (7 retries)".
+    from dmhub_async.shards._run import prepare
+    from dmhub_async.testing import FakeClock
+
+    clock = FakeClock()
+    out = tmp_path / "out"
+    async with DMHubClient(
+        sim.app_id, sim.secret, base_url=sim.url, max_retries=8, clock=clock, sleep=clock.sleep
+    ) as dm:
+        await prepare(dm, out, 3)  # planned without faults: its counts are not a shard's
+        before = dm.stats.retries
+        sim.faults.kinds = ["500"]
+        sim.faults.rate = 0.3
+        manifest = await export_sharded(dm, out, 3, page_size=50, progress=False)
+        retried = dm.stats.retries - before
+
+    assert manifest.complete
+    assert retried >= 3
+    assert manifest.retries == retried == sum(s.retries for s in manifest.shards)
+    assert Manifest.read(out).retries == retried  # type: ignore[union-attr]
+
+
 async def test_the_cli_says_it_merged_records_not_lines(dm: DMHubClient, tmp_path: Path) -> None:
     # `merge` counts a CSV's records, but the CLI called them lines ("merged 401 lines", JSON
     # "lines": 401) of a file of 403 lines (a header, and a record of two): a user checking
