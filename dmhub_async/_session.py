@@ -581,6 +581,8 @@ class Session:
         else:
             await limits.acquire()
         try:
+            if request.method in _NOT_RESENT_BY_AIOHTTP:
+                await _read_pending_closes()
             # The client may have been closed while this request queued for its slot.
             if self._conn.closed or (self.derived and self._closing.closed):
                 self.check_open()
@@ -706,6 +708,27 @@ _NOT_SENT: tuple[type[BaseException], ...] = (
     aiohttp.ClientConnectorError,
     *(getattr(aiohttp, name) for name in ("ConnectionTimeoutError",) if hasattr(aiohttp, name)),
 )
+
+
+#: The methods aiohttp does not send again by itself when a pooled connection turns out closed
+#: (it does so, once, for GET, PUT, DELETE and the other idempotent ones).
+_NOT_RESENT_BY_AIOHTTP = frozenset({"POST", "PATCH"})
+
+
+async def _read_pending_closes() -> None:
+    """Let the event loop read what has arrived on idle pooled connections, so that aiohttp
+    drops those the server has closed before it hands one to the next request.
+
+    A server's or load balancer's close (a keep-alive timeout, or a close after each answer
+    without ``Connection: close``) is only seen when the loop reads the connection's FIN:
+    a create sent right after the previous answer, or after a spell of work that kept the
+    loop from turning, took the closed connection, met its reset, and failed with
+    ``outcome_unknown`` although it never reached the service. httpx and urllib3 check an idle
+    socket before reusing it; aiohttp trusts the loop to have read it. Two turns: the first
+    queues the read of any socket that is ready, after this task; the second runs after it.
+    """
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
 
 
 def _fetch_budget(attempt: float, policy: RetryPolicy) -> float:

@@ -1,0 +1,167 @@
+"""Pooled keep-alive connections the server closed: a write must not be lost to them.
+
+A raw HTTP/1.1 server on 127.0.0.1 closes its side of a connection the way servers and load
+balancers do (after each answer without saying ``Connection: close``, or while the connection
+waits idle in the client's pool); the client's next create must reach the service, once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import threading
+from typing import Any
+
+import pytest
+
+from dmhub_async import DMHubClient
+from dmhub_async.testing import FakeClock
+
+
+class RawServer:
+    """Answers every request with a customer; records (connection number, method, path).
+
+    ``close_after_answer``: closes the connection after each answer (``header``: saying
+    ``Connection: close`` first, as it should; else without a word, as some servers do).
+    """
+
+    def __init__(self, *, close_after_answer: bool = False, header: bool = False) -> None:
+        self.close_after_answer = close_after_answer
+        self.header = header
+        self.received: list[tuple[int, str, str]] = []
+        self._writers: list[asyncio.StreamWriter] = []
+        self._connections = 0
+        self._server: asyncio.Server | None = None
+        self.url = ""
+
+    async def __aenter__(self) -> RawServer:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        await self.close_connections()
+        await self._server.wait_closed()
+
+    async def close_connections(self) -> None:
+        """Close every connection from the server's side (a FIN), as an idle timeout does."""
+        writers, self._writers = self._writers, []
+        for writer in writers:
+            writer.close()
+        for writer in writers:
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.append(writer)
+        self._connections += 1
+        number = self._connections
+        try:
+            while request_line := await reader.readline():
+                length = 0
+                while (line := await reader.readline()) not in (b"\r\n", b""):
+                    name, _, value = line.partition(b":")
+                    if name.strip().lower() == b"content-length":
+                        length = int(value)
+                await reader.readexactly(length)
+                method, target, _ = request_line.decode().split(" ", 2)
+                self.received.append((number, method, target.split("?")[0]))
+                body = json.dumps({"id": len(self.received), "name": "a"}).encode()
+                close = "Connection: close\r\n" if self.header else ""
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                    + f"Content-Length: {len(body)}\r\n{close}\r\n".encode()
+                    + body
+                )
+                await writer.drain()
+                if self.close_after_answer:
+                    break
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+
+class ServerThread:
+    """A :class:`RawServer` on an event loop of its own, in a thread: another machine, whose
+    work goes on while the test's event loop is busy."""
+
+    def __init__(self, **settings: Any) -> None:
+        self.server = RawServer(**settings)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+
+    def run(self, coroutine: Any) -> Any:
+        """``coroutine``'s result, run on the server's loop (this thread waits: at most 5 s)."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout=5)
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    @property
+    def received(self) -> list[tuple[int, str, str]]:
+        return self.server.received
+
+    def close_connections(self) -> None:
+        """Close every connection from the server's side, and wait until it has."""
+        self.run(self.server.close_connections())
+
+    def __enter__(self) -> ServerThread:
+        self._thread.start()
+        self.run(self.server.__aenter__())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.run(self.server.__aexit__())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
+        self._loop.close()
+
+
+async def test_a_create_after_a_busy_spell_does_not_take_a_connection_the_server_closed() -> None:
+    # The service closed the idle pooled connection (its keep-alive timeout) while this event
+    # loop was busy with other work: the FIN had arrived, unread. The create took that
+    # connection, its request met the closed socket, and it failed with outcome_unknown=True,
+    # telling the caller to check for a customer the service had never been asked to make.
+    clock = FakeClock()
+    with ServerThread() as server:
+        async with DMHubClient(
+            access_token="tok", base_url=server.url, clock=clock, sleep=clock.sleep
+        ) as dm:
+            first = await dm.customers.create(name="a")
+            # Busy: this loop does not turn while the server closes the connection.
+            server.close_connections()
+            second = await dm.customers.create(name="b")
+
+        assert (first.id, second.id) == (1, 2)
+        assert server.received == [(1, "POST", "/v1/customers"), (2, "POST", "/v1/customers")]
+        assert (dm.stats.requests, dm.stats.retries) == (2, 0)
+
+
+@pytest.mark.parametrize(
+    "server_settings",
+    [
+        pytest.param({"close_after_answer": True}, id="closed after each answer, unannounced"),
+        pytest.param({"close_after_answer": True, "header": True}, id="Connection: close"),
+        pytest.param({}, id="kept alive"),
+    ],
+)
+async def test_creates_in_a_row_each_reach_the_service_once(server_settings: Any) -> None:
+    # A server that closes each connection after its answer without "Connection: close": the
+    # FIN came with the answer, but the next create took the connection before the event loop
+    # had read it, and failed with outcome_unknown=True although the service never saw it
+    # (every second create of a loop, one after another).
+    clock = FakeClock()
+    async with RawServer(**server_settings) as server:  # on this loop: its close comes first
+        async with DMHubClient(
+            access_token="tok", base_url=server.url, clock=clock, sleep=clock.sleep
+        ) as dm:
+            made = [(await dm.customers.create(name=f"c{i}")).id for i in range(4)]
+
+        assert made == [1, 2, 3, 4]
+        assert [method for _, method, _ in server.received] == ["POST"] * 4
+        assert (dm.stats.requests, dm.stats.retries) == (4, 0)  # no create failed, none retried
