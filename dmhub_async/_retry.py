@@ -28,6 +28,7 @@ from backoff.types import Details
 
 from ._exceptions import (
     APIConnectionError,
+    APIError,
     DMHubError,
     InvalidRequestError,
     RateLimitError,
@@ -38,6 +39,7 @@ from ._validate import check_number, short
 
 __all__ = [
     "FINAL_5XX",
+    "REQUEST_TIMEOUT",
     "RETRY_TALLY",
     "RetryPolicy",
     "RetryTally",
@@ -73,6 +75,12 @@ T = TypeVar("T")
 #: not implemented), 505 (the HTTP version) and 511 (a captive portal's proxy wants a login).
 #: Not retried, and a write answered so was not applied (see ``_sansio.build_error``).
 FINAL_5XX = frozenset({501, 505, 511})
+
+#: 408 Request Timeout: the server (or a proxy) gave up waiting for the request and did not
+#: carry it out (RFC 9110, 15.5.9), as when its keep-alive timeout closes a connection as a
+#: request arrives. Retried for any method, a create too: nothing was written. (aiohttp
+#: drops a connection that sent it while idle; one that crossed the request is its answer.)
+REQUEST_TIMEOUT = 408
 
 #: When the first attempt of a call that is now retried began (its failure -> clock time):
 #: that attempt ran before backoff's loop started the wait generator, which times the budget.
@@ -193,6 +201,10 @@ class RetryPolicy:
             return False  # the caller learns how long from err.retry_after
         if isinstance(err, RateLimitError):
             return True
+        if isinstance(err, APIError) and err.status == REQUEST_TIMEOUT:
+            # Not carried out, whatever the method (see REQUEST_TIMEOUT); unknown only when an
+            # earlier attempt of a write that must not be repeated may have been applied.
+            return not err.outcome_unknown
         if isinstance(err, ServerError) and err.status in FINAL_5XX:
             return False
         if isinstance(err, (APIConnectionError, ServerError, ResponseDecodeError)):

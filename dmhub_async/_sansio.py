@@ -27,7 +27,7 @@ from ._exceptions import (
     error_class,
 )
 from ._redact import MASK, redact
-from ._retry import FINAL_5XX, longest_retry_after
+from ._retry import FINAL_5XX, REQUEST_TIMEOUT, longest_retry_after
 from ._validate import MAX_SETTING_LENGTH, printable, sendable_token
 from ._version import __version__
 
@@ -267,8 +267,11 @@ def read_response(
             )
         return data
 
-    if request.path == TOKEN_PATH and (status < 300 or 400 <= status < 500) and status != 429:
-        cls: type[APIError] = AuthenticationError  # bad appid/secret, on HTTP 200 live
+    # Bad appid or secret (on HTTP 200 live); not a 429 (throttled) nor a 408 (the server timed
+    # the connection out): neither says anything of the credentials.
+    credentials = status < 300 or (400 <= status < 500 and status not in (REQUEST_TIMEOUT, 429))
+    if request.path == TOKEN_PATH and credentials:
+        cls: type[APIError] = AuthenticationError
     else:
         cls = error_class(
             status, code, auth_codes=auth_codes, not_found_codes=request.not_found_codes

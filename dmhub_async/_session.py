@@ -38,7 +38,7 @@ from ._last_response import last_response, remember_response
 from ._limits import Closing, Limits, RateLimiter, SharedLimit, UnlessClosed, client_closed
 from ._redact import RedactedCause
 from ._redact import watch as redact_watch
-from ._retry import FINAL_5XX, RETRY_TALLY, RetryPolicy, retrying
+from ._retry import FINAL_5XX, REQUEST_TIMEOUT, RETRY_TALLY, RetryPolicy, retrying
 from ._sansio import (
     HEADERS,
     TOKEN_PATH,
@@ -94,7 +94,9 @@ def _note_write_failure(call: _Call, err: DMHubError) -> None:
         # follow the write.
         refused = err.status == 503 or err.status in FINAL_5XX
         call.maybe_applied = call.maybe_applied or not refused
-    elif isinstance(err, APIError) and call.maybe_applied:
+    elif isinstance(err, APIError) and call.maybe_applied and err.status != REQUEST_TIMEOUT:
+        # A 408 refused this attempt unread, as a 503 does: the call goes on (_given_up marks
+        # the error it ends with).
         _mark_unknown(err)
 
 

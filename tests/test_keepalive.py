@@ -165,3 +165,69 @@ async def test_creates_in_a_row_each_reach_the_service_once(server_settings: Any
         assert made == [1, 2, 3, 4]
         assert [method for _, method, _ in server.received] == ["POST"] * 4
         assert (dm.stats.requests, dm.stats.retries) == (4, 0)  # no create failed, none retried
+
+
+class TimingOutServer(RawServer):
+    """Answers the first request of each connection; the next one it answers with 408 Request
+    Timeout and closes: its keep-alive timeout ran out as that request came."""
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.append(writer)
+        self._connections += 1
+        number = self._connections
+        try:
+            while request_line := await reader.readline():
+                length = 0
+                while (line := await reader.readline()) not in (b"\r\n", b""):
+                    name, _, value = line.partition(b":")
+                    if name.strip().lower() == b"content-length":
+                        length = int(value)
+                await reader.readexactly(length)
+                method = request_line.decode().split(" ", 1)[0]
+                if any(n == number for n, _, _ in self.received):
+                    self.received.append((number, method, "408"))
+                    writer.write(
+                        b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n"
+                        b"Content-Length: 0\r\n\r\n"
+                    )
+                    await writer.drain()
+                    break
+                self.received.append((number, method, "200"))
+                body = json.dumps({"id": len(self.received), "name": "a"}).encode()
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                    + f"Content-Length: {len(body)}\r\n\r\n".encode()
+                    + body
+                )
+                await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+
+async def test_a_call_the_server_answered_408_as_it_timed_the_connection_out_is_sent_again() -> (
+    None
+):
+    # A server whose keep-alive timeout runs out as a request arrives may answer it 408 Request
+    # Timeout, unprocessed (RFC 9110, 15.5.9), and close. The call failed with APIError 408,
+    # not retried, a create as well as a get.
+    clock = FakeClock()
+    server = TimingOutServer()
+    async with server:
+        async with DMHubClient(
+            access_token="tok", base_url=server.url, clock=clock, sleep=clock.sleep
+        ) as dm:
+            first = await dm.customers.create(name="a")
+            second = await dm.customers.create(name="b")
+            got = await dm.customers.get(7)
+
+        assert (first.id, second.id, got.id) == (1, 3, 5)
+        assert server.received == [
+            (1, "POST", "200"),
+            (1, "POST", "408"),
+            (2, "POST", "200"),
+            (2, "GET", "408"),
+            (3, "GET", "200"),
+        ]
+        assert dm.stats.retries == 2

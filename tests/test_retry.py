@@ -69,6 +69,9 @@ RETRYABLE: dict[str, tuple[dict[str, Any], type[Exception]]] = {
     # are outages too), and a 200 that is no JSON (a gateway's page): the README says so.
     "520": ({"status": 520, "body": b""}, ServerError),
     "html 200": ({"status": 200, "body": b"<html>maintenance</html>"}, ResponseDecodeError),
+    # 408: the server (or a proxy) gave up waiting for the request and did not carry it out
+    # (RFC 9110, 15.5.9): a keep-alive connection it closed as the request went out.
+    "408": ({"status": 408, "body": b""}, APIError),
 }
 
 
@@ -392,8 +395,11 @@ async def test_create_is_not_repeated_after_an_answer_that_may_hide_a_write(
         {"exception": aiohttp.ConnectionTimeoutError("Connection timeout to host")},
         {"status": 429, "payload": {"error_code": 429}},
         {"status": 503, "body": b""},
+        # The server timed the connection out before the request came (RFC 9110, 15.5.9:
+        # not carried out): the create failed as a final 4xx.
+        {"status": 408, "body": b""},
     ],
-    ids=["connect failure", "connect timeout", "429", "503"],
+    ids=["connect failure", "connect timeout", "429", "503", "408"],
 )
 async def test_create_is_retried_where_it_surely_was_not_applied(api, make_client, clock, answer):
     api.post(url("/v1/customers"), **answer)
@@ -481,6 +487,37 @@ async def test_a_derived_clients_token_fetch_keeps_its_own_retries_and_timeout(
     # and 7.5 s of waits, for a client told to try once within 5 s.
     assert timeouts == [5]
     assert clock.waits == []
+
+
+async def test_an_update_answered_408_after_a_lost_attempt_is_retried(api, make_client, clock):
+    # The first attempt may have been applied; the second was refused unread (408). An update
+    # is safe to repeat: the third goes out, rather than the 408 ending the call.
+    path = url("/v1/customers/1")
+    api.put(path, exception=aiohttp.ServerDisconnectedError())
+    api.put(path, status=408, body=b"")
+    api.put(path, payload=CUSTOMER)
+    dm = make_client(access_token="tok")
+
+    updated = await dm.customers.update(1, remark="vip")
+
+    assert updated.id == 1
+    assert count(api, "/v1/customers/1", "PUT") == 3
+    assert clock.waits == [0.5, 1]
+
+
+async def test_a_token_request_answered_408_is_retried_not_taken_for_refused_credentials(
+    api, make_client, clock
+):
+    # Every 4xx of the token endpoint was read as bad credentials (AuthenticationError, not
+    # retried): a 408, the server timing out the connection, failed every waiting call so.
+    api.get(url("/security/accesstoken"), status=408, body=b"")
+    api.get(url("/security/accesstoken"), payload={"error_code": 0, "access_token": "tok-1"})
+    api.get(url("/v1/customers/1"), payload=CUSTOMER)
+    dm = make_client()
+
+    assert await dm.request("GET", "/v1/customers/1") == CUSTOMER
+    assert count(api, "/security/accesstoken") == 2
+    assert clock.waits == [0.5]
 
 
 async def test_a_call_that_joined_another_clients_failed_token_fetch_makes_its_own(
