@@ -531,6 +531,9 @@ def _tls_redis(directory: Path) -> tuple[subprocess.Popen[bytes], int, Path]:
             "1",
             "-subj",
             "/CN=test-ca",
+            # Python 3.13's strict verification (VERIFY_X509_STRICT) asks a CA for key usage.
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
         ]
     )
     run(
@@ -548,7 +551,11 @@ def _tls_redis(directory: Path) -> tuple[subprocess.Popen[bytes], int, Path]:
             "/CN=127.0.0.1",
         ]
     )
-    (directory / "ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    # And of a leaf, its issuer's key named: without either, CERTIFICATE_VERIFY_FAILED on 3.13.
+    (directory / "ext").write_text(
+        "subjectAltName=IP:127.0.0.1\nauthorityKeyIdentifier=keyid,issuer\n"
+        "basicConstraints=CA:FALSE\n"
+    )
     run(
         [
             openssl,
