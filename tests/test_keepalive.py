@@ -19,6 +19,18 @@ from dmhub_async import DMHubClient
 from dmhub_async.testing import FakeClock
 
 
+async def _read_request(reader: asyncio.StreamReader) -> bytes:
+    """The next request's line, its headers and body read (b"" once the client closed)."""
+    request_line = await reader.readline()
+    length = 0
+    while request_line and (line := await reader.readline()) not in (b"\r\n", b""):
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    await reader.readexactly(length)
+    return request_line
+
+
 class RawServer:
     """Answers every request with a customer; records (connection number, method, path).
 
@@ -60,13 +72,7 @@ class RawServer:
         self._connections += 1
         number = self._connections
         try:
-            while request_line := await reader.readline():
-                length = 0
-                while (line := await reader.readline()) not in (b"\r\n", b""):
-                    name, _, value = line.partition(b":")
-                    if name.strip().lower() == b"content-length":
-                        length = int(value)
-                await reader.readexactly(length)
+            while request_line := await _read_request(reader):
                 method, target, _ = request_line.decode().split(" ", 2)
                 self.received.append((number, method, target.split("?")[0]))
                 body = json.dumps({"id": len(self.received), "name": "a"}).encode()
@@ -176,13 +182,7 @@ class TimingOutServer(RawServer):
         self._connections += 1
         number = self._connections
         try:
-            while request_line := await reader.readline():
-                length = 0
-                while (line := await reader.readline()) not in (b"\r\n", b""):
-                    name, _, value = line.partition(b":")
-                    if name.strip().lower() == b"content-length":
-                        length = int(value)
-                await reader.readexactly(length)
+            while request_line := await _read_request(reader):
                 method = request_line.decode().split(" ", 1)[0]
                 if any(n == number for n, _, _ in self.received):
                     self.received.append((number, method, "408"))
