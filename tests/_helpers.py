@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,14 @@ def hypothesis_profile(environ: Mapping[str, str]) -> str:
     anything found at random locally becomes an ``@example``.
     """
     return "ci" if environ.get("CI", "").lower() not in ("", "0", "false") else "default"
+
+
+def loop_runs_meanwhile(loop: asyncio.AbstractEventLoop, what: str) -> None:
+    """Called from blocking work (a stalled disk, a full pipe): fails within 2 s unless the
+    event loop ``loop`` runs meanwhile, that is unless the work is on a thread of its own."""
+    ran = threading.Event()
+    loop.call_soon_threadsafe(ran.set)
+    assert ran.wait(2), f"the event loop stood still while {what}"
 
 
 def lock_files_cannot_go(monkeypatch: pytest.MonkeyPatch) -> None:

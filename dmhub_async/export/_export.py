@@ -15,6 +15,7 @@ from typing_extensions import Unpack
 from .._auth import normalise_base_url
 from .._exceptions import InvalidRequestError
 from .._pagination import AsyncPaginator
+from .._threads import on_thread
 from .._validate import short
 from ..resources.customers import CustomerFilters, customer_filter_params
 from ._checkpoint import Checkpoint, ExportScope
@@ -98,7 +99,9 @@ async def export_customers(
         )
         run = _Run(client, out, writer, label, fmt, scope, dict(filters), page_size, on_progress)
         report = await run.export(concurrency, progress=progress, verify=verify)
-        out.finish()
+        # The final fsync of the whole file (72 ms for 200 MB; a stalled disk, for ever) holds
+        # a thread, not the loop.
+        await on_thread(out.finish)
     finally:
         out.close()
     report.seconds = time.monotonic() - started
@@ -280,7 +283,8 @@ class _Run:
         try:
             await self._walk(paginator)
             if self.writer.header is None and report.format == "csv":
-                self.out.write(self.writer.encode([]))  # an empty export still gets its header
+                # An empty export still gets its header.
+                await self._store(self.writer.encode([]))
             retries.taken += paginator.stats.retries
             report.count_after = await retries.count(client, filters)
             if verify == "always" or self._may_have_missed(paginator):
@@ -300,11 +304,10 @@ class _Run:
         # abandoned generator is collected.
         async with contextlib.aclosing(paginator.pages()) as pages:
             async for page in pages:
-                self._write(page.items)
+                data = self._take(page.items)
                 report.pages += 1
                 report.duplicates = self.earlier_duplicates + paginator.stats.duplicates
-                if self.out.resumable:
-                    self.out.commit(self._checkpoint(page.number + 1))
+                await self._store(data, page.number + 1 if self.out.resumable else None)
                 self._show(len(page.items))
 
     def _show(self, written: int) -> None:
@@ -349,19 +352,43 @@ class _Run:
         report = self.report
         return ExportProgress(report.exported, self.total, report.pages, report.duplicates)
 
-    def _write(self, rows: Sequence[Any]) -> None:
+    def _take(self, rows: Sequence[Any]) -> bytes:
+        """The bytes of ``rows``, their ids counted as written (:meth:`_store` writes them)."""
         if not rows:
-            return
-        self.out.write(self.writer.encode(rows))
+            return b""
+        data = self.writer.encode(rows)
         for customer_id in map(self.writer.row_id, rows):
             if customer_id is not None:
                 self.written.add(customer_id)
                 self.last_id = customer_id
         self.report.exported += len(rows)
+        return data
+
+    async def _store(self, data: bytes, next_page: int | None = None) -> None:
+        """Write ``data``, then with ``next_page`` commit the checkpoint that points past it.
+
+        On a thread: a commit's fsyncs took 0.65 ms a page on a quiet disk and 17 ms on a busy
+        one, and a write can wait on the disk too, all of it on the event loop. Awaited before
+        the next page is written, so the checkpoint is never ahead of the synced data.
+        """
+        if not data and next_page is None:
+            return
+        out = self.out
+        if out.to_stream:
+            out.write(data)  # a caller's stream: written where the caller runs
+            return
+
+        def store() -> None:
+            if data:
+                out.write(data)
+            if next_page is not None:
+                out.commit(self._checkpoint(next_page))
+
+        await on_thread(store)
 
     async def _recover(self, rows: Sequence[Any]) -> None:
         """Customers the final check found missing: appended (after the ordered walk)."""
-        self._write(rows)
+        await self._store(self._take(rows))
         self.report.recovered += len(rows)
         self._show(len(rows))
 

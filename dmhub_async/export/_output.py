@@ -148,12 +148,17 @@ class Output:
         self._committed = resumed.bytes
 
     @property
+    def to_stream(self) -> bool:
+        """Whether rows go to the caller's stream, not to a file this output opened."""
+        return self._dest is None
+
+    @property
     def resumable(self) -> bool:
         """Whether this output keeps a checkpoint."""
         return self._checkpoint is not None
 
     def write(self, data: bytes) -> None:
-        """Append ``data`` (to the OS cache: quick enough to do on the loop)."""
+        """Append ``data`` (blocking work: the export calls it on a thread, as ``commit``)."""
         if self._dest is None:
             self.fh.write(data)
             return
