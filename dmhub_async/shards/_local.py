@@ -31,7 +31,7 @@ import attrs
 from .._auth import FileTokenStore, RedisTokenStore, TokenStore
 from .._exceptions import DMHubError
 from ..export import ExportProgress
-from ._manifest import Manifest, ShardOutcome, checkpoint_name, part_name
+from ._manifest import Manifest, ManifestWriter, ShardOutcome, checkpoint_name, part_name
 from ._run import (
     ProgressBar,
     TotalProgress,
@@ -239,9 +239,13 @@ async def _supervise(
         events.append(reader)
         hand_out(proc, tasks)
 
+    manifest_writes = ManifestWriter(manifest, where)
+    unwritten = False  # shards ended since the manifest was last written
+
     def finish(index: int) -> None:
+        nonlocal unwritten
         todo.pop(index, None)
-        manifest.write(where)
+        unwritten = True
         for proc, (tasks, held) in list(busy.items()):
             if held == index:
                 hand_out(proc, tasks)
@@ -272,6 +276,9 @@ async def _supervise(
                     finish(index)
             if ended or not ready:
                 _replace_the_dead(busy, todo, waiting, tries, finish, spawn)
+            if unwritten:  # on a thread: the loop reads the workers' progress meanwhile
+                unwritten = False
+                await manifest_writes.write()
     finally:
         for reader in events:
             reader.close()
@@ -288,7 +295,7 @@ async def _supervise(
                 proc.kill()
                 await loop.run_in_executor(None, proc.join, 5)
         bar.close()
-        manifest.write(where)
+        await manifest_writes.write()
     return manifest
 
 

@@ -9,10 +9,12 @@ export (never by the workers), atomically: a crash leaves the old manifest or th
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import operator
 import os
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
@@ -22,11 +24,20 @@ import orjson
 
 from .._atomic import replace_file, replacing
 from .._exceptions import InvalidRequestError
+from .._threads import on_thread
 from ..export._export import check_output_name
 from ..export._output import _lock, _release, _sweep
 from ._plan import Shard
 
-__all__ = ["MANIFEST_NAME", "Manifest", "ShardOutcome", "merge", "part_digest", "part_name"]
+__all__ = [
+    "MANIFEST_NAME",
+    "Manifest",
+    "ManifestWriter",
+    "ShardOutcome",
+    "merge",
+    "part_digest",
+    "part_name",
+]
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_VERSION = 1
@@ -172,6 +183,16 @@ class Manifest:
         replace_file(path, data + b"\n")
         return path
 
+    def _copier(self) -> Callable[[], Manifest]:
+        """A function making a copy of this manifest as it is now, to call on a thread.
+
+        What the coordinator's tasks change as shards end (the outcomes' fields) is read here,
+        on the loop, in one go (1 ms for 4,096 shards); the copy is built from it elsewhere. Read
+        on the thread, an outcome could be written half updated (complete, without its digest).
+        """
+        values = [_OUTCOME_FIELDS(outcome) for outcome in self.shards]
+        return lambda: attrs.evolve(self, shards=[ShardOutcome(*v) for v in values])
+
     @classmethod
     def read(cls, directory: str | os.PathLike[str]) -> Manifest | None:
         """The directory's manifest, or None when it has none."""
@@ -222,6 +243,28 @@ class Manifest:
 _converter = cattrs.Converter()
 _converter.register_unstructure_hook(Shard, lambda shard: shard.to_dict())
 _converter.register_structure_hook(Shard, lambda data, _: Shard.from_dict(data))
+#: An outcome's fields in the order ShardOutcome takes them.
+_OUTCOME_FIELDS = operator.attrgetter(*(field.name for field in attrs.fields(ShardOutcome)))
+
+
+class ManifestWriter:
+    """A coordinator's ``manifest.json`` writes, from the event loop: on a thread, in turn.
+
+    The coordinator writes the manifest after every shard: encoded, written and synced on the
+    loop, 3 ms (8 shards) to 66 ms (4,096 shards) a write held every other coroutine (the
+    shards' exports of ``export_sharded``). Each write takes the manifest as it is when its
+    turn comes, one after another: two on threads at once could rename an older one last.
+    """
+
+    def __init__(self, manifest: Manifest, directory: str | os.PathLike[str]) -> None:
+        self._manifest, self._directory = manifest, directory
+        self._turn = asyncio.Lock()
+
+    async def write(self) -> None:
+        """Write the manifest as it is now (:meth:`Manifest.write`, on a thread)."""
+        async with self._turn:
+            copy = self._manifest._copier()
+            await on_thread(lambda: copy().write(self._directory))
 
 
 def merge(

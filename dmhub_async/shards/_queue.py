@@ -39,7 +39,7 @@ from .._validate import (
     redis_url_error,
     redis_where,
 )
-from ._manifest import Manifest, ShardOutcome, checkpoint_name, part_name
+from ._manifest import Manifest, ManifestWriter, ShardOutcome, checkpoint_name, part_name
 from ._plan import Shard
 
 if TYPE_CHECKING:
@@ -531,6 +531,7 @@ async def _follow(
     from arq.jobs import Job, JobStatus
 
     export_id = export_id_of(where)
+    manifest_writes = ManifestWriter(manifest, where)
 
     async def enqueue(index: int, defer: float | None = None) -> None:
         task = {
@@ -592,12 +593,12 @@ async def _follow(
                     await enqueue(index, defer=takeover)
                     continue
                 _record(todo.pop(index), info)
-                manifest.write(where)
+                await manifest_writes.write()
             if todo:
                 await sleep(poll)
     finally:
         bar.close()
-        manifest.write(where)
+        await manifest_writes.write()
         await pool.aclose()
     return manifest
 

@@ -25,7 +25,14 @@ from .._validate import short
 from ..export import ExportProgress, ExportReport, export_customers
 from ..export._export import check_run
 from ..export._output import _lock, _release
-from ._manifest import MANIFEST_NAME, Manifest, ShardOutcome, checkpoint_name, part_digest
+from ._manifest import (
+    MANIFEST_NAME,
+    Manifest,
+    ManifestWriter,
+    ShardOutcome,
+    checkpoint_name,
+    part_digest,
+)
 from ._plan import Shard, manifest_filters, plan_shards, warn_if_naive
 
 if TYPE_CHECKING:
@@ -201,21 +208,23 @@ async def _prepare(
         existing.check_same_export(
             fmt=format, base_url=client.base_url, app_id=client.app_id, filters=recorded
         )
-        _recheck_parts(where, existing)
+        if _recheck_parts(where, existing):
+            await ManifestWriter(existing, where).write()
         return existing
     plan = await plan_shards(client, shards, **filters)
     manifest = Manifest.new(
         plan, fmt=format, base_url=client.base_url, app_id=client.app_id, filters=recorded
     )
-    manifest.write(where)
+    await ManifestWriter(manifest, where).write()
     return manifest
 
 
-def _recheck_parts(where: Path, manifest: Manifest) -> None:
+def _recheck_parts(where: Path, manifest: Manifest) -> bool:
     """Send a complete shard whose part was deleted or changed since back to be exported.
 
     The manifest alone said complete: a rerun did nothing and reported the export complete
     without the part's customers. The stale part and any checkpoint go: the shard starts over.
+    Whether any did (the manifest is then to be written).
     """
     changed = False
     for outcome in manifest.shards:
@@ -229,8 +238,7 @@ def _recheck_parts(where: Path, manifest: Manifest) -> None:
         outcome.exported = outcome.duplicates = 0
         outcome.size = outcome.sha256 = None
         changed = True
-    if changed:
-        manifest.write(where)
+    return changed
 
 
 def _check_directory(where: Path) -> None:
@@ -351,6 +359,7 @@ async def _export_sharded(
 ) -> Manifest:
     manifest = await prepare(client, directory, shards, format=format, **filters)
     where = Path(directory)
+    writer = ManifestWriter(manifest, where)
     bar = ProgressBar(progress, manifest, on_total)
     gate = asyncio.Semaphore(parallel)
 
@@ -373,7 +382,7 @@ async def _export_sharded(
                 outcome.status, outcome.error = "failed", str(err)
             else:
                 record_result(outcome, await result_of(report))
-            manifest.write(where)
+            await writer.write()
 
     tasks = [asyncio.ensure_future(run(o)) for o in pending(manifest.shards)]
     try:
@@ -385,7 +394,7 @@ async def _export_sharded(
         raise
     finally:
         bar.close()
-        manifest.write(where)
+        await writer.write()
     return manifest
 
 
