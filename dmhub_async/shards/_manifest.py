@@ -283,6 +283,10 @@ def merge(
     in whole lines: a record its worker was killed writing is left out (as is a torn last
     record of a complete part cut short since).
 
+    Blocking file work (0.3 s for 100,000 customers, 83 MB): from async code, run it on a
+    thread, ``await asyncio.to_thread(merge, directory, dest)``, or the event loop stands still
+    until it ends.
+
     Raises:
         InvalidRequestError: no manifest, a part missing, the export not complete, or a
             complete part changed since it was exported: its size, or its content (the
