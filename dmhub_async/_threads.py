@@ -1,19 +1,24 @@
-"""Blocking file work off the event loop, finished or undone when its caller gives up."""
+"""Blocking file work off the event loop, on threads of its own, finished or undone when its
+caller gives up."""
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
+import os
+import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-__all__ = ["on_thread"]
+__all__ = ["file_work", "on_thread"]
 
 T = TypeVar("T")
 
 
 async def on_thread(work: Callable[[], T], undo: Callable[[T], object] | None = None) -> T:
-    """``work()`` on a thread, so that a filesystem that stalls (an NFS server away, a
+    """``work()`` on a file thread, so that a filesystem that stalls (an NFS server away, a
     saturated disk) or a long read holds this call, never the event loop and every other
     coroutine of the service with it.
 
@@ -23,7 +28,7 @@ async def on_thread(work: Callable[[], T], undo: Callable[[T], object] | None = 
     caller gave up would be held by nobody, an export's output opened then would keep its
     locks.
     """
-    running = asyncio.ensure_future(asyncio.to_thread(work))
+    running = _on_file_thread(work)
     try:
         return await asyncio.shield(running)
     except asyncio.CancelledError:
@@ -32,9 +37,52 @@ async def on_thread(work: Callable[[], T], undo: Callable[[T], object] | None = 
         raise
 
 
+async def file_work(work: Callable[[], T]) -> T:
+    """``work()`` on a file thread; cancelled, the caller goes at once (a read: nothing to
+    undo), the thread ends when the filesystem lets it."""
+    return await _on_file_thread(work)
+
+
 def _undone(undo: Callable[[T], object] | None, running: asyncio.Future[T]) -> None:
     """``undo`` of what ``running`` did, if it did it; its error, if any, marked seen."""
     if running.cancelled() or running.exception() is not None:
         return
     if undo is not None:
         undo(running.result())
+
+
+def _on_file_thread(work: Callable[[], T]) -> asyncio.Future[T]:
+    """``work()`` (in the caller's context, as ``asyncio.to_thread`` runs it) on a file thread.
+
+    File threads are the SDK's own, not the loop's default executor: a filesystem stalled for
+    good holds each call's thread for ever, and a few such calls (token stores, exports)
+    filled the default pool (``min(32, cores + 4)`` threads), where ``asyncio.to_thread`` and
+    aiohttp's DNS lookups (``loop.getaddrinfo``) of the whole service then waited behind them.
+    """
+    context = contextvars.copy_context()
+    return asyncio.get_running_loop().run_in_executor(_file_threads(), context.run, work)
+
+
+_pool: ThreadPoolExecutor | None = None
+_pool_made = threading.Lock()
+
+
+def _file_threads() -> ThreadPoolExecutor:
+    """This process's file threads, made when first needed."""
+    global _pool
+    with _pool_made:
+        if _pool is None:
+            size = min(32, (os.cpu_count() or 1) + 4)  # as the default executor's
+            _pool = ThreadPoolExecutor(size, thread_name_prefix="dmhub-file")
+        return _pool
+
+
+def _forget_file_threads() -> None:
+    """In a process forked from one that had file threads (a prefork server): none of them
+    is in it, nor a lock one of them held, and work handed to them would wait for ever."""
+    global _pool, _pool_made
+    _pool, _pool_made = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_file_threads)

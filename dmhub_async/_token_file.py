@@ -20,7 +20,7 @@ import filelock
 
 from ._atomic import replace_file
 from ._exceptions import InvalidRequestError, TokenStoreError
-from ._threads import on_thread
+from ._threads import file_work, on_thread
 from ._token_stores import ProcessLocks, Token
 from ._validate import check_number
 
@@ -212,7 +212,7 @@ class FileTokenStore:
     async def get(self, key: str) -> Token | None:
         """The stored token for ``key``, or None (read on a thread: see :func:`.on_thread`)."""
         # Not waited for when cancelled: a read changes nothing.
-        return Token.from_json((await asyncio.to_thread(self._read)).get(key))
+        return Token.from_json((await file_work(self._read)).get(key))
 
     async def set(self, key: str, token: Token) -> None:
         """Store ``token`` for ``key`` (callers hold :meth:`lock`), on a thread."""

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from typing_extensions import Unpack
 
 from .._exceptions import DMHubError, InvalidRequestError
+from .._threads import file_work
 from .._validate import short
 from ..export import ExportProgress, ExportReport, export_customers
 from ..export._export import check_run
@@ -103,7 +104,7 @@ async def result_of(report: ExportReport) -> dict[str, Any]:
     sha256: str | None = None
     try:
         if report.complete:
-            size, sha256 = await asyncio.to_thread(part_digest, Path(report.path))
+            size, sha256 = await file_work(lambda: part_digest(Path(report.path)))
         else:
             size = os.stat(report.path).st_size
     except OSError:
