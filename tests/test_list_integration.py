@@ -12,10 +12,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from _helpers import loop_runs_meanwhile
 from aiohttp import web
 
 from dmhub_async import DMHubClient, Identity, InvalidRequestError, ServerError
 from dmhub_async._auth import DEFAULT_STORE, token_key
+from dmhub_async.resources import customers as customers_module
 from dmhub_async.testing import DMHubSimulator
 
 
@@ -275,6 +277,33 @@ async def test_a_long_id_list_walks_in_batches_with_one_tally(sim: DMHubSimulato
     assert list_requests(sim) > 10  # more than one batch of 10 pages
     assert paginator.stats.items == len(ids)
     assert paginator.stats.pages == list_requests(sim)
+
+
+async def test_count_prepares_a_long_id_list_off_the_event_loop(
+    sim: DMHubSimulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """count(id_list=...) checked, joined and split its ids on the event loop: 465 ms for
+    300,000 ids, every other coroutine standing still. Here the split needs the loop to run
+    meanwhile; the count is still every batch's, summed, and bad ids still raise before
+    anything is sent."""
+    loop = asyncio.get_running_loop()
+    real_batches = customers_module.id_batches
+
+    def slow_batches(*args: Any, **kwargs: Any) -> Any:
+        loop_runs_meanwhile(loop, "count() split its id_list")
+        return real_batches(*args, **kwargs)
+
+    monkeypatch.setattr(customers_module, "id_batches", slow_batches)
+    ids = sim.customer_ids()
+    counts = lambda: sim.counters.routes["GET /v1/customers/count"]  # noqa: E731
+    async with client_for(sim) as dm:
+        unknown = range(10**12, 10**12 + 3_000)
+        assert await dm.customers.count(id_list=iter([*ids, *ids[:10], *unknown])) == len(ids)
+        sent = counts()
+        with pytest.raises(InvalidRequestError, match="must be an int"):
+            await dm.customers.count(id_list=[*ids, "7"])  # type: ignore[list-item]
+        assert counts() == sent  # nothing sent
+    assert sent > 1  # in batches, one URL each
 
 
 # The test above once failed in CI (11 pages, 12 requests): clients made without a token_store

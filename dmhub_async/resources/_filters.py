@@ -24,7 +24,13 @@ from .._validate import (
 from ..models.customer import Customer
 from ..models.gender import Gender
 
-__all__ = ["EMPTY_STAGE", "CustomerFilters", "customer_filter_params", "wire_field"]
+__all__ = [
+    "EMPTY_STAGE",
+    "CustomerFilters",
+    "customer_filter_params",
+    "id_list_param",
+    "wire_field",
+]
 
 #: ``stage=EMPTY_STAGE`` (or ``""``) finds customers whose stage is empty (wire: ``_empty``).
 EMPTY_STAGE = "_empty"
@@ -74,6 +80,16 @@ def wire_field(
     raise InvalidRequestError(f"{method}(): unknown {what} {short(name)}")
 
 
+def id_list_param(method: str, value: Any) -> str:
+    """``idList``: the ids of an ``id_list``, checked, comma-separated, repeats kept."""
+    if not is_collection(value):
+        raise InvalidRequestError(f"{method}(): id_list must be a list of ints")
+    ids = [check_id(method, i) for i in value]
+    if not ids:
+        raise InvalidRequestError(f"{method}(): id_list is empty")
+    return ",".join(map(str, ids))
+
+
 def customer_filter_params(
     method: str, filters: dict[str, Any], *, paged: bool = True, zone: tzinfo | None = None
 ) -> dict[str, str]:
@@ -120,12 +136,7 @@ def _filter_params(
                 )
             params["gender"] = str(int(value))
         elif name == "id_list":
-            if not is_collection(value):
-                raise InvalidRequestError(f"{method}(): id_list must be a list of ints")
-            ids = [check_id(method, i) for i in value]
-            if not ids:
-                raise InvalidRequestError(f"{method}(): id_list is empty")
-            params["idList"] = ",".join(map(str, ids))
+            params["idList"] = id_list_param(method, value)
         elif name in _TIMES:
             end = name.endswith("_to")
             params[_TIMES[name]], defaulted = query_time(method, name, value, zone, end=end)
