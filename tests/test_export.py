@@ -574,6 +574,43 @@ async def test_without_checkpoint_a_failed_export_leaves_dest_untouched(
     assert files_in(tmp_path) == [dest.name]  # the temporary file is gone too
 
 
+@pytest.mark.parametrize("checkpointed", [True, False])
+async def test_a_failed_export_lets_go_of_its_file_off_the_event_loop(
+    sim: DMHubSimulator,
+    client: DMHubClient,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    checkpointed: bool,
+) -> None:
+    # A failed (or cancelled) export cut its file back to what its checkpoint covers, closed
+    # it and removed its lock files on the event loop: on a stalled filesystem, for ever.
+    # Here letting go needs the loop to run meanwhile; the error is still the service's.
+    loop = asyncio.get_running_loop()
+    close = _output.Output.close
+
+    def slow_close(self: _output.Output) -> None:
+        loop_runs_meanwhile(loop, "the export let go of its file")
+        close(self)
+
+    monkeypatch.setattr(_output.Output, "close", slow_close)
+    dest, ckpt = tmp_path / "customers.jsonl", tmp_path / "customers.ckpt"
+    sim.faults.paths = ("GET /v1/customers",)
+    sim.faults.script(["ok", "ok", "ok", "500"])  # the fourth page fails (no retries)
+    with pytest.raises(ServerError):
+        await export_customers(
+            client,
+            dest,
+            concurrency=1,
+            progress=False,
+            checkpoint=ckpt if checkpointed else None,
+        )
+    if checkpointed:  # the pages before the failure, resumable
+        assert len(read_jsonl(dest)) == 300
+        assert files_in(tmp_path) == sorted([ckpt.name, dest.name])
+    else:
+        assert files_in(tmp_path) == []
+
+
 async def test_without_checkpoint_a_failed_first_export_creates_no_file(
     client: DMHubClient, tmp_path: Path
 ) -> None:

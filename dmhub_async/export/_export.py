@@ -104,7 +104,9 @@ async def export_customers(
         # a thread, not the loop.
         await on_thread(out.finish)
     finally:
-        out.close()
+        # After a failure: the file cut back to what the checkpoint covers, closed, its lock
+        # files removed; on a stalled filesystem, for as long. (A no-op after finish.)
+        await on_thread(out.close)
     report.seconds = time.monotonic() - started
     return report
 
