@@ -505,28 +505,6 @@ async def test_an_export_writes_and_syncs_its_file_off_the_event_loop(
     assert not ckpt.exists()
 
 
-async def test_an_export_to_a_blocking_stream_leaves_the_event_loop_free(
-    sim: DMHubSimulator, client: DMHubClient
-) -> None:
-    # dest=sys.stdout.buffer piped to a slow reader: each write waited on the full pipe on the
-    # event loop (150 ms a page, measured), every other coroutine standing still. Here the
-    # stream's writes return only once the loop has run meanwhile, as a pipe drained by a
-    # reader of this loop would.
-    loop = asyncio.get_running_loop()
-
-    class SlowPipe(io.BytesIO):
-        def write(self, data: Any) -> int:
-            loop_runs_meanwhile(loop, "the export wrote to a full pipe")
-            return super().write(data)
-
-    stream = SlowPipe()
-    report = await export_customers(client, stream, progress=False)
-    assert [json.loads(line)["id"] for line in stream.getvalue().splitlines()] == (
-        sim.customer_ids()
-    )
-    assert report.complete
-
-
 async def test_the_report_counts_the_retries_of_every_request_the_export_sent(
     sim: DMHubSimulator, tmp_path: Path, clock: Any
 ) -> None:
