@@ -39,6 +39,7 @@ from .._validate import (
     redis_url_error,
     redis_where,
 )
+from .._version import __version__
 from ._manifest import Manifest, ManifestWriter, ShardOutcome, checkpoint_name, part_name
 from ._plan import Shard
 
@@ -58,6 +59,7 @@ __all__ = [
     "HEARTBEAT",
     "IN_PROGRESS_TTL",
     "JOB_NAME",
+    "JOB_VERSION",
     "QUEUE_TIMEOUT",
     "REDIS_RETRIES",
     "check_queue",
@@ -70,6 +72,12 @@ __all__ = [
 logger = logging.getLogger("dmhub_async")
 
 JOB_NAME = "dmhub_export_shard"
+#: The shape of a job, of its result and of the files they name (the shard, the part, its
+#: checkpoint), as a coordinator and its workers must read them alike. A release that changes
+#: it in a way another release would misread takes the next number; a worker refuses a job of
+#: any other (and a coordinator a result), saying both releases. A job or result without one
+#: is of version 1: releases up to 0.1.0 (95c90cd) sent none, and read what this one sends.
+JOB_VERSION = 1
 #: Seconds between renewals of a running job's in-progress mark.
 HEARTBEAT = 5.0
 #: Seconds a dead worker's job stays marked in progress: it is taken over within about this.
@@ -229,6 +237,7 @@ async def _export_shard_job(ctx: dict[str, Any], task: dict[str, Any]) -> dict[s
     """The arq job: export one shard, renewing the job's in-progress mark while it runs."""
     from arq.constants import in_progress_key_prefix
 
+    _check_same_version(task)  # first: a job of another shape may be misread in any field
     redis = ctx["redis"]
     in_progress = in_progress_key_prefix + ctx["job_id"]
     shard = Shard.from_dict(task["shard"])
@@ -282,7 +291,7 @@ async def _export_shard_job(ctx: dict[str, Any], task: dict[str, Any]) -> dict[s
             await beating
     await redis.hset(progress_key, str(shard.index), report.exported)
     await redis.expire(progress_key, 7 * 24 * 3600)
-    return await result_of(report)
+    return {**await result_of(report), "job_version": JOB_VERSION, "release": __version__}
 
 
 def _written(pending: set[asyncio.Future[Any]], writing: asyncio.Future[Any]) -> None:
@@ -291,6 +300,35 @@ def _written(pending: set[asyncio.Future[Any]], writing: asyncio.Future[Any]) ->
     pending.discard(writing)
     if not writing.cancelled():
         writing.exception()
+
+
+def _check_same_version(task: dict[str, Any]) -> None:
+    """Refuse a job of another :data:`JOB_VERSION` than this worker's, before it is read.
+
+    A rolling upgrade (a coordinator of one release, workers of another on one queue): a
+    worker exported a job as it read it, and wrote a part the coordinator then misread.
+    """
+    theirs = task.get("job_version", 1)
+    if theirs != JOB_VERSION:
+        raise InvalidRequestError(
+            _mixed_releases(
+                f"this worker runs dmhub_async {__version__} (job version {JOB_VERSION}), "
+                f"the coordinator {_release_of(task)} (job version {theirs!r}): the worker "
+                "exported nothing"
+            )
+        )
+
+
+def _release_of(sent: dict[str, Any]) -> str:
+    release = sent.get("release")
+    return printable(str(release))[:40] if release is not None else "0.1.0 or earlier"
+
+
+def _mixed_releases(what: str) -> str:
+    return (
+        f"{what}; run one release on the coordinator and every worker of a queue (upgrade "
+        "them together, or give each release its own Redis), then rerun the export"
+    )
 
 
 def _check_same_service(client: Any, task: dict[str, Any]) -> None:
@@ -535,6 +573,9 @@ async def _follow(
 
     async def enqueue(index: int, defer: float | None = None) -> None:
         task = {
+            # The shape of this job: a worker of a release that reads another refuses it.
+            "job_version": JOB_VERSION,
+            "release": __version__,
             "shard": todo[index].shard.to_dict(),
             "directory": str(where),
             "format": manifest.format,
@@ -609,6 +650,8 @@ async def _usable(job: Any, part: Path) -> bool:
     info = await _result_info(job)
     if info is None or not info.success or not info.result.get("complete"):
         return False
+    if _result_version_error(info.result) is not None:
+        return False
     try:
         size = part.stat().st_size  # noqa: ASYNC240 - one stat a shard, when taken up
     except FileNotFoundError:
@@ -645,9 +688,24 @@ def _expired(info: Any) -> bool:
 def _record(outcome: ShardOutcome, info: Any) -> None:
     if info is None:
         outcome.status, outcome.error = "failed", "the job's result is gone"
+    elif info.success and (mixed := _result_version_error(info.result)) is not None:
+        outcome.status, outcome.error = "failed", mixed
     elif info.success:
         record_result(outcome, info.result)
     else:
         error = info.result
         message = str(error) if isinstance(error, DMHubError) else type(error).__name__
         outcome.status, outcome.error = "failed", message
+
+
+def _result_version_error(result: Any) -> str | None:
+    """Why a worker's result is not one this coordinator reads (another :data:`JOB_VERSION`),
+    or None: its part is not recorded, as if complete, in a manifest of another shape."""
+    theirs = result.get("job_version", 1) if isinstance(result, dict) else 1
+    if theirs == JOB_VERSION:
+        return None
+    return _mixed_releases(
+        f"a worker of dmhub_async {_release_of(result)} (job version {theirs!r}) exported this "
+        f"shard, and this coordinator runs {__version__} (job version {JOB_VERSION}): its part "
+        "is not taken"
+    )

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import types
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -902,3 +903,134 @@ async def test_a_queue_redis_loading_its_dataset_is_waited_for_by_a_worker_at_it
             )
         assert proxy.answered_loading == 2
     assert (run.returncode, run.stderr) == (0, "")
+
+
+async def test_a_job_of_a_later_release_is_refused_before_anything_is_written(
+    tmp_path: Path,
+) -> None:
+    # A rolling upgrade: a coordinator of a later release enqueues jobs whose shape this
+    # worker may misread (a shard's window, a part's format). The worker exported the shard as
+    # it read it and wrote a part the coordinator then read as its own. Now it refuses the
+    # job at once, naming both releases, and writes nothing.
+    from dmhub_async.shards import _queue
+
+    later = getattr(_queue, "JOB_VERSION", 1) + 1
+    ctx = {"redis": None, "job_id": "j", "client": None, "pending_progress": set()}
+    task = {
+        "shard": {"index": 0, "window": ["2016-01-01T00:00:00+00:00", None]},
+        "directory": str(tmp_path),
+        "format": "jsonl",
+        "export_id": "e",
+        "plan_id": "p",
+        "job_version": later,
+        "release": "9.9.9",
+    }
+    with pytest.raises(InvalidRequestError) as refused:
+        await _queue._export_shard_job(ctx, task)
+    message = str(refused.value)
+    assert "9.9.9" in message
+    assert f"job version {later}" in message
+    assert "run one release" in message
+    assert not os.listdir(tmp_path)
+
+
+async def test_a_job_of_the_release_before_the_version_was_carried_is_served(
+    tmp_path: Path,
+) -> None:
+    # A coordinator of 0.1.0 as released (95c90cd) sends no version: its jobs are of the
+    # shape this worker reads (version 1), and a rolling upgrade works. The result says
+    # which release and job version wrote the part.
+    from dmhub_async import __version__
+    from dmhub_async.shards import _queue
+
+    class Redis:
+        async def set(self, *args: object, **kwargs: object) -> None:
+            pass
+
+        async def hset(self, *args: object) -> None:
+            pass
+
+        async def expire(self, *args: object) -> None:
+            pass
+
+    from dmhub_async.testing import DMHubSimulator
+
+    async with (
+        DMHubSimulator(customers=30) as sim,
+        DMHubClient(sim.app_id, sim.secret, base_url=sim.url) as dm,
+    ):
+        ctx = {
+            "redis": Redis(),
+            "job_id": "j",
+            "client": dm,
+            "pending_progress": set(),
+            "heartbeat": 10.0,
+            "takeover": 30.0,
+        }
+        task = {  # the task 95c90cd's coordinator enqueues, key for key
+            "shard": Shard(0, None, None).to_dict(),
+            "directory": str(tmp_path),
+            "format": "jsonl",
+            "page_size": 100,
+            "concurrency": 2,
+            "export_id": "e",
+            "plan_id": "p",
+            "base_url": sim.url,
+            "app_id": sim.app_id,
+        }
+        result = await _queue._export_shard_job(ctx, task)
+    assert result["complete"]
+    assert result["exported"] == 30
+    assert (result["job_version"], result["release"]) == (1, __version__)
+
+
+def test_a_result_of_another_job_version_is_a_failed_shard_not_a_misread_part(
+    tmp_path: Path,
+) -> None:
+    # The coordinator's side: a part written by a worker of another job version (one that
+    # did not refuse the job) is not recorded complete in this release's manifest.
+    from dmhub_async.shards import _queue
+
+    [outcome] = Manifest.new(
+        [Shard(0, None, None)], fmt="jsonl", base_url="u", app_id="a", filters={}
+    ).shards
+    result = {
+        "complete": True,
+        "exported": 5,
+        "duplicates": 0,
+        "seconds": 1.0,
+        "size": 10,
+        "sha256": None,
+        "job_version": getattr(_queue, "JOB_VERSION", 1) + 1,
+        "release": "9.9.9",
+    }
+    info = types.SimpleNamespace(success=True, result=result)
+    _queue._record(outcome, info)
+    assert outcome.status == "failed"
+    assert "9.9.9" in (outcome.error or "")
+    assert "run one release" in (outcome.error or "")
+
+
+async def test_a_coordinator_of_a_later_release_hears_from_this_worker_at_once(
+    tmp_path: Path, redis: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # End to end: the coordinator (here, this process made to send the next job version) and
+    # a worker of this release on one queue. The shard fails at once with the worker's
+    # refusal in the manifest, and no part is written.
+    from dmhub_async.shards import _queue
+
+    out = tmp_path / "out"
+    with sim_process(300) as sim:
+        manifest = await planned(sim, redis, out, 2)
+        later = getattr(_queue, "JOB_VERSION", 1) + 1
+        monkeypatch.setattr(_queue, "JOB_VERSION", later, raising=False)
+        monkeypatch.setattr(_queue, "__version__", "9.9.9", raising=False)
+        with workers(sim, redis.url, 1):
+            manifest = await asyncio.wait_for(
+                run_on_queue(redis.url, out, manifest, progress=False, poll=0.1), 120
+            )
+    assert [s.status for s in manifest.shards] == ["failed", "failed"]
+    for shard in manifest.shards:
+        assert "run one release" in (shard.error or ""), shard
+        assert "9.9.9" in (shard.error or ""), shard
+    assert not list(out.glob("part-*"))
