@@ -195,6 +195,10 @@ async def _sharded_export(args: argparse.Namespace, filters: dict[str, Any]) -> 
     return _finish(manifest, args)
 
 
+#: The statuses of a shard whose export ran to its end (its retries counted, or not).
+_EXPORTED = ("complete", "incomplete")
+
+
 def _finish(manifest: Manifest, args: argparse.Namespace) -> int:
     data = {
         "path": args.out,
@@ -204,15 +208,30 @@ def _finish(manifest: Manifest, args: argparse.Namespace) -> int:
         "planned": manifest.planned,
         "retries": manifest.retries,
         "shards": [
-            {"file": s.file, "status": s.status, "exported": s.exported, "error": s.error}
+            {
+                "file": s.file,
+                "status": s.status,
+                "exported": s.exported,
+                "error": s.error,
+                "retries": s.retries,  # null: not counted (an earlier release exported it)
+            }
             for s in manifest.shards
         ],
     }
     done = sum(s.status == "complete" for s in manifest.shards)
+    # Parts exported by a worker of an earlier release, which counts no retries: "0 retries"
+    # said none were taken.
+    uncounted = [s.file for s in manifest.shards if s.retries is None and s.status in _EXPORTED]
+    retries = f"{manifest.retries} retries"
+    if uncounted:
+        named = ", ".join(uncounted[:3]) + (
+            f" and {len(uncounted) - 3} more" if uncounted[3:] else ""
+        )
+        retries += f", not counting {named}'s (exported by an earlier release)"
     text = (
         f"exported {manifest.exported:,} customers in {len(manifest.shards)} parts to "
         f"{args.out} ({done} of {len(manifest.shards)} complete; {manifest.planned:,} counted "
-        f"when planned; {manifest.retries} retries)"
+        f"when planned; {retries})"
     )
     for s in manifest.shards:
         if s.status != "complete":

@@ -82,9 +82,10 @@ class ShardOutcome:
     #: manifest written before this was recorded).
     sha256: str | None = None
     #: Retries the requests of the run that last exported this shard took (its report's
-    #: ``retries``: pages, counts, a resume's search, the final check); 0 in a manifest
-    #: written before this was recorded.
-    retries: int = 0
+    #: ``retries``: pages, counts, a resume's search, the final check); None when not
+    #: counted: a shard not exported yet, a manifest written before this was recorded, or a
+    #: shard a worker (or coordinator) of an earlier release exported, which sends none.
+    retries: int | None = None
 
     def part_changed(self, directory: Path) -> str | None:
         """Why this complete shard's part no longer holds what was exported, or None."""
@@ -124,8 +125,9 @@ class Manifest:
 
     @property
     def retries(self) -> int:
-        """Retries the shards' exports took, all together (each its last run's)."""
-        return sum(s.retries for s in self.shards)
+        """Retries the shards' exports took, all together (each its last run's; a shard
+        whose retries were not counted, :attr:`ShardOutcome.retries` None, adds none)."""
+        return sum(s.retries or 0 for s in self.shards)
 
     @property
     def planned(self) -> int:

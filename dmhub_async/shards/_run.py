@@ -126,7 +126,8 @@ def record_result(outcome: ShardOutcome, result: dict[str, Any]) -> None:
     outcome.exported = result["exported"]
     outcome.duplicates = result["duplicates"]
     outcome.seconds = round(result["seconds"], 3)
-    outcome.retries = result.get("retries", 0)  # a worker of an earlier release sends none
+    # A worker of an earlier release (0.1.0) sends none: not counted, rather than "0 retries".
+    outcome.retries = result.get("retries")
     outcome.size = result.get("size")
     outcome.sha256 = result.get("sha256")
     outcome.error = None
@@ -237,7 +238,7 @@ def _recheck_parts(where: Path, manifest: Manifest) -> bool:
             (where / stale).unlink(missing_ok=True)
         outcome.status, outcome.error = "pending", f"exported again: {why}"
         outcome.exported = outcome.duplicates = 0
-        outcome.size = outcome.sha256 = None
+        outcome.size = outcome.sha256 = outcome.retries = None
         changed = True
     return changed
 

@@ -490,3 +490,44 @@ def test_the_cli_says_why_a_merge_failed_though_its_lock_file_cannot_be_removed(
     assert code != 0
     assert "part-00001.jsonl is missing" in error, error
     assert not (tmp_path / "all.jsonl").exists()
+
+
+@pytest.mark.parametrize("report", ["text", "json"])
+def test_retries_a_worker_of_an_earlier_release_did_not_count_are_not_reported_as_none(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], report: str
+) -> None:
+    # A rolling upgrade: a worker of 0.1.0 (95c90cd) sends no "retries" in its result, and
+    # a coordinator of 0.1.0 writes none in the manifest. They were read as 0: the report
+    # said "0 retries" of parts whose retries nobody counted.
+    import argparse
+    from datetime import datetime, timezone
+
+    from dmhub_async.cli._shards import _finish
+    from dmhub_async.shards import Shard
+    from dmhub_async.shards._run import record_result
+
+    edge = datetime(2020, 1, 1, tzinfo=timezone.utc)
+    manifest = Manifest.new(
+        [Shard(0, None, edge), Shard(1, edge, None)],
+        fmt="jsonl",
+        base_url="u",
+        app_id="a",
+        filters={},
+    )
+    counted = {"complete": True, "exported": 3, "duplicates": 0, "seconds": 1.0, "size": 9}
+    record_result(manifest.shards[0], {**counted})  # a 0.1.0 worker's result: no "retries"
+    record_result(manifest.shards[1], {**counted, "retries": 2})
+    assert manifest.shards[0].retries is None
+    manifest.write(tmp_path)
+    data = orjson.loads((tmp_path / MANIFEST_NAME).read_bytes())
+    del data["shards"][1]["retries"]  # as a 0.1.0 coordinator rewrites it
+    (tmp_path / MANIFEST_NAME).write_bytes(orjson.dumps(data))
+    assert Manifest.read(tmp_path).shards[1].retries is None  # type: ignore[union-attr]
+
+    _finish(manifest, argparse.Namespace(out=str(tmp_path), report=report, quiet=False))
+    said = capsys.readouterr().out
+    if report == "json":
+        shards = orjson.loads(said)["shards"]
+        assert [s["retries"] for s in shards] == [None, 2]
+    else:
+        assert "2 retries, not counting part-00000.jsonl's" in said, said
