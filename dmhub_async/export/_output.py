@@ -89,9 +89,11 @@ class Output:
         assert scope is not None
         self._dest = dest
         try:
-            for path in (dest, checkpoint):
-                if path is not None:
-                    self._locks.append(_lock(path))
+            # A merge locks its file too: a lock file that does not say which holds it (one
+            # 0.1.0 wrote, during a rolling upgrade) names both, not "another export".
+            self._locks.append(_lock(dest, by="another export or merge"))
+            if checkpoint is not None:
+                self._locks.append(_lock(checkpoint))
             if checkpoint is not None:
                 self.resumed = read_checkpoint(checkpoint, scope)
                 if self.resumed is not None:

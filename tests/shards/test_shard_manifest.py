@@ -531,3 +531,25 @@ def test_retries_a_worker_of_an_earlier_release_did_not_count_are_not_reported_a
         assert [s["retries"] for s in shards] == [None, 2]
     else:
         assert "2 retries, not counting part-00000.jsonl's" in said, said
+
+
+async def test_an_export_blocked_by_a_lock_of_an_earlier_release_names_export_or_merge(
+    dm: DMHubClient, tmp_path: Path
+) -> None:
+    # A rolling upgrade: a merge of 0.1.0 (95c90cd), whose lock file says "pid N on host" and
+    # not its role, writing the file an export of this release is to write. The export said
+    # "in use by another export", and the user looked for an export that was not running.
+    import filelock
+
+    dest = tmp_path / "all.jsonl"
+    lock_path = tmp_path / ".all.jsonl.lock"
+    held = filelock.FileLock(lock_path, timeout=0, thread_local=False)
+    held.acquire()
+    try:
+        lock_path.write_text("pid 4242 on oldhost")  # 0.1.0's holder, as it writes it
+        with pytest.raises(InvalidRequestError) as raised:
+            await export_customers(dm, dest, progress=False)
+    finally:
+        held.release()
+    assert "in use by another export or merge (pid 4242 on oldhost)" in str(raised.value)
+    assert not dest.exists()
