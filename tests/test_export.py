@@ -964,6 +964,30 @@ async def test_a_checkpoint_of_the_first_release_is_refused_with_what_to_do(
     assert sim.counters.total == 0
 
 
+async def test_a_checkpoint_of_a_later_release_is_refused_saying_so(
+    sim: DMHubSimulator, client: DMHubClient, tmp_path: Path
+) -> None:
+    """A checkpoint of the next version (a later release began the export, or the shard, in a
+    rolling upgrade) was "not a checkpoint file", and a user deleted it and started over."""
+    from dmhub_async.export._checkpoint import CHECKPOINT_VERSION
+
+    dest, ckpt = tmp_path / "customers.jsonl", tmp_path / "export.ckpt"
+    dest.write_bytes(b'{"id": 3000000001}\n')
+    later = {"version": CHECKPOINT_VERSION + 1, "scope": {}, "bytes": 19}
+    ckpt.write_text(json.dumps(later), encoding="utf-8")
+    sim.counters.reset()
+
+    with pytest.raises(InvalidRequestError) as refused:
+        await export_customers(client, dest, checkpoint=ckpt, progress=False)
+
+    said = str(refused.value)
+    assert "a later release of dmhub_async" in said
+    assert f"checkpoint version {CHECKPOINT_VERSION + 1}" in said
+    assert dest.read_bytes() == b'{"id": 3000000001}\n'
+    assert ckpt.exists()
+    assert sim.counters.total == 0
+
+
 # -- the data changes during the export -------------------------------------------------------
 
 

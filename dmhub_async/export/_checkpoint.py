@@ -97,6 +97,15 @@ def read_checkpoint(path: Path, scope: ExportScope) -> Checkpoint | None:
             "service and app it exported from, so it cannot be checked: finish that export with "
             "0.1, or delete the checkpoint and the output to start over"
         )
+    if isinstance(version, int) and not isinstance(version, bool) and version > CHECKPOINT_VERSION:
+        # A rolling upgrade: a later release began this export (or shard). It was "not a
+        # checkpoint file", and the user deleted it and started over.
+        raise InvalidRequestError(
+            f"checkpoint {str(path)!r} was written by a later release of dmhub_async "
+            f"(checkpoint version {version}; this release reads version {CHECKPOINT_VERSION}): "
+            "finish the export with that release (upgrade this machine), or delete the "
+            "checkpoint and the output to start over"
+        )
     try:
         if version != CHECKPOINT_VERSION:
             raise ValueError(version)

@@ -205,11 +205,14 @@ class Manifest:
             return None
         try:
             data = orjson.loads(raw)
+        except orjson.JSONDecodeError as err:
+            raise InvalidRequestError(f"{path} is not a manifest this SDK wrote: {err}") from None
+        _check_not_later(path, data)
+        try:
             data.pop("status", None)
             manifest = _converter.structure(data, cls)
             manifest._check_layout()
         except (
-            orjson.JSONDecodeError,
             cattrs.BaseValidationError,
             AttributeError,
             TypeError,  # a JSON array: list.pop("status", None)
@@ -240,6 +243,21 @@ class Manifest:
             last.end is None
         ) != (self.filters.get("date_created_to") is None):
             raise ValueError("the windows do not span the export's dateCreated range")
+
+
+def _check_not_later(path: Path, data: Any) -> None:
+    """Refuse a manifest of a later release, saying so (before its shape is read).
+
+    A rolling upgrade run backwards (this release on a directory a later one planned): it was
+    "not a manifest this SDK wrote", and the user took the directory for another program's.
+    """
+    version = data.get("version") if isinstance(data, dict) else None
+    if isinstance(version, int) and not isinstance(version, bool) and version > MANIFEST_VERSION:
+        raise InvalidRequestError(
+            f"{path} was written by a later release of dmhub_async (manifest version "
+            f"{version}; this release reads version {MANIFEST_VERSION}): run that release on "
+            "this directory (upgrade this machine), or export to a new directory"
+        )
 
 
 _converter = cattrs.Converter()

@@ -238,7 +238,7 @@ def swapped_files(data: dict[str, Any]) -> None:
         lambda data: data["shards"][0].update(file="../elsewhere.jsonl"),
         lambda data: data.update(shards=[]),
         lambda data: data.update(format="xml"),
-        lambda data: data.update(version=2),
+        lambda data: data.update(version=0),  # a later one's: its own test, below
         # The first window must be open: no date_created_from was asked for.
         lambda data: data["shards"][0]["shard"].update(start="2000-01-01T00:00:00+00:00"),
     ],
@@ -553,3 +553,26 @@ async def test_an_export_blocked_by_a_lock_of_an_earlier_release_names_export_or
         held.release()
     assert "in use by another export or merge (pid 4242 on oldhost)" in str(raised.value)
     assert not dest.exists()
+
+
+async def test_a_manifest_of_a_later_release_says_so(
+    dm: DMHubClient, done: Path, tmp_path: Path
+) -> None:
+    # A rolling upgrade run backwards: this release on a directory a later one planned, whose
+    # manifest is of the next version. It was "not a manifest this SDK wrote: version 2", and
+    # the user took the directory for another program's, or for an edited one.
+    edit(done, lambda data: data.update(version=data["version"] + 1))
+    for attempt in (
+        lambda: Manifest.read(done),
+        lambda: merge(done, tmp_path / "all.jsonl"),
+    ):
+        with pytest.raises(InvalidRequestError) as refused:
+            attempt()
+        said = str(refused.value)
+        assert "a later release of dmhub_async" in said, said
+        assert "manifest version 2" in said, said
+        assert "this release reads version 1" in said, said
+        assert "not a manifest this SDK wrote" not in said, said
+    with pytest.raises(InvalidRequestError, match="a later release of dmhub_async"):
+        await export_sharded(dm, done, 4, progress=False)
+    assert not (tmp_path / "all.jsonl").exists()
