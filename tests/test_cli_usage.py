@@ -11,6 +11,7 @@ import asyncio
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -66,6 +67,40 @@ def test_every_help_shows_defaults_an_example_and_the_exit_codes(
     assert "(default: " in text
     assert "130 SIGINT" in text
     assert "143 SIGTERM" in text
+
+
+@pytest.mark.parametrize("command", ["export", "lookup", "simulate", "demo", "worker", "merge"])
+def test_every_help_lists_each_exit_code_of_the_readme(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The help's list ended at 143: 141, what `dmhub-async export --out - | head -1` exits
+    # with (the README's table has it), was not in it.
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    codes = re.findall(r"^\| (\d+) \|", readme, re.M)
+    assert "141" in codes
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+
+    epilog = capsys.readouterr().out.split("exit codes:")[1]
+    assert [code for code in codes if not re.search(rf"\b{code}\b", epilog)] == []
+
+
+def test_the_token_store_help_says_where_a_queue_keeps_the_token(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # `worker --help` said --token-store defaults to $DMHUB_TOKEN_STORE, else a file in the
+    # cache directory: a worker (and `export --queue`) shares the token through the queue's
+    # Redis unless --token-store is given, and reads no DMHUB_TOKEN_STORE.
+    with pytest.raises(SystemExit):
+        main(["worker", "--help"])
+    worker = " ".join(capsys.readouterr().out.split())
+    with pytest.raises(SystemExit):
+        main(["export", "--help"])
+    export = " ".join(capsys.readouterr().out.split())
+
+    assert "default: the queue's Redis (--redis); $DMHUB_TOKEN_STORE is not read" in worker
+    assert "a file in your cache directory" not in worker
+    assert "with --queue, the queue's Redis" in export
 
 
 def test_help_shows_a_default_of_zero_and_no_default_of_an_on_off_flag(

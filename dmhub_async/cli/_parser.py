@@ -37,7 +37,8 @@ FILTER_FLAGS = {
 
 EXIT_CODES = """\
 exit codes: 0 ok, 1 error, 2 usage (a bad flag, or an output that would destroy a file),
-3 incomplete (the export's count differs from the service's), 130 SIGINT (Ctrl-C), 143 SIGTERM"""
+3 incomplete (the export's count differs from the service's), 130 SIGINT (Ctrl-C), 143 SIGTERM,
+141 the reader of --out - went away (| head -1)"""
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):
@@ -124,7 +125,16 @@ def _common() -> _Parser:
     return common
 
 
-def _client_flags(parser: argparse.ArgumentParser, concurrency: int) -> None:
+#: Where --token-store defaults to (the queue's Redis is what `worker` and `export --queue`
+#: share the token through, cli/_shards.py; neither reads DMHUB_TOKEN_STORE).
+_STORE_DEFAULT = f"${TOKEN_STORE_ENV}, else a file in your cache directory"
+_STORE_DEFAULTS = {
+    "export": _STORE_DEFAULT + " (with --queue, the queue's Redis)",
+    "worker": f"the queue's Redis (--redis); ${TOKEN_STORE_ENV} is not read",
+}
+
+
+def _client_flags(parser: argparse.ArgumentParser, concurrency: int, command: str = "") -> None:
     parser.add_argument(
         "--concurrency",
         type=_int_in(1, MAX_CONCURRENCY),
@@ -149,7 +159,7 @@ def _client_flags(parser: argparse.ArgumentParser, concurrency: int) -> None:
         "--token-store",
         metavar="STORE",
         help="where runs with one app id share its token: memory, file:PATH or redis://HOST; "
-        f"default: ${TOKEN_STORE_ENV}, else a file in your cache directory (a Redis password: "
+        f"default: {_STORE_DEFAULTS.get(command, _STORE_DEFAULT)} (a Redis password: "
         f"${REDIS_PASSWORD_ENV}, not in the URL, which ps shows)",
     )
 
@@ -237,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--page-size", type=_int_in(1, 100), default=100, metavar="N", help="customers a request"
     )
     export.add_argument("--no-progress", action="store_true", help="no progress bar or lines")
-    _client_flags(export, concurrency=8)
+    _client_flags(export, concurrency=8, command="export")
     _output_flags(export, "a CSV --out", " or, with --shards, holds another export's parts")
     _filters(export)
     _shard_flags(export)
@@ -361,7 +371,7 @@ def _shard_commands(command: Callable[[str, str, str], argparse.ArgumentParser])
         "--jobs", type=_int_in(1, MAX_CONCURRENCY), default=1, help="shards exported at once"
     )
     worker.add_argument("--burst", action="store_true", help="stop when the queue is empty")
-    _client_flags(worker, concurrency=8)
+    _client_flags(worker, concurrency=8, command="worker")
 
     merge = command(
         "merge",
