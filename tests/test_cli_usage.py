@@ -378,7 +378,15 @@ def test_worker_processes_get_the_page_size_and_concurrency_asked_for(
     (settings,) = given
     assert (settings.page_size, settings.concurrency) == (40, 3)
     assert settings.token_redis is None
-    assert settings.token_file == ("" if store == "memory" else str(tmp_path / "tokens.json"))
+    if store == "file":
+        assert settings.token_file == str(tmp_path / "tokens.json")
+    else:
+        # "This run only": the planner's and the workers' one token, in a private file of
+        # the run (not "", the workers' own memory: a second token revoking the planner's),
+        # removed as the run ends.
+        private = Path(settings.token_file)
+        assert private.parent.name.startswith("dmhub-tokens-")
+        assert not private.parent.exists()
 
 
 def test_demo_refuses_an_out_of_dash_rather_than_write_a_file_of_that_name(
