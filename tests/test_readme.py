@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -206,3 +207,84 @@ def test_the_error_tree_names_every_error_the_sdk_raises() -> None:
         and issubclass(getattr(dmhub_async, name), DMHubError)
     }
     assert errors == {"DMHubError", *re.findall(r"\+-- (\w+)", tree)}
+
+
+DOCS = README.parent / "docs"
+
+# docs/*.md's python blocks, each run by a test below: a new one must be added here and run.
+DOCS_EXAMPLES = {"sharding.md": ["def export_part("]}
+
+
+def _docs_blocks() -> dict[str, list[str]]:
+    return {
+        page.name: re.findall(r"```python\n(.*?)```", page.read_text(encoding="utf-8"), re.S)
+        for page in sorted(DOCS.glob("*.md"))
+    }
+
+
+def test_every_python_example_of_the_docs_is_run() -> None:
+    found = {
+        name: [marker for marker in DOCS_EXAMPLES.get(name, []) if any(marker in b for b in blocks)]
+        for name, blocks in _docs_blocks().items()
+        if blocks
+    }
+    assert found == DOCS_EXAMPLES
+    assert {name: len(blocks) for name, blocks in _docs_blocks().items() if blocks} == {
+        name: len(markers) for name, markers in DOCS_EXAMPLES.items()
+    }
+
+
+# A stand-in for celery (not a dependency): its task decorator hands the function back, so the
+# docs' task runs as a worker would run it, against a simulator served from a thread.
+_CELERY_STUB = """
+class Celery:
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def task(self, **options):
+        return lambda function: function
+"""
+
+_CELERY_DRIVER = """
+import asyncio, os, sys, threading
+from dmhub_async import DMHubClient, MemoryTokenStore
+from dmhub_async.shards import plan_shards
+from dmhub_async.testing import DMHubSimulator
+
+loop = asyncio.new_event_loop()
+threading.Thread(target=loop.run_forever, daemon=True).start()
+sim = asyncio.run_coroutine_threadsafe(DMHubSimulator(customers=300).__aenter__(), loop).result()
+os.environ.update(DMHUB_APP_ID=sim.app_id, DMHUB_SECRET=sim.secret, DMHUB_BASE_URL=sim.url)
+
+
+async def plan():
+    async with DMHubClient(token_store=MemoryTokenStore()) as dm:
+        return await plan_shards(dm, 3)
+
+
+directory = sys.argv[1]
+reports = [export_part(s.to_dict(), directory) for s in asyncio.run(plan())]
+assert all(r["complete"] for r in reports), reports
+print("exported", sum(r["exported"] for r in reports), "in", len(reports), "parts")
+"""
+
+
+def test_the_celery_task_of_the_sharding_doc_runs(tmp_path: Path) -> None:
+    (block,) = [b for b in _docs_blocks()["sharding.md"] if "def export_part(" in b]
+    assert block.count('"/shared/tokens.json"') == 1
+    code = block.replace('"/shared/tokens.json"', repr(str(tmp_path / "tokens" / "t.json")))
+    (tmp_path / "celery.py").write_text(_CELERY_STUB, encoding="utf-8")
+    (tmp_path / "job.py").write_text(code + _CELERY_DRIVER, encoding="utf-8")
+    (tmp_path / "parts").mkdir()
+    result = subprocess.run(
+        [sys.executable, str(tmp_path / "job.py"), str(tmp_path / "parts")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(README.parent)])},
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "exported 300 in" in result.stdout
+    assert len(list((tmp_path / "parts").glob("part-*.jsonl"))) >= 1
