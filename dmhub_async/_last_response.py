@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 __all__ = ["last_response", "remember_response"]
@@ -69,12 +70,24 @@ def remember_response(session: object, response: Any) -> None:
     slot.response = response
 
 
-def last_response(session: object) -> Any:
-    """The calling task's latest answer if it came through ``session``, else None."""
+def last_response(session: object, build: Callable[[tuple[Any, ...]], Any] | None = None) -> Any:
+    """The calling task's latest answer if it came through ``session``, else None.
+
+    ``build``: what makes an answer remembered as a tuple (its fields, not yet an object) the
+    answer read; kept in its place, so that every read gives the same object.
+    """
     slot = _slot.get()
     if slot is None or not slot.belongs_to(_current_task()):
         return None
     current = slot.session
     if current is not None and current() is session:
-        return slot.response
-    return slot.earlier.get(session) if slot.earlier is not None else None
+        response = slot.response
+        if build is not None and type(response) is tuple:
+            response = slot.response = build(response)
+        return response
+    if slot.earlier is None:
+        return None
+    response = slot.earlier.get(session)
+    if build is not None and type(response) is tuple:
+        response = slot.earlier[session] = build(response)
+    return response

@@ -143,6 +143,18 @@ def _given_up(call: _Call, err: DMHubError) -> DMHubError:
     return err
 
 
+#: An answer as the request path passes it up: the fields of its :class:`APIResponse`
+#: (status, headers, data, retries). Not the APIResponse itself: making that frozen class
+#: costs about 6k instructions, 1.3% of a lookup, and ``request()`` returns the data alone;
+#: ``last_response`` makes it when it is read (:func:`_built`).
+_Answer = tuple[int, Mapping[str, str], Any, int]
+
+
+def _built(answer: tuple[Any, ...]) -> APIResponse:
+    """The :class:`APIResponse` of an answer remembered as its fields (see ``_Answer``)."""
+    return APIResponse(*answer)
+
+
 @attrs.frozen
 class _TokenFetch:
     """A client's token fetch, equal to another's with the same retry policy and timeout: the
@@ -357,7 +369,7 @@ class Session:
     @property
     def last_response(self) -> APIResponse | None:
         """The latest answer the calling task received through this session."""
-        latest: APIResponse | None = last_response(self)
+        latest: APIResponse | None = last_response(self, _built)
         return latest
 
     @property
@@ -436,22 +448,23 @@ class Session:
         self.check_open()
         call = _Call(Request(method, path, params, json, idempotent, not_found_codes))
         try:
-            response: APIResponse = await self._send_call(call)
+            answer: _Answer = await self._send_call(call)
         except DMHubError as err:
             ended = self._ended(call, err)
             raise ended from ended.__cause__ or err.__cause__  # a redacted stand-in, or None
-        remember_response(self, response)
-        return response.data
+        remember_response(self, answer)  # an APIResponse once dm.last_response is read
+        return answer[2]
 
     async def send(self, request: Request) -> APIResponse:
         """The answer to ``request``, with retries; an :class:`APIError` or connection error."""
         self.check_open()
         call = _Call(request)
         try:
-            response: APIResponse = await self._send_call(call)
+            answer: _Answer = await self._send_call(call)
         except DMHubError as err:
             ended = self._ended(call, err)
             raise ended from ended.__cause__ or err.__cause__  # a redacted stand-in, or None
+        response = APIResponse(*answer)
         remember_response(self, response)
         return response
 
@@ -482,7 +495,7 @@ class Session:
             details["wait"],
         )
 
-    async def _attempt(self, call: _Call) -> APIResponse:
+    async def _attempt(self, call: _Call) -> _Answer:
         request = call.request
         if not request.authenticated:
             return await self._send(request, None, call.retries)
@@ -545,10 +558,10 @@ class Session:
         assert self._secret is not None
         self.stats.token_fetches += 1
         started = self._clock()
-        response: APIResponse = await self._send_token_request(
+        answer: _Answer = await self._send_token_request(
             _Call(token_request(self.app_id, self._secret))
         )
-        return read_token(response.data, started)
+        return read_token(answer[2], started)
 
     def _http_session(self) -> aiohttp.ClientSession:
         conn = self._conn
@@ -563,7 +576,7 @@ class Session:
             )
         return conn.http
 
-    async def _send(self, request: Request, token: str | None, retries: int) -> APIResponse:
+    async def _send(self, request: Request, token: str | None, retries: int) -> _Answer:
         params = request.query(token)
         body, headers = request.body()
         sent_headers: Mapping[str, str] | None = headers
@@ -684,7 +697,7 @@ class Session:
             traceback.clear_frames(err.__traceback__)
             del payload, resp, token, params, secrets  # nor the secrets (see above)
             raise
-        return APIResponse(status, resp_headers, data, retries)
+        return status, resp_headers, data, retries
 
     async def _read(self, request: Request, resp: aiohttp.ClientResponse) -> bytes:
         """A body ``_send`` cannot read in one go (declared too large, chunked or compressed),
