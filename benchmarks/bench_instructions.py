@@ -61,7 +61,7 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from itertools import product
 from typing import Any
@@ -384,9 +384,23 @@ def _can_answers() -> None:
         async def read(self) -> bytes:
             return self.body
 
+        def release(self) -> None:
+            return None
+
+        async def wait_for_close(self) -> None:
+            return None
+
     class Canned:
+        """What ``ClientSession.request`` returns: awaited (the SDK's way) or entered."""
+
         def __init__(self, body: bytes) -> None:
             self.body = body
+
+        def __await__(self) -> Generator[Any, None, Answer]:
+            return self.answer().__await__()
+
+        async def answer(self) -> Answer:
+            return Answer(self.body)
 
         async def __aenter__(self) -> Answer:
             return Answer(self.body)
