@@ -12,6 +12,7 @@ import json
 import random
 import resource
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -319,14 +320,25 @@ def test_a_resume_with_another_page_size_keeps_the_first(
     check_export(tmp_path / "c.jsonl", "jsonl", sim.ids(), done[-1].report)
 
 
+def _text_or_nothing(path: Path) -> str:
+    try:
+        return path.read_text()
+    except (FileNotFoundError, UnicodeDecodeError):
+        return ""
+
+
 def test_two_resumers_started_at_once_one_is_refused(
     sim: ServedSimulator, env: dict[str, str], tmp_path: Path
 ) -> None:
     args = ["export", "--out", "c.jsonl", "--checkpoint", "c.ckpt", *PAGE]
     assert run_once(args, env, tmp_path, "page:3").crashed_at is not None
-    sim.sim.faults.latency = 0.01  # long enough that the two overlap
-    procs = [
-        subprocess.Popen(
+    # The two must overlap: under load the second once started after the first had finished,
+    # and was refused as "--out exists" (exit 2). The first is slowed until the second has been
+    # refused, then let finish.
+    sim.sim.faults.latency = 1.0
+
+    def start() -> subprocess.Popen[str]:
+        return subprocess.Popen(
             cli_command(*args),
             env=crash_env(env, None, tmp_path / "unused"),
             cwd=tmp_path,
@@ -334,8 +346,20 @@ def test_two_resumers_started_at_once_one_is_refused(
             stderr=subprocess.PIPE,
             text=True,
         )
-        for _ in range(2)
-    ]
+
+    first = start()
+    lock = tmp_path / ".c.jsonl.lock"  # the holder writes "export: pid N on HOST" in it
+    deadline = time.monotonic() + TIMEOUT
+    while f"pid {first.pid} " not in _text_or_nothing(lock):
+        assert first.poll() is None, "the first ended before it locked"
+        assert time.monotonic() < deadline, "the first never locked"
+        time.sleep(0.01)  # the first's start: a subprocess, no clock to inject
+    second = start()
+    try:
+        second.wait(timeout=TIMEOUT)
+    finally:
+        sim.sim.faults.latency = 0.0
+    procs = [first, second]
     results = [(p.wait(timeout=TIMEOUT), *p.communicate(timeout=TIMEOUT)) for p in procs]
 
     codes = sorted(code for code, _, _ in results)
