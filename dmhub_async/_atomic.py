@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["current_umask", "naming", "replace_file", "replacing"]
+__all__ = ["current_umask", "naming", "remove_or_warn", "replace_file", "replacing"]
 
 logger = logging.getLogger("dmhub_async")
 
@@ -85,21 +85,22 @@ def replacing(
             before_rename()
         os.replace(tmp, path)
     except BaseException:
-        _remove(Path(tmp))
+        remove_or_warn(Path(tmp), "temporary file")
         raise
 
 
-def _remove(tmp: Path) -> None:
-    """Remove the temporary file of a failed :func:`replacing`, or say it is left.
+def remove_or_warn(path: Path, what: str) -> None:
+    """Remove ``path`` (the ``what`` of a run that failed: "temporary file", "work file",
+    "lock file"), or say with a warning that it is left.
 
-    Raised, an error removing it (the file system gone read-only, which failed the rename
-    too) took the place of the one the block failed with, and named a hidden file the user
-    never asked for.
+    Raised, an error removing it (its directory or file system gone read-only, which failed
+    the run too) took the place of the one the run was failing with, and named a hidden file
+    the user never asked for.
     """
     try:
-        tmp.unlink(missing_ok=True)
+        path.unlink(missing_ok=True)
     except OSError as err:
-        logger.warning("could not remove the temporary file %s: %s", tmp, err.strerror or err)
+        logger.warning("could not remove the %s %s: %s", what, path, err.strerror or err)
 
 
 def replace_file(

@@ -67,10 +67,14 @@ class RawServer:
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def _accept(self, writer: asyncio.StreamWriter) -> int:
+        """Keep ``writer`` for :meth:`close_connections`; the connection's number, from 1."""
         self._writers.append(writer)
         self._connections += 1
-        number = self._connections
+        return self._connections
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        number = self._accept(writer)
         try:
             while request_line := await _read_request(reader):
                 method, target, _ = request_line.decode().split(" ", 2)
@@ -178,9 +182,7 @@ class TimingOutServer(RawServer):
     Timeout and closes: its keep-alive timeout ran out as that request came."""
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._writers.append(writer)
-        self._connections += 1
-        number = self._connections
+        number = self._accept(writer)
         try:
             while request_line := await _read_request(reader):
                 method = request_line.decode().split(" ", 1)[0]

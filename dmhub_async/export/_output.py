@@ -24,7 +24,7 @@ from typing import IO, Final
 import attrs
 import filelock
 
-from .._atomic import current_umask, naming
+from .._atomic import current_umask, naming, remove_or_warn
 from .._exceptions import InvalidRequestError
 from .._threads import on_thread
 from ._checkpoint import Checkpoint, ExportScope, read_checkpoint, write_checkpoint
@@ -230,7 +230,9 @@ class Output:
             try:
                 _close_unflushed(self.fh)
             finally:
-                _remove_work(work)  # no checkpoint covers it: nothing could resume it
+                # No checkpoint covers it: nothing could resume it; left, the next export to
+                # the same file removes it (_sweep).
+                remove_or_warn(work, "work file")
         elif not self.fh.closed:
             try:
                 if self.fh.tell() > self._committed:
@@ -288,20 +290,6 @@ def _verified(fh: IO[bytes], resumed: Checkpoint, fmt: str, path: Path) -> Scan:
         resumed.exported,
     )
     return found
-
-
-def _remove_work(work: Path) -> None:
-    """Remove the work file of a run that failed before its first checkpoint, or say it is
-    left (the next export to the same file removes it, :func:`_sweep`).
-
-    Raised, an error removing it (its directory made read-only mid-run) took the place of the
-    one the run was failing with: "Permission denied: .NAME.xxxxxxxx.part", not the service's
-    error.
-    """
-    try:
-        work.unlink(missing_ok=True)
-    except OSError as err:
-        logger.warning("could not remove the work file %s: %s", work, err.strerror or err)
 
 
 def _take_up_work(resumed: Checkpoint, dest: Path) -> None:
@@ -404,9 +392,7 @@ def _release(lock: filelock.BaseFileLock, lock_path: Path) -> None:
     error), and the run's other locks stayed held.
     """
     try:
-        lock_path.unlink(missing_ok=True)  # while held: a run waiting on this inode re-checks it
-    except OSError as err:
-        logger.warning("could not remove the lock file %s: %s", lock_path, err.strerror or err)
+        remove_or_warn(lock_path, "lock file")  # while held: one waiting on it re-checks it
     finally:
         lock.release()
 
