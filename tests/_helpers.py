@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
 import threading
 from collections.abc import Iterator, Mapping
@@ -14,6 +15,13 @@ import pytest
 
 BASE = "https://api.dmhub.test"
 CUSTOMER = {"id": 1, "name": "x"}
+
+
+def users_environ() -> dict[str, str]:
+    """This process's environment as a user's shell has it: without the variables pytest-xdist
+    sets in its workers (``PYTEST_XDIST_WORKER``...), which a pytest started from a test would
+    read as its own (pytest-benchmark then warns, an error under ``-W error``)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST_")}
 
 
 def url(path: str, base: str = BASE) -> re.Pattern[str]:

@@ -14,6 +14,7 @@ import venv
 from pathlib import Path
 
 import pytest
+from _helpers import users_environ
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -27,7 +28,13 @@ pytestmark = pytest.mark.timeout(600)
 
 def _run(args: list[str], cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        args, capture_output=True, text=True, timeout=timeout, cwd=cwd, check=False
+        args,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+        env=users_environ(),
+        check=False,
     )
 
 

@@ -15,6 +15,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 import pytest
+from _helpers import users_environ
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -77,6 +78,7 @@ def test_pytest_plugin_example_passes(tmp_path: Path) -> None:
         text=True,
         timeout=120,
         cwd=project,
+        env=users_environ(),
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr

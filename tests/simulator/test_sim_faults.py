@@ -21,6 +21,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from _helpers import users_environ
 
 import dmhub_async
 from dmhub_async.testing import DMHubSimulator, FakeClock, Faults, serve_forever
@@ -591,7 +592,10 @@ def _user_project(pytester: pytest.Pytester, ini: str, tests: str) -> pytest.Run
     """A user's project: its pytest settings, one test file, run by pytest in this process."""
     pytester.makeini("[pytest]\nasyncio_mode = auto\n" + ini)
     pytester.makepyfile(test_user=tests)
-    return pytester.runpytest("-p", "no:cacheprovider")
+    with pytest.MonkeyPatch.context() as env:  # run as a user would, not as an xdist worker
+        for name in os.environ.keys() - users_environ().keys():
+            env.delenv(name)
+        return pytester.runpytest("-p", "no:cacheprovider")
 
 
 USER_TESTS_ON_THE_CLIENT = """
