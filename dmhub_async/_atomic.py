@@ -42,12 +42,15 @@ def naming(path: Path) -> Iterator[None]:
 
     A write, ``flush`` or ``fsync`` that fails (a full disk: ENOSPC, or EFBIG under a file
     size limit) raises an error without a file name, and the command line said only "error:
-    No space left on device", not which file, on which disk, had no room.
+    No space left on device", not which file, on which disk, had no room. Only an error of the
+    system (one with an ``errno``): the SDK's ``APITimeoutError`` is a ``TimeoutError`` too,
+    and one raised in the block (a lookup writing its rows as they come) named the file read
+    "[Errno None] None: 'found.csv'".
     """
     try:
         yield
     except OSError as err:
-        if err.filename is None:
+        if err.filename is None and err.errno is not None:
             err.filename = str(path)
         raise
 

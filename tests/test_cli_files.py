@@ -973,3 +973,56 @@ def test_a_large_finished_export_is_read_only_in_part_to_say_what_it_is(
 
     with pytest.raises(_files.UsageError, match="at least 10 customers"):
         _files.check_output(str(out), force=False, checkpoint="customers.ckpt")
+
+
+def test_a_failed_output_replace_raises_its_own_error_not_its_temp_files_removal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # `lookup --out FILE` failed its rename (the file system gone read-only), and the removal
+    # of its temporary file failed after it: the removal's error was raised instead, naming a
+    # hidden `.found.csv.xxxxxxxx.part`, the real failure only its context (as 7652dfe fixed
+    # for the export's files).
+    import errno
+
+    from dmhub_async.cli._files import replace_on_success
+
+    out = tmp_path / "found.csv"
+    out.write_text("old\n")
+
+    def rename_fails(src: object, dst: object) -> None:
+        raise OSError(errno.EIO, "Input/output error", str(src), None, str(dst))
+
+    def unlink_fails(*args: object, **kwargs: object) -> None:
+        raise PermissionError(errno.EROFS, "Read-only file system", str(args[0]))
+
+    monkeypatch.setattr(os, "replace", rename_fails)
+    monkeypatch.setattr(os, "unlink", unlink_fails)
+    monkeypatch.setattr(Path, "unlink", unlink_fails)
+
+    with (
+        pytest.raises(OSError, match="Input/output error") as raised,
+        replace_on_success(str(out), "utf-8") as fh,
+    ):
+        fh.write("type,value,customer_id\n")
+
+    assert raised.value.errno == errno.EIO
+    assert out.read_text() == "old\n"
+    assert "could not remove the temporary file" in caplog.text
+    assert "Read-only file system" in caplog.text
+
+
+def test_a_lookup_timing_out_while_its_output_is_written_is_said_as_a_timeout(
+    tmp_path: Path,
+) -> None:
+    # The service's timeout (APITimeoutError, a TimeoutError and so an OSError) raised while
+    # rows are written is the service's, not the file's: it keeps its words.
+    from dmhub_async import APITimeoutError
+    from dmhub_async.cli._files import replace_on_success
+
+    out = tmp_path / "found.csv"
+    with pytest.raises(APITimeoutError) as raised, replace_on_success(str(out), "utf-8"):
+        raise APITimeoutError("no answer in 30 s")
+
+    assert str(raised.value) == "no answer in 30 s"
+    assert raised.value.filename is None
+    assert list(tmp_path.iterdir()) == []

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Final, TextIO, cast
 
-from .._atomic import current_umask
+from .._atomic import replacing
 from .._exceptions import InvalidRequestError
 from ..export._export import check_output_name
 from ..export._output import check_path
@@ -253,9 +253,11 @@ def _same_file(a: Path, b: Path) -> bool:
 def replace_on_success(out: str, encoding: str) -> Iterator[TextIO]:
     """A text stream for ``out`` that becomes ``out`` only when the block ends without error.
 
-    Rows go to a temporary file of an unpredictable name beside ``out`` (created with
-    ``O_EXCL``, so no link is followed); any error or signal removes it, so a failed run leaves
-    no partial output and the old file, if any, untouched.
+    Rows go to a temporary file of an unpredictable name beside ``out`` (``_atomic.replacing``:
+    created with ``O_EXCL``, so no link is followed; the mode a plain ``open()`` gives); any
+    error or signal removes it, so a failed run leaves no partial output and the old file, if
+    any, untouched. A temporary file that cannot be removed is left with a warning: the run's
+    own error is the one raised, not the removal's.
     """
     if out == STDOUT:
         sys.stdout.flush()
@@ -269,19 +271,11 @@ def replace_on_success(out: str, encoding: str) -> Iterator[TextIO]:
             stream.flush()
             stream.detach()  # sys.stdout keeps its buffer
         return
-    path = Path(out)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    done = False
-    try:
-        os.fchmod(fd, 0o666 & ~current_umask())  # as a plain open() gives, not mkstemp's 0600
-        with open(fd, "w", newline="", encoding=encoding) as fh:
-            yield fh
-        os.replace(tmp, path)
-        done = True
-    finally:
-        if not done:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+    # No fsync, as before: a lookup's output is made again by running it again.
+    with replacing(Path(out), sync=False, output=True) as raw:
+        text = io.TextIOWrapper(raw, encoding=encoding, newline="")
+        yield text
+        text.detach()  # its rows flushed into the file, which replacing closes and renames
 
 
 @contextlib.contextmanager
