@@ -10,7 +10,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["current_umask", "naming", "remove_or_warn", "replace_file", "replacing"]
+__all__ = [
+    "current_umask",
+    "naming",
+    "remove_or_warn",
+    "replace_file",
+    "replacing",
+    "temporary_beside",
+]
 
 logger = logging.getLogger("dmhub_async")
 
@@ -75,7 +82,7 @@ def replacing(
     the file is the user's data (a merged export), so it gets the mode a plain ``open()``
     gives, 0666 less the umask, not the 0600 kept for checkpoints and tokens.
     """
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = temporary_beside(path, ".tmp")
     try:
         with naming(path), os.fdopen(fd, "wb") as fh:
             if output:
@@ -89,6 +96,20 @@ def replacing(
         os.replace(tmp, path)
     except BaseException:
         remove_or_warn(Path(tmp), "temporary file")
+        raise
+
+
+def temporary_beside(path: Path, suffix: str) -> tuple[int, str]:
+    """``mkstemp`` beside ``path``: ``.NAME.xxxxxxxx`` + ``suffix``, its descriptor and name.
+
+    One that cannot be made (the directory full, read-only or not writable) raises its error
+    naming ``path``, the file the user asked for: it named the hidden temporary file
+    (``.found.csv.ab12cd34.part: No space left on device``), which nobody asked for.
+    """
+    try:
+        return tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    except OSError as err:
+        err.filename = str(path)
         raise
 
 

@@ -56,3 +56,25 @@ def test_a_full_disk_names_the_file_being_replaced(
 
     assert raised.value.filename == str(target)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_temporary_file_that_cannot_be_made_names_the_file_being_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A checkpoint, manifest or merged file in a full directory: mkstemp's error named the
+    # hidden `.NAME.xxxxxxxx.tmp` it tried to make, not the file the user asked for.
+    import tempfile
+
+    target = tmp_path / "june.jsonl"
+
+    def full(*args: object, **kwargs: object) -> tuple[int, str]:
+        raise OSError(errno.ENOSPC, "No space left on device", f"{tmp_path}/.june.jsonl.x.tmp")
+
+    monkeypatch.setattr(tempfile, "mkstemp", full)
+
+    with pytest.raises(OSError, match="No space left on device") as raised:
+        replace_file(target, b"new")
+
+    assert raised.value.errno == errno.ENOSPC
+    assert raised.value.filename == str(target)
+    assert str(target) in str(raised.value)

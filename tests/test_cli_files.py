@@ -1026,3 +1026,29 @@ def test_a_lookup_timing_out_while_its_output_is_written_is_said_as_a_timeout(
     assert str(raised.value) == "no answer in 30 s"
     assert raised.value.filename is None
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_output_whose_temporary_file_cannot_be_made_is_named_not_its_temporary(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The directory full (or not writable): mkstemp's error named the hidden
+    # `.found.csv.xxxxxxxx.part` the user never asked for, not `found.csv`.
+    import errno
+    import tempfile
+
+    from dmhub_async.cli._errors import explain
+    from dmhub_async.cli._files import replace_on_success
+
+    out = tmp_path / "found.csv"
+
+    def full(*args: object, **kwargs: object) -> tuple[int, str]:
+        hidden = str(tmp_path / ".found.csv.ab12cd34.part")
+        raise OSError(errno.ENOSPC, "No space left on device", hidden)
+
+    monkeypatch.setattr(tempfile, "mkstemp", full)
+
+    with pytest.raises(OSError, match="No space") as raised, replace_on_success(str(out), "utf-8"):
+        pass
+
+    assert explain(raised.value) == (1, f"{out}: No space left on device")
+    assert not out.exists()

@@ -1175,3 +1175,25 @@ async def test_a_nul_sent_by_the_service_is_written_or_the_sdks_error(
             await export_customers(client, dest, progress=False)
         assert f"customer {bad['id']}" in str(caught.value)
         assert "NUL" in str(caught.value)
+
+
+async def test_a_work_file_that_cannot_be_made_names_the_destination(
+    sim: DMHubSimulator, client: DMHubClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The directory full (or not writable): mkstemp's error named the hidden work file
+    # `.customers.jsonl.xxxxxxxx.part`, which the user never asked for, not the destination.
+    import tempfile
+
+    dest = tmp_path / "customers.jsonl"
+
+    def full(*args: object, **kwargs: object) -> tuple[int, str]:
+        raise OSError(errno.ENOSPC, "No space left on device", f"{tmp_path}/.{dest.name}.x.part")
+
+    monkeypatch.setattr(tempfile, "mkstemp", full)
+
+    with pytest.raises(OSError, match="No space left on device") as raised:
+        await export_customers(client, dest, progress=False)
+
+    assert raised.value.errno == errno.ENOSPC
+    assert raised.value.filename == str(dest)
+    assert files_in(tmp_path) == []

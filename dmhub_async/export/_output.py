@@ -17,14 +17,13 @@ import os
 import re
 import socket
 import stat
-import tempfile
 from pathlib import Path
 from typing import IO, Final
 
 import attrs
 import filelock
 
-from .._atomic import current_umask, naming, remove_or_warn
+from .._atomic import current_umask, naming, remove_or_warn, temporary_beside
 from .._exceptions import InvalidRequestError
 from .._threads import on_thread
 from ._checkpoint import Checkpoint, ExportScope, read_checkpoint, write_checkpoint
@@ -331,7 +330,7 @@ def _close_unflushed(fh: IO[bytes]) -> None:
 
 
 def _new_part(dest: Path) -> tuple[IO[bytes], Path]:
-    fd, part = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    fd, part = temporary_beside(dest, ".part")
     return os.fdopen(fd, "w+b"), Path(part)
 
 
