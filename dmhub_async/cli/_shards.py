@@ -207,6 +207,7 @@ def _finish(manifest: Manifest, args: argparse.Namespace) -> int:
         "exported": manifest.exported,
         "planned": manifest.planned,
         "retries": manifest.retries,
+        "plan_retries": manifest.plan_retries,  # null: not counted (an earlier release planned)
         "shards": [
             {
                 "file": s.file,
@@ -223,11 +224,18 @@ def _finish(manifest: Manifest, args: argparse.Namespace) -> int:
     # said none were taken.
     uncounted = [s.file for s in manifest.shards if s.retries is None and s.status in _EXPORTED]
     retries = f"{manifest.retries} retries"
+    if manifest.plan_retries:
+        retries += f" ({manifest.plan_retries} planning)"
+    left_out = []
     if uncounted:
         named = ", ".join(uncounted[:3]) + (
             f" and {len(uncounted) - 3} more" if uncounted[3:] else ""
         )
-        retries += f", not counting {named}'s (exported by an earlier release)"
+        left_out.append(f"{named}'s (exported by an earlier release)")
+    if manifest.plan_retries is None:  # planned by an earlier release, or rewritten by one
+        left_out.append("the plan's (made by an earlier release)")
+    if left_out:
+        retries += ", not counting " + " or ".join(left_out)
     text = (
         f"exported {manifest.exported:,} customers in {len(manifest.shards)} parts to "
         f"{args.out} ({done} of {len(manifest.shards)} complete; {manifest.planned:,} counted "

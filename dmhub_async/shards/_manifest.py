@@ -112,6 +112,10 @@ class Manifest:
     #: This plan's own name: the queue's jobs carry it, so a result a job of an earlier
     #: export in the same directory left in Redis is never taken for this one's.
     plan_id: str = ""
+    #: Retries the plan's count probes took (:func:`plan_shards`), made once, when the
+    #: directory was planned; None when not counted: a manifest of an earlier release (0.1.0,
+    #: whose coordinator also drops it rewriting this release's).
+    plan_retries: int | None = None
 
     @property
     def complete(self) -> bool:
@@ -125,9 +129,10 @@ class Manifest:
 
     @property
     def retries(self) -> int:
-        """Retries the shards' exports took, all together (each its last run's; a shard
-        whose retries were not counted, :attr:`ShardOutcome.retries` None, adds none)."""
-        return sum(s.retries or 0 for s in self.shards)
+        """Retries the export took, all together: its plan's count probes
+        (:attr:`plan_retries`) and each shard's export (its last run's). What was not counted,
+        None, adds none."""
+        return (self.plan_retries or 0) + sum(s.retries or 0 for s in self.shards)
 
     @property
     def planned(self) -> int:
@@ -147,8 +152,10 @@ class Manifest:
         base_url: str,
         app_id: str | None,
         filters: dict[str, Any],
+        plan_retries: int | None = None,
     ) -> Manifest:
-        """A manifest of shards planned and not yet exported."""
+        """A manifest of shards planned and not yet exported (``plan_retries``: the retries
+        planning them took, None when not counted)."""
         return cls(
             format=fmt,
             base_url=base_url,
@@ -156,6 +163,7 @@ class Manifest:
             filters=filters,
             shards=[ShardOutcome(s, part_name(s.index, fmt)) for s in shards],
             plan_id=secrets.token_hex(8),
+            plan_retries=plan_retries,
         )
 
     def check_same_export(

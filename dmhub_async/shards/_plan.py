@@ -163,22 +163,27 @@ _TIMES = ("date_created_from", "date_created_to", "last_updated_from", "last_upd
 
 
 def warn_if_naive(
-    client: DMHubClient, method: str, filters: Mapping[str, Any], now: datetime | None = None
+    client: DMHubClient,
+    method: str,
+    filters: Mapping[str, Any],
+    now: datetime | None = None,
+    *,
+    frames: int = 2,
 ) -> None:
     """The client's :class:`NaiveDatetimeWarning` (once per client) when a time filter (or
     ``plan_shards``'s ``now``) without an offset is read as UTC, for want of a ``timezone``: in
     ``method``'s name, at the line that called it (this function's caller must be ``method``
-    itself). It warned from here, as ``plan_shards`` and at a line of this module, for every
-    such filter of every call."""
+    itself, or ``frames`` - 1 levels below it). It warned from here, as ``plan_shards`` and at
+    a line of this module, for every such filter of every call."""
     if client.timezone is not None:
         return
     if now is not None and now.utcoffset() is None:
-        client.customers._warn_naive(method, frames=2)
+        client.customers._warn_naive(method, frames=frames)
         return
     for name in _TIMES:
         value = filters.get(name)
         if value is not None and query_time(method, name, value, None, end=False)[1]:
-            client.customers._warn_naive(method, frames=2)
+            client.customers._warn_naive(method, frames=frames)
             return
 
 
@@ -262,6 +267,15 @@ async def plan_shards(
     Raises:
         InvalidRequestError: a bad ``n`` or filter, before any request.
     """
+    shards, _ = await plan_counted(client, n, now, dict(filters))
+    return shards
+
+
+async def plan_counted(
+    client: DMHubClient, n: int, now: datetime | None, filters: dict[str, Any]
+) -> tuple[list[Shard], int]:
+    """:func:`plan_shards`, and the retries its count probes took (the manifest records them
+    with the shards' own: a report of the shards' alone said fewer than the run took)."""
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_SHARDS:
         raise InvalidRequestError(f"plan_shards(): n must be an int from 1 to {MAX_SHARDS}")
     zone = client.timezone
@@ -279,7 +293,8 @@ async def plan_shards(
             " no window can end: leave it out to export without an end"
         )
     newest = _newest(now, zone)
-    warn_if_naive(client, "plan_shards", filters, now)  # checked: warned only for a plan made
+    # Checked: warned only for a plan made; at the line that called plan_shards, our caller.
+    warn_if_naive(client, "plan_shards", filters, now, frames=3)
     # Checked by the resource before the first request: a bad filter sends nothing.
     probe = _Probe(client, safe, lo)
     total = await probe.count_before(hi)
@@ -306,7 +321,7 @@ async def plan_shards(
                 note=note,
             )
         )
-    return shards
+    return shards, probe.retries
 
 
 class _Probe:
@@ -318,6 +333,8 @@ class _Probe:
         if lo is not None:
             self._filters["date_created_from"] = _moment(lo)
         self.known: dict[int, int] = {}
+        #: Retries the probes' requests took.
+        self.retries = 0
 
     async def count_before(self, second: int | None) -> int:
         if second is not None and second in self.known:
@@ -325,7 +342,8 @@ class _Probe:
         filters = dict(self._filters)
         if second is not None:
             filters["date_created_to"] = _moment(second - 1)
-        found = await self._client.customers.count(**filters)
+        found, retries = await self._client.customers._count(filters)
+        self.retries += retries
         if second is not None:
             self.known[second] = found
         return found

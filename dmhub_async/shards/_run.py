@@ -34,7 +34,7 @@ from ._manifest import (
     checkpoint_name,
     part_digest,
 )
-from ._plan import Shard, manifest_filters, plan_shards, warn_if_naive
+from ._plan import Shard, manifest_filters, plan_counted, warn_if_naive
 
 if TYPE_CHECKING:
     from .._client import DMHubClient
@@ -213,9 +213,14 @@ async def _prepare(
         if _recheck_parts(where, existing):
             await ManifestWriter(existing, where).write()
         return existing
-    plan = await plan_shards(client, shards, **filters)
+    plan, retries = await plan_counted(client, shards, None, filters)
     manifest = Manifest.new(
-        plan, fmt=format, base_url=client.base_url, app_id=client.app_id, filters=recorded
+        plan,
+        fmt=format,
+        base_url=client.base_url,
+        app_id=client.app_id,
+        filters=recorded,
+        plan_retries=retries,
     )
     await ManifestWriter(manifest, where).write()
     return manifest

@@ -576,3 +576,82 @@ async def test_a_manifest_of_a_later_release_says_so(
     with pytest.raises(InvalidRequestError, match="a later release of dmhub_async"):
         await export_sharded(dm, done, 4, progress=False)
     assert not (tmp_path / "all.jsonl").exists()
+
+
+@pytest.mark.parametrize("report", ["text", "json"])
+async def test_the_plans_count_retries_are_counted_with_the_shards(
+    sim: DMHubSimulator, tmp_path: Path, capsys: pytest.CaptureFixture[str], report: str
+) -> None:
+    # The plan's count probes were retried and counted nowhere: the report said "N retries"
+    # of the shards' alone, less than the run took.
+    import argparse
+
+    from dmhub_async.cli._shards import _finish
+    from dmhub_async.testing import FakeClock
+
+    clock = FakeClock()
+    out = tmp_path / "out"
+    sim.faults.paths = ("GET /v1/customers/count",)
+    sim.faults.script(["500", "500", "429"])  # the plan's first three counts
+    async with DMHubClient(
+        sim.app_id, sim.secret, base_url=sim.url, max_retries=8, clock=clock, sleep=clock.sleep
+    ) as dm:
+        manifest = await export_sharded(dm, out, 3, page_size=50, progress=False)
+        retried = dm.stats.retries
+
+    assert manifest.complete
+    assert retried == 3
+    assert manifest.retries == retried
+    assert Manifest.read(out).retries == retried  # type: ignore[union-attr]
+    assert manifest.plan_retries == 3
+
+    _finish(manifest, argparse.Namespace(out=str(out), report=report, quiet=False))
+    said = capsys.readouterr().out
+    if report == "json":
+        data = orjson.loads(said)
+        assert (data["retries"], data["plan_retries"]) == (3, 3)
+    else:
+        assert "; 3 retries (3 planning))" in said, said
+
+
+def _two_part_manifest(plan_retries: int | None) -> Manifest:
+    from datetime import datetime, timezone
+
+    from dmhub_async.shards import Shard
+
+    edge = datetime(2020, 1, 1, tzinfo=timezone.utc)
+    manifest = Manifest.new(
+        [Shard(0, None, edge), Shard(1, edge, None)],
+        fmt="jsonl",
+        base_url="u",
+        app_id="a",
+        filters={},
+    )
+    manifest.plan_retries = plan_retries
+    return manifest
+
+
+def test_a_plan_made_by_an_earlier_release_is_said_to_be_uncounted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A manifest a 0.1.0 coordinator planned (or rewrote) records no plan retries.
+    import argparse
+
+    from dmhub_async.cli._shards import _finish
+    from dmhub_async.shards._run import record_result
+
+    manifest = _two_part_manifest(2)
+    manifest.write(tmp_path)
+    data = orjson.loads((tmp_path / MANIFEST_NAME).read_bytes())
+    assert data["plan_retries"] == 2
+    del data["plan_retries"]  # as a 0.1.0 coordinator rewrites it
+    (tmp_path / MANIFEST_NAME).write_bytes(orjson.dumps(data))
+    manifest = Manifest.read(tmp_path)  # type: ignore[assignment]
+    assert manifest.plan_retries is None
+    done = {"complete": True, "exported": 3, "duplicates": 0, "seconds": 1.0, "size": 9}
+    for outcome in manifest.shards:
+        record_result(outcome, {**done, "retries": 1})
+
+    _finish(manifest, argparse.Namespace(out=str(tmp_path), report="text", quiet=False))
+    said = capsys.readouterr().out
+    assert "; 2 retries, not counting the plan's (made by an earlier release))" in said, said
