@@ -220,22 +220,7 @@ def _finish(manifest: Manifest, args: argparse.Namespace) -> int:
         ],
     }
     done = sum(s.status == "complete" for s in manifest.shards)
-    # Parts exported by a worker of an earlier release, which counts no retries: "0 retries"
-    # said none were taken.
-    uncounted = [s.file for s in manifest.shards if s.retries is None and s.status in _EXPORTED]
-    retries = f"{manifest.retries} retries"
-    if manifest.plan_retries:
-        retries += f" ({manifest.plan_retries} planning)"
-    left_out = []
-    if uncounted:
-        named = ", ".join(uncounted[:3]) + (
-            f" and {len(uncounted) - 3} more" if uncounted[3:] else ""
-        )
-        left_out.append(f"{named}'s (exported by an earlier release)")
-    if manifest.plan_retries is None:  # planned by an earlier release, or rewritten by one
-        left_out.append("the plan's (made by an earlier release)")
-    if left_out:
-        retries += ", not counting " + " or ".join(left_out)
+    retries, data["retries"] = _retries(manifest)
     text = (
         f"exported {manifest.exported:,} customers in {len(manifest.shards)} parts to "
         f"{args.out} ({done} of {len(manifest.shards)} complete; {manifest.planned:,} counted "
@@ -255,6 +240,38 @@ def _finish(manifest: Manifest, args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return EXIT_OK if manifest.complete else EXIT_INCOMPLETE
+
+
+def _retries(manifest: Manifest) -> tuple[str, int | None]:
+    """The report's retries (``14 retries (2 planning)``, and what they leave out), and its
+    JSON ``retries``: None when no part's were counted.
+
+    A part a worker of an earlier release exported counts none, and a plan it made or
+    rewrote neither: "0 retries" said none were taken. With every part so, "0 retries, not
+    counting ..." still claimed a count nobody made.
+    """
+    exported = [s for s in manifest.shards if s.status in _EXPORTED]
+    uncounted = [s.file for s in exported if s.retries is None]
+    plan = manifest.plan_retries
+    if exported and len(uncounted) == len(exported):
+        said = "the parts' retries not counted (exported by an earlier release)"
+        if plan:
+            said = f"{plan} retries planning, {said}"
+        elif plan is None:
+            said += ", nor the plan's"
+        return said, None
+    said = f"{manifest.retries} retries" + (f" ({plan} planning)" if plan else "")
+    left_out = []
+    if uncounted:
+        named = ", ".join(uncounted[:3]) + (
+            f" and {len(uncounted) - 3} more" if uncounted[3:] else ""
+        )
+        left_out.append(f"{named}'s (exported by an earlier release)")
+    if plan is None:  # planned by an earlier release, or rewritten by one
+        left_out.append("the plan's (made by an earlier release)")
+    if left_out:
+        said += ", not counting " + " or ".join(left_out)
+    return said, manifest.retries
 
 
 async def worker_command(args: argparse.Namespace) -> int:

@@ -655,3 +655,34 @@ def test_a_plan_made_by_an_earlier_release_is_said_to_be_uncounted(
     _finish(manifest, argparse.Namespace(out=str(tmp_path), report="text", quiet=False))
     said = capsys.readouterr().out
     assert "; 2 retries, not counting the plan's (made by an earlier release))" in said, said
+
+
+@pytest.mark.parametrize("report", ["text", "json"])
+@pytest.mark.parametrize("plan_retries", [None, 0, 2])
+def test_retries_nobody_counted_are_not_reported_as_0(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], report: str, plan_retries: int | None
+) -> None:
+    # Every part exported by a worker of an earlier release (0.1.0), which counts none: the
+    # report read "0 retries, not counting part-00000.jsonl's, part-00001.jsonl's", and JSON
+    # "retries": 0, of an export whose retries nobody counted.
+    import argparse
+
+    from dmhub_async.cli._shards import _finish
+    from dmhub_async.shards._run import record_result
+
+    manifest = _two_part_manifest(plan_retries)
+    old = {"complete": True, "exported": 3, "duplicates": 0, "seconds": 1.0, "size": 9}
+    for outcome in manifest.shards:
+        record_result(outcome, {**old})  # a 0.1.0 worker's result: no "retries"
+
+    _finish(manifest, argparse.Namespace(out=str(tmp_path), report=report, quiet=False))
+    said = capsys.readouterr().out
+    if report == "json":
+        data = orjson.loads(said)
+        assert data["retries"] is None  # not 0: the parts' were not counted
+        assert data["plan_retries"] == plan_retries
+    else:
+        assert "0 retries" not in said, said
+        assert "the parts' retries not counted (exported by an earlier release)" in said, said
+        if plan_retries:
+            assert f"; {plan_retries} retries planning, the parts' retries not" in said, said
