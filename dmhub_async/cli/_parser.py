@@ -134,13 +134,25 @@ _STORE_DEFAULTS = {
 }
 
 
-def _client_flags(parser: argparse.ArgumentParser, concurrency: int, command: str = "") -> None:
+#: A worker's --concurrency, and what it is when not given.
+_WORKER_CONCURRENCY = (
+    f"requests in flight on this worker, at most {MAX_CONCURRENCY}, its --jobs sharing them; "
+    "each shard it exports walks this many pages at once, in place of the export's "
+    "--concurrency (default: the export's --concurrency for each shard, 16 in flight in all)"
+)
+
+
+def _client_flags(
+    parser: argparse.ArgumentParser, concurrency: int | None, command: str = ""
+) -> None:
     parser.add_argument(
         "--concurrency",
         type=_int_in(1, MAX_CONCURRENCY),
         default=concurrency,
         metavar="N",
-        help=f"requests in flight, at most {MAX_CONCURRENCY}",
+        help=_WORKER_CONCURRENCY
+        if command == "worker"
+        else f"requests in flight, at most {MAX_CONCURRENCY}",
     )
     parser.add_argument(
         "--max-retries",
@@ -371,7 +383,7 @@ def _shard_commands(command: Callable[[str, str, str], argparse.ArgumentParser])
         "--jobs", type=_int_in(1, MAX_CONCURRENCY), default=1, help="shards exported at once"
     )
     worker.add_argument("--burst", action="store_true", help="stop when the queue is empty")
-    _client_flags(worker, concurrency=8, command="worker")
+    _client_flags(worker, concurrency=None, command="worker")
 
     merge = command(
         "merge",

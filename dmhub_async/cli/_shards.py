@@ -290,6 +290,7 @@ async def worker_command(args: argparse.Namespace) -> int:
         client=client,
         rate_limit=args.rate_limit,
         max_jobs=args.jobs,
+        concurrency=args.concurrency,
         burst=args.burst,
         handle_signals=False,
     )

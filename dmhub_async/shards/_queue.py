@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from .._exceptions import DMHubError, InvalidRequestError
+from .._pagination import MAX_CONCURRENCY
 from .._shared_rate import check_shared_rate
 from .._validate import (
     check_number,
@@ -282,7 +283,8 @@ async def _export_shard_job(ctx: dict[str, Any], task: dict[str, Any]) -> dict[s
             checkpoint=directory / checkpoint_name(shard.index, fmt),
             format=fmt,
             page_size=task["page_size"],
-            concurrency=task["concurrency"],
+            # The worker's own (--concurrency), for its machine, else the export's.
+            concurrency=ctx.get("concurrency") or task["concurrency"],
             on_progress=on_progress,
         )
     finally:
@@ -349,6 +351,7 @@ def worker(
     client: dict[str, Any] | None = None,
     rate_limit: float | None = None,
     max_jobs: int = 1,
+    concurrency: int | None = None,
     burst: bool = False,
     heartbeat: float = HEARTBEAT,
     takeover: float = IN_PROGRESS_TTL,
@@ -362,6 +365,11 @@ def worker(
         client: more ``DMHubClient`` keyword arguments (credentials default to the environment).
         rate_limit: requests per second shared by every worker on this Redis, or None.
         max_jobs: shards this worker exports at once.
+        concurrency: requests this worker keeps in flight, its ``max_jobs`` shards together
+            (its client's ``max_concurrency``), and the pages each shard walks at once, in
+            place of the export's ``concurrency`` (the job's): a bigger machine (or a
+            smaller one) than the coordinator's. None: each shard walks the export's
+            ``concurrency``, within the client's own limit (16, or ``client``'s).
         burst: stop when the queue is empty (for tests and batch machines).
         heartbeat: seconds between renewals of a running job's in-progress mark.
         takeover: seconds after its worker dies that a job is taken over (> ``heartbeat``).
@@ -378,6 +386,10 @@ def worker(
     if not heartbeat < takeover:
         raise InvalidRequestError("worker(): heartbeat must be positive and below takeover")
     check_number("worker(): max_jobs", max_jobs, 1, inclusive=True, kind=int)
+    if concurrency is not None:
+        check_number(
+            "worker(): concurrency", concurrency, 1, inclusive=True, kind=int, high=MAX_CONCURRENCY
+        )
     if rate_limit is not None:  # checked by the limiter too, but only at the worker's start
         check_shared_rate("worker(): rate_limit", rate_limit)
     from arq.worker import func
@@ -399,6 +411,8 @@ def worker(
     from .._shared_rate import RedisRateLimiter
 
     settings = dict(client or {})
+    if concurrency is not None:
+        settings.setdefault("max_concurrency", concurrency)
 
     async def startup(ctx: dict[str, Any]) -> None:
         kwargs = dict(settings)
@@ -414,6 +428,7 @@ def worker(
         ctx["client"] = DMHubClient(**kwargs)
         ctx["pending_progress"] = set()
         ctx["heartbeat"], ctx["takeover"] = heartbeat, takeover
+        ctx["concurrency"] = concurrency
 
     async def shutdown(ctx: dict[str, Any]) -> None:
         if ctx.get("shut_down"):  # once, whether arq's close ran it or _ShardWorker's

@@ -387,6 +387,8 @@ async def test_a_result_that_cannot_be_read_is_a_failed_shard_not_a_traceback(
         {"rate_limit": 0},
         {"rate_limit": 1e300},
         {"rate_limit": 50.01},  # no window of whole seconds up to 60 holds it
+        {"concurrency": 0},
+        {"concurrency": 65},
     ],
     ids=[
         "takeover inf",
@@ -397,6 +399,8 @@ async def test_a_result_that_cannot_be_read_is_a_failed_shard_not_a_traceback(
         "rate_limit 0",
         "rate_limit 1e300",
         "rate_limit 50.01",
+        "concurrency 0",
+        "concurrency 65",
     ],
 )
 def test_a_worker_with_a_bad_setting_is_refused_when_made(kwargs: dict[str, object]) -> None:
@@ -1034,3 +1038,72 @@ async def test_a_coordinator_of_a_later_release_hears_from_this_worker_at_once(
         assert "run one release" in (shard.error or ""), shard
         assert "9.9.9" in (shard.error or ""), shard
     assert not list(out.glob("part-*"))
+
+
+@pytest.mark.parametrize(
+    ("given", "exported_at", "in_flight"),
+    [(2, 8, 2), (12, 4, 12)],
+    ids=["smaller-machine", "bigger-machine"],
+)
+async def test_worker_concurrency_is_the_workers_requests_in_flight(
+    tmp_path: Path,
+    redis: RedisServer,
+    monkeypatch: pytest.MonkeyPatch,
+    given: int,
+    exported_at: int,
+    in_flight: int,
+) -> None:
+    # `dmhub-async worker --concurrency N` was read and never used: each shard walked as many
+    # pages at once as the export's --concurrency said, whatever the worker's machine.
+    from aiohttp import web
+
+    from dmhub_async.cli._parser import build_parser
+    from dmhub_async.cli._shards import worker_command
+    from dmhub_async.testing import DMHubSimulator
+
+    async with DMHubSimulator(customers=3_000, seed=5) as sim:
+        now = peak = 0
+
+        async def measure(request: web.Request) -> None:
+            nonlocal now, peak
+            if request.path != "/v1/customers":
+                return
+            now += 1
+            peak = max(peak, now)
+            await asyncio.sleep(0.005)  # held, as a service's latency, so requests overlap
+            now -= 1
+
+        sim.on_request(measure)
+        for name, value in (
+            ("DMHUB_APP_ID", sim.app_id),
+            ("DMHUB_SECRET", sim.secret),
+            ("DMHUB_BASE_URL", sim.url),
+        ):
+            monkeypatch.setenv(name, value)
+        out = tmp_path / "out"
+        store = RedisTokenStore(redis.url)
+        try:
+            async with DMHubClient(token_store=store) as dm:
+                manifest = await prepare(dm, out, 1)
+        finally:
+            await store.aclose()
+        args = build_parser().parse_args(
+            ["worker", "--redis", redis.url, "--concurrency", str(given), "-q"]
+        )
+        serving = asyncio.ensure_future(worker_command(args))
+        try:
+            manifest = await asyncio.wait_for(
+                run_on_queue(
+                    redis.url, out, manifest, concurrency=exported_at, progress=False, poll=0.05
+                ),
+                60,
+            )
+        finally:
+            serving.cancel()
+            with warnings.catch_warnings(), contextlib.suppress(asyncio.CancelledError):
+                warnings.simplefilter("ignore", DeprecationWarning)  # arq's close of its pool
+                await asyncio.wait_for(serving, 30)
+
+    assert manifest.complete
+    assert manifest.exported == 3_000
+    assert peak == in_flight
