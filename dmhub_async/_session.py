@@ -195,6 +195,8 @@ class _Connection:
     max_concurrency: int
     #: Ends the calls' waits (backoffs, rate turns) when the client is closed.
     closing: Closing
+    #: The root client's timeouts: the default of the session made here.
+    timeout: aiohttp.ClientTimeout
     closed: bool = False
     #: The event loop of the first call: aiohttp's session and asyncio's locks belong to it.
     loop: asyncio.AbstractEventLoop | None = None
@@ -262,7 +264,7 @@ class Session:
         self._secret = secret
         self._static_token = access_token
         closing = Closing(sleep)  # the close ends the calls' waits: backoffs and rate turns
-        self._conn = _Connection(http, http is None, max_concurrency, closing)
+        self._conn = _Connection(http, http is None, max_concurrency, closing, timeout)
         #: Ends this client's calls' waits: the connection's, or a derived client's own.
         self._closing = closing
         #: The answers this client is reading, for its close to end: a derived client's are
@@ -570,7 +572,7 @@ class Session:
             conn.proxy = usable_proxy(env_proxy(self.base_url))
             conn.proxy_password = URL(conn.proxy).password if conn.proxy else None
             conn.http = aiohttp.ClientSession(
-                timeout=self._timeout,
+                timeout=conn.timeout,  # the root client's: a derived one's are passed (_send)
                 connector=aiohttp.TCPConnector(limit=conn.max_concurrency),
                 headers=HEADERS,
             )
@@ -608,19 +610,34 @@ class Session:
                 # Awaited, not entered: `async with` ran four coroutines more a call (aiohttp's
                 # context managers, entered and left), about 4k instructions. The answer is
                 # released below as leaving the block does.
-                resp = await http.request(
-                    request.method,
-                    self.base_url + request.path,
-                    params=params,
-                    data=body,
-                    headers=sent_headers,
-                    timeout=self._timeout,  # a passed-in session has its own default
-                    allow_redirects=False,  # see read_response: credentials stay here
-                    proxy=self._conn.proxy,
-                    # read_response maps the status: a session of the caller's made with
-                    # raise_for_status=True turned a 404 into a connection error, retried.
-                    raise_for_status=False,
-                )
+                url = self.base_url + request.path
+                if (
+                    body is None
+                    and sent_headers is None
+                    and self._conn.owns_http
+                    and self._timeout is self._conn.timeout
+                    and self._conn.proxy is None
+                ):
+                    # The session made here, as it was made: the keywords below are its
+                    # defaults. aiohttp collects each keyword passed in a dict and binds it
+                    # again: about 3.5k instructions a call for the five left out.
+                    resp = await http.request(
+                        request.method, url, params=params, allow_redirects=False
+                    )
+                else:
+                    resp = await http.request(
+                        request.method,
+                        url,
+                        params=params,
+                        data=body,
+                        headers=sent_headers,
+                        timeout=self._timeout,  # a passed-in session has its own default
+                        allow_redirects=False,  # see read_response: credentials stay here
+                        proxy=self._conn.proxy,
+                        # read_response maps the status: a session of the caller's made with
+                        # raise_for_status=True turned a 404 into a connection error, retried.
+                        raise_for_status=False,
+                    )
                 # Read it all before the release: a retry never holds a connection.
                 reading = self._reading
                 reading.add(resp)  # for aclose() to end

@@ -21,6 +21,7 @@ from aioresponses import CallbackResult, aioresponses
 from dmhub_async import (
     APIConnectionError,
     APIError,
+    APITimeoutError,
     DMHubClient,
     DMHubError,
     Identity,
@@ -663,6 +664,36 @@ async def test_with_options_timeouts_and_closing(api, make_client):
     await fast.aclose()  # the derived client owns nothing: the parent stays open
     assert not dm.closed
     assert await dm.request("GET", "/v1/customers/1") == CUSTOMER
+
+
+async def test_each_client_keeps_its_own_timeout_on_the_session_the_client_made(make_client):
+    # The client's own aiohttp session is sent only what differs from its defaults: its
+    # default timeout must be the root client's, whichever client (a derived one with a
+    # longer timeout, here) made the first request and so the session.
+    release = asyncio.Event()
+
+    async def stalled(request: web.Request) -> web.Response:
+        if request.query.get("stall"):
+            await release.wait()
+        return web.json_response(CUSTOMER)
+
+    app = web.Application()
+    app.router.add_get("/v1/customers/1", stalled)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        base = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        dm = make_client(access_token="tok", base_url=base, timeout=0.2, max_retries=0)
+        patient = dm.with_options(timeout=30)
+        assert await patient.request("GET", "/v1/customers/1") == CUSTOMER  # made the session
+
+        with pytest.raises(APITimeoutError, match=r"^GET /v1/customers/1 timed out"):
+            await asyncio.wait_for(dm.request("GET", "/v1/customers/1", params={"stall": 1}), 5)
+    finally:
+        release.set()
+        await runner.cleanup()
 
 
 @pytest.mark.parametrize(
