@@ -641,7 +641,7 @@ class _Answering:
 async def test_a_lookup_reads_the_answer_as_the_converters_bindings(data: Any) -> None:
     lookup = identities.Identities(_Answering(data))._lookup  # type: ignore[arg-type]
     try:
-        found: Any = await lookup(_WANTED)
+        found: Any = await lookup(_WANTED, in_own_task=False)
     except ResponseDecodeError as err:
         found = ("error", str(err))
     assert found == _converters_answer(data)

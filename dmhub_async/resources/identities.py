@@ -72,16 +72,20 @@ class Identities(Resource):
 
     async def lookup(self, identity: Identity) -> int | None:
         """The id of the customer holding ``identity``, or None."""
-        return await self._lookup(check_identity("lookup", identity))
+        return await self._lookup(check_identity("lookup", identity), in_own_task=False)
 
     # Unchecked: lookup_iter checks each identity once, as it takes it in.
     async def _find(self, identity: Identity) -> builtins.list[CustomerIdentity]:
         data = await self._session.request("GET", _PATH, params=_query_of(identity))
         return decode(structure_identities, data, "a list of identities")
 
-    async def _lookup(self, identity: Identity) -> int | None:
+    async def _lookup(self, identity: Identity, *, in_own_task: bool) -> int | None:
         # _find() written out: a coroutine less a lookup; no binding needs no structuring.
-        data = await self._session.request("GET", _PATH, params=_query_of(identity))
+        # in_own_task: run in a task of lookup_many's or lookup_iter's own, whose
+        # last_response no caller can read (the caller's is left as it was): not kept.
+        data = await self._session.request(
+            "GET", _PATH, params=_query_of(identity), remembered=not in_own_task
+        )
         if type(data) is list:
             # The usual answer read in place, without a CustomerIdentity a row: every row is
             # checked as the converter would (a row it would refuse or read otherwise goes the
@@ -176,7 +180,7 @@ class Identities(Resource):
         async def worker() -> None:
             for identity in todo:  # shared: each identity goes to exactly one worker
                 try:
-                    results[identity] = await self._lookup(identity)
+                    results[identity] = await self._lookup(identity, in_own_task=True)
                 except Exception as err:
                     if not return_exceptions:
                         raise
@@ -260,7 +264,7 @@ class Identities(Resource):
                 future = loop.create_future()
                 future.set_result(cache[identity])
             else:
-                future = loop.create_task(self._lookup(identity))
+                future = loop.create_task(self._lookup(identity, in_own_task=True))
                 pending[identity] = (future, 1)
             window.append((identity, future))
 
