@@ -194,7 +194,7 @@ def _disable(what: str) -> None:
     elif what == "repeat-check":
         from dmhub_async import _seen_records
 
-        def fresh(self: Any, items: list[Any]) -> tuple[list[Any], int]:
+        def fresh(self: Any, items: list[Any], keys: Any = None) -> tuple[list[Any], int]:
             return items, 0
 
         _seen_records.SeenRecords.fresh = fresh  # type: ignore[method-assign]

@@ -55,6 +55,9 @@ class RawPage(Generic[T]):
     total_pages: int | None = None
     #: Retries the request for this page took.
     retries: int = 0
+    #: Each item's key, when the page's reader took them already (``list_rows``: the ids it
+    #: checks); None: the walk's key function gives them.
+    keys: list[Any] | None = None
 
 
 @attrs.define
@@ -425,7 +428,7 @@ class WalkPlan(Generic[T]):
 
     def _yield(self, raw: RawPage[T], number: int, *, has_next: bool) -> Page[T]:
         """The page to yield: its records not yielded before, up to ``max_items``."""
-        items, repeats = self.seen.fresh(raw.items)
+        items, repeats = self.seen.fresh(raw.items, raw.keys)
         self.stats.duplicates += repeats
         if self.items_left is not None:
             if len(items) > self.items_left:

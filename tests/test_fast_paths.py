@@ -164,7 +164,7 @@ def test_what_is_no_page_is_a_decode_error(body: bytes) -> None:
 CUSTOMER_READERS = {
     "fast": FAST,
     "lenient": LENIENT,
-    "rows": _pages.rows_page(customers.read_rows, WHAT),
+    "rows": _pages.rows_page(customers.read_rows, WHAT, customers.row_ids),  # list_rows()
     "raw rows": _pages.rows_page(customers.read_raw_rows, WHAT),
 }
 #: Success answers that are no page of customers: read as "no records" (or a total cut to an

@@ -61,6 +61,26 @@ def test_fresh_keeps_what_the_rule_keeps(
     assert len(items) == len(keys)  # the walk may cut what it got: never the page it read
 
 
+@given(
+    keys=st.lists(st.one_of(st.none(), st.integers(-5, 40)), max_size=30),
+    last=st.one_of(st.none(), st.integers(-5, 40)),
+    ascending=st.booleans(),
+)
+@example(keys=[1, 2, 3], last=None, ascending=True)
+@example(keys=[1, 2, 2, 3], last=0, ascending=True)
+def test_fresh_given_the_keys_keeps_what_it_keeps_by_the_key_function(
+    keys: list[int | None], last: int | None, ascending: bool
+) -> None:
+    # list_rows() hands the walk the ids its reader read (RawPage.keys): the same records.
+    items = [{"id": k, "n": i} for i, k in enumerate(keys)]
+    dedupe = "ascending" if ascending else "descending"
+    by_key: SeenRecords[dict[str, Any]] = SeenRecords(lambda row: row["id"], dedupe, last)
+    given_keys: SeenRecords[dict[str, Any]] = SeenRecords(lambda row: row["id"], dedupe, last)
+
+    assert given_keys.fresh(items, list(keys)) == by_key.fresh(items)
+    assert given_keys.last_key == by_key.last_key
+
+
 def test_a_record_without_a_key_is_never_a_repeat_in_set_mode_either() -> None:
     # The set kept None once, and every later record without a key was dropped as a repeat:
     # statistics sorted by a score, from a service that left "id" out, gave 1 record of 7.

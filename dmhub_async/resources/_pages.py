@@ -15,6 +15,8 @@ from .._session import Session
 from .._validate import check_paging, short
 
 T = TypeVar("T")
+A = TypeVar("A")
+R = TypeVar("R")
 
 
 def decode(structure: Callable[[Any], T], data: Any, what: str) -> T:
@@ -103,7 +105,7 @@ def paginate(
     )
 
 
-def _read(read: PageReader[T], body: bytes, what: str) -> tuple[list[T], dict[str, Any]]:
+def _read(read: Callable[[A], R], body: A, what: str) -> R:
     """``read(body)``, its error saying what the answer is not."""
     try:
         return read(body)
@@ -115,16 +117,22 @@ def _read(read: PageReader[T], body: bytes, what: str) -> tuple[list[T], dict[st
 
 
 def rows_page(
-    read: PageReader[T], what: str
+    read: PageReader[T], what: str, keys_of: Callable[[list[T]], list[Any]] | None = None
 ) -> Callable[[bytes], tuple[RawPage[T], dict[str, Any]]]:
-    """Reads the customer list shape: ``{"rows": [...], "records": n, "total": pages}``."""
+    """Reads the customer list shape: ``{"rows": [...], "records": n, "total": pages}``.
+
+    ``keys_of``: the rows' keys, checked (ValueError), for the walk to drop repeats by
+    (``RawPage.keys``); None: the walk takes them with its key function.
+    """
 
     def decode(body: bytes) -> tuple[RawPage[T], dict[str, Any]]:
         rows, keys = _read(read, body, what)
         if not rows:
             _check_listed(body, "rows", what)
         records, total = page_count(keys, "records", what), page_count(keys, "total", what)
-        return RawPage(rows, None, records, total), keys
+        if keys_of is None:
+            return RawPage(rows, None, records, total), keys
+        return RawPage(rows, None, records, total, keys=_read(keys_of, rows, what)), keys
 
     return decode
 

@@ -43,7 +43,7 @@ from ._filters import (
 )
 from ._pages import PageReader, decode, paginate, rows_page
 from ._resource import Resource
-from ._rows import RawRow, raw_row_id, read_raw_rows, read_rows, row_id
+from ._rows import RawRow, raw_row_id, read_raw_rows, read_rows, row_id, row_ids
 
 __all__ = [
     "EMPTY_STAGE",
@@ -56,6 +56,8 @@ __all__ = [
 NOT_FOUND_CODES: frozenset[int | str] = frozenset({40201})
 T = TypeVar("T")
 Params = dict[str, str]
+#: A page's records to their keys, checked (``list_rows``: the ids): see ``rows_page``.
+KeysOf = Callable[[list[T]], list[Any]]
 
 
 class Customers(Resource):
@@ -248,6 +250,7 @@ class Customers(Resource):
             read_rows,
             row_id,
             dict(filters),
+            keys_of=row_ids,
             page_size=page_size,
             start_page=start_page,
             max_items=max_items,
@@ -264,12 +267,13 @@ class Customers(Resource):
         read: PageReader[T],
         key: Callable[[T], Any],
         filters: dict[str, Any],
+        keys_of: KeysOf[T] | None = None,
         **paging: Any,
     ) -> AsyncPaginator[T]:
         merged: dict[str, Any] = {"sort_by": "id", "sort_order": "asc", **filters}
         params = self._params("list", merged, frames=3)  # list() or list_rows(), _walk
         _check_resume_after(paging.get("resume_after"), params)
-        read_page = rows_page(read, "a page of customers")
+        read_page = rows_page(read, "a page of customers", keys_of)
         descending = (params.get("sidx"), params.get("sord")) == ("id", "desc")
         batches = id_batches("list", params, "idList", descending=descending)
 
