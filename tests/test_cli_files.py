@@ -1052,3 +1052,44 @@ def test_an_output_whose_temporary_file_cannot_be_made_is_named_not_its_temporar
 
     assert explain(raised.value) == (1, f"{out}: No space left on device")
     assert not out.exists()
+
+
+@pytest.mark.parametrize("fails", ["making", "writing"])
+def test_standard_input_that_cannot_be_copied_says_where_and_why_not_the_hidden_copy(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, fails: str
+) -> None:
+    # `lookup --in -` copies its rows to a temporary file first (they are read twice). With the
+    # temporary directory full, the error named the hidden copy nobody asked for
+    # ("/tmp/.dmhub-lookup-k2j4.csv: No space left on device") or no file at all.
+    from dmhub_async.cli import _files
+    from dmhub_async.cli._errors import CommandError, explain
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(_files.tempfile, "tempdir", None)  # TMPDIR read again
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"type,value\n")))
+    full = OSError(28, "No space left on device")
+    if fails == "making":
+        hidden = str(tmp_path / ".dmhub-lookup-k2j4.csv")
+
+        def mkstemp(*args: object, **kwargs: object) -> tuple[int, str]:
+            raise OSError(28, "No space left on device", hidden)
+
+        monkeypatch.setattr(_files.tempfile, "mkstemp", mkstemp)
+    else:
+
+        def copyfileobj(*args: object) -> None:
+            raise full
+
+        monkeypatch.setattr(_files.shutil, "copyfileobj", copyfileobj)
+
+    # Before: the OSError itself, said as "<its file>: <why>" by the command line.
+    with pytest.raises((CommandError, OSError)) as raised, _files.read_twice("-"):
+        pytest.fail("no copy was made: nothing to read")
+    code, line = explain(raised.value)
+
+    assert code == 1
+    assert line == (
+        f"--in -: cannot copy it to a temporary file in {tmp_path} (its rows are read twice):"
+        " No space left on device; set TMPDIR to a directory with room"
+    )
+    assert list(tmp_path.iterdir()) == []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import errno
 import io
 import os
 import re
@@ -291,19 +292,39 @@ def read_twice(given: str) -> Iterator[tuple[Path, str]]:
     if given != STDIN and path.is_file():
         yield path, given
         return
-    fd, tmp = tempfile.mkstemp(prefix=".dmhub-lookup-", suffix=".csv")  # 0600
     try:
-        with open(fd, "wb") as copy, interruptible():
-            if given != STDIN:
-                with path.open("rb") as source:
-                    shutil.copyfileobj(source, copy, 1 << 20)
-            elif sys.stdin is None or getattr(sys.stdin, "closed", False):  # started with <&-
-                raise CommandError("--in -: standard input is closed: give --in a file")
-            else:
-                shutil.copyfileobj(sys.stdin.buffer, copy, 1 << 20)
+        fd, tmp = tempfile.mkstemp(prefix=".dmhub-lookup-", suffix=".csv")  # 0600
+    except OSError as err:
+        raise _not_copied(given, err) from err
+    try:
+        try:
+            with open(fd, "wb") as copy, interruptible():
+                if given != STDIN:
+                    with path.open("rb") as source:
+                        shutil.copyfileobj(source, copy, 1 << 20)
+                elif sys.stdin is None or getattr(sys.stdin, "closed", False):  # <&-
+                    raise CommandError("--in -: standard input is closed: give --in a file")
+                else:
+                    shutil.copyfileobj(sys.stdin.buffer, copy, 1 << 20)
+        except OSError as err:
+            if err.filename not in (None, tmp):  # the input's own (a FIFO that went away)
+                raise
+            raise _not_copied(given, err) from err
         yield Path(tmp), "<stdin>" if given == STDIN else given
     finally:
         os.unlink(tmp)
+
+
+def _not_copied(given: str, err: OSError) -> CommandError:
+    """``--in given`` could not be copied to the temporary directory: said of the user's
+    input and of that directory, not of the hidden copy (``/tmp/.dmhub-lookup-k2j4.csv: No
+    space left on device``), nor of no file at all (a failed write names none)."""
+    room = err.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+    return CommandError(
+        f"--in {given}: cannot copy it to a temporary file in {tempfile.gettempdir()} (its rows"
+        f" are read twice): {err.strerror or err}"
+        + ("; set TMPDIR to a directory with room" if room else "")
+    )
 
 
 #: What a file that is no CSV text starts with, and what it is: each was "not UTF-8 text (byte
