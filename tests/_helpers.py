@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import re
+import tempfile
 import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -57,6 +59,16 @@ def lock_files_cannot_go(monkeypatch: pytest.MonkeyPatch) -> None:
         unlink(path, missing_ok=missing_ok)
 
     monkeypatch.setattr(Path, "unlink", refuse_locks)
+
+
+def temporary_files_cannot_be_made(monkeypatch: pytest.MonkeyPatch, hidden: Path | str) -> None:
+    """A full directory: every ``tempfile.mkstemp`` fails with ENOSPC, naming ``hidden``, the
+    temporary file it would have made (the name an error should not give the user)."""
+
+    def full(*args: object, **kwargs: object) -> tuple[int, str]:
+        raise OSError(errno.ENOSPC, "No space left on device", str(hidden))
+
+    monkeypatch.setattr(tempfile, "mkstemp", full)
 
 
 def files_made_as_the_umask_changes(monkeypatch: pytest.MonkeyPatch, directory: Path) -> list[int]:

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
+from _helpers import temporary_files_cannot_be_made
 
 from dmhub_async._atomic import replace_file
 
@@ -63,14 +64,8 @@ def test_a_temporary_file_that_cannot_be_made_names_the_file_being_replaced(
 ) -> None:
     # A checkpoint, manifest or merged file in a full directory: mkstemp's error named the
     # hidden `.NAME.xxxxxxxx.tmp` it tried to make, not the file the user asked for.
-    import tempfile
-
     target = tmp_path / "june.jsonl"
-
-    def full(*args: object, **kwargs: object) -> tuple[int, str]:
-        raise OSError(errno.ENOSPC, "No space left on device", f"{tmp_path}/.june.jsonl.x.tmp")
-
-    monkeypatch.setattr(tempfile, "mkstemp", full)
+    temporary_files_cannot_be_made(monkeypatch, tmp_path / ".june.jsonl.x.tmp")
 
     with pytest.raises(OSError, match="No space left on device") as raised:
         replace_file(target, b"new")

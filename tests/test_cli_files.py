@@ -29,7 +29,7 @@ from _cli_support import (
     run_cli,
     serve,
 )
-from _helpers import umask_watched
+from _helpers import temporary_files_cannot_be_made, umask_watched
 
 CUSTOMERS = 120
 
@@ -1033,19 +1033,11 @@ def test_an_output_whose_temporary_file_cannot_be_made_is_named_not_its_temporar
 ) -> None:
     # The directory full (or not writable): mkstemp's error named the hidden
     # `.found.csv.xxxxxxxx.part` the user never asked for, not `found.csv`.
-    import errno
-    import tempfile
-
     from dmhub_async.cli._errors import explain
     from dmhub_async.cli._files import replace_on_success
 
     out = tmp_path / "found.csv"
-
-    def full(*args: object, **kwargs: object) -> tuple[int, str]:
-        hidden = str(tmp_path / ".found.csv.ab12cd34.part")
-        raise OSError(errno.ENOSPC, "No space left on device", hidden)
-
-    monkeypatch.setattr(tempfile, "mkstemp", full)
+    temporary_files_cannot_be_made(monkeypatch, tmp_path / ".found.csv.ab12cd34.part")
 
     with pytest.raises(OSError, match="No space") as raised, replace_on_success(str(out), "utf-8"):
         pass
@@ -1069,12 +1061,7 @@ def test_standard_input_that_cannot_be_copied_says_where_and_why_not_the_hidden_
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"type,value\n")))
     full = OSError(28, "No space left on device")
     if fails == "making":
-        hidden = str(tmp_path / ".dmhub-lookup-k2j4.csv")
-
-        def mkstemp(*args: object, **kwargs: object) -> tuple[int, str]:
-            raise OSError(28, "No space left on device", hidden)
-
-        monkeypatch.setattr(_files.tempfile, "mkstemp", mkstemp)
+        temporary_files_cannot_be_made(monkeypatch, tmp_path / ".dmhub-lookup-k2j4.csv")
     else:
 
         def copyfileobj(*args: object) -> None:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
 import re
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import aiohttp
@@ -274,6 +275,27 @@ async def test_closing_a_derived_client_ends_its_call_waiting_on_the_parents_tok
     assert api.requests == {}
 
 
+@contextlib.asynccontextmanager
+async def _serving(
+    method: str,
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+    release: asyncio.Event,
+) -> AsyncIterator[str]:
+    """``handler`` answering ``method /v1/customers/1`` on 127.0.0.1, for the block: its base
+    URL. At the end ``release`` is set, ending a handler that waits for it, and the server
+    stops."""
+    app = web.Application()
+    app.router.add_route(method, "/v1/customers/1", handler)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        release.set()
+        await runner.cleanup()
+
+
 @pytest.mark.parametrize("closed", ["client", "derived", "parent", "derived parent"])
 @pytest.mark.parametrize("length", ["declared", "chunked"])
 async def test_closing_ends_a_call_reading_an_answers_body(make_client, length, closed):
@@ -292,14 +314,8 @@ async def test_closing_ends_a_call_reading_an_answers_body(make_client, length, 
         await release.wait()
         return response
 
-    app = web.Application()
-    app.router.add_get("/v1/customers/1", half)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        dm = make_client(access_token="tok", base_url=f"http://127.0.0.1:{runner.addresses[0][1]}")
+    async with _serving("GET", half, release) as base:
+        dm = make_client(access_token="tok", base_url=base)
         caller = dm if closed == "client" else dm.with_options(timeout=5)
         closing = dm if closed == "parent" else caller
         if closed == "derived parent":  # a call of a client derived from a derived one
@@ -313,9 +329,6 @@ async def test_closing_ends_a_call_reading_an_answers_body(make_client, length, 
         await asyncio.wait_for(closing.aclose(), 5)
         with pytest.raises(DMHubError, match=r"^this DMHubClient is closed"):
             await asyncio.wait_for(call, 5)
-    finally:
-        release.set()
-        await runner.cleanup()
 
 
 @pytest.mark.parametrize(
@@ -349,14 +362,7 @@ async def test_a_write_the_close_cuts_short_says_its_outcome_is_unknown(make_cli
     async def sleep(seconds: float) -> None:
         await asyncio.Event().wait()  # a long backoff: it ends only if the close ends it
 
-    app = web.Application()
-    app.router.add_route(method, "/v1/customers/1", handler)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        base = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    async with _serving(method, handler, release) as base:
         dm = make_client(access_token="tok", base_url=base, sleep=sleep)
         body = {"name": "x"} if method != "DELETE" else None
         call = asyncio.ensure_future(
@@ -369,9 +375,6 @@ async def test_a_write_the_close_cuts_short_says_its_outcome_is_unknown(make_cli
         await asyncio.wait_for(dm.aclose(), 5)
         with pytest.raises(APIConnectionError) as raised:
             await asyncio.wait_for(call, 5)
-    finally:
-        release.set()
-        await runner.cleanup()
     assert raised.value.outcome_unknown is True
     assert "client was closed" in str(raised.value)
     assert "outcome is unknown" in str(raised.value)
@@ -677,23 +680,13 @@ async def test_each_client_keeps_its_own_timeout_on_the_session_the_client_made(
             await release.wait()
         return web.json_response(CUSTOMER)
 
-    app = web.Application()
-    app.router.add_get("/v1/customers/1", stalled)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        base = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    async with _serving("GET", stalled, release) as base:
         dm = make_client(access_token="tok", base_url=base, timeout=0.2, max_retries=0)
         patient = dm.with_options(timeout=30)
         assert await patient.request("GET", "/v1/customers/1") == CUSTOMER  # made the session
 
         with pytest.raises(APITimeoutError, match=r"^GET /v1/customers/1 timed out"):
             await asyncio.wait_for(dm.request("GET", "/v1/customers/1", params={"stall": 1}), 5)
-    finally:
-        release.set()
-        await runner.cleanup()
 
 
 @pytest.mark.parametrize(

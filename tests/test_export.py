@@ -23,7 +23,12 @@ from pathlib import Path
 from typing import IO, Any
 
 import pytest
-from _helpers import lock_files_cannot_go, loop_runs_meanwhile, umask_watched
+from _helpers import (
+    lock_files_cannot_go,
+    loop_runs_meanwhile,
+    temporary_files_cannot_be_made,
+    umask_watched,
+)
 
 from dmhub_async import DMHubClient, InvalidRequestError, MemoryTokenStore, ServerError
 from dmhub_async.export import ExportProgress, ExportReport, _output, export_customers
@@ -1182,14 +1187,8 @@ async def test_a_work_file_that_cannot_be_made_names_the_destination(
 ) -> None:
     # The directory full (or not writable): mkstemp's error named the hidden work file
     # `.customers.jsonl.xxxxxxxx.part`, which the user never asked for, not the destination.
-    import tempfile
-
     dest = tmp_path / "customers.jsonl"
-
-    def full(*args: object, **kwargs: object) -> tuple[int, str]:
-        raise OSError(errno.ENOSPC, "No space left on device", f"{tmp_path}/.{dest.name}.x.part")
-
-    monkeypatch.setattr(tempfile, "mkstemp", full)
+    temporary_files_cannot_be_made(monkeypatch, tmp_path / f".{dest.name}.x.part")
 
     with pytest.raises(OSError, match="No space left on device") as raised:
         await export_customers(client, dest, progress=False)

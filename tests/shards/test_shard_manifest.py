@@ -500,20 +500,11 @@ def test_retries_a_worker_of_an_earlier_release_did_not_count_are_not_reported_a
     # a coordinator of 0.1.0 writes none in the manifest. They were read as 0: the report
     # said "0 retries" of parts whose retries nobody counted.
     import argparse
-    from datetime import datetime, timezone
 
     from dmhub_async.cli._shards import _finish
-    from dmhub_async.shards import Shard
     from dmhub_async.shards._run import record_result
 
-    edge = datetime(2020, 1, 1, tzinfo=timezone.utc)
-    manifest = Manifest.new(
-        [Shard(0, None, edge), Shard(1, edge, None)],
-        fmt="jsonl",
-        base_url="u",
-        app_id="a",
-        filters={},
-    )
+    manifest = _two_part_manifest(None)  # as Manifest.new makes it: plan_retries None
     counted = {"complete": True, "exported": 3, "duplicates": 0, "seconds": 1.0, "size": 9}
     record_result(manifest.shards[0], {**counted})  # a 0.1.0 worker's result: no "retries"
     record_result(manifest.shards[1], {**counted, "retries": 2})
