@@ -48,6 +48,12 @@ them out. The simulator serves from a process of its own, as in bench_overhead.
   ``DMHubClient`` doing the same: what a job or a function that makes one client per run pays
   for the client's set-up (its checks, its retry loops, the proxy settings read from the
   environment, the token through the request path).
+- question 5, per page of a JSONL export of ``--customers`` customers (``export_customers``,
+  concurrency 8, its client, token and counts included, spread over the pages): what issue 15's
+  goal for the export ("client CPU per page at least 25% lower") is measured by, side by side
+  with another checkout of the SDK (``--against PATH``: the same export with the
+  ``dmhub_async`` package at ``PATH``, which is the table's reference). It counts every thread
+  of the process, the file threads an export writes on included.
 """
 
 from __future__ import annotations
@@ -131,6 +137,9 @@ SHORT_LIVED: dict[str, str] = {
     "SDK: a new DMHubClient, its token, one call": "request-new-client",
 }
 SHORT_LIVED_FLOOR = "floor: a new aiohttp session, its token, one call"
+#: Question 5's contender: a JSONL export (see _export); ``--against`` adds another checkout's.
+EXPORT = "SDK export_customers (JSONL, concurrency 8)"
+EXPORTS: dict[str, str] = {EXPORT: "export"}
 #: Question 2's contenders: bench_converter's, by its labels (each its own kind, see _decodes).
 DECODES: dict[str, str] = {
     label: label
@@ -154,6 +163,7 @@ QUICK = {
     "4c": "SDK lookup_many(concurrency=64)",
     "4s": "SDK: a new DMHubClient, its token, one call",
     "4h": "SDK identities.lookup",
+    "5": EXPORT,
 }
 CALL_FLOOR = "floor: session.get + orjson.loads"
 
@@ -431,6 +441,32 @@ def _decodes(label: str, n: int) -> int:
     return read
 
 
+async def _export(server: Any, n: int) -> int:
+    """``n`` JSONL exports of every customer, each by a new client; the last one's count.
+
+    The ``dmhub_async`` imported is whichever ``PYTHONPATH`` puts first (``count`` puts
+    ``--against``'s checkout there): only what every release has had is used.
+    """
+    import tempfile
+
+    from dmhub_async import DMHubClient, MemoryTokenStore
+    from dmhub_async.export import export_customers
+
+    exported = 0
+    with tempfile.TemporaryDirectory() as folder:
+        for i in range(n):
+            async with DMHubClient(
+                server.app_id, server.secret, base_url=server.url, token_store=MemoryTokenStore()
+            ) as dm:
+                report = await export_customers(
+                    dm, os.path.join(folder, f"{i}.jsonl"), progress=False, concurrency=8
+                )
+            if not report.complete:
+                raise RuntimeError(f"the export was not complete: {report}")
+            exported = report.exported
+    return exported
+
+
 def child(kind: str, n: int) -> None:
     """Run contender ``kind`` ``n`` times (walks) or ``n`` calls, against $BENCH_SIM_*; print
     the records the last walk read (or the calls made), so a smoke test sees the work done."""
@@ -448,6 +484,13 @@ def child(kind: str, n: int) -> None:
         return
 
     async def main() -> int:
+        if kind.partition("@")[0] == "export":
+            code = kind.partition("@")[2]
+            import dmhub_async
+
+            if code and not dmhub_async.__file__.startswith(code):  # not the checkout asked for
+                raise RuntimeError(f"dmhub_async from {dmhub_async.__file__}, not {code}")
+            return await _export(server, n)
         if kind in (*CALLS.values(), *HELD.values(), *LOOKUPS.values(), *SHORT_LIVED.values()):
             await _calls(kind, server, n)()
             return n
@@ -464,9 +507,16 @@ def child(kind: str, n: int) -> None:
 
 
 def count(kind: str, n: int, sim: Any) -> int:
-    """The instructions of a child running ``kind`` ``n`` times, under callgrind."""
+    """The instructions of a child running ``kind`` ``n`` times, under callgrind.
+
+    ``export@PATH``: the child imports ``dmhub_async`` from the checkout at ``PATH``, and runs
+    this file as a script (``-m`` would put this checkout first on its path).
+    """
+    code = kind.partition("@")[2]
     env = {k: v for k, v in os.environ.items() if not k.startswith("DMHUB_")} | {
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+        "PYTHONPATH": os.pathsep.join(
+            filter(None, [code, str(REPO), os.environ.get("PYTHONPATH")])
+        ),
         "PYTHONHASHSEED": "0",  # the same dict and set layouts in every child
         "PYTHONMALLOC": "malloc",  # valgrind's own allocator sees every allocation
         "BENCH_SIM_URL": sim.url,
@@ -478,8 +528,7 @@ def count(kind: str, n: int, sim: Any) -> int:
         "--tool=callgrind",
         "--callgrind-out-file=/dev/null",
         sys.executable,
-        "-m",
-        "benchmarks.bench_instructions",
+        *([os.path.abspath(__file__)] if code else ["-m", "benchmarks.bench_instructions"]),
         "--child",
         kind,
         str(n),
@@ -549,11 +598,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--question",
         action="append",
-        choices=("1", "2", "4", "4h", "4c", "4s"),
+        choices=("1", "2", "4", "4h", "4c", "4s", "5"),
         help="only these (repeatable)",
     )
     parser.add_argument(
         "--jobs", type=int, default=2, help="children under valgrind at once, a simulator each"
+    )
+    parser.add_argument(
+        "--against",
+        metavar="PATH",
+        help="question 5 beside the same export by the dmhub_async of another checkout (its"
+        " root: a `git worktree add` of an older commit), the table's reference",
     )
     parser.add_argument("--json", metavar="PATH", help="also write the figures here")
     parser.add_argument("--child", nargs=2, metavar=("KIND", "N"), help=argparse.SUPPRESS)
@@ -564,6 +619,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if shutil.which("valgrind") is None:
         print("skipped: valgrind is not installed (apt-get install valgrind)")
         return 0
+    exports: dict[str, str] = {}
+    export_floor = EXPORT
+    if args.against:
+        against = os.path.abspath(args.against)
+        if not os.path.isfile(os.path.join(against, "dmhub_async", "__init__.py")):
+            parser.error(f"--against {args.against}: no dmhub_async package there")
+        export_floor = f"the same export, dmhub_async at {against}"
+        exports[export_floor] = f"export@{against}{os.sep}"
+    exports |= EXPORTS
     customers = 300 if args.quick else args.customers
     pages = -(-customers // PAGE_SIZE)
     calls = args.calls
@@ -605,11 +669,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             SHORT_LIVED_FLOOR,
             "instructions a short-lived client: made, its token, one call, closed",
         ),
+        "5": (
+            exports,
+            (1, 3),
+            pages,
+            export_floor,
+            f"instructions a page of a JSONL export ({pages} pages, the client and its counts"
+            " included)",
+        ),
     }
     if args.quick:  # a floor and the SDK of each question, small
         for question, (contenders, _, unit, floor, heading) in plans.items():
             picked = {k: contenders[k] for k in (floor, QUICK[question])}
             runs = (20, 60) if question.startswith("4") else (1, 2)
+            if question == "5":  # the reference too, when there is one
+                picked = exports
             plans[question] = (picked, runs, unit, floor, heading)
     chosen = sorted(set(args.question or plans))
     print(machine_info())

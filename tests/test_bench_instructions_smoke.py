@@ -81,6 +81,7 @@ def test_each_contender_does_its_whole_work_in_its_child() -> None:
                 ]
             ),
             *((kind, 1, "1000") for kind in bi.DECODES.values()),
+            *((kind, 1, "250") for kind in bi.EXPORTS.values()),
         ]:
             done = subprocess.run(
                 [sys.executable, "-m", "benchmarks.bench_instructions", "--child", kind, str(n)],
@@ -138,3 +139,75 @@ def test_a_run_prints_each_questions_contenders_over_its_floor(
     figures = {r["contender"]: r for r in json.loads(results.read_text())["results"]}
     assert figures["SDK dm.request"]["ratios"]["floor (instructions)"]["median"] == 1.15
     assert figures["SDK list_rows()"]["median"] == 1600  # k instructions a page
+
+
+@pytest.mark.timeout(90)
+def test_the_export_against_another_checkout_imports_that_checkouts_sdk(tmp_path: Path) -> None:
+    # A checkout whose package says where it is: the child must export with it, not with
+    # this repository's (which python -m would have put first on the path).
+    other = tmp_path / "older"
+    (other / "dmhub_async").mkdir(parents=True)
+    (other / "dmhub_async" / "__init__.py").write_text(
+        "raise ImportError('the older checkout was imported')\n"
+    )
+    with simulator_process(250) as sim:
+        env = subprocess_env() | {
+            "BENCH_SIM_URL": sim.url,
+            "BENCH_SIM_APP_ID": sim.app_id,
+            "BENCH_SIM_SECRET": sim.secret,
+        }
+        seen = {}
+        for code in (str(other), str(REPO)):
+            env["PYTHONPATH"] = f"{code}/:{env['PYTHONPATH']}"
+            done = subprocess.run(
+                [sys.executable, bi.__file__, "--child", f"export@{code}/", "1"],
+                env=env,
+                cwd=tmp_path,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+            seen[code] = (done.returncode, done.stdout.split(), done.stderr)
+    assert seen[str(other)][0] != 0
+    assert "the older checkout was imported" in seen[str(other)][2]
+    assert seen[str(REPO)][:2] == (0, ["250"]), seen[str(REPO)][2]
+
+
+def test_an_export_is_counted_against_another_checkout_as_its_reference(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    older = tmp_path / "older"
+    (older / "dmhub_async").mkdir(parents=True)
+    (older / "dmhub_async" / "__init__.py").write_text("")
+    asked: list[str] = []
+
+    def fake_count(kind: str, n: int, sim: object) -> int:
+        asked.append(kind)
+        return 90_000_000 + n * (7_000_000 if "@" in kind else 4_000_000)
+
+    @contextlib.contextmanager
+    def fake_simulator(customers: int) -> Iterator[object]:
+        yield object()
+
+    monkeypatch.setattr(bi.shutil, "which", lambda name: "/usr/bin/valgrind")
+    monkeypatch.setattr(bi, "count", fake_count)
+    monkeypatch.setattr(bi, "simulator_process", fake_simulator)
+    assert bi.main(["--quick", "--question", "5", "--against", str(older)]) == 0
+    out = capsys.readouterr().out
+    assert "question 5: instructions a page of a JSONL export (3 pages" in out
+    rows = {line.rsplit(None, 2)[0]: line.split()[-2:] for line in out.splitlines()[3:] if line}
+    assert rows[f"the same export, dmhub_async at {older}"] == ["2,333", "1.00x"]
+    assert rows["SDK export_customers (JSONL, concurrency 8)"] == ["1,333", "0.57x"]
+    assert sorted(set(asked)) == ["export", f"export@{older}/"]
+
+
+def test_against_a_directory_without_the_sdk_is_refused_before_anything_runs(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    monkeypatch.setattr(bi.shutil, "which", lambda name: "/usr/bin/valgrind")
+    monkeypatch.setattr(bi, "simulator_process", None)  # started, it would raise
+    with pytest.raises(SystemExit) as stopped:
+        bi.main(["--question", "5", "--against", str(tmp_path)])
+    assert stopped.value.code == 2
+    assert "no dmhub_async package there" in capsys.readouterr().err
