@@ -98,9 +98,11 @@ def test_the_token_store_help_says_where_a_queue_keeps_the_token(
         main(["export", "--help"])
     export = " ".join(capsys.readouterr().out.split())
 
-    assert "default: the queue's Redis (--redis); $DMHUB_TOKEN_STORE is not read" in worker
+    # It now reads a Redis there, and refuses a file or memory (which the workers cannot share).
+    assert "default: $DMHUB_TOKEN_STORE if a redis:// URL, else the queue's Redis" in worker
+    assert "a file or memory in $DMHUB_TOKEN_STORE is refused" in worker
     assert "a file in your cache directory" not in worker
-    assert "with --queue, the queue's Redis" in export
+    assert "with --queue: $DMHUB_TOKEN_STORE if a redis:// URL, else the queue's Redis" in export
 
 
 def test_help_shows_a_default_of_zero_and_no_default_of_an_on_off_flag(

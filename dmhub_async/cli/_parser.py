@@ -125,12 +125,16 @@ def _common() -> _Parser:
     return common
 
 
-#: Where --token-store defaults to (the queue's Redis is what `worker` and `export --queue`
-#: share the token through, cli/_shards.py; neither reads DMHUB_TOKEN_STORE).
+#: Where --token-store defaults to (`worker` and `export --queue` take a Redis in
+#: DMHUB_TOKEN_STORE, else the queue's, and refuse a file or memory there: cli/_shards.py).
 _STORE_DEFAULT = f"${TOKEN_STORE_ENV}, else a file in your cache directory"
+_QUEUE_STORE = (
+    f"${TOKEN_STORE_ENV} if a redis:// URL, else the queue's Redis; a file or memory in "
+    f"${TOKEN_STORE_ENV} is refused (the queue's workers cannot share it)"
+)
 _STORE_DEFAULTS = {
-    "export": _STORE_DEFAULT + " (with --queue, the queue's Redis)",
-    "worker": f"the queue's Redis (--redis); ${TOKEN_STORE_ENV} is not read",
+    "export": _STORE_DEFAULT + f" (with --queue: {_QUEUE_STORE})",
+    "worker": _QUEUE_STORE,
 }
 
 

@@ -31,6 +31,7 @@ from ._files import check_output
 from ._report import ProgressLines, print_report
 from ._settings import (
     REDIS_PASSWORD_ENV,
+    TOKEN_STORE_ENV,
     open_client,
     token_store,
     token_store_spec,
@@ -48,6 +49,32 @@ def _progress(args: argparse.Namespace) -> tuple[bool, TotalProgress | None]:
     if sys.stderr.isatty():
         return True, None
     return False, ProgressLines().update
+
+
+def queue_token_store(flag: str | None) -> str | None:
+    """The token store of ``worker`` and ``export --queue``: ``--token-store``, else
+    ``DMHUB_TOKEN_STORE`` when it names a Redis, else None: the queue's Redis.
+
+    ``DMHUB_TOKEN_STORE`` was not read here: with it set for every run of a machine, as the
+    README says, a plain ``export`` kept the token in its store and the queue's processes in
+    the queue's Redis, two holders of the app id's one token, each fetch revoking the other's.
+    A file or memory store there is refused: it is no store that workers on other machines can
+    share, and ignored, the runs that use it and the queue revoked each other's token.
+    """
+    if flag is not None:
+        return flag
+    spec = os.environ.get(TOKEN_STORE_ENV)
+    if not spec:
+        return None
+    if spec == "memory" or spec.startswith("file:"):
+        whose = "this run's" if spec == "memory" else "this machine's"
+        raise UsageError(
+            f"{TOKEN_STORE_ENV}={spec} is a token store of {whose} alone, which the queue's "
+            "workers cannot all share: its runs and the queue would revoke each other's token; "
+            f"set {TOKEN_STORE_ENV} to a redis:// URL (the queue's will do) for every run and "
+            "worker, or pass --token-store to choose this command's store"
+        )
+    return spec  # a Redis URL, or a mistake that token_store() refuses in its own words
 
 
 def check_sharding(args: argparse.Namespace) -> None:
@@ -75,13 +102,13 @@ async def sharded_export(args: argparse.Namespace, filters: dict[str, Any]) -> i
     """``export --out DIR --shards N``: plan, run every shard, write the manifest."""
     check_sharding(args)
     if args.queue:  # before the plan: a bad or silent queue left a plan and a raw traceback
-        args = argparse.Namespace(**{**vars(args), "queue": with_redis_password(args.queue)})
+        # The store the workers use (worker_command): planning on the default file store
+        # made this process a second holder of the app id's token, and each holder's fetch
+        # revoked the other's (every worker refused once an export, 4 tokens in 2 runs).
+        queue = with_redis_password(args.queue)
+        spec = queue_token_store(args.token_store) or queue
+        args = argparse.Namespace(**{**vars(args), "queue": queue, "token_store": spec})
         await _reach_queue(args.queue, "--queue")
-        if args.token_store is None:
-            # The store the workers use (worker_command): planning on the default file store
-            # made this process a second holder of the app id's token, and each holder's fetch
-            # revoked the other's (every worker refused once an export, 4 tokens in 2 runs).
-            args = argparse.Namespace(**{**vars(args), "token_store": args.queue})
     # One coordinator a directory, from its plan to its last shard: a second one is refused.
     with coordinating(args.out), _memory_of_the_run(args) as args:
         _check_strays(Path(args.out), force=args.force)
@@ -279,8 +306,9 @@ async def worker_command(args: argparse.Namespace) -> int:
     client: dict[str, Any] = {"max_retries": args.max_retries}
     if getattr(args, "timezone", None):
         client["timezone"] = args.timezone
-    if args.token_store:
-        client["token_store"] = token_store(args.token_store)
+    spec = queue_token_store(args.token_store)
+    if spec is not None:
+        client["token_store"] = token_store(spec)
     args = argparse.Namespace(**{**vars(args), "redis": with_redis_password(args.redis)})
     await _reach_queue(args.redis, "--redis")
     from redis.exceptions import RedisError  # installed: _reach_queue found it

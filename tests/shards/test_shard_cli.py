@@ -235,6 +235,88 @@ def test_a_queue_export_shares_the_token_with_its_workers_through_the_queue(
     assert state["tokens_issued"] == 1
 
 
+def test_a_worker_and_a_plain_export_share_the_token_of_DMHUB_TOKEN_STORE(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    # DMHUB_TOKEN_STORE set for every run of the machine, as the README says: `worker` and
+    # `export --queue` did not read it and shared the token through the queue's Redis, so a
+    # plain export (on DMHUB_TOKEN_STORE's store) and the queue were two holders of one app
+    # id's token, each fetch revoking the other's (2 tokens for these two runs).
+    tokens = redis.url.rsplit("/", 1)[0] + "/1"  # another store than the queue's (db 0)
+    with sim_process(1_000) as sim:
+        env = sim.env(XDG_CACHE_HOME=str(tmp_path / "cache"), DMHUB_TOKEN_STORE=tokens)
+        plain = subprocess.run(
+            [sys.executable, "-m", "dmhub_async", "export", "--out", str(tmp_path / "a.jsonl")],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=150,
+            check=False,
+        )
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "dmhub_async", "worker", "--redis", redis.url],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            run = subprocess.run(
+                queued_export(tmp_path / "q", redis.url),
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=150,
+                check=False,
+            )
+            state = sim.state()
+        finally:
+            worker.terminate()
+            _, worker_err = worker.communicate(timeout=30)
+
+    assert plain.returncode == 0, plain.stderr
+    assert run.returncode == 0, run.stderr
+    assert sorted(exported_ids(tmp_path / "q")) == sorted(state["ids"])
+    assert "Traceback" not in worker_err, worker_err
+    assert state["tokens_issued"] == 1  # the plain export's, taken up by the queue's processes
+
+
+@pytest.mark.parametrize("spec", ["file:{tmp}/tokens.json", "memory"])
+def test_a_token_store_of_one_machine_in_the_environment_is_refused_on_a_queue(
+    tmp_path: Path, redis: RedisServer, spec: str
+) -> None:
+    # A file (or memory) in DMHUB_TOKEN_STORE is no store a queue's workers on other machines
+    # can share: read, the machines revoked each other's token; ignored, the plain runs of
+    # this machine and the queue did. Refused, before anything is sent, saying what to choose.
+    with sim_process(100) as sim:
+        env = sim.env(
+            XDG_CACHE_HOME=str(tmp_path / "cache"),
+            DMHUB_TOKEN_STORE=spec.format(tmp=tmp_path),
+        )
+        runs = [
+            subprocess.run(
+                [sys.executable, "-m", "dmhub_async", *command],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=60,  # without the check, the export waited for workers for ever
+                check=False,
+            )
+            for command in (
+                ["worker", "--redis", redis.url, "--burst"],
+                queued_export(tmp_path / "q", redis.url)[3:],
+            )
+        ]
+        state = sim.state()
+
+    for run in runs:
+        assert run.returncode == 2, run.stderr
+        assert "DMHUB_TOKEN_STORE" in run.stderr
+        assert "--token-store" in run.stderr
+    assert sum(state["per_second"]) == state["tokens_issued"] == 0  # nothing was sent
+    assert not (tmp_path / "q").exists()
+
+
 def test_a_queue_with_a_password_is_reached_without_it_on_the_command_line(
     tmp_path: Path, redis: RedisServer
 ) -> None:
