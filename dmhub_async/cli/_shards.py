@@ -14,7 +14,6 @@ import logging
 import os
 import re
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from .._auth import FileTokenStore, RedisTokenStore
 from .._exceptions import DMHubError, InvalidRequestError
 from .._redact import redact
 from ..shards import MANIFEST_NAME, Manifest, merge
-from ..shards._local import WorkerSettings, run_in_processes
+from ..shards._local import WorkerSettings, private_token_directory, run_in_processes
 from ..shards._queue import check_queue, queue_redis_error, worker
 from ..shards._run import TotalProgress, coordinating, export_sharded, prepare
 from ._errors import EXIT_INCOMPLETE, EXIT_OK, CommandError, UsageError, interruptible
@@ -119,7 +118,7 @@ async def sharded_export(args: argparse.Namespace, filters: dict[str, Any]) -> i
 def _memory_of_the_run(args: argparse.Namespace) -> Iterator[argparse.Namespace]:
     """``args``, with ``--token-store memory`` and ``--workers`` a private file for the run:
     the planner's and the workers' (run_in_processes's own would be the workers' alone), in a
-    directory removed as the run ends.
+    directory removed as the run ends (or, killed, by the next run: private_token_directory).
 
     "This run only" is every process of the run: the planner kept its token in its memory and
     the workers fetched one of their own, revoking it (two tokens a run).
@@ -131,7 +130,7 @@ def _memory_of_the_run(args: argparse.Namespace) -> Iterator[argparse.Namespace]
     if token_store_spec(args.token_store) != "memory":
         yield args
         return
-    with tempfile.TemporaryDirectory(prefix="dmhub-tokens-") as private:
+    with private_token_directory() as private:
         spec = "file:" + os.path.join(private, "tokens.json")
         yield argparse.Namespace(**{**vars(args), "token_store": spec})
 

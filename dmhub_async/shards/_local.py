@@ -18,7 +18,9 @@ import multiprocessing
 import os
 import pickle
 import queue
+import shutil
 import signal
+import stat
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from multiprocessing.connection import Connection, wait
@@ -42,7 +44,7 @@ from ._run import (
     result_of,
 )
 
-__all__ = ["WorkerSettings", "run_in_processes"]
+__all__ = ["WorkerSettings", "private_token_directory", "run_in_processes"]
 
 #: How often a shard is handed out again after its worker died, before it is marked failed.
 MAX_TRIES = 3
@@ -169,6 +171,85 @@ def _send(events: Connection, event: tuple[str, int, Any]) -> None:
     events.send_bytes(pickle.dumps(event))
 
 
+#: The temporary directories that hold a run's private token file (``tokens.json``).
+_PRIVATE_PREFIX = "dmhub-tokens-"
+#: The file in such a directory that its run holds locked (flock) for as long as it lives.
+_OWNER = "owner.lock"
+
+
+@contextlib.contextmanager
+def private_token_directory() -> Iterator[str]:
+    """A private directory (mode 0700) of the temporary directory, for a run's token file
+    (mode 0600), removed as the run ends.
+
+    A run killed with SIGKILL (or out of memory) cannot remove it: it left a live token on disk
+    that nobody removed (the machine's /tmp cleaner, days later). So the run holds a lock on
+    a file in it for its whole life, which the kernel releases when the process dies however
+    it dies, and each run removes, as it starts, the directories of this user that no live run
+    holds (:func:`_remove_stale_token_directories`).
+    """
+    _remove_stale_token_directories()
+    private = tempfile.mkdtemp(prefix=_PRIVATE_PREFIX)
+    owner = None
+    try:
+        owner = _hold(private)
+        yield private
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
+        if owner is not None:
+            os.close(owner)  # after the removal: no other run may take the directory for stale
+
+
+def _hold(private: str) -> int | None:
+    """The descriptor of the directory's owner file, locked; None where there is no flock."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock; a killed run's directory stays (as it did)
+        return None
+    # Locked under another name, then renamed: no other run ever sees the owner file unlocked,
+    # which it would take for a dead run's.
+    made = os.path.join(private, ".owner")
+    fd = os.open(made, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.rename(made, os.path.join(private, _OWNER))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _remove_stale_token_directories() -> None:
+    """Remove this user's private token directories whose run is dead: its owner file
+    unlocked. One without an owner file (an earlier release's, or one being made) is left."""
+    try:
+        import fcntl
+    except ImportError:
+        return
+    try:
+        entries = list(os.scandir(tempfile.gettempdir()))
+    except OSError:
+        return
+    for entry in entries:
+        if not entry.name.startswith(_PRIVATE_PREFIX):
+            continue
+        try:
+            st = entry.stat(follow_symlinks=False)
+            if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+                continue
+            fd = os.open(os.path.join(entry.path, _OWNER), os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue  # a live run holds it
+        else:
+            shutil.rmtree(entry.path, ignore_errors=True)
+        finally:
+            os.close(fd)
+
+
 async def run_in_processes(
     settings: WorkerSettings | None,
     directory: str | os.PathLike[str],
@@ -188,10 +269,11 @@ async def run_in_processes(
     todo = {o.shard.index: o for o in pending(manifest.shards)}
     if not todo:
         return manifest
-    with coordinating(where), tempfile.TemporaryDirectory(prefix="dmhub-tokens-") as private:
+    with coordinating(where), contextlib.ExitStack() as stack:
         if settings is None:
             settings = WorkerSettings(client or {}, "")
         if not settings.token_file and not settings.token_redis:
+            private = stack.enter_context(private_token_directory())
             settings = attrs.evolve(settings, token_file=os.path.join(private, "tokens.json"))
         bar = ProgressBar(progress, manifest, on_total)
         workers = max(1, min(workers, len(todo)))

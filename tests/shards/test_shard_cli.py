@@ -193,6 +193,40 @@ def test_a_memory_token_store_is_the_runs_planner_and_workers_alike(tmp_path: Pa
     assert not (tmp_path / "cache").exists()  # nor in the cache: memory was asked for
 
 
+def test_a_killed_runs_private_token_file_is_removed_by_the_next_run(tmp_path: Path) -> None:
+    # --token-store memory with --workers keeps the run's token in a private file of the
+    # temporary directory, removed as the run ends: a coordinator killed with SIGKILL left it,
+    # a live token on disk that nobody would remove (until the machine's /tmp cleaner, days).
+    out = tmp_path / "parts"
+    private_tmp = tmp_path / "tmp"
+    private_tmp.mkdir()
+    command = [sys.executable, "-m", "dmhub_async", "export", "--out", str(out), "--shards", "4"]
+    command += ["--workers", "2", "--page-size", "20", "--token-store", "memory", "-q"]
+    with sim_process(2_000, latency_ms=20) as sim:
+        env = sim.env(XDG_CACHE_HOME=str(tmp_path / "cache"), TMPDIR=str(private_tmp))
+        killed = subprocess.Popen(
+            command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        try:
+            for _ in range(3000):  # the run's token written (at most 30 s)
+                if list(private_tmp.glob("dmhub-tokens-*/tokens.json")):
+                    break
+                time.sleep(0.01)
+        finally:
+            killed.kill()
+            killed.wait(timeout=30)
+        left = list(private_tmp.glob("dmhub-tokens-*/tokens.json"))
+        assert left, "the run was killed before it wrote its token"
+        rerun = subprocess.run(
+            command, env=env, capture_output=True, text=True, timeout=150, check=False
+        )
+        state = sim.state()
+
+    assert rerun.returncode == 0, rerun.stderr
+    assert sorted(exported_ids(out)) == sorted(state["ids"])
+    assert list(private_tmp.iterdir()) == []  # the killed run's token file went too
+
+
 def test_a_queue_export_shares_the_token_with_its_workers_through_the_queue(
     tmp_path: Path, redis: RedisServer
 ) -> None:

@@ -166,3 +166,30 @@ async def test_a_run_cancelled_while_its_workers_wait_for_pages_ends_in_one_grac
 
     assert took < 1.0 + 3.0  # one grace period for all, then they are killed; before: 30 s
     assert not multiprocessing.active_children()
+
+
+@pytest.mark.skipif(not hasattr(os, "getuid"), reason="POSIX: flock")
+def test_a_private_token_directory_outlives_only_a_dead_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A run killed with SIGKILL left its private token file (a live token) in the temporary
+    # directory for good. The next run removes it, and never a live run's or an unknown one.
+    monkeypatch.setattr(_local.tempfile, "tempdir", str(tmp_path))
+    dead = tmp_path / "dmhub-tokens-dead"
+    dead.mkdir(mode=0o700)
+    (dead / "owner.lock").write_text("")  # nobody holds it: its run is gone
+    (dead / "tokens.json").write_text('{"k": {"access_token": "t", "expires_at": 9e9}}')
+    unknown = tmp_path / "dmhub-tokens-older-release"
+    unknown.mkdir(mode=0o700)
+
+    with _local.private_token_directory() as live:
+        assert (os.stat(live).st_mode & 0o777) == 0o700
+        assert not dead.exists()
+        assert unknown.exists()
+        with _local.private_token_directory() as other:  # a second run starts beside it
+            assert Path(live).exists()
+            assert other != live
+        assert not Path(other).exists()
+        assert Path(live).exists()
+    assert not Path(live).exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [unknown.name]
