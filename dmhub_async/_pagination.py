@@ -153,9 +153,11 @@ class AsyncPaginator(Generic[T]):
         """Page ``number``, and the epoch the plan puts its read in.
 
         Its retries are counted once it is read, as its answer says; cancelled (a page read
-        ahead, dropped) or failed, as far as it had gone (:class:`RetryTally`).
+        ahead, dropped) or failed, as far as it had gone (:class:`RetryTally`). A tally kept
+        around the walk (an export's, which says them even when it fails) gets them too.
         """
         tally = RetryTally()
+        outer = RETRY_TALLY.get()
         kept = RETRY_TALLY.set(tally)
         try:
             raw = await self._fetch(number, self.page_size)
@@ -164,6 +166,8 @@ class AsyncPaginator(Generic[T]):
             raise
         finally:
             RETRY_TALLY.reset(kept)
+            if outer is not None:
+                outer.retries += tally.retries
         self.stats.retries += raw.retries
         return raw, self._plan.note_read(number, raw)
 

@@ -221,8 +221,9 @@ async def _sharded_export(args: argparse.Namespace, filters: dict[str, Any]) -> 
     return _finish(manifest, args)
 
 
-#: The statuses of a shard whose export ran to its end (its retries counted, or not).
-_EXPORTED = ("complete", "incomplete")
+#: The statuses of a shard whose export ran to its end (its retries counted, or not): a
+#: failed one's error carries them (a worker that died, or of an earlier release, says none).
+_ENDED = ("complete", "incomplete", "failed")
 
 
 def _finish(manifest: Manifest, args: argparse.Namespace) -> int:
@@ -274,13 +275,20 @@ def _retries(manifest: Manifest) -> tuple[str, int | None]:
 
     A part a worker of an earlier release exported counts none, and a plan it made or
     rewrote neither: "0 retries" said none were taken. With every part so, "0 retries, not
-    counting ..." still claimed a count nobody made.
+    counting ..." still claimed a count nobody made. A failed part's are counted (its error
+    carries them); one that failed without saying (its worker died) is named as left out:
+    its retries were counted nowhere, and the total said nothing of them.
     """
-    exported = [s for s in manifest.shards if s.status in _EXPORTED]
-    uncounted = [s.file for s in exported if s.retries is None]
+    ended = [s for s in manifest.shards if s.status in _ENDED]
+    earlier = [s.file for s in ended if s.retries is None and s.status != "failed"]
+    failed = [s.file for s in ended if s.retries is None and s.status == "failed"]
     plan = manifest.plan_retries
-    if exported and len(uncounted) == len(exported):
-        said = "the parts' retries not counted (exported by an earlier release)"
+    if ended and len(earlier) + len(failed) == len(ended):
+        why = [
+            *(["exported by an earlier release"] if earlier else []),
+            *(["failed before they were counted"] if failed else []),
+        ]
+        said = f"the parts' retries not counted ({', or '.join(why)})"
         if plan:
             said = f"{plan} retries planning, {said}"
         elif plan is None:
@@ -288,16 +296,20 @@ def _retries(manifest: Manifest) -> tuple[str, int | None]:
         return said, None
     said = f"{manifest.retries} retries" + (f" ({plan} planning)" if plan else "")
     left_out = []
-    if uncounted:
-        named = ", ".join(uncounted[:3]) + (
-            f" and {len(uncounted) - 3} more" if uncounted[3:] else ""
-        )
-        left_out.append(f"{named}'s (exported by an earlier release)")
+    if earlier:
+        left_out.append(f"{_named(earlier)}'s (exported by an earlier release)")
+    if failed:
+        left_out.append(f"{_named(failed)}'s (failed before they were counted)")
     if plan is None:  # planned by an earlier release, or rewritten by one
         left_out.append("the plan's (made by an earlier release)")
     if left_out:
         said += ", not counting " + " or ".join(left_out)
     return said, manifest.retries
+
+
+def _named(files: list[str]) -> str:
+    """``part-00000.jsonl, part-00001.jsonl and 3 more``."""
+    return ", ".join(files[:3]) + (f" and {len(files) - 3} more" if files[3:] else "")
 
 
 async def worker_command(args: argparse.Namespace) -> int:

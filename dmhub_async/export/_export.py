@@ -13,8 +13,9 @@ from typing import IO, TYPE_CHECKING, Any, Final, Literal
 from typing_extensions import Unpack
 
 from .._auth import normalise_base_url
-from .._exceptions import InvalidRequestError
+from .._exceptions import DMHubError, InvalidRequestError
 from .._pagination import AsyncPaginator
+from .._retry import RETRY_TALLY, RetryTally
 from .._threads import on_thread
 from .._validate import short
 from ..resources.customers import CustomerFilters, customer_filter_params
@@ -28,7 +29,7 @@ from ._writers import Format, Writer, new_writer
 if TYPE_CHECKING:
     from .._client import DMHubClient
 
-__all__ = ["export_customers"]
+__all__ = ["export_customers", "retries_of"]
 
 Verify = Literal["auto", "always"]
 Encoding = Literal["utf-8", "utf-8-sig"]
@@ -81,36 +82,56 @@ async def export_customers(
         ResponseDecodeError: a page the service sent cannot be written (text UTF-8 cannot
             hold, a lone surrogate), or read; the pages before it are kept.
     """
-    started = time.monotonic()
-    if verify not in ("auto", "always"):
-        raise InvalidRequestError(f"verify must be 'auto' or 'always', not {short(verify)}")
-    target, fmt, scope, checkpoint_path = _plan(
-        client, dest, format, encoding, checkpoint, dict(filters)
-    )
-    check_run(client, page_size, concurrency, "on_progress", on_progress, **filters)
-    out = await open_output(target, checkpoint_path, scope)
+    # Every retry of the export's requests, counted as it happens: a failed export has no
+    # report, and the error it raises carries them (retries_of), so that a sharded export's
+    # total counts those of a shard that failed.
+    tally = RetryTally()
+    kept = RETRY_TALLY.set(tally)
     try:
-        label = str(target) if isinstance(target, Path) else str(getattr(target, "name", "-"))
-        writer = new_writer(
-            fmt,
-            out.found.header if out.found is not None else None,
-            select=_columns(dict(filters)),
-            bom=encoding == "utf-8-sig",
+        started = time.monotonic()
+        if verify not in ("auto", "always"):
+            raise InvalidRequestError(f"verify must be 'auto' or 'always', not {short(verify)}")
+        target, fmt, scope, checkpoint_path = _plan(
+            client, dest, format, encoding, checkpoint, dict(filters)
         )
-        run = _Run(client, out, writer, label, fmt, scope, dict(filters), page_size, on_progress)
-        report = await run.export(concurrency, progress=progress, verify=verify)
-        if out.to_stream:
-            out.finish()  # a flush of the caller's stream, where it is written (_Run._store)
-        else:
-            # The final fsync of the whole file (72 ms for 200 MB; a stalled disk, for ever)
-            # holds a thread, not the loop.
-            await on_thread(out.finish)
+        check_run(client, page_size, concurrency, "on_progress", on_progress, **filters)
+        out = await open_output(target, checkpoint_path, scope)
+        try:
+            label = str(target) if isinstance(target, Path) else str(getattr(target, "name", "-"))
+            writer = new_writer(
+                fmt,
+                out.found.header if out.found is not None else None,
+                select=_columns(dict(filters)),
+                bom=encoding == "utf-8-sig",
+            )
+            run = _Run(
+                client, out, writer, label, fmt, scope, dict(filters), page_size, on_progress
+            )
+            report = await run.export(concurrency, progress=progress, verify=verify)
+            if out.to_stream:
+                out.finish()  # a flush of the caller's stream, where it is written (_Run._store)
+            else:
+                # The final fsync of the whole file (72 ms for 200 MB; a stalled disk, for ever)
+                # holds a thread, not the loop.
+                await on_thread(out.finish)
+        finally:
+            # After a failure: the file cut back to what the checkpoint covers, closed, its lock
+            # files removed; on a stalled filesystem, for as long. (A no-op after finish.)
+            await on_thread(out.close)
+        report.seconds = time.monotonic() - started
+        return report
+    except (DMHubError, OSError) as err:
+        err._dmhub_export_retries = tally.retries  # type: ignore[union-attr]
+        raise
     finally:
-        # After a failure: the file cut back to what the checkpoint covers, closed, its lock
-        # files removed; on a stalled filesystem, for as long. (A no-op after finish.)
-        await on_thread(out.close)
-    report.seconds = time.monotonic() - started
-    return report
+        RETRY_TALLY.reset(kept)
+
+
+def retries_of(err: object) -> int | None:
+    """The retries a failed export's requests took, carried by the error it raised; None
+    when it carries none (not raised by ``export_customers``, or by an earlier release)."""
+    retries = getattr(err, "_dmhub_export_retries", None)
+    return retries if type(retries) is int else None
 
 
 def check_run(

@@ -33,6 +33,7 @@ import attrs
 from .._auth import FileTokenStore, RedisTokenStore, TokenStore
 from .._exceptions import DMHubError
 from ..export import ExportProgress
+from ..export._export import retries_of
 from ._manifest import Manifest, ManifestWriter, ShardOutcome, checkpoint_name, part_name
 from ._run import (
     ProgressBar,
@@ -125,7 +126,7 @@ async def _child_loop(
                 # OSError: the part or its checkpoint could not be written (a full disk, a
                 # read-only directory). The worker died of it with a raw traceback, and the
                 # shard was taken for a dead worker's: tried 3 times, the reason lost.
-                _send(events, ("failed", index, _reason(err)))
+                _send(events, ("failed", index, (_reason(err), retries_of(err))))
             else:
                 _send(events, ("done", index, await result_of(report)))
 
@@ -354,7 +355,7 @@ async def _supervise(
                     bar.update(index, value["exported"])
                     finish(index)
                 elif kind == "failed" and index in todo:
-                    todo[index].status, todo[index].error = "failed", value
+                    todo[index].status, (todo[index].error, todo[index].retries) = "failed", value
                     finish(index)
             if ended or not ready:
                 _replace_the_dead(busy, todo, waiting, tries, finish, spawn)
@@ -420,6 +421,7 @@ def _replace_the_dead(
         if tries.get(index, 0) >= MAX_TRIES:
             todo[index].status = "failed"
             todo[index].error = f"its worker died {MAX_TRIES} times"
+            todo[index].retries = None  # its runs' died with them: not counted
             finish(index)
             if waiting:
                 spawn()

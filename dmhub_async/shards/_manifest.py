@@ -83,8 +83,10 @@ class ShardOutcome:
     sha256: str | None = None
     #: Retries the requests of the run that last exported this shard took (its report's
     #: ``retries``: pages, counts, a resume's search, the final check); None when not
-    #: counted: a shard not exported yet, a manifest written before this was recorded, or a
-    #: shard a worker (or coordinator) of an earlier release exported, which sends none.
+    #: counted: a shard not exported yet, a manifest written before this was recorded, a
+    #: shard a worker (or coordinator) of an earlier release exported, which sends none, or
+    #: one that failed without saying (its worker died). A failed export's error carries its
+    #: retries (``retries_of``): they are counted.
     retries: int | None = None
 
     def part_changed(self, directory: Path) -> str | None:

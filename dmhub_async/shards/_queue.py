@@ -41,6 +41,7 @@ from .._validate import (
     redis_where,
 )
 from .._version import __version__
+from ..export._export import retries_of
 from ._manifest import Manifest, ManifestWriter, ShardOutcome, checkpoint_name, part_name
 from ._plan import Shard
 
@@ -703,14 +704,19 @@ def _expired(info: Any) -> bool:
 def _record(outcome: ShardOutcome, info: Any) -> None:
     if info is None:
         outcome.status, outcome.error = "failed", "the job's result is gone"
+        outcome.retries = None
     elif info.success and (mixed := _result_version_error(info.result)) is not None:
         outcome.status, outcome.error = "failed", mixed
+        outcome.retries = None
     elif info.success:
         record_result(outcome, info.result)
     else:
         error = info.result
         message = str(error) if isinstance(error, DMHubError) else type(error).__name__
         outcome.status, outcome.error = "failed", message
+        # The export's own error carries its retries (pickled with it): None from a worker
+        # of an earlier release, or for a job that failed outside the export.
+        outcome.retries = retries_of(error)
 
 
 def _result_version_error(result: Any) -> str | None:

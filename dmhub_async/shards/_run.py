@@ -24,7 +24,7 @@ from .._exceptions import DMHubError, InvalidRequestError
 from .._threads import file_work
 from .._validate import short
 from ..export import ExportProgress, ExportReport, export_customers
-from ..export._export import check_run
+from ..export._export import check_run, retries_of
 from ..export._output import _lock, _release
 from ._manifest import (
     MANIFEST_NAME,
@@ -387,6 +387,7 @@ async def _export_sharded(
                 )
             except DMHubError as err:
                 outcome.status, outcome.error = "failed", str(err)
+                outcome.retries = retries_of(err)  # this run's, not an earlier run's
             else:
                 record_result(outcome, await result_of(report))
             await writer.write()

@@ -677,3 +677,69 @@ def test_retries_nobody_counted_are_not_reported_as_0(
         assert "the parts' retries not counted (exported by an earlier release)" in said, said
         if plan_retries:
             assert f"; {plan_retries} retries planning, the parts' retries not" in said, said
+
+
+def _fail_the_open_ended_shard(sim: DMHubSimulator) -> None:
+    """Every page and count of the last shard (a start, no end) answered 503: it fails."""
+    from dmhub_async.testing._checks import ApiError
+
+    def hook(request: Any) -> None:
+        query = request.query
+        if "dateCreatedFrom" in query and "dateCreatedTo" not in query:
+            raise ApiError(503, 503, "down for this window")
+
+    sim.on_request(hook)
+
+
+async def test_a_failed_shards_retries_are_in_the_total(
+    sim: DMHubSimulator, tmp_path: Path
+) -> None:
+    # A shard whose export failed, its requests retried until the client gave up, returned
+    # no report: its retries were counted nowhere, and the total ("0 retries") said nothing
+    # of them. The error carries them, and the manifest counts them.
+    from dmhub_async.shards._run import prepare
+    from dmhub_async.testing import FakeClock
+
+    clock = FakeClock()
+    out = tmp_path / "out"
+    async with DMHubClient(
+        sim.app_id, sim.secret, base_url=sim.url, max_retries=3, clock=clock, sleep=clock.sleep
+    ) as dm:
+        await prepare(dm, out, 2)  # planned without faults: its counts are not a shard's
+        _fail_the_open_ended_shard(sim)
+        before = dm.stats.retries
+        manifest = await export_sharded(dm, out, 2, progress=False)
+        retried = dm.stats.retries - before
+
+    assert [s.status for s in manifest.shards] == ["complete", "failed"]
+    assert retried == 3  # the failed count's: 3 retries, then the error
+    assert manifest.shards[1].retries == 3
+    assert manifest.retries == retried
+    assert Manifest.read(out).retries == retried  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("report", ["text", "json"])
+def test_a_failed_shard_whose_retries_nobody_counted_is_said_to_be_left_out(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], report: str
+) -> None:
+    # A shard failed without a count (its worker died every try): the total said
+    # "2 retries" as if it held every part's.
+    import argparse
+
+    from dmhub_async.cli._shards import _finish
+    from dmhub_async.shards._run import record_result
+
+    manifest = _two_part_manifest(0)
+    manifest.shards[0].status, manifest.shards[0].error = "failed", "its worker died 3 times"
+    done = {"complete": True, "exported": 3, "duplicates": 0, "seconds": 1.0, "size": 9}
+    record_result(manifest.shards[1], {**done, "retries": 2})
+
+    _finish(manifest, argparse.Namespace(out=str(tmp_path), report=report, quiet=False))
+    said = capsys.readouterr().out
+    if report == "json":
+        data = orjson.loads(said)
+        assert [s["retries"] for s in data["shards"]] == [None, 2]
+    else:
+        assert (
+            "2 retries, not counting part-00000.jsonl's (failed before they were counted)"
+        ) in said, said

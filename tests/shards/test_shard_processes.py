@@ -193,3 +193,41 @@ def test_a_private_token_directory_outlives_only_a_dead_run(
         assert Path(live).exists()
     assert not Path(live).exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == [unknown.name]
+
+
+async def test_a_failed_shards_retries_come_back_from_its_worker(tmp_path: Path) -> None:
+    """A shard whose export failed in its worker (its requests retried until the client gave
+    up) was sent back as its error alone: the retries it took were counted nowhere, and the
+    manifest's total said nothing of them. The worker sends them with the error."""
+    from _cli_support import ServedSimulator
+
+    from dmhub_async import RetryPolicy
+    from dmhub_async.testing._checks import ApiError
+
+    def down(request: object) -> None:
+        if getattr(request, "path", "").startswith("/v1/customers"):
+            raise ApiError(503, 503, "down")
+
+    out = tmp_path / "out"
+    served = ServedSimulator(50)
+    served.start()
+    try:
+        sim = served.sim
+        credentials = {"app_id": sim.app_id, "secret": sim.secret, "base_url": sim.url}
+        async with DMHubClient(**credentials) as dm:
+            manifest = await prepare(dm, out, 1)
+        served.call(sim.on_request, down)
+        retry = RetryPolicy(max_retries=2, initial_delay=0.01, max_delay=0.01)
+        settings = WorkerSettings({**credentials, "retry": retry}, str(tmp_path / "tokens.json"))
+        manifest = await asyncio.wait_for(
+            run_in_processes(settings, out, manifest, 1, progress=False), timeout=60
+        )
+    finally:
+        served.stop()
+
+    [shard] = manifest.shards
+    assert shard.status == "failed"
+    assert "503" in (shard.error or "")
+    assert shard.retries == 2
+    assert manifest.retries == 2
+    assert not multiprocessing.active_children()

@@ -1107,3 +1107,76 @@ async def test_worker_concurrency_is_the_workers_requests_in_flight(
     assert manifest.complete
     assert manifest.exported == 3_000
     assert peak == in_flight
+
+
+async def test_a_failed_jobs_error_carries_its_retries_to_the_manifest(tmp_path: Path) -> None:
+    # A shard's job that fails (its requests retried until the client gave up) sends back
+    # its error, pickled, and no result: the retries it took were counted nowhere, and the
+    # manifest's total said nothing of them. The error carries them.
+    import pickle
+
+    from dmhub_async import RetryPolicy
+    from dmhub_async.shards import _queue
+    from dmhub_async.testing import DMHubSimulator, FakeClock
+    from dmhub_async.testing._checks import ApiError
+
+    class Redis:
+        async def set(self, *args: object, **kwargs: object) -> None:
+            pass
+
+        async def hset(self, *args: object) -> None:
+            pass
+
+        async def expire(self, *args: object) -> None:
+            pass
+
+    def down(request: Any) -> None:
+        if request.path.startswith("/v1/customers"):
+            raise ApiError(503, 503, "down")
+
+    clock = FakeClock()
+    async with (
+        DMHubSimulator(customers=30) as sim,
+        DMHubClient(
+            sim.app_id,
+            sim.secret,
+            base_url=sim.url,
+            retry=RetryPolicy(max_retries=2),
+            clock=clock,
+            sleep=clock.sleep,
+        ) as dm,
+    ):
+        sim.on_request(down)
+        ctx = {
+            "redis": Redis(),
+            "job_id": "j",
+            "client": dm,
+            "pending_progress": set(),
+            "heartbeat": 10.0,
+            "takeover": 30.0,
+        }
+        task = {
+            "job_version": _queue.JOB_VERSION,
+            "shard": Shard(0, None, None).to_dict(),
+            "directory": str(tmp_path),
+            "format": "jsonl",
+            "page_size": 100,
+            "concurrency": 2,
+            "export_id": "e",
+            "plan_id": "p",
+            "base_url": sim.url,
+            "app_id": sim.app_id,
+        }
+        with pytest.raises(DMHubError) as raised:
+            await _queue._export_shard_job(ctx, task)
+        retried = dm.stats.retries
+
+    [outcome] = Manifest.new(
+        [Shard(0, None, None)], fmt="jsonl", base_url="u", app_id="a", filters={}
+    ).shards
+    sent = pickle.loads(pickle.dumps(raised.value))  # as arq sends a failed job's error
+    _queue._record(outcome, types.SimpleNamespace(success=False, result=sent))
+    assert outcome.status == "failed"
+    assert "503" in (outcome.error or "")
+    assert retried == 2
+    assert outcome.retries == retried
