@@ -206,6 +206,36 @@ def test_export_during_deletes_reports_the_mismatch_and_exits_3(
     assert "MISMATCH" in result.stdout
 
 
+def test_a_rerun_of_an_export_that_ended_in_mismatch_checks_again_not_refused_as_finished(
+    served: ServedSimulator, env: dict[str, str], tmp_path: Path
+) -> None:
+    # An export with a checkpoint that ended in MISMATCH removed its checkpoint as a complete
+    # one does: run again, as its report says to, it was refused as "a finished export", just
+    # as a complete one is, and the user could take the file for a complete export. The
+    # checkpoint is kept: the rerun takes it up, checks the file against the service again,
+    # and says what it found.
+    hook = served.call(served.sim.mutate_every, 3, inserts=2, deletes=4, front=False)
+    args = ["export", "--out", "moving.jsonl", "--checkpoint", "moving.ckpt", "--concurrency", "1"]
+
+    first = run_cli(*args, env=env, cwd=tmp_path)
+
+    assert first.returncode == 3, first.stderr
+    assert "MISMATCH" in first.stdout
+    assert (tmp_path / "moving.ckpt").exists()
+    served.call(served.sim.state.hooks.remove, hook)  # the customers stop changing
+
+    again = run_cli(*args, env=env, cwd=tmp_path)
+
+    assert again.returncode == 0, again.stderr
+    assert "resumed       from a checkpoint" in again.stdout
+    assert "verified      every customer the service holds is in the file" in again.stdout
+    assert "MISMATCH" not in again.stdout
+    ids = jsonl_ids(tmp_path / "moving.jsonl")
+    assert set(served.ids()) - set(ids) == set()  # those deleted after they were written stay
+    assert len(ids) == len(set(ids))
+    assert not (tmp_path / "moving.ckpt").exists()  # complete now: a rerun starts over
+
+
 @pytest.mark.parametrize("shards", [[], ["--shards", "2"]], ids=["file", "shards"])
 def test_quiet_says_an_export_is_incomplete(
     served: ServedSimulator, env: dict[str, str], tmp_path: Path, shards: list[str]

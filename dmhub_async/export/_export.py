@@ -63,6 +63,8 @@ async def export_customers(
         concurrency: pages fetched at once (up to twice as many are held, waiting for a slow one).
         progress: show a progress bar (tqdm) when stderr is a terminal.
         checkpoint: a file recording progress after every page: rerun the same call to resume.
+            Removed when the export is complete; kept when it is not (MISMATCH), so that a
+            rerun takes the file up and checks it against the service again.
         on_progress: called with an :class:`ExportProgress` after every page written, those
             of customers the final check recovers included (the bar covers them too).
         verify: when the final check (an id-only walk, see :class:`ExportReport`) runs:
@@ -113,7 +115,8 @@ async def export_customers(
             else:
                 # The final fsync of the whole file (72 ms for 200 MB; a stalled disk, for ever)
                 # holds a thread, not the loop.
-                await on_thread(out.finish)
+                complete = report.complete
+                await on_thread(lambda: out.finish(complete))
         finally:
             # After a failure: the file cut back to what the checkpoint covers, closed, its lock
             # files removed; on a stalled filesystem, for as long. (A no-op after finish.)

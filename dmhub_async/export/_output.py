@@ -199,8 +199,15 @@ class Output:
         os.replace(work, self._dest)
         return self._dest
 
-    def finish(self) -> None:
-        """The export is complete: the file is in place, the checkpoint goes."""
+    def finish(self, complete: bool = True) -> None:
+        """The export is done: the file is in place, and once ``complete`` the checkpoint goes.
+
+        One that ended in MISMATCH keeps a checkpoint that covers its file: removed, the
+        rerun its report asks for found a file and no checkpoint, as after a complete export,
+        and the CLI refused it as "a finished export". Kept, the rerun takes the file up (the
+        customers the final check appended after the checkpoint are cut, and found again)
+        and checks it against the service again.
+        """
         if self._work is None or self._dest is None:
             self.fh.flush()
             return  # a stream: the caller closes it
@@ -211,7 +218,7 @@ class Output:
             self._in_place(self._work)
         self.fh.close()
         self._work = None
-        if self._checkpoint is not None:
+        if self._checkpoint is not None and (complete or self._committed is None):
             self._checkpoint.unlink(missing_ok=True)  # done: a rerun starts a new export
 
     def close(self) -> None:

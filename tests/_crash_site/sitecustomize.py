@@ -167,12 +167,12 @@ def _install() -> None:
         _export._Run._recover = recover  # type: ignore[method-assign]
     elif point in ("finish", "finished"):
 
-        def finish(self: _output.Output) -> None:
+        def finish(self: _output.Output, complete: bool = True) -> None:
             if point == "finish" and reached():
                 self.fh.flush()
                 os.fsync(self.fh.fileno())
                 die()
-            real_finish(self)
+            real_finish(self, complete)
             if point == "finished" and reached():
                 die()
 

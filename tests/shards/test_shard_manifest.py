@@ -743,3 +743,31 @@ def test_a_failed_shard_whose_retries_nobody_counted_is_said_to_be_left_out(
         assert (
             "2 retries, not counting part-00000.jsonl's (failed before they were counted)"
         ) in said, said
+
+
+async def test_a_shard_that_ended_in_mismatch_is_checked_again_and_merged_whole(
+    sim: DMHubSimulator, dm: DMHubClient, tmp_path: Path
+) -> None:
+    # A shard whose export ended in MISMATCH keeps its checkpoint, for the rerun to take its
+    # part up and check it again; a merge of what there is still takes the whole part, the
+    # customers its final check appended after the checkpoint included.
+    out = tmp_path / "out"
+    hook = sim.mutate_every(3, inserts=2, deletes=4, front=False)
+    first = await export_sharded(dm, out, 2, page_size=20, concurrency=1, progress=False)
+    ended = [s for s in first.shards if s.status == "incomplete"]
+    assert ended, first.shards
+    for outcome in ended:
+        assert (out / f"{outcome.file}.ckpt").exists()
+
+    merged = merge(out, tmp_path / "what-there-is.jsonl", allow_incomplete=True)
+
+    assert merged == first.exported
+    sim.state.hooks.remove(hook)  # the customers stop changing
+
+    again = await export_sharded(dm, out, 2, page_size=20, concurrency=1, progress=False)
+
+    assert again.complete
+    ids = exported_ids(out)
+    assert len(ids) == len(set(ids))
+    assert set(sim.customer_ids()) <= set(ids)
+    assert not list(out.glob("*.ckpt"))
