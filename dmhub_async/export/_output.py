@@ -270,19 +270,38 @@ def _verified(fh: IO[bytes], resumed: Checkpoint, fmt: str, path: Path) -> Scan:
     )
     if exact:
         return found
-    # Every record the checkpoint counts, read back in fewer bytes: no truncation does that
-    # (its records end where they ended). A CSV saved by Excel (mobiles as 1.39E+10) was
-    # taken for one and resumed, its changed records kept.
-    rewritten = 0 < found.count == resumed.exported and found.last_id == resumed.last_id
-    foreign = size >= resumed.bytes or found.count > resumed.exported or rewritten or found.not_utf8
+    # A file cut short holds the first of the checkpoint's records, then at most one torn
+    # where it was cut. Every record the checkpoint counts, read back in fewer bytes: no
+    # truncation does that (its records end where they ended); a CSV saved by Excel
+    # (mobiles as 1.39E+10) was taken for one and resumed, its changed records kept. Nor
+    # does one leave a whole record after them that does not follow (rows sorted another
+    # way, another file's), or records past the checkpoint's last id (another export's): a
+    # file rewritten shorter was cut there, the user's rows after it lost.
+    rewritten = 0 < found.count >= resumed.exported
+    past = (
+        found.last_id is not None
+        and resumed.last_id is not None
+        and not found.last_id <= resumed.last_id
+    )
+    foreign = size >= resumed.bytes or rewritten or found.not_utf8 or found.stopped or past
     if found.header is not None and resumed.header is not None:
         foreign = foreign or found.header != resumed.header
     if foreign:
         raise InvalidRequestError(
             f"output {str(path)!r} does not match its checkpoint (it holds {found.count} "
             f"records that read back, the checkpoint {resumed.exported}"
-            + (f", in {size} bytes, not {resumed.bytes}" if rewritten else "")
+            + (
+                f", in {size} bytes, not {resumed.bytes}"
+                if rewritten and size < resumed.bytes
+                else ""
+            )
+            + (f", up to id {found.last_id}, past its last {resumed.last_id}" if past else "")
             + (", then a line that is not UTF-8" if found.not_utf8 else "")
+            + (
+                ", then one that does not follow them"
+                if found.stopped and not found.not_utf8
+                else ""
+            )
             + "): it was changed since (saved by a spreadsheet or an editor?); "
             "delete both to start over"
         )

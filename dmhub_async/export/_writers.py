@@ -226,6 +226,10 @@ class Scan:
     #: A whole line that is not UTF-8 ended the records: no export wrote it (a torn one can
     #: end inside a character only where the file ends), the file was saved in another.
     not_utf8: bool = False
+    #: A whole record ended them (not the end of what was read, nor a torn record there):
+    #: one that does not read back, or not above the id before it. A file cut short holds no
+    #: such record: it was written so.
+    stopped: bool = False
 
 
 def scan(fh: IO[bytes], fmt: str, limit: int) -> Scan:
@@ -240,6 +244,7 @@ def scan(fh: IO[bytes], fmt: str, limit: int) -> Scan:
     if fmt == "jsonl":
         for line in lines:
             if not lines.whole or not _take(result, _jsonl_id(line), lines.offset):
+                result.stopped = lines.whole
                 result.not_utf8 = lines.whole and not is_utf8(line)
                 break
         return result
@@ -270,8 +275,10 @@ def _scan_csv(reader: Iterator[list[str]], lines: _Lines, result: Scan) -> Scan:
         result.header, result.end = tuple(first), lines.offset
         for cells in reader:
             if not lines.whole or len(cells) != len(first):
+                result.stopped = lines.whole
                 break
             if not _take(result, _csv_id(cells), lines.offset):
+                result.stopped = True
                 break
     except csv.Error:  # a quoted field cut off by the end
         pass

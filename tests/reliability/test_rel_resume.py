@@ -431,6 +431,45 @@ async def test_an_output_a_spreadsheet_saved_shorter_is_refused_not_resumed_with
     assert dest.read_bytes() == changed
 
 
+def _reordered(lines: list[bytes]) -> list[bytes]:
+    """The records sorted by their last byte before the newline, 30 of them dropped: a file an
+    editor or a script rewrote (sorted another way, rows deleted), shorter than it was."""
+    return sorted(lines, key=lambda line: line.rstrip()[-2:])[30:]
+
+
+def _another_export(sim: DMHubSimulator) -> list[bytes]:
+    """Another, shorter export of the same service put in the file's place: the 100 customers
+    after the 300 the checkpoint counts (the first 300 deleted since, say)."""
+    rows = [sim.customer(c) for c in sim.customer_ids()[300:400]]
+    return [json.dumps(row, ensure_ascii=False).encode() + b"\n" for row in rows]
+
+
+@pytest.mark.parametrize("rewrite", ["reordered", "another export", "csv reordered"])
+async def test_an_output_rewritten_shorter_is_refused_not_cut_as_a_truncated_one(
+    tmp_path: Path, connect: Callable[..., DMHubClient], rewrite: str
+) -> None:
+    """A file rewritten while the export was down, shorter than its checkpoint says: read
+    back, it was taken for a truncated file, "cut back to its last whole record" (the first
+    record out of order, or the first of another export's past the checkpoint's last id),
+    and resumed. The user's file was cut without a word but a log line, and the rows they
+    had put after that point were gone. A truncated file holds the checkpoint's records up to
+    where it was cut, then at most one torn record: one that reads on past that, a whole
+    record, or records past the checkpoint's last id, is no truncation, and is refused."""
+    fmt = "csv" if rewrite.startswith("csv") else "jsonl"
+    dest, ckpt = tmp_path / f"customers.{fmt}", tmp_path / "export.ckpt"
+    async with DMHubSimulator(customers=CUSTOMERS, seed=14) as sim, connect(sim) as dm:
+        await crashed_export(dm, dest, ckpt)
+        lines = dest.read_bytes().splitlines(keepends=True)
+        if rewrite == "another export":
+            changed = b"".join(_another_export(sim))
+        elif fmt == "csv":
+            changed = lines[0] + b"".join(_reordered(lines[1:]))
+        else:
+            changed = b"".join(_reordered(lines))
+        assert len(changed) < state(ckpt)["bytes"]
+        await refused_as_changed(sim, dm, dest, ckpt, changed)
+
+
 @pytest.mark.parametrize("fmt", ["csv", "jsonl"])
 async def test_an_output_saved_in_gbk_is_refused_not_cut_back_to_its_first_chinese_record(
     tmp_path: Path, connect: Callable[..., DMHubClient], fmt: str
