@@ -7,6 +7,7 @@ files; ``--out -``; no partial lookup output on an error; a bad row or a GBK fil
 from __future__ import annotations
 
 import codecs
+import contextlib
 import csv
 import gzip
 import io
@@ -17,6 +18,7 @@ import re
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -313,6 +315,63 @@ def test_export_to_a_pipe_its_reader_closes_ends_quietly(
 
     assert first["id"] == served.ids()[0]
     assert err == ""
+
+
+def polling(thread: threading.Thread) -> bool:
+    """Whether ``thread`` waits in ``poll`` (Linux's /proc says so)."""
+    wchan = Path(f"/proc/self/task/{thread.native_id}/wchan")
+    with contextlib.suppress(OSError):
+        return "poll" in wchan.read_text(encoding="ascii")
+    return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux's /proc")
+def test_standard_output_written_on_a_thread_is_whole_and_stopped_by_a_signal() -> None:
+    # An export writes its rows on a thread (the event loop stays free), where no signal
+    # handler can raise: a write to a full pipe there waited for the reader, and SIGTERM's
+    # cancel waited for the write. The event loop's handler stops it instead.
+    from dmhub_async.cli._errors import Interrupted
+    from dmhub_async.cli._files import _SignalledStdout, stop_standard_output
+
+    read_end, write_end = os.pipe()
+    out = _SignalledStdout(write_end)
+    data = bytes(range(256)) * 1_000  # many times a pipe's room, written a room at a time
+    returned: list[int] = []
+    writer = threading.Thread(target=lambda: returned.append(out.write(data)))
+    stalled: list[BaseException] = []
+
+    def write_to_a_full_pipe() -> None:
+        try:
+            out.write(b"x" * (1 << 20))  # more than the pipe takes, and no reader
+        except BaseException as err:  # what the thread raised, checked below
+            stalled.append(err)
+
+    try:
+        writer.start()
+        received = b""
+        with os.fdopen(os.dup(read_end), "rb", buffering=0) as reader:
+            while len(received) < len(data):
+                received += reader.read(65536)
+        writer.join(10)
+        assert returned == [len(data)]
+        assert received == data  # every byte once, in order
+
+        writer = threading.Thread(target=write_to_a_full_pipe)
+        writer.start()
+        deadline = time.monotonic() + 10
+        while not polling(writer) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert polling(writer), "the write did not wait for room in the pipe"
+        stop_standard_output(15)  # SIGTERM, as the event loop's handler passes it
+        writer.join(10)
+        assert not writer.is_alive(), "a signal did not stop a write to a full pipe"
+    finally:
+        os.close(read_end)  # a write still waiting fails (EPIPE) and the thread ends
+        writer.join(10)
+        os.close(write_end)
+    assert [type(err) for err in stalled] == [Interrupted]
+    assert out.write(b"dropped") == len(b"dropped")  # once stopped, later rows are dropped
+    out.close()
 
 
 def test_csv_select_writes_only_those_columns_with_excels_mark(

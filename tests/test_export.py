@@ -16,6 +16,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import datetime, timezone
@@ -508,6 +509,104 @@ async def test_an_export_writes_and_syncs_its_file_off_the_event_loop(
     # Checkpointed: the file's fsync and the checkpoint's each page, and the last one.
     assert len(synced) == (2 * pages + 1 if checkpointed else 1)
     assert not ckpt.exists()
+
+
+class StalledPipe(io.BytesIO):
+    """A caller's stream whose reader stopped (``export - | slow_consumer``): each write waits
+    until the test opens ``gate``, for 5 s at most."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+        self.waiting = threading.Event()  # a write waits at the gate
+        self.writing = 0  # writes under way
+        self.lines_at_each_write: list[int] = []
+        self.held_the_loop = False
+
+    def write(self, data: Any) -> int:
+        self.writing += 1
+        try:
+            self.waiting.set()
+            if not self.gate.wait(5):
+                self.held_the_loop = True  # nothing on the loop could open it
+                raise OSError(errno.EIO, "the stalled pipe was never drained")
+            self.lines_at_each_write.append(bytes(data).count(b"\n"))
+            return super().write(data)
+        finally:
+            self.writing -= 1
+
+
+async def blocked_in_a_write(stream: StalledPipe) -> None:
+    """Returns once a write to ``stream`` waits at its gate (5 s at most)."""
+    assert await asyncio.to_thread(stream.waiting.wait, 5), "the export never wrote"
+
+
+async def test_an_export_to_a_stalled_stream_leaves_the_event_loop_free(
+    sim: DMHubSimulator, client: DMHubClient
+) -> None:
+    # dest=sys.stdout.buffer piped to a reader that is slow or stopped: each write waited on
+    # the full pipe on the event loop, every other task of the service standing still and
+    # no timeout firing until the reader read. Here, while a write waits, another task must
+    # run; then every row arrives once, in order.
+    stream = StalledPipe()
+    export = asyncio.create_task(export_customers(client, stream, progress=False))
+    await asyncio.wait_for(blocked_in_a_write(stream), 10)
+    other_task_ran = asyncio.Event()
+    asyncio.get_running_loop().call_soon(other_task_ran.set)
+    await asyncio.wait_for(other_task_ran.wait(), 5)
+    assert not stream.held_the_loop, "the export's write held the event loop"
+    assert stream.writing == 1
+    assert not export.done()
+    stream.gate.set()
+    report = await asyncio.wait_for(export, 30)
+    assert [json.loads(line)["id"] for line in stream.getvalue().splitlines()] == (
+        sim.customer_ids()
+    )
+    assert report.complete
+    assert stream.lines_at_each_write == [100] * (CUSTOMERS // 100)  # a page a write
+
+
+async def test_a_cancelled_export_to_a_stalled_stream_leaves_nothing_to_write_later(
+    sim: DMHubSimulator, client: DMHubClient
+) -> None:
+    # Cancelled (a timeout, a shutdown) while a write waits on the full pipe: the export ends
+    # only once that write has, and none follows it, so nothing writes to the caller's
+    # stream after the export has returned.
+    stream = StalledPipe()
+    export = asyncio.create_task(export_customers(client, stream, progress=False))
+    await asyncio.wait_for(blocked_in_a_write(stream), 10)
+    export.cancel()
+    for _ in range(20):  # the loop turns; the export waits for its write
+        await asyncio.sleep(0)
+    assert not export.done()
+    stream.gate.set()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(export, 10)
+    assert stream.writing == 0
+    assert not stream.held_the_loop
+    assert stream.lines_at_each_write == [100]  # the page under way, whole; no other
+    assert len(stream.getvalue().splitlines()) == 100
+
+
+async def test_an_error_of_the_callers_stream_is_raised_as_it_was(
+    client: DMHubClient,
+) -> None:
+    # A reader gone (`| head -1`): the write's BrokenPipeError, as the stream raised it (the
+    # CLI ends silently on it), and no page written after it.
+    class GonePipe(io.BytesIO):
+        writes = 0
+
+        def write(self, data: Any) -> int:
+            self.writes += 1
+            if self.writes == 2:
+                raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+            return super().write(data)
+
+    stream = GonePipe()
+    with pytest.raises(BrokenPipeError):
+        await asyncio.wait_for(export_customers(client, stream, progress=False), 30)
+    assert stream.writes == 2
+    assert len(stream.getvalue().splitlines()) == 100
 
 
 async def test_the_report_counts_the_retries_of_every_request_the_export_sent(

@@ -34,6 +34,7 @@ from ._errors import (
     Interrupted,
     explain,
 )
+from ._files import stop_standard_output
 from ._parser import build_parser
 from ._settings import REDIS_PASSWORD_ENV, show_requests
 
@@ -52,6 +53,8 @@ async def _run(args: argparse.Namespace) -> int:
     def stop(signum: int) -> None:
         received.append(signum)
         task.cancel()
+        # An export's write to a full pipe waits on a thread, which the cancel waits for.
+        stop_standard_output(signum)
 
     installed = []
     for signum in _SIGNALS:

@@ -8,9 +8,14 @@ import errno
 import io
 import os
 import re
+import select
 import shutil
+import signal
+import stat
 import sys
 import tempfile
+import threading
+import weakref
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Final, TextIO, cast
@@ -33,12 +38,19 @@ __all__ = [
     "read_twice",
     "replace_on_success",
     "stdout_bytes",
+    "stop_standard_output",
 ]
 
+#: Whether a write can wait for room and a stop at once (not on Windows).
+_CAN_POLL: Final = hasattr(select, "poll")
 #: ``--out -``: the data goes to standard output (and the report to standard error).
 STDOUT = "-"
 #: ``--in -``: the rows come from standard input.
 STDIN = "-"
+
+
+#: The standard outputs of this process's runs, which a signal the event loop receives stops.
+_OUTPUTS: weakref.WeakSet[_SignalledStdout] = weakref.WeakSet()
 
 
 class _SignalledStdout(io.BufferedIOBase):
@@ -48,12 +60,25 @@ class _SignalledStdout(io.BufferedIOBase):
     loop that handles the signals: both did nothing until the reader read or went away. Here a
     signal raises :class:`Interrupted` in the write. Nothing is buffered (so nothing is left to
     flush into the full pipe at exit), and once stopped, what is still written is dropped.
+
+    A write on the main thread (a lookup's rows) is stopped by the signal's own handler; one
+    on a thread (an export's, which leaves the event loop free), where no handler runs, by
+    :func:`stop_standard_output`, which the event loop's handler calls: the thread waits for
+    room in the pipe or for that, and writes no more than the pipe then has room for.
     """
 
     def __init__(self, fd: int) -> None:
         super().__init__()
         self._fd = fd
         self._stopped = False
+        self._signalled: int | None = None
+        self._wake: tuple[int, int] | None = None  # the pipe stop() wakes a waiting write by
+        self._made = threading.Lock()
+        try:
+            self._whole = stat.S_ISREG(os.fstat(fd).st_mode)  # a file: never waits on a reader
+        except OSError:
+            self._whole = False
+        _OUTPUTS.add(self)
 
     def writable(self) -> bool:
         return True
@@ -66,14 +91,60 @@ class _SignalledStdout(io.BufferedIOBase):
         if self._stopped:
             return len(view)
         try:
-            with interruptible():
-                done = 0
-                while done < len(view):
-                    done += os.write(self._fd, view[done:])
+            if threading.current_thread() is threading.main_thread() or not _CAN_POLL:
+                with interruptible():
+                    done = 0
+                    while done < len(view):
+                        done += os.write(self._fd, view[done:])
+            else:
+                self._write_until_stopped(view)
         except Interrupted:
             self._stopped = True
             raise
         return len(view)
+
+    def stop(self, signum: int) -> None:
+        """A write waiting on a thread (and every later one) raises :class:`Interrupted`."""
+        self._signalled = signum
+        with self._made:  # not a pipe close() has let go of: its number may be another file's
+            if self._wake is not None:
+                with contextlib.suppress(OSError):
+                    os.write(self._wake[1], b"\0")
+
+    def close(self) -> None:
+        with self._made:
+            wake, self._wake = self._wake, None
+        if wake is not None:
+            for fd in wake:
+                os.close(fd)
+        super().close()  # standard output itself stays open
+
+    def _write_until_stopped(self, view: memoryview) -> None:
+        """``view`` written from a thread, a pipe's room at a time, until :meth:`stop`."""
+        with self._made:
+            if self._wake is None:
+                self._wake = os.pipe()
+            wake = self._wake[0]
+        poller = select.poll()
+        poller.register(self._fd, select.POLLOUT)
+        poller.register(wake, select.POLLIN)
+        # Room for PIPE_BUF bytes once a pipe polls writable: a write of no more never waits.
+        step = len(view) if self._whole else select.PIPE_BUF
+        done = 0
+        while done < len(view):
+            if self._signalled is not None:
+                raise Interrupted(self._signalled)
+            ready = dict(poller.poll())
+            if self._signalled is not None or wake in ready:
+                raise Interrupted(self._signalled or signal.SIGTERM)
+            # Writable, or an error (a reader gone): the write says which (BrokenPipeError).
+            done += os.write(self._fd, view[done : done + step])
+
+
+def stop_standard_output(signum: int) -> None:
+    """``signum`` received by the event loop: standard output's writes on threads stop."""
+    for output in list(_OUTPUTS):
+        output.stop(signum)
 
 
 def stdout_bytes() -> BinaryIO:

@@ -56,7 +56,8 @@ async def export_customers(
         dest: the output file (its extension picks the format unless ``format`` is given):
             without a checkpoint, replaced only when the export is done; with one, written in
             place. Or a writable binary stream (such as ``sys.stdout.buffer``), written as rows
-            come and not resumable.
+            come and not resumable: on a thread, one write at a time and in order, so a pipe
+            its reader drains slowly holds the export, not the event loop.
         format: ``"jsonl"`` or ``"csv"``.
         page_size: rows a request (the service serves at most 100); a resumed export keeps
             the size it began with.
@@ -110,13 +111,10 @@ async def export_customers(
                 client, out, writer, label, fmt, scope, dict(filters), page_size, on_progress
             )
             report = await run.export(concurrency, progress=progress, verify=verify)
-            if out.to_stream:
-                out.finish()  # a flush of the caller's stream, where it is written (_Run._store)
-            else:
-                # The final fsync of the whole file (72 ms for 200 MB; a stalled disk, for ever)
-                # holds a thread, not the loop.
-                complete = report.complete
-                await on_thread(lambda: out.finish(complete))
+            # The final fsync of the whole file (72 ms for 200 MB; a stalled disk, for ever),
+            # or the flush of the caller's stream (a full pipe), holds a thread, not the loop.
+            complete = report.complete
+            await on_thread(lambda: out.finish(complete))
         finally:
             # After a failure: the file cut back to what the checkpoint covers, closed, its lock
             # files removed; on a stalled filesystem, for as long. (A no-op after finish.)
@@ -397,18 +395,17 @@ class _Run:
         """Write ``data``, then with ``next_page`` commit the checkpoint that points past it.
 
         On a thread: a commit's fsyncs took 0.65 ms a page on a quiet disk and 17 ms on a busy
-        one, and a write can wait on the disk too, all of it on the event loop. Awaited before
-        the next page is written, so the checkpoint is never ahead of the synced data.
+        one, and a write can wait on the disk too, all of it on the event loop; a caller's
+        stream whose reader is slow or stopped (``export - | slow_consumer``) held it for as
+        long as its pipe stayed full. Awaited before the next page is written: the checkpoint
+        is never ahead of the synced data, and a stream gets one write at a time, in order.
+        Cancelled, the write under way is waited for (:func:`on_thread`): nothing writes to the
+        stream once the export has ended. (The CLI's standard output stops such a write when
+        it is signalled: ``cli/_files._SignalledStdout``.)
         """
         if not data and next_page is None:
             return
         out = self.out
-        if out.to_stream:
-            # A caller's stream: written where the caller runs. A write blocked on a full pipe
-            # must stay where a signal can stop it (the CLI's standard output raises in it,
-            # which only the main thread can): on a thread, Ctrl-C waited for the reader.
-            out.write(data)
-            return
 
         def store() -> None:
             if data:

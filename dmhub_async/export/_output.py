@@ -149,11 +149,6 @@ class Output:
         self._committed = resumed.bytes
 
     @property
-    def to_stream(self) -> bool:
-        """Whether rows go to the caller's stream, not to a file this output opened."""
-        return self._dest is None
-
-    @property
     def resumable(self) -> bool:
         """Whether this output keeps a checkpoint."""
         return self._checkpoint is not None
