@@ -48,6 +48,21 @@ def loop_runs_meanwhile(loop: asyncio.AbstractEventLoop, what: str) -> None:
     assert ran.wait(2), f"the event loop stood still while {what}"
 
 
+class IdNeedingTheLoop(int):
+    """A customer id that, read as text or a plain int (as an id list is joined and split for
+    its URLs), fails within 2 s unless the event loop runs meanwhile."""
+
+    loop: asyncio.AbstractEventLoop
+
+    def __str__(self) -> str:
+        loop_runs_meanwhile(self.loop, "a long id_list was joined and split")
+        return int.__repr__(self)
+
+    def __int__(self) -> int:
+        loop_runs_meanwhile(self.loop, "a long id_list was joined and split")
+        return int.__int__(self)
+
+
 def lock_files_cannot_go(monkeypatch: pytest.MonkeyPatch) -> None:
     """The output's directory made read-only mid-run: its lock files can no longer be removed
     (what unlink says in a directory without write permission, where chmod binds: not root)."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from datetime import date, datetime, tzinfo
-from typing import Any, Literal, TypedDict
+from typing import Any, Final, Literal, TypedDict
 
 from .._converter import wire_names
 from .._exceptions import InvalidRequestError
@@ -26,7 +26,9 @@ from ..models.gender import Gender
 
 __all__ = [
     "EMPTY_STAGE",
+    "LONG_ID_LIST",
     "CustomerFilters",
+    "checked_ids",
     "customer_filter_params",
     "id_list_param",
     "wire_field",
@@ -80,14 +82,30 @@ def wire_field(
     raise InvalidRequestError(f"{method}(): unknown {what} {short(name)}")
 
 
+#: Ids past which ``list``, ``list_rows`` and the export join and split an ``id_list`` on a
+#: thread as their walk starts, not on the event loop as they are called (about 1 µs an id).
+LONG_ID_LIST: Final = 10_000
+
+
 def id_list_param(method: str, value: Any) -> str:
     """``idList``: the ids of an ``id_list``, checked, comma-separated, repeats kept."""
+    return ",".join(map(str, checked_ids(method, value)))
+
+
+def checked_ids(method: str, value: Any) -> list[Any]:
+    """The ids of an ``id_list`` (read once), each checked by :func:`check_id`, none missing.
+
+    Plain ints in range at a glance (8 ms for 300,000, where an id at a time took 130 ms on
+    the event loop); otherwise one at a time, so that the first bad one is named.
+    """
     if not is_collection(value):
         raise InvalidRequestError(f"{method}(): id_list must be a list of ints")
-    ids = [check_id(method, i) for i in value]
+    ids = list(value)
     if not ids:
         raise InvalidRequestError(f"{method}(): id_list is empty")
-    return ",".join(map(str, ids))
+    if set(map(type, ids)) != {int} or min(ids) < 0 or max(ids) >= 2**63:
+        ids = [check_id(method, i) for i in ids]
+    return ids
 
 
 def customer_filter_params(
