@@ -324,6 +324,32 @@ async def test_list_prepares_a_long_id_list_off_the_event_loop(
         assert list_requests(sim) == sent  # nothing sent
 
 
+async def test_identities_list_prepares_a_long_id_list_off_the_event_loop(
+    sim: DMHubSimulator,
+) -> None:
+    """identities.list(customer_ids) checked, joined and split its ids on the event loop
+    before its first request: 780 ms for 300,000 ids. Here joining and splitting need the
+    loop to run; every binding is still found, and a bad id still refused before anything is
+    sent."""
+    IdNeedingTheLoop.loop = asyncio.get_running_loop()
+    ids = sim.customer_ids()
+    unknown = range(10**12, 10**12 + 12_000)
+    requests = lambda: sim.counters.routes["GET /v1/customeridentities"]  # noqa: E731
+    async with client_for(sim) as dm:
+        found = await dm.identities.list([IdNeedingTheLoop(ids[0]), *ids[1:], *unknown])
+        sent = requests()
+        with pytest.raises(InvalidRequestError, match="must be an int"):
+            await dm.identities.list([*unknown, "7"])  # type: ignore[list-item]
+        with pytest.raises(InvalidRequestError, match="customer_ids is empty"):
+            await dm.identities.list([])
+        assert requests() == sent  # nothing sent
+    assert sent > 1  # in batches, one URL each
+    assert found
+    assert sorted((b.customer_id, b.type, b.value) for b in found) == sorted(
+        (cid, kind, value) for cid in ids for kind, value, _ in sim.identities(cid)
+    )
+
+
 # The test above once failed in CI (11 pages, 12 requests): clients made without a token_store
 # share the process's DEFAULT_STORE, and a token left there for 127.0.0.1:<port> by an earlier
 # test met the next simulator the OS gave that port. These three pin the mechanism and the fix

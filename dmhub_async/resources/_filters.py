@@ -92,17 +92,18 @@ def id_list_param(method: str, value: Any) -> str:
     return ",".join(map(str, checked_ids(method, value)))
 
 
-def checked_ids(method: str, value: Any) -> list[Any]:
-    """The ids of an ``id_list`` (read once), each checked by :func:`check_id`, none missing.
+def checked_ids(method: str, value: Any, name: str = "id_list") -> list[Any]:
+    """The ids of an ``id_list`` (or ``name``, read once), each checked by :func:`check_id`,
+    none missing.
 
     Plain ints in range at a glance (8 ms for 300,000, where an id at a time took 130 ms on
     the event loop); otherwise one at a time, so that the first bad one is named.
     """
     if not is_collection(value):
-        raise InvalidRequestError(f"{method}(): id_list must be a list of ints")
+        raise InvalidRequestError(f"{method}(): {name} must be a list of ints")
     ids = list(value)
     if not ids:
-        raise InvalidRequestError(f"{method}(): id_list is empty")
+        raise InvalidRequestError(f"{method}(): {name} is empty")
     if set(map(type, ids)) != {int} or min(ids) < 0 or max(ids) >= 2**63:
         ids = [check_id(method, i) for i in ids]
     return ids
