@@ -37,18 +37,8 @@ def id_batches(
     """
     if name not in params:
         return [params]
-    ids = sorted({int(i) for i in params[name].split(",")}, reverse=descending)
-    room = check_room(method, params, name, max(ids, key=abs))
-    batches: list[list[str]] = []
-    used = room  # no batch yet
-    for text in map(str, ids):
-        cost = len(text) + _SEPARATOR
-        if used + cost > room + _SEPARATOR:  # the first id of a batch has no separator
-            batches.append([])
-            used = 0
-        batches[-1].append(text)
-        used += cost
-    return [{**params, name: ",".join(batch)} for batch in batches]
+    ids = [int(i) for i in params[name].split(",")]
+    return sized_batches(method, params, name, ids, descending=descending)[0]
 
 
 #: Ids a single C-level step (a set update, a sort) of :func:`sized_batches` takes at most:
