@@ -206,8 +206,9 @@ def _plan(
         raise InvalidRequestError("export_customers() walks by id: sort_by/sort_order not allowed")
     long_ids = long_id_list(filters)
     # Warns (once per client) at the caller's line, in its own name: the walk's list() and
-    # count() it runs next would have named themselves, at a line of this module.
-    params = client.customers._params("export_customers", filters, frames=3)
+    # count() it runs next would have named themselves, at a line of this module. Four frames
+    # up: _plan, _export, export_customers, its caller.
+    params = client.customers._params("export_customers", filters, frames=4)
     if long_ids is not None:
         long_ids = checked_ids("export_customers", long_ids)
     if isinstance(dest, (str, os.PathLike)):
