@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import pickle
+
 import attrs
 import pytest
 
@@ -58,6 +61,25 @@ def test_identity_equality_and_hash_ignore_name() -> None:
     assert Identity("wechat", "o1") != Identity("wechat", "o2")
     assert Identity("wechat", "o1") != Identity("email", "o1")
     assert len({a, b, Identity("email", "o1")}) == 2
+
+
+def test_identity_survives_pickle_copy_and_evolve_as_a_key() -> None:
+    # A user keeps lookup_many's result, or sends identities to another process: the copies
+    # compare, hash and find their entries as the originals do (the name left out of both).
+    a = Identity("wechat", "o1", name="昵称")
+    results = {a: 7, Identity("mobile", "13900000000"): None}
+    for copied in (
+        pickle.loads(pickle.dumps(a)),
+        copy.copy(a),
+        copy.deepcopy(a),
+        attrs.evolve(a, name="另一个"),
+    ):
+        assert copied == a
+        assert hash(copied) == hash(a) == hash(Identity("wechat", "o1"))
+        assert results[copied] == 7
+    assert pickle.loads(pickle.dumps(results)) == results
+    assert attrs.evolve(a, value="o2") != a
+    assert hash(attrs.evolve(a, value="o2")) == hash(Identity("wechat", "o2"))
 
 
 def test_identity_is_frozen() -> None:
