@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -35,6 +37,32 @@ def queued_export(out: Path, queue: str) -> list[str]:
     """The command of a 2-shard export of everyone into ``out`` on the queue at ``queue``."""
     command = ["export", "--out", str(out), "--shards", "2", "--queue", queue, "-q"]
     return [sys.executable, "-m", "dmhub_async", *command]
+
+
+def run_queued(out: Path, queue: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """:func:`queued_export` run to its end."""
+    return subprocess.run(
+        queued_export(out, queue), env=env, capture_output=True, text=True, timeout=150, check=False
+    )
+
+
+@contextlib.contextmanager
+def a_worker(queue: str, env: dict[str, str]) -> Iterator[list[str]]:
+    """A ``dmhub-async worker`` on ``queue`` for the block; what it wrote to standard error,
+    once stopped, in the list it yields."""
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "dmhub_async", "worker", "--redis", queue],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    said: list[str] = []
+    try:
+        yield said
+    finally:
+        worker.terminate()
+        said.append(worker.communicate(timeout=30)[1])
 
 
 def test_export_on_worker_processes_then_merge(tmp_path: Path) -> None:
@@ -233,39 +261,32 @@ def test_a_queue_export_shares_the_token_with_its_workers_through_the_queue(
     # The coordinator planned with the default file store while the workers share the token
     # through the queue's Redis: two holders of one app id, each fetch revoking the other's.
     # Two exports: 4 tokens, every worker and the second plan refused once. Now one token.
-    with sim_process(3_000) as sim:
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "dmhub_async", "worker", "--redis", redis.url],
-            env=sim.env(XDG_CACHE_HOME=str(tmp_path / "cache")),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        try:
-            runs = [
-                dmhub(
-                    sim,
-                    tmp_path,
-                    "export",
-                    "--out",
-                    str(tmp_path / name),
-                    "--shards",
-                    "2",
-                    "--queue",
-                    redis.url,
-                    "-q",
-                )
-                for name in ("first", "second")
-            ]
-            state = sim.state()
-        finally:
-            worker.terminate()
-            _, worker_err = worker.communicate(timeout=30)
+    cache = str(tmp_path / "cache")
+    with (
+        sim_process(3_000) as sim,
+        a_worker(redis.url, sim.env(XDG_CACHE_HOME=cache)) as worker_err,
+    ):
+        runs = [
+            dmhub(
+                sim,
+                tmp_path,
+                "export",
+                "--out",
+                str(tmp_path / name),
+                "--shards",
+                "2",
+                "--queue",
+                redis.url,
+                "-q",
+            )
+            for name in ("first", "second")
+        ]
+        state = sim.state()
 
     for run in runs:
         assert run.returncode == 0, run.stderr
     assert sorted(exported_ids(tmp_path / "second")) == sorted(state["ids"])
-    assert "Traceback" not in worker_err, worker_err
+    assert "Traceback" not in worker_err[0], worker_err
     assert state["tokens_issued"] == 1
 
 
@@ -287,31 +308,14 @@ def test_a_worker_and_a_plain_export_share_the_token_of_DMHUB_TOKEN_STORE(
             timeout=150,
             check=False,
         )
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "dmhub_async", "worker", "--redis", redis.url],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        try:
-            run = subprocess.run(
-                queued_export(tmp_path / "q", redis.url),
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=150,
-                check=False,
-            )
+        with a_worker(redis.url, env) as worker_err:
+            run = run_queued(tmp_path / "q", redis.url, env)
             state = sim.state()
-        finally:
-            worker.terminate()
-            _, worker_err = worker.communicate(timeout=30)
 
     assert plain.returncode == 0, plain.stderr
     assert run.returncode == 0, run.stderr
     assert sorted(exported_ids(tmp_path / "q")) == sorted(state["ids"])
-    assert "Traceback" not in worker_err, worker_err
+    assert "Traceback" not in worker_err[0], worker_err
     assert state["tokens_issued"] == 1  # the plain export's, taken up by the queue's processes
 
 
@@ -360,30 +364,13 @@ def test_a_queue_with_a_password_is_reached_without_it_on_the_command_line(
     assert redis.command("CONFIG", "SET", "requirepass", password) == "+OK"
     with sim_process(1_000) as sim:
         env = sim.env(XDG_CACHE_HOME=str(tmp_path / "cache"), DMHUB_REDIS_PASSWORD=password)
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "dmhub_async", "worker", "--redis", redis.url],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        try:
-            run = subprocess.run(
-                queued_export(tmp_path / "q", redis.url),
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=150,
-                check=False,
-            )
+        with a_worker(redis.url, env) as worker_err:
+            run = run_queued(tmp_path / "q", redis.url, env)
             state = sim.state()
-        finally:
-            worker.terminate()
-            _, worker_err = worker.communicate(timeout=30)
 
     assert run.returncode == 0, run.stderr
     assert sorted(exported_ids(tmp_path / "q")) == sorted(state["ids"])
-    assert "Traceback" not in worker_err, worker_err
+    assert "Traceback" not in worker_err[0], worker_err
     assert state["tokens_issued"] == 1  # shared through the queue's Redis, as without a password
 
 
