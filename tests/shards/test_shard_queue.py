@@ -83,6 +83,19 @@ async def wait_for_rows(redis: RedisServer) -> None:
 
 
 @pytest.mark.parametrize("churn", [False, True], ids=["still", "inserts-and-deletes"])
+class _QuietRedis:
+    """The Redis of a job's context that a job's progress is sent to, and dropped."""
+
+    async def set(self, *args: object, **kwargs: object) -> None:
+        pass
+
+    async def hset(self, *args: object) -> None:
+        pass
+
+    async def expire(self, *args: object) -> None:
+        pass
+
+
 async def test_a_worker_killed_mid_shard_is_taken_over_and_nothing_is_lost(
     tmp_path: Path, redis: RedisServer, churn: bool
 ) -> None:
@@ -946,17 +959,6 @@ async def test_a_job_of_the_release_before_the_version_was_carried_is_served(
     # which release and job version wrote the part.
     from dmhub_async import __version__
     from dmhub_async.shards import _queue
-
-    class Redis:
-        async def set(self, *args: object, **kwargs: object) -> None:
-            pass
-
-        async def hset(self, *args: object) -> None:
-            pass
-
-        async def expire(self, *args: object) -> None:
-            pass
-
     from dmhub_async.testing import DMHubSimulator
 
     async with (
@@ -964,7 +966,7 @@ async def test_a_job_of_the_release_before_the_version_was_carried_is_served(
         DMHubClient(sim.app_id, sim.secret, base_url=sim.url) as dm,
     ):
         ctx = {
-            "redis": Redis(),
+            "redis": _QuietRedis(),
             "job_id": "j",
             "client": dm,
             "pending_progress": set(),
@@ -1120,16 +1122,6 @@ async def test_a_failed_jobs_error_carries_its_retries_to_the_manifest(tmp_path:
     from dmhub_async.testing import DMHubSimulator, FakeClock
     from dmhub_async.testing._checks import ApiError
 
-    class Redis:
-        async def set(self, *args: object, **kwargs: object) -> None:
-            pass
-
-        async def hset(self, *args: object) -> None:
-            pass
-
-        async def expire(self, *args: object) -> None:
-            pass
-
     def down(request: Any) -> None:
         if request.path.startswith("/v1/customers"):
             raise ApiError(503, 503, "down")
@@ -1148,7 +1140,7 @@ async def test_a_failed_jobs_error_carries_its_retries_to_the_manifest(tmp_path:
     ):
         sim.on_request(down)
         ctx = {
-            "redis": Redis(),
+            "redis": _QuietRedis(),
             "job_id": "j",
             "client": dm,
             "pending_progress": set(),
