@@ -11,7 +11,7 @@ import contextlib
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -96,6 +96,18 @@ def test_each_contender_does_its_whole_work_in_its_child() -> None:
             assert done.stdout.split() == [expected], kind
 
 
+def _counted_by(monkeypatch: pytest.MonkeyPatch, count: Callable[[str, int, object], int]) -> None:
+    """valgrind "installed", its counts ``count``'s, the simulators stand-ins."""
+
+    @contextlib.contextmanager
+    def fake_simulator(customers: int) -> Iterator[object]:
+        yield object()
+
+    monkeypatch.setattr(bi.shutil, "which", lambda name: "/usr/bin/valgrind")
+    monkeypatch.setattr(bi, "count", count)
+    monkeypatch.setattr(bi, "simulator_process", fake_simulator)
+
+
 def test_a_run_prints_each_questions_contenders_over_its_floor(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
@@ -114,13 +126,7 @@ def test_a_run_prints_each_questions_contenders_over_its_floor(
     def fake_count(kind: str, n: int, sim: object) -> int:
         return 90_000_000 + n * per_run[kind]
 
-    @contextlib.contextmanager
-    def fake_simulator(customers: int) -> Iterator[object]:
-        yield object()
-
-    monkeypatch.setattr(bi.shutil, "which", lambda name: "/usr/bin/valgrind")
-    monkeypatch.setattr(bi, "count", fake_count)
-    monkeypatch.setattr(bi, "simulator_process", fake_simulator)
+    _counted_by(monkeypatch, fake_count)
     results = tmp_path / "run.json"
     argv = ["--quick", "--question", "4", "--question", "1", "--question", "4c", "--question", "4s"]
     assert bi.main([*argv, "--json", str(results)]) == 0
@@ -186,13 +192,7 @@ def test_an_export_is_counted_against_another_checkout_as_its_reference(
         asked.append(kind)
         return 90_000_000 + n * (7_000_000 if "@" in kind else 4_000_000)
 
-    @contextlib.contextmanager
-    def fake_simulator(customers: int) -> Iterator[object]:
-        yield object()
-
-    monkeypatch.setattr(bi.shutil, "which", lambda name: "/usr/bin/valgrind")
-    monkeypatch.setattr(bi, "count", fake_count)
-    monkeypatch.setattr(bi, "simulator_process", fake_simulator)
+    _counted_by(monkeypatch, fake_count)
     assert bi.main(["--quick", "--question", "5", "--against", str(older)]) == 0
     out = capsys.readouterr().out
     assert "question 5: instructions a page of a JSONL export (3 pages" in out
