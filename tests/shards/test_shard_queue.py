@@ -82,7 +82,6 @@ async def wait_for_rows(redis: RedisServer) -> None:
     raise AssertionError("no shard reported progress")
 
 
-@pytest.mark.parametrize("churn", [False, True], ids=["still", "inserts-and-deletes"])
 class _QuietRedis:
     """The Redis of a job's context that a job's progress is sent to, and dropped."""
 
@@ -96,6 +95,7 @@ class _QuietRedis:
         pass
 
 
+@pytest.mark.parametrize("churn", [False, True], ids=["still", "inserts-and-deletes"])
 async def test_a_worker_killed_mid_shard_is_taken_over_and_nothing_is_lost(
     tmp_path: Path, redis: RedisServer, churn: bool
 ) -> None:
