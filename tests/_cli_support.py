@@ -61,6 +61,36 @@ class ServedSimulator:
 
         return self.run(call())
 
+    def settled(self, within: float = 10.0) -> None:
+        """Returns once the simulator holds no connection open: every request a process
+        sent before it ended (a killed one's pages in flight) has been read and counted.
+
+        A count taken as the process ended could miss one still in the simulator's socket
+        buffer, which then counted as the next command's (a refusal "sent" a request).
+        """
+
+        async def settled() -> None:
+            runner = self.sim._runner
+            assert runner is not None
+            server = runner.server
+            assert server is not None
+            none_open = asyncio.Event()
+            lost = server.connection_lost
+
+            def connection_lost(handler: Any, exc: BaseException | None) -> None:
+                lost(handler, exc)
+                if not server.connections:
+                    none_open.set()
+
+            server.connection_lost = connection_lost  # type: ignore[method-assign]
+            try:
+                if server.connections:
+                    await asyncio.wait_for(none_open.wait(), within)
+            finally:
+                del server.connection_lost
+
+        self.run(settled())
+
     def rows(self) -> list[dict[str, Any]]:
         def rows() -> list[dict[str, Any]]:
             return [r for r in map(self.sim.customer, self.sim.customer_ids()) if r is not None]
