@@ -95,6 +95,18 @@ class _QuietRedis:
         pass
 
 
+def _job_context(client: DMHubClient) -> dict[str, Any]:
+    """What arq hands a shard's job (the worker's start-up fills it), its Redis a quiet one."""
+    return {
+        "redis": _QuietRedis(),
+        "job_id": "j",
+        "client": client,
+        "pending_progress": set(),
+        "heartbeat": 10.0,
+        "takeover": 30.0,
+    }
+
+
 @pytest.mark.parametrize("churn", [False, True], ids=["still", "inserts-and-deletes"])
 async def test_a_worker_killed_mid_shard_is_taken_over_and_nothing_is_lost(
     tmp_path: Path, redis: RedisServer, churn: bool
@@ -965,14 +977,7 @@ async def test_a_job_of_the_release_before_the_version_was_carried_is_served(
         DMHubSimulator(customers=30) as sim,
         DMHubClient(sim.app_id, sim.secret, base_url=sim.url) as dm,
     ):
-        ctx = {
-            "redis": _QuietRedis(),
-            "job_id": "j",
-            "client": dm,
-            "pending_progress": set(),
-            "heartbeat": 10.0,
-            "takeover": 30.0,
-        }
+        ctx = _job_context(dm)
         task = {  # the task 95c90cd's coordinator enqueues, key for key
             "shard": Shard(0, None, None).to_dict(),
             "directory": str(tmp_path),
@@ -1139,14 +1144,7 @@ async def test_a_failed_jobs_error_carries_its_retries_to_the_manifest(tmp_path:
         ) as dm,
     ):
         sim.on_request(down)
-        ctx = {
-            "redis": _QuietRedis(),
-            "job_id": "j",
-            "client": dm,
-            "pending_progress": set(),
-            "heartbeat": 10.0,
-            "takeover": 30.0,
-        }
+        ctx = _job_context(dm)
         task = {
             "job_version": _queue.JOB_VERSION,
             "shard": Shard(0, None, None).to_dict(),
