@@ -206,6 +206,27 @@ def test_export_during_deletes_reports_the_mismatch_and_exits_3(
     assert "MISMATCH" in result.stdout
 
 
+def test_an_export_without_a_checkpoint_that_ended_in_mismatch_says_its_rerun_needs_force(
+    served: ServedSimulator, env: dict[str, str], tmp_path: Path
+) -> None:
+    # Its report said "run it again", and the same command was refused: "--out moving.jsonl
+    # exists: pass --force" (the file in place, finished, no checkpoint covering it).
+    hook = served.call(served.sim.mutate_every, 3, inserts=2, deletes=4, front=False)
+    args = ["export", "--out", "moving.jsonl", "--concurrency", "1"]
+
+    first = run_cli(*args, env=env, cwd=tmp_path)
+
+    assert first.returncode == 3, first.stderr
+    assert "MISMATCH" in first.stdout
+    assert "again         run it again with --force (it replaces the file)" in first.stdout
+    served.call(served.sim.state.hooks.remove, hook)  # the customers stop changing
+    assert run_cli(*args, env=env, cwd=tmp_path).returncode == 2  # as the report says
+    again = run_cli(*args, "--force", env=env, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert sorted(jsonl_ids(tmp_path / "moving.jsonl")) == sorted(served.ids())
+    assert "again " not in again.stdout
+
+
 def test_a_rerun_of_an_export_that_ended_in_mismatch_checks_again_not_refused_as_finished(
     served: ServedSimulator, env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -252,6 +273,8 @@ def test_quiet_says_an_export_is_incomplete(
     assert result.stdout == ""
     assert result.stderr.startswith("dmhub-async: incomplete: "), result.stderr
     assert result.stderr.count("\n") == 1
+    if not shards:  # the file is in place: the same command needs --force
+        assert result.stderr.rstrip().endswith("run it again with --force (it replaces the file)")
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "csv"])

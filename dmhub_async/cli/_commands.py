@@ -133,16 +133,22 @@ def _progress(args: argparse.Namespace) -> tuple[bool, ProgressLines | None]:
     return False, ProgressLines()
 
 
-def _finish(report: ExportReport, args: argparse.Namespace, out: TextIO) -> int:
-    print_report(
-        export_report(report), report.summary(), style=args.report, quiet=args.quiet, out=out
-    )
+def _finish(
+    report: ExportReport, args: argparse.Namespace, out: TextIO, *, again: str | None = None
+) -> int:
+    """The report printed; the exit code. ``again``: the flag the rerun an incomplete export
+    asks for needs (``--force``, to replace a file in place that no checkpoint covers)."""
+    text = report.summary()
+    rerun = "run it again" + (f" with {again} (it replaces the file)" if again else "")
+    if again and not report.complete:
+        text += f"\nagain         {rerun}: the same command without it refuses the file"
+    print_report(export_report(report), text, style=args.report, quiet=args.quiet, out=out)
     if report.complete:
         return EXIT_OK
     if args.quiet and args.report == "text":
         print(
             f"dmhub-async: incomplete: {report.exported} exported, the service counted "
-            f"{report.count_before} before and {report.count_after} after; run it again",
+            f"{report.count_before} before and {report.count_after} after; {rerun}",
             file=sys.stderr,
         )
     return EXIT_INCOMPLETE
@@ -197,7 +203,10 @@ async def _export(args: argparse.Namespace) -> int:
             encoding=encoding,
             **filters,
         )
-    return _finish(report, args, _report_stream(args))
+    # Without a checkpoint the file of an incomplete export is in place, finished: the same
+    # command is refused ("exists: pass --force"), where its report said "run it again".
+    replaces = args.force or args.checkpoint or args.out == STDOUT
+    return _finish(report, args, _report_stream(args), again=None if replaces else "--force")
 
 
 def _identities(path: Path, encoding: str, name: str | None = None) -> Iterator[Identity]:
