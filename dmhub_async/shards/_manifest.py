@@ -362,12 +362,14 @@ def _copy_parts(manifest: Manifest, directory: Path, out: BinaryIO, allow_incomp
         # what its checkpoint covers goes in, and never a line cut short, which glued
         # itself to the next part's first record.
         unfinished = outcome.status != "complete"
-        limit = _committed(part.with_name(f"{part.name}.ckpt")) if unfinished else None
+        limit: int | None = None
         if outcome.status == "incomplete" and outcome.size is not None:
             # Its export ended (in MISMATCH): the part as it was then, the customers its final
             # check appended included, though its checkpoint (kept, for a rerun to check it
             # again) covers only the ordered walk.
             limit = outcome.size
+        elif unfinished:
+            limit = _committed(part.with_name(f"{part.name}.ckpt"))
         # Its content checked as it is copied: a part edited, or another run's part of the
         # same size put in its place, was merged without a word.
         check = outcome.sha256 is not None and not unfinished and not allow_incomplete
