@@ -651,6 +651,51 @@ async def test_an_export_of_a_long_id_list_prepares_it_off_the_event_loop(
         assert not ckpt.exists()
 
 
+#: The iterables a caller passes as an id_list, made afresh for each call.
+ID_ITERABLES: dict[str, Any] = {
+    "generator": lambda ids: (i for i in ids),
+    "iterator": iter,
+    "map": lambda ids: map(int, ids),
+    "set": set,
+    "tuple": tuple,
+    "dict keys": lambda ids: dict.fromkeys(ids).keys(),
+}
+
+
+@pytest.mark.parametrize("long", [False, True], ids=["short", "long"])
+@pytest.mark.parametrize("kind", list(ID_ITERABLES))
+async def test_an_export_takes_an_id_list_of_any_iterable_as_the_same_list(
+    sim: DMHubSimulator, client: DMHubClient, tmp_path: Path, kind: str, long: bool
+) -> None:
+    # export_customers(id_list=iter(ids)) read the generator for its checks, then found it
+    # empty for the walk: InvalidRequestError "list(): id_list is empty", nothing exported.
+    ids = sim.customer_ids()[::3]
+    given = [*ids, *range(10**12, 10**12 + 11_000)] if long else ids
+    dest, ckpt = tmp_path / "customers.jsonl", tmp_path / "customers.ckpt"
+
+    report = await export_customers(
+        client, dest, checkpoint=ckpt, progress=False, id_list=ID_ITERABLES[kind](given)
+    )
+
+    assert_once_each(ids_of(read_jsonl(dest)), ids)
+    assert report.complete
+    assert report.exported == len(ids)
+
+
+async def test_a_bad_id_of_a_generator_is_refused_before_anything_is_sent(
+    sim: DMHubSimulator, client: DMHubClient, tmp_path: Path
+) -> None:
+    ids = sim.customer_ids()[:5]
+    sim.counters.reset()
+    # Read once, at the call: the bad id is named in the export's name, nothing sent or made.
+    with pytest.raises(InvalidRequestError, match=r"export_customers\(\): customer id -1 "):
+        await export_customers(
+            client, tmp_path / "c.jsonl", progress=False, id_list=(i for i in [*ids, -1])
+        )
+    assert sim.counters.total == 0
+    assert files_in(tmp_path) == []
+
+
 async def test_the_report_counts_the_retries_of_every_request_the_export_sent(
     sim: DMHubSimulator, tmp_path: Path, clock: Any
 ) -> None:

@@ -297,6 +297,26 @@ async def test_count_prepares_a_long_id_list_off_the_event_loop(sim: DMHubSimula
     assert sent > 1  # in batches, one URL each
 
 
+@pytest.mark.parametrize("long", [False, True], ids=["short", "long"])
+async def test_every_walk_and_count_takes_a_generator_of_ids_as_the_same_list(
+    sim: DMHubSimulator, long: bool
+) -> None:
+    """A generator, read once at the call, finds what the same list does (a guard for the
+    export's generator, read twice and found empty)."""
+    ids = sim.customer_ids()[::5]
+    given = [*ids, *range(10**12, 10**12 + 11_000)] if long else ids
+    async with client_for(sim) as dm:
+        walked = [c.id async for c in dm.customers.list(id_list=(i for i in given))]
+        rows = [r["id"] async for r in dm.customers.list_rows(id_list=(i for i in given))]
+        counted = await dm.customers.count(id_list=(i for i in given))
+        bound = await dm.identities.list(i for i in given)
+        assert bound == await dm.identities.list(given)
+    assert walked == rows == ids
+    assert counted == len(ids)
+    assert bound
+    assert {b.customer_id for b in bound} <= set(ids)
+
+
 @pytest.mark.parametrize("order", ["asc", "desc"])
 @pytest.mark.parametrize("method", ["list", "list_rows"])
 async def test_list_prepares_a_long_id_list_off_the_event_loop(

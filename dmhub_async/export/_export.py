@@ -21,7 +21,7 @@ from .._retry import RETRY_TALLY, RetryTally
 from .._threads import on_thread
 from .._validate import short
 from ..resources._batches import joined_ids
-from ..resources._filters import checked_ids
+from ..resources._filters import checked_ids, read_id_list
 from ..resources.customers import CustomerFilters, customer_filter_params, long_id_list
 from ._checkpoint import Checkpoint, ExportScope
 from ._ids import IdSet
@@ -94,6 +94,8 @@ async def export_customers(
     # total counts those of a shard that failed.
     tally = RetryTally()
     kept = RETRY_TALLY.set(tally)
+    chosen = dict(filters)
+    read_id_list(chosen)  # a generator: read here, once, not by the checks and then the walk
     try:
         return await _export(
             client,
@@ -106,7 +108,7 @@ async def export_customers(
             on_progress,
             verify,
             encoding,
-            dict(filters),
+            chosen,
         )
     except (DMHubError, OSError) as err:
         err._dmhub_export_retries = tally.retries  # type: ignore[union-attr]

@@ -26,6 +26,7 @@ from .._validate import short
 from ..export import ExportProgress, ExportReport, export_customers
 from ..export._export import check_run, retries_of
 from ..export._output import _lock, _release
+from ..resources._filters import read_id_list
 from ._manifest import (
     MANIFEST_NAME,
     Manifest,
@@ -192,6 +193,8 @@ async def prepare(
     """
     if format not in ("jsonl", "csv"):
         raise InvalidRequestError(f"format must be 'jsonl' or 'csv', not {short(format)}")
+    # A generator: read here, once; the manifest's record read it, the plan found it empty.
+    read_id_list(filters)
     recorded = manifest_filters(filters, client.timezone)
     with coordinating(directory):
         return await _prepare(client, Path(directory), shards, format, recorded, filters)

@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 import pytest
 from aiohttp import web
+from shard_support import exported_ids
 
 from dmhub_async import (
     DMHubClient,
@@ -254,6 +255,26 @@ async def test_a_sharded_export_with_bad_input_sends_and_writes_nothing(
         await export_sharded(dm, tmp_path / "out", 2, progress=False, **kwargs)
     assert dm.stats.requests == 0
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "make",
+    [lambda ids: (i for i in ids), iter, set, tuple, lambda ids: dict.fromkeys(ids).keys()],
+    ids=["generator", "iterator", "set", "tuple", "dict keys"],
+)
+async def test_a_sharded_export_takes_an_id_list_of_any_iterable_as_the_same_list(
+    sim: DMHubSimulator, dm: DMHubClient, tmp_path: Path, make: Callable[[list[int]], Any]
+) -> None:
+    # A generator was read by the manifest's record of the filters, then found empty by the
+    # plan's first count: InvalidRequestError "count(): id_list is empty", nothing exported.
+    ids = sim.customer_ids()[::7]
+
+    manifest = await export_sharded(dm, tmp_path / "out", 3, progress=False, id_list=make(ids))
+    planned = await plan_shards(dm, 3, id_list=make(ids))
+
+    assert manifest.complete
+    assert sorted(exported_ids(tmp_path / "out")) == sorted(ids)
+    assert sum(s.planned_count for s in planned) == len(ids)
 
 
 async def test_a_rerun_takes_up_the_plan_in_the_directory(
