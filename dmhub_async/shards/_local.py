@@ -40,6 +40,7 @@ from ._run import (
     TotalProgress,
     coordinating,
     export_shard,
+    failure_reason,
     pending,
     record_result,
     result_of,
@@ -126,16 +127,9 @@ async def _child_loop(
                 # OSError: the part or its checkpoint could not be written (a full disk, a
                 # read-only directory). The worker died of it with a raw traceback, and the
                 # shard was taken for a dead worker's: tried 3 times, the reason lost.
-                _send(events, ("failed", index, (_reason(err), retries_of(err))))
+                _send(events, ("failed", index, (failure_reason(err), retries_of(err))))
             else:
                 _send(events, ("done", index, await result_of(report)))
-
-
-def _reason(err: BaseException) -> str:
-    """A shard's failure as its manifest entry says it: an OSError as the CLI says one."""
-    if isinstance(err, OSError) and err.strerror:
-        return f"{err.filename}: {err.strerror}" if err.filename is not None else err.strerror
-    return str(err)
 
 
 def _next_task(tasks: Any) -> Any:

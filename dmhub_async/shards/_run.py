@@ -48,6 +48,7 @@ __all__ = [
     "coordinating",
     "export_shard",
     "export_sharded",
+    "failure_reason",
     "pending",
     "prepare",
     "record_result",
@@ -119,6 +120,14 @@ async def result_of(report: ExportReport) -> dict[str, Any]:
         "size": size,
         "sha256": sha256,
     }
+
+
+def failure_reason(err: BaseException) -> str:
+    """A shard's failure as its manifest entry says it: an OSError as the CLI says one
+    (``part-00001.jsonl: No space left on device``), whichever runner ran the shard."""
+    if isinstance(err, OSError) and err.strerror:
+        return f"{err.filename}: {err.strerror}" if err.filename is not None else err.strerror
+    return str(err)
 
 
 def record_result(outcome: ShardOutcome, result: dict[str, Any]) -> None:
@@ -388,8 +397,13 @@ async def _export_sharded(
                     concurrency=concurrency,
                     on_progress=lambda p: bar.update(index, p.exported),
                 )
-            except DMHubError as err:
-                outcome.status, outcome.error = "failed", str(err)
+            except BrokenPipeError:
+                raise  # this process's own output gone (on_total): the run's, not a shard's
+            except (DMHubError, OSError) as err:
+                # OSError: the part or its checkpoint could not be written (a full disk, a
+                # read-only directory). It stopped the whole run, the other shards cancelled,
+                # where a worker process fails that shard alone, saying why.
+                outcome.status, outcome.error = "failed", failure_reason(err)
                 outcome.retries = retries_of(err)  # this run's, not an earlier run's
             else:
                 record_result(outcome, await result_of(report))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import errno
 import os
 import stat
 import subprocess
@@ -22,8 +23,9 @@ from _helpers import lock_files_cannot_go, loop_runs_meanwhile, umask_watched
 from shard_support import exported_ids
 
 from dmhub_async import DMHubClient, InvalidRequestError
+from dmhub_async._atomic import naming
 from dmhub_async.cli import main
-from dmhub_async.export import export_customers
+from dmhub_async.export import _output, export_customers
 from dmhub_async.shards import MANIFEST_NAME, Manifest, _manifest, export_sharded, merge
 from dmhub_async.testing import DMHubSimulator
 
@@ -716,6 +718,39 @@ async def test_a_failed_shards_retries_are_in_the_total(
     assert manifest.shards[1].retries == 3
     assert manifest.retries == retried
     assert Manifest.read(out).retries == retried  # type: ignore[union-attr]
+
+
+async def test_a_shard_whose_part_cannot_be_written_fails_alone_in_this_process(
+    sim: DMHubSimulator, dm: DMHubClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # In one process (export_sharded; the CLI's --shards N without --workers) an OSError of
+    # one shard (its part's disk full, its directory read-only) stopped the whole run: the
+    # other shards were cancelled mid-way and the manifest said "running", where a worker
+    # process records that shard failed, saying why, and the others finish.
+    out = tmp_path / "out"
+    write = _output.Output.write
+
+    def full_for_part_1(self: _output.Output, data: bytes) -> None:
+        if self._dest is not None and self._dest.name == "part-00001.jsonl":
+            with naming(self._dest):
+                raise OSError(errno.ENOSPC, "No space left on device")
+        write(self, data)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(_output.Output, "write", full_for_part_1)
+        manifest = await export_sharded(dm, out, 3, progress=False)
+
+    assert [s.status for s in manifest.shards] == ["complete", "failed", "complete"]
+    assert manifest.shards[1].error == f"{out / 'part-00001.jsonl'}: No space left on device"
+    on_disk = Manifest.read(out)
+    assert on_disk is not None
+    assert [s.status for s in on_disk.shards] == ["complete", "failed", "complete"]
+    assert on_disk.shards[1].error == manifest.shards[1].error
+    assert not manifest.complete
+    # Room again: the rerun exports the failed shard alone, and every customer is there once.
+    again = await export_sharded(dm, out, 3, progress=False)
+    assert again.complete
+    assert sorted(exported_ids(out)) == sorted(sim.customer_ids())
 
 
 @pytest.mark.parametrize("report", ["text", "json"])
