@@ -7,6 +7,7 @@ service, app, destination, format and filters (docs/reliability.md, "Resuming an
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +18,26 @@ import orjson
 from .._atomic import replace_file
 from .._exceptions import InvalidRequestError
 
-__all__ = ["CHECKPOINT_VERSION", "Checkpoint", "ExportScope", "read_checkpoint", "write_checkpoint"]
+__all__ = [
+    "CHECKPOINT_VERSION",
+    "Checkpoint",
+    "ExportScope",
+    "id_list_digest",
+    "read_checkpoint",
+    "recorded_scope",
+    "write_checkpoint",
+]
 
 #: 1: dmhub-async 0.1 (a fingerprint of the file, format and filters, and no service or app).
-CHECKPOINT_VERSION = 2
+#: 3: a long ``idList`` recorded as its digest (:func:`recorded_scope`); written only then.
+CHECKPOINT_VERSION = 3
+#: The version of a checkpoint whose ``idList`` is recorded in full (or absent): the releases
+#: before 3 read it, so a rolling upgrade resumes it either way.
+_FULL_ID_LIST_VERSION = 2
+#: The longest ``idList`` (characters) a checkpoint records as it is; a longer one as its
+#: SHA-256 (about 200 ids of 19 digits, 400 of 10).
+ID_LIST_KEPT = 4_096
+_DIGEST = "sha256:"
 
 
 @attrs.frozen
@@ -67,6 +84,29 @@ class Checkpoint:
 _converter = cattrs.Converter(forbid_extra_keys=True)
 
 
+def id_list_digest(joined: str) -> str:
+    """``sha256:<hex>`` of an ``idList`` as sent (the ids as given, repeats kept)."""
+    return _DIGEST + hashlib.sha256(joined.encode()).hexdigest()
+
+
+def recorded_scope(scope: ExportScope) -> ExportScope:
+    """``scope`` as a checkpoint records it: an ``idList`` longer than :data:`ID_LIST_KEPT`
+    as its digest, which a resume checks the caller's list against.
+
+    The whole list was recorded, and the checkpoint rewritten and synced after every page:
+    3.3 MB a page for 300,000 ids, 2.1 GB over an export of 300,000 customers at 1,000 a page.
+    A resume needs only to know the list is the same: the caller gives it again.
+    """
+    ids = scope.filters.get("idList")
+    if ids is None or len(ids) <= ID_LIST_KEPT or ids.startswith(_DIGEST):
+        return scope
+    return attrs.evolve(scope, filters={**scope.filters, "idList": id_list_digest(ids)})
+
+
+def _digested(scope: ExportScope) -> bool:
+    return scope.filters.get("idList", "").startswith(_DIGEST)
+
+
 def write_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
     """Replace the checkpoint at ``path`` atomically (a kill leaves the old one or the new).
 
@@ -77,6 +117,8 @@ def write_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
     raw = _converter.unstructure(checkpoint)
     if raw["work"] is None:
         del raw["work"]  # as earlier releases wrote it, which can then read it
+    if not _digested(checkpoint.scope):
+        raw["version"] = _FULL_ID_LIST_VERSION  # which earlier releases read too
     replace_file(path, orjson.dumps(raw))
 
 
@@ -107,12 +149,13 @@ def read_checkpoint(path: Path, scope: ExportScope) -> Checkpoint | None:
             "checkpoint and the output to start over"
         )
     try:
-        if version != CHECKPOINT_VERSION:
+        if version not in (_FULL_ID_LIST_VERSION, CHECKPOINT_VERSION):
             raise ValueError(version)
         checkpoint = _converter.structure(data, Checkpoint)
     except (ValueError, TypeError, KeyError, cattrs.BaseValidationError):
         raise InvalidRequestError(f"checkpoint {str(path)!r} is not a checkpoint file") from None
-    differences = checkpoint.scope.differences(scope)
+    # An earlier release's, the whole list recorded, compared as its digest: it resumes.
+    differences = recorded_scope(checkpoint.scope).differences(recorded_scope(scope))
     if differences:
         raise InvalidRequestError(
             f"checkpoint {str(path)!r} belongs to another export ({'; '.join(differences)}): "
