@@ -52,6 +52,7 @@ from ._run import (
     TotalProgress,
     coordinating,
     export_shard,
+    failure_reason,
     pending,
     record_result,
     result_of,
@@ -712,7 +713,12 @@ def _record(outcome: ShardOutcome, info: Any) -> None:
         record_result(outcome, info.result)
     else:
         error = info.result
-        message = str(error) if isinstance(error, DMHubError) else type(error).__name__
+        # An OSError as the other runners say it (the part, and why): it said "OSError" alone.
+        # Any other error by its type: its text may hold what a manifest should not.
+        if isinstance(error, (DMHubError, OSError)):
+            message = failure_reason(error)
+        else:
+            message = type(error).__name__
         outcome.status, outcome.error = "failed", message
         # The export's own error carries its retries (pickled with it): None from a worker
         # of an earlier release, or for a job that failed outside the export.

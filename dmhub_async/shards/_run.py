@@ -124,8 +124,9 @@ async def result_of(report: ExportReport) -> dict[str, Any]:
 
 def failure_reason(err: BaseException) -> str:
     """A shard's failure as its manifest entry says it: an OSError as the CLI says one
-    (``part-00001.jsonl: No space left on device``), whichever runner ran the shard."""
-    if isinstance(err, OSError) and err.strerror:
+    (``part-00001.jsonl: No space left on device``), whichever runner ran the shard; the
+    SDK's own errors (an ``APITimeoutError`` is a ``TimeoutError`` too) by their message."""
+    if isinstance(err, OSError) and not isinstance(err, DMHubError) and err.strerror:
         return f"{err.filename}: {err.strerror}" if err.filename is not None else err.strerror
     return str(err)
 

@@ -1170,3 +1170,51 @@ async def test_a_failed_jobs_error_carries_its_retries_to_the_manifest(tmp_path:
     assert "503" in (outcome.error or "")
     assert retried == 2
     assert outcome.retries == retried
+
+
+async def test_a_job_whose_part_cannot_be_written_fails_its_shard_saying_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A shard's job whose part could not be written (a full disk, a read-only directory)
+    # failed in the manifest as "OSError" alone: the file and the reason were lost, where
+    # worker processes and one process say "parts/part-00000.jsonl: No space left on device".
+    import errno
+    import pickle
+
+    from dmhub_async._atomic import naming
+    from dmhub_async.export import _output
+    from dmhub_async.shards import _queue
+    from dmhub_async.testing import DMHubSimulator
+
+    def full(self: _output.Output, data: bytes) -> None:
+        assert self._dest is not None
+        with naming(self._dest):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(_output.Output, "write", full)
+    async with (
+        DMHubSimulator(customers=30) as sim,
+        DMHubClient(sim.app_id, sim.secret, base_url=sim.url) as dm,
+    ):
+        task = {
+            "job_version": _queue.JOB_VERSION,
+            "shard": Shard(0, None, None).to_dict(),
+            "directory": str(tmp_path),
+            "format": "jsonl",
+            "page_size": 100,
+            "concurrency": 2,
+            "export_id": "e",
+            "plan_id": "p",
+            "base_url": sim.url,
+            "app_id": sim.app_id,
+        }
+        with pytest.raises(OSError, match="No space left") as raised:
+            await _queue._export_shard_job(_job_context(dm), task)
+
+    [outcome] = Manifest.new(
+        [Shard(0, None, None)], fmt="jsonl", base_url="u", app_id="a", filters={}
+    ).shards
+    sent = pickle.loads(pickle.dumps(raised.value))  # as arq sends a failed job's error
+    _queue._record(outcome, types.SimpleNamespace(success=False, result=sent))
+    assert outcome.status == "failed"
+    assert outcome.error == f"{tmp_path / 'part-00000.jsonl'}: No space left on device"
