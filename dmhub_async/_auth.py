@@ -13,17 +13,31 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import math
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import urlsplit
 
-from ._exceptions import AuthenticationError, DMHubError, InvalidRequestError, TokenStoreError
+from . import _exceptions
+from ._exceptions import (
+    APIConnectionError,
+    APIError,
+    AuthenticationError,
+    DMHubError,
+    InvalidRequestError,
+    TokenStoreError,
+)
+from ._retry import RetryPolicy
+from ._sansio import TOKEN_PATH
 from ._token_file import FileTokenStore
 from ._token_stores import (
     DEFAULT_STORE,
+    SHARED_FAILURES,
+    FetchFailure,
     MemoryTokenStore,
+    RecordsFetchFailures,
     RedisTokenStore,
     Token,
     TokenStore,
@@ -55,6 +69,9 @@ MARGIN_SHARE = 0.25
 #: holds a valid token tries again only after this share of the refresh margin, so that a down
 #: or frozen store costs one wait, not one a call.
 RENEW_PAUSE_SHARE = 0.1
+#: The longest a failed token fetch recorded in the store holds the other clients back (the
+#: default ``retry_after_cap``): a record that claims more (a clock far ahead) is not believed.
+MAX_FAILURE_HOLD = 60.0
 
 
 def normalise_base_url(base_url: str) -> str:
@@ -159,6 +176,9 @@ class TokenManager:
         self._flight_fetch: Callable[[], Awaitable[Token]] = fetch
         #: The held token was fetched without the store (it failed): the store's may be older.
         self._unshared = False
+        #: The failed fetch this manager last recorded in the store: its own callers (a
+        #: ``with_options`` client's retries) are not held back by it.
+        self._recorded: FetchFailure | None = None
 
     def _margin(self, token: Token) -> float:
         lifetime = token.lifetime
@@ -309,7 +329,12 @@ class TokenManager:
                 token = await self._call(self._store.get(self._key))
                 if token is not None and self._usable(token, stale):
                     return token
-                token = await self._fetch_new(fetch)
+                await self._raise_recent_failure(token)
+                try:
+                    token = await self._fetch_new(fetch)
+                except DMHubError as err:
+                    await self._record_failure(err, fetch)
+                    raise
                 try:
                     await self._call(self._store.set(self._key, token))
                     for key in self._mirror_keys:
@@ -320,6 +345,58 @@ class TokenManager:
         except BaseException:
             del stale  # as in refresh()
             raise
+
+    async def _raise_recent_failure(self, stored: Token | None) -> None:
+        """Raise the failure that another client's fetch met a moment ago, as the store
+        recorded it, while its hold lasts: N processes that took the lock in turn each ran a
+        whole backoff against a token endpoint that was down (N x (max_retries + 1) requests,
+        the last waiting for every other's backoff before its own)."""
+        store = self._store
+        if not isinstance(store, RecordsFetchFailures):
+            return  # a store of the user's own: each client its own backoff, as before
+        try:
+            failure = await self._call(store.get_failure(self._key))
+        except TokenStoreError as err:  # the record saves load; without it the fetch goes on
+            log.debug("%s; reading a failed token fetch's record", err)
+            return
+        if failure is None or failure == self._recorded:
+            return
+        now = self._clock()
+        if not now < failure.until <= now + MAX_FAILURE_HOLD:
+            return
+        issued = None if stored is None else stored.issued_at
+        if issued is not None and issued >= failure.failed_at:
+            return  # a token fetched since (by a process of a release that keeps no record)
+        raise _shared_failure(failure, now, repr(store))
+
+    async def _record_failure(self, err: DMHubError, fetch: Callable[[], Awaitable[Token]]) -> None:
+        """Record ``err``, the failure a fetch met after its retries, in the store for the hold
+        its next backoff would have lasted (the ``Retry-After`` the service asked for, if it
+        did; at most :data:`MAX_FAILURE_HOLD`): the clients that wait for the lock raise it at
+        once instead of each running its own backoff. Never the error's message."""
+        store = self._store
+        if type(err).__name__ not in SHARED_FAILURES or not isinstance(store, RecordsFetchFailures):
+            return
+        policy = getattr(fetch, "policy", None)  # a client's fetch: its retry policy
+        retry_after = getattr(err, "retry_after", None)
+        if retry_after is not None:
+            hold = float(retry_after)
+        elif isinstance(policy, RetryPolicy):
+            hold = policy.ceiling(policy.max_retries + 1)
+        else:
+            return  # a fetch of no known policy: no backoff to bound the hold by
+        hold = min(hold, MAX_FAILURE_HOLD)
+        if not hold > 0:
+            return
+        status = err.status if isinstance(err, APIError) else None
+        code = err.code if isinstance(err, APIError) and type(err.code) is int else None
+        now = self._clock()
+        failure = FetchFailure(type(err).__name__, status, code, now, now + hold)
+        self._recorded = failure
+        try:
+            await self._call(store.set_failure(self._key, failure))
+        except TokenStoreError as store_err:
+            log.debug("%s; recording a failed token fetch", store_err)
 
     async def _fetch_new(self, fetch: Callable[[], Awaitable[Token]]) -> Token:
         started = self._clock()
@@ -370,3 +447,30 @@ class TokenManager:
             await self._call(lock.__aexit__(*exc_info))  # type: ignore[arg-type]
         except TokenStoreError as err:
             log.warning("%s; its lock was not released and frees itself", err)
+
+
+def _shared_failure(failure: FetchFailure, now: float, store: str) -> DMHubError:
+    """The error of a token fetch another client made and recorded, raised as its own was: the
+    same class, status and code, and a message that says where it failed and for how long no
+    token request is sent."""
+    cls = getattr(_exceptions, failure.error)
+    if failure.status is not None:
+        what = f"HTTP {failure.status}"
+        if failure.code is not None:
+            what += f", error_code {failure.code}"
+    else:
+        what = "no answer" if cls is APIConnectionError else "no answer in time"
+    ago, left = max(0.0, now - failure.failed_at), failure.until - now
+    message = (
+        f"GET {TOKEN_PATH} -> {what}: failed {ago:.0f} s ago in another client or process"
+        f" sharing the token store {store}, after its retries; not sent again for"
+        f" {math.ceil(left):.0f} s, so that clients waiting for the token add no load to a"
+        " token endpoint that is down"
+    )
+    if issubclass(cls, APIError):
+        error: DMHubError = cls(
+            message, status=failure.status or 0, code=failure.code, method="GET", path=TOKEN_PATH
+        )
+    else:
+        error = cls(message, method="GET", path=TOKEN_PATH)
+    return error

@@ -218,10 +218,13 @@ class RetryPolicy:
         if retry_after is not None:
             # Honour the service, plus a little jitter so that clients don't stampede together.
             return float(retry_after) + self.jitter(min(1.0, 0.1 * float(retry_after)))
+        return self.jitter(self.ceiling(retry))
+
+    def ceiling(self, retry: int) -> float:
+        """The longest backoff before retry number ``retry`` (1-based), jitter aside."""
         # 2.0 ** 1000 and no further: past 1,024 retries 2 ** (retry - 1) is no float (a raw
         # OverflowError, for a policy that retries until it works); any delay is capped anyway.
-        ceiling = min(self.max_delay, self.initial_delay * 2.0 ** min(retry - 1, 1000))
-        return self.jitter(ceiling)
+        return min(self.max_delay, self.initial_delay * 2.0 ** min(retry - 1, 1000))
 
     def waits(self, clock: Callable[[], float]) -> Generator[float, BaseException, None]:
         """backoff's wait generator for one call: each failure in, the wait before the next try out.

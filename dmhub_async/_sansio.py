@@ -15,7 +15,6 @@ import aiohttp
 import attrs
 
 from . import _json
-from ._auth import Token
 from ._exceptions import (
     APIConnectionError,
     APIError,
@@ -28,6 +27,7 @@ from ._exceptions import (
 )
 from ._redact import MASK, redact
 from ._retry import FINAL_5XX, REQUEST_TIMEOUT, longest_retry_after
+from ._token_stores import Token
 from ._validate import MAX_SETTING_LENGTH, printable, sendable_token
 from ._version import __version__
 

@@ -21,7 +21,7 @@ import filelock
 from ._atomic import replace_file
 from ._exceptions import InvalidRequestError, TokenStoreError
 from ._threads import file_work, on_thread
-from ._token_stores import ProcessLocks, Token
+from ._token_stores import FetchFailure, ProcessLocks, Token
 from ._validate import check_number
 
 __all__ = ["FileTokenStore"]
@@ -36,6 +36,8 @@ _SECONDS = "a number of seconds, or None"
 #: should be): a store that cannot be read, locked or written for them is an error to fix, not
 #: an outage to ride out by fetching alone.
 _FOR_GOOD = (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR)
+#: The suffix of the entry of a key's failed fetch: no token key has a third ``|``.
+_FAILED = "|failed"
 
 
 class FileTokenStore:
@@ -216,11 +218,22 @@ class FileTokenStore:
 
     async def set(self, key: str, token: Token) -> None:
         """Store ``token`` for ``key`` (callers hold :meth:`lock`), on a thread."""
-        await on_thread(lambda: self._update(key, token))
+        await on_thread(lambda: self._update(key, token.to_json(), drop=key + _FAILED))
 
-    def _update(self, key: str, token: Token) -> None:
+    async def get_failure(self, key: str) -> FetchFailure | None:
+        """The failed fetch recorded for ``key``, or None (an entry of its own beside the
+        token's, which releases before it never read)."""
+        return FetchFailure.from_json((await file_work(self._read)).get(key + _FAILED))
+
+    async def set_failure(self, key: str, failure: FetchFailure) -> None:
+        """Record a failed fetch for ``key`` (callers hold :meth:`lock`), on a thread."""
+        await on_thread(lambda: self._update(key + _FAILED, failure.to_json()))
+
+    def _update(self, entry: str, value: dict[str, Any], *, drop: str | None = None) -> None:
         data = self._read()
-        data[key] = token.to_json()
+        data[entry] = value
+        if drop is not None:
+            data.pop(drop, None)
         try:
             self._write(data)
         except OSError as err:

@@ -94,6 +94,55 @@ class Token:
         return cls(value, expires_at, issued_at)
 
 
+@attrs.frozen
+class FetchFailure:
+    """A token fetch that failed after its retries, as a store keeps it beside the token, so
+    that the other clients sharing it raise the same error at once instead of each running a
+    whole backoff of its own against a token endpoint that is down (``TokenManager``).
+
+    ``error`` names the error's class (one of :data:`SHARED_FAILURES`), ``status`` and
+    ``code`` are an :class:`~dmhub_async.APIError`'s; ``failed_at`` and ``until`` are epoch
+    seconds. Never the error's message: nothing the service or a proxy wrote is kept.
+    """
+
+    error: str
+    status: int | None
+    code: int | None
+    failed_at: float
+    until: float
+
+    def to_json(self) -> dict[str, Any]:
+        """The record as a JSON-safe mapping, for stores."""
+        return attrs.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Any) -> FetchFailure | None:
+        """A record read back from a store, or None when the entry is unusable."""
+        try:
+            error, status, code = data["error"], data["status"], data["code"]
+            failed_at, until = float(data["failed_at"]), float(data["until"])
+        except (KeyError, TypeError, ValueError, OverflowError):
+            return None
+        if error not in SHARED_FAILURES or not math.isfinite(failed_at + until):
+            return None
+        if not all(n is None or (type(n) is int and abs(n) < 10**9) for n in (status, code)):
+            return None
+        return cls(error, status, code, failed_at, until)
+
+
+#: The failures of a token fetch that a store records: those the retries met (the service
+#: failing or throttling, no answer, garbage), never refused credentials or a local error.
+SHARED_FAILURES = frozenset(
+    {
+        "ServerError",
+        "RateLimitError",
+        "ResponseDecodeError",
+        "APIConnectionError",
+        "APITimeoutError",
+    }
+)
+
+
 @runtime_checkable
 class TokenStore(Protocol):
     """Where clients that share an appid keep their one token."""
@@ -106,6 +155,19 @@ class TokenStore(Protocol):
 
     def lock(self, key: str) -> AbstractAsyncContextManager[None]:
         """A lock that one refresher holds while it fetches a new token for ``key``."""
+
+
+@runtime_checkable
+class RecordsFetchFailures(Protocol):
+    """What a store may do besides :class:`TokenStore`'s own: keep a :class:`FetchFailure` beside
+    a key's token. Optional: a store without it works as before, each client running its own
+    backoff when the token endpoint is down. The memory, file and Redis stores have it."""
+
+    async def get_failure(self, key: str) -> FetchFailure | None:
+        """The failure recorded for ``key``, or None."""
+
+    async def set_failure(self, key: str, failure: FetchFailure) -> None:
+        """Record ``failure`` for ``key`` (callers hold :meth:`TokenStore.lock`)."""
 
 
 K = TypeVar("K")
@@ -265,6 +327,7 @@ class MemoryTokenStore:
 
     def __init__(self) -> None:
         self._tokens: dict[str, Token] = {}
+        self._failures: dict[str, FetchFailure] = {}
         self._locks = ProcessLocks()
 
     async def get(self, key: str) -> Token | None:
@@ -274,6 +337,15 @@ class MemoryTokenStore:
     async def set(self, key: str, token: Token) -> None:
         """Store ``token`` for ``key``."""
         self._tokens[key] = token
+        self._failures.pop(key, None)
+
+    async def get_failure(self, key: str) -> FetchFailure | None:
+        """The failed fetch recorded for ``key``, or None."""
+        return self._failures.get(key)
+
+    async def set_failure(self, key: str, failure: FetchFailure) -> None:
+        """Record a failed fetch for ``key``."""
+        self._failures[key] = failure
 
     def lock(self, key: str) -> AbstractAsyncContextManager[None]:
         """The process's lock for ``key``, whatever event loop the caller runs on."""
@@ -287,6 +359,8 @@ DEFAULT_STORE = MemoryTokenStore()
 
 
 _REDIS_SCHEMES = ("redis", "rediss", "unix")
+#: The suffix of the Redis key of a key's failed fetch (the lock's is ``:lock``).
+_FAILED = ":failed"
 
 
 async def _close_redis(client: Redis) -> None:
@@ -449,6 +523,39 @@ class RedisTokenStore:
         try:
             await (await self._client()).set(
                 self._prefix + key, json.dumps(token.to_json()), ex=math.ceil(lifetime)
+            )
+        except (RedisError, OSError, RuntimeError) as err:
+            raise self._error("SET", err) from None
+
+    async def get_failure(self, key: str) -> FetchFailure | None:
+        """The failed fetch recorded for ``key``, or None: a key of its own beside the token's,
+        which Redis drops when the record's hold ends."""
+        from redis.exceptions import RedisError, ResponseError
+
+        try:
+            raw = await (await self._client()).get(self._prefix + key + _FAILED)
+        except ResponseError as err:
+            if str(err).startswith("WRONGTYPE"):
+                return None
+            raise self._error("GET", err) from None
+        except (RedisError, OSError, RuntimeError) as err:
+            raise self._error("GET", err) from None
+        if raw is None:
+            return None
+        try:
+            return FetchFailure.from_json(json.loads(raw))
+        except (ValueError, RecursionError):
+            return None
+
+    async def set_failure(self, key: str, failure: FetchFailure) -> None:
+        """Record a failed fetch for ``key``, kept by Redis until the record's hold ends (by
+        Redis's clock: a machine whose clock is ahead holds no other back for longer)."""
+        from redis.exceptions import RedisError
+
+        hold = max(1, math.ceil((failure.until - failure.failed_at) * 1000))
+        try:
+            await (await self._client()).set(
+                self._prefix + key + _FAILED, json.dumps(failure.to_json()), px=hold
             )
         except (RedisError, OSError, RuntimeError) as err:
             raise self._error("SET", err) from None
