@@ -312,7 +312,8 @@ def merge(
     ``allow_incomplete``, a part that is not complete goes in as far as its checkpoint covers
     (one whose export ended in MISMATCH, as it was then), in whole lines: a record its
     worker was killed writing is left out (as is a torn last record of a complete part cut
-    short since).
+    short since). A complete part that is not cut short is still checked (its SHA-256), and
+    goes in as it was exported, without what was appended since.
 
     Blocking file work (0.3 s for 100,000 customers, 83 MB): from async code, run it on a
     thread, ``await asyncio.to_thread(merge, directory, dest)``, or the event loop stands still
@@ -320,8 +321,9 @@ def merge(
 
     Raises:
         InvalidRequestError: no manifest, a part missing, the export not complete, or a
-            complete part changed since it was exported: its size, or its content (the
-            SHA-256 the manifest records) (all unless ``allow_incomplete``).
+            complete part changed since it was exported: its size (these unless
+            ``allow_incomplete``), or its content (the SHA-256 the manifest records); a CSV
+            part whose header is not the first part's (another export's).
     """
     check_output_name(Path(dest))
     manifest = Manifest.read(directory)
@@ -347,6 +349,7 @@ def merge(
 def _copy_parts(manifest: Manifest, directory: Path, out: BinaryIO, allow_incomplete: bool) -> int:
     """Copy the parts into ``out`` in shard order, as :func:`merge` says; the records."""
     records = 0
+    first_header: tuple[bytes, str] | None = None  # a CSV's, and the part it came from
     for outcome in manifest.shards:
         part = directory / outcome.file
         if not part.is_file():
@@ -363,7 +366,12 @@ def _copy_parts(manifest: Manifest, directory: Path, out: BinaryIO, allow_incomp
         # itself to the next part's first record.
         unfinished = outcome.status != "complete"
         limit: int | None = None
-        if outcome.status == "incomplete" and outcome.size is not None:
+        cut_short = changed is not None and part.stat().st_size < (outcome.size or 0)
+        if not unfinished and allow_incomplete and not cut_short:
+            # What was exported, checked, and nothing after it: a part edited, another
+            # export's in its place, or a record appended since went in as it was.
+            limit = outcome.size
+        elif outcome.status == "incomplete" and outcome.size is not None:
             # Its export ended (in MISMATCH): the part as it was then, the customers its final
             # check appended included, though its checkpoint (kept, for a rerun to check it
             # again) covers only the ordered walk.
@@ -372,7 +380,8 @@ def _copy_parts(manifest: Manifest, directory: Path, out: BinaryIO, allow_incomp
             limit = _committed(part.with_name(f"{part.name}.ckpt"))
         # Its content checked as it is copied: a part edited, or another run's part of the
         # same size put in its place, was merged without a word.
-        check = outcome.sha256 is not None and not unfinished and not allow_incomplete
+        # Not a complete part cut short since (allow_incomplete): its whole lines go in.
+        check = outcome.sha256 is not None and not unfinished and not cut_short
         digest = hashlib.sha256()
         csv = manifest.format == "csv"
         # A CSV record's lines while a quoted field runs on (an odd count of `"` on a line
@@ -386,8 +395,18 @@ def _copy_parts(manifest: Manifest, directory: Path, out: BinaryIO, allow_incomp
                 header = fh.readline()
                 read += len(header)
                 digest.update(header)
-                if out.tell() == 0:
+                if not header.endswith(b"\n"):
+                    pass  # empty, or torn: no record follows
+                elif first_header is None:
+                    first_header = (header, outcome.file)
                     out.write(header)
+                elif header != first_header[0]:
+                    # Another export's part (another --select): its rows under these columns.
+                    raise InvalidRequestError(
+                        f"{outcome.file} has other columns than {first_header[1]}: it is not "
+                        "this export's part; delete it and rerun the export, which exports "
+                        "that shard again"
+                    )
             for line in fh:
                 read += len(line)
                 torn = not line.endswith(b"\n") or (limit is not None and read > limit)
@@ -405,9 +424,10 @@ def _copy_parts(manifest: Manifest, directory: Path, out: BinaryIO, allow_incomp
                 out.write(line)
                 records += 1
         if check and digest.hexdigest() != outcome.sha256:
+            same = ", the same size" if changed is None else ""
             raise InvalidRequestError(
-                f"{outcome.file} is not what was exported (its content changed since, the "
-                "same size): delete it and rerun the export, which exports that shard again"
+                f"{outcome.file} is not what was exported (its content changed since{same}): "
+                "delete it and rerun the export, which exports that shard again"
             )
     return records
 

@@ -127,6 +127,71 @@ async def test_a_merge_refuses_a_part_whose_content_changed_since_it_was_exporte
     assert not (tmp_path / "all.jsonl").exists()
 
 
+def grown(out: Path) -> None:
+    """Its own last record appended again (a copy run twice, an editor's paste)."""
+    part = out / "part-00001.jsonl"
+    part.write_bytes(part.read_bytes() + part.read_bytes().splitlines(keepends=True)[-1])
+
+
+def another_longer(out: Path) -> None:
+    """Another export's longer part in its place: the first records another's, more after."""
+    part = out / "part-00001.jsonl"
+    data = part.read_bytes()
+    part.write_bytes(edited(data) + (out / "part-00002.jsonl").read_bytes())
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda out: (out / "part-00001.jsonl").write_bytes(
+            edited((out / "part-00001.jsonl").read_bytes())
+        ),
+        another_longer,
+    ],
+    ids=["edited in place", "another longer"],
+)
+async def test_merging_what_there_is_still_refuses_a_complete_part_that_is_not_what_was_exported(
+    done: Path, tmp_path: Path, damage: Callable[[Path], None]
+) -> None:
+    # allow_incomplete takes what there is of an export not finished; it took a complete part
+    # edited, or another export's in its place, as it was: its records (or a record edited
+    # into one that no longer reads) merged without a word, another's customers twice.
+    damage(done)
+
+    with pytest.raises(InvalidRequestError, match=r"part-00001\.jsonl is not what was exported"):
+        merge(done, tmp_path / "all.jsonl", allow_incomplete=True)
+    assert not (tmp_path / "all.jsonl").exists()
+
+
+async def test_merging_what_there_is_takes_a_grown_complete_part_as_it_was_exported(
+    done: Path, tmp_path: Path
+) -> None:
+    # A complete part with a record appended since: allow_incomplete merged that customer
+    # twice. What was exported is still there, checked: it goes in, and nothing after it.
+    grown(done)
+
+    merged = merge(done, tmp_path / "all.jsonl", allow_incomplete=True)
+
+    ids = [orjson.loads(line)["id"] for line in (tmp_path / "all.jsonl").read_bytes().splitlines()]
+    assert merged == len(ids) == len(set(ids)) == CUSTOMERS
+
+
+async def test_merging_what_there_is_refuses_a_csv_part_of_other_columns(
+    dm: DMHubClient, tmp_path: Path
+) -> None:
+    # A part of another export (--select name) where an unfinished shard's part was: its rows
+    # went in under the first part's header, names in the columns of ids and stages.
+    out, other = tmp_path / "out", tmp_path / "other"
+    await export_sharded(dm, out, 2, format="csv", progress=False)
+    await export_sharded(dm, other, 2, format="csv", select=["name"], progress=False)
+    edit(out, lambda data: data["shards"][1].update(status="failed"))
+    (out / "part-00001.csv").write_bytes((other / "part-00001.csv").read_bytes())
+
+    with pytest.raises(InvalidRequestError, match=r"part-00001\.csv has other columns"):
+        merge(out, tmp_path / "all.csv", allow_incomplete=True)
+    assert not (tmp_path / "all.csv").exists()
+
+
 async def test_a_manifest_without_digests_still_merges(done: Path, tmp_path: Path) -> None:
     # Written before the digests were recorded: read and merged as before (sizes checked).
     data = orjson.loads((done / MANIFEST_NAME).read_bytes())
