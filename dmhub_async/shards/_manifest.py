@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import operator
 import os
 import secrets
@@ -28,6 +29,8 @@ from .._threads import on_thread
 from ..export._export import check_output_name
 from ..export._output import _lock, _release, _sweep
 from ._plan import Shard
+
+logger = logging.getLogger("dmhub_async")
 
 __all__ = [
     "MANIFEST_NAME",
@@ -354,6 +357,8 @@ def _copy_parts(manifest: Manifest, directory: Path, out: BinaryIO, allow_incomp
         part = directory / outcome.file
         if not part.is_file():
             if allow_incomplete:
+                # Said: "merged 15,000 records" alone read as the whole export.
+                logger.warning("merge: %s is missing: left out", outcome.file)
                 continue
             raise InvalidRequestError(f"{part} is missing")
         changed = outcome.part_changed(directory)
@@ -389,6 +394,7 @@ def _copy_parts(manifest: Manifest, directory: Path, out: BinaryIO, allow_incomp
         # a record counts once, and one torn across its lines is left out whole.
         held: list[bytes] = []
         quoted = False
+        before = records
         with part.open("rb") as fh:
             read = 0
             if csv:
@@ -428,6 +434,20 @@ def _copy_parts(manifest: Manifest, directory: Path, out: BinaryIO, allow_incomp
             raise InvalidRequestError(
                 f"{outcome.file} is not what was exported (its content changed since{same}): "
                 "delete it and rerun the export, which exports that shard again"
+            )
+        if cut_short:
+            logger.warning(
+                "merge: %s was cut short since it was exported: %s of its %s records merged",
+                outcome.file,
+                f"{records - before:,}",
+                f"{outcome.exported:,}",
+            )
+        elif unfinished:
+            logger.warning(
+                "merge: %s: %s records merged, its shard %s (not complete)",
+                outcome.file,
+                f"{records - before:,}",
+                outcome.status,
             )
     return records
 

@@ -467,6 +467,38 @@ async def test_the_cli_says_it_merged_records_not_lines(dm: DMHubClient, tmp_pat
     assert report["records"] == CUSTOMERS + 1
 
 
+async def test_merging_what_there_is_says_which_parts_it_left_out_or_cut(
+    done: Path, tmp_path: Path
+) -> None:
+    # A complete export, a part deleted and one cut short mid-record since: `merge
+    # --allow-incomplete` said only "merged 300 records", exit 0, as if that were the export.
+    (done / "part-00001.jsonl").unlink()
+    part = done / "part-00002.jsonl"
+    lines = part.read_bytes().splitlines(keepends=True)
+    part.write_bytes(b"".join(lines[:10]) + lines[10][:20])
+    command = [sys.executable, "-m", "dmhub_async", "merge", str(done), "--allow-incomplete"]
+
+    ran = await asyncio.to_thread(
+        subprocess.run,
+        [*command, "--out", str(tmp_path / "some.jsonl")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert ran.returncode == 0, ran.stderr
+    kept = len((tmp_path / "some.jsonl").read_bytes().splitlines())
+    assert ran.stdout.startswith(f"merged {kept:,} records"), ran.stdout
+    said = ran.stderr.splitlines()
+    assert "Traceback" not in ran.stderr
+    assert any("part-00001.jsonl is missing: left out" in line for line in said), said
+    assert any(
+        "part-00002.jsonl" in line and f"10 of its {len(lines):,} records merged" in line
+        for line in said
+    ), said
+
+
 async def test_a_merge_removes_the_temporary_file_a_killed_merge_left(
     done: Path, tmp_path: Path
 ) -> None:
