@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .._auth import FileTokenStore, RedisTokenStore
-from .._exceptions import DMHubError, InvalidRequestError
+from .._exceptions import DMHubError, InvalidRequestError, TokenStoreError
 from .._redact import redact
 from ..shards import MANIFEST_NAME, Manifest, merge
 from ..shards._local import WorkerSettings, private_token_directory, run_in_processes
@@ -318,10 +318,13 @@ async def worker_command(args: argparse.Namespace) -> int:
     if getattr(args, "timezone", None):
         client["timezone"] = args.timezone
     spec = queue_token_store(args.token_store)
-    if spec is not None:
-        client["token_store"] = token_store(spec)
+    store = token_store(spec) if spec is not None else None
+    if store is not None:
+        client["token_store"] = store
     args = argparse.Namespace(**{**vars(args), "redis": with_redis_password(args.redis)})
     await _reach_queue(args.redis, "--redis")
+    if isinstance(store, RedisTokenStore):
+        await _reach_token_store(store)
     from redis.exceptions import RedisError  # installed: _reach_queue found it
 
     arq_worker = worker(
@@ -341,6 +344,20 @@ async def worker_command(args: argparse.Namespace) -> int:
         finally:
             await arq_worker.close()
     return EXIT_OK
+
+
+async def _reach_token_store(store: RedisTokenStore) -> None:
+    """A worker's Redis token store, read once as it starts (TokenStoreError if it cannot be).
+
+    First used by a job, a store that refuses the worker (a wrong password, a database Redis
+    does not have) let it start and take the queue's shards, failing each one.
+    """
+    try:
+        await store.get("dmhub-async:worker-start")  # a key no token is kept at
+    except TokenStoreError:
+        with contextlib.suppress(Exception):
+            await store.aclose()
+        raise
 
 
 class _OneLine(logging.Formatter):

@@ -355,6 +355,32 @@ def test_a_token_store_of_one_machine_in_the_environment_is_refused_on_a_queue(
     assert not (tmp_path / "q").exists()
 
 
+@pytest.mark.parametrize("given", ["DMHUB_TOKEN_STORE", "--token-store"])
+def test_a_worker_whose_token_store_refuses_it_says_so_as_it_starts(
+    tmp_path: Path, redis: RedisServer, given: str
+) -> None:
+    # A Redis token store that refuses the worker (a wrong password, a database it does not
+    # have) was first used by a job: the worker started, took the queue's shards and failed
+    # each one (`--burst` on an empty queue: exit 0, not a word). Said at its start, before
+    # it takes anything, as a queue Redis that refuses is.
+    tokens = f"redis://127.0.0.1:{redis.port}/99"
+    with sim_process(100) as sim:
+        env = sim.env(XDG_CACHE_HOME=str(tmp_path / "cache"))
+        command = [sys.executable, "-m", "dmhub_async", "worker", "--redis", redis.url, "--burst"]
+        if given == "DMHUB_TOKEN_STORE":
+            env[given] = tokens
+        else:
+            command += [given, tokens]
+        run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+        state = sim.state()
+
+    assert run.returncode == 1, run.stderr
+    assert run.stderr.startswith("dmhub-async: error: RedisTokenStore("), run.stderr
+    assert "DB index is out of range" in run.stderr
+    assert run.stderr.count("\n") == 1  # one line, no traceback
+    assert sum(state["per_second"]) == state["tokens_issued"] == 0  # nothing was sent
+
+
 def test_a_queue_with_a_password_is_reached_without_it_on_the_command_line(
     tmp_path: Path, redis: RedisServer
 ) -> None:
