@@ -100,7 +100,14 @@ async def _child_loop(
         if settings.token_redis
         else FileTokenStore(settings.token_file)
     )
+    go_on, joined = (
+        (True, None) if settings.token_redis else _join_token_directory(settings.token_file)
+    )
+    if not go_on:
+        return  # its run's private token directory is gone: the run is over
     async with contextlib.AsyncExitStack() as stack:
+        if joined is not None:
+            stack.callback(os.close, joined)
         if isinstance(store, RedisTokenStore):
             stack.push_async_callback(store.aclose)
         client = await stack.enter_async_context(DMHubClient(**settings.client, token_store=store))
@@ -181,7 +188,9 @@ def private_token_directory() -> Iterator[str]:
     that nobody removed (the machine's /tmp cleaner, days later). So the run holds a lock on
     a file in it for its whole life, which the kernel releases when the process dies however
     it dies, and each run removes, as it starts, the directories of this user that no live run
-    holds (:func:`_remove_stale_token_directories`).
+    holds (:func:`_remove_stale_token_directories`). The lock is shared: the run's worker
+    processes hold it too (:func:`_join_token_directory`), so a directory whose coordinator
+    was killed is not removed while its workers still run.
     """
     _remove_stale_token_directories()
     private = tempfile.mkdtemp(prefix=_PRIVATE_PREFIX)
@@ -206,12 +215,45 @@ def _hold(private: str) -> int | None:
     made = os.path.join(private, ".owner")
     fd = os.open(made, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         os.rename(made, os.path.join(private, _OWNER))
     except BaseException:
         os.close(fd)
         raise
     return fd
+
+
+def _join_token_directory(token_file: str) -> tuple[bool, int | None]:
+    """A worker's share of the lock of its run's private token directory, if ``token_file``
+    is in one: (whether the worker may go on, the descriptor it holds, or None).
+
+    A coordinator killed outright leaves its workers running until their current page ends.
+    The next run took the directory for a dead run's and removed it under them, and a worker's
+    next token (FileTokenStore makes its directory again) was left in a directory without an
+    owner file, which no run ever removes: a live token on disk for good. A worker that finds
+    the directory removed, or being removed, does not go on: its run is over.
+    """
+    owner = os.path.join(os.path.dirname(token_file), _OWNER)
+    if not os.path.basename(os.path.dirname(token_file)).startswith(_PRIVATE_PREFIX):
+        return True, None  # a store the caller named: not a run's private directory
+    try:
+        import fcntl
+    except ImportError:
+        return True, None
+    try:
+        fd = os.open(owner, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return False, None  # removed (every run's directory has its owner file): over
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        held = os.fstat(fd)
+        now = os.stat(owner, follow_symlinks=False)
+        if (held.st_dev, held.st_ino) != (now.st_dev, now.st_ino):
+            raise FileNotFoundError(owner)  # removed between the open and the lock
+    except OSError:
+        os.close(fd)
+        return False, None  # being removed (a later run holds it), or gone
+    return True, fd
 
 
 def _remove_stale_token_directories() -> None:

@@ -195,6 +195,89 @@ def test_a_private_token_directory_outlives_only_a_dead_run(
     assert sorted(p.name for p in tmp_path.iterdir()) == [unknown.name]
 
 
+@pytest.mark.skipif(not hasattr(os, "getuid"), reason="POSIX: flock")
+def test_a_killed_runs_token_directory_is_kept_while_its_workers_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A coordinator killed outright (kill -9, the OOM killer) leaves its workers running to the
+    # end of their pages. The next run took the directory for a dead run's and removed it under
+    # them; a worker's next token (FileTokenStore makes its directory again) was then left in a
+    # directory without an owner file, which no run removes: a live token on disk for good.
+    # (Three quick reruns after such kills left four.) The workers hold the run's lock too.
+    import subprocess
+    import sys
+
+    from _cli_support import REPO, ServedSimulator
+
+    private_tmp = tmp_path / "tmp"
+    private_tmp.mkdir()
+    monkeypatch.setattr(_local.tempfile, "tempdir", str(private_tmp))
+    holder = (
+        "import time\n"
+        "from dmhub_async.shards._local import private_token_directory\n"
+        "with private_token_directory() as d:\n"
+        "    print(d, flush=True)\n"
+        "    time.sleep(100)\n"
+    )
+    env = {**os.environ, "TMPDIR": str(private_tmp), "PYTHONPATH": str(REPO)}
+    coordinator = subprocess.Popen(
+        [sys.executable, "-c", holder], env=env, stdout=subprocess.PIPE, text=True
+    )
+    served = ServedSimulator(50)
+    served.start()
+    ctx = multiprocessing.get_context("spawn")
+    worker = None
+    events = None
+    try:
+        assert coordinator.stdout is not None
+        private = Path(coordinator.stdout.readline().strip())
+        sim = served.sim
+        credentials = {"app_id": sim.app_id, "secret": sim.secret, "base_url": sim.url}
+
+        async def plan() -> Manifest:
+            async with DMHubClient(**credentials) as dm:
+                return await prepare(dm, tmp_path / "out", 1)
+
+        manifest = asyncio.run(plan())
+        settings = WorkerSettings(credentials, str(private / "tokens.json"))
+        tasks = ctx.Queue()
+        events, writer = ctx.Pipe(duplex=False)
+        worker = ctx.Process(
+            target=_local._child,
+            args=(settings, str(tmp_path / "out"), "jsonl", tasks, writer),
+            daemon=True,
+        )
+        worker.start()
+        writer.close()
+        tasks.put(manifest.shards[0].shard.to_dict())
+        while True:  # the worker has its token and has exported its shard
+            assert events.poll(60), "the worker said nothing"
+            if events.recv()[0] != "progress":
+                break
+        coordinator.kill()
+        coordinator.wait(timeout=30)
+
+        _local._remove_stale_token_directories()  # the next run starts: its worker still runs
+
+        assert (private / "tokens.json").exists()
+        tasks.put(None)
+        worker.join(30)
+        assert worker.exitcode == 0
+        _local._remove_stale_token_directories()  # and the one after: now it is dead
+        assert list(private_tmp.iterdir()) == []
+    finally:
+        coordinator.kill()
+        coordinator.wait(timeout=30)
+        if coordinator.stdout is not None:
+            coordinator.stdout.close()
+        if events is not None:
+            events.close()
+        if worker is not None and worker.is_alive():
+            worker.kill()
+            worker.join(30)
+        served.stop()
+
+
 async def test_a_failed_shards_retries_come_back_from_its_worker(tmp_path: Path) -> None:
     """A shard whose export failed in its worker (its requests retried until the client gave
     up) was sent back as its error alone: the retries it took were counted nowhere, and the
