@@ -623,3 +623,28 @@ def test_demo_exports_a_seeded_simulator(tmp_path: Path) -> None:
     ids = jsonl_ids(tmp_path / "dmhub-demo.jsonl")
     assert len(ids) == len(set(ids)) == 500
     assert "exported      500 customers" in result.stdout
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+@pytest.mark.parametrize("command", ["export", "lookup"])
+def test_a_full_standard_output_is_named_in_the_error(
+    served: ServedSimulator, env: dict[str, str], tmp_path: Path, command: str
+) -> None:
+    # `--out - > /dev/full` (a disk that filled under a redirect) said "error: No space left on
+    # device", naming nothing: a file --out names itself (`found.csv: No space ...`).
+    (tmp_path / "ids.csv").write_text("mobile,13800000000\n", encoding="utf-8")
+    args = ["--in", "ids.csv"] if command == "lookup" else []
+    with open("/dev/full", "wb") as full:
+        result = subprocess.run(
+            cli_command(command, *args, "--out", "-", "-q"),
+            env=env,
+            cwd=tmp_path,
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=TIMEOUT,
+            check=False,
+        )
+
+    assert result.returncode == 1, result.stderr
+    assert result.stderr == "dmhub-async: error: standard output: No space left on device\n"

@@ -101,6 +101,12 @@ class _SignalledStdout(io.BufferedIOBase):
         except Interrupted:
             self._stopped = True
             raise
+        except OSError as err:
+            if isinstance(err, BrokenPipeError) or err.filename is not None or not err.strerror:
+                raise  # a reader gone: exit 141, silently
+            # Named, as a file --out names itself: "error: No space left on device" said
+            # nothing of where (`--out - > /dev/full`, a disk that filled under a redirect).
+            raise OSError(err.errno, err.strerror, "standard output") from None
         return len(view)
 
     def stop(self, signum: int) -> None:
