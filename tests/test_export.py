@@ -806,6 +806,53 @@ async def test_a_short_id_lists_checkpoint_is_as_earlier_releases_read_it(
     assert recorded["scope"]["filters"]["idList"] == ",".join(map(str, ids))
 
 
+class _Stopped(Exception):
+    """Raised from on_progress: the export stops with its checkpoint kept."""
+
+
+@pytest.mark.parametrize("extra", [0, 12_000], ids=["short", "long"])
+async def test_a_resume_takes_the_same_id_list_in_another_order(
+    sim: DMHubSimulator, client: DMHubClient, tmp_path: Path, extra: int
+) -> None:
+    # The export walks an id_list's customers by id, each once, whatever its order or repeats:
+    # the same ids given in another order (a set, a query without ORDER BY) were refused on
+    # resume as "another export", and the refusal quoted every id of both lists (380,000
+    # characters for 14,000 ids). Another list is still refused, in a line.
+    ids = [*sim.customer_ids()[:400], *range(10**12, 10**12 + extra)]
+    dest, ckpt = tmp_path / "customers.jsonl", tmp_path / "customers.ckpt"
+    pages = 0
+
+    def stop_at_the_third(progress: ExportProgress) -> None:
+        nonlocal pages
+        pages += 1
+        if pages == 3:
+            raise _Stopped
+
+    with pytest.raises(_Stopped):
+        await export_customers(
+            client,
+            dest,
+            checkpoint=ckpt,
+            page_size=50,
+            concurrency=1,
+            progress=False,
+            on_progress=stop_at_the_third,
+            id_list=ids,
+        )
+    assert ckpt.exists()
+
+    with pytest.raises(InvalidRequestError, match="belongs to another export") as refused:
+        await export_customers(client, dest, checkpoint=ckpt, progress=False, id_list=ids[1:])
+    assert len(str(refused.value)) < 1_000
+
+    report = await export_customers(
+        client, dest, checkpoint=ckpt, progress=False, id_list=[*reversed(ids), ids[0]]
+    )
+
+    assert report.complete
+    assert [row["id"] for row in read_jsonl(dest)] == sim.customer_ids()[:400]
+
+
 async def test_the_report_counts_the_retries_of_every_request_the_export_sent(
     sim: DMHubSimulator, tmp_path: Path, clock: Any
 ) -> None:
