@@ -17,6 +17,7 @@ import orjson
 
 from .._atomic import replace_file
 from .._exceptions import InvalidRequestError
+from ..resources._batches import walked_ids
 
 __all__ = [
     "CHECKPOINT_VERSION",
@@ -81,6 +82,8 @@ def _filter_differences(mine: dict[str, str], theirs: dict[str, str]) -> list[st
         if ids_mine is None or ids_theirs is None:
             whose = "the checkpoint" if ids_theirs is None else "this export"
             said.append(f"idList: only {whose} has one")
+        elif _DIGEST in mine["idList"] + theirs["idList"]:  # a long list: by its SHA-256
+            said.append("idList: other ids (the checkpoint's list has another SHA-256)")
         else:
             said.append(
                 f"idList: {len(ids_mine):,} ids in the checkpoint, {len(ids_theirs):,} now, "
@@ -117,9 +120,11 @@ class Checkpoint:
 _converter = cattrs.Converter(forbid_extra_keys=True)
 
 
-def id_list_digest(joined: str) -> str:
-    """``sha256:<hex>`` of an ``idList`` as sent (the ids as given, repeats kept)."""
-    return _DIGEST + hashlib.sha256(joined.encode()).hexdigest()
+def id_list_digest(walked: str) -> str:
+    """``sha256:<hex>`` of an ``idList`` as the walk takes it (:func:`walked_ids`: each id
+    once, sorted), so that the same ids in another order or with repeats are the same export,
+    as :meth:`ExportScope.differences` takes a list it compares whole."""
+    return _DIGEST + hashlib.sha256(walked.encode()).hexdigest()
 
 
 def recorded_scope(scope: ExportScope) -> ExportScope:
@@ -133,7 +138,8 @@ def recorded_scope(scope: ExportScope) -> ExportScope:
     ids = scope.filters.get("idList")
     if ids is None or len(ids) <= ID_LIST_KEPT or ids.startswith(_DIGEST):
         return scope
-    return attrs.evolve(scope, filters={**scope.filters, "idList": id_list_digest(ids)})
+    walked = walked_ids([int(i) for i in ids.split(",")])
+    return attrs.evolve(scope, filters={**scope.filters, "idList": id_list_digest(walked)})
 
 
 def _digested(scope: ExportScope) -> bool:

@@ -20,7 +20,7 @@ from .._pagination import AsyncPaginator
 from .._retry import RETRY_TALLY, RetryTally
 from .._threads import on_thread
 from .._validate import short
-from ..resources._batches import joined_ids
+from ..resources._batches import walked_ids
 from ..resources._filters import checked_ids, read_id_list
 from ..resources.customers import CustomerFilters, customer_filter_params, long_id_list
 from ._checkpoint import Checkpoint, ExportScope, id_list_digest, recorded_scope
@@ -141,9 +141,9 @@ async def _export(
     checked = filters if long_ids is None else {**filters, "id_list": [0]}
     check_run(client, page_size, concurrency, "on_progress", on_progress, **checked)
     if scope is not None and long_ids is not None:
-        # The checkpoint records the ids as sent, as their digest (recorded_scope): joined and
-        # hashed on a thread (300,000 held the event loop 100 ms and more).
-        digest = await asyncio.to_thread(lambda: id_list_digest(joined_ids(long_ids)))
+        # The checkpoint records the ids as walked, as their digest (recorded_scope): sorted,
+        # joined and hashed on a thread (300,000 held the event loop 100 ms and more).
+        digest = await asyncio.to_thread(lambda: id_list_digest(walked_ids(long_ids)))
         scope = attrs.evolve(scope, filters={**scope.filters, "idList": digest})
     elif scope is not None:
         scope = recorded_scope(scope)  # a list of some 200 ids and more: its digest

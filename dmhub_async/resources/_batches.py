@@ -9,7 +9,8 @@ them one after another as one :class:`AsyncPaginator` (:class:`BatchWalk`).
 from __future__ import annotations
 
 import heapq
-from collections.abc import AsyncGenerator, Awaitable, Callable
+import itertools
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from itertools import accumulate
 from typing import Any, TypeVar
 
@@ -20,7 +21,13 @@ from .._pagination import AsyncPaginator, RawPage
 from .._validate import MAX_QUERY_LENGTH, check_paging, query_length
 from ..models.page import Page
 
-__all__ = ["BatchWalk", "check_room", "id_batches", "joined_ids", "sized_batches"]
+__all__ = [
+    "BatchWalk",
+    "check_room",
+    "id_batches",
+    "sized_batches",
+    "walked_ids",
+]
 
 T = TypeVar("T")
 #: A comma, percent-encoded (an upper bound: yarl writes it as is).
@@ -56,18 +63,11 @@ def sized_batches(
     the sort) on a busy machine, and the event loop waited as long. Here they are
     deduplicated and sorted ``_STEP`` at a time, and merged.
     """
-    unique: set[Any] = set()
-    for start in range(0, len(ids), _STEP):
-        unique.update(ids[start : start + _STEP])
-    values = list(unique)
-    runs = [
-        sorted(values[start : start + _STEP], reverse=descending)
-        for start in range(0, len(values), _STEP)
-    ]
+    values = list(_unique(ids))
     room = check_room(method, params, name, max(values))
     batches: list[list[str]] = []
     used = room  # no batch yet
-    for value in heapq.merge(*runs, reverse=descending):
+    for value in _merged(values, descending):
         text = str(int(value))
         cost = len(text) + _SEPARATOR
         if used + cost > room + _SEPARATOR:  # the first id of a batch has no separator
@@ -78,12 +78,32 @@ def sized_batches(
     return [{**params, name: ",".join(batch)} for batch in batches], list(map(len, batches))
 
 
-def joined_ids(ids: list[Any]) -> str:
-    """``ids`` comma-separated, for a thread: ``_STEP`` at a time (300,000 joined in one go held
-    the GIL, and the event loop, 40 to 100 ms on a busy machine)."""
-    return ",".join(
-        ",".join(map(str, ids[start : start + _STEP])) for start in range(0, len(ids), _STEP)
-    )
+def _unique(ids: list[Any]) -> set[Any]:
+    """``ids`` each once, ``_STEP`` at a time."""
+    unique: set[Any] = set()
+    for start in range(0, len(ids), _STEP):
+        unique.update(ids[start : start + _STEP])
+    return unique
+
+
+def _merged(values: list[Any], descending: bool = False) -> Iterator[Any]:
+    """``values`` (no repeats) sorted: runs of ``_STEP`` sorted, then merged."""
+    runs = [
+        sorted(values[start : start + _STEP], reverse=descending)
+        for start in range(0, len(values), _STEP)
+    ]
+    return heapq.merge(*runs, reverse=descending)
+
+
+def walked_ids(ids: list[Any]) -> str:
+    """``ids`` as a walk takes them, comma-separated: each once, sorted (for a thread, never
+    holding the GIL for long). Two lists of the same ids in any order or repeats give the
+    same text: the same export."""
+    merged = _merged(list(_unique(ids)))
+    parts = []
+    while chunk := list(itertools.islice(merged, _STEP)):
+        parts.append(",".join(map(str, chunk)))
+    return ",".join(parts)
 
 
 def check_room(method: str, params: dict[str, str], name: str, longest: int) -> int:
