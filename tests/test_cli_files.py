@@ -1139,3 +1139,30 @@ def test_standard_input_that_cannot_be_copied_says_where_and_why_not_the_hidden_
         " No space left on device; set TMPDIR to a directory with room"
     )
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_lookups_output_is_on_disk_before_it_takes_the_old_ones_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The output took its name unsynced: after a power loss just then, `lookup --force` could
+    # leave an empty file where the old result was (the rename on disk, the data not). Its
+    # rows are now synced before the rename, as an export's are.
+    from dmhub_async.cli._files import replace_on_success
+
+    out = tmp_path / "found.csv"
+    out.write_text("an earlier result\n", encoding="utf-8")
+    synced: list[tuple[int, str]] = []
+    fsync = os.fsync
+
+    def watched(fd: int) -> None:
+        synced.append((os.fstat(fd).st_size, out.read_text(encoding="utf-8")))
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", watched)
+    with replace_on_success(str(out), "utf-8") as text:
+        text.write("type,value,customer_id\r\nmobile,13800000000,42\r\n")
+
+    rows = "type,value,customer_id\r\nmobile,13800000000,42\r\n"
+    assert out.read_bytes().decode() == rows
+    # Synced whole, while the old file still held the name.
+    assert (len(rows), "an earlier result\n") in synced

@@ -349,8 +349,9 @@ def replace_on_success(out: str, encoding: str) -> Iterator[TextIO]:
             stream.flush()
             stream.detach()  # sys.stdout keeps its buffer
         return
-    # No fsync, as before: a lookup's output is made again by running it again.
-    with replacing(Path(out), sync=False, output=True) as raw:
+    # Synced before it takes the name: after a power loss just then, a `--force` run could
+    # leave an empty file where the old result was (the rename on disk, the data not).
+    with replacing(Path(out), output=True) as raw:
         text = io.TextIOWrapper(raw, encoding=encoding, newline="")
         yield text
         text.detach()  # its rows flushed into the file, which replacing closes and renames
