@@ -342,7 +342,7 @@ async def _supervise(
             return
         tries[index] = tries.get(index, 0) + 1
         todo[index].status = "running"
-        tasks.put(todo[index].shard.to_dict())
+        tasks.put(todo[index].shard.without_ids().to_dict())
 
     def spawn() -> None:
         tasks: Any = ctx.Queue()

@@ -33,6 +33,7 @@ from ._plan import Shard
 logger = logging.getLogger("dmhub_async")
 
 __all__ = [
+    "ID_LIST_NAME",
     "MANIFEST_NAME",
     "Manifest",
     "ManifestWriter",
@@ -43,7 +44,16 @@ __all__ = [
 ]
 
 MANIFEST_NAME = "manifest.json"
-MANIFEST_VERSION = 1
+#: 1: up to and including the release before the id lists' files (0.1.0 too).
+#: 2: a plan of an ``id_list``: the list in :data:`ID_LIST_NAME` (its digest in the filters),
+#: each shard naming its slice; written only then, so a plan of windows earlier releases read.
+MANIFEST_VERSION = 2
+#: The version of a manifest of ``dateCreated`` windows alone.
+_WINDOWS_VERSION = 1
+#: The file beside the manifest that holds a sharded export's ``id_list``, one id a line
+#: (repeats dropped), written once, when planned: the manifest held the whole list once per
+#: shard and once more (63 MB for 8 shards of 300,000 ids, rewritten as each shard ended).
+ID_LIST_NAME = "id_list.txt"
 Status = Literal["pending", "running", "complete", "incomplete", "failed"]
 
 
@@ -121,6 +131,9 @@ class Manifest:
     #: directory was planned; None when not counted: a manifest of an earlier release (0.1.0,
     #: whose coordinator also drops it rewriting this release's).
     plan_retries: int | None = None
+    #: A plan of an ``id_list``: the ids :data:`ID_LIST_NAME` holds (its ``sha256:<hex>`` is
+    #: the filters' ``id_list``); None for a plan of windows.
+    id_list_length: int | None = None
 
     @property
     def complete(self) -> bool:
@@ -160,15 +173,25 @@ class Manifest:
         plan_retries: int | None = None,
     ) -> Manifest:
         """A manifest of shards planned and not yet exported (``plan_retries``: the retries
-        planning them took, None when not counted)."""
+        planning them took, None when not counted).
+
+        Shards of an ``id_list`` are kept naming their slices alone, ``filters["id_list"]``
+        the list's digest: the list itself is written beside the manifest, once
+        (:data:`ID_LIST_NAME`, by :func:`~dmhub_async.shards._run.prepare`)."""
+        length = None
+        if shards and shards[0].id_slice is not None:
+            length = shards[-1].id_slice[1] if shards[-1].id_slice else None
+            filters = {**filters, "id_list": shards[0].id_list_sha256}
         return cls(
             format=fmt,
             base_url=base_url,
             app_id=app_id,
             filters=filters,
-            shards=[ShardOutcome(s, part_name(s.index, fmt)) for s in shards],
+            shards=[ShardOutcome(s.without_ids(), part_name(s.index, fmt)) for s in shards],
+            version=MANIFEST_VERSION if length is not None else _WINDOWS_VERSION,
             plan_id=secrets.token_hex(8),
             plan_retries=plan_retries,
+            id_list_length=length,
         )
 
     def check_same_export(
@@ -191,10 +214,10 @@ class Manifest:
     def write(self, directory: str | os.PathLike[str]) -> Path:
         """Write ``manifest.json`` atomically (a temp file of an unpredictable name, renamed)."""
         path = Path(directory) / MANIFEST_NAME
-        data = orjson.dumps(
-            {**_converter.unstructure(self), "status": self.status()},
-            option=orjson.OPT_INDENT_2,
-        )
+        raw = _converter.unstructure(self)
+        if raw["id_list_length"] is None:
+            del raw["id_list_length"]  # a plan of windows: as earlier releases wrote it
+        data = orjson.dumps({**raw, "status": self.status()}, option=orjson.OPT_INDENT_2)
         replace_file(path, data + b"\n")
         return path
 
@@ -241,7 +264,10 @@ class Manifest:
         An edited manifest (two shards with one window, a part file named for another shard)
         was exported and merged as complete with customers twice and others never.
         """
-        if self.version != MANIFEST_VERSION or self.format not in ("jsonl", "csv"):
+        of_ids = self.id_list_length is not None
+        if self.version != (
+            MANIFEST_VERSION if of_ids else _WINDOWS_VERSION
+        ) or self.format not in ("jsonl", "csv"):
             raise ValueError(f"version {self.version!r}, format {self.format!r}")
         if not self.shards:
             raise ValueError("no shards")
@@ -249,13 +275,33 @@ class Manifest:
             shard = outcome.shard
             if shard.index != i or outcome.file != part_name(i, self.format):
                 raise ValueError(f"shard {i} is shard {shard.index} in {outcome.file!r}")
-            if i and self.shards[i - 1].shard.end != shard.start:
+            if of_ids:
+                self._check_slice(i, shard)
+            elif shard.id_slice is not None:
+                raise ValueError(f"shard {i} names ids of a list the manifest has not")
+            elif i and self.shards[i - 1].shard.end != shard.start:
                 raise ValueError(f"shard {i} does not start where shard {i - 1} ends")
+        if of_ids and (self.shards[-1].shard.id_slice or (0, 0))[1] != self.id_list_length:
+            raise ValueError(f"the shards do not end at the list's end, {self.id_list_length}")
         first, last = self.shards[0].shard, self.shards[-1].shard
+        if of_ids:
+            last = first  # every shard has the export's window (checked above)
         if (first.start is None) != (self.filters.get("date_created_from") is None) or (
             last.end is None
         ) != (self.filters.get("date_created_to") is None):
             raise ValueError("the windows do not span the export's dateCreated range")
+
+    def _check_slice(self, i: int, shard: Shard) -> None:
+        """Shard ``i`` of a plan of an ``id_list``, or ValueError: the list's ids from where
+        shard ``i - 1``'s end (0 for the first), without them, in the export's one window."""
+        before = self.shards[i - 1].shard if i else None
+        first = before.id_slice[1] if before is not None and before.id_slice else 0
+        if shard.id_slice is None or shard.id_slice[0] != first or not shard.detached:
+            raise ValueError(f"shard {i} is not the slice of the id list after shard {i - 1}'s")
+        if shard.id_list_sha256 != self.filters.get("id_list"):
+            raise ValueError(f"shard {i} is of another id list than the export's")
+        if before is not None and (before.start, before.end) != (shard.start, shard.end):
+            raise ValueError(f"shard {i} has another dateCreated window than shard {i - 1}")
 
 
 def _check_not_later(path: Path, data: Any) -> None:

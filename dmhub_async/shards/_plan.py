@@ -1,4 +1,5 @@
-"""Planning a sharded export: disjoint ``dateCreated`` windows of about equal size.
+"""Planning a sharded export: disjoint ``dateCreated`` windows of about equal size, or, for an
+``id_list``, contiguous slices of the list.
 
 ``dateCreated`` is the only immutable field the list API filters on (docs/contract.md, "More live
 behaviour"), so it is the key that splits a customer set into parts that stay disjoint however
@@ -15,7 +16,9 @@ filtered set, customers created after the plan included.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Iterable, Mapping
+import hashlib
+import re
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta, timezone, tzinfo
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -25,12 +28,22 @@ from typing_extensions import Unpack
 from .._exceptions import InvalidRequestError
 from .._query_time import in_utc, query_time
 from .._validate import check_number, short
+from ..resources._batches import check_room
+from ..resources._filters import checked_ids
 
 if TYPE_CHECKING:
     from .._client import DMHubClient
     from ..resources.customers import CustomerFilters
 
-__all__ = ["MAX_SHARDS", "Shard", "manifest_filters", "plan_shards", "warn_if_naive"]
+__all__ = [
+    "MAX_SHARDS",
+    "Shard",
+    "id_list_file",
+    "manifest_filters",
+    "plan_shards",
+    "unique_ids",
+    "warn_if_naive",
+]
 
 #: More parts than this is a plan for a fleet this SDK has not been tried on.
 MAX_SHARDS = 4096
@@ -39,6 +52,7 @@ _ONE_SECOND = timedelta(seconds=1)
 #: The last second a window can end at (exclusive): datetime's last whole second.
 _LAST_END = (datetime.max.replace(tzinfo=timezone.utc) - _EPOCH) // _ONE_SECOND
 T = TypeVar("T")
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 
 
 def _seconds(moment: datetime) -> int:
@@ -63,6 +77,19 @@ class Shard:
         filters: the caller's other filters, JSON-safe (datetimes as ISO strings).
         planned_count: customers in the window when it was planned.
         note: why the window is as it is, when the planner could not do better.
+        id_slice: for a plan of an ``id_list``, ``(first, stop)``: the shard's ids are
+            ``ids[first:stop]`` of the list (repeats dropped, the first kept), which every
+            shard of the plan shares; ``start``/``end`` are then the export's own
+            ``dateCreated`` bounds, the same for every shard, and ``planned_count`` the ids of
+            the slice (an id of no customer, or of one the other filters leave out, counts too).
+            None for a window of ``dateCreated``.
+        id_list_sha256: with ``id_slice``, ``sha256:<hex>`` of the whole list as
+            :func:`id_list_file` writes it: the list the slice is of.
+
+    A shard of :func:`plan_shards` carries its slice's ids in ``filters["id_list"]``. One of a
+    sharded export's manifest (and the one a queue's job carries) does not: it names its slice
+    alone, and :func:`~dmhub_async.shards.export_shard` reads the ids from the list the
+    export's directory holds (``id_list.txt``, beside the part), checked against the digest.
     """
 
     index: int
@@ -71,6 +98,8 @@ class Shard:
     filters: Mapping[str, Any] = attrs.field(factory=dict)
     planned_count: int = 0
     note: str | None = None
+    id_slice: tuple[int, int] | None = None
+    id_list_sha256: str | None = None
 
     def __attrs_post_init__(self) -> None:
         # A window is an instant range every worker reads alike: a naive bound would be read
@@ -100,9 +129,60 @@ class Shard:
         check_number("Shard: planned_count", self.planned_count, 0, inclusive=True, kind=int)
         if self.note is not None and not isinstance(self.note, str):
             raise InvalidRequestError(f"Shard: note must be a str or None, not {short(self.note)}")
+        self._check_slice()
+
+    def _check_slice(self) -> None:
+        if self.id_slice is None:
+            if self.id_list_sha256 is not None:
+                raise InvalidRequestError("Shard: id_list_sha256 without an id_slice")
+            return
+        first, stop = _pair(self.id_slice)
+        object.__setattr__(self, "id_slice", (first, stop))
+        if not 0 <= first < stop:
+            raise InvalidRequestError(f"Shard: id_slice {short(self.id_slice)} holds no id")
+        if not isinstance(self.id_list_sha256, str) or not _DIGEST.fullmatch(self.id_list_sha256):
+            raise InvalidRequestError(
+                f"Shard: an id_slice needs the list's id_list_sha256 (sha256:<hex>), not "
+                f"{short(self.id_list_sha256)}"
+            )
+        ids = self.filters.get("id_list")
+        if ids is not None and (not isinstance(ids, Sequence) or len(ids) != stop - first):
+            raise InvalidRequestError(
+                f"Shard: filters' id_list is not the {stop - first} ids of id_slice {first}:{stop}"
+            )
+
+    @property
+    def detached(self) -> bool:
+        """A shard of an ``id_list`` that names its slice without its ids (a manifest's)."""
+        return self.id_slice is not None and "id_list" not in self.filters
+
+    def without_ids(self) -> Shard:
+        """This shard naming its slice of the list alone (as a manifest or a job has it)."""
+        if self.id_slice is None:
+            return self
+        return attrs.evolve(self, filters={k: v for k, v in self.filters.items() if k != "id_list"})
+
+    def with_ids(self, ids: Sequence[int]) -> Shard:
+        """This shard with its slice's ids taken from ``ids``, the whole list it names."""
+        if self.id_slice is None:
+            return self
+        first, stop = self.id_slice
+        if stop > len(ids):
+            raise InvalidRequestError(
+                f"shard {self.index}: its ids {first}:{stop} are past the end of the id list "
+                f"({len(ids)} ids)"
+            )
+        return attrs.evolve(self, filters={**self.filters, "id_list": list(ids[first:stop])})
 
     def export_filters(self) -> dict[str, Any]:
-        """The keyword filters of ``export_customers`` that select exactly this window."""
+        """The keyword filters of ``export_customers`` that select exactly this window (and,
+        for a shard of an ``id_list``, its slice of the list)."""
+        if self.detached:
+            raise InvalidRequestError(
+                f"shard {self.index} names ids {self.describe_ids()} of an id list without "
+                "them: export it with export_shard() to a part in the export's directory, "
+                "which holds the list"
+            )
         chosen = dict(self.filters)
         if self.start is not None:
             chosen["date_created_from"] = self.start
@@ -116,11 +196,16 @@ class Shard:
         def text(moment: datetime | None, open_side: str) -> str:
             return moment.strftime("%Y-%m-%dT%H:%M:%SZ") if moment else open_side
 
-        return f"[{text(self.start, '-inf')}, {text(self.end, '+inf')})"
+        window = f"[{text(self.start, '-inf')}, {text(self.end, '+inf')})"
+        return window if self.id_slice is None else f"ids {self.describe_ids()}, {window}"
+
+    def describe_ids(self) -> str:
+        """``[0, 37500)``: the shard's slice of the id list, or '' for a window alone."""
+        return "" if self.id_slice is None else f"[{self.id_slice[0]}, {self.id_slice[1]})"
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe dict; :meth:`from_dict` reads it back."""
-        return {
+        data: dict[str, Any] = {
             "index": self.index,
             "start": self.start.isoformat() if self.start else None,
             "end": self.end.isoformat() if self.end else None,
@@ -128,6 +213,10 @@ class Shard:
             "planned_count": self.planned_count,
             "note": self.note,
         }
+        if self.id_slice is not None:  # only then: a window's dict is as earlier releases read
+            data["id_slice"] = list(self.id_slice)
+            data["id_list_sha256"] = self.id_list_sha256
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Shard:
@@ -140,9 +229,40 @@ class Shard:
                 filters=dict(data.get("filters") or {}),
                 planned_count=int(data.get("planned_count") or 0),
                 note=data.get("note"),
+                id_slice=data.get("id_slice"),
+                id_list_sha256=data.get("id_list_sha256"),
             )
         except (KeyError, TypeError, ValueError) as err:
             raise InvalidRequestError(f"not a shard: {err}") from None
+
+
+def _pair(value: Any) -> tuple[int, int]:
+    if (
+        not isinstance(value, (tuple, list))
+        or len(value) != 2
+        or any(isinstance(v, bool) or not isinstance(v, int) for v in value)
+    ):
+        raise InvalidRequestError(f"Shard: id_slice must be two ints, not {short(value)}")
+    return value[0], value[1]
+
+
+def unique_ids(ids: Sequence[int]) -> tuple[list[int], bytes, str]:
+    """The checked ``ids`` without repeats (the first of each kept, in the order given), the
+    text of the list's file (:func:`id_list_file`) and its ``sha256:<hex>``; blocking work."""
+    unique = list(dict.fromkeys(ids))
+    text = "".join(f"{i}\n" for i in unique).encode()
+    return unique, text, "sha256:" + hashlib.sha256(text).hexdigest()
+
+
+def id_list_file(text: bytes, digest: str, where: str) -> list[int]:
+    """The ids of a list's file (one id a line), or InvalidRequestError if it is not the list
+    of ``digest`` (changed, cut short, or another export's); blocking work."""
+    if "sha256:" + hashlib.sha256(text).hexdigest() != digest:
+        raise InvalidRequestError(
+            f"{where} is not the id list this export was planned with (its SHA-256 differs "
+            "from the manifest's): put the export's own back, or export to a new directory"
+        )
+    return [int(line) for line in text.split()]
 
 
 def _aware(text: str | None) -> datetime | None:
@@ -248,13 +368,19 @@ async def plan_shards(
     now: datetime | None = None,
     **filters: Unpack[CustomerFilters],
 ) -> list[Shard]:
-    """Split the customers that match ``filters`` into at most ``n`` disjoint windows.
+    """Split the customers that match ``filters`` into at most ``n`` disjoint windows, or, with
+    an ``id_list``, its ids into at most ``n`` contiguous slices.
 
     Each window holds about ``count / n`` customers when planned. A second that alone holds
     more than a window's share cannot be split (the service filters to the second): it becomes
     one shard, said in its ``note``, and the plan has fewer than ``n`` shards when edges fall
     together. Costs about ``log2(seconds in the range)`` rounds of ``n - 1`` concurrent counts;
     a count that fails stops the others of its round before the error is raised.
+
+    With ``id_list`` (the customers to export, known by id) nothing is sent: shard ``k`` has
+    the ``k``-th of ``n`` slices of about equal length of the list as given (repeats dropped,
+    the first kept; fewer shards than ``n`` when the list holds fewer ids), each id in one
+    shard alone, with the other filters (``date_created_from``/``_to`` too) in every shard.
 
     Args:
         client: an open client.
@@ -295,6 +421,8 @@ async def plan_counted(
     newest = _newest(now, zone)
     # Checked: warned only for a plan made; at the line that called plan_shards, our caller.
     warn_if_naive(client, "plan_shards", filters, now, frames=3)
+    if safe.get("id_list") is not None:
+        return await _plan_ids(client, n, safe, lo, hi), 0
     # Checked by the resource before the first request: a bad filter sends nothing.
     probe = _Probe(client, safe, lo)
     total = await probe.count_before(hi)
@@ -322,6 +450,33 @@ async def plan_counted(
             )
         )
     return shards, probe.retries
+
+
+async def _plan_ids(
+    client: DMHubClient, n: int, safe: dict[str, Any], lo: int | None, hi: int | None
+) -> list[Shard]:
+    """:func:`plan_shards` of an ``id_list``: its ids in ``n`` contiguous slices, nothing sent."""
+    others = {name: value for name, value in safe.items() if name != "id_list"}
+    # What a shard's export would refuse, refused before the plan: a bad filter or id, or
+    # filters that leave a URL no room for an id.
+    params = client.customers._params("plan_shards", others, paged=False, frames=4)
+    ids = await asyncio.to_thread(checked_ids, "plan_shards", safe["id_list"])
+    check_room("plan_shards", params, "idList", max(ids))
+    unique, _, digest = await asyncio.to_thread(unique_ids, ids)
+    count = min(n, len(unique))
+    cuts = [k * len(unique) // count for k in range(count + 1)]
+    return [
+        Shard(
+            index=k,
+            start=_moment(lo) if lo is not None else None,
+            end=_moment(hi) if hi is not None else None,
+            filters={**others, "id_list": unique[cuts[k] : cuts[k + 1]]},
+            planned_count=cuts[k + 1] - cuts[k],
+            id_slice=(cuts[k], cuts[k + 1]),
+            id_list_sha256=digest,
+        )
+        for k in range(count)
+    ]
 
 
 class _Probe:

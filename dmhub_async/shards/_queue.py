@@ -65,7 +65,9 @@ __all__ = [
     "JOB_VERSION",
     "QUEUE_TIMEOUT",
     "REDIS_RETRIES",
+    "WINDOW_JOB_VERSION",
     "check_queue",
+    "job_version",
     "queue_redis_error",
     "queue_settings",
     "run_on_queue",
@@ -80,7 +82,13 @@ JOB_NAME = "dmhub_export_shard"
 #: it in a way another release would misread takes the next number; a worker refuses a job of
 #: any other (and a coordinator a result), saying both releases. A job or result without one
 #: is of version 1: releases up to 0.1.0 (95c90cd) sent none, and read what this one sends.
-JOB_VERSION = 1
+#: 2: a shard of an ``id_list`` naming its slice of the list in the export's directory
+#: (``Shard.id_slice``): a worker of version 1 would export its window without the ids, every
+#: customer of it. Sent only then: a shard of a window goes as version 1, which every release
+#: reads.
+JOB_VERSION = 2
+#: The version of a job of a ``dateCreated`` window.
+WINDOW_JOB_VERSION = 1
 #: Seconds between renewals of a running job's in-progress mark.
 HEARTBEAT = 5.0
 #: Seconds a dead worker's job stays marked in progress: it is taken over within about this.
@@ -295,7 +303,9 @@ async def _export_shard_job(ctx: dict[str, Any], task: dict[str, Any]) -> dict[s
             await beating
     await redis.hset(progress_key, str(shard.index), report.exported)
     await redis.expire(progress_key, 7 * 24 * 3600)
-    return {**await result_of(report), "job_version": JOB_VERSION, "release": __version__}
+    # The job's own version: a coordinator of an earlier release reads the result of its job.
+    version = task.get("job_version", 1)
+    return {**await result_of(report), "job_version": version, "release": __version__}
 
 
 def _written(pending: set[asyncio.Future[Any]], writing: asyncio.Future[Any]) -> None:
@@ -306,6 +316,11 @@ def _written(pending: set[asyncio.Future[Any]], writing: asyncio.Future[Any]) ->
         writing.exception()
 
 
+def job_version(shard: Shard) -> int:
+    """The version of ``shard``'s job: the lowest that carries it, for the releases it serves."""
+    return JOB_VERSION if shard.id_slice is not None else WINDOW_JOB_VERSION
+
+
 def _check_same_version(task: dict[str, Any]) -> None:
     """Refuse a job of another :data:`JOB_VERSION` than this worker's, before it is read.
 
@@ -313,7 +328,7 @@ def _check_same_version(task: dict[str, Any]) -> None:
     worker exported a job as it read it, and wrote a part the coordinator then misread.
     """
     theirs = task.get("job_version", 1)
-    if theirs != JOB_VERSION:
+    if theirs not in (WINDOW_JOB_VERSION, JOB_VERSION):
         raise InvalidRequestError(
             _mixed_releases(
                 f"this worker runs dmhub_async {__version__} (job version {JOB_VERSION}), "
@@ -591,9 +606,11 @@ async def _follow(
     async def enqueue(index: int, defer: float | None = None) -> None:
         task = {
             # The shape of this job: a worker of a release that reads another refuses it.
-            "job_version": JOB_VERSION,
+            "job_version": job_version(todo[index].shard),
             "release": __version__,
-            "shard": todo[index].shard.to_dict(),
+            # A shard of an id list names its slice: a few hundred bytes, not the list (its
+            # worker reads it from the export's directory, which every worker shares).
+            "shard": todo[index].shard.without_ids().to_dict(),
             "directory": str(where),
             "format": manifest.format,
             "page_size": page_size,
@@ -729,7 +746,7 @@ def _result_version_error(result: Any) -> str | None:
     """Why a worker's result is not one this coordinator reads (another :data:`JOB_VERSION`),
     or None: its part is not recorded, as if complete, in a manifest of another shape."""
     theirs = result.get("job_version", 1) if isinstance(result, dict) else 1
-    if theirs == JOB_VERSION:
+    if theirs in (WINDOW_JOB_VERSION, JOB_VERSION):
         return None
     return _mixed_releases(
         f"a worker of dmhub_async {_release_of(result)} (job version {theirs!r}) exported this "

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from typing_extensions import Unpack
 
+from .._atomic import replace_file
 from .._exceptions import DMHubError, InvalidRequestError
 from .._threads import file_work
 from .._validate import short
@@ -28,6 +29,7 @@ from ..export._export import check_run, retries_of
 from ..export._output import _lock, _release
 from ..resources._filters import read_id_list
 from ._manifest import (
+    ID_LIST_NAME,
     MANIFEST_NAME,
     Manifest,
     ManifestWriter,
@@ -35,7 +37,7 @@ from ._manifest import (
     checkpoint_name,
     part_digest,
 )
-from ._plan import Shard, manifest_filters, plan_counted, warn_if_naive
+from ._plan import Shard, id_list_file, manifest_filters, plan_counted, unique_ids, warn_if_naive
 
 if TYPE_CHECKING:
     from .._client import DMHubClient
@@ -78,11 +80,17 @@ async def export_shard(
             the shard over can read and write.
         format, page_size, concurrency, progress, on_progress: as for ``export_customers``.
 
+    A shard of a sharded export's ``id_list`` that names its slice alone (a manifest's, or a
+    job's) takes its ids from the list in ``dest``'s directory (``id_list.txt``), refused
+    unless it is the list the shard names (its SHA-256).
+
     Returns:
         The export's report; ``report.complete`` is the shard's verdict.
     """
     if not isinstance(shard, Shard):
         raise InvalidRequestError(f"export_shard(): expected a Shard, not {type(shard).__name__}")
+    if shard.detached:
+        shard = shard.with_ids(await _id_list(Path(dest).parent, shard))
     return await export_customers(
         client,
         dest,
@@ -94,6 +102,33 @@ async def export_shard(
         on_progress=on_progress,
         **shard.export_filters(),
     )
+
+
+#: The id list last read (its digest, its ids): a worker's shards of one export read it once.
+_READ_LIST: list[tuple[str, list[int]]] = []
+
+
+async def _id_list(directory: Path, shard: Shard) -> list[int]:
+    """The ids of the list ``shard`` names, from ``directory``'s :data:`ID_LIST_NAME`."""
+    digest = str(shard.id_list_sha256)
+    for known, ids in _READ_LIST:
+        if known == digest:  # the digest names the content: the list as read then
+            return ids
+    path = directory / ID_LIST_NAME
+
+    def read() -> list[int]:
+        try:
+            text = path.read_bytes()
+        except FileNotFoundError:
+            raise InvalidRequestError(
+                f"{path} is missing: shard {shard.index} names ids {shard.describe_ids()} of "
+                "the id list its export's directory holds"
+            ) from None
+        return id_list_file(text, digest, str(path))
+
+    ids = await file_work(read)
+    _READ_LIST[:] = [(digest, ids)]
+    return ids
 
 
 async def result_of(report: ExportReport) -> dict[str, Any]:
@@ -220,6 +255,11 @@ async def _prepare(
 ) -> Manifest:
     existing = _manifest_in(where)
     if existing is not None:
+        if existing.id_list_length is not None and recorded.get("id_list") is not None:
+            # The list's file's digest: the caller's list, repeats dropped, as planned.
+            ids = recorded["id_list"]
+            digest = (await asyncio.to_thread(unique_ids, ids))[2]
+            recorded = {**recorded, "id_list": digest}
         existing.check_same_export(
             fmt=format, base_url=client.base_url, app_id=client.app_id, filters=recorded
         )
@@ -227,6 +267,12 @@ async def _prepare(
             await ManifestWriter(existing, where).write()
         return existing
     plan, retries = await plan_counted(client, shards, None, filters)
+    if plan and plan[0].id_slice is not None:
+        # The list once, beside the manifest, before it: a manifest never names a list not
+        # there. The slices in order are the whole list, repeats dropped.
+        whole = [i for shard in plan for i in shard.filters["id_list"]]
+        _, text, _ = await asyncio.to_thread(unique_ids, whole)
+        await file_work(lambda: replace_file(where / ID_LIST_NAME, text))
     manifest = Manifest.new(
         plan,
         fmt=format,

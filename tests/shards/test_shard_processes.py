@@ -314,3 +314,23 @@ async def test_a_failed_shards_retries_come_back_from_its_worker(tmp_path: Path)
     assert shard.retries == 2
     assert manifest.retries == 2
     assert not multiprocessing.active_children()
+
+
+async def test_worker_processes_export_an_id_list_each_customer_once(tmp_path: Path) -> None:
+    # Each process is handed its shard's slice by offsets (the list's digest with them) and
+    # reads the ids from the directory's id_list.txt.
+    out = tmp_path / "out"
+    with sim_process(500) as sim:
+        credentials = {"app_id": sim.app_id, "secret": sim.secret, "base_url": sim.url}
+        wanted = sim.state()["ids"][::3]
+        given = [*wanted[::-1], *wanted[:10], *range(9_000_000_000, 9_000_006_000)]
+        async with DMHubClient(**credentials) as dm:
+            manifest = await prepare(dm, out, 4, id_list=given)
+        assert all(o.shard.detached for o in manifest.shards)
+        manifest = await asyncio.wait_for(
+            run_in_processes(None, out, manifest, 2, client=credentials, progress=False), 60
+        )
+
+    assert manifest.complete
+    ids = exported_ids(out)
+    assert sorted(ids) == sorted(wanted)

@@ -1035,6 +1035,9 @@ async def test_a_coordinator_of_a_later_release_hears_from_this_worker_at_once(
         manifest = await planned(sim, redis, out, 2)
         later = getattr(_queue, "JOB_VERSION", 1) + 1
         monkeypatch.setattr(_queue, "JOB_VERSION", later, raising=False)
+        # A shard of a window goes as version 1, which every release reads: a later release
+        # changing that shape sends its own version for it too.
+        monkeypatch.setattr(_queue, "job_version", lambda shard: later, raising=False)
         monkeypatch.setattr(_queue, "__version__", "9.9.9", raising=False)
         with workers(sim, redis.url, 1):
             manifest = await asyncio.wait_for(
@@ -1218,3 +1221,44 @@ async def test_a_job_whose_part_cannot_be_written_fails_its_shard_saying_why(
     _queue._record(outcome, types.SimpleNamespace(success=False, result=sent))
     assert outcome.status == "failed"
     assert outcome.error == f"{tmp_path / 'part-00000.jsonl'}: No space left on device"
+
+
+async def test_a_queued_shard_of_an_id_list_carries_its_slice_not_the_list(
+    tmp_path: Path, redis: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each job carried the whole list (3.3 MB for 300,000 ids): now its slice's offsets and
+    # the list's digest, the worker reading the list from the directory every worker shares.
+    import pickle
+
+    from arq.connections import ArqRedis
+
+    sent: list[int] = []
+    enqueue = ArqRedis.enqueue_job
+
+    async def spy(self: Any, name: str, *args: Any, **kwargs: Any) -> Any:
+        sent.append(len(pickle.dumps(args)))
+        return await enqueue(self, name, *args, **kwargs)
+
+    monkeypatch.setattr(ArqRedis, "enqueue_job", spy)
+    out = tmp_path / "out"
+    given = list(range(3_000_000_000 + 20_000, 3_000_000_000 - 1, -1))  # 300 real, reversed
+    with sim_process(300) as sim:
+        store = RedisTokenStore(redis.url)
+        try:
+            async with DMHubClient(
+                sim.app_id, sim.secret, base_url=sim.url, token_store=store
+            ) as dm:
+                manifest = await prepare(dm, out, 3, id_list=given)
+                real = await dm.customers.count(id_list=given)
+        finally:
+            await store.aclose()
+        with workers(sim, redis.url, 2):
+            manifest = await asyncio.wait_for(
+                run_on_queue(redis.url, out, manifest, progress=False, poll=0.1), 120
+            )
+    assert manifest.complete
+    ids = exported_ids(out)
+    assert len(ids) == len(set(ids)) == real == 300
+    assert set(ids) <= set(given)
+    assert len(sent) == 3
+    assert max(sent) < 2_000, sent

@@ -1,0 +1,257 @@
+"""A sharded export of an ``id_list``: the list cut into slices, written once beside the manifest.
+
+The planner bisected ``dateCreated`` with counts of the whole list, each split into URL-sized
+batches (7,936 counts for 8 shards of 30,000 ids; 300,000 ids did not finish in 90 s), and the
+manifest held the list once per shard and once more (63 MB for 8 shards of 300,000 ids,
+rewritten as each shard ended; each queued job carried 3.3 MB).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import AsyncIterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from shard_support import exported_ids
+
+from dmhub_async import DMHubClient, InvalidRequestError
+from dmhub_async.shards import (
+    MANIFEST_NAME,
+    Manifest,
+    Shard,
+    _run,
+    export_sharded,
+    merge,
+    plan_shards,
+)
+from dmhub_async.shards._run import export_shard
+from dmhub_async.testing import DMHubSimulator
+
+pytestmark = pytest.mark.timeout(120)
+
+#: Ids of no customer: past every id the simulator gives.
+NOBODY = 9_000_000_000
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[DMHubSimulator]:
+    async with DMHubSimulator(customers=1_000) as simulator:
+        yield simulator
+
+
+@pytest.fixture
+async def dm(sim: DMHubSimulator) -> AsyncIterator[DMHubClient]:
+    async with DMHubClient(sim.app_id, sim.secret, base_url=sim.url) as client:
+        yield client
+
+
+def long_list(sim: DMHubSimulator, length: int) -> list[int]:
+    """Every customer's id, reversed, some twice, then ids of no one up to ``length``."""
+    real = sim.customer_ids()[::-1]
+    given = [*real, *real[:50]]
+    return given + list(range(NOBODY, NOBODY + length - len(given)))
+
+
+async def test_a_plan_of_a_long_id_list_sends_nothing_and_cuts_the_list_in_slices(
+    sim: DMHubSimulator, dm: DMHubClient
+) -> None:
+    given = long_list(sim, 30_000)
+
+    shards = await plan_shards(dm, 8, id_list=given, stage="lead")
+
+    assert dm.stats.requests == 0  # was 7,936 counts
+    unique = list(dict.fromkeys(given))
+    assert [i for s in shards for i in s.filters["id_list"]] == unique  # in order, each once
+    assert {s.planned_count for s in shards} == {3_743, 3_744}  # 29,950 ids in 8
+    assert [s.planned_count for s in shards] == [len(s.filters["id_list"]) for s in shards]
+    assert all(s.filters["stage"] == "lead" for s in shards)
+    assert all(s.start is None and s.end is None for s in shards)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    ids=st.lists(st.integers(0, 40), min_size=1, max_size=120),
+    n=st.integers(1, 12),
+)
+def test_every_id_is_in_one_shard_whatever_the_lengths_repeats_and_shard_count(
+    ids: list[int], n: int
+) -> None:
+    async def plan() -> list[Shard]:
+        # Nothing listens there: a plan that sends a request fails.
+        async with DMHubClient("app", "secret", base_url="http://127.0.0.1:9", max_retries=0) as c:
+            return await plan_shards(c, n, id_list=ids)
+
+    shards = asyncio.run(plan())
+
+    unique = list(dict.fromkeys(ids))
+    assert len(shards) == min(n, len(unique))
+    slices = [list(s.filters["id_list"]) for s in shards]
+    assert [i for part in slices for i in part] == unique
+    assert max(map(len, slices)) - min(map(len, slices)) <= 1
+    assert [s.index for s in shards] == list(range(len(shards)))
+    # A shard goes through JSON (a task queue) and back as it was.
+    assert [Shard.from_dict(orjson.loads(orjson.dumps(s.to_dict()))) for s in shards] == shards
+
+
+async def test_a_sharded_export_of_an_id_list_has_every_customer_once_and_a_small_manifest(
+    sim: DMHubSimulator, dm: DMHubClient, tmp_path: Path
+) -> None:
+    given = long_list(sim, 30_000)
+    out = tmp_path / "out"
+    since = datetime(2016, 1, 2, tzinfo=timezone.utc)
+    wanted = {
+        i
+        for i in sim.customer_ids()
+        if (c := sim.customer(i)) is not None
+        and c["stage"] == "lead"
+        and c["dateCreated"] >= "2016-01-02T00:00:00Z"
+    }
+
+    manifest = await export_sharded(
+        dm, out, 8, progress=False, id_list=given, stage="lead", date_created_from=since
+    )
+
+    assert manifest.complete
+    assert sorted(exported_ids(out)) == sorted(wanted)
+    assert merge(out, tmp_path / "all.jsonl") == len(wanted)
+    # The list once, beside the manifest: the manifest names it by its digest, and each
+    # shard its slice by offsets (it held the list 9 times: 6,979,024 bytes).
+    listed = (out / "id_list.txt").read_bytes()
+    assert listed.split() == [str(i).encode() for i in dict.fromkeys(given)]
+    recorded = orjson.loads((out / MANIFEST_NAME).read_bytes())
+    assert (out / MANIFEST_NAME).stat().st_size < 10_000
+    assert recorded["filters"]["id_list"] == "sha256:" + hashlib.sha256(listed).hexdigest()
+    assert recorded["version"] == 2
+    assert [s["shard"]["id_slice"] for s in recorded["shards"]][:2] == [
+        [0, 3_743],
+        [3_743, 7_487],
+    ]
+    # The same export again: taken up, nothing planned or sent; another list refused.
+    requests = dm.stats.requests
+    again = await export_sharded(
+        dm, out, 8, progress=False, id_list=iter(given), stage="lead", date_created_from=since
+    )
+    assert again.complete
+    assert dm.stats.requests == requests
+    with pytest.raises(InvalidRequestError, match="other filters"):
+        await export_sharded(
+            dm, out, 8, progress=False, id_list=given[1:], stage="lead", date_created_from=since
+        )
+
+
+async def test_a_crashed_sharded_export_of_an_id_list_resumes_each_customer_once(
+    sim: DMHubSimulator, dm: DMHubClient, tmp_path: Path
+) -> None:
+    given = long_list(sim, 12_000)
+    out = tmp_path / "out"
+
+    class Crash(Exception):
+        pass
+
+    def crash(done: int, planned: int | None) -> None:
+        if done >= 300:
+            raise Crash
+
+    with pytest.raises(Crash):
+        await export_sharded(
+            dm, out, 4, progress=False, page_size=20, parallel=2, on_total=crash, id_list=given
+        )
+    assert list(out.glob("part-*.ckpt"))  # a shard stopped mid-way, its checkpoint kept
+
+    manifest = await export_sharded(dm, out, 4, progress=False, page_size=20, id_list=given)
+
+    assert manifest.complete
+    ids = exported_ids(out)
+    assert sorted(ids) == sorted(sim.customer_ids())  # every customer once
+
+
+async def test_a_shard_of_a_manifest_takes_its_ids_from_the_directory_and_checks_them(
+    sim: DMHubSimulator, dm: DMHubClient, tmp_path: Path
+) -> None:
+    # What a worker (a process, a queue's job) is sent: the shard naming its slice, a few
+    # hundred bytes, not the list (a job carried 3.3 MB for 300,000 ids).
+    given = long_list(sim, 30_000)
+    out = tmp_path / "out"
+    await export_sharded(dm, out, 8, progress=False, id_list=given)
+    manifest = Manifest.read(out)
+    assert manifest is not None
+    sent = manifest.shards[-1].shard.to_dict()
+    assert len(orjson.dumps(sent)) < 400
+    shard = Shard.from_dict(sent)
+
+    report = await export_shard(dm, shard, out / "again.jsonl")
+    assert report.complete
+    # The last slice: ids of no one alone.
+    assert report.exported == 0
+
+    first = Shard.from_dict(manifest.shards[0].shard.to_dict())
+    report = await export_shard(dm, first, out / "first.jsonl")
+    assert report.exported == manifest.shards[0].exported > 0
+
+    _run._READ_LIST.clear()  # the list a worker read last, kept by its digest: read again
+    with pytest.raises(InvalidRequestError, match="is missing"):
+        await export_shard(dm, first, tmp_path / "elsewhere.jsonl")
+    (out / "id_list.txt").write_bytes(b"1\n2\n")
+    bad: dict[str, Any] = {**sent, "id_list_sha256": "sha256:" + "0" * 64}
+    with pytest.raises(InvalidRequestError, match="not the id list"):
+        await export_shard(dm, Shard.from_dict(bad), out / "other.jsonl")
+
+
+async def test_a_manifest_of_an_id_list_planned_by_windows_still_resumes(
+    sim: DMHubSimulator, dm: DMHubClient, tmp_path: Path
+) -> None:
+    # A directory planned before the list was cut in slices: dateCreated windows, each
+    # shard carrying the whole list (manifest version 1). A rerun takes it up as it is.
+    given = long_list(sim, 5_000)
+    out = tmp_path / "out"
+    out.mkdir()
+    edge = datetime(2016, 1, 3, tzinfo=timezone.utc)
+    old = Manifest.new(
+        [
+            Shard(0, None, edge, filters={"id_list": given}, planned_count=400),
+            Shard(1, edge, None, filters={"id_list": given}, planned_count=600),
+        ],
+        fmt="jsonl",
+        base_url=dm.base_url,
+        app_id=dm.app_id,
+        filters={"id_list": given},
+    )
+    old.write(out)
+    assert orjson.loads((out / MANIFEST_NAME).read_bytes())["version"] == 1
+
+    manifest = await export_sharded(dm, out, 2, progress=False, id_list=given)
+
+    assert manifest.complete
+    assert [s.shard.end for s in manifest.shards] == [edge, None]
+    assert sorted(exported_ids(out)) == sorted(sim.customer_ids())
+    assert not (out / "id_list.txt").exists()
+    assert orjson.loads((out / MANIFEST_NAME).read_bytes())["version"] == 1
+
+
+async def test_an_edited_manifest_of_an_id_list_is_refused(
+    sim: DMHubSimulator, dm: DMHubClient, tmp_path: Path
+) -> None:
+    given = long_list(sim, 5_000)
+    out = tmp_path / "out"
+    await export_sharded(dm, out, 3, progress=False, id_list=given)
+    raw = (out / MANIFEST_NAME).read_bytes()
+
+    def edited(change: Any) -> None:
+        data = orjson.loads(raw)
+        change(data)
+        (out / MANIFEST_NAME).write_bytes(orjson.dumps(data))
+        with pytest.raises(InvalidRequestError, match="not a manifest this SDK wrote"):
+            Manifest.read(out)
+
+    # Two shards of one slice; a gap; the list cut short; read as a plan of windows.
+    edited(lambda d: d["shards"][1]["shard"].update(id_slice=d["shards"][0]["shard"]["id_slice"]))
+    edited(lambda d: d["shards"][2]["shard"]["id_slice"].__setitem__(0, 10))
+    edited(lambda d: d.update(id_list_length=d["id_list_length"] + 1))
+    edited(lambda d: d.update(version=1))
