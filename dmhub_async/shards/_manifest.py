@@ -201,7 +201,7 @@ class Manifest:
         mine = {"format": self.format, "base_url": self.base_url, "app_id": self.app_id}
         theirs = {"format": fmt, "base_url": base_url, "app_id": app_id}
         changed = [k for k in mine if mine[k] != theirs[k]]
-        if self.filters != filters:
+        if _as_compared(self.filters) != _as_compared(filters):
             changed.append("filters")
         if changed:
             raise InvalidRequestError(
@@ -344,6 +344,22 @@ class ManifestWriter:
         async with self._turn:
             copy = self._manifest._copier()
             await on_thread(lambda: copy().write(self._directory))
+
+
+def _as_compared(filters: dict[str, Any]) -> dict[str, Any]:
+    """An export's filters as two runs are compared: an ``id_list`` as the set of its ids.
+
+    Each shard walks its ids by id, each once, so the same ids in another order (a set, a
+    query without ORDER BY) or with repeats are the same export; the shards go on with the
+    filters the manifest recorded.
+    """
+    ids = filters.get("id_list")
+    if not isinstance(ids, list):
+        return filters
+    try:
+        return {**filters, "id_list": frozenset(ids)}
+    except TypeError:  # not hashable: not ids this SDK sends; compared as they are
+        return filters
 
 
 def merge(

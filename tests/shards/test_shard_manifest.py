@@ -192,6 +192,25 @@ async def test_merging_what_there_is_refuses_a_csv_part_of_other_columns(
     assert not (tmp_path / "all.csv").exists()
 
 
+async def test_a_sharded_export_is_taken_up_with_its_id_list_in_another_order(
+    sim: DMHubSimulator, dm: DMHubClient, tmp_path: Path
+) -> None:
+    # The same ids in another order (a set, a query without ORDER BY) are the same export:
+    # each shard walks its ids by id. A rerun was refused ("the directory holds a sharded
+    # export with other filters"), so a part lost could not be exported again.
+    ids = sim.customer_ids()[:300]
+    out = tmp_path / "out"
+    await export_sharded(dm, out, 2, progress=False, id_list=ids)
+    (out / "part-00001.jsonl").unlink()
+
+    again = await export_sharded(dm, out, 2, progress=False, id_list=[*reversed(ids), ids[0]])
+
+    assert again.complete
+    assert sorted(exported_ids(out)) == ids
+    with pytest.raises(InvalidRequestError, match="other filters"):
+        await export_sharded(dm, out, 2, progress=False, id_list=ids[1:])
+
+
 async def test_a_manifest_without_digests_still_merges(done: Path, tmp_path: Path) -> None:
     # Written before the digests were recorded: read and merged as before (sizes checked).
     data = orjson.loads((done / MANIFEST_NAME).read_bytes())
