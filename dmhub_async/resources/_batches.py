@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Sequence
 from itertools import accumulate
 from typing import Any, TypeVar
 
@@ -26,6 +26,7 @@ __all__ = [
     "check_room",
     "id_batches",
     "sized_batches",
+    "walked",
     "walked_ids",
 ]
 
@@ -78,7 +79,7 @@ def sized_batches(
     return [{**params, name: ",".join(batch)} for batch in batches], list(map(len, batches))
 
 
-def _unique(ids: list[Any]) -> set[Any]:
+def _unique(ids: Sequence[Any]) -> set[Any]:
     """``ids`` each once, ``_STEP`` at a time."""
     unique: set[Any] = set()
     for start in range(0, len(ids), _STEP):
@@ -95,10 +96,15 @@ def _merged(values: list[Any], descending: bool = False) -> Iterator[Any]:
     return heapq.merge(*runs, reverse=descending)
 
 
+def walked(ids: Sequence[Any]) -> list[Any]:
+    """``ids`` as a walk takes them: each once, sorted (for a thread, never holding the GIL
+    for long)."""
+    return list(_merged(list(_unique(ids))))
+
+
 def walked_ids(ids: list[Any]) -> str:
-    """``ids`` as a walk takes them, comma-separated: each once, sorted (for a thread, never
-    holding the GIL for long). Two lists of the same ids in any order or repeats give the
-    same text: the same export."""
+    """:func:`walked` ``ids``, comma-separated. Two lists of the same ids in any order or
+    repeats give the same text: the same export."""
     merged = _merged(list(_unique(ids)))
     parts = []
     while chunk := list(itertools.islice(merged, _STEP)):

@@ -28,7 +28,7 @@ from typing_extensions import Unpack
 from .._exceptions import InvalidRequestError
 from .._query_time import in_utc, query_time
 from .._validate import check_number, short
-from ..resources._batches import check_room
+from ..resources._batches import check_room, walked
 from ..resources._filters import checked_ids
 
 if TYPE_CHECKING:
@@ -78,7 +78,7 @@ class Shard:
         planned_count: customers in the window when it was planned.
         note: why the window is as it is, when the planner could not do better.
         id_slice: for a plan of an ``id_list``, ``(first, stop)``: the shard's ids are
-            ``ids[first:stop]`` of the list (repeats dropped, the first kept), which every
+            ``ids[first:stop]`` of the list (sorted, repeats dropped), which every
             shard of the plan shares; ``start``/``end`` are then the export's own
             ``dateCreated`` bounds, the same for every shard, and ``planned_count`` the ids of
             the slice (an id of no customer, or of one the other filters leave out, counts too).
@@ -247,9 +247,13 @@ def _pair(value: Any) -> tuple[int, int]:
 
 
 def unique_ids(ids: Sequence[int]) -> tuple[list[int], bytes, str]:
-    """The checked ``ids`` without repeats (the first of each kept, in the order given), the
-    text of the list's file (:func:`id_list_file`) and its ``sha256:<hex>``; blocking work."""
-    unique = list(dict.fromkeys(ids))
+    """The checked ``ids`` as a walk takes them (each once, sorted), the text of the list's
+    file (:func:`id_list_file`) and its ``sha256:<hex>``; blocking work.
+
+    Sorted, so that the same ids in another order or with repeats are the same plan and the
+    same export (its digest), and the parts, merged in shard order, are in id order, as an
+    export of the list in one piece is."""
+    unique = walked(ids)
     text = "".join(f"{i}\n" for i in unique).encode()
     return unique, text, "sha256:" + hashlib.sha256(text).hexdigest()
 
@@ -378,8 +382,8 @@ async def plan_shards(
     a count that fails stops the others of its round before the error is raised.
 
     With ``id_list`` (the customers to export, known by id) nothing is sent: shard ``k`` has
-    the ``k``-th of ``n`` slices of about equal length of the list as given (repeats dropped,
-    the first kept; fewer shards than ``n`` when the list holds fewer ids), each id in one
+    the ``k``-th of ``n`` slices of about equal length of the list's ids sorted (repeats
+    dropped; fewer shards than ``n`` when the list holds fewer ids), each id in one
     shard alone, with the other filters (``date_created_from``/``_to`` too) in every shard.
 
     Args:

@@ -67,8 +67,8 @@ async def test_a_plan_of_a_long_id_list_sends_nothing_and_cuts_the_list_in_slice
     shards = await plan_shards(dm, 8, id_list=given, stage="lead")
 
     assert dm.stats.requests == 0  # was 7,936 counts
-    unique = list(dict.fromkeys(given))
-    assert [i for s in shards for i in s.filters["id_list"]] == unique  # in order, each once
+    unique = sorted(set(given))
+    assert [i for s in shards for i in s.filters["id_list"]] == unique  # sorted, each once
     assert {s.planned_count for s in shards} == {3_743, 3_744}  # 29,950 ids in 8
     assert [s.planned_count for s in shards] == [len(s.filters["id_list"]) for s in shards]
     assert all(s.filters["stage"] == "lead" for s in shards)
@@ -90,7 +90,7 @@ def test_every_id_is_in_one_shard_whatever_the_lengths_repeats_and_shard_count(
 
     shards = asyncio.run(plan())
 
-    unique = list(dict.fromkeys(ids))
+    unique = sorted(set(ids))
     assert len(shards) == min(n, len(unique))
     slices = [list(s.filters["id_list"]) for s in shards]
     assert [i for part in slices for i in part] == unique
@@ -124,7 +124,7 @@ async def test_a_sharded_export_of_an_id_list_has_every_customer_once_and_a_smal
     # The list once, beside the manifest: the manifest names it by its digest, and each
     # shard its slice by offsets (it held the list 9 times: 6,979,024 bytes).
     listed = (out / "id_list.txt").read_bytes()
-    assert listed.split() == [str(i).encode() for i in dict.fromkeys(given)]
+    assert listed.split() == [str(i).encode() for i in sorted(set(given))]
     recorded = orjson.loads((out / MANIFEST_NAME).read_bytes())
     assert (out / MANIFEST_NAME).stat().st_size < 10_000
     assert recorded["filters"]["id_list"] == "sha256:" + hashlib.sha256(listed).hexdigest()
@@ -142,7 +142,7 @@ async def test_a_sharded_export_of_an_id_list_has_every_customer_once_and_a_smal
     assert dm.stats.requests == requests
     with pytest.raises(InvalidRequestError, match="other filters"):
         await export_sharded(
-            dm, out, 8, progress=False, id_list=given[1:], stage="lead", date_created_from=since
+            dm, out, 8, progress=False, id_list=given[:-1], stage="lead", date_created_from=since
         )
 
 
