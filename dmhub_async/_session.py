@@ -308,7 +308,9 @@ class Session:
 
     def _build_retries(self) -> None:
         clock, sleep, on_backoff = self._clock, self._closing.sleep, self._on_backoff
-        self._send_call = retrying(
+        #: ``_send_call(call)``: the call's attempts; ``_go_on_call(rest, started, call)``: those
+        #: after a first attempt that ``request()`` sent itself (see _retry.retrying).
+        self._send_call, self._go_on_call = retrying(
             self._attempt,
             self.policy,
             clock=clock,
@@ -318,7 +320,7 @@ class Session:
         )
         self._send_token_request = retrying(
             self._attempt, self.policy, clock=clock, sleep=sleep, on_backoff=on_backoff
-        )
+        )[0]
 
     def derive(
         self,
@@ -454,12 +456,41 @@ class Session:
         """
         # send(), written out: a coroutine less on every call.
         self.check_open()
-        call = _Call(Request(method, path, params, json, idempotent, not_found_codes))
+        request = Request(method, path, params, json, idempotent, not_found_codes)
+        tokens = self._tokens
+        if tokens is None:
+            token = self._static_token
+        elif token := tokens.held():  # fresh, the usual case: see _attempt
+            self._current_token = token
+        call: _Call | None = None
         try:
-            answer: _Answer = await self._send_call(call)
+            if token is None:  # none held: _attempt takes the store's, or a new one
+                call = _Call(request)
+                answer: _Answer = await self._send_call(call)
+            else:
+                # With the token held, the first attempt is sent from here: no _Call, retry
+                # loop or _attempt to pass through: about 7k instructions of a lookup's 414k
+                # (benchmarks.bench_instructions --question 4c).
+                # A failure goes on as in _attempt (_after_failed_send) and then in the retry
+                # loop (_go_on_call), as if _send_call had made this attempt.
+                started = self._clock()
+                failed: list[DMHubError] | None = None
+                try:
+                    answer = await self._send(request, token, 0)
+                except DMHubError as err:
+                    failed = [err]
+                if failed is not None:
+                    call = _Call(request)
+                    rest = self._after_failed_send(call, failed, token)
+                    answer = await self._go_on_call(rest, started, call)
         except DMHubError as err:
+            del token  # not among the variables an error tracker records (see _send)
+            assert call is not None  # every DMHubError here came from a call's attempts
             ended = self._ended(call, err)
             raise ended from ended.__cause__ or err.__cause__  # a redacted stand-in, or None
+        except BaseException:
+            del token
+            raise
         if remembered:
             remember_response(self, answer)  # an APIResponse once dm.last_response is read
         return answer[2]
@@ -518,17 +549,37 @@ class Session:
                 token = self._current_token = tokens.held() or await self._refresh(tokens, None)
             try:
                 return await self._send(request, token, call.retries)
-            except AuthenticationError:
-                # docs/contract.md: a refused token is refreshed once and the call retried once.
-                if self._tokens is None or call.refreshed:
-                    raise
-                call.refreshed = True
             except DMHubError as err:
-                _note_write_failure(call, err)
-                raise
-            token = self._current_token = await self._refresh(self._tokens, token)
+                failed = [err]
+            return await self._after_failed_send(call, failed, token)
+        except BaseException:
+            del token  # not among the variables an error tracker records (see _send)
+            raise
+
+    async def _after_failed_send(
+        self, call: _Call, failed: list[DMHubError], token: str
+    ) -> _Answer:
+        """The rest of an attempt of ``call`` whose send with ``token`` failed: a refused token
+        is refreshed once and the call sent again; any other error is raised (a write's noted:
+        :func:`_note_write_failure`). The error is taken out of ``failed``, so that no frame of
+        its own traceback holds it.
+
+        Awaited once out of the ``except`` that caught the error: a later one (the refresh's,
+        the resend's) has no earlier one as its context.
+        """
+        try:
+            tokens = self._tokens
+            # docs/contract.md: a refused token is refreshed once and the call retried once.
+            if not isinstance(failed[0], AuthenticationError):
+                _note_write_failure(call, failed[0])
+                raise failed.pop()
+            if tokens is None or call.refreshed:
+                raise failed.pop()
+            failed.clear()
+            call.refreshed = True
+            token = self._current_token = await self._refresh(tokens, token)
             try:
-                return await self._send(request, token, call.retries)
+                return await self._send(call.request, token, call.retries)
             except DMHubError as err:  # the send after a refresh may be applied as well
                 _note_write_failure(call, err)
                 raise

@@ -1536,3 +1536,42 @@ async def test_a_token_that_cannot_be_sent_from_a_store_of_ones_own_is_no_token(
     assert (issued, refused) == (1, {})
     assert store.planted is not None
     assert store.planted.value != value
+
+
+async def test_a_held_token_refused_is_refreshed_once_and_the_call_sent_again() -> None:
+    """With the token held, a call's first attempt is sent outside the retry loop (issue 15):
+    the service's refusal of a revoked token is still met by one refresh and one resend."""
+    from dmhub_async import Identity
+    from dmhub_async.testing import DMHubSimulator
+
+    nobody = Identity("wechat", "nobody")
+    async with (
+        DMHubSimulator(customers=1) as sim,
+        DMHubClient(sim.app_id, sim.secret, base_url=sim.url, token_store=MemoryTokenStore()) as dm,
+    ):
+        assert await dm.identities.lookup(nobody) is None  # a token, held
+        sim.tokens.revoke()
+        assert await dm.identities.lookup(nobody) is None
+
+        assert sim.counters.tokens_issued == 2
+        assert sim.counters.errors[40001] == 1  # refused once, then sent with the new token
+        assert sim.counters.requests["/v1/customeridentities"] == 3
+        assert (dm.stats.retries, dm.stats.token_fetches) == (0, 2)
+
+
+async def test_a_held_token_refused_again_after_its_refresh_is_an_authentication_error(
+    api, tokens, make_client, clock
+):
+    checker = TokenChecker({"tok-1"})
+    api.get(url("/v1/customers/1"), callback=checker, repeat=True)
+    dm = make_client()
+    assert await dm.request("GET", "/v1/customers/1") == CUSTOMER  # tok-1, held
+    checker.valid = set()
+
+    with pytest.raises(AuthenticationError) as info:
+        await dm.request("GET", "/v1/customers/1")
+
+    assert tokens.issued == ["tok-1", "tok-2"]  # one refresh, no loop
+    assert checker.seen == ["tok-1", "tok-1", "tok-2"]
+    assert info.value.code == 42001
+    assert clock.waits == []

@@ -252,7 +252,49 @@ async def test_no_secret_in_errors_tracebacks_or_logs(api, make_client, debug_lo
     assert_clean(info.value, debug_logs.records)
 
 
-async def test_no_secret_when_the_refresh_after_a_refusal_fails(api, make_client, debug_logs):
+@pytest.mark.parametrize("kind", [kind for kind, (where, _) in FAILURES.items() if where == "api"])
+async def test_no_secret_when_a_call_whose_token_is_held_fails(api, make_client, debug_logs, kind):
+    # With the token held, the first attempt is sent from Session.request itself (issue 15):
+    # its frame held the token too.
+    issue_tokens(api)
+    api.get(API_URL, payload={"id": 1})
+    api.get(API_URL, callback=FAILURES[kind][1], repeat=True)
+    dm = make_client(app_id="app-1", secret=SECRET, max_retries=1)
+    await dm.request("GET", "/v1/customers/1")  # the token, held
+
+    with pytest.raises(DMHubError) as info:
+        await dm.request("GET", "/v1/customers")
+
+    assert TOKEN in sent_urls(api)
+    assert_clean(info.value, debug_logs.records)
+
+
+async def test_no_secret_when_a_call_whose_token_is_held_is_cancelled(api, make_client):
+    # An error tracker records a cancelled task's traceback too (a timeout, a task group).
+    issue_tokens(api)
+    sent = asyncio.Event()
+
+    async def hang(url: Any, **kwargs: Any) -> None:
+        sent.set()
+        await asyncio.Event().wait()
+
+    api.get(API_URL, payload={"id": 1})
+    api.get(API_URL, callback=hang)
+    dm = make_client(app_id="app-1", secret=SECRET)
+    await dm.request("GET", "/v1/customers/1")  # the token, held
+    call = asyncio.ensure_future(dm.request("GET", "/v1/customers/2"))
+    await sent.wait()
+    call.cancel()
+
+    with pytest.raises(asyncio.CancelledError) as info:
+        await call
+
+    assert TOKEN in sent_urls(api)
+    assert_clean(info.value, [])
+
+
+@pytest.mark.parametrize("held", [False, True], ids=["fetched by the call", "held"])
+async def test_no_secret_when_the_refresh_after_a_refusal_fails(api, make_client, debug_logs, held):
     # The refused token rides into the refresh (its "stale" one): a refresh that fails left it
     # in the variables of the frames an error tracker records.
     api.get(TOKEN_URL, payload={"error_code": 0, "access_token": TOKEN})
@@ -261,8 +303,12 @@ async def test_no_secret_when_the_refresh_after_a_refusal_fails(api, make_client
         callback=raises(lambda u: aiohttp.ClientConnectionError(f"Connection refused: GET {u}")),
         repeat=True,
     )
+    if held:
+        api.get(API_URL, payload={"id": 1})
     api.get(API_URL, callback=body(401, '{{"error_code": 401}}'), repeat=True)
     dm = make_client(app_id="app-1", secret=SECRET, max_retries=1)
+    if held:  # the call's first attempt is sent outside the retry loop (issue 15)
+        await dm.request("GET", "/v1/customers/1")
 
     with pytest.raises(DMHubError) as info:
         await dm.request("GET", "/v1/customers")

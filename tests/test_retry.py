@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import logging
 import math
 from datetime import datetime, timezone
 from typing import Any
@@ -25,6 +26,7 @@ from dmhub_async import (
     APIError,
     APITimeoutError,
     DMHubError,
+    Identity,
     NotFoundError,
     RateLimitError,
     RedisRateLimiter,
@@ -32,6 +34,7 @@ from dmhub_async import (
     RetryPolicy,
     ServerError,
 )
+from dmhub_async._session import Session
 
 
 def count(api: aioresponses, path: str, method: str | None = None) -> int:
@@ -815,3 +818,138 @@ async def test_a_write_whose_retry_cannot_take_its_rate_turn_says_its_outcome_is
     assert str(info.value).startswith("PUT /v1/customers/7: the shared rate limit at ")
     assert "may have been applied" in str(info.value)
     assert isinstance(info.value.__cause__, DMHubError)  # the limit's own error
+
+
+# --- the first attempt of a call whose token is held (issue 15) ------------------------------
+# The session sends it itself, outside the retry loop and _attempt; a failure goes on through
+# them as if they had made it. Each test runs with the token given (access_token=) and with one
+# fetched by an earlier call, both held when the call is made.
+
+HELD = ["access_token", "fetched"]
+
+
+async def holding_a_token(api: aioresponses, make_client: Any, held: str, **settings: Any) -> Any:
+    """A client that holds its token (given, or fetched by a call made first from the ``tokens``
+    endpoint) before the call a test makes."""
+    if held == "access_token":
+        return make_client(access_token="tok", **settings)
+    api.get(url("/v1/customers/99"), payload=CUSTOMER)
+    dm = make_client(**settings)
+    await dm.request("GET", "/v1/customers/99")
+    assert dm._session._tokens.held() == "tok-1"
+    return dm
+
+
+BINDING = [{"customerId": "7", "identityType": "wechat", "identityValue": "o1"}]
+LOOKUPS = "/v1/customeridentities"
+
+
+@pytest.mark.parametrize("held", HELD)
+async def test_a_lookup_whose_token_is_held_is_retried_after_a_503(
+    api, tokens, make_client, clock, caplog, held
+):
+    caplog.set_level(logging.INFO, logger="dmhub_async")
+    dm = await holding_a_token(api, make_client, held)
+    api.get(url(LOOKUPS), status=503, body=b"")
+    api.get(url(LOOKUPS), payload=BINDING)
+
+    assert await dm.identities.lookup(Identity("wechat", "o1")) == 7
+
+    assert count(api, LOOKUPS) == 2
+    assert clock.waits == [0.5]
+    assert dm.stats.retries == 1
+    assert dm.last_response.retries == 1
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.INFO] == [
+        "retrying GET /v1/customeridentities?identityType=wechat&identityValue=*** after "
+        "HTTP 503 ServerError (retry 1 of 4) in 0.50s"
+    ]
+
+
+@pytest.mark.parametrize("held", HELD)
+async def test_a_call_whose_token_is_held_with_max_retries_0_raises_at_once(
+    api, tokens, make_client, clock, held
+):
+    dm = await holding_a_token(api, make_client, held, max_retries=0)
+    api.get(url(LOOKUPS), status=503, body=b"", repeat=True)
+
+    with pytest.raises(ServerError):
+        await dm.identities.lookup(Identity("wechat", "o1"))
+
+    assert count(api, LOOKUPS) == 1
+    assert clock.waits == []
+    assert dm.stats.retries == 0
+
+
+@pytest.mark.parametrize("held", HELD)
+async def test_a_create_whose_token_is_held_and_whose_answer_is_lost_is_not_sent_again(
+    api, tokens, make_client, clock, held
+):
+    dm = await holding_a_token(api, make_client, held)
+    api.post(url("/v1/customers"), exception=aiohttp.ServerDisconnectedError(), repeat=True)
+
+    with pytest.raises(APIConnectionError) as info:
+        await dm.customers.create(name="x")
+
+    assert count(api, "/v1/customers", "POST") == 1
+    assert info.value.outcome_unknown is True
+    assert clock.waits == []
+    assert dm.stats.retries == 0
+
+
+@pytest.mark.parametrize("held", HELD)
+async def test_an_update_whose_token_is_held_refused_after_a_500_says_its_outcome_is_unknown(
+    api, tokens, make_client, clock, held
+):
+    # The first attempt's 500 may follow the write: the retry's "no such customer" is marked.
+    dm = await holding_a_token(api, make_client, held)
+    api.put(url("/v1/customers/7"), status=500, payload={"error_code": 1})
+    api.put(url("/v1/customers/7"), status=500, payload={"error_code": 40201})
+
+    with pytest.raises(NotFoundError) as info:
+        await dm.customers.update(7, name="x")
+
+    assert count(api, "/v1/customers/7", "PUT") == 2
+    assert info.value.outcome_unknown is True
+    assert "outcome is unknown" in str(info.value)
+
+
+@pytest.mark.parametrize("held", HELD)
+async def test_the_budget_of_a_call_whose_token_is_held_counts_its_first_attempt(
+    api, tokens, make_client, clock, held
+):
+    def slow(u: Any, **kwargs: Any) -> None:
+        clock.advance(10)  # each attempt takes 10 s of the budget
+
+    dm = await holding_a_token(api, make_client, held, max_retries=10, budget=25.0)
+    api.get(url("/v1/customers/1"), status=500, callback=slow, repeat=True)
+
+    with pytest.raises(ServerError):
+        await dm.request("GET", "/v1/customers/1")
+
+    assert clock.waits == [0.5, 1]  # 10 + 0.5 + 10 + 1 + 10 = 31.5: no third wait of 2 s
+    assert count(api, "/v1/customers/1") == 3
+
+
+async def test_the_first_attempt_of_a_call_whose_token_is_held_is_sent_straight(
+    api, make_client, monkeypatch
+):
+    """What a lookup costs: with the token held, its first attempt is sent from
+    Session.request, without the retry loop's attempt (about 7k instructions a lookup, 1.7%);
+    only a retry runs it."""
+    attempts: list[str] = []
+    attempt = Session._attempt
+
+    async def counted(self: Session, call: Any) -> Any:
+        attempts.append(call.request.path)
+        return await attempt(self, call)
+
+    monkeypatch.setattr(Session, "_attempt", counted)
+    api.get(url("/v1/customers/1"), payload=CUSTOMER)
+    api.get(url("/v1/customers/1"), status=503, body=b"")
+    api.get(url("/v1/customers/1"), payload=CUSTOMER)
+    dm = make_client(access_token="tok")
+
+    assert await dm.request("GET", "/v1/customers/1") == CUSTOMER
+    assert attempts == []
+    assert await dm.request("GET", "/v1/customers/1") == CUSTOMER
+    assert attempts == ["/v1/customers/1"]  # the retry's
