@@ -112,10 +112,9 @@ class Request:
 
     def query(self, token: str | None) -> dict[str, str]:
         """The query string to send: the params, and the token (docs/contract.md, "Transport")."""
-        params = dict(self.params) if self.params else {}
-        if token is not None:
-            params["access_token"] = token
-        return params
+        if token is None:
+            return dict(self.params) if self.params else {}
+        return {**self.params, "access_token": token} if self.params else {"access_token": token}
 
     def body(self) -> tuple[bytes | None, Mapping[str, str]]:
         """The encoded JSON body (None when there is none) and the headers to send."""

@@ -455,7 +455,9 @@ class Session:
         lookups): keeping it cost about 4k instructions a lookup.
         """
         # send(), written out: a coroutine less on every call.
-        self.check_open()
+        conn = self._conn
+        if conn.closed or conn.loop is not asyncio.get_running_loop() or self.derived:
+            self.check_open()  # check_open(), its usual case written out: a call less a call
         request = Request(method, path, params, json, idempotent, not_found_codes)
         tokens = self._tokens
         if tokens is None:
@@ -638,7 +640,11 @@ class Session:
 
     async def _send(self, request: Request, token: str | None, retries: int) -> _Answer:
         params = request.query(token)
-        body, headers = request.body()
+        if request.json is None:  # request.body(), written out: a call less a request
+            body: bytes | None = None
+            headers: Mapping[str, str] = HEADERS
+        else:
+            body, headers = request.body()
         sent_headers: Mapping[str, str] | None = headers
         if self._headers:
             sent_headers = {**headers, **self._headers}
@@ -661,7 +667,7 @@ class Session:
             # The client may have been closed while this request queued for its slot.
             if self._conn.closed or (self.derived and self._closing.closed):
                 self.check_open()
-            http = self._http_session()
+            http = self._conn.http or self._http_session()  # made at the first request
             started = time.perf_counter()
             self.stats.requests += 1
             try:

@@ -639,13 +639,40 @@ class _Answering:
 )
 @example(data=[None])
 async def test_a_lookup_reads_the_answer_as_the_converters_bindings(data: Any) -> None:
-    lookup = identities.Identities(_Answering(data))._lookup  # type: ignore[arg-type]
+    ids = identities.Identities(_Answering(data))  # type: ignore[arg-type]
     try:
-        found: Any = await lookup(_WANTED, in_own_task=False)
+        found: Any = await ids._lookup(_WANTED, in_own_task=False)
     except ResponseDecodeError as err:
         found = ("error", str(err))
     assert found == _converters_answer(data)
     assert type(found) is type(_converters_answer(data))
+    # lookup_many's workers read each answer themselves (a coroutine less a lookup): the same.
+    many: Any = (await ids.lookup_many([_WANTED], return_exceptions=True))[_WANTED]
+    if isinstance(many, ResponseDecodeError):
+        many = ("error", str(many))
+    assert many == found
+    assert type(many) is type(found)
+
+
+async def test_lookup_many_sends_its_lookups_without_a_coroutine_between(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What a lookup 64 at a time costs (issue 15): lookup_many's workers send each lookup
+    themselves, without _lookup's coroutine between (about 1k instructions a lookup)."""
+    looked_up: list[Identity] = []
+    lookup = identities.Identities._lookup
+
+    async def counted(self: Any, identity: Identity, *, in_own_task: bool) -> Any:
+        looked_up.append(identity)
+        return await lookup(self, identity, in_own_task=in_own_task)
+
+    monkeypatch.setattr(identities.Identities, "_lookup", counted)
+    ids = identities.Identities(_Answering([]))  # type: ignore[arg-type]
+
+    assert await ids.lookup_many([_WANTED]) == {_WANTED: None}
+    assert looked_up == []
+    assert await ids.lookup(_WANTED) is None
+    assert looked_up == [_WANTED]  # lookup()'s own
 
 
 # -- the proxy of the environment: urllib's answer, from the variables it can use ---------------
