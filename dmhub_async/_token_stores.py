@@ -172,6 +172,7 @@ class RecordsFetchFailures(Protocol):
 
 K = TypeVar("K")
 V = TypeVar("V")
+R = TypeVar("R")
 
 
 def loop_table(
@@ -489,10 +490,14 @@ class RedisTokenStore:
 
     async def get(self, key: str) -> Token | None:
         """The stored token for ``key``, or None."""
+        return await self._read(self._prefix + key, Token.from_json)
+
+    async def _read(self, name: str, parse: Callable[[Any], R | None]) -> R | None:
+        """``parse`` of the JSON at Redis key ``name``, or None (none there, or garbage)."""
         from redis.exceptions import RedisError, ResponseError
 
         try:
-            raw = await (await self._client()).get(self._prefix + key)
+            raw = await (await self._client()).get(name)
         except ResponseError as err:
             if str(err).startswith("WRONGTYPE"):
                 # A list, a hash... at the token's key holds no token: the next one replaces
@@ -505,7 +510,7 @@ class RedisTokenStore:
         if raw is None:
             return None
         try:
-            return Token.from_json(json.loads(raw))
+            return parse(json.loads(raw))
         except (ValueError, RecursionError):  # nested past the parser's depth: garbage too
             return None
 
@@ -530,22 +535,7 @@ class RedisTokenStore:
     async def get_failure(self, key: str) -> FetchFailure | None:
         """The failed fetch recorded for ``key``, or None: a key of its own beside the token's,
         which Redis drops when the record's hold ends."""
-        from redis.exceptions import RedisError, ResponseError
-
-        try:
-            raw = await (await self._client()).get(self._prefix + key + _FAILED)
-        except ResponseError as err:
-            if str(err).startswith("WRONGTYPE"):
-                return None
-            raise self._error("GET", err) from None
-        except (RedisError, OSError, RuntimeError) as err:
-            raise self._error("GET", err) from None
-        if raw is None:
-            return None
-        try:
-            return FetchFailure.from_json(json.loads(raw))
-        except (ValueError, RecursionError):
-            return None
+        return await self._read(self._prefix + key + _FAILED, FetchFailure.from_json)
 
     async def set_failure(self, key: str, failure: FetchFailure) -> None:
         """Record a failed fetch for ``key``, kept by Redis until the record's hold ends (by

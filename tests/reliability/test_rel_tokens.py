@@ -165,13 +165,14 @@ async def test_t1_eight_processes_share_one_token_across_a_revocation(
     assert sim.counters.tokens_issued == 2
     if kind == "redis":
         # A process needs a token twice (its first call, and the refresh after the revocation)
-        # and reads the store at most twice for each (before the lock, and under it), then
-        # releases the lock if it took it; so at most 4 reads and 2 releases a process, however
-        # loaded the machine. Observed: 29 reads, 13 releases. Before: a GET a call, 1,600+.
+        # and reads the store at most three times for each (before the lock, and under it the
+        # token and a failed fetch's record, none here), then releases the lock if it took it;
+        # so at most 6 reads and 2 releases a process, however loaded the machine. Observed:
+        # 29-33 reads, 13-15 releases. Before: a GET a call, 1,600+.
         # The lock's polls and extensions come with the time a fetch takes, not with calls:
         # they are not bounded here (28 polls seen at rest, more under load).
         traffic = store_traffic(redis)
-        assert traffic["reads"] <= 2 * 2 * PROCESSES, traffic
+        assert traffic["reads"] <= 2 * 3 * PROCESSES, traffic
         assert traffic["releases"] <= 2 * PROCESSES, traffic
 
 
