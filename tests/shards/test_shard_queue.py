@@ -107,6 +107,25 @@ def _job_context(client: DMHubClient) -> dict[str, Any]:
     }
 
 
+def _shard_task(sim: Any, directory: Path) -> dict[str, Any]:
+    """The job a coordinator enqueues for the one shard of ``sim``'s whole window."""
+    from dmhub_async.shards import _queue
+
+    shard = Shard(0, None, None)
+    return {
+        "job_version": _queue.job_version(shard),
+        "shard": shard.to_dict(),
+        "directory": str(directory),
+        "format": "jsonl",
+        "page_size": 100,
+        "concurrency": 2,
+        "export_id": "e",
+        "plan_id": "p",
+        "base_url": sim.url,
+        "app_id": sim.app_id,
+    }
+
+
 @pytest.mark.parametrize("churn", [False, True], ids=["still", "inserts-and-deletes"])
 async def test_a_worker_killed_mid_shard_is_taken_over_and_nothing_is_lost(
     tmp_path: Path, redis: RedisServer, churn: bool
@@ -1148,18 +1167,7 @@ async def test_a_failed_jobs_error_carries_its_retries_to_the_manifest(tmp_path:
     ):
         sim.on_request(down)
         ctx = _job_context(dm)
-        task = {
-            "job_version": _queue.JOB_VERSION,
-            "shard": Shard(0, None, None).to_dict(),
-            "directory": str(tmp_path),
-            "format": "jsonl",
-            "page_size": 100,
-            "concurrency": 2,
-            "export_id": "e",
-            "plan_id": "p",
-            "base_url": sim.url,
-            "app_id": sim.app_id,
-        }
+        task = _shard_task(sim, tmp_path)
         with pytest.raises(DMHubError) as raised:
             await _queue._export_shard_job(ctx, task)
         retried = dm.stats.retries
@@ -1199,18 +1207,7 @@ async def test_a_job_whose_part_cannot_be_written_fails_its_shard_saying_why(
         DMHubSimulator(customers=30) as sim,
         DMHubClient(sim.app_id, sim.secret, base_url=sim.url) as dm,
     ):
-        task = {
-            "job_version": _queue.JOB_VERSION,
-            "shard": Shard(0, None, None).to_dict(),
-            "directory": str(tmp_path),
-            "format": "jsonl",
-            "page_size": 100,
-            "concurrency": 2,
-            "export_id": "e",
-            "plan_id": "p",
-            "base_url": sim.url,
-            "app_id": sim.app_id,
-        }
+        task = _shard_task(sim, tmp_path)
         with pytest.raises(OSError, match="No space left") as raised:
             await _queue._export_shard_job(_job_context(dm), task)
 
