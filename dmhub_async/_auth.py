@@ -17,7 +17,7 @@ import math
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, TypeVar, cast
 from urllib.parse import urlsplit
 
 from . import _exceptions
@@ -179,6 +179,15 @@ class TokenManager:
         #: The failed fetch this manager last recorded in the store: its own callers (a
         #: ``with_options`` client's retries) are not held back by it.
         self._recorded: FetchFailure | None = None
+        #: The store, if it keeps failed fetches' records (:class:`RecordsFetchFailures`), else
+        #: None: found once, by its methods (``isinstance`` of a runtime protocol cost some 4 us,
+        #: about 40k instructions, on each token fetched: bench_instructions --question 4s).
+        self._failures: RecordsFetchFailures | None = (
+            cast("RecordsFetchFailures", store)
+            if callable(getattr(store, "get_failure", None))
+            and callable(getattr(store, "set_failure", None))
+            else None
+        )
 
     def _margin(self, token: Token) -> float:
         lifetime = token.lifetime
@@ -325,11 +334,13 @@ class TokenManager:
             if token is not None and self._usable(token, stale):
                 return token
             async with self._locked():
-                # Another client or process may have refreshed while we waited for the lock.
-                token = await self._call(self._store.get(self._key))
+                # Another client or process may have refreshed while we waited for the lock, or
+                # failed to (its record).
+                token, failure = await self._call(self._read_locked(stale))
                 if token is not None and self._usable(token, stale):
                     return token
-                await self._raise_recent_failure(token)
+                if failure is not None:
+                    self._raise_recent_failure(token, failure)
                 try:
                     token = await self._fetch_new(fetch)
                 except DMHubError as err:
@@ -346,20 +357,27 @@ class TokenManager:
             del stale  # as in refresh()
             raise
 
-    async def _raise_recent_failure(self, stored: Token | None) -> None:
+    async def _read_locked(self, stale: str | None) -> tuple[Token | None, FetchFailure | None]:
+        """The store's token and, when it is not usable and the store keeps them, the record of
+        a failed fetch: one store call's timeout for the two (another cost a short-lived client
+        some 40k instructions, bench_instructions --question 4s)."""
+        token = await self._store.get(self._key)
+        store = self._failures
+        if store is None or (token is not None and self._usable(token, stale)):
+            return token, None  # none kept (a store of the user's own): each its own backoff
+        try:
+            return token, await store.get_failure(self._key)
+        except Exception as err:  # the record saves load; without it the fetch goes on
+            said = err if isinstance(err, TokenStoreError) else f"{store!r}: {type(err).__name__}"
+            log.debug("%s; reading a failed token fetch's record", said)
+            return token, None
+
+    def _raise_recent_failure(self, stored: Token | None, failure: FetchFailure) -> None:
         """Raise the failure that another client's fetch met a moment ago, as the store
         recorded it, while its hold lasts: N processes that took the lock in turn each ran a
         whole backoff against a token endpoint that was down (N x (max_retries + 1) requests,
         the last waiting for every other's backoff before its own)."""
-        store = self._store
-        if not isinstance(store, RecordsFetchFailures):
-            return  # a store of the user's own: each client its own backoff, as before
-        try:
-            failure = await self._call(store.get_failure(self._key))
-        except TokenStoreError as err:  # the record saves load; without it the fetch goes on
-            log.debug("%s; reading a failed token fetch's record", err)
-            return
-        if failure is None or failure == self._recorded:
+        if failure == self._recorded:
             return
         now = self._clock()
         if not now < failure.until <= now + MAX_FAILURE_HOLD:
@@ -367,15 +385,15 @@ class TokenManager:
         issued = None if stored is None else stored.issued_at
         if issued is not None and issued >= failure.failed_at:
             return  # a token fetched since (by a process of a release that keeps no record)
-        raise _shared_failure(failure, now, repr(store))
+        raise _shared_failure(failure, now, repr(self._store))
 
     async def _record_failure(self, err: DMHubError, fetch: Callable[[], Awaitable[Token]]) -> None:
         """Record ``err``, the failure a fetch met after its retries, in the store for the hold
         its next backoff would have lasted (the ``Retry-After`` the service asked for, if it
         did; at most :data:`MAX_FAILURE_HOLD`): the clients that wait for the lock raise it at
         once instead of each running its own backoff. Never the error's message."""
-        store = self._store
-        if type(err).__name__ not in SHARED_FAILURES or not isinstance(store, RecordsFetchFailures):
+        store = self._failures
+        if type(err).__name__ not in SHARED_FAILURES or store is None:
             return
         policy = getattr(fetch, "policy", None)  # a client's fetch: its retry policy
         retry_after = getattr(err, "retry_after", None)

@@ -155,6 +155,33 @@ async def test_a_store_of_the_users_own_making_works_as_before(
     assert all(isinstance(result, ServerError) for result in results)
 
 
+class UnreadableRecords(UsersOwnStore):
+    """A store that keeps failure records and cannot read them (a bug of its own)."""
+
+    async def get_failure(self, key: str) -> Any:
+        raise RuntimeError("broken")
+
+    async def set_failure(self, key: str, failure: Any) -> None:
+        pass
+
+
+async def test_a_record_that_cannot_be_read_does_not_stop_the_fetch(
+    sim: DMHubSimulator, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The record only saves load: a store failing to read it leaves the fetch to go on, and
+    # the token is shared through the store as ever.
+    sim.faults.rate = 0.0
+    store = UnreadableRecords(MemoryTokenStore())
+    caplog.set_level("DEBUG", logger="dmhub_async")
+
+    results = await first_calls(sim, [store, store], clock)
+
+    assert results == [1, 1]
+    assert sim.counters.tokens_issued == 1
+    assert "UnreadableRecords" in caplog.text and "RuntimeError" in caplog.text
+    assert "reading a failed token fetch's record" in caplog.text
+
+
 async def test_after_the_hold_a_process_fetches_again(
     sim: DMHubSimulator, clock: FakeClock, tmp_path: Path
 ) -> None:
