@@ -178,7 +178,8 @@ async def test_a_record_that_cannot_be_read_does_not_stop_the_fetch(
 
     assert results == [1, 1]
     assert sim.counters.tokens_issued == 1
-    assert "UnreadableRecords" in caplog.text and "RuntimeError" in caplog.text
+    assert "UnreadableRecords" in caplog.text
+    assert "RuntimeError" in caplog.text
     assert "reading a failed token fetch's record" in caplog.text
 
 
