@@ -201,17 +201,18 @@ class TokenManager:
     def _valid(self, token: Token) -> bool:
         return self._clock() < token.expires_at
 
-    def held(self) -> str | None:
+    def held(self, now: float | None = None) -> str | None:
         """The held token while it is fresh (or valid while renewal pauses), else None: then
         :meth:`refresh` gives the store's or a new one.
 
         Synchronous, for the request path: most calls find the token fresh, and need no
-        coroutine to learn it.
+        coroutine to learn it. ``now``: the manager's clock, read already by the caller.
         """
         held = self._held
         if held is None:
             return None
-        now = self._clock()
+        if now is None:
+            now = self._clock()
         if now < self._fresh_until or (now < held.expires_at and now < self._renew_paused_until):
             return held.value
         return None

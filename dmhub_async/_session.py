@@ -459,10 +459,13 @@ class Session:
         if conn.closed or conn.loop is not asyncio.get_running_loop() or self.derived:
             self.check_open()  # check_open(), its usual case written out: a call less a call
         request = Request(method, path, params, json, idempotent, not_found_codes)
+        # The call's start, for its retry budget, is also the "now" the token is held at:
+        # the clock read once on a successful call, not three times (about 0.7k instructions).
+        started = self._clock()
         tokens = self._tokens
         if tokens is None:
             token = self._static_token
-        elif token := tokens.held():  # fresh, the usual case: see _attempt
+        elif token := tokens.held(started):  # fresh, the usual case: see _attempt
             self._current_token = token
         call: _Call | None = None
         try:
@@ -475,7 +478,6 @@ class Session:
                 # (benchmarks.bench_instructions --question 4c).
                 # A failure goes on as in _attempt (_after_failed_send) and then in the retry
                 # loop (_go_on_call), as if _send_call had made this attempt.
-                started = self._clock()
                 failed: list[DMHubError] | None = None
                 try:
                     answer = await self._send(request, token, 0)
@@ -771,7 +773,9 @@ class Session:
                 resp_headers,
                 payload,
                 auth_codes=self._auth_codes,
-                now=self._clock(),
+                # Only a 429's or a 503's Retry-After needs it (an HTTP date): not read for
+                # every answer.
+                now=self._clock() if status in _RETRY_AFTER_STATUSES else 0.0,
                 secrets=secrets,
             )
         except DMHubError as err:
@@ -809,6 +813,10 @@ _NOT_SENT: tuple[type[BaseException], ...] = (
     aiohttp.ClientConnectorError,
     *(getattr(aiohttp, name) for name in ("ConnectionTimeoutError",) if hasattr(aiohttp, name)),
 )
+
+
+#: The statuses whose Retry-After read_response reads, against the clock's "now".
+_RETRY_AFTER_STATUSES = frozenset({429, 503})
 
 
 #: The methods aiohttp does not send again by itself when a pooled connection turns out closed
