@@ -35,6 +35,7 @@ __all__ = [
     "DEFAULT_AUTH_ERROR_CODES",
     "HEADERS",
     "PERSONAL_PARAMS",
+    "RETRY_AFTER_STATUSES",
     "TOKEN_PATH",
     "USER_AGENT",
     "APIResponse",
@@ -201,6 +202,10 @@ def read_token(data: Any, started: float) -> Token:
     return Token(token, started + expires_in)
 
 
+#: The statuses whose Retry-After :func:`read_response` reads (against its ``now``).
+RETRY_AFTER_STATUSES = frozenset({429, 503})
+
+
 def read_response(
     request: Request,
     status: int,
@@ -286,7 +291,7 @@ def read_response(
     if description is None and not decoded:
         description = _snippet(body, secrets)
     retry_after = None
-    if status in (429, 503):
+    if status in RETRY_AFTER_STATUSES:
         # aiohttp keeps every header line; .get() is the first alone (see longest_retry_after).
         getall = getattr(headers, "getall", None)
         values = getall("Retry-After", ()) if getall else [headers.get("Retry-After", "")]

@@ -41,6 +41,7 @@ from ._redact import watch as redact_watch
 from ._retry import FINAL_5XX, REQUEST_TIMEOUT, RETRY_TALLY, RetryPolicy, retrying
 from ._sansio import (
     HEADERS,
+    RETRY_AFTER_STATUSES,
     TOKEN_PATH,
     APIResponse,
     Request,
@@ -775,7 +776,7 @@ class Session:
                 auth_codes=self._auth_codes,
                 # Only a 429's or a 503's Retry-After needs it (an HTTP date): not read for
                 # every answer.
-                now=self._clock() if status in _RETRY_AFTER_STATUSES else 0.0,
+                now=self._clock() if status in RETRY_AFTER_STATUSES else 0.0,
                 secrets=secrets,
             )
         except DMHubError as err:
@@ -813,10 +814,6 @@ _NOT_SENT: tuple[type[BaseException], ...] = (
     aiohttp.ClientConnectorError,
     *(getattr(aiohttp, name) for name in ("ConnectionTimeoutError",) if hasattr(aiohttp, name)),
 )
-
-
-#: The statuses whose Retry-After read_response reads, against the clock's "now".
-_RETRY_AFTER_STATUSES = frozenset({429, 503})
 
 
 #: The methods aiohttp does not send again by itself when a pooled connection turns out closed
