@@ -9,8 +9,7 @@ them one after another as one :class:`AsyncPaginator` (:class:`BatchWalk`).
 from __future__ import annotations
 
 import heapq
-import itertools
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from itertools import accumulate
 from typing import Any, TypeVar
 
@@ -64,11 +63,11 @@ def sized_batches(
     the sort) on a busy machine, and the event loop waited as long. Here they are
     deduplicated and sorted ``_STEP`` at a time, and merged.
     """
-    values = list(_unique(ids))
-    room = check_room(method, params, name, max(values))
+    ordered = walked(ids)
+    room = check_room(method, params, name, ordered[-1])
     batches: list[list[str]] = []
     used = room  # no batch yet
-    for value in _merged(values, descending):
+    for value in reversed(ordered) if descending else ordered:
         text = str(int(value))
         cost = len(text) + _SEPARATOR
         if used + cost > room + _SEPARATOR:  # the first id of a batch has no separator
@@ -79,37 +78,24 @@ def sized_batches(
     return [{**params, name: ",".join(batch)} for batch in batches], list(map(len, batches))
 
 
-def _unique(ids: Sequence[Any]) -> set[Any]:
-    """``ids`` each once, ``_STEP`` at a time."""
+def walked(ids: Sequence[Any]) -> list[Any]:
+    """``ids`` as a walk takes them: each once, sorted (for a thread, never holding the GIL
+    for long: deduplicated and sorted ``_STEP`` at a time, the runs merged)."""
     unique: set[Any] = set()
     for start in range(0, len(ids), _STEP):
         unique.update(ids[start : start + _STEP])
-    return unique
-
-
-def _merged(values: list[Any], descending: bool = False) -> Iterator[Any]:
-    """``values`` (no repeats) sorted: runs of ``_STEP`` sorted, then merged."""
-    runs = [
-        sorted(values[start : start + _STEP], reverse=descending)
-        for start in range(0, len(values), _STEP)
-    ]
-    return heapq.merge(*runs, reverse=descending)
-
-
-def walked(ids: Sequence[Any]) -> list[Any]:
-    """``ids`` as a walk takes them: each once, sorted (for a thread, never holding the GIL
-    for long)."""
-    return list(_merged(list(_unique(ids))))
+    values = list(unique)
+    runs = [sorted(values[start : start + _STEP]) for start in range(0, len(values), _STEP)]
+    return list(heapq.merge(*runs))
 
 
 def walked_ids(ids: list[Any]) -> str:
-    """:func:`walked` ``ids``, comma-separated. Two lists of the same ids in any order or
-    repeats give the same text: the same export."""
-    merged = _merged(list(_unique(ids)))
-    parts = []
-    while chunk := list(itertools.islice(merged, _STEP)):
-        parts.append(",".join(map(str, chunk)))
-    return ",".join(parts)
+    """:func:`walked` ``ids``, comma-separated, ``_STEP`` at a time. Two lists of the same
+    ids in any order or repeats give the same text: the same export."""
+    values = walked(ids)
+    return ",".join(
+        ",".join(map(str, values[start : start + _STEP])) for start in range(0, len(values), _STEP)
+    )
 
 
 def check_room(method: str, params: dict[str, str], name: str, longest: int) -> int:
