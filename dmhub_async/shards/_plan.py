@@ -39,6 +39,7 @@ __all__ = [
     "MAX_SHARDS",
     "Shard",
     "id_list_file",
+    "id_list_text",
     "manifest_filters",
     "plan_shards",
     "unique_ids",
@@ -254,8 +255,14 @@ def unique_ids(ids: Sequence[int]) -> tuple[list[int], bytes, str]:
     same export (its digest), and the parts, merged in shard order, are in id order, as an
     export of the list in one piece is."""
     unique = walked(ids)
-    text = "".join(f"{i}\n" for i in unique).encode()
+    text = id_list_text(unique)
     return unique, text, "sha256:" + hashlib.sha256(text).hexdigest()
+
+
+def id_list_text(unique: Sequence[int]) -> bytes:
+    """The text of a list's file of ``unique`` ids (as :func:`unique_ids` gives them): one id
+    a line; blocking work."""
+    return "".join(f"{i}\n" for i in unique).encode()
 
 
 def id_list_file(text: bytes, digest: str, where: str) -> list[int]:

@@ -37,7 +37,15 @@ from ._manifest import (
     checkpoint_name,
     part_digest,
 )
-from ._plan import Shard, id_list_file, manifest_filters, plan_counted, unique_ids, warn_if_naive
+from ._plan import (
+    Shard,
+    id_list_file,
+    id_list_text,
+    manifest_filters,
+    plan_counted,
+    unique_ids,
+    warn_if_naive,
+)
 
 if TYPE_CHECKING:
     from .._client import DMHubClient
@@ -269,9 +277,10 @@ async def _prepare(
     plan, retries = await plan_counted(client, shards, None, filters)
     if plan and plan[0].id_slice is not None:
         # The list once, beside the manifest, before it: a manifest never names a list not
-        # there. The slices in order are the whole list, repeats dropped.
+        # there. The slices in order are the whole list as walked (each once, sorted): its
+        # text is written as it is, not deduplicated and sorted again.
         whole = [i for shard in plan for i in shard.filters["id_list"]]
-        _, text, _ = await asyncio.to_thread(unique_ids, whole)
+        text = await asyncio.to_thread(id_list_text, whole)
         await file_work(lambda: replace_file(where / ID_LIST_NAME, text))
     manifest = Manifest.new(
         plan,
