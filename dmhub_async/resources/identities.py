@@ -160,7 +160,7 @@ class Identities(Resource):
                 try:
                     # _lookup(identity, in_own_task=True), written out: a coroutine less a
                     # lookup (about 1k instructions of 405k: bench_instructions --question 4c).
-                    query = {"identityType": identity.type, "identityValue": identity.value}
+                    query = _query_of(identity)
                     data = await request("GET", _PATH, params=query, remembered=False)
                     results[identity] = _customer_of(identity, data)
                 except Exception as err:
