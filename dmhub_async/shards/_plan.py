@@ -472,8 +472,8 @@ async def _plan_ids(
     # filters that leave a URL no room for an id.
     params = client.customers._params("plan_shards", others, paged=False, frames=4)
     ids = await asyncio.to_thread(checked_ids, "plan_shards", safe["id_list"])
-    check_room("plan_shards", params, "idList", max(ids))
     unique, _, digest = await asyncio.to_thread(unique_ids, ids)
+    check_room("plan_shards", params, "idList", unique[-1])  # sorted: the last the longest
     count = min(n, len(unique))
     cuts = [k * len(unique) // count for k in range(count + 1)]
     return [
