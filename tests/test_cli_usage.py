@@ -98,9 +98,11 @@ def test_the_token_store_help_says_where_a_queue_keeps_the_token(
         main(["export", "--help"])
     export = " ".join(capsys.readouterr().out.split())
 
-    # It now reads a Redis there, and refuses a file or memory (which the workers cannot share).
+    # It now reads a Redis there, and refuses a file or memory (which the workers cannot share),
+    # in --token-store too, where one was taken.
     assert "default: $DMHUB_TOKEN_STORE if a redis:// URL, else the queue's Redis" in worker
-    assert "a file or memory in $DMHUB_TOKEN_STORE is refused" in worker
+    assert "a file or memory, given here or in $DMHUB_TOKEN_STORE, is refused" in worker
+    assert "a file or memory, given here or in $DMHUB_TOKEN_STORE, is refused" in export
     assert "a file in your cache directory" not in worker
     assert "with --queue: $DMHUB_TOKEN_STORE if a redis:// URL, else the queue's Redis" in export
 

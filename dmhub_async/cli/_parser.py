@@ -126,11 +126,12 @@ def _common() -> _Parser:
 
 
 #: Where --token-store defaults to (`worker` and `export --queue` take a Redis in
-#: DMHUB_TOKEN_STORE, else the queue's, and refuse a file or memory there: cli/_shards.py).
+#: DMHUB_TOKEN_STORE, else the queue's, and refuse a file or memory there or in the flag:
+#: cli/_shards.py).
 _STORE_DEFAULT = f"${TOKEN_STORE_ENV}, else a file in your cache directory"
 _QUEUE_STORE = (
-    f"${TOKEN_STORE_ENV} if a redis:// URL, else the queue's Redis; a file or memory in "
-    f"${TOKEN_STORE_ENV} is refused (the queue's workers cannot share it)"
+    f"${TOKEN_STORE_ENV} if a redis:// URL, else the queue's Redis; a file or memory, "
+    f"given here or in ${TOKEN_STORE_ENV}, is refused (the queue's workers cannot share it)"
 )
 _STORE_DEFAULTS = {
     "export": _STORE_DEFAULT + f" (with --queue: {_QUEUE_STORE})",

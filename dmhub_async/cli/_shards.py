@@ -57,23 +57,42 @@ def queue_token_store(flag: str | None) -> str | None:
     ``DMHUB_TOKEN_STORE`` was not read here: with it set for every run of a machine, as the
     README says, a plain ``export`` kept the token in its store and the queue's processes in
     the queue's Redis, two holders of the app id's one token, each fetch revoking the other's.
-    A file or memory store there is refused: it is no store that workers on other machines can
-    share, and ignored, the runs that use it and the queue revoked each other's token.
+    A file or memory store is refused, in either spelling: it is no store that workers on
+    other machines can share. Ignored in the environment, the runs that use it and the queue
+    revoked each other's token; taken from ``--token-store``, the planner and each worker held
+    a token of their own, each fetch revoking the others'.
     """
     if flag is not None:
+        _refuse_one_machine(
+            flag,
+            f"--token-store {flag}",
+            "the queue's processes would revoke each other's token; give --token-store a "
+            "redis:// URL, or leave it out to share the token through the queue's Redis",
+        )
         return flag
     spec = os.environ.get(TOKEN_STORE_ENV)
     if not spec:
         return None
-    if spec == "memory" or spec.startswith("file:"):
-        whose = "this run's" if spec == "memory" else "this machine's"
-        raise UsageError(
-            f"{TOKEN_STORE_ENV}={spec} is a token store of {whose} alone, which the queue's "
-            "workers cannot all share: its runs and the queue would revoke each other's token; "
-            f"set {TOKEN_STORE_ENV} to a redis:// URL (the queue's will do) for every run and "
-            "worker, or pass --token-store to choose this command's store"
-        )
+    _refuse_one_machine(
+        spec,
+        f"{TOKEN_STORE_ENV}={spec}",
+        "its runs and the queue would revoke each other's token; "
+        f"set {TOKEN_STORE_ENV} to a redis:// URL (the queue's will do) for every run and "
+        "worker, or pass --token-store redis://... to choose this command's store",
+    )
     return spec  # a Redis URL, or a mistake that token_store() refuses in its own words
+
+
+def _refuse_one_machine(spec: str, given: str, why: str) -> None:
+    """UsageError if ``spec`` (said as ``given``) is a memory or file store, one no queue can
+    share; ``why`` says what it would do, and what to choose."""
+    if spec != "memory" and not spec.startswith("file:"):
+        return
+    whose = "this run's" if spec == "memory" else "this machine's"
+    raise UsageError(
+        f"{given} is a token store of {whose} alone, which the queue's workers cannot all "
+        f"share: {why}"
+    )
 
 
 def check_sharding(args: argparse.Namespace) -> None:

@@ -319,21 +319,27 @@ def test_a_worker_and_a_plain_export_share_the_token_of_DMHUB_TOKEN_STORE(
     assert state["tokens_issued"] == 1  # the plain export's, taken up by the queue's processes
 
 
+@pytest.mark.parametrize("given", ["DMHUB_TOKEN_STORE", "--token-store"])
 @pytest.mark.parametrize("spec", ["file:{tmp}/tokens.json", "memory"])
-def test_a_token_store_of_one_machine_in_the_environment_is_refused_on_a_queue(
-    tmp_path: Path, redis: RedisServer, spec: str
+def test_a_token_store_of_one_machine_is_refused_on_a_queue(
+    tmp_path: Path, redis: RedisServer, spec: str, given: str
 ) -> None:
-    # A file (or memory) in DMHUB_TOKEN_STORE is no store a queue's workers on other machines
-    # can share: read, the machines revoked each other's token; ignored, the plain runs of
-    # this machine and the queue did. Refused, before anything is sent, saying what to choose.
+    # A file (or memory) store is no store a queue's workers on other machines can share:
+    # read, the machines revoked each other's token; ignored, the plain runs of this machine
+    # and the queue did. Refused, before anything is sent, saying what to choose. Given as
+    # --token-store, it was taken: each worker and the planner held a token of its own, each
+    # fetch revoking the others' (and the export, with no worker able to share it, planned).
+    spec = spec.format(tmp=tmp_path)
     with sim_process(100) as sim:
-        env = sim.env(
-            XDG_CACHE_HOME=str(tmp_path / "cache"),
-            DMHUB_TOKEN_STORE=spec.format(tmp=tmp_path),
-        )
+        env = sim.env(XDG_CACHE_HOME=str(tmp_path / "cache"))
+        flag: list[str] = []
+        if given == "DMHUB_TOKEN_STORE":
+            env[given] = spec
+        else:
+            flag = [given, spec]
         runs = [
             subprocess.run(
-                [sys.executable, "-m", "dmhub_async", *command],
+                [sys.executable, "-m", "dmhub_async", *command, *flag],
                 env=env,
                 capture_output=True,
                 text=True,
@@ -349,10 +355,14 @@ def test_a_token_store_of_one_machine_in_the_environment_is_refused_on_a_queue(
 
     for run in runs:
         assert run.returncode == 2, run.stderr
-        assert "DMHUB_TOKEN_STORE" in run.stderr
-        assert "--token-store" in run.stderr
+        assert run.stderr.count("\n") == 1, run.stderr  # one line
+        # The option as it was given, what it named, and why.
+        assert f"{given}{'=' if given.startswith('DMHUB') else ' '}{spec}" in run.stderr
+        assert "the queue's workers cannot all share" in run.stderr
+        assert "redis://" in run.stderr
     assert sum(state["per_second"]) == state["tokens_issued"] == 0  # nothing was sent
     assert not (tmp_path / "q").exists()
+    assert redis.command("DBSIZE") == ":0"  # nothing queued
 
 
 @pytest.mark.parametrize("given", ["DMHUB_TOKEN_STORE", "--token-store"])
