@@ -337,8 +337,8 @@ class TokenManager:
             async with self._locked():
                 # Another client or process may have refreshed while we waited for the lock, or
                 # failed to (its record).
-                token, failure = await self._call(self._read_locked(stale))
-                if token is not None and self._usable(token, stale):
+                token, usable, failure = await self._call(self._read_locked(stale))
+                if usable and token is not None:
                     return token
                 if failure is not None:
                     self._raise_recent_failure(token, failure)
@@ -358,20 +358,25 @@ class TokenManager:
             del stale  # as in refresh()
             raise
 
-    async def _read_locked(self, stale: str | None) -> tuple[Token | None, FetchFailure | None]:
-        """The store's token and, when it is not usable and the store keeps them, the record of
-        a failed fetch: one store call's timeout for the two (another cost a short-lived client
-        some 40k instructions, bench_instructions --question 4s)."""
+    async def _read_locked(
+        self, stale: str | None
+    ) -> tuple[Token | None, bool, FetchFailure | None]:
+        """The store's token, whether it is usable (found here once, not again by the caller) and,
+        when it is not and the store keeps them, the record of a failed fetch: one store call's
+        timeout for the two reads (another cost a short-lived client some 40k instructions,
+        bench_instructions --question 4s)."""
         token = await self._store.get(self._key)
+        if token is not None and self._usable(token, stale):
+            return token, True, None
         store = self._failures
-        if store is None or (token is not None and self._usable(token, stale)):
-            return token, None  # none kept (a store of the user's own): each its own backoff
+        if store is None:
+            return token, False, None  # none kept (a store of the user's own): its own backoff
         try:
-            return token, await store.get_failure(self._key)
+            return token, False, await store.get_failure(self._key)
         except Exception as err:  # the record saves load; without it the fetch goes on
             said = err if isinstance(err, TokenStoreError) else f"{store!r}: {type(err).__name__}"
             log.debug("%s; reading a failed token fetch's record", said)
-            return token, None
+            return token, False, None
 
     def _raise_recent_failure(self, stored: Token | None, failure: FetchFailure) -> None:
         """Raise the failure that another client's fetch met a moment ago, as the store
