@@ -16,6 +16,7 @@ else:  # pragma: no cover
 
 import pytest
 from _helpers import users_environ
+from _redis import RedisServer
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -271,10 +272,11 @@ print("exported", sum(r["exported"] for r in reports), "in", len(reports), "part
 """
 
 
-def test_the_celery_task_of_the_sharding_doc_runs(tmp_path: Path) -> None:
+def test_the_celery_task_of_the_sharding_doc_runs(tmp_path: Path, redis: RedisServer) -> None:
     (block,) = [b for b in _docs_blocks()["sharding.md"] if "def export_part(" in b]
-    assert block.count('"/shared/tokens.json"') == 1
-    code = block.replace('"/shared/tokens.json"', repr(str(tmp_path / "tokens" / "t.json")))
+    # The workers share one token through Redis (a file store is one machine's).
+    assert block.count('"redis://queue.internal:6379/2"') == 1
+    code = block.replace('"redis://queue.internal:6379/2"', repr(redis.url))
     (tmp_path / "celery.py").write_text(_CELERY_STUB, encoding="utf-8")
     (tmp_path / "job.py").write_text(code + _CELERY_DRIVER, encoding="utf-8")
     (tmp_path / "parts").mkdir()
@@ -290,3 +292,7 @@ def test_the_celery_task_of_the_sharding_doc_runs(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "exported 300 in" in result.stdout
     assert len(list((tmp_path / "parts").glob("part-*.jsonl"))) >= 1
+    import redis as redis_py
+
+    with redis_py.Redis.from_url(redis.url) as shared:
+        assert shared.dbsize() >= 1  # the token the tasks shared
