@@ -36,6 +36,7 @@ from ._files import (
     check_output,
     decoded_lines,
     export_stdout,
+    read_id_file,
     read_twice,
     replace_on_success,
 )
@@ -82,6 +83,8 @@ def _filters(args: argparse.Namespace) -> dict[str, Any]:
         for flag, name in FILTER_FLAGS.items():
             message = re.sub(rf"\b{name}\b", flag, message)
         raise UsageError(message) from None
+    if args.id_list is not None:  # after the checks above: they would join every id
+        filters["id_list"] = read_id_file(args.id_list)
     if naive and not args.quiet:
         print(
             f"dmhub-async: note: {' and '.join(naive)} without an offset read as UTC; give "

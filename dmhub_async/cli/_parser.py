@@ -218,6 +218,12 @@ def _filters(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--select", metavar="F1,F2", help="only these fields (and id), in the file too"
     )
+    group.add_argument(
+        "--id-list",
+        metavar="FILE",
+        help="only the customers of these ids: a file of one id a line (blank lines and "
+        "repeats skipped; any order, resumed as the same export), with the other filters too",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -248,7 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     export = command(
         "export",
         "export customers to a JSONL or CSV file, each exactly once",
-        "dmhub-async export --out leads.csv --stage lead --checkpoint leads.ckpt",
+        "dmhub-async export --out leads.csv --stage lead --checkpoint leads.ckpt\n"
+        "  dmhub-async export --out some.jsonl --id-list ids.txt --checkpoint some.ckpt",
     )
     export.add_argument(
         "--out",
@@ -346,7 +353,8 @@ def _shard_flags(export: argparse.ArgumentParser) -> None:
         "--shards",
         type=_int_in(1, MAX_SHARDS),
         metavar="N",
-        help="split the customers into N dateCreated windows, one part file each",
+        help="split the customers into N dateCreated windows, one part file each (with "
+        "--id-list: its ids sorted, in N slices)",
     )
     group.add_argument(
         "--workers",

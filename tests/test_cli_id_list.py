@@ -1,0 +1,293 @@
+"""``dmhub-async export --id-list FILE``: the customers of a file of ids, in every export mode.
+
+The library exported an ``id_list`` (one process, a checkpoint, shards on processes or a
+queue); the command line had no way to give one: a user with 300,000 ids in a file had none.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from _cli_support import (
+    SECRET,
+    ServedSimulator,
+    assert_one_line_error,
+    jsonl_ids,
+    read_csv,
+    run_cli,
+)
+from _redis import RedisServer
+
+pytestmark = pytest.mark.timeout(180)
+
+#: Ids of no customer: past every id the simulator gives.
+NOBODY = 9_000_000_000
+
+
+def requests(served: ServedSimulator) -> int:
+    return sum(served.sim.counters.routes.values())
+
+
+def listed(served: ServedSimulator, share: int = 3) -> list[int]:
+    """Every ``share``-th customer's id, shuffled, some twice, and ids of no customer."""
+    ids = served.ids()[::share]
+    given = [*ids, *ids[:25], NOBODY, NOBODY + 7]
+    random.Random(4).shuffle(given)
+    return given
+
+
+def write_ids(path: Path, ids: list[int], *, newline: str = "\n", prefix: str = "") -> Path:
+    """``ids`` one a line, with blank lines and white space around some, as files come."""
+    lines = [f"  {i}\t" if k % 7 == 0 else str(i) for k, i in enumerate(ids)]
+    lines[len(lines) // 2 : len(lines) // 2] = ["", "   "]
+    path.write_bytes((prefix + newline.join(lines) + newline + newline).encode())
+    return path
+
+
+def parts(directory: Path) -> list[int]:
+    """Every customer id in the parts of a sharded JSONL export, repeats kept."""
+    return [i for part in sorted(directory.glob("part-*.jsonl")) for i in jsonl_ids(part)]
+
+
+def test_an_export_of_an_id_list_file_has_each_listed_customer_once(
+    served: ServedSimulator, env: dict[str, str], tmp_path: Path
+) -> None:
+    given = listed(served)
+    write_ids(tmp_path / "ids.txt", given, newline="\r\n", prefix="\ufeff")  # Notepad's
+
+    result = run_cli("export", "--out", "some.jsonl", "--id-list", "ids.txt", env=env, cwd=tmp_path)
+    as_json = run_cli(
+        "export",
+        "--out",
+        "some.csv",
+        "--id-list",
+        "ids.txt",
+        "--select",
+        "name",
+        "--report",
+        "json",
+        env=env,
+        cwd=tmp_path,
+    )
+
+    assert result.returncode == 0, result.stderr
+    wanted = sorted(set(given) & set(served.ids()))
+    assert jsonl_ids(tmp_path / "some.jsonl") == wanted  # in id order, each once
+    count = len(wanted)
+    assert f"exported      {count} customers" in result.stdout
+    assert f"count         {count} before, {count} after" in result.stdout
+    assert as_json.returncode == 0, as_json.stderr
+    report = json.loads(as_json.stdout)
+    assert (report["exported"], report["complete"]) == (count, True)
+    rows = read_csv(tmp_path / "some.csv")
+    assert [int(r["id"]) for r in rows] == wanted
+    assert list(rows[0]) == ["id", "name"]
+
+
+def test_an_id_list_is_combined_with_the_other_filters(
+    served: ServedSimulator, env: dict[str, str], tmp_path: Path
+) -> None:
+    given = listed(served, share=2)
+    write_ids(tmp_path / "ids.txt", given)
+    since = "2016-01-02T00:00:00Z"
+
+    result = run_cli(
+        "export",
+        "--out",
+        "leads.jsonl",
+        "--id-list",
+        "ids.txt",
+        "--stage",
+        "lead",
+        "--created-from",
+        since,
+        "-q",
+        env=env,
+        cwd=tmp_path,
+    )
+
+    assert result.returncode == 0, result.stderr
+    rows = {row["id"]: row for row in served.rows()}
+    wanted = [
+        i
+        for i in sorted(set(given) & set(rows))
+        if rows[i]["stage"] == "lead" and rows[i]["dateCreated"] >= since
+    ]
+    assert wanted  # the test means something
+    assert jsonl_ids(tmp_path / "leads.jsonl") == wanted
+
+
+def test_a_checkpointed_export_of_an_id_list_resumes_with_the_list_in_another_order(
+    served: ServedSimulator, env: dict[str, str], tmp_path: Path
+) -> None:
+    given = listed(served)
+    write_ids(tmp_path / "ids.txt", given)
+    write_ids(tmp_path / "reversed.txt", [*given[::-1], *given[:40]])
+    write_ids(tmp_path / "other.txt", given[1:])
+    command = ["export", "--out", "some.jsonl", "--checkpoint", "some.ckpt", "--page-size", "20"]
+    # Three pages, then the connection drops: the run fails with its checkpoint kept.
+    served.sim.faults.paths = ("GET /v1/customers",)
+    served.sim.faults.script(["ok"] * 3 + ["reset"])
+
+    failed = run_cli(
+        *command, "--id-list", "ids.txt", "--max-retries", "0", "-q", env=env, cwd=tmp_path
+    )
+    assert failed.returncode == 1, failed.stderr
+    assert (tmp_path / "some.ckpt").exists()
+    other = run_cli(*command, "--id-list", "other.txt", env=env, cwd=tmp_path)
+    resumed = run_cli(*command, "--id-list", "reversed.txt", env=env, cwd=tmp_path)
+
+    assert_one_line_error(other, 1, "belongs to another export (idList: other ids")
+    assert str(NOBODY) not in other.stderr  # the lists are not quoted
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed       from a checkpoint" in resumed.stdout
+    assert jsonl_ids(tmp_path / "some.jsonl") == sorted(set(given) & set(served.ids()))
+    assert not (tmp_path / "some.ckpt").exists()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_sharded_export_of_an_id_list_has_each_listed_customer_once(
+    served: ServedSimulator, env: dict[str, str], tmp_path: Path, workers: int
+) -> None:
+    given = listed(served)
+    write_ids(tmp_path / "ids.txt", given)
+    write_ids(tmp_path / "again.txt", given[::-1])
+    write_ids(tmp_path / "other.txt", given[1:])
+    command = ["export", "--out", "parts", "--shards", "3", "--workers", str(workers)]
+
+    result = run_cli(*command, "--id-list", "ids.txt", "--stage", "lead", env=env, cwd=tmp_path)
+    sent = requests(served)
+    again = run_cli(
+        *command, "--id-list", "again.txt", "--stage", "lead", "--report", "json",
+        env=env, cwd=tmp_path,
+    )  # fmt: skip
+    other = run_cli(*command, "--id-list", "other.txt", "--stage", "lead", env=env, cwd=tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    leads = {row["id"] for row in served.rows() if row["stage"] == "lead"}
+    wanted = sorted(set(given) & leads)
+    assert parts(tmp_path / "parts") == wanted  # each once, in id order across the parts
+    # The same ids in another order: the same export, taken up complete, nothing sent.
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["complete"] is True
+    assert requests(served) == sent
+    assert_one_line_error(other, 1, "other filters")
+
+
+def test_a_queued_export_of_an_id_list_gives_its_workers_the_ids_through_its_directory(
+    served: ServedSimulator, env: dict[str, str], tmp_path: Path, redis: RedisServer
+) -> None:
+    given = listed(served)
+    write_ids(tmp_path / "ids.txt", given)
+
+    with a_worker(redis.url, env, tmp_path) as worker_said:
+        result = run_cli(
+            "export",
+            "--out",
+            "parts",
+            "--shards",
+            "3",
+            "--queue",
+            redis.url,
+            "--id-list",
+            "ids.txt",
+            "--report",
+            "json",
+            env=env,
+            cwd=tmp_path,
+        )
+
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["complete"] is True
+    assert parts(tmp_path / "parts") == sorted(set(given) & set(served.ids()))
+    assert "Traceback" not in worker_said[0], worker_said
+    # A job names its slice of the list in the directory, not the ids (nor on a command line).
+    assert (tmp_path / "parts" / "id_list.txt").exists()
+
+
+@contextlib.contextmanager
+def a_worker(queue: str, env: dict[str, str], cwd: Path) -> Iterator[list[str]]:
+    """A ``dmhub-async worker`` on ``queue`` for the block; its standard error, once stopped."""
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "dmhub_async", "worker", "--redis", queue],
+        env=env,
+        cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    said: list[str] = []
+    try:
+        yield said
+    finally:
+        worker.terminate()
+        said.append(worker.communicate(timeout=30)[1])
+        assert SECRET not in said[-1]
+
+
+#: Files of ids refused before anything is sent, and what the one line says.
+BAD_FILES: list[tuple[str, bytes | None, tuple[str, ...]]] = [
+    ("missing", None, ("--id-list ids.txt: no such file",)),
+    ("empty", b"", ("--id-list ids.txt: holds no customer id",)),
+    ("blank lines alone", b"\n  \r\n\t\n", ("--id-list ids.txt: holds no customer id",)),
+    ("a word", b"3000000001\n\nname\n", ("ids.txt:3: not a customer id: 'name'",)),
+    ("a float", b"3000000001\n3000000002.0\n", ("ids.txt:2: not a customer id: '3000000002.0'",)),
+    ("negative", b"-5\n", ("ids.txt:1: not a customer id: '-5'",)),
+    ("zero", b"0\n", ("ids.txt:1: not a customer id: '0'", "from 1 to")),
+    ("too big", b"1\n9223372036854775808\n", ("ids.txt:2:", "'9223372036854775808'")),
+    ("two columns", b"1,wang\n", ("ids.txt:1: not a customer id: '1,wang'",)),
+    ("full-width digits", "１２３\n".encode(), ("ids.txt:1: not a customer id: '１２３'",)),
+    ("a long line", b"1\n" + b"x" * 5000 + b"\n", ("ids.txt:2:", "'" + "x" * 40 + "'...")),
+    ("a lone CR ends a line", b"1\r2\rthree\r", ("ids.txt:3: not a customer id: 'three'",)),
+]
+
+
+@pytest.mark.parametrize(
+    ("content", "words"), [c[1:] for c in BAD_FILES], ids=[c[0] for c in BAD_FILES]
+)
+def test_a_file_of_ids_that_is_not_one_is_refused_naming_its_line_before_anything_is_sent(
+    served: ServedSimulator,
+    env: dict[str, str],
+    tmp_path: Path,
+    content: bytes | None,
+    words: tuple[str, ...],
+) -> None:
+    if content is not None:
+        (tmp_path / "ids.txt").write_bytes(content)
+
+    runs = [
+        run_cli("export", "--out", "x.jsonl", "--id-list", "ids.txt", *more, env=env, cwd=tmp_path)
+        for more in ([], ["--checkpoint", "x.ckpt"], ["--shards", "2"])
+    ]
+
+    for result in runs:
+        assert_one_line_error(result, 1, *words)
+        assert "x" * 41 not in result.stderr
+    assert requests(served) == 0
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == (["ids.txt"] if content is not None else [])  # no output, no checkpoint
+
+
+def test_a_file_of_ids_that_is_a_directory_or_holds_a_secret_is_refused_without_it(
+    served: ServedSimulator, env: dict[str, str], tmp_path: Path
+) -> None:
+    # Another file given by mistake (an env file): its line quoted, never the secret.
+    (tmp_path / "settings.env").write_text(f"DMHUB_SECRET={SECRET}\n", encoding="utf-8")
+    (tmp_path / "ids").mkdir()
+
+    wrong_file = run_cli(
+        "export", "--out", "x.jsonl", "--id-list", "settings.env", env=env, cwd=tmp_path
+    )
+    directory = run_cli("export", "--out", "x.jsonl", "--id-list", "ids", env=env, cwd=tmp_path)
+
+    assert_one_line_error(wrong_file, 1, "settings.env:1: not a customer id")
+    assert SECRET[:8] not in wrong_file.stderr
+    assert_one_line_error(directory, 1, "--id-list ids is a directory")
+    assert requests(served) == 0
