@@ -181,6 +181,33 @@ def test_a_sharded_export_of_an_id_list_has_each_listed_customer_once(
     assert_one_line_error(other, 1, "other filters")
 
 
+def test_a_sharded_export_of_ids_of_no_customer_reports_the_ids_listed_not_a_count(
+    served: ServedSimulator, env: dict[str, str], tmp_path: Path
+) -> None:
+    # Its report said "1,000 counted when planned" of an export of 402 customers, complete:
+    # nothing was counted (a plan of ids sends nothing), and 598 customers looked missing.
+    given = [*served.ids()[:300], *range(NOBODY, NOBODY + 200)]
+    write_ids(tmp_path / "ids.txt", given)
+    command = ["export", "--out", "parts", "--shards", "4", "--id-list", "ids.txt"]
+
+    text = run_cli(*command, "--stage", "lead", env=env, cwd=tmp_path)
+    as_json = run_cli(*command, "--stage", "lead", "--report", "json", env=env, cwd=tmp_path)
+    windows = run_cli("export", "--out", "all", "--shards", "2", env=env, cwd=tmp_path)
+
+    assert text.returncode == 0, text.stderr
+    leads = len([row for row in served.rows()[:300] if row["stage"] == "lead"])
+    assert 0 < leads < 300
+    assert text.stdout.splitlines()[0] == (
+        f"exported {leads} customers in 4 parts to parts (4 of 4 complete; 500 ids listed, "
+        f"{500 - leads} of them of no customer, or of one the filters leave out; 0 retries)"
+    )
+    report = json.loads(as_json.stdout)
+    assert (report["complete"], report["exported"], report["ids_listed"]) == (True, leads, 500)
+    # A plan of windows still says what it counted.
+    assert windows.returncode == 0, windows.stderr
+    assert "1,500 counted when planned" in windows.stdout
+
+
 def test_a_queued_export_of_an_id_list_gives_its_workers_the_ids_through_its_directory(
     served: ServedSimulator, env: dict[str, str], tmp_path: Path, redis: RedisServer
 ) -> None:

@@ -252,6 +252,7 @@ def _finish(manifest: Manifest, args: argparse.Namespace) -> int:
         "complete": manifest.complete,
         "exported": manifest.exported,
         "planned": manifest.planned,
+        "ids_listed": manifest.id_list_length,  # null: a plan of windows, counted
         "retries": manifest.retries,
         "plan_retries": manifest.plan_retries,  # null: not counted (an earlier release planned)
         "shards": [
@@ -269,8 +270,8 @@ def _finish(manifest: Manifest, args: argparse.Namespace) -> int:
     retries, data["retries"] = _retries(manifest)
     text = (
         f"exported {manifest.exported:,} customers in {len(manifest.shards)} parts to "
-        f"{args.out} ({done} of {len(manifest.shards)} complete; {manifest.planned:,} counted "
-        f"when planned; {retries})"
+        f"{args.out} ({done} of {len(manifest.shards)} complete; {_planned(manifest)}; "
+        f"{retries})"
     )
     for s in manifest.shards:
         if s.status != "complete":
@@ -286,6 +287,25 @@ def _finish(manifest: Manifest, args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return EXIT_OK if manifest.complete else EXIT_INCOMPLETE
+
+
+def _planned(manifest: Manifest) -> str:
+    """What the plan knew of the export's size: the customers it counted, or the ids listed.
+
+    A plan of an id list counts nothing (docs/sharding.md): its planned count is the ids, an
+    id of no customer (or of one the filters leave out) included. It was said to be "counted
+    when planned": 1,000 counted, 402 exported, complete, as if 598 customers were missing.
+    """
+    listed = manifest.id_list_length
+    if listed is None:
+        return f"{manifest.planned:,} counted when planned"
+    said = f"{listed:,} ids listed"
+    if manifest.complete and manifest.exported < listed:  # exported: each listed id once
+        said += (
+            f", {listed - manifest.exported:,} of them of no customer, or of one the filters "
+            "leave out"
+        )
+    return said
 
 
 def _retries(manifest: Manifest) -> tuple[str, int | None]:
