@@ -302,6 +302,26 @@ def test_a_file_of_ids_that_is_not_one_is_refused_naming_its_line_before_anythin
     assert left == (["ids.txt"] if content is not None else [])  # no output, no checkpoint
 
 
+def test_ids_from_standard_input(
+    served: ServedSimulator, env: dict[str, str], tmp_path: Path
+) -> None:
+    given = listed(served)
+    text = "\n".join(map(str, given)) + "\n"
+
+    result = run_cli(
+        "export", "--out", "parts", "--shards", "2", "--id-list", "-", "-q", env=env,
+        cwd=tmp_path, input=text,
+    )  # fmt: skip
+    bad = run_cli(
+        "export", "--out", "x.jsonl", "--id-list", "-", env=env, cwd=tmp_path,
+        input="3000000001\n\nnope\n",
+    )  # fmt: skip
+
+    assert result.returncode == 0, result.stderr
+    assert parts(tmp_path / "parts") == sorted(set(given) & set(served.ids()))
+    assert_one_line_error(bad, 1, "<stdin>:3: not a customer id: 'nope'")
+
+
 def test_a_file_of_ids_that_is_a_directory_or_holds_a_secret_is_refused_without_it(
     served: ServedSimulator, env: dict[str, str], tmp_path: Path
 ) -> None:

@@ -556,39 +556,54 @@ _QUOTED: Final = 40
 
 
 def read_id_file(given: str) -> list[int]:
-    """The customer ids of ``--id-list given``, one a line (blank lines and the white space
-    around an id skipped, repeats kept: the export drops them), checked before anything is
-    sent: a file that cannot be read, a line that is no id (``ids.txt:7: ...``, quoting at
-    most :data:`_QUOTED` characters of it) or a file of no id is a :class:`CommandError`.
+    """The customer ids of ``--id-list given`` (``-``: standard input, ``<stdin>`` in
+    messages), one a line (blank lines and the white space around an id skipped, repeats
+    kept: the export drops them), checked before anything is sent: a file that cannot be read,
+    a line that is no id (``ids.txt:7: ...``, quoting at most :data:`_QUOTED` characters of
+    it) or a file of no id is a :class:`CommandError`.
 
     Read a block at a time (:func:`_byte_lines`: a line of more than 1 MiB is refused, not held);
     the ids kept as ints, for the export's own checks (``checked_ids``) and walk.
     """
-    path = Path(given)
-    if path.is_dir():
-        raise CommandError(f"--id-list {given} is a directory: give a file of ids, one a line")
-    ids: list[int] = []
-    try:
-        with path.open("rb") as fh, interruptible():  # 300,000 lines: 0.2 s, a signal heard
-            for number, raw in enumerate(_byte_lines(fh, given, "customer id"), 1):
-                text = raw.removeprefix(codecs.BOM_UTF8) if number == 1 else raw
-                text = text.strip()
-                if not text:
-                    continue
-                # bytes.isdigit() is ASCII alone: no sign, point, exponent or full-width digit.
-                if text.isdigit() and len(text) <= 19 and 0 < (value := int(text)) <= _LAST_ID:
-                    ids.append(value)
-                    continue
-                shown = text[:_QUOTED].decode("utf-8", "replace")
-                more = "..." if len(text) > _QUOTED else ""
-                raise CommandError(
-                    f"{given}:{number}: not a customer id: {shown!r}{more} (one id a line, a "
-                    f"whole number from 1 to {_LAST_ID})"
-                )
-    except FileNotFoundError:
-        raise CommandError(f"--id-list {given}: no such file") from None
-    except OSError as err:  # unreadable (its mode), or a read that failed
-        raise CommandError(f"--id-list {given}: cannot read it: {err.strerror or err}") from None
+    if given == STDIN:
+        if sys.stdin is None or getattr(sys.stdin, "closed", False):  # started with <&-
+            raise CommandError("--id-list -: standard input is closed: give --id-list a file")
+        with interruptible():
+            ids = _ids_in(sys.stdin.buffer, "<stdin>")
+    else:
+        path = Path(given)
+        if path.is_dir():
+            raise CommandError(f"--id-list {given} is a directory: give a file of ids, one a line")
+        try:
+            with path.open("rb") as fh, interruptible():  # 300,000 lines: 0.1 s, a signal heard
+                ids = _ids_in(fh, given)
+        except FileNotFoundError:
+            raise CommandError(f"--id-list {given}: no such file") from None
+        except OSError as err:  # unreadable (its mode), or a read that failed
+            raise CommandError(
+                f"--id-list {given}: cannot read it: {err.strerror or err}"
+            ) from None
     if not ids:
         raise CommandError(f"--id-list {given}: holds no customer id (one id a line)")
+    return ids
+
+
+def _ids_in(fh: BinaryIO, where: str) -> list[int]:
+    """The ids of :func:`read_id_file`, read from ``fh`` (named ``where``)."""
+    ids: list[int] = []
+    for number, raw in enumerate(_byte_lines(fh, where, "customer id"), 1):
+        text = raw.removeprefix(codecs.BOM_UTF8) if number == 1 else raw
+        text = text.strip()
+        if not text:
+            continue
+        # bytes.isdigit() is ASCII alone: no sign, point, exponent or full-width digit.
+        if text.isdigit() and len(text) <= 19 and 0 < (value := int(text)) <= _LAST_ID:
+            ids.append(value)
+            continue
+        shown = text[:_QUOTED].decode("utf-8", "replace")
+        more = "..." if len(text) > _QUOTED else ""
+        raise CommandError(
+            f"{where}:{number}: not a customer id: {shown!r}{more} (one id a line, a whole "
+            f"number from 1 to {_LAST_ID})"
+        )
     return ids

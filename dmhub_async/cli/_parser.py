@@ -222,7 +222,8 @@ def _filters(parser: argparse.ArgumentParser) -> None:
         "--id-list",
         metavar="FILE",
         help="only the customers of these ids: a file of one id a line (blank lines and "
-        "repeats skipped; any order, resumed as the same export), with the other filters too",
+        "repeats skipped; any order, resumed as the same export), - for standard input; "
+        "with the other filters too",
     )
 
 
