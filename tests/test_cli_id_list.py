@@ -267,7 +267,7 @@ BAD_FILES: list[tuple[str, bytes | None, tuple[str, ...]]] = [
     ("a word", b"3000000001\n\nname\n", ("ids.txt:3: not a customer id: 'name'",)),
     ("a float", b"3000000001\n3000000002.0\n", ("ids.txt:2: not a customer id: '3000000002.0'",)),
     ("negative", b"-5\n", ("ids.txt:1: not a customer id: '-5'",)),
-    ("zero", b"0\n", ("ids.txt:1: not a customer id: '0'", "from 1 to")),
+    ("a sign", b"+5\n", ("ids.txt:1: not a customer id: '+5'", "from 0 to")),
     ("too big", b"1\n9223372036854775808\n", ("ids.txt:2:", "'9223372036854775808'")),
     ("two columns", b"1,wang\n", ("ids.txt:1: not a customer id: '1,wang'",)),
     ("full-width digits", "１２３\n".encode(), ("ids.txt:1: not a customer id: '１２３'",)),

@@ -597,13 +597,13 @@ def _ids_in(fh: BinaryIO, where: str) -> list[int]:
         if not text:
             continue
         # bytes.isdigit() is ASCII alone: no sign, point, exponent or full-width digit.
-        if text.isdigit() and len(text) <= 19 and 0 < (value := int(text)) <= _LAST_ID:
+        if text.isdigit() and len(text) <= 19 and (value := int(text)) <= _LAST_ID:
             ids.append(value)
             continue
         shown = text[:_QUOTED].decode("utf-8", "replace")
         more = "..." if len(text) > _QUOTED else ""
         raise CommandError(
             f"{where}:{number}: not a customer id: {shown!r}{more} (one id a line, a whole "
-            f"number from 1 to {_LAST_ID})"
+            f"number from 0 to {_LAST_ID})"
         )
     return ids
