@@ -376,20 +376,22 @@ async def test_merging_what_there_is_leaves_out_a_torn_record(done: Path, tmp_pa
     assert merged == len(ids) == len(set(ids)) == CUSTOMERS
 
 
-async def test_merging_what_there_is_leaves_out_a_torn_record_of_a_complete_part(
+async def test_merging_what_there_is_leaves_out_a_complete_part_cut_short_mid_record(
     done: Path, tmp_path: Path
 ) -> None:
     # A complete part cut short mid-record since (a disk that filled, a copy cut off): with
     # allow_incomplete its torn record was glued to the next part's first line, a line that
-    # is no JSON, and merge counted it as a record.
+    # is no JSON, and merge counted it as a record. A part shorter than exported cannot be
+    # told from another export's: it is left out whole.
     part = done / "part-00001.jsonl"
+    records = len(part.read_bytes().splitlines())
     part.write_bytes(part.read_bytes()[:-10])
 
     merged = merge(done, tmp_path / "all.jsonl", allow_incomplete=True)
 
     lines = (tmp_path / "all.jsonl").read_bytes().splitlines()
     ids = [orjson.loads(line)["id"] for line in lines]
-    assert merged == len(ids) == len(set(ids)) == CUSTOMERS - 1
+    assert merged == len(ids) == len(set(ids)) == CUSTOMERS - records
 
 
 async def test_merging_what_there_is_stops_where_the_checkpoint_does(
@@ -415,8 +417,9 @@ async def test_a_csv_merge_counts_records_and_leaves_out_one_torn_across_its_lin
     dm: DMHubClient, tmp_path: Path
 ) -> None:
     # A CSV record whose quoted field holds line breaks spans lines: merge counted lines, not
-    # records (3 customers with two breaks each: 6 too many), and a complete part cut short
-    # inside such a record (allow_incomplete) gave the merged file half a record.
+    # records (3 customers with two breaks each: 6 too many), and a part cut short inside
+    # such a record (allow_incomplete: a failed shard's, without a checkpoint) gave the merged
+    # file half a record.
     for n in range(3):
         await dm.customers.create(name=f"first\nsecond\nthird {n}")
     out = tmp_path / "out"
@@ -429,6 +432,7 @@ async def test_a_csv_merge_counts_records_and_leaves_out_one_torn_across_its_lin
     last = out / "part-00001.csv"
     whole = last.read_bytes()
     last.write_bytes(whole[: whole.rindex(b"\nsecond\n") + 1])  # inside the last such record
+    edit(out, lambda data: data["shards"][1].update(status="failed"))
     merged = merge(out, tmp_path / "some.csv", allow_incomplete=True)
     with (tmp_path / "some.csv").open(newline="", encoding="utf-8") as fh:
         rows = list(csv.reader(fh))
@@ -491,6 +495,8 @@ async def test_merging_what_there_is_says_which_parts_it_left_out_or_cut(
 ) -> None:
     # A complete export, a part deleted and one cut short mid-record since: `merge
     # --allow-incomplete` said only "merged 300 records", exit 0, as if that were the export.
+    # Each is left out, said (one cut short cannot be told from another export's).
+    gone = len((done / "part-00001.jsonl").read_bytes().splitlines())
     (done / "part-00001.jsonl").unlink()
     part = done / "part-00002.jsonl"
     lines = part.read_bytes().splitlines(keepends=True)
@@ -513,9 +519,9 @@ async def test_merging_what_there_is_says_which_parts_it_left_out_or_cut(
     assert "Traceback" not in ran.stderr
     assert any("part-00001.jsonl is missing: left out" in line for line in said), said
     assert any(
-        "part-00002.jsonl" in line and f"10 of its {len(lines):,} records merged" in line
-        for line in said
+        "part-00002.jsonl: left out" in line and "another export's part" in line for line in said
     ), said
+    assert kept == CUSTOMERS - gone - len(lines)  # neither part's records
 
 
 async def test_a_merge_removes_the_temporary_file_a_killed_merge_left(
@@ -925,3 +931,30 @@ async def test_a_shard_that_ended_in_mismatch_is_checked_again_and_merged_whole(
     assert len(ids) == len(set(ids))
     assert set(sim.customer_ids()) <= set(ids)
     assert not list(out.glob("*.ckpt"))
+
+
+async def test_merging_what_there_is_leaves_out_another_exports_shorter_part(
+    dm: DMHubClient, done: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Another export's complete part (8 shards: other windows), shorter than this export's
+    # part-00001 would be, put in its place: allow_incomplete took it as this part "cut
+    # short" and merged its records, customers of part-00000 a second time.
+    other = tmp_path / "other"
+    await export_sharded(dm, other, 8, progress=False)
+    theirs = (other / "part-00001.jsonl").read_bytes()
+    assert 0 < len(theirs) < (done / "part-00001.jsonl").stat().st_size
+    (done / "part-00001.jsonl").write_bytes(theirs)
+
+    merged = merge(done, tmp_path / "all.jsonl", allow_incomplete=True)
+
+    ids = [orjson.loads(line)["id"] for line in (tmp_path / "all.jsonl").read_bytes().splitlines()]
+    kept = [
+        orjson.loads(line)["id"]
+        for n in (0, 2, 3)
+        for line in (done / f"part-0000{n}.jsonl").read_bytes().splitlines()
+    ]
+    assert merged == len(ids) == len(set(ids))
+    assert ids == kept  # none of the other export's, part-00000's customers once
+    assert "part-00001.jsonl" in caplog.text
+    assert "another export's" in caplog.text
+    assert "left out" in caplog.text
