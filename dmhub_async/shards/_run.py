@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import hashlib
 import logging
 import os
+import stat
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -126,12 +128,31 @@ async def _id_list(directory: Path, shard: Shard) -> list[int]:
 
     def read() -> list[int]:
         try:
-            text = path.read_bytes()
+            # Not blocking: a named pipe put there waited for a writer for ever (the shard
+            # never ended); opened so, it is refused below with any other file that is not one.
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
         except FileNotFoundError:
             raise InvalidRequestError(
                 f"{path} is missing: shard {shard.index} names ids {shard.describe_ids()} of "
                 "the id list its export's directory holds"
             ) from None
+        with os.fdopen(fd, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                # A device (a link to /dev/zero was read until memory ran out), a pipe.
+                raise InvalidRequestError(
+                    f"{path} is not a regular file, so not the id list this export was planned "
+                    "with: put the export's own back, or export to a new directory"
+                )
+            # Hashed as it is read before it is kept: a file of gigabytes in its place (or one
+            # growing) was read whole into memory, then refused.
+            whole = hashlib.sha256()
+            while chunk := fh.read(1 << 20):
+                whole.update(chunk)
+            if "sha256:" + whole.hexdigest() == digest:
+                fh.seek(0)
+                text = fh.read()
+            else:
+                text = b""  # refused below, as not the list
         return id_list_file(text, digest, str(path))
 
     ids = await file_work(read)

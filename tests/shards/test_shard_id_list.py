@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
+import tracemalloc
 from collections.abc import AsyncIterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -255,3 +257,51 @@ async def test_an_edited_manifest_of_an_id_list_is_refused(
     edited(lambda d: d["shards"][2]["shard"]["id_slice"].__setitem__(0, 10))
     edited(lambda d: d.update(id_list_length=d["id_list_length"] + 1))
     edited(lambda d: d.update(version=1))
+
+
+@pytest.mark.parametrize("put", ["fifo", "device"])
+async def test_a_shard_refuses_an_id_list_that_is_no_file_rather_than_wait_or_fill_memory(
+    sim: DMHubSimulator, dm: DMHubClient, tmp_path: Path, put: str
+) -> None:
+    # id_list.txt replaced by a named pipe: the worker's read waited for a writer for ever
+    # (its shard never ended, its job's heartbeat kept it its own); by a link to /dev/zero,
+    # it read until the machine's memory ran out (a device: /dev/null here, read at once).
+    out = tmp_path / "out"
+    await export_sharded(dm, out, 2, progress=False, id_list=sim.customer_ids()[:40])
+    manifest = Manifest.read(out)
+    assert manifest is not None
+    (out / "id_list.txt").unlink()
+    if put == "fifo":
+        os.mkfifo(out / "id_list.txt")
+    else:
+        (out / "id_list.txt").symlink_to(os.devnull)
+    _run._READ_LIST.clear()  # a worker process that has read no list yet
+
+    with pytest.raises(InvalidRequestError, match=r"id_list\.txt is not a regular file"):
+        await asyncio.wait_for(
+            export_shard(dm, manifest.shards[0].shard, out / "again.jsonl"), timeout=10
+        )
+    assert not (out / "again.jsonl").exists()
+
+
+async def test_a_shard_refuses_a_huge_id_list_file_without_holding_it_in_memory(
+    sim: DMHubSimulator, dm: DMHubClient, tmp_path: Path
+) -> None:
+    # id_list.txt grown to gigabytes (a file written over it, a disk image): the worker read
+    # it whole into memory before it found it was not the list.
+    out = tmp_path / "out"
+    await export_sharded(dm, out, 2, progress=False, id_list=sim.customer_ids()[:40])
+    manifest = Manifest.read(out)
+    assert manifest is not None
+    with (out / "id_list.txt").open("r+b") as fh:
+        fh.truncate(256 << 20)  # sparse: no disk taken
+    _run._READ_LIST.clear()
+
+    tracemalloc.start()
+    try:
+        with pytest.raises(InvalidRequestError, match="not the id list"):
+            await export_shard(dm, manifest.shards[0].shard, out / "again.jsonl")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 32 << 20
