@@ -434,6 +434,7 @@ def _copy_parts(manifest: Manifest, directory: Path, out: BinaryIO, allow_incomp
         # itself to the next part's first record.
         unfinished = outcome.status != "complete"
         limit: int | None = None
+        committed = _Committed(None)
         if not unfinished and changed is not None and part.stat().st_size < (outcome.size or 0):
             # A complete part shorter than it was exported: cut short since, or another
             # export's shorter part in its place, which no check tells apart (the SHA-256 is
@@ -458,7 +459,8 @@ def _copy_parts(manifest: Manifest, directory: Path, out: BinaryIO, allow_incomp
             # again) covers only the ordered walk.
             limit = outcome.size
         elif unfinished:
-            limit = _committed(part.with_name(f"{part.name}.ckpt"))
+            committed = _committed(part.with_name(f"{part.name}.ckpt"))
+            limit = committed.covered
         # Its content checked as it is copied: a part edited, or another run's part of the
         # same size put in its place, was merged without a word.
         check = outcome.sha256 is not None and not unfinished
@@ -470,6 +472,7 @@ def _copy_parts(manifest: Manifest, directory: Path, out: BinaryIO, allow_incomp
         held: list[bytes] = []
         quoted = False
         before = records
+        last = b""  # the last record merged of this part
         with part.open("rb") as fh:
             read = 0
             if csv:
@@ -503,6 +506,16 @@ def _copy_parts(manifest: Manifest, directory: Path, out: BinaryIO, allow_incomp
                     held.clear()
                 out.write(line)
                 records += 1
+                last = line
+        if not committed.holds(records - before, last, csv):
+            # Another export's part where an unfinished one was: it went in as far as the
+            # checkpoint's byte count, unchecked.
+            raise InvalidRequestError(
+                f"{outcome.file} is not what its checkpoint says was exported (not "
+                f"{committed.exported:,} records ending with customer {committed.last_id}): "
+                "another export's part, or edited; delete it and its checkpoint and rerun the "
+                "export, which exports that shard again"
+            )
         if check and digest.hexdigest() != outcome.sha256:
             same = ", the same size" if changed is None else ""
             raise InvalidRequestError(
@@ -519,10 +532,43 @@ def _copy_parts(manifest: Manifest, directory: Path, out: BinaryIO, allow_incomp
     return records
 
 
-def _committed(checkpoint: Path) -> int | None:
-    """The bytes of its part a checkpoint covers, or None without a checkpoint that says."""
+@attrs.frozen
+class _Committed:
+    """What an unfinished part's checkpoint says of it: the bytes it covers, and the records
+    in them and the last one's id, when it says (None each where it does not)."""
+
+    covered: int | None
+    exported: int | None = None
+    last_id: Any = None
+
+    def holds(self, records: int, last: bytes, csv: bool) -> bool:
+        """Whether ``records`` records ending with ``last`` (a part's lines the checkpoint
+        covers) are what it says was written; True when it does not say."""
+        if self.covered is None or self.exported is None:
+            return True
+        if records != self.exported:
+            return False
+        if not records or self.last_id is None:
+            return True
+        try:
+            if csv:  # the id is the first column, never quoted
+                return last.split(b",", 1)[0].strip() == str(self.last_id).encode()
+            record = orjson.loads(last)
+        except orjson.JSONDecodeError:
+            return False
+        return isinstance(record, dict) and record.get("id") == self.last_id
+
+
+def _committed(checkpoint: Path) -> _Committed:
+    """What a part's checkpoint says of it (:class:`_Committed`), None each where it says
+    nothing (no checkpoint, or not one that says)."""
     try:
-        covered = orjson.loads(checkpoint.read_bytes())["bytes"]
-    except (OSError, orjson.JSONDecodeError, KeyError, TypeError):
-        return None
-    return covered if isinstance(covered, int) and not isinstance(covered, bool) else None
+        data = orjson.loads(checkpoint.read_bytes())
+        covered, exported = data["bytes"], data.get("exported")
+    except (OSError, orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+        return _Committed(None)
+    if not isinstance(covered, int) or isinstance(covered, bool):
+        return _Committed(None)
+    if not isinstance(exported, int) or isinstance(exported, bool):
+        exported = None
+    return _Committed(covered, exported, data.get("last_id"))

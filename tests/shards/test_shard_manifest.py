@@ -958,3 +958,27 @@ async def test_merging_what_there_is_leaves_out_another_exports_shorter_part(
     assert "part-00001.jsonl" in caplog.text
     assert "another export's" in caplog.text
     assert "left out" in caplog.text
+
+
+async def test_merging_what_there_is_refuses_another_exports_part_where_an_unfinished_one_was(
+    dm: DMHubClient, done: Path, tmp_path: Path
+) -> None:
+    # A shard that failed part-way, its checkpoint kept: another export's part put in its
+    # place went in as far as the checkpoint's byte count, unchecked: another export's
+    # customers (8 shards: part-00000's, a second time).
+    part = done / "part-00001.jsonl"
+    lines = part.read_bytes().splitlines(keepends=True)[:30]
+    part.write_bytes(b"".join(lines))
+    edit(done, lambda data: data["shards"][1].update(status="failed", size=None, sha256=None))
+    checkpoint = {"bytes": len(b"".join(lines)), "exported": 30}
+    checkpoint["last_id"] = orjson.loads(lines[-1])["id"]
+    (done / "part-00001.jsonl.ckpt").write_bytes(orjson.dumps(checkpoint))
+    assert merge(done, tmp_path / "own.jsonl", allow_incomplete=True) == CUSTOMERS - 100 + 30
+
+    other = tmp_path / "other"
+    await export_sharded(dm, other, 8, progress=False)
+    part.write_bytes((other / "part-00001.jsonl").read_bytes())
+
+    with pytest.raises(InvalidRequestError, match=r"part-00001\.jsonl is not what its checkpoint"):
+        merge(done, tmp_path / "all.jsonl", allow_incomplete=True)
+    assert not (tmp_path / "all.jsonl").exists()
