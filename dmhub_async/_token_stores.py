@@ -123,7 +123,11 @@ class FetchFailure:
             failed_at, until = float(data["failed_at"]), float(data["until"])
         except (KeyError, TypeError, ValueError, OverflowError):
             return None
-        if error not in SHARED_FAILURES or not math.isfinite(failed_at + until):
+        # A kind that is no text (a list, an object) is none: it was looked up in a frozenset,
+        # TypeError (unhashable) out of the store's get_failure.
+        if not isinstance(error, str) or error not in SHARED_FAILURES:
+            return None
+        if not math.isfinite(failed_at + until):
             return None
         if not all(n is None or (type(n) is int and abs(n) < 10**9) for n in (status, code)):
             return None

@@ -292,3 +292,18 @@ async def test_a_record_out_of_reason_holds_nobody_back(
 
     assert await first_calls(sim, [FileTokenStore(path)], clock) == [1]
     assert sim.counters.tokens_issued == 1
+
+
+@pytest.mark.parametrize("error", [["ServerError"], {"ServerError": 1}], ids=["a list", "a dict"])
+async def test_a_record_whose_kind_is_no_text_is_read_as_no_record(
+    sim: DMHubSimulator, clock: FakeClock, tmp_path: Path, error: Any
+) -> None:
+    # A tampered (or another program's) record whose "error" is a list or an object: the
+    # store's get_failure raised TypeError (unhashable type) instead of reading no record.
+    path = tmp_path / "tokens.json"
+    key = token_key(sim.url, sim.app_id, sim.secret)
+    record = {"error": error, "status": 503, "code": 503, "failed_at": clock(), "until": clock()}
+    path.write_text(json.dumps({key + "|failed": record}))
+    path.chmod(0o600)
+
+    assert await FileTokenStore(path).get_failure(key) is None
