@@ -127,37 +127,62 @@ async def _id_list(directory: Path, shard: Shard) -> list[int]:
     path = directory / ID_LIST_NAME
 
     def read() -> list[int]:
-        try:
-            # Not blocking: a named pipe put there waited for a writer for ever (the shard
-            # never ended); opened so, it is refused below with any other file that is not one.
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-        except FileNotFoundError:
+        text = _list_file(path, digest)
+        if text is None:
             raise InvalidRequestError(
                 f"{path} is missing: shard {shard.index} names ids {shard.describe_ids()} of "
                 "the id list its export's directory holds"
-            ) from None
-        with os.fdopen(fd, "rb") as fh:
-            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
-                # A device (a link to /dev/zero was read until memory ran out), a pipe.
-                raise InvalidRequestError(
-                    f"{path} is not a regular file, so not the id list this export was planned "
-                    "with: put the export's own back, or export to a new directory"
-                )
-            # Hashed as it is read before it is kept: a file of gigabytes in its place (or one
-            # growing) was read whole into memory, then refused.
-            whole = hashlib.sha256()
-            while chunk := fh.read(1 << 20):
-                whole.update(chunk)
-            if "sha256:" + whole.hexdigest() == digest:
-                fh.seek(0)
-                text = fh.read()
-            else:
-                text = b""  # refused below, as not the list
+            )
         return id_list_file(text, digest, str(path))
 
     ids = await file_work(read)
     _READ_LIST[:] = [(digest, ids)]
     return ids
+
+
+def _list_file(path: Path, digest: str) -> bytes | None:
+    """The text of the id list's file at ``path`` if it is the list of ``digest`` (b"" if it
+    is not), None if there is none; InvalidRequestError if it is no regular file. Blocking."""
+    try:
+        # Not blocking: a named pipe put there waited for a writer for ever (the shard never
+        # ended); opened so, it is refused below with any other file that is not one.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        return None
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+            # A device (a link to /dev/zero was read until memory ran out), a pipe.
+            raise InvalidRequestError(
+                f"{path} is not a regular file, so not the id list this export was planned "
+                "with: put the export's own back, or export to a new directory"
+            )
+        # Hashed as it is read before it is kept: a file of gigabytes in its place (or one
+        # growing) was read whole into memory, then refused.
+        whole = hashlib.sha256()
+        while chunk := fh.read(1 << 20):
+            whole.update(chunk)
+        if "sha256:" + whole.hexdigest() != digest:
+            return b""  # not the list (refused by id_list_file)
+        fh.seek(0)
+        return fh.read()
+
+
+def _restore_list_file(where: Path, text: bytes, digest: str) -> None:
+    """Write the export's id list's file again if it is not that list (blocking work).
+
+    A rerun given the export's own list (its SHA-256 is the manifest's) failed every shard
+    still to do when the file had been deleted, cut short or changed since ("put the export's
+    own back"), which it had in hand."""
+    path = where / ID_LIST_NAME
+    try:
+        held = _list_file(path, digest)
+    except InvalidRequestError:
+        held = b""
+    if held:
+        return
+    why = "missing" if held is None else "not the export's list"
+    logger.warning("%s was %s: written again from the id list given", path, why)
+    replace_file(path, text)
 
 
 async def result_of(report: ExportReport) -> dict[str, Any]:
@@ -284,14 +309,18 @@ async def _prepare(
 ) -> Manifest:
     existing = _manifest_in(where)
     if existing is not None:
+        text: bytes | None = None
         if existing.id_list_length is not None and recorded.get("id_list") is not None:
             # The list's file's digest: the caller's list, repeats dropped, as planned.
             ids = recorded["id_list"]
-            digest = (await asyncio.to_thread(unique_ids, ids))[2]
+            _, text, digest = await asyncio.to_thread(unique_ids, ids)
             recorded = {**recorded, "id_list": digest}
         existing.check_same_export(
             fmt=format, base_url=client.base_url, app_id=client.app_id, filters=recorded
         )
+        if text is not None:  # the export's own list: its file as it was planned
+            listed = text
+            await file_work(lambda: _restore_list_file(where, listed, recorded["id_list"]))
         if _recheck_parts(where, existing):
             await ManifestWriter(existing, where).write()
         return existing

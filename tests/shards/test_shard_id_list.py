@@ -305,3 +305,45 @@ async def test_a_shard_refuses_a_huge_id_list_file_without_holding_it_in_memory(
     finally:
         tracemalloc.stop()
     assert peak < 32 << 20
+
+
+@pytest.mark.parametrize("damage", ["edited", "cut short", "deleted", "a pipe"])
+async def test_a_rerun_writes_again_the_id_list_file_of_its_own_list_and_exports_each_once(
+    sim: DMHubSimulator,
+    dm: DMHubClient,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    damage: str,
+) -> None:
+    # A crash, then id_list.txt edited, cut short, deleted or replaced before the rerun: the
+    # rerun, given the export's own list (its SHA-256 is the manifest's), failed every shard
+    # still to do with "put the export's own back", which it had in hand.
+    given = long_list(sim, 2_000)
+    out = tmp_path / "out"
+    await export_sharded(dm, out, 4, progress=False, id_list=given)
+    whole = (out / "id_list.txt").read_bytes()
+    edit = orjson.loads((out / MANIFEST_NAME).read_bytes())
+    edit["shards"][1].update(status="running", exported=0, size=None, sha256=None)
+    (out / MANIFEST_NAME).write_bytes(orjson.dumps(edit))  # killed while shard 1 ran
+    (out / "part-00001.jsonl").unlink()
+    listed = out / "id_list.txt"
+    if damage == "edited":
+        listed.write_bytes(whole.replace(b"\n", b"\n9", 1))
+    elif damage == "cut short":
+        listed.write_bytes(whole[: len(whole) // 2])
+    else:
+        listed.unlink()
+        if damage == "a pipe":
+            os.mkfifo(listed)
+    _run._READ_LIST.clear()  # a new process
+
+    manifest = await asyncio.wait_for(
+        export_sharded(dm, out, 4, progress=False, id_list=given[::-1]), timeout=60
+    )
+
+    assert manifest.complete, [s.error for s in manifest.shards]
+    ids = exported_ids(out)
+    assert sorted(ids) == sorted(sim.customer_ids())  # every customer once
+    assert listed.read_bytes() == whole
+    assert "id_list.txt" in caplog.text
+    assert "written again" in caplog.text
