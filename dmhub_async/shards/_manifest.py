@@ -461,6 +461,18 @@ def _copy_parts(manifest: Manifest, directory: Path, out: BinaryIO, allow_incomp
         elif unfinished:
             committed = _committed(part.with_name(f"{part.name}.ckpt"))
             limit = committed.covered
+            if limit is not None and part.stat().st_size < limit:
+                # Cut short below what its checkpoint covers: no check holds, as for a
+                # complete part cut short (another export's shorter part reads the same).
+                logger.warning(
+                    "merge: %s: left out: it is shorter than its checkpoint says was written "
+                    "(%s of %s bytes): cut short since, or another export's part in its place; "
+                    "rerun the export, which exports that shard again",
+                    outcome.file,
+                    f"{part.stat().st_size:,}",
+                    f"{limit:,}",
+                )
+                continue
         # Its content checked as it is copied: a part edited, or another run's part of the
         # same size put in its place, was merged without a word.
         check = outcome.sha256 is not None and not unfinished

@@ -982,3 +982,21 @@ async def test_merging_what_there_is_refuses_another_exports_part_where_an_unfin
     with pytest.raises(InvalidRequestError, match=r"part-00001\.jsonl is not what its checkpoint"):
         merge(done, tmp_path / "all.jsonl", allow_incomplete=True)
     assert not (tmp_path / "all.jsonl").exists()
+
+
+async def test_merging_what_there_is_leaves_out_an_unfinished_part_shorter_than_its_checkpoint(
+    done: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # An unfinished part cut short below what its checkpoint covers: it cannot be checked
+    # against it, as a complete part cut short cannot: left out, said, the rest merged.
+    part = done / "part-00001.jsonl"
+    lines = part.read_bytes().splitlines(keepends=True)[:30]
+    edit(done, lambda data: data["shards"][1].update(status="failed", size=None, sha256=None))
+    checkpoint = {"bytes": len(b"".join(lines)), "exported": 30}
+    checkpoint["last_id"] = orjson.loads(lines[-1])["id"]
+    (done / "part-00001.jsonl.ckpt").write_bytes(orjson.dumps(checkpoint))
+    part.write_bytes(b"".join(lines[:10]))
+
+    assert merge(done, tmp_path / "all.jsonl", allow_incomplete=True) == CUSTOMERS - 100
+    assert "part-00001.jsonl: left out" in caplog.text
+    assert "shorter than its checkpoint" in caplog.text
