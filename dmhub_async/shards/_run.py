@@ -310,14 +310,23 @@ async def _prepare(
     existing = _manifest_in(where)
     if existing is not None:
         text: bytes | None = None
+        length = 0
         if existing.id_list_length is not None and recorded.get("id_list") is not None:
             # The list's file's digest: the caller's list, repeats dropped, as planned.
             ids = recorded["id_list"]
-            _, text, digest = await asyncio.to_thread(unique_ids, ids)
-            recorded = {**recorded, "id_list": digest}
+            unique, text, digest = await asyncio.to_thread(unique_ids, ids)
+            recorded, length = {**recorded, "id_list": digest}, len(unique)
         existing.check_same_export(
             fmt=format, base_url=client.base_url, app_id=client.app_id, filters=recorded
         )
+        if text is not None and length != existing.id_list_length:
+            # Its length and last slice edited together: the ids past them were in no shard,
+            # and the export was reported complete without them.
+            raise InvalidRequestError(
+                f"{where / MANIFEST_NAME} is not the plan of this id list: its shards cover "
+                f"{existing.id_list_length:,} ids of a list of {length:,} (an edited manifest): "
+                "export to a new directory"
+            )
         if text is not None:  # the export's own list: its file as it was planned
             listed = text
             await file_work(lambda: _restore_list_file(where, listed, recorded["id_list"]))

@@ -347,3 +347,24 @@ async def test_a_rerun_writes_again_the_id_list_file_of_its_own_list_and_exports
     assert listed.read_bytes() == whole
     assert "id_list.txt" in caplog.text
     assert "written again" in caplog.text
+
+
+async def test_a_rerun_refuses_a_manifest_edited_to_leave_out_the_lists_last_ids(
+    sim: DMHubSimulator, dm: DMHubClient, tmp_path: Path
+) -> None:
+    # The manifest's list length and last slice cut by 20 (each still agreeing with the
+    # other): the rerun, given the whole list (the same SHA-256), exported the shortened
+    # slice and reported the export complete, 20 customers in no part, merged without them.
+    given = sim.customer_ids()[:120]
+    out = tmp_path / "out"
+    await export_sharded(dm, out, 4, progress=False, id_list=given)
+    data = orjson.loads((out / MANIFEST_NAME).read_bytes())
+    data["shards"][-1]["shard"]["id_slice"][1] -= 20
+    data["id_list_length"] -= 20
+    data["shards"][-1].update(status="pending", size=None, sha256=None)
+    (out / MANIFEST_NAME).write_bytes(orjson.dumps(data))
+    (out / "part-00003.jsonl").unlink()
+
+    with pytest.raises(InvalidRequestError, match="100 ids of a list of 120"):
+        await export_sharded(dm, out, 4, progress=False, id_list=given)
+    assert not (out / "part-00003.jsonl").exists()  # nothing exported
