@@ -435,6 +435,7 @@ def _copy_parts(manifest: Manifest, directory: Path, out: BinaryIO, allow_incomp
         unfinished = outcome.status != "complete"
         limit: int | None = None
         committed = _Committed(None)
+        appended = 0
         if not unfinished and changed is not None and part.stat().st_size < (outcome.size or 0):
             # A complete part shorter than it was exported: cut short since, or another
             # export's shorter part in its place, which no check tells apart (the SHA-256 is
@@ -453,6 +454,8 @@ def _copy_parts(manifest: Manifest, directory: Path, out: BinaryIO, allow_incomp
             # What was exported, checked, and nothing after it: a part edited, another
             # export's in its place, or a record appended since went in as it was.
             limit = outcome.size
+            if changed is not None and limit is not None:
+                appended = part.stat().st_size - limit  # said once the part is checked
         elif outcome.status == "incomplete" and outcome.size is not None:
             # Its export ended (in MISMATCH): the part as it was then, the customers its final
             # check appended included, though its checkpoint (kept, for a rerun to check it
@@ -533,6 +536,12 @@ def _copy_parts(manifest: Manifest, directory: Path, out: BinaryIO, allow_incomp
             raise InvalidRequestError(
                 f"{outcome.file} is not what was exported (its content changed since{same}): "
                 "delete it and rerun the export, which exports that shard again"
+            )
+        if appended:
+            logger.warning(
+                "merge: %s: %s bytes appended since it was exported: left out",
+                outcome.file,
+                f"{appended:,}",
             )
         if unfinished:
             logger.warning(

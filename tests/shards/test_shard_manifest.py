@@ -164,16 +164,22 @@ async def test_merging_what_there_is_still_refuses_a_complete_part_that_is_not_w
 
 
 async def test_merging_what_there_is_takes_a_grown_complete_part_as_it_was_exported(
-    done: Path, tmp_path: Path
+    done: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     # A complete part with a record appended since: allow_incomplete merged that customer
-    # twice. What was exported is still there, checked: it goes in, and nothing after it.
+    # twice. What was exported is still there, checked: it goes in, and nothing after it,
+    # said (what was left out was said of every other part, not of this one).
     grown(done)
+    appended = len((done / "part-00001.jsonl").read_bytes().splitlines()[-1]) + 1
 
     merged = merge(done, tmp_path / "all.jsonl", allow_incomplete=True)
 
     ids = [orjson.loads(line)["id"] for line in (tmp_path / "all.jsonl").read_bytes().splitlines()]
     assert merged == len(ids) == len(set(ids)) == CUSTOMERS
+    assert (
+        f"merge: part-00001.jsonl: {appended:,} bytes appended since it was exported: "
+        "left out" in caplog.text
+    )
 
 
 async def test_merging_what_there_is_refuses_a_csv_part_of_other_columns(
