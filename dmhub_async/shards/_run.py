@@ -40,6 +40,7 @@ from ._manifest import (
     part_digest,
 )
 from ._plan import (
+    ListedIds,
     Shard,
     id_list_file,
     id_list_text,
@@ -115,10 +116,10 @@ async def export_shard(
 
 
 #: The id list last read (its digest, its ids): a worker's shards of one export read it once.
-_READ_LIST: list[tuple[str, list[int]]] = []
+_READ_LIST: list[tuple[str, ListedIds]] = []
 
 
-async def _id_list(directory: Path, shard: Shard) -> list[int]:
+async def _id_list(directory: Path, shard: Shard) -> ListedIds:
     """The ids of the list ``shard`` names, from ``directory``'s :data:`ID_LIST_NAME`."""
     digest = str(shard.id_list_sha256)
     for known, ids in _READ_LIST:
@@ -126,7 +127,7 @@ async def _id_list(directory: Path, shard: Shard) -> list[int]:
             return ids
     path = directory / ID_LIST_NAME
 
-    def read() -> list[int]:
+    def read() -> ListedIds:
         text = _list_file(path, digest)
         if text is None:
             raise InvalidRequestError(

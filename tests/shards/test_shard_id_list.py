@@ -368,3 +368,38 @@ async def test_a_rerun_refuses_a_manifest_edited_to_leave_out_the_lists_last_ids
     with pytest.raises(InvalidRequestError, match="100 ids of a list of 120"):
         await export_sharded(dm, out, 4, progress=False, id_list=given)
     assert not (out / "part-00003.jsonl").exists()  # nothing exported
+
+
+async def test_a_worker_holds_the_id_lists_text_not_every_id_of_it(
+    sim: DMHubSimulator, dm: DMHubClient, tmp_path: Path
+) -> None:
+    # A worker took its slice from the whole list parsed into ints: 36 bytes an id, in every
+    # worker process (3,000,000 ids: 120 MB each), where the file's text is 11 bytes an id.
+    given = long_list(sim, 300_000)
+    (out := tmp_path / "out").mkdir()
+    plan = await plan_shards(dm, 8, id_list=given)
+    unique, text, _ = _run.unique_ids(given)
+    (out / "id_list.txt").write_bytes(text)
+    _run._READ_LIST.clear()  # a worker process that has read no list yet
+    taken = 0
+    tracemalloc.start()
+    try:
+        for shard in plan:  # one worker's shards, one after the other
+            detached = shard.without_ids()
+            ids = detached.with_ids(await _run._id_list(out, detached)).filters["id_list"]
+            assert ids == shard.filters["id_list"]
+            taken += len(ids)
+            del ids
+        held, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert taken == len(unique)
+    ((_, listed),) = _run._READ_LIST
+    assert (len(listed), listed[0], listed[-1], listed[5:8]) == (
+        len(unique),
+        unique[0],
+        unique[-1],
+        unique[5:8],
+    )
+    assert held < 1.5 * len(text)  # the list kept for the worker's next shard: its text
+    assert peak < 2.5 * len(text)
