@@ -7,6 +7,8 @@ import contextlib
 import errno
 import os
 import re
+import subprocess
+import sys
 import tempfile
 import threading
 from collections.abc import Iterator, Mapping
@@ -154,3 +156,23 @@ async def two_processes_take_turns(stores: list[Any], prepare: Any = None) -> tu
             for dm in clients:
                 await dm.aclose()
         return outcomes, sim.counters.tokens_issued
+
+
+@contextlib.contextmanager
+def a_worker(queue: str, env: dict[str, str], cwd: Path | None = None) -> Iterator[list[str]]:
+    """A ``dmhub-async worker`` on ``queue`` for the block; what it wrote to standard error,
+    once stopped, in the list it yields."""
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "dmhub_async", "worker", "--redis", queue],
+        env=env,
+        cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    said: list[str] = []
+    try:
+        yield said
+    finally:
+        worker.terminate()
+        said.append(worker.communicate(timeout=30)[1])

@@ -6,12 +6,8 @@ queue); the command line had no way to give one: a user with 300,000 ids in a fi
 
 from __future__ import annotations
 
-import contextlib
 import json
 import random
-import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,6 +19,7 @@ from _cli_support import (
     read_csv,
     run_cli,
 )
+from _helpers import a_worker
 from _redis import RedisServer
 
 pytestmark = pytest.mark.timeout(180)
@@ -235,28 +232,9 @@ def test_a_queued_export_of_an_id_list_gives_its_workers_the_ids_through_its_dir
     assert json.loads(result.stdout)["complete"] is True
     assert parts(tmp_path / "parts") == sorted(set(given) & set(served.ids()))
     assert "Traceback" not in worker_said[0], worker_said
+    assert SECRET not in worker_said[0]
     # A job names its slice of the list in the directory, not the ids (nor on a command line).
     assert (tmp_path / "parts" / "id_list.txt").exists()
-
-
-@contextlib.contextmanager
-def a_worker(queue: str, env: dict[str, str], cwd: Path) -> Iterator[list[str]]:
-    """A ``dmhub-async worker`` on ``queue`` for the block; its standard error, once stopped."""
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "dmhub_async", "worker", "--redis", queue],
-        env=env,
-        cwd=cwd,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    said: list[str] = []
-    try:
-        yield said
-    finally:
-        worker.terminate()
-        said.append(worker.communicate(timeout=30)[1])
-        assert SECRET not in said[-1]
 
 
 #: Files of ids refused before anything is sent, and what the one line says.

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from _helpers import a_worker
 from _redis import RedisServer
 from shard_support import SimProcess, exported_ids, sim_process
 
@@ -44,25 +43,6 @@ def run_queued(out: Path, queue: str, env: dict[str, str]) -> subprocess.Complet
     return subprocess.run(
         queued_export(out, queue), env=env, capture_output=True, text=True, timeout=150, check=False
     )
-
-
-@contextlib.contextmanager
-def a_worker(queue: str, env: dict[str, str]) -> Iterator[list[str]]:
-    """A ``dmhub-async worker`` on ``queue`` for the block; what it wrote to standard error,
-    once stopped, in the list it yields."""
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "dmhub_async", "worker", "--redis", queue],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    said: list[str] = []
-    try:
-        yield said
-    finally:
-        worker.terminate()
-        said.append(worker.communicate(timeout=30)[1])
 
 
 def test_export_on_worker_processes_then_merge(tmp_path: Path) -> None:
