@@ -20,6 +20,18 @@ garbage collector (every few hundred calls, over every object the imports left) 
 one window and not the other, and moved a call's count by 5-25k; 400 and 2,000 calls average
 them out. The simulator serves from a process of its own, as in bench_overhead.
 
+The children run on Python's own allocator, as every user's process does (pymalloc, for objects
+of up to 512 bytes), whatever ``PYTHONMALLOC`` the caller has. Until issue 15's twentieth round
+they ran on glibc's malloc alone (``PYTHONMALLOC=malloc``, which callgrind does not need), and
+question 4c's SDK count of the same code moved by 3k a lookup from run to run (406k, 406k,
+403k): glibc's ``malloc_consolidate``, run when a chunk of 64 KB or more is freed, walks the
+small chunks freed since, and how many there are at that moment moved from run to run. Two runs of the same 2,000-lookup child differed by 4.8M instructions,
+3.5M of them there (2.2k of the 3k a lookup), with the same event-loop turns, callbacks and
+collections. With the small objects in pymalloc's pools that walk has little left to do.
+Every count is lower than before (4c's floor 367k -> 345k-346k, its SDK 403k-406k ->
+383k-384k) and the ratios move a little (the floor's allocations weighed more on glibc's):
+no figure counted before that round compares with one counted after it.
+
 - question 1, per page of a 100-a-page walk of ``--customers`` customers (token and client
   set-up included, spread over the pages): the aiohttp + orjson floor, the typed floor
   (aiohttp + the SDK's decode and converter), ``list()``, ``list_rows()`` and
@@ -514,7 +526,9 @@ def count(kind: str, n: int, sim: Any) -> int:
             filter(None, [code, str(REPO), os.environ.get("PYTHONPATH")])
         ),
         "PYTHONHASHSEED": "0",  # the same dict and set layouts in every child
-        "PYTHONMALLOC": "malloc",  # valgrind's own allocator sees every allocation
+        # Python's own allocator, as a user's process runs (see the docstring): on glibc's
+        # alone, freeing a large chunk walked a number of small ones that varied run to run.
+        "PYTHONMALLOC": "pymalloc",
         "BENCH_SIM_URL": sim.url,
         "BENCH_SIM_APP_ID": sim.app_id,
         "BENCH_SIM_SECRET": sim.secret,

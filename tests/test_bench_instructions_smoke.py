@@ -211,3 +211,25 @@ def test_against_a_directory_without_the_sdk_is_refused_before_anything_runs(
         bi.main(["--question", "5", "--against", str(tmp_path)])
     assert stopped.value.code == 2
     assert "no dmhub_async package there" in capsys.readouterr().err
+
+
+def test_a_child_runs_on_pythons_own_allocator_whatever_the_callers_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # On glibc's malloc alone (PYTHONMALLOC=malloc) question 4c's count of the same code moved
+    # by 3k a lookup from run to run: its consolidations walk the small chunks freed before.
+    monkeypatch.setenv("PYTHONMALLOC", "malloc")
+    seen: dict[str, str] = {}
+
+    def fake_run(command: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+        seen.update(kwargs["env"])  # type: ignore[arg-type]
+        return subprocess.CompletedProcess(command, 0, "", CALLGRIND_TAIL)
+
+    monkeypatch.setattr(bi.subprocess, "run", fake_run)
+
+    class Sim:
+        url, app_id, secret = "http://127.0.0.1:1", "app", "secret"
+
+    assert bi.count("get-64", 3, Sim()) == 123_456_789
+    assert seen["PYTHONMALLOC"] == "pymalloc"
+    assert seen["PYTHONHASHSEED"] == "0"
