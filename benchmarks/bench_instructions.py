@@ -25,9 +25,10 @@ of up to 512 bytes), whatever ``PYTHONMALLOC`` the caller has. Until issue 15's 
 they ran on glibc's malloc alone (``PYTHONMALLOC=malloc``, which callgrind does not need), and
 question 4c's SDK count of the same code moved by 3k a lookup from run to run (406k, 406k,
 403k): glibc's ``malloc_consolidate``, run when a chunk of 64 KB or more is freed, walks the
-small chunks freed since, and how many there are at that moment moved from run to run. Two runs of the same 2,000-lookup child differed by 4.8M instructions,
-3.5M of them there (2.2k of the 3k a lookup), with the same event-loop turns, callbacks and
-collections. With the small objects in pymalloc's pools that walk has little left to do.
+small chunks freed since, and how many there are at that moment moved from run to run. Two
+runs of the same 2,000-lookup child differed by 4.8M instructions, 3.5M of them there (2.2k
+of the 3k a lookup), with the same event-loop turns, callbacks and collections. With the
+small objects in pymalloc's pools that walk has little left to do.
 Every count is lower than before (4c's floor 367k -> 345k-346k, its SDK 403k-406k ->
 383k-384k) and the ratios move a little (the floor's allocations weighed more on glibc's):
 no figure counted before that round compares with one counted after it.
