@@ -388,7 +388,7 @@ async def _supervise(
                     bar.update(index, value)
                 elif kind == "done" and index in todo:
                     record_result(todo[index], value)
-                    bar.update(index, value["exported"])
+                    bar.settled(todo[index])
                     finish(index)
                 elif kind == "failed" and index in todo:
                     todo[index].status, (todo[index].error, todo[index].retries) = "failed", value

@@ -667,7 +667,8 @@ async def _follow(
                     await pool.delete(f"arq:result:{job_id}", f"arq:retry:{job_id}")
                     await enqueue(index, defer=takeover)
                     continue
-                _record(todo.pop(index), info)
+                _record(outcome := todo.pop(index), info)
+                bar.settled(outcome)
                 await manifest_writes.write()
             if todo:
                 await sleep(poll)

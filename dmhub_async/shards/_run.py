@@ -394,21 +394,26 @@ class ProgressBar:
     """One bar for a whole sharded export, fed per shard from any number of workers.
 
     The bar is drawn on a terminal when ``enabled``; ``on_total`` (for progress lines in a log)
-    hears the whole export's count after every update.
+    hears the whole export's count after every update, and its total as now known: a complete
+    shard's customers, the others' planned counts (:meth:`settled`).
     """
 
     def __init__(
         self, enabled: bool, manifest: Manifest, on_total: TotalProgress | None = None
     ) -> None:
         self._done: dict[int, int] = {s.shard.index: s.exported for s in manifest.shards}
-        self._planned = manifest.planned or None
+        self._settled = {s.shard.index for s in manifest.shards if s.status == "complete"}
+        self._total = sum(
+            s.exported if s.shard.index in self._settled else s.shard.planned_count
+            for s in manifest.shards
+        )
         self._on_total = on_total
         self._bar: Any = None
         if enabled and sys.stderr.isatty():
             from tqdm import tqdm
 
             self._bar = tqdm(
-                total=manifest.planned or None,
+                total=self._total or None,
                 initial=sum(self._done.values()),
                 unit=" customers",
                 unit_scale=True,
@@ -423,7 +428,22 @@ class ProgressBar:
         if self._bar is not None and exported != before:
             self._bar.update(exported - before)
         if self._on_total is not None:
-            self._on_total(self.exported, self._planned)
+            self._on_total(self.exported, self._total or None)
+
+    def settled(self, outcome: ShardOutcome) -> None:
+        """Shard ``outcome``'s export ended, its outcome recorded: once complete, its customers
+        take its planned count's place in the total. A slice of an id list plans its ids, an
+        upper bound (an id of no one counts): the bar of such an export ended at 40%, its
+        time left too long all the way."""
+        index = outcome.shard.index
+        if outcome.status == "complete" and index not in self._settled:
+            self._settled.add(index)
+            self._total += outcome.exported - outcome.shard.planned_count
+            if self._bar is not None:
+                self._bar.total = self._total or None
+                self._bar.refresh()
+        if outcome.status in ("complete", "incomplete"):  # a failed one's count is older
+            self.update(index, outcome.exported)
 
     @property
     def exported(self) -> int:
@@ -523,6 +543,7 @@ async def _export_sharded(
                 outcome.retries = retries_of(err)  # this run's, not an earlier run's
             else:
                 record_result(outcome, await result_of(report))
+                bar.settled(outcome)
             await writer.write()
 
     tasks = [asyncio.ensure_future(run(o)) for o in pending(manifest.shards)]

@@ -403,3 +403,29 @@ async def test_a_worker_holds_the_id_lists_text_not_every_id_of_it(
     )
     assert held < 1.5 * len(text)  # the list kept for the worker's next shard: its text
     assert peak < 2.5 * len(text)
+
+
+async def test_the_progress_total_of_an_id_list_export_ends_at_the_customers_found(
+    sim: DMHubSimulator, dm: DMHubClient, tmp_path: Path
+) -> None:
+    # A slice plans its ids, an upper bound: 2,950 ids of 1,000 customers ended the bar at 34%,
+    # its time left three times too long all the way. A complete shard's customers take its
+    # planned count's place in the total.
+    given = long_list(sim, 3_000)
+    heard: list[tuple[int, int | None]] = []
+    manifest = await export_sharded(
+        dm,
+        tmp_path / "out",
+        4,
+        progress=False,
+        parallel=1,
+        on_total=lambda done, total: heard.append((done, total)),
+        id_list=given,
+    )
+    assert manifest.complete
+    customers = len(sim.customer_ids())
+    assert manifest.exported == customers < len(set(given))
+    assert heard[0][1] == len(set(given))  # nothing known yet but the ids
+    assert heard[-1] == (customers, customers)  # done: 100%
+    totals = [total for _, total in heard]
+    assert totals == sorted(totals, reverse=True)  # lowered as each shard ends, never raised

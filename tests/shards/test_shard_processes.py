@@ -334,3 +334,35 @@ async def test_worker_processes_export_an_id_list_each_customer_once(tmp_path: P
     assert manifest.complete
     ids = exported_ids(out)
     assert sorted(ids) == sorted(wanted)
+
+
+async def test_the_progress_total_on_worker_processes_ends_at_the_customers_found(
+    tmp_path: Path,
+) -> None:
+    # An id list's slices plan their ids, 1,000 here, of which some 400 are customers: the
+    # total heard was 1,000 to the end. Each complete shard's customers take its place.
+    from dmhub_async.testing._seeded_rows import FIRST_ID
+
+    out = tmp_path / "out"
+    heard: list[tuple[int, int | None]] = []
+    with sim_process(600) as sim:
+        credentials = {"app_id": sim.app_id, "secret": sim.secret, "base_url": sim.url}
+        async with DMHubClient(**credentials) as dm:
+            manifest = await prepare(dm, out, 3, id_list=range(FIRST_ID, FIRST_ID + 1_000))
+        manifest = await asyncio.wait_for(
+            run_in_processes(
+                None,
+                out,
+                manifest,
+                2,
+                client=credentials,
+                progress=False,
+                on_total=lambda done, total: heard.append((done, total)),
+            ),
+            timeout=60,
+        )
+
+    assert manifest.complete
+    found = manifest.exported
+    assert 0 < found < 1_000
+    assert heard[-1] == (found, found)
