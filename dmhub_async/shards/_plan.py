@@ -41,7 +41,6 @@ __all__ = [
     "MAX_SHARDS",
     "ListedIds",
     "Shard",
-    "id_list_file",
     "id_list_text",
     "manifest_filters",
     "plan_shards",
@@ -88,7 +87,7 @@ class Shard:
             the slice (an id of no customer, or of one the other filters leave out, counts too).
             None for a window of ``dateCreated``.
         id_list_sha256: with ``id_slice``, ``sha256:<hex>`` of the whole list as
-            :func:`id_list_file` writes it: the list the slice is of.
+            :func:`id_list_text` writes it: the list the slice is of.
 
     A shard of :func:`plan_shards` carries its slice's ids in ``filters["id_list"]``. One of a
     sharded export's manifest (and the one a queue's job carries) does not: it names its slice
@@ -252,7 +251,7 @@ def _pair(value: Any) -> tuple[int, int]:
 
 def unique_ids(ids: Sequence[int]) -> tuple[list[int], bytes, str]:
     """The checked ``ids`` as a walk takes them (each once, sorted), the text of the list's
-    file (:func:`id_list_file`) and its ``sha256:<hex>``; blocking work.
+    file (:func:`id_list_text`) and its ``sha256:<hex>``; blocking work.
 
     Sorted, so that the same ids in another order or with repeats are the same plan and the
     same export (its digest), and the parts, merged in shard order, are in id order, as an
@@ -266,17 +265,6 @@ def id_list_text(unique: Sequence[int]) -> bytes:
     """The text of a list's file of ``unique`` ids (as :func:`unique_ids` gives them): one id
     a line; blocking work."""
     return "".join(f"{i}\n" for i in unique).encode()
-
-
-def id_list_file(text: bytes, digest: str, where: str) -> ListedIds:
-    """The ids of a list's file (one id a line), or InvalidRequestError if it is not the list
-    of ``digest`` (changed, cut short, or another export's); blocking work."""
-    if "sha256:" + hashlib.sha256(text).hexdigest() != digest:
-        raise InvalidRequestError(
-            f"{where} is not the id list this export was planned with (its SHA-256 differs "
-            "from the manifest's): put the export's own back, or export to a new directory"
-        )
-    return ListedIds(text)
 
 
 class ListedIds(Sequence[int]):
