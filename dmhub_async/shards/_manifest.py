@@ -433,10 +433,11 @@ def _copy_parts(manifest: Manifest, directory: Path, out: BinaryIO, allow_incomp
         # what its checkpoint covers goes in, and never a line cut short, which glued
         # itself to the next part's first record.
         unfinished = outcome.status != "complete"
+        size = part.stat().st_size
         limit: int | None = None
         committed = _Committed(None)
         appended = 0
-        if not unfinished and changed is not None and part.stat().st_size < (outcome.size or 0):
+        if not unfinished and changed is not None and size < (outcome.size or 0):
             # A complete part shorter than it was exported: cut short since, or another
             # export's shorter part in its place, which no check tells apart (the SHA-256 is
             # of the whole part). Its lines went in as "cut short": another export's customers,
@@ -446,7 +447,7 @@ def _copy_parts(manifest: Manifest, directory: Path, out: BinaryIO, allow_incomp
                 "cut short since, or another export's part in its place, which cannot be told "
                 "apart; rerun the export, which exports that shard again",
                 outcome.file,
-                f"{part.stat().st_size:,}",
+                f"{size:,}",
                 f"{outcome.size or 0:,}",
             )
             continue
@@ -455,7 +456,7 @@ def _copy_parts(manifest: Manifest, directory: Path, out: BinaryIO, allow_incomp
             # export's in its place, or a record appended since went in as it was.
             limit = outcome.size
             if changed is not None and limit is not None:
-                appended = part.stat().st_size - limit  # said once the part is checked
+                appended = size - limit  # said once the part is checked
         elif outcome.status == "incomplete" and outcome.size is not None:
             # Its export ended (in MISMATCH): the part as it was then, the customers its final
             # check appended included, though its checkpoint (kept, for a rerun to check it
@@ -464,7 +465,7 @@ def _copy_parts(manifest: Manifest, directory: Path, out: BinaryIO, allow_incomp
         elif unfinished:
             committed = _committed(part.with_name(f"{part.name}.ckpt"))
             limit = committed.covered
-            if limit is not None and part.stat().st_size < limit:
+            if limit is not None and size < limit:
                 # Cut short below what its checkpoint covers: no check holds, as for a
                 # complete part cut short (another export's shorter part reads the same).
                 logger.warning(
@@ -472,7 +473,7 @@ def _copy_parts(manifest: Manifest, directory: Path, out: BinaryIO, allow_incomp
                     "(%s of %s bytes): cut short since, or another export's part in its place; "
                     "rerun the export, which exports that shard again",
                     outcome.file,
-                    f"{part.stat().st_size:,}",
+                    f"{size:,}",
                     f"{limit:,}",
                 )
                 continue
