@@ -297,6 +297,21 @@ def test_demo_says_its_simulated_latency(tmp_path: Path) -> None:
     assert (quiet.stdout, quiet.stderr) == ("", "")
 
 
+def test_the_readme_demo_runs_twice_in_one_directory(tmp_path: Path) -> None:
+    # The README's first command, run again where it ran: it refused "--out dmhub-demo.jsonl
+    # exists: pass --force", exit 2. Its own file is replaced; a file the user named is not.
+    for _ in range(2):
+        again = python_m("demo", "--customers", "300", "--latency-ms", "0", "-q", cwd=tmp_path)
+        assert (again.returncode, again.stderr) == (0, "")
+        assert len((tmp_path / "dmhub-demo.jsonl").read_bytes().splitlines()) == 300
+
+    (tmp_path / "mine.jsonl").write_text("keep\n", encoding="utf-8")
+    refused = python_m("demo", "--customers", "3", "--out", "mine.jsonl", cwd=tmp_path)
+    assert refused.returncode == 2
+    assert "--out mine.jsonl exists: pass --force" in refused.stderr
+    assert (tmp_path / "mine.jsonl").read_text(encoding="utf-8") == "keep\n"
+
+
 def test_demo_report_json_is_one_object(tmp_path: Path) -> None:
     # `demo --report json | jq .exported`: the banner lines came first, and jq failed on them.
     result = python_m(

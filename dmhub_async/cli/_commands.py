@@ -40,7 +40,7 @@ from ._files import (
     read_twice,
     replace_on_success,
 )
-from ._parser import FILTER_FLAGS
+from ._parser import DEMO_OUT, FILTER_FLAGS
 from ._report import ProgressLines, export_report, print_report
 from ._settings import open_client
 from ._shards import merge_command, sharded_export, worker_command
@@ -432,7 +432,13 @@ async def _simulate(args: argparse.Namespace) -> int:
 async def _demo(args: argparse.Namespace) -> int:
     from ..testing import DMHubSimulator
 
-    check_output(args.out, force=args.force, stdout=False)
+    # The default file is the demo's own: running the README's first command twice in one
+    # directory replaced it, where an --out of the user's choosing still needs --force.
+    if args.out is None:
+        args.out = DEMO_OUT
+        check_output(args.out, force=True, stdout=False)
+    else:
+        check_output(args.out, force=args.force, stdout=False)
     latency = args.latency_ms
     # The banner is for people: with --report json, stdout holds the one JSON object only.
     say = print if not args.quiet and args.report == "text" else lambda *_: None

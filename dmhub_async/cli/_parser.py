@@ -63,6 +63,7 @@ class _Parser(argparse.ArgumentParser):
 #: The simulator's MAX_CUSTOMERS, without importing it (and aiohttp.web) to read the flags;
 #: tests/test_cli_usage.py holds the two equal.
 MAX_SEEDED = 100_000_000
+DEMO_OUT = "dmhub-demo.jsonl"
 
 
 def _int_in(low: int, high: int | None = None) -> Callable[[str], int]:
@@ -325,7 +326,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--customers", type=_int_in(0, MAX_SEEDED), default=20_000, help="seeded customers"
     )
-    demo.add_argument("--out", default="dmhub-demo.jsonl", help="the output file")
+    demo.add_argument(
+        "--out",
+        help=f"the output file (default {DEMO_OUT}, the demo's own, replaced by every run)",
+    )
     demo.add_argument(
         "--force", action="store_true", help="overwrite --out if it exists (a regular file)"
     )
