@@ -9,6 +9,8 @@ mostly in UTC+8, where ``datetime(2024, 1, 1)`` read as UTC means 08:00 local ti
 
 from __future__ import annotations
 
+import re
+import sys
 import warnings
 import zoneinfo
 from datetime import date, datetime, time, timezone, tzinfo
@@ -130,6 +132,25 @@ def times_in_utc(method: str, where: str, value: Any, zone: tzinfo, depth: int =
     return value
 
 
+# 3.10's date.fromisoformat reads 2024-01-01 alone: its refusal of "20240101" (ISO 8601's
+# basic form, which 3.11 reads) said it was no ISO 8601 string. The days 3.11 reads, on 3.10.
+_BASIC_DAY = re.compile(r"([0-9]{4})([0-9]{2})([0-9]{2})")
+_WEEK_DAY = re.compile(r"([0-9]{4})-W([0-9]{2})(?:-([0-9]))?|([0-9]{4})W([0-9]{2})([0-9])?")
+
+
+def iso_day(text: str) -> date:
+    """``date.fromisoformat`` of Python 3.11 and later, on any Python (``ValueError``: no day)."""
+    if basic := _BASIC_DAY.fullmatch(text):
+        return date(*map(int, basic.groups()))
+    if week := _WEEK_DAY.fullmatch(text):
+        year, number, weekday = week.groups()[:3] if week.group(1) else week.groups()[3:]
+        return date.fromisocalendar(int(year), int(number), int(weekday or 1))
+    return date.fromisoformat(text)
+
+
+_day = date.fromisoformat if sys.version_info >= (3, 11) else iso_day
+
+
 def _parse(method: str, name: str, text: str) -> date | datetime:
     # Full-width digits as their ASCII ones, as date_join reads them: "２０２４-０１-０２" was
     # read as a time, its midnight, and as a _to bound left out the whole day but its first second.
@@ -138,7 +159,7 @@ def _parse(method: str, name: str, text: str) -> date | datetime:
         # A bare day in any form this Python reads as one ("2024-01-01"; from 3.11 also
         # "20240101" and "2024-W01-1"): datetime.fromisoformat reads those too, as midnight,
         # which made a _to bound of "20240101" its first second instead of its last.
-        return date.fromisoformat(digits)
+        return _day(digits)
     except ValueError:
         pass
     try:

@@ -30,6 +30,7 @@ from dmhub_async import (
     NaiveDatetimeWarning,
 )
 from dmhub_async._converter import customer_fields_to_wire, structure_customer
+from dmhub_async._query_time import iso_day
 from dmhub_async._validate import check_customer_fields
 from dmhub_async.export import export_customers
 from dmhub_async.resources._filters import customer_filter_params
@@ -218,14 +219,14 @@ async def test_a_date_is_the_whole_day_in_the_client_timezone(
     assert (query["lastUpdatedFrom"], query["lastUpdatedTo"]) == (sent_from, sent_to)
 
 
-@pytest.mark.skipif(sys.version_info < (3, 11), reason="3.10 reads no other form of a day")
-@pytest.mark.parametrize("day", ["20240101", "2024-W01-1", "2024W011"])
+@pytest.mark.parametrize("day", ["20240101", "2024-W01-1", "2024W011", "2024-W01", "2024W01"])
 async def test_every_iso_form_of_a_day_is_the_whole_day(
     count_answers: aioresponses, make_client: Callable[..., DMHubClient], day: str
 ) -> None:
     # Python 3.11 reads these ISO 8601 days (basic, week date) as datetimes at midnight, and
     # only the 10-character form was taken as a day: last_updated_to="20240101" went out as
     # 2023-12-31T16:00:00, and every customer of that day but its first second was left out.
+    # Python 3.10 refused them all, saying they were no ISO 8601 string; it reads them now.
     dm = make_client(timezone="Asia/Shanghai")
     await dm.customers.count(last_updated_from=day, last_updated_to=day)
     query = sent_query(count_answers)
@@ -233,6 +234,53 @@ async def test_every_iso_form_of_a_day_is_the_whole_day(
         "2023-12-31T16:00:00",
         "2024-01-01T15:59:59",
     )
+
+
+DAY_FORMS = {  # each form of a day and the day it names
+    "basic": (lambda d: f"{d.year:04d}{d.month:02d}{d.day:02d}", lambda d: d),
+    "week": (lambda d: "{:04d}-W{:02d}-{}".format(*d.isocalendar()), lambda d: d),
+    "week, basic": (lambda d: "{:04d}W{:02d}{}".format(*d.isocalendar()), lambda d: d),
+    "week's monday": (
+        lambda d: "{:04d}-W{:02d}".format(*d.isocalendar()[:2]),
+        lambda d: date.fromisocalendar(*d.isocalendar()[:2], 1),
+    ),
+    "week's monday, basic": (
+        lambda d: "{:04d}W{:02d}".format(*d.isocalendar()[:2]),
+        lambda d: date.fromisocalendar(*d.isocalendar()[:2], 1),
+    ),
+}
+NO_DAYS = [
+    "2024-0101",
+    "202401-01",
+    "2024-W011",
+    "2024W01-1",
+    "2023-W53",
+    "2024-W01-8",
+    "2024-W00",
+    "20241301",
+    "20240230",
+    "2024-001",
+    "2024-01",
+    "+2024-01-01",
+    "2024W1",
+]
+
+
+@example(date(2024, 1, 1), "basic")
+@example(date(999, 1, 1), "basic")  # strftime's %Y writes 999, not 0999
+@given(st.dates(), st.sampled_from(sorted(DAY_FORMS)))
+def test_the_days_python_3_11_reads_are_read_on_3_10_alike(day: date, form: str) -> None:
+    # iso_day, what Python 3.10 reads a day with, reads every form 3.11 reads as 3.11 does.
+    write, named = DAY_FORMS[form]
+    assert iso_day(write(day)) == named(day)
+    if sys.version_info >= (3, 11):
+        assert date.fromisoformat(write(day)) == named(day)
+
+
+@pytest.mark.parametrize("text", NO_DAYS)
+def test_what_is_no_day_is_refused_on_every_python(text: str) -> None:
+    with pytest.raises(InvalidRequestError, match="must be a datetime, a date or an ISO 8601"):
+        customer_filter_params("count", {"date_created_to": text}, zone=SHANGHAI)
 
 
 async def test_naive_values_under_the_default_warn_once_per_client(
