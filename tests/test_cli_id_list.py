@@ -139,9 +139,14 @@ def test_a_checkpointed_export_of_an_id_list_resumes_with_the_list_in_another_or
     assert failed.returncode == 1, failed.stderr
     assert (tmp_path / "some.ckpt").exists()
     other = run_cli(*command, "--id-list", "other.txt", env=env, cwd=tmp_path)
+    none = run_cli(*command, env=env, cwd=tmp_path)
     resumed = run_cli(*command, "--id-list", "reversed.txt", env=env, cwd=tmp_path)
 
-    assert_one_line_error(other, 1, "belongs to another export (idList: other ids")
+    # Named by the flag the user typed: "idList" is the library's (and the wire's) name.
+    assert_one_line_error(other, 1, "belongs to another export (--id-list: other ids")
+    assert_one_line_error(none, 1, "belongs to another export (--id-list: only the checkpoint")
+    for refused in (other, none):
+        assert "idList" not in refused.stderr
     assert str(NOBODY) not in other.stderr  # the lists are not quoted
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed       from a checkpoint" in resumed.stdout

@@ -84,10 +84,13 @@ def interruptible() -> Iterator[None]:
 
 
 _METHOD = re.compile(r"^\w+\(\): ")
-#: The client's settings as a command line user sets them.
+#: What the library's messages name, as a command line user gives it: the client's settings,
+#: and the id list (a checkpoint's refusal said "idList: other ids" to a user who had typed
+#: --id-list, and who never sees the wire's name).
 _SETTINGS = (
     ("allow_insecure_http=True", "--allow-insecure-http"),
     ("base_url", "DMHUB_BASE_URL"),
+    ("idList", "--id-list"),
 )
 
 
