@@ -210,6 +210,31 @@ def test_a_sharded_export_of_ids_of_no_customer_reports_the_ids_listed_not_a_cou
     assert "1,500 counted when planned" in windows.stdout
 
 
+def test_an_export_of_ids_of_no_customer_in_one_process_reports_the_ids_listed(
+    served: ServedSimulator, env: dict[str, str], tmp_path: Path
+) -> None:
+    # Its report said "exported 110 customers ... count 110 before, 110 after" of a list of
+    # 500 ids: nothing said that 390 of them were of no customer (the sharded report does).
+    given = [*served.ids()[:300], *range(NOBODY, NOBODY + 200), *served.ids()[:10]]  # repeats
+    write_ids(tmp_path / "ids.txt", given)
+    command = ["export", "--id-list", "ids.txt", "--stage", "lead"]
+
+    text = run_cli(*command, "--out", "some.jsonl", env=env, cwd=tmp_path)
+    as_json = run_cli(*command, "--out", "more.jsonl", "--report", "json", env=env, cwd=tmp_path)
+    unlisted = run_cli("export", "--out", "all.jsonl", "--report", "json", env=env, cwd=tmp_path)
+
+    assert text.returncode == 0, text.stderr
+    leads = len([row for row in served.rows()[:300] if row["stage"] == "lead"])
+    assert 0 < leads < 300
+    assert (
+        f"id list       500 ids listed, {500 - leads} of them of no customer, or of one the "
+        "filters leave out"
+    ) in text.stdout.splitlines()
+    report = json.loads(as_json.stdout)
+    assert (report["complete"], report["exported"], report["ids_listed"]) == (True, leads, 500)
+    assert json.loads(unlisted.stdout)["ids_listed"] is None
+
+
 def test_a_queued_export_of_an_id_list_gives_its_workers_the_ids_through_its_directory(
     served: ServedSimulator, env: dict[str, str], tmp_path: Path, redis: RedisServer
 ) -> None:

@@ -12,7 +12,7 @@ import attrs
 
 from ..export import ExportProgress, ExportReport
 
-__all__ = ["PROGRESS_EVERY", "ProgressLines", "export_report", "print_report"]
+__all__ = ["PROGRESS_EVERY", "ProgressLines", "export_report", "ids_listed", "print_report"]
 
 #: Seconds between two progress lines: often enough to see a job move, rare enough for a log.
 PROGRESS_EVERY = 5.0
@@ -68,6 +68,16 @@ class ProgressLines:
         if total and rate > 0:
             line += f", ETA {_duration(max(total - done, 0) / rate)}"
         print(line, file=self._out or sys.stderr, flush=True)
+
+
+def ids_listed(listed: int, exported: int, *, complete: bool) -> str:
+    """``500 ids listed, 390 of them of no customer, or of one the filters leave out``: what
+    an export of an id list (``listed`` ids, each once) says of its size, in one process or in
+    shards. An id of no customer is no error, and a complete export of one exports nothing."""
+    said = f"{listed:,} ids listed"
+    if complete and exported < listed:  # exported: each listed id once at most
+        said += f", {listed - exported:,} of them of no customer, or of one the filters leave out"
+    return said
 
 
 def export_report(report: ExportReport) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from ..shards._queue import check_queue, queue_redis_error, worker
 from ..shards._run import TotalProgress, coordinating, export_sharded, prepare
 from ._errors import EXIT_INCOMPLETE, EXIT_OK, CommandError, UsageError, interruptible
 from ._files import check_output
-from ._report import ProgressLines, print_report
+from ._report import ProgressLines, ids_listed, print_report
 from ._settings import (
     REDIS_PASSWORD_ENV,
     TOKEN_STORE_ENV,
@@ -299,13 +299,7 @@ def _planned(manifest: Manifest) -> str:
     listed = manifest.id_list_length
     if listed is None:
         return f"{manifest.planned:,} counted when planned"
-    said = f"{listed:,} ids listed"
-    if manifest.complete and manifest.exported < listed:  # exported: each listed id once
-        said += (
-            f", {listed - manifest.exported:,} of them of no customer, or of one the filters "
-            "leave out"
-        )
-    return said
+    return ids_listed(listed, manifest.exported, complete=manifest.complete)
 
 
 def _retries(manifest: Manifest) -> tuple[str, int | None]:
