@@ -85,6 +85,20 @@ def test_every_help_lists_each_exit_code_of_the_readme(
     assert [code for code in codes if not re.search(rf"\b{code}\b", epilog)] == []
 
 
+@pytest.mark.parametrize("command", ["export", "lookup"])
+def test_the_help_says_a_file_read_that_is_missing_or_bad_exits_1_not_2(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The help said "1 error, 2 usage (a bad flag, ...)": a missing or bad --id-list or --in
+    # file read as a bad flag's value, and exits 1 (as the README's table says: "a file").
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+
+    epilog = " ".join(capsys.readouterr().out.split("exit codes:")[1].split())
+    assert "1 error (the service, the network, the credentials, a file read:" in epilog
+    assert "--in or --id-list missing, unreadable or with a bad line)" in epilog
+
+
 def test_the_token_store_help_says_where_a_queue_keeps_the_token(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
