@@ -362,6 +362,11 @@ class Session:
         return self._timeout
 
     @property
+    def max_concurrency(self) -> int:
+        """Requests in flight at most, over this client and those derived from it."""
+        return self._conn.max_concurrency
+
+    @property
     def http(self) -> aiohttp.ClientSession | None:
         """The aiohttp session: None until the first request when the client makes its own."""
         return self._conn.http

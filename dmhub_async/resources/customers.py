@@ -22,6 +22,7 @@ from .._pagination import AsyncPaginator
 from .._query_time import in_utc, times_in_utc, warn_naive
 from .._sansio import Request
 from .._session import Session
+from .._tasks import bounded
 from .._validate import (
     check_customer_fields,
     check_id,
@@ -184,12 +185,17 @@ class Customers(Resource):
             # event loop (a thread holds the loop back 5 ms at a time at most, and no step of
             # sized_batches holds the GIL long).
             batches = await asyncio.to_thread(_id_list_batches, "count", params, ids)
-        total = retries = 0
-        for batch in batches:  # one unless id_list is long
+
+        async def count(batch: dict[str, str]) -> tuple[int, int]:
             response = await self._session.send(Request("GET", "/v1/customers/count", batch))
-            total += _count_of(response.data)
-            retries += response.retries
-        return total, retries
+            return _count_of(response.data), response.retries
+
+        if len(batches) == 1:  # unless id_list is long
+            return await count(batches[0])
+        # Side by side, as many as the client sends at once: a long list's 636 batches (300,000
+        # ids) went one after another, 14.6 s at 20 ms a request, twice in every export of it.
+        counted = await bounded(count, batches, self._session.max_concurrency)
+        return sum(found for found, _ in counted), sum(retries for _, retries in counted)
 
     def list(
         self,

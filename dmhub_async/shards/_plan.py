@@ -20,7 +20,7 @@ import hashlib
 import io
 import itertools
 import re
-from collections.abc import Awaitable, Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta, timezone, tzinfo
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
@@ -29,6 +29,7 @@ from typing_extensions import Unpack
 
 from .._exceptions import InvalidRequestError
 from .._query_time import in_utc, query_time
+from .._tasks import together
 from .._validate import check_number, short
 from ..resources._batches import check_room, walked
 from ..resources._filters import checked_ids
@@ -536,19 +537,6 @@ class _Probe:
         return found
 
 
-async def _together(calls: Iterable[Awaitable[T]]) -> list[T]:
-    """The results of ``calls``, run at once. The first failure (or the caller's cancellation)
-    cancels the others, and waits for them: with ``asyncio.gather`` alone they went on in the
-    background, retries and all (up to n - 1 of them a round), holding the client's slots."""
-    tasks = [asyncio.ensure_future(call) for call in calls]
-    try:
-        return await asyncio.gather(*tasks)
-    finally:
-        for task in tasks:
-            task.cancel()  # nothing, for those done
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-
 async def _edges(probe: _Probe, n: int, total: int, bottom: int, top: int) -> list[int]:
     """The n-1 window edges: for each target k*total/n, the first second t with C(t) >= target.
 
@@ -563,7 +551,7 @@ async def _edges(probe: _Probe, n: int, total: int, bottom: int, top: int) -> li
         middles = sorted({(a + b) // 2 for a, b in zip(low, high, strict=True) if b - a > 1})
         if not middles:
             break
-        counts = await _together(probe.count_before(m) for m in middles)
+        counts = await together(probe.count_before(m) for m in middles)
         seen = dict(zip(middles, counts, strict=True))
         for i, target in enumerate(targets):
             if high[i] - low[i] > 1:
@@ -577,7 +565,7 @@ async def _edges(probe: _Probe, n: int, total: int, bottom: int, top: int) -> li
     # customers before it in the same window would make that window heavier still.
     share = total / n
     for edge in sorted(edges):
-        before, through = await _together((probe.count_before(edge - 1), probe.count_before(edge)))
+        before, through = await together((probe.count_before(edge - 1), probe.count_before(edge)))
         if through - before > share and edge - 1 > bottom:
             edges.add(edge - 1)
     return sorted(edges)
