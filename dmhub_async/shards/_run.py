@@ -149,7 +149,8 @@ def _list_file(path: Path, digest: str) -> bytes | None:
     """The text of the id list's file at ``path`` if it is the list of ``digest`` (b"" if it
     is not), None if there is none; InvalidRequestError if it is no regular file. Blocking.
 
-    The one check of the file's SHA-256 (it was hashed a second time once read whole)."""
+    Hashed as it is streamed, then read again and hashed again: the text kept is the text
+    checked, whatever was written over the file between the two reads."""
     try:
         # Not blocking: a named pipe put there waited for a writer for ever (the shard never
         # ended); opened so, it is refused below with any other file that is not one.
@@ -166,12 +167,19 @@ def _list_file(path: Path, digest: str) -> bytes | None:
         # Hashed as it is read before it is kept: a file of gigabytes in its place (or one
         # growing) was read whole into memory, then refused.
         whole = hashlib.sha256()
+        length = 0
         while chunk := fh.read(1 << 20):
             whole.update(chunk)
+            length += len(chunk)
         if "sha256:" + whole.hexdigest() != digest:
             return b""  # not the list
+        # Read again, and checked again: written over in place since it was hashed (another
+        # list copied over it), its ids were kept unchecked and exported as the shard's.
         fh.seek(0)
-        return fh.read()
+        text = fh.read(length + 1)
+        if len(text) != length or "sha256:" + hashlib.sha256(text).hexdigest() != digest:
+            return b""  # changed while it was read: not the list
+        return text
 
 
 def _restore_list_file(where: Path, text: bytes, digest: str) -> None:

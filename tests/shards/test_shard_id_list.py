@@ -429,3 +429,48 @@ async def test_the_progress_total_of_an_id_list_export_ends_at_the_customers_fou
     assert heard[-1] == (customers, customers)  # done: 100%
     totals = [total for _, total in heard]
     assert totals == sorted(totals, reverse=True)  # lowered as each shard ends, never raised
+
+
+async def test_a_shard_refuses_an_id_list_file_written_over_while_it_is_read(
+    sim: DMHubSimulator, dm: DMHubClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The file was hashed as it was read, then read again from its start and taken unchecked:
+    # written over in place between the two (another export's list copied over it), its ids
+    # were exported as the shard's, the shard complete with customers of no id it listed.
+    import types
+
+    out = tmp_path / "out"
+    listed = sim.customer_ids()[:40]
+    await export_sharded(dm, out, 2, progress=False, id_list=listed)
+    manifest = Manifest.read(out)
+    assert manifest is not None
+    path = out / "id_list.txt"
+    others = sorted(sim.customer_ids()[40:80])
+    theirs = "".join(f"{i}\n" for i in others).encode()
+    assert len(theirs) == path.stat().st_size  # the same length: no size tells them apart
+
+    class Hashed:
+        """sha256 whose first digest is read as the file is written over, in place."""
+
+        written = False
+
+        def __init__(self, data: bytes = b"") -> None:
+            self._hash = hashlib.sha256(data)
+
+        def update(self, data: bytes) -> None:
+            self._hash.update(data)
+
+        def hexdigest(self) -> str:
+            if not Hashed.written:
+                Hashed.written = True
+                with path.open("r+b") as fh:  # the same file, its bytes changed
+                    fh.write(theirs)
+            return self._hash.hexdigest()
+
+    monkeypatch.setattr(_run, "hashlib", types.SimpleNamespace(sha256=Hashed))
+    _run._READ_LIST.clear()  # a worker process that has read no list yet
+
+    with pytest.raises(InvalidRequestError, match="not the id list"):
+        await export_shard(dm, manifest.shards[0].shard, out / "again.jsonl")
+    assert Hashed.written
+    assert not (out / "again.jsonl").exists()
