@@ -375,8 +375,9 @@ def merge(
     moved into place at the end, so a failed merge leaves no half file; it gets the mode a
     plain ``open()`` gives (0666 less the umask), as the parts do. With
     ``allow_incomplete``, a part that is not complete goes in as far as its checkpoint covers
-    (one whose export ended in MISMATCH, as it was then), in whole lines: a record its
-    worker was killed writing is left out. A complete part is still checked (its SHA-256), and
+    (one whose export ended in MISMATCH, as it was then: what its checkpoint covers checked
+    against it, one shorter than it was then left out), in whole lines: a record its worker
+    was killed writing is left out. A complete part is still checked (its SHA-256), and
     goes in as it was exported, without what was appended since; one shorter than it was
     exported is left out, with a warning (cut short since, or another export's: no check
     tells them apart).
@@ -437,11 +438,12 @@ def _copy_parts(manifest: Manifest, directory: Path, out: BinaryIO, allow_incomp
         limit: int | None = None
         committed = _Committed(None)
         appended = 0
-        if not unfinished and changed is not None and size < (outcome.size or 0):
-            # A complete part shorter than it was exported: cut short since, or another
-            # export's shorter part in its place, which no check tells apart (the SHA-256 is
-            # of the whole part). Its lines went in as "cut short": another export's customers,
-            # some of them twice.
+        ended = not unfinished or outcome.status == "incomplete"  # its size recorded then
+        if ended and changed is not None and size < (outcome.size or 0):
+            # A complete (or incomplete) part shorter than it was exported: cut short since, or
+            # another export's shorter part in its place, which no check tells apart (the
+            # SHA-256 is of the whole part). Its lines went in as "cut short": another export's
+            # customers, some of them twice.
             logger.warning(
                 "merge: %s: left out: it is shorter than its shard exported (%s of %s bytes): "
                 "cut short since, or another export's part in its place, which cannot be told "
@@ -460,8 +462,11 @@ def _copy_parts(manifest: Manifest, directory: Path, out: BinaryIO, allow_incomp
         elif outcome.status == "incomplete" and outcome.size is not None:
             # Its export ended (in MISMATCH): the part as it was then, the customers its final
             # check appended included, though its checkpoint (kept, for a rerun to check it
-            # again) covers only the ordered walk.
+            # again) covers only the ordered walk: what it covers is checked against it, as
+            # a failed part's is (it went in unchecked: another export's part, merged).
             limit = outcome.size
+            committed = _committed(part.with_name(f"{part.name}.ckpt"))
+            appended = size - limit  # said once the part is checked
         elif unfinished:
             committed = _committed(part.with_name(f"{part.name}.ckpt"))
             limit = committed.covered
@@ -489,6 +494,9 @@ def _copy_parts(manifest: Manifest, directory: Path, out: BinaryIO, allow_incomp
         quoted = False
         before = records
         last = b""  # the last record merged of this part
+        # The records and the last of them once the checkpoint's bytes are read (None while
+        # not, or never: its last record does not end where it says).
+        at_mark: tuple[int, bytes] | None = None
         with part.open("rb") as fh:
             read = 0
             if csv:
@@ -507,6 +515,8 @@ def _copy_parts(manifest: Manifest, directory: Path, out: BinaryIO, allow_incomp
                         "this export's part; delete it and rerun the export, which exports "
                         "that shard again"
                     )
+            if read == committed.covered:
+                at_mark = (0, b"")
             for line in fh:
                 read += len(line)
                 if not line.endswith(b"\n") or (limit is not None and read > limit):
@@ -523,7 +533,9 @@ def _copy_parts(manifest: Manifest, directory: Path, out: BinaryIO, allow_incomp
                 out.write(line)
                 records += 1
                 last = line
-        if not committed.holds(records - before, last, csv):
+                if read == committed.covered:
+                    at_mark = (records - before, last)
+        if not committed.holds(at_mark, csv):
             # Another export's part where an unfinished one was: it went in as far as the
             # checkpoint's byte count, unchecked.
             raise InvalidRequestError(
@@ -563,13 +575,15 @@ class _Committed:
     exported: int | None = None
     last_id: Any = None
 
-    def holds(self, records: int, last: bytes, csv: bool) -> bool:
-        """Whether ``records`` records ending with ``last`` (a part's lines the checkpoint
-        covers) are what it says was written; True when it does not say."""
+    def holds(self, at_mark: tuple[int, bytes] | None, csv: bool) -> bool:
+        """Whether the records of a part's lines the checkpoint covers, and the last of them
+        (``at_mark``; None when no record of the part ends where it says) are what it says
+        was written; True when it does not say."""
         if self.covered is None or self.exported is None:
             return True
-        if records != self.exported:
+        if at_mark is None or at_mark[0] != self.exported:
             return False
+        records, last = at_mark
         if not records or self.last_id is None:
             return True
         try:

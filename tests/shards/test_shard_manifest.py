@@ -1006,3 +1006,63 @@ async def test_merging_what_there_is_leaves_out_an_unfinished_part_shorter_than_
     assert merge(done, tmp_path / "all.jsonl", allow_incomplete=True) == CUSTOMERS - 100
     assert "part-00001.jsonl: left out" in caplog.text
     assert "shorter than its checkpoint" in caplog.text
+
+
+def ended_in_mismatch(done: Path, walked: int = 30) -> list[bytes]:
+    """Shard 1 of ``done`` as an export that ended in MISMATCH leaves it: incomplete, its part's
+    size recorded (no SHA-256), its checkpoint covering the ordered walk's first ``walked``
+    records (the rest, its final check's, after them); the part's lines."""
+    part = done / "part-00001.jsonl"
+    lines = part.read_bytes().splitlines(keepends=True)
+    size = part.stat().st_size
+    edit(done, lambda data: data["shards"][1].update(status="incomplete", size=size, sha256=None))
+    checkpoint = {"bytes": len(b"".join(lines[:walked])), "exported": walked}
+    checkpoint["last_id"] = orjson.loads(lines[walked - 1])["id"]
+    (done / "part-00001.jsonl.ckpt").write_bytes(orjson.dumps(checkpoint))
+    return lines
+
+
+async def test_merging_what_there_is_refuses_another_exports_part_where_an_incomplete_one_was(
+    dm: DMHubClient, done: Path, tmp_path: Path
+) -> None:
+    # A shard that ended in MISMATCH went in as far as its recorded size, unchecked: another
+    # export's part in its place (8 shards: part-00000's customers) was merged, a second time.
+    ended_in_mismatch(done)
+    assert merge(done, tmp_path / "own.jsonl", allow_incomplete=True) == CUSTOMERS
+
+    other = tmp_path / "other"
+    await export_sharded(dm, other, 8, progress=False)
+    theirs = (other / "part-00001.jsonl").read_bytes() * 3
+    assert len(theirs) > (done / "part-00001.jsonl").stat().st_size  # not cut short: longer
+    (done / "part-00001.jsonl").write_bytes(theirs)
+
+    with pytest.raises(InvalidRequestError, match=r"part-00001\.jsonl is not what its checkpoint"):
+        merge(done, tmp_path / "all.jsonl", allow_incomplete=True)
+    assert not (tmp_path / "all.jsonl").exists()
+
+
+async def test_merging_what_there_is_leaves_out_an_incomplete_part_cut_short(
+    done: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # An incomplete part cut short since its export ended: its whole lines went in without a
+    # word, where a complete or failed part cut short is left out, said (another export's
+    # shorter part reads the same).
+    lines = ended_in_mismatch(done)
+    (done / "part-00001.jsonl").write_bytes(b"".join(lines[:-10]))
+
+    assert merge(done, tmp_path / "all.jsonl", allow_incomplete=True) == CUSTOMERS - len(lines)
+    assert "part-00001.jsonl: left out" in caplog.text
+    assert "shorter than its shard exported" in caplog.text
+
+
+async def test_merging_what_there_is_says_what_was_appended_to_an_incomplete_part(
+    done: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Records appended to an incomplete part since were left out without a word, as they
+    # were of a complete part (b95f053).
+    lines = ended_in_mismatch(done)
+    with (done / "part-00001.jsonl").open("ab") as fh:
+        fh.write(lines[0])
+
+    assert merge(done, tmp_path / "all.jsonl", allow_incomplete=True) == CUSTOMERS
+    assert f"part-00001.jsonl: {len(lines[0]):,} bytes appended since" in caplog.text
