@@ -15,6 +15,7 @@ import logging
 import operator
 import os
 import secrets
+import stat
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
@@ -390,7 +391,9 @@ def merge(
         InvalidRequestError: no manifest, a part missing, the export not complete, or a
             complete part changed since it was exported: its size (these unless
             ``allow_incomplete``), or its content (the SHA-256 the manifest records); a CSV
-            part whose header is not the first part's (another export's).
+            part whose header is not the first part's (another export's); a part replaced
+            or removed between its checks and its copy (a named pipe there is never waited
+            on, nor a checkpoint that is one).
     """
     check_output_name(Path(dest))
     manifest = Manifest.read(directory)
@@ -419,7 +422,8 @@ def _copy_parts(manifest: Manifest, directory: Path, out: BinaryIO, allow_incomp
     first_header: tuple[bytes, str] | None = None  # a CSV's, and the part it came from
     for outcome in manifest.shards:
         part = directory / outcome.file
-        if not part.is_file():
+        found = _regular_file(part)
+        if found is None:
             if allow_incomplete:
                 # Said: "merged 15,000 records" alone read as the whole export.
                 logger.warning("merge: %s is missing: left out", outcome.file)
@@ -434,7 +438,7 @@ def _copy_parts(manifest: Manifest, directory: Path, out: BinaryIO, allow_incomp
         # what its checkpoint covers goes in, and never a line cut short, which glued
         # itself to the next part's first record.
         unfinished = outcome.status != "complete"
-        size = part.stat().st_size
+        size = found.st_size
         limit: int | None = None
         committed = _Committed(None)
         appended = 0
@@ -497,7 +501,7 @@ def _copy_parts(manifest: Manifest, directory: Path, out: BinaryIO, allow_incomp
         # The records and the last of them once the checkpoint's bytes are read (None while
         # not, or never: its last record does not end where it says).
         at_mark: tuple[int, bytes] | None = None
-        with part.open("rb") as fh:
+        with _opened(part, found, outcome.file) as fh:
             read = 0
             if csv:
                 header = fh.readline()
@@ -566,6 +570,37 @@ def _copy_parts(manifest: Manifest, directory: Path, out: BinaryIO, allow_incomp
     return records
 
 
+def _regular_file(path: Path) -> os.stat_result | None:
+    """``path``'s status if it is a regular file (a link to one followed), else None."""
+    try:
+        found = path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return found if stat.S_ISREG(found.st_mode) else None
+
+
+def _opened(part: Path, checked: os.stat_result, name: str) -> BinaryIO:
+    """``part`` opened to be copied, or InvalidRequestError if it is no longer the file
+    ``checked`` (its size, and what it is, were checked by its name before): replaced since
+    by a named pipe, the merge waited for a writer for ever. Opened without blocking so."""
+    replaced = InvalidRequestError(
+        f"{name} was replaced or removed while it was merged: merge again once nothing "
+        "writes the export's directory"
+    )
+    try:
+        fh = os.fdopen(os.open(part, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)), "rb")
+    except FileNotFoundError:
+        raise replaced from None
+    now = os.fstat(fh.fileno())
+    if not stat.S_ISREG(now.st_mode) or (now.st_dev, now.st_ino) != (
+        checked.st_dev,
+        checked.st_ino,
+    ):
+        fh.close()
+        raise replaced
+    return fh
+
+
 @attrs.frozen
 class _Committed:
     """What an unfinished part's checkpoint says of it: the bytes it covers, and the records
@@ -599,7 +634,12 @@ def _committed(checkpoint: Path) -> _Committed:
     """What a part's checkpoint says of it (:class:`_Committed`), None each where it says
     nothing (no checkpoint, or not one that says)."""
     try:
-        data = orjson.loads(checkpoint.read_bytes())
+        # Not blocking, and a regular file alone: a named pipe put there made the merge wait
+        # for a writer for ever (a link to /dev/zero, read until memory ran out).
+        with os.fdopen(os.open(checkpoint, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)), "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                return _Committed(None)
+            data = orjson.loads(fh.read())
         covered, exported = data["bytes"], data.get("exported")
     except (OSError, orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
         return _Committed(None)

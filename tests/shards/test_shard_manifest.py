@@ -7,6 +7,7 @@ left), or failed with a raw error.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import errno
 import os
@@ -1066,3 +1067,65 @@ async def test_merging_what_there_is_says_what_was_appended_to_an_incomplete_par
 
     assert merge(done, tmp_path / "all.jsonl", allow_incomplete=True) == CUSTOMERS
     assert f"part-00001.jsonl: {len(lines[0]):,} bytes appended since" in caplog.text
+
+
+def failed_part(done: Path, walked: int = 30) -> None:
+    """Shard 1 of ``done`` as a shard that failed part-way leaves it: its checkpoint kept."""
+    part = done / "part-00001.jsonl"
+    lines = part.read_bytes().splitlines(keepends=True)[:walked]
+    part.write_bytes(b"".join(lines))
+    edit(done, lambda data: data["shards"][1].update(status="failed", size=None, sha256=None))
+    checkpoint = {"bytes": len(b"".join(lines)), "exported": walked}
+    checkpoint["last_id"] = orjson.loads(lines[-1])["id"]
+    (done / "part-00001.jsonl.ckpt").write_bytes(orjson.dumps(checkpoint))
+
+
+async def merged_within(fifo: Path, done: Path, dest: Path) -> int:
+    """merge(allow_incomplete) on a thread, at most 10 s: one waiting for a writer to ``fifo``
+    is let go (a writer opens and closes it) and the test fails."""
+    merging = asyncio.ensure_future(asyncio.to_thread(merge, done, dest, allow_incomplete=True))
+    try:
+        return await asyncio.wait_for(asyncio.shield(merging), 10)
+    except asyncio.TimeoutError:
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))  # the reader's open returns
+        with contextlib.suppress(Exception):
+            await merging
+        raise AssertionError(f"the merge waited for a writer to {fifo.name}") from None
+
+
+@pytest.mark.timeout(60)
+async def test_merging_what_there_is_never_waits_on_a_checkpoint_that_is_a_pipe(
+    done: Path, tmp_path: Path
+) -> None:
+    # A checkpoint is read whole: a named pipe put in its place made the merge wait for a
+    # writer for ever (a link to /dev/zero read until memory ran out), as id_list.txt did a
+    # worker (ea31ea0). It says nothing: the part's whole lines go in, as without one.
+    failed_part(done)
+    checkpoint = done / "part-00001.jsonl.ckpt"
+    checkpoint.unlink()
+    os.mkfifo(checkpoint)
+
+    assert await merged_within(checkpoint, done, tmp_path / "all.jsonl") == CUSTOMERS - 100 + 30
+
+
+@pytest.mark.timeout(60)
+async def test_a_merge_refuses_a_part_replaced_by_a_pipe_after_it_was_checked(
+    done: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The part was checked (a regular file, its size) and then opened by its name: one
+    # replaced in between by a named pipe made the merge wait for a writer for ever.
+    failed_part(done)
+    part = done / "part-00001.jsonl"
+    committed = _manifest._committed
+
+    def replaced(checkpoint: Path) -> Any:
+        if checkpoint.name == "part-00001.jsonl.ckpt":
+            part.unlink()
+            os.mkfifo(part)
+        return committed(checkpoint)
+
+    monkeypatch.setattr(_manifest, "_committed", replaced)
+
+    with pytest.raises(InvalidRequestError, match=r"part-00001\.jsonl was replaced"):
+        await merged_within(part, done, tmp_path / "all.jsonl")
+    assert not (tmp_path / "all.jsonl").exists()
