@@ -1259,3 +1259,47 @@ async def test_a_queued_shard_of_an_id_list_carries_its_slice_not_the_list(
     assert set(ids) <= set(given)
     assert len(sent) == 3
     assert max(sent) < 2_000, sent
+
+
+async def _id_list_export_on_queue(
+    sim: SimProcess, redis: RedisServer, out: Path, given: list[int], **run: Any
+) -> Manifest:
+    """A sharded export of ``given`` on the queue, planned as the CLI plans it, 2 workers."""
+    store = RedisTokenStore(redis.url)
+    try:
+        async with DMHubClient(sim.app_id, sim.secret, base_url=sim.url, token_store=store) as dm:
+            manifest = await prepare(dm, out, 3, id_list=given)
+    finally:
+        await store.aclose()
+    with workers(sim, redis.url, 2):
+        return await asyncio.wait_for(
+            run_on_queue(redis.url, out, manifest, progress=False, poll=0.1, **run), 120
+        )
+
+
+async def test_the_progress_total_on_the_queue_ends_at_the_customers_found(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    # An id list's slices plan their ids (1,000 here, of which 300 are customers): as each
+    # shard's job ends, its customers take its planned count's place in the total (decee38),
+    # which the queue's runner had no test of its own of.
+    from dmhub_async.testing._seeded_rows import FIRST_ID
+
+    out = tmp_path / "out"
+    heard: list[tuple[int, int | None]] = []
+    with sim_process(300) as sim:
+        manifest = await _id_list_export_on_queue(
+            sim,
+            redis,
+            out,
+            list(range(FIRST_ID, FIRST_ID + 1_000)),
+            on_total=lambda done, total: heard.append((done, total)),
+        )
+
+    assert manifest.complete
+    assert manifest.exported == len(exported_ids(out)) == 300
+    assert heard[0][1] == 1_000  # nothing known yet but the ids
+    assert heard[-1] == (300, 300)  # done: 100%
+    totals = [total for _, total in heard]
+    assert totals == sorted(totals, reverse=True)  # lowered as each shard ends, never raised
+    assert all(done <= total for done, total in heard if total is not None)
