@@ -626,6 +626,7 @@ async def _follow(
             JOB_NAME, task, _job_id=jobs[index].job_id, _defer_by=defer, _expires=QUEUED_FOR
         )
 
+    progress_key = _progress_key(export_id, manifest.plan_id)
     try:
         jobs: dict[int, Any] = {}
         for index, outcome in todo.items():
@@ -636,12 +637,14 @@ async def _follow(
                 await pool.delete(f"arq:result:{job_id}", f"arq:retry:{job_id}")
                 status = JobStatus.not_found
             if status == JobStatus.not_found:
+                # A job that starts the shard afresh: what the progress hash holds of it is an
+                # earlier job's (a part deleted since), and was heard as this run's, the
+                # shard done before a worker took it.
+                await pool.hdel(progress_key, str(index))  # type: ignore[misc]
                 await enqueue(index)
             outcome.status = "running"
         while todo:
-            done: dict[bytes, bytes] = await pool.hgetall(
-                _progress_key(export_id, manifest.plan_id)
-            )  # type: ignore[misc]
+            done: dict[bytes, bytes] = await pool.hgetall(progress_key)  # type: ignore[misc]
             for shard_index, exported in done.items():
                 bar.update(int(shard_index), int(exported))
             for index in list(todo):

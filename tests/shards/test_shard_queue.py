@@ -1303,3 +1303,52 @@ async def test_the_progress_total_on_the_queue_ends_at_the_customers_found(
     totals = [total for _, total in heard]
     assert totals == sorted(totals, reverse=True)  # lowered as each shard ends, never raised
     assert all(done <= total for done, total in heard if total is not None)
+
+
+async def test_a_shard_exported_again_shows_none_of_its_earlier_runs_progress(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    # A part deleted since its export: the rerun exports its shard again from nothing, but the
+    # progress its earlier job left in Redis (kept a week) was read at the first poll: the
+    # export heard 300 of 300 customers done, 100%, before a worker took the shard.
+    from dmhub_async.testing._seeded_rows import FIRST_ID
+
+    out = tmp_path / "out"
+    given = list(range(FIRST_ID, FIRST_ID + 1_000))
+    with sim_process(300) as sim:
+        first = await _id_list_export_on_queue(sim, redis, out, given)
+        assert first.complete
+        assert first.shards[0].exported > 0
+        (out / first.shards[0].file).unlink()
+        store = RedisTokenStore(redis.url)
+        try:
+            async with DMHubClient(
+                sim.app_id, sim.secret, base_url=sim.url, token_store=store
+            ) as dm:
+                manifest = await prepare(dm, out, 3, id_list=given)
+        finally:
+            await store.aclose()
+    assert manifest.shards[0].status == "pending"
+    kept = manifest.exported  # the other shards' customers, kept
+    heard: list[tuple[int, int | None]] = []
+
+    class Stop(Exception):
+        pass
+
+    async def stop(_: float) -> None:
+        raise Stop
+
+    with pytest.raises(Stop):  # one poll, and no worker to take the shard
+        await asyncio.wait_for(
+            run_on_queue(
+                redis.url,
+                out,
+                manifest,
+                progress=False,
+                on_total=lambda done, total: heard.append((done, total)),
+                sleep=stop,
+            ),
+            30,
+        )
+    assert heard
+    assert max(done for done, _ in heard) == kept, heard
