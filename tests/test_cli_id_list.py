@@ -346,3 +346,36 @@ def test_a_file_of_ids_that_is_a_directory_or_holds_a_secret_is_refused_without_
     assert SECRET[:8] not in wrong_file.stderr
     assert_one_line_error(directory, 1, "--id-list ids is a directory")
     assert requests(served) == 0
+
+
+@pytest.mark.parametrize("newline", ["\n", "\r\n", "\r"], ids=["LF", "CRLF", "CR"])
+def test_ids_padded_with_zeros_are_the_ids_however_wide_the_padding(
+    tmp_path: Path, newline: str
+) -> None:
+    # "A whole number from 0 to 2^63 - 1", the refusal says; one padded with zeros to a fixed
+    # width (a column formatted so in a spreadsheet, a database's CHAR(24)) past 19 characters
+    # was refused as no id, though the same id padded to 19 went in.
+    from dmhub_async.cli._files import read_id_file
+    from dmhub_async.resources._filters import checked_ids
+
+    wide = [3_000_000_007, 0, 2**63 - 1, 42]
+    lines = [f"{i:024d}" for i in wide] + [f"{wide[0]:019d}", "", "  "]
+    path = tmp_path / "ids.txt"
+    path.write_bytes(("\ufeff" + newline.join(lines) + newline).encode())
+
+    ids = read_id_file(str(path))
+
+    assert ids == [*wide, wide[0]]
+    assert checked_ids("export_customers", ids) == ids  # as the library takes them
+
+
+def test_an_id_past_the_last_is_refused_whatever_its_padding(tmp_path: Path) -> None:
+    from dmhub_async.cli._errors import CommandError
+    from dmhub_async.cli._files import read_id_file
+
+    path = tmp_path / "ids.txt"
+    path.write_bytes(b"1\n0000" + str(2**63).encode() + b"\n")
+    with pytest.raises(
+        CommandError, match=r"ids\.txt:2: not a customer id: '00009223372036854775808'"
+    ):
+        read_id_file(str(path))

@@ -596,8 +596,11 @@ def _ids_in(fh: BinaryIO, where: str) -> list[int]:
         text = text.strip()
         if not text:
             continue
-        # bytes.isdigit() is ASCII alone: no sign, point, exponent or full-width digit.
-        if text.isdigit() and len(text) <= 19 and (value := int(text)) <= _LAST_ID:
+        # bytes.isdigit() is ASCII alone: no sign, point, exponent or full-width digit. Its
+        # length is counted past the zeros padding it: an id padded to a fixed width of more
+        # than 19 characters (a spreadsheet's format, a CHAR column) was refused as no id.
+        digits = text.lstrip(b"0") or b"0"
+        if text.isdigit() and len(digits) <= 19 and (value := int(digits)) <= _LAST_ID:
             ids.append(value)
             continue
         shown = text[:_QUOTED].decode("utf-8", "replace")
