@@ -646,7 +646,11 @@ async def _follow(
         while todo:
             done: dict[bytes, bytes] = await pool.hgetall(progress_key)  # type: ignore[misc]
             for shard_index, exported in done.items():
-                bar.update(int(shard_index), int(exported))
+                # Of the shards still followed alone: an ended job's count is its result's
+                # (ProgressBar.settled), which a progress write landing late (its worker cut
+                # off from Redis, retrying) took back, to the end of the export.
+                if int(shard_index) in todo:
+                    bar.update(int(shard_index), int(exported))
             for index in list(todo):
                 status = await jobs[index].status()
                 if status == JobStatus.not_found:

@@ -15,6 +15,7 @@ import types
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -1350,5 +1351,87 @@ async def test_a_shard_exported_again_shows_none_of_its_earlier_runs_progress(
             ),
             30,
         )
+    assert max((done for done, _ in heard), default=kept) == kept, heard
+
+
+async def test_a_shards_count_once_its_job_ended_is_not_taken_back_by_a_late_progress_write(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    # A worker's progress writes are sent on their own (a worker cut off from Redis retries
+    # them for about a minute, after its shard was taken over and finished): one that landed
+    # after the job's last count was read at the next poll, and the export's count went back,
+    # to the end (on_total's last: 2 of a shard that wrote 7).
+    from arq.jobs import serialize_result
+    from redis.asyncio import Redis
+
+    from dmhub_async import __version__
+    from dmhub_async.shards import _queue
+    from dmhub_async.shards._manifest import part_digest
+
+    out = tmp_path / "out"
+    out.mkdir()
+    edge = datetime(2020, 1, 1, tzinfo=timezone.utc)
+    manifest = Manifest.new(
+        [Shard(0, None, edge, planned_count=10), Shard(1, edge, None, planned_count=10)],
+        fmt="jsonl",
+        base_url="http://127.0.0.1:1",
+        app_id="a",
+        filters={},
+    )
+    part = out / manifest.shards[0].file
+    part.write_bytes(b"".join(b'{"id":%d}\n' % i for i in range(7)))
+    size, sha256 = part_digest(part)
+    export_id = export_id_of(out)
+    job_id = job_id_of(export_id, manifest.plan_id, 0)
+    result = {
+        "complete": True,
+        "exported": 7,
+        "duplicates": 0,
+        "seconds": 0.1,
+        "retries": 0,
+        "size": size,
+        "sha256": sha256,
+        "job_version": _queue.WINDOW_JOB_VERSION,
+        "release": __version__,
+    }
+    now = int(time.time() * 1000)
+    done = serialize_result(
+        _queue.JOB_NAME, (), {}, 1, now, True, result, now, now, "r", "arq:queue", job_id
+    )
+    progress = f"dmhub_async:export:{export_id}:{manifest.plan_id}:progress"
+    client = Redis.from_url(redis.url)
+    try:
+        await client.set(f"arq:result:{job_id}", done)  # shard 0's job ended, as a worker ends it
+        await client.hset(progress, "0", "7")
+    finally:
+        await client.aclose()
+    heard: list[int] = []
+    polls = 0
+
+    class Stop(Exception):
+        pass
+
+    async def poll(_: float) -> None:
+        nonlocal polls
+        polls += 1
+        if polls == 1:  # shard 0 recorded: a write its worker sent before lands now
+            assert manifest.shards[0].status == "complete"
+            redis.command("HSET", progress, "0", "2")
+        else:
+            raise Stop
+
+    with pytest.raises(Stop):  # shard 1's job never ends: no worker
+        await asyncio.wait_for(
+            run_on_queue(
+                redis.url,
+                out,
+                manifest,
+                progress=False,
+                on_total=lambda done, total: heard.append(done),
+                sleep=poll,
+            ),
+            30,
+        )
+    assert manifest.shards[0].exported == 7
     assert heard
-    assert max(done for done, _ in heard) == kept, heard
+    assert heard[-1] == 7, heard
