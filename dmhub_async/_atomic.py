@@ -1,4 +1,5 @@
-"""Replacing a file atomically: checkpoints, manifests, token files, merged exports."""
+"""Replacing a file atomically: checkpoints, manifests, token files, merged exports; and
+opening one to read without waiting on what was put in its place."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import BinaryIO
 __all__ = [
     "current_umask",
     "naming",
+    "open_to_read",
     "remove_or_warn",
     "replace_file",
     "replacing",
@@ -137,3 +139,16 @@ def replace_file(
     """Replace ``path`` with ``data`` atomically (see :func:`replacing`)."""
     with replacing(path, sync=sync, before_rename=before_rename) as fh:
         fh.write(data)
+
+
+def open_to_read(path: str | os.PathLike[str]) -> tuple[BinaryIO, os.stat_result]:
+    """``path`` opened to read, and what it is (``os.fstat``), without waiting on it: a named
+    pipe put where a file was made ``open()`` wait for a writer for ever. Read it only once its
+    status says it is a regular file (``stat.S_ISREG``): a device there (a link to
+    ``/dev/zero``) reads until memory runs out. ``OSError`` as ``open()`` raises it."""
+    fh = os.fdopen(os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)), "rb")
+    try:
+        return fh, os.fstat(fh.fileno())
+    except BaseException:
+        fh.close()
+        raise

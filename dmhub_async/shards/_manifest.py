@@ -24,7 +24,7 @@ import attrs
 import cattrs
 import orjson
 
-from .._atomic import replace_file, replacing
+from .._atomic import open_to_read, replace_file, replacing
 from .._exceptions import InvalidRequestError
 from .._threads import on_thread
 from ..export._export import check_output_name
@@ -588,10 +588,9 @@ def _opened(part: Path, checked: os.stat_result, name: str) -> BinaryIO:
         "writes the export's directory"
     )
     try:
-        fh = os.fdopen(os.open(part, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)), "rb")
+        fh, now = open_to_read(part)
     except FileNotFoundError:
         raise replaced from None
-    now = os.fstat(fh.fileno())
     if not stat.S_ISREG(now.st_mode) or (now.st_dev, now.st_ino) != (
         checked.st_dev,
         checked.st_ino,
@@ -636,8 +635,9 @@ def _committed(checkpoint: Path) -> _Committed:
     try:
         # Not blocking, and a regular file alone: a named pipe put there made the merge wait
         # for a writer for ever (a link to /dev/zero, read until memory ran out).
-        with os.fdopen(os.open(checkpoint, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)), "rb") as fh:
-            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+        fh, info = open_to_read(checkpoint)
+        with fh:
+            if not stat.S_ISREG(info.st_mode):
                 return _Committed(None)
             data = orjson.loads(fh.read())
         covered, exported = data["bytes"], data.get("exported")

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from typing_extensions import Unpack
 
-from .._atomic import replace_file
+from .._atomic import open_to_read, replace_file
 from .._exceptions import DMHubError, InvalidRequestError
 from .._threads import file_work
 from .._validate import short
@@ -154,11 +154,11 @@ def _list_file(path: Path, digest: str) -> bytes | None:
     try:
         # Not blocking: a named pipe put there waited for a writer for ever (the shard never
         # ended); opened so, it is refused below with any other file that is not one.
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        fh, info = open_to_read(path)
     except FileNotFoundError:
         return None
-    with os.fdopen(fd, "rb") as fh:
-        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+    with fh:
+        if not stat.S_ISREG(info.st_mode):
             # A device (a link to /dev/zero was read until memory ran out), a pipe.
             raise InvalidRequestError(
                 f"{path} is not a regular file, so not the id list this export was planned "
