@@ -1034,6 +1034,26 @@ def test_a_large_finished_export_is_read_only_in_part_to_say_what_it_is(
         _files.check_output(str(out), force=False, checkpoint="customers.ckpt")
 
 
+@pytest.mark.parametrize(("fmt", "text"), [("jsonl", b""), ("csv", b"id,name\r\n")])
+def test_a_finished_export_of_no_customer_reads_as_one(
+    tmp_path: Path, fmt: str, text: bytes
+) -> None:
+    # A checkpointed export whose filters matched nobody ends with an empty file (a CSV's
+    # header alone); the same command again said it "does not read as an export".
+    from dmhub_async.cli import _files
+
+    out = tmp_path / f"customers.{fmt}"
+    out.write_bytes(text)
+    with pytest.raises(_files.UsageError) as refused:
+        _files.check_output(str(out), force=False, checkpoint="customers.ckpt", fmt=fmt)
+    assert "reads as a finished export (0 customers)" in str(refused.value)
+    assert "pass --force to export it again" in str(refused.value)
+
+    out.write_bytes(b"id,name\r\n" if fmt == "jsonl" else b'{"id": 1}\n')  # the other's
+    with pytest.raises(_files.UsageError, match="does not read as an export"):
+        _files.check_output(str(out), force=False, checkpoint="customers.ckpt", fmt=fmt)
+
+
 def test_a_failed_output_replace_raises_its_own_error_not_its_temp_files_removal(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

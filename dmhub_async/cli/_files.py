@@ -307,7 +307,14 @@ def _exists_without_checkpoint(out: str, checkpoint: str, fmt: str) -> str:
             found = scan(fh, fmt, min(size, _READ_BACK))
     except OSError:
         found, size = None, 0
-    if found is None or found.count == 0:
+    # None customers: an empty file, a CSV's header alone (a finished export of nobody: its
+    # filters matched none; it "did not read as an export").
+    nobody = (
+        found is not None
+        and found.end == size
+        and (size == 0 or (found.header is not None and found.header[0] == "id"))
+    )
+    if found is None or (found.count == 0 and not nobody):
         return (
             f"--out {out} exists and does not read as an export ({fmt}), and there is no "
             f"checkpoint {checkpoint} of one in progress: pass --force to overwrite it"
