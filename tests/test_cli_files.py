@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from _cli_support import (
@@ -1143,10 +1144,10 @@ def test_standard_input_that_cannot_be_copied_says_where_and_why_not_the_hidden_
         temporary_files_cannot_be_made(monkeypatch, tmp_path / ".dmhub-lookup-k2j4.csv")
     else:
 
-        def copyfileobj(*args: object) -> None:
+        def copy_lines(*args: object) -> None:
             raise full
 
-        monkeypatch.setattr(_files.shutil, "copyfileobj", copyfileobj)
+        monkeypatch.setattr(_files, "_copy_lines", copy_lines)
 
     # Before: the OSError itself, said as "<its file>: <why>" by the command line.
     with pytest.raises((CommandError, OSError)) as raised, _files.read_twice("-"):
@@ -1186,3 +1187,47 @@ def test_a_lookups_output_is_on_disk_before_it_takes_the_old_ones_name(
     assert out.read_bytes().decode() == rows
     # Synced whole, while the old file still held the name.
     assert (len(rows), "an earlier result\n") in synced
+
+
+class _EndlessZeros(io.RawIOBase):
+    """``/dev/zero`` as standard input: NUL bytes and no line end, for ever (here: until 64 MiB,
+    so that a copy that never stops fails the test rather than fill the disk)."""
+
+    def __init__(self) -> None:
+        self.given = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self.given >= 64 << 20:
+            return 0
+        size = min(len(buffer), 1 << 20)
+        buffer[:size] = bytes(size)
+        self.given += size
+        return size
+
+
+def test_standard_input_of_one_endless_line_is_refused_as_it_is_copied(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # `lookup --in -` (or --in /dev/zero, or a device: anything but a regular file) copies its
+    # rows to a temporary file before reading them. /dev/zero was copied at 190 MB/s until the
+    # temporary directory was full, as its one line (refused at 1 MiB once read) had no end.
+    from dmhub_async.cli import _files
+    from dmhub_async.cli._errors import CommandError
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(_files.tempfile, "tempdir", None)  # TMPDIR read again
+    zeros = _EndlessZeros()
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BufferedReader(zeros)))
+
+    with pytest.raises(CommandError) as raised, _files.read_twice("-"):
+        pytest.fail("an endless line was copied whole")
+
+    assert str(raised.value) == (
+        "<stdin>:1: a line of more than 1 MiB, which no row of identities is: is it the file you"
+        " meant?"
+    )
+    assert zeros.given < 4 << 20  # read no further than the line's bound, and a block or so
+    assert list(tmp_path.iterdir()) == []  # the copy removed

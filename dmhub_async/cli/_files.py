@@ -9,7 +9,6 @@ import io
 import os
 import re
 import select
-import shutil
 import signal
 import stat
 import sys
@@ -18,7 +17,7 @@ import threading
 import weakref
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, Final, TextIO, cast
+from typing import TYPE_CHECKING, BinaryIO, Final, Protocol, TextIO, cast
 
 from .._atomic import replacing
 from .._exceptions import InvalidRequestError
@@ -387,11 +386,11 @@ def read_twice(given: str) -> Iterator[tuple[Path, str]]:
             with open(fd, "wb") as copy, interruptible():
                 if given != STDIN:
                     with path.open("rb") as source:
-                        shutil.copyfileobj(source, copy, 1 << 20)
+                        _copy_lines(source, copy, given)
                 elif sys.stdin is None or getattr(sys.stdin, "closed", False):  # <&-
                     raise CommandError("--in -: standard input is closed: give --in a file")
                 else:
-                    shutil.copyfileobj(sys.stdin.buffer, copy, 1 << 20)
+                    _copy_lines(sys.stdin.buffer, copy, "<stdin>")
         except OSError as err:
             if err.filename not in (None, tmp):  # the input's own (a FIFO that went away)
                 raise
@@ -399,6 +398,32 @@ def read_twice(given: str) -> Iterator[tuple[Path, str]]:
         yield Path(tmp), "<stdin>" if given == STDIN else given
     finally:
         os.unlink(tmp)
+
+
+class _Reads(Protocol):
+    """What :func:`_byte_lines` reads: a binary file, or a :class:`_Copied` one."""
+
+    def read(self, size: int, /) -> bytes: ...
+
+
+class _Copied:
+    """A binary input whose every block read is also written to ``copy``."""
+
+    def __init__(self, source: BinaryIO, copy: BinaryIO) -> None:
+        self._source, self._copy = source, copy
+
+    def read(self, size: int) -> bytes:
+        block = self._source.read(size)
+        self._copy.write(block)
+        return block
+
+
+def _copy_lines(source: BinaryIO, copy: BinaryIO, where: str) -> None:
+    """Copy ``source`` to ``copy``, refusing a line of more than 1 MiB as it comes, as the
+    rows' first reading would: an input of one endless line (``--in /dev/zero``) was copied
+    until the temporary directory was full, and only then refused."""
+    for _ in _byte_lines(_Copied(source, copy), where):
+        pass
 
 
 def _not_copied(given: str, err: OSError) -> CommandError:
@@ -446,7 +471,7 @@ _LONGEST_LINE: Final = 1 << 20
 _BLOCK: Final = 1 << 16
 
 
-def _byte_lines(fh: BinaryIO, where: str, row: str = "row of identities") -> Iterator[bytes]:
+def _byte_lines(fh: _Reads, where: str, row: str = "row of identities") -> Iterator[bytes]:
     """The lines of ``fh``, each ending in LF, CRLF or a CR alone (the last maybe in none),
     without a Ctrl-Z that ends the file (DOS's mark of its end).
 
