@@ -61,6 +61,46 @@ def test_resolving_many_identities_example_runs() -> None:
     assert "resolved" in result.stdout
 
 
+def test_exporting_customers_example_runs(tmp_path: Path) -> None:
+    # Only type-checked before: the README's export, the first a user copies, never ran.
+    code = _block("export_customers(")
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,  # it writes leads.csv (and leads.ckpt while it runs) where it is run
+        env={**os.environ, "PYTHONPATH": str(README.parent)},
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"^exported +\d+ customers to leads\.csv \(csv\)$", result.stdout, re.M)
+    assert (tmp_path / "leads.csv").read_text(encoding="utf-8").startswith("id,")
+    assert not (tmp_path / "leads.ckpt").exists()  # a complete export removes its checkpoint
+
+
+def test_per_call_options_example_prints_what_its_comments_say() -> None:
+    code = _block("dm.with_options(timeout=5")
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[:3] == ["5", "None", "200 application/json"]
+    assert lines[3].startswith("500 40201 ")
+
+
+def test_plain_http_example_prints_what_its_comment_says() -> None:
+    code = _block('base_url="http://api.example.com"')
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert "plain http: the secret and the access token travel in the query string" in (
+        result.stdout
+    )
+
+
 def _user_project(tmp_path: Path) -> Path:
     """A project holding the README's pytest example and its pytest settings, nothing else."""
     (tmp_path / "test_my_job.py").write_text(_block("dmhub_simulator"), encoding="utf-8")
