@@ -17,6 +17,7 @@ import os
 import secrets
 import stat
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
@@ -29,7 +30,7 @@ from .._exceptions import InvalidRequestError
 from .._threads import on_thread
 from ..export._export import check_output_name
 from ..export._output import _lock, _release, _sweep
-from ._plan import Shard
+from ._plan import Shard, _seconds
 
 logger = logging.getLogger("dmhub_async")
 
@@ -287,10 +288,23 @@ class Manifest:
         first, last = self.shards[0].shard, self.shards[-1].shard
         if of_ids:
             last = first  # every shard has the export's window (checked above)
-        if (first.start is None) != (self.filters.get("date_created_from") is None) or (
-            last.end is None
-        ) != (self.filters.get("date_created_to") is None):
+        # The export's range, as plan_shards cuts it: from its first second, to the second
+        # after its last. An edited first or last window (an earlier start, a later end) was
+        # exported as the export's own, customers it never selected included.
+        start, end = self.filters.get("date_created_from"), self.filters.get("date_created_to")
+        if _second(first.start) != _second(start) or _second(last.end) != _second(end, 1):
             raise ValueError("the windows do not span the export's dateCreated range")
+        # Every shard walks with the export's other filters: one edited (stage="vip" gone)
+        # exported every customer of its window as the export's, and the whole as complete.
+        others = {
+            name: value
+            for name, value in self.filters.items()
+            if name not in ("date_created_from", "date_created_to")
+            and not (of_ids and name == "id_list")  # its digest: each shard has its slice
+        }
+        for i, outcome in enumerate(self.shards):
+            if dict(outcome.shard.filters) != others:
+                raise ValueError(f"shard {i} has other filters than the export's")
 
     def _check_slice(self, i: int, shard: Shard) -> None:
         """Shard ``i`` of a plan of an ``id_list``, or ValueError: the list's ids from where
@@ -303,6 +317,16 @@ class Manifest:
             raise ValueError(f"shard {i} is of another id list than the export's")
         if before is not None and (before.start, before.end) != (shard.start, shard.end):
             raise ValueError(f"shard {i} has another dateCreated window than shard {i - 1}")
+
+
+def _second(moment: datetime | str | None, after: int = 0) -> int | None:
+    """A window's edge, or a bound a manifest records (an ISO string), as its UTC second (plus
+    ``after``); None for no edge."""
+    if moment is None:
+        return None
+    if isinstance(moment, str):
+        moment = datetime.fromisoformat(moment)  # ValueError, TypeError: an edited manifest
+    return _seconds(moment) + after
 
 
 def _check_not_later(path: Path, data: Any) -> None:

@@ -14,7 +14,7 @@ import os
 import stat
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -334,6 +334,7 @@ def swapped_files(data: dict[str, Any]) -> None:
         lambda data: data.update(version=0),  # a later one's: its own test, below
         # The first window must be open: no date_created_from was asked for.
         lambda data: data["shards"][0]["shard"].update(start="2000-01-01T00:00:00+00:00"),
+        lambda data: data["shards"][1]["shard"].update(filters={"stage": "lead"}),
     ],
     ids=[
         "two shards, one window",
@@ -345,6 +346,7 @@ def swapped_files(data: dict[str, Any]) -> None:
         "an unknown format",
         "an unknown version",
         "the first window closed",
+        "a shard's filters not the export's",
     ],
 )
 async def test_an_edited_plan_is_refused(
@@ -357,6 +359,40 @@ async def test_an_edited_plan_is_refused(
         await export_sharded(dm, done, 4, progress=False)
     with pytest.raises(InvalidRequestError, match="is not a manifest this SDK wrote"):
         merge(done, tmp_path / "all.jsonl")
+
+
+def widened(data: dict[str, Any]) -> None:
+    data["shards"][0]["shard"]["filters"] = {}  # the export's stage="vip" gone from one shard
+
+
+def moved_out(data: dict[str, Any]) -> None:
+    data["shards"][0]["shard"]["start"] = "2000-01-01T00:00:00+00:00"  # before the export's
+
+
+@pytest.mark.parametrize("change", [widened, moved_out], ids=["filters", "window"])
+async def test_a_plan_edited_past_the_exports_selection_is_refused(
+    dm: DMHubClient, tmp_path: Path, change: Callable[[dict[str, Any]], object]
+) -> None:
+    # A shard's filters, and the first and last windows' ends, were never compared with the
+    # export's: one shard's stage="vip" removed from the manifest (shared storage, many
+    # hands), its part deleted, and the rerun exported every customer of its window into the
+    # part (2,428 where 315 were asked for, of 5,000), and called the export complete.
+    def export() -> Awaitable[Manifest]:
+        return export_sharded(
+            dm, out, 2, progress=False, stage="vip", date_created_from="2016-01-01T02:00:00Z"
+        )
+
+    out = tmp_path / "vip"
+    assert (await export()).complete
+    wanted = set(exported_ids(out))
+    edit(out, change)
+    edit(out, lambda data: data["shards"][0].update(status="pending", size=None, sha256=None))
+    (out / "part-00000.jsonl").unlink()
+
+    with pytest.raises(InvalidRequestError, match="is not a manifest this SDK wrote"):
+        await export()
+    assert not (out / "part-00000.jsonl").exists()
+    assert set(exported_ids(out)) < wanted  # nothing beyond the selection written
 
 
 @pytest.mark.parametrize(
