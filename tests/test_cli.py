@@ -526,6 +526,23 @@ def test_a_service_that_stops_answering_mid_run_is_not_blamed_on_the_base_url(
     assert "DMHUB_BASE_URL right" not in result.stderr
 
 
+def test_a_proxy_that_does_not_answer_is_named_not_the_base_url(
+    served: ServedSimulator, env: dict[str, str], tmp_path: Path
+) -> None:
+    # With HTTP_PROXY naming a proxy that was down, the one line asked "is DMHUB_BASE_URL
+    # right?" of a base URL nothing had been sent to: the proxy never answered.
+    for name in ("NO_PROXY", "no_proxy", "HTTPS_PROXY", "https_proxy", "http_proxy"):
+        env.pop(name, None)
+    env["HTTP_PROXY"] = f"http://corp-user:ProxyPassw0rd@127.0.0.1:{closed_port()}"
+
+    result = run_cli("export", "--out", "x.jsonl", "--max-retries", "0", env=env, cwd=tmp_path)
+
+    assert_one_line_error(result, 1, "ClientProxyConnectionError", "HTTP_PROXY", "proxy")
+    assert "DMHUB_BASE_URL right" not in result.stderr
+    assert "ProxyPassw0rd" not in result.stderr
+    assert served.sim.counters.routes["GET /security/accesstoken"] == 0
+
+
 def test_unwritable_output_is_one_line_and_sends_nothing(
     served: ServedSimulator, env: dict[str, str], tmp_path: Path
 ) -> None:

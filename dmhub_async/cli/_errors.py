@@ -126,6 +126,13 @@ def explain(err: BaseException) -> tuple[int, str]:
     if isinstance(err, AuthenticationError):
         return EXIT_ERROR, f"{err}; {_auth_hint(err)}"
     if isinstance(err, APIConnectionError):
+        if getattr(err.__cause__, "original_type", "").endswith(".ClientProxyConnectionError"):
+            # Sent to a proxy that never answered: the base URL was never reached, nor blamed.
+            return EXIT_ERROR, (
+                f"{err}: no answer from the proxy the environment names (HTTPS_PROXY, HTTP_PROXY"
+                " or the system's): is it right and up? (NO_PROXY names the hosts reached"
+                " without it)"
+            )
         # Nothing answered in this run (else open_client raised stopped_answering's error).
         return EXIT_ERROR, f"{err}: no answer from {_base_url()} (is DMHUB_BASE_URL right?)"
     if isinstance(err, OSError) and err.strerror:
