@@ -242,6 +242,43 @@ def test_the_report_of_an_output_named_in_bytes_that_are_not_utf8(
         assert f"{CUSTOMERS} customers to" in result.stdout
 
 
+def test_the_text_report_shows_an_outputs_control_characters_not_obeys_them(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    # The error line escaped a file name's control characters, the report of a run that
+    # succeeded wrote them as they were: a name holding an escape sequence (a name made from a
+    # customer's field, a file unzipped) cleared the screen or set the window title of whoever
+    # read it, and a line break in it forged a line of the report.
+    name = "leads\x1b]0;owned\x07\x1b[2J\nexported      0 customers.jsonl"
+
+    result = run_cli("export", "--out", name, env=env, cwd=tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    assert jsonl_ids(tmp_path / name) != []
+    assert "\x1b" not in result.stdout
+    assert "\x07" not in result.stdout
+    first = result.stdout.splitlines()[0]
+    assert first.startswith(f"exported      {CUSTOMERS} customers to leads\\x1b]0;owned\\x07")
+    assert "\\nexported      0 customers.jsonl (jsonl)" in first
+
+
+def test_the_sharded_export_and_merge_reports_show_names_not_obey_them(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    directory, merged = "parts\x1b[2J", "all\x1b]0;owned\x07.jsonl"
+
+    exported = run_cli("export", "--out", directory, "--shards", "2", env=env, cwd=tmp_path)
+    joined = run_cli("merge", directory, "--out", merged, env=env, cwd=tmp_path)
+
+    assert exported.returncode == 0, exported.stderr
+    assert joined.returncode == 0, joined.stderr
+    assert "\x1b" not in exported.stdout + joined.stdout
+    assert "in 2 parts to parts\\x1b[2J (2 of 2 complete" in exported.stdout
+    assert joined.stdout == (
+        f"merged {CUSTOMERS:,} records from parts\\x1b[2J into all\\x1b]0;owned\\x07.jsonl\n"
+    )
+
+
 def test_verbose_shows_requests_and_retries_without_the_token(
     served: ServedSimulator, env: dict[str, str], tmp_path: Path
 ) -> None:

@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final, Literal, TextIO
 
+import attrs
+
 from .._client import DMHubClient
 from .._exceptions import APIError, AuthenticationError, InvalidRequestError
 from .._query_time import zone_setting
@@ -43,7 +45,7 @@ from ._files import (
     replace_on_success,
 )
 from ._parser import DEMO_OUT, FILTER_FLAGS
-from ._report import ProgressLines, export_report, ids_listed, print_report
+from ._report import ProgressLines, export_report, ids_listed, print_report, shown
 from ._settings import open_client
 from ._shards import merge_command, sharded_export, worker_command
 
@@ -150,7 +152,7 @@ def _finish(
     asks for needs (``--force``, to replace a file in place that no checkpoint covers).
     ``listed``: the ids of ``--id-list``, each once (JSON ``ids_listed``, as a sharded
     export's report gives them; null without a list)."""
-    text = report.summary()
+    text = attrs.evolve(report, path=shown(report.path)).summary()  # one line each, as said
     if listed is not None:  # the ids of no customer were said nowhere: "count 110 before"
         text += f"\nid list       {ids_listed(listed, report.exported, complete=report.complete)}"
     rerun = "run it again" + (f" with {again} (it replaces the file)" if again else "")
@@ -429,7 +431,9 @@ async def _lookup_rows(args: argparse.Namespace, infile: Path, name: str, encodi
                 ) from None
     where = "standard output" if args.out == STDOUT else args.out
     data = {"path": args.out, "resolved": found + missing, "found": found, "not_found": missing}
-    text = f"resolved {found + missing} identities: {found} found, {missing} not found -> {where}"
+    text = f"resolved {found + missing} identities: {found} found, {missing} not found -> " + shown(
+        where
+    )
     print_report(data, text, style=args.report, quiet=args.quiet, out=_report_stream(args))
     return EXIT_OK
 

@@ -10,6 +10,7 @@ from typing import Any, TextIO
 
 import attrs
 
+from .._validate import printable
 from ..export import ExportProgress, ExportReport
 
 __all__ = ["PROGRESS_EVERY", "ProgressLines", "export_report", "ids_listed", "print_report"]
@@ -102,11 +103,21 @@ def print_report(data: dict[str, Any], text: str, *, style: str, quiet: bool, ou
     elif quiet:
         return
     else:
-        line = text
+        # A name in it (--out, a directory) shown, not obeyed, as in the error line.
+        line = "\n".join(shown(part) for part in text.split("\n"))
         if not _writable(line, out):
             encoding = getattr(out, "encoding", None) or "utf-8"
             line = line.encode(encoding, "backslashreplace").decode(encoding)
     print(line, file=out, flush=True)
+
+
+def shown(line: str) -> str:
+    """``line`` (a report's line, or a file name in it) with its control and format characters
+    escaped (:func:`printable`), so that a terminal shows them, not obeys them; a lone
+    surrogate (a name not in UTF-8) is left to the stream."""
+    if line.isprintable():
+        return line
+    return "".join(c if "\ud800" <= c <= "\udfff" else printable(c) for c in line)
 
 
 def _writable(text: str, out: TextIO) -> bool:

@@ -27,7 +27,7 @@ from ..shards._queue import check_queue, queue_redis_error, worker
 from ..shards._run import TotalProgress, coordinating, export_sharded, prepare
 from ._errors import EXIT_INCOMPLETE, EXIT_OK, CommandError, UsageError, interruptible
 from ._files import check_output
-from ._report import ProgressLines, ids_listed, print_report
+from ._report import ProgressLines, ids_listed, print_report, shown
 from ._settings import (
     REDIS_PASSWORD_ENV,
     TOKEN_STORE_ENV,
@@ -270,7 +270,7 @@ def _finish(manifest: Manifest, args: argparse.Namespace) -> int:
     retries, data["retries"] = _retries(manifest)
     text = (
         f"exported {manifest.exported:,} customers in {len(manifest.shards)} parts to "
-        f"{args.out} ({done} of {len(manifest.shards)} complete; {_planned(manifest)}; "
+        f"{shown(args.out)} ({done} of {len(manifest.shards)} complete; {_planned(manifest)}; "
         f"{retries})"
     )
     for s in manifest.shards:
@@ -463,6 +463,6 @@ async def merge_command(args: argparse.Namespace) -> int:
     # Records, as merge() counts them: a CSV record may span lines (a line break in a field).
     # "lines" is the name this count had before, kept for the scripts that read it.
     data = {"path": args.out, "records": records, "lines": records}
-    text = f"merged {records:,} records from {args.directory} into {args.out}"
+    text = f"merged {records:,} records from {shown(args.directory)} into {shown(args.out)}"
     print_report(data, text, style=args.report, quiet=args.quiet, out=sys.stdout)
     return EXIT_OK
