@@ -119,6 +119,9 @@ def test_the_token_store_help_says_where_a_queue_keeps_the_token(
     assert "a file or memory, given here or in $DMHUB_TOKEN_STORE, is refused" in export
     assert "a file in your cache directory" not in worker
     assert "with --queue: $DMHUB_TOKEN_STORE if a redis:// URL, else the queue's Redis" in export
+    # Every Redis URL the option takes (the README says it takes these), not redis:// alone.
+    for help_text in (worker, export):
+        assert "a Redis (redis://HOST, rediss://HOST, unix://PATH)" in help_text
 
 
 def test_help_shows_a_default_of_zero_and_no_default_of_an_on_off_flag(
@@ -342,6 +345,11 @@ def test_demo_says_its_simulated_latency(tmp_path: Path) -> None:
     assert "delayed 5 ms to imitate a network" in result.stdout
     assert "no client can beat 160,000 customers/s" in result.stdout
     assert "exported      300 customers" in result.stdout
+
+    loopback = python_m("demo", "--customers", "30", "--latency-ms", "0", cwd=tmp_path)
+    assert loopback.returncode == 0, loopback.stderr
+    assert "answers are not delayed: loopback speed" in loopback.stdout
+    assert "imitate" not in loopback.stdout  # "delayed 0 ms to imitate a network"
 
     quiet = python_m("demo", "--customers", "300", "--force", "-q", cwd=tmp_path)
     assert quiet.returncode == 0, quiet.stderr

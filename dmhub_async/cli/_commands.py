@@ -477,10 +477,15 @@ async def _demo(args: argparse.Namespace) -> int:
         sim = DMHubSimulator(customers=args.customers)
     async with sim:
         sim.faults.latency = latency / 1000.0
+        delay = (
+            f"every answer is delayed {latency:g} ms to imitate a network"
+            if latency > 0  # "delayed 0 ms to imitate a network" imitated none
+            else "answers are not delayed: loopback speed"
+        )
         say(
-            f"simulator at {sim.url} ready in {time.monotonic() - started:.1f}s; every answer "
-            f"is delayed {latency:g} ms to imitate a network (--latency-ms to change it); the "
-            "simulator shares this process's CPU, which slows the export too"
+            f"simulator at {sim.url} ready in {time.monotonic() - started:.1f}s; {delay} "
+            "(--latency-ms to change it); the simulator shares this process's CPU, which slows "
+            "the export too"
         )
         if latency > 0:
             ceiling = args.concurrency * 100 / (latency / 1000.0)

@@ -177,7 +177,8 @@ def _client_flags(
     parser.add_argument(
         "--token-store",
         metavar="STORE",
-        help="where runs with one app id share its token: memory, file:PATH or redis://HOST; "
+        help="where runs with one app id share its token: memory, file:PATH, or a Redis "
+        "(redis://HOST, rediss://HOST, unix://PATH); "
         f"default: {_STORE_DEFAULTS.get(command, _STORE_DEFAULT)} (a Redis password: "
         f"${REDIS_PASSWORD_ENV}, not in the URL, which ps shows)",
     )
