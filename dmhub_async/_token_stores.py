@@ -530,9 +530,12 @@ class RedisTokenStore:
         if lifetime is None or not 0 < lifetime <= REDIS_MAX_SECONDS:
             lifetime = DEFAULT_LIFETIME
         try:
-            await (await self._client()).set(
-                self._prefix + key, json.dumps(token.to_json()), ex=math.ceil(lifetime)
-            )
+            # With the failure recorded beside it gone, as the file and memory stores drop it:
+            # kept to its TTL, it failed a fetch after this token's refusal with the old error.
+            async with (await self._client()).pipeline(transaction=True) as both:
+                both.set(self._prefix + key, json.dumps(token.to_json()), ex=math.ceil(lifetime))
+                both.delete(self._prefix + key + _FAILED)
+                await both.execute()
         except (RedisError, OSError, RuntimeError) as err:
             raise self._error("SET", err) from None
 

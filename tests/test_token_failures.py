@@ -307,3 +307,27 @@ async def test_a_record_whose_kind_is_no_text_is_read_as_no_record(
     path.chmod(0o600)
 
     assert await FileTokenStore(path).get_failure(key) is None
+
+
+@pytest.mark.parametrize("kind", ["file", "redis", "memory"])
+async def test_a_token_stored_ends_the_failure_recorded_beside_it_in_every_store(
+    kind: str, tmp_path: Path, request: Any
+) -> None:
+    # A process still in a backoff of its own when another recorded the failure fetches the
+    # token once the endpoint is back, and stores it. Should that token be refused within the
+    # record's hold, the next process to fetch raised the old failure from the record: in the
+    # file and memory stores a stored token dropped the record, in Redis it stayed its TTL.
+    from dmhub_async._token_stores import FetchFailure
+
+    store = stores_of(kind, 1, tmp_path, request)[0]
+    try:
+        await store.set_failure("k", FetchFailure("ServerError", 503, 503, 1000.0, 1060.0))
+        assert await store.get_failure("k") is not None
+
+        await store.set("k", Token("fresh", 1000.0 + 7200, 1000.0))
+
+        assert await store.get_failure("k") is None
+        assert (await store.get("k")).value == "fresh"
+    finally:
+        if isinstance(store, RedisTokenStore):
+            await store.aclose()
