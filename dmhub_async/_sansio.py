@@ -42,6 +42,7 @@ __all__ = [
     "Decode",
     "Request",
     "connection_error",
+    "error_of",
     "read_response",
     "read_token",
     "token_request",
@@ -234,7 +235,7 @@ def read_response(
         except (ValueError, RecursionError):
             pass
         else:
-            if type(data) is list or _error_of(data, secrets)[0] is None:
+            if type(data) is list or error_of(data, secrets)[0] is None:
                 return data
     data = None
     decoded = True
@@ -245,7 +246,7 @@ def read_response(
         except (ValueError, RecursionError) as err:
             refused = str(err)
         else:
-            if _error_of(data, secrets)[0] is None:
+            if error_of(data, secrets)[0] is None:
                 return value
     if data is not None:
         pass  # an error code among the keys request.decode read: built below
@@ -257,7 +258,7 @@ def read_response(
     elif 200 <= status < 300 and refused is None:
         return None  # 204 on delete, or an empty success
 
-    code, description = _error_of(data, secrets)
+    code, description = error_of(data, secrets)
     if 200 <= status < 300 and code is None:
         if not decoded or refused is not None:
             raise build_error(
@@ -308,7 +309,7 @@ def read_response(
     )
 
 
-def _error_of(data: Any, secrets: Iterable[str | None]) -> tuple[int | str | None, str | None]:
+def error_of(data: Any, secrets: Iterable[str | None]) -> tuple[int | str | None, str | None]:
     """A decoded body's ``error_code`` (None for none, or 0) and its redacted description."""
     kind = type(data)
     if kind is list or not (kind is dict or isinstance(data, Mapping)) or "error_code" not in data:

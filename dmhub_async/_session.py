@@ -24,6 +24,7 @@ import attrs
 from backoff.types import Details
 from yarl import URL
 
+from . import _json
 from ._auth import MemoryTokenStore, Token, TokenManager, TokenStore, legacy_token_key, token_key
 from ._exceptions import (
     APIConnectionError,
@@ -46,6 +47,7 @@ from ._sansio import (
     APIResponse,
     Request,
     connection_error,
+    error_of,
     read_response,
     read_token,
     token_request,
@@ -464,7 +466,6 @@ class Session:
         conn = self._conn
         if conn.closed or conn.loop is not asyncio.get_running_loop() or self.derived:
             self.check_open()  # check_open(), its usual case written out: a call less a call
-        request = Request(method, path, params, json, idempotent, not_found_codes)
         # The call's start, for its retry budget, is also the "now" the token is held at:
         # the clock read once on a successful call, not three times (about 0.7k instructions).
         started = self._clock()
@@ -476,21 +477,25 @@ class Session:
         call: _Call | None = None
         try:
             if token is None:  # none held: _attempt takes the store's, or a new one
-                call = _Call(request)
+                call = _Call(Request(method, path, params, json, idempotent, not_found_codes))
                 answer: _Answer = await self._send_call(call)
             else:
                 # With the token held, the first attempt is sent from here: no _Call, retry
                 # loop or _attempt to pass through: about 7k instructions of a lookup's 414k
                 # (benchmarks.bench_instructions --question 4c).
+                # No Request either: _send makes one only if a log line, an error or a body
+                # needs it (about 2.6k instructions a call).
                 # A failure goes on as in _attempt (_after_failed_send) and then in the retry
                 # loop (_go_on_call), as if _send_call had made this attempt.
                 failed: list[DMHubError] | None = None
                 try:
-                    answer = await self._send(request, token, 0)
+                    answer = await self._send(
+                        None, token, 0, method, path, params, json, idempotent, not_found_codes
+                    )
                 except DMHubError as err:
                     failed = [err]
                 if failed is not None:
-                    call = _Call(request)
+                    call = _Call(Request(method, path, params, json, idempotent, not_found_codes))
                     rest = self._after_failed_send(call, failed, token)
                     answer = await self._go_on_call(rest, started, call)
         except DMHubError as err:
@@ -548,7 +553,9 @@ class Session:
     async def _attempt(self, call: _Call) -> _Answer:
         request = call.request
         if not request.authenticated:
-            return await self._send(request, None, call.retries)
+            return await self._send(
+                request, None, call.retries, request.method, request.path, request.params
+            )
         tokens = self._tokens
         token: str | None = None
         try:
@@ -558,7 +565,9 @@ class Session:
             else:  # fresh, the usual case, without a coroutine; else the store's or a new one
                 token = self._current_token = tokens.held() or await self._refresh(tokens, None)
             try:
-                return await self._send(request, token, call.retries)
+                return await self._send(
+                    request, token, call.retries, request.method, request.path, request.params
+                )
             except DMHubError as err:
                 failed = [err]
             return await self._after_failed_send(call, failed, token)
@@ -588,8 +597,11 @@ class Session:
             failed.clear()
             call.refreshed = True
             token = self._current_token = await self._refresh(tokens, token)
+            request = call.request
             try:
-                return await self._send(call.request, token, call.retries)
+                return await self._send(
+                    request, token, call.retries, request.method, request.path, request.params
+                )
             except DMHubError as err:  # the send after a refresh may be applied as well
                 _note_write_failure(call, err)
                 raise
@@ -646,12 +658,34 @@ class Session:
             )
         return conn.http
 
-    async def _send(self, request: Request, token: str | None, retries: int) -> _Answer:
-        params = request.query(token)
-        if request.json is None:  # request.body(), written out: a call less a request
+    async def _send(
+        self,
+        request: Request | None,
+        token: str | None,
+        retries: int,
+        method: str,
+        path: str,
+        params: Mapping[str, str] | None,
+        json: Any = None,
+        idempotent: bool = True,
+        not_found_codes: frozenset[int | str] = frozenset(),
+    ) -> _Answer:
+        """One attempt: ``request`` (its method, path and params passed beside it), or, None,
+        the call of these fields, whose :class:`Request` is made only if a body, a log line or
+        an error needs it: a lookup's usual answer needs none (2.6k instructions a call)."""
+        if request is not None:
+            json = request.json
+        # request.query(token), written out: a call less a request.
+        if token is None:
+            query = dict(params) if params else {}
+        else:
+            query = {**params, "access_token": token} if params else {"access_token": token}
+        if json is None:  # request.body(), written out: a call less a request
             body: bytes | None = None
             headers: Mapping[str, str] = HEADERS
         else:
+            if request is None:
+                request = Request(method, path, params, json, idempotent, not_found_codes)
             body, headers = request.body()
         sent_headers: Mapping[str, str] | None = headers
         if self._headers:
@@ -670,7 +704,7 @@ class Session:
         else:
             await limits.acquire()
         try:
-            if request.method in _NOT_RESENT_BY_AIOHTTP:
+            if method in _NOT_RESENT_BY_AIOHTTP:
                 await _read_pending_closes()
             # The client may have been closed while this request queued for its slot.
             if self._conn.closed or (self.derived and self._closing.closed):
@@ -682,7 +716,7 @@ class Session:
                 # Awaited, not entered: `async with` ran four coroutines more a call (aiohttp's
                 # context managers, entered and left), about 4k instructions. The answer is
                 # released below as leaving the block does.
-                url = self.base_url + request.path
+                url = self.base_url + path
                 if (
                     body is None
                     and sent_headers is None
@@ -693,14 +727,12 @@ class Session:
                     # The session made here, as it was made: the keywords below are its
                     # defaults. aiohttp collects each keyword passed in a dict and binds it
                     # again: about 3.5k instructions a call for the five left out.
-                    resp = await http.request(
-                        request.method, url, params=params, allow_redirects=False
-                    )
+                    resp = await http.request(method, url, params=query, allow_redirects=False)
                 else:
                     resp = await http.request(
-                        request.method,
+                        method,
                         url,
-                        params=params,
+                        params=query,
                         data=body,
                         headers=sent_headers,
                         timeout=self._timeout,  # a passed-in session has its own default
@@ -723,6 +755,10 @@ class Session:
                     ):
                         payload = await resp.read()  # its declared length, within the limit
                     else:
+                        if request is None:
+                            request = Request(
+                                method, path, params, json, idempotent, not_found_codes
+                            )
                         payload = await self._read(request, resp)
                 finally:
                     reading.discard(resp)
@@ -731,7 +767,7 @@ class Session:
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as err:
                 failure = err
         except BaseException:  # closed, cancelled, too large: see the failure's `del` below
-            del token, params, resp
+            del token, query, params, resp
             raise
         finally:
             limits.release()
@@ -746,6 +782,8 @@ class Session:
             token,
         )
         if failure is not None:
+            if request is None:
+                request = Request(method, path, params, json, idempotent, not_found_codes)
             # Raised outside the except block, from a redacted stand-in: aiohttp's exceptions
             # carry the URL, and so the token; they must not ride along as cause or context.
             logger.debug(
@@ -766,12 +804,29 @@ class Session:
             # An error tracker records the variables of each frame of a traceback (Sentry's
             # default): the token, the secret (a token request's parameters) and aiohttp's
             # error and answer (their URL) must not be among this one's.
-            del token, params, secrets, failure, resp
+            del token, query, params, secrets, failure, resp
             raise error from cause
         self.stats.responses += 1
         if logger.isEnabledFor(logging.DEBUG):  # describe() encodes the query: not for nothing
+            if request is None:
+                request = Request(method, path, params, json, idempotent, not_found_codes)
             elapsed_ms = (time.perf_counter() - started) * 1000
             logger.debug("%s -> %d (%.1f ms)", request.describe(), status, elapsed_ms)
+        if 200 <= status < 300 and (request is None or request.decode is None):
+            # read_response's usual case, written out: a call less a request, and no Request
+            # made for it. Any other answer (not JSON, an error code) goes its whole way.
+            try:
+                data = _json.loads(payload)
+            except (ValueError, RecursionError):
+                pass
+            else:
+                if type(data) is list or error_of(data, secrets)[0] is None:
+                    return status, resp_headers, data, retries
+                # An error's body, which may quote the token: not among this frame's variables
+                # (see above); read_response reads it again, masked.
+                del data
+        if request is None:
+            request = Request(method, path, params, json, idempotent, not_found_codes)
         try:
             data = read_response(
                 request,
@@ -791,7 +846,7 @@ class Session:
             # a list of failures, an error tracker). read_response's are finished frames;
             # this one, still running, is left alone by clear_frames.
             traceback.clear_frames(err.__traceback__)
-            del payload, resp, token, params, secrets  # nor the secrets (see above)
+            del payload, resp, token, query, params, secrets  # nor the secrets (see above)
             raise
         return status, resp_headers, data, retries
 

@@ -743,3 +743,41 @@ async def test_a_call_whose_token_is_held_reads_the_clock_once() -> None:
         query = {"identityType": "mobile", "identityValue": "13800000000"}
         assert await dm.request("GET", "/v1/customeridentities", params=query) == []
         assert reads == 1
+
+
+async def test_a_call_whose_token_is_held_makes_no_request_object_for_its_usual_answer(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What a lookup costs (issue 15): a call whose token is held and whose answer is the usual
+    one (2xx, JSON, no error code) makes no Request (about 2.6k instructions a lookup); one is
+    made for what needs it: an error, a log line, a body."""
+    made: list[str] = []
+
+    class Counted(Request):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            made.append(self.path)
+
+    monkeypatch.setattr("dmhub_async._session.Request", Counted)
+    wanted = [Identity("mobile", str(13900000000 + i)) for i in range(5)]
+    async with (
+        DMHubSimulator(customers=3, seed=2) as sim,
+        DMHubClient(app_id=sim.app_id, secret=sim.secret, base_url=sim.url) as dm,
+    ):
+        await dm.identities.lookup(wanted[0])  # the token fetched and held
+        made.clear()
+        assert await dm.identities.lookup_many(wanted) == dict.fromkeys(wanted)
+        assert await dm.identities.lookup(wanted[0]) is None
+        query = {"identityType": "mobile", "identityValue": "13800000000"}
+        assert await dm.request("GET", "/v1/customeridentities", params=query) == []
+        assert made == []
+        # An error still names its call, and a debug line the call it logs, personal data masked.
+        with pytest.raises(APIError, match=r"^GET /v1/nowhere -> HTTP 404"):
+            await dm.request("GET", "/v1/nowhere", params=query)
+        made.clear()
+        with caplog.at_level("DEBUG", logger="dmhub_async"):
+            assert await dm.request("GET", "/v1/customeridentities", params=query) == []
+        assert [r.getMessage().partition(" (")[0] for r in caplog.records] == [
+            "GET /v1/customeridentities?identityType=mobile&identityValue=*** -> 200"
+        ]
+        assert made == ["/v1/customeridentities"]  # for the log line
