@@ -589,16 +589,22 @@ def check_identity(method: str, identity: object) -> Identity:
         type(kind) is str
         and type(value) is str
         and identity.name is None
-        and 0 < len(kind) <= MAX_IDENTITY_TYPE
         and 0 < len(value) <= MAX_IDENTITY_VALUE
-        and kind.isascii()
         and value.isascii()
-        and kind.isprintable()  # ASCII that is not: a control character (a tab, a NUL)
-        and value.isprintable()
-        and "+" not in value  # no number in scientific notation (mangled_value)
-        and (kind != "mobile" or value.isdigit())
     ):
-        return identity
+        if kind == "mobile":
+            # ASCII digits alone: printable, and no number in scientific notation. (The type
+            # is the contract's own: within the limits.)
+            if value.isdigit():
+                return identity
+        elif (
+            0 < len(kind) <= MAX_IDENTITY_TYPE
+            and kind.isascii()
+            and kind.isprintable()  # ASCII that is not: a control character (a tab, a NUL)
+            and value.isprintable()
+            and "+" not in value  # no number in scientific notation (mangled_value)
+        ):
+            return identity
     for what, text, limit in (
         ("type", identity.type, MAX_IDENTITY_TYPE),
         ("value", identity.value, MAX_IDENTITY_VALUE),
