@@ -63,12 +63,14 @@ def workers(
                 proc.wait(5)
 
 
-async def planned(sim: SimProcess, redis: RedisServer, out: Path, shards: int) -> Manifest:
+async def planned(
+    sim: SimProcess, redis: RedisServer, out: Path, shards: int, **filters: Any
+) -> Manifest:
     """The plan of a sharded export in ``out``, made as the CLI makes it (the token in Redis)."""
     store = RedisTokenStore(redis.url)
     try:
         async with DMHubClient(sim.app_id, sim.secret, base_url=sim.url, token_store=store) as dm:
-            return await prepare(dm, out, shards)
+            return await prepare(dm, out, shards, **filters)
     finally:
         await store.aclose()
 
@@ -1266,12 +1268,7 @@ async def _id_list_export_on_queue(
     sim: SimProcess, redis: RedisServer, out: Path, given: list[int], **run: Any
 ) -> Manifest:
     """A sharded export of ``given`` on the queue, planned as the CLI plans it, 2 workers."""
-    store = RedisTokenStore(redis.url)
-    try:
-        async with DMHubClient(sim.app_id, sim.secret, base_url=sim.url, token_store=store) as dm:
-            manifest = await prepare(dm, out, 3, id_list=given)
-    finally:
-        await store.aclose()
+    manifest = await planned(sim, redis, out, 3, id_list=given)
     with workers(sim, redis.url, 2):
         return await asyncio.wait_for(
             run_on_queue(redis.url, out, manifest, progress=False, poll=0.1, **run), 120
@@ -1321,14 +1318,7 @@ async def test_a_shard_exported_again_shows_none_of_its_earlier_runs_progress(
         assert first.complete
         assert first.shards[0].exported > 0
         (out / first.shards[0].file).unlink()
-        store = RedisTokenStore(redis.url)
-        try:
-            async with DMHubClient(
-                sim.app_id, sim.secret, base_url=sim.url, token_store=store
-            ) as dm:
-                manifest = await prepare(dm, out, 3, id_list=given)
-        finally:
-            await store.aclose()
+        manifest = await planned(sim, redis, out, 3, id_list=given)
     assert manifest.shards[0].status == "pending"
     kept = manifest.exported  # the other shards' customers, kept
     heard: list[tuple[int, int | None]] = []
