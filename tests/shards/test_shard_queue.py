@@ -13,7 +13,7 @@ import sys
 import time
 import types
 import warnings
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -73,6 +73,22 @@ async def planned(
             return await prepare(dm, out, shards, **filters)
     finally:
         await store.aclose()
+
+
+async def followed_until_stopped(
+    redis: RedisServer,
+    out: Path,
+    manifest: Manifest,
+    on_total: Callable[[int, int | None], None],
+    sleep: Callable[[float], Awaitable[None]],
+) -> None:
+    """``run_on_queue`` of ``manifest`` with no worker, its progress heard by ``on_total``,
+    until ``sleep`` raises :class:`_Stop` (a poll's wait): a shard's job that never ends."""
+    with pytest.raises(_Stop):
+        await asyncio.wait_for(
+            run_on_queue(redis.url, out, manifest, progress=False, on_total=on_total, sleep=sleep),
+            30,
+        )
 
 
 async def wait_for_rows(redis: RedisServer) -> None:
@@ -1323,24 +1339,13 @@ async def test_a_shard_exported_again_shows_none_of_its_earlier_runs_progress(
     kept = manifest.exported  # the other shards' customers, kept
     heard: list[tuple[int, int | None]] = []
 
-    class Stop(Exception):
-        pass
-
     async def stop(_: float) -> None:
-        raise Stop
+        raise _Stop
 
-    with pytest.raises(Stop):  # one poll, and no worker to take the shard
-        await asyncio.wait_for(
-            run_on_queue(
-                redis.url,
-                out,
-                manifest,
-                progress=False,
-                on_total=lambda done, total: heard.append((done, total)),
-                sleep=stop,
-            ),
-            30,
-        )
+    # One poll, and no worker to take the shard.
+    await followed_until_stopped(
+        redis, out, manifest, lambda done, total: heard.append((done, total)), stop
+    )
     assert max((done for done, _ in heard), default=kept) == kept, heard
 
 
@@ -1398,9 +1403,6 @@ async def test_a_shards_count_once_its_job_ended_is_not_taken_back_by_a_late_pro
     heard: list[int] = []
     polls = 0
 
-    class Stop(Exception):
-        pass
-
     async def poll(_: float) -> None:
         nonlocal polls
         polls += 1
@@ -1408,20 +1410,10 @@ async def test_a_shards_count_once_its_job_ended_is_not_taken_back_by_a_late_pro
             assert manifest.shards[0].status == "complete"
             redis.command("HSET", progress, "0", "2")
         else:
-            raise Stop
+            raise _Stop
 
-    with pytest.raises(Stop):  # shard 1's job never ends: no worker
-        await asyncio.wait_for(
-            run_on_queue(
-                redis.url,
-                out,
-                manifest,
-                progress=False,
-                on_total=lambda done, total: heard.append(done),
-                sleep=poll,
-            ),
-            30,
-        )
+    # Shard 1's job never ends: no worker.
+    await followed_until_stopped(redis, out, manifest, lambda done, _: heard.append(done), poll)
     assert manifest.shards[0].exported == 7
     assert heard
     assert heard[-1] == 7, heard
