@@ -227,16 +227,9 @@ def read_response(
     again as JSON (an error's path): one that is not JSON, or holds an error code, raises as it
     would without ``decode``; otherwise ResponseDecodeError with ``decode``'s message.
     """
-    if 200 <= status < 300 and request.decode is None:
-        # The usual answer, read once; an empty body, one that is not JSON or one with an error
-        # code goes the whole way below.
-        try:
-            data = _json.loads(body)
-        except (ValueError, RecursionError):
-            pass
-        else:
-            if type(data) is list or error_of(data, secrets)[0] is None:
-                return data
+    # The usual answer (a 2xx JSON body without an error code, no decode) is read by the session
+    # before it calls this (Session._send, a call less on every request): tried here again, an
+    # error's body was decoded three times.
     data = None
     decoded = True
     refused: str | None = None  # why request.decode could not read a 2xx body

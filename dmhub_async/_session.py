@@ -813,8 +813,8 @@ class Session:
             elapsed_ms = (time.perf_counter() - started) * 1000
             logger.debug("%s -> %d (%.1f ms)", request.describe(), status, elapsed_ms)
         if 200 <= status < 300 and (request is None or request.decode is None):
-            # read_response's usual case, written out: a call less a request, and no Request
-            # made for it. Any other answer (not JSON, an error code) goes its whole way.
+            # The usual answer, read here: a call less a request, and no Request made for it.
+            # Any other answer (not JSON, an error code) is read_response's to read and build.
             try:
                 data = _json.loads(payload)
             except (ValueError, RecursionError):
