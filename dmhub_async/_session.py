@@ -553,9 +553,7 @@ class Session:
     async def _attempt(self, call: _Call) -> _Answer:
         request = call.request
         if not request.authenticated:
-            return await self._send(
-                request, None, call.retries, request.method, request.path, request.params
-            )
+            return await self._send(request, None, call.retries)
         tokens = self._tokens
         token: str | None = None
         try:
@@ -565,9 +563,7 @@ class Session:
             else:  # fresh, the usual case, without a coroutine; else the store's or a new one
                 token = self._current_token = tokens.held() or await self._refresh(tokens, None)
             try:
-                return await self._send(
-                    request, token, call.retries, request.method, request.path, request.params
-                )
+                return await self._send(request, token, call.retries)
             except DMHubError as err:
                 failed = [err]
             return await self._after_failed_send(call, failed, token)
@@ -597,11 +593,8 @@ class Session:
             failed.clear()
             call.refreshed = True
             token = self._current_token = await self._refresh(tokens, token)
-            request = call.request
             try:
-                return await self._send(
-                    request, token, call.retries, request.method, request.path, request.params
-                )
+                return await self._send(call.request, token, call.retries)
             except DMHubError as err:  # the send after a refresh may be applied as well
                 _note_write_failure(call, err)
                 raise
@@ -663,18 +656,18 @@ class Session:
         request: Request | None,
         token: str | None,
         retries: int,
-        method: str,
-        path: str,
-        params: Mapping[str, str] | None,
+        method: str = "",
+        path: str = "",
+        params: Mapping[str, str] | None = None,
         json: Any = None,
         idempotent: bool = True,
         not_found_codes: frozenset[int | str] = frozenset(),
     ) -> _Answer:
-        """One attempt: ``request`` (its method, path and params passed beside it), or, None,
-        the call of these fields, whose :class:`Request` is made only if a body, a log line or
-        an error needs it: a lookup's usual answer needs none (2.6k instructions a call)."""
+        """One attempt: ``request``, or, None, the call of the fields after ``retries``, whose
+        :class:`Request` is made only if a body, a log line or an error needs it: a lookup's
+        usual answer needs none (2.6k instructions a call)."""
         if request is not None:
-            json = request.json
+            method, path, params, json = request.method, request.path, request.params, request.json
         # request.query(token), written out: a call less a request.
         if token is None:
             query = dict(params) if params else {}
