@@ -30,7 +30,7 @@ from .._exceptions import InvalidRequestError
 from .._threads import on_thread
 from ..export._export import check_output_name
 from ..export._output import _lock, _release, _sweep
-from ._plan import Shard, _seconds
+from ._plan import Shard, _aware, _seconds
 
 logger = logging.getLogger("dmhub_async")
 
@@ -322,11 +322,9 @@ class Manifest:
 def _second(moment: datetime | str | None, after: int = 0) -> int | None:
     """A window's edge, or a bound a manifest records (an ISO string), as its UTC second (plus
     ``after``); None for no edge."""
-    if moment is None:
-        return None
     if isinstance(moment, str):
-        moment = datetime.fromisoformat(moment)  # ValueError, TypeError: an edited manifest
-    return _seconds(moment) + after
+        moment = _aware(moment)  # as a shard's own bounds are read; ValueError: edited
+    return None if moment is None else _seconds(moment) + after  # TypeError: edited
 
 
 def _check_not_later(path: Path, data: Any) -> None:
