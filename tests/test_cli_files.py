@@ -1053,6 +1053,9 @@ def test_a_finished_export_of_no_customer_reads_as_one(
     out.write_bytes(b"id,name\r\n" if fmt == "jsonl" else b'{"id": 1}\n')  # the other's
     with pytest.raises(_files.UsageError, match="does not read as an export"):
         _files.check_output(str(out), force=False, checkpoint="customers.ckpt", fmt=fmt)
+    out.write_bytes(b"\r\n")  # a blank line: no header at all (an IndexError, not a refusal)
+    with pytest.raises(_files.UsageError, match="does not read as an export"):
+        _files.check_output(str(out), force=False, checkpoint="customers.ckpt", fmt=fmt)
 
 
 def test_a_failed_output_replace_raises_its_own_error_not_its_temp_files_removal(

@@ -311,7 +311,7 @@ def _exists_without_checkpoint(out: str, checkpoint: str, fmt: str) -> str:
     nobody = (
         found is not None
         and found.end == size
-        and (size == 0 or (found.header is not None and found.header[0] == "id"))
+        and (size == 0 or (found.header or ())[:1] == ("id",))
     )
     if found is None or (found.count == 0 and not nobody):
         return (
