@@ -177,3 +177,25 @@ def test_0_1s_statistics_resource_name_warns_and_is_the_resource_where_0_1_defin
         assert resource is CustomerStatisticsResource, where
         assert [w.category for w in caught] == [DeprecationWarning], where
         assert "CustomerStatisticsResource" in str(caught[0].message)
+
+
+def test_the_version_is_one_and_past_the_last_release_while_changes_are_unreleased() -> None:
+    # Both 0.1.0 and the code after it said "0.1.0" (--version, the User-Agent): a bug report
+    # could not tell them apart. The package's version, the installed distribution's and the
+    # CHANGELOG agree: past the last release heading while [Unreleased] lists changes.
+    import importlib.metadata
+    import re
+    from pathlib import Path
+
+    from packaging.version import Version
+
+    changelog = (Path(__file__).parents[1] / "CHANGELOG.md").read_text(encoding="utf-8")
+    unreleased = changelog.split("## [Unreleased]", 1)[1].split("\n## [", 1)[0]
+    released = [Version(v) for v in re.findall(r"^## \[(\d[^\]]*)\]", changelog, re.M)]
+    version = Version(dmhub_async.__version__)
+    assert importlib.metadata.version("dmhub-async") == dmhub_async.__version__
+    if "\n- " in unreleased:
+        assert version > max(released)
+        assert version.is_devrelease  # not a release until its heading is written
+    else:
+        assert version == max(released)
