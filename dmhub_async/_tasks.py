@@ -28,8 +28,7 @@ async def together(calls: Iterable[Awaitable[T]]) -> list[T]:
 async def bounded(call: Callable[[I], Awaitable[T]], items: Sequence[I], at_most: int) -> list[T]:
     """``[await call(item) for item in items]``, ``at_most`` calls in flight (a task each, not
     one a call: a count of 3,000,000 listed ids is 6,360 requests), failing as :func:`together`."""
-    results: list[T] = []
-    results.extend([None] * len(items))  # type: ignore[list-item]  # each set below
+    results: dict[int, T] = {}
     next_items = iter(enumerate(items))
 
     async def worker() -> None:
@@ -37,4 +36,4 @@ async def bounded(call: Callable[[I], Awaitable[T]], items: Sequence[I], at_most
             results[index] = await call(item)
 
     await together(worker() for _ in range(min(at_most, len(items))))
-    return results
+    return [results[index] for index in range(len(items))]
