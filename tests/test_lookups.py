@@ -7,8 +7,10 @@ the requests sent and the lookups in flight without any HTTP.
 from __future__ import annotations
 
 import asyncio
+import subprocess
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -289,6 +291,55 @@ async def test_lookup_iter_holds_about_concurrency_lookups_at_once() -> None:
             break
         await asyncio.sleep(0)
     assert not other_tasks()
+
+
+async def test_lookup_iter_closed_after_a_break_cancels_its_lookups_at_once() -> None:
+    client, ids = fake(0, latency=0.01)
+    lookups = ids.lookup_iter(identities(1000), concurrency=8)
+    await anext(lookups)
+    await anext(lookups)  # the ninth lookup has started: a break here would leave it running
+    assert other_tasks()
+    await lookups.aclose()
+    assert not other_tasks()
+    await asyncio.sleep(0.02)
+    assert sum(client.asked.values()) == 8  # the first eight: none sent after the close
+
+
+_CLOSES_LOOKUP_ITER = """
+import contextlib
+
+from dmhub_async import DMHubClient, Identity
+
+
+async def first_found(dm: DMHubClient, wanted: list[Identity]) -> int | None:
+    async with contextlib.aclosing(dm.identities.lookup_iter(wanted)) as lookups:
+        async for _, customer_id in lookups:
+            if customer_id is not None:
+                return customer_id
+    return None
+
+
+async def first_failure(dm: DMHubClient, wanted: list[Identity]) -> Exception | None:
+    lookups = dm.identities.lookup_iter(wanted, return_exceptions=True)
+    try:
+        async for _, outcome in lookups:
+            if isinstance(outcome, Exception):
+                return outcome
+    finally:
+        await lookups.aclose()
+    return None
+"""
+
+
+def test_lookup_iter_can_be_closed_under_a_users_mypy_strict(
+    tmp_path: Path, mypy_strict: Callable[..., subprocess.CompletedProcess[str]]
+) -> None:
+    # Typed AsyncIterator, it had no aclose: the one way to stop its lookups at once
+    # (contextlib.aclosing, or aclose()) failed a user's mypy --strict with two errors.
+    program = tmp_path / "first_found.py"
+    program.write_text(_CLOSES_LOOKUP_ITER, encoding="utf-8")
+    result = mypy_strict(program, cwd=tmp_path, mypy_path=Path(__file__).resolve().parents[1])
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 async def test_lookup_iter_of_many_repeats_lets_other_tasks_run() -> None:

@@ -6,7 +6,7 @@ import asyncio
 import builtins
 import functools
 from collections import OrderedDict, deque
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, AsyncIterable, Iterable
 from typing import Any, Literal, overload
 
 from .._converter import identity_to_wire, structure_identities, structure_identity
@@ -186,7 +186,7 @@ class Identities(Resource):
         *,
         concurrency: int = ...,
         return_exceptions: Literal[False] = ...,
-    ) -> AsyncIterator[tuple[Identity, int | None]]: ...
+    ) -> AsyncGenerator[tuple[Identity, int | None], None]: ...
 
     @overload
     def lookup_iter(
@@ -195,7 +195,7 @@ class Identities(Resource):
         *,
         concurrency: int = ...,
         return_exceptions: Literal[True],
-    ) -> AsyncIterator[tuple[Identity, int | Exception | None]]: ...
+    ) -> AsyncGenerator[tuple[Identity, int | Exception | None], None]: ...
 
     @overload
     def lookup_iter(
@@ -204,7 +204,7 @@ class Identities(Resource):
         *,
         concurrency: int = ...,
         return_exceptions: bool,
-    ) -> AsyncIterator[tuple[Identity, int | Exception | None]]: ...
+    ) -> AsyncGenerator[tuple[Identity, int | Exception | None], None]: ...
 
     def lookup_iter(
         self,
@@ -212,12 +212,16 @@ class Identities(Resource):
         *,
         concurrency: int = 32,
         return_exceptions: bool = False,
-    ) -> AsyncIterator[tuple[Identity, int | Exception | None]]:
+    ) -> AsyncGenerator[tuple[Identity, int | Exception | None], None]:
         """Yield ``(identity, customer_id or None)`` in input order, ``concurrency`` at a time.
 
         For inputs too large for memory: any iterable or async iterable; at most
         ``concurrency`` lookups are held at once. Recent repeats are answered from memory; the
         event loop runs at least once every 1,024 inputs, repeats included.
+
+        An async generator: ``break`` leaves the lookups in flight to Python's clean-up of the
+        abandoned generator; ``await it.aclose()`` (or ``contextlib.aclosing``) cancels them at
+        once (typed so: an ``AsyncIterator`` has no ``aclose`` for ``mypy --strict``).
         """
         return self._lookup_iter(identities, concurrency, return_exceptions)
 
@@ -226,7 +230,7 @@ class Identities(Resource):
         identities: Iterable[Identity] | AsyncIterable[Identity],
         concurrency: int,
         return_exceptions: bool,
-    ) -> AsyncIterator[tuple[Identity, int | Exception | None]]:
+    ) -> AsyncGenerator[tuple[Identity, int | Exception | None], None]:
         """lookup_iter's generator: it checks its arguments at its first step, before a request."""
         _check_concurrency(concurrency)
         if not isinstance(identities, AsyncIterable) and not is_collection(identities):
