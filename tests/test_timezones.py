@@ -597,3 +597,35 @@ async def test_an_export_or_a_plan_warns_once_naming_itself_at_the_callers_line(
         assert str(found[0].message).startswith(f"{name}(): ")
     assert [(w.category, w.filename) for w in sharded] == [(NaiveDatetimeWarning, __file__)]
     assert str(sharded[0].message).startswith("export_sharded(): ")
+
+
+@pytest.mark.parametrize("method", ["list", "list_rows"])
+async def test_a_walk_names_the_method_called_in_its_errors_and_its_warning(
+    clock: Any, method: str
+) -> None:
+    # list_rows() said "list(): id_list is empty" and warned as list(): a user looking for
+    # the call to fix found none of that name.
+    async with (
+        DMHubSimulator(customers=5) as sim,
+        DMHubClient(
+            sim.app_id, sim.secret, base_url=sim.url, token_store=MemoryTokenStore(), clock=clock
+        ) as dm,
+    ):
+        walk = getattr(dm.customers, method)
+        refused: list[str] = []
+        for bad in (
+            {"id_list": []},
+            {"resume_after": "3"},
+            {"sort_by": "name", "resume_after": 3},
+            {"date_created_from": "2024-02-01", "date_created_to": "2024-01-01"},
+        ):
+            with pytest.raises(InvalidRequestError) as err:
+                walk(**bad)
+            refused.append(str(err.value))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            await walk(date_created_from=datetime(2000, 1, 1)).to_list()
+    assert [message.split(": ")[0] for message in refused] == [f"{method}()"] * 4
+    assert [(w.category, w.filename) for w in caught] == [(NaiveDatetimeWarning, __file__)]
+    assert str(caught[0].message).startswith(f"{method}(): ")
+    assert sim.counters.routes["GET /v1/customers"] == 1  # the refused walks sent nothing

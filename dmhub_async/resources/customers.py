@@ -229,6 +229,7 @@ class Customers(Resource):
             InvalidRequestError: a bad filter or paging value (at once, before any request).
         """
         return self._walk(
+            "list",
             read_customer_page,
             _customer_id,
             dict(filters),
@@ -255,6 +256,7 @@ class Customers(Resource):
         and without the cost of building a model.
         """
         return self._walk(
+            "list_rows",
             read_rows,
             row_id,
             dict(filters),
@@ -268,10 +270,11 @@ class Customers(Resource):
 
     def _list_raw(self, filters: dict[str, Any], **paging: Any) -> AsyncPaginator[RawRow]:
         """:meth:`list_rows`, each row as its bytes: the JSONL export's walk (``._rows``)."""
-        return self._walk(read_raw_rows, raw_row_id, filters, **paging)
+        return self._walk("list_rows", read_raw_rows, raw_row_id, filters, **paging)
 
     def _walk(
         self,
+        method: str,
         read: PageReader[T],
         key: Callable[[T], Any],
         filters: dict[str, Any],
@@ -280,8 +283,9 @@ class Customers(Resource):
     ) -> AsyncPaginator[T]:
         merged: dict[str, Any] = {"sort_by": "id", "sort_order": "asc", **filters}
         ids = long_id_list(merged)
-        params = self._params("list", merged, frames=3)  # list() or list_rows(), _walk
-        _check_resume_after(paging.get("resume_after"), params)
+        # Named in errors and the naive time warning as called: list_rows() said list().
+        params = self._params(method, merged, frames=3)  # list() or list_rows(), _walk
+        _check_resume_after(method, paging.get("resume_after"), params)
         read_page = rows_page(read, "a page of customers", keys_of)
         descending = (params.get("sidx"), params.get("sord")) == ("id", "desc")
 
@@ -297,17 +301,17 @@ class Customers(Resource):
         if ids is not None:
             # Checked here, at the call; joined and split on a thread as the walk starts:
             # 300,000 ids held the event loop 270-350 ms at the call.
-            ids = checked_ids("list", ids)
-            check_room("list", params, "idList", max(ids))
+            ids = checked_ids(method, ids)
+            check_room(method, params, "idList", max(ids))
 
             async def prepare() -> Batches[T]:
                 batches, sizes = await asyncio.to_thread(
-                    sized_batches, "list", params, "idList", ids, descending=descending
+                    sized_batches, method, params, "idList", ids, descending=descending
                 )
                 return [walk(batch) for batch in batches], sizes
 
             return BatchWalk([], [], prepare=prepare, **paging)
-        batches = id_batches("list", params, "idList", descending=descending)
+        batches = id_batches(method, params, "idList", descending=descending)
         if len(batches) == 1:
             return walk(batches[0])(paging["start_page"], paging["max_items"])
         # A long id_list: the batches walked in turn (ascending ids with an id sort).
@@ -371,7 +375,7 @@ def _id_list_batches(method: str, params: dict[str, str], ids: Any) -> list[dict
     return sized_batches(method, params, "idList", checked_ids(method, ids))[0]
 
 
-def _check_resume_after(resume_after: object, params: Mapping[str, str]) -> None:
+def _check_resume_after(method: str, resume_after: object, params: Mapping[str, str]) -> None:
     """A walk's resume point: a customer id, and an id sort to find it by.
 
     Checked before the first request: a str was a TypeError after the first page, NaN lost
@@ -380,10 +384,10 @@ def _check_resume_after(resume_after: object, params: Mapping[str, str]) -> None
     """
     if resume_after is None:
         return
-    check_id("list", resume_after)
+    check_id(method, resume_after)
     if params.get("sidx") != "id":
         raise InvalidRequestError(
-            "list(): resume_after needs the id sort (sort_by='id'): by another field a walk "
+            f"{method}(): resume_after needs the id sort (sort_by='id'): by another field a walk "
             "cannot tell where the last one stopped"
         )
 
