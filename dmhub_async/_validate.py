@@ -178,6 +178,12 @@ def printable(text: str) -> str:
     )
 
 
+def check_flag(method: str, name: str, value: object) -> None:
+    """``value`` is True or False: ``progress="no"`` was read as true."""
+    if type(value) is not bool:
+        raise InvalidRequestError(f"{method}(): {name} must be True or False, not {short(value)}")
+
+
 def check_text(method: str, name: str, value: str) -> str:
     """``value`` if it can be sent as UTF-8; a lone surrogate (``"\\udcff"``) cannot."""
     try:

@@ -19,7 +19,7 @@ from .._exceptions import DMHubError, InvalidRequestError
 from .._pagination import AsyncPaginator
 from .._retry import RETRY_TALLY, RetryTally
 from .._threads import on_thread
-from .._validate import short
+from .._validate import check_flag, short
 from ..resources._batches import walked_ids
 from ..resources._filters import checked_ids, read_id_list
 from ..resources.customers import CustomerFilters, customer_filter_params, long_id_list
@@ -132,6 +132,7 @@ async def _export(
 ) -> ExportReport:
     """export_customers(), its retries counted by the caller."""
     started = time.monotonic()
+    check_flag("export_customers", "progress", progress)
     if verify not in ("auto", "always"):
         raise InvalidRequestError(f"verify must be 'auto' or 'always', not {short(verify)}")
     target, fmt, scope, checkpoint_path, long_ids = _plan(

@@ -32,6 +32,7 @@ import attrs
 
 from .._auth import FileTokenStore, RedisTokenStore, TokenStore
 from .._exceptions import DMHubError
+from .._validate import check_flag
 from ..export import ExportProgress
 from ..export._export import retries_of
 from ._manifest import Manifest, ManifestWriter, ShardOutcome, checkpoint_name, part_name
@@ -302,6 +303,7 @@ async def run_in_processes(
     Pass ``settings``, or only ``client`` (``DMHubClient`` keyword arguments); the token is
     shared through a private temporary file store unless ``settings`` names a store.
     """
+    check_flag("run_in_processes", "progress", progress)
     where = Path(directory)
     todo = {o.shard.index: o for o in pending(manifest.shards)}
     if not todo:

@@ -34,6 +34,7 @@ from .._exceptions import DMHubError, InvalidRequestError
 from .._pagination import MAX_CONCURRENCY
 from .._shared_rate import check_shared_rate
 from .._validate import (
+    check_flag,
     check_number,
     check_redis_options,
     printable,
@@ -551,6 +552,7 @@ async def run_on_queue(
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import RedisError
 
+    check_flag("run_on_queue", "progress", progress)
     queue_settings(redis_url, "run_on_queue(): redis_url")  # a URL arq and redis-py read
     where = _absolute(directory)
     todo = {o.shard.index: o for o in pending(manifest.shards)}

@@ -25,7 +25,7 @@ from typing_extensions import Unpack
 from .._atomic import open_to_read, replace_file
 from .._exceptions import DMHubError, InvalidRequestError
 from .._threads import file_work
-from .._validate import short
+from .._validate import check_flag, short
 from ..export import ExportProgress, ExportReport, export_customers
 from ..export._export import check_run, retries_of
 from ..export._output import _lock, _release
@@ -495,6 +495,7 @@ async def export_sharded(
     """
     if isinstance(parallel, bool) or not isinstance(parallel, int) or parallel < 1:
         raise InvalidRequestError("export_sharded(): parallel must be an int >= 1")
+    check_flag("export_sharded", "progress", progress)
     # Before the plan: a bad one was planned, then failed in every shard (or at the first
     # progress, a raw TypeError).
     check_run(client, page_size, concurrency, "on_total", on_total)

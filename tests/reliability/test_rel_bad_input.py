@@ -786,3 +786,36 @@ async def test_identities_of_a_long_id_list_come_in_batches(
         cid for cid in owners if many.identities(cid)
     }
     assert max(many.lines) <= MAX_URL_LENGTH  # type: ignore[attr-defined]
+
+
+def tree(root: Path) -> list[Path]:
+    return sorted(root.rglob("*"))
+
+
+@pytest.mark.parametrize("runner", ["export_customers", "export_sharded", "processes", "queue"])
+async def test_a_progress_that_is_no_bool_is_refused_before_anything_is_done(
+    sim: DMHubSimulator, connect: Callable[..., DMHubClient], tmp_path: Path, runner: str
+) -> None:
+    # progress="no" (or "false" read from a settings file) was true: a bar was drawn.
+    from dmhub_async.shards._local import run_in_processes
+    from dmhub_async.shards._queue import run_on_queue
+    from dmhub_async.shards._run import export_sharded, prepare
+
+    async with connect(sim) as dm:
+        manifest = await prepare(dm, tmp_path / "shards", 2)
+        sent = sim.counters.total
+        files = tree(tmp_path)
+        calls = {
+            "export_customers": lambda: export_customers(dm, tmp_path / "out.jsonl", progress="no"),
+            "export_sharded": lambda: export_sharded(dm, tmp_path / "shards", 2, progress="no"),
+            "processes": lambda: run_in_processes(
+                None, tmp_path / "shards", manifest, 2, progress="no"
+            ),
+            "queue": lambda: run_on_queue(
+                "redis://127.0.0.1:1", tmp_path / "shards", manifest, progress="no"
+            ),
+        }
+        with pytest.raises(InvalidRequestError, match=r"progress must be True or False, not 'no'"):
+            await calls[runner]()
+    assert sim.counters.total == sent
+    assert tree(tmp_path) == files
