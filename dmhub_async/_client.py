@@ -15,7 +15,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import tzinfo
 from types import TracebackType
-from typing import Any, cast
+from typing import Any, Final, cast
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -363,6 +363,26 @@ def _check_retry(retry: object) -> None:
 
 #: A header name: an RFC 9110 token.
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+#: Headers the client writes itself, from the request: one given in ``extra_headers`` framed the
+#: request otherwise than its body (``Content-Length: 5`` sent five bytes of a create's JSON
+#: and the rest as the start of the next request on the connection, the service's 400 "Invalid
+#: method"), or sent it elsewhere than ``base_url`` says.
+_CLIENT_HEADERS: Final = frozenset(
+    {
+        "connection",
+        "content-encoding",
+        "content-length",
+        "content-type",
+        "expect",
+        "host",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
 
 
 def _check_headers(headers: object) -> None:
@@ -376,6 +396,11 @@ def _check_headers(headers: object) -> None:
     for name, value in headers.items():
         if not isinstance(name, str) or not _HEADER_NAME.match(name):
             raise InvalidRequestError(f"extra_headers: {short(name)} is no header name")
+        if name.lower() in _CLIENT_HEADERS:
+            raise InvalidRequestError(
+                f"extra_headers: {name} is the client's to write (the request's framing, or"
+                " base_url's host)"
+            )
         if not isinstance(value, str) or not value.isprintable() or not value.isascii():
             # isprintable() refuses CR, LF, NUL and lone surrogates; a header is ASCII.
             raise InvalidRequestError(

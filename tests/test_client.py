@@ -1079,8 +1079,26 @@ def test_settings_that_are_objects_are_checked_when_the_client_is_made(no_env, k
         ({"": "a"}, "no header name"),
         ([("X-Trace", "a")], "must be a mapping"),
         ({"X-Trace": 5}, "printable ASCII"),
+        # Content-Length: 5 sent five bytes of the body and the rest as the next request.
+        ({"Content-Length": "5"}, "the client's to write"),
+        ({"transfer-encoding": "chunked"}, "the client's to write"),
+        ({"Host": "other.example"}, "the client's to write"),
+        ({"Connection": "close"}, "the client's to write"),
+        ({"Content-Type": "text/plain"}, "the client's to write"),
     ],
-    ids=["a line break", "a lone surrogate", "a space in the name", "no name", "pairs", "int"],
+    ids=[
+        "a line break",
+        "a lone surrogate",
+        "a space in the name",
+        "no name",
+        "pairs",
+        "int",
+        "content-length",
+        "transfer-encoding",
+        "host",
+        "connection",
+        "content-type",
+    ],
 )
 def test_with_options_checks_its_headers_when_made(no_env, headers, said):
     # A line break failed at the call (aiohttp's raw ValueError), a lone surrogate went out as
