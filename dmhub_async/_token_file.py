@@ -11,6 +11,7 @@ import math
 import os
 import stat
 import tempfile
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -21,7 +22,7 @@ import filelock
 from ._atomic import replace_file
 from ._exceptions import InvalidRequestError, TokenStoreError
 from ._threads import file_work, on_thread
-from ._token_stores import FetchFailure, ProcessLocks, Token
+from ._token_stores import DEFAULT_LIFETIME, FetchFailure, ProcessLocks, Token
 from ._validate import check_number
 
 __all__ = ["FileTokenStore"]
@@ -218,7 +219,9 @@ class FileTokenStore:
 
     async def set(self, key: str, token: Token) -> None:
         """Store ``token`` for ``key`` (callers hold :meth:`lock`), on a thread."""
-        await on_thread(lambda: self._update(key, token.to_json(), drop=key + _FAILED))
+        await on_thread(
+            lambda: self._update(key, token.to_json(), drop=key + _FAILED, now=token.issued_at)
+        )
 
     async def get_failure(self, key: str) -> FetchFailure | None:
         """The failed fetch recorded for ``key``, or None (an entry of its own beside the
@@ -227,13 +230,23 @@ class FileTokenStore:
 
     async def set_failure(self, key: str, failure: FetchFailure) -> None:
         """Record a failed fetch for ``key`` (callers hold :meth:`lock`), on a thread."""
-        await on_thread(lambda: self._update(key + _FAILED, failure.to_json()))
+        await on_thread(
+            lambda: self._update(key + _FAILED, failure.to_json(), now=failure.failed_at)
+        )
 
-    def _update(self, entry: str, value: dict[str, Any], *, drop: str | None = None) -> None:
+    def _update(
+        self, entry: str, value: dict[str, Any], *, drop: str | None = None, now: float | None
+    ) -> None:
+        """Write ``value`` at ``entry`` (and remove ``drop``); ``now`` is the time by the writer's
+        clock (a token's issue, a failure's), which prunes the file (:func:`_drop_expired`)."""
         data = self._read()
         data[entry] = value
         if drop is not None:
             data.pop(drop, None)
+        if now is not None:
+            # By the earlier of the two clocks: a client's injected one (a test's, years back)
+            # never makes a token it has just written, or its neighbours', expired.
+            _drop_expired(data, keep=entry, before=min(now, time.time()) - DEFAULT_LIFETIME)
         try:
             self._write(data)
         except OSError as err:
@@ -294,6 +307,29 @@ class FileTokenStore:
 
     def __repr__(self) -> str:
         return f"FileTokenStore({str(self.path)!r})"
+
+
+def _drop_expired(data: dict[str, Any], *, keep: str, before: float) -> None:
+    """Remove from ``data`` the tokens that expired, and the failure records whose hold was
+    over, ``before`` that time, but ``keep``, the entry being written: nobody can use them.
+    (``before`` is a token's lifetime ago: a process whose clock is behind by less than that
+    never loses a token it still takes for live.)
+
+    Never removed, the file kept every token each app id, base URL and secret (each test run's,
+    each rotated secret's) had ever held: 206 entries on one machine, 176 of them expired, all
+    read and written again at every fetch. An entry that is neither (another release's) is
+    kept: it may be another process's live token.
+    """
+    for key in [k for k, v in data.items() if k != keep and _expired(k, v, before)]:
+        del data[key]
+
+
+def _expired(key: str, value: Any, now: float) -> bool:
+    if key.endswith(_FAILED):
+        failure = FetchFailure.from_json(value)
+        return failure is not None and failure.until <= now
+    token = Token.from_json(value)
+    return token is not None and token.expires_at <= now
 
 
 def _undo_lock(file_lock: filelock.FileLock) -> Callable[[bool], None]:

@@ -35,6 +35,7 @@ from dmhub_async import (
 )
 from dmhub_async._auth import token_key
 from dmhub_async._sansio import DEFAULT_TOKEN_LIFETIME, read_token
+from dmhub_async._token_stores import FetchFailure
 
 
 @pytest.fixture(autouse=True)
@@ -598,6 +599,58 @@ async def test_file_store_makes_a_private_directory_and_an_unguessable_temp_file
     fresh = FileTokenStore(tmp_path / "new" / "dir" / "tokens.json")
     await fresh.set("k", Token("tok-1", 1e10))
     assert stat.S_IMODE((tmp_path / "new" / "dir").stat().st_mode) == 0o700
+
+
+async def test_a_file_store_write_drops_expired_entries_and_keeps_every_live_one(tmp_path):
+    # The CLI's token file was never pruned: every app id, base URL and secret it had ever held
+    # stayed (206 entries on one machine, 176 expired). A write now drops the tokens that expired
+    # and the failure records whose hold ended a token's lifetime (7200 s) ago or more, never a
+    # live one (another process's, under the file lock), nor an entry it cannot read (another
+    # release's), and says nothing of them.
+    path = tmp_path / "tokens.json"
+    now = time.time()
+    live = {"access_token": "live-tok", "expires_at": now + 60}
+    lately = {"access_token": "late-tok", "expires_at": now - 60}  # a clock a minute behind
+    held = {"error": "ServerError", "status": 503, "code": None, "failed_at": now, "until": now + 9}
+    over = {**held, "failed_at": 1000.0, "until": 1060.0}
+    unknown = {"format": 2, "secret_free": True}
+    dead = {
+        f"old{i}": {"access_token": f"dead-tok-{i}", "expires_at": 1000.0 + i} for i in range(176)
+    }
+    before = {
+        **dead,
+        **{f"old{i}|failed": over for i in range(5)},
+        "other-process": live,
+        "other-process|failed": held,
+        "lately": lately,
+        "other-release": unknown,
+    }
+    path.write_text(json.dumps(before))
+    path.chmod(0o600)
+    store = FileTokenStore(path)
+
+    async with store.lock("mine"):
+        await store.set("mine", Token("my-tok", now + 7200, now))
+
+    after = json.loads(path.read_text())
+    assert after == {
+        "other-process": live,
+        "other-process|failed": held,
+        "lately": lately,
+        "other-release": unknown,
+        "mine": {"access_token": "my-tok", "expires_at": now + 7200, "issued_at": now},
+    }
+    # A failure recorded prunes too.
+    path.write_text(json.dumps(before))
+    async with store.lock("down"):
+        await store.set_failure("down", FetchFailure(**held))
+    assert set(json.loads(path.read_text())) == set(after) - {"mine"} | {"down|failed"}
+    # A client whose clock is years behind (a test's FakeClock) prunes by its own: nothing it
+    # or its neighbours wrote by that clock is taken for expired.
+    path.write_text(json.dumps(before))
+    async with store.lock("old-clock"):
+        await store.set("old-clock", Token("its-tok", 1000.0 + 7200, 1000.0))
+    assert set(json.loads(path.read_text())) == set(before) | {"old-clock"}
 
 
 async def test_a_file_store_never_holds_the_event_loop_on_a_stalled_filesystem(
