@@ -3,6 +3,7 @@ opening one to read without waiting on what was put in its place."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
@@ -13,6 +14,7 @@ from typing import BinaryIO
 
 __all__ = [
     "current_umask",
+    "make_private_directory",
     "naming",
     "open_to_read",
     "remove_or_warn",
@@ -43,6 +45,26 @@ def current_umask() -> int:
     umask = os.umask(0o777)
     os.umask(umask)
     return umask
+
+
+def make_private_directory(directory: Path) -> None:
+    """``directory`` made, and each of its parents that is missing, with mode 0700; one that
+    exists (or a file of that name, for the caller to refuse in its own words) is left as it is.
+
+    ``Path.mkdir(mode=0o700, parents=True)`` gives the mode to the last one alone: the parents
+    it made were 0755 (0777 less the umask), and anyone on the machine could list them (a
+    ``~/.cache`` made by the first run, a directory of the user's naming for the token file).
+    """
+    try:
+        directory.mkdir(mode=0o700)
+    except FileExistsError:
+        return
+    except FileNotFoundError:
+        if directory.parent == directory:
+            raise
+        make_private_directory(directory.parent)
+        with contextlib.suppress(FileExistsError):  # made meanwhile by another process
+            directory.mkdir(mode=0o700)
 
 
 @contextmanager

@@ -19,7 +19,7 @@ from typing import Any
 
 import filelock
 
-from ._atomic import replace_file
+from ._atomic import make_private_directory, replace_file
 from ._exceptions import InvalidRequestError, TokenStoreError
 from ._threads import file_work, on_thread
 from ._token_stores import DEFAULT_LIFETIME, FetchFailure, ProcessLocks, Token
@@ -47,7 +47,8 @@ class FileTokenStore:
     The file is written through a fresh temporary file in the same directory (``mkstemp``) and
     renamed over the old one; links are not followed. A token file (or its directory) that
     another user owns or that others can read or write is refused with a
-    :class:`TokenStoreError` (``unsafe=True``); a missing directory is created with mode 0700.
+    :class:`TokenStoreError` (``unsafe=True``); a missing directory is created with mode 0700,
+    as is each missing parent of it (one that exists is left as it is).
 
     ``lock_timeout`` bounds the wait for the file lock; None (the default) sets no bound of the
     store's own: a client waits as long as the holder's token fetch may take, retries included
@@ -127,8 +128,7 @@ class FileTokenStore:
         directory = self.path.parent
         try:
             if create:
-                with contextlib.suppress(FileExistsError):  # a file of that name: see below
-                    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+                make_private_directory(directory)  # a file of that name: see below
             st = directory.stat()
         except FileNotFoundError:
             return False

@@ -601,6 +601,29 @@ async def test_file_store_makes_a_private_directory_and_an_unguessable_temp_file
     assert stat.S_IMODE((tmp_path / "new" / "dir").stat().st_mode) == 0o700
 
 
+@pytest.mark.skipif(not hasattr(os, "getuid"), reason="POSIX modes")
+async def test_a_file_store_makes_every_directory_it_creates_private(tmp_path):
+    # mkdir(mode=0o700, parents=True) gave 0700 to the last directory alone: the parents it
+    # made were 0755, listable by every user of the machine. A directory that exists is left.
+    tmp_path.chmod(0o755)
+    old = os.umask(0o022)
+    try:
+        store = FileTokenStore(tmp_path / "a" / "b" / "c" / "tokens.json")
+        async with store.lock("k"):
+            await store.set("k", Token("tok-1", 1e10))
+    finally:
+        os.umask(old)
+    modes = {
+        str(d.relative_to(tmp_path)): stat.S_IMODE(d.stat().st_mode)
+        for d in (tmp_path / "a", tmp_path / "a" / "b", tmp_path / "a" / "b" / "c")
+    }
+    assert modes == {"a": 0o700, "a/b": 0o700, "a/b/c": 0o700}
+    assert stat.S_IMODE(tmp_path.stat().st_mode) == 0o755
+    assert await FileTokenStore(tmp_path / "a" / "b" / "c" / "tokens.json").get("k") == Token(
+        "tok-1", 1e10
+    )
+
+
 async def test_a_file_store_write_drops_expired_entries_and_keeps_every_live_one(tmp_path):
     # The CLI's token file was never pruned: every app id, base URL and secret it had ever held
     # stayed (206 entries on one machine, 176 expired). A write now drops the tokens that expired

@@ -7,6 +7,7 @@ share it without being told; ``--token-store``/``DMHUB_TOKEN_STORE`` choose anot
 from __future__ import annotations
 
 import asyncio
+import os
 import stat
 import subprocess
 from pathlib import Path
@@ -100,6 +101,26 @@ def test_the_default_is_a_file_in_the_cache_directory_unless_the_environment_say
     monkeypatch.setenv("DMHUB_TOKEN_STORE", "memory")
     assert isinstance(token_store(None), MemoryTokenStore)
     assert isinstance(token_store(f"file:{tmp_path}/x.json"), FileTokenStore)  # the flag wins
+
+
+@pytest.mark.skipif(not hasattr(os, "getuid"), reason="POSIX modes")
+def test_the_default_token_files_missing_directories_are_made_private(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A first run on a new account made ~/.cache 0755 (only dmhub-async/ was 0700).
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "home" / ".cache"))
+    monkeypatch.delenv("DMHUB_TOKEN_STORE", raising=False)
+    old = os.umask(0o022)
+    try:
+        assert isinstance(token_store(None), FileTokenStore)
+    finally:
+        os.umask(old)
+    made = [
+        tmp_path / "home",
+        tmp_path / "home" / ".cache",
+        tmp_path / "home" / ".cache" / "dmhub-async",
+    ]
+    assert [oct(stat.S_IMODE(d.stat().st_mode)) for d in made] == ["0o700"] * 3
 
 
 def test_an_unwritable_cache_directory_falls_back_to_memory_and_says_so(

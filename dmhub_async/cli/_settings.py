@@ -13,6 +13,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import platformdirs
 
+from .._atomic import make_private_directory
 from .._client import DMHubClient
 from .._exceptions import APIConnectionError
 from .._logging import show_log
@@ -65,7 +66,7 @@ def _default_spec() -> str:
     """A file in the cache directory; this run's memory where that cannot be written (say so)."""
     path = default_token_file()
     try:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        make_private_directory(path.parent)
         writable = os.access(path.parent, os.W_OK)
     except OSError:
         writable = False
