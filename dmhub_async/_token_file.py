@@ -39,6 +39,9 @@ _SECONDS = "a number of seconds, or None"
 _FOR_GOOD = (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR)
 #: The suffix of the entry of a key's failed fetch: no token key has a third ``|``.
 _FAILED = "|failed"
+#: Seconds after which a temporary file of the store's is a dead writer's: a write (or
+#: :meth:`FileTokenStore._check_writable`'s probe) keeps one for a moment.
+_LEFT_BEHIND = 60.0
 
 
 class FileTokenStore:
@@ -204,7 +207,8 @@ class FileTokenStore:
         except OSError as err:
             raise self._for_good(f"cannot write the token file: {err.strerror}", err) from None
         os.close(fd)
-        os.unlink(tmp)
+        with contextlib.suppress(FileNotFoundError):  # taken for a dead writer's: see below
+            os.unlink(tmp)
 
     def _write(self, data: dict[str, Any]) -> None:
         self._check_directory(create=True)
@@ -243,6 +247,7 @@ class FileTokenStore:
         data[entry] = value
         if drop is not None:
             data.pop(drop, None)
+        self._remove_left_behind()
         if now is not None:
             # By the earlier of the two clocks: a client's injected one (a test's, years back)
             # never makes a token it has just written, or its neighbours', expired.
@@ -251,6 +256,27 @@ class FileTokenStore:
             self._write(data)
         except OSError as err:
             raise self._error(f"cannot write the token file: {err.strerror}") from None
+
+    def _remove_left_behind(self) -> None:
+        """Remove the temporary files of writes that never ended (a process killed while it
+        wrote, the machine's power lost), older than :data:`_LEFT_BEHIND`.
+
+        Nothing removed them: each kill at that moment left one more hidden file beside the
+        token file for good, a token in it (mode 0600, but on disk long after anyone needed it).
+        Called with the file lock held, as every write is; one younger than that may be a write
+        in flight (a store used without the lock, a probe) and is left.
+        """
+        prefix, cutoff = f".{self.path.name}.", time.time() - _LEFT_BEHIND
+        try:
+            entries = list(os.scandir(self.path.parent))
+        except OSError:
+            return
+        for entry in entries:
+            if not (entry.name.startswith(prefix) and entry.name.endswith(".tmp")):
+                continue
+            with contextlib.suppress(OSError):  # gone already, or not ours to remove: left
+                if entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                    os.unlink(entry.path)
 
     @asynccontextmanager
     async def lock(self, key: str) -> AsyncIterator[None]:

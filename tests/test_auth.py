@@ -624,6 +624,62 @@ async def test_a_file_store_makes_every_directory_it_creates_private(tmp_path):
     )
 
 
+@pytest.mark.skipif(not hasattr(os, "getuid"), reason="POSIX: SIGKILL")
+def test_a_token_write_killed_midway_leaves_nothing_the_next_writes_keep(tmp_path):
+    # A process killed while it wrote the token file (kill -9, the OOM killer, a power cut)
+    # left its hidden temporary file, a token in it, beside the file for good: the next runs
+    # worked around it and never removed it. The next write removes it silently once it is a
+    # minute old, and leaves a younger one (another writer's, in flight).
+    import subprocess
+    import sys
+
+    path = tmp_path / "tokens" / "tokens.json"
+    killed = (
+        "import asyncio, os, signal\n"
+        "from dmhub_async import FileTokenStore, Token\n"
+        "from dmhub_async import _atomic\n"
+        "def die(*args):\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "_atomic.os.replace = die\n"
+        "async def main():\n"
+        f"    store = FileTokenStore({str(path)!r})\n"
+        "    async with store.lock('k'):\n"
+        "        await store.set('k', Token('killed-tok', 1e10))\n"
+        "asyncio.run(main())\n"
+    )
+    from _cli_support import REPO
+
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run(
+        [sys.executable, "-c", killed], env=env, timeout=60, capture_output=True, check=False
+    )
+    assert done.returncode == -9, done.stderr
+    # What the kill left: its temporary file (and the lock file, as every run leaves it).
+    (left,) = [p for p in path.parent.iterdir() if p.name != "tokens.json.lock"]
+    assert left.name.startswith(".tokens.json.")
+    assert left.name.endswith(".tmp")
+    assert "killed-tok" in left.read_text()
+    hour_ago = time.time() - 3600
+    os.utime(left, (hour_ago, hour_ago))
+    in_flight = path.parent / ".tokens.json.inflight.tmp"
+    in_flight.write_text("")
+
+    async def next_run() -> Token | None:
+        store = FileTokenStore(path)
+        assert await store.get("k") is None  # no token, no error
+        async with store.lock("k"):
+            await store.set("k", Token("tok-2", 1e10))
+        return await FileTokenStore(path).get("k")
+
+    assert asyncio.run(next_run()) == Token("tok-2", 1e10)
+
+    assert sorted(p.name for p in path.parent.iterdir()) == [
+        ".tokens.json.inflight.tmp",
+        "tokens.json",
+        "tokens.json.lock",
+    ]
+
+
 async def test_a_file_store_write_drops_expired_entries_and_keeps_every_live_one(tmp_path):
     # The CLI's token file was never pruned: every app id, base URL and secret it had ever held
     # stayed (206 entries on one machine, 176 expired). A write now drops the tokens that expired
