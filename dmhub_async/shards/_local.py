@@ -22,6 +22,7 @@ import shutil
 import signal
 import stat
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Mapping
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
@@ -178,6 +179,11 @@ def _send(events: Connection, event: tuple[str, int, Any]) -> None:
 _PRIVATE_PREFIX = "dmhub-tokens-"
 #: The file in such a directory that its run holds locked (flock) for as long as it lives.
 _OWNER = "owner.lock"
+#: What the owner file is called while its run makes it (:func:`_hold`).
+_OWNER_MADE = ".owner"
+#: Seconds after which a directory that never got its owner file is a run's killed as it made
+#: it: a live run renames the owner file in place within microseconds of making the directory.
+_MAKING = 60.0
 
 
 @contextlib.contextmanager
@@ -213,7 +219,7 @@ def _hold(private: str) -> int | None:
         return None
     # Locked under another name, then renamed: no other run ever sees the owner file unlocked,
     # which it would take for a dead run's.
-    made = os.path.join(private, ".owner")
+    made = os.path.join(private, _OWNER_MADE)
     fd = os.open(made, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
@@ -259,7 +265,8 @@ def _join_token_directory(token_file: str) -> tuple[bool, int | None]:
 
 def _remove_stale_token_directories() -> None:
     """Remove this user's private token directories whose run is dead: its owner file
-    unlocked. One without an owner file (an earlier release's, or one being made) is left."""
+    unlocked, or none made in it a minute after the directory (:func:`_abandoned`). Any other
+    without an owner file (an earlier release's, or one being made) is left."""
     try:
         import fcntl
     except ImportError:
@@ -276,6 +283,10 @@ def _remove_stale_token_directories() -> None:
             if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
                 continue
             fd = os.open(os.path.join(entry.path, _OWNER), os.O_RDONLY | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            if _abandoned(entry.path, st):
+                shutil.rmtree(entry.path, ignore_errors=True)
+            continue
         except OSError:
             continue
         try:
@@ -286,6 +297,24 @@ def _remove_stale_token_directories() -> None:
             shutil.rmtree(entry.path, ignore_errors=True)
         finally:
             os.close(fd)
+
+
+def _abandoned(path: str, st: os.stat_result) -> bool:
+    """Whether the private token directory at ``path`` (its status ``st``), which has no
+    owner file, is a run's killed as it made it: older than :data:`_MAKING`, and nothing in it
+    but the owner file it had not renamed yet.
+
+    Its run killed between the two (SIGKILL, the OOM killer), it was left for good: no run
+    removed a directory without an owner file, and each such kill left one more. One that
+    holds anything else (a token file: an earlier release's run) is left as it was.
+    """
+    if st.st_mtime > time.time() - _MAKING:
+        return False  # being made, perhaps
+    try:
+        names = os.listdir(path)
+    except OSError:
+        return False
+    return set(names) <= {_OWNER_MADE}
 
 
 async def run_in_processes(

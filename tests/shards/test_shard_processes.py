@@ -6,6 +6,7 @@ import asyncio
 import multiprocessing
 import os
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -193,6 +194,36 @@ def test_a_private_token_directory_outlives_only_a_dead_run(
         assert Path(live).exists()
     assert not Path(live).exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == [unknown.name]
+
+
+@pytest.mark.skipif(not hasattr(os, "getuid"), reason="POSIX: flock")
+def test_a_token_directory_its_run_was_killed_making_is_removed_by_the_next_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A run killed between making its private token directory and renaming its owner file in
+    # place left the directory (empty, or with the owner file under its first name) for good:
+    # no run removed a directory without an owner file, and each such kill left one more.
+    # The next run removes them, silently, once they are a minute old; a younger one (a run
+    # making it now) and one that holds a token file (an earlier release's run) are left.
+    monkeypatch.setattr(_local.tempfile, "tempdir", str(tmp_path))
+    hour_ago = time.time() - 3600
+    empty = tmp_path / "dmhub-tokens-killed-at-mkdtemp"
+    empty.mkdir(mode=0o700)
+    half = tmp_path / "dmhub-tokens-killed-before-rename"
+    half.mkdir(mode=0o700)
+    (half / ".owner").write_text("")
+    older = tmp_path / "dmhub-tokens-older-release"
+    older.mkdir(mode=0o700)
+    (older / "tokens.json").write_text("{}")
+    for made in (empty, half, older):
+        os.utime(made, (hour_ago, hour_ago))
+    young = tmp_path / "dmhub-tokens-being-made"
+    young.mkdir(mode=0o700)
+
+    with _local.private_token_directory() as live:
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+            [older.name, young.name, Path(live).name]
+        )
 
 
 @pytest.mark.skipif(not hasattr(os, "getuid"), reason="POSIX: flock")
