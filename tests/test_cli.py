@@ -643,6 +643,38 @@ def test_demo_exports_a_seeded_simulator(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+@pytest.mark.parametrize("report", ["text", "json"])
+@pytest.mark.parametrize("command", ["export", "lookup"])
+def test_a_report_to_a_full_standard_output_is_named_in_the_error(
+    served: ServedSimulator, env: dict[str, str], tmp_path: Path, command: str, report: str
+) -> None:
+    # `export --out x.jsonl --report json > /dev/full` exited 1 saying only "error: No space
+    # left on device": not where (the file written was fine), nor that only the report was lost.
+    (tmp_path / "ids.csv").write_text("mobile,13800000000\n", encoding="utf-8")
+    args = (
+        ["--in", "ids.csv", "--out", "found.csv"] if command == "lookup" else ["--out", "c.jsonl"]
+    )
+    with open("/dev/full", "wb") as full:
+        result = subprocess.run(
+            cli_command(command, *args, "--report", report),
+            env=env,
+            cwd=tmp_path,
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=TIMEOUT,
+            check=False,
+        )
+
+    assert result.returncode == 1, result.stderr
+    assert result.stderr == (
+        "dmhub-async: error: standard output: No space left on device (the report was not"
+        " written)\n"
+    )
+    assert (tmp_path / args[-1]).stat().st_size > 0  # the output itself is written
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
 @pytest.mark.parametrize("command", ["export", "lookup"])
 def test_a_full_standard_output_is_named_in_the_error(
     served: ServedSimulator, env: dict[str, str], tmp_path: Path, command: str

@@ -12,6 +12,7 @@ import attrs
 
 from .._validate import printable
 from ..export import ExportProgress, ExportReport
+from ._errors import CommandError
 
 __all__ = ["PROGRESS_EVERY", "ProgressLines", "export_report", "ids_listed", "print_report"]
 
@@ -108,7 +109,16 @@ def print_report(data: dict[str, Any], text: str, *, style: str, quiet: bool, ou
         if not _writable(line, out):
             encoding = getattr(out, "encoding", None) or "utf-8"
             line = line.encode(encoding, "backslashreplace").decode(encoding)
-    print(line, file=out, flush=True)
+    try:
+        print(line, file=out, flush=True)
+    except OSError as err:
+        if isinstance(err, BrokenPipeError) or err.filename is not None or not err.strerror:
+            raise  # a reader gone: exit 141, silently
+        # Said of the stream (`> /dev/full`, a disk that filled under a redirect) and of the
+        # report: "error: No space left on device" said nothing of where, and a user whose
+        # export file was written in full took the exit 1 for a failed export.
+        where = "standard error" if out is sys.stderr else "standard output"
+        raise CommandError(f"{where}: {err.strerror} (the report was not written)") from None
 
 
 def shown(line: str) -> str:
