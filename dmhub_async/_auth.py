@@ -388,6 +388,11 @@ class TokenManager:
         now = self._clock()
         if not now < failure.until <= now + MAX_FAILURE_HOLD:
             return
+        if not 0 < failure.until - failure.failed_at <= MAX_FAILURE_HOLD:
+            # A hold no client records (failed a day, or 1e300 s, before its end, or after
+            # it): out of reason, as an "until" an hour ahead is. Raised, it said "failed
+            # 1000...0 s ago" (301 digits), or "0 s ago" of a failure dated after its end.
+            return
         issued = None if stored is None else stored.issued_at
         if issued is not None and issued >= failure.failed_at:
             return  # a token fetched since (by a process of a release that keeps no record)

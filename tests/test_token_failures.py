@@ -271,8 +271,25 @@ async def test_the_redis_failure_record_is_a_key_of_its_own_that_expires(
         {"error": "ServerError", "status": "503", "code": 503, "failed_at": 0, "until": 5},
         {"error": "ServerError", "status": 503, "code": 503, "failed_at": 0, "until": "NaN"},
         ["not", "a", "record"],
+        # Failed at a time no client records with an "until" a moment ahead: raised, it said
+        # "failed 1000...0 s ago" (301 digits), or "0 s ago" of a failure dated after its end.
+        {"error": "ServerError", "status": 503, "code": 503, "failed_at": -1e300, "until": 5},
+        {"error": "ServerError", "status": 503, "code": 503, "failed_at": 1e300, "until": 5},
+        {"error": "ServerError", "status": 503, "code": 503, "failed_at": -86400, "until": 5},
+        {"error": "ServerError", "status": 503, "code": 503, "failed_at": 10, "until": 5},
     ],
-    ids=["an hour ahead", "gone by", "no shared kind", "a status as text", "NaN", "a list"],
+    ids=[
+        "an hour ahead",
+        "gone by",
+        "no shared kind",
+        "a status as text",
+        "NaN",
+        "a list",
+        "failed 1e300 s ago",
+        "failed 1e300 s ahead",
+        "a day's hold",
+        "failed after its end",
+    ],
 )
 async def test_a_record_out_of_reason_holds_nobody_back(
     sim: DMHubSimulator, clock: FakeClock, tmp_path: Path, record: Any
