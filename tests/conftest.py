@@ -50,6 +50,20 @@ class TokenEndpoint:
         )
 
 
+@pytest.fixture(autouse=True, scope="session")
+def no_user_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The suite's CLI runs (in this process or a child) keep their token file in a cache
+    directory of the run's, never the user's: tests that set no XDG_CACHE_HOME (the secrets
+    canary's) wrote 266 entries into ~/.cache/dmhub-async/tokens.json on one machine."""
+    kept = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("user-cache"))
+    yield
+    if kept is None:
+        del os.environ["XDG_CACHE_HOME"]
+    else:
+        os.environ["XDG_CACHE_HOME"] = kept
+
+
 @pytest.fixture(autouse=True)
 def fresh_default_token_store() -> None:
     """Each test starts with the process's default token store empty.
