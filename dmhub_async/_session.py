@@ -839,7 +839,9 @@ class Session:
             # a list of failures, an error tracker). read_response's are finished frames;
             # this one, still running, is left alone by clear_frames.
             traceback.clear_frames(err.__traceback__)
-            del payload, resp, token, query, params, secrets  # nor the secrets (see above)
+            # Nor the secrets (see above), nor the answer's headers: a redirect's Location
+            # quotes the query it was sent, the token in it (http:// sent on to https://).
+            del payload, resp, resp_headers, token, query, params, secrets
             raise
         return status, resp_headers, data, retries
 

@@ -28,16 +28,18 @@ Failure kinds covered:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, quote_plus
 
 import aiohttp
 import pytest
+from aiohttp import web
 from aiohttp.client_reqrep import ConnectionKey, RequestInfo
 from aioresponses import CallbackResult, aioresponses
 from hypothesis import example, given
@@ -45,7 +47,12 @@ from hypothesis import strategies as st
 from multidict import CIMultiDict, CIMultiDictProxy
 
 import dmhub_async
-from dmhub_async import DMHubClient, DMHubError, InvalidRequestError
+from dmhub_async import (
+    APIError,
+    DMHubClient,
+    DMHubError,
+    InvalidRequestError,
+)
 from dmhub_async._redact import MASK, RedactedCause, redact
 from dmhub_async._sansio import Request
 
@@ -315,6 +322,72 @@ async def test_no_secret_when_the_refresh_after_a_refusal_fails(api, make_client
 
     assert TOKEN in sent_urls(api)
     assert_clean(info.value, debug_logs.records)
+
+
+@contextlib.asynccontextmanager
+async def _loopback(
+    answer: Callable[[web.Request], Awaitable[web.StreamResponse]],
+) -> AsyncIterator[str]:
+    """A service on 127.0.0.1 handing out the canary token and answering /v1/customers/{n}
+    with ``answer``: its base URL, for the block. aiohttp itself, not a mock: its own frames
+    (the URL with the token among their variables) are in what it raises."""
+
+    async def token(request: web.Request) -> web.Response:
+        return web.json_response({"error_code": 0, "access_token": TOKEN, "expires_in": 7200})
+
+    async def customer(request: web.Request) -> web.StreamResponse:
+        if request.match_info["n"] == "1":
+            return web.json_response({"id": 1})
+        return await answer(request)
+
+    app = web.Application()
+    app.router.add_get("/security/accesstoken", token)
+    app.router.add_get("/v1/customers/{n}", customer)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+
+
+def assert_no_secret_in_locals(exc: BaseException) -> None:
+    """What an error tracker records of ``exc``'s traceback, each frame's variables included
+    (``capture_locals=True``; Sentry's default), the frames of aiohttp among them."""
+    text = "".join(traceback.TracebackException.from_exception(exc, capture_locals=True).format())
+    assert not leaks(text), [line for line in text.splitlines() if leaks(line)]
+
+
+async def _redirect(request: web.Request) -> web.StreamResponse:
+    # A gateway that sends http:// on to https://, the query (and so the token) kept.
+    raise web.HTTPFound(f"https://gateway.example{request.path_qs}")
+
+
+@pytest.mark.parametrize(
+    ("answer", "error"),
+    [(_redirect, APIError)],
+    ids=["a redirect quoting the token"],
+)
+async def test_no_token_in_the_variables_of_a_held_token_call_s_traceback(
+    make_client, debug_logs, answer, error
+):
+    # A redirect's Location (the token in its query) stayed in the session's frame.
+    async with _loopback(answer) as base_url:
+        dm = make_client(
+            app_id="app-1",
+            secret=SECRET,
+            base_url=base_url,
+            max_retries=0,
+            max_response_size=1 << 20,
+        )
+        await dm.request("GET", "/v1/customers/1")  # the token, held
+
+        with pytest.raises(error) as info:
+            await dm.request("GET", "/v1/customers/2")
+
+    assert_clean(info.value, debug_logs.records)
+    assert_no_secret_in_locals(info.value)
 
 
 async def test_no_secret_when_a_create_is_cut_off(api, make_client, debug_logs):
