@@ -759,8 +759,12 @@ class Session:
                     await resp.wait_for_close()
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as err:
                 failure = err
-        except BaseException:  # closed, cancelled, too large: see the failure's `del` below
-            del token, query, params, resp
+        except BaseException as err:  # closed, cancelled, too large: see the failure's `del`
+            # below. The frames it came up through are done: aiohttp's (a cancellation's: the
+            # query, the URL), _read's (the answer, its URL) held the token; this one's, still
+            # running, is left alone by clear_frames.
+            traceback.clear_frames(err.__traceback__)
+            del token, query, params, resp, err
             raise
         finally:
             limits.release()

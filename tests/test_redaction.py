@@ -52,6 +52,7 @@ from dmhub_async import (
     DMHubClient,
     DMHubError,
     InvalidRequestError,
+    ResponseTooLargeError,
 )
 from dmhub_async._redact import MASK, RedactedCause, redact
 from dmhub_async._sansio import Request
@@ -364,15 +365,25 @@ async def _redirect(request: web.Request) -> web.StreamResponse:
     raise web.HTTPFound(f"https://gateway.example{request.path_qs}")
 
 
+async def _endless_chunks(request: web.Request) -> web.StreamResponse:
+    response = web.StreamResponse(headers={"Content-Type": "application/json"})
+    response.enable_chunked_encoding()
+    await response.prepare(request)
+    for _ in range(64):
+        await response.write(b" " * 65536)
+    return response
+
+
 @pytest.mark.parametrize(
     ("answer", "error"),
-    [(_redirect, APIError)],
-    ids=["a redirect quoting the token"],
+    [(_redirect, APIError), (_endless_chunks, ResponseTooLargeError)],
+    ids=["a redirect quoting the token", "a chunked body past max_response_size"],
 )
 async def test_no_token_in_the_variables_of_a_held_token_call_s_traceback(
     make_client, debug_logs, answer, error
 ):
-    # A redirect's Location (the token in its query) stayed in the session's frame.
+    # A redirect's Location (the token in its query) stayed in the session's frame; the
+    # answer (its URL) in the frame that read a body too large.
     async with _loopback(answer) as base_url:
         dm = make_client(
             app_id="app-1",
@@ -387,6 +398,30 @@ async def test_no_token_in_the_variables_of_a_held_token_call_s_traceback(
             await dm.request("GET", "/v1/customers/2")
 
     assert_clean(info.value, debug_logs.records)
+    assert_no_secret_in_locals(info.value)
+
+
+async def test_no_token_in_the_variables_of_a_cancelled_call_s_traceback(make_client):
+    # The cancellation comes up through aiohttp's frames: its request's variables (the query,
+    # the URL, the answer under way) hold the token, for whoever records the traceback.
+    arrived = asyncio.Event()
+
+    async def hang(request: web.Request) -> web.StreamResponse:
+        arrived.set()
+        await asyncio.Event().wait()
+        raise AssertionError("never answered")
+
+    async with _loopback(hang) as base_url:
+        dm = make_client(app_id="app-1", secret=SECRET, base_url=base_url)
+        await dm.request("GET", "/v1/customers/1")  # the token, held
+        call = asyncio.ensure_future(dm.request("GET", "/v1/customers/2"))
+        await arrived.wait()
+        call.cancel()
+
+        with pytest.raises(asyncio.CancelledError) as info:
+            await call
+
+    assert_clean(info.value, [])
     assert_no_secret_in_locals(info.value)
 
 
