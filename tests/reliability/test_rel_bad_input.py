@@ -705,6 +705,21 @@ async def test_count_sums_the_batches_of_a_long_id_list(
     assert max(many.lines) <= MAX_URL_LENGTH  # type: ignore[attr-defined]
 
 
+async def test_a_long_id_lists_count_is_the_callers_last_response(
+    many: DMHubSimulator, connect: Callable[..., DMHubClient]
+) -> None:
+    # Its batches are counted in tasks of their own: the caller's dm.last_response was still
+    # the call before's (a customer), as if the count had never answered.
+    async with connect(many) as dm:
+        await dm.customers.get(many.customer_ids()[0])
+        await dm.customers.count(id_list=long_id_list(many))
+        answer = dm.last_response
+
+    assert answer is not None
+    assert type(answer.data) is int  # a count's answer, a bare integer: a batch's
+    assert many.counters.routes["GET /v1/customers/count"] > 1
+
+
 async def test_a_long_id_lists_count_sends_its_batches_side_by_side_within_the_limit(
     many: DMHubSimulator, connect: Callable[..., DMHubClient]
 ) -> None:
