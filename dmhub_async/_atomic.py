@@ -4,8 +4,10 @@ opening one to read without waiting on what was put in its place."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
+import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -167,10 +169,16 @@ def open_to_read(path: str | os.PathLike[str]) -> tuple[BinaryIO, os.stat_result
     """``path`` opened to read, and what it is (``os.fstat``), without waiting on it: a named
     pipe put where a file was made ``open()`` wait for a writer for ever. Read it only once its
     status says it is a regular file (``stat.S_ISREG``): a device there (a link to
-    ``/dev/zero``) reads until memory runs out. ``OSError`` as ``open()`` raises it."""
-    fh = os.fdopen(os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)), "rb")
+    ``/dev/zero``) reads until memory runs out. ``OSError`` as ``open()`` raises it (a
+    directory: ``IsADirectoryError``, naming ``path``)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     try:
-        return fh, os.fstat(fh.fileno())
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            # Refused here: os.fdopen refuses it too, but leaves the descriptor open (one more
+            # for each read of it, in a worker that runs for days) and names it by its number.
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), os.fspath(path))
     except BaseException:
-        fh.close()
+        os.close(fd)
         raise
+    return os.fdopen(fd, "rb"), info  # the file's from here: closed with it, if it fails

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from _helpers import temporary_files_cannot_be_made
 
-from dmhub_async._atomic import replace_file
+from dmhub_async._atomic import open_to_read, replace_file
 
 
 def test_a_failed_rename_is_the_error_raised_though_its_temp_file_cannot_be_removed(
@@ -73,3 +73,21 @@ def test_a_temporary_file_that_cannot_be_made_names_the_file_being_replaced(
     assert raised.value.errno == errno.ENOSPC
     assert raised.value.filename == str(target)
     assert str(target) in str(raised.value)
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts /proc/self/fd")
+def test_a_directory_opened_to_read_is_refused_without_leaving_its_descriptor_open(
+    tmp_path: Path,
+) -> None:
+    # A directory where a part, checkpoint or id list was: open() refused it once the
+    # descriptor was open, and the descriptor stayed open, one more for each read of it in a
+    # worker that runs for days.
+    def open_descriptors() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    before = open_descriptors()
+    for _ in range(3):
+        with pytest.raises(IsADirectoryError):
+            open_to_read(tmp_path)
+
+    assert open_descriptors() == before

@@ -611,7 +611,7 @@ def _opened(part: Path, checked: os.stat_result, name: str) -> BinaryIO:
     )
     try:
         fh, now = open_to_read(part)
-    except FileNotFoundError:
+    except (FileNotFoundError, IsADirectoryError):  # gone, or a directory in its place
         raise replaced from None
     if not stat.S_ISREG(now.st_mode) or (now.st_dev, now.st_ino) != (
         checked.st_dev,

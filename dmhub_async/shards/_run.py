@@ -157,13 +157,12 @@ def _list_file(path: Path, digest: str) -> bytes | None:
         fh, info = open_to_read(path)
     except FileNotFoundError:
         return None
+    except IsADirectoryError:
+        raise _not_the_list(path) from None
     with fh:
         if not stat.S_ISREG(info.st_mode):
             # A device (a link to /dev/zero was read until memory ran out), a pipe.
-            raise InvalidRequestError(
-                f"{path} is not a regular file, so not the id list this export was planned "
-                "with: put the export's own back, or export to a new directory"
-            )
+            raise _not_the_list(path)
         # Hashed as it is read before it is kept: a file of gigabytes in its place (or one
         # growing) was read whole into memory, then refused.
         whole = hashlib.sha256()
@@ -180,6 +179,14 @@ def _list_file(path: Path, digest: str) -> bytes | None:
         if len(text) != length or "sha256:" + hashlib.sha256(text).hexdigest() != digest:
             return b""  # changed while it was read: not the list
         return text
+
+
+def _not_the_list(path: Path) -> InvalidRequestError:
+    """The error for an id list's file that is no regular file (a pipe, a device, a directory)."""
+    return InvalidRequestError(
+        f"{path} is not a regular file, so not the id list this export was planned "
+        "with: put the export's own back, or export to a new directory"
+    )
 
 
 def _restore_list_file(where: Path, text: bytes, digest: str) -> None:

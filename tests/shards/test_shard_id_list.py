@@ -259,7 +259,7 @@ async def test_an_edited_manifest_of_an_id_list_is_refused(
     edited(lambda d: d.update(version=1))
 
 
-@pytest.mark.parametrize("put", ["fifo", "device"])
+@pytest.mark.parametrize("put", ["fifo", "device", "directory"])
 async def test_a_shard_refuses_an_id_list_that_is_no_file_rather_than_wait_or_fill_memory(
     sim: DMHubSimulator, dm: DMHubClient, tmp_path: Path, put: str
 ) -> None:
@@ -273,6 +273,8 @@ async def test_a_shard_refuses_an_id_list_that_is_no_file_rather_than_wait_or_fi
     (out / "id_list.txt").unlink()
     if put == "fifo":
         os.mkfifo(out / "id_list.txt")
+    elif put == "directory":  # an IsADirectoryError, raised as no other error of the shard's
+        (out / "id_list.txt").mkdir()
     else:
         (out / "id_list.txt").symlink_to(os.devnull)
     _run._READ_LIST.clear()  # a worker process that has read no list yet

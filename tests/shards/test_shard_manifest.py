@@ -1145,8 +1145,9 @@ async def test_merging_what_there_is_never_waits_on_a_checkpoint_that_is_a_pipe(
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize("put", ["pipe", "directory"])
 async def test_a_merge_refuses_a_part_replaced_by_a_pipe_after_it_was_checked(
-    done: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    done: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, put: str
 ) -> None:
     # The part was checked (a regular file, its size) and then opened by its name: one
     # replaced in between by a named pipe made the merge wait for a writer for ever.
@@ -1157,7 +1158,10 @@ async def test_a_merge_refuses_a_part_replaced_by_a_pipe_after_it_was_checked(
     def replaced(checkpoint: Path) -> Any:
         if checkpoint.name == "part-00001.jsonl.ckpt":
             part.unlink()
-            os.mkfifo(part)
+            if put == "pipe":
+                os.mkfifo(part)
+            else:  # an IsADirectoryError, not the merge's own refusal
+                part.mkdir()
         return committed(checkpoint)
 
     monkeypatch.setattr(_manifest, "_committed", replaced)
