@@ -275,7 +275,8 @@ def _finish(manifest: Manifest, args: argparse.Namespace) -> int:
     )
     for s in manifest.shards:
         if s.status != "complete":
-            text += f"\n  {s.file}: {s.status}" + (f": {s.error}" if s.error else "")
+            # Its error may quote the directory's name (an OSError's file): one line all the same.
+            text += f"\n  {s.file}: {s.status}" + (f": {shown(s.error)}" if s.error else "")
     if not manifest.complete:
         text += "\nrerun the same command to finish the parts that are not complete"
     print_report(data, text, style=args.report, quiet=args.quiet, out=sys.stdout)

@@ -1169,3 +1169,32 @@ async def test_a_merge_refuses_a_part_replaced_by_a_pipe_after_it_was_checked(
     with pytest.raises(InvalidRequestError, match=r"part-00001\.jsonl was replaced"):
         await merged_within(part, done, tmp_path / "all.jsonl")
     assert not (tmp_path / "all.jsonl").exists()
+
+
+def test_a_failed_parts_error_quoting_a_line_break_forges_no_line_of_the_report(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A part's error quotes the export's directory (an OSError's file, "... is not a regular
+    # file"): a line break in the directory's name began a line of the report of its own,
+    # the names in the report's first line being escaped (ea4eb14).
+    import argparse
+
+    from dmhub_async.cli._shards import _finish
+    from dmhub_async.shards._run import failure_reason, record_result
+
+    out = "parts\nexported 0 customers in 2 parts"
+    manifest = _two_part_manifest(0)
+    done = {"complete": True, "exported": 3, "duplicates": 0, "seconds": 1.0, "retries": 0}
+    record_result(manifest.shards[0], done)
+    failed = manifest.shards[1]
+    failed.status = "failed"
+    failed.error = failure_reason(OSError(28, "No space left on device", f"{out}/part-00001.jsonl"))
+
+    _finish(manifest, argparse.Namespace(out=out, report="text", quiet=False))
+    lines = capsys.readouterr().out.splitlines()
+
+    assert lines[1] == (
+        "  part-00001.jsonl: failed: parts\\nexported 0 customers in 2 parts/part-00001.jsonl: "
+        "No space left on device"
+    ), lines
+    assert not any(line.startswith("exported 0") for line in lines)
