@@ -642,6 +642,23 @@ def test_demo_exports_a_seeded_simulator(tmp_path: Path) -> None:
     assert "exported      500 customers" in result.stdout
 
 
+def into_full_stdout(
+    command: list[str], env: dict[str, str], cwd: Path
+) -> subprocess.CompletedProcess[str]:
+    """``command`` run with its standard output a full disk (``> /dev/full``)."""
+    with open("/dev/full", "wb") as full:
+        return subprocess.run(
+            command,
+            env=env,
+            cwd=cwd,
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=TIMEOUT,
+            check=False,
+        )
+
+
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
 @pytest.mark.parametrize("report", ["text", "json"])
 @pytest.mark.parametrize("command", ["export", "lookup"])
@@ -654,17 +671,7 @@ def test_a_report_to_a_full_standard_output_is_named_in_the_error(
     args = (
         ["--in", "ids.csv", "--out", "found.csv"] if command == "lookup" else ["--out", "c.jsonl"]
     )
-    with open("/dev/full", "wb") as full:
-        result = subprocess.run(
-            cli_command(command, *args, "--report", report),
-            env=env,
-            cwd=tmp_path,
-            stdout=full,
-            stderr=subprocess.PIPE,
-            text=True,
-            timeout=TIMEOUT,
-            check=False,
-        )
+    result = into_full_stdout(cli_command(command, *args, "--report", report), env, tmp_path)
 
     assert result.returncode == 1, result.stderr
     assert result.stderr == (
@@ -683,17 +690,7 @@ def test_a_full_standard_output_is_named_in_the_error(
     # device", naming nothing: a file --out names itself (`found.csv: No space ...`).
     (tmp_path / "ids.csv").write_text("mobile,13800000000\n", encoding="utf-8")
     args = ["--in", "ids.csv"] if command == "lookup" else []
-    with open("/dev/full", "wb") as full:
-        result = subprocess.run(
-            cli_command(command, *args, "--out", "-", "-q"),
-            env=env,
-            cwd=tmp_path,
-            stdout=full,
-            stderr=subprocess.PIPE,
-            text=True,
-            timeout=TIMEOUT,
-            check=False,
-        )
+    result = into_full_stdout(cli_command(command, *args, "--out", "-", "-q"), env, tmp_path)
 
     assert result.returncode == 1, result.stderr
     assert result.stderr == "dmhub-async: error: standard output: No space left on device\n"

@@ -15,7 +15,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from _helpers import BASE, CUSTOMER, url
+from _helpers import BASE, CUSTOMER, serving, url
 from aiohttp import web
 from aioresponses import CallbackResult, aioresponses
 
@@ -286,14 +286,11 @@ async def _serving(
     stops."""
     app = web.Application()
     app.router.add_route(method, "/v1/customers/1", handler)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-    finally:
-        release.set()
-        await runner.cleanup()
+    async with serving(app) as base_url:
+        try:
+            yield base_url
+        finally:
+            release.set()  # before the server stops: it waits for its handlers
 
 
 @pytest.mark.parametrize("closed", ["client", "derived", "parent", "derived parent"])

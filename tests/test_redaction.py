@@ -39,6 +39,7 @@ from urllib.parse import quote, quote_plus
 
 import aiohttp
 import pytest
+from _helpers import serving
 from aiohttp import web
 from aiohttp.client_reqrep import ConnectionKey, RequestInfo
 from aioresponses import CallbackResult, aioresponses
@@ -344,13 +345,8 @@ async def _loopback(
     app = web.Application()
     app.router.add_get("/security/accesstoken", token)
     app.router.add_get("/v1/customers/{n}", customer)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-    finally:
-        await runner.cleanup()
+    async with serving(app) as base_url:
+        yield base_url
 
 
 def assert_no_secret_in_locals(exc: BaseException) -> None:
