@@ -289,17 +289,10 @@ async def test_no_secret_when_a_call_whose_token_is_held_is_cancelled(api, make_
 
     api.get(API_URL, payload={"id": 1})
     api.get(API_URL, callback=hang)
-    dm = make_client(app_id="app-1", secret=SECRET)
-    await dm.request("GET", "/v1/customers/1")  # the token, held
-    call = asyncio.ensure_future(dm.request("GET", "/v1/customers/2"))
-    await sent.wait()
-    call.cancel()
-
-    with pytest.raises(asyncio.CancelledError) as info:
-        await call
+    cancelled = await cancel_a_held_token_call(make_client(app_id="app-1", secret=SECRET), sent)
 
     assert TOKEN in sent_urls(api)
-    assert_clean(info.value, [])
+    assert_clean(cancelled, [])
 
 
 @pytest.mark.parametrize("held", [False, True], ids=["fetched by the call", "held"])
@@ -324,6 +317,18 @@ async def test_no_secret_when_the_refresh_after_a_refusal_fails(api, make_client
 
     assert TOKEN in sent_urls(api)
     assert_clean(info.value, debug_logs.records)
+
+
+async def cancel_a_held_token_call(dm: Any, sent: asyncio.Event) -> BaseException:
+    """The CancelledError of a call of ``dm`` whose token is held (fetched by a first call),
+    cancelled once ``sent`` says its request arrived."""
+    await dm.request("GET", "/v1/customers/1")  # the token, held
+    call = asyncio.ensure_future(dm.request("GET", "/v1/customers/2"))
+    await sent.wait()
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError) as info:
+        await call
+    return info.value
 
 
 @contextlib.asynccontextmanager
@@ -409,16 +414,10 @@ async def test_no_token_in_the_variables_of_a_cancelled_call_s_traceback(make_cl
 
     async with _loopback(hang) as base_url:
         dm = make_client(app_id="app-1", secret=SECRET, base_url=base_url)
-        await dm.request("GET", "/v1/customers/1")  # the token, held
-        call = asyncio.ensure_future(dm.request("GET", "/v1/customers/2"))
-        await arrived.wait()
-        call.cancel()
+        cancelled = await cancel_a_held_token_call(dm, arrived)
 
-        with pytest.raises(asyncio.CancelledError) as info:
-            await call
-
-    assert_clean(info.value, [])
-    assert_no_secret_in_locals(info.value)
+    assert_clean(cancelled, [])
+    assert_no_secret_in_locals(cancelled)
 
 
 async def test_no_secret_when_a_create_is_cut_off(api, make_client, debug_logs):
