@@ -52,8 +52,9 @@ class ExportScope:
     encoding: str
     filters: dict[str, str]  # the query string of the walk, as sent
 
-    def differences(self, other: ExportScope) -> list[str]:
-        """``"format: 'jsonl' in the checkpoint, 'csv' now"`` for each field that differs.
+    def differences(self, other: ExportScope, *, now: str = "now") -> list[str]:
+        """``"format: 'jsonl' in the checkpoint, 'csv' now"`` for each field that differs
+        (``now``: where ``other`` comes from, as said).
 
         An ``idList`` is compared as the set of its ids: the export walks them by id, each
         once, whatever their order or repeats, so the same ids in another order (a set, a
@@ -64,19 +65,19 @@ class ExportScope:
         for field in attrs.fields(ExportScope):
             mine, theirs = getattr(self, field.name), getattr(other, field.name)
             if field.name == "filters":
-                said += _filter_differences(mine, theirs)
+                said += _filter_differences(mine, theirs, now)
             elif mine != theirs:
-                said.append(f"{field.name}: {mine!r} in the checkpoint, {theirs!r} now")
+                said.append(f"{field.name}: {mine!r} in the checkpoint, {theirs!r} {now}")
         return said
 
 
-def _filter_differences(mine: dict[str, str], theirs: dict[str, str]) -> list[str]:
+def _filter_differences(mine: dict[str, str], theirs: dict[str, str], now: str) -> list[str]:
     """:meth:`ExportScope.differences` of two exports' filters, ``idList`` as a set."""
     said = []
     rest_mine = {name: value for name, value in mine.items() if name != "idList"}
     rest_theirs = {name: value for name, value in theirs.items() if name != "idList"}
     if rest_mine != rest_theirs:
-        said.append(f"filters: {rest_mine!r} in the checkpoint, {rest_theirs!r} now")
+        said.append(f"filters: {rest_mine!r} in the checkpoint, {rest_theirs!r} {now}")
     ids_mine, ids_theirs = _id_set(mine.get("idList")), _id_set(theirs.get("idList"))
     if ids_mine != ids_theirs:
         if ids_mine is None or ids_theirs is None:
@@ -86,7 +87,7 @@ def _filter_differences(mine: dict[str, str], theirs: dict[str, str]) -> list[st
             said.append("idList: other ids (the checkpoint's list has another SHA-256)")
         else:
             said.append(
-                f"idList: {len(ids_mine):,} ids in the checkpoint, {len(ids_theirs):,} now, "
+                f"idList: {len(ids_mine):,} ids in the checkpoint, {len(ids_theirs):,} {now}, "
                 f"{len(ids_mine ^ ids_theirs):,} of them in one only"
             )
     return said

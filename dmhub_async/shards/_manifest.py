@@ -26,11 +26,14 @@ import cattrs
 import orjson
 
 from .._atomic import open_to_read, replace_file, replacing
+from .._auth import normalise_base_url
 from .._exceptions import InvalidRequestError
 from .._threads import on_thread
+from ..export._checkpoint import ExportScope, recorded_scope
 from ..export._export import check_output_name
 from ..export._output import _lock, _release, _sweep
-from ._plan import Shard, _aware, _seconds
+from ..resources._filters import customer_filter_params
+from ._plan import ListedIds, Shard, _aware, _seconds
 
 logger = logging.getLogger("dmhub_async")
 
@@ -40,6 +43,7 @@ __all__ = [
     "Manifest",
     "ManifestWriter",
     "ShardOutcome",
+    "id_list_file",
     "merge",
     "part_digest",
     "part_name",
@@ -66,6 +70,50 @@ def part_digest(path: Path) -> tuple[int, str]:
         while chunk := fh.read(1 << 20):
             digest.update(chunk)
         return fh.tell(), digest.hexdigest()
+
+
+def id_list_file(path: Path, digest: str) -> bytes | None:
+    """The text of the id list's file at ``path`` if it is the list of ``digest`` (b"" if it
+    is not), None if there is none; InvalidRequestError if it is no regular file. Blocking.
+
+    Hashed as it is streamed, then read again and hashed again: the text kept is the text
+    checked, whatever was written over the file between the two reads."""
+    try:
+        # Not blocking: a named pipe put there waited for a writer for ever (the shard never
+        # ended); opened so, it is refused below with any other file that is not one.
+        fh, info = open_to_read(path)
+    except FileNotFoundError:
+        return None
+    except IsADirectoryError:
+        raise _not_the_list(path) from None
+    with fh:
+        if not stat.S_ISREG(info.st_mode):
+            # A device (a link to /dev/zero was read until memory ran out), a pipe.
+            raise _not_the_list(path)
+        # Hashed as it is read before it is kept: a file of gigabytes in its place (or one
+        # growing) was read whole into memory, then refused.
+        whole = hashlib.sha256()
+        length = 0
+        while chunk := fh.read(1 << 20):
+            whole.update(chunk)
+            length += len(chunk)
+        if "sha256:" + whole.hexdigest() != digest:
+            return b""  # not the list
+        # Read again, and checked again: written over in place since it was hashed (another
+        # list copied over it), its ids were kept unchecked and exported as the shard's.
+        fh.seek(0)
+        text = fh.read(length + 1)
+        if len(text) != length or "sha256:" + hashlib.sha256(text).hexdigest() != digest:
+            return b""  # changed while it was read: not the list
+        return text
+
+
+def _not_the_list(path: Path) -> InvalidRequestError:
+    """The error for an id list's file that is no regular file (a pipe, a device, a directory)."""
+    return InvalidRequestError(
+        f"{path} is not a regular file, so not the id list this export was planned "
+        "with: put the export's own back, or export to a new directory"
+    )
 
 
 def part_name(index: int, fmt: str) -> str:
@@ -400,10 +448,11 @@ def merge(
     ``allow_incomplete``, a part that is not complete goes in as far as its checkpoint covers
     (one whose export ended in MISMATCH, as it was then: what its checkpoint covers checked
     against it, one shorter than it was then left out), in whole lines: a record its worker
-    was killed writing is left out. A complete part is still checked (its SHA-256), and
-    goes in as it was exported, without what was appended since; one shorter than it was
-    exported is left out, with a warning (cut short since, or another export's: no check
-    tells them apart).
+    was killed writing is left out; its checkpoint must be of its shard (the shard's window,
+    filters and slice of the id list, the manifest's service and app). A complete part is
+    still checked (its SHA-256), and goes in as it was exported, without what was appended
+    since; one shorter than it was exported is left out, with a warning (cut short since, or
+    another export's: no check tells them apart).
 
     Blocking file work (0.3 s for 100,000 customers, 83 MB): from async code, run it on a
     thread, ``await asyncio.to_thread(merge, directory, dest)``, or the event loop stands still
@@ -413,7 +462,9 @@ def merge(
         InvalidRequestError: no manifest, a part missing, the export not complete, or a
             complete part changed since it was exported: its size (these unless
             ``allow_incomplete``), or its content (the SHA-256 the manifest records); a CSV
-            part whose header is not the first part's (another export's); a part replaced
+            part whose header is not the first part's (another export's); an unfinished
+            part whose checkpoint is of another export, or, of an id list, cannot be checked
+            (``id_list.txt`` missing or changed); a part replaced
             or removed between its checks and its copy (a named pipe there is never waited
             on, nor a checkpoint that is one).
     """
@@ -442,6 +493,7 @@ def _copy_parts(manifest: Manifest, directory: Path, out: BinaryIO, allow_incomp
     """Copy the parts into ``out`` in shard order, as :func:`merge` says; the records."""
     records = 0
     first_header: tuple[bytes, str] | None = None  # a CSV's, and the part it came from
+    scopes = _ShardScopes(manifest, directory)
     for outcome in manifest.shards:
         part = directory / outcome.file
         found = _regular_file(part)
@@ -508,6 +560,17 @@ def _copy_parts(manifest: Manifest, directory: Path, out: BinaryIO, allow_incomp
                     f"{limit:,}",
                 )
                 continue
+        if committed.scope is not None:
+            differs = scopes.differences(outcome, committed.scope)
+            if differs:
+                # Another export's part beside its own checkpoint (a shard rerun with other
+                # filters, or both copied in from another run of the same layout): the part
+                # agreed with its checkpoint, and its customers were merged as this export's.
+                raise InvalidRequestError(
+                    f"{outcome.file} is another export's part: its checkpoint is not of shard "
+                    f"{outcome.shard.index} ({'; '.join(differs)}); delete "
+                    "it and its checkpoint and rerun the export, which exports that shard again"
+                )
         # Its content checked as it is copied: a part edited, or another run's part of the
         # same size put in its place, was merged without a word.
         check = outcome.sha256 is not None and not unfinished
@@ -630,6 +693,8 @@ class _Committed:
     covered: int | None
     exported: int | None = None
     last_id: Any = None
+    #: The export the checkpoint says it is of (its ``scope``), None when it says none.
+    scope: ExportScope | None = None
 
     def holds(self, at_mark: tuple[int, bytes] | None, csv: bool) -> bool:
         """Whether the records of a part's lines the checkpoint covers, and the last of them
@@ -669,4 +734,51 @@ def _committed(checkpoint: Path) -> _Committed:
         return _Committed(None)
     if not isinstance(exported, int) or isinstance(exported, bool):
         exported = None
-    return _Committed(covered, exported, data.get("last_id"))
+    try:
+        scope = _scope_converter.structure(data["scope"], ExportScope)
+    except (KeyError, TypeError, ValueError, cattrs.BaseValidationError):
+        scope = None  # none recorded (not a checkpoint an export wrote): not compared
+    return _Committed(covered, exported, data.get("last_id"), scope)
+
+
+_scope_converter = cattrs.Converter(forbid_extra_keys=True)
+
+
+class _ShardScopes:
+    """What each shard's export records as its scope (the checkpoint's), to tell a part's
+    checkpoint of another export from its own; the directory's id list read once, when a
+    shard of it is asked for."""
+
+    def __init__(self, manifest: Manifest, directory: Path) -> None:
+        self._manifest, self._directory = manifest, directory
+        self._ids: ListedIds | None = None
+
+    def differences(self, outcome: ShardOutcome, found: ExportScope) -> list[str]:
+        """What of ``found`` (a checkpoint's scope) is not this shard's export; its ``dest``
+        aside: a directory moved (or mounted elsewhere) holds the same export."""
+        manifest, shard = self._manifest, outcome.shard
+        if shard.detached:
+            shard = shard.with_ids(self._listed(outcome))
+        params = customer_filter_params("merge", shard.export_filters())
+        expected = ExportScope(
+            normalise_base_url(manifest.base_url),
+            manifest.app_id,
+            found.dest,
+            manifest.format,
+            "utf-8",  # the only encoding of a part
+            params,
+        )
+        return recorded_scope(found).differences(recorded_scope(expected), now="in the manifest")
+
+    def _listed(self, outcome: ShardOutcome) -> ListedIds:
+        if self._ids is None:
+            path = self._directory / ID_LIST_NAME
+            text = id_list_file(path, str(outcome.shard.id_list_sha256))
+            if not text:
+                why = "missing" if text is None else "not the id list this export was planned with"
+                raise InvalidRequestError(
+                    f"{outcome.file}: its checkpoint cannot be checked, {path} is {why}: rerun "
+                    "the export (given its id list, it writes the file again), then merge"
+                )
+            self._ids = ListedIds(text)
+        return self._ids

@@ -11,10 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-import hashlib
 import logging
 import os
-import stat
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -22,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from typing_extensions import Unpack
 
-from .._atomic import open_to_read, replace_file
+from .._atomic import replace_file
 from .._exceptions import DMHubError, InvalidRequestError
 from .._threads import file_work
 from .._validate import check_flag, short
@@ -37,6 +35,7 @@ from ._manifest import (
     ManifestWriter,
     ShardOutcome,
     checkpoint_name,
+    id_list_file,
     part_digest,
 )
 from ._plan import (
@@ -127,7 +126,7 @@ async def _id_list(directory: Path, shard: Shard) -> ListedIds:
     path = directory / ID_LIST_NAME
 
     def read() -> ListedIds:
-        text = _list_file(path, digest)
+        text = id_list_file(path, digest)
         if text is None:
             raise InvalidRequestError(
                 f"{path} is missing: shard {shard.index} names ids {shard.describe_ids()} of "
@@ -145,50 +144,6 @@ async def _id_list(directory: Path, shard: Shard) -> ListedIds:
     return ids
 
 
-def _list_file(path: Path, digest: str) -> bytes | None:
-    """The text of the id list's file at ``path`` if it is the list of ``digest`` (b"" if it
-    is not), None if there is none; InvalidRequestError if it is no regular file. Blocking.
-
-    Hashed as it is streamed, then read again and hashed again: the text kept is the text
-    checked, whatever was written over the file between the two reads."""
-    try:
-        # Not blocking: a named pipe put there waited for a writer for ever (the shard never
-        # ended); opened so, it is refused below with any other file that is not one.
-        fh, info = open_to_read(path)
-    except FileNotFoundError:
-        return None
-    except IsADirectoryError:
-        raise _not_the_list(path) from None
-    with fh:
-        if not stat.S_ISREG(info.st_mode):
-            # A device (a link to /dev/zero was read until memory ran out), a pipe.
-            raise _not_the_list(path)
-        # Hashed as it is read before it is kept: a file of gigabytes in its place (or one
-        # growing) was read whole into memory, then refused.
-        whole = hashlib.sha256()
-        length = 0
-        while chunk := fh.read(1 << 20):
-            whole.update(chunk)
-            length += len(chunk)
-        if "sha256:" + whole.hexdigest() != digest:
-            return b""  # not the list
-        # Read again, and checked again: written over in place since it was hashed (another
-        # list copied over it), its ids were kept unchecked and exported as the shard's.
-        fh.seek(0)
-        text = fh.read(length + 1)
-        if len(text) != length or "sha256:" + hashlib.sha256(text).hexdigest() != digest:
-            return b""  # changed while it was read: not the list
-        return text
-
-
-def _not_the_list(path: Path) -> InvalidRequestError:
-    """The error for an id list's file that is no regular file (a pipe, a device, a directory)."""
-    return InvalidRequestError(
-        f"{path} is not a regular file, so not the id list this export was planned "
-        "with: put the export's own back, or export to a new directory"
-    )
-
-
 def _restore_list_file(where: Path, text: bytes, digest: str) -> None:
     """Write the export's id list's file again if it is not that list (blocking work).
 
@@ -197,7 +152,7 @@ def _restore_list_file(where: Path, text: bytes, digest: str) -> None:
     own back"), which it had in hand."""
     path = where / ID_LIST_NAME
     try:
-        held = _list_file(path, digest)
+        held = id_list_file(path, digest)
     except InvalidRequestError:
         held = b""
     if held:

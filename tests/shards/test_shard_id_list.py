@@ -23,11 +23,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from shard_support import exported_ids
 
-from dmhub_async import DMHubClient, InvalidRequestError
+from dmhub_async import APIConnectionError, DMHubClient, InvalidRequestError
 from dmhub_async.shards import (
     MANIFEST_NAME,
     Manifest,
     Shard,
+    _manifest,
     _run,
     export_sharded,
     merge,
@@ -469,10 +470,57 @@ async def test_a_shard_refuses_an_id_list_file_written_over_while_it_is_read(
                     fh.write(theirs)
             return self._hash.hexdigest()
 
-    monkeypatch.setattr(_run, "hashlib", types.SimpleNamespace(sha256=Hashed))
+    monkeypatch.setattr(_manifest, "hashlib", types.SimpleNamespace(sha256=Hashed))
     _run._READ_LIST.clear()  # a worker process that has read no list yet
 
     with pytest.raises(InvalidRequestError, match="not the id list"):
         await export_shard(dm, manifest.shards[0].shard, out / "again.jsonl")
     assert Hashed.written
     assert not (out / "again.jsonl").exists()
+
+
+async def test_merging_what_there_is_checks_an_id_list_parts_checkpoint_is_of_its_slice(
+    sim: DMHubSimulator, dm: DMHubClient, tmp_path: Path
+) -> None:
+    # A shard of an id list failed part-way: its checkpoint records its slice (a long one by
+    # its SHA-256), read from the directory's list to be checked: the export's own part goes
+    # in; another list's part, beside its own checkpoint, is refused.
+    async def failed_first_shard(out: Path, given: list[int]) -> None:
+        await export_sharded(dm, out, 2, progress=False, id_list=given)
+        data = orjson.loads((out / "manifest.json").read_bytes())
+        data["shards"][0].update(status="failed", size=None, sha256=None)
+        (out / "manifest.json").write_bytes(orjson.dumps(data))
+        (out / "part-00000.jsonl").unlink()
+        manifest = Manifest.read(out)
+        assert manifest is not None
+        sim.faults.paths = ("GET /v1/customers",)
+        sim.faults.script(["ok"] * 2 + ["reset"])
+        try:
+            async with DMHubClient(
+                sim.app_id, sim.secret, base_url=sim.url, max_retries=0
+            ) as client:
+                with pytest.raises(APIConnectionError):
+                    await export_shard(
+                        client,
+                        manifest.shards[0].shard,
+                        out / "part-00000.jsonl",
+                        checkpoint=out / "part-00000.jsonl.ckpt",
+                        page_size=10,
+                        concurrency=1,
+                    )
+        finally:
+            sim.faults.clear()
+
+    real = sim.customer_ids()
+    own, other = tmp_path / "own", tmp_path / "other"
+    await failed_first_shard(own, long_list(sim, 30_000))  # slices of 15,000 ids: digested
+    assert merge(own, tmp_path / "own.jsonl", allow_incomplete=True) == 20
+    await failed_first_shard(other, real[:500])
+    for name in ("part-00000.jsonl", "part-00000.jsonl.ckpt"):
+        (own / name).write_bytes((other / name).read_bytes())
+
+    with pytest.raises(InvalidRequestError, match=r"part-00000\.jsonl is another export's"):
+        merge(own, tmp_path / "all.jsonl", allow_incomplete=True)
+    (own / "id_list.txt").unlink()
+    with pytest.raises(InvalidRequestError, match=r"id_list\.txt is missing"):
+        merge(own, tmp_path / "all.jsonl", allow_incomplete=True)

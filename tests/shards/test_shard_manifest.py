@@ -18,16 +18,18 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import attrs
 import orjson
 import pytest
 from _helpers import lock_files_cannot_go, loop_runs_meanwhile, umask_watched
 from shard_support import exported_ids
 
-from dmhub_async import DMHubClient, InvalidRequestError
+from dmhub_async import APIConnectionError, DMHubClient, InvalidRequestError
 from dmhub_async._atomic import naming
 from dmhub_async.cli import main
 from dmhub_async.export import _output, export_customers
-from dmhub_async.shards import MANIFEST_NAME, Manifest, _manifest, export_sharded, merge
+from dmhub_async.shards import MANIFEST_NAME, Manifest, Shard, _manifest, export_sharded, merge
+from dmhub_async.shards._run import export_shard
 from dmhub_async.testing import DMHubSimulator
 
 CUSTOMERS = 400
@@ -1198,3 +1200,66 @@ def test_a_failed_parts_error_quoting_a_line_break_forges_no_line_of_the_report(
         "No space left on device"
     ), lines
     assert not any(line.startswith("exported 0") for line in lines)
+
+
+async def failed_part_way(
+    sim: DMHubSimulator, directory: Path, shard: Shard, *, pages: int = 2
+) -> None:
+    """``shard`` exported to ``directory``'s part of its index as a real run that failed
+    part-way leaves it: ``pages`` pages written, then the connection drops, its checkpoint
+    kept."""
+    sim.faults.paths = ("GET /v1/customers",)
+    sim.faults.script(["ok"] * pages + ["reset"])
+    try:
+        async with DMHubClient(sim.app_id, sim.secret, base_url=sim.url, max_retries=0) as client:
+            with pytest.raises(APIConnectionError):
+                await export_shard(
+                    client,
+                    shard,
+                    directory / f"part-{shard.index:05d}.jsonl",
+                    checkpoint=directory / f"part-{shard.index:05d}.jsonl.ckpt",
+                    page_size=10,
+                    concurrency=1,
+                )
+    finally:
+        sim.faults.clear()
+    assert (directory / f"part-{shard.index:05d}.jsonl.ckpt").exists()
+
+
+@pytest.mark.parametrize("whose", ["rerun with other filters", "copied from another export"])
+async def test_merging_what_there_is_refuses_another_exports_part_beside_its_own_checkpoint(
+    sim: DMHubSimulator, dm: DMHubClient, done: Path, tmp_path: Path, whose: str
+) -> None:
+    # A part that failed part-way goes in as far as its checkpoint covers, checked against it:
+    # but a part of another export beside that export's own checkpoint (a shard rerun with
+    # other filters, or both copied in from another run of the same layout) agreed with it,
+    # and its customers were merged as this export's.
+    manifest = Manifest.read(done)
+    assert manifest is not None
+    own = manifest.shards[1].shard
+    edit(done, lambda data: data["shards"][1].update(status="failed", size=None, sha256=None))
+    (done / "part-00001.jsonl").unlink()
+    await failed_part_way(sim, done, own)
+    # The export's own unfinished part, its real checkpoint beside it, still goes in.
+    written = len((done / "part-00001.jsonl").read_bytes().splitlines())
+    assert 0 < written < 100
+    assert merge(done, tmp_path / "own.jsonl", allow_incomplete=True) == CUSTOMERS - 100 + written
+
+    for name in ("part-00001.jsonl", "part-00001.jsonl.ckpt"):
+        (done / name).unlink()
+    if whose == "rerun with other filters":
+        await failed_part_way(sim, done, attrs.evolve(own, filters={"gender": 1}))
+    else:
+        other = tmp_path / "other"
+        await export_sharded(dm, other, 8, progress=False)
+        theirs = Manifest.read(other)
+        assert theirs is not None
+        await failed_part_way(sim, tmp_path, theirs.shards[1].shard)
+        for name in ("part-00001.jsonl", "part-00001.jsonl.ckpt"):
+            (done / name).write_bytes((tmp_path / name).read_bytes())
+    theirs_ids = (done / "part-00001.jsonl").read_bytes().splitlines()
+
+    with pytest.raises(InvalidRequestError, match=r"part-00001\.jsonl is another export's"):
+        merge(done, tmp_path / "all.jsonl", allow_incomplete=True)
+    assert not (tmp_path / "all.jsonl").exists()
+    assert theirs_ids  # the test means something
