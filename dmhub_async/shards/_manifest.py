@@ -155,10 +155,9 @@ class ShardOutcome:
     def part_changed(self, directory: Path) -> str | None:
         """Why this complete shard's part no longer holds what was exported, or None."""
         part = directory / self.file
-        try:
-            size = part.stat().st_size
-        except FileNotFoundError:
-            return f"{self.file} is missing"
+        if _regular_file(part) is None:
+            return f"{self.file} {not_a_part(part)}"
+        size = part.stat().st_size
         if self.size is not None and size != self.size:
             return f"{self.file} holds {size:,} bytes, {self.size:,} when it was exported"
         return None
@@ -498,11 +497,12 @@ def _copy_parts(manifest: Manifest, directory: Path, out: BinaryIO, allow_incomp
         part = directory / outcome.file
         found = _regular_file(part)
         if found is None:
+            what = not_a_part(part)  # a directory there was said to be "missing"
             if allow_incomplete:
                 # Said: "merged 15,000 records" alone read as the whole export.
-                logger.warning("merge: %s is missing: left out", outcome.file)
+                logger.warning("merge: %s %s: left out", outcome.file, what)
                 continue
-            raise InvalidRequestError(f"{part} is missing")
+            raise InvalidRequestError(f"{part} {what}")
         changed = outcome.part_changed(directory)
         if changed is not None and outcome.status == "complete" and not allow_incomplete:
             raise InvalidRequestError(
@@ -662,6 +662,33 @@ def _regular_file(path: Path) -> os.stat_result | None:
     except (FileNotFoundError, NotADirectoryError):
         return None
     return found if stat.S_ISREG(found.st_mode) else None
+
+
+#: What a path is, said, by the type its mode gives (one that is no regular file).
+_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISFIFO, "a named pipe"),
+    (stat.S_ISCHR, "a device"),
+    (stat.S_ISBLK, "a device"),
+)
+
+
+def not_a_part(path: Path) -> str:
+    """``is missing``, or what ``path`` is instead of a regular file (``is a directory, not a
+    part file``; ``is a link to a directory, ...``), as a part's refusal or warning says it."""
+    try:
+        mode = os.lstat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return "is missing"
+    link = stat.S_ISLNK(mode)
+    if link:
+        try:
+            mode = os.stat(path).st_mode
+        except OSError:
+            return f"is a link to {os.readlink(path)!r}, which is missing"
+    kind = next((name for test, name in _KINDS if test(mode)), "no regular file")
+    return f"is {'a link to ' if link else ''}{kind}, not a part file"
 
 
 def _opened(part: Path, checked: os.stat_result, name: str) -> BinaryIO:

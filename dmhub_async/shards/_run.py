@@ -344,7 +344,11 @@ def _recheck_parts(where: Path, manifest: Manifest) -> bool:
             continue
         logger.warning("shard %d: %s: exporting it again", outcome.shard.index, why)
         for stale in (outcome.file, checkpoint_name(outcome.shard.index, manifest.format)):
-            (where / stale).unlink(missing_ok=True)
+            path = where / stale
+            # A directory there is not a part the shard wrote: kept (its export then fails
+            # saying so); removing it was a raw IsADirectoryError that stopped the rerun.
+            if path.is_symlink() or not path.is_dir():
+                path.unlink(missing_ok=True)
         outcome.status, outcome.error = "pending", f"exported again: {why}"
         outcome.exported = outcome.duplicates = 0
         outcome.size = outcome.sha256 = outcome.retries = None

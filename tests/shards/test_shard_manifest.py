@@ -11,10 +11,11 @@ import contextlib
 import csv
 import errno
 import os
+import socket
 import stat
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -1263,3 +1264,50 @@ async def test_merging_what_there_is_refuses_another_exports_part_beside_its_own
         merge(done, tmp_path / "all.jsonl", allow_incomplete=True)
     assert not (tmp_path / "all.jsonl").exists()
     assert theirs_ids  # the test means something
+
+
+def put_in_place_of(part: Path, kind: str) -> Iterator[None]:
+    """``part`` replaced by something that is no regular file, until the block ends."""
+    part.unlink()
+    held: socket.socket | None = None
+    if kind == "a directory":
+        part.mkdir()
+        (part / "notes.txt").write_text("someone's\n")
+    elif kind == "a socket":
+        held = socket.socket(socket.AF_UNIX)
+        held.bind(str(part))
+    else:
+        part.symlink_to(part.parent.parent)
+    try:
+        yield
+    finally:
+        if held is not None:
+            held.close()
+
+
+@pytest.mark.parametrize("kind", ["a directory", "a socket", "a link to a directory"])
+async def test_a_part_that_is_no_file_is_said_to_be_what_it_is_not_missing(
+    dm: DMHubClient, done: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, kind: str
+) -> None:
+    # A part path that is there but is no regular file was said to be "missing": the user
+    # looked, found it, and could not tell what the merge meant. A rerun stopped on a
+    # directory there with a raw IsADirectoryError.
+    part = done / "part-00001.jsonl"
+    with contextlib.contextmanager(put_in_place_of)(part, kind):
+        with pytest.raises(InvalidRequestError) as refused:
+            merge(done, tmp_path / "all.jsonl")
+        assert f"part-00001.jsonl is {kind}, not a part file" in str(refused.value)
+        assert "missing" not in str(refused.value)
+
+        assert merge(done, tmp_path / "all.jsonl", allow_incomplete=True) == CUSTOMERS - 100
+        assert f"merge: part-00001.jsonl is {kind}, not a part file: left out" in caplog.text
+
+        again = await export_sharded(dm, done, 4, progress=False)
+
+        assert f"shard 1: part-00001.jsonl is {kind}, not a part file" in caplog.text
+        if kind == "a directory":  # someone's: kept, and the shard fails saying why
+            assert (part / "notes.txt").exists()
+            assert again.shards[1].status == "failed"
+            assert "is a directory" in str(again.shards[1].error)
+        else:
+            assert again.complete
