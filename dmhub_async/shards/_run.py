@@ -374,8 +374,8 @@ class ProgressBar:
     """One bar for a whole sharded export, fed per shard from any number of workers.
 
     The bar is drawn on a terminal when ``enabled``; ``on_total`` (for progress lines in a log)
-    hears the whole export's count after every update, and its total as now known: a complete
-    shard's customers, the others' planned counts (:meth:`settled`).
+    hears the whole export's count after every update, and its total as now known: an ended
+    shard's customers (complete, or in MISMATCH), the others' planned counts (:meth:`settled`).
     """
 
     def __init__(
@@ -411,12 +411,14 @@ class ProgressBar:
             self._on_total(self.exported, self._total or None)
 
     def settled(self, outcome: ShardOutcome) -> None:
-        """Shard ``outcome``'s export ended, its outcome recorded: once complete, its customers
-        take its planned count's place in the total. A slice of an id list plans its ids, an
-        upper bound (an id of no one counts): the bar of such an export ended at 40%, its
-        time left too long all the way."""
+        """Shard ``outcome``'s export ended, its outcome recorded: once it ran to its end
+        (complete, or incomplete: MISMATCH), its customers take its planned count's place in
+        the total. A slice of an id list plans its ids, an upper bound (an id of no one
+        counts): the bar of such an export ended at 40%, its time left too long all the way;
+        a shard that ended in MISMATCH, its customers changing as it ran, left the whole
+        export's progress at 416/400 (104%), or short of 100% for good."""
         index = outcome.shard.index
-        if outcome.status == "complete" and index not in self._settled:
+        if outcome.status in ("complete", "incomplete") and index not in self._settled:
             self._settled.add(index)
             self._total += outcome.exported - outcome.shard.planned_count
             if self._bar is not None:

@@ -979,6 +979,31 @@ async def test_a_shard_that_ended_in_mismatch_is_checked_again_and_merged_whole(
     assert not list(out.glob("*.ckpt"))
 
 
+async def test_the_progress_total_ends_at_what_a_shard_ended_in_mismatch_exported(
+    sim: DMHubSimulator, dm: DMHubClient, tmp_path: Path
+) -> None:
+    # A shard whose export ended in MISMATCH kept its planned count in the total to the end:
+    # the customers changing while it ran, the last progress said 416/400 (104%), or, with
+    # deletes, ended the bar short of 100% and the time left never reached 0.
+    sim.mutate_every(3, inserts=2, deletes=4, front=False)
+    heard: list[tuple[int, int | None]] = []
+    manifest = await export_sharded(
+        dm,
+        tmp_path / "out",
+        2,
+        page_size=20,
+        concurrency=1,
+        parallel=1,
+        progress=False,
+        on_total=lambda done, total: heard.append((done, total)),
+    )
+    ended = [s for s in manifest.shards if s.status == "incomplete"]
+    assert ended, manifest.shards
+    assert any(s.exported != s.shard.planned_count for s in ended)  # the test means something
+
+    assert heard[-1] == (manifest.exported, manifest.exported)
+
+
 async def test_merging_what_there_is_leaves_out_another_exports_shorter_part(
     dm: DMHubClient, done: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
