@@ -245,6 +245,13 @@ async def _sharded_export(args: argparse.Namespace, filters: dict[str, Any]) -> 
 _ENDED = ("complete", "incomplete", "failed")
 
 
+#: Why a shard whose export ended in MISMATCH is not complete, as its export's report says.
+_MISMATCH = (
+    "{:,} exported, but its final check could not show every customer of its shard is in it "
+    "(customers changed while it ran, or some were missed)"
+)
+
+
 def _finish(manifest: Manifest, args: argparse.Namespace) -> int:
     data = {
         "path": args.out,
@@ -274,7 +281,10 @@ def _finish(manifest: Manifest, args: argparse.Namespace) -> int:
         f"{retries})"
     )
     for s in manifest.shards:
-        if s.status != "complete":
+        if s.status == "incomplete" and not s.error:
+            # Its export ran to its end: it said "incomplete" alone, where a failed one says why.
+            text += f"\n  {s.file}: incomplete (MISMATCH): {_MISMATCH.format(s.exported)}"
+        elif s.status != "complete":
             # Its error may quote the directory's name (an OSError's file): one line all the same.
             text += f"\n  {s.file}: {s.status}" + (f": {shown(s.error)}" if s.error else "")
     if not manifest.complete:

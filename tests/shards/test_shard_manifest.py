@@ -1336,3 +1336,28 @@ async def test_a_part_that_is_no_file_is_said_to_be_what_it_is_not_missing(
             assert "is a directory" in str(again.shards[1].error)
         else:
             assert again.complete
+
+
+def test_the_report_says_why_a_shard_that_ended_in_mismatch_is_incomplete(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A shard whose export ended in MISMATCH was listed as "part-00001.jsonl: incomplete"
+    # alone: a failed one says its error; this one said nothing of why, nor what to expect.
+    import argparse
+
+    from dmhub_async.cli._shards import _finish
+    from dmhub_async.shards._run import record_result
+
+    manifest = _two_part_manifest(0)
+    ended = {"duplicates": 0, "seconds": 1.0, "size": 9, "retries": 0}
+    record_result(manifest.shards[0], {**ended, "complete": True, "exported": 3})
+    record_result(manifest.shards[1], {**ended, "complete": False, "exported": 1_204})
+
+    _finish(manifest, argparse.Namespace(out=str(tmp_path), report="text", quiet=False))
+    said = capsys.readouterr().out
+
+    assert (
+        "  part-00001.jsonl: incomplete (MISMATCH): 1,204 exported, but its final check could "
+        "not show every customer of its shard is in it (customers changed while it ran, or "
+        "some were missed)"
+    ) in said, said
