@@ -180,7 +180,10 @@ def test_a_sharded_export_of_an_id_list_has_each_listed_customer_once(
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout)["complete"] is True
     assert requests(served) == sent
-    assert_one_line_error(other, 1, "other filters")
+    # Named by the flag the user gave: "other filters" alone sent them looking through
+    # every flag for one they had changed.
+    assert_one_line_error(other, 1, "other filters (--id-list: other ids")
+    assert "id_list" not in other.stderr
 
 
 def test_a_sharded_export_of_ids_of_no_customer_reports_the_ids_listed_not_a_count(
@@ -379,3 +382,35 @@ def test_an_id_past_the_last_is_refused_whatever_its_padding(tmp_path: Path) -> 
         CommandError, match=r"ids\.txt:2: not a customer id: '00009223372036854775808'"
     ):
         read_id_file(str(path))
+
+
+def test_a_checkpoint_of_other_filters_is_refused_naming_their_flags(
+    served: ServedSimulator, env: dict[str, str], tmp_path: Path
+) -> None:
+    # The refusal named the wire's query ("filters: {'stage': 'lead', 'dateCreatedFrom':
+    # ...}"), not --stage or --created-from, which the user typed (c9e4696 for --id-list).
+    command = ["export", "--out", "some.jsonl", "--checkpoint", "some.ckpt", "--page-size", "20"]
+    served.sim.faults.paths = ("GET /v1/customers",)
+    served.sim.faults.script(["ok"] * 3 + ["reset"])
+    since = "2000-01-01T00:00:00Z"
+    failed = run_cli(
+        *command, "--created-from", since, "--max-retries", "0", "-q", env=env, cwd=tmp_path
+    )
+    assert failed.returncode == 1, failed.stderr
+    assert (tmp_path / "some.ckpt").exists()
+
+    other = run_cli(
+        *command, "--created-from", since, "--stage", "lead", "--select", "date_join",
+        env=env, cwd=tmp_path,
+    )  # fmt: skip
+
+    assert_one_line_error(
+        other,
+        1,
+        "belongs to another export (",
+        "--stage: none in the checkpoint, 'lead' now",
+        "--select: none in the checkpoint, 'id,date_join' now",
+    )
+    assert "--created-from" not in other.stderr  # the same in both
+    for wire in ("dateCreatedFrom", "dateJoin", "filters:"):
+        assert wire not in other.stderr, other.stderr

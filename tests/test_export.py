@@ -753,7 +753,7 @@ async def test_a_long_id_lists_checkpoint_refuses_another_list_in_a_few_words(
     with pytest.raises(InvalidRequestError, match="belongs to another export") as refused:
         await export_customers(client, dest, checkpoint=ckpt, progress=False, id_list=given[:-1])
 
-    assert "idList: other ids" in str(refused.value)
+    assert "id_list: other ids" in str(refused.value)
     assert len(str(refused.value)) < 1_000
     assert sim.counters.total == 0
 
@@ -1540,3 +1540,46 @@ async def test_a_work_file_that_cannot_be_made_names_the_destination(
     assert raised.value.errno == errno.ENOSPC
     assert raised.value.filename == str(dest)
     assert files_in(tmp_path) == []
+
+
+async def test_a_checkpoint_of_other_filters_is_refused_naming_them_as_given(
+    sim: DMHubSimulator, client: DMHubClient, tmp_path: Path
+) -> None:
+    # The refusal quoted the walks' query strings ("filters: {'select': 'id,dateJoin',
+    # 'dateCreatedFrom': ...}"): the wire's names, which the caller never typed, and every
+    # filter of both, the one that differs to be found by eye.
+    dest, ckpt = tmp_path / "out.jsonl", tmp_path / "out.ckpt"
+    with pytest.raises(Crash):
+        await export_customers(
+            client,
+            dest,
+            checkpoint=ckpt,
+            page_size=50,
+            progress=False,
+            on_progress=crash_after(1),
+            select=["date_join", "mobile"],
+            date_created_from="2000-01-01T00:00:00Z",
+            source="wechat",
+        )
+
+    with pytest.raises(InvalidRequestError) as refused:
+        await export_customers(
+            client,
+            dest,
+            checkpoint=ckpt,
+            progress=False,
+            select=["date_join"],
+            date_created_from="2001-01-01T00:00:00Z",
+            source="wechat",
+            gender=1,
+        )
+
+    said = str(refused.value)
+    assert "select: 'id,date_join,mobile' in the checkpoint, 'id,date_join' now" in said, said
+    assert (
+        "date_created_from: '2000-01-01T00:00:00' in the checkpoint, '2001-01-01T00:00:00' now"
+    ) in said, said
+    assert "gender: none in the checkpoint, '1' now" in said, said
+    assert "source" not in said  # the same in both
+    for wire in ("dateJoin", "dateCreatedFrom", "filters:"):
+        assert wire not in said, said

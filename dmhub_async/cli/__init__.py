@@ -35,12 +35,14 @@ from ._errors import (
     explain,
 )
 from ._files import stop_standard_output
-from ._parser import build_parser
+from ._parser import FILTER_FLAGS, build_parser
 from ._settings import REDIS_PASSWORD_ENV, show_requests
 
 __all__ = ["EXIT_ERROR", "EXIT_INCOMPLETE", "EXIT_OK", "EXIT_USAGE", "main"]
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
+#: Each filter's flag by its keyword, as an error line names it (``--id-list``: its own flag).
+_FLAG_OF = {**{name: flag for flag, name in FILTER_FLAGS.items()}, "id_list": "--id-list"}
 
 
 async def _run(args: argparse.Namespace) -> int:
@@ -109,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with contextlib.suppress(OSError, ValueError, AttributeError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_BROKEN_PIPE
-    code, message = explain(err)
+    code, message = explain(err, _FLAG_OF)
     if isinstance(err, Interrupted):
         message = _interrupted(err, args)
     else:

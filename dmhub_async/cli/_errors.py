@@ -6,8 +6,8 @@ import contextlib
 import os
 import re
 import signal
-from collections.abc import Iterator
-from types import FrameType
+from collections.abc import Iterator, Mapping
+from types import FrameType, MappingProxyType
 from typing import Any
 
 from .._exceptions import APIConnectionError, AuthenticationError, DMHubError
@@ -84,6 +84,7 @@ def interruptible() -> Iterator[None]:
 
 
 _METHOD = re.compile(r"^\w+\(\): ")
+_NO_FLAGS: Mapping[str, str] = MappingProxyType({})
 #: What the library's messages name, as a command line user gives it: the client's settings,
 #: and the id list (a checkpoint's refusal said "idList: other ids" to a user who had typed
 #: --id-list, and who never sees the wire's name).
@@ -119,8 +120,14 @@ def stopped_answering(err: APIConnectionError) -> CommandError:
     return CommandError(f"{err}: {_base_url()} stopped answering (it had answered in this run)")
 
 
-def explain(err: BaseException) -> tuple[int, str]:
-    """The exit code and the one line to print for ``err``."""
+#: A filter named in a library message's list of what differs: ``(stage: ...`` or ``; stage: ``.
+_NAMED_FILTER = re.compile(r"(?:(?<=\()|(?<=; ))(\w+)(?=: )")
+
+
+def explain(err: BaseException, flags: Mapping[str, str] = _NO_FLAGS) -> tuple[int, str]:
+    """The exit code and the one line to print for ``err``; ``flags``: each filter's flag
+    (``--created-from``) by its keyword (``date_created_from``), which a refusal of another
+    export's checkpoint or directory names it by (the user typed the flag)."""
     if isinstance(err, (CommandError, Interrupted)):
         return err.code, str(err)
     if isinstance(err, AuthenticationError):
@@ -142,5 +149,6 @@ def explain(err: BaseException) -> tuple[int, str]:
         message = without_method(str(err)) or type(err).__name__
         for setting, where in _SETTINGS:
             message = message.replace(setting, where)
+        message = _NAMED_FILTER.sub(lambda m: flags.get(m[1], m[1]), message)
         return EXIT_ERROR, message
     return EXIT_ERROR, str(err) or type(err).__name__

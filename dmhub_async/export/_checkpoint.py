@@ -18,6 +18,7 @@ import orjson
 from .._atomic import replace_file
 from .._exceptions import InvalidRequestError
 from ..resources._batches import walked_ids
+from ..resources._filters import FILTER_KEYWORDS, as_given
 
 __all__ = [
     "CHECKPOINT_VERSION",
@@ -72,22 +73,32 @@ class ExportScope:
 
 
 def _filter_differences(mine: dict[str, str], theirs: dict[str, str], now: str) -> list[str]:
-    """:meth:`ExportScope.differences` of two exports' filters, ``idList`` as a set."""
+    """:meth:`ExportScope.differences` of two exports' filters, each that differs by its
+    keyword (``date_created_from: '2024-01-01T00:00:00' in the checkpoint, none now``), an
+    ``idList`` as a set.
+
+    The two query strings were quoted whole, by the wire's names (``dateCreatedFrom``,
+    ``select: 'id,dateJoin'``), which the caller never gave, the one that differs to be
+    found by eye."""
     said = []
-    rest_mine = {name: value for name, value in mine.items() if name != "idList"}
-    rest_theirs = {name: value for name, value in theirs.items() if name != "idList"}
-    if rest_mine != rest_theirs:
-        said.append(f"filters: {rest_mine!r} in the checkpoint, {rest_theirs!r} {now}")
+    for param in dict.fromkeys([*mine, *theirs]):
+        if param == "idList" or mine.get(param) == theirs.get(param):
+            continue
+        was, is_ = (
+            "none" if v is None else repr(as_given(param, v))
+            for v in (mine.get(param), theirs.get(param))
+        )
+        said.append(f"{FILTER_KEYWORDS.get(param, param)}: {was} in the checkpoint, {is_} {now}")
     ids_mine, ids_theirs = _id_set(mine.get("idList")), _id_set(theirs.get("idList"))
     if ids_mine != ids_theirs:
         if ids_mine is None or ids_theirs is None:
             whose = "the checkpoint" if ids_theirs is None else "this export"
-            said.append(f"idList: only {whose} has one")
+            said.append(f"id_list: only {whose} has one")
         elif _DIGEST in mine["idList"] + theirs["idList"]:  # a long list: by its SHA-256
-            said.append("idList: other ids (the checkpoint's list has another SHA-256)")
+            said.append("id_list: other ids (the checkpoint's list has another SHA-256)")
         else:
             said.append(
-                f"idList: {len(ids_mine):,} ids in the checkpoint, {len(ids_theirs):,} {now}, "
+                f"id_list: {len(ids_mine):,} ids in the checkpoint, {len(ids_theirs):,} {now}, "
                 f"{len(ids_mine ^ ids_theirs):,} of them in one only"
             )
     return said

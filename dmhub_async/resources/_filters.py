@@ -26,8 +26,10 @@ from ..models.gender import Gender
 
 __all__ = [
     "EMPTY_STAGE",
+    "FILTER_KEYWORDS",
     "LONG_ID_LIST",
     "CustomerFilters",
+    "as_given",
     "checked_ids",
     "customer_filter_params",
     "id_list_param",
@@ -66,6 +68,20 @@ _TIMES = {
     "last_updated_from": "lastUpdatedFrom",
     "last_updated_to": "lastUpdatedTo",
 }
+#: A filter's keyword by its name in the query (``dateCreatedFrom``: ``date_created_from``);
+#: a name it lacks is its keyword's too (``stage``).
+FILTER_KEYWORDS: Final = {"idList": "id_list", **{wire: name for name, wire in _TIMES.items()}}
+
+
+def as_given(param: str, value: str) -> str:
+    """A filter's value in the query (``param``'s) as the caller gives it: a ``select``'s
+    fields by their names in the model (``date_join``, not ``dateJoin``)."""
+    if param != "select":
+        return value
+    model = {wire: name for name, wire in _WIRE.items()}
+    return ",".join(model.get(field, field) for field in value.split(","))
+
+
 #: Each time range's bounds (both inclusive): the lower may not come after the upper.
 _RANGES = (("date_created_from", "date_created_to"), ("last_updated_from", "last_updated_to"))
 

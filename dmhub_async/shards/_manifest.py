@@ -250,8 +250,10 @@ class Manifest:
         mine = {"format": self.format, "base_url": self.base_url, "app_id": self.app_id}
         theirs = {"format": fmt, "base_url": base_url, "app_id": app_id}
         changed = [k for k in mine if mine[k] != theirs[k]]
-        if _as_compared(self.filters) != _as_compared(filters):
-            changed.append("filters")
+        recorded, given = _as_compared(self.filters), _as_compared(filters)
+        if recorded != given:
+            # Each by its keyword: "other filters" alone sent the user through every one.
+            changed.append(f"filters ({'; '.join(_filter_changes(recorded, given))})")
         if changed:
             raise InvalidRequestError(
                 f"the directory holds a sharded export with other {', '.join(changed)}: "
@@ -414,6 +416,24 @@ class ManifestWriter:
         async with self._turn:
             copy = self._manifest._copier()
             await on_thread(lambda: copy().write(self._directory))
+
+
+def _filter_changes(recorded: dict[str, Any], given: dict[str, Any]) -> list[str]:
+    """``stage: 'vip' in the directory's export, 'lead' now`` for each filter that differs
+    (an id list as ``id_list: other ids``: a list is not quoted)."""
+    said = []
+    for name in dict.fromkeys([*recorded, *given]):
+        was, now = recorded.get(name), given.get(name)
+        if was == now:
+            continue
+        if name == "id_list" and was is not None and now is not None:
+            said.append("id_list: other ids")
+            continue
+        was_said, now_said = ("none" if v is None else repr(v) for v in (was, now))
+        if name == "id_list":
+            was_said, now_said = ("none" if v is None else "a list" for v in (was, now))
+        said.append(f"{name}: {was_said} in the directory's export, {now_said} now")
+    return said
 
 
 def _as_compared(filters: dict[str, Any]) -> dict[str, Any]:
