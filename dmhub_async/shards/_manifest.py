@@ -76,8 +76,9 @@ def id_list_file(path: Path, digest: str) -> bytes | None:
     """The text of the id list's file at ``path`` if it is the list of ``digest`` (b"" if it
     is not), None if there is none; InvalidRequestError if it is no regular file. Blocking.
 
-    Hashed as it is streamed, then read again and hashed again: the text kept is the text
-    checked, whatever was written over the file between the two reads."""
+    Read once, whole, and the text read hashed: the text kept is the text checked, whatever
+    is written over the file meanwhile. (It was hashed as it was streamed, then read again and
+    hashed again, to that end: twice the reading and hashing, 55 ms for 3,000,000 ids.)"""
     try:
         # Not blocking: a named pipe put there waited for a writer for ever (the shard never
         # ended); opened so, it is refused below with any other file that is not one.
@@ -90,22 +91,23 @@ def id_list_file(path: Path, digest: str) -> bytes | None:
         if not stat.S_ISREG(info.st_mode):
             # A device (a link to /dev/zero was read until memory ran out), a pipe.
             raise _not_the_list(path)
-        # Hashed as it is read before it is kept: a file of gigabytes in its place (or one
-        # growing) was read whole into memory, then refused.
-        whole = hashlib.sha256()
-        length = 0
-        while chunk := fh.read(1 << 20):
-            whole.update(chunk)
-            length += len(chunk)
-        if "sha256:" + whole.hexdigest() != digest:
-            return b""  # not the list
-        # Read again, and checked again: written over in place since it was hashed (another
-        # list copied over it), its ids were kept unchecked and exported as the shard's.
-        fh.seek(0)
-        text = fh.read(length + 1)
-        if len(text) != length or "sha256:" + hashlib.sha256(text).hexdigest() != digest:
-            return b""  # changed while it was read: not the list
+        size = info.st_size
+        if size > _LIST_HEAD:
+            # A list's file is digits and line ends alone: another file of gigabytes in its
+            # place (a disk image, one written over it) is refused by its first MiB, not
+            # read whole into memory first.
+            head = os.pread(fh.fileno(), _LIST_HEAD, 0)
+            if head.translate(None, b"0123456789\n"):
+                return b""  # not the list
+        # As long as it was when opened: one growing (or cut) since is not read past that.
+        text = fh.read(size + 1)
+        if len(text) != size or "sha256:" + hashlib.sha256(text).hexdigest() != digest:
+            return b""  # not the list, or changed while it was read
         return text
+
+
+#: The bytes of an id list's file checked to be digits and line ends before it is read whole.
+_LIST_HEAD = 1 << 20
 
 
 def _not_the_list(path: Path) -> InvalidRequestError:
