@@ -480,16 +480,23 @@ def merge(
     until it ends.
 
     Raises:
-        InvalidRequestError: no manifest, a part missing, the export not complete, or a
-            complete part changed since it was exported: its size (these unless
-            ``allow_incomplete``), or its content (the SHA-256 the manifest records); a CSV
-            part whose header is not the first part's (another export's); an unfinished
-            part whose checkpoint is of another export, or, of an id list, cannot be checked
-            (``id_list.txt`` missing or changed); a part replaced
-            or removed between its checks and its copy (a named pipe there is never waited
-            on, nor a checkpoint that is one).
+        InvalidRequestError: ``dest`` inside ``directory``, no manifest, a part missing, the
+            export not complete, or a complete part changed since it was exported: its size
+            (these unless ``allow_incomplete``), or its content (the SHA-256 the manifest
+            records); a CSV part whose header is not the first part's (another export's); an
+            unfinished part whose checkpoint is of another export, or, of an id list, cannot
+            be checked (``id_list.txt`` missing or changed); a part replaced or removed
+            between its checks and its copy (a named pipe there is never waited on, nor a
+            checkpoint that is one).
     """
     check_output_name(Path(dest))
+    where, into = Path(directory).resolve(), Path(dest).resolve()
+    if into == where or where in into.parents:
+        # Only the CLI refused it: merge() wrote over the manifest (the plan lost, the
+        # directory refused from then on as "not a manifest this SDK wrote") or over a part.
+        raise InvalidRequestError(
+            f"{dest} is inside the export's directory {directory}: merge into a file elsewhere"
+        )
     manifest = Manifest.read(directory)
     if manifest is None:
         raise InvalidRequestError(f"{directory} has no {MANIFEST_NAME}: not a sharded export")

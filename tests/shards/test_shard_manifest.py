@@ -1361,3 +1361,25 @@ def test_the_report_says_why_a_shard_that_ended_in_mismatch_is_incomplete(
         "not show every customer of its shard is in it (customers changed while it ran, or "
         "some were missed)"
     ) in said, said
+
+
+def files_of(directory: Path) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in directory.iterdir() if path.is_file()}
+
+
+@pytest.mark.parametrize("name", ["manifest.json", "part-00001.jsonl", "id_list.txt", "all.jsonl"])
+async def test_a_merge_into_the_exports_own_directory_is_refused_before_it_writes(
+    dm: DMHubClient, done: Path, tmp_path: Path, name: str
+) -> None:
+    # The CLI refused it; merge() wrote the merged file over the manifest (the plan lost: every
+    # rerun and merge then refused the directory as "not a manifest this SDK wrote") or over
+    # a part, which the next merge refused and the next rerun exported again.
+    before = files_of(done)
+
+    with pytest.raises(InvalidRequestError, match="inside the export's directory"):
+        merge(done, done / name)
+    with pytest.raises(InvalidRequestError, match="inside the export's directory"):
+        merge(done, done / "sub" / ".." / name)
+
+    assert files_of(done) == before
+    assert merge(done, tmp_path / "all.jsonl") == CUSTOMERS
