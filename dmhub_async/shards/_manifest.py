@@ -324,8 +324,15 @@ class Manifest:
             raise ValueError(f"version {self.version!r}, format {self.format!r}")
         if not self.shards:
             raise ValueError("no shards")
+        _check_count("plan_retries", self.plan_retries)
+        _check_count("id_list_length", self.id_list_length)
         for i, outcome in enumerate(self.shards):
             shard = outcome.shard
+            # What the manifest is written back with (orjson: 64 bits): a count edited past
+            # it was read, and the rerun stopped at its end with a raw TypeError.
+            for name in ("exported", "duplicates", "size", "retries"):
+                _check_count(f"shard {i}'s {name}", getattr(outcome, name))
+            _check_count(f"shard {i}'s planned_count", shard.planned_count)
             if shard.index != i or outcome.file != part_name(i, self.format):
                 raise ValueError(f"shard {i} is shard {shard.index} in {outcome.file!r}")
             if of_ids:
@@ -368,6 +375,12 @@ class Manifest:
             raise ValueError(f"shard {i} is of another id list than the export's")
         if before is not None and (before.start, before.end) != (shard.start, shard.end):
             raise ValueError(f"shard {i} has another dateCreated window than shard {i - 1}")
+
+
+def _check_count(name: str, value: int | None) -> None:
+    """A count a manifest records (None: not recorded), or ValueError: 0 to 2**63 - 1."""
+    if value is not None and not 0 <= value < 1 << 63:
+        raise ValueError(f"{name} {value} is no count")
 
 
 def _second(moment: datetime | str | None, after: int = 0) -> int | None:

@@ -364,6 +364,39 @@ async def test_an_edited_plan_is_refused(
         merge(done, tmp_path / "all.jsonl")
 
 
+@pytest.mark.parametrize(
+    "field",
+    [
+        ("exported", 10**30),
+        ("duplicates", -1),
+        ("size", 2**64),
+        ("retries", 10**20),
+        ("planned_count", 10**19),
+    ],
+    ids=lambda field: field[0],
+)
+async def test_a_manifest_edited_to_hold_a_count_it_cannot_write_back_is_refused(
+    dm: DMHubClient, done: Path, tmp_path: Path, field: tuple[str, Any]
+) -> None:
+    # A count past what a manifest holds (or below 0) was read as it was: the rerun, done,
+    # stopped writing the manifest back with a raw "TypeError: Integer exceeds 64-bit range"
+    # (on the command line, a traceback).
+    name, value = field
+    raw = (done / MANIFEST_NAME).read_text()
+    data = orjson.loads(raw)
+    where = data["shards"][1]["shard"] if name == "planned_count" else data["shards"][1]
+    where[name] = 0
+    text = orjson.dumps(data).decode().replace(f'"{name}":0', f'"{name}":{value}', 1)
+    (done / MANIFEST_NAME).write_text(text)
+
+    with pytest.raises(InvalidRequestError, match="is not a manifest this SDK wrote"):
+        Manifest.read(done)
+    with pytest.raises(InvalidRequestError, match="is not a manifest this SDK wrote"):
+        await export_sharded(dm, done, 4, progress=False)
+    with pytest.raises(InvalidRequestError, match="is not a manifest this SDK wrote"):
+        merge(done, tmp_path / "all.jsonl")
+
+
 def widened(data: dict[str, Any]) -> None:
     data["shards"][0]["shard"]["filters"] = {}  # the export's stage="vip" gone from one shard
 
