@@ -301,8 +301,11 @@ class Manifest:
             data.pop("status", None)
             manifest = _converter.structure(data, cls)
             manifest._check_layout()
+        except cattrs.BaseValidationError as err:
+            # Where, not "While structuring Manifest (1 sub-exception)": which of its lines.
+            where = "; ".join(cattrs.transform_error(err)[:3])
+            raise InvalidRequestError(f"{path} is not a manifest this SDK wrote: {where}") from None
         except (
-            cattrs.BaseValidationError,
             AttributeError,
             TypeError,  # a JSON array: list.pop("status", None)
             ValueError,  # InvalidRequestError too: a Shard that is no window

@@ -1416,3 +1416,25 @@ async def test_a_merge_into_the_exports_own_directory_is_refused_before_it_write
 
     assert files_of(done) == before
     assert merge(done, tmp_path / "all.jsonl") == CUSTOMERS
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        (lambda data: data["shards"][1].update(status="done"), "shards[1].status"),
+        (lambda data: data["shards"][2].update(seconds="fast"), "shards[2].seconds"),
+        (lambda data: data.update(filters=["stage"]), "filters"),
+    ],
+    ids=["a status", "a number", "the filters"],
+)
+async def test_an_edited_manifest_is_refused_naming_what_is_wrong(
+    done: Path, change: Callable[[dict[str, Any]], object], named: str
+) -> None:
+    # Refused as "not a manifest this SDK wrote: While structuring Manifest (1 sub-exception)":
+    # nothing said which of its hundreds of lines to look at.
+    edit(done, change)
+
+    with pytest.raises(InvalidRequestError, match="is not a manifest this SDK wrote") as refused:
+        Manifest.read(done)
+    assert f"$.{named}" in str(refused.value), refused.value
+    assert "sub-exception" not in str(refused.value)
