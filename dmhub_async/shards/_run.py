@@ -151,6 +151,13 @@ def _restore_list_file(where: Path, text: bytes, digest: str) -> None:
     still to do when the file had been deleted, cut short or changed since ("put the export's
     own back"), which it had in hand."""
     path = where / ID_LIST_NAME
+    if path.is_dir() and not path.is_symlink():
+        # Not written over (someone's, maybe): it stopped the rerun with a raw
+        # "IsADirectoryError: ... Is a directory: 8".
+        raise InvalidRequestError(
+            f"{path} is a directory, where the export's id list is written: move it away, "
+            "then rerun the export"
+        )
     try:
         held = id_list_file(path, digest)
     except InvalidRequestError:

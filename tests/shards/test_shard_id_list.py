@@ -274,10 +274,10 @@ async def test_a_shard_refuses_an_id_list_that_is_no_file_rather_than_wait_or_fi
     (out / "id_list.txt").unlink()
     if put == "fifo":
         os.mkfifo(out / "id_list.txt")
-    elif put == "directory":  # an IsADirectoryError, raised as no other error of the shard's
-        (out / "id_list.txt").mkdir()
-    else:
+    elif put == "device":
         (out / "id_list.txt").symlink_to(os.devnull)
+    else:  # raised "IsADirectoryError: [Errno 21] Is a directory: 8", 8 its descriptor
+        (out / "id_list.txt").mkdir()
     _run._READ_LIST.clear()  # a worker process that has read no list yet
 
     with pytest.raises(InvalidRequestError, match=r"id_list\.txt is not a regular file"):
@@ -576,3 +576,22 @@ async def test_a_shard_reads_its_id_list_file_once(
 
     assert report.complete
     assert sum(read) == (out / "id_list.txt").stat().st_size
+
+
+async def test_a_rerun_refuses_a_directory_where_its_id_list_file_was(
+    sim: DMHubSimulator, dm: DMHubClient, tmp_path: Path
+) -> None:
+    # A rerun writes the list's file again when it is not the list: over a directory there,
+    # it stopped with "IsADirectoryError: [Errno 21] Is a directory: 8" (the CLI: "8: Is a
+    # directory"), naming neither the file nor what to do.
+    out = tmp_path / "out"
+    given = sim.customer_ids()[:100]
+    await export_sharded(dm, out, 2, progress=False, id_list=given)
+    (out / "part-00001.jsonl").unlink()
+    (out / "id_list.txt").unlink()
+    (out / "id_list.txt").mkdir()
+    (out / "id_list.txt" / "notes").write_text("someone's\n")
+
+    with pytest.raises(InvalidRequestError, match=r"id_list\.txt is a directory"):
+        await export_sharded(dm, out, 2, progress=False, id_list=given)
+    assert (out / "id_list.txt" / "notes").exists()
