@@ -96,9 +96,9 @@ def id_list_file(path: Path, digest: str) -> bytes | None:
             # A list's file is digits and line ends alone: another file of gigabytes in its
             # place (a disk image, one written over it) is refused by its first MiB, not
             # read whole into memory first.
-            head = os.pread(fh.fileno(), _LIST_HEAD, 0)
-            if head.translate(None, b"0123456789\n"):
+            if fh.read(_LIST_HEAD).translate(None, b"0123456789\n"):
                 return b""  # not the list
+            fh.seek(0)  # os.pread would spare this, but Windows has none
         # As long as it was when opened: one growing (or cut) since is not read past that.
         text = fh.read(size + 1)
         if len(text) != size or "sha256:" + hashlib.sha256(text).hexdigest() != digest:

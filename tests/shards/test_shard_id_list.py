@@ -595,3 +595,24 @@ async def test_a_rerun_refuses_a_directory_where_its_id_list_file_was(
     with pytest.raises(InvalidRequestError, match=r"id_list\.txt is a directory"):
         await export_sharded(dm, out, 2, progress=False, id_list=given)
     assert (out / "id_list.txt" / "notes").exists()
+
+
+async def test_a_worker_reads_a_list_of_more_than_a_mib_where_os_has_no_pread(
+    sim: DMHubSimulator, dm: DMHubClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The first MiB of a list's file is checked before the whole is read; with os.pread, which
+    # Windows has not, every shard of a list over a MiB (some 95,000 ids) failed there with
+    # AttributeError.
+    given = long_list(sim, 120_000)
+    (out := tmp_path / "out").mkdir()
+    plan = await plan_shards(dm, 2, id_list=given)
+    _, text, _ = _run.unique_ids(given)
+    assert len(text) > 1 << 20
+    (out / "id_list.txt").write_bytes(text)
+    monkeypatch.delattr(os, "pread", raising=False)
+    _run._READ_LIST.clear()  # a worker process that has read no list yet
+
+    detached = plan[1].without_ids()
+    ids = detached.with_ids(await _run._id_list(out, detached)).filters["id_list"]
+
+    assert ids == plan[1].filters["id_list"]
