@@ -831,7 +831,12 @@ class _ShardScopes:
         manifest, shard = self._manifest, outcome.shard
         if shard.detached:
             shard = shard.with_ids(self._listed(outcome))
-        params = customer_filter_params("merge", shard.export_filters())
+        try:
+            params = customer_filter_params("merge", shard.export_filters())
+        except TypeError as err:  # a filter no export takes: an edited manifest
+            raise InvalidRequestError(
+                f"{self._directory / MANIFEST_NAME} is not a manifest this SDK wrote: {err}"
+            ) from None
         expected = ExportScope(
             normalise_base_url(manifest.base_url),
             manifest.app_id,

@@ -1438,3 +1438,26 @@ async def test_an_edited_manifest_is_refused_naming_what_is_wrong(
         Manifest.read(done)
     assert f"$.{named}" in str(refused.value), refused.value
     assert "sub-exception" not in str(refused.value)
+
+
+async def test_merging_what_there_is_refuses_a_manifest_of_a_filter_no_export_takes(
+    sim: DMHubSimulator, done: Path, tmp_path: Path
+) -> None:
+    # An unfinished part's checkpoint is compared with its shard's export, made of the
+    # manifest's filters: one edited to hold a filter no export takes, in every shard and the
+    # export's alike, stopped the merge with a raw TypeError.
+    manifest = Manifest.read(done)
+    assert manifest is not None
+    edit(done, lambda data: data["shards"][1].update(status="failed", size=None, sha256=None))
+    (done / "part-00001.jsonl").unlink()
+    await failed_part_way(sim, done, manifest.shards[1].shard)
+
+    def evil(data: dict[str, Any]) -> None:
+        data["filters"]["evil"] = 1
+        for outcome in data["shards"]:
+            outcome["shard"]["filters"]["evil"] = 1
+
+    edit(done, evil)
+
+    with pytest.raises(InvalidRequestError, match=r"is not a manifest this SDK wrote.*'evil'"):
+        merge(done, tmp_path / "all.jsonl", allow_incomplete=True)
