@@ -434,7 +434,7 @@ async def test_the_progress_total_of_an_id_list_export_ends_at_the_customers_fou
     assert totals == sorted(totals, reverse=True)  # lowered as each shard ends, never raised
 
 
-async def test_a_shard_refuses_an_id_list_file_written_over_while_it_is_read(
+async def test_a_shard_exports_the_id_list_it_checked_though_the_file_is_written_over(
     sim: DMHubSimulator, dm: DMHubClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The file was hashed as it was read, then read again from its start and taken unchecked:
