@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Hashable
-from typing import Any, Generic, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
 from ._exceptions import InvalidRequestError
 from ._pagination_plan import PaginatorStats, RawPage, WalkPlan
@@ -40,6 +40,11 @@ MAX_CONCURRENCY = 64
 PageFetcher = Callable[[int, int], Awaitable[RawPage[T]]]
 
 _Read = tuple[RawPage[T], int]  # a page as read, and the epoch it was read in
+
+
+#: A paginator walked again: it said "call list() again" to a caller of list_rows() or of the
+#: statistics' list() alike.
+WALKS_ONCE: Final = "a paginator walks once: call the method that made it again for a new walk"
 
 
 class AsyncPaginator(Generic[T]):
@@ -129,7 +134,7 @@ class AsyncPaginator(Generic[T]):
     async def pages(self) -> AsyncGenerator[Page[T], None]:
         """Yield whole pages in order; a page's ``items`` hold only records not seen before."""
         if self._started:
-            raise InvalidRequestError("a paginator walks once: call list() again for a new walk")
+            raise InvalidRequestError(WALKS_ONCE)
         self._started = True
         try:
             plan = self._plan

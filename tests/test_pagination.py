@@ -18,8 +18,9 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from dmhub_async import InvalidRequestError, ResponseDecodeError
+from dmhub_async import DMHubClient, InvalidRequestError, ResponseDecodeError
 from dmhub_async._pagination import AsyncPaginator, RawPage
+from dmhub_async.testing import DMHubSimulator
 
 Totals = Literal["both", "records", "pages", "has_next", "none"]
 TOTALS: tuple[Totals, ...] = ("both", "records", "pages", "has_next", "none")
@@ -636,6 +637,26 @@ async def test_a_paginator_walks_once() -> None:
     assert await paginator.to_list() == [1, 2, 3, 4, 5]
     with pytest.raises(InvalidRequestError, match="walks once"):
         await paginator.to_list()
+
+
+@pytest.mark.parametrize("walk_of", ["list_rows", "statistics", "a long id_list"])
+async def test_a_paginator_walked_again_names_no_call_the_caller_did_not_make(walk_of: str) -> None:
+    # It said "call list() again" to a caller of list_rows() or of the statistics' list().
+    async with (
+        DMHubSimulator(customers=3, seed=3) as sim,
+        DMHubClient(sim.app_id, sim.secret, base_url=sim.url) as dm,
+    ):
+        paginator: Any = {
+            "list_rows": lambda: dm.customers.list_rows(),
+            "statistics": lambda: dm.customer_statistics.list(),
+            "a long id_list": lambda: dm.customers.list_rows(id_list=range(1, 3000)),
+        }[walk_of]()
+        await paginator.to_list()
+        with pytest.raises(InvalidRequestError) as caught:
+            await paginator.to_list()
+    assert str(caught.value) == (
+        "a paginator walks once: call the method that made it again for a new walk"
+    )
 
 
 async def test_pages_held_while_one_is_slow_are_up_to_twice_the_concurrency() -> None:

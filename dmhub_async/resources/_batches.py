@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import attrs
 
 from .._exceptions import InvalidRequestError
-from .._pagination import AsyncPaginator, RawPage
+from .._pagination import WALKS_ONCE, AsyncPaginator, RawPage
 from .._validate import MAX_QUERY_LENGTH, check_paging, query_length
 from ..models.page import Page
 
@@ -160,7 +160,7 @@ class BatchWalk(AsyncPaginator[T]):
     async def pages(self) -> AsyncGenerator[Page[T], None]:
         """Yield the batches' pages in turn, numbered on across batches."""
         if self._walked:
-            raise InvalidRequestError("a paginator walks once: call list() again for a new walk")
+            raise InvalidRequestError(WALKS_ONCE)
         self._walked = True
         if self._prepare is not None:
             self._batches(*await self._prepare())
