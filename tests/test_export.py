@@ -33,7 +33,13 @@ from _helpers import (
     umask_watched,
 )
 
-from dmhub_async import DMHubClient, InvalidRequestError, MemoryTokenStore, ServerError
+from dmhub_async import (
+    APIConnectionError,
+    DMHubClient,
+    InvalidRequestError,
+    MemoryTokenStore,
+    ServerError,
+)
 from dmhub_async.export import ExportProgress, ExportReport, _output, export_customers
 from dmhub_async.testing import DMHubSimulator
 
@@ -1583,3 +1589,32 @@ async def test_a_checkpoint_of_other_filters_is_refused_naming_them_as_given(
     assert "source" not in said  # the same in both
     for wire in ("dateJoin", "dateCreatedFrom", "filters:"):
         assert wire not in said, said
+
+
+async def test_a_checkpoint_whose_long_id_list_is_no_ids_is_refused_as_no_checkpoint(
+    sim: DMHubSimulator, client: DMHubClient, tmp_path: Path
+) -> None:
+    """A checkpoint edited (or damaged) so that its recorded id list, too long to be kept
+    whole, holds something other than ids stopped the resume with a raw "ValueError: invalid
+    literal for int()" (a traceback on the command line): it is no checkpoint this SDK wrote."""
+    dest, ckpt = tmp_path / "customers.jsonl", tmp_path / "export.ckpt"
+    sim.faults.paths = ("GET /v1/customers",)
+    sim.faults.script(["ok", "reset"])
+    with pytest.raises(APIConnectionError):
+        await export_customers(
+            client, dest, checkpoint=ckpt, page_size=10, concurrency=1, progress=False
+        )
+    sim.faults.clear()
+    data = json.loads(ckpt.read_text(encoding="utf-8"))
+    data["scope"]["filters"]["idList"] = ",".join(["x"] * 3_000)
+    ckpt.write_text(json.dumps(data), encoding="utf-8")
+    written = dest.read_bytes()
+    sim.counters.reset()
+
+    with pytest.raises(InvalidRequestError, match=r"export\.ckpt'? is not a checkpoint file"):
+        await export_customers(
+            client, dest, checkpoint=ckpt, page_size=10, concurrency=1, progress=False
+        )
+
+    assert dest.read_bytes() == written
+    assert sim.counters.total == 0

@@ -203,10 +203,12 @@ def read_checkpoint(path: Path, scope: ExportScope) -> Checkpoint | None:
         if version not in (_FULL_ID_LIST_VERSION, CHECKPOINT_VERSION):
             raise ValueError(version)
         checkpoint = _converter.structure(data, Checkpoint)
+        # An earlier release's, the whole list recorded, compared as its digest: it resumes.
+        # A list that is no ids (an edited checkpoint) raised a raw ValueError from int().
+        recorded = recorded_scope(checkpoint.scope)
     except (ValueError, TypeError, KeyError, cattrs.BaseValidationError):
         raise InvalidRequestError(f"checkpoint {str(path)!r} is not a checkpoint file") from None
-    # An earlier release's, the whole list recorded, compared as its digest: it resumes.
-    differences = recorded_scope(checkpoint.scope).differences(recorded_scope(scope))
+    differences = recorded.differences(recorded_scope(scope))
     if differences:
         raise InvalidRequestError(
             f"checkpoint {str(path)!r} belongs to another export ({'; '.join(differences)}): "
