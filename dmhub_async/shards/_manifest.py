@@ -605,6 +605,12 @@ def _copy_parts(manifest: Manifest, directory: Path, out: BinaryIO, allow_incomp
                     f"{limit:,}",
                 )
                 continue
+        if committed.unreadable:
+            raise InvalidRequestError(
+                f"{outcome.file}.ckpt is no checkpoint this SDK wrote (the export it records "
+                f"cannot be read): delete it and {outcome.file} and rerun the export, which "
+                "exports that shard again"
+            )
         if committed.scope is not None:
             differs = scopes.differences(outcome, committed.scope)
             if differs:
@@ -767,6 +773,8 @@ class _Committed:
     last_id: Any = None
     #: The export the checkpoint says it is of (its ``scope``), None when it says none.
     scope: ExportScope | None = None
+    #: The checkpoint records a scope that cannot be read (an edited one): refused.
+    unreadable: bool = False
 
     def holds(self, at_mark: tuple[int, bytes] | None, csv: bool) -> bool:
         """Whether the records of a part's lines the checkpoint covers, and the last of them
@@ -806,10 +814,15 @@ def _committed(checkpoint: Path) -> _Committed:
         return _Committed(None)
     if not isinstance(exported, int) or isinstance(exported, bool):
         exported = None
+    if "scope" not in data:
+        return _Committed(covered, exported, data.get("last_id"))  # none recorded: not compared
     try:
-        scope = _scope_converter.structure(data["scope"], ExportScope)
-    except (KeyError, TypeError, ValueError, cattrs.BaseValidationError):
-        scope = None  # none recorded (not a checkpoint an export wrote): not compared
+        # Read as a resume reads it, its long id list as its digest: one that is no ids
+        # raised a raw ValueError later, and a scope cattrs could not read was taken for
+        # none, so another export's part beside its own edited checkpoint was merged.
+        scope = recorded_scope(_scope_converter.structure(data["scope"], ExportScope))
+    except (TypeError, ValueError, cattrs.BaseValidationError):
+        return _Committed(covered, exported, data.get("last_id"), unreadable=True)
     return _Committed(covered, exported, data.get("last_id"), scope)
 
 

@@ -1461,3 +1461,43 @@ async def test_merging_what_there_is_refuses_a_manifest_of_a_filter_no_export_ta
 
     with pytest.raises(InvalidRequestError, match=r"is not a manifest this SDK wrote.*'evil'"):
         merge(done, tmp_path / "all.jsonl", allow_incomplete=True)
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda scope: scope.update(note="no field of a scope"),
+        lambda scope: scope.update(filters=[["stage", "lead"]]),
+        lambda scope: scope.pop("dest"),
+        lambda scope: scope["filters"].update(idList=",".join(["x"] * 3_000)),
+    ],
+    ids=["an unknown field", "filters a list", "a field missing", "a long list no ids"],
+)
+async def test_merging_what_there_is_refuses_a_parts_checkpoint_whose_scope_is_unreadable(
+    sim: DMHubSimulator,
+    dm: DMHubClient,
+    done: Path,
+    tmp_path: Path,
+    damage: Callable[[dict[str, Any]], object],
+) -> None:
+    # Another export's part beside its own checkpoint is refused by the export the checkpoint
+    # records (its scope): one edited so that cattrs could not read its scope was taken for a
+    # checkpoint that records none, and the other export's customers were merged as this
+    # one's; one whose long id list was no ids stopped the merge with a raw ValueError.
+    manifest = Manifest.read(done)
+    assert manifest is not None
+    edit(done, lambda data: data["shards"][1].update(status="failed", size=None, sha256=None))
+    (done / "part-00001.jsonl").unlink()
+    other = tmp_path / "other"
+    await export_sharded(dm, other, 8, progress=False)
+    theirs = Manifest.read(other)
+    assert theirs is not None
+    await failed_part_way(sim, tmp_path, theirs.shards[1].shard)
+    (done / "part-00001.jsonl").write_bytes((tmp_path / "part-00001.jsonl").read_bytes())
+    checkpoint = orjson.loads((tmp_path / "part-00001.jsonl.ckpt").read_bytes())
+    damage(checkpoint["scope"])
+    (done / "part-00001.jsonl.ckpt").write_bytes(orjson.dumps(checkpoint))
+
+    with pytest.raises(InvalidRequestError, match=r"part-00001\.jsonl\.ckpt.* no checkpoint"):
+        merge(done, tmp_path / "all.jsonl", allow_incomplete=True)
+    assert not (tmp_path / "all.jsonl").exists()
