@@ -9,6 +9,7 @@ import errno
 import json
 import math
 import os
+import re
 import stat
 import tempfile
 import time
@@ -266,13 +267,16 @@ class FileTokenStore:
         Called with the file lock held, as every write is; one younger than that may be a write
         in flight (a store used without the lock, a probe) and is left.
         """
-        prefix, cutoff = f".{self.path.name}.", time.time() - _LEFT_BEHIND
+        # mkstemp's names alone (8 characters between): any hidden file of that prefix and
+        # suffix was taken for one, the user's ".tokens.json.backup.tmp" removed.
+        ours = re.compile(rf"\.{re.escape(self.path.name)}\.[a-z0-9_]{{8}}\.tmp")
+        cutoff = time.time() - _LEFT_BEHIND
         try:
             entries = list(os.scandir(self.path.parent))
         except OSError:
             return
         for entry in entries:
-            if not (entry.name.startswith(prefix) and entry.name.endswith(".tmp")):
+            if not ours.fullmatch(entry.name):
                 continue
             with contextlib.suppress(OSError):  # gone already, or not ours to remove: left
                 if entry.stat(follow_symlinks=False).st_mtime < cutoff:

@@ -680,6 +680,32 @@ def test_a_token_write_killed_midway_leaves_nothing_the_next_writes_keep(tmp_pat
     ]
 
 
+def test_a_token_write_removes_only_its_own_left_temporary_files(tmp_path):
+    # A write removes the temporary files killed writes left (mkstemp's ".tokens.json." + 8
+    # characters + ".tmp"), but took any hidden file of that prefix and suffix for one: the
+    # user's own ".tokens.json.backup.tmp" beside the token file, a directory's temporary
+    # file of a merge to "tokens.json.jsonl" (".tokens.json.jsonl.xxxxxxxx.tmp"), gone.
+    path = tmp_path / "tokens.json"
+    hour_ago = time.time() - 3600
+    theirs = [".tokens.json.backup.tmp", ".tokens.json.jsonl.abcd1234.tmp", ".tokens.json..tmp"]
+    for name in theirs:
+        (tmp_path / name).write_text("the user's\n")
+        os.utime(tmp_path / name, (hour_ago, hour_ago))
+    dead = tmp_path / ".tokens.json.k3_x9q2z.tmp"  # what mkstemp names a killed write's
+    dead.write_text("{}")
+    os.utime(dead, (hour_ago, hour_ago))
+
+    async def write() -> None:
+        store = FileTokenStore(path)
+        async with store.lock("k"):
+            await store.set("k", Token("tok", 1e10))
+
+    asyncio.run(write())
+
+    assert not dead.exists()
+    assert all((tmp_path / name).read_text() == "the user's\n" for name in theirs)
+
+
 async def test_a_file_store_write_drops_expired_entries_and_keeps_every_live_one(tmp_path):
     # The CLI's token file was never pruned: every app id, base URL and secret it had ever held
     # stayed (206 entries on one machine, 176 expired). A write now drops the tokens that expired
