@@ -29,6 +29,7 @@ from .._atomic import open_to_read, replace_file, replacing
 from .._auth import normalise_base_url
 from .._exceptions import InvalidRequestError
 from .._threads import on_thread
+from .._validate import short
 from ..export._checkpoint import ExportScope, recorded_scope
 from ..export._export import check_output_name
 from ..export._output import _lock, _release, _sweep
@@ -409,7 +410,24 @@ def _check_not_later(path: Path, data: Any) -> None:
         )
 
 
+def _exact(kind: type, *also: type) -> Callable[[Any, Any], Any]:
+    """A structure hook that takes a value of ``kind`` (or ``also``) as it is, and no other.
+
+    cattrs' own calls ``int()``, ``float()``, ``str()``: a count edited to ``"12"``, ``1.5``
+    or ``true`` was read as 12, 1 and 1, a ``seconds`` of ``"1.5"`` as 1.5."""
+
+    def structure(value: Any, _: Any) -> Any:
+        if type(value) is not kind and type(value) not in also:
+            raise ValueError(f"{short(value)} is no {kind.__name__}")
+        return kind(value)
+
+    return structure
+
+
 _converter = cattrs.Converter()
+_converter.register_structure_hook(int, _exact(int))
+_converter.register_structure_hook(float, _exact(float, int))
+_converter.register_structure_hook(str, _exact(str))
 _converter.register_unstructure_hook(Shard, lambda shard: shard.to_dict())
 _converter.register_structure_hook(Shard, lambda data, _: Shard.from_dict(data))
 #: An outcome's fields in the order ShardOutcome takes them.

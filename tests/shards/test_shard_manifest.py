@@ -1501,3 +1501,39 @@ async def test_merging_what_there_is_refuses_a_parts_checkpoint_whose_scope_is_u
     with pytest.raises(InvalidRequestError, match=r"part-00001\.jsonl\.ckpt.* no checkpoint"):
         merge(done, tmp_path / "all.jsonl", allow_incomplete=True)
     assert not (tmp_path / "all.jsonl").exists()
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        (lambda data: data["shards"][1].update(exported="100"), "shards[1].exported"),
+        (lambda data: data["shards"][1].update(exported=99.5), "shards[1].exported"),
+        (lambda data: data["shards"][2].update(duplicates=True), "shards[2].duplicates"),
+        (lambda data: data["shards"][0].update(size=1e3), "shards[0].size"),
+        (lambda data: data["shards"][3].update(seconds="1.5"), "shards[3].seconds"),
+        (lambda data: data["shards"][3].update(sha256=12345), "shards[3].sha256"),
+        (lambda data: data.update(version="1"), "version"),
+    ],
+    ids=[
+        "a count as text",
+        "a count a fraction",
+        "a count true",
+        "a size a float",
+        "seconds as text",
+        "a digest a number",
+        "a version as text",
+    ],
+)
+async def test_an_edited_manifests_number_or_text_of_another_kind_is_refused(
+    done: Path, tmp_path: Path, change: Callable[[dict[str, Any]], object], named: str
+) -> None:
+    # cattrs' default hooks call int(), float() and str(): a count edited to "100", 99.5 or
+    # true was read as 100, 99 and 1 (the report's total, a merge's checks, made of them),
+    # and a manifest edited so was taken for one this SDK wrote.
+    edit(done, change)
+
+    with pytest.raises(InvalidRequestError, match="is not a manifest this SDK wrote") as refused:
+        Manifest.read(done)
+    assert f"$.{named}" in str(refused.value), refused.value
+    with pytest.raises(InvalidRequestError, match="is not a manifest this SDK wrote"):
+        merge(done, tmp_path / "all.jsonl")
