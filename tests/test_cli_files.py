@@ -74,6 +74,21 @@ def test_lookup_refuses_to_write_over_its_input(
     assert requests(served) == 0
 
 
+@pytest.mark.parametrize("name", ["found.jsonl", "found.NDJSON", "found.json", "found.xlsx"])
+def test_lookup_refuses_an_output_named_as_another_format_than_csv(
+    served: ServedSimulator, env: dict[str, str], tmp_path: Path, name: str
+) -> None:
+    # `--out found.jsonl` wrote CSV rows under a JSON lines name (the export writes JSONL
+    # there), exit 0: the next program reading it as JSON lines failed on its first line.
+    write_identities(tmp_path / "ids.csv", [("wechat", "o1")])
+
+    result = run_cli("lookup", "--in", "ids.csv", "--out", name, env=env, cwd=tmp_path)
+
+    assert_one_line_error(result, 2, f"--out {name}", "CSV", "found.csv")
+    assert requests(served) == 0
+    assert not (tmp_path / name).exists()
+
+
 @pytest.mark.parametrize("kind", ["symlink", "fifo", "device", "directory"])
 def test_export_refuses_an_output_that_is_not_a_regular_file(
     served: ServedSimulator, env: dict[str, str], tmp_path: Path, kind: str

@@ -14,6 +14,7 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Final, Literal, TextIO
 
 import attrs
@@ -363,8 +364,29 @@ def _check_lookup(args: argparse.Namespace) -> str:
         raise CommandError(f"--in {args.infile}: no such file")
     if given.is_dir():
         raise CommandError(f"--in {args.infile} is a directory: give a CSV file")
+    out = Path(args.out)
+    if args.out != STDOUT and out.suffix.lower() in _NOT_CSV:
+        # CSV rows under a JSON lines (or workbook) name, exit 0: the next program that read
+        # it as its name says failed on the header.
+        raise UsageError(
+            f"--out {args.out}: lookup writes CSV (type,value,customer_id), not"
+            f" {_NOT_CSV[out.suffix.lower()]}: name it {out.with_suffix('.csv')}"
+        )
     check_output(args.out, force=args.force, inputs=[args.infile])
     return _encoding(args)
+
+
+#: The names of an output in another format than the CSV lookup writes (the export writes
+#: JSON lines under the first three).
+_NOT_CSV: Final = MappingProxyType(
+    {
+        ".jsonl": "JSON lines",
+        ".ndjson": "JSON lines",
+        ".json": "JSON",
+        ".xlsx": "a workbook",
+        ".xls": "a workbook",
+    }
+)
 
 
 def _count_rows(infile: Path, name: str, encoding: str, out: str) -> tuple[int, str]:

@@ -296,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--out",
         required=True,
         metavar="PATH",
-        help="CSV of type,value,customer_id rows, or - for standard output",
+        help="CSV of type,value,customer_id rows (.csv), or - for standard output",
     )
     _client_flags(lookup, concurrency=32)
     _output_flags(lookup, "--in and --out")
