@@ -188,6 +188,58 @@ def test_progress_lines_say_done_total_rate_and_eta() -> None:
     ]
 
 
+def test_progress_lines_go_on_while_nothing_moves_and_say_the_check() -> None:
+    # A resumed export of 50,000 at 30 ms printed "37,500/50,000 (75%) ... ETA 0:00:02",
+    # then nothing for 19 s while the final check walked the service's ids: no line every
+    # 5 seconds, as promised, where a CI job that kills a silent step would have killed it.
+    now = [100.0]
+    out = io.StringIO()
+    lines = _report.ProgressLines(out, every=5.0, clock=lambda: now[0])
+
+    lines.tick()  # nothing known yet: nothing to say
+    for done, at, call in [
+        (100, 101.0, "update"),
+        (500, 105.0, "update"),
+        (500, 109.0, "tick"),  # 4 s since the last line: none
+        (500, 110.0, "tick"),  # the service slow: the same figures, the rate falling
+        (1500, 111.0, "update"),  # the walk done, 1 s after the last line: none
+        (1500, 116.0, "tick"),  # the final check: said so, every 5 s
+        (1500, 121.0, "tick"),
+    ]:
+        now[0] = at
+        if call == "update":
+            lines.update(done, 1500)
+        else:
+            lines.tick()
+
+    assert out.getvalue().splitlines() == [
+        "dmhub-async: 500/1,500 customers (33%), 80/s, ETA 0:00:12",
+        "dmhub-async: 500/1,500 customers (33%), 40/s, ETA 0:00:25",
+        "dmhub-async: 1,500/1,500 customers (100%), checking them against the service",
+        "dmhub-async: 1,500/1,500 customers (100%), checking them against the service",
+    ]
+
+
+def test_an_exports_progress_lines_go_on_after_its_last_page(
+    in_process: dict[str, str],
+    served: ServedSimulator,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # A line whenever the ticker looks: the count read after the walk (and, on a resumed
+    # export, the final check) is said, where nothing was printed after the last page.
+    monkeypatch.setattr(_report, "PROGRESS_EVERY", 0.0)
+    monkeypatch.setattr(_report, "TICK_EVERY", 0.0, raising=False)
+
+    assert main(["export", "--out", "a.jsonl", "--concurrency", "2"]) == 0
+    shown = capsys.readouterr()
+    assert (
+        f"dmhub-async: {CUSTOMERS:,}/{CUSTOMERS:,} customers (100%), checking them against the"
+        " service"
+    ) in shown.err.splitlines()
+    assert jsonl_ids(Path("a.jsonl")) == served.ids()
+
+
 def test_progress_lines_in_a_log_and_none_when_quiet(
     in_process: dict[str, str],
     served: ServedSimulator,

@@ -46,7 +46,14 @@ from ._files import (
     replace_on_success,
 )
 from ._parser import DEMO_OUT, FILTER_FLAGS
-from ._report import ProgressLines, export_report, ids_listed, print_report, shown
+from ._report import (
+    ProgressLines,
+    export_report,
+    ids_listed,
+    print_report,
+    shown,
+    ticking,
+)
 from ._settings import open_client
 from ._shards import merge_command, sharded_export, worker_command
 
@@ -209,7 +216,7 @@ async def _export(args: argparse.Namespace) -> int:
     filters, encoding = _check_export(args)
     listed = _distinct(filters.get("id_list"))
     bar, lines = _progress(args)
-    async with open_client(args, args.concurrency) as dm:
+    async with open_client(args, args.concurrency) as dm, ticking(lines):
         report = await export_customers(
             dm,
             export_stdout() if args.out == STDOUT else args.out,
@@ -521,9 +528,12 @@ async def _demo(args: argparse.Namespace) -> int:
                 f"can beat {ceiling:,.0f} customers/s; exporting ..."
             )
         bar, lines = _progress(args)
-        async with DMHubClient(
-            sim.app_id, sim.secret, base_url=sim.url, max_concurrency=args.concurrency
-        ) as dm:
+        async with (
+            DMHubClient(
+                sim.app_id, sim.secret, base_url=sim.url, max_concurrency=args.concurrency
+            ) as dm,
+            ticking(lines),
+        ):
             report = await export_customers(
                 dm, args.out, concurrency=args.concurrency, progress=bar, on_progress=lines
             )

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any, TextIO
 
 import attrs
@@ -14,10 +16,20 @@ from .._validate import printable
 from ..export import ExportProgress, ExportReport
 from ._errors import CommandError
 
-__all__ = ["PROGRESS_EVERY", "ProgressLines", "export_report", "ids_listed", "print_report"]
+__all__ = [
+    "PROGRESS_EVERY",
+    "TICK_EVERY",
+    "ProgressLines",
+    "export_report",
+    "ids_listed",
+    "print_report",
+    "ticking",
+]
 
 #: Seconds between two progress lines: often enough to see a job move, rare enough for a log.
 PROGRESS_EVERY = 5.0
+#: Seconds between two looks of :func:`ticking` at progress that no page moved.
+TICK_EVERY = 1.0
 
 
 def _duration(seconds: float) -> str:
@@ -48,20 +60,36 @@ class ProgressLines:
         self._started = clock()
         self._last_line = self._started
         self._first: int | None = None
+        self._last: tuple[int, int | None] | None = None
 
     def __call__(self, progress: ExportProgress) -> None:
         self.update(progress.exported, progress.total)
 
     def update(self, done: int, total: int | None) -> None:
         """Note ``done`` of ``total``; print a line when the last one is ``every`` seconds old."""
+        self._line(done, total, moved=True)
+
+    def tick(self) -> None:
+        """The last figures again when the last line is ``every`` seconds old, nothing having
+        moved since: a slow service, or an export's final check once its walk is done (which
+        said nothing for as long as it took, 19 s for 50,000 customers at 30 ms)."""
+        if self._last is not None:
+            self._line(*self._last, moved=False)
+
+    def _line(self, done: int, total: int | None, *, moved: bool) -> None:
         now = self._clock()
         if self._first is None:
             self._first = done  # a resumed export: the rate counts this run only
+        self._last = (done, total)
         if now - self._last_line < self._every:
             return
         self._last_line = now
-        rate = (done - self._first) / (now - self._started) if now > self._started else 0.0
         line = f"dmhub-async: {done:,}"
+        if total and done >= total and not moved:
+            line += f"/{total:,} {self._what} (100%), checking them against the service"
+            print(line, file=self._out or sys.stderr, flush=True)
+            return
+        rate = (done - self._first) / (now - self._started) if now > self._started else 0.0
         if total:
             line += f"/{total:,} {self._what} ({100 * done / total:.0f}%)"
         else:
@@ -70,6 +98,28 @@ class ProgressLines:
         if total and rate > 0:
             line += f", ETA {_duration(max(total - done, 0) / rate)}"
         print(line, file=self._out or sys.stderr, flush=True)
+
+
+@contextlib.asynccontextmanager
+async def ticking(lines: ProgressLines | None) -> AsyncIterator[None]:
+    """``lines`` ticked every :data:`TICK_EVERY` seconds while the block runs (an export), so
+    that a log gets its line every few seconds when no page comes."""
+    if lines is None:
+        yield
+        return
+
+    async def tick() -> None:
+        while True:
+            await asyncio.sleep(TICK_EVERY)
+            lines.tick()
+
+    task = asyncio.get_running_loop().create_task(tick())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 def ids_listed(listed: int, exported: int, *, complete: bool) -> str:
