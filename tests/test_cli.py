@@ -502,6 +502,39 @@ def test_bad_input_is_one_line_on_stderr(
     assert token is None or token not in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("unset", "said"),
+    [
+        (("DMHUB_SECRET",), "DMHUB_SECRET is not set"),
+        (("DMHUB_APP_ID",), "DMHUB_APP_ID is not set"),
+        (("DMHUB_APP_ID", "DMHUB_SECRET"), "DMHUB_APP_ID and DMHUB_SECRET are not set"),
+    ],
+)
+@pytest.mark.parametrize("command", ["export", "lookup"])
+def test_missing_credentials_are_named_as_the_command_line_gives_them(
+    served: ServedSimulator,
+    env: dict[str, str],
+    tmp_path: Path,
+    unset: tuple[str, ...],
+    said: str,
+    command: str,
+) -> None:
+    # "no credentials: pass app_id and secret (or access_token), or set DMHUB_APP_ID and
+    # DMHUB_SECRET", for a DMHUB_SECRET alone left unset: the words of a Python call, which a
+    # command line user cannot pass, and "no credentials" where one of the two was there.
+    for name in unset:
+        env[name] = ""  # `export DMHUB_SECRET=` is unset too
+    (tmp_path / "ids.csv").write_text("wechat,o1\n", encoding="utf-8")
+    args = ["--in", "ids.csv", "--out", "x.csv"] if command == "lookup" else ["--out", "x.jsonl"]
+
+    result = run_cli(command, *args, env=env, cwd=tmp_path)
+
+    assert_one_line_error(result, 1, said, "set DMHUB_APP_ID and DMHUB_SECRET")
+    assert "app_id" not in result.stderr
+    assert "access_token" not in result.stderr
+    assert sum(served.sim.counters.routes.values()) == 0
+
+
 def test_a_service_that_stops_answering_mid_run_is_not_blamed_on_the_base_url(
     served: ServedSimulator, env: dict[str, str], tmp_path: Path
 ) -> None:

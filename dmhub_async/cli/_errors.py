@@ -8,9 +8,14 @@ import re
 import signal
 from collections.abc import Iterator, Mapping
 from types import FrameType, MappingProxyType
-from typing import Any
+from typing import Any, Final
 
-from .._exceptions import APIConnectionError, AuthenticationError, DMHubError
+from .._exceptions import (
+    APIConnectionError,
+    AuthenticationError,
+    DMHubError,
+    InvalidRequestError,
+)
 
 __all__ = [
     "EXIT_BROKEN_PIPE",
@@ -115,6 +120,19 @@ def _base_url() -> str:
     return os.environ.get("DMHUB_BASE_URL") or "the default base URL"
 
 
+#: How the client says it was given neither app id and secret nor token.
+_NO_CREDENTIALS: Final = "no credentials:"
+
+
+def _missing_credentials() -> str:
+    """The client's "no credentials: pass app_id and secret (or access_token), or set ...",
+    as the command line gives them: the variable unset named (it said "no credentials" of a
+    DMHUB_APP_ID that was there), and no Python argument, which a command cannot pass."""
+    unset = [name for name in ("DMHUB_APP_ID", "DMHUB_SECRET") if not os.environ.get(name)]
+    said = f"{' and '.join(unset)} {'is' if len(unset) == 1 else 'are'} not set" if unset else ""
+    return f"{said or 'no credentials'}: set DMHUB_APP_ID and DMHUB_SECRET, your app's credentials"
+
+
 def stopped_answering(err: APIConnectionError) -> CommandError:
     """``err`` after the service had answered in this run: its URL is right, it went away."""
     return CommandError(f"{err}: {_base_url()} stopped answering (it had answered in this run)")
@@ -145,6 +163,8 @@ def explain(err: BaseException, flags: Mapping[str, str] = _NO_FLAGS) -> tuple[i
     if isinstance(err, OSError) and err.strerror:
         where = f"{err.filename}: " if err.filename is not None else ""
         return EXIT_ERROR, f"{where}{err.strerror}"
+    if isinstance(err, InvalidRequestError) and str(err).startswith(_NO_CREDENTIALS):
+        return EXIT_ERROR, _missing_credentials()
     if isinstance(err, DMHubError):
         message = without_method(str(err)) or type(err).__name__
         for setting, where in _SETTINGS:
