@@ -419,6 +419,27 @@ def test_simulate_report_json_is_one_object_to_connect_with(
     assert rest(lines) == []  # no banner, no "Press Ctrl+C"
 
 
+def test_simulate_on_a_port_in_use_says_to_give_another(tmp_path: Path) -> None:
+    # "--port 8080: error while attempting to bind on address ('127.0.0.1', 8080): address
+    # already in use": asyncio's words, and no word of what to do.
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+
+        result = subprocess.run(
+            cli_command("simulate", "--port", str(port), "--customers", "10"),
+            env=base_env(tmp_path / "cache"),
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+        )
+
+    assert_one_line_error(result, 1, f"--port {port} is in use", "--port 0")
+    assert "attempting" not in result.stderr
+
+
 def test_simulate_quiet_prints_nothing(tmp_path: Path) -> None:
     # It printed its banner.
     with simulating("--customers", "30", "-q", cwd=tmp_path) as (lines, _):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import codecs
 import csv
+import errno
 import itertools
 import operator
 import os
@@ -483,6 +484,11 @@ async def _simulate(args: argparse.Namespace) -> int:
             seeding=interruptible,
         )
     except OSError as err:
+        if err.errno == errno.EADDRINUSE:  # asyncio's "error while attempting to bind on ..."
+            raise CommandError(
+                f"--port {args.port} is in use (another program listens there): give another"
+                " port, or --port 0 for a free one (the settings printed name it)"
+            ) from None
         raise CommandError(f"--port {args.port}: {err.strerror or err}") from None
     return EXIT_OK
 
