@@ -464,6 +464,15 @@ BAD_INPUTS: list[tuple[str, list[str], dict[str, str | None], int, tuple[str, ..
     ("bad gender", ["--gender", "7"], {}, 2, ("--gender",)),
     ("bad date", ["--created-from", "notadate"], {}, 2, ("--created-from",)),
     ("bad field", ["--select", "name,nosuchfield"], {}, 2, ("--select", "nosuchfield")),
+    # "unknown customer field 'mobil'", and no word of the field meant.
+    ("misspelt field", ["--select", "name,mobil"], {}, 2, ("'mobil'", "did you mean 'mobile'?")),
+    (
+        "misspelt wire field",
+        ["--select", "datecreated"],
+        {},
+        2,
+        ("'datecreated'", "did you mean 'dateCreated'?"),
+    ),
     # Each flag was checked alone: the range was refused later, exit 1, in library names.
     (
         "times the wrong way round",

@@ -6,6 +6,7 @@ here and is split into batches short enough for one URL by ``_batches``.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterable, Mapping
 from datetime import date, datetime, tzinfo
 from typing import Any, Final, Literal, TypedDict
@@ -91,12 +92,24 @@ def wire_field(
 ) -> str:
     """A model's field as the wire names it, given by either name (``names``: the model's
     :func:`wire_names`), or InvalidRequestError naming ``what`` it is not."""
+    meant = ""
     if isinstance(name, str):
         if name in names:
             return names[name]
         if name in names.values():
             return name
-    raise InvalidRequestError(f"{method}(): unknown {what} {short(name)}")
+        meant = _closest(name, [*names, *names.values()])
+    raise InvalidRequestError(f"{method}(): unknown {what} {short(name)}{meant}")
+
+
+def _closest(name: str, known: list[str]) -> str:
+    """`` (did you mean 'mobile'?)`` for a name one of ``known`` is close to (in another case,
+    or a typo away), else nothing: "unknown customer field 'mobil'" said nothing of which."""
+    lowered = {k.lower(): k for k in known}
+    found = lowered.get(name.lower()) or next(
+        iter(difflib.get_close_matches(name, known, n=1, cutoff=0.8)), None
+    )
+    return f" (did you mean {found!r}?)" if found else ""
 
 
 #: Ids past which ``list``, ``list_rows`` and the export join and split an ``id_list`` on a
