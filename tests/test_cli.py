@@ -331,6 +331,41 @@ def test_sigkill_mid_export_then_resume_gives_every_customer_once(
     assert not ckpt.exists()
 
 
+@pytest.mark.parametrize(
+    ("changed", "said"),
+    [
+        (["--out", "other.jsonl"], "(--out: "),
+        (["--out", "some.csv"], "(--out: "),
+        (["--format", "csv"], "(--format: 'jsonl' in the checkpoint, 'csv' now)"),
+    ],
+)
+def test_a_checkpoint_of_another_export_names_the_flags_and_says_how_to_resume(
+    served: ServedSimulator, env: dict[str, str], tmp_path: Path, changed: list[str], said: str
+) -> None:
+    # "belongs to another export (dest: '/.../some.jsonl' in the checkpoint, '/.../other.jsonl'
+    # now): delete it to start over": the library's names (dest, format), never typed, and
+    # the one way out given threw away the progress of a user who had mistyped --out.
+    command = ["export", "--checkpoint", "some.ckpt", "--page-size", "20"]
+    served.sim.faults.paths = ("GET /v1/customers",)
+    served.sim.faults.script(["ok"] * 3 + ["reset"])
+    failed = run_cli(
+        *command, "--out", "some.jsonl", "--max-retries", "0", "-q", env=env, cwd=tmp_path
+    )
+    assert failed.returncode == 1, failed.stderr
+    assert (tmp_path / "some.ckpt").exists()
+    if "--format" in changed:
+        changed = ["--out", "some.jsonl", *changed]
+
+    refused = run_cli(*command, *changed, env=env, cwd=tmp_path)
+
+    assert_one_line_error(
+        refused, 1, "belongs to another export", said, "run it with the flags it was started with"
+    )
+    for name in ("(dest:", "(format:", "; format:"):
+        assert name not in refused.stderr
+    assert (tmp_path / "some.ckpt").exists()
+
+
 def test_simulate_command_serves_an_export(tmp_path: Path) -> None:
     with simulator_process("--customers", "300", "--seed", "9", cwd=tmp_path) as settings:
         result = subprocess.run(

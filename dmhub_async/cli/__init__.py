@@ -41,8 +41,17 @@ from ._settings import REDIS_PASSWORD_ENV, show_requests
 __all__ = ["EXIT_ERROR", "EXIT_INCOMPLETE", "EXIT_OK", "EXIT_USAGE", "main"]
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
-#: Each filter's flag by its keyword, as an error line names it (``--id-list``: its own flag).
-_FLAG_OF = {**{name: flag for flag, name in FILTER_FLAGS.items()}, "id_list": "--id-list"}
+#: Each filter's flag by its keyword, as an error line names it (``--id-list``: its own flag),
+#: and what else a checkpoint records, by the flag or variable that gives it: a refusal said
+#: "dest: ... in the checkpoint" to a user who had typed --out.
+_FLAG_OF = {
+    **{name: flag for flag, name in FILTER_FLAGS.items()},
+    "id_list": "--id-list",
+    "dest": "--out",
+    "format": "--format",
+    "encoding": "--encoding",
+    "app_id": "DMHUB_APP_ID",
+}
 
 
 async def _run(args: argparse.Namespace) -> int:

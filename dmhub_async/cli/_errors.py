@@ -138,6 +138,9 @@ def stopped_answering(err: APIConnectionError) -> CommandError:
     return CommandError(f"{err}: {_base_url()} stopped answering (it had answered in this run)")
 
 
+#: How a refusal of another export's checkpoint ends in the library's words.
+_DELETE: Final = ": delete it to start over"
+
 #: A filter named in a library message's list of what differs: ``(stage: ...`` or ``; stage: ``.
 _NAMED_FILTER = re.compile(r"(?:(?<=\()|(?<=; ))(\w+)(?=: )")
 
@@ -170,5 +173,12 @@ def explain(err: BaseException, flags: Mapping[str, str] = _NO_FLAGS) -> tuple[i
         for setting, where in _SETTINGS:
             message = message.replace(setting, where)
         message = _NAMED_FILTER.sub(lambda m: flags.get(m[1], m[1]), message)
+        # A checkpoint's refusal: its one way out threw away the progress of a user who had
+        # mistyped a flag.
+        if "belongs to another export" in message and message.endswith(_DELETE):
+            message = message.removesuffix(_DELETE) + (
+                ": run it with the flags it was started with to resume that export, or delete"
+                " it to start over"
+            )
         return EXIT_ERROR, message
     return EXIT_ERROR, str(err) or type(err).__name__
