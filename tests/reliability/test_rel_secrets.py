@@ -375,7 +375,8 @@ async def test_scenario_9_no_secret_in_cli_output(
         ctx.sim.faults.paths = ("/v1/customeridentities",)
         identities = tmp_path / "identities.csv"
         identities.write_text("type,value\nwechat,o-canary\n", encoding="utf-8")
-        argv = ["lookup", "--in", str(identities), "--out", out, "--max-retries", "0"]
+        found = str(tmp_path / "found.csv")  # lookup writes CSV (a .jsonl name is refused)
+        argv = ["lookup", "--in", str(identities), "--out", found, "--max-retries", "0"]
 
     status = await asyncio.to_thread(cli.main, argv)
 
