@@ -62,6 +62,14 @@ def long_list(sim: DMHubSimulator, length: int) -> list[int]:
     return given + list(range(NOBODY, NOBODY + length - len(given)))
 
 
+async def sharded_list(dm: DMHubClient, out: Path, listed: list[int]) -> Manifest:
+    """``listed`` exported in 2 shards to ``out``: the manifest it leaves, as read back."""
+    await export_sharded(dm, out, 2, progress=False, id_list=listed)
+    manifest = Manifest.read(out)
+    assert manifest is not None
+    return manifest
+
+
 async def test_a_plan_of_a_long_id_list_sends_nothing_and_cuts_the_list_in_slices(
     sim: DMHubSimulator, dm: DMHubClient
 ) -> None:
@@ -268,9 +276,7 @@ async def test_a_shard_refuses_an_id_list_that_is_no_file_rather_than_wait_or_fi
     # (its shard never ended, its job's heartbeat kept it its own); by a link to /dev/zero,
     # it read until the machine's memory ran out (a device: /dev/null here, read at once).
     out = tmp_path / "out"
-    await export_sharded(dm, out, 2, progress=False, id_list=sim.customer_ids()[:40])
-    manifest = Manifest.read(out)
-    assert manifest is not None
+    manifest = await sharded_list(dm, out, sim.customer_ids()[:40])
     (out / "id_list.txt").unlink()
     if put == "fifo":
         os.mkfifo(out / "id_list.txt")
@@ -293,9 +299,7 @@ async def test_a_shard_refuses_a_huge_id_list_file_without_holding_it_in_memory(
     # id_list.txt grown to gigabytes (a file written over it, a disk image): the worker read
     # it whole into memory before it found it was not the list.
     out = tmp_path / "out"
-    await export_sharded(dm, out, 2, progress=False, id_list=sim.customer_ids()[:40])
-    manifest = Manifest.read(out)
-    assert manifest is not None
+    manifest = await sharded_list(dm, out, sim.customer_ids()[:40])
     with (out / "id_list.txt").open("r+b") as fh:
         fh.truncate(256 << 20)  # sparse: no disk taken
     _run._READ_LIST.clear()
@@ -445,9 +449,7 @@ async def test_a_shard_exports_the_id_list_it_checked_though_the_file_is_written
 
     out = tmp_path / "out"
     listed = sim.customer_ids()[:40]
-    await export_sharded(dm, out, 2, progress=False, id_list=listed)
-    manifest = Manifest.read(out)
-    assert manifest is not None
+    manifest = await sharded_list(dm, out, listed)
     path = out / "id_list.txt"
     others = sorted(sim.customer_ids()[40:80])
     theirs = "".join(f"{i}\n" for i in others).encode()
@@ -541,9 +543,7 @@ async def test_a_shard_reads_its_id_list_file_once(
     # 3,000,000 ids. Read once, the text kept is the text hashed.
     out = tmp_path / "out"
     listed = sim.customer_ids()[:40]
-    await export_sharded(dm, out, 2, progress=False, id_list=listed)
-    manifest = Manifest.read(out)
-    assert manifest is not None
+    manifest = await sharded_list(dm, out, listed)
     opened = _manifest.open_to_read
     read: list[int] = []
 

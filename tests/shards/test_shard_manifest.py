@@ -319,6 +319,16 @@ def same_window_twice(data: dict[str, Any]) -> None:
     data["shards"][1]["shard"] = {**data["shards"][2]["shard"], "index": 1}
 
 
+async def refused_by_all(dm: DMHubClient, directory: Path, dest: Path) -> None:
+    """``directory``'s manifest refused as no manifest this SDK wrote: read, rerun, merged."""
+    with pytest.raises(InvalidRequestError, match="is not a manifest this SDK wrote"):
+        Manifest.read(directory)
+    with pytest.raises(InvalidRequestError, match="is not a manifest this SDK wrote"):
+        await export_sharded(dm, directory, 4, progress=False)
+    with pytest.raises(InvalidRequestError, match="is not a manifest this SDK wrote"):
+        merge(directory, dest)
+
+
 def swapped_files(data: dict[str, Any]) -> None:
     first, second = data["shards"][0], data["shards"][1]
     first["file"], second["file"] = second["file"], first["file"]
@@ -356,12 +366,7 @@ async def test_an_edited_plan_is_refused(
     dm: DMHubClient, done: Path, tmp_path: Path, change: Callable[[dict[str, Any]], object]
 ) -> None:
     edit(done, change)
-    with pytest.raises(InvalidRequestError, match="is not a manifest this SDK wrote"):
-        Manifest.read(done)
-    with pytest.raises(InvalidRequestError, match="is not a manifest this SDK wrote"):
-        await export_sharded(dm, done, 4, progress=False)
-    with pytest.raises(InvalidRequestError, match="is not a manifest this SDK wrote"):
-        merge(done, tmp_path / "all.jsonl")
+    await refused_by_all(dm, done, tmp_path / "all.jsonl")
 
 
 @pytest.mark.parametrize(
@@ -389,12 +394,7 @@ async def test_a_manifest_edited_to_hold_a_count_it_cannot_write_back_is_refused
     text = orjson.dumps(data).decode().replace(f'"{name}":0', f'"{name}":{value}', 1)
     (done / MANIFEST_NAME).write_text(text)
 
-    with pytest.raises(InvalidRequestError, match="is not a manifest this SDK wrote"):
-        Manifest.read(done)
-    with pytest.raises(InvalidRequestError, match="is not a manifest this SDK wrote"):
-        await export_sharded(dm, done, 4, progress=False)
-    with pytest.raises(InvalidRequestError, match="is not a manifest this SDK wrote"):
-        merge(done, tmp_path / "all.jsonl")
+    await refused_by_all(dm, done, tmp_path / "all.jsonl")
 
 
 def widened(data: dict[str, Any]) -> None:
