@@ -94,6 +94,7 @@ _NO_FLAGS: Mapping[str, str] = MappingProxyType({})
 #: and the id list (a checkpoint's refusal said "idList: other ids" to a user who had typed
 #: --id-list, and who never sees the wire's name).
 _SETTINGS = (
+    ("allow_incomplete=True (CLI: --allow-incomplete)", "--allow-incomplete"),
     ("allow_insecure_http=True", "--allow-insecure-http"),
     ("base_url", "DMHUB_BASE_URL"),
     ("idList", "--id-list"),

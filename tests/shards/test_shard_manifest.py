@@ -1537,3 +1537,22 @@ async def test_an_edited_manifests_number_or_text_of_another_kind_is_refused(
     assert f"$.{named}" in str(refused.value), refused.value
     with pytest.raises(InvalidRequestError, match="is not a manifest this SDK wrote"):
         merge(done, tmp_path / "all.jsonl")
+
+
+def test_merge_on_the_command_line_names_its_own_flag_for_an_incomplete_export(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # It said "merge what there is with allow_incomplete=True (CLI: --allow-incomplete)": the
+    # Python argument first, to a user of the command line.
+    from dmhub_async import cli
+
+    out = tmp_path / "parts"
+    out.mkdir()
+    _two_part_manifest(0).write(out)  # two shards, neither done
+
+    status = cli.main(["merge", str(out), "--out", str(tmp_path / "all.jsonl")])
+
+    err = capsys.readouterr().err
+    assert status == cli.EXIT_ERROR
+    assert err.endswith("merge what there is with --allow-incomplete\n"), err
+    assert not (tmp_path / "all.jsonl").exists()
