@@ -29,6 +29,7 @@ __all__ = [
     "explain",
     "interruptible",
     "stopped_answering",
+    "unnamed_write_error",
     "without_method",
 ]
 
@@ -144,6 +145,14 @@ _DELETE: Final = ": delete it to start over"
 
 #: A filter named in a library message's list of what differs: ``(stage: ...`` or ``; stage: ``.
 _NAMED_FILTER = re.compile(r"(?:(?<=\()|(?<=; ))(\w+)(?=: )")
+
+
+def unnamed_write_error(err: OSError) -> bool:
+    """Whether ``err``, a failed write to a standard stream, is one to name the stream in (a
+    disk that filled under a redirect, ``> /dev/full``: "No space left on device" said nothing
+    of where); not a reader gone (``BrokenPipeError``: exit 141, silently) nor one that names
+    its file already."""
+    return not isinstance(err, BrokenPipeError) and err.filename is None and bool(err.strerror)
 
 
 def explain(err: BaseException, flags: Mapping[str, str] = _NO_FLAGS) -> tuple[int, str]:

@@ -24,7 +24,7 @@ from .._exceptions import InvalidRequestError
 from ..export._export import check_output_name
 from ..export._output import check_path
 from ..export._writers import is_utf8, scan
-from ._errors import CommandError, Interrupted, UsageError, interruptible
+from ._errors import CommandError, Interrupted, UsageError, interruptible, unnamed_write_error
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
@@ -102,10 +102,9 @@ class _SignalledStdout(io.BufferedIOBase):
             self._stopped = True
             raise
         except OSError as err:
-            if isinstance(err, BrokenPipeError) or err.filename is not None or not err.strerror:
-                raise  # a reader gone: exit 141, silently
-            # Named, as a file --out names itself: "error: No space left on device" said
-            # nothing of where (`--out - > /dev/full`, a disk that filled under a redirect).
+            if not unnamed_write_error(err):
+                raise
+            # Named, as a file --out names itself (`--out - > /dev/full`).
             raise OSError(err.errno, err.strerror, "standard output") from None
         return len(view)
 

@@ -14,7 +14,7 @@ import attrs
 
 from .._validate import printable
 from ..export import ExportProgress, ExportReport
-from ._errors import CommandError
+from ._errors import CommandError, unnamed_write_error
 
 __all__ = [
     "PROGRESS_EVERY",
@@ -87,16 +87,15 @@ class ProgressLines:
         line = f"dmhub-async: {done:,}"
         if total and done >= total and not moved:
             line += f"/{total:,} {self._what} (100%), checking them against the service"
-            print(line, file=self._out or sys.stderr, flush=True)
-            return
-        rate = (done - self._first) / (now - self._started) if now > self._started else 0.0
-        if total:
-            line += f"/{total:,} {self._what} ({100 * done / total:.0f}%)"
         else:
-            line += f" {self._what}"
-        line += f", {rate:,.0f}/s"
-        if total and rate > 0:
-            line += f", ETA {_duration(max(total - done, 0) / rate)}"
+            rate = (done - self._first) / (now - self._started) if now > self._started else 0.0
+            if total:
+                line += f"/{total:,} {self._what} ({100 * done / total:.0f}%)"
+            else:
+                line += f" {self._what}"
+            line += f", {rate:,.0f}/s"
+            if total and rate > 0:
+                line += f", ETA {_duration(max(total - done, 0) / rate)}"
         print(line, file=self._out or sys.stderr, flush=True)
 
 
@@ -162,11 +161,10 @@ def print_report(data: dict[str, Any], text: str, *, style: str, quiet: bool, ou
     try:
         print(line, file=out, flush=True)
     except OSError as err:
-        if isinstance(err, BrokenPipeError) or err.filename is not None or not err.strerror:
-            raise  # a reader gone: exit 141, silently
-        # Said of the stream (`> /dev/full`, a disk that filled under a redirect) and of the
-        # report: "error: No space left on device" said nothing of where, and a user whose
-        # export file was written in full took the exit 1 for a failed export.
+        if not unnamed_write_error(err):
+            raise
+        # Said of the stream and of the report: a user whose export file was written in full
+        # took the bare exit 1 for a failed export.
         where = "standard error" if out is sys.stderr else "standard output"
         raise CommandError(f"{where}: {err.strerror} (the report was not written)") from None
 
