@@ -151,6 +151,10 @@ def _given_up(call: _Call, err: DMHubError) -> DMHubError:
 #: costs about 6k instructions, 1.3% of a lookup, and ``request()`` returns the data alone;
 #: ``last_response`` makes it when it is read (:func:`_built`).
 _Answer = tuple[int, Mapping[str, str], Any, int]
+#: A call's fields, :class:`Request`'s first six (method, path, params, json, idempotent,
+#: not_found_codes): what a call whose token is held sends without making its ``Request``.
+_Fields = tuple[str, str, Mapping[str, str] | None, Any, bool, frozenset[int | str]]
+_NO_FIELDS: _Fields = ("", "", None, None, True, frozenset())
 
 
 def _built(answer: tuple[Any, ...]) -> APIResponse:
@@ -475,9 +479,10 @@ class Session:
         elif token := tokens.held(started):  # fresh, the usual case: see _attempt
             self._current_token = token
         call: _Call | None = None
+        fields: _Fields = (method, path, params, json, idempotent, not_found_codes)
         try:
             if token is None:  # none held: _attempt takes the store's, or a new one
-                call = _Call(Request(method, path, params, json, idempotent, not_found_codes))
+                call = _Call(Request(*fields))
                 answer: _Answer = await self._send_call(call)
             else:
                 # With the token held, the first attempt is sent from here: no _Call, retry
@@ -489,13 +494,11 @@ class Session:
                 # loop (_go_on_call), as if _send_call had made this attempt.
                 failed: list[DMHubError] | None = None
                 try:
-                    answer = await self._send(
-                        None, token, 0, method, path, params, json, idempotent, not_found_codes
-                    )
+                    answer = await self._send(None, token, 0, fields)
                 except DMHubError as err:
                     failed = [err]
                 if failed is not None:
-                    call = _Call(Request(method, path, params, json, idempotent, not_found_codes))
+                    call = _Call(Request(*fields))
                     rest = self._after_failed_send(call, failed, token)
                     answer = await self._go_on_call(rest, started, call)
         except DMHubError as err:
@@ -656,17 +659,14 @@ class Session:
         request: Request | None,
         token: str | None,
         retries: int,
-        method: str = "",
-        path: str = "",
-        params: Mapping[str, str] | None = None,
-        json: Any = None,
-        idempotent: bool = True,
-        not_found_codes: frozenset[int | str] = frozenset(),
+        fields: _Fields = _NO_FIELDS,
     ) -> _Answer:
-        """One attempt: ``request``, or, None, the call of the fields after ``retries``, whose
-        :class:`Request` is made only if a body, a log line or an error needs it: a lookup's
-        usual answer needs none (2.6k instructions a call)."""
-        if request is not None:
+        """One attempt: ``request``, or, None, the call of ``fields`` (:class:`Request`'s first
+        six), whose :class:`Request` is made only if a body, a log line or an error needs it: a
+        lookup's usual answer needs none (2.6k instructions a call)."""
+        if request is None:
+            method, path, params, json, _, _ = fields
+        else:
             method, path, params, json = request.method, request.path, request.params, request.json
         # request.query(token), written out: a call less a request.
         if token is None:
@@ -678,7 +678,7 @@ class Session:
             headers: Mapping[str, str] = HEADERS
         else:
             if request is None:
-                request = Request(method, path, params, json, idempotent, not_found_codes)
+                request = Request(*fields)
             body, headers = request.body()
         sent_headers: Mapping[str, str] | None = headers
         if self._headers:
@@ -749,9 +749,7 @@ class Session:
                         payload = await resp.read()  # its declared length, within the limit
                     else:
                         if request is None:
-                            request = Request(
-                                method, path, params, json, idempotent, not_found_codes
-                            )
+                            request = Request(*fields)
                         payload = await self._read(request, resp)
                 finally:
                     reading.discard(resp)
@@ -780,7 +778,7 @@ class Session:
         )
         if failure is not None:
             if request is None:
-                request = Request(method, path, params, json, idempotent, not_found_codes)
+                request = Request(*fields)
             # Raised outside the except block, from a redacted stand-in: aiohttp's exceptions
             # carry the URL, and so the token; they must not ride along as cause or context.
             logger.debug(
@@ -806,7 +804,7 @@ class Session:
         self.stats.responses += 1
         if logger.isEnabledFor(logging.DEBUG):  # describe() encodes the query: not for nothing
             if request is None:
-                request = Request(method, path, params, json, idempotent, not_found_codes)
+                request = Request(*fields)
             elapsed_ms = (time.perf_counter() - started) * 1000
             logger.debug("%s -> %d (%.1f ms)", request.describe(), status, elapsed_ms)
         if 200 <= status < 300 and (request is None or request.decode is None):
@@ -823,7 +821,7 @@ class Session:
                 # (see above); read_response reads it again, masked.
                 del data
         if request is None:
-            request = Request(method, path, params, json, idempotent, not_found_codes)
+            request = Request(*fields)
         try:
             data = read_response(
                 request,
