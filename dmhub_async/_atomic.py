@@ -16,6 +16,7 @@ from typing import BinaryIO
 
 __all__ = [
     "current_umask",
+    "give_open_mode",
     "make_private_directory",
     "naming",
     "open_to_read",
@@ -26,6 +27,16 @@ __all__ = [
 ]
 
 logger = logging.getLogger("dmhub_async")
+
+
+def give_open_mode(fd: int) -> None:
+    """Give the file ``fd`` the mode a plain ``open()`` gives (0666 less the umask): a user's
+    data, made private by ``mkstemp``. Where ``os`` has no ``fchmod`` (Windows before Python
+    3.13) there is nothing to give: a mode there is no more than a read-only flag, which the
+    file made writable has not."""
+    fchmod = getattr(os, "fchmod", None)
+    if fchmod is not None:
+        fchmod(fd, 0o666 & ~current_umask())
 
 
 def current_umask() -> int:
@@ -112,7 +123,7 @@ def replacing(
     try:
         with naming(path), os.fdopen(fd, "wb") as fh:
             if output:
-                os.fchmod(fd, 0o666 & ~current_umask())
+                give_open_mode(fd)
             yield fh
             if sync:
                 fh.flush()

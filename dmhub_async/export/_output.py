@@ -23,7 +23,7 @@ from typing import IO, Final
 import attrs
 import filelock
 
-from .._atomic import current_umask, naming, remove_or_warn, temporary_beside
+from .._atomic import give_open_mode, naming, remove_or_warn, temporary_beside
 from .._exceptions import InvalidRequestError
 from .._threads import on_thread
 from ._checkpoint import Checkpoint, ExportScope, read_checkpoint, write_checkpoint
@@ -190,7 +190,7 @@ class Output:
     def _in_place(self, work: Path) -> Path:
         """The file written (open, synced) takes the output's name, and its mode."""
         assert self._dest is not None
-        os.fchmod(self.fh.fileno(), 0o666 & ~current_umask())  # as open() would have made it
+        give_open_mode(self.fh.fileno())  # as open() would have made it
         os.replace(work, self._dest)
         return self._dest
 
