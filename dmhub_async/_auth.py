@@ -29,6 +29,7 @@ from ._exceptions import (
     InvalidRequestError,
     TokenStoreError,
 )
+from ._limits import cancelling, client_closed
 from ._retry import RetryPolicy
 from ._sansio import TOKEN_PATH
 from ._token_file import FileTokenStore
@@ -130,7 +131,14 @@ async def _waited(flight: asyncio.Future[str], closing: Closing | None) -> str:
     """
     if closing is None:
         return await asyncio.shield(flight)
-    return await closing.wait(asyncio.shield(flight))
+    try:
+        return await closing.wait(asyncio.shield(flight))
+    except asyncio.CancelledError:
+        if flight.cancelled() and closing.closed and not cancelling():
+            # The close stopped the fetch (TokenManager.stop) before its signal reached this
+            # wait: the caller was not cancelled, its client was closed.
+            raise client_closed() from None
+        raise
 
 
 class TokenManager:
@@ -172,6 +180,8 @@ class TokenManager:
         self._fresh_until = float("-inf")
         self._renew_paused_until = float("-inf")
         self._flight: asyncio.Future[str] | None = None
+        #: The fetch in flight has asked for its token: a close waits for it to be stored.
+        self._fetching = False
         #: How the fetch in flight makes its token (the fetch of the client that started it).
         self._flight_fetch: Callable[[], Awaitable[Token]] = fetch
         #: The held token was fetched without the store (it failed): the store's may be older.
@@ -270,9 +280,23 @@ class TokenManager:
             del stale  # the refused token: not among the variables an error tracker records
             raise
 
+    def stop(self) -> asyncio.Future[str] | None:
+        """End the fetch in flight if it still waits for the store (its lock may be another
+        process's for minutes), and return it, for the client's close to await: the close
+        leaves nothing running. One that has asked for its token is left to store it, or to
+        fail, without which every other process would hold a revoked token.
+        """
+        flight = self._flight
+        if flight is None or flight.done():
+            return None
+        if not self._fetching:
+            flight.cancel()
+        return flight
+
     def _land(self, flight: asyncio.Future[str]) -> None:
         if self._flight is flight:
             self._flight = None
+            self._fetching = False
         if not flight.cancelled():
             flight.exception()  # mark retrieved: every waiter has seen it already
 
@@ -428,6 +452,7 @@ class TokenManager:
             log.debug("%s; recording a failed token fetch", store_err)
 
     async def _fetch_new(self, fetch: Callable[[], Awaitable[Token]]) -> Token:
+        self._fetching = True  # from here, a close waits for the token to be stored: see stop()
         started = self._clock()
         token = await fetch()
         if token.issued_at is None:

@@ -279,7 +279,9 @@ class DMHubClient:
         store's lock (another client's token fetch), or reading an answer through the client's
         own session. A write cut short after it was sent (its answer half read, or its retry's
         wait after an attempt that may have been applied) raises :class:`APIConnectionError`
-        with ``outcome_unknown=True``.
+        with ``outcome_unknown=True``. Nothing of the client's runs after it returns: a token
+        fetch waiting for the store's lock ends, one whose request is under way is awaited (its
+        token stored for the other processes).
         """
         await self._session.aclose()
 

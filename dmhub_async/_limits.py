@@ -12,7 +12,15 @@ from typing import Any, Protocol, TypeVar
 from ._exceptions import DMHubError
 from ._validate import check_number
 
-__all__ = ["Closing", "Limits", "RateLimiter", "SharedLimit", "UnlessClosed", "client_closed"]
+__all__ = [
+    "Closing",
+    "Limits",
+    "RateLimiter",
+    "SharedLimit",
+    "UnlessClosed",
+    "cancelling",
+    "client_closed",
+]
 
 T = TypeVar("T")
 
@@ -106,7 +114,7 @@ class Closing:
             return await task
         except asyncio.CancelledError:
             task.add_done_callback(_retrieved)  # whatever it ended with, nobody will ask
-            if not ended or _cancelling():  # this caller's own cancellation: its, not a close
+            if not ended or cancelling():  # this caller's own cancellation: its, not a close
                 raise
             raise client_closed() from None
         finally:
@@ -114,7 +122,7 @@ class Closing:
                 signal.remove_done_callback(end)
 
 
-def _cancelling() -> bool:
+def cancelling() -> bool:
     """Whether the running task was asked to cancel (3.11+; before, no telling: no)."""
     current = asyncio.current_task()
     cancelling = getattr(current, "cancelling", None)

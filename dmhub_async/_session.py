@@ -426,12 +426,18 @@ class Session:
             )
         conn.closed = True
         conn.closing.close()
+        # A token fetch still waiting for the store's lock ends now; one under way is awaited
+        # below, after the session's close has ended its request: it went on after aclose()
+        # returned, took the lock and read the store once another process let go of it.
+        flight = self._tokens.stop() if self._tokens is not None else None
         if conn.owns_http and conn.http is not None:
             http, conn.http = conn.http, None
             # aiohttp's close drops their connections but never tells the readers: a call half
             # way through an answer waited for the rest until its timeout (30 s by default).
             _end_reads([*conn.reading, *(r for d in list(conn.derived) for r in d._reading)])
             await http.close()
+        if flight is not None:
+            await asyncio.wait((flight,))  # not cancelled with this close: it stores its token
 
     def check_open(self) -> None:
         """Raise DMHubError when closed, or when called from another event loop."""

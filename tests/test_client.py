@@ -242,6 +242,100 @@ async def test_closing_ends_a_call_waiting_for_the_token_stores_lock(
     assert api.requests == {}
 
 
+class _GatedStore(MemoryTokenStore):
+    """A store of one's own whose lock another process holds until ``gate`` is set; it logs
+    each use."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.used: list[str] = []
+
+    async def get(self, key: str) -> Any:
+        self.used.append("get")
+        return await super().get(key)
+
+    async def set(self, key: str, token: Any) -> None:
+        self.used.append("set")
+        await super().set(key, token)
+
+    @contextlib.asynccontextmanager
+    async def lock(self, key: str) -> AsyncIterator[None]:
+        self.used.append("lock")
+        await self.gate.wait()
+        self.used.append("locked")
+        async with super().lock(key):
+            yield
+
+
+@pytest.mark.parametrize("kind", ["file", "own"])
+async def test_aclose_leaves_no_token_fetch_waiting_for_the_stores_lock(
+    api, make_client, tmp_path, kind
+):
+    # The call's wait ended at the close, but the fetch it had started went on waiting for the
+    # lock after aclose() returned: a task of the client's still pending, which took the lock
+    # and read the store once the other process let go (and, on a loop closed meanwhile,
+    # "Task was destroyed but it is pending").
+    import filelock
+
+    from dmhub_async import FileTokenStore
+
+    own = _GatedStore()
+    store = FileTokenStore(tmp_path / "tokens.json") if kind == "file" else own
+    other = filelock.FileLock(str(tmp_path / "tokens.json.lock"), thread_local=False)
+    other.acquire()  # the other process's fetch
+    try:
+        dm = make_client(token_store=store)
+        call = asyncio.ensure_future(dm.request("GET", "/v1/customers/1"))
+        for _ in range(10):
+            await asyncio.sleep(0)  # the call is waiting for the lock
+
+        await asyncio.wait_for(dm.aclose(), 5)
+        running = asyncio.all_tasks() - {asyncio.current_task(), call}
+        assert [t.get_coro() for t in running if not t.done()] == []
+        with pytest.raises(DMHubError, match=r"^this DMHubClient is closed"):
+            await asyncio.wait_for(call, 5)
+    finally:
+        other.release()
+    used = list(own.used)
+    own.gate.set()
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert own.used == used  # the store untouched after the close
+    assert api.requests == {}
+
+
+async def test_aclose_waits_for_a_token_asked_for_to_be_stored(api, make_client):
+    # Through a session of one's own the token request runs to its end: the service has
+    # revoked the other processes' token by then, so aclose() returns once the new one is
+    # stored for them, and nothing of the client's runs after it.
+    release = asyncio.Event()
+
+    async def slow_token(u: Any, **kwargs: Any) -> CallbackResult:
+        await release.wait()
+        return CallbackResult(payload={"error_code": 0, "access_token": "tok-1"})
+
+    api.get(url("/security/accesstoken"), callback=slow_token)
+    store = MemoryTokenStore()
+    async with aiohttp.ClientSession() as session:
+        dm = make_client(token_store=store, session=session)
+        call = asyncio.ensure_future(dm.request("GET", "/v1/customers/1"))
+        for _ in range(10):
+            await asyncio.sleep(0)  # the token request is under way
+        closing = asyncio.ensure_future(dm.aclose())
+        with pytest.raises(DMHubError, match=r"^this DMHubClient is closed"):
+            await asyncio.wait_for(call, 5)
+        for _ in range(10):
+            await asyncio.sleep(0)
+        assert not closing.done()
+        release.set()
+        await asyncio.wait_for(closing, 5)
+        running = asyncio.all_tasks() - {asyncio.current_task()}
+        assert [t.get_coro() for t in running if not t.done()] == []
+    assert [t.value for t in store._tokens.values()] == ["tok-1"]
+    assert len(calls(api, "/v1/customers/1")) == 0
+
+
 async def test_closing_a_derived_client_ends_its_call_waiting_on_the_parents_token_fetch(
     api, make_client, tmp_path
 ):
