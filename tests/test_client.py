@@ -104,6 +104,49 @@ async def test_use_after_close_is_a_clear_error(api, make_client):
     assert api.requests == {}
 
 
+async def _lookups(dm: DMHubClient, method: str, wanted: list[Identity]) -> Any:
+    if method == "lookup_many":
+        return await dm.identities.lookup_many(wanted, return_exceptions=True)
+    return [pair async for pair in dm.identities.lookup_iter(wanted, return_exceptions=True)]
+
+
+@pytest.mark.parametrize("method", ["lookup_many", "lookup_iter"])
+@pytest.mark.parametrize("wanted", [[], [Identity("wechat", "o1"), Identity("wechat", "o2")]])
+async def test_lookups_of_a_closed_client_raise_even_with_return_exceptions(
+    api, make_client, method, wanted
+):
+    # With return_exceptions=True they returned {identity: DMHubError("... is closed")} for
+    # every identity (and {} for none), as if each lookup had failed on its own.
+    dm = make_client(access_token="tok")
+    await dm.aclose()
+    with pytest.raises(DMHubError, match=r"^this DMHubClient is closed"):
+        await _lookups(dm, method, wanted)
+    assert api.requests == {}
+
+
+@pytest.mark.parametrize("method", ["lookup_many", "lookup_iter"])
+async def test_lookups_the_close_cuts_short_raise_even_with_return_exceptions(
+    api, make_client, method
+):
+    release = asyncio.Event()
+
+    async def held(u: Any, **kwargs: Any) -> CallbackResult:
+        await release.wait()
+        return CallbackResult(payload=[])
+
+    api.get(url("/v1/customeridentities"), callback=held, repeat=True)
+    dm = make_client(access_token="tok", max_concurrency=1)
+    wanted = [Identity("wechat", f"o{i}") for i in range(5)]
+    call = asyncio.ensure_future(_lookups(dm, method, wanted))
+    for _ in range(10):
+        await asyncio.sleep(0)  # the first lookup is in flight, the others wait for the slot
+    await dm.aclose()
+    release.set()
+    with pytest.raises(DMHubError, match=r"^this DMHubClient is closed"):
+        await asyncio.wait_for(call, 5)
+    assert len(calls(api, "/v1/customeridentities")) == 1
+
+
 async def test_request_queued_when_the_client_closes_gets_the_closed_error(api, make_client):
     release = asyncio.Event()
 
@@ -930,6 +973,10 @@ def test_a_client_reused_in_a_second_asyncio_run_says_what_to_do(server_in_a_thr
             asyncio.run(dm.request("GET", "/v1/customers/1"))  # before: a RuntimeError
 
         assert "inside the coroutine" in str(caught.value)
+        # Not one per identity, as if each lookup had failed on its own (return_exceptions).
+        for method in ("lookup_many", "lookup_iter"):
+            with pytest.raises(DMHubError, match=r"asyncio\.run\(\)"):
+                asyncio.run(_lookups(dm, method, [Identity("wechat", "o1")]))
     finally:
         first.run_until_complete(dm.aclose())
         first.close()

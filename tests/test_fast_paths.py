@@ -616,8 +616,13 @@ def _converters_answer(data: Any) -> Any:
 class _Answering:
     """A session that answers every request with ``data``."""
 
+    closed = False
+
     def __init__(self, data: Any) -> None:
         self.data = data
+
+    def check_open(self) -> None:
+        """Open, as a client's session says when it is."""
 
     async def request(self, method: str, path: str, **kwargs: Any) -> Any:
         return self.data

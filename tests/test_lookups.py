@@ -35,6 +35,10 @@ class FakeClient:
         self.asked: Counter[Identity] = Counter()
         self.in_flight = 0
         self.max_in_flight = 0
+        self.closed = False
+
+    def check_open(self) -> None:
+        """Open, as a client's session says when it is."""
 
     async def request(self, method: str, path: str, **kwargs: Any) -> Any:
         assert (method, path) == ("GET", "/v1/customeridentities")
@@ -96,11 +100,11 @@ async def test_lookup_finds_the_customer_or_none() -> None:
 async def test_lookup_of_an_answer_that_is_no_list_of_bindings_is_a_decode_error(
     answer: Any,
 ) -> None:
-    class Answering:
+    class Answering(FakeClient):
         async def request(self, method: str, path: str, **kwargs: Any) -> Any:
             return answer
 
-    ids = Identities(Answering())  # type: ignore[arg-type]
+    ids = Identities(Answering({}))  # type: ignore[arg-type]
     with pytest.raises(ResponseDecodeError, match="not a list of identities"):
         await ids.lookup(Identity("wechat", "o1"))
     with pytest.raises(ResponseDecodeError):

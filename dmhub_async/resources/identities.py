@@ -135,6 +135,10 @@ class Identities(Resource):
         if not is_collection(identities):
             raise InvalidRequestError("lookup_many(): identities must be a list of Identity")
         _check_concurrency(concurrency)
+        # The client's own state is no lookup's result: with return_exceptions=True a closed
+        # client (or one of another event loop) answered {identity: "closed"} for each, and {}.
+        session = self._session
+        session.check_open()
         # Every key now, in input order; each worker fills in its answers as they come. The
         # loop runs every 1,024 inputs, as for lookup_iter: in one go, a million held it for
         # 0.2 s (repeats) to 1 s. A copy is checked, which nothing can change meanwhile.
@@ -164,7 +168,7 @@ class Identities(Resource):
                     data = await request("GET", _PATH, params=query, remembered=False)
                     results[identity] = _customer_of(identity, data)
                 except Exception as err:
-                    if not return_exceptions:
+                    if not return_exceptions or session.closed:  # closed meanwhile: see above
                         raise
                     results[identity] = err
 
@@ -235,6 +239,8 @@ class Identities(Resource):
         _check_concurrency(concurrency)
         if not isinstance(identities, AsyncIterable) and not is_collection(identities):
             raise InvalidRequestError("lookup_iter(): identities must be an iterable of Identity")
+        session = self._session
+        session.check_open()  # the client's state is no lookup's result: see lookup_many
         loop = asyncio.get_running_loop()
         cache: OrderedDict[Identity, int | None] = OrderedDict()
         window: deque[tuple[Identity, asyncio.Future[int | None]]] = deque()
@@ -259,7 +265,7 @@ class Identities(Resource):
             try:
                 result: Any = await future
             except Exception as err:
-                if not return_exceptions:
+                if not return_exceptions or session.closed:
                     raise
                 result = err
             else:
