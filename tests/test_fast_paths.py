@@ -13,6 +13,7 @@ import re
 import sys
 import time
 import urllib.request
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -24,6 +25,7 @@ from aioresponses import aioresponses
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from test_json import _ROWS, BIG_ROW
+from test_timezones import iso_timestamps
 
 from dmhub_async import (
     APIError,
@@ -58,6 +60,7 @@ from dmhub_async.models import Customer
 from dmhub_async.resources import _pages, customer_statistics, customers, identities
 from dmhub_async.testing import DMHubSimulator
 
+UTC = timezone.utc
 WHAT = "a page of customers"
 FAST = _pages.rows_page(read_customer_page, WHAT)
 LENIENT = _pages.rows_page(lenient_page_reader(structure_customers, "rows"), WHAT)
@@ -94,6 +97,23 @@ def test_a_page_read_by_its_decoder_holds_the_records_of_the_lenient_way(
     assert _models([fast]) == _models([lenient])
     assert fast.items == lenient.items == structure_customers(json.loads(body)["rows"])
     assert (fast.total_records, fast.total_pages) == (250, 3)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(iso_timestamps())
+@example(("2024-01-02T23:59:59.9999995Z", datetime(2024, 1, 3, tzinfo=timezone.utc)))
+@example(("2024-01-02T03:04:05.1234565+08:00", datetime(2024, 1, 1, 19, 4, 5, 123457, UTC)))
+def test_a_timestamp_the_typed_reader_reads_is_the_instant_the_lenient_way_reads(
+    written: tuple[str, datetime],
+) -> None:
+    # msgspec reads a timestamp itself (in C, a fraction past microseconds rounded): every
+    # form it takes gives the instant the lenient way gives, aware UTC; those it refuses are
+    # read by the lenient way.
+    text, instant = written
+    body = json.dumps({"rows": [{"id": 1, "dateJoin": text, "lastUpdated": None}]}).encode()
+    fast, lenient = _read(body, FAST), _read(body, LENIENT)
+    assert [c.date_join for c in fast.items] == [c.date_join for c in lenient.items] == [instant]
+    assert fast.items[0].date_join.tzinfo is UTC
 
 
 # What each answer raises without a decoder must be what it raises with one: the same class and

@@ -123,10 +123,17 @@ def iso_timestamps(draw: st.DrawFn) -> tuple[str, datetime]:
     moment = datetime.combine(day, datetime.min.time()).replace(
         hour=hour, minute=minute, second=second, microsecond=micro, tzinfo=timezone(offset)
     )
+    if (fraction or "")[6:7] >= "5":  # past microseconds: rounded to the nearest, half up
+        moment += timedelta(microseconds=1)
     return text + suffix, moment.astimezone(timezone.utc)
 
 
 @example(("2024-01-02t03:04:05z", datetime(2024, 1, 2, 3, 4, 5, tzinfo=timezone.utc)))
+# Past microseconds, rounded as msgspec's typed page reader reads them (it was cut: the same
+# record read 12:12:12.999999 without msgspec and 12:12:13 with it, had that reader read it).
+@example(("2000-01-01T00:00:00.0000005", datetime(2000, 1, 1, 0, 0, 0, 1, tzinfo=timezone.utc)))
+@example(("2024-01-02T23:59:59.9999995Z", datetime(2024, 1, 3, tzinfo=timezone.utc)))
+@example(("2024-01-02T03:04:05.12345649Z", datetime(2024, 1, 2, 3, 4, 5, 123456, timezone.utc)))
 @example(("2024-01-02t03:04:05.5Z", datetime(2024, 1, 2, 3, 4, 5, 500000, tzinfo=timezone.utc)))
 @example(("2024-01-02t03:04:05+0800", datetime(2024, 1, 1, 19, 4, 5, tzinfo=timezone.utc)))
 @given(iso_timestamps())

@@ -2,7 +2,8 @@
 
 In (lenient: the service's JSON as it comes, docs/contract.md "Customer model"):
 - timestamps: ``2017-06-01T12:12:12Z`` (the contract's form), no offset (taken as UTC), any
-  ``+hh:mm`` offset, fractional seconds, a lower-case ``t`` or ``z``, full-width digits (read
+  ``+hh:mm`` offset, fractional seconds (past microseconds rounded to the nearest, half up, as
+  msgspec reads them), a lower-case ``t`` or ``z``, full-width digits (read
   as their ASCII digits, :func:`ascii_digits`), on every supported
   Python (3.10's ``fromisoformat`` knows neither ``Z`` nor arbitrary fractions, 3.11's no
   ``z``); always an aware UTC ``datetime``.
@@ -163,13 +164,40 @@ def ascii_digits(text: str) -> str:
     return "".join(str(unicodedata.decimal(char)) if char.isdecimal() else char for char in text)
 
 
+#: A fraction of a second whose seventh digit rounds it up to the next microsecond.
+_ROUNDS_UP: Final = re.compile(r"[.,]\d{6}[5-9]")
+_MICROSECOND: Final = timedelta(microseconds=1)
+
+
+def _a_microsecond_on(moment: datetime, s: str) -> datetime:
+    try:
+        return moment + _MICROSECOND
+    except OverflowError:  # 9999-12-31T23:59:59.9999995: no datetime holds the next one
+        raise ValueError(f"not a timestamp: {s!r} rounds past the year 9999") from None
+
+
+def from_iso(s: str) -> datetime:
+    """``datetime.fromisoformat(s)``, a fraction past microseconds rounded to the nearest (half
+    up), as msgspec reads it; ``fromisoformat`` drops those digits.
+
+    The contract's timestamps are to the second, so this is a form of the lenient readers'
+    alone; the typed page reader (msgspec) reads a timestamp in C, and rounds: one reading on
+    every path, whichever reads the record."""
+    moment = datetime.fromisoformat(s)
+    # Seven digits of fraction after 15 characters at the least (20240102T030405.1234567)
+    if len(s) > 22 and _ROUNDS_UP.search(s):
+        return _a_microsecond_on(moment, s)
+    return moment
+
+
 def parse_timestamp_slow(s: str) -> datetime:
     """Parse what ``datetime.fromisoformat`` of this Python refuses (3.10: ``Z``, odd fractions)."""
     m = _TS_RE.fullmatch(ascii_digits(s).strip())
     if m is None:
         raise ValueError(f"not a timestamp: {s!r}")
     year, month, day, hour, minute, second, frac, tz = m.groups()
-    micro = int((frac or "0")[:6].ljust(6, "0"))
+    frac = frac or "0"
+    micro = int(frac[:6].ljust(6, "0"))
     tzinfo = UTC
     if tz and tz not in ("Z", "z"):
         digits = tz[1:].replace(":", "")
@@ -185,6 +213,8 @@ def parse_timestamp_slow(s: str) -> datetime:
         micro,
         tzinfo=tzinfo,
     )
+    if frac[6:7] >= "5":  # rounded, as from_iso does
+        dt = _a_microsecond_on(dt, s)
     return dt if tzinfo is UTC else dt.astimezone(UTC)
 
 
@@ -197,7 +227,7 @@ def parse_timestamp(s: str) -> datetime:
     if not PY311 and s[-1:] in ("Z", "z"):
         s = s[:-1] + "+00:00"
     try:
-        dt = datetime.fromisoformat(s)
+        dt = from_iso(s)
     except ValueError:
         digits = ascii_digits(s)  # off the hot path: the service writes ASCII
         return parse_timestamp(digits) if digits != s else parse_timestamp_slow(s)
@@ -214,7 +244,7 @@ def timestamp_as_written(s: str) -> datetime:
     naive, its wall time for the writer to place in a zone; ValueError when unreadable."""
     s = ascii_digits(s)
     try:
-        return datetime.fromisoformat(s[:-1] + "+00:00" if s[-1:] in ("Z", "z") else s)
+        return from_iso(s[:-1] + "+00:00" if s[-1:] in ("Z", "z") else s)
     except ValueError:
         moment = parse_timestamp_slow(s)  # raises ValueError when it is no timestamp
     match = _TS_RE.fullmatch(s.strip())

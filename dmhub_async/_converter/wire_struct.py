@@ -4,10 +4,12 @@ msgspec (the optional ``fast`` extra) decodes JSON bytes straight into typed rec
 a page costs little more than parsing it (benchmarks/bench_converter.py). It knows none of our
 promises, so it is only asked for what it does exactly: each model gets a msgspec Struct with
 the model's wire names and strict types (text, integers of any size, booleans) that refuses
-unknown keys. Timestamps come out as the JSON gave them and are read by our own expressions,
-so a fraction beyond microseconds reads as it always has. A decimal field is read by msgspec
-itself, as every digit the service sent (``12345678901234567.89``; ``1.50`` keeps its zero,
-where the lenient way, through a float, gives the equal ``Decimal("1.5")``); a float in an
+unknown keys. Timestamps in RFC 3339's form are read by msgspec too (a fraction past
+microseconds rounded to the nearest, half up, as every other path of the SDK reads it:
+``scalars.from_iso``), then put in UTC; one in another form (``20240102T030405Z``, a
+fraction after a comma) is refused and its record read by the hook. A decimal field is read
+by msgspec itself, as every digit the service sent (``12345678901234567.89``; ``1.50`` keeps
+its zero, where the lenient way, through a float, gives the equal ``Decimal("1.5")``); a float in an
 unknown key goes through ``_json.exact_number``, as the lenient way's does.
 
 An unknown key (a field the service added: the simulator's ``tagCount`` is on every record)
@@ -55,7 +57,7 @@ _STRICT_TYPES: Final[dict[Any, Any]] = {
     str | None: str | None,
     int | None: int | None,
     bool | None: bool | None,
-    datetime | None: str | None,
+    datetime | None: datetime | None,  # RFC 3339, read in C; other forms by the hook
     Decimal | None: Decimal | None,  # a number's every digit (a float would round past 15)
     int | str | None: int | str | None,
     dict[str, Any]: dict[str, Any] | None,
