@@ -23,18 +23,18 @@ from ._exceptions import InvalidRequestError
 from ._pagination_plan import PaginatorStats, RawPage, WalkPlan
 from ._retry import RETRY_TALLY, RetryTally
 from ._seen_records import Dedupe, SeenRecords
-from ._validate import short
+from ._validate import MAX_CONCURRENCY, check_concurrency, short
 from .models.page import Page
 
 __all__ = ["MAX_CONCURRENCY", "AsyncPaginator", "Dedupe", "PaginatorStats", "RawPage"]
 
 T = TypeVar("T")
 
-#: The highest ``concurrency`` a walk takes. Beyond a few dozen pages in flight a walk gets no
-#: faster (the client's own ``max_concurrency``, 16 by default, and the service's rate limit
-#: bound it), while every page in flight or waiting its turn holds memory (up to
-#: ``2 * concurrency`` pages of up to 100 records) and a connection.
-MAX_CONCURRENCY = 64
+# MAX_CONCURRENCY (from _validate, which checks it): the highest ``concurrency`` a walk takes.
+# Beyond a few dozen pages in flight a walk gets no faster (the client's own
+# ``max_concurrency``, 16 by default, and the service's rate limit bound it), while every page
+# in flight or waiting its turn holds memory (up to ``2 * concurrency`` pages of up to 100
+# records) and a connection.
 
 #: Fetches page ``number`` of ``size`` items.
 PageFetcher = Callable[[int, int], Awaitable[RawPage[T]]]
@@ -67,18 +67,11 @@ class AsyncPaginator(Generic[T]):
         dedupe: Dedupe = "none",
         resume_after: Any = None,
     ) -> None:
-        for name, value, low in (
-            ("page_size", page_size, 1),
-            ("start_page", start_page, 1),
-            ("concurrency", concurrency, 1),
-        ):
+        for name, value, low in (("page_size", page_size, 1), ("start_page", start_page, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise InvalidRequestError(f"{name} must be an int >= {low}, not {short(value)}")
-        if concurrency > MAX_CONCURRENCY:
-            raise InvalidRequestError(
-                f"concurrency must be at most {MAX_CONCURRENCY}, not {short(concurrency)}: more"
-                " pages in flight make a walk no faster and hold more memory"
-            )
+        # Worded as lookup_many's and worker()'s: "must be at most 64" here, "from 1 to 64" there.
+        check_concurrency(concurrency)
         if max_items is not None and (
             isinstance(max_items, bool) or not isinstance(max_items, int) or max_items < 0
         ):

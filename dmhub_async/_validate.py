@@ -31,8 +31,10 @@ from .models.gender import Gender
 from .models.identity import Identity
 
 __all__ = [
+    "MAX_CONCURRENCY",
     "MAX_QUERY_LENGTH",
     "MAX_URL_LENGTH",
+    "check_concurrency",
     "check_customer_fields",
     "check_id",
     "check_identities",
@@ -150,6 +152,8 @@ def check_redis_options(owner: str, url: str, pool: Any) -> None:
 
 #: Page numbers and sizes are 32-bit ints on the service's side.
 MAX_PAGE_NUMBER = 2**31 - 1
+#: The most pages or lookups in flight in one walk (``concurrency``): the paginator's cap.
+MAX_CONCURRENCY = 64
 
 
 def short(value: object) -> str:
@@ -356,6 +360,16 @@ def _check_json(method: str, where: str, value: Any, depth: int) -> None:
     else:
         raise InvalidRequestError(
             f"{method}(): {where} is a {type(value).__name__}, which JSON cannot hold"
+        )
+
+
+def check_concurrency(value: object, name: str = "concurrency") -> None:
+    """A walk's, a lookup's or a worker's ``concurrency``: an int from 1 to
+    :data:`MAX_CONCURRENCY`, refused in one wording wherever it is given (``name``: as the
+    caller names it, ``"worker(): concurrency"``)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_CONCURRENCY:
+        raise InvalidRequestError(
+            f"{name} must be an int from 1 to {MAX_CONCURRENCY}, not {short(value)}"
         )
 
 

@@ -677,3 +677,37 @@ async def test_pages_held_while_one_is_slow_are_up_to_twice_the_concurrency() ->
     assert concurrency < len(held) <= 2 * concurrency, server.requests
     waiting.cancel()
     await paginator.aclose()
+
+
+@pytest.mark.parametrize("concurrency", [0, 65, 1.5, True])
+async def test_a_bad_concurrency_is_refused_in_one_wording_wherever_it_is_given(
+    concurrency: Any, tmp_path: Any
+) -> None:
+    # Three wordings: a walk said "must be an int >= 1" or "must be at most 64 ...", a lookup
+    # "must be an int from 1 to 64", a worker "must be an int" or "must be <= 64". One now.
+    from dmhub_async.export import export_customers
+    from dmhub_async.shards._queue import worker
+
+    said = f"concurrency must be an int from 1 to 64, not {concurrency!r}"
+
+    async def drained(walk: Any) -> None:
+        async for _ in walk:
+            pass
+
+    async with DMHubClient("app", "secret", base_url="http://127.0.0.1:9") as dm:
+        calls = {
+            "list": lambda: drained(dm.customers.list(concurrency=concurrency)),
+            "list_rows": lambda: drained(dm.customers.list_rows(concurrency=concurrency)),
+            "statistics": lambda: drained(dm.customer_statistics.list(concurrency=concurrency)),
+            "lookup_many": lambda: dm.identities.lookup_many([], concurrency=concurrency),
+            "lookup_iter": lambda: drained(dm.identities.lookup_iter([], concurrency=concurrency)),
+            "export": lambda: export_customers(dm, tmp_path / "out.jsonl", concurrency=concurrency),
+        }
+        for name, call in calls.items():
+            with pytest.raises(InvalidRequestError) as caught:
+                await call()
+            assert str(caught.value).endswith(said), name
+        assert dm.stats.requests == 0
+    with pytest.raises(InvalidRequestError) as caught:
+        worker("redis://127.0.0.1:1/0", concurrency=concurrency)
+    assert str(caught.value) == f"worker(): {said}"

@@ -12,8 +12,7 @@ from typing import Any, Literal, overload
 from .._converter import identity_to_wire, structure_identities, structure_identity
 from .._converter.scalars import INT_TEXT
 from .._exceptions import InvalidRequestError
-from .._pagination import MAX_CONCURRENCY
-from .._validate import check_id, check_identity, is_collection, short
+from .._validate import check_concurrency, check_id, check_identity, is_collection
 from ..models.identity import CustomerIdentity, Identity
 from ._batches import sized_batches
 from ._filters import LONG_ID_LIST, checked_ids
@@ -396,14 +395,7 @@ def _at(err: InvalidRequestError, method: str, index: int) -> InvalidRequestErro
 def _check_concurrency(concurrency: object) -> None:
     # At most the walks' cap: lookup_iter's window holds 4 x concurrency tasks, so any number
     # was any memory (a million: 152 MB for 10,000 inputs), where the walks and the CLI cap it.
-    if (
-        isinstance(concurrency, bool)
-        or not isinstance(concurrency, int)
-        or not 1 <= concurrency <= MAX_CONCURRENCY
-    ):
-        raise InvalidRequestError(
-            f"concurrency must be an int from 1 to {MAX_CONCURRENCY}, not {short(concurrency)}"
-        )
+    check_concurrency(concurrency)
 
 
 async def _next(items: AsyncGenerator[Identity, None]) -> Identity:

@@ -31,9 +31,9 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from .._exceptions import DMHubError, InvalidRequestError
-from .._pagination import MAX_CONCURRENCY
 from .._shared_rate import check_shared_rate
 from .._validate import (
+    check_concurrency,
     check_flag,
     check_number,
     check_redis_options,
@@ -405,9 +405,7 @@ def worker(
         raise InvalidRequestError("worker(): heartbeat must be positive and below takeover")
     check_number("worker(): max_jobs", max_jobs, 1, inclusive=True, kind=int)
     if concurrency is not None:
-        check_number(
-            "worker(): concurrency", concurrency, 1, inclusive=True, kind=int, high=MAX_CONCURRENCY
-        )
+        check_concurrency(concurrency, "worker(): concurrency")
     if rate_limit is not None:  # checked by the limiter too, but only at the worker's start
         check_shared_rate("worker(): rate_limit", rate_limit)
     from arq.worker import func
