@@ -107,6 +107,18 @@ class AsyncPaginator(Generic[T]):
     def stats(self, stats: PaginatorStats) -> None:  # walks chained into one share a tally
         self._plan.stats = stats
 
+    def __repr__(self) -> str:
+        # The default was "<dmhub_async._pagination.AsyncPaginator object at 0x...>": nothing
+        # of the walk. Where it is and what it has done; never a filter (a mobile, an email).
+        started = self._started or getattr(self, "_walked", False)  # a BatchWalk's flag
+        state = "ended" if self._closed else "walking" if started else "not started"
+        stats = self.stats
+        return (
+            f"<AsyncPaginator {state}: page_size={self.page_size}, "
+            f"concurrency={self.concurrency}, checkpoint={self.checkpoint}, "
+            f"pages={stats.pages}, items={stats.items}>"
+        )
+
     def __aiter__(self) -> AsyncIterator[T]:
         return self._iter_items()
 

@@ -711,3 +711,34 @@ async def test_a_bad_concurrency_is_refused_in_one_wording_wherever_it_is_given(
     with pytest.raises(InvalidRequestError) as caught:
         worker("redis://127.0.0.1:1/0", concurrency=concurrency)
     assert str(caught.value) == f"worker(): {said}"
+
+
+async def test_a_paginator_shows_where_its_walk_is_in_its_repr() -> None:
+    # repr() of a walk (a debugger, a log line) was "<...AsyncPaginator object at 0x...>".
+    async with (
+        DMHubSimulator(customers=250, app_id="repr-app", secret="repr-secret-x") as sim,
+        DMHubClient(sim.app_id, sim.secret, base_url=sim.url) as dm,
+    ):
+        walk = dm.customers.list(page_size=100, concurrency=2, mobile="13800138000")
+        assert repr(walk) == (
+            "<AsyncPaginator not started: page_size=100, concurrency=2, checkpoint=1, "
+            "pages=0, items=0>"
+        )
+        pages = walk.pages()
+        await pages.__anext__()
+        assert repr(walk).startswith("<AsyncPaginator walking: page_size=100, concurrency=2")
+        await pages.aclose()
+        everyone = dm.customers.list(page_size=100)
+        assert len(await everyone.to_list()) == 250
+        assert repr(everyone) == (
+            "<AsyncPaginator ended: page_size=100, concurrency=1, checkpoint=4, pages=3, items=250>"
+        )
+        # A long id list is walked in batches, as one paginator: it shows as one too.
+        batched = dm.customers.list(id_list=sim.customer_ids() + list(range(1, 3000)))
+        assert repr(batched).startswith("<AsyncPaginator not started: page_size=100")
+        assert len(await batched.to_list()) == 250
+        assert repr(batched).startswith("<AsyncPaginator ended: page_size=100")
+        shown = repr(walk) + repr(everyone) + repr(batched)
+        assert "0x" not in shown
+        assert "repr-secret-x" not in shown
+        assert "13800138000" not in shown

@@ -198,6 +198,7 @@ class BatchWalk(AsyncPaginator[T]):
 
     async def aclose(self) -> None:
         """Cancel the pages of the batch under way still in flight."""
+        self._closed = True  # ended, as its repr says
         if self._current is not None:
             current, self._current = self._current, None
             await current.aclose()
