@@ -427,3 +427,20 @@ async def test_a_naive_now_is_read_in_the_clients_timezone_not_the_machines(
     assert [(w.category, w.filename) for w in caught] == (
         [] if zone else [(NaiveDatetimeWarning, __file__)]
     )
+
+
+async def test_a_sharded_exports_manifest_and_a_plan_of_ids_have_short_reprs(
+    sim: DMHubSimulator, dm: DMHubClient, tmp_path: Path
+) -> None:
+    # export_sharded's result printed every shard's window, file, digest and counts (3,440
+    # characters for 8 shards), and a shard of a plan of ids every id of its slice.
+    manifest = await export_sharded(dm, tmp_path / "out", 8, progress=False)
+    assert repr(manifest) == (
+        "<Manifest complete: jsonl, 8 shards (8 complete), 2,000 exported of 2,000 planned, "
+        f"base_url={sim.url!r}, app_id={sim.app_id!r}>"
+    )
+    ids = list(range(1, 300_001))
+    (first, *_) = await plan_shards(dm, 2, id_list=ids, stage="lead")
+    assert len(repr(first)) < 400
+    assert "filters={'stage': 'lead', 'id_list': <150,000 ids>}" in repr(first)
+    assert sim.secret not in repr(manifest) + repr(first)
