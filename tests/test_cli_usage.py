@@ -85,6 +85,34 @@ def test_every_help_lists_each_exit_code_of_the_readme(
     assert [code for code in codes if not re.search(rf"\b{code}\b", epilog)] == []
 
 
+@pytest.mark.parametrize(
+    ("command", "verbose"),
+    [
+        ("export", "log every request and retry on stderr"),
+        ("lookup", "log every request and retry on stderr"),
+        ("demo", "log every request and retry on stderr"),
+        ("worker", "log every request and retry, and each job's start and end, on stderr"),
+        # It serves requests, and logs only those a client left before its answer.
+        (
+            "simulate",
+            "log on stderr each request a client left before its answer (the requests served "
+            "are not logged)",
+        ),
+        ("merge", "no effect: merge sends no request (its warnings show without it)"),
+    ],
+)
+def test_each_verbose_help_says_what_it_shows(
+    command: str, verbose: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Every command's -v said "log every request and retry on stderr": merge sends none, and
+    # simulate logs none of those it serves.
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"-v, --verbose {verbose} -q, --quiet" in text
+
+
 @pytest.mark.parametrize("command", ["export", "lookup"])
 def test_the_help_says_a_file_read_that_is_missing_or_bad_exits_1_not_2(
     command: str, capsys: pytest.CaptureFixture[str]

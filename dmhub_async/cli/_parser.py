@@ -107,10 +107,21 @@ def _time_zone(text: str) -> str:
     return text
 
 
-def _common() -> _Parser:
+#: What ``-v`` shows, by command: "log every request" was every command's help, merge's (which
+#: sends none: -v shows nothing more there) and simulate's (which logs no request it serves).
+_REQUESTS = "log every request and retry on stderr"
+_VERBOSE = {
+    "worker": "log every request and retry, and each job's start and end, on stderr",
+    "simulate": "log on stderr each request a client left before its answer (the requests "
+    "served are not logged)",
+    "merge": "no effect: merge sends no request (its warnings show without it)",
+}
+
+
+def _common(command: str) -> _Parser:
     common = _Parser(add_help=False)
     common.add_argument(
-        "-v", "--verbose", action="store_true", help="log every request and retry on stderr"
+        "-v", "--verbose", action="store_true", help=_VERBOSE.get(command, _REQUESTS)
     )
     common.add_argument(
         "-q",
@@ -243,14 +254,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"dmhub-async {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    common = _common()
 
     def command(name: str, help: str, example: str) -> argparse.ArgumentParser:
         return sub.add_parser(
             name,
             help=help,
             description=help,
-            parents=[common],
+            parents=[_common(name)],
             formatter_class=_Formatter,
             epilog=f"example:\n  {example}\n\n{EXIT_CODES}",
         )
