@@ -266,7 +266,15 @@ def test_quiet_says_an_export_is_incomplete(
     served.call(served.sim.mutate_every, 3, inserts=2, deletes=4, front=False)
 
     result = run_cli(
-        "export", "--out", "moving", "--concurrency", "1", "-q", *shards, env=env, cwd=tmp_path
+        "export",
+        "--out",
+        "moving.jsonl",
+        "--concurrency",
+        "1",
+        "-q",
+        *shards,
+        env=env,
+        cwd=tmp_path,
     )
 
     assert result.returncode == 3, result.stderr

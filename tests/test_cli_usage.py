@@ -632,7 +632,7 @@ def test_a_filter_pasted_with_spaces_is_a_usage_error(
     shards: list[str],
 ) -> None:
     # `--mobile " 13900000000"` matched no one: an export of nothing, exit 0, "complete".
-    code = main(["export", "--out", "found", flag, " 13900000000 ", "-q", *shards])
+    code = main(["export", "--out", "found.jsonl", flag, " 13900000000 ", "-q", *shards])
 
     assert code == 2
     err = capsys.readouterr().err
@@ -696,3 +696,38 @@ def test_an_error_text_from_the_service_cannot_drive_the_terminal(
     assert "名字" in err
     assert all(c.isprintable() for c in err[:-1]), repr(err)  # and nothing a terminal obeys
     assert "\\x1b]52;c;" in err  # shown for what it is
+
+
+@pytest.mark.parametrize(
+    ("out", "names"),
+    [
+        ("customers.json", "customers.jsonl (JSON lines) or customers.csv, or give --format"),
+        ("customers.txt", "customers.jsonl (JSON lines) or customers.csv, or give --format"),
+        ("customers", "customers.jsonl (JSON lines) or customers.csv, or give --format"),
+    ],
+)
+def test_an_export_named_as_no_format_it_writes_is_refused_unless_format_says_it(
+    in_process: dict[str, str],
+    served: ServedSimulator,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    out: str,
+    names: str,
+) -> None:
+    # `export --out customers.json` wrote JSON lines under a JSON name, exit 0, without a word:
+    # a JSON reader failed on its second line. The README: the format follows the extension.
+    assert main(["export", "--out", out, "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"dmhub-async: error: --out {out}: the format is read from the name, .jsonl, .ndjson or"
+        f" .csv: name it {names} jsonl|csv\n"
+    )
+    assert main(["demo", "--out", out, "--customers", "5", "-q"]) == 2
+    assert "or give --format" not in capsys.readouterr().err  # demo has no --format
+    assert not (tmp_path / out).exists()
+    assert served.sim.counters.routes["GET /security/accesstoken"] == 0
+    # Said, the format is taken whatever the name; .ndjson is JSON lines too.
+    assert main(["export", "--out", out, "--format", "jsonl", "-q"]) == 0
+    assert main(["export", "--out", "all.NDJSON", "-q"]) == 0
+    assert (tmp_path / out).read_bytes() == (tmp_path / "all.NDJSON").read_bytes()
+    assert (tmp_path / out).read_bytes().startswith(b'{"')

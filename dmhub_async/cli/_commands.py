@@ -180,6 +180,31 @@ def _finish(
     return EXIT_INCOMPLETE
 
 
+#: The extensions an export's format is read from (without ``--format``), and that format.
+_EXPORT_SUFFIXES: Final = MappingProxyType({".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv"})
+
+
+def _check_export_name(out: str, fmt: str | None, *, format_flag: bool = True) -> None:
+    """Refuse an ``--out`` whose name says neither format, when ``--format`` does not say it.
+
+    ``--out customers.json`` (or ``.txt``, or no extension) was written as JSON lines without a
+    word: a JSON reader then failed on its second line. ``format_flag``: whether the command
+    has ``--format`` (``demo`` has not) for the message to offer it.
+    """
+    if out == STDOUT or fmt is not None:
+        return
+    path = Path(out)
+    if path.suffix.lower() in _EXPORT_SUFFIXES:
+        return
+    stem = path.stem if path.suffix else path.name
+    names = f"{stem}.jsonl (JSON lines) or {stem}.csv"
+    raise UsageError(
+        f"--out {out}: the format is read from the name, .jsonl, .ndjson or .csv: name it "
+        + names
+        + (", or give --format jsonl|csv" if format_flag else "")
+    )
+
+
 def _check_export(args: argparse.Namespace) -> tuple[dict[str, Any], ExportEncoding]:
     """Everything an export can get wrong before it sends a request; its filters, encoding."""
     # Ignored, the export ran here in one process, and without the queue's shared token.
@@ -198,6 +223,8 @@ def _check_export(args: argparse.Namespace) -> tuple[dict[str, Any], ExportEncod
         checkpoint=args.checkpoint,
         fmt="csv" if csv_out else "jsonl",
     )
+    # After check_output: a compressed file's name, a directory, are said as such.
+    _check_export_name(args.out, args.format)
     if args.checkpoint is not None:  # a directory, or one that is missing: a usage error too
         check_checkpoint(args.checkpoint)
     filters = _filters(args)
@@ -503,6 +530,7 @@ async def _demo(args: argparse.Namespace) -> int:
         check_output(args.out, force=True, stdout=False)
     else:
         check_output(args.out, force=args.force, stdout=False)
+        _check_export_name(args.out, None, format_flag=False)
     latency = args.latency_ms
     # The banner is for people: with --report json, stdout holds the one JSON object only.
     say = print if not args.quiet and args.report == "text" else lambda *_: None

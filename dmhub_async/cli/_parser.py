@@ -275,7 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--out",
         required=True,
         metavar="PATH",
-        help="the output file: .jsonl or .csv, or - for standard output",
+        help="the output file: .jsonl (or .ndjson) or .csv, another name with --format; or -"
+        " for standard output",
     )
     export.add_argument("--format", choices=("jsonl", "csv"), help="default: from --out")
     export.add_argument(
