@@ -1249,3 +1249,31 @@ def test_standard_input_of_one_endless_line_is_refused_as_it_is_copied(
     )
     assert zeros.given < 4 << 20  # read no further than the line's bound, and a block or so
     assert list(tmp_path.iterdir()) == []  # the copy removed
+
+
+@pytest.mark.parametrize(
+    "given",
+    [b"", b"type,value\r\n", b"\xef\xbb\xbftype,value\n\n  \n", b"sep=,\n\x1a"],
+    ids=["empty", "a header alone", "a marked header and blank lines", "sep= and Ctrl-Z"],
+)
+def test_a_lookup_of_no_identity_exits_1_as_an_id_list_of_no_id_does(
+    served: ServedSimulator, env: dict[str, str], tmp_path: Path, given: bytes
+) -> None:
+    # `lookup` of an input with no row exited 0 with a file of its header ("resolved 0
+    # identities"), where `export --id-list` of an empty file exits 1: the README's table
+    # says a file read is 1. Both now refuse an input with nothing to look up, sending nothing.
+    (tmp_path / "ids.csv").write_bytes(given)
+    (tmp_path / "ids.txt").write_bytes(b"")
+
+    from_file = run_cli("lookup", "--in", "ids.csv", "--out", "found.csv", env=env, cwd=tmp_path)
+    from_stdin = run_cli(
+        "lookup", "--in", "-", "--out", "found.csv", env=env, cwd=tmp_path, input=given.decode()
+    )
+    id_list = run_cli("export", "--out", "a.jsonl", "--id-list", "ids.txt", env=env, cwd=tmp_path)
+
+    assert_one_line_error(from_file, 1, "--in ids.csv: holds no identity (type,value rows")
+    assert_one_line_error(from_stdin, 1, "--in -: holds no identity (type,value rows")
+    assert_one_line_error(id_list, 1, "--id-list ids.txt: holds no customer id")
+    assert not (tmp_path / "found.csv").exists()
+    assert not (tmp_path / "a.jsonl").exists()
+    assert requests(served) == 0

@@ -125,7 +125,7 @@ def test_the_help_says_a_file_read_that_is_missing_or_bad_exits_1_not_2(
     epilog = " ".join(capsys.readouterr().out.split("exit codes:")[1].split())
     assert "1 error (the service, the network, the credentials, a file read:" in epilog
     # and a full disk, as the README's table says (the help left it out)
-    assert "--in or --id-list missing, unreadable or with a bad line; a disk full)" in epilog
+    assert "--in or --id-list missing, unreadable, empty or with a bad line; a disk full)" in epilog
 
 
 def test_the_token_store_help_says_where_a_queue_keeps_the_token(

@@ -449,6 +449,12 @@ async def _lookup(args: argparse.Namespace) -> int:
 
 async def _lookup_rows(args: argparse.Namespace, infile: Path, name: str, encoding: str) -> int:
     total, out_encoding = _count_rows(infile, name, encoding, args.out)
+    if not total:
+        # Exit 0 and a file of its header: `--in <(a query that failed)` looked like a run that
+        # found no one. Refused as an --id-list of no id is (the README's table: a file, 1).
+        raise CommandError(
+            f"--in {args.infile}: holds no identity (type,value rows; a header alone is none)"
+        )
     progress = None if args.quiet else ProgressLines(what="identities")
     found = missing = 0
     # The line of each identity taken and not yet answered: answers come in input order, so

@@ -37,7 +37,7 @@ FILTER_FLAGS = {
 
 EXIT_CODES = """\
 exit codes: 0 ok, 1 error (the service, the network, the credentials, a file read: --in or
---id-list missing, unreadable or with a bad line; a disk full), 2 usage (a bad flag or value,
+--id-list missing, unreadable, empty or with a bad line; a disk full), 2 usage (a bad flag or value,
 or an output that would destroy a file), 3 incomplete (the export's count differs from the
 service's), 130 SIGINT (Ctrl-C), 143 SIGTERM, 141 the reader of --out - went away (| head -1)"""
 
