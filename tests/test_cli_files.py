@@ -29,6 +29,7 @@ from _cli_support import (
     assert_one_line_error,
     cli_command,
     jsonl_ids,
+    read_csv,
     run_cli,
     serve,
 )
@@ -1277,3 +1278,79 @@ def test_a_lookup_of_no_identity_exits_1_as_an_id_list_of_no_id_does(
     assert not (tmp_path / "found.csv").exists()
     assert not (tmp_path / "a.jsonl").exists()
     assert requests(served) == 0
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX: SIGKILL, flock")
+def test_a_lookup_killed_outright_leaves_temporary_files_the_next_lookup_removes(
+    served: ServedSimulator, env: dict[str, str], tmp_path: Path
+) -> None:
+    # A lookup killed with SIGKILL (the OOM killer, kill -9) left its copy of standard input
+    # (.dmhub-lookup-xxxxxxxx.csv, personal data) in $TMPDIR and its unfinished result
+    # (.found.csv.xxxxxxxx.tmp) beside --out, for good: each such kill left two more. The next
+    # lookup removes those older than a minute that are a lookup's own, held by no live run.
+    import fcntl
+
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    env = {**env, "TMPDIR": str(temp)}
+    rows = "type,value\r\n" + "".join(f"mobile,1380000{i:04d}\r\n" for i in range(20))
+    killed = (
+        "import os, signal, sys\n"
+        "from dmhub_async.cli import main\n"
+        "def die(*args):\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "os.fchmod = die  # as the result's temporary file is made: both files exist\n"
+        "sys.exit(main(['lookup', '--in', '-', '--out', 'found.csv']))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", killed],
+        env=env,
+        cwd=tmp_path,
+        input=rows,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == -9, done.stderr
+    (copy,) = temp.iterdir()
+    assert re.fullmatch(r"\.dmhub-lookup-\w{8}\.csv", copy.name)
+    assert copy.read_bytes() == rows.encode()
+    (result,) = [p for p in tmp_path.iterdir() if p.name.startswith(".found.csv.")]
+    assert result.name.endswith(".tmp")
+
+    def aged(path: Path, text: str | None = "") -> Path:
+        if text is not None:
+            path.write_text(text)
+        os.utime(path, (time.time() - 3600, time.time() - 3600), follow_symlinks=False)
+        return path
+
+    for path in (copy, result):
+        aged(path, None)
+    young = temp / ".dmhub-lookup-young123.csv"
+    young.write_text("a run between mkstemp and its lock")
+    held = aged(temp / ".dmhub-lookup-held1234.csv")
+    target = aged(tmp_path / "target.csv", "keep me")
+    link = temp / ".dmhub-lookup-link1234.csv"
+    link.symlink_to(target)
+    aged(link, None)
+    others = [
+        aged(temp / ".dmhub-lookup-notes.csv"),  # not a name mkstemp gives
+        aged(temp / "dmhub-lookup-abcd1234.csv"),
+        aged(tmp_path / ".found.csv.abcd1234.part"),  # an export's work file
+        aged(tmp_path / ".other.csv.abcd1234.tmp"),  # beside another output
+    ]
+    write_identities(tmp_path / "ids.csv", [("mobile", "13800000000")])
+    with held.open("rb") as holder:
+        fcntl.flock(holder.fileno(), fcntl.LOCK_SH)  # a live run's
+        again = run_cli("lookup", "--in", "ids.csv", "--out", "found.csv", env=env, cwd=tmp_path)
+
+    assert again.returncode == 0, again.stderr
+    assert not copy.exists()
+    assert not result.exists()
+    assert read_csv(tmp_path / "found.csv")[0]["value"] == "13800000000"
+    assert sorted(p.name for p in temp.iterdir()) == sorted(
+        [young.name, held.name, link.name, others[0].name, others[1].name]
+    )
+    assert target.read_text() == "keep me"
+    assert all(p.exists() for p in others)

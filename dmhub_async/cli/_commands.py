@@ -44,6 +44,7 @@ from ._files import (
     export_stdout,
     read_id_file,
     read_twice,
+    remove_left_behind,
     replace_on_success,
 )
 from ._parser import DEMO_OUT, FILTER_FLAGS
@@ -442,6 +443,7 @@ def _count_rows(infile: Path, name: str, encoding: str, out: str) -> tuple[int, 
 
 async def _lookup(args: argparse.Namespace) -> int:
     encoding = _check_lookup(args)
+    remove_left_behind(args.out)  # the temporary files of lookups killed outright
     # Standard input or a pipe: copied first, as the rows are read twice.
     with read_twice(args.infile) as (infile, name):
         return await _lookup_rows(args, infile, name, encoding)

@@ -14,6 +14,7 @@ import stat
 import sys
 import tempfile
 import threading
+import time
 import weakref
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -28,6 +29,8 @@ from ._errors import CommandError, Interrupted, UsageError, interruptible, unnam
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
+if sys.platform != "win32":
+    import fcntl
 
 __all__ = [
     "STDOUT",
@@ -36,6 +39,7 @@ __all__ = [
     "export_stdout",
     "read_id_file",
     "read_twice",
+    "remove_left_behind",
     "replace_on_success",
     "stdout_bytes",
     "stop_standard_output",
@@ -333,6 +337,75 @@ def _same_file(a: Path, b: Path) -> bool:
         return a.resolve() == b.resolve()
 
 
+#: Seconds after which a lookup's temporary file that no live run holds is a killed run's: one
+#: younger may be a run's between ``mkstemp`` and :func:`_hold`.
+_LEFT_BEHIND: Final = 60.0
+#: ``mkstemp``'s names of a lookup's copy of its input (:func:`read_twice`), in the
+#: temporary directory.
+_INPUT_COPY: Final = re.compile(r"\.dmhub-lookup-[a-z0-9_]{8}\.csv")
+
+
+def _hold(fd: int) -> None:
+    """Mark the temporary file open on ``fd`` as a live run's: a shared lock on it, which
+    :func:`remove_left_behind` cannot take while the run lives, and which the system drops as
+    the run ends, however it ends (SIGKILL too)."""
+    if sys.platform != "win32":
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+
+
+def _held(path: str) -> bool:
+    """Whether a live run holds ``path`` (:func:`_hold`); true when that cannot be told."""
+    if sys.platform == "win32":
+        return False  # no lock to tell by: its age alone
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)  # and with it the lock just taken
+    return False
+
+
+def remove_left_behind(out: str) -> None:
+    """Remove the temporary files that lookups killed outright (SIGKILL, the OOM killer, a
+    power cut) left behind: copies of their input (``.dmhub-lookup-xxxxxxxx.csv``, personal
+    data) in the temporary directory, and unfinished results (``.NAME.xxxxxxxx.tmp``) beside
+    ``out``. Nothing removed them: each such kill left one more, for good.
+
+    Only a lookup's own: named as ``mkstemp`` names them, a regular file of this user's,
+    older than :data:`_LEFT_BEHIND` and held by no live run (:func:`_hold`). Silently: a
+    file that cannot be checked or removed is left.
+    """
+    places = [(tempfile.gettempdir(), _INPUT_COPY)]
+    if out != STDOUT:
+        path = Path(out)
+        places.append(
+            (str(path.parent), re.compile(rf"\.{re.escape(path.name)}\.[a-z0-9_]{{8}}\.tmp"))
+        )
+    cutoff = time.time() - _LEFT_BEHIND
+    uid = os.geteuid() if hasattr(os, "geteuid") else None
+    for directory, ours in places:
+        try:
+            entries = list(os.scandir(directory))
+        except OSError:
+            continue
+        for entry in entries:
+            if not ours.fullmatch(entry.name):
+                continue
+            with contextlib.suppress(OSError):
+                info = entry.stat(follow_symlinks=False)
+                if not stat.S_ISREG(info.st_mode) or info.st_mtime >= cutoff:
+                    continue
+                if (uid is not None and info.st_uid != uid) or _held(entry.path):
+                    continue
+                os.unlink(entry.path)
+
+
 @contextlib.contextmanager
 def replace_on_success(out: str, encoding: str) -> Iterator[TextIO]:
     """A text stream for ``out`` that becomes ``out`` only when the block ends without error.
@@ -358,6 +431,7 @@ def replace_on_success(out: str, encoding: str) -> Iterator[TextIO]:
     # Synced before it takes the name: after a power loss just then, a `--force` run could
     # leave an empty file where the old result was (the rename on disk, the data not).
     with replacing(Path(out), output=True) as raw:
+        _hold(raw.fileno())  # not a killed run's: remove_left_behind leaves it
         text = io.TextIOWrapper(raw, encoding=encoding, newline="")
         yield text
         text.detach()  # its rows flushed into the file, which replacing closes and renames
@@ -380,6 +454,8 @@ def read_twice(given: str) -> Iterator[tuple[Path, str]]:
         fd, tmp = tempfile.mkstemp(prefix=".dmhub-lookup-", suffix=".csv")  # 0600
     except OSError as err:
         raise _not_copied(given, err) from err
+    held = os.dup(fd)  # held open, and locked, until it is removed: see remove_left_behind
+    _hold(held)
     try:
         try:
             with open(fd, "wb") as copy, interruptible():
@@ -396,7 +472,10 @@ def read_twice(given: str) -> Iterator[tuple[Path, str]]:
             raise _not_copied(given, err) from err
         yield Path(tmp), "<stdin>" if given == STDIN else given
     finally:
-        os.unlink(tmp)
+        try:
+            os.unlink(tmp)
+        finally:
+            os.close(held)
 
 
 class _Reads(Protocol):
