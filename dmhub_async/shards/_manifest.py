@@ -19,7 +19,7 @@ import stat
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, BinaryIO, Literal
+from typing import Any, BinaryIO, Final, Literal
 
 import attrs
 import cattrs
@@ -498,6 +498,23 @@ def _as_compared(filters: dict[str, Any]) -> dict[str, Any]:
         return filters
 
 
+#: The formats a file's name says (``customers.csv``), as the export reads them from its name.
+_NAMED: Final = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+_SAID: Final = {"csv": ("a CSV file", "CSV"), "jsonl": ("a JSON lines file", "JSON lines")}
+
+
+def _check_named_as(dest: Path, fmt: str) -> None:
+    """Refuse a merge's ``dest`` whose name says the other format than the parts': a JSONL
+    export merged into ``all.csv`` was JSON lines under the CSV's name. A name that says no
+    format (``all.txt``) is the caller's to choose."""
+    named = _NAMED.get(dest.suffix.lower())
+    if named is not None and named != fmt:
+        raise InvalidRequestError(
+            f"{dest.name} names {_SAID[named][0]}, and the export's parts are {_SAID[fmt][1]}:"
+            f" name it {dest.stem}.{fmt}, or export again in the format you want"
+        )
+
+
 def merge(
     directory: str | os.PathLike[str],
     dest: str | os.PathLike[str],
@@ -524,7 +541,8 @@ def merge(
     until it ends.
 
     Raises:
-        InvalidRequestError: ``dest`` inside ``directory``, no manifest, a part missing, the
+        InvalidRequestError: ``dest`` inside ``directory`` or named as the other format
+            (``all.csv`` for JSON lines parts), no manifest, a part missing, the
             export not complete, or a complete part changed since it was exported: its size
             (these unless ``allow_incomplete``), or its content (the SHA-256 the manifest
             records); a CSV part whose header is not the first part's (another export's); an
@@ -544,6 +562,7 @@ def merge(
     manifest = Manifest.read(directory)
     if manifest is None:
         raise InvalidRequestError(f"{directory} has no {MANIFEST_NAME}: not a sharded export")
+    _check_named_as(Path(dest), manifest.format)
     if not manifest.complete and not allow_incomplete:
         raise InvalidRequestError(
             f"the export in {directory} is not complete: finish it first (rerun the export), "

@@ -1556,3 +1556,30 @@ def test_merge_on_the_command_line_names_its_own_flag_for_an_incomplete_export(
     assert status == cli.EXIT_ERROR
     assert err.endswith("merge what there is with --allow-incomplete\n"), err
     assert not (tmp_path / "all.jsonl").exists()
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+async def test_a_merge_refuses_a_name_that_says_the_other_format(
+    dm: DMHubClient, tmp_path: Path, capsys: pytest.CaptureFixture[str], fmt: str
+) -> None:
+    # `merge out --out all.csv` of a JSONL export wrote JSON lines under the CSV's name (and
+    # a CSV export into all.jsonl, CSV): a spreadsheet then showed one column of JSON.
+    await export_sharded(dm, tmp_path / "out", 2, format=fmt, progress=False)
+    other = {"jsonl": ["all.csv", "ALL.CSV"], "csv": ["all.jsonl", "all.ndjson"]}[fmt]
+
+    for name in other:
+        with pytest.raises(InvalidRequestError, match=r"(?i)name it all\.") as info:
+            merge(tmp_path / "out", tmp_path / name)
+        assert str(info.value).startswith(f"{name} names a ")
+    code = await asyncio.to_thread(
+        main, ["merge", str(tmp_path / "out"), "--out", str(tmp_path / other[0])]
+    )
+
+    error = capsys.readouterr().err
+    assert code == 1
+    assert error.count("\n") == 1, error
+    assert f"{other[0]} names a " in error
+    assert not any((tmp_path / name).exists() for name in other)
+    # A name that says no format (or this one) is the caller's to choose.
+    assert merge(tmp_path / "out", tmp_path / "all.txt") == CUSTOMERS
+    assert merge(tmp_path / "out", tmp_path / f"all.{fmt}") == CUSTOMERS
