@@ -8,7 +8,7 @@ service, app, destination, format and filters (docs/reliability.md, "Resuming an
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 import attrs
@@ -48,7 +48,7 @@ class ExportScope:
 
     base_url: str
     app_id: str | None
-    dest: str  # absolute
+    dest: str  # absolute; a checkpoint beside it moved with it still reads (_moved_with_it)
     format: str
     encoding: str
     filters: dict[str, str]  # the query string of the walk, as sent
@@ -158,6 +158,20 @@ def _digested(scope: ExportScope) -> bool:
     return scope.filters.get("idList", "").startswith(_DIGEST)
 
 
+def _moved_with_it(path: Path, recorded: str, dest: str) -> bool:
+    """Whether the output a checkpoint at ``path`` records (``recorded``: an absolute path, as
+    every release writes it, or a name) is ``dest`` (absolute), the two moved together: the
+    output of that name, beside the checkpoint (a sharded export's part and its checkpoint).
+
+    A sharded export's directory moved, or mounted at another path on another machine (the
+    queue's workers on one shared volume), refused every unfinished shard as "another
+    export's" (``dest: '/old/...' in the checkpoint, '/new/...' now``). The path is still
+    written absolute: the releases before this one compare it as it is, and resume each
+    other's shards (docs/sharding.md, "Mixing releases")."""
+    here = Path(dest)
+    return PurePath(recorded).name == here.name and path.resolve().parent == here.parent
+
+
 def write_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
     """Replace the checkpoint at ``path`` atomically (a kill leaves the old one or the new).
 
@@ -208,6 +222,8 @@ def read_checkpoint(path: Path, scope: ExportScope) -> Checkpoint | None:
         recorded = recorded_scope(checkpoint.scope)
     except (ValueError, TypeError, KeyError, cattrs.BaseValidationError):
         raise InvalidRequestError(f"checkpoint {str(path)!r} is not a checkpoint file") from None
+    if recorded.dest != scope.dest and _moved_with_it(path, recorded.dest, scope.dest):
+        recorded = attrs.evolve(recorded, dest=scope.dest)
     differences = recorded.differences(recorded_scope(scope))
     if differences:
         raise InvalidRequestError(
