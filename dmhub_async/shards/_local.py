@@ -46,6 +46,7 @@ from ._run import (
     pending,
     record_result,
     result_of,
+    stopped,
 )
 
 __all__ = ["WorkerSettings", "private_token_directory", "run_in_processes"]
@@ -445,6 +446,7 @@ async def _supervise(
                 proc.kill()
                 await loop.run_in_executor(None, proc.join, 5)
         bar.close()
+        stopped(manifest.shards)  # its workers stopped with it, or killed
         await manifest_writes.write()
     return manifest
 

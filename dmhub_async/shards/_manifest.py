@@ -745,12 +745,53 @@ def _copy_parts(manifest: Manifest, directory: Path, out: BinaryIO, allow_incomp
             )
         if unfinished:
             logger.warning(
-                "merge: %s: %s records merged, its shard %s (not complete)",
+                "merge: %s: %s records merged, %s (not complete)",
                 outcome.file,
                 f"{records - before:,}",
-                outcome.status,
+                _where_it_stands(outcome, directory),
             )
     return records
+
+
+def _where_it_stands(outcome: ShardOutcome, directory: Path) -> str:
+    """``its shard failed``, as a merge says of an unfinished part; one the manifest says is
+    running while no coordinator holds the directory (killed: ``kill -9``, the OOM killer,
+    which cannot say it stopped), or one a stopped run left, as stopped.
+
+    It said "its shard running" after the run was gone: the user waited for an export that
+    nothing ran any longer."""
+    if outcome.status == "pending" or (
+        outcome.status == "running" and _coordinated(directory) is False
+    ):
+        return "its shard's run stopped before it ended (rerun the export to resume it)"
+    return f"its shard {outcome.status}"
+
+
+def _coordinated(directory: Path) -> bool | None:
+    """Whether a coordinator holds ``directory``'s lock (``.manifest.json.lock``, taken by
+    ``coordinating``); None where that cannot be told (no ``flock``).
+
+    Asked with a shared lock tried and let go at once: the lock is never taken (nor its file
+    written), so a coordinator starting meanwhile is not refused."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        return None
+    try:
+        fd = os.open(directory / f".{MANIFEST_NAME}.lock", os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return None
+    finally:
+        os.close(fd)  # lets go of a lock it took
+    return False
 
 
 def _regular_file(path: Path) -> os.stat_result | None:

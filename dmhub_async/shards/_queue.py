@@ -57,6 +57,7 @@ from ._run import (
     pending,
     record_result,
     result_of,
+    stopped,
 )
 
 __all__ = [
@@ -102,6 +103,11 @@ MAX_TRIES = 5
 #: after a day behind long ones ("job expired") without a try. As long as results are kept.
 QUEUED_FOR = 7 * 24 * 3600
 _PROGRESS_EVERY = 0.5
+#: A shard's note (its ``error``) when its coordinator stopped while it was on the queue.
+LEFT_ON_THE_QUEUE = (
+    "left on the queue when its coordinator stopped: a worker may still be exporting it; "
+    "rerun the same command to follow it to its end"
+)
 #: Seconds the coordinator waits for one answer of the queue's Redis before it stops with
 #: "cannot reach the queue's Redis" (the manifest written as it stands).
 QUEUE_TIMEOUT = 10.0
@@ -681,6 +687,8 @@ async def _follow(
                 await sleep(poll)
     finally:
         bar.close()
+        # Its workers go on without it: the shard may be running, or done, on the queue.
+        stopped(manifest.shards, LEFT_ON_THE_QUEUE)
         await manifest_writes.write()
         await pool.aclose()
     return manifest

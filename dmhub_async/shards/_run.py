@@ -64,6 +64,7 @@ __all__ = [
     "prepare",
     "record_result",
     "result_of",
+    "stopped",
 ]
 
 
@@ -546,6 +547,7 @@ async def _export_sharded(
         raise
     finally:
         bar.close()
+        stopped(manifest.shards)
         await writer.write()
     return manifest
 
@@ -553,3 +555,20 @@ async def _export_sharded(
 def pending(outcomes: Sequence[ShardOutcome]) -> list[ShardOutcome]:
     """The shards still to export (all but the complete ones)."""
     return [o for o in outcomes if o.status != "complete"]
+
+
+#: A shard's note (its ``error``) when its run was stopped before it ended, in this process
+#: or on worker processes: nothing exports it any longer.
+STOPPED = "stopped before it ended (its run was stopped): a rerun resumes it from its checkpoint"
+
+
+def stopped(outcomes: Sequence[ShardOutcome], why: str = STOPPED) -> None:
+    """Mark the shards still ``running`` as the coordinator stops (Ctrl-C, SIGTERM, an error
+    of the run): ``pending`` again, ``why`` said in their ``error``.
+
+    The manifest said "running" for them after the run had ended, and a merge of what there
+    was said so too ("its shard running"), though nothing exported them any longer.
+    """
+    for outcome in outcomes:
+        if outcome.status == "running":
+            outcome.status, outcome.error = "pending", why

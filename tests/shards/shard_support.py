@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -13,6 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import pytest
+
+from dmhub_async import DMHubClient
+from dmhub_async.shards import export_sharded
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -133,3 +138,23 @@ def child_dying_on_shard_zero(
             return self.taken.pop() if self.taken else tasks.get(timeout=timeout)
 
     _local._child(settings, directory, fmt, Again(), events)
+
+
+async def stopped_mid_way(dm: DMHubClient, out: Path, shards: int, after: int) -> None:
+    """A sharded export of ``dm``'s customers to ``out`` stopped (cancelled, as Ctrl-C stops
+    the CLI's) once ``after`` customers are written: its shards' checkpoints kept."""
+    written = asyncio.Event()
+
+    def on_total(done: int, planned: int | None) -> None:
+        if done >= after:
+            written.set()
+
+    running = asyncio.ensure_future(
+        export_sharded(
+            dm, out, shards, page_size=10, concurrency=1, progress=False, on_total=on_total
+        )
+    )
+    await asyncio.wait_for(written.wait(), 60)
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await running

@@ -23,7 +23,7 @@ import attrs
 import orjson
 import pytest
 from _helpers import lock_files_cannot_go, loop_runs_meanwhile, umask_watched
-from shard_support import exported_ids
+from shard_support import exported_ids, stopped_mid_way
 
 from dmhub_async import APIConnectionError, DMHubClient, InvalidRequestError
 from dmhub_async._atomic import naming
@@ -1583,3 +1583,49 @@ async def test_a_merge_refuses_a_name_that_says_the_other_format(
     # A name that says no format (or this one) is the caller's to choose.
     assert merge(tmp_path / "out", tmp_path / "all.txt") == CUSTOMERS
     assert merge(tmp_path / "out", tmp_path / f"all.{fmt}") == CUSTOMERS
+
+
+async def test_a_stopped_run_leaves_no_shard_said_to_be_running(
+    dm: DMHubClient, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Stopped (Ctrl-C, SIGTERM, an error of the run), the manifest said "running" for each
+    # shard it was exporting, and a merge of what there was, "its shard running": the user
+    # waited for an export nothing ran any longer.
+    out = tmp_path / "out"
+    await stopped_mid_way(dm, out, 4, after=60)
+
+    on_disk = Manifest.read(out)
+    assert on_disk is not None
+    assert [s.status for s in on_disk.shards] == ["pending"] * 4
+    assert all(
+        s.error == "stopped before it ended (its run was stopped): a rerun resumes it from "
+        "its checkpoint"
+        for s in on_disk.shards
+    ), on_disk.shards
+    merge(out, tmp_path / "so-far.jsonl", allow_incomplete=True)
+    assert "its shard running" not in caplog.text
+    assert caplog.text.count("its shard's run stopped before it ended (rerun the export") == 4
+
+    again = await export_sharded(dm, out, 4, progress=False)
+    assert [(s.status, s.error) for s in again.shards] == [("complete", None)] * 4
+
+
+async def test_a_merge_says_a_shard_a_killed_coordinator_left_running_is_not_running(
+    dm: DMHubClient, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A coordinator killed outright (kill -9, the OOM killer) cannot write that it stopped:
+    # its manifest says "running". No coordinator holds the directory: nothing runs it.
+    from dmhub_async.shards._run import coordinating
+
+    out = tmp_path / "out"
+    await stopped_mid_way(dm, out, 4, after=60)
+    edit(out, lambda data: [s.update(status="running", error=None) for s in data["shards"]])
+
+    merge(out, tmp_path / "killed.jsonl", allow_incomplete=True)
+    assert "its shard running" not in caplog.text
+    assert caplog.text.count("its shard's run stopped before it ended") == 4
+
+    caplog.clear()
+    with coordinating(out):  # a coordinator at work on the directory: running, as said
+        merge(out, tmp_path / "running.jsonl", allow_incomplete=True)
+    assert caplog.text.count("its shard running (not complete)") == 4

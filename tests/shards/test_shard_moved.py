@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from _redis import RedisServer
-from shard_support import exported_ids, sim_process
+from shard_support import exported_ids, sim_process, stopped_mid_way
 
 from dmhub_async import DMHubClient, RedisTokenStore
 from dmhub_async.shards import Manifest, export_sharded, merge
@@ -25,26 +25,6 @@ from dmhub_async.testing import DMHubSimulator
 pytestmark = pytest.mark.timeout(240)
 
 CUSTOMERS = 400
-
-
-async def stopped_mid_way(dm: DMHubClient, out: Path, shards: int, after: int) -> None:
-    """A sharded export of ``dm``'s customers to ``out`` stopped (cancelled, as Ctrl-C stops
-    the CLI's) once ``after`` customers are written: its shards' checkpoints kept."""
-    written = asyncio.Event()
-
-    def on_total(done: int, planned: int | None) -> None:
-        if done >= after:
-            written.set()
-
-    running = asyncio.ensure_future(
-        export_sharded(
-            dm, out, shards, page_size=10, concurrency=1, progress=False, on_total=on_total
-        )
-    )
-    await asyncio.wait_for(written.wait(), 60)
-    running.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await running
 
 
 def moved(out: Path, to: Path) -> Path:

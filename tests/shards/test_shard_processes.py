@@ -167,6 +167,11 @@ async def test_a_run_cancelled_while_its_workers_wait_for_pages_ends_in_one_grac
 
     assert took < 1.0 + 3.0  # one grace period for all, then they are killed; before: 30 s
     assert not multiprocessing.active_children()
+    # Its workers stopped with it: the manifest said "running" for their shards all the same.
+    on_disk = Manifest.read(out)
+    assert on_disk is not None
+    assert [s.status for s in on_disk.shards] == ["pending"] * 3
+    assert all("stopped before it ended" in (s.error or "") for s in on_disk.shards)
 
 
 @pytest.mark.skipif(not hasattr(os, "getuid"), reason="POSIX: flock")

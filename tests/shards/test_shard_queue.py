@@ -1417,3 +1417,38 @@ async def test_a_shards_count_once_its_job_ended_is_not_taken_back_by_a_late_pro
     assert manifest.shards[0].exported == 7
     assert heard
     assert heard[-1] == 7, heard
+
+
+async def test_a_coordinator_stopped_says_its_shards_were_left_on_the_queue(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    # Stopped (Ctrl-C, SIGTERM, its Redis gone), the coordinator wrote "running" for every
+    # shard it followed, queued ones too: the user could not tell what ran. Its workers go on
+    # without it, so the manifest says where each was left, and that a rerun follows it.
+    out = tmp_path / "out"
+    out.mkdir()
+    manifest = Manifest.new(
+        [
+            Shard(0, None, datetime(2020, 1, 1, tzinfo=timezone.utc)),
+            Shard(1, datetime(2020, 1, 1, tzinfo=timezone.utc), None),
+        ],
+        fmt="jsonl",
+        base_url="http://127.0.0.1:1",
+        app_id="a",
+        filters={},
+    )
+
+    async def stop(_: float) -> None:
+        raise _Stop
+
+    with pytest.raises(_Stop):
+        await run_on_queue(redis.url, out, manifest, progress=False, sleep=stop)
+
+    on_disk = Manifest.read(out)
+    assert on_disk is not None
+    assert [s.status for s in on_disk.shards] == ["pending", "pending"]
+    assert all(
+        s.error == "left on the queue when its coordinator stopped: a worker may still be "
+        "exporting it; rerun the same command to follow it to its end"
+        for s in on_disk.shards
+    ), on_disk.shards
