@@ -23,6 +23,7 @@ from .._exceptions import DMHubError, InvalidRequestError, TokenStoreError
 from .._redact import redact
 from ..shards import MANIFEST_NAME, Manifest, merge
 from ..shards._local import WorkerSettings, private_token_directory, run_in_processes
+from ..shards._manifest import ShardOutcome
 from ..shards._queue import check_queue, queue_redis_error, worker
 from ..shards._run import TotalProgress, coordinating, export_sharded, prepare
 from ._errors import EXIT_INCOMPLETE, EXIT_OK, CommandError, UsageError, interruptible
@@ -269,6 +270,9 @@ def _finish(manifest: Manifest, args: argparse.Namespace) -> int:
                 "exported": s.exported,
                 "error": s.error,
                 "retries": s.retries,  # null: not counted (an earlier release exported it)
+                # null: not ended, or exported by an earlier release, which does not say
+                "resumed": s.resumed if s.status in _RAN_TO_ITS_END else None,
+                "exported_before": s.exported_before if s.status in _RAN_TO_ITS_END else None,
             }
             for s in manifest.shards
         ],
@@ -281,10 +285,15 @@ def _finish(manifest: Manifest, args: argparse.Namespace) -> int:
         f"{retries})"
     )
     for s in manifest.shards:
+        resumed = _resumed(s)
         if s.status == "incomplete" and not s.error:
             # Its export ran to its end: it said "incomplete" alone, where a failed one says why.
             text += f"\n  {s.file}: incomplete (MISMATCH): {_MISMATCH.format(s.exported)}"
-        elif s.status != "complete":
+            text += f"; {resumed}" if resumed else ""
+        elif s.status == "complete":
+            # As a one-process export's report says it: a rerun's said nothing of it.
+            text += f"\n  {s.file}: complete, {resumed}" if resumed else ""
+        else:
             # Its error may quote the directory's name (an OSError's file): one line all the same.
             text += f"\n  {s.file}: {s.status}" + (f": {shown(s.error)}" if s.error else "")
     if not manifest.complete:
@@ -298,6 +307,18 @@ def _finish(manifest: Manifest, args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return EXIT_OK if manifest.complete else EXIT_INCOMPLETE
+
+
+#: The statuses of a shard whose export ran to its end and said how it began.
+_RAN_TO_ITS_END = ("complete", "incomplete")
+
+
+def _resumed(outcome: ShardOutcome) -> str | None:
+    """``resumed from its checkpoint (1,200 exported before)`` for a shard whose last export
+    took its part up from its checkpoint, else None."""
+    if not outcome.resumed or outcome.status not in _RAN_TO_ITS_END:
+        return None
+    return f"resumed from its checkpoint ({outcome.exported_before or 0:,} exported before)"
 
 
 def _planned(manifest: Manifest) -> str:

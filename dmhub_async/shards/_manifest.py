@@ -154,6 +154,13 @@ class ShardOutcome:
     #: one that failed without saying (its worker died). A failed export's error carries its
     #: retries (``retries_of``): they are counted.
     retries: int | None = None
+    #: Whether the run that last exported this shard took its part up from its checkpoint
+    #: (its report's ``resumed``), None when not said: a shard not exported yet, or by a
+    #: worker (or coordinator) of an earlier release.
+    resumed: bool | None = None
+    #: Customers the part held when that run took it up (its report's ``exported_before``:
+    #: 0 when it started afresh), None when not said.
+    exported_before: int | None = None
 
     def part_changed(self, directory: Path) -> str | None:
         """Why this complete shard's part no longer holds what was exported, or None."""
@@ -344,7 +351,7 @@ class Manifest:
             shard = outcome.shard
             # What the manifest is written back with (orjson: 64 bits): a count edited past
             # it was read, and the rerun stopped at its end with a raw TypeError.
-            for name in ("exported", "duplicates", "size", "retries"):
+            for name in ("exported", "duplicates", "size", "retries", "exported_before"):
                 _check_count(f"shard {i}'s {name}", getattr(outcome, name))
             _check_count(f"shard {i}'s planned_count", shard.planned_count)
             if shard.index != i or outcome.file != part_name(i, self.format):
@@ -438,6 +445,7 @@ _converter = cattrs.Converter()
 _converter.register_structure_hook(int, _exact(int))
 _converter.register_structure_hook(float, _exact(float, int))
 _converter.register_structure_hook(str, _exact(str))
+_converter.register_structure_hook(bool, _exact(bool))
 _converter.register_unstructure_hook(Shard, lambda shard: shard.to_dict())
 _converter.register_structure_hook(Shard, lambda data, _: Shard.from_dict(data))
 #: An outcome's fields in the order ShardOutcome takes them.

@@ -193,6 +193,8 @@ async def result_of(report: ExportReport) -> dict[str, Any]:
         "retries": report.retries,
         "size": size,
         "sha256": sha256,
+        "resumed": report.resumed,
+        "exported_before": report.exported_before,
     }
 
 
@@ -215,6 +217,9 @@ def record_result(outcome: ShardOutcome, result: dict[str, Any]) -> None:
     outcome.retries = result.get("retries")
     outcome.size = result.get("size")
     outcome.sha256 = result.get("sha256")
+    # Of this run, as a one-process export's report says it; None from an earlier release.
+    outcome.resumed = result.get("resumed")
+    outcome.exported_before = result.get("exported_before")
     outcome.error = None
 
 
@@ -360,6 +365,7 @@ def _recheck_parts(where: Path, manifest: Manifest) -> bool:
         outcome.status, outcome.error = "pending", f"exported again: {why}"
         outcome.exported = outcome.duplicates = 0
         outcome.size = outcome.sha256 = outcome.retries = None
+        outcome.resumed = outcome.exported_before = None
         changed = True
     return changed
 

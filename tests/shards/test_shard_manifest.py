@@ -1629,3 +1629,38 @@ async def test_a_merge_says_a_shard_a_killed_coordinator_left_running_is_not_run
     with coordinating(out):  # a coordinator at work on the directory: running, as said
         merge(out, tmp_path / "running.jsonl", allow_incomplete=True)
     assert caplog.text.count("its shard running (not complete)") == 4
+
+
+@pytest.mark.parametrize("report", ["text", "json"])
+async def test_a_reruns_report_says_which_shards_it_resumed(
+    dm: DMHubClient, tmp_path: Path, capsys: pytest.CaptureFixture[str], report: str
+) -> None:
+    # A one-process export's report says "resumed from a checkpoint (N exported before)"; a
+    # sharded rerun's said nothing of the shards it took up from their checkpoints.
+    import argparse
+
+    from dmhub_async.cli._shards import _finish
+
+    out = tmp_path / "out"
+    await stopped_mid_way(dm, out, 4, after=60)
+    held = [len((out / f"part-{i:05d}.jsonl").read_bytes().splitlines()) for i in range(4)]
+    assert all(held), held
+    manifest = await export_sharded(dm, out, 4, progress=False)
+    assert manifest.complete
+
+    _finish(manifest, argparse.Namespace(out=str(out), report=report, quiet=False))
+    said = capsys.readouterr().out
+    if report == "json":
+        shards = orjson.loads(said)["shards"]
+        assert [(s["resumed"], s["exported_before"]) for s in shards] == [(True, n) for n in held]
+    else:
+        for i, n in enumerate(held):
+            assert (
+                f"\n  part-{i:05d}.jsonl: complete, resumed from its checkpoint "
+                f"({n:,} exported before)"
+            ) in said, said
+    # A shard exported afresh says nothing of it.
+    fresh = await export_sharded(dm, tmp_path / "fresh", 4, progress=False)
+    assert [(s.resumed, s.exported_before) for s in fresh.shards] == [(False, 0)] * 4
+    _finish(fresh, argparse.Namespace(out=str(out), report="text", quiet=False))
+    assert "resumed" not in capsys.readouterr().out

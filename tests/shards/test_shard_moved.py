@@ -60,6 +60,7 @@ async def test_a_moved_directory_resumes_its_unfinished_shards_in_one_process(
     # Resumed, not started over: each part begun before the move written on, in place (one
     # started over is a new file, renamed into place).
     assert {name: (out / name).stat().st_ino for name in begun} == begun
+    assert {s.file for s in manifest.shards if s.resumed} == set(begun)
     assert merge(out, tmp_path / "all.jsonl") == CUSTOMERS
 
 
@@ -81,6 +82,7 @@ async def test_a_moved_directory_resumes_its_unfinished_shards_on_the_queue(
         out = moved(tmp_path / "mnt-a" / "june", tmp_path / "mnt-b" / "june")
         manifest = Manifest.read(out)
         assert manifest is not None
+        begun = {path.name.removesuffix(".ckpt") for path in out.glob("*.ckpt")}
         with workers(sim, redis.url, 2):
             done = await asyncio.wait_for(
                 run_on_queue(redis.url, out, manifest, progress=False, poll=0.1), 120
@@ -88,6 +90,7 @@ async def test_a_moved_directory_resumes_its_unfinished_shards_on_the_queue(
         state: dict[str, Any] = sim.state()
 
     assert [(s.status, s.error) for s in done.shards] == [("complete", None)] * 4
+    assert {s.file for s in done.shards if s.resumed} == begun  # each worker's report says it
     assert sorted(exported_ids(out)) == sorted(state["ids"])
     on_disk = json.loads((out / "manifest.json").read_bytes())
     assert on_disk["status"] == "complete"
