@@ -260,6 +260,8 @@ def _finish(manifest: Manifest, args: argparse.Namespace) -> int:
         "complete": manifest.complete,
         "exported": manifest.exported,
         "planned": manifest.planned,
+        # null: some shard's export did not run to its end (or an earlier release's did)
+        "counted": manifest.counted,
         "ids_listed": manifest.id_list_length,  # null: a plan of windows, counted
         "retries": manifest.retries,
         "plan_retries": manifest.plan_retries,  # null: not counted (an earlier release planned)
@@ -273,6 +275,8 @@ def _finish(manifest: Manifest, args: argparse.Namespace) -> int:
                 # null: not ended, or exported by an earlier release, which does not say
                 "resumed": s.resumed if s.status in _RAN_TO_ITS_END else None,
                 "exported_before": s.exported_before if s.status in _RAN_TO_ITS_END else None,
+                "count_before": s.count_before if s.status in _RAN_TO_ITS_END else None,
+                "count_after": s.count_after if s.status in _RAN_TO_ITS_END else None,
             }
             for s in manifest.shards
         ],
@@ -289,6 +293,11 @@ def _finish(manifest: Manifest, args: argparse.Namespace) -> int:
         if s.status == "incomplete" and not s.error:
             # Its export ran to its end: it said "incomplete" alone, where a failed one says why.
             text += f"\n  {s.file}: incomplete (MISMATCH): {_MISMATCH.format(s.exported)}"
+            if s.count_before is not None and s.count_after is not None:
+                # As a one-process export's says it: "1,204 exported" alone, against nothing.
+                text += (
+                    f"; the service counted {s.count_before:,} before and {s.count_after:,} after"
+                )
             text += f"; {resumed}" if resumed else ""
         elif s.status == "complete":
             # As a one-process export's report says it: a rerun's said nothing of it.
@@ -330,7 +339,15 @@ def _planned(manifest: Manifest) -> str:
     """
     listed = manifest.id_list_length
     if listed is None:
-        return f"{manifest.planned:,} counted when planned"
+        said = f"{manifest.planned:,} counted when planned"
+        counted = manifest.counted
+        if counted is None:
+            return said
+        # The plan's count alone read as the service's: 5,000 planned, 5,010 exported and
+        # complete looked like ten customers twice.
+        if counted == manifest.planned:
+            return f"{said} and as its parts ended"
+        return f"{said}, {counted:,} as its parts ended"
     return ids_listed(listed, manifest.exported, complete=manifest.complete)
 
 

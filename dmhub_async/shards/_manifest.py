@@ -161,6 +161,16 @@ class ShardOutcome:
     #: Customers the part held when that run took it up (its report's ``exported_before``:
     #: 0 when it started afresh), None when not said.
     exported_before: int | None = None
+    #: The service's count of the shard's customers when that run began (or when the export
+    #: it resumed did) and as it ended (its report's ``count_before`` and ``count_after``);
+    #: None when not counted, or not said (an earlier release's worker).
+    count_before: int | None = None
+    count_after: int | None = None
+
+    @property
+    def counted(self) -> int | None:
+        """The service's last count of the shard's customers (as its export ended), or None."""
+        return self.count_after if self.count_after is not None else self.count_before
 
     def part_changed(self, directory: Path) -> str | None:
         """Why this complete shard's part no longer holds what was exported, or None."""
@@ -225,6 +235,18 @@ class Manifest:
     def planned(self) -> int:
         """Customers counted when the shards were planned."""
         return sum(s.shard.planned_count for s in self.shards)
+
+    @property
+    def counted(self) -> int | None:
+        """Customers the service counted in the shards as their exports ended (each one's
+        last count), None unless every shard's export ran to its end and said it.
+
+        The plan's count (:attr:`planned`) is of the moment the directory was planned:
+        customers created or deleted since are in no count the plan made."""
+        counts = [s.counted for s in self.shards if s.status in ("complete", "incomplete")]
+        if len(counts) != len(self.shards) or None in counts:
+            return None
+        return sum(c for c in counts if c is not None)
 
     def status(self) -> str:
         """``complete`` or ``incomplete``: the whole export's status."""
@@ -351,7 +373,10 @@ class Manifest:
             shard = outcome.shard
             # What the manifest is written back with (orjson: 64 bits): a count edited past
             # it was read, and the rerun stopped at its end with a raw TypeError.
-            for name in ("exported", "duplicates", "size", "retries", "exported_before"):
+            for name in (
+                *("exported", "duplicates", "size", "retries", "exported_before"),
+                *("count_before", "count_after"),
+            ):
                 _check_count(f"shard {i}'s {name}", getattr(outcome, name))
             _check_count(f"shard {i}'s planned_count", shard.planned_count)
             if shard.index != i or outcome.file != part_name(i, self.format):

@@ -195,6 +195,8 @@ async def result_of(report: ExportReport) -> dict[str, Any]:
         "sha256": sha256,
         "resumed": report.resumed,
         "exported_before": report.exported_before,
+        "count_before": report.count_before,
+        "count_after": report.count_after,
     }
 
 
@@ -220,6 +222,8 @@ def record_result(outcome: ShardOutcome, result: dict[str, Any]) -> None:
     # Of this run, as a one-process export's report says it; None from an earlier release.
     outcome.resumed = result.get("resumed")
     outcome.exported_before = result.get("exported_before")
+    outcome.count_before = result.get("count_before")
+    outcome.count_after = result.get("count_after")
     outcome.error = None
 
 
@@ -366,6 +370,7 @@ def _recheck_parts(where: Path, manifest: Manifest) -> bool:
         outcome.exported = outcome.duplicates = 0
         outcome.size = outcome.sha256 = outcome.retries = None
         outcome.resumed = outcome.exported_before = None
+        outcome.count_before = outcome.count_after = None
         changed = True
     return changed
 

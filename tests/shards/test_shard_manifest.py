@@ -1664,3 +1664,74 @@ async def test_a_reruns_report_says_which_shards_it_resumed(
     assert [(s.resumed, s.exported_before) for s in fresh.shards] == [(False, 0)] * 4
     _finish(fresh, argparse.Namespace(out=str(out), report="text", quiet=False))
     assert "resumed" not in capsys.readouterr().out
+
+
+async def test_the_report_says_what_the_service_counted_besides_what_was_planned(
+    sim: DMHubSimulator, dm: DMHubClient, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Customers created after the plan are exported (the last window has no end), but the
+    # report said only the plan's count: "410 customers ... 400 counted when planned",
+    # complete, as if ten were there twice; the service's own counts were said nowhere.
+    import argparse
+
+    from dmhub_async.cli._shards import _finish
+    from dmhub_async.shards._run import prepare
+
+    out = tmp_path / "out"
+    await prepare(dm, out, 2)
+    sim.add_customers(10)
+    manifest = await export_sharded(dm, out, 2, progress=False)
+    assert manifest.complete
+
+    _finish(manifest, argparse.Namespace(out=str(out), report="text", quiet=False))
+    said = capsys.readouterr().out.splitlines()[0]
+    assert said.endswith(
+        f"(2 of 2 complete; {CUSTOMERS:,} counted when planned, {CUSTOMERS + 10:,} as its "
+        "parts ended; 0 retries)"
+    ), said
+    _finish(manifest, argparse.Namespace(out=str(out), report="json", quiet=False))
+    data = orjson.loads(capsys.readouterr().out)
+    assert (data["planned"], data["exported"], data["counted"]) == (
+        CUSTOMERS,
+        CUSTOMERS + 10,
+        CUSTOMERS + 10,
+    )
+    assert sum(s["count_after"] for s in data["shards"]) == CUSTOMERS + 10
+
+
+def test_the_mismatch_line_says_what_the_service_counted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # "1,204 exported, but its final check could not show ..." said nothing of the service's
+    # counts, which a one-process export's MISMATCH says ("the service counted ...").
+    import argparse
+
+    from dmhub_async.cli._shards import _finish
+    from dmhub_async.shards._run import record_result
+
+    manifest = _two_part_manifest(0)
+    ended = {"duplicates": 0, "seconds": 1.0, "size": 9, "retries": 0}
+    record_result(
+        manifest.shards[0],
+        {**ended, "complete": True, "exported": 3, "count_before": 3, "count_after": 3},
+    )
+    record_result(
+        manifest.shards[1],
+        {
+            **ended,
+            "complete": False,
+            "exported": 1_204,
+            "count_before": 1_200,
+            "count_after": 1_210,
+        },
+    )
+
+    _finish(manifest, argparse.Namespace(out=str(tmp_path), report="text", quiet=False))
+    said = capsys.readouterr().out
+
+    assert (
+        "  part-00001.jsonl: incomplete (MISMATCH): 1,204 exported, but its final check could "
+        "not show every customer of its shard is in it (customers changed while it ran, or "
+        "some were missed); the service counted 1,200 before and 1,210 after\n"
+    ) in said, said
+    assert "counted when planned, 1,213 as its parts ended" in said, said
