@@ -4,6 +4,7 @@ caller gives up."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import functools
 import os
@@ -33,7 +34,13 @@ async def on_thread(work: Callable[[], T], undo: Callable[[T], object] | None = 
         return await asyncio.shield(running)
     except asyncio.CancelledError:
         running.add_done_callback(functools.partial(_undone, undo))  # before the wait ends
-        await asyncio.wait([running])
+        # Cancelled again as it waits (asyncio.gather cancels its tasks, then their caller
+        # cancels them too: export_sharded stopped), it waits all the same: it returned, and
+        # an export's output was cut back to its last checkpoint while the page's commit
+        # wrote the next one, past the data.
+        while not running.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait([running])
         raise
 
 

@@ -47,3 +47,31 @@ def test_a_forked_process_has_file_threads_of_its_own() -> None:
             os._exit(code)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+async def test_work_cancelled_twice_is_still_waited_for() -> None:
+    # Cancelled once, on_thread waits for its thread; cancelled again as it waits (a task
+    # that asyncio.gather cancels, then its caller too, as export_sharded's Ctrl-C does), it
+    # returned at once: an export's output was closed, cut back to its last checkpoint, while
+    # the page's commit went on and wrote a checkpoint past it (a part one page shorter than
+    # its checkpoint said, left out whole by a merge of what there was).
+    started, release = threading.Event(), threading.Event()
+    finished = threading.Event()
+
+    def work() -> None:
+        started.set()
+        release.wait(30)
+        finished.set()
+
+    task = asyncio.ensure_future(on_thread(work))
+    await asyncio.get_running_loop().run_in_executor(None, started.wait, 30)
+    ended_with_the_thread: list[bool] = []
+    task.add_done_callback(lambda _: ended_with_the_thread.append(finished.is_set()))
+    for _ in range(2):
+        task.cancel()
+        for _ in range(5):  # the loop runs the task's cancellation through
+            await asyncio.sleep(0)
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 30)
+    assert ended_with_the_thread == [True]

@@ -158,3 +158,14 @@ async def stopped_mid_way(dm: DMHubClient, out: Path, shards: int, after: int) -
     running.cancel()
     with pytest.raises(asyncio.CancelledError):
         await running
+    assert_parts_hold_their_checkpoints(out)
+
+
+def assert_parts_hold_their_checkpoints(out: Path) -> None:
+    """Each part in ``out`` holds at least the bytes its checkpoint says were written (a
+    stopped export's part was cut back to the checkpoint before, the commit of its last page
+    going on meanwhile: a page short)."""
+    for checkpoint in out.glob("part-*.ckpt"):
+        covered = json.loads(checkpoint.read_bytes())["bytes"]
+        part = checkpoint.with_suffix("")
+        assert part.stat().st_size >= covered, (part.name, part.stat().st_size, covered)
