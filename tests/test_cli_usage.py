@@ -182,6 +182,13 @@ def test_help_shows_a_default_of_zero_and_no_default_of_an_on_off_flag(
         (["lookup", "--in", "a", "--out", "b", "--concurrency", "100000"], ("--concurrency",)),
         (["export", "--out", "x.jsonl", "--page-size", "101"], ("--page-size", "100")),
         (["export", "--out", "x.jsonl", "--timezone", "Asia/Shang"], ("--timezone",)),
+        # A rate the shared limit cannot keep: exit 1 once the worker had reached its Redis,
+        # naming the Python argument (rate_limit), not the flag.
+        (
+            ["worker", "--redis", "redis://127.0.0.1:1/0", "--rate-limit", "50.01"],
+            ("--rate-limit", "50.01", "round it"),
+        ),
+        (["worker", "--redis", "redis://127.0.0.1:1/0", "--rate-limit", "1e16"], ("--rate-limit",)),
     ],
 )
 def test_values_out_of_range_are_usage_errors(

@@ -8,7 +8,9 @@ import zoneinfo
 from collections.abc import Callable
 from typing import NoReturn
 
+from .._exceptions import InvalidRequestError
 from .._pagination import MAX_CONCURRENCY
+from .._shared_rate import check_shared_rate
 from .._version import __version__
 from ..shards import MAX_SHARDS
 from ._errors import EXIT_USAGE
@@ -95,6 +97,20 @@ def _float_in(low: float, high: float | None = None) -> Callable[[str], float]:
         return value
 
     return parse
+
+
+def _shared_rate(text: str) -> float:
+    """``worker --rate-limit``: a rate the shared limit keeps, checked as the flags are read.
+
+    Checked by the worker as it started, a rate no window holds (50.01) was an error (exit 1)
+    naming the Python argument, and only once its Redis had been reached.
+    """
+    value = _float_in(0.001)(text)
+    try:
+        check_shared_rate("rate", value)
+    except InvalidRequestError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return value
 
 
 def _time_zone(text: str) -> str:
@@ -406,7 +422,7 @@ def _shard_commands(command: Callable[[str, str, str], argparse.ArgumentParser])
     )
     worker.add_argument(
         "--rate-limit",
-        type=_float_in(0.001),
+        type=_shared_rate,
         metavar="PER_SECOND",
         help="requests per second shared by every worker on this Redis (default: none)",
     )
