@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from .._auth import FileTokenStore, RedisTokenStore
-from .._exceptions import DMHubError, InvalidRequestError, TokenStoreError
+from .._exceptions import AuthenticationError, DMHubError, InvalidRequestError, TokenStoreError
 from .._redact import redact
 from ..shards import MANIFEST_NAME, Manifest, merge
 from ..shards._local import WorkerSettings, private_token_directory, run_in_processes
 from ..shards._manifest import ShardOutcome
-from ..shards._queue import check_queue, queue_redis_error, worker
+from ..shards._queue import check_queue, queue_redis_error, worker, worker_credentials_hint
 from ..shards._run import TotalProgress, coordinating, export_sharded, prepare
 from ._errors import EXIT_INCOMPLETE, EXIT_OK, CommandError, UsageError, interruptible
 from ._files import check_output
@@ -442,12 +442,18 @@ async def _reach_token_store(store: RedisTokenStore) -> None:
         raise
 
 
+_THIS_WORKER = "this worker's"
+
+
 class _OneLine(logging.Formatter):
     """A log record as one line, ``dmhub-async: ...``: its message without the traceback."""
 
     def format(self, record: logging.LogRecord) -> str:
         secrets = (os.environ.get("DMHUB_SECRET"), os.environ.get(REDIS_PASSWORD_ENV))
         text = " ".join(record.getMessage().split())
+        failure = record.exc_info[1] if record.exc_info else None
+        if isinstance(failure, AuthenticationError):  # a shard failed by this worker's token
+            text = f"{text}; {worker_credentials_hint(failure, _THIS_WORKER)}"
         return f"dmhub-async: {redact(text, secrets)}"
 
 

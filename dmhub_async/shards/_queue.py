@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from .._exceptions import DMHubError, InvalidRequestError
+from .._exceptions import AuthenticationError, DMHubError, InvalidRequestError
 from .._shared_rate import check_shared_rate
 from .._validate import (
     check_concurrency,
@@ -74,6 +74,7 @@ __all__ = [
     "queue_settings",
     "run_on_queue",
     "worker",
+    "worker_credentials_hint",
 ]
 
 logger = logging.getLogger("dmhub_async")
@@ -238,6 +239,23 @@ def queue_redis_error(redis_url: str, err: BaseException) -> DMHubError:
     # Why, in redis-py's words ("Error 111 connecting to HOST:PORT. Connect call failed",
     # "Connection lost"): it was the error's type alone, "ConnectionError".
     return DMHubError(f"cannot reach the queue's Redis at {where}: {reason or type(err).__name__}")
+
+
+def worker_credentials_hint(err: AuthenticationError, whose: str = "the workers'") -> str:
+    """What to do about a shard a worker's credentials failed: check them where it runs.
+
+    A worker reads DMHUB_APP_ID and DMHUB_SECRET from its own environment, on its own machine,
+    so the coordinator's, which planned the export, may be right and a worker's wrong: the
+    report said "error_code 40004: the params is illegal", then "rerun the same command",
+    which failed the same way.
+    """
+    check = f"check {whose} DMHUB_APP_ID and DMHUB_SECRET (each worker reads its own environment)"
+    if str(err.code) == "40004":  # the token request itself was refused: the credentials
+        return check
+    return (
+        f"{check}, or whether another process using the same app id, not sharing the queue's "
+        "token store, took the token (DM Hub keeps one token per app id)"
+    )
 
 
 def job_id_of(export_id: str, plan_id: str, index: int) -> str:
@@ -750,6 +768,8 @@ def _record(outcome: ShardOutcome, info: Any) -> None:
         # Any other error by its type: its text may hold what a manifest should not.
         if isinstance(error, (DMHubError, OSError)):
             message = failure_reason(error)
+            if isinstance(error, AuthenticationError):
+                message = f"{message}: {worker_credentials_hint(error)}"
         else:
             message = type(error).__name__
         outcome.status, outcome.error = "failed", message

@@ -425,6 +425,50 @@ def test_a_worker_says_a_failed_shard_in_one_line_not_a_traceback(
     assert all("failed" in line and "AuthenticationError" in line for line in lines), lines
 
 
+def test_a_shard_failed_by_a_workers_credentials_says_to_check_the_workers_environment(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    # The coordinator's credentials are right, a worker's secret wrong: the report said
+    # "failed: ... error_code 40004: the params is illegal" then "rerun the same command", which
+    # failed the same way; nothing said the credentials at fault were the worker's, read from
+    # its own environment on its own machine (the worker's line said no more).
+    with sim_process(200) as sim:
+        export = subprocess.Popen(
+            [x for x in queued_export(tmp_path / "q", redis.url) if x != "-q"],  # its report
+            env=sim.env(XDG_CACHE_HOME=str(tmp_path / "cache")),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            for _ in range(1500):  # its jobs enqueued (at most 15 s)
+                if redis.command("ZCARD", "arq:queue") == ":2":
+                    break
+                time.sleep(0.01)
+            worker = subprocess.run(
+                [sys.executable, "-m", "dmhub_async", "worker", "--redis", redis.url, "--burst"],
+                env=sim.env(XDG_CACHE_HOME=str(tmp_path / "cache"), DMHUB_SECRET="wrong-one"),
+                capture_output=True,
+                text=True,
+                timeout=150,
+                check=False,
+            )
+        finally:
+            out, err = export.communicate(timeout=150)
+
+    assert export.returncode == 3, err  # incomplete: both shards failed
+    failed = [line for line in (out + err).splitlines() if ": failed: " in line]
+    assert len(failed) == 2, out + err
+    workers = worker.stderr.splitlines()
+    assert len(workers) == 2, worker.stderr
+    for line in failed + workers:
+        assert "error_code 40004" in line, line
+        assert "DMHUB_APP_ID and DMHUB_SECRET" in line, line
+        assert "worker" in line.split("40004", 1)[1], line  # whose: the worker's, not this run's
+        assert "wrong-one" not in line
+        assert sim.secret not in line
+
+
 def test_merge_refuses_to_write_into_the_export_or_to_a_file_named_dash(tmp_path: Path) -> None:
     # Into the manifest with --force, the merge wrote over it, said "merged 200 lines" and
     # exit 0, and the export could no longer be rerun or merged; "-" was a file of that name.
