@@ -489,11 +489,18 @@ async def _reach_queue(redis_url: str, flag: str) -> None:
             f"{flag} needs the redis extra: pip install 'dmhub-async[redis]'"
         ) from None
     try:
-        await check_queue(redis_url, flag)
+        await check_queue(redis_url, flag, password_hint=_password_hint())
     except InvalidRequestError as err:
         raise UsageError(str(err)) from None
     except DMHubError as err:
         raise CommandError(str(err)) from None
+
+
+def _password_hint() -> str:
+    """Where a command's Redis password goes: the variable, not the URL (which ps shows)."""
+    if os.environ.get(REDIS_PASSWORD_ENV):
+        return f"check ${REDIS_PASSWORD_ENV}"
+    return f"give its password in ${REDIS_PASSWORD_ENV} (and none in the URL, which ps shows)"
 
 
 def _merge(args: argparse.Namespace) -> int:

@@ -172,9 +172,12 @@ _TLS_OPTIONS = (
 )
 
 
-async def check_queue(redis_url: str, name: str = "the queue") -> None:
+async def check_queue(
+    redis_url: str, name: str = "the queue", *, password_hint: str | None = None
+) -> None:
     """Reach the queue's Redis once, or DMHubError naming where (not the password): before a
-    plan is made, rather than a raw ConnectionError after it."""
+    plan is made, rather than a raw ConnectionError after it. ``password_hint``: where the
+    password goes, said when Redis refuses it (the command line's variable)."""
     from redis.asyncio import Redis
     from redis.exceptions import RedisError
 
@@ -187,7 +190,7 @@ async def check_queue(redis_url: str, name: str = "the queue") -> None:
         check_redis_options(name, redis_url, client.connection_pool)
         await _ping(client)
     except (RedisError, OSError) as err:
-        raise queue_redis_error(redis_url, err) from None
+        raise queue_redis_error(redis_url, err, password_hint=password_hint) from None
     finally:
         await client.aclose()
 
@@ -218,15 +221,19 @@ def _backoff() -> Any:
     return ExponentialBackoff(cap=2.0, base=0.1)
 
 
-def queue_redis_error(redis_url: str, err: BaseException) -> DMHubError:
+def queue_redis_error(
+    redis_url: str, err: BaseException, *, password_hint: str | None = None
+) -> DMHubError:
     """The error of a queue's Redis that does not answer, or answers with a refusal.
 
     Reached and refused (full under ``noeviction``, an ACL user without a command arq needs,
     a database that does not exist, a wrong password), it was "cannot reach", which sent the
     user to the network: Redis's own words say what to fix, as the shared rate limit says
-    them. They never hold the password.
+    them. They never hold the password. A password missing or refused ("Authentication
+    required.") says where one goes: ``password_hint``, else the URL.
     """
-    from redis.exceptions import AuthenticationError, BusyLoadingError, ResponseError
+    from redis.exceptions import AuthenticationError as RedisAuthenticationError
+    from redis.exceptions import BusyLoadingError, ResponseError
 
     where = redis_where(redis_url)
     reason = printable(str(err))[:300]
@@ -234,7 +241,10 @@ def queue_redis_error(redis_url: str, err: BaseException) -> DMHubError:
         password = urlsplit(redis_url).password
         if password:  # redis-py's words never hold it: kept so, whatever a version says
             reason = reason.replace(password, "***")
-    if isinstance(err, (ResponseError, AuthenticationError, BusyLoadingError)):
+    if isinstance(err, RedisAuthenticationError):
+        hint = password_hint or "give its password in the URL, redis://:PASSWORD@HOST:PORT/DB"
+        return DMHubError(f"the queue's Redis at {where} refused: {reason.rstrip('.')}: {hint}")
+    if isinstance(err, (ResponseError, BusyLoadingError)):
         return DMHubError(f"the queue's Redis at {where} refused: {reason}")
     # Why, in redis-py's words ("Error 111 connecting to HOST:PORT. Connect call failed",
     # "Connection lost"): it was the error's type alone, "ConnectionError".

@@ -592,3 +592,40 @@ def test_a_queue_redis_that_refuses_is_said_to_refuse_by_export_and_worker(
         assert "hunter2" not in run.stderr
         assert "rightpw" not in run.stderr
     assert not out.exists()
+
+
+def test_a_queue_redis_that_wants_a_password_says_where_to_give_it(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    # A Redis with a password, given none or a wrong one: "the queue's Redis at ... refused:
+    # Authentication required." (or "invalid username-password pair"), and nothing said where
+    # a password goes, though the docs ask for DMHUB_REDIS_PASSWORD rather than the URL.
+    redis.command("CONFIG", "SET", "requirepass", "rightpw")
+    out = tmp_path / "out"
+    with sim_process(200) as sim:
+        runs = [
+            dmhub(sim, tmp_path, *command, "--" + flag, redis.url)
+            if password is None
+            else subprocess.run(
+                [sys.executable, "-m", "dmhub_async", *command, "--" + flag, redis.url],
+                env=sim.env(XDG_CACHE_HOME=str(tmp_path / "cache"), DMHUB_REDIS_PASSWORD=password),
+                capture_output=True,
+                text=True,
+                timeout=150,
+                check=False,
+            )
+            for command, flag in (
+                (("export", "--out", str(out), "--shards", "2", "-q"), "queue"),
+                (("worker", "--burst"), "redis"),
+            )
+            for password in (None, "hunter2")
+        ]
+
+    for run in runs:
+        assert run.returncode == 1, run.stderr
+        assert run.stderr.count("\n") == 1, run.stderr  # one line, no traceback
+        assert " refused: " in run.stderr, run.stderr
+        assert "DMHUB_REDIS_PASSWORD" in run.stderr, run.stderr
+        assert "hunter2" not in run.stderr
+        assert "rightpw" not in run.stderr
+    assert not out.exists()
