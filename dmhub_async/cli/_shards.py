@@ -422,7 +422,8 @@ async def worker_command(args: argparse.Namespace) -> int:
         try:
             await arq_worker.async_run()
         except (RedisError, OSError) as err:  # it went away: arq's own tries ended
-            raise CommandError(str(queue_redis_error(args.redis, err))) from None
+            gone = queue_redis_error(args.redis, err, then="start the worker again once it is back")
+            raise CommandError(str(gone)) from None
         finally:
             await arq_worker.close()
     return EXIT_OK

@@ -221,8 +221,18 @@ def _backoff() -> Any:
     return ExponentialBackoff(cap=2.0, base=0.1)
 
 
+#: What to do about a queue's Redis not reached as a run starts (before anything is queued).
+UNREACHED = "is Redis running there, and is the URL right?"
+#: ... and about one gone mid-run, past the tries (the coordinator's manifest kept).
+GONE_MID_RUN = "the manifest is written as it stands: rerun the same command once it is back"
+
+
 def queue_redis_error(
-    redis_url: str, err: BaseException, *, password_hint: str | None = None
+    redis_url: str,
+    err: BaseException,
+    *,
+    password_hint: str | None = None,
+    then: str = UNREACHED,
 ) -> DMHubError:
     """The error of a queue's Redis that does not answer, or answers with a refusal.
 
@@ -230,7 +240,8 @@ def queue_redis_error(
     a database that does not exist, a wrong password), it was "cannot reach", which sent the
     user to the network: Redis's own words say what to fix, as the shared rate limit says
     them. They never hold the password. A password missing or refused ("Authentication
-    required.") says where one goes: ``password_hint``, else the URL.
+    required.") says where one goes: ``password_hint``, else the URL; a Redis not reached,
+    what to do next: ``then`` (it said only why, "Error 111 connecting to HOST:PORT").
     """
     from redis.exceptions import AuthenticationError as RedisAuthenticationError
     from redis.exceptions import BusyLoadingError, ResponseError
@@ -248,7 +259,8 @@ def queue_redis_error(
         return DMHubError(f"the queue's Redis at {where} refused: {reason}")
     # Why, in redis-py's words ("Error 111 connecting to HOST:PORT. Connect call failed",
     # "Connection lost"): it was the error's type alone, "ConnectionError".
-    return DMHubError(f"cannot reach the queue's Redis at {where}: {reason or type(err).__name__}")
+    why = (reason or type(err).__name__).rstrip(".")
+    return DMHubError(f"cannot reach the queue's Redis at {where}: {why}: {then}")
 
 
 def worker_credentials_hint(err: AuthenticationError, whose: str = "the workers'") -> str:
@@ -616,7 +628,7 @@ async def run_on_queue(
         try:
             return await _follow(pool, where, manifest, todo, bar, *settings)
         except RedisError as err:  # gone mid-run: the manifest is written as it stands
-            raise queue_redis_error(redis_url, err) from None
+            raise queue_redis_error(redis_url, err, then=GONE_MID_RUN) from None
 
 
 async def _follow(
