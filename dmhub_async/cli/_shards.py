@@ -444,6 +444,7 @@ async def _reach_token_store(store: RedisTokenStore) -> None:
 
 
 _THIS_WORKER = "this worker's"
+_ARQ_CLOSE = "shutdown on SIGUSR1 ◆"
 
 
 class _OneLine(logging.Formatter):
@@ -452,6 +453,9 @@ class _OneLine(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         secrets = (os.environ.get("DMHUB_SECRET"), os.environ.get(REDIS_PASSWORD_ENV))
         text = " ".join(record.getMessage().split())
+        # arq's close names SIGUSR1 when it handles no signal itself, as here (the CLI does):
+        # sent none, the worker said "shutdown on SIGUSR1" before "stopped by SIGTERM".
+        text = text.replace(_ARQ_CLOSE, "shutdown ◆", 1)
         failure = record.exc_info[1] if record.exc_info else None
         if isinstance(failure, AuthenticationError):  # a shard failed by this worker's token
             text = f"{text}; {worker_credentials_hint(failure, _THIS_WORKER)}"

@@ -629,3 +629,17 @@ def test_a_queue_redis_that_wants_a_password_says_where_to_give_it(
         assert "hunter2" not in run.stderr
         assert "rightpw" not in run.stderr
     assert not out.exists()
+
+
+def test_a_worker_stopping_names_no_signal_it_was_not_sent(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    # arq's close says "shutdown on SIGUSR1 ◆ ..." when it handles no signal itself, as under
+    # the CLI: `worker -v` stopped with SIGTERM (or Ctrl-C, or --burst on an empty queue)
+    # printed a signal no one sent, then "stopped by SIGTERM".
+    with sim_process(10) as sim:
+        run = dmhub(sim, tmp_path, "worker", "--redis", redis.url, "--burst", "-v")
+
+    assert run.returncode == 0, run.stderr
+    assert "SIGUSR1" not in run.stderr, run.stderr
+    assert "dmhub-async: shutdown ◆ 0 jobs complete ◆ 0 failed" in run.stderr, run.stderr
