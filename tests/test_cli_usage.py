@@ -128,6 +128,20 @@ def test_the_help_says_a_file_read_that_is_missing_or_bad_exits_1_not_2(
     assert "--in or --id-list missing, unreadable, empty or with a bad line; a disk full)" in epilog
 
 
+def test_export_help_shows_a_sharded_export_on_processes_and_on_a_queue(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # `export --help` showed two single-file examples, none of --shards, --workers or --queue,
+    # whose `--out` is then a directory: the README's commands were nowhere in the help.
+    with pytest.raises(SystemExit):
+        main(["export", "--help"])
+    export = capsys.readouterr().out
+    examples = export.split("example:\n", 1)[1].split("\n\n", 1)[0]
+
+    assert "dmhub-async export --out exports/june --shards 16 --workers 4" in examples
+    assert "dmhub-async export --out /shared/june --shards 64 --queue redis://" in examples
+
+
 def test_the_token_store_help_says_where_a_queue_keeps_the_token(
     capsys: pytest.CaptureFixture[str],
 ) -> None:

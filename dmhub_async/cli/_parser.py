@@ -285,7 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
         "export",
         "export customers to a JSONL or CSV file, each exactly once",
         "dmhub-async export --out leads.csv --stage lead --checkpoint leads.ckpt\n"
-        "  dmhub-async export --out some.jsonl --id-list ids.txt --checkpoint some.ckpt",
+        "  dmhub-async export --out some.jsonl --id-list ids.txt --checkpoint some.ckpt\n"
+        "  dmhub-async export --out exports/june --shards 16 --workers 4   # a directory of parts\n"
+        "  dmhub-async export --out /shared/june --shards 64 --queue redis://queue.internal:6379/0",
     )
     export.add_argument(
         "--out",
