@@ -541,9 +541,9 @@ def _worker_class() -> Any:
             try:
                 await super().close()
             except (RedisError, OSError) as err:
-                logger.warning(
-                    "the queue's Redis is away as the worker stops: %s", type(err).__name__
-                )
+                # INFO: nothing to act on (the health key expires on its own), and a warning
+                # reached the CLI's stderr unprefixed, a second line where the docs say one.
+                logger.info("the queue's Redis is away as the worker stops: %s", type(err).__name__)
                 self._pool = None
                 if self.on_shutdown is not None:
                     await self.on_shutdown(self.ctx)
