@@ -8,15 +8,21 @@ import errno
 import logging
 import os
 import stat
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
+if sys.platform != "win32":
+    import fcntl
+
 __all__ = [
     "current_umask",
     "give_open_mode",
+    "held",
+    "hold",
     "make_private_directory",
     "naming",
     "open_to_read",
@@ -124,6 +130,9 @@ def replacing(
         with naming(path), os.fdopen(fd, "wb") as fh:
             if output:
                 give_open_mode(fd)
+                # A live run's, not a killed one's: a merge hashing a part for a minute had it
+                # removed by a lookup to the same file, a lookup's by a merge's or export's sweep.
+                hold(fd)
             yield fh
             if sync:
                 fh.flush()
@@ -134,6 +143,33 @@ def replacing(
     except BaseException:
         remove_or_warn(Path(tmp), "temporary file")
         raise
+
+
+def hold(fd: int) -> None:
+    """Mark the file open on ``fd`` as a live run's temporary file: a shared lock on it, which
+    :func:`held` cannot take while the run lives, and which the system drops as the run ends,
+    however it ends (SIGKILL too). Nothing where there is no ``flock`` (Windows)."""
+    if sys.platform != "win32":
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+
+
+def held(path: str) -> bool:
+    """Whether a live run holds the temporary file ``path`` (:func:`hold`); true when that
+    cannot be told (it cannot be opened), false where there is no ``flock`` (Windows)."""
+    if sys.platform == "win32":
+        return False  # no lock to tell by
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | os.O_NONBLOCK)
+    except OSError:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)  # and with it the lock just taken
+    return False
 
 
 def temporary_beside(path: Path, suffix: str) -> tuple[int, str]:

@@ -20,7 +20,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Final, Protocol, TextIO, cast
 
-from .._atomic import replacing
+from .._atomic import held as live_run_holds
+from .._atomic import hold, replacing
 from .._exceptions import InvalidRequestError
 from ..export._export import check_output_name
 from ..export._output import check_path
@@ -29,8 +30,6 @@ from ._errors import CommandError, Interrupted, UsageError, interruptible, unnam
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
-if sys.platform != "win32":
-    import fcntl
 
 __all__ = [
     "STDOUT",
@@ -338,37 +337,11 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 #: Seconds after which a lookup's temporary file that no live run holds is a killed run's: one
-#: younger may be a run's between ``mkstemp`` and :func:`_hold`.
+#: younger may be a run's between ``mkstemp`` and :func:`.hold`.
 _LEFT_BEHIND: Final = 60.0
 #: ``mkstemp``'s names of a lookup's copy of its input (:func:`read_twice`), in the
 #: temporary directory.
 _INPUT_COPY: Final = re.compile(r"\.dmhub-lookup-[a-z0-9_]{8}\.csv")
-
-
-def _hold(fd: int) -> None:
-    """Mark the temporary file open on ``fd`` as a live run's: a shared lock on it, which
-    :func:`remove_left_behind` cannot take while the run lives, and which the system drops as
-    the run ends, however it ends (SIGKILL too)."""
-    if sys.platform != "win32":
-        with contextlib.suppress(OSError):
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-
-
-def _held(path: str) -> bool:
-    """Whether a live run holds ``path`` (:func:`_hold`); true when that cannot be told."""
-    if sys.platform == "win32":
-        return False  # no lock to tell by: its age alone
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
-        return True
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        return True
-    finally:
-        os.close(fd)  # and with it the lock just taken
-    return False
 
 
 def remove_left_behind(out: str) -> None:
@@ -378,7 +351,7 @@ def remove_left_behind(out: str) -> None:
     ``out``. Nothing removed them: each such kill left one more, for good.
 
     Only a lookup's own: named as ``mkstemp`` names them, a regular file of this user's,
-    older than :data:`_LEFT_BEHIND` and held by no live run (:func:`_hold`). Silently: a
+    older than :data:`_LEFT_BEHIND` and held by no live run (:func:`.hold`). Silently: a
     file that cannot be checked or removed is left.
     """
     places = [(tempfile.gettempdir(), _INPUT_COPY)]
@@ -401,7 +374,7 @@ def remove_left_behind(out: str) -> None:
                 info = entry.stat(follow_symlinks=False)
                 if not stat.S_ISREG(info.st_mode) or info.st_mtime >= cutoff:
                     continue
-                if (uid is not None and info.st_uid != uid) or _held(entry.path):
+                if (uid is not None and info.st_uid != uid) or live_run_holds(entry.path):
                     continue
                 os.unlink(entry.path)
 
@@ -431,7 +404,6 @@ def replace_on_success(out: str, encoding: str) -> Iterator[TextIO]:
     # Synced before it takes the name: after a power loss just then, a `--force` run could
     # leave an empty file where the old result was (the rename on disk, the data not).
     with replacing(Path(out), output=True) as raw:
-        _hold(raw.fileno())  # not a killed run's: remove_left_behind leaves it
         text = io.TextIOWrapper(raw, encoding=encoding, newline="")
         yield text
         text.detach()  # its rows flushed into the file, which replacing closes and renames
@@ -454,8 +426,8 @@ def read_twice(given: str) -> Iterator[tuple[Path, str]]:
         fd, tmp = tempfile.mkstemp(prefix=".dmhub-lookup-", suffix=".csv")  # 0600
     except OSError as err:
         raise _not_copied(given, err) from err
-    held = os.dup(fd)  # held open, and locked, until it is removed: see remove_left_behind
-    _hold(held)
+    holder = os.dup(fd)  # held open, and locked, until it is removed: see remove_left_behind
+    hold(holder)  # a live run's: remove_left_behind leaves it
     try:
         try:
             with open(fd, "wb") as copy, interruptible():
@@ -475,7 +447,7 @@ def read_twice(given: str) -> Iterator[tuple[Path, str]]:
         try:
             os.unlink(tmp)
         finally:
-            os.close(held)
+            os.close(holder)
 
 
 class _Reads(Protocol):

@@ -23,7 +23,7 @@ from typing import IO, Final
 import attrs
 import filelock
 
-from .._atomic import give_open_mode, naming, remove_or_warn, temporary_beside
+from .._atomic import give_open_mode, held, naming, remove_or_warn, temporary_beside
 from .._exceptions import InvalidRequestError
 from .._threads import on_thread
 from ._checkpoint import Checkpoint, ExportScope, read_checkpoint, write_checkpoint
@@ -332,11 +332,17 @@ def _sweep(path: Path, suffixes: str = "part|tmp") -> None:
     """Remove the work files a killed export left beside ``path``, its lock held: the hidden
     ``.NAME.xxxxxxxx.part`` of an export without a checkpoint and the ``.tmp`` of a checkpoint
     (or a merge) being written (``mkstemp``'s names). No live export or merge has one while the
-    lock is ours; each ``kill -9`` left one more. ``suffixes``: the kinds to remove."""
+    lock is ours; each ``kill -9`` left one more. A file a live run holds (:func:`.hold`: a
+    lookup's result of the same name, which takes no export lock) is left: it was removed, and
+    the lookup failed at its end. ``suffixes``: the kinds to remove."""
     mine = _work_name(path, suffixes)
     with contextlib.suppress(OSError):  # a directory that cannot be listed: nothing to sweep
         for entry in os.scandir(path.parent):
-            if mine.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
+            if (
+                mine.fullmatch(entry.name)
+                and entry.is_file(follow_symlinks=False)
+                and not held(entry.path)
+            ):
                 with contextlib.suppress(OSError):
                     os.unlink(entry.path)
 

@@ -15,6 +15,7 @@ import socket
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -1735,3 +1736,45 @@ def test_the_mismatch_line_says_what_the_service_counted(
         "some were missed); the service counted 1,200 before and 1,210 after\n"
     ) in said, said
     assert "counted when planned, 1,213 as its parts ended" in said, said
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX: flock")
+async def test_a_lookup_to_the_same_file_leaves_a_live_merges_temporary_file(
+    done: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A merge hashes each part before it copies it (a minute and more for large parts): its
+    # temporary file, unwritten meanwhile, was taken by a lookup to the same --out for a
+    # killed lookup's and removed, and the merge failed at its rename (FileNotFoundError).
+    from dmhub_async.cli._files import remove_left_behind
+
+    dest = tmp_path / "all.jsonl"
+    copy_parts = _manifest._copy_parts
+
+    def hashing_for_a_minute(*args: Any) -> int:
+        (temporary,) = tmp_path.glob(".all.jsonl.*.tmp")
+        an_hour_ago = time.time() - 3600
+        os.utime(temporary, (an_hour_ago, an_hour_ago))
+        remove_left_behind(str(dest))  # what a lookup --out all.jsonl does first
+        assert temporary.exists()
+        return copy_parts(*args)
+
+    monkeypatch.setattr(_manifest, "_copy_parts", hashing_for_a_minute)
+    assert merge(done, dest) == CUSTOMERS
+    assert len(dest.read_bytes().splitlines()) == CUSTOMERS
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX: flock")
+async def test_a_merge_to_the_same_file_leaves_a_live_lookups_result(
+    done: Path, tmp_path: Path
+) -> None:
+    # A merge (or an export) sweeps the temporary files killed runs left beside its output:
+    # a lookup's result being written there was removed too, and the lookup failed at its end
+    # (FileNotFoundError), every answer lost. A live lookup holds its file (flock).
+    from dmhub_async.cli._files import replace_on_success
+
+    dest = tmp_path / "all.jsonl"
+    with replace_on_success(str(dest), "utf-8") as found:
+        found.write("type,value,customer_id\r\n")
+        assert merge(done, dest) == CUSTOMERS
+        found.write("mobile,13800000000,1\r\n")
+    assert dest.read_bytes() == b"type,value,customer_id\r\nmobile,13800000000,1\r\n"
