@@ -40,6 +40,7 @@ logger = logging.getLogger("dmhub_async")
 
 __all__ = [
     "ID_LIST_NAME",
+    "LEFT_ON_THE_QUEUE",
     "MANIFEST_NAME",
     "Manifest",
     "ManifestWriter",
@@ -786,13 +787,27 @@ def _copy_parts(manifest: Manifest, directory: Path, out: BinaryIO, allow_incomp
     return records
 
 
+#: A shard's note (its ``error``) when its coordinator stopped while it was on the queue
+#: (``_queue._follow``): its workers go on without it.
+LEFT_ON_THE_QUEUE: Final = (
+    "left on the queue when its coordinator stopped: a worker may still be exporting it; "
+    "rerun the same command to follow it to its end"
+)
+
+
 def _where_it_stands(outcome: ShardOutcome, directory: Path) -> str:
     """``its shard failed``, as a merge says of an unfinished part; one the manifest says is
     running while no coordinator holds the directory (killed: ``kill -9``, the OOM killer,
     which cannot say it stopped), or one a stopped run left, as stopped.
 
     It said "its shard running" after the run was gone: the user waited for an export that
-    nothing ran any longer."""
+    nothing ran any longer. One its queue's coordinator left on the queue may still be
+    exported by a worker there: said "stopped" too, its part grew after the merge."""
+    if outcome.status == "pending" and outcome.error == LEFT_ON_THE_QUEUE:
+        return (
+            "its shard was left on the queue when its coordinator stopped (a worker may still "
+            "be exporting it: rerun the export to follow it to its end)"
+        )
     if outcome.status == "pending" or (
         outcome.status == "running" and _coordinated(directory) is False
     ):

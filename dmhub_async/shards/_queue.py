@@ -43,7 +43,14 @@ from .._validate import (
 )
 from .._version import __version__
 from ..export._export import retries_of
-from ._manifest import Manifest, ManifestWriter, ShardOutcome, checkpoint_name, part_name
+from ._manifest import (
+    LEFT_ON_THE_QUEUE,
+    Manifest,
+    ManifestWriter,
+    ShardOutcome,
+    checkpoint_name,
+    part_name,
+)
 from ._plan import Shard
 
 if TYPE_CHECKING:
@@ -104,11 +111,6 @@ MAX_TRIES = 5
 #: after a day behind long ones ("job expired") without a try. As long as results are kept.
 QUEUED_FOR = 7 * 24 * 3600
 _PROGRESS_EVERY = 0.5
-#: A shard's note (its ``error``) when its coordinator stopped while it was on the queue.
-LEFT_ON_THE_QUEUE = (
-    "left on the queue when its coordinator stopped: a worker may still be exporting it; "
-    "rerun the same command to follow it to its end"
-)
 #: Seconds the coordinator waits for one answer of the queue's Redis before it stops with
 #: "cannot reach the queue's Redis" (the manifest written as it stands).
 QUEUE_TIMEOUT = 10.0

@@ -1778,3 +1778,20 @@ async def test_a_merge_to_the_same_file_leaves_a_live_lookups_result(
         assert merge(done, dest) == CUSTOMERS
         found.write("mobile,13800000000,1\r\n")
     assert dest.read_bytes() == b"type,value,customer_id\r\nmobile,13800000000,1\r\n"
+
+
+async def test_a_merge_says_a_shard_left_on_the_queue_may_still_be_exported(
+    dm: DMHubClient, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A queue's coordinator stopped writes its shards back as pending, "left on the queue":
+    # its workers go on without it. A merge said their runs had stopped ("rerun the export to
+    # resume it") while a worker may still be writing the part it merged.
+    from dmhub_async.shards._queue import LEFT_ON_THE_QUEUE
+
+    out = tmp_path / "out"
+    await stopped_mid_way(dm, out, 4, after=60)
+    edit(out, lambda data: [s.update(error=LEFT_ON_THE_QUEUE) for s in data["shards"]])
+
+    merge(out, tmp_path / "so-far.jsonl", allow_incomplete=True)
+    assert "its shard's run stopped before it ended" not in caplog.text
+    assert caplog.text.count("its shard was left on the queue when its coordinator stopped") == 4
