@@ -293,6 +293,28 @@ class TokenManager:
             flight.cancel()
         return flight
 
+    async def ended(self, flight: asyncio.Future[str]) -> None:
+        """Wait for ``flight`` (:meth:`stop`'s) to end, as long as it can take when its store
+        answers: one stopped, a store call's timeout; one that asked for its token, the fetch's
+        budget and a timeout for each write. Past that it is left, with a warning.
+
+        A store on a file system that stops answering (an NFS server away) holds its thread for
+        good, and the fetch waits for it however often it is cancelled (:func:`.on_thread`):
+        the client's close awaited it, and hung for good.
+        """
+        writes = 2 + len(self._mirror_keys)  # the token, its mirrors, the lock's release
+        limit = self._timeout if flight.cancelled() or not self._fetching else None
+        if limit is None:
+            limit = self._lock_wait + writes * self._timeout
+        done, _ = await asyncio.wait((flight,), timeout=limit)
+        if not done:
+            log.warning(
+                "%r did not answer in %g s as the client closed: its token fetch is left to "
+                "end when it does",
+                self._store,
+                limit,
+            )
+
     def _land(self, flight: asyncio.Future[str]) -> None:
         if self._flight is flight:
             self._flight = None

@@ -436,8 +436,8 @@ class Session:
             # way through an answer waited for the rest until its timeout (30 s by default).
             _end_reads([*conn.reading, *(r for d in list(conn.derived) for r in d._reading)])
             await http.close()
-        if flight is not None:
-            await asyncio.wait((flight,))  # not cancelled with this close: it stores its token
+        if flight is not None and self._tokens is not None:
+            await self._tokens.ended(flight)  # not cancelled with this close: it stores its token
 
     def check_open(self) -> None:
         """Raise DMHubError when closed, or when called from another event loop."""

@@ -379,6 +379,46 @@ async def test_aclose_waits_for_a_token_asked_for_to_be_stored(api, make_client)
     assert len(calls(api, "/v1/customers/1")) == 0
 
 
+@pytest.mark.parametrize("stalls", ["taking the lock", "storing the token"])
+async def test_aclose_returns_though_the_token_files_file_system_stalls(
+    api, make_client, tmp_path, caplog, stalls
+):
+    # A token file on a file system that stops answering (an NFS server away): its thread never
+    # returns, and a token fetch stopped by the close (or one storing its token) waits for it
+    # however often it is cancelled. aclose() awaited that fetch, and hung for good.
+    from dmhub_async import FileTokenStore
+
+    api.get(
+        url("/security/accesstoken"),
+        payload={"error_code": 0, "access_token": "tok-1", "expires_in": 7200},
+        repeat=True,
+    )
+    store = FileTokenStore(tmp_path / "tokens.json")
+    stalled, reached = threading.Event(), threading.Event()
+    stalling = "_try_lock" if stalls == "taking the lock" else "_update"
+    real = getattr(store, stalling)
+
+    def never_returns(*args: Any, **kwargs: Any) -> Any:
+        reached.set()
+        stalled.wait()
+        return real(*args, **kwargs)
+
+    setattr(store, stalling, never_returns)
+    try:
+        dm = make_client(token_store=store, timeout=0.2, max_retries=0)
+        call = asyncio.ensure_future(dm.request("GET", "/v1/customers/1"))
+        assert await asyncio.to_thread(reached.wait, 5)  # the file system has stalled
+
+        with caplog.at_level(logging.WARNING, logger="dmhub_async"):
+            await asyncio.wait_for(dm.aclose(), 5)
+        assert "did not answer" in caplog.text
+        with pytest.raises(DMHubError):
+            await asyncio.wait_for(call, 5)
+    finally:
+        stalled.set()  # the file system back: the thread ends
+    assert len(calls(api, "/v1/customers/1")) == 0
+
+
 async def test_closing_a_derived_client_ends_its_call_waiting_on_the_parents_token_fetch(
     api, make_client, tmp_path
 ):
