@@ -1618,3 +1618,37 @@ async def test_a_checkpoint_whose_long_id_list_is_no_ids_is_refused_as_no_checkp
 
     assert dest.read_bytes() == written
     assert sim.counters.total == 0
+
+
+async def test_a_checkpoint_moved_with_its_output_resumes_but_never_another_outputs(
+    sim: DMHubSimulator, client: DMHubClient, tmp_path: Path
+) -> None:
+    # A file and its checkpoint moved together resume in their new place (1d4f3a1, for a
+    # moved shards directory); a checkpoint kept elsewhere than its output was taken, by its
+    # name alone, for an output of that name beside it: `--out /x/out.jsonl --checkpoint
+    # /y/out.ckpt`, then `--out /y/out.jsonl` with that checkpoint, resumed into a file the
+    # checkpoint was never about. Only an output that is gone from the recorded place moved.
+    (first := tmp_path / "first").mkdir()
+    (other := tmp_path / "other").mkdir()
+    dest, ckpt = first / "out.jsonl", other / "out.ckpt"
+    with pytest.raises(Crash):
+        await export_customers(
+            client, dest, checkpoint=ckpt, page_size=50, progress=False, on_progress=crash_after(2)
+        )
+
+    with pytest.raises(InvalidRequestError, match="belongs to another export"):
+        await export_customers(client, other / "out.jsonl", checkpoint=ckpt, progress=False)
+    assert not (other / "out.jsonl").exists()
+
+    (moved := tmp_path / "moved").mkdir()
+    dest.rename(moved / "out.jsonl")
+    ckpt.rename(moved / "out.ckpt")
+    report = await export_customers(
+        client, moved / "out.jsonl", checkpoint=moved / "out.ckpt", page_size=50, progress=False
+    )
+
+    assert report.resumed
+    assert report.complete
+    assert [json.loads(line)["id"] for line in (moved / "out.jsonl").read_bytes().splitlines()] == (
+        sim.customer_ids()
+    )

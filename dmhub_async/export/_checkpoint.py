@@ -8,6 +8,7 @@ service, app, destination, format and filters (docs/reliability.md, "Resuming an
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path, PurePath
 from typing import Any
 
@@ -167,9 +168,19 @@ def _moved_with_it(path: Path, recorded: str, dest: str) -> bool:
     queue's workers on one shared volume), refused every unfinished shard as "another
     export's" (``dest: '/old/...' in the checkpoint, '/new/...' now``). The path is still
     written absolute: the releases before this one compare it as it is, and resume each
-    other's shards (docs/sharding.md, "Mixing releases")."""
+    other's shards (docs/sharding.md, "Mixing releases").
+
+    Moved: nothing is left at the recorded place, or what is there is ``dest`` itself (the
+    same volume reached by another path). A checkpoint kept apart from its output
+    (``--out /x/out.jsonl --checkpoint /y/out.ckpt``) was otherwise taken, by the name alone,
+    for a new export to ``/y/out.jsonl``, while its own output still stood in ``/x``."""
     here = Path(dest)
-    return PurePath(recorded).name == here.name and path.resolve().parent == here.parent
+    if PurePath(recorded).name != here.name or path.resolve().parent != here.parent:
+        return False
+    try:
+        return os.path.samefile(recorded, here)
+    except OSError:  # one of them missing (or unreadable): moved only if the recorded one is
+        return not os.path.lexists(recorded)
 
 
 def write_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
