@@ -8,9 +8,13 @@ tests/crash_sweep.py runs a long random sweep of the same.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import random
+import re
 import resource
+import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -368,3 +372,43 @@ def test_two_resumers_started_at_once_one_is_refused(
     assert "in use by another export" in refused
     report = json.loads(next(out for code, out, _ in results if code == 0).strip().splitlines()[-1])
     check_export(tmp_path / "c.jsonl", "jsonl", sim.ids(), report)
+
+
+def test_a_second_signal_ends_an_export_whose_cleanup_is_stuck(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    # A write that never returns (its file system gone away: an NFS server down) held the
+    # first signal's cleanup for good, as it waited for the write; every later SIGINT or
+    # SIGTERM only cancelled it again, and the export stopped for SIGKILL alone. A second
+    # signal now ends it at once. (Two signals of one kind sent back to back may reach it as
+    # one: a SIGINT, then a SIGTERM.)
+    log = tmp_path / "stalled.log"
+    proc = subprocess.Popen(
+        cli_command("export", "--out", "c.jsonl", "--checkpoint", "c.ckpt", *PAGE),
+        env={**crash_env(env, "sync:2", log), "DMHUB_TEST_CRASH_STALL": "1"},
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while not log.exists():  # the second page's commit stalled, on its thread
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=TIMEOUT)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+    # In the order the system hands them over: the second's code.
+    first, then = re.findall(r"stopped by (SIG\w+), then (SIG\w+): exiting at once", stderr)[0]
+    assert {first, then} == {"SIGINT", "SIGTERM"}
+    assert proc.returncode == 128 + signal.Signals[then], stderr
+    assert stderr.count("\n") == 1, stderr
+    assert (tmp_path / "c.ckpt").exists()  # the first page's: a rerun resumes from it

@@ -62,6 +62,18 @@ async def _run(args: argparse.Namespace) -> int:
     received: list[int] = []
 
     def stop(signum: int) -> None:
+        if received:
+            # Asked again while the first one's cleanup runs: a write that never returns (a
+            # file system gone away) held it for good, and only SIGKILL ended the command.
+            # Ended at once; a checkpoint is replaced whole, so a rerun resumes from the last.
+            first, then = (signal.Signals(s).name for s in (received[0], signum))
+            print(
+                f"dmhub-async: stopped by {first}, then {then}: exiting at once, its cleanup"
+                " unfinished",
+                file=sys.stderr,
+                flush=True,
+            )
+            os._exit(128 + signum)
         received.append(signum)
         task.cancel()
         # An export's write to a full pipe waits on a thread, which the cancel waits for.

@@ -2,9 +2,10 @@
 PYTHONPATH starts with this directory, the CLI and the workers it spawns alike.
 
 ``DMHUB_TEST_CRASH_AT=POINT:N`` kills the process (SIGKILL, nothing cleaned up) at the Nth time
-it reaches POINT; ``DMHUB_TEST_CRASH_ROLE`` (``main``, ``worker``, ``any``: default ``any``)
-says which processes, and ``DMHUB_TEST_CRASH_LOG`` names a file each kill appends its point to
-first, so the test knows the kill was at the point and not the process ending on its own.
+it reaches POINT (``DMHUB_TEST_CRASH_STALL=1``: blocks there for good instead);
+``DMHUB_TEST_CRASH_ROLE`` (``main``, ``worker``, ``any``: default ``any``) says which
+processes, and ``DMHUB_TEST_CRASH_LOG`` names a file each kill appends its point to first, so
+the test knows the kill was at the point and not the process ending on its own.
 Nothing of the SDK changes when the variable is unset.
 
 Points:
@@ -50,12 +51,18 @@ def _install() -> None:
         seen["n"] += 1
         return seen["n"] == target
 
+    stall = os.environ.get("DMHUB_TEST_CRASH_STALL") == "1"
+
     def die() -> None:
         if log:
             with open(log, "a", encoding="utf-8") as fh:
                 fh.write(f"{point}:{target} pid {os.getpid()}\n")
         sys.stdout.flush()
         sys.stderr.flush()
+        if stall:  # a file system gone away (NFS): the call never returns, nothing is killed
+            import threading
+
+            threading.Event().wait()
         os.kill(os.getpid(), signal.SIGKILL)
 
     from dmhub_async import _atomic
