@@ -432,6 +432,15 @@ def _shard_commands(command: Callable[[str, str, str], argparse.ArgumentParser])
         "--jobs", type=_int_in(1, MAX_CONCURRENCY), default=1, help="shards exported at once"
     )
     worker.add_argument("--burst", action="store_true", help="stop when the queue is empty")
+    worker.add_argument(
+        "--mount",
+        action="append",
+        default=[],
+        metavar="COORDINATOR_PATH=LOCAL_PATH",
+        help="this machine mounts the export's shared directory at LOCAL_PATH where the "
+        "coordinator (export --queue) has it at COORDINATOR_PATH; a job's directory is then "
+        "checked to hold its export's manifest (repeat for more volumes)",
+    )
     _client_flags(worker, concurrency=None, command="worker")
 
     merge = command(

@@ -24,7 +24,13 @@ from .._redact import redact
 from ..shards import MANIFEST_NAME, Manifest, merge
 from ..shards._local import WorkerSettings, private_token_directory, run_in_processes
 from ..shards._manifest import ShardOutcome
-from ..shards._queue import check_queue, queue_redis_error, worker, worker_credentials_hint
+from ..shards._queue import (
+    check_mounts,
+    check_queue,
+    queue_redis_error,
+    worker,
+    worker_credentials_hint,
+)
 from ..shards._run import TotalProgress, coordinating, export_sharded, prepare
 from ._errors import EXIT_INCOMPLETE, EXIT_OK, CommandError, UsageError, interruptible
 from ._files import check_output
@@ -399,6 +405,7 @@ async def worker_command(args: argparse.Namespace) -> int:
     client: dict[str, Any] = {"max_retries": args.max_retries}
     if getattr(args, "timezone", None):
         client["timezone"] = args.timezone
+    mounts = _mounts(args.mount)
     spec = queue_token_store(args.token_store)
     store = token_store(spec) if spec is not None else None
     if store is not None:
@@ -417,6 +424,7 @@ async def worker_command(args: argparse.Namespace) -> int:
         concurrency=args.concurrency,
         burst=args.burst,
         handle_signals=False,
+        mounts=mounts,
     )
     with _arq_log(verbose=args.verbose):
         try:
@@ -427,6 +435,23 @@ async def worker_command(args: argparse.Namespace) -> int:
         finally:
             await arq_worker.close()
     return EXIT_OK
+
+
+def _mounts(given: list[str]) -> dict[str, str]:
+    """``--mount COORDINATOR_PATH=LOCAL_PATH`` (repeated) as ``worker(mounts=)``, checked."""
+    pairs = []
+    for mount in given:
+        theirs, equals, mine = mount.partition("=")
+        if not equals or not theirs or not mine:
+            raise UsageError(f"--mount {mount}: give COORDINATOR_PATH=LOCAL_PATH")
+        pairs.append((theirs, mine))
+    try:
+        mounts = check_mounts(dict(pairs))
+    except InvalidRequestError as err:
+        raise UsageError(str(err).replace("worker(): mounts", "--mount")) from None
+    if len(mounts) != len(pairs):
+        raise UsageError("--mount: a COORDINATOR_PATH is given twice")
+    return mounts
 
 
 async def _reach_token_store(store: RedisTokenStore) -> None:

@@ -12,7 +12,8 @@ worker that holds it lives, because the job renews arq's in-progress key every f
 (:data:`HEARTBEAT`) with a short life (:data:`IN_PROGRESS_TTL`); arq's own default would keep a
 dead worker's job for the whole job timeout plus 10 s. Another worker then takes the job, which
 resumes from the shard's checkpoint beside its part file: the output directory must be storage
-that every worker can write (a shared volume, NFS), at the same path on every machine.
+that every worker can write (a shared volume, NFS), at the coordinator's path or at one the
+worker maps it to (``worker(mounts=)``, ``dmhub-async worker --mount``).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import logging
 import os
 import time
 import types
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -45,6 +46,7 @@ from .._version import __version__
 from ..export._export import retries_of
 from ._manifest import (
     LEFT_ON_THE_QUEUE,
+    MANIFEST_NAME,
     Manifest,
     ManifestWriter,
     ShardOutcome,
@@ -75,6 +77,7 @@ __all__ = [
     "QUEUE_TIMEOUT",
     "REDIS_RETRIES",
     "WINDOW_JOB_VERSION",
+    "check_mounts",
     "check_queue",
     "job_version",
     "queue_redis_error",
@@ -301,7 +304,7 @@ async def _export_shard_job(ctx: dict[str, Any], task: dict[str, Any]) -> dict[s
     redis = ctx["redis"]
     in_progress = in_progress_key_prefix + ctx["job_id"]
     shard = Shard.from_dict(task["shard"])
-    directory = Path(task["directory"])
+    directory = await _local_directory(task, ctx.get("mounts") or {})
     fmt = task["format"]
     progress_key = _progress_key(task["export_id"], task.get("plan_id", ""))
     last = 0.0
@@ -355,6 +358,104 @@ async def _export_shard_job(ctx: dict[str, Any], task: dict[str, Any]) -> dict[s
     # The job's own version: a coordinator of an earlier release reads the result of its job.
     version = task.get("job_version", 1)
     return {**await result_of(report), "job_version": version, "release": __version__}
+
+
+#: What a worker that does not find the coordinator's directory is told to do.
+_MAP_IT = (
+    "mount the shared directory at that path, or tell the worker where it is mounted "
+    "(dmhub-async worker --mount COORDINATOR_PATH=LOCAL_PATH; worker(mounts=))"
+)
+
+
+def check_mounts(mounts: object) -> dict[str, str]:
+    """``worker(mounts=)`` as the job reads it: absolute paths, each normalised, the
+    coordinator's distinct; or InvalidRequestError, when the worker is made."""
+    if not isinstance(mounts, Mapping):
+        raise InvalidRequestError(
+            "worker(): mounts must be a mapping of the coordinator's paths to this worker's, "
+            f"not {type(mounts).__name__}"
+        )
+    checked: dict[str, str] = {}
+    for theirs, mine in mounts.items():
+        for path in (theirs, mine):
+            if not isinstance(path, (str, os.PathLike)) or not os.path.isabs(path):
+                raise InvalidRequestError(
+                    f"worker(): mounts: {printable(str(path))[:200]!r} is not an absolute path"
+                )
+        key = os.path.normpath(os.fspath(theirs))
+        if key in checked:
+            raise InvalidRequestError(f"worker(): mounts: {key} is mapped twice")
+        checked[key] = os.path.normpath(os.fspath(mine))
+    return checked
+
+
+async def _local_directory(task: dict[str, Any], mounts: Mapping[str, str]) -> Path:
+    """The job's directory on this worker: the coordinator's path, or where ``mounts`` maps
+    it (the longest of the coordinator's paths it lies in), checked to be the job's export.
+
+    A job names the directory by the coordinator's path: a worker that mounts the shared
+    volume elsewhere failed every shard ("cannot write to ..."). Mapped, the directory must
+    hold the manifest of the job's plan (its id): a mount to another export's directory, or
+    to an empty one, would have exported the shard there.
+    """
+    named = os.fspath(task["directory"])
+    for theirs in sorted(mounts, key=len, reverse=True):
+        rest = _within(named, theirs)
+        if rest is None:
+            continue
+        local = Path(mounts[theirs], rest) if rest else Path(mounts[theirs])
+        mount = f"{theirs}={mounts[theirs]}"
+        where = f"the export's directory {named}, mapped to {local} (mount {mount})"
+        await asyncio.to_thread(_check_same_plan, local, task, where)
+        return local
+    if not await asyncio.to_thread(os.path.isdir, named):
+        raise InvalidRequestError(
+            f"the export's directory {named} is not on this worker: {_MAP_IT}"
+        )
+    return Path(named)
+
+
+def _within(path: str, prefix: str) -> str | None:
+    """``path`` relative to ``prefix`` (``""``: the same), or None when it is not in it."""
+    path = os.path.normpath(path)
+    if path == prefix:
+        return ""
+    head = prefix if prefix.endswith(os.sep) else prefix + os.sep  # "/" itself
+    return path[len(head) :] if path.startswith(head) else None
+
+
+def _check_same_plan(local: Path, task: dict[str, Any], where: str) -> None:
+    """Refuse a mapped directory that is not the job's export's (on a thread: file work)."""
+    import orjson
+
+    if not local.is_dir():
+        raise InvalidRequestError(f"{where} is not a directory on this worker: check the mount")
+    try:
+        raw = (local / MANIFEST_NAME).read_bytes()
+    except FileNotFoundError:
+        raise InvalidRequestError(
+            f"{where} holds no {MANIFEST_NAME}: not the export's directory; check the mount"
+        ) from None
+    try:
+        recorded = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        recorded = None
+    if not isinstance(recorded, dict):
+        raise InvalidRequestError(f"{where} holds a {MANIFEST_NAME} this SDK did not write")
+    # The plan's id, made when the directory was planned: the same export, not only a
+    # directory of the same name. A job of a coordinator of 0.1.0 carries none: its service.
+    plan = task.get("plan_id") or ""
+    if plan:
+        mine, theirs = recorded.get("plan_id"), plan
+    else:
+        mine = (recorded.get("base_url"), recorded.get("app_id"), recorded.get("format"))
+        theirs = (task.get("base_url"), task.get("app_id"), task.get("format"))
+    if mine != theirs:
+        said = printable(str(mine))[:80]
+        raise InvalidRequestError(
+            f"{where} holds another export's {MANIFEST_NAME} (plan {said}, the job's "
+            f"{printable(str(theirs))[:80]}): the worker exported nothing; check the mount"
+        )
 
 
 def _written(pending: set[asyncio.Future[Any]], writing: asyncio.Future[Any]) -> None:
@@ -422,6 +523,7 @@ def worker(
     heartbeat: float = HEARTBEAT,
     takeover: float = IN_PROGRESS_TTL,
     handle_signals: bool = True,
+    mounts: Mapping[str, str] | None = None,
 ) -> Any:
     """An arq ``Worker`` that exports shards; ``.run()`` it (the CLI's ``dmhub-async worker``).
 
@@ -440,6 +542,12 @@ def worker(
         heartbeat: seconds between renewals of a running job's in-progress mark.
         takeover: seconds after its worker dies that a job is taken over (> ``heartbeat``).
         handle_signals: let arq handle SIGINT/SIGTERM (False inside a program that does).
+        mounts: where this worker mounts the export directories' shared volume when not at
+            the coordinator's path: ``{"/exports": "/mnt/exports"}`` exports a job of
+            ``/exports/june`` into ``/mnt/exports/june``, once that directory is found to hold
+            the job's export (the plan id of its ``manifest.json``), else fails the shard
+            saying so. Absolute paths; the longest of the coordinator's paths that holds the
+            job's directory applies.
 
     A Redis that goes away (restarted, failed over) is waited for, about a minute
     (:data:`REDIS_RETRIES` tries of each command); past that ``run()`` raises redis-py's
@@ -456,6 +564,7 @@ def worker(
         check_concurrency(concurrency, "worker(): concurrency")
     if rate_limit is not None:  # checked by the limiter too, but only at the worker's start
         check_shared_rate("worker(): rate_limit", rate_limit)
+    mapped = check_mounts(mounts) if mounts is not None else {}
     from arq.worker import func
     from redis.asyncio.retry import Retry
     from redis.exceptions import ConnectionError as RedisConnectionError
@@ -493,6 +602,7 @@ def worker(
         ctx["pending_progress"] = set()
         ctx["heartbeat"], ctx["takeover"] = heartbeat, takeover
         ctx["concurrency"] = concurrency
+        ctx["mounts"] = mapped
 
     async def shutdown(ctx: dict[str, Any]) -> None:
         if ctx.get("shut_down"):  # once, whether arq's close ran it or _ShardWorker's

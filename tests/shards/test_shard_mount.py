@@ -1,0 +1,238 @@
+"""A queue's workers that mount the export's shared directory at another path than the
+coordinator's (``dmhub-async worker --mount COORDINATOR=LOCAL``, ``worker(mounts=)``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from _redis import RedisServer
+from shard_support import SimProcess, exported_ids, sim_process
+
+from dmhub_async import DMHubClient, InvalidRequestError
+from dmhub_async.shards import Manifest
+from dmhub_async.shards._queue import _export_shard_job, worker
+
+pytestmark = [
+    pytest.mark.timeout(180),
+    # The coordinator's path is one only it sees: /proc/self/cwd is each process's own cwd.
+    pytest.mark.skipif(not os.path.isdir("/proc/self/cwd"), reason="needs Linux's /proc"),
+]
+
+#: The coordinator's view of the shared volume: /proc/self/cwd/exports exists in a process whose
+#: working directory holds ``exports``, and in no other (a worker started elsewhere).
+COORDINATOR_VOLUME = "/proc/self/cwd/exports"
+
+
+def _volume(tmp_path: Path) -> dict[str, Path]:
+    """One shared volume (``store``) and three views of it: the coordinator's working directory
+    (``coord``, its ``exports`` the volume), and two workers' mount points, each a path of its
+    own (``a`` and ``b``); ``elsewhere`` is the workers' working directory, without ``exports``."""
+    paths = {name: tmp_path / name for name in ("store", "coord", "a", "b", "elsewhere")}
+    for path in paths.values():
+        path.mkdir()
+    for view in ("coord", "a", "b"):
+        (paths[view] / "exports").symlink_to(paths["store"], target_is_directory=True)
+    return paths
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "dmhub_async", *args]
+
+
+def _wait_for_jobs(redis: RedisServer, n: int, export: subprocess.Popen[str]) -> None:
+    for _ in range(3000):  # at most 30 s
+        if redis.command("ZCARD", "arq:queue") == f":{n}":
+            return
+        if export.poll() is not None:
+            raise AssertionError(f"the export ended first: {export.communicate()}")
+        time.sleep(0.01)
+    raise AssertionError("the export enqueued no jobs")
+
+
+def _queued_export(
+    sim: SimProcess, redis: RedisServer, paths: dict[str, Path], shards: int, *flags: str
+) -> Any:
+    env = sim.env(XDG_CACHE_HOME=str(paths["store"].parent / "cache"))
+    command = _cli("export", "--out", f"{COORDINATOR_VOLUME}/june", "--shards", str(shards))
+    return subprocess.Popen(
+        [*command, "--queue", redis.url, "--report", "json", "-q", *flags],
+        cwd=paths["coord"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _worker(
+    sim: SimProcess, redis: RedisServer, paths: dict[str, Path], *mounts: str
+) -> subprocess.Popen[str]:
+    flags = [arg for mount in mounts for arg in ("--mount", mount)]
+    return subprocess.Popen(
+        _cli("worker", "--redis", redis.url, "--burst", "-v", *flags),
+        cwd=paths["elsewhere"],
+        env=sim.env(XDG_CACHE_HOME=str(paths["store"].parent / "cache")),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_workers_that_mount_the_directory_elsewhere_export_it_there(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    # The job named the directory by the coordinator's path, which a worker mounting the
+    # shared volume elsewhere does not have: every shard failed (or, with a directory of that
+    # name of its own, was written where no one else looks).
+    paths = _volume(tmp_path)
+    assert not (paths["elsewhere"] / "exports").exists()  # the workers' view of the path
+    with sim_process(1_000, latency_ms=25) as sim:
+        # Each shard some 50 pages, one at a time: a second or more.
+        export = _queued_export(sim, redis, paths, 2, "--page-size", "10", "--concurrency", "1")
+        try:
+            _wait_for_jobs(redis, 2, export)
+            workers = [
+                _worker(sim, redis, paths, f"{COORDINATOR_VOLUME}={paths[view] / 'exports'}")
+                for view in ("a", "b")
+            ]
+            ran = [proc.communicate(timeout=120) for proc in workers]
+            for proc, (_, werr) in zip(workers, ran, strict=True):
+                assert proc.returncode == 0, werr  # else the export would wait for ever
+            out, err = export.communicate(timeout=120)
+        finally:
+            export.kill()
+            export.communicate()
+        ids = sim.state()["ids"]
+
+    assert export.returncode == 0, err
+    # Each worker exported a shard, each where it has the volume (a shard takes a second or
+    # more: the other worker has started by then).
+    assert [werr.count("'complete': True") for _, werr in ran] == [1, 1], ran
+    report = json.loads(out)
+    assert report["complete"] is True
+    assert sorted(exported_ids(paths["store"] / "june")) == sorted(ids)
+    manifest = Manifest.read(paths["store"] / "june")
+    assert manifest is not None
+    assert manifest.complete
+
+
+def test_a_worker_without_the_coordinators_path_says_to_map_it(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    paths = _volume(tmp_path)
+    with sim_process(200) as sim:
+        export = _queued_export(sim, redis, paths, 1)
+        try:
+            _wait_for_jobs(redis, 1, export)
+            unmapped = _worker(sim, redis, paths)
+            unmapped.communicate(timeout=120)
+            out, err = export.communicate(timeout=120)
+        finally:
+            export.kill()
+            export.communicate()
+    assert export.returncode == 3, err
+    error = json.loads(out)["shards"][0]["error"]
+    assert error == (
+        f"the export's directory {COORDINATOR_VOLUME}/june is not on this worker: "
+        "mount the shared directory at that path, or tell the worker where it is mounted "
+        "(dmhub-async worker --mount COORDINATOR_PATH=LOCAL_PATH; worker(mounts=))"
+    )
+
+
+def _job(directory: str, plan_id: str) -> dict[str, Any]:
+    return {
+        "job_version": 1,
+        "shard": {"index": 0, "start": None, "end": None, "filters": {}, "planned_count": 0},
+        "directory": directory,
+        "format": "jsonl",
+        "page_size": 100,
+        "concurrency": 2,
+        "export_id": "e",
+        "plan_id": plan_id,
+        "base_url": "http://127.0.0.1:9",
+        "app_id": "app",
+    }
+
+
+class _QuietRedis:
+    async def set(self, *args: object, **kwargs: object) -> None:
+        pass
+
+    async def hset(self, *args: object) -> None:
+        pass
+
+    async def expire(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize("found", ["no manifest", "another export", "no directory"])
+async def test_a_mount_to_another_directory_is_refused_before_anything_is_written(
+    tmp_path: Path, found: str
+) -> None:
+    # The same path is not the same export: the mapped directory must hold the manifest of the
+    # job's plan (its id), or the shard would be exported into another export's directory.
+    local = tmp_path / "mnt"
+    june = local / "june"
+    if found != "no directory":
+        june.mkdir(parents=True)
+    if found == "another export":
+        (june / "manifest.json").write_text(json.dumps({"plan_id": "0123456789abcdef"}))
+    ctx: dict[str, Any] = {
+        "redis": _QuietRedis(),
+        "job_id": "j",
+        "pending_progress": set(),
+        "heartbeat": 10.0,
+        "takeover": 30.0,
+        "mounts": {"/exports": str(local)},
+    }
+    async with DMHubClient("app", "s", base_url="http://127.0.0.1:9/") as client:
+        ctx["client"] = client
+        with pytest.raises(InvalidRequestError) as raised:
+            await _export_shard_job(ctx, _job("/exports/june", "fedcba9876543210"))
+    where = f"the export's directory /exports/june, mapped to {june} (mount /exports={local})"
+    said = {
+        "no manifest": f"{where} holds no manifest.json",
+        "another export": f"{where} holds another export's manifest.json (plan "
+        "0123456789abcdef, the job's fedcba9876543210)",
+        "no directory": f"{where} is not a directory on this worker",
+    }
+    assert str(raised.value).startswith(said[found]), str(raised.value)
+    left = [local, june, june / "manifest.json"]
+    assert sorted(map(str, tmp_path.rglob("*"))) == sorted(  # noqa: ASYNC240
+        str(p) for p in left if p.exists()
+    )  # no part, no checkpoint
+
+
+@pytest.mark.parametrize(
+    ("mounts", "why"),
+    [
+        ({"exports": "/mnt/exports"}, "absolute"),
+        ({"/exports": "mnt/exports"}, "absolute"),
+        ({"/exports": "/a", "/exports/": "/b"}, "twice"),
+        ([("/exports", "/mnt")], "mapping"),
+    ],
+)
+def test_mounts_that_cannot_be_read_are_refused_when_the_worker_is_made(
+    mounts: Any, why: str
+) -> None:
+    with pytest.raises(InvalidRequestError, match=why):
+        worker("redis://127.0.0.1:9/0", mounts=mounts)
+
+
+def test_the_cli_refuses_a_mount_without_its_two_paths(tmp_path: Path) -> None:
+    run = subprocess.run(
+        _cli("worker", "--redis", "redis://127.0.0.1:9/0", "--mount", "/exports"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert run.returncode == 2
+    assert "--mount /exports: give COORDINATOR_PATH=LOCAL_PATH" in run.stderr, run.stderr
