@@ -240,6 +240,8 @@ async def _sharded_export(args: argparse.Namespace, filters: dict[str, Any]) -> 
             args.page_size,
             args.concurrency,
             token_redis=token_redis,
+            # -v: the workers' requests too, not the plan's alone (show_requests, here).
+            log_level=logging.DEBUG if args.verbose else None,
         )
         manifest = await run_in_processes(
             settings, args.out, manifest, args.workers, client=client, progress=bar, on_total=lines

@@ -33,6 +33,7 @@ import attrs
 
 from .._auth import FileTokenStore, RedisTokenStore, TokenStore
 from .._exceptions import DMHubError
+from .._logging import show_log
 from .._validate import check_flag
 from ..export import ExportProgress
 from ..export._export import retries_of
@@ -75,6 +76,11 @@ class WorkerSettings:
     #: A Redis token store's URL (it may hold a password: never shown), used instead of
     #: ``token_file`` when given: the store the command was told to share the token through.
     token_redis: str | None = attrs.field(default=None, repr=False)
+    #: The library's log in the worker processes (``logging.DEBUG`` for ``dmhub-async -v``),
+    #: on their stderr, as :func:`~dmhub_async._logging.show_log` shows it; None: as
+    #: ``DMHUB_LOG`` in their environment says. Spawned, they start with no logging set up:
+    #: ``-v`` logged the coordinator's requests alone, none of the pages the workers walked.
+    log_level: int | None = None
 
 
 def _child(
@@ -82,6 +88,8 @@ def _child(
 ) -> None:
     """A worker process: export shards taken from ``tasks`` until it gets None, each event
     sent on ``events``, the write end of its own pipe."""
+    if settings.log_level is not None:
+        show_log(settings.log_level)
     try:
         asyncio.run(_child_loop(settings, Path(directory), fmt, tasks, events))
     except (BrokenPipeError, EOFError):

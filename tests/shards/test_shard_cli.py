@@ -645,3 +645,16 @@ def test_a_worker_stopping_names_no_signal_it_was_not_sent(
     assert run.returncode == 0, run.stderr
     assert "SIGUSR1" not in run.stderr, run.stderr
     assert "dmhub-async: shutdown ◆ 0 jobs complete ◆ 0 failed" in run.stderr, run.stderr
+
+
+def test_verbose_reaches_the_worker_processes(tmp_path: Path) -> None:
+    # `-v` turned the log on in the coordinator alone: its plan's counts were logged, and not
+    # one of the pages its spawned workers walked (unless DMHUB_LOG was set).
+    out = tmp_path / "june"
+    with sim_process(2_000) as sim:
+        run = dmhub(sim, tmp_path, "export", "--out", str(out), "--shards", "2", "--workers", "2",
+                    "-v", "-q")  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    pages = [line for line in run.stderr.splitlines() if "GET /v1/customers?" in line]
+    assert len(pages) >= 20, run.stderr[-2000:]  # 2,000 customers, 100 a page: the workers'
+    assert all(" DEBUG dmhub_async: " in line for line in pages), pages[:3]
