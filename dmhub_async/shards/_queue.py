@@ -725,9 +725,13 @@ async def run_on_queue(
         )
         try:
             await _ping(pool)
+            await _refuse_a_run_elsewhere(pool, where, manifest, todo)
         except (RedisError, OSError) as err:
             await pool.aclose()
             raise queue_redis_error(redis_url, err) from None
+        except BaseException:
+            await pool.aclose()
+            raise
         # Then a Redis that went away (refused, or a command's connection reset: a restart, a
         # failover) is waited for as the workers wait: the export stopped at once, the fleet
         # still running.
@@ -741,6 +745,55 @@ async def run_on_queue(
             return await _follow(pool, where, manifest, todo, bar, *settings)
         except RedisError as err:  # gone mid-run: the manifest is written as it stands
             raise queue_redis_error(redis_url, err, then=GONE_MID_RUN) from None
+
+
+async def _refuse_a_run_elsewhere(
+    pool: ArqRedis, where: Path, manifest: Manifest, todo: dict[int, ShardOutcome]
+) -> None:
+    """Refuse to enqueue ``todo`` while jobs of this plan at another path are on the queue.
+
+    The export's id, and so its jobs' ids, are of its path: rerun at another one (the
+    directory moved, or mounted elsewhere) while its first run's jobs were still queued or
+    running, the coordinator enqueued a second job for each shard, and two workers exported
+    one shard into one part (the same files), kept apart only by the part's file lock where
+    file locks hold. A job stays in arq's queue until it ends; those of this plan (its id is
+    in theirs) under another export id are the other run's.
+    """
+    from arq.constants import default_queue_name
+    from arq.jobs import DeserializationError, Job
+
+    if not manifest.plan_id or not todo:  # a manifest of 0.1.0's: its jobs name no plan
+        return
+    mine = export_id_of(where)
+    theirs: dict[str, list[int]] = {}
+    for raw in await pool.zrange(default_queue_name, 0, -1):
+        parts = raw.decode(errors="replace").split(":")
+        if len(parts) != 4 or parts[0] != "dmhub-export" or parts[2] != manifest.plan_id:
+            continue
+        if parts[1] != mine and parts[3].isdigit() and int(parts[3]) in todo:
+            theirs.setdefault(raw.decode(), []).append(int(parts[3]))
+    if not theirs:
+        return
+    indexes = sorted(i for found in theirs.values() for i in found)
+    old = None
+    with contextlib.suppress(DeserializationError):  # a job of another version: not named
+        info = await Job(next(iter(theirs)), pool).info()
+        task = info.args[0] if info is not None and info.args else None
+        old = task.get("directory") if isinstance(task, dict) else None
+    at = printable(str(old))[:300] if old else "another path"
+    if len(indexes) == 1:
+        shards, verb, them, their, ended = f"shard {indexes[0]}", "is", "it", "its", "it has"
+    else:
+        shown = [str(i) for i in indexes[:6]]  # a run of thousands: six, and how many more
+        last = f"{len(indexes) - 5} more" if len(indexes) > 6 else shown[-1]
+        named = f"{', '.join(shown[:-1])} and {last}"
+        shards, verb, them, their, ended = f"shards {named}", "are", "them", "their", "they have"
+    each = "each of them" if len(indexes) > 1 else "it"
+    raise InvalidRequestError(
+        f"{shards} of this export {verb} still on the queue from its run at {at} (queued, or "
+        f"being exported by a worker there): two workers would export {each} at once. Rerun "
+        f"the export at {at} to follow {them} to {their} end, or rerun here once {ended} ended"
+    )
 
 
 async def _follow(

@@ -1460,3 +1460,56 @@ async def test_a_coordinator_stopped_says_its_shards_were_left_on_the_queue(
         "exporting it; rerun the same command to follow it to its end"
         for s in on_disk.shards
     ), on_disk.shards
+
+
+async def test_a_rerun_at_another_path_while_the_old_runs_jobs_are_queued_is_refused(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    # The export's id is of its path: rerun at another path (the directory mounted elsewhere)
+    # while its run at the first one had left its jobs on the queue, it enqueued a second job
+    # for each shard, and two workers exported one shard into one part, kept apart only by
+    # the part's file lock (where file locks hold), the old job's part overwriting the
+    # new run's once it was complete. Now refused, saying where the old jobs are and what to do.
+    out = tmp_path / "out"
+    out.mkdir()
+    manifest = Manifest.new(
+        [
+            Shard(0, None, datetime(2020, 1, 1, tzinfo=timezone.utc)),
+            Shard(1, datetime(2020, 1, 1, tzinfo=timezone.utc), None),
+        ],
+        fmt="jsonl",
+        base_url="http://127.0.0.1:1",
+        app_id="a",
+        filters={},
+    )
+    manifest.write(out)
+
+    async def stop(_: float) -> None:
+        raise _Stop
+
+    with pytest.raises(_Stop):  # no worker: its jobs stay queued
+        await run_on_queue(redis.url, out, manifest, progress=False, sleep=stop)
+    assert redis.command("ZCARD", "arq:queue") == ":2"
+
+    elsewhere = tmp_path / "mounted-elsewhere"
+    elsewhere.symlink_to(out, target_is_directory=True)  # the same files at another path
+    again = Manifest.read(elsewhere)
+    assert again is not None
+    with pytest.raises(InvalidRequestError) as refused:
+        await run_on_queue(redis.url, elsewhere, again, progress=False, sleep=stop)
+    assert str(refused.value) == (
+        f"shards 0 and 1 of this export are still on the queue from its run at {out} (queued, "
+        "or being exported by a worker there): two workers would export each of them at once. "
+        f"Rerun the export at {out} to follow them to their end, or rerun here once they "
+        "have ended"
+    )
+    assert redis.command("ZCARD", "arq:queue") == ":2"  # nothing enqueued
+    on_disk = Manifest.read(out)
+    assert on_disk is not None
+    assert [s.status for s in on_disk.shards] == ["pending", "pending"]
+
+    # Once they have ended (taken off the queue), the rerun enqueues its own and follows them.
+    redis.command("DEL", "arq:queue")
+    with pytest.raises(_Stop):
+        await run_on_queue(redis.url, elsewhere, again, progress=False, sleep=stop)
+    assert redis.command("ZCARD", "arq:queue") == ":2"
