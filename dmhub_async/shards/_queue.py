@@ -394,9 +394,10 @@ async def _local_directory(task: dict[str, Any], mounts: Mapping[str, str]) -> P
     it (the longest of the coordinator's paths it lies in), checked to be the job's export.
 
     A job names the directory by the coordinator's path: a worker that mounts the shared
-    volume elsewhere failed every shard ("cannot write to ..."). Mapped, the directory must
-    hold the manifest of the job's plan (its id): a mount to another export's directory, or
-    to an empty one, would have exported the shard there.
+    volume elsewhere failed every shard ("cannot write to ..."). Mapped or not, the directory
+    must hold the manifest of the job's plan (its id): a mount to another export's directory,
+    or to an empty one, or a directory of the worker's own at the coordinator's path, would
+    have exported the shard there.
     """
     named = os.fspath(task["directory"])
     for theirs in sorted(mounts, key=len, reverse=True):
@@ -412,6 +413,10 @@ async def _local_directory(task: dict[str, Any], mounts: Mapping[str, str]) -> P
         raise InvalidRequestError(
             f"the export's directory {named} is not on this worker: {_MAP_IT}"
         )
+    # Unmapped too: a worker with a directory of its own at that path (not the shared volume)
+    # exported its shard there, and the coordinator recorded it complete, the part on no
+    # machine the coordinator could merge from.
+    await asyncio.to_thread(_check_same_plan, Path(named), task, f"the export's directory {named}")
     return Path(named)
 
 

@@ -210,6 +210,39 @@ async def test_a_mount_to_another_directory_is_refused_before_anything_is_writte
     )  # no part, no checkpoint
 
 
+@pytest.mark.parametrize("found", ["no manifest", "another export"])
+async def test_a_workers_own_directory_at_the_coordinators_path_is_refused(
+    tmp_path: Path, found: str
+) -> None:
+    # Unmapped: a worker whose machine has a directory of its own at the coordinator's path
+    # (not the shared volume) exported its shard there, and the coordinator recorded it
+    # complete, the part on no machine it could merge from. The same check as a mount's.
+    june = tmp_path / "june"
+    june.mkdir()
+    if found == "another export":
+        (june / "manifest.json").write_text(json.dumps({"plan_id": "0123456789abcdef"}))
+    ctx: dict[str, Any] = {
+        "redis": _QuietRedis(),
+        "job_id": "j",
+        "pending_progress": set(),
+        "heartbeat": 10.0,
+        "takeover": 30.0,
+    }
+    async with DMHubClient("app", "s", base_url="http://127.0.0.1:9/") as client:
+        ctx["client"] = client
+        with pytest.raises(InvalidRequestError) as raised:
+            await _export_shard_job(ctx, _job(str(june), "fedcba9876543210"))
+    said = {
+        "no manifest": f"the export's directory {june} holds no manifest.json",
+        "another export": f"the export's directory {june} holds another export's manifest.json",
+    }
+    assert str(raised.value).startswith(said[found]), str(raised.value)
+    left = [june, june / "manifest.json"]
+    assert sorted(map(str, tmp_path.rglob("*"))) == sorted(  # noqa: ASYNC240
+        str(p) for p in left if p.exists()
+    )  # no part, no checkpoint
+
+
 @pytest.mark.parametrize(
     ("mounts", "why"),
     [

@@ -24,7 +24,7 @@ from _redis import RedisServer
 from shard_support import SimProcess, exported_ids, sim_process
 
 from dmhub_async import DMHubClient, DMHubError, InvalidRequestError, RedisTokenStore
-from dmhub_async.shards import Manifest, Shard
+from dmhub_async.shards import MANIFEST_NAME, Manifest, Shard
 from dmhub_async.shards._queue import export_id_of, job_id_of, run_on_queue, worker
 from dmhub_async.shards._run import prepare
 
@@ -126,6 +126,13 @@ def _job_context(client: DMHubClient) -> dict[str, Any]:
     }
 
 
+def _planned(directory: Path) -> str:
+    """``directory`` holding the manifest of plan "p" (a worker checks a job's directory is
+    its export's: a directory of its own at the coordinator's path exported the shard there)."""
+    (directory / MANIFEST_NAME).write_text('{"plan_id": "p"}', encoding="utf-8")
+    return str(directory)
+
+
 def _shard_task(sim: Any, directory: Path) -> dict[str, Any]:
     """The job a coordinator enqueues for the one shard of ``sim``'s whole window."""
     from dmhub_async.shards import _queue
@@ -134,7 +141,7 @@ def _shard_task(sim: Any, directory: Path) -> dict[str, Any]:
     return {
         "job_version": _queue.job_version(shard),
         "shard": shard.to_dict(),
-        "directory": str(directory),
+        "directory": _planned(directory),
         "format": "jsonl",
         "page_size": 100,
         "concurrency": 2,
@@ -516,7 +523,7 @@ async def test_a_long_running_worker_keeps_no_progress_write_once_it_is_done(
         }
         task = {
             "shard": Shard(0, None, None).to_dict(),
-            "directory": str(tmp_path),
+            "directory": _planned(tmp_path),
             "format": "jsonl",
             "page_size": 10,
             "concurrency": 1,
@@ -1026,7 +1033,7 @@ async def test_a_job_of_the_release_before_the_version_was_carried_is_served(
         ctx = _job_context(dm)
         task = {  # the task 95c90cd's coordinator enqueues, key for key
             "shard": Shard(0, None, None).to_dict(),
-            "directory": str(tmp_path),
+            "directory": _planned(tmp_path),
             "format": "jsonl",
             "page_size": 100,
             "concurrency": 2,
