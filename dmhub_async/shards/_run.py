@@ -26,7 +26,7 @@ from .._threads import file_work
 from .._validate import check_flag, short
 from ..export import ExportProgress, ExportReport, export_customers
 from ..export._export import check_run, retries_of
-from ..export._output import _lock, _release
+from ..export._output import _lock, _release, _sweep
 from ..resources._filters import read_id_list
 from ._manifest import (
     ID_LIST_NAME,
@@ -301,6 +301,7 @@ async def _prepare(
     recorded: dict[str, Any],
     filters: dict[str, Any],
 ) -> Manifest:
+    await file_work(lambda: _sweep_killed_writes(where))
     existing = _manifest_in(where)
     if existing is not None:
         text: bytes | None = None
@@ -345,6 +346,17 @@ async def _prepare(
     )
     await ManifestWriter(manifest, where).write()
     return manifest
+
+
+def _sweep_killed_writes(where: Path) -> None:
+    """Remove the temporary files of a manifest or id list write that a killed run left.
+
+    The coordinator's lock is held: no live run is writing either, so such a file
+    (``.manifest.json.xxxxxxxx.tmp``) is one a run killed mid-write left, each ``kill -9`` one
+    more; an export sweeps its own so (export/_output.py).
+    """
+    for name in (MANIFEST_NAME, ID_LIST_NAME):
+        _sweep(where / name, "tmp")
 
 
 def _recheck_parts(where: Path, manifest: Manifest) -> bool:

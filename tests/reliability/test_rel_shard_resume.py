@@ -64,3 +64,25 @@ async def test_a_sign_up_while_a_sharded_export_was_down_is_exported(
         assert len(ids) == len(set(ids))
         assert signed_up["id"] in ids
         assert set(ids) == set(sim.customer_ids())
+
+
+async def test_a_rerun_removes_the_temporary_files_of_a_run_killed_writing_them(
+    connect: Any, tmp_path: Path
+) -> None:
+    """A run SIGKILLed while it wrote its manifest (or its id list) leaves the ``mkstemp`` file
+    it was writing, ``.manifest.json.xxxxxxxx.tmp``; each kill one more. The soak found one
+    left after the rerun completed: a single-file export's rerun removes its own so."""
+    async with DMHubSimulator(customers=300, seed=12) as sim:
+        dm: DMHubClient = connect(sim)
+        out = tmp_path / "parts"
+        assert (await export_sharded(dm, out, 2, progress=False)).complete
+        left = [out / ".manifest.json.k1ll3d_0.tmp", out / ".id_list.txt.k1ll3d_1.tmp"]
+        for path in left:
+            path.write_bytes(b'{"format": "jsonl", "sha')  # cut short by the kill
+        other = out / "notes.tmp"  # not a work file of the export's: kept
+        other.write_bytes(b"mine")
+
+        assert (await export_sharded(dm, out, 2, progress=False)).complete
+
+        assert not [p.name for p in left if p.exists()]
+        assert other.read_bytes() == b"mine"
