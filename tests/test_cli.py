@@ -800,3 +800,28 @@ def test_a_full_standard_output_is_named_in_the_error(
 
     assert result.returncode == 1, result.stderr
     assert result.stderr == "dmhub-async: error: standard output: No space left on device\n"
+
+
+def test_export_verify_always_runs_the_final_check_the_library_offers(
+    served: ServedSimulator, env: dict[str, str], tmp_path: Path
+) -> None:
+    # One delete and one insert between two page reads leave the count as it was, and with
+    # nothing else to suggest a change the final check did not run: the export could miss a
+    # customer and say complete (docs/reliability.md's "balanced churn"). The library's
+    # verify="always" runs that check after every export; the command line had no way to ask.
+    run = [
+        run_cli(
+            "export", "--out", f"{name}.jsonl", *flags, "--report", "json", env=env, cwd=tmp_path
+        )
+        for name, flags in (("plain", ()), ("checked", ("--verify", "always")))
+    ]
+    sharded = run_cli(
+        "export", "--out", "parts", "--shards", "2", "--verify", "always", env=env, cwd=tmp_path
+    )
+
+    assert [r.returncode for r in run] == [0, 0], run[1].stderr
+    plain, checked = (json.loads(r.stdout) for r in run)
+    assert plain["verified"] is None
+    assert checked["verified"] is True
+    assert jsonl_ids(tmp_path / "checked.jsonl") == served.ids()
+    assert_one_line_error(sharded, 2, "--verify always")

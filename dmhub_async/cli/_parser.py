@@ -303,6 +303,13 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument(
         "--page-size", type=_int_in(1, 100), default=100, metavar="N", help="customers a request"
     )
+    export.add_argument(
+        "--verify",
+        choices=("auto", "always"),
+        default="auto",
+        help="when the final check (an id-only walk) runs: auto (the default), when the export"
+        " was resumed or anything suggests customers changed; always, after every export",
+    )
     export.add_argument("--no-progress", action="store_true", help="no progress bar or lines")
     _client_flags(export, concurrency=8, command="export")
     _output_flags(export, "a CSV --out", " or, with --shards, holds another export's parts")
