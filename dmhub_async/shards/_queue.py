@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import hashlib
 import logging
@@ -76,6 +77,7 @@ __all__ = [
     "JOB_VERSION",
     "QUEUE_TIMEOUT",
     "REDIS_RETRIES",
+    "REDIS_WAIT",
     "WINDOW_JOB_VERSION",
     "check_mounts",
     "check_queue",
@@ -120,6 +122,17 @@ QUEUE_TIMEOUT = 10.0
 #: Tries of a worker's Redis command while Redis is away (a restart, a failover): with their
 #: backoff, about a minute; past it the worker stops ("cannot reach the queue's Redis").
 REDIS_RETRIES = 32
+#: Seconds a worker's (and, once its run has begun, the coordinator's) Redis command is tried
+#: for while Redis is away, whichever of this and :data:`REDIS_RETRIES` ends first: a
+#: command's tries no longer hold its connection's tries (32 of them for each of 32), and a
+#: try of a Redis that does not answer (frozen, or cut off) ends after :data:`REDIS_ANSWER`.
+REDIS_WAIT = 60.0
+#: Seconds a try of a worker's Redis command waits for its answer (arq's pool reads without a
+#: timeout: a Redis paused, or a partition that drops packets, held the worker for ever).
+REDIS_ANSWER = 10.0
+#: Seconds between a worker's health records in Redis (arq's, an hour by default): a worker
+#: busy with its shards sent Redis nothing else of its own, so saw nothing of its going.
+HEALTH_EVERY = 10.0
 
 
 def _progress_key(export_id: str, plan_id: str) -> str:
@@ -217,6 +230,68 @@ async def _ping(client: Any) -> None:
 
 async def _loading_seen(err: Exception) -> None:
     logger.info("the queue's Redis is loading its dataset: waiting for it")
+
+
+#: Set while a command is tried (see _waiting): a connect inside one of its tries is tried once.
+_TRYING: contextvars.ContextVar[bool] = contextvars.ContextVar("dmhub_redis_trying", default=False)
+
+
+def _waiting(retries: int | None = None) -> Any:
+    """The tries of a queue's Redis command while Redis is away: :data:`REDIS_RETRIES` (or
+    ``retries``) with a backoff up to 2 s, for :data:`REDIS_WAIT` seconds at most, each try
+    answered within :data:`REDIS_ANSWER` seconds (else redis-py's TimeoutError)."""
+    tries = REDIS_RETRIES if retries is None else retries
+    return _waiting_class()(_backoff(), tries, REDIS_WAIT, REDIS_ANSWER)
+
+
+@functools.cache
+def _waiting_class() -> Any:
+    """redis-py's ``Retry``, bounded in time, and not within itself.
+
+    redis-py tries a command with its connection's ``Retry``, and each try's connect with the
+    same one: a worker's command to a Redis that refused took 32 connects of 32 tries each
+    (half an hour), and one to a Redis that accepted and never answered, for ever.
+    """
+    from redis.asyncio.retry import Retry
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    class _Waiting(Retry):
+        def __init__(self, backoff: Any, retries: int, wait: float, answer: float) -> None:
+            super().__init__(backoff, retries)
+            self.wait, self.answer = wait, answer
+
+        async def call_with_retry(self, do: Any, fail: Any) -> Any:
+            if _TRYING.get():  # a connect within a command's try: the command's tries count
+                try:
+                    return await do()
+                except self._supported_errors as error:
+                    await fail(error)
+                    raise
+            trying = _TRYING.set(True)
+            try:
+                return await self._tries(do, fail)
+            finally:
+                _TRYING.reset(trying)
+
+        async def _tries(self, do: Any, fail: Any) -> Any:
+            self._backoff.reset()  # type: ignore[no-untyped-call]
+            until = time.monotonic() + self.wait
+            failures = 0
+            while True:
+                try:
+                    try:
+                        return await asyncio.wait_for(do(), self.answer)
+                    except asyncio.TimeoutError:  # the read cancelled: its connection closed
+                        raise RedisTimeoutError(f"no answer in {self.answer:g} s") from None
+                except self._supported_errors as error:
+                    failures += 1
+                    await fail(error)
+                    pause = self._backoff.compute(failures)
+                    if failures > self._retries or time.monotonic() + pause >= until:
+                        raise error
+                    await asyncio.sleep(pause)
+
+    return _Waiting
 
 
 def _backoff() -> Any:
@@ -555,8 +630,9 @@ def worker(
             job's directory applies.
 
     A Redis that goes away (restarted, failed over) is waited for, about a minute
-    (:data:`REDIS_RETRIES` tries of each command); past that ``run()`` raises redis-py's
-    ConnectionError.
+    (:data:`REDIS_RETRIES` tries of each command, within :data:`REDIS_WAIT` seconds, each
+    answered within :data:`REDIS_ANSWER`); past that ``run()`` raises redis-py's
+    ConnectionError (or TimeoutError: a Redis paused or cut off).
     """
     # Finite: an infinite takeover was taken, then every job failed renewing its mark.
     check_number("worker(): heartbeat", heartbeat, 0, inclusive=False, finite=True)
@@ -571,15 +647,15 @@ def worker(
         check_shared_rate("worker(): rate_limit", rate_limit)
     mapped = check_mounts(mounts) if mounts is not None else {}
     from arq.worker import func
-    from redis.asyncio.retry import Retry
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import TimeoutError as RedisTimeoutError
 
     # A Redis restarted or failed over is waited for: without tries, the worker's first poll
     # after it went away raised, and every worker of the fleet exited. Each command (and each
-    # connection) is tried again, with a backoff up to 2 s, for about a minute; arq's own
-    # tries at the start would repeat that minute five times.
-    settings_of_redis.retry = Retry(_backoff(), REDIS_RETRIES)
+    # connection) is tried again, with a backoff up to 2 s, for about a minute (REDIS_WAIT),
+    # each try answered within REDIS_ANSWER; arq's own tries at the start would repeat that
+    # minute five times.
+    settings_of_redis.retry = _waiting()
     # A refused connection is an OSError (redis-py's tries know only its own errors).
     settings_of_redis.retry_on_error = [RedisConnectionError, RedisTimeoutError, OSError]
     settings_of_redis.conn_retries = 0
@@ -627,6 +703,8 @@ def worker(
         burst=burst,
         keep_result=7 * 24 * 3600,
         poll_delay=0.5,
+        # Redis heard from while the worker's shards run: it stops once Redis is gone.
+        health_check_interval=HEALTH_EVERY,
         handle_signals=handle_signals,
     )
     # arq marks a job in progress for its whole timeout plus 10 s; the job's heartbeat keeps
@@ -639,11 +717,34 @@ def worker(
 def _worker_class() -> Any:
     """arq's ``Worker``, whose close neither waits for nor fails on a Redis gone by then."""
     from arq.worker import Worker
-    from redis.asyncio.retry import Retry
-    from redis.backoff import NoBackoff
     from redis.exceptions import RedisError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
 
     class _ShardWorker(Worker):
+        async def main(self) -> None:
+            """arq's main, its pool's every read answered within :data:`REDIS_ANSWER`.
+
+            arq's pool reads without a timeout: a try of a command is bounded (_waiting), but
+            not the reads a new connection makes as it connects (redis-py's CLIENT SETINFO),
+            which a frozen Redis left unanswered for ever.
+            """
+            if self._pool is None:
+                from arq.connections import create_pool
+
+                made = create_pool(
+                    self.redis_settings,
+                    job_deserializer=self.job_deserializer,
+                    job_serializer=self.job_serializer,
+                    default_queue_name=self.queue_name,
+                    expires_extra_ms=self.expires_extra_ms,
+                )
+                try:
+                    self._pool = await asyncio.wait_for(made, REDIS_WAIT + REDIS_ANSWER)
+                except asyncio.TimeoutError:  # as a command's tries say it: "cannot reach"
+                    raise RedisTimeoutError(f"no answer in {REDIS_WAIT:g} s") from None
+            _answered_within(self._pool, REDIS_ANSWER)
+            await super().main()
+
         async def close(self) -> None:
             """Stop: arq's close, which tells Redis the worker is gone; with Redis away, the
             worker's own shutdown all the same, at once.
@@ -653,8 +754,10 @@ def _worker_class() -> Any:
             waited a minute first. The health key it could not delete expires on its own.
             """
             pool = self._pool
-            if pool is not None:
-                pool.connection_pool.set_retry(Retry(NoBackoff(), 0))
+            if pool is not None:  # one try each, answered in REDIS_ANSWER: a frozen Redis too
+                once = _waiting(retries=0)
+                pool.connection_pool.set_retry(once)
+                pool.connection_pool.connection_kwargs["retry"] = once  # its new connections
             try:
                 await super().close()
             except (RedisError, OSError) as err:
@@ -668,6 +771,15 @@ def _worker_class() -> Any:
                     await pool.aclose()
 
     return _ShardWorker
+
+
+def _answered_within(pool: Any, seconds: float) -> None:
+    """Every read of ``pool``'s connections, theirs now and those it makes, bounded."""
+    connections = pool.connection_pool
+    connections.connection_kwargs["socket_timeout"] = seconds
+    for which in ("_available_connections", "_in_use_connections"):
+        for connection in getattr(connections, which, ()):
+            connection.socket_timeout = seconds
 
 
 async def _close(client: Any, limiter: Any, writes: set[asyncio.Future[Any]]) -> None:
@@ -741,7 +853,7 @@ async def run_on_queue(
         # failover) is waited for as the workers wait: the export stopped at once, the fleet
         # still running.
         # (Retry's own errors take in a timeout too; the pool's retry_on_error still does not.)
-        waiting = Retry(_backoff(), REDIS_RETRIES)
+        waiting = _waiting()
         pool.connection_pool.set_retry(waiting)
         pool.connection_pool.connection_kwargs["retry"] = waiting  # and its later connections
         bar = ProgressBar(progress, manifest, on_total)

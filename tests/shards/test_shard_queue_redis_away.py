@@ -1,0 +1,150 @@
+"""A queue's Redis that goes away mid-run, killed or frozen: the worker and the coordinator stop
+within their wait (``REDIS_WAIT``), whichever way it went. A real redis-server, stopped by the
+test (SIGKILL: its port refuses; SIGSTOP: it accepts and never answers); the waits cut short."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytest
+from _redis import RedisServer
+from shard_support import sim_process
+
+from dmhub_async import DMHubClient, DMHubError, RedisTokenStore
+from dmhub_async.shards import Manifest, Shard, _queue
+from dmhub_async.shards._run import prepare
+
+pytestmark = pytest.mark.timeout(90)
+
+#: The waits of the test: a second's answer a try, 2 s of tries, a health record a second.
+WAIT, ANSWER, HEALTH = 2.0, 1.0, 1.0
+
+
+def _away(redis: RedisServer, how: str) -> None:
+    assert redis._proc is not None
+    if how == "killed":
+        redis.kill()
+    else:
+        os.kill(redis._proc.pid, signal.SIGSTOP)
+
+
+def _back(redis: RedisServer, how: str) -> None:
+    if how == "frozen" and redis._proc is not None:
+        os.kill(redis._proc.pid, signal.SIGCONT)
+
+
+async def _wait_for_rows(redis: RedisServer) -> None:
+    """Until the shard has reported rows written (the worker is mid-shard)."""
+    for _ in range(600):
+        keys = redis.command("KEYS", "dmhub_async:export:*")
+        if keys.startswith("*") and keys != "*0":
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("no shard reported progress")
+
+
+@pytest.mark.parametrize("how", ["killed", "frozen"])
+async def test_a_worker_whose_redis_goes_away_mid_shard_stops_within_its_wait(
+    tmp_path: Path, redis: RedisServer, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    # Measured: 5 min 55 s for `dmhub-async worker` to stop, where the docs say about a minute.
+    # Each command's tries (REDIS_RETRIES) held the tries of its connection's connect, the
+    # same again (32 x 32 with a Redis that refuses); a frozen Redis (SIGSTOP, a partition
+    # dropping packets) was waited on for ever, the worker's pool reading without a timeout;
+    # and while a shard ran the worker sent Redis nothing of its own but arq's health record,
+    # once an hour, so saw nothing of its going.
+    monkeypatch.setattr(_queue, "REDIS_WAIT", WAIT)
+    monkeypatch.setattr(_queue, "REDIS_ANSWER", ANSWER)
+    monkeypatch.setattr(_queue, "HEALTH_EVERY", HEALTH)
+    monkeypatch.setattr(_queue, "QUEUE_TIMEOUT", ANSWER)
+    out = tmp_path / "out"
+    with sim_process(20_000, latency_ms=20) as sim:
+        store = RedisTokenStore(redis.url)
+        try:
+            async with DMHubClient(
+                sim.app_id, sim.secret, base_url=sim.url, token_store=store
+            ) as dm:
+                manifest = await prepare(dm, out, 1)
+        finally:
+            await store.aclose()
+        following = asyncio.ensure_future(
+            _queue.run_on_queue(redis.url, out, manifest, progress=False, poll=0.1)
+        )
+        arq_worker = _queue.worker(
+            redis.url,
+            handle_signals=False,
+            concurrency=1,
+            client={"app_id": sim.app_id, "secret": sim.secret, "base_url": sim.url},
+        )
+        running = asyncio.ensure_future(arq_worker.async_run())
+        try:
+            await _wait_for_rows(redis)
+            _away(redis, how)
+            began = time.monotonic()
+            with pytest.raises(Exception) as gone:  # noqa: PT011 - redis-py's, said below
+                await asyncio.wait_for(asyncio.shield(running), 40)
+            stopped_after = time.monotonic() - began
+            await asyncio.wait_for(_close(arq_worker), 20)
+            closed_after = time.monotonic() - began
+        finally:
+            _back(redis, how)
+            running.cancel()
+            following.cancel()
+            await asyncio.gather(running, following, return_exceptions=True)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(_close(arq_worker), 20)
+
+    from redis.exceptions import RedisError
+
+    assert isinstance(gone.value, RedisError), repr(gone.value)
+    # Its wait (2 s), a try's answer (1 s) and a health record's interval (1 s), some slack:
+    # never the tries of each connect inside those of each command, nor a read for ever.
+    assert stopped_after < 5 * WAIT + 3 * ANSWER + HEALTH, stopped_after
+    assert closed_after < stopped_after + 6 * ANSWER, (stopped_after, closed_after)
+
+
+async def _close(arq_worker: Any) -> None:
+    with warnings.catch_warnings():  # arq closes its pool by redis-py's deprecated close()
+        warnings.simplefilter("ignore", DeprecationWarning)
+        await arq_worker.close()
+
+
+@pytest.mark.parametrize("how", ["killed", "frozen"])
+async def test_a_coordinator_whose_redis_goes_away_stops_within_its_wait(
+    tmp_path: Path, redis: RedisServer, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    # The coordinator's tries held each connect's tries too: about a minute in the docs, half
+    # an hour with a Redis that refuses.
+    monkeypatch.setattr(_queue, "REDIS_WAIT", WAIT)
+    monkeypatch.setattr(_queue, "REDIS_ANSWER", ANSWER)
+    monkeypatch.setattr(_queue, "QUEUE_TIMEOUT", ANSWER)
+    out = tmp_path / "out"
+    manifest = Manifest.new(
+        [Shard(0, None, None)], fmt="jsonl", base_url="http://127.0.0.1:1", app_id="a", filters={}
+    )
+    began = 0.0
+
+    async def sleep(_: float) -> None:
+        nonlocal began
+        if not began:  # the job enqueued, no worker to take it: Redis goes away
+            _away(redis, how)
+            began = time.monotonic()
+
+    try:
+        with pytest.raises(DMHubError, match=r"^cannot reach the queue's Redis at redis://127"):
+            await asyncio.wait_for(
+                _queue.run_on_queue(redis.url, out, manifest, progress=False, sleep=sleep), 40
+            )
+    finally:
+        _back(redis, how)
+    assert time.monotonic() - began < 5 * WAIT + 3 * ANSWER
+    on_disk = Manifest.read(out)
+    assert on_disk is not None
+    assert on_disk.status() == "incomplete"
