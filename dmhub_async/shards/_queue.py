@@ -132,7 +132,11 @@ REDIS_WAIT = 60.0
 REDIS_ANSWER = 10.0
 #: Seconds between a worker's health records in Redis (arq's, an hour by default): a worker
 #: busy with its shards sent Redis nothing else of its own, so saw nothing of its going.
-HEALTH_EVERY = 10.0
+HEALTH_EVERY = 5.0
+#: Seconds a stopping worker waits for each of its last commands (one try each), and for the
+#: progress writes still pending: a healthy Redis answers in milliseconds, and a frozen one
+#: held a stop already past its wait for 10 s a command.
+CLOSE_ANSWER = 2.0
 
 
 def _progress_key(export_id: str, plan_id: str) -> str:
@@ -236,12 +240,13 @@ async def _loading_seen(err: Exception) -> None:
 _TRYING: contextvars.ContextVar[bool] = contextvars.ContextVar("dmhub_redis_trying", default=False)
 
 
-def _waiting(retries: int | None = None) -> Any:
+def _waiting(retries: int | None = None, answer: float | None = None) -> Any:
     """The tries of a queue's Redis command while Redis is away: :data:`REDIS_RETRIES` (or
     ``retries``) with a backoff up to 2 s, for :data:`REDIS_WAIT` seconds at most, each try
-    answered within :data:`REDIS_ANSWER` seconds (else redis-py's TimeoutError)."""
+    answered within :data:`REDIS_ANSWER` (or ``answer``) seconds and within the time left
+    (else redis-py's TimeoutError)."""
     tries = REDIS_RETRIES if retries is None else retries
-    return _waiting_class()(_backoff(), tries, REDIS_WAIT, REDIS_ANSWER)
+    return _waiting_class()(_backoff(), tries, REDIS_WAIT, answer or REDIS_ANSWER)
 
 
 @functools.cache
@@ -278,11 +283,12 @@ def _waiting_class() -> Any:
             until = time.monotonic() + self.wait
             failures = 0
             while True:
+                within = max(min(self.answer, until - time.monotonic()), 0.001)
                 try:
                     try:
-                        return await asyncio.wait_for(do(), self.answer)
+                        return await asyncio.wait_for(do(), within)
                     except asyncio.TimeoutError:  # the read cancelled: its connection closed
-                        raise RedisTimeoutError(f"no answer in {self.answer:g} s") from None
+                        raise RedisTimeoutError(f"no answer in {within:.3g} s") from None
                 except self._supported_errors as error:
                     failures += 1
                     await fail(error)
@@ -754,8 +760,9 @@ def _worker_class() -> Any:
             waited a minute first. The health key it could not delete expires on its own.
             """
             pool = self._pool
-            if pool is not None:  # one try each, answered in REDIS_ANSWER: a frozen Redis too
-                once = _waiting(retries=0)
+            if pool is not None:  # one try each, answered in CLOSE_ANSWER: a frozen Redis too
+                once = _waiting(retries=0, answer=CLOSE_ANSWER)
+                _answered_within(pool, CLOSE_ANSWER)
                 pool.connection_pool.set_retry(once)
                 pool.connection_pool.connection_kwargs["retry"] = once  # its new connections
             try:
@@ -783,7 +790,11 @@ def _answered_within(pool: Any, seconds: float) -> None:
 
 
 async def _close(client: Any, limiter: Any, writes: set[asyncio.Future[Any]]) -> None:
-    await asyncio.gather(*writes, return_exceptions=True)
+    if writes:  # hints: those a Redis gone leaves unanswered are not waited for (CLOSE_ANSWER)
+        _, unwritten = await asyncio.wait(set(writes), timeout=CLOSE_ANSWER)
+        for writing in unwritten:
+            writing.cancel()
+        await asyncio.gather(*writes, return_exceptions=True)
     if client is not None:
         await client.aclose()
     if limiter is not None:
