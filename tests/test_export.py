@@ -1407,6 +1407,17 @@ def test_report_summary_and_completeness() -> None:
     assert "MISMATCH" in report.summary()
 
 
+def test_a_report_of_one_says_it_in_the_singular() -> None:
+    # "exported      1 customers", "1 repeated ids dropped", "(1 retries)".
+    report = ExportReport(
+        "x.jsonl", "jsonl", exported=1, duplicates=1, retries=1, count_before=1, count_after=1
+    )
+    summary = report.summary()
+    assert "exported      1 customer to x.jsonl (jsonl)" in summary
+    assert "duplicates    1 repeated id dropped" in summary
+    assert "(1 retry)" in summary
+
+
 def test_the_readme_example_exports_and_reports(tmp_path: Path) -> None:
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
     [code] = [b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "leads.ckpt" in b]

@@ -24,6 +24,7 @@ from .._client import DMHubClient
 from .._exceptions import APIError, AuthenticationError, InvalidRequestError
 from .._query_time import zone_setting
 from .._validate import check_identity, mangled_value
+from .._words import counted
 from ..export import ExportReport, export_customers
 from ..models.identity import Identity
 from ..resources._filters import _filter_params
@@ -502,9 +503,8 @@ async def _lookup_rows(args: argparse.Namespace, infile: Path, name: str, encodi
                 ) from None
     where = "standard output" if args.out == STDOUT else args.out
     data = {"path": args.out, "resolved": found + missing, "found": found, "not_found": missing}
-    text = f"resolved {found + missing} identities: {found} found, {missing} not found -> " + shown(
-        where
-    )
+    resolved = counted(found + missing, "identity", "identities")
+    text = f"resolved {resolved}: {found} found, {missing} not found -> " + shown(where)
     print_report(data, text, style=args.report, quiet=args.quiet, out=_report_stream(args))
     return EXIT_OK
 
@@ -548,7 +548,7 @@ async def _demo(args: argparse.Namespace) -> int:
     latency = args.latency_ms
     # The banner is for people: with --report json, stdout holds the one JSON object only.
     say = print if not args.quiet and args.report == "text" else lambda *_: None
-    say(f"seeding an in-process DM Hub simulator with {args.customers:,} customers ...")
+    say(f"seeding an in-process DM Hub simulator with {counted(args.customers, 'customer')} ...")
     started = time.monotonic()
     with interruptible():  # blocking: the loop would see a signal only once it had ended
         sim = DMHubSimulator(customers=args.customers)

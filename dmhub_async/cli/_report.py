@@ -13,6 +13,7 @@ from typing import Any, TextIO
 import attrs
 
 from .._validate import printable
+from .._words import counted
 from ..export import ExportProgress, ExportReport
 from ._errors import CommandError, unnamed_write_error
 
@@ -125,7 +126,7 @@ def ids_listed(listed: int, exported: int, *, complete: bool) -> str:
     """``500 ids listed, 390 of them of no customer, or of one the filters leave out``: what
     an export of an id list (``listed`` ids, each once) says of its size, in one process or in
     shards. An id of no customer is no error, and a complete export of one exports nothing."""
-    said = f"{listed:,} ids listed"
+    said = f"{counted(listed, 'id')} listed"
     if complete and exported < listed:  # exported: each listed id once at most
         said += f", {listed - exported:,} of them of no customer, or of one the filters leave out"
     return said

@@ -21,6 +21,7 @@ from typing import Any
 from .._auth import FileTokenStore, RedisTokenStore
 from .._exceptions import AuthenticationError, DMHubError, InvalidRequestError, TokenStoreError
 from .._redact import redact
+from .._words import counted
 from ..shards import MANIFEST_NAME, Manifest, merge
 from ..shards._local import WorkerSettings, private_token_directory, run_in_processes
 from ..shards._manifest import ShardOutcome
@@ -292,8 +293,9 @@ def _finish(manifest: Manifest, args: argparse.Namespace) -> int:
     done = sum(s.status == "complete" for s in manifest.shards)
     retries, data["retries"] = _retries(manifest)
     text = (
-        f"exported {manifest.exported:,} customers in {len(manifest.shards)} parts to "
-        f"{shown(args.out)} ({done} of {len(manifest.shards)} complete; {_planned(manifest)}; "
+        f"exported {counted(manifest.exported, 'customer')} in "
+        f"{counted(len(manifest.shards), 'part')} to {shown(args.out)} ({done} of "
+        f"{len(manifest.shards)} complete; {_planned(manifest)}; "
         f"{retries})"
     )
     for s in manifest.shards:
@@ -319,7 +321,8 @@ def _finish(manifest: Manifest, args: argparse.Namespace) -> int:
     if not manifest.complete and args.quiet and args.report == "text":
         # As a one-file export says it: exit 3 alone said nothing of what to do.
         print(
-            f"dmhub-async: incomplete: {done} of {len(manifest.shards)} parts complete in "
+            f"dmhub-async: incomplete: {done} of {counted(len(manifest.shards), 'part')} "
+            "complete in "
             f"{args.out}; rerun the same command to finish them",
             file=sys.stderr,
         )
@@ -380,11 +383,11 @@ def _retries(manifest: Manifest) -> tuple[str, int | None]:
         ]
         said = f"the parts' retries not counted ({', or '.join(why)})"
         if plan:
-            said = f"{plan} retries planning, {said}"
+            said = f"{counted(plan, 'retry', 'retries')} planning, {said}"
         elif plan is None:
             said += ", nor the plan's"
         return said, None
-    said = f"{manifest.retries} retries" + (f" ({plan} planning)" if plan else "")
+    said = counted(manifest.retries, "retry", "retries") + (f" ({plan} planning)" if plan else "")
     left_out = []
     if earlier:
         left_out.append(f"{_named(earlier)}'s (exported by an earlier release)")
@@ -557,6 +560,8 @@ async def merge_command(args: argparse.Namespace) -> int:
     # Records, as merge() counts them: a CSV record may span lines (a line break in a field).
     # "lines" is the name this count had before, kept for the scripts that read it.
     data = {"path": args.out, "records": records, "lines": records}
-    text = f"merged {records:,} records from {shown(args.directory)} into {shown(args.out)}"
+    text = (
+        f"merged {counted(records, 'record')} from {shown(args.directory)} into {shown(args.out)}"
+    )
     print_report(data, text, style=args.report, quiet=args.quiet, out=sys.stdout)
     return EXIT_OK

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import attrs
 
+from .._words import noun
+
 __all__ = ["ExportProgress", "ExportReport"]
 
 
@@ -55,10 +57,11 @@ class ExportReport:
     def summary(self) -> str:
         """The report as a few readable lines."""
         lines = [
-            f"exported      {self.exported} customers to {self.path} ({self.format})",
-            f"duplicates    {self.duplicates} repeated ids dropped",
+            f"exported      {self.exported} {noun(self.exported, 'customer')} to {self.path} "
+            f"({self.format})",
+            f"duplicates    {self.duplicates} repeated {noun(self.duplicates, 'id')} dropped",
             f"count         {self.count_before} before, {self.count_after} after",
-            f"pages         {self.pages} ({self.retries} retries)",
+            f"pages         {self.pages} ({self.retries} {noun(self.retries, 'retry', 'retries')})",
             f"time          {self.seconds:.1f}s ({self.records_per_second:,.0f} customers/s)",
         ]
         if self.resumed:

@@ -30,6 +30,7 @@ from .._auth import normalise_base_url
 from .._exceptions import InvalidRequestError
 from .._threads import on_thread
 from .._validate import short
+from .._words import counted
 from ..export._checkpoint import ExportScope, recorded_scope
 from ..export._export import check_output_name
 from ..export._output import _lock, _release, _sweep
@@ -180,7 +181,7 @@ class ShardOutcome:
             return f"{self.file} {not_a_part(part)}"
         size = part.stat().st_size
         if self.size is not None and size != self.size:
-            return f"{self.file} holds {size:,} bytes, {self.size:,} when it was exported"
+            return f"{self.file} holds {counted(size, 'byte')}, {self.size:,} when it was exported"
         return None
 
 
@@ -210,7 +211,7 @@ class Manifest:
         # 8 shards, 27,000 for 64, in a debugger or a log line of export_sharded's result.
         done = sum(s.status == "complete" for s in self.shards)
         return (
-            f"<Manifest {self.status()}: {self.format}, {len(self.shards)} shards "
+            f"<Manifest {self.status()}: {self.format}, {counted(len(self.shards), 'shard')} "
             f"({done} complete), {self.exported:,} exported of {self.planned:,} planned, "
             f"base_url={self.base_url!r}, app_id={self.app_id!r}>"
         )
@@ -761,7 +762,8 @@ def _copy_parts(manifest: Manifest, directory: Path, out: BinaryIO, allow_incomp
             # checkpoint's byte count, unchecked.
             raise InvalidRequestError(
                 f"{outcome.file} is not what its checkpoint says was exported (not "
-                f"{committed.exported:,} records ending with customer {committed.last_id}): "
+                f"{counted(committed.exported or 0, 'record')} ending with customer "
+                f"{committed.last_id}): "
                 "another export's part, or edited; delete it and its checkpoint and rerun the "
                 "export, which exports that shard again"
             )
@@ -773,15 +775,15 @@ def _copy_parts(manifest: Manifest, directory: Path, out: BinaryIO, allow_incomp
             )
         if appended:
             logger.warning(
-                "merge: %s: %s bytes appended since it was exported: left out",
+                "merge: %s: %s appended since it was exported: left out",
                 outcome.file,
-                f"{appended:,}",
+                counted(appended, "byte"),
             )
         if unfinished:
             logger.warning(
-                "merge: %s: %s records merged, %s (not complete)",
+                "merge: %s: %s merged, %s (not complete)",
                 outcome.file,
-                f"{records - before:,}",
+                counted(records - before, "record"),
                 _where_it_stands(outcome, directory),
             )
     return records

@@ -31,6 +31,7 @@ from .._exceptions import InvalidRequestError
 from .._query_time import in_utc, query_time
 from .._tasks import together
 from .._validate import check_number, short
+from .._words import counted
 from ..resources._batches import check_room, walked
 from ..resources._filters import checked_ids
 
@@ -490,7 +491,10 @@ async def plan_counted(
         held = counts[i + 1] - counts[i]
         note = None
         if start is not None and end is not None and end - start == 1 and held > share * 1.5:
-            note = f"{held} customers were created within one second: this window cannot be split"
+            note = (
+                f"{counted(held, 'customer')} {'was' if held == 1 else 'were'} created within "
+                "one second: this window cannot be split"
+            )
         shards.append(
             Shard(
                 index=i,

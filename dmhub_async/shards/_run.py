@@ -24,6 +24,7 @@ from .._atomic import replace_file
 from .._exceptions import DMHubError, InvalidRequestError
 from .._threads import file_work
 from .._validate import check_flag, short
+from .._words import counted
 from ..export import ExportProgress, ExportReport, export_customers
 from ..export._export import check_run, retries_of
 from ..export._output import _lock, _release, _sweep
@@ -428,7 +429,7 @@ class ProgressBar:
                 initial=sum(self._done.values()),
                 unit=" customers",
                 unit_scale=True,
-                desc=f"{len(manifest.shards)} shards",
+                desc=counted(len(manifest.shards), "shard"),
                 file=sys.stderr,
             )
 

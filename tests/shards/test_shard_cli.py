@@ -658,3 +658,17 @@ def test_verbose_reaches_the_worker_processes(tmp_path: Path) -> None:
     pages = [line for line in run.stderr.splitlines() if "GET /v1/customers?" in line]
     assert len(pages) >= 20, run.stderr[-2000:]  # 2,000 customers, 100 a page: the workers'
     assert all(" DEBUG dmhub_async: " in line for line in pages), pages[:3]
+
+
+def test_a_report_of_one_says_one_customer_in_one_part(tmp_path: Path) -> None:
+    # "exported 1 customers in 1 parts", "merged 1 records": a count of one said as many.
+    out = tmp_path / "one"
+    with sim_process(1) as sim:
+        run = dmhub(sim, tmp_path, "export", "--out", str(out), "--shards", "1")
+        merged = dmhub(sim, tmp_path, "merge", str(out), "--out", str(tmp_path / "one.jsonl"))
+
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith(f"exported 1 customer in 1 part to {out} (1 of 1 complete;")
+    assert "0 retries" in run.stdout
+    assert merged.returncode == 0, merged.stderr
+    assert merged.stdout.startswith("merged 1 record from ")

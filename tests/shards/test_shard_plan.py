@@ -444,3 +444,18 @@ async def test_a_sharded_exports_manifest_and_a_plan_of_ids_have_short_reprs(
     assert len(repr(first)) < 400
     assert "filters={'stage': 'lead', 'id_list': <150,000 ids>}" in repr(first)
     assert sim.secret not in repr(manifest) + repr(first)
+
+
+async def test_one_of_a_thing_is_said_in_the_singular(tmp_path: Path) -> None:
+    # "1 customers were created within one second" in a shard's note, "1 shards" in the
+    # manifest's repr: a count of one said as many.
+    async with (
+        DMHubSimulator(customers=1) as one,
+        DMHubClient(one.app_id, one.secret, base_url=one.url) as dm,
+    ):
+        plan = await plan_shards(dm, 3)
+        manifest = await export_sharded(dm, tmp_path / "out", 1, progress=False)
+
+    notes = [s.note for s in plan if s.note]
+    assert notes == ["1 customer was created within one second: this window cannot be split"]
+    assert "json, 1 shard (1 complete), 1 exported" in repr(manifest).replace("jsonl", "json")
