@@ -396,8 +396,9 @@ def _shard_flags(export: argparse.ArgumentParser) -> None:
         "--shards",
         type=_int_in(1, MAX_SHARDS),
         metavar="N",
-        help="split the customers into N dateCreated windows, one part file each (with "
-        "--id-list: its ids sorted, in N slices)",
+        help="split the customers into about N dateCreated windows, one part file each (a "
+        "second holding more than a share is one more; with --id-list: its ids sorted, in N "
+        "slices)",
     )
     group.add_argument(
         "--workers",

@@ -421,14 +421,18 @@ async def plan_shards(
     now: datetime | None = None,
     **filters: Unpack[CustomerFilters],
 ) -> list[Shard]:
-    """Split the customers that match ``filters`` into at most ``n`` disjoint windows, or, with
-    an ``id_list``, its ids into at most ``n`` contiguous slices.
+    """Split the customers that match ``filters`` into about ``n`` disjoint windows (at most
+    ``n``, and one more for each second that alone holds more than a share: at most
+    ``2 * n - 1``), or, with an ``id_list``, its ids into at most ``n`` contiguous slices.
 
     Each window holds about ``count / n`` customers when planned. A second that alone holds
     more than a window's share cannot be split (the service filters to the second): it becomes
-    one shard, said in its ``note``, and the plan has fewer than ``n`` shards when edges fall
-    together. Costs about ``log2(seconds in the range)`` rounds of ``n - 1`` concurrent counts;
-    a count that fails stops the others of its round before the error is raised.
+    a window of its own, said in its ``note``, beside the ``n`` windows of the counts, not in
+    one's place (merged with a neighbour, that window would hold more than its share, or the
+    plan more than its windows' promises); so ``n = 2`` with a bulk import in the middle of the
+    range plans 3 shards. The plan has fewer than ``n`` shards when edges fall together.
+    Costs about ``log2(seconds in the range)`` rounds of ``n - 1`` concurrent counts; a count
+    that fails stops the others of its round before the error is raised.
 
     With ``id_list`` (the customers to export, known by id) nothing is sent: shard ``k`` has
     the ``k``-th of ``n`` slices of about equal length of the list's ids sorted (repeats

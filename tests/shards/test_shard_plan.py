@@ -459,3 +459,24 @@ async def test_one_of_a_thing_is_said_in_the_singular(tmp_path: Path) -> None:
     notes = [s.note for s in plan if s.note]
     assert notes == ["1 customer was created within one second: this window cannot be split"]
     assert "json, 1 shard (1 complete), 1 exported" in repr(manifest).replace("jsonl", "json")
+
+
+async def test_a_plan_has_more_than_n_shards_only_for_a_dense_second_as_documented() -> None:
+    # `--shards 2 --mobile X` gave 3 parts where the docs said "at most n": a second that
+    # alone holds more than a share is a window of its own beside the n the counts cut (a
+    # cap would merge it into a neighbour past its share). The docs now say so, and the bound.
+    async with (
+        DMHubSimulator(customers=1) as one,
+        DMHubClient(one.app_id, one.secret, base_url=one.url) as dm,
+    ):
+        plan = await plan_shards(dm, 2)
+
+    assert len(plan) == 3
+    assert [s.planned_count for s in plan] == [0, 1, 0]
+    assert plan[1].note is not None
+    doc = " ".join((plan_shards.__doc__ or "").split())
+    assert "at most ``2 * n - 1``" in doc
+    assert "at most ``n`` disjoint windows" not in doc
+    sharding = " ".join((Path(__file__).parents[2] / "docs" / "sharding.md").read_text().split())
+    assert "at most `2n - 1`" in sharding
+    assert "into at most `n` windows" not in sharding
