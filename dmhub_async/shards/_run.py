@@ -328,6 +328,17 @@ async def _prepare(
             await file_work(lambda: _restore_list_file(where, listed, recorded["id_list"]))
         if _recheck_parts(where, existing):
             await ManifestWriter(existing, where).write()
+        if _planned_with_another_count(existing, shards):
+            # Taken up without a word, another count believed to be the export's.
+            logger.warning(
+                "%s: its plan of %s is taken up, not the %s asked for: a rerun keeps the plan "
+                "its directory holds (each shard its window, its part and its checkpoint); to "
+                "plan %s, export to a new directory",
+                where,
+                counted(len(existing.shards), "shard"),
+                f"{shards:,}",
+                f"{shards:,}",
+            )
         return existing
     plan, retries = await plan_counted(client, shards, None, filters)
     if plan and plan[0].id_slice is not None:
@@ -358,6 +369,25 @@ def _sweep_killed_writes(where: Path) -> None:
     """
     for name in (MANIFEST_NAME, ID_LIST_NAME):
         _sweep(where / name, "tmp")
+
+
+def _planned_with_another_count(manifest: Manifest, shards: object) -> bool:
+    """Whether ``manifest``'s plan cannot be one of ``shards`` (a rerun given another count).
+
+    Not its number of shards alone: a plan of an id list has fewer when the list holds fewer
+    ids; one of windows, one more for each second alone holding more than a share (noted),
+    and fewer when edges fall together, which they do only in such a second or when fewer
+    customers than ``shards`` were counted. A rerun of the same command said nothing then.
+    """
+    if not isinstance(shards, int) or shards == len(manifest.shards):
+        return False
+    if manifest.id_list_length is not None:
+        return len(manifest.shards) != min(shards, manifest.id_list_length)
+    noted = sum(outcome.shard.note is not None for outcome in manifest.shards)
+    counted_windows = len(manifest.shards) - noted
+    if counted_windows > shards:
+        return True
+    return counted_windows < shards and not noted and manifest.planned >= shards
 
 
 def _recheck_parts(where: Path, manifest: Manifest) -> bool:

@@ -672,3 +672,24 @@ def test_a_report_of_one_says_one_customer_in_one_part(tmp_path: Path) -> None:
     assert "0 retries" in run.stdout
     assert merged.returncode == 0, merged.stderr
     assert merged.stdout.startswith("merged 1 record from ")
+
+
+def test_a_rerun_with_another_shard_count_says_the_plan_is_kept(tmp_path: Path) -> None:
+    # 8 on a directory planned with 16 took up the 16 without a word: the user believed the
+    # export now ran in 8 parts.
+    out = tmp_path / "parts"
+    with sim_process(500) as sim:
+        first = dmhub(sim, tmp_path, "export", "--out", str(out), "--shards", "4", "-q")
+        again = dmhub(sim, tmp_path, "export", "--out", str(out), "--shards", "2")
+        same = dmhub(sim, tmp_path, "export", "--out", str(out), "--shards", "4")
+
+    assert first.returncode == 0, first.stderr
+    assert again.returncode == 0, again.stderr
+    assert "in 4 parts" in again.stdout
+    assert again.stderr == (
+        f"{out}: its plan of 4 shards is taken up, not the 2 asked for: a rerun keeps the "
+        "plan its directory holds (each shard its window, its part and its checkpoint); to "
+        "plan 2, export to a new directory\n"
+    )
+    assert same.returncode == 0, same.stderr
+    assert same.stderr == ""

@@ -480,3 +480,36 @@ async def test_a_plan_has_more_than_n_shards_only_for_a_dense_second_as_document
     sharding = " ".join((Path(__file__).parents[2] / "docs" / "sharding.md").read_text().split())
     assert "at most `2n - 1`" in sharding
     assert "into at most `n` windows" not in sharding
+
+
+@pytest.mark.parametrize(
+    ("customers", "ids", "asked", "planned"),
+    [(1, None, 2, 3), (0, None, 4, 1), (50, [3, 1, 2], 8, 3)],
+    ids=["a-dense-second", "nobody", "fewer-ids-than-shards"],
+)
+async def test_a_rerun_of_the_same_count_says_nothing_of_its_plans_count(
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    customers: int,
+    ids: list[int] | None,
+    asked: int,
+    planned: int,
+) -> None:
+    # A plan whose count is not the one asked (a dense second's window beside them, nobody
+    # to cut, fewer ids than shards) is this ask's all the same: rerun alike, nothing to say.
+    filters: dict[str, Any] = {} if ids is None else {"id_list": ids}
+    async with (
+        DMHubSimulator(customers=customers) as few,
+        DMHubClient(few.app_id, few.secret, base_url=few.url) as dm,
+    ):
+        first = await export_sharded(dm, tmp_path / "out", asked, progress=False, **filters)
+        caplog.clear()
+        again = await export_sharded(dm, tmp_path / "out", asked, progress=False, **filters)
+        said = caplog.text
+        caplog.clear()
+        other = await export_sharded(dm, tmp_path / "out", asked + 5, progress=False, **filters)
+
+    assert len(first.shards) == len(again.shards) == len(other.shards) == planned
+    assert "is taken up" not in said
+    if ids is not None or not customers:  # 3 ids, or nobody: 13 or 9 shards plan the same
+        assert "is taken up" not in caplog.text
