@@ -97,7 +97,7 @@ def start_workers(
     """``workers`` worker processes, returned once each is connected to Redis."""
     env = subprocess_env()
     env.update(DMHUB_BASE_URL=sim["url"], DMHUB_APP_ID=sim["app_id"], DMHUB_SECRET=sim["secret"])
-    command = [sys.executable, "-m", "dmhub_async", "worker", "--redis", redis.url]
+    command = [sys.executable, "-m", "dmhub_async", "worker", "--redis", redis.url, "--quiet"]
     if rate_limit is not None:
         command += ["--rate-limit", str(rate_limit)]
     before = _clients(redis)

@@ -110,8 +110,7 @@ def test_each_verbose_help_says_what_it_shows(
         main([command, "--help"])
 
     text = " ".join(capsys.readouterr().out.split())
-    then = "--redis URL" if command == "worker" else "-q, --quiet"  # a worker refuses -q
-    assert f"-v, --verbose {verbose} {then}" in text
+    assert f"-v, --verbose {verbose} -q, --quiet" in text
 
 
 @pytest.mark.parametrize("command", ["export", "lookup"])
@@ -753,27 +752,3 @@ def test_an_export_named_as_no_format_it_writes_is_refused_unless_format_says_it
     assert main(["export", "--out", "all.NDJSON", "-q"]) == 0
     assert (tmp_path / out).read_bytes() == (tmp_path / "all.NDJSON").read_bytes()
     assert (tmp_path / out).read_bytes().startswith(b'{"')
-
-
-@pytest.mark.parametrize(
-    ("flags", "said"),
-    [
-        (["-q"], "-q: a worker prints no progress and no report"),
-        (["--quiet"], "--quiet: a worker prints no progress and no report"),
-        (["--report", "json"], "--report: a worker writes no report"),
-        (["--report", "text"], "--report: a worker writes no report"),
-    ],
-)
-def test_worker_refuses_the_flags_it_has_no_use_for(
-    capsys: pytest.CaptureFixture[str], flags: list[str], said: str
-) -> None:
-    # `worker --report json` and `worker -q` were accepted and did nothing: a script waited
-    # for a JSON report that never came. Refused as the flags are read, before any Redis.
-    with pytest.raises(SystemExit) as refused:
-        main(["worker", "--redis", "redis://127.0.0.1:1/0", *flags])
-
-    assert refused.value.code == 2
-    line = capsys.readouterr().err
-    assert line.count("\n") == 1, line
-    assert line.startswith(f"dmhub-async: error: {said}"), line
-    assert "cannot reach" not in line

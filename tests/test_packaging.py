@@ -247,7 +247,7 @@ async def main():
         env = {**os.environ, "DMHUB_APP_ID": sim.app_id, "DMHUB_SECRET": sim.secret,
                "DMHUB_BASE_URL": sim.url}
         worker = await asyncio.create_subprocess_exec(
-            cli, "worker", "--redis", redis_url, "--rate-limit", "500", env=env,
+            cli, "worker", "--redis", redis_url, "--rate-limit", "500", "-q", env=env,
             stderr=asyncio.subprocess.PIPE)
         try:
             export = await asyncio.create_subprocess_exec(

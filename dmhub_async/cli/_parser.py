@@ -6,7 +6,7 @@ import argparse
 import math
 import zoneinfo
 from collections.abc import Callable
-from typing import Any, NoReturn
+from typing import NoReturn
 
 from .._exceptions import InvalidRequestError
 from .._pagination import MAX_CONCURRENCY
@@ -134,45 +134,11 @@ _VERBOSE = {
 }
 
 
-class _Refused(argparse.Action):
-    """A flag a command has no use for, refused as it is read (one line, exit code 2): taken
-    and ignored, ``worker --report json`` left a script waiting for a report never written."""
-
-    def __init__(self, option_strings: list[str], dest: str, why: str, **kwargs: Any) -> None:
-        super().__init__(option_strings, dest, help=argparse.SUPPRESS, **kwargs)
-        self.why = why
-
-    def __call__(
-        self,
-        parser: argparse.ArgumentParser,
-        namespace: argparse.Namespace,
-        values: object,
-        option_string: str | None = None,
-    ) -> None:
-        parser.error(f"{option_string}: {self.why}")
-
-
-#: Why ``worker`` refuses -q and --report: it has nothing they would change.
-_WORKER_QUIET = (
-    "a worker prints no progress and no report, only its errors and failed shards (-v adds "
-    "each job's start and end): drop it"
-)
-_WORKER_REPORT = (
-    "a worker writes no report: its shards' outcomes are in the report of the export that "
-    "queued them (export --queue ... --report json): drop it"
-)
-
-
 def _common(command: str) -> _Parser:
     common = _Parser(add_help=False)
     common.add_argument(
         "-v", "--verbose", action="store_true", help=_VERBOSE.get(command, _REQUESTS)
     )
-    if command == "worker":
-        quiet, report = _WORKER_QUIET, _WORKER_REPORT
-        common.add_argument("-q", "--quiet", action=_Refused, nargs=0, why=quiet, default=False)
-        common.add_argument("--report", action=_Refused, why=report, default="text")
-        return common
     common.add_argument(
         "-q",
         "--quiet",

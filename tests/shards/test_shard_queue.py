@@ -1151,7 +1151,7 @@ async def test_worker_concurrency_is_the_workers_requests_in_flight(
         finally:
             await store.aclose()
         args = build_parser().parse_args(
-            ["worker", "--redis", redis.url, "--concurrency", str(given)]
+            ["worker", "--redis", redis.url, "--concurrency", str(given), "-q"]
         )
         serving = asyncio.ensure_future(worker_command(args))
         try:
