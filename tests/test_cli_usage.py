@@ -752,3 +752,23 @@ def test_an_export_named_as_no_format_it_writes_is_refused_unless_format_says_it
     assert main(["export", "--out", "all.NDJSON", "-q"]) == 0
     assert (tmp_path / out).read_bytes() == (tmp_path / "all.NDJSON").read_bytes()
     assert (tmp_path / out).read_bytes().startswith(b'{"')
+
+
+def test_worker_takes_q_and_report_as_0_1_0_did_and_says_they_do_nothing(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # `worker -q` and `worker --report json` changed nothing (a worker prints its errors and
+    # failed shards alone, and writes no report): refusing them would turn a fleet's units of
+    # 0.1.0 into a crash loop. Their help says so; --report json says it as the worker starts.
+    with pytest.raises(SystemExit):
+        main(["worker", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "-q, --quiet no effect: a worker prints only its errors and failed shards" in text
+    assert "--report {text,json} no effect: a worker writes no report" in text
+
+    code = main(["worker", "--redis", "redis://127.0.0.1:9/0", "-q", "--report", "json"])
+
+    err = capsys.readouterr().err.splitlines()
+    assert code == 1  # no Redis there
+    assert err[0].startswith("dmhub-async: --report json: no effect: a worker writes no report")
+    assert len(err) == 2, err

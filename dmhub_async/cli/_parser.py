@@ -139,19 +139,33 @@ def _common(command: str) -> _Parser:
     common.add_argument(
         "-v", "--verbose", action="store_true", help=_VERBOSE.get(command, _REQUESTS)
     )
+    worker = command == "worker"  # kept for 0.1.0's command lines: a fleet's units give them
     common.add_argument(
         "-q",
         "--quiet",
         action="store_true",
-        help="no progress and no text report: errors, and warnings of what changes the run, only",
+        help=WORKER_QUIET
+        if worker
+        else "no progress and no text report: errors, and warnings of what changes the run, only",
     )
     common.add_argument(
         "--report",
         choices=("text", "json"),
         default="text",
-        help="the report after the run: text for people, json (one object) for scripts",
+        help=WORKER_REPORT
+        if worker
+        else "the report after the run: text for people, json (one object) for scripts",
     )
     return common
+
+
+#: What -q and --report do for ``worker``: nothing (it prints its errors and failed shards
+#: alone, and writes no report); taken, as 0.1.0 took them, not refused.
+WORKER_QUIET = "no effect: a worker prints only its errors and failed shards"
+WORKER_REPORT = (
+    "no effect: a worker writes no report; its shards' outcomes are in the report of the"
+    " export that queued them (export --queue ... --report json)"
+)
 
 
 #: Where --token-store defaults to (`worker` and `export --queue` take a Redis in

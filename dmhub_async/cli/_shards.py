@@ -35,6 +35,7 @@ from ..shards._queue import (
 from ..shards._run import TotalProgress, coordinating, export_sharded, prepare
 from ._errors import EXIT_INCOMPLETE, EXIT_OK, CommandError, UsageError, interruptible
 from ._files import check_output
+from ._parser import WORKER_REPORT
 from ._report import ProgressLines, ids_listed, print_report, shown
 from ._settings import (
     REDIS_PASSWORD_ENV,
@@ -407,6 +408,8 @@ def _named(files: list[str]) -> str:
 
 async def worker_command(args: argparse.Namespace) -> int:
     """``worker --redis URL``: serve the export queue until stopped (SIGTERM, Ctrl-C)."""
+    if args.report == "json":  # a script would wait for an object that never comes
+        print(f"dmhub-async: --report json: {WORKER_REPORT}", file=sys.stderr)
     client: dict[str, Any] = {"max_retries": args.max_retries}
     if getattr(args, "timezone", None):
         client["timezone"] = args.timezone
