@@ -390,6 +390,25 @@ def test_a_queue_with_a_password_is_reached_without_it_on_the_command_line(
     assert state["tokens_issued"] == 1  # shared through the queue's Redis, as without a password
 
 
+def _queued_then_a_worker_with_a_wrong_secret(
+    sim: SimProcess, redis: RedisServer, tmp_path: Path
+) -> subprocess.CompletedProcess[str]:
+    """Once the export's two jobs are on the queue (at most 15 s), a burst worker whose
+    DMHUB_SECRET is wrong, run to its end."""
+    for _ in range(1500):
+        if redis.command("ZCARD", "arq:queue") == ":2":
+            break
+        time.sleep(0.01)
+    return subprocess.run(
+        [sys.executable, "-m", "dmhub_async", "worker", "--redis", redis.url, "--burst"],
+        env=sim.env(XDG_CACHE_HOME=str(tmp_path / "cache"), DMHUB_SECRET="wrong-one"),
+        capture_output=True,
+        text=True,
+        timeout=150,
+        check=False,
+    )
+
+
 def test_a_worker_says_a_failed_shard_in_one_line_not_a_traceback(
     tmp_path: Path, redis: RedisServer
 ) -> None:
@@ -403,18 +422,7 @@ def test_a_worker_says_a_failed_shard_in_one_line_not_a_traceback(
             stderr=subprocess.DEVNULL,
         )
         try:
-            for _ in range(1500):  # its jobs enqueued (at most 15 s)
-                if redis.command("ZCARD", "arq:queue") == ":2":
-                    break
-                time.sleep(0.01)
-            worker = subprocess.run(
-                [sys.executable, "-m", "dmhub_async", "worker", "--redis", redis.url, "--burst"],
-                env=sim.env(XDG_CACHE_HOME=str(tmp_path / "cache"), DMHUB_SECRET="wrong-one"),
-                capture_output=True,
-                text=True,
-                timeout=150,
-                check=False,
-            )
+            worker = _queued_then_a_worker_with_a_wrong_secret(sim, redis, tmp_path)
         finally:
             assert export.wait(timeout=150) == 3  # incomplete: both shards failed
 
@@ -441,18 +449,7 @@ def test_a_shard_failed_by_a_workers_credentials_says_to_check_the_workers_envir
             text=True,
         )
         try:
-            for _ in range(1500):  # its jobs enqueued (at most 15 s)
-                if redis.command("ZCARD", "arq:queue") == ":2":
-                    break
-                time.sleep(0.01)
-            worker = subprocess.run(
-                [sys.executable, "-m", "dmhub_async", "worker", "--redis", redis.url, "--burst"],
-                env=sim.env(XDG_CACHE_HOME=str(tmp_path / "cache"), DMHUB_SECRET="wrong-one"),
-                capture_output=True,
-                text=True,
-                timeout=150,
-                check=False,
-            )
+            worker = _queued_then_a_worker_with_a_wrong_secret(sim, redis, tmp_path)
         finally:
             out, err = export.communicate(timeout=150)
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from _redis import RedisServer
-from shard_support import SimProcess, exported_ids, sim_process
+from shard_support import QuietRedis, SimProcess, exported_ids, sim_process
 
 from dmhub_async import DMHubClient, InvalidRequestError
 from dmhub_async.shards import Manifest
@@ -161,15 +161,16 @@ def _job(directory: str, plan_id: str) -> dict[str, Any]:
     }
 
 
-class _QuietRedis:
-    async def set(self, *args: object, **kwargs: object) -> None:
-        pass
-
-    async def hset(self, *args: object) -> None:
-        pass
-
-    async def expire(self, *args: object) -> None:
-        pass
+def _job_context(**more: Any) -> dict[str, Any]:
+    """What arq hands a shard's job (its client set by the test), progress dropped."""
+    return {
+        "redis": QuietRedis(),
+        "job_id": "j",
+        "pending_progress": set(),
+        "heartbeat": 10.0,
+        "takeover": 30.0,
+        **more,
+    }
 
 
 @pytest.mark.parametrize("found", ["no manifest", "another export", "no directory"])
@@ -184,14 +185,7 @@ async def test_a_mount_to_another_directory_is_refused_before_anything_is_writte
         june.mkdir(parents=True)
     if found == "another export":
         (june / "manifest.json").write_text(json.dumps({"plan_id": "0123456789abcdef"}))
-    ctx: dict[str, Any] = {
-        "redis": _QuietRedis(),
-        "job_id": "j",
-        "pending_progress": set(),
-        "heartbeat": 10.0,
-        "takeover": 30.0,
-        "mounts": {"/exports": str(local)},
-    }
+    ctx = _job_context(mounts={"/exports": str(local)})
     async with DMHubClient("app", "s", base_url="http://127.0.0.1:9/") as client:
         ctx["client"] = client
         with pytest.raises(InvalidRequestError) as raised:
@@ -221,13 +215,7 @@ async def test_a_workers_own_directory_at_the_coordinators_path_is_refused(
     june.mkdir()
     if found == "another export":
         (june / "manifest.json").write_text(json.dumps({"plan_id": "0123456789abcdef"}))
-    ctx: dict[str, Any] = {
-        "redis": _QuietRedis(),
-        "job_id": "j",
-        "pending_progress": set(),
-        "heartbeat": 10.0,
-        "takeover": 30.0,
-    }
+    ctx = _job_context()
     async with DMHubClient("app", "s", base_url="http://127.0.0.1:9/") as client:
         ctx["client"] = client
         with pytest.raises(InvalidRequestError) as raised:

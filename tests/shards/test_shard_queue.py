@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 from _redis import RedisServer
-from shard_support import SimProcess, exported_ids, sim_process
+from shard_support import QuietRedis, SimProcess, exported_ids, sim_process
 
 from dmhub_async import DMHubClient, DMHubError, InvalidRequestError, RedisTokenStore
 from dmhub_async.shards import MANIFEST_NAME, Manifest, Shard
@@ -101,23 +101,10 @@ async def wait_for_rows(redis: RedisServer) -> None:
     raise AssertionError("no shard reported progress")
 
 
-class _QuietRedis:
-    """The Redis of a job's context that a job's progress is sent to, and dropped."""
-
-    async def set(self, *args: object, **kwargs: object) -> None:
-        pass
-
-    async def hset(self, *args: object) -> None:
-        pass
-
-    async def expire(self, *args: object) -> None:
-        pass
-
-
 def _job_context(client: DMHubClient) -> dict[str, Any]:
     """What arq hands a shard's job (the worker's start-up fills it), its Redis a quiet one."""
     return {
-        "redis": _QuietRedis(),
+        "redis": QuietRedis(),
         "job_id": "j",
         "client": client,
         "pending_progress": set(),
@@ -1434,15 +1421,9 @@ async def test_a_shards_count_once_its_job_ended_is_not_taken_back_by_a_late_pro
     assert heard[-1] == 7, heard
 
 
-async def test_a_coordinator_stopped_says_its_shards_were_left_on_the_queue(
-    tmp_path: Path, redis: RedisServer
-) -> None:
-    # Stopped (Ctrl-C, SIGTERM, its Redis gone), the coordinator wrote "running" for every
-    # shard it followed, queued ones too: the user could not tell what ran. Its workers go on
-    # without it, so the manifest says where each was left, and that a rerun follows it.
-    out = tmp_path / "out"
-    out.mkdir()
-    manifest = Manifest.new(
+def _two_windows() -> Manifest:
+    """A plan of two shards, split at 2020, of a service no worker reaches."""
+    return Manifest.new(
         [
             Shard(0, None, datetime(2020, 1, 1, tzinfo=timezone.utc)),
             Shard(1, datetime(2020, 1, 1, tzinfo=timezone.utc), None),
@@ -1452,6 +1433,17 @@ async def test_a_coordinator_stopped_says_its_shards_were_left_on_the_queue(
         app_id="a",
         filters={},
     )
+
+
+async def test_a_coordinator_stopped_says_its_shards_were_left_on_the_queue(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    # Stopped (Ctrl-C, SIGTERM, its Redis gone), the coordinator wrote "running" for every
+    # shard it followed, queued ones too: the user could not tell what ran. Its workers go on
+    # without it, so the manifest says where each was left, and that a rerun follows it.
+    out = tmp_path / "out"
+    out.mkdir()
+    manifest = _two_windows()
 
     async def stop(_: float) -> None:
         raise _Stop
@@ -1479,16 +1471,7 @@ async def test_a_rerun_at_another_path_while_the_old_runs_jobs_are_queued_is_ref
     # new run's once it was complete. Now refused, saying where the old jobs are and what to do.
     out = tmp_path / "out"
     out.mkdir()
-    manifest = Manifest.new(
-        [
-            Shard(0, None, datetime(2020, 1, 1, tzinfo=timezone.utc)),
-            Shard(1, datetime(2020, 1, 1, tzinfo=timezone.utc), None),
-        ],
-        fmt="jsonl",
-        base_url="http://127.0.0.1:1",
-        app_id="a",
-        filters={},
-    )
+    manifest = _two_windows()
     manifest.write(out)
 
     async def stop(_: float) -> None:
