@@ -772,3 +772,27 @@ def test_worker_takes_q_and_report_as_0_1_0_did_and_says_they_do_nothing(
     assert code == 1  # no Redis there
     assert err[0].startswith("dmhub-async: --report json: no effect: a worker writes no report")
     assert len(err) == 2, err
+
+
+def test_a_ctrl_c_as_a_finished_command_exits_keeps_its_outcome(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A Ctrl-C after the command had ended (its file written, its report printed, its signal
+    # handlers removed), as asyncio.run shut down, was a KeyboardInterrupt taken for one
+    # before the start: "stopped by SIGINT: no output written", exit 130, and the complete
+    # file's rerun refused as a finished export. The command's own outcome stands.
+    real_run = asyncio.run
+
+    def run_then_ctrl_c(coro: Any) -> Any:
+        real_run(coro)
+        raise KeyboardInterrupt
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(asyncio, "run", run_then_ctrl_c)
+    code = main(["demo", "--customers", "30", "--out", "d.jsonl", "--report", "json"])
+
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "stopped by" not in err
+    assert json.loads(out.splitlines()[-1])["complete"] is True
+    assert len((tmp_path / "d.jsonl").read_bytes().splitlines()) == 30

@@ -54,8 +54,9 @@ _FLAG_OF = {
 }
 
 
-async def _run(args: argparse.Namespace) -> int:
-    """The command, cancelled (so its cleanup runs) by the first SIGINT or SIGTERM."""
+async def _run(args: argparse.Namespace, ended: list[int] | None = None) -> int:
+    """The command, cancelled (so its cleanup runs) by the first SIGINT or SIGTERM; its exit
+    code also put in ``ended`` as it ends, before its signal handlers go."""
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
     assert task is not None
@@ -85,7 +86,10 @@ async def _run(args: argparse.Namespace) -> int:
             loop.add_signal_handler(signum, stop, signum)
             installed.append(signum)
     try:
-        return await COMMANDS[args.command](args)
+        code = await COMMANDS[args.command](args)
+        if ended is not None:
+            ended.append(code)
+        return code
     except asyncio.CancelledError:
         if received:
             raise Interrupted(received[0]) from None
@@ -116,12 +120,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args = build_parser().parse_args(argv)
     show_requests(args.verbose)
+    ended: list[int] = []
     try:
         with warnings.catch_warnings():
             # The CLI says it in its own terms (--timezone): see _commands._filters.
             warnings.simplefilter("ignore", NaiveDatetimeWarning)
-            return asyncio.run(_run(args))
-    except KeyboardInterrupt:  # a Ctrl-C before the handlers were in place
+            return asyncio.run(_run(args, ended))
+    except KeyboardInterrupt:  # a Ctrl-C before the handlers were in place, or after
+        if ended:
+            # After: the command had ended (its output written, its report printed) as
+            # asyncio.run shut down; it said "no output written", exit 130, of a complete file.
+            return ended[0]
         err: BaseException = Interrupted(signal.SIGINT)
     except (Interrupted, CommandError, DMHubError, OSError, ValueError) as caught:
         err = caught
