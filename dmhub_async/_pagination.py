@@ -70,8 +70,7 @@ class AsyncPaginator(Generic[T]):
         for name, value, low in (("page_size", page_size, 1), ("start_page", start_page, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise InvalidRequestError(f"{name} must be an int >= {low}, not {short(value)}")
-        # Worded as lookup_many's and worker()'s: "must be at most 64" here, "from 1 to 64" there.
-        check_concurrency(concurrency)
+        check_concurrency(concurrency)  # worded as lookup_many's, an export's and worker()'s
         if max_items is not None and (
             isinstance(max_items, bool) or not isinstance(max_items, int) or max_items < 0
         ):

@@ -26,6 +26,7 @@ from .._query_time import zone_setting
 from .._validate import check_identity, mangled_value
 from .._words import counted
 from ..export import ExportReport, export_customers
+from ..export._export import FORMAT_OF_SUFFIX
 from ..models.identity import Identity
 from ..resources._filters import _filter_params
 from ._errors import (
@@ -182,10 +183,6 @@ def _finish(
     return EXIT_INCOMPLETE
 
 
-#: The extensions an export's format is read from (without ``--format``), and that format.
-_EXPORT_SUFFIXES: Final = MappingProxyType({".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv"})
-
-
 def _check_export_name(out: str, fmt: str | None, *, format_flag: bool = True) -> None:
     """Refuse an ``--out`` whose name says neither format, when ``--format`` does not say it.
 
@@ -196,7 +193,7 @@ def _check_export_name(out: str, fmt: str | None, *, format_flag: bool = True) -
     if out == STDOUT or fmt is not None:
         return
     path = Path(out)
-    if path.suffix.lower() in _EXPORT_SUFFIXES:
+    if path.suffix.lower() in FORMAT_OF_SUFFIX:
         return
     stem = path.stem if path.suffix else path.name
     names = f"{stem}.jsonl (JSON lines) or {stem}.csv"

@@ -24,7 +24,7 @@ from .._redact import redact
 from .._words import counted
 from ..shards import MANIFEST_NAME, Manifest, merge
 from ..shards._local import WorkerSettings, private_token_directory, run_in_processes
-from ..shards._manifest import ShardOutcome
+from ..shards._manifest import ShardOutcome, merged_into_itself
 from ..shards._queue import (
     check_mounts,
     check_queue,
@@ -544,8 +544,7 @@ def _password_hint() -> str:
 def _merge(args: argparse.Namespace) -> int:
     if not os.path.isdir(args.directory):
         raise CommandError(f"{args.directory}: no such directory")
-    out = Path(args.out).resolve()
-    if out == Path(args.directory).resolve() or Path(args.directory).resolve() in out.parents:
+    if merged_into_itself(args.directory, args.out):
         # Into the manifest or a part, with --force: the merge wrote over its own input and
         # said it had merged, and the export could no longer be rerun or merged.
         raise UsageError(

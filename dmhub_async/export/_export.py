@@ -9,6 +9,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import MappingProxyType
 from typing import IO, TYPE_CHECKING, Any, Final, Literal
 
 import attrs
@@ -301,6 +302,11 @@ def check_output_name(dest: Path) -> None:
             f"{dest.suffix!r}, or put the file it writes in one "
             f"(tar -cf {name} {dest.with_suffix('').name})"
         )
+
+
+#: The extensions that name a format (any case): the export reads its format from them when
+#: none is given, the CLI refuses an ``--out`` named by none, a merge one named by the other.
+FORMAT_OF_SUFFIX: Final = MappingProxyType({".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv"})
 
 
 def _format_of(suffix: str, format: str | None) -> Format:

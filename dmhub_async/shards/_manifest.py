@@ -32,7 +32,7 @@ from .._threads import on_thread
 from .._validate import short
 from .._words import counted
 from ..export._checkpoint import ExportScope, recorded_scope
-from ..export._export import check_output_name
+from ..export._export import FORMAT_OF_SUFFIX, check_output_name
 from ..export._output import _lock, _release, _sweep
 from ..resources._filters import customer_filter_params
 from ._plan import ListedIds, Shard, _aware, _seconds
@@ -533,8 +533,6 @@ def _as_compared(filters: dict[str, Any]) -> dict[str, Any]:
         return filters
 
 
-#: The formats a file's name says (``customers.csv``), as the export reads them from its name.
-_NAMED: Final = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 _SAID: Final = {"csv": ("a CSV file", "CSV"), "jsonl": ("a JSON lines file", "JSON lines")}
 
 
@@ -542,12 +540,19 @@ def _check_named_as(dest: Path, fmt: str) -> None:
     """Refuse a merge's ``dest`` whose name says the other format than the parts': a JSONL
     export merged into ``all.csv`` was JSON lines under the CSV's name. A name that says no
     format (``all.txt``) is the caller's to choose."""
-    named = _NAMED.get(dest.suffix.lower())
+    named = FORMAT_OF_SUFFIX.get(dest.suffix.lower())
     if named is not None and named != fmt:
         raise InvalidRequestError(
             f"{dest.name} names {_SAID[named][0]}, and the export's parts are {_SAID[fmt][1]}:"
             f" name it {dest.stem}.{fmt}, or export again in the format you want"
         )
+
+
+def merged_into_itself(directory: str | os.PathLike[str], dest: str | os.PathLike[str]) -> bool:
+    """Whether a merge's ``dest`` is the export's directory or inside it (its manifest, a
+    part): :func:`merge` refuses it, the CLI with its usage error."""
+    where, into = Path(directory).resolve(), Path(dest).resolve()
+    return into == where or where in into.parents
 
 
 def merge(
@@ -587,8 +592,7 @@ def merge(
             checkpoint that is one).
     """
     check_output_name(Path(dest))
-    where, into = Path(directory).resolve(), Path(dest).resolve()
-    if into == where or where in into.parents:
+    if merged_into_itself(directory, dest):
         # Only the CLI refused it: merge() wrote over the manifest (the plan lost, the
         # directory refused from then on as "not a manifest this SDK wrote") or over a part.
         raise InvalidRequestError(

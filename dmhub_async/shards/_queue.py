@@ -28,7 +28,7 @@ import os
 import time
 import types
 from collections.abc import Awaitable, Callable, Mapping
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -485,7 +485,7 @@ async def _local_directory(task: dict[str, Any], mounts: Mapping[str, str]) -> P
         rest = _within(named, theirs)
         if rest is None:
             continue
-        local = Path(mounts[theirs], rest) if rest else Path(mounts[theirs])
+        local = Path(mounts[theirs], rest)
         mount = f"{theirs}={mounts[theirs]}"
         where = f"the export's directory {named}, mapped to {local} (mount {mount})"
         await asyncio.to_thread(_check_same_plan, local, task, where)
@@ -501,13 +501,12 @@ async def _local_directory(task: dict[str, Any], mounts: Mapping[str, str]) -> P
     return Path(named)
 
 
-def _within(path: str, prefix: str) -> str | None:
-    """``path`` relative to ``prefix`` (``""``: the same), or None when it is not in it."""
-    path = os.path.normpath(path)
-    if path == prefix:
-        return ""
-    head = prefix if prefix.endswith(os.sep) else prefix + os.sep  # "/" itself
-    return path[len(head) :] if path.startswith(head) else None
+def _within(path: str, prefix: str) -> PurePath | None:
+    """``path`` relative to ``prefix`` (``.`` when the same), or None when it is not in it."""
+    try:
+        return PurePath(os.path.normpath(path)).relative_to(prefix)
+    except ValueError:
+        return None
 
 
 def _check_same_plan(local: Path, task: dict[str, Any], where: str) -> None:
