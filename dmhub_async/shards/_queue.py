@@ -852,7 +852,7 @@ async def run_on_queue(
         )
         try:
             await _ping(pool)
-            await _refuse_a_run_elsewhere(pool, where, manifest, todo)
+            await _take_over_a_run_elsewhere(pool, where, manifest, todo)
         except (RedisError, OSError) as err:
             await pool.aclose()
             raise queue_redis_error(redis_url, err) from None
@@ -874,10 +874,10 @@ async def run_on_queue(
             raise queue_redis_error(redis_url, err, then=GONE_MID_RUN) from None
 
 
-async def _refuse_a_run_elsewhere(
+async def _take_over_a_run_elsewhere(
     pool: ArqRedis, where: Path, manifest: Manifest, todo: dict[int, ShardOutcome]
 ) -> None:
-    """Refuse to enqueue ``todo`` while jobs of this plan at another path are on the queue.
+    """Take over, or refuse, the jobs of this plan at another path that are on the queue.
 
     The export's id, and so its jobs' ids, are of its path: rerun at another one (the
     directory moved, or mounted elsewhere) while its first run's jobs were still queued or
@@ -885,42 +885,108 @@ async def _refuse_a_run_elsewhere(
     one shard into one part (the same files), kept apart only by the part's file lock where
     file locks hold. A job stays in arq's queue until it ends; those of this plan (its id is
     in theirs) under another export id are the other run's.
+
+    One a worker is exporting (its in-progress mark set) is refused: it ends with its shard.
+    Those no worker has are taken off the queue, for this run to enqueue its own (each shard
+    resumes from its checkpoint): this run holds the directory's lock, so no coordinator
+    follows them, and refused, a rerun waited for as long as they stayed queued, for ever
+    with no worker serving the queue (arq keeps a job's entry after its data expired).
     """
     from arq.constants import default_queue_name
-    from arq.jobs import DeserializationError, Job
 
     if not manifest.plan_id or not todo:  # a manifest of 0.1.0's: its jobs name no plan
         return
     mine = export_id_of(where)
-    theirs: dict[str, list[int]] = {}
+    theirs: dict[str, int] = {}
     for raw in await pool.zrange(default_queue_name, 0, -1):
         parts = raw.decode(errors="replace").split(":")
         if len(parts) != 4 or parts[0] != "dmhub-export" or parts[2] != manifest.plan_id:
             continue
         if parts[1] != mine and parts[3].isdigit() and int(parts[3]) in todo:
-            theirs.setdefault(raw.decode(), []).append(int(parts[3]))
+            theirs[raw.decode()] = int(parts[3])
     if not theirs:
         return
-    indexes = sorted(i for found in theirs.values() for i in found)
-    old = None
-    with contextlib.suppress(DeserializationError):  # a job of another version: not named
-        info = await Job(next(iter(theirs)), pool).info()
-        task = info.args[0] if info is not None and info.args else None
-        old = task.get("directory") if isinstance(task, dict) else None
-    at = printable(str(old))[:300] if old else "another path"
-    if len(indexes) == 1:
-        shards, verb, them, their, ended = f"shard {indexes[0]}", "is", "it", "its", "it has"
-    else:
-        shown = [str(i) for i in indexes[:6]]  # a run of thousands: six, and how many more
-        last = f"{len(indexes) - 5} more" if len(indexes) > 6 else shown[-1]
-        named = f"{', '.join(shown[:-1])} and {last}"
-        shards, verb, them, their, ended = f"shards {named}", "are", "them", "their", "they have"
-    each = "each of them" if len(indexes) > 1 else "it"
-    raise InvalidRequestError(
-        f"{shards} of this export {verb} still on the queue from its run at {at} (queued, or "
-        f"being exported by a worker there): two workers would export {each} at once. Rerun "
-        f"the export at {at} to follow {them} to {their} end, or rerun here once {ended} ended"
+    at = await _old_directory(pool, list(theirs))
+    exported = [i for job_id, i in theirs.items() if await _in_progress(pool, job_id)]
+    if exported:
+        shards, verb, them, their, ended = _shards_said(exported)
+        each = "each of them" if len(exported) > 1 else "it"
+        raise InvalidRequestError(
+            f"{shards} of this export {verb} being exported by a worker for its run at {at}: "
+            f"two workers would export {each} at once. Rerun the export at {at} to follow "
+            f"{them} to {their} end, or rerun here once {ended} ended"
+        )
+    taken = [i for job_id, i in theirs.items() if await _take_off_the_queue(pool, job_id)]
+    if len(taken) < len(theirs):  # a worker took one meanwhile: refused, as above
+        return await _take_over_a_run_elsewhere(pool, where, manifest, todo)
+    shards, verb, *_ = _shards_said(taken)
+    logger.warning(
+        "%s of this export %s left on the queue by its run at %s, whose coordinator has "
+        "stopped (this run holds the directory's lock) and which no worker has taken: taken "
+        "off the queue, and enqueued for this run",
+        shards,
+        "was" if verb == "is" else "were",
+        at,
     )
+    return None
+
+
+def _shards_said(indexes: list[int]) -> tuple[str, str, str, str, str]:
+    """``shards 0, 1 and 2``, its verb and pronouns; a run of thousands: six, and how many more."""
+    indexes = sorted(indexes)
+    if len(indexes) == 1:
+        return f"shard {indexes[0]}", "is", "it", "its", "it has"
+    shown = [str(i) for i in indexes[:6]]
+    last = f"{len(indexes) - 5} more" if len(indexes) > 6 else shown[-1]
+    return f"shards {', '.join(shown[:-1])} and {last}", "are", "them", "their", "they have"
+
+
+async def _old_directory(pool: ArqRedis, job_ids: list[str]) -> str:
+    """The directory the first of ``job_ids`` whose data is still in Redis names."""
+    from arq.jobs import DeserializationError, Job
+
+    for job_id in job_ids:
+        with contextlib.suppress(DeserializationError):  # a job of another version: not named
+            info = await Job(job_id, pool).info()
+            task = info.args[0] if info is not None and info.args else None
+            old = task.get("directory") if isinstance(task, dict) else None
+            if old:
+                return printable(str(old))[:300]
+    return "another path"
+
+
+async def _in_progress(pool: ArqRedis, job_id: str) -> bool:
+    from arq.constants import in_progress_key_prefix
+
+    return bool(await pool.exists(in_progress_key_prefix + job_id))
+
+
+async def _take_off_the_queue(pool: ArqRedis, job_id: str) -> bool:
+    """Remove a queued job no worker has, as a worker takes one (arq's ``start_jobs``): its
+    in-progress mark watched, and set in the same transaction, so a worker taking it at that
+    moment fails its own. Whether it was removed (not: a worker has it now)."""
+    from arq.constants import (
+        default_queue_name,
+        in_progress_key_prefix,
+        job_key_prefix,
+        retry_key_prefix,
+    )
+    from redis.exceptions import WatchError
+
+    mark = in_progress_key_prefix + job_id
+    async with pool.pipeline(transaction=True) as pipe:
+        await pipe.watch(mark)
+        if await pipe.exists(mark):
+            return False
+        pipe.multi()  # type: ignore[no-untyped-call]
+        pipe.psetex(mark, int(IN_PROGRESS_TTL * 1000), b"1")  # a worker's WATCH fails
+        pipe.zrem(default_queue_name, job_id)
+        pipe.delete(job_key_prefix + job_id, retry_key_prefix + job_id)
+        try:
+            await pipe.execute()
+        except WatchError:
+            return False
+    return True
 
 
 async def _follow(

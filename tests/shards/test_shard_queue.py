@@ -1461,14 +1461,13 @@ async def test_a_coordinator_stopped_says_its_shards_were_left_on_the_queue(
     ), on_disk.shards
 
 
-async def test_a_rerun_at_another_path_while_the_old_runs_jobs_are_queued_is_refused(
+async def test_a_rerun_at_another_path_while_the_old_runs_jobs_are_exported_is_refused(
     tmp_path: Path, redis: RedisServer
 ) -> None:
     # The export's id is of its path: rerun at another path (the directory mounted elsewhere)
-    # while its run at the first one had left its jobs on the queue, it enqueued a second job
-    # for each shard, and two workers exported one shard into one part, kept apart only by
-    # the part's file lock (where file locks hold), the old job's part overwriting the
-    # new run's once it was complete. Now refused, saying where the old jobs are and what to do.
+    # while a worker exported a shard for its run at the first one, it enqueued a second job
+    # for that shard, and two workers exported one shard into one part, kept apart only by the
+    # part's file lock (where file locks hold). Refused, saying where the job is and what to do.
     out = tmp_path / "out"
     out.mkdir()
     manifest = _two_windows()
@@ -1480,6 +1479,8 @@ async def test_a_rerun_at_another_path_while_the_old_runs_jobs_are_queued_is_ref
     with pytest.raises(_Stop):  # no worker: its jobs stay queued
         await run_on_queue(redis.url, out, manifest, progress=False, sleep=stop)
     assert redis.command("ZCARD", "arq:queue") == ":2"
+    old_jobs = [job_id_of(export_id_of(out), manifest.plan_id, i) for i in (0, 1)]
+    redis.command("SET", f"arq:in-progress:{old_jobs[1]}", "1")  # a worker has shard 1
 
     elsewhere = tmp_path / "mounted-elsewhere"
     elsewhere.symlink_to(out, target_is_directory=True)  # the same files at another path
@@ -1488,18 +1489,63 @@ async def test_a_rerun_at_another_path_while_the_old_runs_jobs_are_queued_is_ref
     with pytest.raises(InvalidRequestError) as refused:
         await run_on_queue(redis.url, elsewhere, again, progress=False, sleep=stop)
     assert str(refused.value) == (
-        f"shards 0 and 1 of this export are still on the queue from its run at {out} (queued, "
-        "or being exported by a worker there): two workers would export each of them at once. "
-        f"Rerun the export at {out} to follow them to their end, or rerun here once they "
-        "have ended"
+        f"shard 1 of this export is being exported by a worker for its run at {out}: two "
+        f"workers would export it at once. Rerun the export at {out} to follow it to its end, "
+        "or rerun here once it has ended"
     )
-    assert redis.command("ZCARD", "arq:queue") == ":2"  # nothing enqueued
+    assert redis.command("ZCARD", "arq:queue") == ":2"  # nothing enqueued, nothing taken
+    assert redis.command("EXISTS", f"arq:job:{old_jobs[0]}") == ":1"
     on_disk = Manifest.read(out)
     assert on_disk is not None
     assert [s.status for s in on_disk.shards] == ["pending", "pending"]
 
-    # Once they have ended (taken off the queue), the rerun enqueues its own and follows them.
-    redis.command("DEL", "arq:queue")
+    # Once it has ended (its worker done with it), the rerun enqueues its own and follows them.
+    redis.command("DEL", f"arq:in-progress:{old_jobs[1]}")
+    redis.command("ZREM", "arq:queue", old_jobs[1])
     with pytest.raises(_Stop):
         await run_on_queue(redis.url, elsewhere, again, progress=False, sleep=stop)
+    new_jobs = [job_id_of(export_id_of(elsewhere), manifest.plan_id, i) for i in (0, 1)]
+    assert redis.command("ZSCORE", "arq:queue", new_jobs[0]) != "$-1"
+    assert redis.command("ZSCORE", "arq:queue", new_jobs[1]) != "$-1"
+
+
+async def test_a_rerun_at_another_path_takes_over_the_queued_jobs_of_a_coordinator_gone(
+    tmp_path: Path, redis: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A coordinator stopped (or killed) with its jobs queued and no worker serving the queue:
+    # a rerun at another path was refused for as long as they stayed queued, for ever (arq's
+    # queue keeps a job's entry after its data expired, a week on, until a worker takes it),
+    # and the operator had no way out but redis-cli. The rerun holds the directory's lock, so
+    # no coordinator runs at the old path: it takes the jobs no worker has off the queue,
+    # says so, and enqueues its own (each shard resumes from its checkpoint: nothing lost).
+    out = tmp_path / "out"
+    out.mkdir()
+    manifest = _two_windows()
+    manifest.write(out)
+
+    async def stop(_: float) -> None:
+        raise _Stop
+
+    with pytest.raises(_Stop):  # no worker: its jobs stay queued
+        await run_on_queue(redis.url, out, manifest, progress=False, sleep=stop)
+    old_jobs = [job_id_of(export_id_of(out), manifest.plan_id, i) for i in (0, 1)]
+    redis.command("DEL", f"arq:job:{old_jobs[0]}")  # its data expired, its entry still queued
+
+    elsewhere = tmp_path / "mounted-elsewhere"
+    elsewhere.symlink_to(out, target_is_directory=True)  # the same files at another path
+    again = Manifest.read(elsewhere)
+    assert again is not None
+    with caplog.at_level("WARNING", logger="dmhub_async"), pytest.raises(_Stop):
+        await run_on_queue(redis.url, elsewhere, again, progress=False, sleep=stop)
+
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+        f"shards 0 and 1 of this export were left on the queue by its run at {out}, whose "
+        "coordinator has stopped (this run holds the directory's lock) and which no worker "
+        "has taken: taken off the queue, and enqueued for this run"
+    ]
+    new_jobs = [job_id_of(export_id_of(elsewhere), manifest.plan_id, i) for i in (0, 1)]
     assert redis.command("ZCARD", "arq:queue") == ":2"
+    for old, new in zip(old_jobs, new_jobs, strict=True):
+        assert redis.command("ZSCORE", "arq:queue", old) == "$-1"
+        assert redis.command("EXISTS", f"arq:job:{old}") == ":0"
+        assert redis.command("ZSCORE", "arq:queue", new) != "$-1"
