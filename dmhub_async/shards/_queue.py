@@ -707,6 +707,9 @@ def worker(
         max_jobs=max_jobs,
         burst=burst,
         keep_result=7 * 24 * 3600,
+        # A result without its job's arguments: they hold the export's filters (personal
+        # data: a mobile number), and arq kept them for as long as the result, a week.
+        job_serializer=_without_arguments,
         poll_delay=0.5,
         # Redis heard from while the worker's shards run: it stops once Redis is gone.
         health_check_interval=HEALTH_EVERY,
@@ -716,6 +719,20 @@ def worker(
     # the mark alive while its worker lives, so a short first mark is safe.
     arq_worker.in_progress_timeout_s = takeover
     return arq_worker
+
+
+def _without_arguments(data: dict[str, Any]) -> bytes:
+    """arq's serializer (pickle), a job's result kept without the job's arguments.
+
+    A result holds the job's arguments (arq's ``'a'``), so the shard and its filters, for the
+    week Redis keeps it; the coordinator reads only the result itself (``'r'``), as do the
+    releases before this one. A job (no ``'r'``) is as arq writes it.
+    """
+    import pickle
+
+    if "r" in data and "a" in data:
+        data = {**data, "a": (), "k": {}}
+    return pickle.dumps(data)
 
 
 @functools.cache

@@ -1549,3 +1549,47 @@ async def test_a_rerun_at_another_path_takes_over_the_queued_jobs_of_a_coordinat
         assert redis.command("ZSCORE", "arq:queue", old) == "$-1"
         assert redis.command("EXISTS", f"arq:job:{old}") == ":0"
         assert redis.command("ZSCORE", "arq:queue", new) != "$-1"
+
+
+def _redis_values(redis: RedisServer) -> dict[str, bytes]:
+    """Every key of ``redis`` and what it holds (a string's bytes, a hash's or a sorted
+    set's members and values), read with redis-py's plain client."""
+    import redis as redis_py
+
+    client = redis_py.Redis(port=redis.port)
+    try:
+        held: dict[str, bytes] = {}
+        for key in client.scan_iter():
+            kind = client.type(key)
+            if kind == b"string":
+                held[key.decode()] = client.get(key) or b""
+            elif kind == b"hash":
+                held[key.decode()] = repr(client.hgetall(key)).encode()
+            elif kind == b"zset":
+                held[key.decode()] = repr(client.zrange(key, 0, -1)).encode()
+            else:
+                held[key.decode()] = repr(kind).encode()
+        return held
+    finally:
+        client.close()
+
+
+async def test_no_filter_value_is_kept_in_redis_once_the_export_has_ended(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    # A filter is personal data (a mobile number). Each shard's job carries the export's
+    # filters, and arq kept them in every job's result (its arguments) for a week after the
+    # export ended, whether or not anyone read the result again.
+    mobile = "13912345678"
+    out = tmp_path / "out"
+    with sim_process(300) as sim:
+        manifest = await planned(sim, redis, out, 2, mobile=mobile)
+        assert all(s.shard.filters.get("mobile") == mobile for s in manifest.shards)
+        with workers(sim, redis.url, 1):
+            done = await asyncio.wait_for(
+                run_on_queue(redis.url, out, manifest, progress=False, poll=0.1), 120
+            )
+    assert done.complete
+    held = _redis_values(redis)
+    assert any(key.startswith("arq:result:") for key in held), held  # results kept, but
+    assert [key for key, value in held.items() if mobile.encode() in value] == []
