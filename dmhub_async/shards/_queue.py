@@ -240,13 +240,82 @@ async def _loading_seen(err: Exception) -> None:
 _TRYING: contextvars.ContextVar[bool] = contextvars.ContextVar("dmhub_redis_trying", default=False)
 
 
-def _waiting(retries: int | None = None, answer: float | None = None) -> Any:
+def _waiting(
+    retries: int | None = None,
+    answer: float | None = None,
+    *,
+    redis_url: str | None = None,
+    who: str = "the worker",
+) -> Any:
     """The tries of a queue's Redis command while Redis is away: :data:`REDIS_RETRIES` (or
     ``retries``) with a backoff up to 2 s, for :data:`REDIS_WAIT` seconds at most, each try
     answered within :data:`REDIS_ANSWER` (or ``answer``) seconds and within the time left
-    (else redis-py's TimeoutError)."""
+    (else redis-py's TimeoutError). Given ``redis_url``, the wait is said (:class:`_Away`),
+    ``who`` waiting."""
     tries = REDIS_RETRIES if retries is None else retries
-    return _waiting_class()(_backoff(), tries, REDIS_WAIT, answer or REDIS_ANSWER)
+    away = _Away(redis_url, who) if redis_url is not None else None
+    return _waiting_class()(_backoff(), tries, REDIS_WAIT, answer or REDIS_ANSWER, away)
+
+
+class _Away:
+    """Says, once, that the queue's Redis is waited for and until when, then that it is back or
+    that the wait is over: a worker or coordinator waiting said nothing for up to about 90 s.
+
+    One for all the commands of a pool, whose connections each take a deep copy of its
+    ``Retry``: a copy is this one.
+    """
+
+    def __init__(self, redis_url: str, who: str) -> None:
+        self.where, self.who = redis_where(redis_url), who
+        with contextlib.suppress(ValueError):  # checked before: a URL it reads
+            self.password = urlsplit(redis_url).password
+        self.since: float | None = None
+        self.said_over = False
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _Away:
+        return self
+
+    def failed(self, error: BaseException, until: float) -> None:
+        """A try failed; ``until``: when the command's tries end (``time.monotonic()``)."""
+        if self.since is not None:
+            return
+        self.since = time.monotonic()
+        reason = printable(str(error) or type(error).__name__)[:200].rstrip(".")
+        if getattr(self, "password", None):  # never in redis-py's words: kept so
+            reason = reason.replace(self.password or "", "***")
+        left = max(until - self.since, 0.0)
+        at = time.strftime("%H:%M:%S", time.localtime(time.time() + left))
+        logger.warning(
+            "the queue's Redis at %s does not answer (%s): %s waits for it until %s (%d s "
+            "more), then stops",
+            self.where,
+            reason,
+            self.who,
+            at,
+            round(left),
+        )
+
+    def answered(self) -> None:
+        if self.since is None:
+            return
+        logger.warning(
+            "the queue's Redis at %s is back, after %d s: %s goes on",
+            self.where,
+            round(time.monotonic() - self.since),
+            self.who,
+        )
+        self.since, self.said_over = None, False
+
+    def gave_up(self, wait: float) -> None:
+        if self.since is None or self.said_over:
+            return
+        self.said_over = True
+        logger.warning(
+            "the queue's Redis at %s did not come back within %s s: %s stops",
+            self.where,
+            f"{wait:g}",
+            self.who,
+        )
 
 
 @functools.cache
@@ -261,9 +330,11 @@ def _waiting_class() -> Any:
     from redis.exceptions import TimeoutError as RedisTimeoutError
 
     class _Waiting(Retry):
-        def __init__(self, backoff: Any, retries: int, wait: float, answer: float) -> None:
+        def __init__(
+            self, backoff: Any, retries: int, wait: float, answer: float, away: _Away | None
+        ) -> None:
             super().__init__(backoff, retries)
-            self.wait, self.answer = wait, answer
+            self.wait, self.answer, self.away = wait, answer, away
 
         async def call_with_retry(self, do: Any, fail: Any) -> Any:
             if _TRYING.get():  # a connect within a command's try: the command's tries count
@@ -286,16 +357,24 @@ def _waiting_class() -> Any:
                 within = max(min(self.answer, until - time.monotonic()), 0.001)
                 try:
                     try:
-                        return await asyncio.wait_for(do(), within)
+                        answer = await asyncio.wait_for(do(), within)
                     except asyncio.TimeoutError:  # the read cancelled: its connection closed
                         raise RedisTimeoutError(f"no answer in {within:.3g} s") from None
                 except self._supported_errors as error:
                     failures += 1
                     await fail(error)
                     pause = self._backoff.compute(failures)
+                    if self.away is not None:
+                        self.away.failed(error, until)
                     if failures > self._retries or time.monotonic() + pause >= until:
+                        if self.away is not None:
+                            self.away.gave_up(self.wait)
                         raise error
                     await asyncio.sleep(pause)
+                else:
+                    if self.away is not None:
+                        self.away.answered()
+                    return answer
 
     return _Waiting
 
@@ -660,7 +739,7 @@ def worker(
     # connection) is tried again, with a backoff up to 2 s, for about a minute (REDIS_WAIT),
     # each try answered within REDIS_ANSWER; arq's own tries at the start would repeat that
     # minute five times.
-    settings_of_redis.retry = _waiting()
+    settings_of_redis.retry = _waiting(redis_url=redis_url)
     # A refused connection is an OSError (redis-py's tries know only its own errors).
     settings_of_redis.retry_on_error = [RedisConnectionError, RedisTimeoutError, OSError]
     settings_of_redis.conn_retries = 0
@@ -880,7 +959,7 @@ async def run_on_queue(
         # failover) is waited for as the workers wait: the export stopped at once, the fleet
         # still running.
         # (Retry's own errors take in a timeout too; the pool's retry_on_error still does not.)
-        waiting = _waiting()
+        waiting = _waiting(redis_url=redis_url, who="the export")
         pool.connection_pool.set_retry(waiting)
         pool.connection_pool.connection_kwargs["retry"] = waiting  # and its later connections
         bar = ProgressBar(progress, manifest, on_total)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import time
 import warnings
@@ -55,7 +56,11 @@ async def _wait_for_rows(redis: RedisServer) -> None:
 
 @pytest.mark.parametrize("how", ["killed", "frozen"])
 async def test_a_worker_whose_redis_goes_away_mid_shard_stops_within_its_wait(
-    tmp_path: Path, redis: RedisServer, monkeypatch: pytest.MonkeyPatch, how: str
+    tmp_path: Path,
+    redis: RedisServer,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    how: str,
 ) -> None:
     # Measured: 5 min 55 s for `dmhub-async worker` to stop, where the docs say about a minute.
     # Each command's tries (REDIS_RETRIES) held the tries of its connection's connect, the
@@ -65,6 +70,7 @@ async def test_a_worker_whose_redis_goes_away_mid_shard_stops_within_its_wait(
     # once an hour, so saw nothing of its going.
     monkeypatch.setattr(_queue, "REDIS_WAIT", WAIT)
     monkeypatch.setattr(_queue, "REDIS_ANSWER", SLOW_ANSWER)
+    caplog.set_level("INFO", logger="dmhub_async")
     monkeypatch.setattr(_queue, "HEALTH_EVERY", HEALTH)
     monkeypatch.setattr(_queue, "CLOSE_ANSWER", CLOSE, raising=False)
     monkeypatch.setattr(_queue, "QUEUE_TIMEOUT", ANSWER)
@@ -117,6 +123,19 @@ async def test_a_worker_whose_redis_goes_away_mid_shard_stops_within_its_wait(
     # made as it stopped holds the pool's lock for one answer: redis-py connects outside
     # the command's tries.)
     assert closed_after - stopped_after < SLOW_ANSWER + 8 * CLOSE, (stopped_after, closed_after)
+    # Said once, what it waited for and until when, then that it stopped: it said nothing.
+    where = f"redis://127.0.0.1:{redis.port}/0"
+    said = [line for line in _said(caplog) if line.startswith(f"the queue's Redis at {where} ")]
+    said = [line for line in said if "the worker" in line]
+    assert len(said) == 2, _said(caplog)
+    assert re.match(
+        rf"^the queue's Redis at {where} does not answer \(.+\): the worker waits for it until "
+        r"\d\d:\d\d:\d\d \(\d s more\), then stops$",
+        said[0],
+    ), said[0]
+    assert said[1] == (
+        f"the queue's Redis at {where} did not come back within {WAIT:g} s: the worker stops"
+    ), said[1]
 
 
 async def _close(arq_worker: Any) -> None:
@@ -157,3 +176,62 @@ async def test_a_coordinator_whose_redis_goes_away_stops_within_its_wait(
     on_disk = Manifest.read(out)
     assert on_disk is not None
     assert on_disk.status() == "incomplete"
+
+
+def _said(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "dmhub_async"]
+
+
+@pytest.mark.parametrize("back", [True, False], ids=["restarted", "gone"])
+async def test_a_coordinator_waiting_for_its_redis_says_so_once_then_back_or_stopping(
+    tmp_path: Path,
+    redis: RedisServer,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    back: bool,
+) -> None:
+    # A coordinator (or a worker) waiting on a Redis gone away said nothing for up to a
+    # minute and a half: the operator could not tell a wait from a hang, nor for how long.
+    monkeypatch.setattr(_queue, "REDIS_WAIT", WAIT)
+    monkeypatch.setattr(_queue, "REDIS_ANSWER", ANSWER)
+    out = tmp_path / "out"
+    manifest = Manifest.new(
+        [Shard(0, None, None)], fmt="jsonl", base_url="http://127.0.0.1:1", app_id="a", filters={}
+    )
+    polls = 0
+
+    class _Stop(Exception):
+        pass
+
+    async def sleep(_: float) -> None:
+        nonlocal polls
+        polls += 1
+        if polls == 1:  # the job enqueued, no worker to take it: Redis goes away
+            redis.kill()
+            if back:
+                asyncio.get_running_loop().call_later(0.5, redis.start)
+        elif back:  # Redis answered the poll after the restart
+            raise _Stop
+
+    run = _queue.run_on_queue(redis.url, out, manifest, progress=False, sleep=sleep)
+    where = f"redis://127.0.0.1:{redis.port}"
+    with (
+        caplog.at_level("INFO", logger="dmhub_async"),
+        pytest.raises(_Stop if back else DMHubError),
+    ):
+        await asyncio.wait_for(run, 30)
+    said = [line for line in _said(caplog) if line.startswith("the queue's Redis at")]
+    assert len(said) == 2, said
+    waiting = (
+        rf"^the queue's Redis at {where}/0 does not answer \(.+\): the export waits for it "
+        r"until \d\d:\d\d:\d\d \(\d s more\), then stops$"
+    )
+    assert re.match(waiting, said[0]), said[0]
+    if back:
+        assert re.match(
+            rf"^the queue's Redis at {where}/0 is back, after \d+ s: the export goes on$", said[1]
+        ), said[1]
+    else:
+        assert said[1] == (
+            f"the queue's Redis at {where}/0 did not come back within {WAIT:g} s: the export stops"
+        ), said[1]
