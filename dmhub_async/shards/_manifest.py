@@ -205,6 +205,11 @@ class Manifest:
     #: A plan of an ``id_list``: the ids :data:`ID_LIST_NAME` holds (its ``sha256:<hex>`` is
     #: the filters' ``id_list``); None for a plan of windows.
     id_list_length: int | None = None
+    #: The number of shards the plan was made for (``plan_shards``' ``n``, ``--shards``): a
+    #: plan of windows may hold more (a dense second's window) or fewer (edges fallen
+    #: together), so a rerun's count is compared with this. None: a manifest of an earlier
+    #: release, or one it rewrote.
+    shards_asked: int | None = None
 
     def __repr__(self) -> str:
         # attrs' repr was every shard's window, file, digest and counts: 3,440 characters for
@@ -264,9 +269,11 @@ class Manifest:
         app_id: str | None,
         filters: dict[str, Any],
         plan_retries: int | None = None,
+        shards_asked: int | None = None,
     ) -> Manifest:
         """A manifest of shards planned and not yet exported (``plan_retries``: the retries
-        planning them took, None when not counted).
+        planning them took, None when not counted; ``shards_asked``: the ``n`` they were
+        planned for).
 
         Shards of an ``id_list`` are kept naming their slices alone, ``filters["id_list"]``
         the list's digest: the list itself is written beside the manifest, once
@@ -285,6 +292,7 @@ class Manifest:
             plan_id=secrets.token_hex(8),
             plan_retries=plan_retries,
             id_list_length=length,
+            shards_asked=shards_asked,
         )
 
     def check_same_export(
@@ -312,6 +320,8 @@ class Manifest:
         raw = _converter.unstructure(self)
         if raw["id_list_length"] is None:
             del raw["id_list_length"]  # a plan of windows: as earlier releases wrote it
+        if raw["shards_asked"] is None:
+            del raw["shards_asked"]  # not known: written as the manifest was read
         data = orjson.dumps({**raw, "status": self.status()}, option=orjson.OPT_INDENT_2)
         replace_file(path, data + b"\n")
         return path
@@ -371,6 +381,7 @@ class Manifest:
             raise ValueError("no shards")
         _check_count("plan_retries", self.plan_retries)
         _check_count("id_list_length", self.id_list_length)
+        _check_count("shards_asked", self.shards_asked)
         for i, outcome in enumerate(self.shards):
             shard = outcome.shard
             # What the manifest is written back with (orjson: 64 bits): a count edited past

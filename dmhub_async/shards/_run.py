@@ -330,12 +330,16 @@ async def _prepare(
             await ManifestWriter(existing, where).write()
         if _planned_with_another_count(existing, shards):
             # Taken up without a word, another count believed to be the export's.
+            asked = existing.shards_asked
+            made_for = f", made for {asked:,}," if asked not in (None, len(existing.shards)) else ""
             logger.warning(
-                "%s: its plan of %s is taken up, not the %s asked for: a rerun keeps the plan "
+                "%s: its plan of %s%s is taken up, not %s %s asked for: a rerun keeps the plan "
                 "its directory holds (each shard its window, its part and its checkpoint); to "
                 "plan %s, export to a new directory",
                 where,
                 counted(len(existing.shards), "shard"),
+                made_for,
+                "one of the" if made_for else "the",
                 f"{shards:,}",
                 f"{shards:,}",
             )
@@ -355,6 +359,7 @@ async def _prepare(
         app_id=client.app_id,
         filters=recorded,
         plan_retries=retries,
+        shards_asked=shards,
     )
     await ManifestWriter(manifest, where).write()
     return manifest
@@ -379,10 +384,18 @@ def _planned_with_another_count(manifest: Manifest, shards: object) -> bool:
     and fewer when edges fall together, which they do only in such a second or when fewer
     customers than ``shards`` were counted. A rerun of the same command said nothing then.
     """
-    if not isinstance(shards, int) or shards == len(manifest.shards):
+    if not isinstance(shards, int):
         return False
-    if manifest.id_list_length is not None:
+    if manifest.id_list_length is not None:  # its slices: min(n, ids), whatever n was
         return len(manifest.shards) != min(shards, manifest.id_list_length)
+    if manifest.shards_asked is not None:
+        # The count it was planned for, recorded: over a dense second, a plan for 2 held 3
+        # shards, and a rerun with 3 (which would plan 4 others) said nothing, one with 2
+        # that its plan was not of 2. A plan of nobody is one window, whatever the count.
+        return shards != manifest.shards_asked and manifest.planned > 0
+    # A manifest of an earlier release: its count guessed from its shards.
+    if shards == len(manifest.shards):
+        return False
     noted = sum(outcome.shard.note is not None for outcome in manifest.shards)
     counted_windows = len(manifest.shards) - noted
     if counted_windows > shards:

@@ -482,6 +482,34 @@ async def test_a_plan_has_more_than_n_shards_only_for_a_dense_second_as_document
     assert "into at most `n` windows" not in sharding
 
 
+async def test_a_rerun_with_another_count_over_a_dense_second_says_the_plan_is_kept(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # 400 customers over 2016 and 600 imported in one second: `--shards 2` plans 3 windows,
+    # `--shards 3` would plan 4 others. Rerun with 3, the directory's plan of 3 shards was
+    # taken up without a word: its count was guessed from its shards, and 3 is what it held.
+    async with DMHubSimulator(400, clock=lambda: 1_591_000_000.0) as sim:
+        for _ in range(600):
+            sim.insert_customer({"name": "imported"})
+        async with DMHubClient(sim.app_id, sim.secret, base_url=sim.url) as dm:
+            assert len(await plan_shards(dm, 3)) == 4  # what a new directory would plan
+            first = await prepare(dm, tmp_path / "out", 2)
+            assert len(first.shards) == 3
+            caplog.clear()
+            again = await prepare(dm, tmp_path / "out", 2)
+            said_again = [r.getMessage() for r in caplog.records]
+            caplog.clear()
+            other = await prepare(dm, tmp_path / "out", 3)
+
+    assert said_again == []
+    assert len(again.shards) == len(other.shards) == 3
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{tmp_path / 'out'}: its plan of 3 shards, made for 2, is taken up, not one of the 3 "
+        "asked for: a rerun keeps the plan its directory holds (each shard its window, its "
+        "part and its checkpoint); to plan 3, export to a new directory"
+    ]
+
+
 @pytest.mark.parametrize(
     ("customers", "ids", "asked", "planned"),
     [(1, None, 2, 3), (0, None, 4, 1), (50, [3, 1, 2], 8, 3)],
