@@ -549,7 +549,10 @@ def test_a_worker_stopped_while_redis_is_away_ends_at_once_in_one_line(
     assert "Traceback" not in err, err
     # One line, as the docs say: a second, unprefixed, said "the queue's Redis is away as the
     # worker stops: ConnectionError" before it (nothing to act on: arq's health key expires).
-    assert err.strip().splitlines() == ["dmhub-async: stopped by SIGTERM"], err
+    # A poll of the queue between the kill and the signal may have said, once, that it waits
+    # for Redis (ec53d5b): a line of its own, before the stop.
+    lines = [line for line in err.strip().splitlines() if "does not answer" not in line]
+    assert lines == ["dmhub-async: stopped by SIGTERM"], err
     assert worker.returncode == 143
 
 
