@@ -497,6 +497,14 @@ def _check_base_url(base_url: object) -> None:
         )
     if url.query_string or url.fragment:
         raise InvalidRequestError(f"base_url must have no query or fragment: {short(base_url)}")
+    root = base_url.rstrip("/")
+    if root[-3:].lower() == "/v1":
+        # Copied from the contract ("every call is under /v1"): the calls went to /v1/v1/...
+        # and the token request, not under /v1, failed with "invalid access_token".
+        raise InvalidRequestError(
+            "base_url is the service's root, without /v1 (the client adds it to each call,"
+            f" and the token request is not under it): pass {short(root[:-3])}"
+        )
 
 
 def _runtime_types(hint: Any) -> tuple[type, ...]:

@@ -615,6 +615,32 @@ async def test_arguments_win_over_the_environment(monkeypatch):
     assert (dm.app_id, dm.base_url) == ("arg-app", "https://arg.dmhub.test")
 
 
+@pytest.mark.parametrize(
+    "base_url",
+    [
+        "https://api.convertlab.com/v1",
+        "https://api.convertlab.com/v1/",
+        "https://api.convertlab.com/V1",
+        "https://gateway.test/dmhub/v1",
+    ],
+)
+def test_a_base_url_ending_in_v1_is_refused_saying_what_to_pass(no_env, base_url):
+    # The contract says every call is under /v1, so a newcomer put it in the base URL: the
+    # client then asked /v1/security/accesstoken and /v1/v1/customers, and against the
+    # simulator the token request failed "error_code 40014: invalid access_token", which
+    # blamed a token the user never gave.
+    with pytest.raises(InvalidRequestError) as info:
+        DMHubClient("app", "secret", base_url=base_url, token_store=MemoryTokenStore())
+    said = str(info.value)
+    assert "without /v1" in said
+    assert base_url.rstrip("/")[: -len("/v1")] in said  # the URL to pass instead
+
+
+@pytest.mark.parametrize("base_url", ["https://gateway.test/dmhub", "https://h.test/v12"])
+def test_a_base_url_with_another_path_is_taken(no_env, base_url):
+    assert DMHubClient(access_token="tok", base_url=base_url).base_url == base_url
+
+
 def test_default_base_url(no_env):
     assert DMHubClient(access_token="tok").base_url == "https://api.convertlab.com"
 
