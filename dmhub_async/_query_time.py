@@ -57,7 +57,43 @@ def _named(name: str) -> tzinfo:
         return zoneinfo.ZoneInfo(name)
     except (ValueError, KeyError, OSError):  # ZoneInfoNotFoundError is a KeyError
         pass
-    raise InvalidRequestError(f"timezone: no time zone is named {short(name)}")
+    raise InvalidRequestError(
+        f"timezone: no time zone is named {short(name)}{_did_you_mean(name)}: give an IANA name"
+        f" such as 'Asia/Shanghai' or 'UTC', or a tzinfo{_offset_hint(name)}"
+    )
+
+
+#: A fixed offset written as a name: "UTC+8", "GMT+08:00", "+0800".
+_OFFSET = re.compile(r"(?:UTC|GMT)?\s*([+-])\s*(\d{1,2})(?::?(\d{2}))?", re.IGNORECASE)
+
+
+def _did_you_mean(name: str) -> str:
+    """`` (did you mean 'Asia/Shanghai'?)`` for a zone name in another case, or its city
+    alone (``"shanghai"``); else nothing. Only ever on the error path: listing the zones reads
+    the zone database's directories."""
+    wanted = name.strip().replace(" ", "_").casefold()
+    if not wanted:
+        return ""
+    try:
+        zones = sorted(zoneinfo.available_timezones())
+    except OSError:  # pragma: no cover - an unreadable zone database: no suggestion
+        return ""
+    found = [z for z in zones if z.casefold() == wanted] or [
+        z for z in zones if z.rpartition("/")[2].casefold() == wanted and "/" in z
+    ]
+    return f" (did you mean {found[0]!r}?)" if len(found) == 1 else ""
+
+
+def _offset_hint(name: str) -> str:
+    """For an offset written as a zone name (``"UTC+8"``), the tzinfo that says it."""
+    match = _OFFSET.fullmatch(name.strip())
+    if match is None:
+        return ""
+    sign, hours, minutes = match.groups()
+    delta = f"hours={sign.replace('+', '')}{int(hours)}"
+    if minutes and int(minutes):
+        delta += f", minutes={sign.replace('+', '')}{int(minutes)}"
+    return f" (datetime.timezone(timedelta({delta})))"
 
 
 def query_time(

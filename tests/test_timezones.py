@@ -399,6 +399,27 @@ def test_an_unknown_zone_is_refused(zone: Any) -> None:
         DMHubClient(access_token="t", timezone=zone)
 
 
+@pytest.mark.parametrize(
+    ("zone", "said"),
+    [
+        ("asia/shanghai", "(did you mean 'Asia/Shanghai'?)"),
+        ("Shanghai", "(did you mean 'Asia/Shanghai'?)"),
+        ("shanghai", "(did you mean 'Asia/Shanghai'?)"),
+        ("Beijing", "no time zone is named 'Beijing': give an IANA name such as 'Asia/Shanghai'"),
+        ("UTC+8", "or a tzinfo (datetime.timezone(timedelta(hours=8)))"),
+    ],
+)
+def test_an_unknown_zone_name_is_refused_saying_what_to_give(zone: str, said: str) -> None:
+    # "timezone: no time zone is named 'asia/shanghai'" left a newcomer guessing at the
+    # spelling a zone name takes; "Beijing" and "UTC+8" are no IANA names either.
+    with contextlib.suppress(zoneinfo.ZoneInfoNotFoundError, ValueError):
+        zoneinfo.ZoneInfo(zone)
+        pytest.skip(f"this machine's zone database takes {zone!r} (a case-blind file system)")
+    with pytest.raises(InvalidRequestError) as info:
+        DMHubClient(access_token="t", timezone=zone)
+    assert said in str(info.value)
+
+
 class Crash(Exception):
     """Stops an export after its first page, leaving its checkpoint behind."""
 
