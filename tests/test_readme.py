@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
@@ -167,6 +168,129 @@ def test_readme_programs_pass_mypy_strict(
     # This checkout's package (not an installed one), and a user's --strict, alone.
     result = mypy_strict(*files, cwd=tmp_path, mypy_path=README.parent)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# The README's python blocks, each run by a test: a whole program by its own test (the marker
+# it is found by), a fragment (`dm` from an earlier block, a notebook cell's top-level
+# `await`) by test_every_readme_fragment_runs. A new block must be added to one of them.
+README_PROGRAMS = [
+    'DMHubClient(app_id="...", secret="...") as dm:\n        c = await',
+    "DMHubSimulator(customers=50)",
+    "lookup_iter(huge()",
+    "export_customers(",
+    "dm.with_options(timeout=5",
+    'base_url="http://api.example.com"',
+    "dmhub_simulator",
+    "plan_shards(dm, 4)",
+]
+README_FRAGMENTS = {
+    "notebook": "dm = DMHubClient()  # DMHUB_APP_ID",
+    "walking lists": "dm.customers.list(max_items=500).pages()",
+    "a broken walk": "except ResponseDecodeError as err:",
+    "a token file": 'FileTokenStore("/var/lib/my-service/',
+}
+
+
+def test_every_python_block_of_the_readme_is_run() -> None:
+    # The quick start (type-checked only), the notebook cell, the pagination walk, the
+    # broken-walk handler and the FileTokenStore block were run by no test, and the four
+    # fragments not type-checked either: a user copies them all the same.
+    markers = [*README_PROGRAMS, *README_FRAGMENTS.values()]
+    for block in _python_blocks():
+        found = [marker for marker in markers if marker in block]
+        assert len(found) == 1, f"no test runs this README block (or two claim it):\n{block}"
+    assert len(_python_blocks()) == len(markers)
+
+
+_FRAGMENT_HOME = """\
+import asyncio
+import os
+
+import dmhub_async
+from dmhub_async import DMHubClient  # as the quick start imports it, before a notebook's cell
+from dmhub_async.testing import DMHubSimulator
+
+
+async def main() -> None:
+    async with DMHubSimulator(customers=300, seed=3) as sim:
+        # As a user's service has them: DMHubClient() reads the environment.
+        os.environ.update(DMHUB_APP_ID=sim.app_id, DMHUB_SECRET=sim.secret, DMHUB_BASE_URL=sim.url)
+        async with dmhub_async.DMHubClient() as dm:  # the fragment may import the name itself
+{fragment}
+        async with dmhub_async.DMHubClient() as after:  # the notebook's closes its `dm`
+            print("fragment done:", await after.customers.count())
+
+
+asyncio.run(main())
+"""
+
+
+def _fragment_program(marker: str, tokens: Path) -> str:
+    (block,) = [b for b in _python_blocks() if marker in b]
+    block = textwrap.dedent(block).replace("/var/lib/my-service", str(tokens))
+    return _FRAGMENT_HOME.format(fragment=textwrap.indent(block, " " * 12))
+
+
+@pytest.mark.parametrize("marker", README_FRAGMENTS.values(), ids=README_FRAGMENTS.keys())
+def test_every_readme_fragment_runs(tmp_path: Path, marker: str) -> None:
+    program = _fragment_program(marker, tmp_path / "tokens")
+    result = subprocess.run(
+        [sys.executable, "-c", program],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env={**users_environ(), "PYTHONPATH": str(README.parent)},
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "fragment done: 300" in result.stdout
+    assert "Warning" not in result.stderr, result.stderr
+    if "pages()" in marker:  # page.number, len(page.items), page.total_records
+        assert re.search(r"^1 100 300$", result.stdout, re.M), result.stdout
+
+
+def test_readme_fragments_pass_mypy_strict(
+    tmp_path: Path, mypy_strict: Callable[..., subprocess.CompletedProcess[str]]
+) -> None:
+    files = []
+    for i, marker in enumerate(README_FRAGMENTS.values()):
+        files.append(tmp_path / f"readme_fragment_{i}.py")
+        files[-1].write_text(_fragment_program(marker, tmp_path / "tokens"), encoding="utf-8")
+    result = mypy_strict(*files, cwd=tmp_path, mypy_path=README.parent)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# The quick start's credentials are the user's: here the environment's, naming a simulator
+# served from a thread, as DMHubClient() reads them.
+_QUICK_START_PRELUDE = """\
+import asyncio, os, threading
+from dmhub_async.testing import DMHubSimulator
+
+_loop = asyncio.new_event_loop()
+threading.Thread(target=_loop.run_forever, daemon=True).start()
+_sim = asyncio.run_coroutine_threadsafe(DMHubSimulator(customers=40).__aenter__(), _loop).result()
+os.environ.update(DMHUB_APP_ID=_sim.app_id, DMHUB_SECRET=_sim.secret, DMHUB_BASE_URL=_sim.url)
+"""
+
+
+def test_quick_start_runs() -> None:
+    code = _block(README_PROGRAMS[0])
+    assert code.count('DMHubClient(app_id="...", secret="...")') == 1
+    code = code.replace('DMHubClient(app_id="...", secret="...")', "DMHubClient()")
+    result = subprocess.run(
+        [sys.executable, "-c", _QUICK_START_PRELUDE + code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**users_environ(), "PYTHONPATH": str(README.parent)},
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    first, *leads = result.stdout.splitlines()
+    assert re.fullmatch(r"\d+ 小D \d{4}-\d\d-\d\d \d\d:\d\d:\d\d\+00:00", first), first
+    assert leads, result.stdout  # the leads it walked, one a line
+    assert all(re.fullmatch(r"\d+ .*", line) for line in leads), leads
 
 
 def test_the_dependency_list_is_the_packages() -> None:
