@@ -263,3 +263,18 @@ def error_class(
     if status >= 500:
         return ServerError
     return APIError
+
+
+#: What the message of a refused token request adds: the service's own words ("the params is
+#: illegal") never said that the app id and secret were what it refused. An error code on a
+#: 2xx is the live service's refusal of the credentials; a 4xx may as well be no token
+#: endpoint at that base URL.
+CREDENTIALS_REFUSED = " (the app id and secret were refused: check app_id and secret)"
+TOKEN_REQUEST_REFUSED = " (the token request was refused: check base_url, app_id and secret)"
+
+
+def without_token_hint(message: str) -> str:
+    """``message`` without the hint a refused token request's ends in: for the command line
+    and the sharded export's report, which say what to check in their own words (the
+    environment's variables, a worker's environment)."""
+    return message.removesuffix(CREDENTIALS_REFUSED).removesuffix(TOKEN_REQUEST_REFUSED)

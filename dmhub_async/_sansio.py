@@ -16,6 +16,8 @@ import attrs
 
 from . import _json
 from ._exceptions import (
+    CREDENTIALS_REFUSED,
+    TOKEN_REQUEST_REFUSED,
     APIConnectionError,
     APIError,
     APITimeoutError,
@@ -268,8 +270,10 @@ def read_response(
     # Bad appid or secret (on HTTP 200 live); not a 429 (throttled) nor a 408 (the server timed
     # the connection out): neither says anything of the credentials.
     credentials = status < 300 or (400 <= status < 500 and status not in (REQUEST_TIMEOUT, 429))
+    hint = ""
     if request.path == TOKEN_PATH and credentials:
         cls: type[APIError] = AuthenticationError
+        hint = CREDENTIALS_REFUSED if status < 300 else TOKEN_REQUEST_REFUSED
     else:
         cls = error_class(
             status, code, auth_codes=auth_codes, not_found_codes=request.not_found_codes
@@ -297,6 +301,7 @@ def read_response(
         code,
         description,
         retry_after=retry_after,
+        hint=hint,
         headers=headers,
         body=_body_text(body, secrets),
     )
@@ -383,10 +388,12 @@ def build_error(
     description: str | None,
     *,
     retry_after: float | None = None,
+    hint: str = "",
     headers: Mapping[str, str] | None = None,
     body: str | None = None,
 ) -> APIError:
-    """The error for an answer, saying whether a write's outcome is unknown."""
+    """The error for an answer, saying whether a write's outcome is unknown; ``hint`` ends
+    its message (what to check)."""
     message = f"{request.method} {request.path} -> HTTP {status}"
     # The service's words as one line that no terminal obeys (an escape sequence, a line
     # break): the message reaches terminals and logs; the attributes keep them as sent.
@@ -396,6 +403,7 @@ def build_error(
         message += f": {printable(description)}"
     if retry_after is not None:
         message += f" (Retry-After {retry_after:g}s)"
+    message += hint
     # A write whose answer failed may still have been applied: don't repeat it blindly.
     # 429 and 503 are refusals: nothing was written, nor on a FINAL_5XX. A 4xx is final anyway,
     # and so is an error_code on a 2xx: the service answered, and said no. A 2xx we cannot

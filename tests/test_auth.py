@@ -157,6 +157,36 @@ async def test_bad_credentials_are_an_authentication_error_with_an_int_code(api,
     assert count(api, "/v1/customers/1") == 0
 
 
+@pytest.mark.parametrize(
+    ("status", "payload", "said"),
+    [
+        (
+            200,
+            {"error_code": "40004", "error_description": "the params is illegal"},
+            "the app id and secret were refused: check app_id and secret",
+        ),
+        (
+            404,
+            {"error_code": 404, "error_description": "Not Found"},
+            "the token request was refused: check base_url, app_id and secret",
+        ),
+    ],
+    ids=["credentials", "no token endpoint there"],
+)
+async def test_a_refused_token_request_says_what_to_check(api, make_client, status, payload, said):
+    # "GET /security/accesstoken -> HTTP 200, error_code 40004: the params is illegal" was all
+    # a library user read (in a service's log, say): the service's words never said that the
+    # app id and secret were what it refused. The command line said so; the library did not.
+    api.get(url("/security/accesstoken"), status=status, payload=payload, repeat=True)
+    dm = make_client()
+
+    with pytest.raises(AuthenticationError) as info:
+        await dm.customers.count()
+
+    assert said in str(info.value)
+    assert info.value.description == payload["error_description"]  # the service's, as sent
+
+
 async def test_concurrent_calls_that_find_the_token_revoked_refresh_once(api, tokens, make_client):
     checker = TokenChecker({"tok-2"})
     api.get(url("/v1/customers/1"), callback=checker, repeat=True)

@@ -15,7 +15,13 @@ from pathlib import Path
 import pytest
 from _cli_support import TIMEOUT, base_env, cli_command, jsonl_ids, simulator_process
 
-from dmhub_async import AuthenticationError, FileTokenStore, MemoryTokenStore, RedisTokenStore
+from dmhub_async import (
+    AuthenticationError,
+    DMHubClient,
+    FileTokenStore,
+    MemoryTokenStore,
+    RedisTokenStore,
+)
 from dmhub_async.cli._errors import EXIT_ERROR, UsageError, explain
 from dmhub_async.cli._settings import token_store
 from dmhub_async.testing import DMHubSimulator
@@ -29,6 +35,22 @@ def test_a_refused_token_says_why_runs_must_share_it(code: int) -> None:
     assert exit_code == EXIT_ERROR
     assert "(DM Hub keeps one token per app id): share it with --token-store" in line
     assert "DMHUB_APP_ID and DMHUB_SECRET" in line
+
+
+async def test_a_refused_token_request_is_one_line_naming_the_variables_once() -> None:
+    # The library's message says what to check in Python's words (app_id and secret); the
+    # command line's says it in its own, once, not both.
+    async with DMHubSimulator(customers=1) as sim:
+        dm = DMHubClient(sim.app_id, "wrong", base_url=sim.url, token_store=MemoryTokenStore())
+        async with dm:
+            with pytest.raises(AuthenticationError) as info:
+                await dm.customers.count()
+
+    assert "check app_id and secret" in str(info.value)
+    exit_code, line = explain(info.value)
+    assert exit_code == EXIT_ERROR
+    assert "app_id" not in line, line
+    assert line.count("DMHUB_APP_ID and DMHUB_SECRET") == 1, line
 
 
 def test_store_specs_name_the_existing_stores(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from .._exceptions import (
     AuthenticationError,
     DMHubError,
     InvalidRequestError,
+    without_token_hint,
 )
 
 __all__ = [
@@ -162,7 +163,7 @@ def explain(err: BaseException, flags: Mapping[str, str] = _NO_FLAGS) -> tuple[i
     if isinstance(err, (CommandError, Interrupted)):
         return err.code, str(err)
     if isinstance(err, AuthenticationError):
-        return EXIT_ERROR, f"{err}; {_auth_hint(err)}"
+        return EXIT_ERROR, f"{without_token_hint(str(err))}; {_auth_hint(err)}"
     if isinstance(err, APIConnectionError):
         if getattr(err.__cause__, "original_type", "").endswith(".ClientProxyConnectionError"):
             # Sent to a proxy that never answered: the base URL was never reached, nor blamed.

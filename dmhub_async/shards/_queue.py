@@ -32,7 +32,12 @@ from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from .._exceptions import AuthenticationError, DMHubError, InvalidRequestError
+from .._exceptions import (
+    AuthenticationError,
+    DMHubError,
+    InvalidRequestError,
+    without_token_hint,
+)
 from .._shared_rate import check_shared_rate
 from .._validate import (
     check_concurrency,
@@ -1245,7 +1250,7 @@ def _record(outcome: ShardOutcome, info: Any) -> None:
         if isinstance(error, (DMHubError, OSError)):
             message = failure_reason(error)
             if isinstance(error, AuthenticationError):
-                message = f"{message}: {worker_credentials_hint(error)}"
+                message = f"{without_token_hint(message)}: {worker_credentials_hint(error)}"
         else:
             message = type(error).__name__
         outcome.status, outcome.error = "failed", message
