@@ -108,6 +108,9 @@ class APIConnectionError(DMHubError):
     outcome_unknown: bool
     #: The request never left (refused, DNS): nothing of it reached the service.
     _not_sent: bool = False
+    #: What the message ends in, said of a connection never made (where, what to check):
+    #: the command line says it in its own words.
+    _hint: str = ""
 
     def __init__(
         self,

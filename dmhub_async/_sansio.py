@@ -428,15 +428,18 @@ def build_error(
 
 
 def connection_error(
-    request: Request, *, timeout: bool, not_sent: bool, kind: str
+    request: Request, *, timeout: bool, not_sent: bool, kind: str, where: str | None = None
 ) -> APIConnectionError:
     """The error for a request that got no answer; says when a write's outcome is unknown.
 
     ``not_sent``: it never reached the service (refused, DNS, no connection within
-    ``connect_timeout``); ``kind`` names the failure.
+    ``connect_timeout``); ``kind`` names the failure; ``where``: the base URL, which a
+    request never sent is said to have found no connection to, and what to check.
     """
     unknown = not request.idempotent and not not_sent
     message = f"{request.method} {request.path} " + ("timed out" if timeout else f"failed ({kind})")
+    hint = connection_hint(kind, where) if not_sent and where else ""
+    message += hint
     if unknown:
         message += (
             "; the request may have reached the service, so its outcome is unknown and it was"
@@ -445,4 +448,18 @@ def connection_error(
     cls = APITimeoutError if timeout else APIConnectionError
     error = cls(message, method=request.method, path=request.path, outcome_unknown=unknown)
     error._not_sent = not_sent
+    error._hint = hint
     return error
+
+
+def connection_hint(kind: str, where: str) -> str:
+    """What a request that found no connection adds to its message: where it went, and what
+    to check. "GET /security/accesstoken failed (ClientConnectorError)" named neither."""
+    if kind == "ClientProxyConnectionError":  # the base URL was never reached, nor blamed
+        return (
+            ": no connection to the proxy the environment names (HTTPS_PROXY, HTTP_PROXY or the"
+            " system's): is it right and up?"
+        )
+    if kind == "ClientConnectorDNSError":
+        return f": the host of {where} was not found (is base_url right?)"
+    return f": no connection to {where} (is base_url right, and the service up?)"

@@ -800,6 +800,7 @@ class Session:
                 # ConnectionTimeoutError only around opening one, before a byte is sent.
                 not_sent=isinstance(failure, _NOT_SENT),
                 kind=type(failure).__name__,
+                where=self.base_url,
             )
             cause = RedactedCause(failure, secrets)
             # An error tracker records the variables of each frame of a traceback (Sentry's

@@ -32,7 +32,7 @@ from dmhub_async import (
 )
 from dmhub_async import _exceptions as errors
 from dmhub_async._exceptions import coerce_code, error_class
-from dmhub_async._sansio import Request, read_response
+from dmhub_async._sansio import Request, connection_error, read_response
 
 
 def count(api: aioresponses, path: str) -> int:
@@ -396,3 +396,67 @@ def test_the_attributes_are_typed() -> None:
     assert hints["status"] is int
     assert typing.get_type_hints(errors.APIConnectionError)["path"] == str | None
     assert typing.get_type_hints(errors.TokenStoreError)["store"] is str
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def test_a_refused_connection_names_where_it_went_and_what_to_check() -> None:
+    # "GET /security/accesstoken failed (ClientConnectorError)" was all a service's log got
+    # (str(err)): no host, no port, nothing to check; the command line added its own hint.
+    port = _closed_port()
+    async with DMHubClient("app", "secret", base_url=f"http://127.0.0.1:{port}") as dm:
+        with pytest.raises(APIConnectionError) as info:
+            await dm.with_options(max_retries=0).customers.count()
+
+    said = str(info.value)
+    assert said.startswith("GET /security/accesstoken failed (ClientConnectorError)"), said
+    assert f"no connection to http://127.0.0.1:{port} (is base_url right" in said, said
+
+
+@pytest.mark.parametrize(
+    ("kind", "timeout", "said"),
+    [
+        ("ClientConnectorDNSError", False, "the host of https://h.test was not found (is base_url"),
+        ("ConnectionTimeoutError", True, "no connection to https://h.test (is base_url right"),
+        ("ClientProxyConnectionError", False, "no connection to the proxy the environment names"),
+    ],
+)
+def test_a_connection_never_made_says_what_to_check(kind: str, timeout: bool, said: str) -> None:
+    request = Request("GET", "/v1/customers/count", {}, None)
+    error = connection_error(
+        request, timeout=timeout, not_sent=True, kind=kind, where="https://h.test"
+    )
+    assert said in str(error)
+    if "proxy" in kind.lower():
+        assert "h.test" not in str(error)  # the base URL was never reached, nor blamed
+
+
+def test_a_connection_lost_after_sending_adds_no_hint_on_the_address() -> None:
+    request = Request("GET", "/v1/customers/count", {}, None)
+    error = connection_error(
+        request,
+        timeout=False,
+        not_sent=False,
+        kind="ServerDisconnectedError",
+        where="https://h.test",
+    )
+    assert str(error) == "GET /v1/customers/count failed (ServerDisconnectedError)"
+
+
+async def test_the_command_line_says_where_it_found_no_connection_once() -> None:
+    from dmhub_async.cli._errors import explain
+
+    port = _closed_port()
+    async with DMHubClient("app", "secret", base_url=f"http://127.0.0.1:{port}") as dm:
+        with pytest.raises(APIConnectionError) as info:
+            await dm.with_options(max_retries=0).customers.count()
+
+    _, line = explain(info.value)
+    assert "is DMHUB_BASE_URL right?" in line, line  # the command line's words
+    assert "base_url" not in line, line  # not the library's, a Python argument's name

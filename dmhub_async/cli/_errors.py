@@ -138,7 +138,8 @@ def _missing_credentials() -> str:
 
 def stopped_answering(err: APIConnectionError) -> CommandError:
     """``err`` after the service had answered in this run: its URL is right, it went away."""
-    return CommandError(f"{err}: {_base_url()} stopped answering (it had answered in this run)")
+    said = str(err).removesuffix(err._hint)
+    return CommandError(f"{said}: {_base_url()} stopped answering (it had answered in this run)")
 
 
 #: How a refusal of another export's checkpoint ends in the library's words.
@@ -165,15 +166,17 @@ def explain(err: BaseException, flags: Mapping[str, str] = _NO_FLAGS) -> tuple[i
     if isinstance(err, AuthenticationError):
         return EXIT_ERROR, f"{without_token_hint(str(err))}; {_auth_hint(err)}"
     if isinstance(err, APIConnectionError):
+        # The library's words on where it found no connection: said below as a command says it.
+        said = str(err).removesuffix(err._hint)
         if getattr(err.__cause__, "original_type", "").endswith(".ClientProxyConnectionError"):
             # Sent to a proxy that never answered: the base URL was never reached, nor blamed.
             return EXIT_ERROR, (
-                f"{err}: no answer from the proxy the environment names (HTTPS_PROXY, HTTP_PROXY"
+                f"{said}: no answer from the proxy the environment names (HTTPS_PROXY, HTTP_PROXY"
                 " or the system's): is it right and up? (NO_PROXY names the hosts reached"
                 " without it)"
             )
         # Nothing answered in this run (else open_client raised stopped_answering's error).
-        return EXIT_ERROR, f"{err}: no answer from {_base_url()} (is DMHUB_BASE_URL right?)"
+        return EXIT_ERROR, f"{said}: no answer from {_base_url()} (is DMHUB_BASE_URL right?)"
     if isinstance(err, OSError) and err.strerror:
         where = f"{err.filename}: " if err.filename is not None else ""
         return EXIT_ERROR, f"{where}{err.strerror}"
