@@ -118,20 +118,28 @@ def query_time(
             f" not {short(value)}"
         )
     naive = moment.utcoffset() is None
-    utc = in_utc(method, name, moment, zone or timezone.utc, given=value)
+    # A bound UTC cannot hold (date.max west of Greenwich, the year 1 east of it) is one a
+    # user meant as none: say so, rather than leave them to guess why another zone took it.
+    hint = f" (UTC has no such time: leave {name} out for no bound)"
+    utc = in_utc(method, name, moment, zone or timezone.utc, given=value, hint=hint)
     # isoformat, not strftime: strftime writes the year 5 as "5", not "0005".
     return utc.replace(tzinfo=None).isoformat(timespec="seconds"), naive and zone is None
 
 
-def in_utc(method: str, name: str, moment: datetime, zone: tzinfo, *, given: object) -> datetime:
+def in_utc(
+    method: str, name: str, moment: datetime, zone: tzinfo, *, given: object, hint: str = ""
+) -> datetime:
     """``moment`` in UTC, read in ``zone`` when it is naive; InvalidRequestError naming
-    ``name`` and the value ``given`` when UTC has no such time (the year 1 at +08:00)."""
+    ``name`` and the value ``given`` (then ``hint``) when UTC has no such time (the year 1 at
+    +08:00)."""
     if moment.utcoffset() is None:
         moment = moment.replace(tzinfo=zone)
     try:
         return moment.astimezone(timezone.utc)
     except (OverflowError, ValueError):
-        raise InvalidRequestError(f"{method}(): {name} is out of range: {short(given)}") from None
+        raise InvalidRequestError(
+            f"{method}(): {name} is out of range: {short(given)}{hint}"
+        ) from None
 
 
 def times_in_utc(method: str, where: str, value: Any, zone: tzinfo, depth: int = 0) -> Any:

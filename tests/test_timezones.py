@@ -420,6 +420,34 @@ def test_an_unknown_zone_name_is_refused_saying_what_to_give(zone: str, said: st
     assert said in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("zone", "filters"),
+    [
+        ("Asia/Shanghai", {"date_created_from": datetime(1, 1, 1)}),
+        ("America/New_York", {"date_created_to": date.max}),
+        ("America/New_York", {"last_updated_to": datetime.max}),
+    ],
+    ids=["the first day at +08:00", "date.max at -05:00", "datetime.max at -05:00"],
+)
+async def test_a_time_filter_utc_cannot_hold_says_to_leave_it_out(
+    zone: str,
+    filters: Any,
+    count_answers: aioresponses,
+    make_client: Callable[..., DMHubClient],
+) -> None:
+    # date.max as "no upper bound" raised "date_created_to is out of range: datetime.date(9999,
+    # 12, 31)" west of Greenwich, and datetime(1, 1, 1) as "from the start" east of it: the
+    # same call worked in one zone, and nothing said why it failed in the other, nor what to do.
+    dm = make_client(timezone=zone)
+    (name,) = filters
+    with pytest.raises(InvalidRequestError) as info:
+        await dm.customers.count(**filters)
+    assert not count_answers.requests  # refused before anything is sent, a token request too
+    said = str(info.value)
+    assert f"{name} is out of range" in said
+    assert f"UTC has no such time: leave {name} out for no bound" in said
+
+
 class Crash(Exception):
     """Stops an export after its first page, leaving its checkpoint behind."""
 
