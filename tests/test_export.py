@@ -391,6 +391,23 @@ async def test_a_tar_name_or_one_ending_in_a_space_is_refused_before_any_request
     assert sim.counters.total == 0
 
 
+@pytest.mark.parametrize("name", ["customers.json", "customers.JSON", "customers.txt", "customers"])
+async def test_a_name_that_says_no_format_is_refused_unless_format_says_it(
+    sim: DMHubSimulator, client: DMHubClient, tmp_path: Path, name: str
+) -> None:
+    # customers.json was written as JSON lines, which every JSON reader then failed on at its
+    # second line, while `dmhub-async export --out customers.json` refused it (exit 2).
+    with pytest.raises(InvalidRequestError, match=r"format=") as raised:
+        await export_customers(client, tmp_path / name, progress=False)
+    assert ".jsonl" in str(raised.value)
+    assert files_in(tmp_path) == []
+    assert sim.counters.total == 0
+    # Said, it is written as asked: JSON lines under the name given.
+    report = await export_customers(client, tmp_path / name, format="jsonl", progress=False)
+    assert report.format == "jsonl"
+    assert len(read_jsonl(tmp_path / name)) == report.exported == CUSTOMERS
+
+
 # -- progress ---------------------------------------------------------------------------------
 
 

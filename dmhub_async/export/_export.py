@@ -58,7 +58,8 @@ async def export_customers(
 
     Args:
         client: an open :class:`DMHubClient`.
-        dest: the output file (its extension picks the format unless ``format`` is given):
+        dest: the output file (its extension, ``.jsonl``, ``.ndjson`` or ``.csv``, picks the
+            format unless ``format`` is given; another one is refused without ``format``):
             without a checkpoint, replaced only when the export is done; with one, written in
             place. Or a writable binary stream (such as ``sys.stdout.buffer``), written as rows
             come and not resumable: on a thread, one write at a time and in order, so a pipe
@@ -219,7 +220,10 @@ def _plan(
         long_ids = checked_ids("export_customers", long_ids)
     if isinstance(dest, (str, os.PathLike)):
         check_output_name(Path(dest))
-    fmt = _format_of(Path(dest).suffix if isinstance(dest, (str, os.PathLike)) else "", format)
+        # Fails early on an unwritable output, before any request (a failure after the walk
+        # would lose it all), and before its name's format: a directory is said as one.
+        check_path(Path(dest), "output")
+    fmt = _format_of(Path(dest) if isinstance(dest, (str, os.PathLike)) else None, format)
     if encoding not in ("utf-8", "utf-8-sig") or (encoding != "utf-8" and fmt != "csv"):
         raise InvalidRequestError(
             f"encoding must be 'utf-8' (or 'utf-8-sig' for CSV), not {short(encoding)} for {fmt}"
@@ -233,9 +237,7 @@ def _plan(
             raise InvalidRequestError("an export to a stream cannot be resumed: no checkpoint")
         return dest, fmt, None, None, long_ids
     path = Path(dest)
-    # Fails early on an unwritable output or checkpoint, before any request: a failure after
-    # the walk would lose it all.
-    check_path(path, "output")
+    # The checkpoint too, before any request.
     if checkpoint is not None and not isinstance(checkpoint, (str, os.PathLike)):
         raise InvalidRequestError(f"checkpoint must be a path, not {type(checkpoint).__name__}")
     checkpoint_path = Path(checkpoint) if checkpoint is not None else None
@@ -309,9 +311,23 @@ def check_output_name(dest: Path) -> None:
 FORMAT_OF_SUFFIX: Final = MappingProxyType({".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv"})
 
 
-def _format_of(suffix: str, format: str | None) -> Format:
+def _format_of(dest: Path | None, format: str | None) -> Format:
+    """``format``, else the one ``dest``'s name says (a stream: JSON lines).
+
+    A name that says neither (``customers.json``, ``.txt``, none) is refused, as the CLI's
+    ``--out`` is: it was written as JSON lines, and a JSON reader failed on its second line.
+    """
+    if format is None and dest is not None:
+        named = FORMAT_OF_SUFFIX.get(dest.suffix.lower())
+        if named is None:
+            stem = dest.stem if dest.suffix else dest.name
+            raise InvalidRequestError(
+                f"{dest.name}: the format is read from the name, .jsonl, .ndjson or .csv: name"
+                f" it {stem}.jsonl (JSON lines) or {stem}.csv, or give format='jsonl'|'csv'"
+            )
+        format = named
     if format is None:
-        format = "csv" if suffix.lower() == ".csv" else "jsonl"
+        format = "jsonl"
     if format not in ("jsonl", "csv"):
         raise InvalidRequestError(f"format must be 'jsonl' or 'csv', not {short(format)}")
     return "csv" if format == "csv" else "jsonl"
