@@ -602,7 +602,10 @@ def check_id(method: str, customer_id: object) -> int:
             f"{method}(): a customer id must be an int, not {type(customer_id).__name__}"
         )
     if customer_id < 0 or customer_id >= 2**63:
-        raise InvalidRequestError(f"{method}(): customer id {short(customer_id)} is out of range")
+        raise InvalidRequestError(
+            f"{method}(): customer id {short(customer_id)} is out of range: ids are 64-bit,"
+            " from 0 to 2**63 - 1"
+        )
     return customer_id
 
 

@@ -392,6 +392,30 @@ async def test_bad_input_is_refused_before_any_request(
     assert sim.counters.total == 0  # not even the token request
 
 
+ID_OUT_OF_RANGE: dict[str, Callable[[DMHubClient], Any]] = {
+    "get": lambda dm: dm.customers.get(2**63),
+    "update": lambda dm: dm.customers.update(-1, remark="x"),
+    "delete": lambda dm: dm.customers.delete(2**64),
+    "identities.add": lambda dm: dm.identities.add(-5, OK),
+    "identities.list": lambda dm: dm.identities.list(customer_ids=[1, 2**63]),
+    "statistics": lambda dm: dm.customer_statistics.list(customer_id=2**63),
+    "list id_list": lambda dm: dm.customers.list(id_list=[3, -1]),
+}
+
+
+@pytest.mark.parametrize("name", list(ID_OUT_OF_RANGE))
+async def test_a_customer_id_out_of_range_is_refused_with_the_range(
+    sim: DMHubSimulator, connect: Callable[..., DMHubClient], name: str
+) -> None:
+    # "customer id -1 is out of range" left the caller to guess the range the contract gives
+    # (ids are 64-bit ints): the message says it, as page_size's does.
+    async with connect(sim) as dm:
+        with pytest.raises(InvalidRequestError, match=r"from 0 to 2\*\*63 - 1") as raised:
+            await invoke(ID_OUT_OF_RANGE[name](dm))
+    assert "out of range" in str(raised.value)
+    assert sim.counters.total == 0
+
+
 async def test_a_mobile_filter_a_float_wrote_says_so_and_other_mobiles_are_sent(
     sim: DMHubSimulator, connect: Callable[..., DMHubClient]
 ) -> None:
