@@ -440,3 +440,46 @@ def test_a_signal_stops_a_run_whose_standard_output_is_a_full_pipe(
     assert said.strip().splitlines()[-1] == (
         "dmhub-async: stopped by SIGTERM: what went to standard output is incomplete"
     )
+
+
+#: The command line as its console script (``dmhub-async``) starts it, or ``python -m``, with
+#: a hook that holds the first import of aiohttp (the CLI's first heavy one, a second of
+#: loading on a busy machine) until SIGINT comes: Ctrl-C as soon as the command was typed.
+HELD_IN_ITS_IMPORTS = """
+import importlib.abc, pathlib, runpy, sys, time
+
+class Hold(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "aiohttp":
+            sys.meta_path.remove(self)
+            pathlib.Path("importing").touch()
+            time.sleep(60)  # until SIGINT raises KeyboardInterrupt here
+        return None
+
+sys.meta_path.insert(0, Hold())
+sys.argv = ["dmhub-async", "--version"]
+if {module!r}:
+    runpy.run_module({module!r}, run_name="__main__")
+else:
+    from dmhub_async.cli import main
+    sys.exit(main())
+"""
+
+
+@pytest.mark.parametrize("module", ["", "dmhub_async"], ids=["console script", "python -m"])
+def test_ctrl_c_while_the_command_line_loads_exits_130_without_a_traceback(
+    tmp_path: Path, module: str
+) -> None:
+    # It printed Python's traceback of the import it cut (aiohttp's, the SDK's), exit 1.
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    code, text = interrupt(
+        [],
+        env=base_env(tmp_path / "cache"),
+        cwd=cwd,
+        signum=signal.SIGINT,
+        started=lambda: (cwd / "importing").exists(),
+        python=("-c", HELD_IN_ITS_IMPORTS.format(module=module)),
+    )
+    assert code == 130, text
+    assert text == "dmhub-async: stopped by SIGINT\n"

@@ -6,6 +6,7 @@ import contextlib
 import os
 import re
 import signal
+import sys
 from collections.abc import Iterator, Mapping
 from types import FrameType, MappingProxyType
 from typing import Any, Final
@@ -30,6 +31,7 @@ __all__ = [
     "explain",
     "interruptible",
     "stopped_answering",
+    "stopped_loading",
     "unnamed_write_error",
     "without_method",
 ]
@@ -41,6 +43,13 @@ EXIT_INCOMPLETE = 3
 #: The reader of the output went away (``| head -1``): 128 + SIGPIPE, as a shell reports it.
 EXIT_BROKEN_PIPE = 128 + 13
 # 128 + the signal's number, as shells report a process a signal ended: 130 SIGINT, 143 SIGTERM.
+
+
+def stopped_loading() -> int:
+    """A Ctrl-C before the command began (while it loaded, or read its flags): said in one
+    line, exit 130, as one while it runs; nothing had begun, so nothing is left to say."""
+    print("dmhub-async: stopped by SIGINT", file=sys.stderr)
+    return 128 + signal.SIGINT
 
 
 class CommandError(Exception):

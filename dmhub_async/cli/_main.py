@@ -1,0 +1,146 @@
+"""The command line once loaded: its commands run under the signal handlers, errors as one
+line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import warnings
+from collections.abc import Sequence
+
+from .._exceptions import DMHubError
+from .._query_time import NaiveDatetimeWarning
+from .._redact import redact
+from .._validate import printable
+from ..shards import MANIFEST_NAME
+from ._commands import COMMANDS
+from ._errors import (
+    EXIT_BROKEN_PIPE,
+    CommandError,
+    Interrupted,
+    explain,
+    stopped_loading,
+)
+from ._files import stop_standard_output
+from ._parser import FILTER_FLAGS, build_parser
+from ._settings import REDIS_PASSWORD_ENV, show_requests
+
+__all__ = ["run"]
+
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+#: Each filter's flag by its keyword, as an error line names it (``--id-list``: its own flag),
+#: and what else a checkpoint records, by the flag or variable that gives it: a refusal said
+#: "dest: ... in the checkpoint" to a user who had typed --out.
+_FLAG_OF = {
+    **{name: flag for flag, name in FILTER_FLAGS.items()},
+    "id_list": "--id-list",
+    "dest": "--out",
+    "format": "--format",
+    "encoding": "--encoding",
+    "app_id": "DMHUB_APP_ID",
+}
+
+
+async def _run(args: argparse.Namespace, ended: list[int] | None = None) -> int:
+    """The command, cancelled (so its cleanup runs) by the first SIGINT or SIGTERM; its exit
+    code also put in ``ended`` as it ends, before its signal handlers go."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    received: list[int] = []
+
+    def stop(signum: int) -> None:
+        if received:
+            # Asked again while the first one's cleanup runs: a write that never returns (a
+            # file system gone away) held it for good, and only SIGKILL ended the command.
+            # Ended at once; a checkpoint is replaced whole, so a rerun resumes from the last.
+            first, then = (signal.Signals(s).name for s in (received[0], signum))
+            print(
+                f"dmhub-async: stopped by {first}, then {then}: exiting at once, its cleanup"
+                " unfinished",
+                file=sys.stderr,
+                flush=True,
+            )
+            os._exit(128 + signum)
+        received.append(signum)
+        task.cancel()
+        # An export's write to a full pipe waits on a thread, which the cancel waits for.
+        stop_standard_output(signum)
+
+    installed = []
+    for signum in _SIGNALS:
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # not on Windows
+            loop.add_signal_handler(signum, stop, signum)
+            installed.append(signum)
+    try:
+        code = await COMMANDS[args.command](args)
+        if ended is not None:
+            ended.append(code)
+        return code
+    except asyncio.CancelledError:
+        if received:
+            raise Interrupted(received[0]) from None
+        raise
+    finally:
+        for signum in installed:
+            loop.remove_signal_handler(signum)
+
+
+def _interrupted(err: Interrupted, args: argparse.Namespace) -> str:
+    checkpoint = getattr(args, "checkpoint", None)
+    if checkpoint is not None and os.path.exists(checkpoint):
+        return f"stopped by {err}: rerun the same command to resume from {checkpoint}"
+    if getattr(args, "shards", None) is not None and os.path.isfile(
+        os.path.join(args.out, MANIFEST_NAME)
+    ):
+        # The parts and their checkpoints are kept: "no output written" sent users to start over.
+        return f"stopped by {err}: rerun the same command to resume from {args.out}"
+    if args.command in ("export", "lookup") and getattr(args, "out", None) == "-":
+        # Rows went out as they came: "no output written" followed 225 of them.
+        return f"stopped by {err}: what went to standard output is incomplete"
+    if args.command in ("export", "lookup", "demo", "merge"):
+        return f"stopped by {err}: no output written"
+    return f"stopped by {err}"
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    try:
+        args = build_parser().parse_args(argv)
+        show_requests(args.verbose)
+    except KeyboardInterrupt:  # a Ctrl-C as the command line is read: nothing begun
+        return stopped_loading()
+    ended: list[int] = []
+    try:
+        with warnings.catch_warnings():
+            # The CLI says it in its own terms (--timezone): see _commands._filters.
+            warnings.simplefilter("ignore", NaiveDatetimeWarning)
+            return asyncio.run(_run(args, ended))
+    except KeyboardInterrupt:  # a Ctrl-C before the handlers were in place, or after
+        if ended:
+            # After: the command had ended (its output written, its report printed) as
+            # asyncio.run shut down; it said "no output written", exit 130, of a complete file.
+            return ended[0]
+        err: BaseException = Interrupted(signal.SIGINT)
+    except (Interrupted, CommandError, DMHubError, OSError, ValueError) as caught:
+        err = caught
+    if isinstance(err, BrokenPipeError):
+        # The reader of our output left (`| head -1`): ended silently, as `yes | head` does,
+        # not "error: Broken pipe". stdout to /dev/null: the interpreter's last flush at exit
+        # would fail on the pipe again.
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+    code, message = explain(err, _FLAG_OF)
+    if isinstance(err, Interrupted):
+        message = _interrupted(err, args)
+    else:
+        secrets = (os.environ.get("DMHUB_SECRET"), os.environ.get(REDIS_PASSWORD_ENV))
+        message = "error: " + redact(message, secrets)
+    # One line, whatever it quotes (the service's words, a file name): nothing a terminal obeys.
+    print(f"dmhub-async: {printable(message)}", file=sys.stderr)
+    return code
