@@ -17,6 +17,8 @@ import os
 import secrets
 import stat
 from collections.abc import Callable, Sequence
+from csv import Error as CSVError
+from csv import reader as csv_reader
 from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO, Final, Literal
@@ -27,6 +29,7 @@ import orjson
 
 from .._atomic import open_to_read, replace_file, replacing
 from .._auth import normalise_base_url
+from .._converter.scalars import parse_timestamp
 from .._exceptions import InvalidRequestError
 from .._threads import on_thread
 from .._validate import short
@@ -582,7 +585,8 @@ def merge(
     (one whose export ended in MISMATCH, as it was then: what its checkpoint covers checked
     against it, one shorter than it was then left out), in whole lines: a record its worker
     was killed writing is left out; its checkpoint must be of its shard (the shard's window,
-    filters and slice of the id list, the manifest's service and app). A complete part is
+    filters and slice of the id list, the manifest's service and app); without one, each of
+    its records' ``dateCreated`` must be in its shard's window. A complete part is
     still checked (its SHA-256), and goes in as it was exported, without what was appended
     since; one shorter than it was exported is left out, with a warning (cut short since, or
     another export's: no check tells them apart).
@@ -597,10 +601,11 @@ def merge(
             export not complete, or a complete part changed since it was exported: its size
             (these unless ``allow_incomplete``), or its content (the SHA-256 the manifest
             records); a CSV part whose header is not the first part's (another export's); an
-            unfinished part whose checkpoint is of another export, or, of an id list, cannot
-            be checked (``id_list.txt`` missing or changed); a part replaced or removed
-            between its checks and its copy (a named pipe there is never waited on, nor a
-            checkpoint that is one).
+            unfinished part whose checkpoint is of another export, or without one, holding a
+            customer created outside its shard's window, or, of an id list, cannot be
+            checked (``id_list.txt`` missing or changed); a part replaced or removed between
+            its checks and its copy (a named pipe there is never waited on, nor a checkpoint
+            that is one).
     """
     check_output_name(Path(dest))
     if merged_into_itself(directory, dest):
@@ -702,6 +707,14 @@ def _copy_parts(manifest: Manifest, directory: Path, out: BinaryIO, allow_incomp
                     f"{limit:,}",
                 )
                 continue
+        # An unfinished part that no checkpoint speaks for (deleted, or none that says what
+        # was written): nothing else checks it, and another export's part in its place went
+        # in whole. Its records' dateCreated must be in its shard's window.
+        window = (
+            _Window(outcome.shard)
+            if unfinished and committed.covered is None and outcome.shard.id_slice is None
+            else None
+        )
         if committed.unreadable:
             raise InvalidRequestError(
                 f"{outcome.file}.ckpt is no checkpoint this SDK wrote (the export it records "
@@ -736,6 +749,7 @@ def _copy_parts(manifest: Manifest, directory: Path, out: BinaryIO, allow_incomp
         at_mark: tuple[int, bytes] | None = None
         with _opened(part, found, outcome.file) as fh:
             read = 0
+            header = b""
             if csv:
                 header = fh.readline()
                 read += len(header)
@@ -772,6 +786,13 @@ def _copy_parts(manifest: Manifest, directory: Path, out: BinaryIO, allow_incomp
                 last = line
                 if read == committed.covered:
                     at_mark = (records - before, last)
+                if window is not None and not window.holds(line, header if csv else None):
+                    raise InvalidRequestError(
+                        f"{outcome.file} is another export's part: it holds a customer created "
+                        f"outside shard {outcome.shard.index}'s window "
+                        f"({outcome.shard.describe()}); delete it and rerun the export, which "
+                        "exports that shard again"
+                    )
         if not committed.holds(at_mark, csv):
             # Another export's part where an unfinished one was: it went in as far as the
             # checkpoint's byte count, unchecked.
@@ -947,6 +968,50 @@ class _Committed:
         except orjson.JSONDecodeError:
             return False
         return isinstance(record, dict) and record.get("id") == self.last_id
+
+
+class _Window:
+    """A shard's ``dateCreated`` window, to tell a record of its part from another export's
+    by the time the customer was created (immutable: docs/contract.md, "More live
+    behaviour"). A record that does not say (``select`` without it, a value not a time) is
+    taken as the shard's."""
+
+    def __init__(self, shard: Shard) -> None:
+        self._start, self._end = shard.start, shard.end
+        self._column: tuple[bytes, int | None] | None = None  # a CSV header, its column
+
+    def holds(self, record: bytes, header: bytes | None) -> bool:
+        """Whether ``record`` (a JSON line, or a CSV record under ``header``) may be of the
+        window."""
+        if self._start is None and self._end is None:
+            return True
+        try:
+            if header is None:
+                created = orjson.loads(record).get("dateCreated")
+            else:
+                column = self._column_of(header)
+                if column is None:
+                    return True
+                row = next(csv_reader([record.decode("utf-8")]), [])
+                created = row[column] if column < len(row) else None
+            if not isinstance(created, str) or not created:
+                return True
+            moment = parse_timestamp(created)
+        except (orjson.JSONDecodeError, AttributeError, UnicodeDecodeError, CSVError):
+            return True  # not a record whose time can be read: the other checks' to judge
+        except (ValueError, OverflowError):
+            return True
+        if self._start is not None and moment < self._start:
+            return False
+        return self._end is None or moment < self._end
+
+    def _column_of(self, header: bytes) -> int | None:
+        if self._column is None or self._column[0] != header:
+            names = next(csv_reader([header.decode("utf-8-sig", "replace")]), [])
+            names = [name.strip() for name in names]
+            found = names.index("dateCreated") if "dateCreated" in names else None
+            self._column = (header, found)
+        return self._column[1]
 
 
 def _committed(checkpoint: Path) -> _Committed:

@@ -1089,6 +1089,31 @@ async def test_merging_what_there_is_refuses_another_exports_part_where_an_unfin
     assert not (tmp_path / "all.jsonl").exists()
 
 
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+async def test_merging_what_there_is_refuses_another_exports_part_where_one_without_checkpoint_was(
+    dm: DMHubClient, tmp_path: Path, fmt: str
+) -> None:
+    # A shard that failed, its part left without a checkpoint (deleted, or never read back):
+    # nothing was checked, and another export's part in its place (8 shards: other windows,
+    # part-00000's customers) went in whole, those customers twice. Its records' dateCreated
+    # tell: they are not in this shard's window.
+    done = tmp_path / "done"
+    await export_sharded(dm, done, 4, format=fmt, progress=False)
+    edit(done, lambda data: data["shards"][1].update(status="failed", size=None, sha256=None))
+    part = done / f"part-00001.{fmt}"
+    # Its own part still goes in whole: every record is in its shard's window.
+    merged = merge(done, tmp_path / f"own.{fmt}", allow_incomplete=True)
+    assert merged == CUSTOMERS
+
+    other = tmp_path / "other"
+    await export_sharded(dm, other, 8, format=fmt, progress=False)
+    part.write_bytes((other / f"part-00001.{fmt}").read_bytes())
+
+    with pytest.raises(InvalidRequestError, match=rf"part-00001\.{fmt} is another export's part"):
+        merge(done, tmp_path / f"all.{fmt}", allow_incomplete=True)
+    assert not (tmp_path / f"all.{fmt}").exists()
+
+
 async def test_merging_what_there_is_leaves_out_an_unfinished_part_shorter_than_its_checkpoint(
     done: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
