@@ -552,8 +552,15 @@ _SAID: Final = {"csv": ("a CSV file", "CSV"), "jsonl": ("a JSON lines file", "JS
 
 def _check_named_as(dest: Path, fmt: str) -> None:
     """Refuse a merge's ``dest`` whose name says the other format than the parts': a JSONL
-    export merged into ``all.csv`` was JSON lines under the CSV's name. A name that says no
-    format (``all.txt``) is the caller's to choose."""
+    export merged into ``all.csv`` was JSON lines under the CSV's name; or JSON, a format
+    neither is (``all.json``: a JSON reader failed at its second line; ``export --out
+    all.json`` refuses the name). A name that says no format (``all.txt``) is the caller's
+    to choose."""
+    if dest.suffix.lower() == ".json":
+        raise InvalidRequestError(
+            f"{dest.name} names a JSON document, and the export's parts are {_SAID[fmt][1]},"
+            f" which JSON readers fail on: name it {dest.stem}.{fmt}"
+        )
     named = FORMAT_OF_SUFFIX.get(dest.suffix.lower())
     if named is not None and named != fmt:
         raise InvalidRequestError(
@@ -596,16 +603,15 @@ def merge(
     until it ends.
 
     Raises:
-        InvalidRequestError: ``dest`` inside ``directory`` or named as the other format
-            (``all.csv`` for JSON lines parts), no manifest, a part missing, the
-            export not complete, or a complete part changed since it was exported: its size
-            (these unless ``allow_incomplete``), or its content (the SHA-256 the manifest
-            records); a CSV part whose header is not the first part's (another export's); an
-            unfinished part whose checkpoint is of another export, or without one, holding a
-            customer created outside its shard's window, or, of an id list, cannot be
-            checked (``id_list.txt`` missing or changed); a part replaced or removed between
-            its checks and its copy (a named pipe there is never waited on, nor a checkpoint
-            that is one).
+        InvalidRequestError: ``dest`` inside ``directory`` or named as the other format (``all.csv``
+            for JSON lines parts) or as JSON (``all.json``), no manifest, a part missing, the export
+            not complete, or a complete part changed since it was exported: its size (these unless
+            ``allow_incomplete``), or its content (the SHA-256 the manifest records); a CSV part
+            whose header is not the first part's (another export's); an unfinished part whose
+            checkpoint is of another export, or without one, holding a customer created outside its
+            shard's window, or, of an id list, cannot be checked (``id_list.txt`` missing or
+            changed); a part replaced or removed between its checks and its copy (a named pipe there
+            is never waited on, nor a checkpoint that is one).
     """
     check_output_name(Path(dest))
     if merged_into_itself(directory, dest):

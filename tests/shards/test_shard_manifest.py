@@ -1589,9 +1589,14 @@ async def test_a_merge_refuses_a_name_that_says_the_other_format(
     dm: DMHubClient, tmp_path: Path, capsys: pytest.CaptureFixture[str], fmt: str
 ) -> None:
     # `merge out --out all.csv` of a JSONL export wrote JSON lines under the CSV's name (and
-    # a CSV export into all.jsonl, CSV): a spreadsheet then showed one column of JSON.
+    # a CSV export into all.jsonl, CSV): a spreadsheet then showed one column of JSON. And
+    # into all.json, JSON lines (or CSV) under a JSON document's name, on which a JSON reader
+    # failed at its second line, where `export --out all.json` refused the name.
     await export_sharded(dm, tmp_path / "out", 2, format=fmt, progress=False)
-    other = {"jsonl": ["all.csv", "ALL.CSV"], "csv": ["all.jsonl", "all.ndjson"]}[fmt]
+    other = {
+        "jsonl": ["all.csv", "ALL.CSV", "all.json"],
+        "csv": ["all.jsonl", "all.ndjson", "all.JSON"],
+    }[fmt]
 
     for name in other:
         with pytest.raises(InvalidRequestError, match=r"(?i)name it all\.") as info:
