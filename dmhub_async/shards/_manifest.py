@@ -715,10 +715,10 @@ def _copy_parts(manifest: Manifest, directory: Path, out: BinaryIO, allow_incomp
                 continue
         # An unfinished part that no checkpoint speaks for (deleted, or none that says what
         # was written): nothing else checks it, and another export's part in its place went
-        # in whole. Its records' dateCreated must be in its shard's window.
+        # in whole. Its records' dateCreated must be in its shard's window (ids in its slice).
         window = (
-            _Window(outcome.shard)
-            if unfinished and committed.covered is None and outcome.shard.id_slice is None
+            _Window(outcome.shard, scopes.id_range(outcome))
+            if unfinished and committed.covered is None
             else None
         )
         if committed.unreadable:
@@ -794,10 +794,9 @@ def _copy_parts(manifest: Manifest, directory: Path, out: BinaryIO, allow_incomp
                     at_mark = (records - before, last)
                 if window is not None and not window.holds(line, header if csv else None):
                     raise InvalidRequestError(
-                        f"{outcome.file} is another export's part: it holds a customer created "
-                        f"outside shard {outcome.shard.index}'s window "
-                        f"({outcome.shard.describe()}); delete it and rerun the export, which "
-                        "exports that shard again"
+                        f"{outcome.file} is another export's part: it holds a customer that is "
+                        f"not of shard {outcome.shard.index} ({outcome.shard.describe()}): "
+                        "delete it and rerun the export, which exports that shard again"
                     )
         if not committed.holds(at_mark, csv):
             # Another export's part where an unfinished one was: it went in as far as the
@@ -977,34 +976,40 @@ class _Committed:
 
 
 class _Window:
-    """A shard's ``dateCreated`` window, to tell a record of its part from another export's
-    by the time the customer was created (immutable: docs/contract.md, "More live
-    behaviour"). A record that does not say (``select`` without it, a value not a time) is
-    taken as the shard's."""
+    """What a shard's records are: created in its ``dateCreated`` window (immutable:
+    docs/contract.md, "More live behaviour"), and of a list, ids of its slice (sorted: from
+    its first to its last). Tells a record of its part from another export's. A record that
+    does not say (``select`` without ``dateCreated``, a value that is no time) is taken as
+    the shard's."""
 
-    def __init__(self, shard: Shard) -> None:
-        self._start, self._end = shard.start, shard.end
+    def __init__(self, shard: Shard, ids: tuple[int, int] | None) -> None:
+        self._start, self._end, self._ids = shard.start, shard.end, ids
         self._column: tuple[bytes, int | None] | None = None  # a CSV header, its column
 
     def holds(self, record: bytes, header: bytes | None) -> bool:
         """Whether ``record`` (a JSON line, or a CSV record under ``header``) may be of the
-        window."""
-        if self._start is None and self._end is None:
-            return True
+        shard."""
+        if self._ids is None and self._start is None and self._end is None:
+            return True  # the whole of an export: any of its records
         try:
             if header is None:
-                created = orjson.loads(record).get("dateCreated")
+                fields = orjson.loads(record)
+                created, found = fields.get("dateCreated"), fields.get("id")
             else:
-                column = self._column_of(header)
-                if column is None:
-                    return True
                 row = next(csv_reader([record.decode("utf-8")]), [])
-                created = row[column] if column < len(row) else None
-            if not isinstance(created, str) or not created:
-                return True
-            moment = parse_timestamp(created)
+                column = self._column_of(header)
+                created = row[column] if column is not None and column < len(row) else None
+                found = int(row[0]) if row and row[0].strip().isdigit() else None
         except (orjson.JSONDecodeError, AttributeError, UnicodeDecodeError, CSVError):
-            return True  # not a record whose time can be read: the other checks' to judge
+            return True  # not a record these can read: the other checks' to judge
+        if self._ids is not None and isinstance(found, int):
+            low, high = self._ids
+            if not low <= found <= high:
+                return False
+        if not isinstance(created, str) or not created:
+            return True
+        try:
+            moment = parse_timestamp(created)
         except (ValueError, OverflowError):
             return True
         if self._start is not None and moment < self._start:
@@ -1083,6 +1088,18 @@ class _ShardScopes:
             params,
         )
         return recorded_scope(found).differences(recorded_scope(expected), now="in the manifest")
+
+    def id_range(self, outcome: ShardOutcome) -> tuple[int, int] | None:
+        """The first and last id of a list's shard's slice (sorted); None for a window of
+        ``dateCreated``, an empty slice, or a list not there to say (no check then)."""
+        ids_slice = outcome.shard.id_slice
+        if ids_slice is None or ids_slice[1] <= ids_slice[0]:
+            return None
+        try:
+            listed = self._listed(outcome)
+            return listed[ids_slice[0]], listed[ids_slice[1] - 1]
+        except (InvalidRequestError, IndexError):
+            return None
 
     def _listed(self, outcome: ShardOutcome) -> ListedIds:
         if self._ids is None:

@@ -1114,6 +1114,24 @@ async def test_merging_what_there_is_refuses_another_exports_part_where_one_with
     assert not (tmp_path / f"all.{fmt}").exists()
 
 
+async def test_merging_what_there_is_refuses_a_part_of_other_ids_where_one_without_checkpoint_was(
+    sim: DMHubSimulator, dm: DMHubClient, tmp_path: Path
+) -> None:
+    # The same for a shard of an id list, whose window is the whole export's: another slice's
+    # part (part-00000's, copied over) went in whole, its customers twice. Its ids tell.
+    done = tmp_path / "done"
+    ids = sim.customer_ids()[:200]
+    await export_sharded(dm, done, 2, progress=False, id_list=ids)
+    edit(done, lambda data: data["shards"][1].update(status="failed", size=None, sha256=None))
+    assert merge(done, tmp_path / "own.jsonl", allow_incomplete=True) == len(ids)
+
+    (done / "part-00001.jsonl").write_bytes((done / "part-00000.jsonl").read_bytes())
+
+    with pytest.raises(InvalidRequestError, match=r"part-00001\.jsonl is another export's part"):
+        merge(done, tmp_path / "all.jsonl", allow_incomplete=True)
+    assert not (tmp_path / "all.jsonl").exists()
+
+
 async def test_merging_what_there_is_leaves_out_an_unfinished_part_shorter_than_its_checkpoint(
     done: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
