@@ -391,7 +391,17 @@ async def test_a_tar_name_or_one_ending_in_a_space_is_refused_before_any_request
     assert sim.counters.total == 0
 
 
-@pytest.mark.parametrize("name", ["customers.json", "customers.JSON", "customers.txt", "customers"])
+@pytest.mark.parametrize("name", ["customers.txt", "customers"])
+async def test_a_name_of_no_format_is_written_as_json_lines(
+    client: DMHubClient, tmp_path: Path, name: str
+) -> None:
+    # The design's default: a temporary file's name (no extension) is JSON lines, as in 0.1.0.
+    report = await export_customers(client, tmp_path / name, progress=False)
+    assert report.format == "jsonl"
+    assert len(read_jsonl(tmp_path / name)) == report.exported == CUSTOMERS
+
+
+@pytest.mark.parametrize("name", ["customers.json", "customers.JSON"])
 async def test_a_name_that_says_no_format_is_refused_unless_format_says_it(
     sim: DMHubSimulator, client: DMHubClient, tmp_path: Path, name: str
 ) -> None:

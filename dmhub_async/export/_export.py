@@ -58,8 +58,8 @@ async def export_customers(
 
     Args:
         client: an open :class:`DMHubClient`.
-        dest: the output file (its extension, ``.jsonl``, ``.ndjson`` or ``.csv``, picks the
-            format unless ``format`` is given; another one is refused without ``format``):
+        dest: the output file (its extension picks the format unless ``format`` is given:
+            ``.csv`` CSV, else JSON lines; ``.json`` is refused without ``format``):
             without a checkpoint, replaced only when the export is done; with one, written in
             place. Or a writable binary stream (such as ``sys.stdout.buffer``), written as rows
             come and not resumable: on a thread, one write at a time and in order, so a pipe
@@ -312,21 +312,23 @@ FORMAT_OF_SUFFIX: Final = MappingProxyType({".jsonl": "jsonl", ".ndjson": "jsonl
 
 
 def _format_of(dest: Path | None, format: str | None) -> Format:
-    """``format``, else the one ``dest``'s name says (a stream: JSON lines).
+    """``format``, else the one ``dest``'s name says: ``.csv`` CSV, anything else JSON lines
+    (the design's default), but ``.json``, refused.
 
-    A name that says neither (``customers.json``, ``.txt``, none) is refused, as the CLI's
-    ``--out`` is: it was written as JSON lines, and a JSON reader failed on its second line.
+    ``customers.json`` was written as JSON lines, which a JSON reader fails on at its second
+    line. A name of no format of its own (``.txt``, none: a temporary file's) stays JSON lines,
+    as 0.1.0 wrote it; the CLI's ``--out``, typed by a person, refuses those too.
     """
     if format is None and dest is not None:
-        named = FORMAT_OF_SUFFIX.get(dest.suffix.lower())
-        if named is None:
-            stem = dest.stem if dest.suffix else dest.name
+        suffix = dest.suffix.lower()
+        if suffix == ".json":
+            stem = dest.stem
             raise InvalidRequestError(
-                f"{dest.name}: the format is read from the name, .jsonl, .ndjson or .csv: name"
-                f" it {stem}.jsonl (JSON lines) or {stem}.csv, or give format='jsonl'|'csv'"
+                f"{dest.name}: a .json name says one JSON document, and the export writes JSON"
+                f" lines or CSV: name it {stem}.jsonl or {stem}.csv, or give format='jsonl'|'csv'"
             )
-        format = named
-    if format is None:
+        format = FORMAT_OF_SUFFIX.get(suffix, "jsonl")
+    if format is None:  # a stream
         format = "jsonl"
     if format not in ("jsonl", "csv"):
         raise InvalidRequestError(f"format must be 'jsonl' or 'csv', not {short(format)}")
