@@ -301,7 +301,9 @@ class _Away:
         )
 
     def answered(self) -> None:
-        if self.since is None:
+        if self.since is None or self.said_over:
+            # Said to stop: a command of its close that Redis then answered (unfrozen) said
+            # "is back: the worker goes on" of a worker that was stopping.
             return
         logger.warning(
             "the queue's Redis at %s is back, after %d s: %s goes on",

@@ -235,3 +235,20 @@ async def test_a_coordinator_waiting_for_its_redis_says_so_once_then_back_or_sto
         assert said[1] == (
             f"the queue's Redis at {where}/0 did not come back within {WAIT:g} s: the export stops"
         ), said[1]
+
+
+def test_a_redis_that_answers_after_the_wait_was_given_up_is_not_said_to_be_back(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The worker's close, after it said "did not come back ...: the worker stops", sent a
+    # command that a Redis unfrozen then answered: "is back, after 3 s: the worker goes on", of
+    # a worker that was stopping (the frozen case above, now and then under load).
+    caplog.set_level("INFO", logger="dmhub_async")
+    away = _queue._Away("redis://127.0.0.1:6390/0", "the worker")
+    away.failed(ConnectionError("Connection refused"), time.monotonic() + 2)
+    away.gave_up(2)
+    away.answered()
+
+    said = _said(caplog)
+    assert len(said) == 2, said
+    assert said[1].endswith("did not come back within 2 s: the worker stops"), said
