@@ -16,7 +16,9 @@ import platformdirs
 from .._atomic import make_private_directory
 from .._client import DMHubClient
 from .._exceptions import APIConnectionError
+from .._logging import logger as library_logger
 from .._logging import show_log
+from .._redact import redact
 from .._token_file import FileTokenStore
 from .._token_stores import MemoryTokenStore, RedisTokenStore, TokenStore
 from ._errors import UsageError, stopped_answering
@@ -24,6 +26,7 @@ from ._errors import UsageError, stopped_answering
 __all__ = [
     "REDIS_PASSWORD_ENV",
     "TOKEN_STORE_ENV",
+    "OneLine",
     "default_token_file",
     "open_client",
     "show_requests",
@@ -117,10 +120,46 @@ def token_store(spec: str | None) -> TokenStore:
     )
 
 
+class OneLine(logging.Formatter):
+    """A log record as one line, ``dmhub-async: ...``: its message with its white space folded
+    and the environment's secrets masked, never a traceback."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        secrets = (os.environ.get("DMHUB_SECRET"), os.environ.get(REDIS_PASSWORD_ENV))
+        return f"dmhub-async: {redact(self.text(record), secrets)}"
+
+    def text(self, record: logging.LogRecord) -> str:
+        """The record's message on one line."""
+        return " ".join(record.getMessage().split())
+
+
+class _ToStderr(logging.StreamHandler):  # type: ignore[type-arg]
+    """Records to whatever ``sys.stderr`` is as each is written (as logging's last resort)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
+_warnings_shown = False
+
+
 def show_requests(verbose: bool) -> None:
-    """``-v``: the library's log on stderr, a line per request and per retry."""
+    """``-v``: the library's log on stderr, a line per request and per retry.
+
+    Without it, the library's warnings (a plan taken up, a Redis waited for) are lines of the
+    command's own, ``dmhub-async: ...``: without a handler they reached stderr bare, through
+    logging's last resort. ``DMHUB_LOG`` set, its handler says them already.
+    """
+    global _warnings_shown
     if verbose:
         show_log(logging.DEBUG)
+    elif not library_logger.handlers and not _warnings_shown:
+        _warnings_shown = True
+        handler = _ToStderr()
+        handler.setLevel(logging.WARNING)
+        handler.setFormatter(OneLine())
+        library_logger.addHandler(handler)
 
 
 @contextlib.asynccontextmanager

@@ -20,7 +20,6 @@ from typing import Any
 
 from .._auth import FileTokenStore, RedisTokenStore
 from .._exceptions import AuthenticationError, DMHubError, InvalidRequestError, TokenStoreError
-from .._redact import redact
 from .._words import counted
 from ..shards import MANIFEST_NAME, Manifest, merge
 from ..shards._local import WorkerSettings, private_token_directory, run_in_processes
@@ -40,6 +39,7 @@ from ._report import ProgressLines, ids_listed, print_report, shown
 from ._settings import (
     REDIS_PASSWORD_ENV,
     TOKEN_STORE_ENV,
+    OneLine,
     open_client,
     token_store,
     token_store_spec,
@@ -480,19 +480,18 @@ _THIS_WORKER = "this worker's"
 _ARQ_CLOSE = "shutdown on SIGUSR1 ◆"
 
 
-class _OneLine(logging.Formatter):
-    """A log record as one line, ``dmhub-async: ...``: its message without the traceback."""
+class _OneLine(OneLine):
+    """An arq log record as one line, ``dmhub-async: ...``: its message without the traceback."""
 
-    def format(self, record: logging.LogRecord) -> str:
-        secrets = (os.environ.get("DMHUB_SECRET"), os.environ.get(REDIS_PASSWORD_ENV))
-        text = " ".join(record.getMessage().split())
+    def text(self, record: logging.LogRecord) -> str:
+        text = super().text(record)
         # arq's close names SIGUSR1 when it handles no signal itself, as here (the CLI does):
         # sent none, the worker said "shutdown on SIGUSR1" before "stopped by SIGTERM".
         text = text.replace(_ARQ_CLOSE, "shutdown ◆", 1)
         failure = record.exc_info[1] if record.exc_info else None
         if isinstance(failure, AuthenticationError):  # a shard failed by this worker's token
             text = f"{text}; {worker_credentials_hint(failure, _THIS_WORKER)}"
-        return f"dmhub-async: {redact(text, secrets)}"
+        return text
 
 
 @contextlib.contextmanager

@@ -686,10 +686,11 @@ def test_a_rerun_with_another_shard_count_says_the_plan_is_kept(tmp_path: Path) 
     assert first.returncode == 0, first.stderr
     assert again.returncode == 0, again.stderr
     assert "in 4 parts" in again.stdout
+    # A line of the command's own, as its errors are (it came bare, logging's last resort).
     assert again.stderr == (
-        f"{out}: its plan of 4 shards is taken up, not the 2 asked for: a rerun keeps the "
-        "plan its directory holds (each shard its window, its part and its checkpoint); to "
-        "plan 2, export to a new directory\n"
+        f"dmhub-async: {out}: its plan of 4 shards is taken up, not the 2 asked for: a rerun "
+        "keeps the plan its directory holds (each shard its window, its part and its "
+        "checkpoint); to plan 2, export to a new directory\n"
     )
     assert same.returncode == 0, same.stderr
     assert same.stderr == ""
