@@ -22,6 +22,7 @@ from .._auth import FileTokenStore, RedisTokenStore
 from .._exceptions import AuthenticationError, DMHubError, InvalidRequestError, TokenStoreError
 from .._words import counted
 from ..shards import MANIFEST_NAME, Manifest, merge
+from ..shards._late import late_check, late_checked
 from ..shards._local import WorkerSettings, private_token_directory, run_in_processes
 from ..shards._manifest import ShardOutcome, merged_into_itself
 from ..shards._queue import (
@@ -248,6 +249,11 @@ async def _sharded_export(args: argparse.Namespace, filters: dict[str, Any]) -> 
         manifest = await run_in_processes(
             settings, args.out, manifest, args.workers, client=client, progress=bar, on_total=lines
         )
+    if late_checked(manifest) is not None and manifest.complete:
+        # The runners have no client: the last window's late check runs here, with this
+        # process's credentials, once every shard is complete (export_sharded runs its own).
+        async with open_client(args, args.concurrency) as dm:
+            await late_check(dm, args.out, manifest, concurrency=args.concurrency)
     return _finish(manifest, args)
 
 
@@ -275,6 +281,8 @@ def _finish(manifest: Manifest, args: argparse.Namespace) -> int:
         "ids_listed": manifest.id_list_length,  # null: a plan of windows, counted
         "retries": manifest.retries,
         "plan_retries": manifest.plan_retries,  # null: not counted (an earlier release planned)
+        # null: none ran (a shard not complete, a plan of an id list or with an end)
+        "late_check": _late_said(manifest),
         "shards": [
             {
                 "file": s.file,
@@ -299,6 +307,13 @@ def _finish(manifest: Manifest, args: argparse.Namespace) -> int:
         f"{len(manifest.shards)} complete; {_planned(manifest)}; "
         f"{retries})"
     )
+    late = manifest.late_check
+    if late is not None:
+        text += (
+            f"\nlate check of {late.file}: "
+            f"{counted(late.added, 'customer')} created since its shard ended "
+            f"{'was' if late.added == 1 else 'were'} added"
+        )
     for s in manifest.shards:
         resumed = _resumed(s)
         if s.status == "incomplete" and not s.error:
@@ -328,6 +343,14 @@ def _finish(manifest: Manifest, args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return EXIT_OK if manifest.complete else EXIT_INCOMPLETE
+
+
+def _late_said(manifest: Manifest) -> dict[str, Any] | None:
+    """The report's ``late_check``: the part, the customers it added, whether it verified."""
+    late = manifest.late_check
+    if late is None:
+        return None
+    return {"file": late.file, "added": late.added, "verified": late.verified}
 
 
 #: The statuses of a shard whose export ran to its end and said how it began.

@@ -15,18 +15,21 @@ The command line runs shards on processes (``--workers``) or on machines through
 (``--queue``, ``dmhub-async worker``): see docs/sharding.md.
 """
 
-from ._manifest import MANIFEST_NAME, Manifest, ShardOutcome, merge, part_name
+from ._late import late_check
+from ._manifest import MANIFEST_NAME, LateCheck, Manifest, ShardOutcome, merge, part_name
 from ._plan import MAX_SHARDS, Shard, plan_shards
 from ._run import export_shard, export_sharded
 
 __all__ = [
     "MANIFEST_NAME",
     "MAX_SHARDS",
+    "LateCheck",
     "Manifest",
     "Shard",
     "ShardOutcome",
     "export_shard",
     "export_sharded",
+    "late_check",
     "merge",
     "part_name",
     "plan_shards",

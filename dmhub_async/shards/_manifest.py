@@ -46,6 +46,7 @@ __all__ = [
     "ID_LIST_NAME",
     "LEFT_ON_THE_QUEUE",
     "MANIFEST_NAME",
+    "LateCheck",
     "Manifest",
     "ManifestWriter",
     "ShardOutcome",
@@ -188,6 +189,23 @@ class ShardOutcome:
         return None
 
 
+@attrs.frozen
+class LateCheck:
+    """What the late check of a sharded export's last window found (``late_check``)."""
+
+    #: The part checked (the last window's).
+    file: str
+    #: Customers appended to it: created after its shard ended.
+    added: int
+    #: Whether the check showed every customer of the window is in the part (False: they
+    #: changed during every walk of it; the shard is ``incomplete`` until a rerun checks again).
+    verified: bool
+    #: The service's count of the window as the check ended.
+    count: int | None
+    #: Retries its requests took.
+    retries: int
+
+
 @attrs.define
 class Manifest:
     """``manifest.json`` of a sharded export directory."""
@@ -213,6 +231,9 @@ class Manifest:
     #: together), so a rerun's count is compared with this. None: a manifest of an earlier
     #: release, or one it rewrote.
     shards_asked: int | None = None
+    #: What this run's late check of the last window found (not written in the file): None
+    #: when none ran.
+    late_check: LateCheck | None = attrs.field(default=None, eq=False)
 
     def __repr__(self) -> str:
         # attrs' repr was every shard's window, file, digest and counts: 3,440 characters for
@@ -321,6 +342,7 @@ class Manifest:
         """Write ``manifest.json`` atomically (a temp file of an unpredictable name, renamed)."""
         path = Path(directory) / MANIFEST_NAME
         raw = _converter.unstructure(self)
+        raw.pop("late_check", None)  # this run's alone
         if raw["id_list_length"] is None:
             del raw["id_list_length"]  # a plan of windows: as earlier releases wrote it
         if raw["shards_asked"] is None:

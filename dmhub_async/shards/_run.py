@@ -29,6 +29,7 @@ from ..export import ExportProgress, ExportReport, export_customers
 from ..export._export import check_run, retries_of
 from ..export._output import _lock, _release, _sweep
 from ..resources._filters import read_id_list
+from ._late import LATE_MISMATCH, grown_by_late_check, late_check, late_checked
 from ._manifest import (
     ID_LIST_NAME,
     MANIFEST_NAME,
@@ -411,9 +412,17 @@ def _recheck_parts(where: Path, manifest: Manifest) -> bool:
     Whether any did (the manifest is then to be written).
     """
     changed = False
+    checked_late = late_checked(manifest)
     for outcome in manifest.shards:
+        late = outcome is checked_late
+        if late and outcome.status == "incomplete" and outcome.error == LATE_MISMATCH:
+            # Exported whole, then its late check could not verify it: checked again at the
+            # end of this run (late_check), not exported again.
+            outcome.status = "complete"
         why = outcome.part_changed(where) if outcome.status == "complete" else None
-        if why is None:
+        if why is None or (late and grown_by_late_check(where, outcome)):
+            # A part a late check grew, its coordinator stopped before the manifest said so:
+            # the late check of this run takes it up from the file.
             continue
         logger.warning("shard %d: %s: exporting it again", outcome.shard.index, why)
         for stale in (outcome.file, checkpoint_name(outcome.shard.index, manifest.format)):
@@ -607,6 +616,9 @@ async def _export_sharded(
     tasks = [asyncio.ensure_future(run(o)) for o in pending(manifest.shards)]
     try:
         await asyncio.gather(*tasks)
+        # Every shard complete: the last window looked at again (its customers created since
+        # its shard ended), the run's last act; a rerun of a complete export runs it too.
+        await late_check(client, where, manifest, concurrency=concurrency)
     except BaseException:
         for task in tasks:
             task.cancel()

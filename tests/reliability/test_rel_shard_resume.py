@@ -3,8 +3,8 @@
 Shard 0 of two fails (its first page answered 503, ``max_retries=0``: a run killed with that
 shard unfinished), the open-ended last window completes; a customer signs up; the same
 export is run again and says complete. A single-file export resumed so finds the sign-up in
-its final check (``test_rel_resume.py``); the sharded one does not look at the last window
-again. Known limit (docs/sharding.md), kept as a strict xfail until its design is chosen.
+its final check (``test_rel_resume.py``); the sharded one did not look at the last window
+again, and said complete without it. The late check (docs/sharding.md) finds it now.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import pytest
 from aiohttp import web
 
 from dmhub_async import DMHubClient
@@ -26,10 +25,6 @@ def read_ids(path: Path) -> list[int]:
         return [json.loads(line)["id"] for line in fh]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known limit: a rerun does not look again at a last window completed before it",
-)
 async def test_a_sign_up_while_a_sharded_export_was_down_is_exported(
     connect: Any, tmp_path: Path
 ) -> None:

@@ -281,11 +281,22 @@ async def test_a_rerun_takes_up_the_plan_in_the_directory(
     sim: DMHubSimulator, dm: DMHubClient, tmp_path: Path
 ) -> None:
     first = await export_sharded(dm, tmp_path / "out", 4, progress=False)
-    requests = dm.stats.requests
+    sent: list[dict[str, str]] = []
+    sim.on_request(lambda request: sent.append(dict(request.query)))
     again = await export_sharded(dm, tmp_path / "out", 4, progress=False)
 
     assert again.shards == first.shards
-    assert dm.stats.requests == requests  # every shard complete: nothing to plan or fetch
+    # Every shard complete: nothing planned or exported. The late check of the open-ended
+    # last window alone: two id-only walks that agree (5 pages of its 500 customers) and a
+    # count before and after each.
+    last = first.shards[-1].shard
+    assert last.start is not None
+    assert last.end is None
+    assert again.late_check is not None
+    assert again.late_check.added == 0
+    assert len(sent) == 2 * (2 + 5)
+    assert all("dateCreatedFrom" in q and "dateCreatedTo" not in q for q in sent)
+    assert all(q.get("select") == "id" for q in sent if "pageSize" in q), sent
     with pytest.raises(InvalidRequestError, match="other filters"):
         await export_sharded(dm, tmp_path / "out", 4, stage="lead", progress=False)
 

@@ -1,0 +1,323 @@
+"""The late check: a sharded export's open-ended last window looked at again at its very end.
+
+Customers created after the plan fall into the last window, whose shard checks them once, as
+it ends. Created after that (while other shards still run, or while a killed export was down
+with that shard complete), they were in no part of an export said to be complete. Once every
+shard is complete, the coordinator's side runs the single-file export's final check
+(``export/_reconcile.final_check``) on that window against the ids its part holds, fetches
+those missing by id, and appends them to the part: a copy with the rows appended replaces it
+(``os.replace``), then the manifest records its size, SHA-256 and customers. A crash between
+the two leaves a part longer than the manifest says whose recorded bytes are unchanged: a
+rerun takes it up (:func:`grown_by_late_check`) and checks it again from the file itself.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, Final, cast
+
+import attrs
+
+from .._atomic import replacing
+from .._exceptions import InvalidRequestError
+from .._threads import file_work
+from .._words import counted
+from ..export._export import _columns
+from ..export._ids import IdSet
+from ..export._output import _lock, _release, _sweep
+from ..export._reconcile import Retries, final_check
+from ..export._writers import _FIELD_SIZE_LIMIT, _MAX_FIELD, _csv_id, _jsonl_id, _Lines, new_writer
+from ._manifest import MANIFEST_NAME, LateCheck, Manifest, ManifestWriter, ShardOutcome
+
+if TYPE_CHECKING:
+    from .._client import DMHubClient
+    from .._pagination import AsyncPaginator
+
+__all__ = ["LATE_MISMATCH", "grown_by_late_check", "late_check", "late_checked"]
+
+#: The last shard's ``error`` when its late check could not show every customer of its window
+#: is in its part (customers changing during every walk): the export is not complete, and a
+#: rerun checks it again (without exporting the window again).
+LATE_MISMATCH: Final = (
+    "late check: MISMATCH: customers of this window changed during every walk of the check, "
+    "which could not show every one of them is in the part: rerun the export to check again"
+)
+
+
+def late_checked(manifest: Manifest) -> ShardOutcome | None:
+    """The shard a late check looks at: the last window of a plan of windows when it has no
+    end (or one still to come); None for a plan of an ``id_list``."""
+    if manifest.id_list_length is not None or not manifest.shards:
+        return None
+    last = manifest.shards[-1]
+    end = last.shard.end
+    if last.shard.id_slice is not None or (end is not None and end.timestamp() <= time.time()):
+        return None
+    return last
+
+
+def _due(manifest: Manifest) -> ShardOutcome | None:
+    """The shard to check now: :func:`late_checked`'s, once every shard is complete (the last
+    one, or incomplete only by its late check)."""
+    last = late_checked(manifest)
+    if last is None:
+        return None
+    others = manifest.shards[:-1]
+    if any(o.status != "complete" for o in others):
+        return None
+    if last.status == "complete" or (last.status == "incomplete" and last.error == LATE_MISMATCH):
+        return last
+    return None
+
+
+async def late_check(
+    client: DMHubClient,
+    directory: str | os.PathLike[str],
+    manifest: Manifest | None = None,
+    *,
+    concurrency: int = 8,
+) -> LateCheck | None:
+    """Check a complete sharded export's open-ended last window again, and append what is missing.
+
+    ``export_sharded`` and the CLI run it themselves; after ``run_in_processes`` or
+    ``run_on_queue`` (which have no client), call it with the manifest they returned. It runs
+    once every shard is complete (else it returns None: rerun the export first), for a plan
+    whose last window has no end (or one still to come): an id-only walk of that window (the
+    single-file export's final check) compared with the ids in its part; the customers missing
+    (created after that shard ended) are fetched by id and appended to the part, atomically,
+    and the manifest (``manifest``, updated in place, or the directory's) records the part's
+    new size, SHA-256 and customers.
+
+    Returns:
+        What it found (``added``: the customers appended; ``verified``: False when customers
+        changed during every walk, the shard then ``incomplete`` until a rerun checks again),
+        also set as ``manifest.late_check``; None when there was nothing to check.
+
+    Raises:
+        InvalidRequestError: no manifest, or the last part is missing or changed since it was
+            exported (delete it and rerun the export, which exports that shard again).
+    """
+    where = Path(directory)
+    if manifest is None:
+        manifest = Manifest.read(where)
+        if manifest is None:
+            raise InvalidRequestError(f"{where} has no {MANIFEST_NAME}: not a sharded export")
+    outcome = _due(manifest)
+    if outcome is None:
+        return None
+    from ._run import coordinating
+
+    with coordinating(where):
+        part = where / outcome.file
+        lock = await file_work(lambda: _lock(part, by="another export or merge"))
+        try:
+            await file_work(lambda: _sweep(part, "tmp"))  # a copy a killed check left
+            result = await _check(client, where, manifest, outcome, concurrency)
+        finally:
+            _release(*lock)
+    manifest.late_check = result
+    return result
+
+
+async def _check(
+    client: DMHubClient,
+    where: Path,
+    manifest: Manifest,
+    outcome: ShardOutcome,
+    concurrency: int,
+) -> LateCheck:
+    part = where / outcome.file
+    fmt = manifest.format
+    held = await file_work(lambda: _read_part(part, fmt, outcome))
+    before = attrs.astuple(outcome, recurse=False)
+    filters = outcome.shard.export_filters()
+    writer = new_writer(
+        "csv" if fmt == "csv" else "jsonl", held.header, select=_columns(dict(filters))
+    )
+    appended: list[bytes] = []
+    added = 0
+
+    async def append(rows: Sequence[Any]) -> None:
+        nonlocal added
+        appended.append(writer.encode(rows))
+        for row in rows:
+            customer_id = writer.row_id(row)
+            if customer_id is not None:
+                held.ids.add(customer_id)
+        added += len(rows)
+
+    def rows(*, page_size: int | None = None, **more: Any) -> AsyncPaginator[Any]:
+        chosen = {**filters, **more}
+        paging: dict[str, Any] = {
+            "page_size": page_size or 100,
+            "start_page": 1,
+            "max_items": None,
+            "concurrency": 1,
+            "resume_after": None,
+        }
+        if fmt == "jsonl":
+            return client.customers._list_raw(chosen, **paging)
+        return client.customers.list_rows(**paging, **chosen)
+
+    retries = Retries()
+    verified, count = await final_check(
+        client, filters, held.ids, append, rows, concurrency, retries
+    )
+    data = b"".join(appended)
+    if data:
+        size, sha256 = await file_work(lambda: _append(part, held.size, data))
+    else:
+        size, sha256 = held.size, held.sha256
+    outcome.size, outcome.sha256 = size, sha256
+    outcome.exported = held.records + added
+    outcome.count_after = count
+    if outcome.retries is not None:
+        outcome.retries += retries.taken
+    if verified:
+        outcome.status, outcome.error = "complete", None
+    else:
+        outcome.status, outcome.error = "incomplete", LATE_MISMATCH
+    if attrs.astuple(outcome, recurse=False) != before:  # nothing new: nothing written
+        await ManifestWriter(manifest, where).write()
+    return LateCheck(
+        file=outcome.file, added=added, verified=verified, count=count, retries=retries.taken
+    )
+
+
+class _Held:
+    """What a part holds: its ids, CSV header, records, size and SHA-256, and whether it grew
+    by a late check the manifest does not record yet."""
+
+    def __init__(self) -> None:
+        self.ids = IdSet()
+        self.header: tuple[str, ...] | None = None
+        self.records = 0
+        self.size = 0
+        self.sha256 = ""
+        self.grown = False
+
+
+def _read_part(part: Path, fmt: str, outcome: ShardOutcome) -> _Held:
+    """The part's ids and the rest (:class:`_Held`), checked against the manifest (blocking)."""
+    held = _Held()
+    try:
+        size = part.stat().st_size
+    except FileNotFoundError:
+        raise InvalidRequestError(
+            f"{part} is missing: rerun the export, which exports that shard again"
+        ) from None
+    with part.open("rb") as fh:
+        digest = hashlib.sha256()
+        recorded = outcome.size if outcome.size is not None else size
+        if size != recorded:
+            held.grown = True
+            if size < recorded or not _recorded_bytes_hold(fh, outcome):
+                raise InvalidRequestError(
+                    f"{outcome.file} holds {counted(size, 'byte')}, {recorded:,} when it was "
+                    "exported: delete it and rerun the export, which exports that shard again"
+                )
+        fh.seek(0)
+        lines = _Lines(cast("IO[bytes]", _Hashing(fh, digest)), size)
+        if fmt == "jsonl":
+            for line in lines:
+                if not lines.whole:
+                    break
+                _add(held, _jsonl_id(line))
+        else:
+            _read_csv(held, lines)
+        held.size, held.sha256 = size, digest.hexdigest()
+    if outcome.sha256 is not None and not held.grown and held.sha256 != outcome.sha256:
+        raise InvalidRequestError(
+            f"{outcome.file} is not what was exported (its content changed since): delete it "
+            "and rerun the export, which exports that shard again"
+        )
+    return held
+
+
+def _add(held: _Held, customer_id: Any) -> None:
+    held.records += 1
+    if customer_id is not None:
+        held.ids.add(customer_id)
+
+
+def _read_csv(held: _Held, lines: _Lines) -> None:
+    reader = csv.reader(lines.text(), strict=True)
+    with _FIELD_SIZE_LIMIT:
+        limit = csv.field_size_limit()
+        csv.field_size_limit(max(limit, _MAX_FIELD))
+        try:
+            first = next(reader, None)
+            if first is None:
+                return
+            held.header = tuple(first)
+            for cells in reader:
+                if cells:
+                    _add(held, _csv_id(cells))
+        finally:
+            csv.field_size_limit(limit)
+
+
+class _Hashing:
+    """A binary file's lines, each added to ``digest`` as it is read."""
+
+    def __init__(self, fh: Any, digest: Any) -> None:
+        self._fh, self._digest = fh, digest
+
+    def __iter__(self) -> Any:
+        for line in self._fh:
+            self._digest.update(line)
+            yield line
+
+
+def _recorded_bytes_hold(fh: Any, outcome: ShardOutcome) -> bool:
+    """Whether the part's first ``outcome.size`` bytes are what its shard exported (their
+    SHA-256 the manifest's) and what follows them ends a record: rows a late check appended."""
+    if outcome.sha256 is None or outcome.size is None:
+        return False
+    digest = hashlib.sha256()
+    left = outcome.size
+    while left:
+        chunk = fh.read(min(left, 1 << 20))
+        if not chunk:
+            return False
+        digest.update(chunk)
+        left -= len(chunk)
+    if digest.hexdigest() != outcome.sha256:
+        return False
+    fh.seek(-1, os.SEEK_END)
+    return bool(fh.read(1) == b"\n")
+
+
+def grown_by_late_check(directory: Path, outcome: ShardOutcome) -> bool:
+    """Whether ``outcome``'s part grew by a late check its manifest does not record yet (its
+    coordinator stopped between the part's replace and the manifest's write). Blocking."""
+    part = directory / outcome.file
+    try:
+        with part.open("rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            return size > (outcome.size or size) and _recorded_bytes_hold(fh, outcome)
+    except OSError:
+        return False
+
+
+def _append(part: Path, size: int, data: bytes) -> tuple[int, str]:
+    """Replace ``part`` by a copy of its first ``size`` bytes and ``data``; the new size and
+    SHA-256 (blocking)."""
+    digest = hashlib.sha256()
+    with replacing(part, output=True) as out, part.open("rb") as fh:
+        left = size
+        while left:
+            chunk = fh.read(min(left, 1 << 20))
+            if not chunk:
+                raise InvalidRequestError(f"{part} was cut short while it was late checked")
+            digest.update(chunk)
+            out.write(chunk)
+            left -= len(chunk)
+        digest.update(data)
+        out.write(data)
+    return size + len(data), digest.hexdigest()

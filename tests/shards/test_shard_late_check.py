@@ -1,0 +1,325 @@
+"""The late check: customers created after the last window's shard ended are exported.
+
+The last window of a plan has no end: customers created after the plan fall into it. Its shard
+checked it once, as it ended; a sign-up after that (while other shards still ran, or while a
+killed export was down) was in no part of an export said to be complete. Once every shard is
+complete, the coordinator's side checks that window again and appends what is missing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from _redis import RedisServer
+from aiohttp import web
+from shard_support import child_env, exported_ids, sim_process
+
+from dmhub_async import DMHubClient, FileTokenStore, InvalidRequestError, RedisTokenStore
+from dmhub_async.shards import Manifest, _late, _local, _queue, _run, late_check, merge
+from dmhub_async.shards._local import WorkerSettings, run_in_processes
+from dmhub_async.shards._queue import run_on_queue
+from dmhub_async.shards._run import export_sharded, prepare
+from dmhub_async.testing import DMHubSimulator
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def first_window(request: web.Request) -> bool:
+    """A request of shard 0's window (from the beginning of time to its end)."""
+    query = request.query
+    return (
+        request.path.startswith("/v1/customers")
+        and "dateCreatedTo" in query
+        and "dateCreatedFrom" not in query
+    )
+
+
+class SignUpAfterTheLastShard:
+    """Holds shard 0's requests until the last shard's result is recorded, then signs a
+    customer up (into the last window) and lets shard 0 go on: a sign-up after the last
+    window's shard ended, while another shard still runs."""
+
+    def __init__(self, sim: DMHubSimulator, module: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.sim = sim
+        self.released = asyncio.Event()
+        self.signed_up: dict[str, Any] | None = None
+        self.others_complete_then: bool | None = None
+        self._last: int | None = None
+        record = module.record_result
+
+        def recorded(outcome: Any, result: dict[str, Any]) -> None:
+            record(outcome, result)
+            if outcome.shard.index == self._last and self.signed_up is None:
+                self.signed_up = sim.insert_customer({"name": "signed up mid-run"})
+                self.released.set()
+
+        monkeypatch.setattr(module, "record_result", recorded)
+        sim.on_request(self._hold)
+
+    def plan(self, manifest: Manifest) -> None:
+        self._last = manifest.shards[-1].shard.index
+
+    async def _hold(self, request: web.Request) -> None:
+        planned = self._last is not None  # the plan's counts go by
+        if planned and first_window(request) and not self.released.is_set():
+            await asyncio.wait_for(self.released.wait(), 60)
+
+
+def merged_ids(out: Path, dest: Path) -> list[int]:
+    merge(out, dest)
+    with dest.open(encoding="utf-8") as fh:
+        return [json.loads(line)["id"] for line in fh]
+
+
+async def test_a_sign_up_while_other_shards_still_run_is_exported_in_one_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "out"
+    async with DMHubSimulator(customers=600, seed=3) as sim:
+        signs = SignUpAfterTheLastShard(sim, _run, monkeypatch)
+        async with DMHubClient(sim.app_id, sim.secret, base_url=sim.url) as dm:
+            signs.plan(await prepare(dm, out, 3))
+            manifest = await export_sharded(dm, out, 3, progress=False)
+        wanted = sim.customer_ids()
+
+    assert signs.signed_up is not None
+    assert manifest.complete
+    assert manifest.late_check is not None
+    assert manifest.late_check.added == 1
+    assert manifest.late_check.file == "part-00002.jsonl"
+    ids = merged_ids(out, tmp_path / "all.jsonl")
+    assert signs.signed_up["id"] in ids
+    assert sorted(ids) == sorted(wanted)  # each once
+    on_disk = Manifest.read(out)
+    assert on_disk is not None
+    assert on_disk.exported == len(wanted)
+    assert on_disk.late_check is None  # this run's alone: not written
+
+
+async def test_a_sign_up_while_other_shards_still_run_is_exported_on_processes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "out"
+    tokens = str(tmp_path / "tokens.json")
+    async with DMHubSimulator(customers=600, seed=4) as sim:
+        signs = SignUpAfterTheLastShard(sim, _local, monkeypatch)
+        credentials = {"app_id": sim.app_id, "secret": sim.secret, "base_url": sim.url}
+        async with DMHubClient(**credentials, token_store=FileTokenStore(tokens)) as dm:
+            manifest = await prepare(dm, out, 3)
+            signs.plan(manifest)
+            settings = WorkerSettings(credentials, tokens, concurrency=2)
+            manifest = await run_in_processes(settings, out, manifest, 3, progress=False)
+            assert signs.signed_up is not None
+            assert manifest.complete
+            assert signs.signed_up["id"] not in exported_ids(out)  # the runner's alone
+            found = await late_check(dm, out, manifest)
+        wanted = sim.customer_ids()
+
+    assert found is not None
+    assert found.added == 1
+    assert found.verified
+    assert manifest.late_check == found
+    ids = merged_ids(out, tmp_path / "all.jsonl")
+    assert sorted(ids) == sorted(wanted)
+
+
+@contextmanager
+def queue_workers(sim: DMHubSimulator, redis_url: str, n: int) -> Iterator[None]:
+    env = child_env(DMHUB_BASE_URL=sim.url, DMHUB_APP_ID=sim.app_id, DMHUB_SECRET=sim.secret)
+    code = "import sys; from dmhub_async.shards._queue import worker; worker(sys.argv[1]).run()"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, redis_url],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for _ in range(n)
+    ]
+    try:
+        yield
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+
+
+async def test_a_sign_up_while_other_shards_still_run_is_exported_on_the_queue(
+    tmp_path: Path, redis: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "out"
+    async with DMHubSimulator(customers=600, seed=5) as sim:
+        signs = SignUpAfterTheLastShard(sim, _queue, monkeypatch)
+        store = RedisTokenStore(redis.url)
+        try:
+            async with DMHubClient(
+                sim.app_id, sim.secret, base_url=sim.url, token_store=store
+            ) as dm:
+                manifest = await prepare(dm, out, 3)
+                signs.plan(manifest)
+                with queue_workers(sim, redis.url, 3):
+                    manifest = await asyncio.wait_for(
+                        run_on_queue(redis.url, out, manifest, progress=False, poll=0.1), 120
+                    )
+                assert signs.signed_up is not None
+                assert manifest.complete
+                found = await late_check(dm, out, manifest)
+        finally:
+            await store.aclose()
+        wanted = sim.customer_ids()
+
+    assert found is not None
+    assert found.added == 1
+    ids = merged_ids(out, tmp_path / "all.jsonl")
+    assert sorted(ids) == sorted(wanted)
+
+
+async def test_a_csv_part_gets_the_sign_ups_under_its_own_header(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    async with DMHubSimulator(customers=300, seed=6) as sim:
+        async with DMHubClient(sim.app_id, sim.secret, base_url=sim.url) as dm:
+            assert (await export_sharded(dm, out, 2, format="csv", progress=False)).complete
+            sim.insert_customer({"name": 'Late, "quoted"\nsigner'})
+            sim.insert_customer({"name": "another"})
+            again = await export_sharded(dm, out, 2, format="csv", progress=False)
+        wanted = len(sim.customer_ids())
+
+    assert again.late_check is not None
+    assert again.late_check.added == 2
+    assert merge(out, tmp_path / "all.csv") == wanted
+
+
+async def test_a_crash_between_the_parts_replace_and_the_manifest_is_healed_by_a_rerun(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "out"
+    async with DMHubSimulator(customers=400, seed=7) as sim:
+        async with DMHubClient(sim.app_id, sim.secret, base_url=sim.url) as dm:
+            assert (await export_sharded(dm, out, 2, progress=False)).complete
+            signed_up = sim.insert_customer({"name": "signed up while it was down"})
+
+            class Killed(Exception):
+                pass
+
+            append = _late._append
+
+            def killed_after_the_replace(*args: Any) -> Any:
+                append(*args)
+                raise Killed  # the coordinator killed before the manifest says so
+
+            with monkeypatch.context() as patched:
+                patched.setattr(_late, "_append", killed_after_the_replace)
+                with pytest.raises(Killed):
+                    await export_sharded(dm, out, 2, progress=False)
+            assert signed_up["id"] in exported_ids(out)  # in the part, not in the manifest
+            with pytest.raises(InvalidRequestError, match=r"part-00001\.jsonl holds"):
+                merge(out, tmp_path / "refused.jsonl")  # the stale size is not trusted
+
+            sent: list[dict[str, str]] = []
+            sim.on_request(lambda request: sent.append(dict(request.query)))
+            healed = await export_sharded(dm, out, 2, progress=False)
+        wanted = sim.customer_ids()
+
+    assert healed.complete
+    assert healed.late_check is not None
+    assert healed.late_check.added == 0
+    # Checked again from the file itself, not exported again: id-only pages and counts.
+    assert all(q.get("select") == "id" for q in sent if "pageSize" in q), sent
+    last = healed.shards[-1]
+    assert last.size == (out / last.file).stat().st_size
+    ids = merged_ids(out, tmp_path / "all.jsonl")
+    assert sorted(ids) == sorted(wanted)
+
+
+async def test_nothing_is_late_checked_while_a_shard_is_not_complete(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    async with DMHubSimulator(customers=300, seed=8) as sim:
+
+        def hook(request: web.Request) -> None:
+            if request.path == "/v1/customers" and first_window(request):
+                sim.faults.script(["503"])
+
+        sim.on_request(hook)
+        async with DMHubClient(sim.app_id, sim.secret, base_url=sim.url, max_retries=0) as dm:
+            manifest = await export_sharded(dm, out, 2, progress=False)
+            assert not manifest.complete
+            assert manifest.late_check is None
+            assert await late_check(dm, out) is None  # rerun the export first
+
+
+def test_the_cli_reports_what_the_late_check_added(tmp_path: Path) -> None:
+    out = tmp_path / "june"
+
+    def dmhub(sim: Any, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "dmhub_async", *args],
+            env=sim.env(XDG_CACHE_HOME=str(tmp_path / "cache")),
+            capture_output=True,
+            text=True,
+            timeout=150,
+            check=False,
+        )
+
+    command = ["export", "--out", str(out), "--shards", "2", "--workers", "2"]
+    with sim_process(800) as sim:
+        first = dmhub(sim, *command)
+        sim.mutate(inserts=1)  # a sign-up while the export was down
+        again = dmhub(sim, *command)
+        as_json = dmhub(sim, *command, "--report", "json")
+        state = sim.state()
+
+    assert first.returncode == 0, first.stderr
+    assert again.returncode == 0, again.stderr
+    assert (
+        "late check of part-00001.jsonl: 1 customer created since its shard ended was added"
+        in again.stdout
+    ), again.stdout
+    assert sorted(exported_ids(out)) == sorted(state["ids"])
+    assert as_json.returncode == 0, as_json.stderr
+    report = json.loads(as_json.stdout)
+    assert report["late_check"] == {"file": "part-00001.jsonl", "added": 0, "verified": True}
+    assert report["exported"] == 801
+
+
+async def test_a_late_check_that_cannot_pass_leaves_the_export_incomplete_until_a_rerun(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "out"
+    async with DMHubSimulator(customers=300, seed=9) as sim:
+        async with DMHubClient(sim.app_id, sim.secret, base_url=sim.url) as dm:
+            check = _late.final_check
+
+            async def churning(*args: Any) -> tuple[bool, int | None]:
+                _, count = await check(*args)
+                return False, count  # customers changed during every walk
+
+            with monkeypatch.context() as patched:
+                patched.setattr(_late, "final_check", churning)
+                first = await export_sharded(dm, out, 2, progress=False)
+            assert not first.complete
+            assert first.shards[-1].status == "incomplete"
+            assert (first.shards[-1].error or "").startswith("late check: MISMATCH")
+            with pytest.raises(InvalidRequestError, match="not complete"):
+                merge(out, tmp_path / "refused.jsonl")
+
+            sent: list[dict[str, str]] = []
+            sim.on_request(lambda request: sent.append(dict(request.query)))
+            again = await export_sharded(dm, out, 2, progress=False)
+        wanted = sim.customer_ids()
+
+    assert again.complete
+    assert all(q.get("select") == "id" for q in sent if "pageSize" in q), sent  # not exported
+    assert sorted(merged_ids(out, tmp_path / "all.jsonl")) == sorted(wanted)
