@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import inspect
 import logging
 import os
 import time
@@ -702,13 +703,16 @@ class Session:
             await _slot_unless_closed(limits, self._closing)
         else:
             await limits.acquire()
+        once: _SentOnce | None = None
         try:
-            if method in _NOT_RESENT_BY_AIOHTTP:
+            if method in _WRITES:
                 await _read_pending_closes()
             # The client may have been closed while this request queued for its slot.
             if self._conn.closed or (self.derived and self._closing.closed):
                 self.check_open()
             http = self._conn.http or self._http_session()  # made at the first request
+            if method in _RESENT_BY_AIOHTTP and _MIDDLEWARES:
+                once = _SentOnce()
             started = time.perf_counter()
             self.stats.requests += 1
             try:
@@ -716,7 +720,22 @@ class Session:
                 # context managers, entered and left), about 4k instructions. The answer is
                 # released below as leaving the block does.
                 url = self.base_url + path
-                if (
+                if once is not None:  # a PUT or a DELETE: sent once (see _SentOnce)
+                    resp = await http.request(
+                        method,
+                        url,
+                        params=query,
+                        data=body,
+                        headers=sent_headers,
+                        timeout=self._timeout,
+                        allow_redirects=False,
+                        proxy=self._conn.proxy,
+                        raise_for_status=False,
+                        # Given for a request, they stand in for the session's: a session of
+                        # the caller's keeps its own, outside this one.
+                        middlewares=(*getattr(http, "_middlewares", ()), once),
+                    )
+                elif (
                     body is None
                     and sent_headers is None
                     and self._conn.owns_http
@@ -768,7 +787,7 @@ class Session:
             # query, the URL), _read's (the answer, its URL) held the token; this one's, still
             # running, is left alone by clear_frames.
             traceback.clear_frames(err.__traceback__)
-            del token, query, params, resp, err
+            del token, query, params, resp, err, once
             raise
         finally:
             limits.release()
@@ -806,7 +825,7 @@ class Session:
             # An error tracker records the variables of each frame of a traceback (Sentry's
             # default): the token, the secret (a token request's parameters) and aiohttp's
             # error and answer (their URL) must not be among this one's.
-            del token, query, params, secrets, failure, resp
+            del token, query, params, secrets, failure, resp, once
             raise error from cause
         self.stats.responses += 1
         if logger.isEnabledFor(logging.DEBUG):  # describe() encodes the query: not for nothing
@@ -880,9 +899,51 @@ _NOT_SENT: tuple[type[BaseException], ...] = (
 )
 
 
-#: The methods aiohttp does not send again by itself when a pooled connection turns out closed
-#: (it does so, once, for GET, PUT, DELETE and the other idempotent ones).
-_NOT_RESENT_BY_AIOHTTP = frozenset({"POST", "PATCH"})
+#: The writes aiohttp sends again by itself, at once, when the connection drops before an
+#: answer (its IDEMPOTENT_METHODS; a GET too, left to it): see :class:`_SentOnce`.
+_RESENT_BY_AIOHTTP = frozenset({"PUT", "DELETE"})
+#: The requests that may change data, sent on a pooled connection only once the loop has read
+#: the closes that came in (:func:`_read_pending_closes`).
+_WRITES = frozenset({"POST", "PATCH"}) | _RESENT_BY_AIOHTTP
+#: Whether this aiohttp takes a request's own middlewares (3.12 and later).
+_MIDDLEWARES = "middlewares" in inspect.signature(aiohttp.ClientSession._request).parameters
+
+
+def sends_once(method: str) -> bool:
+    """Whether aiohttp would send a ``method`` request again by itself, and the client stops
+    it (the simulator tells aiohttp's re-sends from the client's own retries by it)."""
+    return _MIDDLEWARES and method in _RESENT_BY_AIOHTTP
+
+
+class _SentOnce:
+    """An aiohttp middleware that lets a request be sent once: aiohttp sends a PUT or a DELETE
+    again by itself, at once and unseen, when its connection drops before an answer (a reset,
+    a server gone), although the service may have carried it out.
+
+    A delete so applied and sent again was answered "no such customer" (40201), raised as a
+    plain NotFoundError, the customer gone by the caller's own delete; an update sent with
+    ``idempotent=False`` reached the service twice, its error saying "it was not repeated".
+    The second send fails as the first did: the retry loop decides, knowing that the first
+    may have been applied (:func:`_note_write_failure`).
+    """
+
+    __slots__ = ("failure",)
+
+    def __init__(self) -> None:
+        self.failure: BaseException | None = None
+
+    async def __call__(
+        self,
+        request: aiohttp.ClientRequest,
+        handler: Callable[[aiohttp.ClientRequest], Awaitable[aiohttp.ClientResponse]],
+    ) -> aiohttp.ClientResponse:
+        if self.failure is not None:
+            raise self.failure
+        try:
+            return await handler(request)
+        except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError) as err:
+            self.failure = err
+            raise
 
 
 async def _read_pending_closes() -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from dmhub_async import DMHubClient
+from dmhub_async import APIConnectionError, DMHubClient, NotFoundError
 from dmhub_async.testing import FakeClock
 
 
@@ -233,3 +233,85 @@ async def test_a_call_the_server_answered_408_as_it_timed_the_connection_out_is_
             (3, "GET", "200"),
         ]
         assert dm.stats.retries == 2
+
+
+class LosingServer(RawServer):
+    """Carries out each write and drops its connection before the answer (a reset, a server
+    restarting); the same write again, the customer gone, it answers "no such customer"."""
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        number = self._accept(writer)
+        try:
+            while request_line := await _read_request(reader):
+                method, target, _ = request_line.decode().split(" ", 2)
+                path = target.split("?")[0]
+                again = any((m, p) == (method, path) for _, m, p in self.received)
+                self.received.append((number, method, path))
+                if not again:
+                    break  # applied; the answer is lost with the connection
+                body = b'{"error_code": 40201, "error_description": "no such customer"}'
+                writer.write(
+                    b"HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/json\r\n"
+                    + f"Content-Length: {len(body)}\r\n\r\n".encode()
+                    + body
+                )
+                await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+
+async def test_a_delete_whose_answer_was_lost_is_not_sent_again_unseen() -> None:
+    # aiohttp sends a PUT or a DELETE again by itself when the connection drops before an
+    # answer: the repeat found the customer gone, and the caller got a plain NotFoundError,
+    # the customer deleted by their own delete.
+    clock = FakeClock()
+    async with LosingServer() as server:
+        async with DMHubClient(
+            access_token="tok", base_url=server.url, clock=clock, sleep=clock.sleep
+        ) as dm:
+            with pytest.raises(NotFoundError) as info:
+                await dm.customers.delete(7)
+
+        assert info.value.outcome_unknown is True
+        assert "may have been applied" in str(info.value)
+        # Sent twice: once, and once again by the client's own retry, which it counts.
+        assert [m for _, m, _ in server.received] == ["DELETE", "DELETE"]
+        assert (dm.stats.requests, dm.stats.retries) == (2, 1)
+
+
+async def test_a_write_not_to_be_repeated_is_sent_once_when_its_answer_is_lost() -> None:
+    # An update the caller said must not be repeated (idempotent=False) reached the service
+    # twice, its error saying "it was not repeated".
+    clock = FakeClock()
+    async with LosingServer() as server:
+        async with DMHubClient(
+            access_token="tok", base_url=server.url, clock=clock, sleep=clock.sleep
+        ) as dm:
+            with pytest.raises(APIConnectionError) as info:
+                await dm.request("PUT", "/v1/customers/8", json={"name": "b"}, idempotent=False)
+
+        assert info.value.outcome_unknown is True
+        assert server.received == [(1, "PUT", "/v1/customers/8")]
+
+
+@pytest.mark.parametrize("write", ["update", "delete"])
+async def test_an_update_or_delete_after_a_busy_spell_is_sent_once(write: str) -> None:
+    # aiohttp no longer sends them again on a connection the server closed: the closes that
+    # came in are read first, as before a create.
+    clock = FakeClock()
+    with ServerThread() as server:
+        async with DMHubClient(
+            access_token="tok", base_url=server.url, clock=clock, sleep=clock.sleep
+        ) as dm:
+            await dm.customers.get(1)
+            server.close_connections()  # while this loop is busy
+            if write == "update":
+                await dm.customers.update(1, name="b")
+            else:
+                await dm.request("DELETE", "/v1/customers/1")
+
+        method = "PUT" if write == "update" else "DELETE"
+        assert server.received == [(1, "GET", "/v1/customers/1"), (2, method, "/v1/customers/1")]
+        assert (dm.stats.requests, dm.stats.retries) == (2, 0)

@@ -48,7 +48,8 @@ class Faults:
 
     aiohttp's client silently re-sends an idempotent request (GET, PUT, DELETE) once when the
     connection drops; with ``drop_resent`` (the default) the simulator drops that immediate
-    re-send too, so a ``"reset"`` reaches the caller as a ``ServerDisconnectedError``.
+    re-send too, so a ``"reset"`` reaches the caller as a ``ServerDisconnectedError``. This
+    SDK's client sends a PUT or a DELETE once: its next one is its own retry, never dropped.
     """
 
     ALL_KINDS: frozenset[str] = FAULT_KINDS

@@ -9,6 +9,8 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from .._sansio import USER_AGENT
+from .._session import sends_once
 from ._checks import ApiError, json_response
 from ._faults import BEFORE_HANDLER
 from ._state import SimulatorState
@@ -103,7 +105,8 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
         if kind is not None and kind in BEFORE_HANDLER:
             counters.faults[kind] += 1
             if kind == "reset":
-                faults.dropped(request.method, target)
+                if not _sent_once(request):
+                    faults.dropped(request.method, target)
                 return _drop_connection(request)
             response: web.StreamResponse = _fault_response(kind, faults.retry_after, state.clock())
         else:
@@ -113,7 +116,8 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
                 response = await _send_truncated(request, response)
             elif kind == "reset-after-write":
                 counters.faults[kind] += 1
-                faults.dropped(request.method, target)
+                if not _sent_once(request):
+                    faults.dropped(request.method, target)
                 return _drop_connection(request)
     except ApiError as err:
         counters.errors[err.code] += 1
@@ -154,3 +158,15 @@ async def _answer(
         if exc.status < 400:
             raise
         raise ApiError(exc.status, exc.status, exc.reason) from None
+
+
+#: What this SDK's requests say they are, whatever its version (see USER_AGENT).
+_OUR_AGENT = USER_AGENT.split("/", 1)[0] + "/"
+
+
+def _sent_once(request: web.Request) -> bool:
+    """Whether ``request`` comes from this SDK's client, which aiohttp does not send again when
+    the connection drops (a PUT or a DELETE: see ``_session._SentOnce``): its next one is its
+    own retry, not to be dropped as a re-send."""
+    agent = request.headers.get("User-Agent", "")
+    return agent.startswith(_OUR_AGENT) and sends_once(request.method)

@@ -178,6 +178,36 @@ async def test_reset_after_write_on_delete_is_not_applied_twice(
     assert sim.counters.routes["DELETE /v1/customers/{id}"] == 2  # aiohttp's own re-send
 
 
+@pytest.mark.parametrize("write", ["update", "delete"])
+async def test_one_scripted_reset_of_the_sdk_s_update_or_delete_is_one_failure(
+    sim: DMHubSimulator, write: str
+) -> None:
+    # The SDK's client sends a PUT or a DELETE once (aiohttp would again): its next one is its
+    # own retry, which the simulator took for aiohttp's re-send and dropped as well, so one
+    # scripted reset cost two retries.
+    clock = FakeClock()
+    victim = sim.customer_ids()[0]
+    async with dmhub_async.DMHubClient(
+        sim.app_id,
+        sim.secret,
+        base_url=sim.url,
+        token_store=dmhub_async.MemoryTokenStore(),
+        clock=clock,
+        sleep=clock.sleep,
+    ) as dm:
+        await dm.customers.get(victim)  # the token, fetched
+        sim.faults.script(["reset"])
+        if write == "update":
+            await dm.customers.update(victim, name="z")
+        else:
+            await dm.customers.delete(victim)
+
+    assert dm.stats.retries == 1
+    assert sim.counters.faults == {"reset": 1}
+    method = "PUT" if write == "update" else "DELETE"
+    assert sim.counters.routes[f"{method} /v1/customers/{{id}}"] == 2
+
+
 def test_one_scripted_reset_is_one_failure_for_a_client_that_does_not_resend() -> None:
     # docs/contract.md "Where the simulator goes its own way": urllib does not re-send as aiohttp
     # does, so its own immediate retry is taken for the re-send unless drop_resent is off.
