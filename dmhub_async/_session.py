@@ -536,7 +536,13 @@ class Session:
     def _ended(self, call: _Call, err: DMHubError) -> DMHubError:
         """The error a call ends with: ``err``, or for a write that may have been applied, one
         that says so (:func:`_given_up`; the client's close, :func:`_closed_after_write`)."""
-        if call.maybe_applied and type(err) is DMHubError and self.closed:
+        if (
+            call.maybe_applied
+            and (type(err) is DMHubError or isinstance(err, APIConnectionError))
+            and self.closed
+        ):
+            # A connection error too: the close cut the write's connection (aiohttp's
+            # ServerDisconnectedError), which blamed the service for the caller's own close.
             return _closed_after_write(call.request)
         return _given_up(call, err)
 
