@@ -1354,3 +1354,49 @@ def test_a_lookup_killed_outright_leaves_temporary_files_the_next_lookup_removes
     )
     assert target.read_text() == "keep me"
     assert all(p.exists() for p in others)
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="reopens /proc/self/fd (Linux)")
+def test_standard_input_from_a_file_is_read_where_it_is_not_copied(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # `dmhub-async lookup --in - < ids.csv` copied the whole file to $TMPDIR before its first
+    # lookup, as if it were a pipe: gigabytes written and read again, twice the disk, and
+    # refused ("cannot copy it to a temporary file ... No space left on device") where the
+    # temporary directory was small. A file can be read twice where it is.
+    from dmhub_async import Identity
+    from dmhub_async.cli import _files
+    from dmhub_async.cli._commands import _identities
+
+    path = tmp_path / "ids.csv"
+    path.write_bytes(b"type,value\r\nwechat,o-1\r\nmobile,13800138000\r\n")
+    temporary_files_cannot_be_made(monkeypatch, tmp_path / ".dmhub-lookup-k2j4.csv")
+    expected = [Identity("wechat", "o-1"), Identity("mobile", "13800138000")]
+    with path.open("rb") as raw:
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(raw))
+        with _files.read_twice("-") as (infile, name):
+            assert name == "<stdin>"
+            # Read twice (the check, then the lookups), whole each time.
+            assert list(_identities(infile, "utf-8", name)) == expected
+            assert list(_identities(infile, "utf-8", name)) == expected
+
+
+def test_standard_input_from_a_file_read_in_part_already_is_read_from_there(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # `{ read -r first; dmhub-async lookup --in - ...; } < ids.csv`: the shell read the first
+    # line, and the lookup takes the rest, as a pipe's reader would (a copy of what is left).
+    from dmhub_async import Identity
+    from dmhub_async.cli import _files
+    from dmhub_async.cli._commands import _identities
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(_files.tempfile, "tempdir", None)  # TMPDIR read again
+    path = tmp_path / "ids.csv"
+    path.write_bytes(b"wechat,o-skipped\nwechat,o-2\n")
+    with path.open("rb") as raw:
+        raw.seek(len(b"wechat,o-skipped\n"))
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(raw))
+        with _files.read_twice("-") as (infile, name):
+            assert list(_identities(infile, "utf-8", name)) == [Identity("wechat", "o-2")]
+    assert list(tmp_path.iterdir()) == [path]  # the copy removed

@@ -416,11 +416,15 @@ def read_twice(given: str) -> Iterator[tuple[Path, str]]:
     The rows are read twice (every one checked before anything is sent), so standard input
     (``-``) or a pipe (``<(iconv -f gbk -t utf-8 ids.csv)``) is first copied to a temporary
     file only this user can read (it holds personal data), removed at the end, whatever
-    happens. A regular file is read where it is.
+    happens. A regular file is read where it is, standard input redirected from one
+    (``< ids.csv``) too where the system can open it again (:func:`_stdin_file`).
     """
     path = Path(given)
     if given != STDIN and path.is_file():
         yield path, given
+        return
+    if given == STDIN and (again := _stdin_file()) is not None:
+        yield again, "<stdin>"
         return
     try:
         fd, tmp = tempfile.mkstemp(prefix=".dmhub-lookup-", suffix=".csv")  # 0600
@@ -448,6 +452,32 @@ def read_twice(given: str) -> Iterator[tuple[Path, str]]:
             os.unlink(tmp)
         finally:
             os.close(holder)
+
+
+def _stdin_file() -> Path | None:
+    """Standard input as a name that opens it anew, when it is a regular file not yet read
+    (``--in - < ids.csv``): read twice where it is, as ``--in ids.csv`` is. It was copied whole
+    to the temporary directory first, as a pipe is: gigabytes before the first lookup, and
+    refused where that directory was small.
+
+    Linux's ``/proc/self/fd/N`` opens the file itself again (elsewhere ``/dev/fd/N`` shares
+    the offset, and the second reading would find nothing): None, a copy, on other systems,
+    for a pipe or a device, and for a file of which something (``read`` in the shell) has
+    taken a part already: the rows are what is left of it.
+    """
+    try:
+        fd = sys.stdin.fileno()
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or os.lseek(fd, 0, os.SEEK_CUR) != 0:
+            return None
+        again = Path(f"/proc/self/fd/{fd}")
+        with again.open("rb") as fh:  # opened anew, and readable by this user
+            reopened = os.fstat(fh.fileno())
+    except (AttributeError, OSError, ValueError):  # closed, replaced, no /proc: a copy
+        return None
+    if (reopened.st_dev, reopened.st_ino) != (info.st_dev, info.st_ino):
+        return None
+    return again
 
 
 class _Reads(Protocol):
