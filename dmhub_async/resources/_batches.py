@@ -9,6 +9,7 @@ them one after another as one :class:`AsyncPaginator` (:class:`BatchWalk`).
 from __future__ import annotations
 
 import heapq
+import itertools
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from itertools import accumulate
 from typing import Any, TypeVar
@@ -65,28 +66,34 @@ def sized_batches(
     """
     ordered = walked(ids)
     room = check_room(method, params, name, ordered[-1])
-    batches: list[list[str]] = []
-    used = room  # no batch yet
+    joined: list[dict[str, str]] = []
+    sizes: list[int] = []
+    batch: list[str] = []
+    used = 0
     for value in reversed(ordered) if descending else ordered:
         text = str(int(value))
         cost = len(text) + _SEPARATOR
-        if used + cost > room + _SEPARATOR:  # the first id of a batch has no separator
-            batches.append([])
-            used = 0
-        batches[-1].append(text)
+        if batch and used + cost > room + _SEPARATOR:  # the first id of a batch has no separator
+            # Joined as it fills: a str of every id, kept until the end, was 60 bytes an id
+            # (12 MB for 200,000) beside the batches' own 11.
+            joined.append({**params, name: ",".join(batch)})
+            sizes.append(len(batch))
+            batch, used = [], 0
+        batch.append(text)
         used += cost
-    return [{**params, name: ",".join(batch)} for batch in batches], list(map(len, batches))
+    joined.append({**params, name: ",".join(batch)})
+    sizes.append(len(batch))
+    return joined, sizes
 
 
 def walked(ids: Sequence[Any]) -> list[Any]:
     """``ids`` as a walk takes them: each once, sorted (for a thread, never holding the GIL
-    for long: deduplicated and sorted ``_STEP`` at a time, the runs merged)."""
-    unique: set[Any] = set()
-    for start in range(0, len(ids), _STEP):
-        unique.update(ids[start : start + _STEP])
-    values = list(unique)
-    runs = [sorted(values[start : start + _STEP]) for start in range(0, len(values), _STEP)]
-    return list(heapq.merge(*runs))
+    for long: sorted ``_STEP`` at a time, the runs merged, repeats dropped as they meet).
+
+    No set of them all: its table alone was 40 bytes an id (8 MB for 200,000), beside them.
+    """
+    runs = [sorted(set(ids[start : start + _STEP])) for start in range(0, len(ids), _STEP)]
+    return [value for value, _ in itertools.groupby(heapq.merge(*runs))]
 
 
 def walked_ids(ids: list[Any]) -> str:
