@@ -729,6 +729,37 @@ def test_a_failed_lookup_names_the_input_line_it_failed_on(
     assert not (tmp_path / "found.csv").exists()
 
 
+def test_a_lookup_the_service_rate_limits_is_not_blamed_on_its_input_line(
+    served: ServedSimulator, env: dict[str, str], tmp_path: Path
+) -> None:
+    # A 429 that outlasted the retries was said as the line's ("ids.csv:9: its lookup failed:
+    # ... HTTP 429 ...; if that line fails again, check or remove it"): the app's rate limit,
+    # which any row would have met, had a job check and drop a good row.
+    lines = ["type,value", "", *(f"wechat,o-row-{i}" for i in range(20))]
+    (tmp_path / "ids.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    served.sim.faults.paths = ("GET /v1/customeridentities",)
+    served.sim.faults.script(["ok"] * 6 + ["429"])
+
+    result = run_cli(
+        "lookup",
+        "--in",
+        "ids.csv",
+        "--out",
+        "found.csv",
+        "--concurrency",
+        "1",
+        "--max-retries",
+        "0",
+        env=env,
+        cwd=tmp_path,
+    )
+
+    assert_one_line_error(result, 1, "HTTP 429", "rate limit", "lower --concurrency")
+    assert "ids.csv:9" not in result.stderr
+    assert "remove it" not in result.stderr
+    assert not (tmp_path / "found.csv").exists()
+
+
 def test_demo_exports_a_seeded_simulator(tmp_path: Path) -> None:
     env = base_env(tmp_path / "cache")
     result = subprocess.run(

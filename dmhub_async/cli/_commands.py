@@ -21,7 +21,7 @@ from typing import Any, Final, Literal, TextIO
 import attrs
 
 from .._client import DMHubClient
-from .._exceptions import APIError, AuthenticationError, InvalidRequestError
+from .._exceptions import APIError, AuthenticationError, InvalidRequestError, RateLimitError
 from .._query_time import zone_setting
 from .._validate import check_identity, mangled_value
 from .._words import counted
@@ -491,6 +491,13 @@ async def _lookup_rows(args: argparse.Namespace, infile: Path, name: str, encodi
                     if progress is not None:
                         progress.update(found + missing, total)
             except APIError as err:
+                if isinstance(err, RateLimitError):
+                    # The app's, not the line's: any row would have met it, and the advice to
+                    # check or remove the line had a good row dropped.
+                    raise CommandError(
+                        f"{without_method(str(err))}: the service's rate limit outlasted the"
+                        " retries: run it again with a lower --concurrency or more --max-retries"
+                    ) from None
                 if isinstance(err, AuthenticationError) or not lines:
                     raise  # the app's, not the line's: explain() says what to do
                 # The line, not its value: an identity is personal data (a mobile, an openid).
