@@ -729,16 +729,29 @@ def test_a_failed_lookup_names_the_input_line_it_failed_on(
     assert not (tmp_path / "found.csv").exists()
 
 
+@pytest.mark.parametrize(
+    ("fault", "words"),
+    [
+        ("429", ("HTTP 429", "rate limit", "lower --concurrency")),
+        ("503", ("HTTP 503", "the service's", "run it again")),
+        ("502", ("HTTP 502", "the service's", "run it again")),
+    ],
+)
 def test_a_lookup_the_service_rate_limits_is_not_blamed_on_its_input_line(
-    served: ServedSimulator, env: dict[str, str], tmp_path: Path
+    served: ServedSimulator,
+    env: dict[str, str],
+    tmp_path: Path,
+    fault: str,
+    words: tuple[str, ...],
 ) -> None:
     # A 429 that outlasted the retries was said as the line's ("ids.csv:9: its lookup failed:
     # ... HTTP 429 ...; if that line fails again, check or remove it"): the app's rate limit,
-    # which any row would have met, had a job check and drop a good row.
+    # which any row would have met, had a job check and drop a good row; so did a service
+    # unavailable (503) or a gateway's failure (502).
     lines = ["type,value", "", *(f"wechat,o-row-{i}" for i in range(20))]
     (tmp_path / "ids.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
     served.sim.faults.paths = ("GET /v1/customeridentities",)
-    served.sim.faults.script(["ok"] * 6 + ["429"])
+    served.sim.faults.script(["ok"] * 6 + [fault])
 
     result = run_cli(
         "lookup",
@@ -754,7 +767,7 @@ def test_a_lookup_the_service_rate_limits_is_not_blamed_on_its_input_line(
         cwd=tmp_path,
     )
 
-    assert_one_line_error(result, 1, "HTTP 429", "rate limit", "lower --concurrency")
+    assert_one_line_error(result, 1, *words)
     assert "ids.csv:9" not in result.stderr
     assert "remove it" not in result.stderr
     assert not (tmp_path / "found.csv").exists()

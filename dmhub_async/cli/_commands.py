@@ -21,7 +21,13 @@ from typing import Any, Final, Literal, TextIO
 import attrs
 
 from .._client import DMHubClient
-from .._exceptions import APIError, AuthenticationError, InvalidRequestError, RateLimitError
+from .._exceptions import (
+    APIError,
+    AuthenticationError,
+    InvalidRequestError,
+    RateLimitError,
+    ServerError,
+)
 from .._query_time import zone_setting
 from .._validate import check_identity, mangled_value
 from .._words import counted
@@ -445,6 +451,11 @@ def _count_rows(infile: Path, name: str, encoding: str, out: str) -> tuple[int, 
     return total, out_encoding
 
 
+#: The answers of a service down or of a gateway before it (Bad Gateway, Service Unavailable,
+#: Gateway Timeout): a lookup that ends on one is no row's failure. A 500 may be the row's.
+_UNAVAILABLE: Final = frozenset({502, 503, 504})
+
+
 async def _lookup(args: argparse.Namespace) -> int:
     encoding = _check_lookup(args)
     remove_left_behind(args.out)  # the temporary files of lookups killed outright
@@ -497,6 +508,12 @@ async def _lookup_rows(args: argparse.Namespace, infile: Path, name: str, encodi
                     raise CommandError(
                         f"{without_method(str(err))}: the service's rate limit outlasted the"
                         " retries: run it again with a lower --concurrency or more --max-retries"
+                    ) from None
+                if isinstance(err, ServerError) and err.status in _UNAVAILABLE:
+                    # The service down or a gateway's failure, which no row causes.
+                    raise CommandError(
+                        f"{without_method(str(err))}: the service's, not a row's (it was"
+                        " unavailable): run it again later"
                     ) from None
                 if isinstance(err, AuthenticationError) or not lines:
                     raise  # the app's, not the line's: explain() says what to do
