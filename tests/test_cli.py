@@ -700,17 +700,15 @@ def test_lookup_resolves_identities_to_customer_ids(
     assert f"{len(expected) - 2} found, 2 not found" in result.stdout
 
 
-def test_a_failed_lookup_names_the_input_line_it_failed_on(
-    served: ServedSimulator, env: dict[str, str], tmp_path: Path
-) -> None:
-    # The error was "GET /v1/customeridentities -> HTTP 500" alone: with thousands of rows, a
-    # row the service keeps refusing could only be found by splitting the file.
+def _lookup_failing_at_line_9(
+    served: ServedSimulator, env: dict[str, str], tmp_path: Path, fault: str
+) -> subprocess.CompletedProcess[str]:
+    """`lookup` of 20 identities, one at a time, no retries: the 7th (line 9) meets ``fault``."""
     lines = ["type,value", "", *(f"wechat,o-row-{i}" for i in range(20))]
     (tmp_path / "ids.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
     served.sim.faults.paths = ("GET /v1/customeridentities",)
-    served.sim.faults.script(["ok"] * 6 + ["500"])  # the 7th identity: line 9
-
-    result = run_cli(
+    served.sim.faults.script(["ok"] * 6 + [fault])
+    return run_cli(
         "lookup",
         "--in",
         "ids.csv",
@@ -723,6 +721,14 @@ def test_a_failed_lookup_names_the_input_line_it_failed_on(
         env=env,
         cwd=tmp_path,
     )
+
+
+def test_a_failed_lookup_names_the_input_line_it_failed_on(
+    served: ServedSimulator, env: dict[str, str], tmp_path: Path
+) -> None:
+    # The error was "GET /v1/customeridentities -> HTTP 500" alone: with thousands of rows, a
+    # row the service keeps refusing could only be found by splitting the file.
+    result = _lookup_failing_at_line_9(served, env, tmp_path, "500")
 
     assert_one_line_error(result, 1, "ids.csv:9:", "HTTP 500", "run it again")
     assert "o-row-6" not in result.stderr  # the line, not its identity (personal data)
@@ -748,24 +754,7 @@ def test_a_lookup_the_service_rate_limits_is_not_blamed_on_its_input_line(
     # ... HTTP 429 ...; if that line fails again, check or remove it"): the app's rate limit,
     # which any row would have met, had a job check and drop a good row; so did a service
     # unavailable (503) or a gateway's failure (502).
-    lines = ["type,value", "", *(f"wechat,o-row-{i}" for i in range(20))]
-    (tmp_path / "ids.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    served.sim.faults.paths = ("GET /v1/customeridentities",)
-    served.sim.faults.script(["ok"] * 6 + [fault])
-
-    result = run_cli(
-        "lookup",
-        "--in",
-        "ids.csv",
-        "--out",
-        "found.csv",
-        "--concurrency",
-        "1",
-        "--max-retries",
-        "0",
-        env=env,
-        cwd=tmp_path,
-    )
+    result = _lookup_failing_at_line_9(served, env, tmp_path, fault)
 
     assert_one_line_error(result, 1, *words)
     assert "ids.csv:9" not in result.stderr
