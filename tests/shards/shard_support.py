@@ -85,6 +85,40 @@ def sim_process(customers: int, *, latency_ms: float = 0, skew: float = 0) -> It
             proc.stdout.close()
 
 
+#: A worker as `dmhub-async worker` runs one, with a short heartbeat so a kill is seen quickly.
+WORKER = (
+    "import sys; from dmhub_async.shards._queue import worker; "
+    "worker(sys.argv[1], heartbeat=0.5, takeover=3).run()"
+)
+
+
+@contextmanager
+def queue_workers(
+    env: dict[str, str], redis_url: str, n: int
+) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """``n`` queue workers (:data:`WORKER`) of ``redis_url``, stopped (killed if need be) after."""
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WORKER, redis_url],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for _ in range(n)
+    ]
+    try:
+        yield procs
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+
+
 def exported_ids(directory: Path) -> list[int]:
     """Every customer id in the parts of a sharded JSONL export, repeats kept."""
     ids = []

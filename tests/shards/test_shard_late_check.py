@@ -12,15 +12,13 @@ import asyncio
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 from _redis import RedisServer
 from aiohttp import web
-from shard_support import child_env, exported_ids, sim_process
+from shard_support import child_env, exported_ids, queue_workers, sim_process
 
 from dmhub_async import DMHubClient, FileTokenStore, InvalidRequestError, RedisTokenStore
 from dmhub_async.shards import Manifest, _late, _local, _queue, _run, late_check, merge
@@ -131,30 +129,8 @@ async def test_a_sign_up_while_other_shards_still_run_is_exported_on_processes(
     assert sorted(ids) == sorted(wanted)
 
 
-@contextmanager
-def queue_workers(sim: DMHubSimulator, redis_url: str, n: int) -> Iterator[None]:
-    env = child_env(DMHUB_BASE_URL=sim.url, DMHUB_APP_ID=sim.app_id, DMHUB_SECRET=sim.secret)
-    code = "import sys; from dmhub_async.shards._queue import worker; worker(sys.argv[1]).run()"
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", code, redis_url],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        for _ in range(n)
-    ]
-    try:
-        yield
-    finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+def _worker_env(sim: DMHubSimulator) -> dict[str, str]:
+    return child_env(DMHUB_BASE_URL=sim.url, DMHUB_APP_ID=sim.app_id, DMHUB_SECRET=sim.secret)
 
 
 async def test_a_sign_up_while_other_shards_still_run_is_exported_on_the_queue(
@@ -170,7 +146,7 @@ async def test_a_sign_up_while_other_shards_still_run_is_exported_on_the_queue(
             ) as dm:
                 manifest = await prepare(dm, out, 3)
                 signs.plan(manifest)
-                with queue_workers(sim, redis.url, 3):
+                with queue_workers(_worker_env(sim), redis.url, 3):
                     manifest = await asyncio.wait_for(
                         run_on_queue(redis.url, out, manifest, progress=False, poll=0.1), 120
                     )

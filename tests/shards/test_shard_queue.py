@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 from _redis import RedisServer
-from shard_support import QuietRedis, SimProcess, exported_ids, sim_process
+from shard_support import QuietRedis, SimProcess, exported_ids, queue_workers, sim_process
 
 from dmhub_async import DMHubClient, DMHubError, InvalidRequestError, RedisTokenStore
 from dmhub_async.shards import MANIFEST_NAME, Manifest, Shard
@@ -30,37 +30,13 @@ from dmhub_async.shards._run import prepare
 
 pytestmark = pytest.mark.timeout(240)
 
-#: A worker as `dmhub-async worker` runs one, with a short heartbeat so a kill is seen quickly.
-WORKER = (
-    "import sys; from dmhub_async.shards._queue import worker; "
-    "worker(sys.argv[1], heartbeat=0.5, takeover=3).run()"
-)
-
 
 @contextmanager
 def workers(
     sim: SimProcess, redis_url: str, n: int, **env: str
 ) -> Iterator[list[subprocess.Popen[bytes]]]:
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", WORKER, redis_url],
-            env=sim.env(**env),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        for _ in range(n)
-    ]
-    try:
+    with queue_workers(sim.env(**env), redis_url, n) as procs:
         yield procs
-    finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
 
 
 async def planned(
