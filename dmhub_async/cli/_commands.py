@@ -245,11 +245,6 @@ def _check_export(args: argparse.Namespace) -> tuple[dict[str, Any], ExportEncod
 
 async def _export(args: argparse.Namespace) -> int:
     if args.shards is not None:
-        if args.verify != "auto":
-            raise UsageError(
-                "--verify always is for a one-file export: each shard of a sharded export"
-                " checks itself as with auto"
-            )
         return await sharded_export(args, _filters(args))
     filters, encoding = _check_export(args)
     listed = _distinct(filters.get("id_list"))

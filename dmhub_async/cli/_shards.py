@@ -204,6 +204,7 @@ async def _sharded_export(args: argparse.Namespace, filters: dict[str, Any]) -> 
                 concurrency=args.concurrency,
                 progress=bar,
                 on_total=lines,
+                verify=args.verify,
                 **filters,
             )
             return _finish(manifest, args)
@@ -226,6 +227,7 @@ async def _sharded_export(args: argparse.Namespace, filters: dict[str, Any]) -> 
             concurrency=args.concurrency,
             progress=bar,
             on_total=lines,
+            verify=args.verify,
         )
     else:
         spec = token_store_spec(args.token_store)
@@ -247,7 +249,14 @@ async def _sharded_export(args: argparse.Namespace, filters: dict[str, Any]) -> 
             log_level=logging.DEBUG if args.verbose else None,
         )
         manifest = await run_in_processes(
-            settings, args.out, manifest, args.workers, client=client, progress=bar, on_total=lines
+            settings,
+            args.out,
+            manifest,
+            args.workers,
+            client=client,
+            progress=bar,
+            on_total=lines,
+            verify=args.verify,
         )
     if late_checked(manifest) is not None and manifest.complete:
         # The runners have no client: the last window's late check runs here, with this

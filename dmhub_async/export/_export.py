@@ -34,7 +34,7 @@ from ._writers import Format, Writer, new_writer
 if TYPE_CHECKING:
     from .._client import DMHubClient
 
-__all__ = ["export_customers", "retries_of"]
+__all__ = ["Verify", "check_verify", "export_customers", "retries_of"]
 
 Verify = Literal["auto", "always"]
 Encoding = Literal["utf-8", "utf-8-sig"]
@@ -135,8 +135,7 @@ async def _export(
     """export_customers(), its retries counted by the caller."""
     started = time.monotonic()
     check_flag("export_customers", "progress", progress)
-    if verify not in ("auto", "always"):
-        raise InvalidRequestError(f"verify must be 'auto' or 'always', not {short(verify)}")
+    check_verify(verify)
     target, fmt, scope, checkpoint_path, long_ids = _plan(
         client, dest, format, encoding, checkpoint, dict(filters)
     )
@@ -171,6 +170,13 @@ async def _export(
         await on_thread(out.close)
     report.seconds = time.monotonic() - started
     return report
+
+
+def check_verify(verify: object, where: str = "") -> None:
+    """InvalidRequestError unless ``verify`` is ``"auto"`` or ``"always"`` (``where``: the
+    function's name and ``: ``, said first)."""
+    if verify not in ("auto", "always"):
+        raise InvalidRequestError(f"{where}verify must be 'auto' or 'always', not {short(verify)}")
 
 
 def retries_of(err: object) -> int | None:

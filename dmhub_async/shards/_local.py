@@ -36,7 +36,7 @@ from .._exceptions import DMHubError
 from .._logging import show_log
 from .._validate import check_flag
 from ..export import ExportProgress
-from ..export._export import retries_of
+from ..export._export import Verify, check_verify, retries_of
 from ._manifest import Manifest, ManifestWriter, ShardOutcome, checkpoint_name, part_name
 from ._run import (
     ProgressBar,
@@ -126,7 +126,9 @@ async def _child_loop(
             task = await loop.run_in_executor(None, _next_task, tasks)
             if task is None:
                 return
-            shard = Shard.from_dict(task)
+            # The shard, and the export's verify: sent by the coordinator of this process's
+            # own release (spawned from it), so of one shape.
+            shard = Shard.from_dict(task["shard"])
             index = shard.index
             try:
                 report = await export_shard(
@@ -138,6 +140,7 @@ async def _child_loop(
                     page_size=settings.page_size,
                     concurrency=settings.concurrency,
                     on_progress=_reporter(events, index),
+                    verify=task["verify"],
                 )
             except BrokenPipeError:
                 raise  # the coordinator is gone: no one to tell (_child ends quietly)
@@ -335,13 +338,16 @@ async def run_in_processes(
     client: Mapping[str, Any] | None = None,
     progress: bool = True,
     on_total: TotalProgress | None = None,
+    verify: Verify = "auto",
 ) -> Manifest:
     """Export the manifest's pending shards on ``workers`` processes; the manifest at the end.
 
     Pass ``settings``, or only ``client`` (``DMHubClient`` keyword arguments); the token is
     shared through a private temporary file store unless ``settings`` names a store.
+    ``verify`` is each shard's export's, as for ``export_customers`` (sent with each shard).
     """
     check_flag("run_in_processes", "progress", progress)
+    check_verify(verify, "run_in_processes(): ")
     where = Path(directory)
     todo = {o.shard.index: o for o in pending(manifest.shards)}
     if not todo:
@@ -354,7 +360,7 @@ async def run_in_processes(
             settings = attrs.evolve(settings, token_file=os.path.join(private, "tokens.json"))
         bar = ProgressBar(progress, manifest, on_total)
         workers = max(1, min(workers, len(todo)))
-        return await _supervise(settings, where, manifest, todo, workers, bar)
+        return await _supervise(settings, where, manifest, todo, workers, bar, verify)
 
 
 async def _supervise(
@@ -364,6 +370,7 @@ async def _supervise(
     todo: dict[int, ShardOutcome],
     workers: int,
     bar: ProgressBar,
+    verify: Verify,
 ) -> Manifest:
     ctx = multiprocessing.get_context("spawn")
     events: list[Connection] = []  # the read end of each live worker's pipe
@@ -382,7 +389,7 @@ async def _supervise(
             return
         tries[index] = tries.get(index, 0) + 1
         todo[index].status = "running"
-        tasks.put(todo[index].shard.without_ids().to_dict())
+        tasks.put({"shard": todo[index].shard.without_ids().to_dict(), "verify": verify})
 
     def spawn() -> None:
         tasks: Any = ctx.Queue()

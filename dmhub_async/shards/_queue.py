@@ -49,7 +49,7 @@ from .._validate import (
     redis_where,
 )
 from .._version import __version__
-from ..export._export import retries_of
+from ..export._export import Verify, check_verify, retries_of
 from ._manifest import (
     LEFT_ON_THE_QUEUE,
     MANIFEST_NAME,
@@ -77,12 +77,14 @@ from ._run import (
 
 __all__ = [
     "HEARTBEAT",
+    "ID_SLICE_JOB_VERSION",
     "IN_PROGRESS_TTL",
     "JOB_NAME",
     "JOB_VERSION",
     "QUEUE_TIMEOUT",
     "REDIS_RETRIES",
     "REDIS_WAIT",
+    "VERIFY_JOB_VERSION",
     "WINDOW_JOB_VERSION",
     "check_mounts",
     "check_queue",
@@ -106,9 +108,18 @@ JOB_NAME = "dmhub_export_shard"
 #: (``Shard.id_slice``): a worker of version 1 would export its window without the ids, every
 #: customer of it. Sent only then: a shard of a window goes as version 1, which every release
 #: reads.
-JOB_VERSION = 2
+#: 3: the job's ``verify`` (``"always"``: the shard's final check runs even when its walk saw
+#: no change). A worker of version 2 reads no such key: it would export the shard unchecked
+#: and say complete. Sent only then: a job without it (``"auto"``) goes as version 1 or 2.
+JOB_VERSION = 3
 #: The version of a job of a ``dateCreated`` window.
 WINDOW_JOB_VERSION = 1
+#: The version of a job of a slice of an ``id_list``.
+ID_SLICE_JOB_VERSION = 2
+#: The version of a job exported with ``verify="always"`` (a window's or a slice's).
+VERIFY_JOB_VERSION = 3
+#: The versions of the jobs (and results) this release reads.
+_READ_VERSIONS = (WINDOW_JOB_VERSION, ID_SLICE_JOB_VERSION, VERIFY_JOB_VERSION)
 #: Seconds between renewals of a running job's in-progress mark.
 HEARTBEAT = 5.0
 #: Seconds a dead worker's job stays marked in progress: it is taken over within about this.
@@ -515,6 +526,8 @@ async def _export_shard_job(ctx: dict[str, Any], task: dict[str, Any]) -> dict[s
             # The worker's own (--concurrency), for its machine, else the export's.
             concurrency=ctx.get("concurrency") or task["concurrency"],
             on_progress=on_progress,
+            # A job of a coordinator of an earlier release has none: auto, as then.
+            verify=task.get("verify", "auto"),
         )
     finally:
         beating.cancel()
@@ -637,9 +650,12 @@ def _written(pending: set[asyncio.Future[Any]], writing: asyncio.Future[Any]) ->
         writing.exception()
 
 
-def job_version(shard: Shard) -> int:
-    """The version of ``shard``'s job: the lowest that carries it, for the releases it serves."""
-    return JOB_VERSION if shard.id_slice is not None else WINDOW_JOB_VERSION
+def job_version(shard: Shard, verify: Verify = "auto") -> int:
+    """The version of ``shard``'s job, exported with ``verify``: the lowest that carries it,
+    for the releases it serves."""
+    if verify != "auto":
+        return VERIFY_JOB_VERSION
+    return ID_SLICE_JOB_VERSION if shard.id_slice is not None else WINDOW_JOB_VERSION
 
 
 def _check_same_version(task: dict[str, Any]) -> None:
@@ -649,7 +665,7 @@ def _check_same_version(task: dict[str, Any]) -> None:
     worker exported a job as it read it, and wrote a part the coordinator then misread.
     """
     theirs = task.get("job_version", 1)
-    if theirs not in (WINDOW_JOB_VERSION, JOB_VERSION):
+    if theirs not in _READ_VERSIONS:
         raise InvalidRequestError(
             _mixed_releases(
                 f"this worker runs dmhub_async {__version__} (job version {JOB_VERSION}), "
@@ -915,8 +931,13 @@ async def run_on_queue(
     poll: float = 0.5,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     takeover: float = IN_PROGRESS_TTL,
+    verify: Verify = "auto",
 ) -> Manifest:
     """Enqueue the manifest's pending shards, follow them to the end, and write the manifest.
+
+    ``verify`` is each shard's export's, as for ``export_customers``, carried by its job: a job
+    with ``"always"`` is of job version 3, which a worker of an earlier release refuses (its
+    shard failed, saying both releases) rather than export it unchecked.
 
     A shard's job that Redis loses (flushed, or restarted without its data) is enqueued again,
     to start ``takeover`` seconds later (the workers' own ``takeover``).
@@ -939,6 +960,7 @@ async def run_on_queue(
     from redis.exceptions import RedisError
 
     check_flag("run_on_queue", "progress", progress)
+    check_verify(verify, "run_on_queue(): ")
     queue_settings(redis_url, "run_on_queue(): redis_url")  # a URL arq and redis-py read
     where = _absolute(directory)
     todo = {o.shard.index: o for o in pending(manifest.shards)}
@@ -970,7 +992,7 @@ async def run_on_queue(
         pool.connection_pool.set_retry(waiting)
         pool.connection_pool.connection_kwargs["retry"] = waiting  # and its later connections
         bar = ProgressBar(progress, manifest, on_total)
-        settings = (page_size, concurrency, poll, sleep, takeover)
+        settings = (page_size, concurrency, poll, sleep, takeover, verify)
         try:
             return await _follow(pool, where, manifest, todo, bar, *settings)
         except RedisError as err:  # gone mid-run: the manifest is written as it stands
@@ -1103,6 +1125,7 @@ async def _follow(
     poll: float,
     sleep: Callable[[float], Awaitable[None]],
     takeover: float,
+    verify: Verify,
 ) -> Manifest:
     """Enqueue ``todo`` on ``pool`` (the jobs not there already) and follow them to the end."""
     from arq.jobs import Job, JobStatus
@@ -1113,7 +1136,7 @@ async def _follow(
     async def enqueue(index: int, defer: float | None = None) -> None:
         task = {
             # The shape of this job: a worker of a release that reads another refuses it.
-            "job_version": job_version(todo[index].shard),
+            "job_version": job_version(todo[index].shard, verify),
             "release": __version__,
             # A shard of an id list names its slice: a few hundred bytes, not the list (its
             # worker reads it from the export's directory, which every worker shares).
@@ -1123,6 +1146,8 @@ async def _follow(
             "page_size": page_size,
             "concurrency": concurrency,
             "export_id": export_id,
+            # Sent only when not the default: a job without it is one every release reads.
+            **({"verify": verify} if verify != "auto" else {}),
             "plan_id": manifest.plan_id,
             # Whose customers the export is of: a worker of another service or app on the
             # same Redis refuses the shard rather than fill its part with its own customers.
@@ -1265,7 +1290,7 @@ def _result_version_error(result: Any) -> str | None:
     """Why a worker's result is not one this coordinator reads (another :data:`JOB_VERSION`),
     or None: its part is not recorded, as if complete, in a manifest of another shape."""
     theirs = result.get("job_version", 1) if isinstance(result, dict) else 1
-    if theirs in (WINDOW_JOB_VERSION, JOB_VERSION):
+    if theirs in _READ_VERSIONS:
         return None
     return _mixed_releases(
         f"a worker of dmhub_async {_release_of(result)} (job version {theirs!r}) exported this "

@@ -26,7 +26,7 @@ from .._threads import file_work
 from .._validate import check_flag, short
 from .._words import counted
 from ..export import ExportProgress, ExportReport, export_customers
-from ..export._export import check_run, retries_of
+from ..export._export import Verify, check_run, check_verify, retries_of
 from ..export._output import _lock, _release, _sweep
 from ..resources._filters import read_id_list
 from ._late import LATE_MISMATCH, grown_by_late_check, late_check, late_checked
@@ -81,6 +81,7 @@ async def export_shard(
     concurrency: int = 8,
     progress: bool = False,
     on_progress: Callable[[ExportProgress], None] | None = None,
+    verify: Verify = "auto",
 ) -> ExportReport:
     """Export one shard's customers to ``dest``; rerun with the same checkpoint to resume.
 
@@ -90,7 +91,9 @@ async def export_shard(
         dest: the shard's output file.
         checkpoint: the shard's checkpoint file; keep it on storage every worker that may take
             the shard over can read and write.
-        format, page_size, concurrency, progress, on_progress: as for ``export_customers``.
+        format, page_size, concurrency, progress, on_progress, verify: as for
+            ``export_customers`` (``verify="always"``: the shard's final check runs even when
+            its walk saw no change).
 
     A shard of a sharded export's ``id_list`` that names its slice alone (a manifest's, or a
     job's) takes its ids from the list in ``dest``'s directory (``id_list.txt``), refused
@@ -112,6 +115,7 @@ async def export_shard(
         progress=progress,
         checkpoint=checkpoint,
         on_progress=on_progress,
+        verify=verify,
         **shard.export_filters(),
     )
 
@@ -533,14 +537,17 @@ async def export_sharded(
     parallel: int = 4,
     progress: bool = True,
     on_total: TotalProgress | None = None,
+    verify: Verify = "auto",
     **filters: Unpack[CustomerFilters],
 ) -> Manifest:
     """Plan (or take up) a sharded export in ``directory`` and run it in this process.
 
     ``parallel`` shards run at once, each walking ``concurrency`` pages at once, all within the
     client's own limits. ``progress`` draws one bar on a terminal; ``on_total(done, planned)``
-    hears the whole export's progress. For more than one process or machine, see
-    ``docs/sharding.md``.
+    hears the whole export's progress. ``verify`` is each shard's, as for ``export_customers``:
+    ``"always"`` runs every shard's final check even when its walk saw no change, which finds a
+    customer of a closed window that a filtered export's balanced churn hid (docs/sharding.md,
+    "Known limit"). For more than one process or machine, see ``docs/sharding.md``.
 
     Returns:
         The manifest as written at the end; ``manifest.complete`` is the export's verdict.
@@ -548,6 +555,7 @@ async def export_sharded(
     if isinstance(parallel, bool) or not isinstance(parallel, int) or parallel < 1:
         raise InvalidRequestError("export_sharded(): parallel must be an int >= 1")
     check_flag("export_sharded", "progress", progress)
+    check_verify(verify, "export_sharded(): ")
     # Before the plan: a bad one was planned, then failed in every shard (or at the first
     # progress, a raw TypeError).
     check_run(client, page_size, concurrency, "on_total", on_total)
@@ -563,6 +571,7 @@ async def export_sharded(
             parallel,
             progress,
             on_total,
+            verify,
             dict(filters),
         )
 
@@ -577,6 +586,7 @@ async def _export_sharded(
     parallel: int,
     progress: bool,
     on_total: TotalProgress | None,
+    verify: Verify,
     filters: dict[str, Any],
 ) -> Manifest:
     manifest = await prepare(client, directory, shards, format=format, **filters)
@@ -599,6 +609,7 @@ async def _export_sharded(
                     page_size=page_size,
                     concurrency=concurrency,
                     on_progress=lambda p: bar.update(index, p.exported),
+                    verify=verify,
                 )
             except BrokenPipeError:
                 raise  # this process's own output gone (on_total): the run's, not a shard's

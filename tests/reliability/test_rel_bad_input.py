@@ -858,3 +858,34 @@ async def test_a_progress_that_is_no_bool_is_refused_before_anything_is_done(
             await calls[runner]()
     assert sim.counters.total == sent
     assert tree(tmp_path) == files
+
+
+@pytest.mark.parametrize("runner", ["export_sharded", "processes", "queue"])
+async def test_a_verify_of_a_sharded_export_that_is_no_choice_is_refused_before_anything_is_done(
+    sim: DMHubSimulator, connect: Callable[..., DMHubClient], tmp_path: Path, runner: str
+) -> None:
+    # verify="Always" (a typo, or read from a settings file) is refused as export_customers
+    # refuses it, before a plan, a worker or a job: not once a shard's export began.
+    from dmhub_async.shards._local import run_in_processes
+    from dmhub_async.shards._queue import run_on_queue
+    from dmhub_async.shards._run import export_sharded, prepare
+
+    async with connect(sim) as dm:
+        manifest = await prepare(dm, tmp_path / "shards", 2)
+        sent = sim.counters.total
+        files = tree(tmp_path)
+        calls = {
+            "export_sharded": lambda: export_sharded(dm, tmp_path / "new", 2, verify="Always"),
+            "processes": lambda: run_in_processes(
+                None, tmp_path / "shards", manifest, 2, verify="Always"
+            ),
+            "queue": lambda: run_on_queue(
+                "redis://127.0.0.1:1", tmp_path / "shards", manifest, verify="Always"
+            ),
+        }
+        with pytest.raises(
+            InvalidRequestError, match=r"^\w+\(\): verify must be 'auto' or 'always', not 'Always'"
+        ):
+            await calls[runner]()
+    assert sim.counters.total == sent
+    assert tree(tmp_path) == files

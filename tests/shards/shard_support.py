@@ -159,7 +159,7 @@ def child_dying_on_shard_zero(
     from dmhub_async.shards import _local
 
     first = tasks.get()
-    if first is not None and first["index"] == 0:
+    if first is not None and first["shard"]["index"] == 0:
         os._exit(1)
 
     class Again:

@@ -285,7 +285,7 @@ def test_a_killed_runs_token_directory_is_kept_while_its_workers_run(
         )
         worker.start()
         writer.close()
-        tasks.put(manifest.shards[0].shard.to_dict())
+        tasks.put({"shard": manifest.shards[0].shard.to_dict(), "verify": "auto"})
         while True:  # the worker has its token and has exported its shard
             assert events.poll(60), "the worker said nothing"
             if events.recv()[0] != "progress":

@@ -1053,7 +1053,9 @@ async def test_a_coordinator_of_a_later_release_hears_from_this_worker_at_once(
         monkeypatch.setattr(_queue, "JOB_VERSION", later, raising=False)
         # A shard of a window goes as version 1, which every release reads: a later release
         # changing that shape sends its own version for it too.
-        monkeypatch.setattr(_queue, "job_version", lambda shard: later, raising=False)
+        monkeypatch.setattr(
+            _queue, "job_version", lambda shard, verify="auto": later, raising=False
+        )
         monkeypatch.setattr(_queue, "__version__", "9.9.9", raising=False)
         with workers(sim, redis.url, 1):
             manifest = await asyncio.wait_for(
@@ -1569,3 +1571,62 @@ async def test_no_filter_value_is_kept_in_redis_once_the_export_has_ended(
     held = _redis_values(redis)
     assert any(key.startswith("arq:result:") for key in held), held  # results kept, but
     assert [key for key, value in held.items() if mobile.encode() in value] == []
+
+
+@pytest.mark.parametrize("verify", [None, "always"], ids=["without", "verify-always"])
+async def test_a_job_with_verify_always_runs_its_shards_final_check(
+    tmp_path: Path, verify: str | None
+) -> None:
+    # A job carries its export's verify (job version 3): the shard's final check (id-only
+    # pages) runs though its walk saw no change. A job without it (every earlier release's
+    # coordinator's) is served as before, with no check.
+    from dmhub_async.shards import _queue
+    from dmhub_async.testing import DMHubSimulator
+
+    async with (
+        DMHubSimulator(customers=30) as sim,
+        DMHubClient(sim.app_id, sim.secret, base_url=sim.url) as dm,
+    ):
+        id_pages = 0
+
+        def hook(request: Any) -> None:
+            nonlocal id_pages
+            id_pages += request.path == "/v1/customers" and request.query.get("select") == "id"
+
+        sim.on_request(hook)
+        task = _shard_task(sim, tmp_path)
+        if verify is not None:
+            task.update(verify=verify, job_version=_queue.job_version(Shard(0, None, None), verify))
+        result = await _queue._export_shard_job(_job_context(dm), task)
+    assert (result["complete"], result["exported"]) == (True, 30)
+    assert result["job_version"] == (3 if verify else 1)
+    assert (id_pages > 0) == (verify is not None)
+
+
+async def test_a_worker_of_the_release_before_verify_refuses_a_job_with_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A worker of the release before (job version 2, reading 1 and 2) has no verify to read:
+    # it would export the shard unchecked and say complete. The job's version refuses it there
+    # with the mixed-release message, nothing written.
+    from dmhub_async.shards import _queue
+
+    task = {
+        "shard": Shard(0, None, None).to_dict(),
+        "directory": str(tmp_path),
+        "format": "jsonl",
+        "export_id": "e",
+        "plan_id": "p",
+        "job_version": _queue.job_version(Shard(0, None, None), "always"),
+        "release": "9.9.9",
+        "verify": "always",
+    }
+    monkeypatch.setattr(_queue, "JOB_VERSION", 2)
+    monkeypatch.setattr(_queue, "_READ_VERSIONS", (1, 2))
+    ctx = {"redis": None, "job_id": "j", "client": None, "pending_progress": set()}
+    with pytest.raises(InvalidRequestError) as refused:
+        await _queue._export_shard_job(ctx, task)
+    message = str(refused.value)
+    assert "(job version 2), the coordinator 9.9.9 (job version 3)" in message
+    assert "run one release" in message
+    assert not os.listdir(tmp_path)
