@@ -358,8 +358,15 @@ def test_a_signal_mid_sharded_export_says_a_rerun_resumes_it(
     served.sim.faults.latency = 0.01
 
     class SignalAfterAPage:
+        sent = False
+
         def update(self, done: int, total: int | None) -> None:
-            os.kill(os.getpid(), signal.SIGTERM)
+            # Once: both shards' first pages may come in one turn of the loop, before it runs
+            # the handler of the first signal, and a second one exits at once (os._exit),
+            # taking the test's process with it.
+            if not self.sent:
+                self.sent = True
+                os.kill(os.getpid(), signal.SIGTERM)
 
     progress_lines = _shards.ProgressLines
     monkeypatch.setattr(_shards, "ProgressLines", SignalAfterAPage)
