@@ -8,7 +8,11 @@ shard is complete, the coordinator's side runs the single-file export's final ch
 those missing by id, and appends them to the part: a copy with the rows appended replaces it
 (``os.replace``), then the manifest records its size, SHA-256 and customers. A crash between
 the two leaves a part longer than the manifest says whose recorded bytes are unchanged: a
-rerun takes it up (:func:`grown_by_late_check`) and checks it again from the file itself.
+rerun takes it up (:func:`grown_by_late_check`) and checks it again from the file itself. It
+takes up only the part the check said it was writing: just before the replace, the size and
+SHA-256 of the new part go to a hidden file beside it (``.NAME.late``, removed once the
+manifest records them); rows appended by hand (or by anything else) match none, and the
+shard is exported again, as for any part changed since it was exported.
 """
 
 from __future__ import annotations
@@ -22,8 +26,9 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Final, cast
 
 import attrs
+import orjson
 
-from .._atomic import replacing
+from .._atomic import remove_or_warn, replace_file, replacing
 from .._exceptions import InvalidRequestError
 from .._threads import file_work
 from .._words import counted
@@ -184,6 +189,8 @@ async def _check(
         outcome.status, outcome.error = "incomplete", LATE_MISMATCH
     if attrs.astuple(outcome, recurse=False) != before:  # nothing new: nothing written
         await ManifestWriter(manifest, where).write()
+    # The manifest says what the part holds now: what the check was writing is no longer news.
+    await file_work(lambda: remove_or_warn(_said(part), "late check's note"))
     return LateCheck(
         file=outcome.file, added=added, verified=verified, count=count, retries=retries.taken
     )
@@ -216,7 +223,7 @@ def _read_part(part: Path, fmt: str, outcome: ShardOutcome) -> _Held:
         recorded = outcome.size if outcome.size is not None else size
         if size != recorded:
             held.grown = True
-            if size < recorded or not _recorded_bytes_hold(fh, outcome):
+            if size < recorded or not _recorded_bytes_hold(fh, part, outcome):
                 raise InvalidRequestError(
                     f"{outcome.file} holds {counted(size, 'byte')}, {recorded:,} when it was "
                     "exported: delete it and rerun the export, which exports that shard again"
@@ -274,10 +281,23 @@ class _Hashing:
             yield line
 
 
-def _recorded_bytes_hold(fh: Any, outcome: ShardOutcome) -> bool:
+def _said(part: Path) -> Path:
+    """The hidden file where a late check says what it is writing over ``part``."""
+    return part.with_name(f".{part.name}.late")
+
+
+def _recorded_bytes_hold(fh: Any, part: Path, outcome: ShardOutcome) -> bool:
     """Whether the part's first ``outcome.size`` bytes are what its shard exported (their
-    SHA-256 the manifest's) and what follows them ends a record: rows a late check appended."""
+    SHA-256 the manifest's) and the whole part is what a late check said it was writing
+    (:func:`_said`): rows a late check appended, not rows appended by hand."""
     if outcome.sha256 is None or outcome.size is None:
+        return False
+    try:
+        said = orjson.loads(_said(part).read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return False  # no late check was writing it
+    size = os.fstat(fh.fileno()).st_size
+    if not isinstance(said, dict) or said.get("size") != size:
         return False
     digest = hashlib.sha256()
     left = outcome.size
@@ -289,8 +309,9 @@ def _recorded_bytes_hold(fh: Any, outcome: ShardOutcome) -> bool:
         left -= len(chunk)
     if digest.hexdigest() != outcome.sha256:
         return False
-    fh.seek(-1, os.SEEK_END)
-    return bool(fh.read(1) == b"\n")
+    while chunk := fh.read(1 << 20):
+        digest.update(chunk)
+    return bool(digest.hexdigest() == said.get("sha256"))
 
 
 def grown_by_late_check(directory: Path, outcome: ShardOutcome) -> bool:
@@ -300,7 +321,7 @@ def grown_by_late_check(directory: Path, outcome: ShardOutcome) -> bool:
     try:
         with part.open("rb") as fh:
             size = os.fstat(fh.fileno()).st_size
-            return size > (outcome.size or size) and _recorded_bytes_hold(fh, outcome)
+            return size > (outcome.size or size) and _recorded_bytes_hold(fh, part, outcome)
     except OSError:
         return False
 
@@ -309,7 +330,12 @@ def _append(part: Path, size: int, data: bytes) -> tuple[int, str]:
     """Replace ``part`` by a copy of its first ``size`` bytes and ``data``; the new size and
     SHA-256 (blocking)."""
     digest = hashlib.sha256()
-    with replacing(part, output=True) as out, part.open("rb") as fh:
+
+    def say() -> None:  # just before the replace: what a rerun may take up
+        said = {"size": size + len(data), "sha256": digest.hexdigest()}
+        replace_file(_said(part), orjson.dumps(said) + b"\n")
+
+    with replacing(part, output=True, before_rename=say) as out, part.open("rb") as fh:
         left = size
         while left:
             chunk = fh.read(min(left, 1 << 20))

@@ -216,6 +216,7 @@ async def test_a_crash_between_the_parts_replace_and_the_manifest_is_healed_by_a
     assert all(q.get("select") == "id" for q in sent if "pageSize" in q), sent
     last = healed.shards[-1]
     assert last.size == (out / last.file).stat().st_size
+    assert not (out / f".{last.file}.late").exists()  # the manifest says it now
     ids = merged_ids(out, tmp_path / "all.jsonl")
     assert sorted(ids) == sorted(wanted)
 
@@ -299,3 +300,25 @@ async def test_a_late_check_that_cannot_pass_leaves_the_export_incomplete_until_
     assert again.complete
     assert all(q.get("select") == "id" for q in sent if "pageSize" in q), sent  # not exported
     assert sorted(merged_ids(out, tmp_path / "all.jsonl")) == sorted(wanted)
+
+
+async def test_rows_a_user_appended_to_the_last_part_are_not_taken_up_as_the_late_checks(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "out"
+    async with DMHubSimulator(customers=400, seed=10) as sim:
+        async with DMHubClient(sim.app_id, sim.secret, base_url=sim.url) as dm:
+            first = await export_sharded(dm, out, 2, progress=False)
+            assert first.complete
+            # A customer of the first window appended to the last part by hand (whole lines,
+            # the recorded bytes unchanged): not rows a late check appended.
+            foreign = (out / first.shards[0].file).read_bytes().splitlines(keepends=True)[0]
+            with (out / first.shards[-1].file).open("ab") as fh:
+                fh.write(foreign)
+            again = await export_sharded(dm, out, 2, progress=False)
+        wanted = sim.customer_ids()
+
+    assert again.complete
+    assert again.exported == len(wanted)
+    ids = merged_ids(out, tmp_path / "all.jsonl")
+    assert sorted(ids) == sorted(wanted)  # each once: the foreign row not kept
