@@ -30,7 +30,7 @@ import orjson
 
 from .._atomic import remove_or_warn, replace_file, replacing
 from .._exceptions import InvalidRequestError
-from .._threads import file_work
+from .._threads import file_work, on_thread
 from .._words import counted
 from ..export._export import _columns
 from ..export._ids import IdSet
@@ -119,7 +119,12 @@ async def late_check(
 
     with coordinating(where):
         part = where / outcome.file
-        lock = await file_work(lambda: _lock(part, by="another export or merge"))
+        # On threads it is waited for, however long, when the check is cancelled (Ctrl-C, a
+        # timeout): the locks were released while the copy was still being written, and an
+        # export or check let in swept that copy or read the part as it was replaced.
+        lock = await on_thread(
+            lambda: _lock(part, by="another export or merge"), lambda held: _release(*held)
+        )
         try:
             await file_work(lambda: _sweep(part, "tmp"))  # a copy a killed check left
             result = await _check(client, where, manifest, outcome, concurrency)
@@ -175,7 +180,7 @@ async def _check(
     )
     data = b"".join(appended)
     if data:
-        size, sha256 = await file_work(lambda: _append(part, held.size, data))
+        size, sha256 = await on_thread(lambda: _append(part, held.size, data))
     else:
         size, sha256 = held.size, held.sha256
     outcome.size, outcome.sha256 = size, sha256

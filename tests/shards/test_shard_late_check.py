@@ -12,6 +12,7 @@ import asyncio
 import json
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -322,3 +323,43 @@ async def test_rows_a_user_appended_to_the_last_part_are_not_taken_up_as_the_lat
     assert again.exported == len(wanted)
     ids = merged_ids(out, tmp_path / "all.jsonl")
     assert sorted(ids) == sorted(wanted)  # each once: the foreign row not kept
+
+
+async def test_a_late_check_cancelled_while_it_writes_the_part_holds_the_directory_till_done(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "out"
+    started, go = threading.Event(), threading.Event()
+    append = _late._append
+
+    def slow_append(*args: Any) -> Any:
+        started.set()
+        go.wait(60)
+        return append(*args)
+
+    async with DMHubSimulator(customers=300, seed=11) as sim:
+        async with DMHubClient(sim.app_id, sim.secret, base_url=sim.url) as dm:
+            assert (await export_sharded(dm, out, 2, progress=False)).complete
+            signed_up = sim.insert_customer({"name": "signed up while it was down"})
+            monkeypatch.setattr(_late, "_append", slow_append)
+            task = asyncio.ensure_future(late_check(dm, out))
+            assert await asyncio.get_running_loop().run_in_executor(None, started.wait, 60)
+            task.cancel()  # Ctrl-C, a timeout: while the copy is being written
+            for _ in range(5):
+                await asyncio.sleep(0)
+            try:
+                # The part is still being written: another export or late check of the
+                # directory is refused (its sweep removed the copy being written).
+                with pytest.raises(InvalidRequestError, match="in use"), _run.coordinating(out):
+                    pass
+            finally:
+                go.set()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            monkeypatch.setattr(_late, "_append", append)
+            healed = await export_sharded(dm, out, 2, progress=False)
+        wanted = sim.customer_ids()
+
+    assert healed.complete
+    assert signed_up["id"] in exported_ids(out)
+    assert sorted(merged_ids(out, tmp_path / "all.jsonl")) == sorted(wanted)
