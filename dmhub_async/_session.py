@@ -726,9 +726,23 @@ class Session:
                 # context managers, entered and left), about 4k instructions. The answer is
                 # released below as leaving the block does.
                 url = self.base_url + path
-                if (
-                    once is None
-                    and body is None
+                if once is not None:  # a PUT or a DELETE: sent once (see _SentOnce)
+                    resp = await http.request(
+                        method,
+                        url,
+                        params=query,
+                        data=body,
+                        headers=sent_headers,
+                        timeout=self._timeout,
+                        allow_redirects=False,
+                        proxy=self._conn.proxy,
+                        raise_for_status=False,
+                        # Given for a request, they stand in for the session's: a session of
+                        # the caller's keeps its own, outside this one.
+                        middlewares=(*getattr(http, "_middlewares", ()), once),
+                    )
+                elif (
+                    body is None
                     and sent_headers is None
                     and self._conn.owns_http
                     and self._timeout is self._conn.timeout
@@ -751,13 +765,6 @@ class Session:
                         # read_response maps the status: a session of the caller's made with
                         # raise_for_status=True turned a 404 into a connection error, retried.
                         raise_for_status=False,
-                        # A PUT or a DELETE: sent once (see _SentOnce). Given for a request,
-                        # middlewares stand in for the session's: a caller's keeps its own.
-                        **(
-                            {}
-                            if once is None
-                            else {"middlewares": (*getattr(http, "_middlewares", ()), once)}
-                        ),
                     )
                 # Read it all before the release: a retry never holds a connection.
                 reading = self._reading
