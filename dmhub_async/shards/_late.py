@@ -224,6 +224,16 @@ def _read_part(part: Path, fmt: str, outcome: ShardOutcome) -> _Held:
             f"{part} is missing: rerun the export, which exports that shard again"
         ) from None
     with part.open("rb") as fh:
+        if size:
+            fh.seek(-1, os.SEEK_END)
+            if fh.read(1) != b"\n":
+                # Rows appended after it would be glued to it: one line of two customers (a
+                # manifest that records no size nor SHA-256 lets nothing else see it).
+                raise InvalidRequestError(
+                    f"{outcome.file}: its last line is cut short, not as it was exported: "
+                    "delete it and rerun the export, which exports that shard again"
+                )
+            fh.seek(0)
         digest = hashlib.sha256()
         recorded = outcome.size if outcome.size is not None else size
         if size != recorded:

@@ -363,3 +363,28 @@ async def test_a_late_check_cancelled_while_it_writes_the_part_holds_the_directo
     assert healed.complete
     assert signed_up["id"] in exported_ids(out)
     assert sorted(merged_ids(out, tmp_path / "all.jsonl")) == sorted(wanted)
+
+
+async def test_a_last_part_whose_last_line_is_cut_short_is_refused_not_appended_to(
+    tmp_path: Path,
+) -> None:
+    # A manifest that records no size nor SHA-256 of the last part (rewritten by hand, or by a
+    # tool): its last line cut short was taken as a customer missing, fetched and appended
+    # straight after the torn bytes, one line of two customers that no JSON reader reads.
+    out = tmp_path / "out"
+    async with (
+        DMHubSimulator(customers=300, seed=12) as sim,
+        DMHubClient(sim.app_id, sim.secret, base_url=sim.url) as dm,
+    ):
+        assert (await export_sharded(dm, out, 2, progress=False)).complete
+        recorded = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+        recorded["shards"][-1]["size"] = recorded["shards"][-1]["sha256"] = None
+        (out / "manifest.json").write_text(json.dumps(recorded), encoding="utf-8")
+        last = out / recorded["shards"][-1]["file"]
+        torn = last.read_bytes()[:-10]
+        last.write_bytes(torn)
+        sim.insert_customer({"name": "signed up since"})
+        with pytest.raises(InvalidRequestError, match="cut short"):
+            await late_check(dm, out)
+
+    assert last.read_bytes() == torn  # left as it was
