@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -52,6 +53,11 @@ LATE_MISMATCH: Final = (
     "late check: MISMATCH: customers of this window changed during every walk of the check, "
     "which could not show every one of them is in the part: rerun the export to check again"
 )
+
+
+#: The rows a late check appends are held in memory up to this many bytes, then in a file of
+#: the export's directory: customers created while an export was down for a week may be many.
+_SPOOL: Final = 8 << 20
 
 
 def late_checked(manifest: Manifest) -> ShardOutcome | None:
@@ -149,12 +155,13 @@ async def _check(
     writer = new_writer(
         "csv" if fmt == "csv" else "jsonl", held.header, select=_columns(dict(filters))
     )
-    appended: list[bytes] = []
+    appended = tempfile.SpooledTemporaryFile(max_size=_SPOOL, dir=str(where))  # noqa: SIM115
     added = 0
 
     async def append(rows: Sequence[Any]) -> None:
         nonlocal added
-        appended.append(writer.encode(rows))
+        data = writer.encode(rows)
+        await on_thread(lambda: appended.write(data))
         for row in rows:
             customer_id = writer.row_id(row)
             if customer_id is not None:
@@ -175,14 +182,16 @@ async def _check(
         return client.customers.list_rows(**paging, **chosen)
 
     retries = Retries()
-    verified, count = await final_check(
-        client, filters, held.ids, append, rows, concurrency, retries
-    )
-    data = b"".join(appended)
-    if data:
-        size, sha256 = await on_thread(lambda: _append(part, held.size, data))
-    else:
-        size, sha256 = held.size, held.sha256
+    try:
+        verified, count = await final_check(
+            client, filters, held.ids, append, rows, concurrency, retries
+        )
+        if appended.tell():
+            size, sha256 = await on_thread(lambda: _append(part, held.size, appended))
+        else:
+            size, sha256 = held.size, held.sha256
+    finally:
+        appended.close()
     outcome.size, outcome.sha256 = size, sha256
     outcome.exported = held.records + added
     outcome.count_after = count
@@ -341,13 +350,14 @@ def grown_by_late_check(directory: Path, outcome: ShardOutcome) -> bool:
         return False
 
 
-def _append(part: Path, size: int, data: bytes) -> tuple[int, str]:
-    """Replace ``part`` by a copy of its first ``size`` bytes and ``data``; the new size and
-    SHA-256 (blocking)."""
+def _append(part: Path, size: int, appended: IO[bytes]) -> tuple[int, str]:
+    """Replace ``part`` by a copy of its first ``size`` bytes and the ``appended`` rows; the
+    new size and SHA-256 (blocking)."""
     digest = hashlib.sha256()
+    total = size + appended.tell()
 
     def say() -> None:  # just before the replace: what a rerun may take up
-        said = {"size": size + len(data), "sha256": digest.hexdigest()}
+        said = {"size": total, "sha256": digest.hexdigest()}
         replace_file(_said(part), orjson.dumps(said) + b"\n")
 
     with replacing(part, output=True, before_rename=say) as out, part.open("rb") as fh:
@@ -359,6 +369,8 @@ def _append(part: Path, size: int, data: bytes) -> tuple[int, str]:
             digest.update(chunk)
             out.write(chunk)
             left -= len(chunk)
-        digest.update(data)
-        out.write(data)
-    return size + len(data), digest.hexdigest()
+        appended.seek(0)
+        while chunk := appended.read(1 << 20):
+            digest.update(chunk)
+            out.write(chunk)
+    return total, digest.hexdigest()

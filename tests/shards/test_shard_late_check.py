@@ -388,3 +388,34 @@ async def test_a_last_part_whose_last_line_is_cut_short_is_refused_not_appended_
             await late_check(dm, out)
 
     assert last.read_bytes() == torn  # left as it was
+
+
+async def test_many_sign_ups_are_appended_through_a_file_not_held_in_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The rows the check appends were held in a list until its end: an export down for a week
+    # held a week of sign-ups in memory. Past _SPOOL bytes they go to a file of the directory.
+    spooled: list[Any] = []
+    spool = _late.tempfile.SpooledTemporaryFile
+
+    def watched(*args: Any, **kwargs: Any) -> Any:
+        spooled.append(spool(*args, **kwargs))
+        return spooled[-1]
+
+    out = tmp_path / "out"
+    async with (
+        DMHubSimulator(customers=300, seed=13) as sim,
+        DMHubClient(sim.app_id, sim.secret, base_url=sim.url) as dm,
+    ):
+        assert (await export_sharded(dm, out, 2, progress=False)).complete
+        for n in range(250):
+            sim.insert_customer({"name": f"signed up while it was down {n}"})
+        monkeypatch.setattr(_late, "_SPOOL", 4096)
+        monkeypatch.setattr(_late.tempfile, "SpooledTemporaryFile", watched)
+        found = await late_check(dm, out)
+        wanted = sim.customer_ids()
+
+    assert found is not None
+    assert found.added == 250
+    assert [s._rolled for s in spooled] == [True]  # in a file past 4 KB
+    assert sorted(merged_ids(out, tmp_path / "all.jsonl")) == sorted(wanted)
