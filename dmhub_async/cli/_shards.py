@@ -21,7 +21,7 @@ from typing import Any
 from .._auth import FileTokenStore, RedisTokenStore
 from .._exceptions import AuthenticationError, DMHubError, InvalidRequestError, TokenStoreError
 from .._words import counted
-from ..shards import MANIFEST_NAME, Manifest, merge
+from ..shards import MANIFEST_NAME, LateCheck, Manifest, merge
 from ..shards._late import late_check, late_checked
 from ..shards._local import WorkerSettings, private_token_directory, run_in_processes
 from ..shards._manifest import ShardOutcome, merged_into_itself
@@ -318,11 +318,7 @@ def _finish(manifest: Manifest, args: argparse.Namespace) -> int:
     )
     late = manifest.late_check
     if late is not None:
-        text += (
-            f"\nlate check of {late.file}: "
-            f"{counted(late.added, 'customer')} created since its shard ended "
-            f"{'was' if late.added == 1 else 'were'} added"
-        )
+        text += f"\n{_late_line(late)}"
     for s in manifest.shards:
         resumed = _resumed(s)
         if s.status == "incomplete" and not s.error:
@@ -352,6 +348,33 @@ def _finish(manifest: Manifest, args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return EXIT_OK if manifest.complete else EXIT_INCOMPLETE
+
+
+def _late_line(late: LateCheck) -> str:
+    """The report's line of the late check: what it added, and whether it passed.
+
+    "0 customers created since its shard ended were added" read as customers created and
+    then not added (or as a check that did nothing); and a check that could not pass said
+    what it added as one that passed does, its MISMATCH only further down, of the part.
+    """
+    said = f"late check of {late.file}: "
+    if late.added:
+        said += (
+            f"{counted(late.added, 'customer')} created since its shard ended "
+            f"{'was' if late.added == 1 else 'were'} added"
+        )
+    elif late.verified:
+        return said + (
+            "every customer of its window is in it (none created since its shard ended was missing)"
+        )
+    else:
+        said += "nothing added"
+    if not late.verified:
+        said += (
+            ", but customers of its window changed during every walk of the check: "
+            "a rerun checks it again"
+        )
+    return said
 
 
 def _late_said(manifest: Manifest) -> dict[str, Any] | None:

@@ -22,7 +22,7 @@ from aiohttp import web
 from shard_support import child_env, exported_ids, queue_workers, sim_process
 
 from dmhub_async import DMHubClient, FileTokenStore, InvalidRequestError, RedisTokenStore
-from dmhub_async.shards import Manifest, _late, _local, _queue, _run, late_check, merge
+from dmhub_async.shards import LateCheck, Manifest, _late, _local, _queue, _run, late_check, merge
 from dmhub_async.shards._local import WorkerSettings, run_in_processes
 from dmhub_async.shards._queue import run_on_queue
 from dmhub_async.shards._run import export_sharded, prepare
@@ -419,3 +419,52 @@ async def test_many_sign_ups_are_appended_through_a_file_not_held_in_memory(
     assert found.added == 250
     assert [s._rolled for s in spooled] == [True]  # in a file past 4 KB
     assert sorted(merged_ids(out, tmp_path / "all.jsonl")) == sorted(wanted)
+
+
+def _reported(late: LateCheck, capsys: pytest.CaptureFixture[str]) -> str:
+    """The text report of a complete two-shard export whose late check found ``late``."""
+    import argparse
+    from datetime import datetime, timezone
+
+    from dmhub_async.cli._shards import _finish
+    from dmhub_async.shards import Shard
+
+    edge = datetime(2020, 1, 1, tzinfo=timezone.utc)
+    manifest = Manifest.new(
+        [Shard(0, None, edge), Shard(1, edge, None)],
+        fmt="jsonl",
+        base_url="u",
+        app_id="a",
+        filters={},
+    )
+    for outcome in manifest.shards:
+        outcome.status, outcome.exported, outcome.retries = "complete", 3, 0
+    manifest.late_check = late
+    _finish(manifest, argparse.Namespace(out="june", report="text", quiet=False))
+    return capsys.readouterr().out
+
+
+def test_a_late_check_that_added_nothing_says_it_found_nothing_missing(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # It said "0 customers created since its shard ended were added": read as customers
+    # created, then not added (lost), or as a check that did nothing.
+    said = _reported(LateCheck("part-00001.jsonl", 0, True, 6, 0), capsys)
+    assert (
+        "late check of part-00001.jsonl: every customer of its window is in it "
+        "(none created since its shard ended was missing)" in said
+    ), said
+    assert "0 customers" not in said
+
+
+def test_a_late_check_that_could_not_pass_says_so_in_its_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Its line said "2 customers created since its shard ended were added", as a check that
+    # passed says it: what it could not show was said only further down, of the part.
+    said = _reported(LateCheck("part-00001.jsonl", 2, False, 8, 0), capsys)
+    assert (
+        "late check of part-00001.jsonl: 2 customers created since its shard ended were "
+        "added, but customers of its window changed during every walk of the check: "
+        "a rerun checks it again" in said
+    ), said
