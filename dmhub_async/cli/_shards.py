@@ -304,6 +304,8 @@ def _finish(manifest: Manifest, args: argparse.Namespace) -> int:
                 "exported_before": s.exported_before if s.status in _RAN_TO_ITS_END else None,
                 "count_before": s.count_before if s.status in _RAN_TO_ITS_END else None,
                 "count_after": s.count_after if s.status in _RAN_TO_ITS_END else None,
+                # Whether its final check ran at its end (null: not said, as above)
+                "checked": s.checked if s.status in _RAN_TO_ITS_END else None,
             }
             for s in manifest.shards
         ],
@@ -316,6 +318,13 @@ def _finish(manifest: Manifest, args: argparse.Namespace) -> int:
         f"{len(manifest.shards)} complete; {_planned(manifest)}; "
         f"{retries})"
     )
+    checked = sum(bool(s.checked) for s in manifest.shards if s.status in _RAN_TO_ITS_END)
+    if checked:
+        # --verify always: nothing said whether each shard's final check ran.
+        text += (
+            "\nfinal check (an id-only walk against the service) run at the end of "
+            f"{checked} of {counted(len(manifest.shards), 'part')}"
+        )
     late = manifest.late_check
     if late is not None:
         text += f"\n{_late_line(late)}"

@@ -173,6 +173,11 @@ class ShardOutcome:
     #: None when not counted, or not said (an earlier release's worker).
     count_before: int | None = None
     count_after: int | None = None
+    #: Whether that run's final check (an id-only walk of the shard's window or slice) ran
+    #: at its end: always with ``verify="always"``, with ``auto`` when its walk saw customers
+    #: change or it resumed. None when not said: a shard not exported yet, or by a worker (or
+    #: coordinator) of an earlier release.
+    checked: bool | None = None
 
     @property
     def counted(self) -> int | None:

@@ -203,6 +203,8 @@ async def result_of(report: ExportReport) -> dict[str, Any]:
         "exported_before": report.exported_before,
         "count_before": report.count_before,
         "count_after": report.count_after,
+        # Whether its final check ran (verified is None when it did not).
+        "checked": report.verified is not None,
     }
 
 
@@ -230,6 +232,7 @@ def record_result(outcome: ShardOutcome, result: dict[str, Any]) -> None:
     outcome.exported_before = result.get("exported_before")
     outcome.count_before = result.get("count_before")
     outcome.count_after = result.get("count_after")
+    outcome.checked = result.get("checked")
     outcome.error = None
 
 
@@ -439,7 +442,7 @@ def _recheck_parts(where: Path, manifest: Manifest) -> bool:
         outcome.exported = outcome.duplicates = 0
         outcome.size = outcome.sha256 = outcome.retries = None
         outcome.resumed = outcome.exported_before = None
-        outcome.count_before = outcome.count_after = None
+        outcome.count_before = outcome.count_after = outcome.checked = None
         changed = True
     return changed
 

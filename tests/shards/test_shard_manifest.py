@@ -1843,3 +1843,43 @@ async def test_a_merge_says_a_shard_left_on_the_queue_may_still_be_exported(
     merge(out, tmp_path / "so-far.jsonl", allow_incomplete=True)
     assert "its shard's run stopped before it ended" not in caplog.text
     assert caplog.text.count("its shard was left on the queue when its coordinator stopped") == 4
+
+
+@pytest.mark.parametrize("verify", ["always", "auto"])
+async def test_the_report_says_which_parts_had_their_final_check(
+    dm: DMHubClient, tmp_path: Path, capsys: pytest.CaptureFixture[str], verify: str
+) -> None:
+    # --shards N --verify always: nothing in the report (text or JSON) said whether each
+    # shard's final check ran, so a user could not tell it from a run without the flag.
+    import argparse
+
+    from dmhub_async.cli._shards import _finish
+
+    out = tmp_path / "out"
+    manifest = await export_sharded(dm, out, 2, progress=False, verify=verify)  # type: ignore[arg-type]
+    assert manifest.complete
+    checked = verify == "always"
+    assert [s.checked for s in manifest.shards] == [checked, checked]
+    # Recorded: a rerun's report says it of the shards complete before it.
+    again = Manifest.read(out)
+    assert again is not None
+    assert [s.checked for s in again.shards] == [checked, checked]
+
+    _finish(manifest, argparse.Namespace(out=str(out), report="text", quiet=False))
+    text = capsys.readouterr().out
+    said = "final check (an id-only walk against the service) run at the end of 2 of 2 parts"
+    assert (said in text) == checked, text
+    _finish(manifest, argparse.Namespace(out=str(out), report="json", quiet=False))
+    shards = orjson.loads(capsys.readouterr().out)["shards"]
+    assert [s["checked"] for s in shards] == [checked, checked]
+
+
+def test_a_part_of_a_worker_that_does_not_say_whether_it_checked_is_not_said_checked() -> None:
+    # A worker of an earlier release sends no "checked" in its result: not said, not False.
+    from dmhub_async.shards._run import record_result
+
+    manifest = _two_part_manifest(0)
+    result = {"complete": True, "exported": 3, "duplicates": 0, "seconds": 1.0}
+    record_result(manifest.shards[0], result)
+    record_result(manifest.shards[1], {**result, "checked": True})
+    assert [s.checked for s in manifest.shards] == [None, True]
