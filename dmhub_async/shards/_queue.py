@@ -291,15 +291,21 @@ class _Away:
     def __deepcopy__(self, memo: dict[int, Any]) -> _Away:
         return self
 
-    def failed(self, error: BaseException, until: float) -> None:
-        """A try failed; ``until``: when the command's tries end (``time.monotonic()``)."""
+    def failed(self, error: BaseException, until: float, began: float | None = None) -> None:
+        """A try failed; ``until``: when the command's tries end, ``began``: when the failed
+        try was sent (``time.monotonic()``; now if None).
+
+        Redis is away since that try was sent: one frozen left it unanswered its 10 s, and
+        "is back, after 6 s" was counted from its end, 10 s short of the wait.
+        """
         if self.since is not None:
             return
-        self.since = time.monotonic()
+        now = time.monotonic()
+        self.since = now if began is None else min(began, now)
         reason = printable(str(error) or type(error).__name__)[:200].rstrip(".")
         if getattr(self, "password", None):  # never in redis-py's words: kept so
             reason = reason.replace(self.password or "", "***")
-        left = max(until - self.since, 0.0)
+        left = max(until - now, 0.0)
         at = time.strftime("%H:%M:%S", time.localtime(time.time() + left))
         logger.warning(
             "the queue's Redis at %s does not answer (%s): %s waits for it until %s (%d s "
@@ -372,7 +378,8 @@ def _waiting_class() -> Any:
             until = time.monotonic() + self.wait
             failures = 0
             while True:
-                within = max(min(self.answer, until - time.monotonic()), 0.001)
+                began = time.monotonic()
+                within = max(min(self.answer, until - began), 0.001)
                 try:
                     try:
                         answer = await asyncio.wait_for(do(), within)
@@ -383,7 +390,7 @@ def _waiting_class() -> Any:
                     await fail(error)
                     pause = self._backoff.compute(failures)
                     if self.away is not None:
-                        self.away.failed(error, until)
+                        self.away.failed(error, until, began)
                     if failures > self._retries or time.monotonic() + pause >= until:
                         if self.away is not None:
                             self.away.gave_up(self.wait)

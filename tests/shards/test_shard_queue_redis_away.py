@@ -252,3 +252,49 @@ def test_a_redis_that_answers_after_the_wait_was_given_up_is_not_said_to_be_back
     said = _said(caplog)
     assert len(said) == 2, said
     assert said[1].endswith("did not come back within 2 s: the worker stops"), said
+
+
+async def test_a_frozen_redis_is_said_back_after_the_time_it_did_not_answer(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Redis paused 16 s (SIGSTOP): the first try went unanswered its 10 s, and the second
+    # was answered 6 s later. It said "is back, after 6 s", counted from the first try's
+    # end: 10 s short of the time the worker waited, every time Redis froze.
+    from types import SimpleNamespace
+
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    now = 1000.0
+    monkeypatch.setattr(
+        _queue,
+        "time",
+        SimpleNamespace(
+            monotonic=lambda: now, time=time.time, strftime=time.strftime, localtime=time.localtime
+        ),
+    )
+    tries = 0
+
+    async def command() -> str:
+        nonlocal now, tries
+        tries += 1
+        if tries == 1:
+            now += 10.0  # unanswered for its REDIS_ANSWER
+            raise RedisTimeoutError("no answer in 10 s")
+        now += 6.0  # answered as Redis is thawed
+        return "PONG"
+
+    async def failed(_: BaseException) -> None:
+        pass
+
+    away = _queue._Away("redis://127.0.0.1:6390/0", "the worker")
+    waiting = _queue._waiting_class()(_queue._backoff(), 5, 60.0, 10.0, away)
+    caplog.set_level("INFO", logger="dmhub_async")
+    assert await asyncio.wait_for(waiting.call_with_retry(command, failed), 10) == "PONG"
+
+    said = _said(caplog)
+    assert len(said) == 2, said
+    assert "(no answer in 10 s): the worker waits for it until" in said[0], said[0]
+    assert "(50 s more)" in said[0], said[0]
+    assert said[1] == (
+        "the queue's Redis at redis://127.0.0.1:6390/0 is back, after 16 s: the worker goes on"
+    ), said[1]
