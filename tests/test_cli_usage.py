@@ -142,6 +142,25 @@ def test_export_help_shows_a_sharded_export_on_processes_and_on_a_queue(
     assert "dmhub-async export --out /shared/june --shards 64 --queue redis://" in examples
 
 
+def test_the_shards_help_says_a_rerun_keeps_the_plan_and_the_last_window_is_checked_again(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # `export --help` said only how --shards cuts a new export: a rerun with another N on the
+    # directory takes up its plan (a warning after the fact), and once every part is complete
+    # the last window is checked again for customers created since (the late check): neither
+    # was in the help.
+    with pytest.raises(SystemExit):
+        main(["export", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    shards = text.split("--shards N ", 1)[1].split(" --workers K ", 1)[0]
+
+    assert "a rerun on the directory resumes the plan it holds, whatever N" in shards, shards
+    assert (
+        "once every part is complete, the last window is checked again and the customers "
+        "created since its shard ended are added to its part"
+    ) in shards, shards
+
+
 def test_the_token_store_help_says_where_a_queue_keeps_the_token(
     capsys: pytest.CaptureFixture[str],
 ) -> None:

@@ -413,7 +413,9 @@ def _shard_flags(export: argparse.ArgumentParser) -> None:
         metavar="N",
         help="split the customers into about N dateCreated windows, one part file each (a "
         "second holding more than a share is one more; with --id-list: its ids sorted, in N "
-        "slices)",
+        "slices); a rerun on the directory resumes the plan it holds, whatever N; once every "
+        "part is complete, the last window is checked again and the customers created since "
+        "its shard ended are added to its part",
     )
     group.add_argument(
         "--workers",
