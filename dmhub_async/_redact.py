@@ -76,7 +76,7 @@ _SECRET_MARKUP = re.compile(
         (?:access_token|secret){_ANY_QUOTE}\s*:\s*{_ANY_QUOTE}
       | <(?:access_token|secret)\s*>\s*(?:<!\[CDATA\[)?
       | (?:^|(?<=[\s"'>;]))(?:x-)?(?:access[_-]token|secret)[ \t]*:[ \t]*
-    )[^\s"'&<>\\\]]*""",
+    )[^\s"'&<>\\\]]+""",  # a value: an empty one is nothing to mask ("<secret>" was "<***>***")
     re.IGNORECASE | re.MULTILINE | re.VERBOSE,
 )
 

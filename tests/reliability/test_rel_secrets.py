@@ -25,7 +25,7 @@ from urllib.parse import quote, quote_plus
 import attrs
 import pytest
 from aiohttp import web
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from yarl import URL
 
@@ -390,6 +390,10 @@ async def test_scenario_9_no_secret_in_cli_output(
 
 
 @settings(max_examples=300, deadline=None)
+# Found at random in a CI run: "<SECRET>" read as an empty <secret> element, masked as
+# "<***>***" (the secret gone, a mask added for nothing).
+@example(secret="SECRET")
+@example(secret="access_token")
 @given(
     secret=st.text(
         st.characters(blacklist_categories=("Cs",), blacklist_characters="*"),
