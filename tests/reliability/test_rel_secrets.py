@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import traceback
+import unittest.mock
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ from dmhub_async import (
     RateLimitError,
     ResponseDecodeError,
     ServerError,
+    _redact,
     cli,
 )
 from dmhub_async._redact import redact
@@ -405,8 +407,11 @@ def test_a_secret_is_masked_raw_and_url_encoded_every_way(secret: str) -> None:
     """What scenario 9's echo cases rely on: the secret, raw or URL-encoded any of three
     ways (quote, quote_plus, as yarl sends it), never survives ``redact``."""
     as_sent = URL("http://h/").with_query({"q": secret}).raw_query_string.partition("=")[2]
-    for form in {secret, quote(secret, safe=""), quote_plus(secret), as_sent}:
-        assert redact(f"<{form}>", [secret]) == "<***>"
+    # The secrets of clients other tests of this process left alive are masked too: this
+    # test's outcome must not depend on which ran before it.
+    with unittest.mock.patch.object(_redact, "live_secrets", list):
+        for form in {secret, quote(secret, safe=""), quote_plus(secret), as_sent}:
+            assert redact(f"<{form}>", [secret]) == "<***>"
 
 
 def test_a_secret_from_undecodable_environment_bytes_does_not_break_redaction() -> None:
