@@ -831,11 +831,16 @@ def tree(root: Path) -> list[Path]:
     return sorted(root.rglob("*"))
 
 
-@pytest.mark.parametrize("runner", ["export_customers", "export_sharded", "processes", "queue"])
-async def test_a_progress_that_is_no_bool_is_refused_before_anything_is_done(
-    sim: DMHubSimulator, connect: Callable[..., DMHubClient], tmp_path: Path, runner: str
+async def refused_before_anything_is_done(
+    sim: DMHubSimulator,
+    connect: Callable[..., DMHubClient],
+    tmp_path: Path,
+    runner: str,
+    words: str,
+    **bad: Any,
 ) -> None:
-    # progress="no" (or "false" read from a settings file) was true: a bar was drawn.
+    """``runner`` given ``bad`` raises InvalidRequestError matching ``words``, with no request
+    sent and no file made or changed (a sharded plan prepared before it, as a rerun has one)."""
     from dmhub_async.shards._local import run_in_processes
     from dmhub_async.shards._queue import run_on_queue
     from dmhub_async.shards._run import export_sharded, prepare
@@ -845,19 +850,27 @@ async def test_a_progress_that_is_no_bool_is_refused_before_anything_is_done(
         sent = sim.counters.total
         files = tree(tmp_path)
         calls = {
-            "export_customers": lambda: export_customers(dm, tmp_path / "out.jsonl", progress="no"),
-            "export_sharded": lambda: export_sharded(dm, tmp_path / "shards", 2, progress="no"),
-            "processes": lambda: run_in_processes(
-                None, tmp_path / "shards", manifest, 2, progress="no"
-            ),
+            "export_customers": lambda: export_customers(dm, tmp_path / "out.jsonl", **bad),
+            "export_sharded": lambda: export_sharded(dm, tmp_path / "new", 2, **bad),
+            "processes": lambda: run_in_processes(None, tmp_path / "shards", manifest, 2, **bad),
             "queue": lambda: run_on_queue(
-                "redis://127.0.0.1:1", tmp_path / "shards", manifest, progress="no"
+                "redis://127.0.0.1:1", tmp_path / "shards", manifest, **bad
             ),
         }
-        with pytest.raises(InvalidRequestError, match=r"progress must be True or False, not 'no'"):
+        with pytest.raises(InvalidRequestError, match=words):
             await calls[runner]()
     assert sim.counters.total == sent
     assert tree(tmp_path) == files
+
+
+@pytest.mark.parametrize("runner", ["export_customers", "export_sharded", "processes", "queue"])
+async def test_a_progress_that_is_no_bool_is_refused_before_anything_is_done(
+    sim: DMHubSimulator, connect: Callable[..., DMHubClient], tmp_path: Path, runner: str
+) -> None:
+    # progress="no" (or "false" read from a settings file) was true: a bar was drawn.
+    await refused_before_anything_is_done(
+        sim, connect, tmp_path, runner, r"progress must be True or False, not 'no'", progress="no"
+    )
 
 
 @pytest.mark.parametrize("runner", ["export_sharded", "processes", "queue"])
@@ -866,26 +879,11 @@ async def test_a_verify_of_a_sharded_export_that_is_no_choice_is_refused_before_
 ) -> None:
     # verify="Always" (a typo, or read from a settings file) is refused as export_customers
     # refuses it, before a plan, a worker or a job: not once a shard's export began.
-    from dmhub_async.shards._local import run_in_processes
-    from dmhub_async.shards._queue import run_on_queue
-    from dmhub_async.shards._run import export_sharded, prepare
-
-    async with connect(sim) as dm:
-        manifest = await prepare(dm, tmp_path / "shards", 2)
-        sent = sim.counters.total
-        files = tree(tmp_path)
-        calls = {
-            "export_sharded": lambda: export_sharded(dm, tmp_path / "new", 2, verify="Always"),
-            "processes": lambda: run_in_processes(
-                None, tmp_path / "shards", manifest, 2, verify="Always"
-            ),
-            "queue": lambda: run_on_queue(
-                "redis://127.0.0.1:1", tmp_path / "shards", manifest, verify="Always"
-            ),
-        }
-        with pytest.raises(
-            InvalidRequestError, match=r"^\w+\(\): verify must be 'auto' or 'always', not 'Always'"
-        ):
-            await calls[runner]()
-    assert sim.counters.total == sent
-    assert tree(tmp_path) == files
+    await refused_before_anything_is_done(
+        sim,
+        connect,
+        tmp_path,
+        runner,
+        r"^\w+\(\): verify must be 'auto' or 'always', not 'Always'",
+        verify="Always",
+    )

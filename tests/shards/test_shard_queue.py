@@ -1439,6 +1439,25 @@ async def test_a_coordinator_stopped_says_its_shards_were_left_on_the_queue(
     ), on_disk.shards
 
 
+async def _stop(_: float) -> None:
+    raise _Stop
+
+
+async def _queued_by_a_coordinator_gone(
+    tmp_path: Path, redis: RedisServer
+) -> tuple[Path, Manifest, list[str]]:
+    """A two-window export at ``tmp_path / "out"`` whose coordinator stopped with both jobs
+    queued (no worker serves the queue): its directory, its manifest and the jobs' ids."""
+    out = tmp_path / "out"
+    out.mkdir()
+    manifest = _two_windows()
+    manifest.write(out)
+    with pytest.raises(_Stop):  # no worker: its jobs stay queued
+        await run_on_queue(redis.url, out, manifest, progress=False, sleep=_stop)
+    assert redis.command("ZCARD", "arq:queue") == ":2"
+    return out, manifest, [job_id_of(export_id_of(out), manifest.plan_id, i) for i in (0, 1)]
+
+
 async def test_a_rerun_at_another_path_while_the_old_runs_jobs_are_exported_is_refused(
     tmp_path: Path, redis: RedisServer
 ) -> None:
@@ -1446,18 +1465,7 @@ async def test_a_rerun_at_another_path_while_the_old_runs_jobs_are_exported_is_r
     # while a worker exported a shard for its run at the first one, it enqueued a second job
     # for that shard, and two workers exported one shard into one part, kept apart only by the
     # part's file lock (where file locks hold). Refused, saying where the job is and what to do.
-    out = tmp_path / "out"
-    out.mkdir()
-    manifest = _two_windows()
-    manifest.write(out)
-
-    async def stop(_: float) -> None:
-        raise _Stop
-
-    with pytest.raises(_Stop):  # no worker: its jobs stay queued
-        await run_on_queue(redis.url, out, manifest, progress=False, sleep=stop)
-    assert redis.command("ZCARD", "arq:queue") == ":2"
-    old_jobs = [job_id_of(export_id_of(out), manifest.plan_id, i) for i in (0, 1)]
+    out, manifest, old_jobs = await _queued_by_a_coordinator_gone(tmp_path, redis)
     redis.command("SET", f"arq:in-progress:{old_jobs[1]}", "1")  # a worker has shard 1
 
     elsewhere = tmp_path / "mounted-elsewhere"
@@ -1465,7 +1473,7 @@ async def test_a_rerun_at_another_path_while_the_old_runs_jobs_are_exported_is_r
     again = Manifest.read(elsewhere)
     assert again is not None
     with pytest.raises(InvalidRequestError) as refused:
-        await run_on_queue(redis.url, elsewhere, again, progress=False, sleep=stop)
+        await run_on_queue(redis.url, elsewhere, again, progress=False, sleep=_stop)
     assert str(refused.value) == (
         f"shard 1 of this export is being exported by a worker for its run at {out}: two "
         f"workers would export it at once. Rerun the export at {out} to follow it to its end, "
@@ -1481,7 +1489,7 @@ async def test_a_rerun_at_another_path_while_the_old_runs_jobs_are_exported_is_r
     redis.command("DEL", f"arq:in-progress:{old_jobs[1]}")
     redis.command("ZREM", "arq:queue", old_jobs[1])
     with pytest.raises(_Stop):
-        await run_on_queue(redis.url, elsewhere, again, progress=False, sleep=stop)
+        await run_on_queue(redis.url, elsewhere, again, progress=False, sleep=_stop)
     new_jobs = [job_id_of(export_id_of(elsewhere), manifest.plan_id, i) for i in (0, 1)]
     assert redis.command("ZSCORE", "arq:queue", new_jobs[0]) != "$-1"
     assert redis.command("ZSCORE", "arq:queue", new_jobs[1]) != "$-1"
@@ -1496,17 +1504,7 @@ async def test_a_rerun_at_another_path_takes_over_the_queued_jobs_of_a_coordinat
     # and the operator had no way out but redis-cli. The rerun holds the directory's lock, so
     # no coordinator runs at the old path: it takes the jobs no worker has off the queue,
     # says so, and enqueues its own (each shard resumes from its checkpoint: nothing lost).
-    out = tmp_path / "out"
-    out.mkdir()
-    manifest = _two_windows()
-    manifest.write(out)
-
-    async def stop(_: float) -> None:
-        raise _Stop
-
-    with pytest.raises(_Stop):  # no worker: its jobs stay queued
-        await run_on_queue(redis.url, out, manifest, progress=False, sleep=stop)
-    old_jobs = [job_id_of(export_id_of(out), manifest.plan_id, i) for i in (0, 1)]
+    out, manifest, old_jobs = await _queued_by_a_coordinator_gone(tmp_path, redis)
     redis.command("DEL", f"arq:job:{old_jobs[0]}")  # its data expired, its entry still queued
 
     elsewhere = tmp_path / "mounted-elsewhere"
@@ -1514,7 +1512,7 @@ async def test_a_rerun_at_another_path_takes_over_the_queued_jobs_of_a_coordinat
     again = Manifest.read(elsewhere)
     assert again is not None
     with caplog.at_level("WARNING", logger="dmhub_async"), pytest.raises(_Stop):
-        await run_on_queue(redis.url, elsewhere, again, progress=False, sleep=stop)
+        await run_on_queue(redis.url, elsewhere, again, progress=False, sleep=_stop)
 
     assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
         f"shards 0 and 1 of this export were left on the queue by its run at {out}, whose "
