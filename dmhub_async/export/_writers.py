@@ -7,6 +7,7 @@ of id order (docs/reliability.md, "Resuming an export").
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -252,10 +253,7 @@ def scan(fh: IO[bytes], fmt: str, limit: int) -> Scan:
     # error, not a record; without it csv handed the torn record out, and a resume wrote on
     # inside its open quote.
     reader = csv.reader(lines.text(), strict=True)
-    # csv's limit of 131,072 characters a field is process-wide: raised for this read only,
-    # or a long remark made the export refuse to resume its own file. Reads run on threads
-    # (open_output): one at a time, or one's end put the limit back under another's feet.
-    with _FIELD_SIZE_LIMIT:
+    with long_csv_fields():
         return _scan_csv(reader, lines, result)
 
 
@@ -263,9 +261,23 @@ def scan(fh: IO[bytes], fmt: str, limit: int) -> Scan:
 _FIELD_SIZE_LIMIT = threading.Lock()
 
 
+@contextlib.contextmanager
+def long_csv_fields() -> Iterator[None]:
+    """csv's field size limit raised to :data:`_MAX_FIELD` for the block (read the records in
+    it: csv's reader is lazy). Its limit of 131,072 characters a field is process-wide: raised
+    for a read only, or a long remark made the export refuse to resume its own file. Reads run
+    on threads (open_output, a merge, a late check): one at a time, or one's end put the limit
+    back under another's feet."""
+    with _FIELD_SIZE_LIMIT:
+        limit = csv.field_size_limit()
+        csv.field_size_limit(max(limit, _MAX_FIELD))
+        try:
+            yield
+        finally:
+            csv.field_size_limit(limit)
+
+
 def _scan_csv(reader: Iterator[list[str]], lines: _Lines, result: Scan) -> Scan:
-    limit = csv.field_size_limit()
-    csv.field_size_limit(max(limit, _MAX_FIELD))
     try:
         first = next(reader, None)
         if first is None or not lines.whole:
@@ -282,8 +294,6 @@ def _scan_csv(reader: Iterator[list[str]], lines: _Lines, result: Scan) -> Scan:
                 break
     except csv.Error:  # a quoted field cut off by the end
         pass
-    finally:
-        csv.field_size_limit(limit)
     result.not_utf8 = lines.not_utf8
     return result
 

@@ -22,7 +22,7 @@ from typing import BinaryIO
 
 from .. import _json
 from .._exceptions import InvalidRequestError
-from ..export._writers import _FIELD_SIZE_LIMIT, _MAX_FIELD, _cell, _json_cell
+from ..export._writers import _cell, _json_cell, long_csv_fields
 
 __all__ = ["Rewrite", "Union", "header_names", "read_header", "same_export", "whole_header"]
 
@@ -169,12 +169,8 @@ def _encoded(names: Sequence[str]) -> bytes:
 
 def _records(text: str) -> list[list[str]] | None:
     """The CSV records of ``text``; None when it is no CSV (a quote left open)."""
-    with _FIELD_SIZE_LIMIT:  # a long remark is a field as the export wrote it
-        limit = csv.field_size_limit()
-        csv.field_size_limit(max(limit, _MAX_FIELD))
+    with long_csv_fields():  # a long remark is a field as the export wrote it
         try:
             return list(csv.reader(io.StringIO(text, newline=""), strict=True))
         except csv.Error:
             return None
-        finally:
-            csv.field_size_limit(limit)

@@ -37,7 +37,7 @@ from ..export._export import _columns
 from ..export._ids import IdSet
 from ..export._output import _lock, _release, _sweep
 from ..export._reconcile import Retries, final_check
-from ..export._writers import _FIELD_SIZE_LIMIT, _MAX_FIELD, _csv_id, _jsonl_id, _Lines, new_writer
+from ..export._writers import _csv_id, _jsonl_id, _Lines, long_csv_fields, new_writer
 from ._manifest import MANIFEST_NAME, LateCheck, Manifest, ManifestWriter, ShardOutcome
 
 if TYPE_CHECKING:
@@ -278,19 +278,14 @@ def _add(held: _Held, customer_id: Any) -> None:
 
 def _read_csv(held: _Held, lines: _Lines) -> None:
     reader = csv.reader(lines.text(), strict=True)
-    with _FIELD_SIZE_LIMIT:
-        limit = csv.field_size_limit()
-        csv.field_size_limit(max(limit, _MAX_FIELD))
-        try:
-            first = next(reader, None)
-            if first is None:
-                return
-            held.header = tuple(first)
-            for cells in reader:
-                if cells:
-                    _add(held, _csv_id(cells))
-        finally:
-            csv.field_size_limit(limit)
+    with long_csv_fields():
+        first = next(reader, None)
+        if first is None:
+            return
+        held.header = tuple(first)
+        for cells in reader:
+            if cells:
+                _add(held, _csv_id(cells))
 
 
 class _Hashing:
@@ -324,18 +319,25 @@ def _recorded_bytes_hold(fh: Any, part: Path, outcome: ShardOutcome) -> bool:
     if not isinstance(said, dict) or said.get("size") != size:
         return False
     digest = hashlib.sha256()
-    left = outcome.size
-    while left:
-        chunk = fh.read(min(left, 1 << 20))
-        if not chunk:
-            return False
-        digest.update(chunk)
-        left -= len(chunk)
-    if digest.hexdigest() != outcome.sha256:
+    if not _read_into(fh, outcome.size, digest) or digest.hexdigest() != outcome.sha256:
         return False
     while chunk := fh.read(1 << 20):
         digest.update(chunk)
     return bool(digest.hexdigest() == said.get("sha256"))
+
+
+def _read_into(fh: IO[bytes], size: int, digest: Any, out: IO[bytes] | None = None) -> bool:
+    """The next ``size`` bytes of ``fh`` added to ``digest`` (and written to ``out``); False
+    when the file ends first."""
+    while size:
+        chunk = fh.read(min(size, 1 << 20))
+        if not chunk:
+            return False
+        digest.update(chunk)
+        if out is not None:
+            out.write(chunk)
+        size -= len(chunk)
+    return True
 
 
 def grown_by_late_check(directory: Path, outcome: ShardOutcome) -> bool:
@@ -361,14 +363,8 @@ def _append(part: Path, size: int, appended: IO[bytes]) -> tuple[int, str]:
         replace_file(_said(part), orjson.dumps(said) + b"\n")
 
     with replacing(part, output=True, before_rename=say) as out, part.open("rb") as fh:
-        left = size
-        while left:
-            chunk = fh.read(min(left, 1 << 20))
-            if not chunk:
-                raise InvalidRequestError(f"{part} was cut short while it was late checked")
-            digest.update(chunk)
-            out.write(chunk)
-            left -= len(chunk)
+        if not _read_into(fh, size, digest, out):
+            raise InvalidRequestError(f"{part} was cut short while it was late checked")
         appended.seek(0)
         while chunk := appended.read(1 << 20):
             digest.update(chunk)
