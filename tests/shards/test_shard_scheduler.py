@@ -210,3 +210,28 @@ async def test_bad_input_is_refused_before_anything_is_sent_or_written(tmp_path:
                 await shard_result(shard, {"complete": True})  # type: ignore[arg-type]
     assert not out.exists()
     assert [p for p in sent if p.startswith("/v1/customers")] == []
+
+
+async def test_a_finishing_task_run_again_after_the_late_check_changes_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    out = tmp_path / "june"
+    async with DMHubSimulator(customers=200, seed=16) as sim:
+        async with DMHubClient(sim.app_id, sim.secret, base_url=sim.url) as dm:
+            manifest = await plan_directory(dm, out, 2)
+        results = [await export_part(sim, o.shard.to_dict(), out) for o in manifest.shards]
+        sim.insert_customer({"name": "signed up after the last shard"})
+        async with DMHubClient(sim.app_id, sim.secret, base_url=sim.url) as dm:
+            found = await late_check(dm, out, await record_results(out, results))
+        assert found is not None
+        assert found.added == 1
+        written = (out / "manifest.json").read_bytes()
+        # The broker delivers the finishing task again: the last part's result is of it
+        # before the late check appended to it.
+        with caplog.at_level(logging.WARNING, logger="dmhub_async"):
+            again = await record_results(out, results)
+        wanted = sim.customer_ids()
+    assert again.complete
+    assert (out / "manifest.json").read_bytes() == written
+    assert caplog.text == ""
+    assert sorted(merged_ids(out, tmp_path / "june.jsonl")) == sorted(wanted)
