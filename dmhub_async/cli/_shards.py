@@ -297,7 +297,8 @@ def _finish(manifest: Manifest, args: argparse.Namespace) -> int:
                 "file": s.file,
                 "status": s.status,
                 "exported": s.exported,
-                "error": s.error,
+                # A shard that ended in MISMATCH has no error of its own: why, as the text says.
+                "error": s.error or _mismatch_error(s),
                 "retries": s.retries,  # null: not counted (an earlier release exported it)
                 # null: not ended, or exported by an earlier release, which does not say
                 "resumed": s.resumed if s.status in _RAN_TO_ITS_END else None,
@@ -330,14 +331,10 @@ def _finish(manifest: Manifest, args: argparse.Namespace) -> int:
         text += f"\n{_late_line(late)}"
     for s in manifest.shards:
         resumed = _resumed(s)
-        if s.status == "incomplete" and not s.error:
+        mismatch = _mismatch(s)
+        if mismatch is not None:
             # Its export ran to its end: it said "incomplete" alone, where a failed one says why.
-            text += f"\n  {s.file}: incomplete (MISMATCH): {_MISMATCH.format(s.exported)}"
-            if s.count_before is not None and s.count_after is not None:
-                # As a one-process export's says it: "1,204 exported" alone, against nothing.
-                text += (
-                    f"; the service counted {s.count_before:,} before and {s.count_after:,} after"
-                )
+            text += f"\n  {s.file}: incomplete (MISMATCH): {mismatch}"
             text += f"; {resumed}" if resumed else ""
         elif s.status == "complete":
             # As a one-process export's report says it: a rerun's said nothing of it.
@@ -357,6 +354,32 @@ def _finish(manifest: Manifest, args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return EXIT_OK if manifest.complete else EXIT_INCOMPLETE
+
+
+def _mismatch(outcome: ShardOutcome) -> str | None:
+    """Why a shard whose export ended in MISMATCH (incomplete, no error of its own) is not
+    complete, as its export's report says it (``1,204 exported, but its final check ...; the
+    service counted 1,200 before and 1,210 after``); None for any other shard."""
+    if outcome.status != "incomplete" or outcome.error:
+        return None
+    said = _MISMATCH.format(outcome.exported)
+    if outcome.count_before is not None and outcome.count_after is not None:
+        # As a one-process export's says it: "1,204 exported" alone, against nothing.
+        said += (
+            f"; the service counted {outcome.count_before:,} before and "
+            f"{outcome.count_after:,} after"
+        )
+    return said
+
+
+def _mismatch_error(outcome: ShardOutcome) -> str | None:
+    """The JSON report's ``error`` of a shard that ended in MISMATCH (``MISMATCH: 1,204
+    exported, ...``, the text report's reason), else None.
+
+    It was null: a script reading the report could not tell why such a shard was not
+    complete, nor tell it from one whose run had stopped before it ended."""
+    mismatch = _mismatch(outcome)
+    return None if mismatch is None else f"MISMATCH: {mismatch}"
 
 
 def _late_line(late: LateCheck) -> str:

@@ -1786,6 +1786,42 @@ def test_the_mismatch_line_says_what_the_service_counted(
     assert "counted when planned, 1,213 as its parts ended" in said, said
 
 
+def test_the_json_report_says_why_a_shard_that_ended_in_mismatch_is_incomplete(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Its JSON entry said "error": null: a script reading the report could not tell why the
+    # part was not complete (nor from one whose run stopped), which the text report says.
+    import argparse
+
+    from dmhub_async.cli._shards import _finish
+    from dmhub_async.shards._run import record_result
+
+    manifest = _two_part_manifest(0)
+    ended = {"duplicates": 0, "seconds": 1.0, "size": 9, "retries": 0}
+    record_result(manifest.shards[0], {**ended, "complete": True, "exported": 3})
+    record_result(
+        manifest.shards[1],
+        {
+            **ended,
+            "complete": False,
+            "exported": 1_204,
+            "count_before": 1_200,
+            "count_after": 1_210,
+        },
+    )
+
+    code = _finish(manifest, argparse.Namespace(out=str(tmp_path), report="json", quiet=False))
+    shards = orjson.loads(capsys.readouterr().out)["shards"]
+
+    assert code == 3
+    assert shards[0]["error"] is None  # complete: nothing to say
+    assert shards[1]["error"] == (
+        "MISMATCH: 1,204 exported, but its final check could not show every customer of its "
+        "shard is in it (customers changed while it ran, or some were missed); the service "
+        "counted 1,200 before and 1,210 after"
+    )
+
+
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX: flock")
 async def test_a_lookup_to_the_same_file_leaves_a_live_merges_temporary_file(
     done: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
