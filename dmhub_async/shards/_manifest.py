@@ -612,10 +612,11 @@ def merge(
 ) -> int:
     """Concatenate a sharded export's parts into ``dest``, in shard order; the records written.
 
-    A CSV has one header, the parts' columns with every part's ``attr.*`` columns (each
-    part has its own first page's keys: ``_csv_merge``); a part of other columns is written
-    again under it, a key its ``attr`` JSON cell holds moved to the key's column. A record
-    whose quoted field holds line breaks counts once. ``dest`` is written to a temp file
+    A CSV has one header, the parts' columns with the ``attr.*`` columns of every part
+    merged (each part has its own first page's keys: ``_csv_merge``; a part left out adds
+    none); a part of other columns is written again under it, a key its ``attr`` JSON cell
+    holds moved to the key's column. A record whose quoted field holds line breaks counts
+    once. ``dest`` is written to a temp file
     beside it and moved into place at the end, so a failed merge leaves no half file; it gets
     the mode a plain ``open()`` gives (0666 less the umask), as the parts do. With
     ``allow_incomplete``, a part that is not complete goes in as far as its checkpoint covers
@@ -700,22 +701,13 @@ def _copy_parts(manifest: Manifest, directory: Path, out: BinaryIO, allow_incomp
         unfinished = outcome.status != "complete"
         size = found.st_size
         limit: int | None = None
-        committed = _Committed(None)
+        committed = (
+            _committed(part.with_name(f"{part.name}.ckpt")) if unfinished else _Committed(None)
+        )
         appended = 0
-        ended = not unfinished or outcome.status == "incomplete"  # its size recorded then
-        if ended and changed is not None and size < (outcome.size or 0):
-            # A complete (or incomplete) part shorter than it was exported: cut short since, or
-            # another export's shorter part in its place, which no check tells apart (the
-            # SHA-256 is of the whole part). Its lines went in as "cut short": another export's
-            # customers, some of them twice.
-            logger.warning(
-                "merge: %s: left out: it is shorter than its shard exported (%s of %s bytes): "
-                "cut short since, or another export's part in its place, which cannot be told "
-                "apart; rerun the export, which exports that shard again",
-                outcome.file,
-                f"{size:,}",
-                f"{outcome.size or 0:,}",
-            )
+        left_out = _left_out(outcome, size, committed)
+        if left_out is not None:
+            logger.warning("merge: %s", left_out)
             continue
         if not unfinished and allow_incomplete:
             # What was exported, checked, and nothing after it: a part edited, another
@@ -729,23 +721,9 @@ def _copy_parts(manifest: Manifest, directory: Path, out: BinaryIO, allow_incomp
             # again) covers only the ordered walk: what it covers is checked against it, as
             # a failed part's is (it went in unchecked: another export's part, merged).
             limit = outcome.size
-            committed = _committed(part.with_name(f"{part.name}.ckpt"))
             appended = size - limit  # said once the part is checked
         elif unfinished:
-            committed = _committed(part.with_name(f"{part.name}.ckpt"))
             limit = committed.covered
-            if limit is not None and size < limit:
-                # Cut short below what its checkpoint covers: no check holds, as for a
-                # complete part cut short (another export's shorter part reads the same).
-                logger.warning(
-                    "merge: %s: left out: it is shorter than its checkpoint says was written "
-                    "(%s of %s bytes): cut short since, or another export's part in its place; "
-                    "rerun the export, which exports that shard again",
-                    outcome.file,
-                    f"{size:,}",
-                    f"{limit:,}",
-                )
-                continue
         # An unfinished part that no checkpoint speaks for (deleted, or none that says what
         # was written): nothing else checks it, and another export's part in its place went
         # in whole. Its records' dateCreated must be in its shard's window (ids in its slice).
@@ -884,6 +862,40 @@ LEFT_ON_THE_QUEUE: Final = (
 )
 
 
+def _left_out(outcome: ShardOutcome, size: int, committed: _Committed) -> str | None:
+    """Why ``outcome``'s part (a regular file of ``size`` bytes; ``committed``: what its
+    checkpoint says, read if its shard is not complete) is left out of a merge, as its warning
+    says it; None when it goes in (checked as it is copied).
+
+    Asked of each part as its turn comes, and of the later parts before the first is copied:
+    a CSV's merged header is of the parts that go in (it held the ``attr.*`` columns of a
+    part left out, a column of customers the file does not hold)."""
+    if outcome.status in ("complete", "incomplete") and size < (outcome.size or 0):
+        # A part shorter than its shard exported (complete, or ended in MISMATCH): cut short
+        # since, or another export's shorter part in its place, which no check tells apart
+        # (the SHA-256 is of the whole part). Its lines went in as "cut short": another
+        # export's customers, some of them twice.
+        return (
+            f"{outcome.file}: left out: it is shorter than its shard exported ({size:,} of "
+            f"{outcome.size or 0:,} bytes): cut short since, or another export's part in its "
+            "place, which cannot be told apart; rerun the export, which exports that shard again"
+        )
+    if outcome.status == "complete" or (
+        outcome.status == "incomplete" and outcome.size is not None
+    ):
+        return None
+    covered = committed.covered
+    if covered is not None and size < covered:
+        # Cut short below what its checkpoint covers: no check holds, as for a complete part
+        # cut short (another export's shorter part reads the same).
+        return (
+            f"{outcome.file}: left out: it is shorter than its checkpoint says was written "
+            f"({size:,} of {covered:,} bytes): cut short since, or another export's part in "
+            "its place; rerun the export, which exports that shard again"
+        )
+    return None
+
+
 def _where_it_stands(outcome: ShardOutcome, directory: Path) -> str:
     """``its shard failed``, as a merge says of an unfinished part; one the manifest says is
     running while no coordinator holds the directory (killed: ``kill -9``, the OOM killer,
@@ -933,14 +945,20 @@ def _coordinated(directory: Path) -> bool | None:
 
 def _headers(directory: Path, outcomes: Sequence[ShardOutcome]) -> Iterator[list[str]]:
     """The column names of each of ``outcomes``' parts that starts with a whole CSV header
-    (read before the first part's records are copied: the merged file's header holds them)."""
+    and is not left out (:func:`_left_out`), read before the first part's records are copied:
+    the merged file's header holds them."""
     for outcome in outcomes:
+        part = directory / outcome.file
         try:
-            fh, info = open_to_read(directory / outcome.file)  # a pipe there is not waited on
+            fh, info = open_to_read(part)  # a pipe there is not waited on
         except OSError:
             continue  # missing, or no file: said (or refused) when its turn comes
         with fh:
             if not stat.S_ISREG(info.st_mode):
+                continue
+            checkpoint = part.with_name(f"{part.name}.ckpt")
+            committed = _committed(checkpoint) if outcome.status != "complete" else _Committed(None)
+            if _left_out(outcome, info.st_size, committed) is not None:
                 continue
             header = read_header(fh)
         names = header_names(header) if whole_header(header) else None

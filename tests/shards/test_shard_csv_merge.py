@@ -193,3 +193,49 @@ async def test_another_export_s_part_of_other_attr_columns_is_still_refused(
     with pytest.raises(InvalidRequestError, match=r"part-00001\.csv"):
         merge(out, tmp_path / "all.csv")
     assert not (tmp_path / "all.csv").exists()
+
+
+async def _three_parts_the_last_with_its_own_attr(out: Path) -> Any:
+    """A CSV export in 3 parts: parts 0 and 1 of attr key "a", part 2 of "c" alone."""
+    clock = FakeClock()
+    async with DMHubSimulator(clock=clock) as sim:
+        for i, attr in enumerate([{"a": "1"}, {"a": "2"}, {"a": "3"}, {"a": "4"}, {"c": "5"}]):
+            sim.insert_customer({"name": f"c{i}", "attr": attr})
+            clock.advance(86_400)
+        async with DMHubClient(sim.app_id, sim.secret, base_url=sim.url) as dm:
+            manifest = await export_sharded(dm, out, 3, format="csv", progress=False)
+    assert manifest.complete
+    assert [s.exported for s in manifest.shards] == [2, 2, 1]
+    return manifest
+
+
+@pytest.mark.parametrize("how", ["complete, cut short", "failed, shorter than its checkpoint"])
+async def test_a_part_left_out_adds_no_column_to_the_merged_header(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, how: str
+) -> None:
+    # merge --allow-incomplete left out a part cut short since it was exported, but its
+    # attr.* columns were in the merged header all the same: a column no merged record has,
+    # of customers the file does not hold.
+    out = tmp_path / "out"
+    await _three_parts_the_last_with_its_own_attr(out)
+    last = out / "part-00002.csv"
+    if how.startswith("complete"):
+        last.write_bytes(last.read_bytes()[:-3])  # cut short since: left out
+    else:  # its shard failed, its checkpoint covering more than the part holds
+        manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+        manifest["shards"][2]["status"] = "failed"
+        (out / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+        (out / "part-00002.csv.ckpt").write_text(
+            json.dumps({"bytes": last.stat().st_size + 1}), encoding="utf-8"
+        )
+
+    assert merge(out, tmp_path / "all.csv", allow_incomplete=True) == 4
+
+    assert "part-00002.csv: left out" in caplog.text
+    header, records = read_csv(tmp_path / "all.csv")
+    assert [c for c in header if c.startswith("attr")] == ["attr.a", "attr"]
+    assert [r["name"] for r in records] == ["c0", "c1", "c2", "c3"]
+    # the parts merged are copied as they are: the merged header is theirs
+    assert (tmp_path / "all.csv").read_bytes() == (out / "part-00000.csv").read_bytes() + (
+        out / "part-00001.csv"
+    ).read_bytes().split(b"\r\n", 1)[1]
