@@ -37,7 +37,7 @@ from .._words import counted
 from ..export._checkpoint import ExportScope, recorded_scope
 from ..export._export import FORMAT_OF_SUFFIX, check_output_name
 from ..export._output import _lock, _release, _sweep
-from ..resources._filters import customer_filter_params
+from ..resources._filters import EMPTY_STAGE, customer_filter_params
 from ._csv_merge import Rewrite, Union, header_names, read_header, same_export, whole_header
 from ._plan import ListedIds, Shard, _aware, _seconds
 
@@ -624,7 +624,9 @@ def merge(
     against it, one shorter than it was then left out), in whole lines: a record its worker
     was killed writing is left out; its checkpoint must be of its shard (the shard's window,
     filters and slice of the id list, the manifest's service and app); without one, each of
-    its records' ``dateCreated`` must be in its shard's window. A complete part is
+    its records' ``dateCreated`` must be in its shard's window, its id in its slice, and its
+    ``stage``, ``source``, ``gender``, ``mobile`` and ``email`` (those it holds) of the
+    export's filters. A complete part is
     still checked (its SHA-256), and goes in as it was exported, without what was appended
     since; one shorter than it was exported is left out, with a warning (cut short since, or
     another export's: no check tells them apart).
@@ -642,9 +644,9 @@ def merge(
             whose columns, ``attr.*`` aside, are not the first part's (another export's); a
             CSV record that is not one of its part's header's columns; an unfinished part whose
             checkpoint is of another export, or without one, holding a customer created outside its
-            shard's window, or, of an id list, cannot be checked (``id_list.txt`` missing or
-            changed); a part replaced or removed between its checks and its copy (a named pipe there
-            is never waited on, nor a checkpoint that is one).
+            shard's window (or of another filter), or, of an id list, cannot be checked
+            (``id_list.txt`` missing or changed); a part replaced or removed between its checks
+            and its copy (a named pipe there is never waited on, nor a checkpoint that is one).
     """
     check_output_name(Path(dest))
     if merged_into_itself(directory, dest):
@@ -816,10 +818,11 @@ def _copy_parts(manifest: Manifest, directory: Path, out: BinaryIO, allow_incomp
                 last = line
                 if read == committed.covered:
                     at_mark = (records - before, last)
-                if window is not None and not window.holds(line, header if csv else None):
+                outside = None if window is None else window.outside(line, header if csv else None)
+                if outside is not None:
                     raise InvalidRequestError(
                         f"{outcome.file} is another export's part: it holds a customer that is "
-                        f"not of shard {outcome.shard.index} ({outcome.shard.describe()}): "
+                        f"not of shard {outcome.shard.index} ({outside}): "
                         "delete it and rerun the export, which exports that shard again"
                     )
         if not committed.holds(at_mark, csv):
@@ -1058,52 +1061,91 @@ class _Committed:
 
 class _Window:
     """What a shard's records are: created in its ``dateCreated`` window (immutable:
-    docs/contract.md, "More live behaviour"), and of a list, ids of its slice (sorted: from
-    its first to its last). Tells a record of its part from another export's. A record that
-    does not say (``select`` without ``dateCreated``, a value that is no time) is taken as
-    the shard's."""
+    docs/contract.md, "More live behaviour"), of a list, ids of its slice (sorted: from its
+    first to its last), and of the export's filters on a field the record holds (``stage``,
+    ``source``, ``gender``, ``mobile``, ``email``: as the service filtered it when it was
+    exported). Tells a record of its part from another export's. A record that does not say
+    (``select`` without the field, a value that is no time) is taken as the shard's."""
 
     def __init__(self, shard: Shard, ids: tuple[int, int] | None) -> None:
         self._start, self._end, self._ids = shard.start, shard.end, ids
-        self._column: tuple[bytes, int | None] | None = None  # a CSV header, its column
+        self._shard = shard
+        self._wanted = {
+            name: _filtered_as(name, value)
+            for name, value in shard.filters.items()
+            if name in _RECORD_FILTERS and value is not None
+        }
+        self._columns: tuple[bytes, dict[str, int]] | None = None  # a CSV header, its columns
 
-    def holds(self, record: bytes, header: bytes | None) -> bool:
-        """Whether ``record`` (a JSON line, or a CSV record under ``header``) may be of the
-        shard."""
-        if self._ids is None and self._start is None and self._end is None:
-            return True  # the whole of an export: any of its records
+    def outside(self, record: bytes, header: bytes | None) -> str | None:
+        """What of the shard ``record`` (a JSON line, or a CSV record under ``header``) is
+        not, as a refusal says it (its window, or ``stage 'vip', the export's 'lead'``); None
+        when it may be the shard's."""
+        if not self._wanted and self._ids is None and self._start is None and self._end is None:
+            return None  # the whole of an export: any of its records
         try:
             if header is None:
                 fields = orjson.loads(record)
-                created, found = fields.get("dateCreated"), fields.get("id")
+                if not isinstance(fields, dict):
+                    return None
             else:
                 row = next(csv_reader([record.decode("utf-8")]), [])
-                column = self._column_of(header)
-                created = row[column] if column is not None and column < len(row) else None
-                found = int(row[0]) if row and row[0].strip().isdigit() else None
-        except (orjson.JSONDecodeError, AttributeError, UnicodeDecodeError, CSVError):
-            return True  # not a record these can read: the other checks' to judge
+                fields = {
+                    name: row[i] for name, i in self._columns_of(header).items() if i < len(row)
+                }
+                fields["id"] = int(row[0]) if row and row[0].strip().isdigit() else None
+        except (orjson.JSONDecodeError, UnicodeDecodeError, CSVError):
+            return None  # not a record these can read: the other checks' to judge
+        found, created = fields.get("id"), fields.get("dateCreated")
         if self._ids is not None and isinstance(found, int):
             low, high = self._ids
             if not low <= found <= high:
-                return False
+                return self._shard.describe()
+        for name, wanted in self._wanted.items():
+            held = _filtered_as(name, fields.get(name)) if name in fields else wanted
+            if held != wanted:
+                # Another export's filter: --stage vip in a --stage lead export. A mobile or
+                # an email (personal data) is not quoted.
+                if name in ("mobile", "email"):
+                    return f"its {name} is not the export's"
+                return f"{name} {held!r}, the export's {wanted!r}"
         if not isinstance(created, str) or not created:
-            return True
+            return None
         try:
             moment = parse_timestamp(created)
         except (ValueError, OverflowError):
-            return True
-        if self._start is not None and moment < self._start:
-            return False
-        return self._end is None or moment < self._end
+            return None
+        if (self._start is not None and moment < self._start) or (
+            self._end is not None and moment >= self._end
+        ):
+            return self._shard.describe()
+        return None
 
-    def _column_of(self, header: bytes) -> int | None:
-        if self._column is None or self._column[0] != header:
+    def _columns_of(self, header: bytes) -> dict[str, int]:
+        if self._columns is None or self._columns[0] != header:
             names = next(csv_reader([header.decode("utf-8-sig", "replace")]), [])
-            names = [name.strip() for name in names]
-            found = names.index("dateCreated") if "dateCreated" in names else None
-            self._column = (header, found)
-        return self._column[1]
+            wanted = ("dateCreated", *self._wanted)
+            columns = {name.strip(): i for i, name in enumerate(names) if name.strip() in wanted}
+            self._columns = (header, columns)
+        return self._columns[1]
+
+
+#: The filters a record holds the field of, under the filter's name (its JSON key, its CSV
+#: column): an unfinished part's records are checked against them.
+_RECORD_FILTERS = ("stage", "source", "gender", "mobile", "email")
+
+
+def _filtered_as(name: str, value: Any) -> str:
+    """A filter's value, or a record's field (JSON, or a CSV cell), as the service matches
+    the two (docs/contract.md, "list"): a stage of ``_empty`` is an empty one, a gender of
+    0 an unknown one (null in a record, an empty CSV cell), an email in any case (not said
+    to be matched exactly: compared so, another export's still differs)."""
+    if name == "stage":
+        return "" if value in (None, EMPTY_STAGE) else str(value)
+    if name == "gender":
+        return str(value or 0)
+    text = "" if value is None else str(value)
+    return text.lower() if name == "email" else text
 
 
 def _committed(checkpoint: Path) -> _Committed:

@@ -1132,6 +1132,32 @@ async def test_merging_what_there_is_refuses_a_part_of_other_ids_where_one_witho
     assert not (tmp_path / "all.jsonl").exists()
 
 
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+async def test_merging_what_there_is_refuses_a_part_of_other_filters_without_its_checkpoint(
+    sim: DMHubSimulator, dm: DMHubClient, tmp_path: Path, fmt: str
+) -> None:
+    # Another export of the same ids (so the same slices) with another --stage: its part put
+    # where a failed shard's was, without a checkpoint, went in whole under
+    # --allow-incomplete (its ids are of the slice): customers of stage "customer" in an
+    # export of "lead". Without the flag, the export is refused as not complete.
+    ids = sim.customer_ids()
+    done, other = tmp_path / "done", tmp_path / "other"
+    leads = await export_sharded(dm, done, 2, format=fmt, progress=False, id_list=ids, stage="lead")
+    await export_sharded(dm, other, 2, format=fmt, progress=False, id_list=ids, stage="customer")
+    edit(done, lambda data: data["shards"][1].update(status="failed", size=None, sha256=None))
+    # Its own part still goes in whole: every record is of its shard and of stage "lead".
+    own = merge(done, tmp_path / f"own.{fmt}", allow_incomplete=True)
+    assert own == leads.exported > 0
+
+    (done / f"part-00001.{fmt}").write_bytes((other / f"part-00001.{fmt}").read_bytes())
+
+    with pytest.raises(InvalidRequestError) as refused:
+        merge(done, tmp_path / f"all.{fmt}", allow_incomplete=True)
+    assert f"part-00001.{fmt} is another export's part" in str(refused.value)
+    assert "stage 'customer', the export's 'lead'" in str(refused.value)
+    assert not (tmp_path / f"all.{fmt}").exists()
+
+
 async def test_merging_what_there_is_leaves_out_an_unfinished_part_shorter_than_its_checkpoint(
     done: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
