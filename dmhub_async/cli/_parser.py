@@ -323,7 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="when the final check (an id-only walk) runs: auto (the default), when the export"
         " was resumed or anything suggests customers changed; always, after every export (with"
-        " --shards: after every shard)",
+        " --shards: after every shard, and kept by every rerun of the directory's export)",
     )
     export.add_argument("--no-progress", action="store_true", help="no progress bar or lines")
     _client_flags(export, concurrency=8, command="export")

@@ -208,7 +208,9 @@ async def _sharded_export(args: argparse.Namespace, filters: dict[str, Any]) -> 
                 **filters,
             )
             return _finish(manifest, args)
-        manifest = await prepare(dm, args.out, args.shards, format=fmt, **filters)
+        manifest = await prepare(
+            dm, args.out, args.shards, format=fmt, verify=args.verify, **filters
+        )
         # Credentials: the worker processes inherit this one's environment, as the CLI's own
         # client takes them from it; nothing secret is passed or written.
         client = {
@@ -227,7 +229,7 @@ async def _sharded_export(args: argparse.Namespace, filters: dict[str, Any]) -> 
             concurrency=args.concurrency,
             progress=bar,
             on_total=lines,
-            verify=args.verify,
+            verify=manifest.verify or args.verify,  # the export's (prepare)
         )
     else:
         spec = token_store_spec(args.token_store)
@@ -256,7 +258,7 @@ async def _sharded_export(args: argparse.Namespace, filters: dict[str, Any]) -> 
             client=client,
             progress=bar,
             on_total=lines,
-            verify=args.verify,
+            verify=manifest.verify or args.verify,  # the export's (prepare)
         )
     if late_checked(manifest) is not None and manifest.complete:
         # The runners have no client: the last window's late check runs here, with this
@@ -292,6 +294,8 @@ def _finish(manifest: Manifest, args: argparse.Namespace) -> int:
         "plan_retries": manifest.plan_retries,  # null: not counted (an earlier release planned)
         # null: none ran (a shard not complete, a plan of an id list or with an end)
         "late_check": _late_said(manifest),
+        # "always" once any run of the export asked for it; null: an earlier release's manifest
+        "verify": manifest.verify,
         "shards": [
             {
                 "file": s.file,
@@ -319,13 +323,12 @@ def _finish(manifest: Manifest, args: argparse.Namespace) -> int:
         f"{len(manifest.shards)} complete; {_planned(manifest)}; "
         f"{retries})"
     )
-    checked = sum(bool(s.checked) for s in manifest.shards if s.status in _RAN_TO_ITS_END)
-    if checked:
-        # --verify always: nothing said whether each shard's final check ran.
-        text += (
-            "\nfinal check (an id-only walk against the service) run at the end of "
-            f"{checked} of {counted(len(manifest.shards), 'part')}"
-        )
+    said = checked_line(manifest)
+    if said:
+        text += f"\n{said}"
+    if manifest.verify == "always" and getattr(args, "verify", "always") != "always":
+        # A rerun without --verify of an export begun with it: why every part is checked.
+        text += " (--verify always kept: the export was begun with it)"
     late = manifest.late_check
     if late is not None:
         text += f"\n{_late_line(late)}"
@@ -380,6 +383,19 @@ def _mismatch_error(outcome: ShardOutcome) -> str | None:
     complete, nor tell it from one whose run had stopped before it ended."""
     mismatch = _mismatch(outcome)
     return None if mismatch is None else f"MISMATCH: {mismatch}"
+
+
+def checked_line(manifest: Manifest) -> str | None:
+    """``final check (an id-only walk against the service) run at the end of 8 of 8 parts``,
+    None when it ran at the end of none (or no part says: an earlier release's)."""
+    checked = sum(bool(s.checked) for s in manifest.shards if s.status in _RAN_TO_ITS_END)
+    if not checked:
+        return None
+    # --verify always: nothing said whether each shard's final check ran.
+    return (
+        "final check (an id-only walk against the service) run at the end of "
+        f"{checked} of {counted(len(manifest.shards), 'part')}"
+    )
 
 
 def _late_line(late: LateCheck) -> str:
@@ -647,9 +663,19 @@ async def merge_command(args: argparse.Namespace) -> int:
         records = _merge(args)
     # Records, as merge() counts them: a CSV record may span lines (a line break in a field).
     # "lines" is the name this count had before, kept for the scripts that read it.
-    data = {"path": args.out, "records": records, "lines": records}
+    data: dict[str, Any] = {"path": args.out, "records": records, "lines": records}
     text = (
         f"merged {counted(records, 'record')} from {shown(args.directory)} into {shown(args.out)}"
     )
+    # Whether the parts were checked against the service as their shards ended: a merge said
+    # nothing of it, and the export's --verify was recorded nowhere.
+    manifest = Manifest.read(args.directory)
+    if manifest is not None:
+        said = [s.checked for s in manifest.shards if s.status in _RAN_TO_ITS_END]
+        data["verify"] = manifest.verify  # null: an earlier release's manifest, which does not say
+        # parts whose final check ran; null when no part says (exported by an earlier release)
+        data["checked"] = sum(bool(c) for c in said) if any(c is not None for c in said) else None
+        line = checked_line(manifest)
+        text += f"\n{line}" if line else ""
     print_report(data, text, style=args.report, quiet=args.quiet, out=sys.stdout)
     return EXIT_OK

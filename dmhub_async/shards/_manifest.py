@@ -35,7 +35,7 @@ from .._threads import on_thread
 from .._validate import short
 from .._words import counted
 from ..export._checkpoint import ExportScope, recorded_scope
-from ..export._export import FORMAT_OF_SUFFIX, check_output_name
+from ..export._export import FORMAT_OF_SUFFIX, Verify, check_output_name
 from ..export._output import _lock, _release, _sweep
 from ..resources._filters import EMPTY_STAGE, customer_filter_params
 from ._csv_merge import Rewrite, Union, header_names, read_header, same_export, whole_header
@@ -237,6 +237,11 @@ class Manifest:
     #: together), so a rerun's count is compared with this. None: a manifest of an earlier
     #: release, or one it rewrote.
     shards_asked: int | None = None
+    #: When the shards' final checks run (``verify``, ``--verify``): ``"always"`` once any run
+    #: of the export asked for it, kept by every rerun (one without it checked the shards it
+    #: started with ``auto``, saying nothing), else the first run's. None: a manifest of an
+    #: earlier release (or one it rewrote), which does not say.
+    verify: Verify | None = None
     #: What this run's late check of the last window found (not written in the file): None
     #: when none ran.
     late_check: LateCheck | None = attrs.field(default=None, eq=False)
@@ -300,6 +305,7 @@ class Manifest:
         filters: dict[str, Any],
         plan_retries: int | None = None,
         shards_asked: int | None = None,
+        verify: Verify | None = None,
     ) -> Manifest:
         """A manifest of shards planned and not yet exported (``plan_retries``: the retries
         planning them took, None when not counted; ``shards_asked``: the ``n`` they were
@@ -323,7 +329,18 @@ class Manifest:
             plan_retries=plan_retries,
             id_list_length=length,
             shards_asked=shards_asked,
+            verify=verify,
         )
+
+    def take_verify(self, verify: Verify) -> tuple[Verify, bool]:
+        """The ``verify`` a run of this export goes on with, asked ``verify``: ``"always"``
+        if this run or an earlier one asked for it (the parts complete before were checked
+        so, and a rerun without ``--verify`` checked only those it resumed); and whether the
+        manifest changed (it records the run's)."""
+        kept: Verify = "always" if "always" in (verify, self.verify) else verify
+        changed = kept != self.verify
+        self.verify = kept
+        return kept, changed
 
     def check_same_export(
         self, *, fmt: str, base_url: str, app_id: str | None, filters: dict[str, Any]
@@ -353,6 +370,8 @@ class Manifest:
             del raw["id_list_length"]  # a plan of windows: as earlier releases wrote it
         if raw["shards_asked"] is None:
             del raw["shards_asked"]  # not known: written as the manifest was read
+        if raw["verify"] is None:
+            del raw["verify"]  # not said: written as the manifest was read
         data = orjson.dumps({**raw, "status": self.status()}, option=orjson.OPT_INDENT_2)
         replace_file(path, data + b"\n")
         return path
@@ -413,6 +432,8 @@ class Manifest:
         _check_count("plan_retries", self.plan_retries)
         _check_count("id_list_length", self.id_list_length)
         _check_count("shards_asked", self.shards_asked)
+        if self.verify not in (None, "auto", "always"):
+            raise ValueError(f"verify {self.verify!r}")
         for i, outcome in enumerate(self.shards):
             shard = outcome.shard
             # What the manifest is written back with (orjson: 64 bits): a count edited past

@@ -286,12 +286,14 @@ async def prepare(
     shards: int,
     *,
     format: str = "jsonl",
+    verify: Verify = "auto",
     **filters: Any,
 ) -> Manifest:
     """The directory's manifest: the one already there (same export), or a new plan written.
 
     A rerun after a crash or a kill takes up the plan it made the first time, so every shard
-    keeps its window, its file and its checkpoint.
+    keeps its window, its file and its checkpoint, and the export's ``verify``: the run goes
+    on with ``manifest.verify`` (``"always"`` if this run or an earlier one asked for it).
     """
     if format not in ("jsonl", "csv"):
         raise InvalidRequestError(f"format must be 'jsonl' or 'csv', not {short(format)}")
@@ -299,7 +301,7 @@ async def prepare(
     read_id_list(filters)
     recorded = manifest_filters(filters, client.timezone)
     with coordinating(directory):
-        return await _prepare(client, Path(directory), shards, format, recorded, filters)
+        return await _prepare(client, Path(directory), shards, format, verify, recorded, filters)
 
 
 async def _prepare(
@@ -307,6 +309,7 @@ async def _prepare(
     where: Path,
     shards: int,
     format: str,
+    verify: Verify,
     recorded: dict[str, Any],
     filters: dict[str, Any],
 ) -> Manifest:
@@ -334,7 +337,9 @@ async def _prepare(
         if text is not None:  # the export's own list: its file as it was planned
             listed = text
             await file_work(lambda: _restore_list_file(where, listed, recorded["id_list"]))
-        if _recheck_parts(where, existing):
+        rechecked = _recheck_parts(where, existing)
+        _, verify_changed = existing.take_verify(verify)  # the report says it is kept
+        if rechecked or verify_changed:
             await ManifestWriter(existing, where).write()
         if _planned_with_another_count(existing, shards):
             # Taken up without a word, another count believed to be the export's.
@@ -368,6 +373,7 @@ async def _prepare(
         filters=recorded,
         plan_retries=retries,
         shards_asked=shards,
+        verify=verify,
     )
     await ManifestWriter(manifest, where).write()
     return manifest
@@ -550,7 +556,9 @@ async def export_sharded(
     hears the whole export's progress. ``verify`` is each shard's, as for ``export_customers``:
     ``"always"`` runs every shard's final check even when its walk saw no change, which finds a
     customer of a closed window that a filtered export's balanced churn hid (docs/sharding.md,
-    "Known limit"). For more than one process or machine, see ``docs/sharding.md``.
+    "Known limit"); the manifest records it, and a rerun of the export keeps ``"always"``
+    asked once (``manifest.verify``). For more than one process or machine, see
+    ``docs/sharding.md``.
 
     Returns:
         The manifest as written at the end; ``manifest.complete`` is the export's verdict.
@@ -592,7 +600,8 @@ async def _export_sharded(
     verify: Verify,
     filters: dict[str, Any],
 ) -> Manifest:
-    manifest = await prepare(client, directory, shards, format=format, **filters)
+    manifest = await prepare(client, directory, shards, format=format, verify=verify, **filters)
+    verify = manifest.verify or verify  # the export's: "always" once any run asked for it
     where = Path(directory)
     writer = ManifestWriter(manifest, where)
     bar = ProgressBar(progress, manifest, on_total)

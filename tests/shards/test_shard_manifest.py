@@ -1945,3 +1945,85 @@ def test_a_part_of_a_worker_that_does_not_say_whether_it_checked_is_not_said_che
     record_result(manifest.shards[0], result)
     record_result(manifest.shards[1], {**result, "checked": True})
     assert [s.checked for s in manifest.shards] == [None, True]
+
+
+async def test_a_rerun_without_verify_keeps_the_exports_verify_always(
+    dm: DMHubClient, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # verify="always" was recorded nowhere: a rerun without it of an export begun with it
+    # exported the shards it started with "auto" (no final check), saying nothing, and a
+    # merge could not tell whether the parts were checked.
+    out = tmp_path / "out"
+    first = await export_sharded(dm, out, 4, progress=False, verify="always")
+    assert first.complete
+    (out / "part-00001.jsonl").unlink()  # exported again by the rerun
+
+    again = await export_sharded(dm, out, 4, progress=False)
+
+    assert again.complete
+    assert [s.checked for s in again.shards] == [True] * 4  # part 1's final check ran
+    assert orjson.loads((out / MANIFEST_NAME).read_bytes())["verify"] == "always"
+    merged = ["merge", str(out), "--out", str(tmp_path / "all.jsonl"), "--report", "json"]
+    assert await asyncio.to_thread(main, merged) == 0  # main runs its own event loop
+    said = orjson.loads(capsys.readouterr().out)
+    assert (said["records"], said["verify"], said["checked"]) == (CUSTOMERS, "always", 4)
+
+
+async def test_a_manifest_without_verify_reads_and_reruns_as_before(
+    dm: DMHubClient, done: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A manifest of an earlier release says nothing of verify: a rerun runs with its own (as
+    # before), and records it; a merge says it does not know.
+    edit(done, lambda data: data.pop("verify"))
+    assert Manifest.read(done).verify is None  # type: ignore[union-attr]
+    merged = ["merge", str(done), "--out", str(tmp_path / "a.jsonl"), "--report", "json"]
+    assert await asyncio.to_thread(main, merged) == 0  # main runs its own event loop
+    said = orjson.loads(capsys.readouterr().out)
+    assert (said["verify"], said["checked"]) == (None, 0)
+    (done / "part-00001.jsonl").unlink()
+
+    again = await export_sharded(dm, done, 4, progress=False)
+
+    assert again.complete
+    assert [s.checked for s in again.shards] == [False] * 4
+    assert orjson.loads((done / MANIFEST_NAME).read_bytes())["verify"] == "auto"
+
+
+@pytest.mark.parametrize("value", ["sometimes", True, None])
+def test_a_manifest_with_a_verify_this_sdk_does_not_write_is_refused(
+    done: Path, value: object
+) -> None:
+    edit(done, lambda data: data.update(verify=value))
+    if value is None:  # JSON null: not said, as an earlier release writes none
+        assert Manifest.read(done).verify is None  # type: ignore[union-attr]
+        return
+    with pytest.raises(InvalidRequestError, match="not a manifest this SDK wrote"):
+        Manifest.read(done)
+
+
+@pytest.mark.parametrize("asked", ["auto", "always"])
+def test_the_report_says_a_rerun_keeps_the_exports_verify_always(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], asked: str
+) -> None:
+    # A rerun without --verify checked every part, and said not why.
+    import argparse
+
+    from dmhub_async.cli._shards import _finish
+    from dmhub_async.shards._run import record_result
+
+    manifest = _two_part_manifest(0)
+    manifest.verify = "always"
+    ended = {"duplicates": 0, "seconds": 1.0, "size": 9, "retries": 0, "checked": True}
+    for outcome in manifest.shards:
+        record_result(outcome, {**ended, "complete": True, "exported": 3})
+    args = {"out": str(tmp_path), "quiet": False, "verify": asked}
+
+    _finish(manifest, argparse.Namespace(report="text", **args))
+    said = capsys.readouterr().out
+    _finish(manifest, argparse.Namespace(report="json", **args))
+    data = orjson.loads(capsys.readouterr().out)
+
+    line = "final check (an id-only walk against the service) run at the end of 2 of 2 parts"
+    kept = " (--verify always kept: the export was begun with it)"
+    assert f"{line}{kept if asked == 'auto' else ''}\n" in said, said
+    assert data["verify"] == "always"
