@@ -27,6 +27,7 @@ from .._exceptions import InvalidRequestError
 from .._threads import file_work
 from .._validate import short
 from ..export import ExportReport
+from ..export._export import Verify, check_verify
 from ._manifest import (
     MANIFEST_NAME,
     Manifest,
@@ -53,6 +54,7 @@ async def plan_directory(
     shards: int,
     *,
     format: str = "jsonl",
+    verify: Verify = "auto",
     **filters: Unpack[CustomerFilters],
 ) -> Manifest:
     """Plan a sharded export into ``directory`` (its ``manifest.json``), or take up its plan.
@@ -68,12 +70,16 @@ async def plan_directory(
         client: an open client.
         directory: the export's directory, made if missing: storage every task can write.
         shards, format, filters: as for ``export_sharded``.
+        verify: recorded in the manifest as ``export_sharded`` records it (``"always"``, once
+            asked, is kept by every later plan and rerun of the directory): give each task's
+            ``export_shard`` the manifest's ``verify``.
 
     Returns:
         The directory's manifest, as written.
     """
+    check_verify(verify, "plan_directory(): ")
     warn_if_naive(client, "plan_directory", filters)
-    return await prepare(client, directory, shards, format=format, **filters)
+    return await prepare(client, directory, shards, format=format, verify=verify, **filters)
 
 
 async def shard_result(shard: Shard, report: ExportReport) -> dict[str, Any]:

@@ -235,3 +235,19 @@ async def test_a_finishing_task_run_again_after_the_late_check_changes_nothing(
     assert (out / "manifest.json").read_bytes() == written
     assert caplog.text == ""
     assert sorted(merged_ids(out, tmp_path / "june.jsonl")) == sorted(wanted)
+
+
+async def test_plan_directory_records_verify_always_and_a_later_plan_keeps_it(
+    tmp_path: Path,
+) -> None:
+    async with (
+        DMHubSimulator(40) as sim,
+        DMHubClient(sim.app_id, sim.secret, base_url=sim.url) as dm,
+    ):
+        with pytest.raises(InvalidRequestError, match="plan_directory\\(\\): verify must be"):
+            await plan_directory(dm, tmp_path / "bad", 2, verify="yes")  # type: ignore[arg-type]
+        assert not (tmp_path / "bad").exists() or not any((tmp_path / "bad").iterdir())
+        first = await plan_directory(dm, tmp_path, 2, verify="always")
+        again = await plan_directory(dm, tmp_path, 2)  # the planner run again, without it
+    assert (first.verify, again.verify) == ("always", "always")
+    assert json.loads((tmp_path / "manifest.json").read_text())["verify"] == "always"
