@@ -467,7 +467,11 @@ async def _lookup_rows(args: argparse.Namespace, infile: Path, name: str, encodi
         raise CommandError(
             f"--in {args.infile}: holds no identity (type,value rows; a header alone is none)"
         )
-    progress = None if args.quiet else ProgressLines(what="identities")
+    progress = None if args.quiet else ProgressLines(what="identities", checked=False)
+    if progress is not None:
+        # Known before any answer, for the ticker to say: lines came only with answers, so a
+        # slow service (or token) showed nothing until the first, a CI job's silent step.
+        progress.update(0, total)
     found = missing = 0
     # The line of each identity taken and not yet answered: answers come in input order, so
     # the first is the line of the lookup that fails.
@@ -478,7 +482,7 @@ async def _lookup_rows(args: argparse.Namespace, infile: Path, name: str, encodi
             lines.append(line)
             yield identity
 
-    async with open_client(args, args.concurrency) as dm:
+    async with open_client(args, args.concurrency) as dm, ticking(progress):
         with replace_on_success(args.out, out_encoding) as out:
             writer = csv.writer(out, lineterminator="\r\n")
             writer.writerow(["type", "value", "customer_id"])

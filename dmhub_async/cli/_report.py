@@ -43,7 +43,8 @@ class ProgressLines:
     """Progress for a log or CI, where a bar cannot redraw: a line every few seconds.
 
     Every ``every`` seconds (:data:`PROGRESS_EVERY` unless given) a line says what is done, of
-    how many, the rate since the start and the time left.
+    how many, the rate since the start and the time left. ``checked``: whether a final check
+    may follow the last of them (an export's), which a line then says.
     """
 
     def __init__(
@@ -52,11 +53,13 @@ class ProgressLines:
         *,
         every: float | None = None,
         what: str = "customers",
+        checked: bool = True,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._out = out
         self._every = PROGRESS_EVERY if every is None else every
         self._what = what
+        self._checked = checked
         self._clock = clock
         self._started = clock()
         self._last_line = self._started
@@ -86,7 +89,7 @@ class ProgressLines:
             return
         self._last_line = now
         line = f"dmhub-async: {done:,}"
-        if total and done >= total and not moved:
+        if total and done >= total and not moved and self._checked:
             line += f"/{total:,} {self._what} (100%), checking them against the service"
         else:
             rate = (done - self._first) / (now - self._started) if now > self._started else 0.0

@@ -1,0 +1,64 @@
+"""``dmhub-async lookup``'s progress while the service is slow, and its JSON lines output."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import pytest
+from _cli_support import ServedSimulator
+
+from dmhub_async.cli import _report, main
+
+
+def _identities(served: ServedSimulator, path: Path) -> list[tuple[str, str, int | None]]:
+    """An input of 10 bound identities and 2 of no one's: ``(type, value, customer_id)``."""
+    rows: list[tuple[str, str, int | None]] = []
+    for customer_id in served.ids():
+        for type_, value, _name in served.call(served.sim.identities, customer_id)[:1]:
+            rows.append((type_, value, customer_id))
+        if len(rows) == 10:
+            break
+    rows[3:3] = [("wechat", "o-nobody-has-this", None), ("email", "nobody@example.com", None)]
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        csv.writer(fh).writerows([("type", "value"), *((t, v) for t, v, _ in rows)])
+    return rows
+
+
+def test_lookup_progress_lines_go_on_before_the_first_answer(
+    in_process: dict[str, str],
+    served: ServedSimulator,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Lines came only with answers: a slow service (or a token that took long) showed
+    # nothing at all until the first one, where a CI job that kills a silent step killed it.
+    # Every look of the ticker prints here, so lines said while no answer had come show.
+    monkeypatch.setattr(_report, "PROGRESS_EVERY", 0.0)
+    monkeypatch.setattr(_report, "TICK_EVERY", 0.0)
+    rows = _identities(served, Path("ids.csv"))
+
+    assert main(["lookup", "--in", "ids.csv", "--out", "found.csv", "--concurrency", "1"]) == 0
+
+    err = capsys.readouterr().err.splitlines()
+    waiting = [line for line in err if line.startswith(f"dmhub-async: 0/{len(rows)} identities")]
+    assert len(waiting) >= 2, err  # said again while nothing moved, not once
+    assert err[-1].startswith(f"dmhub-async: {len(rows)}/{len(rows)} identities (100%)")
+    assert "checking them" not in "\n".join(err)  # the export's words, not a lookup's
+
+
+def test_a_lookups_progress_after_its_last_answer_says_no_check() -> None:
+    # The export's "(100%), checking them against the service" is its final check's: a
+    # lookup that waited on its client's close after its last answer would have said so.
+    now = [100.0]
+    out = io.StringIO()
+    lines = _report.ProgressLines(out, what="identities", checked=False, clock=lambda: now[0])
+
+    lines.update(0, 12)
+    now[0] = 101.0
+    lines.update(12, 12)  # 1 s after the start: no line yet
+    now[0] = 106.0
+    lines.tick()
+
+    assert out.getvalue().splitlines() == ["dmhub-async: 12/12 identities (100%), 2/s, ETA 0:00:00"]
