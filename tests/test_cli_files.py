@@ -75,17 +75,17 @@ def test_lookup_refuses_to_write_over_its_input(
     assert requests(served) == 0
 
 
-@pytest.mark.parametrize("name", ["found.jsonl", "found.NDJSON", "found.json", "found.xlsx"])
-def test_lookup_refuses_an_output_named_as_another_format_than_csv(
+@pytest.mark.parametrize("name", ["found.json", "found.xlsx", "found.XLS"])
+def test_lookup_refuses_an_output_named_as_another_format_than_csv_or_jsonl(
     served: ServedSimulator, env: dict[str, str], tmp_path: Path, name: str
 ) -> None:
-    # `--out found.jsonl` wrote CSV rows under a JSON lines name (the export writes JSONL
-    # there), exit 0: the next program reading it as JSON lines failed on its first line.
+    # `--out found.json` would be CSV rows (or JSON lines) under a JSON name, exit 0: the next
+    # program reading it as its name says failed on its first line. (.jsonl writes JSON lines.)
     write_identities(tmp_path / "ids.csv", [("wechat", "o1")])
 
     result = run_cli("lookup", "--in", "ids.csv", "--out", name, env=env, cwd=tmp_path)
 
-    assert_one_line_error(result, 2, f"--out {name}", "CSV", "found.csv")
+    assert_one_line_error(result, 2, f"--out {name}", "found.csv", "found.jsonl", "--format")
     assert requests(served) == 0
     assert not (tmp_path / name).exists()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from pathlib import Path
 
 import pytest
@@ -62,3 +63,51 @@ def test_a_lookups_progress_after_its_last_answer_says_no_check() -> None:
     lines.tick()
 
     assert out.getvalue().splitlines() == ["dmhub-async: 12/12 identities (100%), 2/s, ETA 0:00:00"]
+
+
+@pytest.mark.parametrize("out", ["found.jsonl", "found.NDJSON"])
+def test_lookup_writes_json_lines_to_a_jsonl_out(
+    in_process: dict[str, str],
+    served: ServedSimulator,
+    capsys: pytest.CaptureFixture[str],
+    out: str,
+) -> None:
+    # `--out found.jsonl` was refused: CSV was all a lookup wrote. A GBK input (Excel's on
+    # Chinese Windows) gives JSON lines in UTF-8, as JSON is: its values the same text.
+    rows = _identities(served, Path("ids.csv"))
+    rows.append(("email", "王伟@example.com", None))
+    with Path("ids.csv").open("a", newline="", encoding="utf-8") as fh:
+        csv.writer(fh).writerow(rows[-1][:2])
+    Path("ids.csv").write_text(Path("ids.csv").read_text("utf-8"), "gbk")
+
+    code = main(["lookup", "--in", "ids.csv", "--out", out, "--encoding", "gbk"])
+
+    assert code == 0, capsys.readouterr().err
+    lines = Path(out).read_bytes().decode("utf-8").splitlines()
+    assert [json.loads(line) for line in lines] == [
+        {"type": t, "value": v, "customer_id": c} for t, v, c in rows
+    ]
+    assert f"{len(rows) - 3} found, 3 not found -> {out}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flags", [["--format", "jsonl"], []], ids=["jsonl", "csv"])
+def test_lookup_to_standard_output_is_csv_unless_format_says_jsonl(
+    in_process: dict[str, str],
+    served: ServedSimulator,
+    capsys: pytest.CaptureFixture[str],
+    flags: list[str],
+) -> None:
+    rows = _identities(served, Path("ids.csv"))
+
+    assert main(["lookup", "--in", "ids.csv", "--out", "-", "-q", *flags]) == 0
+
+    out = capsys.readouterr().out
+    if flags:
+        assert [json.loads(line) for line in out.splitlines()] == [
+            {"type": t, "value": v, "customer_id": c} for t, v, c in rows
+        ]
+    else:
+        assert list(csv.reader(out.splitlines())) == [
+            ["type", "value", "customer_id"],
+            *([t, v, "" if c is None else str(c)] for t, v, c in rows),
+        ]

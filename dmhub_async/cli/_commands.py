@@ -7,13 +7,14 @@ import codecs
 import csv
 import errno
 import itertools
+import json
 import operator
 import os
 import re
 import sys
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final, Literal, TextIO
@@ -398,31 +399,35 @@ def _csv_rows(reader: Any, path: Path | str) -> Iterator[list[str]]:
         ) from None
 
 
-def _check_lookup(args: argparse.Namespace) -> str:
-    """The output's checks, and the input's encoding, before the input is read."""
+def _check_lookup(args: argparse.Namespace) -> tuple[str, str]:
+    """The output's checks, before the input is read; the input's encoding, the output's
+    format (``csv``, or ``jsonl`` when ``--format`` or a ``.jsonl``/``.ndjson`` name says so)."""
     given = Path(args.infile)
     if args.infile != STDIN and not given.exists():
         raise CommandError(f"--in {args.infile}: no such file")
     if given.is_dir():
         raise CommandError(f"--in {args.infile} is a directory: give a CSV file")
     out = Path(args.out)
-    if args.out != STDOUT and out.suffix.lower() in _NOT_CSV:
-        # CSV rows under a JSON lines (or workbook) name, exit 0: the next program that read
-        # it as its name says failed on the header.
-        raise UsageError(
-            f"--out {args.out}: lookup writes CSV (type,value,customer_id), not"
-            f" {_NOT_CSV[out.suffix.lower()]}: name it {out.with_suffix('.csv')}"
-        )
+    fmt = args.format
+    if fmt is None and args.out != STDOUT:
+        suffix = out.suffix.lower()
+        if suffix in FORMAT_OF_SUFFIX:  # .jsonl and .ndjson: JSON lines, as an export's
+            fmt = FORMAT_OF_SUFFIX[suffix]
+        elif suffix in _NEITHER:
+            # CSV rows under a JSON (or workbook) name, exit 0: the next program that read it
+            # as its name says failed on the header.
+            raise UsageError(
+                f"--out {args.out}: lookup writes CSV or JSON lines, not {_NEITHER[suffix]}:"
+                f" name it {out.with_suffix('.csv')} or {out.with_suffix('.jsonl')} (JSON"
+                " lines), or give --format csv|jsonl"
+            )
     check_output(args.out, force=args.force, inputs=[args.infile])
-    return _encoding(args)
+    return _encoding(args), fmt or "csv"
 
 
-#: The names of an output in another format than the CSV lookup writes (the export writes
-#: JSON lines under the first three).
-_NOT_CSV: Final = MappingProxyType(
+#: The names of an output in another format than the CSV or JSON lines a lookup writes.
+_NEITHER: Final = MappingProxyType(
     {
-        ".jsonl": "JSON lines",
-        ".ndjson": "JSON lines",
         ".json": "JSON",
         ".xlsx": "a workbook",
         ".xls": "a workbook",
@@ -452,15 +457,19 @@ _UNAVAILABLE: Final = frozenset({502, 503, 504})
 
 
 async def _lookup(args: argparse.Namespace) -> int:
-    encoding = _check_lookup(args)
+    encoding, fmt = _check_lookup(args)
     remove_left_behind(args.out)  # the temporary files of lookups killed outright
     # Standard input or a pipe: copied first, as the rows are read twice.
     with read_twice(args.infile) as (infile, name):
-        return await _lookup_rows(args, infile, name, encoding)
+        return await _lookup_rows(args, infile, name, encoding, fmt)
 
 
-async def _lookup_rows(args: argparse.Namespace, infile: Path, name: str, encoding: str) -> int:
+async def _lookup_rows(
+    args: argparse.Namespace, infile: Path, name: str, encoding: str, fmt: str
+) -> int:
     total, out_encoding = _count_rows(infile, name, encoding, args.out)
+    if fmt == "jsonl":
+        out_encoding = "utf-8"  # JSON is UTF-8 (RFC 8259), whatever the input's encoding
     if not total:
         # Exit 0 and a file of its header: `--in <(a query that failed)` looked like a run that
         # found no one. Refused as an --id-list of no id is (the README's table: a file, 1).
@@ -484,16 +493,13 @@ async def _lookup_rows(args: argparse.Namespace, infile: Path, name: str, encodi
 
     async with open_client(args, args.concurrency) as dm, ticking(progress):
         with replace_on_success(args.out, out_encoding) as out:
-            writer = csv.writer(out, lineterminator="\r\n")
-            writer.writerow(["type", "value", "customer_id"])
+            write = _lookup_writer(out, fmt)
             try:
                 async for identity, customer_id in dm.identities.lookup_iter(
                     taken(), concurrency=args.concurrency
                 ):
                     lines.popleft()
-                    writer.writerow(
-                        [identity.type, identity.value, "" if customer_id is None else customer_id]
-                    )
+                    write(identity, customer_id)
                     if customer_id is None:
                         missing += 1
                     else:
@@ -527,6 +533,27 @@ async def _lookup_rows(args: argparse.Namespace, infile: Path, name: str, encodi
     text = f"resolved {resolved}: {found} found, {missing} not found -> " + shown(where)
     print_report(data, text, style=args.report, quiet=args.quiet, out=_report_stream(args))
     return EXIT_OK
+
+
+def _lookup_writer(out: TextIO, fmt: str) -> Callable[[Identity, int | None], None]:
+    """What writes a lookup's answer to ``out`` as a row: CSV ``type,value,customer_id``
+    (after its header; an empty cell for no customer), or a JSON line ``{"type": ...,
+    "value": ..., "customer_id": 123 or null}``."""
+    if fmt == "jsonl":
+        dumps = json.JSONEncoder(ensure_ascii=False).encode
+
+        def write_line(identity: Identity, customer_id: int | None) -> None:
+            row = {"type": identity.type, "value": identity.value, "customer_id": customer_id}
+            out.write(dumps(row) + "\n")
+
+        return write_line
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow(["type", "value", "customer_id"])
+
+    def write_row(identity: Identity, customer_id: int | None) -> None:
+        writer.writerow([identity.type, identity.value, "" if customer_id is None else customer_id])
+
+    return write_row
 
 
 async def _simulate(args: argparse.Namespace) -> int:

@@ -347,10 +347,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--out",
         required=True,
         metavar="PATH",
-        help="CSV of type,value,customer_id rows (.csv), or - for standard output",
+        help="type,value,customer_id rows: CSV (.csv, another name), JSON lines (.jsonl or"
+        " .ndjson), or - for standard output (CSV unless --format jsonl)",
     )
+    lookup.add_argument("--format", choices=("csv", "jsonl"), help="default: from --out, csv for -")
     _client_flags(lookup, concurrency=32)
-    _output_flags(lookup, "--in and --out")
+    _output_flags(lookup, "--in and a CSV --out")
 
     simulate = command(
         "simulate",
