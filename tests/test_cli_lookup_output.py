@@ -111,3 +111,19 @@ def test_lookup_to_standard_output_is_csv_unless_format_says_jsonl(
             ["type", "value", "customer_id"],
             *([t, v, "" if c is None else str(c)] for t, v, c in rows),
         ]
+
+
+def test_a_lookups_report_writes_its_counts_as_its_total(
+    in_process: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # "resolved 1,200 identities: 0 found, 1200 not found": the total with a separator,
+    # the two counts that make it up without.
+    rows = [("mobile", str(13700000000 + i)) for i in range(1200)]
+    with Path("ids.csv").open("w", newline="", encoding="utf-8") as fh:
+        csv.writer(fh).writerows([("type", "value"), *rows])
+
+    assert main(["lookup", "--in", "ids.csv", "--out", "found.csv", "--concurrency", "16"]) == 0
+
+    assert "resolved 1,200 identities: 0 found, 1,200 not found -> found.csv" in (
+        capsys.readouterr().out
+    )

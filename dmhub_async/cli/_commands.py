@@ -530,7 +530,7 @@ async def _lookup_rows(
     where = "standard output" if args.out == STDOUT else args.out
     data = {"path": args.out, "resolved": found + missing, "found": found, "not_found": missing}
     resolved = counted(found + missing, "identity", "identities")
-    text = f"resolved {resolved}: {found} found, {missing} not found -> " + shown(where)
+    text = f"resolved {resolved}: {found:,} found, {missing:,} not found -> " + shown(where)
     print_report(data, text, style=args.report, quiet=args.quiet, out=_report_stream(args))
     return EXIT_OK
 
