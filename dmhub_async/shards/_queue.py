@@ -132,8 +132,9 @@ MAX_TRIES = 5
 #: after a day behind long ones ("job expired") without a try. As long as results are kept.
 QUEUED_FOR = 7 * 24 * 3600
 _PROGRESS_EVERY = 0.5
-#: Seconds the coordinator waits for one answer of the queue's Redis before it stops with
-#: "cannot reach the queue's Redis" (the manifest written as it stands).
+#: Seconds the coordinator waits for one answer of the queue's Redis as its run starts (before
+#: anything is enqueued) before it stops with "cannot reach the queue's Redis". Once the run
+#: has begun, a Redis that does not answer is waited for as the workers wait (REDIS_WAIT).
 QUEUE_TIMEOUT = 10.0
 #: Tries of a worker's Redis command while Redis is away (a restart, a failover): with their
 #: backoff, about a minute; past it the worker stops ("cannot reach the queue's Redis").
@@ -951,14 +952,15 @@ async def run_on_queue(
 
     Returns when every shard has ended (complete, incomplete or failed after arq's tries).
 
-    A Redis that goes away once the run has begun (restarted, failed over) is waited for as
-    the workers wait, about a minute (:data:`REDIS_RETRIES` tries of each command).
+    A Redis that goes away once the run has begun (restarted, failed over, frozen, cut off) is
+    waited for as the workers wait, about a minute (:data:`REDIS_RETRIES` tries of each
+    command within :data:`REDIS_WAIT` seconds, each answered within :data:`REDIS_ANSWER`).
 
     Raises:
-        DMHubError: the queue's Redis cannot be reached at the start, stays away past those
-            tries, or leaves a command unanswered for :data:`QUEUE_TIMEOUT` seconds; or it
-            refuses (full, a wrong password...), in Redis's own words (the manifest is
-            written as it stands, and a rerun carries on).
+        DMHubError: the queue's Redis cannot be reached at the start (or leaves its first
+            command unanswered for :data:`QUEUE_TIMEOUT` seconds), or stays away past those
+            tries; or it refuses (full, a wrong password...), in Redis's own words (the
+            manifest is written as it stands, and a rerun carries on).
     """
     from arq.connections import ArqRedis
     from redis.asyncio.retry import Retry
@@ -991,19 +993,44 @@ async def run_on_queue(
         except BaseException:
             await pool.aclose()
             raise
-        # Then a Redis that went away (refused, or a command's connection reset: a restart, a
-        # failover) is waited for as the workers wait: the export stopped at once, the fleet
-        # still running.
-        # (Retry's own errors take in a timeout too; the pool's retry_on_error still does not.)
-        waiting = _waiting(redis_url=redis_url, who="the export")
-        pool.connection_pool.set_retry(waiting)
-        pool.connection_pool.connection_kwargs["retry"] = waiting  # and its later connections
+        _wait_as_the_workers_do(pool, redis_url)
         bar = ProgressBar(progress, manifest, on_total)
         settings = (page_size, concurrency, poll, sleep, takeover, verify)
         try:
             return await _follow(pool, where, manifest, todo, bar, *settings)
         except RedisError as err:  # gone mid-run: the manifest is written as it stands
             raise queue_redis_error(redis_url, err, then=GONE_MID_RUN) from None
+
+
+def _wait_as_the_workers_do(pool: ArqRedis, redis_url: str) -> None:
+    """From the run's start on, a Redis that goes away is waited for as the workers wait:
+    refused or reset (a restart, a failover), or silent (frozen, cut off), each of the pool's
+    commands tried for :data:`REDIS_WAIT` seconds, each try answered within
+    :data:`REDIS_ANSWER`.
+
+    The export stopped at once, the fleet still running: a command that met a connection
+    reset was tried again, but the connection the pool found closed as it handed it out (a
+    poll's wait after a restart) was made again outside the command's tries, with redis-py's
+    own, which take no refused connect (an OSError). And a Redis that left one command
+    unanswered for :data:`QUEUE_TIMEOUT` seconds stopped it, where its workers wait a minute:
+    a Redis frozen for 15 s (a paused VM, a snapshot of a big dataset) ended the export
+    while its workers carried every shard on. Each connection, those of the pool now and
+    those it makes, takes these errors and tries.
+    """
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    errors = [RedisConnectionError, RedisTimeoutError, OSError]
+    waiting = _waiting(redis_url=redis_url, who="the export")
+    waiting.update_supported_errors(errors)
+    connections = pool.connection_pool
+    connections.set_retry(waiting)
+    connections.connection_kwargs["retry"] = waiting
+    connections.connection_kwargs["retry_on_error"] = errors
+    for which in ("_available_connections", "_in_use_connections"):
+        for connection in getattr(connections, which, ()):
+            connection.retry_on_error = list(errors)
+    _answered_within(pool, REDIS_ANSWER)
 
 
 async def _take_over_a_run_elsewhere(

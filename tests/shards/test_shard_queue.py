@@ -682,37 +682,6 @@ async def test_a_rediss_url_with_its_ca_reaches_the_queue_as_it_reaches_the_toke
         proc.wait(10)
 
 
-async def test_a_queue_redis_that_stops_answering_stops_the_coordinator(
-    tmp_path: Path, redis: RedisServer, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # A Redis frozen (a paused VM, a partition that drops packets, here SIGSTOP): the
-    # coordinator's pool had no read timeout, so `export --queue` waited for ever, where the
-    # docs say a Redis that stops answering stops it with "cannot reach the queue's Redis".
-    from dmhub_async.shards import _queue
-
-    monkeypatch.setattr(_queue, "QUEUE_TIMEOUT", 1.0, raising=False)
-    assert redis._proc is not None
-    pid = redis._proc.pid
-    manifest = Manifest.new(
-        [Shard(0, None, None)], fmt="jsonl", base_url="http://127.0.0.1:1", app_id="a", filters={}
-    )
-
-    async def freeze(_: float) -> None:
-        os.kill(pid, signal.SIGSTOP)
-
-    try:
-        with pytest.raises(DMHubError, match=r"^cannot reach the queue's Redis at redis://127"):
-            await asyncio.wait_for(
-                run_on_queue(redis.url, tmp_path / "out", manifest, progress=False, sleep=freeze),
-                20,
-            )
-    finally:
-        os.kill(pid, signal.SIGCONT)
-    on_disk = Manifest.read(tmp_path / "out")
-    assert on_disk is not None
-    assert on_disk.status() == "incomplete"
-
-
 async def test_a_worker_outlives_a_redis_restart_and_takes_the_next_shard(
     tmp_path: Path, redis: RedisServer
 ) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import re
 import signal
@@ -298,3 +299,47 @@ async def test_a_frozen_redis_is_said_back_after_the_time_it_did_not_answer(
     assert said[1] == (
         "the queue's Redis at redis://127.0.0.1:6390/0 is back, after 16 s: the worker goes on"
     ), said[1]
+
+
+@pytest.mark.parametrize("how", ["killed", "frozen"])
+async def test_a_coordinator_waits_for_its_redis_as_its_workers_do(
+    tmp_path: Path, redis: RedisServer, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    # Killed and restarted: the coordinator, polling every half a second, stopped within a
+    # poll with "cannot reach the queue's Redis ... Error 111" (its idle connection was found
+    # closed and made again outside its tries), the workers waiting their minute and the
+    # export going on without it. (The test above restarts Redis between two polls that do
+    # not wait, so the closed connection was met inside a try.)
+    # Frozen past one answer (a paused VM, a partition, a Redis snapshotting a big dataset):
+    # it stopped after 10 s (QUEUE_TIMEOUT), where its workers wait a minute, carrying on.
+    monkeypatch.setattr(_queue, "REDIS_WAIT", 3 * SLOW_ANSWER)
+    monkeypatch.setattr(_queue, "REDIS_ANSWER", ANSWER)
+    monkeypatch.setattr(_queue, "QUEUE_TIMEOUT", ANSWER)
+    out = tmp_path / "out"
+    manifest = Manifest.new(
+        [Shard(0, None, None)], fmt="jsonl", base_url="http://127.0.0.1:1", app_id="a", filters={}
+    )
+    polls = 0
+
+    class _Stop(Exception):
+        pass
+
+    async def sleep(poll: float) -> None:
+        nonlocal polls
+        polls += 1
+        if polls == 1:  # the job enqueued, no worker to take it: Redis goes away
+            _away(redis, how)
+            back = redis.start if how == "killed" else functools.partial(_back, redis, how)
+            # Longer than a command's answer: a frozen Redis leaves one unanswered.
+            asyncio.get_running_loop().call_later(2 * ANSWER + 0.5, back)
+        elif polls > 1:  # Redis answered the poll after it came back
+            raise _Stop
+        await asyncio.sleep(poll)  # a real poll's wait: the closed connection is seen
+
+    run = _queue.run_on_queue(redis.url, out, manifest, progress=False, sleep=sleep, poll=0.3)
+    try:
+        with pytest.raises(_Stop):
+            await asyncio.wait_for(run, 30)
+    finally:
+        _back(redis, how)
+    assert polls == 2
