@@ -498,16 +498,22 @@ async def _export_shard_job(ctx: dict[str, Any], task: dict[str, Any]) -> dict[s
     takeover, every = ctx["takeover"], ctx["heartbeat"]
     _check_same_service(ctx["client"], task)
 
+    ended = False
+
     async def heartbeat() -> None:
         from redis.exceptions import RedisError
 
-        while True:
+        # Until the shard ends, not only until cancelled: each try of a Redis command awaits
+        # its answer through asyncio.wait_for, which (3.10, 3.11) swallows a cancel landing as
+        # the answer arrives; the beat went on for ever, and the job waiting for it with it.
+        while not ended:
             # SET, not PEXPIRE: the mark comes back after Redis lost it (flushed, restarted),
             # so the job the coordinator enqueues again then is not taken from this worker.
             # A Redis away for a moment stops neither the beat nor the shard.
             with contextlib.suppress(RedisError, OSError):
                 await redis.set(in_progress, b"1", px=int(takeover * 1000))
-            await asyncio.sleep(every)
+            if not ended:
+                await asyncio.sleep(every)
 
     def on_progress(done: Any) -> None:
         nonlocal last
@@ -538,6 +544,7 @@ async def _export_shard_job(ctx: dict[str, Any], task: dict[str, Any]) -> dict[s
             verify=task.get("verify", "auto"),
         )
     finally:
+        ended = True
         beating.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await beating

@@ -1597,3 +1597,69 @@ async def test_a_worker_of_the_release_before_verify_refuses_a_job_with_it(
     assert "(job version 2), the coordinator 9.9.9 (job version 3)" in message
     assert "run one release" in message
     assert not os.listdir(tmp_path)
+
+
+async def test_a_job_whose_heartbeat_is_answered_as_its_shard_ends_returns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each try of a worker's Redis command awaits its answer through asyncio.wait_for, which
+    # (Python 3.10 and 3.11) swallows a cancel that lands as the answer arrives. The job
+    # cancels its heartbeat as the shard ends: one cancelled so beat on for ever, the job
+    # waiting for it never returned its result, and its worker held the shard, and renewed
+    # its in-progress mark, for ever; the coordinator waited with it. A shard refused at once
+    # (its part locked by a worker still exporting it) ends with its first beat in flight.
+    from dmhub_async.shards import _queue
+
+    loop = asyncio.get_running_loop()
+    answers: list[asyncio.Future[None]] = []
+    sent = asyncio.Event()
+    beats = 0
+
+    async def failed(_: BaseException) -> None:
+        pass
+
+    class AnsweringRedis(QuietRedis):
+        async def set(self, *args: object, **kwargs: object) -> None:
+            nonlocal beats
+            beats += 1
+            answer = loop.create_future()
+            answers.append(answer)
+            sent.set()
+
+            async def do() -> None:
+                await answer
+
+            await _queue._waiting(retries=0).call_with_retry(do, failed)
+
+    async def export_shard(*args: object, **kwargs: object) -> Any:
+        await sent.wait()  # the heartbeat's first SET is on its way
+        answers[0].set_result(None)
+        # One step of the loop: the try's read of the answer ends, and the shard with it,
+        # before the heartbeat has taken the answer in.
+        await asyncio.sleep(0)
+        return types.SimpleNamespace(exported=0)
+
+    async def result_of(report: Any) -> dict[str, Any]:
+        return {"complete": True}
+
+    monkeypatch.setattr(_queue, "export_shard", export_shard)
+    monkeypatch.setattr(_queue, "result_of", result_of)
+    client = types.SimpleNamespace(base_url="http://127.0.0.1:1", app_id="a")
+    ctx = {**_job_context(client), "heartbeat": 0.01, "redis": AnsweringRedis()}  # type: ignore[arg-type]
+    task = _shard_task(types.SimpleNamespace(url=client.base_url, app_id="a"), tmp_path)
+
+    # Waited for, not cancelled at the end of the wait: the job, cancelled in its wait for
+    # the heartbeat, returned its result all the same.
+    job = asyncio.ensure_future(_queue._export_shard_job(ctx, task))
+    try:
+        await asyncio.wait({job}, timeout=2)
+        assert job.done(), "the job never returned: its heartbeat beat on"
+        result = job.result()
+    finally:
+        job.cancel()
+        await asyncio.gather(job, return_exceptions=True)
+
+    assert result["complete"] is True
+    beaten = beats
+    await asyncio.sleep(0.1)  # ten heartbeats' time: none beats on after the job
+    assert beats == beaten
