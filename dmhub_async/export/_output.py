@@ -370,6 +370,11 @@ def _open_in_place(dest: Path) -> IO[bytes]:
     return os.fdopen(fd, "r+b")
 
 
+class InUseError(InvalidRequestError):
+    """A file's lock is held by another live export or merge (:func:`_lock`): a queue's worker
+    whose shard another worker still exports tries the job again later, not fails it."""
+
+
 #: What holds a lock, as its file says it: ``merge: pid 4242 on host``.
 _ROLES: Final = {"export": "an export", "merge": "a merge"}
 _HOLDER: Final = re.compile(r"(export|merge): (pid .+)")
@@ -403,7 +408,7 @@ def _lock(
             other = known[1]
             by = f"another {other}" if other == role else _ROLES[other]
             held = known[2]
-        raise InvalidRequestError(
+        raise InUseError(
             f"{str(path)!r} is in use by {by} ({held}): wait for it to finish, or stop it"
         ) from None
     return lock, lock_path

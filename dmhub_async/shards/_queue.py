@@ -50,6 +50,7 @@ from .._validate import (
 )
 from .._version import __version__
 from ..export._export import Verify, check_verify, retries_of
+from ..export._output import InUseError
 from ._manifest import (
     LEFT_ON_THE_QUEUE,
     MANIFEST_NAME,
@@ -543,6 +544,10 @@ async def _export_shard_job(ctx: dict[str, Any], task: dict[str, Any]) -> dict[s
             # A job of a coordinator of an earlier release has none: auto, as then.
             verify=task.get("verify", "auto"),
         )
+    except InUseError as err:
+        if ctx.get("job_try", 1) >= MAX_TRIES:  # its last try: failed, saying why
+            raise
+        raise _still_exported(shard.index, err, takeover) from None
     finally:
         ended = True
         beating.cancel()
@@ -553,6 +558,31 @@ async def _export_shard_job(ctx: dict[str, Any], task: dict[str, Any]) -> dict[s
     # The job's own version: a coordinator of an earlier release reads the result of its job.
     version = task.get("job_version", 1)
     return {**await result_of(report), "job_version": version, "release": __version__}
+
+
+def _still_exported(index: int, err: InUseError, takeover: float) -> Exception:
+    """arq's ``Retry`` of a shard whose part another worker is still exporting.
+
+    A worker's in-progress mark is lost when the queue's Redis is away for longer than its
+    life (frozen, restarted from a snapshot, failed over to a replica behind it), or the
+    worker is paused that long: another worker then takes the job, while the first still
+    exports the shard. The part's lock refused the second, and the shard was recorded failed
+    ("in use by another export"), the coordinator ending the export as failed while the first
+    worker went on writing it. Tried again in ``takeover`` seconds instead, by when the first
+    worker's heartbeat has put its mark back (no worker takes the job while it is there), the
+    job ends with the first worker's result; a first worker gone by then has released the
+    lock, and the shard resumes from its checkpoint.
+    """
+    from arq.worker import Retry
+
+    logger.warning(
+        "shard %d: another worker is still exporting it (%s): left to it, and tried again in "
+        "%s s if it has not ended by then",
+        index,
+        printable(str(err))[:300],
+        f"{takeover:g}",
+    )
+    return Retry(defer=takeover)
 
 
 #: What a worker that does not find the coordinator's directory is told to do.

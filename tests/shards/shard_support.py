@@ -94,12 +94,13 @@ WORKER = (
 
 @contextmanager
 def queue_workers(
-    env: dict[str, str], redis_url: str, n: int
+    env: dict[str, str], redis_url: str, n: int, script: str = WORKER
 ) -> Iterator[list[subprocess.Popen[bytes]]]:
-    """``n`` queue workers (:data:`WORKER`) of ``redis_url``, stopped (killed if need be) after."""
+    """``n`` queue workers (``script``, :data:`WORKER` by default) of ``redis_url``, stopped
+    (killed if need be) after."""
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", WORKER, redis_url],
+            [sys.executable, "-c", script, redis_url],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

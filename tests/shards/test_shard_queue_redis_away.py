@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from _redis import RedisServer
-from shard_support import sim_process
+from shard_support import exported_ids, queue_workers, sim_process
 
 from dmhub_async import DMHubClient, DMHubError, RedisTokenStore
 from dmhub_async.shards import Manifest, Shard, _queue
@@ -343,3 +343,81 @@ async def test_a_coordinator_waits_for_its_redis_as_its_workers_do(
     finally:
         _back(redis, how)
     assert polls == 2
+
+
+#: Workers whose in-progress mark lives 1 s, renewed every 0.2 s: lost after a second away;
+#: what they log, appended to the file in $WORKER_LOG.
+QUICK_WORKER = (
+    "import logging, os, sys; from dmhub_async.shards._queue import worker; "
+    "logging.basicConfig(filename=os.environ['WORKER_LOG'], level=logging.INFO, "
+    "format='%(process)d %(asctime)s %(message)s'); "
+    "worker(sys.argv[1], heartbeat=0.2, takeover=1, concurrency=1).run()"
+)
+
+
+def _tries(redis: RedisServer, key: str) -> int:
+    """The tries arq counts of a job (0 before its first, or once it ended)."""
+    value = redis.command("GET", key)
+    return int(value) if value.isdigit() else 0
+
+
+async def test_a_shard_taken_over_while_its_worker_still_exports_it_ends_complete(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    # A worker's in-progress mark lost while it still exports the shard (Redis away longer
+    # than the mark's life, or the worker paused that long; here its process stopped past
+    # it): another worker took the job, the part's lock refused it, and the shard was
+    # recorded failed ("in use by another export"), the coordinator ending the export as
+    # failed while the first worker went on writing the part.
+    out = tmp_path / "out"
+    with sim_process(20_000, latency_ms=40) as sim:
+        store = RedisTokenStore(redis.url)
+        try:
+            async with DMHubClient(
+                sim.app_id, sim.secret, base_url=sim.url, token_store=store
+            ) as dm:
+                manifest = await prepare(dm, out, 1)
+        finally:
+            await store.aclose()
+        job_id = _queue.job_id_of(_queue.export_id_of(out), manifest.plan_id, 0)
+        tries_key, result_key = f"arq:retry:{job_id}", f"arq:result:{job_id}"
+        log = tmp_path / "workers.log"
+        with queue_workers(sim.env(WORKER_LOG=str(log)), redis.url, 2, QUICK_WORKER):
+            following = asyncio.ensure_future(
+                _queue.run_on_queue(
+                    redis.url, out, manifest, progress=False, poll=0.2, takeover=1, concurrency=1
+                )
+            )
+            try:
+                await _wait_for_rows(redis)
+                holder = re.fullmatch(
+                    r"export: pid (\d+) on .+", (out / ".part-00000.jsonl.lock").read_text()
+                )
+                assert holder is not None
+                first = int(holder[1])
+                os.kill(first, signal.SIGSTOP)
+                try:
+                    for _ in range(200):  # until the other worker has taken the job, or ended it
+                        taken = _tries(redis, tries_key)
+                        if taken >= 2 or redis.command("EXISTS", result_key) == ":1":
+                            break
+                        await asyncio.sleep(0.05)
+                finally:
+                    os.kill(first, signal.SIGCONT)
+                manifest = await asyncio.wait_for(following, 120)
+            finally:
+                following.cancel()
+                await asyncio.gather(following, return_exceptions=True)
+        state = sim.state()
+
+    said = log.read_text(errors="replace")
+    [shard] = manifest.shards
+    assert shard.status == "complete", (shard.error, said)
+    assert taken >= 2, ("no other worker took the job", said)
+    assert "another worker is still exporting it" in said, said
+    ids = exported_ids(out)
+    assert len(ids) == len(set(ids)) == 20_000
+    assert set(ids) == set(state["ids"])
+    on_disk = Manifest.read(out)
+    assert on_disk is not None
+    assert on_disk.status() == "complete"
