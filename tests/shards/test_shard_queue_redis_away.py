@@ -421,3 +421,51 @@ async def test_a_shard_taken_over_while_its_worker_still_exports_it_ends_complet
     on_disk = Manifest.read(out)
     assert on_disk is not None
     assert on_disk.status() == "complete"
+
+
+async def test_an_export_whose_redis_freezes_past_the_workers_marks_ends_complete(
+    tmp_path: Path, redis: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # End to end, with real workers: the queue's Redis frozen mid-shard for longer than a
+    # worker's in-progress mark and than the coordinator's answer. The coordinator stopped
+    # ("cannot reach the queue's Redis ... no answer"), its workers carrying the shard on
+    # to a result no one followed. Now it waits as they do, and the export ends complete,
+    # every customer once, whichever worker's mark came back first.
+    monkeypatch.setattr(_queue, "REDIS_ANSWER", ANSWER)
+    monkeypatch.setattr(_queue, "QUEUE_TIMEOUT", ANSWER)
+    out = tmp_path / "out"
+    with sim_process(20_000, latency_ms=40) as sim:
+        store = RedisTokenStore(redis.url)
+        try:
+            async with DMHubClient(
+                sim.app_id, sim.secret, base_url=sim.url, token_store=store
+            ) as dm:
+                manifest = await prepare(dm, out, 1)
+        finally:
+            await store.aclose()
+        log = tmp_path / "workers.log"
+        with queue_workers(sim.env(WORKER_LOG=str(log)), redis.url, 2, QUICK_WORKER):
+            following = asyncio.ensure_future(
+                _queue.run_on_queue(
+                    redis.url, out, manifest, progress=False, poll=0.2, takeover=1, concurrency=1
+                )
+            )
+            try:
+                await _wait_for_rows(redis)
+                _away(redis, "frozen")
+                try:
+                    # Past the mark's 1 s and the coordinator's answer, 1 s (each try's).
+                    await asyncio.sleep(2 * ANSWER + 0.5)
+                finally:
+                    _back(redis, "frozen")
+                manifest = await asyncio.wait_for(following, 60)
+            finally:
+                following.cancel()
+                await asyncio.gather(following, return_exceptions=True)
+        state = sim.state()
+
+    [shard] = manifest.shards
+    assert shard.status == "complete", (shard.error, log.read_text(errors="replace"))
+    ids = exported_ids(out)
+    assert len(ids) == len(set(ids)) == 20_000
+    assert set(ids) == set(state["ids"])
