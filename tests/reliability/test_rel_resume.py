@@ -234,10 +234,15 @@ async def test_a_truncated_output_is_repaired_never_padded(
 
 
 def scan_needing_the_loop(
-    monkeypatch: pytest.MonkeyPatch, loop: asyncio.AbstractEventLoop, started: threading.Event
+    monkeypatch: pytest.MonkeyPatch,
+    loop: asyncio.AbstractEventLoop,
+    started: threading.Event,
+    release: threading.Event | None = None,
 ) -> None:
     """The resume's read-back of its file made to need the event loop running meanwhile: it
-    fails (within 5 s) where it blocks the loop, as any long read of a big file did."""
+    fails (within 5 s) where it blocks the loop, as any long read of a big file did.
+    ``release``: the read-back waits for it too, so that it is still under way when the
+    test acts, however late the test's own wake-up comes."""
     scan = export_output.scan
 
     def needs_the_loop(fh: Any, fmt: str, limit: int) -> Any:
@@ -245,6 +250,8 @@ def scan_needing_the_loop(
         started.set()
         loop.call_soon_threadsafe(ran.set)
         assert ran.wait(5), "the event loop stood still while the export read its file back"
+        if release is not None:
+            assert release.wait(5), "the test never released the read-back"
         return scan(fh, fmt, limit)
 
     monkeypatch.setattr(export_output, "scan", needs_the_loop)
@@ -280,11 +287,15 @@ async def test_an_export_cancelled_while_it_reads_its_file_back_leaves_it_resuma
             await crashed_export(dm, dest, ckpt)
             before = (dest.read_bytes(), ckpt.read_bytes())
             with monkeypatch.context() as patch:
-                started = threading.Event()
-                scan_needing_the_loop(patch, asyncio.get_running_loop(), started)
+                started, release = threading.Event(), threading.Event()
+                scan_needing_the_loop(patch, asyncio.get_running_loop(), started, release)
                 task = asyncio.ensure_future(export(dm, dest, ckpt))
                 assert await asyncio.to_thread(started.wait, 5)  # the read back is under way
+                # Held until cancelled: on a loaded machine this coroutine woke only after the
+                # read-back had ended and the export had written its next page (checkpoint 400
+                # against 300), the cancel then landing on another await than the one tested.
                 task.cancel()
+                release.set()
                 with pytest.raises(asyncio.CancelledError):
                     await task
             assert (dest.read_bytes(), ckpt.read_bytes()) == before
