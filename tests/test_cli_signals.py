@@ -490,3 +490,122 @@ def test_ctrl_c_while_the_command_line_loads_exits_130_without_a_traceback(
     )
     assert code == 130, text
     assert text == "dmhub-async: stopped by SIGINT\n"
+
+
+#: The console script (``sys.exit(main())``), held once ``main()`` has returned until the test
+#: says go: the moment, a tenth of a second on a busy machine, as the interpreter shuts down
+#: after an export that has written its file and its report.
+HELD_AFTER_ITS_END = """
+import pathlib, sys, time
+from dmhub_async.cli import main
+
+sys.argv = ["dmhub-async", *{args!r}]
+code = main()
+pathlib.Path("ended").touch()
+deadline = time.monotonic() + 60
+while not pathlib.Path("go").exists() and time.monotonic() < deadline:
+    time.sleep(0.005)
+sys.exit(code)
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["INT", "TERM"])
+def test_a_signal_once_the_export_has_ended_leaves_it_ended(
+    served: ServedSimulator, env: dict[str, str], tmp_path: Path, signum: int
+) -> None:
+    # It killed the command as it exited (SIGINT: a traceback from the console script, exit
+    # -2; SIGTERM: exit -15, no line), a shell's 130 or 143 for an export that had written its
+    # file and its report, removed its checkpoint, and whose rerun was refused as finished.
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    args = ["export", "--out", "all.jsonl", "--checkpoint", "all.ckpt", "--report", "json"]
+    with log_of(cwd).open("w+b") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", HELD_AFTER_ITS_END.format(args=args)],
+            env=env,
+            cwd=cwd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            deadline = time.monotonic() + TIMEOUT
+            while not (cwd / "ended").exists() and proc.poll() is None:
+                assert time.monotonic() < deadline, "the export did not end"
+                time.sleep(0.005)
+            proc.send_signal(signum)
+            (cwd / "go").touch()
+            proc.wait(timeout=TIMEOUT)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
+        out.seek(0)
+        said = out.read().decode("utf-8")
+
+    assert proc.returncode == 0, said
+    assert "Traceback" not in said
+    assert json.loads(said)["complete"] is True
+    assert sorted(jsonl_ids(cwd / "all.jsonl")) == served.ids()
+
+
+#: The command line held as asyncio makes its event loop, before the command's handlers are in
+#: place, until SIGINT or SIGTERM comes.
+HELD_AS_ITS_LOOP_IS_MADE = """
+import asyncio.events, pathlib, sys, time
+from dmhub_async.cli import main
+
+made = asyncio.events.new_event_loop
+
+def held():
+    pathlib.Path("making").touch()
+    deadline = time.monotonic() + 60
+    while not pathlib.Path("go").exists() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return made()
+
+asyncio.events.new_event_loop = held
+sys.argv = ["dmhub-async", *{args!r}]
+sys.exit(main())
+"""
+
+
+@pytest.mark.parametrize(
+    ("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["INT", "TERM"]
+)
+def test_a_signal_as_the_event_loop_is_made_stops_the_command_in_one_line(
+    served: ServedSimulator, env: dict[str, str], tmp_path: Path, signum: int, code: int
+) -> None:
+    # SIGINT raised KeyboardInterrupt inside asyncio's new loop: its half-made loop's error
+    # and "coroutine '_run' was never awaited" came above the line; SIGTERM killed the
+    # command with no line (exit -15).
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    args = ["export", "--out", "all.jsonl", "--checkpoint", "all.ckpt"]
+    with log_of(cwd).open("w+b") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", HELD_AS_ITS_LOOP_IS_MADE.format(args=args)],
+            env=env,
+            cwd=cwd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            deadline = time.monotonic() + TIMEOUT
+            while not (cwd / "making").exists() and proc.poll() is None:
+                assert time.monotonic() < deadline, "the command did not start"
+                time.sleep(0.005)
+            proc.send_signal(signum)
+            (cwd / "go").touch()
+            proc.wait(timeout=TIMEOUT)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
+        out.seek(0)
+        said = out.read().decode("utf-8")
+
+    assert proc.returncode == code, said
+    name = signal.Signals(signum).name
+    assert said == f"dmhub-async: stopped by {name}: no output written\n"
+    assert sorted(p.name for p in cwd.iterdir()) == ["go", "making"]
+    assert served.sim.counters.total == 0  # stopped before a request

@@ -28,7 +28,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ._main import run
     except KeyboardInterrupt:
         return stopped_loading()
-    return run(argv)
+    # No argv: the program itself (the console script, python -m), which ends as run() returns.
+    return run(argv, exiting=argv is None)
 
 
 def __getattr__(name: str) -> object:

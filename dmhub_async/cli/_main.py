@@ -10,7 +10,9 @@ import os
 import signal
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from types import FrameType
+from typing import Any
 
 from .._exceptions import DMHubError
 from .._query_time import NaiveDatetimeWarning
@@ -45,9 +47,19 @@ _FLAG_OF = {
 }
 
 
-async def _run(args: argparse.Namespace, ended: list[int] | None = None) -> int:
+async def _run(
+    args: argparse.Namespace,
+    ended: list[int] | None = None,
+    early: list[int] | None = None,
+    *,
+    exiting: bool = False,
+) -> int:
     """The command, cancelled (so its cleanup runs) by the first SIGINT or SIGTERM; its exit
-    code also put in ``ended`` as it ends, before its signal handlers go."""
+    code also put in ``ended`` as it ends, before its signal handlers go.
+
+    ``early``: the signals that came before the handlers were in place (the event loop being
+    made), which stop the command as they are. ``exiting``: the process ends with the command,
+    which, once it has returned its code, ignores both signals (see `run`)."""
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
     assert task is not None
@@ -76,6 +88,8 @@ async def _run(args: argparse.Namespace, ended: list[int] | None = None) -> int:
         with contextlib.suppress(NotImplementedError, RuntimeError):  # not on Windows
             loop.add_signal_handler(signum, stop, signum)
             installed.append(signum)
+    if early:
+        stop(early[0])
     try:
         code = await COMMANDS[args.command](args)
         if ended is not None:
@@ -88,6 +102,8 @@ async def _run(args: argparse.Namespace, ended: list[int] | None = None) -> int:
     finally:
         for signum in installed:
             loop.remove_signal_handler(signum)
+        if exiting and ended:
+            _ignore_signals()
 
 
 def _interrupted(err: Interrupted, args: argparse.Namespace) -> str:
@@ -107,19 +123,64 @@ def _interrupted(err: Interrupted, args: argparse.Namespace) -> str:
     return f"stopped by {err}"
 
 
-def run(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status."""
+def _ignore_signals() -> None:
+    """SIGINT and SIGTERM ignored from now on, in this process (the main thread's call)."""
+    for signum in _SIGNALS:
+        with contextlib.suppress(ValueError, OSError):  # not the main thread
+            signal.signal(signum, signal.SIG_IGN)
+
+
+@contextlib.contextmanager
+def _signals_noted(early: list[int], *, exiting: bool, ended: list[int]) -> Iterator[None]:
+    """SIGINT and SIGTERM put in ``early`` in the block, until the event loop's handlers take
+    them: a Ctrl-C as asyncio made its loop raised KeyboardInterrupt inside it, and Python
+    printed the half-made loop's error and "coroutine '_run' was never awaited" above the
+    one line; a SIGTERM then killed the command with no line at all. At its end, the handlers
+    that were in place before it are back, or, for a process that ends with the command
+    (``exiting``) once the command has returned its code, both signals are ignored."""
+
+    def note(signum: int, frame: FrameType | None) -> None:
+        early.append(signum)
+
+    previous: dict[int, Any] = {}
+    try:
+        for signum in _SIGNALS:
+            with contextlib.suppress(ValueError):  # not the main thread: the loop's handling
+                previous[signum] = signal.signal(signum, note)
+        yield
+    finally:
+        if exiting and ended:
+            _ignore_signals()
+        else:
+            for noted, handler in previous.items():
+                signal.signal(noted, handler)
+
+
+def run(argv: Sequence[str] | None = None, *, exiting: bool = False) -> int:
+    """Run the command line; returns the exit status.
+
+    ``exiting``: the process ends once this returns (the console script, ``python -m``). Then
+    SIGINT and SIGTERM are ignored once the command has returned its code: the interpreter's
+    shutdown after it (a tenth of a second, its modules let go) put back the default
+    handlers, and a Ctrl-C or SIGTERM there killed a command that had written its output and
+    its report (exit -2 or -15, a shell's 130 or 143): a rerun was then refused as "a finished
+    export", and one a moment earlier, after ``main()`` returned, printed a traceback.
+    """
     try:
         args = build_parser().parse_args(argv)
         show_requests(args.verbose)
     except KeyboardInterrupt:  # a Ctrl-C as the command line is read: nothing begun
         return stopped_loading()
     ended: list[int] = []
+    early: list[int] = []
     try:
-        with warnings.catch_warnings():
+        with (
+            warnings.catch_warnings(),
+            _signals_noted(early, exiting=exiting, ended=ended),
+        ):
             # The CLI says it in its own terms (--timezone): see _commands._filters.
             warnings.simplefilter("ignore", NaiveDatetimeWarning)
-            return asyncio.run(_run(args, ended))
+            return asyncio.run(_run(args, ended, early, exiting=exiting))
     except KeyboardInterrupt:  # a Ctrl-C before the handlers were in place, or after
         if ended:
             # After: the command had ended (its output written, its report printed) as
