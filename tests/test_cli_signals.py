@@ -460,7 +460,7 @@ class Hold(importlib.abc.MetaPathFinder):
         if name == "aiohttp":
             sys.meta_path.remove(self)
             pathlib.Path("importing").touch()
-            time.sleep(60)  # until SIGINT raises KeyboardInterrupt here
+            time.sleep(60)  # until the signal raises (KeyboardInterrupt, Interrupted) here
         return None
 
 sys.meta_path.insert(0, Hold())
@@ -474,22 +474,26 @@ else:
 
 
 @pytest.mark.parametrize("module", ["", "dmhub_async"], ids=["console script", "python -m"])
-def test_ctrl_c_while_the_command_line_loads_exits_130_without_a_traceback(
-    tmp_path: Path, module: str
+@pytest.mark.parametrize(
+    ("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["INT", "TERM"]
+)
+def test_a_signal_while_the_command_line_loads_exits_in_one_line(
+    tmp_path: Path, module: str, signum: int, code: int
 ) -> None:
-    # It printed Python's traceback of the import it cut (aiohttp's, the SDK's), exit 1.
+    # SIGINT printed Python's traceback of the import it cut (aiohttp's, the SDK's), exit 1;
+    # SIGTERM killed the command with no line (exit -15), for the second or two it loads.
     cwd = tmp_path / "cwd"
     cwd.mkdir()
-    code, text = interrupt(
+    returncode, text = interrupt(
         [],
         env=base_env(tmp_path / "cache"),
         cwd=cwd,
-        signum=signal.SIGINT,
+        signum=signum,
         started=lambda: (cwd / "importing").exists(),
         python=("-c", HELD_IN_ITS_IMPORTS.format(module=module)),
     )
-    assert code == 130, text
-    assert text == "dmhub-async: stopped by SIGINT\n"
+    assert returncode == code, text
+    assert text == f"dmhub-async: stopped by {signal.Signals(signum).name}\n"
 
 
 #: The console script (``sys.exit(main())``), held once ``main()`` has returned until the test

@@ -14,7 +14,15 @@ import importlib
 from collections.abc import Sequence
 
 # Light (the standard library): the rest of the command line is loaded inside main().
-from ._errors import EXIT_ERROR, EXIT_INCOMPLETE, EXIT_OK, EXIT_USAGE, stopped_loading
+from ._errors import (
+    EXIT_ERROR,
+    EXIT_INCOMPLETE,
+    EXIT_OK,
+    EXIT_USAGE,
+    Interrupted,
+    interruptible,
+    stopped_loading,
+)
 
 __all__ = ["EXIT_ERROR", "EXIT_INCOMPLETE", "EXIT_OK", "EXIT_USAGE", "main"]
 
@@ -22,12 +30,16 @@ __all__ = ["EXIT_ERROR", "EXIT_INCOMPLETE", "EXIT_OK", "EXIT_USAGE", "main"]
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     try:
-        # aiohttp, the SDK and the commands: a second to load on a busy machine, and a Ctrl-C
-        # then printed the traceback of the import it cut (the console script imports this
-        # module only, so main() is in place before they load).
-        from ._main import run
+        # aiohttp, the SDK and the commands: a second or two to load on a busy machine, and a
+        # Ctrl-C then printed the traceback of the import it cut (the console script imports
+        # this module only, so main() is in place before they load); a SIGTERM killed the
+        # command with no line (exit -15). Both raise Interrupted in the block.
+        with interruptible():
+            from ._main import run
     except KeyboardInterrupt:
         return stopped_loading()
+    except Interrupted as err:
+        return stopped_loading(err.signum)
     # No argv: the program itself (the console script, python -m), which ends as run() returns.
     return run(argv, exiting=argv is None)
 

@@ -45,11 +45,12 @@ EXIT_BROKEN_PIPE = 128 + 13
 # 128 + the signal's number, as shells report a process a signal ended: 130 SIGINT, 143 SIGTERM.
 
 
-def stopped_loading() -> int:
-    """A Ctrl-C before the command began (while it loaded, or read its flags): said in one
-    line, exit 130, as one while it runs; nothing had begun, so nothing is left to say."""
-    print("dmhub-async: stopped by SIGINT", file=sys.stderr)
-    return 128 + signal.SIGINT
+def stopped_loading(signum: int = signal.SIGINT) -> int:
+    """A Ctrl-C or SIGTERM before the command began (while it loaded, or read its flags): said
+    in one line, exit 130 or 143, as one while it runs; nothing had begun, so nothing is left
+    to say."""
+    print(f"dmhub-async: stopped by {signal.Signals(signum).name}", file=sys.stderr)
+    return 128 + signum
 
 
 class CommandError(Exception):

@@ -25,6 +25,7 @@ from ._errors import (
     CommandError,
     Interrupted,
     explain,
+    interruptible,
     stopped_loading,
 )
 from ._files import stop_standard_output
@@ -167,10 +168,13 @@ def run(argv: Sequence[str] | None = None, *, exiting: bool = False) -> int:
     export", and one a moment earlier, after ``main()`` returned, printed a traceback.
     """
     try:
-        args = build_parser().parse_args(argv)
-        show_requests(args.verbose)
+        with interruptible():
+            args = build_parser().parse_args(argv)
+            show_requests(args.verbose)
     except KeyboardInterrupt:  # a Ctrl-C as the command line is read: nothing begun
         return stopped_loading()
+    except Interrupted as stopped:  # a SIGTERM then (or a Ctrl-C, which interruptible() raises)
+        return stopped_loading(stopped.signum)
     ended: list[int] = []
     early: list[int] = []
     try:
