@@ -613,3 +613,65 @@ def test_a_signal_as_the_event_loop_is_made_stops_the_command_in_one_line(
     assert said == f"dmhub-async: stopped by {name}: no output written\n"
     assert sorted(p.name for p in cwd.iterdir()) == ["go", "making"]
     assert served.sim.counters.total == 0  # stopped before a request
+
+
+#: The console script, its export's client held as it closes (after the export has written its
+#: file and removed its checkpoint) until the test says go: where a Redis token store's
+#: connection, or aiohttp's, is closed.
+HELD_AS_ITS_CLIENT_CLOSES = """
+import asyncio, pathlib, sys
+from dmhub_async import DMHubClient
+from dmhub_async.cli import main
+
+closing = DMHubClient.aclose
+
+async def held(self):
+    pathlib.Path("closing").touch()
+    for _ in range(12_000):  # a minute at most
+        if pathlib.Path("go").exists():
+            break
+        await asyncio.sleep(0.005)
+    await closing(self)
+
+DMHubClient.aclose = held
+sys.argv = ["dmhub-async", *{args!r}]
+sys.exit(main())
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["INT", "TERM"])
+def test_a_signal_as_a_finished_export_closes_its_client_leaves_it_finished(
+    served: ServedSimulator, env: dict[str, str], tmp_path: Path, signum: int
+) -> None:
+    # It cancelled the command there: exit 130 or 143 and "no output written" of a complete
+    # file whose checkpoint the export had removed, and the rerun was refused as finished.
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    args = ["export", "--out", "all.jsonl", "--checkpoint", "all.ckpt", "--report", "json"]
+    with log_of(cwd).open("w+b") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", HELD_AS_ITS_CLIENT_CLOSES.format(args=args)],
+            env=env,
+            cwd=cwd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            deadline = time.monotonic() + TIMEOUT
+            while not (cwd / "closing").exists() and proc.poll() is None:
+                assert time.monotonic() < deadline, "the export did not end"
+                time.sleep(0.005)
+            assert not (cwd / "all.ckpt").exists()  # the export had ended, its file whole
+            proc.send_signal(signum)
+            (cwd / "go").touch()
+            proc.wait(timeout=TIMEOUT)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
+        out.seek(0)
+        said = out.read().decode("utf-8")
+
+    assert proc.returncode == 0, said
+    assert json.loads(said)["complete"] is True
+    assert sorted(jsonl_ids(cwd / "all.jsonl")) == served.ids()

@@ -43,6 +43,7 @@ from ._errors import (
     UsageError,
     interruptible,
     without_method,
+    work_done,
 )
 from ._files import (
     STDIN,
@@ -264,6 +265,7 @@ async def _export(args: argparse.Namespace) -> int:
             encoding=encoding,
             **filters,
         )
+        work_done()  # its file in place: a signal as the client closes no longer stops it
     # Without a checkpoint the file of an incomplete export is in place, finished: the same
     # command is refused ("exists: pass --force"), where its report said "run it again".
     replaces = args.force or args.checkpoint or args.out == STDOUT

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
 import re
 import signal
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from types import FrameType, MappingProxyType
 from typing import Any, Final
 
@@ -30,10 +31,12 @@ __all__ = [
     "UsageError",
     "explain",
     "interruptible",
+    "noting_work_done",
     "stopped_answering",
     "stopped_loading",
     "unnamed_write_error",
     "without_method",
+    "work_done",
 ]
 
 EXIT_OK = 0
@@ -75,6 +78,36 @@ class Interrupted(Exception):
     @property
     def code(self) -> int:
         return 128 + self.signum
+
+
+#: What `work_done` calls: set by the command line's runner around its command.
+_WORK_DONE: contextvars.ContextVar[Callable[[], None] | None] = contextvars.ContextVar(
+    "dmhub_async_cli_work_done", default=None
+)
+
+
+def work_done() -> None:
+    """Tell the command line's runner that the command's output is in place (an export's file
+    written, its checkpoint removed or kept for a rerun): a first SIGINT or SIGTERM from now on
+    no longer cancels it. What is left (its client closed, its report) runs, and the command
+    exits with its own code; a second signal still ends it at once.
+
+    A Ctrl-C as an export closed its client (a Redis token store's connection, say) stopped a
+    finished export: exit 130, "no output written" said of a complete file, and the rerun was
+    refused as "a finished export"."""
+    done = _WORK_DONE.get()
+    if done is not None:
+        done()
+
+
+@contextlib.contextmanager
+def noting_work_done(done: Callable[[], None]) -> Iterator[None]:
+    """`work_done` calls ``done`` in the block (the runner's, around its command)."""
+    token = _WORK_DONE.set(done)
+    try:
+        yield
+    finally:
+        _WORK_DONE.reset(token)
 
 
 @contextlib.contextmanager

@@ -26,6 +26,7 @@ from ._errors import (
     Interrupted,
     explain,
     interruptible,
+    noting_work_done,
     stopped_loading,
 )
 from ._files import stop_standard_output
@@ -65,6 +66,7 @@ async def _run(
     task = asyncio.current_task()
     assert task is not None
     received: list[int] = []
+    finishing: list[bool] = []  # the command's output is in place (work_done)
 
     def stop(signum: int) -> None:
         if received:
@@ -80,6 +82,8 @@ async def _run(
             )
             os._exit(128 + signum)
         received.append(signum)
+        if finishing:  # its output in place: what is left of it runs, and it says so
+            return
         task.cancel()
         # An export's write to a full pipe waits on a thread, which the cancel waits for.
         stop_standard_output(signum)
@@ -92,7 +96,8 @@ async def _run(
     if early:
         stop(early[0])
     try:
-        code = await COMMANDS[args.command](args)
+        with noting_work_done(lambda: finishing.append(True)):
+            code = await COMMANDS[args.command](args)
         if ended is not None:
             ended.append(code)
         return code
