@@ -16,7 +16,9 @@ by an at-least-once broker, wrote their windows over the new plan's parts of the
 from __future__ import annotations
 
 import logging
+import math
 import os
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -140,6 +142,7 @@ def _outcome_of(manifest: Manifest, result: Any) -> ShardOutcome:
         raise InvalidRequestError(
             f"record_results(): not a result of shard_result(): {short(result)}"
         )
+    _check_values(result)
     shard = Shard.from_dict(result["shard"]).without_ids()
     if shard.index >= len(manifest.shards) or manifest.shards[shard.index].shard != shard:
         raise InvalidRequestError(
@@ -148,6 +151,58 @@ def _outcome_of(manifest: Manifest, result: Any) -> ShardOutcome:
             "again, and record that result"
         )
     return manifest.shards[shard.index]
+
+
+#: A result's counts (optional ones may be missing, or None: a worker of an earlier release).
+_COUNTS = ("exported", "duplicates")
+_OPTIONAL_COUNTS = ("size", "retries", "exported_before", "count_before", "count_after")
+_OPTIONAL_FLAGS = ("resumed", "checked")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _check_values(result: Mapping[str, Any]) -> None:
+    """Refuse a result whose values are not as :func:`shard_result` gives them.
+
+    Only its keys were checked: one rebuilt by hand, or mangled by a broker's serializer
+    (``exported: -5``, ``1.5``), was written into the manifest, whose next read refused the
+    directory as edited (``record_results``, ``late_check``, merge and reruns all stopped);
+    ``"complete": "false"`` was recorded complete, and a complete one without its SHA-256
+    was merged without its content check."""
+
+    def refuse(key: str) -> InvalidRequestError:
+        return InvalidRequestError(
+            f"record_results(): not a result of shard_result(): {key} {short(result[key])}"
+        )
+
+    def count(value: Any) -> bool:
+        return not isinstance(value, bool) and isinstance(value, int) and 0 <= value < 1 << 63
+
+    if not isinstance(result["complete"], bool):
+        raise refuse("complete")
+    for key in _COUNTS:
+        if not count(result[key]):
+            raise refuse(key)
+    for key in _OPTIONAL_COUNTS:
+        if result.get(key) is not None and not count(result[key]):
+            raise refuse(key)
+    for key in _OPTIONAL_FLAGS:
+        if result.get(key) is not None and not isinstance(result[key], bool):
+            raise refuse(key)
+    seconds = result["seconds"]
+    if (
+        isinstance(seconds, bool)
+        or not isinstance(seconds, (int, float))
+        or not math.isfinite(seconds)
+        or seconds < 0
+    ):
+        raise refuse("seconds")
+    sha256 = result["sha256"]
+    # A complete part's is read with its size (neither when it could not be read: left out,
+    # with a warning, below): merge checks the part against it.
+    if (result["complete"] and (sha256 is None) != (result["size"] is None)) or (
+        sha256 is not None and (not isinstance(sha256, str) or not _SHA256.fullmatch(sha256))
+    ):
+        raise refuse("sha256")
 
 
 def _record(where: Path, checked: list[tuple[ShardOutcome, Mapping[str, Any]]]) -> bool:

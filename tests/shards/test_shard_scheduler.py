@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -251,3 +252,38 @@ async def test_plan_directory_records_verify_always_and_a_later_plan_keeps_it(
         again = await plan_directory(dm, tmp_path, 2)  # the planner run again, without it
     assert (first.verify, again.verify) == ("always", "always")
     assert json.loads((tmp_path / "manifest.json").read_text())["verify"] == "always"
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "said"),
+    [
+        ("exported", -5, "exported -5"),
+        ("exported", 1.5, "exported 1.5"),
+        ("exported", 2**70, "exported"),
+        ("complete", "false", "complete 'false'"),
+        ("sha256", None, "sha256 None"),
+        ("sha256", "not a digest", "sha256 'not a digest'"),
+        ("seconds", "x", "seconds 'x'"),
+        ("checked", "yes", "checked 'yes'"),
+    ],
+)
+async def test_a_result_of_bad_values_is_refused_and_the_manifest_stays_readable(
+    tmp_path: Path, key: str, value: Any, said: str
+) -> None:
+    # A result rebuilt by hand, or mangled by a broker's serializer: only its keys were
+    # checked. Written into the manifest, its next read refused the directory as "not a
+    # manifest this SDK wrote" (record_results, late_check, merge and reruns all stopped);
+    # "complete": "false" was recorded complete, and a complete one without its SHA-256 was
+    # merged without its content check.
+    out = tmp_path / "june"
+    async with DMHubSimulator(customers=60, seed=17) as sim:
+        async with DMHubClient(sim.app_id, sim.secret, base_url=sim.url) as dm:
+            manifest = await plan_directory(dm, out, 2)
+        good = await export_part(sim, manifest.shards[0].shard.to_dict(), out)
+    before = (out / "manifest.json").read_bytes()
+    with pytest.raises(InvalidRequestError, match=rf"record_results\(\): .*{re.escape(said)}"):
+        await record_results(out, [{**good, key: value}])
+    assert (out / "manifest.json").read_bytes() == before
+    recorded = await record_results(out, [good])  # the directory still works
+    assert recorded.shards[0].status == "complete"
+
