@@ -215,12 +215,19 @@ def _record(where: Path, checked: list[tuple[ShardOutcome, Mapping[str, Any]]]) 
             digests[outcome.file] = part_digest(part) if _regular_file(part) else None
         now = digests[outcome.file]
         if (
+            outcome.status == "complete"
+            and now == (outcome.size, outcome.sha256)
+            and not (result["complete"] and result["sha256"] == outcome.sha256)
+        ):
+            # The part is as its shard was recorded complete: an older result of it (late-
+            # checked since), or, received after it, of a task of the shard that ended in
+            # MISMATCH writing the same customers, which turned the export incomplete.
+            continue
+        if (
             now is None
             or now[0] != result["size"]
             or (result["sha256"] is not None and now[1] != result["sha256"])
         ):
-            if outcome.status == "complete" and now == (outcome.size, outcome.sha256):
-                continue  # an older result of a part recorded since (or late-checked since)
             logger.warning(
                 "shard %d: %s %s: not as the task of this result wrote it (another task of "
                 "the shard, sent again, wrote it since: record that one's result), not "

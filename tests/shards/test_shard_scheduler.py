@@ -287,3 +287,25 @@ async def test_a_result_of_bad_values_is_refused_and_the_manifest_stays_readable
     recorded = await record_results(out, [good])  # the directory still works
     assert recorded.shards[0].status == "complete"
 
+
+async def test_an_incomplete_result_of_a_part_recorded_complete_since_changes_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Results out of order: the shard's first task ended in MISMATCH (its final check saw
+    # the service change), the one sent again wrote the same customers and was recorded
+    # complete; the first one's result, recorded after it, turned the shard incomplete and
+    # the export with it, the part unchanged.
+    out = tmp_path / "june"
+    async with DMHubSimulator(customers=60, seed=18) as sim:
+        async with DMHubClient(sim.app_id, sim.secret, base_url=sim.url) as dm:
+            manifest = await plan_directory(dm, out, 2)
+        done = [await export_part(sim, o.shard.to_dict(), out) for o in manifest.shards]
+    # What shard_result gives of that first task: its part's size, no SHA-256, not complete.
+    mismatch = {**done[0], "complete": False, "sha256": None, "checked": True}
+    assert (await record_results(out, done)).complete
+    written = (out / "manifest.json").read_bytes()
+    with caplog.at_level(logging.WARNING, logger="dmhub_async"):
+        again = await record_results(out, [mismatch])
+    assert again.complete
+    assert (out / "manifest.json").read_bytes() == written
+    assert caplog.text == ""
