@@ -130,7 +130,7 @@ async def record_results(
         if manifest is None:
             raise InvalidRequestError(f"{where} has no {MANIFEST_NAME}: plan it first")
         checked = [(_outcome_of(manifest, result), result) for result in given]
-        recorded = await file_work(lambda: _record(where, checked))
+        recorded = await file_work(lambda: _record(where, checked, manifest.verify))
         if recorded:
             await ManifestWriter(manifest, where).write()
     return manifest
@@ -205,8 +205,11 @@ def _check_values(result: Mapping[str, Any]) -> None:
         raise refuse("sha256")
 
 
-def _record(where: Path, checked: list[tuple[ShardOutcome, Mapping[str, Any]]]) -> bool:
-    """Copy each result whose part is as its task wrote it; whether any was (blocking work)."""
+def _record(
+    where: Path, checked: list[tuple[ShardOutcome, Mapping[str, Any]]], verify: Verify | None
+) -> bool:
+    """Copy each result whose part is as its task wrote it; whether any was (blocking work).
+    ``verify``: the manifest's, to say of a part recorded without the final check it asks."""
     recorded = False
     digests: dict[str, tuple[int, str] | None] = {}
     for outcome, result in checked:
@@ -239,4 +242,14 @@ def _record(where: Path, checked: list[tuple[ShardOutcome, Mapping[str, Any]]]) 
             continue
         record_result(outcome, dict(result))
         recorded = True
+        if verify == "always" and result.get("checked") is False:
+            # Its task's export_shard was not given the manifest's verify: complete without
+            # the check the export was planned with, and nothing said so.
+            logger.warning(
+                "shard %d: %s: recorded without its final check, which this export asks for "
+                "(verify 'always' in its manifest): give each task's export_shard "
+                "verify=manifest.verify, and send this shard's task again to have it checked",
+                outcome.shard.index,
+                outcome.file,
+            )
     return recorded

@@ -309,3 +309,26 @@ async def test_an_incomplete_result_of_a_part_recorded_complete_since_changes_no
     assert again.complete
     assert (out / "manifest.json").read_bytes() == written
     assert caplog.text == ""
+
+
+async def test_a_part_recorded_without_the_final_check_an_export_asks_for_is_said(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Planned with verify="always" (the manifest records it), a task whose export_shard was
+    # not given it (the docs' Celery task gives none) ended without its final check: the
+    # shard was recorded complete without a word, the manifest still saying "always".
+    out = tmp_path / "june"
+    async with DMHubSimulator(customers=60, seed=19) as sim:
+        async with DMHubClient(sim.app_id, sim.secret, base_url=sim.url) as dm:
+            manifest = await plan_directory(dm, out, 2, verify="always")
+        results = [await export_part(sim, o.shard.to_dict(), out) for o in manifest.shards]
+    assert [r["checked"] for r in results] == [False, False]
+    with caplog.at_level(logging.WARNING, logger="dmhub_async"):
+        recorded = await record_results(out, results)
+    assert recorded.complete  # recorded: the customers are there, the check is what is missing
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 2
+    assert said[0].startswith(
+        "shard 0: part-00000.jsonl: recorded without its final check, which this export asks "
+        "for (verify 'always' in its manifest)"
+    )
