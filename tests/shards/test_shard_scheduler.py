@@ -60,6 +60,17 @@ async def export_part(
         return sent_back
 
 
+async def planned(sim: DMHubSimulator, out: Path, shards: int, **options: Any) -> Manifest:
+    """The planner's task: ``out`` planned (or its plan taken up) in ``shards`` shards."""
+    async with DMHubClient(sim.app_id, sim.secret, base_url=sim.url) as dm:
+        return await plan_directory(dm, out, shards, **options)
+
+
+async def every_part(sim: DMHubSimulator, manifest: Manifest, out: Path) -> list[dict[str, Any]]:
+    """Each shard's task run once, in turn: their results."""
+    return [await export_part(sim, o.shard.to_dict(), out) for o in manifest.shards]
+
+
 def merged_ids(directory: Path, dest: Path) -> list[int]:
     merge(directory, dest)
     with dest.open(encoding="utf-8") as fh:
@@ -218,9 +229,8 @@ async def test_a_finishing_task_run_again_after_the_late_check_changes_nothing(
 ) -> None:
     out = tmp_path / "june"
     async with DMHubSimulator(customers=200, seed=16) as sim:
-        async with DMHubClient(sim.app_id, sim.secret, base_url=sim.url) as dm:
-            manifest = await plan_directory(dm, out, 2)
-        results = [await export_part(sim, o.shard.to_dict(), out) for o in manifest.shards]
+        manifest = await planned(sim, out, 2)
+        results = await every_part(sim, manifest, out)
         sim.insert_customer({"name": "signed up after the last shard"})
         async with DMHubClient(sim.app_id, sim.secret, base_url=sim.url) as dm:
             found = await late_check(dm, out, await record_results(out, results))
@@ -277,8 +287,7 @@ async def test_a_result_of_bad_values_is_refused_and_the_manifest_stays_readable
     # merged without its content check.
     out = tmp_path / "june"
     async with DMHubSimulator(customers=60, seed=17) as sim:
-        async with DMHubClient(sim.app_id, sim.secret, base_url=sim.url) as dm:
-            manifest = await plan_directory(dm, out, 2)
+        manifest = await planned(sim, out, 2)
         good = await export_part(sim, manifest.shards[0].shard.to_dict(), out)
     before = (out / "manifest.json").read_bytes()
     with pytest.raises(InvalidRequestError, match=rf"record_results\(\): .*{re.escape(said)}"):
@@ -297,9 +306,8 @@ async def test_an_incomplete_result_of_a_part_recorded_complete_since_changes_no
     # the export with it, the part unchanged.
     out = tmp_path / "june"
     async with DMHubSimulator(customers=60, seed=18) as sim:
-        async with DMHubClient(sim.app_id, sim.secret, base_url=sim.url) as dm:
-            manifest = await plan_directory(dm, out, 2)
-        done = [await export_part(sim, o.shard.to_dict(), out) for o in manifest.shards]
+        manifest = await planned(sim, out, 2)
+        done = await every_part(sim, manifest, out)
     # What shard_result gives of that first task: its part's size, no SHA-256, not complete.
     mismatch = {**done[0], "complete": False, "sha256": None, "checked": True}
     assert (await record_results(out, done)).complete
@@ -319,9 +327,8 @@ async def test_a_part_recorded_without_the_final_check_an_export_asks_for_is_sai
     # shard was recorded complete without a word, the manifest still saying "always".
     out = tmp_path / "june"
     async with DMHubSimulator(customers=60, seed=19) as sim:
-        async with DMHubClient(sim.app_id, sim.secret, base_url=sim.url) as dm:
-            manifest = await plan_directory(dm, out, 2, verify="always")
-        results = [await export_part(sim, o.shard.to_dict(), out) for o in manifest.shards]
+        manifest = await planned(sim, out, 2, verify="always")
+        results = await every_part(sim, manifest, out)
     assert [r["checked"] for r in results] == [False, False]
     with caplog.at_level(logging.WARNING, logger="dmhub_async"):
         recorded = await record_results(out, results)
