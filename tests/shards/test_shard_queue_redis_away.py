@@ -40,6 +40,17 @@ def _away(redis: RedisServer, how: str) -> None:
         os.kill(redis._proc.pid, signal.SIGSTOP)
 
 
+class _Stop(Exception):
+    """Raised by a test's poll: the coordinator came through its wait."""
+
+
+def one_shard() -> Manifest:
+    """A plan of one shard of everything, of a service no request reaches."""
+    return Manifest.new(
+        [Shard(0, None, None)], fmt="jsonl", base_url="http://127.0.0.1:1", app_id="a", filters={}
+    )
+
+
 def _back(redis: RedisServer, how: str) -> None:
     if how == "frozen" and redis._proc is not None:
         os.kill(redis._proc.pid, signal.SIGCONT)
@@ -155,9 +166,7 @@ async def test_a_coordinator_whose_redis_goes_away_stops_within_its_wait(
     monkeypatch.setattr(_queue, "REDIS_ANSWER", ANSWER)
     monkeypatch.setattr(_queue, "QUEUE_TIMEOUT", ANSWER)
     out = tmp_path / "out"
-    manifest = Manifest.new(
-        [Shard(0, None, None)], fmt="jsonl", base_url="http://127.0.0.1:1", app_id="a", filters={}
-    )
+    manifest = one_shard()
     began = 0.0
 
     async def sleep(_: float) -> None:
@@ -196,13 +205,8 @@ async def test_a_coordinator_waiting_for_its_redis_says_so_once_then_back_or_sto
     monkeypatch.setattr(_queue, "REDIS_WAIT", WAIT)
     monkeypatch.setattr(_queue, "REDIS_ANSWER", ANSWER)
     out = tmp_path / "out"
-    manifest = Manifest.new(
-        [Shard(0, None, None)], fmt="jsonl", base_url="http://127.0.0.1:1", app_id="a", filters={}
-    )
+    manifest = one_shard()
     polls = 0
-
-    class _Stop(Exception):
-        pass
 
     async def sleep(_: float) -> None:
         nonlocal polls
@@ -316,13 +320,8 @@ async def test_a_coordinator_waits_for_its_redis_as_its_workers_do(
     monkeypatch.setattr(_queue, "REDIS_ANSWER", ANSWER)
     monkeypatch.setattr(_queue, "QUEUE_TIMEOUT", ANSWER)
     out = tmp_path / "out"
-    manifest = Manifest.new(
-        [Shard(0, None, None)], fmt="jsonl", base_url="http://127.0.0.1:1", app_id="a", filters={}
-    )
+    manifest = one_shard()
     polls = 0
-
-    class _Stop(Exception):
-        pass
 
     async def sleep(poll: float) -> None:
         nonlocal polls
