@@ -6,6 +6,7 @@ consistent checkpoint to resume from, or no file at all, and exits 128 + the sig
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import csv
 import json
@@ -675,3 +676,52 @@ def test_a_signal_as_a_finished_export_closes_its_client_leaves_it_finished(
     assert proc.returncode == 0, said
     assert json.loads(said)["complete"] is True
     assert sorted(jsonl_ids(cwd / "all.jsonl")) == served.ids()
+
+
+@pytest.mark.parametrize("workers", [1, 2], ids=["one-process", "workers"])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["INT", "TERM"])
+def test_a_signal_as_a_whole_sharded_export_closes_its_client_leaves_it_whole(
+    served: ServedSimulator,
+    in_process: dict[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    signum: int,
+    workers: int,
+) -> None:
+    # Every part complete and the late check run, the signal came as the command closed its
+    # client: it said "rerun the same command to resume", exit 130 or 143, of a whole export.
+    from dmhub_async import DMHubClient
+    from dmhub_async.cli import main
+    from dmhub_async.shards import Manifest
+
+    closing = DMHubClient.aclose
+    sent: list[int] = []
+
+    async def signalled(self: DMHubClient) -> None:
+        manifest = Manifest.read(tmp_path / "parts")
+        # Once: a second signal ends the command at once (os._exit), and this process with it.
+        if not sent and manifest is not None and manifest.complete:
+            sent.append(signum)
+            os.kill(os.getpid(), signum)
+            try:
+                await asyncio.sleep(0)  # the loop runs the handler here, as the client closes
+            finally:
+                await closing(self)
+            return
+        await closing(self)
+
+    monkeypatch.setattr(DMHubClient, "aclose", signalled)
+    args = ["export", "--out", "parts", "--shards", "2", "--workers", str(workers)]
+
+    code = main([*args, "--report", "json", "--no-progress"])
+
+    said = capsys.readouterr()
+    assert sent == [signum]
+    assert code == 0, said.err
+    report = json.loads(said.out)
+    assert report["complete"] is True
+    assert report["late_check"] is not None  # it ran before the signal
+    assert said.err == ""
+    ids = [i for part in sorted((tmp_path / "parts").glob("part-*.jsonl")) for i in jsonl_ids(part)]
+    assert sorted(ids) == sorted(served.ids())

@@ -33,7 +33,14 @@ from ..shards._queue import (
     worker_credentials_hint,
 )
 from ..shards._run import TotalProgress, coordinating, export_sharded, prepare
-from ._errors import EXIT_INCOMPLETE, EXIT_OK, CommandError, UsageError, interruptible
+from ._errors import (
+    EXIT_INCOMPLETE,
+    EXIT_OK,
+    CommandError,
+    UsageError,
+    interruptible,
+    work_done,
+)
 from ._files import check_output
 from ._parser import WORKER_REPORT
 from ._report import ProgressLines, ids_listed, print_report, shown
@@ -207,6 +214,9 @@ async def _sharded_export(args: argparse.Namespace, filters: dict[str, Any]) -> 
                 verify=args.verify,
                 **filters,
             )
+            # Its run ended (its late check too): a signal as the client closes said "rerun
+            # ... to resume" of a whole export, exit 130 or 143. Noted from now on (work_done).
+            work_done()
             return _finish(manifest, args)
         manifest = await prepare(
             dm, args.out, args.shards, format=fmt, verify=args.verify, **filters
@@ -265,6 +275,8 @@ async def _sharded_export(args: argparse.Namespace, filters: dict[str, Any]) -> 
         # process's credentials, once every shard is complete (export_sharded runs its own).
         async with open_client(args, args.concurrency) as dm:
             await late_check(dm, args.out, manifest, concurrency=args.concurrency)
+            work_done()  # as export_sharded's, above
+    work_done()  # no late check due: the run ended, its manifest says what a rerun has to do
     return _finish(manifest, args)
 
 
