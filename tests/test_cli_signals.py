@@ -289,13 +289,13 @@ def test_a_signal_mid_merge_stops_it_and_leaves_no_file(
     from dmhub_async.cli import _shards, main
 
     assert main(["export", "--out", "parts", "--shards", "2", "-q"]) == 0
-    merge = _shards.merge
+    merge = _shards.merge_parts
 
-    def merge_signalled(*args: Any, **kwargs: Any) -> int:
+    def merge_signalled(*args: Any, **kwargs: Any) -> tuple[int, list[str]]:
         os.kill(os.getpid(), signum)  # pending as the merge starts: it arrives mid-merge
         return merge(*args, **kwargs)
 
-    monkeypatch.setattr(_shards, "merge", merge_signalled)
+    monkeypatch.setattr(_shards, "merge_parts", merge_signalled)
 
     assert main(["merge", "parts", "--out", "all.jsonl"]) == code
 

@@ -21,10 +21,10 @@ from typing import Any
 from .._auth import FileTokenStore, RedisTokenStore
 from .._exceptions import AuthenticationError, DMHubError, InvalidRequestError, TokenStoreError
 from .._words import counted
-from ..shards import MANIFEST_NAME, LateCheck, Manifest, merge
+from ..shards import MANIFEST_NAME, LateCheck, Manifest
 from ..shards._late import late_check, late_checked
 from ..shards._local import WorkerSettings, private_token_directory, run_in_processes
-from ..shards._manifest import ShardOutcome, merged_into_itself
+from ..shards._manifest import ShardOutcome, merge_parts, merged_into_itself
 from ..shards._queue import (
     check_mounts,
     check_queue,
@@ -397,17 +397,32 @@ def _mismatch_error(outcome: ShardOutcome) -> str | None:
     return None if mismatch is None else f"MISMATCH: {mismatch}"
 
 
-def checked_line(manifest: Manifest) -> str | None:
+def checked_line(manifest: Manifest, merged: list[str] | None = None) -> str | None:
     """``final check (an id-only walk against the service) run at the end of 8 of 8 parts``,
-    None when it ran at the end of none (or no part says: an earlier release's)."""
-    checked = sum(bool(s.checked) for s in manifest.shards if s.status in _RAN_TO_ITS_END)
+    None when it ran at the end of none (or no part says: an earlier release's).
+
+    ``merged``: the parts a merge put in its file, when it left some out (``... of 3 of the 3
+    parts merged (1 left out)``): it counted the checks of parts that were not in the file."""
+    shards = _among(manifest, merged)
+    checked = sum(bool(s.checked) for s in shards if s.status in _RAN_TO_ITS_END)
     if not checked:
         return None
     # --verify always: nothing said whether each shard's final check ran.
-    return (
-        "final check (an id-only walk against the service) run at the end of "
-        f"{checked} of {counted(len(manifest.shards), 'part')}"
+    said = "final check (an id-only walk against the service) run at the end of "
+    if len(shards) == len(manifest.shards):
+        return said + f"{checked} of {counted(len(shards), 'part')}"
+    left_out = len(manifest.shards) - len(shards)
+    return said + (
+        f"{checked} of the {counted(len(shards), 'part')} merged ({left_out:,} left out)"
     )
+
+
+def _among(manifest: Manifest, merged: list[str] | None) -> list[ShardOutcome]:
+    """The manifest's shards whose parts are in ``merged`` (all of them when it is None)."""
+    if merged is None:
+        return list(manifest.shards)
+    names = set(merged)
+    return [s for s in manifest.shards if s.file in names]
 
 
 def _late_line(late: LateCheck) -> str:
@@ -655,7 +670,7 @@ def _password_hint() -> str:
     return f"give its password in ${REDIS_PASSWORD_ENV} (and none in the URL, which ps shows)"
 
 
-def _merge(args: argparse.Namespace) -> int:
+def _merge(args: argparse.Namespace) -> tuple[int, list[str]]:
     if not os.path.isdir(args.directory):
         raise CommandError(f"{args.directory}: no such directory")
     if merged_into_itself(args.directory, args.out):
@@ -666,13 +681,13 @@ def _merge(args: argparse.Namespace) -> int:
             "give a file elsewhere"
         )
     check_output(args.out, force=args.force, stdout=False)
-    return merge(args.directory, args.out, allow_incomplete=args.allow_incomplete)
+    return merge_parts(args.directory, args.out, allow_incomplete=args.allow_incomplete)
 
 
 async def merge_command(args: argparse.Namespace) -> int:
     """``merge DIR --out FILE``: the parts of a sharded export as one file, in shard order."""
     with interruptible():  # blocking: the loop would see a signal only once it had ended
-        records = _merge(args)
+        records, merged = _merge(args)
     # Records, as merge() counts them: a CSV record may span lines (a line break in a field).
     # "lines" is the name this count had before, kept for the scripts that read it.
     data: dict[str, Any] = {"path": args.out, "records": records, "lines": records}
@@ -683,11 +698,13 @@ async def merge_command(args: argparse.Namespace) -> int:
     # nothing of it, and the export's --verify was recorded nowhere.
     manifest = Manifest.read(args.directory)
     if manifest is not None:
-        said = [s.checked for s in manifest.shards if s.status in _RAN_TO_ITS_END]
+        # The parts in the file: --allow-incomplete counted the checks of parts it left out.
+        shards = _among(manifest, merged)
+        said = [s.checked for s in shards if s.status in _RAN_TO_ITS_END]
         data["verify"] = manifest.verify  # null: an earlier release's manifest, which does not say
-        # parts whose final check ran; null when no part says (exported by an earlier release)
+        # merged parts whose final check ran; null when none says (exported by an earlier release)
         data["checked"] = sum(bool(c) for c in said) if any(c is not None for c in said) else None
-        line = checked_line(manifest)
+        line = checked_line(manifest, merged)
         text += f"\n{line}" if line else ""
     print_report(data, text, style=args.report, quiet=args.quiet, out=sys.stdout)
     return EXIT_OK

@@ -669,6 +669,18 @@ def merge(
             (``id_list.txt`` missing or changed); a part replaced or removed between its checks
             and its copy (a named pipe there is never waited on, nor a checkpoint that is one).
     """
+    return merge_parts(directory, dest, allow_incomplete=allow_incomplete)[0]
+
+
+def merge_parts(
+    directory: str | os.PathLike[str],
+    dest: str | os.PathLike[str],
+    *,
+    allow_incomplete: bool = False,
+) -> tuple[int, list[str]]:
+    """:func:`merge`, and the parts that went into ``dest`` (their files, in shard order):
+    with ``allow_incomplete``, a part missing or cut short is left out, and a report of the
+    merge counts only the parts that are in it (the CLI's final checks)."""
     check_output_name(Path(dest))
     if merged_into_itself(directory, dest):
         # Only the CLI refused it: merge() wrote over the manifest (the plan lost, the
@@ -691,14 +703,19 @@ def merge(
     lock, lock_path = _lock(Path(dest), by="another export or merge", role="merge")
     try:
         _sweep(Path(dest), suffixes="tmp")
+        merged: list[str] = []
         with replacing(Path(dest), output=True) as out:  # as readable as the parts
-            return _copy_parts(manifest, Path(directory), out, allow_incomplete)
+            records = _copy_parts(manifest, Path(directory), out, allow_incomplete, merged)
+        return records, merged
     finally:
         _release(lock, lock_path)
 
 
-def _copy_parts(manifest: Manifest, directory: Path, out: BinaryIO, allow_incomplete: bool) -> int:
-    """Copy the parts into ``out`` in shard order, as :func:`merge` says; the records."""
+def _copy_parts(
+    manifest: Manifest, directory: Path, out: BinaryIO, allow_incomplete: bool, merged: list[str]
+) -> int:
+    """Copy the parts into ``out`` in shard order, as :func:`merge` says; the records. Each
+    part copied (not left out) is put in ``merged``."""
     records = 0
     first_header: tuple[list[str], str] | None = None  # a CSV's names, and its part's
     union: Union | None = None  # the merged CSV's header
@@ -875,6 +892,7 @@ def _copy_parts(manifest: Manifest, directory: Path, out: BinaryIO, allow_incomp
                 counted(records - before, "record"),
                 _where_it_stands(outcome, directory),
             )
+        merged.append(outcome.file)
     return records
 
 

@@ -2027,3 +2027,25 @@ def test_the_report_says_a_rerun_keeps_the_exports_verify_always(
     kept = " (--verify always kept: the export was begun with it)"
     assert f"{line}{kept if asked == 'auto' else ''}\n" in said, said
     assert data["verify"] == "always"
+
+
+async def test_merging_what_there_is_counts_the_final_checks_of_the_parts_it_merged(
+    dm: DMHubClient, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `merge --allow-incomplete` of an export whose every part was checked, one part deleted
+    # since: it said "final check ... run at the end of 4 of 4 parts" (JSON checked: 4) of a
+    # file that holds three parts, the one left out counted.
+    out = tmp_path / "out"
+    assert (await export_sharded(dm, out, 4, progress=False, verify="always")).complete
+    (out / "part-00001.jsonl").unlink()
+    merged = ["merge", str(out), "--out", str(tmp_path / "some.jsonl"), "--allow-incomplete"]
+
+    assert await asyncio.to_thread(main, [*merged, "--report", "json"]) == 0
+    said = orjson.loads(capsys.readouterr().out)
+    (tmp_path / "some.jsonl").unlink()
+    assert await asyncio.to_thread(main, merged) == 0
+    text = capsys.readouterr().out
+
+    assert said["checked"] == 3
+    line = "final check (an id-only walk against the service) run at the end of 3 of the 3 parts"
+    assert f"{line} merged (1 left out)\n" in text, text
