@@ -336,11 +336,14 @@ def _finish(manifest: Manifest, args: argparse.Namespace) -> int:
         f"{retries})"
     )
     said = checked_line(manifest)
+    if manifest.verify == "always" and getattr(args, "verify", "always") != "always":
+        # A rerun without --verify of an export begun with it: why every part is checked. Of
+        # the final-check line; on a line of its own when no part's check ran (it was glued to
+        # the summary line, "...; 0 retries) (--verify always kept ...)").
+        kept = "--verify always kept: the export was begun with it"
+        said = f"{said} ({kept})" if said else kept
     if said:
         text += f"\n{said}"
-    if manifest.verify == "always" and getattr(args, "verify", "always") != "always":
-        # A rerun without --verify of an export begun with it: why every part is checked.
-        text += " (--verify always kept: the export was begun with it)"
     late = manifest.late_check
     if late is not None:
         text += f"\n{_late_line(late)}"

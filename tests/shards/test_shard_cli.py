@@ -694,3 +694,23 @@ def test_a_rerun_with_another_shard_count_says_the_plan_is_kept(tmp_path: Path) 
     )
     assert same.returncode == 0, same.stderr
     assert same.stderr == ""
+
+
+def test_a_rerun_that_keeps_verify_always_says_so_on_a_line_of_its_own(tmp_path: Path) -> None:
+    # Exported without --verify, rerun once with it (kept from then on), then without it: no
+    # part's final check had run, and "(--verify always kept: the export was begun with it)"
+    # was glued to the summary line, "... 0 retries) (--verify always kept ...)".
+    out = str(tmp_path / "parts")
+    export = ["export", "--out", out, "--shards", "2"]
+    with sim_process(200) as sim:
+        first = dmhub(sim, tmp_path, *export, "-q")
+        kept = dmhub(sim, tmp_path, *export, "--verify", "always", "-q")
+        again = dmhub(sim, tmp_path, *export)
+
+    assert (first.returncode, kept.returncode) == (0, 0), first.stderr + kept.stderr
+    assert again.returncode == 0, again.stderr
+    summary, *lines = again.stdout.splitlines()
+    assert summary.startswith("exported 200 customers in 2 parts"), again.stdout
+    assert summary.endswith("; 0 retries)"), summary
+    assert "--verify always kept: the export was begun with it" in lines, again.stdout
+    assert "final check" not in again.stdout  # none ran
