@@ -127,3 +127,60 @@ def test_a_lookups_report_writes_its_counts_as_its_total(
     assert "resolved 1,200 identities: 0 found, 1,200 not found -> found.csv" in (
         capsys.readouterr().out
     )
+
+
+def _piped(monkeypatch: pytest.MonkeyPatch, rows: int) -> None:
+    """Standard input a pipe of ``rows`` identities of no one (copied first, as a pipe is)."""
+    data = "type,value\n" + "".join(f"email,nobody{i}@example.com\n" for i in range(rows))
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(data.encode())))
+
+
+def test_lookup_says_how_far_it_has_read_its_input_before_the_first_request(
+    in_process: dict[str, str],
+    served: ServedSimulator,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # `--in -` (a pipe) is copied to a temporary file, then every row of it checked, before
+    # the first request: 4.4 s a million rows, plus its producer's time, with no line at all,
+    # and a CI job that kills a silent step killed it. Ten seconds pass at each look here.
+    ticks = iter(range(0, 10_000, 10))
+    monkeypatch.setattr(_report, "_now", lambda: float(next(ticks)), raising=False)
+    monkeypatch.setattr(_report, "READ_NOTE_EVERY", 10, raising=False)
+    _piped(monkeypatch, 30)
+
+    assert main(["lookup", "--in", "-", "--out", "found.csv"]) == 0
+
+    err = capsys.readouterr().err.splitlines()
+    assert err[:6] == [
+        "dmhub-async: 10 lines of --in - copied to a temporary file, 1/s",
+        "dmhub-async: 20 lines of --in - copied to a temporary file, 1/s",
+        "dmhub-async: 30 lines of --in - copied to a temporary file, 1/s",
+        "dmhub-async: 10 rows of --in - checked, 1/s",
+        "dmhub-async: 20 rows of --in - checked, 1/s",
+        "dmhub-async: 30 rows of --in - checked, 1/s",
+    ], err
+    assert all("--in" not in line for line in err[6:]), err
+    assert served.sim.counters.total > 0  # and then looked up
+
+
+def test_lookup_reading_its_input_says_nothing_when_quiet_and_draws_a_bar_on_a_terminal(
+    in_process: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    ticks = iter(range(0, 10_000, 10))
+    monkeypatch.setattr(_report, "_now", lambda: float(next(ticks)), raising=False)
+    monkeypatch.setattr(_report, "READ_NOTE_EVERY", 10, raising=False)
+    _piped(monkeypatch, 30)
+    assert main(["lookup", "--in", "-", "--out", "quiet.csv", "-q"]) == 0
+    assert capsys.readouterr().err == ""
+
+    # On a terminal, a bar (as an export's), gone once the input is read: no line for a log.
+    _piped(monkeypatch, 30)
+    monkeypatch.setattr("sys.stderr.isatty", lambda: True)
+    assert main(["lookup", "--in", "-", "--out", "found.csv"]) == 0
+    err = capsys.readouterr().err
+    assert "rows of --in - checked" in err, err
+    assert "copied to a temporary file" in err, err
+    assert "dmhub-async: 10 lines" not in err, err

@@ -16,7 +16,7 @@ import tempfile
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Final, Protocol, TextIO, cast
 
@@ -410,8 +410,10 @@ def replace_on_success(out: str, encoding: str) -> Iterator[TextIO]:
 
 
 @contextlib.contextmanager
-def read_twice(given: str) -> Iterator[tuple[Path, str]]:
+def read_twice(given: str, copying: Noting | None = None) -> Iterator[tuple[Path, str]]:
     """``--in given`` as a file that can be read twice, and the name its messages give it.
+    ``copying``: what a copy's progress is noted in (``with copying() as note``, told the
+    lines copied so far), when one is made.
 
     The rows are read twice (every one checked before anything is sent), so standard input
     (``-``) or a pipe (``<(iconv -f gbk -t utf-8 ids.csv)``) is first copied to a temporary
@@ -434,14 +436,18 @@ def read_twice(given: str) -> Iterator[tuple[Path, str]]:
     hold(holder)  # a live run's: remove_left_behind leaves it
     try:
         try:
-            with open(fd, "wb") as copy, interruptible():
+            with (
+                open(fd, "wb") as copy,
+                interruptible(),
+                copying() if copying is not None else contextlib.nullcontext() as note,
+            ):
                 if given != STDIN:
                     with path.open("rb") as source:
-                        _copy_lines(source, copy, given)
+                        _copy_lines(source, copy, given, note)
                 elif sys.stdin is None or getattr(sys.stdin, "closed", False):  # <&-
                     raise CommandError("--in -: standard input is closed: give --in a file")
                 else:
-                    _copy_lines(sys.stdin.buffer, copy, "<stdin>")
+                    _copy_lines(sys.stdin.buffer, copy, "<stdin>", note)
         except OSError as err:
             if err.filename not in (None, tmp):  # the input's own (a FIFO that went away)
                 raise
@@ -452,6 +458,10 @@ def read_twice(given: str) -> Iterator[tuple[Path, str]]:
             os.unlink(tmp)
         finally:
             os.close(holder)
+
+
+#: What makes a progress that blocking work notes its rows in (``note(rows)``; None: none).
+Noting = Callable[[], contextlib.AbstractContextManager[Callable[[int], None] | None]]
 
 
 def _stdin_file() -> Path | None:
@@ -498,12 +508,20 @@ class _Copied:
         return block
 
 
-def _copy_lines(source: BinaryIO, copy: BinaryIO, where: str) -> None:
+def _copy_lines(
+    source: BinaryIO, copy: BinaryIO, where: str, note: Callable[[int], None] | None = None
+) -> None:
     """Copy ``source`` to ``copy``, refusing a line of more than 1 MiB as it comes, as the
     rows' first reading would: an input of one endless line (``--in /dev/zero``) was copied
-    until the temporary directory was full, and only then refused."""
-    for _ in _byte_lines(_Copied(source, copy), where):
-        pass
+    until the temporary directory was full, and only then refused. ``note``: told the lines
+    copied so far, after each (progress)."""
+    lines = _byte_lines(_Copied(source, copy), where)
+    if note is None:
+        for _ in lines:
+            pass
+        return
+    for copied, _ in enumerate(lines, 1):
+        note(copied)
 
 
 def _not_copied(given: str, err: OSError) -> CommandError:
