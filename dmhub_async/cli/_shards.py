@@ -340,7 +340,7 @@ def _finish(manifest: Manifest, args: argparse.Namespace) -> int:
         # A rerun without --verify of an export begun with it: why every part is checked. Of
         # the final-check line; on a line of its own when no part's check ran (it was glued to
         # the summary line, "...; 0 retries) (--verify always kept ...)").
-        kept = "--verify always kept: the export was begun with it"
+        kept = "--verify always kept: an earlier run of this export asked for it"
         said = f"{said} ({kept})" if said else kept
     if said:
         text += f"\n{said}"

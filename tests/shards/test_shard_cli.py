@@ -698,7 +698,7 @@ def test_a_rerun_with_another_shard_count_says_the_plan_is_kept(tmp_path: Path) 
 
 def test_a_rerun_that_keeps_verify_always_says_so_on_a_line_of_its_own(tmp_path: Path) -> None:
     # Exported without --verify, rerun once with it (kept from then on), then without it: no
-    # part's final check had run, and "(--verify always kept: the export was begun with it)"
+    # part's final check had run, and "(--verify always kept: an earlier run of this export asked for it)"
     # was glued to the summary line, "... 0 retries) (--verify always kept ...)".
     out = str(tmp_path / "parts")
     export = ["export", "--out", out, "--shards", "2"]
@@ -712,5 +712,5 @@ def test_a_rerun_that_keeps_verify_always_says_so_on_a_line_of_its_own(tmp_path:
     summary, *lines = again.stdout.splitlines()
     assert summary.startswith("exported 200 customers in 2 parts"), again.stdout
     assert summary.endswith("; 0 retries)"), summary
-    assert "--verify always kept: the export was begun with it" in lines, again.stdout
+    assert "--verify always kept: an earlier run of this export asked for it" in lines, again.stdout
     assert "final check" not in again.stdout  # none ran

@@ -2024,7 +2024,7 @@ def test_the_report_says_a_rerun_keeps_the_exports_verify_always(
     data = orjson.loads(capsys.readouterr().out)
 
     line = "final check (an id-only walk against the service) run at the end of 2 of 2 parts"
-    kept = " (--verify always kept: the export was begun with it)"
+    kept = " (--verify always kept: an earlier run of this export asked for it)"
     assert f"{line}{kept if asked == 'auto' else ''}\n" in said, said
     assert data["verify"] == "always"
 
