@@ -81,6 +81,45 @@ def interrupt(
     return proc.returncode, text
 
 
+def held_then_signalled(
+    script: str,
+    args: list[str],
+    *,
+    env: dict[str, str],
+    cwd: Path,
+    marker: str,
+    signum: int,
+    waiting: str,
+    check: Callable[[], bool] | None = None,
+) -> tuple[int, str]:
+    """Run ``script`` (its ``{args!r}`` filled in), which touches ``marker`` where it holds
+    until the file ``go`` is there; send ``signum`` there (once ``check()`` holds), then let
+    it go on: its exit code and its output (stdout and stderr)."""
+    with log_of(cwd).open("w+b") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", script.format(args=args)],
+            env=env,
+            cwd=cwd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            deadline = time.monotonic() + TIMEOUT
+            while not (cwd / marker).exists() and proc.poll() is None:
+                assert time.monotonic() < deadline, waiting
+                time.sleep(0.005)
+            assert check is None or check()
+            proc.send_signal(signum)
+            (cwd / "go").touch()
+            proc.wait(timeout=TIMEOUT)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
+        out.seek(0)
+        return proc.returncode, out.read().decode("utf-8")
+
+
 @pytest.mark.parametrize(
     ("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["TERM", "INT"]
 )
@@ -524,30 +563,17 @@ def test_a_signal_once_the_export_has_ended_leaves_it_ended(
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     args = ["export", "--out", "all.jsonl", "--checkpoint", "all.ckpt", "--report", "json"]
-    with log_of(cwd).open("w+b") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", HELD_AFTER_ITS_END.format(args=args)],
-            env=env,
-            cwd=cwd,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            deadline = time.monotonic() + TIMEOUT
-            while not (cwd / "ended").exists() and proc.poll() is None:
-                assert time.monotonic() < deadline, "the export did not end"
-                time.sleep(0.005)
-            proc.send_signal(signum)
-            (cwd / "go").touch()
-            proc.wait(timeout=TIMEOUT)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(timeout=10)
-        out.seek(0)
-        said = out.read().decode("utf-8")
+    exited, said = held_then_signalled(
+        HELD_AFTER_ITS_END,
+        args,
+        env=env,
+        cwd=cwd,
+        marker="ended",
+        signum=signum,
+        waiting="the export did not end",
+    )
 
-    assert proc.returncode == 0, said
+    assert exited == 0, said
     assert "Traceback" not in said
     assert json.loads(said)["complete"] is True
     assert sorted(jsonl_ids(cwd / "all.jsonl")) == served.ids()
@@ -586,30 +612,17 @@ def test_a_signal_as_the_event_loop_is_made_stops_the_command_in_one_line(
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     args = ["export", "--out", "all.jsonl", "--checkpoint", "all.ckpt"]
-    with log_of(cwd).open("w+b") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", HELD_AS_ITS_LOOP_IS_MADE.format(args=args)],
-            env=env,
-            cwd=cwd,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            deadline = time.monotonic() + TIMEOUT
-            while not (cwd / "making").exists() and proc.poll() is None:
-                assert time.monotonic() < deadline, "the command did not start"
-                time.sleep(0.005)
-            proc.send_signal(signum)
-            (cwd / "go").touch()
-            proc.wait(timeout=TIMEOUT)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(timeout=10)
-        out.seek(0)
-        said = out.read().decode("utf-8")
+    exited, said = held_then_signalled(
+        HELD_AS_ITS_LOOP_IS_MADE,
+        args,
+        env=env,
+        cwd=cwd,
+        marker="making",
+        signum=signum,
+        waiting="the command did not start",
+    )
 
-    assert proc.returncode == code, said
+    assert exited == code, said
     name = signal.Signals(signum).name
     assert said == f"dmhub-async: stopped by {name}: no output written\n"
     assert sorted(p.name for p in cwd.iterdir()) == ["go", "making"]
@@ -649,31 +662,18 @@ def test_a_signal_as_a_finished_export_closes_its_client_leaves_it_finished(
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     args = ["export", "--out", "all.jsonl", "--checkpoint", "all.ckpt", "--report", "json"]
-    with log_of(cwd).open("w+b") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", HELD_AS_ITS_CLIENT_CLOSES.format(args=args)],
-            env=env,
-            cwd=cwd,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            deadline = time.monotonic() + TIMEOUT
-            while not (cwd / "closing").exists() and proc.poll() is None:
-                assert time.monotonic() < deadline, "the export did not end"
-                time.sleep(0.005)
-            assert not (cwd / "all.ckpt").exists()  # the export had ended, its file whole
-            proc.send_signal(signum)
-            (cwd / "go").touch()
-            proc.wait(timeout=TIMEOUT)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(timeout=10)
-        out.seek(0)
-        said = out.read().decode("utf-8")
+    exited, said = held_then_signalled(
+        HELD_AS_ITS_CLIENT_CLOSES,
+        args,
+        env=env,
+        cwd=cwd,
+        marker="closing",
+        signum=signum,
+        waiting="the export did not end",
+        check=lambda: not (cwd / "all.ckpt").exists(),
+    )
 
-    assert proc.returncode == 0, said
+    assert exited == 0, said
     assert json.loads(said)["complete"] is True
     assert sorted(jsonl_ids(cwd / "all.jsonl")) == served.ids()
 
