@@ -39,6 +39,7 @@ from .._exceptions import (
     without_token_hint,
 )
 from .._shared_rate import check_shared_rate
+from .._tasks import within as _bounded_in_time
 from .._validate import (
     check_concurrency,
     check_flag,
@@ -384,7 +385,9 @@ def _waiting_class() -> Any:
                 within = max(min(self.answer, until - began), 0.001)
                 try:
                     try:
-                        answer = await asyncio.wait_for(do(), within)
+                        # Not asyncio.wait_for: on 3.10 and 3.11 it drops a cancel landing as
+                        # the answer is read (a worker's SIGTERM, and the worker polled on).
+                        answer = await _bounded_in_time(do(), within)
                     except asyncio.TimeoutError:  # the read cancelled: its connection closed
                         raise RedisTimeoutError(f"no answer in {within:.3g} s") from None
                 except self._supported_errors as error:
@@ -504,9 +507,9 @@ async def _export_shard_job(ctx: dict[str, Any], task: dict[str, Any]) -> dict[s
     async def heartbeat() -> None:
         from redis.exceptions import RedisError
 
-        # Until the shard ends, not only until cancelled: each try of a Redis command awaits
-        # its answer through asyncio.wait_for, which (3.10, 3.11) swallows a cancel landing as
-        # the answer arrives; the beat went on for ever, and the job waiting for it with it.
+        # Until the shard ends, not only until cancelled: a cancel was lost as a Redis answer
+        # arrived (asyncio.wait_for, 3.10 and 3.11; a command's tries no longer use it, but a
+        # command of arq's or redis-py's own may still lose one); the beat went on for ever.
         while not ended:
             # SET, not PEXPIRE: the mark comes back after Redis lost it (flushed, restarted),
             # so the job the coordinator enqueues again then is not taken from this worker.
@@ -908,7 +911,8 @@ def _worker_class() -> Any:
                     expires_extra_ms=self.expires_extra_ms,
                 )
                 try:
-                    self._pool = await asyncio.wait_for(made, REDIS_WAIT + REDIS_ANSWER)
+                    # A SIGTERM as the pool is made stops the worker (not so asyncio.wait_for).
+                    self._pool = await _bounded_in_time(made, REDIS_WAIT + REDIS_ANSWER)
                 except asyncio.TimeoutError:  # as a command's tries say it: "cannot reach"
                     raise RedisTimeoutError(f"no answer in {REDIS_WAIT:g} s") from None
             _answered_within(self._pool, REDIS_ANSWER)

@@ -1611,7 +1611,7 @@ async def test_a_worker_of_the_release_before_verify_refuses_a_job_with_it(
 async def test_a_job_whose_heartbeat_is_answered_as_its_shard_ends_returns(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Each try of a worker's Redis command awaits its answer through asyncio.wait_for, which
+    # Each try of a worker's Redis command awaited its answer through asyncio.wait_for, which
     # (Python 3.10 and 3.11) swallows a cancel that lands as the answer arrives. The job
     # cancels its heartbeat as the shard ends: one cancelled so beat on for ever, the job
     # waiting for it never returned its result, and its worker held the shard, and renewed
@@ -1672,3 +1672,83 @@ async def test_a_job_whose_heartbeat_is_answered_as_its_shard_ends_returns(
     beaten = beats
     await asyncio.sleep(0.1)  # ten heartbeats' time: none beats on after the job
     assert beats == beaten
+
+
+async def test_a_worker_cancelled_as_redis_answers_a_command_stops() -> None:
+    # Each try of a worker's Redis command awaited its answer through asyncio.wait_for, which
+    # (Python 3.10 and 3.11) drops a cancel landing in the turn the answer is read: arq's
+    # SIGTERM handler cancels the worker's main task once, and the worker polled on.
+    from dmhub_async.shards import _queue
+
+    loop = asyncio.get_running_loop()
+    answers: list[asyncio.Future[list[bytes]]] = []
+    sent = asyncio.Event()
+
+    async def failed(_: BaseException) -> None:
+        pass
+
+    async def poll() -> list[bytes]:  # the worker's ZRANGEBYSCORE of the queue, say
+        answers.append(loop.create_future())
+        sent.set()
+        return await answers[-1]
+
+    async def main() -> None:  # a worker's poll loop
+        while True:
+            await _queue._waiting(retries=0).call_with_retry(poll, failed)
+
+    main_task = asyncio.ensure_future(main())
+    try:
+        await sent.wait()
+        answers[0].set_result([])  # the answer and the SIGTERM, in one turn
+        main_task.cancel()
+        await asyncio.wait({main_task}, timeout=2)
+        assert main_task.done(), f"the worker polled on: {len(answers)} polls"
+        assert main_task.cancelled()
+        assert len(answers) == 1
+    finally:
+        main_task.cancel()
+        await asyncio.gather(main_task, return_exceptions=True)
+
+
+async def test_a_worker_cancelled_as_its_pool_connects_stops(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The worker makes its pool within a timeout (asyncio.wait_for): a SIGTERM landing in the
+    # turn the pool was made was dropped (3.10, 3.11), and the worker went on to run.
+    import arq.connections
+    from arq.connections import RedisSettings
+    from arq.worker import func
+
+    from dmhub_async.shards import _queue
+
+    loop = asyncio.get_running_loop()
+    made: asyncio.Future[Any] = loop.create_future()
+    asked = asyncio.Event()
+    ran: list[str] = []
+
+    async def create_pool(*args: object, **kwargs: object) -> Any:
+        asked.set()
+        return await made
+
+    async def job(ctx: Any) -> None:
+        pass
+
+    monkeypatch.setattr(arq.connections, "create_pool", create_pool)
+    monkeypatch.setattr(_queue, "_answered_within", lambda pool, seconds: ran.append("ran"))
+    worker = _queue._worker_class()(
+        functions=[func(job, name="job")],
+        redis_settings=RedisSettings(port=1),
+        handle_signals=False,
+    )
+    main_task = asyncio.ensure_future(worker.main())
+    try:
+        await asked.wait()
+        made.set_result(types.SimpleNamespace())  # the pool and the SIGTERM, in one turn
+        main_task.cancel()
+        await asyncio.wait({main_task}, timeout=2)
+        assert main_task.done(), "the worker went on to run"
+        assert main_task.cancelled(), main_task
+        assert ran == []  # the worker stopped before it ran
+    finally:
+        main_task.cancel()
+        await asyncio.gather(main_task, return_exceptions=True)
