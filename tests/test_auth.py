@@ -1763,3 +1763,44 @@ async def test_a_held_token_refused_again_after_its_refresh_is_an_authentication
     assert checker.seen == ["tok-1", "tok-1", "tok-2"]
     assert info.value.code == 42001
     assert clock.waits == []
+
+
+class AnsweredWhenTold(MemoryTokenStore):
+    """A store whose first read answers when the test says."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked = asyncio.Event()
+        self.answer: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.locked = 0
+
+    async def get(self, key: str) -> Token | None:
+        if not self.answer.done():
+            self.asked.set()
+            await self.answer
+        return await super().get(key)
+
+    def lock(self, key: str) -> Any:
+        self.locked += 1
+        return super().lock(key)
+
+
+async def test_a_close_landing_as_the_store_answers_ends_the_token_fetch(api, tokens, make_client):
+    # Each store call awaited its answer through asyncio.wait_for on Python 3.10, which drops
+    # a cancel landing in the turn the answer is read: the close's cancel of a fetch still
+    # waiting for the store was lost, and the fetch went on after the close (the lock taken).
+    api.get(url("/v1/customers/1"), payload=CUSTOMER, repeat=True)
+    store = AnsweredWhenTold()
+    dm = make_client(token_store=store)
+
+    call = asyncio.ensure_future(dm.request("GET", "/v1/customers/1"))
+    await store.asked.wait()
+    closing = asyncio.ensure_future(dm.aclose())  # its first step, then the store's answer,
+    store.answer.set_result(None)  # both in the next turn
+    with pytest.raises(DMHubError, match="closed"):
+        await asyncio.wait_for(call, 10)
+    await closing
+
+    assert store.locked == 0  # the fetch ended as the close asked
+    assert tokens.issued == []
+    assert count(api, "/v1/customers/1") == 0
