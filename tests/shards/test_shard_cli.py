@@ -698,8 +698,8 @@ def test_a_rerun_with_another_shard_count_says_the_plan_is_kept(tmp_path: Path) 
 
 def test_a_rerun_that_keeps_verify_always_says_so_on_a_line_of_its_own(tmp_path: Path) -> None:
     # Exported without --verify, rerun once with it (kept from then on), then without it: no
-    # part's final check had run, and "(--verify always kept: an earlier run of this export asked for it)"
-    # was glued to the summary line, "... 0 retries) (--verify always kept ...)".
+    # part's final check had run, and "(--verify always kept: ...)" was glued to the summary
+    # line, "... 0 retries) (--verify always kept ...)".
     out = str(tmp_path / "parts")
     export = ["export", "--out", out, "--shards", "2"]
     with sim_process(200) as sim:
