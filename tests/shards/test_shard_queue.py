@@ -1752,3 +1752,51 @@ async def test_a_worker_cancelled_as_its_pool_connects_stops(
     finally:
         main_task.cancel()
         await asyncio.gather(main_task, return_exceptions=True)
+
+
+async def test_a_job_keeps_its_in_progress_mark_while_it_hashes_its_part(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A complete part's SHA-256 is read after its export ends, and hashing gigabytes may take
+    # longer than the in-progress mark lives (IN_PROGRESS_TTL, 20 s). The heartbeat stopped
+    # as the export ended: the mark lapsed while the part was hashed, and another worker took
+    # the job, found the part's lock free, and exported the complete shard again from the
+    # start, over the part the first worker's result names. The mark is renewed until the
+    # result is made.
+    from dmhub_async.shards import _queue
+
+    ended = False
+    renewed_after = asyncio.Event()
+    marks: list[bool] = []  # each renewal of the mark: whether the export had ended
+
+    class MarkingRedis(QuietRedis):
+        async def set(self, key: object, *args: object, **kwargs: object) -> None:
+            if key == "arq:in-progress:j":
+                marks.append(ended)
+                if ended:
+                    renewed_after.set()
+
+    async def export_shard(*args: object, **kwargs: object) -> Any:
+        nonlocal ended
+        ended = True
+        return types.SimpleNamespace(exported=30)
+
+    async def result_of(report: Any) -> dict[str, Any]:
+        # The part being hashed: until the mark is renewed, or long past its next beat.
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(renewed_after.wait(), 2)
+        return {"complete": True}
+
+    monkeypatch.setattr(_queue, "export_shard", export_shard)
+    monkeypatch.setattr(_queue, "result_of", result_of)
+    client = types.SimpleNamespace(base_url="http://127.0.0.1:1", app_id="a")
+    ctx = {**_job_context(client), "heartbeat": 0.01, "redis": MarkingRedis()}  # type: ignore[arg-type]
+    task = _shard_task(types.SimpleNamespace(url=client.base_url, app_id="a"), tmp_path)
+
+    result = await asyncio.wait_for(_queue._export_shard_job(ctx, task), 10)
+
+    assert result["complete"] is True
+    assert True in marks, "the mark was not renewed while the part was hashed"
+    beaten = len(marks)
+    await asyncio.sleep(0.1)  # ten heartbeats' time: none beats on after the job
+    assert len(marks) == beaten
