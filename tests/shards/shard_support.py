@@ -16,8 +16,9 @@ from typing import Any
 import attrs
 import pytest
 
-from dmhub_async import DMHubClient
-from dmhub_async.shards import export_sharded
+from dmhub_async import DMHubClient, RedisTokenStore
+from dmhub_async.shards import Manifest, export_sharded
+from dmhub_async.shards._run import prepare
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -217,3 +218,14 @@ class QuietRedis:
 
     async def expire(self, *args: object) -> None:
         pass
+
+
+async def planned(sim: SimProcess, redis: Any, out: Path, shards: int, **filters: Any) -> Manifest:
+    """The plan of a sharded export in ``out``, made as the CLI makes it (the token in
+    ``redis``, a test's RedisServer)."""
+    store = RedisTokenStore(redis.url)
+    try:
+        async with DMHubClient(sim.app_id, sim.secret, base_url=sim.url, token_store=store) as dm:
+            return await prepare(dm, out, shards, **filters)
+    finally:
+        await store.aclose()

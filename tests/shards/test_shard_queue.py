@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 from _redis import RedisServer
-from shard_support import QuietRedis, SimProcess, exported_ids, queue_workers, sim_process
+from shard_support import QuietRedis, SimProcess, exported_ids, planned, queue_workers, sim_process
 
 from dmhub_async import DMHubClient, DMHubError, InvalidRequestError, RedisTokenStore
 from dmhub_async.shards import MANIFEST_NAME, Manifest, Shard
@@ -37,18 +37,6 @@ def workers(
 ) -> Iterator[list[subprocess.Popen[bytes]]]:
     with queue_workers(sim.env(**env), redis_url, n) as procs:
         yield procs
-
-
-async def planned(
-    sim: SimProcess, redis: RedisServer, out: Path, shards: int, **filters: Any
-) -> Manifest:
-    """The plan of a sharded export in ``out``, made as the CLI makes it (the token in Redis)."""
-    store = RedisTokenStore(redis.url)
-    try:
-        async with DMHubClient(sim.app_id, sim.secret, base_url=sim.url, token_store=store) as dm:
-            return await prepare(dm, out, shards, **filters)
-    finally:
-        await store.aclose()
 
 
 async def followed_until_stopped(
