@@ -17,11 +17,10 @@ from typing import Any
 
 import pytest
 from _redis import RedisServer
-from shard_support import exported_ids, queue_workers, sim_process
+from shard_support import exported_ids, planned, queue_workers, sim_process
 
-from dmhub_async import DMHubClient, DMHubError, RedisTokenStore
+from dmhub_async import DMHubError
 from dmhub_async.shards import Manifest, Shard, _queue
-from dmhub_async.shards._run import prepare
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -88,14 +87,7 @@ async def test_a_worker_whose_redis_goes_away_mid_shard_stops_within_its_wait(
     monkeypatch.setattr(_queue, "QUEUE_TIMEOUT", ANSWER)
     out = tmp_path / "out"
     with sim_process(20_000, latency_ms=20) as sim:
-        store = RedisTokenStore(redis.url)
-        try:
-            async with DMHubClient(
-                sim.app_id, sim.secret, base_url=sim.url, token_store=store
-            ) as dm:
-                manifest = await prepare(dm, out, 1)
-        finally:
-            await store.aclose()
+        manifest = await planned(sim, redis, out, 1)
         following = asyncio.ensure_future(
             _queue.run_on_queue(redis.url, out, manifest, progress=False, poll=0.1)
         )
@@ -372,14 +364,7 @@ async def test_a_shard_taken_over_while_its_worker_still_exports_it_ends_complet
     # failed while the first worker went on writing the part.
     out = tmp_path / "out"
     with sim_process(20_000, latency_ms=40) as sim:
-        store = RedisTokenStore(redis.url)
-        try:
-            async with DMHubClient(
-                sim.app_id, sim.secret, base_url=sim.url, token_store=store
-            ) as dm:
-                manifest = await prepare(dm, out, 1)
-        finally:
-            await store.aclose()
+        manifest = await planned(sim, redis, out, 1)
         job_id = _queue.job_id_of(_queue.export_id_of(out), manifest.plan_id, 0)
         tries_key, result_key = f"arq:retry:{job_id}", f"arq:result:{job_id}"
         log = tmp_path / "workers.log"
@@ -436,14 +421,7 @@ async def test_an_export_whose_redis_freezes_past_the_workers_marks_ends_complet
     monkeypatch.setattr(_queue, "QUEUE_TIMEOUT", ANSWER)
     out = tmp_path / "out"
     with sim_process(20_000, latency_ms=40) as sim:
-        store = RedisTokenStore(redis.url)
-        try:
-            async with DMHubClient(
-                sim.app_id, sim.secret, base_url=sim.url, token_store=store
-            ) as dm:
-                manifest = await prepare(dm, out, 1)
-        finally:
-            await store.aclose()
+        manifest = await planned(sim, redis, out, 1)
         log = tmp_path / "workers.log"
         with queue_workers(sim.env(WORKER_LOG=str(log)), redis.url, 2, QUICK_WORKER):
             following = asyncio.ensure_future(
