@@ -68,28 +68,23 @@ class ServedSimulator:
         A count taken as the process ended could miss one still in the simulator's socket
         buffer, which then counted as the next command's (a refusal "sent" a request).
         """
+        self.run(self.settled_async(within))
 
-        async def settled() -> None:
-            runner = self.sim._runner
-            assert runner is not None
-            server = runner.server
-            assert server is not None
-            none_open = asyncio.Event()
-            lost = server.connection_lost
-
-            def connection_lost(handler: Any, exc: BaseException | None) -> None:
-                lost(handler, exc)
-                if not server.connections:
-                    none_open.set()
-
-            server.connection_lost = connection_lost  # type: ignore[method-assign]
-            try:
-                if server.connections:
-                    await asyncio.wait_for(none_open.wait(), within)
-            finally:
-                del server.connection_lost
-
-        self.run(settled())
+    async def settled_async(self, within: float = 10.0) -> None:
+        """`settled` on the simulator's loop. It looks at the open connections until there
+        are none (``TimeoutError`` after ``within`` seconds): aiohttp forgets a connection
+        closed while its handler runs only when the handler ends, after ``connection_lost``
+        (so a wait woken by ``connection_lost`` alone waited out ``within``)."""
+        runner = self.sim._runner
+        assert runner is not None
+        server = runner.server
+        assert server is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        while server.connections:
+            if loop.time() >= deadline:
+                raise TimeoutError(f"{len(server.connections)} connection(s) open after {within} s")
+            await asyncio.sleep(0.005)
 
     def rows(self) -> list[dict[str, Any]]:
         def rows() -> list[dict[str, Any]]:

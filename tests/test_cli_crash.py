@@ -8,6 +8,7 @@ tests/crash_sweep.py runs a long random sweep of the same.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -309,6 +310,50 @@ def test_a_checkpoint_of_another_export_is_refused_and_nothing_changes(
     assert sim.sim.counters.total == requests  # refused before any request
     done = run_until_done(args, env, tmp_path, [])
     check_export(tmp_path / "c.jsonl", "jsonl", sim.ids(), done[-1].report)
+
+
+def test_settled_waits_for_a_connection_closed_while_its_handler_ran() -> None:
+    """The harness: a process killed while the simulator served its page closed the
+    connection before the handler ended; aiohttp forgets such a connection only when the
+    handler ends. ``settled`` returns then, and never waits out its bound (the last CI run's
+    TimeoutError in the test above)."""
+    import socket
+    import threading
+
+    from aiohttp import web
+
+    served = ServedSimulator(0)
+    entered = threading.Event()
+    release = asyncio.Event()
+
+    async def held(request: web.Request) -> web.Response:
+        entered.set()
+        await release.wait()
+        return web.Response(text="late")
+
+    served.sim.app.router.add_get("/held", held)
+    served.start()
+    try:
+        host, port = served.sim.url.removeprefix("http://").rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=10) as client:
+            client.sendall(b"GET /held HTTP/1.1\r\nHost: sim\r\n\r\n")
+            assert entered.wait(10)
+
+        def closed_while_held() -> bool:
+            server = served.sim._runner.server  # type: ignore[union-attr]
+            return all(h._manager is None for h in server.connections)  # type: ignore[union-attr]
+
+        for _ in range(1000):  # the close read by the simulator, its handler still held
+            if served.call(closed_while_held):
+                break
+            time.sleep(0.01)
+        assert served.call(closed_while_held)
+        waiting = asyncio.run_coroutine_threadsafe(served.settled_async(5), served._loop)
+        served._loop.call_soon_threadsafe(release.set)  # runs after the wait has begun
+        waiting.result(timeout=10)
+        assert served.call(lambda: served.sim._runner.server.connections) == []  # type: ignore[union-attr]
+    finally:
+        served.stop()
 
 
 def test_a_resume_with_another_page_size_keeps_the_first(
