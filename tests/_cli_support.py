@@ -14,6 +14,7 @@ import queue
 import subprocess
 import sys
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
@@ -86,6 +87,11 @@ class ServedSimulator:
                 raise TimeoutError(f"{len(server.connections)} connection(s) open after {within} s")
             await asyncio.sleep(0.005)
 
+    def hold(self, after: int, route: str | None = None) -> Held:
+        """Hold every ``/v1`` request (of ``route`` alone, ``"GET /v1/customers"``, if given)
+        after the first ``after`` until :meth:`Held.release`: see :class:`Held`."""
+        return Held(self, after, route)
+
     def rows(self) -> list[dict[str, Any]]:
         def rows() -> list[dict[str, Any]]:
             return [r for r in map(self.sim.customer, self.sim.customer_ids()) if r is not None]
@@ -94,6 +100,68 @@ class ServedSimulator:
 
     def ids(self) -> list[int]:
         return self.call(self.sim.customer_ids)
+
+
+class Held:
+    """The simulator's requests held after the first ``after``, until :meth:`release`.
+
+    What a test does to a command "in the middle of its work" (a signal, a kill, a second
+    command) then lands there however late the test's thread runs: the command cannot end
+    while its next request is held. A window of simulated latency alone (30 pages at 20 ms:
+    0.7 s after the fifth) was missed whenever a loaded machine ran the test's thread late,
+    and the command had ended first (exit 0, "exported 1500 customers"). Released once a
+    signal is sent (pending, it is handled before the command's next step), or once the
+    command has ended.
+    """
+
+    def __init__(self, served: ServedSimulator, after: int, route: str | None) -> None:
+        self._served = served
+        self.reached = threading.Event()  # set once a request is held
+        self._open = False
+        self._waiting: list[asyncio.Event] = []  # on the simulator's loop alone
+        left = after
+
+        async def hold(request: Any) -> None:
+            nonlocal left
+            resource = request.match_info.route.resource
+            path = resource.canonical if resource is not None else request.path
+            if self._open or not request.path.startswith("/v1/"):
+                return
+            if route is not None and f"{request.method} {path}" != route:
+                return
+            if left > 0:
+                left -= 1
+                return
+            answer = asyncio.Event()
+            self._waiting.append(answer)
+            self.reached.set()
+            await answer.wait()
+
+        served.call(served.sim.on_request, hold)
+
+    def wait(self, proc: subprocess.Popen[Any] | None = None, within: float = TIMEOUT) -> None:
+        """Return once a request is held (the command, ``proc``, still running)."""
+        deadline = time.monotonic() + within
+        while not self.reached.wait(0.05):
+            assert proc is None or proc.poll() is None, "the command ended before a request"
+            assert time.monotonic() < deadline, f"no request held in {within} s"
+
+    def release(self) -> None:
+        """Answer the held requests, and every later one at once."""
+
+        def release() -> None:
+            self._open = True
+            waiting, self._waiting = self._waiting, []
+            for answer in waiting:
+                answer.set()
+
+        self._served._loop.call_soon_threadsafe(release)
+
+    def __enter__(self) -> Held:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
 
 def serve(customers: int = CUSTOMERS) -> Iterator[ServedSimulator]:

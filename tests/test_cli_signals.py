@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 from _cli_support import (
     TIMEOUT,
+    Held,
     ServedSimulator,
     base_env,
     jsonl_ids,
@@ -42,12 +43,15 @@ def interrupt(
     env: dict[str, str],
     cwd: Path,
     signum: int,
-    started: Callable[[], bool],
+    started: Callable[[], bool] | Held,
     python: tuple[str, ...] = ("-m", "dmhub_async"),
     group: bool = False,
 ) -> tuple[int, str]:
     """Run ``python -m dmhub_async ARGS``, send ``signum`` once ``started()``; code and output.
 
+    ``started`` a :class:`Held` (``served.hold(5, LIST)``): once the simulator holds a request
+    of the command's, let go once the signal is sent: it lands mid-work however late this
+    thread runs (a window of simulated latency alone was missed under load).
     ``group``: to its whole process group, as a terminal's Ctrl-C does (its children too).
     """
     with log_of(cwd).open("w+b") as stderr:
@@ -60,21 +64,30 @@ def interrupt(
             start_new_session=group,
         )
         try:
-            deadline = time.monotonic() + TIMEOUT
-            while time.monotonic() < deadline and proc.poll() is None:
-                if started():
-                    break
-                time.sleep(0.005)
+            if isinstance(started, Held):
+                started.wait(proc)
+            else:
+                deadline = time.monotonic() + TIMEOUT
+                while time.monotonic() < deadline and proc.poll() is None:
+                    if started():
+                        break
+                    time.sleep(0.005)
             assert proc.poll() is None, "the command ended before it could be interrupted"
             if group:
                 os.killpg(proc.pid, signum)
             else:
                 proc.send_signal(signum)
+            if isinstance(started, Held):
+                # The signal is pending: the command handles it before it can end, and its
+                # workers (which end with the page they are on) can now end that page.
+                started.release()
             proc.wait(timeout=TIMEOUT)
         finally:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait(timeout=10)
+            if isinstance(started, Held):
+                started.release()  # whatever happened
         stderr.seek(0)
         text = stderr.read().decode("utf-8")
     assert "Traceback" not in text
@@ -126,14 +139,14 @@ def held_then_signalled(
 def test_a_signal_without_checkpoint_leaves_no_file(
     served: ServedSimulator, env: dict[str, str], tmp_path: Path, signum: int, code: int
 ) -> None:
-    served.sim.faults.latency = 0.02  # 30 pages, one at a time: about a second in all
-
+    # --no-progress: its line every 5 s came above the one checked, once a run took that long.
+    args = ["export", "--out", "all.jsonl", "--page-size", "50", "--concurrency", "1"]
     returncode, stderr = interrupt(
-        ["export", "--out", "all.jsonl", "--page-size", "50", "--concurrency", "1"],
+        [*args, "--no-progress"],
         env=env,
         cwd=tmp_path,
         signum=signum,
-        started=lambda: served.sim.counters.routes[LIST] >= 5,
+        started=served.hold(5, LIST),
     )
 
     assert returncode == code, stderr
@@ -148,14 +161,13 @@ def test_sigterm_leaves_a_checkpoint_that_resumes_exactly(
     served: ServedSimulator, env: dict[str, str], tmp_path: Path
 ) -> None:
     args = ["export", "--out", "all.jsonl", "--checkpoint", "all.ckpt", "--page-size", "50"]
-    served.sim.faults.latency = 0.02
 
     returncode, stderr = interrupt(
         [*args, "--concurrency", "1"],
         env=env,
         cwd=tmp_path,
         signum=signal.SIGTERM,
-        started=lambda: served.sim.counters.routes[LIST] >= 5,
+        started=served.hold(5, LIST),
     )
 
     assert returncode == 143, stderr
@@ -167,7 +179,6 @@ def test_sigterm_leaves_a_checkpoint_that_resumes_exactly(
     assert len(jsonl_ids(work)) == state["exported"]  # it ends where the checkpoint says
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["all.ckpt", work.name])
 
-    served.sim.faults.latency = 0.0
     resumed = run_cli(*args, env=env, cwd=tmp_path)
 
     assert resumed.returncode == 0, resumed.stderr
@@ -181,13 +192,12 @@ def sigterm_mid_lookup(
     """A lookup of 300 identities to ``out``, sent SIGTERM after its tenth request."""
     with (cwd / "ids.csv").open("w", newline="", encoding="utf-8") as fh:
         csv.writer(fh).writerows([("wechat", f"o-{n}") for n in range(300)])
-    served.sim.faults.latency = 0.02
     return interrupt(
         ["lookup", "--in", "ids.csv", "--out", out, "--concurrency", "2"],
         env=env,
         cwd=cwd,
         signum=signal.SIGTERM,
-        started=lambda: sum(served.sim.counters.routes.values()) >= 10,
+        started=served.hold(9),  # its tenth request held
     )
 
 
@@ -223,7 +233,6 @@ def test_a_signal_mid_export_on_worker_processes_is_one_line(
 ) -> None:
     # The worker processes printed raw tracebacks: KeyboardInterrupt on a terminal's Ctrl-C
     # (it reaches the whole group), BrokenPipeError once the stopped coordinator had gone.
-    served.sim.faults.latency = 0.02
     args = ["export", "--out", "parts", "--shards", "4", "--workers", "2"]
 
     returncode, output = interrupt(
@@ -231,7 +240,7 @@ def test_a_signal_mid_export_on_worker_processes_is_one_line(
         env=env,
         cwd=tmp_path,
         signum=signum,
-        started=lambda: served.sim.counters.routes[LIST] >= 5,
+        started=served.hold(5, LIST),
         group=group,
     )
 
@@ -240,7 +249,6 @@ def test_a_signal_mid_export_on_worker_processes_is_one_line(
     assert (
         output == f"dmhub-async: stopped by {name}: rerun the same command to resume from parts\n"
     )
-    served.sim.faults.latency = 0.0
     resumed = run_cli(*args, "-q", env=env, cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     ids = [i for part in sorted((tmp_path / "parts").glob("part-*.jsonl")) for i in jsonl_ids(part)]
