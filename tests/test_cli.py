@@ -292,7 +292,9 @@ def test_sigkill_mid_export_then_resume_gives_every_customer_once(
 ) -> None:
     out, ckpt = tmp_path / f"big.{fmt}", tmp_path / "big.ckpt"
     args = ["export", "--out", out.name, "--checkpoint", ckpt.name, "--page-size", "50"]
-    served.sim.faults.latency = 0.02  # 30 pages, one at a time: about a second in all
+    # Its sixth page held until it is killed: 20 ms of latency a page kept it running 0.7 s
+    # past the fifth, and a test's thread run late under load found it ended (exit 0).
+    held = served.hold(5, "GET /v1/customers")
     proc = subprocess.Popen(
         cli_command(*args, "--concurrency", "1"),
         env=env,
@@ -301,6 +303,7 @@ def test_sigkill_mid_export_then_resume_gives_every_customer_once(
         stderr=subprocess.PIPE,
     )
     try:
+        held.wait(proc)
         deadline = time.monotonic() + TIMEOUT
         while time.monotonic() < deadline and proc.poll() is None:
             if ckpt.exists() and json.loads(ckpt.read_text(encoding="utf-8"))["exported"] >= 200:
@@ -313,6 +316,7 @@ def test_sigkill_mid_export_then_resume_gives_every_customer_once(
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=10)
+        held.release()
         assert proc.stderr is not None
         proc.stderr.close()
     assert proc.returncode == -signal.SIGKILL
@@ -326,7 +330,6 @@ def test_sigkill_mid_export_then_resume_gives_every_customer_once(
     assert_one_line_error(other, 1, "another export")
     assert out.read_bytes() == half_done
 
-    served.sim.faults.latency = 0.0
     resumed = run_cli(*args, "--concurrency", "4", env=env, cwd=tmp_path)
 
     assert resumed.returncode == 0, resumed.stderr
