@@ -382,9 +382,9 @@ def test_two_resumers_started_at_once_one_is_refused(
     args = ["export", "--out", "c.jsonl", "--checkpoint", "c.ckpt", *PAGE]
     assert run_once(args, env, tmp_path, "page:3").crashed_at is not None
     # The two must overlap: under load the second once started after the first had finished,
-    # and was refused as "--out exists" (exit 2). The first is slowed until the second has been
-    # refused, then let finish.
-    sim.sim.faults.latency = 1.0
+    # and was refused as "--out exists" (exit 2). The first's pages are held until the second
+    # has been refused, then let go (a latency of 1 s a page left a window of some 11 s).
+    held = sim.hold(0, "GET /v1/customers")
 
     def start() -> subprocess.Popen[str]:
         return subprocess.Popen(
@@ -407,7 +407,7 @@ def test_two_resumers_started_at_once_one_is_refused(
     try:
         second.wait(timeout=TIMEOUT)
     finally:
-        sim.sim.faults.latency = 0.0
+        held.release()
     procs = [first, second]
     results = [(p.wait(timeout=TIMEOUT), *p.communicate(timeout=TIMEOUT)) for p in procs]
 
