@@ -255,8 +255,10 @@ def test_a_signal_mid_export_on_worker_processes_is_one_line(
     assert sorted(ids) == sorted(served.ids())
 
 
-#: ``dmhub-async ARGS`` whose simulator seeds in 100 steps of 50 ms (5 s in all), saying when
-#: it starts (a file ``seeding``) and when it is done (``seeded``).
+#: ``dmhub-async ARGS`` whose simulator seeds in steps of 50 ms until a file ``go`` is there
+#: (a minute at most: the test makes none), saying when it starts (a file ``seeding``) and when
+#: it is done (``seeded``). A fixed 5 s of seeding was over before a signal sent late (a loaded
+#: machine), and the test failed on ``seeded``.
 SLOW_SEED = """
 import sys, time
 from pathlib import Path
@@ -264,8 +266,9 @@ from dmhub_async.testing import _store
 seed = _store.CustomerStore.seed
 def slow_seed(self, n):
     Path("seeding").touch()
-    for _ in range(100):
-        seed(self, n // 100)
+    deadline = time.monotonic() + 60
+    seed(self, n)
+    while not Path("go").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     Path("seeded").touch()
 _store.CustomerStore.seed = slow_seed
