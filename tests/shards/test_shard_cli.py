@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from _crash import crash_env
 from _helpers import a_worker
 from _redis import RedisServer
 from shard_support import SimProcess, exported_ids, sim_process
@@ -210,19 +212,22 @@ def test_a_killed_runs_private_token_file_is_removed_by_the_next_run(tmp_path: P
     private_tmp.mkdir()
     command = [sys.executable, "-m", "dmhub_async", "export", "--out", str(out), "--shards", "4"]
     command += ["--workers", "2", "--page-size", "20", "--token-store", "memory", "-q"]
-    with sim_process(2_000, latency_ms=20) as sim:
+    with sim_process(2_000) as sim:
         env = sim.env(XDG_CACHE_HOME=str(tmp_path / "cache"), TMPDIR=str(private_tmp))
-        killed = subprocess.Popen(
-            command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        # Killed (SIGKILL) at its second manifest write, its shards handed out: at a point of
+        # its own, not once the test saw its token file (a test run late under load found the
+        # run ended, its file removed, and failed "killed before it wrote its token").
+        log = tmp_path / "killed.log"
+        killed = subprocess.run(
+            command,
+            env=crash_env(env, "manifest:2", log, role="main"),
+            capture_output=True,
+            text=True,
+            timeout=150,
+            check=False,
         )
-        try:
-            for _ in range(3000):  # the run's token written (at most 30 s)
-                if list(private_tmp.glob("dmhub-tokens-*/tokens.json")):
-                    break
-                time.sleep(0.01)
-        finally:
-            killed.kill()
-            killed.wait(timeout=30)
+        assert killed.returncode == -signal.SIGKILL, killed.stderr
+        assert log.read_text(encoding="utf-8").startswith("manifest:2 "), killed.stderr
         left = list(private_tmp.glob("dmhub-tokens-*/tokens.json"))
         assert left, "the run was killed before it wrote its token"
         rerun = subprocess.run(
