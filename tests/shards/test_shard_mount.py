@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _cli_support import APP_ID, SECRET, ServedSimulator
 from _redis import RedisServer
-from shard_support import QuietRedis, SimProcess, exported_ids, sim_process
+from shard_support import QuietRedis, SimProcess, child_env, exported_ids, sim_process
 
 from dmhub_async import DMHubClient, InvalidRequestError
 from dmhub_async.shards import Manifest
@@ -57,7 +58,7 @@ def _wait_for_jobs(redis: RedisServer, n: int, export: subprocess.Popen[str]) ->
 
 
 def _queued_export(
-    sim: SimProcess, redis: RedisServer, paths: dict[str, Path], shards: int, *flags: str
+    sim: SimProcess | _Served, redis: RedisServer, paths: dict[str, Path], shards: int, *flags: str
 ) -> Any:
     env = sim.env(XDG_CACHE_HOME=str(paths["store"].parent / "cache"))
     command = _cli("export", "--out", f"{COORDINATOR_VOLUME}/june", "--shards", str(shards))
@@ -72,7 +73,7 @@ def _queued_export(
 
 
 def _worker(
-    sim: SimProcess, redis: RedisServer, paths: dict[str, Path], *mounts: str
+    sim: SimProcess | _Served, redis: RedisServer, paths: dict[str, Path], *mounts: str
 ) -> subprocess.Popen[str]:
     flags = [arg for mount in mounts for arg in ("--mount", mount)]
     return subprocess.Popen(
@@ -85,6 +86,29 @@ def _worker(
     )
 
 
+class _Served:
+    """A simulator served from this process, as the helpers here take one (its ``env``): its
+    requests can be held (``ServedSimulator.hold``)."""
+
+    def __init__(self, served: ServedSimulator) -> None:
+        self.served = served
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return child_env(
+            DMHUB_BASE_URL=self.served.sim.url, DMHUB_APP_ID=APP_ID, DMHUB_SECRET=SECRET, **extra
+        )
+
+
+def _wait_until_both_jobs_run(redis: RedisServer, workers: list[subprocess.Popen[str]]) -> None:
+    for _ in range(6000):  # at most 60 s
+        if redis.command("KEYS", "arq:in-progress:*") == "*2":
+            return
+        for proc in workers:
+            assert proc.poll() is None, f"a worker ended first: {proc.communicate()}"
+        time.sleep(0.01)
+    raise AssertionError("the two workers never ran a job each")
+
+
 def test_workers_that_mount_the_directory_elsewhere_export_it_there(
     tmp_path: Path, redis: RedisServer
 ) -> None:
@@ -93,15 +117,26 @@ def test_workers_that_mount_the_directory_elsewhere_export_it_there(
     # name of its own, was written where no one else looks).
     paths = _volume(tmp_path)
     assert not (paths["elsewhere"] / "exports").exists()  # the workers' view of the path
-    with sim_process(1_000, latency_ms=25) as sim:
-        # Each shard some 50 pages, one at a time: a second or more.
+    served = ServedSimulator(1_000, seed=5)
+    served.start()
+    try:
+        sim = _Served(served)
+        workers: list[subprocess.Popen[str]] = []
         export = _queued_export(sim, redis, paths, 2, "--page-size", "10", "--concurrency", "1")
         try:
             _wait_for_jobs(redis, 2, export)
-            workers = [
+            # The shards' pages held until each worker runs a job: a shard took a second or
+            # so (25 ms a page), and a second worker that started later than that on a loaded
+            # machine found the first had taken both ([2, 0]).
+            held = served.hold(0, "GET /v1/customers")
+            workers += [
                 _worker(sim, redis, paths, f"{COORDINATOR_VOLUME}={paths[view] / 'exports'}")
                 for view in ("a", "b")
             ]
+            try:
+                _wait_until_both_jobs_run(redis, workers)
+            finally:
+                held.release()
             ran = [proc.communicate(timeout=120) for proc in workers]
             for proc, (_, werr) in zip(workers, ran, strict=True):
                 assert proc.returncode == 0, werr  # else the export would wait for ever
@@ -109,11 +144,16 @@ def test_workers_that_mount_the_directory_elsewhere_export_it_there(
         finally:
             export.kill()
             export.communicate()
-        ids = sim.state()["ids"]
+            for proc in workers:  # (ended, unless the test failed)
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.communicate()
+        ids = served.ids()
+    finally:
+        served.stop()
 
     assert export.returncode == 0, err
-    # Each worker exported a shard, each where it has the volume (a shard takes a second or
-    # more: the other worker has started by then).
+    # Each worker exported a shard, each where it has the volume.
     assert [werr.count("'complete': True") for _, werr in ran] == [1, 1], ran
     report = json.loads(out)
     assert report["complete"] is True
