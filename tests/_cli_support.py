@@ -75,17 +75,44 @@ class ServedSimulator:
         """`settled` on the simulator's loop. It looks at the open connections until there
         are none (``TimeoutError`` after ``within`` seconds): aiohttp forgets a connection
         closed while its handler runs only when the handler ends, after ``connection_lost``
-        (so a wait woken by ``connection_lost`` alone waited out ``within``)."""
+        (so a wait woken by ``connection_lost`` alone waited out ``within``).
+
+        First it opens a connection of its own and waits until the simulator has accepted it:
+        a connection still in the listen queue (a killed command's last, its request unread)
+        was no open connection yet, and its request was counted after ``settled`` returned.
+        Connections are accepted in the order they came, so by then every earlier one is.
+        """
         runner = self.sim._runner
         assert runner is not None
         server = runner.server
         assert server is not None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + within
-        while server.connections:
-            if loop.time() >= deadline:
-                raise TimeoutError(f"{len(server.connections)} connection(s) open after {within} s")
-            await asyncio.sleep(0.005)
+
+        async def until(done: Callable[[], bool], what: Callable[[], str]) -> None:
+            while not done():
+                if loop.time() >= deadline:
+                    raise TimeoutError(f"{what()} after {within} s")
+                await asyncio.sleep(0.005)
+
+        _, marker = await asyncio.wait_for(
+            asyncio.open_connection(self.sim.host, self.sim.port), within
+        )
+        mine = marker.get_extra_info("sockname")
+        try:
+            await until(
+                lambda: any(
+                    h.transport is not None and h.transport.get_extra_info("peername") == mine
+                    for h in server.connections
+                ),
+                lambda: "the simulator did not accept a connection",
+            )
+        finally:
+            marker.close()
+        await until(
+            lambda: not server.connections,
+            lambda: f"{len(server.connections)} connection(s) open",
+        )
 
     def hold(self, after: int, route: str | None = None) -> Held:
         """Hold every ``/v1`` request (of ``route`` alone, ``"GET /v1/customers"``, if given)

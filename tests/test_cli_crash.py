@@ -356,6 +356,44 @@ def test_settled_waits_for_a_connection_closed_while_its_handler_ran() -> None:
         served.stop()
 
 
+def test_settled_waits_for_a_connection_the_simulator_has_not_accepted_yet() -> None:
+    """The harness: a killed process's last connection can still wait in the simulator's
+    listen queue, its request unread, when ``settled`` is asked: it saw no connection open and
+    returned, and the request was counted after it, as the next command's (a refusal "sent"
+    one). The simulator's loop, paused here, accepts it only after ``settled`` has begun."""
+    import socket
+    import threading
+
+    served = ServedSimulator(0)
+    served.start()
+    paused, go = threading.Event(), threading.Event()
+    try:
+
+        def pause() -> None:
+            paused.set()
+            go.wait(10)
+
+        served._loop.call_soon_threadsafe(pause)
+        assert paused.wait(10)
+        host, port = served.sim.url.removeprefix("http://").rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=10) as client:
+            client.sendall(b"GET /v1/customers/count HTTP/1.1\r\nHost: sim\r\n\r\n")
+        # Closed, as by a kill: the connection and its request wait in the listen queue.
+
+        async def counted_once_settled() -> int:
+            await served.settled_async(5)
+            return served.sim.counters.total
+
+        # Begun before the loop's next look at the listening socket (its first step is
+        # queued behind the pause), as a test thread that asks at once.
+        waiting = asyncio.run_coroutine_threadsafe(counted_once_settled(), served._loop)
+        go.set()
+        assert waiting.result(timeout=10) == 1
+    finally:
+        go.set()
+        served.stop()
+
+
 def test_a_resume_with_another_page_size_keeps_the_first(
     sim: ServedSimulator, env: dict[str, str], tmp_path: Path
 ) -> None:
