@@ -184,12 +184,6 @@ class Held:
 
         self._served._loop.call_soon_threadsafe(release)
 
-    def __enter__(self) -> Held:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
-
 
 def serve(customers: int = CUSTOMERS) -> Iterator[ServedSimulator]:
     """The body of a test file's ``served`` fixture: a simulator, stopped whatever happens."""
