@@ -18,4 +18,8 @@ def test_quick_scaleout_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> No
     assert all(float(row[1].replace(",", "")) > 0 for row in rows[:2])  # records/s
     assert "shared rate limit 100/s on 2 workers: 4,000 records" in out
     busiest = int(out.split("the simulator saw held ")[1].split()[0])
-    assert busiest <= 101  # the limit, and one for a round trip's jitter (docs/sharding.md)
+    # The limiter's seconds hold 100 at most; the simulator counts arrivals in seconds of its
+    # own, shifted by each request's trip, and may catch more (docs/sharding.md: 10 to 40 %
+    # more in a probe). A full run under load saw 102 against the bound of 101 this had. An
+    # unlimited run puts the plan's counts in one second: some 240 here.
+    assert busiest <= 125
