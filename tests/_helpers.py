@@ -43,16 +43,16 @@ def hypothesis_profile(environ: Mapping[str, str]) -> str:
 
 
 def loop_runs_meanwhile(loop: asyncio.AbstractEventLoop, what: str) -> None:
-    """Called from blocking work (a stalled disk, a full pipe): fails within 2 s unless the
+    """Called from blocking work (a stalled disk, a full pipe): fails within 10 s unless the
     event loop ``loop`` runs meanwhile, that is unless the work is on a thread of its own."""
     ran = threading.Event()
     loop.call_soon_threadsafe(ran.set)
-    assert ran.wait(2), f"the event loop stood still while {what}"
+    assert ran.wait(10), f"the event loop stood still while {what}"
 
 
 class IdNeedingTheLoop(int):
     """A customer id that, read as text or a plain int (as an id list is joined and split for
-    its URLs), fails within 2 s unless the event loop runs meanwhile."""
+    its URLs), fails within 10 s unless the event loop runs meanwhile."""
 
     loop: asyncio.AbstractEventLoop
 

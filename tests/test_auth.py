@@ -805,7 +805,7 @@ async def test_a_file_store_never_holds_the_event_loop_on_a_stalled_filesystem(
         if name.startswith(str(directory)) and not on_the_loop:
             ran = threading.Event()
             loop.call_soon_threadsafe(ran.set)
-            if not ran.wait(2):  # the loop stood still while the file was opened
+            if not ran.wait(10):  # the loop stood still while the file was opened
                 on_the_loop.append(os.path.basename(name))
         return real_open(file, flags, mode, **kwargs)
 

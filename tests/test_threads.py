@@ -23,9 +23,9 @@ async def test_file_work_stalled_for_good_leaves_the_loops_default_executor_free
     stalled += [asyncio.ensure_future(file_work(lambda: released.wait(30))) for _ in range(20)]
     try:
         await asyncio.sleep(0)  # every call handed to a thread
-        addresses = await asyncio.wait_for(loop.getaddrinfo("127.0.0.1", 80), 2)
+        addresses = await asyncio.wait_for(loop.getaddrinfo("127.0.0.1", 80), 10)
         assert addresses
-        assert await asyncio.wait_for(asyncio.to_thread(lambda: "ran"), 2) == "ran"
+        assert await asyncio.wait_for(asyncio.to_thread(lambda: "ran"), 10) == "ran"
     finally:
         released.set()
         assert await asyncio.gather(*stalled) == [True] * 40  # each ends once it can

@@ -249,7 +249,7 @@ def scan_needing_the_loop(
         ran = threading.Event()
         started.set()
         loop.call_soon_threadsafe(ran.set)
-        assert ran.wait(5), "the event loop stood still while the export read its file back"
+        assert ran.wait(10), "the event loop stood still while the export read its file back"
         if release is not None:
             assert release.wait(5), "the test never released the read-back"
         return scan(fh, fmt, limit)
