@@ -398,12 +398,14 @@ def test_a_queue_with_a_password_is_reached_without_it_on_the_command_line(
 def _queued_then_a_worker_with_a_wrong_secret(
     sim: SimProcess, redis: RedisServer, tmp_path: Path
 ) -> subprocess.CompletedProcess[str]:
-    """Once the export's two jobs are on the queue (at most 15 s), a burst worker whose
-    DMHUB_SECRET is wrong, run to its end."""
-    for _ in range(1500):
+    """Once the export's two jobs are on the queue (at most 60 s), a burst worker whose
+    DMHUB_SECRET is wrong, run to its end. (It went on after 15 s whether they were or not: a
+    burst worker on an empty queue ended at once, and the test failed on its output.)"""
+    for _ in range(6000):
         if redis.command("ZCARD", "arq:queue") == ":2":
             break
         time.sleep(0.01)
+    assert redis.command("ZCARD", "arq:queue") == ":2", "the export never queued its two jobs"
     return subprocess.run(
         [sys.executable, "-m", "dmhub_async", "worker", "--redis", redis.url, "--burst"],
         env=sim.env(XDG_CACHE_HOME=str(tmp_path / "cache"), DMHUB_SECRET="wrong-one"),
