@@ -534,24 +534,19 @@ async def _export_shard_job(ctx: dict[str, Any], task: dict[str, Any]) -> dict[s
 
     beating = asyncio.ensure_future(heartbeat())
     try:
-        try:
-            report = await export_shard(
-                ctx["client"],
-                shard,
-                directory / part_name(shard.index, fmt),
-                checkpoint=directory / checkpoint_name(shard.index, fmt),
-                format=fmt,
-                page_size=task["page_size"],
-                # The worker's own (--concurrency), for its machine, else the export's.
-                concurrency=ctx.get("concurrency") or task["concurrency"],
-                on_progress=on_progress,
-                # A job of a coordinator of an earlier release has none: auto, as then.
-                verify=task.get("verify", "auto"),
-            )
-        except InUseError as err:
-            if ctx.get("job_try", 1) >= MAX_TRIES:  # its last try: failed, saying why
-                raise
-            raise _still_exported(shard.index, err, takeover) from None
+        report = await export_shard(
+            ctx["client"],
+            shard,
+            directory / part_name(shard.index, fmt),
+            checkpoint=directory / checkpoint_name(shard.index, fmt),
+            format=fmt,
+            page_size=task["page_size"],
+            # The worker's own (--concurrency), for its machine, else the export's.
+            concurrency=ctx.get("concurrency") or task["concurrency"],
+            on_progress=on_progress,
+            # A job of a coordinator of an earlier release has none: auto, as then.
+            verify=task.get("verify", "auto"),
+        )
         await redis.hset(progress_key, str(shard.index), report.exported)
         await redis.expire(progress_key, 7 * 24 * 3600)
         # Still beating: a complete part's SHA-256 is read here, and hashing gigabytes may take
@@ -559,6 +554,10 @@ async def _export_shard_job(ctx: dict[str, Any], task: dict[str, Any]) -> dict[s
         # lapsed meanwhile, and another worker took the job, found the part's lock free and
         # exported the complete shard again from the start, over the part this result names.
         result = await result_of(report)
+    except InUseError as err:  # export_shard's: the part's lock
+        if ctx.get("job_try", 1) >= MAX_TRIES:  # its last try: failed, saying why
+            raise
+        raise _still_exported(shard.index, err, takeover) from None
     finally:
         ended = True
         beating.cancel()
