@@ -129,8 +129,13 @@ def test_a_lookups_report_writes_its_counts_as_its_total(
     )
 
 
-def _piped(monkeypatch: pytest.MonkeyPatch, rows: int) -> None:
-    """Standard input a pipe of ``rows`` identities of no one (copied first, as a pipe is)."""
+def _piped(monkeypatch: pytest.MonkeyPatch, rows: int, *, ticking: bool = False) -> None:
+    """Standard input a pipe of ``rows`` identities of no one (copied first, as a pipe is).
+    ``ticking``: ten seconds pass at each look at the clock, a note every 10 rows read."""
+    if ticking:
+        ticks = iter(range(0, 10_000, 10))
+        monkeypatch.setattr(_report, "_now", lambda: float(next(ticks)), raising=False)
+        monkeypatch.setattr(_report, "READ_NOTE_EVERY", 10, raising=False)
     data = "type,value\n" + "".join(f"email,nobody{i}@example.com\n" for i in range(rows))
     monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(data.encode())))
 
@@ -144,10 +149,7 @@ def test_lookup_says_how_far_it_has_read_its_input_before_the_first_request(
     # `--in -` (a pipe) is copied to a temporary file, then every row of it checked, before
     # the first request: 4.4 s a million rows, plus its producer's time, with no line at all,
     # and a CI job that kills a silent step killed it. Ten seconds pass at each look here.
-    ticks = iter(range(0, 10_000, 10))
-    monkeypatch.setattr(_report, "_now", lambda: float(next(ticks)), raising=False)
-    monkeypatch.setattr(_report, "READ_NOTE_EVERY", 10, raising=False)
-    _piped(monkeypatch, 30)
+    _piped(monkeypatch, 30, ticking=True)
 
     assert main(["lookup", "--in", "-", "--out", "found.csv"]) == 0
 
@@ -169,10 +171,7 @@ def test_lookup_reading_its_input_says_nothing_when_quiet_and_draws_a_bar_on_a_t
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    ticks = iter(range(0, 10_000, 10))
-    monkeypatch.setattr(_report, "_now", lambda: float(next(ticks)), raising=False)
-    monkeypatch.setattr(_report, "READ_NOTE_EVERY", 10, raising=False)
-    _piped(monkeypatch, 30)
+    _piped(monkeypatch, 30, ticking=True)
     assert main(["lookup", "--in", "-", "--out", "quiet.csv", "-q"]) == 0
     assert capsys.readouterr().err == ""
 

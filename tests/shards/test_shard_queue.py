@@ -1596,6 +1596,25 @@ async def test_a_worker_of_the_release_before_verify_refuses_a_job_with_it(
     assert not os.listdir(tmp_path)
 
 
+def _a_job(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    export_shard: Callable[..., Awaitable[Any]],
+    result_of: Callable[[Any], Awaitable[dict[str, Any]]],
+    redis: QuietRedis,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A job's context and task for ``_export_shard_job``, its export and result replaced,
+    its heartbeat every 10 ms on ``redis``."""
+    from dmhub_async.shards import _queue
+
+    monkeypatch.setattr(_queue, "export_shard", export_shard)
+    monkeypatch.setattr(_queue, "result_of", result_of)
+    client = types.SimpleNamespace(base_url="http://127.0.0.1:1", app_id="a")
+    ctx = {**_job_context(client), "heartbeat": 0.01, "redis": redis}  # type: ignore[arg-type]
+    task = _shard_task(types.SimpleNamespace(url=client.base_url, app_id="a"), tmp_path)
+    return ctx, task
+
+
 async def test_a_job_whose_heartbeat_is_answered_as_its_shard_ends_returns(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1639,11 +1658,7 @@ async def test_a_job_whose_heartbeat_is_answered_as_its_shard_ends_returns(
     async def result_of(report: Any) -> dict[str, Any]:
         return {"complete": True}
 
-    monkeypatch.setattr(_queue, "export_shard", export_shard)
-    monkeypatch.setattr(_queue, "result_of", result_of)
-    client = types.SimpleNamespace(base_url="http://127.0.0.1:1", app_id="a")
-    ctx = {**_job_context(client), "heartbeat": 0.01, "redis": AnsweringRedis()}  # type: ignore[arg-type]
-    task = _shard_task(types.SimpleNamespace(url=client.base_url, app_id="a"), tmp_path)
+    ctx, task = _a_job(monkeypatch, tmp_path, export_shard, result_of, AnsweringRedis())
 
     # Waited for, not cancelled at the end of the wait: the job, cancelled in its wait for
     # the heartbeat, returned its result all the same.
@@ -1775,11 +1790,7 @@ async def test_a_job_keeps_its_in_progress_mark_while_it_hashes_its_part(
             await asyncio.wait_for(renewed_after.wait(), 2)
         return {"complete": True}
 
-    monkeypatch.setattr(_queue, "export_shard", export_shard)
-    monkeypatch.setattr(_queue, "result_of", result_of)
-    client = types.SimpleNamespace(base_url="http://127.0.0.1:1", app_id="a")
-    ctx = {**_job_context(client), "heartbeat": 0.01, "redis": MarkingRedis()}  # type: ignore[arg-type]
-    task = _shard_task(types.SimpleNamespace(url=client.base_url, app_id="a"), tmp_path)
+    ctx, task = _a_job(monkeypatch, tmp_path, export_shard, result_of, MarkingRedis())
 
     result = await asyncio.wait_for(_queue._export_shard_job(ctx, task), 10)
 
