@@ -50,6 +50,7 @@ from ._files import (
     STDOUT,
     check_checkpoint,
     check_output,
+    counted_noting,
     decoded_lines,
     export_stdout,
     read_id_file,
@@ -449,13 +450,7 @@ def _count_rows(
     encoding; ``note``: told the rows checked so far, after each (progress)."""
     # Blocking (2,000,000 rows: 7 s): the loop would see a signal only once the file was read.
     with interruptible():
-        rows = _identities(infile, encoding, name)
-        if note is None:
-            total = sum(1 for _ in rows)
-        else:
-            total = 0
-            for total, _ in enumerate(rows, 1):  # total: the rows so far, then all of them
-                note(total)
+        total = counted_noting(_identities(infile, encoding, name), note)
     # Excel's "CSV UTF-8" starts with a mark, and Excel reads a file without it as the local
     # code page: the result, double-clicked, showed its Chinese values as mojibake.
     out_encoding = encoding
