@@ -423,7 +423,9 @@ async def test_a_page_repeating_the_previous_one_raises_instead_of_looping() -> 
     paginator = walk(server, page_size=10, concurrency=3)
     with pytest.raises(ResponseDecodeError, match="repeats page 1"):
         await paginator.to_list()
-    assert len(server.requests) <= 4
+    # Page 1, then no more than the read-ahead window (2 x concurrency) before the repeat is
+    # seen: each reader asks for its next page as soon as it has read one.
+    assert len(server.requests) <= 1 + 2 * 3
     assert not other_tasks()
 
 
@@ -532,6 +534,100 @@ async def test_dedupe_modes(dedupe: Any, rows: list[list[Any]], expected: list[A
     key = (lambda x: x) if dedupe != "none" else None
     paginator = AsyncPaginator(fetch, page_size=3, key=key, dedupe=dedupe)
     assert await paginator.to_list() == expected
+
+
+class GatedServer:
+    """Pages of ``size`` ids whose answers wait for the test: page 1 at once, each other page
+    until its gate opens; ``log`` says when each request went out and each answer came."""
+
+    def __init__(self, pages: int, size: int = 10) -> None:
+        self.pages = pages
+        self.size = size
+        self.log: list[tuple[str, int]] = []
+        self.gates: dict[int, asyncio.Event] = {}
+        self.requested: dict[int, asyncio.Event] = {}
+
+    def gate(self, number: int) -> asyncio.Event:
+        return self.gates.setdefault(number, asyncio.Event())
+
+    def sent(self, number: int) -> asyncio.Event:
+        return self.requested.setdefault(number, asyncio.Event())
+
+    async def fetch(self, number: int, size: int) -> RawPage[int]:
+        self.log.append(("sent", number))
+        self.sent(number).set()
+        if number > 1:
+            await self.gate(number).wait()
+        self.log.append(("read", number))  # as a page is decoded: in the step it came in
+        start = (number - 1) * self.size
+        return RawPage(list(range(start + 1, start + self.size + 1)), None, None, self.pages)
+
+
+async def test_a_page_read_ahead_sends_the_next_request_before_other_pages_are_read() -> None:
+    # Four answers that come in together: each reader sends its next request in the step that
+    # read its page, as a worker of N does, not after every other page has been decoded (a
+    # task a page sent all four after the four reads: at 50 ms and 8 at once on two cores,
+    # 1.06x the time of 8 aiohttp workers, benchmarks/bench_walk.py).
+    server = GatedServer(pages=12)
+    paginator = AsyncPaginator(server.fetch, page_size=10, concurrency=4)
+    pages = paginator.pages()
+    assert (await anext(pages)).number == 1
+    waiting = asyncio.ensure_future(anext(pages))  # page 2: requests 2-5 go out
+    await server.sent(5).wait()
+    del server.log[:]
+    for number in (2, 3, 4, 5):
+        server.gate(number).set()
+    assert (await waiting).number == 2
+    assert server.log == [
+        ("read", 2), ("sent", 6), ("read", 3), ("sent", 7),
+        ("read", 4), ("sent", 8), ("read", 5), ("sent", 9),
+    ]  # fmt: skip
+    await pages.aclose()
+    assert not other_tasks()
+
+
+async def test_a_page_an_interrupting_error_ends_goes_to_the_consumer_in_its_turn() -> None:
+    # Not an Exception (a KeyboardInterrupt's kind, hypothesis' StopTest): raised where the
+    # consumer reaches its page, after the pages before it, as a task a page raised it.
+    class Interrupt(BaseException):
+        pass
+
+    async def fetch(number: int, size: int) -> RawPage[int]:
+        await asyncio.sleep(0)
+        if number == 3:
+            raise Interrupt
+        return RawPage(list(range(number * 10 - 9, number * 10 + 1)), None, None, 9)
+
+    got: list[int] = []
+
+    async def consume() -> None:
+        async for item in AsyncPaginator(fetch, page_size=10, concurrency=4):
+            got.append(item)
+
+    with pytest.raises(Interrupt):
+        await consume()
+    assert got == list(range(1, 21))
+    assert not other_tasks()
+
+
+async def test_a_walk_closed_from_another_task_still_gives_the_page_its_consumer_waits_for() -> (
+    None
+):
+    # The consumer is waiting for page 2 (read ahead) when another task closes the walk: the
+    # pages further ahead are cancelled, page 2 arrives, and no CancelledError reaches a
+    # consumer nobody cancelled.
+    server = GatedServer(pages=12)
+    paginator = AsyncPaginator(server.fetch, page_size=10, concurrency=4)
+    pages = paginator.pages()
+    assert (await anext(pages)).number == 1
+    waiting = asyncio.ensure_future(anext(pages))
+    await server.sent(5).wait()
+    await paginator.aclose()
+    assert ("read", 3) not in server.log
+    server.gate(2).set()
+    assert (await waiting).items == list(range(11, 21))
+    await pages.aclose()
+    assert not other_tasks()
 
 
 # -- cancellation ---------------------------------------------------------------------------
