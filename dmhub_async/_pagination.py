@@ -210,6 +210,8 @@ class AsyncPaginator(Generic[T]):
         # runs its body.
         del self._readers[reader]
         self._in_flight -= 1
+        if not reader.cancelled():
+            reader.exception()  # a Ctrl-C's: its page's future has it too, for the consumer
 
     def _claim(self) -> tuple[int, asyncio.Future[_Read[T]]] | None:
         """The next page to request now and the future it is read into (in ``_ahead``), or
@@ -235,7 +237,9 @@ class AsyncPaginator(Generic[T]):
         event loop later, after every other page read meanwhile had been decoded: at 50 ms
         and 8 at once, the walk took 1.06x the time of 8 aiohttp workers
         (benchmarks/bench_walk.py). A page's error (or a BaseException) goes to its future,
-        which the consumer raises when it gets there, and this reader stops.
+        which the consumer raises when it gets there, and this reader stops; a
+        KeyboardInterrupt or SystemExit also leaves the event loop at once, as it did from a
+        task a page (kept for the consumer's turn, a Ctrl-C came pages later, or never).
         """
         reader = cast("asyncio.Task[None]", asyncio.current_task())
         while True:
@@ -247,6 +251,8 @@ class AsyncPaginator(Generic[T]):
             except BaseException as err:
                 if not future.done():
                     future.set_exception(err)
+                if isinstance(err, (KeyboardInterrupt, SystemExit)):
+                    raise  # out of the loop at once, as asyncio lets them out of any task
                 return
             if future.done():  # cancelled by its consumer, who is leaving the walk
                 return

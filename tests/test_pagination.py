@@ -9,6 +9,7 @@ rows a page, and reports its totals in one of the shapes the contract allows.
 from __future__ import annotations
 
 import asyncio
+import gc
 import math
 import random
 from collections.abc import Callable
@@ -608,6 +609,50 @@ async def test_a_page_an_interrupting_error_ends_goes_to_the_consumer_in_its_tur
         await consume()
     assert got == list(range(1, 21))
     assert not other_tasks()
+
+
+@pytest.mark.parametrize("stop", [KeyboardInterrupt, SystemExit])
+def test_a_ctrl_c_or_exit_in_a_page_read_ahead_stops_the_loop_at_once(
+    stop: type[BaseException],
+) -> None:
+    # asyncio lets these two out of the task they are raised in, at once (a Ctrl-C while a
+    # page read ahead is decoded, a sys.exit() in a hook): a task a page did. A reader kept it
+    # for the consumer's turn, which here came three pages later (40 records, not 10), and
+    # never came for a walk that ended before it (the page dropped, the Ctrl-C with it).
+    page_2_may_come = asyncio.Event()
+
+    async def fetch(number: int, size: int) -> RawPage[int]:
+        await asyncio.sleep(0)
+        if number == 2:
+            await page_2_may_come.wait()
+        if number == 5:
+            page_2_may_come.set()  # the consumer would have it in the next turn
+            raise stop
+        return RawPage(list(range(number * 10 - 9, number * 10 + 1)), None, None, 9)
+
+    got: list[int] = []
+
+    async def consume() -> None:
+        async for item in AsyncPaginator(fetch, page_size=10, concurrency=4):
+            got.append(item)
+
+    errors: list[dict[str, Any]] = []
+    loop = asyncio.new_event_loop()
+    loop.set_exception_handler(lambda _, context: errors.append(context))
+    try:
+        consumer = loop.create_task(consume())
+        with pytest.raises(stop):
+            loop.run_until_complete(consumer)
+        assert got == list(range(1, 11))
+        consumer.cancel()  # what asyncio.run() does next
+        loop.run_until_complete(asyncio.wait([consumer]))
+        assert consumer.cancelled()
+        assert not asyncio.all_tasks(loop)
+    finally:
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+    gc.collect()
+    assert errors == []
 
 
 async def test_a_walk_closed_from_another_task_still_gives_the_page_its_consumer_waits_for() -> (
