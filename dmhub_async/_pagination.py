@@ -206,12 +206,16 @@ class AsyncPaginator(Generic[T]):
             reader.add_done_callback(self._on_reader_done)
 
     def _on_reader_done(self, reader: asyncio.Task[None]) -> None:
-        # Here, not in the reader's finally: a reader cancelled before its first step never
-        # runs its body.
-        del self._readers[reader]
-        self._in_flight -= 1
+        # Also here, not only in the reader's finally: a reader cancelled before its first
+        # step never runs its body.
+        self._release(reader)
         if not reader.cancelled():
             reader.exception()  # a Ctrl-C's: its page's future has it too, for the consumer
+
+    def _release(self, reader: asyncio.Task[None]) -> None:
+        """``reader``'s place in the pool free, once (its last step, or its done callback)."""
+        if self._readers.pop(reader, None) is not None:
+            self._in_flight -= 1
 
     def _claim(self) -> tuple[int, asyncio.Future[_Read[T]]] | None:
         """The next page to request now and the future it is read into (in ``_ahead``), or
@@ -242,26 +246,33 @@ class AsyncPaginator(Generic[T]):
         task a page (kept for the consumer's turn, a Ctrl-C came pages later, or never).
         """
         reader = cast("asyncio.Task[None]", asyncio.current_task())
-        while True:
-            try:
-                read = await self._read(number)
-            except asyncio.CancelledError:
-                future.cancel()
-                raise
-            except BaseException as err:
-                if not future.done():
-                    future.set_exception(err)
-                if isinstance(err, (KeyboardInterrupt, SystemExit)):
-                    raise  # out of the loop at once, as asyncio lets them out of any task
-                return
-            if future.done():  # cancelled by its consumer, who is leaving the walk
-                return
-            future.set_result(read)
-            claimed = self._claim()
-            if claimed is None:
-                return
-            number, future = claimed
-            self._readers[reader] = future
+        try:
+            while True:
+                try:
+                    read = await self._read(number)
+                except asyncio.CancelledError:
+                    future.cancel()
+                    raise
+                except BaseException as err:
+                    if not future.done():
+                        future.set_exception(err)
+                    if isinstance(err, (KeyboardInterrupt, SystemExit)):
+                        raise  # out of the loop at once, as asyncio lets them out of any task
+                    return
+                if future.done():  # cancelled by its consumer, who is leaving the walk
+                    return
+                future.set_result(read)
+                claimed = self._claim()
+                if claimed is None:
+                    return
+                number, future = claimed
+                self._readers[reader] = future
+        finally:
+            # Freed in this step: the consumer woken by this reader's last page runs before
+            # the task's done callbacks, and asked for pages with the reader still counted,
+            # leaving a place in the pool empty until its next page came (1 of 2 after a slow
+            # page).
+            self._release(reader)
 
     async def _cancel_ahead(self) -> None:
         """Drop the pages read ahead: cancel those not read yet (their readers too), and

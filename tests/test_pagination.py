@@ -611,6 +611,37 @@ async def test_a_page_an_interrupting_error_ends_goes_to_the_consumer_in_its_tur
     assert not other_tasks()
 
 
+async def test_after_a_slow_page_as_many_pages_are_in_flight_as_the_concurrency() -> None:
+    # Page 2 is slow: the other reader reads 3-5, the window's end (2 x 2 pages), and stops.
+    # When 2 comes the consumer takes 2-5 in one step and asks for 6 and 7. The reader of 2,
+    # done too, still counted until its task's callback ran after that step: only 6 went
+    # out, the walk at half its concurrency until 6 came back.
+    server = GatedServer(pages=40)
+    paginator = AsyncPaginator(server.fetch, page_size=10, concurrency=2)
+    got: list[int] = []
+
+    async def consume() -> None:
+        async for page in paginator.pages():
+            got.append(page.number)
+
+    consumer = asyncio.ensure_future(consume())
+    for number in (3, 4, 5):
+        server.gate(number).set()
+    await server.sent(5).wait()
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert got == [1]
+    assert [n for event, n in server.log if event == "sent"] == [1, 2, 3, 4, 5]
+    server.gate(2).set()
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert got == [1, 2, 3, 4, 5]
+    assert [n for event, n in server.log if event == "sent"] == [1, 2, 3, 4, 5, 6, 7]
+    consumer.cancel()
+    await asyncio.gather(consumer, return_exceptions=True)
+    assert not other_tasks()
+
+
 @pytest.mark.parametrize("stop", [KeyboardInterrupt, SystemExit])
 def test_a_ctrl_c_or_exit_in_a_page_read_ahead_stops_the_loop_at_once(
     stop: type[BaseException],
