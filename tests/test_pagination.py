@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from dmhub_async import DMHubClient, InvalidRequestError, ResponseDecodeError
 from dmhub_async._pagination import AsyncPaginator, RawPage
+from dmhub_async._retry import RETRY_TALLY, RetryTally
 from dmhub_async.testing import DMHubSimulator
 
 Totals = Literal["both", "records", "pages", "has_next", "none"]
@@ -707,6 +708,72 @@ async def test_a_walk_closed_from_another_task_still_gives_the_page_its_consumer
 
 
 # -- cancellation ---------------------------------------------------------------------------
+
+
+async def test_a_consumer_cancelled_as_its_page_arrives_leaves_no_read_of_the_next_behind() -> None:
+    # The reader of page 2 sets its result, asks for page 6 and, in that step, the consumer is
+    # cancelled (its wake-up already due): the page is dropped with the walk, and page 6, now
+    # that reader's page, is cancelled too, not left reading with nobody to take it.
+    errors: list[dict[str, Any]] = []
+    asyncio.get_running_loop().set_exception_handler(lambda _, context: errors.append(context))
+    server = GatedServer(pages=12)
+
+    async def fetch(number: int, size: int) -> RawPage[int]:
+        if number == 6:
+            consumer.cancel()
+        return await server.fetch(number, size)
+
+    got: list[int] = []
+
+    async def consume() -> None:
+        async for page in AsyncPaginator(fetch, page_size=10, concurrency=4).pages():
+            got.append(page.number)
+
+    consumer = asyncio.ensure_future(consume())
+    await server.sent(5).wait()
+    server.gate(2).set()
+    with pytest.raises(asyncio.CancelledError):
+        await consumer
+    assert got == [1]
+    assert ("sent", 6) in server.log
+    assert not other_tasks()
+    gc.collect()
+    await asyncio.sleep(0)
+    assert errors == []
+
+
+async def test_the_retries_of_pages_dropped_mid_read_are_counted_by_the_walk_and_its_tally() -> (
+    None
+):
+    # Each read counts a retry as it is sent (as the client does). Page 3's reader goes on to
+    # page 6; then the walk is cancelled with 2, 4, 5 and 6 under way: their retries count in
+    # the walk's stats and in the tally kept around it (an export's), as those of 1 and 3.
+    server = GatedServer(pages=12)
+
+    async def fetch(number: int, size: int) -> RawPage[int]:
+        tally = RETRY_TALLY.get()
+        assert tally is not None
+        tally.retries += 1
+        raw = await server.fetch(number, size)
+        return RawPage(raw.items, raw.has_next, raw.total_records, raw.total_pages, retries=1)
+
+    paginator = AsyncPaginator(fetch, page_size=10, concurrency=4)
+    around = RetryTally()
+
+    async def consume() -> None:
+        RETRY_TALLY.set(around)
+        async for _ in paginator.pages():
+            pass
+
+    consumer = asyncio.ensure_future(consume())
+    await server.sent(5).wait()
+    server.gate(3).set()
+    await server.sent(6).wait()
+    consumer.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await consumer
+    assert not other_tasks()
+    assert (paginator.stats.pages, paginator.stats.retries, around.retries) == (1, 6, 6)
 
 
 @pytest.mark.parametrize("concurrency", [1, 4, 8])
