@@ -202,7 +202,11 @@ class AsyncPaginator(Generic[T]):
                 return
             self._in_flight += 1
             reader = asyncio.ensure_future(self._reader(*claimed))
-            self._readers[reader] = claimed[1]
+            if not reader.done():
+                # Noted here for a reader not started yet (cancelled so, it never runs its
+                # body); one an eager task factory started has noted its page itself, perhaps
+                # a later one, or ended and freed its place.
+                self._readers.setdefault(reader, claimed[1])
             reader.add_done_callback(self._on_reader_done)
 
     def _on_reader_done(self, reader: asyncio.Task[None]) -> None:
@@ -248,6 +252,7 @@ class AsyncPaginator(Generic[T]):
         reader = cast("asyncio.Task[None]", asyncio.current_task())
         try:
             while True:
+                self._readers[reader] = future
                 try:
                     read = await self._read(number)
                 except asyncio.CancelledError:
@@ -266,7 +271,6 @@ class AsyncPaginator(Generic[T]):
                 if claimed is None:
                     return
                 number, future = claimed
-                self._readers[reader] = future
         finally:
             # Freed in this step: the consumer woken by this reader's last page runs before
             # the task's done callbacks, and asked for pages with the reader still counted,
