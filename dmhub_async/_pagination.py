@@ -184,11 +184,11 @@ class AsyncPaginator(Generic[T]):
 
     async def _read_in_order(self, number: int) -> _Read[T]:
         """Page ``number``, the next in order: requested ahead already, or now."""
-        if self.concurrency > 1:  # one page at a time needs no task: it saves a task a page
+        if self.concurrency > 1:  # one page at a time needs no reader: it saves a task
             self._request_ahead()
         future = self._ahead.pop(number, None)
         if future is None:
-            # Not worth a task (one page at a time, the start page), or a page the totals
+            # Not worth a reader (one page at a time, the start page), or a page the totals
             # said should not exist and the service says does.
             self._next_to_request = max(self._next_to_request, number + 1)
             return await self._read(number)

@@ -13,7 +13,7 @@ import gc
 import math
 import random
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
 import pytest
@@ -566,6 +566,17 @@ class GatedServer:
         return RawPage(list(range(start + 1, start + self.size + 1)), None, None, self.pages)
 
 
+def tens(number: int) -> RawPage[int]:
+    """Page ``number`` of 9 pages of ten ids."""
+    return RawPage(list(range(number * 10 - 9, number * 10 + 1)), None, None, 9)
+
+
+async def walk_into(got: list[int], fetch: Callable[[int, int], Awaitable[RawPage[int]]]) -> None:
+    """Walk ``fetch``'s pages of ten, 4 at once, each id into ``got`` as it comes."""
+    async for item in AsyncPaginator(fetch, page_size=10, concurrency=4):
+        got.append(item)
+
+
 async def test_a_page_read_ahead_sends_the_next_request_before_other_pages_are_read() -> None:
     # Four answers that come in together: each reader sends its next request in the step that
     # read its page, as a worker of N does, not after every other page has been decoded (a
@@ -599,16 +610,11 @@ async def test_a_page_an_interrupting_error_ends_goes_to_the_consumer_in_its_tur
         await asyncio.sleep(0)
         if number == 3:
             raise Interrupt
-        return RawPage(list(range(number * 10 - 9, number * 10 + 1)), None, None, 9)
+        return tens(number)
 
     got: list[int] = []
-
-    async def consume() -> None:
-        async for item in AsyncPaginator(fetch, page_size=10, concurrency=4):
-            got.append(item)
-
     with pytest.raises(Interrupt):
-        await consume()
+        await walk_into(got, fetch)
     assert got == list(range(1, 21))
     assert not other_tasks()
 
@@ -661,19 +667,14 @@ def test_a_ctrl_c_or_exit_in_a_page_read_ahead_stops_the_loop_at_once(
         if number == 5:
             page_2_may_come.set()  # the consumer would have it in the next turn
             raise stop
-        return RawPage(list(range(number * 10 - 9, number * 10 + 1)), None, None, 9)
+        return tens(number)
 
     got: list[int] = []
-
-    async def consume() -> None:
-        async for item in AsyncPaginator(fetch, page_size=10, concurrency=4):
-            got.append(item)
-
     errors: list[dict[str, Any]] = []
     loop = asyncio.new_event_loop()
     loop.set_exception_handler(lambda _, context: errors.append(context))
     try:
-        consumer = loop.create_task(consume())
+        consumer = loop.create_task(walk_into(got, fetch))
         with pytest.raises(stop):
             loop.run_until_complete(consumer)
         assert got == list(range(1, 11))
