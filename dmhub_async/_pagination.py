@@ -94,10 +94,15 @@ class AsyncPaginator(Generic[T]):
         self._started = False
         self._closed = False
         self._ahead: dict[int, asyncio.Future[_Read[T]]] = {}  # pages requested ahead, by number
-        # The readers at work, each with the future of the page it reads (see _reader).
+        # The readers at work, each with the future of the page it reads (see _reader): the
+        # pages in flight.
         self._readers: dict[asyncio.Task[None], asyncio.Future[_Read[T]]] = {}
-        self._in_flight = 0
         self._next_to_request = start_page
+
+    @property
+    def _in_flight(self) -> int:
+        """Pages requested ahead and not read yet: a reader each."""
+        return len(self._readers)
 
     @property
     def stats(self) -> PaginatorStats:
@@ -200,26 +205,20 @@ class AsyncPaginator(Generic[T]):
             claimed = self._claim()
             if claimed is None:
                 return
-            self._in_flight += 1
             reader = asyncio.ensure_future(self._reader(*claimed))
             if not reader.done():
                 # Noted here for a reader not started yet (cancelled so, it never runs its
                 # body); one an eager task factory started has noted its page itself, perhaps
-                # a later one, or ended and freed its place.
+                # a later one, or ended and left.
                 self._readers.setdefault(reader, claimed[1])
             reader.add_done_callback(self._on_reader_done)
 
     def _on_reader_done(self, reader: asyncio.Task[None]) -> None:
         # Also here, not only in the reader's finally: a reader cancelled before its first
         # step never runs its body.
-        self._release(reader)
+        self._readers.pop(reader, None)
         if not reader.cancelled():
             reader.exception()  # a Ctrl-C's: its page's future has it too, for the consumer
-
-    def _release(self, reader: asyncio.Task[None]) -> None:
-        """``reader``'s place in the pool free, once (its last step, or its done callback)."""
-        if self._readers.pop(reader, None) is not None:
-            self._in_flight -= 1
 
     def _claim(self) -> tuple[int, asyncio.Future[_Read[T]]] | None:
         """The next page to request now and the future it is read into (in ``_ahead``), or
@@ -276,7 +275,7 @@ class AsyncPaginator(Generic[T]):
             # the task's done callbacks, and asked for pages with the reader still counted,
             # leaving a place in the pool empty until its next page came (1 of 2 after a slow
             # page).
-            self._release(reader)
+            self._readers.pop(reader, None)
 
     async def _cancel_ahead(self) -> None:
         """Drop the pages read ahead: cancel those not read yet (their readers too), and
