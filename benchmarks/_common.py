@@ -19,6 +19,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import sysconfig
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from importlib import metadata
@@ -31,6 +32,7 @@ __all__ = [
     "alternate",
     "alternate_async",
     "children_stopped_on_sigterm",
+    "interpreter",
     "machine_info",
     "noise",
     "ratio_table",
@@ -59,12 +61,32 @@ def version(dist: str) -> str:
         return "-"
 
 
+def interpreter() -> str:
+    """The Python that runs: its version, where it lives and whether it was configured for
+    profile-guided and link-time optimization.
+
+    The build moves the SDK's ratios, not only its times: the SDK's own work is Python and
+    the floors' is mostly C (orjson, aiohttp's parser), and on this machine a pure-Python loop
+    ran 26% faster on Debian's python3.11 (optimized by its packaging, whatever its configure
+    flags say) than on pyenv's 3.11.7, and 28% slower on pyenv's 3.13.0 (benchmarks/README.md,
+    issue 15's twenty-eighth round).
+    """
+    config = sysconfig.get_config_var("CONFIG_ARGS") or ""
+    flags = [flag for flag in ("--enable-optimizations", "--with-lto") if flag in config]
+    build = (
+        f"configured with {' '.join(flags)}"
+        if flags
+        else "configured without --enable-optimizations"
+    )
+    return f"Python {platform.python_version()} at {sys.base_prefix} ({build})"
+
+
 def machine_info(libraries: Iterable[str] = LIBRARIES) -> str:
-    """One line on the machine: platform, CPU, cores, Python and the library versions."""
+    """One line on the machine: platform, CPU, cores, the Python build, the library versions."""
     libs = ", ".join(f"{d} {version(d)}" for d in libraries)
     return (
         f"{platform.platform()} | {platform.processor() or platform.machine()} | "
-        f"{os.cpu_count()} cores | Python {platform.python_version()} | {libs}"
+        f"{os.cpu_count()} cores | {interpreter()} | {libs}"
     )
 
 
