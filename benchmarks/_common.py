@@ -253,7 +253,8 @@ def record_rows(
 ) -> None:
     """:func:`record` every row of a walk's table: the ratio to the floor (a row that has one
     is the SDK's: in the summary) and to the ideal; the concurrency (the label's last number),
-    the ideal and the client's CPU in ms go along for the chart."""
+    the ideal, the client's CPU and its garbage collections' time in ms go along for the chart
+    and a reader."""
     for row in rows:
         floors: dict[str, Sequence[float] | float] = {}
         if row.floor is not None:
@@ -261,6 +262,7 @@ def record_rows(
         if row.ideal:
             floors[ideal] = row.ideal
         number = re.findall(r"\d+", row.label)
+        gc_seconds = getattr(row, "client_gc", None)  # the walk's and lookups' tables have it
         record(
             question,
             f"{row.group} a request",
@@ -271,6 +273,9 @@ def record_rows(
             concurrency=int(number[-1]) if number else None,
             ideal_ms=row.ideal * 1e3 if row.ideal else None,
             client_cpu_ms=None if row.client_cpu != row.client_cpu else row.client_cpu * 1e3,
+            client_gc_ms=None
+            if gc_seconds is None or gc_seconds != gc_seconds
+            else gc_seconds * 1e3,
         )
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import itertools
 import math
 import os
 import urllib.request
@@ -26,7 +28,27 @@ def test_bench_walk_quick(capsys: pytest.CaptureFixture[str]) -> None:
         assert label in out
     assert "vs floor" in out
     assert "vs ideal+cost" in out
+    assert "of it gc ms" in out  # the garbage collector's share of each contender's CPU
+    rows = [row for line in out.splitlines() if (row := line.split())[:3] == ["5", "ms", "SDK"]]
+    assert rows
+    assert all(float(row[-1]) >= 0 for row in rows)
     assert "question 3, SDK within 1.05x of the aiohttp worker floor" in out
+
+
+def test_the_gc_clock_counts_only_while_installed() -> None:
+    clock = bench_walk.GcClock()
+    gc.callbacks.append(clock)
+    try:
+        garbage = [[] for _ in range(10_000)]
+        for a, b in itertools.pairwise(garbage):
+            a.append(b)  # a chain for the collector to walk
+        gc.collect()
+    finally:
+        gc.callbacks.remove(clock)
+    counted = clock.seconds
+    assert counted > 0
+    gc.collect()
+    assert clock.seconds == counted
 
 
 @pytest.mark.timeout(30)
