@@ -66,10 +66,10 @@ def interpreter() -> str:
     profile-guided and link-time optimization.
 
     The build moves the SDK's ratios, not only its times: the SDK's own work is Python and
-    the floors' is mostly C (orjson, aiohttp's parser), and on this machine a pure-Python loop
-    ran 26% faster on Debian's python3.11 (optimized by its packaging, whatever its configure
-    flags say) than on pyenv's 3.11.7, and 28% slower on pyenv's 3.13.0 (benchmarks/README.md,
-    issue 15's twenty-eighth round).
+    the floors' is mostly C (orjson, aiohttp's parser): on this machine a pure-Python loop took
+    0.76x-0.77x the time on Debian's python3.11 (optimized by its packaging, whatever its
+    configure flags say) that it took on pyenv's 3.11.7, and 1.33x-1.35x on pyenv's 3.13.0
+    (``bench_interpreters``; benchmarks/README.md, issue 15's twenty-eighth round).
     """
     config = sysconfig.get_config_var("CONFIG_ARGS") or ""
     flags = [flag for flag in ("--enable-optimizations", "--with-lto") if flag in config]

@@ -17,9 +17,11 @@ The table gives each figure's median over rounds and its ratio, round by round, 
 reference Python's; the last line per Python, the page reader over ``orjson.loads``, is the
 typing's cost on that Python (question 1's gap over its orjson floor). Why it exists: issue
 15's figures were all counted and timed on pyenv's CPython 3.11.7, built without
-``--enable-optimizations``; on this machine a distribution's optimized build runs the SDK's
-Python faster, and pyenv's 3.13.0 slower, while the floors' C barely moves
-(benchmarks/README.md, the twenty-eighth round).
+``--enable-optimizations``, and the SDK's Python and the floors' C do not move alike from one
+build to another: on Debian's optimized 3.11 orjson's decode gained more than the SDK's page
+reader, on pyenv's 3.13.0 the page reader lost more than orjson's decode (the page reader over
+``orjson.loads``: 1.40x-1.42x on pyenv's 3.11.7, 1.47x-1.48x and 1.53x-1.55x there;
+benchmarks/README.md, the twenty-eighth round).
 """
 
 from __future__ import annotations

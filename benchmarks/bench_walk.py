@@ -119,7 +119,7 @@ class GcClock:
     Part of the client's CPU: a walk that holds its pages' records longer (to yield them in
     order) than workers that drop each page at once gives the collector more young objects
     to find alive, promote and scan again in the older generations (issue 15's
-    twenty-eighth round: 25-120 us of a page's client CPU at 20 ms a request).
+    twenty-eighth round: 20-130 us of a page's client CPU at 20 ms a request).
     """
 
     def __init__(self) -> None:
