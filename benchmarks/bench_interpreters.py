@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import statistics
 import subprocess
@@ -40,7 +39,16 @@ from pathlib import Path
 from typing import Any
 
 try:
-    from ._common import REPO, interpreter, machine_info, noise, ratios, record, write_results
+    from ._common import (
+        REPO,
+        interpreter,
+        machine_info,
+        noise,
+        ratios,
+        record,
+        subprocess_env,
+        write_results,
+    )
 except ImportError:  # run as a file: python benchmarks/bench_interpreters.py
     from _common import (  # type: ignore[no-redef]
         REPO,
@@ -49,6 +57,7 @@ except ImportError:  # run as a file: python benchmarks/bench_interpreters.py
         noise,
         ratios,
         record,
+        subprocess_env,
         write_results,
     )
 
@@ -106,10 +115,7 @@ def child(number: int, repeat: int) -> dict[str, float]:
 
 
 def _run_child(python: str, number: int, repeat: int) -> dict[str, float]:
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-    }
+    env = subprocess_env()  # this repository importable, no DMHUB_ settings
     out = subprocess.run(
         [python, "-m", "benchmarks.bench_interpreters", "--child", str(number), str(repeat)],
         cwd=REPO,
