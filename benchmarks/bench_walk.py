@@ -129,8 +129,9 @@ class GcClock:
     def __call__(self, phase: str, info: dict[str, int]) -> None:
         if phase == "start":
             self._started = time.perf_counter()
-        else:
+        elif self._started:  # not the end of a collection that began before it was installed
             self.seconds += time.perf_counter() - self._started
+            self._started = 0.0
 
 
 class Timer:

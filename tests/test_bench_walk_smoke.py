@@ -49,6 +49,8 @@ def test_the_gc_clock_counts_only_while_installed() -> None:
     assert counted > 0
     gc.collect()
     assert clock.seconds == counted
+    clock("stop", {"generation": 0})  # the end of a collection it never saw begin
+    assert clock.seconds == counted
 
 
 @pytest.mark.timeout(30)
