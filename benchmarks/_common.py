@@ -242,6 +242,7 @@ class _TableRow(Protocol):
     client_cpu: float
     floor: list[float] | None
     ideal: float | None
+    client_gc: float
 
 
 def record_rows(
@@ -262,7 +263,6 @@ def record_rows(
         if row.ideal:
             floors[ideal] = row.ideal
         number = re.findall(r"\d+", row.label)
-        gc_seconds = getattr(row, "client_gc", None)  # the walk's and lookups' tables have it
         record(
             question,
             f"{row.group} a request",
@@ -273,9 +273,7 @@ def record_rows(
             concurrency=int(number[-1]) if number else None,
             ideal_ms=row.ideal * 1e3 if row.ideal else None,
             client_cpu_ms=None if row.client_cpu != row.client_cpu else row.client_cpu * 1e3,
-            client_gc_ms=None
-            if gc_seconds is None or gc_seconds != gc_seconds
-            else gc_seconds * 1e3,
+            client_gc_ms=None if row.client_gc != row.client_gc else row.client_gc * 1e3,
         )
 
 

@@ -114,12 +114,13 @@ def child(number: int, repeat: int) -> dict[str, float]:
     return times
 
 
-def _run_child(python: str, number: int, repeat: int) -> dict[str, float]:
-    env = subprocess_env()  # this repository importable, no DMHUB_ settings
+def _run_child(python: str, number: int, repeat: int) -> tuple[dict[str, float], str, str]:
+    """One child's figures on ``python``, what that Python is (:func:`interpreter`) and its
+    version."""
     out = subprocess.run(
         [python, "-m", "benchmarks.bench_interpreters", "--child", str(number), str(repeat)],
         cwd=REPO,
-        env=env,
+        env=subprocess_env(),  # this repository importable, no DMHUB_ settings
         capture_output=True,
         text=True,
         check=False,
@@ -128,10 +129,8 @@ def _run_child(python: str, number: int, repeat: int) -> dict[str, float]:
     if out.returncode:
         raise SystemExit(f"{python} failed:\n{out.stderr.strip()}")
     result: dict[str, Any] = json.loads(out.stdout.splitlines()[-1])
-    return {name: float(result[name]) for name in WORKLOADS} | {
-        "_python": result["_python"],
-        "_version": result["_version"],
-    }
+    times = {name: float(result[name]) for name in WORKLOADS}
+    return times, str(result["_python"]), str(result["_version"])
 
 
 def run(
@@ -144,10 +143,8 @@ def run(
     versions: dict[str, str] = {}
     for n in range(rounds):
         for python in reversed(pythons) if n % 2 else pythons:
-            result = _run_child(python, number, repeat)
-            builds[python] = str(result.pop("_python"))
-            versions[python] = str(result.pop("_version"))
-            for name, seconds in result.items():
+            times, builds[python], versions[python] = _run_child(python, number, repeat)
+            for name, seconds in times.items():
                 figures[python][name].append(seconds)
     labels = [f"{i}: {versions[p]}" for i, p in enumerate(pythons, 1)]
     legend = [f"{i}: {builds[p]}" for i, p in enumerate(pythons, 1)]
@@ -202,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(legend))
     print(f"{rounds} rounds, a child a Python a round; a figure: best of {repeat} x {number} calls")
     print(report(figures))
+    first = next(iter(figures.values()))
     for label, times in figures.items():
         for name in WORKLOADS:
             record(
@@ -209,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
                 label,
                 name,
                 times[name],
-                floors={"the first Python": next(iter(figures.values()))[name]},
+                floors={"the first Python": first[name]},
                 unit="us",
                 scale=1e6,
                 summary=False,
