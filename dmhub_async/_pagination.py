@@ -16,6 +16,7 @@ page then holds up nothing but itself). Pages read ahead wait in memory for thei
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Hashable
 from typing import Any, Final, Generic, TypeVar, cast
 
@@ -26,7 +27,14 @@ from ._seen_records import Dedupe, SeenRecords
 from ._validate import MAX_CONCURRENCY, check_concurrency, short
 from .models.page import Page
 
-__all__ = ["MAX_CONCURRENCY", "AsyncPaginator", "Dedupe", "PaginatorStats", "RawPage"]
+__all__ = [
+    "MAX_CONCURRENCY",
+    "READING_AHEAD",
+    "AsyncPaginator",
+    "Dedupe",
+    "PaginatorStats",
+    "RawPage",
+]
 
 T = TypeVar("T")
 
@@ -40,6 +48,14 @@ T = TypeVar("T")
 PageFetcher = Callable[[int, int], Awaitable[RawPage[T]]]
 
 _Read = tuple[RawPage[T], int]  # a page as read, and the epoch it was read in
+
+#: True in a walk's readers ahead (:meth:`AsyncPaginator._reader`), tasks of the walk's own:
+#: a page fetch reads it to leave the answer out of that task's ``last_response``, which no
+#: caller can read, and which kept a page the consumer was done with alive until the reader's
+#: next page came (up to ``concurrency`` pages more than the ``2 * concurrency`` ahead).
+READING_AHEAD: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "dmhub_async_reading_ahead", default=False
+)
 
 
 #: A paginator walked again: it said "call list() again" to a caller of list_rows() or of the
@@ -249,6 +265,7 @@ class AsyncPaginator(Generic[T]):
         task a page (kept for the consumer's turn, a Ctrl-C came pages later, or never).
         """
         reader = cast("asyncio.Task[None]", asyncio.current_task())
+        READING_AHEAD.set(True)  # in this task's own context: its answers are not remembered
         try:
             while True:
                 self._readers[reader] = future
@@ -266,6 +283,9 @@ class AsyncPaginator(Generic[T]):
                 if future.done():  # cancelled by its consumer, who is leaving the walk
                     return
                 future.set_result(read)
+                # Not held while the next page is read: the consumer may be done with it by
+                # then (a page a reader, up to ``concurrency`` pages past the window).
+                del read
                 claimed = self._claim()
                 if claimed is None:
                     return

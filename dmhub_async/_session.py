@@ -471,7 +471,8 @@ class Session:
 
         ``remembered=False``: not kept as the calling task's ``last_response``, for a task of
         the SDK's own that no caller can read it from (lookup_many's workers, lookup_iter's
-        lookups): keeping it cost about 4k instructions a lookup.
+        lookups, a walk's readers ahead): keeping it cost about 4k instructions a lookup, and
+        a reader's kept a page it had handed over alive until its next page came.
         """
         # send(), written out: a coroutine less on every call.
         conn = self._conn
@@ -520,8 +521,12 @@ class Session:
             remember_response(self, answer)  # an APIResponse once dm.last_response is read
         return answer[2]
 
-    async def send(self, request: Request) -> APIResponse:
-        """The answer to ``request``, with retries; an :class:`APIError` or connection error."""
+    async def send(self, request: Request, *, remembered: bool = True) -> APIResponse:
+        """The answer to ``request``, with retries; an :class:`APIError` or connection error.
+
+        ``remembered=False``: not kept as the calling task's ``last_response`` (a walk's
+        readers ahead, see :meth:`request`).
+        """
         self.check_open()
         call = _Call(request)
         try:
@@ -530,7 +535,8 @@ class Session:
             ended = self._ended(call, err)
             raise ended from ended.__cause__ or err.__cause__  # a redacted stand-in, or None
         response = APIResponse(*answer)
-        remember_response(self, response)
+        if remembered:
+            remember_response(self, response)
         return response
 
     def _ended(self, call: _Call, err: DMHubError) -> DMHubError:

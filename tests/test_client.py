@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import math
@@ -1003,6 +1004,51 @@ async def test_a_walk_keeps_no_page_it_has_yielded_alive():
 
     assert len(yielded) == 300
     assert alive <= 10  # the last page, still dm.last_response's data
+
+
+async def test_a_walk_read_ahead_keeps_no_page_its_consumer_is_done_with_alive() -> None:
+    # Regression (issue 15, twenty-ninth round): each reader ahead kept the page it had read
+    # as its task's last_response, which no caller can read, and in a local, until its next
+    # page came: with 4 readers waiting, the pages the consumer had passed stayed alive, up to
+    # `concurrency` pages more than the 2 * concurrency a walk may read ahead.
+    async with (
+        DMHubSimulator(customers=300) as sim,
+        DMHubClient(sim.app_id, sim.secret, base_url=sim.url) as dm,
+    ):
+        gates = {number: asyncio.Event() for number in range(2, 31)}
+        sent: set[int] = set()
+        all_sent = asyncio.Event()
+
+        @sim.on_request
+        async def hold(request: web.Request) -> None:
+            number = int(request.query.get("page", "0"))
+            if number in gates:
+                sent.add(number)
+                if sent >= {6, 7, 8, 9}:
+                    all_sent.set()
+                await gates[number].wait()
+
+        for number in (2, 3, 4, 5):
+            gates[number].set()
+        walk = dm.customers.list(page_size=10, concurrency=4)
+        pages = walk.pages()
+        taken: dict[int, list[weakref.ref[Any]]] = {}
+        for _ in range(5):  # pages 1 to 5: their readers then wait for pages 6 to 9
+            page = await anext(pages)
+            taken[page.number] = [weakref.ref(customer) for customer in page.items]
+        del page
+        assert sorted(taken) == [1, 2, 3, 4, 5]
+        waiting = asyncio.ensure_future(anext(pages))  # page 6: the consumer is done with 5
+        await all_sent.wait()
+        gc.collect()
+        alive = {number for number, refs in taken.items() if any(ref() for ref in refs)}
+        # Page 1, read by the consumer itself, is its dm.last_response; page 5, the one it
+        # asked past, its walk's until page 6 comes. Pages 2 to 4 are nobody's.
+        assert alive == {1, 5}
+        for gate in gates.values():
+            gate.set()
+        assert (await waiting).number == 6
+        await pages.aclose()
 
 
 @pytest.fixture

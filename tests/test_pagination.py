@@ -13,6 +13,7 @@ import gc
 import math
 import random
 import sys
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
@@ -596,6 +597,47 @@ async def test_a_page_read_ahead_sends_the_next_request_before_other_pages_are_r
         ("read", 2), ("sent", 6), ("read", 3), ("sent", 7),
         ("read", 4), ("sent", 8), ("read", 5), ("sent", 9),
     ]  # fmt: skip
+    await pages.aclose()
+    assert not other_tasks()
+
+
+class Record:
+    """A record a weak reference can follow (an int cannot)."""
+
+    def __init__(self, number: int) -> None:
+        self.number = number
+
+
+async def test_a_reader_holds_no_page_it_has_handed_over_while_it_reads_the_next() -> None:
+    # Regression (issue 15, twenty-ninth round): a reader kept the page it had read in a local
+    # until its next page came, the consumer long done with it.
+    server = GatedServer(pages=12)
+
+    async def fetch(number: int, size: int) -> RawPage[Record]:
+        raw = await server.fetch(number, size)
+        return RawPage([Record(n) for n in raw.items], None, None, raw.total_pages)
+
+    pages = AsyncPaginator(fetch, page_size=10, concurrency=4).pages()
+    for number in (2, 3, 4, 5):
+        server.gate(number).set()
+    taken: dict[int, list[weakref.ref[Record]]] = {}
+    for _ in range(5):
+        page = await anext(pages)
+        taken[page.number] = [weakref.ref(record) for record in page.items]
+    del page
+    waiting = asyncio.ensure_future(anext(pages))  # page 6: the consumer is done with 1 to 5
+    for number in (6, 7, 8, 9):
+        await server.sent(number).wait()  # each reader of 2 to 5 waits for its next page
+    # A step of its own: this one began when page 2 came (pages 3 to 5 and requests 6 to 9
+    # were ready by then), and the event loop holds the wake-up, page 2's future with it,
+    # until the step ends.
+    await asyncio.sleep(0)
+    gc.collect()
+    alive = {number for number, refs in taken.items() if any(ref() for ref in refs)}
+    assert alive == {5}  # the page the consumer asked past: its walk's until page 6 comes
+    for number in range(6, 13):
+        server.gate(number).set()
+    assert (await waiting).number == 6
     await pages.aclose()
     assert not other_tasks()
 

@@ -47,10 +47,10 @@ class CallLog:
         session = client._session
         inner = session.send
 
-        async def send(request: Request) -> APIResponse:
+        async def send(request: Request, **options: Any) -> APIResponse:
             entry = [request.path, (request.params or {}).get("page"), 1]
             self.calls.append(entry)
-            response = await inner(request)
+            response = await inner(request, **options)
             entry[2] += response.retries
             return response
 

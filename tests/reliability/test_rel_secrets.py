@@ -218,8 +218,8 @@ async def _echoed_wrong_shape(ctx: Context) -> Any:
         # customers.list() reads /v1/customers: point the walk at the echo service's page
         original = dm._session.send
 
-        async def send(request: Request) -> APIResponse:
-            return await original(attrs.evolve(request, path="/v1/echo/wrong-shape"))
+        async def send(request: Request, **options: Any) -> APIResponse:
+            return await original(attrs.evolve(request, path="/v1/echo/wrong-shape"), **options)
 
         dm._session.send = send  # type: ignore[method-assign]
         return await dm.customers.list().to_list()
