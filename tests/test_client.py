@@ -1040,6 +1040,7 @@ async def test_a_walk_read_ahead_keeps_no_page_its_consumer_is_done_with_alive()
         assert sorted(taken) == [1, 2, 3, 4, 5]
         waiting = asyncio.ensure_future(anext(pages))  # page 6: the consumer is done with 5
         await all_sent.wait()
+        await asyncio.sleep(0)  # a step of its own: the wake-up that began one is the loop's
         gc.collect()
         alive = {number for number, refs in taken.items() if any(ref() for ref in refs)}
         # Page 1, read by the consumer itself, is its dm.last_response; page 5, the one it
