@@ -1102,7 +1102,7 @@ async def test_a_process_waits_for_a_fetch_longer_than_a_minute_on_the_default_s
 
 
 def test_the_lock_wait_covers_a_whole_fetch_with_its_retries() -> None:
-    dm = DMHubClient("app", "secret", timeout=10, max_retries=2)
+    dm = DMHubClient("app", "s3cret", timeout=10, max_retries=2)
     tokens = dm._session._tokens
     assert tokens is not None
     assert tokens._lock_wait == 3 * 10 + 2 * 8.0  # attempts, and the waits between them

@@ -586,7 +586,8 @@ def test_settings_from_the_environment_are_checked_as_arguments_are(
     # Every error masks the secrets of every live client, in any case: a client of an earlier
     # test whose secret was "secret", not yet collected (its test's frames in a cycle with an
     # error it caught), made this message "DMHUB_*** holds a character" when xdist ran that
-    # test before this one in the same worker.
+    # test before this one in the same worker. The tests' clients now use secrets no message
+    # holds ("s3cret"); collected first all the same, for a test that forgets.
     gc.collect()
     monkeypatch.setenv("DMHUB_APP_ID", "env-app")
     monkeypatch.setenv("DMHUB_SECRET", "env-secret")
@@ -641,7 +642,7 @@ def test_a_base_url_ending_in_v1_is_refused_saying_what_to_pass(no_env, base_url
     # simulator the token request failed "error_code 40014: invalid access_token", which
     # blamed a token the user never gave.
     with pytest.raises(InvalidRequestError) as info:
-        DMHubClient("app", "secret", base_url=base_url, token_store=MemoryTokenStore())
+        DMHubClient("app", "s3cret", base_url=base_url, token_store=MemoryTokenStore())
     said = str(info.value)
     assert "without /v1" in said
     assert base_url.rstrip("/")[: -len("/v1")] in said  # the URL to pass instead
@@ -1153,9 +1154,9 @@ async def test_an_access_token_is_used_as_is_whatever_the_environment_holds(
 
 def test_an_access_token_and_credentials_together_are_refused(no_env):
     with pytest.raises(InvalidRequestError, match="not both"):
-        DMHubClient("app", "secret", access_token="tok")
+        DMHubClient("app", "s3cret", access_token="tok")
     with pytest.raises(InvalidRequestError, match="not both"):
-        DMHubClient(secret="secret", access_token="tok")
+        DMHubClient(secret="s3cret", access_token="tok")
 
 
 async def test_auth_error_codes_may_be_any_iterable_even_a_generator() -> None:

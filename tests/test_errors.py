@@ -410,7 +410,7 @@ async def test_a_refused_connection_names_where_it_went_and_what_to_check() -> N
     # "GET /security/accesstoken failed (ClientConnectorError)" was all a service's log got
     # (str(err)): no host, no port, nothing to check; the command line added its own hint.
     port = _closed_port()
-    async with DMHubClient("app", "secret", base_url=f"http://127.0.0.1:{port}") as dm:
+    async with DMHubClient("app", "s3cret", base_url=f"http://127.0.0.1:{port}") as dm:
         with pytest.raises(APIConnectionError) as info:
             await dm.with_options(max_retries=0).customers.count()
 
@@ -453,7 +453,7 @@ async def test_the_command_line_says_where_it_found_no_connection_once() -> None
     from dmhub_async.cli._errors import explain
 
     port = _closed_port()
-    async with DMHubClient("app", "secret", base_url=f"http://127.0.0.1:{port}") as dm:
+    async with DMHubClient("app", "s3cret", base_url=f"http://127.0.0.1:{port}") as dm:
         with pytest.raises(APIConnectionError) as info:
             await dm.with_options(max_retries=0).customers.count()
 

@@ -185,7 +185,7 @@ async def main():
     await site.start()
     port = runner.addresses[0][1]
     try:
-        async with DMHubClient("app", "secret", base_url=f"http://127.0.0.1:{port}") as dm:
+        async with DMHubClient("app", "s3cret", base_url=f"http://127.0.0.1:{port}") as dm:
             try:
                 [c async for c in dm.customers.list()]
             except ResponseDecodeError as err:

@@ -1008,7 +1008,7 @@ async def test_a_bad_concurrency_is_refused_in_one_wording_wherever_it_is_given(
         async for _ in walk:
             pass
 
-    async with DMHubClient("app", "secret", base_url="http://127.0.0.1:9") as dm:
+    async with DMHubClient("app", "s3cret", base_url="http://127.0.0.1:9") as dm:
         calls = {
             "list": lambda: drained(dm.customers.list(concurrency=concurrency)),
             "list_rows": lambda: drained(dm.customers.list_rows(concurrency=concurrency)),

@@ -96,7 +96,7 @@ def test_every_id_is_in_one_shard_whatever_the_lengths_repeats_and_shard_count(
 ) -> None:
     async def plan() -> list[Shard]:
         # Nothing listens there: a plan that sends a request fails.
-        async with DMHubClient("app", "secret", base_url="http://127.0.0.1:9", max_retries=0) as c:
+        async with DMHubClient("app", "s3cret", base_url="http://127.0.0.1:9", max_retries=0) as c:
             return await plan_shards(c, n, id_list=ids)
 
     shards = asyncio.run(plan())
