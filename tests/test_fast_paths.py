@@ -19,6 +19,8 @@ from typing import Any
 from unittest import mock
 from urllib.parse import urlsplit
 
+import attrs
+import msgspec
 import pytest
 from _helpers import url
 from aioresponses import aioresponses
@@ -45,8 +47,10 @@ from dmhub_async._converter import (
     read_statistics_page,
     structure_customers,
     structure_statistics_list,
+    wire_names,
     wire_struct,
 )
+from dmhub_async._converter.names import wire_order
 from dmhub_async._sansio import Request, read_response
 from dmhub_async._session import env_proxy, environment_proxies
 from dmhub_async._validate import (
@@ -59,6 +63,7 @@ from dmhub_async.export import export_customers
 from dmhub_async.models import Customer
 from dmhub_async.resources import _pages, customer_statistics, customers, identities
 from dmhub_async.testing import DMHubSimulator
+from dmhub_async.testing._fields import CUSTOMER_FIELDS
 
 UTC = timezone.utc
 WHAT = "a page of customers"
@@ -493,6 +498,59 @@ def test_a_page_reader_learns_at_most_so_many_unknown_keys() -> None:
     models, _ = reader(body)
     assert models == lenient(body)[0]
     assert models[0].extra == many
+
+
+#: A customer as the service sends it, every key in its order (docs/contract.md "Customer
+#: model"), and one the model does not know.
+FULL_ROW = {
+    **{key: None for key in CUSTOMER_FIELDS},
+    "id": 3000000001,
+    "displayName": "小D",
+    "name": "小D",
+    "gender": 1,
+    "mobile": "18612341234",
+    "mobileVerified": True,
+    "dateJoin": "2017-06-06T03:18:23Z",
+    "employeeNumber": 2**64,
+    "annualRevenue": 1.50,
+    "ownerId": "u-17",
+    "ownerName": "销售一部",
+    "isEmployee": False,
+    "lastUpdated": "2017-06-06T03:18:23.1234567Z",
+    "isMember": True,
+    "dateCreated": "2017-06-06T03:18:23Z",
+    "attr": {"attr1": "西门剑铺"},
+    "tagCount": 2,
+}
+
+
+def test_the_typed_reader_takes_a_customers_keys_in_the_order_the_service_sends_them() -> None:
+    # msgspec finds each key of a record at its first guess when the Struct's fields come in
+    # the record's order; in the model's order it scanned for four of them a record (4% of the
+    # decode, benchmarks/README.md). The simulator sends them as the service does.
+    struct = wire_struct.wire_struct(Customer)
+    assert [f.encode_name for f in msgspec.structs.fields(struct)] == list(CUSTOMER_FIELDS)
+    assert {a.name for a in attrs.fields(Customer)} - {"extra"} == set(wire_order(Customer))
+
+
+@settings(max_examples=100, deadline=None, derandomize=True)
+@given(st.permutations(list(FULL_ROW.items())), st.integers(0, 2))
+@example(list(FULL_ROW.items()), 0)  # the service's order
+@example([(k, FULL_ROW[k]) for k in [*wire_names(Customer).values(), "tagCount"]], 0)  # the model's
+def test_a_customers_keys_in_any_order_are_read_as_the_lenient_way_reads_them(
+    items: list[tuple[str, Any]], dropped: int
+) -> None:
+    row = dict(items[dropped:])  # some keys missing too, as with select=
+    body = json.dumps({"rows": [row, row], "records": 2}, ensure_ascii=False).encode()
+    lenient = lenient_page_reader(structure_customers, "rows")
+    reader = wire_struct.page_reader(Customer, make_converter(), "rows", ("records",), lenient)
+    models, keys = reader(body)
+    assert [repr(m) for m in models] == [repr(m) for m in lenient(body)[0]]
+    assert (models[0].owner_id, models[0].employee_number) == (
+        row.get("ownerId"),
+        row.get("employeeNumber"),
+    )
+    assert keys == {"records": 2}
 
 
 # --- raw rows read in two passes: the same rows, ids and keys -------------------------------

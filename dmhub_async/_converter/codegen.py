@@ -24,7 +24,7 @@ import cattrs
 
 from ..models import Gender
 from . import scalars
-from .names import wire_names
+from .names import wire_names, wire_order
 
 # Inline expressions per field type, on the local `{v}` holding the wire value: the common case
 # (the exact JSON type, or null) costs no call; anything else goes to the lenient scalar.
@@ -221,10 +221,11 @@ def make_tuple_build_fn(
 ) -> Callable[[Any], Any]:
     """Generate the function that builds a model from the tuple of a typed wire record.
 
-    The tuple holds the fields of ``cls`` but ``extra``, in order, already of their types (a
-    msgspec Struct's ``astuple``, see :mod:`.wire_struct`), so only what that typing does not
-    say is done here: timestamps and decimals read, a null ``attr`` to ``{}``, the lenient
-    gender. A value it refuses raises (the caller reads that page the lenient way).
+    The tuple holds the fields of ``cls`` but ``extra`` in the order the service sends them
+    (:func:`.names.wire_order`), already of their types (a msgspec Struct's ``astuple``, see
+    :mod:`.wire_struct`), so only what that typing does not say is done here: timestamps and
+    decimals read, a null ``attr`` to ``{}``, the lenient gender. A value it refuses raises
+    (the caller reads that page the lenient way).
 
     ``unknown``: the wire keys the model does not know that follow the fields in the tuple,
     each ``unset`` where the record did not hold it; those it held start ``extra``, in this
@@ -237,7 +238,9 @@ def make_tuple_build_fn(
     # A field msgspec typed fully is set straight from the tuple, in the one unpacking (a local
     # and a statement less each: 35 of Customer's 41 fields); the others go through a local.
     preset = frozenset(a.name for a in fields if _INLINE_TYPED.get(a.type) == "{v}")
-    targets = [f"self.{a.name}" if a.name in preset else f"v{i}" for i, a in enumerate(fields)]
+    local = {a.name: f"v{i}" for i, a in enumerate(fields)}
+    # In the order of the Struct's fields (.wire_struct: the order the service sends them).
+    targets = [f"self.{a}" if a in preset else local[a] for a in wire_order(cls)]
     targets += [f"u{i}" for i in range(len(unknown))]
     ns["_UNSET"] = unset
     lines = _source(

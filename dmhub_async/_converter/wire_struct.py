@@ -38,7 +38,7 @@ import cattrs
 from .. import _json
 from ..models import Gender
 from .codegen import make_tuple_build_fn
-from .names import wire_names
+from .names import wire_names, wire_order
 
 try:
     import msgspec
@@ -75,7 +75,8 @@ def wire_struct(cls: type[Any], unknown: tuple[str, ...] = ()) -> Any:
     if msgspec is None:
         return None
     attrs.resolve_types(cls)
-    fields = [a for a in attrs.fields(cls) if a.name != "extra"]
+    declared = attrs.fields_dict(cls)
+    fields = [declared[name] for name in wire_order(cls)]  # make_tuple_build_fn's order
     if any(a.type not in _STRICT_TYPES for a in fields):
         return None
     extra = {f"unknown_{i}": name for i, name in enumerate(unknown)}

@@ -5,52 +5,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from .._converter.names import CUSTOMER_WIRE_ORDER
+
 Row = dict[str, Any]
 
-#: Wire field names of a customer, in the order the service sends them.
-CUSTOMER_FIELDS: tuple[str, ...] = (
-    "id",
-    "displayName",
-    "name",
-    "img",
-    "gender",
-    "mobile",
-    "mobileVerified",
-    "email",
-    "emailVerified",
-    "birthday",
-    "wechat",
-    "nickName",
-    "country",
-    "province",
-    "city",
-    "county",
-    "homeAddress",
-    "officeAddress",
-    "qq",
-    "weibo",
-    "stage",
-    "dateJoin",
-    "source",
-    "contentName",
-    "company",
-    "title",
-    "industry",
-    "employeeNumber",
-    "annualRevenue",
-    "website",
-    "telephone",
-    "ownerId",
-    "ownerName",
-    "isEmployee",
-    "campaignId",
-    "campaignName",
-    "lastUpdated",
-    "remark",
-    "isMember",
-    "dateCreated",
-    "attr",
-)
+#: Wire field names of a customer, in the order the service sends them (docs/contract.md).
+CUSTOMER_FIELDS: tuple[str, ...] = CUSTOMER_WIRE_ORDER
 
 STATISTICS_FIELDS: tuple[str, ...] = (
     "customerId",
