@@ -43,6 +43,7 @@ from typing import Any
 import attrs
 
 from dmhub_async._converter import read_customer_page, structure_customers, wire_names
+from dmhub_async._converter.names import wire_order
 from dmhub_async._json import loads as session_loads
 from dmhub_async.models import Customer, Gender
 
@@ -294,7 +295,7 @@ def _msgspec_attrs() -> Callable[[bytes], int]:
 
     decoder = msgspec.json.Decoder(_msgspec_page_type())
     astuple = msgspec.structs.astuple
-    build = _attrs_builder(_FIELDS)
+    build = _attrs_builder(wire_order(Customer))  # the Struct's order
 
     def run(body: bytes) -> int:
         return len([build(astuple(s)) for s in decoder.decode(body).rows])
@@ -315,7 +316,12 @@ def _msgspec() -> Callable[[bytes], int]:
 
 
 def _msgspec_page_type() -> Any:
-    """The msgspec Struct of a page of customers, fields in the order of ``Customer``'s."""
+    """The msgspec Struct of a page of customers, fields in the order the service sends them.
+
+    msgspec finds each key at its first guess when the fields come in the record's order; in
+    ``Customer``'s order (this reference until issue 15's thirtieth round, when the SDK's
+    reader took the service's) it scans for four keys a record, 4% of its decode.
+    """
     import msgspec
 
     class MsCustomer(msgspec.Struct, rename="camel", kw_only=True):
@@ -350,23 +356,23 @@ def _msgspec_page_type() -> Any:
         annual_revenue: Decimal | None = None
         website: str | None = None
         telephone: str | None = None
+        owner_id: int | str | None = None
+        owner_name: str | None = None
         is_employee: bool | None = None
         campaign_id: str | None = None
         campaign_name: str | None = None
         last_updated: datetime | None = None
         remark: str | None = None
+        is_member: bool | None = None
         date_created: datetime | None = None
         attr: dict[str, Any] = msgspec.field(default_factory=dict)
-        owner_id: int | str | None = None
-        owner_name: str | None = None
-        is_member: bool | None = None
 
     class MsPage(msgspec.Struct):
         rows: list[MsCustomer]
         records: int | None = None
         total: int | None = None
 
-    assert list(MsCustomer.__struct_fields__) == _FIELDS
+    assert list(MsCustomer.__struct_fields__) == wire_order(Customer)
     return MsPage
 
 
