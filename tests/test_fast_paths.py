@@ -14,6 +14,7 @@ import sys
 import time
 import urllib.request
 from datetime import datetime, timezone
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -60,10 +61,10 @@ from dmhub_async._validate import (
     check_identity,
 )
 from dmhub_async.export import export_customers
-from dmhub_async.models import Customer
+from dmhub_async.models import Customer, CustomerStatistics
 from dmhub_async.resources import _pages, customer_statistics, customers, identities
 from dmhub_async.testing import DMHubSimulator
-from dmhub_async.testing._fields import CUSTOMER_FIELDS
+from dmhub_async.testing._fields import CUSTOMER_FIELDS, STATISTICS_FIELDS
 
 UTC = timezone.utc
 WHAT = "a page of customers"
@@ -524,13 +525,20 @@ FULL_ROW = {
 }
 
 
-def test_the_typed_reader_takes_a_customers_keys_in_the_order_the_service_sends_them() -> None:
+@pytest.mark.parametrize(
+    ("model", "sent"),
+    [(Customer, CUSTOMER_FIELDS), (CustomerStatistics, STATISTICS_FIELDS)],
+    ids=["customers", "statistics"],
+)
+def test_the_typed_reader_takes_a_records_keys_in_the_order_the_service_sends_them(
+    model: type, sent: tuple[str, ...]
+) -> None:
     # msgspec finds each key of a record at its first guess when the Struct's fields come in
-    # the record's order; in the model's order it scanned for four of them a record (4% of the
+    # the record's order; in the model's order it scanned for four of a customer's (4% of the
     # decode, benchmarks/README.md). The simulator sends them as the service does.
-    struct = wire_struct.wire_struct(Customer)
-    assert [f.encode_name for f in msgspec.structs.fields(struct)] == list(CUSTOMER_FIELDS)
-    assert {a.name for a in attrs.fields(Customer)} - {"extra"} == set(wire_order(Customer))
+    struct = wire_struct.wire_struct(model)
+    assert [f.encode_name for f in msgspec.structs.fields(struct)] == list(sent)
+    assert {a.name for a in attrs.fields(model)} - {"extra"} == set(wire_order(model))
 
 
 @settings(max_examples=100, deadline=None, derandomize=True)
@@ -551,6 +559,38 @@ def test_a_customers_keys_in_any_order_are_read_as_the_lenient_way_reads_them(
         row.get("employeeNumber"),
     )
     assert keys == {"records": 2}
+
+
+#: A statistics item as the service sends it (docs/contract.md "customer statistics").
+FULL_ITEM = {
+    "customerId": 4678,
+    "firstOrderDate": "2015-04-28T03:43:33Z",
+    "id": 10948,
+    "lastOrderDate": "2015-04-28T03:43:33Z",
+    "lastOrderDays": 635,
+    "lastUpdated": "2017-01-22T16:34:03Z",
+    "latest30daysScore": 0,
+    "orderAMT": 0.05,
+    "orderAMTA": 4.2,
+    "orderAPCT": 88,
+    "orderTotal": 1,
+    "orderTotalAmount": 10**20,
+    "totalScore": None,
+}
+
+
+@settings(max_examples=50, deadline=None, derandomize=True)
+@given(st.permutations(list(FULL_ITEM.items())))
+@example(list(FULL_ITEM.items()))  # the service's order
+def test_a_statistics_items_keys_in_any_order_are_read_as_the_lenient_way_reads_them(
+    items: list[tuple[str, Any]],
+) -> None:
+    body = json.dumps({"items": [dict(items)], "meta": {"records": 1}}).encode()
+    lenient = lenient_page_reader(structure_statistics_list, "items")
+    models, keys = read_statistics_page(body)
+    assert [repr(m) for m in models] == [repr(m) for m in lenient(body)[0]]
+    assert (models[0].id, models[0].order_total_amount) == (10948, Decimal(10**20))
+    assert keys == {"meta": {"records": 1}}
 
 
 # --- raw rows read in two passes: the same rows, ids and keys -------------------------------

@@ -5,28 +5,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from .._converter.names import CUSTOMER_WIRE_ORDER
+from .._converter.names import CUSTOMER_WIRE_ORDER, STATISTICS_WIRE_ORDER
 
 Row = dict[str, Any]
 
 #: Wire field names of a customer, in the order the service sends them (docs/contract.md).
 CUSTOMER_FIELDS: tuple[str, ...] = CUSTOMER_WIRE_ORDER
 
-STATISTICS_FIELDS: tuple[str, ...] = (
-    "customerId",
-    "firstOrderDate",
-    "id",
-    "lastOrderDate",
-    "lastOrderDays",
-    "lastUpdated",
-    "latest30daysScore",
-    "orderAMT",
-    "orderAMTA",
-    "orderAPCT",
-    "orderTotal",
-    "orderTotalAmount",
-    "totalScore",
-)
+#: Wire field names of a statistics item, in the order the service sends them.
+STATISTICS_FIELDS: tuple[str, ...] = STATISTICS_WIRE_ORDER
 
 #: Fields a client may write; the rest (id, displayName, timestamps, owner) are the service's.
 WRITABLE_FIELDS: frozenset[str] = frozenset(CUSTOMER_FIELDS) - {
