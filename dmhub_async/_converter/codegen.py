@@ -199,15 +199,15 @@ def make_fast_structure_fn(
     return cast("Callable[[Mapping[str, Any], Any], Any]", fn)
 
 
-#: Values msgspec has already typed (see .wire_struct): text, integers, booleans and timestamps
-#: are done (a timestamp aware UTC here, unless it named another offset or none); decimals come
-#: as the JSON gave them and are read as from a dict.
+#: Values msgspec has already typed (see .wire_struct): text, integers, booleans and decimals
+#: are done (a ``Decimal`` of every digit sent, from a number or a number's text), timestamps
+#: too but for their zone (aware UTC here, unless one named another offset or none).
 _INLINE_TYPED: Final[dict[Any, str]] = {
     str | None: "{v}",
     int | None: "{v}",
     bool | None: "{v}",
     datetime | None: "{v} if {v} is None or {v}.tzinfo is _UTC else _to_utc({v})",
-    Decimal | None: _INLINE[Decimal | None],
+    Decimal | None: "{v}",
     int | str | None: "{v}",
     dict[str, Any]: "{} if {v} is None else {v}",
 }
@@ -236,7 +236,8 @@ def make_tuple_build_fn(
     names = wire_names(cls)
     ns: dict[str, Any] = {**_NAMESPACE, "_cls": cls}
     # A field msgspec typed fully is set straight from the tuple, in the one unpacking (a local
-    # and a statement less each: 35 of Customer's 41 fields); the others go through a local.
+    # and a statement less each: 36 of Customer's 41 fields, 10 of a statistics item's 13); the
+    # others go through a local.
     preset = frozenset(a.name for a in fields if _INLINE_TYPED.get(a.type) == "{v}")
     local = {a.name: f"v{i}" for i, a in enumerate(fields)}
     # In the order of the Struct's fields (.wire_struct: the order the service sends them).
