@@ -10,21 +10,32 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import inspect
 import math
 import random
 import sys
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, Literal
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from dmhub_async import DMHubClient, InvalidRequestError, ResponseDecodeError
+from dmhub_async import DMHubClient, InvalidRequestError, ResponseDecodeError, _pagination
 from dmhub_async._pagination import AsyncPaginator, RawPage
 from dmhub_async._retry import RETRY_TALLY, RetryTally
 from dmhub_async.testing import DMHubSimulator
+
+
+@pytest.fixture(autouse=True, scope="module", params=["generator", "coroutine"])
+def records_handed_over_by(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Every test here walks both ways ``async for`` gets records: an async generator (Python
+    3.10 and 3.11) and a coroutine a record (3.12 and later), whichever Python runs them."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_pagination, "RECORDS_BY_COROUTINE", request.param == "coroutine")
+        yield request.param
+
 
 Totals = Literal["both", "records", "pages", "has_next", "none"]
 TOTALS: tuple[Totals, ...] = ("both", "records", "pages", "has_next", "none")
@@ -818,6 +829,12 @@ async def test_the_retries_of_pages_dropped_mid_read_are_counted_by_the_walk_and
         await consumer
     assert not other_tasks()
     assert (paginator.stats.pages, paginator.stats.retries, around.retries) == (1, 6, 6)
+
+
+def test_the_records_are_handed_over_as_the_fixture_says(records_handed_over_by: str) -> None:
+    # Else one of the two ways would go untested on this Python, whatever the fixture says.
+    records = aiter(walk(FakeServer(3)))
+    assert inspect.isasyncgen(records) == (records_handed_over_by == "generator")
 
 
 @pytest.mark.parametrize("concurrency", [1, 4, 8])
