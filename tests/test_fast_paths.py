@@ -27,6 +27,7 @@ from _helpers import url
 from aioresponses import aioresponses
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
+from test_converter import DOC_CUSTOMER, DOC_STATISTICS
 from test_json import _ROWS, BIG_ROW
 from test_timezones import iso_timestamps
 
@@ -504,22 +505,16 @@ def test_a_page_reader_learns_at_most_so_many_unknown_keys() -> None:
 #: A customer as the service sends it, every key in its order (docs/contract.md "Customer
 #: model"), and one the model does not know.
 FULL_ROW = {
-    **{key: None for key in CUSTOMER_FIELDS},
+    **DOC_CUSTOMER,
     "id": 3000000001,
-    "displayName": "小D",
-    "name": "小D",
-    "gender": 1,
-    "mobile": "18612341234",
     "mobileVerified": True,
     "dateJoin": "2017-06-06T03:18:23Z",
     "employeeNumber": 2**64,
     "annualRevenue": 1.50,
     "ownerId": "u-17",
     "ownerName": "销售一部",
-    "isEmployee": False,
     "lastUpdated": "2017-06-06T03:18:23.1234567Z",
     "isMember": True,
-    "dateCreated": "2017-06-06T03:18:23Z",
     "attr": {"attr1": "西门剑铺"},
     "tagCount": 2,
 }
@@ -562,21 +557,7 @@ def test_a_customers_keys_in_any_order_are_read_as_the_lenient_way_reads_them(
 
 
 #: A statistics item as the service sends it (docs/contract.md "customer statistics").
-FULL_ITEM = {
-    "customerId": 4678,
-    "firstOrderDate": "2015-04-28T03:43:33Z",
-    "id": 10948,
-    "lastOrderDate": "2015-04-28T03:43:33Z",
-    "lastOrderDays": 635,
-    "lastUpdated": "2017-01-22T16:34:03Z",
-    "latest30daysScore": 0,
-    "orderAMT": 0.05,
-    "orderAMTA": 4.2,
-    "orderAPCT": 88,
-    "orderTotal": 1,
-    "orderTotalAmount": 10**20,
-    "totalScore": None,
-}
+FULL_ITEM = {**DOC_STATISTICS, "orderTotalAmount": 10**20, "totalScore": None}
 
 
 @settings(max_examples=50, deadline=None, derandomize=True)
