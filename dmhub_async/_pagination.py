@@ -340,8 +340,9 @@ class AsyncPaginator(Generic[T]):
 class _Records(Generic[T]):
     """The records of a walk's pages, one ``__anext__`` a record (see RECORDS_BY_COROUTINE).
 
-    Left before its end (``break``), it holds nothing but the pages generator, whose clean-up
-    is the event loop's as before: dropped, it is closed and cancels the pages in flight.
+    Left before its end (``break``), it holds the pages generator and the rest of its page, as
+    the async generator did: dropped, the pages generator is closed by the event loop's clean-up
+    of abandoned generators, which cancels the pages in flight.
     """
 
     __slots__ = ("_items", "_pages")

@@ -223,9 +223,9 @@ def make_tuple_build_fn(
 
     The tuple holds the fields of ``cls`` but ``extra`` in the order the service sends them
     (:func:`.names.wire_order`), already of their types (a msgspec Struct's ``astuple``, see
-    :mod:`.wire_struct`), so only what that typing does not say is done here: timestamps and
-    decimals read, a null ``attr`` to ``{}``, the lenient gender. A value it refuses raises
-    (the caller reads that page the lenient way).
+    :mod:`.wire_struct`), so only what that typing does not say is done here: timestamps put
+    in UTC, a null ``attr`` to ``{}``, the lenient gender. A value it refuses raises (the
+    caller reads that page the lenient way).
 
     ``unknown``: the wire keys the model does not know that follow the fields in the tuple,
     each ``unset`` where the record did not hold it; those it held start ``extra``, in this
