@@ -81,7 +81,15 @@ def interrupt(
                 # The signal is pending: the command handles it before it can end, and its
                 # workers (which end with the page they are on) can now end that page.
                 started.release()
-            proc.wait(timeout=TIMEOUT)
+            try:
+                proc.wait(timeout=TIMEOUT)
+            except subprocess.TimeoutExpired:
+                state = signal_state(proc.pid)
+                proc.kill()
+                proc.wait(timeout=10)
+                stderr.seek(0)
+                said = stderr.read().decode("utf-8", "replace")
+                pytest.fail(f"running {TIMEOUT} s after the signal: {state}; it said {said!r}")
         finally:
             if proc.poll() is None:
                 proc.kill()
@@ -92,6 +100,20 @@ def interrupt(
         text = stderr.read().decode("utf-8")
     assert "Traceback" not in text
     return proc.returncode, text
+
+
+def signal_state(pid: int) -> str:
+    """What decides whether a process takes a signal: its state (a stopped one takes none)
+    and its blocked, ignored, caught and pending signals, from ``/proc`` (Linux)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError as err:
+        return f"no /proc status ({err})"
+    return "; ".join(
+        line.replace("\t", " ")
+        for line in status.splitlines()
+        if line.startswith(("State", "Sig", "Shd"))
+    )
 
 
 def held_then_signalled(
@@ -503,15 +525,28 @@ def test_a_signal_stops_a_run_whose_standard_output_is_a_full_pipe(
 #: The command line as its console script (``dmhub-async``) starts it, or ``python -m``, with
 #: a hook that holds the first import of aiohttp (the CLI's first heavy one, a second of
 #: loading on a busy machine) until SIGINT comes: Ctrl-C as soon as the command was typed.
+#: Held 45 s at most, less than the test waits: a signal that never raised there is then said
+#: with what decides it (the handler, the blocked and pending signals, the process's signal
+#: state), where a CI run once timed out with no word of why.
 HELD_IN_ITS_IMPORTS = """
-import importlib.abc, pathlib, runpy, sys, time
+import importlib.abc, pathlib, runpy, signal, sys, time
 
 class Hold(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path, target=None):
         if name == "aiohttp":
             sys.meta_path.remove(self)
             pathlib.Path("importing").touch()
-            time.sleep(60)  # until the signal raises (KeyboardInterrupt, Interrupted) here
+            time.sleep(45)  # until the signal raises (KeyboardInterrupt, Interrupted) here
+            status = pathlib.Path("/proc/self/status")
+            print(
+                "held 45 s, no signal raised: SIGINT handler", signal.getsignal(signal.SIGINT),
+                "SIGTERM handler", signal.getsignal(signal.SIGTERM),
+                "blocked", sorted(signal.pthread_sigmask(signal.SIG_BLOCK, [])),
+                "pending", sorted(signal.sigpending()),
+                *(line for line in (status.read_text() if status.exists() else "").splitlines()
+                  if line.startswith(("State", "Sig", "Shd"))),
+                file=sys.stderr,
+            )
         return None
 
 sys.meta_path.insert(0, Hold())
