@@ -525,9 +525,12 @@ def test_a_signal_stops_a_run_whose_standard_output_is_a_full_pipe(
 #: The command line as its console script (``dmhub-async``) starts it, or ``python -m``, with
 #: a hook that holds the first import of aiohttp (the CLI's first heavy one, a second of
 #: loading on a busy machine) until SIGINT comes: Ctrl-C as soon as the command was typed.
-#: Held 45 s at most, less than the test waits: a signal that never raised there is then said
-#: with what decides it (the handler, the blocked and pending signals, the process's signal
-#: state), where a CI run once timed out with no word of why.
+#: Held in sleeps of 10 ms: Python runs a signal's handler between two steps of its code, and
+#: a signal that came after the last step before one long sleep (the test sends it as soon as
+#: it sees the file; a loaded machine can pause the command right there) was handled by no
+#: one until that sleep had ended: CI timed out once on the 60 s sleep this was, with no word
+#: of why. Held 45 s at most, less than the test waits: a signal that never raised there is
+#: then said with what decides it (the handlers, the blocked and pending signals).
 HELD_IN_ITS_IMPORTS = """
 import importlib.abc, pathlib, runpy, signal, sys, time
 
@@ -536,7 +539,9 @@ class Hold(importlib.abc.MetaPathFinder):
         if name == "aiohttp":
             sys.meta_path.remove(self)
             pathlib.Path("importing").touch()
-            time.sleep(45)  # until the signal raises (KeyboardInterrupt, Interrupted) here
+            deadline = time.monotonic() + 45
+            while time.monotonic() < deadline:  # until the signal raises here
+                time.sleep(0.01)
             status = pathlib.Path("/proc/self/status")
             print(
                 "held 45 s, no signal raised: SIGINT handler", signal.getsignal(signal.SIGINT),
