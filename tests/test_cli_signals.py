@@ -526,11 +526,12 @@ def test_a_signal_stops_a_run_whose_standard_output_is_a_full_pipe(
 #: a hook that holds the first import of aiohttp (the CLI's first heavy one, a second of
 #: loading on a busy machine) until SIGINT comes: Ctrl-C as soon as the command was typed.
 #: Held in sleeps of 10 ms: Python runs a signal's handler between two steps of its code, and
-#: a signal that came after the last step before one long sleep (the test sends it as soon as
-#: it sees the file; a loaded machine can pause the command right there) was handled by no
-#: one until that sleep had ended: CI timed out once on the 60 s sleep this was, with no word
-#: of why. Held 45 s at most, less than the test waits: a signal that never raised there is
-#: then said with what decides it (the handlers, the blocked and pending signals).
+#: a signal that comes after the last step before one long sleep (the test sends it as soon as
+#: it sees the file; a loaded machine can pause the command right there) is handled by no one
+#: until that sleep ends: the one cause found for CI's one timeout on the 60 s sleep this
+#: was, which said nothing of why. Held 45 s at most, less than the test waits: a signal that
+#: never raised there is then said with what decides it (the handlers, the blocked and
+#: pending signals).
 HELD_IN_ITS_IMPORTS = """
 import importlib.abc, pathlib, runpy, signal, sys, time
 
