@@ -69,7 +69,7 @@ def interpreter() -> str:
     the floors' is mostly C (orjson, aiohttp's parser): on this machine a pure-Python loop took
     0.76x-0.77x the time on Debian's python3.11 (optimized by its packaging, whatever its
     configure flags say) that it took on pyenv's 3.11.7, and 1.33x-1.35x on pyenv's 3.13.0
-    (``bench_interpreters``; benchmarks/README.md, issue 15's twenty-eighth round).
+    (``bench_interpreters``; benchmarks/HISTORY.md, issue 15's twenty-eighth round).
     """
     config = sysconfig.get_config_var("CONFIG_ARGS") or ""
     flags = [flag for flag in ("--enable-optimizations", "--with-lto") if flag in config]

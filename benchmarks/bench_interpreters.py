@@ -21,7 +21,7 @@ typing's cost on that Python (question 1's gap over its orjson floor). Why it ex
 build to another: on Debian's optimized 3.11 orjson's decode gained more than the SDK's page
 reader, on pyenv's 3.13.0 the page reader lost more than orjson's decode (the page reader over
 ``orjson.loads``: 1.40x-1.42x on pyenv's 3.11.7, 1.47x-1.48x and 1.53x-1.55x there;
-benchmarks/README.md, the twenty-eighth round).
+benchmarks/HISTORY.md, the twenty-eighth round).
 """
 
 from __future__ import annotations

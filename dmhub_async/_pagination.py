@@ -70,7 +70,7 @@ READING_AHEAD: contextvars.ContextVar[bool] = contextvars.ContextVar(
 #: over as a StopIteration; from Python 3.12 every exception is made whole as it is raised, and
 #: a record returned by a coroutine (:class:`_Records`) costs less: a walk's page of 100 typed
 #: customers counts 50k instructions fewer on 3.12 and 3.13, and 49k-52k more on 3.10 and 3.11
-#: (benchmarks/README.md, issue 15's thirtieth round). The tests walk both ways on any Python.
+#: (benchmarks/HISTORY.md, issue 15's thirtieth round). The tests walk both ways on any Python.
 RECORDS_BY_COROUTINE: bool = sys.version_info >= (3, 12)
 
 

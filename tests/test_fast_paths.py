@@ -533,9 +533,10 @@ def test_the_typed_reader_takes_a_records_keys_in_the_order_the_service_sends_th
 ) -> None:
     # msgspec finds each key of a record at its first guess when the Struct's fields come in
     # the record's order; in the model's order it scanned for four of a customer's (4% of the
-    # decode, benchmarks/README.md). The order is the contract's examples' (test_converter's,
-    # written from docs/contract.md), not the constants the reader is built from: a wrong
-    # constant fails here. The simulator sends them as the service does.
+    # decode, benchmarks/HISTORY.md, the thirtieth round). The order is the contract's
+    # examples' (test_converter's, written from docs/contract.md), not the constants the
+    # reader is built from: a wrong constant fails here. The simulator sends them as the
+    # service does.
     struct = wire_struct.wire_struct(model)
     assert [f.encode_name for f in msgspec.structs.fields(struct)] == list(sent)
     assert simulated == sent

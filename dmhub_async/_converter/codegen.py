@@ -254,7 +254,7 @@ def make_tuple_build_fn(
         read=[f"    ({', '.join(targets)},) = o"],
         # Straight into the one dict: no slicing of the tuple, no second pass over the models
         # (a 1,000-customer page, 10% with unknown keys: 70.2M -> 65.2M instructions,
-        # benchmarks/README.md).
+        # benchmarks/HISTORY.md, issue 15's sixth round).
         extra=[
             "    extra = {}",
             *(

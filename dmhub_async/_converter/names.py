@@ -109,7 +109,7 @@ STATISTICS_WIRE_ORDER: Final[tuple[str, ...]] = (
 #: The wire orders the contract shows. msgspec reads a record's keys into a Struct by guessing
 #: each is the field after the last one found, and scans its fields from there when it is not:
 #: a Struct in the model's order missed four of a customer's keys (and an unknown key after
-#: them), 4% of the decode (benchmarks/README.md, issue 15's thirtieth round).
+#: them), 4% of the decode (benchmarks/HISTORY.md, issue 15's thirtieth round).
 _WIRE_ORDERS: Final[dict[type, tuple[str, ...]]] = {
     Customer: CUSTOMER_WIRE_ORDER,
     CustomerStatistics: STATISTICS_WIRE_ORDER,

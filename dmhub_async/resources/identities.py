@@ -155,7 +155,7 @@ class Identities(Resource):
 
         # A fixed pool of workers rather than a task per lookup (lookup_iter's way, which must
         # yield in order): 167k -> 120k instructions a lookup, counted with a canned answer
-        # (benchmarks/README.md, issue 15's fifth round).
+        # (benchmarks/HISTORY.md, issue 15's fifth round).
         request = self._session.request
 
         async def worker() -> None:
