@@ -50,9 +50,8 @@ def test_the_report_splits_lists_gap_into_the_machinery_and_the_async_step_a_rec
     def rounds(x: float) -> list[float]:
         return [x, x * 1.01, x * 0.99]
 
-    floor = 1.0
     times = {
-        bench_overhead.ORJSON_FLOOR: rounds(floor),
+        bench_overhead.ORJSON_FLOOR: rounds(1.0),
         bench_overhead.JSON_FLOOR: rounds(1.4),
         bench_overhead.TYPED_FLOOR: rounds(1.04),
         bench_overhead.SDK_PAGES: rounds(1.04 * 1.10),
