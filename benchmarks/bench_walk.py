@@ -54,7 +54,6 @@ from dmhub_async import AsyncPaginator, DMHubClient, Identity, MemoryTokenStore
 from dmhub_async._converter import read_customer_page, structure_identities
 from dmhub_async._json import loads
 from dmhub_async._pagination import RawPage
-from dmhub_async._sansio import Request
 from dmhub_async.resources._pages import rows_page
 from dmhub_async.testing import DMHubSimulator
 
@@ -229,14 +228,14 @@ def _floor_pages_one_at_a_time(
 
 
 def _sdk_request_workers(dm: DMHubClient, pages: int, n: int) -> Callable[[], Awaitable[int]]:
-    """The SDK's request path (its session's ``send``, the page read as ``list()`` reads it) in
-    the floor's workers."""
+    """The SDK's request path (its session's ``request``, the page read as ``list()`` reads it)
+    in the floor's workers."""
     decode = rows_page(read_customer_page, "a page of customers")
 
     async def page(number: int) -> int:
         params = {"sidx": "id", "sord": "asc", "rows": str(PAGE_SIZE), "page": str(number)}
-        response = await dm._session.send(Request("GET", _LIST, params, decode=decode))
-        return len(response.data.items)
+        raw = await dm._session.request("GET", _LIST, params=params, decode=decode)
+        return len(raw.items)
 
     async def walk() -> int:
         return await page(1) + await _workers(n, iter(range(2, pages + 1)), page)

@@ -53,6 +53,8 @@ T = TypeVar("T")
 # records) and a connection.
 
 #: Fetches page ``number`` of ``size`` items.
+#: Reads page ``number`` of ``size`` records; its retries are counted in :data:`RETRY_TALLY`
+#: as they are made (the client's retry loop does).
 PageFetcher = Callable[[int, int], Awaitable[RawPage[T]]]
 
 _Read = tuple[RawPage[T], int]  # a page as read, and the epoch it was read in
@@ -205,23 +207,21 @@ class AsyncPaginator(Generic[T]):
     async def _read(self, number: int) -> _Read[T]:
         """Page ``number``, and the epoch the plan puts its read in.
 
-        Its retries are counted once it is read, as its answer says; cancelled (a page read
-        ahead, dropped) or failed, as far as it had gone (:class:`RetryTally`). A tally kept
-        around the walk (an export's, which says them even when it fails) gets them too.
+        Its retries are counted as its request makes them (:class:`RetryTally`, which the
+        client's retry loop adds to): read, cancelled (a page read ahead, dropped) or failed,
+        as far as it had gone. A tally kept around the walk (an export's, which says them even
+        when it fails) gets them too.
         """
         tally = RetryTally()
         outer = RETRY_TALLY.get()
         kept = RETRY_TALLY.set(tally)
         try:
             raw = await self._fetch(number, self.page_size)
-        except BaseException:
-            self.stats.retries += tally.retries
-            raise
         finally:
             RETRY_TALLY.reset(kept)
+            self.stats.retries += tally.retries
             if outer is not None:
                 outer.retries += tally.retries
-        self.stats.retries += raw.retries
         return raw, self._plan.note_read(number, raw)
 
     async def _read_in_order(self, number: int) -> _Read[T]:

@@ -45,16 +45,20 @@ MAX_READS_WITHOUT_PROGRESS = 2 * MAX_STEPS_BACK + 8
 _UNKNOWN: Any = object()
 
 
-@attrs.frozen
+@attrs.define
 class RawPage(Generic[T]):
-    """A page as one request returned it; ``None`` where the service did not say."""
+    """A page as one request returned it; ``None`` where the service did not say.
+
+    Not changed once made, but not frozen, as :class:`~dmhub_async._sansio.Request`: a frozen
+    attrs class sets each field through ``object.__setattr__``, and every page makes one. Its
+    retries are counted as they are made (``RetryTally``), not carried here: a page's request
+    took the request path of any call (``Session.request``), which returns the data alone.
+    """
 
     items: list[T]
     has_next: bool | None = None
     total_records: int | None = None
     total_pages: int | None = None
-    #: Retries the request for this page took.
-    retries: int = 0
     #: Each item's key, when the page's reader took them already (``list_rows``: the ids it
     #: checks); None: the walk's key function gives them.
     keys: list[Any] | None = None

@@ -104,10 +104,11 @@ class Request:
     idempotent: bool = True
     #: Body codes that mean "no such record" for this call (40201 on a single-customer read).
     not_found_codes: frozenset[int | str] = frozenset()
-    authenticated: bool = True
     #: Reads a successful body in place of ``_json.loads`` (a page straight into models, say);
-    #: errors are found and built as ever (:func:`read_response`).
+    #: errors are found and built as ever (:func:`read_response`). Before ``authenticated``:
+    #: a call's fields, the first seven, make its Request (``Session.request``).
     decode: Decode | None = attrs.field(default=None, repr=False, eq=False)
+    authenticated: bool = True
 
     def describe(self) -> str:
         """``METHOD /path?query`` without the token or a personal value (``PERSONAL_PARAMS``)."""

@@ -41,6 +41,7 @@ from dmhub_async import (
     ServerError,
     _json,
     _sansio,
+    _session,
 )
 from dmhub_async._converter import (
     lenient_page_reader,
@@ -926,6 +927,47 @@ async def test_a_call_whose_token_is_held_makes_no_request_object_for_its_usual_
             "GET /v1/customeridentities?identityType=mobile&identityValue=*** -> 200"
         ]
         assert made == ["/v1/customeridentities"]  # for the log line
+
+
+async def test_a_walks_page_whose_token_is_held_is_sent_as_a_lookup_is(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What a walk costs (issue 15, thirty-fourth round): a page whose token is held is sent
+    from ``Session.request`` as a lookup is, without a ``_Call`` or the retry loop (about 20k
+    instructions a page, with the page's frozen APIResponse no longer made). One that fails
+    goes on as before: retried, its retries counted by the walk and by the client, every
+    record once."""
+    made: list[str] = []
+
+    class Counted(_session._Call):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            made.append(self.request.path)
+
+    async def no_wait(delay: float) -> None:
+        pass
+
+    monkeypatch.setattr(_session, "_Call", Counted)
+    async with (
+        DMHubSimulator(customers=30, seed=2) as sim,
+        DMHubClient(app_id=sim.app_id, secret=sim.secret, base_url=sim.url, sleep=no_wait) as dm,
+    ):
+        assert await dm.customers.count() == 30  # the token fetched and held
+        made.clear()
+        walk = dm.customers.list(page_size=10)
+        ids = [customer.id for customer in await walk.to_list()]
+        assert len(set(ids)) == 30
+        assert made == []
+        assert dm.last_response is not None
+        assert dm.last_response.status == 200
+        assert (walk.stats.pages, walk.stats.retries, dm.stats.retries) == (3, 0, 0)
+
+        sim.faults.paths = ("GET /v1/customers",)
+        sim.faults.script(["ok", "503"])  # page 2 answered 503 once
+        walk = dm.customers.list(page_size=10)
+        assert [customer.id for customer in await walk.to_list()] == ids
+        assert made == ["/v1/customers"]  # the failed page's call goes on through the loop
+        assert (walk.stats.pages, walk.stats.retries, dm.stats.retries) == (3, 1, 1)
 
 
 def test_a_mobile_is_checked_by_its_value_alone() -> None:

@@ -5,12 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable, Mapping
 from typing import Any, TypeVar
 
-import attrs
-
 from .. import _json
 from .._exceptions import ResponseDecodeError
 from .._pagination import READING_AHEAD, AsyncPaginator, Dedupe, RawPage
-from .._sansio import Request
 from .._session import Session
 from .._validate import check_paging, short
 
@@ -97,11 +94,10 @@ def paginate(
     async def fetch(number: int, size: int) -> RawPage[T]:
         query = {**params, "rows": str(size), "page": str(number)}
         # A walk's reader ahead is a task of its own: its answers no caller can read.
-        response = await session.send(
-            Request("GET", path, query, decode=decode), remembered=not READING_AHEAD.get()
+        page: RawPage[T] = await session.request(
+            "GET", path, params=query, decode=decode, remembered=not READING_AHEAD.get()
         )
-        page: RawPage[T] = response.data
-        return attrs.evolve(page, retries=response.retries) if response.retries else page
+        return page
 
     return AsyncPaginator(
         fetch, key=key, dedupe=dedupe_for(params.get("sidx"), params.get("sord")), **paging

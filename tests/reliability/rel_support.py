@@ -8,6 +8,7 @@ from collections import Counter
 from typing import Any
 
 from dmhub_async import DMHubClient
+from dmhub_async._retry import RETRY_TALLY, RetryTally
 from dmhub_async._sansio import APIResponse, Request
 
 #: The coroutine of the task aiohttp's server runs per open connection.
@@ -38,23 +39,42 @@ async def settled(*, connections: bool = False, turns: int = 50) -> list[str]:
 class CallLog:
     """Each call a client's resources send through its session layer, with its attempts.
 
-    Wraps the session's ``send`` and records the first attempt and every retry of each call that
-    got an answer, keyed by path and ``page``.
+    Wraps the session's ``send`` and, for a walk's pages (a call with a ``decode``), its
+    ``request``, and records the first attempt and every retry of each call that got an
+    answer, keyed by path and ``page``.
     """
 
     def __init__(self, client: DMHubClient) -> None:
         self.calls: list[list[Any]] = []  # [path, page, attempts]
         session = client._session
-        inner = session.send
+        inner_send, inner_request = session.send, session.request
 
         async def send(request: Request, **options: Any) -> APIResponse:
             entry = [request.path, (request.params or {}).get("page"), 1]
             self.calls.append(entry)
-            response = await inner(request, **options)
+            response = await inner_send(request, **options)
             entry[2] += response.retries
             return response
 
+        async def request(method: str, path: str, **options: Any) -> Any:
+            if options.get("decode") is None:
+                return await inner_request(method, path, **options)
+            entry = [path, (options.get("params") or {}).get("page"), 1]
+            self.calls.append(entry)
+            # A page's retries, as the walk counts them: in the tally around its call.
+            tally, outer = RetryTally(), RETRY_TALLY.get()
+            kept = RETRY_TALLY.set(tally)
+            try:
+                data = await inner_request(method, path, **options)
+            finally:
+                RETRY_TALLY.reset(kept)
+                if outer is not None:
+                    outer.retries += tally.retries
+            entry[2] += tally.retries
+            return data
+
         session.send = send  # type: ignore[method-assign]
+        session.request = request  # type: ignore[method-assign]
 
     def attempts(self, path: str = "/v1/customers") -> list[int]:
         """Attempts of each call to ``path``, in call order."""

@@ -46,7 +46,6 @@ from dmhub_async import (
     cli,
 )
 from dmhub_async._redact import redact
-from dmhub_async._sansio import APIResponse, Request
 from dmhub_async.testing import DMHubSimulator
 
 CANARY_SECRET = "Cn4ry+S3cr3t/Zq9="
@@ -216,12 +215,12 @@ def _echoed_url(mode: str) -> Callable[[Context], Awaitable[Any]]:
 async def _echoed_wrong_shape(ctx: Context) -> Any:
     async with ctx.client(base_url=ctx.echo_url, access_token=CANARY_TOKEN) as dm:
         # customers.list() reads /v1/customers: point the walk at the echo service's page
-        original = dm._session.send
+        original = dm._session.request
 
-        async def send(request: Request, **options: Any) -> APIResponse:
-            return await original(attrs.evolve(request, path="/v1/echo/wrong-shape"), **options)
+        async def request(method: str, path: str, **options: Any) -> Any:
+            return await original(method, "/v1/echo/wrong-shape", **options)
 
-        dm._session.send = send  # type: ignore[method-assign]
+        dm._session.request = request  # type: ignore[method-assign]
         return await dm.customers.list().to_list()
 
 
