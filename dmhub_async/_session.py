@@ -853,19 +853,24 @@ class Session:
                 request = Request(*fields)
             elapsed_ms = (time.perf_counter() - started) * 1000
             logger.debug("%s -> %d (%.1f ms)", request.describe(), status, elapsed_ms)
-        if 200 <= status < 300 and decode is None:
-            # The usual answer, read here: a call less a request, and no Request made for it.
-            # Any other answer (not JSON, an error code) is read_response's to read and build.
+        if 200 <= status < 300:
+            # The usual answer, read here: a call less a request, and no Request made for it;
+            # a page's too, by its decode, with the body's keys beside its records (about 4k
+            # instructions a page). Any other answer (not JSON, not what decode reads, an
+            # error code) is read_response's to read and build.
             try:
-                data = _json.loads(payload)
+                if decode is None:
+                    data = keys = _json.loads(payload)
+                else:
+                    data, keys = decode(payload)
             except (ValueError, RecursionError):
                 pass
             else:
-                if type(data) is list or error_of(data, secrets)[0] is None:
+                if type(keys) is list or error_of(keys, secrets)[0] is None:
                     return status, resp_headers, data, retries
                 # An error's body, which may quote the token: not among this frame's variables
                 # (see above); read_response reads it again, masked.
-                del data
+                del data, keys
         if request is None:
             request = Request(*fields)
         try:
