@@ -52,7 +52,6 @@ T = TypeVar("T")
 # in flight or waiting its turn holds memory (up to ``2 * concurrency`` pages of up to 100
 # records) and a connection.
 
-#: Fetches page ``number`` of ``size`` items.
 #: Reads page ``number`` of ``size`` records; its retries are counted in :data:`RETRY_TALLY`
 #: as they are made (the client's retry loop does).
 PageFetcher = Callable[[int, int], Awaitable[RawPage[T]]]

@@ -473,9 +473,9 @@ class Session:
         """The decoded JSON body of one call, with retries (None for an empty answer).
 
         ``decode``: reads a successful body in its place (:attr:`Request.decode`: a list's
-        page straight into models); the page path takes this method's way, a token held,
-        too (about 20k instructions a page less than :meth:`send`'s: issue 15's
-        thirty-fourth round).
+        page straight into models). A walk's pages take this way, not :meth:`send`'s: with
+        the token held, no ``_Call``, retry loop or ``APIResponse`` a page (about 17k
+        instructions a page; issue 15's thirty-fourth round).
         ``remembered=False``: not kept as the calling task's ``last_response``, for a task of
         the SDK's own that no caller can read it from (lookup_many's workers, lookup_iter's
         lookups, a walk's readers ahead): keeping it cost about 4k instructions a lookup, and

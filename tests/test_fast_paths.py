@@ -933,7 +933,7 @@ async def test_a_walks_page_whose_token_is_held_is_sent_as_a_lookup_is(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """What a walk costs (issue 15, thirty-fourth round): a page whose token is held is sent
-    from ``Session.request`` as a lookup is, without a ``_Call`` or the retry loop (about 20k
+    from ``Session.request`` as a lookup is, without a ``_Call`` or the retry loop (about 17k
     instructions a page, with the page's frozen APIResponse no longer made), and its usual
     answer is read by its decode without a ``Request`` (about 4k). One that fails goes on as
     before: retried, its retries counted by the walk and by the client, every record once."""
