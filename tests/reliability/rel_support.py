@@ -8,7 +8,7 @@ from collections import Counter
 from typing import Any
 
 from dmhub_async import DMHubClient
-from dmhub_async._retry import RETRY_TALLY, RetryTally
+from dmhub_async._retry import RETRY_TALLY
 from dmhub_async._sansio import APIResponse, Request
 
 #: The coroutine of the task aiohttp's server runs per open connection.
@@ -57,20 +57,16 @@ class CallLog:
             return response
 
         async def request(method: str, path: str, **options: Any) -> Any:
-            if options.get("decode") is None:
+            # A page's retries, as the walk counts them: in the tally its read keeps around
+            # the call (AsyncPaginator._read).
+            tally = RETRY_TALLY.get()
+            if options.get("decode") is None or tally is None:
                 return await inner_request(method, path, **options)
             entry = [path, (options.get("params") or {}).get("page"), 1]
             self.calls.append(entry)
-            # A page's retries, as the walk counts them: in the tally around its call.
-            tally, outer = RetryTally(), RETRY_TALLY.get()
-            kept = RETRY_TALLY.set(tally)
-            try:
-                data = await inner_request(method, path, **options)
-            finally:
-                RETRY_TALLY.reset(kept)
-                if outer is not None:
-                    outer.retries += tally.retries
-            entry[2] += tally.retries
+            before = tally.retries
+            data = await inner_request(method, path, **options)
+            entry[2] += tally.retries - before
             return data
 
         session.send = send  # type: ignore[method-assign]
