@@ -243,6 +243,10 @@ class _TableRow(Protocol):
     floor: list[float] | None
     ideal: float | None
     client_gc: float
+    client_full: list[int] | None
+
+    @property
+    def rounds_with_full_collection(self) -> int: ...
 
 
 def record_rows(
@@ -254,8 +258,8 @@ def record_rows(
 ) -> None:
     """:func:`record` every row of a walk's table: the ratio to the floor (a row that has one
     is the SDK's: in the summary) and to the ideal; the concurrency (the label's last number),
-    the ideal, the client's CPU and its garbage collections' time in ms go along for the chart
-    and a reader."""
+    the ideal, the client's CPU, its garbage collections' time in ms and the rounds a full
+    collection fell in go along for the chart and a reader."""
     for row in rows:
         floors: dict[str, Sequence[float] | float] = {}
         if row.floor is not None:
@@ -274,6 +278,9 @@ def record_rows(
             ideal_ms=row.ideal * 1e3 if row.ideal else None,
             client_cpu_ms=None if row.client_cpu != row.client_cpu else row.client_cpu * 1e3,
             client_gc_ms=None if row.client_gc != row.client_gc else row.client_gc * 1e3,
+            rounds_with_full_gc=None
+            if row.client_full is None
+            else row.rounds_with_full_collection,
         )
 
 

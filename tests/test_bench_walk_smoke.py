@@ -29,9 +29,11 @@ def test_bench_walk_quick(capsys: pytest.CaptureFixture[str]) -> None:
     assert "vs floor" in out
     assert "vs ideal+cost" in out
     assert "of it gc ms" in out  # the garbage collector's share of each contender's CPU
+    assert "full gc" in out  # and the rounds a full collection fell in
     rows = [row for line in out.splitlines() if (row := line.split())[:3] == ["5", "ms", "SDK"]]
     assert rows
-    assert all(float(row[-1]) >= 0 for row in rows)
+    assert all(float(row[-2]) >= 0 for row in rows)
+    assert all(row[-1] in ("0/1", "1/1") for row in rows)  # one round each in the quick run
     assert "question 3, SDK within 1.05x of the aiohttp worker floor" in out
 
 
@@ -47,10 +49,34 @@ def test_the_gc_clock_counts_only_while_installed() -> None:
         gc.callbacks.remove(clock)
     counted = clock.seconds
     assert counted > 0
+    assert clock.full == 1  # gc.collect() collects the oldest generation: a full collection
     gc.collect()
     assert clock.seconds == counted
-    clock("stop", {"generation": 0})  # the end of a collection it never saw begin
+    assert clock.full == 1
+    clock("stop", {"generation": 2})  # the end of a collection it never saw begin
     assert clock.seconds == counted
+    assert clock.full == 1
+
+
+def test_a_young_collection_is_not_counted_full() -> None:
+    clock = bench_walk.GcClock()
+    gc.callbacks.append(clock)
+    try:
+        gc.collect(0)
+        gc.collect(1)
+    finally:
+        gc.callbacks.remove(clock)
+    assert clock.full == 0
+    assert clock.seconds > 0
+
+
+def test_a_missed_cell_names_the_full_collections_in_the_sdks_rounds() -> None:
+    row = bench_walk.Row("50 ms", "SDK 32", [0.2, 0.2, 0.2], 0.05, client_full=[0, 1, 2])
+    assert bench_walk._miss([1.01, 1.09, 1.16], row) == (
+        "1.09x (1.01-1.16), a full collection in 2 of its 3 rounds"
+    )
+    row.client_full = [0, 0, 0]
+    assert bench_walk._miss([1.01, 1.09, 1.16], row) == "1.09x (1.01-1.16)"
 
 
 @pytest.mark.timeout(30)
@@ -67,9 +93,24 @@ def test_simulator_process_starts_serves_and_stops() -> None:
 
 @pytest.mark.timeout(60)
 def test_bench_walk_diagnose_quick(capsys: pytest.CaptureFixture[str]) -> None:
-    ratios = bench_walk.main(["--quick", "--diagnose"])
+    thresholds = gc.get_threshold()
+    ratios = bench_walk.main(["--quick", "--diagnose", "--gc-threshold", "1500"])
     assert set(ratios) == {"walk@4@5ms", "walk@8@5ms"}
-    assert "SDK request path, 8 wkrs" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "SDK request path, 8 wkrs" in out
+    # The run's own threshold, said; the caller's set back after it.
+    assert f"the collector's thresholds: {(1500, *thresholds[1:])}" in out
+    assert gc.get_threshold() == thresholds
+
+
+def test_a_negative_gc_threshold_is_refused_before_anything_runs(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    thresholds = gc.get_threshold()
+    with pytest.raises(SystemExit):
+        bench_walk.main(["--gc-threshold", "-1"])
+    assert "--gc-threshold must be 0 or more, not -1" in capsys.readouterr().err
+    assert gc.get_threshold() == thresholds
 
 
 @pytest.mark.timeout(60)
