@@ -101,7 +101,14 @@ def start_workers(
     if rate_limit is not None:
         command += ["--rate-limit", str(rate_limit)]
     before = _clients(redis)
-    procs = [subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL) for _ in range(workers)]
+    procs = []
+    for _ in range(workers):
+        # Each worker's stderr kept (a file: a pipe no one reads would fill), for what a stop
+        # that did not end within the worker's --stop-timeout said it waited on.
+        said = tempfile.TemporaryFile()  # noqa: SIM115 - closed by stop_workers
+        proc = subprocess.Popen(command, env=env, stderr=said)
+        proc.said = said  # type: ignore[attr-defined]
+        procs.append(proc)
     try:
         deadline = time.monotonic() + 60
         while _clients(redis) < before + workers and time.monotonic() < deadline:
@@ -113,11 +120,21 @@ def start_workers(
 
 
 def stop_workers(procs: list[subprocess.Popen[bytes]]) -> None:
-    """Ask every worker to stop (arq shuts down on SIGTERM) and wait for each."""
+    """Ask every worker to stop (arq shuts down on SIGTERM) and wait for each; print what one
+    whose stop did not end within its --stop-timeout said it waited on."""
     for proc in procs:
         proc.terminate()
     for proc in procs:
         proc.wait(30)
+    for proc in procs:
+        said = getattr(proc, "said", None)
+        if said is None:
+            continue
+        said.seek(0)
+        for line in said.read().decode("utf-8", "replace").splitlines():
+            if "did not end within" in line:
+                print(f"a worker (pid {proc.pid}) did not stop in time: {line}", flush=True)
+        said.close()
 
 
 async def plan(sim: dict[str, Any], redis_url: str, out: Path, rate_limit: float | None) -> Any:

@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -777,3 +778,60 @@ def test_a_signal_as_a_whole_sharded_export_closes_its_client_leaves_it_whole(
     assert said.err == ""
     ids = [i for part in sorted((tmp_path / "parts").glob("part-*.jsonl")) for i in jsonl_ids(part)]
     assert sorted(ids) == sorted(served.ids())
+
+
+async def _held_in(event: asyncio.Event) -> None:
+    await event.wait()
+
+
+def test_a_bounded_stop_names_the_innermost_await_of_each_task() -> None:
+    # What a worker whose stop did not end within --stop-timeout says it waited on: the place
+    # in the code of each task's innermost await, and the asyncio call it is in.
+    from dmhub_async.cli import _main
+
+    async def scene() -> str:
+        event = asyncio.Event()
+        held = asyncio.ensure_future(_held_in(event))
+        sleeping = asyncio.ensure_future(asyncio.sleep(3600))
+        await asyncio.sleep(0)  # both started
+        try:
+            return _main._waits(asyncio.get_running_loop())
+        finally:
+            held.cancel()
+            sleeping.cancel()
+            await asyncio.gather(held, sleeping, return_exceptions=True)
+
+    waits = asyncio.run(scene()).split("; ")
+
+    line = _held_in.__code__.co_firstlineno + 1
+    assert f"test_cli_signals.py:{line} _held_in in asyncio's Event.wait" in waits
+    assert "a task in asyncio's sleep" in waits
+    assert len(waits) == 3  # and the test's own, scene()
+
+
+def test_a_program_running_the_worker_command_keeps_no_stop_bound_once_it_returns(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # main([...]) called in a program (a test, a supervisor): once it has returned, the bound
+    # of a stop it was sent (--stop-timeout) is off; it would have ended the whole program, a
+    # process that goes on, when the time was up.
+    from dmhub_async.cli import _commands, _main, main
+
+    gave_up: list[int] = []
+    monkeypatch.setattr(_main, "_give_up", lambda signum, *_: gave_up.append(signum))
+
+    async def serving(args: Any) -> int:
+        os.kill(os.getpid(), signal.SIGTERM)
+        await asyncio.sleep(3600)  # cancelled by the signal
+        return 0
+
+    monkeypatch.setitem(_commands.COMMANDS, "worker", serving)
+    argv = ["worker", "--redis", "redis://127.0.0.1:1/0", "--stop-timeout", "0.2"]
+
+    code = main(argv)
+
+    assert code == 143
+    for thread in threading.enumerate():
+        if thread.name == "dmhub-stop-bound":
+            thread.join(10)  # a cancelled timer's ends at once; one left on, at 0.2 s and 2.2
+    assert gave_up == []

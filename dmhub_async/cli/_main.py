@@ -9,6 +9,7 @@ import contextlib
 import os
 import signal
 import sys
+import threading
 import warnings
 from collections.abc import Iterator, Sequence
 from types import FrameType
@@ -55,13 +56,15 @@ async def _run(
     early: list[int] | None = None,
     *,
     exiting: bool = False,
+    bounds: list[threading.Timer] | None = None,
 ) -> int:
     """The command, cancelled (so its cleanup runs) by the first SIGINT or SIGTERM; its exit
     code also put in ``ended`` as it ends, before its signal handlers go.
 
     ``early``: the signals that came before the handlers were in place (the event loop being
     made), which stop the command as they are. ``exiting``: the process ends with the command,
-    which, once it has returned its code, ignores both signals (see `run`)."""
+    which, once it has returned its code, ignores both signals (see `run`). ``bounds``: the
+    timers of a bounded stop (a command with ``stop_timeout``), for the caller to cancel."""
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
     assert task is not None
@@ -82,6 +85,11 @@ async def _run(
             )
             os._exit(128 + signum)
         received.append(signum)
+        stop_timeout = getattr(args, "stop_timeout", None)
+        if stop_timeout is not None:  # a service's stop (worker): bounded, whatever it waits on
+            timers = _bound_the_stop(loop, signum, stop_timeout)
+            if bounds is not None:
+                bounds.extend(timers)
         if finishing:  # its output in place: what is left of it runs, and it says so
             return
         task.cancel()
@@ -110,6 +118,109 @@ async def _run(
             loop.remove_signal_handler(signum)
         if exiting and ended:
             _ignore_signals()
+
+
+#: Once a bounded stop's time is up, how long the event loop has to say what the stop waits on
+#: before the process ends without it (a loop held by a call that never returns).
+_LOOP_ANSWER = 2.0
+#: The awaits of a stop that did not end, named at most this many.
+_SHOWN_WAITS = 4
+
+
+def _bound_the_stop(
+    loop: asyncio.AbstractEventLoop, signum: int, seconds: float
+) -> list[threading.Timer]:
+    """End the process ``seconds`` after ``signum`` (exit 128 + ``signum``) if it is still
+    running then, saying on stderr where its tasks wait: a worker whose cleanup waited on
+    something that never came stayed in its event loop for good, deaf to the SIGTERM it had
+    been sent (a fleet's deploy, a script's ``terminate()``), and said nothing of why.
+
+    The timers are daemon threads (the interpreter's exit does not wait for them): in a
+    process that ends with the command, the bound holds from the signal to its end (the
+    command's cleanup, asyncio's shutdown after it, the interpreter's, which waits for the
+    threads of its executors); `run` called in a program cancels them once it returns.
+    """
+
+    def on_loop() -> None:
+        _give_up(signum, seconds, _waits(loop))
+
+    def in_time() -> None:
+        with contextlib.suppress(RuntimeError):  # the loop closed: the process is ending
+            loop.call_soon_threadsafe(on_loop)
+
+    def too_late() -> None:
+        _give_up(signum, seconds, "an event loop that does not answer")
+
+    timers = []
+    for delay, then in ((seconds, in_time), (seconds + _LOOP_ANSWER, too_late)):
+        timer = threading.Timer(delay, then)
+        timer.daemon = True
+        timer.name = "dmhub-stop-bound"
+        timer.start()
+        timers.append(timer)
+    return timers
+
+
+def _give_up(signum: int, seconds: float, waits: str) -> None:
+    name = signal.Signals(signum).name
+    message = (
+        f"stopped by {name}: its cleanup did not end within {seconds:g} s (waiting on {waits}):"
+        " exiting at once, its cleanup unfinished"
+    )
+    # os.write: this may run on a thread while the main one holds sys.stderr's lock.
+    with contextlib.suppress(OSError):
+        os.write(2, f"dmhub-async: {printable(message)}\n".encode("utf-8", "replace"))
+    os._exit(128 + signum)
+
+
+def _waits(loop: asyncio.AbstractEventLoop) -> str:
+    """Where the loop's unfinished tasks wait, the innermost await of each: a place in the code
+    (``dmhub_async/shards/_queue.py:971 _close``), and the asyncio call it is in, if any."""
+    seen: dict[str, None] = {}
+    for task in asyncio.all_tasks(loop):
+        seen.setdefault(_await_of(task), None)
+    if not seen:
+        return "no task: asyncio's own shutdown"
+    shown = list(seen)[:_SHOWN_WAITS]
+    more = len(seen) - len(shown)
+    return "; ".join(shown) + (f"; and {more} more" if more else "")
+
+
+def _await_of(task: asyncio.Task[Any]) -> str:
+    ours = inner = ""
+    awaited: Any = task.get_coro()
+    while awaited is not None:
+        frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "gi_frame", None)
+        if frame is None:
+            frame = getattr(awaited, "ag_frame", None)
+        if frame is not None:
+            code = frame.f_code
+            name = getattr(code, "co_qualname", code.co_name)  # 3.10 has no co_qualname
+            where = _short_path(code.co_filename)
+            if where.startswith("asyncio/"):
+                inner = inner or f"asyncio's {name}"
+            else:
+                ours, inner = f"{where}:{frame.f_lineno} {name}", ""
+        awaited = (
+            getattr(awaited, "cr_await", None)
+            or getattr(awaited, "gi_yieldfrom", None)
+            or getattr(awaited, "ag_await", None)
+        )
+    said = ours or "a task"
+    return f"{said} in {inner}" if inner else said
+
+
+def _short_path(filename: str) -> str:
+    """``filename`` from its package on (``arq/worker.py``), or its name alone."""
+    parts = filename.replace(os.sep, "/").split("/")
+    for index in range(len(parts) - 2, -1, -1):
+        if parts[index] in ("site-packages", "dist-packages") or (
+            parts[index].startswith("python3") and index + 1 < len(parts) - 1
+        ):
+            return "/".join(parts[index + 1 :])
+    if "dmhub_async" in parts:
+        return "/".join(parts[parts.index("dmhub_async") :])
+    return parts[-1]
 
 
 def _interrupted(err: Interrupted, args: argparse.Namespace) -> str:
@@ -182,6 +293,7 @@ def run(argv: Sequence[str] | None = None, *, exiting: bool = False) -> int:
         return stopped_loading(stopped.signum)
     ended: list[int] = []
     early: list[int] = []
+    bounds: list[threading.Timer] = []
     try:
         with (
             warnings.catch_warnings(),
@@ -189,7 +301,7 @@ def run(argv: Sequence[str] | None = None, *, exiting: bool = False) -> int:
         ):
             # The CLI says it in its own terms (--timezone): see _commands._filters.
             warnings.simplefilter("ignore", NaiveDatetimeWarning)
-            return asyncio.run(_run(args, ended, early, exiting=exiting))
+            return asyncio.run(_run(args, ended, early, exiting=exiting, bounds=bounds))
     except KeyboardInterrupt:  # a Ctrl-C before the handlers were in place, or after
         if ended:
             # After: the command had ended (its output written, its report printed) as
@@ -198,6 +310,10 @@ def run(argv: Sequence[str] | None = None, *, exiting: bool = False) -> int:
         err: BaseException = Interrupted(signal.SIGINT)
     except (Interrupted, CommandError, DMHubError, OSError, ValueError) as caught:
         err = caught
+    finally:
+        if not exiting:  # a program's own call: its process goes on without the bound
+            for timer in bounds:
+                timer.cancel()
     if isinstance(err, BrokenPipeError):
         # The reader of our output left (`| head -1`): ended silently, as `yes | head` does,
         # not "error: Broken pipe". stdout to /dev/null: the interpreter's last flush at exit

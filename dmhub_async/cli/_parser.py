@@ -67,6 +67,9 @@ class _Parser(argparse.ArgumentParser):
 #: tests/test_cli_usage.py holds the two equal.
 MAX_SEEDED = 100_000_000
 DEMO_OUT = "dmhub-demo.jsonl"
+#: ``worker --stop-timeout``'s default, seconds: within the 30 s that Kubernetes (and our
+#: benchmark) give a SIGTERM before a SIGKILL, which says nothing of what the stop waited on.
+STOP_TIMEOUT = 20.0
 
 
 def _int_in(low: int, high: int | None = None) -> Callable[[str], int]:
@@ -459,6 +462,14 @@ def _shard_commands(command: Callable[[str, str, str], argparse.ArgumentParser])
         "--jobs", type=_int_in(1, MAX_CONCURRENCY), default=1, help="shards exported at once"
     )
     worker.add_argument("--burst", action="store_true", help="stop when the queue is empty")
+    worker.add_argument(
+        "--stop-timeout",
+        type=_float_in(0.1),
+        default=STOP_TIMEOUT,
+        metavar="SECONDS",
+        help="the longest its stop may take once a SIGTERM or Ctrl-C came: past it, it says "
+        "what it waits on and exits at once",
+    )
     worker.add_argument(
         "--mount",
         action="append",

@@ -563,6 +563,113 @@ def test_a_worker_stopped_while_redis_is_away_ends_at_once_in_one_line(
     assert worker.returncode == 143
 
 
+#: A worker whose shutdown never ends: the client's close awaits what never comes (``wait``),
+#: or holds the event loop itself (``block``).
+_STUCK_WORKER = """
+import asyncio, sys, time
+from dmhub_async.shards import _queue
+
+HOW = sys.argv.pop(1)
+
+async def _close(*args, **kwargs):
+    if HOW == "block":
+        time.sleep(120)
+    await asyncio.Event().wait()
+
+_queue._close = _close
+from dmhub_async.cli import main
+raise SystemExit(main())
+"""
+
+
+def _stop_a_stuck_worker(
+    tmp_path: Path, redis: RedisServer, how: str, *flags: str
+) -> tuple[int, str, float]:
+    """(exit code, stderr, seconds from the SIGTERM to the exit) of a `_STUCK_WORKER`."""
+    script = tmp_path / "stuck_worker.py"
+    script.write_text(_STUCK_WORKER, encoding="utf-8")
+    command = [sys.executable, str(script), how, "worker", "--redis", redis.url, *flags]
+    with sim_process(100) as sim:
+        worker = subprocess.Popen(
+            command,
+            env=sim.env(XDG_CACHE_HOME=str(tmp_path / "cache")),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while not redis.commands_served().get("zrangebyscore"):  # it serves the queue
+                assert worker.poll() is None
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            worker.terminate()
+            sent = time.monotonic()
+            _, err = worker.communicate(timeout=30)
+            took = time.monotonic() - sent
+        finally:
+            if worker.poll() is None:
+                worker.kill()
+                worker.communicate()
+    return worker.returncode, err, took
+
+
+def test_a_worker_whose_stop_never_ends_exits_at_its_stop_timeout_saying_where_it_waits(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    # Run 58 of the benchmarks: a `dmhub-async worker` sent SIGTERM was still in its event
+    # loop 30 s later (and minutes after), saying nothing: its cleanup waited on something
+    # that never came. Now its stop is bounded (--stop-timeout) and says what it waited on.
+    code, err, took = _stop_a_stuck_worker(tmp_path, redis, "wait", "--stop-timeout", "1")
+
+    assert code == 143, err
+    assert err.splitlines() == [
+        "dmhub-async: stopped by SIGTERM: its cleanup did not end within 1 s (waiting on "
+        "stuck_worker.py:10 _close in asyncio's Event.wait): exiting at once, its cleanup "
+        "unfinished"
+    ], err
+    assert took < 20  # the bound, not the test's own timeout
+
+
+def test_a_worker_whose_stop_holds_its_event_loop_still_exits_after_its_stop_timeout(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    # A cleanup that never gives the event loop back (a blocking call) cannot say where it
+    # waits: the bound ends the process all the same, 2 s later, and says so.
+    code, err, took = _stop_a_stuck_worker(tmp_path, redis, "block", "--stop-timeout", "0.5")
+
+    assert code == 143, err
+    assert err.splitlines() == [
+        "dmhub-async: stopped by SIGTERM: its cleanup did not end within 0.5 s (waiting on an "
+        "event loop that does not answer): exiting at once, its cleanup unfinished"
+    ], err
+    assert took < 20
+
+
+@pytest.mark.parametrize("given", ["0", "-1", "nan", "inf", "soon"])
+def test_a_worker_refuses_a_stop_timeout_that_is_not_a_positive_number(
+    tmp_path: Path, given: str
+) -> None:
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dmhub_async",
+            "worker",
+            "--redis",
+            "redis://127.0.0.1:1/0",
+            "--stop-timeout",
+            given,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert run.returncode == 2, run.stderr
+    assert "--stop-timeout" in run.stderr
+
+
 def test_a_queue_redis_that_refuses_is_said_to_refuse_by_export_and_worker(
     tmp_path: Path, redis: RedisServer
 ) -> None:
