@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ._exceptions import DMHubError, InvalidRequestError
+from ._redis_send import sending_cancellably
 from ._token_stores import PerLoop, loop_table
 from ._validate import (
     REDIS_MAX_SECONDS,
@@ -147,9 +148,11 @@ class RedisRateLimiter:
         # Our own pool, so that aclose() can close it (the storage has no close of its own),
         # with timeouts: a frozen Redis must not hold a call for ever.
         def connect() -> ConnectionPool:
-            return ConnectionPool.from_url(
-                url, socket_timeout=timeout, socket_connect_timeout=timeout
+            # A caller's cancel as a command is sent (a worker's SIGTERM): not dropped.
+            pool: ConnectionPool = sending_cancellably(
+                ConnectionPool.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
             )
+            return pool
 
         def limiter() -> tuple[ConnectionPool, MovingWindowRateLimiter]:
             pool = connect()

@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 import attrs
 
 from ._exceptions import InvalidRequestError, TokenStoreError
+from ._redis_send import sending_cancellably
 from ._validate import (
     REDIS_MAX_SECONDS,
     check_number,
@@ -439,6 +440,8 @@ class RedisTokenStore:
                 made: Redis = Redis.from_url(
                     url, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout
                 )
+                # A caller's cancel (its request's timeout) as a command is sent: not dropped.
+                sending_cancellably(made.connection_pool)
                 return made
 
             try:

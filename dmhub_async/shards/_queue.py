@@ -38,6 +38,7 @@ from .._exceptions import (
     InvalidRequestError,
     without_token_hint,
 )
+from .._redis_send import sending_cancellably
 from .._shared_rate import check_shared_rate
 from .._tasks import within as _bounded_in_time
 from .._validate import (
@@ -227,6 +228,7 @@ async def check_queue(
         client = Redis.from_url(redis_url, socket_connect_timeout=10, socket_timeout=10)
     except ValueError as err:  # a query value it cannot read
         raise redis_url_error(name, redis_url, err) from None
+    sending_cancellably(client.connection_pool)
     try:
         check_redis_options(name, redis_url, client.connection_pool)
         await _ping(client)
@@ -921,6 +923,8 @@ def _worker_class() -> Any:
                 except asyncio.TimeoutError:  # as a command's tries say it: "cannot reach"
                     raise RedisTimeoutError(f"no answer in {REDIS_WAIT:g} s") from None
             _answered_within(self._pool, REDIS_ANSWER)
+            # A SIGTERM as a poll's command is sent stops the worker: it polled on.
+            sending_cancellably(self._pool.connection_pool)
             await super().main()
 
         async def close(self) -> None:
@@ -1030,6 +1034,7 @@ async def run_on_queue(
             retry=Retry(NoBackoff(), 0),  # at the start, a Redis not there is said at once
             retry_on_error=[RedisConnectionError, OSError],  # not a timeout: see above
         )
+        sending_cancellably(pool.connection_pool)  # a Ctrl-C as a command is sent stops it
         try:
             await _ping(pool)
             await _take_over_a_run_elsewhere(pool, where, manifest, todo)

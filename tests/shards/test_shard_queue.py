@@ -1713,6 +1713,131 @@ async def test_a_worker_cancelled_as_redis_answers_a_command_stops() -> None:
         await asyncio.gather(main_task, return_exceptions=True)
 
 
+@contextmanager
+def _first_send_held(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[asyncio.Event, Any]]:
+    """(held, gate): the first Redis command sent in the block waits, once written, for the
+    test to set ``gate`` (a future), and sets ``held`` as it starts to wait. (redis-py writes
+    a command and drains its stream; only its connections use asyncio's streams here.)"""
+    loop = asyncio.get_running_loop()
+    gate: asyncio.Future[None] = loop.create_future()
+    held = asyncio.Event()
+    original = asyncio.StreamWriter.drain
+
+    async def drain(self: asyncio.StreamWriter) -> None:
+        if not held.is_set():
+            held.set()
+            await gate
+        await original(self)
+
+    monkeypatch.setattr(asyncio.StreamWriter, "drain", drain)
+    yield held, gate
+
+
+async def test_a_worker_cancelled_as_a_command_is_sent_stops(
+    redis: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Run 58 of the benchmarks: a worker sent SIGTERM polled on. redis-py sends each command
+    # through asyncio.wait_for when its connection has a socket timeout (the worker's have:
+    # 10 s), which (Python 3.10 and 3.11) drops a cancel landing in the turn the send ends;
+    # the worker polls every half second, so a SIGTERM lands there now and then.
+    from arq.worker import func
+
+    from dmhub_async.shards import _queue
+
+    async def job(ctx: Any) -> None:
+        pass
+
+    polls: list[int] = []
+    polling_ = asyncio.Event()
+    worker_ = _queue._worker_class()(
+        functions=[func(job, name="job")],
+        redis_settings=_queue.queue_settings(redis.url, "redis_url"),
+        handle_signals=False,
+        poll_delay=0.01,
+    )
+    polling = worker_._poll_iteration
+
+    async def poll() -> None:
+        polls.append(1)
+        if len(polls) == 2:  # the pool made, the worker polling the queue
+            polling_.set()
+        await polling()
+
+    monkeypatch.setattr(worker_, "_poll_iteration", poll)
+    main_task = asyncio.ensure_future(worker_.main())
+    try:
+        await asyncio.wait_for(polling_.wait(), 30)
+        with _first_send_held(monkeypatch) as (held, gate):
+            await asyncio.wait_for(held.wait(), 10)
+            gate.set_result(None)  # the send and the SIGTERM, in one turn
+            main_task.cancel()
+            await asyncio.wait({main_task}, timeout=5)
+            assert main_task.done(), f"the worker polled on: {len(polls)} polls"
+            assert main_task.cancelled(), main_task
+    finally:
+        main_task.cancel()
+        await asyncio.gather(main_task, return_exceptions=True)
+        with warnings.catch_warnings():  # arq's close calls redis-py's deprecated close()
+            warnings.simplefilter("ignore", DeprecationWarning)
+            await worker_.close()
+
+
+@pytest.mark.parametrize("who", ["token store", "rate limit", "queue check"])
+async def test_a_call_cancelled_as_its_redis_command_is_sent_is_cancelled(
+    redis: RedisServer, monkeypatch: pytest.MonkeyPatch, who: str
+) -> None:
+    # The same drop in the SDK's other Redis clients: a service's call with a timeout of its
+    # own, cancelled as the token store (or the shared rate limit) sent its command, went on.
+    from dmhub_async import RedisRateLimiter
+    from dmhub_async.shards._queue import check_queue
+
+    store = RedisTokenStore(redis.url)
+    limiter = RedisRateLimiter(redis.url, 1000)
+    calls: dict[str, Callable[[], Awaitable[Any]]] = {
+        "token store": lambda: store.get("app"),
+        "rate limit": limiter.acquire,
+        "queue check": lambda: check_queue(redis.url),
+    }
+    try:
+        await calls[who]()  # connected: the next command is sent on a connection it has
+        with _first_send_held(monkeypatch) as (held, gate):
+            call = asyncio.ensure_future(calls[who]())
+            await asyncio.wait_for(held.wait(), 10)
+            gate.set_result(None)  # the send and the cancel, in one turn
+            call.cancel()
+            await asyncio.wait({call}, timeout=10)
+            assert call.cancelled(), call
+    finally:
+        await store.aclose()
+        await limiter.aclose()
+
+
+async def test_a_command_sent_cancellably_is_still_bounded_by_its_socket_timeout(
+    redis: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The send without asyncio.wait_for keeps redis-py's bound on it: a Redis that stops
+    # reading (its socket's buffer full) fails the command in the socket timeout, as before.
+    from redis.asyncio import Redis
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    from dmhub_async._redis_send import sending_cancellably
+
+    client = Redis.from_url(redis.url, socket_timeout=0.2)
+    try:
+        await client.ping()  # a connection made before: its class is swapped too
+        sending_cancellably(client.connection_pool)
+
+        async def never(self: asyncio.StreamWriter) -> None:
+            await asyncio.get_running_loop().create_future()
+
+        monkeypatch.setattr(asyncio.StreamWriter, "drain", never)
+        with pytest.raises(RedisTimeoutError, match="Timeout writing to socket"):
+            await asyncio.wait_for(client.get("k"), 10)
+    finally:
+        monkeypatch.undo()
+        await client.aclose()
+
+
 async def test_a_worker_cancelled_as_its_pool_connects_stops(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

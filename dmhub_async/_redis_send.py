@@ -1,0 +1,68 @@
+"""redis-py's connections, each command's send cancellable in any turn of the event loop.
+
+redis-py sends a command through ``asyncio.wait_for`` when its connection has a socket timeout,
+and every connection the SDK makes has one (a frozen Redis must not hold a call for ever). On
+Python 3.10 and 3.11, ``asyncio.wait_for`` drops a cancel that lands in the turn its call ends
+(CPython gh-86296; 3.12 rewrote it): the caller goes on as if never cancelled. A queue worker's
+SIGTERM is one such cancel, landing as the worker polls the queue (a send every half second):
+the worker polled on, still running long after it was told to stop. redis-py 8.1 still sends so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from typing import Any
+
+from ._tasks import within
+
+__all__ = ["sending_cancellably"]
+
+
+def sending_cancellably(pool: Any) -> Any:
+    """``pool`` (a redis-py asyncio ``ConnectionPool``), its connections (those it holds now and
+    those it makes) sending each command within their socket timeout through :func:`within`,
+    in the caller's own task, where a cancel cannot be missed; returns ``pool``."""
+    pool.connection_class = _cancellable(pool.connection_class)
+    for which in ("_available_connections", "_in_use_connections"):
+        for connection in getattr(pool, which, ()):
+            kind: Any = type(connection)
+            connection.__class__ = _cancellable(kind)
+    return pool
+
+
+@functools.cache
+def _cancellable(base: Any) -> Any:
+    """``base``, a redis-py connection class, sending as :func:`sending_cancellably` says."""
+    if getattr(base, "_sends_cancellably", False):
+        return base
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    class Cancellable(base):  # type: ignore[misc]  # a class redis-py picked
+        __slots__ = ()  # redis-py's connections have slots: the same layout, to swap a class
+        _sends_cancellably = True
+
+        async def send_packed_command(self: Any, command: Any, check_health: bool = True) -> None:
+            if not self.is_connected:
+                await self.connect()  # its reads within the socket timeout, as redis-py has them
+            elif check_health:
+                await self.check_health()
+            bound = self.socket_timeout
+            if not bound:
+                await super().send_packed_command(command, check_health=False)
+                return
+            # redis-py's own send, which writes in this task when the timeout is None; bounded
+            # here as redis-py bounds it, saying it as redis-py says it.
+            self.socket_timeout = None
+            try:
+                await within(super().send_packed_command(command, check_health=False), bound)
+            except asyncio.TimeoutError:
+                await self.disconnect(nowait=True)
+                raise RedisTimeoutError("Timeout writing to socket") from None
+            finally:
+                if self.socket_timeout is None:  # not set meanwhile (a worker's close sets it)
+                    self.socket_timeout = bound
+
+    Cancellable.__name__ = Cancellable.__qualname__ = base.__name__
+    Cancellable.__module__ = __name__
+    return Cancellable
