@@ -195,7 +195,7 @@ def _await_of(task: asyncio.Task[Any]) -> str:
             frame = getattr(awaited, "ag_frame", None)
         if frame is not None:
             code = frame.f_code
-            name = getattr(code, "co_qualname", code.co_name)  # 3.10 has no co_qualname
+            name = getattr(awaited, "__qualname__", code.co_name)  # Event.wait, on 3.10 too
             where = _short_path(code.co_filename)
             if where.startswith("asyncio/"):
                 inner = inner or f"asyncio's {name}"
