@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -531,27 +532,9 @@ def test_a_worker_stopped_while_redis_is_away_ends_at_once_in_one_line(
     # SIGTERM (a deploy, systemd) while the queue's Redis was down: arq's close told Redis the
     # worker was gone, and redis-py's ConnectionError came out as a traceback in place of
     # "stopped by SIGTERM" (and, with the worker's tries for a restarting Redis, after a minute).
-    with sim_process(100) as sim:
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "dmhub_async", "worker", "--redis", redis.url],
-            env=sim.env(XDG_CACHE_HOME=str(tmp_path / "cache")),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        try:
-            deadline = time.monotonic() + 60
-            while not redis.commands_served().get("zrangebyscore"):  # it serves the queue
-                assert worker.poll() is None
-                assert time.monotonic() < deadline
-                time.sleep(0.05)
-            redis.kill()
-            worker.terminate()
-            _, err = worker.communicate(timeout=20)
-        finally:
-            if worker.poll() is None:
-                worker.kill()
-                worker.communicate()
+    code, err, _ = _stop_a_serving_worker(
+        tmp_path, redis, ["-m", "dmhub_async", "worker", "--redis", redis.url], redis.kill
+    )
 
     assert "Traceback" not in err, err
     # One line, as the docs say: a second, unprefixed, said "the queue's Redis is away as the
@@ -560,7 +543,7 @@ def test_a_worker_stopped_while_redis_is_away_ends_at_once_in_one_line(
     # for Redis (ec53d5b): a line of its own, before the stop.
     lines = [line for line in err.strip().splitlines() if "does not answer" not in line]
     assert lines == ["dmhub-async: stopped by SIGTERM"], err
-    assert worker.returncode == 143
+    assert code == 143
 
 
 #: A worker whose shutdown never ends: the client's close awaits what never comes (``wait``),
@@ -582,16 +565,17 @@ raise SystemExit(main())
 """
 
 
-def _stop_a_stuck_worker(
-    tmp_path: Path, redis: RedisServer, how: str, *flags: str
+def _stop_a_serving_worker(
+    tmp_path: Path,
+    redis: RedisServer,
+    arguments: list[str],
+    before: Callable[[], object] = lambda: None,
 ) -> tuple[int, str, float]:
-    """(exit code, stderr, seconds from the SIGTERM to the exit) of a `_STUCK_WORKER`."""
-    script = tmp_path / "stuck_worker.py"
-    script.write_text(_STUCK_WORKER, encoding="utf-8")
-    command = [sys.executable, str(script), how, "worker", "--redis", redis.url, *flags]
+    """(exit code, stderr, seconds from the SIGTERM to the exit) of ``python ARGUMENTS``, a
+    worker sent SIGTERM once it serves the queue (``before`` called just before)."""
     with sim_process(100) as sim:
         worker = subprocess.Popen(
-            command,
+            [sys.executable, *arguments],
             env=sim.env(XDG_CACHE_HOME=str(tmp_path / "cache")),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -603,6 +587,7 @@ def _stop_a_stuck_worker(
                 assert worker.poll() is None
                 assert time.monotonic() < deadline
                 time.sleep(0.05)
+            before()
             worker.terminate()
             sent = time.monotonic()
             _, err = worker.communicate(timeout=30)
@@ -612,6 +597,16 @@ def _stop_a_stuck_worker(
                 worker.kill()
                 worker.communicate()
     return worker.returncode, err, took
+
+
+def _stop_a_stuck_worker(
+    tmp_path: Path, redis: RedisServer, how: str, *flags: str
+) -> tuple[int, str, float]:
+    """:func:`_stop_a_serving_worker` of a `_STUCK_WORKER`."""
+    script = tmp_path / "stuck_worker.py"
+    script.write_text(_STUCK_WORKER, encoding="utf-8")
+    arguments = [str(script), how, "worker", "--redis", redis.url, *flags]
+    return _stop_a_serving_worker(tmp_path, redis, arguments)
 
 
 def test_a_worker_whose_stop_never_ends_exits_at_its_stop_timeout_saying_where_it_waits(
