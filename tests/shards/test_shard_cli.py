@@ -609,36 +609,30 @@ def _stop_a_stuck_worker(
     return _stop_a_serving_worker(tmp_path, redis, arguments)
 
 
+@pytest.mark.parametrize(
+    ("how", "bound", "waits"),
+    [
+        # Its close awaits what never comes: the line names where.
+        ("wait", "1", "stuck_worker.py:10 _close in asyncio's Event.wait"),
+        # Its close never gives the event loop back (a blocking call), which so cannot say
+        # where it waits: the bound ends the process all the same, 2 s later, and says so.
+        ("block", "0.5", "an event loop that does not answer"),
+    ],
+)
 def test_a_worker_whose_stop_never_ends_exits_at_its_stop_timeout_saying_where_it_waits(
-    tmp_path: Path, redis: RedisServer
+    tmp_path: Path, redis: RedisServer, how: str, bound: str, waits: str
 ) -> None:
     # Run 58 of the benchmarks: a `dmhub-async worker` sent SIGTERM was still in its event
     # loop 30 s later (and minutes after), saying nothing: its cleanup waited on something
     # that never came. Now its stop is bounded (--stop-timeout) and says what it waited on.
-    code, err, took = _stop_a_stuck_worker(tmp_path, redis, "wait", "--stop-timeout", "1")
+    code, err, took = _stop_a_stuck_worker(tmp_path, redis, how, "--stop-timeout", bound)
 
     assert code == 143, err
     assert err.splitlines() == [
-        "dmhub-async: stopped by SIGTERM: its cleanup did not end within 1 s (waiting on "
-        "stuck_worker.py:10 _close in asyncio's Event.wait): exiting at once, its cleanup "
-        "unfinished"
+        f"dmhub-async: stopped by SIGTERM: its cleanup did not end within {bound} s (waiting on "
+        f"{waits}): exiting at once, its cleanup unfinished"
     ], err
     assert took < 20  # the bound, not the test's own timeout
-
-
-def test_a_worker_whose_stop_holds_its_event_loop_still_exits_after_its_stop_timeout(
-    tmp_path: Path, redis: RedisServer
-) -> None:
-    # A cleanup that never gives the event loop back (a blocking call) cannot say where it
-    # waits: the bound ends the process all the same, 2 s later, and says so.
-    code, err, took = _stop_a_stuck_worker(tmp_path, redis, "block", "--stop-timeout", "0.5")
-
-    assert code == 143, err
-    assert err.splitlines() == [
-        "dmhub-async: stopped by SIGTERM: its cleanup did not end within 0.5 s (waiting on an "
-        "event loop that does not answer): exiting at once, its cleanup unfinished"
-    ], err
-    assert took < 20
 
 
 @pytest.mark.parametrize("given", ["0", "-1", "nan", "inf", "soon"])
