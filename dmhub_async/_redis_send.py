@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import functools
+from collections.abc import Iterator
 from typing import Any
 
 from ._tasks import within
 
-__all__ = ["sending_cancellably"]
+__all__ = ["pool_connections", "sending_cancellably"]
 
 
 def sending_cancellably(pool: Any) -> Any:
@@ -24,11 +25,17 @@ def sending_cancellably(pool: Any) -> Any:
     those it makes) sending each command within their socket timeout through :func:`within`,
     in the caller's own task, where a cancel cannot be missed; returns ``pool``."""
     pool.connection_class = _cancellable(pool.connection_class)
-    for which in ("_available_connections", "_in_use_connections"):
-        for connection in getattr(pool, which, ()):
-            kind: Any = type(connection)
-            connection.__class__ = _cancellable(kind)
+    for connection in pool_connections(pool):
+        kind: Any = type(connection)
+        connection.__class__ = _cancellable(kind)
     return pool
+
+
+def pool_connections(pool: Any) -> Iterator[Any]:
+    """The connections ``pool`` (a redis-py asyncio ``ConnectionPool``) holds now, idle and in
+    use; those it makes later take its ``connection_kwargs`` and ``connection_class``."""
+    for which in ("_available_connections", "_in_use_connections"):
+        yield from getattr(pool, which, ())
 
 
 @functools.cache

@@ -38,7 +38,7 @@ from .._exceptions import (
     InvalidRequestError,
     without_token_hint,
 )
-from .._redis_send import sending_cancellably
+from .._redis_send import pool_connections, sending_cancellably
 from .._shared_rate import check_shared_rate
 from .._tasks import within as _bounded_in_time
 from .._validate import (
@@ -960,9 +960,8 @@ def _answered_within(pool: Any, seconds: float) -> None:
     """Every read of ``pool``'s connections, theirs now and those it makes, bounded."""
     connections = pool.connection_pool
     connections.connection_kwargs["socket_timeout"] = seconds
-    for which in ("_available_connections", "_in_use_connections"):
-        for connection in getattr(connections, which, ()):
-            connection.socket_timeout = seconds
+    for connection in pool_connections(connections):
+        connection.socket_timeout = seconds
 
 
 async def _close(client: Any, limiter: Any, writes: set[asyncio.Future[Any]]) -> None:
@@ -1078,9 +1077,8 @@ def _wait_as_the_workers_do(pool: ArqRedis, redis_url: str) -> None:
     connections.set_retry(waiting)
     connections.connection_kwargs["retry"] = waiting
     connections.connection_kwargs["retry_on_error"] = errors
-    for which in ("_available_connections", "_in_use_connections"):
-        for connection in getattr(connections, which, ()):
-            connection.retry_on_error = list(errors)
+    for connection in pool_connections(connections):
+        connection.retry_on_error = list(errors)
     _answered_within(pool, REDIS_ANSWER)
 
 
