@@ -13,7 +13,7 @@ import threading
 import warnings
 from collections.abc import Iterator, Sequence
 from types import FrameType
-from typing import Any
+from typing import Any, NoReturn
 
 from .._exceptions import DMHubError
 from .._query_time import NaiveDatetimeWarning
@@ -77,13 +77,7 @@ async def _run(
             # file system gone away) held it for good, and only SIGKILL ended the command.
             # Ended at once; a checkpoint is replaced whole, so a rerun resumes from the last.
             first, then = (signal.Signals(s).name for s in (received[0], signum))
-            print(
-                f"dmhub-async: stopped by {first}, then {then}: exiting at once, its cleanup"
-                " unfinished",
-                file=sys.stderr,
-                flush=True,
-            )
-            os._exit(128 + signum)
+            _exit_at_once(signum, f"stopped by {first}, then {then}")
         received.append(signum)
         stop_timeout = getattr(args, "stop_timeout", None)
         if stop_timeout is not None:  # a service's stop (worker): bounded, whatever it waits on
@@ -163,13 +157,19 @@ def _bound_the_stop(
 
 def _give_up(signum: int, seconds: float, waits: str) -> None:
     name = signal.Signals(signum).name
-    message = (
-        f"stopped by {name}: its cleanup did not end within {seconds:g} s (waiting on {waits}):"
-        " exiting at once, its cleanup unfinished"
-    )
-    # os.write: this may run on a thread while the main one holds sys.stderr's lock.
+    within = f"its cleanup did not end within {seconds:g} s (waiting on {waits})"
+    _exit_at_once(signum, f"stopped by {name}: {within}")
+
+
+def _exit_at_once(signum: int, said: str) -> NoReturn:
+    """End the process now, exit 128 + ``signum``, its cleanup unfinished, saying why.
+
+    os.write, not print: this may run on a thread while the main one holds sys.stderr's lock
+    (a write to a full pipe); stderr is line-buffered, so what was said before is out.
+    """
+    line = f"dmhub-async: {printable(said)}: exiting at once, its cleanup unfinished\n"
     with contextlib.suppress(OSError):
-        os.write(2, f"dmhub-async: {printable(message)}\n".encode("utf-8", "replace"))
+        os.write(2, line.encode("utf-8", "replace"))
     os._exit(128 + signum)
 
 
