@@ -243,10 +243,9 @@ class _TableRow(Protocol):
     floor: list[float] | None
     ideal: float | None
     client_gc: float
-    client_full: list[int] | None
 
     @property
-    def rounds_with_full_collection(self) -> int: ...
+    def rounds_with_full_collection(self) -> int | None: ...
 
 
 def record_rows(
@@ -278,9 +277,7 @@ def record_rows(
             ideal_ms=row.ideal * 1e3 if row.ideal else None,
             client_cpu_ms=None if row.client_cpu != row.client_cpu else row.client_cpu * 1e3,
             client_gc_ms=None if row.client_gc != row.client_gc else row.client_gc * 1e3,
-            rounds_with_full_gc=None
-            if row.client_full is None
-            else row.rounds_with_full_collection,
+            rounds_with_full_gc=row.rounds_with_full_collection,
         )
 
 

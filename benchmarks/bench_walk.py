@@ -278,9 +278,11 @@ class Row:
     client_full: list[int] | None = None
 
     @property
-    def rounds_with_full_collection(self) -> int:
-        """How many of its rounds a full collection fell in."""
-        return sum(1 for n in self.client_full or () if n)
+    def rounds_with_full_collection(self) -> int | None:
+        """How many of its rounds a full collection fell in (None: not counted)."""
+        if self.client_full is None:
+            return None
+        return sum(1 for n in self.client_full if n)
 
 
 def _ratio(samples: Sequence[float], reference: Sequence[float]) -> str:
@@ -313,16 +315,13 @@ def _table(rows: Sequence[Row], ideal_header: str = "vs ideal+cost") -> str:
         vs_ideal = f"{med / row.ideal:.2f}x" if row.ideal else ""
         cpu = "" if math.isnan(row.client_cpu) else f"{row.client_cpu * 1e3:.1f}"
         collected = "" if math.isnan(row.client_gc) else f"{row.client_gc * 1e3:.1f}"
-        full = (
-            ""
-            if row.client_full is None
-            else f"{row.rounds_with_full_collection}/{len(row.samples)}"
-        )
+        rounds = row.rounds_with_full_collection
+        full = "" if rounds is None else f"{rounds}/{len(row.samples)}"
         lines.append(
             f"  {row.group:<7} {row.label:<26} {med * 1e3:10.1f} {f'±{noise:.0%}':>7} "
             f"{vs_floor:>21} {vs_ideal:>14} {cpu:>14} {collected:>12} {full:>8}"
         )
-    if any(row.client_full is not None for row in rows):
+    if any(row.rounds_with_full_collection is not None for row in rows):
         lines.append(
             "  full gc: the rounds of the contender's that a full collection (the oldest"
             " generation: it scans the whole process) fell in, whoever's objects brought it on"
