@@ -124,13 +124,14 @@ def held_then_signalled(
     env: dict[str, str],
     cwd: Path,
     marker: str,
-    signum: int,
+    signum: int | tuple[int, ...],
     waiting: str,
     check: Callable[[], bool] | None = None,
 ) -> tuple[int, str]:
     """Run ``script`` (its ``{args!r}`` filled in), which touches ``marker`` where it holds
-    until the file ``go`` is there; send ``signum`` there (once ``check()`` holds), then let
-    it go on: its exit code and its output (stdout and stderr)."""
+    until the file ``go`` is there; send ``signum`` there (once ``check()`` holds; each of
+    several, one after the other), then let it go on: its exit code and its output (stdout
+    and stderr)."""
     with log_of(cwd).open("w+b") as out:
         proc = subprocess.Popen(
             [sys.executable, "-c", script.format(args=args)],
@@ -145,7 +146,8 @@ def held_then_signalled(
                 assert time.monotonic() < deadline, waiting
                 time.sleep(0.005)
             assert check is None or check()
-            proc.send_signal(signum)
+            for sent in signum if isinstance(signum, tuple) else (signum,):
+                proc.send_signal(sent)
             (cwd / "go").touch()
             proc.wait(timeout=TIMEOUT)
         finally:
@@ -654,10 +656,27 @@ sys.exit(main())
 
 
 @pytest.mark.parametrize(
-    ("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["INT", "TERM"]
+    ("signum", "code", "line"),
+    [
+        (signal.SIGINT, 130, "stopped by SIGINT: no output written"),
+        (signal.SIGTERM, 143, "stopped by SIGTERM: no output written"),
+        # Two: the second ends it at once, as it does once the loop handles them (it stopped
+        # on the first, the second forgotten).
+        (
+            (signal.SIGINT, signal.SIGTERM),
+            143,
+            "stopped by SIGINT, then SIGTERM: exiting at once, its cleanup unfinished",
+        ),
+    ],
+    ids=["INT", "TERM", "INT TERM"],
 )
 def test_a_signal_as_the_event_loop_is_made_stops_the_command_in_one_line(
-    served: ServedSimulator, env: dict[str, str], tmp_path: Path, signum: int, code: int
+    served: ServedSimulator,
+    env: dict[str, str],
+    tmp_path: Path,
+    signum: int | tuple[int, ...],
+    code: int,
+    line: str,
 ) -> None:
     # SIGINT raised KeyboardInterrupt inside asyncio's new loop: its half-made loop's error
     # and "coroutine '_run' was never awaited" came above the line; SIGTERM killed the
@@ -676,8 +695,7 @@ def test_a_signal_as_the_event_loop_is_made_stops_the_command_in_one_line(
     )
 
     assert exited == code, said
-    name = signal.Signals(signum).name
-    assert said == f"dmhub-async: stopped by {name}: no output written\n"
+    assert said == f"dmhub-async: {line}\n"
     assert sorted(p.name for p in cwd.iterdir()) == ["go", "making"]
     assert served.sim.counters.total == 0  # stopped before a request
 
@@ -835,3 +853,110 @@ def test_a_program_running_the_worker_command_keeps_no_stop_bound_once_it_return
         if thread.name == "dmhub-stop-bound":
             thread.join(10)  # a cancelled timer's ends at once; one left on, at 0.2 s and 2.2
     assert gave_up == []
+
+
+#: A command (``demo``, or ``worker``: one with a bounded stop) whose read from a file system
+#: gone away is still on its file thread when a signal stops it: the read is let go (nothing
+#: to undo), the command ends, and the interpreter's exit waits for the thread (60 s here).
+_STALLED_READ = """
+import asyncio, pathlib, sys, threading
+from dmhub_async._threads import file_work
+from dmhub_async.cli import _commands, main
+
+def stalled_read():
+    pathlib.Path("reading").touch()
+    threading.Event().wait(60)
+
+async def command(args):
+    await file_work(stalled_read)
+    return 0
+
+_commands.COMMANDS[sys.argv[1]] = command
+raise SystemExit(main())
+"""
+
+
+def _stopped_while_a_read_stalls(
+    tmp_path: Path, argv: list[str], first: int, second: int | None
+) -> tuple[int, str, float]:
+    """(exit code, stderr, seconds from the first signal to the end) of a `_STALLED_READ`
+    command sent ``first`` as it reads, then, once it has said it stopped, ``second``."""
+    (tmp_path / "stalled.py").write_text(_STALLED_READ, encoding="utf-8")
+    with log_of(tmp_path).open("w+b") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "stalled.py", *argv],
+            cwd=tmp_path,
+            env=base_env(tmp_path / "cache"),
+            stderr=stderr,
+        )
+        deadline = time.monotonic() + TIMEOUT
+
+        def until(done: Callable[[], bool]) -> None:
+            while not done():
+                assert proc.poll() is None, "it ended before the test's signal"
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+
+        try:
+            until((tmp_path / "reading").exists)
+            proc.send_signal(first)
+            sent = time.monotonic()
+            if second is not None:
+                until(lambda: b"stopped by" in log_of(tmp_path).read_bytes())
+                proc.send_signal(second)
+            code = proc.wait(timeout=30)
+            took = time.monotonic() - sent
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
+        stderr.seek(0)
+        return code, stderr.read().decode("utf-8"), took
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        (signal.SIGINT, signal.SIGINT),
+        (signal.SIGTERM, signal.SIGTERM),
+        (signal.SIGINT, signal.SIGTERM),
+    ],
+    ids=["INT INT", "TERM TERM", "INT TERM"],
+)
+def test_a_second_signal_as_the_process_waits_for_a_stalled_read_exits_at_once_in_one_line(
+    tmp_path: Path, first: int, second: int
+) -> None:
+    # The first signal stopped the command, which said so; the interpreter's exit then waited
+    # for its file thread, stuck in a read from a file system gone away. A second Ctrl-C
+    # printed KeyboardInterrupt's traceback from that wait; a second SIGTERM killed the
+    # process without a word. A second signal ends it at once, as during the command's cleanup.
+    code, said, took = _stopped_while_a_read_stalls(tmp_path, ["demo"], first, second)
+
+    names = [signal.Signals(s).name for s in (first, second)]
+    assert code == 128 + second, said
+    assert "Traceback" not in said
+    assert said.splitlines() == [
+        f"dmhub-async: stopped by {names[0]}: no output written",
+        f"dmhub-async: stopped by {names[0]}, then {names[1]}: exiting at once, its cleanup"
+        " unfinished",
+    ], said
+    assert took < 20  # not the read's 60 s
+
+
+def test_a_bounded_stop_past_its_event_loop_names_the_threads_the_exit_waits_for(
+    tmp_path: Path,
+) -> None:
+    # A worker's stop bound (--stop-timeout) that ran out in the interpreter's exit, the event
+    # loop closed, said 2 s later "waiting on an event loop that does not answer".
+    argv = ["worker", "--redis", "redis://127.0.0.1:1/0", "--stop-timeout", "0.5"]
+
+    code, said, took = _stopped_while_a_read_stalls(tmp_path, argv, signal.SIGTERM, None)
+
+    assert code == 143, said
+    assert said.splitlines() == [
+        "dmhub-async: stopped by SIGTERM",
+        "dmhub-async: stopped by SIGTERM: its cleanup did not end within 0.5 s (waiting on the"
+        " interpreter's exit, which waits for threads: dmhub-file_0): exiting at once, its"
+        " cleanup unfinished",
+    ], said
+    assert took < 2.5  # the bound, not its 2 s more for a loop that does not answer

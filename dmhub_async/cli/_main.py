@@ -57,6 +57,7 @@ async def _run(
     *,
     exiting: bool = False,
     bounds: list[threading.Timer] | None = None,
+    received: list[int] | None = None,
 ) -> int:
     """The command, cancelled (so its cleanup runs) by the first SIGINT or SIGTERM; its exit
     code also put in ``ended`` as it ends, before its signal handlers go.
@@ -64,11 +65,14 @@ async def _run(
     ``early``: the signals that came before the handlers were in place (the event loop being
     made), which stop the command as they are. ``exiting``: the process ends with the command,
     which, once it has returned its code, ignores both signals (see `run`). ``bounds``: the
-    timers of a bounded stop (a command with ``stop_timeout``), for the caller to cancel."""
+    timers of a bounded stop (a command with ``stop_timeout``), for the caller to cancel.
+    ``received``: the signals that stopped it; from the first on, a second one ends the process
+    at once, here and after (:func:`_exit_on_another`)."""
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
     assert task is not None
-    received: list[int] = []
+    if received is None:
+        received = []
     finishing: list[bool] = []  # the command's output is in place (work_done)
 
     def stop(signum: int) -> None:
@@ -76,8 +80,7 @@ async def _run(
             # Asked again while the first one's cleanup runs: a write that never returns (a
             # file system gone away) held it for good, and only SIGKILL ended the command.
             # Ended at once; a checkpoint is replaced whole, so a rerun resumes from the last.
-            first, then = (signal.Signals(s).name for s in (received[0], signum))
-            _exit_at_once(signum, f"stopped by {first}, then {then}")
+            _stopped_again(received[0], signum)
         received.append(signum)
         stop_timeout = getattr(args, "stop_timeout", None)
         if stop_timeout is not None:  # a service's stop (worker): bounded, whatever it waits on
@@ -95,8 +98,8 @@ async def _run(
         with contextlib.suppress(NotImplementedError, RuntimeError):  # not on Windows
             loop.add_signal_handler(signum, stop, signum)
             installed.append(signum)
-    if early:
-        stop(early[0])
+    for noted in early or ():  # two before the loop's handlers: the second exits at once
+        stop(noted)
     try:
         with noting_work_done(lambda: finishing.append(True)):
             code = await COMMANDS[args.command](args)
@@ -112,6 +115,30 @@ async def _run(
             loop.remove_signal_handler(signum)
         if exiting and ended:
             _ignore_signals()
+        elif received:
+            _exit_on_another(received[0])
+
+
+def _stopped_again(first: int, signum: int) -> NoReturn:
+    """A second signal (``signum``) after ``first``: the process ends at once, saying both."""
+    first_name, then = (signal.Signals(s).name for s in (first, signum))
+    _exit_at_once(signum, f"stopped by {first_name}, then {then}")
+
+
+def _exit_on_another(first: int) -> None:
+    """From now on, SIGINT or SIGTERM ends the process at once (:func:`_stopped_again`): the
+    command stopped by ``first`` has ended, and what is left runs without the event loop's
+    handlers (asyncio's shutdown, which waits for its executor's threads; the interpreter's
+    exit, which waits for the file threads, one perhaps reading from a file system gone away).
+    A second signal there killed the process without a word (SIGTERM's default) or printed
+    KeyboardInterrupt's traceback from the wait (SIGINT's). The main thread's call."""
+
+    def another(signum: int, frame: FrameType | None) -> None:
+        _stopped_again(first, signum)
+
+    for signum in _SIGNALS:
+        with contextlib.suppress(ValueError, OSError):  # not the main thread
+            signal.signal(signum, another)
 
 
 #: Once a bounded stop's time is up, how long the event loop has to say what the stop waits on
@@ -139,8 +166,10 @@ def _bound_the_stop(
         _give_up(signum, seconds, _waits(loop))
 
     def in_time() -> None:
-        with contextlib.suppress(RuntimeError):  # the loop closed: the process is ending
+        try:
             loop.call_soon_threadsafe(on_loop)
+        except RuntimeError:  # the loop closed: the interpreter's exit is what waits
+            _give_up(signum, seconds, _exit_waits())
 
     def too_late() -> None:
         _give_up(signum, seconds, "an event loop that does not answer")
@@ -171,6 +200,25 @@ def _exit_at_once(signum: int, said: str) -> NoReturn:
     with contextlib.suppress(OSError):
         os.write(2, line.encode("utf-8", "replace"))
     os._exit(128 + signum)
+
+
+def _exit_waits() -> str:
+    """What the interpreter's exit waits for: the threads it joins (the file threads' names,
+    ``dmhub-file_0``), which said "an event loop that does not answer" of a loop long closed."""
+    current = threading.current_thread()
+    names = [
+        thread.name
+        for thread in threading.enumerate()
+        if not thread.daemon and thread is not current and thread is not threading.main_thread()
+    ]
+    shown = ", ".join(names[:_SHOWN_WAITS]) + (
+        f" and {len(names) - _SHOWN_WAITS} more" if len(names) > _SHOWN_WAITS else ""
+    )
+    return (
+        f"the interpreter's exit, which waits for threads: {shown}"
+        if names
+        else ("the interpreter's exit")
+    )
 
 
 def _waits(loop: asyncio.AbstractEventLoop) -> str:
@@ -248,13 +296,16 @@ def _ignore_signals() -> None:
 
 
 @contextlib.contextmanager
-def _signals_noted(early: list[int], *, exiting: bool, ended: list[int]) -> Iterator[None]:
+def _signals_noted(
+    early: list[int], *, exiting: bool, ended: list[int], received: list[int]
+) -> Iterator[None]:
     """SIGINT and SIGTERM put in ``early`` in the block, until the event loop's handlers take
     them: a Ctrl-C as asyncio made its loop raised KeyboardInterrupt inside it, and Python
     printed the half-made loop's error and "coroutine '_run' was never awaited" above the
     one line; a SIGTERM then killed the command with no line at all. At its end, the handlers
     that were in place before it are back, or, for a process that ends with the command
-    (``exiting``) once the command has returned its code, both signals are ignored."""
+    (``exiting``), both signals are ignored once the command has returned its code, and end
+    the process at once once a signal stopped it (``received``: see `_run`)."""
 
     def note(signum: int, frame: FrameType | None) -> None:
         early.append(signum)
@@ -268,7 +319,7 @@ def _signals_noted(early: list[int], *, exiting: bool, ended: list[int]) -> Iter
     finally:
         if exiting and ended:
             _ignore_signals()
-        else:
+        elif not (exiting and received):  # else _run's own, to the end of the process
             for noted, handler in previous.items():
                 signal.signal(noted, handler)
 
@@ -293,15 +344,18 @@ def run(argv: Sequence[str] | None = None, *, exiting: bool = False) -> int:
         return stopped_loading(stopped.signum)
     ended: list[int] = []
     early: list[int] = []
+    received: list[int] = []
     bounds: list[threading.Timer] = []
     try:
         with (
             warnings.catch_warnings(),
-            _signals_noted(early, exiting=exiting, ended=ended),
+            _signals_noted(early, exiting=exiting, ended=ended, received=received),
         ):
             # The CLI says it in its own terms (--timezone): see _commands._filters.
             warnings.simplefilter("ignore", NaiveDatetimeWarning)
-            return asyncio.run(_run(args, ended, early, exiting=exiting, bounds=bounds))
+            return asyncio.run(
+                _run(args, ended, early, exiting=exiting, bounds=bounds, received=received)
+            )
     except KeyboardInterrupt:  # a Ctrl-C before the handlers were in place, or after
         if ended:
             # After: the command had ended (its output written, its report printed) as
