@@ -5,7 +5,9 @@ client, so their limits add up; :class:`RedisRateLimiter` is one limit for them 
 window in Redis (the ``limits`` library's, a maintained implementation), so no second of the
 limiter's clock (for a fractional rate, no window of its: 5 in 2 s for 2.5), measured from any
 instant, holds more grants than the limit, whichever workers send them (at the service, arrival
-times shift: docs/sharding.md).
+times shift: docs/sharding.md). Each grant is stamped with its process's ``time.time()``, as
+``limits`` does: the machines' clocks must agree (NTP), or a machine whose clock runs ahead
+takes most of the turns (docs/sharding.md).
 """
 
 from __future__ import annotations

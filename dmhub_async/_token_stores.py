@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import threading
+import uuid
 import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -571,10 +572,18 @@ class RedisTokenStore:
             blocking_timeout=self._lock_timeout,
             thread_local=False,
         )
+        # The lock's token, ours before Redis has it: a take cut short (a cancel, a timeout)
+        # after Redis set the key and before its answer came left a lock nobody held, which
+        # every other process waited the whole lock_ttl for.
+        token = uuid.uuid4().hex.encode()
         try:
-            acquired = await lock.acquire()
+            acquired = await lock.acquire(token=token)
         except (RedisError, OSError, RuntimeError) as err:
+            await self._release_taken(lock, token)
             raise self._error("taking the lock", err) from None
+        except asyncio.CancelledError:
+            await self._release_taken(lock, token)
+            raise
         if not acquired:  # only with a lock_timeout: without, redis-py waits until it is had
             raise TokenStoreError(
                 f"{self!r}: the lock was not had in {self._lock_timeout or 0:g} s",
@@ -585,7 +594,6 @@ class RedisTokenStore:
             yield
         finally:
             keeper.cancel()
-            token = lock.local.token
             try:
                 await lock.release()
             except (LockError, RedisError, OSError) as err:
@@ -596,10 +604,15 @@ class RedisTokenStore:
                 # stayed for its ttl, and every other client waited that long for a lock nobody
                 # held. Released all the same, by a task of its own (asyncio.run() cancels the
                 # tasks it had when it ended, not this one), waited for.
-                await asyncio.wait([asyncio.ensure_future(self._release(lock, token))])
+                await self._release_taken(lock, token)
                 raise
             finally:
                 await asyncio.wait([keeper])
+
+    async def _release_taken(self, lock: RedisLock, token: bytes) -> None:
+        """Release ``lock`` if Redis has it with ``token``, by a task of its own that a cancel of
+        the caller's does not cut short, waited for (see :meth:`lock`'s release)."""
+        await asyncio.wait([asyncio.ensure_future(self._release(lock, token))])
 
     async def _release(self, lock: RedisLock, token: Any) -> None:
         """Release ``lock``, held with ``token``, unless it is released already."""
@@ -611,16 +624,32 @@ class RedisTokenStore:
             log.debug("%r: releasing the lock again failed (%s)", self, err)
 
     async def _keep(self, lock: RedisLock) -> None:
-        """Extend ``lock`` to its full ttl every third of it, until cancelled."""
-        from redis.exceptions import LockError, RedisError
+        """Extend ``lock`` to its full ttl every third of it, until cancelled; a failed extension
+        is tried again every tenth of it, until the lock is another's or gone.
 
+        It stopped at the first failure (a Redis restarting, a failover, a connection dropped):
+        the lock expired a ttl later while its holder still fetched, and another process took
+        it and fetched too, each token revoking the one before.
+        """
+        from redis.exceptions import LockError, LockNotOwnedError, RedisError
+
+        ttl = self._lock_ttl
+        failing = False
         while True:
-            await asyncio.sleep(self._lock_ttl / 3)
+            await asyncio.sleep(ttl / 10 if failing else ttl / 3)
             try:
                 await lock.reacquire()
-            except (LockError, RedisError, OSError) as err:
+            except LockNotOwnedError as err:  # expired, or taken by another: nothing to extend
                 log.warning("%r: extending the lock failed (%s)", self, err)
                 return
+            except (LockError, RedisError, OSError) as err:
+                if not failing:  # once a streak: every tenth of a ttl would flood the log
+                    log.warning("%r: extending the lock failed (%s); trying again", self, err)
+                failing = True
+            else:
+                if failing:
+                    log.info("%r: the lock is extended again", self)
+                failing = False
 
     async def aclose(self) -> None:
         """Close the connections of a store made from a URL (a ``client`` passed in is left open).

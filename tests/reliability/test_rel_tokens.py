@@ -295,6 +295,79 @@ async def test_t4_a_lock_outlives_a_fetch_longer_than_its_ttl(
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
+async def test_t4_a_lock_whose_extension_fails_once_is_extended_again(
+    connect: Callable[..., DMHubClient],
+    redis_store: Callable[..., RedisTokenStore],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """T4: as above, the lock's first extension refused as a Redis restarting or failing over
+    refuses it (a connection error): the keeper tries again and the lock holds, one fetch.
+    Before, the keeper stopped at that failure; the lock expired while the fetch went on, and
+    the second client took it and fetched too, revoking the first one's token."""
+    from redis.asyncio.lock import Lock
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    extend = Lock.reacquire
+    tries: list[int] = []
+
+    def failing_once(lock: Lock) -> Any:
+        tries.append(1)
+        if len(tries) == 1:
+            raise RedisConnectionError("Connection reset by peer")
+        return extend(lock)
+
+    monkeypatch.setattr(Lock, "reacquire", failing_once)
+    stores = [redis_store(lock_ttl=0.45) for _ in range(2)]
+    async with DMHubSimulator(customers=10, seed=17) as sim:
+        sim.faults.paths = (TOKEN_ROUTE,)
+        sim.faults.latency = 1.0
+        clients = [connect(sim, token_store=store) for store in stores]
+        got = await asyncio.gather(*(dm.customers.count() for dm in clients))
+    assert got == [10, 10]
+    assert sim.counters.tokens_issued == 1
+    assert len(tries) > 2  # extended again after the failure, and again
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1
+    assert "extending the lock failed (Connection reset by peer); trying again" in warnings[0]
+
+
+async def test_t4_a_lock_take_cancelled_as_redis_answers_leaves_no_lock(
+    redis: RedisServer,
+    redis_store: Callable[..., RedisTokenStore],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """T4: a caller cancelled (its client closed, a timeout) after Redis has set the lock's key
+    and before its answer came: the key is released. Before, it stayed for the whole lock_ttl,
+    held by nobody, and every other process waited that long for a token."""
+    from redis.asyncio.lock import Lock
+
+    take = Lock.do_acquire
+    taken = asyncio.Event()
+
+    async def answer_never_read(lock: Lock, token: bytes) -> bool:
+        await take(lock, token)  # Redis has it
+        taken.set()
+        await asyncio.Event().wait()  # its answer never read: cancelled here
+        raise AssertionError("not reached")
+
+    monkeypatch.setattr(Lock, "do_acquire", answer_never_read)
+    store = redis_store(lock_ttl=60)
+
+    async def fetch() -> None:
+        async with store.lock("app"):
+            raise AssertionError("not reached")
+
+    task = asyncio.ensure_future(fetch())
+    await asyncio.wait_for(taken.wait(), 10)
+    assert redis.command("EXISTS", "dmhub_async:token:app:lock") == ":1"
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+    assert redis.command("EXISTS", "dmhub_async:token:app:lock") == ":0"
+
+
 async def test_t4_a_stale_lock_falls_back_to_a_local_fetch(
     connect: Callable[..., DMHubClient],
     redis: RedisServer,
