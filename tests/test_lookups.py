@@ -452,6 +452,34 @@ async def test_lookup_iter_hands_back_an_answer_before_the_next_input_arrives() 
     assert not other_tasks()
 
 
+@pytest.mark.parametrize(
+    "burst",
+    [["o1", "o2", "o3"], ["o1", "o1", "o2"]],  # and a repeat, answered from the one lookup
+    ids=["three", "with a repeat"],
+)
+async def test_lookup_iter_hands_back_every_answer_of_a_burst_before_the_next_input(
+    burst: list[str],
+) -> None:
+    # A burst from a queue (a message consumer, a cursor), then nothing for a while: only the
+    # burst's first answer came out; the others, done as well, waited for the next item.
+    _, ids = fake(5)
+    inputs: asyncio.Queue[Identity | None] = asyncio.Queue()
+
+    async def from_queue() -> AsyncIterator[Identity]:
+        while (item := await inputs.get()) is not None:
+            yield item
+
+    walk = ids.lookup_iter(from_queue(), concurrency=4)
+    for value in burst:
+        await inputs.put(Identity("wechat", value))
+    # Nothing more is put until the burst's answers are out: before, this waited for ever.
+    got = [await asyncio.wait_for(walk.__anext__(), 5) for _ in burst]
+    assert got == [(Identity("wechat", v), 1000 + int(v[1:])) for v in burst]
+    await inputs.put(None)
+    assert [pair async for pair in walk] == []
+    assert not other_tasks()
+
+
 @pytest.mark.parametrize("kind", ["a bad identity", "an input that raises"])
 @pytest.mark.parametrize("source", ["list", "async"])
 async def test_lookup_iter_answers_every_item_before_a_bad_input_then_raises(
