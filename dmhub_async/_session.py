@@ -989,8 +989,14 @@ async def _read_pending_closes() -> None:
 
 def _fetch_budget(attempt: float, policy: RetryPolicy) -> float:
     """The longest a token fetch may take, retries and their waits included: what a client
-    waits for the store's lock while another client fetches."""
-    longest = (policy.max_retries + 1) * attempt + policy.max_retries * policy.max_delay
+    waits for the store's lock while another client fetches.
+
+    A wait is a backoff's (up to ``max_delay``) or a ``Retry-After``'s (up to
+    ``retry_after_cap``): counted without the latter, the waiters gave up on a holder that
+    honoured a token endpoint's 429 and fetched their own tokens, revoking the one it stored.
+    """
+    wait = max(policy.max_delay, policy.retry_after_cap)
+    longest = (policy.max_retries + 1) * attempt + policy.max_retries * wait
     return min(longest, policy.budget + attempt) if policy.budget is not None else longest
 
 

@@ -313,7 +313,7 @@ _ALL_PER_LOOP: weakref.WeakSet[PerLoop[Any]] = weakref.WeakSet()
 def _reset_after_fork() -> None:
     """In a forked child, every store's locks (and Redis connections) start anew: a lock one
     of the parent's threads held when the process forked was copied held, by a thread the child
-    does not have, and the child's every refresh waited the whole lock wait (182 s by default),
+    does not have, and the child's every refresh waited the whole lock wait (330 s by default),
     then fetched a token of its own, revoking the others'."""
     for locks in list(_ALL_PROCESS_LOCKS):
         locks._reset()

@@ -29,6 +29,7 @@ from dmhub_async import (
     MemoryTokenStore,
     RedisTokenStore,
     ResponseDecodeError,
+    RetryPolicy,
     ServerError,
     Token,
     TokenStoreError,
@@ -1101,11 +1102,29 @@ async def test_a_process_waits_for_a_fetch_longer_than_a_minute_on_the_default_s
     assert fetches == 1
 
 
-def test_the_lock_wait_covers_a_whole_fetch_with_its_retries() -> None:
-    dm = DMHubClient("app", "s3cret", timeout=10, max_retries=2)
+@pytest.mark.parametrize(
+    ("kwargs", "wait"),
+    [
+        # Attempts, and a Retry-After at its cap (60 s) between them: the holder may honour
+        # a token endpoint's 429 so (it was 3 * 10 + 2 * 8: backoff's waits alone, and the
+        # waiters gave up on it and fetched, each token revoking the one before).
+        ({"timeout": 10, "max_retries": 2}, 3 * 10 + 2 * 60.0),
+        # Backoff's waits when they are the longer.
+        (
+            {"timeout": 10, "retry": RetryPolicy(max_retries=2, max_delay=90, retry_after_cap=5)},
+            3 * 10 + 2 * 90.0,
+        ),
+        # No fetch outlasts its budget (300 s) and the attempt under way then.
+        ({"timeout": 30}, 300 + 30.0),
+    ],
+)
+def test_the_lock_wait_covers_a_whole_fetch_with_its_retries(
+    kwargs: dict[str, Any], wait: float
+) -> None:
+    dm = DMHubClient("app", "s3cret", **kwargs)
     tokens = dm._session._tokens
     assert tokens is not None
-    assert tokens._lock_wait == 3 * 10 + 2 * 8.0  # attempts, and the waits between them
+    assert tokens._lock_wait == wait
 
 
 @pytest.mark.parametrize("kind", ["memory", "file"])
@@ -1205,7 +1224,7 @@ def test_a_worker_forked_while_another_thread_held_the_lock_can_take_it(
 ) -> None:
     """A process forked while one of its threads held the store's lock (a token fetch on a
     thread's event loop) gave its child a copy of that thread lock, held by a thread the
-    child does not have: the child's every refresh waited the whole lock wait (182 s by
+    child does not have: the child's every refresh waited the whole lock wait (330 s by
     default), then fetched a token of its own without the store, revoking the others'."""
     import multiprocessing
     import threading

@@ -261,7 +261,7 @@ async def test_closing_a_derived_client_ends_its_own_waiting_calls_and_leaves_it
 async def test_closing_ends_a_call_waiting_for_the_token_stores_lock(
     api, make_client, tmp_path, closed
 ):
-    # Another process held the lock, fetching a token (182 s at most by default): the call
+    # Another process held the lock, fetching a token (330 s at most by default): the call
     # went on waiting for it after aclose(), and raised "closed" only once it was released.
     import filelock
 
