@@ -432,17 +432,23 @@ async def test_cancelling_lookup_many_cancels_its_lookups() -> None:
     assert not other_tasks()
 
 
-async def test_lookup_iter_hands_back_an_answer_before_the_next_input_arrives() -> None:
-    # Fed from a queue that gets an item now and then: an answered lookup waited for the next
-    # item to arrive, however long that took.
-    _, ids = fake(5)
+def fed_from_a_queue() -> tuple[asyncio.Queue[Identity | None], AsyncIterator[Identity]]:
+    """A queue, and an async input of what is put on it until None."""
     inputs: asyncio.Queue[Identity | None] = asyncio.Queue()
 
     async def from_queue() -> AsyncIterator[Identity]:
         while (item := await inputs.get()) is not None:
             yield item
 
-    walk = ids.lookup_iter(from_queue(), concurrency=4)
+    return inputs, from_queue()
+
+
+async def test_lookup_iter_hands_back_an_answer_before_the_next_input_arrives() -> None:
+    # Fed from a queue that gets an item now and then: an answered lookup waited for the next
+    # item to arrive, however long that took.
+    _, ids = fake(5)
+    inputs, fed = fed_from_a_queue()
+    walk = ids.lookup_iter(fed, concurrency=4)
     await inputs.put(Identity("wechat", "o1"))
     # Nothing more is put until the first answer is out: before, this waited for ever.
     assert await asyncio.wait_for(walk.__anext__(), 5) == (Identity("wechat", "o1"), 1001)
@@ -463,13 +469,8 @@ async def test_lookup_iter_hands_back_every_answer_of_a_burst_before_the_next_in
     # A burst from a queue (a message consumer, a cursor), then nothing for a while: only the
     # burst's first answer came out; the others, done as well, waited for the next item.
     _, ids = fake(5)
-    inputs: asyncio.Queue[Identity | None] = asyncio.Queue()
-
-    async def from_queue() -> AsyncIterator[Identity]:
-        while (item := await inputs.get()) is not None:
-            yield item
-
-    walk = ids.lookup_iter(from_queue(), concurrency=4)
+    inputs, fed = fed_from_a_queue()
+    walk = ids.lookup_iter(fed, concurrency=4)
     for value in burst:
         await inputs.put(Identity("wechat", value))
     # Nothing more is put until the burst's answers are out: before, this waited for ever.

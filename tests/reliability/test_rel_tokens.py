@@ -284,6 +284,15 @@ async def test_t4_a_lock_outlives_a_fetch_longer_than_its_ttl(
     """T4: a token fetch of 1 s under a lock that lives 0.45 s: the lock is extended
     while held, so the second client waits for it and takes the first one's token: one fetch,
     both calls succeed, no lock error."""
+    assert await _two_calls_under_a_short_lock(connect, redis_store) == 1
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+async def _two_calls_under_a_short_lock(
+    connect: Callable[..., DMHubClient], redis_store: Callable[..., RedisTokenStore]
+) -> int:
+    """Two clients' first calls, each with a store of its own on one Redis, their token fetch
+    taking 1 s under a lock that lives 0.45 s: the tokens issued (both calls succeed)."""
     stores = [redis_store(lock_ttl=0.45) for _ in range(2)]
     async with DMHubSimulator(customers=10, seed=17) as sim:
         sim.faults.paths = (TOKEN_ROUTE,)
@@ -291,8 +300,7 @@ async def test_t4_a_lock_outlives_a_fetch_longer_than_its_ttl(
         clients = [connect(sim, token_store=store) for store in stores]
         got = await asyncio.gather(*(dm.customers.count() for dm in clients))
     assert got == [10, 10]
-    assert sim.counters.tokens_issued == 1
-    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    return sim.counters.tokens_issued
 
 
 async def test_t4_a_lock_whose_extension_fails_once_is_extended_again(
@@ -318,14 +326,7 @@ async def test_t4_a_lock_whose_extension_fails_once_is_extended_again(
         return extend(lock)
 
     monkeypatch.setattr(Lock, "reacquire", failing_once)
-    stores = [redis_store(lock_ttl=0.45) for _ in range(2)]
-    async with DMHubSimulator(customers=10, seed=17) as sim:
-        sim.faults.paths = (TOKEN_ROUTE,)
-        sim.faults.latency = 1.0
-        clients = [connect(sim, token_store=store) for store in stores]
-        got = await asyncio.gather(*(dm.customers.count() for dm in clients))
-    assert got == [10, 10]
-    assert sim.counters.tokens_issued == 1
+    assert await _two_calls_under_a_short_lock(connect, redis_store) == 1
     assert len(tries) > 2  # extended again after the failure, and again
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warnings) == 1
