@@ -634,6 +634,7 @@ def check_identity(method: str, identity: object) -> Identity:
             and kind.isprintable()  # ASCII that is not: a control character (a tab, a NUL)
             and value.isprintable()
             and "+" not in value  # no number in scientific notation (mangled_value)
+            and (kind != "email" or value == value.strip())  # nor a padded one (likewise)
         ):
             return identity
     for what, text, limit in (
@@ -695,6 +696,10 @@ def mangled_value(kind: str, value: str, *, text: str) -> str | None:
     """
     if "+" in value and _SCIENTIFIC.fullmatch(value):
         return f"is in scientific notation (1.38E+10): its digits are lost; {text}"
+    if kind in _MATCHED_ON and value != value.strip():
+        # " 13800000000", pasted: a filter matched no one, and a create (matched on it) or a
+        # binding made a second customer, whose number the filters then refused to look for.
+        return "starts or ends with a space"
     if kind == "email":
         if _FULL_WIDTH.search(value):
             return "holds full-width characters (＠, ．, 。): type them half-width (@, .)"

@@ -622,8 +622,11 @@ def _sendable(text: object, limit: int, *, empty: bool = False, controls: bool =
 
 
 def _mangled(kind: str, value: str) -> bool:
-    """A number a spreadsheet or a float wrote (any type), or a mobile that is no digits."""
+    """A number a spreadsheet or a float wrote (any type), a mobile that is no digits, or a
+    mobile or an email with a space at either end."""
     if re.fullmatch(r"[0-9](\.[0-9]+)?[eE]\+[0-9]{2,}", value):
+        return True
+    if kind in ("mobile", "email") and value != value.strip():
         return True
     if kind == "email":
         return any("\uff01" <= c <= "\uff5e" or c == "\u3002" for c in value)
@@ -660,6 +663,9 @@ _TEXTS = st.one_of(
 @example("mobile", "13800138000.0", None)  # a float's digits: refused
 @example("mobile", "+8613800138000", None)  # sent
 @example("email", "a\uff20b.c", None)  # a full-width at sign: refused
+@example("email", "a@b.c ", None)  # pasted with a space: refused
+@example("mobile", " 13800138000", None)
+@example("wechat", " o-1 ", None)  # another type's: sent
 @example("x", "1.5E+10", None)  # scientific notation, any type: refused
 def test_an_identity_is_sent_exactly_when_the_contract_allows_it(
     kind: Any, value: Any, name: Any

@@ -176,6 +176,23 @@ CASES: dict[str, Call] = {
     "update: mobile with a line break from a file": lambda dm: dm.customers.update(
         1, mobile="13900000000\n"
     ),
+    # With a space at either end, pasted: a create matched no one by it and made a second
+    # customer, whose mobile the filters then refused to look for (they refuse it too).
+    "create: a mobile pasted with a space": lambda dm: dm.customers.create(
+        name="x", mobile=" 13800000000"
+    ),
+    "upsert: an email field with a space after it": lambda dm: dm.customers.create_with_identities(
+        [OK], email="a@b.c "
+    ),
+    "update: a mobile with a space after it": lambda dm: dm.customers.update(
+        1, mobile="13800000000 "
+    ),
+    "lookup: a mobile identity pasted with a space": lambda dm: dm.identities.lookup(
+        Identity("mobile", " 13800000000")
+    ),
+    "upsert: an email identity with a space after it": lambda dm: (
+        dm.customers.create_with_identities([Identity("email", "a@b.c ")], name="x")
+    ),
     "upsert: bad field": lambda dm: dm.customers.create_with_identities([OK], name=5),
     "get: str id": lambda dm: dm.customers.get("1"),
     "get: float id": lambda dm: dm.customers.get(1.0),
