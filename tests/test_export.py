@@ -1422,6 +1422,9 @@ def test_report_summary_and_completeness() -> None:
     report = ExportReport("x.jsonl", "jsonl", exported=10, count_before=10, count_after=10)
     assert report.complete
     assert "MISMATCH" not in report.summary()
+    # Complete by the counts alone: said so, with what checks every id.
+    assert "checked       by the counts alone" in report.summary()
+    assert "--verify always" in report.summary()
     report.count_after = 12  # the counts moved and nothing checked the file: not complete
     assert not report.complete
     assert "MISMATCH" in report.summary()
@@ -1429,6 +1432,7 @@ def test_report_summary_and_completeness() -> None:
     assert report.complete
     assert "MISMATCH" not in report.summary()
     assert "2 found missing" in report.summary()
+    assert "by the counts alone" not in report.summary()
     report.verified = False
     assert not report.complete
     assert "MISMATCH" in report.summary()
