@@ -294,6 +294,16 @@ class TokenManager:
             flight.cancel()
         return flight
 
+    async def answered(self, flight: asyncio.Future[str]) -> None:
+        """Wait for ``flight`` (:meth:`stop`'s) while its token request may be under way, up to
+        one request's timeout: the client's close, which ends its HTTP session and so the
+        request, waits for the answer first. Cut, the answer was lost, and the token the
+        service had issued by then (revoking every other process's) was stored for no one.
+        A fetch waiting out a retry's backoff ends with the close (its wait ends), and so
+        this wait with it."""
+        if self._fetching and not flight.done():
+            await asyncio.wait((flight,), timeout=self._timeout)
+
     async def ended(self, flight: asyncio.Future[str]) -> None:
         """Wait for ``flight`` (:meth:`stop`'s) to end, as long as it can take when its store
         answers: one stopped, a store call's timeout; one that asked for its token, the fetch's

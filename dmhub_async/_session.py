@@ -430,10 +430,13 @@ class Session:
         conn.closed = True
         conn.closing.close()
         # A token fetch still waiting for the store's lock ends now; one under way is awaited
-        # below, after the session's close has ended its request: it went on after aclose()
-        # returned, took the lock and read the store once another process let go of it.
+        # below (its request's answer before the session's close, the rest after): it went on
+        # after aclose() returned, took the lock and read the store once another process let
+        # go of it.
         flight = self._tokens.stop() if self._tokens is not None else None
         if conn.owns_http and conn.http is not None:
+            if flight is not None and self._tokens is not None:
+                await self._tokens.answered(flight)  # its request, before the session ends it
             http, conn.http = conn.http, None
             # aiohttp's close drops their connections but never tells the readers: a call half
             # way through an answer waited for the rest until its timeout (30 s by default).

@@ -333,6 +333,32 @@ async def test_t4_a_lock_whose_extension_fails_once_is_extended_again(
     assert "extending the lock failed (Connection reset by peer); trying again" in warnings[0]
 
 
+async def test_a_close_as_the_token_request_is_answered_stores_the_token_the_service_issued(
+    connect: Callable[..., DMHubClient],
+) -> None:
+    """A client (its own HTTP session) closed while its token request waits for its answer:
+    the close waits for that answer, and the token the service issued (revoking every other
+    process's) is stored for them. Before, the session's close cut the request: the service
+    issued the token all the same, and no process held it."""
+    store = MemoryTokenStore()
+    async with DMHubSimulator(customers=1, seed=3) as sim:
+        sim.faults.paths = (TOKEN_ROUTE,)
+        sim.faults.latency = 0.3
+        dm = connect(sim, token_store=store)
+        call = asyncio.ensure_future(dm.customers.count())
+        for _ in range(1000):  # until the service has the token request
+            if sim.counters.requests[TOKEN_ROUTE]:
+                break
+            await asyncio.sleep(0.005)
+        await asyncio.wait_for(dm.aclose(), 5)
+        with pytest.raises(DMHubError, match=r"^this DMHubClient is closed"):
+            await call
+        assert sim.counters.tokens_issued == 1
+        held = await store.get(token_key(sim.url, sim.app_id, sim.secret))
+        assert held is not None
+        assert held.value == sim.access_token
+
+
 async def test_t4_a_lock_take_cancelled_as_redis_answers_leaves_no_lock(
     redis: RedisServer,
     redis_store: Callable[..., RedisTokenStore],
