@@ -454,8 +454,21 @@ def test_lookup_input_refuses_a_cell_past_the_value_unless_a_header_names_it(
 
     path = tmp_path / "ids.csv"
     path.write_text("wechat,o-1,,\nshop,acme,inc\n", "utf-8")
-    with pytest.raises(CommandError, match=r"ids\.csv:2: .*'shop,acme,inc'.*quote"):
+    with pytest.raises(
+        CommandError, match=r"ids\.csv:2: expected type,value, found 3 cells.*quote"
+    ):
         list(_identities(path, "utf-8"))
+    # The row itself is not quoted: it is personal data (a mobile, the name beside it), and
+    # a line of 200 KB was the whole "one-line" error.
+    for row in ("mobile,13800138000,王伟", f"wechat,{'x' * 100_000},{'y' * 100_000}"):
+        path.write_text(row + "\n", "utf-8")
+        with pytest.raises(CommandError) as refused:
+            list(_identities(path, "utf-8"))
+        said = str(refused.value)
+        assert said.startswith(f"{path}:1: expected type,value, found 3 cells"), said
+        assert "13800138000" not in said
+        assert "王伟" not in said
+        assert len(said) < 300 + len(str(path))
 
     path.write_text("type,value,name\nwechat,o-1,Wang\nemail,o-2,\n", "utf-8")
     assert list(_identities(path, "utf-8")) == [

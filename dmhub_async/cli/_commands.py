@@ -333,10 +333,14 @@ def _numbered_identities(
             )
         if len(row) < 2 or any(cell.strip() for cell in row[columns:]):
             # A cell past the value: most likely a value holding an unquoted comma, whose
-            # first part alone was looked up. Empty ones are Excel's trailing commas.
+            # first part alone was looked up. Empty ones are Excel's trailing commas. Counted,
+            # not quoted: the row is personal data (a mobile, a name beside it), and a line
+            # of 200 KB was the whole error line.
+            cells = sum(1 for cell in row if cell.strip())
             raise CommandError(
-                f"{path}:{line}: expected type,value, not {','.join(row)!r} (a value holding a"
-                ' comma must be quoted: wechat,"a,b"; a header naming more columns allows them)'
+                f"{path}:{line}: expected type,value, found {counted(cells, 'cell')} (a"
+                ' value holding a comma must be quoted: wechat,"a,b"; a header naming more'
+                " columns allows them)"
             )
         identity = Identity(row[0].strip(), row[1].strip())
         # Before check_identity, which refuses them too, in a program's words.
