@@ -220,7 +220,9 @@ class DMHubClient:
         Unset options keep this client's. Closing the derived client leaves this one open, and
         ends its own calls still waiting (a backoff, a rate turn, the token store's lock, a body
         half read), and those of the clients derived from it, with the "closed" error, as
-        :meth:`aclose` does.
+        :meth:`aclose` does; a request already waiting for its answer's first bytes runs on to
+        that answer, which its call returns, or to its timeout (its connection is this client's,
+        which only this one's close ends).
 
         Raises:
             InvalidRequestError: a bad option.
