@@ -211,13 +211,16 @@ def _exit_waits() -> str:
         for thread in threading.enumerate()
         if not thread.daemon and thread is not current and thread is not threading.main_thread()
     ]
-    shown = ", ".join(names[:_SHOWN_WAITS]) + (
-        f" and {len(names) - _SHOWN_WAITS} more" if len(names) > _SHOWN_WAITS else ""
-    )
-    return (
-        f"the interpreter's exit, which waits for threads: {shown}"
-        if names
-        else ("the interpreter's exit")
+    if not names:
+        return "the interpreter's exit"
+    return f"the interpreter's exit, which waits for threads: {_listed(names, ', ')}"
+
+
+def _listed(items: list[str], separator: str) -> str:
+    """The first ``_SHOWN_WAITS`` of ``items``, and how many more."""
+    more = len(items) - _SHOWN_WAITS
+    return separator.join(items[:_SHOWN_WAITS]) + (
+        f"{separator}and {more} more" if more > 0 else ""
     )
 
 
@@ -229,9 +232,7 @@ def _waits(loop: asyncio.AbstractEventLoop) -> str:
         seen.setdefault(_await_of(task), None)
     if not seen:
         return "no task: asyncio's own shutdown"
-    shown = list(seen)[:_SHOWN_WAITS]
-    more = len(seen) - len(shown)
-    return "; ".join(shown) + (f"; and {more} more" if more else "")
+    return _listed(list(seen), "; ")
 
 
 def _await_of(task: asyncio.Task[Any]) -> str:
