@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import importlib.util
 import inspect
 import types
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -58,7 +57,15 @@ CLIENT_NEEDS_ASYNC_TEST = (
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Register the ``dmhub_simulator`` and ``dmhub_client`` markers."""
+    """Register the ``dmhub_simulator`` and ``dmhub_client`` markers, and, with pytest-asyncio's
+    plugin in this run, the async fixtures on each of its loop scopes.
+
+    Made here, once every plugin is loaded, not at this module's import: imported before
+    pytest-asyncio's plugin (autoload off, ``-p`` or ``pytest_plugins`` naming this one first),
+    it imported pytest_asyncio too early for pytest to rewrite its asserts, whose warning ended
+    a run with ``filterwarnings = error`` before its first test; and pytest-asyncio installed
+    but switched off (``-p no:asyncio``) met pytest's own error, naming a private fixture.
+    """
     config.addinivalue_line(
         "markers",
         "dmhub_simulator(**kwargs): DMHubSimulator arguments for the dmhub_simulator fixture",
@@ -67,6 +74,19 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers",
         "dmhub_client(**kwargs): DMHubClient arguments for the dmhub_client fixture",
     )
+    if _with_pytest_asyncio(config) and not config.pluginmanager.has_plugin(_ASYNC_FIXTURES):
+        config.pluginmanager.register(_async_fixtures(), _ASYNC_FIXTURES)
+
+
+#: The name the async fixtures are registered under, as a plugin of their own.
+_ASYNC_FIXTURES = "dmhub_async.testing.async_fixtures"
+#: The names pytest-asyncio's plugin goes by: its entry point's, or a module's that names it.
+_PYTEST_ASYNCIO = ("asyncio", "pytest_asyncio", "pytest_asyncio.plugin")
+
+
+def _with_pytest_asyncio(config: pytest.Config) -> bool:
+    """Whether pytest-asyncio's plugin runs in this test run (installed, and not switched off)."""
+    return any(config.pluginmanager.has_plugin(name) for name in _PYTEST_ASYNCIO)
 
 
 def _mark_kwargs(
@@ -216,53 +236,62 @@ def _copy_of(func: Callable[..., Any]) -> Callable[..., Any]:
     )
 
 
-if importlib.util.find_spec("pytest_asyncio") is not None:
+def _async_fixtures() -> type:
+    """The async fixtures, one copy of each per loop scope, made with pytest-asyncio's
+    ``fixture``: a class holding them, a plugin for pytest to collect them from (it reads a
+    plugin object's fixtures off its type).
+
+    `dmhub_simulator` / `dmhub_client` take the one on the test's loop: left to
+    `asyncio_default_fixture_loop_scope`, they ran on a loop other than the test's wherever the
+    two scopes differed (that setting "session", a `@pytest.mark.asyncio(loop_scope="module")`
+    ...), and the client failed with "used in another event loop" while the simulator, its loop
+    stopped, never answered.
+    """
     import pytest_asyncio
 
-    # One copy of each async fixture per loop scope, and `dmhub_simulator` / `dmhub_client`
-    # take the one on the test's loop: left to `asyncio_default_fixture_loop_scope`, they ran
-    # on a loop other than the test's wherever the two scopes differed (that setting
-    # "session", a `@pytest.mark.asyncio(loop_scope="module")`...), and the client failed
-    # with "used in another event loop" while the simulator, its loop stopped, never answered.
+    global _PER_LOOP_SCOPE
     _PER_LOOP_SCOPE = "loop_scope" in inspect.signature(pytest_asyncio.fixture).parameters
-    for _scope in LOOP_SCOPES if _PER_LOOP_SCOPE else ("function",):  # 0.23: the test's loop
-        _on_scope: dict[str, Any] = {"loop_scope": _scope} if _PER_LOOP_SCOPE else {}
-        for _name, _func in (("simulator", _simulator_in_loop), ("client", _client)):
-            _fixture_name = f"_dmhub_{_name}_in_{_scope}_loop"
-            globals()[_fixture_name] = pytest_asyncio.fixture(
-                _copy_of(_func), name=_fixture_name, **_on_scope
+    fixtures: dict[str, Any] = {}
+    for scope in LOOP_SCOPES if _PER_LOOP_SCOPE else ("function",):  # 0.23: the test's loop
+        on_scope: dict[str, Any] = {"loop_scope": scope} if _PER_LOOP_SCOPE else {}
+        for name, func in (("simulator", _simulator_in_loop), ("client", _client)):
+            fixture_name = f"_dmhub_{name}_in_{scope}_loop"
+            fixtures[fixture_name] = pytest_asyncio.fixture(
+                _copy_of(func), name=fixture_name, **on_scope
             )
+    return type("DMHubAsyncFixtures", (), fixtures)
 
-    def _on_the_tests_loop(request: pytest.FixtureRequest, name: str) -> Any:
-        scope = _test_loop_scope(request) if _PER_LOOP_SCOPE else "function"
-        return request.getfixturevalue(f"_dmhub_{name}_in_{scope}_loop")
 
-    @pytest.fixture(name="dmhub_simulator")
-    def _dmhub_simulator(
-        request: pytest.FixtureRequest, dmhub_clock: FakeClock
-    ) -> Iterator[DMHubSimulator]:
-        if _is_async_test(request):  # served by the test's own event loop
-            yield _on_the_tests_loop(request, "simulator")
-            return
-        # A plain `def` test runs no event loop: one in the test's loop took connections and
-        # never answered, and synchronous code under test (an asyncio.run() job) hung on it.
-        with _served_from_a_thread(_new_simulator(request, dmhub_clock)) as sim:
-            yield sim
+#: Whether this pytest-asyncio takes a fixture's ``loop_scope`` (0.24 and later).
+_PER_LOOP_SCOPE = False
 
-    @pytest.fixture(name="dmhub_client")
-    def _dmhub_client(request: pytest.FixtureRequest) -> DMHubClient:
-        if not _is_async_test(request):
-            # Made on a loop that does not run in a `def` test, it failed at its first call
-            # with "used in another event loop (an earlier asyncio.run()?)".
-            pytest.fail(CLIENT_NEEDS_ASYNC_TEST, pytrace=False)
-        return cast("DMHubClient", _on_the_tests_loop(request, "client"))
 
-else:
+def _on_the_tests_loop(request: pytest.FixtureRequest, name: str) -> Any:
+    scope = _test_loop_scope(request) if _PER_LOOP_SCOPE else "function"
+    return request.getfixturevalue(f"_dmhub_{name}_in_{scope}_loop")
 
-    @pytest.fixture(name="dmhub_simulator")
-    def _simulator_needs_pytest_asyncio() -> None:
+
+@pytest.fixture(name="dmhub_simulator")
+def _dmhub_simulator(
+    request: pytest.FixtureRequest, dmhub_clock: FakeClock
+) -> Iterator[DMHubSimulator]:
+    if not _with_pytest_asyncio(request.config):
         pytest.fail(NEEDS_PYTEST_ASYNCIO, pytrace=False)
+    if _is_async_test(request):  # served by the test's own event loop
+        yield _on_the_tests_loop(request, "simulator")
+        return
+    # A plain `def` test runs no event loop: one in the test's loop took connections and
+    # never answered, and synchronous code under test (an asyncio.run() job) hung on it.
+    with _served_from_a_thread(_new_simulator(request, dmhub_clock)) as sim:
+        yield sim
 
-    @pytest.fixture(name="dmhub_client")
-    def _client_needs_pytest_asyncio() -> None:
+
+@pytest.fixture(name="dmhub_client")
+def _dmhub_client(request: pytest.FixtureRequest) -> DMHubClient:
+    if not _with_pytest_asyncio(request.config):
         pytest.fail(NEEDS_PYTEST_ASYNCIO, pytrace=False)
+    if not _is_async_test(request):
+        # Made on a loop that does not run in a `def` test, it failed at its first call
+        # with "used in another event loop (an earlier asyncio.run()?)".
+        pytest.fail(CLIENT_NEEDS_ASYNC_TEST, pytrace=False)
+    return cast("DMHubClient", _on_the_tests_loop(request, "client"))

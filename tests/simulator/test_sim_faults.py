@@ -849,3 +849,47 @@ def test_a_script_given_one_string_says_so() -> None:
     # script("500") said: unknown fault kinds ['0', '5'].
     with pytest.raises(ValueError, match="script takes an iterable of fault kinds, not the string"):
         Faults().script("500")
+
+
+@pytest.mark.parametrize(
+    "plugins",
+    [
+        '["dmhub_async.testing.pytest_plugin", "pytest_asyncio.plugin"]',
+        '["pytest_asyncio.plugin", "dmhub_async.testing.pytest_plugin"]',
+    ],
+    ids=["ours first", "ours last"],
+)
+def test_the_plugin_listed_by_hand_before_pytest_asyncio_leaves_its_asserts_rewritten(
+    pytester: pytest.Pytester, plugins: str
+) -> None:
+    # Autoload off, the plugins named in a conftest, ours first: its import took pytest_asyncio
+    # in before pytest could rewrite its asserts, and pytest's warning of it ended a run with
+    # `filterwarnings = error` before its first test.
+    pytester.makeini("[pytest]\nasyncio_mode = auto\nfilterwarnings = error\n")
+    pytester.makeconftest(f"pytest_plugins = {plugins}\n")
+    pytester.makepyfile(test_user=USER_TESTS_ON_THE_CLIENT)
+    with pytest.MonkeyPatch.context() as env:
+        for name in os.environ.keys() - users_environ().keys():
+            env.delenv(name)
+        env.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
+        result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    assert "PytestAssertRewriteWarning" not in result.stdout.str() + result.stderr.str()
+    result.assert_outcomes(passed=3)
+
+
+def test_a_fixture_asked_for_with_pytest_asyncio_switched_off_says_what_it_needs(
+    pytester: pytest.Pytester,
+) -> None:
+    # pytest-asyncio installed, its plugin off (`-p no:asyncio`): pytest's own error came,
+    # naming a fixture of the plugin's own (`_dmhub_simulator_in_function_loop`).
+    pytester.makepyfile(
+        test_user="async def test_sim(dmhub_simulator):\n    pass\n\ndef test_other():\n    pass\n"
+    )
+    with pytest.MonkeyPatch.context() as env:
+        for name in os.environ.keys() - users_environ().keys():
+            env.delenv(name)
+        result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:asyncio")
+    said = result.stdout.str()
+    assert "pip install pytest-asyncio" in said
+    assert "_dmhub_" not in said
+    result.assert_outcomes(passed=1, errors=1)
