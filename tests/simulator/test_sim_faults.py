@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import io
 import itertools
@@ -15,7 +16,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from http.client import HTTPException
 from typing import Any
 
@@ -618,13 +619,20 @@ async def test_a_client_that_drops_leaves_no_traceback_and_no_500_counted(
     assert sim.counters.statuses == {}
 
 
+@contextlib.contextmanager
+def _as_a_user() -> Iterator[pytest.MonkeyPatch]:
+    """The environment as a user's shell has it, not an xdist worker's, for the block."""
+    with pytest.MonkeyPatch.context() as env:
+        for name in os.environ.keys() - users_environ().keys():
+            env.delenv(name)
+        yield env
+
+
 def _user_project(pytester: pytest.Pytester, ini: str, tests: str) -> pytest.RunResult:
     """A user's project: its pytest settings, one test file, run by pytest in this process."""
     pytester.makeini("[pytest]\nasyncio_mode = auto\n" + ini)
     pytester.makepyfile(test_user=tests)
-    with pytest.MonkeyPatch.context() as env:  # run as a user would, not as an xdist worker
-        for name in os.environ.keys() - users_environ().keys():
-            env.delenv(name)
+    with _as_a_user():
         return pytester.runpytest("-p", "no:cacheprovider")
 
 
@@ -868,9 +876,7 @@ def test_the_plugin_listed_by_hand_before_pytest_asyncio_leaves_its_asserts_rewr
     pytester.makeini("[pytest]\nasyncio_mode = auto\nfilterwarnings = error\n")
     pytester.makeconftest(f"pytest_plugins = {plugins}\n")
     pytester.makepyfile(test_user=USER_TESTS_ON_THE_CLIENT)
-    with pytest.MonkeyPatch.context() as env:
-        for name in os.environ.keys() - users_environ().keys():
-            env.delenv(name)
+    with _as_a_user() as env:
         env.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
         result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     assert "PytestAssertRewriteWarning" not in result.stdout.str() + result.stderr.str()
@@ -885,9 +891,7 @@ def test_a_fixture_asked_for_with_pytest_asyncio_switched_off_says_what_it_needs
     pytester.makepyfile(
         test_user="async def test_sim(dmhub_simulator):\n    pass\n\ndef test_other():\n    pass\n"
     )
-    with pytest.MonkeyPatch.context() as env:
-        for name in os.environ.keys() - users_environ().keys():
-            env.delenv(name)
+    with _as_a_user():
         result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:asyncio")
     said = result.stdout.str()
     assert "pip install pytest-asyncio" in said
