@@ -873,7 +873,10 @@ def test_the_plugin_listed_by_hand_before_pytest_asyncio_leaves_its_asserts_rewr
     # Autoload off, the plugins named in a conftest, ours first: its import took pytest_asyncio
     # in before pytest could rewrite its asserts, and pytest's warning of it ended a run with
     # `filterwarnings = error` before its first test.
-    pytester.makeini("[pytest]\nasyncio_mode = auto\nfilterwarnings = error\n")
+    pytester.makeini(
+        "[pytest]\nasyncio_mode = auto\nasyncio_default_fixture_loop_scope = function\n"
+        "filterwarnings = error\n"
+    )
     pytester.makeconftest(f"pytest_plugins = {plugins}\n")
     pytester.makepyfile(test_user=USER_TESTS_ON_THE_CLIENT)
     with _as_a_user() as env:
