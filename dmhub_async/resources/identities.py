@@ -291,13 +291,13 @@ class Identities(Resource):
         taken = 0
         try:
             while True:
-                if racing and window and window[0][1].done():
-                    # Answered (with the one before it, or a repeat of one): out before the
-                    # input is waited on. Only a burst's first answer came out on time, the
-                    # rest waiting for the next item, perhaps minutes later.
-                    yield await drain_one()
-                    continue
                 if racing and window:
+                    if window[0][1].done():
+                        # Answered (with the one before it, or a repeat of one): out before
+                        # the input is waited on. Only a burst's first answer came out on
+                        # time, the rest waiting for the next item, perhaps minutes later.
+                        yield await drain_one()
+                        continue
                     if next_item is None:
                         next_item = loop.create_task(_next(source))
                     await asyncio.wait(
