@@ -74,7 +74,9 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers",
         "dmhub_client(**kwargs): DMHubClient arguments for the dmhub_client fixture",
     )
-    if _with_pytest_asyncio(config) and not config.pluginmanager.has_plugin(_ASYNC_FIXTURES):
+    if not config.pluginmanager.has_plugin(_ASYNC_FIXTURES) and any(
+        config.pluginmanager.has_plugin(name) for name in _PYTEST_ASYNCIO
+    ):
         config.pluginmanager.register(_async_fixtures(), _ASYNC_FIXTURES)
 
 
@@ -84,9 +86,10 @@ _ASYNC_FIXTURES = "dmhub_async.testing.async_fixtures"
 _PYTEST_ASYNCIO = ("asyncio", "pytest_asyncio", "pytest_asyncio.plugin")
 
 
-def _with_pytest_asyncio(config: pytest.Config) -> bool:
-    """Whether pytest-asyncio's plugin runs in this test run (installed, and not switched off)."""
-    return any(config.pluginmanager.has_plugin(name) for name in _PYTEST_ASYNCIO)
+def _with_async_fixtures(request: pytest.FixtureRequest) -> bool:
+    """Whether this run has the async fixtures: pytest-asyncio's plugin runs in it (installed,
+    and not switched off), so `pytest_configure` made them."""
+    return request.config.pluginmanager.has_plugin(_ASYNC_FIXTURES)
 
 
 def _mark_kwargs(
@@ -275,7 +278,7 @@ def _on_the_tests_loop(request: pytest.FixtureRequest, name: str) -> Any:
 def _dmhub_simulator(
     request: pytest.FixtureRequest, dmhub_clock: FakeClock
 ) -> Iterator[DMHubSimulator]:
-    if not _with_pytest_asyncio(request.config):
+    if not _with_async_fixtures(request):
         pytest.fail(NEEDS_PYTEST_ASYNCIO, pytrace=False)
     if _is_async_test(request):  # served by the test's own event loop
         yield _on_the_tests_loop(request, "simulator")
@@ -288,7 +291,7 @@ def _dmhub_simulator(
 
 @pytest.fixture(name="dmhub_client")
 def _dmhub_client(request: pytest.FixtureRequest) -> DMHubClient:
-    if not _with_pytest_asyncio(request.config):
+    if not _with_async_fixtures(request):
         pytest.fail(NEEDS_PYTEST_ASYNCIO, pytrace=False)
     if not _is_async_test(request):
         # Made on a loop that does not run in a `def` test, it failed at its first call
