@@ -21,8 +21,8 @@ import csv
 import hashlib
 import os
 import tempfile
-import time
 from collections.abc import Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Final, cast
 
@@ -38,6 +38,7 @@ from ..export._ids import IdSet
 from ..export._output import _lock, _release, _sweep
 from ..export._reconcile import Retries, final_check
 from ..export._writers import _csv_id, _jsonl_id, _Lines, long_csv_fields, new_writer
+from . import _manifest
 from ._manifest import MANIFEST_NAME, LateCheck, Manifest, ManifestWriter, ShardOutcome
 
 if TYPE_CHECKING:
@@ -60,14 +61,29 @@ LATE_MISMATCH: Final = (
 _SPOOL: Final = 8 << 20
 
 
+#: How far the service's clock, which stamps a customer's creation, may be behind this
+#: machine's: a window that ended this long before it was last seen whole (by this machine's
+#: clock) holds no customer created since.
+CLOCK_MARGIN: Final = timedelta(minutes=5)
+
+
 def late_checked(manifest: Manifest) -> ShardOutcome | None:
-    """The shard a late check looks at: the last window of a plan of windows when it has no
-    end (or one still to come); None for a plan of an ``id_list``."""
+    """The shard a late check looks at: the last window of a plan of windows, unless it ended
+    (:data:`CLOCK_MARGIN` and more) before it was last seen whole (by the plan, or by the
+    last late check that passed: ``manifest.last_window_seen_at``); None for a plan of an
+    ``id_list``.
+
+    It went by the clock now: a window whose end had passed was skipped, though customers
+    created between its last check and its end were in no part (an export of today's
+    sign-ups, rerun after midnight, said complete without the evening's).
+    """
     if manifest.id_list_length is not None or not manifest.shards:
         return None
     last = manifest.shards[-1]
-    end = last.shard.end
-    if last.shard.id_slice is not None or (end is not None and end.timestamp() <= time.time()):
+    end, seen = last.shard.end, manifest.last_window_seen_at
+    if last.shard.id_slice is not None or (
+        end is not None and seen is not None and end <= seen - CLOCK_MARGIN
+    ):
         return None
     return last
 
@@ -98,11 +114,12 @@ async def late_check(
     ``export_sharded`` and the CLI run it themselves; after ``run_in_processes`` or
     ``run_on_queue`` (which have no client), call it with the manifest they returned. It runs
     once every shard is complete (else it returns None: rerun the export first), for a plan
-    whose last window has no end (or one still to come): an id-only walk of that window (the
-    single-file export's final check) compared with the ids in its part; the customers missing
-    (created after that shard ended) are fetched by id and appended to the part, atomically,
-    and the manifest (``manifest``, updated in place, or the directory's) records the part's
-    new size, SHA-256 and customers.
+    whose last window has no end, or one later than when it was last seen whole
+    (:func:`late_checked`): an id-only walk of that window (the single-file export's final
+    check) compared with the ids in its part; the customers missing (created after that shard
+    ended) are fetched by id and appended to the part, atomically, and the manifest
+    (``manifest``, updated in place, or the directory's) records the part's new size, SHA-256
+    and customers, and when the window was seen whole.
 
     Returns:
         What it found (``added``: the customers appended; ``verified``: False when customers
@@ -149,6 +166,7 @@ async def _check(
 ) -> LateCheck:
     part = where / outcome.file
     fmt = manifest.format
+    began = _manifest.utc_now()  # every customer created before it is in the part if it passes
     held = await file_work(lambda: _read_part(part, fmt, outcome))
     before = attrs.astuple(outcome, recurse=False)
     filters = outcome.shard.export_filters()
@@ -197,12 +215,17 @@ async def _check(
     outcome.count_after = count
     if outcome.retries is not None:
         outcome.retries += retries.taken
+    seen = manifest.last_window_seen_at
     if verified:
         outcome.status, outcome.error = "complete", None
+        if outcome.shard.end is not None and (seen is None or began > seen):
+            # What lets a rerun after the window's end pass it by (an open window is checked
+            # by every rerun: not recorded, nor written for it).
+            manifest.last_window_seen_at = began
     else:
         outcome.status, outcome.error = "incomplete", LATE_MISMATCH
-    if attrs.astuple(outcome, recurse=False) != before:  # nothing new: nothing written
-        await ManifestWriter(manifest, where).write()
+    if attrs.astuple(outcome, recurse=False) != before or manifest.last_window_seen_at != seen:
+        await ManifestWriter(manifest, where).write()  # nothing new: nothing written
     # The manifest says what the part holds now: what the check was writing is no longer news.
     await file_work(lambda: remove_or_warn(_said(part), "late check's note"))
     return LateCheck(

@@ -19,7 +19,7 @@ import stat
 from collections.abc import Callable, Iterator, Sequence
 from csv import Error as CSVError
 from csv import reader as csv_reader
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, BinaryIO, Final, Literal
 
@@ -242,6 +242,13 @@ class Manifest:
     #: started with ``auto``, saying nothing), else the first run's. None: a manifest of an
     #: earlier release (or one it rewrote), which does not say.
     verify: Verify | None = None
+    #: When (this machine's clock, UTC, to the second) the plan's last window was last seen
+    #: whole: the plan, then each late check that passed. Every customer of that window
+    #: created before then is in its part once its shard is complete; the late check runs
+    #: while the window's end is later than this (less a margin for the service's clock,
+    #: which stamps customers' creation). None: a plan of an ``id_list``, or a manifest of an
+    #: earlier release (or one it rewrote), whose last window is then checked once.
+    last_window_seen_at: datetime | None = None
     #: What this run's late check of the last window found (not written in the file): None
     #: when none ran.
     late_check: LateCheck | None = attrs.field(default=None, eq=False)
@@ -309,7 +316,8 @@ class Manifest:
     ) -> Manifest:
         """A manifest of shards planned and not yet exported (``plan_retries``: the retries
         planning them took, None when not counted; ``shards_asked``: the ``n`` they were
-        planned for).
+        planned for). Its last window is seen whole as of now (``last_window_seen_at``): its
+        shard is exported after this.
 
         Shards of an ``id_list`` are kept naming their slices alone, ``filters["id_list"]``
         the list's digest: the list itself is written beside the manifest, once
@@ -330,6 +338,7 @@ class Manifest:
             id_list_length=length,
             shards_asked=shards_asked,
             verify=verify,
+            last_window_seen_at=None if length is not None else utc_now(),
         )
 
     def take_verify(self, verify: Verify) -> tuple[Verify, bool]:
@@ -372,6 +381,8 @@ class Manifest:
             del raw["shards_asked"]  # not known: written as the manifest was read
         if raw["verify"] is None:
             del raw["verify"]  # not said: written as the manifest was read
+        if raw["last_window_seen_at"] is None:
+            del raw["last_window_seen_at"]  # not known: written as the manifest was read
         data = orjson.dumps({**raw, "status": self.status()}, option=orjson.OPT_INDENT_2)
         replace_file(path, data + b"\n")
         return path
@@ -488,6 +499,12 @@ class Manifest:
             raise ValueError(f"shard {i} has another dateCreated window than shard {i - 1}")
 
 
+def utc_now() -> datetime:
+    """This machine's clock now, UTC, to the second (down): when a plan or a late check saw
+    the last window whole."""
+    return datetime.now(timezone.utc).replace(microsecond=0)
+
+
 def _check_count(name: str, value: int | None) -> None:
     """A count a manifest records (None: not recorded), or ValueError: 0 to 2**63 - 1."""
     if value is not None and not 0 <= value < 1 << 63:
@@ -537,6 +554,8 @@ _converter.register_structure_hook(float, _exact(float, int))
 _converter.register_structure_hook(str, _exact(str))
 _converter.register_structure_hook(bool, _exact(bool))
 _converter.register_unstructure_hook(Shard, lambda shard: shard.to_dict())
+_converter.register_unstructure_hook(datetime, datetime.isoformat)
+_converter.register_structure_hook(datetime, lambda text, _: _aware(_exact(str)(text, str)))
 _converter.register_structure_hook(Shard, lambda data, _: Shard.from_dict(data))
 #: An outcome's fields in the order ShardOutcome takes them.
 _OUTCOME_FIELDS = operator.attrgetter(*(field.name for field in attrs.fields(ShardOutcome)))

@@ -13,6 +13,8 @@ import json
 import subprocess
 import sys
 import threading
+import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,17 @@ from aiohttp import web
 from shard_support import child_env, exported_ids, queue_workers, sim_process
 
 from dmhub_async import DMHubClient, FileTokenStore, InvalidRequestError, RedisTokenStore
-from dmhub_async.shards import LateCheck, Manifest, _late, _local, _queue, _run, late_check, merge
+from dmhub_async.shards import (
+    LateCheck,
+    Manifest,
+    _late,
+    _local,
+    _manifest,
+    _queue,
+    _run,
+    late_check,
+    merge,
+)
 from dmhub_async.shards._local import WorkerSettings, run_in_processes
 from dmhub_async.shards._queue import run_on_queue
 from dmhub_async.shards._run import export_sharded, prepare
@@ -468,3 +480,100 @@ def test_a_late_check_that_could_not_pass_says_so_in_its_line(
         "added, but customers of its window changed during every walk of the check: "
         "a rerun checks it again" in said
     ), said
+
+
+class _Clocks:
+    """The simulator's clock and the SDK's (``_manifest.utc_now``) as one, moved by the test:
+    customers are created at its time, and the export sees it as now."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.now = float(int(time.time()))
+        monkeypatch.setattr(
+            _manifest, "utc_now", lambda: datetime.fromtimestamp(int(self.now), timezone.utc)
+        )
+
+    def __call__(self) -> float:
+        return self.now
+
+    def at(self, seconds: float) -> datetime:
+        return datetime.fromtimestamp(int(seconds), timezone.utc)
+
+
+async def test_a_sign_up_before_the_end_is_found_by_a_rerun_after_the_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Today's sign-ups, planned with an end still to come: a rerun after the end skipped the
+    # late check (the end had passed by the clock now) and said the export complete without
+    # the customers created between its last check and the end.
+    clocks = _Clocks(monkeypatch)
+    end = clocks.at(clocks.now + 3600)
+    out = tmp_path / "today"
+    async with DMHubSimulator(customers=300, seed=14, clock=clocks) as sim:
+        async with DMHubClient(sim.app_id, sim.secret, base_url=sim.url) as dm:
+            first = await export_sharded(dm, out, 2, progress=False, date_created_to=end)
+            assert first.complete
+            assert first.late_check is not None  # its end still to come
+            clocks.now += 1800
+            late = sim.insert_customer({"name": "signed up before the end"})
+            clocks.now += 1800 + 900  # the end passed 15 minutes ago
+            sim.insert_customer({"name": "signed up after the end"})  # in no window
+            again = await export_sharded(dm, out, 2, progress=False, date_created_to=end)
+            sent: list[dict[str, str]] = []
+            sim.on_request(lambda request: sent.append(dict(request.query)))
+            third = await export_sharded(dm, out, 2, progress=False, date_created_to=end)
+        wanted = [c for c in sim.customer_ids() if c != sim.customer_ids()[-1]]
+
+    assert again.complete
+    assert again.late_check is not None
+    assert again.late_check.added == 1
+    ids = merged_ids(out, tmp_path / "all.jsonl")
+    assert late["id"] in ids
+    assert sorted(ids) == sorted(wanted)
+    # Checked since the end passed: nothing more to look at, nothing sent.
+    assert third.complete
+    assert third.late_check is None
+    assert sent == []
+
+
+async def test_a_window_that_ended_before_its_plan_is_not_checked_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clocks = _Clocks(monkeypatch)
+    out = tmp_path / "closed"
+    async with DMHubSimulator(customers=300, seed=15, clock=clocks) as sim:
+        end = clocks.at(clocks.now - 3600)  # an hour ago: every customer of it exists
+        async with DMHubClient(sim.app_id, sim.secret, base_url=sim.url) as dm:
+            first = await export_sharded(dm, out, 2, progress=False, date_created_to=end)
+            sent: list[dict[str, str]] = []
+            sim.on_request(lambda request: sent.append(dict(request.query)))
+            again = await export_sharded(dm, out, 2, progress=False, date_created_to=end)
+
+    assert first.complete
+    assert first.late_check is None
+    assert again.complete
+    assert again.late_check is None
+    assert sent == []
+
+
+async def test_a_manifest_of_an_earlier_release_is_late_checked_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its manifest does not say when the last window was last seen whole: checked once, then
+    # recorded.
+    clocks = _Clocks(monkeypatch)
+    out = tmp_path / "older"
+    async with DMHubSimulator(customers=300, seed=16, clock=clocks) as sim:
+        end = clocks.at(clocks.now - 3600)
+        async with DMHubClient(sim.app_id, sim.secret, base_url=sim.url) as dm:
+            assert (await export_sharded(dm, out, 2, progress=False, date_created_to=end)).complete
+            path = out / "manifest.json"
+            raw = json.loads(path.read_text(encoding="utf-8"))
+            assert raw.pop("last_window_seen_at") == clocks.at(clocks.now).isoformat()
+            path.write_text(json.dumps(raw), encoding="utf-8")
+            once = await export_sharded(dm, out, 2, progress=False, date_created_to=end)
+            twice = await export_sharded(dm, out, 2, progress=False, date_created_to=end)
+
+    assert once.late_check is not None
+    assert once.late_check.added == 0
+    assert once.last_window_seen_at == clocks.at(clocks.now)
+    assert twice.late_check is None
