@@ -36,7 +36,7 @@ from .._validate import short
 from .._words import counted
 from ..export._checkpoint import ExportScope, recorded_scope
 from ..export._export import FORMAT_OF_SUFFIX, Verify, check_output_name
-from ..export._output import _lock, _release, _sweep
+from ..export._output import _lock, _release, _sweep, check_path
 from ..resources._filters import EMPTY_STAGE, customer_filter_params
 from ._csv_merge import Rewrite, Union, header_names, read_header, same_export, whole_header
 from ._plan import ListedIds, Shard, _aware, _seconds
@@ -677,16 +677,18 @@ def merge(
     until it ends.
 
     Raises:
-        InvalidRequestError: ``dest`` inside ``directory`` or named as the other format (``all.csv``
-            for JSON lines parts) or as JSON (``all.json``), no manifest, a part missing, the export
-            not complete, or a complete part changed since it was exported: its size (these unless
-            ``allow_incomplete``), or its content (the SHA-256 the manifest records); a CSV part
-            whose columns, ``attr.*`` aside, are not the first part's (another export's); a
-            CSV record that is not one of its part's header's columns; an unfinished part whose
-            checkpoint is of another export, or without one, holding a customer created outside its
-            shard's window (or of another filter), or, of an id list, cannot be checked
-            (``id_list.txt`` missing or changed); a part replaced or removed between its checks
-            and its copy (a named pipe there is never waited on, nor a checkpoint that is one).
+        InvalidRequestError: ``dest`` inside ``directory``, not a regular file (a symbolic link,
+            a named pipe, a device, a directory), in no writable folder, or named as the other
+            format (``all.csv`` for JSON lines parts) or as JSON (``all.json``), no manifest, a
+            part missing, the export not complete, or a complete part changed since it was
+            exported: its size (these unless ``allow_incomplete``), or its content (the SHA-256
+            the manifest records); a CSV part whose columns, ``attr.*`` aside, are not the first
+            part's (another export's); a CSV record that is not one of its part's header's
+            columns; an unfinished part whose checkpoint is of another export, or without one,
+            holding a customer created outside its shard's window (or of another filter), or, of
+            an id list, cannot be checked (``id_list.txt`` missing or changed); a part replaced
+            or removed between its checks and its copy (a named pipe there is never waited on,
+            nor a checkpoint that is one).
     """
     return merge_parts(directory, dest, allow_incomplete=allow_incomplete)[0]
 
@@ -707,6 +709,10 @@ def merge_parts(
         raise InvalidRequestError(
             f"{dest} is inside the export's directory {directory}: merge into a file elsewhere"
         )
+    # Only the CLI checked: the merged file was renamed over a symbolic link, a named pipe or
+    # a device (/dev/null, as root), a missing folder was made, and a directory failed once
+    # every part was copied, with a raw IsADirectoryError. As an export refuses them.
+    check_path(Path(dest), "merge's output")
     manifest = Manifest.read(directory)
     if manifest is None:
         raise InvalidRequestError(f"{directory} has no {MANIFEST_NAME}: not a sharded export")

@@ -2049,3 +2049,43 @@ async def test_merging_what_there_is_counts_the_final_checks_of_the_parts_it_mer
     assert said["checked"] == 3
     line = "final check (an id-only walk against the service) run at the end of 3 of the 3 parts"
     assert f"{line} merged (1 left out)\n" in text, text
+
+
+@pytest.mark.parametrize("kind", ["a symbolic link", "a named pipe", "a directory", "no folder"])
+async def test_a_merge_into_what_is_not_a_regular_file_is_refused_before_it_reads(
+    dm: DMHubClient, done: Path, tmp_path: Path, kind: str
+) -> None:
+    # Only the CLI checked: merge() renamed its file over a symbolic link (the file it named
+    # kept, the link gone), a named pipe or a device (a helper's merge into /dev/null, as root,
+    # replaced the machine's /dev/null with the merged file), made a missing folder, and into a
+    # directory failed after every part was copied, with a raw IsADirectoryError.
+    kept = tmp_path / "kept.jsonl"
+    kept.write_bytes(b"kept\n")
+    dest = tmp_path / "all.jsonl"
+    if kind == "a symbolic link":
+        dest.symlink_to(kept)
+    elif kind == "a named pipe":
+        os.mkfifo(dest)
+    elif kind == "a directory":
+        dest.mkdir()
+    else:
+        dest = tmp_path / "missing" / "all.jsonl"
+    said = {
+        "a symbolic link": "is a symbolic link: give a regular file",
+        "a named pipe": "is not a regular file: give a regular file",
+        "a directory": "is a directory, not a file",
+        "no folder": "cannot write to",
+    }[kind]
+
+    with pytest.raises(InvalidRequestError, match=said):
+        merge(done, dest)
+
+    assert kept.read_bytes() == b"kept\n"
+    if kind == "no folder":
+        assert not dest.parent.exists()
+    else:
+        is_it = {"a symbolic link": stat.S_ISLNK, "a named pipe": stat.S_ISFIFO}
+        assert is_it.get(kind, stat.S_ISDIR)(os.lstat(dest).st_mode)  # as it was
+    assert sorted(os.listdir(tmp_path)) == sorted(
+        ["kept.jsonl", done.name, *([dest.name] if kind != "no folder" else [])]
+    )  # no temporary file left either
