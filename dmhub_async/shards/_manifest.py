@@ -790,11 +790,15 @@ def _copy_parts(
         elif unfinished:
             limit = committed.covered
         # An unfinished part that no checkpoint speaks for (deleted, or none that says what
-        # was written): nothing else checks it, and another export's part in its place went
-        # in whole. Its records' dateCreated must be in its shard's window (ids in its slice).
+        # was written, or of which export: an earlier release's, or one edited to say none):
+        # nothing else checks it, and another export's part in its place went in whole. Its
+        # records' dateCreated must be in its shard's window (ids in its slice). Every line
+        # of an unfinished part must be a record: one edited in place, or a line that is none
+        # inserted, went into the merged file, counted as a record.
+        bounded = committed.covered is None or committed.scope is None
         window = (
-            _Window(outcome.shard, scopes.id_range(outcome))
-            if unfinished and committed.covered is None
+            _Window(outcome.shard, scopes.id_range(outcome) if bounded else None, bounded)
+            if unfinished
             else None
         )
         if committed.unreadable:
@@ -882,6 +886,13 @@ def _copy_parts(
                 if read == committed.covered:
                     at_mark = (records - before, last)
                 outside = None if window is None else window.outside(line, header if csv else None)
+                if outside is NOT_A_RECORD:
+                    raise InvalidRequestError(
+                        f"{outcome.file} is not a part this SDK wrote, or was edited: its record "
+                        f"{records - before:,} is no record of its export's ({_kind(csv)}); "
+                        "delete it and its checkpoint and rerun the export, which exports that "
+                        "shard again"
+                    )
                 if outside is not None:
                     raise InvalidRequestError(
                         f"{outcome.file} is another export's part: it holds a customer that is "
@@ -1131,35 +1142,41 @@ class _Window:
     exported). Tells a record of its part from another export's. A record that does not say
     (``select`` without the field, a value that is no time) is taken as the shard's."""
 
-    def __init__(self, shard: Shard, ids: tuple[int, int] | None) -> None:
-        self._start, self._end, self._ids = shard.start, shard.end, ids
+    def __init__(self, shard: Shard, ids: tuple[int, int] | None, bounded: bool = True) -> None:
+        """``bounded``: False when only the record's being one is checked (a checkpoint
+        says which export the part is of)."""
+        self._start, self._end = (shard.start, shard.end) if bounded else (None, None)
+        self._ids = ids if bounded else None
         self._shard = shard
         self._wanted = {
             name: _filtered_as(name, value)
             for name, value in shard.filters.items()
-            if name in _RECORD_FILTERS and value is not None
+            if bounded and name in _RECORD_FILTERS and value is not None
         }
-        self._columns: tuple[bytes, dict[str, int]] | None = None  # a CSV header, its columns
+        # A CSV header, its number of columns and the columns checked.
+        self._columns: tuple[bytes, int, dict[str, int]] | None = None
 
     def outside(self, record: bytes, header: bytes | None) -> str | None:
         """What of the shard ``record`` (a JSON line, or a CSV record under ``header``) is
         not, as a refusal says it (its window, or ``stage 'vip', the export's 'lead'``); None
-        when it may be the shard's."""
-        if not self._wanted and self._ids is None and self._start is None and self._end is None:
-            return None  # the whole of an export: any of its records
+        when it may be the shard's; :data:`NOT_A_RECORD` when it is not a record (not a JSON
+        object; a CSV record of another number of cells than its header's columns)."""
         try:
             if header is None:
                 fields = orjson.loads(record)
                 if not isinstance(fields, dict):
-                    return None
+                    return NOT_A_RECORD
             else:
                 row = next(csv_reader([record.decode("utf-8")]), [])
-                fields = {
-                    name: row[i] for name, i in self._columns_of(header).items() if i < len(row)
-                }
+                width, columns = self._columns_of(header)
+                if len(row) != width:
+                    return NOT_A_RECORD
+                fields = {name: row[i] for name, i in columns.items()}
                 fields["id"] = int(row[0]) if row and row[0].strip().isdigit() else None
         except (orjson.JSONDecodeError, UnicodeDecodeError, CSVError):
-            return None  # not a record these can read: the other checks' to judge
+            return NOT_A_RECORD
+        if not self._wanted and self._ids is None and self._start is None and self._end is None:
+            return None  # the whole of an export: any of its records
         found, created = fields.get("id"), fields.get("dateCreated")
         if self._ids is not None and isinstance(found, int):
             low, high = self._ids
@@ -1185,13 +1202,21 @@ class _Window:
             return self._shard.describe()
         return None
 
-    def _columns_of(self, header: bytes) -> dict[str, int]:
+    def _columns_of(self, header: bytes) -> tuple[int, dict[str, int]]:
         if self._columns is None or self._columns[0] != header:
             names = next(csv_reader([header.decode("utf-8-sig", "replace")]), [])
             wanted = ("dateCreated", *self._wanted)
             columns = {name.strip(): i for i, name in enumerate(names) if name.strip() in wanted}
-            self._columns = (header, columns)
-        return self._columns[1]
+            self._columns = (header, len(names), columns)
+        return self._columns[1:]
+
+
+#: :meth:`_Window.outside` of a line that is not a record.
+NOT_A_RECORD: Final = "not a record"
+
+
+def _kind(csv: bool) -> str:
+    return "a CSV record of its header's columns" if csv else "a JSON object"
 
 
 #: The filters a record holds the field of, under the filter's name (its JSON key, its CSV

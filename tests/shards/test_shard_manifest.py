@@ -24,6 +24,7 @@ import attrs
 import orjson
 import pytest
 from _helpers import lock_files_cannot_go, loop_runs_meanwhile, umask_watched
+from aiohttp import web
 from shard_support import exported_ids, stopped_mid_way
 
 from dmhub_async import APIConnectionError, DMHubClient, InvalidRequestError
@@ -1084,7 +1085,9 @@ async def test_merging_what_there_is_refuses_another_exports_part_where_an_unfin
     await export_sharded(dm, other, 8, progress=False)
     part.write_bytes((other / "part-00001.jsonl").read_bytes())
 
-    with pytest.raises(InvalidRequestError, match=r"part-00001\.jsonl is not what its checkpoint"):
+    # Its checkpoint (made by hand) records no scope: its records are checked against its
+    # window too, which refuses them first.
+    with pytest.raises(InvalidRequestError, match=r"part-00001\.jsonl is another export's part"):
         merge(done, tmp_path / "all.jsonl", allow_incomplete=True)
     assert not (tmp_path / "all.jsonl").exists()
 
@@ -1204,7 +1207,9 @@ async def test_merging_what_there_is_refuses_another_exports_part_where_an_incom
     assert len(theirs) > (done / "part-00001.jsonl").stat().st_size  # not cut short: longer
     (done / "part-00001.jsonl").write_bytes(theirs)
 
-    with pytest.raises(InvalidRequestError, match=r"part-00001\.jsonl is not what its checkpoint"):
+    # Its checkpoint (made by hand) records no scope: its records are checked against its
+    # window too, which refuses them first.
+    with pytest.raises(InvalidRequestError, match=r"part-00001\.jsonl is another export's part"):
         merge(done, tmp_path / "all.jsonl", allow_incomplete=True)
     assert not (tmp_path / "all.jsonl").exists()
 
@@ -2089,3 +2094,102 @@ async def test_a_merge_into_what_is_not_a_regular_file_is_refused_before_it_read
     assert sorted(os.listdir(tmp_path)) == sorted(
         ["kept.jsonl", done.name, *([dest.name] if kind != "no folder" else [])]
     )  # no temporary file left either
+
+
+async def test_merging_what_there_is_checks_a_part_whose_checkpoint_says_no_export_by_its_window(
+    done: Path, tmp_path: Path
+) -> None:
+    # A checkpoint that records no scope (an earlier release's, or one edited to say none)
+    # was taken at its word: shard 1's part and its checkpoint put in shard 2's place went in
+    # as shard 2's, shard 1's customers twice. Its records are checked against its window.
+    part = done / "part-00001.jsonl"
+    lines = part.read_bytes().splitlines(keepends=True)[:30]
+    edit(
+        done,
+        lambda data: [
+            data["shards"][i].update(status="failed", size=None, sha256=None) for i in (1, 2)
+        ],
+    )
+    checkpoint = {"bytes": len(b"".join(lines)), "exported": 30}
+    checkpoint["last_id"] = orjson.loads(lines[-1])["id"]
+    (done / "part-00002.jsonl").write_bytes(b"".join(lines))
+    (done / "part-00002.jsonl.ckpt").write_bytes(orjson.dumps(checkpoint))
+
+    with pytest.raises(InvalidRequestError, match=r"part-00002\.jsonl is another export's part"):
+        merge(done, tmp_path / "all.jsonl", allow_incomplete=True)
+    assert not (tmp_path / "all.jsonl").exists()
+
+
+async def stopped_after_three_pages(
+    sim: DMHubSimulator, dm: DMHubClient, out: Path, fmt: str
+) -> Path:
+    """A two-shard export of ``out`` whose shard 0 failed after three pages: its part of 60
+    customers and its checkpoint (with its scope) kept; the part's path."""
+
+    def hook(request: web.Request) -> None:
+        query = request.query
+        first_window = request.path == "/v1/customers" and "dateCreatedFrom" not in query
+        if first_window and query.get("page") == "4" and query.get("select") is None:
+            sim.faults.script(["503"])  # this request's
+
+    sim.on_request(hook)
+    async with dm.with_options(max_retries=0) as once:
+        manifest = await export_sharded(
+            once, out, 2, format=fmt, page_size=20, concurrency=1, progress=False
+        )
+    sim.clear_hooks()
+    assert manifest.shards[0].status == "failed"
+    part = out / f"part-00000.{fmt}"
+    assert (out / f"part-00000.{fmt}.ckpt").exists()
+    return part
+
+
+@pytest.mark.parametrize(
+    ("fmt", "damage"),
+    [
+        # A record in what the checkpoint covers overwritten in place, the same size.
+        ("jsonl", lambda lines: lines.__setitem__(3, b"#" * (len(lines[3]) - 1) + b"\n")),
+        ("csv", lambda lines: lines.__setitem__(4, lines[4].replace(b",", b";", 3))),
+        # Its checkpoint gone, a line that is none inserted.
+        ("jsonl", lambda lines: lines.insert(3, b"<<<<<<< not a record\n")),
+        # Its checkpoint gone, a CSV in the JSON lines part's place.
+        ("jsonl", lambda lines: lines.__setitem__(slice(None), [b"id,name\n", b"300000,Ann\n"])),
+    ],
+    ids=["edited in place", "a CSV record edited", "a line inserted", "a CSV in its place"],
+)
+async def test_merging_what_there_is_refuses_an_unfinished_part_holding_a_line_that_is_no_record(
+    sim: DMHubSimulator,
+    dm: DMHubClient,
+    tmp_path: Path,
+    fmt: str,
+    damage: Callable[[list[bytes]], object],
+) -> None:
+    # It went into the merged file, counted as a record: a JSON lines file that is not.
+    out = tmp_path / "out"
+    part = await stopped_after_three_pages(sim, dm, out, fmt)
+    assert merge(out, tmp_path / f"own.{fmt}", allow_incomplete=True) == 60 + 200  # as it is
+    lines = part.read_bytes().splitlines(keepends=True)
+    same_size = len(lines)
+    damage(lines)
+    if len(lines) != same_size or lines[0] == b"id,name\n":
+        (out / f"{part.name}.ckpt").unlink()  # the checkpoint would refuse it otherwise
+    part.write_bytes(b"".join(lines))
+
+    with pytest.raises(InvalidRequestError, match=rf"part-00000\.{fmt} is not a part this SDK"):
+        merge(out, tmp_path / f"all.{fmt}", allow_incomplete=True)
+    assert not (tmp_path / f"all.{fmt}").exists()
+
+
+async def test_merging_what_there_is_refuses_an_unfinished_part_its_checkpoint_does_not_end(
+    sim: DMHubSimulator, dm: DMHubClient, tmp_path: Path
+) -> None:
+    # Its last two records swapped: records of its own shard, as many, the same bytes in all,
+    # but not ending with the customer its checkpoint says was written last.
+    out = tmp_path / "out"
+    part = await stopped_after_three_pages(sim, dm, out, "jsonl")
+    lines = part.read_bytes().splitlines(keepends=True)
+    lines[-2:] = lines[-1], lines[-2]
+    part.write_bytes(b"".join(lines))
+
+    with pytest.raises(InvalidRequestError, match=r"part-00000\.jsonl is not what its checkpoint"):
+        merge(out, tmp_path / "all.jsonl", allow_incomplete=True)
