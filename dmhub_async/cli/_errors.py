@@ -144,6 +144,13 @@ _SETTINGS = (
     ("base_url", "DMHUB_BASE_URL"),
     ("idList", "--id-list"),
 )
+#: Each of them as a word of its own: not inside a path the message quotes (a directory
+#: ``exports/site_base_url`` was said to be ``exports/site_DMHUB_BASE_URL``, one that does not
+#: exist).
+_SETTING_WORDS = [
+    (re.compile(rf"(?<![\w/.\\-]){re.escape(setting)}(?![\w/\\-]|\.\w)"), where)
+    for setting, where in _SETTINGS
+]
 
 
 def without_method(message: str) -> str:
@@ -227,8 +234,8 @@ def explain(err: BaseException, flags: Mapping[str, str] = _NO_FLAGS) -> tuple[i
         return EXIT_ERROR, _missing_credentials()
     if isinstance(err, DMHubError):
         message = without_method(str(err)) or type(err).__name__
-        for setting, where in _SETTINGS:
-            message = message.replace(setting, where)
+        for setting, where in _SETTING_WORDS:
+            message = setting.sub(where, message)
         message = _NAMED_FILTER.sub(lambda m: flags.get(m[1], m[1]), message)
         # A checkpoint's refusal: its one way out threw away the progress of a user who had
         # mistyped a flag.

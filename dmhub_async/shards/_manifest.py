@@ -981,7 +981,14 @@ def _where_it_stands(outcome: ShardOutcome, directory: Path) -> str:
 
     It said "its shard running" after the run was gone: the user waited for an export that
     nothing ran any longer. One its queue's coordinator left on the queue may still be
-    exported by a worker there: said "stopped" too, its part grew after the merge."""
+    exported by a worker there: said "stopped" too, its part grew after the merge.
+
+    A coordinator at work writes a shard ``running`` only once one ends: a merge during a
+    run said of each shard it was exporting, ``pending`` on disk, "stopped ... rerun the
+    export" (a rerun the lock then refused). While a coordinator holds the directory, a
+    shard not ended is running or waiting its turn."""
+    if outcome.status in ("pending", "running") and _coordinated(directory):
+        return "its shard running or waiting its turn (its export is under way)"
     if outcome.status == "pending" and outcome.error == LEFT_ON_THE_QUEUE:
         return (
             "its shard was left on the queue when its coordinator stopped (a worker may still "

@@ -1708,7 +1708,24 @@ async def test_a_merge_says_a_shard_a_killed_coordinator_left_running_is_not_run
     caplog.clear()
     with coordinating(out):  # a coordinator at work on the directory: running, as said
         merge(out, tmp_path / "running.jsonl", allow_incomplete=True)
-    assert caplog.text.count("its shard running (not complete)") == 4
+    assert caplog.text.count("its shard running or waiting its turn (its export is under") == 4
+
+
+async def test_a_merge_during_a_run_says_its_pending_shards_are_running(
+    dm: DMHubClient, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A coordinator writes a shard "running" only once one ends: on disk, the shards it was
+    # exporting were "pending", and a merge during the run said each one's run had stopped
+    # ("rerun the export": a rerun the directory's lock refused).
+    from dmhub_async.shards._run import coordinating
+
+    out = tmp_path / "out"
+    await stopped_mid_way(dm, out, 4, after=60)
+    with coordinating(out):  # the rerun under way
+        merge(out, tmp_path / "so-far.jsonl", allow_incomplete=True)
+
+    assert "run stopped" not in caplog.text
+    assert caplog.text.count("its shard running or waiting its turn (its export is under") == 4
 
 
 @pytest.mark.parametrize("report", ["text", "json"])
@@ -2193,3 +2210,19 @@ async def test_merging_what_there_is_refuses_an_unfinished_part_its_checkpoint_d
 
     with pytest.raises(InvalidRequestError, match=r"part-00000\.jsonl is not what its checkpoint"):
         merge(out, tmp_path / "all.jsonl", allow_incomplete=True)
+
+
+@pytest.mark.parametrize("name", ["site_base_url", "idList_june", "base_url"])
+def test_the_cli_quotes_a_directory_named_like_a_setting_as_it_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], name: str
+) -> None:
+    # Its error line put the command line's names for the library's settings into the paths
+    # it quoted: "exports/site_DMHUB_BASE_URL has no manifest.json", a directory that does
+    # not exist.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "exports" / name).mkdir(parents=True)
+
+    assert main(["merge", f"exports/{name}", "--out", "all.jsonl"]) == 1
+
+    error = capsys.readouterr().err
+    assert f"exports/{name} has no manifest.json" in error, error
