@@ -160,7 +160,7 @@ class DMHubClient:
                 "no credentials: pass app_id and secret (or access_token), "
                 "or set DMHUB_APP_ID and DMHUB_SECRET"
             )
-        self.base_url = (base_url or DEFAULT_BASE_URL).rstrip("/")
+        self.base_url = _lower_scheme((base_url or DEFAULT_BASE_URL).rstrip("/"))
         if not self.base_url.startswith(("http://", "https://")):
             raise InvalidRequestError(
                 f"base_url must start with http:// or https://: {self.base_url!r}"
@@ -410,6 +410,13 @@ def _check_headers(headers: object) -> None:
             raise InvalidRequestError(
                 f"extra_headers: the value of {name} must be printable ASCII text"
             )
+
+
+def _lower_scheme(url: str) -> str:
+    """``url`` with an ``http`` or ``https`` scheme in lower case, as URLs are spelt in any case
+    of it (RFC 3986): ``HTTPS://api.convertlab.com`` was refused as starting with neither."""
+    scheme, sep, rest = url.partition("://")
+    return f"{scheme.lower()}{sep}{rest}" if sep and scheme.lower() in ("http", "https") else url
 
 
 def _is_loopback(url: str) -> bool:

@@ -284,6 +284,9 @@ BAD_FILES: list[tuple[str, bytes | None, tuple[str, ...]]] = [
     ("full-width digits", "１２３\n".encode(), ("ids.txt:1: not a customer id: '１２３'",)),
     ("a long line", b"1\n" + b"x" * 5000 + b"\n", ("ids.txt:2:", "'" + "x" * 40 + "'...")),
     ("a lone CR ends a line", b"1\r2\rthree\r", ("ids.txt:3: not a customer id: 'three'",)),
+    # Quoted to 40 characters, not bytes: a cut at 40 bytes split a character.
+    ("a line of names", ("1\n" + "王" * 30 + "\n").encode(), (f"id: '{'王' * 30}' (one id",)),
+    ("a long line of names", ("王" * 50 + "\n").encode(), (f"id: '{'王' * 40}'... (one",)),
 ]
 
 

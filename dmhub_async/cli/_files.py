@@ -739,8 +739,11 @@ def _ids_in(fh: BinaryIO, where: str) -> list[int]:
         if text.isdigit() and len(digits) <= 19 and (value := int(digits)) <= _LAST_ID:
             ids.append(value)
             continue
-        shown = text[:_QUOTED].decode("utf-8", "replace")
-        more = "..." if len(text) > _QUOTED else ""
+        # Characters, not bytes: a cut at 40 bytes split a character (a line of 王, a JSON
+        # lines file given by mistake), shown as a replacement character the file does not hold.
+        head = text[: _QUOTED * 4].decode("utf-8", "replace")
+        shown = head[:_QUOTED]
+        more = "..." if len(head) > _QUOTED or len(text) > _QUOTED * 4 else ""
         raise CommandError(
             f"{where}:{number}: not a customer id: {shown!r}{more} (one id a line, a whole "
             f"number from 0 to {_LAST_ID})"

@@ -461,6 +461,23 @@ def test_plain_http_to_this_machine_is_accepted(url: str) -> None:
     assert DMHubClient(access_token=TOKEN, base_url=url).base_url == url
 
 
+@pytest.mark.parametrize(
+    ("url", "taken"),
+    [
+        ("HTTPS://api.convertlab.com", "https://api.convertlab.com"),
+        ("Http://127.0.0.1:8080", "http://127.0.0.1:8080"),
+    ],
+)
+def test_a_scheme_in_capitals_is_taken_in_lower_case(url: str, taken: str) -> None:
+    # URLs' schemes are of any case (RFC 3986): it was refused, "must start with http://".
+    assert DMHubClient(access_token=TOKEN, base_url=url).base_url == taken
+
+
+def test_plain_http_in_capitals_to_another_machine_is_refused() -> None:
+    with pytest.raises(InvalidRequestError, match="plain http"):
+        DMHubClient(access_token=TOKEN, base_url="HTTP://api.convertlab.com")
+
+
 def test_plain_http_to_another_machine_is_accepted_when_asked_for() -> None:
     dm = DMHubClient(
         access_token=TOKEN, base_url="http://api.convertlab.com", allow_insecure_http=True
