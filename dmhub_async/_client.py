@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import ipaddress
 import os
 import re
 import time
@@ -16,7 +15,6 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import tzinfo
 from types import TracebackType
 from typing import Any, Final, cast
-from urllib.parse import urlsplit
 
 import aiohttp
 import attrs
@@ -27,7 +25,7 @@ from ._limits import SharedLimit
 from ._query_time import zone_setting
 from ._retry import RetryPolicy
 from ._sansio import DEFAULT_AUTH_ERROR_CODES, APIResponse
-from ._session import ClientStats, Session
+from ._session import ClientStats, Session, env_proxy, is_loopback
 from ._validate import (
     check_codes,
     check_number,
@@ -82,8 +80,10 @@ class DMHubClient:
         sleep: the sleep used for backoff and rate limiting (``asyncio.sleep``); inject for tests.
         max_response_size: the largest answer body read, in bytes (64 MiB); a larger one
             raises :class:`ResponseTooLargeError` as soon as it is seen.
-        allow_insecure_http: accept an ``http://`` base URL that is not on this machine (the
-            secret and the token would cross the network in clear text).
+        allow_insecure_http: accept an ``http://`` base URL that is not on this machine, or
+            one on it that a ``session`` passed in sends through a proxy reached by plain http
+            (the secret and the token would cross the network in clear text). This machine's
+            is reached directly, past the proxies of the environment.
         timezone: the zone of time filters given without an offset: a ``tzinfo`` or an IANA
             name (``"Asia/Shanghai"``); a pytz zone is read as the zone it names (not its
             local mean time). Unset, they are read as UTC with a
@@ -166,7 +166,7 @@ class DMHubClient:
                 f"base_url must start with http:// or https://: {self.base_url!r}"
             )
         if self.base_url.startswith("http://") and not (
-            allow_insecure_http or _is_loopback(self.base_url)
+            allow_insecure_http or is_loopback(self.base_url)
         ):
             raise InvalidRequestError(
                 f"base_url {self.base_url!r} is plain http: the secret and the access token "
@@ -174,6 +174,22 @@ class DMHubClient:
                 "Use https://, or pass allow_insecure_http=True if you must"
             )
         _check_objects(retry, token_store, session, clock, sleep, rate_limit)
+        if (
+            session is not None
+            and not allow_insecure_http
+            and self.base_url.startswith("http://")
+            and _proxied_in_clear(session, self.base_url)
+        ):
+            # Let through above as this machine's: a session of the caller's that sends it
+            # through a proxy reached by plain http gives the proxy the secret and the token.
+            raise InvalidRequestError(
+                f"base_url {self.base_url!r} is plain http, and the session passed in sends "
+                "it through a proxy over plain http (its proxy=, or trust_env=True and "
+                "HTTP_PROXY): the secret and the access token travel in the query string, "
+                "readable by the proxy and anyone on the way to it. Pass a session without "
+                "that proxy, name the host in NO_PROXY, or pass allow_insecure_http=True if "
+                "you must"
+            )
         client_timeout = _timeout(timeout, connect_timeout, read_timeout)
         #: The zone of naive time filters (None: UTC, with a warning): see ``_query_time``.
         self.timezone: tzinfo | None = zone_setting(timezone)
@@ -419,22 +435,15 @@ def _lower_scheme(url: str) -> str:
     return f"{scheme.lower()}{sep}{rest}" if sep and scheme.lower() in ("http", "https") else url
 
 
-def _is_loopback(url: str) -> bool:
-    """Whether ``url`` names this machine: plain http cannot be overheard there.
-
-    A loopback address, or ``localhost`` itself (``/etc/hosts``). Not a name under
-    ``.localhost``: glibc sends it to DNS, which may answer with any host's address.
-    """
-    try:
-        host = urlsplit(url).hostname or ""
-    except ValueError:
-        return False
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+def _proxied_in_clear(session: aiohttp.ClientSession, url: str) -> bool:
+    """Whether ``session`` sends a request for ``url`` through a proxy reached by plain http:
+    its own ``proxy=`` (aiohttp 3.10 and later), else with ``trust_env`` the environment's,
+    which aiohttp reads on every request (by the rules :func:`env_proxy` follows)."""
+    proxy = getattr(session, "_default_proxy", None)  # no public name for it
+    if proxy is None and session.trust_env:
+        proxy = env_proxy(url)
+    # A bare host:port is taken as http://, as usable_proxy reads it.
+    return proxy is not None and not str(proxy).lower().startswith("https://")
 
 
 def _timeout(

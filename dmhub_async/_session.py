@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import inspect
+import ipaddress
 import logging
 import os
 import time
@@ -673,8 +674,14 @@ class Session:
     def _http_session(self) -> aiohttp.ClientSession:
         conn = self._conn
         if conn.http is None:
-            # First: a proxy it refuses leaves no session made without it.
-            conn.proxy = usable_proxy(env_proxy(self.base_url))
+            # First: a proxy it refuses leaves no session made without it. Plain http to this
+            # machine goes straight there: DMHubClient takes such a base URL without
+            # allow_insecure_http because nobody can overhear it, and a proxy would read the
+            # secret and the token in clear text (nor could one elsewhere reach this loopback).
+            if self.base_url.startswith("http://") and is_loopback(self.base_url):
+                conn.proxy = None
+            else:
+                conn.proxy = usable_proxy(env_proxy(self.base_url))
             conn.proxy_password = URL(conn.proxy).password if conn.proxy else None
             conn.http = aiohttp.ClientSession(
                 timeout=conn.timeout,  # the root client's: a derived one's are passed (_send)
@@ -1001,6 +1008,24 @@ def _fetch_budget(attempt: float, policy: RetryPolicy) -> float:
     wait = max(policy.max_delay, policy.retry_after_cap)
     longest = (policy.max_retries + 1) * attempt + policy.max_retries * wait
     return min(longest, policy.budget + attempt) if policy.budget is not None else longest
+
+
+def is_loopback(url: str) -> bool:
+    """Whether ``url`` names this machine: plain http cannot be overheard there.
+
+    A loopback address, or ``localhost`` itself (``/etc/hosts``). Not a name under
+    ``.localhost``: glibc sends it to DNS, which may answer with any host's address.
+    """
+    try:
+        host = urlsplit(url).hostname or ""
+    except ValueError:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def env_proxy(url: str) -> str | None:

@@ -644,8 +644,19 @@ def test_a_proxy_that_does_not_answer_is_named_not_the_base_url(
     for name in ("NO_PROXY", "no_proxy", "HTTPS_PROXY", "https_proxy", "http_proxy"):
         env.pop(name, None)
     env["HTTP_PROXY"] = f"http://corp-user:ProxyPassw0rd@127.0.0.1:{closed_port()}"
+    # Off this machine: plain http to it goes past every proxy. Only the proxy is asked for it.
+    env["DMHUB_BASE_URL"] = "http://dmhub.invalid:8080"
 
-    result = run_cli("export", "--out", "x.jsonl", "--max-retries", "0", env=env, cwd=tmp_path)
+    result = run_cli(
+        "export",
+        "--out",
+        "x.jsonl",
+        "--max-retries",
+        "0",
+        "--allow-insecure-http",
+        env=env,
+        cwd=tmp_path,
+    )
 
     assert_one_line_error(result, 1, "ClientProxyConnectionError", "HTTP_PROXY", "proxy")
     assert "DMHUB_BASE_URL right" not in result.stderr

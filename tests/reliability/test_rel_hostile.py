@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import inspect
 import json
 import os
 import subprocess
@@ -563,23 +564,28 @@ async def test_the_user_agent_goes_with_a_passed_in_session_and_with_added_heade
     assert [seen["headers"].get("X-Trace") for seen in service.seen] == [None, "t1", None]
 
 
+#: A base URL off this machine, as a proxy is asked for it; .invalid is never resolved by DNS.
+FOREIGN = "http://dmhub.invalid:8080"
+
+
 async def test_the_proxy_of_the_environment_is_used(
     servers: tuple[Server, Server],
     client: Callable[..., DMHubClient],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    proxy, target = servers
+    proxy, _ = servers
     proxy.handler = None  # answers {"error_code": 0, "seen": true} to whatever comes
     for name in ("NO_PROXY", "no_proxy", "HTTPS_PROXY", "https_proxy", "http_proxy"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HTTP_PROXY", proxy.url)
-    dm = client(target.url)
+    # A host off this machine (plain http to this one goes past the proxy, below), which
+    # only the proxy is asked for: nothing resolves it.
+    dm = client(FOREIGN, allow_insecure_http=True)
 
     assert await dm.request("GET", "/v1/customers/1") == {"error_code": 0, "seen": True}
 
-    assert target.seen == []  # before: sent straight to the target, past the proxy
-    [seen] = proxy.seen
-    assert seen["url"].startswith(f"{target.url}/v1/customers/1?")
+    [seen] = proxy.seen  # before: sent straight to the target, past the proxy
+    assert seen["url"].startswith(f"{FOREIGN}/v1/customers/1?")
 
 
 async def test_no_proxy_spares_the_hosts_it_names(
@@ -591,9 +597,104 @@ async def test_no_proxy_spares_the_hosts_it_names(
     for name in ("no_proxy", "HTTPS_PROXY", "https_proxy", "http_proxy"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HTTP_PROXY", proxy.url)
-    monkeypatch.setenv("NO_PROXY", "127.0.0.2")
-    dm = client(target.url)
+    monkeypatch.setenv("NO_PROXY", "dmhub.invalid")
+    # dmhub.invalid names the target here, and only here: this machine's plain http goes past
+    # every proxy, so a loopback address would pass whatever NO_PROXY said.
+    loop = asyncio.get_running_loop()
+    resolve = loop.getaddrinfo
+
+    async def to_the_target(host: Any, *args: Any, **kwargs: Any) -> Any:
+        return await resolve("127.0.0.2" if host == "dmhub.invalid" else host, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "getaddrinfo", to_the_target)
+    port = target.url.rsplit(":", 1)[1]
+    dm = client(f"http://dmhub.invalid:{port}", allow_insecure_http=True)
 
     await dm.request("GET", "/v1/customers/1")
 
     assert (len(proxy.seen), len(target.seen)) == (0, 1)
+
+
+async def _token_or_ok(request: web.Request) -> web.StreamResponse:
+    if request.path == "/security/accesstoken":
+        return web.json_response({"error_code": 0, "access_token": TOKEN, "expires_in": 7200})
+    return web.json_response({"error_code": 0})
+
+
+async def test_plain_http_to_this_machine_goes_past_the_proxy_of_the_environment(
+    servers: tuple[Server, Server],
+    client: Callable[..., DMHubClient],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Taken without allow_insecure_http because nobody can overhear it, plain http to this
+    # machine went to HTTP_PROXY all the same: the secret, then the token, in clear text.
+    proxy, target = servers
+    target.handler = _token_or_ok
+    for name in ("NO_PROXY", "no_proxy", "HTTPS_PROXY", "https_proxy", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", proxy.url)
+    dm = client(target.url, app_id=APP, secret=SECRET)
+
+    assert await dm.request("GET", "/v1/customers/1") == {"error_code": 0}
+
+    assert proxy.seen == []
+    assert [seen["url"].split("?")[0] for seen in target.seen] == [
+        f"{target.url}/security/accesstoken",
+        f"{target.url}/v1/customers/1",
+    ]
+
+
+@pytest.mark.parametrize("how", ["trust_env", "proxy="])
+async def test_a_passed_session_s_plain_http_proxy_needs_allow_insecure_http(
+    servers: tuple[Server, Server],
+    client: Callable[..., DMHubClient],
+    monkeypatch: pytest.MonkeyPatch,
+    how: str,
+) -> None:
+    # A session of the caller's keeps its own proxy, which this client cannot take away: to
+    # this machine by plain http through it, the secret and the token reached the proxy.
+    proxy, target = servers
+    proxy.handler = _token_or_ok  # as it would forward them, the target's answers
+    for name in ("NO_PROXY", "no_proxy", "HTTPS_PROXY", "https_proxy", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    named = proxy.url.replace("http://", "http://corp-user:ProxyPassw0rd@")
+    if how == "trust_env":
+        monkeypatch.setenv("HTTP_PROXY", named)
+        settings: dict[str, Any] = {"trust_env": True}
+    elif "proxy" in inspect.signature(aiohttp.ClientSession).parameters:
+        settings = {"proxy": named}
+    else:
+        pytest.skip("a session's own proxy= is aiohttp 3.10's")
+    async with aiohttp.ClientSession(**settings) as http:
+        with pytest.raises(InvalidRequestError) as caught:
+            client(target.url, app_id=APP, secret=SECRET, session=http)  # before: accepted
+        message = str(caught.value)
+        assert "proxy" in message
+        assert "allow_insecure_http=True" in message
+        assert "ProxyPassw0rd" not in message
+
+        # Asked for, the caller's proxy is used as the caller set it.
+        dm = client(target.url, app_id=APP, secret=SECRET, session=http, allow_insecure_http=True)
+        assert await dm.request("GET", "/v1/customers/1") == {"error_code": 0}
+        assert len(proxy.seen) == 2  # the token request and the call
+        assert target.seen == []
+
+
+@pytest.mark.parametrize("how", ["trust_env", "proxy="])
+async def test_a_passed_session_s_https_proxy_is_taken(
+    monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    # Reached by TLS, the proxy is one the caller chose to trust: nobody on the way reads it.
+    for name in ("NO_PROXY", "no_proxy", "HTTPS_PROXY", "https_proxy", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    if how == "trust_env":
+        monkeypatch.setenv("HTTP_PROXY", "https://proxy.invalid:3128")
+        settings: dict[str, Any] = {"trust_env": True}
+    elif "proxy" in inspect.signature(aiohttp.ClientSession).parameters:
+        settings = {"proxy": "https://proxy.invalid:3128"}
+    else:
+        pytest.skip("a session's own proxy= is aiohttp 3.10's")
+    async with aiohttp.ClientSession(**settings) as http:
+        dm = DMHubClient(access_token=TOKEN, base_url="http://127.0.0.1:9", session=http)
+        assert dm.base_url == "http://127.0.0.1:9"
+        await dm.aclose()
