@@ -185,9 +185,14 @@ def _no_token(problem: str) -> ResponseDecodeError:
 def read_token(data: Any, started: float) -> Token:
     """The token in a token answer fetched at ``started``, or ResponseDecodeError."""
     token = data.get("access_token") if isinstance(data, dict) else None
+    # Refused, the answer is dropped before the error is raised: the token the service has
+    # just issued (valid, and revoking the one before it) stayed in this frame's variables,
+    # which an error tracker records with the traceback.
     if not isinstance(token, str) or not token:  # a list or an object was str()-ed and sent
+        del data, token
         raise _no_token("a body without access_token")
     if not sendable_token(token):  # as an access_token given to the client is checked
+        del data, token
         raise _no_token(
             "an access_token that cannot be sent (not printable, or longer than "
             f"{MAX_SETTING_LENGTH} bytes URL-encoded)"

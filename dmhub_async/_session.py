@@ -669,7 +669,11 @@ class Session:
         answer: _Answer = await self._send_token_request(
             _Call(token_request(self.app_id, self._secret))
         )
-        return read_token(answer[2], started)
+        try:
+            return read_token(answer[2], started)
+        except BaseException:
+            del answer  # the token just issued, which read_token refused: see its `del`
+            raise
 
     def _http_session(self) -> aiohttp.ClientSession:
         conn = self._conn

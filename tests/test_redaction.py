@@ -183,6 +183,20 @@ FAILURES: dict[str, tuple[str, Callable[..., Any]]] = {
             '{{"error_code": 40099, "error_description": "busy", "access_token": "' + TOKEN + '"}}',
         ),
     ),
+    # A token the client refuses to send (over 512 bytes, a JWT say; a control character): a
+    # clean error, but the token just issued stayed in the variables of the frames that read it.
+    "token answer too long to send": (
+        "token",
+        body(200, '{{"error_code": 0, "access_token": "' + TOKEN * 30 + '", "expires_in": 7200}}'),
+    ),
+    "token answer with a line break": (
+        "token",
+        body(200, '{{"error_code": 0, "access_token": "' + TOKEN + '\\n", "expires_in": 7200}}'),
+    ),
+    "token answer with the token in a list": (
+        "token",
+        body(200, '{{"error_code": 0, "access_token": ["' + TOKEN + '"], "expires_in": 7200}}'),
+    ),
 }
 
 
