@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import sys
+import traceback
 from collections.abc import (
     AsyncGenerator,
     AsyncIterator,
@@ -164,15 +165,27 @@ class AsyncPaginator(Generic[T]):
         return self._iter_items()
 
     async def _iter_items(self) -> AsyncIterator[T]:
-        async for page in self.pages():
-            for item in page.items:
-                yield item
+        page: Page[T] | None  # declared only: nothing is done until the walk fails
+        item: T | None
+        try:
+            async for page in self.pages():
+                for item in page.items:
+                    yield item
+        except BaseException:
+            page = item = None  # the last page's records: see pages()
+            raise
 
     async def to_list(self) -> list[T]:
         """Every item of the walk, in order."""
         items: list[T] = []
-        async for page in self.pages():  # no async step a record
-            items += page.items
+        page: Page[T] | None  # declared only: nothing is done until the walk fails
+        try:
+            async for page in self.pages():  # no async step a record
+                items += page.items
+        except BaseException:
+            del items  # the records so far, and the last page's: see pages()
+            page = None
+            raise
         return items
 
     async def aclose(self) -> None:
@@ -185,6 +198,8 @@ class AsyncPaginator(Generic[T]):
         if self._started:
             raise InvalidRequestError(WALKS_ONCE)
         self._started = True
+        read: _Read[T] | None  # declared only: nothing is done until the walk fails
+        page: Page[T] | None
         try:
             plan = self._plan
             while not plan.finished:
@@ -199,6 +214,15 @@ class AsyncPaginator(Generic[T]):
                     # The consumer is done with this page only once it asks for the next;
                     # with the rest of a page max_items cut short, a resume reads it again.
                     self.checkpoint = page.number + (page.number != plan.cut_short)
+        except BaseException as err:
+            # The pages read, dropped before the error goes on: their records, and whatever a
+            # service put in them (an echo of the request, the token in its URL), stayed in
+            # the variables of this frame and of the plan's that refused a page, which an
+            # error tracker records with the traceback. Those frames are done (clear_frames
+            # leaves this one, still running, alone).
+            traceback.clear_frames(err.__traceback__)
+            read = page = None
+            raise
         finally:
             self._closed = True
             await self._cancel_ahead()

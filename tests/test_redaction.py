@@ -32,7 +32,7 @@ import contextlib
 import logging
 import re
 import traceback
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, quote_plus
@@ -52,8 +52,11 @@ from dmhub_async import (
     APIError,
     DMHubClient,
     DMHubError,
+    Identity,
     InvalidRequestError,
+    ResponseDecodeError,
     ResponseTooLargeError,
+    _pagination,
     _redact,
 )
 from dmhub_async._redact import MASK, RedactedCause, redact
@@ -464,6 +467,104 @@ async def test_no_secret_when_a_create_is_cut_off(api, make_client, debug_logs):
         await dm.customers.create(name="x")
 
     assert info.value.outcome_unknown is True
+    assert TOKEN in sent_urls(api)
+    assert_clean(info.value, debug_logs.records)
+
+
+#: Every call of the API, its token among the query.
+ANY_CALL = re.compile(r"^https://api\.dmhub\.test/v1/.*$")
+
+#: Answers of HTTP 200 that are not what the call promises, each holding the token: a gateway's
+#: echo of the request, a debug endpoint's, a mock's.
+WRONG_SHAPES = {
+    "an echo of the request": '{{"method": "GET", "url": "{url}"}}',
+    "a list of the URL": '["{url}"]',
+    "a binding whose customer id is the token": (
+        '[{{"customerId": "{token}", "identityType": "wechat", "identityValue": "o-1"}}]'
+    ),
+}
+WECHAT = Identity("wechat", "o-1")
+SHAPED_CALLS: dict[str, Callable[[DMHubClient], Awaitable[Any]]] = {
+    "customers.get": lambda dm: dm.customers.get(1),
+    "customers.create": lambda dm: dm.customers.create(name="x"),
+    "customers.create_with_identities": lambda dm: dm.customers.create_with_identities([WECHAT]),
+    "customers.update": lambda dm: dm.customers.update(1, name="x"),
+    "customers.count": lambda dm: dm.customers.count(),
+    "identities.add": lambda dm: dm.identities.add(1, WECHAT),
+    "identities.list": lambda dm: dm.identities.list([1]),
+    "identities.find": lambda dm: dm.identities.find(WECHAT),
+    "identities.lookup": lambda dm: dm.identities.lookup(WECHAT),
+    "identities.lookup_many": lambda dm: dm.identities.lookup_many([WECHAT]),
+}
+
+
+@pytest.mark.parametrize(
+    ("call", "shape"),
+    [
+        (call, shape)
+        for call in SHAPED_CALLS
+        for shape in WRONG_SHAPES
+        # A count reads the echo's "count", absent: the body itself is no longer held.
+        if (call, shape) != ("customers.count", "an echo of the request")
+    ],
+)
+async def test_no_token_in_the_variables_of_a_wrong_shape_s_traceback(
+    api, make_client, debug_logs, call, shape
+):
+    # The error masked the token, but the decoded body (the URL echoed, the token in it) stayed
+    # in the variables of the resource method's frame and of decode's, for an error tracker.
+    issue_tokens(api)
+    for method in (api.get, api.post, api.put):
+        method(ANY_CALL, callback=body(200, WRONG_SHAPES[shape]), repeat=True)
+    dm = make_client(app_id="app-1", secret=SECRET, max_retries=0)
+
+    with pytest.raises(ResponseDecodeError) as info:
+        await SHAPED_CALLS[call](dm)
+
+    assert TOKEN in sent_urls(api)
+    assert_clean(info.value, debug_logs.records)
+
+
+async def _every(items: AsyncIterable[Any]) -> None:
+    async for _ in items:
+        pass
+
+
+#: The ways to walk a paginator: each walk's frames hold its pages differently.
+WALKS: dict[str, Callable[[Any], Awaitable[Any]]] = {
+    "async for, a generator": _every,
+    "async for, a coroutine a record": _every,
+    "to_list": lambda records: records.to_list(),
+    "pages": lambda records: _every(records.pages()),
+    "4 pages at once": _every,
+    "batches of a long id_list": _every,
+}
+
+
+@pytest.mark.parametrize("walk", list(WALKS))
+@pytest.mark.parametrize("failure", ["the page again", "an answer that is no page"])
+async def test_no_token_in_the_variables_of_a_failed_walk_s_traceback(
+    api, make_client, debug_logs, monkeypatch, walk, failure
+):
+    # Records a service filled with the token (an echo, a field it misread): the walk's error
+    # left the last page read, and the one refused, in the variables of the walk's frames.
+    monkeypatch.setattr(_pagination, "RECORDS_BY_COROUTINE", walk.endswith("a record"))
+    issue_tokens(api)
+    page = '{{"rows": [{{"id": 1, "employeeNumber": "{token}"}}], "records": 9, "total": 9}}'
+    api.get(API_URL, callback=body(200, page))
+    if failure == "the page again":  # the service ignored the page number: refused as a loop
+        api.get(API_URL, callback=body(200, page), repeat=True)
+    else:
+        api.get(API_URL, callback=body(200, '{{"url": "{url}"}}'), repeat=True)
+    dm = make_client(app_id="app-1", secret=SECRET, max_retries=0)
+    paging: dict[str, Any] = {"page_size": 1, "concurrency": 4 if walk.startswith("4") else 1}
+    if walk == "batches of a long id_list":  # a walk of walks, each batch's ids in turn
+        paging["id_list"] = range(1, 3001)
+    records = dm.customers.list_rows(**paging)
+
+    with pytest.raises(ResponseDecodeError) as info:
+        await WALKS[walk](records)
+
     assert TOKEN in sent_urls(api)
     assert_clean(info.value, debug_logs.records)
 

@@ -183,7 +183,7 @@ class BatchWalk(AsyncPaginator[T]):
                 walk = make(max(1, self.start_page - offset), remaining)
                 self._current = walk
                 before = attrs.asdict(self.stats)  # the batches walked so far
-                async for page in walk.pages():
+                async for page in walk.pages():  # dropped if it fails: see below
                     self._tally(before, walk)
                     if remaining is not None:
                         remaining -= len(page.items)
@@ -195,6 +195,9 @@ class BatchWalk(AsyncPaginator[T]):
                 # The next batch, unless max_items stopped this one: then where it stopped.
                 self.checkpoint = offset + walk.checkpoint if remaining == 0 else end + 1
                 self._current = None
+        except BaseException:
+            page = None  # the last page's records: see AsyncPaginator.pages
+            raise
         finally:
             await self.aclose()
 

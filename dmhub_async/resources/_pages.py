@@ -17,16 +17,25 @@ R = TypeVar("R")
 
 
 def decode(structure: Callable[[Any], T], data: Any, what: str) -> T:
-    """``structure(data)``, or ResponseDecodeError when the body is not the promised shape."""
+    """``structure(data)``, or ResponseDecodeError when the body is not the promised shape.
+
+    Its callers pass the answer straight in, never holding it in a variable of their own: see
+    below.
+    """
     try:
         return structure(data)
     except (ValueError, TypeError, KeyError, AttributeError) as err:
         problem = str(err)
     # Raised outside the except block: the converter's error quotes the body, which a service
     # may have filled with the URL, so it must not ride along as the context either.
-    raise ResponseDecodeError(
+    error = ResponseDecodeError(
         f"the answer is not {what}: {problem}", status=200, description=problem
     )
+    # Nor stay among this frame's variables, which an error tracker records with the
+    # traceback (the error masks the token in its own words): a gateway's echo of the
+    # request, answered with HTTP 200, held the token in the body and in the words quoting it.
+    del data, problem
+    raise error
 
 
 def page_count(keys: Mapping[str, Any], name: str, what: str) -> int | None:

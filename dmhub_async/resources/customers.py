@@ -94,10 +94,12 @@ class Customers(Resource):
             body["createMethod"] = check_text("create", "create_method", create_method)
         # The service matches on mobile or email, so such a create is safe to repeat.
         idempotent = bool(fields.get("mobile") or fields.get("email"))
-        data = await self._session.request(
-            "POST", "/v1/customers", json=body, idempotent=idempotent
+        # The answer goes straight to decode, never into a variable here (see decode).
+        return decode(
+            _customer_of,
+            await self._session.request("POST", "/v1/customers", json=body, idempotent=idempotent),
+            "a customer",
         )
-        return decode(_customer_of, data, "a customer")
 
     async def create_with_identities(
         self, identities: Iterable[Identity], **fields: Unpack[CustomerFields]
@@ -118,8 +120,11 @@ class Customers(Resource):
             ),
             "customerIdentities": [identity_to_wire(i) for i in checked],
         }
-        data = await self._session.request("POST", "/v1/customerandidentities", json=body)
-        return decode(_customer_of, data, "a customer")
+        return decode(
+            _customer_of,
+            await self._session.request("POST", "/v1/customerandidentities", json=body),
+            "a customer",
+        )
 
     async def get(self, customer_id: int) -> Customer:
         """The customer with this id.
@@ -130,10 +135,13 @@ class Customers(Resource):
                 that answers with one.
         """
         cid = check_id("get", customer_id)
-        data = await self._session.request(
-            "GET", f"/v1/customers/{cid}", not_found_codes=NOT_FOUND_CODES
+        return decode(
+            _customer_of,
+            await self._session.request(
+                "GET", f"/v1/customers/{cid}", not_found_codes=NOT_FOUND_CODES
+            ),
+            "a customer",
         )
-        return decode(_customer_of, data, "a customer")
 
     async def update(self, customer_id: int, **fields: Unpack[CustomerFields]) -> Customer:
         """Change the given fields; a field given as None is cleared, the others are not sent.
@@ -149,13 +157,16 @@ class Customers(Resource):
         check_customer_fields("update", fields)
         if not fields:
             raise InvalidRequestError("update(): give at least one field to change")
-        data = await self._session.request(
-            "PUT",
-            f"/v1/customers/{cid}",
-            json=_body("update", self._zoned("update", fields)),
-            not_found_codes=NOT_FOUND_CODES,
+        return decode(
+            _customer_of,
+            await self._session.request(
+                "PUT",
+                f"/v1/customers/{cid}",
+                json=_body("update", self._zoned("update", fields)),
+                not_found_codes=NOT_FOUND_CODES,
+            ),
+            "a customer",
         )
-        return decode(_customer_of, data, "a customer")
 
     async def delete(self, customer_id: int) -> None:
         """Delete the customer (the service answers 204)."""
@@ -438,7 +449,10 @@ def _count_of(data: Any) -> int:
     if isinstance(data, dict):  # tolerate {"count": n} should the service change shape
         data = data.get("count", data.get("total"))
     if isinstance(data, bool) or not isinstance(data, int) or data < 0:
-        return decode(_not_a_count, data, "a count")
+        try:
+            return decode(_not_a_count, data, "a count")
+        finally:
+            del data  # always raised: not among the traceback's variables (see decode)
     return data
 
 

@@ -11,7 +11,7 @@ from typing import Any, Literal, overload
 
 from .._converter import identity_to_wire, structure_identities, structure_identity
 from .._converter.scalars import INT_TEXT
-from .._exceptions import InvalidRequestError
+from .._exceptions import InvalidRequestError, ResponseDecodeError
 from .._validate import check_concurrency, check_id, check_identity, is_collection
 from ..models.identity import CustomerIdentity, Identity
 from ._batches import sized_batches
@@ -48,10 +48,14 @@ class Identities(Resource):
         body = {"customerId": str(cid), **identity_to_wire(identity)}
         # A missing customer is the 500 + 40201 of a get: an answer, not a failure to retry
         # (it was retried as a ServerError, five requests and seconds of backoff).
-        data = await self._session.request(
-            "POST", "/v1/customeridentities", json=body, not_found_codes=NOT_FOUND_CODES
+        # The answer goes straight to decode, never into a variable here (see decode).
+        return decode(
+            structure_identity,
+            await self._session.request(
+                "POST", "/v1/customeridentities", json=body, not_found_codes=NOT_FOUND_CODES
+            ),
+            "an identity",
         )
-        return decode(structure_identity, data, "an identity")
 
     async def list(self, customer_ids: Iterable[int]) -> builtins.list[CustomerIdentity]:
         """Every identity bound to these customers."""
@@ -63,8 +67,11 @@ class Identities(Resource):
         # URL) here, as list() does below LONG_ID_LIST: a thread's hand-over is most of it.
         batches, _ = await asyncio.to_thread(split) if len(ids) > LONG_ID_LIST else split()
         for batch in batches:  # one unless the list is long
-            data = await self._session.request("GET", "/v1/customeridentities", params=batch)
-            found += decode(structure_identities, data, "a list of identities")
+            found += decode(
+                structure_identities,
+                await self._session.request("GET", "/v1/customeridentities", params=batch),
+                "a list of identities",
+            )
         return found
 
     async def find(self, identity: Identity) -> builtins.list[CustomerIdentity]:
@@ -77,17 +84,23 @@ class Identities(Resource):
 
     # Unchecked: lookup_iter checks each identity once, as it takes it in.
     async def _find(self, identity: Identity) -> builtins.list[CustomerIdentity]:
-        data = await self._session.request("GET", _PATH, params=_query_of(identity))
-        return decode(structure_identities, data, "a list of identities")
+        return decode(
+            structure_identities,
+            await self._session.request("GET", _PATH, params=_query_of(identity)),
+            "a list of identities",
+        )
 
     async def _lookup(self, identity: Identity, *, in_own_task: bool) -> int | None:
         # _find() written out: a coroutine less a lookup; no binding needs no structuring.
         # in_own_task: run in a task of lookup_many's or lookup_iter's own, whose
         # last_response no caller can read (the caller's is left as it was): not kept.
-        data = await self._session.request(
-            "GET", _PATH, params=_query_of(identity), remembered=not in_own_task
+        # The answer goes straight on, never into a variable here (see decode).
+        return _customer_of(
+            identity,
+            await self._session.request(
+                "GET", _PATH, params=_query_of(identity), remembered=not in_own_task
+            ),
         )
-        return _customer_of(identity, data)
 
     @overload
     async def lookup_many(
@@ -164,8 +177,9 @@ class Identities(Resource):
                     # _lookup(identity, in_own_task=True), written out: a coroutine less a
                     # lookup (about 1k instructions of 405k: bench_instructions --question 4c).
                     query = _query_of(identity)
-                    data = await request("GET", _PATH, params=query, remembered=False)
-                    results[identity] = _customer_of(identity, data)
+                    results[identity] = _customer_of(
+                        identity, await request("GET", _PATH, params=query, remembered=False)
+                    )
                 except Exception as err:
                     if not return_exceptions or session.closed:  # closed meanwhile: see above
                         raise
@@ -384,9 +398,15 @@ def _customer_of(identity: Identity, data: Any) -> int | None:
                 found = customer_id
         else:
             return int(found) if found is not None else None
-    for binding in decode(structure_identities, data, "a list of identities"):
-        if binding.type == identity.type and binding.value == identity.value:
-            return binding.customer_id
+    try:
+        for binding in decode(structure_identities, data, "a list of identities"):
+            if binding.type == identity.type and binding.value == identity.value:
+                return binding.customer_id
+    except ResponseDecodeError:
+        # Dropped, with what the loop above read of it: see decode.
+        del data
+        row = kind = value = customer_id = found = None
+        raise
     return None
 
 
