@@ -323,6 +323,17 @@ async def test_select_exports_only_the_chosen_fields(
     assert ids_of(rows) == expected
 
 
+async def test_a_sort_given_as_none_is_not_given(
+    sim: DMHubSimulator, client: DMHubClient, tmp_path: Path
+) -> None:
+    """None is "not given", as for every filter and in list(): the export refused
+    ``sort_order=None`` as a sort it does not take."""
+    dest = tmp_path / "customers.jsonl"
+    report = await export_customers(client, dest, sort_by=None, sort_order=None, progress=False)
+    assert ids_of(read_jsonl(dest)) == sim.customer_ids()
+    assert report.complete
+
+
 async def test_a_bad_filter_is_refused_before_anything_is_written(
     sim: DMHubSimulator, client: DMHubClient, tmp_path: Path
 ) -> None:

@@ -246,6 +246,45 @@ async def test_bad_paging_values_are_refused_before_any_request(
     assert sim.counters.total == 0
 
 
+@pytest.mark.parametrize(
+    "sort",
+    [
+        {"sort_order": None},
+        {"sort_by": "id", "sort_order": None},
+        {"sort_by": None},
+        {"sort_by": None, "sort_order": None},
+    ],
+)
+@pytest.mark.parametrize("method", ["list", "list_rows"])
+@pytest.mark.parametrize("concurrency", [1, 4])
+async def test_a_sort_given_as_none_walks_as_one_left_out(
+    sim: DMHubSimulator, sort: dict[str, Any], method: str, concurrency: int
+) -> None:
+    """None is "not given", as for every filter: the default sort, id ascending, sent.
+
+    ``sort_order=None`` went out as no ``sord`` (the service sorts ascending) while the walk
+    dropped repeats as if descending: page 1 stopped it as "not in the order asked", blaming
+    the service (at page_size=1, after 73 requests)."""
+    sorts: list[tuple[str | None, str | None]] = []
+    sim.on_request(
+        lambda r: (
+            sorts.append((r.query.get("sidx"), r.query.get("sord")))
+            if r.path == "/v1/customers"
+            else None
+        )
+    )
+    async with client_for(sim) as dm:
+        walk = getattr(dm.customers, method)(concurrency=concurrency, **sort)
+        found = await walk.to_list()
+        assert await dm.customers.count(**sort) == 1000
+        small = await getattr(dm.customers, method)(page_size=1, max_items=3, **sort).to_list()
+    ids = [c.id if method == "list" else c["id"] for c in found]
+    assert ids == sim.customer_ids()
+    assert [c.id if method == "list" else c["id"] for c in small] == ids[:3]
+    assert list_requests(sim) == 10 + 3  # a page a request, no repair, no step back
+    assert set(sorts) == {("id", "asc")}  # as when left out
+
+
 @pytest.mark.parametrize("select", ["name,mobile", "name, mobile", ["name", "mobile"], "name"])
 async def test_select_takes_field_names_in_a_list_or_as_the_wire_writes_them(
     sim: DMHubSimulator, select: Any

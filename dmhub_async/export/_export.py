@@ -215,7 +215,8 @@ def _plan(
     """The checked destination, format, scope and checkpoint path, and a long ``id_list``'s
     checked ids (the scope's ``idList`` then a stand-in to replace); nothing is sent or
     written."""
-    if "sort_by" in filters or "sort_order" in filters:
+    # None is "not given", as for every filter (and as list() takes it).
+    if filters.get("sort_by") is not None or filters.get("sort_order") is not None:
         raise InvalidRequestError("export_customers() walks by id: sort_by/sort_order not allowed")
     long_ids = long_id_list(filters)
     # Warns (once per client) at the caller's line, in its own name: the walk's list() and

@@ -69,9 +69,13 @@ def _check_listed(body: bytes, key: str, what: str) -> None:
 
 
 def dedupe_for(sort_by: str | None, sort_order: str | None) -> Dedupe:
-    """How a walk recognises repeats: by order when sorted by the immutable id, else by set."""
-    if sort_by == "id":
-        return "ascending" if sort_order == "asc" else "descending"
+    """How a walk recognises repeats: by order when sorted by the immutable id, else by set.
+
+    A ``sidx`` or ``sord`` not sent is the service's default, ``id`` and ``asc``
+    (docs/contract.md, "list"): a missing ``sord`` was taken as descending.
+    """
+    if sort_by is None or sort_by == "id":
+        return "descending" if sort_order == "desc" else "ascending"
     return "set"
 
 

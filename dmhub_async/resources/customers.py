@@ -6,7 +6,7 @@ import asyncio
 import operator
 from collections.abc import Callable, Iterable, Mapping
 from datetime import timezone, tzinfo
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 from typing_extensions import Unpack
 
@@ -298,7 +298,13 @@ class Customers(Resource):
         keys_of: KeysOf[T] | None = None,
         **paging: Any,
     ) -> AsyncPaginator[T]:
-        merged: dict[str, Any] = {"sort_by": "id", "sort_order": "asc", **filters}
+        merged: dict[str, Any] = {**_DEFAULT_SORT, **filters}
+        for name, default in _DEFAULT_SORT.items():
+            # None is "not given", as for every filter: the default, sent. Skipped, no sord
+            # went out (the service sorts ascending) while the walk dropped repeats as if
+            # descending, and stopped at page 1 blaming the service's order.
+            if merged[name] is None:
+                merged[name] = default
         ids = long_id_list(merged)
         # Named in errors and the naive time warning as called: list_rows() said list().
         params = self._params(method, merged, frames=3)  # list() or list_rows(), _walk
@@ -371,6 +377,10 @@ class Customers(Resource):
         if not self._warned_naive:
             self._warned_naive = True
             warn_naive(method, stacklevel=frames + 2)
+
+
+#: The sort of a walk that names none (or None): the immutable id, which its repairs need.
+_DEFAULT_SORT: Final = {"sort_by": "id", "sort_order": "asc"}
 
 
 def long_id_list(filters: dict[str, Any]) -> list[Any] | None:

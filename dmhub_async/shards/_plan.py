@@ -362,7 +362,8 @@ def warn_if_naive(
 
 def _json_safe_filters(filters: Mapping[str, Any], zone: tzinfo | None) -> dict[str, Any]:
     """The caller's filters as a shard carries them: checked, and JSON-safe."""
-    reserved = sorted(name for name in ("sort_by", "sort_order") if name in filters)
+    # None is "not given", as for every filter (and as list() takes it).
+    reserved = sorted(n for n in ("sort_by", "sort_order") if filters.get(n) is not None)
     if reserved:
         raise InvalidRequestError(
             f"plan_shards(): {', '.join(reserved)} not allowed: a sharded export walks by id"

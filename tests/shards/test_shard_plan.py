@@ -192,6 +192,13 @@ async def test_a_shard_in_another_zone_is_the_same_window_in_utc(
     assert moved.export_filters() == planned.export_filters()
 
 
+async def test_a_sort_given_as_none_is_not_given(sim: DMHubSimulator, dm: DMHubClient) -> None:
+    """None is "not given", as for every filter and in list(): the plan refused
+    ``sort_order=None`` as a sort a sharded export does not take."""
+    shards = await plan_shards(dm, 2, sort_by=None, sort_order=None)  # type: ignore[arg-type]
+    assert sum(s.planned_count for s in shards) == 2_000
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [
