@@ -29,7 +29,7 @@ from collections.abc import (
 )
 from typing import Any, Final, Generic, TypeVar, cast
 
-from ._exceptions import InvalidRequestError
+from ._exceptions import DMHubError, InvalidRequestError
 from ._pagination_plan import PaginatorStats, RawPage, WalkPlan
 from ._retry import RETRY_TALLY, RetryTally
 from ._seen_records import Dedupe, SeenRecords
@@ -43,6 +43,7 @@ __all__ = [
     "Dedupe",
     "PaginatorStats",
     "RawPage",
+    "walk_closed",
 ]
 
 T = TypeVar("T")
@@ -79,6 +80,16 @@ RECORDS_BY_COROUTINE: bool = sys.version_info >= (3, 12)
 #: A paginator walked again: it said "call list() again" to a caller of list_rows() or of the
 #: statistics' list() alike.
 WALKS_ONCE: Final = "a paginator walks once: call the method that made it again for a new walk"
+
+
+def walk_closed() -> DMHubError:
+    """The error of a walk ended by ``aclose()`` before its end, as a closed client's calls
+    raise theirs: a walk that ended quietly would pass for a complete one (an export's file
+    short of customers it never read), and one that went on read them a page at a time."""
+    return DMHubError(
+        "this walk was closed (paginator.aclose()) before its end: the records after its"
+        " checkpoint were not read; a new walk from start_page=paginator.checkpoint reads them"
+    )
 
 
 class AsyncPaginator(Generic[T]):
@@ -189,7 +200,9 @@ class AsyncPaginator(Generic[T]):
         return items
 
     async def aclose(self) -> None:
-        """Cancel the pages still in flight (``break`` leaves them to the garbage collector)."""
+        """End the walk: cancel the pages still in flight (``break`` leaves them to the garbage
+        collector). A consumer still walking (in another task) gets the page it waits for,
+        then :class:`DMHubError`, as does one that starts the walk after it."""
         self._closed = True
         await self._cancel_ahead()
 
@@ -203,6 +216,8 @@ class AsyncPaginator(Generic[T]):
         try:
             plan = self._plan
             while not plan.finished:
+                if self._closed:  # by aclose(), from another task or before the walk began
+                    raise walk_closed()
                 number = plan.next_page
                 if plan.repairing:  # what was read ahead was read before the change: stale
                     await self._cancel_ahead()

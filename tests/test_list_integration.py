@@ -18,7 +18,7 @@ import pytest
 from _helpers import IdNeedingTheLoop
 from aiohttp import web
 
-from dmhub_async import DMHubClient, Identity, InvalidRequestError, ServerError
+from dmhub_async import DMHubClient, DMHubError, Identity, InvalidRequestError, ServerError
 from dmhub_async._auth import DEFAULT_STORE, token_key
 from dmhub_async.testing import DMHubSimulator
 
@@ -318,6 +318,30 @@ async def test_a_long_id_list_walks_in_batches_with_one_tally(sim: DMHubSimulato
     assert list_requests(sim) > 10  # more than one batch of 10 pages
     assert paginator.stats.items == len(ids)
     assert paginator.stats.pages == list_requests(sim)
+
+
+@pytest.mark.parametrize("unknown", [1_000, 12_000], ids=["batches", "long"])
+async def test_a_batched_walk_closed_by_aclose_raises_rather_than_walk_on(
+    sim: DMHubSimulator, unknown: int
+) -> None:
+    """aclose() of a walk in batches stopped its pages in flight, and the consumer went on:
+    the batch under way a page at a time, then the batches after it. Now it raises, as a
+    walk closed before it starts does (which walked every batch)."""
+    ids = [*sim.customer_ids(), *range(10**12, 10**12 + unknown)]  # several pages a batch
+    async with client_for(sim) as dm:
+        unstarted = dm.customers.list(id_list=ids, page_size=50, concurrency=4)
+        await unstarted.aclose()
+        with pytest.raises(DMHubError, match="closed"):
+            await unstarted.to_list()
+        assert list_requests(sim) == 0
+        walk = dm.customers.list(id_list=ids, page_size=50, concurrency=4)
+        pages = walk.pages()
+        first = await anext(pages)
+        await walk.aclose()
+        with pytest.raises(DMHubError, match="closed"):
+            await anext(pages)
+        assert walk.checkpoint == first.number + 1
+    assert list_requests(sim) <= 1 + 2 * 4  # the first page, and those it read ahead
 
 
 def test_a_long_id_list_is_split_in_little_more_memory_than_its_batches() -> None:

@@ -22,7 +22,13 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from dmhub_async import DMHubClient, InvalidRequestError, ResponseDecodeError, _pagination
+from dmhub_async import (
+    DMHubClient,
+    DMHubError,
+    InvalidRequestError,
+    ResponseDecodeError,
+    _pagination,
+)
 from dmhub_async._pagination import AsyncPaginator, RawPage
 from dmhub_async._retry import RETRY_TALLY, RetryTally
 from dmhub_async.testing import DMHubSimulator
@@ -896,6 +902,46 @@ async def test_aclose_cancels_pages_in_flight_at_once() -> None:
     await paginator.aclose()
     assert server.in_flight == 0
     assert server.cancelled == in_flight  # cancelled, not awaited (50 ms each)
+
+
+@pytest.mark.parametrize("concurrency", [1, 4])
+async def test_aclose_from_another_task_ends_the_walk_with_an_error(concurrency: int) -> None:
+    """README: ``aclose()`` ends a walk. From another task it stopped only the pages read
+    ahead: the consumer went on to the end a page at a time, the cancelled pages requested
+    again. Ending quietly would pass for a complete walk; the consumer gets the page it waits
+    for, then the error a closed client's calls get (DMHubError)."""
+    server = GatedServer(pages=100)
+    server.gate(2).set()
+    paginator = AsyncPaginator(server.fetch, page_size=10, concurrency=concurrency)
+    got: list[int] = []
+
+    async def consume() -> None:
+        async for item in paginator:
+            got.append(item)
+
+    consumer = asyncio.create_task(consume())
+    await server.sent(3).wait()  # the consumer waits for page 3
+    await paginator.aclose()
+    sent = [entry for entry in server.log if entry[0] == "sent"]
+    server.gate(3).set()
+    with pytest.raises(DMHubError, match="closed") as caught:
+        await asyncio.wait_for(consumer, 10)
+    assert not isinstance(caught.value, InvalidRequestError)
+    assert got == list(range(1, 31))  # pages 1 to 3: nothing past the page it waited for
+    assert [entry for entry in server.log if entry[0] == "sent"] == sent  # no page asked since
+    assert paginator.checkpoint == 4  # where a new walk reads on
+    assert repr(paginator).startswith("<AsyncPaginator ended")
+    assert not other_tasks()
+
+
+async def test_aclose_before_the_walk_ends_it_before_any_request() -> None:
+    # to_list() after aclose() walked every page, one at a time.
+    server = FakeServer(100, totals="both")
+    paginator = walk(server, concurrency=8)
+    await paginator.aclose()
+    with pytest.raises(DMHubError, match="closed"):
+        await paginator.to_list()
+    assert server.requests == []
 
 
 async def test_max_items_leaves_no_task_behind() -> None:

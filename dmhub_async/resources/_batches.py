@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import attrs
 
 from .._exceptions import InvalidRequestError
-from .._pagination import WALKS_ONCE, AsyncPaginator, RawPage
+from .._pagination import WALKS_ONCE, AsyncPaginator, RawPage, walk_closed
 from .._validate import MAX_QUERY_LENGTH, check_paging, query_length
 from ..models.page import Page
 
@@ -180,6 +180,8 @@ class BatchWalk(AsyncPaginator[T]):
                     continue
                 if remaining == 0:
                     return
+                if self._closed:  # by aclose(), before the walk or between two batches
+                    raise walk_closed()
                 walk = make(max(1, self.start_page - offset), remaining)
                 self._current = walk
                 before = attrs.asdict(self.stats)  # the batches walked so far
@@ -207,7 +209,8 @@ class BatchWalk(AsyncPaginator[T]):
             setattr(self.stats, name, before[name] + value)
 
     async def aclose(self) -> None:
-        """Cancel the pages of the batch under way still in flight."""
+        """End the walk: cancel the pages of the batch under way still in flight (a consumer
+        still walking gets :class:`DMHubError`, as from :meth:`AsyncPaginator.aclose`)."""
         self._closed = True  # ended, as its repr says
         if self._current is not None:
             current, self._current = self._current, None
