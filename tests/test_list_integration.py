@@ -320,6 +320,35 @@ async def test_a_long_id_list_walks_in_batches_with_one_tally(sim: DMHubSimulato
     assert paginator.stats.pages == list_requests(sim)
 
 
+@pytest.mark.parametrize("unknown", [2_000, 12_000], ids=["batches", "long"])
+@pytest.mark.parametrize("sort_by", ["name", "last_updated"])
+@pytest.mark.parametrize("method", ["list", "list_rows"])
+async def test_an_id_list_in_batches_sorted_by_another_field_than_the_id_is_refused(
+    sim: DMHubSimulator, unknown: int, sort_by: str, method: str
+) -> None:
+    """Sent in several requests, each batch came sorted on its own and the batches one after
+    the other: not the order asked, without a word. Refused before anything is sent (a
+    long list's as its walk starts, when its batches are known); an id list of one request
+    keeps any sort, and one in batches the id sort either way."""
+    ids = [*sim.customer_ids(), *range(10**12, 10**12 + unknown)]
+    async with client_for(sim) as dm:
+        walk = getattr(dm.customers, method)
+        with pytest.raises(InvalidRequestError, match="sort_by") as caught:
+            await walk(id_list=ids, sort_by=sort_by).to_list()
+        assert "leave sort_by out" in str(caught.value)
+        assert list_requests(sim) == 0
+        few = sim.customer_ids()[:300]  # one request
+        rows = await walk(id_list=few, sort_by=sort_by, select=[sort_by]).to_list()
+        for order in ("asc", "desc"):
+            by_id = await walk(id_list=ids, sort_by="id", sort_order=order).to_list()
+            got = [row.id if method == "list" else row["id"] for row in by_id]
+            assert got == sorted(sim.customer_ids(), reverse=order == "desc")
+    wire = {"name": "name", "last_updated": "lastUpdated"}[sort_by]
+    values = [getattr(row, sort_by) if method == "list" else row[wire] for row in rows]
+    assert len(values) == 300
+    assert values == sorted(values, key=lambda value: (value is not None, value))
+
+
 @pytest.mark.parametrize("unknown", [1_000, 12_000], ids=["batches", "long"])
 async def test_a_batched_walk_closed_by_aclose_raises_rather_than_walk_on(
     sim: DMHubSimulator, unknown: int

@@ -331,6 +331,9 @@ class Customers(Resource):
                 batches, sizes = await asyncio.to_thread(
                     sized_batches, method, params, "idList", ids, descending=descending
                 )
+                # Only now is it known whether the ids fit one request (repeats dropped):
+                # refused here, as the walk starts, still before anything is sent.
+                _check_sort_across(method, merged["sort_by"], params, sizes)
                 return [walk(batch) for batch in batches], sizes
 
             return BatchWalk([], [], prepare=prepare, **paging)
@@ -339,6 +342,7 @@ class Customers(Resource):
             return walk(batches[0])(paging["start_page"], paging["max_items"])
         # A long id_list: the batches walked in turn (ascending ids with an id sort).
         sizes = [batch["idList"].count(",") + 1 for batch in batches]
+        _check_sort_across(method, merged["sort_by"], params, sizes)
         return BatchWalk([walk(batch) for batch in batches], sizes, **paging)
 
     def _zoned(self, method: str, fields: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -400,6 +404,23 @@ def long_id_list(filters: dict[str, Any]) -> list[Any] | None:
 def _id_list_batches(method: str, params: dict[str, str], ids: Any) -> list[dict[str, str]]:
     """``params`` with the checked ``ids`` as ``idList``, in batches short enough for a URL."""
     return sized_batches(method, params, "idList", checked_ids(method, ids))[0]
+
+
+def _check_sort_across(
+    method: str, sort_by: Any, params: Mapping[str, str], sizes: list[int]
+) -> None:
+    """An ``id_list`` sent in more than one request (``sizes``: the ids of each) is walked in
+    the id sort alone: its batches go in id order, ascending or descending, and the walk
+    keeps it. Sorted by another field each batch came sorted on its own, the batches one
+    after the other: not the order asked, and nothing said so. The service sorts, by rules
+    of its own (nulls, ties, collation), so no merge here could be trusted to match it."""
+    if len(sizes) > 1 and params.get("sidx") != "id":
+        raise InvalidRequestError(
+            f"{method}(): an id_list of {sum(sizes):,} ids takes {len(sizes)} requests (one URL"
+            f" holds about {sizes[0]:,} of them), and sort_by={short(sort_by)} cannot be kept"
+            " across them: leave sort_by out (the id sort is kept) and sort the customers"
+            " yourself, or pass fewer ids at a time"
+        )
 
 
 def _check_resume_after(method: str, resume_after: object, params: Mapping[str, str]) -> None:
