@@ -28,6 +28,7 @@ from .models.page import Page
 __all__ = [
     "MAX_READS_WITHOUT_PROGRESS",
     "MAX_STEPS_BACK",
+    "STEPS_BEFORE_SEARCH",
     "PaginatorStats",
     "RawPage",
     "WalkPlan",
@@ -35,8 +36,13 @@ __all__ = [
 
 T = TypeVar("T")
 
-#: Pages one drift repair may step back before it takes a page unverified.
+#: Pages one drift repair may step back before it takes a page unverified. (A resumed walk's
+#: search for its place is not bounded so: see :meth:`WalkPlan._locate`.)
 MAX_STEPS_BACK = 32
+#: Pages a resumed walk steps back one at a time, looking for its place, before it gallops
+#: back and bisects (:meth:`WalkPlan._locate`): a resume after a few pages of deletes costs a
+#: read a page, as it did.
+STEPS_BEFORE_SEARCH = 4
 #: Reads in a row that bring no new record and reach no further in key order, after which the
 #: walk stops: more than a drift repair's reads (its steps back, and as many forward again),
 #: so a repair never trips it. (It was MAX_STEPS_BACK + 8, which a repair could pass.)
@@ -95,6 +101,13 @@ class _Repair(Generic[T]):
     #: The signature of each page as taken before the repair began, and the epoch it was read
     #: in (every read the repair steps back over completed later).
     taken_before: dict[int, tuple[Any, int]] = attrs.Factory(dict)
+    #: A resumed walk's search for its place under way (:meth:`WalkPlan._locate`): the lowest
+    #: page read that does not reach back to ``resume_after``, the highest that does (with its
+    #: read and epoch), and the pages read so far.
+    locating: bool = False
+    beyond: int = 0
+    reached: tuple[int, RawPage[T], int] | None = None
+    probes: int = 0
 
 
 class WalkPlan(Generic[T]):
@@ -311,11 +324,19 @@ class WalkPlan(Generic[T]):
             # Records changed between the reads of the page before and this one, and this
             # page does not reach back to what was yielded: a delete behind the cursor may
             # have shifted records back across the boundary. Step back until a page reaches
-            # back, then forward to this page again.
+            # back, then forward to this page again. A resumed walk's start page searches
+            # back for its place (_locate), however far it moved.
             taken = self._taken_epoch if self._taken_epoch is not None else -1
             self._repair = _Repair(
-                target=number, taken_epoch=taken, taken_before=dict(self._signatures)
+                target=number,
+                taken_epoch=taken,
+                taken_before=dict(self._signatures),
+                locating=resumed,
+                beyond=number,
             )
+            # The place found may lie before the start page: the walk reads that page again
+            # in its turn, as any other.
+            self._resumed = False
             return self._repair_step(self._repair, number, raw, epoch)
         if not raw.items and self._holds_records(number, raw):
             # An empty page where the totals say there are records, the count unmoved since
@@ -365,6 +386,11 @@ class WalkPlan(Generic[T]):
         the count (a delete behind, then an insert behind), is read again: a record may have
         slipped back across the boundary and forward again.
         """
+        if repair.locating:
+            located = self._locate(repair, number, raw, epoch)
+            if located is None:
+                return []
+            number, raw, epoch = located  # it reaches back: taken below, then forward
         pages: list[Page[T]] = []
         unmoved = False
         while True:
@@ -387,7 +413,10 @@ class WalkPlan(Generic[T]):
                 self.stats.unverified += 1
             if number == repair.target or not raw.items:  # (an empty page: the walk's end)
                 self._repair = None
-                return [*pages, self._take_in_order(number, raw, epoch)]
+                # What the next page is compared with (a page served twice): this read's, not
+                # the page that began the repair (a resume's place may lie before it).
+                self._taken_signature = signature = self.seen.signature(raw.items)
+                return [*pages, self._take_in_order(number, raw, epoch, signature)]
             page = self._yield(raw, number, has_next=True)
             if page.items:
                 pages.append(page)
@@ -410,6 +439,45 @@ class WalkPlan(Generic[T]):
             # Read in the same epoch as the page just taken, or after it was last taken as it
             # is now (see above).
             raw, epoch = stepped_over
+
+    def _locate(
+        self, repair: _Repair[T], number: int, raw: RawPage[T], epoch: int
+    ) -> tuple[int, RawPage[T], int] | None:
+        """One read of a resumed walk's search for its place; the page found, or None (the
+        next to read is :attr:`next_page`).
+
+        The place is the last page that reaches back to ``resume_after`` (its first record at
+        or before it: no record after it can lie before that page); the repair goes forward
+        from there as after any step back. A page at a time for the first
+        :data:`STEPS_BEFORE_SEARCH` pages (a resume with nothing moved costs one read more, as
+        it did), then galloping back 2, 4, 8... pages and bisecting between the last page that
+        does not reach back and the page that does: about 2 log2(pages moved) reads. It was
+        32 steps back, and past them the walk went on unverified, skipping every customer in
+        between (deletes of more than 32 pages while the walk was stopped, a checkpoint of
+        another page size). Each read narrows the pages searched, so the search ends.
+        """
+        if number <= self._first_page or self.seen.reaches_back(raw.items):
+            repair.reached = (number, raw, epoch)
+        else:
+            repair.stepped_over[number] = (raw, epoch)
+            repair.beyond = number
+        reached = repair.reached
+        if reached is not None and repair.beyond - reached[0] <= 1:
+            repair.locating = False
+            repair.target = repair.beyond  # then the walk reads on with pages ahead
+            return reached
+        self.stats.refetches += 1
+        repair.probes += 1
+        if reached is not None:
+            self.next_page = (reached[0] + repair.beyond) // 2
+            return None
+        back = repair.probes - STEPS_BEFORE_SEARCH
+        page = repair.beyond - (2**back if back > 0 else 1)
+        last = self._last_page_of(raw.total_records, raw.total_pages)
+        if not raw.items and last is not None:  # past the end: no further than the last page
+            page = min(page, last)
+        self.next_page = max(self._first_page, page)
+        return None
 
     def _take_in_order(
         self, number: int, raw: RawPage[T], epoch: int, signature: Any = _UNKNOWN

@@ -689,6 +689,37 @@ async def test_a_resumed_walk_finds_what_deletes_behind_it_shifted_back(
     assert rest.stats.unverified == 0
 
 
+@pytest.mark.parametrize(
+    ("deleted", "first_size"),
+    [(0, 10), (400, 10), (599, 10), (0, 5), (0, 20)],
+    ids=["none", "40 pages", "all but one", "checkpoint of 5 a page", "of 20 a page"],
+)
+async def test_a_resumed_walk_finds_its_place_however_far_it_moved(
+    sim: DMHubSimulator, deleted: int, first_size: int
+) -> None:
+    """More than 32 pages of deletes behind a resumed walk (or a checkpoint counted at
+    another page size) and it went on unverified, skipping every customer between its place
+    and its start page (800 of 4,000). It searches back now, a page at a time, then galloping
+    and bisecting; with nothing moved it costs one request more, as it did."""
+    async with client_for(sim) as dm:
+        first = dm.customers.list(page_size=first_size, max_items=600)
+        kept = [c.id async for c in first]
+        for customer_id in kept[:deleted]:
+            sim.delete_customer(customer_id)
+        sent = list_requests(sim)
+        rest = dm.customers.list(
+            page_size=10, concurrency=4, start_page=first.checkpoint, resume_after=kept[-1]
+        )
+        after = [c.id async for c in rest]
+    assert after == [i for i in sim.customer_ids() if i > kept[-1]]
+    assert rest.stats.unverified == 0
+    requests = list_requests(sim) - sent
+    if (deleted, first_size) == (0, 10):
+        assert requests == 40 + 1
+    elif first_size == 10:
+        assert requests <= 40 + 2 + 4 + 2 * math.log2(deleted / 10 + 1)
+
+
 async def test_lookup_iter_holds_at_most_concurrency_lookups_with_repeats(
     sim: DMHubSimulator,
 ) -> None:

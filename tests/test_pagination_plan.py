@@ -7,6 +7,7 @@ asks for and which records it yields.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -278,6 +279,48 @@ def test_pages_far_past_the_totals_stop_the_walk() -> None:
     with pytest.raises(ResponseDecodeError, match="far past the 5 pages"):
         drive(plan, lambda n: RawPage(list(range(n * 10 - 9, n * 10 + 1)), True, 50, 5))
     assert plan.stats.pages == 2 * 5 + MAX_READS_WITHOUT_PROGRESS + 1
+
+
+@pytest.mark.parametrize("deleted", [0, 1, 35, 321, 4000, 5999])
+@pytest.mark.parametrize("dedupe", ["ascending", "descending"])
+def test_a_resumed_walk_finds_its_place_however_far_deletes_moved_it(
+    deleted: int, dedupe: Dedupe
+) -> None:
+    """Stopped after 6,000 of 10,000 (page 601 next, 10 a page), resumed after ``deleted`` of
+    the records it had yielded were deleted. It stepped back 32 pages at most, then went on
+    unverified: past 320 deletes every record between its place and page 601 was skipped
+    (3,600 of 4,000 at 4,000 deletes). It searches back now, however far: a page at a time,
+    then galloping and bisecting; with nothing moved it reads one page more, as it did."""
+    ids = list(range(1, 10_001)) if dedupe == "ascending" else list(range(10_000, 0, -1))
+    kept = ids[:6000]
+    gone = set(kept[:deleted])
+    survivors = [i for i in ids if i not in gone]
+    plan = plan_for(dedupe=dedupe, resume_after=kept[-1], start_page=601)
+    got, reads = drive(plan, pages_of(survivors))
+    assert got == ids[6000:]
+    assert plan.stats.unverified == 0
+    pages = 400  # of the records after the place: each read once
+    shifted = -(-deleted // 10)
+    if deleted == 0:
+        assert reads[:3] == [601, 600, 601 + 1]  # one read more, and the rest in order
+    search = len(reads) - pages  # the reads that found the place
+    assert search <= 2 + 4 + 2 * math.log2(shifted + 1), reads[:40]
+
+
+@pytest.mark.parametrize("first_size", [2, 50])
+def test_a_walk_resumed_at_a_checkpoint_of_another_page_size_reads_everything_after(
+    first_size: int,
+) -> None:
+    """A checkpoint counts pages of the walk's own size: resumed at another, page 51 of 20 a
+    page (1,000 read) is page 51 of 100 (5,000 and after): 32 steps back fell short and 800
+    records were skipped. Read at a smaller size, the place lies ahead: no record is lost
+    there, each page before it is read and dropped."""
+    ids = list(range(1, 10_001))
+    kept = ids[: 50 * first_size]
+    plan = plan_for(page_size=10, resume_after=kept[-1], start_page=51)
+    got, _ = drive(plan, pages_of(ids), limit=2000)
+    assert got == ids[len(kept) :]
+    assert plan.stats.unverified == 0
 
 
 def test_a_walk_resumed_from_an_early_page_is_progress() -> None:
