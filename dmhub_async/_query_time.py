@@ -194,6 +194,9 @@ def iso_day(text: str) -> date:
 
 _day = date.fromisoformat if sys.version_info >= (3, 11) else iso_day
 
+#: The digits of a fraction of a second past the sixth (a microsecond), which a bound drops.
+_PAST_MICROSECONDS = re.compile(r"(?<=[.,][0-9]{6})[0-9]+")
+
 
 def _parse(method: str, name: str, text: str) -> date | datetime:
     # Full-width digits as their ASCII ones, as date_join reads them: "２０２４-０１-０２" was
@@ -206,6 +209,11 @@ def _parse(method: str, name: str, text: str) -> date | datetime:
         return _day(digits)
     except ValueError:
         pass
+    # A bound is sent to the second, its fraction dropped (README, "Walking lists"): digits
+    # past the microsecond are dropped first, not rounded, as the reader would, to the next
+    # microsecond: "09:00:00.9999999Z" became 09:00:01, and a _from of it left out the
+    # customers of 09:00:00.
+    digits = _PAST_MICROSECONDS.sub("", digits, count=1)
     try:
         # As date_join and the service's times are read: on Python 3.10 as well, forms its
         # fromisoformat refuses ("...09:00:00.5Z", "+0800") were an error there alone.
