@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import re
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from typing import Any, Final, NamedTuple
 
 import orjson
@@ -101,9 +101,18 @@ def _may_lose_digits(body: bytes) -> bool:
 def exact_number(text: str) -> float | Decimal:
     """A JSON number other than an integer (its text): a float when the float is that very
     decimal (``0.1``, ``1e16``), else a ``Decimal`` of every digit (``12345678901234567.89``,
-    and ``1e400``, which no float holds)."""
+    and ``1e400``, which no float holds).
+
+    ValueError for a number whose exponent is beyond even a ``Decimal``'s
+    (``1e99999999999999999999``): ``Decimal`` raises ``InvalidOperation``, no ValueError, and
+    the readers, which take a ValueError for a body that is not JSON, let it out raw.
+    """
     value = float(text)
-    exact = Decimal(text)
+    try:
+        exact = Decimal(text)
+    except InvalidOperation:
+        shown = text if len(text) <= 40 else f"{text[:40]}..."
+        raise ValueError(f"the number {shown} is beyond what a Decimal holds") from None
     return value if Decimal(repr(value)) == exact else exact
 
 

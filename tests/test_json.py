@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from decimal import Decimal
 from pathlib import Path
@@ -509,3 +510,120 @@ def test_the_statistics_page_reader() -> None:
         {"rfm": "A"},
     )
     assert page == {"meta": meta}
+
+
+# --- what no reader may take: every path refuses the same page, as the SDK's error ----------
+
+
+def _served_with(monkeypatch: pytest.MonkeyPatch, literal: bytes) -> None:
+    """The simulator's answers with the JSON string ``"<RAW>"`` replaced by ``literal``, bytes
+    no encoder of ours would write (a number past a Decimal's range, ``NaN``, bad UTF-8)."""
+    from aiohttp import web
+
+    from dmhub_async.testing import _app
+
+    def json_response(data: Any, status: int = 200) -> web.Response:
+        body = _json.dumps(data).replace(b'"<RAW>"', literal)
+        return web.Response(body=body, status=status, content_type="application/json")
+
+    monkeypatch.setattr(_app, "json_response", json_response)
+
+
+async def _every_read_of(
+    literal: bytes, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> dict[str, BaseException | None]:
+    """What each way of reading a customer whose ``attr`` holds ``literal`` raised (None when
+    it read it): get, dm.request, list, list_rows and both exports, with msgspec's raw rows
+    and without them."""
+    from dmhub_async import ResponseDecodeError
+
+    raised: dict[str, BaseException | None] = {}
+    async with (
+        DMHubSimulator(customers=3, seed=5) as sim,
+        # An answer that cannot be read is tried again, after a wait: once is the point here.
+        DMHubClient(app_id=sim.app_id, secret=sim.secret, base_url=sim.url, max_retries=0) as dm,
+    ):
+        made = sim.insert_customer({"name": "王", "attr": {"v": "<RAW>"}})
+        _served_with(monkeypatch, literal)
+        calls = {
+            "get": lambda: dm.customers.get(made["id"]),
+            "request": lambda: dm.request("GET", f"/v1/customers/{made['id']}"),
+            "list": lambda: dm.customers.list().to_list(),
+            "list_rows": lambda: dm.customers.list_rows().to_list(),
+        }
+        for fast in (True, False):
+            for fmt in ("jsonl", "csv"):
+                name = f"export {fmt}{'' if fast else ' without msgspec'}"
+
+                async def export(fmt: str = fmt, fast: bool = fast) -> Any:
+                    with monkeypatch.context() as patch:
+                        if not fast:
+                            patch.setattr(_json, "msgspec", None)
+                        dest = tmp_path / f"{fast}.{fmt}"
+                        return await export_customers(dm, dest, progress=False)
+
+                calls[name] = export
+        for name, read in calls.items():
+            try:
+                await read()
+            except ResponseDecodeError as err:
+                raised[name] = err
+            else:
+                raised[name] = None
+    return raised
+
+
+#: JSON numbers whose exponent is past what a ``Decimal`` holds (its Emax, about 10**18).
+BEYOND_DECIMAL = ["1e99999999999999999999", "-1E+99999999999999999999", "1e-99999999999999999999"]
+
+
+@pytest.mark.parametrize("text", BEYOND_DECIMAL)
+def test_a_number_beyond_a_decimal_is_a_value_error(text: str) -> None:
+    # Decimal(text) raises InvalidOperation, which is no ValueError: every reader, which takes
+    # a ValueError for a body that is not JSON, let it out raw.
+    body = ('{"rows":[{"id":1,"annualRevenue":' + text + '}],"total":1}').encode()
+    with pytest.raises(ValueError, match="beyond what a Decimal holds"):
+        _json.loads(body)
+    with pytest.raises(ValueError, match="beyond what a Decimal holds"):
+        _json.exact_number(text)
+    with pytest.raises(ValueError):  # noqa: PT011 - msgspec's and the stdlib's errors differ
+        read_customer_page(body)
+    with pytest.raises(ValueError, match="beyond what a Decimal holds"):
+        _json._raw_rows_decoding(body, "rows")
+
+
+def _exponent(marker: str) -> st.SearchStrategy[str]:
+    return st.just("") if not marker else st.integers(0, 10**25).map(f"{marker}{{}}".format)
+
+
+#: JSON number literals of every shape, their exponents far past a float's and a Decimal's.
+_NUMBER_TEXTS = st.builds(
+    "{}{}{}{}".format,
+    st.sampled_from(["", "-"]),
+    st.integers(0, 10**30).map(str),
+    st.sampled_from(["", ".5", ".000001", ".10000000000000001"]),
+    st.sampled_from(["", "e", "E+", "e-"]).flatmap(_exponent),
+)
+
+
+@settings(max_examples=100, deadline=None, derandomize=True)
+@given(_NUMBER_TEXTS)
+@example(BEYOND_DECIMAL[0])
+@example(BEYOND_DECIMAL[2])
+def test_a_json_number_is_read_or_refused_as_not_json(text: str) -> None:
+    """Whatever its size, a number is read, or refused as the ValueError of a body that is
+    not JSON, which the readers turn into ResponseDecodeError; nothing else escapes."""
+    body = ('{"rows":[{"id":1,"attr":{"n":' + text + "}}]}").encode()
+    for read in (_json.loads, read_customer_page, _json.raw_rows):
+        with contextlib.suppress(ValueError):
+            read(body)
+
+
+async def test_a_number_beyond_a_decimal_is_the_sdks_error_on_every_path(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # Each was a raw decimal.InvalidOperation, no DMHubError (the CLI: a traceback).
+    raised = await _every_read_of(BEYOND_DECIMAL[0].encode(), monkeypatch, tmp_path)
+    # msgspec's raw rows are written as the service sent them, as a 5,000-digit integer is.
+    assert raised.pop("export jsonl") is None
+    assert [name for name, err in raised.items() if err is None] == []
