@@ -1563,6 +1563,56 @@ async def test_a_lone_surrogate_sent_by_the_service_is_the_sdks_error_and_resuma
     assert report.complete
 
 
+#: ``attr`` values that are no JSON object, as list() refuses them ("expected an object").
+NOT_AN_OBJECT = {
+    "text": "abc",
+    "number": 5,
+    "pairs": ["ab", "cd"],
+    "empty list": [],
+    "false": False,
+}
+
+
+@pytest.mark.parametrize("attr", list(NOT_AN_OBJECT.values()), ids=list(NOT_AN_OBJECT))
+@pytest.mark.parametrize("page", ["first", "later"])
+def test_an_attr_that_is_no_object_stops_the_csv_naming_the_customer(attr: Any, page: str) -> None:
+    # dict(attr) raised a raw ValueError ("abc") or TypeError (5), wrote ["ab", "cd"] as
+    # {"a": "b", "c": "d"}, and `or {}` dropped [] and false: the export called itself complete.
+    from dmhub_async import ResponseDecodeError
+    from dmhub_async.export._writers import CsvWriter
+
+    writer = CsvWriter()
+    if page == "later":  # the header is the first page's: a later page's attr meets the columns
+        writer.encode([{"id": 1, "attr": {"k": "v"}}])
+    with pytest.raises(ResponseDecodeError) as caught:
+        writer.encode([{"id": 2, "attr": None}, {"id": 7, "attr": attr}])
+    assert f"customer 7, field 'attr': expected an object, got {type(attr).__name__}" in str(
+        caught.value
+    )
+    # A null attr, or none, is no refusal: no custom fields.
+    assert writer.encode([{"id": 8, "attr": None}, {"id": 9}]).count(b"\r\n") == 2
+
+
+async def test_an_attr_that_is_no_object_is_the_csv_exports_error(
+    sim: DMHubSimulator, client: DMHubClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from aiohttp import web
+
+    from dmhub_async import ResponseDecodeError, _json
+    from dmhub_async.testing import _app
+
+    def json_response(data: Any, status: int = 200) -> web.Response:
+        body = _json.dumps(data).replace(b'{"v":"<PAIRS>"}', b'["ab","cd"]')
+        return web.Response(body=body, status=status, content_type="application/json")
+
+    monkeypatch.setattr(_app, "json_response", json_response)
+    bad = sim.insert_customer({"name": "x", "attr": {"v": "<PAIRS>"}})
+    with pytest.raises(ResponseDecodeError, match=f"customer {bad['id']}, field 'attr'"):
+        await export_customers(client, tmp_path / "customers.csv", progress=False)
+    with pytest.raises(ResponseDecodeError, match="field 'attr': expected an object, got list"):
+        await client.customers.list().to_list()  # the same words
+
+
 async def test_a_nul_sent_by_the_service_is_written_or_the_sdks_error(
     sim: DMHubSimulator, client: DMHubClient, tmp_path: Path
 ) -> None:

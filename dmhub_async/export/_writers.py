@@ -114,16 +114,26 @@ class CsvWriter:
         if self.header is None:
             if self._bom:
                 buf.write("\ufeff")
-            if with_attr:
-                self._attr_keys = sorted({k for row in rows for k in (row.get("attr") or {})})
+            if with_attr:  # an attr that is no object is refused below, with its customer
+                self._attr_keys = sorted(
+                    {k for row in rows if isinstance(a := row.get("attr"), dict) for k in a}
+                )
             attr_columns = (*(f"attr.{k}" for k in self._attr_keys), "attr") if with_attr else ()
             self.header = (*fields, *attr_columns, *(("extra",) if self._extra else ()))
             writer.writerow(self.header)
         known = set(CSV_FIELDS) | {"attr"}
+        # dict.copy of what is no object raises TypeError: an attr list() refuses (a string,
+        # a number, a list) is found with no check a row. dict() of it raised a raw ValueError
+        # or TypeError, made {"a": "b"} of ["ab"], and `or {}` dropped [] and false unsaid.
+        copy = dict.copy
         for row in rows:
             cells = [_cell(row.get(f)) for f in fields]
             if with_attr:
-                attr = dict(row.get("attr") or {})
+                attr = row.get("attr")
+                try:
+                    attr = {} if attr is None else copy(attr)
+                except TypeError:
+                    raise _not_an_object(row, "attr") from None
                 cells += [_cell(attr.pop(k, None)) for k in self._attr_keys]
                 cells.append(_json_cell(attr) if attr else "")
             if self._extra:
@@ -173,6 +183,19 @@ def _unwritable(rows: Sequence[dict[str, Any]], what: str | None = None) -> Resp
     return ResponseDecodeError(
         f"GET /v1/customers -> HTTP 200: {where} holds {what}: "
         "the CSV cannot be written until the service's value is fixed",
+        status=200,
+        method="GET",
+        path="/v1/customers",
+    )
+
+
+def _not_an_object(row: dict[str, Any], field: str) -> ResponseDecodeError:
+    """The error for a customer whose ``field`` is no JSON object (nor null), which the CSV
+    cannot flatten to columns: worded as ``list()``'s refusal of the same customer."""
+    got = type(row[field]).__name__
+    return ResponseDecodeError(
+        f"GET /v1/customers -> HTTP 200: customer {row.get('id')!a}, field {field!r}: expected"
+        f" an object, got {got}: the CSV cannot be written until the service's value is fixed",
         status=200,
         method="GET",
         path="/v1/customers",
