@@ -1,16 +1,17 @@
 """JSON on the hot path: orjson when it can, the standard library when it cannot.
 
 Decoding is most of the cost of reading a page (benchmarks/bench_converter.py): orjson does it
-in about half the time of ``json.loads``. It refuses some of what the standard library still
-reads (NaN), so those bodies fall back rather than fail. Worse, it reads every number into 64
-bits: an integer beyond them comes back as a float, rounded (``12345678901234567890123`` as
-``1.2345678901234568e+22``), and so does a decimal with more digits than a float holds
-(``12345678901234567.89`` as ``1.2345678901234568e+16``). A body that may hold such a number is
-therefore decoded by ``json.loads``, which keeps every integer's digits and hands each other
-number to :func:`exact_number`: a float when the float is the same decimal, else a ``Decimal``.
-Finding out costs a scan of one byte in four (:func:`_may_lose_digits`), about a tenth of
-orjson's own time. Writing is the mirror image: orjson refuses integers beyond 64 bits, so
-those are handed to it as their digits, and so is a ``Decimal`` (a JSON number).
+in about half the time of ``json.loads``. A body it refuses falls back rather than fails (NaN
+and Infinity, which the standard library reads, are refused there too: not JSON). Worse, it
+reads every number into 64 bits: an integer beyond them comes back as a float, rounded
+(``12345678901234567890123`` as ``1.2345678901234568e+22``), and so does a decimal with more
+digits than a float holds (``12345678901234567.89`` as ``1.2345678901234568e+16``). A body that
+may hold such a number is therefore decoded by ``json.loads``, which keeps every integer's
+digits and hands each other number to :func:`exact_number`: a float when the float is the same
+decimal, else a ``Decimal``. Finding out costs a scan of one byte in four
+(:func:`_may_lose_digits`), about a tenth of orjson's own time. Writing is the mirror image:
+orjson refuses integers beyond 64 bits, so those are handed to it as their digits, and so is a
+``Decimal`` (a JSON number).
 
 :func:`raw_rows` splits a page into each row's bytes as the service sent them, for a writer
 that keeps them as they came (the export): with msgspec installed it never decodes a row,
@@ -120,13 +121,15 @@ def _not_json(constant: str) -> Any:
     raise ValueError(f"{constant} is not JSON")
 
 
-def loads(body: bytes | str, *, allow_nan: bool = True) -> Any:
+def loads(body: bytes | str) -> Any:
     """Decode a JSON body, every number exactly (but one whose exponent is below a float's
     range, ``1e-400``: see :func:`_may_lose_digits`); ValueError when it is not JSON.
 
     Integers are ints of any size; any other number is a float, or a ``Decimal`` where a float
     would lose a digit (:func:`exact_number`). ``NaN`` and ``Infinity``, which the standard
-    library writes but JSON has not, are read as floats, or refused without ``allow_nan``.
+    library writes but JSON has not, are refused as orjson and msgspec refuse them: read, they
+    were the JSONL export's ``null`` without msgspec (the page refused with it), the CSV's
+    ``nan``, and ``Decimal("NaN")`` in a model, which no write sends back.
     """
     raw = body.encode("utf-8", "surrogatepass") if isinstance(body, str) else body
     if len(raw) < _SHORTEST_LOSSY or not _may_lose_digits(raw):  # "[]": no call
@@ -135,9 +138,7 @@ def loads(body: bytes | str, *, allow_nan: bool = True) -> Any:
         except orjson.JSONDecodeError:
             pass
     # raises ValueError (UnicodeDecodeError too) when not JSON
-    return json.loads(
-        body, parse_float=exact_number, parse_constant=None if allow_nan else _not_json
-    )
+    return json.loads(body, parse_float=exact_number, parse_constant=_not_json)
 
 
 def _decimal_text(value: Any) -> Any:

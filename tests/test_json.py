@@ -627,3 +627,23 @@ async def test_a_number_beyond_a_decimal_is_the_sdks_error_on_every_path(
     # msgspec's raw rows are written as the service sent them, as a 5,000-digit integer is.
     assert raised.pop("export jsonl") is None
     assert [name for name, err in raised.items() if err is None] == []
+
+
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity"])
+def test_nan_and_infinity_are_not_json(literal: str) -> None:
+    # orjson and msgspec refuse them; the fallback read them (json.loads does), so the paths
+    # disagreed: the JSONL export without msgspec wrote null, the CSV nan, get() Decimal("NaN").
+    body = ('{"rows":[{"id":1,"annualRevenue":' + literal + "}]}").encode()
+    for read in (_json.loads, read_customer_page, _json.raw_rows):
+        with pytest.raises(ValueError):  # noqa: PT011 - msgspec's and the stdlib's errors differ
+            read(body)
+    with pytest.raises(ValueError, match=f"{literal} is not JSON"):
+        _json._raw_rows_decoding(body, "rows")
+
+
+@pytest.mark.parametrize("literal", [b"NaN", b"-Infinity"])
+async def test_nan_and_infinity_are_the_sdks_error_on_every_path(
+    literal: bytes, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    raised = await _every_read_of(literal, monkeypatch, tmp_path)
+    assert [name for name, err in raised.items() if err is None] == []

@@ -67,7 +67,7 @@ async def json_object(request: web.Request) -> dict[str, Any]:
     try:
         # Every number exactly (a float rounded 12345678901234567.89); NaN and Infinity, which
         # json.dumps writes, are not JSON: taken, they were stored and served as null.
-        data = _json.loads(raw, allow_nan=False)
+        data = _json.loads(raw)
     except (ValueError, UnicodeDecodeError):
         bad(BAD_BODY, "request body is not valid JSON")
     if not isinstance(data, dict):
