@@ -212,8 +212,9 @@ def customer_fields_to_wire(fields: CustomerFields | Mapping[str, Any]) -> dict[
     """Snake_case customer keyword fields as a camelCase wire body; None (clear) is kept.
 
     Values are made JSON-ready: ``datetime`` to ``...Z``, ``Decimal`` per
-    :func:`decimal_to_json`, ``Gender`` to its int; ``attr`` passes through as an object. Names
-    are not validated here (the resources layer refuses unknown keywords).
+    :func:`decimal_to_json`, ``Gender`` to its int; in ``attr`` only its datetimes and
+    Decimals (``scalars.json_to_wire``), any other value left for the body's check to refuse.
+    Names are not validated here (the resources layer refuses unknown keywords).
     """
     wire: dict[str, Any] = to_wire(fields, CustomerFields)
     # In the caller's order (the resources name a refused value by its position), and a name

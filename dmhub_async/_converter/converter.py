@@ -83,6 +83,8 @@ def make_converter(strict: bool = False) -> cattrs.Converter:
     field_names["annual_revenue"] = override(
         rename=customer_wire["annual_revenue"], unstruct_hook=scalars.number_to_wire
     )
+    # attr as JSON data: a model or an Enum in it is left for the body's check to refuse.
+    field_names["attr"] = override(rename=customer_wire["attr"], unstruct_hook=scalars.json_to_wire)
     conv.register_unstructure_hook(
         CustomerFields, make_typeddict_unstructure_fn(CustomerFields, conv, **field_names)
     )

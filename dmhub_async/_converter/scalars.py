@@ -304,6 +304,26 @@ def timestamp_to_wire(value: datetime | str | None) -> str | None:
     return format_timestamp(moment.replace(microsecond=0))
 
 
+def json_to_wire(value: Any) -> Any:
+    """JSON data to write (``attr``): each ``datetime`` in the wire's form and each ``Decimal``
+    as the JSON number it is, in dicts, lists and tuples; any other value as it is.
+
+    Not cattrs's hooks by runtime class: they made objects of an attrs model, a dataclass or
+    an Enum (its value) and sent them, where ``dm.request`` refuses them and the README says a
+    body holds only what JSON carries. Left as they are, the request's check refuses them by
+    name before anything is sent. A value that holds itself raises RecursionError, as cattrs did.
+    """
+    if isinstance(value, dict):
+        return {key: json_to_wire(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_to_wire(item) for item in value]
+    if isinstance(value, datetime):
+        return format_timestamp(value)
+    if isinstance(value, Decimal):
+        return decimal_to_json(value)
+    return value
+
+
 #: The most digits of an integer a request body carries (Python's own limit for int <-> str).
 MAX_INT_DIGITS: Final = 4300
 

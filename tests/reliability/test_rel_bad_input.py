@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import enum
 import inspect
 import itertools
 import json
@@ -406,6 +408,43 @@ async def test_bad_input_is_refused_before_any_request(
     async with connect(sim) as dm:
         with pytest.raises(expected or InvalidRequestError):
             await invoke(CASES[name](dm))
+    assert sim.counters.total == 0  # not even the token request
+
+
+@dataclasses.dataclass
+class Point:
+    x: int = 1
+
+
+class Colour(enum.Enum):
+    RED = "r"
+
+
+#: attr values JSON has no form for: cattrs's hooks sent a model and a dataclass as objects and
+#: an Enum as its value, where dm.request refused them and the README said a body holds only
+#: what JSON carries.
+NOT_JSON_IN_ATTR = {
+    "an attrs model": (OK, "Identity"),
+    "a dataclass": (Point(), "Point"),
+    "an Enum": (Colour.RED, "Colour"),
+}
+ATTR_WRITES: dict[str, Callable[[DMHubClient, Any], Any]] = {
+    "create": lambda dm, attr: dm.customers.create(attr=attr),
+    "update": lambda dm, attr: dm.customers.update(1, attr=attr),
+    "create_with_identities": lambda dm, attr: dm.customers.create_with_identities([OK], attr=attr),
+    "request": lambda dm, attr: dm.request("POST", "/v1/customers", json={"attr": attr}),
+}
+
+
+@pytest.mark.parametrize("write", list(ATTR_WRITES))
+@pytest.mark.parametrize("value", list(NOT_JSON_IN_ATTR.values()), ids=list(NOT_JSON_IN_ATTR))
+async def test_an_attr_holding_what_json_has_not_is_refused_naming_it(
+    sim: DMHubSimulator, connect: Callable[..., DMHubClient], write: str, value: Any
+) -> None:
+    held, kind = value
+    async with connect(sim) as dm:
+        with pytest.raises(InvalidRequestError, match=rf"\['k'\]\[1\] is a {kind}, which JSON"):
+            await ATTR_WRITES[write](dm, {"k": [1, held]})
     assert sim.counters.total == 0  # not even the token request
 
 
