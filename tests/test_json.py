@@ -403,12 +403,37 @@ def test_no_rows(body: bytes) -> None:
         assert (split.rows, split.ids) == ([], [])
 
 
-@pytest.mark.parametrize("body", [b"[1]", b'{"rows": [1, 2]}', b'{"rows": {}}', b"{", b"\xff"])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[1]",
+        b'{"rows": [1, 2]}',
+        b'{"rows": {}}',
+        b"{",
+        b"\xff",
+        b'{"rows": [{"n": "\xe7\x8e\x8b\xff"}]}',
+    ],
+)
 def test_raw_rows_of_what_is_no_page_is_a_value_error(body: bytes) -> None:
     with pytest.raises(ValueError):  # noqa: PT011 - msgspec's and the stdlib's errors differ
         _json.raw_rows(body)
     with pytest.raises(ValueError):  # noqa: PT011
         _json._raw_rows_decoding(body, "rows")
+
+
+@pytest.mark.parametrize(
+    "text", [b"\xe7\x8e\x8b\xff", b"a\xed\xa0\xbdb"], ids=["a stray byte", "CESU-8"]
+)
+def test_raw_rows_that_are_no_utf8_are_a_value_error(text: bytes) -> None:
+    # msgspec skips the text of a row it hands out as it came, unchecked: the JSONL export wrote
+    # such bytes (a stray one after a character, a surrogate's CESU-8: half an emoji encoded
+    # alone) and called itself complete. JSON is UTF-8; the readers refuse them.
+    body = b'{"rows": [{"id": 1, "name": "\xe7\x8e\x8b"}, {"id": 2, "name": "' + text + b'"}]}'
+    with pytest.raises(ValueError, match="can't decode"):
+        _json.raw_rows(body, "rows", ("total",))
+    with pytest.raises(ValueError, match="can't decode"):
+        _json.raw_rows(body)
+    assert _json.raw_rows(body.replace(text, "王".encode())).ids == [1, 2]
 
 
 @settings(max_examples=100, deadline=None, derandomize=True)
@@ -647,3 +672,22 @@ async def test_nan_and_infinity_are_the_sdks_error_on_every_path(
 ) -> None:
     raised = await _every_read_of(literal, monkeypatch, tmp_path)
     assert [name for name, err in raised.items() if err is None] == []
+
+
+async def test_text_that_is_no_utf8_is_the_sdks_error_on_every_path(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # The JSONL export with msgspec wrote it, a file that is no UTF-8, and called it complete.
+    raised = await _every_read_of(b'"\xe7\x8e\x8b\xff"', monkeypatch, tmp_path)
+    assert [name for name, err in raised.items() if err is None] == []
+    assert not (tmp_path / "True.jsonl").exists()  # nothing written but a work file, gone
+
+
+async def test_a_surrogates_cesu8_stops_every_export(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # The standard library reads it as the lone surrogate it encodes (as it reads "\ud83d"
+    # escaped), so get() and list() take it; no export may write it, which UTF-8 cannot hold.
+    raised = await _every_read_of(b'"a\xed\xa0\xbdb"', monkeypatch, tmp_path)
+    exports = {name: err for name, err in raised.items() if name.startswith("export")}
+    assert [name for name, err in exports.items() if err is None] == []
