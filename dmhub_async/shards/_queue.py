@@ -129,8 +129,14 @@ HEARTBEAT = 5.0
 IN_PROGRESS_TTL = 20.0
 #: A shard may take hours; liveness is the heartbeat's job, not the timeout's.
 JOB_TIMEOUT = 24 * 3600
-#: Tries of one shard (a kill, a failure) before arq gives it up.
+#: Tries of one shard (a kill, a failure, a worker stopped by SIGTERM: arq counts each run
+#: begun) before arq gives it up.
 MAX_TRIES = 5
+#: What a shard whose tries are spent says beside arq's words.
+_TRIES_SPENT = (
+    "its job was stopped or failed on each of its tries (a worker killed or stopped by "
+    "SIGTERM counts one); rerun the export, which resumes it from its checkpoint"
+)
 #: How long a job may wait in the queue: arq's default, a day, failed the shards still queued
 #: after a day behind long ones ("job expired") without a try. As long as results are kept.
 QUEUED_FOR = 7 * 24 * 3600
@@ -1357,10 +1363,22 @@ def _record(outcome: ShardOutcome, info: Any) -> None:
         error = info.result
         # An OSError as the other runners say it (the part, and why): it said "OSError" alone.
         # Any other error by its type: its text may hold what a manifest should not.
-        if isinstance(error, (DMHubError, OSError)):
+        if isinstance(error, (TimeoutError, asyncio.TimeoutError)) and not str(error):
+            # arq's job timeout (asyncio's wait_for): the reason was empty, "failed" alone.
+            message = (
+                f"timed out: its job ran past arq's job timeout ({JOB_TIMEOUT // 3600} h); "
+                "rerun the export, which resumes it from its checkpoint"
+            )
+        elif isinstance(error, (DMHubError, OSError)):
             message = failure_reason(error)
             if isinstance(error, AuthenticationError):
                 message = f"{without_token_hint(message)}: {worker_credentials_hint(error)}"
+        elif (
+            type(error).__name__ == "JobExecutionFailed" and type(error).__module__ == "arq.worker"
+        ):
+            # arq's own, whose words are its (no data of ours): "max 5 retries exceeded" was
+            # said "JobExecutionFailed" alone, its reason on the last worker's stderr only.
+            message = f"{error}: {_TRIES_SPENT}" if "retries exceeded" in str(error) else str(error)
         else:
             message = type(error).__name__
         outcome.status, outcome.error = "failed", message

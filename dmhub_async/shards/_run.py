@@ -214,7 +214,7 @@ def failure_reason(err: BaseException) -> str:
     SDK's own errors (an ``APITimeoutError`` is a ``TimeoutError`` too) by their message."""
     if isinstance(err, OSError) and not isinstance(err, DMHubError) and err.strerror:
         return f"{err.filename}: {err.strerror}" if err.filename is not None else err.strerror
-    return str(err)
+    return str(err) or type(err).__name__  # a bare TimeoutError() said nothing
 
 
 def record_result(outcome: ShardOutcome, result: dict[str, Any]) -> None:

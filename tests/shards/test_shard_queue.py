@@ -1924,3 +1924,37 @@ async def test_a_job_keeps_its_in_progress_mark_while_it_hashes_its_part(
     beaten = len(marks)
     await asyncio.sleep(0.1)  # ten heartbeats' time: none beats on after the job
     assert len(marks) == beaten
+
+
+@pytest.mark.parametrize(
+    ("error", "said"),
+    [
+        # Five graceful stops (SIGTERM deploys) spend a shard's tries: arq's reason was on the
+        # last worker's stderr alone, the manifest and the report said "JobExecutionFailed".
+        (
+            "max 5 retries exceeded",
+            "max 5 retries exceeded: its job was stopped or failed on each of its tries (a "
+            "worker killed or stopped by SIGTERM counts one); rerun the export, which resumes",
+        ),
+        ("job expired", "job expired"),
+        # arq's job timeout: a TimeoutError with no words, the reason empty ("failed" alone).
+        (None, "timed out: its job ran past arq's job timeout (24 h); rerun the export"),
+    ],
+    ids=["tries spent", "expired", "the job timeout"],
+)
+def test_a_job_arq_gave_up_fails_its_shard_saying_why(error: str | None, said: str) -> None:
+    import pickle
+
+    from arq.worker import JobExecutionFailed
+
+    from dmhub_async.shards import _queue
+
+    failed = asyncio.TimeoutError() if error is None else JobExecutionFailed(error)
+    [outcome] = Manifest.new(
+        [Shard(0, None, None)], fmt="jsonl", base_url="u", app_id="a", filters={}
+    ).shards
+    sent = pickle.loads(pickle.dumps(failed))  # as arq sends a failed job's error
+    _queue._record(outcome, types.SimpleNamespace(success=False, result=sent))
+
+    assert outcome.status == "failed"
+    assert (outcome.error or "").startswith(said), outcome.error
