@@ -9,11 +9,13 @@ complete, the coordinator's side checks that window again and appends what is mi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import AsyncIterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -535,20 +537,30 @@ async def test_a_sign_up_before_the_end_is_found_by_a_rerun_after_the_end(
     assert sent == []
 
 
+@contextlib.asynccontextmanager
+async def _ended_an_hour_ago(
+    out: Path, monkeypatch: pytest.MonkeyPatch, seed: int
+) -> AsyncIterator[tuple[_Clocks, DMHubSimulator, DMHubClient, datetime, Manifest]]:
+    """A two-shard export to ``out`` of the customers created up to an hour ago (planned
+    after that end): the clocks, the simulator, a client, the end and the first manifest."""
+    clocks = _Clocks(monkeypatch)
+    async with DMHubSimulator(customers=300, seed=seed, clock=clocks) as sim:
+        end = clocks.at(clocks.now - 3600)  # every customer of the window exists
+        async with DMHubClient(sim.app_id, sim.secret, base_url=sim.url) as dm:
+            first = await export_sharded(dm, out, 2, progress=False, date_created_to=end)
+            assert first.complete
+            yield clocks, sim, dm, end, first
+
+
 async def test_a_window_that_ended_before_its_plan_is_not_checked_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    clocks = _Clocks(monkeypatch)
     out = tmp_path / "closed"
-    async with DMHubSimulator(customers=300, seed=15, clock=clocks) as sim:
-        end = clocks.at(clocks.now - 3600)  # an hour ago: every customer of it exists
-        async with DMHubClient(sim.app_id, sim.secret, base_url=sim.url) as dm:
-            first = await export_sharded(dm, out, 2, progress=False, date_created_to=end)
-            sent: list[dict[str, str]] = []
-            sim.on_request(lambda request: sent.append(dict(request.query)))
-            again = await export_sharded(dm, out, 2, progress=False, date_created_to=end)
+    async with _ended_an_hour_ago(out, monkeypatch, 15) as (_, sim, dm, end, first):
+        sent: list[dict[str, str]] = []
+        sim.on_request(lambda request: sent.append(dict(request.query)))
+        again = await export_sharded(dm, out, 2, progress=False, date_created_to=end)
 
-    assert first.complete
     assert first.late_check is None
     assert again.complete
     assert again.late_check is None
@@ -560,18 +572,14 @@ async def test_a_manifest_of_an_earlier_release_is_late_checked_once(
 ) -> None:
     # Its manifest does not say when the last window was last seen whole: checked once, then
     # recorded.
-    clocks = _Clocks(monkeypatch)
     out = tmp_path / "older"
-    async with DMHubSimulator(customers=300, seed=16, clock=clocks) as sim:
-        end = clocks.at(clocks.now - 3600)
-        async with DMHubClient(sim.app_id, sim.secret, base_url=sim.url) as dm:
-            assert (await export_sharded(dm, out, 2, progress=False, date_created_to=end)).complete
-            path = out / "manifest.json"
-            raw = json.loads(path.read_text(encoding="utf-8"))
-            assert raw.pop("last_window_seen_at") == clocks.at(clocks.now).isoformat()
-            path.write_text(json.dumps(raw), encoding="utf-8")
-            once = await export_sharded(dm, out, 2, progress=False, date_created_to=end)
-            twice = await export_sharded(dm, out, 2, progress=False, date_created_to=end)
+    async with _ended_an_hour_ago(out, monkeypatch, 16) as (clocks, _, dm, end, _first):
+        path = out / "manifest.json"
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        assert raw.pop("last_window_seen_at") == clocks.at(clocks.now).isoformat()
+        path.write_text(json.dumps(raw), encoding="utf-8")
+        once = await export_sharded(dm, out, 2, progress=False, date_created_to=end)
+        twice = await export_sharded(dm, out, 2, progress=False, date_created_to=end)
 
     assert once.late_check is not None
     assert once.late_check.added == 0
