@@ -146,13 +146,20 @@ class RedisRateLimiter:
         self._item = RateLimitItemPerSecond(amount, seconds)
         self._key = f"dmhub_async:{key}"
         self._where = redis_where(url)
+        self._retry: Any = None
+        self._retry_on_error: tuple[type[BaseException], ...] = ()
 
         # Our own pool, so that aclose() can close it (the storage has no close of its own),
         # with timeouts: a frozen Redis must not hold a call for ever.
         def connect() -> ConnectionPool:
+            waiting: dict[str, Any] = {}
+            if self._retry is not None:  # a queue worker's: its commands' wait (see waiting_as)
+                waiting = {"retry": self._retry, "retry_on_error": list(self._retry_on_error)}
             # A caller's cancel as a command is sent (a worker's SIGTERM): not dropped.
             pool: ConnectionPool = sending_cancellably(
-                ConnectionPool.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+                ConnectionPool.from_url(
+                    url, socket_timeout=timeout, socket_connect_timeout=timeout, **waiting
+                )
             )
             return pool
 
@@ -179,6 +186,16 @@ class RedisRateLimiter:
         # scheduler's every asyncio.run(), and threads each running their own loop.
         self._per_loop = PerLoop(limiter, _disconnect)
         self._sleep = sleep
+
+    def waiting_as(self, retry: Any, on: tuple[type[BaseException], ...]) -> None:
+        """Its calls tried as ``retry`` (a redis-py ``Retry``) tries them, on the errors ``on``;
+        before its first call.
+
+        A queue worker's limiter waits for the queue's Redis as the worker's own commands do: a
+        call failing at once failed every shard being exported through a 5 s restart the
+        worker rode out without a rate limit. A plain client's call still fails at once.
+        """
+        self._retry, self._retry_on_error = retry, on
 
     def __repr__(self) -> str:
         return f"RedisRateLimiter({self._where!r}, {self.rate:g}/s)"

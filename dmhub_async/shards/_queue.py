@@ -845,6 +845,9 @@ def worker(
         if rate_limit is not None:
             app_id = kwargs.get("app_id") or os.environ.get("DMHUB_APP_ID") or "default"
             limiter = RedisRateLimiter(redis_url, rate_limit, key=str(app_id))
+            # Its Redis is the queue's: waited for as the worker's commands wait (one wait, the
+            # same _Away), not a shard failed the moment Redis restarts.
+            limiter.waiting_as(settings_of_redis.retry, tuple(settings_of_redis.retry_on_error))
             kwargs["rate_limit"] = limiter
         ctx["limiter"] = limiter
         ctx["client"] = DMHubClient(**kwargs)

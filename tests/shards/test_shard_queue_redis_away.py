@@ -448,3 +448,32 @@ async def test_an_export_whose_redis_freezes_past_the_workers_marks_ends_complet
     ids = exported_ids(out)
     assert len(ids) == len(set(ids)) == 20_000
     assert set(ids) == set(state["ids"])
+
+
+async def test_a_workers_shared_rate_limit_waits_for_a_restarted_redis_as_the_worker_does(
+    redis: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `dmhub-async worker --rate-limit 50` (the README's): a 5 s restart of the queue's Redis
+    # failed every shard being exported at once ("the shared rate limit at ... cannot be
+    # reached (ConnectionError): no request was sent"), arq not trying it again: exit 3, 1
+    # part of 3. The worker itself rode the restart out; its limiter now waits as it does.
+    monkeypatch.setattr(_queue, "REDIS_WAIT", 20.0)
+    arq_worker = _queue.worker(
+        redis.url,
+        handle_signals=False,
+        rate_limit=50,
+        client={"app_id": "a", "secret": "s", "base_url": "http://127.0.0.1:1"},
+    )
+    ctx: dict[str, Any] = {}
+    await arq_worker.on_startup(ctx)
+    try:
+        limiter = ctx["limiter"]
+        await limiter.acquire()  # connected: the restart below is one mid-run
+        redis.kill()
+        acquiring = asyncio.ensure_future(limiter.acquire())
+        await asyncio.sleep(0.5)  # the Redis's own downtime: no clock of ours measures it
+        assert not acquiring.done(), acquiring
+        redis.start()
+        await asyncio.wait_for(acquiring, 15)
+    finally:
+        await arq_worker.on_shutdown(ctx)
