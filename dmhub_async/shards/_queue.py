@@ -297,6 +297,12 @@ class _Away:
         with contextlib.suppress(ValueError):  # checked before: a URL it reads
             self.password = urlsplit(redis_url).password
         self.since: float | None = None
+        #: When the wait for Redis ends, for every command of the pool: that of the command
+        #: whose try first failed. Each command had a wait of its own, and the ~16 queued
+        #: behind the pool's lock (progress writes, the heartbeat, arq's health record) took
+        #: their minute each, one after the other: a worker that said it stops ran on for
+        #: minutes, and a SIGTERM took the whole --stop-timeout.
+        self.until: float | None = None
         self.said_over = False
 
     def __deepcopy__(self, memo: dict[int, Any]) -> _Away:
@@ -313,6 +319,7 @@ class _Away:
             return
         now = time.monotonic()
         self.since = now if began is None else min(began, now)
+        self.until = until
         reason = printable(str(error) or type(error).__name__)[:200].rstrip(".")
         if getattr(self, "password", None):  # never in redis-py's words: kept so
             reason = reason.replace(self.password or "", "***")
@@ -339,7 +346,12 @@ class _Away:
             round(time.monotonic() - self.since),
             self.who,
         )
-        self.since, self.said_over = None, False
+        self.since, self.until, self.said_over = None, None, False
+
+    def ends(self, until: float) -> float:
+        """When a command's tries end, ``until`` its own end: at the wait's end, if Redis is
+        waited for (and at once, once the wait is over: the worker stops)."""
+        return until if self.until is None else min(until, self.until)
 
     def gave_up(self, wait: float) -> None:
         if self.since is None or self.said_over:
@@ -386,9 +398,12 @@ def _waiting_class() -> Any:
 
         async def _tries(self, do: Any, fail: Any) -> Any:
             self._backoff.reset()  # type: ignore[no-untyped-call]
-            until = time.monotonic() + self.wait
+            mine = time.monotonic() + self.wait
             failures = 0
             while True:
+                # One wait for all the pool's commands (and those of a worker's rate limit),
+                # not one each: see _Away.until.
+                until = mine if self.away is None else self.away.ends(mine)
                 began = time.monotonic()
                 within = max(min(self.answer, until - began), 0.001)
                 try:
@@ -527,9 +542,16 @@ async def _export_shard_job(ctx: dict[str, Any], task: dict[str, Any]) -> dict[s
             if not ended:
                 await asyncio.sleep(every)
 
+    writing: asyncio.Future[Any] | None = None
+
     def on_progress(done: Any) -> None:
-        nonlocal last
+        nonlocal last, writing
         now = time.monotonic()
+        # One write at a time: progress is the latest count, and a Redis away queued one write
+        # every half second, each its own wait for Redis behind the pool's lock (see
+        # _Away.until): the worker ran on for minutes after it said it stops.
+        if writing is not None and not writing.done():
+            return
         if now - last >= _PROGRESS_EVERY:
             last = now
             writing = asyncio.ensure_future(

@@ -477,3 +477,121 @@ async def test_a_workers_shared_rate_limit_waits_for_a_restarted_redis_as_the_wo
         await asyncio.wait_for(acquiring, 15)
     finally:
         await arq_worker.on_shutdown(ctx)
+
+
+async def test_the_wait_for_redis_is_one_deadline_for_all_of_a_workers_commands(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Each command had a wait of its own: the ~16 queued behind the pool's lock as Redis went
+    # (a progress write every half second, the heartbeat, arq's health record) each waited
+    # its minute in turn, and a worker that said "did not come back within 60 s: the worker
+    # stops" ran on for minutes; a SIGTERM then took the whole --stop-timeout. A command
+    # begun while Redis is waited for ends with the first one's wait, and one begun after
+    # it is over is tried once.
+    from types import SimpleNamespace
+
+    now = 1000.0
+    monkeypatch.setattr(
+        _queue,
+        "time",
+        SimpleNamespace(
+            monotonic=lambda: now, time=time.time, strftime=time.strftime, localtime=time.localtime
+        ),
+    )
+    tries = 0
+
+    async def refused() -> str:
+        nonlocal now, tries
+        tries += 1
+        now += 10.0  # each try, a while of the worker's clock: 6 of them fill a wait
+        raise ConnectionError("Connection refused")
+
+    async def failed(_: BaseException) -> None:
+        pass
+
+    away = _queue._Away("redis://127.0.0.1:6390/0", "the worker")
+    waiting = _queue._waiting_class()(_queue._backoff(), 32, 60.0, 10.0, away)
+    waiting.update_supported_errors([ConnectionError])
+    # The first command's first try failed as Redis went, 50 s of its wait ago.
+    away.failed(ConnectionError("Connection refused"), now + 60.0, now)
+    now += 50.0
+    with pytest.raises(ConnectionError):
+        await asyncio.wait_for(waiting.call_with_retry(refused, failed), 3)
+    assert tries == 1, tries  # its 10 s reached the first command's end: not a minute more
+    away.gave_up(60.0)
+    tries = 0
+    with pytest.raises(ConnectionError):
+        await asyncio.wait_for(waiting.call_with_retry(refused, failed), 3)
+    assert tries == 1, tries  # the worker stops: one try, not a wait of its own
+
+
+async def test_a_shard_has_at_most_one_progress_write_in_flight(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A Redis away while a shard ran: a progress write was made every half second while the
+    # earlier ones waited, ~16 of them queued behind the pool's lock, each its own wait for
+    # Redis. Progress is the latest count: the next is written once the last has ended.
+    from types import SimpleNamespace
+
+    answered = asyncio.Event()
+    in_flight = most = writes = 0
+
+    async def hset(*_: Any) -> None:
+        nonlocal in_flight, most, writes
+        in_flight += 1
+        writes += 1
+        most = max(most, in_flight)
+        try:
+            await answered.wait()  # a Redis away: until it is back
+        finally:
+            in_flight -= 1
+
+    async def expire(*_: Any) -> None:
+        pass
+
+    async def set_mark(*_: Any, **__: Any) -> None:
+        pass
+
+    async def export_shard(*_: Any, on_progress: Any, **__: Any) -> Any:
+        for exported in range(1, 21):
+            on_progress(SimpleNamespace(exported=exported))
+            await asyncio.sleep(0)
+        answered.set()  # Redis back: the write in flight ends, then the last one is made
+        for _ in range(5):
+            await asyncio.sleep(0)
+        on_progress(SimpleNamespace(exported=21))
+        return SimpleNamespace(exported=21)
+
+    async def result_of(_: Any) -> dict[str, Any]:
+        return {}
+
+    async def here(*_: Any) -> Path:
+        return tmp_path
+
+    monkeypatch.setattr(_queue, "_PROGRESS_EVERY", 0.0)
+    monkeypatch.setattr(_queue, "export_shard", export_shard)
+    monkeypatch.setattr(_queue, "result_of", result_of)
+    monkeypatch.setattr(_queue, "_local_directory", here)
+    monkeypatch.setattr(_queue, "_check_same_version", lambda _: None)
+    monkeypatch.setattr(_queue, "_check_same_service", lambda *_: None)
+    redis = SimpleNamespace(hset=hset, expire=expire, set=set_mark)
+    pending: set[asyncio.Future[Any]] = set()
+    ctx = {
+        "redis": redis,
+        "job_id": "j",
+        "client": None,
+        "takeover": 3.0,
+        "heartbeat": 1.0,
+        "pending_progress": pending,
+    }
+    task = {
+        "shard": Shard(0, None, None).to_dict(),
+        "format": "jsonl",
+        "export_id": "e",
+        "page_size": 100,
+        "concurrency": 1,
+    }
+    await asyncio.wait_for(_queue._export_shard_job(ctx, task), 10)
+    await asyncio.wait_for(asyncio.gather(*pending), 10)
+    assert most <= 2, most  # one progress write, and the shard's final count
+    assert writes == 3, writes  # the first, the one after it ended, the final count
