@@ -49,6 +49,18 @@ def _cancellable(base: Any) -> Any:
         __slots__ = ()  # redis-py's connections have slots: the same layout, to swap a class
         _sends_cancellably = True
 
+        async def connect(self: Any) -> None:
+            if self.is_connected or not getattr(self.retry, "tries_whole_connects", False):
+                await super().connect()
+                return
+            # A queue's tries (shards._queue._waiting), of the whole connect: redis-py tries
+            # the socket's alone, then reads the handshake (CLIENT SETINFO) outside every try.
+            # A frozen Redis accepts the socket (the kernel queues it): that counted as Redis
+            # back, and the handshake's unanswered read stopped a busy worker 10 s into a 30 s
+            # freeze. The connect's own tries within these are one (the queue's _TRYING).
+            whole = super().connect
+            await self.retry.call_with_retry(whole, lambda error: self.disconnect())
+
         async def send_packed_command(self: Any, command: Any, check_health: bool = True) -> None:
             if not self.is_connected:
                 await self.connect()  # its reads within the socket timeout, as redis-py has them

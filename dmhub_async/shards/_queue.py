@@ -377,6 +377,9 @@ def _waiting_class() -> Any:
     from redis.exceptions import TimeoutError as RedisTimeoutError
 
     class _Waiting(Retry):
+        #: A connection's connect, handshake and all, is tried as one (see _redis_send).
+        tries_whole_connects = True
+
         def __init__(
             self, backoff: Any, retries: int, wait: float, answer: float, away: _Away | None
         ) -> None:

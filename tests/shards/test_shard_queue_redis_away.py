@@ -595,3 +595,46 @@ async def test_a_shard_has_at_most_one_progress_write_in_flight(
     await asyncio.wait_for(asyncio.gather(*pending), 10)
     assert most <= 2, most  # one progress write, and the shard's final count
     assert writes == 3, writes  # the first, the one after it ended, the final count
+
+
+async def test_a_connect_to_a_frozen_redis_is_waited_for_handshake_and_all(
+    redis: RedisServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Redis frozen 30 s (SIGSTOP, a paused VM) under a busy worker: the health record's
+    # connection was made outside every command's tries; the frozen Redis accepted its socket
+    # (the kernel queues it), which counted as "is back", and the handshake's read then went
+    # unanswered: the worker stopped (exit 1) 10 s into a freeze its wait is for.
+    from redis.asyncio import ConnectionPool, Redis
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    from dmhub_async._redis_send import sending_cancellably
+
+    monkeypatch.setattr(_queue, "REDIS_WAIT", 20.0)
+    monkeypatch.setattr(_queue, "REDIS_ANSWER", 0.5)
+    caplog.set_level("INFO", logger="dmhub_async")
+    pool = sending_cancellably(
+        ConnectionPool.from_url(
+            redis.url,
+            socket_timeout=0.5,
+            socket_connect_timeout=0.5,
+            retry=_queue._waiting(redis_url=redis.url),
+            retry_on_error=[RedisConnectionError, RedisTimeoutError, OSError],
+        )
+    )
+    client = Redis(connection_pool=pool)
+    try:
+        _away(redis, "frozen")
+        try:
+            # No connection yet: the pool makes one for the command, outside its tries.
+            counting = asyncio.ensure_future(client.zcard("dmhub_async:health"))
+            await asyncio.sleep(1.5)  # the freeze: the Redis's own time, no clock of ours
+            assert not counting.done(), counting
+            said = _said(caplog)
+            assert not any("is back" in line for line in said), said
+        finally:
+            _back(redis, "frozen")
+        assert await asyncio.wait_for(counting, 15) == 0
+    finally:
+        await client.aclose()
+        await pool.disconnect()
