@@ -253,33 +253,40 @@ def test_a_redis_that_answers_after_the_wait_was_given_up_is_not_said_to_be_back
     assert said[1].endswith("did not come back within 2 s: the worker stops"), said
 
 
+class _WorkerClock:
+    """The queue's clock (``_queue.time.monotonic``) at ``now``, moved by the test."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        from types import SimpleNamespace
+
+        self.now = 1000.0
+        clock = SimpleNamespace(
+            monotonic=lambda: self.now,
+            time=time.time,
+            strftime=time.strftime,
+            localtime=time.localtime,
+        )
+        monkeypatch.setattr(_queue, "time", clock)
+
+
 async def test_a_frozen_redis_is_said_back_after_the_time_it_did_not_answer(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     # Redis paused 16 s (SIGSTOP): the first try went unanswered its 10 s, and the second
     # was answered 6 s later. It said "is back, after 6 s", counted from the first try's
     # end: 10 s short of the time the worker waited, every time Redis froze.
-    from types import SimpleNamespace
-
     from redis.exceptions import TimeoutError as RedisTimeoutError
 
-    now = 1000.0
-    monkeypatch.setattr(
-        _queue,
-        "time",
-        SimpleNamespace(
-            monotonic=lambda: now, time=time.time, strftime=time.strftime, localtime=time.localtime
-        ),
-    )
+    clock = _WorkerClock(monkeypatch)
     tries = 0
 
     async def command() -> str:
-        nonlocal now, tries
+        nonlocal tries
         tries += 1
         if tries == 1:
-            now += 10.0  # unanswered for its REDIS_ANSWER
+            clock.now += 10.0  # unanswered for its REDIS_ANSWER
             raise RedisTimeoutError("no answer in 10 s")
-        now += 6.0  # answered as Redis is thawed
+        clock.now += 6.0  # answered as Redis is thawed
         return "PONG"
 
     async def failed(_: BaseException) -> None:
@@ -488,22 +495,13 @@ async def test_the_wait_for_redis_is_one_deadline_for_all_of_a_workers_commands(
     # stops" ran on for minutes; a SIGTERM then took the whole --stop-timeout. A command
     # begun while Redis is waited for ends with the first one's wait, and one begun after
     # it is over is tried once.
-    from types import SimpleNamespace
-
-    now = 1000.0
-    monkeypatch.setattr(
-        _queue,
-        "time",
-        SimpleNamespace(
-            monotonic=lambda: now, time=time.time, strftime=time.strftime, localtime=time.localtime
-        ),
-    )
+    clock = _WorkerClock(monkeypatch)
     tries = 0
 
     async def refused() -> str:
-        nonlocal now, tries
+        nonlocal tries
         tries += 1
-        now += 10.0  # each try, a while of the worker's clock: 6 of them fill a wait
+        clock.now += 10.0  # each try, a while of the worker's clock: 6 of them fill a wait
         raise ConnectionError("Connection refused")
 
     async def failed(_: BaseException) -> None:
@@ -513,8 +511,8 @@ async def test_the_wait_for_redis_is_one_deadline_for_all_of_a_workers_commands(
     waiting = _queue._waiting_class()(_queue._backoff(), 32, 60.0, 10.0, away)
     waiting.update_supported_errors([ConnectionError])
     # The first command's first try failed as Redis went, 50 s of its wait ago.
-    away.failed(ConnectionError("Connection refused"), now + 60.0, now)
-    now += 50.0
+    away.failed(ConnectionError("Connection refused"), clock.now + 60.0, clock.now)
+    clock.now += 50.0
     with pytest.raises(ConnectionError):
         await asyncio.wait_for(waiting.call_with_retry(refused, failed), 3)
     assert tries == 1, tries  # its 10 s reached the first command's end: not a minute more
