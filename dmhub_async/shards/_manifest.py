@@ -717,6 +717,15 @@ def merge_parts(
     if manifest is None:
         raise InvalidRequestError(f"{directory} has no {MANIFEST_NAME}: not a sharded export")
     _check_named_as(Path(dest), manifest.format)
+    into = Path(dest).resolve()
+    for outcome in manifest.shards:
+        if (Path(directory) / outcome.file).resolve() == into:
+            # A part that is a link to ``dest`` (parts kept on another disk): the merged file
+            # replaced the part's data, which the next merge refused by its size.
+            raise InvalidRequestError(
+                f"{dest} is {outcome.file} of the export (the part is a link to it): merge into "
+                "a file elsewhere"
+            )
     if not manifest.complete and not allow_incomplete:
         raise InvalidRequestError(
             f"the export in {directory} is not complete: finish it first (rerun the export), "

@@ -2226,3 +2226,19 @@ def test_the_cli_quotes_a_directory_named_like_a_setting_as_it_is(
 
     error = capsys.readouterr().err
     assert f"exports/{name} has no manifest.json" in error, error
+
+
+def test_a_merge_into_the_file_a_part_links_to_is_refused(done: Path, tmp_path: Path) -> None:
+    # A part kept elsewhere, linked from the directory: `merge --out` that file (with --force)
+    # replaced the part's data with the merged file, which the next merge refused by its size.
+    kept = tmp_path / "kept.jsonl"
+    part = done / "part-00001.jsonl"
+    part.replace(kept)
+    part.symlink_to(kept)
+    before = kept.read_bytes()
+
+    with pytest.raises(InvalidRequestError, match=r"is part-00001\.jsonl of the export"):
+        merge(done, kept)
+
+    assert kept.read_bytes() == before
+    assert merge(done, tmp_path / "all.jsonl") == CUSTOMERS
