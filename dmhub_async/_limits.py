@@ -217,6 +217,10 @@ class Limits:
             return True
         return False
 
+    def queued(self) -> bool:
+        """Whether :meth:`acquire` would wait for a slot (not only for the rate)."""
+        return not self._free or bool(self._waiters)
+
     async def acquire(self) -> None:
         """Wait for a slot, then for the rate; :meth:`release` gives the slot back."""
         if self._free and not self._waiters:

@@ -230,7 +230,8 @@ def _end_reads(responses: Iterable[aiohttp.ClientResponse]) -> None:
 
 async def _slot_unless_closed(limits: Limits, closing: Closing) -> None:
     """A slot of ``limits``, waited for until ``closing`` closes: a derived client's own close
-    ends its wait, as the parent's ends the parent's.
+    ends its wait, as the parent's ends the parent's (those queued behind a session passed in's
+    requests, which run on, too).
 
     The wait runs in a task of its own: a caller cancelled (a timeout, a task group) in the
     turn that task was handed the slot left with the slot taken, never given back, and once
@@ -733,10 +734,13 @@ class Session:
         limits = self._limits
         if limits.take():  # a free slot, the usual case, without a coroutine
             pass
-        elif self.derived:  # the limits are the parent's: its close alone ended the wait
+        elif self.derived or limits.queued():
+            # Queued behind the calls in flight, or the limits the parent's: the close ends the
+            # wait. A session passed in runs its requests to their end (up to `timeout`), and a
+            # call queued behind one, never to be sent, waited that long after aclose().
             await _slot_unless_closed(limits, self._closing)
         else:
-            await limits.acquire()
+            await limits.acquire()  # a free slot, then a rate turn (which the close ends)
         once: _SentOnce | None = None
         try:
             if method in _WRITES:

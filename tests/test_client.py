@@ -171,6 +171,34 @@ async def test_request_queued_when_the_client_closes_gets_the_closed_error(api, 
     assert len(calls(api, "/v1/customers/1")) == 1
 
 
+async def test_closing_ends_a_call_queued_behind_a_request_of_a_passed_in_session():
+    # A session of the caller's runs its requests in flight to their end (up to `timeout`):
+    # a call queued behind one for its slot, never sent, waited that long after aclose()
+    # returned, then raised "closed".
+    arrived, release = asyncio.Event(), asyncio.Event()
+
+    async def slow(request: web.Request) -> web.Response:
+        arrived.set()
+        await release.wait()
+        return web.json_response(CUSTOMER)
+
+    app = web.Application()
+    app.router.add_get("/v1/customers/{id}", slow)
+    async with serving(app) as base, aiohttp.ClientSession() as http:
+        dm = DMHubClient(access_token="tok", base_url=base, session=http, max_concurrency=1)
+        first = asyncio.ensure_future(dm.request("GET", "/v1/customers/1"))
+        queued = asyncio.ensure_future(dm.request("GET", "/v1/customers/2"))
+        await asyncio.wait_for(arrived.wait(), 5)  # first in flight, queued waits for its slot
+        await dm.aclose()
+        done, _ = await asyncio.wait([queued], timeout=1)
+        release.set()
+        assert done == {queued}  # before: still waiting, for as long as first ran
+        with pytest.raises(DMHubError, match=r"^this DMHubClient is closed"):
+            await queued
+        assert await asyncio.wait_for(first, 5) == CUSTOMER  # the caller's session: run on
+        assert dm.stats.requests == 1
+
+
 class _NeverFree:
     """A shared rate limit (as RedisRateLimiter is) that has no place free for a long while."""
 
