@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import heapq
+import inspect
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
-from ._exceptions import DMHubError
-from ._validate import check_number
+from ._exceptions import DMHubError, InvalidRequestError
+from ._validate import check_number, short
 
 __all__ = [
     "Closing",
@@ -144,8 +145,18 @@ class UnlessClosed:
         self._closing = closing
 
     async def acquire(self) -> None:
-        """The shared limit's ``acquire()``, or the closed error as soon as the client closes."""
-        await self._closing.wait(self.limit.acquire())
+        """The shared limit's ``acquire()``, or the closed error as soon as the client closes.
+
+        An ``acquire`` that returns no awaitable (a plain function) is InvalidRequestError,
+        naming it, before anything is sent: asyncio's raw TypeError named nothing.
+        """
+        waiting = self.limit.acquire()
+        if not inspect.isawaitable(waiting):
+            raise InvalidRequestError(
+                f"rate_limit's acquire() returned {short(waiting)}, not an awaitable: it must be"
+                " an async function (async def acquire(self) -> None)"
+            )
+        await self._closing.wait(waiting)
 
 
 class RateLimiter:

@@ -176,3 +176,23 @@ async def test_turns_given_back_by_cancelled_callers_are_taken_by_the_next(order
     for task in [*late, *(t for t in waiting if t not in cancelled)]:
         task.cancel()
     await asyncio.gather(*late, *waiting, return_exceptions=True)
+
+
+class _SyncAcquire:
+    """A shared limit whose acquire() is no async function: it returns None."""
+
+    def acquire(self) -> None:
+        return None
+
+
+async def test_a_shared_limit_whose_acquire_is_not_async_is_refused_by_name() -> None:
+    # It passed the client's check (callable) and failed the first call with asyncio's raw
+    # TypeError "An asyncio.Future, a coroutine or an awaitable is required", naming nothing.
+    from dmhub_async import DMHubClient, InvalidRequestError
+
+    async with DMHubClient(
+        access_token="tok", base_url="http://127.0.0.1:9", rate_limit=_SyncAcquire()
+    ) as dm:
+        with pytest.raises(InvalidRequestError, match=r"^rate_limit's acquire\(\) returned None"):
+            await dm.request("GET", "/v1/customers/1")
+        assert dm.stats.requests == 0
