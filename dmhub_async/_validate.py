@@ -34,6 +34,7 @@ __all__ = [
     "MAX_CONCURRENCY",
     "MAX_QUERY_LENGTH",
     "MAX_URL_LENGTH",
+    "at_index",
     "check_concurrency",
     "check_customer_fields",
     "check_id",
@@ -722,11 +723,27 @@ def is_collection(value: object) -> bool:
     return isinstance(value, Iterable) and not isinstance(value, (str, bytes, Identity))
 
 
+def at_index(err: InvalidRequestError, method: str, index: int) -> InvalidRequestError:
+    """``err`` naming the input's item it is about by its index (its value may be personal
+    data; among thousands of identities, "identity value of type mobile" named none)."""
+    prefix = f"{method}(): "
+    message = str(err).removeprefix(prefix)
+    return InvalidRequestError(f"{prefix}identities[{index}]: {message}")
+
+
 def check_identities(method: str, identities: Iterable[Identity]) -> list[Identity]:
     """A non-empty list of valid identities."""
     if not is_collection(identities):
         raise InvalidRequestError(f"{method}(): identities must be a list of Identity")
-    checked = [check_identity(method, i) for i in identities]
+    checked: list[Identity] = []
+    for index, identity in enumerate(identities):
+        try:
+            checked.append(check_identity(method, identity))
+        except InvalidRequestError as err:
+            # Its place among them, as lookup_many's: which of a user's identities it was,
+            # without its value (personal data). "identity value must be a non-empty string"
+            # named none of them.
+            raise at_index(err, method, index) from None
     if not checked:
         raise InvalidRequestError(f"{method}(): at least one identity is needed")
     return checked

@@ -12,7 +12,7 @@ from typing import Any, Literal, overload
 from .._converter import identity_to_wire, structure_identities, structure_identity
 from .._converter.scalars import INT_TEXT
 from .._exceptions import InvalidRequestError, ResponseDecodeError
-from .._validate import check_concurrency, check_id, check_identity, is_collection
+from .._validate import at_index, check_concurrency, check_id, check_identity, is_collection
 from ..models.identity import CustomerIdentity, Identity
 from ._batches import sized_batches
 from ._filters import LONG_ID_LIST, checked_ids
@@ -159,7 +159,7 @@ class Identities(Resource):
             try:
                 results.setdefault(check_identity("lookup_many", identity))
             except InvalidRequestError as err:
-                raise _at(err, "lookup_many", taken - 1) from None
+                raise at_index(err, "lookup_many", taken - 1) from None
             if not taken % _PAUSE_EVERY:
                 await asyncio.sleep(0)
         if not results:
@@ -336,7 +336,7 @@ class Identities(Resource):
                     while window:
                         yield await drain_one()
                     if isinstance(err, InvalidRequestError):
-                        raise _at(err, "lookup_iter", taken) from None
+                        raise at_index(err, "lookup_iter", taken) from None
                     raise
                 taken += 1
                 if not taken % _PAUSE_EVERY:
@@ -408,14 +408,6 @@ def _customer_of(identity: Identity, data: Any) -> int | None:
         row = kind = value = customer_id = found = None
         raise
     return None
-
-
-def _at(err: InvalidRequestError, method: str, index: int) -> InvalidRequestError:
-    """``err`` naming the input's item it is about by its index (its value may be personal
-    data; among thousands of identities, "identity value of type mobile" named none)."""
-    prefix = f"{method}(): "
-    message = str(err).removeprefix(prefix)
-    return InvalidRequestError(f"{prefix}identities[{index}]: {message}")
 
 
 def _check_concurrency(concurrency: object) -> None:

@@ -472,6 +472,35 @@ async def test_a_customer_id_out_of_range_is_refused_with_the_range(
     assert sim.counters.total == 0
 
 
+#: An upsert's identity refused, and what the refusal says of it (never the value).
+BAD_UPSERT_IDENTITY = {
+    "a mangled mobile": (Identity("mobile", "13800138000.0"), "identity value of type mobile "),
+    "an empty value": (Identity("wechat", ""), "identity value must be a non-empty string"),
+    "an over-long value": (Identity("wechat", "v" * 129), "identity value is 129 characters"),
+    "no Identity": ("o-999", "expected an Identity(type, value), not str"),
+}
+
+
+@pytest.mark.parametrize("bad", list(BAD_UPSERT_IDENTITY.values()), ids=list(BAD_UPSERT_IDENTITY))
+async def test_an_upserts_bad_identity_is_named_by_its_place(
+    sim: DMHubSimulator, connect: Callable[..., DMHubClient], bad: tuple[Any, str]
+) -> None:
+    # "create_with_identities(): identity value must be a non-empty string" named none of the
+    # identities given, where lookup_many names its item (identities[3]), as the changelog
+    # said both did.
+    identity, said = bad
+    given = [OK, Identity("mobile", "13800138000"), identity]
+    async with connect(sim) as dm:
+        with pytest.raises(InvalidRequestError) as raised:
+            await dm.customers.create_with_identities(given, name="x")
+    message = str(raised.value)
+    assert message.startswith("create_with_identities(): identities[2]: ")
+    assert said in message
+    assert "13800138000.0" not in message  # its place, not its value: personal data
+    assert "o-999" not in message
+    assert sim.counters.total == 0
+
+
 async def test_a_mobile_filter_a_float_wrote_says_so_and_other_mobiles_are_sent(
     sim: DMHubSimulator, connect: Callable[..., DMHubClient]
 ) -> None:
