@@ -15,7 +15,14 @@ from typing import Any
 
 import pytest
 
-from dmhub_async import Identity, InvalidRequestError, ResponseDecodeError, ServerError
+from dmhub_async import (
+    AuthenticationError,
+    Identity,
+    InvalidRequestError,
+    ResponseDecodeError,
+    ServerError,
+)
+from dmhub_async._sansio import TOKEN_PATH
 from dmhub_async.resources.identities import Identities
 
 
@@ -50,7 +57,7 @@ class FakeClient:
         try:
             await asyncio.sleep(self.latency)
             if identity in self.failing:
-                raise ServerError("GET /v1/customeridentities -> HTTP 500", status=500)
+                raise ServerError("GET /v1/customeridentities -> HTTP 500", status=500, path=path)
             if identity not in self.bound:
                 return []
             return [
@@ -162,6 +169,40 @@ async def test_lookup_many_raises_the_first_failure_and_cancels_the_rest() -> No
     assert not other_tasks()
     assert client.in_flight == 0
     assert sum(client.asked.values()) < 40  # it stopped early
+
+
+async def test_lookup_many_names_the_input_whose_lookup_failed() -> None:
+    # "GET /v1/customeridentities -> HTTP 500" named none of the inputs (the URL's value is
+    # masked): which of 5,000 to check or drop? Its first place, and its type; not its value.
+    bad = Identity("wechat", "o7")
+    _, ids = fake(10, failing=frozenset({bad}))
+    wanted = [*identities(5), Identity("wechat", "o3"), *identities(10)[5:]]  # o7 at 8
+    with pytest.raises(ServerError) as caught:
+        await ids.lookup_many(wanted, concurrency=4)
+    message = str(caught.value)
+    assert message == (
+        "lookup_many(): identities[8] (a wechat identity): GET /v1/customeridentities -> HTTP 500"
+    )
+    assert caught.value.status == 500
+    assert not other_tasks()
+
+
+async def test_lookup_many_names_no_input_for_an_error_none_of_them_caused() -> None:
+    # A refused secret fails every lookup with one error: it is no input's, and each lookup
+    # named it again had the message start with eight places.
+    refused = AuthenticationError(
+        "GET /security/accesstoken -> HTTP 200, error_code 40004", status=200, path=TOKEN_PATH
+    )
+
+    class Refused(FakeClient):
+        async def request(self, method: str, path: str, **kwargs: Any) -> Any:
+            await asyncio.sleep(0)
+            raise refused
+
+    ids = Identities(Refused({}))  # type: ignore[arg-type]
+    with pytest.raises(AuthenticationError) as caught:
+        await ids.lookup_many(identities(50), concurrency=8)
+    assert str(caught.value) == "GET /security/accesstoken -> HTTP 200, error_code 40004"
 
 
 @pytest.mark.parametrize(
