@@ -623,6 +623,7 @@ def check_identity(method: str, identity: object) -> Identity:
         and identity.name is None
         and 0 < len(value) <= MAX_IDENTITY_VALUE
         and value.isascii()
+        and not value.isspace()  # nor blank: see below
     ):
         if kind == "mobile":
             # ASCII digits alone: printable, and no number in scientific notation. (The type
@@ -632,6 +633,7 @@ def check_identity(method: str, identity: object) -> Identity:
         elif (
             0 < len(kind) <= MAX_IDENTITY_TYPE
             and kind.isascii()
+            and not kind.isspace()
             and kind.isprintable()  # ASCII that is not: a control character (a tab, a NUL)
             and value.isprintable()
             and "+" not in value  # no number in scientific notation (mangled_value)
@@ -650,6 +652,10 @@ def check_identity(method: str, identity: object) -> Identity:
             )
         check_text(method, f"identity {what}", text)
         check_no_controls(method, f"identity {what}", text)
+        if text.isspace():
+            # A blank cell read with its padding (" ", a full-width "\u3000"): bound by an
+            # upsert, every row with one matched the customer of the first, and overwrote it.
+            raise InvalidRequestError(f"{method}(): identity {what} is blank (spaces only)")
     if identity.name is not None:
         if not isinstance(identity.name, str) or len(identity.name) > MAX_IDENTITY_NAME:
             raise InvalidRequestError(

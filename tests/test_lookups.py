@@ -211,6 +211,8 @@ async def test_lookup_many_names_no_input_for_an_error_none_of_them_caused() -> 
         ("wechat", "o1"),  # a tuple, not an Identity
         Identity("", "o1"),
         Identity("wechat", ""),
+        Identity("wechat", "  "),  # a blank cell read with its padding
+        Identity(" ", "o1"),
         Identity("t" * 33, "o1"),
         Identity("wechat", "v" * 129),
     ],

@@ -501,6 +501,33 @@ async def test_an_upserts_bad_identity_is_named_by_its_place(
     assert sim.counters.total == 0
 
 
+@pytest.mark.parametrize(
+    "blank",
+    [Identity("wechat", " "), Identity("wechat", "\u3000"), Identity("   ", "o-1")],
+    ids=["a space", "a full-width space", "a blank type"],
+)
+async def test_an_upsert_by_a_blank_identity_is_refused_before_it_overwrites_a_customer(
+    sim: DMHubSimulator, connect: Callable[..., DMHubClient], blank: Identity
+) -> None:
+    # A blank openid cell read with its padding was bound by the first row's upsert, and the
+    # next row's, matched by it, overwrote that customer: Alice became Bob, one customer left.
+    rows = [("Alice", "13800000001"), ("Bob", "13800000002")]
+    customers = sim.customers_count()
+    async with connect(sim) as dm:
+        for place, (name, mobile) in enumerate(rows):
+            with pytest.raises(InvalidRequestError) as raised:
+                await dm.customers.create_with_identities(
+                    [OK, blank] if place else [blank], name=name, mobile=mobile
+                )
+            what = "type" if blank.value == "o-1" else "value"
+            assert str(raised.value) == (
+                f"create_with_identities(): identities[{place}]: identity {what} is blank"
+                " (spaces only)"
+            )
+    assert sim.counters.total == 0
+    assert sim.customers_count() == customers
+
+
 async def test_a_mobile_filter_a_float_wrote_says_so_and_other_mobiles_are_sent(
     sim: DMHubSimulator, connect: Callable[..., DMHubClient]
 ) -> None:
