@@ -291,6 +291,20 @@ async def test_bad_concurrency_is_refused_before_any_request(concurrency: Any) -
     assert not client.asked
 
 
+@pytest.mark.parametrize("flag", ["no", 0, None])
+async def test_a_return_exceptions_that_is_no_flag_is_refused_before_any_request(
+    flag: Any,
+) -> None:
+    """``return_exceptions="no"`` was read as true: failed lookups came back as answers."""
+    client, ids = fake(10)
+    with pytest.raises(InvalidRequestError, match=r"lookup_many\(\): return_exceptions must be"):
+        await ids.lookup_many(identities(10), return_exceptions=flag)
+    with pytest.raises(InvalidRequestError, match=r"lookup_iter\(\): return_exceptions must be"):
+        async for _ in ids.lookup_iter(identities(10), return_exceptions=flag):
+            pass
+    assert not client.asked
+
+
 async def test_lookup_iter_keeps_input_order_with_repeats() -> None:
     client, ids = fake(20, latency=0.001)
     wanted = [Identity("wechat", f"o{i % 7}") for i in range(40)] + [Identity("x", "y")]

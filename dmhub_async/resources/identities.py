@@ -13,7 +13,14 @@ from typing import Any, Literal, overload
 from .._converter import identity_to_wire, structure_identities, structure_identity
 from .._converter.scalars import INT_TEXT
 from .._exceptions import DMHubError, InvalidRequestError, ResponseDecodeError
-from .._validate import at_index, check_concurrency, check_id, check_identity, is_collection
+from .._validate import (
+    at_index,
+    check_concurrency,
+    check_flag,
+    check_id,
+    check_identity,
+    is_collection,
+)
 from ..models.identity import CustomerIdentity, Identity
 from ._batches import sized_batches
 from ._filters import LONG_ID_LIST, checked_ids
@@ -151,6 +158,7 @@ class Identities(Resource):
         if not is_collection(identities):
             raise InvalidRequestError("lookup_many(): identities must be a list of Identity")
         _check_concurrency(concurrency)
+        check_flag("lookup_many", "return_exceptions", return_exceptions)  # "no" was true
         # The client's own state is no lookup's result: with return_exceptions=True a closed
         # client (or one of another event loop) answered {identity: "closed"} for each, and {}.
         session = self._session
@@ -262,6 +270,7 @@ class Identities(Resource):
     ) -> AsyncGenerator[tuple[Identity, int | Exception | None], None]:
         """lookup_iter's generator: it checks its arguments at its first step, before a request."""
         _check_concurrency(concurrency)
+        check_flag("lookup_iter", "return_exceptions", return_exceptions)
         if not isinstance(identities, AsyncIterable) and not is_collection(identities):
             raise InvalidRequestError("lookup_iter(): identities must be an iterable of Identity")
         session = self._session
