@@ -24,7 +24,7 @@ from urllib.parse import quote, urlencode, urlsplit
 from yarl import URL
 
 from ._converter import scalars
-from ._converter.scalars import parse_timestamp
+from ._converter.scalars import timestamp_as_written
 from ._exceptions import InvalidRequestError, coerce_code
 from .models.customer import CustomerFields
 from .models.gender import Gender
@@ -579,9 +579,9 @@ def _check_timestamp(method: str, name: str, value: datetime | str) -> None:
     at +23:00) was a raw OverflowError.
     """
     try:
-        if isinstance(value, str):
-            parse_timestamp(check_text(method, name, value))
-        elif value.tzinfo is not None:
+        if isinstance(value, str):  # read as it is written: "+05:99" refused, as a filter's
+            value = timestamp_as_written(check_text(method, name, value))
+        if value.tzinfo is not None:
             value.astimezone(timezone.utc)
     except (ValueError, OverflowError):  # UnicodeError is a ValueError
         raise InvalidRequestError(

@@ -278,6 +278,26 @@ async def test_every_iso_form_of_a_day_is_the_whole_day(
     )
 
 
+@pytest.mark.parametrize(
+    "value", ["2024-01-01T09:00:00+05:99", "2024-01-01T09:00:00+0560", "2024-01-01 09:00-00:75"]
+)
+async def test_an_offset_of_sixty_minutes_or_more_is_refused_before_anything_is_sent(
+    api: aioresponses, make_client: Callable[..., DMHubClient], value: str
+) -> None:
+    # "+05:99" was read as +06:39 and sent as a bound 99 minutes off (a date_join written so
+    # too): no clock says 05:99, and fromisoformat refuses it; a typo, not an offset.
+    dm = make_client(timezone="UTC")
+    with pytest.raises(
+        InvalidRequestError, match="date_created_from must be a datetime, a date or an ISO 8601"
+    ):
+        await dm.customers.count(date_created_from=value)
+    with pytest.raises(InvalidRequestError, match="last_updated_to must be a datetime"):
+        dm.customers.list(last_updated_to=value)
+    with pytest.raises(InvalidRequestError, match="date_join must be a time"):
+        await dm.customers.create(name="x", date_join=value)
+    assert not api.requests  # a token request neither
+
+
 DAY_FORMS = {  # each form of a day and the day it names
     "basic": (lambda d: f"{d.year:04d}{d.month:02d}{d.day:02d}", lambda d: d),
     "week": (lambda d: "{:04d}-W{:02d}-{}".format(*d.isocalendar()), lambda d: d),

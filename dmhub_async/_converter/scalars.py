@@ -239,17 +239,27 @@ def parse_timestamp(s: str) -> datetime:
     return dt.astimezone(UTC)
 
 
+#: The minutes and seconds of the offset that ends a timestamp (``+05:30``, ``-0800``).
+_OFFSET_WRITTEN: Final = re.compile(r"[+-]\d{2}(?::?(\d{2})(?::?(\d{2})(?:[.,]\d+)?)?)?\s*\Z")
+
+
 def timestamp_as_written(s: str) -> datetime:
     """A timestamp to write as it is written: aware when it names an offset (or ``Z``), else
     naive, its wall time for the writer to place in a zone; ValueError when unreadable."""
     s = ascii_digits(s)
     try:
-        return from_iso(s[:-1] + "+00:00" if s[-1:] in ("Z", "z") else s)
+        moment = from_iso(s[:-1] + "+00:00" if s[-1:] in ("Z", "z") else s)
     except ValueError:
         moment = parse_timestamp_slow(s)  # raises ValueError when it is no timestamp
-    match = _TS_RE.fullmatch(s.strip())
-    assert match is not None  # parse_timestamp_slow read it
-    return moment if match.group(8) else moment.replace(tzinfo=None)
+        match = _TS_RE.fullmatch(s.strip())
+        assert match is not None  # parse_timestamp_slow read it
+        if not match.group(8):
+            return moment.replace(tzinfo=None)
+    # Both readers take "+05:99" as +06:39: a time sent 99 minutes off for a typo.
+    offset = _OFFSET_WRITTEN.search(s) if moment.tzinfo is not None else None
+    if offset is not None and any(int(part or 0) >= 60 for part in offset.groups()):
+        raise ValueError(f"not a timestamp: {s!r} has no such offset")
+    return moment
 
 
 def to_utc(dt: datetime) -> datetime:
