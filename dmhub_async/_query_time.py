@@ -201,7 +201,9 @@ _PAST_MICROSECONDS = re.compile(r"(?<=[.,][0-9]{6})[0-9]+")
 def _parse(method: str, name: str, text: str) -> date | datetime:
     # Full-width digits as their ASCII ones, as date_join reads them: "２０２４-０１-０２" was
     # read as a time, its midnight, and as a _to bound left out the whole day but its first second.
-    digits = ascii_digits(text)
+    # Spaces around it as well: "2024-01-01\n" from a file line was read as its midnight, not
+    # the whole day, by the time reader (which strips them), and a _to bound lost the day.
+    digits = ascii_digits(text).strip()
     try:
         # A bare day in any form this Python reads as one ("2024-01-01"; from 3.11 also
         # "20240101" and "2024-W01-1"): datetime.fromisoformat reads those too, as midnight,

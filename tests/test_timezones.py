@@ -278,6 +278,23 @@ async def test_every_iso_form_of_a_day_is_the_whole_day(
     )
 
 
+@pytest.mark.parametrize("day", [" 2024-01-01", "2024-01-01\n", "\t20240101 ", "2024-W01-1\r\n"])
+async def test_a_day_with_spaces_around_it_is_the_whole_day(
+    count_answers: aioresponses, make_client: Callable[..., DMHubClient], day: str
+) -> None:
+    # A day read from a file line ("2024-01-01\n") or pasted with a space was read as a time,
+    # its midnight: last_updated_to went out as 2023-12-31T16:00:00 and left out every
+    # customer of that day but its first second (against the simulator: 0 of 300, where
+    # "2016-01-01" counted 300), an export of them complete all the same.
+    dm = make_client(timezone="Asia/Shanghai")
+    await dm.customers.count(last_updated_from=day, last_updated_to=day)
+    query = sent_query(count_answers)
+    assert (query["lastUpdatedFrom"], query["lastUpdatedTo"]) == (
+        "2023-12-31T16:00:00",
+        "2024-01-01T15:59:59",
+    )
+
+
 @pytest.mark.parametrize(
     "value", ["2024-01-01T09:00:00+05:99", "2024-01-01T09:00:00+0560", "2024-01-01 09:00-00:75"]
 )
