@@ -307,6 +307,31 @@ async def test_statistics_sort_by_the_models_field_names(sim: DMHubSimulator) ->
     assert scores == sorted(scores, key=lambda score: (score is not None, score))
 
 
+@pytest.mark.parametrize(
+    "sort", [{"sort_order": None}, {"sort_by": None}, {"sort_by": None, "sort_order": None}]
+)
+async def test_a_statistics_sort_given_as_none_walks_as_one_left_out(
+    sim: DMHubSimulator, sort: dict[str, Any]
+) -> None:
+    # As customers.list takes it: None is "not given", the default sort. Statistics refused it
+    # ("sort_order must be 'asc' or 'desc', not None"), where the same option passed on from a
+    # caller's own None worked for customers.
+    sorts: list[tuple[str | None, str | None]] = []
+    sim.on_request(
+        lambda r: (
+            sorts.append((r.query.get("sidx"), r.query.get("sord")))
+            if r.path == "/v1/customerStatistics"
+            else None
+        )
+    )
+    async with client_for(sim) as dm:
+        given = await dm.customer_statistics.list(page_size=100, **sort).to_list()
+        left_out = await dm.customer_statistics.list(page_size=100).to_list()
+    assert given == left_out
+    assert given
+    assert set(sorts) == {("id", "asc")}
+
+
 async def test_a_long_id_list_walks_in_batches_with_one_tally(sim: DMHubSimulator) -> None:
     """An id_list too long for one URL is walked batch after batch, as one paginator whose
     ``stats`` count every batch's pages and records."""

@@ -30,14 +30,19 @@ class CustomerStatisticsResource(Resource):
         start_page: int = 1,
         max_items: int | None = None,
         concurrency: int = 1,
-        sort_by: str = "id",
-        sort_order: Literal["asc", "desc"] = "asc",
+        sort_by: str | None = "id",
+        sort_order: Literal["asc", "desc"] | None = "asc",
     ) -> AsyncPaginator[CustomerStatisticsModel]:
         """Walk the statistics records, of one customer or of all, in order (``meta.hasNext``).
 
         ``sort_by`` is a field of :class:`CustomerStatistics` by its name (``"total_score"``) or
-        the wire's (``"totalScore"``); anything else is refused before a request.
+        the wire's (``"totalScore"``); anything else is refused before a request. None, for
+        either, is the default, as in ``customers.list``.
         """
+        # None is "not given", as customers.list takes it: refused here, it broke a caller
+        # passing its own optional sort on to both.
+        sort_by = "id" if sort_by is None else sort_by
+        sort_order = "asc" if sort_order is None else sort_order
         if sort_order not in ("asc", "desc"):
             raise InvalidRequestError(
                 f"list(): sort_order must be 'asc' or 'desc', not {short(sort_order)}"
