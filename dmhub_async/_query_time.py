@@ -104,14 +104,15 @@ def query_time(
     A ``date`` (or ``"2024-01-01"``) is the whole day in ``zone``: its first second as a lower
     bound, its last (``end=True``, the ``_to`` filters) as an upper one, both inclusive.
     """
-    if isinstance(value, str) and value:
-        value = _parse(method, name, value)
-    if isinstance(value, datetime):
-        moment = value
-    elif isinstance(value, date):
+    # A string is named as it was given in an error: its parsed datetime was, cut short
+    # ("datetime.date...conds=86340)))", the text's "-00:01" lost in the cut).
+    read = _parse(method, name, value) if isinstance(value, str) and value else value
+    if isinstance(read, datetime):
+        moment = read
+    elif isinstance(read, date):
         # A day's last second is its later 23:59:59 where clocks go back at midnight (fold=1):
         # the earlier one left the repeated hour out of both that day and the next.
-        moment = datetime.combine(value, time.max.replace(fold=1) if end else time.min)
+        moment = datetime.combine(read, time.max.replace(fold=1) if end else time.min)
     else:
         raise InvalidRequestError(
             f"{method}(): {name} must be a datetime, a date or an ISO 8601 string,"

@@ -32,7 +32,7 @@ from dmhub_async import (
 )
 from dmhub_async._converter import customer_fields_to_wire, structure_customer
 from dmhub_async._query_time import iso_day
-from dmhub_async._validate import check_customer_fields
+from dmhub_async._validate import check_customer_fields, short
 from dmhub_async.export import export_customers
 from dmhub_async.resources._filters import customer_filter_params
 from dmhub_async.testing import DMHubSimulator
@@ -498,8 +498,16 @@ def test_an_unknown_zone_name_is_refused_saying_what_to_give(zone: str, said: st
         ("Asia/Shanghai", {"date_created_from": datetime(1, 1, 1)}),
         ("America/New_York", {"date_created_to": date.max}),
         ("America/New_York", {"last_updated_to": datetime.max}),
+        ("UTC", {"date_created_to": "9999-12-31T23:59:59-00:01"}),
+        ("America/New_York", {"last_updated_to": "9999-12-31T23:00"}),
     ],
-    ids=["the first day at +08:00", "date.max at -05:00", "datetime.max at -05:00"],
+    ids=[
+        "the first day at +08:00",
+        "date.max at -05:00",
+        "datetime.max at -05:00",
+        "text at -00:01",
+        "naive text at -05:00",
+    ],
 )
 async def test_a_time_filter_utc_cannot_hold_says_to_leave_it_out(
     zone: str,
@@ -516,7 +524,7 @@ async def test_a_time_filter_utc_cannot_hold_says_to_leave_it_out(
         await dm.customers.count(**filters)
     assert not count_answers.requests  # refused before anything is sent, a token request too
     said = str(info.value)
-    assert f"{name} is out of range" in said
+    assert f"{name} is out of range: {short(filters[name])} (" in said  # as it was given
     assert f"UTC has no such time: leave {name} out for no bound" in said
 
 
