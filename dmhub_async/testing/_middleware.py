@@ -110,10 +110,17 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
                 return _drop_connection(request)
             response: web.StreamResponse = _fault_response(kind, faults.retry_after, state.clock())
         else:
-            response = await _answer(state, request, handler)
+            try:
+                response = await _answer(state, request, handler)
+            except ApiError as err:
+                # An error answer is an answer the network can cut or lose as well: raised past
+                # the fault below, a scripted truncation or reset was spent on it unapplied.
+                counters.errors[err.code] += 1
+                response = err.response()
             if kind == "truncated":
-                counters.faults[kind] += 1
                 response = await _send_truncated(request, response)
+                if response.prepared:  # cut; an empty body (a 204) has nothing to cut
+                    counters.faults[kind] += 1
             elif kind == "reset-after-write":
                 counters.faults[kind] += 1
                 if not _sent_once(request):

@@ -154,6 +154,48 @@ async def test_aiohttp_refuses_a_truncated_body(
     assert (await get(http, sim, token, "/v1/customers"))[0] == 200
 
 
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [("/v1/customers/1", 500), ("/v1/customers/count", 200)],  # 40201; a refused token
+    ids=["missing-customer", "token-error"],
+)
+async def test_a_scripted_truncation_cuts_an_error_answer_too(
+    http: aiohttp.ClientSession, sim: DMHubSimulator, token: str, path: str, status: int
+) -> None:
+    # An error body crosses the network as any other: a test of a client's handling of a cut
+    # one got it whole, the script spent and no fault counted, and passed without the fault.
+    sent_token = token if status == 500 else "not-a-token"
+    sim.faults.script(["truncated"])
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await get(http, sim, sent_token, path)
+    assert sim.counters.faults == {"truncated": 1}
+    assert (await get(http, sim, sent_token, path))[0] == status  # the same answer, whole
+
+
+async def test_a_scripted_reset_after_write_drops_an_error_answer_too(
+    http: aiohttp.ClientSession, sim: DMHubSimulator, token: str
+) -> None:
+    sim.faults.script(["reset-after-write"])
+    with pytest.raises((aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)):
+        async with http.post(
+            f"{sim.url}/v1/customers", params={"access_token": token}, json={"gender": 7}
+        ) as r:
+            await r.read()
+    assert sim.counters.faults == {"reset-after-write": 1}
+    assert sim.customers_count() == 30
+
+
+async def test_a_truncation_of_an_empty_answer_is_not_counted_as_fired(
+    http: aiohttp.ClientSession, sim: DMHubSimulator, token: str
+) -> None:
+    # A 204 has no body to cut: it arrives whole, and the counters said a truncation fired.
+    victim = sim.customer_ids()[0]
+    sim.faults.script(["truncated"])
+    async with http.delete(f"{sim.url}/v1/customers/{victim}", params={"access_token": token}) as r:
+        assert (r.status, await r.read()) == (204, b"")
+    assert sim.counters.faults == {}
+
+
 async def test_reset_after_write_applies_the_change_and_loses_the_answer(
     http: aiohttp.ClientSession, sim: DMHubSimulator, token: str
 ) -> None:
