@@ -278,6 +278,12 @@ def _on_the_tests_loop(request: pytest.FixtureRequest, name: str) -> Any:
 def _dmhub_simulator(
     request: pytest.FixtureRequest, dmhub_clock: FakeClock
 ) -> Iterator[DMHubSimulator]:
+    """A running DMHubSimulator seeded with 50 customers, on ``dmhub_clock``.
+
+    ``@pytest.mark.dmhub_simulator(customers=500, seed=7)`` takes any constructor argument. It
+    serves on the event loop of an ``async def`` test, from a thread of its own for a plain
+    ``def`` one. Needs pytest-asyncio.
+    """
     if not _with_async_fixtures(request):
         pytest.fail(NEEDS_PYTEST_ASYNCIO, pytrace=False)
     if _is_async_test(request):  # served by the test's own event loop
@@ -291,6 +297,12 @@ def _dmhub_simulator(
 
 @pytest.fixture(name="dmhub_client")
 def _dmhub_client(request: pytest.FixtureRequest) -> DMHubClient:
+    """A DMHubClient pointed at dmhub_simulator, waiting on ``dmhub_clock``, for ``async def``
+    tests.
+
+    ``@pytest.mark.dmhub_client(max_retries=1, timeout=5)`` takes any constructor argument.
+    Needs pytest-asyncio.
+    """
     if not _with_async_fixtures(request):
         pytest.fail(NEEDS_PYTEST_ASYNCIO, pytrace=False)
     if not _is_async_test(request):

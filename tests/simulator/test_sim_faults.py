@@ -793,6 +793,24 @@ async def test_each_draws_the_seeds_schedule(dmhub_simulator, n):
     result.assert_outcomes(passed=3)
 
 
+def test_pytest_fixtures_describes_each_of_the_plugins_fixtures(pytester: pytest.Pytester) -> None:
+    # `pytest --fixtures` is how a user finds what a plugin offers: it said "no docstring
+    # available" under dmhub_simulator and dmhub_client, the two the README is about.
+    pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
+    pytester.makepyfile(test_user="def test_nothing():\n    pass\n")
+    with _as_a_user():
+        result = pytester.runpytest("-p", "no:cacheprovider", "--fixtures")
+    listing = result.stdout.str()
+    for name, first_line in [
+        ("dmhub_simulator", "A running DMHubSimulator seeded with 50 customers"),
+        ("dmhub_client", "A DMHubClient pointed at dmhub_simulator"),
+        ("dmhub_clock", "The fake clock"),
+    ]:
+        entry = listing.split(f"\n{name} -- ", 1)[1].split("\n\n", 1)[0]
+        assert "no docstring available" not in entry
+        assert first_line in entry
+
+
 def test_the_client_fixture_in_a_plain_def_test_says_what_to_do(
     pytester: pytest.Pytester,
 ) -> None:
