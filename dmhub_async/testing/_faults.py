@@ -36,7 +36,8 @@ DEFAULT_KINDS: tuple[str, ...] = ("429", "500", "503", "reset")
 
 class Faults:
     """What the simulator does wrong, and when; every attribute can be changed while it runs,
-    and is checked when it is set (``InvalidRequestError``; ``ValueError`` for unknown kinds).
+    and is checked when it is set (``InvalidRequestError``; ``ValueError`` for unknown kinds, or
+    none).
 
     Faults and latency apply to requests whose path matches ``paths`` (an iterable of
     ``fnmatch`` patterns, optionally prefixed by a method and a space: ``"GET /v1/customers"``,
@@ -100,6 +101,11 @@ class Faults:
     @kinds.setter
     def kinds(self, value: Iterable[str]) -> None:
         kinds = _kinds_of("kinds", value)
+        if not kinds:
+            # Taken, a rate drew no fault, ever, and a resilience test passed without one.
+            raise ValueError(
+                "kinds is empty: no fault could be drawn; set rate=0 (or call clear()) for none"
+            )
         _check_kinds(kinds)
         self._kinds = kinds
 

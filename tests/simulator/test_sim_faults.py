@@ -288,6 +288,17 @@ def test_unknown_fault_kind_is_refused() -> None:
         Faults().script(["ok", "boom"])
 
 
+@pytest.mark.parametrize("kinds", [[], (), set(), Faults.ALL_KINDS - Faults.ALL_KINDS])
+def test_no_fault_kinds_to_draw_from_are_refused(kinds: Any) -> None:
+    # Taken, Faults(rate=1.0, kinds=[]) drew no fault, ever: a resilience test passed without one.
+    with pytest.raises(ValueError, match="kinds is empty"):
+        Faults(rate=1.0, kinds=kinds)
+    faults = Faults()
+    with pytest.raises(ValueError, match="kinds is empty"):
+        faults.kinds = kinds
+    assert faults.kinds == ("429", "500", "503", "reset")  # left as it was
+
+
 # -- when faults fire ---------------------------------------------------------------------------
 
 
