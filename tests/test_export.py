@@ -1723,6 +1723,47 @@ async def test_a_checkpoint_whose_long_id_list_is_no_ids_is_refused_as_no_checkp
     assert sim.counters.total == 0
 
 
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("last_id", "abc"),  # a raw TypeError, compared with the ids read back
+        ("last_id", [1]),
+        ("last_id", True),
+        ("page_size", 0),  # "page_size must be an int from 1 to ...": the caller gave 10
+        ("page_size", -3),
+        ("next_page", 10**30),  # "start_page must be ...": a parameter no caller gave
+        ("bytes", -1),
+        ("exported", -1),
+        ("duplicates", -5),  # reported as -5 repeated ids dropped
+        ("count_before", -4),  # reported as the service's count
+    ],
+)
+async def test_a_checkpoint_edited_to_values_no_export_writes_is_refused_as_no_checkpoint(
+    sim: DMHubSimulator, client: DMHubClient, tmp_path: Path, field: str, value: Any
+) -> None:
+    """A checkpoint edited (or damaged) to hold a value no export writes: a last id that is no
+    integer stopped the resume with a raw TypeError ('<=' not supported between 'int' and
+    'str', a traceback on the command line); a page size or next page out of range, with an
+    error about the caller's own page_size or a start_page it never gave; negative counts
+    were taken and reported. It is no checkpoint this SDK wrote, refused before any request."""
+    dest, ckpt = tmp_path / "customers.jsonl", tmp_path / "export.ckpt"
+    with pytest.raises(Crash):
+        await export_customers(
+            client, dest, checkpoint=ckpt, page_size=10, progress=False, on_progress=crash_after(2)
+        )
+    data = json.loads(ckpt.read_text(encoding="utf-8"))
+    data[field] = value
+    ckpt.write_text(json.dumps(data), encoding="utf-8")
+    written = dest.read_bytes()
+    sim.counters.reset()
+
+    with pytest.raises(InvalidRequestError, match=r"export\.ckpt'? is not a checkpoint file"):
+        await export_customers(client, dest, checkpoint=ckpt, page_size=10, progress=False)
+
+    assert dest.read_bytes() == written
+    assert sim.counters.total == 0
+
+
 async def test_a_checkpoint_moved_with_its_output_resumes_but_never_another_outputs(
     sim: DMHubSimulator, client: DMHubClient, tmp_path: Path
 ) -> None:

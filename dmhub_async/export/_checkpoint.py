@@ -18,6 +18,7 @@ import orjson
 
 from .._atomic import replace_file
 from .._exceptions import InvalidRequestError
+from .._validate import MAX_PAGE_NUMBER
 from ..resources._batches import walked_ids
 from ..resources._filters import FILTER_KEYWORDS, as_given
 
@@ -183,6 +184,26 @@ def _moved_with_it(path: Path, recorded: str, dest: str) -> bool:
         return not os.path.lexists(recorded)
 
 
+def _written(checkpoint: Checkpoint) -> Checkpoint:
+    """``checkpoint`` if it holds only values an export writes; ValueError otherwise.
+
+    An edited (or damaged) one was taken as it came: a last id that is no integer stopped the
+    resume with a raw TypeError, compared with the ids read back; a page size or next page out
+    of range failed with an error about the caller's ``page_size``, or a ``start_page`` no
+    caller gave; negative counts were reported as the export's.
+    """
+    last_id = checkpoint.last_id
+    if last_id is not None and type(last_id) is not int:  # the ids read back are ints
+        raise ValueError("last_id")
+    for name in ("page_size", "next_page"):
+        if not 1 <= getattr(checkpoint, name) <= MAX_PAGE_NUMBER:
+            raise ValueError(name)
+    counts = (checkpoint.bytes, checkpoint.exported, checkpoint.duplicates)
+    if min(counts) < 0 or (checkpoint.count_before or 0) < 0:
+        raise ValueError("a negative count")
+    return checkpoint
+
+
 def write_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
     """Replace the checkpoint at ``path`` atomically (a kill leaves the old one or the new).
 
@@ -227,7 +248,7 @@ def read_checkpoint(path: Path, scope: ExportScope) -> Checkpoint | None:
     try:
         if version not in (_FULL_ID_LIST_VERSION, CHECKPOINT_VERSION):
             raise ValueError(version)
-        checkpoint = _converter.structure(data, Checkpoint)
+        checkpoint = _written(_converter.structure(data, Checkpoint))
         # An earlier release's, the whole list recorded, compared as its digest: it resumes.
         # A list that is no ids (an edited checkpoint) raised a raw ValueError from int().
         recorded = recorded_scope(checkpoint.scope)
