@@ -231,6 +231,35 @@ def _file_size_limit(limit: int) -> Callable[[], None]:
     return cap
 
 
+@pytest.mark.parametrize("checkpointed", [False, True])
+def test_a_disk_full_as_an_export_starts_names_its_file_and_leaves_no_lock_file(
+    sim: ServedSimulator, env: dict[str, str], tmp_path: Path, checkpointed: bool
+) -> None:
+    """On a full disk the export's lock file is made (an inode), and the write of its holder
+    fails: the command said only "error: No space left on device" (here: File too large), not
+    which file had no room, and left the empty `.customers.jsonl.lock` behind."""
+    args = ["export", "--out", "customers.jsonl", *PAGE]
+    if checkpointed:
+        args += ["--checkpoint", "customers.ckpt"]
+    requests = sim.sim.counters.total
+
+    # Its output through pipes, which no file size limit caps.
+    full = subprocess.run(
+        cli_command(*args),
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        preexec_fn=_file_size_limit(0),
+    )
+
+    assert full.returncode == 1, full.stderr
+    assert full.stderr == "dmhub-async: error: customers.jsonl: File too large\n"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "cache") == []
+    assert sim.sim.counters.total == requests  # refused before any request
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_a_full_disk_fails_a_sharded_export_saying_so_and_a_rerun_finishes(
     sim: ServedSimulator, env: dict[str, str], tmp_path: Path, workers: int

@@ -394,9 +394,19 @@ def _lock(
     holder = f"{role}: pid {os.getpid()} on {socket.gethostname()}"
 
     def record_holder(fd: int) -> None:
-        os.ftruncate(fd, 0)
-        os.lseek(fd, 0, os.SEEK_SET)
-        os.write(fd, holder.encode())
+        # A full disk (ENOSPC; EFBIG over a file size limit) makes the lock file, and then
+        # fails this write: the error named no file ("error: No space left on device"), and
+        # the empty lock file was left beside the output. Named as the output (the lock file
+        # is hidden), and removed while still held, as _release removes it.
+        try:
+            with naming(path):
+                os.ftruncate(fd, 0)
+                os.lseek(fd, 0, os.SEEK_SET)
+                os.write(fd, holder.encode())
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(lock_path)
+            raise
 
     lock = filelock.FileLock(lock_path, timeout=0, thread_local=False, on_acquired=record_holder)
     try:
