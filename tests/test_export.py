@@ -1613,6 +1613,36 @@ async def test_an_attr_that_is_no_object_is_the_csv_exports_error(
         await client.customers.list().to_list()  # the same words
 
 
+async def test_an_attr_nested_too_deep_for_a_cell_is_the_csv_exports_error(
+    sim: DMHubSimulator, client: DMHubClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # orjson reads JSON nested up to 1024 deep (list_rows() yields such a customer), but the
+    # csv cell's json.dumps gives up near Python's recursion limit: the CSV export stopped on a
+    # raw RecursionError from inside the writer, naming no customer (the CLI: a traceback).
+    from aiohttp import web
+
+    from dmhub_async import ResponseDecodeError, _json
+    from dmhub_async.testing import _app
+
+    depth = 1010
+    deep = b"[" * depth + b"]" * depth
+
+    def json_response(data: Any, status: int = 200) -> web.Response:
+        body = _json.dumps(data).replace(b'"<DEEP>"', deep)
+        return web.Response(body=body, status=status, content_type="application/json")
+
+    monkeypatch.setattr(_app, "json_response", json_response)
+    bad = sim.insert_customer({"name": "x", "attr": {"v": "<DEEP>"}})
+    dest, ckpt = tmp_path / "customers.csv", tmp_path / "export.ckpt"
+    assert bad["id"] in [row["id"] async for row in client.customers.list_rows()]
+
+    with pytest.raises(ResponseDecodeError) as caught:
+        await export_customers(client, dest, checkpoint=ckpt, page_size=100, progress=False)
+    assert f"customer {bad['id']}'s field 'attr'" in str(caught.value)
+    assert "nested" in str(caught.value)
+    assert ckpt.exists()  # the pages before it are kept
+
+
 async def test_a_nul_sent_by_the_service_is_written_or_the_sdks_error(
     sim: DMHubSimulator, client: DMHubClient, tmp_path: Path
 ) -> None:

@@ -126,28 +126,33 @@ class CsvWriter:
         # a number, a list) is found with no check a row. dict() of it raised a raw ValueError
         # or TypeError, made {"a": "b"} of ["ab"], and `or {}` dropped [] and false unsaid.
         copy = dict.copy
-        for row in rows:
-            cells = [_cell(row.get(f)) for f in fields]
-            if with_attr:
-                attr = row.get("attr")
+        try:  # once a page, not a row: a cell of JSON nested too deep is found below
+            for row in rows:
+                cells = [_cell(row.get(f)) for f in fields]
+                if with_attr:
+                    attr = row.get("attr")
+                    try:
+                        attr = {} if attr is None else copy(attr)
+                    except TypeError:
+                        raise _not_an_object(row, "attr") from None
+                    cells += [_cell(attr.pop(k, None)) for k in self._attr_keys]
+                    cells.append(_json_cell(attr) if attr else "")
+                if self._extra:
+                    extra = {k: v for k, v in row.items() if k not in known}
+                    cells.append(_json_cell(extra) if extra else "")
                 try:
-                    attr = {} if attr is None else copy(attr)
-                except TypeError:
-                    raise _not_an_object(row, "attr") from None
-                cells += [_cell(attr.pop(k, None)) for k in self._attr_keys]
-                cells.append(_json_cell(attr) if attr else "")
-            if self._extra:
-                extra = {k: v for k, v in row.items() if k not in known}
-                cells.append(_json_cell(extra) if extra else "")
-            try:
-                writer.writerow(cells)
-            except csv.Error:  # Python 3.10's csv writes no NUL: raw, it named no customer
-                raise _unwritable(
-                    [row],
-                    "a NUL character (U+0000), which the csv module of "
-                    "Python 3.10 cannot write: export as JSONL, or on Python 3.11 "
-                    "or later",
-                ) from None
+                    writer.writerow(cells)
+                except csv.Error:  # Python 3.10's csv writes no NUL: raw, it named no customer
+                    raise _unwritable(
+                        [row],
+                        "a NUL character (U+0000), which the csv module of "
+                        "Python 3.10 cannot write: export as JSONL, or on Python 3.11 "
+                        "or later",
+                    ) from None
+        except RecursionError:
+            # orjson reads JSON nested up to 1024 deep; json.dumps gives up near Python's
+            # recursion limit: raw, the RecursionError named no customer.
+            raise _unwritable(rows, _TOO_DEEP) from None
         try:
             return buf.getvalue().encode("utf-8")
         except UnicodeEncodeError:
@@ -168,13 +173,20 @@ def _unwritable(rows: Sequence[dict[str, Any]], what: str | None = None) -> Resp
     """The error for a page holding text UTF-8 cannot (a lone surrogate, ``"\\ud83d"``: half
     of a character the service cut in two), naming the customer and field. JSON can send it
     escaped; the JSONL export refuses such a page as the decoder's ``ResponseDecodeError``.
-    ``what``: another character the CSV cannot hold (a NUL, on Python 3.10), said so."""
+    ``what``: another character the CSV cannot hold (a NUL, on Python 3.10), said so, or
+    :data:`_TOO_DEEP`."""
     where = "a customer"
     for row in rows:
         bad = [
             name
             for name, value in row.items()
-            if (_has_nul(name, value) if what else not _encodes(name) or not _encodes(value))
+            if (
+                _too_deep(value)
+                if what is _TOO_DEEP
+                else _has_nul(name, value)
+                if what
+                else not _encodes(name) or not _encodes(value)
+            )
         ]
         if bad:
             where = f"customer {row.get('id')!a}'s field {bad[0]!a}"
@@ -200,6 +212,19 @@ def _not_an_object(row: dict[str, Any], field: str) -> ResponseDecodeError:
         method="GET",
         path="/v1/customers",
     )
+
+
+#: What a CSV cell cannot hold: JSON nested deeper than json.dumps goes (:func:`_too_deep`).
+_TOO_DEEP = "JSON nested too deep to write as a cell (CSV cells of JSON end near 1,000 levels)"
+
+
+def _too_deep(value: Any) -> bool:
+    """Whether json.dumps gives up on ``value`` (an object or list nested too deep)."""
+    try:
+        json.dumps(value, default=str)
+    except RecursionError:
+        return True
+    return False
 
 
 def _has_nul(name: str, value: Any) -> bool:
