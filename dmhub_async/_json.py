@@ -214,33 +214,44 @@ def raw_rows(body: bytes, key: str = "rows", page_keys: tuple[str, ...] | None =
     """
     if msgspec is None:
         return _raw_rows_decoding(body, key)
-    if not body.isascii():  # ASCII is UTF-8: about 80k instructions a page of 100 to know
-        # msgspec checks the text it decodes and skips the rest unread, so a row it hands out
-        # as it came may hold bytes that are no UTF-8, which every other reader refuses (JSON
-        # is UTF-8) and the JSONL export wrote. No check in the standard library costs less
-        # than this decode (about 480k instructions a Chinese page of 100, 12% of the export's
-        # per page; translate and split, 1.6M). Each row is a slice of the page: one check.
-        body.decode("utf-8")  # raises UnicodeDecodeError, a ValueError
-    if page_keys is not None:
-        rows_of, ids_of = _page_decoders(key, page_keys)
-        page = rows_of.decode(body)  # raises msgspec.DecodeError, a ValueError
-        rows = [bytes(row) for row in getattr(page, key) or ()]
-        ids = [row.id for row in getattr(ids_of.decode(body), key) or ()]  # rows are objects
-        others = {k: v for k in page_keys if (v := getattr(page, k)) is not msgspec.UNSET}
-    else:
-        found = _page_decoder.decode(body)
-        raw = found.pop(key, None)
-        rows, ids = [], []
-        if raw is not None and bytes(raw) != b"null":
-            rows = [bytes(row) for row in _rows_decoder.decode(raw)]
-            ids = [row.id for row in _ids_decoder.decode(raw)]  # raises if a row is no object
-        others = {k: _value_decoder.decode(v) for k, v in found.items()}
+    try:  # nothing added to a page read: 3.11's try is a NOP (a raise alone costs)
+        if not body.isascii():  # ASCII is UTF-8: about 80k instructions a page of 100 to know
+            # msgspec checks the text it decodes and skips the rest unread, so a row it hands
+            # out as it came may hold bytes that are no UTF-8, which every other reader refuses
+            # (JSON is UTF-8) and the JSONL export wrote. No check in the standard library costs
+            # less than this decode (about 480k instructions a Chinese page of 100, 12% of the
+            # export's per page; translate and split, 1.6M). Each row is a slice of the page:
+            # one check.
+            body.decode("utf-8")  # raises UnicodeDecodeError, a ValueError
+        if page_keys is not None:
+            rows_of, ids_of = _page_decoders(key, page_keys)
+            page = rows_of.decode(body)  # raises msgspec.DecodeError, a ValueError
+            rows = [bytes(row) for row in getattr(page, key) or ()]
+            ids = [row.id for row in getattr(ids_of.decode(body), key) or ()]  # rows are objects
+            others = {k: v for k in page_keys if (v := getattr(page, k)) is not msgspec.UNSET}
+        else:
+            found = _page_decoder.decode(body)
+            raw = found.pop(key, None)
+            rows, ids = [], []
+            if raw is not None and bytes(raw) != b"null":
+                rows = [bytes(row) for row in _rows_decoder.decode(raw)]
+                ids = [row.id for row in _ids_decoder.decode(raw)]  # raises if a row is no object
+            others = {k: _value_decoder.decode(v) for k, v in found.items()}
+    except ValueError:
+        # A UTF-8 byte order mark before the page, which msgspec refuses: json.loads reads past
+        # it, and so list(), list_rows() and the CSV export did, while the JSONL export stopped.
+        if body.startswith(_BOM) and not body.startswith(_BOM, len(_BOM)):  # one, as json's
+            return raw_rows(body[len(_BOM) :], key, page_keys)
+        raise
     if b"\n" in body or b"\r" in body:  # within a JSON string they are escaped: a row's only
         rows = [
             dumps_line(loads(row))[:-1] if b"\n" in row or b"\r" in row else row for row in rows
         ]
     return RawRows(rows, ids, others)
 
+
+#: The UTF-8 byte order mark, which a server may put before its answer.
+_BOM: Final = b"\xef\xbb\xbf"
 
 _page_structs: dict[tuple[str, tuple[str, ...]], tuple[Any, Any]] = {}
 

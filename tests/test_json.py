@@ -397,6 +397,26 @@ def test_a_row_over_several_lines_becomes_one_line() -> None:
         assert [json.loads(row) for row in split.rows] == [{"id": 1, "name": "x"}, {"id": 2}]
 
 
+@pytest.mark.parametrize("page_keys", [None, ("records", "total")])
+def test_a_page_after_a_byte_order_mark_is_read_as_the_page(
+    page_keys: tuple[str, ...] | None,
+) -> None:
+    # A server may start its UTF-8 answer with a byte order mark, which list(), list_rows()
+    # and the CSV export read past (json.loads does): with msgspec, the JSONL export refused
+    # the page ("JSON is malformed: invalid character (byte 0)") and stopped.
+    page = '{"rows": [{"id": 7, "name": "王", "n": 1.50}, {"id": 8}], "records": 2, "total": 1}'
+    plain = _json.raw_rows(page.encode(), "rows", page_keys)
+    marked = b"\xef\xbb\xbf" + page.encode()
+    for split in (
+        _json.raw_rows(marked, "rows", page_keys),
+        _json._raw_rows_decoding(marked, "rows"),
+    ):
+        assert [json.loads(row) for row in split.rows] == json.loads(page)["rows"]
+        assert split.ids == [7, 8]
+        assert split.page == {"records": 2, "total": 1}
+    assert _json.raw_rows(marked, "rows", page_keys) == plain  # the very bytes
+
+
 @pytest.mark.parametrize("body", [b'{"total": 0}', b'{"rows": null}', b'{"rows": []}'])
 def test_no_rows(body: bytes) -> None:
     for split in _both_ways(body):
