@@ -244,10 +244,27 @@ def raw_rows(body: bytes, key: str = "rows", page_keys: tuple[str, ...] | None =
             return raw_rows(body[len(_BOM) :], key, page_keys)
         raise
     if b"\n" in body or b"\r" in body:  # within a JSON string they are escaped: a row's only
-        rows = [
-            dumps_line(loads(row))[:-1] if b"\n" in row or b"\r" in row else row for row in rows
-        ]
+        rows = [_row_line(loads(row)) if b"\n" in row or b"\r" in row else row for row in rows]
     return RawRows(rows, ids, others)
+
+
+def _row_line(row: dict[str, Any]) -> bytes:
+    """A decoded row as one line of JSON, without the newline.
+
+    orjson writes at most 255 levels of nesting, which it reads (up to 1024): a deeper row,
+    read, is written by the standard library (its floats as ``repr`` writes them, ``1e+16``
+    for ``1e16``), which goes as deep as Python's recursion limit. A ``Decimal`` in such a row,
+    or what neither can write, raises orjson's TypeError (a lone surrogate) or RecursionError.
+    """
+    try:
+        return dumps_line(row)[:-1]
+    except (TypeError, RecursionError) as err:
+        try:
+            return json.dumps(
+                row, ensure_ascii=False, separators=(",", ":"), allow_nan=False
+            ).encode("utf-8")
+        except (TypeError, ValueError, RecursionError):
+            raise err from None
 
 
 #: The UTF-8 byte order mark, which a server may put before its answer.
@@ -283,4 +300,8 @@ def _raw_rows_decoding(body: bytes, key: str) -> RawRows:
     data = [] if data is None else data
     if not isinstance(data, list) or not all(isinstance(row, dict) for row in data):
         raise ValueError(f"{key!r} is not a list of objects")
-    return RawRows([dumps_line(row)[:-1] for row in data], [row.get("id") for row in data], page)
+    try:  # a NOP on 3.11: each row costs what it did
+        lines = [dumps_line(row)[:-1] for row in data]
+    except (TypeError, RecursionError):  # a row orjson cannot write: one at a time
+        lines = list(map(_row_line, data))
+    return RawRows(lines, [row.get("id") for row in data], page)

@@ -417,6 +417,20 @@ def test_a_page_after_a_byte_order_mark_is_read_as_the_page(
     assert _json.raw_rows(marked, "rows", page_keys) == plain  # the very bytes
 
 
+@pytest.mark.parametrize("newline", [b"", b"\n"], ids=["one line", "over lines"])
+def test_a_row_nested_past_orjsons_limit_is_written(newline: bytes) -> None:
+    # orjson writes at most 255 levels: a row it read (list_rows() yields it, the CSV writes
+    # it, msgspec hands it out as it came) stopped the JSONL export without msgspec, or with
+    # it when spread over lines, as "the answer is not a page of customers: Recursion limit
+    # reached".
+    deep = b"[" * 300 + b"]" * 300
+    body = b'{"rows": [{"id": 1,' + newline + b'"attr": {"v": ' + deep + b'}}], "total": 1}'
+    for split in _both_ways(body):
+        assert [json.loads(row) for row in split.rows] == json.loads(body)["rows"]
+        assert all(b"\n" not in row for row in split.rows)
+        assert split.ids == [1]
+
+
 @pytest.mark.parametrize("body", [b'{"total": 0}', b'{"rows": null}', b'{"rows": []}'])
 def test_no_rows(body: bytes) -> None:
     for split in _both_ways(body):
