@@ -246,6 +246,8 @@ class TokenManager:
         try:
             fetch = self._fetch if fetch is None else fetch
             waited_on_another = False  # once: each failed fetch must not start one more for ever
+            kept_stale = False  # once too: see below
+            token: str | None = None
             while True:
                 held = self._held
                 if (
@@ -256,16 +258,17 @@ class TokenManager:
                 ):
                     return held.value  # another caller has replaced the refused token already
                 flight = self._flight
-                if flight is None:
+                if flight is None or (kept_stale and flight.done()):
                     flight = self._flight = asyncio.ensure_future(self._renew(stale, fetch))
                     self._flight_fetch = fetch
                     flight.add_done_callback(self._land)
-                elif self._flight_fetch != fetch and not waited_on_another:
+                    return await _waited(flight, closing)  # never ``stale``: see _renew
+                if self._flight_fetch != fetch and not waited_on_another:
                     # Another client's fetch (with_options: fewer retries, a shorter timeout): its
                     # failure is no answer by this caller's policy, which then tries its own, once.
                     waited_on_another = True
                     try:
-                        return await _waited(flight, closing)
+                        token = await _waited(flight, closing)
                     except DMHubError as err:
                         # Credentials refused, or a store unsafe to use: the same for any fetch;
                         # this caller's client closed: no fetch of its own.
@@ -276,9 +279,17 @@ class TokenManager:
                         ):
                             raise
                         continue  # a failure its retries met, or that client closed meanwhile
-                return await _waited(flight, closing)
+                else:
+                    token = await _waited(flight, closing)
+                if stale is None or token != stale or kept_stale:
+                    return token
+                # A refresh ahead of expiry that failed (the store, the token endpoint) goes on
+                # with the held token: the very one this caller found refused. Taken, the call
+                # was sent with it again, refused again, and failed with AuthenticationError:
+                # this caller renews on its own, once (with the store down, without it).
+                kept_stale = True
         except BaseException:
-            del stale  # the refused token: not among the variables an error tracker records
+            del stale, token  # the refused token: not among the variables an error tracker records
             raise
 
     def stop(self) -> asyncio.Future[str] | None:

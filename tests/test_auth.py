@@ -1823,3 +1823,55 @@ async def test_a_close_landing_as_the_store_answers_ends_the_token_fetch(api, to
     assert store.locked == 0  # the fetch ended as the close asked
     assert tokens.issued == []
     assert count(api, "/v1/customers/1") == 0
+
+
+async def test_a_call_refused_while_a_refresh_ahead_of_expiry_waits_on_the_store_gets_a_new_token(
+    api, tokens, make_client, clock, caplog
+):
+    # docs/reliability.md, "Token stores": each refused call is refreshed once and retried once,
+    # the store down or not. A call refused while a refresh ahead of expiry waited on a frozen
+    # store joined that refresh, which went on with the held token (the one just refused): the
+    # call was sent again with it, refused again, and failed with AuthenticationError.
+    checker = TokenChecker({"tok-1"})
+    answer_late, held_back, answered = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    async def customer(u: Any, **kwargs: Any) -> CallbackResult:
+        if u.query.get("access_token") == "tok-1" and not answer_late.is_set():
+            held_back.set()
+            await answer_late.wait()  # this call's answer comes once the refresh has begun
+            answered.set()
+        return checker(u, **kwargs)
+
+    api.get(url("/v1/customers/1"), callback=customer, repeat=True)
+    asked, frozen = asyncio.Event(), asyncio.Event()
+    store = BrokenStore(down=False)
+
+    async def get(key: str) -> Token | None:
+        if store.down:
+            asked.set()
+            await frozen.wait()  # a store that answers late: with an error
+            raise ConnectionResetError("peer went away")
+        return await store.inner.get(key)
+
+    store.get = get  # type: ignore[method-assign]
+    dm = make_client(token_store=store)
+    answer_late.set()
+    await dm.request("GET", "/v1/customers/1")  # tok-1, held and stored
+    answer_late.clear()
+
+    refused = asyncio.ensure_future(dm.request("GET", "/v1/customers/1"))  # sent with tok-1
+    await asyncio.wait_for(asyncio.ensure_future(held_back.wait()), 10)
+    clock.advance(7200 - 100)  # inside the margin: the next call refreshes ahead of expiry
+    store.down = True
+    ahead = asyncio.ensure_future(dm.request("GET", "/v1/customers/1"))
+    await asyncio.wait_for(asyncio.ensure_future(asked.wait()), 10)  # its refresh waits on it
+    checker.valid = {"tok-2"}  # tok-1 revoked (another process's fetch without the store)
+    answer_late.set()  # the first call is refused now, and waits for a token
+    await asyncio.wait_for(asyncio.ensure_future(answered.wait()), 10)
+    for _ in range(50):  # its refusal read: it waits for the refresh under way
+        await asyncio.sleep(0)
+    frozen.set()
+    results = await asyncio.wait_for(asyncio.gather(refused, ahead, return_exceptions=True), 10)
+
+    assert results == [CUSTOMER, CUSTOMER]
+    assert tokens.issued == ["tok-1", "tok-2"]
