@@ -35,9 +35,10 @@ _WINDOWS = os.name == "nt"
 _LOCK_POLL = 0.02  # seconds between tries of a file lock another process holds
 _SECONDS = "a number of seconds, or None"
 #: Errors that no wait mends (a read-only file system, no permission, a file where a directory
-#: should be): a store that cannot be read, locked or written for them is an error to fix, not
-#: an outage to ride out by fetching alone.
-_FOR_GOOD = (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR)
+#: should be, a name too long for the file system: the token file's, or its lock file's and
+#: temporary files', which are longer): a store that cannot be read, locked or written for them
+#: is an error to fix, not an outage to ride out by fetching alone.
+_FOR_GOOD = (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.ENAMETOOLONG)
 #: The suffix of the entry of a key's failed fetch: no token key has a third ``|``.
 _FAILED = "|failed"
 #: Seconds after which a temporary file of the store's is a dead writer's: a write (or
@@ -68,7 +69,11 @@ class FileTokenStore:
         if not isinstance(path, (str, os.PathLike)):
             raise InvalidRequestError(f"path must be a path, not {type(path).__name__}")
         self.path = Path(path)
-        if self.path.is_dir():  # taken, then every call went on without the store
+        try:
+            is_dir = self.path.is_dir()
+        except OSError:  # a name too long (a raw OSError out of the constructor): see _FOR_GOOD
+            is_dir = False  # the store's first call says what is wrong, before any token fetch
+        if is_dir:  # taken, then every call went on without the store
             raise InvalidRequestError(f"{str(self.path)!r} is a directory: name a file in it")
         self._lock_timeout = lock_timeout
         #: The file lock and the process it is for, made at first use: see
@@ -97,10 +102,13 @@ class FileTokenStore:
         passing = _WINDOWS and err.errno in (errno.EACCES, errno.EPERM)
         if err.errno not in _FOR_GOOD or passing:
             return self._error(message)
+        advice = (
+            "give the token file a shorter name"
+            if err.errno == errno.ENAMETOOLONG
+            else "let this user read and write it, or keep the token file elsewhere"
+        )
         return self._error(
-            f"{message}: no process can share a token through it; let this user read and"
-            " write it, or keep the token file elsewhere",
-            unsafe=True,
+            f"{message}: no process can share a token through it; {advice}", unsafe=True
         )
 
     def _check_owner(self, st: os.stat_result, what: str, path: Path) -> None:

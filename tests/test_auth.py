@@ -1447,6 +1447,28 @@ async def test_a_token_path_that_is_no_regular_file_is_an_error_not_a_revocation
     assert "not a regular file" in str(outcomes[0])
 
 
+@pytest.mark.parametrize("length", [250, 300])
+async def test_a_token_file_name_too_long_is_an_error_not_a_revocation_loop(
+    tmp_path: Any, length: int
+) -> None:
+    """A token file name that the file system takes, but not with the lock file's ``.lock``
+    or the temporary file's 14 characters more (250), or not at all (300): the store failed
+    with "File name too long" as if for a moment, and each client fetched a token without it
+    on every call, revoking the other's (two clients taking turns: 10 tokens for 10 calls). No
+    wait mends it: an error to fix, before any token is fetched."""
+    path = tmp_path / "private" / ("t" * length)
+    path.parent.mkdir(mode=0o700)
+    stores = [FileTokenStore(path) for _ in range(2)]
+
+    outcomes, issued = await two_processes_take_turns(stores)
+
+    assert issued == 0
+    assert all(isinstance(outcome, TokenStoreError) for outcome in outcomes), outcomes
+    assert all(outcome.unsafe for outcome in outcomes)
+    assert "File name too long" in str(outcomes[0])
+    assert "give the token file a shorter name" in str(outcomes[0])
+
+
 @pytest.mark.parametrize("what", ["a time of 400 digits", "arrays nested 100,000 deep"])
 async def test_a_token_file_no_parser_takes_is_replaced_not_fetched_around_for_ever(
     tmp_path: Any, what: str
