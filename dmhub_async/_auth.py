@@ -183,6 +183,8 @@ class TokenManager:
         self._flight: asyncio.Future[str] | None = None
         #: The fetch in flight has asked for its token: a close waits for it to be stored.
         self._fetching = False
+        #: ... and has it: only its writes to the store are left (see ended()).
+        self._fetched = False
         #: How the fetch in flight makes its token (the fetch of the client that started it).
         self._flight_fetch: Callable[[], Awaitable[Token]] = fetch
         #: The held token was fetched without the store (it failed): the store's may be older.
@@ -312,21 +314,27 @@ class TokenManager:
         service had issued by then (revoking every other process's) was stored for no one.
         A fetch waiting out a retry's backoff ends with the close (its wait ends), and so
         this wait with it."""
-        if self._fetching and not flight.done():
+        if self._fetching and not self._fetched and not flight.done():  # fetched: no request
             await asyncio.wait((flight,), timeout=self._timeout)
 
     async def ended(self, flight: asyncio.Future[str]) -> None:
         """Wait for ``flight`` (:meth:`stop`'s) to end, as long as it can take when its store
         answers: one stopped, a store call's timeout; one that asked for its token, the fetch's
-        budget and a timeout for each write. Past that it is left, with a warning.
+        budget and a timeout for each write; one that has its token, a timeout for each write.
+        Past that it is left, with a warning.
 
         A store on a file system that stops answering (an NFS server away) holds its thread for
         good, and the fetch waits for it however often it is cancelled (:func:`.on_thread`):
         the client's close awaited it, and hung for good.
         """
         writes = 2 + len(self._mirror_keys)  # the token, its mirrors, the lock's release
-        limit = self._timeout if flight.cancelled() or not self._fetching else None
-        if limit is None:
+        if flight.cancelled() or not self._fetching:
+            limit = self._timeout
+        elif self._fetched:
+            # The token is in hand, only its writes are left: the whole fetch's budget (241 s
+            # with timeout=0.2 and 4 retries) held the close for a write that never returned.
+            limit = writes * self._timeout
+        else:
             limit = self._lock_wait + writes * self._timeout
         done, _ = await asyncio.wait((flight,), timeout=limit)
         if not done:
@@ -340,7 +348,7 @@ class TokenManager:
     def _land(self, flight: asyncio.Future[str]) -> None:
         if self._flight is flight:
             self._flight = None
-            self._fetching = False
+            self._fetching = self._fetched = False
         if not flight.cancelled():
             flight.exception()  # mark retrieved: every waiter has seen it already
 
@@ -499,6 +507,7 @@ class TokenManager:
         self._fetching = True  # from here, a close waits for the token to be stored: see stop()
         started = self._clock()
         token = await fetch()
+        self._fetched = True
         if token.issued_at is None:
             token = Token(token.value, token.expires_at, started)
         return token

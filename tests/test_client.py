@@ -408,13 +408,16 @@ async def test_aclose_waits_for_a_token_asked_for_to_be_stored(api, make_client)
     assert len(calls(api, "/v1/customers/1")) == 0
 
 
+@pytest.mark.parametrize("max_retries", [0, 4])
 @pytest.mark.parametrize("stalls", ["taking the lock", "storing the token"])
 async def test_aclose_returns_though_the_token_files_file_system_stalls(
-    api, make_client, tmp_path, caplog, stalls
+    api, make_client, tmp_path, caplog, stalls, max_retries
 ):
     # A token file on a file system that stops answering (an NFS server away): its thread never
     # returns, and a token fetch stopped by the close (or one storing its token) waits for it
-    # however often it is cancelled. aclose() awaited that fetch, and hung for good.
+    # however often it is cancelled. aclose() awaited that fetch, and hung for good. With the
+    # token in hand and only its writes left, aclose() waited the whole fetch's budget all the
+    # same (retries and their waits: 241 s with timeout=0.2 and 4 retries), not the writes'.
     from dmhub_async import FileTokenStore
 
     api.get(
@@ -434,7 +437,7 @@ async def test_aclose_returns_though_the_token_files_file_system_stalls(
 
     setattr(store, stalling, never_returns)
     try:
-        dm = make_client(token_store=store, timeout=0.2, max_retries=0)
+        dm = make_client(token_store=store, timeout=0.2, max_retries=max_retries)
         call = asyncio.ensure_future(dm.request("GET", "/v1/customers/1"))
         assert await asyncio.to_thread(reached.wait, 5)  # the file system has stalled
 
