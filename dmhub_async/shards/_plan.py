@@ -593,7 +593,13 @@ async def _edges(probe: _Probe, n: int, total: int, bottom: int, top: int) -> li
     # customers before it in the same window would make that window heavier still.
     share = total / n
     for edge in sorted(edges):
+        if edge - 1 <= bottom:
+            # The window before it is that second alone already; probing the second before
+            # ``bottom`` asked for a range ending before the export's own start, refused
+            # ("date_created_to is before date_created_from") when a bulk import's second
+            # was the plan's ``date_created_from``.
+            continue
         before, through = await together((probe.count_before(edge - 1), probe.count_before(edge)))
-        if through - before > share and edge - 1 > bottom:
+        if through - before > share:
             edges.add(edge - 1)
     return sorted(edges)

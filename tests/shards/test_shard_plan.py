@@ -559,3 +559,34 @@ async def test_a_rerun_of_the_same_count_says_nothing_of_its_plans_count(
     assert "is taken up" not in said
     if ids is not None or not customers:  # 3 ids, or nobody: 13 or 9 shards plan the same
         assert "is taken up" not in caplog.text
+
+
+async def test_a_dense_second_at_the_plans_own_start_is_its_first_window(tmp_path: Path) -> None:
+    # 900 customers imported in one second, 100 after, exported from that second on: the
+    # plan probed the second before its own start and failed, "count(): date_created_to is
+    # before date_created_from", a filter the caller never gave, after its counts were sent.
+    now = [IMPORT_SECOND]
+    start = datetime.fromtimestamp(IMPORT_SECOND, timezone.utc)
+    async with DMHubSimulator(customers=0, clock=lambda: now[0]) as sim:
+        for _ in range(900):
+            sim.insert_customer({"name": "imported"})
+        for k in range(100):
+            now[0] = IMPORT_SECOND + 10 + k
+            sim.insert_customer({"name": "later"})
+        async with DMHubClient(sim.app_id, sim.secret, base_url=sim.url) as dm:
+            plan = await plan_shards(dm, 4, date_created_from=start)
+            manifest = await export_sharded(
+                dm, tmp_path / "out", 4, progress=False, date_created_from=start
+            )
+        ids = sim.customer_ids()
+
+    assert (plan[0].start, plan[0].end) == (start, start + timedelta(seconds=1))
+    assert plan[0].planned_count == 900
+    assert (
+        plan[0].note == "900 customers were created within one second: this window cannot be split"
+    )
+    assert sum(s.planned_count for s in plan) == 1_000
+    assert manifest.complete
+    merge(tmp_path / "out", tmp_path / "all.jsonl")
+    exported = [orjson.loads(x)["id"] for x in (tmp_path / "all.jsonl").read_bytes().splitlines()]
+    assert sorted(exported) == sorted(ids)
