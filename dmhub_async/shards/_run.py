@@ -41,6 +41,7 @@ from ._manifest import (
     part_digest,
 )
 from ._plan import (
+    MAX_SHARDS,
     ListedIds,
     Shard,
     id_list_text,
@@ -297,6 +298,7 @@ async def prepare(
     """
     if format not in ("jsonl", "csv"):
         raise InvalidRequestError(f"format must be 'jsonl' or 'csv', not {short(format)}")
+    check_shards(shards, "prepare")
     # A generator: read here, once; the manifest's record read it, the plan found it empty.
     read_id_list(filters)
     recorded = manifest_filters(filters, client.timezone)
@@ -377,6 +379,19 @@ async def _prepare(
     )
     await ManifestWriter(manifest, where).write()
     return manifest
+
+
+def check_shards(shards: object, caller: str) -> None:
+    """``shards`` as a plan takes it, 1 to :data:`MAX_SHARDS`, or InvalidRequestError.
+
+    Checked whether or not the directory holds a plan: a rerun took up its plan given 0, -1
+    or "2" (a count a new directory refuses), its warning saying "to plan 0, export to a new
+    directory", where that plan would be refused.
+    """
+    if isinstance(shards, bool) or not isinstance(shards, int) or not 1 <= shards <= MAX_SHARDS:
+        raise InvalidRequestError(
+            f"{caller}(): shards must be an int from 1 to {MAX_SHARDS}, not {short(shards)}"
+        )
 
 
 def _sweep_killed_writes(where: Path) -> None:
@@ -570,6 +585,7 @@ async def export_sharded(
     # Before the plan: a bad one was planned, then failed in every shard (or at the first
     # progress, a raw TypeError).
     check_run(client, page_size, concurrency, "on_total", on_total)
+    check_shards(shards, "export_sharded")
     warn_if_naive(client, "export_sharded", filters)
     with coordinating(directory):
         return await _export_sharded(

@@ -39,7 +39,7 @@ from ._manifest import (
     part_digest,
 )
 from ._plan import Shard, warn_if_naive
-from ._run import coordinating, prepare, record_result, result_of
+from ._run import check_shards, coordinating, prepare, record_result, result_of
 
 if TYPE_CHECKING:
     from .._client import DMHubClient
@@ -80,6 +80,7 @@ async def plan_directory(
         The directory's manifest, as written.
     """
     check_verify(verify, "plan_directory(): ")
+    check_shards(shards, "plan_directory")
     warn_if_naive(client, "plan_directory", filters)
     return await prepare(client, directory, shards, format=format, verify=verify, **filters)
 

@@ -24,7 +24,15 @@ from dmhub_async import (
     NaiveDatetimeWarning,
     ServerError,
 )
-from dmhub_async.shards import Manifest, Shard, export_sharded, merge, plan_shards
+from dmhub_async.shards import (
+    MAX_SHARDS,
+    Manifest,
+    Shard,
+    export_sharded,
+    merge,
+    plan_directory,
+    plan_shards,
+)
 from dmhub_async.shards._run import coordinating, prepare
 from dmhub_async.testing import DMHubSimulator
 
@@ -590,3 +598,28 @@ async def test_a_dense_second_at_the_plans_own_start_is_its_first_window(tmp_pat
     merge(tmp_path / "out", tmp_path / "all.jsonl")
     exported = [orjson.loads(x)["id"] for x in (tmp_path / "all.jsonl").read_bytes().splitlines()]
     assert sorted(exported) == sorted(ids)
+
+
+@pytest.mark.parametrize("shards", [0, -1, MAX_SHARDS + 1, "2", 2.0, True])
+async def test_a_rerun_with_a_shard_count_no_plan_takes_is_refused_as_a_new_plan_is(
+    sim: DMHubSimulator, dm: DMHubClient, tmp_path: Path, shards: Any
+) -> None:
+    # Refused in a new directory, a count of 0 or "2" was taken on a rerun of a planned one,
+    # its warning saying "to plan 0, export to a new directory", which refuses it.
+    await export_sharded(dm, tmp_path / "out", 2, progress=False)
+    before = (tmp_path / "out" / "manifest.json").read_bytes()
+    sent = dm.stats.requests
+
+    for call in (
+        lambda: export_sharded(dm, tmp_path / "out", shards, progress=False),
+        lambda: plan_directory(dm, tmp_path / "out", shards),
+        lambda: export_sharded(dm, tmp_path / "new", shards, progress=False),
+    ):
+        with pytest.raises(
+            InvalidRequestError, match=f"shards must be an int from 1 to {MAX_SHARDS}"
+        ):
+            await call()
+
+    assert dm.stats.requests == sent
+    assert (tmp_path / "out" / "manifest.json").read_bytes() == before
+    assert not (tmp_path / "new").exists()

@@ -213,7 +213,9 @@ async def test_bad_input_is_refused_before_anything_is_sent_or_written(tmp_path:
 
         sim.on_request(seen)
         async with DMHubClient(sim.app_id, sim.secret, base_url=sim.url) as dm:
-            with pytest.raises(InvalidRequestError, match="n must be an int from 1"):
+            with pytest.raises(
+                InvalidRequestError, match=r"plan_directory\(\): shards must be an int from 1"
+            ):
                 await plan_directory(dm, out, 0)
             with pytest.raises(InvalidRequestError, match="format must be 'jsonl' or 'csv'"):
                 await plan_directory(dm, out, 2, format="json")
