@@ -592,7 +592,9 @@ async def _edges(probe: _Probe, n: int, total: int, bottom: int, top: int) -> li
     # A second that holds more than a share of its own gets a window of its own: else the
     # customers before it in the same window would make that window heavier still.
     share = total / n
-    for edge in sorted(edges):
+    # The plan's last second too, when an edge fell on the plan's end: an import in the last
+    # second of --created-to was no window of its own, and the whole plan one shard.
+    for edge in sorted(edges | ({top} & set(high))):
         if edge - 1 <= bottom:
             # The window before it is that second alone already; probing the second before
             # ``bottom`` asked for a range ending before the export's own start, refused

@@ -623,3 +623,28 @@ async def test_a_rerun_with_a_shard_count_no_plan_takes_is_refused_as_a_new_plan
     assert dm.stats.requests == sent
     assert (tmp_path / "out" / "manifest.json").read_bytes() == before
     assert not (tmp_path / "new").exists()
+
+
+async def test_a_dense_second_at_the_plans_own_end_is_a_window_of_its_own() -> None:
+    # 100 customers over the minutes before, 900 imported in the last second of
+    # --created-to: every edge fell on the plan's end, and `--shards 4` planned one shard of
+    # all 1,000, the import no window of its own (as it is anywhere else in the range).
+    now = [IMPORT_SECOND - 200]
+    end = datetime.fromtimestamp(IMPORT_SECOND, timezone.utc)
+    async with DMHubSimulator(customers=0, clock=lambda: now[0]) as sim:
+        for k in range(100):
+            now[0] = IMPORT_SECOND - 200 + k
+            sim.insert_customer({"name": "before"})
+        now[0] = IMPORT_SECOND
+        for _ in range(900):
+            sim.insert_customer({"name": "imported"})
+        async with DMHubClient(sim.app_id, sim.secret, base_url=sim.url) as dm:
+            plan = await plan_shards(dm, 4, date_created_to=end)
+
+    assert [(s.start, s.end, s.planned_count) for s in plan] == [
+        (None, end, 100),
+        (end, end + timedelta(seconds=1), 900),
+    ]
+    assert (
+        plan[1].note == "900 customers were created within one second: this window cannot be split"
+    )
