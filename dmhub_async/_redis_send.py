@@ -12,12 +12,28 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import importlib
 from collections.abc import Iterator
 from typing import Any
 
 from ._tasks import within
 
-__all__ = ["pool_connections", "sending_cancellably"]
+__all__ = ["pool_connections", "require_redis_extra", "sending_cancellably"]
+
+
+def require_redis_extra(what: str, *modules: str) -> None:
+    """An ImportError naming the extra to install, where a module of ``modules`` (parents
+    first) is missing: without the ``redis`` extra, a bare "No module named 'redis'" (or
+    'limits') named neither the extra nor ``what`` needed it."""
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as err:
+            kind = ModuleNotFoundError if isinstance(err, ModuleNotFoundError) else ImportError
+            raise kind(
+                f"{what} needs the redis extra: pip install 'dmhub-async[redis]' ({err})",
+                name=err.name,
+            ) from None
 
 
 def sending_cancellably(pool: Any) -> Any:

@@ -23,7 +23,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ._exceptions import DMHubError, InvalidRequestError
-from ._redis_send import sending_cancellably
+from ._redis_send import require_redis_extra, sending_cancellably
 from ._token_stores import PerLoop, loop_table
 from ._validate import (
     REDIS_MAX_SECONDS,
@@ -136,6 +136,8 @@ class RedisRateLimiter:
         )
         if not isinstance(url, str) or urlsplit(url).scheme not in ("redis", "rediss"):
             raise InvalidRequestError("the shared rate limit needs a redis:// or rediss:// URL")
+        needed = ("redis", "redis.asyncio", "limits", "limits.aio.storage", "limits.aio.strategies")
+        require_redis_extra("RedisRateLimiter", *needed)
         from limits import RateLimitItemPerSecond
         from limits.aio.storage import RedisStorage
         from limits.aio.strategies import MovingWindowRateLimiter

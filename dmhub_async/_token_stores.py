@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 import attrs
 
 from ._exceptions import InvalidRequestError, TokenStoreError
-from ._redis_send import sending_cancellably
+from ._redis_send import require_redis_extra, sending_cancellably
 from ._validate import (
     REDIS_MAX_SECONDS,
     check_number,
@@ -435,6 +435,7 @@ class RedisTokenStore:
                 raise InvalidRequestError(
                     "RedisTokenStore needs a redis://, rediss:// or unix:// URL"
                 )
+            require_redis_extra("RedisTokenStore", "redis", "redis.asyncio")
             from redis.asyncio import Redis
 
             def connect() -> Redis:

@@ -9,6 +9,7 @@ import json
 import math
 import os
 import stat
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -591,6 +592,21 @@ async def test_a_failing_store_near_expiry_keeps_the_held_token(
     await dm.request("GET", "/v1/customers/1")
     assert broken.failed == 2
     assert all("going on with the token held" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("missing", ["redis", "redis.asyncio"])
+def test_a_redis_store_without_the_redis_extra_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch, missing: str
+) -> None:
+    # `pip install dmhub-async` (no extra), then the README's token table: the store raised
+    # a bare "No module named 'redis'", naming no extra, where the CLI named it.
+    monkeypatch.setitem(sys.modules, missing, None)
+    with pytest.raises(ImportError) as caught:
+        RedisTokenStore("redis://:hunter2@127.0.0.1:6379/0")
+    message = str(caught.value)
+    assert "RedisTokenStore needs the redis extra: pip install 'dmhub-async[redis]'" in message
+    assert "hunter2" not in message
+    assert caught.value.__cause__ is None
 
 
 async def test_store_errors_are_token_store_errors_naming_the_store(tmp_path):

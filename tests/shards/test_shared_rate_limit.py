@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -103,6 +104,20 @@ async def test_an_unreachable_redis_is_a_dmhub_error_and_nothing_is_sent(tmp_pat
 def test_bad_settings_are_refused(url: str, rate: float) -> None:
     with pytest.raises(InvalidRequestError):
         RedisRateLimiter(url, rate)
+
+
+@pytest.mark.parametrize("missing", ["limits", "limits.aio.storage", "redis.asyncio"])
+def test_a_shared_rate_limit_without_the_redis_extra_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch, missing: str
+) -> None:
+    # Without the extra (or with redis-py installed by hand, no `limits`), a bare
+    # "No module named 'limits'" named neither the extra nor what needed it.
+    monkeypatch.setitem(sys.modules, missing, None)
+    with pytest.raises(ImportError) as caught:
+        RedisRateLimiter("redis://:hunter2@127.0.0.1:6379/0", 10)
+    message = str(caught.value)
+    assert "RedisRateLimiter needs the redis extra: pip install 'dmhub-async[redis]'" in message
+    assert "hunter2" not in message
 
 
 @pytest.mark.parametrize(
