@@ -163,15 +163,23 @@ def customer_filter_params(
     return _filter_params(method, filters, paged=paged, zone=zone)[0]
 
 
+def check_filter_names(method: str, filters: Mapping[str, Any]) -> None:
+    """TypeError, as Python raises it, for a name of ``filters`` that is no filter: a function
+    that takes ``**filters`` and hands them on (a sharded export to its plan's counts) named
+    the call it made, ``count()``, not the one its caller made."""
+    for name in filters:
+        if name not in _FILTERS:
+            raise TypeError(f"{method}() got an unexpected keyword argument {name!r}")
+
+
 def _filter_params(
     method: str, filters: dict[str, Any], *, paged: bool, zone: tzinfo | None
 ) -> tuple[dict[str, str], bool]:
     """The query string, and whether a naive time was read as UTC for want of a zone."""
     params: dict[str, str] = {}
     naive = False
+    check_filter_names(method, filters)
     for name, value in filters.items():
-        if name not in _FILTERS:
-            raise TypeError(f"{method}() got an unexpected keyword argument {name!r}")
         if value is None:
             continue
         if name == "stage":

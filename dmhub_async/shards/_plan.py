@@ -33,7 +33,7 @@ from .._tasks import together
 from .._validate import check_number, short
 from .._words import counted
 from ..resources._batches import check_room, walked
-from ..resources._filters import checked_ids
+from ..resources._filters import check_filter_names, checked_ids
 
 if TYPE_CHECKING:
     from .._client import DMHubClient
@@ -451,6 +451,7 @@ async def plan_shards(
     Raises:
         InvalidRequestError: a bad ``n`` or filter, before any request.
     """
+    check_filter_names("plan_shards", filters)
     shards, _ = await plan_counted(client, n, now, dict(filters))
     return shards
 

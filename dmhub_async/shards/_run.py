@@ -28,7 +28,7 @@ from .._words import counted
 from ..export import ExportProgress, ExportReport, export_customers
 from ..export._export import Verify, check_run, check_verify, retries_of
 from ..export._output import _lock, _release, _sweep
-from ..resources._filters import read_id_list
+from ..resources._filters import check_filter_names, read_id_list
 from ._late import LATE_MISMATCH, grown_by_late_check, late_check, late_checked
 from ._manifest import (
     ID_LIST_NAME,
@@ -578,6 +578,7 @@ async def export_sharded(
     Returns:
         The manifest as written at the end; ``manifest.complete`` is the export's verdict.
     """
+    check_filter_names("export_sharded", filters)
     if isinstance(parallel, bool) or not isinstance(parallel, int) or parallel < 1:
         raise InvalidRequestError("export_sharded(): parallel must be an int >= 1")
     check_flag("export_sharded", "progress", progress)

@@ -30,6 +30,7 @@ from .._threads import file_work
 from .._validate import short
 from ..export import ExportReport
 from ..export._export import Verify, check_verify
+from ..resources._filters import check_filter_names
 from ._manifest import (
     MANIFEST_NAME,
     Manifest,
@@ -79,6 +80,7 @@ async def plan_directory(
     Returns:
         The directory's manifest, as written.
     """
+    check_filter_names("plan_directory", filters)
     check_verify(verify, "plan_directory(): ")
     check_shards(shards, "plan_directory")
     warn_if_naive(client, "plan_directory", filters)

@@ -272,6 +272,34 @@ async def test_a_sharded_export_with_bad_input_sends_and_writes_nothing(
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("function", ["plan_shards", "export_sharded", "plan_directory"])
+@pytest.mark.parametrize("rerun", [False, True], ids=["new", "rerun"])
+async def test_a_misspelt_filter_is_named_as_the_sharding_functions_own_argument(
+    sim: DMHubSimulator, dm: DMHubClient, tmp_path: Path, function: str, rerun: bool
+) -> None:
+    # `stag="lead"` for `stage`: the TypeError named `count()`, which the caller never called
+    # (the plan's first probe), or on a rerun blamed the directory's other export's filters.
+    out = tmp_path / "out"
+    if rerun:
+        await export_sharded(dm, out, 2, progress=False, stage="lead")
+    before = dm.stats.requests
+    manifest = (out / "manifest.json").read_bytes() if rerun else None
+    misspelt: dict[str, Any] = {"stag": "lead"}
+    calls = {
+        "plan_shards": lambda: plan_shards(dm, 2, **misspelt),
+        "export_sharded": lambda: export_sharded(dm, out, 2, progress=False, **misspelt),
+        "plan_directory": lambda: plan_directory(dm, out, 2, **misspelt),
+    }
+    with pytest.raises(TypeError) as caught:
+        await calls[function]()
+    assert str(caught.value) == f"{function}() got an unexpected keyword argument 'stag'"
+    assert dm.stats.requests == before
+    if rerun:
+        assert (out / "manifest.json").read_bytes() == manifest
+    else:
+        assert not out.exists()
+
+
 @pytest.mark.parametrize(
     "make",
     [lambda ids: (i for i in ids), iter, set, tuple, lambda ids: dict.fromkeys(ids).keys()],
