@@ -158,6 +158,19 @@ async def two_processes_take_turns(stores: list[Any], prepare: Any = None) -> tu
         return outcomes, sim.counters.tokens_issued
 
 
+async def refused_for_good(stores: list[Any]) -> str:
+    """:func:`two_processes_take_turns` with a store no wait mends: every call refused with
+    ``TokenStoreError(unsafe=True)``, no token fetched (each fetched around the store revoked
+    the other's); the first refusal's message."""
+    from dmhub_async import TokenStoreError
+
+    outcomes, issued = await two_processes_take_turns(stores)
+    assert issued == 0
+    assert all(isinstance(outcome, TokenStoreError) for outcome in outcomes), outcomes
+    assert all(outcome.unsafe for outcome in outcomes)
+    return str(outcomes[0])
+
+
 @contextlib.contextmanager
 def a_worker(queue: str, env: dict[str, str], cwd: Path | None = None) -> Iterator[list[str]]:
     """A ``dmhub-async worker`` on ``queue`` for the block; what it wrote to standard error,

@@ -55,6 +55,17 @@ def list_requests(sim: DMHubSimulator) -> int:
     return sim.counters.routes["GET /v1/customers"]
 
 
+def sorts_sent(sim: DMHubSimulator, path: str) -> list[tuple[str | None, str | None]]:
+    """The ``(sidx, sord)`` of each request to ``path`` from now on, as they are sent."""
+    sorts: list[tuple[str | None, str | None]] = []
+    sim.on_request(
+        lambda r: (
+            sorts.append((r.query.get("sidx"), r.query.get("sord"))) if r.path == path else None
+        )
+    )
+    return sorts
+
+
 @pytest.mark.parametrize("concurrency", [1, 4])
 async def test_walk_over_the_server_cap_gets_everyone_in_order(
     sim: DMHubSimulator, concurrency: int
@@ -265,14 +276,7 @@ async def test_a_sort_given_as_none_walks_as_one_left_out(
     ``sort_order=None`` went out as no ``sord`` (the service sorts ascending) while the walk
     dropped repeats as if descending: page 1 stopped it as "not in the order asked", blaming
     the service (at page_size=1, after 73 requests)."""
-    sorts: list[tuple[str | None, str | None]] = []
-    sim.on_request(
-        lambda r: (
-            sorts.append((r.query.get("sidx"), r.query.get("sord")))
-            if r.path == "/v1/customers"
-            else None
-        )
-    )
+    sorts = sorts_sent(sim, "/v1/customers")
     async with client_for(sim) as dm:
         walk = getattr(dm.customers, method)(concurrency=concurrency, **sort)
         found = await walk.to_list()
@@ -316,14 +320,7 @@ async def test_a_statistics_sort_given_as_none_walks_as_one_left_out(
     # As customers.list takes it: None is "not given", the default sort. Statistics refused it
     # ("sort_order must be 'asc' or 'desc', not None"), where the same option passed on from a
     # caller's own None worked for customers.
-    sorts: list[tuple[str | None, str | None]] = []
-    sim.on_request(
-        lambda r: (
-            sorts.append((r.query.get("sidx"), r.query.get("sord")))
-            if r.path == "/v1/customerStatistics"
-            else None
-        )
-    )
+    sorts = sorts_sent(sim, "/v1/customerStatistics")
     async with client_for(sim) as dm:
         given = await dm.customer_statistics.list(page_size=100, **sort).to_list()
         left_out = await dm.customer_statistics.list(page_size=100).to_list()

@@ -172,19 +172,6 @@ async def test_a_scripted_truncation_cuts_an_error_answer_too(
     assert (await get(http, sim, sent_token, path))[0] == status  # the same answer, whole
 
 
-async def test_a_scripted_reset_after_write_drops_an_error_answer_too(
-    http: aiohttp.ClientSession, sim: DMHubSimulator, token: str
-) -> None:
-    sim.faults.script(["reset-after-write"])
-    with pytest.raises((aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)):
-        async with http.post(
-            f"{sim.url}/v1/customers", params={"access_token": token}, json={"gender": 7}
-        ) as r:
-            await r.read()
-    assert sim.counters.faults == {"reset-after-write": 1}
-    assert sim.customers_count() == 30
-
-
 async def test_a_truncation_of_an_empty_answer_is_not_counted_as_fired(
     http: aiohttp.ClientSession, sim: DMHubSimulator, token: str
 ) -> None:
@@ -196,16 +183,25 @@ async def test_a_truncation_of_an_empty_answer_is_not_counted_as_fired(
     assert sim.counters.faults == {}
 
 
+@pytest.mark.parametrize(
+    ("body", "customers"),
+    [
+        ({"name": "丢失"}, 31),
+        # An error answer (a gender the service refuses) is lost as well: raised past the
+        # fault, a scripted reset was spent on it unapplied, and the error arrived whole.
+        ({"gender": 7}, 30),
+    ],
+)
 async def test_reset_after_write_applies_the_change_and_loses_the_answer(
-    http: aiohttp.ClientSession, sim: DMHubSimulator, token: str
+    http: aiohttp.ClientSession, sim: DMHubSimulator, token: str, body: Any, customers: int
 ) -> None:
     sim.faults.script(["reset-after-write"])
     with pytest.raises((aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)):
         async with http.post(
-            f"{sim.url}/v1/customers", params={"access_token": token}, json={"name": "丢失"}
+            f"{sim.url}/v1/customers", params={"access_token": token}, json=body
         ) as r:
             await r.read()
-    assert sim.customers_count() == 31
+    assert sim.customers_count() == customers
     assert sim.counters.faults == {"reset-after-write": 1}
 
 
