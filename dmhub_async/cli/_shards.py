@@ -552,7 +552,7 @@ async def worker_command(args: argparse.Namespace) -> int:
     if store is not None:
         client["token_store"] = store
     args = argparse.Namespace(**{**vars(args), "redis": with_redis_password(args.redis)})
-    await _reach_queue(args.redis, "--redis")
+    await _reach_queue(args.redis, "--redis", rate_limited=args.rate_limit is not None)
     if isinstance(store, RedisTokenStore):
         await _reach_token_store(store)
     from redis.exceptions import RedisError  # installed: _reach_queue found it
@@ -650,7 +650,7 @@ def _arq_log(*, verbose: bool) -> Iterator[None]:
         arq_logger.propagate = before[1]
 
 
-async def _reach_queue(redis_url: str, flag: str) -> None:
+async def _reach_queue(redis_url: str, flag: str, *, rate_limited: bool = False) -> None:
     try:
         import arq  # noqa: F401
         import redis  # noqa: F401
@@ -658,6 +658,15 @@ async def _reach_queue(redis_url: str, flag: str) -> None:
         raise UsageError(
             f"{flag} needs the redis extra: pip install 'dmhub-async[redis]'"
         ) from None
+    if rate_limited:
+        # The shared limit's library, made as the worker starts: without it (redis-py and arq
+        # installed by hand), a worker's start was a traceback once it had reached the queue.
+        try:
+            import limits.aio.storage  # noqa: F401
+        except ImportError:
+            raise UsageError(
+                "--rate-limit needs the redis extra: pip install 'dmhub-async[redis]'"
+            ) from None
     try:
         await check_queue(redis_url, flag, password_hint=_password_hint())
     except InvalidRequestError as err:

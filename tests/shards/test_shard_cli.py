@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -657,6 +658,30 @@ def test_a_worker_refuses_a_stop_timeout_that_is_not_a_positive_number(
 
     assert run.returncode == 2, run.stderr
     assert "--stop-timeout" in run.stderr
+
+
+def test_a_worker_with_a_rate_limit_but_not_its_library_says_what_to_install(
+    redis: RedisServer,
+) -> None:
+    # redis-py and arq installed by hand, not the extra: the worker reached the queue, then its
+    # start was a traceback ending in "No module named 'limits'".
+    without_limits = (
+        "import sys; sys.modules['limits'] = None; sys.argv[0] = 'dmhub-async';"
+        " from dmhub_async.cli import main; sys.exit(main())"
+    )
+    env = {**os.environ, "DMHUB_APP_ID": "app", "DMHUB_SECRET": "secret"}
+    command = [sys.executable, "-c", without_limits, "worker", "--redis", redis.url]
+    run = subprocess.run(
+        [*command, "--rate-limit", "5", "--burst"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert run.returncode == 2, run.stderr
+    assert "Traceback" not in run.stderr
+    assert "--rate-limit needs the redis extra: pip install 'dmhub-async[redis]'" in run.stderr
 
 
 def test_a_queue_redis_that_refuses_is_said_to_refuse_by_export_and_worker(
