@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import csv
 import json
+import os
 import queue
 import signal
 import socket
@@ -848,6 +849,68 @@ def test_a_full_standard_output_is_named_in_the_error(
 
     assert result.returncode == 1, result.stderr
     assert result.stderr == "dmhub-async: error: standard output: No space left on device\n"
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["simulate", "--port", "0", "--customers", "10"],
+        ["simulate", "--port", "0", "--customers", "10", "--report", "json"],
+        ["demo", "--customers", "10", "--latency-ms", "0", "--out", "d.jsonl"],
+    ],
+    ids=["simulate", "simulate-json", "demo"],
+)
+def test_settings_or_banner_to_a_full_standard_output_name_it(
+    tmp_path: Path, args: list[str]
+) -> None:
+    # `simulate > /dev/full` said "error: --port 0: No space left on device", blaming the port
+    # it had bound; `demo > /dev/full` a bare "error: No space left on device", of no file.
+    result = into_full_stdout(cli_command(*args), base_env(tmp_path / "cache"), tmp_path)
+
+    assert result.returncode == 1, result.stderr
+    assert result.stderr == "dmhub-async: error: standard output: No space left on device\n"
+    assert not (tmp_path / "d.jsonl").exists()
+
+
+@pytest.mark.parametrize("report", ["text", "json"])
+def test_simulate_whose_reader_went_away_ends_silently(tmp_path: Path, report: str) -> None:
+    # `dmhub-async simulate | head -0` said "error: --port 0: Broken pipe", exit 1: the reader
+    # of its settings gone is a pipe's end (exit 141, as `--out - | head -1`), not the port's.
+    read, write = os.pipe()
+    os.close(read)  # no reader, from the start
+    try:
+        result = subprocess.run(
+            cli_command("simulate", "--port", "0", "--customers", "10", "--report", report),
+            env=base_env(tmp_path / "cache"),
+            cwd=tmp_path,
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=TIMEOUT,
+            check=False,
+        )
+    finally:
+        os.close(write)
+
+    assert (result.returncode, result.stderr) == (141, "")
+
+
+def test_a_demo_started_without_standard_output_still_exports(tmp_path: Path) -> None:
+    # With no standard output (`>&-`) there is no banner to write, and nothing to fail on.
+    result = subprocess.run(
+        cli_command("demo", "--customers", "10", "--latency-ms", "0", "--out", "d.jsonl"),
+        env=base_env(tmp_path / "cache"),
+        cwd=tmp_path,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+        preexec_fn=lambda: os.close(1),
+    )
+
+    assert (result.returncode, result.stderr) == (0, "")
+    assert len(jsonl_ids(tmp_path / "d.jsonl")) == 10
 
 
 def test_export_verify_always_runs_the_final_check_the_library_offers(

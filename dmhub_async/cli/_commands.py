@@ -66,6 +66,7 @@ from ._report import (
     print_report,
     reading,
     shown,
+    standard_output,
     ticking,
 )
 from ._settings import open_client
@@ -588,7 +589,10 @@ async def _simulate(args: argparse.Namespace) -> int:
             quiet=args.quiet,
             # Blocking (7 s at 20 million customers): the loop saw Ctrl-C only once it ended.
             seeding=interruptible,
+            out=standard_output(),
         )
+    except BrokenPipeError:
+        raise  # the reader of its settings went away (`| head -1`): exit 141, not --port's
     except OSError as err:
         if err.errno == errno.EADDRINUSE:  # asyncio's "error while attempting to bind on ..."
             raise CommandError(
@@ -612,7 +616,13 @@ async def _demo(args: argparse.Namespace) -> int:
         _check_export_name(args.out, None, format_flag=False)
     latency = args.latency_ms
     # The banner is for people: with --report json, stdout holds the one JSON object only.
-    say = print if not args.quiet and args.report == "text" else lambda *_: None
+    shows = not args.quiet and args.report == "text"
+    stdout = standard_output()  # a failed write named, not a bare "No space left on device"
+
+    def say(line: str) -> None:
+        if shows:
+            print(line, file=stdout, flush=True)
+
     say(f"seeding an in-process DM Hub simulator with {counted(args.customers, 'customer')} ...")
     started = time.monotonic()
     with interruptible():  # blocking: the loop would see a signal only once it had ended

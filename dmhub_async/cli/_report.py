@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 import attrs
 
@@ -26,6 +27,7 @@ __all__ = [
     "ids_listed",
     "print_report",
     "reading",
+    "standard_output",
     "ticking",
 ]
 
@@ -222,6 +224,42 @@ def print_report(data: dict[str, Any], text: str, *, style: str, quiet: bool, ou
         # took the bare exit 1 for a failed export.
         where = "standard error" if out is sys.stderr else "standard output"
         raise CommandError(f"{where}: {err.strerror} (the report was not written)") from None
+
+
+@contextlib.contextmanager
+def _said_of_standard_output() -> Iterator[None]:
+    """A failed write in the block said of standard output (a reader gone left as it is)."""
+    try:
+        yield
+    except OSError as err:
+        if not unnamed_write_error(err):
+            raise  # BrokenPipeError: exit 141, silently, as `yes | head`
+        raise CommandError(f"standard output: {err.strerror}") from None
+
+
+class _StandardOutput(io.TextIOBase):
+    """``sys.stdout`` (as it is at each call), a failed write said of it; none (started with
+    ``>&-``), nothing written, as ``print`` does."""
+
+    def write(self, text: str) -> int:
+        if sys.stdout is None:
+            return len(text)
+        with _said_of_standard_output():
+            return sys.stdout.write(text)
+
+    def flush(self) -> None:
+        if sys.stdout is None:
+            return
+        with _said_of_standard_output():
+            sys.stdout.flush()
+
+
+def standard_output() -> TextIO:
+    """Standard output for lines that are no report (``simulate``'s settings, ``demo``'s
+    banner), its failed write an error naming it: ``simulate > /dev/full`` said "--port 0: No
+    space left on device", blaming the port it had bound, and ``demo`` a bare "No space left
+    on device", of no file."""
+    return cast(TextIO, _StandardOutput())
 
 
 def shown(line: str) -> str:
