@@ -183,3 +183,24 @@ def test_lookup_reading_its_input_says_nothing_when_quiet_and_draws_a_bar_on_a_t
     assert "rows of --in - checked" in err, err
     assert "copied to a temporary file" in err, err
     assert "dmhub-async: 10 lines" not in err, err
+
+
+@pytest.mark.parametrize("flags", [["--format", "jsonl"], []], ids=["jsonl", "csv"])
+def test_a_lookup_to_standard_output_that_fails_before_any_answer_writes_nothing_there(
+    in_process: dict[str, str],
+    served: ServedSimulator,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    flags: list[str],
+) -> None:
+    # `lookup --out - > found.csv` with a wrong secret left found.csv holding the CSV header,
+    # a result of no row, as a lookup that found no one has; an export to standard output
+    # writes nothing there when it fails so.
+    _identities(served, Path("ids.csv"))
+    monkeypatch.setenv("DMHUB_SECRET", "not-the-secret")
+
+    assert main(["lookup", "--in", "ids.csv", "--out", "-", "-q", *flags]) == 1
+
+    out, err = capsys.readouterr()
+    assert "DMHUB_SECRET" in err
+    assert out == ""

@@ -556,7 +556,7 @@ async def _lookup_rows(
 
 def _lookup_writer(out: TextIO, fmt: str) -> Callable[[Identity, int | None], None]:
     """What writes a lookup's answer to ``out`` as a row: CSV ``type,value,customer_id``
-    (after its header; an empty cell for no customer), or a JSON line ``{"type": ...,
+    (the first after its header; an empty cell for no customer), or a JSON line ``{"type": ...,
     "value": ..., "customer_id": 123 or null}``."""
     if fmt == "jsonl":
         dumps = json.JSONEncoder(ensure_ascii=False).encode
@@ -567,9 +567,13 @@ def _lookup_writer(out: TextIO, fmt: str) -> Callable[[Identity, int | None], No
 
         return write_line
     writer = csv.writer(out, lineterminator="\r\n")
-    writer.writerow(["type", "value", "customer_id"])
+    # With the first row, not before the first request: a lookup to standard output that
+    # failed then (a wrong secret) left `> found.csv` holding the header, a result of no row.
+    header = [["type", "value", "customer_id"]]
 
     def write_row(identity: Identity, customer_id: int | None) -> None:
+        if header:
+            writer.writerow(header.pop())
         writer.writerow([identity.type, identity.value, "" if customer_id is None else customer_id])
 
     return write_row
