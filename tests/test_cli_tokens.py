@@ -22,7 +22,8 @@ from dmhub_async import (
     MemoryTokenStore,
     RedisTokenStore,
 )
-from dmhub_async.cli._errors import EXIT_ERROR, UsageError, explain
+from dmhub_async.cli import main
+from dmhub_async.cli._errors import EXIT_ERROR, EXIT_USAGE, UsageError, explain
 from dmhub_async.cli._settings import token_store
 from dmhub_async.testing import DMHubSimulator
 
@@ -183,3 +184,56 @@ def test_two_concurrent_exports_for_one_app_id_both_finish_complete(tmp_path: Pa
         assert jsonl_ids(tmp_path / f"run{n}.jsonl") == expected
     token_file = tmp_path / "cache" / "dmhub-async" / "tokens.json"
     assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+
+
+@pytest.mark.skipif(not hasattr(os, "getuid"), reason="POSIX modes")
+@pytest.mark.parametrize("source", ["flag", "environment"])
+def test_a_file_store_that_holds_something_else_is_refused_not_replaced(
+    in_process: dict[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    source: str,
+) -> None:
+    # `--token-store file:credentials`, a private file of the user's (0600, which the store
+    # takes) given by mistake: the run went on without a word and the token's JSON replaced
+    # the file, its content lost for good.
+    private = tmp_path / "credentials"
+    private.write_text("export DMHUB_SECRET=kept-elsewhere\n", encoding="utf-8")
+    private.chmod(0o600)
+    Path("ids.csv").write_text("mobile,13800000000\n", encoding="utf-8")
+    flags = ["--token-store", f"file:{private}"] if source == "flag" else []
+    if source == "environment":
+        monkeypatch.setenv("DMHUB_TOKEN_STORE", f"file:{private}")
+
+    code = main(["lookup", "--in", "ids.csv", "--out", "found.csv", "-q", *flags])
+
+    assert code == EXIT_USAGE
+    named = "--token-store" if source == "flag" else "DMHUB_TOKEN_STORE"
+    assert f"{named} file:{private}: not a token file" in capsys.readouterr().err
+    assert private.read_text(encoding="utf-8") == "export DMHUB_SECRET=kept-elsewhere\n"
+    assert not Path("found.csv").exists()
+
+
+def test_a_file_store_takes_a_new_an_empty_or_a_token_file(
+    in_process: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    Path("ids.csv").write_text("mobile,13800000000\n", encoding="utf-8")
+    empty = tmp_path / "empty.json"
+    empty.touch(mode=0o600)
+    for store in (tmp_path / "new.json", tmp_path / "new.json", empty):  # made, then reused
+        flags = ["--token-store", f"file:{store}"]
+        assert main(["lookup", "--in", "ids.csv", "--out", "-", "-q", *flags]) == 0
+    assert "access_token" in empty.read_text(encoding="utf-8")
+    capsys.readouterr()
+
+
+def test_garbage_in_the_default_token_file_is_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The command's own file: garbage there holds no token, and is replaced at the next fetch.
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.delenv("DMHUB_TOKEN_STORE", raising=False)
+    (tmp_path / "dmhub-async").mkdir(mode=0o700)
+    (tmp_path / "dmhub-async" / "tokens.json").write_text("{garbage", encoding="utf-8")
+    assert isinstance(token_store(None), FileTokenStore)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import os
+import stat
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -97,11 +99,17 @@ def token_store(spec: str | None) -> TokenStore:
     one token per app id, so two runs that do not share it revoke each other's (docs/contract.md,
     "Transport and authentication").
     """
+    source = "--token-store" if spec is not None else TOKEN_STORE_ENV
+    given = spec if spec is not None else os.environ.get(TOKEN_STORE_ENV) or None
     spec = token_store_spec(spec)
     if spec == "memory":
         return MemoryTokenStore()
     if spec.startswith("file:") and spec != "file:":
-        return FileTokenStore(Path(spec[len("file:") :]).expanduser())
+        path = Path(spec[len("file:") :]).expanduser()
+        # The default file is the command's own: garbage there is replaced.
+        if given is not None and path != default_token_file():
+            _check_token_file(path, source)
+        return FileTokenStore(path)
     if spec.lower().startswith(("redis://", "rediss://", "unix://")):  # as redis-py reads it
         try:
             return RedisTokenStore(spec)
@@ -117,6 +125,42 @@ def token_store(spec: str | None) -> TokenStore:
     raise UsageError(
         f"--token-store (or {TOKEN_STORE_ENV}) must be memory, file:PATH or redis://HOST[:PORT], "
         f"not {given}"
+    )
+
+
+#: The most a token file holds, and more: one of a few entries is a few hundred bytes.
+_TOKEN_FILE_MOST = 1 << 20
+
+
+def _check_token_file(path: Path, source: str) -> None:
+    """Refuse a ``file:`` store that holds something other than tokens, before anything is
+    sent: a private file of the user's (a credentials file, an SSH key: mode 0600, which the
+    store takes) given by mistake was replaced by the token's JSON at the first fetch, its
+    content lost for good, and the run went on without a word. A missing or empty file, or one
+    a `FileTokenStore` wrote (a JSON object keyed ``base_url|app_id...``), is taken; a link, a
+    FIFO, another user's file are the store's to refuse, in its own words.
+    """
+    try:
+        info = path.lstat()
+    except OSError:
+        return
+    if not stat.S_ISREG(info.st_mode) or info.st_size == 0:
+        return
+    if info.st_size <= _TOKEN_FILE_MOST:
+        try:
+            with path.open("rb") as fh:
+                raw = fh.read(_TOKEN_FILE_MOST + 1)
+        except OSError:  # unreadable (another user's, its mode): the store says so
+            return
+        try:
+            data = json.loads(raw)
+        except (ValueError, RecursionError):
+            data = None
+        if isinstance(data, dict) and all("|" in key for key in data):
+            return
+    raise UsageError(
+        f"{source} file:{path}: not a token file (it holds something else), which the token"
+        " would replace: name a new file for the token store"
     )
 
 
