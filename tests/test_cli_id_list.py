@@ -287,6 +287,17 @@ BAD_FILES: list[tuple[str, bytes | None, tuple[str, ...]]] = [
     # Quoted to 40 characters, not bytes: a cut at 40 bytes split a character.
     ("a line of names", ("1\n" + "王" * 30 + "\n").encode(), (f"id: '{'王' * 30}' (one id",)),
     ("a long line of names", ("王" * 50 + "\n").encode(), (f"id: '{'王' * 40}'... (one",)),
+    # Windows PowerShell's `>` writes UTF-16: its line was quoted as '��3\x000\x000\x00...'.
+    (
+        "UTF-16",
+        "3000000001\r\n3000000002\r\n".encode("utf-16"),
+        ("ids.txt:1: a UTF-16 file", "save it as UTF-8"),
+    ),
+    (
+        "UTF-16 without its mark",
+        "3000000001\r\n".encode("utf-16-le"),
+        ("ids.txt:1: a UTF-16 file", "save it as UTF-8"),
+    ),
 ]
 
 

@@ -724,6 +724,10 @@ def read_id_file(given: str) -> list[int]:
     return ids
 
 
+#: A line of UTF-16 read as bytes: ASCII characters with a NUL beside each (LE or BE).
+_UTF16: Final = re.compile(rb"[\x01-\x7f]\x00[\x01-\x7f]\x00|\x00[\x01-\x7f]\x00[\x01-\x7f]")
+
+
 def _ids_in(fh: BinaryIO, where: str) -> list[int]:
     """The ids of :func:`read_id_file`, read from ``fh`` (named ``where``)."""
     ids: list[int] = []
@@ -739,6 +743,12 @@ def _ids_in(fh: BinaryIO, where: str) -> list[int]:
         if text.isdigit() and len(digits) <= 19 and (value := int(digits)) <= _LAST_ID:
             ids.append(value)
             continue
+        if text.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) or _UTF16.search(text):
+            # Windows PowerShell's `>` writes UTF-16: its line was quoted as '��3\x000\x00...'.
+            raise CommandError(
+                f"{where}:{number}: a UTF-16 file (Windows PowerShell's >, Excel's Unicode Text),"
+                " not one id a line in UTF-8: save it as UTF-8 (Out-File -Encoding utf8)"
+            )
         # Characters, not bytes: a cut at 40 bytes split a character (a line of 王, a JSON
         # lines file given by mistake), shown as a replacement character the file does not hold.
         head = text[: _QUOTED * 4].decode("utf-8", "replace")
