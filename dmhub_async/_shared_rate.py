@@ -107,7 +107,8 @@ class RedisRateLimiter:
         async with DMHubClient(rate_limit=limiter) as dm: ...
 
     Args:
-        url: the Redis server, ``redis://[:password@]host:port/db``.
+        url: the Redis server, ``redis://[:password@]host:port/db`` (or ``rediss://``, or
+            ``unix:///path/to/redis.sock?db=N``).
         rate: requests per second, shared, from 1e-15 to 1e15 (what Redis can keep): a whole
             number of requests in a whole number of seconds up to 60 (2.5: 5 in 2 s, which may
             go at once), or one request every whole number of seconds (0.001).
@@ -134,8 +135,12 @@ class RedisRateLimiter:
         check_number(
             "timeout", timeout, 0, inclusive=False, finite=True, what="a number of seconds"
         )
-        if not isinstance(url, str) or urlsplit(url).scheme not in ("redis", "rediss"):
-            raise InvalidRequestError("the shared rate limit needs a redis:// or rediss:// URL")
+        # unix:// too: a worker's limit is on the queue's Redis, which may be a socket's (a
+        # worker --redis unix://... --rate-limit stopped at its start, the URL refused).
+        if not isinstance(url, str) or urlsplit(url).scheme not in ("redis", "rediss", "unix"):
+            raise InvalidRequestError(
+                "the shared rate limit needs a redis://, rediss:// or unix:// URL"
+            )
         needed = ("redis", "redis.asyncio", "limits", "limits.aio.storage", "limits.aio.strategies")
         require_redis_extra("RedisRateLimiter", *needed)
         from limits import RateLimitItemPerSecond

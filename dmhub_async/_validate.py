@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any
-from urllib.parse import quote, urlencode, urlsplit
+from urllib.parse import parse_qs, quote, urlencode, urlsplit
 
 from yarl import URL
 
@@ -117,6 +117,10 @@ def redis_where(url: str) -> str:
         parts = urlsplit(url)
         if _typed_userinfo(url) and "@" not in parts.netloc:
             return "the URL given"  # a password read as host, port and path: not shown
+        if parts.scheme.lower() == "unix":  # a socket's path, its database in the query: it
+            # was "unix://localhost:6379/PATH", a host and port that are not where Redis is
+            db = parse_qs(parts.query).get("db", [""])[0]
+            return f"unix://{parts.path}" + (f"?db={db}" if db.isdigit() else "")
         return f"{parts.scheme}://{parts.hostname or 'localhost'}:{parts.port or 6379}{parts.path}"
     except ValueError:  # a port out of range
         return "the URL given"

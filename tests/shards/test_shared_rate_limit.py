@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
+import os
+import socket
+import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -325,3 +331,71 @@ async def test_a_fractional_rate_holds_exactly(
 def test_a_rate_no_short_window_can_hold_is_refused_before_anything_is_sent(rate: float) -> None:
     with pytest.raises(InvalidRequestError, match=r"rate .* whole number of requests"):
         RedisRateLimiter("redis://x/0", rate)
+
+
+@contextlib.contextmanager
+def unix_socket_redis() -> Iterator[str]:
+    """A redis-server of the test's own listening on a unix socket alone: the socket's path."""
+    from _redis import REDIS_SERVER, SKIP_REASON
+
+    if REDIS_SERVER is None:
+        pytest.skip(SKIP_REASON)
+    # Short: a unix socket's path is at most 107 bytes, and pytest's tmp_path may be longer.
+    with tempfile.TemporaryDirectory(prefix="dmhub-redis-") as directory:
+        sock = os.path.join(directory, "redis.sock")
+        no_port = ("--port", "0", "--save", "", "--appendonly", "no", "--dir", directory)
+        proc = subprocess.Popen(
+            [REDIS_SERVER, "--unixsocket", sock, *no_port],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            for _ in range(1000):  # at most 10 s
+                if os.path.exists(sock) or proc.poll() is not None:
+                    break
+                time.sleep(0.01)
+            assert os.path.exists(sock), "redis-server did not make its socket"
+            yield sock
+        finally:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def _keys_at(sock: str, db: int) -> bytes:
+    """``KEYS *`` of database ``db`` of the Redis at unix socket ``sock``, its raw answer."""
+    with socket.socket(socket.AF_UNIX) as conn:
+        conn.settimeout(5)
+        conn.connect(sock)
+        conn.sendall(f"*2\r\n$6\r\nSELECT\r\n${len(str(db))}\r\n{db}\r\n".encode())
+        conn.sendall(b"*2\r\n$4\r\nKEYS\r\n$1\r\n*\r\n")
+        answer = b""
+        while answer.count(b"\r\n") < 3:
+            answer += conn.recv(4096)
+        return answer
+
+
+async def test_a_unix_socket_redis_keeps_the_limit_as_it_keeps_the_queue() -> None:
+    # `worker --redis unix:///run/redis.sock --rate-limit 50`, a queue and a token store the
+    # worker took on that URL, stopped at its start: "the shared rate limit needs a redis://
+    # or rediss:// URL". Its Redis was said to be at "unix://localhost:6379/PATH".
+    with unix_socket_redis() as sock:
+        limiter = RedisRateLimiter(f"unix://{sock}?db=2", 5, key="app")
+        try:
+            assert repr(limiter) == f"RedisRateLimiter('unix://{sock}?db=2', 5/s)"
+            for _ in range(5):
+                await asyncio.wait_for(limiter.acquire(), 10)
+        finally:
+            await limiter.aclose()
+        assert b"dmhub_async:app" in _keys_at(sock, 2)
+
+
+async def test_a_unix_socket_not_there_is_named_by_its_path() -> None:
+    limiter = RedisRateLimiter("unix:///nonexistent/redis.sock", 5, timeout=1)
+    try:
+        with pytest.raises(DMHubError) as caught:
+            await limiter.acquire()
+    finally:
+        await limiter.aclose()
+    assert str(caught.value).startswith(
+        "the shared rate limit at unix:///nonexistent/redis.sock cannot be reached"
+    )
