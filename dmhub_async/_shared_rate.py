@@ -153,6 +153,10 @@ class RedisRateLimiter:
         self._item = RateLimitItemPerSecond(amount, seconds)
         self._key = f"dmhub_async:{key}"
         self._where = redis_where(url)
+        try:  # masked in redis-py's words, should a version ever quote it (read: a URL it reads)
+            self._password = urlsplit(url).password
+        except ValueError:
+            self._password = None
         self._retry: Any = None
         self._retry_on_error: tuple[type[BaseException], ...] = ()
 
@@ -243,7 +247,13 @@ class RedisRateLimiter:
                     f"the shared rate limit at {self._where} refused the request: "
                     f"{printable(str(err))[:300]}: no request was sent"
                 ) from None
+            # Why, in redis-py's words ("Error 111 connecting to HOST:PORT", "[SSL:
+            # CERTIFICATE_VERIFY_FAILED] ..."), as the queue and the token store say it: it was
+            # the error's type alone, "(ConnectionError)", whatever was wrong.
+            why = printable(str(err))[:300].rstrip(".") or type(err).__name__
+            if self._password:
+                why = why.replace(self._password, "***")
             raise DMHubError(
                 f"the shared rate limit at {self._where} cannot be reached "
-                f"({type(err).__name__}): no request was sent"
+                f"({type(err).__name__}: {why}): no request was sent"
             ) from None

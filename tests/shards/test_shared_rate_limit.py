@@ -399,3 +399,24 @@ async def test_a_unix_socket_not_there_is_named_by_its_path() -> None:
     assert str(caught.value).startswith(
         "the shared rate limit at unix:///nonexistent/redis.sock cannot be reached"
     )
+
+
+async def test_a_redis_not_reached_says_why_in_redis_pys_words_never_its_password() -> None:
+    # "cannot be reached (ConnectionError)" was all it said, whatever the reason: a TLS Redis
+    # whose certificate is of a CA not given (?ssl_ca_certs=), a plain redis:// URL of a TLS
+    # Redis, a host name that does not resolve, a port nothing listens on, alike; the queue
+    # and the token store on the same URL said redis-py's reason.
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        port = listening.getsockname()[1]  # closed: nothing listens there now
+    limiter = RedisRateLimiter(f"redis://:RedisPassw0rd@127.0.0.1:{port}/0", 5, timeout=1)
+    try:
+        with pytest.raises(DMHubError) as caught:
+            await limiter.acquire()
+    finally:
+        await limiter.aclose()
+    message = str(caught.value)
+    assert message.startswith(f"the shared rate limit at redis://127.0.0.1:{port}/0 cannot be")
+    assert f"Error 111 connecting to 127.0.0.1:{port}" in message
+    assert message.endswith(": no request was sent")
+    assert "RedisPassw0rd" not in message
