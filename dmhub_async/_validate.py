@@ -111,6 +111,19 @@ def _typed_userinfo(url: str) -> str:
     return url.partition("://")[2].rpartition("@")[0]
 
 
+#: What to do about a password read as a host, a port and a path (see :func:`_typed_userinfo`).
+PERCENT_ENCODE = "a password's /, #, ? or @ must be percent-encoded: %2F, %23, %3F, %40"
+
+
+def password_misread(url: str) -> bool:
+    """Whether ``url`` may hold a password cut short by a ``/``, ``#`` or ``?`` in it (its ``@``
+    past the netloc ``urlsplit`` reads): a URL refused is then said to need it encoded."""
+    try:
+        return bool(_typed_userinfo(url)) and "@" not in urlsplit(url).netloc
+    except ValueError:
+        return bool(_typed_userinfo(url))
+
+
 def redis_where(url: str) -> str:
     """The Redis a URL names, for messages: scheme, host, port and database, never a password."""
     try:
@@ -140,7 +153,7 @@ def redis_url_error(owner: str, url: str, err: Exception) -> InvalidRequestError
     if (password and password in text) or any(value in typed for value in quoted):
         text = "a value it cannot read"
         if typed:
-            text += " (a password's /, #, ? or @ must be percent-encoded: %2F, %23, %3F, %40)"
+            text += f" ({PERCENT_ENCODE})"
     return InvalidRequestError(f"{owner}: redis-py cannot read the URL: {text}")
 
 

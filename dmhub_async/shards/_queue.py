@@ -42,10 +42,12 @@ from .._redis_send import pool_connections, sending_cancellably
 from .._shared_rate import check_shared_rate
 from .._tasks import within as _bounded_in_time
 from .._validate import (
+    PERCENT_ENCODE,
     check_concurrency,
     check_flag,
     check_number,
     check_redis_options,
+    password_misread,
     printable,
     redis_url_error,
     redis_where,
@@ -199,8 +201,11 @@ def queue_settings(redis_url: object, name: str) -> Any:
         settings = RedisSettings.from_dsn(redis_url)
         read: dict[str, Any] = dict(parse_url(redis_url))
     except (RuntimeError, ValueError):
-        raise InvalidRequestError(  # not repeated: it may hold a password
-            f"{name} must be a URL such as redis://HOST:PORT/DB (or rediss://, unix://)"
+        # Not repeated: it may hold a password. One cut short by a /, # or ? read as the port
+        # is said so, as the token store on such a URL says it (README): it was "no URL" alone.
+        hint = f" ({PERCENT_ENCODE})" if password_misread(redis_url) else ""
+        raise InvalidRequestError(
+            f"{name} must be a URL such as redis://HOST:PORT/DB (or rediss://, unix://){hint}"
         ) from None
     settings.username, settings.password = read.get("username"), read.get("password")
     for option in _TLS_OPTIONS:

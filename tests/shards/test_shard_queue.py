@@ -435,6 +435,21 @@ def test_a_worker_with_a_bad_setting_is_refused_when_made(kwargs: dict[str, obje
         worker("redis://127.0.0.1:1/0", **kwargs)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("char", ["/", "#", "?"])
+def test_a_password_not_percent_encoded_is_said_so_not_shown(char: str) -> None:
+    # "worker(): redis_url must be a URL such as redis://HOST:PORT/DB": the README says that a
+    # password's /, #, ? or @ must be percent-encoded and that the error says so, as the token
+    # store's does; the queue's (worker --redis, export --queue) said only that it was no URL.
+    url = f"redis://:Hunter2{char}Redis@127.0.0.1:1/0"
+    with pytest.raises(InvalidRequestError) as refused:
+        worker(url)
+    message = str(refused.value)
+    assert message.startswith("worker(): redis_url must be a URL such as redis://HOST:PORT/DB")
+    assert "a password's /, #, ? or @ must be percent-encoded: %2F, %23, %3F, %40" in message
+    assert "Hunter2" not in message
+    assert "Redis@" not in message
+
+
 async def test_a_long_running_worker_keeps_no_progress_write_once_it_is_done(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
