@@ -461,6 +461,8 @@ class RedisTokenStore:
         self._prefix = prefix
         self._lock_timeout = lock_timeout
         self._lock_ttl = lock_ttl
+        #: Whether Redis has run the lock's scripts for this store (see :meth:`_check_scripts`).
+        self._scripts_run = False
 
     async def _client(self) -> Redis:
         """The client of the running event loop: the one passed in, or this loop's own."""
@@ -573,6 +575,8 @@ class RedisTokenStore:
             blocking_timeout=self._lock_timeout,
             thread_local=False,
         )
+        if not self._scripts_run:
+            await self._check_scripts(lock)
         # The lock's token, ours before Redis has it: a take cut short (a cancel, a timeout)
         # after Redis set the key and before its answer came left a lock nobody held, which
         # every other process waited the whole lock_ttl for.
@@ -609,6 +613,27 @@ class RedisTokenStore:
                 raise
             finally:
                 await asyncio.wait([keeper])
+
+    async def _check_scripts(self, lock: RedisLock) -> None:
+        """TokenStoreError (``unsafe``, before the lock is taken and a token fetched) if Redis
+        refuses the scripts that release and extend ``lock``; once a store, as they run.
+
+        The lock is taken with a SET, and released and extended by scripts (EVALSHA): an ACL
+        user with GET and SET and no scripts took it and never released it ("releasing the lock
+        failed ...; it expires on its own", a WARNING a fetch), so every token refresh of every
+        process waited the lock's whole ttl for a lock nobody held, and a fetch that outlasted
+        it was not kept from others' (each token revoking the one before).
+        """
+        from redis.exceptions import LockNotOwnedError, RedisError
+
+        try:
+            # A token nobody holds the lock with: the release script runs and releases nothing.
+            await lock.do_release(b"dmhub-async:no-holder:" + uuid.uuid4().hex.encode())
+        except LockNotOwnedError:
+            pass  # what a release script that ran says of a lock it was not given the token of
+        except (RedisError, OSError, RuntimeError) as err:
+            raise self._error("taking the lock", err) from None
+        self._scripts_run = True
 
     async def _release_taken(self, lock: RedisLock, token: bytes) -> None:
         """Release ``lock`` if Redis has it with ``token``, by a task of its own that a cancel of

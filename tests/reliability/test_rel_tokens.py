@@ -166,14 +166,16 @@ async def test_t1_eight_processes_share_one_token_across_a_revocation(
     if kind == "redis":
         # A process needs a token twice (its first call, and the refresh after the revocation)
         # and reads the store at most three times for each (before the lock, and under it the
-        # token and a failed fetch's record, none here), then releases the lock if it took it;
-        # so at most 6 reads and 2 releases a process, however loaded the machine. Observed:
-        # 29-33 reads, 13-15 releases. Before: a GET a call, 1,600+.
+        # token and a failed fetch's record, none here), then releases the lock if it took it,
+        # its store having run the release script once on a token nobody holds (that Redis runs
+        # the lock's scripts); so at most 6 reads and 3 releases a process, however loaded the
+        # machine. Observed: 29-33 reads, 13-15 releases before that check. Before: a
+        # GET a call, 1,600+.
         # The lock's polls and extensions come with the time a fetch takes, not with calls:
         # they are not bounded here (28 polls seen at rest, more under load).
         traffic = store_traffic(redis)
         assert traffic["reads"] <= 2 * 3 * PROCESSES, traffic
-        assert traffic["releases"] <= 2 * PROCESSES, traffic
+        assert traffic["releases"] <= 3 * PROCESSES, traffic
 
 
 # -- T2 --------------------------------------------------------------------------------------
@@ -194,9 +196,11 @@ async def test_t2_a_warm_client_makes_a_handful_of_redis_round_trips_in_1000_cal
             assert await asyncio.gather(*(dm.customers.count() for _ in range(10))) == [10] * 10
     assert sim.counters.tokens_issued == 1
     # A GET, the lock (SET NX), a GET under it and one of a failed fetch's record (none), the
-    # token's SET and its copy under 0.1's key (legacy_token_key), the lock's release: nothing
-    # more for the 1,000 calls. Before: 1,008 reads, one a call.
-    assert store_traffic(redis) == {"reads": 3, "writes": 3, "releases": 1}
+    # token's SET and its copy under 0.1's key (legacy_token_key), the lock's release, and
+    # (once a store, before its first lock) its release script on a token nobody holds, which
+    # says Redis runs the lock's scripts: nothing more for the 1,000 calls. Before: 1,008
+    # reads, one a call.
+    assert store_traffic(redis) == {"reads": 3, "writes": 3, "releases": 2}
 
 
 # -- T3 --------------------------------------------------------------------------------------
@@ -473,7 +477,8 @@ async def test_t5_spellings_of_one_base_url_share_one_token(clock: Any) -> None:
 
 
 @pytest.mark.parametrize(
-    "how", ["no password", "a wrong password", "no permission", "no such database"]
+    "how",
+    ["no password", "a wrong password", "no permission", "no scripts", "no such database"],
 )
 async def test_a_redis_that_refuses_the_store_is_an_error_not_a_revocation_loop(
     redis: RedisServer, how: str
@@ -488,6 +493,13 @@ async def test_a_redis_that_refuses_the_store_is_an_error_not_a_revocation_loop(
         url = url.removesuffix("/0") + "/99"
     elif how == "no permission":
         redis.command("ACL", "SETUSER", "probe", "on", ">pw", "~*", "-@all", "+ping")
+        url = url.replace("redis://", "redis://probe:pw@")
+    elif how == "no scripts":
+        # GET and SET, not the scripts that release and extend the lock (EVALSHA): the lock was
+        # taken and never released ("releasing the lock failed ...; it expires on its own", a
+        # WARNING), so every token refresh in every process waited its whole ttl for a lock
+        # nobody held, and one fetch that outlasted it was not kept from others'.
+        redis.command("ACL", "SETUSER", "probe", "on", ">pw", "~*", "+@all", "-@scripting")
         url = url.replace("redis://", "redis://probe:pw@")
     else:
         redis.command("CONFIG", "SET", "requirepass", "rightpw")
