@@ -26,9 +26,11 @@ from ._exceptions import DMHubError, InvalidRequestError
 from ._redis_send import require_redis_extra, sending_cancellably
 from ._token_stores import PerLoop, loop_table
 from ._validate import (
+    PERCENT_ENCODE,
     REDIS_MAX_SECONDS,
     check_number,
     check_redis_options,
+    password_misread,
     printable,
     redis_url_error,
     redis_where,
@@ -157,6 +159,9 @@ class RedisRateLimiter:
             self._password = urlsplit(url).password
         except ValueError:
             self._password = None
+        # A password cut short by a "/" (not percent-encoded): its start is read as the port,
+        # which redis-py's words name ("connecting to localhost:PORT"): not said.
+        self._misread = password_misread(url)
         self._retry: Any = None
         self._retry_on_error: tuple[type[BaseException], ...] = ()
 
@@ -253,6 +258,8 @@ class RedisRateLimiter:
             why = printable(str(err))[:300].rstrip(".") or type(err).__name__
             if self._password:
                 why = why.replace(self._password, "***")
+            if self._misread:
+                why = PERCENT_ENCODE
             raise DMHubError(
                 f"the shared rate limit at {self._where} cannot be reached "
                 f"({type(err).__name__}: {why}): no request was sent"

@@ -27,10 +27,12 @@ import attrs
 from ._exceptions import InvalidRequestError, TokenStoreError
 from ._redis_send import require_redis_extra, sending_cancellably
 from ._validate import (
+    PERCENT_ENCODE,
     REDIS_MAX_SECONDS,
     check_number,
     check_redis_options,
     check_text,
+    password_misread,
     redis_url_error,
     sendable_token,
 )
@@ -451,12 +453,18 @@ class RedisTokenStore:
             except ValueError as err:
                 raise redis_url_error("RedisTokenStore", url, err) from None
             check_redis_options("RedisTokenStore", url, client.connection_pool)
+            # A password cut short by a "/" (not percent-encoded): its start is read as the
+            # port, which the repr and redis-py's words named ("None:45123", "connecting to
+            # localhost:45123"): neither is said.
+            misread = password_misread(url)
             # Connections of each event loop's own (PerLoop): a store made once serves a job
             # scheduler's every asyncio.run(), and threads each running their own loop.
             self._per_loop: PerLoop[Redis] | None = PerLoop(connect, _close_redis)
         else:
             _check_async_client(client)
             self._per_loop = None
+            misread = False
+        self._misread = misread
         self._redis = client
         self._prefix = prefix
         self._lock_timeout = lock_timeout
@@ -486,6 +494,8 @@ class RedisTokenStore:
         )
 
         message = f"{self!r}: {doing} failed: {type(err).__name__}: {err}"
+        if self._misread:
+            message = f"{self!r}: {doing} failed: {type(err).__name__}: {PERCENT_ENCODE}"
         # Refused for good (a password missing or wrong, an ACL user without the commands, a
         # database the server does not have): an error to fix. Taken for an outage, each
         # process fetched a token of its own on every refusal, revoking the others' (4
@@ -694,6 +704,8 @@ class RedisTokenStore:
         await self.aclose()
 
     def __repr__(self) -> str:
+        if self._misread:
+            return f"RedisTokenStore(the URL given, prefix={self._prefix!r})"
         kwargs = self._redis.connection_pool.connection_kwargs
         where = kwargs.get("path") or f"{kwargs.get('host')}:{kwargs.get('port')}"
         return f"RedisTokenStore({where!s}/{kwargs.get('db', 0)}, prefix={self._prefix!r})"

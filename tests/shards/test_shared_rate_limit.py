@@ -420,3 +420,25 @@ async def test_a_redis_not_reached_says_why_in_redis_pys_words_never_its_passwor
     assert f"Error 111 connecting to 127.0.0.1:{port}" in message
     assert message.endswith(": no request was sent")
     assert "RedisPassw0rd" not in message
+
+
+@pytest.mark.parametrize("kind", ["token store", "rate limit"])
+async def test_a_password_read_as_the_port_is_never_said(kind: str) -> None:
+    # A password of digits, then a "/" not percent-encoded: redis-py reads its start as the
+    # port and connects to localhost there. The store's repr and both errors said it
+    # ("RedisTokenStore(None:45123/0 ...)", "Error 111 connecting to localhost:45123").
+    from _redis import free_port
+
+    start = str(free_port())  # nothing listens there
+    url = f"redis://:{start}/RedisPassw0rd@127.0.0.1:1/0"
+    made = RedisTokenStore(url) if kind == "token store" else RedisRateLimiter(url, 5, timeout=1)
+    try:
+        with pytest.raises(DMHubError) as caught:
+            await (made.get("key") if isinstance(made, RedisTokenStore) else made.acquire())
+    finally:
+        await made.aclose()
+    message = str(caught.value)
+    assert start not in message
+    assert start not in repr(made)
+    assert "RedisPassw0rd" not in message
+    assert "a password's /, #, ? or @ must be percent-encoded" in message
