@@ -769,6 +769,10 @@ REQUESTS = st.sampled_from(
 FAR_DATE = "Fri, 31 Dec 9999 23:59:59 GMT"
 
 
+def _no_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is no JSON")
+
+
 def success(status: int, body: bytes) -> tuple[bool, Any]:
     """What the contract says of an answer: (a success?, its value)."""
     if not 200 <= status < 300:
@@ -776,7 +780,9 @@ def success(status: int, body: bytes) -> tuple[bool, Any]:
     if not body.strip():
         return True, None
     try:
-        data = json.loads(body)
+        # NaN and Infinity are no JSON (RFC 8259), which json.loads reads all the same: the SDK
+        # refuses them everywhere, and this oracle, taking them, failed the test at random.
+        data = json.loads(body, parse_constant=_no_json)
     except (ValueError, RecursionError):
         return False, None
     if isinstance(data, dict) and coerce_code(data.get("error_code")) not in (None, 0):
@@ -793,13 +799,15 @@ def success(status: int, body: bytes) -> tuple[bool, Any]:
 @example(Request("GET", "/v1/customers"), 200, {}, b'{"error_code": ' + b"9" * 5000 + b"}", 0.0)
 @example(Request("GET", "/v1/customers"), 200, {}, b'{"rows": [12345678901234567890123]}', 0.0)
 @example(Request("GET", "/v1/customers"), 200, {}, b"-9223372036854775809", 0.0)  # beyond 64 bits
+@example(Request("GET", "/v1/customers"), 200, {}, b"Infinity", 0.0)  # found at random
+@example(Request("GET", "/v1/customers"), 200, {}, b'{"rows": [NaN]}', 0.0)
 def test_read_response_returns_or_raises_only_api_errors(
     request: Request, status: int, headers: dict[str, str], body: bytes, now: float
 ) -> None:
     ok, value = success(status, body)
     if ok:
         got = read_response(request, status, headers, body, now=now, secrets=["s3cret"])
-        assert got == value or (got != got and value != value)
+        assert got == value
         return
     with pytest.raises(APIError) as caught:  # ResponseDecodeError is one
         read_response(request, status, headers, body, now=now, secrets=["s3cret"])
