@@ -59,6 +59,8 @@ MAX_IDENTITY_VALUE = 128
 MAX_IDENTITY_NAME = 256
 MAX_ADDRESS = 512
 _ADDRESSES = ("home_address", "office_address")
+#: The reference's ``Integer`` (``employeeNumber``), a 32-bit int, where ids are ``Long``.
+INT32_RANGE: typing.Final = (-(2**31), 2**31 - 1)
 
 #: The longest URL a request may have: 8 KB is what common proxies and servers take.
 MAX_URL_LENGTH = 8192
@@ -557,6 +559,13 @@ def check_customer_fields(method: str, fields: Mapping[str, Any] | CustomerField
             )
         if name == "gender" and value not in tuple(Gender):
             raise InvalidRequestError(f"{method}(): gender must be 0, 1 or 2, not {short(value)}")
+        if name == "employee_number" and not INT32_RANGE[0] <= value <= INT32_RANGE[1]:
+            # Sent, the service could not read it (and the simulator stored it): refused here.
+            low, high = INT32_RANGE
+            raise InvalidRequestError(
+                f"{method}(): employee_number must be from {low} to {high} (a 32-bit integer),"
+                f" not {short(value)}"
+            )
         if name in _ADDRESSES and len(value) > MAX_ADDRESS:
             raise InvalidRequestError(
                 f"{method}(): {name} is {len(value)} characters; at most {MAX_ADDRESS}"

@@ -62,6 +62,17 @@ CASES: dict[str, Call] = {
     "create: over-long office_address": lambda dm: dm.customers.create(office_address="x" * 513),
     "create: gender 3": lambda dm: dm.customers.create(gender=3),
     "create: bool employee_number": lambda dm: dm.customers.create(employee_number=True),
+    # The reference types employeeNumber Integer (a 32-bit int, where ids are Long): a larger
+    # one was sent, and the simulator stored it, where the live service cannot read it.
+    "create: employee_number past a 32-bit int": lambda dm: dm.customers.create(
+        employee_number=2**31
+    ),
+    "update: employee_number below a 32-bit int": lambda dm: dm.customers.update(
+        1, employee_number=-(2**31) - 1
+    ),
+    "upsert: employee_number of 64 bits": lambda dm: dm.customers.create_with_identities(
+        [OK], employee_number=2**63
+    ),
     "create: attr not a dict": lambda dm: dm.customers.create(attr="x"),
     "create: attr key not str": lambda dm: dm.customers.create(attr={1: "x"}),
     "create: create_method int": lambda dm: dm.customers.create(name="x", create_method=5),
@@ -409,6 +420,26 @@ async def test_bad_input_is_refused_before_any_request(
         with pytest.raises(expected or InvalidRequestError):
             await invoke(CASES[name](dm))
     assert sim.counters.total == 0  # not even the token request
+
+
+async def test_employee_number_is_held_to_the_references_integer(
+    sim: DMHubSimulator, connect: Callable[..., DMHubClient]
+) -> None:
+    # docs/contract.md "Customer model": employeeNumber is an Integer, 32 bits (ids are Long).
+    async with connect(sim) as dm:
+        with pytest.raises(InvalidRequestError) as caught:
+            await dm.customers.create(name="x", employee_number=2**31)
+        assert str(caught.value) == (
+            "create(): employee_number must be from -2147483648 to 2147483647 (a 32-bit"
+            " integer), not 2147483648"
+        )
+        assert sim.counters.total == 0
+        # The bounds themselves are sent, as they are.
+        made = await dm.customers.create(name="x", employee_number=2**31 - 1)
+        assert made.employee_number == 2**31 - 1
+        assert made.id is not None
+        changed = await dm.customers.update(made.id, employee_number=-(2**31))
+        assert changed.employee_number == -(2**31)
 
 
 @dataclasses.dataclass
