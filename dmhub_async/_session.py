@@ -17,6 +17,7 @@ import time
 import traceback
 import urllib.request
 import weakref
+import zlib
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, cast
 from urllib.parse import urlsplit
@@ -49,6 +50,7 @@ from ._sansio import (
     APIResponse,
     Decode,
     Request,
+    build_error,
     connection_error,
     error_of,
     read_response,
@@ -56,6 +58,7 @@ from ._sansio import (
     token_request,
     too_large,
 )
+from ._validate import printable
 
 __all__ = ["ClientStats", "Session"]
 
@@ -691,7 +694,9 @@ class Session:
             conn.http = aiohttp.ClientSession(
                 timeout=conn.timeout,  # the root client's: a derived one's are passed (_send)
                 connector=aiohttp.TCPConnector(limit=conn.max_concurrency),
-                headers=HEADERS,
+                # The encodings _read decompresses itself, checking that each stream ends.
+                headers={**HEADERS, "Accept-Encoding": "gzip, deflate"},
+                auto_decompress=False,
             )
         return conn.http
 
@@ -923,6 +928,8 @@ class Session:
         length = resp.content_length
         if length is not None and length > limit:
             raise too_large(request, resp.status, limit)
+        if "Content-Encoding" in resp.headers:  # a chunked page's only step more
+            return await self._inflate(request, resp, limit)
         body = bytearray()  # chunked or compressed: the size is known only by reading
         async for chunk in resp.content.iter_chunked(1 << 16):
             body += chunk
@@ -932,6 +939,82 @@ class Session:
                 del body, chunk
                 raise too_large(request, resp.status, limit)
         return bytes(body)
+
+    async def _inflate(self, request: Request, resp: aiohttp.ClientResponse, limit: int) -> bytes:
+        """:meth:`_read` of a body sent compressed (``Content-Encoding``): decompressed here,
+        and refused (ResponseDecodeError) unless its stream ends as it should."""
+        inflate: Any = None  # a zlib decompressor, when the body is still compressed
+        encoding = resp.headers.get("Content-Encoding")
+        http = self._conn.http
+        # The status tells an error answer's class (a 429's Retry-After, a 500's retry): its
+        # body, unreadable, only its description.
+        success = 200 <= resp.status < 300
+        if encoding is not None and http is not None and not getattr(http, "auto_decompress", True):
+            try:
+                inflate = _decompressor(request, resp.status, encoding)
+            except ResponseDecodeError:
+                if success:
+                    raise
+                return b""
+        body = bytearray()
+        received = False
+        async for chunk in resp.content.iter_chunked(1 << 16):
+            if inflate is not None and chunk:
+                received = True
+                if inflate is _SNIFF:
+                    inflate = _deflate_of(chunk)
+                # One byte past the limit at most: a bomb of 8 KB is not inflated to gigabytes.
+                chunk = inflate.decompress(chunk, limit + 1 - len(body))
+            body += chunk
+            if len(body) > limit:
+                del body, chunk  # not kept by the error's traceback (see _read)
+                raise too_large(request, resp.status, limit)
+        if received and not (inflate.eof and not inflate.unused_data) and success:
+            del body  # not for an error tracker (see above)
+            raise build_error(
+                ResponseDecodeError,
+                request,
+                resp.status,
+                None,
+                f"the answer's {printable(encoding or '')!r} stream is cut short (or followed by"
+                " more): not read, its start would have been taken for all of it",
+            )
+        return bytes(body)
+
+
+#: Stands for a ``deflate`` decompressor not yet made: the first byte tells which it is.
+_SNIFF: Any = object()
+
+
+def _decompressor(request: Request, status: int, encoding: str) -> Any:
+    """A zlib decompressor for a body sent with this ``Content-Encoding`` (``_SNIFF`` for
+    ``deflate``; None for ``identity``), or ResponseDecodeError for one this client did not ask
+    for (its ``Accept-Encoding``) and cannot read.
+
+    aiohttp's own does not check that a gzip stream ends: cut short (a gateway's, or a
+    close-delimited answer's lost end), its start was read as the whole, a count of 12,345 for
+    1,234,567."""
+    name = encoding.strip().lower()
+    if name in ("gzip", "x-gzip"):
+        return zlib.decompressobj(zlib.MAX_WBITS | 16)
+    if name == "deflate":
+        return _SNIFF
+    if name in ("", "identity"):
+        return None
+    raise build_error(
+        ResponseDecodeError,
+        request,
+        status,
+        None,
+        f"the answer is compressed as {printable(encoding)!r}, which this client did not ask for"
+        " (it takes gzip and deflate) and cannot read",
+    )
+
+
+def _deflate_of(first: bytes) -> Any:
+    """The decompressor of a ``deflate`` body: with the zlib header RFC 9110 asks for, or
+    without it, as some servers send it (aiohttp tells them apart the same way)."""
+    return zlib.decompressobj(zlib.MAX_WBITS if first[0] & 0x0F == 8 else -zlib.MAX_WBITS)
 
 
 #: What aiohttp raises for a request that never left: refused, DNS, and (from aiohttp 3.10,

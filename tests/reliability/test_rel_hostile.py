@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import gzip
 import inspect
 import json
 import os
@@ -17,6 +18,7 @@ import sys
 import textwrap
 import traceback
 import tracemalloc
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,7 @@ from dmhub_async import (
     DMHubClient,
     InvalidRequestError,
     MemoryTokenStore,
+    RateLimitError,
     ResponseDecodeError,
     ResponseTooLargeError,
     __version__,
@@ -431,6 +434,122 @@ async def test_a_token_answer_that_holds_no_sendable_token_is_refused(
     ]
     assert "access_token" in str(caught.value)
     assert token[:12] not in texts_of(caught.value)
+
+
+# -- 5b. a compressed answer is read whole, or refused ------------------------------------------
+
+
+def compressed(body: bytes, encoding: str) -> Handler:
+    """Answers ``body`` as sent, declared compressed with ``encoding``."""
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        headers = {"Content-Type": "application/json", "Content-Encoding": encoding}
+        return web.Response(body=body, headers=headers)
+
+    return answer
+
+
+def deflated(data: bytes, wbits: int) -> bytes:
+    compressor = zlib.compressobj(wbits=wbits)
+    return compressor.compress(data) + compressor.flush()
+
+
+@pytest.mark.parametrize(
+    ("body", "encoding"),
+    [
+        (gzip.compress(b"1234567"), "gzip"),
+        (gzip.compress(b"1234567"), "x-gzip"),
+        (deflated(b"1234567", 15), "deflate"),
+        (deflated(b"1234567", -15), "deflate"),  # without the zlib header, as some servers send
+        (b"1234567", "identity"),
+    ],
+    ids=["gzip", "x-gzip", "deflate", "raw deflate", "identity"],
+)
+async def test_a_compressed_answer_is_read_whole(
+    servers: tuple[Server, Server], client: Callable[..., DMHubClient], body: bytes, encoding: str
+) -> None:
+    service, _ = servers
+    service.handler = compressed(body, encoding)
+    dm = client(service.url)
+
+    assert await dm.customers.count() == 1234567
+    assert "gzip" in service.seen[0]["headers"]["Accept-Encoding"]
+
+
+@pytest.mark.parametrize("cut", [10, 11, 12], ids=["the trailer", "a digit", "two digits"])
+async def test_a_gzip_answer_cut_short_is_refused_not_read_as_its_start(
+    servers: tuple[Server, Server], client: Callable[..., DMHubClient], cut: int
+) -> None:
+    service, _ = servers
+    whole = gzip.compress(b"1234567")
+    service.handler = compressed(whole[:-cut], "gzip")
+    dm = client(service.url, max_retries=0)
+
+    # Before: aiohttp does not check that a gzip stream ends: cut before its last bytes (a
+    # gateway or a close-delimited answer cut short) it read as "12345", a count of 12,345
+    # taken for the 1,234,567 the service counted.
+    with pytest.raises(ResponseDecodeError) as caught:
+        await dm.customers.count()
+
+    assert "cut short" in str(caught.value)
+    assert caught.value.status == 200
+
+
+async def test_a_gzip_page_cut_short_ends_the_walk_with_an_error(
+    servers: tuple[Server, Server], client: Callable[..., DMHubClient]
+) -> None:
+    service, _ = servers
+    page = {"rows": [{"id": 1}, {"id": 2}, {"id": 3}], "records": 3, "total": 1}
+    whole = gzip.compress(json.dumps(page).encode())
+    service.handler = compressed(whole[:-9], "gzip")  # the trailer's CRC and length cut
+    dm = client(service.url, max_retries=0)
+
+    with pytest.raises(ResponseDecodeError, match="cut short"):
+        [c async for c in dm.customers.list()]
+
+
+@pytest.mark.parametrize("encoding", ["br", "zstd", "compress", "gzip, br"])
+async def test_an_encoding_not_asked_for_is_a_decode_error_naming_it(
+    servers: tuple[Server, Server], client: Callable[..., DMHubClient], encoding: str
+) -> None:
+    service, _ = servers
+    service.handler = compressed(b"\x28\xb5\x2f\xfd not what it says", encoding)
+    dm = client(service.url, max_retries=0)
+
+    # Before: APIConnectionError "failed (ClientResponseError)", as if no answer had come.
+    with pytest.raises(ResponseDecodeError) as caught:
+        await dm.customers.get(1)
+
+    assert repr(encoding) in str(caught.value)
+
+
+async def test_an_error_answer_in_an_encoding_not_asked_for_keeps_its_status_s_class(
+    servers: tuple[Server, Server], client: Callable[..., DMHubClient]
+) -> None:
+    service, _ = servers
+
+    async def throttled(request: web.Request) -> web.StreamResponse:
+        headers = {"Content-Encoding": "br", "Retry-After": "7"}
+        return web.Response(status=429, body=b"\x8b\x02\x80{}\x03", headers=headers)
+
+    service.handler = throttled
+    dm = client(service.url, max_retries=0)
+
+    with pytest.raises(RateLimitError) as caught:
+        await dm.customers.get(1)
+    assert caught.value.retry_after == 7
+
+
+async def test_a_gzip_bomb_is_cut_off_at_the_cap(
+    servers: tuple[Server, Server], client: Callable[..., DMHubClient]
+) -> None:
+    service, _ = servers
+    service.handler = compressed(gzip.compress(b" " * (8 * MB)), "gzip")  # 8 KB on the wire
+    dm = client(service.url, max_response_size=MB)
+
+    with pytest.raises(ResponseTooLargeError):
+        await dm.customers.get(1)
+    assert len(service.seen) == 1
 
 
 # -- 6. plain http only to this machine, unless asked for -----------------------------------------
