@@ -93,6 +93,17 @@ async def test_lookup_finds_the_customer_or_none() -> None:
     assert await ids.lookup(Identity("wechat", "nobody")) is None
 
 
+async def test_find_keeps_only_the_bindings_of_the_identity_asked_for() -> None:
+    _, ids = fake(3)
+
+    # The answer also holds another binding of the type (customer 1, "other"): lookup() skips
+    # it, but find() returned it first, so found[0].customer_id was customer 1, not 1002.
+    found = await ids.find(Identity("wechat", "o2"))
+
+    assert [(b.customer_id, b.type, b.value) for b in found] == [(1002, "wechat", "o2")]
+    assert await ids.find(Identity("wechat", "nobody")) == []
+
+
 @pytest.mark.parametrize(
     "answer",
     [

@@ -83,8 +83,17 @@ class Identities(Resource):
         return found
 
     async def find(self, identity: Identity) -> builtins.list[CustomerIdentity]:
-        """The bindings of ``identity`` (empty when no customer holds it)."""
-        return await self._find(check_identity("find", identity))
+        """The bindings of ``identity`` (empty when no customer holds it).
+
+        Only those of this type and value: a binding of another the answer holds is left out,
+        as :meth:`lookup` skips it (it was returned, and read as this identity's customer).
+        """
+        wanted = check_identity("find", identity)
+        return [
+            binding
+            for binding in await self._find(wanted)
+            if binding.type == wanted.type and binding.value == wanted.value
+        ]
 
     async def lookup(self, identity: Identity) -> int | None:
         """The id of the customer holding ``identity``, or None."""
