@@ -104,6 +104,30 @@ async def test_find_keeps_only_the_bindings_of_the_identity_asked_for() -> None:
     assert await ids.find(Identity("wechat", "nobody")) == []
 
 
+async def test_list_keeps_only_the_bindings_of_the_customers_asked_for() -> None:
+    class Answers:
+        """An answer that holds another customer's binding besides the one asked for."""
+
+        def check_open(self) -> None:
+            """Open."""
+
+        async def request(self, method: str, path: str, **kwargs: Any) -> Any:
+            assert (method, path, kwargs["params"]["customerIds"]) == (
+                "GET",
+                "/v1/customeridentities",
+                "2",
+            )
+            return [
+                {"customerId": "1", "identityType": "wechat", "identityValue": "a"},
+                {"customerId": "2", "identityType": "wechat", "identityValue": "b"},
+            ]
+
+    # customer 1's binding was returned among customer 2's, as find() returned another's.
+    found = await Identities(Answers()).list([2])  # type: ignore[arg-type]
+
+    assert [(b.customer_id, b.type, b.value) for b in found] == [(2, "wechat", "b")]
+
+
 @pytest.mark.parametrize(
     "answer",
     [

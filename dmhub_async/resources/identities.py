@@ -66,7 +66,8 @@ class Identities(Resource):
         )
 
     async def list(self, customer_ids: Iterable[int]) -> builtins.list[CustomerIdentity]:
-        """Every identity bound to these customers."""
+        """Every identity bound to these customers (only theirs: a binding of another customer
+        the answer holds is left out, as :meth:`find` leaves out another identity's)."""
         ids = checked_ids("list", customer_ids, "customer_ids")
         found: builtins.list[CustomerIdentity] = []
         split = functools.partial(sized_batches, "list", {}, "customerIds", ids)
@@ -80,7 +81,8 @@ class Identities(Resource):
                 await self._session.request("GET", "/v1/customeridentities", params=batch),
                 "a list of identities",
             )
-        return found
+        asked = set(ids)
+        return [binding for binding in found if binding.customer_id in asked]
 
     async def find(self, identity: Identity) -> builtins.list[CustomerIdentity]:
         """The bindings of ``identity`` (empty when no customer holds it).
