@@ -44,6 +44,7 @@ __all__ = [
     "Decode",
     "Request",
     "connection_error",
+    "decode_error",
     "error_of",
     "read_response",
     "read_token",
@@ -430,6 +431,34 @@ def build_error(
         headers=headers,
         body=body,
         request_id=request_id(headers) if headers else None,
+    )
+
+
+def decode_error(
+    request: Request,
+    status: int,
+    headers: Mapping[str, str],
+    data: Any,
+    description: str,
+    secrets: Iterable[str | None],
+) -> APIError:
+    """The :class:`ResponseDecodeError` of a success answer, read as JSON, that holds no record
+    of the shape asked (``{}`` for a customer): as :func:`read_response` builds one for a body
+    its decode refused, the request, the answer's headers and request id, the start of the
+    answer and, for a write that is not safe to repeat, ``outcome_unknown`` (it was answered,
+    so it may have been applied)."""
+    try:
+        body = _body_text(_json.dumps(data), secrets)
+    except (TypeError, ValueError):
+        body = None
+    return build_error(
+        ResponseDecodeError,
+        request,
+        status,
+        None,
+        redact(description, secrets),
+        headers=headers,
+        body=body,
     )
 
 

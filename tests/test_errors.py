@@ -154,6 +154,54 @@ async def test_a_success_answer_without_the_customer_is_a_decode_error(api, make
         assert info.value.status == 200, name
 
 
+async def test_a_success_answer_of_the_wrong_shape_names_its_request_and_request_id(
+    api, make_client
+):
+    # The error of a single-record call carried no method, path, headers, body or request id
+    # (a page's did), and a create not safe to repeat, answered {} (so applied, perhaps),
+    # said outcome_unknown=False: retried by its caller, it could create the customer twice.
+    rid = {"X-Request-Id": "req-42"}
+    api.get(url("/v1/customers/5"), payload={}, headers=rid)
+    api.put(url("/v1/customers/5"), payload={}, headers=rid)
+    api.post(url("/v1/customers"), payload={}, headers=rid, repeat=True)
+    api.post(url("/v1/customerandidentities"), payload={}, headers=rid)
+    api.post(url("/v1/customeridentities"), payload={"customerId": "x"}, headers=rid)
+    api.get(url("/v1/customeridentities"), payload={"a": 1}, headers=rid)
+    api.get(url("/v1/customers/count"), payload={"count": -1}, headers=rid)
+    dm = make_client(access_token="tok", max_retries=0)
+    calls = {  # the call, its request, and whether its outcome is unknown
+        "get": (dm.customers.get(5), "GET /v1/customers/5", False),
+        "update": (dm.customers.update(5, name="y"), "PUT /v1/customers/5", False),
+        "create": (dm.customers.create(name="y"), "POST /v1/customers", True),
+        "create by mobile": (
+            dm.customers.create(name="y", mobile="13800000000"),
+            "POST /v1/customers",
+            False,  # matched by its mobile: safe to repeat
+        ),
+        "create_with_identities": (
+            dm.customers.create_with_identities([Identity("wechat", "o1")], name="y"),
+            "POST /v1/customerandidentities",
+            False,
+        ),
+        "identities.add": (
+            dm.identities.add(5, Identity("wechat", "o1")),
+            "POST /v1/customeridentities",
+            False,
+        ),
+        "identities.list": (dm.identities.list([5]), "GET /v1/customeridentities", False),
+        "count": (dm.customers.count(), "GET /v1/customers/count", False),
+    }
+    for name, (call, request, unknown) in calls.items():
+        with pytest.raises(ResponseDecodeError) as info:
+            await call
+        err = info.value
+        assert str(err).startswith(f"{request} -> HTTP 200: the answer is not "), name
+        assert f"{err.method} {err.path}" == request, name
+        assert (err.status, err.request_id, err.outcome_unknown) == (200, "req-42", unknown), name
+        assert err.body is not None, name
+        assert err.body.startswith(("{", "[")), name
+
+
 async def test_binding_an_identity_to_a_missing_customer_is_not_found(api, make_client, clock):
     # Retried as a ServerError before: five requests and seconds of backoff for an answer.
     api.post(

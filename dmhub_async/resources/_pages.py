@@ -6,8 +6,9 @@ from collections.abc import Callable, Hashable, Mapping
 from typing import Any, TypeVar
 
 from .. import _json
-from .._exceptions import ResponseDecodeError
+from .._exceptions import APIError, ResponseDecodeError
 from .._pagination import READING_AHEAD, AsyncPaginator, Dedupe, RawPage
+from .._sansio import APIResponse, Request, decode_error
 from .._session import Session
 from .._validate import check_paging, short
 
@@ -20,7 +21,8 @@ def decode(structure: Callable[[Any], T], data: Any, what: str) -> T:
     """``structure(data)``, or ResponseDecodeError when the body is not the promised shape.
 
     Its callers pass the answer straight in, never holding it in a variable of their own: see
-    below.
+    below. (The lookups' way; a call whose answer the caller's task keeps takes
+    :func:`decode_answer`, whose error names the request.)
     """
     try:
         return structure(data)
@@ -35,6 +37,45 @@ def decode(structure: Callable[[Any], T], data: Any, what: str) -> T:
     # traceback (the error masks the token in its own words): a gateway's echo of the
     # request, answered with HTTP 200, held the token in the body and in the words quoting it.
     del data, problem
+    raise error
+
+
+def decode_answer(
+    structure: Callable[[Any], T],
+    data: Any,
+    what: str,
+    call: tuple[Session, str, str, bool],
+    response: APIResponse | None = None,
+) -> T:
+    """:func:`decode` of the answer to a call: ``call`` is its session, method, path and
+    idempotence, ``response`` the answer (else the session's latest in this task, which
+    ``Session.request`` keeps).
+
+    Its ResponseDecodeError is built as :func:`read_response` builds one for a body its decode
+    refused: it names the request and carries the answer's headers, request id and start, and
+    ``outcome_unknown`` for a write not safe to repeat (answered, it may have been applied).
+    A create answered ``{}`` said nothing of its outcome, and ``request_id`` was None
+    whatever the service sent.
+    """
+    try:
+        return structure(data)
+    except (ValueError, TypeError, KeyError, AttributeError) as err:
+        problem = f"the answer is not {what}: {err}"
+    session, method, path, idempotent = call
+    answer = response or session.last_response
+    if answer is None:  # not remembered: no answer to quote
+        error: APIError = ResponseDecodeError(problem, status=200, description=problem)
+    else:
+        error = decode_error(
+            Request(method, path, idempotent=idempotent),
+            answer.status,
+            answer.headers,
+            answer.data,
+            problem,
+            session.secrets,
+        )
+    # Not among this frame's variables either (see decode).
+    del data, problem, answer, response
     raise error
 
 

@@ -44,7 +44,7 @@ from ._filters import (
     checked_ids,
     customer_filter_params,
 )
-from ._pages import PageReader, decode, paginate, rows_page
+from ._pages import PageReader, decode_answer, paginate, rows_page
 from ._resource import Resource
 from ._rows import RawRow, raw_row_id, read_raw_rows, read_rows, row_id, row_ids
 
@@ -95,10 +95,11 @@ class Customers(Resource):
         # The service matches on mobile or email, so such a create is safe to repeat.
         idempotent = bool(fields.get("mobile") or fields.get("email"))
         # The answer goes straight to decode, never into a variable here (see decode).
-        return decode(
+        return decode_answer(
             _customer_of,
             await self._session.request("POST", "/v1/customers", json=body, idempotent=idempotent),
             "a customer",
+            (self._session, "POST", "/v1/customers", idempotent),
         )
 
     async def create_with_identities(
@@ -120,10 +121,11 @@ class Customers(Resource):
             ),
             "customerIdentities": [identity_to_wire(i) for i in checked],
         }
-        return decode(
+        return decode_answer(
             _customer_of,
             await self._session.request("POST", "/v1/customerandidentities", json=body),
             "a customer",
+            (self._session, "POST", "/v1/customerandidentities", True),
         )
 
     async def get(self, customer_id: int) -> Customer:
@@ -134,13 +136,12 @@ class Customers(Resource):
             ResponseDecodeError: the answer holds no customer (no ``id``), as for every call
                 that answers with one.
         """
-        cid = check_id("get", customer_id)
-        return decode(
+        path = f"/v1/customers/{check_id('get', customer_id)}"
+        return decode_answer(
             _customer_of,
-            await self._session.request(
-                "GET", f"/v1/customers/{cid}", not_found_codes=NOT_FOUND_CODES
-            ),
+            await self._session.request("GET", path, not_found_codes=NOT_FOUND_CODES),
             "a customer",
+            (self._session, "GET", path, True),
         )
 
     async def update(self, customer_id: int, **fields: Unpack[CustomerFields]) -> Customer:
@@ -157,15 +158,17 @@ class Customers(Resource):
         check_customer_fields("update", fields)
         if not fields:
             raise InvalidRequestError("update(): give at least one field to change")
-        return decode(
+        path = f"/v1/customers/{cid}"
+        return decode_answer(
             _customer_of,
             await self._session.request(
                 "PUT",
-                f"/v1/customers/{cid}",
+                path,
                 json=_body("update", self._zoned("update", fields)),
                 not_found_codes=NOT_FOUND_CODES,
             ),
             "a customer",
+            (self._session, "PUT", path, True),
         )
 
     async def delete(self, customer_id: int) -> None:
@@ -200,7 +203,7 @@ class Customers(Resource):
 
         async def count(batch: dict[str, str]) -> tuple[int, APIResponse]:
             response = await self._session.send(Request("GET", "/v1/customers/count", batch))
-            return _count_of(response.data), response
+            return _count_of(response.data, self._session, response), response
 
         if len(batches) == 1:  # unless id_list is long
             found, response = await count(batches[0])
@@ -476,12 +479,13 @@ def _customer_of(data: Any) -> Customer:
     return customer
 
 
-def _count_of(data: Any) -> int:
+def _count_of(data: Any, session: Session, response: APIResponse) -> int:
     if isinstance(data, dict):  # tolerate {"count": n} should the service change shape
         data = data.get("count", data.get("total"))
     if isinstance(data, bool) or not isinstance(data, int) or data < 0:
         try:
-            return decode(_not_a_count, data, "a count")
+            call = (session, "GET", "/v1/customers/count", True)
+            return decode_answer(_not_a_count, data, "a count", call, response)
         finally:
             del data  # always raised: not among the traceback's variables (see decode)
     return data

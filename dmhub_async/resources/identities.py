@@ -24,7 +24,7 @@ from .._validate import (
 from ..models.identity import CustomerIdentity, Identity
 from ._batches import sized_batches
 from ._filters import LONG_ID_LIST, checked_ids
-from ._pages import decode
+from ._pages import decode, decode_answer
 from ._resource import Resource
 from .customers import NOT_FOUND_CODES
 
@@ -57,12 +57,13 @@ class Identities(Resource):
         # A missing customer is the 500 + 40201 of a get: an answer, not a failure to retry
         # (it was retried as a ServerError, five requests and seconds of backoff).
         # The answer goes straight to decode, never into a variable here (see decode).
-        return decode(
+        return decode_answer(
             structure_identity,
             await self._session.request(
                 "POST", "/v1/customeridentities", json=body, not_found_codes=NOT_FOUND_CODES
             ),
             "an identity",
+            (self._session, "POST", "/v1/customeridentities", True),
         )
 
     async def list(self, customer_ids: Iterable[int]) -> builtins.list[CustomerIdentity]:
@@ -76,10 +77,11 @@ class Identities(Resource):
         # URL) here, as list() does below LONG_ID_LIST: a thread's hand-over is most of it.
         batches, _ = await asyncio.to_thread(split) if len(ids) > LONG_ID_LIST else split()
         for batch in batches:  # one unless the list is long
-            found += decode(
+            found += decode_answer(
                 structure_identities,
                 await self._session.request("GET", "/v1/customeridentities", params=batch),
                 "a list of identities",
+                (self._session, "GET", "/v1/customeridentities", True),
             )
         asked = set(ids)
         return [binding for binding in found if binding.customer_id in asked]
