@@ -410,7 +410,6 @@ def build_error(
         message += f": {printable(description)}"
     if retry_after is not None:
         message += f" (Retry-After {retry_after:g}s)"
-    message += hint
     # A write whose answer failed may still have been applied: don't repeat it blindly.
     # 429 and 503 are refusals: nothing was written, nor on a FINAL_5XX. A 4xx is final anyway,
     # and so is an error_code on a 2xx: the service answered, and said no. A 2xx we cannot
@@ -419,6 +418,14 @@ def build_error(
         (status < 300 and code is None)
         or (status >= 500 and status != 503 and status not in FINAL_5XX)
     )
+    if unknown:
+        # Said in the message too (the README's promise), which is what a log, an error
+        # tracker's title or the CLI's line shows: the attribute alone went unseen.
+        message += (
+            "; the write may have been applied, so the outcome is unknown: check before"
+            " trying again"
+        )
+    message += hint
     return cls(
         message,
         status=status,

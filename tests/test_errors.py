@@ -202,6 +202,30 @@ async def test_a_success_answer_of_the_wrong_shape_names_its_request_and_request
         assert err.body.startswith(("{", "[")), name
 
 
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {"status": 500, "payload": {"error_code": 500}},
+        {"status": 502, "body": b"<html>Bad Gateway</html>"},
+        {"status": 200, "body": b"<html>ok</html>"},
+        {"status": 200, "payload": {}},
+    ],
+    ids=["500", "502", "unreadable 200", "200 without the customer"],
+)
+async def test_a_write_that_may_have_been_applied_says_so_in_its_message(api, make_client, answer):
+    # The README: such a write raises "with outcome_unknown=True and a message saying so".
+    # The attribute was set, but the message (what a log or the CLI shows) said nothing.
+    api.post(url("/v1/customers"), **answer)
+    dm = make_client(access_token="tok")
+
+    with pytest.raises(APIError) as info:
+        await dm.customers.create(name="no mobile or email: not safe to repeat")
+
+    assert info.value.outcome_unknown
+    assert "may have been applied, so the outcome is unknown" in str(info.value)
+    assert count(api, "/v1/customers") == 1
+
+
 async def test_binding_an_identity_to_a_missing_customer_is_not_found(api, make_client, clock):
     # Retried as a ServerError before: five requests and seconds of backoff for an answer.
     api.post(
