@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import errno
+import functools
 import gc
 import hashlib
 import io
@@ -446,6 +447,30 @@ async def test_progress_is_reported_after_every_page_with_the_total(
     assert [p.exported for p in seen] == [100, 200, 300, 400, 500, 600]
     assert {p.total for p in seen} == {CUSTOMERS}
     assert {p.duplicates for p in seen} == {0}
+
+
+async def test_an_async_on_progress_is_refused_before_any_request(
+    sim: DMHubSimulator, client: DMHubClient, tmp_path: Path
+) -> None:
+    # Called, never awaited: every page made a coroutine that never ran (a RuntimeWarning
+    # each), and the export ended complete having told the caller nothing.
+    seen: list[ExportProgress] = []
+
+    async def on_progress(progress: ExportProgress) -> None:
+        seen.append(progress)
+
+    class Awaited:
+        async def __call__(self, progress: ExportProgress) -> None:
+            seen.append(progress)
+
+    sim.counters.reset()
+    for callback in (on_progress, functools.partial(on_progress), Awaited()):
+        with pytest.raises(InvalidRequestError, match="on_progress must be a plain function"):
+            await export_customers(
+                client, tmp_path / "p.jsonl", progress=False, on_progress=callback
+            )
+    assert sim.counters.total == 0
+    assert files_in(tmp_path) == []
 
 
 async def test_progress_and_the_bar_include_what_the_final_check_recovers(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import io
 import os
 import time
@@ -196,12 +197,23 @@ def check_run(
 ) -> None:
     """The walk's settings and a progress callback, checked before any request or file.
 
-    A bad callback was a raw TypeError at the first progress, with pages already written.
+    A bad callback was a raw TypeError at the first progress, with pages already written; an
+    async one, never awaited, was silent.
     """
     # Built, not walked: the walk checks page_size, concurrency and the filters as it is made.
     client.customers.list_rows(page_size=page_size, concurrency=concurrency, **filters)
     if callback is not None and not callable(callback):
         raise InvalidRequestError(f"{callback_name} must be a function, not {short(callback)}")
+    # Called after every page, never awaited: an async one made a coroutine that never ran
+    # (a RuntimeWarning a page), and the export ended having told its caller nothing.
+    if callback is not None and (
+        inspect.iscoroutinefunction(callback)
+        or inspect.iscoroutinefunction(type(callback).__call__)
+    ):
+        raise InvalidRequestError(
+            f"{callback_name} must be a plain function (called after every page, not awaited),"
+            f" not a coroutine function: {short(callback)}"
+        )
 
 
 def _plan(
