@@ -1321,6 +1321,42 @@ async def test_resume_keeps_the_page_size_it_began_with(
     assert report.complete
 
 
+@pytest.mark.parametrize("with_checkpoint", [False, True])
+async def test_a_relative_output_stays_where_it_was_named_though_the_cwd_changes(
+    sim: DMHubSimulator,
+    client: DMHubClient,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    with_checkpoint: bool,
+) -> None:
+    # A service that changes its working directory while an export runs (another task's
+    # os.chdir): the relative names were taken again in the new one. The file went there,
+    # its lock files stayed behind in the first, and a complete export's checkpoint too.
+    named, elsewhere = tmp_path / "named", tmp_path / "elsewhere"
+    named.mkdir()
+    elsewhere.mkdir()
+    monkeypatch.chdir(named)
+
+    def move_away(progress: ExportProgress) -> None:
+        if progress.pages == 1:
+            os.chdir(elsewhere)
+
+    report = await export_customers(
+        client,
+        "customers.jsonl",
+        checkpoint="customers.ckpt" if with_checkpoint else None,
+        page_size=100,
+        progress=False,
+        on_progress=move_away,
+    )
+
+    assert report.complete
+    assert report.path == "customers.jsonl"  # as the caller named it
+    assert files_in(named) == ["customers.jsonl"]
+    assert files_in(elsewhere) == []
+    assert ids_of(read_jsonl(named / "customers.jsonl")) == sim.customer_ids()
+
+
 async def test_outputs_that_cannot_be_written_are_refused_before_any_request(
     sim: DMHubSimulator, client: DMHubClient, tmp_path: Path
 ) -> None:

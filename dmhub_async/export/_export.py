@@ -152,7 +152,11 @@ async def _export(
         scope = recorded_scope(scope)  # a list of some 200 ids and more: its digest
     out = await open_output(target, checkpoint_path, scope)
     try:
-        label = str(target) if isinstance(target, Path) else str(getattr(target, "name", "-"))
+        # The output as the caller named it (the target is absolute).
+        if isinstance(dest, (str, os.PathLike)):
+            label = str(Path(dest))
+        else:
+            label = str(getattr(dest, "name", "-"))
         writer = new_writer(
             fmt,
             out.found.header if out.found is not None else None,
@@ -267,7 +271,12 @@ def _plan(
     # One spelling of the service (as the token stores key it): HTTP://Host:443/ is https://host.
     base_url = normalise_base_url(client.base_url)
     scope = ExportScope(base_url, client.app_id, str(path.resolve()), fmt, encoding, params)
-    return path, fmt, scope, checkpoint_path, long_ids
+    # Absolute, now: a relative name was taken again in the working directory of the moment
+    # (another task's os.chdir mid-run), and the file went there, its lock files and a
+    # complete export's checkpoint left in the first.
+    if checkpoint_path is not None:
+        checkpoint_path = Path(os.path.abspath(checkpoint_path))
+    return Path(os.path.abspath(path)), fmt, scope, checkpoint_path, long_ids
 
 
 def _columns(filters: dict[str, Any]) -> list[str] | None:
