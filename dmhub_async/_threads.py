@@ -6,12 +6,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-import functools
 import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 __all__ = ["file_work", "on_thread"]
 
@@ -33,7 +32,9 @@ async def on_thread(work: Callable[[], T], undo: Callable[[T], object] | None = 
     try:
         return await asyncio.shield(running)
     except asyncio.CancelledError:
-        running.add_done_callback(functools.partial(_undone, undo))  # before the wait ends
+        # A class, not a closure: a closure's cells are made at every call, every page.
+        undo_once = _UndoOnce(undo)
+        running.add_done_callback(undo_once)  # before the wait ends
         # Cancelled again as it waits (asyncio.gather cancels its tasks, then their caller
         # cancels them too: export_sharded stopped), it waits all the same: it returned, and
         # an export's output was cut back to its last checkpoint while the page's commit
@@ -41,6 +42,14 @@ async def on_thread(work: Callable[[], T], undo: Callable[[T], object] | None = 
         while not running.done():
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.wait([running])
+        # Undone now, not at a later turn of the loop: the work done as the cancellation came,
+        # the caller went on first, and an export retried at once found its own lock held.
+        try:
+            undo_once(running)
+        except Exception as err:  # reported as the callback's was: the cancellation is raised
+            asyncio.get_running_loop().call_exception_handler(
+                {"message": "undoing cancelled file work failed", "exception": err}
+            )
         raise
 
 
@@ -48,6 +57,20 @@ async def file_work(work: Callable[[], T]) -> T:
     """``work()`` on a file thread; cancelled, the caller goes at once (a read: nothing to
     undo), the thread ends when the filesystem lets it."""
     return await _on_file_thread(work)
+
+
+class _UndoOnce(Generic[T]):
+    """``undo`` of what a future's work did (:func:`_undone`), done once: by the future's
+    callback or by the cancelled caller, whichever comes first."""
+
+    def __init__(self, undo: Callable[[T], object] | None) -> None:
+        self._undo = undo
+        self._done = False
+
+    def __call__(self, running: asyncio.Future[T]) -> None:
+        if not self._done:
+            self._done = True
+            _undone(self._undo, running)
 
 
 def _undone(undo: Callable[[T], object] | None, running: asyncio.Future[T]) -> None:

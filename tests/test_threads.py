@@ -9,6 +9,7 @@ import threading
 
 import pytest
 
+from dmhub_async import _threads
 from dmhub_async._threads import file_work, on_thread
 
 
@@ -75,3 +76,33 @@ async def test_work_cancelled_twice_is_still_waited_for() -> None:
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(task, 30)
     assert ended_with_the_thread == [True]
+
+
+async def test_work_done_as_it_is_cancelled_is_undone_before_the_caller_goes_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The thread done as the cancellation came (a timeout due as an export's output opened):
+    # the undo was left for a later turn of the loop, after the caller had gone on. An
+    # export retried at once was refused as in use "by another export", this process
+    # itself, its lock still held; the lock files and work file were still there.
+    loop = asyncio.get_running_loop()
+    running: asyncio.Future[str] = loop.create_future()
+    monkeypatch.setattr(_threads, "_on_file_thread", lambda work: running)
+    undone: list[str] = []
+    seen_by_the_caller: list[list[str]] = []
+
+    async def caller() -> None:
+        try:
+            await on_thread(lambda: "opened", undone.append)
+        except asyncio.CancelledError:
+            seen_by_the_caller.append(list(undone))  # what a retry made now would find
+            raise
+
+    task = asyncio.ensure_future(caller())
+    await asyncio.sleep(0)  # the caller waits for the thread
+    running.set_result("opened")  # the thread done...
+    task.cancel()  # ...and the timeout due, in the same turn of the loop
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 10)
+    assert seen_by_the_caller == [["opened"]]
+    assert undone == ["opened"]  # once
