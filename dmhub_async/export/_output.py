@@ -42,13 +42,15 @@ def check_path(path: Path, what: str) -> None:
         mode = os.lstat(path).st_mode
     except FileNotFoundError:
         mode = None
+    # Each refusal names ``what``: a checkpoint of an unset setting ("") was "'.' is a
+    # directory, not a file", which the user took for the output.
     if mode is not None and stat.S_ISDIR(mode):
-        raise InvalidRequestError(f"{str(path)!r} is a directory, not a file")
+        raise InvalidRequestError(f"{what} {str(path)!r} is a directory, not a file")
     if mode is not None and not stat.S_ISREG(mode):
         kind = "a symbolic link" if stat.S_ISLNK(mode) else "not a regular file"
         raise InvalidRequestError(f"{what} {str(path)!r} is {kind}: give a regular file")
     if not path.parent.is_dir() or not os.access(path.parent, os.W_OK):
-        raise InvalidRequestError(f"cannot write to {str(path.parent)!r}")
+        raise InvalidRequestError(f"{what} {str(path)!r}: cannot write to {str(path.parent)!r}")
 
 
 async def open_output(
