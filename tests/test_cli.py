@@ -797,21 +797,28 @@ def test_demo_exports_a_seeded_simulator(tmp_path: Path) -> None:
     assert "exported      500 customers" in result.stdout
 
 
+def with_stdout(
+    command: list[str], env: dict[str, str], cwd: Path, stdout: Any
+) -> subprocess.CompletedProcess[str]:
+    """``command`` run with ``stdout`` (a file, a descriptor) as its standard output."""
+    return subprocess.run(
+        command,
+        env=env,
+        cwd=cwd,
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
+
+
 def into_full_stdout(
     command: list[str], env: dict[str, str], cwd: Path
 ) -> subprocess.CompletedProcess[str]:
     """``command`` run with its standard output a full disk (``> /dev/full``)."""
     with open("/dev/full", "wb") as full:
-        return subprocess.run(
-            command,
-            env=env,
-            cwd=cwd,
-            stdout=full,
-            stderr=subprocess.PIPE,
-            text=True,
-            timeout=TIMEOUT,
-            check=False,
-        )
+        return with_stdout(command, env, cwd, full)
 
 
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
@@ -880,15 +887,11 @@ def test_simulate_whose_reader_went_away_ends_silently(tmp_path: Path, report: s
     read, write = os.pipe()
     os.close(read)  # no reader, from the start
     try:
-        result = subprocess.run(
+        result = with_stdout(
             cli_command("simulate", "--port", "0", "--customers", "10", "--report", report),
-            env=base_env(tmp_path / "cache"),
-            cwd=tmp_path,
-            stdout=write,
-            stderr=subprocess.PIPE,
-            text=True,
-            timeout=TIMEOUT,
-            check=False,
+            base_env(tmp_path / "cache"),
+            tmp_path,
+            write,
         )
     finally:
         os.close(write)
