@@ -503,6 +503,22 @@ def test_a_page_reader_learns_at_most_so_many_unknown_keys() -> None:
     assert models[0].extra == many
 
 
+def test_a_page_the_typed_build_refuses_midway_is_refused_as_the_lenient_way_does() -> None:
+    # The page's models are built in one loop (codegen.make_page_build_fn): a record it
+    # refuses after others were built leaves none of them behind, and the page is read again
+    # the lenient way, whose error names the record and the field.
+    lenient = lenient_page_reader(structure_customers, "rows")
+    reader = wire_struct.page_reader(Customer, make_converter(), "rows", (), lenient)
+    good = {"id": 1, "dateJoin": "2020-01-01T08:00:00+08:00", "tagCount": 1}
+    bad = {"id": 2, "dateJoin": "9999-12-31T23:00:00-05:00"}  # no UTC form
+    body = json.dumps({"rows": [good, bad, good]}).encode()
+    with pytest.raises(ValueError, match=r"record 1 \(id 2\), field 'dateJoin'"):
+        reader(body)
+    body = json.dumps({"rows": [good, {**bad, "dateJoin": None}, good]}).encode()
+    assert reader(body)[0] == lenient(body)[0]
+    assert reader(body)[0][0].date_join == datetime(2020, 1, 1, tzinfo=timezone.utc)
+
+
 #: A customer as the service sends it, every key in its order (docs/contract.md "Customer
 #: model"), and one the model does not know.
 FULL_ROW = {

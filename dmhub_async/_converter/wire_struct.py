@@ -37,7 +37,7 @@ import cattrs
 
 from .. import _json
 from ..models import Gender
-from .codegen import make_tuple_build_fn
+from .codegen import make_page_build_fn, make_tuple_build_fn
 from .names import wire_names, wire_order
 
 try:
@@ -127,13 +127,17 @@ def page_reader(
 
     # The unknown keys met so far (a service that adds a field sends it on every record) and
     # the page decoder that reads them too: learnt once, then every page is read in one go.
+    astuple = msgspec.structs.astuple
     build: Callable[[Any], T] = make_tuple_build_fn(cls, converter)  # no unknown key
-    typed: tuple[tuple[str, ...], Any, Callable[[Any], T]] = ((), page_decoder(()), build)
+    typed: tuple[tuple[str, ...], Any, Callable[[Any], list[T]]] = (
+        (),
+        page_decoder(()),
+        make_page_build_fn(cls, converter, astuple),
+    )
     raw_page_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])
     raw_rows_decoder = msgspec.json.Decoder(list[msgspec.Raw] | None)
     row_decoder = msgspec.json.Decoder(struct, float_hook=_json.exact_number)
     value_decoder = msgspec.json.Decoder(float_hook=_json.exact_number)
-    astuple = msgspec.structs.astuple
     hook = converter.get_structure_hook(cls)
 
     def read_row(raw: Any) -> T:
@@ -145,7 +149,7 @@ def page_reader(
     def read_typed(body: bytes) -> tuple[list[T], dict[str, Any]] | None:
         nonlocal typed
         while True:
-            unknown, decoder, build_known = typed
+            unknown, decoder, build_page = typed
             try:
                 page = decoder.decode(body)
             except msgspec.ValidationError as err:
@@ -157,12 +161,11 @@ def page_reader(
                 typed = (
                     learnt,
                     page_decoder(learnt),
-                    make_tuple_build_fn(cls, converter, learnt, unset),
+                    make_page_build_fn(cls, converter, astuple, learnt, unset),
                 )
                 continue
-            records = getattr(page, key) or ()
             meta = {k: v for k in page_keys if (v := getattr(page, k)) is not unset}
-            return [build_known(astuple(record)) for record in records], meta
+            return build_page(getattr(page, key) or ()), meta
 
     def read_page(body: bytes) -> tuple[list[T], dict[str, Any]]:
         try:
