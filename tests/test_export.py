@@ -1701,6 +1701,15 @@ async def test_an_attr_nested_too_deep_for_a_cell_is_the_csv_exports_error(
     dest, ckpt = tmp_path / "customers.csv", tmp_path / "export.ckpt"
     assert bad["id"] in [row["id"] async for row in client.customers.list_rows()]
 
+    try:  # how deep this Python's json writes: 3.13's goes past orjson's 1024, 3.11's not
+        json.dumps(json.loads(deep))
+    except RecursionError:
+        pass
+    else:  # the cell is written, as every other
+        report = await export_customers(client, dest, page_size=100, progress=False)
+        assert report.complete
+        assert deep.decode() in dest.read_text(encoding="utf-8").replace('""', '"')
+        return
     with pytest.raises(ResponseDecodeError) as caught:
         await export_customers(client, dest, checkpoint=ckpt, page_size=100, progress=False)
     assert f"customer {bad['id']}'s field 'attr'" in str(caught.value)
