@@ -12,7 +12,7 @@ import csv
 import io
 import json
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import IO, Any, Literal, Protocol
 
 import attrs
@@ -145,6 +145,7 @@ class CsvWriter:
                 except csv.Error:  # Python 3.10's csv writes no NUL: raw, it named no customer
                     raise _unwritable(
                         [row],
+                        _has_nul,
                         "a NUL character (U+0000), which the csv module of "
                         "Python 3.10 cannot write: export as JSONL, or on Python 3.11 "
                         "or later",
@@ -152,11 +153,19 @@ class CsvWriter:
         except RecursionError:
             # orjson reads JSON nested up to 1024 deep; json.dumps gives up near Python's
             # recursion limit: raw, the RecursionError named no customer.
-            raise _unwritable(rows, _TOO_DEEP) from None
+            raise _unwritable(
+                rows,
+                lambda _, value: _too_deep(value),
+                "JSON nested too deep to write as a cell (CSV cells of JSON end near 1,000 levels)",
+            ) from None
         try:
             return buf.getvalue().encode("utf-8")
         except UnicodeEncodeError:
-            raise _unwritable(rows) from None
+            raise _unwritable(
+                rows,
+                lambda name, value: not _encodes(name) or not _encodes(value),
+                "a lone surrogate (half of a character), which UTF-8 cannot hold",
+            ) from None
 
 
 def _cell(value: Any) -> str:
@@ -169,53 +178,41 @@ def _cell(value: Any) -> str:
     return str(value)  # a Decimal (a number a float would round) as every digit
 
 
-def _unwritable(rows: Sequence[dict[str, Any]], what: str | None = None) -> ResponseDecodeError:
-    """The error for a page holding text UTF-8 cannot (a lone surrogate, ``"\\ud83d"``: half
-    of a character the service cut in two), naming the customer and field. JSON can send it
-    escaped; the JSONL export refuses such a page as the decoder's ``ResponseDecodeError``.
-    ``what``: another character the CSV cannot hold (a NUL, on Python 3.10), said so, or
-    :data:`_TOO_DEEP`."""
+def _unwritable(
+    rows: Sequence[dict[str, Any]], bad: Callable[[str, Any], bool], what: str
+) -> ResponseDecodeError:
+    """The error for a page holding ``what`` the CSV cannot (a lone surrogate, ``"\\ud83d"``:
+    half of a character the service cut in two, which UTF-8 cannot hold; a NUL, on Python
+    3.10; JSON nested too deep), naming the first customer and field ``bad(name, value)``
+    finds. JSON can send it; the JSONL export refuses such a page as the decoder's
+    ``ResponseDecodeError``."""
     where = "a customer"
     for row in rows:
-        bad = [
-            name
-            for name, value in row.items()
-            if (
-                _too_deep(value)
-                if what is _TOO_DEEP
-                else _has_nul(name, value)
-                if what
-                else not _encodes(name) or not _encodes(value)
-            )
-        ]
-        if bad:
-            where = f"customer {row.get('id')!a}'s field {bad[0]!a}"
+        found = [name for name, value in row.items() if bad(name, value)]
+        if found:
+            where = f"customer {row.get('id')!a}'s field {found[0]!a}"
             break
-    what = what or "a lone surrogate (half of a character), which UTF-8 cannot hold"
-    return ResponseDecodeError(
-        f"GET /v1/customers -> HTTP 200: {where} holds {what}: "
-        "the CSV cannot be written until the service's value is fixed",
-        status=200,
-        method="GET",
-        path="/v1/customers",
-    )
+    return _csv_refused(f"{where} holds {what}")
 
 
 def _not_an_object(row: dict[str, Any], field: str) -> ResponseDecodeError:
     """The error for a customer whose ``field`` is no JSON object (nor null), which the CSV
     cannot flatten to columns: worded as ``list()``'s refusal of the same customer."""
     got = type(row[field]).__name__
+    return _csv_refused(
+        f"customer {row.get('id')!a}, field {field!r}: expected an object, got {got}"
+    )
+
+
+def _csv_refused(problem: str) -> ResponseDecodeError:
+    """The CSV export's ResponseDecodeError for ``problem`` in a page the service sent."""
     return ResponseDecodeError(
-        f"GET /v1/customers -> HTTP 200: customer {row.get('id')!a}, field {field!r}: expected"
-        f" an object, got {got}: the CSV cannot be written until the service's value is fixed",
+        f"GET /v1/customers -> HTTP 200: {problem}: the CSV cannot be written until the"
+        " service's value is fixed",
         status=200,
         method="GET",
         path="/v1/customers",
     )
-
-
-#: What a CSV cell cannot hold: JSON nested deeper than json.dumps goes (:func:`_too_deep`).
-_TOO_DEEP = "JSON nested too deep to write as a cell (CSV cells of JSON end near 1,000 levels)"
 
 
 def _too_deep(value: Any) -> bool:
