@@ -923,40 +923,27 @@ class Session:
 
     async def _read(self, request: Request, resp: aiohttp.ClientResponse) -> bytes:
         """A body ``_send`` cannot read in one go (declared too large, chunked or compressed),
-        or ResponseTooLargeError as soon as it passes ``max_response_size``."""
+        or ResponseTooLargeError as soon as it passes ``max_response_size``.
+
+        A body sent compressed (``Content-Encoding``) to the client's own session (which
+        leaves it to this) is decompressed here, and refused (ResponseDecodeError) unless its
+        stream ends as it should; a session passed in decompresses as it was made to."""
         limit = self._max_response_size
         length = resp.content_length
         if length is not None and length > limit:
             raise too_large(request, resp.status, limit)
-        if "Content-Encoding" in resp.headers:  # a chunked page's only step more
-            return await self._inflate(request, resp, limit)
-        body = bytearray()  # chunked or compressed: the size is known only by reading
-        async for chunk in resp.content.iter_chunked(1 << 16):
-            body += chunk
-            if len(body) > limit:
-                # Not kept in this frame's locals: the error's traceback holds them for as
-                # long as the error is kept, and this body is what the limit refused.
-                del body, chunk
-                raise too_large(request, resp.status, limit)
-        return bytes(body)
-
-    async def _inflate(self, request: Request, resp: aiohttp.ClientResponse, limit: int) -> bytes:
-        """:meth:`_read` of a body sent compressed (``Content-Encoding``): decompressed here,
-        and refused (ResponseDecodeError) unless its stream ends as it should."""
         inflate: Any = None  # a zlib decompressor, when the body is still compressed
-        encoding = resp.headers.get("Content-Encoding")
-        http = self._conn.http
-        # The status tells an error answer's class (a 429's Retry-After, a 500's retry): its
-        # body, unreadable, only its description.
-        success = 200 <= resp.status < 300
-        if encoding is not None and http is not None and not getattr(http, "auto_decompress", True):
+        encoding = resp.headers.get("Content-Encoding")  # a chunked page's only step more
+        if encoding is not None and not getattr(self._conn.http, "auto_decompress", True):
             try:
                 inflate = _decompressor(request, resp.status, encoding)
             except ResponseDecodeError:
-                if success:
+                # The status tells an error answer's class (a 429's Retry-After, a 500's
+                # retry): its body, unreadable, only its description.
+                if 200 <= resp.status < 300:
                     raise
                 return b""
-        body = bytearray()
+        body = bytearray()  # chunked or compressed: the size is known only by reading
         received = False
         async for chunk in resp.content.iter_chunked(1 << 16):
             if inflate is not None and chunk:
@@ -967,9 +954,11 @@ class Session:
                 chunk = inflate.decompress(chunk, limit + 1 - len(body))
             body += chunk
             if len(body) > limit:
-                del body, chunk  # not kept by the error's traceback (see _read)
+                # Not kept in this frame's locals: the error's traceback holds them for as
+                # long as the error is kept, and this body is what the limit refused.
+                del body, chunk
                 raise too_large(request, resp.status, limit)
-        if received and not (inflate.eof and not inflate.unused_data) and success:
+        if received and not (inflate.eof and not inflate.unused_data) and 200 <= resp.status < 300:
             del body  # not for an error tracker (see above)
             raise build_error(
                 ResponseDecodeError,
