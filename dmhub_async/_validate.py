@@ -128,10 +128,10 @@ def password_misread(url: str) -> bool:
 
 def redis_where(url: str) -> str:
     """The Redis a URL names, for messages: scheme, host, port and database, never a password."""
+    if password_misread(url):
+        return "the URL given"  # a password read as host, port and path: not shown
     try:
         parts = urlsplit(url)
-        if _typed_userinfo(url) and "@" not in parts.netloc:
-            return "the URL given"  # a password read as host, port and path: not shown
         if parts.scheme.lower() == "unix":  # a socket's path, its database in the query: it
             # was "unix://localhost:6379/PATH", a host and port that are not where Redis is
             db = parse_qs(parts.query).get("db", [""])[0]
