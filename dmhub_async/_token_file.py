@@ -26,7 +26,7 @@ from ._threads import file_work, on_thread
 from ._token_stores import DEFAULT_LIFETIME, FetchFailure, ProcessLocks, Token
 from ._validate import check_number
 
-__all__ = ["FileTokenStore"]
+__all__ = ["FileTokenStore", "holds_only_tokens"]
 
 # Not on Windows: there, no links to follow and no FIFO to block on.
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
@@ -345,6 +345,17 @@ class FileTokenStore:
 
     def __repr__(self) -> str:
         return f"FileTokenStore({str(self.path)!r})"
+
+
+def holds_only_tokens(raw: bytes) -> bool:
+    """Whether ``raw`` is what this store writes, a JSON object keyed ``base_url|app_id...``
+    (an empty one too): the command line refuses a ``file:`` store holding anything else,
+    which the store would replace at its first write."""
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError):
+        return False
+    return isinstance(data, dict) and all("|" in key for key in data)
 
 
 def _drop_expired(data: dict[str, Any], *, keep: str, before: float) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import os
 import stat
@@ -21,7 +20,7 @@ from .._exceptions import APIConnectionError
 from .._logging import logger as library_logger
 from .._logging import show_log
 from .._redact import redact
-from .._token_file import FileTokenStore
+from .._token_file import FileTokenStore, holds_only_tokens
 from .._token_stores import MemoryTokenStore, RedisTokenStore, TokenStore
 from ._errors import UsageError, stopped_answering
 
@@ -152,11 +151,7 @@ def _check_token_file(path: Path, source: str) -> None:
                 raw = fh.read(_TOKEN_FILE_MOST + 1)
         except OSError:  # unreadable (another user's, its mode): the store says so
             return
-        try:
-            data = json.loads(raw)
-        except (ValueError, RecursionError):
-            data = None
-        if isinstance(data, dict) and all("|" in key for key in data):
+        if holds_only_tokens(raw):
             return
     raise UsageError(
         f"{source} file:{path}: not a token file (it holds something else), which the token"
