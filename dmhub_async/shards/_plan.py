@@ -44,6 +44,7 @@ __all__ = [
     "ListedIds",
     "Shard",
     "id_list_text",
+    "is_shard_count",
     "manifest_filters",
     "plan_shards",
     "unique_ids",
@@ -52,12 +53,18 @@ __all__ = [
 
 #: More parts than this is a plan for a fleet this SDK has not been tried on.
 MAX_SHARDS = 4096
+
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _ONE_SECOND = timedelta(seconds=1)
 #: The last second a window can end at (exclusive): datetime's last whole second.
 _LAST_END = (datetime.max.replace(tzinfo=timezone.utc) - _EPOCH) // _ONE_SECOND
 T = TypeVar("T")
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+
+
+def is_shard_count(n: object) -> bool:
+    """Whether ``n`` is a number of shards a plan takes: an int from 1 to :data:`MAX_SHARDS`."""
+    return not isinstance(n, bool) and isinstance(n, int) and 1 <= n <= MAX_SHARDS
 
 
 def _seconds(moment: datetime) -> int:
@@ -461,7 +468,7 @@ async def plan_counted(
 ) -> tuple[list[Shard], int]:
     """:func:`plan_shards`, and the retries its count probes took (the manifest records them
     with the shards' own: a report of the shards' alone said fewer than the run took)."""
-    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_SHARDS:
+    if not is_shard_count(n):
         raise InvalidRequestError(f"plan_shards(): n must be an int from 1 to {MAX_SHARDS}")
     zone = client.timezone
     safe = _json_safe_filters(filters, zone)

@@ -45,6 +45,7 @@ from ._plan import (
     ListedIds,
     Shard,
     id_list_text,
+    is_shard_count,
     manifest_filters,
     plan_counted,
     unique_ids,
@@ -388,7 +389,7 @@ def check_shards(shards: object, caller: str) -> None:
     or "2" (a count a new directory refuses), its warning saying "to plan 0, export to a new
     directory", where that plan would be refused.
     """
-    if isinstance(shards, bool) or not isinstance(shards, int) or not 1 <= shards <= MAX_SHARDS:
+    if not is_shard_count(shards):
         raise InvalidRequestError(
             f"{caller}(): shards must be an int from 1 to {MAX_SHARDS}, not {short(shards)}"
         )
