@@ -162,8 +162,9 @@ class RetryPolicy:
         max_retries: retries after the first attempt (so ``max_retries + 1`` attempts a call).
         initial_delay: the first backoff ceiling in seconds; it doubles each retry.
         max_delay: the largest backoff ceiling.
-        retry_after_cap: the longest ``Retry-After`` honoured; a longer one is raised at once as
-            :class:`RateLimitError` (its ``retry_after`` says how long the service asked for).
+        retry_after_cap: the longest ``Retry-After`` honoured; a longer one is raised at once,
+            as :class:`RateLimitError` on a 429 or :class:`ServerError` on a 5xx (its
+            ``retry_after`` says how long the service asked for).
         budget: seconds one call may spend in all (waits included) before it gives up, or None.
         jitter: maps a ceiling to the wait; full jitter (uniform in ``[0, ceiling]``) by default.
 
