@@ -343,6 +343,9 @@ class CustomerStore:
         self._version += 1
         if row is not None:
             self._unindex_row(row)
+            # Another customer may hold its mobile or e-mail (an update gave it): a create
+            # with it made a duplicate of that one once this one was gone.
+            self._reindex_left((row["mobile"], row["email"]))
         if k is not None and seeded_alive:
             self._alive[k] = 0
             if has_statistics(self._ga[k]):

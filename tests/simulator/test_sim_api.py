@@ -606,6 +606,27 @@ async def test_a_mobile_or_email_filter_lists_every_customer_that_has_it(
     assert (await api.call("GET", "/v1/customers/count", **{field: value}))[1] == 2
 
 
+@pytest.mark.parametrize("field", ["mobile", "email"])
+async def test_a_create_still_matches_the_holder_left_after_another_is_deleted(
+    api: Api, field: str
+) -> None:
+    # Two customers hold one mobile (an update gave it to the second); the second is deleted.
+    # A create with it must match the first, as after the second gave it up by a PUT: it made
+    # a new customer, a duplicate of the first (found by the model-based check of the client).
+    value = "13800000001" if field == "mobile" else "dup@x.cn"
+    _, first = await api.call("POST", "/v1/customers", {field: value, "name": "first"})
+    _, second = await api.call("POST", "/v1/customers", {"name": "second"})
+    await api.call("PUT", f"/v1/customers/{second['id']}", {field: value})
+    status, _ = await api.call("DELETE", f"/v1/customers/{second['id']}")
+    assert status == 204
+    _, before = await api.call("GET", "/v1/customers/count")
+    status, created = await api.call("POST", "/v1/customers", {field: value, "remark": "again"})
+    assert status == 200
+    assert created["id"] == first["id"]
+    assert (await api.call("GET", "/v1/customers/count"))[1] == before
+    assert (await api.call("GET", "/v1/customers/count", **{field: value}))[1] == 1
+
+
 async def test_select_keeps_id_and_the_named_fields(api: Api) -> None:
     _, body = await api.call("GET", "/v1/customers", select="name,mobile", rows=3)
     assert [set(r) for r in body["rows"]] == [{"id", "name", "mobile"}] * 3
