@@ -1287,7 +1287,8 @@ async def _follow(
             job_id = job_id_of(export_id, manifest.plan_id, index)
             job = jobs[index] = Job(job_id, pool)
             status = await job.status()
-            if status == JobStatus.complete and not await _usable(job, where / outcome.file):
+            sent = job_version(outcome.shard, verify)
+            if status == JobStatus.complete and not await _usable(job, where / outcome.file, sent):
                 await pool.delete(f"arq:result:{job_id}", f"arq:retry:{job_id}")
                 status = JobStatus.not_found
             if status == JobStatus.not_found:
@@ -1328,7 +1329,7 @@ async def _follow(
                     await pool.delete(f"arq:result:{job_id}", f"arq:retry:{job_id}")
                     await enqueue(index, defer=takeover)
                     continue
-                _record(outcome := todo.pop(index), info)
+                _record(outcome := todo.pop(index), info, verify=verify)
                 bar.settled(outcome)
                 await manifest_writes.write()
             if todo:
@@ -1342,13 +1343,14 @@ async def _follow(
     return manifest
 
 
-async def _usable(job: Any, part: Path) -> bool:
-    """Whether a finished job's result can stand for its shard (else the shard runs again):
-    complete, and its part still the size it had then (not deleted or cut short since)."""
+async def _usable(job: Any, part: Path, sent: int) -> bool:
+    """Whether a finished job's result can stand for its shard, of job version ``sent`` (else
+    the shard runs again): complete, of a worker that read the job as sent, and its part still
+    the size it had then (not deleted or cut short since)."""
     info = await _result_info(job)
     if info is None or not info.success or not info.result.get("complete"):
         return False
-    if _result_version_error(info.result) is not None:
+    if _result_version_error(info.result, sent) is not None:
         return False
     try:
         size = part.stat().st_size  # noqa: ASYNC240 - one stat a shard, when taken up
@@ -1383,11 +1385,15 @@ def _expired(info: Any) -> bool:
     return isinstance(error, JobExecutionFailed) and str(error) == "job expired"
 
 
-def _record(outcome: ShardOutcome, info: Any) -> None:
+def _record(outcome: ShardOutcome, info: Any, *, verify: Verify = "auto") -> None:
     if info is None:
         outcome.status, outcome.error = "failed", "the job's result is gone"
         outcome.retries = None
-    elif info.success and (mixed := _result_version_error(info.result)) is not None:
+    elif (
+        info.success
+        and (mixed := _result_version_error(info.result, job_version(outcome.shard, verify)))
+        is not None
+    ):
         outcome.status, outcome.error = "failed", mixed
         outcome.retries = None
     elif info.success:
@@ -1420,14 +1426,34 @@ def _record(outcome: ShardOutcome, info: Any) -> None:
         outcome.retries = retries_of(error)
 
 
-def _result_version_error(result: Any) -> str | None:
-    """Why a worker's result is not one this coordinator reads (another :data:`JOB_VERSION`),
-    or None: its part is not recorded, as if complete, in a manifest of another shape."""
+def _result_version_error(result: Any, sent: int) -> str | None:
+    """Why a worker's result for a job of version ``sent`` is not one this coordinator reads
+    (another :data:`JOB_VERSION`), or None: its part is not recorded, as if complete, in a
+    manifest of another shape.
+
+    A result that carries no version comes from a worker that checks none (0.1.0): it read a
+    window's job as sent, but exported a slice of an ``id_list`` as its whole window (customers
+    not on the list among them) and a ``verify="always"`` job without its final check."""
     theirs = result.get("job_version", 1) if isinstance(result, dict) else 1
-    if theirs in _READ_VERSIONS:
-        return None
-    return _mixed_releases(
-        f"a worker of dmhub_async {_release_of(result)} (job version {theirs!r}) exported this "
-        f"shard, and this coordinator runs {__version__} (job version {JOB_VERSION}): its part "
-        "is not taken"
-    )
+    if theirs not in _READ_VERSIONS:
+        return _mixed_releases(
+            f"a worker of dmhub_async {_release_of(result)} (job version {theirs!r}) exported "
+            f"this shard, and this coordinator runs {__version__} (job version {JOB_VERSION}): "
+            "its part is not taken"
+        )
+    if sent != WINDOW_JOB_VERSION and not (isinstance(result, dict) and "job_version" in result):
+        return _mixed_releases(
+            f"a worker of dmhub_async {_release_of(result)}, which reads no job version, exported "
+            f"this shard's job of job version {sent} ({_UNREAD[sent]}), and this coordinator runs "
+            f"{__version__}: its part is not taken"
+        )
+    return None
+
+
+#: What a worker that reads no job version missed in a job of each later version.
+_UNREAD = {
+    ID_SLICE_JOB_VERSION: "a slice of an id list, which such a worker exports as the whole "
+    "dateCreated window, customers not on the list among them",
+    VERIFY_JOB_VERSION: 'verify="always", which such a worker skips (and a slice of an id list '
+    "it exports as the whole window)",
+}

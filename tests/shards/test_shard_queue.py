@@ -397,7 +397,7 @@ async def test_a_result_that_cannot_be_read_is_a_failed_shard_not_a_traceback(
     assert outcome.status == "failed"
     assert "could not be read" in (outcome.error or "")
     assert "missing 1 required" in (outcome.error or "")
-    assert not await _usable(Unreadable(), tmp_path / "part-00000.jsonl")
+    assert not await _usable(Unreadable(), tmp_path / "part-00000.jsonl", 1)
 
 
 @pytest.mark.parametrize(
@@ -1007,6 +1007,57 @@ def test_a_result_of_another_job_version_is_a_failed_shard_not_a_misread_part(
     _queue._record(outcome, info)
     assert outcome.status == "failed"
     assert "9.9.9" in (outcome.error or "")
+    assert "run one release" in (outcome.error or "")
+
+
+@pytest.mark.parametrize(
+    ("id_slice", "verify", "taken"),
+    [
+        ((0, 100), "auto", False),
+        (None, "always", False),
+        ((0, 100), "always", False),
+        (None, "auto", True),
+    ],
+    ids=["id-slice", "verify-always", "id-slice-verify-always", "window"],
+)
+async def test_a_part_from_a_worker_that_reads_no_job_version_is_taken_for_a_window_alone(
+    tmp_path: Path, id_slice: tuple[int, int] | None, verify: str, taken: bool
+) -> None:
+    # A worker of 0.1.0 (95c90cd) checks no job version and sends none back: given a job of
+    # version 2 (a slice of an id list) it exported the slice's whole dateCreated window,
+    # customers not on the list among them (a review's run: 300 ids listed, 9,000 customers
+    # in 3 parts, each customer 3 times), and of version 3 it skipped the final check; the
+    # coordinator recorded every part complete. Only a window's job (version 1) is one it
+    # read as sent.
+    from dmhub_async.shards import _queue
+
+    digest = "sha256:" + "0" * 64 if id_slice else None
+    shard = Shard(0, None, None, id_slice=id_slice, id_list_sha256=digest)
+    [outcome] = Manifest.new([shard], fmt="jsonl", base_url="u", app_id="a", filters={}).shards
+    part = tmp_path / outcome.file
+    part.write_bytes(b"x" * 10)
+    result = {  # 0.1.0's result: no job_version, no release
+        "complete": True,
+        "exported": 5,
+        "duplicates": 0,
+        "seconds": 1.0,
+        "size": 10,
+        "sha256": None,
+    }
+
+    class Done:
+        async def result_info(self) -> Any:
+            return types.SimpleNamespace(success=True, result=result)
+
+    _queue._record(outcome, types.SimpleNamespace(success=True, result=result), verify=verify)
+    sent = _queue.job_version(shard, verify)  # type: ignore[arg-type]
+    assert await _queue._usable(Done(), part, sent) is taken
+    if taken:
+        assert (outcome.status, outcome.error) == ("complete", None)
+        return
+    assert outcome.status == "failed"
+    assert "0.1.0 or earlier" in (outcome.error or "")
+    assert f"job version {sent}" in (outcome.error or "")
     assert "run one release" in (outcome.error or "")
 
 
