@@ -179,6 +179,27 @@ def test_0_1s_statistics_resource_name_warns_and_is_the_resource_where_0_1_defin
         assert "CustomerStatisticsResource" in str(caught[0].message)
 
 
+def test_0_1s_positional_fields_of_every_exported_class_keep_their_places() -> None:
+    """A class of 0.1 made with its fields by position (``ClientStats(5, 1, 2)``: 5 requests,
+    1 retry, 2 token fetches) means what it meant: a new field goes after them. ``responses``
+    was put second, and 0.1's ``ClientStats(5, 1, 2)`` read as 1 response, 2 retries and no
+    token fetch, silently (a test comparing ``dm.stats`` with it failed naming other counts)."""
+    import attrs
+
+    at_0_1 = {  # each attrs class 0.1 exported, its fields by position as 0.1 took them
+        "ClientStats": ["requests", "retries", "token_fetches"],
+        "Token": ["value", "expires_at"],
+        "RetryPolicy": [
+            "max_retries", "initial_delay", "max_delay", "retry_after_cap", "budget", "jitter"
+        ],
+    }  # fmt: skip
+    for name, fields in at_0_1.items():
+        now = [f.name for f in attrs.fields(getattr(dmhub_async, name)) if f.init and not f.kw_only]
+        assert now[: len(fields)] == fields, name
+    stats = dmhub_async.ClientStats(5, 1, 2)
+    assert (stats.requests, stats.retries, stats.token_fetches) == (5, 1, 2)
+
+
 def test_the_version_is_one_and_past_the_last_release_while_changes_are_unreleased() -> None:
     # Both 0.1.0 and the code after it said "0.1.0" (--version, the User-Agent): a bug report
     # could not tell them apart. The package's version, the installed distribution's and the
