@@ -183,6 +183,20 @@ def test_a_malformed_record_names_the_record_and_the_field(decode: Any) -> None:
     assert info.value.__context__ is None
 
 
+@pytest.mark.parametrize("decode", [FAST, LENIENT], ids=["fast", "lenient"])
+@pytest.mark.parametrize("text", ["NaN", "sNaN", "Infinity", "-Infinity"])
+def test_a_decimal_sent_as_nan_or_infinity_names_the_record_and_the_field(
+    decode: Any, text: str
+) -> None:
+    # msgspec and Decimal() both read the text "NaN" as Decimal("NaN"): it was a record's amount
+    body = b'{"rows": [{"id": 1}, {"id": 2, "annualRevenue": "%s"}]}' % text.encode()
+    with pytest.raises(ResponseDecodeError, match=r"record 1 \(id 2\), field 'annualRevenue'"):
+        _read(body, decode)
+    body = b'{"items": [{"id": 1, "orderAMT": "%s"}]}' % text.encode()  # statistics' decimals
+    with pytest.raises(ResponseDecodeError, match=r"record 0 \(id 1\), field 'orderAMT'"):
+        _read(body, STATISTICS if decode is FAST else LENIENT_STATISTICS)
+
+
 @pytest.mark.parametrize("body", [b"", b"[1, 2]", b'{"rows": {}}', b'{"rows": [1]}', b"null"])
 def test_what_is_no_page_is_a_decode_error(body: bytes) -> None:
     for decode in (FAST, LENIENT):
@@ -301,6 +315,9 @@ async def test_list_rows_and_the_export_refuse_ids_that_are_no_integers(
 
 
 STATISTICS = _pages.items_page(read_statistics_page, "a page of customer statistics")
+LENIENT_STATISTICS = _pages.items_page(
+    lenient_page_reader(structure_statistics_list, "items"), "a page of customer statistics"
+)
 NO_STATISTICS_PAGE = {
     "no items": b'{"meta": {"records": 3, "total": 1, "hasNext": false}}',
     "empty object": b"{}",

@@ -199,15 +199,17 @@ def make_fast_structure_fn(
     return cast("Callable[[Mapping[str, Any], Any], Any]", fn)
 
 
-#: Values msgspec has already typed (see .wire_struct): text, integers, booleans and decimals
-#: are done (a ``Decimal`` of every digit sent, from a number or a number's text), timestamps
-#: too but for their zone (aware UTC here, unless one named another offset or none).
+#: Values msgspec has already typed (see .wire_struct): text, integers and booleans are done,
+#: decimals too (a ``Decimal`` of every digit sent, from a number or a number's text) but for
+#: NaN and the infinities, timestamps too but for their zone (aware UTC here, unless one named
+#: another offset or none).
 _INLINE_TYPED: Final[dict[Any, str]] = {
     str | None: "{v}",
     int | None: "{v}",
     bool | None: "{v}",
     datetime | None: "{v} if {v} is None or {v}.tzinfo is _UTC else _to_utc({v})",
-    Decimal | None: "{v}",
+    # msgspec reads the text "NaN" or "-Infinity" as such a Decimal: refused, by the hook
+    Decimal | None: "{v} if {v} is None or {v}.is_finite() else _to_decimal({v})",
     int | str | None: "{v}",
     dict[str, Any]: "{} if {v} is None else {v}",
 }

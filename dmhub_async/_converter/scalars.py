@@ -104,15 +104,25 @@ def to_bool(v: Any) -> bool | None:
 
 
 def to_decimal(v: Any) -> Decimal | None:
-    """A wire number or string as a ``Decimal``; a float goes through its shortest ``repr``."""
-    if v is None or v.__class__ is Decimal:
+    """A wire number or string as a ``Decimal``; a float goes through its shortest ``repr``.
+
+    ValueError for NaN and the infinities (``"NaN"``, ``"sNaN"``, ``"-Infinity"``): no amount,
+    and JSON has no such number, so the SDK refuses them everywhere else; read as text, they
+    were ``Decimal("NaN")``, which no sum, comparison or write takes."""
+    if v is None:
         return v
-    if v.__class__ is float:
+    if v.__class__ is Decimal:
+        d = v
+    elif v.__class__ is float:
         # repr() is the shortest string that round-trips: 0.1 -> "0.1", not 0.1000000000000000055
-        return Decimal(repr(v))
-    if isinstance(v, bool) or not isinstance(v, int | str):
+        d = Decimal(repr(v))
+    elif isinstance(v, bool) or not isinstance(v, int | str):
         raise TypeError(f"expected a number, got {type(v).__name__}")
-    return Decimal(v)
+    else:
+        d = Decimal(v)
+    if not d.is_finite():
+        raise ValueError(f"expected a finite number, got {str(v)[:40]!r}")
+    return d
 
 
 def to_dict(v: Any) -> dict[str, Any]:
