@@ -764,10 +764,11 @@ def at_index(err: InvalidRequestError, method: str, index: int) -> InvalidReques
 
 
 def check_identities(method: str, identities: Iterable[Identity]) -> list[Identity]:
-    """A non-empty list of valid identities."""
+    """A non-empty list of valid identities, each given once (by type and value)."""
     if not is_collection(identities):
         raise InvalidRequestError(f"{method}(): identities must be a list of Identity")
     checked: list[Identity] = []
+    places: dict[Identity, int] = {}
     for index, identity in enumerate(identities):
         try:
             checked.append(check_identity(method, identity))
@@ -776,6 +777,14 @@ def check_identities(method: str, identities: Iterable[Identity]) -> list[Identi
             # without its value (personal data). "identity value must be a non-empty string"
             # named none of them.
             raise at_index(err, method, index) from None
+        # The same type and value twice went out as given: the contract says nothing of what
+        # the service does with it, and one of two names was dropped without a word.
+        first = places.setdefault(checked[-1], index)
+        if first != index:
+            raise InvalidRequestError(
+                f"{method}(): identities[{first}] and identities[{index}] are the same "
+                f"{checked[-1].type} identity (type and value): give each identity once"
+            )
     if not checked:
         raise InvalidRequestError(f"{method}(): at least one identity is needed")
     return checked

@@ -647,3 +647,23 @@ async def test_a_customer_id_as_digits_or_a_number_is_read(customer_id: Any, rea
 
     ids = Identities(Answers({}))  # type: ignore[arg-type]
     assert await ids.lookup(Identity("wechat", "o1")) == read
+
+
+async def test_create_with_identities_refuses_an_identity_given_twice_before_sending(
+    api: Any, make_client: Any
+) -> None:
+    # Sent as given: the service bound it once, and one of its two names was dropped.
+    dm = make_client(access_token="tok")
+    given = [
+        Identity("wechat", "o1", name="a"),
+        Identity("email", "x@example.com"),
+        Identity("wechat", "o1", name="b"),
+    ]
+    with pytest.raises(InvalidRequestError) as caught:
+        await dm.customers.create_with_identities(given, name="x")
+    message = str(caught.value)
+    assert message.startswith(
+        "create_with_identities(): identities[0] and identities[2] are the same wechat identity"
+    )
+    assert "o1" not in message  # places, not values: personal data
+    assert api.requests == {}
