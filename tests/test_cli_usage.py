@@ -492,6 +492,17 @@ def test_the_readme_demo_runs_twice_in_one_directory(tmp_path: Path) -> None:
     assert (tmp_path / "mine.jsonl").read_text(encoding="utf-8") == "keep\n"
 
 
+def test_the_demo_report_suggests_no_flag_the_demo_refuses(tmp_path: Path) -> None:
+    # Its report said "(--verify always) checks every id": the demo has no --verify, and
+    # refused it (exit 2, "unrecognized arguments").
+    result = python_m("demo", "--customers", "30", "--latency-ms", "0", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert 'leaves equal: verify="always" checks every id' in result.stdout
+    assert "--verify" not in result.stdout
+    refused = python_m("demo", "--customers", "30", "--verify", "always", cwd=tmp_path)
+    assert refused.returncode == 2  # what the report would have had the user type
+
+
 def test_demo_report_json_is_one_object(tmp_path: Path) -> None:
     # `demo --report json | jq .exported`: the banner lines came first, and jq failed on them.
     result = python_m(

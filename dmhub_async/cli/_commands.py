@@ -34,6 +34,7 @@ from .._validate import check_identity, mangled_value
 from .._words import counted
 from ..export import ExportReport, export_customers
 from ..export._export import FORMAT_OF_SUFFIX
+from ..export._report import VERIFY_FLAG
 from ..models.identity import Identity
 from ..resources._filters import _filter_params
 from ._errors import (
@@ -170,12 +171,16 @@ def _finish(
     *,
     again: str | None = None,
     listed: int | None = None,
+    verify_flag: bool = True,
 ) -> int:
     """The report printed; the exit code. ``again``: the flag the rerun an incomplete export
     asks for needs (``--force``, to replace a file in place that no checkpoint covers).
     ``listed``: the ids of ``--id-list``, each once (JSON ``ids_listed``, as a sharded
-    export's report gives them; null without a list)."""
+    export's report gives them; null without a list). ``verify_flag``: whether the command
+    takes ``--verify``, which the report's advice names (``demo`` does not: it refused it)."""
     text = attrs.evolve(report, path=shown(report.path)).summary()  # one line each, as said
+    if not verify_flag:
+        text = text.replace(VERIFY_FLAG, "")
     if listed is not None:  # the ids of no customer were said nowhere: "count 110 before"
         text += f"\nid list       {ids_listed(listed, report.exported, complete=report.complete)}"
     rerun = "run it again" + (f" with {again} (it replaces the file)" if again else "")
@@ -664,7 +669,7 @@ async def _demo(args: argparse.Namespace) -> int:
             report = await export_customers(
                 dm, args.out, concurrency=args.concurrency, progress=bar, on_progress=lines
             )
-    return _finish(report, args, sys.stdout)
+    return _finish(report, args, sys.stdout, verify_flag=False)
 
 
 COMMANDS = {

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Final
+
 import attrs
 
 from .._words import noun
@@ -78,8 +80,8 @@ class ExportReport:
             # as they were and can shift customers past the walk (docs/reliability.md).
             lines.append(
                 "checked       by the counts alone, which churn that balances (as many "
-                'sign-ups as deletes during the export) leaves equal: verify="always" '
-                "(--verify always) checks every id"
+                'sign-ups as deletes during the export) leaves equal: verify="always"'
+                f"{VERIFY_FLAG} checks every id"
             )
         if not self.complete:
             lines.append(
@@ -87,6 +89,11 @@ class ExportReport:
                 "kept changing during the export, or some were missed; run it again"
             )
         return "\n".join(lines)
+
+
+#: The command line's flag in :meth:`ExportReport.summary`'s advice, which a command without
+#: it (``dmhub-async demo``) leaves out of its report.
+VERIFY_FLAG: Final = " (--verify always)"
 
 
 @attrs.frozen
