@@ -44,6 +44,7 @@ __all__ = [
     "check_not_mangled",
     "check_number",
     "check_paging",
+    "check_password_read",
     "check_query",
     "check_request",
     "check_settings",
@@ -168,6 +169,33 @@ def check_redis_options(owner: str, url: str, pool: Any) -> None:
         pool.connection_class(**pool.connection_kwargs)
     except (TypeError, ValueError) as err:
         raise redis_url_error(owner, url, err) from None
+    check_password_read(owner, url)
+
+
+def check_password_read(owner: str, url: str) -> None:
+    """InvalidRequestError for a ``redis://`` or ``rediss://`` URL that redis-py reads, but
+    whose password a ``/``, ``#`` or ``?`` not percent-encoded cut short: its ``@`` is in the
+    path or the fragment (neither ever holds one), or the host before it is empty (the
+    ``redis://:PASSWORD@HOST`` form, its password's start read as the port).
+
+    Read so, the URL named localhost at that port and no password: a Redis there without one
+    took the connection, and the tokens went to it, unauthenticated, without a word. An ``@``
+    in the query with a host before it is left alone: a TLS file's path may hold one.
+    """
+    if not password_misread(url):
+        return
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:  # pragma: no cover - redis-py read it: urlsplit does too
+        return
+    if parts.scheme.lower() not in ("redis", "rediss"):
+        return  # a socket's path may hold an @
+    if not host or "@" in parts.path or "@" in parts.fragment:
+        raise InvalidRequestError(
+            f"{owner}: the URL's @ comes after its host, port or database, so its password "
+            f"would not be sent ({PERCENT_ENCODE})"
+        )
 
 
 #: Page numbers and sizes are 32-bit ints on the service's side.

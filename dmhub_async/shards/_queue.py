@@ -46,6 +46,7 @@ from .._validate import (
     check_concurrency,
     check_flag,
     check_number,
+    check_password_read,
     check_redis_options,
     password_misread,
     printable,
@@ -207,6 +208,7 @@ def queue_settings(redis_url: object, name: str) -> Any:
         raise InvalidRequestError(
             f"{name} must be a URL such as redis://HOST:PORT/DB (or rediss://, unix://){hint}"
         ) from None
+    check_password_read(name, redis_url)  # read, but a password cut short: not sent
     settings.username, settings.password = read.get("username"), read.get("password")
     for option in _TLS_OPTIONS:
         if read.get(option) is not None:

@@ -184,8 +184,49 @@ def test_a_url_redis_py_reads_is_taken_and_its_password_never_shown(url: str) ->
 def test_a_password_read_as_a_path_is_not_shown_as_where_redis_is() -> None:
     # "/" in the password, not percent-encoded, after a start of digits: redis-py reads the
     # digits as the port and the rest as the path, and the limiter named its Redis with it.
-    limiter = RedisRateLimiter("redis://:6380/RedisPassw0rd@redis.internal/0", 5)
-    assert "RedisPassw0rd" not in repr(limiter)
+    # (Now refused: see test_a_password_cut_short_is_refused_before_connecting.)
+    with pytest.raises(InvalidRequestError) as refused:
+        RedisRateLimiter("redis://:6380/RedisPassw0rd@redis.internal/0", 5)
+    assert "RedisPassw0rd" not in str(refused.value)
+    assert "6380" not in str(refused.value)
+
+
+@pytest.mark.parametrize("char", ["/", "#", "?"])
+@pytest.mark.parametrize("kind", ["token store", "rate limit", "queue"])
+async def test_a_password_cut_short_is_refused_before_connecting(
+    redis: RedisServer, kind: str, char: str
+) -> None:
+    # A password of digits and a /, # or ? not percent-encoded: redis-py reads its start as
+    # localhost's port and sends no password. A Redis there without one took the connection:
+    # the tokens went to it, unauthenticated, and the queue's jobs, without a word.
+    from dmhub_async.shards._queue import check_queue
+
+    url = f"redis://:{redis.port}{char}RedisPassw0rd@10.0.0.9:6379/0"
+
+    async def use() -> None:
+        if kind == "token store":
+            store = RedisTokenStore(url)
+            try:
+                await store.get("key")
+            finally:
+                await store.aclose()
+        elif kind == "rate limit":
+            limiter = RedisRateLimiter(url, 5)
+            try:
+                await limiter.acquire()
+            finally:
+                await limiter.aclose()
+        else:
+            await check_queue(url)
+
+    redis.command("CONFIG", "RESETSTAT")
+    with pytest.raises(InvalidRequestError) as refused:
+        await use()
+    message = str(refused.value)
+    assert "a password's /, #, ? or @ must be percent-encoded" in message
+    assert "RedisPassw0rd" not in message
+    assert str(redis.port) not in message
+    assert not set(redis.commands_served()) - {"config|resetstat", "info"}  # none of ours
 
 
 @pytest.mark.parametrize(
@@ -431,14 +472,10 @@ async def test_a_password_read_as_the_port_is_never_said(kind: str) -> None:
 
     start = str(free_port())  # nothing listens there
     url = f"redis://:{start}/RedisPassw0rd@127.0.0.1:1/0"
-    made = RedisTokenStore(url) if kind == "token store" else RedisRateLimiter(url, 5, timeout=1)
-    try:
-        with pytest.raises(DMHubError) as caught:
-            await (made.get("key") if isinstance(made, RedisTokenStore) else made.acquire())
-    finally:
-        await made.aclose()
+    # Refused as it is made now (test_a_password_cut_short_is_refused_before_connecting).
+    with pytest.raises(DMHubError) as caught:
+        RedisTokenStore(url) if kind == "token store" else RedisRateLimiter(url, 5, timeout=1)
     message = str(caught.value)
     assert start not in message
-    assert start not in repr(made)
     assert "RedisPassw0rd" not in message
     assert "a password's /, #, ? or @ must be percent-encoded" in message
