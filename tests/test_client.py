@@ -991,6 +991,24 @@ async def test_last_response_shows_a_successful_calls_headers(api, make_client):
     assert make_client(access_token="tok").last_response is None  # per client
 
 
+async def test_a_customers_containers_are_its_own_not_last_responses(api, make_client):
+    # c.attr was the answer's own dict: c.attr["tier"] = "x" (to update it) changed what
+    # dm.last_response.data said the service had sent, and the other way round.
+    sent = {"id": 1, "attr": {"tier": "gold", "tags": ["a"]}, "profile": {"level": 1}}
+    api.get(url("/v1/customers/1"), payload=sent)
+    api.put(url("/v1/customers/1"), payload=sent)
+    dm = make_client(access_token="tok")
+    for call in (lambda: dm.customers.get(1), lambda: dm.customers.update(1, name="y")):
+        c = await call()
+        c.attr["tier"] = "silver"
+        c.attr["tags"].append("b")
+        c.extra["profile"]["level"] = 2
+        assert dm.last_response is not None
+        assert dm.last_response.data == sent
+        dm.last_response.data["attr"]["tier"] = "bronze"
+        assert c.attr == {"tier": "silver", "tags": ["a", "b"]}
+
+
 async def test_last_response_is_the_calling_tasks_own(api, make_client):
     api.get(url("/v1/customers/1"), payload=CUSTOMER, repeat=True)
     dm = make_client(access_token="tok")

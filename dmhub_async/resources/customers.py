@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import operator
 from collections.abc import Callable, Iterable, Mapping
 from datetime import timezone, tzinfo
@@ -476,6 +477,16 @@ def _customer_of(data: Any) -> Customer:
     customer = structure_customer(data)
     if customer.id is None:
         raise ValueError("it has no 'id'")
+    # The answer stays dm.last_response.data: the model's attr (and any object or list of
+    # extra) its own copy. They were the answer's: c.attr["tier"] = "x", to update it, changed
+    # what last_response said the service had sent. (A page's models are last_response's by
+    # design: the page as read.)
+    if customer.attr:
+        customer.attr = copy.deepcopy(customer.attr)
+    extra = customer.extra
+    for key, value in extra.items():
+        if type(value) is dict or type(value) is list:
+            extra[key] = copy.deepcopy(value)
     return customer
 
 
