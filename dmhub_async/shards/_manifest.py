@@ -689,6 +689,9 @@ def merge(
             an id list, cannot be checked (``id_list.txt`` missing or changed); a part replaced
             or removed between its checks and its copy (a named pipe there is never waited on,
             nor a checkpoint that is one).
+        OSError: the manifest, a part or a checkpoint cannot be read (a ``PermissionError``
+            naming the file), or ``dest`` cannot be written once begun (a full disk), as
+            :func:`~dmhub_async.export.export_customers` raises one.
     """
     return merge_parts(directory, dest, allow_incomplete=allow_incomplete)[0]
 
