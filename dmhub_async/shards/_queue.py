@@ -166,6 +166,10 @@ HEALTH_EVERY = 5.0
 #: progress writes still pending: a healthy Redis answers in milliseconds, and a frozen one
 #: held a stop already past its wait for 10 s a command.
 CLOSE_ANSWER = 2.0
+#: Seconds of the coordinator's polls, its shards waiting, with no worker's health record in
+#: the queue's Redis (each worker writes arq's every :data:`HEALTH_EVERY` seconds, kept one
+#: more) before it says that no worker serves the queue: it waited for ever without a word.
+NO_WORKER_AFTER = 30.0
 
 
 def _progress_key(export_id: str, plan_id: str) -> str:
@@ -1088,7 +1092,8 @@ async def run_on_queue(
         bar = ProgressBar(progress, manifest, on_total)
         settings = (page_size, concurrency, poll, sleep, takeover, verify)
         try:
-            return await _follow(pool, where, manifest, todo, bar, *settings)
+            served = _Served(redis_where(redis_url), where)
+            return await _follow(pool, where, manifest, todo, bar, *settings, served)
         except RedisError as err:  # gone mid-run: the manifest is written as it stands
             raise queue_redis_error(redis_url, err, then=GONE_MID_RUN) from None
 
@@ -1250,6 +1255,7 @@ async def _follow(
     sleep: Callable[[float], Awaitable[None]],
     takeover: float,
     verify: Verify,
+    served: _Served,
 ) -> Manifest:
     """Enqueue ``todo`` on ``pool`` (the jobs not there already) and follow them to the end."""
     from arq.jobs import Job, JobStatus
@@ -1335,6 +1341,7 @@ async def _follow(
                 bar.settled(outcome)
                 await manifest_writes.write()
             if todo:
+                await served.check(pool, todo, poll)
                 await sleep(poll)
     finally:
         bar.close()
@@ -1343,6 +1350,47 @@ async def _follow(
         await manifest_writes.write()
         await pool.aclose()
     return manifest
+
+
+class _Served:
+    """Says, once, that no worker serves the queue while shards wait in it, then that one does.
+
+    A coordinator started before its workers (or left by all of them) waited for ever without
+    a word, not even a progress line. Each worker keeps arq's health record in Redis (written
+    every :data:`HEALTH_EVERY` seconds, kept one more; an earlier release's, every hour, kept
+    an hour more): none there for :data:`NO_WORKER_AFTER` seconds of polls is said.
+    """
+
+    def __init__(self, redis_where: str, directory: Path) -> None:
+        self.where, self.directory = redis_where, printable(str(directory))
+        self.unserved = 0.0  # seconds of polls without a worker's health record
+        self.said = False
+
+    async def check(self, pool: ArqRedis, todo: Mapping[int, Any], poll: float) -> None:
+        """One poll's look at the workers' health record (``todo``: the shards waiting)."""
+        from arq.constants import default_queue_name, health_check_key_suffix
+
+        if await pool.exists(default_queue_name + health_check_key_suffix):
+            if self.said:
+                logger.warning("a worker serves the queue at %s: the export goes on", self.where)
+            self.unserved, self.said = 0.0, False
+            return
+        self.unserved += poll
+        if self.said or self.unserved < NO_WORKER_AFTER:
+            return
+        self.said = True
+        shards, verb, *_ = _shards_said(list(todo))
+        logger.warning(
+            "no worker has served the queue at %s for %s s: %s of %s %s in it; start "
+            "`dmhub-async worker --redis URL` on machines that share %s (the export goes on "
+            "as they take them)",
+            self.where,
+            f"{NO_WORKER_AFTER:g}",
+            shards,
+            self.directory,
+            "waits" if verb == "is" else "wait",
+            self.directory,
+        )
 
 
 async def _usable(job: Any, part: Path, sent: int) -> bool:

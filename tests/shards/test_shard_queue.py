@@ -2024,3 +2024,38 @@ def test_a_job_arq_gave_up_fails_its_shard_saying_why(error: str | None, said: s
 
     assert outcome.status == "failed"
     assert (outcome.error or "").startswith(said), outcome.error
+
+
+async def test_a_coordinator_no_worker_serves_says_so_once_then_that_one_came(
+    tmp_path: Path, redis: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Started before its workers (or after they were all stopped), the coordinator waited
+    # for ever without a word: an operator saw no line at all, not even a progress line. Each
+    # worker records its health in Redis every 5 s (arq's key, kept 6 s): once none has for
+    # half a minute of polls, it says so, once, and then that one came.
+    out = tmp_path / "out"
+    out.mkdir()
+    polls: list[float] = []
+
+    def said() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+
+    async def poll(seconds: float) -> None:
+        polls.append(seconds)
+        waited = sum(polls)
+        if waited == 29.5:
+            assert said() == []  # not at once: a worker may be starting
+        if waited == 40:
+            redis.command("SET", "arq:queue:health-check", "a worker")  # one came
+        if waited == 45:
+            raise _Stop
+
+    with caplog.at_level("WARNING", logger="dmhub_async"), pytest.raises(_Stop):
+        await run_on_queue(redis.url, out, _two_windows(), progress=False, sleep=poll)
+    where = f"127.0.0.1:{redis.port}/0"
+    assert said() == [
+        f"no worker has served the queue at redis://{where} for 30 s: shards 0 and 1 of {out} "
+        f"wait in it; start `dmhub-async worker --redis URL` on machines that share {out} "
+        "(the export goes on as they take them)",
+        f"a worker serves the queue at redis://{where}: the export goes on",
+    ]
