@@ -170,6 +170,10 @@ CLOSE_ANSWER = 2.0
 #: the queue's Redis (each worker writes arq's every :data:`HEALTH_EVERY` seconds, kept one
 #: more) before it says that no worker serves the queue: it waited for ever without a word.
 NO_WORKER_AFTER = 30.0
+#: Seconds of polls a shard's part may stay unseen by the coordinator as its worker reported
+#: it (missing, or of another size) before the shard fails: an NFS client's attribute and
+#: lookup caches may show another machine's new file late (60 s at most, by default).
+PART_SEEN_WITHIN = 60.0
 
 
 def _progress_key(export_id: str, plan_id: str) -> str:
@@ -1289,6 +1293,7 @@ async def _follow(
         )
 
     progress_key = _progress_key(export_id, manifest.plan_id)
+    waited: dict[int, float] = {}  # seconds of polls each ended shard's part was not seen
     try:
         jobs: dict[int, Any] = {}
         for index, outcome in todo.items():
@@ -1337,7 +1342,19 @@ async def _follow(
                     await pool.delete(f"arq:result:{job_id}", f"arq:retry:{job_id}")
                     await enqueue(index, defer=takeover)
                     continue
-                _record(outcome := todo.pop(index), info, verify=verify)
+                unseen = _unseen_part(
+                    where, todo[index], info, job_version(todo[index].shard, verify)
+                )
+                if unseen is not None:
+                    waited[index] = waited.get(index, 0.0) + poll
+                    if waited[index] < PART_SEEN_WITHIN:
+                        continue  # followed on: it may show late (NFS)
+                outcome = todo.pop(index)
+                if unseen is None:
+                    _record(outcome, info, verify=verify)
+                else:
+                    outcome.status, outcome.error = "failed", unseen
+                    outcome.retries = info.result.get("retries")
                 bar.settled(outcome)
                 await manifest_writes.write()
             if todo:
@@ -1391,6 +1408,39 @@ class _Served:
             "waits" if verb == "is" else "wait",
             self.directory,
         )
+
+
+def _unseen_part(where: Path, outcome: ShardOutcome, info: Any, sent: int) -> str | None:
+    """Why the part a worker reported is not in the coordinator's directory as it reported it
+    (missing, or of another size), or None (seen; or a result that names no size).
+
+    A worker whose machine held a copy of the export's ``manifest.json`` at the job's path (or
+    one ``--mount`` mapped there), not the shared volume, passed the plan's check and wrote its
+    parts there: each shard was recorded complete, the report said so (exit code 0), and the
+    coordinator's directory held no part, which only a merge then found.
+    """
+    if info is None or not info.success or _result_version_error(info.result, sent) is not None:
+        return None
+    reported = info.result.get("size") if isinstance(info.result, dict) else None
+    if not isinstance(reported, int):
+        return None  # a worker of an earlier release, or a part it could not stat
+    part = where / outcome.file
+    try:
+        size = part.stat().st_size  # one stat a shard, as it ends (a sync function)
+    except FileNotFoundError:
+        here = f"{printable(str(where))} holds no {outcome.file}"
+    except OSError as err:
+        here = f"{printable(str(part))} cannot be read ({err.strerror or type(err).__name__})"
+    else:
+        if size == reported:
+            return None
+        here = f"{printable(str(part))} holds {size:,} bytes"
+    return (
+        f"its worker wrote {outcome.file} ({reported:,} bytes) where this coordinator does not "
+        f"see it: {here}. That worker's directory is not the shared one (another volume, or a "
+        "copy of the export's manifest.json, at that path): give every worker the export's "
+        "shared directory (worker --mount COORDINATOR_PATH=LOCAL_PATH), then rerun the export"
+    )
 
 
 async def _usable(job: Any, part: Path, sent: int) -> bool:

@@ -2059,3 +2059,51 @@ async def test_a_coordinator_no_worker_serves_says_so_once_then_that_one_came(
         "(the export goes on as they take them)",
         f"a worker serves the queue at redis://{where}: the export goes on",
     ]
+
+
+async def test_a_part_its_worker_wrote_out_of_the_coordinators_sight_is_not_complete(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    # A worker whose machine held a copy of the export's manifest.json (told by its first
+    # failed shard that the directory "holds no manifest.json", its operator copied it there),
+    # not the shared volume, passed the plan's check and wrote the parts on its own disk: the
+    # coordinator recorded every shard complete and the report said so (the CLI's exit code
+    # 0), its directory holding no part at all, which only a merge then found.
+    import shutil
+
+    from shard_support import WORKER
+
+    shared, own = tmp_path / "shared", tmp_path / "its own disk"
+    out = shared / "out"
+    with sim_process(300) as sim:
+        manifest = await planned(sim, redis, out, 2)
+        (own / "out").mkdir(parents=True)
+        shutil.copy(out / MANIFEST_NAME, own / "out" / MANIFEST_NAME)
+        script = WORKER.replace(
+            "takeover=3", f"takeover=3, mounts={{{str(shared)!r}: {str(own)!r}}}"
+        )
+
+        async def poll(_: float) -> None:
+            await asyncio.sleep(0.05)  # each poll counts as poll=30 s: the wait for NFS is 60
+
+        with queue_workers(sim.env(), redis.url, 1, script):
+            ended = await asyncio.wait_for(
+                run_on_queue(redis.url, out, manifest, progress=False, poll=30, sleep=poll), 120
+            )
+    assert sorted(p.name for p in (own / "out").glob("part-*")) == [
+        "part-00000.jsonl",
+        "part-00001.jsonl",
+    ]
+    assert not ended.complete
+    assert [s.status for s in ended.shards] == ["failed", "failed"]
+    size = (own / "out" / "part-00000.jsonl").stat().st_size
+    assert ended.shards[0].error == (
+        f"its worker wrote part-00000.jsonl ({size:,} bytes) where this coordinator does not "
+        f"see it: {out} holds no part-00000.jsonl. That worker's directory is not the shared "
+        "one (another volume, or a copy of the export's manifest.json, at that path): give "
+        "every worker the export's shared directory (worker --mount COORDINATOR_PATH="
+        "LOCAL_PATH), then rerun the export"
+    )
+    on_disk = Manifest.read(out)
+    assert on_disk is not None
+    assert [s.status for s in on_disk.shards] == ["failed", "failed"]
