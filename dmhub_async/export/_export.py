@@ -413,8 +413,9 @@ class _Run:
         try:
             await self._walk(paginator)
             if self.writer.header is None and report.format == "csv":
-                # An empty export still gets its header.
-                await self._store(self.writer.encode([]))
+                # An empty export still gets its header (a line: on the loop).
+                header = self.writer.encode([])
+                await on_thread(lambda: self.out.write(header))
             retries.taken += paginator.stats.retries
             report.count_after = await retries.count(client, filters)
             if verify == "always" or self._may_have_missed(paginator):
@@ -434,10 +435,9 @@ class _Run:
         # abandoned generator is collected.
         async with contextlib.aclosing(paginator.pages()) as pages:
             async for page in pages:
-                data = self._take(page.items)
                 report.pages += 1
                 report.duplicates = self.earlier_duplicates + paginator.stats.duplicates
-                await self._store(data, page.number + 1 if self.out.resumable else None)
+                await self._store(page.items, page.number + 1 if self.out.resumable else None)
                 self._show(len(page.items))
 
     def _show(self, written: int) -> None:
@@ -483,7 +483,8 @@ class _Run:
         return ExportProgress(report.exported, self.total, report.pages, report.duplicates)
 
     def _take(self, rows: Sequence[Any]) -> bytes:
-        """The bytes of ``rows``, their ids counted as written (:meth:`_store` writes them)."""
+        """The bytes of ``rows``, their ids counted as written (:meth:`_store` writes them, on
+        its thread)."""
         if not rows:
             return b""
         data = self.writer.encode(rows)
@@ -494,23 +495,27 @@ class _Run:
         self.report.exported += len(rows)
         return data
 
-    async def _store(self, data: bytes, next_page: int | None = None) -> None:
-        """Write ``data``, then with ``next_page`` commit the checkpoint that points past it.
+    async def _store(self, rows: Sequence[Any], next_page: int | None = None) -> None:
+        """Encode ``rows`` (:meth:`_take`) and write them, then with ``next_page`` commit the
+        checkpoint that points past them.
 
         On a thread: a commit's fsyncs took 0.65 ms a page on a quiet disk and 17 ms on a busy
         one, and a write can wait on the disk too, all of it on the event loop; a caller's
         stream whose reader is slow or stopped (``export - | slow_consumer``) held it for as
-        long as its pipe stayed full. Awaited before the next page is written: the checkpoint
-        is never ahead of the synced data, and a stream gets one write at a time, in order.
+        long as its pipe stayed full. The encoding too: a CSV page of 100 customers whose
+        ``attr`` held 200 KB each held the event loop 0.4-0.8 s (its JSON lines, 30-190 ms).
+        Awaited before the next page is written: the checkpoint is never ahead of the synced
+        data, and a stream gets one write at a time, in order (the writer, one page at a time).
         Cancelled, the write under way is waited for (:func:`on_thread`): nothing writes to the
         stream once the export has ended. (The CLI's standard output stops such a write when
         it is signalled: ``cli/_files._SignalledStdout``.)
         """
-        if not data and next_page is None:
+        if not rows and next_page is None:
             return
         out = self.out
 
         def store() -> None:
+            data = self._take(rows)
             if data:
                 out.write(data)
             if next_page is not None:
@@ -520,7 +525,7 @@ class _Run:
 
     async def _recover(self, rows: Sequence[Any]) -> None:
         """Customers the final check found missing: appended (after the ordered walk)."""
-        await self._store(self._take(rows))
+        await self._store(rows)
         self.report.recovered += len(rows)
         self._show(len(rows))
 
