@@ -588,6 +588,38 @@ async def test_an_export_writes_and_syncs_its_file_off_the_event_loop(
     assert not ckpt.exists()
 
 
+async def test_an_export_checks_its_paths_off_the_event_loop(
+    sim: DMHubSimulator, client: DMHubClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The output's and the checkpoint's checks (15 stat calls: lstat, is_dir, access, resolve)
+    # ran on the event loop before the first request: on a stalled filesystem (an NFS server
+    # away) every other coroutine of the service, and every timeout, stood still with them.
+    # Here each stat of a path in the export's directory needs the loop to run meanwhile.
+    loop = asyncio.get_running_loop()
+    lstat, stat, access = os.lstat, os.stat, os.access
+    touched: list[str] = []
+
+    def needing_the_loop(call: Any) -> Any:
+        def stalled(path: Any, *args: Any, **kwargs: Any) -> Any:
+            if str(path).startswith(str(tmp_path)):
+                loop_runs_meanwhile(loop, f"the export looked at {path}")
+                touched.append(str(path))
+            return call(path, *args, **kwargs)
+
+        return stalled
+
+    monkeypatch.setattr(os, "lstat", needing_the_loop(lstat))
+    monkeypatch.setattr(os, "stat", needing_the_loop(stat))
+    monkeypatch.setattr(os, "access", needing_the_loop(access))
+    dest, ckpt = tmp_path / "customers.jsonl", tmp_path / "customers.ckpt"
+    report = await export_customers(client, dest, progress=False, checkpoint=ckpt)
+    monkeypatch.undo()
+    assert [row["id"] for row in read_jsonl(dest)] == sim.customer_ids()
+    assert report.complete
+    assert str(dest) in touched
+    assert str(ckpt) in touched
+
+
 @pytest.mark.parametrize("name", ["customers.csv", "customers.jsonl"])
 async def test_an_export_encodes_its_pages_off_the_event_loop(
     sim: DMHubSimulator,

@@ -20,7 +20,7 @@ from .._auth import normalise_base_url
 from .._exceptions import DMHubError, InvalidRequestError
 from .._pagination import AsyncPaginator
 from .._retry import RETRY_TALLY, RetryTally
-from .._threads import on_thread
+from .._threads import file_work, on_thread
 from .._validate import check_flag, short
 from ..resources._batches import walked_ids
 from ..resources._filters import checked_ids, read_id_list
@@ -137,7 +137,7 @@ async def _export(
     started = time.monotonic()
     check_flag("export_customers", "progress", progress)
     check_verify(verify)
-    target, fmt, scope, checkpoint_path, long_ids = _plan(
+    target, fmt, scope, checkpoint_path, long_ids = await _plan(
         client, dest, format, encoding, checkpoint, dict(filters)
     )
     # A long id_list was checked by _plan: not again (25 ms for 300,000 ids on the event loop).
@@ -220,7 +220,7 @@ def check_run(
         )
 
 
-def _plan(
+async def _plan(
     client: DMHubClient,
     dest: str | os.PathLike[str] | IO[bytes],
     format: str | None,
@@ -230,7 +230,13 @@ def _plan(
 ) -> tuple[Path | IO[bytes], Format, ExportScope | None, Path | None, list[Any] | None]:
     """The checked destination, format, scope and checkpoint path, and a long ``id_list``'s
     checked ids (the scope's ``idList`` then a stand-in to replace); nothing is sent or
-    written."""
+    written.
+
+    The paths are checked and resolved on a file thread (:func:`.file_work`), as every other
+    touch of the export's files: on a stalled filesystem (an NFS server away) each of their 15
+    ``stat`` calls waited on the event loop, every other coroutine of the service and every
+    timeout with it, before the export had sent a request.
+    """
     # None is "not given", as for every filter (and as list() takes it).
     if filters.get("sort_by") is not None or filters.get("sort_order") is not None:
         raise InvalidRequestError("export_customers() walks by id: sort_by/sort_order not allowed")
@@ -242,10 +248,11 @@ def _plan(
     if long_ids is not None:
         long_ids = checked_ids("export_customers", long_ids)
     if isinstance(dest, (str, os.PathLike)):
-        check_output_name(Path(dest))
+        named = Path(dest)
+        check_output_name(named)
         # Fails early on an unwritable output, before any request (a failure after the walk
         # would lose it all), and before its name's format: a directory is said as one.
-        check_path(Path(dest), "output")
+        output = await file_work(lambda: _checked_output(named))
     fmt = _format_of(Path(dest) if isinstance(dest, (str, os.PathLike)) else None, format)
     if encoding not in ("utf-8", "utf-8-sig") or (encoding != "utf-8" and fmt != "csv"):
         raise InvalidRequestError(
@@ -259,24 +266,41 @@ def _plan(
         if checkpoint is not None:
             raise InvalidRequestError("an export to a stream cannot be resumed: no checkpoint")
         return dest, fmt, None, None, long_ids
-    path = Path(dest)
+    path = output
     # The checkpoint too, before any request.
     if checkpoint is not None and not isinstance(checkpoint, (str, os.PathLike)):
         raise InvalidRequestError(f"checkpoint must be a path, not {type(checkpoint).__name__}")
     checkpoint_path = Path(checkpoint) if checkpoint is not None else None
-    if checkpoint_path is not None:
-        check_path(checkpoint_path, "checkpoint")
-        if checkpoint_path.resolve() == path.resolve():
-            raise InvalidRequestError("the checkpoint cannot be the output file")
+    resolved, target, checkpoint_path = await file_work(lambda: _places(path, checkpoint_path))
     # One spelling of the service (as the token stores key it): HTTP://Host:443/ is https://host.
     base_url = normalise_base_url(client.base_url)
-    scope = ExportScope(base_url, client.app_id, str(path.resolve()), fmt, encoding, params)
-    # Absolute, now: a relative name was taken again in the working directory of the moment
-    # (another task's os.chdir mid-run), and the file went there, its lock files and a
-    # complete export's checkpoint left in the first.
-    if checkpoint_path is not None:
-        checkpoint_path = Path(os.path.abspath(checkpoint_path))
-    return Path(os.path.abspath(path)), fmt, scope, checkpoint_path, long_ids
+    scope = ExportScope(base_url, client.app_id, str(resolved), fmt, encoding, params)
+    return target, fmt, scope, checkpoint_path, long_ids
+
+
+def _checked_output(path: Path) -> Path:
+    """``path``, checked (a regular file or none yet, in a writable directory), made absolute.
+
+    Absolute, now: a relative name was taken again in the working directory of the moment
+    (another task's os.chdir mid-run), and the file went there, its lock files and a complete
+    export's checkpoint left in the first.
+    """
+    check_path(path, "output")
+    return Path(os.path.abspath(path))
+
+
+def _places(path: Path, checkpoint: Path | None) -> tuple[Path, Path, Path | None]:
+    """``path`` resolved (the scope's), and ``path`` and ``checkpoint`` made absolute, once
+    ``checkpoint`` (if any) is checked: a regular file or none yet, in a writable directory,
+    and not ``path`` itself."""
+    resolved = path.resolve()
+    if checkpoint is not None:
+        check_path(checkpoint, "checkpoint")
+        if checkpoint.resolve() == resolved:
+            raise InvalidRequestError("the checkpoint cannot be the output file")
+    # Absolute, now, as the output (_checked_output).
+    absolute = None if checkpoint is None else Path(os.path.abspath(checkpoint))
+    return resolved, Path(os.path.abspath(path)), absolute
 
 
 def _columns(filters: dict[str, Any]) -> list[str] | None:
