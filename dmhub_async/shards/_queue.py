@@ -38,6 +38,7 @@ from .._exceptions import (
     InvalidRequestError,
     without_token_hint,
 )
+from .._redact import MASK
 from .._redis_send import pool_connections, sending_cancellably
 from .._shared_rate import check_shared_rate
 from .._tasks import within as _bounded_in_time
@@ -201,13 +202,12 @@ def queue_settings(redis_url: object, name: str) -> Any:
     dropped ``?ssl_ca_certs=``, so workers and the coordinator were refused by a Redis the
     token store reached.
     """
-    from arq.connections import RedisSettings
     from redis.asyncio.connection import parse_url
 
     if not isinstance(redis_url, str):
         raise InvalidRequestError(f"{name} must be a redis:// URL, not {type(redis_url).__name__}")
     try:
-        settings = RedisSettings.from_dsn(redis_url)
+        settings = _settings_class().from_dsn(redis_url)
         read: dict[str, Any] = dict(parse_url(redis_url))
     except (RuntimeError, ValueError):
         # Not repeated: it may hold a password. One cut short by a /, # or ? read as the port
@@ -222,6 +222,35 @@ def queue_settings(redis_url: object, name: str) -> Any:
         if read.get(option) is not None:
             setattr(settings, option, read[option])
     return settings
+
+
+@functools.cache
+def _settings_class() -> Any:
+    """arq's ``RedisSettings``, shown without its password.
+
+    Its repr (a dataclass's: every field) showed the password wherever a worker's
+    ``redis_settings`` was shown, and in the variables of arq's frames that an error tracker
+    records (Sentry's default) of a worker's every Redis error.
+    """
+    import dataclasses
+
+    from arq.connections import RedisSettings
+
+    class _QueueSettings(RedisSettings):
+        @classmethod
+        def from_dsn(cls, dsn: str) -> RedisSettings:
+            read = RedisSettings.from_dsn(dsn)  # arq's makes a RedisSettings, whatever cls
+            return cls(**{f.name: getattr(read, f.name) for f in dataclasses.fields(read)})
+
+        def __repr__(self) -> str:
+            def shown(name: str) -> Any:
+                value = getattr(self, name)
+                return MASK if name == "password" and value else value
+
+            fields = ", ".join(f"{f.name}={shown(f.name)!r}" for f in dataclasses.fields(self))
+            return f"RedisSettings({fields})"
+
+    return _QueueSettings
 
 
 #: The TLS options of a ``rediss://`` URL's query that redis-py reads and arq's settings take.
@@ -955,7 +984,17 @@ def _worker_class() -> Any:
             arq's pool reads without a timeout: a try of a command is bounded (_waiting), but
             not the reads a new connection makes as it connects (redis-py's CLIENT SETINFO),
             which a frozen Redis left unanswered for ever.
+
+            Redis's errors are raised from here, without redis-py's frames and the errors they
+            chained: the variables of those frames that an error tracker records (Sentry's
+            default) held the password (redis-py's AUTH arguments, as a connection is made).
             """
+            try:
+                await self._main()
+            except (RedisError, OSError) as err:
+                raise err.with_traceback(None) from None
+
+        async def _main(self) -> None:
             if self._pool is None:
                 from arq.connections import create_pool
 

@@ -758,6 +758,46 @@ async def test_a_queue_redis_that_refuses_is_said_to_refuse_in_its_own_words(
     assert "pw" not in str(refused.value)
 
 
+async def test_a_worker_refused_by_its_redis_keeps_the_password_out_of_its_traceback(
+    redis: RedisServer,
+) -> None:
+    # An error tracker records each frame's variables (Sentry's default): a worker whose
+    # Redis refused its password raised redis-py's AuthenticationError with the password in
+    # the variables of arq's frames (its RedisSettings, whose repr shows it) and of redis-py's
+    # (its AUTH arguments).
+    import traceback
+
+    from redis.exceptions import AuthenticationError
+
+    redis.command("CONFIG", "SET", "requirepass", "right-PASSWORD-1")
+    queued = worker(
+        f"redis://:wrong-PASSWORD-2@127.0.0.1:{redis.port}/0",
+        burst=True,
+        handle_signals=False,
+        client={"app_id": "a", "secret": "s"},
+    )
+    assert "PASSWORD" not in repr(queued.redis_settings)
+    try:
+        with pytest.raises(AuthenticationError) as refused:
+            await asyncio.wait_for(queued.async_run(), 30)
+    finally:
+        await queued.close()
+    frames = [
+        frame
+        for frame in traceback.StackSummary.extract(
+            traceback.walk_tb(refused.value.__traceback__), capture_locals=True
+        )
+        if frame.filename != __file__  # this test's own variables hold the URL
+    ]
+    said = [
+        f"{frame.name}: {name} = {value}"
+        for frame in frames
+        for name, value in (frame.locals or {}).items()
+    ]
+    assert [line for line in said if "PASSWORD" in line] == []
+    assert "invalid username-password pair" in str(refused.value)
+
+
 async def test_a_queue_redis_not_there_is_said_with_the_reason() -> None:
     # "cannot reach the queue's Redis at redis://127.0.0.1:1/0: ConnectionError" said nothing
     # of why (refused, a name that does not resolve, a connection lost), where the refusals
