@@ -164,10 +164,17 @@ def check_redis_options(owner: str, url: str, pool: Any) -> None:
     """Build one connection of redis-py's ``pool`` (no I/O) to check the URL's options now:
     redis-py passes a query option it does not know (``?timeout=5``) to the connection, a
     TypeError at the first command, which a token store met as an outage (every process then
-    fetching a token of its own, revoking the others') and a queue as a raw traceback."""
+    fetching a token of its own, revoking the others') and a queue as a raw traceback.
+
+    Any error building it is the URL's: redis-py refuses a ``?protocol=`` it does not speak
+    with its own ConnectionError, which came raw out of RedisTokenStore and RedisRateLimiter
+    (the CLI's ``--token-store`` a traceback) and which the queue said as a Redis it could
+    not reach; one that is no number ends redis-py's check in an UnboundLocalError."""
     try:
         pool.connection_class(**pool.connection_kwargs)
-    except (TypeError, ValueError) as err:
+    except Exception as err:
+        if isinstance(err, NameError):  # redis-py's own defect: its words say nothing
+            err = ValueError("a query option's value is not one it takes")
         raise redis_url_error(owner, url, err) from None
     check_password_read(owner, url)
 
