@@ -470,17 +470,24 @@ def decode_error(
 
 
 def connection_error(
-    request: Request, *, timeout: bool, not_sent: bool, kind: str, where: str | None = None
+    request: Request,
+    *,
+    timeout: bool,
+    not_sent: bool,
+    kind: str,
+    where: str | None = None,
+    status: int | None = None,
 ) -> APIConnectionError:
     """The error for a request that got no answer; says when a write's outcome is unknown.
 
     ``not_sent``: it never reached the service (refused, DNS, no connection within
-    ``connect_timeout``); ``kind`` names the failure; ``where``: the base URL, which a
-    request never sent is said to have found no connection to, and what to check.
+    ``connect_timeout``, a proxy that refused the tunnel); ``kind`` names the failure;
+    ``where``: the base URL, which a request never sent is said to have found no connection
+    to, and what to check; ``status``: a proxy's answer to the tunnel's CONNECT.
     """
     unknown = not request.idempotent and not not_sent
     message = f"{request.method} {request.path} " + ("timed out" if timeout else f"failed ({kind})")
-    hint = connection_hint(kind, where) if not_sent and where else ""
+    hint = connection_hint(kind, where, status) if not_sent and where else ""
     message += hint
     if unknown:
         message += (
@@ -494,13 +501,20 @@ def connection_error(
     return error
 
 
-def connection_hint(kind: str, where: str) -> str:
+def connection_hint(kind: str, where: str, status: int | None = None) -> str:
     """What a request that found no connection adds to its message: where it went, and what
     to check. "GET /security/accesstoken failed (ClientConnectorError)" named neither."""
     if kind == "ClientProxyConnectionError":  # the base URL was never reached, nor blamed
         return (
             ": no connection to the proxy the environment names (HTTPS_PROXY, HTTP_PROXY or the"
             " system's): is it right and up?"
+        )
+    if kind == "ClientHttpProxyError":  # it answered the tunnel's CONNECT: nor blamed either
+        said = f"HTTP {status}" if status else "an error"
+        check = ": check its user and password" if status == 407 else ": is it right?"
+        return (
+            ": the proxy the environment names (HTTPS_PROXY, HTTP_PROXY or the system's) refused"
+            f" the connection to the service with {said}{check}"
         )
     if kind == "ClientConnectorDNSError":
         return f": the host of {where} was not found (is base_url right?)"

@@ -864,6 +864,7 @@ class Session:
                 not_sent=isinstance(failure, _NOT_SENT),
                 kind=type(failure).__name__,
                 where=self.base_url,
+                status=getattr(failure, "status", None),
             )
             cause = RedactedCause(failure, secrets)
             # An error tracker records the variables of each frame of a traceback (Sentry's
@@ -1011,6 +1012,9 @@ def _deflate_of(first: bytes) -> Any:
 #: the SDK takes 3.9) no connection opened within ``connect_timeout``.
 _NOT_SENT: tuple[type[BaseException], ...] = (
     aiohttp.ClientConnectorError,
+    # The proxy's answer to the CONNECT of an https base URL (407: its user and password),
+    # before the tunnel to the service was open: a create was said to have maybe been applied.
+    aiohttp.ClientHttpProxyError,
     *(getattr(aiohttp, name) for name in ("ConnectionTimeoutError",) if hasattr(aiohttp, name)),
 )
 

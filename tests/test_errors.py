@@ -509,6 +509,45 @@ def test_a_connection_never_made_says_what_to_check(kind: str, timeout: bool, sa
         assert "h.test" not in str(error)  # the base URL was never reached, nor blamed
 
 
+async def test_a_proxy_that_refuses_the_tunnel_is_named_and_nothing_was_sent(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A proxy that wants its user and password (HTTP 407 to the CONNECT of an https base URL):
+    # the create was said to have maybe reached the service ("its outcome is unknown"), though
+    # no byte of it left the proxy, and the command line asked "is DMHUB_BASE_URL right?".
+    import asyncio
+
+    from dmhub_async.cli._errors import explain
+
+    async def proxy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while (await reader.readline()) not in (b"\r\n", b""):
+            pass
+        writer.write(b"HTTP/1.1 407 Proxy Authentication Required\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(proxy, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    for name in ("HTTPS_PROXY", "https_proxy", "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTPS_PROXY", f"http://corp-user:ProxyPassw0rd@127.0.0.1:{port}")
+    dm = DMHubClient(access_token="t0ken", base_url="https://dmhub.invalid")
+    async with server, dm:  # a token held: the create is the request the proxy refuses
+        with pytest.raises(APIConnectionError) as info:
+            await dm.with_options(max_retries=0).customers.create(name="x")
+
+    said = str(info.value)
+    assert not info.value.outcome_unknown, said
+    assert "outcome is unknown" not in said
+    assert "the proxy the environment names" in said, said
+    assert "refused the connection to the service with HTTP 407" in said, said
+    assert "dmhub.invalid" not in said  # never reached, nor blamed
+    assert "ProxyPassw0rd" not in said
+    _, line = explain(info.value)
+    assert "DMHUB_BASE_URL" not in line, line
+    assert "the proxy the environment names" in line, line
+
+
 def test_a_connection_lost_after_sending_adds_no_hint_on_the_address() -> None:
     request = Request("GET", "/v1/customers/count", {}, None)
     error = connection_error(

@@ -188,6 +188,8 @@ def _missing_credentials() -> str:
 
 def stopped_answering(err: APIConnectionError) -> CommandError:
     """``err`` after the service had answered in this run: its URL is right, it went away."""
+    if getattr(err.__cause__, "original_type", "").endswith(".ClientHttpProxyError"):
+        return CommandError(str(err))  # the proxy refused: the service did not stop answering
     said = str(err).removesuffix(err._hint)
     return CommandError(f"{said}: {_base_url()} stopped answering (it had answered in this run)")
 
@@ -218,6 +220,8 @@ def explain(err: BaseException, flags: Mapping[str, str] = _NO_FLAGS) -> tuple[i
     if isinstance(err, APIConnectionError):
         # The library's words on where it found no connection: said below as a command says it.
         said = str(err).removesuffix(err._hint)
+        if getattr(err.__cause__, "original_type", "").endswith(".ClientHttpProxyError"):
+            return EXIT_ERROR, str(err)  # the library's words: the proxy refused, and with what
         if getattr(err.__cause__, "original_type", "").endswith(".ClientProxyConnectionError"):
             # Sent to a proxy that never answered: the base URL was never reached, nor blamed.
             return EXIT_ERROR, (
