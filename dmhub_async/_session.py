@@ -215,10 +215,12 @@ class _Connection:
     closed: bool = False
     #: The event loop of the first call: aiohttp's session and asyncio's locks belong to it.
     loop: asyncio.AbstractEventLoop | None = None
-    #: The proxy the environment names for the base URL, for the session made here.
-    proxy: str | None = None
+    #: The proxy the environment names for the base URL, for the session made here. Neither
+    #: it nor its password in the repr: a frame's ``conn`` (check_open's, aclose()'s) showed
+    #: both to an error tracker that records each frame's variables (Sentry's default).
+    proxy: str | None = attrs.field(default=None, repr=False)
     #: Its password, if it has one: masked in every error, as the secret is.
-    proxy_password: str | None = None
+    proxy_password: str | None = attrs.field(default=None, repr=False)
     #: The answers whose bodies are being read, for the close to end.
     reading: set[aiohttp.ClientResponse] = attrs.Factory(set)
     #: The derived sessions (``with_options``) alive, whose answers the close ends too.

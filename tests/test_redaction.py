@@ -49,6 +49,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 import dmhub_async
 from dmhub_async import (
+    APIConnectionError,
     APIError,
     DMHubClient,
     DMHubError,
@@ -793,6 +794,33 @@ async def test_a_proxy_aiohttp_cannot_use_is_refused_before_sending_without_quot
     shown = "".join(traceback.format_exception(info.value))
     assert "ProxyPassw0rd" not in shown
     assert not getattr(info.value, "outcome_unknown", False)
+
+
+@pytest.mark.parametrize("then", ["a call", "aclose()"])
+def test_a_client_used_in_another_event_loop_keeps_the_proxy_password_out_of_the_traceback(
+    monkeypatch: pytest.MonkeyPatch, then: str
+) -> None:
+    # A client reused in a second asyncio.run() raises a DMHubError that says so (README, "From
+    # synchronous code"), from frames whose variables held the client's connection: its repr
+    # showed the proxy the environment names, password and all, to an error tracker that
+    # records each frame's variables (Sentry's default).
+    for name in ("HTTPS_PROXY", "https_proxy", "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTPS_PROXY", "http://corp-user:ProxyPassw0rd@127.0.0.1:1")
+    store = dmhub_async.MemoryTokenStore()
+    dm = DMHubClient(app_id="app-1", secret=SECRET, base_url=BASE, max_retries=0, token_store=store)
+    first = asyncio.new_event_loop()  # as the first asyncio.run() makes, kept to close dm in
+    try:
+        with pytest.raises(APIConnectionError, match="ClientProxyConnectionError"):
+            first.run_until_complete(dm.customers.count())  # the proxy read (and down)
+        with pytest.raises(DMHubError, match="used in another event loop") as info:
+            asyncio.run(dm.customers.count() if then == "a call" else dm.aclose())
+    finally:
+        first.run_until_complete(dm.aclose())
+        first.close()
+
+    error = traceback.TracebackException.from_exception(info.value, capture_locals=True)
+    assert [line for line in error.format() if "ProxyPassw0rd" in line] == []
 
 
 @pytest.mark.parametrize(
