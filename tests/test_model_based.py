@@ -231,7 +231,10 @@ class Machine(RuleBasedStateMachine):
             self.new_row(c.id, fields)
         self.check_customer(c)
 
-    @rule(idents=st.lists(identity_st, min_size=1, max_size=3), fields=fields_st())
+    @rule(
+        idents=st.lists(identity_st, min_size=1, max_size=3, unique_by=lambda i: (i.type, i.value)),
+        fields=fields_st(),
+    )
     def upsert(self, idents: list[Identity], fields: dict) -> None:
         owner = None
         for i in idents:
