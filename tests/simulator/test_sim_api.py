@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import json
+import weakref
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -924,3 +926,16 @@ async def test_integers_beyond_64_bits_are_stored_and_served_exactly(api: Api, b
     assert (got["employeeNumber"], got["annualRevenue"], got["attr"]["attr9"]) == (big, big, big)
     status, page = await api.call("GET", "/v1/customers", idList=str(made["id"]))
     assert page["rows"][0]["attr"]["attr9"] == big
+
+
+async def test_a_closed_simulator_that_served_is_freed_once_dropped() -> None:
+    # aiohttp caches each route's handler with its middlewares, process-wide (1,024 entries):
+    # every closed simulator that had served a request stayed there with its customers, some
+    # 7.5 MB a simulator of 5,000 read ones, in a test suite or a service's test run.
+    sim = DMHubSimulator(customers=3)
+    async with sim, DMHubClient(sim.app_id, sim.secret, base_url=sim.url, timezone="UTC") as dm:
+        assert await dm.customers.count() == 3
+    store = weakref.ref(sim.store)
+    del sim, dm
+    gc.collect()
+    assert store() is None
