@@ -95,6 +95,37 @@ async def test_exporting_every_shard_gives_every_customer_once(
     assert [s.file for s in on_disk.shards] == [f"part-{i:05d}.jsonl" for i in range(5)]
 
 
+async def test_a_dense_second_of_a_little_more_than_a_share_is_noted_as_its_own_window() -> None:
+    # docs/sharding.md: "a second that alone holds more than a share (a bulk import) becomes a
+    # window of its own, said in the shard's `note`". 300 of 500 customers in one second with
+    # --shards 2 (a share of 250) planned 3 windows, the dense one without a note: nothing said
+    # why the plan had more shards than asked (a note came only past 1.5 shares).
+    moments: list[float] = []
+
+    def tick() -> float:
+        return moments[-1] if moments else IMPORT_SECOND
+
+    async with DMHubSimulator(clock=tick) as sim:
+        for i in range(100):
+            moments.append(IMPORT_SECOND - 3_000 * (100 - i))
+            sim.insert_customer({"name": "before"})
+        moments.append(IMPORT_SECOND)
+        for _ in range(300):
+            sim.insert_customer({"name": "imported"})
+        for i in range(100):
+            moments.append(IMPORT_SECOND + 3_000 * (i + 1))
+            sim.insert_customer({"name": "after"})
+        async with DMHubClient(sim.app_id, sim.secret, base_url=sim.url) as dm:
+            plan = await plan_shards(dm, 2, now=datetime(2021, 1, 1, tzinfo=timezone.utc))
+
+    assert [s.planned_count for s in plan] == [100, 300, 100]
+    assert [s.note for s in plan] == [
+        None,
+        "300 customers were created within one second: this window cannot be split",
+        None,
+    ]
+
+
 async def test_a_skewed_set_is_planned_exported_and_complete(tmp_path: Path) -> None:
     # 90% of the customers created in one import second: that second cannot be split.
     async with DMHubSimulator(customers=200, clock=lambda: IMPORT_SECOND) as sim:
