@@ -591,8 +591,17 @@ class RedisTokenStore:
         # after Redis set the key and before its answer came left a lock nobody held, which
         # every other process waited the whole lock_ttl for.
         token = uuid.uuid4().hex.encode()
+        loop = asyncio.get_running_loop()
+        deadline = None if self._lock_timeout is None else loop.time() + self._lock_timeout
         try:
             acquired = await lock.acquire(token=token)
+            if not acquired and deadline is not None:
+                # redis-py gives up once its next poll (every 0.1 s) would fall past the
+                # timeout: up to a poll early, and under a poll it never waited at all (0.05 s
+                # was one try), each time saying "not had in" the whole of it. A last try at
+                # the deadline waits as long as asked.
+                await asyncio.sleep(max(0.0, deadline - loop.time()))
+                acquired = await lock.acquire(token=token, blocking=False)
         except (RedisError, OSError, RuntimeError) as err:
             await self._release_taken(lock, token)
             raise self._error("taking the lock", err) from None

@@ -420,6 +420,27 @@ async def test_t4_a_stale_lock_falls_back_to_a_local_fetch(
     assert "fetching a token without the store" in warnings[0]
 
 
+async def test_t4_a_lock_timeout_shorter_than_a_poll_is_waited_for_all_the_same(
+    connect: Callable[..., DMHubClient],
+    redis: RedisServer,
+    redis_store: Callable[..., RedisTokenStore],
+) -> None:
+    """T4: ``lock_timeout`` is waited for whole, the lock tried again at its end. redis-py
+    gives up as soon as its next poll (every 0.1 s) would fall past the timeout: 0.05 s was a
+    single try, no wait at all, and 0.5 s gave up after 0.4 s, each saying "not had in" the
+    whole time."""
+    store = redis_store(lock_timeout=0.05)
+    async with DMHubSimulator(customers=10, seed=17) as sim:
+        key = token_key(sim.url, sim.app_id, sim.secret)
+        redis.command("SET", f"dmhub_async:token:{key}:lock", "dead-holder", "PX", "60000")
+        redis.command("CONFIG", "RESETSTAT")
+        dm = connect(sim, token_store=store)
+        assert await dm.customers.count() == 10
+    # The lock's SET NX tries alone: the token, fetched without the store, is not stored.
+    assert redis.commands_served().get("set", 0) == 2  # at once, and at the timeout's end
+    assert sim.counters.tokens_issued == 1
+
+
 # -- T5 --------------------------------------------------------------------------------------
 
 
