@@ -252,13 +252,16 @@ class Shard:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Shard:
         """The shard :meth:`to_dict` wrote."""
+        # The numbers as written, checked as ints: through int(), an edited manifest's "750",
+        # 7.5 or true was read as 750, 7 or 1, and the manifest taken for one this SDK wrote.
+        planned = data.get("planned_count")
         try:
             return cls(
-                index=int(data["index"]),
+                index=data["index"],
                 start=_aware(data.get("start")),
                 end=_aware(data.get("end")),
                 filters=dict(data.get("filters") or {}),
-                planned_count=int(data.get("planned_count") or 0),
+                planned_count=0 if planned is None else planned,
                 note=data.get("note"),
                 id_slice=data.get("id_slice"),
                 id_list_sha256=data.get("id_list_sha256"),

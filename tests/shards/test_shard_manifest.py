@@ -1588,6 +1588,14 @@ async def test_merging_what_there_is_refuses_a_parts_checkpoint_whose_scope_is_u
         (lambda data: data["shards"][3].update(seconds="1.5"), "shards[3].seconds"),
         (lambda data: data["shards"][3].update(sha256=12345), "shards[3].sha256"),
         (lambda data: data.update(version="1"), "version"),
+        # A shard's own numbers: read through int(), "750", 7.5 and true came back 750, 7 and
+        # 1 (docs/sharding.md: "a count or number written as text, a fraction or `true`" is
+        # refused).
+        (lambda data: data["shards"][1]["shard"].update(planned_count="500"), "shards[1].shard"),
+        (lambda data: data["shards"][1]["shard"].update(planned_count=7.5), "shards[1].shard"),
+        (lambda data: data["shards"][1]["shard"].update(planned_count=True), "shards[1].shard"),
+        (lambda data: data["shards"][2]["shard"].update(index="2"), "shards[2].shard"),
+        (lambda data: data["shards"][2]["shard"].update(index=2.0), "shards[2].shard"),
     ],
     ids=[
         "a count as text",
@@ -1597,6 +1605,11 @@ async def test_merging_what_there_is_refuses_a_parts_checkpoint_whose_scope_is_u
         "seconds as text",
         "a digest a number",
         "a version as text",
+        "a planned count as text",
+        "a planned count a fraction",
+        "a planned count true",
+        "a shard's index as text",
+        "a shard's index a float",
     ],
 )
 async def test_an_edited_manifests_number_or_text_of_another_kind_is_refused(
