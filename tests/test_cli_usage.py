@@ -215,6 +215,11 @@ def test_help_shows_a_default_of_zero_and_no_default_of_an_on_off_flag(
         (["lookup", "--in", "a", "--out", "b", "--concurrency", "100000"], ("--concurrency",)),
         (["export", "--out", "x.jsonl", "--page-size", "101"], ("--page-size", "100")),
         (["export", "--out", "x.jsonl", "--timezone", "Asia/Shang"], ("--timezone",)),
+        # A directory of the zone database, or a name too long for a file name: a raw
+        # IsADirectoryError (OSError) and its traceback, exit 1.
+        (["export", "--out", "x.jsonl", "--timezone", "Asia"], ("--timezone", "'Asia'")),
+        (["export", "--out", "x.jsonl", "--timezone", "America"], ("--timezone", "'America'")),
+        (["export", "--out", "x.jsonl", "--timezone", "a" * 300], ("--timezone", "IANA")),
         # A rate the shared limit cannot keep: exit 1 once the worker had reached its Redis,
         # naming the Python argument (rate_limit), not the flag.
         (

@@ -11,6 +11,7 @@ from typing import NoReturn
 from .._exceptions import InvalidRequestError
 from .._pagination import MAX_CONCURRENCY
 from .._shared_rate import check_shared_rate
+from .._validate import short
 from .._version import __version__
 from ..shards import MAX_SHARDS
 from ._errors import EXIT_USAGE
@@ -119,9 +120,11 @@ def _shared_rate(text: str) -> float:
 def _time_zone(text: str) -> str:
     try:
         zoneinfo.ZoneInfo(text)
-    except (ValueError, zoneinfo.ZoneInfoNotFoundError):
+    # OSError: a directory of the zone database ("Asia", "America") or a name too long for a
+    # file was a raw IsADirectoryError and its traceback (DMHubClient(timezone=...) refuses it).
+    except (ValueError, zoneinfo.ZoneInfoNotFoundError, OSError):
         raise argparse.ArgumentTypeError(
-            f"not an IANA time zone: {text!r} (say Asia/Shanghai, or UTC)"
+            f"not an IANA time zone: {short(text)} (say Asia/Shanghai, or UTC)"
         ) from None
     return text
 
