@@ -7,6 +7,7 @@ Each test reads the query the client sent to the aioresponses mock.
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import sys
 import warnings
@@ -29,8 +30,16 @@ from dmhub_async import (
     InvalidRequestError,
     MemoryTokenStore,
     NaiveDatetimeWarning,
+    ResponseDecodeError,
 )
-from dmhub_async._converter import customer_fields_to_wire, structure_customer
+from dmhub_async._converter import (
+    customer_fields_to_wire,
+    lenient_page_reader,
+    parse_timestamp,
+    read_customer_page,
+    structure_customer,
+    structure_customers,
+)
 from dmhub_async._query_time import iso_day
 from dmhub_async._validate import check_customer_fields, short
 from dmhub_async.export import export_customers
@@ -304,6 +313,31 @@ async def test_an_offset_of_sixty_minutes_or_more_is_refused_before_anything_is_
     with pytest.raises(InvalidRequestError, match="date_join must be a time"):
         await dm.customers.create(name="x", date_join=value)
     assert not api.requests  # a token request neither
+
+
+@pytest.mark.parametrize(
+    "written", ["2024-01-01T09:00:00+05:99", "2024-01-01T09:00:00+0560", "2024-01-01 09:00-00:75"]
+)
+async def test_an_answer_with_an_offset_of_sixty_minutes_or_more_names_the_record_and_field(
+    api: aioresponses, tokens: Any, make_client: Callable[..., DMHubClient], written: str
+) -> None:
+    # A filter and a date_join refuse "+05:99" (above), and msgspec's reader refuses it too;
+    # an answer holding it was then read the lenient way, as +06:39: a customer's dateCreated
+    # 99 minutes off, silently, on every path (list, get, statistics, a part's window check).
+    rows = [{"id": 1, "dateCreated": "2024-01-01T09:00:00Z"}, {"id": 2, "dateCreated": written}]
+    api.get(url("/v1/customers"), payload={"rows": rows, "records": 2, "total": 1}, repeat=True)
+    api.get(url("/v1/customers/2"), payload=rows[1])
+    dm = make_client(timezone="UTC")
+    with pytest.raises(ResponseDecodeError, match=r"record 1 \(id 2\), field 'dateCreated'"):
+        await dm.customers.list(page_size=100).to_list()
+    with pytest.raises(ResponseDecodeError, match=r"field 'dateCreated'"):
+        await dm.customers.get(2)
+    page = json.dumps({"rows": rows}).encode()
+    for read in (read_customer_page, lenient_page_reader(structure_customers, "rows")):
+        with pytest.raises(ValueError, match=r"record 1 \(id 2\), field 'dateCreated'"):
+            read(page)
+    with pytest.raises(ValueError, match="no such offset"):
+        parse_timestamp(written)
 
 
 DAY_FORMS = {  # each form of a day and the day it names

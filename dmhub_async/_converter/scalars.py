@@ -2,9 +2,9 @@
 
 In (lenient: the service's JSON as it comes, docs/contract.md "Customer model"):
 - timestamps: ``2017-06-01T12:12:12Z`` (the contract's form), no offset (taken as UTC), any
-  ``+hh:mm`` offset, fractional seconds (past microseconds rounded to the nearest, half up, as
-  msgspec reads them), a lower-case ``t`` or ``z``, full-width digits (read
-  as their ASCII digits, :func:`ascii_digits`), on every supported
+  ``+hh:mm`` offset (its minutes below 60: ``+05:99`` is refused), fractional seconds (past
+  microseconds rounded to the nearest, half up, as msgspec reads them), a lower-case ``t`` or
+  ``z``, full-width digits (read as their ASCII digits, :func:`ascii_digits`), on every supported
   Python (3.10's ``fromisoformat`` knows neither ``Z`` nor arbitrary fractions, 3.11's no
   ``z``); always an aware UTC ``datetime``.
 - ``Decimal``: from a JSON string, int or float, a float through its shortest ``repr`` so
@@ -211,6 +211,8 @@ def parse_timestamp_slow(s: str) -> datetime:
     tzinfo = UTC
     if tz and tz not in ("Z", "z"):
         digits = tz[1:].replace(":", "")
+        if int(digits[2:] or 0) >= 60:  # "+05:99" is no offset (see check_offset)
+            raise ValueError(f"not a timestamp: {s!r} has no such offset")
         offset = timedelta(hours=int(digits[:2]), minutes=int(digits[2:] or 0))
         tzinfo = timezone(-offset if tz[0] == "-" else offset)
     dt = datetime(
@@ -246,6 +248,7 @@ def parse_timestamp(s: str) -> datetime:
         return dt
     if tz is None:
         return dt.replace(tzinfo=UTC)
+    check_offset(s)
     return dt.astimezone(UTC)
 
 
@@ -265,11 +268,22 @@ def timestamp_as_written(s: str) -> datetime:
         assert match is not None  # parse_timestamp_slow read it
         if not match.group(8):
             return moment.replace(tzinfo=None)
-    # Both readers take "+05:99" as +06:39: a time sent 99 minutes off for a typo.
-    offset = _OFFSET_WRITTEN.search(s) if moment.tzinfo is not None else None
+    if moment.tzinfo is not None:
+        check_offset(s)
+    return moment
+
+
+def check_offset(s: str) -> None:
+    """ValueError when the offset that ends ``s`` has 60 minutes or seconds or more.
+
+    ``fromisoformat`` (and the fallback reader) take ``"+05:99"`` as +06:39, where msgspec
+    refuses it: a filter went out 99 minutes off for a typo, and an answer holding it was a
+    time 99 minutes off on every path that reads it the lenient way (msgspec's refusal sent
+    the record there), where it is refused naming the record and the field.
+    """
+    offset = _OFFSET_WRITTEN.search(s)
     if offset is not None and any(int(part or 0) >= 60 for part in offset.groups()):
         raise ValueError(f"not a timestamp: {s!r} has no such offset")
-    return moment
 
 
 def to_utc(dt: datetime) -> datetime:
