@@ -20,6 +20,7 @@ import re
 import types
 import weakref
 from collections.abc import Awaitable, Callable, Generator, Iterable
+from datetime import timezone
 from typing import Any, TypeVar, cast
 
 import attrs
@@ -110,9 +111,19 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):
         return None
-    if when.tzinfo is None:  # pragma: no cover - RFC 9110 dates are GMT
-        return None
+    if when.tzinfo is None:
+        # GMT, as every HTTP date is (RFC 9110, 5.6.7): asctime's form writes no zone, and
+        # "-0000" is RFC 5322's UTC. Read as naive they were dropped, and backoff's 0.5 s
+        # sent the retry to the server that had asked for minutes. A zone not known (a
+        # value joined with another, "... GMT, 30") is still no date.
+        if not (_ASCTIME.fullmatch(value) or value.endswith(" -0000")):
+            return None
+        when = when.replace(tzinfo=timezone.utc)
     return max(0.0, when.timestamp() - now)  # a date gone by: now
+
+
+#: An HTTP date in asctime's form (RFC 9110, 5.6.7: ``Sun Nov  6 08:49:37 1994``), in GMT.
+_ASCTIME = re.compile(r"[A-Za-z]{3} [A-Za-z]{3} [ 0-9]?[0-9] [0-9]{2}:[0-9]{2}:[0-9]{2} [0-9]{4}")
 
 
 def longest_retry_after(values: Iterable[str], now: float) -> float | None:

@@ -10,6 +10,7 @@ import asyncio
 import email.utils
 import logging
 import math
+import time
 from datetime import datetime, timezone
 from typing import Any
 
@@ -197,6 +198,28 @@ async def test_retry_after_http_date_is_honoured_relative_to_the_clock(api, make
         status=429,
         headers={"Retry-After": email.utils.format_datetime(when, usegmt=True)},
     )
+    api.get(url("/v1/customers/1"), payload=CUSTOMER)
+    dm = make_client(access_token="tok")
+
+    assert await dm.request("GET", "/v1/customers/1") == CUSTOMER
+    assert clock.waits == [pytest.approx(21.0)]  # 20 s, plus the 1 s jitter ceiling
+
+
+@pytest.mark.parametrize(
+    "form",
+    [
+        "%a, %d %b %Y %H:%M:%S GMT",  # IMF-fixdate
+        "%A, %d-%b-%y %H:%M:%S GMT",  # RFC 850
+        "%a %b %d %H:%M:%S %Y",  # asctime: GMT with no zone written (RFC 9110, 5.6.7)
+        "%a, %d %b %Y %H:%M:%S -0000",  # RFC 5322's UTC with no local zone said
+    ],
+)
+async def test_retry_after_in_every_http_date_form_is_honoured(api, make_client, clock, form):
+    # RFC 9110: a recipient MUST accept all three HTTP-date forms, each in GMT. One with no
+    # zone (asctime) or "-0000" was read as a naive datetime and dropped: the throttled call
+    # retried on backoff's 0.5 s, not the 20 s asked.
+    when = time.strftime(form, time.gmtime(clock.now + 20))
+    api.get(url("/v1/customers/1"), status=429, headers={"Retry-After": when})
     api.get(url("/v1/customers/1"), payload=CUSTOMER)
     dm = make_client(access_token="tok")
 
