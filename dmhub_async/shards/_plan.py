@@ -225,7 +225,10 @@ class Shard:
         """``[2024-01-01T00:00:00Z, 2024-03-05T11:12:13Z)``-style text for logs and reports."""
 
         def text(moment: datetime | None, open_side: str) -> str:
-            return moment.strftime("%Y-%m-%dT%H:%M:%SZ") if moment else open_side
+            # isoformat, not strftime: its %Y writes the year 1 as "1", not "0001".
+            if moment is None:
+                return open_side
+            return moment.replace(tzinfo=None).isoformat(timespec="seconds") + "Z"
 
         window = f"[{text(self.start, '-inf')}, {text(self.end, '+inf')})"
         return window if self.id_slice is None else f"ids {self.describe_ids()}, {window}"

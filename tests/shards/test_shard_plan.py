@@ -231,6 +231,21 @@ async def test_a_shard_in_another_zone_is_the_same_window_in_utc(
     assert moved.export_filters() == planned.export_filters()
 
 
+def test_a_window_of_the_first_centuries_is_described_in_iso_8601() -> None:
+    # strftime's %Y writes the year 1 as "1" on Linux (as the filters' comment says of the
+    # year 5): a plan from date(1, 1, 1) described its first shard "[1-01-01T00:00:00Z, ...)",
+    # in the reports, logs and refusals that name it, a form no ISO 8601 reader takes.
+    shard = Shard(0, datetime(1, 1, 1, tzinfo=timezone.utc), datetime(999, 12, 31, tzinfo=UTC8))
+
+    assert shard.describe() == "[0001-01-01T00:00:00Z, 0999-12-30T16:00:00Z)"
+    assert Shard(1, None, datetime(2024, 1, 1, 0, 0, 5, tzinfo=UTC8)).describe() == (
+        "[-inf, 2023-12-31T16:00:05Z)"
+    )
+
+
+UTC8 = timezone(timedelta(hours=8))
+
+
 async def test_a_sort_given_as_none_is_not_given(sim: DMHubSimulator, dm: DMHubClient) -> None:
     """None is "not given", as for every filter and in list(): the plan refused
     ``sort_order=None`` as a sort a sharded export does not take."""
