@@ -10,7 +10,6 @@ mostly in UTC+8, where ``datetime(2024, 1, 1)`` read as UTC means 08:00 local ti
 from __future__ import annotations
 
 import re
-import sys
 import warnings
 import zoneinfo
 from datetime import date, datetime, time, timezone, tzinfo
@@ -181,19 +180,26 @@ def times_in_utc(method: str, where: str, value: Any, zone: tzinfo, depth: int =
 # basic form, which 3.11 reads) said it was no ISO 8601 string. The days 3.11 reads, on 3.10.
 _BASIC_DAY = re.compile(r"([0-9]{4})([0-9]{2})([0-9]{2})")
 _WEEK_DAY = re.compile(r"([0-9]{4})-W([0-9]{2})(?:-([0-9]))?|([0-9]{4})W([0-9]{2})([0-9])?")
+_EXTENDED_DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
 
 def iso_day(text: str) -> date:
-    """``date.fromisoformat`` of Python 3.11 and later, on any Python (``ValueError``: no day)."""
+    """The days ``date.fromisoformat`` of Python 3.11 and later reads, on any Python, and no
+    other text (``ValueError``: no day).
+
+    Used on every Python: 3.11's (to 3.13's) reads a basic day and ignores any two characters
+    after it, so a filter of ``"2024010112"`` (a compact 12:00) was the whole day 2024-01-01,
+    a ``_to`` 12 hours past the time meant, where 3.10 refused it.
+    """
     if basic := _BASIC_DAY.fullmatch(text):
         return date(*map(int, basic.groups()))
     if week := _WEEK_DAY.fullmatch(text):
         year, number, weekday = week.groups()[:3] if week.group(1) else week.groups()[3:]
         return date.fromisocalendar(int(year), int(number), int(weekday or 1))
-    return date.fromisoformat(text)
+    if _EXTENDED_DAY.fullmatch(text):
+        return date.fromisoformat(text)
+    raise ValueError(f"no ISO 8601 day: {text[:40]!r}")
 
-
-_day = date.fromisoformat if sys.version_info >= (3, 11) else iso_day
 
 #: The digits of a fraction of a second past the sixth (a microsecond), which a bound drops.
 _PAST_MICROSECONDS = re.compile(r"(?<=[.,][0-9]{6})[0-9]+")
@@ -206,10 +212,10 @@ def _parse(method: str, name: str, text: str) -> date | datetime:
     # the whole day, by the time reader (which strips them), and a _to bound lost the day.
     digits = ascii_digits(text).strip()
     try:
-        # A bare day in any form this Python reads as one ("2024-01-01"; from 3.11 also
-        # "20240101" and "2024-W01-1"): datetime.fromisoformat reads those too, as midnight,
+        # A bare day in any form 3.11's fromisoformat reads as one ("2024-01-01", "20240101",
+        # "2024-W01-1"), on every Python: datetime.fromisoformat reads those too, as midnight,
         # which made a _to bound of "20240101" its first second instead of its last.
-        return _day(digits)
+        return iso_day(digits)
     except ValueError:
         pass
     # A bound is sent to the second, its fraction dropped (README, "Walking lists"): digits

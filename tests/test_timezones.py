@@ -367,6 +367,11 @@ NO_DAYS = [
     "2024-01",
     "+2024-01-01",
     "2024W1",
+    # Python 3.11+'s date.fromisoformat reads a basic day and ignores two characters after it:
+    # "2024010112" (a compact 12:00) was the whole day 2024-01-01, a _to 12 hours past the
+    # time meant, and "20240101xx" a day too, both refused on 3.10 alone.
+    "2024010112",
+    "20240101xx",
 ]
 
 
