@@ -13,6 +13,7 @@ import inspect
 import ipaddress
 import logging
 import os
+import select
 import time
 import traceback
 import urllib.request
@@ -696,7 +697,7 @@ class Session:
             conn.proxy_password = URL(conn.proxy).password if conn.proxy else None
             conn.http = aiohttp.ClientSession(
                 timeout=conn.timeout,  # the root client's: a derived one's are passed (_send)
-                connector=aiohttp.TCPConnector(limit=conn.max_concurrency),
+                connector=_Connector(limit=conn.max_concurrency),
                 # The encodings _read decompresses itself, checking that each stream ends.
                 headers={**HEADERS, "Accept-Encoding": "gzip, deflate"},
                 auto_decompress=False,
@@ -1066,6 +1067,61 @@ class _SentOnce:
         except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError) as err:
             self.failure = err
             raise
+
+
+class _Connector(aiohttp.TCPConnector):
+    """aiohttp's connector, which never hands a request a pooled connection the server has
+    sent something on since its last answer.
+
+    An idle keep-alive connection has nothing to say: bytes on it are an answer nobody asked
+    for (a second answer a proxy or a server left behind the first) or its close. aiohttp
+    parsed such an answer into the idle connection's queue, or left it in the socket, and the
+    next request on it read it as its own: ``get(2)`` returned another customer, an update
+    the answer of the call before it, and every later call on the connection the one before
+    its own. Such a connection is closed, and the request takes another, or a new one.
+    """
+
+    def __init__(self, **settings: Any) -> None:
+        super().__init__(**settings)
+        #: The connections handed out before: the pooled ones, once they come back.
+        self._handed: weakref.WeakSet[Any] = weakref.WeakSet()
+        #: Asks a socket whether it has bytes to read (this connector's loop's alone).
+        self._poll = select.poll() if hasattr(select, "poll") else None
+
+    async def connect(self, req: Any, traces: Any, timeout: Any) -> Any:
+        while True:
+            connection = await super().connect(req, traces, timeout)
+            protocol = connection.protocol
+            if protocol is None:
+                return connection
+            if protocol not in self._handed:  # a new one: nothing has come on it yet
+                self._handed.add(protocol)
+                return connection
+            if not self._spoken_on(protocol):
+                return connection
+            connection.close()  # the next turn takes another pooled one, or opens one
+
+    def _spoken_on(self, protocol: Any) -> bool:
+        """Whether the server sent anything on this idle connection: read by the event loop
+        (an answer queued, its close, bytes that are no answer), or still in the socket (the
+        loop has not turned since, busy with other work)."""
+        if protocol.should_close:
+            return True
+        transport = protocol.transport
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        if sock is None:
+            return transport is None
+        fd = sock.fileno()
+        if fd < 0:
+            return True
+        poll = self._poll
+        if poll is None:  # Windows: select() takes any socket there
+            return bool(select.select([fd], [], [], 0)[0])
+        poll.register(fd, select.POLLIN)
+        try:
+            return bool(poll.poll(0))
+        finally:
+            poll.unregister(fd)
 
 
 async def _read_pending_closes() -> None:

@@ -99,8 +99,8 @@ class ServerThread:
     """A :class:`RawServer` on an event loop of its own, in a thread: another machine, whose
     work goes on while the test's event loop is busy."""
 
-    def __init__(self, **settings: Any) -> None:
-        self.server = RawServer(**settings)
+    def __init__(self, server: RawServer | None = None, **settings: Any) -> None:
+        self.server = server if server is not None else RawServer(**settings)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
 
@@ -315,3 +315,76 @@ async def test_an_update_or_delete_after_a_busy_spell_is_sent_once(write: str) -
         method = "PUT" if write == "update" else "DELETE"
         assert server.received == [(1, "GET", "/v1/customers/1"), (2, method, "/v1/customers/1")]
         assert (dm.stats.requests, dm.stats.retries) == (2, 0)
+
+
+class StrayAnswerServer(RawServer):
+    """Answers each request with its customer (the id in its path), then, once told, sends one
+    answer more on the connection, unasked and kept open: a proxy's or a server's bug that
+    left a second answer behind the first."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stray = asyncio.Queue[asyncio.StreamWriter]()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        number = self._accept(writer)
+        try:
+            while request_line := await _read_request(reader):
+                method, target, _ = request_line.decode().split(" ", 2)
+                path = target.split("?")[0]
+                self.received.append((number, method, path))
+                cid = int(path.rsplit("/", 1)[1])
+                body = json.dumps({"id": cid, "name": f"c{cid}"}).encode()
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                    + f"Content-Length: {len(body)}\r\n\r\n".encode()
+                    + body
+                )
+                await writer.drain()
+                self.stray.put_nowait(writer)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    async def send_stray(self) -> None:
+        """One answer more, for customer 666, on the connection that answered last."""
+        writer = await self.stray.get()
+        body = b'{"id": 666, "name": "stray"}'
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        await writer.drain()
+
+
+@pytest.mark.parametrize("busy", [False, True], ids=["read by the loop", "loop busy"])
+@pytest.mark.parametrize("write", [False, True], ids=["get", "update"])
+async def test_an_answer_nobody_asked_for_is_never_taken_for_the_next_call_s(
+    busy: bool, write: bool
+) -> None:
+    # A second answer came on an idle pooled connection after the first had been read (a
+    # server's or a proxy's bug). The next call took that connection and read the stray answer
+    # as its own: get(2) returned customer 666, and every later call on the connection the
+    # answer of the call before it.
+    clock = FakeClock()
+    server = StrayAnswerServer()
+    with ServerThread(server) as thread:
+        async with DMHubClient(
+            access_token="tok", base_url=server.url, clock=clock, sleep=clock.sleep
+        ) as dm:
+            assert (await dm.customers.get(1)).id == 1
+            thread.run(server.send_stray())  # this loop is busy meanwhile: unread
+            if not busy:
+                for _ in range(3):  # the loop's turns read what came in
+                    await asyncio.sleep(0)
+            if write:
+                second = await dm.customers.update(2, name="b")
+            else:
+                second = await dm.customers.get(2)
+            third = await dm.customers.get(3)
+
+    assert (second.id, third.id) == (2, 3)
+    assert [path for _, _, path in server.received] == [f"/v1/customers/{n}" for n in (1, 2, 3)]
+    assert (dm.stats.requests, dm.stats.retries) == (3, 0)
