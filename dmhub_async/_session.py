@@ -8,6 +8,7 @@ every error and log line (``_redact``). See docs/architecture.md.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import copy
 import inspect
 import ipaddress
@@ -762,6 +763,7 @@ class Session:
                 once = _SentOnce()
             started = time.perf_counter()
             self.stats.requests += 1
+            _OPENING.set(False)  # the connector of the client's own session sets it
             try:
                 # Awaited, not entered: `async with` ran four coroutines more a call (aiohttp's
                 # context managers, entered and left), about 4k instructions. The answer is
@@ -863,8 +865,10 @@ class Session:
                 request,
                 timeout=isinstance(failure, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)),
                 # Refused, DNS, or no connection open within connect_timeout: aiohttp raises
-                # ConnectionTimeoutError only around opening one, before a byte is sent.
-                not_sent=isinstance(failure, _NOT_SENT),
+                # ConnectionTimeoutError only around opening one, before a byte is sent; or
+                # within `timeout`, a plain timeout (_OPENING tells).
+                not_sent=isinstance(failure, _NOT_SENT)
+                or (isinstance(failure, asyncio.TimeoutError) and _OPENING.get()),
                 kind=type(failure).__name__,
                 where=self.base_url,
                 status=getattr(failure, "status", None),
@@ -1089,9 +1093,11 @@ class _Connector(aiohttp.TCPConnector):
         self._poll = select.poll() if hasattr(select, "poll") else None
 
     async def connect(self, req: Any, traces: Any, timeout: Any) -> Any:
+        _OPENING.set(True)
         while True:
             connection = await super().connect(req, traces, timeout)
             protocol = connection.protocol
+            _OPENING.set(False)
             if protocol is None:
                 return connection
             if protocol not in self._handed:  # a new one: nothing has come on it yet
@@ -1099,6 +1105,7 @@ class _Connector(aiohttp.TCPConnector):
                 return connection
             if not self._spoken_on(protocol):
                 return connection
+            _OPENING.set(True)
             connection.close()  # the next turn takes another pooled one, or opens one
 
     def _spoken_on(self, protocol: Any) -> bool:
@@ -1122,6 +1129,13 @@ class _Connector(aiohttp.TCPConnector):
             return bool(poll.poll(0))
         finally:
             poll.unregister(fd)
+
+
+#: Whether the calling task's request is still waiting for its connection (one of the
+#: client's own session, :class:`_Connector`): a timeout then sent nothing. Without
+#: ``connect_timeout`` the attempt's ``timeout`` ran out in aiohttp's connect as a plain
+#: timeout, taken for one that may have come after the request went out.
+_OPENING: contextvars.ContextVar[bool] = contextvars.ContextVar("_OPENING", default=False)
 
 
 async def _read_pending_closes() -> None:

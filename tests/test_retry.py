@@ -7,9 +7,11 @@ waits are exact: 0.5, 1, 2, 4, ... capped at ``max_delay``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import logging
 import math
+import socket
 import time
 from datetime import datetime, timezone
 from typing import Any
@@ -26,6 +28,7 @@ from dmhub_async import (
     APIConnectionError,
     APIError,
     APITimeoutError,
+    DMHubClient,
     DMHubError,
     Identity,
     NotFoundError,
@@ -36,6 +39,7 @@ from dmhub_async import (
     ServerError,
 )
 from dmhub_async._session import Session
+from dmhub_async.testing import FakeClock
 
 
 def count(api: aioresponses, path: str, method: str | None = None) -> int:
@@ -976,3 +980,40 @@ async def test_the_first_attempt_of_a_call_whose_token_is_held_is_sent_straight(
     assert attempts == []
     assert await dm.request("GET", "/v1/customers/1") == CUSTOMER
     assert attempts == ["/v1/customers/1"]  # the retry's
+
+
+async def test_a_create_whose_connection_never_opened_within_timeout_is_retried() -> None:
+    # A host that takes no connection (its accept queue full, a firewall dropping the SYN):
+    # the attempt's `timeout` ran out while the connection was still being opened, no
+    # connect_timeout set (the default). Nothing was sent, yet the create said "the request
+    # may have reached the service, so its outcome is unknown" and was not retried.
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    queued = []  # fill its queue: the next connection's SYN goes unanswered
+    for _ in range(3):
+        filler = socket.socket()
+        filler.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            filler.connect(listener.getsockname())
+        queued.append(filler)
+    clock = FakeClock()
+    base = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    try:
+        async with DMHubClient(
+            access_token="tok",
+            base_url=base,
+            timeout=0.2,
+            max_retries=1,
+            clock=clock,
+            sleep=clock.sleep,
+        ) as dm:
+            with pytest.raises(APITimeoutError) as info:
+                await dm.customers.create(name="x")
+    finally:
+        for sock in (*queued, listener):
+            sock.close()
+
+    assert info.value.outcome_unknown is False
+    assert f"POST /v1/customers timed out: no connection to {base}" in str(info.value)
+    assert (dm.stats.requests, dm.stats.retries) == (2, 1)  # retried: nothing was sent
