@@ -96,6 +96,11 @@ class TokenStoreError(DMHubError):
         self.unsafe = unsafe
 
 
+#: How the hint of a request that got no connection through the environment's proxy begins
+#: (:class:`APIConnectionError`'s ``_hint``): the command line names the proxy by it.
+THROUGH_PROXY = ": no connection through the proxy the environment names"
+
+
 class APIConnectionError(DMHubError):
     """The service gave no answer: refused, reset, DNS failure.
 

@@ -17,6 +17,7 @@ import attrs
 from . import _json
 from ._exceptions import (
     CREDENTIALS_REFUSED,
+    THROUGH_PROXY,
     TOKEN_REQUEST_REFUSED,
     APIConnectionError,
     APIError,
@@ -477,6 +478,7 @@ def connection_error(
     kind: str,
     where: str | None = None,
     status: int | None = None,
+    proxied: bool = False,
 ) -> APIConnectionError:
     """The error for a request that got no answer; says when a write's outcome is unknown.
 
@@ -487,7 +489,7 @@ def connection_error(
     """
     unknown = not request.idempotent and not not_sent
     message = f"{request.method} {request.path} " + ("timed out" if timeout else f"failed ({kind})")
-    hint = connection_hint(kind, where, status) if not_sent and where else ""
+    hint = connection_hint(kind, where, status, proxied) if not_sent and where else ""
     message += hint
     if unknown:
         message += (
@@ -501,9 +503,12 @@ def connection_error(
     return error
 
 
-def connection_hint(kind: str, where: str, status: int | None = None) -> str:
+def connection_hint(kind: str, where: str, status: int | None = None, proxied: bool = False) -> str:
     """What a request that found no connection adds to its message: where it went, and what
-    to check. "GET /security/accesstoken failed (ClientConnectorError)" named neither."""
+    to check. "GET /security/accesstoken failed (ClientConnectorError)" named neither.
+
+    ``proxied``: sent through the proxy the environment names, which any connection it did
+    not get in time was the proxy's to give (the base URL's host is the proxy's to find)."""
     if kind == "ClientProxyConnectionError":  # the base URL was never reached, nor blamed
         return (
             ": no connection to the proxy the environment names (HTTPS_PROXY, HTTP_PROXY or the"
@@ -515,6 +520,11 @@ def connection_hint(kind: str, where: str, status: int | None = None) -> str:
         return (
             ": the proxy the environment names (HTTPS_PROXY, HTTP_PROXY or the system's) refused"
             f" the connection to the service with {said}{check}"
+        )
+    if proxied:  # the base URL was never reached, nor blamed
+        return (
+            f"{THROUGH_PROXY} (HTTPS_PROXY, HTTP_PROXY or the system's): is it right and up, and"
+            " does it reach the service?"
         )
     if kind == "ClientConnectorDNSError":
         return f": the host of {where} was not found (is base_url right?)"

@@ -872,6 +872,7 @@ class Session:
                 kind=type(failure).__name__,
                 where=self.base_url,
                 status=getattr(failure, "status", None),
+                proxied=self._conn.proxy is not None and self._conn.owns_http,
             )
             cause = RedactedCause(failure, secrets)
             # An error tracker records the variables of each frame of a traceback (Sentry's

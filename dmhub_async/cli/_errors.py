@@ -13,6 +13,7 @@ from types import FrameType, MappingProxyType
 from typing import Any, Final
 
 from .._exceptions import (
+    THROUGH_PROXY,
     APIConnectionError,
     AuthenticationError,
     DMHubError,
@@ -222,8 +223,11 @@ def explain(err: BaseException, flags: Mapping[str, str] = _NO_FLAGS) -> tuple[i
         said = str(err).removesuffix(err._hint)
         if getattr(err.__cause__, "original_type", "").endswith(".ClientHttpProxyError"):
             return EXIT_ERROR, str(err)  # the library's words: the proxy refused, and with what
-        if getattr(err.__cause__, "original_type", "").endswith(".ClientProxyConnectionError"):
-            # Sent to a proxy that never answered: the base URL was never reached, nor blamed.
+        if getattr(err.__cause__, "original_type", "").endswith(
+            ".ClientProxyConnectionError"
+        ) or err._hint.startswith(THROUGH_PROXY):
+            # Sent to a proxy that never answered (or gave no connection in time): the base
+            # URL was never reached, nor blamed.
             return EXIT_ERROR, (
                 f"{said}: no answer from the proxy the environment names (HTTPS_PROXY, HTTP_PROXY"
                 " or the system's): is it right and up? (NO_PROXY names the hosts reached"

@@ -29,6 +29,7 @@ import pytest
 from aiohttp import web
 
 from dmhub_async import (
+    APIConnectionError,
     APIError,
     AuthenticationError,
     DMHubClient,
@@ -817,3 +818,66 @@ async def test_a_passed_session_s_https_proxy_is_taken(
         dm = DMHubClient(access_token=TOKEN, base_url="http://127.0.0.1:9", session=http)
         assert dm.base_url == "http://127.0.0.1:9"
         await dm.aclose()
+
+
+async def test_a_proxy_that_gives_no_connection_in_time_is_named_not_the_base_url(
+    client: Callable[..., DMHubClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # HTTPS_PROXY names a proxy that takes the connection and never answers its CONNECT (or
+    # never takes it: connect_timeout). The request never reached the service, yet the error
+    # said "no connection to https://dmhub.invalid (is base_url right, and the service up?)",
+    # and the command line "is DMHUB_BASE_URL right?": the base URL, never asked, was blamed.
+    from dmhub_async.cli._errors import explain
+
+    release = asyncio.Event()
+    connects: list[bytes] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connects.append(await reader.readline())
+        await release.wait()
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    for name in ("NO_PROXY", "no_proxy", "HTTP_PROXY", "http_proxy", "https_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}")
+    try:
+        dm = client("https://dmhub.invalid", timeout=0.2, max_retries=0)
+        with pytest.raises(APIConnectionError) as info:
+            await dm.customers.create(name="a")
+    finally:
+        release.set()
+        server.close()
+        await server.wait_closed()
+
+    assert connects == [b"CONNECT dmhub.invalid:443 HTTP/1.1\r\n"]
+    said = str(info.value)
+    assert info.value.outcome_unknown is False
+    assert "base_url" not in said, said
+    assert "the proxy the environment names" in said, said
+    _, line = explain(info.value)
+    assert "DMHUB_BASE_URL" not in line, line
+    assert "the proxy the environment names" in line, line
+
+
+async def test_a_proxy_whose_host_is_not_found_is_named_not_the_base_url(
+    client: Callable[..., DMHubClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A mistyped proxy host (HTTPS_PROXY): "the host of https://dmhub.invalid was not found (is
+    # base_url right?)", of a host only the proxy is asked for.
+    from dmhub_async.cli._errors import explain
+
+    for name in ("NO_PROXY", "no_proxy", "HTTP_PROXY", "http_proxy", "https_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")  # .invalid: never found
+    dm = client("https://dmhub.invalid", max_retries=0)
+
+    with pytest.raises(APIConnectionError) as info:
+        await dm.customers.create(name="a")
+
+    said = str(info.value)
+    assert info.value.outcome_unknown is False
+    assert "base_url" not in said, said
+    assert "the proxy the environment names" in said, said
+    _, line = explain(info.value)
+    assert "DMHUB_BASE_URL" not in line, line
