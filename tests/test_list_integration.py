@@ -10,7 +10,7 @@ import math
 import random
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -327,6 +327,49 @@ async def test_a_statistics_sort_given_as_none_walks_as_one_left_out(
     assert given == left_out
     assert given
     assert set(sorts) == {("id", "asc")}
+
+
+_OPTIONAL_FILTERS = """\
+from __future__ import annotations
+
+from datetime import date
+from typing import Literal
+
+from dmhub_async import DMHubClient, Gender
+from dmhub_async.export import export_customers
+from dmhub_async.shards import plan_shards
+
+
+async def sync(
+    dm: DMHubClient,
+    stage: str | None,
+    since: date | None,
+    gender: Gender | None,
+    ids: list[int] | None,
+    fields: list[str] | None,
+    order: Literal["asc", "desc"] | None,
+) -> int:
+    # A caller's own optional settings, passed on as they are: None is "not given".
+    n = await dm.customers.count(stage=stage, date_created_from=since, id_list=ids)
+    async for c in dm.customers.list(stage=stage, gender=gender, sort_by=None, sort_order=order):
+        n += c.id or 0
+    rows = await dm.customers.list_rows(select=fields, last_updated_to=since).to_list()
+    await export_customers(dm, "out.jsonl", source=None, mobile=None, email=None, sort_order=order)
+    shards = await plan_shards(dm, 4, stage=stage, date_created_to=since)
+    return n + len(rows) + len(shards)
+"""
+
+
+def test_filters_given_as_none_pass_a_users_mypy_strict(
+    tmp_path: Path, mypy_strict: Callable[..., subprocess.CompletedProcess[str]]
+) -> None:
+    # The README says a filter given as None is not given (`sort_order=None` is the default
+    # order), and every walk, count, export and plan takes it so; typed without None, each
+    # such filter failed a user's mypy --strict (stage=args.stage, a str | None: 15 errors here).
+    program = tmp_path / "optional_filters.py"
+    program.write_text(_OPTIONAL_FILTERS, encoding="utf-8")
+    result = mypy_strict(program, cwd=tmp_path, mypy_path=Path(__file__).resolve().parents[1])
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 async def test_a_long_id_list_walks_in_batches_with_one_tally(sim: DMHubSimulator) -> None:

@@ -45,21 +45,25 @@ _SORT_ORDERS = ("asc", "desc")
 
 
 class CustomerFilters(TypedDict, total=False):
-    """The filters of :meth:`Customers.list` and :meth:`Customers.count`."""
+    """The filters of :meth:`Customers.list` and :meth:`Customers.count`.
 
-    stage: str
-    source: str
-    mobile: str
-    email: str
-    gender: Gender | int
-    id_list: Iterable[int]
-    date_created_from: datetime | date | str
-    date_created_to: datetime | date | str
-    last_updated_from: datetime | date | str
-    last_updated_to: datetime | date | str
-    select: Iterable[str] | str
-    sort_by: str
-    sort_order: Literal["asc", "desc"]
+    A filter given as None is not given (``sort_order=None`` is the default order), so an
+    optional value of the caller's (``stage=args.stage``) passes as it is.
+    """
+
+    stage: str | None
+    source: str | None
+    mobile: str | None
+    email: str | None
+    gender: Gender | int | None
+    id_list: Iterable[int] | None
+    date_created_from: datetime | date | str | None
+    date_created_to: datetime | date | str | None
+    last_updated_from: datetime | date | str | None
+    last_updated_to: datetime | date | str | None
+    select: Iterable[str] | str | None
+    sort_by: str | None
+    sort_order: Literal["asc", "desc"] | None
 
 
 _FILTERS = frozenset(CustomerFilters.__annotations__)
