@@ -220,3 +220,50 @@ def test_the_version_is_one_and_past_the_last_release_while_changes_are_unreleas
         assert version.is_devrelease  # not a release until its heading is written
     else:
         assert version == max(released)
+
+
+def test_every_public_callable_has_type_hints_that_resolve_at_run_time() -> None:
+    """``typing.get_type_hints`` (what pydantic's ``validate_call``, typer, Prefect or a task
+    queue's signature check call) on every public function, class and method: the names only
+    a type checker imported (``DMHubClient`` in ``export_customers``, ``plan_shards``,
+    ``export_shard``... and ``Awaitable`` in the simulator's request hooks) raised NameError."""
+    import typing
+    import warnings
+
+    import dmhub_async.export
+    import dmhub_async.shards
+    import dmhub_async.testing
+    from dmhub_async.resources.customer_statistics import CustomerStatisticsResource
+    from dmhub_async.resources.customers import Customers
+    from dmhub_async.resources.identities import Identities
+
+    found: dict[str, object] = {}
+    for module in (dmhub_async, dmhub_async.export, dmhub_async.shards, dmhub_async.testing):
+        for name in module.__all__:
+            found[f"{module.__name__}.{name}"] = getattr(module, name)
+    for cls in (Customers, Identities, CustomerStatisticsResource):  # dm.customers, ...
+        found[f"resources.{cls.__name__}"] = cls
+    failed = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        for where, obj in list(found.items()):
+            if not inspect.isclass(obj):
+                continue
+            for attr, member in vars(obj).items():
+                if attr.startswith("_") and attr != "__init__":
+                    continue
+                member = member.fget if isinstance(member, property) else member
+                member = getattr(member, "__func__", member)  # a classmethod's, a staticmethod's
+                if inspect.isfunction(member):
+                    found[f"{where}.{attr}"] = member
+    # Its `client=` is a redis.asyncio.Redis: the redis extra's, not imported without it.
+    del found["dmhub_async.RedisTokenStore.__init__"]
+    for where, obj in found.items():
+        if not (inspect.isclass(obj) or inspect.isfunction(obj)):
+            continue
+        try:
+            typing.get_type_hints(obj)
+        except Exception as err:  # each one named below
+            failed.append(f"{where}: {type(err).__name__}: {err}")
+    assert failed == []
+    assert len(found) > 150  # the methods were found too

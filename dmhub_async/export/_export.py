@@ -11,12 +11,13 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import MappingProxyType
-from typing import IO, TYPE_CHECKING, Any, Final, Literal
+from typing import IO, Any, Final, Literal
 
 import attrs
 from typing_extensions import Unpack
 
 from .._auth import normalise_base_url
+from .._client import DMHubClient
 from .._exceptions import DMHubError, InvalidRequestError
 from .._pagination import AsyncPaginator
 from .._retry import RETRY_TALLY, RetryTally
@@ -31,9 +32,6 @@ from ._output import Output, check_path, open_output
 from ._reconcile import Retries, final_check, start_page
 from ._report import ExportProgress, ExportReport
 from ._writers import Format, Writer, new_writer
-
-if TYPE_CHECKING:
-    from .._client import DMHubClient
 
 __all__ = ["Verify", "check_verify", "export_customers", "retries_of"]
 

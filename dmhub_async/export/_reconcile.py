@@ -18,15 +18,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import attrs
 
+from .._client import DMHubClient
+from .._pagination import AsyncPaginator
 from ._ids import IdSet
-
-if TYPE_CHECKING:
-    from .._client import DMHubClient
-    from .._pagination import AsyncPaginator
 
 __all__ = ["Retries", "final_check", "start_page"]
 

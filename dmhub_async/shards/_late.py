@@ -24,13 +24,15 @@ import tempfile
 from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Final, cast
+from typing import IO, Any, Final, cast
 
 import attrs
 import orjson
 
 from .._atomic import remove_or_warn, replace_file, replacing
+from .._client import DMHubClient
 from .._exceptions import InvalidRequestError
+from .._pagination import AsyncPaginator
 from .._threads import file_work, on_thread
 from .._words import counted
 from ..export._export import _columns
@@ -40,10 +42,6 @@ from ..export._reconcile import Retries, final_check
 from ..export._writers import _csv_id, _jsonl_id, _Lines, long_csv_fields, new_writer
 from . import _manifest
 from ._manifest import MANIFEST_NAME, LateCheck, Manifest, ManifestWriter, ShardOutcome
-
-if TYPE_CHECKING:
-    from .._client import DMHubClient
-    from .._pagination import AsyncPaginator
 
 __all__ = ["LATE_MISMATCH", "grown_by_late_check", "late_check", "late_checked"]
 

@@ -22,11 +22,12 @@ import itertools
 import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta, timezone, tzinfo
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from typing import Any, TypeVar, overload
 
 import attrs
 from typing_extensions import Unpack
 
+from .._client import DMHubClient
 from .._exceptions import InvalidRequestError
 from .._query_time import in_utc, query_time
 from .._tasks import together
@@ -34,10 +35,7 @@ from .._validate import check_number, short
 from .._words import counted
 from ..resources._batches import check_room, walked
 from ..resources._filters import check_filter_names, checked_ids
-
-if TYPE_CHECKING:
-    from .._client import DMHubClient
-    from ..resources.customers import CustomerFilters
+from ..resources.customers import CustomerFilters
 
 __all__ = [
     "MAX_SHARDS",

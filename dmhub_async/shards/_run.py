@@ -16,11 +16,12 @@ import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from typing_extensions import Unpack
 
 from .._atomic import replace_file
+from .._client import DMHubClient
 from .._exceptions import DMHubError, InvalidRequestError
 from .._threads import file_work
 from .._validate import check_flag, short
@@ -29,6 +30,7 @@ from ..export import ExportProgress, ExportReport, export_customers
 from ..export._export import Verify, check_run, check_verify, retries_of
 from ..export._output import _lock, _release, _sweep
 from ..resources._filters import check_filter_names, read_id_list
+from ..resources.customers import CustomerFilters
 from ._late import LATE_MISMATCH, grown_by_late_check, late_check, late_checked
 from ._manifest import (
     ID_LIST_NAME,
@@ -51,10 +53,6 @@ from ._plan import (
     unique_ids,
     warn_if_naive,
 )
-
-if TYPE_CHECKING:
-    from .._client import DMHubClient
-    from ..resources.customers import CustomerFilters
 
 logger = logging.getLogger("dmhub_async")
 

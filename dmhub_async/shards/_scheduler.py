@@ -21,16 +21,18 @@ import os
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from typing_extensions import Unpack
 
+from .._client import DMHubClient
 from .._exceptions import InvalidRequestError
 from .._threads import file_work
 from .._validate import short
 from ..export import ExportReport
 from ..export._export import Verify, check_verify
 from ..resources._filters import check_filter_names
+from ..resources.customers import CustomerFilters
 from ._manifest import (
     MANIFEST_NAME,
     Manifest,
@@ -41,10 +43,6 @@ from ._manifest import (
 )
 from ._plan import Shard, warn_if_naive
 from ._run import check_shards, coordinating, prepare, record_result, result_of
-
-if TYPE_CHECKING:
-    from .._client import DMHubClient
-    from ..resources.customers import CustomerFilters
 
 logger = logging.getLogger("dmhub_async")
 

@@ -13,7 +13,7 @@ from ._faults import Counters, Faults
 from ._store import CustomerStore
 from ._tokens import TokenIssuer
 
-RequestHook = Callable[[web.Request], "Awaitable[None] | None"]
+RequestHook = Callable[[web.Request], Awaitable[None] | None]
 
 
 @attrs.define(eq=False)
