@@ -274,6 +274,19 @@ def test_a_malformed_field_error_names_the_record_and_the_field() -> None:
         structure_statistics_list([{"orderAMT": "lots"}])
 
 
+@pytest.mark.parametrize("text", ["a lot", "1,000", "", "12 CNY"])
+def test_an_amount_that_is_no_number_says_so(text: str) -> None:
+    # Decimal's own error went out as the reason: "field 'annualRevenue': [<class
+    # 'decimal.ConversionSyntax'>]", in a get()'s and a walk's ResponseDecodeError alike.
+    for read in (structure_customer, lambda row: structure_customers([DOC_CUSTOMER, row])):
+        with pytest.raises(ValueError, match="Customer") as caught:
+            read({**DOC_CUSTOMER, "annualRevenue": text})
+        assert str(caught.value).endswith(f"field 'annualRevenue': expected a number, got {text!r}")
+    with pytest.raises(ValueError, match="orderAMT") as caught:
+        structure_statistics_list([{"orderAMT": text}])
+    assert str(caught.value).endswith(f"field 'orderAMT': expected a number, got {text!r}")
+
+
 def test_strict_is_the_converters_forbid_extra_keys_setting() -> None:
     assert STRICT.forbid_extra_keys
     assert not conv.make_converter().forbid_extra_keys

@@ -26,7 +26,7 @@ import sys
 import unicodedata
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta, timezone
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from typing import Any, Final, TypeVar
 
 from ..models import Gender
@@ -119,7 +119,10 @@ def to_decimal(v: Any) -> Decimal | None:
     elif isinstance(v, bool) or not isinstance(v, int | str):
         raise TypeError(f"expected a number, got {type(v).__name__}")
     else:
-        d = Decimal(v)
+        try:
+            d = Decimal(v)
+        except InvalidOperation:  # its words were "[<class 'decimal.ConversionSyntax'>]"
+            raise ValueError(f"expected a number, got {str(v)[:40]!r}") from None
     if not d.is_finite():
         raise ValueError(f"expected a finite number, got {str(v)[:40]!r}")
     return d
