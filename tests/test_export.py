@@ -20,7 +20,7 @@ import subprocess
 import sys
 import threading
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any
@@ -728,6 +728,50 @@ async def test_a_cancelled_export_to_a_stalled_stream_leaves_nothing_to_write_la
     assert not stream.held_the_loop
     assert stream.lines_at_each_write == [100]  # the page under way, whole; no other
     assert len(stream.getvalue().splitlines()) == 100
+
+
+async def test_an_export_to_a_compressing_stream_writes_every_customer(
+    client: DMHubClient, tmp_path: Path
+) -> None:
+    # The README says to compress what the export writes: a gzip.GzipFile (bz2, lzma alike),
+    # which has all an export writes to a stream with (write, flush), takes every row.
+    import gzip
+
+    with gzip.open(tmp_path / "customers.jsonl.gz", "wb") as stream:
+        report = await export_customers(client, stream, progress=False)
+    lines = gzip.decompress((tmp_path / "customers.jsonl.gz").read_bytes()).splitlines()
+    assert len(lines) == report.exported == CUSTOMERS
+    assert report.complete
+
+
+_COMPRESSED_EXPORT = """\
+import bz2
+import gzip
+import lzma
+
+from dmhub_async import DMHubClient
+from dmhub_async.export import export_customers
+
+
+async def nightly(dm: DMHubClient) -> int:
+    with gzip.open("leads.jsonl.gz", "wb") as gz:
+        a = await export_customers(dm, gz, stage="lead", progress=False)
+    with bz2.open("leads.jsonl.bz2", "wb") as bz, lzma.open("leads.jsonl.xz", "wb") as xz:
+        b = await export_customers(dm, bz, progress=False)
+        c = await export_customers(dm, xz, progress=False)
+    return a.exported + b.exported + c.exported
+"""
+
+
+def test_an_export_to_a_compressing_stream_passes_a_users_mypy_strict(
+    tmp_path: Path, mypy_strict: Callable[..., subprocess.CompletedProcess[str]]
+) -> None:
+    # Typed IO[bytes], which gzip.GzipFile is not to a type checker (bz2's and lzma's files
+    # are): an export the SDK runs (the test above) failed a user's mypy --strict.
+    program = tmp_path / "nightly.py"
+    program.write_text(_COMPRESSED_EXPORT, encoding="utf-8")
+    result = mypy_strict(program, cwd=tmp_path, mypy_path=Path(__file__).resolve().parents[1])
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 async def test_an_error_of_the_callers_stream_is_raised_as_it_was(

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import MappingProxyType
-from typing import IO, Any, Final, Literal
+from typing import IO, Any, Final, Literal, Protocol, cast
 
 import attrs
 from typing_extensions import Unpack
@@ -39,9 +39,18 @@ Verify = Literal["auto", "always"]
 Encoding = Literal["utf-8", "utf-8-sig"]
 
 
+class BinaryStream(Protocol):
+    """What an export to a stream uses of it: ``write`` and ``flush`` (a ``gzip.GzipFile``,
+    which is no ``IO[bytes]`` to a type checker, as ``sys.stdout.buffer`` or a ``BytesIO``)."""
+
+    def write(self, data: bytes, /) -> object: ...
+
+    def flush(self) -> object: ...
+
+
 async def export_customers(
     client: DMHubClient,
-    dest: str | os.PathLike[str] | IO[bytes],
+    dest: str | os.PathLike[str] | IO[bytes] | BinaryStream,
     *,
     format: Format | None = None,
     page_size: int = 100,
@@ -120,7 +129,7 @@ async def export_customers(
 
 async def _export(
     client: DMHubClient,
-    dest: str | os.PathLike[str] | IO[bytes],
+    dest: str | os.PathLike[str] | IO[bytes] | BinaryStream,
     format: Format | None,
     page_size: int,
     concurrency: int,
@@ -220,7 +229,7 @@ def check_run(
 
 async def _plan(
     client: DMHubClient,
-    dest: str | os.PathLike[str] | IO[bytes],
+    dest: str | os.PathLike[str] | IO[bytes] | BinaryStream,
     format: str | None,
     encoding: str,
     checkpoint: str | os.PathLike[str] | None,
@@ -263,7 +272,8 @@ async def _plan(
             )
         if checkpoint is not None:
             raise InvalidRequestError("an export to a stream cannot be resumed: no checkpoint")
-        return dest, fmt, None, None, long_ids
+        # Only written and flushed (Output's stream path), as BinaryStream says.
+        return cast("IO[bytes]", dest), fmt, None, None, long_ids
     path = output
     # The checkpoint too, before any request.
     if checkpoint is not None and not isinstance(checkpoint, (str, os.PathLike)):
