@@ -18,6 +18,7 @@ from typing import Any, Final, cast
 
 import aiohttp
 import attrs
+from typing_extensions import Self
 
 from ._auth import DEFAULT_STORE, TokenStore
 from ._exceptions import InvalidRequestError, coerce_code
@@ -229,7 +230,7 @@ class DMHubClient:
         max_retries: int | None = None,
         retry: RetryPolicy | None = None,
         extra_headers: Mapping[str, str] | None = None,
-    ) -> DMHubClient:
+    ) -> Self:
         """A client with other per-call options that shares this one's connections and token.
 
         Cheap: nothing is opened or fetched. ``await dm.with_options(timeout=5).customers.get(1)``.
@@ -277,7 +278,7 @@ class DMHubClient:
     def __repr__(self) -> str:
         return f"DMHubClient(base_url={self.base_url!r}, app_id={self.app_id!r})"
 
-    async def __aenter__(self) -> DMHubClient:
+    async def __aenter__(self) -> Self:
         self._session.check_open()
         return self
 

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, runtime_check
 from urllib.parse import urlsplit
 
 import attrs
+from typing_extensions import Self
 
 from ._exceptions import InvalidRequestError, TokenStoreError
 from ._redis_send import require_redis_extra, sending_cancellably
@@ -706,7 +707,7 @@ class RedisTokenStore:
         if self._per_loop is not None:
             await self._per_loop.aclose()
 
-    async def __aenter__(self) -> RedisTokenStore:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import inspect
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
 
 import dmhub_async
 import dmhub_async._auth
@@ -267,3 +270,43 @@ def test_every_public_callable_has_type_hints_that_resolve_at_run_time() -> None
             failed.append(f"{where}: {type(err).__name__}: {err}")
     assert failed == []
     assert len(found) > 150  # the methods were found too
+
+
+_SUBCLASSES = """\
+from dmhub_async import DMHubClient, RedisTokenStore
+from dmhub_async.testing import DMHubSimulator
+
+
+class MyClient(DMHubClient):
+    async def leads(self) -> int:
+        return await self.customers.count(stage="lead")
+
+
+class MySim(DMHubSimulator):
+    def first(self) -> int:
+        return self.customer_ids()[0]
+
+
+class MyStore(RedisTokenStore):
+    def where(self) -> str:
+        return "here"
+
+
+async def main() -> int:
+    async with MySim(customers=20) as sim, MyStore("redis://127.0.0.1:6379/0") as store:
+        async with MyClient(sim.app_id, sim.secret, base_url=sim.url, token_store=store) as dm:
+            faster = dm.with_options(timeout=5)
+            return sim.first() + await dm.leads() + await faster.leads() + len(store.where())
+"""
+
+
+def test_a_subclass_is_itself_in_async_with_and_with_options_under_mypy_strict(
+    tmp_path: Path, mypy_strict: Callable[..., subprocess.CompletedProcess[str]]
+) -> None:
+    # `async with MyClient(...) as dm` (a client of the user's with helpers of its own) ran,
+    # and failed mypy --strict: '"DMHubClient" has no attribute "leads"'; the same for
+    # with_options(), a DMHubSimulator's and a RedisTokenStore's subclass.
+    program = tmp_path / "subclasses.py"
+    program.write_text(_SUBCLASSES, encoding="utf-8")
+    result = mypy_strict(program, cwd=tmp_path, mypy_path=Path(__file__).resolve().parents[1])
+    assert result.returncode == 0, result.stdout + result.stderr

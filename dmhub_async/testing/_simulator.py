@@ -9,6 +9,7 @@ from types import TracebackType
 from typing import Any
 
 from aiohttp import web, web_app
+from typing_extensions import Self
 
 from .._validate import check_number
 from ._app import build_app
@@ -161,7 +162,7 @@ class DMHubSimulator:
         """Stop serving: the same as `aclose`, kept for code written against 0.1.0."""
         await self.aclose()
 
-    async def __aenter__(self) -> DMHubSimulator:
+    async def __aenter__(self) -> Self:
         await self.start()
         return self
 
