@@ -310,3 +310,27 @@ def test_a_subclass_is_itself_in_async_with_and_with_options_under_mypy_strict(
     program.write_text(_SUBCLASSES, encoding="utf-8")
     result = mypy_strict(program, cwd=tmp_path, mypy_path=Path(__file__).resolve().parents[1])
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+_RESOURCE_IMPORTS = """\
+from dmhub_async.resources import CustomerStatistics, Custmers
+from dmhub_async.resources.customer_statistics import CustomerStatisticsResource, Nope
+
+resource: type[CustomerStatisticsResource] = CustomerStatistics  # 0.1's name: the resource
+count: int = Custmers.count() + Nope
+"""
+
+
+def test_a_misspelt_import_from_the_resources_fails_a_users_mypy_strict(
+    tmp_path: Path, mypy_strict: Callable[..., subprocess.CompletedProcess[str]]
+) -> None:
+    # Their module __getattr__ (for 0.1's CustomerStatistics) made every name "exist" to a
+    # type checker, as Any: `from dmhub_async.resources import Custmers` and the code using
+    # it passed mypy --strict, then raised ImportError. 0.1's name is typed as what it gives.
+    program = tmp_path / "imports.py"
+    program.write_text(_RESOURCE_IMPORTS, encoding="utf-8")
+    result = mypy_strict(program, cwd=tmp_path, mypy_path=Path(__file__).resolve().parents[1])
+    errors = [line for line in result.stdout.splitlines() if ": error: " in line]
+    assert len(errors) == 2, result.stdout  # the resource under 0.1's name is typed
+    assert 'dmhub_async.resources" has no attribute "Custmers"' in errors[0]
+    assert 'customer_statistics" has no attribute "Nope"' in errors[1]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import operator
 import warnings
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from .._converter import read_statistics_page, wire_names
 from .._exceptions import InvalidRequestError
@@ -89,9 +89,13 @@ def renamed_resource(module: str) -> type[CustomerStatisticsResource]:
     return CustomerStatisticsResource
 
 
-def __getattr__(name: str) -> Any:
-    # 0.1 defined the resource here as CustomerStatistics, the model's name: an import of it
-    # from here must not quietly give the model.
-    if name == "CustomerStatistics":
-        return renamed_resource(__name__)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+if TYPE_CHECKING:  # a module __getattr__ made any name "exist" (as Any) to a type checker
+    CustomerStatistics = CustomerStatisticsResource  # 0.1's name: what __getattr__ gives
+else:
+
+    def __getattr__(name: str) -> Any:
+        # 0.1 defined the resource here as CustomerStatistics, the model's name: an import of
+        # it from here must not quietly give the model.
+        if name == "CustomerStatistics":
+            return renamed_resource(__name__)
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
