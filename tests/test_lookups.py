@@ -240,6 +240,54 @@ async def test_lookup_many_names_no_input_for_an_error_none_of_them_caused() -> 
     assert str(caught.value) == "GET /security/accesstoken -> HTTP 200, error_code 40004"
 
 
+async def _all_answers(ids: Identities, method: str, wanted: list[Identity]) -> Any:
+    """``lookup_many``'s or ``lookup_iter``'s answers, 8 at a time, failures returned."""
+    if method == "lookup_many":
+        return await ids.lookup_many(wanted, concurrency=8, return_exceptions=True)
+    return [pair async for pair in ids.lookup_iter(wanted, concurrency=8, return_exceptions=True)]
+
+
+@pytest.mark.parametrize("method", ["lookup_many", "lookup_iter"])
+async def test_refused_credentials_end_the_lookups_even_with_return_exceptions(
+    method: str,
+) -> None:
+    # With return_exceptions=True a refused secret was every identity's "result": 20,000
+    # AuthenticationErrors, and a token request with the refused secret for each wave of
+    # lookups (625 against the simulator). It is the app's error, as a closed client's is.
+    refused = AuthenticationError("refused", status=200, code=40004, path=TOKEN_PATH)
+
+    class Refused(FakeClient):
+        async def request(self, method: str, path: str, **kwargs: Any) -> Any:
+            self.asked[Identity("sent", "sent")] += 1
+            await asyncio.sleep(0)
+            raise refused
+
+    client = Refused({})
+    ids = Identities(client)  # type: ignore[arg-type]
+    with pytest.raises(AuthenticationError) as caught:
+        await _all_answers(ids, method, identities(500))
+    assert str(caught.value) == "refused"  # no identity named: none of them caused it
+    assert sum(client.asked.values()) <= 8  # the first wave, not one a lookup
+    assert not other_tasks()
+
+
+async def test_a_token_refused_on_one_lookup_stays_its_result_with_return_exceptions() -> None:
+    # Not the credentials: a token refused again after its refresh (two processes taking the
+    # token in turn) on one lookup's own request; the others are answered.
+    refused = AuthenticationError("refused", status=401, code=40001, path="/v1/customeridentities")
+
+    class RefusedOnce(FakeClient):
+        async def request(self, method: str, path: str, **kwargs: Any) -> Any:
+            if kwargs["params"]["identityValue"] == "o3":
+                raise refused
+            return await super().request(method, path, **kwargs)
+
+    ids = Identities(RefusedOnce({Identity("wechat", "o1"): 1001}))  # type: ignore[arg-type]
+    result = await _all_answers(ids, "lookup_many", identities(5))
+    assert result[Identity("wechat", "o3")] is refused
+    assert result[Identity("wechat", "o1")] == 1001
+
+
 @pytest.mark.parametrize(
     "bad",
     [

@@ -12,7 +12,13 @@ from typing import Any, Literal, overload
 
 from .._converter import identity_to_wire, structure_identities, structure_identity
 from .._converter.scalars import INT_TEXT
-from .._exceptions import DMHubError, InvalidRequestError, ResponseDecodeError
+from .._exceptions import (
+    AuthenticationError,
+    DMHubError,
+    InvalidRequestError,
+    ResponseDecodeError,
+)
+from .._sansio import TOKEN_PATH
 from .._validate import (
     at_index,
     check_concurrency,
@@ -164,6 +170,9 @@ class Identities(Resource):
 
         Raises:
             InvalidRequestError: a bad identity anywhere in the input (before any request).
+            AuthenticationError: the app id and secret refused (by the token request), even
+                with ``return_exceptions``: the app's error, no lookup's, as a closed client's
+                :class:`DMHubError` is.
             DMHubError: a lookup failed (without ``return_exceptions``): its message starts
                 with the input's place and type (``lookup_many(): identities[8] (a wechat
                 identity): ...``), never its value.
@@ -173,7 +182,8 @@ class Identities(Resource):
         _check_concurrency(concurrency)
         check_flag("lookup_many", "return_exceptions", return_exceptions)  # "no" was true
         # The client's own state is no lookup's result: with return_exceptions=True a closed
-        # client (or one of another event loop) answered {identity: "closed"} for each, and {}.
+        # client (or one of another event loop) answered {identity: "closed"} for each, and {};
+        # refused credentials each identity's AuthenticationError (see _the_clients).
         session = self._session
         session.check_open()
         # Every key now, in input order; each worker fills in its answers as they come. The
@@ -207,7 +217,7 @@ class Identities(Resource):
                         identity, await request("GET", _PATH, params=query, remembered=False)
                     )
                 except Exception as err:
-                    if session.closed:  # closed meanwhile: see above
+                    if _the_clients(session, err):  # closed meanwhile, or refused: see above
                         raise
                     if not return_exceptions:
                         # Which of the inputs it was: "GET /v1/customeridentities -> HTTP
@@ -269,6 +279,10 @@ class Identities(Resource):
         ``concurrency`` lookups are held at once. Recent repeats are answered from memory; the
         event loop runs at least once every 1,024 inputs, repeats included.
 
+        With ``return_exceptions=True`` a failed lookup's exception is yielded in its place;
+        a closed client or refused credentials (the token request's
+        :class:`AuthenticationError`) are raised, as by :meth:`lookup_many`.
+
         An async generator: ``break`` leaves the lookups in flight to Python's clean-up of the
         abandoned generator; ``await it.aclose()`` (or ``contextlib.aclosing``) cancels them at
         once (typed so: an ``AsyncIterator`` has no ``aclose`` for ``mypy --strict``).
@@ -312,7 +326,7 @@ class Identities(Resource):
             try:
                 result: Any = await future
             except Exception as err:
-                if not return_exceptions or session.closed:
+                if not return_exceptions or _the_clients(session, err):
                     raise
                 result = err
             else:
@@ -442,6 +456,17 @@ def _customer_of(identity: Identity, data: Any) -> int | None:
         row = kind = value = customer_id = found = None
         raise
     return None
+
+
+def _the_clients(session: Any, err: Exception) -> bool:
+    """Whether ``err`` is the client's failure, not a lookup's: the client closed, or its
+    credentials refused (the token request's :class:`AuthenticationError`). Raised even with
+    ``return_exceptions=True``: every lookup after it would meet it again, and a refused
+    secret was each of 20,000 identities' "result", a token request with that secret sent for
+    each wave of lookups (625). (A token a lookup's own request had refused twice, which two
+    processes taking the token in turn may cause, stays that lookup's.)
+    """
+    return bool(session.closed) or (isinstance(err, AuthenticationError) and err.path == TOKEN_PATH)
 
 
 def _named(err: Exception, method: str, index: int, identity: Identity) -> Exception:
