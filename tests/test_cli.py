@@ -778,6 +778,39 @@ def test_a_lookup_the_service_rate_limits_is_not_blamed_on_its_input_line(
     assert not (tmp_path / "found.csv").exists()
 
 
+def test_a_lookup_asked_to_wait_longer_than_a_retry_waits_says_so(
+    served: ServedSimulator, env: dict[str, str], tmp_path: Path
+) -> None:
+    # A 429 asking for 120 s, more than the 60 s a retry waits, is raised at once, with no
+    # retry: "the rate limit outlasted the retries: run it again with ... more --max-retries"
+    # sent its user to rerun with more retries, which met it again at once.
+    (tmp_path / "ids.csv").write_text("wechat,o-1\nwechat,o-2\n", encoding="utf-8")
+    served.sim.faults.paths = ("GET /v1/customeridentities",)
+    served.sim.faults.retry_after = 120
+    served.sim.faults.script(["429"])
+    lookups = served.sim.counters.requests
+    before = lookups["/v1/customeridentities"]
+    result = run_cli(
+        "lookup",
+        "--in",
+        "ids.csv",
+        "--out",
+        "found.csv",
+        "--concurrency",
+        "1",
+        "--max-retries",
+        "4",
+        env=env,
+        cwd=tmp_path,
+    )
+
+    assert_one_line_error(result, 1, "HTTP 429", "Retry-After 120s", "longer than the 60 s")
+    assert "--max-retries" not in result.stderr
+    assert "ids.csv:1" not in result.stderr
+    assert lookups["/v1/customeridentities"] - before == 1  # not retried, as it says
+    assert not (tmp_path / "found.csv").exists()
+
+
 def test_demo_exports_a_seeded_simulator(tmp_path: Path) -> None:
     env = base_env(tmp_path / "cache")
     result = subprocess.run(

@@ -534,6 +534,14 @@ async def _lookup_rows(
                 if isinstance(err, RateLimitError):
                     # The app's, not the line's: any row would have met it, and the advice to
                     # check or remove the line had a good row dropped.
+                    cap = dm.retry_policy.retry_after_cap
+                    if err.retry_after is not None and err.retry_after > cap:
+                        # Raised at once, not retried: more --max-retries met it again at once.
+                        raise CommandError(
+                            f"{without_method(str(err))}: the service's rate limit asked for a"
+                            f" wait longer than the {cap:g} s a retry waits: run it again once"
+                            " that time has passed, with a lower --concurrency"
+                        ) from None
                     raise CommandError(
                         f"{without_method(str(err))}: the service's rate limit outlasted the"
                         " retries: run it again with a lower --concurrency or more --max-retries"
