@@ -153,6 +153,26 @@ async def test_lookup_of_an_answer_that_is_no_list_of_bindings_is_a_decode_error
         await ids.lookup_many([Identity("wechat", "o1")])
 
 
+async def test_lookup_many_names_the_input_whose_answer_was_no_list_of_bindings() -> None:
+    # "the answer is not a list of identities: expected a JSON array, got dict" named neither
+    # the request nor which of 5,000 inputs it answered, as lookup_many's error promises.
+    class Answering(FakeClient):
+        async def request(self, method: str, path: str, **kwargs: Any) -> Any:
+            await asyncio.sleep(0)
+            return {"weird": 1} if kwargs["params"]["identityValue"] == "o7" else []
+
+    ids = Identities(Answering({}))  # type: ignore[arg-type]
+    wanted = [*identities(5), Identity("wechat", "o3"), *identities(10)[5:]]  # o7 at 8
+    with pytest.raises(ResponseDecodeError) as caught:
+        await ids.lookup_many(wanted, concurrency=4)
+    assert str(caught.value) == (
+        "lookup_many(): identities[8] (a wechat identity): the answer is not a list of"
+        " identities: expected a JSON array, got dict"
+    )
+    assert (caught.value.method, caught.value.path) == ("GET", "/v1/customeridentities")
+    assert not other_tasks()
+
+
 async def test_lookup_many_maps_each_identity_and_none_for_unknown() -> None:
     client, ids = fake(50)
     wanted = [*identities(50), Identity("email", "nobody@example.com")]

@@ -450,10 +450,13 @@ def _customer_of(identity: Identity, data: Any) -> int | None:
         for binding in decode(structure_identities, data, "a list of identities"):
             if binding.type == identity.type and binding.value == identity.value:
                 return binding.customer_id
-    except ResponseDecodeError:
+    except ResponseDecodeError as err:
         # Dropped, with what the loop above read of it: see decode.
         del data
         row = kind = value = customer_id = found = None
+        # This lookup's answer, as a failed request's error says: lookup_many names its input
+        # (see _named), which "the answer is not a list of identities" alone left unknown.
+        err.method, err.path = "GET", _PATH
         raise
     return None
 
