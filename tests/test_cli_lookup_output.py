@@ -5,10 +5,12 @@ from __future__ import annotations
 import csv
 import io
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
-from _cli_support import ServedSimulator
+from _cli_support import TIMEOUT, ServedSimulator, cli_command
+from aiohttp import web
 
 from dmhub_async.cli import _report, main
 
@@ -204,3 +206,43 @@ def test_a_lookup_to_standard_output_that_fails_before_any_answer_writes_nothing
     out, err = capsys.readouterr()
     assert "DMHUB_SECRET" in err
     assert out == ""
+
+
+@pytest.mark.parametrize("flags", [["--format", "jsonl"], []], ids=["jsonl", "csv"])
+def test_a_lookup_to_standard_output_writes_each_row_as_it_is_answered(
+    served: ServedSimulator, env: dict[str, str], tmp_path: Path, flags: list[str]
+) -> None:
+    # `lookup --out - | consumer` got its rows 8 KB at a time (about 200), all of them at the
+    # end of a short run: a slow service's answers sat in a buffer for minutes, and a run
+    # killed outright lost them, where an export to standard output writes each page as it
+    # comes. Seen from the service: by the time a lookup is asked, the answers before it
+    # are out (one at a time, each asked once the one before it is written).
+    rows = _identities(served, tmp_path / "ids.csv")
+    stdout = tmp_path / "stdout"
+    written_then: list[int] = []
+
+    def look(request: web.Request) -> None:
+        if request.path == "/v1/customeridentities":
+            written_then.append(stdout.read_bytes().count(b"\n"))
+
+    served.call(served.sim.on_request, look)
+    try:
+        with stdout.open("wb") as out:
+            result = subprocess.run(
+                cli_command(
+                    "lookup", "--in", "ids.csv", "--out", "-", "-q", "--concurrency", "1", *flags
+                ),
+                env=env,
+                cwd=tmp_path,
+                stdout=out,
+                stderr=subprocess.PIPE,
+                text=True,
+                timeout=TIMEOUT,
+                check=False,
+            )
+    finally:
+        served.call(served.sim.clear_hooks)
+
+    assert result.returncode == 0, result.stderr
+    header = 0 if flags else 1  # CSV's, written with the first row
+    assert written_then == [0, *(header + answered for answered in range(1, len(rows)))]

@@ -395,7 +395,10 @@ def replace_on_success(out: str, encoding: str) -> Iterator[TextIO]:
         if getattr(sys.stdout, "buffer", None) is None:  # a replaced sys.stdout: text only
             yield sys.stdout
             return
-        stream = io.TextIOWrapper(stdout_bytes(), encoding=encoding, newline="")
+        # Written through: each row out as it is answered, as an export writes each page. A
+        # pipe got them 8 KB (some 200 rows) at a time, a slow service's for minutes, and a
+        # run killed outright lost them.
+        stream = io.TextIOWrapper(stdout_bytes(), encoding=encoding, newline="", write_through=True)
         try:
             yield stream
         finally:
