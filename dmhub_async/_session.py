@@ -229,6 +229,10 @@ class _Connection:
     derived: weakref.WeakSet[Session] = attrs.Factory(weakref.WeakSet)
 
 
+#: The tasks that close the HTTP session of a client whose close was cancelled (aclose).
+_CLOSERS: set[asyncio.Future[None]] = set()
+
+
 def _end_reads(responses: Iterable[aiohttp.ClientResponse]) -> None:
     """End the reads of these answers' bodies with the "closed" connection error, at once
     (aiohttp's close drops their connections but never tells the readers)."""
@@ -446,14 +450,42 @@ class Session:
         flight = self._tokens.stop() if self._tokens is not None else None
         if conn.owns_http and conn.http is not None:
             if flight is not None and self._tokens is not None:
-                await self._tokens.answered(flight)  # its request, before the session ends it
-            http, conn.http = conn.http, None
-            # aiohttp's close drops their connections but never tells the readers: a call half
-            # way through an answer waited for the rest until its timeout (30 s by default).
-            _end_reads([*conn.reading, *(r for d in list(conn.derived) for r in d._reading)])
-            await http.close()
+                try:
+                    await self._tokens.answered(flight)  # its request, before the session ends it
+                except BaseException:
+                    # This close cancelled as it waited for that answer (a task group's cancel,
+                    # an anyio cancel scope around `async with`, which cancels the close too):
+                    # the session was left open for good, its connections with it, and the
+                    # client said closed. A task closes it once the answer is in (one
+                    # attempt's timeout at most), the token still stored for the others.
+                    closer = asyncio.ensure_future(self._close_http_after(flight))
+                    if not closer.done():
+                        _CLOSERS.add(closer)  # held: a task only the loop refers to may vanish
+                        closer.add_done_callback(_CLOSERS.discard)
+                    raise
+            await self._close_http()
         if flight is not None and self._tokens is not None:
             await self._tokens.ended(flight)  # not cancelled with this close: it stores its token
+
+    async def _close_http(self) -> None:
+        """Close the HTTP session this layer made, once (a second close finds none)."""
+        conn = self._conn
+        http, conn.http = conn.http, None
+        if http is None:
+            return
+        # aiohttp's close drops their connections but never tells the readers: a call half
+        # way through an answer waited for the rest until its timeout (30 s by default).
+        _end_reads([*conn.reading, *(r for d in list(conn.derived) for r in d._reading)])
+        await http.close()
+
+    async def _close_http_after(self, flight: asyncio.Future[str]) -> None:
+        """Close the HTTP session once ``flight``'s token request is answered (see aclose);
+        at once if this task is cancelled (the loop ending)."""
+        try:
+            if self._tokens is not None:
+                await self._tokens.answered(flight)
+        finally:
+            await self._close_http()
 
     def check_open(self) -> None:
         """Raise DMHubError when closed, or when called from another event loop."""

@@ -408,6 +408,58 @@ async def test_aclose_waits_for_a_token_asked_for_to_be_stored(api, make_client)
     assert len(calls(api, "/v1/customers/1")) == 0
 
 
+async def test_a_close_cancelled_while_the_token_is_asked_for_still_closes_the_session(
+    api, make_client
+):
+    # A close cancelled as it waits for the token's answer (a task group's cancel, an anyio
+    # cancel scope around `async with DMHubClient()`, which cancels the close as well): the
+    # client said closed and its HTTP session stayed open for good, connections and all
+    # ("Unclosed client session" when collected). It is closed once the answer is in, and the
+    # token still stored for the other processes.
+    release = asyncio.Event()
+
+    async def slow_token(u: Any, **kwargs: Any) -> CallbackResult:
+        await release.wait()
+        return CallbackResult(payload={"error_code": 0, "access_token": "tok-1"})
+
+    api.get(url("/security/accesstoken"), callback=slow_token)
+    store = MemoryTokenStore()
+    dm = make_client(token_store=store)
+    call = asyncio.ensure_future(dm.request("GET", "/v1/customers/1"))
+    try:
+        for _ in range(10):
+            await asyncio.sleep(0)  # the token request is under way
+        http = dm._session.http
+        assert http is not None
+        closing = asyncio.ensure_future(dm.aclose())
+        for _ in range(10):
+            await asyncio.sleep(0)
+        assert not closing.done()  # waiting for the token's answer
+        closing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await closing
+        with pytest.raises(DMHubError, match=r"^this DMHubClient is closed"):
+            await asyncio.wait_for(call, 5)
+        assert dm.closed
+        assert not http.closed  # not yet: the token's answer is still awaited
+    finally:
+        release.set()
+
+    def running() -> list[Any]:
+        tasks = asyncio.all_tasks() - {asyncio.current_task()}
+        return [t.get_coro() for t in tasks if not t.done()]
+
+    for _ in range(50):
+        await asyncio.sleep(0)
+        if http.closed and not running():
+            break
+    assert http.closed
+    assert dm._session.http is None
+    assert [t.value for t in store._tokens.values()] == ["tok-1"]
+    assert running() == []
+    assert len(calls(api, "/v1/customers/1")) == 0
+
+
 @pytest.mark.parametrize("max_retries", [0, 4])
 @pytest.mark.parametrize("stalls", ["taking the lock", "storing the token"])
 async def test_aclose_returns_though_the_token_files_file_system_stalls(
