@@ -26,6 +26,7 @@ __all__ = [
     "make_private_directory",
     "naming",
     "open_to_read",
+    "put_in_place",
     "remove_or_warn",
     "replace_file",
     "replacing",
@@ -112,6 +113,7 @@ def replacing(
     sync: bool = True,
     before_rename: Callable[[], object] | None = None,
     output: bool = False,
+    replace: bool = True,
 ) -> Iterator[BinaryIO]:
     """A file to write that replaces ``path`` when the block ends: a crash leaves old or new.
 
@@ -123,7 +125,9 @@ def replacing(
     called once the data is written (and synced), just before the rename: if it raises, the
     same. An error writing it that names no file names ``path`` (:func:`naming`). ``output``:
     the file is the user's data (a merged export), so it gets the mode a plain ``open()``
-    gives, 0666 less the umask, not the 0600 kept for checkpoints and tokens.
+    gives, 0666 less the umask, not the 0600 kept for checkpoints and tokens. ``replace``
+    false: a file that is at ``path`` when the block ends is kept, and ``FileExistsError``
+    naming it raised (:func:`put_in_place`).
     """
     fd, tmp = temporary_beside(path, ".tmp")
     try:
@@ -139,10 +143,45 @@ def replacing(
                 os.fsync(fh.fileno())
         if before_rename is not None:
             before_rename()
-        os.replace(tmp, path)
+        put_in_place(Path(tmp), path, replace=replace)
     except BaseException:
         remove_or_warn(Path(tmp), "temporary file")
         raise
+
+
+#: A link cannot be made there (a FAT or SMB file system, a filesystem without hard links).
+_NO_LINKS = frozenset(
+    getattr(errno, name)
+    for name in ("EPERM", "ENOTSUP", "EOPNOTSUPP", "EMLINK", "ENOSYS", "EACCES")
+    if hasattr(errno, name)
+)
+
+
+def put_in_place(work: Path, path: Path, *, replace: bool = True) -> None:
+    """The file ``work`` takes the name ``path``, replacing what is there unless ``replace``
+    is false: then a file at ``path`` (one another program made while ``work`` was written)
+    is kept, ``work`` is left where it is, and ``FileExistsError`` naming ``path`` is raised.
+
+    A command told to write a new file (no ``--force``) checked that none was there as it
+    began; renamed at its end, its file replaced one made meanwhile (another run to the same
+    ``--out``, which ended first), and both runs ended well. A hard link takes the name only
+    if it is free; where there are none, the name is checked just before the rename.
+    """
+    if replace:
+        os.replace(work, path)
+        return
+    try:
+        os.link(work, path)
+    except FileExistsError:
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(path)) from None
+    except OSError as err:
+        if err.errno not in _NO_LINKS:
+            raise
+        if os.path.lexists(path):
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(path)) from None
+        os.replace(work, path)
+        return
+    remove_or_warn(work, "temporary file")  # its data is in place: a file left is no error
 
 
 def hold(fd: int) -> None:

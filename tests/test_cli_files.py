@@ -217,6 +217,52 @@ def test_a_failed_lookup_leaves_no_output_and_keeps_the_old_one(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["found.csv", "ids.csv"]
 
 
+def _made_while_it_runs(served: ServedSimulator, path: Path, route: str) -> None:
+    """``path`` written by "another run" as the command's first ``route`` request comes:
+    after the command checked that its --out does not exist, before it puts its own there."""
+
+    def make(request: Any) -> None:
+        if f"{request.method} {request.path}" == route and not path.exists():
+            path.write_text("another run's result\n", encoding="utf-8")
+
+    served.call(served.sim.on_request, make)
+
+
+def test_a_lookup_does_not_replace_an_output_made_while_it_ran(
+    served: ServedSimulator, env: dict[str, str], tmp_path: Path
+) -> None:
+    # Two lookups to one --out, neither with --force (cron jobs overlapping): both passed the
+    # check that --out does not exist, both exited 0, and the one that ended last replaced
+    # the other's result without a word.
+    expected = known_identities(served, 5)
+    write_identities(tmp_path / "ids.csv", list(expected))
+    found = tmp_path / "found.csv"
+    _made_while_it_runs(served, found, "GET /v1/customeridentities")
+
+    result = run_cli("lookup", "--in", "ids.csv", "--out", "found.csv", env=env, cwd=tmp_path)
+
+    assert_one_line_error(result, 2, "--out found.csv", "--force")
+    assert found.read_text(encoding="utf-8") == "another run's result\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["found.csv", "ids.csv"]
+
+
+@pytest.mark.parametrize("checkpoint", [[], ["--checkpoint", "all.ckpt"]], ids=["", "ckpt"])
+def test_an_export_does_not_replace_an_output_made_while_it_ran(
+    served: ServedSimulator, env: dict[str, str], tmp_path: Path, checkpoint: list[str]
+) -> None:
+    # Two exports to one --out: the second checked --out as the first was still at work (its
+    # rows in a hidden file), and took the lock once the first had ended: exit 0 both, the
+    # first's file replaced without --force.
+    out = tmp_path / "all.jsonl"
+    _made_while_it_runs(served, out, "GET /v1/customers")
+
+    result = run_cli("export", "--out", "all.jsonl", *checkpoint, env=env, cwd=tmp_path)
+
+    assert_one_line_error(result, 2, "--out all.jsonl", "--force")
+    assert out.read_text(encoding="utf-8") == "another run's result\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["all.jsonl"]
+
+
 def test_a_bad_row_is_named_by_file_and_line_before_any_request(
     served: ServedSimulator, env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -1113,7 +1159,7 @@ def test_a_failed_output_replace_raises_its_own_error_not_its_temp_files_removal
 
     with (
         pytest.raises(OSError, match="Input/output error") as raised,
-        replace_on_success(str(out), "utf-8") as fh,
+        replace_on_success(str(out), "utf-8", force=True) as fh,
     ):
         fh.write("type,value,customer_id\n")
 
@@ -1212,7 +1258,7 @@ def test_a_lookups_output_is_on_disk_before_it_takes_the_old_ones_name(
         fsync(fd)
 
     monkeypatch.setattr(os, "fsync", watched)
-    with replace_on_success(str(out), "utf-8") as text:
+    with replace_on_success(str(out), "utf-8", force=True) as text:
         text.write("type,value,customer_id\r\nmobile,13800000000,42\r\n")
 
     rows = "type,value,customer_id\r\nmobile,13800000000,42\r\n"

@@ -49,6 +49,7 @@ from ._errors import (
 from ._files import (
     STDIN,
     STDOUT,
+    appeared,
     check_checkpoint,
     check_output,
     counted_noting,
@@ -260,25 +261,38 @@ async def _export(args: argparse.Namespace) -> int:
     listed = _distinct(filters.get("id_list"))
     bar, lines = _progress(args)
     async with open_client(args, args.concurrency) as dm, ticking(lines):
-        report = await export_customers(
-            dm,
-            export_stdout() if args.out == STDOUT else args.out,
-            format=args.format,
-            page_size=args.page_size,
-            concurrency=args.concurrency,
-            checkpoint=args.checkpoint,
-            progress=bar,
-            on_progress=lines,
-            verify=args.verify,
-            encoding=encoding,
-            **filters,
-        )
+        try:
+            report = await export_customers(
+                dm,
+                export_stdout() if args.out == STDOUT else args.out,
+                format=args.format,
+                page_size=args.page_size,
+                concurrency=args.concurrency,
+                checkpoint=args.checkpoint,
+                progress=bar,
+                on_progress=lines,
+                verify=args.verify,
+                encoding=encoding,
+                # --out was checked to be free as the run began (or --force given): a file
+                # another run put there since is not replaced.
+                overwrite=args.force,
+                **filters,
+            )
+        except FileExistsError as err:
+            if err.filename is None or not _same_place(err.filename, args.out):
+                raise
+            raise appeared(args.out) from None
         work_done()  # its file in place: a signal as the client closes no longer stops it
     # Without a checkpoint the file of an incomplete export is in place, finished: the same
     # command is refused ("exists: pass --force"), where its report said "run it again".
     replaces = args.force or args.checkpoint or args.out == STDOUT
     again = None if replaces else "--force"
     return _finish(report, args, _report_stream(args), again=again, listed=listed)
+
+
+def _same_place(a: str, b: str) -> bool:
+    """Whether the paths ``a`` and ``b`` name one place (neither need exist)."""
+    return Path(a).resolve() == Path(b).resolve()
 
 
 def _distinct(ids: list[int] | None) -> int | None:
@@ -516,7 +530,7 @@ async def _lookup_rows(
             yield identity
 
     async with open_client(args, args.concurrency) as dm, ticking(progress):
-        with replace_on_success(args.out, out_encoding) as out:
+        with replace_on_success(args.out, out_encoding, force=args.force) as out:
             write = _lookup_writer(out, fmt)
             try:
                 async for identity, customer_id in dm.identities.lookup_iter(

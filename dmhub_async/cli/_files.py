@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "STDOUT",
+    "appeared",
     "check_output",
     "counted_noting",
     "decoded_lines",
@@ -381,8 +382,12 @@ def remove_left_behind(out: str) -> None:
 
 
 @contextlib.contextmanager
-def replace_on_success(out: str, encoding: str) -> Iterator[TextIO]:
+def replace_on_success(out: str, encoding: str, *, force: bool = False) -> Iterator[TextIO]:
     """A text stream for ``out`` that becomes ``out`` only when the block ends without error.
+
+    A file at ``out`` then (made while the block ran: another run to the same ``--out``) is
+    replaced only with ``force``; else it is kept, and the run refused (exit 2, as a file there
+    as it began would have been), its rows thrown away.
 
     Rows go to a temporary file of an unpredictable name beside ``out`` (``_atomic.replacing``:
     created with ``O_EXCL``, so no link is followed; the mode a plain ``open()`` gives); any
@@ -407,10 +412,24 @@ def replace_on_success(out: str, encoding: str) -> Iterator[TextIO]:
         return
     # Synced before it takes the name: after a power loss just then, a `--force` run could
     # leave an empty file where the old result was (the rename on disk, the data not).
-    with replacing(Path(out), output=True) as raw:
-        text = io.TextIOWrapper(raw, encoding=encoding, newline="")
-        yield text
-        text.detach()  # its rows flushed into the file, which replacing closes and renames
+    try:
+        with replacing(Path(out), output=True, replace=force) as raw:
+            text = io.TextIOWrapper(raw, encoding=encoding, newline="")
+            yield text
+            text.detach()  # its rows flushed into the file, which replacing closes and renames
+    except FileExistsError as err:
+        if err.filename != str(Path(out)):
+            raise
+        raise appeared(out) from None
+
+
+def appeared(out: str) -> UsageError:
+    """The refusal of an ``--out`` that another program made while the run wrote its own."""
+    return UsageError(
+        f"--out {out} was made by another program while this run wrote its own (another run"
+        " to the same --out?): it is left as it is, and this run's result was not written;"
+        " pass --force to overwrite it"
+    )
 
 
 @contextlib.contextmanager

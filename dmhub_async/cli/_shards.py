@@ -41,7 +41,7 @@ from ._errors import (
     interruptible,
     work_done,
 )
-from ._files import check_output
+from ._files import appeared, check_output
 from ._parser import WORKER_REPORT
 from ._report import ProgressLines, ids_listed, print_report, shown
 from ._settings import (
@@ -693,7 +693,14 @@ def _merge(args: argparse.Namespace) -> tuple[int, list[str]]:
             "give a file elsewhere"
         )
     check_output(args.out, force=args.force, stdout=False)
-    return merge_parts(args.directory, args.out, allow_incomplete=args.allow_incomplete)
+    try:
+        return merge_parts(
+            args.directory, args.out, allow_incomplete=args.allow_incomplete, replace=args.force
+        )
+    except FileExistsError as err:
+        if err.filename != str(Path(args.out)):
+            raise
+        raise appeared(args.out) from None
 
 
 async def merge_command(args: argparse.Namespace) -> int:

@@ -60,6 +60,7 @@ async def export_customers(
     on_progress: Callable[[ExportProgress], None] | None = None,
     verify: Verify = "auto",
     encoding: Encoding = "utf-8",
+    overwrite: bool = True,
     **filters: Unpack[CustomerFilters],
 ) -> ExportReport:
     """Export the customers that match ``filters`` to ``dest``, each exactly once.
@@ -87,6 +88,10 @@ async def export_customers(
             during it, ``"always"`` after every export.
         encoding: ``"utf-8"``, or for CSV ``"utf-8-sig"`` (a byte order mark first, which
             Excel needs to read UTF-8).
+        overwrite: ``False``: a file at ``dest`` as the export puts its own there (at its end;
+            with a checkpoint, at the first) is kept, and ``FileExistsError`` naming it raised,
+            the export's rows removed: another program made it while the export ran (one
+            there as it begins, the caller checks for: a resume writes in place).
         **filters: the filters of :meth:`Customers.list` (``sort_by``/``sort_order`` excepted:
             the export walks by id, which is what makes it exact and resumable). With
             ``select``, a CSV has only the selected columns (``id`` first).
@@ -118,6 +123,7 @@ async def export_customers(
             on_progress,
             verify,
             encoding,
+            overwrite,
             chosen,
         )
     except (DMHubError, OSError) as err:
@@ -138,11 +144,13 @@ async def _export(
     on_progress: Callable[[ExportProgress], None] | None,
     verify: Verify,
     encoding: Encoding,
+    overwrite: bool,
     filters: dict[str, Any],
 ) -> ExportReport:
     """export_customers(), its retries counted by the caller."""
     started = time.monotonic()
     check_flag("export_customers", "progress", progress)
+    check_flag("export_customers", "overwrite", overwrite)
     check_verify(verify)
     target, fmt, scope, checkpoint_path, long_ids = await _plan(
         client, dest, format, encoding, checkpoint, dict(filters)
@@ -157,7 +165,7 @@ async def _export(
         scope = attrs.evolve(scope, filters={**scope.filters, "idList": digest})
     elif scope is not None:
         scope = recorded_scope(scope)  # a list of some 200 ids and more: its digest
-    out = await open_output(target, checkpoint_path, scope)
+    out = await open_output(target, checkpoint_path, scope, replace=overwrite)
     try:
         # The output as the caller named it (the target is absolute).
         if isinstance(dest, (str, os.PathLike)):

@@ -23,7 +23,7 @@ from typing import IO, Final
 import attrs
 import filelock
 
-from .._atomic import give_open_mode, held, naming, remove_or_warn, temporary_beside
+from .._atomic import give_open_mode, held, naming, put_in_place, remove_or_warn, temporary_beside
 from .._exceptions import InvalidRequestError
 from .._threads import on_thread
 from ._checkpoint import Checkpoint, ExportScope, read_checkpoint, write_checkpoint
@@ -54,30 +54,41 @@ def check_path(path: Path, what: str) -> None:
 
 
 async def open_output(
-    dest: Path | IO[bytes], checkpoint: Path | None, scope: ExportScope | None
+    dest: Path | IO[bytes],
+    checkpoint: Path | None,
+    scope: ExportScope | None,
+    *,
+    replace: bool = True,
 ) -> Output:
     """An :class:`Output` for ``dest``, opened on a thread when it is a file.
 
     A resume reads back all the file its checkpoint covers (1.6 s for a million customers,
     186 MB): on the event loop, every other coroutine of the service stood still meanwhile.
     Cancelled while the thread works, the output it opens is closed (its locks released, the
-    file left resumable) before the cancellation is raised.
+    file left resumable) before the cancellation is raised. ``replace``: see :class:`Output`.
     """
     if not isinstance(dest, Path):
         return Output(dest, checkpoint, scope)  # a stream: nothing to lock or read back
-    return await on_thread(lambda: Output(dest, checkpoint, scope), Output.close)
+    return await on_thread(lambda: Output(dest, checkpoint, scope, replace=replace), Output.close)
 
 
 class Output:
     """The open output of one export: ``write``, ``commit`` after a page, ``finish`` or ``close``.
 
     ``resumed`` is the checkpoint read and ``found`` what the file was checked to hold (both
-    None for a new export).
+    None for a new export). ``replace`` false: the file written never takes the place of one
+    another program put at ``dest`` meanwhile (``FileExistsError``: :func:`put_in_place`).
     """
 
     def __init__(
-        self, dest: Path | IO[bytes], checkpoint: Path | None, scope: ExportScope | None
+        self,
+        dest: Path | IO[bytes],
+        checkpoint: Path | None,
+        scope: ExportScope | None,
+        *,
+        replace: bool = True,
     ) -> None:
+        self._replace = replace
         self.resumed: Checkpoint | None = None
         self.found: Scan | None = None
         self._locks: list[tuple[filelock.BaseFileLock, Path]] = []
@@ -184,7 +195,13 @@ class Output:
             # file in the output's place was refused by every rerun as an existing output.
             write_checkpoint(self._checkpoint, attrs.evolve(checkpoint, work=work.name))
             self._committed = checkpoint.bytes
-            self._work = self._in_place(work)
+            try:
+                self._work = self._in_place(work)
+            except FileExistsError:
+                # Another program's file there: kept, and nothing left to resume over it.
+                self._committed = None
+                self._checkpoint.unlink(missing_ok=True)
+                raise
         else:
             write_checkpoint(self._checkpoint, checkpoint)
             self._committed = checkpoint.bytes
@@ -193,7 +210,7 @@ class Output:
         """The file written (open, synced) takes the output's name, and its mode."""
         assert self._dest is not None
         give_open_mode(self.fh.fileno())  # as open() would have made it
-        os.replace(work, self._dest)
+        put_in_place(work, self._dest, replace=self._replace)
         return self._dest
 
     def finish(self, complete: bool = True) -> None:

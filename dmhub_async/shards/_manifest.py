@@ -701,10 +701,13 @@ def merge_parts(
     dest: str | os.PathLike[str],
     *,
     allow_incomplete: bool = False,
+    replace: bool = True,
 ) -> tuple[int, list[str]]:
     """:func:`merge`, and the parts that went into ``dest`` (their files, in shard order):
     with ``allow_incomplete``, a part missing or cut short is left out, and a report of the
-    merge counts only the parts that are in it (the CLI's final checks)."""
+    merge counts only the parts that are in it (the CLI's final checks). ``replace`` false: a
+    file another program put at ``dest`` while the parts were copied is kept, and
+    ``FileExistsError`` naming it raised (the CLI without ``--force``)."""
     check_output_name(Path(dest))
     if merged_into_itself(directory, dest):
         # Only the CLI refused it: merge() wrote over the manifest (the plan lost, the
@@ -741,7 +744,7 @@ def merge_parts(
     try:
         _sweep(Path(dest), suffixes="tmp")
         merged: list[str] = []
-        with replacing(Path(dest), output=True) as out:  # as readable as the parts
+        with replacing(Path(dest), output=True, replace=replace) as out:  # as the parts
             records = _copy_parts(manifest, Path(directory), out, allow_incomplete, merged)
         return records, merged
     finally:

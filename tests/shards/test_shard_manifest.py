@@ -1918,11 +1918,40 @@ async def test_a_merge_to_the_same_file_leaves_a_live_lookups_result(
     from dmhub_async.cli._files import replace_on_success
 
     dest = tmp_path / "all.jsonl"
-    with replace_on_success(str(dest), "utf-8") as found:
+    # `lookup --force`: without it, the merged file made meanwhile is kept, and the lookup
+    # refused at its end (tests/test_cli_files.py).
+    with replace_on_success(str(dest), "utf-8", force=True) as found:
         found.write("type,value,customer_id\r\n")
         assert merge(done, dest) == CUSTOMERS
         found.write("mobile,13800000000,1\r\n")
     assert dest.read_bytes() == b"type,value,customer_id\r\nmobile,13800000000,1\r\n"
+
+
+def test_a_merge_on_the_command_line_keeps_a_file_made_at_its_out_while_it_ran(
+    done: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `merge DIR --out all.jsonl` without --force checked that all.jsonl was not there as it
+    # began, then renamed its file over the one another run put there as it copied the parts
+    # (a lookup, an export to the same file): exit 0, that run's result gone.
+    from dmhub_async import cli
+    from dmhub_async.shards import _manifest
+
+    dest = tmp_path / "all.jsonl"
+    copy_parts = _manifest._copy_parts
+
+    def made_meanwhile(*args: Any) -> int:
+        dest.write_text("another run's result\n", encoding="utf-8")
+        return copy_parts(*args)
+
+    monkeypatch.setattr(_manifest, "_copy_parts", made_meanwhile)
+
+    assert cli.main(["merge", str(done), "--out", str(dest)]) == 2
+
+    err = capsys.readouterr().err
+    assert err.startswith(f"dmhub-async: error: --out {dest} was made by another program"), err
+    assert "pass --force" in err
+    assert dest.read_text(encoding="utf-8") == "another run's result\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["all.jsonl", "out"]
 
 
 async def test_a_merge_says_a_shard_left_on_the_queue_may_still_be_exported(
