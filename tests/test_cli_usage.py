@@ -564,6 +564,34 @@ def test_plain_http_off_this_machine_needs_allow_insecure_http(
     assert jsonl_ids(tmp_path / "a.jsonl") == served.ids()
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["export", "--out", "a.jsonl", "--allow"],
+        ["lookup", "--in", "ids.csv", "--out", "found.csv", "--allow"],
+        ["worker", "--redis", "redis://127.0.0.1:1", "--allow"],
+        ["merge", "parts", "--out", "all.jsonl", "--allow"],
+        ["export", "--out", "a.jsonl", "--conc", "2"],
+        ["export", "--out", "a.jsonl", "--for", "csv"],
+    ],
+)
+def test_a_flag_is_taken_only_as_it_is_spelt_not_abbreviated(
+    args: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # argparse took any unique start of a flag: `--allow` was --allow-insecure-http (the
+    # secret sent in clear) or merge's --allow-incomplete, without a word; and a start that
+    # was unique once stopped a script when a flag was added (0.1.0's `--for csv` was
+    # --format, and is now --format or --force).
+    with pytest.raises(SystemExit) as exited:
+        main(args)
+
+    assert exited.value.code == 2
+    line = capsys.readouterr().err.strip()
+    flag = next(arg for arg in args if arg in ("--allow", "--conc", "--for"))
+    assert line.startswith(f"dmhub-async: error: unrecognized arguments: {flag}"), line
+    assert "\n" not in line
+
+
 @pytest.mark.parametrize("store", ["memory", "file"])
 def test_worker_processes_get_the_page_size_and_concurrency_asked_for(
     in_process: dict[str, str],

@@ -6,7 +6,7 @@ import argparse
 import math
 import zoneinfo
 from collections.abc import Callable
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from .._exceptions import InvalidRequestError
 from .._pagination import MAX_CONCURRENCY
@@ -58,7 +58,18 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, with a bad option reported as one line (the usage is on ``--help``)."""
+    """argparse, with a bad option reported as one line (the usage is on ``--help``), and every
+    flag taken only as it is spelt.
+
+    argparse took any unique start of a flag: ``--allow`` was ``--allow-insecure-http`` (the
+    secret sent in clear) or merge's ``--allow-incomplete``, without a word, and a start that
+    was unique once stopped a cron job when a flag was added (0.1.0's ``--for csv`` now reads
+    as ``--format`` or ``--force``). Its commands are parsers of this class too.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"dmhub-async: error: {message} (see {self.prog} --help)\n")
