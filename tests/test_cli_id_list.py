@@ -327,6 +327,25 @@ def test_a_file_of_ids_that_is_not_one_is_refused_naming_its_line_before_anythin
     assert left == (["ids.txt"] if content is not None else [])  # no output, no checkpoint
 
 
+@pytest.mark.parametrize("out", ["ids.jsonl", "./ids.jsonl"])
+def test_an_export_over_its_own_id_list_is_refused_even_with_force(
+    served: ServedSimulator, env: dict[str, str], tmp_path: Path, out: str
+) -> None:
+    # `--out ids.jsonl --id-list ids.jsonl --force` replaced the list with the export, exit 0:
+    # the command's own input, which --out refuses (lookup's --in, a checkpoint), was not
+    # counted as one.
+    ids = write_ids(tmp_path / "ids.jsonl", served.ids()[:10])
+    given = ids.read_bytes()
+
+    result = run_cli(
+        "export", "--out", out, "--id-list", "ids.jsonl", "--force", env=env, cwd=tmp_path
+    )
+
+    assert_one_line_error(result, 2, f"--out {out} is also an input of this command")
+    assert ids.read_bytes() == given
+    assert requests(served) == 0
+
+
 def test_ids_from_standard_input(
     served: ServedSimulator, env: dict[str, str], tmp_path: Path
 ) -> None:

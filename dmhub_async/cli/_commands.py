@@ -235,7 +235,8 @@ def _check_export(args: argparse.Namespace) -> tuple[dict[str, Any], ExportEncod
         args.out,
         force=args.force,
         resumable=resumable,
-        inputs=[args.checkpoint],
+        # The id list too: `--out ids.jsonl --id-list ids.jsonl --force` replaced it.
+        inputs=[args.checkpoint, args.id_list],
         checkpoint=args.checkpoint,
         fmt="csv" if csv_out else "jsonl",
     )
