@@ -227,6 +227,10 @@ def test_help_shows_a_default_of_zero_and_no_default_of_an_on_off_flag(
             ("--rate-limit", "50.01", "round it"),
         ),
         (["worker", "--redis", "redis://127.0.0.1:1/0", "--rate-limit", "1e16"], ("--rate-limit",)),
+        # `--queue "$QUEUE"` with QUEUE unset: taken as no queue, the shards all ran on this
+        # machine, in one process, exit 0 (and without --shards, no word either).
+        (["export", "--out", "d", "--shards", "4", "--queue", ""], ("--queue", "no Redis")),
+        (["export", "--out", "x.jsonl", "--queue", " "], ("--queue", "no Redis")),
     ],
 )
 def test_values_out_of_range_are_usage_errors(

@@ -128,6 +128,19 @@ def _shared_rate(text: str) -> float:
     return value
 
 
+def _queue_url(text: str) -> str:
+    """``export --queue``: a Redis URL, not an empty one.
+
+    ``--queue "$QUEUE"`` with the variable unset was taken as no queue: the shards meant for
+    the fleet's workers all ran on this machine, in one process, exit 0.
+    """
+    if not text.strip():
+        raise argparse.ArgumentTypeError(
+            f"{text!r} names no Redis (an unset variable?): give redis://HOST:PORT/DB"
+        )
+    return text
+
+
 def _time_zone(text: str) -> str:
     try:
         zoneinfo.ZoneInfo(text)
@@ -445,6 +458,7 @@ def _shard_flags(export: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--queue",
+        type=_queue_url,
         metavar="REDIS_URL",
         help="run the shards (with --shards) as jobs on this arq queue, served by "
         "`dmhub-async worker`; also "
