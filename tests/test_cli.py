@@ -24,6 +24,7 @@ from typing import IO, Any
 
 import pytest
 from _cli_support import (
+    APP_ID,
     CUSTOMERS,
     SECRET,
     TIMEOUT,
@@ -611,6 +612,43 @@ def test_missing_credentials_are_named_as_the_command_line_gives_them(
     assert "app_id" not in result.stderr
     assert "access_token" not in result.stderr
     assert sum(served.sim.counters.routes.values()) == 0
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "said"),
+    [
+        ("DMHUB_SECRET", f"{SECRET} ", "DMHUB_SECRET ends with white space"),
+        ("DMHUB_APP_ID", f" {APP_ID}", "DMHUB_APP_ID starts with white space"),
+    ],
+    ids=["secret", "app_id"],
+)
+@pytest.mark.parametrize("command", ["export", "lookup", "worker"])
+def test_credentials_with_white_space_around_them_are_refused_before_anything_is_sent(
+    served: ServedSimulator,
+    env: dict[str, str],
+    tmp_path: Path,
+    name: str,
+    value: str,
+    said: str,
+    command: str,
+) -> None:
+    # A secret pasted with a space after it (an .env file, a CI variable) was sent as it was:
+    # refused by the service, the line said "check DMHUB_APP_ID and DMHUB_SECRET; if they are
+    # right, another process ... may have taken the token", and the space was nowhere to see.
+    env[name] = value
+    (tmp_path / "ids.csv").write_text("wechat,o1\n", encoding="utf-8")
+    args = {
+        "export": ["--out", "x.jsonl"],
+        "lookup": ["--in", "ids.csv", "--out", "x.csv"],
+        # Its every job would fail so: refused before it reaches its Redis (none here).
+        "worker": ["--redis", "redis://127.0.0.1:1/0", "--burst"],
+    }[command]
+
+    result = run_cli(command, *args, env=env, cwd=tmp_path)
+
+    assert_one_line_error(result, 1, said, "remove it")
+    assert sum(served.sim.counters.routes.values()) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ids.csv"]
 
 
 def test_a_service_that_stops_answering_mid_run_is_not_blamed_on_the_base_url(

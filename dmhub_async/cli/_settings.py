@@ -22,12 +22,13 @@ from .._logging import show_log
 from .._redact import redact
 from .._token_file import FileTokenStore, holds_only_tokens
 from .._token_stores import MemoryTokenStore, RedisTokenStore, TokenStore
-from ._errors import UsageError, stopped_answering
+from ._errors import CommandError, UsageError, stopped_answering
 
 __all__ = [
     "REDIS_PASSWORD_ENV",
     "TOKEN_STORE_ENV",
     "OneLine",
+    "check_credentials",
     "default_token_file",
     "open_client",
     "show_requests",
@@ -201,9 +202,28 @@ def show_requests(verbose: bool) -> None:
         library_logger.addHandler(handler)
 
 
+def check_credentials() -> None:
+    """Refuse a ``DMHUB_APP_ID`` or ``DMHUB_SECRET`` with white space around it, before
+    anything is sent (CommandError, exit 1, as credentials the service refuses).
+
+    One pasted with a space (an ``.env`` file, a CI variable) was sent as it was: the service
+    refused it, the line said to check both, "if they are right, another process ... may
+    have taken the token", and the space was nowhere to see. No app id or secret has one.
+    """
+    for name in ("DMHUB_APP_ID", "DMHUB_SECRET"):
+        value = os.environ.get(name) or ""
+        if value != value.strip():
+            where = "starts" if value[:1].isspace() else "ends"
+            raise CommandError(
+                f"{name} {where} with white space (pasted with it?), which no app's"
+                " credentials hold: remove it"
+            )
+
+
 @contextlib.asynccontextmanager
 async def open_client(args: argparse.Namespace, concurrency: int) -> AsyncIterator[DMHubClient]:
     """A client for one command: ``concurrency`` requests in flight, the chosen token store."""
+    check_credentials()
     store = token_store(args.token_store)
     try:
         # The flag means what it says: the client's own limit (16) must not hold it lower.

@@ -48,6 +48,7 @@ from ._settings import (
     REDIS_PASSWORD_ENV,
     TOKEN_STORE_ENV,
     OneLine,
+    check_credentials,
     open_client,
     token_store,
     token_store_spec,
@@ -547,6 +548,7 @@ async def worker_command(args: argparse.Namespace) -> int:
     if getattr(args, "timezone", None):
         client["timezone"] = args.timezone
     mounts = _mounts(args.mount)
+    check_credentials()  # each job's client reads them: every job would fail
     spec = queue_token_store(args.token_store)
     store = token_store(spec) if spec is not None else None
     if store is not None:
