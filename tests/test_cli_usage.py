@@ -231,6 +231,8 @@ def test_help_shows_a_default_of_zero_and_no_default_of_an_on_off_flag(
         # machine, in one process, exit 0 (and without --shards, no word either).
         (["export", "--out", "d", "--shards", "4", "--queue", ""], ("--queue", "no Redis")),
         (["export", "--out", "x.jsonl", "--queue", " "], ("--queue", "no Redis")),
+        # Read as ".": "error: --id-list  is a directory", exit 1, of an unset variable.
+        (["export", "--out", "x.jsonl", "--id-list", ""], ("--id-list", "names no file")),
     ],
 )
 def test_values_out_of_range_are_usage_errors(

@@ -141,6 +141,14 @@ def _queue_url(text: str) -> str:
     return text
 
 
+def _file_name(text: str) -> str:
+    """A file's name (or ``-``), not an empty one: ``--id-list "$IDS"`` with the variable
+    unset was read as ``.``, "--id-list  is a directory", exit 1."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} names no file (an unset variable?)")
+    return text
+
+
 def _time_zone(text: str) -> str:
     try:
         zoneinfo.ZoneInfo(text)
@@ -294,6 +302,7 @@ def _filters(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--id-list",
+        type=_file_name,
         metavar="FILE",
         help="only the customers of these ids: a file of one id a line (blank lines and "
         "repeats skipped; any order, resumed as the same export), - for standard input; "
