@@ -82,12 +82,10 @@ class Model:
 def apply(row: dict, fields: dict, clear: bool) -> None:
     fields = dict(fields)
     for addr, flag in (("mobile", "mobile_verified"), ("email", "email_verified")):
-        if (
-            row.get(flag)
-            and flag in fields
-            and not fields[flag]
-            and fields.get(addr, row.get(addr)) == row.get(addr)
-        ):
+        after = fields.get(addr, row.get(addr))
+        if after is None and not clear:  # a null that cannot clear keeps the address
+            after = row.get(addr)
+        if row.get(flag) and flag in fields and not fields[flag] and after == row.get(addr):
             del fields[flag]
     for k, v in fields.items():
         if k == "attr":

@@ -45,12 +45,12 @@ def apply_fields(row: Row, fields: Mapping[str, Any], *, clear: bool) -> None:
     """Write the writable ``fields`` into ``row``; ``clear`` lets a null clear a field (PUT)."""
     # docs/contract.md "update": a verified mobile/email stays verified while it is unchanged.
     for address, flag in (("mobile", "mobileVerified"), ("email", "emailVerified")):
-        if (
-            row[flag]
-            and flag in fields
-            and not fields[flag]
-            and fields.get(address, row[address]) == row[address]
-        ):
+        after = fields.get(address, row[address])
+        if after is None and not clear:
+            # A null that cannot clear (create, upsert) keeps the address: it was taken for
+            # another, and {"mobile": null, "mobileVerified": false} unverified a number kept.
+            after = row[address]
+        if row[flag] and flag in fields and not fields[flag] and after == row[address]:
             fields = {k: v for k, v in fields.items() if k != flag}
     for name, value in fields.items():
         if name not in WRITABLE_FIELDS:

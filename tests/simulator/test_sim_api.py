@@ -373,6 +373,31 @@ async def test_put_keeps_a_verified_mobile_verified(api: Api, sim: DMHubSimulato
     assert body["mobileVerified"] is False
 
 
+async def test_a_null_that_cannot_clear_a_verified_mobile_leaves_it_verified(
+    api: Api, sim: DMHubSimulator
+) -> None:
+    # docs/contract.md "create with identities": a null does not clear there, so the mobile
+    # (or e-mail) stays the same, and its verified flag with it. The null was taken for a new
+    # number, and the flag was cleared on a number kept.
+    c = sim.insert_customer(
+        {"mobile": "13900000000", "mobileVerified": True, "email": "v@x.cn", "emailVerified": True}
+    )
+    sim.store.bind(c["id"], "wechat", "o-verified", None)
+    unverify = {"mobile": None, "mobileVerified": False, "email": None, "emailVerified": False}
+    ident = [{"identityType": "wechat", "identityValue": "o-verified"}]
+    _, upserted = await api.call(
+        "POST", "/v1/customerandidentities", {"customer": unverify, "customerIdentities": ident}
+    )
+    _, created = await api.call("POST", "/v1/customers", {**unverify, "email": "v@x.cn"})
+    for body in (upserted, created):
+        assert body["id"] == c["id"]
+        assert (body["mobile"], body["mobileVerified"]) == ("13900000000", True)
+        assert (body["email"], body["emailVerified"]) == ("v@x.cn", True)
+    # A PUT's null clears the number, and the flag goes with it.
+    _, put = await api.call("PUT", f"/v1/customers/{c['id']}", unverify)
+    assert (put["mobile"], put["mobileVerified"], put["emailVerified"]) == (None, False, False)
+
+
 async def test_delete_is_204_without_body(api: Api, sim: DMHubSimulator) -> None:
     victim = sim.customer_ids()[5]
     status, body = await api.call("DELETE", f"/v1/customers/{victim}")
