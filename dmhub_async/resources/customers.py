@@ -109,7 +109,9 @@ class Customers(Resource):
         """Upsert: update the customer holding any of ``identities`` (or mobile/email), else create.
 
         Fields cannot be cleared this way (use :meth:`update`). The identities are bound to the
-        customer either way.
+        customer either way, but for one already bound to another customer: what the service
+        does with that one is not documented (the simulator leaves it bound where it was; see
+        docs/contract.md "Where the simulator goes its own way").
 
         Raises:
             InvalidRequestError: no identities, or one over the contract's limits.
