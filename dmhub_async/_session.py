@@ -986,20 +986,37 @@ class Session:
                     raise
                 return b""
         body = bytearray()  # chunked or compressed: the size is known only by reading
-        received = False
+        received = corrupt = False
         async for chunk in resp.content.iter_chunked(1 << 16):
             if inflate is not None and chunk:
                 received = True
                 if inflate is _SNIFF:
                     inflate = _deflate_of(chunk)
                 # One byte past the limit at most: a bomb of 8 KB is not inflated to gigabytes.
-                chunk = inflate.decompress(chunk, limit + 1 - len(body))
+                try:
+                    chunk = inflate.decompress(chunk, limit + 1 - len(body))
+                except zlib.error:
+                    # Not valid data of its encoding (a wrong byte, a wrong CRC): zlib's own
+                    # error came out of every call, past `except DMHubError`.
+                    corrupt = True
+                    break
             body += chunk
             if len(body) > limit:
                 # Not kept in this frame's locals: the error's traceback holds them for as
                 # long as the error is kept, and this body is what the limit refused.
                 del body, chunk
                 raise too_large(request, resp.status, limit)
+        if corrupt:
+            del body, chunk  # not for an error tracker (see above)
+            if not 200 <= resp.status < 300:
+                return b""  # the status tells an error answer's class, as an unknown encoding's
+            raise build_error(
+                ResponseDecodeError,
+                request,
+                resp.status,
+                None,
+                f"the answer's {printable(encoding or '')!r} stream is corrupt: not read",
+            )
         if received and not (inflate.eof and not inflate.unused_data) and 200 <= resp.status < 300:
             del body  # not for an error tracker (see above)
             raise build_error(
