@@ -544,9 +544,13 @@ def _check_base_url(base_url: object) -> None:
     try:
         url = URL(base_url)
         port = url.port
+        host = url.host  # decoded from punycode here: "xn--abc" raised a raw UnicodeError
+        # As the resolver takes it (socket.getaddrinfo encodes a name to IDNA): an empty label
+        # ("a..b") or one over 63 characters failed the first call with a raw UnicodeError.
+        (url.raw_host or "").encode("idna")
     except (ValueError, UnicodeError):  # a bad IPv6 literal, port, or host name
         raise InvalidRequestError(f"base_url is not a URL: {short(base_url)}") from None
-    if url.scheme not in ("http", "https") or not url.host or not port:  # None, or 0
+    if url.scheme not in ("http", "https") or not host or not port:  # None, or 0
         raise InvalidRequestError(
             f"base_url must be http:// or https:// and a host: {short(base_url)}"
         )

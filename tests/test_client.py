@@ -736,6 +736,27 @@ def test_a_base_url_with_another_path_is_taken(no_env, base_url):
     assert DMHubClient(access_token="tok", base_url=base_url).base_url == base_url
 
 
+@pytest.mark.parametrize(
+    "base_url",
+    [
+        "https://a..b",
+        "https://.api.example.com",
+        "https://api..example.com:8443/dmhub",
+        "https://" + "a" * 64 + ".example.com",
+        "https://xn--abc",
+    ],
+    ids=["empty label", "leading dot", "empty label and port", "label over 63", "bad punycode"],
+)
+def test_a_base_url_whose_host_no_resolver_takes_is_refused_when_the_client_is_made(
+    no_env, base_url
+):
+    # Before: taken, and the first call failed with the resolver's raw "UnicodeError: encoding
+    # with 'idna' codec failed (label empty or too long)", past `except DMHubError` (a punycode
+    # label that does not decode raised it from DMHubClient() itself).
+    with pytest.raises(InvalidRequestError, match="base_url is not a URL"):
+        DMHubClient(access_token="tok", base_url=base_url)
+
+
 def test_default_base_url(no_env):
     assert DMHubClient(access_token="tok").base_url == "https://api.convertlab.com"
 
