@@ -1267,9 +1267,13 @@ def usable_proxy(proxy: str | None) -> str | None:
     try:
         url = URL(proxy)
         port = url.port
+        host = url.host  # decoded from punycode here: "xn--abc" raised a raw UnicodeError
+        # As the resolver takes it (IDNA): an empty label ("proxy..internal") or one over 63
+        # characters failed every call with a raw UnicodeError, as a base URL's did.
+        (url.raw_host or "").encode("idna")
     except (ValueError, UnicodeError):
         raise InvalidRequestError(f"{where} is not a URL") from None
-    if url.scheme not in ("http", "https") or not url.host or port is None:
+    if url.scheme not in ("http", "https") or not host or port is None:
         raise InvalidRequestError(f"{where} must be an http:// or https:// URL with a host")
     return proxy
 

@@ -796,6 +796,31 @@ async def test_a_proxy_aiohttp_cannot_use_is_refused_before_sending_without_quot
     assert not getattr(info.value, "outcome_unknown", False)
 
 
+@pytest.mark.parametrize(
+    "proxy",
+    [
+        "http://corp-user:ProxyPassw0rd@proxy..internal:3128",  # an empty label
+        "http://corp-user:ProxyPassw0rd@" + "p" * 64 + ".internal:3128",  # a label over 63
+        "http://corp-user:ProxyPassw0rd@xn--abc:3128",  # punycode that does not decode
+    ],
+    ids=["empty label", "label over 63", "bad punycode"],
+)
+async def test_a_proxy_whose_host_no_resolver_takes_is_refused_before_sending(
+    monkeypatch: pytest.MonkeyPatch, proxy: str
+) -> None:
+    # Before: the resolver's raw "UnicodeError: encoding with 'idna' codec failed (label empty
+    # or too long)" came out of every call (a punycode label: "decoding with 'idna'"), past
+    # `except DMHubError`. No network: the proxy's name is refused before it is looked up.
+    for name in ("HTTPS_PROXY", "https_proxy", "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTPS_PROXY", proxy)
+    async with DMHubClient(access_token="tok", base_url=BASE, max_retries=0) as dm:
+        with pytest.raises(InvalidRequestError, match="the proxy the environment names") as info:
+            await dm.customers.create(name="x")
+    assert "ProxyPassw0rd" not in "".join(traceback.format_exception(info.value))
+    assert dm.stats.requests == 0
+
+
 @pytest.mark.parametrize("then", ["a call", "aclose()"])
 def test_a_client_used_in_another_event_loop_keeps_the_proxy_password_out_of_the_traceback(
     monkeypatch: pytest.MonkeyPatch, then: str
