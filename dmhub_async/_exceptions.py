@@ -281,6 +281,12 @@ CREDENTIALS_REFUSED = " (the app id and secret were refused: check app_id and se
 TOKEN_REQUEST_REFUSED = " (the token request was refused: check base_url, app_id and secret)"
 
 
+#: aiohttp's failures of a TLS handshake with the service (a certificate not trusted, an
+#: answer not in TLS): something answered, so neither the address nor the service being down
+#: is to blame, and the command line says so in the library's words.
+TLS_FAILURES = frozenset({"ClientConnectorCertificateError", "ClientConnectorSSLError"})
+
+
 def without_token_hint(message: str) -> str:
     """``message`` without the hint a refused token request's ends in: for the command line
     and the sharded export's report, which say what to check in their own words (the

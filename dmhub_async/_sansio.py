@@ -479,17 +479,19 @@ def connection_error(
     where: str | None = None,
     status: int | None = None,
     proxied: bool = False,
+    reason: str | None = None,
 ) -> APIConnectionError:
     """The error for a request that got no answer; says when a write's outcome is unknown.
 
     ``not_sent``: it never reached the service (refused, DNS, no connection within
     ``connect_timeout``, a proxy that refused the tunnel); ``kind`` names the failure;
     ``where``: the base URL, which a request never sent is said to have found no connection
-    to, and what to check; ``status``: a proxy's answer to the tunnel's CONNECT.
+    to, and what to check; ``status``: a proxy's answer to the tunnel's CONNECT; ``reason``:
+    why a TLS handshake failed (OpenSSL's words: "self-signed certificate").
     """
     unknown = not request.idempotent and not not_sent
     message = f"{request.method} {request.path} " + ("timed out" if timeout else f"failed ({kind})")
-    hint = connection_hint(kind, where, status, proxied) if not_sent and where else ""
+    hint = connection_hint(kind, where, status, proxied, reason) if not_sent and where else ""
     message += hint
     if unknown:
         message += (
@@ -503,12 +505,29 @@ def connection_error(
     return error
 
 
-def connection_hint(kind: str, where: str, status: int | None = None, proxied: bool = False) -> str:
+def connection_hint(
+    kind: str,
+    where: str,
+    status: int | None = None,
+    proxied: bool = False,
+    reason: str | None = None,
+) -> str:
     """What a request that found no connection adds to its message: where it went, and what
     to check. "GET /security/accesstoken failed (ClientConnectorError)" named neither.
 
     ``proxied``: sent through the proxy the environment names, which any connection it did
-    not get in time was the proxy's to give (the base URL's host is the proxy's to find)."""
+    not get in time was the proxy's to give (the base URL's host is the proxy's to find).
+    ``reason``: a TLS failure's own words (OpenSSL's)."""
+    said = f" ({printable(reason)})" if reason else ""
+    if kind == "ClientConnectorCertificateError":
+        # The service answered, with a certificate this machine does not trust: "no connection
+        # to ... (is the service up?)" sent the user to check what was not wrong.
+        return (
+            f": the TLS certificate of {where} is not trusted{said}: a proxy or antivirus that"
+            " inspects TLS needs its CA certificate trusted (SSL_CERT_FILE)"
+        )
+    if kind == "ClientConnectorSSLError":  # something answered, not in TLS (an http:// port)
+        return f": the TLS handshake with {where} failed{said}: does it serve https there?"
     if kind == "ClientProxyConnectionError":  # the base URL was never reached, nor blamed
         return (
             ": no connection to the proxy the environment names (HTTPS_PROXY, HTTP_PROXY or the"

@@ -905,6 +905,7 @@ class Session:
                 where=self.base_url,
                 status=getattr(failure, "status", None),
                 proxied=self._conn.proxy is not None and self._conn.owns_http,
+                reason=_tls_reason(failure),
             )
             cause = RedactedCause(failure, secrets)
             # An error tracker records the variables of each frame of a traceback (Sentry's
@@ -1063,6 +1064,17 @@ def _deflate_of(first: bytes) -> Any:
     """The decompressor of a ``deflate`` body: with the zlib header RFC 9110 asks for, or
     without it, as some servers send it (aiohttp tells them apart the same way)."""
     return zlib.decompressobj(zlib.MAX_WBITS if first[0] & 0x0F == 8 else -zlib.MAX_WBITS)
+
+
+def _tls_reason(failure: BaseException) -> str | None:
+    """Why a TLS handshake failed, in OpenSSL's words ("self-signed certificate", "wrong
+    version number"), or None for any other failure."""
+    if isinstance(failure, aiohttp.ClientConnectorCertificateError):
+        return getattr(failure.certificate_error, "verify_message", None) or None
+    if isinstance(failure, aiohttp.ClientConnectorSSLError):
+        reason = getattr(failure.os_error, "reason", None)
+        return reason.lower().replace("_", " ") if isinstance(reason, str) else None
+    return None
 
 
 #: What aiohttp raises for a request that never left: refused, DNS, and (from aiohttp 3.10,

@@ -548,6 +548,74 @@ async def test_a_proxy_that_refuses_the_tunnel_is_named_and_nothing_was_sent(
     assert "the proxy the environment names" in line, line
 
 
+def _self_signed(directory: Any) -> Any:
+    """A TLS context serving a self-signed certificate for 127.0.0.1 (openssl makes it)."""
+    import shutil
+    import ssl
+    import subprocess
+
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("needs openssl")
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
+         "-days", "1", "-subj", "/CN=127.0.0.1"],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )  # fmt: skip
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    return context
+
+
+@pytest.mark.parametrize("server", ["a self-signed certificate", "plain http"])
+async def test_a_tls_failure_says_so_and_does_not_blame_the_address(
+    tmp_path: Any, server: str
+) -> None:
+    # Before: "GET /v1/customers/count failed (ClientConnectorCertificateError): no connection
+    # to https://... (is base_url right, and the service up?)": the service was up and
+    # answering; its certificate was not trusted (a proxy or antivirus that inspects TLS, a
+    # Python without its CA certificates), and the command line asked "is DMHUB_BASE_URL
+    # right?" after "no answer from" it.
+    import asyncio
+
+    from dmhub_async.cli._errors import explain
+
+    async def plain_http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    async def nothing(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+
+    if server == "plain http":
+        listening = await asyncio.start_server(plain_http, "127.0.0.1", 0)
+    else:
+        listening = await asyncio.start_server(nothing, "127.0.0.1", 0, ssl=_self_signed(tmp_path))
+    port = listening.sockets[0].getsockname()[1]
+    async with (
+        listening,
+        DMHubClient(access_token="t0ken", base_url=f"https://127.0.0.1:{port}") as dm,
+    ):
+        with pytest.raises(APIConnectionError) as info:
+            await dm.with_options(max_retries=0).customers.count()
+
+    said = str(info.value)
+    assert "the service up?" not in said, said
+    if server == "plain http":
+        assert f"the TLS handshake with https://127.0.0.1:{port} failed" in said, said
+    else:
+        assert f"the TLS certificate of https://127.0.0.1:{port} is not trusted" in said, said
+        assert "self-signed certificate" in said.replace("self signed", "self-signed"), said
+    assert not info.value.outcome_unknown
+    _, line = explain(info.value)
+    assert "no answer from" not in line, line
+    assert "TLS" in line, line
+
+
 def test_a_connection_lost_after_sending_adds_no_hint_on_the_address() -> None:
     request = Request("GET", "/v1/customers/count", {}, None)
     error = connection_error(

@@ -14,6 +14,7 @@ from typing import Any, Final
 
 from .._exceptions import (
     THROUGH_PROXY,
+    TLS_FAILURES,
     APIConnectionError,
     AuthenticationError,
     DMHubError,
@@ -223,6 +224,8 @@ def explain(err: BaseException, flags: Mapping[str, str] = _NO_FLAGS) -> tuple[i
         said = str(err).removesuffix(err._hint)
         if getattr(err.__cause__, "original_type", "").endswith(".ClientHttpProxyError"):
             return EXIT_ERROR, str(err)  # the library's words: the proxy refused, and with what
+        if getattr(err.__cause__, "original_type", "").rpartition(".")[2] in TLS_FAILURES:
+            return EXIT_ERROR, str(err)  # the library's words: something answered, not in TLS
         if getattr(err.__cause__, "original_type", "").endswith(
             ".ClientProxyConnectionError"
         ) or err._hint.startswith(THROUGH_PROXY):
