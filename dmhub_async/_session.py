@@ -784,6 +784,7 @@ class Session:
         else:
             await limits.acquire()  # a free slot, then a rate turn (which the close ends)
         once: _SentOnce | None = None
+        unusable = False
         try:
             if method in _WRITES:
                 await _read_pending_closes()
@@ -863,6 +864,13 @@ class Session:
                     await resp.wait_for_close()
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as err:
                 failure = err
+            except RuntimeError:
+                # aiohttp's "Session is closed", before anything is sent: a session passed in
+                # that its owner closed. Raised below, out of this block (its frames hold the
+                # token).
+                if not http.closed:
+                    raise
+                unusable = True
         except BaseException as err:  # closed, cancelled, too large: see the failure's `del`
             # below. The frames it came up through are done: aiohttp's (a cancellation's: the
             # query, the URL), _read's (the answer, its URL) held the token; this one's, still
@@ -882,6 +890,13 @@ class Session:
             self._conn.proxy_password,
             token,
         )
+        if unusable:
+            del token, query, params, secrets, resp, once
+            raise DMHubError(
+                f"{method} {path}: the aiohttp session passed as session= is closed, so nothing"
+                " was sent: close it after the client (the client never closes a session it"
+                " did not open)"
+            )
         if failure is not None:
             if request is None:
                 request = Request(*fields)

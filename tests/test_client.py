@@ -77,6 +77,39 @@ async def test_passed_in_session_is_used_and_left_open(api, no_env):
     assert sent["headers"]["X-Caller"] == "mine"  # the request went through that session
 
 
+@pytest.mark.parametrize("credentials", ["token", "app id and secret"])
+async def test_a_passed_in_session_closed_is_a_dmhub_error_and_nothing_is_sent(credentials):
+    # Before: aiohttp's raw "RuntimeError: Session is closed" came out of every call (the
+    # token fetch's too), past `except DMHubError`: an application that closed its session
+    # before the client's last calls (a shutdown in the wrong order) got a traceback.
+    from dmhub_async.testing import DMHubSimulator, FakeClock
+
+    clock = FakeClock()
+    async with DMHubSimulator(customers=3, clock=clock) as sim:
+        if credentials == "token":
+            given: dict[str, Any] = {"access_token": "tok"}
+        else:
+            given = {"app_id": sim.app_id, "secret": sim.secret}
+        http = aiohttp.ClientSession()
+        await http.close()
+        dm = DMHubClient(
+            base_url=sim.url,
+            session=http,
+            token_store=MemoryTokenStore(),
+            clock=clock,
+            sleep=clock.sleep,
+            **given,
+        )
+        async with dm:
+            for call in (dm.customers.count, lambda: dm.customers.create(name="x")):
+                with pytest.raises(
+                    DMHubError, match="the aiohttp session passed as session= is closed"
+                ):
+                    await call()
+        assert dm.stats.retries == 0  # not retried as if the service were down
+        assert len(sim.state.store) == 3  # nothing created
+
+
 async def test_timeout_applies_to_a_passed_in_session(api, no_env):
     api.get(url("/v1/customers/1"), payload=CUSTOMER)
     async with (
