@@ -99,27 +99,41 @@ def _note_write_failure(call: _Call, err: DMHubError) -> None:
     """
     if call.request.method == "GET":
         return
-    if isinstance(err, APIConnectionError):
-        call.maybe_applied = call.maybe_applied or not err._not_sent
-    elif isinstance(err, ServerError | ResponseDecodeError):
-        # 503 and FINAL_5XX are refusals; any other 5xx, or a 2xx we could not read, may
-        # follow the write.
-        refused = err.status == 503 or err.status in FINAL_5XX
-        call.maybe_applied = call.maybe_applied or not refused
-    elif isinstance(err, APIError) and call.maybe_applied and err.status != REQUEST_TIMEOUT:
+    if _may_have_applied(err):
+        call.maybe_applied = True
+    elif (
+        isinstance(err, APIError)
+        and not isinstance(err, ServerError | ResponseDecodeError)
+        and call.maybe_applied
+        and err.status != REQUEST_TIMEOUT
+    ):
         # A 408 refused this attempt unread, as a 503 does: the call goes on (_given_up marks
         # the error it ends with).
         _mark_unknown(err)
 
 
-def _mark_unknown(err: APIError | APIConnectionError) -> None:
-    """Say in ``err`` that an earlier attempt of its write may have been applied."""
+def _may_have_applied(err: DMHubError) -> bool:
+    """Whether the attempt that failed with ``err`` may have been carried out: its answer was
+    lost after it was sent, or was a 5xx other than a refusal (503 and FINAL_5XX), or a 2xx we
+    could not read."""
+    if isinstance(err, APIConnectionError):
+        return not err._not_sent
+    if isinstance(err, ServerError | ResponseDecodeError):
+        return not (err.status == 503 or err.status in FINAL_5XX)
+    return False
+
+
+def _mark_unknown(err: APIError | APIConnectionError, *, itself: bool = False) -> None:
+    """Say in ``err`` that an earlier attempt of its write may have been applied, or, with
+    ``itself``, the attempt that failed with it: said of an update sent once and answered 500,
+    "an earlier attempt got no answer" sent the reader looking for a retry never made."""
     if err.outcome_unknown:
         return
     err.outcome_unknown = True
+    said = "the write" if itself else "an earlier attempt got no answer and"
     err.args = (
-        f"{err}; an earlier attempt got no answer and may have been applied, so the"
-        " outcome is unknown: check before trying again",
+        f"{err}; {said} may have been applied, so the outcome is unknown: check before trying"
+        " again",
         *err.args[1:],
     )
 
@@ -151,7 +165,9 @@ def _given_up(call: _Call, err: DMHubError) -> DMHubError:
         return err
     if _from_token_request(err):
         err = copy.copy(err)
-    _mark_unknown(err)
+        _mark_unknown(err)  # the token request's failure: the write's was an earlier attempt
+        return err
+    _mark_unknown(err, itself=_may_have_applied(err))
     return err
 
 

@@ -712,6 +712,35 @@ async def test_a_write_given_up_after_an_attempt_that_may_have_been_applied_says
     assert "may have been applied" in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("answer", "retries"),
+    [
+        ({"status": 500, "payload": {"error_code": 500}}, 0),
+        ({"exception": aiohttp.ServerDisconnectedError()}, 0),
+        ({"status": 502, "body": b""}, 2),
+    ],
+    ids=["500, one attempt", "reset, one attempt", "502 every time"],
+)
+async def test_a_write_that_may_have_been_applied_by_its_last_attempt_does_not_blame_an_earlier(
+    api: aioresponses, make_client: Any, clock: Any, answer: dict[str, Any], retries: int
+) -> None:
+    # Before: "PUT /v1/customers/7 -> HTTP 500 ...; an earlier attempt got no answer and may
+    # have been applied", of an update sent once (max_retries=0), whose one attempt got an
+    # answer: the operator looked for a retry that never happened.
+    path = "/v1/customers/7"
+    api.put(url(path), repeat=True, **answer)
+    dm = make_client(access_token="tok", max_retries=retries)
+
+    with pytest.raises((APIError, APIConnectionError)) as info:
+        await dm.customers.update(7, name="x")
+
+    assert count(api, path, "PUT") == retries + 1
+    assert info.value.outcome_unknown is True
+    said = str(info.value)
+    assert "; the write may have been applied, so the outcome is unknown" in said, said
+    assert "earlier attempt" not in said, said
+
+
 async def test_a_write_whose_retry_cannot_get_a_token_says_its_outcome_is_unknown(
     api: aioresponses, make_client: Any, clock: Any
 ) -> None:
