@@ -31,7 +31,7 @@ from ._exceptions import (
 )
 from ._limits import cancelling, client_closed
 from ._retry import RetryPolicy
-from ._sansio import TOKEN_PATH
+from ._sansio import RETRY_AFTER_STATUSES, TOKEN_PATH
 from ._tasks import within
 from ._token_file import FileTokenStore
 from ._token_stores import (
@@ -573,8 +573,16 @@ def _shared_failure(failure: FetchFailure, now: float, store: str) -> DMHubError
         " token endpoint that is down"
     )
     if issubclass(cls, APIError):
+        # The wait the message says, where an answer's Retry-After would be (429 and 503): a
+        # caller that waits err.retry_after before its next call had None to wait.
+        retry_after = max(0.0, left) if failure.status in RETRY_AFTER_STATUSES else None
         error: DMHubError = cls(
-            message, status=failure.status or 0, code=failure.code, method="GET", path=TOKEN_PATH
+            message,
+            status=failure.status or 0,
+            code=failure.code,
+            method="GET",
+            path=TOKEN_PATH,
+            retry_after=retry_after,
         )
     else:
         error = cls(message, method="GET", path=TOKEN_PATH)

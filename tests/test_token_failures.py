@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
@@ -139,6 +140,26 @@ async def test_processes_sharing_a_store_share_a_failed_token_fetch(
         assert "failed 0 s ago in another client or process sharing the token store" in message
         assert "not sent again for 2 s" in message
         assert sim.secret not in message
+
+
+@pytest.mark.parametrize("kind", ["503", "429"])
+async def test_a_shared_failure_s_retry_after_is_the_wait_its_message_says(
+    sim: DMHubSimulator, clock: FakeClock, tmp_path: Path, request: Any, kind: str
+) -> None:
+    # Before: "not sent again for 2 s" said the message, and retry_after was None: a caller
+    # that waits err.retry_after before its next call (as for any 429) had no wait to take.
+    sim.faults = Faults(rate=1.0, kinds=(kind,), paths=[TOKEN_ROUTE])
+    stores = stores_of("memory", 2, tmp_path, request)
+
+    results = await first_calls(sim, stores, clock)
+
+    shared = [r for r in results if isinstance(r, Exception) and "in another client" in str(r)]
+    assert len(shared) == 1
+    [error] = shared
+    said = re.search(r"not sent again for (\d+) s", str(error))
+    assert said is not None, str(error)
+    assert error.retry_after is not None
+    assert int(said[1]) - 1 < error.retry_after <= int(said[1])
 
 
 async def test_a_store_of_the_users_own_making_works_as_before(
