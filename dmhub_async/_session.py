@@ -517,6 +517,14 @@ class Session:
                     "client inside the coroutine you run, e.g. `async with DMHubClient() as dm:` "
                     "in main(), once per asyncio.run()"
                 )
+            if not conn.owns_http and getattr(conn.http, "_loop", loop) is not loop:
+                # aiohttp's raw "RuntimeError: Event loop is closed" came out of the first
+                # call, past `except DMHubError`, and nothing was sent.
+                raise DMHubError(
+                    "the aiohttp session passed as session= was made in another event loop (an"
+                    " earlier asyncio.run()?), whose connections cannot be used in this one:"
+                    " make it inside the coroutine you run, with the client"
+                )
             conn.loop = loop
 
     async def request(

@@ -110,6 +110,35 @@ async def test_a_passed_in_session_closed_is_a_dmhub_error_and_nothing_is_sent(c
         assert len(sim.state.store) == 3  # nothing created
 
 
+def test_a_passed_in_session_of_another_event_loop_is_a_dmhub_error_and_nothing_is_sent():
+    # Before: aiohttp's raw "RuntimeError: Event loop is closed" came out of the first call of
+    # a client given a session made in an earlier asyncio.run(), past `except DMHubError`
+    # (the client's own reuse in a second asyncio.run() says so in a DMHubError).
+    from dmhub_async.testing import DMHubSimulator
+
+    async def make_session() -> aiohttp.ClientSession:
+        return aiohttp.ClientSession()
+
+    first = asyncio.new_event_loop()  # as an earlier asyncio.run() makes, kept to close http in
+    http = first.run_until_complete(make_session())
+
+    async def main() -> int:
+        async with DMHubSimulator(customers=3) as sim:
+            dm = DMHubClient(access_token="tok", base_url=sim.url, session=http)
+            with pytest.raises(DMHubError, match="session= was made in another event loop"):
+                await dm.customers.create(name="x")
+            with pytest.raises(DMHubError, match="session= was made in another event loop"):
+                async with dm:  # refused as it is entered, before any call
+                    pass
+            return len(sim.state.store)
+
+    try:
+        assert asyncio.run(main()) == 3  # nothing created
+    finally:
+        first.run_until_complete(http.close())
+        first.close()
+
+
 async def test_timeout_applies_to_a_passed_in_session(api, no_env):
     api.get(url("/v1/customers/1"), payload=CUSTOMER)
     async with (
