@@ -1419,7 +1419,10 @@ class _Served:
 
     def __init__(self, redis_where: str, directory: Path) -> None:
         self.where, self.directory = redis_where, printable(str(directory))
-        self.unserved = 0.0  # seconds of polls without a worker's health record
+        #: Seconds of polls since the first look that found no worker's health record (None:
+        #: the last look found one). The first look counts none: a poll of 60 s said "for
+        #: 30 s" at the first look, as the workers started with the coordinator came.
+        self.unserved: float | None = None
         self.said = False
 
     async def check(self, pool: ArqRedis, todo: Mapping[int, Any], poll: float) -> None:
@@ -1429,9 +1432,10 @@ class _Served:
         if await pool.exists(default_queue_name + health_check_key_suffix):
             if self.said:
                 logger.warning("a worker serves the queue at %s: the export goes on", self.where)
-            self.unserved, self.said = 0.0, False
+            self.unserved, self.said = None, False
             return
-        self.unserved += poll
+        # The poll slept since the last look, when that one found none too.
+        self.unserved = 0.0 if self.unserved is None else self.unserved + poll
         if self.said or self.unserved < NO_WORKER_AFTER:
             return
         self.said = True

@@ -2101,6 +2101,34 @@ async def test_a_coordinator_no_worker_serves_says_so_once_then_that_one_came(
     ]
 
 
+@pytest.mark.parametrize("worker_comes", [True, False], ids=["at the first poll", "never"])
+async def test_a_coordinator_of_long_polls_says_no_worker_only_after_30_s_without_one(
+    tmp_path: Path, redis: RedisServer, caplog: pytest.LogCaptureFixture, worker_comes: bool
+) -> None:
+    # With poll=60, the first look (just after the jobs were enqueued, the workers started
+    # with the coordinator still coming up) counted as 60 s without a worker: it said "no
+    # worker has served the queue ... for 30 s" at once, then "a worker serves the queue" at
+    # the next poll, two false lines. Only the polls slept since a first look found none count.
+    out = tmp_path / "out"
+    out.mkdir()
+    polls: list[float] = []
+
+    async def poll(seconds: float) -> None:
+        polls.append(seconds)
+        if worker_comes:
+            redis.command("SET", "arq:queue:health-check", "a worker")  # it came up
+        if len(polls) == 2:
+            raise _Stop
+
+    with caplog.at_level("WARNING", logger="dmhub_async"), pytest.raises(_Stop):
+        await run_on_queue(redis.url, out, _two_windows(), progress=False, poll=60, sleep=poll)
+    said = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    if worker_comes:
+        assert said == []
+    else:  # said at the second look, 60 s after the first found none
+        assert [m.split(" at ")[0] for m in said] == ["no worker has served the queue"]
+
+
 async def test_a_part_its_worker_wrote_out_of_the_coordinators_sight_is_not_complete(
     tmp_path: Path, redis: RedisServer
 ) -> None:
