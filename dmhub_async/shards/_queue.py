@@ -1385,7 +1385,9 @@ async def _follow(
                     where, todo[index], info, job_version(todo[index].shard, verify)
                 )
                 if unseen is not None:
-                    waited[index] = waited.get(index, 0.0) + poll
+                    # The polls slept since the first look that missed it: that look counted
+                    # a whole poll, and at a poll of 60 s a part shown late failed at once.
+                    waited[index] = waited[index] + poll if index in waited else 0.0
                     if waited[index] < PART_SEEN_WITHIN:
                         continue  # followed on: it may show late (NFS)
                 outcome = todo.pop(index)

@@ -2175,3 +2175,38 @@ async def test_a_part_its_worker_wrote_out_of_the_coordinators_sight_is_not_comp
     on_disk = Manifest.read(out)
     assert on_disk is not None
     assert [s.status for s in on_disk.shards] == ["failed", "failed"]
+
+
+async def test_a_part_seen_late_is_waited_for_at_a_poll_of_60_s(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    # A part an NFS client shows late (its attribute and lookup caches) is waited for 60 s of
+    # polls: with poll=60 the first look that missed it counted as the whole 60 s, and the
+    # shard failed at once ("its worker wrote part-00000.jsonl ... where this coordinator does
+    # not see it"), the export incomplete, although the part showed at the next look.
+    import shutil
+
+    from shard_support import WORKER
+
+    shared, own = tmp_path / "shared", tmp_path / "its own disk"
+    out = shared / "out"
+    with sim_process(300) as sim:
+        manifest = await planned(sim, redis, out, 2)
+        (own / "out").mkdir(parents=True)
+        shutil.copy(out / MANIFEST_NAME, own / "out" / MANIFEST_NAME)
+        script = WORKER.replace(
+            "takeover=3", f"takeover=3, mounts={{{str(shared)!r}: {str(own)!r}}}"
+        )
+
+        async def poll(_: float) -> None:  # the parts show here a poll after they were written
+            for part in (own / "out").glob("part-*.jsonl"):  # not a checkpoint the worker drops
+                with contextlib.suppress(FileNotFoundError):
+                    shutil.copy(part, out / part.name)
+            await asyncio.sleep(0.05)
+
+        with queue_workers(sim.env(), redis.url, 1, script):
+            ended = await asyncio.wait_for(
+                run_on_queue(redis.url, out, manifest, progress=False, poll=60, sleep=poll), 120
+            )
+    assert [(s.status, s.error) for s in ended.shards] == [("complete", None)] * 2
+    assert ended.complete
