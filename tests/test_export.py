@@ -1488,6 +1488,11 @@ async def test_outputs_that_cannot_be_written_are_refused_before_any_request(
         await export_customers(client, dest, checkpoint="", progress=False)
     with pytest.raises(InvalidRequestError, match=r"^checkpoint .*c\.ckpt.*: cannot write to"):
         await export_customers(client, dest, checkpoint=tmp_path / "no" / "c.ckpt", progress=False)
+    # A NUL in a path no file system takes: os.lstat's raw "ValueError: embedded null byte".
+    with pytest.raises(InvalidRequestError, match=r"^output .* holds a NUL character"):
+        await export_customers(client, f"{tmp_path}/a\x00.jsonl", progress=False)
+    with pytest.raises(InvalidRequestError, match=r"^checkpoint .* holds a NUL character"):
+        await export_customers(client, dest, checkpoint=f"{tmp_path}/c\x00", progress=False)
 
     assert dest.read_text(encoding="utf-8") == "yesterday's export\n"
     assert files_in(tmp_path) == ["a-directory", "customers.jsonl"]

@@ -42,6 +42,10 @@ def check_path(path: Path, what: str) -> None:
         mode = os.lstat(path).st_mode
     except FileNotFoundError:
         mode = None
+    except ValueError:  # "embedded null byte", raw out of export_customers and merge
+        raise InvalidRequestError(
+            f"{what} {str(path)!r} holds a NUL character, which no file name can"
+        ) from None
     # Each refusal names ``what``: a checkpoint of an unset setting ("") was "'.' is a
     # directory, not a file", which the user took for the output.
     if mode is not None and stat.S_ISDIR(mode):
