@@ -89,13 +89,20 @@ def renamed_resource(module: str) -> type[CustomerStatisticsResource]:
     return CustomerStatisticsResource
 
 
+def renamed_resource_getattr(module: str) -> Callable[[str], Any]:
+    """A module ``__getattr__`` that gives 0.1's ``CustomerStatistics`` (see
+    :func:`renamed_resource`) and no other name: 0.1 defined the resource under the model's
+    name, here and in the package, and an import of it must not quietly give the model."""
+
+    def __getattr__(name: str) -> Any:
+        if name == "CustomerStatistics":
+            return renamed_resource(module)
+        raise AttributeError(f"module {module!r} has no attribute {name!r}")
+
+    return __getattr__
+
+
 if TYPE_CHECKING:  # a module __getattr__ made any name "exist" (as Any) to a type checker
     CustomerStatistics = CustomerStatisticsResource  # 0.1's name: what __getattr__ gives
 else:
-
-    def __getattr__(name: str) -> Any:
-        # 0.1 defined the resource here as CustomerStatistics, the model's name: an import of
-        # it from here must not quietly give the model.
-        if name == "CustomerStatistics":
-            return renamed_resource(__name__)
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    __getattr__ = renamed_resource_getattr(__name__)
