@@ -820,7 +820,8 @@ class Session:
                 once = _SentOnce()
             started = time.perf_counter()
             self.stats.requests += 1
-            _OPENING.set(False)  # the connector of the client's own session sets it
+            if _OPENING.get():  # left by a connect that failed (the connector sets it)
+                _OPENING.set(False)
             try:
                 # Awaited, not entered: `async with` ran four coroutines more a call (aiohttp's
                 # context managers, entered and left), about 4k instructions. The answer is
@@ -1186,50 +1187,40 @@ class _Connector(aiohttp.TCPConnector):
     its own. Such a connection is closed, and the request takes another, or a new one.
     """
 
-    def __init__(self, **settings: Any) -> None:
-        super().__init__(**settings)
-        #: The connections handed out before: the pooled ones, once they come back.
-        self._handed: weakref.WeakSet[Any] = weakref.WeakSet()
-        #: Asks a socket whether it has bytes to read (this connector's loop's alone).
-        self._poll = select.poll() if hasattr(select, "poll") else None
-
     async def connect(self, req: Any, traces: Any, timeout: Any) -> Any:
         _OPENING.set(True)
-        while True:
-            connection = await super().connect(req, traces, timeout)
-            protocol = connection.protocol
-            _OPENING.set(False)
-            if protocol is None:
-                return connection
-            if protocol not in self._handed:  # a new one: nothing has come on it yet
-                self._handed.add(protocol)
-                return connection
-            if not self._spoken_on(protocol):
-                return connection
+        connection = await super().connect(req, traces, timeout)
+        while (protocol := connection.protocol) is not None:
+            # Kept on the connection's protocol as it is first handed out (a new connection:
+            # nothing has come on it yet), asked at each reuse: about 1k instructions a call,
+            # where a set of the protocols handed out and a poll made each time cost 3k.
+            readable = protocol.__dict__.get("_dmhub_readable")
+            if readable is None:
+                protocol.__dict__["_dmhub_readable"] = _readable_of(protocol)
+                break
+            if not (protocol.should_close or readable(0)):
+                break
             _OPENING.set(True)
-            connection.close()  # the next turn takes another pooled one, or opens one
+            connection.close()  # another pooled one, or a new one
+            connection = await super().connect(req, traces, timeout)
+        _OPENING.set(False)
+        return connection
 
-    def _spoken_on(self, protocol: Any) -> bool:
-        """Whether the server sent anything on this idle connection: read by the event loop
-        (an answer queued, its close, bytes that are no answer), or still in the socket (the
-        loop has not turned since, busy with other work)."""
-        if protocol.should_close:
-            return True
-        transport = protocol.transport
-        sock = transport.get_extra_info("socket") if transport is not None else None
-        if sock is None:
-            return transport is None
-        fd = sock.fileno()
-        if fd < 0:
-            return True
-        poll = self._poll
-        if poll is None:  # Windows: select() takes any socket there
-            return bool(select.select([fd], [], [], 0)[0])
-        poll.register(fd, select.POLLIN)
-        try:
-            return bool(poll.poll(0))
-        finally:
-            poll.unregister(fd)
+
+def _readable_of(protocol: Any) -> Callable[[int], object]:
+    """What tells whether bytes wait in the socket of ``protocol``'s connection, unread (the
+    loop has not turned since they came, busy with other work): called with 0, something
+    true when they do. A connection with no socket to ask is taken as spoken on."""
+    transport = protocol.transport
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    fd = sock.fileno() if sock is not None else -1
+    if fd < 0:
+        return lambda _: True
+    if not hasattr(select, "poll"):  # Windows: select() takes any socket there
+        return lambda _: select.select([fd], [], [], 0)[0]
+    poll = select.poll()  # this connection's own, its socket registered once
+    poll.register(fd, select.POLLIN)
+    return poll.poll
 
 
 #: Whether the calling task's request is still waiting for its connection (one of the
