@@ -8,7 +8,6 @@ every error and log line (``_redact``). See docs/architecture.md.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import copy
 import inspect
 import ipaddress
@@ -21,7 +20,7 @@ import urllib.request
 import weakref
 import zlib
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Any, cast
+from typing import Any, Final, cast
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -820,8 +819,6 @@ class Session:
                 once = _SentOnce()
             started = time.perf_counter()
             self.stats.requests += 1
-            if _OPENING.get():  # left by a connect that failed (the connector sets it)
-                _OPENING.set(False)
             try:
                 # Awaited, not entered: `async with` ran four coroutines more a call (aiohttp's
                 # context managers, entered and left), about 4k instructions. The answer is
@@ -937,10 +934,14 @@ class Session:
                 request,
                 timeout=isinstance(failure, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)),
                 # Refused, DNS, or no connection open within connect_timeout: aiohttp raises
-                # ConnectionTimeoutError only around opening one, before a byte is sent; or
-                # within `timeout`, a plain timeout (_OPENING tells).
+                # ConnectionTimeoutError only around opening one, before a byte is sent; or,
+                # within `timeout`, a plain timeout that landed there (_timed_out_opening).
                 not_sent=isinstance(failure, _NOT_SENT)
-                or (isinstance(failure, asyncio.TimeoutError) and _OPENING.get()),
+                or (
+                    isinstance(failure, asyncio.TimeoutError)
+                    and self._conn.owns_http
+                    and _timed_out_opening(failure)
+                ),
                 kind=type(failure).__name__,
                 where=self.base_url,
                 status=getattr(failure, "status", None),
@@ -1188,7 +1189,6 @@ class _Connector(aiohttp.TCPConnector):
     """
 
     async def connect(self, req: Any, traces: Any, timeout: Any) -> Any:
-        _OPENING.set(True)
         connection = await super().connect(req, traces, timeout)
         while (protocol := connection.protocol) is not None:
             # Kept on the connection's protocol as it is first handed out (a new connection:
@@ -1200,10 +1200,8 @@ class _Connector(aiohttp.TCPConnector):
                 break
             if not (protocol.should_close or readable(0)):
                 break
-            _OPENING.set(True)
             connection.close()  # another pooled one, or a new one
             connection = await super().connect(req, traces, timeout)
-        _OPENING.set(False)
         return connection
 
 
@@ -1223,11 +1221,24 @@ def _readable_of(protocol: Any) -> Callable[[int], object]:
     return poll.poll
 
 
-#: Whether the calling task's request is still waiting for its connection (one of the
-#: client's own session, :class:`_Connector`): a timeout then sent nothing. Without
-#: ``connect_timeout`` the attempt's ``timeout`` ran out in aiohttp's connect as a plain
-#: timeout, taken for one that may have come after the request went out.
-_OPENING: contextvars.ContextVar[bool] = contextvars.ContextVar("_OPENING", default=False)
+#: Where a request waits for its connection: aiohttp's connect, and the client's own.
+_CONNECTS: Final = frozenset({aiohttp.BaseConnector.connect.__code__, _Connector.connect.__code__})
+
+
+def _timed_out_opening(failure: BaseException) -> bool:
+    """Whether ``failure``, the attempt's ``timeout`` run out (a plain timeout), ran out while
+    the request waited for its connection: nothing was sent then. Without ``connect_timeout``
+    aiohttp raises it from the cancellation that landed in its connect (its cause, or its
+    context), which a host taking no connection (its queue full, a SYN dropped) leaves it in;
+    it was taken for a timeout after the request went out, a write's outcome unknown. Read
+    from the cancellation's traceback on failure alone: nothing on the way of a call."""
+    landed = failure.__cause__ or failure.__context__
+    tb = landed.__traceback__ if isinstance(landed, asyncio.CancelledError) else None
+    while tb is not None:
+        if tb.tb_frame.f_code in _CONNECTS:
+            return True
+        tb = tb.tb_next
+    return False
 
 
 async def _read_pending_closes() -> None:
