@@ -809,7 +809,9 @@ class Session:
         once: _SentOnce | None = None
         unusable = False
         try:
-            if method in _WRITES:
+            if method in _WRITES and not self._conn.owns_http:
+                # The client's own connector asks an idle socket itself (_Connector): a close
+                # that came is seen there without these turns of the loop.
                 await _read_pending_closes()
             # The client may have been closed while this request queued for its slot.
             if self._conn.closed or (self.derived and self._closing.closed):
@@ -1258,7 +1260,8 @@ async def _read_pending_closes() -> None:
     a create sent right after the previous answer, or after a spell of work that kept the
     loop from turning, took the closed connection, met its reset, and failed with
     ``outcome_unknown`` although it never reached the service. httpx and urllib3 check an idle
-    socket before reusing it; aiohttp trusts the loop to have read it. Two turns: the first
+    socket before reusing it, as the client's own connector does (:class:`_Connector`); aiohttp
+    trusts the loop to have read it, so a session passed in takes these. Two turns: the first
     queues the read of any socket that is ready, after this task; the second runs after it.
     """
     await asyncio.sleep(0)
