@@ -59,7 +59,7 @@ from ._sansio import (
     token_request,
     too_large,
 )
-from ._validate import printable
+from ._validate import printable, resolvable_url
 
 __all__ = ["ClientStats", "Session"]
 
@@ -1329,14 +1329,10 @@ def usable_proxy(proxy: str | None) -> str | None:
         proxy = "http://" + proxy
     where = "the proxy the environment names (HTTPS_PROXY, HTTP_PROXY or the system's)"
     try:
-        url = URL(proxy)
-        port = url.port
-        host = url.host  # decoded from punycode here: "xn--abc" raised a raw UnicodeError
-        # As the resolver takes it (IDNA): an empty label ("proxy..internal") or one over 63
-        # characters failed every call with a raw UnicodeError, as a base URL's did.
-        (url.raw_host or "").encode("idna")
+        url = resolvable_url(proxy)
     except (ValueError, UnicodeError):
         raise InvalidRequestError(f"{where} is not a URL") from None
+    port, host = url.port, url.host
     if url.scheme not in ("http", "https") or not host or port is None:
         raise InvalidRequestError(f"{where} must be an http:// or https:// URL with a host")
     return proxy

@@ -52,6 +52,7 @@ __all__ = [
     "mangled_value",
     "printable",
     "query_length",
+    "resolvable_url",
     "short",
 ]
 
@@ -524,6 +525,18 @@ def _finite(number: float) -> bool:
         return False
 
 
+def resolvable_url(text: str) -> URL:
+    """``text`` as a URL whose port and host a resolver takes; ValueError (a bad IPv6
+    literal, port or host) or UnicodeError otherwise. Its host is decoded from punycode
+    (``xn--abc`` raised a raw UnicodeError at the first call) and encoded to IDNA as
+    ``socket.getaddrinfo`` does: an empty label (``a..b``) or one over 63 characters failed
+    every call with a raw UnicodeError."""
+    url = URL(text)
+    _ = url.port, url.host
+    (url.raw_host or "").encode("idna")
+    return url
+
+
 def _check_base_url(base_url: object) -> None:
     if not isinstance(base_url, str):
         raise InvalidRequestError(f"base_url must be a string, not {type(base_url).__name__}")
@@ -542,14 +555,10 @@ def _check_base_url(base_url: object) -> None:
             " manifest"
         )
     try:
-        url = URL(base_url)
-        port = url.port
-        host = url.host  # decoded from punycode here: "xn--abc" raised a raw UnicodeError
-        # As the resolver takes it (socket.getaddrinfo encodes a name to IDNA): an empty label
-        # ("a..b") or one over 63 characters failed the first call with a raw UnicodeError.
-        (url.raw_host or "").encode("idna")
+        url = resolvable_url(base_url)
     except (ValueError, UnicodeError):  # a bad IPv6 literal, port, or host name
         raise InvalidRequestError(f"base_url is not a URL: {short(base_url)}") from None
+    port, host = url.port, url.host
     if url.scheme not in ("http", "https") or not host or not port:  # None, or 0
         raise InvalidRequestError(
             f"base_url must be http:// or https:// and a host: {short(base_url)}"
