@@ -388,6 +388,7 @@ def _can_answers() -> None:
 
     class Answer:
         status = 200
+        _writer = None  # aiohttp's task writing the request's body: done (None) by the answer
 
         def __init__(self, body: bytes) -> None:
             self.body = body

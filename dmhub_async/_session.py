@@ -887,7 +887,11 @@ class Session:
                 finally:
                     reading.discard(resp)
                     resp.release()
-                    await resp.wait_for_close()
+                    # What leaving aiohttp's block does: waits for the task that writes the
+                    # request's body, which for a body-less request, or one sent whole, is
+                    # done by the answer's end (aiohttp's `_writer` None): a coroutine less.
+                    if resp._writer is not None:
+                        await resp.wait_for_close()
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as err:
                 failure = err
             except RuntimeError:
