@@ -149,14 +149,6 @@ def replacing(
         raise
 
 
-#: A link cannot be made there (a FAT or SMB file system, a filesystem without hard links).
-_NO_LINKS = frozenset(
-    getattr(errno, name)
-    for name in ("EPERM", "ENOTSUP", "EOPNOTSUPP", "EMLINK", "ENOSYS", "EACCES")
-    if hasattr(errno, name)
-)
-
-
 def put_in_place(work: Path, path: Path, *, replace: bool = True) -> None:
     """The file ``work`` takes the name ``path``, replacing what is there unless ``replace``
     is false: then a file at ``path`` (one another program made while ``work`` was written)
@@ -165,7 +157,14 @@ def put_in_place(work: Path, path: Path, *, replace: bool = True) -> None:
     A command told to write a new file (no ``--force``) checked that none was there as it
     began; renamed at its end, its file replaced one made meanwhile (another run to the same
     ``--out``, which ended first), and both runs ended well. A hard link takes the name only
-    if it is free; where there are none, the name is checked just before the rename.
+    if it is free; where none is made, the name is checked just before the rename.
+
+    A file system that makes no link says so in its own words: EPERM (FAT on Linux), ENOTSUP
+    (SMB, FAT on macOS), ENOSYS (FUSE), EXDEV (a union file system such as mergerfs), EINVAL
+    (FAT or exFAT on Windows). Only those first few were known, and an export to the others
+    failed at its end with a bare "Invalid cross-device link", every customer fetched and
+    thrown away. Any failure to link but a name taken is so taken: an error that is no file
+    system's lack of links (a disk gone read-only) fails the rename too, in its own words.
     """
     if replace:
         os.replace(work, path)
@@ -174,9 +173,7 @@ def put_in_place(work: Path, path: Path, *, replace: bool = True) -> None:
         os.link(work, path)
     except FileExistsError:
         raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(path)) from None
-    except OSError as err:
-        if err.errno not in _NO_LINKS:
-            raise
+    except OSError:
         if os.path.lexists(path):
             raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(path)) from None
         os.replace(work, path)

@@ -1122,6 +1122,42 @@ async def test_a_failed_export_lets_go_of_its_file_off_the_event_loop(
         assert files_in(tmp_path) == []
 
 
+@pytest.mark.parametrize("refusal", ["EXDEV", "EINVAL", "EPERM"])
+@pytest.mark.parametrize("checkpointed", [False, True], ids=["", "ckpt"])
+async def test_overwrite_false_puts_the_file_in_place_where_no_hard_link_can_be_made(
+    sim: DMHubSimulator,
+    client: DMHubClient,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    refusal: str,
+    checkpointed: bool,
+) -> None:
+    # overwrite=False (the CLI without --force) puts the file at its name by a hard link.
+    # Where the file system makes none, it says so in its own words: EPERM (FAT on Linux),
+    # EXDEV (a union file system such as mergerfs), EINVAL (FAT or exFAT on Windows). All but
+    # EPERM failed the export at its end with a bare "[Errno 18] Invalid cross-device link",
+    # every customer fetched and thrown away, where nothing was at the name.
+    code = getattr(errno, refusal)
+
+    def no_links(*args: Any, **kwargs: Any) -> None:
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(os, "link", no_links)
+    dest, ckpt = tmp_path / "customers.jsonl", tmp_path / "customers.ckpt"
+
+    report = await export_customers(
+        client,
+        dest,
+        progress=False,
+        overwrite=False,
+        checkpoint=ckpt if checkpointed else None,
+    )
+
+    assert report.exported == CUSTOMERS
+    assert_once_each(ids_of(read_jsonl(dest)), sim.customer_ids())
+    assert files_in(tmp_path) == [dest.name]
+
+
 async def test_without_checkpoint_a_failed_first_export_creates_no_file(
     client: DMHubClient, tmp_path: Path
 ) -> None:
