@@ -503,6 +503,35 @@ def test_the_readme_demo_runs_twice_in_one_directory(tmp_path: Path) -> None:
     assert (tmp_path / "mine.jsonl").read_text(encoding="utf-8") == "keep\n"
 
 
+def test_a_demo_keeps_a_file_made_at_its_out_while_it_ran(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `demo --out mine.jsonl` without --force checked that mine.jsonl was not there as it
+    # began, then renamed its export over the file another run put there meanwhile: exit 0,
+    # that run's result gone, where export, lookup and merge keep it (README, "Outputs are
+    # never destroyed").
+    from dmhub_async.cli import _commands
+
+    mine = tmp_path / "mine.jsonl"
+    export = _commands.export_customers
+
+    async def made_meanwhile(*args: Any, **kwargs: Any) -> Any:
+        mine.write_text("another run's result\n", encoding="utf-8")
+        return await export(*args, **kwargs)
+
+    monkeypatch.setattr(_commands, "export_customers", made_meanwhile)
+    monkeypatch.chdir(tmp_path)
+
+    code = main(["demo", "--customers", "30", "--latency-ms", "0", "-q", "--out", "mine.jsonl"])
+
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith("dmhub-async: error: --out mine.jsonl was made by another program"), err
+    assert "pass --force" in err
+    assert mine.read_text(encoding="utf-8") == "another run's result\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.jsonl"]
+
+
 def test_the_demo_report_suggests_no_flag_the_demo_refuses(tmp_path: Path) -> None:
     # Its report said "(--verify always) checks every id": the demo has no --verify, and
     # refused it (exit 2, "unrecognized arguments").

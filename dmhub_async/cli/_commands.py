@@ -640,6 +640,9 @@ async def _demo(args: argparse.Namespace) -> int:
 
     # The default file is the demo's own: running the README's first command twice in one
     # directory replaced it, where an --out of the user's choosing still needs --force.
+    # A file another run put at an --out of the user's while the demo ran is kept without
+    # --force, as an export keeps it: it was replaced, exit 0.
+    overwrite = args.force or args.out is None
     if args.out is None:
         args.out = DEMO_OUT
         check_output(args.out, force=True, stdout=False)
@@ -689,9 +692,19 @@ async def _demo(args: argparse.Namespace) -> int:
             ) as dm,
             ticking(lines),
         ):
-            report = await export_customers(
-                dm, args.out, concurrency=args.concurrency, progress=bar, on_progress=lines
-            )
+            try:
+                report = await export_customers(
+                    dm,
+                    args.out,
+                    concurrency=args.concurrency,
+                    progress=bar,
+                    on_progress=lines,
+                    overwrite=overwrite,
+                )
+            except FileExistsError as err:
+                if err.filename is None or not _same_place(err.filename, args.out):
+                    raise
+                raise appeared(args.out) from None
     return _finish(report, args, sys.stdout, verify_flag=False)
 
 
