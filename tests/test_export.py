@@ -1158,6 +1158,53 @@ async def test_overwrite_false_puts_the_file_in_place_where_no_hard_link_can_be_
     assert files_in(tmp_path) == [dest.name]
 
 
+@pytest.mark.parametrize("checkpointed", [False, True], ids=["", "ckpt"])
+async def test_overwrite_false_refuses_an_output_already_there_before_any_request(
+    sim: DMHubSimulator, client: DMHubClient, tmp_path: Path, checkpointed: bool
+) -> None:
+    # export_customers(dm, "out.jsonl", overwrite=False) with out.jsonl there as it began, no
+    # checkpoint resuming it: the whole export was walked (every page requested), then its
+    # rows thrown away and FileExistsError raised at its end (with a checkpoint, at its first).
+    dest, ckpt = tmp_path / "customers.jsonl", tmp_path / "customers.ckpt"
+    dest.write_text("yesterday's export\n", encoding="utf-8")
+
+    with pytest.raises(FileExistsError) as refused:
+        await export_customers(
+            client,
+            dest,
+            progress=False,
+            overwrite=False,
+            checkpoint=ckpt if checkpointed else None,
+        )
+
+    assert refused.value.filename == str(dest)
+    assert client.stats.requests == 0
+    assert dest.read_text(encoding="utf-8") == "yesterday's export\n"
+    assert files_in(tmp_path) == [dest.name]
+
+
+async def test_overwrite_false_still_resumes_the_output_its_checkpoint_covers(
+    sim: DMHubSimulator, client: DMHubClient, tmp_path: Path
+) -> None:
+    # The output of a run that failed after its first checkpoint is there as the rerun begins:
+    # its own, resumed in place, not refused as another program's.
+    dest, ckpt = tmp_path / "customers.jsonl", tmp_path / "customers.ckpt"
+    sim.faults.paths = ("GET /v1/customers",)
+    sim.faults.script(["ok", "ok", "ok", "500"])  # the fourth page fails (no retries)
+    with pytest.raises(ServerError):
+        await export_customers(
+            client, dest, checkpoint=ckpt, concurrency=1, progress=False, overwrite=False
+        )
+
+    report = await export_customers(
+        client, dest, checkpoint=ckpt, concurrency=1, progress=False, overwrite=False
+    )
+
+    assert report.resumed
+    assert_once_each(ids_of(read_jsonl(dest)), sim.customer_ids())
+    assert files_in(tmp_path) == [dest.name]
+
+
 async def test_without_checkpoint_a_failed_first_export_creates_no_file(
     client: DMHubClient, tmp_path: Path
 ) -> None:

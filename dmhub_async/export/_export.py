@@ -88,10 +88,11 @@ async def export_customers(
             during it, ``"always"`` after every export.
         encoding: ``"utf-8"``, or for CSV ``"utf-8-sig"`` (a byte order mark first, which
             Excel needs to read UTF-8).
-        overwrite: ``False``: a file at ``dest`` as the export puts its own there (at its end;
-            with a checkpoint, at the first) is kept, and ``FileExistsError`` naming it raised,
-            the export's rows removed: another program made it while the export ran (one
-            there as it begins, the caller checks for: a resume writes in place).
+        overwrite: ``False``: a file at ``dest`` is kept, and ``FileExistsError`` naming it
+            raised: before any request for one there as the export begins (but the output a
+            checkpoint resumes, written in place); for one another program put there while the
+            export ran, as the export puts its own there (at its end; with a checkpoint, at
+            the first), the export's rows removed.
         **filters: the filters of :meth:`Customers.list` (``sort_by``/``sort_order`` excepted:
             the export walks by id, which is what makes it exact and resumable). With
             ``select``, a CSV has only the selected columns (``id`` first).

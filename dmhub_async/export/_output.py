@@ -11,6 +11,7 @@ go straight to a binary stream, not resumable.
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import logging
 import os
@@ -80,8 +81,9 @@ class Output:
     """The open output of one export: ``write``, ``commit`` after a page, ``finish`` or ``close``.
 
     ``resumed`` is the checkpoint read and ``found`` what the file was checked to hold (both
-    None for a new export). ``replace`` false: the file written never takes the place of one
-    another program put at ``dest`` meanwhile (``FileExistsError``: :func:`put_in_place`).
+    None for a new export). ``replace`` false: a file at ``dest`` that no checkpoint resumes is
+    refused as the output is opened, and the file written never takes the place of one another
+    program put at ``dest`` meanwhile (``FileExistsError`` naming it: :func:`put_in_place`).
     """
 
     def __init__(
@@ -117,6 +119,11 @@ class Output:
             for path in (dest, checkpoint):
                 if path is not None:
                     _sweep(path)
+            if not replace and self.resumed is None and os.path.lexists(dest):
+                # Not to be replaced, and no checkpoint resumes it: refused now. It was found
+                # only as the export put its own file there, at its end (with a checkpoint, its
+                # first page), every page requested and the rows thrown away.
+                raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(dest))
             if checkpoint is None:
                 self.fh, self._work = _new_part(dest)
                 return
