@@ -799,15 +799,23 @@ class Session:
         failure: BaseException | None = None
         resp: aiohttp.ClientResponse | None = None
         limits = self._limits
-        if limits.take():  # a free slot, the usual case, without a coroutine
-            pass
-        elif self.derived or limits.queued():
-            # Queued behind the calls in flight, or the limits the parent's: the close ends the
-            # wait. A session passed in runs its requests to their end (up to `timeout`), and a
-            # call queued behind one, never to be sent, waited that long after aclose().
-            await _slot_unless_closed(limits, self._closing)
-        else:
-            await limits.acquire()  # a free slot, then a rate turn (which the close ends)
+        try:
+            if limits.take():  # a free slot, the usual case, without a coroutine
+                pass
+            elif self.derived or limits.queued():
+                # Queued behind the calls in flight, or the limits the parent's: the close ends
+                # the wait. A session passed in runs its requests to their end (up to
+                # `timeout`), and a call queued behind one, never to be sent, waited that long
+                # after aclose().
+                await _slot_unless_closed(limits, self._closing)
+            else:
+                await limits.acquire()  # a free slot, then a rate turn (which the close ends)
+        except BaseException:
+            # Closed, cancelled, or a shared limit's error (its Redis away) while waiting: the
+            # token and the query (a token request's: the secret) were in this frame's
+            # variables, for an error tracker to record (see the failure's `del` below).
+            del token, query, params
+            raise
         once: _SentOnce | None = None
         unusable = False
         try:

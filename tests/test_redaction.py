@@ -455,6 +455,61 @@ async def test_no_token_in_the_variables_of_a_cancelled_call_s_traceback(make_cl
     assert_no_secret_in_locals(cancelled)
 
 
+class _Turns:
+    """A shared rate limit (as :class:`RedisRateLimiter` is one) that gives ``free`` turns, then
+    holds the next caller for good, or refuses it with ``error`` (its Redis away)."""
+
+    def __init__(self, free: int, error: DMHubError | None = None) -> None:
+        self.free = free
+        self.error = error
+        self.waiting = asyncio.Event()
+
+    async def acquire(self) -> None:
+        if self.free:
+            self.free -= 1
+            return
+        self.waiting.set()
+        if self.error is not None:
+            raise self.error
+        await asyncio.Event().wait()
+
+
+@pytest.mark.parametrize(
+    ("ended", "held"),
+    [("refused", False), ("refused", True), ("cancelled", True), ("closed", True)],
+    ids=["refused: the token request", "refused", "cancelled", "closed"],
+)
+async def test_no_secret_in_the_variables_of_a_wait_for_a_rate_turn_that_ends(
+    api, make_client, held, ended
+):
+    # A request's query (the token; the token request's, the secret) is made before it waits
+    # for its slot and rate turn: a wait ended by the shared limit's error (a RedisRateLimiter
+    # whose Redis refuses), a cancel or the client's close left both in the variables of the
+    # sending frame, for an error tracker (Sentry's default) to record.
+    issue_tokens(api)
+    api.get(API_URL, payload={"id": 1}, repeat=True)
+    refused = DMHubError("the shared rate limit refused the request")
+    turns = _Turns(free=2 if held else 0, error=refused if ended == "refused" else None)
+    dm = make_client(app_id="app-1", secret=SECRET, rate_limit=turns)
+    if held:
+        await dm.request("GET", "/v1/customers/1")  # the token, held
+    call = asyncio.ensure_future(dm.request("GET", "/v1/customers/2"))
+    await turns.waiting.wait()
+    if ended == "cancelled":
+        call.cancel()
+    elif ended == "closed":
+        await dm.aclose()
+
+    with pytest.raises((DMHubError, asyncio.CancelledError)) as info:
+        await call
+
+    assert len(api.requests) == (2 if held else 0)  # the call's request was never sent
+    if held:
+        assert TOKEN in sent_urls(api)
+    assert_clean(info.value, [])
+    assert_no_secret_in_locals(info.value)
+
+
 async def test_no_secret_when_a_create_is_cut_off(api, make_client, debug_logs):
     issue_tokens(api)
     api.post(
