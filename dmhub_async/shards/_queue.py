@@ -1029,6 +1029,11 @@ def _worker_class() -> Any:
                 _answered_within(pool, CLOSE_ANSWER)
                 pool.connection_pool.set_retry(once)
                 pool.connection_pool.connection_kwargs["retry"] = once  # its new connections
+                # arq closes its pool with redis-py's close(), deprecated for aclose() (the
+                # same, under its new name): under `python -W error` (a test suite's
+                # filterwarnings = error) every stop of a worker was a DeprecationWarning's
+                # traceback, its connections left open.
+                pool.close = pool.aclose
             try:
                 await super().close()
             except (RedisError, OSError) as err:

@@ -544,6 +544,24 @@ async def test_a_percent_encoded_password_is_the_queues_as_it_is_the_token_store
         await _close_worker(queued)
 
 
+async def test_a_worker_stops_cleanly_with_warnings_as_errors(redis: RedisServer) -> None:
+    # arq closes its pool with redis-py's close(), deprecated (since redis-py 5.0.1) for
+    # aclose(): under `python -W error` (a test suite's filterwarnings = error) every stop of
+    # `dmhub-async worker` ended in a DeprecationWarning's traceback, exit 1, its Redis
+    # connections left open.
+    queued = worker(
+        redis.url, burst=True, handle_signals=False, client={"app_id": "a", "secret": "s"}
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        try:
+            await asyncio.wait_for(queued.main(), 30)  # no job: it starts and ends at once
+        finally:
+            await queued.close()
+
+    assert queued._pool is None  # closed all the way (the no_leaks fixture: its connections)
+
+
 async def _close_worker(arq_worker: Any) -> None:
     with warnings.catch_warnings():  # arq closes its pool by redis-py's deprecated close()
         warnings.simplefilter("ignore", DeprecationWarning)
