@@ -379,13 +379,30 @@ async def _close_redis(client: Redis) -> None:
 
 def _check_async_client(client: object) -> None:
     """A ``redis.asyncio`` client, or InvalidRequestError: a sync ``redis.Redis`` (or anything
-    else) failed at the first call, and the client went on without the store."""
+    else) failed at the first call, and the client went on without the store.
+
+    A cluster's client (``RedisCluster``: a lock, but no one Redis's connection pool) was
+    taken, and every token fetch raised a raw AttributeError out of the call (the store's
+    repr in its own error), where the transaction the store writes a token in could never run.
+    """
     import redis
 
-    if isinstance(client, redis.Redis) or not callable(getattr(client, "lock", None)):
+    if (
+        isinstance(client, redis.Redis)
+        or not callable(getattr(client, "lock", None))
+        or not hasattr(client, "connection_pool")
+    ):
+        cluster = "RedisCluster" in type(client).__name__
         raise InvalidRequestError(
             f"client must be a redis.asyncio.Redis, not {type(client).__module__}."
             f"{type(client).__qualname__}"
+            + (
+                ": the store writes a token and its record in one transaction, which a"
+                " cluster's client cannot send; give it a Redis that is not a cluster (a client"
+                " of one, or its redis:// URL)"
+                if cluster
+                else ""
+            )
         )
 
 

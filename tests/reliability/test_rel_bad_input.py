@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 import pytest
 import redis
+import redis.asyncio.cluster
 from aiohttp import web
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
@@ -703,6 +704,12 @@ HELPER_CASES: dict[str, Callable[[], object]] = {
     "RedisTokenStore url an int": lambda: RedisTokenStore(5),
     "RedisTokenStore client=5": lambda: RedisTokenStore(client=5),
     "RedisTokenStore client a sync Redis": lambda: RedisTokenStore(client=redis.Redis()),
+    # Taken (it has a lock), then every token fetch raised a raw AttributeError ("no attribute
+    # 'connection_pool'", the store's repr in its own error), where no transaction the store
+    # writes in could run: a cluster's client holds no one Redis.
+    "RedisTokenStore client a RedisCluster": lambda: RedisTokenStore(
+        client=redis.asyncio.cluster.RedisCluster(host="127.0.0.1", port=1)
+    ),
     "FileTokenStore path an int": lambda: FileTokenStore(5),
     "FileTokenStore path a directory": lambda: FileTokenStore("."),
     **{
