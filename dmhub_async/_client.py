@@ -34,6 +34,7 @@ from ._validate import (
     check_settings,
     is_collection,
     short,
+    shown_even_half_made,
 )
 from .resources.customer_statistics import CustomerStatisticsResource
 from .resources.customers import Customers
@@ -275,6 +276,7 @@ class DMHubClient:
         """
         return self._session.last_response
 
+    @shown_even_half_made
     def __repr__(self) -> str:
         return f"DMHubClient(base_url={self.base_url!r}, app_id={self.app_id!r})"
 

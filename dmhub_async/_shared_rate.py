@@ -34,6 +34,7 @@ from ._validate import (
     printable,
     redis_url_error,
     redis_where,
+    shown_even_half_made,
 )
 
 __all__ = ["RedisRateLimiter"]
@@ -213,6 +214,7 @@ class RedisRateLimiter:
         """
         self._retry, self._retry_on_error = retry, on
 
+    @shown_even_half_made
     def __repr__(self) -> str:
         return f"RedisRateLimiter({self._where!r}, {self.rate:g}/s)"
 

@@ -24,7 +24,7 @@ from ._atomic import make_private_directory, replace_file
 from ._exceptions import InvalidRequestError, TokenStoreError
 from ._threads import file_work, on_thread
 from ._token_stores import DEFAULT_LIFETIME, FetchFailure, ProcessLocks, Token
-from ._validate import check_number
+from ._validate import check_number, shown_even_half_made
 
 __all__ = ["FileTokenStore", "holds_only_tokens"]
 
@@ -343,6 +343,7 @@ class FileTokenStore:
             raise self._for_good(f"cannot lock the token file: {err.strerror}", err) from None
         return True
 
+    @shown_even_half_made
     def __repr__(self) -> str:
         return f"FileTokenStore({str(self.path)!r})"
 

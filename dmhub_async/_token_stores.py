@@ -36,6 +36,7 @@ from ._validate import (
     password_misread,
     redis_url_error,
     sendable_token,
+    shown_even_half_made,
 )
 
 if TYPE_CHECKING:
@@ -730,6 +731,7 @@ class RedisTokenStore:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
+    @shown_even_half_made
     def __repr__(self) -> str:
         if self._misread:
             return f"RedisTokenStore(the URL given, prefix={self._prefix!r})"

@@ -9,16 +9,17 @@ holds only what JSON can carry exactly (``docs/reliability.md``, "Bad input").
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import reprlib
 import types
 import typing
 import unicodedata
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timezone
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qs, quote, urlencode, urlsplit
 
 from yarl import URL
@@ -54,6 +55,7 @@ __all__ = [
     "query_length",
     "resolvable_url",
     "short",
+    "shown_even_half_made",
 ]
 
 MAX_IDENTITY_TYPE = 32
@@ -210,6 +212,28 @@ def check_password_read(owner: str, url: str) -> None:
 MAX_PAGE_NUMBER = 2**31 - 1
 #: The most pages or lookups in flight in one walk (``concurrency``): the paginator's cap.
 MAX_CONCURRENCY = 64
+
+
+_Shown = TypeVar("_Shown")
+
+
+def shown_even_half_made(repr_of: Callable[[_Shown], str]) -> Callable[[_Shown], str]:
+    """A ``__repr__`` that never raises: ``<DMHubClient (not made)>`` for an object whose
+    ``__init__`` refused its settings before it set what its repr shows.
+
+    That half-made object is among the variables of the refusing frame, which an error
+    tracker records with ``repr()`` (``capture_locals=True``; ``unittest --locals``): the repr
+    raised AttributeError there, and the report of the InvalidRequestError failed in its place.
+    """
+
+    @functools.wraps(repr_of)
+    def shown(self: _Shown) -> str:
+        try:
+            return repr_of(self)
+        except AttributeError:
+            return f"<{type(self).__name__} (not made)>"
+
+    return shown
 
 
 def short(value: object) -> str:

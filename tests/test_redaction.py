@@ -53,8 +53,11 @@ from dmhub_async import (
     APIError,
     DMHubClient,
     DMHubError,
+    FileTokenStore,
     Identity,
     InvalidRequestError,
+    RedisRateLimiter,
+    RedisTokenStore,
     ResponseDecodeError,
     ResponseTooLargeError,
     _pagination,
@@ -62,6 +65,7 @@ from dmhub_async import (
 )
 from dmhub_async._redact import MASK, RedactedCause, redact
 from dmhub_async._sansio import Request
+from dmhub_async.testing import DMHubSimulator
 
 BASE = "https://api.dmhub.test"
 TOKEN = "TOKEN-CANARY-7f3a9"
@@ -677,6 +681,39 @@ def test_client_repr_shows_base_url_and_app_id_only():
     static = DMHubClient(access_token=TOKEN, base_url=BASE)
     assert repr(static) == "DMHubClient(base_url='https://api.dmhub.test', app_id=None)"
     assert not leaks(repr(dm.customers) + repr(static.customers))
+
+
+#: A public object that refused its settings part way through its ``__init__``: its half-made
+#: self is among the variables of that frame.
+_REFUSED_AS_MADE: dict[str, Callable[[], object]] = {
+    "a client without credentials": lambda: DMHubClient(base_url=BASE),
+    "a client of an ftp:// base_url": lambda: DMHubClient("app-1", "s-1", base_url="ftp://x"),
+    "a Redis store of a bad lock_ttl": lambda: RedisTokenStore(
+        "redis://127.0.0.1:1/0", lock_ttl=-1
+    ),
+    "a shared limit of a bad rate": lambda: RedisRateLimiter("redis://127.0.0.1:1/0", -1),
+    "a file store of a bad lock_timeout": lambda: FileTokenStore("t.json", lock_timeout=-1),
+    "a simulator of a bad port": lambda: DMHubSimulator(port=70000),
+}
+
+
+@pytest.mark.parametrize("make", list(_REFUSED_AS_MADE.values()), ids=list(_REFUSED_AS_MADE))
+def test_an_error_tracker_records_the_traceback_of_a_refused_setting(
+    make: Callable[[], object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An error tracker that records each frame's variables (capture_locals=True, unittest
+    # --locals) calls repr() on the half-made object of the __init__ that refused: its repr
+    # raised AttributeError (no base_url yet), and the report of the InvalidRequestError
+    # failed in its place.
+    monkeypatch.delenv("DMHUB_APP_ID", raising=False)
+    monkeypatch.delenv("DMHUB_SECRET", raising=False)
+    with pytest.raises(InvalidRequestError) as info:
+        make()
+
+    recorded = traceback.TracebackException.from_exception(info.value, capture_locals=True)
+    text = "".join(recorded.format())
+    assert str(info.value) in text
+    assert "(not made)>" in text  # the half-made object, shown as such
 
 
 def test_request_repr_and_description_hide_the_secret():

@@ -11,7 +11,7 @@ from typing import Any
 from aiohttp import web, web_app
 from typing_extensions import Self
 
-from .._validate import check_number
+from .._validate import check_number, shown_even_half_made
 from ._app import build_app
 from ._faults import Counters, Faults
 from ._fields import Row
@@ -174,6 +174,7 @@ class DMHubSimulator:
     ) -> None:
         await self.aclose()
 
+    @shown_even_half_made
     def __repr__(self) -> str:
         where = f"{self.host}:{self.port}" if self._runner else "not running"
         return f"<DMHubSimulator {where} customers={len(self.store)}>"
