@@ -13,7 +13,7 @@ import re
 import threading
 import weakref
 from collections.abc import Iterable
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import quote, quote_plus
 
 MASK = "***"
@@ -171,3 +171,17 @@ class RedactedCause(Exception):
     def __init__(self, err: BaseException, secrets: Iterable[str | None] = ()) -> None:
         self.original_type = f"{type(err).__module__}.{type(err).__qualname__}"
         super().__init__(f"{type(err).__name__}: {redact(str(err), secrets)}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Exception's own pickling (and copying) calls the class with its message, which
+        # __init__ took for the error it stands in for: "str: ClientConnectionError: ..." came
+        # back where a chain was carried to another process (tblib) or copied.
+        return _cause_as_pickled, (self.args, self.__dict__)
+
+
+def _cause_as_pickled(args: tuple[Any, ...], state: dict[str, Any]) -> RedactedCause:
+    """A :class:`RedactedCause` as pickled: its message and type, as they were."""
+    cause = RedactedCause.__new__(RedactedCause)
+    cause.args = args
+    cause.__dict__.update(state)
+    return cause

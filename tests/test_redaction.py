@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
+import pickle
 import re
 import traceback
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterator
@@ -733,6 +735,25 @@ def test_redacted_cause_keeps_the_type_and_masks_the_message():
     cause = RedactedCause(err, [TOKEN])
     assert cause.original_type == "aiohttp.client_exceptions.ClientConnectionError"
     assert str(cause) == f"ClientConnectionError: refused: {BASE}/v1/customers?access_token=***&x=1"
+
+
+def test_a_redacted_cause_pickles_and_copies_as_it_is():
+    # What carries an error's chain to another process (tblib, an error tracker's queue)
+    # pickles its cause: Exception's pickling called RedactedCause with its message, which
+    # it took for the error it stands in for ("str: ClientConnectionError: refused: ...").
+    err = aiohttp.ClientConnectionError(f"refused: {BASE}/v1/customers?access_token={TOKEN}")
+    cause = RedactedCause(err, [TOKEN])
+    pickled = pickle.dumps(cause)
+
+    for copied in (pickle.loads(pickled), copy.deepcopy(cause), copy.copy(cause)):
+        assert type(copied) is RedactedCause
+        assert (
+            str(copied)
+            == str(cause)
+            == f"ClientConnectionError: refused: {BASE}/v1/customers?access_token=***"
+        )
+        assert copied.original_type == "aiohttp.client_exceptions.ClientConnectionError"
+    assert TOKEN.encode() not in pickled
 
 
 @given(
