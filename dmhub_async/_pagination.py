@@ -33,7 +33,7 @@ from ._exceptions import DMHubError, InvalidRequestError
 from ._pagination_plan import PaginatorStats, RawPage, WalkPlan
 from ._retry import RETRY_TALLY, RetryTally
 from ._seen_records import Dedupe, SeenRecords
-from ._validate import MAX_CONCURRENCY, check_concurrency, short
+from ._validate import MAX_CONCURRENCY, check_concurrency, short, shown_even_half_made
 from .models.page import Page
 
 __all__ = [
@@ -158,6 +158,7 @@ class AsyncPaginator(Generic[T]):
     def stats(self, stats: PaginatorStats) -> None:  # walks chained into one share a tally
         self._plan.stats = stats
 
+    @shown_even_half_made
     def __repr__(self) -> str:
         # The default was "<dmhub_async._pagination.AsyncPaginator object at 0x...>": nothing
         # of the walk. Where it is and what it has done; never a filter (a mobile, an email).

@@ -696,6 +696,9 @@ _REFUSED_AS_MADE: dict[str, Callable[[], object]] = {
     "a shared limit of a bad rate": lambda: RedisRateLimiter("redis://127.0.0.1:1/0", -1),
     "a file store of a bad lock_timeout": lambda: FileTokenStore("t.json", lock_timeout=-1),
     "a simulator of a bad port": lambda: DMHubSimulator(port=70000),
+    "a walk of a bad concurrency": lambda: DMHubClient("app-1", "s-1").customers.list(
+        concurrency=1000
+    ),
 }
 
 
