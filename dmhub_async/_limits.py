@@ -182,10 +182,28 @@ class RateLimiter:
         self._next = float("-inf")
         #: Slots given back by callers cancelled while they waited, the earliest first.
         self._free: list[float] = []
+        #: The clock's last reading, and how far it has stepped back in all: slots are kept
+        #: on the clock's time plus that, a timeline that never goes back.
+        self._read = float("-inf")
+        self._stepped_back = 0.0
+
+    def _now(self) -> float:
+        """The clock now, less its steps back so far.
+
+        The client's clock is the wall clock (``time.time``), which NTP steps back (a VM
+        restored, a laptop waking): the next slot was then that far ahead of it, and every
+        request waited the step (an hour) for its turn. A step forward costs nothing: the
+        next slot is now.
+        """
+        read = self._clock()
+        if read < self._read:
+            self._stepped_back += self._read - read
+        self._read = read
+        return read + self._stepped_back
 
     async def acquire(self) -> None:
         """Wait for this caller's slot; a caller cancelled while waiting gives it back."""
-        now = self._clock()
+        now = self._now()
         free = self._free
         while free and free[0] < now:  # passed: taken now, it could follow a neighbour closely
             heapq.heappop(free)

@@ -196,3 +196,40 @@ async def test_a_shared_limit_whose_acquire_is_not_async_is_refused_by_name() ->
         with pytest.raises(InvalidRequestError, match=r"^rate_limit's acquire\(\) returned None"):
             await dm.request("GET", "/v1/customers/1")
         assert dm.stats.requests == 0
+
+
+@pytest.mark.parametrize(("waiting", "turn"), [(0, 0.3), (3, 0.4)])
+async def test_the_wall_clock_stepping_back_costs_no_wait_of_its_step(
+    waiting: int, turn: float
+) -> None:
+    # The client's clock is the wall clock (time.time): NTP stepping it back an hour (a VM
+    # restored, a laptop waking) left the next turn an hour ahead of it, and the next request
+    # (every one after it too) waited an hour for it.
+    now = 1_000.0
+    waits: list[float] = []
+    never = asyncio.Event()
+    blocking = False
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        if blocking:
+            await never.wait()
+
+    rate = RateLimiter(10, clock=lambda: now, sleep=sleep)
+    for _ in range(3):
+        await rate.acquire()  # turns at 1000.0, 1000.1, 1000.2
+    blocking = True
+    asleep = [asyncio.ensure_future(rate.acquire()) for _ in range(waiting)]  # .3, .4, .5
+    await settle()
+    now -= 3600.0  # NTP steps the clock back an hour
+    if asleep:
+        asleep[1].cancel()  # a caller that gives its turn (1000.4) back after the step
+        await settle()
+    waits.clear()
+    late = asyncio.ensure_future(rate.acquire())
+    await settle()
+    # The next free turn, as if the clock had not moved: never an hour out.
+    assert waits == [pytest.approx(turn)]
+    for task in [late, *asleep]:
+        task.cancel()
+    await asyncio.gather(late, *asleep, return_exceptions=True)
