@@ -91,7 +91,8 @@ _first_attempt_started: weakref.WeakKeyDictionary[BaseException, float] = (
 
 
 def parse_retry_after(value: str | None, now: float) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header: delta-seconds or an HTTP date."""
+    """Seconds to wait from a ``Retry-After`` header: delta-seconds or an HTTP date (measured
+    from ``now``, epoch seconds)."""
     if not value:
         return None
     value = value.strip()
@@ -107,6 +108,15 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
         if not 0 <= seconds < math.inf:  # NaN: no answer either (-0: 0)
             return None
         return max(0.0, seconds)
+    when = http_date(value)
+    if when is None:
+        return None
+    return max(0.0, when - now)  # a date gone by: now
+
+
+def http_date(value: str) -> float | None:
+    """The epoch seconds of an HTTP date (any of RFC 9110's three forms), or None."""
+    value = value.strip()
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):
@@ -119,21 +129,30 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
         if not (_ASCTIME.fullmatch(value) or value.endswith(" -0000")):
             return None
         when = when.replace(tzinfo=timezone.utc)
-    return max(0.0, when.timestamp() - now)  # a date gone by: now
+    return when.timestamp()
 
 
 #: An HTTP date in asctime's form (RFC 9110, 5.6.7: ``Sun Nov  6 08:49:37 1994``), in GMT.
 _ASCTIME = re.compile(r"[A-Za-z]{3} [A-Za-z]{3} [ 0-9]?[0-9] [0-9]{2}:[0-9]{2}:[0-9]{2} [0-9]{4}")
 
 
-def longest_retry_after(values: Iterable[str], now: float) -> float | None:
+def longest_retry_after(values: Iterable[str], now: float, date: str | None = None) -> float | None:
     """The longest wait the ``Retry-After`` headers of one answer ask for (None: none readable).
+
+    A ``Retry-After`` date is the server's clock's: it is measured from the answer's ``Date``
+    (``date``, the same clock's) when that is readable, and from ``now`` (this machine's)
+    only without one. Measured from ``now``, a machine whose clock was 10 minutes behind the
+    service's read "10 minutes" for the 1 s asked for (above the cap: raised at once, its
+    ``retry_after`` an hour for an hour's skew), and one ahead retried at once, every retry.
 
     The field is no list (RFC 9110 sections 10.2.3 and 5.3): sent more than once, the message
     is invalid, yet a proxy or gateway that throttles too may add its own to the service's. Each
     asks not to be called again before its time, so the longest is kept; the first alone sent
     the retry to a gateway that had asked for 30 s after the service's 2 s.
     """
+    served = None if not date else http_date(date)
+    if served is not None:
+        now = served
     waits = [
         wait
         for value in values

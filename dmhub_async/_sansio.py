@@ -301,7 +301,8 @@ def read_response(
         # aiohttp keeps every header line; .get() is the first alone (see longest_retry_after).
         getall = getattr(headers, "getall", None)
         values = getall("Retry-After", ()) if getall else [headers.get("Retry-After", "")]
-        retry_after = longest_retry_after(values, now)
+        # A date is the service's clock's: measured from its Date, not this machine's clock.
+        retry_after = longest_retry_after(values, now, headers.get("Date"))
     raise build_error(
         cls,
         request,

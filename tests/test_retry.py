@@ -231,6 +231,42 @@ async def test_retry_after_in_every_http_date_form_is_honoured(api, make_client,
     assert clock.waits == [pytest.approx(21.0)]  # 20 s, plus the 1 s jitter ceiling
 
 
+@pytest.mark.parametrize("skew", [-3600, -600, 600, 3600])
+async def test_a_retry_after_date_is_read_by_the_services_clock_not_ours(
+    api, make_client, clock, skew
+):
+    # The service's clock is `skew` seconds off this machine's; it asks for 20 s as a date of
+    # its clock, and says its time in Date. Measured from this machine's clock, a machine
+    # 10 minutes behind read 620 s (over the cap: RateLimitError at once, retry_after 620; an
+    # hour for an hour's skew) and one ahead retried at once, every retry.
+    served = clock.now + skew
+
+    def date(at: float) -> str:
+        return email.utils.formatdate(at, usegmt=True)
+
+    headers = {"Retry-After": date(served + 20), "Date": date(served)}
+    api.get(url("/v1/customers/1"), status=429, headers=headers)
+    api.get(url("/v1/customers/1"), payload=CUSTOMER)
+    dm = make_client(access_token="tok")
+
+    assert await dm.request("GET", "/v1/customers/1") == CUSTOMER
+    assert clock.waits == [pytest.approx(21.0)]  # 20 s, plus the 1 s jitter ceiling
+
+
+@pytest.mark.parametrize("date", ["", "yesterday", "Wed, 21 Oct 2015 07:28:00 +0200, x"])
+async def test_a_retry_after_date_with_no_readable_date_header_is_read_by_our_clock(
+    api, make_client, clock, date
+):
+    when = email.utils.formatdate(clock.now + 20, usegmt=True)
+    headers = {"Retry-After": when, "Date": date}
+    api.get(url("/v1/customers/1"), status=429, headers=headers)
+    api.get(url("/v1/customers/1"), payload=CUSTOMER)
+    dm = make_client(access_token="tok")
+
+    assert await dm.request("GET", "/v1/customers/1") == CUSTOMER
+    assert clock.waits == [pytest.approx(21.0)]
+
+
 async def test_retry_after_in_the_past_retries_at_once(api, make_client, clock):
     when = datetime.fromtimestamp(clock.now - 60, tz=timezone.utc)
     api.get(

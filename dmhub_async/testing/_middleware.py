@@ -57,6 +57,9 @@ def _fault_response(kind: str, retry_after: int, now: float) -> web.Response:
         # On the simulator's clock, the client's too when a test fakes both: on the real one,
         # a client on a FakeClock read a Retry-After of three years and gave up at once.
         response.headers["Retry-After"] = email.utils.formatdate(now + retry_after, usegmt=True)
+    # The time of the answer by the same clock, as a service's Date is by its own: a client
+    # reads a Retry-After date from it (aiohttp's own Date is the real clock's).
+    response.headers["Date"] = email.utils.formatdate(now, usegmt=True)
     return response
 
 

@@ -99,6 +99,29 @@ async def test_429_with_retry_after_as_http_date(
     assert 25 < when - time.time() <= 31
 
 
+async def test_a_retry_after_date_and_its_date_header_are_on_the_simulators_clock(
+    http: aiohttp.ClientSession,
+) -> None:
+    # A client reads a Retry-After date from the answer's Date (the service's clock): the
+    # simulator on a FakeClock wrote aiohttp's Date, the real clock's, and a client on that
+    # FakeClock read a date years before it ("retry at once") for the 30 s asked.
+    clock = FakeClock()
+    async with DMHubSimulator(customers=3, clock=clock) as sim:
+        sim.faults.retry_after = 30
+        params = {"grant_type": "client_credentials", "appid": sim.app_id, "secret": sim.secret}
+        async with http.get(f"{sim.url}/security/accesstoken", params=params) as r:
+            token = (await r.json())["access_token"]
+        sim.faults.script(["429-http-date"])
+        status, headers, _ = await get(http, sim, token, "/v1/customers")
+    assert status == 429
+    assert headers["Date"] == email.utils.formatdate(clock.now, usegmt=True)
+    date, when = (
+        email.utils.parsedate_to_datetime(headers[name]).timestamp()
+        for name in ("Date", "Retry-After")
+    )
+    assert when - date == 30
+
+
 async def test_html_error_page(
     http: aiohttp.ClientSession, sim: DMHubSimulator, token: str
 ) -> None:
