@@ -28,6 +28,7 @@ import os
 import time
 import types
 from collections.abc import Awaitable, Callable, Mapping
+from datetime import datetime, timezone
 from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -1332,8 +1333,14 @@ async def _follow(
             "base_url": manifest.base_url,
             "app_id": manifest.app_id,
         }
+        # Due by the queue's Redis's clock, not this machine's: arq queues a job due at the
+        # enqueuer's clock (or a defer past it) and a worker takes those due by its own, so a
+        # coordinator 10 minutes ahead of its workers had them idle, alive and silent, for 10
+        # minutes before its first shard began.
+        seconds, micros = await pool.time()
+        due = datetime.fromtimestamp(seconds + micros / 1e6 + (defer or 0.0), tz=timezone.utc)
         await pool.enqueue_job(
-            JOB_NAME, task, _job_id=jobs[index].job_id, _defer_by=defer, _expires=QUEUED_FOR
+            JOB_NAME, task, _job_id=jobs[index].job_id, _defer_until=due, _expires=QUEUED_FOR
         )
 
     progress_key = _progress_key(export_id, manifest.plan_id)

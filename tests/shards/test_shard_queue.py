@@ -201,6 +201,29 @@ async def test_a_shard_whose_job_expired_in_the_queue_is_enqueued_again(
     assert kept_for[0] > 2 * 86_400_000  # a queue may hold a shard for longer than a day
 
 
+async def test_a_coordinator_whose_clock_is_ahead_has_its_shards_taken_at_once(
+    tmp_path: Path, redis: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # arq queues a job due at the enqueuer's clock, and a worker takes the jobs due by its
+    # own: a coordinator 10 minutes ahead of its workers had them idle, alive and saying
+    # nothing, for 10 minutes before the first shard began (an hour for an hour's skew).
+    import arq.connections
+
+    real = arq.connections.timestamp_ms
+    monkeypatch.setattr(arq.connections, "timestamp_ms", lambda: real() + 600_000)
+    out = tmp_path / "out"
+    with sim_process(300) as sim:
+        manifest = await planned(sim, redis, out, 2)
+        with workers(sim, redis.url, 1):
+            manifest = await asyncio.wait_for(
+                run_on_queue(redis.url, out, manifest, progress=False, poll=0.2), 60
+            )
+        state = sim.state()
+
+    assert manifest.complete
+    assert sorted(exported_ids(out)) == sorted(state["ids"])
+
+
 class _Stop(Exception):
     """Ends a coordinator's run where a test has seen what it wanted."""
 
