@@ -46,11 +46,19 @@ class Retries:
     """The retries an export's requests took: its walk's, its counts' and its checks'."""
 
     taken: int = 0
+    #: The ``Date`` of the answer to the first count (None: none said, or no count yet): the
+    #: service's time before any walk of a check (a late check's, ``shards._late``).
+    served: str | None = None
+    counted: bool = False
 
     async def count(self, client: DMHubClient, filters: dict[str, Any]) -> int:
         """How many customers match ``filters``, its retries added."""
         total, retries = await client.customers._count(filters)
         self.taken += retries
+        if not self.counted:
+            self.counted = True
+            answer = client.last_response
+            self.served = None if answer is None else answer.headers.get("Date")
         return total
 
     async def to_list(self, walk: AsyncPaginator[T]) -> list[T]:

@@ -214,6 +214,9 @@ async def _check(
     if outcome.retries is not None:
         outcome.retries += retries.taken
     seen = manifest.last_window_seen_at
+    # Or the service's time at the check's first count, if earlier: its clock stamps the
+    # customers' creation (see _manifest.seen_whole).
+    began = _manifest.seen_whole(began, retries.served)
     if verified:
         outcome.status, outcome.error = "complete", None
         if outcome.shard.end is not None and (seen is None or began > seen):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import math
 import operator
 import os
 import secrets
@@ -31,6 +32,7 @@ from .._atomic import open_to_read, replace_file, replacing
 from .._auth import normalise_base_url
 from .._converter.scalars import parse_timestamp
 from .._exceptions import InvalidRequestError
+from .._retry import http_date
 from .._threads import on_thread
 from .._validate import short
 from .._words import counted
@@ -313,11 +315,13 @@ class Manifest:
         plan_retries: int | None = None,
         shards_asked: int | None = None,
         verify: Verify | None = None,
+        served: str | None = None,
     ) -> Manifest:
         """A manifest of shards planned and not yet exported (``plan_retries``: the retries
         planning them took, None when not counted; ``shards_asked``: the ``n`` they were
         planned for). Its last window is seen whole as of now (``last_window_seen_at``): its
-        shard is exported after this.
+        shard is exported after this; or as of ``served``, the ``Date`` of an answer to the
+        planning, if that is earlier (:func:`seen_whole`).
 
         Shards of an ``id_list`` are kept naming their slices alone, ``filters["id_list"]``
         the list's digest: the list itself is written beside the manifest, once
@@ -338,7 +342,7 @@ class Manifest:
             id_list_length=length,
             shards_asked=shards_asked,
             verify=verify,
-            last_window_seen_at=None if length is not None else utc_now(),
+            last_window_seen_at=None if length is not None else seen_whole(utc_now(), served),
         )
 
     def take_verify(self, verify: Verify) -> tuple[Verify, bool]:
@@ -503,6 +507,25 @@ def utc_now() -> datetime:
     """This machine's clock now, UTC, to the second (down): when a plan or a late check saw
     the last window whole."""
     return datetime.now(timezone.utc).replace(microsecond=0)
+
+
+def seen_whole(now: datetime, served: str | None) -> datetime:
+    """When the last window was seen whole: ``now`` (:func:`utc_now`, read before the walks),
+    or the service's time as an answer's ``Date`` (``served``) says it, if that is earlier.
+
+    The service stamps a customer's creation by its own clock: one more than
+    ``CLOCK_MARGIN`` behind this machine's had a window taken for seen whole before it ended
+    by the service's clock, and a customer created in its last minutes was in no part, every
+    rerun saying the export complete without it.
+    """
+    when = None if not served else http_date(served)
+    if when is None or not math.isfinite(when):
+        return now
+    try:
+        by_service = datetime.fromtimestamp(int(when), timezone.utc)
+    except (OverflowError, OSError, ValueError):  # a year no datetime holds
+        return now
+    return min(now, by_service)
 
 
 def _check_count(name: str, value: int | None) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -146,6 +147,10 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
             {"error_code": 500, "error_description": f"simulator error: {type(err).__name__}"}, 500
         )
     counters.statuses[response.status] += 1
+    if state.clock is not time.time and not response.prepared:
+        # The time of the answer by the simulator's clock, as a service's Date is by the clock
+        # that stamps its customers' creation (aiohttp's own is the real clock's).
+        response.headers["Date"] = email.utils.formatdate(state.clock(), usegmt=True)
     return response
 
 

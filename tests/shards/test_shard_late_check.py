@@ -537,6 +537,73 @@ async def test_a_sign_up_before_the_end_is_found_by_a_rerun_after_the_end(
     assert sent == []
 
 
+async def test_a_sign_up_before_the_end_is_found_though_this_clock_is_ahead_of_the_services(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The service stamps a customer's creation by its own clock, 10 minutes behind this
+    # machine's (past the 5 minutes' margin). A rerun 4 minutes before the end by the
+    # service's clock (6 after it by this machine's) took the window for seen whole: a
+    # customer created in its last 4 minutes was in no part, and every rerun after said the
+    # export complete without it, checking nothing.
+    clocks = _Clocks(monkeypatch)  # this machine's
+
+    def service() -> float:
+        return clocks.now - 600
+
+    end = clocks.at(service() + 3600)
+    out = tmp_path / "today"
+    async with DMHubSimulator(customers=300, seed=17, clock=service) as sim:
+        async with DMHubClient(sim.app_id, sim.secret, base_url=sim.url) as dm:
+            first = await export_sharded(dm, out, 2, progress=False, date_created_to=end)
+            assert first.complete
+            clocks.now += 3600 - 240  # 4 minutes before the end, by the service's clock
+            again = await export_sharded(dm, out, 2, progress=False, date_created_to=end)
+            assert again.late_check is not None
+            clocks.now += 120
+            late = sim.insert_customer({"name": "signed up 2 minutes before the end"})
+            clocks.now += 600
+            third = await export_sharded(dm, out, 2, progress=False, date_created_to=end)
+        wanted = sim.customer_ids()
+
+    assert third.complete
+    assert third.late_check is not None
+    assert third.late_check.added == 1
+    ids = merged_ids(out, tmp_path / "all.jsonl")
+    assert late["id"] in ids
+    assert sorted(ids) == sorted(wanted)
+
+
+async def test_a_plan_made_minutes_before_the_services_end_is_checked_again_after_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As above, the plan itself made 4 minutes before the end by the service's clock (6 after
+    # it by this machine's): its last window was taken for seen whole as planned, and a
+    # customer created after its shard was exported, before the end, was never looked for.
+    clocks = _Clocks(monkeypatch)
+
+    def service() -> float:
+        return clocks.now - 600
+
+    end = clocks.at(service() + 240)
+    out = tmp_path / "today"
+    async with DMHubSimulator(customers=300, seed=18, clock=service) as sim:
+        async with DMHubClient(sim.app_id, sim.secret, base_url=sim.url) as dm:
+            first = await export_sharded(dm, out, 2, progress=False, date_created_to=end)
+            assert first.complete
+            clocks.now += 120
+            late = sim.insert_customer({"name": "signed up 2 minutes before the end"})
+            clocks.now += 600
+            again = await export_sharded(dm, out, 2, progress=False, date_created_to=end)
+        wanted = sim.customer_ids()
+
+    assert again.complete
+    assert again.late_check is not None
+    assert again.late_check.added == 1
+    ids = merged_ids(out, tmp_path / "all.jsonl")
+    assert late["id"] in ids
+    assert sorted(ids) == sorted(wanted)
+
+
 @contextlib.asynccontextmanager
 async def _ended_an_hour_ago(
     out: Path, monkeypatch: pytest.MonkeyPatch, seed: int
