@@ -907,6 +907,7 @@ def worker(
         settings.setdefault("max_concurrency", concurrency)
 
     async def startup(ctx: dict[str, Any]) -> None:
+        await _say_clock_behind(ctx.get("redis"))
         kwargs = dict(settings)
         # A store made here is closed at shutdown; one passed in is its maker's to close.
         ctx["token_store"] = None if "token_store" in kwargs else RedisTokenStore(redis_url)
@@ -955,6 +956,35 @@ def worker(
     # the mark alive while its worker lives, so a short first mark is safe.
     arq_worker.in_progress_timeout_s = takeover
     return arq_worker
+
+
+#: Seconds a worker's clock may be behind the queue's Redis's before it says so as it starts.
+CLOCK_BEHIND_SAID = 5.0
+
+
+async def _say_clock_behind(redis: Any) -> None:
+    """A WARNING when this machine's clock is behind the queue's Redis's by more than
+    :data:`CLOCK_BEHIND_SAID`: a job is due by Redis's clock (the coordinator enqueues it so)
+    and arq takes it once the worker's own clock says it is due, so such a worker sat idle,
+    alive and silent, for the difference."""
+    from arq import utils
+    from redis.exceptions import RedisError
+
+    if redis is None:
+        return
+    try:
+        seconds, micros = await redis.time()
+    except (RedisError, OSError):  # said by the commands after, as they are waited for
+        return
+    behind = seconds + micros / 1e6 - utils.timestamp_ms() / 1000  # arq's worker's clock
+    if behind > CLOCK_BEHIND_SAID:
+        logger.warning(
+            "this machine's clock is %d s behind the queue's Redis's: this worker takes each "
+            "shard about %d s after it is due (a worker goes by its own clock): set its clock "
+            "right (NTP)",
+            round(behind),
+            round(behind),
+        )
 
 
 def _without_arguments(data: dict[str, Any]) -> bytes:

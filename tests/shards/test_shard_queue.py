@@ -224,6 +224,43 @@ async def test_a_coordinator_whose_clock_is_ahead_has_its_shards_taken_at_once(
     assert sorted(exported_ids(out)) == sorted(state["ids"])
 
 
+@pytest.mark.parametrize("behind", [0, 600])
+async def test_a_worker_whose_clock_is_behind_the_queues_says_so_as_it_starts(
+    redis: RedisServer,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    behind: int,
+) -> None:
+    # A job is due by the queue's Redis's clock, and arq takes it once the worker's own clock
+    # says it is due: a worker 10 minutes behind sat idle for 10 minutes, alive (its health
+    # record there, so the coordinator waited too) and saying nothing.
+    import arq.utils
+    from redis.asyncio import Redis
+
+    real = arq.utils.timestamp_ms  # time.time's, which arq's worker polls by
+    monkeypatch.setattr(arq.utils, "timestamp_ms", lambda: real() - behind * 1000)
+    settings = {"app_id": "a", "secret": "s", "base_url": "http://127.0.0.1:9"}
+    arq_worker = worker(redis.url, handle_signals=False, client=settings)
+    pool = Redis.from_url(redis.url)
+    ctx: dict[str, Any] = {"redis": pool}
+    try:
+        with caplog.at_level("WARNING", logger="dmhub_async"):
+            await arq_worker.on_startup(ctx)
+    finally:
+        await arq_worker.on_shutdown(ctx)
+        await pool.aclose()
+
+    said = [r.getMessage() for r in caplog.records if "clock" in r.getMessage()]
+    if behind:
+        assert said == [
+            "this machine's clock is 600 s behind the queue's Redis's: this worker takes each "
+            "shard about 600 s after it is due (a worker goes by its own clock): set its clock "
+            "right (NTP)"
+        ]
+    else:
+        assert said == []
+
+
 class _Stop(Exception):
     """Ends a coordinator's run where a test has seen what it wanted."""
 
