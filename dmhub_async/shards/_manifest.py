@@ -244,12 +244,13 @@ class Manifest:
     #: started with ``auto``, saying nothing), else the first run's. None: a manifest of an
     #: earlier release (or one it rewrote), which does not say.
     verify: Verify | None = None
-    #: When (this machine's clock, UTC, to the second) the plan's last window was last seen
-    #: whole: the plan, then each late check that passed. Every customer of that window
-    #: created before then is in its part once its shard is complete; the late check runs
-    #: while the window's end is later than this (less a margin for the service's clock,
-    #: which stamps customers' creation). None: a plan of an ``id_list``, or a manifest of an
-    #: earlier release (or one it rewrote), whose last window is then checked once.
+    #: When (UTC, to the second: this machine's clock, or the service's when its answers'
+    #: Date is earlier, :func:`seen_whole`) the plan's last window was last seen whole: the
+    #: plan, then each late check that passed. Every customer of that window created before
+    #: then is in its part once its shard is complete; the late check runs while the window's
+    #: end is later than this (less a margin for a service that sends no Date). None: a plan
+    #: of an ``id_list``, or a manifest of an earlier release (or one it rewrote), whose last
+    #: window is then checked once.
     last_window_seen_at: datetime | None = None
     #: What this run's late check of the last window found (not written in the file): None
     #: when none ran.
