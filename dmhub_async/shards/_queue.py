@@ -28,7 +28,7 @@ import os
 import time
 import types
 from collections.abc import Awaitable, Callable, Mapping
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -958,6 +958,19 @@ def worker(
     return arq_worker
 
 
+async def _redis_now(pool: Any) -> datetime | None:
+    """The queue's Redis's clock now (``TIME``), or None for a Redis user refused it (an ACL
+    user given arq's commands alone): a job is then due by this machine's clock, as arq has it.
+    """
+    from redis.exceptions import ResponseError
+
+    try:
+        seconds, micros = await pool.time()
+    except ResponseError:  # NoPermissionError: refused, not away (that is waited for)
+        return None
+    return datetime.fromtimestamp(seconds + micros / 1e6, tz=timezone.utc)
+
+
 #: Seconds a worker's clock may be behind the queue's Redis's before it says so as it starts.
 CLOCK_BEHIND_SAID = 5.0
 
@@ -1367,10 +1380,16 @@ async def _follow(
         # enqueuer's clock (or a defer past it) and a worker takes those due by its own, so a
         # coordinator 10 minutes ahead of its workers had them idle, alive and silent, for 10
         # minutes before its first shard began.
-        seconds, micros = await pool.time()
-        due = datetime.fromtimestamp(seconds + micros / 1e6 + (defer or 0.0), tz=timezone.utc)
+        due = await _redis_now(pool)
+        if due is not None:
+            due = due + timedelta(seconds=defer or 0.0)
         await pool.enqueue_job(
-            JOB_NAME, task, _job_id=jobs[index].job_id, _defer_until=due, _expires=QUEUED_FOR
+            JOB_NAME,
+            task,
+            _job_id=jobs[index].job_id,
+            _defer_until=due,
+            _defer_by=defer if due is None else None,
+            _expires=QUEUED_FOR,
         )
 
     progress_key = _progress_key(export_id, manifest.plan_id)

@@ -224,6 +224,26 @@ async def test_a_coordinator_whose_clock_is_ahead_has_its_shards_taken_at_once(
     assert sorted(exported_ids(out)) == sorted(state["ids"])
 
 
+async def test_a_coordinator_whose_redis_user_may_not_read_its_clock_enqueues_by_its_own(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    # Jobs are due by the queue's Redis's clock (TIME): a coordinator whose ACL user was given
+    # arq's commands alone must still export, its jobs due by its own clock as before.
+    redis.command("ACL", "SETUSER", "queue", "on", ">queuepw", "~*", "&*", "+@all", "-time")
+    url = f"redis://queue:queuepw@127.0.0.1:{redis.port}/0"
+    out = tmp_path / "out"
+    with sim_process(300) as sim:
+        manifest = await planned(sim, redis, out, 2)
+        with workers(sim, redis.url, 1):
+            manifest = await asyncio.wait_for(
+                run_on_queue(url, out, manifest, progress=False, poll=0.2), 60
+            )
+        state = sim.state()
+
+    assert manifest.complete
+    assert sorted(exported_ids(out)) == sorted(state["ids"])
+
+
 @pytest.mark.parametrize("behind", [0, 600])
 async def test_a_worker_whose_clock_is_behind_the_queues_says_so_as_it_starts(
     redis: RedisServer,
