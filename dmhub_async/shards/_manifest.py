@@ -592,17 +592,30 @@ class ManifestWriter:
     loop, 3 ms (8 shards) to 66 ms (4,096 shards) a write held every other coroutine (the
     shards' exports of ``export_sharded``). Each write takes the manifest as it is when its
     turn comes, one after another: two on threads at once could rename an older one last.
+
+    A write asked for while another is under way waits for the next, which takes the manifest
+    as it is then: the calls made meanwhile are done by that one write. Each shard that ended
+    waited for a write of its own: 1,000 shards of a few ids each wrote the manifest (670 KB)
+    1,002 times, 22 s of the export's 39 s, each shard holding its place meanwhile.
     """
 
     def __init__(self, manifest: Manifest, directory: str | os.PathLike[str]) -> None:
         self._manifest, self._directory = manifest, directory
         self._turn = asyncio.Lock()
+        self._asked = 0  # write() calls so far
+        self._done = 0  # the calls made before the last write's copy, which it recorded
 
     async def write(self) -> None:
-        """Write the manifest as it is now (:meth:`Manifest.write`, on a thread)."""
+        """Write the manifest as it is now (:meth:`Manifest.write`, on a thread), unless a
+        write that took it after this call is done by the time this one's turn comes."""
+        self._asked += 1
+        asked = self._asked
         async with self._turn:
-            copy = self._manifest._copier()
+            if self._done >= asked:
+                return
+            copy, covered = self._manifest._copier(), self._asked
             await on_thread(lambda: copy().write(self._directory))
+            self._done = covered
 
 
 def _filter_changes(recorded: dict[str, Any], given: dict[str, Any]) -> list[str]:

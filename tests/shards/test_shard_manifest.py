@@ -263,10 +263,45 @@ async def test_the_coordinator_writes_the_manifest_off_the_event_loop(
     assert manifest.complete
     assert Manifest.read(tmp_path / "out") == manifest
     assert sorted(exported_ids(tmp_path / "out")) == sim.customer_ids()
-    assert len(written) == 1 + 4 + 1  # the plan, after each shard, at the end
+    # The plan, after each shard (shards that end during a write share the next), at the end.
+    assert 1 + 1 + 1 <= len(written) <= 1 + 4 + 1
+    assert [s["status"] for s in written[-1]["shards"]] == ["complete"] * 4
     assert [s["status"] for s in written[0]["shards"]] == ["pending"] * 4
     for shards in (w["shards"] for w in written):  # never a shard complete without its digest
         assert all(s["sha256"] for s in shards if s["status"] == "complete")
+
+
+async def test_shards_that_end_while_the_manifest_is_written_are_recorded_by_one_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each shard that ended waited for a write of the whole manifest of its own, in turn:
+    # 1,000 shards of a few ids each wrote it 1,002 times (670 KB each, 22 s of the export's
+    # 39 s), 4,096 shards 2.7 MB 4,096 times (233 s). A write that starts after a shard ended
+    # records it: those that end meanwhile wait for the next write, one for them all.
+    shards = [Shard(index=k, start=None, end=None, filters={}) for k in range(50)]
+    manifest = Manifest.new(
+        shards, fmt="jsonl", base_url="http://127.0.0.1:1", app_id="app", filters={}
+    )
+    replace_file = _manifest.replace_file
+    written: list[list[str]] = []
+
+    def counted(path: Path, data: bytes, **options: Any) -> None:
+        written.append([s["status"] for s in orjson.loads(data)["shards"]])
+        replace_file(path, data, **options)
+
+    monkeypatch.setattr(_manifest, "replace_file", counted)
+    writer = _manifest.ManifestWriter(manifest, tmp_path)
+
+    async def ended(index: int) -> None:
+        manifest.shards[index].status = "failed"
+        await writer.write()
+        assert written[-1][index] == "failed"  # recorded on disk when its write returns
+
+    await asyncio.gather(*(ended(k) for k in range(50)))
+
+    assert written == [["failed"] + ["pending"] * 49, ["failed"] * 50]  # was 50 writes
+    await writer.write()  # one asked for later is written, though nothing changed
+    assert len(written) == 3
 
 
 async def test_a_merge_refuses_a_compressed_name_it_would_write_plain(
