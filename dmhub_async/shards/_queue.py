@@ -1419,6 +1419,7 @@ async def _follow(
                 # off from Redis, retrying) took back, to the end of the export.
                 if int(shard_index) in todo:
                     bar.update(int(shard_index), int(exported))
+            ended = False  # a shard found ended by this poll, recorded in the manifest
             for index in list(todo):
                 status = await jobs[index].status()
                 if status == JobStatus.not_found:
@@ -1458,6 +1459,11 @@ async def _follow(
                     outcome.status, outcome.error = "failed", unseen
                     outcome.retries = info.result.get("retries")
                 bar.settled(outcome)
+                ended = True
+            if ended:
+                # Once for the shards this poll found ended: a write each, in turn, was the
+                # whole manifest each time (1,000 shards: 26 ms a write, 26 s before the next
+                # poll, when a coordinator took up shards its workers had ended).
                 await manifest_writes.write()
             if todo:
                 await served.check(pool, todo, poll)
