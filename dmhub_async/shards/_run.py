@@ -501,6 +501,9 @@ class ProgressBar:
         self, enabled: bool, manifest: Manifest, on_total: TotalProgress | None = None
     ) -> None:
         self._done: dict[int, int] = {s.shard.index: s.exported for s in manifest.shards}
+        # Kept as each shard's count moves: summed again at each update, a queue coordinator's
+        # poll (every shard's progress) cost the shards' count squared (10,000 shards: 627 ms).
+        self._exported = sum(self._done.values())
         self._settled = {s.shard.index for s in manifest.shards if s.status == "complete"}
         self._total = sum(
             s.exported if s.shard.index in self._settled else s.shard.planned_count
@@ -513,7 +516,7 @@ class ProgressBar:
 
             self._bar = tqdm(
                 total=self._total or None,
-                initial=sum(self._done.values()),
+                initial=self._exported,
                 unit=" customers",
                 unit_scale=True,
                 desc=counted(len(manifest.shards), "shard"),
@@ -524,6 +527,7 @@ class ProgressBar:
         """Shard ``index`` has written ``exported`` customers so far."""
         before = self._done.get(index, 0)
         self._done[index] = exported
+        self._exported += exported - before
         if self._bar is not None and exported != before:
             self._bar.update(exported - before)
         if self._on_total is not None:
@@ -549,7 +553,7 @@ class ProgressBar:
     @property
     def exported(self) -> int:
         """Customers written so far, all shards together."""
-        return sum(self._done.values())
+        return self._exported
 
     def close(self) -> None:
         """Close the bar."""

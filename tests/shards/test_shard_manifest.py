@@ -32,7 +32,7 @@ from dmhub_async._atomic import naming
 from dmhub_async.cli import main
 from dmhub_async.export import _output, export_customers
 from dmhub_async.shards import MANIFEST_NAME, Manifest, Shard, _manifest, export_sharded, merge
-from dmhub_async.shards._run import export_shard
+from dmhub_async.shards._run import ProgressBar, export_shard
 from dmhub_async.testing import DMHubSimulator
 
 CUSTOMERS = 400
@@ -1072,6 +1072,44 @@ async def test_the_progress_total_ends_at_what_a_shard_ended_in_mismatch_exporte
     assert any(s.exported != s.shard.planned_count for s in ended)  # the test means something
 
     assert heard[-1] == (manifest.exported, manifest.exported)
+
+
+def test_a_shards_progress_is_added_to_the_total_not_summed_again_over_every_shard() -> None:
+    # Each progress a shard made summed every shard's count again for on_total: a queue's
+    # coordinator hears every shard's progress at each poll, so a poll cost the shards' count
+    # squared (4,096 shards: 89 ms of each 0.5 s poll; 10,000 shards: 627 ms, past the poll).
+    shards = [Shard(index=k, start=None, end=None, filters={}) for k in range(1_000)]
+    manifest = Manifest.new(
+        shards, fmt="jsonl", base_url="http://127.0.0.1:1", app_id="a", filters={}
+    )
+    manifest.shards[0].status, manifest.shards[0].exported = "complete", 7  # a rerun's: done
+    heard: list[tuple[int, int | None]] = []
+    bar = ProgressBar(False, manifest, lambda done, total: heard.append((done, total)))
+    read = 0
+
+    class Counted(dict[int, int]):
+        def values(self) -> Any:
+            nonlocal read
+            read += len(self)
+            return super().values()
+
+        def __iter__(self) -> Any:
+            nonlocal read
+            read += len(self)
+            return super().__iter__()
+
+    bar._done = Counted(bar._done)
+    for index in range(1, 1_000):  # a poll: every shard has written 5 customers
+        bar.update(index, 5)
+    bar.update(1, 9)
+    outcome = manifest.shards[2]
+    outcome.status, outcome.exported = "complete", 6
+    bar.settled(outcome)
+
+    assert heard[:2] == [(7 + 5, 7), (7 + 10, 7)]  # planned counts unknown: 0 each
+    assert heard[-1] == (7 + 999 * 5 + 4 + 1, 7 + 6)
+    assert bar.exported == heard[-1][0]
+    assert read < 1_000  # was 1,000 for each update (1,001,000)
 
 
 async def test_merging_what_there_is_leaves_out_another_exports_shorter_part(
