@@ -1,5 +1,6 @@
 """Calls run side by side: all at once (:func:`together`), or a few at a time (:func:`bounded`);
-one call bounded in time, its caller's cancellation never lost (:func:`within`)."""
+one call bounded in time, its caller's cancellation never lost (:func:`within`); a clean-up run
+to its end however often its caller is cancelled (:func:`to_the_end`)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import sys
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TypeVar
 
-__all__ = ["bounded", "together", "within"]
+__all__ = ["bounded", "to_the_end", "together", "within"]
 
 T = TypeVar("T")
 I = TypeVar("I")  # noqa: E741
@@ -84,3 +85,27 @@ async def _ended(task: asyncio.Future[T]) -> None:
     await asyncio.wait((task,))
     if not task.cancelled():
         task.exception()
+
+
+async def to_the_end(call: Awaitable[T]) -> T:
+    """``await call``, run to its end however often the caller is cancelled meanwhile, the
+    cancellation raised after: a clean-up (closing connections) that a cancel must not cut.
+
+    A second cancel (a task group's after an ``asyncio.timeout``'s) or anyio's cancel scope,
+    which cancels its task again at every turn of the loop until it leaves the scope, cut a
+    close short, its connections left open for the collector to find. ``call`` must end on
+    its own in bounded time (a close bounded by its socket timeouts), as
+    :func:`~dmhub_async._threads.on_thread`'s work is waited for.
+    """
+    task = asyncio.ensure_future(call)
+    cancelled: asyncio.CancelledError | None = None
+    while not task.done():
+        try:
+            await asyncio.wait((task,))
+        except asyncio.CancelledError as err:
+            cancelled = err
+    if cancelled is not None:
+        if not task.cancelled():
+            task.exception()  # seen: the caller's cancellation is what it raises
+        raise cancelled
+    return task.result()

@@ -42,6 +42,7 @@ from .._exceptions import (
 from .._redact import MASK
 from .._redis_send import pool_connections, sending_cancellably
 from .._shared_rate import check_shared_rate
+from .._tasks import to_the_end
 from .._tasks import within as _bounded_in_time
 from .._validate import (
     PERCENT_ENCODE,
@@ -1175,10 +1176,10 @@ async def run_on_queue(
             await _ping(pool)
             await _take_over_a_run_elsewhere(pool, where, manifest, todo)
         except (RedisError, OSError) as err:
-            await pool.aclose()
+            await to_the_end(pool.aclose())
             raise queue_redis_error(redis_url, err) from None
         except BaseException:
-            await pool.aclose()
+            await to_the_end(pool.aclose())
             raise
         _wait_as_the_workers_do(pool, redis_url)
         bar = ProgressBar(progress, manifest, on_total)
@@ -1472,8 +1473,13 @@ async def _follow(
         bar.close()
         # Its workers go on without it: the shard may be running, or done, on the queue.
         stopped(manifest.shards, LEFT_ON_THE_QUEUE)
-        await manifest_writes.write()
-        await pool.aclose()
+        try:
+            await manifest_writes.write()
+        finally:
+            # Closed even when the write raises, and to its end: a second cancel (a task
+            # group's after a timeout's, anyio's at every turn) landing as it wrote, or as it
+            # closed, left the pool's connections open, for the collector to find.
+            await to_the_end(pool.aclose())
     return manifest
 
 

@@ -1659,6 +1659,48 @@ async def test_a_coordinator_stopped_says_its_shards_were_left_on_the_queue(
     ), on_disk.shards
 
 
+def _clients(redis: RedisServer) -> int:
+    """The connections ``redis`` holds open (this question's own among them)."""
+    info = redis.command("INFO", "clients")
+    return int(info.split("connected_clients:")[1].split()[0])
+
+
+@pytest.mark.parametrize(
+    "gap", [1, 2, 0], ids=["as-it-writes-the-manifest", "as-it-closes", "at-every-turn"]
+)
+async def test_a_coordinator_cancelled_twice_closes_its_redis_connections(
+    tmp_path: Path, redis: RedisServer, gap: int
+) -> None:
+    # A second cancel (a task group's after an asyncio.timeout's, anyio's cancel scope that
+    # cancels at every turn, a Ctrl-C after a SIGTERM) landed as the stopped coordinator wrote
+    # its manifest: the write was waited for and the cancel raised, past the close of its
+    # Redis connections, left open until the collector found them (a ResourceWarning).
+    out = tmp_path / "out"
+    out.mkdir()
+    before = _clients(redis)
+    polling = asyncio.Event()
+
+    async def sleep(_: float) -> None:
+        polling.set()
+        await asyncio.Event().wait()  # a poll's wait, until the cancel
+
+    run = asyncio.ensure_future(
+        run_on_queue(redis.url, out, _two_windows(), progress=False, sleep=sleep)
+    )
+    await polling.wait()
+    run.cancel()
+    for _ in range(gap):
+        await asyncio.sleep(0)  # the first cancel taken: the manifest is being written
+    run.cancel()
+    while gap == 0 and not run.done():  # as anyio's cancel scope does, until the task leaves
+        await asyncio.sleep(0)
+        run.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await run
+    assert _clients(redis) == before
+    assert Manifest.read(out) is not None  # the manifest written all the same
+
+
 async def _stop(_: float) -> None:
     raise _Stop
 
