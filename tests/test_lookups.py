@@ -592,6 +592,39 @@ async def test_cancelling_lookup_many_cancels_its_lookups() -> None:
     assert not other_tasks()
 
 
+@pytest.mark.parametrize("gap", [1, 0], ids=["cancelled-twice", "cancelled-at-every-turn"])
+async def test_lookup_iter_cancelled_again_as_it_stops_cancels_every_lookup(gap: int) -> None:
+    # A second cancel (a task group's after an asyncio.timeout's; anyio's cancel scope, which
+    # cancels at every turn until its task leaves) landed as the stopping walk waited for
+    # its input's next item to end: out it came, its lookups never cancelled, and they ran
+    # on (and sent) after the call had ended, holding the client's slots.
+    client, ids = fake(0, latency=3600)
+    inputs, fed = fed_from_a_queue()
+    for identity in identities(4):
+        inputs.put_nowait(identity)
+
+    async def consume() -> None:
+        async for _ in ids.lookup_iter(fed, concurrency=8):
+            pass
+
+    task = asyncio.create_task(consume())
+    for _ in range(100):  # four lookups under way, the walk waiting for a fifth item
+        if client.in_flight == 4:
+            break
+        await asyncio.sleep(0)
+    task.cancel()
+    for _ in range(gap):
+        await asyncio.sleep(0)  # the walk stopping: its wait for the input's next item
+    task.cancel()
+    while gap == 0 and not task.done():
+        await asyncio.sleep(0)
+        task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert client.in_flight == 0
+    assert not other_tasks()
+
+
 def fed_from_a_queue() -> tuple[asyncio.Queue[Identity | None], AsyncIterator[Identity]]:
     """A queue, and an async input of what is put on it until None."""
     inputs: asyncio.Queue[Identity | None] = asyncio.Queue()

@@ -403,13 +403,18 @@ class Identities(Resource):
             while window:
                 yield await drain_one()
         finally:
+            # Everything cancelled before the one wait: a second cancel (a task group's after a
+            # timeout's, anyio's at every turn) landing in a wait for the input's next item
+            # came out of it, and the lookups, never cancelled, ran on and sent after the call
+            # had ended. The gather waits for them all, cancelled again or not; the input's
+            # next item ends before the input is closed (a generator running cannot be).
+            held: list[asyncio.Future[Any]] = [future for _, future in window]
             if next_item is not None:
-                next_item.cancel()
-                await asyncio.gather(next_item, return_exceptions=True)
-            for _, future in window:
+                held.append(next_item)
+            for future in held:
                 future.cancel()
-            if window:
-                await asyncio.gather(*(f for _, f in window), return_exceptions=True)
+            if held:
+                await asyncio.gather(*held, return_exceptions=True)
             await source.aclose()
 
 
