@@ -34,6 +34,7 @@ import attrs
 from .._auth import FileTokenStore, RedisTokenStore, TokenStore
 from .._exceptions import DMHubError
 from .._logging import show_log
+from .._tasks import to_the_end
 from .._validate import check_flag
 from ..export import ExportProgress
 from ..export._export import Verify, check_verify, retries_of
@@ -446,24 +447,41 @@ async def _supervise(
                 unwritten = False
                 await manifest_writes.write()
     finally:
-        for reader in events:
-            reader.close()
-        for proc, (tasks, _) in busy.items():
-            if proc.is_alive():
-                tasks.put(None)
-        # One grace period for them all, not one each: waited for in turn, workers stuck on a
-        # slow page (a struggling service, a long Retry-After) held a cancelled run (the CLI's
-        # Ctrl-C) 10 s a worker. A worker killed then resumes from its checkpoint on a rerun.
-        deadline = loop.time() + STOP_GRACE
-        for proc in busy:
-            await loop.run_in_executor(None, proc.join, max(0.0, deadline - loop.time()))
-            if proc.is_alive():
-                proc.kill()
-                await loop.run_in_executor(None, proc.join, 5)
-        bar.close()
-        stopped(manifest.shards)  # its workers stopped with it, or killed
-        await manifest_writes.write()
+        # To its end however often the run is cancelled meanwhile: a second cancel (a task
+        # group's after a timeout's; anyio's cancel scope, at every turn) landing in the wait
+        # for a worker came out of it, and the run returned at once with its workers alive
+        # (exporting on, their parts' locks held) and its manifest saying them "running".
+        await to_the_end(_stop(events, busy, bar, manifest, manifest_writes))
     return manifest
+
+
+async def _stop(
+    events: list[Connection],
+    busy: dict[BaseProcess, tuple[Any, int | None]],
+    bar: ProgressBar,
+    manifest: Manifest,
+    manifest_writes: ManifestWriter,
+) -> None:
+    """Stop the workers of a run that ends (killed past the grace period), and write the
+    manifest as they left it."""
+    loop = asyncio.get_running_loop()
+    for reader in events:
+        reader.close()
+    for proc, (tasks, _) in busy.items():
+        if proc.is_alive():
+            tasks.put(None)
+    # One grace period for them all, not one each: waited for in turn, workers stuck on a
+    # slow page (a struggling service, a long Retry-After) held a cancelled run (the CLI's
+    # Ctrl-C) 10 s a worker. A worker killed then resumes from its checkpoint on a rerun.
+    deadline = loop.time() + STOP_GRACE
+    for proc in busy:
+        await loop.run_in_executor(None, proc.join, max(0.0, deadline - loop.time()))
+        if proc.is_alive():
+            proc.kill()
+            await loop.run_in_executor(None, proc.join, 5)
+    bar.close()
+    stopped(manifest.shards)  # its workers stopped with it, or killed
+    await manifest_writes.write()
 
 
 @contextlib.contextmanager

@@ -174,6 +174,50 @@ async def test_a_run_cancelled_while_its_workers_wait_for_pages_ends_in_one_grac
     assert all("stopped before it ended" in (s.error or "") for s in on_disk.shards)
 
 
+@pytest.mark.parametrize("again", [2, 0], ids=["cancelled-twice", "cancelled-at-every-turn"])
+async def test_a_run_cancelled_again_as_it_stops_its_workers_still_stops_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, again: int
+) -> None:
+    # A second cancel (a task group's after an asyncio.timeout's; anyio's cancel scope, which
+    # cancels at every turn until its task leaves) landed in the wait for the workers: the run
+    # returned at once, its workers alive, exporting on with their parts locked, and the
+    # manifest left saying "running" for their shards.
+    from dmhub_async.testing import DMHubSimulator
+
+    monkeypatch.setattr(_local, "STOP_GRACE", 1.0)
+    out = tmp_path / "out"
+    async with DMHubSimulator(customers=300) as sim:
+        credentials = {"app_id": sim.app_id, "secret": sim.secret, "base_url": sim.url}
+        async with DMHubClient(**credentials) as dm:
+            manifest = await prepare(dm, out, 2)
+        sim.faults.paths = ("GET /v1/customers",)
+        sim.faults.latency = 60.0  # every page: the workers are all waiting on one
+        running = asyncio.ensure_future(
+            run_in_processes(None, out, manifest, 2, client=credentials, progress=False)
+        )
+        for _ in range(1200):
+            if sim.counters.routes["GET /v1/customers"] >= 2:
+                break
+            await asyncio.sleep(0.05)
+        assert sim.counters.routes["GET /v1/customers"] >= 2
+
+        running.cancel()
+        for _ in range(again):
+            await asyncio.sleep(0)  # the run stopping: waiting for its workers to end
+        running.cancel()
+        while again == 0 and not running.done():
+            await asyncio.sleep(0)
+            running.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await running
+
+    assert not multiprocessing.active_children()
+    on_disk = Manifest.read(out)
+    assert on_disk is not None
+    assert [s.status for s in on_disk.shards] == ["pending"] * 2
+    assert all("stopped before it ended" in (s.error or "") for s in on_disk.shards)
+
+
 @pytest.mark.skipif(not hasattr(os, "getuid"), reason="POSIX: flock")
 def test_a_private_token_directory_outlives_only_a_dead_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
