@@ -147,7 +147,7 @@ async def late_check(
             lambda: _lock(part, by="another export or merge"), lambda held: _release(*held)
         )
         try:
-            await file_work(lambda: _sweep(part, "tmp"))  # a copy a killed check left
+            await file_work(lambda: _sweep_killed_check(part))
             result = await _check(client, where, manifest, outcome, concurrency)
         finally:
             _release(*lock)
@@ -322,6 +322,14 @@ class _Hashing:
         for line in self._fh:
             self._digest.update(line)
             yield line
+
+
+def _sweep_killed_check(part: Path) -> None:
+    """Remove what a killed late check of ``part`` left (its lock held): the copy it was
+    writing, and the temporary file of its note (:func:`_said`), which no other sweep's name
+    matches: each kill while the note was written left one more, for good."""
+    _sweep(part, "tmp")
+    _sweep(_said(part), "tmp")
 
 
 def _said(part: Path) -> Path:

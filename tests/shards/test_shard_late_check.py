@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -25,7 +26,7 @@ from _redis import RedisServer
 from aiohttp import web
 from shard_support import child_env, exported_ids, queue_workers, sim_process
 
-from dmhub_async import DMHubClient, FileTokenStore, InvalidRequestError, RedisTokenStore
+from dmhub_async import DMHubClient, FileTokenStore, InvalidRequestError, RedisTokenStore, _atomic
 from dmhub_async.shards import (
     LateCheck,
     Manifest,
@@ -234,6 +235,44 @@ async def test_a_crash_between_the_parts_replace_and_the_manifest_is_healed_by_a
     assert not (out / f".{last.file}.late").exists()  # the manifest says it now
     ids = merged_ids(out, tmp_path / "all.jsonl")
     assert sorted(ids) == sorted(wanted)
+
+
+async def test_a_kill_while_the_late_checks_note_is_written_leaves_no_file_after_the_rerun(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Killed while it wrote its note (``.part-00001.jsonl.late``, through a temporary file
+    beside it), the late check left that temporary file (``..part-00001.jsonl.late.xxxxxxxx
+    .tmp``): no rerun removed it, one more each such kill (found by a sweep of kills at every
+    file operation of a sharded export)."""
+    out = tmp_path / "out"
+    async with DMHubSimulator(customers=400, seed=7) as sim:
+        async with DMHubClient(sim.app_id, sim.secret, base_url=sim.url) as dm:
+            assert (await export_sharded(dm, out, 2, progress=False)).complete
+            sim.insert_customer({"name": "signed up while it was down"})
+
+            class Killed(Exception):
+                pass
+
+            def killed_writing(path: Path, data: bytes, **_: Any) -> None:
+                # What a kill -9 leaves: the temporary file half written, nothing cleaned up.
+                fd, _tmp = _atomic.temporary_beside(path, ".tmp")
+                os.write(fd, data[: len(data) // 2])
+                os.close(fd)
+                raise Killed
+
+            with monkeypatch.context() as patched:
+                patched.setattr(_late, "replace_file", killed_writing)
+                with pytest.raises(Killed):
+                    await export_sharded(dm, out, 2, progress=False)
+            assert [p.name for p in out.glob("..part-*.late.*.tmp")] != []
+
+            healed = await export_sharded(dm, out, 2, progress=False)
+        wanted = sim.customer_ids()
+
+    assert healed.complete
+    assert sorted(merged_ids(out, tmp_path / "all.jsonl")) == sorted(wanted)
+    parts = {o.file for o in healed.shards}
+    assert sorted(p.name for p in out.iterdir() if p.name not in parts) == ["manifest.json"]
 
 
 async def test_nothing_is_late_checked_while_a_shard_is_not_complete(tmp_path: Path) -> None:
