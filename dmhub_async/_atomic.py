@@ -88,8 +88,9 @@ def make_private_directory(directory: Path) -> None:
 
 
 @contextmanager
-def naming(path: Path) -> Iterator[None]:
-    """An OSError of the block that names no file names ``path``, the file being written.
+def naming(path: Path, hidden: Path | None = None) -> Iterator[None]:
+    """An OSError of the block that names no file (or only ``hidden``, the temporary file
+    that is to take ``path``'s name) names ``path``, the file being written.
 
     A write, ``flush`` or ``fsync`` that fails (a full disk: ENOSPC, or EFBIG under a file
     size limit) raises an error without a file name, and the command line said only "error:
@@ -97,12 +98,17 @@ def naming(path: Path) -> Iterator[None]:
     system (one with an ``errno``): the SDK's ``APITimeoutError`` is a ``TimeoutError`` too,
     and one raised in the block (a lookup writing its rows as they come) named the file read
     "[Errno None] None: 'found.csv'".
+
+    ``hidden``: the rename of a temporary file (or its mode given, which names none) that
+    failed named that hidden file (``.customers.ckpt.k2j4m9xq.tmp: Input/output error``),
+    which nobody asked for and which was removed as the run failed.
     """
     try:
         yield
     except OSError as err:
-        if err.filename is None and err.errno is not None:
-            err.filename = str(path)
+        unnamed = err.filename is None or (hidden is not None and err.filename == str(hidden))
+        if unnamed and err.errno is not None:
+            err.filename, err.filename2 = str(path), None
         raise
 
 
@@ -143,7 +149,8 @@ def replacing(
                 os.fsync(fh.fileno())
         if before_rename is not None:
             before_rename()
-        put_in_place(Path(tmp), path, replace=replace)
+        with naming(path, Path(tmp)):
+            put_in_place(Path(tmp), path, replace=replace)
     except BaseException:
         remove_or_warn(Path(tmp), "temporary file")
         raise

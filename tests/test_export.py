@@ -1417,6 +1417,54 @@ async def test_a_full_disk_names_the_checkpoint_it_could_not_write(
     assert raised.value.filename == str(ckpt)
 
 
+async def test_a_checkpoint_that_cannot_take_its_name_names_the_checkpoint(
+    client: DMHubClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The rename of the checkpoint's temporary file failed (a disk error): the error named
+    # that hidden file (".customers.ckpt.k2j4m9xq.tmp: Input/output error"), which the
+    # failed run then removed, not the checkpoint.
+    dest, ckpt = tmp_path / "customers.jsonl", tmp_path / "customers.ckpt"
+    replace = os.replace
+
+    def failing(src: Any, dst: Any) -> None:
+        if str(src).endswith(".tmp"):  # the checkpoint's mkstemp
+            raise OSError(errno.EIO, "Input/output error", str(src), None, str(dst))
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", failing)
+    with pytest.raises(OSError, match="Input/output error") as raised:
+        await export_customers(client, dest, checkpoint=ckpt, progress=False)
+
+    assert raised.value.filename == str(ckpt)
+    assert ".tmp" not in str(raised.value)
+
+
+@pytest.mark.parametrize("failing", ["fchmod", "replace"])
+async def test_an_output_that_cannot_take_its_name_or_mode_names_the_output(
+    client: DMHubClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: str
+) -> None:
+    # The work file written, it could not be given its mode, or its name (a disk error): the
+    # error named no file ("error: Input/output error"), or the hidden work file the failed
+    # run then removed (".customers.jsonl.xxxxxxxx.part: Input/output error").
+    dest = tmp_path / "customers.jsonl"
+    real = getattr(os, failing)
+
+    def fails(*args: Any) -> None:
+        if failing == "fchmod":
+            raise OSError(errno.EIO, "Input/output error")
+        if str(args[0]).endswith(".part"):
+            raise OSError(errno.EIO, "Input/output error", str(args[0]), None, str(args[1]))
+        real(*args)
+
+    monkeypatch.setattr(os, failing, fails)
+    with pytest.raises(OSError, match="Input/output error") as raised:
+        await export_customers(client, dest, progress=False)
+
+    assert raised.value.filename == str(dest)
+    assert ".part" not in str(raised.value)
+    assert files_in(tmp_path) == []
+
+
 async def test_an_export_failing_on_a_full_disk_leaves_what_its_checkpoint_covers(
     sim: DMHubSimulator, client: DMHubClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

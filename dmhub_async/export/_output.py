@@ -220,8 +220,9 @@ class Output:
     def _in_place(self, work: Path) -> Path:
         """The file written (open, synced) takes the output's name, and its mode."""
         assert self._dest is not None
-        give_open_mode(self.fh.fileno())  # as open() would have made it
-        put_in_place(work, self._dest, replace=self._replace)
+        with naming(self._dest, work):
+            give_open_mode(self.fh.fileno())  # as open() would have made it
+            put_in_place(work, self._dest, replace=self._replace)
         return self._dest
 
     def finish(self, complete: bool = True) -> None:
