@@ -8,6 +8,7 @@ import os
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from shard_support import (
@@ -133,6 +134,25 @@ def part_sizes(out: Path) -> list[int]:
     return sizes
 
 
+async def _run_waiting_on_pages(sim: Any, out: Path, workers: int) -> asyncio.Future[Manifest]:
+    """``run_in_processes`` of ``workers`` shards of ``sim``'s customers into ``out``, under way:
+    each worker waiting on a page the simulator holds back a minute."""
+    credentials = {"app_id": sim.app_id, "secret": sim.secret, "base_url": sim.url}
+    async with DMHubClient(**credentials) as dm:
+        manifest = await prepare(dm, out, workers)
+    sim.faults.paths = ("GET /v1/customers",)
+    sim.faults.latency = 60.0  # every page: the workers are all waiting on one
+    running = asyncio.ensure_future(
+        run_in_processes(None, out, manifest, workers, client=credentials, progress=False)
+    )
+    for _ in range(1200):  # bounded: a minute at most
+        if sim.counters.routes["GET /v1/customers"] >= workers:
+            break
+        await asyncio.sleep(0.05)
+    assert sim.counters.routes["GET /v1/customers"] >= workers
+    return running
+
+
 async def test_a_run_cancelled_while_its_workers_wait_for_pages_ends_in_one_grace_period(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -144,19 +164,7 @@ async def test_a_run_cancelled_while_its_workers_wait_for_pages_ends_in_one_grac
     monkeypatch.setattr(_local, "STOP_GRACE", 1.0)
     out = tmp_path / "out"
     async with DMHubSimulator(customers=300) as sim:
-        credentials = {"app_id": sim.app_id, "secret": sim.secret, "base_url": sim.url}
-        async with DMHubClient(**credentials) as dm:
-            manifest = await prepare(dm, out, 3)
-        sim.faults.paths = ("GET /v1/customers",)
-        sim.faults.latency = 60.0  # every page: the workers are all waiting on one
-        running = asyncio.ensure_future(
-            run_in_processes(None, out, manifest, 3, client=credentials, progress=False)
-        )
-        for _ in range(1200):
-            if sim.counters.routes["GET /v1/customers"] >= 3:
-                break
-            await asyncio.sleep(0.05)
-        assert sim.counters.routes["GET /v1/customers"] >= 3
+        running = await _run_waiting_on_pages(sim, out, 3)
 
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -187,19 +195,7 @@ async def test_a_run_cancelled_again_as_it_stops_its_workers_still_stops_them(
     monkeypatch.setattr(_local, "STOP_GRACE", 1.0)
     out = tmp_path / "out"
     async with DMHubSimulator(customers=300) as sim:
-        credentials = {"app_id": sim.app_id, "secret": sim.secret, "base_url": sim.url}
-        async with DMHubClient(**credentials) as dm:
-            manifest = await prepare(dm, out, 2)
-        sim.faults.paths = ("GET /v1/customers",)
-        sim.faults.latency = 60.0  # every page: the workers are all waiting on one
-        running = asyncio.ensure_future(
-            run_in_processes(None, out, manifest, 2, client=credentials, progress=False)
-        )
-        for _ in range(1200):
-            if sim.counters.routes["GET /v1/customers"] >= 2:
-                break
-            await asyncio.sleep(0.05)
-        assert sim.counters.routes["GET /v1/customers"] >= 2
+        running = await _run_waiting_on_pages(sim, out, 2)
 
         running.cancel()
         for _ in range(again):
