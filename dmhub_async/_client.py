@@ -29,6 +29,7 @@ from ._sansio import DEFAULT_AUTH_ERROR_CODES, APIResponse
 from ._session import ClientStats, Session, env_proxy, is_loopback
 from ._validate import (
     check_codes,
+    check_flag,
     check_number,
     check_request,
     check_settings,
@@ -156,6 +157,8 @@ class DMHubClient:
             auth_error_codes,
             optional=frozenset({"rate_limit"}),
         )
+        # "false" or "no" (a setting read as text) is true: plain http went through unasked.
+        check_flag("DMHubClient", "allow_insecure_http", allow_insecure_http)
         self.app_id = app_id
         if not access_token and not (self.app_id and secret):
             raise InvalidRequestError(

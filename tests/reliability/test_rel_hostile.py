@@ -662,6 +662,23 @@ def test_plain_http_to_another_machine_is_accepted_when_asked_for() -> None:
     assert dm.base_url == "http://api.convertlab.com"
 
 
+@pytest.mark.parametrize("flag", ["false", "no", "0", 1, 1.0, [0]])
+def test_allow_insecure_http_that_is_no_bool_is_refused(flag: Any) -> None:
+    # A truthy value that is not True (a setting read as text, "false") let plain http to
+    # another machine through: the secret and every token went out in clear, unasked for.
+    with pytest.raises(InvalidRequestError) as caught:
+        DMHubClient(
+            access_token=TOKEN, base_url="http://api.convertlab.com", allow_insecure_http=flag
+        )
+    assert str(caught.value) == (
+        f"DMHubClient(): allow_insecure_http must be True or False, not {flag!r}"
+    )
+    with pytest.raises(InvalidRequestError, match="allow_insecure_http must be True or False"):
+        DMHubClient(
+            access_token=TOKEN, base_url="https://api.convertlab.com", allow_insecure_http=flag
+        )
+
+
 # -- 7. a cancelled wait gives its rate-limiter slot back -----------------------------------------
 
 
