@@ -34,7 +34,7 @@ from .._converter.scalars import parse_timestamp
 from .._exceptions import InvalidRequestError
 from .._retry import http_date
 from .._threads import on_thread
-from .._validate import short
+from .._validate import check_flag, short
 from .._words import counted
 from ..export._checkpoint import ExportScope, recorded_scope
 from ..export._export import FORMAT_OF_SUFFIX, Verify, check_output_name
@@ -714,7 +714,8 @@ def merge(
     until it ends.
 
     Raises:
-        InvalidRequestError: ``dest`` inside ``directory``, not a regular file (a symbolic link,
+        InvalidRequestError: ``allow_incomplete`` not True or False; ``dest`` inside
+            ``directory``, not a regular file (a symbolic link,
             a named pipe, a device, a directory), in no writable folder, or named as the other
             format (``all.csv`` for JSON lines parts) or as JSON (``all.json``), no manifest, a
             part missing, the export not complete, or a complete part changed since it was
@@ -730,6 +731,8 @@ def merge(
             naming the file), or ``dest`` cannot be written once begun (a full disk), as
             :func:`~dmhub_async.export.export_customers` raises one.
     """
+    # "false" (a setting read as text) was true: a part cut short went in as far as it went.
+    check_flag("merge", "allow_incomplete", allow_incomplete)
     return merge_parts(directory, dest, allow_incomplete=allow_incomplete)[0]
 
 

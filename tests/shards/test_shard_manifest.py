@@ -100,6 +100,19 @@ async def test_a_merge_refuses_a_part_cut_short_since_it_was_exported(
     assert merge(done, tmp_path / "all.jsonl", allow_incomplete=True) < CUSTOMERS
 
 
+@pytest.mark.parametrize("flag", ["false", "no", 1, None])
+async def test_a_merge_refuses_allow_incomplete_that_is_no_bool(
+    done: Path, tmp_path: Path, flag: Any
+) -> None:
+    # allow_incomplete="false" (a setting read as text) was true: a part cut short went in
+    # as far as it went, and the merge wrote a file short of customers as asked not to.
+    cut_short(done / "part-00002.jsonl")
+    with pytest.raises(InvalidRequestError) as caught:
+        merge(done, tmp_path / "all.jsonl", allow_incomplete=flag)
+    assert str(caught.value) == f"merge(): allow_incomplete must be True or False, not {flag!r}"
+    assert not (tmp_path / "all.jsonl").exists()
+
+
 def edited(data: bytes) -> bytes:
     """``data`` with its first digit changed: another id (or field), the same size."""
     at = next(i for i, b in enumerate(data) if chr(b).isdigit())
