@@ -24,7 +24,7 @@ from .._retry import RETRY_TALLY, RetryTally
 from .._threads import file_work, on_thread
 from .._validate import check_flag, short
 from ..resources._batches import walked_ids
-from ..resources._filters import checked_ids, read_id_list
+from ..resources._filters import checked_ids, read_once
 from ..resources.customers import CustomerFilters, customer_filter_params, long_id_list
 from ._checkpoint import Checkpoint, ExportScope, id_list_digest, recorded_scope
 from ._ids import IdSet
@@ -111,7 +111,7 @@ async def export_customers(
     tally = RetryTally()
     kept = RETRY_TALLY.set(tally)
     chosen = dict(filters)
-    read_id_list(chosen)  # a generator: read here, once, not by the checks and then the walk
+    read_once(chosen)  # a generator: read here, once, not by the checks and then the walk
     try:
         return await _export(
             client,

@@ -34,7 +34,7 @@ __all__ = [
     "checked_ids",
     "customer_filter_params",
     "id_list_param",
-    "read_id_list",
+    "read_once",
     "wire_field",
 ]
 
@@ -126,17 +126,19 @@ def id_list_param(method: str, value: Any) -> str:
     return ",".join(map(str, checked_ids(method, value)))
 
 
-def read_id_list(filters: dict[str, Any]) -> None:
-    """The caller's ``id_list`` (any iterable) read once, here, into a list in ``filters``.
+def read_once(filters: dict[str, Any]) -> None:
+    """The caller's ``id_list`` and ``select`` (any iterable) read once, here, into lists in
+    ``filters``.
 
     For a call that reads its filters more than once (the export checks them, counts, walks and
     checks again; a sharded export records them, then plans): a generator was read by the first
-    and found empty by the next, "id_list is empty". A non-iterable is left for the checks to
-    refuse.
+    and found empty by the next, "id_list is empty" ("select names no field"). A non-iterable
+    is left for the checks to refuse.
     """
-    ids = filters.get("id_list")
-    if ids is not None and not isinstance(ids, list) and is_collection(ids):
-        filters["id_list"] = list(ids)
+    for name in ("id_list", "select"):
+        value = filters.get(name)
+        if value is not None and not isinstance(value, list) and is_collection(value):
+            filters[name] = list(value)
 
 
 def checked_ids(method: str, value: Any, name: str = "id_list") -> list[Any]:

@@ -30,7 +30,7 @@ from .._words import counted
 from ..export import ExportProgress, ExportReport, export_customers
 from ..export._export import Verify, check_run, check_verify, retries_of
 from ..export._output import _lock, _release, _sweep
-from ..resources._filters import check_filter_names, read_id_list
+from ..resources._filters import check_filter_names, read_once
 from ..resources.customers import CustomerFilters
 from ._late import LATE_MISMATCH, grown_by_late_check, late_check, late_checked
 from ._manifest import (
@@ -300,7 +300,7 @@ async def prepare(
         raise InvalidRequestError(f"format must be 'jsonl' or 'csv', not {short(format)}")
     check_shards(shards, "prepare")
     # A generator: read here, once; the manifest's record read it, the plan found it empty.
-    read_id_list(filters)
+    read_once(filters)
     recorded = manifest_filters(filters, client.timezone)
     with coordinating(directory):
         return await _prepare(client, Path(directory), shards, format, verify, recorded, filters)

@@ -366,6 +366,20 @@ async def test_a_sharded_export_takes_an_id_list_of_any_iterable_as_the_same_lis
     assert sum(s.planned_count for s in planned) == len(ids)
 
 
+async def test_a_sharded_export_takes_a_select_of_a_generator_as_the_same_list(
+    sim: DMHubSimulator, dm: DMHubClient, tmp_path: Path
+) -> None:
+    # The manifest's record of the filters read the generator, and the plan's first count
+    # found it empty: "count(): select names no field", nothing exported.
+    manifest = await export_sharded(
+        dm, tmp_path / "out", 3, progress=False, select=(f for f in ["name"])
+    )
+
+    assert manifest.complete
+    assert manifest.filters["select"] == ["name"]
+    assert sorted(exported_ids(tmp_path / "out")) == sorted(sim.customer_ids())
+
+
 async def test_a_rerun_takes_up_the_plan_in_the_directory(
     sim: DMHubSimulator, dm: DMHubClient, tmp_path: Path
 ) -> None:
