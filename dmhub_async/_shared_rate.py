@@ -30,10 +30,12 @@ from ._validate import (
     REDIS_MAX_SECONDS,
     check_number,
     check_redis_options,
+    check_text,
     password_misread,
     printable,
     redis_url_error,
     redis_where,
+    short,
     shown_even_half_made,
 )
 
@@ -121,8 +123,8 @@ class RedisRateLimiter:
         sleep: the wait between tries (``asyncio.sleep``).
 
     Raises:
-        InvalidRequestError: a bad rate (one no such window holds too), timeout or URL (at
-            once, nothing is sent).
+        InvalidRequestError: a bad rate (one no such window holds too), timeout, URL, key (no
+            str, or one UTF-8 cannot carry) or sleep (at once, nothing is sent).
     """
 
     def __init__(
@@ -138,6 +140,14 @@ class RedisRateLimiter:
         check_number(
             "timeout", timeout, 0, inclusive=False, finite=True, what="a number of seconds"
         )
+        # Checked here: None was taken as "None", one window for every caller whose setting
+        # was unset; a lone surrogate failed each request as a Redis that "cannot be reached";
+        # a sleep that is no function was a raw TypeError at the first wait.
+        if not isinstance(key, str):
+            raise InvalidRequestError(f"key must be a str, not {short(key)}")
+        check_text("RedisRateLimiter", "key", key)
+        if not callable(sleep):
+            raise InvalidRequestError(f"sleep must be a function, not {short(sleep)}")
         # unix:// too: a worker's limit is on the queue's Redis, which may be a socket's (a
         # worker --redis unix://... --rate-limit stopped at its start, the URL refused).
         if not isinstance(url, str) or urlsplit(url).scheme not in ("redis", "rediss", "unix"):

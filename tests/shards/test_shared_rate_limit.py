@@ -248,6 +248,30 @@ def test_a_bad_timeout_is_refused(timeout: Any) -> None:
 
 
 @pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"key": None}, "key must be a str, not None"),  # key=os.environ.get(...), unset
+        ({"key": 5}, "key must be a str, not 5"),
+        (
+            {"key": "tenant-\udcff"},  # an environment variable's bytes, not UTF-8
+            "RedisRateLimiter(): key holds a lone surrogate ('\\udcff' at 7), which cannot be"
+            " sent as UTF-8",
+        ),
+        ({"sleep": 5}, "sleep must be a function, not 5"),
+    ],
+    ids=["None", "an int", "a lone surrogate", "a sleep that is no function"],
+)
+def test_a_bad_key_or_sleep_is_refused_when_made(options: dict[str, Any], message: str) -> None:
+    # A key that is no text was taken ("dmhub_async:None", one window for every caller whose
+    # setting was unset); one UTF-8 cannot carry failed each request as "the shared rate
+    # limit ... cannot be reached", blaming the network; a sleep that is no function raised
+    # a raw TypeError at the first wait.
+    with pytest.raises(InvalidRequestError) as refused:
+        RedisRateLimiter("redis://x/0", 5, **options)
+    assert str(refused.value) == message
+
+
+@pytest.mark.parametrize(
     "rate", [_MIN_RATE, _MAX_RATE, int(_MAX_RATE)], ids=["min", "max", "max int"]
 )
 async def test_the_slowest_and_fastest_rates_taken_are_ones_redis_keeps(
