@@ -66,9 +66,17 @@ class FileTokenStore:
             check_number(
                 "lock_timeout", lock_timeout, 0, inclusive=True, finite=True, what=_SECONDS
             )
-        if not isinstance(path, (str, os.PathLike)):
+        # A path-like of bytes was a raw TypeError from Path(); a NUL, which no file name holds,
+        # was taken, and each call's ValueError read as the store being down: every client
+        # then fetched a token of its own, revoking the others', for as long as it ran.
+        name = os.fspath(path) if isinstance(path, (str, os.PathLike)) else None
+        if not isinstance(name, str):
             raise InvalidRequestError(f"path must be a path, not {type(path).__name__}")
-        self.path = Path(path)
+        if "\x00" in name:
+            raise InvalidRequestError(
+                f"path {name!r} holds a NUL character, which no file name can"
+            )
+        self.path = Path(name)
         try:
             is_dir = self.path.is_dir()
         except OSError:  # a name too long (a raw OSError out of the constructor): see _FOR_GOOD

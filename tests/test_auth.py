@@ -627,6 +627,28 @@ async def test_store_errors_are_token_store_errors_naming_the_store(tmp_path):
         FileTokenStore(tmp_path / "tokens.json")
 
 
+class _BytesPath:
+    """A path-like whose path is bytes (os.PathLike[bytes]), as os.DirEntry of bytes is."""
+
+    def __init__(self, path: bytes) -> None:
+        self.path = path
+
+    def __fspath__(self) -> bytes:
+        return self.path
+
+
+def test_a_file_store_path_no_file_can_have_is_refused_when_made(tmp_path):
+    # A NUL was taken: each call then failed with a ValueError, read as the store being down,
+    # so every client fetched a token of its own (revoking the others') with a warning that
+    # blamed the store, as long as it ran. A bytes path-like was a raw TypeError.
+    path = tmp_path / "tokens\x00.json"
+    with pytest.raises(InvalidRequestError) as caught:
+        FileTokenStore(path)
+    assert str(caught.value) == f"path {str(path)!r} holds a NUL character, which no file name can"
+    with pytest.raises(InvalidRequestError, match="path must be a path, not _BytesPath"):
+        FileTokenStore(_BytesPath(b"/tmp/tokens.json"))  # type: ignore[arg-type]
+
+
 async def test_file_store_makes_a_private_directory_and_an_unguessable_temp_file(tmp_path):
     # Issue 13 item 5: the old temp file, tokens.json.<pid>.tmp, was opened without O_EXCL or
     # O_NOFOLLOW: a link planted at that name sent the token wherever it pointed.
