@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import operator
 import sys
 import traceback
 from collections.abc import (
@@ -124,6 +125,8 @@ class AsyncPaginator(Generic[T]):
             )
         if dedupe != "none" and key is None:
             raise InvalidRequestError("dedupe needs a key")
+        # Plain ints: an int subclass's str (its repr, CustomerId(7)) went out as rows= and page=.
+        page_size, start_page = operator.index(page_size), operator.index(start_page)
         self._fetch = fetch
         self.page_size = page_size
         self.start_page = start_page

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import math
+import operator
 import re
 import reprlib
 import types
@@ -390,7 +391,7 @@ def _request_query(params: object) -> Mapping[str, str]:
                 )
             if query is None:
                 query = dict(params)
-            query[name] = value = str(value)
+            query[name] = value = int.__repr__(value)  # its digits, whatever its class's str
         size += len(name) + len(value) + 2
         ascii_only = ascii_only and name.isascii() and value.isascii()
     checked: Mapping[str, str] = query if query is not None else params
@@ -695,7 +696,11 @@ def _is_instance(value: Any, allowed: tuple[type, ...]) -> bool:
 
 
 def check_id(method: str, customer_id: object) -> int:
-    """A customer id as an int, or InvalidRequestError (ids are 64-bit ints on the wire)."""
+    """A customer id as a plain int, or InvalidRequestError (ids are 64-bit ints on the wire).
+
+    Plain: an int subclass of the caller's (a typed id whose ``__repr__`` is its own) went out
+    as its text, ``/v1/customers/CustomerId(7)``, which the service could only refuse.
+    """
     if isinstance(customer_id, bool) or not isinstance(customer_id, int):
         raise InvalidRequestError(
             f"{method}(): a customer id must be an int, not {type(customer_id).__name__}"
@@ -705,7 +710,7 @@ def check_id(method: str, customer_id: object) -> int:
             f"{method}(): customer id {short(customer_id)} is out of range: ids are 64-bit,"
             " from 0 to 2**63 - 1"
         )
-    return customer_id
+    return customer_id if type(customer_id) is int else operator.index(customer_id)
 
 
 def check_identity(method: str, identity: object) -> Identity:

@@ -18,6 +18,7 @@ this runs in seconds and fails the same way every time; what it found is kept as
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import json
 import math
@@ -30,6 +31,7 @@ from decimal import Decimal
 from typing import Any
 
 import attrs
+import pytest
 from _helpers import BASE
 from aioresponses import CallbackResult, aioresponses
 from hypothesis import HealthCheck, example, given, settings
@@ -55,10 +57,16 @@ class Sent:
 
     requests: list[str] = attrs.field(factory=list)
     malformed: list[str] = attrs.field(factory=list)
+    #: Each call but the token request: its method, path, query and body (JSON, read).
+    calls: list[tuple[str, str, dict[str, str], Any]] = attrs.field(factory=list)
 
     def answer(self, url: Any, **kwargs: Any) -> CallbackResult:
         text = str(url)
         self.requests.append(f"{kwargs.get('method', '')} {text[:200]}")
+        if not url.path.endswith("/accesstoken"):
+            data = kwargs.get("data")
+            read = None if data is None else json.loads(data)
+            self.calls.append((kwargs.get("method", ""), url.path, dict(url.query), read))
         given = {k: str(v) for k, v in (kwargs.get("params") or {}).items()}
         if dict(url.query) != given:  # yarl dropped or changed a character
             self.malformed.append(f"query {dict(url.query)!r:.200} is not {given!r:.200}")
@@ -110,7 +118,8 @@ async def run(call: Callable[[DMHubClient], Any], **settings: Any) -> Sent:
     with aioresponses() as api, warnings.catch_warnings():
         warnings.simplefilter("ignore", NaiveDatetimeWarning)  # the timezone tests check it
         for method in ("get", "post", "put", "delete"):
-            getattr(api, method)(re.compile(r"^.*$"), callback=sent.answer, repeat=True)
+            answer = functools.partial(sent.answer, method=method.upper())
+            getattr(api, method)(re.compile(r"^.*$"), callback=answer, repeat=True)
         try:
             dm = DMHubClient(**{**CLIENT, **settings})
         except InvalidRequestError:
@@ -426,3 +435,67 @@ async def test_client_settings_are_checked_when_the_client_is_made(
         sleep=clock.sleep,
         **options,
     )
+
+
+class TypedId(int):
+    """A customer id of the caller's own type, whose text is its repr: ``str()`` and
+    f-strings write ``CustomerId(7)``, as for any int subclass that defines only ``__repr__``."""
+
+    def __repr__(self) -> str:
+        return f"CustomerId({int(self)})"
+
+
+def _sent_as(method: str, path: str, query: dict[str, str], body: Any = None) -> Any:
+    return (method, path, {"access_token": "tok", **query}, body)
+
+
+LIST = {"sidx": "id", "sord": "asc", "rows": "100", "page": "1"}
+
+
+@pytest.mark.parametrize(
+    ("call", "expected"),
+    [
+        (Call("customers.get", (TypedId(7),)), _sent_as("GET", "/v1/customers/7", {})),
+        (
+            Call("customers.update", (TypedId(7),), {"name": "x"}),
+            _sent_as("PUT", "/v1/customers/7", {}, {"name": "x"}),
+        ),
+        (Call("customers.delete", (TypedId(7),)), _sent_as("DELETE", "/v1/customers/7", {})),
+        (
+            Call("identities.add", (TypedId(7), Identity("wechat", "o"))),
+            _sent_as(
+                "POST",
+                "/v1/customeridentities",
+                {},
+                {"customerId": "7", "identityType": "wechat", "identityValue": "o"},
+            ),
+        ),
+        (
+            Call("customer_statistics.list", (TypedId(7),)),
+            _sent_as("GET", "/v1/customerStatistics", {**LIST, "rows": "50", "customerId": "7"}),
+        ),
+        (
+            Call("customers.list", (), {"id_list": [TypedId(7), 3]}),
+            _sent_as("GET", "/v1/customers", {**LIST, "idList": "3,7"}),
+        ),
+        (
+            Call("customers.list", (), {"page_size": TypedId(7), "start_page": TypedId(2)}),
+            _sent_as("GET", "/v1/customers", {**LIST, "rows": "7", "page": "2"}),
+        ),
+    ],
+    ids=["get", "update", "delete", "identities.add", "statistics", "id_list", "paging"],
+)
+async def test_an_int_subclass_goes_out_as_its_digits(call: Call, expected: Any) -> None:
+    # An id of the caller's own int type went out as its text: GET /v1/customers/CustomerId(7)
+    # (the service's 404 blamed the id), customerId=CustomerId(7), rows=CustomerId(7); an
+    # id_list of one was a raw ValueError ("invalid literal for int()") at the call.
+    sent = await run(call, **fresh_store())
+    assert sent.calls == [expected]
+
+
+async def test_a_request_param_of_an_int_subclass_goes_out_as_its_digits() -> None:
+    sent = await run(
+        lambda dm: dm.request("GET", "/v1/customers/count", params={"n": TypedId(7)}),
+        **fresh_store(),
+    )
+    assert sent.calls == [_sent_as("GET", "/v1/customers/count", {"n": "7"})]

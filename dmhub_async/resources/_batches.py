@@ -101,7 +101,8 @@ def walked_ids(ids: list[Any]) -> str:
     ids in any order or repeats give the same text: the same export."""
     values = walked(ids)
     return ",".join(
-        ",".join(map(str, values[start : start + _STEP])) for start in range(0, len(values), _STEP)
+        ",".join(map(int.__repr__, values[start : start + _STEP]))
+        for start in range(0, len(values), _STEP)
     )
 
 

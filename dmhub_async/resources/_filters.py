@@ -122,8 +122,9 @@ LONG_ID_LIST: Final = 10_000
 
 
 def id_list_param(method: str, value: Any) -> str:
-    """``idList``: the ids of an ``id_list``, checked, comma-separated, repeats kept."""
-    return ",".join(map(str, checked_ids(method, value)))
+    """``idList``: the ids of an ``id_list``, checked, comma-separated, repeats kept (each as
+    its digits: an int subclass's ``str`` may be its repr, ``CustomerId(7)``)."""
+    return ",".join(map(int.__repr__, checked_ids(method, value)))
 
 
 def read_once(filters: dict[str, Any]) -> None:
@@ -146,7 +147,8 @@ def checked_ids(method: str, value: Any, name: str = "id_list") -> list[Any]:
     none missing.
 
     Plain ints in range at a glance (8 ms for 300,000, where an id at a time took 130 ms on
-    the event loop); otherwise one at a time, so that the first bad one is named.
+    the event loop); otherwise one at a time, so that the first bad one is named. The ids are
+    returned as given (an int subclass too): each is written as its digits where it is sent.
     """
     if not is_collection(value):
         raise InvalidRequestError(f"{method}(): {name} must be a list of ints")
@@ -154,7 +156,8 @@ def checked_ids(method: str, value: Any, name: str = "id_list") -> list[Any]:
     if not ids:
         raise InvalidRequestError(f"{method}(): {name} is empty")
     if set(map(type, ids)) != {int} or min(ids) < 0 or max(ids) >= 2**63:
-        ids = [check_id(method, i) for i in ids]
+        for i in ids:
+            check_id(method, i)
     return ids
 
 

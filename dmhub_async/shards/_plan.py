@@ -295,8 +295,9 @@ def unique_ids(ids: Sequence[int]) -> tuple[list[int], bytes, str]:
 
 def id_list_text(unique: Sequence[int]) -> bytes:
     """The text of a list's file of ``unique`` ids (as :func:`unique_ids` gives them): one id
-    a line; blocking work."""
-    return "".join(f"{i}\n" for i in unique).encode()
+    a line, as its digits (an int subclass's str may be its repr, ``CustomerId(7)``, which
+    the file's reader refused); blocking work."""
+    return "".join(int.__repr__(i) + "\n" for i in unique).encode()
 
 
 #: Every how many lines of a list's file :class:`ListedIds` keeps where the line starts.

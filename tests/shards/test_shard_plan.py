@@ -346,10 +346,25 @@ async def test_a_misspelt_filter_is_named_as_the_sharding_functions_own_argument
         assert not out.exists()
 
 
+class TypedId(int):
+    """A customer id of the caller's own type, whose ``str`` is its repr: ``CustomerId(7)``."""
+
+    def __repr__(self) -> str:
+        return f"CustomerId({int(self)})"
+
+
 @pytest.mark.parametrize(
     "make",
-    [lambda ids: (i for i in ids), iter, set, tuple, lambda ids: dict.fromkeys(ids).keys()],
-    ids=["generator", "iterator", "set", "tuple", "dict keys"],
+    [
+        lambda ids: (i for i in ids),
+        iter,
+        set,
+        tuple,
+        lambda ids: dict.fromkeys(ids).keys(),
+        # Written to id_list.txt as CustomerId(7): the plan's read of it was a raw ValueError.
+        lambda ids: [TypedId(i) for i in ids],
+    ],
+    ids=["generator", "iterator", "set", "tuple", "dict keys", "an int subclass"],
 )
 async def test_a_sharded_export_takes_an_id_list_of_any_iterable_as_the_same_list(
     sim: DMHubSimulator, dm: DMHubClient, tmp_path: Path, make: Callable[[list[int]], Any]
