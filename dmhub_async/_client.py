@@ -411,10 +411,16 @@ _CLIENT_HEADERS: Final = frozenset(
 )
 
 
+#: The longest header line (``name: value``) a request may have: nginx reads a line into an
+#: 8 KB buffer, aiohttp's server takes a value of at most 8,190 bytes; as the URL is held
+#: under 8 KB (``MAX_URL_LENGTH``).
+_MAX_HEADER_LINE = 8190
+
+
 def _check_headers(headers: object) -> None:
     """Header names and values that can be sent as given, or InvalidRequestError now: a line
     break failed at the call with aiohttp's raw ValueError, a lone surrogate went out as an
-    empty value, a name with a space was sent and refused (400)."""
+    empty value, a name with a space (or a 9 KB value) was sent and refused (400)."""
     if not isinstance(headers, Mapping):
         raise InvalidRequestError(
             f"extra_headers must be a mapping of names to values, not {short(headers)}"
@@ -431,6 +437,12 @@ def _check_headers(headers: object) -> None:
             # isprintable() refuses CR, LF, NUL and lone surrogates; a header is ASCII.
             raise InvalidRequestError(
                 f"extra_headers: the value of {name} must be printable ASCII text"
+            )
+        line = len(name) + len(": ") + len(value)  # ASCII: a byte a character
+        if line > _MAX_HEADER_LINE:  # sent, every call was answered 400 by the front
+            raise InvalidRequestError(
+                f"extra_headers: {name}: its line (name: value) is {line} bytes; at most"
+                f" {_MAX_HEADER_LINE}, what common servers and proxies take"
             )
 
 

@@ -1559,6 +1559,21 @@ def test_with_options_checks_its_headers_when_made(no_env, headers, said):
     assert dm.with_options(extra_headers={"X-Trace": "abc-123"}) is not dm
 
 
+def test_with_options_refuses_a_header_line_no_server_takes(no_env):
+    # A 9 KB trace header was sent, and every call answered 400 by the front ("Got more than
+    # 8190 bytes when reading", aiohttp's; nginx's 8 KB header buffer likewise): an error after
+    # sending, where the URL is held under 8 KB before.
+    dm = DMHubClient(access_token="tok")
+    longest = "a" * (8190 - len("X-Trace: "))
+    assert dm.with_options(extra_headers={"X-Trace": longest}) is not dm
+    with pytest.raises(InvalidRequestError) as caught:
+        dm.with_options(extra_headers={"X-Trace": longest + "a"})
+    assert str(caught.value) == (
+        "extra_headers: X-Trace: its line (name: value) is 8191 bytes; at most 8190, what"
+        " common servers and proxies take"
+    )
+
+
 async def test_a_derived_client_closed_is_closed_and_its_parent_open(api, make_client):
     # Its aclose() left it saying closed == False, and working.
     api.get(url("/v1/customers/1"), payload=CUSTOMER, repeat=True)
