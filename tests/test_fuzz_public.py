@@ -9,7 +9,8 @@ arguments, the call either
 * raises :class:`InvalidRequestError` (or another :class:`DMHubError`) and nothing was sent,
   not even a token request; or
 * sends only well-formed requests: the URL yarl built holds exactly the parameters given (no
-  character dropped), is at most ``MAX_URL_LENGTH`` long, and a body is strict UTF-8 JSON.
+  character dropped), is at most ``MAX_URL_LENGTH`` long, writes every id and paging number as
+  digits (whatever int type the caller's was), and a body is strict UTF-8 JSON.
 
 No other exception may escape. The example counts are bounded and hypothesis derandomized, so
 this runs in seconds and fails the same way every time; what it found is kept as ``@example``.
@@ -63,6 +64,17 @@ class Sent:
     def answer(self, url: Any, **kwargs: Any) -> CallbackResult:
         text = str(url)
         self.requests.append(f"{kwargs.get('method', '')} {text[:200]}")
+        for number in _NUMBERS_SENT.get(url.path.rpartition("/")[0], ()):
+            if number == "id":
+                value = url.path.rpartition("/")[2]
+                if value == "count":
+                    continue
+            elif number not in url.query:
+                continue
+            else:
+                value = url.query[number]
+            if not all(part.isdigit() and part.isascii() for part in value.split(",")):
+                self.malformed.append(f"{number} sent as {value[:40]!r}, not digits")
         if not url.path.endswith("/accesstoken"):
             data = kwargs.get("data")
             read = None if data is None else json.loads(data)
@@ -79,6 +91,15 @@ class Sent:
             except ValueError as err:  # UnicodeDecodeError included
                 self.malformed.append(f"a body that is not strict UTF-8 JSON: {err}")
         return CallbackResult(**_answer(url.path))
+
+
+#: The numbers a call writes into its URL, by the path they are under (``id``: the path's last
+#: part): digits each, whatever type the caller's int was (an int subclass's str may be
+#: ``CustomerId(7)``).
+_NUMBERS_SENT: dict[str, tuple[str, ...]] = {
+    "/v1": ("rows", "page", "idList", "gender", "customerId", "customerIds"),
+    "/v1/customers": ("id",),
+}
 
 
 def _not_json(constant: str) -> Any:
@@ -146,6 +167,14 @@ CLIENT: dict[str, Any] = {
 
 def fresh_store() -> dict[str, Any]:
     return {"token_store": MemoryTokenStore()}
+
+
+class TypedId(int):
+    """A customer id of the caller's own type, whose text is its repr: ``str()`` and
+    f-strings write ``CustomerId(7)``, as for any int subclass that defines only ``__repr__``."""
+
+    def __repr__(self) -> str:
+        return f"CustomerId({int(self)})"
 
 
 # -- arguments of every type ---------------------------------------------------------------------
@@ -224,7 +253,7 @@ def arg(plausible: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
     return st.integers(0, 5).flatmap(lambda pick: ANY if pick == 0 else plausible)
 
 
-IDS = st.integers(0, 2**63 - 1)
+IDS = st.integers(0, 2**63 - 1) | st.integers(0, 2**63 - 1).map(lambda i: TypedId(i))
 ID_LISTS = st.one_of(
     st.lists(IDS, max_size=5),
     st.integers(1, 3000).map(lambda n: list(range(1, n))),
@@ -387,6 +416,8 @@ FUZZ = settings(
         {"date_join": datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=23)))},
     )
 )  # OverflowError
+@example(Call("customers.get", (TypedId(7),)))  # sent as /v1/customers/CustomerId(7)
+@example(Call("customers.list", (), {"id_list": [TypedId(7)]}))  # a raw ValueError
 async def test_every_method_sends_well_formed_requests_or_refuses_first(call: Call) -> None:
     await run(call, **fresh_store())
 
@@ -435,14 +466,6 @@ async def test_client_settings_are_checked_when_the_client_is_made(
         sleep=clock.sleep,
         **options,
     )
-
-
-class TypedId(int):
-    """A customer id of the caller's own type, whose text is its repr: ``str()`` and
-    f-strings write ``CustomerId(7)``, as for any int subclass that defines only ``__repr__``."""
-
-    def __repr__(self) -> str:
-        return f"CustomerId({int(self)})"
 
 
 def _sent_as(method: str, path: str, query: dict[str, str], body: Any = None) -> Any:
