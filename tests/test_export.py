@@ -744,6 +744,53 @@ async def test_an_export_to_a_compressing_stream_writes_every_customer(
     assert report.complete
 
 
+class _WriteOnly:
+    """A stream of the caller's with ``write`` alone: no ``flush``, which the export calls."""
+
+    def write(self, data: bytes) -> int:
+        return len(data)
+
+
+def _closed_stream() -> io.BytesIO:
+    stream = io.BytesIO()
+    stream.close()
+    return stream
+
+
+@pytest.mark.parametrize(
+    ("make", "said"),
+    [
+        (lambda path: path.open("rb"), "dest is a stream not open for writing (opened 'rb'?)"),
+        (lambda path: _closed_stream(), "dest is a closed stream"),
+        (
+            lambda path: _WriteOnly(),
+            "dest must be a path or a binary stream (sys.stdout.buffer, not sys.stdout)",
+        ),
+    ],
+    ids=["opened rb", "closed", "no flush"],
+)
+async def test_a_stream_no_export_can_write_is_refused_before_anything_is_sent(
+    sim: DMHubSimulator,
+    client: DMHubClient,
+    tmp_path: Path,
+    make: Callable[[Path], Any],
+    said: str,
+) -> None:
+    # A file opened "rb" (or a pipe's read end) was counted and walked, then failed at the
+    # first write with io.UnsupportedOperation; a closed one with a raw ValueError ("write to
+    # closed file"); one without flush wrote every row, then raised AttributeError.
+    (tmp_path / "customers.jsonl").write_bytes(b"")
+    stream = make(tmp_path / "customers.jsonl")
+    sim.counters.reset()
+    try:
+        with pytest.raises(InvalidRequestError) as caught:
+            await export_customers(client, stream, progress=False)
+    finally:
+        getattr(stream, "close", lambda: None)()
+    assert str(caught.value) == said
+    assert sim.counters.total == 0
+
+
 _COMPRESSED_EXPORT = """\
 import bz2
 import gzip

@@ -275,10 +275,15 @@ async def _plan(
             f"encoding must be 'utf-8' (or 'utf-8-sig' for CSV), not {short(encoding)} for {fmt}"
         )
     if not isinstance(dest, (str, os.PathLike)):
-        if isinstance(dest, io.TextIOBase) or not callable(getattr(dest, "write", None)):
+        if (
+            isinstance(dest, io.TextIOBase)
+            or not callable(getattr(dest, "write", None))
+            or not callable(getattr(dest, "flush", None))  # called at the end: BinaryStream
+        ):
             raise InvalidRequestError(
                 "dest must be a path or a binary stream (sys.stdout.buffer, not sys.stdout)"
             )
+        _check_stream_writable(dest)
         if checkpoint is not None:
             raise InvalidRequestError("an export to a stream cannot be resumed: no checkpoint")
         # Only written and flushed (Output's stream path), as BinaryStream says.
@@ -293,6 +298,23 @@ async def _plan(
     base_url = normalise_base_url(client.base_url)
     scope = ExportScope(base_url, client.app_id, str(resolved), fmt, encoding, params)
     return target, fmt, scope, checkpoint_path, long_ids
+
+
+def _check_stream_writable(dest: object) -> None:
+    """A stream that says it is closed, or not open for writing, refused before any request:
+    a file opened ``"rb"`` (a pipe's read end) was counted and walked, then failed at the first
+    write with ``io.UnsupportedOperation``; a closed one with a raw ValueError. A stream that
+    says neither (a ``gzip.GzipFile``'s ``writable()`` is its mode's) is taken as it is."""
+    if getattr(dest, "closed", False) is True:
+        raise InvalidRequestError("dest is a closed stream")
+    writable = getattr(dest, "writable", None)
+    if callable(writable):
+        try:
+            can_write = writable()
+        except (OSError, ValueError):  # a stream that cannot tell: its first write will
+            return
+        if can_write is False:
+            raise InvalidRequestError("dest is a stream not open for writing (opened 'rb'?)")
 
 
 def _checked_output(path: Path) -> Path:
