@@ -941,7 +941,9 @@ async def test_a_bad_id_of_a_generator_is_refused_before_anything_is_sent(
     ids = sim.customer_ids()[:5]
     sim.counters.reset()
     # Read once, at the call: the bad id is named in the export's name, nothing sent or made.
-    with pytest.raises(InvalidRequestError, match=r"export_customers\(\): customer id -1 "):
+    with pytest.raises(
+        InvalidRequestError, match=r"export_customers\(\): id_list\[5\]: customer id -1 "
+    ):
         await export_customers(
             client, tmp_path / "c.jsonl", progress=False, id_list=(i for i in [*ids, -1])
         )

@@ -147,8 +147,10 @@ def checked_ids(method: str, value: Any, name: str = "id_list") -> list[Any]:
     none missing.
 
     Plain ints in range at a glance (8 ms for 300,000, where an id at a time took 130 ms on
-    the event loop); otherwise one at a time, so that the first bad one is named. The ids are
-    returned as given (an int subclass too): each is written as its digits where it is sent.
+    the event loop); otherwise one at a time, so that the first bad one is named by its place
+    (``id_list[3]: ...``: among 300,000 ids read from a file, "a customer id must be an int"
+    named none). The ids are returned as given (an int subclass too): each is written as its
+    digits where it is sent.
     """
     if not is_collection(value):
         raise InvalidRequestError(f"{method}(): {name} must be a list of ints")
@@ -156,8 +158,14 @@ def checked_ids(method: str, value: Any, name: str = "id_list") -> list[Any]:
     if not ids:
         raise InvalidRequestError(f"{method}(): {name} is empty")
     if set(map(type, ids)) != {int} or min(ids) < 0 or max(ids) >= 2**63:
-        for i in ids:
-            check_id(method, i)
+        for index, i in enumerate(ids):
+            try:
+                check_id(method, i)
+            except InvalidRequestError as err:
+                prefix = f"{method}(): "
+                raise InvalidRequestError(
+                    f"{prefix}{name}[{index}]: {str(err).removeprefix(prefix)}"
+                ) from None
     return ids
 
 

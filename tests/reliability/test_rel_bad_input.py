@@ -504,6 +504,41 @@ async def test_a_customer_id_out_of_range_is_refused_with_the_range(
     assert sim.counters.total == 0
 
 
+#: A list of ids with a bad one, and what the refusal says: the list and the id's place in it.
+BAD_ID_IN_A_LIST: dict[str, tuple[Callable[[DMHubClient], Any], str]] = {
+    "count": (
+        lambda dm: dm.customers.count(id_list=[1, 2, "7"]),
+        "count(): id_list[2]: a customer id must be an int, not str",
+    ),
+    "list": (
+        lambda dm: dm.customers.list(id_list=[3, -1]),
+        "list(): id_list[1]: customer id -1 is out of range: ids are 64-bit, from 0 to 2**63 - 1",
+    ),
+    "list_rows of a generator": (
+        lambda dm: dm.customers.list_rows(id_list=(i for i in [5, 6, True])),
+        "list_rows(): id_list[2]: a customer id must be an int, not bool",
+    ),
+    "identities.list": (
+        lambda dm: dm.identities.list([1, None]),
+        "list(): customer_ids[1]: a customer id must be an int, not NoneType",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_ID_IN_A_LIST))
+async def test_a_bad_id_in_a_list_is_named_by_its_place(
+    sim: DMHubSimulator, connect: Callable[..., DMHubClient], name: str
+) -> None:
+    # "count(): a customer id must be an int, not str" named neither the list nor which of its
+    # ids (of 300,000 read from a file) it was, where a bad identity is named by its place.
+    call, said = BAD_ID_IN_A_LIST[name]
+    async with connect(sim) as dm:
+        with pytest.raises(InvalidRequestError) as raised:
+            await invoke(call(dm))
+    assert str(raised.value) == said
+    assert sim.counters.total == 0
+
+
 #: An upsert's identity refused, and what the refusal says of it (never the value).
 BAD_UPSERT_IDENTITY = {
     "a mangled mobile": (Identity("mobile", "13800138000.0"), "identity value of type mobile "),
