@@ -92,10 +92,17 @@ _RANGES = (("date_created_from", "date_created_to"), ("last_updated_from", "last
 
 
 def wire_field(
-    method: str, name: object, names: Mapping[str, str] = _WIRE, what: str = "customer field"
+    method: str,
+    name: object,
+    names: Mapping[str, str] = _WIRE,
+    what: str = "customer field",
+    *,
+    param: str,
 ) -> str:
     """A model's field as the wire names it, given by either name (``names``: the model's
-    :func:`wire_names`), or InvalidRequestError naming ``what`` it is not."""
+    :func:`wire_names`), or InvalidRequestError naming the parameter ``param`` that held it
+    and ``what`` it is not ("unknown customer field 'Name'" said not whether select or sort_by
+    held it)."""
     meant = ""
     if isinstance(name, str):
         if name in names:
@@ -103,7 +110,7 @@ def wire_field(
         if name in names.values():
             return name
         meant = _closest(name, [*names, *names.values()])
-    raise InvalidRequestError(f"{method}(): unknown {what} {short(name)}{meant}")
+    raise InvalidRequestError(f"{method}(): {param}: unknown {what} {short(name)}{meant}")
 
 
 def _closest(name: str, known: list[str]) -> str:
@@ -237,13 +244,13 @@ def _filter_params(
                 raise InvalidRequestError(
                     f"{method}(): select names no field (ids alone: select=['id'])"
                 )
-            wire = [wire_field(method, f) for f in fields]
+            wire = [wire_field(method, f, param="select") for f in fields]
             if "id" not in wire:
                 wire.insert(0, "id")  # the walk drops repeats by id
             params["select"] = ",".join(dict.fromkeys(wire))
         # Checked even where they are not sent (count): a bad one there was silently taken.
         elif name == "sort_by":
-            field = wire_field(method, value)
+            field = wire_field(method, value, param="sort_by")
             if field == "attr":  # an object: the service answers 400, after the token
                 raise InvalidRequestError(f"{method}(): cannot sort by attr (an object)")
             if paged:

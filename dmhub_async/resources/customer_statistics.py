@@ -48,7 +48,9 @@ class CustomerStatisticsResource(Resource):
                 f"list(): sort_order must be 'asc' or 'desc', not {short(sort_order)}"
             )
         params: dict[str, str] = {
-            "sidx": wire_field("list", sort_by, _WIRE, "customer statistics field"),
+            "sidx": wire_field(
+                "list", sort_by, _WIRE, "customer statistics field", param="sort_by"
+            ),
             "sord": sort_order,
         }
         if customer_id is not None:

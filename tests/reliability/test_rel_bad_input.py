@@ -539,6 +539,42 @@ async def test_a_bad_id_in_a_list_is_named_by_its_place(
     assert sim.counters.total == 0
 
 
+#: A field name refused, by the parameter it was given in: select's and sort_by's alike.
+BAD_FIELD_NAME: dict[str, tuple[Callable[[DMHubClient], Any], str]] = {
+    "select": (
+        lambda dm: dm.customers.list(select=["name", "Mobile"], sort_by="name"),
+        "list(): select: unknown customer field 'Mobile' (did you mean 'mobile'?)",
+    ),
+    "sort_by": (
+        lambda dm: dm.customers.list(select=["name"], sort_by="Name"),
+        "list(): sort_by: unknown customer field 'Name' (did you mean 'name'?)",
+    ),
+    "count's sort_by": (
+        lambda dm: dm.customers.count(sort_by=5),
+        "count(): sort_by: unknown customer field 5",
+    ),
+    "statistics' sort_by": (
+        lambda dm: dm.customer_statistics.list(sort_by="ordertotal"),
+        "list(): sort_by: unknown customer statistics field 'ordertotal'"
+        " (did you mean 'orderTotal'?)",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_FIELD_NAME))
+async def test_an_unknown_field_is_named_by_the_parameter_it_was_given_in(
+    sim: DMHubSimulator, connect: Callable[..., DMHubClient], name: str
+) -> None:
+    # "list(): unknown customer field 'Name'" said not whether select or sort_by held it, in a
+    # call given both.
+    call, said = BAD_FIELD_NAME[name]
+    async with connect(sim) as dm:
+        with pytest.raises(InvalidRequestError) as raised:
+            await invoke(call(dm))
+    assert str(raised.value) == said
+    assert sim.counters.total == 0
+
+
 #: An upsert's identity refused, and what the refusal says of it (never the value).
 BAD_UPSERT_IDENTITY = {
     "a mangled mobile": (Identity("mobile", "13800138000.0"), "identity value of type mobile "),
