@@ -43,12 +43,32 @@ def zone_setting(value: object) -> tzinfo | None:
         name = getattr(value, "zone", None)
         if callable(getattr(value, "localize", None)) and isinstance(name, str):
             return _named(name)  # pytz: FixedOffset has no name and works as it is
-        return value
+        return _with_offset(value)
     if isinstance(value, str):
         return _named(value)
     raise InvalidRequestError(
         f"timezone must be a tzinfo or an IANA name such as 'Asia/Shanghai', not {short(value)}"
     )
+
+
+def _with_offset(zone: tzinfo) -> tzinfo:
+    """``zone`` if it gives a time an offset a datetime takes, else InvalidRequestError.
+
+    Taken as it was, ``tzinfo()`` (the abstract base) raised a raw NotImplementedError at the
+    first naive time filter, an offset of a day a raw ValueError; one whose offset is None left
+    the time naive, read in the machine's local zone, which the setting is there to avoid.
+    """
+    try:
+        offset = datetime(2000, 1, 1, tzinfo=zone).utcoffset()
+    except Exception:  # the zone's own code: NotImplementedError, ValueError, anything
+        offset = None
+    if offset is None:
+        raise InvalidRequestError(
+            f"timezone {short(zone)} gives no UTC offset (its utcoffset() fails, says None, or"
+            " is a day or more): give an IANA name such as 'Asia/Shanghai', or a tzinfo that"
+            " gives one, such as datetime.timezone(timedelta(hours=8))"
+        )
+    return zone
 
 
 def _named(name: str) -> tzinfo:

@@ -13,7 +13,7 @@ import sys
 import warnings
 import zoneinfo
 from collections.abc import AsyncIterator, Callable, Iterator
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone, tzinfo
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -499,6 +499,32 @@ async def test_a_zone_name_works_without_the_system_zone_database(
 def test_an_unknown_zone_is_refused(zone: Any) -> None:
     with pytest.raises(InvalidRequestError, match="timezone"):
         DMHubClient(access_token="t", timezone=zone)
+
+
+class _NoOffset(tzinfo):
+    """A tzinfo of the caller's whose ``utcoffset`` says nothing: ``None``, as a naive one."""
+
+    def utcoffset(self, dt: datetime | None) -> timedelta | None:
+        return None
+
+
+class _DayAhead(tzinfo):
+    """A tzinfo of the caller's with an offset no datetime takes (a day or more)."""
+
+    def utcoffset(self, dt: datetime | None) -> timedelta | None:
+        return timedelta(hours=24)
+
+
+@pytest.mark.parametrize(
+    "zone", [tzinfo(), _NoOffset(), _DayAhead()], ids=["tzinfo()", "no offset", "a day ahead"]
+)
+def test_a_tzinfo_that_gives_no_offset_is_refused_when_the_client_is_made(zone: tzinfo) -> None:
+    # Taken, then the first naive time filter raised a raw NotImplementedError (tzinfo(), the
+    # abstract base) or ValueError (an offset of a day); one whose offset is None had the
+    # naive time read in the machine's local zone, which the setting is there to avoid.
+    with pytest.raises(InvalidRequestError) as info:
+        DMHubClient(access_token="t", timezone=zone)
+    assert str(info.value).startswith(f"timezone {short(zone)} gives no UTC offset")
 
 
 @pytest.mark.parametrize(
