@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from collections.abc import Set as AbstractSet
 from fnmatch import fnmatchcase
 
-from .._validate import check_number
+from .._validate import check_flag, check_number
 
 #: Every fault kind the simulator knows, by the name used in scripts and counters.
 FAULT_KINDS: frozenset[str] = frozenset(
@@ -76,6 +76,7 @@ class Faults:
         self.latency_jitter = latency_jitter
         self.retry_after = retry_after
         self.paths = paths
+        check_flag("Faults", "drop_resent", drop_resent)  # "no" was true
         self.drop_resent = drop_resent
         self._dropped: tuple[str, str, float] | None = None
         self._script: deque[str] = deque()

@@ -11,7 +11,8 @@ from typing import Any
 from aiohttp import web, web_app
 from typing_extensions import Self
 
-from .._validate import check_number, shown_even_half_made
+from .._exceptions import InvalidRequestError
+from .._validate import check_number, short, shown_even_half_made
 from ._app import build_app
 from ._faults import Counters, Faults
 from ._fields import Row
@@ -56,6 +57,16 @@ class DMHubSimulator:
             "token_ttl", token_ttl, 0, inclusive=False, finite=True, what="a number of seconds"
         )
         check_number("port", port, 0, inclusive=True, kind=int, high=65535)
+        # Taken, each failed later: a credential of None or "" refused every token request
+        # (40004, which the client under test blamed on its own credentials), a clock or faults
+        # of another kind answered every request 500 ("simulator error"), which the client
+        # retried as the service's; a host of no str was a raw TypeError at start.
+        for name, value in (("app_id", app_id), ("secret", secret), ("host", host)):
+            if not isinstance(value, str) or not value:
+                raise InvalidRequestError(f"{name} must be a non-empty str, not {short(value)}")
+        if not callable(clock):
+            raise InvalidRequestError(f"clock must be a function, not {short(clock)}")
+        _check_faults(faults, none=True)
         store = CustomerStore(seed, clock)
         store.seed(customers)
         self.state = SimulatorState(
@@ -92,6 +103,7 @@ class DMHubSimulator:
 
     @faults.setter
     def faults(self, faults: Faults) -> None:
+        _check_faults(faults, none=False)
         self.state.faults = faults
 
     @property
@@ -295,6 +307,12 @@ class DMHubSimulator:
         else:
             self.store.seed(inserts)
             self.counters.mutations += inserts
+
+
+def _check_faults(faults: object, *, none: bool) -> None:
+    """``faults`` a :class:`Faults` (or None, where ``none``), else InvalidRequestError."""
+    if not isinstance(faults, Faults) and not (none and faults is None):
+        raise InvalidRequestError(f"faults must be a Faults, not {short(faults)}")
 
 
 def _forget_handlers() -> None:

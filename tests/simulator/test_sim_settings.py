@@ -36,6 +36,17 @@ CASES: dict[str, Callable[[], object]] = {
     "port 70000": lambda: DMHubSimulator(port=70000),
     "port -1": lambda: DMHubSimulator(port=-1),
     "port a str": lambda: DMHubSimulator(port="80"),  # type: ignore[arg-type]
+    # Taken, then every token request answered 40004 (the client's AuthenticationError
+    # blaming its own credentials), or every request 500 "simulator error: TypeError" (a
+    # clock or faults that were none), retried by the client under test as the service's;
+    # a host of no str a raw TypeError at start.
+    "app_id None": lambda: DMHubSimulator(app_id=None),  # type: ignore[arg-type]
+    "secret empty": lambda: DMHubSimulator(secret=""),
+    "host an int": lambda: DMHubSimulator(host=5),  # type: ignore[arg-type]
+    "clock no function": lambda: DMHubSimulator(clock=5),  # type: ignore[arg-type]
+    "faults no Faults": lambda: DMHubSimulator(faults=5),  # type: ignore[arg-type]
+    "faults set to no Faults": lambda: setattr(DMHubSimulator(), "faults", 5),
+    "drop_resent 'no'": lambda: Faults(drop_resent="no"),  # type: ignore[arg-type]
     "fault rate 2": lambda: Faults(rate=2),
     "fault rate -1": lambda: Faults(rate=-1),
     "fault rate NaN": lambda: Faults(rate=math.nan),
