@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+from .._validate import check_number
+
 #: Turns in a row a sleeper must be the earliest before it wakes: the other tasks are idle.
 _SETTLE_TURNS = 10
 
@@ -19,6 +21,9 @@ class FakeClock:
     """
 
     def __init__(self, start: float = 1_700_000_000.0) -> None:
+        # Checked: a start of "x" or NaN was taken, and the client's first reading of the
+        # clock failed (or compared false with every deadline).
+        check_number("FakeClock(): start", start, -1e18, inclusive=True, finite=True)
         self.now = start
         """The current time, in epoch seconds."""
         self.waits: list[float] = []
@@ -29,7 +34,9 @@ class FakeClock:
         return self.now
 
     def advance(self, seconds: float) -> None:
-        """Move the clock forward by ``seconds``."""
+        """Move the clock forward by ``seconds`` (a number >= 0: a wall clock a test moves back
+        is what the client guards against, not what this clock is for)."""
+        check_number("advance(): seconds", seconds, 0, inclusive=True, finite=True)
         self.now += seconds
 
     async def sleep(self, seconds: float) -> None:

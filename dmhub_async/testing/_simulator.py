@@ -203,7 +203,7 @@ class DMHubSimulator:
 
     def customer(self, customer_id: int) -> Row | None:
         """A copy of a customer's wire dict, or None if it does not exist."""
-        row = self.store.get(customer_id)
+        row = self.store.get(_sim_id("customer", customer_id))
         if row is None:
             return None
         # A copy: attr as well (some seeded customers have none, as some live answers do).
@@ -211,7 +211,7 @@ class DMHubSimulator:
 
     def identities(self, customer_id: int) -> list[tuple[str, str, str | None]]:
         """The (type, value, name) identities bound to a customer."""
-        return self.store.identities(customer_id)
+        return self.store.identities(_sim_id("identities", customer_id))
 
     def add_customers(self, n: int) -> None:
         """Seed ``n`` more customers, with ids above all existing ones."""
@@ -226,7 +226,7 @@ class DMHubSimulator:
 
     def delete_customer(self, customer_id: int) -> bool:
         """Delete a customer; False if it did not exist."""
-        return self.store.delete(customer_id)
+        return self.store.delete(_sim_id("delete_customer", customer_id))
 
     # -- tokens ---------------------------------------------------------------------------------
 
@@ -237,6 +237,7 @@ class DMHubSimulator:
 
     def revoke_tokens(self, after_requests: int = 0) -> None:
         """Revoke the active token now, or after that many more ``/v1`` requests."""
+        check_number("revoke_tokens(): after_requests", after_requests, 0, inclusive=True, kind=int)
         if after_requests <= 0:
             self.tokens.revoke()
             self.state.revoke_in = None
@@ -245,6 +246,7 @@ class DMHubSimulator:
 
     def expire_tokens(self, after_requests: int = 0) -> None:
         """Expire the active token now, or after that many more ``/v1`` requests."""
+        check_number("expire_tokens(): after_requests", after_requests, 0, inclusive=True, kind=int)
         if after_requests <= 0:
             self.tokens.expire()
             self.state.expire_in = None
@@ -307,6 +309,16 @@ class DMHubSimulator:
         else:
             self.store.seed(inserts)
             self.counters.mutations += inserts
+
+
+def _sim_id(method: str, customer_id: object) -> int:
+    """``customer_id`` if it is an int (not a bool): one of another type was a raw TypeError
+    from the store's index ("'<' not supported between instances of 'int' and 'str'")."""
+    if isinstance(customer_id, bool) or not isinstance(customer_id, int):
+        raise InvalidRequestError(
+            f"{method}(): a customer id must be an int, not {short(customer_id)}"
+        )
+    return customer_id
 
 
 def _check_faults(faults: object, *, none: bool) -> None:

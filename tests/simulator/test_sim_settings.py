@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from dmhub_async import InvalidRequestError
-from dmhub_async.testing import DMHubSimulator, Faults, _store
+from dmhub_async.testing import DMHubSimulator, FakeClock, Faults, _store
 
 BIG = 10**5000
 
@@ -47,6 +47,17 @@ CASES: dict[str, Callable[[], object]] = {
     "faults no Faults": lambda: DMHubSimulator(faults=5),  # type: ignore[arg-type]
     "faults set to no Faults": lambda: setattr(DMHubSimulator(), "faults", 5),
     "drop_resent 'no'": lambda: Faults(drop_resent="no"),  # type: ignore[arg-type]
+    # A raw TypeError from deep in the store ("'<' not supported between instances of 'int'
+    # and 'str'"), or taken: a clock set to "x" or moved back, waits for a count of "x".
+    "customer of a str id": lambda: DMHubSimulator(3).customer("5"),  # type: ignore[arg-type]
+    "delete_customer of a str id": lambda: DMHubSimulator(3).delete_customer("5"),  # type: ignore[arg-type]
+    "identities of a str id": lambda: DMHubSimulator(3).identities("5"),  # type: ignore[arg-type]
+    "expire_tokens a str": lambda: DMHubSimulator().expire_tokens("x"),  # type: ignore[arg-type]
+    "revoke_tokens 1.5": lambda: DMHubSimulator().revoke_tokens(1.5),  # type: ignore[arg-type]
+    "FakeClock start a str": lambda: FakeClock("x"),  # type: ignore[arg-type]
+    "FakeClock start NaN": lambda: FakeClock(math.nan),
+    "FakeClock advance -1": lambda: FakeClock().advance(-1),
+    "FakeClock advance NaN": lambda: FakeClock().advance(math.nan),
     "fault rate 2": lambda: Faults(rate=2),
     "fault rate -1": lambda: Faults(rate=-1),
     "fault rate NaN": lambda: Faults(rate=math.nan),
