@@ -137,7 +137,10 @@ def query_time(
             f"{method}(): {name} must be a datetime, a date or an ISO 8601 string,"
             f" not {short(value)}"
         )
-    naive = moment.utcoffset() is None
+    try:
+        naive = moment.utcoffset() is None
+    except ValueError:  # a tzinfo's offset no datetime takes (a day): in_utc says it below
+        naive = False
     # A bound UTC cannot hold (date.max west of Greenwich, the year 1 east of it) is one a
     # user meant as none: say so, rather than leave them to guess why another zone took it.
     hint = f" (UTC has no such time: leave {name} out for no bound)"
@@ -152,9 +155,10 @@ def in_utc(
     """``moment`` in UTC, read in ``zone`` when it is naive; InvalidRequestError naming
     ``name`` and the value ``given`` (then ``hint``) when UTC has no such time (the year 1 at
     +08:00)."""
-    if moment.utcoffset() is None:
-        moment = moment.replace(tzinfo=zone)
     try:
+        # In the try: a tzinfo whose offset no datetime takes (a day) raises ValueError here.
+        if moment.utcoffset() is None:
+            moment = moment.replace(tzinfo=zone)
         return moment.astimezone(timezone.utc)
     except (OverflowError, ValueError):
         raise InvalidRequestError(

@@ -528,6 +528,35 @@ def test_a_tzinfo_that_gives_no_offset_is_refused_when_the_client_is_made(zone: 
 
 
 @pytest.mark.parametrize(
+    ("call", "said"),
+    [
+        (
+            lambda dm: dm.customers.count(
+                date_created_from=datetime(2024, 1, 1, tzinfo=_DayAhead())
+            ),
+            "count(): date_created_from is out of range: ",
+        ),
+        (
+            lambda dm: dm.customers.create(
+                attr={"joined": datetime(2024, 1, 1, tzinfo=_DayAhead())}
+            ),
+            "create(): attr['joined'] is out of range: ",
+        ),
+    ],
+    ids=["a time filter", "a time in attr"],
+)
+async def test_an_aware_time_whose_tzinfo_gives_no_offset_is_refused(
+    make_client: Callable[..., DMHubClient], call: Callable[[DMHubClient], Any], said: str
+) -> None:
+    # Its tzinfo's offset of a day, which no datetime takes, was a raw ValueError ("offset must
+    # be a timedelta strictly between ...") from the filter's check, or the body's.
+    dm = make_client(timezone="UTC")
+    with pytest.raises(InvalidRequestError) as info:
+        await call(dm)
+    assert str(info.value).startswith(said)
+
+
+@pytest.mark.parametrize(
     ("zone", "said"),
     [
         ("asia/shanghai", "(did you mean 'Asia/Shanghai'?)"),
