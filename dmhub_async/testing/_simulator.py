@@ -221,6 +221,16 @@ class DMHubSimulator:
 
     def insert_customer(self, fields: Mapping[str, Any], *, customer_id: int | None = None) -> Row:
         """Create a customer from wire fields, optionally with a chosen id; returns a copy."""
+        # Checked: a list, or an attr of a set, was a raw AttributeError from the store.
+        if not isinstance(fields, Mapping):
+            raise InvalidRequestError(
+                f"insert_customer(): fields must be a mapping of wire names, not {short(fields)}"
+            )
+        attr = fields.get("attr")
+        if attr is not None and not isinstance(attr, Mapping):
+            raise InvalidRequestError(
+                f"insert_customer(): attr must be a mapping or None, not {short(attr)}"
+            )
         row = self.store.create(fields, customer_id=customer_id)
         return {**row, "attr": dict(row["attr"])}
 

@@ -54,6 +54,8 @@ CASES: dict[str, Callable[[], object]] = {
     "identities of a str id": lambda: DMHubSimulator(3).identities("5"),  # type: ignore[arg-type]
     "expire_tokens a str": lambda: DMHubSimulator().expire_tokens("x"),  # type: ignore[arg-type]
     "revoke_tokens 1.5": lambda: DMHubSimulator().revoke_tokens(1.5),  # type: ignore[arg-type]
+    "insert_customer of a list": lambda: DMHubSimulator().insert_customer([1]),  # type: ignore[arg-type]
+    "insert_customer of an attr set": lambda: DMHubSimulator().insert_customer({"attr": {1}}),
     "FakeClock start a str": lambda: FakeClock("x"),  # type: ignore[arg-type]
     "FakeClock start NaN": lambda: FakeClock(math.nan),
     "FakeClock advance -1": lambda: FakeClock().advance(-1),
