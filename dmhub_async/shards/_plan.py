@@ -19,6 +19,7 @@ import asyncio
 import hashlib
 import io
 import itertools
+import math
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime, timedelta, timezone, tzinfo
@@ -30,6 +31,7 @@ from typing_extensions import Unpack
 from .._client import DMHubClient
 from .._exceptions import InvalidRequestError
 from .._query_time import in_utc, query_time
+from .._retry import http_date
 from .._tasks import together
 from .._validate import check_number, short
 from .._words import counted
@@ -430,7 +432,7 @@ def _bound(name: str, value: Any, zone: tzinfo | None) -> int | None:
 
 
 def _newest(now: datetime | None, zone: tzinfo | None) -> int:
-    """The second after ``now`` (the clock's now), or InvalidRequestError before any request.
+    """The second of ``now`` (the clock's now), or InvalidRequestError before any request.
 
     A naive ``now`` is read in the client's ``timezone`` (UTC without one), as a time filter
     is: ``astimezone`` read it in the machine's zone, and under ``timezone="UTC"`` on a machine
@@ -442,7 +444,19 @@ def _newest(now: datetime | None, zone: tzinfo | None) -> int:
     elif not isinstance(now, datetime):
         raise InvalidRequestError(f"plan_shards(): now must be a datetime, not {short(now)}")
     # InvalidRequestError when it has no UTC form (year 1 at +23:00)
-    return _seconds(in_utc("plan_shards", "now", now, zone or timezone.utc, given=now)) + 1
+    return _seconds(in_utc("plan_shards", "now", now, zone or timezone.utc, given=now))
+
+
+def _served_second(client: DMHubClient) -> int | None:
+    """The second of the ``Date`` of the calling task's last answer through ``client`` (the
+    service's time as it answered: it stamps a customer's creation by its own clock), or None
+    when it said none."""
+    answer = client.last_response
+    served = None if answer is None else answer.headers.get("Date")
+    when = None if not served else http_date(served)
+    if when is None or not math.isfinite(when):
+        return None
+    return int(when // 1)
 
 
 async def plan_shards(
@@ -474,7 +488,10 @@ async def plan_shards(
         client: an open client.
         n: the number of shards wanted, 1 to 4096.
         now: the planning time (the newest second probed); defaults to the clock now. A
-            naive one is read in the client's ``timezone``, as a time filter is.
+            naive one is read in the client's ``timezone``, as a time filter is. No window
+            but the last ends after it (nor after the service's time, as the ``Date`` of its
+            first answer says, if that is earlier): customers created after the plan fall
+            into the last window.
         **filters: the filters of ``Customers.list``; ``date_created_from``/``_to`` bound the
             whole plan, ``sort_by``/``sort_order`` are not allowed.
 
@@ -515,7 +532,14 @@ async def plan_counted(
     # Checked by the resource before the first request: a bad filter sends nothing.
     probe = _Probe(client, safe, lo)
     total = await probe.count_before(hi)
-    top = hi if hi is not None else newest + 1
+    # No window but the last ends after the plan's own second (by this machine's clock, or by
+    # the service's as its answer says, if earlier): customers created after the plan are
+    # stamped with it or later, and fall into the last window, which the late check looks at
+    # again. A window that ended the second after it held the customers created later in
+    # that second: none was exported once its shard had ended, and no check looked there.
+    served = _served_second(client)
+    present = newest if served is None else min(newest, served)
+    top = present + 1 if hi is None else min(hi, present + 1)
     bottom = lo if lo is not None else 0
     edges = await _edges(probe, n, total, bottom, top) if n > 1 and total > 0 else []
     bounds: list[int | None] = [lo, *edges, hi]

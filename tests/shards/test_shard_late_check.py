@@ -643,6 +643,39 @@ async def test_a_plan_made_minutes_before_the_services_end_is_checked_again_afte
     assert sorted(ids) == sorted(wanted)
 
 
+async def test_a_sign_up_in_the_plans_own_second_after_its_shard_ended_is_exported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 40 customers signed up in the service's current second, before the plan: more than a
+    # share, that second was a window of its own, [S, S + 1), and the last window began at
+    # S + 1. The export ended within that second; 7 more signed up in it then fell into the
+    # closed window, which nothing looks at again: the rerun's late check (of [S + 1, ...))
+    # found nothing missing and said the export complete without them.
+    clocks = _Clocks(monkeypatch)
+
+    def service() -> float:  # 10 minutes behind this machine's, standing within one second
+        return clocks.now - 600 + 0.25
+
+    out = tmp_path / "now"
+    async with DMHubSimulator(customers=60, seed=19, clock=service) as sim:
+        for _ in range(40):
+            sim.insert_customer({"name": "signed up in the plan's second"})
+        async with DMHubClient(sim.app_id, sim.secret, base_url=sim.url) as dm:
+            first = await export_sharded(dm, out, 3, progress=False)
+            assert first.complete
+            clocks.now += 0.5  # the same second
+            late = [sim.insert_customer({"name": "signed up after"})["id"] for _ in range(7)]
+            again = await export_sharded(dm, out, 3, progress=False)
+        wanted = sim.customer_ids()
+
+    assert again.complete
+    assert again.late_check is not None
+    assert again.late_check.added == 7
+    ids = merged_ids(out, tmp_path / "all.jsonl")
+    assert set(late) <= set(ids)
+    assert sorted(ids) == sorted(wanted)
+
+
 @contextlib.asynccontextmanager
 async def _ended_an_hour_ago(
     out: Path, monkeypatch: pytest.MonkeyPatch, seed: int

@@ -127,10 +127,13 @@ async def test_a_dense_second_of_a_little_more_than_a_share_is_noted_as_its_own_
 
 
 async def test_a_skewed_set_is_planned_exported_and_complete(tmp_path: Path) -> None:
-    # 90% of the customers created in one import second: that second cannot be split.
-    async with DMHubSimulator(customers=200, clock=lambda: IMPORT_SECOND) as sim:
+    # 90% of the customers created in one import second: that second cannot be split. The
+    # plan a minute after it (one within it leaves that second to the last window, open).
+    now = [IMPORT_SECOND]
+    async with DMHubSimulator(customers=200, clock=lambda: now[0]) as sim:
         for _ in range(1_800):
             sim.insert_customer({"name": "imported"})
+        now[0] += 60
         async with DMHubClient(sim.app_id, sim.secret, base_url=sim.url) as dm:
             shards = await plan_shards(dm, 8)
             manifest = await export_sharded(dm, tmp_path / "out", 8, progress=False)
@@ -617,9 +620,11 @@ async def test_a_rerun_with_another_count_over_a_dense_second_says_the_plan_is_k
     # 400 customers over 2016 and 600 imported in one second: `--shards 2` plans 3 windows,
     # `--shards 3` would plan 4 others. Rerun with 3, the directory's plan of 3 shards was
     # taken up without a word: its count was guessed from its shards, and 3 is what it held.
-    async with DMHubSimulator(400, clock=lambda: 1_591_000_000.0) as sim:
+    now = [1_591_000_000.0]
+    async with DMHubSimulator(400, clock=lambda: now[0]) as sim:
         for _ in range(600):
             sim.insert_customer({"name": "imported"})
+        now[0] += 60  # planned after the import's second
         async with DMHubClient(sim.app_id, sim.secret, base_url=sim.url) as dm:
             assert len(await plan_shards(dm, 3)) == 4  # what a new directory would plan
             first = await prepare(dm, tmp_path / "out", 2)
