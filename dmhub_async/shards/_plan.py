@@ -490,8 +490,8 @@ async def plan_shards(
         now: the planning time (the newest second probed); defaults to the clock now. A
             naive one is read in the client's ``timezone``, as a time filter is. No window
             but the last ends after it (nor after the service's time, as the ``Date`` of its
-            first answer says, if that is earlier): customers created after the plan fall
-            into the last window.
+            first answer says, if that is earlier; nor, when it says none, after five
+            minutes before it): customers created after the plan fall into the last window.
         **filters: the filters of ``Customers.list``; ``date_created_from``/``_to`` bound the
             whole plan, ``sort_by``/``sort_order`` are not allowed.
 
@@ -537,8 +537,13 @@ async def plan_counted(
     # stamped with it or later, and fall into the last window, which the late check looks at
     # again. A window that ended the second after it held the customers created later in
     # that second: none was exported once its shard had ended, and no check looked there.
+    # Without a Date, this machine's clock less the margin the late check allows the
+    # service's for being behind it.
+    from ._late import CLOCK_MARGIN
+
     served = _served_second(client)
-    present = newest if served is None else min(newest, served)
+    margin = int(CLOCK_MARGIN.total_seconds())
+    present = newest - margin if served is None else min(newest, served)
     top = present + 1 if hi is None else min(hi, present + 1)
     bottom = lo if lo is not None else 0
     edges = await _edges(probe, n, total, bottom, top) if n > 1 and total > 0 else []

@@ -676,6 +676,45 @@ async def test_a_sign_up_in_the_plans_own_second_after_its_shard_ended_is_export
     assert sorted(ids) == sorted(wanted)
 
 
+async def test_a_sign_up_in_the_plans_own_second_is_exported_from_a_service_without_a_date(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As above, from a service that sends no Date, its clock 2 minutes behind this machine's
+    # (within the 5 minutes' margin the late check allows it): the plan went by this
+    # machine's clock alone, the service's current second was a closed window of its own,
+    # and the 7 sign-ups later in that second were in no part of an export said complete.
+    clocks = _Clocks(monkeypatch)
+
+    def service() -> float:  # standing within one second
+        return clocks.now - 120 + 0.25
+
+    async def no_date(_request: web.Request, response: web.StreamResponse) -> None:
+        del response.headers["Date"]
+
+    out = tmp_path / "now"
+    sim = DMHubSimulator(customers=60, seed=20, clock=service)
+    sim.app.on_response_prepare.append(no_date)
+    async with sim:
+        for _ in range(40):
+            sim.insert_customer({"name": "signed up in the plan's second"})
+        async with DMHubClient(sim.app_id, sim.secret, base_url=sim.url) as dm:
+            first = await export_sharded(dm, out, 3, progress=False)
+            assert first.complete
+            assert dm.last_response is not None
+            assert "Date" not in dm.last_response.headers
+            clocks.now += 0.5  # the same second
+            late = [sim.insert_customer({"name": "signed up after"})["id"] for _ in range(7)]
+            again = await export_sharded(dm, out, 3, progress=False)
+        wanted = sim.customer_ids()
+
+    assert again.complete
+    assert again.late_check is not None
+    assert again.late_check.added == 7
+    ids = merged_ids(out, tmp_path / "all.jsonl")
+    assert set(late) <= set(ids)
+    assert sorted(ids) == sorted(wanted)
+
+
 @contextlib.asynccontextmanager
 async def _ended_an_hour_ago(
     out: Path, monkeypatch: pytest.MonkeyPatch, seed: int
