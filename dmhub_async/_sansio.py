@@ -45,6 +45,7 @@ __all__ = [
     "Decode",
     "Request",
     "connection_error",
+    "date_of",
     "decode_error",
     "error_of",
     "read_response",
@@ -166,6 +167,12 @@ class APIResponse:
     def request_id(self) -> str | None:
         """The id the service gave this request (``X-Request-Id`` and the like), if any."""
         return request_id(self.headers)
+
+
+def date_of(answer: APIResponse | None) -> str | None:
+    """The ``Date`` of ``answer`` (the service's time as it answered, by the clock that stamps
+    its customers' creation), None without an answer or a ``Date``."""
+    return None if answer is None else answer.headers.get("Date")
 
 
 def token_request(app_id: str, secret: str) -> Request:

@@ -24,6 +24,7 @@ import attrs
 
 from .._client import DMHubClient
 from .._pagination import AsyncPaginator
+from .._sansio import date_of
 from ._ids import IdSet
 
 __all__ = ["Retries", "final_check", "start_page"]
@@ -57,8 +58,7 @@ class Retries:
         self.taken += retries
         if not self.counted:
             self.counted = True
-            answer = client.last_response
-            self.served = None if answer is None else answer.headers.get("Date")
+            self.served = date_of(client.last_response)
         return total
 
     async def to_list(self, walk: AsyncPaginator[T]) -> list[T]:

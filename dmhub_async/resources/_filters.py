@@ -15,6 +15,7 @@ from .._converter import wire_names
 from .._exceptions import InvalidRequestError
 from .._query_time import query_time
 from .._validate import (
+    at_index,
     check_id,
     check_no_controls,
     check_not_mangled,
@@ -169,10 +170,7 @@ def checked_ids(method: str, value: Any, name: str = "id_list") -> list[Any]:
             try:
                 check_id(method, i)
             except InvalidRequestError as err:
-                prefix = f"{method}(): "
-                raise InvalidRequestError(
-                    f"{prefix}{name}[{index}]: {str(err).removeprefix(prefix)}"
-                ) from None
+                raise at_index(err, method, index, name) from None
     return ids
 
 

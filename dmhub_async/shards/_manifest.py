@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import math
 import operator
 import os
 import secrets
@@ -519,8 +518,8 @@ def seen_whole(now: datetime, served: str | None) -> datetime:
     by the service's clock, and a customer created in its last minutes was in no part, every
     rerun saying the export complete without it.
     """
-    when = None if not served else http_date(served)
-    if when is None or not math.isfinite(when):
+    when = None if not served else http_date(served)  # a datetime's: finite
+    if when is None:
         return now
     try:
         by_service = datetime.fromtimestamp(int(when), timezone.utc)

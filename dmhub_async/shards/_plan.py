@@ -19,7 +19,6 @@ import asyncio
 import hashlib
 import io
 import itertools
-import math
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime, timedelta, timezone, tzinfo
@@ -32,6 +31,7 @@ from .._client import DMHubClient
 from .._exceptions import InvalidRequestError
 from .._query_time import in_utc, query_time
 from .._retry import http_date
+from .._sansio import date_of
 from .._tasks import together
 from .._validate import check_number, short
 from .._words import counted
@@ -451,12 +451,9 @@ def _served_second(client: DMHubClient) -> int | None:
     """The second of the ``Date`` of the calling task's last answer through ``client`` (the
     service's time as it answered: it stamps a customer's creation by its own clock), or None
     when it said none."""
-    answer = client.last_response
-    served = None if answer is None else answer.headers.get("Date")
-    when = None if not served else http_date(served)
-    if when is None or not math.isfinite(when):
-        return None
-    return int(when // 1)
+    served = date_of(client.last_response)
+    when = None if not served else http_date(served)  # a datetime's: finite
+    return None if when is None else int(when // 1)
 
 
 async def plan_shards(

@@ -987,10 +987,12 @@ async def _say_clock_behind(redis: Any) -> None:
     if redis is None:
         return
     try:
-        seconds, micros = await redis.time()
+        now = await _redis_now(redis)
     except (RedisError, OSError):  # said by the commands after, as they are waited for
         return
-    behind = seconds + micros / 1e6 - utils.timestamp_ms() / 1000  # arq's worker's clock
+    if now is None:  # a Redis user refused TIME: nothing to compare with
+        return
+    behind = now.timestamp() - utils.timestamp_ms() / 1000  # arq's worker's clock
     if behind > CLOCK_BEHIND_SAID:
         logger.warning(
             "this machine's clock is %d s behind the queue's Redis's: this worker takes each "

@@ -23,7 +23,7 @@ from typing_extensions import Unpack
 from .._atomic import replace_file
 from .._client import DMHubClient
 from .._exceptions import DMHubError, InvalidRequestError
-from .._sansio import APIResponse
+from .._sansio import date_of
 from .._threads import file_work
 from .._validate import check_flag, short
 from .._words import counted
@@ -377,15 +377,10 @@ async def _prepare(
         shards_asked=shards,
         verify=verify,
         # An answer to the planning, by the service's clock (see _manifest.seen_whole).
-        served=_date_of(client.last_response),
+        served=date_of(client.last_response),
     )
     await ManifestWriter(manifest, where).write()
     return manifest
-
-
-def _date_of(answer: APIResponse | None) -> str | None:
-    """An answer's ``Date`` (the service's time as it answered), None without one."""
-    return None if answer is None else answer.headers.get("Date")
 
 
 def check_shards(shards: object, caller: str) -> None:
