@@ -7,6 +7,7 @@ import contextlib
 import functools
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -700,7 +701,6 @@ async def _close_worker(arq_worker: Any) -> None:
 
 def _tls_redis(directory: Path) -> tuple[subprocess.Popen[bytes], int, Path]:
     """A redis-server on 127.0.0.1 speaking only TLS, with a certificate of a CA of its own."""
-    import shutil
 
     from _redis import REDIS_SERVER, free_port
 
@@ -2319,6 +2319,22 @@ async def test_a_coordinator_of_long_polls_says_no_worker_only_after_30_s_withou
         assert [m.split(" at ")[0] for m in said] == ["no worker has served the queue"]
 
 
+async def _worker_on_its_own_disk(
+    sim: SimProcess, redis: RedisServer, shared: Path, own: Path
+) -> tuple[Manifest, str]:
+    """A two-shard plan of ``sim``'s customers in ``shared``/out, its manifest.json copied to
+    ``own``/out, and the script of a worker that writes there: ``shared`` mounted at ``own``
+    (a worker on a disk of its own, not the shared volume)."""
+    from shard_support import WORKER
+
+    out = shared / "out"
+    manifest = await planned(sim, redis, out, 2)
+    (own / "out").mkdir(parents=True)
+    shutil.copy(out / MANIFEST_NAME, own / "out" / MANIFEST_NAME)
+    script = WORKER.replace("takeover=3", f"takeover=3, mounts={{{str(shared)!r}: {str(own)!r}}}")
+    return manifest, script
+
+
 async def test_a_part_its_worker_wrote_out_of_the_coordinators_sight_is_not_complete(
     tmp_path: Path, redis: RedisServer
 ) -> None:
@@ -2327,19 +2343,10 @@ async def test_a_part_its_worker_wrote_out_of_the_coordinators_sight_is_not_comp
     # not the shared volume, passed the plan's check and wrote the parts on its own disk: the
     # coordinator recorded every shard complete and the report said so (the CLI's exit code
     # 0), its directory holding no part at all, which only a merge then found.
-    import shutil
-
-    from shard_support import WORKER
-
     shared, own = tmp_path / "shared", tmp_path / "its own disk"
     out = shared / "out"
     with sim_process(300) as sim:
-        manifest = await planned(sim, redis, out, 2)
-        (own / "out").mkdir(parents=True)
-        shutil.copy(out / MANIFEST_NAME, own / "out" / MANIFEST_NAME)
-        script = WORKER.replace(
-            "takeover=3", f"takeover=3, mounts={{{str(shared)!r}: {str(own)!r}}}"
-        )
+        manifest, script = await _worker_on_its_own_disk(sim, redis, shared, own)
 
         async def poll(_: float) -> None:
             await asyncio.sleep(0.05)  # each poll counts as poll=30 s: the wait for NFS is 60
@@ -2374,19 +2381,10 @@ async def test_a_part_seen_late_is_waited_for_at_a_poll_of_60_s(
     # polls: with poll=60 the first look that missed it counted as the whole 60 s, and the
     # shard failed at once ("its worker wrote part-00000.jsonl ... where this coordinator does
     # not see it"), the export incomplete, although the part showed at the next look.
-    import shutil
-
-    from shard_support import WORKER
-
     shared, own = tmp_path / "shared", tmp_path / "its own disk"
     out = shared / "out"
     with sim_process(300) as sim:
-        manifest = await planned(sim, redis, out, 2)
-        (own / "out").mkdir(parents=True)
-        shutil.copy(out / MANIFEST_NAME, own / "out" / MANIFEST_NAME)
-        script = WORKER.replace(
-            "takeover=3", f"takeover=3, mounts={{{str(shared)!r}: {str(own)!r}}}"
-        )
+        manifest, script = await _worker_on_its_own_disk(sim, redis, shared, own)
 
         async def poll(_: float) -> None:  # the parts show here a poll after they were written
             for part in (own / "out").glob("part-*.jsonl"):  # not a checkpoint the worker drops
