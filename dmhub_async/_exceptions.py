@@ -113,6 +113,9 @@ class APIConnectionError(DMHubError):
     outcome_unknown: bool
     #: The request never left (refused, DNS): nothing of it reached the service.
     _not_sent: bool = False
+    #: Another attempt would fail the same way (a certificate not trusted, a proxy that wants
+    #: its user and password): not retried.
+    _final: bool = False
     #: What the message ends in, said of a connection never made (where, what to check):
     #: the command line says it in its own words.
     _hint: str = ""

@@ -238,6 +238,8 @@ class RetryPolicy:
             return not err.outcome_unknown
         if isinstance(err, ServerError) and err.status in FINAL_5XX:
             return False
+        if isinstance(err, APIConnectionError) and err._final:
+            return False  # the same failure again: an untrusted certificate, a proxy's 407
         if isinstance(err, (APIConnectionError, ServerError, ResponseDecodeError)):
             # The session layer marks outcome_unknown where a repeat could write twice.
             return not err.outcome_unknown

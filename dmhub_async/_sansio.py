@@ -510,7 +510,16 @@ def connection_error(
     error = cls(message, method=request.method, path=request.path, outcome_unknown=unknown)
     error._not_sent = not_sent
     error._hint = hint
+    # What a retry cannot mend: a certificate this machine does not trust, or a proxy that
+    # refused the tunnel with a 4xx (407: its user and password), not a 408 or 429.
+    error._final = kind == "ClientConnectorCertificateError" or (
+        kind == "ClientHttpProxyError" and status is not None and status in _PROXY_FINAL
+    )
     return error
+
+
+#: A proxy's answers to a tunnel's CONNECT that the same CONNECT would get again.
+_PROXY_FINAL = frozenset(range(400, 500)) - {408, 425, 429}
 
 
 def connection_hint(

@@ -639,3 +639,69 @@ async def test_the_command_line_says_where_it_found_no_connection_once() -> None
     _, line = explain(info.value)
     assert "is DMHUB_BASE_URL right?" in line, line  # the command line's words
     assert "base_url" not in line, line  # not the library's, a Python argument's name
+
+
+async def _no_wait(seconds: float) -> None:
+    return None
+
+
+async def test_a_proxy_that_wants_its_password_is_asked_once_not_retried(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Before: a 407 to the tunnel's CONNECT was retried like a lost connection, three times
+    # more by default and each after a wait, with the same user and password every time.
+    import asyncio
+
+    asked = 0
+
+    async def proxy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal asked
+        asked += 1
+        while (await reader.readline()) not in (b"\r\n", b""):
+            pass
+        writer.write(b"HTTP/1.1 407 Proxy Authentication Required\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(proxy, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    for name in ("HTTPS_PROXY", "https_proxy", "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTPS_PROXY", f"http://corp-user:ProxyPassw0rd@127.0.0.1:{port}")
+    dm = DMHubClient(
+        access_token="t0ken", base_url="https://dmhub.invalid", max_retries=3, sleep=_no_wait
+    )
+    async with server, dm:
+        with pytest.raises(APIConnectionError, match="HTTP 407"):
+            await dm.customers.count()
+    assert asked == 1
+    assert dm.stats.retries == 0
+
+
+async def test_an_untrusted_certificate_is_met_once_not_retried(tmp_path: Any) -> None:
+    # Before: a certificate this machine does not trust was retried like a lost connection,
+    # each handshake failing the same way.
+    import asyncio
+
+    accepted = 0
+
+    class Counted(asyncio.Protocol):
+        def __init__(self) -> None:
+            nonlocal accepted
+            accepted += 1
+
+    loop = asyncio.get_running_loop()
+    listening = await loop.create_server(Counted, "127.0.0.1", 0, ssl=_self_signed(tmp_path))
+    port = listening.sockets[0].getsockname()[1]
+    async with (
+        listening,
+        DMHubClient(
+            access_token="t0ken",
+            base_url=f"https://127.0.0.1:{port}",
+            max_retries=3,
+            sleep=_no_wait,
+        ) as dm,
+    ):
+        with pytest.raises(APIConnectionError, match="is not trusted"):
+            await dm.customers.count()
+    assert accepted == 1
