@@ -19,7 +19,7 @@ import typing
 import unicodedata
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timezone
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, quote, urlencode, urlsplit
 
@@ -654,13 +654,8 @@ def check_customer_fields(method: str, fields: Mapping[str, Any] | CustomerField
             raise InvalidRequestError(f"{method}(): attr keys must be strings")
         if name == "date_join":
             _check_timestamp(method, name, value)
-        if name == "annual_revenue" and isinstance(value, str) and not _NUMBER.fullmatch(value):
-            # Sent as it was, a JSON string the service refused after the request (or took:
-            # Python's Decimal reads "1_000" and "Infinity").
-            raise InvalidRequestError(
-                f"{method}(): annual_revenue must be a number (or its text, such as '1000.50'),"
-                f" not {short(value)}"
-            )
+        if name == "annual_revenue" and isinstance(value, str):
+            _check_amount_text(method, value)
 
 
 #: The fields a create is matched on (docs/contract.md "create"), checked as filters are.
@@ -668,6 +663,28 @@ _MATCHED_ON: typing.Final = frozenset({"mobile", "email"})
 
 #: A JSON number's text: what an amount given as a string may be.
 _NUMBER: typing.Final = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
+
+
+def _check_amount_text(method: str, text: str) -> None:
+    """An ``annual_revenue`` given as text: a JSON number's, which a ``Decimal`` holds (it is
+    sent as one), or InvalidRequestError.
+
+    Sent as it was, a JSON string the service refused after the request (or took: Python's
+    Decimal reads "1_000" and "Infinity"). A number whose exponent no Decimal holds
+    (``"1e-9999999999999999999999"``) was a raw ``decimal.InvalidOperation`` from inside
+    the converter, no DMHubError and no ValueError, naming no field.
+    """
+    if not _NUMBER.fullmatch(text):
+        raise InvalidRequestError(
+            f"{method}(): annual_revenue must be a number (or its text, such as '1000.50'),"
+            f" not {short(text)}"
+        )
+    try:
+        Decimal(text)
+    except InvalidOperation:
+        raise InvalidRequestError(
+            f"{method}(): annual_revenue must be a number a Decimal holds, not {short(text)}"
+        ) from None
 
 
 def _check_timestamp(method: str, name: str, value: datetime | str) -> None:

@@ -96,6 +96,14 @@ CASES: dict[str, Call] = {
     "update: annual_revenue 'Infinity'": lambda dm: dm.customers.update(
         1, annual_revenue="Infinity"
     ),
+    # A number's text whose exponent no Decimal holds: a raw decimal.InvalidOperation (no
+    # DMHubError, no ValueError) from inside the converter, naming nothing.
+    "create: annual_revenue '1e-9999999999999999999999'": lambda dm: dm.customers.create(
+        annual_revenue="1e-9999999999999999999999"
+    ),
+    "upsert: annual_revenue '1E+9999999999999999999'": lambda dm: (
+        dm.customers.create_with_identities([OK], annual_revenue="1E+9999999999999999999")
+    ),
     "create: annual_revenue 1E+5000": lambda dm: dm.customers.create(
         annual_revenue=Decimal("1E+5000")
     ),
@@ -547,9 +555,19 @@ BAD_FIELD_NAME: dict[str, tuple[Callable[[DMHubClient], Any], str]] = {
 }
 
 
+#: A field's value refused, by the field's name.
+BAD_FIELD_VALUE: dict[str, tuple[Callable[[DMHubClient], Any], str]] = {
+    "annual_revenue beyond a Decimal": (
+        lambda dm: dm.customers.update(1, annual_revenue="1e-9999999999999999999999"),
+        "update(): annual_revenue must be a number a Decimal holds, not"
+        " '1e-9999999999999999999999'",
+    ),
+}
+
+
 #: Refusals that name what they refuse: an id by its list and place, a field by the
 #: parameter that held it.
-NAMED_REFUSALS = {**BAD_ID_IN_A_LIST, **BAD_FIELD_NAME}
+NAMED_REFUSALS = {**BAD_ID_IN_A_LIST, **BAD_FIELD_NAME, **BAD_FIELD_VALUE}
 
 
 @pytest.mark.parametrize("name", list(NAMED_REFUSALS))
