@@ -142,9 +142,13 @@ def loads(body: bytes | str) -> Any:
 
 
 def _decimal_text(value: Any) -> Any:
-    """orjson's ``default``: a finite ``Decimal`` as its digits, a JSON number."""
+    """orjson's ``default``: a finite ``Decimal`` as its digits, a JSON number.
+
+    Its digits by ``Decimal.__str__``, not ``str()``: a subclass's own (a money type's
+    ``"%.2f"``, a currency sign) went out as another number, or as no JSON at all.
+    """
     if isinstance(value, Decimal) and value.is_finite():
-        return orjson.Fragment(str(value).encode())
+        return orjson.Fragment(Decimal.__str__(value).encode())
     raise TypeError(f"Type is not JSON serializable: {type(value).__name__}")
 
 
@@ -157,7 +161,9 @@ def _plain(obj: Any) -> Any:
     if isinstance(obj, list | tuple):
         return [_plain(v) for v in obj]
     if isinstance(obj, int) and not isinstance(obj, bool) and not -(2**63) <= obj < 2**64:
-        return orjson.Fragment(str(obj).encode())  # ValueError beyond Python's 4,300 digits
+        # Its digits as json.dumps writes them, whatever its class's str() says (a typed id's
+        # "Account#1180..." went out as the body, no JSON); ValueError past 4,300 digits.
+        return orjson.Fragment(int.__repr__(obj).encode())
     if isinstance(obj, float) and type(obj) is not float:
         return float(obj)
     return obj

@@ -369,6 +369,45 @@ async def test_a_long_decimal_written_reads_back_exactly() -> None:
     assert bodies[1] == {"annualRevenue": Decimal("99999999999999999999.99")}
 
 
+async def test_a_number_of_a_subclass_with_its_own_str_is_written_as_the_number_it_is() -> None:
+    # An integer beyond 64 bits and a Decimal a float would round are written as their digits:
+    # by str(), which a subclass of the caller's answers in its own words. The body went out as
+    # {"attr":{"n":Account#1180591620717411303424},...}, not JSON, and was refused (400) after
+    # it was sent; a Decimal whose str() rounds (a money type's "%.2f") went out as another
+    # number without a word.
+    class Account(int):
+        def __str__(self) -> str:
+            return f"Account#{int(self)}"
+
+    class Money(Decimal):
+        def __str__(self) -> str:
+            return f"{Decimal(self):.2f}"
+
+    number, revenue = Account(2**70), Money("12345678901234567.891")
+    async with (
+        DMHubSimulator(customers=0) as sim,
+        DMHubClient(app_id=sim.app_id, secret=sim.secret, base_url=sim.url) as dm,
+    ):
+        bodies: list[bytes] = []
+
+        async def keep(request: Any) -> None:
+            if request.can_read_body:
+                bodies.append(await request.read())
+
+        sim.on_request(keep)
+        made = await dm.customers.create(annual_revenue=revenue, attr={"n": [number]})
+        assert made.id is not None
+        got = await dm.customers.get(made.id)
+        answer = await dm.request("POST", "/v1/customers", json={"attr": {"n": number}})
+    assert got.attr == {"n": [2**70]}
+    assert got.annual_revenue == Decimal("12345678901234567.891")
+    assert answer["attr"] == {"n": 2**70}
+    assert [json.loads(body, parse_float=Decimal) for body in bodies] == [
+        {"annualRevenue": Decimal("12345678901234567.891"), "attr": {"n": [2**70]}},
+        {"attr": {"n": 2**70}},
+    ]
+
+
 # --- raw rows: each row's bytes as the service sent them ------------------------------------
 
 
