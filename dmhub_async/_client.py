@@ -25,7 +25,7 @@ from ._exceptions import InvalidRequestError, coerce_code
 from ._limits import SharedLimit
 from ._query_time import zone_setting
 from ._retry import RetryPolicy
-from ._sansio import DEFAULT_AUTH_ERROR_CODES, APIResponse
+from ._sansio import DEFAULT_AUTH_ERROR_CODES, USER_AGENT, APIResponse
 from ._session import ClientStats, Session, env_proxy, is_loopback
 from ._validate import (
     check_codes,
@@ -261,7 +261,7 @@ class DMHubClient:
                 read_timeout if read_timeout is not None else current.sock_read,
             )
         if extra_headers is not None:
-            _check_headers(extra_headers)
+            extra_headers = _checked_headers(extra_headers)
         _check_retry(retry)
         derived._session = self._session.derive(
             timeout=client_timeout, policy=policy, headers=extra_headers
@@ -417,14 +417,23 @@ _CLIENT_HEADERS: Final = frozenset(
 _MAX_HEADER_LINE = 8190
 
 
-def _check_headers(headers: object) -> None:
-    """Header names and values that can be sent as given, or InvalidRequestError now: a line
-    break failed at the call with aiohttp's raw ValueError, a lone surrogate went out as an
-    empty value, a name with a space (or a 9 KB value) was sent and refused (400)."""
+def _checked_headers(headers: object) -> dict[str, str]:
+    """The headers to send, or InvalidRequestError now for names and values that cannot be
+    sent as given: a line break failed at the call with aiohttp's raw ValueError, a lone
+    surrogate went out as an empty value, a name with a space (or a 9 KB value) was sent and
+    refused (400).
+
+    A ``User-Agent`` of the caller's goes after the SDK's (``dmhub-async/... aiohttp/...
+    my-job/1``), under that one name: it replaced the SDK's, so requests no longer said they
+    were the SDK's (the simulator, which tells this client's own retry of a PUT or a DELETE
+    from aiohttp's re-send by it, dropped that retry), and spelt ``user-agent`` it went out
+    as a second User-Agent line.
+    """
     if not isinstance(headers, Mapping):
         raise InvalidRequestError(
             f"extra_headers must be a mapping of names to values, not {short(headers)}"
         )
+    checked: dict[str, str] = {}
     for name, value in headers.items():
         if not isinstance(name, str) or not _HEADER_NAME.match(name):
             raise InvalidRequestError(f"extra_headers: {short(name)} is no header name")
@@ -438,12 +447,16 @@ def _check_headers(headers: object) -> None:
             raise InvalidRequestError(
                 f"extra_headers: the value of {name} must be printable ASCII text"
             )
+        if name.lower() == "user-agent":
+            name, value = "User-Agent", f"{USER_AGENT} {value}" if value else USER_AGENT
         line = len(name) + len(": ") + len(value)  # ASCII: a byte a character
         if line > _MAX_HEADER_LINE:  # sent, every call was answered 400 by the front
             raise InvalidRequestError(
                 f"extra_headers: {name}: its line (name: value) is {line} bytes; at most"
                 f" {_MAX_HEADER_LINE}, what common servers and proxies take"
             )
+        checked[name] = value
+    return checked
 
 
 def _lower_scheme(url: str) -> str:

@@ -66,6 +66,7 @@ class Server:
                 "url": str(request.url),
                 "query": dict(request.query),
                 "headers": dict(request.headers),
+                "agents": request.headers.getall("User-Agent", []),  # every line of it
                 "body": await request.read(),
             }
         )
@@ -755,6 +756,36 @@ async def test_the_user_agent_goes_with_a_passed_in_session_and_with_added_heade
     agent = f"dmhub-async/{__version__} aiohttp/{aiohttp.__version__}"
     assert [seen["headers"].get("User-Agent") for seen in service.seen] == [agent] * 3
     assert [seen["headers"].get("X-Trace") for seen in service.seen] == [None, "t1", None]
+
+
+@pytest.mark.parametrize("name", ["User-Agent", "user-agent"])
+@pytest.mark.parametrize("own_session", [True, False])
+async def test_a_user_agent_of_the_callers_goes_after_the_sdks(
+    servers: tuple[Server, Server], client: Callable[..., DMHubClient], own_session: bool, name: str
+) -> None:
+    # with_options(extra_headers={"User-Agent": ...}) replaced the SDK's (or, spelt in lower
+    # case, went out beside it: two User-Agent lines): the requests no longer said they were
+    # the SDK's, and the simulator, which tells the SDK's own retry of a PUT or a DELETE from
+    # aiohttp's re-send by it, dropped that retry as a re-send.
+    service, _ = servers
+
+    async def ok(request: web.Request) -> web.StreamResponse:
+        return web.json_response({"error_code": 0})
+
+    service.handler = ok
+    async with aiohttp.ClientSession() as http:
+        dm = client(service.url, **({} if own_session else {"session": http}))
+        job = dm.with_options(extra_headers={name: "my-job/1.2"})
+        await job.request("GET", "/v1/a")
+        await job.with_options(extra_headers={"X-Trace": "t1"}).request("PUT", "/v1/b", json={})
+        await job.with_options(extra_headers={name: "my-job/2"}).request("DELETE", "/v1/c")
+
+    sdk = f"dmhub-async/{__version__} aiohttp/{aiohttp.__version__}"
+    assert [seen["agents"] for seen in service.seen] == [
+        [f"{sdk} my-job/1.2"],
+        [f"{sdk} my-job/1.2"],
+        [f"{sdk} my-job/2"],
+    ]
 
 
 #: A base URL off this machine, as a proxy is asked for it; .invalid is never resolved by DNS.

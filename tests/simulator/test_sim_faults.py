@@ -240,13 +240,16 @@ async def test_reset_after_write_on_delete_is_not_applied_twice(
     assert sim.counters.routes["DELETE /v1/customers/{id}"] == 2  # aiohttp's own re-send
 
 
+@pytest.mark.parametrize("agent", [None, "User-Agent", "user-agent"])
 @pytest.mark.parametrize("write", ["update", "delete"])
 async def test_one_scripted_reset_of_the_sdk_s_update_or_delete_is_one_failure(
-    sim: DMHubSimulator, write: str
+    sim: DMHubSimulator, write: str, agent: str | None
 ) -> None:
     # The SDK's client sends a PUT or a DELETE once (aiohttp would again): its next one is its
     # own retry, which the simulator took for aiohttp's re-send and dropped as well, so one
-    # scripted reset cost two retries.
+    # scripted reset cost two retries. So it did for a client given a User-Agent of the
+    # caller's (with_options(extra_headers=...)), which the SDK's no longer began: its update
+    # failed "the write may have been applied" with a retry to spare, nothing written.
     clock = FakeClock()
     victim = sim.customer_ids()[0]
     async with dmhub_async.DMHubClient(
@@ -256,7 +259,9 @@ async def test_one_scripted_reset_of_the_sdk_s_update_or_delete_is_one_failure(
         token_store=dmhub_async.MemoryTokenStore(),
         clock=clock,
         sleep=clock.sleep,
-    ) as dm:
+        max_retries=1,
+    ) as root:
+        dm = root.with_options(extra_headers={agent: "my-job/1"}) if agent else root
         await dm.customers.get(victim)  # the token, fetched
         sim.faults.script(["reset"])
         if write == "update":
