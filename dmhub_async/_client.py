@@ -392,9 +392,13 @@ _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 #: Headers the client writes itself, from the request: one given in ``extra_headers`` framed the
 #: request otherwise than its body (``Content-Length: 5`` sent five bytes of a create's JSON
 #: and the rest as the start of the next request on the connection, the service's 400 "Invalid
-#: method"), or sent it elsewhere than ``base_url`` says.
+#: method"), or sent it elsewhere than ``base_url`` says. And ``Accept-Encoding``: the client
+#: decompresses answers itself, gzip and deflate alone; asked for ``br``, a service's br
+#: answer to a create it had written was refused as "compressed as 'br', which this client
+#: did not ask for", its outcome unknown.
 _CLIENT_HEADERS: Final = frozenset(
     {
+        "accept-encoding",
         "connection",
         "content-encoding",
         "content-length",
@@ -439,8 +443,8 @@ def _checked_headers(headers: object) -> dict[str, str]:
             raise InvalidRequestError(f"extra_headers: {short(name)} is no header name")
         if name.lower() in _CLIENT_HEADERS:
             raise InvalidRequestError(
-                f"extra_headers: {name} is the client's to write (the request's framing, or"
-                " base_url's host)"
+                f"extra_headers: {name} is the client's to write (the request's framing, the"
+                " encodings it reads, or base_url's host)"
             )
         if not isinstance(value, str) or not value.isprintable() or not value.isascii():
             # isprintable() refuses CR, LF, NUL and lone surrogates; a header is ASCII.
