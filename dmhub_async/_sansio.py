@@ -220,6 +220,8 @@ def read_token(data: Any, started: float) -> Token:
     return Token(token, started + expires_in)
 
 
+#: 303 See Other: the request was carried out, its result is elsewhere (RFC 9110, 15.4.4).
+SEE_OTHER = 303
 #: The statuses whose Retry-After :func:`read_response` reads (against its ``now``).
 RETRY_AFTER_STATUSES = frozenset({429, 503})
 
@@ -422,9 +424,11 @@ def build_error(
     # A write whose answer failed may still have been applied: don't repeat it blindly.
     # 429 and 503 are refusals: nothing was written, nor on a FINAL_5XX. A 4xx is final anyway,
     # and so is an error_code on a 2xx: the service answered, and said no. A 2xx we cannot
-    # read is unknown.
+    # read is unknown, and so is a 303 See Other, which says the request was carried out and
+    # points to its result (RFC 9110, 15.4.4), not followed here (a create said nothing of it,
+    # and repeated made two); the other redirects say to send it elsewhere.
     unknown = not request.idempotent and (
-        (status < 300 and code is None)
+        ((status < 300 or status == SEE_OTHER) and code is None)
         or (status >= 500 and status != 503 and status not in FINAL_5XX)
     )
     if unknown:

@@ -209,12 +209,15 @@ async def test_a_success_answer_of_the_wrong_shape_names_its_request_and_request
         {"status": 502, "body": b"<html>Bad Gateway</html>"},
         {"status": 200, "body": b"<html>ok</html>"},
         {"status": 200, "payload": {}},
+        {"status": 303, "headers": {"Location": "/v1/customers/7"}},
     ],
-    ids=["500", "502", "unreadable 200", "200 without the customer"],
+    ids=["500", "502", "unreadable 200", "200 without the customer", "303 See Other"],
 )
 async def test_a_write_that_may_have_been_applied_says_so_in_its_message(api, make_client, answer):
     # The README: such a write raises "with outcome_unknown=True and a message saying so".
     # The attribute was set, but the message (what a log or the CLI shows) said nothing.
+    # A 303 says the server carried the request out and points to its result (RFC 9110,
+    # 15.4.4): it was a plain refusal, outcome_unknown=False, and a create repeated made two.
     api.post(url("/v1/customers"), **answer)
     dm = make_client(access_token="tok")
 
