@@ -119,7 +119,9 @@ def http_date(value: str) -> float | None:
     value = value.strip()
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):
+        # OverflowError: a field of more digits than a C long ("99999999999999999999:00:00"),
+        # raw out of a 429's call (its Date), of a plan and of a late check.
         return None
     if when.tzinfo is None:
         # GMT, as every HTTP date is (RFC 9110, 5.6.7): asctime's form writes no zone, and

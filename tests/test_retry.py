@@ -267,6 +267,33 @@ async def test_a_retry_after_date_with_no_readable_date_header_is_read_by_our_cl
     assert clock.waits == [pytest.approx(21.0)]
 
 
+#: An HTTP date whose hour is a number no datetime holds: email.utils raised OverflowError.
+_DATE_OF_HUGE_NUMBERS = "Mon, 01 Jan 2026 99999999999999999999:00:00 GMT"
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "date", "waits"),
+    [
+        ("7", _DATE_OF_HUGE_NUMBERS, [pytest.approx(7.7)]),  # the Date is no date: unread
+        (_DATE_OF_HUGE_NUMBERS, None, [0.5]),  # no date: no answer, backoff applies
+    ],
+)
+async def test_an_http_date_of_numbers_no_datetime_holds_is_no_date(
+    api, make_client, clock, retry_after, date, waits
+):
+    # Before: email.utils' OverflowError came out of the call, raw, from a 429 whose Date
+    # (read for its Retry-After since it is measured from it) or Retry-After held one.
+    headers = {"Retry-After": retry_after}
+    if date is not None:
+        headers["Date"] = date
+    api.get(url("/v1/customers/1"), status=429, headers=headers)
+    api.get(url("/v1/customers/1"), payload=CUSTOMER)
+    dm = make_client(access_token="tok")
+
+    assert await dm.request("GET", "/v1/customers/1") == CUSTOMER
+    assert clock.waits == waits
+
+
 async def test_retry_after_in_the_past_retries_at_once(api, make_client, clock):
     when = datetime.fromtimestamp(clock.now - 60, tz=timezone.utc)
     api.get(

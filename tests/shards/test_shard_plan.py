@@ -175,6 +175,22 @@ async def test_an_empty_set_is_one_open_shard(sim: DMHubSimulator, dm: DMHubClie
     assert (shards[0].start, shards[0].end, shards[0].planned_count) == (None, None, 0)
 
 
+async def test_a_plan_from_a_service_whose_date_no_datetime_holds_is_made_as_without_one() -> None:
+    # The plan reads its first count's Date (the service's clock). One whose hour is a number
+    # no datetime holds raised email.utils' OverflowError, raw, after the count.
+    async def huge_date(_request: web.Request, response: web.StreamResponse) -> None:
+        response.headers["Date"] = "Mon, 01 Jan 2026 99999999999999999999:00:00 GMT"
+
+    sim = DMHubSimulator(customers=400)
+    sim.app.on_response_prepare.append(huge_date)
+    async with sim, DMHubClient(sim.app_id, sim.secret, base_url=sim.url) as dm:
+        shards = await plan_shards(dm, 4)
+
+    assert sum(s.planned_count for s in shards) == 400
+    assert len(shards) == 4
+    assert shards[-1].end is None
+
+
 async def test_a_shard_survives_json(sim: DMHubSimulator, dm: DMHubClient) -> None:
     shards = await plan_shards(dm, 3, stage="lead")
     assert [Shard.from_dict(orjson.loads(orjson.dumps(s.to_dict()))) for s in shards] == shards
