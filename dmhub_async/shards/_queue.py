@@ -880,6 +880,10 @@ def worker(
     if not heartbeat < takeover:
         raise InvalidRequestError("worker(): heartbeat must be positive and below takeover")
     check_number("worker(): max_jobs", max_jobs, 1, inclusive=True, kind=int)
+    # arq reads them by truthiness: burst="false" (a setting read as text) stopped the worker
+    # as soon as the queue was empty.
+    check_flag("worker", "burst", burst)
+    check_flag("worker", "handle_signals", handle_signals)
     if concurrency is not None:
         check_concurrency(concurrency, "worker(): concurrency")
     if rate_limit is not None:  # checked by the limiter too, but only at the worker's start

@@ -547,6 +547,11 @@ async def test_a_result_that_cannot_be_read_is_a_failed_shard_not_a_traceback(
         {"rate_limit": 50.01},  # no window of whole seconds up to 60 holds it
         {"concurrency": 0},
         {"concurrency": 65},
+        # Taken by truthiness: "false" (a setting read as text) was a burst worker, which
+        # stopped as soon as the queue was empty, and arq took the signals of a program that
+        # said it handles them.
+        {"burst": "false"},
+        {"handle_signals": "no"},
     ],
     ids=[
         "takeover inf",
@@ -559,6 +564,8 @@ async def test_a_result_that_cannot_be_read_is_a_failed_shard_not_a_traceback(
         "rate_limit 50.01",
         "concurrency 0",
         "concurrency 65",
+        "burst a str",
+        "handle_signals a str",
     ],
 )
 def test_a_worker_with_a_bad_setting_is_refused_when_made(kwargs: dict[str, object]) -> None:
