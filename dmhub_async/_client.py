@@ -11,6 +11,7 @@ import copy
 import os
 import re
 import time
+import traceback
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import tzinfo
 from types import TracebackType
@@ -123,102 +124,111 @@ class DMHubClient:
         # The environment's values are checked as the arguments are (a secret with a line
         # break, or of 6,000 characters, was sent), and named as what they came from.
         env = os.environ
-        # Once: an iterator was used up by its check, and token refresh then knew no code.
-        auth_error_codes = (
-            tuple(auth_error_codes) if is_collection(auth_error_codes) else auth_error_codes
-        )
-        if access_token is not None and (app_id or secret):
-            # Which would win? The credentials did, and the token was never used.
-            raise InvalidRequestError(
-                "pass access_token, or app_id and secret, not both: a token is used as is, "
-                "credentials fetch their own"
+        try:
+            # Once: an iterator was used up by its check, and token refresh then knew no code.
+            auth_error_codes = (
+                tuple(auth_error_codes) if is_collection(auth_error_codes) else auth_error_codes
             )
-        app_id_from = "app_id" if app_id else "DMHUB_APP_ID"
-        secret_from = "secret" if secret else "DMHUB_SECRET"
-        if access_token is None:  # a token given is used as is: not the environment's fetch
-            app_id = app_id or env.get("DMHUB_APP_ID") or None
-            secret = secret or env.get("DMHUB_SECRET") or None
-        base_url = base_url or env.get("DMHUB_BASE_URL") or None
-        check_settings(
-            {app_id_from: app_id, secret_from: secret, "access_token": access_token},
-            base_url,
-            {  # the timeouts: _timeout, below
-                "max_retries": (max_retries, 0, True, int),
-                "max_concurrency": (max_concurrency, 1, True, int),
-                "max_response_size": (max_response_size, 1, True, int),
-                # A limit shared with other clients (RedisRateLimiter) is an object, not a rate.
-                "rate_limit": (
-                    None if hasattr(rate_limit, "acquire") else rate_limit,
-                    0,
-                    False,
-                    float,
-                ),
-            },
-            auth_error_codes,
-            optional=frozenset({"rate_limit"}),
-        )
-        # "false" or "no" (a setting read as text) is true: plain http went through unasked.
-        check_flag("DMHubClient", "allow_insecure_http", allow_insecure_http)
-        self.app_id = app_id
-        if not access_token and not (self.app_id and secret):
-            raise InvalidRequestError(
-                "no credentials: pass app_id and secret (or access_token), "
-                "or set DMHUB_APP_ID and DMHUB_SECRET"
+            if access_token is not None and (app_id or secret):
+                # Which would win? The credentials did, and the token was never used.
+                raise InvalidRequestError(
+                    "pass access_token, or app_id and secret, not both: a token is used as is, "
+                    "credentials fetch their own"
+                )
+            app_id_from = "app_id" if app_id else "DMHUB_APP_ID"
+            secret_from = "secret" if secret else "DMHUB_SECRET"
+            if access_token is None:  # a token given is used as is: not the environment's fetch
+                app_id = app_id or env.get("DMHUB_APP_ID") or None
+                secret = secret or env.get("DMHUB_SECRET") or None
+            base_url = base_url or env.get("DMHUB_BASE_URL") or None
+            check_settings(
+                {app_id_from: app_id, secret_from: secret, "access_token": access_token},
+                base_url,
+                {  # the timeouts: _timeout, below
+                    "max_retries": (max_retries, 0, True, int),
+                    "max_concurrency": (max_concurrency, 1, True, int),
+                    "max_response_size": (max_response_size, 1, True, int),
+                    # A limit shared with other clients (RedisRateLimiter) is an object, not a rate.
+                    "rate_limit": (
+                        None if hasattr(rate_limit, "acquire") else rate_limit,
+                        0,
+                        False,
+                        float,
+                    ),
+                },
+                auth_error_codes,
+                optional=frozenset({"rate_limit"}),
             )
-        self.base_url = _lower_scheme((base_url or DEFAULT_BASE_URL).rstrip("/"))
-        if not self.base_url.startswith(("http://", "https://")):
-            raise InvalidRequestError(
-                f"base_url must start with http:// or https://: {self.base_url!r}"
+            # "false" or "no" (a setting read as text) is true: plain http went through unasked.
+            check_flag("DMHubClient", "allow_insecure_http", allow_insecure_http)
+            self.app_id = app_id
+            if not access_token and not (self.app_id and secret):
+                raise InvalidRequestError(
+                    "no credentials: pass app_id and secret (or access_token), "
+                    "or set DMHUB_APP_ID and DMHUB_SECRET"
+                )
+            self.base_url = _lower_scheme((base_url or DEFAULT_BASE_URL).rstrip("/"))
+            if not self.base_url.startswith(("http://", "https://")):
+                raise InvalidRequestError(
+                    f"base_url must start with http:// or https://: {self.base_url!r}"
+                )
+            if self.base_url.startswith("http://") and not (
+                allow_insecure_http or is_loopback(self.base_url)
+            ):
+                raise InvalidRequestError(
+                    f"base_url {self.base_url!r} is plain http: the secret and the access token "
+                    "travel in the query string of every request, readable by anyone on the way. "
+                    "Use https://, or pass allow_insecure_http=True if you must"
+                )
+            _check_objects(retry, token_store, session, clock, sleep, rate_limit)
+            if (
+                session is not None
+                and not allow_insecure_http
+                and self.base_url.startswith("http://")
+                and _proxied_in_clear(session, self.base_url)
+            ):
+                # Let through above as this machine's: a session of the caller's that sends it
+                # through a proxy reached by plain http gives the proxy the secret and the token.
+                raise InvalidRequestError(
+                    f"base_url {self.base_url!r} is plain http, and the session passed in sends "
+                    "it through a proxy over plain http (its proxy=, or trust_env=True and "
+                    "HTTP_PROXY): the secret and the access token travel in the query string, "
+                    "readable by the proxy and anyone on the way to it. Pass a session without "
+                    "that proxy, name the host in NO_PROXY, or pass allow_insecure_http=True if "
+                    "you must"
+                )
+            client_timeout = _timeout(timeout, connect_timeout, read_timeout)
+            #: The zone of naive time filters (None: UTC, with a warning): see ``_query_time``.
+            self.timezone: tzinfo | None = zone_setting(timezone)
+            clock = clock or time.time
+            sleep = sleep or asyncio.sleep
+            self.retry_policy = retry or RetryPolicy(max_retries=max_retries)
+            self._session = Session(
+                self.base_url,
+                app_id=self.app_id,
+                secret=secret,
+                access_token=access_token,
+                token_store=token_store if token_store is not None else DEFAULT_STORE,
+                http=session,
+                timeout=client_timeout,
+                max_concurrency=max_concurrency,
+                max_response_size=max_response_size,
+                rate_limit=rate_limit,
+                policy=self.retry_policy,
+                auth_codes=frozenset(coerce_code(c) or c for c in auth_error_codes),
+                clock=clock,
+                sleep=sleep,
             )
-        if self.base_url.startswith("http://") and not (
-            allow_insecure_http or is_loopback(self.base_url)
-        ):
-            raise InvalidRequestError(
-                f"base_url {self.base_url!r} is plain http: the secret and the access token "
-                "travel in the query string of every request, readable by anyone on the way. "
-                "Use https://, or pass allow_insecure_http=True if you must"
-            )
-        _check_objects(retry, token_store, session, clock, sleep, rate_limit)
-        if (
-            session is not None
-            and not allow_insecure_http
-            and self.base_url.startswith("http://")
-            and _proxied_in_clear(session, self.base_url)
-        ):
-            # Let through above as this machine's: a session of the caller's that sends it
-            # through a proxy reached by plain http gives the proxy the secret and the token.
-            raise InvalidRequestError(
-                f"base_url {self.base_url!r} is plain http, and the session passed in sends "
-                "it through a proxy over plain http (its proxy=, or trust_env=True and "
-                "HTTP_PROXY): the secret and the access token travel in the query string, "
-                "readable by the proxy and anyone on the way to it. Pass a session without "
-                "that proxy, name the host in NO_PROXY, or pass allow_insecure_http=True if "
-                "you must"
-            )
-        client_timeout = _timeout(timeout, connect_timeout, read_timeout)
-        #: The zone of naive time filters (None: UTC, with a warning): see ``_query_time``.
-        self.timezone: tzinfo | None = zone_setting(timezone)
-        clock = clock or time.time
-        sleep = sleep or asyncio.sleep
-        self.retry_policy = retry or RetryPolicy(max_retries=max_retries)
-        self._session = Session(
-            self.base_url,
-            app_id=self.app_id,
-            secret=secret,
-            access_token=access_token,
-            token_store=token_store if token_store is not None else DEFAULT_STORE,
-            http=session,
-            timeout=client_timeout,
-            max_concurrency=max_concurrency,
-            max_response_size=max_response_size,
-            rate_limit=rate_limit,
-            policy=self.retry_policy,
-            auth_codes=frozenset(coerce_code(c) or c for c in auth_error_codes),
-            clock=clock,
-            sleep=sleep,
-        )
-        self.stats: ClientStats = self._session.stats
-        self._build_resources()
+            self.stats: ClientStats = self._session.stats
+            self._build_resources()
+        except BaseException as err:
+            # A setting refused (a misconfiguration, reported to an error tracker as the
+            # program starts): the secret and the token (one from DMHUB_SECRET in no frame
+            # of the caller's) and os.environ were in this frame's variables, and in those of
+            # the checks it called, for the tracker to record (see Session._send).
+            traceback.clear_frames(err.__traceback__)
+            del secret, access_token, env, err
+            raise
 
     def _build_resources(self) -> None:
         self.customers = Customers(self._session, timezone=self.timezone)

@@ -721,6 +721,46 @@ def test_an_error_tracker_records_the_traceback_of_a_refused_setting(
     assert "(not made)>" in text  # the half-made object, shown as such
 
 
+#: A client's settings it refuses as it is made, each after it has read the credentials.
+_REFUSED_WITH_CREDENTIALS: dict[str, dict[str, Any]] = {
+    "plain http off this machine": {"base_url": "http://dmhub.example"},
+    "an unknown time zone": {"timezone": "Asia/Shanghia"},
+    "a bad max_concurrency (check_settings)": {"max_concurrency": 0},
+    "allow_insecure_http as text": {"allow_insecure_http": "no"},
+}
+
+
+@pytest.mark.parametrize("given", ["environment", "secret", "access_token"])
+@pytest.mark.parametrize(
+    "setting", list(_REFUSED_WITH_CREDENTIALS.values()), ids=list(_REFUSED_WITH_CREDENTIALS)
+)
+def test_no_secret_in_the_variables_of_a_client_refused_as_it_is_made(
+    setting: dict[str, Any], given: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A setting refused as the client was made (a misconfiguration, reported to the error
+    # tracker as the program starts) left the secret or the token in the variables of
+    # DMHubClient.__init__ (and of check_settings, handed them in a dict): one read from
+    # DMHUB_SECRET was in no frame of the caller's, yet went to the tracker; os.environ, read
+    # there, held it too.
+    monkeypatch.delenv("DMHUB_APP_ID", raising=False)
+    monkeypatch.delenv("DMHUB_SECRET", raising=False)
+    if given == "environment":
+        monkeypatch.setenv("DMHUB_APP_ID", "app-1")
+        monkeypatch.setenv("DMHUB_SECRET", SECRET)
+        credentials: dict[str, Any] = {}
+    elif given == "secret":
+        credentials = {"app_id": "app-1", "secret": SECRET}
+    else:
+        credentials = {"access_token": TOKEN}
+
+    with pytest.raises(InvalidRequestError) as info:
+        DMHubClient(**credentials, **setting)
+
+    del credentials  # the test's own variable: not the SDK's
+    assert not leaks(str(info.value))
+    assert_no_secret_in_locals(info.value)
+
+
 def test_request_repr_and_description_hide_the_secret():
     request = Request(
         "GET",
