@@ -873,6 +873,10 @@ def worker(
     answered within :data:`REDIS_ANSWER`); past that ``run()`` raises redis-py's
     ConnectionError (or TimeoutError: a Redis paused or cut off).
     """
+    # Its client's settings (the secret among them): in this frame's variables and the
+    # startup's, which an error tracker records, shown by their names alone.
+    settings = _ClientSettings(client or {})
+    del client
     # Finite: an infinite takeover was taken, then every job failed renewing its mark.
     check_number("worker(): heartbeat", heartbeat, 0, inclusive=False, finite=True)
     check_number("worker(): takeover", takeover, 0, inclusive=False, finite=True, high=1e9)
@@ -907,13 +911,12 @@ def worker(
     from .._client import DMHubClient
     from .._shared_rate import RedisRateLimiter
 
-    settings = dict(client or {})
     if concurrency is not None:
         settings.setdefault("max_concurrency", concurrency)
 
     async def startup(ctx: dict[str, Any]) -> None:
         await _say_clock_behind(ctx.get("redis"))
-        kwargs = dict(settings)
+        kwargs = _ClientSettings(settings)
         # A store made here is closed at shutdown; one passed in is its maker's to close.
         ctx["token_store"] = None if "token_store" in kwargs else RedisTokenStore(redis_url)
         kwargs.setdefault("token_store", ctx["token_store"])
@@ -974,6 +977,16 @@ async def _redis_now(pool: Any) -> datetime | None:
     except ResponseError:  # NoPermissionError: refused, not away (that is waited for)
         return None
     return datetime.fromtimestamp(seconds + micros / 1e6, tz=timezone.utc)
+
+
+class _ClientSettings(dict[str, Any]):
+    """A worker's ``DMHubClient`` keyword arguments, shown by their names alone: the app secret
+    is among them, and they are variables of the frames (the worker's, its startup's) of an
+    error raised as the worker is made or starts (a client setting refused), which an error
+    tracker records with their ``repr``."""
+
+    def __repr__(self) -> str:
+        return f"<client settings: {', '.join(map(str, self))}>"
 
 
 #: Seconds a worker's clock may be behind the queue's Redis's before it says so as it starts.

@@ -953,6 +953,48 @@ async def test_a_worker_refused_by_its_redis_keeps_the_password_out_of_its_trace
     assert "invalid username-password pair" in str(refused.value)
 
 
+async def test_a_worker_whose_client_setting_is_refused_keeps_the_secret_out_of_its_traceback(
+    redis: RedisServer,
+) -> None:
+    # worker(client=...) holds DMHubClient's keyword arguments, the app secret among them. A
+    # client setting refused as the worker started (its client is made then) raised with the
+    # secret in the variables of the worker's startup (its copy of them, and the worker's
+    # own, which it reads), for an error tracker to record.
+    import traceback
+
+    queued = worker(
+        redis.url,
+        burst=True,
+        handle_signals=False,
+        client={"app_id": "a", "secret": "s-SECRET-CANARY-3", "timezone": "Nowhere/Nope"},
+    )
+    try:
+        with pytest.raises(InvalidRequestError) as refused:
+            await asyncio.wait_for(queued.async_run(), 30)
+    finally:
+        await queued.close()
+    said = "".join(
+        traceback.TracebackException.from_exception(refused.value, capture_locals=True).format()
+    )
+    assert "Nowhere/Nope" in said
+    assert [line for line in said.splitlines() if "SECRET-CANARY" in line] == []
+
+
+def test_a_worker_refused_as_it_is_made_keeps_the_secret_out_of_its_traceback() -> None:
+    # As above, for a setting worker() refuses itself: its `client` held the secret.
+    import traceback
+
+    settings = {"secret": "s-SECRET-CANARY-4"}
+    with pytest.raises(InvalidRequestError) as refused:
+        worker("redis://127.0.0.1:1/0", max_jobs=0, client=settings)
+    del settings  # the test's own variable: not the SDK's
+    said = "".join(
+        traceback.TracebackException.from_exception(refused.value, capture_locals=True).format()
+    )
+    assert "max_jobs" in said
+    assert [line for line in said.splitlines() if "SECRET-CANARY" in line] == []
+
+
 async def test_a_queue_redis_not_there_is_said_with_the_reason() -> None:
     # "cannot reach the queue's Redis at redis://127.0.0.1:1/0: ConnectionError" said nothing
     # of why (refused, a name that does not resolve, a connection lost), where the refusals
