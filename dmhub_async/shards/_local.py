@@ -347,6 +347,11 @@ async def run_in_processes(
     shared through a private temporary file store unless ``settings`` names a store.
     ``verify`` is each shard's export's, as for ``export_customers`` (sent with each shard).
     """
+    if settings is None:
+        settings = WorkerSettings(client or {}, "")
+    # Its credentials (the secret) are kept in the settings alone, whose repr shows none: in
+    # this frame's variables they went to an error tracker with any error that came through.
+    del client
     check_flag("run_in_processes", "progress", progress)
     check_verify(verify, "run_in_processes(): ")
     where = Path(directory)
@@ -354,8 +359,6 @@ async def run_in_processes(
     if not todo:
         return manifest
     with coordinating(where), contextlib.ExitStack() as stack:
-        if settings is None:
-            settings = WorkerSettings(client or {}, "")
         if not settings.token_file and not settings.token_redis:
             private = stack.enter_context(private_token_directory())
             settings = attrs.evolve(settings, token_file=os.path.join(private, "tokens.json"))

@@ -19,8 +19,8 @@ from shard_support import (
     sim_process,
 )
 
-from dmhub_async import DMHubClient, FileTokenStore
-from dmhub_async.shards import Manifest, _local
+from dmhub_async import DMHubClient, FileTokenStore, InvalidRequestError
+from dmhub_async.shards import Manifest, Shard, _local
 from dmhub_async.shards._local import WorkerSettings, run_in_processes
 from dmhub_async.shards._run import prepare
 
@@ -109,6 +109,26 @@ async def test_a_shard_that_kills_every_worker_fails_and_the_others_still_run(
     assert len(ids) == len(set(ids)) == planned
     assert set(ids) <= set(state["ids"])
     assert not multiprocessing.active_children()
+
+
+async def test_a_run_refused_keeps_its_clients_secret_out_of_its_traceback(tmp_path: Path) -> None:
+    # run_in_processes(client=...) takes DMHubClient's keyword arguments, the app secret among
+    # them: its own variable `client` held them, for an error tracker (which records each
+    # frame's variables) to send with any error that came through it, a refused setting here.
+    import traceback
+
+    manifest = Manifest.new(
+        [Shard(0, None, None)], fmt="jsonl", base_url="http://127.0.0.1:1", app_id="a", filters={}
+    )
+    credentials = {"app_id": "a", "secret": "s-SECRET-CANARY-5"}
+    with pytest.raises(InvalidRequestError) as refused:
+        await run_in_processes(None, tmp_path, manifest, 2, client=credentials, progress="no")  # type: ignore[arg-type]
+    del credentials  # the test's own variable: not the SDK's
+    said = "".join(
+        traceback.TracebackException.from_exception(refused.value, capture_locals=True).format()
+    )
+    assert "progress must be True or False" in said
+    assert [line for line in said.splitlines() if "SECRET-CANARY" in line] == []
 
 
 async def kill_a_worker_mid_shard(out: Path) -> bool:
