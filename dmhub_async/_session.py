@@ -1045,6 +1045,8 @@ class Session:
                 return b""
         body = bytearray()  # chunked or compressed: the size is known only by reading
         received = corrupt = False
+        gzipped = inflate is not None and inflate is not _SNIFF  # not deflate, not identity
+        members = 1  # the gzip members begun (see below)
         async for chunk in resp.content.iter_chunked(1 << 16):
             if inflate is not None and chunk:
                 received = True
@@ -1053,6 +1055,24 @@ class Session:
                 # One byte past the limit at most: a bomb of 8 KB is not inflated to gigabytes.
                 try:
                     chunk = inflate.decompress(chunk, limit + 1 - len(body))
+                    # A gzip body is a series of members (RFC 1952, 2.2), as a gateway that
+                    # compresses as it streams may send it, and aiohttp reads them all: each
+                    # after the first was left unread, the answer refused as "cut short (or
+                    # followed by more)". Each is read by a decompressor of its own, within
+                    # the same limit (a max_length of 0 would be none: not asked for).
+                    while (
+                        gzipped
+                        and inflate.eof
+                        and inflate.unused_data
+                        and len(body) + len(chunk) <= limit
+                    ):
+                        members += 1
+                        if members > _GZIP_MEMBERS:
+                            # Empty members inflate to nothing, so the limit never stops
+                            # them: a megabyte of them costs 0.3 s of the event loop.
+                            raise zlib.error("more gzip members than an answer is split into")
+                        rest, inflate = inflate.unused_data, zlib.decompressobj(zlib.MAX_WBITS | 16)
+                        chunk += inflate.decompress(rest, limit + 1 - len(body) - len(chunk))
                 except zlib.error:
                     # Not valid data of its encoding (a wrong byte, a wrong CRC): zlib's own
                     # error came out of every call, past `except DMHubError`.
@@ -1090,6 +1110,10 @@ class Session:
 
 #: Stands for a ``deflate`` decompressor not yet made: the first byte tells which it is.
 _SNIFF: Any = object()
+#: The most gzip members an answer is read in (RFC 1952 allows any number): more is refused
+#: as corrupt. A gateway that compresses as it streams begins one a flush, a few an answer;
+#: a stream of empty ones never reaches ``max_response_size``.
+_GZIP_MEMBERS: Final = 1024
 
 
 def _decompressor(request: Request, status: int, encoding: str) -> Any:
