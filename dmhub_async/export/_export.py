@@ -587,10 +587,19 @@ class _Run:
         await on_thread(store)
 
     async def _recover(self, rows: Sequence[Any]) -> None:
-        """Customers the final check found missing: appended (after the ordered walk)."""
-        await self._store(rows)
-        self.report.recovered += len(rows)
-        self._show(len(rows))
+        """Customers the final check found missing: appended (after the ordered walk), but
+        those the file already holds.
+
+        A service that answers more than the ``idList`` asked for (one that ignores it) had
+        its every answer written: the customers the file held were written again, and the
+        check, finding every id written, said the export complete.
+        """
+        row_id, written = self.writer.row_id, self.written
+        fresh = [row for row in rows if row_id(row) not in written]
+        self.report.duplicates += len(rows) - len(fresh)
+        await self._store(fresh)
+        self.report.recovered += len(fresh)
+        self._show(len(fresh))
 
     def _may_have_missed(self, paginator: AsyncPaginator[Any]) -> bool:
         """Whether anything suggests customers changed while the export ran (or was down)."""

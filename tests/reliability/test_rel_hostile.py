@@ -40,6 +40,7 @@ from dmhub_async import (
     ResponseTooLargeError,
     __version__,
 )
+from dmhub_async.export import export_customers
 
 TOKEN = "T0kenCanaryHostile77"
 SECRET = "S3cretCanaryHostile99"
@@ -1043,3 +1044,50 @@ async def test_a_proxy_whose_host_is_not_found_is_named_not_the_base_url(
     assert "the proxy the environment names" in said, said
     _, line = explain(info.value)
     assert "DMHUB_BASE_URL" not in line, line
+
+
+# -- 10. an export's final check writes no customer twice ------------------------------------------
+
+
+def ignoring_id_list(customers: int) -> Handler:
+    """A service of ``customers`` that answers every customer whatever ``idList`` asks for,
+    and page 2 of 50 empty: an export's walk stops short, and its final check fetches the rest
+    by id."""
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        if request.path == "/v1/customers/count":
+            return web.json_response(customers)
+        rows, page = int(request.query["rows"]), int(request.query["page"])
+        ids = range(1, customers + 1)[(page - 1) * rows : page * rows]
+        if (rows, page) == (50, 2):
+            ids = range(0)
+        return web.json_response({"rows": [{"id": i, "name": f"n{i}"} for i in ids]})
+
+    return answer
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+async def test_an_export_s_final_check_writes_no_customer_twice(
+    servers: tuple[Server, Server],
+    client: Callable[..., DMHubClient],
+    tmp_path: Path,
+    suffix: str,
+) -> None:
+    service, _ = servers
+    service.handler = ignoring_id_list(250)
+    dm = client(service.url, max_retries=0)
+    dest = tmp_path / f"customers{suffix}"
+
+    report = await export_customers(dm, dest, page_size=50, progress=False)
+
+    # Before: the customers the check fetched by id were written as they came, those the file
+    # already held among them: 550 lines for 250 customers, 300 of them repeats, and the
+    # report said complete ("every customer, once").
+    lines = dest.read_text(encoding="utf-8").splitlines()
+    if suffix == ".csv":
+        ids = [int(line.split(",")[0]) for line in lines[1:]]  # after the header
+    else:
+        ids = [json.loads(line)["id"] for line in lines]
+    assert sorted(ids) == list(range(1, 251))
+    assert report.exported == 250
+    assert report.complete

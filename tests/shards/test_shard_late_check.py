@@ -21,6 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 from _redis import RedisServer
 from aiohttp import web
@@ -41,7 +42,7 @@ from dmhub_async.shards import (
 from dmhub_async.shards._local import WorkerSettings, run_in_processes
 from dmhub_async.shards._queue import run_on_queue
 from dmhub_async.shards._run import export_sharded, prepare
-from dmhub_async.testing import DMHubSimulator
+from dmhub_async.testing import DMHubSimulator, _app
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -116,6 +117,30 @@ async def test_a_sign_up_while_other_shards_still_run_is_exported_in_one_process
     assert on_disk is not None
     assert on_disk.exported == len(wanted)
     assert on_disk.late_check is None  # this run's alone: not written
+
+
+async def test_a_late_check_appends_no_customer_the_part_holds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    parse_filters = _app.parse_filters
+    # A service that ignores idList, answering the whole window to the check's fetch by id.
+    monkeypatch.setattr(
+        _app, "parse_filters", lambda query: attrs.evolve(parse_filters(query), id_list=None)
+    )
+    out = tmp_path / "out"
+    async with DMHubSimulator(customers=600, seed=3) as sim:
+        signs = SignUpAfterTheLastShard(sim, _run, monkeypatch)
+        async with DMHubClient(sim.app_id, sim.secret, base_url=sim.url) as dm:
+            signs.plan(await prepare(dm, out, 3))
+            manifest = await export_sharded(dm, out, 3, progress=False)
+        wanted = sim.customer_ids()
+
+    # Before: the check appended every customer of the window it fetched by id, those the
+    # part held too, and said the export complete with each of them twice.
+    assert manifest.late_check is not None
+    assert manifest.late_check.added == 1
+    assert sorted(merged_ids(out, tmp_path / "all.jsonl")) == sorted(wanted)  # each once
+    assert manifest.complete
 
 
 async def test_a_sign_up_while_other_shards_still_run_is_exported_on_processes(
