@@ -270,6 +270,15 @@ def read_response(
     elif 200 <= status < 300 and refused is None:
         return None  # 204 on delete, or an empty success
 
+    if request.path == TOKEN_PATH and isinstance(data, Mapping):
+        # A token answer that is an error may still hold a token: its access_token field is
+        # masked by name, and the same token quoted elsewhere (the description, any other
+        # field, a header) went out whole in the message, .description, .body, .headers and
+        # .request_id.
+        issued = data.get("access_token")
+        if isinstance(issued, str) and issued:
+            secrets = (*secrets, issued)
+            headers = {name: redact(value, (issued,)) for name, value in headers.items()}
     code, description = error_of(data, secrets)
     if 200 <= status < 300 and code is None:
         if not decoded or refused is not None:

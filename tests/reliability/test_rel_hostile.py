@@ -380,6 +380,38 @@ async def test_an_error_code_echoing_the_token_does_not_reach_the_api_error(
     assert caught.value.status == 400
 
 
+@pytest.mark.parametrize("status", [200, 401, 500])
+async def test_a_refused_token_answer_quoting_its_own_token_does_not_reach_the_error(
+    servers: tuple[Server, Server], client: Callable[..., DMHubClient], status: int
+) -> None:
+    service, _ = servers
+    issued = "9f86d081884c7d659a2feaa0c55ad015"
+
+    async def refused(request: web.Request) -> web.StreamResponse:
+        body = {
+            "error_code": "40004",
+            "error_description": f"token {issued} not issued: the params is illegal",
+            "access_token": issued,
+            "note": f"last token: {issued}",
+        }
+        headers = {"X-Request-Id": f"req-{issued}", "X-Token": issued}
+        return web.json_response(body, status=status, headers=headers)
+
+    service.handler = refused
+    dm = client(service.url, app_id=APP, secret=SECRET, max_retries=0)
+
+    with pytest.raises(APIError) as caught:
+        await dm.customers.get(1)
+
+    # Before: its access_token field was masked, and the same token quoted in the
+    # description (or any other field, or a header) went out whole: in the message,
+    # .description, .body, .headers and .request_id.
+    assert issued[:8] not in texts_of(caught.value)
+    assert issued[:8] not in f"{caught.value.headers} {caught.value.request_id}"
+    assert caught.value.status == status
+    assert "the params is illegal" in str(caught.value)  # the service's words, but the token
+
+
 @pytest.mark.parametrize(
     "body",
     [
