@@ -294,8 +294,11 @@ def read_response(
         return data
 
     # Bad appid or secret (on HTTP 200 live); not a 429 (throttled) nor a 408 (the server timed
-    # the connection out): neither says anything of the credentials.
-    credentials = status < 300 or (400 <= status < 500 and status not in (REQUEST_TIMEOUT, 429))
+    # the connection out): neither says anything of the credentials. Nor a 1xx taken for the
+    # final answer (a 101): it was "status < 300", and blamed on the app id and secret.
+    credentials = 200 <= status < 300 or (
+        400 <= status < 500 and status not in (REQUEST_TIMEOUT, 429)
+    )
     hint = ""
     if request.path == TOKEN_PATH and credentials:
         cls: type[APIError] = AuthenticationError

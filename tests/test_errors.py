@@ -400,6 +400,18 @@ def test_token_endpoint_errors_are_authentication_errors():
         read_response(request, 502, {}, b"<html>")
 
 
+def test_an_informational_answer_to_the_token_request_is_not_blamed_on_the_credentials():
+    # A 1xx taken for the final answer (aiohttp hands a 101 back as the answer) was "status <
+    # 300", as a 200 with an error code is: an AuthenticationError saying "the app id and
+    # secret were refused: check app_id and secret", sending the reader to the wrong place.
+    request = Request("GET", "/security/accesstoken", authenticated=False)
+    with pytest.raises(APIError) as info:
+        read_response(request, 101, {"Upgrade": "websocket"}, b"")
+    assert type(info.value) is APIError
+    assert "app id and secret" not in str(info.value)
+    assert info.value.status == 101
+
+
 def test_every_error_masks_the_secrets_of_live_clients_in_every_text() -> None:
     # However an error is built, by the session, a resource, the paginator or the converter's
     # callers: what a service echoed back cannot reach the message or any attribute.
