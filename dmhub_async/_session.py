@@ -953,6 +953,7 @@ class Session:
                 # ConnectionTimeoutError only around opening one, before a byte is sent; or,
                 # within `timeout`, a plain timeout that landed there (_timed_out_opening).
                 not_sent=isinstance(failure, _NOT_SENT)
+                or _failed_opening(failure)
                 or (
                     isinstance(failure, asyncio.TimeoutError)
                     and self._conn.owns_http
@@ -1278,6 +1279,21 @@ def _readable_of(transport: asyncio.BaseTransport) -> Callable[[int], object]:
 
 #: Where a request waits for its connection: aiohttp's connect.
 _CONNECT: Final = aiohttp.BaseConnector.connect.__code__
+
+
+def _failed_opening(failure: BaseException) -> bool:
+    """Whether ``failure`` came up from aiohttp's connect, where the request waits for its
+    connection: nothing of it was sent. A proxy that closed the connection on the tunnel's
+    ``CONNECT`` (denying the host), or answered it with no HTTP, raised a plain
+    ServerDisconnectedError or ClientResponseError from there, taken for a failure after the
+    request went out: a create said its outcome unknown, and was not sent again. Read from the
+    failure's traceback on failure alone: nothing on the way of a call."""
+    tb = failure.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code is _CONNECT:
+            return True
+        tb = tb.tb_next
+    return False
 
 
 def _timed_out_opening(failure: BaseException) -> bool:

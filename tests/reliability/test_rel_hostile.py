@@ -1055,6 +1055,44 @@ async def test_a_proxy_that_gives_no_connection_in_time_is_named_not_the_base_ur
     assert "the proxy the environment names" in line, line
 
 
+@pytest.mark.parametrize(
+    "answer",
+    [b"", b"SSH-2.0-OpenSSH_8.9\r\n", b"HTTP/1.1 200 Connection established\r\nContent-Le"],
+    ids=["closed", "not http", "cut short"],
+)
+async def test_a_proxy_that_drops_the_tunnel_s_connect_sent_nothing(
+    client: Callable[..., DMHubClient], monkeypatch: pytest.MonkeyPatch, answer: bytes
+) -> None:
+    # HTTPS_PROXY names a proxy that closes the connection on the tunnel's CONNECT (a proxy
+    # denying the host, or overloaded), or answers it with no HTTP: the request inside the
+    # tunnel never left, yet a create said "the request may have reached the service, so its
+    # outcome is unknown and it was not repeated".
+    connects: list[bytes] = []
+
+    async def dropping(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connects.append(await reader.readline())
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(answer)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(dropping, "127.0.0.1", 0)
+    for name in ("NO_PROXY", "no_proxy", "HTTP_PROXY", "http_proxy", "https_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}")
+    try:
+        dm = client("https://dmhub.invalid", max_retries=1)
+        with pytest.raises(APIConnectionError) as info:
+            await dm.customers.create(name="a")
+    finally:
+        server.close()
+        await server.wait_closed()
+
+    assert connects == [b"CONNECT dmhub.invalid:443 HTTP/1.1\r\n"] * 2  # retried: nothing sent
+    assert info.value.outcome_unknown is False
+    assert "the proxy the environment names" in str(info.value)
+
+
 async def test_a_proxy_whose_host_is_not_found_is_named_not_the_base_url(
     client: Callable[..., DMHubClient], monkeypatch: pytest.MonkeyPatch
 ) -> None:
