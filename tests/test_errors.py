@@ -298,6 +298,26 @@ async def test_a_count_answer_that_is_no_count_is_a_decode_error(api, make_clien
         await dm.customers.count()
 
 
+@pytest.mark.parametrize(
+    ("body", "said"),
+    [
+        (b"{}", "an object without a count"),
+        (b'{"rows": [], "records": 7}', "an object without a count"),
+        (b"null", "expected an integer, got null (or an empty answer)"),
+        (b"", "expected an integer, got null (or an empty answer)"),
+    ],
+)
+async def test_a_count_answer_that_is_no_count_says_what_it_is(api, make_client, body, said):
+    # "the answer is not a count: expected an integer, got NoneType", for an object without
+    # its count and for an empty answer alike: Python's name of what the client made of it.
+    api.get(url("/v1/customers/count"), body=body, repeat=True)
+    dm = make_client(access_token="tok", max_retries=0)
+
+    with pytest.raises(ResponseDecodeError) as info:
+        await dm.customers.count()
+    assert str(info.value).endswith(f"the answer is not a count: {said}")
+
+
 async def test_a_count_answer_of_zero_or_an_object_with_the_count_is_the_count(api, make_client):
     api.get(url("/v1/customers/count"), body=b"0")
     api.get(url("/v1/customers/count"), body=b'{"count": 12}')

@@ -493,18 +493,27 @@ def _customer_of(data: Any) -> Customer:
 
 
 def _count_of(data: Any, session: Session, response: APIResponse) -> int:
+    found = data
     if isinstance(data, dict):  # tolerate {"count": n} should the service change shape
-        data = data.get("count", data.get("total"))
-    if isinstance(data, bool) or not isinstance(data, int) or data < 0:
+        found = data.get("count", data.get("total"))
+    if isinstance(found, bool) or not isinstance(found, int) or found < 0:
         try:
             call = (session, "GET", "/v1/customers/count", True)
             return decode_answer(_not_a_count, data, "a count", call, response)
         finally:
-            del data  # always raised: not among the traceback's variables (see decode)
-    return data
+            del data, found  # always raised: not among the traceback's variables (see decode)
+    return found
 
 
 def _not_a_count(data: Any) -> int:
+    # Said as the answer was: "got NoneType" was an object without its count, a null or an
+    # empty answer alike (Python's name of what the client made of them).
+    if isinstance(data, dict):
+        data = data.get("count", data.get("total"))
+        if data is None:
+            raise ValueError("an object without a count")
     if isinstance(data, int) and not isinstance(data, bool):  # below 0: -1 was the count
         raise ValueError(f"expected an integer >= 0, got {short(data)}")
+    if data is None:
+        raise ValueError("expected an integer, got null (or an empty answer)")
     raise ValueError(f"expected an integer, got {type(data).__name__}")
