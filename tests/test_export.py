@@ -744,6 +744,84 @@ async def test_an_export_to_a_compressing_stream_writes_every_customer(
     assert report.complete
 
 
+class ShortWrites(io.RawIOBase):
+    """An unbuffered stream that takes at most ``room`` bytes a write, as a socket or a pipe
+    does (``RawIOBase.write`` may write less than it is given, and says how much)."""
+
+    def __init__(self, room: int) -> None:
+        super().__init__()
+        self.room = room
+        self.taken = bytearray()
+        self.short = 0  # writes that took less than they were given
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        chunk = bytes(data)[: self.room]
+        self.short += len(chunk) < len(data)
+        self.taken += chunk
+        return len(chunk)
+
+
+async def test_an_export_to_a_stream_that_takes_part_of_a_write_writes_every_customer(
+    sim: DMHubSimulator, client: DMHubClient
+) -> None:
+    # An unbuffered stream (open(..., "wb", buffering=0), a socket's makefile) may write part
+    # of what it is given and return how much: the rest of each page was dropped, and the
+    # report said complete, every customer counted as exported.
+    stream = ShortWrites(room=1000)
+    report = await export_customers(client, stream, progress=False)
+    assert stream.short  # the stream did take part of a write
+    lines = bytes(stream.taken).splitlines()
+    assert len(lines) == report.exported == CUSTOMERS
+    assert [json.loads(line)["id"] for line in lines] == sim.customer_ids()
+    assert report.complete
+
+
+class _FillsOnce(io.FileIO):
+    """A non-blocking pipe's write end, unbuffered: ``write`` returns None while the pipe is
+    full (nothing written), and ``full`` is set the first time it is."""
+
+    full: threading.Event
+
+    def write(self, data: Any) -> int | None:
+        written = super().write(data)
+        if written is None:
+            self.full.set()
+        return written
+
+
+async def test_an_export_to_a_non_blocking_pipe_waits_for_its_reader(
+    sim: DMHubSimulator, client: DMHubClient
+) -> None:
+    # A pipe set non-blocking (an event loop's, a parent process's), given unbuffered: a write
+    # to it while it was full wrote nothing and returned None, and the export went on, its
+    # report complete, the reader short of every page that met a full pipe.
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    stream = _FillsOnce(write_end, "wb")
+    stream.full = threading.Event()
+    lines: list[bytes] = []
+
+    def reader() -> None:  # starts once the pipe is full, then reads it to its end
+        stream.full.wait(10)
+        with open(read_end, "rb") as fh:
+            lines.extend(fh.read().splitlines())
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        report = await export_customers(client, stream, progress=False)
+    finally:
+        stream.full.set()
+        stream.close()
+        await asyncio.to_thread(thread.join, 10)
+    assert len(lines) == report.exported == CUSTOMERS
+    assert [json.loads(line)["id"] for line in lines] == sim.customer_ids()
+    assert report.complete
+
+
 class _WriteOnly:
     """A stream of the caller's with ``write`` alone: no ``flush``, which the export calls."""
 

@@ -16,6 +16,7 @@ import io
 import logging
 import os
 import re
+import select
 import socket
 import stat
 from pathlib import Path
@@ -180,7 +181,10 @@ class Output:
     def write(self, data: bytes) -> None:
         """Append ``data`` (blocking work: the export calls it on a thread, as ``commit``)."""
         if self._dest is None:
-            self.fh.write(data)
+            if isinstance(self.fh, io.RawIOBase):
+                _write_all(self.fh, data)
+            else:
+                self.fh.write(data)
             return
         with naming(self._dest):  # a full disk: the error says which file had no room
             self.fh.write(data)
@@ -376,6 +380,54 @@ def _sweep(path: Path, suffixes: str = "part|tmp") -> None:
             ):
                 with contextlib.suppress(OSError):
                     os.unlink(entry.path)
+
+
+def _write_all(raw: io.RawIOBase, data: bytes) -> None:
+    """Write all of ``data`` to an unbuffered stream, waiting for room as a blocking write does.
+
+    ``RawIOBase.write`` may write part of what it is given (a socket, a pipe a signal
+    interrupted) and say how much, or write nothing and return None when the stream is
+    non-blocking and full: the rest of the page was dropped, and the export said complete.
+    A write that says nothing of a blocking stream (a subclass's that returns nothing) took it
+    all, as before. Other streams (``sys.stdout.buffer``, a ``GzipFile``, a ``BytesIO``) take
+    the whole of each write, or raise.
+    """
+    # The page as bytes, as before (a memoryview has no decode, no split); its rest, after a
+    # short write, as a view of it: no copy of what remains at each write.
+    rest: bytes | memoryview = data
+    while rest:
+        written = raw.write(rest)
+        if type(written) is int and 0 < written < len(rest):
+            rest = memoryview(rest)[written:]
+            continue
+        if written is not None and written != 0:
+            return  # all of it
+        fd = _non_blocking_file(raw)
+        if fd is None:
+            if written is None:
+                return  # a write that says nothing: taken whole
+            raise OSError(errno.EIO, "the stream wrote nothing of what it was given")
+        _wait_for_room(fd)  # full: until its reader makes room
+
+
+def _wait_for_room(fd: int) -> None:
+    """Until ``fd`` can be written to (or has failed: the write then says how)."""
+    if hasattr(select, "poll"):  # any file number (select() takes none past 1023)
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        poller.poll()
+    else:
+        select.select([], [fd], [])
+
+
+def _non_blocking_file(raw: io.RawIOBase) -> int | None:
+    """The file ``raw`` writes to when it is non-blocking, else None."""
+    get_blocking = getattr(os, "get_blocking", None)  # Windows has it from Python 3.12
+    try:
+        fd = raw.fileno()
+        return None if get_blocking is None or get_blocking(fd) else fd
+    except (OSError, ValueError):  # no file (io.UnsupportedOperation is both), or closed
+        return None
 
 
 def _close_unflushed(fh: IO[bytes]) -> None:
