@@ -437,6 +437,43 @@ def test_standard_output_written_on_a_thread_is_whole_and_stopped_by_a_signal() 
     out.close()
 
 
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux's /proc")
+def test_standard_output_set_non_blocking_waits_for_room_on_the_main_thread() -> None:
+    # A lookup writes its rows on the main thread. A standard output that is a non-blocking
+    # pipe (one a Node.js parent or a CI runner set O_NONBLOCK), whose reader is slower than
+    # the answers: the first write to find it full failed, and the run with it, "standard
+    # output: Resource temporarily unavailable" (exit 1), rows short. It waits for room,
+    # as a blocking pipe's write does.
+    from dmhub_async.cli._files import _SignalledStdout
+
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    out = _SignalledStdout(write_end)
+    data = bytes(range(256)) * 1_000  # many times a pipe's room
+    received: list[bytes] = []
+
+    def reader() -> None:  # reads once the write waits for room (or fails), to the end
+        deadline = time.monotonic() + 10
+        while not polling(threading.main_thread()) and not done.is_set():
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.005)
+        with os.fdopen(read_end, "rb") as fh:
+            received.append(fh.read())
+
+    done = threading.Event()
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        assert out.write(data) == len(data)
+    finally:
+        done.set()
+        out.close()
+        os.close(write_end)
+        thread.join(10)
+    assert received == [data]  # every byte once, in order
+
+
 def test_csv_select_writes_only_those_columns_with_excels_mark(
     served: ServedSimulator, env: dict[str, str], tmp_path: Path
 ) -> None:

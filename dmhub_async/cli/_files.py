@@ -100,7 +100,13 @@ class _SignalledStdout(io.BufferedIOBase):
                 with interruptible():
                     done = 0
                     while done < len(view):
-                        done += os.write(self._fd, view[done:])
+                        try:
+                            done += os.write(self._fd, view[done:])
+                        except BlockingIOError:
+                            # Set non-blocking by another (a Node.js parent, a CI runner):
+                            # full, it failed the run; it waits for room as a blocking pipe
+                            # does (a signal stops the wait too).
+                            select.select([], [self._fd], [])
             else:
                 self._write_until_stopped(view)
         except Interrupted:
