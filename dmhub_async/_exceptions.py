@@ -25,7 +25,7 @@ chained raw.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Final
 
 from ._redact import redact
 
@@ -230,6 +230,11 @@ class ResponseDecodeError(APIError):
 
 class ResponseTooLargeError(APIError):
     """The body is larger than the client's ``max_response_size``: not read, not retried."""
+
+
+#: What a :class:`ResponseTooLargeError` advises, a setting of the client's (the command line,
+#: which takes no such setting, says what it can do instead).
+RAISE_MAX_RESPONSE_SIZE: Final = ". Raise max_response_size if the service really sends that much"
 
 
 # The one table from status to class; body codes come first (see error_for).

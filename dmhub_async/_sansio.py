@@ -17,6 +17,7 @@ import attrs
 from . import _json
 from ._exceptions import (
     CREDENTIALS_REFUSED,
+    RAISE_MAX_RESPONSE_SIZE,
     THROUGH_PROXY,
     TOKEN_REQUEST_REFUSED,
     APIConnectionError,
@@ -360,8 +361,8 @@ _ERROR_TEXT = 1000
 def too_large(request: Request, status: int, limit: int) -> APIError:
     """The error for an answer whose body is over ``limit`` bytes (it is not read further)."""
     description = (
-        f"the answer is larger than max_response_size ({limit:,} bytes): not read. "
-        "Raise max_response_size if the service really sends that much"
+        f"the answer is larger than max_response_size ({limit:,} bytes): not read"
+        f"{RAISE_MAX_RESPONSE_SIZE}"
     )
     return build_error(ResponseTooLargeError, request, status, None, description)
 

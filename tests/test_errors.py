@@ -740,3 +740,35 @@ async def test_an_untrusted_certificate_is_met_once_not_retried(tmp_path: Any) -
         with pytest.raises(APIConnectionError, match="is not trusted"):
             await dm.customers.count()
     assert accepted == 1
+
+
+@pytest.mark.parametrize(
+    ("path", "advice"),
+    [
+        (
+            "/v1/customers",
+            "ask for fewer customers a page: a smaller --page-size (a checkpoint's export keeps"
+            " the size it began with)",
+        ),
+        ("/v1/customeridentities", None),
+    ],
+    ids=["a page", "a lookup"],
+)
+def test_the_command_line_says_what_it_can_do_of_an_answer_too_large(
+    path: str, advice: str | None
+) -> None:
+    # An export of customers with large custom fields (a page of 100 over 64 MiB): the
+    # command said "Raise max_response_size if the service really sends that much", a
+    # setting no command takes. A page's answer says what the command can do instead.
+    from dmhub_async._sansio import too_large
+    from dmhub_async.cli._errors import explain
+
+    code, line = explain(too_large(Request("GET", path, {"rows": "100"}, None), 200, 1 << 26))
+    assert code == 1
+    assert "max_response_size" not in line, line
+    assert line.startswith(f"GET {path} -> HTTP 200: the answer is larger than the"), line
+    assert "67,108,864 bytes" in line, line
+    if advice is None:
+        assert line.endswith("not read"), line
+    else:
+        assert line.endswith(f"not read: {advice}"), line

@@ -13,12 +13,14 @@ from types import FrameType, MappingProxyType
 from typing import Any, Final
 
 from .._exceptions import (
+    RAISE_MAX_RESPONSE_SIZE,
     THROUGH_PROXY,
     TLS_FAILURES,
     APIConnectionError,
     AuthenticationError,
     DMHubError,
     InvalidRequestError,
+    ResponseTooLargeError,
     without_token_hint,
 )
 
@@ -211,6 +213,24 @@ def unnamed_write_error(err: OSError) -> bool:
     return not isinstance(err, BrokenPipeError) and err.filename is None and bool(err.strerror)
 
 
+#: The client's size cap as :func:`.too_large` names it: a setting no command takes.
+_CAP = re.compile(r"larger than max_response_size \(([\d,]+) bytes\)")
+
+
+def _too_large(err: ResponseTooLargeError) -> str:
+    """An answer over the client's size cap, as a command can act on it: the library's advice
+    to raise ``max_response_size`` named a setting no command takes; a page of customers asks
+    for fewer of them (a page of 100 with large custom fields passed the cap)."""
+    message = without_method(str(err)).replace(RAISE_MAX_RESPONSE_SIZE, "")
+    message = _CAP.sub(r"larger than the \1 bytes a command reads", message)
+    if err.path == "/v1/customers":
+        message += (
+            ": ask for fewer customers a page: a smaller --page-size (a checkpoint's export"
+            " keeps the size it began with)"
+        )
+    return message
+
+
 def explain(err: BaseException, flags: Mapping[str, str] = _NO_FLAGS) -> tuple[int, str]:
     """The exit code and the one line to print for ``err``; ``flags``: each filter's flag
     (``--created-from``) by its keyword (``date_created_from``), which a refusal of another
@@ -243,6 +263,8 @@ def explain(err: BaseException, flags: Mapping[str, str] = _NO_FLAGS) -> tuple[i
         return EXIT_ERROR, f"{where}{err.strerror}"
     if isinstance(err, InvalidRequestError) and str(err).startswith(_NO_CREDENTIALS):
         return EXIT_ERROR, _missing_credentials()
+    if isinstance(err, ResponseTooLargeError):
+        return EXIT_ERROR, _too_large(err)
     if isinstance(err, DMHubError):
         message = without_method(str(err)) or type(err).__name__
         for setting, where in _SETTING_WORDS:
