@@ -227,6 +227,31 @@ class FileTokenStore:
         with contextlib.suppress(FileNotFoundError):  # taken for a dead writer's: see below
             os.unlink(tmp)
 
+    def _check_lockable(self) -> None:
+        """:meth:`_check_writable`, and the lock file no link and no directory: an error to
+        fix, before any token is fetched.
+
+        Either (a dotfile manager's link, a leftover) could never be locked (ELOOP, EISDIR),
+        and each process fetched a token without the store on every refusal, revoking the
+        others' (two clients taking turns: a token a call).
+        """
+        self._check_writable()
+        lock_path = self._lock_path()
+        try:
+            st = os.lstat(lock_path)
+        except FileNotFoundError:
+            return  # the file lock makes it
+        except OSError as err:
+            raise self._for_good(f"cannot lock the token file: {err.strerror}", err) from None
+        if not stat.S_ISREG(st.st_mode):
+            what = "a symbolic link" if stat.S_ISLNK(st.st_mode) else "not a regular file"
+            raise self._error(
+                f"the lock file {lock_path!r} is {what}: refusing it; remove it", unsafe=True
+            )
+
+    def _lock_path(self) -> str:
+        return str(self.path) + ".lock"
+
     def _write(self, data: dict[str, Any]) -> None:
         self._check_directory(create=True)
         # mkstemp: O_EXCL, no link followed, mode 0600, a name nobody can guess ahead. No
@@ -308,7 +333,7 @@ class FileTokenStore:
         other touch of the files, runs on a thread (:func:`.on_thread`).
         """
         async with self._locks.hold(""):
-            await on_thread(self._check_writable)
+            await on_thread(self._check_lockable)
             file_lock = self._process_file_lock()
             await self._acquire_file_lock(file_lock)
             try:
@@ -323,9 +348,7 @@ class FileTokenStore:
         revoking the others'."""
         pid = os.getpid()
         if self._file_lock is None or self._file_lock_pid != pid:
-            self._file_lock = filelock.FileLock(
-                str(self.path) + ".lock", thread_local=False, mode=0o600
-            )
+            self._file_lock = filelock.FileLock(self._lock_path(), thread_local=False, mode=0o600)
             self._file_lock_pid = pid
         return self._file_lock
 

@@ -1613,6 +1613,32 @@ async def test_a_token_file_under_a_regular_file_is_an_error_not_a_revocation_lo
     assert "not a directory" in message.lower()
 
 
+@pytest.mark.parametrize("what", ["directory", "link", "dangling link"])
+async def test_a_lock_file_that_is_no_regular_file_is_an_error_not_a_revocation_loop(
+    tmp_path: Any, what: str
+) -> None:
+    """The token file's lock file a directory, or a symbolic link (a dotfile manager's, a
+    leftover): no lock could ever be taken (EISDIR, ELOOP), and each client fetched a token
+    without the store on every call, revoking the other's (two clients taking turns: 10
+    tokens for 10 calls), each WARNING saying "until the store is back". It is refused as a
+    token file that is no regular file is, naming the lock file, with no token fetched."""
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    lock = private / "tokens.json.lock"
+    if what == "directory":
+        lock.mkdir(mode=0o700)
+    else:
+        target = private / "elsewhere"
+        if what == "link":
+            target.touch(mode=0o600)
+        lock.symlink_to(target)
+    stores = [FileTokenStore(private / "tokens.json") for _ in range(2)]
+
+    message = await refused_for_good(stores)
+    assert f"the lock file {str(lock)!r}" in message
+    assert what != "dangling link" or not target.exists()  # nothing made through the link
+
+
 @pytest.mark.parametrize("system", ["posix", "nt"])
 def test_a_denied_access_is_for_good_on_posix_and_passing_on_windows(
     tmp_path: Any, monkeypatch: Any, system: str
