@@ -407,7 +407,7 @@ class TokenManager:
     async def _shared(self, stale: str | None, fetch: Callable[[], Awaitable[Token]]) -> Token:
         """The store's token if usable, else a new one fetched under the store's lock."""
         try:
-            token = await self._call(self._store.get(self._key))
+            token = self._given(await self._call(self._store.get(self._key)))
             if token is not None and self._usable(token, stale):
                 return token
             async with self._locked():
@@ -441,18 +441,48 @@ class TokenManager:
         when it is not and the store keeps them, the record of a failed fetch: one store call's
         timeout for the two reads (another cost a short-lived client some 40k instructions,
         bench_instructions --question 4s)."""
-        token = await self._store.get(self._key)
+        token = self._given(await self._store.get(self._key))
         if token is not None and self._usable(token, stale):
             return token, True, None
         store = self._failures
         if store is None:
             return token, False, None  # none kept (a store of the user's own): its own backoff
         try:
-            return token, False, await store.get_failure(self._key)
+            failure = await store.get_failure(self._key)
         except Exception as err:  # the record saves load; without it the fetch goes on
             said = err if isinstance(err, TokenStoreError) else f"{store!r}: {type(err).__name__}"
             log.debug("%s; reading a failed token fetch's record", said)
             return token, False, None
+        # A record of a store of the user's own that is none: no hold, as none recorded.
+        return token, False, failure if isinstance(failure, FetchFailure) else None
+
+    def _given(self, token: object) -> Token | None:
+        """``token`` as the store's ``get`` gave it: None or a :class:`Token` whose times are
+        numbers, else TokenStoreError (``unsafe``: no wait mends a store's code).
+
+        A store of the user's own that gave its JSON (a forgotten ``Token.from_json``), the
+        bare value, or a Token whose time is text worked while it was empty, then failed
+        every call of the next client, and of the first as its token neared expiry, with a raw
+        AttributeError or TypeError from inside the SDK that named no store.
+        """
+        if token is None or (
+            isinstance(token, Token)
+            and _is_time(token.expires_at)
+            and (token.issued_at is None or _is_time(token.issued_at))
+        ):
+            return token
+        if isinstance(token, Token):
+            name = "expires_at" if not _is_time(token.expires_at) else "issued_at"
+            what = f"a Token whose {name} is a {type(getattr(token, name)).__name__}"
+        else:
+            what = f"a {type(token).__name__}"  # never the value: it may be the token
+        del token
+        raise TokenStoreError(
+            f"{self._store!r}: get gave {what}, not a Token or None: no client can share a"
+            " token through it; make its get return Token.from_json() of what its set stored",
+            store=repr(self._store),
+            unsafe=True,
+        )
 
     def _raise_recent_failure(self, stored: Token | None, failure: FetchFailure) -> None:
         """Raise the failure that another client's fetch met a moment ago, as the store
@@ -552,6 +582,11 @@ class TokenManager:
             await self._call(lock.__aexit__(*exc_info))  # type: ignore[arg-type]
         except TokenStoreError as err:
             log.warning("%s; its lock was not released and frees itself", err)
+
+
+def _is_time(value: object) -> bool:
+    """Whether ``value`` is a number of epoch seconds a clock's reading can be compared with."""
+    return isinstance(value, (int, float))
 
 
 def _shared_failure(failure: FetchFailure, now: float, store: str) -> DMHubError:

@@ -1819,6 +1819,58 @@ async def test_a_token_that_cannot_be_sent_from_a_store_of_ones_own_is_no_token(
     assert store.planted.value != value
 
 
+class JsonReturningStore(MemoryTokenStore):
+    """A store of the user's making whose ``get`` hands back what it keeps, not a Token: the
+    JSON it stored (a forgotten ``Token.from_json``), or a Token whose time is text."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+
+    async def get(self, key: str) -> Any:
+        token = await super().get(key)
+        if token is None:
+            return None
+        if self.kind == "dict":
+            return token.to_json()
+        if self.kind == "str":
+            return token.value
+        return Token(token.value, str(token.expires_at), token.issued_at)  # type: ignore[arg-type]
+
+    def __repr__(self) -> str:
+        return "JsonReturningStore()"
+
+
+@pytest.mark.parametrize("kind", ["dict", "str", "text time"])
+async def test_a_store_of_ones_own_that_gives_no_token_is_a_store_error(kind: str) -> None:
+    """A store of the user's own whose ``get`` gives something other than a Token or None
+    worked while it was empty: the first client fetched and stored a token. The next client
+    (another process, a restart), and the first one once its token neared expiry, failed every
+    call with a raw AttributeError (or TypeError) from inside the SDK ("'dict' object has no
+    attribute 'value'"), which named no store. It is a TokenStoreError naming the store and
+    what its get gave (never the value: it may be the token), with no request sent."""
+    from dmhub_async.testing import DMHubSimulator
+
+    store = JsonReturningStore(kind)
+    async with DMHubSimulator(customers=3) as sim:
+        async with DMHubClient(sim.app_id, sim.secret, base_url=sim.url, token_store=store) as a:
+            assert await a.customers.count() == 3  # the store was empty: fetched, stored
+        token = sim.access_token
+        assert token is not None
+        async with DMHubClient(sim.app_id, sim.secret, base_url=sim.url, token_store=store) as b:
+            with pytest.raises(TokenStoreError) as info:
+                await b.customers.count()
+        requests = sum(sim.counters.requests.values())
+
+    error = info.value
+    assert error.unsafe
+    assert error.store == "JsonReturningStore()"
+    what = "a Token whose expires_at is a str" if kind == "text time" else f"a {kind}"
+    assert f"JsonReturningStore(): get gave {what}, not a Token or None" in str(error)
+    assert token not in str(error)
+    assert requests == 2  # the first client's token and count: the second sent nothing
+
+
 async def test_a_held_token_refused_is_refreshed_once_and_the_call_sent_again() -> None:
     """With the token held, a call's first attempt is sent outside the retry loop (issue 15):
     the service's refusal of a revoked token is still met by one refresh and one resend."""
