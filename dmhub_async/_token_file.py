@@ -26,7 +26,7 @@ from ._threads import file_work, on_thread
 from ._token_stores import DEFAULT_LIFETIME, FetchFailure, ProcessLocks, Token
 from ._validate import check_number, shown_even_half_made
 
-__all__ = ["FileTokenStore", "holds_only_tokens"]
+__all__ = ["NO_LOCKS", "FileTokenStore", "holds_only_tokens"]
 
 # Not on Windows: there, no links to follow and no FIFO to block on.
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
@@ -39,6 +39,9 @@ _SECONDS = "a number of seconds, or None"
 #: temporary files', which are longer): a store that cannot be read, locked or written for them
 #: is an error to fix, not an outage to ride out by fetching alone.
 _FOR_GOOD = (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.ENAMETOOLONG)
+#: Errors of a file system that cannot lock files (an NFS mount whose lock manager is not there,
+#: as in many containers; one without flock): no lock is ever had, so these are for good too.
+NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP)
 #: The suffix of the entry of a key's failed fetch: no token key has a third ``|``.
 _FAILED = "|failed"
 #: Seconds after which a temporary file of the store's is a dead writer's: a write (or
@@ -108,13 +111,17 @@ class FileTokenStore:
         # On Windows a denied access is also another program holding the file for a moment
         # (a virus scanner, a writer's rename): a passing failure there.
         passing = _WINDOWS and err.errno in (errno.EACCES, errno.EPERM)
-        if err.errno not in _FOR_GOOD or passing:
+        if err.errno not in _FOR_GOOD + NO_LOCKS or passing:
             return self._error(message)
-        advice = (
-            "give the token file a shorter name"
-            if err.errno == errno.ENAMETOOLONG
-            else "let this user read and write it, or keep the token file elsewhere"
-        )
+        if err.errno == errno.ENAMETOOLONG:
+            advice = "give the token file a shorter name"
+        elif err.errno in NO_LOCKS:
+            advice = (
+                "keep the token file on a file system that can lock files (a local disk), or "
+                "share the token through Redis (RedisTokenStore)"
+            )
+        else:
+            advice = "let this user read and write it, or keep the token file elsewhere"
         return self._error(
             f"{message}: no process can share a token through it; {advice}", unsafe=True
         )

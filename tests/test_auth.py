@@ -1470,6 +1470,35 @@ async def test_a_token_file_on_a_read_only_mount_is_an_error_not_a_revocation_lo
     assert "Read-only file system" in str(error)
 
 
+@pytest.mark.parametrize("code", ["ENOLCK", "EOPNOTSUPP"])
+async def test_a_token_file_on_a_file_system_without_locks_is_an_error_not_a_revocation_loop(
+    tmp_path: Any, monkeypatch: Any, code: str
+) -> None:
+    """A token file on a file system that cannot lock files (an NFS mount whose lock manager is
+    not there, as in many containers: ENOLCK; one without flock: EOPNOTSUPP): no lock could
+    ever be taken, and each client fetched a token without the store on every call, revoking
+    the other's (two clients taking turns: 10 tokens for 10 calls), each WARNING saying "until
+    the store is back". It is an error to fix, before any token is fetched, as a read-only
+    mount is."""
+    fcntl = pytest.importorskip("fcntl")
+    real_flock = fcntl.flock
+    number = getattr(errno, code)
+
+    def no_locks(fd: int, operation: int) -> None:
+        if operation & (fcntl.LOCK_EX | fcntl.LOCK_SH):
+            raise OSError(number, os.strerror(number))
+        real_flock(fd, operation)
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    stores = [FileTokenStore(private / "tokens.json") for _ in range(2)]
+
+    message = await refused_for_good(stores)
+    assert f"cannot lock the token file: {os.strerror(number)}" in message
+    assert "a file system that can lock files" in message
+
+
 @pytest.mark.parametrize("what", ["fifo", "directory"])
 async def test_a_token_path_that_is_no_regular_file_is_an_error_not_a_revocation_loop(
     tmp_path: Any, what: str

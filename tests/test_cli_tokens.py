@@ -157,6 +157,41 @@ def test_an_unwritable_cache_directory_falls_back_to_memory_and_says_so(
     assert "warning: cannot write" in capsys.readouterr().err
 
 
+def test_a_cache_directory_that_cannot_lock_files_falls_back_to_memory_and_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The cache directory on a file system without locks (an NFS home whose lock manager is
+    not there: ENOLCK), which FileTokenStore refuses: the command's own default store falls
+    back to memory there, saying so, as where it cannot write, instead of failing every
+    command with TokenStoreError. Its probe leaves no file behind."""
+    fcntl = pytest.importorskip("fcntl")
+    import errno
+
+    def no_locks(fd: int, operation: int) -> None:
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("DMHUB_TOKEN_STORE", raising=False)
+
+    assert isinstance(token_store(None), MemoryTokenStore)
+    assert "warning: cannot lock files in" in capsys.readouterr().err
+    assert list((tmp_path / "cache" / "dmhub-async").iterdir()) == []
+
+
+def test_a_cache_directory_that_can_lock_files_keeps_the_token_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("DMHUB_TOKEN_STORE", raising=False)
+
+    store = token_store(None)
+    assert isinstance(store, FileTokenStore)
+    assert store.path == tmp_path / "cache" / "dmhub-async" / "tokens.json"
+    assert capsys.readouterr().err == ""
+    assert list((tmp_path / "cache" / "dmhub-async").iterdir()) == []
+
+
 def test_two_concurrent_exports_for_one_app_id_both_finish_complete(tmp_path: Path) -> None:
     customers = 2000
     # 20 pages one at a time at 20 ms: both runs overlap for most of their walks. Without a

@@ -8,6 +8,7 @@ import logging
 import os
 import stat
 import sys
+import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -20,7 +21,7 @@ from .._exceptions import APIConnectionError
 from .._logging import logger as library_logger
 from .._logging import show_log
 from .._redact import redact
-from .._token_file import FileTokenStore, holds_only_tokens
+from .._token_file import NO_LOCKS, FileTokenStore, holds_only_tokens
 from .._token_stores import MemoryTokenStore, RedisTokenStore, TokenStore
 from ._errors import CommandError, UsageError, stopped_answering
 
@@ -68,21 +69,50 @@ def default_token_file() -> Path:
 
 
 def _default_spec() -> str:
-    """A file in the cache directory; this run's memory where that cannot be written (say so)."""
+    """A file in the cache directory; this run's memory where that cannot be written or its
+    files cannot be locked (say so)."""
     path = default_token_file()
     try:
         make_private_directory(path.parent)
         writable = os.access(path.parent, os.W_OK)
     except OSError:
         writable = False
-    if writable:
+    if writable and _can_lock(path):
         return f"file:{path}"
+    cannot = "write" if not writable else "lock files in"
     print(
-        f"dmhub-async: warning: cannot write {path.parent}: the token is kept in memory, so "
+        f"dmhub-async: warning: cannot {cannot} {path.parent}: the token is kept in memory, so "
         "other runs with this app id will revoke it (see --token-store)",
         file=sys.stderr,
     )
     return "memory"
+
+
+def _can_lock(path: Path) -> bool:
+    """Whether the token file at ``path`` could be locked: a temporary file beside it (named
+    as the store names its own, which it removes if this one is left) is locked and removed.
+
+    A cache directory on a file system without locks (an NFS home whose lock manager is not
+    there) is a store that every command refuses (FileTokenStore, ENOLCK): the command's own
+    default falls back to memory there, as where the directory cannot be written.
+    """
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock to lack
+        return True
+    try:
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError:
+        return True  # the store says what is wrong, in its own words
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as err:
+        return err.errno not in NO_LOCKS
+    finally:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(name)
+    return True
 
 
 def token_store_spec(spec: str | None) -> str:
