@@ -187,7 +187,8 @@ class TokenManager:
         self._fetched = False
         #: How the fetch in flight makes its token (the fetch of the client that started it).
         self._flight_fetch: Callable[[], Awaitable[Token]] = fetch
-        #: The held token was fetched without the store (it failed): the store's may be older.
+        #: The held token was fetched without the store (it failed), or the store did not take
+        #: it: the store's may be older.
         self._unshared = False
         #: The failed fetch this manager last recorded in the store: its own callers (a
         #: ``with_options`` client's retries) are not held back by it.
@@ -357,7 +358,7 @@ class TokenManager:
             held = self._held
             keep = held if held is not None and held.value != stale and self._valid(held) else None
             try:
-                token = await self._shared(stale, fetch)
+                token, shared = await self._shared(stale, fetch)
             except DMHubError as err:
                 if keep is not None:
                     # Ahead of expiry: a store or token endpoint that fails costs no call while the
@@ -377,7 +378,7 @@ class TokenManager:
                 token = await self._fetch_new(fetch)
                 self._held, self._unshared = token, True
             else:
-                self._held, self._unshared = token, False
+                self._held, self._unshared = token, not shared
             self._fresh_until = token.expires_at - self._margin(token)
             self._renew_paused_until = float("-inf")
             return token.value
@@ -393,9 +394,10 @@ class TokenManager:
             # a 10 KB one failed every call with HTTP 400 and, never refused, was never replaced.
             return False
         held = self._held
-        # A stored token issued before the one this client fetched while the store was down is
-        # older: the service revoked it when ours was issued. Taken, it spent the one refresh
-        # of a refused call on a dead token, and the call failed with the store back and well.
+        # A stored token issued before the one this client fetched while the store was down (or
+        # could not write) is older: the service revoked it when ours was issued. Taken, it
+        # spent the one refresh of a refused call on a dead token, and the call failed with the
+        # store back and well.
         return not (
             self._unshared
             and held is not None
@@ -404,18 +406,28 @@ class TokenManager:
             and token.issued_at < held.issued_at
         )
 
-    async def _shared(self, stale: str | None, fetch: Callable[[], Awaitable[Token]]) -> Token:
-        """The store's token if usable, else a new one fetched under the store's lock."""
+    async def _shared(
+        self, stale: str | None, fetch: Callable[[], Awaitable[Token]]
+    ) -> tuple[Token, bool]:
+        """The store's token if usable, else a new one fetched under the store's lock; and
+        whether the store has it (a new one it failed to take has not).
+
+        A new token the store did not take leaves the store's older one there, which the service
+        revoked as it issued ours: it is no token to take after ours is refused (``_unshared``,
+        see :meth:`_usable`). Taken, it spent a refused call's one refresh on a dead token, and
+        the call failed with AuthenticationError (a token file on a full disk: 3 of 10 calls of
+        two processes taking turns).
+        """
         try:
             token = self._given(await self._call(self._store.get(self._key)))
             if token is not None and self._usable(token, stale):
-                return token
+                return token, True
             async with self._locked():
                 # Another client or process may have refreshed while we waited for the lock, or
                 # failed to (its record).
                 token, usable, failure = await self._call(self._read_locked(stale))
                 if usable and token is not None:
-                    return token
+                    return token, True
                 if failure is not None:
                     self._raise_recent_failure(token, failure)
                 try:
@@ -423,13 +435,15 @@ class TokenManager:
                 except DMHubError as err:
                     await self._record_failure(err, fetch)
                     raise
+                shared = False
                 try:
                     await self._call(self._store.set(self._key, token))
+                    shared = True  # the copies under the keys of 0.1 are for 0.1's processes
                     for key in self._mirror_keys:
                         await self._call(self._store.set(key, token))
                 except TokenStoreError as err:
                     log.warning("%s; the new token is held but not shared", err)
-                return token
+                return token, shared
         except BaseException:
             del stale  # as in refresh()
             raise

@@ -1783,6 +1783,52 @@ async def test_a_token_file_that_can_be_locked_but_not_written_is_an_error_not_a
     assert "cannot write the token file: Permission denied" in message
 
 
+async def test_a_token_file_that_cannot_take_a_new_token_never_gives_back_an_older_one(
+    tmp_path: Any, monkeypatch: Any
+) -> None:
+    """The token file's disk full (or its quota spent) while it holds a token the service has
+    since revoked: each token a client fetched under the lock was held but not written, and
+    the next refusal of it took the file's older token, dead since, for its one refresh: the
+    call was sent again with it, refused again, and failed with AuthenticationError (3 of 10
+    calls of two clients taking turns), as if the credentials were wrong. A client whose new
+    token could not be written now takes no token issued before it from the store, as one
+    that fetched while the store was down already did: every call succeeds."""
+    from dmhub_async import _token_file
+    from dmhub_async.testing import DMHubSimulator
+
+    path = tmp_path / "private" / "tokens.json"
+
+    def disk_full(*args: Any, **kwargs: Any) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    async with DMHubSimulator(customers=3) as sim:
+        async with DMHubClient(
+            sim.app_id, sim.secret, base_url=sim.url, token_store=FileTokenStore(path)
+        ) as first:
+            await first.customers.count()  # its token, written
+        monkeypatch.setattr(_token_file, "replace_file", disk_full)
+        clients = [
+            DMHubClient(sim.app_id, sim.secret, base_url=sim.url, token_store=FileTokenStore(path))
+            for _ in range(2)
+        ]
+        outcomes: list[Any] = []
+        try:
+            for dm in clients:
+                await dm.customers.count()  # the file's token, held by both
+            sim.revoke_tokens()
+            for _ in range(5):
+                for dm in clients:
+                    try:
+                        outcomes.append(await dm.customers.count())
+                    except DMHubError as err:
+                        outcomes.append(err)
+        finally:
+            for dm in clients:
+                await dm.aclose()
+
+    assert outcomes == [3] * 10
+
+
 @pytest.mark.parametrize(
     ("issued", "expires", "kept"),
     [
