@@ -583,6 +583,19 @@ class TokenManager:
         on its own).
         """
         lock: AbstractAsyncContextManager[None] = self._store.lock(self._key)
+        if not (hasattr(lock, "__aenter__") and hasattr(lock, "__aexit__")):
+            # A store of the user's own: an ``async def lock`` without @asynccontextmanager, a
+            # thread's lock. It failed every call with a raw AttributeError naming no store.
+            what = type(lock).__name__
+            if asyncio.iscoroutine(lock):
+                lock.close()  # never awaited: no RuntimeWarning
+            raise TokenStoreError(
+                f"{self._store!r}: lock() gave a {what}, not an async context manager (async"
+                " with): no client can share a token through it; make it one"
+                " (@contextlib.asynccontextmanager)",
+                store=repr(self._store),
+                unsafe=True,
+            )
         await self._call(lock.__aenter__(), self._lock_wait)
         try:
             yield

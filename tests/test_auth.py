@@ -1946,6 +1946,55 @@ async def test_a_store_of_ones_own_that_gives_no_token_is_a_store_error(kind: st
     assert requests == 2  # the first client's token and count: the second sent nothing
 
 
+class CoroutineLockStore(MemoryTokenStore):
+    """A store of the user's making whose ``lock`` is an ``async def`` (its
+    ``@asynccontextmanager`` forgotten), or gives a thread's lock."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+        self.thread_lock = threading.Lock()
+
+    def lock(self, key: str) -> Any:
+        if self.kind == "thread lock":
+            return self.thread_lock
+        return self._no_context_manager(key)
+
+    async def _no_context_manager(self, key: str) -> None:
+        """What an ``async def lock`` returns: a coroutine."""
+
+    def __repr__(self) -> str:
+        return "CoroutineLockStore()"
+
+
+@pytest.mark.parametrize("kind", ["coroutine", "thread lock"])
+async def test_a_store_of_ones_own_whose_lock_is_no_async_context_manager_is_a_store_error(
+    kind: str,
+) -> None:
+    """A store of the user's own whose ``lock`` gave no async context manager (an ``async def``
+    without ``@asynccontextmanager``, a ``threading.Lock``) failed every call with a raw
+    AttributeError ("'coroutine' object has no attribute '__aenter__'"), naming no store, and
+    a RuntimeWarning of a coroutine never awaited. It is a TokenStoreError naming the store
+    and what its lock gave, with no request sent."""
+    from dmhub_async.testing import DMHubSimulator
+
+    store = CoroutineLockStore(kind)
+    async with (
+        DMHubSimulator(customers=3) as sim,
+        DMHubClient(sim.app_id, sim.secret, base_url=sim.url, token_store=store) as dm,
+    ):
+        with pytest.raises(TokenStoreError) as info:
+            await dm.customers.count()
+        requests = sum(sim.counters.requests.values())
+
+    error = info.value
+    assert error.unsafe
+    assert error.store == "CoroutineLockStore()"
+    what = "a coroutine" if kind == "coroutine" else "a lock"
+    assert f"CoroutineLockStore(): lock() gave {what}, not an async context manager" in str(error)
+    assert requests == 0
+
+
 async def test_a_held_token_refused_is_refreshed_once_and_the_call_sent_again() -> None:
     """With the token held, a call's first attempt is sent outside the retry loop (issue 15):
     the service's refusal of a revoked token is still met by one refresh and one resend."""
