@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import inspect
 import logging
 import math
 import sys
@@ -571,6 +572,16 @@ class TokenManager:
                 f"{self._store!r} did not answer in {timeout:g} s", store=repr(self._store)
             ) from None
         except Exception as err:  # a store of the user's making
+            if isinstance(err, TypeError) and not inspect.isawaitable(op):
+                # Its get or set not async: taken for a store failing for a moment, each client
+                # fetched a token of its own, revoking the others', for as long as they ran.
+                raise TokenStoreError(
+                    f"{self._store!r}: get or set gave a {type(op).__name__}, not an awaitable:"
+                    " a TokenStore's get, set and lock are async; no client can share a token"
+                    " through it",
+                    store=repr(self._store),
+                    unsafe=True,
+                ) from None
             raise TokenStoreError(
                 f"{self._store!r} failed: {type(err).__name__}", store=repr(self._store)
             ) from None

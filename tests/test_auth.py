@@ -1995,6 +1995,54 @@ async def test_a_store_of_ones_own_whose_lock_is_no_async_context_manager_is_a_s
     assert requests == 0
 
 
+class SyncStore:
+    """A store of the user's making whose ``get`` and ``set`` are plain functions."""
+
+    def __init__(self) -> None:
+        self.tokens: dict[str, Token] = {}
+        self.inner = MemoryTokenStore()
+
+    def get(self, key: str) -> Token | None:
+        return self.tokens.get(key)
+
+    def set(self, key: str, token: Token) -> None:
+        self.tokens[key] = token
+
+    def lock(self, key: str) -> Any:
+        return self.inner.lock(key)
+
+    def __repr__(self) -> str:
+        return "SyncStore()"
+
+
+async def test_a_store_of_ones_own_that_is_not_async_is_a_store_error_not_fetched_around() -> None:
+    """A store of the user's own whose ``get`` and ``set`` are not async was taken for one that
+    failed for a moment ("SyncStore() failed: TypeError; fetching a token without the store
+    ... until the store is back"): each client fetched a token of its own, revoking the
+    others', for as long as they ran (three clients one after another: 3 tokens). It is a
+    TokenStoreError naming the store and saying why, with no request sent."""
+    from dmhub_async.testing import DMHubSimulator
+
+    store = SyncStore()
+    async with DMHubSimulator(customers=3) as sim:
+        errors = []
+        for _ in range(3):
+            async with DMHubClient(
+                sim.app_id,
+                sim.secret,
+                base_url=sim.url,
+                token_store=store,  # type: ignore[arg-type]
+            ) as dm:
+                with pytest.raises(TokenStoreError) as info:
+                    await dm.customers.count()
+                errors.append(info.value)
+        requests = sum(sim.counters.requests.values())
+
+    assert requests == 0
+    assert all(error.unsafe for error in errors)
+    assert "SyncStore(): get or set gave a NoneType, not an awaitable" in str(errors[0])
+
+
 async def test_a_held_token_refused_is_refreshed_once_and_the_call_sent_again() -> None:
     """With the token held, a call's first attempt is sent outside the retry loop (issue 15):
     the service's refusal of a revoked token is still met by one refresh and one resend."""
