@@ -38,7 +38,14 @@ _SECONDS = "a number of seconds, or None"
 #: should be, a name too long for the file system: the token file's, or its lock file's and
 #: temporary files', which are longer): a store that cannot be read, locked or written for them
 #: is an error to fix, not an outage to ride out by fetching alone.
-_FOR_GOOD = (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.ENAMETOOLONG)
+_FOR_GOOD = (
+    errno.EROFS,
+    errno.EACCES,
+    errno.EPERM,
+    errno.ENOTDIR,
+    errno.ENAMETOOLONG,
+    errno.ELOOP,  # a symbolic link to itself, or a ring of them, on the path
+)
 #: Errors of a file system that cannot lock files (an NFS mount whose lock manager is not there,
 #: as in many containers; one without flock): no lock is ever had, so these are for good too.
 NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP)
@@ -158,6 +165,15 @@ class FileTokenStore:
                 make_private_directory(directory)  # a file of that name: see below
             st = directory.stat()
         except FileNotFoundError:
+            if create:
+                # Made, or found there, and still not there: a symbolic link to nothing on its
+                # path (a volume not mounted). As a passing failure, each process fetched a
+                # token of its own on every refusal, revoking the others'.
+                raise self._error(
+                    f"cannot make the directory {str(directory)!r}: a symbolic link on its path"
+                    " leads to nothing (a volume not mounted?): refusing it",
+                    unsafe=True,
+                ) from None
             return False
         except OSError as err:
             raise self._for_good(f"cannot use the directory: {err.strerror}", err) from None

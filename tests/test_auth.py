@@ -1642,6 +1642,27 @@ async def test_a_token_file_under_a_regular_file_is_an_error_not_a_revocation_lo
     assert "not a directory" in message.lower()
 
 
+@pytest.mark.parametrize("where", ["link/tokens.json", "link/sub/tokens.json", "loop/tokens.json"])
+async def test_a_token_directory_behind_a_broken_link_is_an_error_not_a_revocation_loop(
+    tmp_path: Any, where: str
+) -> None:
+    """The token file's directory (or a parent of it) a symbolic link to nothing (a volume not
+    mounted, a directory removed) or to itself: it could never be made or read (ENOENT after
+    the link was taken for a directory that exists, ELOOP), and each client fetched a token
+    without the store on every call, revoking the other's (two clients taking turns: 10 tokens
+    for 10 calls), each WARNING saying "until the store is back". It is an error to fix, with
+    no token fetched."""
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    (private / "link").symlink_to(private / "not-mounted")
+    (private / "loop").symlink_to(private / "loop")
+    stores = [FileTokenStore(private / where) for _ in range(2)]
+
+    message = await refused_for_good(stores)
+    assert "cannot make the directory" in message or "symbolic links" in message
+    assert not (private / "not-mounted").exists()  # nothing made through the link
+
+
 @pytest.mark.parametrize("what", ["directory", "link", "dangling link"])
 async def test_a_lock_file_that_is_no_regular_file_is_an_error_not_a_revocation_loop(
     tmp_path: Any, what: str
