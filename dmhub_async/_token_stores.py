@@ -509,6 +509,7 @@ class RedisTokenStore:
         from redis.exceptions import (
             AuthenticationError,
             AuthenticationWrongNumberOfArgsError,
+            InvalidResponse,
             NoPermissionError,
         )
 
@@ -524,6 +525,15 @@ class RedisTokenStore:
             message += (
                 "; no process can share a token through it: give the store a user, password"
                 " and database that Redis takes"
+            )
+            return TokenStoreError(message, store=repr(self), unsafe=True)
+        if isinstance(err, InvalidResponse):
+            # Another service on that port (a web server, a port mistyped): taken for an
+            # outage, each process fetched a token of its own on every refusal, revoking the
+            # others' (two clients taking turns: a token a call).
+            message += (
+                "; it does not answer as a Redis does (another service on that port?): no"
+                " process can share a token through it: give the store a Redis's URL"
             )
             return TokenStoreError(message, store=repr(self), unsafe=True)
         return TokenStoreError(message, store=repr(self))

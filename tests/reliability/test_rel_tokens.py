@@ -539,6 +539,36 @@ async def test_a_redis_that_refuses_the_store_is_an_error_not_a_revocation_loop(
     assert "hunter2" not in str(outcomes[0])
 
 
+async def test_a_store_url_that_names_no_redis_is_an_error_not_fetched_around() -> None:
+    """A RedisTokenStore URL whose port is another service's (a web server, a port mistyped):
+    every command failed with redis-py's "Protocol error, got "H" as reply type byte", which was
+    taken for an outage, and each process fetched a token without the store on every refusal,
+    revoking the others' (two clients taking turns: 10 tokens for 10 calls), the WARNING
+    saying "until the store is back". It is an error to fix, with no token fetched."""
+
+    async def web_server(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1024)
+        writer.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(web_server, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    stores = [RedisTokenStore(f"redis://127.0.0.1:{port}/0") for _ in range(2)]
+    try:
+        outcomes, issued = await two_processes_take_turns(stores)
+    finally:
+        for store in stores:
+            await store.aclose()
+        server.close()
+        await server.wait_closed()
+
+    assert issued == 0
+    assert all(isinstance(outcome, TokenStoreError) for outcome in outcomes), outcomes
+    assert all(outcome.unsafe for outcome in outcomes)
+    assert "does not answer as a Redis does" in str(outcomes[0])
+
+
 # -- Who closes what -------------------------------------------------------------------------
 
 
