@@ -511,6 +511,7 @@ class RedisTokenStore:
             AuthenticationWrongNumberOfArgsError,
             InvalidResponse,
             NoPermissionError,
+            ResponseError,
         )
 
         message = f"{self!r}: {doing} failed: {type(err).__name__}: {err}"
@@ -525,6 +526,16 @@ class RedisTokenStore:
             message += (
                 "; no process can share a token through it: give the store a user, password"
                 " and database that Redis takes"
+            )
+            return TokenStoreError(message, store=repr(self), unsafe=True)
+        if isinstance(err, ResponseError) and "unknown command" in str(err).lower():
+            # Disabled or renamed (EVAL and EVALSHA, as hardening guides advise), or a proxy
+            # that lacks it: taken for an outage, each process fetched a token of its own on
+            # every refusal, revoking the others' (two clients taking turns: a token a call).
+            message += (
+                "; Redis does not know that command (disabled, renamed, or a proxy without it):"
+                " no process can share a token through it: give the store a Redis that runs"
+                " GET, SET, MULTI and scripts (EVALSHA)"
             )
             return TokenStoreError(message, store=repr(self), unsafe=True)
         if isinstance(err, InvalidResponse):

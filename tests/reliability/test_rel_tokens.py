@@ -13,14 +13,23 @@ import contextlib
 import json
 import logging
 import os
+import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from _helpers import two_processes_take_turns
-from _redis import RedisServer, collector_paused, leaks_collected, no_leaks
+from _redis import (
+    REDIS_SERVER,
+    SKIP_REASON,
+    RedisServer,
+    collector_paused,
+    leaks_collected,
+    no_leaks,
+)
 from aiohttp import web
 
 from dmhub_async import (
@@ -537,6 +546,57 @@ async def test_a_redis_that_refuses_the_store_is_an_error_not_a_revocation_loop(
     assert all(isinstance(outcome, TokenStoreError) for outcome in outcomes), outcomes
     assert all(outcome.unsafe for outcome in outcomes)
     assert "hunter2" not in str(outcomes[0])
+
+
+@contextlib.contextmanager
+def redis_without_scripts(directory: Path) -> Iterator[RedisServer]:
+    """A redis-server whose EVAL and EVALSHA are disabled (``rename-command ... ""``, as
+    hardening guides advise), as some Redis-compatible proxies have none."""
+    if REDIS_SERVER is None:
+        pytest.skip(SKIP_REASON)
+    server = RedisServer(directory)
+    settings = ["--port", str(server.port), "--bind", "127.0.0.1", "--save", ""]
+    settings += ["--appendonly", "no", "--dir", str(directory)]
+    disabled = ["--rename-command", "EVALSHA", "", "--rename-command", "EVAL", ""]
+    server._proc = subprocess.Popen(
+        [REDIS_SERVER, *settings, *disabled],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            with contextlib.suppress(OSError):
+                if server.command("PING") == "+PONG":
+                    break
+            assert time.monotonic() < deadline, "redis-server did not answer"
+            time.sleep(0.01)
+        yield server
+    finally:
+        server.kill()
+
+
+async def test_a_redis_that_runs_no_scripts_is_an_error_not_fetched_around(
+    tmp_path: Path,
+) -> None:
+    """A Redis that does not know the scripts the lock is released and extended with (EVAL and
+    EVALSHA disabled, a proxy without them: "unknown command 'EVALSHA'") was taken for an
+    outage, though the store's check of its scripts says it is refused: each process fetched
+    a token without the store on every refusal, revoking the others' (two clients taking
+    turns: 10 tokens for 10 calls). It is an error to fix, as an ACL user without the scripts
+    is, with no token fetched."""
+    with redis_without_scripts(tmp_path) as redis:
+        stores = [RedisTokenStore(redis.url) for _ in range(2)]
+        try:
+            outcomes, issued = await two_processes_take_turns(stores)
+        finally:
+            for store in stores:
+                await store.aclose()
+
+    assert issued == 0
+    assert all(isinstance(outcome, TokenStoreError) for outcome in outcomes), outcomes
+    assert all(outcome.unsafe for outcome in outcomes)
+    assert "Redis does not know that command" in str(outcomes[0])
 
 
 async def test_a_store_url_that_names_no_redis_is_an_error_not_fetched_around() -> None:
