@@ -370,6 +370,8 @@ DEFAULT_STORE = MemoryTokenStore()
 
 
 _REDIS_SCHEMES = ("redis", "rediss", "unix")
+#: Seconds between redis-py's tries of a lock another holds (its ``Lock(sleep=0.1)``).
+_REDIS_LOCK_POLL = 0.1
 #: The suffix of the Redis key of a key's failed fetch (the lock's is ``:lock``).
 _FAILED = ":failed"
 
@@ -619,8 +621,9 @@ class RedisTokenStore:
         """A Redis lock on ``key``, extended while held, freed on its own should its holder die."""
         from redis.exceptions import LockError, RedisError
 
+        name = self._prefix + key + ":lock"
         lock = (await self._client()).lock(
-            self._prefix + key + ":lock",
+            name,
             timeout=self._lock_ttl,
             blocking_timeout=self._lock_timeout,
             thread_local=False,
@@ -634,7 +637,11 @@ class RedisTokenStore:
         loop = asyncio.get_running_loop()
         deadline = None if self._lock_timeout is None else loop.time() + self._lock_timeout
         try:
-            acquired = await lock.acquire(token=token)
+            acquired = await lock.acquire(token=token, blocking=False)
+            if not acquired:  # another's, or a key no holder left: see _check_expires
+                await self._check_expires(name)
+                if deadline is None or deadline - loop.time() > _REDIS_LOCK_POLL:
+                    acquired = await lock.acquire(token=token)
             if not acquired and deadline is not None:
                 # redis-py gives up once its next poll (every 0.1 s) would fall past the
                 # timeout: up to a poll early, and under a poll it never waited at all (0.05 s
@@ -672,6 +679,30 @@ class RedisTokenStore:
                 raise
             finally:
                 await asyncio.wait([keeper])
+
+    async def _check_expires(self, name: str) -> None:
+        """TokenStoreError (``unsafe``) if the lock's key ``name`` never expires: every holder
+        sets it with an expiry, so no client of a store left it (a copy of the data that dropped
+        expiries, another program), and nobody would ever release it.
+
+        Each client waited the whole lock wait for it (330 s by default) at every token refresh,
+        for as long as the key was there, then fetched a token without the store, revoking the
+        others', its WARNING saying the store "did not answer".
+        """
+        from redis.exceptions import NoPermissionError
+
+        try:
+            left = await (await self._client()).pttl(name)
+        except NoPermissionError:
+            return  # a user without PTTL: the wait for the lock says the rest, as before
+        if left == -1:
+            raise TokenStoreError(
+                f"{self!r}: the lock's key {name!r} never expires, so no client left it (a copy"
+                " of the data that dropped expiries, another program) and none would ever"
+                " release it: delete that key",
+                store=repr(self),
+                unsafe=True,
+            )
 
     async def _check_scripts(self, lock: RedisLock) -> None:
         """TokenStoreError (``unsafe``, before the lock is taken and a token fetched) if Redis

@@ -548,6 +548,33 @@ async def test_a_redis_that_refuses_the_store_is_an_error_not_a_revocation_loop(
     assert "hunter2" not in str(outcomes[0])
 
 
+async def test_a_lock_key_that_never_expires_is_an_error_not_waited_for_at_every_refresh(
+    redis: RedisServer,
+) -> None:
+    """The lock's key there with no expiry (a copy of the data that dropped expiries, another
+    program): every holder sets it with one, so nobody would ever release it. Each client
+    waited the whole lock wait for it (330 s by default; 0.2 s here) at every token refresh,
+    then fetched a token without the store, revoking the others' (two clients taking turns:
+    10 tokens for 10 calls), its WARNING saying the store "did not answer". It is an error
+    to fix, naming the key, with no token fetched."""
+    stores = [RedisTokenStore(redis.url, lock_timeout=0.2) for _ in range(2)]
+
+    async def stuck(sim: Any) -> None:
+        key = token_key(sim.url, sim.app_id, sim.secret)
+        assert redis.command("SET", f"dmhub_async:token:{key}:lock", "someone") == "+OK"
+
+    try:
+        outcomes, issued = await two_processes_take_turns(stores, stuck)
+    finally:
+        for store in stores:
+            await store.aclose()
+
+    assert issued == 0
+    assert all(isinstance(outcome, TokenStoreError) for outcome in outcomes), outcomes
+    assert all(outcome.unsafe for outcome in outcomes)
+    assert "never expires" in str(outcomes[0])
+
+
 @contextlib.contextmanager
 def redis_without_scripts(directory: Path) -> Iterator[RedisServer]:
     """A redis-server whose EVAL and EVALSHA are disabled (``rename-command ... ""``, as
