@@ -80,9 +80,10 @@ class PaginatorStats:
     retries: int = 0
     refetches: int = 0
     #: Pages a record may have slipped past unread: taken after a drift repair ran out of steps
-    #: back, or, sorted by a field other than the id, holding a record met before while the
-    #: count stood still (it moved in the sort order during the walk, shifting others); and an
-    #: empty page (the walk's end) where its totals or ``hasNext`` say there are records.
+    #: back, or, sorted by a field other than the id, holding a record met before that no
+    #: insert explains (the count stood still, fell, or grew by fewer: it moved in the sort
+    #: order during the walk, shifting others); and an empty page (the walk's end) where its
+    #: totals or ``hasNext`` say there are records.
     unverified: int = 0
 
 
@@ -108,6 +109,15 @@ class _Repair(Generic[T]):
     beyond: int = 0
     reached: tuple[int, RawPage[T], int] | None = None
     probes: int = 0
+    #: The count the read of the last page taken before the repair said (None: not said):
+    #: what the page it ends on is checked against (see :meth:`WalkPlan._take_checked`).
+    taken_records: int | None = None
+
+
+def _grew_by(before: int | None, after: int | None, records: int) -> bool:
+    """Whether the count went from ``before`` to ``after`` by ``records`` or more: as many
+    inserts behind the cursor as records a page met again (None: not said)."""
+    return before is not None and after is not None and after - before >= records
 
 
 class WalkPlan(Generic[T]):
@@ -160,6 +170,7 @@ class WalkPlan(Generic[T]):
         self._end_page: int | None = None  # a page a read found to be the last
         self._largest_last_page: int | None = None
         self._taken_epoch: int | None = None  # the epoch the page taken last was read in
+        self._taken_records: int | None = None  # and the records its read counted
         self._taken_signature: tuple[Any, ...] | None = None
         # The signature of the pages taken lately, by number, and the epoch each was read in:
         # what a repair compares a page read again with (see _repair_step).
@@ -333,6 +344,7 @@ class WalkPlan(Generic[T]):
                 taken_before=dict(self._signatures),
                 locating=resumed,
                 beyond=number,
+                taken_records=self._taken_records,
             )
             # The place found may lie before the start page: the walk reads that page again
             # in its turn, as any other.
@@ -345,15 +357,33 @@ class WalkPlan(Generic[T]):
             # shifted the rest back, unread; the walk ends here all the same, as an empty page
             # ends it, but says it may be short.
             self.stats.unverified += 1
+        return [self._take_checked(number, raw, epoch, signature, self._taken_records)]
+
+    def _take_checked(
+        self, number: int, raw: RawPage[T], epoch: int, signature: Any, since: int | None
+    ) -> Page[T]:
+        """:meth:`_take_in_order`, the page counted unverified when, sorted by a field that can
+        change (not the id), it holds a record met before that no insert explains.
+
+        ``since``: the count when the records before it were read (the page taken before it,
+        or the last one taken before a repair), None when not said.
+        """
         repeats = self.stats.duplicates
         page = self._take_in_order(number, raw, epoch, signature)
-        if self.seen.dedupe == "set" and not changed and self.stats.duplicates > repeats:
-            # Sorted by a field that can change (not the id): a record met again while the
-            # count stood still was not inserted behind the cursor but moved there from
+        repeats = self.stats.duplicates - repeats
+        if (
+            self.seen.dedupe == "set"
+            and repeats
+            and not _grew_by(since, raw.total_records, repeats)
+        ):
+            # A record met again while the count stood still (or fell, or grew by fewer than
+            # the records met again) was not inserted behind the cursor but moved there from
             # behind it, shifting the records in between back: one may have slipped past a
-            # page boundary unread, and no re-read can find it.
+            # page boundary unread, and no re-read can find it. (Counted only while the count
+            # stood still, and never on the page a repair ends on, a move and a delete between
+            # two reads lost customers, the page said whole.)
             self.stats.unverified += 1
-        return [page]
+        return page
 
     def _check_within_totals(self, number: int, raw: RawPage[T]) -> None:
         """Stop a walk that went far past every total the service reported."""
@@ -416,7 +446,8 @@ class WalkPlan(Generic[T]):
                 # What the next page is compared with (a page served twice): this read's, not
                 # the page that began the repair (a resume's place may lie before it).
                 self._taken_signature = signature = self.seen.signature(raw.items)
-                return [*pages, self._take_in_order(number, raw, epoch, signature)]
+                since = repair.taken_records
+                return [*pages, self._take_checked(number, raw, epoch, signature, since)]
             page = self._yield(raw, number, has_next=True)
             if page.items:
                 pages.append(page)
@@ -487,6 +518,7 @@ class WalkPlan(Generic[T]):
         ``signature``: the page's, when the caller has it already (every page of a walk).
         """
         self._taken_epoch = epoch
+        self._taken_records = raw.total_records
         signatures = self._signatures
         if signature is _UNKNOWN:
             signature = self.seen.signature(raw.items)

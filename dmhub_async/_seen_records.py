@@ -107,14 +107,16 @@ class SeenRecords(Generic[T]):
         """Whether ``items`` start at or before what was yielded: no record can lie between.
 
         An empty page reaches nothing; without a key there is nothing to compare with, so
-        every page is taken as it comes.
+        every page is taken as it comes. In ``set`` mode its first record must have been
+        yielded: one further on may have moved there from behind (sorted by a field that
+        changed), with records never read before it.
         """
         if self.key is None:
             return True
         if not items:
             return False
         if self.dedupe == "set":
-            return any(self.key(item) in self.keys for item in items)
+            return self.key(items[0]) in self.keys
         first = self.key(items[0])
         if first is None or self.last_key is None:
             return True
