@@ -12,7 +12,7 @@ from aiohttp import web, web_app
 from typing_extensions import Self
 
 from .._exceptions import InvalidRequestError
-from .._validate import check_number, short, shown_even_half_made
+from .._validate import check_flag, check_number, short, shown_even_half_made
 from ._app import build_app
 from ._faults import Counters, Faults
 from ._fields import Row
@@ -288,9 +288,19 @@ class DMHubSimulator:
         With ``front`` (the default) deletes take the lowest ids and inserts get ids below
         the lowest one, so an ascending walk by id sees every later page shift; otherwise
         deletes are random and inserts get new, higher ids (as the live service gives).
+        ``n_requests`` is an int >= 1, ``inserts`` and ``deletes`` ints >= 0 and ``front``
+        a bool: anything else raises InvalidRequestError here, not in the request it is due.
         """
-        if n_requests < 1:
-            raise ValueError("n_requests must be at least 1")
+        # Checked here: a count of another kind (inserts="2", deletes=None or 1.5) raised
+        # inside the request it was due before, answered 500 "simulator error", which the
+        # client under test retried away, and a negative one did nothing; either way no
+        # customer changed, and a test of a walk under churn passed with none.
+        check_number("mutate_every(): n_requests", n_requests, 1, inclusive=True, kind=int)
+        for name, count in (("inserts", inserts), ("deletes", deletes)):
+            check_number(
+                f"mutate_every(): {name}", count, 0, inclusive=True, kind=int, high=MAX_CUSTOMERS
+            )
+        check_flag("mutate_every", "front", front)
         matcher = Faults(paths=paths)
         seen = 0
 

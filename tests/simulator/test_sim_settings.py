@@ -56,6 +56,20 @@ CASES: dict[str, Callable[[], object]] = {
     "revoke_tokens 1.5": lambda: DMHubSimulator().revoke_tokens(1.5),  # type: ignore[arg-type]
     "insert_customer of a list": lambda: DMHubSimulator().insert_customer([1]),  # type: ignore[arg-type]
     "insert_customer of an attr set": lambda: DMHubSimulator().insert_customer({"attr": {1}}),
+    # Taken, each raised inside the request it was due before (a 500 "simulator error",
+    # which the client under test retried away) or did nothing: no customer was ever
+    # inserted or deleted, and a test of a walk under churn passed with none.
+    "mutate_every inserts a str": lambda: DMHubSimulator().mutate_every(2, inserts="2"),  # type: ignore[arg-type]
+    "mutate_every deletes None": lambda: DMHubSimulator().mutate_every(2, deletes=None),  # type: ignore[arg-type]
+    "mutate_every deletes 1.5": lambda: DMHubSimulator().mutate_every(2, deletes=1.5),  # type: ignore[arg-type]
+    "mutate_every inserts -3": lambda: DMHubSimulator().mutate_every(2, inserts=-3),
+    "mutate_every inserts of 5,000 digits": lambda: DMHubSimulator().mutate_every(2, inserts=BIG),
+    # Taken as every 2.5th request (the 5th, 10th...) and as every one; a str, a raw TypeError.
+    "mutate_every n_requests 2.5": lambda: DMHubSimulator().mutate_every(2.5, inserts=1),  # type: ignore[arg-type]
+    "mutate_every n_requests True": lambda: DMHubSimulator().mutate_every(True, inserts=1),
+    "mutate_every n_requests a str": lambda: DMHubSimulator().mutate_every("3"),  # type: ignore[arg-type]
+    "mutate_every n_requests 0": lambda: DMHubSimulator().mutate_every(0, inserts=1),
+    "mutate_every front 'no'": lambda: DMHubSimulator().mutate_every(2, front="no"),  # type: ignore[arg-type]
     "FakeClock start a str": lambda: FakeClock("x"),  # type: ignore[arg-type]
     "FakeClock start NaN": lambda: FakeClock(math.nan),
     "FakeClock advance -1": lambda: FakeClock().advance(-1),
