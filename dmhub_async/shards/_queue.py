@@ -1042,6 +1042,13 @@ def _worker_class() -> Any:
     from redis.exceptions import TimeoutError as RedisTimeoutError
 
     class _ShardWorker(Worker):
+        #: Whether its close has cancelled its jobs (see _jobs_ended).
+        _jobs_cancelled = False
+
+        def handle_sig(self, signum: Any) -> None:
+            if not self._jobs_cancelled:  # its close cancels once, and says so once
+                super().handle_sig(signum)
+
         async def main(self) -> None:
             """arq's main, its pool's every read answered within :data:`REDIS_ANSWER`.
 
@@ -1099,6 +1106,7 @@ def _worker_class() -> Any:
                 # traceback, its connections left open.
                 pool.close = pool.aclose
             try:
+                await self._jobs_ended()
                 await super().close()
             except (RedisError, OSError) as err:
                 # INFO: nothing to act on (the health key expires on its own), and a warning
@@ -1109,6 +1117,33 @@ def _worker_class() -> Any:
                     await self.on_shutdown(self.ctx)
                 if pool is not None:
                     await pool.aclose()
+
+        async def _jobs_ended(self) -> None:
+            """The jobs cancelled, as arq's close cancels them, and waited for to their end,
+            whatever it is; then out of ``tasks``, where arq's close gathers them.
+
+            A job already recording its end (arq's ``finish_job``, shielded) is cancelled in
+            that shield, and its CancelledError, gathered, came out of the close: a busy
+            worker with a shared rate limit whose Redis stayed away past its wait (its job
+            failed as the wait ended, with the worker's commands) stopped in a traceback, not
+            "cannot reach the queue's Redis", its shutdown skipped (its client left open). A
+            Redis error a job ended with is raised, as arq's gather raised it.
+            """
+            import signal
+
+            if not self._handle_signals:  # arq's close's own first step (said: SIGUSR1)
+                self.handle_sig(signal.SIGUSR1)
+                self._jobs_cancelled = True  # not said again by arq's close, 0 jobs to cancel
+            tasks = dict(self.tasks)
+            if tasks:
+                await asyncio.wait(tasks.values())  # a cancel of the close itself still stops it
+            error: BaseException | None = None
+            for job_id, task in tasks.items():
+                self.tasks.pop(job_id, None)
+                if not task.cancelled() and task.exception() is not None and error is None:
+                    error = task.exception()
+            if error is not None:
+                raise error
 
     return _ShardWorker
 

@@ -700,6 +700,54 @@ async def test_a_worker_stops_cleanly_with_warnings_as_errors(redis: RedisServer
     assert queued._pool is None  # closed all the way (the no_leaks fixture: its connections)
 
 
+async def test_a_worker_stopped_as_a_job_records_its_end_closes_all_the_same(
+    tmp_path: Path, redis: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A busy `dmhub-async worker --rate-limit` whose Redis stayed away past its wait: its job
+    # failed as the wait ended (the shared limit gives up with the worker's commands) and was
+    # recording its end (arq's finish_job, shielded) as the worker stopped. arq's close
+    # cancelled the job in that shield and gathered it: the worker ended in a 40-line
+    # CancelledError traceback, not "cannot reach the queue's Redis", its shutdown skipped
+    # ("Unclosed client session"). Here the end's record is held until the close is over.
+    from arq.connections import ArqRedis
+    from arq.worker import Worker
+
+    from dmhub_async.shards import _queue
+
+    recording, recorded = asyncio.Event(), asyncio.Event()
+
+    async def finish_job(self: Any, *args: object) -> None:
+        recording.set()
+        await recorded.wait()
+
+    monkeypatch.setattr(Worker, "finish_job", finish_job)
+    client = {"app_id": "a", "secret": "s", "base_url": "http://127.0.0.1:1"}
+    queued = worker(redis.url, handle_signals=False, client=client)
+    shard = Shard(0, None, None)
+    task = {"job_version": 1, "shard": shard.to_dict(), "directory": str(tmp_path / "gone")}
+    pool = ArqRedis.from_url(redis.url)
+    try:
+        await pool.enqueue_job(_queue.JOB_NAME, task, _job_id="j")  # it fails at once
+    finally:
+        await pool.aclose()
+    running = asyncio.ensure_future(queued.async_run())
+    try:
+        await asyncio.wait_for(recording.wait(), 30)
+        running.cancel()  # its main has ended (as when its wait for Redis is over)
+        await asyncio.gather(running, return_exceptions=True)
+        closing = asyncio.ensure_future(_close_worker(queued))
+        await asyncio.wait({closing}, timeout=10)
+    finally:
+        recorded.set()
+        await asyncio.sleep(0)  # the record, shielded, ends too
+
+    assert closing.done()
+    assert not closing.cancelled(), "the close raised the job's CancelledError"
+    assert closing.exception() is None
+    assert queued.ctx["client"].closed  # its shutdown ran
+    assert queued._pool is None
+
+
 async def _close_worker(arq_worker: Any) -> None:
     with warnings.catch_warnings():  # arq closes its pool by redis-py's deprecated close()
         warnings.simplefilter("ignore", DeprecationWarning)
