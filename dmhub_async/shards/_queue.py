@@ -1405,6 +1405,7 @@ async def _follow(
     served: _Served,
 ) -> Manifest:
     """Enqueue ``todo`` on ``pool`` (the jobs not there already) and follow them to the end."""
+    from arq.constants import job_key_prefix
     from arq.jobs import Job, JobStatus
 
     export_id = export_id_of(where)
@@ -1438,14 +1439,24 @@ async def _follow(
         due = await _redis_now(pool)
         if due is not None:
             due = due + timedelta(seconds=defer or 0.0)
-        await pool.enqueue_job(
-            JOB_NAME,
-            task,
-            _job_id=jobs[index].job_id,
-            _defer_until=due,
-            _defer_by=defer if due is None else None,
-            _expires=QUEUED_FOR,
-        )
+        job = jobs[index]
+        for _ in range(2):
+            queued = await pool.enqueue_job(
+                JOB_NAME,
+                task,
+                _job_id=job.job_id,
+                _defer_until=due,
+                _defer_by=defer if due is None else None,
+                _expires=QUEUED_FOR,
+            )
+            if queued is not None or await job.status() != JobStatus.not_found:
+                return
+            # Not enqueued, and in the queue neither: its data is there without its place in
+            # the queue (the queue's key evicted under an allkeys- maxmemory-policy, or
+            # deleted), and arq enqueues no job whose data is there. The coordinator said
+            # "enqueued again" at every poll, for ever, and no worker took the shard. No worker
+            # can take a job that is not in the queue: its data goes, and it is enqueued anew.
+            await pool.delete(job_key_prefix + job.job_id)
 
     progress_key = _progress_key(export_id, manifest.plan_id)
     waited: dict[int, float] = {}  # seconds of polls each ended shard's part was not seen

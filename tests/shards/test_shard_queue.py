@@ -252,6 +252,44 @@ async def test_a_shard_whose_job_expired_in_the_queue_is_enqueued_again(
     assert kept_for[0] > 2 * 86_400_000  # a queue may hold a shard for longer than a day
 
 
+async def test_a_shard_whose_job_lost_its_place_in_the_queue_is_enqueued_again(
+    tmp_path: Path, redis: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The queue's sorted set lost, the job's data kept (the set evicted under an allkeys-
+    # maxmemory-policy, or deleted): arq enqueues no job whose data is still there, so the
+    # coordinator said "enqueued again" at every poll, for ever, and no worker took the shard.
+    out = tmp_path / "out"
+    caplog.set_level("WARNING", logger="dmhub_async")
+    with sim_process(300) as sim, contextlib.ExitStack() as stack:
+        manifest = await planned(sim, redis, out, 1)
+        lost: list[str] = []
+
+        async def lose_the_queue_then_serve(_: float) -> None:
+            if not lost:  # the first poll
+                lost.append(redis.command("DEL", "arq:queue"))  # as its eviction does
+                stack.enter_context(workers(sim, redis.url, 1))
+            await asyncio.sleep(0.1)
+
+        manifest = await asyncio.wait_for(
+            run_on_queue(
+                redis.url,
+                out,
+                manifest,
+                progress=False,
+                sleep=lose_the_queue_then_serve,
+                takeover=1,
+            ),
+            30,
+        )
+        state = sim.state()
+
+    assert lost == [":1"]
+    assert manifest.complete, manifest.shards[0].error
+    assert sorted(exported_ids(out)) == sorted(state["ids"])
+    said = [r.getMessage() for r in caplog.records if "enqueued again" in r.getMessage()]
+    assert said == ["shard 0: its job is gone from the queue's Redis: enqueued again"]
+
+
 async def test_a_coordinator_whose_clock_is_ahead_has_its_shards_taken_at_once(
     tmp_path: Path, redis: RedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
