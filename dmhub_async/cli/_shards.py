@@ -241,6 +241,7 @@ async def _sharded_export(args: argparse.Namespace, filters: dict[str, Any]) -> 
             progress=bar,
             on_total=lines,
             verify=manifest.verify or args.verify,  # the export's (prepare)
+            password_hint=_password_hint(),  # refused mid-run: the variable, not the URL
         )
     else:
         spec = token_store_spec(args.token_store)
@@ -573,7 +574,12 @@ async def worker_command(args: argparse.Namespace) -> int:
         try:
             await arq_worker.async_run()
         except (RedisError, OSError) as err:  # it went away: arq's own tries ended
-            gone = queue_redis_error(args.redis, err, then="start the worker again once it is back")
+            gone = queue_redis_error(
+                args.redis,
+                err,
+                password_hint=_password_hint(),  # refused mid-run: the variable, not the URL
+                then="start the worker again once it is back",
+            )
             raise CommandError(str(gone)) from None
         finally:
             await arq_worker.close()

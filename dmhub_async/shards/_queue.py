@@ -420,6 +420,7 @@ def _waiting_class() -> Any:
     (half an hour), and one to a Redis that accepted and never answered, for ever.
     """
     from redis.asyncio.retry import Retry
+    from redis.exceptions import AuthenticationError as RedisAuthenticationError
     from redis.exceptions import TimeoutError as RedisTimeoutError
 
     class _Waiting(Retry):
@@ -463,6 +464,13 @@ def _waiting_class() -> Any:
                     except asyncio.TimeoutError:  # the read cancelled: its connection closed
                         raise RedisTimeoutError(f"no answer in {within:.3g} s") from None
                 except self._supported_errors as error:
+                    if isinstance(error, RedisAuthenticationError):
+                        # Answered, and refused (redis-py's AuthenticationError is a
+                        # ConnectionError): a password changed on Redis as the run went on was
+                        # waited for as a Redis away ("does not answer"), a minute for a
+                        # password no wait puts right. Raised at once, as at the start.
+                        await fail(error)
+                        raise
                     failures += 1
                     await fail(error)
                     pause = self._backoff.compute(failures)
@@ -1181,6 +1189,7 @@ async def run_on_queue(
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     takeover: float = IN_PROGRESS_TTL,
     verify: Verify = "auto",
+    password_hint: str | None = None,
 ) -> Manifest:
     """Enqueue the manifest's pending shards, follow them to the end, and write the manifest.
 
@@ -1190,6 +1199,9 @@ async def run_on_queue(
 
     A shard's job that Redis loses (flushed, or restarted without its data) is enqueued again,
     to start ``takeover`` seconds later (the workers' own ``takeover``).
+
+    ``password_hint``: where the Redis password goes, said when Redis refuses it, at the start
+    or mid-run (the CLI's variable; by default, the URL).
 
     Returns when every shard has ended (complete, incomplete or failed after arq's tries).
 
@@ -1231,7 +1243,7 @@ async def run_on_queue(
             await _take_over_a_run_elsewhere(pool, where, manifest, todo)
         except (RedisError, OSError) as err:
             await to_the_end(pool.aclose())
-            raise queue_redis_error(redis_url, err) from None
+            raise queue_redis_error(redis_url, err, password_hint=password_hint) from None
         except BaseException:
             await to_the_end(pool.aclose())
             raise
@@ -1242,7 +1254,8 @@ async def run_on_queue(
             served = _Served(redis_where(redis_url), where)
             return await _follow(pool, where, manifest, todo, bar, *settings, served)
         except RedisError as err:  # gone mid-run: the manifest is written as it stands
-            raise queue_redis_error(redis_url, err, then=GONE_MID_RUN) from None
+            gone = queue_redis_error(redis_url, err, password_hint=password_hint, then=GONE_MID_RUN)
+            raise gone from None
 
 
 def _wait_as_the_workers_do(pool: ArqRedis, redis_url: str) -> None:

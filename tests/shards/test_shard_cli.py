@@ -761,6 +761,59 @@ def test_a_queue_redis_that_wants_a_password_says_where_to_give_it(
     assert not out.exists()
 
 
+@pytest.mark.parametrize("command", ["export", "worker"])
+def test_a_queue_password_changed_mid_run_is_said_at_once_with_where_it_goes(
+    tmp_path: Path, redis: RedisServer, command: str
+) -> None:
+    # The queue's Redis password changed (rotated) as the run went on: `export --queue` and
+    # `worker` took the refusal for a Redis away ("does not answer"), waited their minute for
+    # a password they could not change, then said "give its password in the URL", though the
+    # docs ask for $DMHUB_REDIS_PASSWORD (and the password was there) rather than the URL.
+    import redis as redis_py
+
+    redis.command("CONFIG", "SET", "requirepass", "first-pw")
+    queued = redis_py.Redis(port=redis.port, password="first-pw")
+    out = tmp_path / "out"
+    with sim_process(200) as sim, queued:
+        env = sim.env(XDG_CACHE_HOME=str(tmp_path / "cache"), DMHUB_REDIS_PASSWORD="first-pw")
+        args = (
+            ("export", "--out", str(out), "--shards", "2", "-q", "--queue", redis.url)
+            if command == "export"
+            else ("worker", "--redis", redis.url)
+        )
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dmhub_async", *args],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            # Until it runs: its jobs queued (the export), its health record written (a worker).
+            key = "arq:queue" if command == "export" else "arq:queue:health-check"
+            deadline = time.monotonic() + 60
+            while not queued.exists(key) and proc.poll() is None:
+                assert time.monotonic() < deadline, "it never ran"
+                time.sleep(0.05)
+            queued.config_set("requirepass", "second-pw")
+            queued.client_kill_filter(_type="normal", skipme=True)  # it connects again
+            _, stderr = proc.communicate(timeout=30)  # its wait for a Redis away: 60 s
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+
+    assert proc.returncode == 1, stderr
+    where = f"redis://127.0.0.1:{redis.port}/0"
+    assert stderr.splitlines()[-1] == (
+        f"dmhub-async: error: the queue's Redis at {where} refused: invalid username-password "
+        "pair or user is disabled: check $DMHUB_REDIS_PASSWORD"
+    ), stderr
+    assert "Traceback" not in stderr
+    assert "did not come back" not in stderr
+    assert "first-pw" not in stderr
+
+
 def test_a_worker_stopping_names_no_signal_it_was_not_sent(
     tmp_path: Path, redis: RedisServer
 ) -> None:

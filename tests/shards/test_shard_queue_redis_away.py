@@ -636,3 +636,67 @@ async def test_a_connect_to_a_frozen_redis_is_waited_for_handshake_and_all(
     finally:
         await client.aclose()
         await pool.disconnect()
+
+
+def _password_changed(redis: RedisServer, old: str, new: str) -> None:
+    """The Redis's password changed (rotated), and its clients cut off: each connects again with
+    the password it has, the old one."""
+    import redis as redis_py
+
+    with redis_py.Redis(port=redis.port, password=old) as client:
+        client.config_set("requirepass", new)
+        client.client_kill_filter(_type="normal", skipme=True)
+
+
+@pytest.mark.parametrize("who", ["export", "worker"])
+async def test_a_queue_redis_whose_password_changed_mid_run_is_said_to_refuse_at_once(
+    tmp_path: Path, redis: RedisServer, caplog: pytest.LogCaptureFixture, who: str
+) -> None:
+    # redis-py's AuthenticationError is a ConnectionError: a password changed on the queue's
+    # Redis as the export ran was taken for a Redis away. The coordinator and the worker said
+    # "does not answer (invalid username-password pair or user is disabled)" and waited their
+    # minute for a password they could not change, then "did not come back within 60 s" and
+    # "refused" (the docs: a wrong password stops them at once, in Redis's own words).
+    redis.command("CONFIG", "SET", "requirepass", "first-pw")
+    url = f"redis://:first-pw@127.0.0.1:{redis.port}/0"
+    caplog.set_level("INFO", logger="dmhub_async")
+    refused: pytest.ExceptionInfo[BaseException]
+    if who == "export":
+        polls = 0
+
+        async def sleep(_: float) -> None:
+            nonlocal polls
+            polls += 1
+            if polls == 1:  # the job enqueued, no worker to take it
+                _password_changed(redis, "first-pw", "second-pw")
+
+        run = _queue.run_on_queue(
+            url, tmp_path / "out", one_shard(), progress=False, sleep=sleep, password_hint="hint"
+        )
+        with pytest.raises(DMHubError) as refused:
+            await asyncio.wait_for(run, 20)  # its wait for a Redis away is 60 s
+        where = f"redis://127.0.0.1:{redis.port}/0"
+        assert str(refused.value) == (
+            f"the queue's Redis at {where} refused: invalid username-password pair or user is "
+            "disabled: hint"
+        )
+    else:
+        from redis.exceptions import AuthenticationError
+
+        client = {"app_id": "a", "secret": "s", "base_url": "http://127.0.0.1:1"}
+        arq_worker = _queue.worker(url, handle_signals=False, client=client)
+        running = asyncio.ensure_future(arq_worker.async_run())
+        try:
+            for _ in range(600):  # until it has started, and polls the queue
+                if arq_worker.ctx.get("client") is not None:
+                    break
+                await asyncio.sleep(0.05)
+            _password_changed(redis, "first-pw", "second-pw")
+            with pytest.raises(AuthenticationError) as refused:
+                await asyncio.wait_for(asyncio.shield(running), 20)  # its wait: 60 s
+        finally:
+            running.cancel()
+            await asyncio.gather(running, return_exceptions=True)
+            await asyncio.wait_for(_close(arq_worker), 20)
+    assert "first-pw" not in str(refused.value)
+    assert not [line for line in _said(caplog) if "did not come back" in line], _said(caplog)
