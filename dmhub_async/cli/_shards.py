@@ -558,6 +558,8 @@ async def worker_command(args: argparse.Namespace) -> int:
     await _reach_queue(args.redis, "--redis", rate_limited=args.rate_limit is not None)
     if isinstance(store, RedisTokenStore):
         await _reach_token_store(store)
+    if args.rate_limit is not None:
+        await _reach_shared_limit(args.redis, args.rate_limit)
     from redis.exceptions import RedisError  # installed: _reach_queue found it
 
     arq_worker = worker(
@@ -615,6 +617,27 @@ async def _reach_token_store(store: RedisTokenStore) -> None:
         with contextlib.suppress(Exception):
             await store.aclose()
         raise
+
+
+async def _reach_shared_limit(redis_url: str, rate: float) -> None:
+    """A worker's shared rate limit, one turn of it taken as the worker starts (CommandError
+    if Redis refuses it, or cannot be reached).
+
+    Refused (an ACL user without EVALSHA, which its window's scripts need), the worker took
+    the queue's shards and failed each at its first request, a hundredth of a second each:
+    one such worker in a fleet failed a whole export.
+    """
+    from .._shared_rate import RedisRateLimiter
+
+    # The limit the worker's jobs share: its key as worker() makes it (the app id).
+    limiter = RedisRateLimiter(redis_url, rate, key=os.environ.get("DMHUB_APP_ID") or "default")
+    try:
+        await limiter.acquire()
+    except DMHubError as err:
+        said = str(err).removesuffix(": no request was sent")
+        raise CommandError(f"--rate-limit: {said}: the worker takes no shard") from None
+    finally:
+        await limiter.aclose()
 
 
 _THIS_WORKER = "this worker's"
