@@ -489,6 +489,23 @@ def _waiting_class() -> Any:
     return _Waiting
 
 
+def _away_errors() -> list[type[BaseException]]:
+    """The errors of a queue's Redis waited for once a run has begun: away (refused, reset,
+    silent) or, failed over, a replica now.
+
+    A failover makes the Redis a worker is connected to a replica (REPLICAOF), which refuses
+    each write ("READONLY") until it is a primary again, or the connection made anew reaches
+    the new one: the worker stopped at its next write ("refused: You can't write against a
+    read only replica"), every worker of the fleet in a 5 s failover, the export left waiting
+    on none. Its connection is closed and the command tried again, as for a restart.
+    """
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import ReadOnlyError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    return [RedisConnectionError, RedisTimeoutError, OSError, ReadOnlyError]
+
+
 def _backoff() -> Any:
     """The backoff between tries of a Redis away or loading: up to 2 s, about a minute in all."""
     from redis.backoff import ExponentialBackoff
@@ -902,8 +919,6 @@ def worker(
         check_shared_rate("worker(): rate_limit", rate_limit)
     mapped = check_mounts(mounts) if mounts is not None else {}
     from arq.worker import func
-    from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import TimeoutError as RedisTimeoutError
 
     # A Redis restarted or failed over is waited for: without tries, the worker's first poll
     # after it went away raised, and every worker of the fleet exited. Each command (and each
@@ -912,7 +927,7 @@ def worker(
     # minute five times.
     settings_of_redis.retry = _waiting(redis_url=redis_url)
     # A refused connection is an OSError (redis-py's tries know only its own errors).
-    settings_of_redis.retry_on_error = [RedisConnectionError, RedisTimeoutError, OSError]
+    settings_of_redis.retry_on_error = _away_errors()
     settings_of_redis.conn_retries = 0
 
     from .._auth import RedisTokenStore
@@ -1273,10 +1288,7 @@ def _wait_as_the_workers_do(pool: ArqRedis, redis_url: str) -> None:
     while its workers carried every shard on. Each connection, those of the pool now and
     those it makes, takes these errors and tries.
     """
-    from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import TimeoutError as RedisTimeoutError
-
-    errors = [RedisConnectionError, RedisTimeoutError, OSError]
+    errors = _away_errors()
     waiting = _waiting(redis_url=redis_url, who="the export")
     waiting.update_supported_errors(errors)
     connections = pool.connection_pool

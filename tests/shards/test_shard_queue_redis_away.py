@@ -700,3 +700,57 @@ async def test_a_queue_redis_whose_password_changed_mid_run_is_said_to_refuse_at
             await asyncio.wait_for(_close(arq_worker), 20)
     assert "first-pw" not in str(refused.value)
     assert not [line for line in _said(caplog) if "did not come back" in line], _said(caplog)
+
+
+def _readonly_refusals(redis: RedisServer) -> int:
+    """The writes ``redis`` has refused as a replica (INFO errorstats' READONLY)."""
+    for line in redis.command("INFO", "errorstats").splitlines():
+        if line.startswith("errorstat_READONLY:"):
+            return int(line.partition("count=")[2].split(",")[0])
+    return 0
+
+
+async def test_a_worker_whose_redis_is_a_replica_for_a_moment_waits_for_it(
+    tmp_path: Path, redis: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A failover: the Redis a worker is connected to is made a replica (REPLICAOF), and
+    # refuses each write (READONLY) until it is a primary again, or the worker connects to
+    # the new one. The worker stopped at its next write ("refused: You can't write against a
+    # read only replica"): every worker of the fleet in a 5 s failover, the export left
+    # waiting on none. A failover is waited for, as the docs say, as a restart is.
+    from _redis import RedisServer as Server
+
+    monkeypatch.setattr(_queue, "REDIS_WAIT", 30.0)
+    monkeypatch.setattr(_queue, "HEALTH_EVERY", 0.1)  # a write every tenth of a second
+    (tmp_path / "primary").mkdir()
+    primary = Server(tmp_path / "primary")
+    primary.start()
+    arq_worker = _queue.worker(
+        redis.url,
+        handle_signals=False,
+        client={"app_id": "a", "secret": "s", "base_url": "http://127.0.0.1:1"},
+    )
+    running = asyncio.ensure_future(arq_worker.async_run())
+    try:
+        for _ in range(600):  # until it has started, and writes its health record
+            if redis.command("EXISTS", "arq:queue:health-check") == ":1":
+                break
+            await asyncio.sleep(0.05)
+        assert redis.command("REPLICAOF", "127.0.0.1", str(primary.port)) == "+OK"
+        for _ in range(600):  # until a write of the worker's is refused
+            if _readonly_refusals(redis) or running.done():
+                break
+            await asyncio.sleep(0.05)
+        assert redis.command("REPLICAOF", "NO", "ONE") == "+OK"
+        assert _readonly_refusals(redis)
+        redis.command("DEL", "arq:queue:health-check")
+        for _ in range(600):  # until it writes its health record again: it goes on
+            if redis.command("EXISTS", "arq:queue:health-check") == ":1" or running.done():
+                break
+            await asyncio.sleep(0.05)
+        assert not running.done(), running.exception()
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+        await asyncio.wait_for(_close(arq_worker), 20)
+        primary.kill()
