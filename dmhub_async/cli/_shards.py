@@ -558,6 +558,8 @@ async def worker_command(args: argparse.Namespace) -> int:
     await _reach_queue(args.redis, "--redis", rate_limited=args.rate_limit is not None)
     if isinstance(store, RedisTokenStore):
         await _reach_token_store(store)
+    elif store is None:  # the queue's Redis, whose store worker() makes: checked the same
+        await _reach_token_store(RedisTokenStore(args.redis), made_here=True)
     if args.rate_limit is not None:
         await _reach_shared_limit(args.redis, args.rate_limit)
     from redis.exceptions import RedisError  # installed: _reach_queue found it
@@ -605,18 +607,25 @@ def _mounts(given: list[str]) -> dict[str, str]:
     return mounts
 
 
-async def _reach_token_store(store: RedisTokenStore) -> None:
-    """A worker's Redis token store, read once as it starts (TokenStoreError if it cannot be).
+async def _reach_token_store(store: RedisTokenStore, *, made_here: bool = False) -> None:
+    """A worker's Redis token store, read once and its lock taken once as it starts
+    (TokenStoreError if it cannot be); closed after when ``made_here``.
 
     First used by a job, a store that refuses the worker (a wrong password, a database Redis
-    does not have) let it start and take the queue's shards, failing each one.
+    does not have) let it start and take the queue's shards, failing each one. So did one
+    whose Redis user may not run the lock's scripts (EVALSHA), which the read alone passed:
+    each shard failed at its first token fetch.
     """
     try:
         await store.get("dmhub-async:worker-start")  # a key no token is kept at
+        async with store.lock("dmhub-async:worker-start"):  # its scripts run: refused here
+            pass
     except TokenStoreError:
         with contextlib.suppress(Exception):
             await store.aclose()
         raise
+    if made_here:
+        await store.aclose()
 
 
 async def _reach_shared_limit(redis_url: str, rate: float) -> None:

@@ -817,11 +817,12 @@ def test_a_queue_password_changed_mid_run_is_said_at_once_with_where_it_goes(
 def test_a_worker_whose_redis_refuses_its_shared_rate_limit_stops_as_it_starts(
     tmp_path: Path, redis: RedisServer
 ) -> None:
-    # A Redis user that may not run the shared limit's scripts (an ACL user without EVALSHA):
-    # `worker --rate-limit` started, took the queue's shards and failed each at its first
-    # request, a hundredth of a second each: one such worker in a fleet ended a 4-shard
-    # export "0 of 4 complete". A token store that refuses stops the worker as it starts.
-    acl = ("ACL", "SETUSER", "w", "on", ">w-pw", "~*", "&*", "+@all", "-evalsha", "-eval")
+    # A Redis user that may not use the shared limit (an ACL user without EVALSHA, or, here,
+    # one given the queue's and the tokens' keys alone): `worker --rate-limit` started, took
+    # the queue's shards and failed each at its first request, a hundredth of a second each:
+    # one such worker in a fleet ended a 4-shard export "0 of 4 complete". A token store
+    # that refuses stops the worker as it starts.
+    acl = ("ACL", "SETUSER", "w", "on", ">w-pw", "~arq:*", "~dmhub_async:*", "&*", "+@all")
     assert redis.command(*acl) == "+OK"
     url = f"redis://w@127.0.0.1:{redis.port}/0"
     with sim_process(10) as sim:
@@ -839,9 +840,43 @@ def test_a_worker_whose_redis_refuses_its_shared_rate_limit_stops_as_it_starts(
     where = f"redis://127.0.0.1:{redis.port}/0"
     assert run.stderr == (
         f"dmhub-async: error: --rate-limit: the shared rate limit at {where} refused the "
-        "request: this user has no permissions to run the 'evalsha' command: the worker takes "
-        "no shard\n"
+        "request: this user has no permissions to access one of the keys used as arguments: "
+        "the worker takes no shard\n"
     )
+
+
+@pytest.mark.parametrize("given", [False, True], ids=["the-queues", "token-store"])
+def test_a_worker_whose_redis_refuses_its_token_stores_lock_stops_as_it_starts(
+    tmp_path: Path, redis: RedisServer, given: bool
+) -> None:
+    # A Redis user that may not run the token lock's scripts (an ACL user without EVALSHA):
+    # the worker read its store (a GET) as it started, took the queue's shards, and each
+    # failed at its first token fetch ("taking the lock failed: NoPermissionError ..."),
+    # though the docs say a token store that refuses stops the worker as it starts.
+    acl = ("ACL", "SETUSER", "w", "on", ">w-pw", "~*", "&*", "+@all", "-evalsha", "-eval")
+    assert redis.command(*acl) == "+OK"
+    url = f"redis://w@127.0.0.1:{redis.port}/0"
+    with sim_process(10) as sim:
+        command = ["worker", "--redis", url, "--burst"]
+        if given:
+            command += ["--token-store", url]
+        run = subprocess.run(
+            [sys.executable, "-m", "dmhub_async", *command],
+            env=sim.env(XDG_CACHE_HOME=str(tmp_path / "cache"), DMHUB_REDIS_PASSWORD="w-pw"),
+            capture_output=True,
+            text=True,
+            timeout=150,
+            check=False,
+        )
+
+    assert run.returncode == 1, run.stderr
+    assert run.stderr == (
+        f"dmhub-async: error: RedisTokenStore(127.0.0.1:{redis.port}/0, prefix="
+        "'dmhub_async:token:'): taking the lock failed: NoPermissionError: this user has no "
+        "permissions to run the 'evalsha' command; no process can share a token through it: "
+        "give the store a user, password and database that Redis takes\n"
+    )
+    assert "w-pw" not in run.stderr
 
 
 def test_a_worker_stopping_names_no_signal_it_was_not_sent(
