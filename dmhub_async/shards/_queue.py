@@ -284,10 +284,19 @@ async def check_queue(
     try:
         check_redis_options(name, redis_url, client.connection_pool)
         await _ping(client)
+        # Written to, as the queue is: a replica (read-only) answered the PING, the export was
+        # planned (its requests sent) and refused at its first enqueue, a worker at its first
+        # write; and, a replica met once a run has begun being waited for (a failover), each
+        # only after a minute. A key of arq's prefix, which a queue's Redis user may write.
+        await client.set(_WRITABLE_KEY, b"1", px=1000)
     except (RedisError, OSError) as err:
         raise queue_redis_error(redis_url, err, password_hint=password_hint) from None
     finally:
         await client.aclose()
+
+
+#: The key check_queue writes (for a second) to find the queue's Redis writable.
+_WRITABLE_KEY = "arq:dmhub-async:writable"
 
 
 async def _ping(client: Any) -> None:

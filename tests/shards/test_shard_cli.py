@@ -724,6 +724,37 @@ def test_a_queue_redis_that_refuses_is_said_to_refuse_by_export_and_worker(
     assert not out.exists()
 
 
+def test_a_queue_redis_that_is_a_replica_is_refused_before_anything_is_planned(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    # A queue's URL naming a replica (read-only): `export --queue` reached it (a PING), planned
+    # the export (its counts sent to the service, its directory made) and was refused at its
+    # first enqueue; `worker` started and was refused at its first write. A replica met once
+    # the run has begun is waited for (a failover): at the start it is said at once.
+    (tmp_path / "primary").mkdir()
+    primary = RedisServer(tmp_path / "primary")
+    primary.start()
+    out = tmp_path / "out"
+    try:
+        assert redis.command("REPLICAOF", "127.0.0.1", str(primary.port)) == "+OK"
+        with sim_process(200) as sim:
+            runs = [
+                dmhub(sim, tmp_path, "export", "--out", str(out), "--shards", "2", "-q",
+                      "--queue", redis.url),
+                dmhub(sim, tmp_path, "worker", "--redis", redis.url, "--burst"),
+            ]  # fmt: skip
+    finally:
+        primary.kill()
+
+    for run in runs:
+        assert run.returncode == 1, run.stderr
+        assert run.stderr == (
+            f"dmhub-async: error: the queue's Redis at {redis.url} refused: You can't write "
+            "against a read only replica.\n"
+        ), run.stderr
+    assert not out.exists()
+
+
 def test_a_queue_redis_that_wants_a_password_says_where_to_give_it(
     tmp_path: Path, redis: RedisServer
 ) -> None:
