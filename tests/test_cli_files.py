@@ -756,6 +756,34 @@ def test_lookup_input_takes_a_header_in_chinese_or_in_the_apis_names(
 
 
 @pytest.mark.parametrize(
+    ("header", "line"),
+    [
+        ("value,type", 1),
+        ("identityValue,identityType", 1),
+        ("值,类型,姓名", 1),
+        ("type,value\r\nmobile,13800138000\r\nVALUE,TYPE", 3),  # files joined: cat a.csv b.csv
+    ],
+)
+def test_lookup_input_whose_header_names_the_value_first_is_refused(
+    served: ServedSimulator, env: dict[str, str], tmp_path: Path, header: str, line: int
+) -> None:
+    # "value,type" (a system that writes the value first) was looked up as the identity
+    # ("value", "type"), and every row under it with its type and value swapped:
+    # ("13800138000", "mobile"), each "not found", exit 0: the customers the file named
+    # reported as none.
+    (kind, value), *_ = known_identities(served, 1)  # a customer's: found, in type,value
+    path = tmp_path / "ids.csv"
+    path.write_text(f"{header}\r\n{value},{kind}\r\n", "utf-8")
+
+    result = run_cli("lookup", "--in", "ids.csv", "--out", "r.csv", env=env, cwd=tmp_path)
+
+    assert_one_line_error(result, 1, f"ids.csv:{line}:", "type column first")
+    assert value not in result.stderr  # a line, not its rows: personal data
+    assert requests(served) == 0
+    assert not (tmp_path / "r.csv").exists()
+
+
+@pytest.mark.parametrize(
     ("given", "said"), [("missing.csv", "no such file"), ("folder", "directory")]
 )
 def test_lookup_input_that_is_no_file_says_what_it_is(

@@ -343,6 +343,14 @@ def _numbered_identities(
             # joined with their headers (cat a.csv b.csv). Each names the columns under it.
             columns = max(2, len(row))
             continue
+        if _is_header(row[1::-1]):
+            # value,type: looked up as the identity ("value", "type"), and every row under it
+            # with its type and value swapped, each "not found", exit 0.
+            raise CommandError(
+                f"{path}:{line}: its header names the value column first"
+                f" ({row[0].strip()},{row[1].strip()}): lookup reads type,value rows: put the"
+                " type column first"
+            )
         if len(row) == 1 and "\t" in row[0]:  # no identity holds a tab
             raise CommandError(
                 f"{path}:{line}: separated by tabs (Excel: Text (Tab delimited)), not commas:"
