@@ -24,7 +24,7 @@ from .._words import counted
 from ..shards import MANIFEST_NAME, LateCheck, Manifest
 from ..shards._late import late_check, late_checked
 from ..shards._local import WorkerSettings, private_token_directory, run_in_processes
-from ..shards._manifest import ShardOutcome, merge_parts, merged_into_itself
+from ..shards._manifest import ShardOutcome, check_named_as, merge_parts, merged_into_itself
 from ..shards._queue import (
     check_mounts,
     check_queue,
@@ -733,6 +733,14 @@ def _merge(args: argparse.Namespace) -> tuple[int, list[str]]:
             "give a file elsewhere"
         )
     check_output(args.out, force=args.force, stdout=False)
+    manifest = Manifest.read(args.directory)
+    if manifest is not None:
+        # A name of the other format (all.csv of JSON lines parts) is the command's to change,
+        # as export's --out all.json is: exit 2, not an error to run again later (exit 1).
+        try:
+            check_named_as(Path(args.out), manifest.format, f"--out {args.out}")
+        except InvalidRequestError as err:
+            raise UsageError(str(err)) from None
     try:
         return merge_parts(
             args.directory, args.out, allow_incomplete=args.allow_incomplete, replace=args.force

@@ -654,21 +654,22 @@ def _as_compared(filters: dict[str, Any]) -> dict[str, Any]:
 _SAID: Final = {"csv": ("a CSV file", "CSV"), "jsonl": ("a JSON lines file", "JSON lines")}
 
 
-def _check_named_as(dest: Path, fmt: str) -> None:
+def check_named_as(dest: Path, fmt: str, label: str | None = None) -> None:
     """Refuse a merge's ``dest`` whose name says the other format than the parts': a JSONL
     export merged into ``all.csv`` was JSON lines under the CSV's name; or JSON, a format
     neither is (``all.json``: a JSON reader failed at its second line; ``export --out
     all.json`` refuses the name). A name that says no format (``all.txt``) is the caller's
-    to choose."""
+    to choose. ``label``: how the message names it (the CLI's ``--out all.csv``)."""
+    said = dest.name if label is None else label
     if dest.suffix.lower() == ".json":
         raise InvalidRequestError(
-            f"{dest.name} names a JSON document, and the export's parts are {_SAID[fmt][1]},"
+            f"{said} names a JSON document, and the export's parts are {_SAID[fmt][1]},"
             f" which JSON readers fail on: name it {dest.stem}.{fmt}"
         )
     named = FORMAT_OF_SUFFIX.get(dest.suffix.lower())
     if named is not None and named != fmt:
         raise InvalidRequestError(
-            f"{dest.name} names {_SAID[named][0]}, and the export's parts are {_SAID[fmt][1]}:"
+            f"{said} names {_SAID[named][0]}, and the export's parts are {_SAID[fmt][1]}:"
             f" name it {dest.stem}.{fmt}, or export again in the format you want"
         )
 
@@ -761,7 +762,7 @@ def merge_parts(
     manifest = Manifest.read(directory)
     if manifest is None:
         raise InvalidRequestError(f"{directory} has no {MANIFEST_NAME}: not a sharded export")
-    _check_named_as(Path(dest), manifest.format)
+    check_named_as(Path(dest), manifest.format)
     into = Path(dest).resolve()
     for outcome in manifest.shards:
         if (Path(directory) / outcome.file).resolve() == into:

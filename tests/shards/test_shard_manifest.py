@@ -1755,9 +1755,11 @@ async def test_a_merge_refuses_a_name_that_says_the_other_format(
     )
 
     error = capsys.readouterr().err
-    assert code == 1
+    # A usage error (exit 2), as `export --out all.json` is: it was exit 1, an error to run
+    # again later, where the command must change.
+    assert code == 2
     assert error.count("\n") == 1, error
-    assert f"{other[0]} names a " in error
+    assert f"--out {tmp_path / other[0]} names a " in error
     assert not any((tmp_path / name).exists() for name in other)
     # A name that says no format (or this one) is the caller's to choose.
     assert merge(tmp_path / "out", tmp_path / "all.txt") == CUSTOMERS
