@@ -239,13 +239,21 @@ def _paths_of(value: Iterable[str]) -> tuple[str, ...]:
         raise ValueError(f"paths takes an iterable of patterns, not the string {value!r}")
     paths = tuple(value)
     for pattern in paths:
-        path = pattern.rpartition(" ")[2] if isinstance(pattern, str) else ""
-        if not path.startswith(("/", "*", "?", "[")):
+        method, _, path = pattern.rpartition(" ") if isinstance(pattern, str) else ("", "", "")
+        # The method is compared as it is written: "GTE", "*" or "GET " (two spaces) matched
+        # no request, and no fault fired, as for a path without its slash.
+        if not path.startswith(("/", "*", "?", "[")) or (method and method.upper() not in _METHODS):
             raise ValueError(
                 f"paths: {pattern!r} matches no request; a pattern is a path such as "
                 '"/v1/customers/*", optionally after a method and a space: "GET /v1/customers"'
+                f" (a method is one of {', '.join(sorted(_METHODS))})"
             )
     return paths
+
+
+#: The methods a pattern may name: those a client sends (the simulator serves GET, POST, PUT
+#: and DELETE; a test may send others to see them refused).
+_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
 
 
 def _check_kinds(kinds: Iterable[str]) -> None:

@@ -111,8 +111,24 @@ def test_unknown_fault_kinds_are_refused_when_set(kinds: Any) -> None:
 
 @pytest.mark.parametrize(
     "paths",
-    ["/v1/customers", ["GET/v1/customers"], ["v1/customers/*"], [None]],
-    ids=["a str", "no space after the method", "no leading slash", "not a str"],
+    [
+        "/v1/customers",
+        ["GET/v1/customers"],
+        ["v1/customers/*"],
+        [None],
+        ["GTE /v1/customers"],
+        ["GET  /v1/customers"],
+        ["* /v1/customers"],
+    ],
+    ids=[
+        "a str",
+        "no space after the method",
+        "no leading slash",
+        "not a str",
+        "no method",
+        "two spaces after the method",
+        "a pattern for the method",
+    ],
 )
 def test_fault_paths_that_match_nothing_are_refused_when_set(paths: Any) -> None:
     # `Faults(paths="/v1/customers")` was kept as its characters, and "GET/v1/customers" as a
@@ -125,6 +141,7 @@ def test_fault_paths_that_match_nothing_are_refused_when_set(paths: Any) -> None
         Faults(paths=paths)
     assert faults.paths == ("/v1/customers",)
     assert faults.applies_to("GET", "/v1/customers", "/v1/customers")
+    assert Faults(paths=["get /v1/customers"]).applies_to("GET", "/v1/customers", "/v1/customers")
 
 
 async def test_a_running_simulator_keeps_its_faults_when_a_bad_one_is_set() -> None:
