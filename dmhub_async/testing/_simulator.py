@@ -220,7 +220,13 @@ class DMHubSimulator:
         self.store.seed(n)
 
     def insert_customer(self, fields: Mapping[str, Any], *, customer_id: int | None = None) -> Row:
-        """Create a customer from wire fields, optionally with a chosen id; returns a copy."""
+        """Create a customer from writable wire fields, optionally with a chosen id; returns
+        a copy.
+
+        Read-only fields (``id``, ``dateCreated``, ``lastUpdated``, ``displayName``,
+        ``ownerId``...) and unknown ones are ignored, as the service ignores them on a create:
+        its id is ``customer_id``'s (else the next one), its times the simulator's ``clock``'s.
+        """
         # Checked: a list, or an attr of a set, was a raw AttributeError from the store.
         if not isinstance(fields, Mapping):
             raise InvalidRequestError(
