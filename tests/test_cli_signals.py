@@ -334,6 +334,73 @@ def test_a_signal_while_the_simulator_seeds_stops_at_once(
     assert not (tmp_path / "demo.jsonl").exists()
 
 
+#: ``dmhub-async ARGS`` whose first import of ``{module}`` (the simulator, which ``simulate``
+#: and ``demo`` load once their command runs, on the event loop) is held in steps of 10 ms
+#: until a file ``go`` is there (5 s at most), saying when it starts (``importing``); its
+#: seeding then says it ran (``seeded``).
+HELD_AS_IT_LOADS_THE_SIMULATOR = """
+import importlib.abc, sys, time
+from pathlib import Path
+
+class Hold(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == {module!r}:
+            sys.meta_path.remove(self)
+            Path("importing").touch()
+            deadline = time.monotonic() + 5
+            while not Path("go").exists() and time.monotonic() < deadline:
+                time.sleep(0.01)
+        return None
+
+sys.meta_path.insert(0, Hold())
+from dmhub_async.testing import _store
+seed = _store.CustomerStore.seed
+def seed_and_say(self, n):
+    seed(self, n)
+    Path("seeded").touch()
+_store.CustomerStore.seed = seed_and_say
+from dmhub_async.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize(
+    ("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["TERM", "INT"]
+)
+@pytest.mark.parametrize(
+    ("args", "module", "said"),
+    [
+        (["simulate", "--port", "0", "--customers", "1000"], "dmhub_async.testing._serve", ""),
+        (
+            ["demo", "--customers", "1000", "--out", "demo.jsonl"],
+            "dmhub_async.testing._simulator",
+            ": no output written",
+        ),
+    ],
+    ids=["simulate", "demo"],
+)
+def test_a_signal_while_the_command_loads_the_simulator_stops_it_before_it_seeds(
+    tmp_path: Path, args: list[str], module: str, said: str, signum: int, code: int
+) -> None:
+    # Loaded on the event loop, whose handlers only note a signal for the loop: the loop ran
+    # once the load and the whole seeding had ended (5 s for 5 million customers, under load),
+    # not at once.
+    returncode, output = interrupt(
+        args,
+        env=base_env(tmp_path / "cache"),
+        cwd=tmp_path,
+        signum=signum,
+        started=lambda: (tmp_path / "importing").exists(),
+        python=("-c", HELD_AS_IT_LOADS_THE_SIMULATOR.format(module=module)),
+    )
+
+    assert returncode == code, output
+    assert not (tmp_path / "seeded").exists(), output  # stopped as it loaded, not once seeded
+    name = signal.Signals(signum).name
+    assert output.strip().splitlines()[-1] == f"dmhub-async: stopped by {name}{said}"
+    assert not (tmp_path / "demo.jsonl").exists()
+
+
 def test_a_signal_mid_lookup_to_standard_output_says_its_rows_are_incomplete(
     served: ServedSimulator, env: dict[str, str], tmp_path: Path
 ) -> None:

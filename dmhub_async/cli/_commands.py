@@ -616,7 +616,10 @@ def _lookup_writer(out: TextIO, fmt: str) -> Callable[[Identity, int | None], No
 
 
 async def _simulate(args: argparse.Namespace) -> int:
-    from ..testing import serve_forever
+    # Blocking, as the seeding is (aiohttp's server, the simulator): on the loop, whose handlers
+    # only note a signal for it, Ctrl-C stopped the command once the seeding had ended too.
+    with interruptible():
+        from ..testing import serve_forever
 
     try:
         await serve_forever(
@@ -644,7 +647,8 @@ async def _simulate(args: argparse.Namespace) -> int:
 
 
 async def _demo(args: argparse.Namespace) -> int:
-    from ..testing import DMHubSimulator
+    with interruptible():  # blocking, as the seeding is: see _simulate
+        from ..testing import DMHubSimulator
 
     # The default file is the demo's own: running the README's first command twice in one
     # directory replaced it, where an --out of the user's choosing still needs --force.
