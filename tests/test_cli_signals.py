@@ -658,6 +658,58 @@ def test_a_signal_while_the_command_line_loads_exits_in_one_line(
     assert text == f"dmhub-async: stopped by {signal.Signals(signum).name}\n"
 
 
+#: The console script, whose signal lands in an import a library makes inside ``try: ...
+#: except Exception:`` (msgspec's ``from typing_extensions import ...``, the first import of
+#: typing_extensions as the command line loads): the import is aiohttp's, held until the signal
+#: has raised there, and the error is swallowed as msgspec's optional import swallows it.
+SWALLOWED_AS_IT_LOADS = """
+import importlib.abc, os, signal, sys, time
+
+class Swallow(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "aiohttp":
+            sys.meta_path.remove(self)
+            try:
+                os.kill(os.getpid(), {signum})
+                deadline = time.monotonic() + 5
+                while time.monotonic() < deadline:  # until the signal raises here
+                    time.sleep(0.01)
+            except Exception:
+                pass
+        return None
+
+sys.meta_path.insert(0, Swallow())
+sys.argv = ["dmhub-async", "--version"]
+from dmhub_async.cli import main
+sys.exit(main())
+"""
+
+
+@pytest.mark.parametrize(
+    ("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["INT", "TERM"]
+)
+def test_a_signal_a_library_swallows_as_the_command_line_loads_still_stops_it(
+    tmp_path: Path, signum: int, code: int
+) -> None:
+    # msgspec imports typing_extensions inside `except Exception`: a signal that landed there,
+    # half a second after the command started, raised the command line's Interrupted (an
+    # Exception) into it, and was lost: `simulate` served on, deaf to that SIGTERM, and any
+    # other command ran to its end (exit 0 or 1, not 143).
+    result = subprocess.run(
+        [sys.executable, "-c", SWALLOWED_AS_IT_LOADS.format(signum=int(signum))],
+        env=base_env(tmp_path / "cache"),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert result.returncode == code, result.stdout + result.stderr
+    assert result.stdout == ""  # not the version: the command stopped
+    assert result.stderr == f"dmhub-async: stopped by {signal.Signals(signum).name}\n"
+
+
 #: The console script (``sys.exit(main())``), held once ``main()`` has returned until the test
 #: says go: the moment, a tenth of a second on a busy machine, as the interpreter shuts down
 #: after an export that has written its file and its report.

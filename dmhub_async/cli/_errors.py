@@ -123,7 +123,10 @@ def interruptible() -> Iterator[None]:
     the error runs its cleanup (a temporary file removed) on its way out.
     """
 
+    came: list[int] = []
+
     def interrupt(signum: int, frame: FrameType | None) -> None:
+        came.append(signum)
         raise Interrupted(signum)
 
     previous: dict[signal.Signals, Any] = {}
@@ -135,6 +138,11 @@ def interruptible() -> Iterator[None]:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+    if came:
+        # Raised where the work was, and swallowed there: a library's `except Exception` around
+        # an optional import (msgspec's of typing_extensions, as the command line loads) lost
+        # the signal, and the command ran on. It stops here, once the block has ended.
+        raise Interrupted(came[0])
 
 
 _METHOD = re.compile(r"^\w+\(\): ")
