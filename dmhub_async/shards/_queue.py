@@ -359,6 +359,8 @@ class _Away:
         #: minutes, and a SIGTERM took the whole --stop-timeout.
         self.until: float | None = None
         self.said_over = False
+        #: The last failed try was refused as a write to a replica (READONLY), not unanswered.
+        self.read_only = False
 
     def __deepcopy__(self, memo: dict[int, Any]) -> _Away:
         return self
@@ -369,7 +371,13 @@ class _Away:
 
         Redis is away since that try was sent: one frozen left it unanswered its 10 s, and
         "is back, after 6 s" was counted from its end, 10 s short of the wait.
+
+        A replica (a failover, a URL naming one) answers, and refuses each write: it was said
+        to "not answer", then to "not come back", sending an operator to the network.
         """
+        from redis.exceptions import ReadOnlyError
+
+        self.read_only = isinstance(error, ReadOnlyError)
         if self.since is not None:
             return
         now = time.monotonic()
@@ -380,12 +388,19 @@ class _Away:
             reason = reason.replace(self.password or "", "***")
         left = max(until - now, 0.0)
         at = time.strftime("%H:%M:%S", time.localtime(time.time() + left))
+        if self.read_only:
+            state, wait = "is a read-only replica", "waits for it to take writes again"
+            reason += "), failed over?"
+        else:
+            state, wait = "does not answer", "waits for it"
+            reason += ")"
         logger.warning(
-            "the queue's Redis at %s does not answer (%s): %s waits for it until %s (%d s "
-            "more), then stops",
+            "the queue's Redis at %s %s (%s: %s %s until %s (%d s more), then stops",
             self.where,
+            state,
             reason,
             self.who,
+            wait,
             at,
             round(left),
         )
@@ -412,6 +427,15 @@ class _Away:
         if self.since is None or self.said_over:
             return
         self.said_over = True
+        if self.read_only:
+            logger.warning(
+                "the queue's Redis at %s still refused writes as a read-only replica after"
+                " %s s: %s stops",
+                self.where,
+                f"{wait:g}",
+                self.who,
+            )
+            return
         logger.warning(
             "the queue's Redis at %s did not come back within %s s: %s stops",
             self.where,

@@ -253,6 +253,36 @@ def test_a_redis_that_answers_after_the_wait_was_given_up_is_not_said_to_be_back
     assert said[1].endswith("did not come back within 2 s: the worker stops"), said
 
 
+def test_a_redis_that_is_a_replica_is_said_to_refuse_writes_not_to_be_away(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A failover made the worker's Redis a replica: it answers every command, and refuses
+    # each write (READONLY), waited for as a restart is. The worker said it "does not answer"
+    # and then "did not come back within 60 s": an operator looked for a Redis down or a
+    # network cut, not at the failover (or at a URL naming a replica).
+    from redis.exceptions import ReadOnlyError
+
+    caplog.set_level("INFO", logger="dmhub_async")
+    away = _queue._Away("redis://127.0.0.1:6390/0", "the worker")
+    refused = ReadOnlyError("You can't write against a read only replica.")
+    away.failed(refused, time.monotonic() + 60)
+    away.failed(refused, time.monotonic() + 60)  # said once
+    away.gave_up(60)
+
+    said = _said(caplog)
+    assert len(said) == 2, said
+    assert re.match(
+        r"^the queue's Redis at redis://127\.0\.0\.1:6390/0 is a read-only replica \(You can't"
+        r" write against a read only replica\), failed over\?: the worker waits for it to take"
+        r" writes again until \d\d:\d\d:\d\d \(\d+ s more\), then stops$",
+        said[0],
+    ), said[0]
+    assert said[1] == (
+        "the queue's Redis at redis://127.0.0.1:6390/0 still refused writes as a read-only"
+        " replica after 60 s: the worker stops"
+    ), said[1]
+
+
 class _WorkerClock:
     """The queue's clock (``_queue.time.monotonic``) at ``now``, moved by the test."""
 
