@@ -472,22 +472,31 @@ class TokenManager:
         return token, False, failure if isinstance(failure, FetchFailure) else None
 
     def _given(self, token: object) -> Token | None:
-        """``token`` as the store's ``get`` gave it: None or a :class:`Token` whose times are
-        numbers, else TokenStoreError (``unsafe``: no wait mends a store's code).
+        """``token`` as the store's ``get`` gave it: None or a :class:`Token` whose value is
+        text and whose times are numbers, else TokenStoreError (``unsafe``: no wait mends a
+        store's code).
 
         A store of the user's own that gave its JSON (a forgotten ``Token.from_json``), the
         bare value, or a Token whose time is text worked while it was empty, then failed
         every call of the next client, and of the first as its token neared expiry, with a raw
-        AttributeError or TypeError from inside the SDK that named no store.
+        AttributeError or TypeError from inside the SDK that named no store. One whose Token
+        held bytes (redis-py's answer, not decoded) was never usable, so passed over at every
+        refresh: each client fetched a token of its own, revoking the others'.
         """
         if token is None or (
             isinstance(token, Token)
+            and isinstance(token.value, str)
             and _is_time(token.expires_at)
             and (token.issued_at is None or _is_time(token.issued_at))
         ):
             return token
         if isinstance(token, Token):
-            name = "expires_at" if not _is_time(token.expires_at) else "issued_at"
+            if not isinstance(token.value, str):
+                name = "value"
+            elif not _is_time(token.expires_at):
+                name = "expires_at"
+            else:
+                name = "issued_at"
             what = f"a Token whose {name} is a {type(getattr(token, name)).__name__}"
         else:
             what = f"a {type(token).__name__}"  # never the value: it may be the token

@@ -1931,20 +1931,26 @@ class JsonReturningStore(MemoryTokenStore):
             return token.to_json()
         if self.kind == "str":
             return token.value
+        if self.kind == "bytes value":  # a store over redis-py's bytes, the .decode() forgotten
+            return Token(token.value.encode(), token.expires_at, token.issued_at)  # type: ignore[arg-type]
         return Token(token.value, str(token.expires_at), token.issued_at)  # type: ignore[arg-type]
 
     def __repr__(self) -> str:
         return "JsonReturningStore()"
 
 
-@pytest.mark.parametrize("kind", ["dict", "str", "text time"])
+@pytest.mark.parametrize("kind", ["dict", "str", "text time", "bytes value"])
 async def test_a_store_of_ones_own_that_gives_no_token_is_a_store_error(kind: str) -> None:
     """A store of the user's own whose ``get`` gives something other than a Token or None
     worked while it was empty: the first client fetched and stored a token. The next client
     (another process, a restart), and the first one once its token neared expiry, failed every
     call with a raw AttributeError (or TypeError) from inside the SDK ("'dict' object has no
     attribute 'value'"), which named no store. It is a TokenStoreError naming the store and
-    what its get gave (never the value: it may be the token), with no request sent."""
+    what its get gave (never the value: it may be the token), with no request sent.
+
+    A Token whose value is bytes (a store over redis-py's answers, not decoded) raised nothing:
+    never usable, it was passed over at every refresh, and each client fetched a token of its
+    own, revoking the others' (two clients taking turns: 10 tokens for 10 calls)."""
     from dmhub_async.testing import DMHubSimulator
 
     store = JsonReturningStore(kind)
@@ -1961,7 +1967,10 @@ async def test_a_store_of_ones_own_that_gives_no_token_is_a_store_error(kind: st
     error = info.value
     assert error.unsafe
     assert error.store == "JsonReturningStore()"
-    what = "a Token whose expires_at is a str" if kind == "text time" else f"a {kind}"
+    what = {
+        "text time": "a Token whose expires_at is a str",
+        "bytes value": "a Token whose value is a bytes",
+    }.get(kind, f"a {kind}")
     assert f"JsonReturningStore(): get gave {what}, not a Token or None" in str(error)
     assert token not in str(error)
     assert requests == 2  # the first client's token and count: the second sent nothing
