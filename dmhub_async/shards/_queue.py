@@ -572,6 +572,14 @@ def queue_redis_error(
     from redis.exceptions import BusyLoadingError, ResponseError
 
     where = redis_where(redis_url)
+    # A refusal of the password met in a transaction (arq's enqueue watches its keys) comes
+    # up as redis-py's WatchError, "A ConnectionError occurred on while watching one or more
+    # keys", the refusal its context: said as "cannot reach", then, at random.
+    context = err.__context__
+    if not isinstance(err, RedisAuthenticationError) and isinstance(
+        context, RedisAuthenticationError
+    ):
+        err = context
     reason = printable(str(err))[:300]
     with contextlib.suppress(ValueError):  # checked before: a URL it reads
         password = urlsplit(redis_url).password

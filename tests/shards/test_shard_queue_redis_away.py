@@ -784,3 +784,33 @@ async def test_a_worker_whose_redis_is_a_replica_for_a_moment_waits_for_it(
         await asyncio.gather(running, return_exceptions=True)
         await asyncio.wait_for(_close(arq_worker), 20)
         primary.kill()
+
+
+def test_a_password_refused_within_a_transaction_is_said_as_refused() -> None:
+    # arq's enqueue watches its keys: a password refused as the transaction's connection is
+    # made again comes up as redis-py's WatchError ("A ConnectionError occurred on while
+    # watching one or more keys"), the refusal its context. It was said "cannot reach ...
+    # rerun the same command once it is back", at random (as the coordinator's poll or its
+    # enqueue met the rotated password first), for a password no wait puts right.
+    from redis.exceptions import AuthenticationError, WatchError
+
+    from dmhub_async.shards._queue import queue_redis_error
+
+    try:
+        try:
+            raise AuthenticationError("invalid username-password pair or user is disabled.")
+        except AuthenticationError:
+            raise WatchError(  # noqa: B904 (as redis-py raises it: the refusal its context)
+                "A ConnectionError occurred on while watching one or more keys"
+            )
+    except WatchError as err:
+        said = str(
+            queue_redis_error(
+                "redis://127.0.0.1:6399/0", err, password_hint="check $DMHUB_REDIS_PASSWORD"
+            )
+        )
+
+    assert said == (
+        "the queue's Redis at redis://127.0.0.1:6399/0 refused: invalid username-password pair"
+        " or user is disabled: check $DMHUB_REDIS_PASSWORD"
+    )
