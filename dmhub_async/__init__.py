@@ -7,6 +7,9 @@
     async with DMHubClient(app_id="...", secret="...") as dm:
         async for customer in dm.customers.list(stage="lead", concurrency=4):
             print(customer.id, customer.name)
+
+PYTEST_DONT_REWRITE: an application may import dmhub_async before it starts pytest (the package
+has a pytest plugin, so pytest would rewrite its asserts, and warn that it cannot).
 """
 
 from __future__ import annotations

@@ -124,6 +124,26 @@ def test_the_plugin_named_in_a_conftest_too_and_switched_off_by_its_name(
     assert "fixture 'dmhub_clock' not found" in off.stdout
 
 
+def test_a_project_that_imports_the_sdk_before_starting_pytest_runs_as_before(
+    user_python: Path, tmp_path: Path
+) -> None:
+    # pytest marks every package of a distribution with a pytest11 entry point for assertion
+    # rewriting, and warns of one already imported: an application that imports dmhub_async
+    # and then runs its tests in the same process (`pytest.main()` from a management command)
+    # got "PytestAssertRewriteWarning: Module already imported so cannot be rewritten;
+    # dmhub_async", and with `filterwarnings = error` the run died with a traceback before its
+    # first test, `-p no:dmhub_async.testing.pytest_plugin` or not.
+    (tmp_path / "pytest.ini").write_text("[pytest]\nfilterwarnings = error\n")
+    (tmp_path / "test_sum.py").write_text("def test_sum():\n    assert 1 + 1 == 2\n")
+    runner = (
+        "import sys, dmhub_async, pytest\nsys.exit(pytest.main(['-q', '-p', 'no:cacheprovider']))"
+    )
+    result = _run([str(user_python), "-c", runner], cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 passed" in result.stdout
+    assert "PytestAssertRewriteWarning" not in result.stdout + result.stderr
+
+
 def _declared_floors() -> list[str]:
     """``name==floor`` for each runtime dependency and the extras', its ``>=`` floor (arq's
     oldest allowed wants a redis older than the extra's: pip picks the arq that redis takes)."""
