@@ -838,6 +838,42 @@ def _check_same_plan(local: Path, task: dict[str, Any], where: str) -> None:
             f"{where} holds another export's {MANIFEST_NAME} (plan {said}, the job's "
             f"{printable(str(theirs))[:80]}): the worker exported nothing; check the mount"
         )
+    _check_not_complete(local, recorded, task, where)
+
+
+def _check_not_complete(
+    local: Path, recorded: dict[str, Any], task: dict[str, Any], where: str
+) -> None:
+    """Refuse the job of a shard its manifest records complete, its part still as recorded.
+
+    Only a job left on the queue does that: a coordinator enqueues the shards not complete,
+    and records one complete only once its job has ended. An export stopped on its queue and
+    finished by another run (``--workers``, one process) left its jobs there, and a worker
+    that came later exported each complete part again from the start, over the part the
+    manifest recorded: truncated while it ran, then holding customers the late check had not
+    recorded (the merge of the complete export refused it).
+    """
+    shard, shards = task.get("shard"), recorded.get("shards")
+    if not isinstance(shard, dict) or not isinstance(shards, list):
+        return  # a manifest of no shards' entries (an earlier release's) is not checked
+    index = shard.get("index")
+    name = part_name(index, task.get("format", "jsonl")) if isinstance(index, int) else None
+    for entry in shards:
+        if not isinstance(entry, dict) or entry.get("file") != name or name is None:
+            continue
+        size = entry.get("size")
+        if entry.get("status") != "complete" or not isinstance(size, int):
+            return
+        try:
+            if (local / name).stat().st_size != size:
+                return  # changed since: the coordinator exports it again
+        except OSError:
+            return
+        raise InvalidRequestError(
+            f"shard {index} is complete in the {MANIFEST_NAME} of {where} ({name}, {size:,} bytes):"
+            " this job was left on the queue by an earlier run of the export; the worker"
+            " exported nothing, the part left as recorded"
+        )
 
 
 def _written(pending: set[asyncio.Future[Any]], writing: asyncio.Future[Any]) -> None:

@@ -1574,6 +1574,39 @@ async def test_a_job_whose_part_cannot_be_written_fails_its_shard_saying_why(
     assert outcome.error == f"{tmp_path / 'part-00000.jsonl'}: No space left on device"
 
 
+async def test_a_job_left_on_the_queue_exports_nothing_over_a_shard_recorded_complete(
+    tmp_path: Path,
+) -> None:
+    # An export stopped on its queue, then finished by `export --workers` (or another run),
+    # left its jobs queued: a worker that came later took them and exported each complete
+    # part again from the start, over the part the manifest recorded (truncated while it ran,
+    # then holding sign-ups since: the merge of the complete export refused it). Now such a
+    # job exports nothing and fails, saying why.
+    from dmhub_async.shards import _queue
+    from dmhub_async.testing import DMHubSimulator
+
+    async with (
+        DMHubSimulator(customers=30) as sim,
+        DMHubClient(sim.app_id, sim.secret, base_url=sim.url) as dm,
+    ):
+        task = _shard_task(sim, tmp_path)
+        await _queue._export_shard_job(_job_context(dm), task)
+        part = tmp_path / "part-00000.jsonl"
+        exported = part.read_bytes()
+        entry = {"file": part.name, "status": "complete", "size": len(exported)}
+        (tmp_path / MANIFEST_NAME).write_text(
+            json.dumps({"plan_id": "p", "shards": [{"shard": task["shard"], **entry}]}),
+            encoding="utf-8",
+        )
+        sim.insert_customer({"name": "signed up since"})
+        with pytest.raises(InvalidRequestError) as refused:
+            await _queue._export_shard_job(_job_context(dm), task)
+    assert part.read_bytes() == exported
+    message = str(refused.value)
+    assert "shard 0 is complete in" in message
+    assert "the worker exported nothing" in message
+
+
 async def test_a_queued_shard_of_an_id_list_carries_its_slice_not_the_list(
     tmp_path: Path, redis: RedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
