@@ -34,6 +34,7 @@ from .._client import DMHubClient
 from .._exceptions import InvalidRequestError
 from .._pagination import AsyncPaginator
 from .._threads import file_work, on_thread
+from .._validate import check_concurrency
 from .._words import counted
 from ..export._export import _columns
 from ..export._ids import IdSet
@@ -128,6 +129,9 @@ async def late_check(
         InvalidRequestError: no manifest, or the last part is missing or changed since it was
             exported (delete it and rerun the export, which exports that shard again).
     """
+    # Before anything is read or sent: a bad one was refused by the check's walk after its
+    # first count (the part locked and read), and taken silently where nothing was due.
+    check_concurrency(concurrency, "late_check(): concurrency")
     where = Path(directory)
     if manifest is None:
         manifest = Manifest.read(where)

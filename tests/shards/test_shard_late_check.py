@@ -788,3 +788,28 @@ async def test_a_manifest_of_an_earlier_release_is_late_checked_once(
     assert once.late_check.added == 0
     assert once.last_window_seen_at == clocks.at(clocks.now)
     assert twice.late_check is None
+
+
+@pytest.mark.parametrize("concurrency", [0, 65, "8", True, None])
+async def test_a_bad_concurrency_is_refused_before_the_late_check_sends_or_locks_anything(
+    tmp_path: Path, concurrency: Any
+) -> None:
+    out = tmp_path / "out"
+    async with (
+        DMHubSimulator(customers=40, seed=2) as sim,
+        DMHubClient(sim.app_id, sim.secret, base_url=sim.url) as dm,
+    ):
+        manifest = await export_sharded(dm, out, 2, progress=False)
+        assert manifest.complete
+        sent: list[str] = []
+        sim.on_request(lambda request: sent.append(request.path))
+        # Before: a count was sent and the last part locked and read, then the walk refused
+        # it; and a directory with nothing due returned None, the value never checked.
+        with pytest.raises(InvalidRequestError, match=r"^late_check\(\): concurrency must"):
+            await late_check(dm, out, concurrency=concurrency)
+        with pytest.raises(InvalidRequestError, match=r"^late_check\(\): concurrency must"):
+            await late_check(dm, tmp_path / "no-export", concurrency=concurrency)
+    assert sent == []
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["manifest.json", "part-00000.jsonl", "part-00001.jsonl"]
+    )
