@@ -36,7 +36,7 @@ from .._tasks import together
 from .._validate import check_number, short
 from .._words import counted
 from ..resources._batches import check_room, walked
-from ..resources._filters import check_filter_names, checked_ids
+from ..resources._filters import check_filter_names, checked_ids, customer_filter_params
 from ..resources.customers import CustomerFilters
 
 __all__ = [
@@ -359,9 +359,10 @@ def _aware(text: str | None) -> datetime | None:
     return moment.astimezone(timezone.utc)
 
 
-def _utc(name: str, value: Any, zone: tzinfo | None, *, end: bool = False) -> str:
-    """A time filter as an aware UTC ISO string, read in the client's zone when naive."""
-    return query_time("plan_shards", name, value, zone, end=end)[0] + "+00:00"
+def _utc(method: str, name: str, value: Any, zone: tzinfo | None, *, end: bool = False) -> str:
+    """A time filter as an aware UTC ISO string, read in the client's zone when naive (refused
+    in the name of ``method``, the function the caller called)."""
+    return query_time(method, name, value, zone, end=end)[0] + "+00:00"
 
 
 _TIMES = ("date_created_from", "date_created_to", "last_updated_from", "last_updated_to")
@@ -392,13 +393,15 @@ def warn_if_naive(
             return
 
 
-def _json_safe_filters(filters: Mapping[str, Any], zone: tzinfo | None) -> dict[str, Any]:
+def _json_safe_filters(
+    filters: Mapping[str, Any], zone: tzinfo | None, method: str
+) -> dict[str, Any]:
     """The caller's filters as a shard carries them: checked, and JSON-safe."""
     # None is "not given", as for every filter (and as list() takes it).
     reserved = sorted(n for n in ("sort_by", "sort_order") if filters.get(n) is not None)
     if reserved:
         raise InvalidRequestError(
-            f"plan_shards(): {', '.join(reserved)} not allowed: a sharded export walks by id"
+            f"{method}(): {', '.join(reserved)} not allowed: a sharded export walks by id"
         )
     safe: dict[str, Any] = {}
     for name, value in filters.items():
@@ -406,7 +409,7 @@ def _json_safe_filters(filters: Mapping[str, Any], zone: tzinfo | None) -> dict[
             continue
         if name in ("last_updated_from", "last_updated_to"):
             # Pinned to UTC now, so a worker in another time zone reads the same instant.
-            value = _utc(name, value, zone, end=name.endswith("_to"))
+            value = _utc(method, name, value, zone, end=name.endswith("_to"))
         elif name == "id_list" or (name == "select" and not isinstance(value, str)):
             value = list(value)
         elif hasattr(value, "value"):  # an enum such as Gender
@@ -415,20 +418,24 @@ def _json_safe_filters(filters: Mapping[str, Any], zone: tzinfo | None) -> dict[
     return safe
 
 
-def manifest_filters(filters: Mapping[str, Any], zone: tzinfo | None) -> dict[str, Any]:
-    """The filters of a whole sharded export as its manifest records them (JSON-safe, UTC)."""
-    recorded = _json_safe_filters(filters, zone)
+def manifest_filters(
+    filters: Mapping[str, Any], zone: tzinfo | None, method: str = "plan_shards"
+) -> dict[str, Any]:
+    """The filters of a whole sharded export as its manifest records them (JSON-safe, UTC);
+    a bad one refused in the name of ``method``, the function the caller called."""
+    recorded = _json_safe_filters(filters, zone, method)
     for name in ("date_created_from", "date_created_to"):
         if filters.get(name) is not None:
-            recorded[name] = _utc(name, filters[name], zone, end=name.endswith("_to"))
+            recorded[name] = _utc(method, name, filters[name], zone, end=name.endswith("_to"))
     return recorded
 
 
-def _bound(name: str, value: Any, zone: tzinfo | None) -> int | None:
+def _bound(method: str, name: str, value: Any, zone: tzinfo | None) -> int | None:
     """A caller's ``date_created_from``/``_to`` as whole UTC seconds (both inclusive)."""
     if value is None:
         return None
-    return _seconds(datetime.fromisoformat(_utc(name, value, zone, end=name.endswith("_to"))))
+    utc = _utc(method, name, value, zone, end=name.endswith("_to"))
+    return _seconds(datetime.fromisoformat(utc))
 
 
 def _newest(now: datetime | None, zone: tzinfo | None) -> int:
@@ -501,31 +508,42 @@ async def plan_shards(
 
 
 async def plan_counted(
-    client: DMHubClient, n: int, now: datetime | None, filters: dict[str, Any]
+    client: DMHubClient,
+    n: int,
+    now: datetime | None,
+    filters: dict[str, Any],
+    method: str = "plan_shards",
 ) -> tuple[list[Shard], int]:
     """:func:`plan_shards`, and the retries its count probes took (the manifest records them
-    with the shards' own: a report of the shards' alone said fewer than the run took)."""
+    with the shards' own: a report of the shards' alone said fewer than the run took).
+
+    A bad filter is refused in the name of ``method``, the function the caller called
+    (``export_sharded``, ``plan_directory``): it named ``count()``, the probe's, or
+    ``plan_shards()``, neither of which the caller had called.
+    """
     if not is_shard_count(n):
         raise InvalidRequestError(f"plan_shards(): n must be an int from 1 to {MAX_SHARDS}")
     zone = client.timezone
-    safe = _json_safe_filters(filters, zone)
-    lo = _bound("date_created_from", filters.get("date_created_from"), zone)
-    hi_inclusive = _bound("date_created_to", filters.get("date_created_to"), zone)
+    safe = _json_safe_filters(filters, zone, method)
+    lo = _bound(method, "date_created_from", filters.get("date_created_from"), zone)
+    hi_inclusive = _bound(method, "date_created_to", filters.get("date_created_to"), zone)
     hi = hi_inclusive + 1 if hi_inclusive is not None else None
     if lo is not None and hi is not None and hi <= lo:
-        raise InvalidRequestError("plan_shards(): date_created_to is before date_created_from")
+        raise InvalidRequestError(f"{method}(): date_created_to is before date_created_from")
     if hi is not None and hi > _LAST_END:
         # The last window ends the second after the bound, which no datetime holds: a raw
         # OverflowError after every count probe.
         raise InvalidRequestError(
-            "plan_shards(): date_created_to is the last second of the year 9999, after which"
+            f"{method}(): date_created_to is the last second of the year 9999, after which"
             " no window can end: leave it out to export without an end"
         )
     newest = _newest(now, zone)
     # Checked: warned only for a plan made; at the line that called plan_shards, our caller.
     warn_if_naive(client, "plan_shards", filters, now, frames=3)
     if safe.get("id_list") is not None:
-        return await _plan_ids(client, n, safe, lo, hi), 0
+        return await _plan_ids(client, n, safe, lo, hi, method), 0
+    # Checked as the probes' counts will check them, in the caller's name, before any request.
+    customer_filter_params(method, safe, paged=False, zone=zone)
     # Checked by the resource before the first request: a bad filter sends nothing.
     probe = _Probe(client, safe, lo)
     total = await probe.count_before(hi)
@@ -574,16 +592,21 @@ async def plan_counted(
 
 
 async def _plan_ids(
-    client: DMHubClient, n: int, safe: dict[str, Any], lo: int | None, hi: int | None
+    client: DMHubClient,
+    n: int,
+    safe: dict[str, Any],
+    lo: int | None,
+    hi: int | None,
+    method: str,
 ) -> list[Shard]:
     """:func:`plan_shards` of an ``id_list``: its ids in ``n`` contiguous slices, nothing sent."""
     others = {name: value for name, value in safe.items() if name != "id_list"}
     # What a shard's export would refuse, refused before the plan: a bad filter or id, or
     # filters that leave a URL no room for an id.
-    params = client.customers._params("plan_shards", others, paged=False, frames=4)
-    ids = await asyncio.to_thread(checked_ids, "plan_shards", safe["id_list"])
+    params = client.customers._params(method, others, paged=False, frames=4)
+    ids = await asyncio.to_thread(checked_ids, method, safe["id_list"])
     unique, _, digest = await asyncio.to_thread(unique_ids, ids)
-    check_room("plan_shards", params, "idList", unique[-1])  # sorted: the last the longest
+    check_room(method, params, "idList", unique[-1])  # sorted: the last the longest
     count = min(n, len(unique))
     cuts = [k * len(unique) // count for k in range(count + 1)]
     return [

@@ -288,6 +288,7 @@ async def prepare(
     *,
     format: str = "jsonl",
     verify: Verify = "auto",
+    caller: str = "export_sharded",
     **filters: Any,
 ) -> Manifest:
     """The directory's manifest: the one already there (same export), or a new plan written.
@@ -295,15 +296,18 @@ async def prepare(
     A rerun after a crash or a kill takes up the plan it made the first time, so every shard
     keeps its window, its file and its checkpoint, and the export's ``verify``: the run goes
     on with ``manifest.verify`` (``"always"`` if this run or an earlier one asked for it).
+    ``caller`` is the public function called, named by the errors of a bad setting or filter.
     """
     if format not in ("jsonl", "csv"):
         raise InvalidRequestError(f"format must be 'jsonl' or 'csv', not {short(format)}")
-    check_shards(shards, "prepare")
+    check_shards(shards, caller)
     # A generator: read here, once; the manifest's record read it, the plan found it empty.
     read_once(filters)
-    recorded = manifest_filters(filters, client.timezone)
+    recorded = manifest_filters(filters, client.timezone, caller)
     with coordinating(directory):
-        return await _prepare(client, Path(directory), shards, format, verify, recorded, filters)
+        return await _prepare(
+            client, Path(directory), shards, format, verify, recorded, filters, caller
+        )
 
 
 async def _prepare(
@@ -314,6 +318,7 @@ async def _prepare(
     verify: Verify,
     recorded: dict[str, Any],
     filters: dict[str, Any],
+    caller: str,
 ) -> Manifest:
     await file_work(lambda: _sweep_killed_writes(where))
     existing = _manifest_in(where)
@@ -359,7 +364,7 @@ async def _prepare(
                 f"{shards:,}",
             )
         return existing
-    plan, retries = await plan_counted(client, shards, None, filters)
+    plan, retries = await plan_counted(client, shards, None, filters, caller)
     if plan and plan[0].id_slice is not None:
         # The list once, beside the manifest, before it: a manifest never names a list not
         # there. The slices in order are the whole list as walked (each once, sorted): its

@@ -82,7 +82,15 @@ async def plan_directory(
     check_verify(verify, "plan_directory(): ")
     check_shards(shards, "plan_directory")
     warn_if_naive(client, "plan_directory", filters)
-    return await prepare(client, directory, shards, format=format, verify=verify, **filters)
+    return await prepare(
+        client,
+        directory,
+        shards,
+        format=format,
+        verify=verify,
+        caller="plan_directory",
+        **filters,
+    )
 
 
 async def shard_result(shard: Shard, report: ExportReport) -> dict[str, Any]:

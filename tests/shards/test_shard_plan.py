@@ -365,6 +365,67 @@ async def test_a_misspelt_filter_is_named_as_the_sharding_functions_own_argument
         assert not out.exists()
 
 
+@pytest.mark.parametrize("function", ["plan_shards", "export_sharded", "plan_directory"])
+@pytest.mark.parametrize(
+    ("filters", "said"),
+    [
+        ({"select": ["mobil"]}, "select: unknown customer field 'mobil' (did you mean 'mobile'?)"),
+        ({"stage": 5}, "stage must be a string"),
+        ({"gender": 7}, "gender must be 0, 1 or 2, not 7"),
+        ({"email": "a@b.c\n"}, "email holds a control character"),
+        ({"sort_by": "name"}, "sort_by not allowed: a sharded export walks by id"),
+        (
+            {"date_created_from": "garbage"},
+            "date_created_from must be a datetime, a date or an ISO 8601 string, not 'garbage'",
+        ),
+        (
+            {"last_updated_from": "2024-02-01T00:00Z", "last_updated_to": "2024-01-01T00:00Z"},
+            "last_updated_to is before last_updated_from",
+        ),
+        (
+            {"date_created_from": "2024-02-01T00:00Z", "date_created_to": "2024-01-01T00:00Z"},
+            "date_created_to is before date_created_from",
+        ),
+        ({"id_list": [-1]}, "id_list[0]: customer id -1 is out of range"),
+        ({"id_list": [1], "stage": 5}, "stage must be a string"),
+    ],
+    ids=[
+        "select",
+        "stage",
+        "gender",
+        "email",
+        "sort_by",
+        "a time",
+        "updated range",
+        "created range",
+        "id",
+        "stage beside ids",
+    ],
+)
+async def test_a_bad_filter_is_refused_in_the_name_of_the_sharding_function_called(
+    sim: DMHubSimulator,
+    dm: DMHubClient,
+    tmp_path: Path,
+    function: str,
+    filters: dict[str, Any],
+    said: str,
+) -> None:
+    # export_sharded(select=["mobil"]) said "count(): select: ...", the plan's probe, and a
+    # bad time or id "plan_shards(): ...": functions the caller never called, as
+    # export_customers names itself ("export_customers(): select: ...").
+    out = tmp_path / "out"
+    calls = {
+        "plan_shards": lambda: plan_shards(dm, 2, **filters),
+        "export_sharded": lambda: export_sharded(dm, out, 2, progress=False, **filters),
+        "plan_directory": lambda: plan_directory(dm, out, 2, **filters),
+    }
+    with pytest.raises(InvalidRequestError) as caught:
+        await calls[function]()
+    assert str(caught.value).startswith(f"{function}(): {said}")
+    assert dm.stats.requests == 0
+    assert not out.exists()
+
+
 class TypedId(int):
     """A customer id of the caller's own type, whose ``str`` is its repr: ``CustomerId(7)``."""
 
