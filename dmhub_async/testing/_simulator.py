@@ -17,7 +17,7 @@ from ._app import build_app
 from ._faults import Counters, Faults
 from ._fields import Row
 from ._state import RequestHook, SimulatorState
-from ._store import CustomerStore
+from ._store import MAX_CUSTOMER_ID, CustomerStore
 from ._tokens import TokenIssuer
 
 #: The most customers a simulator seeds: about 60 bytes and half a microsecond each.
@@ -237,6 +237,20 @@ class DMHubSimulator:
             raise InvalidRequestError(
                 f"insert_customer(): attr must be a mapping or None, not {short(attr)}"
             )
+        if customer_id is not None:
+            # Refused as the other helpers refuse a bad id (InvalidRequestError naming the
+            # method): the store's bare ValueError escaped `except InvalidRequestError`.
+            if (
+                isinstance(customer_id, bool)
+                or not isinstance(customer_id, int)
+                or not 1 <= customer_id <= MAX_CUSTOMER_ID
+            ):
+                raise InvalidRequestError(
+                    "insert_customer(): a customer id is an int from 1 to 2**63 - 1, "
+                    f"not {short(customer_id)}"
+                )
+            if customer_id in self.store:
+                raise InvalidRequestError(f"insert_customer(): customer {customer_id} exists")
         row = self.store.create(fields, customer_id=customer_id)
         return {**row, "attr": dict(row["attr"])}
 
@@ -273,6 +287,11 @@ class DMHubSimulator:
 
     def on_request(self, hook: RequestHook) -> RequestHook:
         """Call ``hook(request)`` (sync or async) before every request is handled."""
+        # Checked here, as mutate_every checks its counts: one that is no function was taken,
+        # then every request answered 500 "simulator error", which the client under test
+        # retried as the service's.
+        if not callable(hook):
+            raise InvalidRequestError(f"on_request(): hook must be a function, not {short(hook)}")
         self.state.hooks.append(hook)
         return hook
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from dmhub_async import InvalidRequestError
+from dmhub_async import DMHubClient, InvalidRequestError, MemoryTokenStore
 from dmhub_async.testing import DMHubSimulator, FakeClock, Faults, _store
 
 BIG = 10**5000
@@ -56,6 +56,16 @@ CASES: dict[str, Callable[[], object]] = {
     "revoke_tokens 1.5": lambda: DMHubSimulator().revoke_tokens(1.5),  # type: ignore[arg-type]
     "insert_customer of a list": lambda: DMHubSimulator().insert_customer([1]),  # type: ignore[arg-type]
     "insert_customer of an attr set": lambda: DMHubSimulator().insert_customer({"attr": {1}}),
+    # The store's bare ValueError, where every other helper's bad id is InvalidRequestError.
+    "insert_customer of a str id": lambda: DMHubSimulator().insert_customer({}, customer_id="5"),  # type: ignore[arg-type]
+    "insert_customer of id True": lambda: DMHubSimulator().insert_customer({}, customer_id=True),
+    "insert_customer of id 0": lambda: DMHubSimulator().insert_customer({}, customer_id=0),
+    "insert_customer of an id held": lambda: DMHubSimulator(3).insert_customer(
+        {}, customer_id=DMHubSimulator(3).customer_ids()[0]
+    ),
+    # Taken, then every request answered 500 "simulator error: TypeError", which the client
+    # under test retried as the service's.
+    "on_request of no function": lambda: DMHubSimulator().on_request(5),  # type: ignore[arg-type]
     # Taken, each raised inside the request it was due before (a 500 "simulator error",
     # which the client under test retried away) or did nothing: no customer was ever
     # inserted or deleted, and a test of a walk under churn passed with none.
@@ -97,6 +107,27 @@ CASES: dict[str, Callable[[], object]] = {
 def test_a_bad_setting_is_refused_when_made(make: Callable[[], object]) -> None:
     with pytest.raises(InvalidRequestError):  # a ValueError
         make()
+
+
+async def test_a_hook_or_an_id_refused_says_which_helper_and_the_simulator_serves_on() -> None:
+    async with DMHubSimulator(customers=3) as sim:
+        held = sim.customer_ids()[0]
+        with pytest.raises(InvalidRequestError, match=r"^on_request\(\): hook must be a function"):
+            sim.on_request(5)  # type: ignore[arg-type]
+        with pytest.raises(
+            InvalidRequestError, match=rf"^insert_customer\(\): customer {held} exists"
+        ):
+            sim.insert_customer({"name": "again"}, customer_id=held)
+        with pytest.raises(
+            InvalidRequestError,
+            match=r"^insert_customer\(\): a customer id is an int from 1 to 2\*\*63 - 1, not '5'",
+        ):
+            sim.insert_customer({"name": "x"}, customer_id="5")  # type: ignore[arg-type]
+        async with DMHubClient(
+            sim.app_id, sim.secret, base_url=sim.url, max_retries=0, token_store=MemoryTokenStore()
+        ) as dm:
+            assert await dm.customers.count() == 3  # no hook kept, no customer added
+        assert sim.counters.total == 2  # the token, the count: none answered 500
 
 
 @pytest.mark.parametrize("kinds", [("500", "teapot"), "500"], ids=["an unknown kind", "a str"])
