@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import math
 import operator
+import os
 import re
 import reprlib
 import types
@@ -47,6 +48,7 @@ __all__ = [
     "check_number",
     "check_paging",
     "check_password_read",
+    "check_path_type",
     "check_query",
     "check_request",
     "check_settings",
@@ -452,6 +454,17 @@ def check_concurrency(value: object, name: str = "concurrency") -> None:
         raise InvalidRequestError(
             f"{name} must be an int from 1 to {MAX_CONCURRENCY}, not {short(value)}"
         )
+
+
+def check_path_type(method: str, name: str, value: object) -> None:
+    """A file or directory argument: a ``str`` or an ``os.PathLike`` of one, else
+    InvalidRequestError naming it, as ``export_customers`` and ``FileTokenStore`` refuse one
+    (bytes, an int, None were a raw TypeError from deep inside ``pathlib``)."""
+    if isinstance(value, str) or (
+        isinstance(value, os.PathLike) and isinstance(os.fspath(value), str)
+    ):
+        return
+    raise InvalidRequestError(f"{method}(): {name} must be a path, not {type(value).__name__}")
 
 
 def check_paging(page_size: object, start_page: object, max_items: object = None) -> None:

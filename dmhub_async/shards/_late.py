@@ -34,7 +34,7 @@ from .._client import DMHubClient
 from .._exceptions import InvalidRequestError
 from .._pagination import AsyncPaginator
 from .._threads import file_work, on_thread
-from .._validate import check_concurrency
+from .._validate import check_concurrency, check_path_type
 from .._words import counted
 from ..export._export import _columns
 from ..export._ids import IdSet
@@ -132,6 +132,7 @@ async def late_check(
     # Before anything is read or sent: a bad one was refused by the check's walk after its
     # first count (the part locked and read), and taken silently where nothing was due.
     check_concurrency(concurrency, "late_check(): concurrency")
+    check_path_type("late_check", "directory", directory)
     where = Path(directory)
     if manifest is None:
         manifest = Manifest.read(where)

@@ -33,7 +33,7 @@ from .._converter.scalars import parse_timestamp
 from .._exceptions import InvalidRequestError
 from .._retry import http_date
 from .._threads import on_thread
-from .._validate import check_flag, short
+from .._validate import check_flag, check_path_type, short
 from .._words import counted
 from ..export._checkpoint import ExportScope, recorded_scope
 from ..export._export import FORMAT_OF_SUFFIX, Verify, check_output_name
@@ -733,6 +733,8 @@ def merge(
     """
     # "false" (a setting read as text) was true: a part cut short went in as far as it went.
     check_flag("merge", "allow_incomplete", allow_incomplete)
+    check_path_type("merge", "directory", directory)
+    check_path_type("merge", "dest", dest)
     return merge_parts(directory, dest, allow_incomplete=allow_incomplete)[0]
 
 

@@ -25,7 +25,7 @@ from .._client import DMHubClient
 from .._exceptions import DMHubError, InvalidRequestError
 from .._sansio import date_of
 from .._threads import file_work
-from .._validate import check_flag, short
+from .._validate import check_flag, check_path_type, short
 from .._words import counted
 from ..export import ExportProgress, ExportReport, export_customers
 from ..export._export import Verify, check_run, check_verify, retries_of
@@ -590,6 +590,7 @@ async def export_sharded(
         The manifest as written at the end; ``manifest.complete`` is the export's verdict.
     """
     check_filter_names("export_sharded", filters)
+    check_path_type("export_sharded", "directory", directory)
     if isinstance(parallel, bool) or not isinstance(parallel, int) or parallel < 1:
         raise InvalidRequestError("export_sharded(): parallel must be an int >= 1")
     check_flag("export_sharded", "progress", progress)

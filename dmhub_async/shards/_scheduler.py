@@ -28,7 +28,7 @@ from typing_extensions import Unpack
 from .._client import DMHubClient
 from .._exceptions import InvalidRequestError
 from .._threads import file_work
-from .._validate import short
+from .._validate import check_path_type, short
 from ..export import ExportReport
 from ..export._export import Verify, check_verify
 from ..resources._filters import check_filter_names
@@ -79,6 +79,7 @@ async def plan_directory(
         The directory's manifest, as written.
     """
     check_filter_names("plan_directory", filters)
+    check_path_type("plan_directory", "directory", directory)
     check_verify(verify, "plan_directory(): ")
     check_shards(shards, "plan_directory")
     warn_if_naive(client, "plan_directory", filters)
@@ -132,6 +133,7 @@ async def record_results(
             another process coordinates the directory (``export_sharded``, ``export --shards``,
             or another ``record_results``).
     """
+    check_path_type("record_results", "directory", directory)
     where = Path(directory)
     given = list(results)
     with coordinating(where):

@@ -29,9 +29,11 @@ from dmhub_async.shards import (
     Manifest,
     Shard,
     export_sharded,
+    late_check,
     merge,
     plan_directory,
     plan_shards,
+    record_results,
 )
 from dmhub_async.shards._run import coordinating, prepare
 from dmhub_async.testing import DMHubSimulator
@@ -424,6 +426,42 @@ async def test_a_bad_filter_is_refused_in_the_name_of_the_sharding_function_call
     assert str(caught.value).startswith(f"{function}(): {said}")
     assert dm.stats.requests == 0
     assert not out.exists()
+
+
+@pytest.mark.parametrize("given", [b"out", 5, None], ids=["bytes", "an int", "None"])
+@pytest.mark.parametrize(
+    ("function", "name"),
+    [
+        ("export_sharded", "directory"),
+        ("plan_directory", "directory"),
+        ("late_check", "directory"),
+        ("record_results", "directory"),
+        ("merge", "directory"),
+        ("merge", "dest"),
+    ],
+)
+async def test_a_path_of_another_type_is_refused_naming_it_as_export_customers_refuses_one(
+    sim: DMHubSimulator, dm: DMHubClient, tmp_path: Path, function: str, name: str, given: Any
+) -> None:
+    # A raw TypeError from deep inside pathlib ("argument should be a str object or an
+    # os.PathLike object returning str, not <class 'bytes'>"), where export_customers and
+    # FileTokenStore say "checkpoint must be a path, not bytes".
+    out = tmp_path / "out"
+    await export_sharded(dm, out, 2, progress=False)
+    before = dm.stats.requests
+    paths = {"directory": out, "dest": tmp_path / "all.jsonl", name: given}
+    calls = {
+        "export_sharded": lambda: export_sharded(dm, given, 2, progress=False),
+        "plan_directory": lambda: plan_directory(dm, given, 2),
+        "late_check": lambda: late_check(dm, given),
+        "record_results": lambda: record_results(given, []),
+        "merge": lambda: asyncio.to_thread(merge, paths["directory"], paths["dest"]),
+    }
+    with pytest.raises(InvalidRequestError) as caught:
+        await calls[function]()
+    assert str(caught.value) == f"{function}(): {name} must be a path, not {type(given).__name__}"
+    assert dm.stats.requests == before
+    assert not (tmp_path / "all.jsonl").exists()
 
 
 class TypedId(int):
