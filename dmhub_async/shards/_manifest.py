@@ -636,19 +636,33 @@ def _filter_changes(recorded: dict[str, Any], given: dict[str, Any]) -> list[str
 
 
 def _as_compared(filters: dict[str, Any]) -> dict[str, Any]:
-    """An export's filters as two runs are compared: an ``id_list`` as the set of its ids.
+    """An export's filters as two runs are compared: an ``id_list`` as the set of its ids, a
+    ``stage`` and a ``select`` as they are sent.
 
     Each shard walks its ids by id, each once, so the same ids in another order (a set, a
     query without ORDER BY) or with repeats are the same export; the shards go on with the
-    filters the manifest recorded.
+    filters the manifest recorded. ``stage=""`` is ``EMPTY_STAGE``, and ``select="name,mobile"``
+    (or ``["id", "name", "mobile"]``, or the wire's ``dateJoin`` for ``date_join``) is the
+    CLI's ``--select name,mobile``: each was refused as "other filters", where a single-file
+    export's checkpoint, which records the query as sent, resumed.
     """
-    ids = filters.get("id_list")
+    compared = dict(filters)
+    if compared.get("stage") == "":
+        compared["stage"] = EMPTY_STAGE
+    if compared.get("select") is not None:
+        try:
+            sent = customer_filter_params("export_sharded", {"select": compared["select"]})
+        except InvalidRequestError:  # not a select this SDK sends: compared as it is
+            pass
+        else:
+            compared["select"] = sent["select"]
+    ids = compared.get("id_list")
     if not isinstance(ids, list):
-        return filters
+        return compared
     try:
-        return {**filters, "id_list": frozenset(ids)}
+        return {**compared, "id_list": frozenset(ids)}
     except TypeError:  # not hashable: not ids this SDK sends; compared as they are
-        return filters
+        return compared
 
 
 _SAID: Final = {"csv": ("a CSV file", "CSV"), "jsonl": ("a JSON lines file", "JSON lines")}

@@ -18,6 +18,7 @@ from aiohttp import web
 from shard_support import exported_ids
 
 from dmhub_async import (
+    EMPTY_STAGE,
     DMHubClient,
     Gender,
     InvalidRequestError,
@@ -535,6 +536,38 @@ async def test_a_rerun_takes_up_the_plan_in_the_directory(
     assert all(q.get("select") == "id" for q in sent if "pageSize" in q), sent
     with pytest.raises(InvalidRequestError, match="other filters"):
         await export_sharded(dm, tmp_path / "out", 4, stage="lead", progress=False)
+
+
+@pytest.mark.parametrize(
+    ("first", "then"),
+    [
+        ({"stage": ""}, {"stage": EMPTY_STAGE}),
+        ({"select": ["name", "mobile"]}, {"select": "name,mobile"}),
+        ({"select": ["name", "mobile"]}, {"select": "name, mobile"}),
+        ({"select": ["name"]}, {"select": ["id", "name"]}),
+        ({"select": ["date_join"]}, {"select": ["dateJoin"]}),
+    ],
+    ids=["EMPTY_STAGE for ''", "a str select", "a str select with spaces", "id named", "wire name"],
+)
+async def test_a_rerun_with_the_same_filters_spelt_another_way_takes_up_the_plan(
+    sim: DMHubSimulator,
+    dm: DMHubClient,
+    tmp_path: Path,
+    first: dict[str, Any],
+    then: dict[str, Any],
+) -> None:
+    # Refused as "a sharded export with other filters (stage: '' in the directory's export,
+    # '_empty' now)": the CLI's `--select name,mobile` (a list) resumed from Python with
+    # select="name,mobile", or `--stage ''` with EMPTY_STAGE, which the README gives as the
+    # same filter. A single-file export's checkpoint compares the query as sent, and resumes.
+    out = tmp_path / "out"
+    begun = await plan_directory(dm, out, 2, **first)  # planned, no shard run yet
+    assert not begun.complete
+    again = await export_sharded(dm, out, 2, progress=False, **then)
+    assert again.complete
+    assert [o.shard for o in again.shards] == [o.shard for o in begun.shards]
+    with pytest.raises(InvalidRequestError, match="other filters"):
+        await export_sharded(dm, out, 2, progress=False, stage="lead")
 
 
 async def test_a_second_coordinator_of_the_directory_is_refused_at_once(
