@@ -479,6 +479,39 @@ async def test_an_async_on_progress_is_refused_before_any_request(
     assert files_in(tmp_path) == []
 
 
+async def test_an_on_progress_that_takes_no_progress_is_refused_before_any_request(
+    sim: DMHubSimulator, client: DMHubClient, tmp_path: Path
+) -> None:
+    # Taken, then a raw TypeError ("<lambda>() takes 0 positional arguments but 1 was given")
+    # at the first progress, after the first page's requests and rows.
+    class Counted:
+        def __call__(self) -> None: ...
+
+    sim.counters.reset()
+    for callback in (lambda: None, Counted(), lambda progress, total: None):
+        with pytest.raises(
+            InvalidRequestError, match=r"^on_progress must take one argument \(it is called"
+        ):
+            await export_customers(
+                client,
+                tmp_path / "p.jsonl",
+                checkpoint=tmp_path / "p.ckpt",
+                progress=False,
+                on_progress=callback,  # type: ignore[arg-type]
+            )
+    assert sim.counters.total == 0
+    assert files_in(tmp_path) == []
+    seen: list[int] = []  # one argument, or more with defaults: taken
+    report = await export_customers(
+        client,
+        tmp_path / "p.jsonl",
+        progress=False,
+        on_progress=lambda progress, *more, said=seen: said.append(progress.exported),
+    )
+    assert report.complete
+    assert seen[-1] == report.exported
+
+
 async def test_progress_and_the_bar_include_what_the_final_check_recovers(
     sim: DMHubSimulator, client: DMHubClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

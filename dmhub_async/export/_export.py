@@ -213,9 +213,12 @@ def check_run(
     concurrency: int,
     callback_name: str,
     callback: object,
+    *,
+    callback_takes: int = 1,
     **filters: Any,
 ) -> None:
-    """The walk's settings and a progress callback, checked before any request or file.
+    """The walk's settings and a progress callback (called with ``callback_takes``
+    arguments), checked before any request or file.
 
     A bad callback was a raw TypeError at the first progress, with pages already written; an
     async one, never awaited, was silent.
@@ -224,6 +227,14 @@ def check_run(
     client.customers.list_rows(page_size=page_size, concurrency=concurrency, **filters)
     if callback is not None and not callable(callback):
         raise InvalidRequestError(f"{callback_name} must be a function, not {short(callback)}")
+    if callback is not None and not _takes(callback, callback_takes):
+        # `lambda: ...`, or on_total(done) for on_total(done, planned): a raw TypeError at
+        # the first progress, after the first page was written (a sharded export's plan made
+        # and its parts begun).
+        said = "one argument" if callback_takes == 1 else f"{callback_takes} arguments"
+        raise InvalidRequestError(
+            f"{callback_name} must take {said} (it is called with {said}), not {short(callback)}"
+        )
     # Called after every page, never awaited: an async one made a coroutine that never ran
     # (a RuntimeWarning a page), and the export ended having told its caller nothing.
     if callback is not None and (
@@ -234,6 +245,20 @@ def check_run(
             f"{callback_name} must be a plain function (called after every page, not awaited),"
             f" not a coroutine function: {short(callback)}"
         )
+
+
+def _takes(callback: Callable[..., Any], count: int) -> bool:
+    """Whether ``callback`` can be called with ``count`` positional arguments (True when its
+    signature cannot be read: a builtin's, taken as it was)."""
+    try:
+        signature = inspect.signature(callback)
+    except (TypeError, ValueError):
+        return True
+    try:
+        signature.bind(*range(count))
+    except TypeError:
+        return False
+    return True
 
 
 async def _plan(

@@ -319,6 +319,7 @@ async def test_bad_input_sends_nothing(
         {"concurrency": "1"},
         # A raw TypeError at the first progress, after the plan.
         {"on_total": 5},
+        {"on_total": lambda done: None},
         # A raw ValueError: the message wrote out an integer of 5,000 digits.
         {"format": 10**5000},
         {"parallel": 0},
@@ -327,6 +328,7 @@ async def test_bad_input_sends_nothing(
         "page_size 0",
         "concurrency a str",
         "on_total an int",
+        "on_total of one argument",
         "format 5,000 digits",
         "parallel 0",
     ],
