@@ -133,6 +133,12 @@ async def late_check(
     # first count (the part locked and read), and taken silently where nothing was due.
     check_concurrency(concurrency, "late_check(): concurrency")
     check_path_type("late_check", "directory", directory)
+    if manifest is not None and not isinstance(manifest, Manifest):
+        # A manifest sent as JSON (a task queue's) was a raw AttributeError from deep inside.
+        raise InvalidRequestError(
+            "late_check(): manifest must be a Manifest or None (the directory's is read), "
+            f"not {type(manifest).__name__}"
+        )
     where = Path(directory)
     if manifest is None:
         manifest = Manifest.read(where)

@@ -28,7 +28,7 @@ from typing_extensions import Unpack
 from .._client import DMHubClient
 from .._exceptions import InvalidRequestError
 from .._threads import file_work
-from .._validate import check_path_type, short
+from .._validate import check_path_type, is_collection, short
 from ..export import ExportReport
 from ..export._export import Verify, check_verify
 from ..resources._filters import check_filter_names
@@ -134,6 +134,12 @@ async def record_results(
             or another ``record_results``).
     """
     check_path_type("record_results", "directory", directory)
+    if isinstance(results, Mapping) or not is_collection(results):
+        # None was a raw TypeError, and one result (a mapping) was read as a list of its keys.
+        raise InvalidRequestError(
+            "record_results(): results must be a list of shard_result()'s results (one in a "
+            f"list of one), not {type(results).__name__}"
+        )
     where = Path(directory)
     given = list(results)
     with coordinating(where):

@@ -175,6 +175,41 @@ async def test_a_result_of_another_plan_is_refused_before_anything_is_written(
     assert not (tmp_path / "nothing").exists()
 
 
+async def test_a_manifest_or_results_of_another_kind_are_refused_naming_them(
+    tmp_path: Path,
+) -> None:
+    # late_check(dm, out, manifest_as_json) (a Celery task's manifest arrives as JSON) was a raw
+    # "AttributeError: 'dict' object has no attribute 'id_list_length'", record_results(out,
+    # None) a raw "TypeError: 'NoneType' object is not iterable", and record_results(out, one)
+    # took a single result as a list of its keys ("not a result of shard_result(): 'complete'").
+    out = tmp_path / "june"
+    async with (
+        DMHubSimulator(customers=100, seed=16) as sim,
+        DMHubClient(sim.app_id, sim.secret, base_url=sim.url) as dm,
+    ):
+        manifest = await plan_directory(dm, out, 2)
+        results = await every_part(sim, manifest, out)
+        before = (out / "manifest.json").read_bytes()
+        as_json = json.loads(before)
+        sent: list[str] = []
+        sim.on_request(lambda request: sent.append(request.path))
+        with pytest.raises(
+            InvalidRequestError, match=r"^late_check\(\): manifest must be a Manifest or None"
+        ):
+            await late_check(dm, out, as_json)
+        for given in (None, results[0], 5):
+            with pytest.raises(
+                InvalidRequestError,
+                match=r"^record_results\(\): results must be a list of shard_result\(\)'s",
+            ):
+                await record_results(out, given)
+        assert sent == []
+        assert (out / "manifest.json").read_bytes() == before
+        recorded = await record_results(out, results)  # as a list: recorded
+        assert await late_check(dm, out, recorded) is not None
+    assert recorded.complete
+
+
 async def test_a_result_whose_part_was_written_again_since_is_not_recorded(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
