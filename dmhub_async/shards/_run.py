@@ -105,6 +105,9 @@ async def export_shard(
     """
     if not isinstance(shard, Shard):
         raise InvalidRequestError(f"export_shard(): expected a Shard, not {type(shard).__name__}")
+    # In this function's name: export_customers' refusal named export_customers().
+    check_flag("export_shard", "progress", progress)
+    check_verify(verify, "export_shard(): ")
     if shard.detached:
         shard = shard.with_ids(await _id_list(Path(dest).parent, shard))
     return await export_customers(

@@ -261,6 +261,31 @@ async def test_bad_input_is_refused_before_anything_is_sent_or_written(tmp_path:
     assert [p for p in sent if p.startswith("/v1/customers")] == []
 
 
+@pytest.mark.parametrize(
+    ("options", "said"),
+    [
+        ({"progress": "no"}, "progress must be True or False, not 'no'"),
+        ({"verify": "never"}, "verify must be 'auto' or 'always', not 'never'"),
+    ],
+    ids=["progress", "verify"],
+)
+async def test_export_shard_refuses_a_bad_setting_in_its_own_name(
+    tmp_path: Path, options: dict[str, Any], said: str
+) -> None:
+    # "export_customers(): progress must be True or False": a function the task never called.
+    async with (
+        DMHubSimulator(customers=20, seed=17) as sim,
+        DMHubClient(sim.app_id, sim.secret, base_url=sim.url) as dm,
+    ):
+        shard = (await plan_directory(dm, tmp_path / "june", 2)).shards[0].shard
+        before = dm.stats.requests
+        with pytest.raises(InvalidRequestError) as caught:
+            await export_shard(dm, shard, tmp_path / "june" / "part.jsonl", **options)
+        assert str(caught.value) == f"export_shard(): {said}"
+        assert dm.stats.requests == before
+    assert not (tmp_path / "june" / "part.jsonl").exists()
+
+
 async def test_a_finishing_task_run_again_after_the_late_check_changes_nothing(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
