@@ -506,6 +506,23 @@ async def test_t5_spellings_of_one_base_url_share_one_token(clock: Any) -> None:
     assert sim.counters.errors[40001] == 0
 
 
+async def _refused_with_no_token_fetched(
+    url: str, prepare: Any = None, **settings: Any
+) -> list[Any]:
+    """What two clients taking turns (two processes, a store each on one Redis at ``url``)
+    got, each call refused with an unsafe TokenStoreError and no token fetched."""
+    stores = [RedisTokenStore(url, **settings) for _ in range(2)]
+    try:
+        outcomes, issued = await two_processes_take_turns(stores, prepare)
+    finally:
+        for store in stores:
+            await store.aclose()
+    assert issued == 0
+    assert all(isinstance(outcome, TokenStoreError) for outcome in outcomes), outcomes
+    assert all(outcome.unsafe for outcome in outcomes)
+    return outcomes
+
+
 @pytest.mark.parametrize(
     "how",
     ["no password", "a wrong password", "no permission", "no scripts", "no such database"],
@@ -535,16 +552,7 @@ async def test_a_redis_that_refuses_the_store_is_an_error_not_a_revocation_loop(
         redis.command("CONFIG", "SET", "requirepass", "rightpw")
         if how == "a wrong password":
             url = url.replace("redis://", "redis://:hunter2@")
-    stores = [RedisTokenStore(url) for _ in range(2)]  # two processes, two connections
-    try:
-        outcomes, issued = await two_processes_take_turns(stores)
-    finally:
-        for store in stores:
-            await store.aclose()
-
-    assert issued == 0
-    assert all(isinstance(outcome, TokenStoreError) for outcome in outcomes), outcomes
-    assert all(outcome.unsafe for outcome in outcomes)
+    outcomes = await _refused_with_no_token_fetched(url)
     assert "hunter2" not in str(outcomes[0])
 
 
@@ -557,21 +565,12 @@ async def test_a_lock_key_that_never_expires_is_an_error_not_waited_for_at_every
     then fetched a token without the store, revoking the others' (two clients taking turns:
     10 tokens for 10 calls), its WARNING saying the store "did not answer". It is an error
     to fix, naming the key, with no token fetched."""
-    stores = [RedisTokenStore(redis.url, lock_timeout=0.2) for _ in range(2)]
 
     async def stuck(sim: Any) -> None:
         key = token_key(sim.url, sim.app_id, sim.secret)
         assert redis.command("SET", f"dmhub_async:token:{key}:lock", "someone") == "+OK"
 
-    try:
-        outcomes, issued = await two_processes_take_turns(stores, stuck)
-    finally:
-        for store in stores:
-            await store.aclose()
-
-    assert issued == 0
-    assert all(isinstance(outcome, TokenStoreError) for outcome in outcomes), outcomes
-    assert all(outcome.unsafe for outcome in outcomes)
+    outcomes = await _refused_with_no_token_fetched(redis.url, stuck, lock_timeout=0.2)
     assert "never expires" in str(outcomes[0])
 
 
@@ -613,16 +612,7 @@ async def test_a_redis_that_runs_no_scripts_is_an_error_not_fetched_around(
     turns: 10 tokens for 10 calls). It is an error to fix, as an ACL user without the scripts
     is, with no token fetched."""
     with redis_without_scripts(tmp_path) as redis:
-        stores = [RedisTokenStore(redis.url) for _ in range(2)]
-        try:
-            outcomes, issued = await two_processes_take_turns(stores)
-        finally:
-            for store in stores:
-                await store.aclose()
-
-    assert issued == 0
-    assert all(isinstance(outcome, TokenStoreError) for outcome in outcomes), outcomes
-    assert all(outcome.unsafe for outcome in outcomes)
+        outcomes = await _refused_with_no_token_fetched(redis.url)
     assert "Redis does not know that command" in str(outcomes[0])
 
 
@@ -641,18 +631,8 @@ async def test_a_store_url_that_names_no_redis_is_an_error_not_fetched_around() 
 
     server = await asyncio.start_server(web_server, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    stores = [RedisTokenStore(f"redis://127.0.0.1:{port}/0") for _ in range(2)]
-    try:
-        outcomes, issued = await two_processes_take_turns(stores)
-    finally:
-        for store in stores:
-            await store.aclose()
-        server.close()
-        await server.wait_closed()
-
-    assert issued == 0
-    assert all(isinstance(outcome, TokenStoreError) for outcome in outcomes), outcomes
-    assert all(outcome.unsafe for outcome in outcomes)
+    async with server:
+        outcomes = await _refused_with_no_token_fetched(f"redis://127.0.0.1:{port}/0")
     assert "does not answer as a Redis does" in str(outcomes[0])
 
 
