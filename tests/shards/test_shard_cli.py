@@ -845,6 +845,20 @@ def test_a_queue_password_changed_mid_run_is_said_at_once_with_where_it_goes(
     assert "first-pw" not in stderr
 
 
+def _worker_of_user_w(tmp_path: Path, url: str, *flags: str) -> subprocess.CompletedProcess[str]:
+    """``worker --redis URL --burst FLAGS`` run to its end against a simulator of 10
+    customers, as Redis user ``w`` (its password in $DMHUB_REDIS_PASSWORD)."""
+    with sim_process(10) as sim:
+        return subprocess.run(
+            [sys.executable, "-m", "dmhub_async", "worker", "--redis", url, "--burst", *flags],
+            env=sim.env(XDG_CACHE_HOME=str(tmp_path / "cache"), DMHUB_REDIS_PASSWORD="w-pw"),
+            capture_output=True,
+            text=True,
+            timeout=150,
+            check=False,
+        )
+
+
 def test_a_worker_whose_redis_refuses_its_shared_rate_limit_stops_as_it_starts(
     tmp_path: Path, redis: RedisServer
 ) -> None:
@@ -856,16 +870,7 @@ def test_a_worker_whose_redis_refuses_its_shared_rate_limit_stops_as_it_starts(
     acl = ("ACL", "SETUSER", "w", "on", ">w-pw", "~arq:*", "~dmhub_async:*", "&*", "+@all")
     assert redis.command(*acl) == "+OK"
     url = f"redis://w@127.0.0.1:{redis.port}/0"
-    with sim_process(10) as sim:
-        command = ["worker", "--redis", url, "--rate-limit", "50", "--burst"]
-        run = subprocess.run(
-            [sys.executable, "-m", "dmhub_async", *command],
-            env=sim.env(XDG_CACHE_HOME=str(tmp_path / "cache"), DMHUB_REDIS_PASSWORD="w-pw"),
-            capture_output=True,
-            text=True,
-            timeout=150,
-            check=False,
-        )
+    run = _worker_of_user_w(tmp_path, url, "--rate-limit", "50")
 
     assert run.returncode == 1, run.stderr
     where = f"redis://127.0.0.1:{redis.port}/0"
@@ -887,18 +892,7 @@ def test_a_worker_whose_redis_refuses_its_token_stores_lock_stops_as_it_starts(
     acl = ("ACL", "SETUSER", "w", "on", ">w-pw", "~*", "&*", "+@all", "-evalsha", "-eval")
     assert redis.command(*acl) == "+OK"
     url = f"redis://w@127.0.0.1:{redis.port}/0"
-    with sim_process(10) as sim:
-        command = ["worker", "--redis", url, "--burst"]
-        if given:
-            command += ["--token-store", url]
-        run = subprocess.run(
-            [sys.executable, "-m", "dmhub_async", *command],
-            env=sim.env(XDG_CACHE_HOME=str(tmp_path / "cache"), DMHUB_REDIS_PASSWORD="w-pw"),
-            capture_output=True,
-            text=True,
-            timeout=150,
-            check=False,
-        )
+    run = _worker_of_user_w(tmp_path, url, *(("--token-store", url) if given else ()))
 
     assert run.returncode == 1, run.stderr
     assert run.stderr == (
