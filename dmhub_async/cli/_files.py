@@ -24,7 +24,7 @@ from .._atomic import held as live_run_holds
 from .._atomic import hold, replacing
 from .._exceptions import InvalidRequestError
 from ..export._export import check_output_name
-from ..export._output import check_path
+from ..export._output import check_path, wait_for_room
 from ..export._writers import is_utf8, scan
 from ._errors import CommandError, Interrupted, UsageError, interruptible, unnamed_write_error
 
@@ -106,7 +106,7 @@ class _SignalledStdout(io.BufferedIOBase):
                             # Set non-blocking by another (a Node.js parent, a CI runner):
                             # full, it failed the run; it waits for room as a blocking pipe
                             # does (a signal stops the wait too).
-                            select.select([], [self._fd], [])
+                            wait_for_room(self._fd)
             else:
                 self._write_until_stopped(view)
         except Interrupted:

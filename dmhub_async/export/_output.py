@@ -31,7 +31,7 @@ from .._threads import on_thread
 from ._checkpoint import Checkpoint, ExportScope, read_checkpoint, write_checkpoint
 from ._writers import Scan, scan
 
-__all__ = ["Output", "check_path", "open_output"]
+__all__ = ["Output", "check_path", "open_output", "wait_for_room"]
 
 logger = logging.getLogger("dmhub_async")
 #: Open without following a link, and without blocking on a FIFO (where the OS has them).
@@ -407,11 +407,12 @@ def _write_all(raw: io.RawIOBase, data: bytes) -> None:
             if written is None:
                 return  # a write that says nothing: taken whole
             raise OSError(errno.EIO, "the stream wrote nothing of what it was given")
-        _wait_for_room(fd)  # full: until its reader makes room
+        wait_for_room(fd)  # full: until its reader makes room
 
 
-def _wait_for_room(fd: int) -> None:
-    """Until ``fd`` can be written to (or has failed: the write then says how)."""
+def wait_for_room(fd: int) -> None:
+    """Until ``fd`` can be written to (or has failed: the write then says how): a full
+    non-blocking pipe waited for as a blocking write waits (a signal ends the wait too)."""
     if hasattr(select, "poll"):  # any file number (select() takes none past 1023)
         poller = select.poll()
         poller.register(fd, select.POLLOUT)
