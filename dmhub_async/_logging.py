@@ -26,8 +26,25 @@ def show_log(level: int) -> None:
     if _handler is None:
         _handler = logging.StreamHandler()
         _handler.setFormatter(logging.Formatter(_FORMAT))
+        _handler.addFilter(_not_shown_by_the_root)
         logger.addHandler(_handler)
     logger.setLevel(level)
+
+
+def _not_shown_by_the_root(record: logging.LogRecord) -> bool:
+    """Whether the switch's handler shows ``record``: not when a handler of the root logger
+    shows it on the same stream, in the application's own format.
+
+    The library's records go on to the root's handlers as any library's do: with the
+    application's ``logging.basicConfig`` beside ``DMHUB_LOG``, each line was on stderr twice.
+    A root handler that writes elsewhere (a file), or not at the record's level, leaves it
+    to this one.
+    """
+    stream = getattr(_handler, "stream", None)
+    return not any(
+        getattr(handler, "stream", None) is stream and record.levelno >= handler.level
+        for handler in logging.getLogger().handlers
+    )
 
 
 def setup_logging() -> None:

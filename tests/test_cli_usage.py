@@ -894,3 +894,53 @@ def test_a_ctrl_c_as_a_finished_command_exits_keeps_its_outcome(
     assert "stopped by" not in err
     assert json.loads(out.splitlines()[-1])["complete"] is True
     assert len((tmp_path / "d.jsonl").read_bytes().splitlines()) == 30
+
+
+@pytest.mark.parametrize(
+    ("root", "ours", "apps"),
+    [
+        ("logging.basicConfig(level=logging.DEBUG, format='APP %(message)s')", 0, 1),
+        ("logging.basicConfig(level=logging.WARNING, format='APP %(message)s')", 0, 1),
+        (
+            "h = logging.StreamHandler(); h.setLevel(logging.WARNING);"
+            " h.setFormatter(logging.Formatter('APP %(message)s'));"
+            " logging.getLogger().addHandler(h)",
+            1,
+            0,
+        ),
+        ("logging.basicConfig(filename='app.log', format='APP %(message)s')", 1, 0),
+    ],
+    ids=["basicConfig", "basicConfig at WARNING", "a stderr handler at WARNING", "to a file"],
+)
+def test_dmhub_log_beside_the_applications_logging_shows_each_line_once(
+    served: ServedSimulator, env: dict[str, str], tmp_path: Path, root: str, ours: int, apps: int
+) -> None:
+    # DMHUB_LOG=debug beside the application's own logging.basicConfig printed each of the
+    # library's lines twice on stderr: the switch's handler's, and the root's (the records
+    # propagate, as any library's). A root handler on stderr shows it now, in the
+    # application's format; one that shows nothing at that level, or writes to a file, leaves
+    # it to the switch.
+    script = (
+        "import asyncio, logging\n"
+        f"{root}\n"
+        "from dmhub_async import DMHubClient\n"
+        "async def main():\n"
+        "    async with DMHubClient() as dm:\n"
+        "        print(await dm.customers.count())\n"
+        "asyncio.run(main())\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        env={**env, "DMHUB_LOG": "debug"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=tmp_path,
+    )
+
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stderr.splitlines() if "GET /v1/customers/count" in line]
+    assert sum("DEBUG dmhub_async: GET" in line for line in lines) == ours, result.stderr
+    assert sum(line.startswith("APP GET") for line in lines) == apps, result.stderr
+    assert len(lines) == 1, result.stderr
