@@ -647,15 +647,13 @@ def _as_compared(filters: dict[str, Any]) -> dict[str, Any]:
     export's checkpoint, which records the query as sent, resumed.
     """
     compared = dict(filters)
-    if compared.get("stage") == "":
-        compared["stage"] = EMPTY_STAGE
-    if compared.get("select") is not None:
-        try:
-            sent = customer_filter_params("export_sharded", {"select": compared["select"]})
-        except InvalidRequestError:  # not a select this SDK sends: compared as it is
-            pass
-        else:
-            compared["select"] = sent["select"]
+    for name in ("stage", "select"):
+        if compared.get(name) is not None:
+            try:
+                sent = customer_filter_params("export_sharded", {name: compared[name]})
+            except InvalidRequestError:  # not one this SDK sends: compared as it is
+                continue
+            compared[name] = sent[name]
     ids = compared.get("id_list")
     if not isinstance(ids, list):
         return compared
