@@ -429,11 +429,13 @@ def test_verbose_shows_requests_and_retries_without_the_token(
     assert token not in result.stderr
 
 
-@pytest.mark.parametrize(("value", "shown"), [("debug", True), ("info", False), ("", False)])
-def test_dmhub_log_shows_the_library_log(
-    served: ServedSimulator, env: dict[str, str], tmp_path: Path, value: str, shown: bool
-) -> None:
+def _count_with_dmhub_log(
+    env: dict[str, str], value: str, first: str = "", cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """A program that runs ``first``, then counts the customers with DMHubClient(), run to
+    its end with ``DMHUB_LOG=value``."""
     script = (
+        f"{first}\n"
         "import asyncio\n"
         "from dmhub_async import DMHubClient\n"
         "async def main():\n"
@@ -441,14 +443,22 @@ def test_dmhub_log_shows_the_library_log(
         "        print(await dm.customers.count())\n"
         "asyncio.run(main())\n"
     )
-    result = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-c", script],
         env={**env, "DMHUB_LOG": value},
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
+        cwd=cwd,
     )
+
+
+@pytest.mark.parametrize(("value", "shown"), [("debug", True), ("info", False), ("", False)])
+def test_dmhub_log_shows_the_library_log(
+    served: ServedSimulator, env: dict[str, str], tmp_path: Path, value: str, shown: bool
+) -> None:
+    result = _count_with_dmhub_log(env, value)
 
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == str(CUSTOMERS)
@@ -920,24 +930,7 @@ def test_dmhub_log_beside_the_applications_logging_shows_each_line_once(
     # propagate, as any library's). A root handler on stderr shows it now, in the
     # application's format; one that shows nothing at that level, or writes to a file, leaves
     # it to the switch.
-    script = (
-        "import asyncio, logging\n"
-        f"{root}\n"
-        "from dmhub_async import DMHubClient\n"
-        "async def main():\n"
-        "    async with DMHubClient() as dm:\n"
-        "        print(await dm.customers.count())\n"
-        "asyncio.run(main())\n"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        env={**env, "DMHUB_LOG": "debug"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        cwd=tmp_path,
-    )
+    result = _count_with_dmhub_log(env, "debug", first=f"import logging; {root}", cwd=tmp_path)
 
     assert result.returncode == 0, result.stderr
     lines = [line for line in result.stderr.splitlines() if "GET /v1/customers/count" in line]
