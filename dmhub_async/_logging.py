@@ -38,11 +38,17 @@ def _not_shown_by_the_root(record: logging.LogRecord) -> bool:
     The library's records go on to the root's handlers as any library's do: with the
     application's ``logging.basicConfig`` beside ``DMHUB_LOG``, each line was on stderr twice.
     A root handler that writes elsewhere (a file), or not at the record's level, leaves it
-    to this one.
+    to this one; so does one with filters of its own (it may drop the library's records), and
+    every root handler when the records do not reach the root (``propagate`` turned off, as
+    applications do against lines shown twice): either way, no line was shown at all.
     """
+    if not logger.propagate:
+        return True
     stream = getattr(_handler, "stream", None)
     return not any(
-        getattr(handler, "stream", None) is stream and record.levelno >= handler.level
+        getattr(handler, "stream", None) is stream
+        and record.levelno >= handler.level
+        and not handler.filters
         for handler in logging.getLogger().handlers
     )
 

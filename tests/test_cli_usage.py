@@ -919,8 +919,28 @@ def test_a_ctrl_c_as_a_finished_command_exits_keeps_its_outcome(
             0,
         ),
         ("logging.basicConfig(filename='app.log', format='APP %(message)s')", 1, 0),
+        (
+            "logging.basicConfig(level=logging.DEBUG, format='APP %(message)s');"
+            " logging.getLogger('dmhub_async').propagate = False",
+            1,
+            0,
+        ),
+        (
+            "logging.basicConfig(level=logging.DEBUG, format='APP %(message)s');"
+            " logging.getLogger().handlers[0].addFilter("
+            "lambda record: not record.name.startswith('dmhub_async'))",
+            1,
+            0,
+        ),
     ],
-    ids=["basicConfig", "basicConfig at WARNING", "a stderr handler at WARNING", "to a file"],
+    ids=[
+        "basicConfig",
+        "basicConfig at WARNING",
+        "a stderr handler at WARNING",
+        "to a file",
+        "basicConfig, the library not propagating",
+        "basicConfig filtering the library out",
+    ],
 )
 def test_dmhub_log_beside_the_applications_logging_shows_each_line_once(
     served: ServedSimulator, env: dict[str, str], tmp_path: Path, root: str, ours: int, apps: int
@@ -929,7 +949,8 @@ def test_dmhub_log_beside_the_applications_logging_shows_each_line_once(
     # library's lines twice on stderr: the switch's handler's, and the root's (the records
     # propagate, as any library's). A root handler on stderr shows it now, in the
     # application's format; one that shows nothing at that level, or writes to a file, leaves
-    # it to the switch.
+    # it to the switch. So does a root handler with a filter (it may drop the library's lines),
+    # and every one when the library's logger does not propagate: both showed no line at all.
     result = _count_with_dmhub_log(env, "debug", first=f"import logging; {root}", cwd=tmp_path)
 
     assert result.returncode == 0, result.stderr
