@@ -402,13 +402,10 @@ _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 #: Headers the client writes itself, from the request: one given in ``extra_headers`` framed the
 #: request otherwise than its body (``Content-Length: 5`` sent five bytes of a create's JSON
 #: and the rest as the start of the next request on the connection, the service's 400 "Invalid
-#: method"), or sent it elsewhere than ``base_url`` says. And ``Accept-Encoding``: the client
-#: decompresses answers itself, gzip and deflate alone; asked for ``br``, a service's br
-#: answer to a create it had written was refused as "compressed as 'br', which this client
-#: did not ask for", its outcome unknown.
+#: method"), or sent it elsewhere than ``base_url`` says. (``Accept-Encoding`` is checked on its
+#: own: :func:`_check_accept_encoding`.)
 _CLIENT_HEADERS: Final = frozenset(
     {
-        "accept-encoding",
         "connection",
         "content-encoding",
         "content-length",
@@ -423,6 +420,39 @@ _CLIENT_HEADERS: Final = frozenset(
         "upgrade",
     }
 )
+
+
+#: The content codings the client reads an answer in (``_session._decompressor``).
+_READABLE_CODINGS: Final = frozenset({"gzip", "x-gzip", "deflate", "identity"})
+
+
+def _check_accept_encoding(value: str) -> None:
+    """An ``Accept-Encoding`` that asks only for codings the client reads, or
+    InvalidRequestError.
+
+    The client decompresses answers itself, gzip and deflate alone: asked for ``br`` (or
+    ``*``), a service's br answer to a create it had written was refused as "compressed as
+    'br', which this client did not ask for", its outcome unknown. One that asks for less
+    (``identity``: no compression; ``gzip``) is the caller's to send: it was refused too.
+    """
+    for item in value.split(","):
+        coding, *params = (part.strip() for part in item.split(";"))
+        if not coding:
+            continue
+        weight = 1.0
+        for param in params:
+            key, _, number = param.partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    weight = float(number)
+                except ValueError:
+                    weight = 1.0  # unreadable: taken as asked for
+        if weight != 0 and coding.lower() not in _READABLE_CODINGS:
+            raise InvalidRequestError(
+                f"extra_headers: Accept-Encoding asks for {short(coding)}, which the client"
+                " does not read: it decompresses answers itself, gzip and deflate alone (or"
+                " none: identity)"
+            )
 
 
 #: The longest header line (``name: value``) a request may have: nginx reads a line into an
@@ -453,14 +483,16 @@ def _checked_headers(headers: object) -> dict[str, str]:
             raise InvalidRequestError(f"extra_headers: {short(name)} is no header name")
         if name.lower() in _CLIENT_HEADERS:
             raise InvalidRequestError(
-                f"extra_headers: {name} is the client's to write (the request's framing, the"
-                " encodings it reads, or base_url's host)"
+                f"extra_headers: {name} is the client's to write (the request's framing, or"
+                " base_url's host)"
             )
         if not isinstance(value, str) or not value.isprintable() or not value.isascii():
             # isprintable() refuses CR, LF, NUL and lone surrogates; a header is ASCII.
             raise InvalidRequestError(
                 f"extra_headers: the value of {name} must be printable ASCII text"
             )
+        if name.lower() == "accept-encoding":
+            _check_accept_encoding(value)
         if name.lower() == "user-agent":
             name, value = "User-Agent", f"{USER_AGENT} {value}" if value else USER_AGENT
         line = len(name) + len(": ") + len(value)  # ASCII: a byte a character

@@ -1536,7 +1536,8 @@ def test_settings_that_are_objects_are_checked_when_the_client_is_made(no_env, k
         # The client decompresses answers itself, gzip and deflate alone: asked for br, the
         # service's br answer to a create (written) was "compressed as 'br', which this client
         # did not ask for", outcome unknown.
-        ({"accept-encoding": "gzip, deflate, br"}, "the client's to write"),
+        ({"accept-encoding": "gzip, deflate, br"}, "asks for 'br', which the client does not"),
+        ({"Accept-Encoding": "gzip, *;q=0.5"}, "asks for '\\*', which the client does not"),
     ],
     ids=[
         "a line break",
@@ -1550,7 +1551,8 @@ def test_settings_that_are_objects_are_checked_when_the_client_is_made(no_env, k
         "host",
         "connection",
         "content-type",
-        "accept-encoding",
+        "accept-encoding br",
+        "accept-encoding any",
     ],
 )
 def test_with_options_checks_its_headers_when_made(no_env, headers, said):
@@ -1562,6 +1564,30 @@ def test_with_options_checks_its_headers_when_made(no_env, headers, said):
     with pytest.raises(InvalidRequestError, match="retry must be a RetryPolicy"):
         dm.with_options(retry=5)  # type: ignore[arg-type]
     assert dm.with_options(extra_headers={"X-Trace": "abc-123"}) is not dm
+
+
+@pytest.mark.parametrize(
+    "accepted", ["identity", "gzip", "gzip;q=1.0, identity;q=0.5", "gzip, br;q=0", ""]
+)
+async def test_with_options_sends_an_accept_encoding_of_what_the_client_reads(accepted):
+    # Refused as "the client's to write" since br was (the client reads gzip and deflate
+    # alone): one asking for no compression (identity), or for gzip alone, was refused too,
+    # though every answer to it is one the client reads.
+    async with (
+        DMHubSimulator(customers=3) as sim,
+        DMHubClient(sim.app_id, sim.secret, base_url=sim.url) as dm,
+    ):
+        sent: list[str | None] = []
+
+        @sim.on_request
+        def note(request: web.Request) -> None:
+            if request.path == "/v1/customers/count":
+                sent.append(request.headers.get("Accept-Encoding"))
+
+        derived = dm.with_options(extra_headers={"Accept-Encoding": accepted})
+        assert await derived.customers.count() == 3
+
+    assert sent == [accepted]
 
 
 def test_with_options_refuses_a_header_line_no_server_takes(no_env):
