@@ -546,6 +546,41 @@ async def test_progress_and_the_bar_include_what_the_final_check_recovers(
     assert "601/601" in bar.fp.getvalue().split("\r")[-1]
 
 
+async def test_the_final_check_fetches_as_many_customers_a_request_as_the_pages_hold(
+    tmp_path: Path,
+) -> None:
+    # The customers the final check found missing were fetched 100 a request whatever the
+    # page size: with large custom fields, a page size chosen to keep each page under
+    # max_response_size (the CLI's advice for a page too large to read) walked every page,
+    # then failed at the check, ResponseTooLargeError, after its whole walk.
+    blob = "x" * 5000  # some 5 KB a customer: a page of 10 under the cap, one of 60 over it
+    async with DMHubSimulator() as sim:
+        for number in range(200):
+            sim.insert_customer({"name": f"c{number}", "attr": {"blob": blob}})
+        counts: list[str] = []
+        asked: list[str] = []
+
+        def note(request: Any) -> None:
+            if request.path == "/v1/customers/count":
+                counts.append(request.path)
+                if len(counts) == 2:  # the count after the walk: 60 sign-ups meanwhile
+                    for number in range(60):
+                        sim.insert_customer({"name": f"new{number}", "attr": {"blob": blob}})
+            elif request.path == "/v1/customers" and "idList" in request.query:
+                asked.append(request.query["rows"])
+
+        sim.on_request(note)
+        async with DMHubClient(
+            sim.app_id, sim.secret, base_url=sim.url, max_response_size=200_000
+        ) as dm:
+            report = await export_customers(dm, tmp_path / "p.jsonl", page_size=10)
+
+    assert report.complete
+    assert (report.exported, report.recovered) == (260, 60)
+    assert len(read_jsonl(tmp_path / "p.jsonl")) == 260
+    assert set(asked) == {"10"}
+
+
 # -- failures, checkpoints and resume ---------------------------------------------------------
 
 

@@ -509,7 +509,16 @@ class _Run:
             if verify == "always" or self._may_have_missed(paginator):
                 self._aim_at(report.count_after)  # what the check makes the file hold
                 report.verified, report.count_after = await final_check(
-                    client, filters, self.written, self._recover, self._rows, concurrency, retries
+                    client,
+                    filters,
+                    self.written,
+                    self._recover,
+                    self._rows,
+                    concurrency,
+                    retries,
+                    # As many a request as its pages hold: 100 customers whose attr is large
+                    # were more than the client reads, where a smaller page size had passed.
+                    fetch_size=self.page_size,
                 )
         finally:
             if self.bar is not None:

@@ -38,7 +38,8 @@ _MASK = (1 << 64) - 1
 _MIX = 0x9E3779B97F4A7C15  # an odd constant: a second sum of the ids, spread differently
 #: Steps of the search for the start page (2**40 pages is beyond any service).
 _MAX_PROBES = 80
-#: Ids fetched a request: one page of the service's largest size.
+#: Ids fetched a request by default: one page of the service's largest size (an export fetches
+#: as many as its pages hold).
 _FETCH_BATCH = 100
 
 
@@ -127,15 +128,17 @@ async def final_check(
     rows: Callable[..., AsyncPaginator[Any]],
     concurrency: int,
     retries: Retries,
+    fetch_size: int = _FETCH_BATCH,
 ) -> tuple[bool, int | None]:
     """Whether every customer matching ``filters`` is in ``written``, and the last count.
 
     Customers missing from the file are fetched by id through ``rows`` (the export's walk,
-    given filters to add) and handed to ``append`` (which writes them and adds them to
-    ``written``). A round passes when the count before the id walk, the
-    count after it and the ids it saw agree, every id it saw is now written, and the walk had
-    no unverified page; otherwise customers changed during it and it runs again,
-    :data:`CHECK_ROUNDS` times at most.
+    given filters to add), ``fetch_size`` a request (the export's page size: a page of 100
+    whole customers may be more than the client reads, where the export's own pages were
+    not), and handed to ``append`` (which writes them and adds them to ``written``). A round
+    passes when the count before the id walk, the count after it and the ids it saw agree,
+    every id it saw is now written, and the walk had no unverified page; otherwise customers
+    changed during it and it runs again, :data:`CHECK_ROUNDS` times at most.
     """
     count = None
     previous: tuple[int, int, int] | None = None
@@ -155,11 +158,11 @@ async def final_check(
                     total = (total + value) & _MASK
                     mixed = (mixed + (((value * _MIX) & _MASK) ^ (value >> 29))) & _MASK
                 missing += [i for i in ids if i is not None and i not in written]
-                if len(missing) >= _FETCH_BATCH:
-                    unfetched += await _fetch(rows, missing, written, append, retries)
+                if len(missing) >= fetch_size:
+                    unfetched += await _fetch(rows, missing, written, append, retries, fetch_size)
                     missing = []
         retries.taken += walk.stats.retries
-        unfetched += await _fetch(rows, missing, written, append, retries)
+        unfetched += await _fetch(rows, missing, written, append, retries, fetch_size)
         count = await retries.count(client, filters)
         fingerprint = (seen, total, mixed)
         # Two walks in a row must see the same customers: under churn balanced between two
@@ -182,11 +185,13 @@ async def _fetch(
     written: IdSet,
     append: Callable[[Sequence[Any]], Awaitable[None]],
     retries: Retries,
+    size: int,
 ) -> int:
-    """Fetch ``ids`` and append them; how many did not come (gone, or changed since)."""
-    for start in range(0, len(ids), _FETCH_BATCH):
-        batch = ids[start : start + _FETCH_BATCH]
-        found = await retries.to_list(rows(page_size=_FETCH_BATCH, id_list=batch))
+    """Fetch ``ids``, ``size`` a request, and append them; how many did not come (gone, or
+    changed since)."""
+    for start in range(0, len(ids), size):
+        batch = ids[start : start + size]
+        found = await retries.to_list(rows(page_size=size, id_list=batch))
         if found:
             await append(found)
     return sum(1 for i in ids if i not in written)
