@@ -16,6 +16,7 @@ docs/reliability.md, "Resuming an export", has the scenarios and their figures.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
@@ -23,6 +24,7 @@ from typing import Any, TypeVar
 import attrs
 
 from .._client import DMHubClient
+from .._exceptions import ResponseTooLargeError
 from .._pagination import AsyncPaginator
 from .._sansio import date_of
 from ._ids import IdSet
@@ -188,10 +190,30 @@ async def _fetch(
     size: int,
 ) -> int:
     """Fetch ``ids``, ``size`` a request, and append them; how many did not come (gone, or
-    changed since)."""
-    for start in range(0, len(ids), size):
-        batch = ids[start : start + size]
-        found = await retries.to_list(rows(page_size=size, id_list=batch))
+    changed since).
+
+    A batch whose answer is larger than the client reads is fetched again in two halves: a
+    sharded export's late check, which knows no page size, fetched 100 customers whose attr
+    is large a request, over ``max_response_size``, and failed with ResponseTooLargeError
+    after its walk, where the shards' smaller pages had passed. One customer too large for
+    it is raised.
+    """
+    # Each batch with the page size it is asked for: a half asks for as many rows as it has
+    # ids, so a service that ignores idList (answering whole pages) is cut short too.
+    pending = collections.deque(
+        (ids[start : start + size], size) for start in range(0, len(ids), size)
+    )
+    while pending:
+        batch, rows_asked = pending.popleft()
+        try:
+            found = await retries.to_list(rows(page_size=rows_asked, id_list=batch))
+        except ResponseTooLargeError:
+            if len(batch) == 1:
+                raise
+            half = len(batch) // 2
+            first, rest = batch[:half], batch[half:]
+            pending.extendleft(((rest, len(rest)), (first, len(first))))  # the first half first
+            continue
         if found:
             await append(found)
     return sum(1 for i in ids if i not in written)

@@ -143,6 +143,33 @@ async def test_a_late_check_appends_no_customer_the_part_holds(
     assert manifest.complete
 
 
+async def test_a_late_check_fetches_large_customers_within_max_response_size(
+    tmp_path: Path,
+) -> None:
+    # The customers the late check found missing were fetched 100 a request: with large
+    # custom fields, an export whose pages of 10 stayed under max_response_size failed its
+    # late check (run by export_sharded, the CLI and every rerun of the complete export) with
+    # ResponseTooLargeError, the sign-ups never appended.
+    blob = "x" * 5000  # some 5 KB a customer: a page of 10 under the cap, one of 60 over it
+    out = tmp_path / "out"
+    async with DMHubSimulator() as sim:
+        for number in range(200):
+            sim.insert_customer({"name": f"c{number}", "attr": {"blob": blob}})
+        async with DMHubClient(
+            sim.app_id, sim.secret, base_url=sim.url, max_response_size=200_000
+        ) as dm:
+            manifest = await export_sharded(dm, out, 2, page_size=10, progress=False)
+            assert manifest.complete
+            for number in range(60):  # signed up once the export ended
+                sim.insert_customer({"name": f"new{number}", "attr": {"blob": blob}})
+            checked = await late_check(dm, out)
+        wanted = sim.customer_ids()
+
+    assert checked is not None
+    assert (checked.added, checked.verified) == (60, True)
+    assert sorted(merged_ids(out, tmp_path / "all.jsonl")) == sorted(wanted)
+
+
 async def test_a_sign_up_while_other_shards_still_run_is_exported_on_processes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
