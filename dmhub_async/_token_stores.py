@@ -689,12 +689,19 @@ class RedisTokenStore:
         for as long as the key was there, then fetched a token without the store, revoking the
         others', its WARNING saying the store "did not answer".
         """
-        from redis.exceptions import NoPermissionError
+        from redis.exceptions import NoPermissionError, ResponseError
 
         try:
             left = await (await self._client()).pttl(name)
         except NoPermissionError:
             return  # a user without PTTL: the wait for the lock says the rest, as before
+        except ResponseError as err:
+            if "unknown command" not in str(err).lower():
+                raise
+            # A Redis (or proxy) without PTTL, which the store does not need otherwise: it was
+            # refused for good, "give the store a Redis that runs GET, SET, MULTI and scripts",
+            # which it does. Waited for as before.
+            return
         if left == -1:
             raise TokenStoreError(
                 f"{self!r}: the lock's key {name!r} never expires, so no client left it (a copy"
