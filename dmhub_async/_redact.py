@@ -7,7 +7,6 @@ authentication") and the secret in the token request's, so any URL is a secret u
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import re
 import threading
@@ -94,13 +93,55 @@ def redact(text: str, secrets: Iterable[str | None] = ()) -> str:
     folded = text.lower()
     if "token" in folded or "secret" in folded:  # 0.6 ms on 4 KB otherwise, for nothing
         text = _SECRET_MARKUP.sub(r"\g<1>" + MASK, text)
-    known = [secret for secret in (*secrets, *live_secrets()) if secret and len(secret) >= 4]
-    for secret in known:
-        text = _secret_pattern(secret).sub(MASK, text)
+    # Each once: a client's every derived client (with_options) holds its secret and token.
+    known = dict.fromkeys(
+        secret for secret in (*secrets, *live_secrets()) if secret and len(secret) >= 4
+    )
+    masks = _masks_of(known)
+    for mask in masks:
+        text = mask.pattern.sub(MASK, text)
     # Then the runs of any of them, all at once: masking one secret's runs first could cut a
     # whole other one (two canaries sharing "-CANARY-") where its own match would no longer find it.
-    longer = [form for secret in known if len(secret) > FRAGMENT for form in _forms(secret)]
+    longer = [mask for mask in masks if mask.forms]
     return _mask_fragments(text, longer) if longer else text
+
+
+class _Masks:
+    """What masks one secret, made once while it is in use: its pattern, its forms (when it is
+    long enough for its runs to be masked) and their runs in lower case."""
+
+    __slots__ = ("forms", "pattern", "runs", "secret")
+
+    def __init__(self, secret: str) -> None:
+        self.secret = secret
+        self.pattern = _secret_pattern(secret)
+        self.forms = _forms(secret) if len(secret) > FRAGMENT else ()
+        self.runs = frozenset().union(*(_fragments(form.lower()) for form in self.forms))
+
+
+#: The masks of the secrets in use, by secret. Not a cache of a fixed size: every error masks
+#: the secrets of every live client, and an agency's process holds a client for each tenant.
+#: Past 64 of them (an LRU cache's size), each error compiled every secret's pattern again,
+#: met in turn (100 tenants: 59 ms an error, 1,000: 1.6 s, the event loop held meanwhile).
+_masks: dict[str, _Masks] = {}
+#: Masks kept beyond those in use, before those no longer in use are dropped.
+_SPARE_MASKS = 256
+
+
+def _masks_of(secrets: Iterable[str]) -> list[_Masks]:
+    """The masks of ``secrets`` (every secret in use among them), made for those new."""
+    global _masks
+    table = _masks
+    masks = []
+    for secret in secrets:
+        mask = table.get(secret)
+        if mask is None:
+            mask = table[secret] = _Masks(secret)
+        masks.append(mask)
+    if len(table) > 2 * len(masks) + _SPARE_MASKS:
+        # Those of clients gone (a token replaced, a tenant's client closed and collected).
+        _masks = {mask.secret: mask for mask in masks}
+    return masks
 
 
 #: A run of this many characters of a secret, raw or URL-encoded, is masked wherever it
@@ -110,13 +151,14 @@ def redact(text: str, secrets: Iterable[str | None] = ()) -> str:
 FRAGMENT = 8
 
 
-def _mask_fragments(text: str, secrets: list[str]) -> str:
+def _mask_fragments(text: str, masks: list[_Masks]) -> str:
     """``text`` with every run of ``FRAGMENT`` characters or more of a secret masked."""
     folded = text.lower()
     if len(folded) == len(text):  # any case, as the whole secret is matched
-        grams = frozenset().union(*(_fragments(secret.lower()) for secret in secrets))
+        grams = _runs(masks)
     else:  # lower() changed a length ("İ"): positions would no longer match the text
-        folded, grams = text, frozenset().union(*(_fragments(secret) for secret in secrets))
+        grams = frozenset().union(*(_fragments(form) for mask in masks for form in mask.forms))
+        folded = text
     spans: list[list[int]] = []
     for start in range(len(folded) - FRAGMENT + 1):
         if folded[start : start + FRAGMENT] in grams:
@@ -129,7 +171,23 @@ def _mask_fragments(text: str, secrets: list[str]) -> str:
     return text
 
 
-@functools.lru_cache(maxsize=64)
+#: The runs of the secrets of the latest masks, by those secrets: the same for every error
+#: until a client comes or goes, or a token is replaced.
+_latest_runs: tuple[frozenset[str], frozenset[str]] = (frozenset(), frozenset())
+
+
+def _runs(masks: list[_Masks]) -> frozenset[str]:
+    """The runs (in lower case) of the secrets of ``masks``, all of them."""
+    global _latest_runs
+    secrets = frozenset(mask.secret for mask in masks)
+    latest = _latest_runs
+    if latest[0] == secrets:
+        return latest[1]
+    runs = frozenset().union(*(mask.runs for mask in masks))
+    _latest_runs = (secrets, runs)
+    return runs
+
+
 def _forms(secret: str) -> tuple[str, ...]:
     """``secret`` and the ways a URL encodes it, whose runs are masked alike: a value quoted
     URL-encoded and cut short (``Cn4ry%2BS3cr3t%2FZq9...``) held no run of the raw secret."""
@@ -140,12 +198,10 @@ def _forms(secret: str) -> tuple[str, ...]:
     return tuple(forms)
 
 
-@functools.lru_cache(maxsize=64)
 def _fragments(secret: str) -> frozenset[str]:
     return frozenset(secret[i : i + FRAGMENT] for i in range(len(secret) - FRAGMENT + 1))
 
 
-@functools.lru_cache(maxsize=64)
 def _secret_pattern(secret: str) -> re.Pattern[str]:
     """Matches ``secret`` with each character that URL encoding may change either way."""
     parts = []
