@@ -220,6 +220,22 @@ def _from_token_request(err: BaseException) -> bool:
     return getattr(err, "path", None) == TOKEN_PATH
 
 
+def _mirror_keys(token_store: TokenStore, base_url: str, app_id: str) -> tuple[str, ...]:
+    """The keys a token this client fetches is also written under: 0.1's, in a store other
+    processes may share, 0.1 ones among them (see legacy_token_key).
+
+    None where that key holds a "|" more than the one joining the base URL and the app id:
+    this version's keys join them to the secret's fingerprint the same way, so an app id
+    holding a "|" (``app-a|<app-a's fingerprint>``) had its token copied under another
+    tenant's very key, and that tenant's client took it and sent it, reading the first
+    one's customers.
+    """
+    legacy = legacy_token_key(base_url, app_id)
+    if isinstance(token_store, MemoryTokenStore) or legacy.count("|") != 1:
+        return ()
+    return (legacy,)
+
+
 @attrs.define
 class _Connection:
     """What a client and the clients derived from it (``with_options``) share."""
@@ -340,10 +356,7 @@ class Session:
                 clock,
                 timeout=timeout.total or 30.0,
                 lock_wait=_fetch_budget(timeout.total or 30.0, policy),
-                # A store other processes may share, 0.1 ones among them: see legacy_token_key.
-                mirror_keys=()
-                if isinstance(token_store, MemoryTokenStore)
-                else (legacy_token_key(base_url, app_id),),
+                mirror_keys=_mirror_keys(token_store, base_url, app_id),
             )
         self._build_retries()
 

@@ -1424,6 +1424,42 @@ async def test_a_0_1_process_sharing_the_store_takes_this_versions_token(
     assert issued <= 2
 
 
+@pytest.mark.parametrize("kind", ["file", "redis"])
+async def test_a_token_copied_under_0_1_s_key_never_lands_at_another_tenant_s_key(
+    tmp_path: Any, kind: str
+) -> None:
+    """0.1's key is the base URL and the app id joined by a "|", as this version's are with the
+    secret's fingerprint after them: a tenant whose app id was another's followed by "|" and
+    that one's fingerprint had its token copied under the other's very key, on the service's
+    one host. The other tenant's client then took that token and sent it: its calls read the
+    first tenant's customers (a count of 22 where its own were 11). No copy is written where
+    0.1's key is no longer one app id's alone."""
+    from dmhub_async._auth import secret_fingerprint
+    from dmhub_async.testing import DMHubSimulator
+
+    redis = fakeredis.FakeAsyncRedis() if kind == "redis" else None
+    shared: Any = (
+        FileTokenStore(tmp_path / "tokens.json") if redis is None else RedisTokenStore(client=redis)
+    )
+    fingerprint = secret_fingerprint("app-a", "secret-a")
+    async with (
+        DMHubSimulator(customers=22, app_id=f"app-a|{fingerprint}", secret="secret-b") as sim,
+        DMHubClient(sim.app_id, sim.secret, base_url=sim.url, token_store=shared) as tenant_b,
+    ):
+        assert await tenant_b.customers.count() == 22
+        tokens: list[str] = []
+        sim.on_request(lambda request: tokens.append(request.query.get("access_token", "")))
+        assert await shared.get(token_key(sim.url, "app-a", "secret-a")) is None
+        async with DMHubClient(
+            "app-a", "secret-a", base_url=sim.url, token_store=shared
+        ) as tenant_a:
+            with pytest.raises(AuthenticationError):  # its own credentials: not this app's
+                await tenant_a.customers.count()
+        assert sim.access_token not in tokens
+    if redis is not None:
+        await redis.aclose()
+
+
 def mount_read_only(monkeypatch: Any, directory: Any) -> None:
     """Make ``directory`` behave as on a read-only file system: opening a file in it to write
     (the token file's lock, a temporary file) or making a directory there fails with EROFS."""
