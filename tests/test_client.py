@@ -744,6 +744,36 @@ def test_settings_from_the_environment_are_checked_as_arguments_are(
     assert value not in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "env", "said"),
+    [
+        ({"app_id": "tenant-b ", "secret": "s3cret-b"}, {}, "app_id ends with white space"),
+        ({"app_id": "tenant-b", "secret": " s3cret-b"}, {}, "secret starts with white space"),
+        ({"access_token": "tok-9f3e "}, {}, "access_token ends with white space"),
+        ({}, {"DMHUB_APP_ID": " env-app"}, "DMHUB_APP_ID starts with white space"),
+        ({}, {"DMHUB_SECRET": "env-s3cret "}, "DMHUB_SECRET ends with white space"),
+    ],
+    ids=["app_id", "secret", "access_token", "DMHUB_APP_ID", "DMHUB_SECRET"],
+)
+async def test_credentials_with_white_space_around_them_are_refused_before_anything_is_sent(
+    api, monkeypatch, kwargs, env, said
+):
+    # An agency's service reading each tenant's credentials from its own settings (a sheet, a
+    # form, a table) took one pasted with a space and sent it: the service refused it, and the
+    # AuthenticationError said to check app_id and secret, where nothing showed the space.
+    # The command line refuses DMHUB_APP_ID and DMHUB_SECRET so; the client did not.
+    monkeypatch.setenv("DMHUB_APP_ID", "env-app")
+    monkeypatch.setenv("DMHUB_SECRET", "env-s3cret")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(InvalidRequestError, match=said) as info:
+        DMHubClient(token_store=MemoryTokenStore(), **kwargs)
+    assert "remove it" in str(info.value)
+    assert not calls(api, "/security/accesstoken")
+    for value in (*kwargs.values(), *env.values()):
+        assert value.strip() not in str(info.value)
+
+
 async def test_credentials_and_base_url_from_the_environment(api, monkeypatch, clock):
     monkeypatch.setenv("DMHUB_APP_ID", "env-app")
     monkeypatch.setenv("DMHUB_SECRET", "env-secret")
