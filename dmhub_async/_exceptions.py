@@ -287,6 +287,10 @@ def error_class(
 #: endpoint at that base URL.
 CREDENTIALS_REFUSED = " (the app id and secret were refused: check app_id and secret)"
 TOKEN_REQUEST_REFUSED = " (the token request was refused: check base_url, app_id and secret)"
+#: What the message of an answer read as "no such record" (a call's ``not_found_codes``) adds:
+#: the service's own words for a missing customer, 40201 "permission is not enough", alone
+#: sent the reader of a log line to the app's permissions, not to the id.
+NOT_FOUND_BY_CODE = " (DM Hub's answer for an id that does not exist or was deleted: check the id)"
 
 
 #: aiohttp's failures of a TLS handshake with the service (a certificate not trusted, an

@@ -17,6 +17,7 @@ import attrs
 from . import _json
 from ._exceptions import (
     CREDENTIALS_REFUSED,
+    NOT_FOUND_BY_CODE,
     RAISE_MAX_RESPONSE_SIZE,
     THROUGH_PROXY,
     TOKEN_REQUEST_REFUSED,
@@ -24,6 +25,7 @@ from ._exceptions import (
     APIError,
     APITimeoutError,
     AuthenticationError,
+    NotFoundError,
     ResponseDecodeError,
     ResponseTooLargeError,
     coerce_code,
@@ -308,6 +310,8 @@ def read_response(
         cls = error_class(
             status, code, auth_codes=auth_codes, not_found_codes=request.not_found_codes
         )
+        if cls is NotFoundError and code in request.not_found_codes:  # by its code, not a 404
+            hint = NOT_FOUND_BY_CODE
     if 300 <= status < 400:
         # Not followed: the token (and on the token request, the secret) rides in the query,
         # which a redirect to another host would hand over (docs/reliability.md, "Hostile

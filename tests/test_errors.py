@@ -124,6 +124,51 @@ async def test_missing_customer_is_not_found_on_a_single_read(api, make_client, 
     assert clock.waits == []
 
 
+NOT_FOUND_CALLS = {
+    "get": ("GET", "/v1/customers/77", lambda dm: dm.customers.get(77)),
+    "update": ("PUT", "/v1/customers/77", lambda dm: dm.customers.update(77, remark="vip")),
+    "delete": ("DELETE", "/v1/customers/77", lambda dm: dm.customers.delete(77)),
+    "add identity": (
+        "POST",
+        "/v1/customeridentities",
+        lambda dm: dm.identities.add(77, Identity("wechat", "o-1")),
+    ),
+}
+
+
+@pytest.mark.parametrize("call", NOT_FOUND_CALLS.values(), ids=NOT_FOUND_CALLS)
+async def test_a_missing_customer_says_so_not_only_permission(api, make_client, call):
+    # The service's words for a missing customer are "permission is not enough": alone in the
+    # message, a log line sent the reader to the app's permissions, not to the id.
+    method, path, send = call
+    api.add(
+        url(path),
+        method,
+        status=500,
+        payload={"error_code": 40201, "error_description": "permission is not enough"},
+        repeat=True,
+    )
+    dm = make_client(access_token="tok")
+
+    with pytest.raises(NotFoundError) as info:
+        await send(dm)
+
+    message = str(info.value)
+    assert "error_code 40201: permission is not enough" in message  # the service's words, kept
+    assert "does not exist or was deleted" in message
+    assert info.value.description == "permission is not enough"
+
+
+async def test_40201_elsewhere_is_not_called_a_missing_customer(api, make_client):
+    api.get(url("/v1/customers"), status=500, payload={"error_code": 40201}, repeat=True)
+    dm = make_client(access_token="tok", max_retries=0)
+
+    with pytest.raises(ServerError) as info:
+        await dm.request("GET", "/v1/customers")
+
+    assert "does not exist" not in str(info.value)
+
+
 #: Success answers to a single-customer call that hold no customer: read as Customer(id=None).
 NO_CUSTOMER = {
     "error code zero alone": {"error_code": "0"},
