@@ -287,6 +287,16 @@ def error_class(
 #: endpoint at that base URL.
 CREDENTIALS_REFUSED = " (the app id and secret were refused: check app_id and secret)"
 TOKEN_REQUEST_REFUSED = " (the token request was refused: check base_url, app_id and secret)"
+#: What the message of a token refused on a ``/v1`` call adds when the client can do no more:
+#: the service's words ("access_token expired", "invalid access_token") said not what to check.
+STATIC_TOKEN_REFUSED = (
+    " (the access_token the client was given was refused: give a current one, or app_id and"
+    " secret for the client to fetch its own)"
+)
+REFUSED_AFTER_REFRESH = (
+    " (refused again with a token fetched just now: the clients, processes and machines using"
+    " this app id must share one token store, as each token fetched revokes the last)"
+)
 #: What the message of an answer read as "no such record" (a call's ``not_found_codes``) adds:
 #: the service's own words for a missing customer, 40201 "permission is not enough", alone
 #: sent the reader of a log line to the app's permissions, not to the id.
@@ -300,7 +310,14 @@ TLS_FAILURES = frozenset({"ClientConnectorCertificateError", "ClientConnectorSSL
 
 
 def without_token_hint(message: str) -> str:
-    """``message`` without the hint a refused token request's ends in: for the command line
-    and the sharded export's report, which say what to check in their own words (the
-    environment's variables, a worker's environment)."""
-    return message.removesuffix(CREDENTIALS_REFUSED).removesuffix(TOKEN_REQUEST_REFUSED)
+    """``message`` without the hint a refused token request's ends in (or a ``/v1`` call's
+    token refused for good): for the command line and the sharded export's report, which say
+    what to check in their own words (the environment's variables, a worker's environment)."""
+    for hint in (
+        CREDENTIALS_REFUSED,
+        TOKEN_REQUEST_REFUSED,
+        STATIC_TOKEN_REFUSED,
+        REFUSED_AFTER_REFRESH,
+    ):
+        message = message.replace(hint, "")
+    return message

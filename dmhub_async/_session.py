@@ -33,6 +33,8 @@ from yarl import URL
 from . import _json
 from ._auth import MemoryTokenStore, Token, TokenManager, TokenStore, legacy_token_key, token_key
 from ._exceptions import (
+    REFUSED_AFTER_REFRESH,
+    STATIC_TOKEN_REFUSED,
     APIConnectionError,
     APIError,
     AuthenticationError,
@@ -137,6 +139,20 @@ def _mark_unknown(err: APIError | APIConnectionError, *, itself: bool = False) -
         " again",
         *err.args[1:],
     )
+
+
+def _say_what_to_check(err: DMHubError, hint: str | None = None) -> None:
+    """End the message of ``err``, a ``/v1`` call's token refused when the client can do no
+    more about it, with what to check (``hint``; by default: refused after its refresh).
+
+    The service's words alone ("access_token expired" just after a fetch) sent the reader of
+    a log nowhere, where the command line named the usual cause, another process fetching
+    tokens for the app id with a store of its own.
+    """
+    if isinstance(err, AuthenticationError) and err.path != TOKEN_PATH:
+        hint = hint or REFUSED_AFTER_REFRESH
+        if err.args and isinstance(err.args[0], str) and hint not in err.args[0]:
+            err.args = (err.args[0] + hint, *err.args[1:])
 
 
 def _given_up(call: _Call, err: DMHubError) -> DMHubError:
@@ -701,6 +717,7 @@ class Session:
                 _note_write_failure(call, failed[0])
                 raise failed.pop()
             if tokens is None or call.refreshed:
+                _say_what_to_check(failed[0], STATIC_TOKEN_REFUSED if tokens is None else None)
                 raise failed.pop()
             failed.clear()
             call.refreshed = True
@@ -708,6 +725,7 @@ class Session:
             try:
                 return await self._send(call.request, token, call.retries)
             except DMHubError as err:  # the send after a refresh may be applied as well
+                _say_what_to_check(err)
                 _note_write_failure(call, err)
                 raise
         except BaseException:

@@ -137,6 +137,10 @@ async def test_token_refused_again_after_refresh_is_an_authentication_error(
     assert info.value.status == status
     assert info.value.code == 42001
     assert clock.waits == []
+    # The service's words alone ("access_token expired", just after a fetch) said not what to
+    # look at: most often another process fetching tokens for the app id with a store of its own.
+    assert "refused again with a token fetched just now" in str(info.value)
+    assert "share one token store" in str(info.value)
 
 
 async def test_bad_credentials_are_an_authentication_error_with_an_int_code(api, make_client):
@@ -227,11 +231,14 @@ async def test_static_access_token_refused_is_not_refreshed(api, make_client):
     api.get(url("/v1/customers/1"), payload={"error_code": 42001}, repeat=True)
     dm = make_client(access_token="given-token")
 
-    with pytest.raises(AuthenticationError):
+    with pytest.raises(AuthenticationError) as info:
         await dm.request("GET", "/v1/customers/1")
 
     assert count(api, "/security/accesstoken") == 0
     assert count(api, "/v1/customers/1") == 1
+    # Said what to do: the client cannot fetch another without app_id and secret.
+    assert "the access_token the client was given was refused" in str(info.value)
+    assert "given-token" not in str(info.value)
 
 
 async def test_auth_error_codes_are_configurable(api, tokens, make_client):
@@ -2146,6 +2153,23 @@ async def test_a_held_token_refused_again_after_its_refresh_is_an_authentication
     assert checker.seen == ["tok-1", "tok-1", "tok-2"]
     assert info.value.code == 42001
     assert clock.waits == []
+
+
+async def test_a_token_refused_on_a_retry_after_its_refresh_says_what_to_check(
+    api, tokens, make_client, clock
+):
+    # Refused, refreshed, a 500 retried, refused again: the call's one refresh is spent.
+    api.get(url("/v1/customers/1"), payload={"error_code": 42001})
+    api.get(url("/v1/customers/1"), status=500, payload={"error_code": 500})
+    api.get(url("/v1/customers/1"), payload={"error_code": 42001})
+    dm = make_client()
+
+    with pytest.raises(AuthenticationError) as info:
+        await dm.request("GET", "/v1/customers/1")
+
+    assert tokens.issued == ["tok-1", "tok-2"]
+    assert count(api, "/v1/customers/1") == 3
+    assert "refused again with a token fetched just now" in str(info.value)
 
 
 class AnsweredWhenTold(MemoryTokenStore):
