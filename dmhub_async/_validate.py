@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
 from typing import Any, TypeVar
-from urllib.parse import parse_qs, quote, urlencode, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 
 from yarl import URL
 
@@ -369,10 +369,28 @@ def check_request(
             raise InvalidRequestError("request(): path holds a control character")
         if len(quote(path, safe="/")) > MAX_PATH_LENGTH:
             raise InvalidRequestError(f"request(): path is longer than {MAX_PATH_LENGTH} bytes")
+    if "." in path or "%" in path:
+        _check_no_dot_segment(path)
     query = None if params is None else _request_query(params)
     if json is not None:
         check_json("request", "json", json)
     return method, query
+
+
+def _check_no_dot_segment(path: str) -> None:
+    """Refuse a ``request()`` path with a ``.`` or ``..`` segment, percent-encoded or not.
+
+    The URL library resolves them before sending: ``/v1/customers/1/../2`` (an id of
+    ``"1/../2"`` in a path built with it) went out as ``/v1/customers/2``, and
+    ``/v1/customers/%2e%2e/x`` as ``/v1/x``, while errors and logs named the path as given.
+    A segment whose start before a ``;`` is one (``..;``) too: a Java server reads it so.
+    """
+    for segment in unquote(path).split("/"):
+        if segment.partition(";")[0] in (".", ".."):
+            raise InvalidRequestError(
+                "request(): path holds a . or .. segment, which would be resolved before it is"
+                " sent (another path than the one given): give the path it stands for"
+            )
 
 
 def _request_query(params: object) -> Mapping[str, str]:

@@ -331,6 +331,14 @@ CASES: dict[str, Call] = {
     "request: path with a line break": lambda dm: dm.request("GET", "/v1/customers\r\nX: y"),
     "request: path a lone surrogate": lambda dm: dm.request("GET", "/v1/\udcff"),
     "request: path of 9 KB": lambda dm: dm.request("GET", "/v1/" + "x" * 9000),
+    # A dot segment was resolved before sending: "/v1/customers/1/../2" (an id of "1/../2"
+    # in a path built with it) went out as GET /v1/customers/2, "%2e%2e" decoded first; the
+    # error of it named the path as given, not the one sent. "..;" is ".." to a Java server.
+    "request: path with a .. segment": lambda dm: dm.request("DELETE", "/v1/customers/1/../2"),
+    "request: path with a %2e%2E segment": lambda dm: dm.request("GET", "/v1/customers/%2e%2E/x"),
+    "request: path with a . segment": lambda dm: dm.request("GET", "/v1/./customers/count"),
+    "request: path ending in ..": lambda dm: dm.request("GET", "/v1/customers/.."),
+    "request: path with a ..; segment": lambda dm: dm.request("GET", "/v1/customers/..;/x"),
     "request: params not a mapping": lambda dm: dm.request("GET", "/v1/customers", params=5),
     "request: params a bool": lambda dm: dm.request("GET", "/v1/customers", params={"a": True}),
     "request: params of 5,000 digits": lambda dm: dm.request(
