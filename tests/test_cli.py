@@ -548,6 +548,17 @@ BAD_INPUTS: list[tuple[str, list[str], dict[str, str | None], int, tuple[str, ..
     ("a tar name", ["--out", "x.jsonl.tar"], {}, 2, ("x.jsonl.tar", "tar archive")),
     ("a name ending in a space", ["--out", "x.csv "], {}, 2, ("'x.csv '", "ends in a space")),
     ("bad url", [], {"DMHUB_BASE_URL": "ftp://example"}, 1, ("DMHUB_BASE_URL", "ftp://")),
+    # Under the URL's limit as a count sends them, past it as the export's walks do (its
+    # sort, its final check's select=id; a shard's window): refused by the walk as
+    # "list_rows(): the filters take ...", exit 1, after every customer was walked.
+    ("filters past the walk's URL", ["--stage", "x" * 6115], {}, 2, ("filters take", "6144")),
+    (
+        "filters past a shard's URL",
+        ["--out", "parts", "--shards", "2", "--stage", "x" * 6100],
+        {},
+        2,
+        ("filters take", "6144"),
+    ),
 ]
 
 

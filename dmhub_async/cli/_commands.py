@@ -36,6 +36,7 @@ from ..export import ExportReport, export_customers
 from ..export._export import FORMAT_OF_SUFFIX
 from ..export._report import VERIFY_FLAG
 from ..models.identity import Identity
+from ..resources._batches import check_export_room
 from ..resources._filters import _filter_params
 from ._errors import (
     EXIT_INCOMPLETE,
@@ -106,7 +107,9 @@ def _filters(args: argparse.Namespace) -> dict[str, Any]:
             raise UsageError(message if flag in message else f"{flag}: {message}") from None
         filters[name] = value
     try:  # together: --created-to before --created-from was refused later, exit 1, unnamed
-        _filter_params("export", filters, paged=True, zone=zone)
+        params = _filter_params("export", filters, paged=True, zone=zone)[0]
+        # As the export's walks send them (a sharded one's with its windows' bounds).
+        check_export_room("export", params, windowed=getattr(args, "shards", None) is not None)
     except InvalidRequestError as err:
         message = without_method(str(err))
         for flag, name in FILTER_FLAGS.items():

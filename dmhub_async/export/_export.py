@@ -23,7 +23,7 @@ from .._pagination import AsyncPaginator
 from .._retry import RETRY_TALLY, RetryTally
 from .._threads import file_work, on_thread
 from .._validate import check_flag, short
-from ..resources._batches import walked_ids
+from ..resources._batches import check_export_room, walked_ids
 from ..resources._filters import checked_ids, read_once
 from ..resources.customers import CustomerFilters, customer_filter_params, long_id_list
 from ._checkpoint import Checkpoint, ExportScope, id_list_digest, recorded_scope
@@ -288,6 +288,10 @@ async def _plan(
     params = client.customers._params("export_customers", filters, frames=4)
     if long_ids is not None:
         long_ids = checked_ids("export_customers", long_ids)
+    # As its walks will send them (its sort, its final check's select=id), with room for an id.
+    given = params.get("idList")
+    longest = max(long_ids) if long_ids else max(map(int, given.split(","))) if given else None
+    check_export_room("export_customers", params, longest_id=longest)
     if isinstance(dest, (str, os.PathLike)):
         named = Path(dest)
         check_output_name(named)

@@ -10,19 +10,20 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from itertools import accumulate
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import attrs
 
 from .._exceptions import InvalidRequestError
 from .._pagination import WALKS_ONCE, AsyncPaginator, RawPage, walk_closed
-from .._validate import MAX_QUERY_LENGTH, check_paging, query_length
+from .._validate import MAX_QUERY_LENGTH, check_paging, check_query, query_length
 from ..models.page import Page
 
 __all__ = [
     "BatchWalk",
+    "check_export_room",
     "check_room",
     "id_batches",
     "sized_batches",
@@ -115,6 +116,38 @@ def check_room(method: str, params: dict[str, str], name: str, longest: int) -> 
             f"{method}(): the filters take too much of the URL to leave room for an id"
         )
     return room
+
+
+#: What an export's walks add to its filters: the sort by id of each, and the ``select=id`` of
+#: its final check (an id-only walk) where the export selects no fields.
+_EXPORT_WALK: Final = {"sidx": "id", "sord": "asc", "select": "id"}
+#: What a sharded export's windows add: their bounds, of fixed width.
+_WINDOW: Final = {"dateCreatedFrom": "2016-11-11T11:11:11", "dateCreatedTo": "2016-11-11T11:11:11"}
+
+
+def check_export_room(
+    method: str, params: Mapping[str, str], *, windowed: bool = False, longest_id: int | None = None
+) -> None:
+    """Refuse, in ``method``'s name and before anything is sent, filters (``params``, the
+    query of a count: no sort) that the walks of an export take past the URL's limit: with
+    their sort by id and the final check's ``select=id`` (``windowed``: a sharded export's
+    window bounds too), and room for an id of ``longest_id``'s length if given.
+
+    Checked as a count sends them, filters a few bytes under the limit passed: the walk was
+    refused as ``list_rows()``, a call the caller never made, a sharded export's after its
+    plan's counts; the final check's only after every customer was walked, at every rerun.
+    """
+    walk = {**_EXPORT_WALK, **(_WINDOW if windowed else {})}
+    walk.update((name, value) for name, value in params.items() if name != "idList")
+    try:
+        check_query(method, walk)
+    except InvalidRequestError as err:  # bytes the caller did not give: said where they are
+        added = "a shard's window, " if windowed else ""
+        raise InvalidRequestError(
+            f"{err}, as the export's walks send them (with {added}the sort by id and select=id)"
+        ) from None
+    if longest_id is not None:
+        check_room(method, walk, "idList", longest_id)
 
 
 #: The walks of a :class:`BatchWalk`'s batches (``walks[i](start_page, max_items)``), and the

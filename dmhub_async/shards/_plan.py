@@ -35,7 +35,7 @@ from .._sansio import date_of
 from .._tasks import together
 from .._validate import check_number, short
 from .._words import counted
-from ..resources._batches import check_room, walked
+from ..resources._batches import check_export_room, walked
 from ..resources._filters import check_filter_names, checked_ids, customer_filter_params
 from ..resources.customers import CustomerFilters
 
@@ -542,8 +542,11 @@ async def plan_counted(
     warn_if_naive(client, "plan_shards", filters, now, frames=3)
     if safe.get("id_list") is not None:
         return await _plan_ids(client, n, safe, lo, hi, method), 0
-    # Checked as the probes' counts will check them, in the caller's name, before any request.
-    customer_filter_params(method, safe, paged=False, zone=zone)
+    # Checked as the probes' counts will check them, in the caller's name, before any request,
+    # and as the shards' walks will send them, each with its window's bounds.
+    check_export_room(
+        method, customer_filter_params(method, safe, paged=False, zone=zone), windowed=True
+    )
     # Checked by the resource before the first request: a bad filter sends nothing.
     probe = _Probe(client, safe, lo)
     total = await probe.count_before(hi)
@@ -606,7 +609,7 @@ async def _plan_ids(
     params = client.customers._params(method, others, paged=False, frames=4)
     ids = await asyncio.to_thread(checked_ids, method, safe["id_list"])
     unique, _, digest = await asyncio.to_thread(unique_ids, ids)
-    check_room(method, params, "idList", unique[-1])  # sorted: the last the longest
+    check_export_room(method, params, longest_id=unique[-1])  # sorted: the last the longest
     count = min(n, len(unique))
     cuts = [k * len(unique) // count for k in range(count + 1)]
     return [

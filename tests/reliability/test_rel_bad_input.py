@@ -862,6 +862,43 @@ def files_in(directory: Path) -> list[str]:
     return sorted(p.name for p in directory.iterdir())
 
 
+#: A stage as long as the filters' URL allows (MAX_QUERY_LENGTH, 6,144 bytes: "stage=" and
+#: 6,130 characters), which the walk's sort by id (sidx=id&sord=asc) takes past it; one of
+#: 6,115 fits the walk, but not the final check's (select=id); one of 6,100 fits both, but
+#: not a sharded export's walk, which adds its window's bounds.
+NEAR_THE_LIMIT = {
+    "export": ("export_customers", {"stage": "x" * 6130}),
+    "export's final check": ("export_customers", {"stage": "x" * 6115, "verify": "always"}),
+    "export of an id": ("export_customers", {"stage": "x" * 6110, "id_list": [10**18]}),
+    "sharded export": ("export_sharded", {"stage": "x" * 6100}),
+    "sharded export of an id": ("export_sharded", {"stage": "x" * 6110, "id_list": [10**18]}),
+}
+
+
+@pytest.mark.parametrize("case", list(NEAR_THE_LIMIT))
+async def test_filters_the_walk_takes_past_the_urls_limit_are_refused_as_the_export_is_called(
+    sim: DMHubSimulator, connect: Callable[..., DMHubClient], tmp_path: Path, case: str
+) -> None:
+    # Checked without the walk's sort (and a shard's window), they passed the export's check:
+    # the walk it made refused them, as list_rows(), a call the caller never made; the final
+    # check's after every customer had been walked (each rerun again), a sharded export's
+    # once its plan's counts had been sent.
+    from dmhub_async.shards import export_sharded
+
+    method, filters = NEAR_THE_LIMIT[case]
+    async with connect(sim) as dm:
+        export = (
+            export_customers(dm, tmp_path / "out.jsonl", progress=False, **filters)
+            if method == "export_customers"
+            else export_sharded(dm, tmp_path / "parts", 2, progress=False, **filters)
+        )
+        with pytest.raises(InvalidRequestError) as info:
+            await export
+    assert str(info.value).startswith(f"{method}(): "), str(info.value)
+    assert sim.counters.total == 0
+    assert files_in(tmp_path) == []
+
+
 # -- the response decoder, fuzzed ---------------------------------------------------------------
 
 JSON = st.recursive(
