@@ -77,9 +77,12 @@ MAX_QUERY_LENGTH = 6144
 #: Bytes (percent-encoded) a credential or the base URL may take: with the query above,
 #: the path and the paging parameters, a URL stays under MAX_URL_LENGTH.
 MAX_SETTING_LENGTH = 512
-#: Bytes (percent-encoded) the path of a ``DMHubClient.request`` may take, within the 1.5 KB
-#: of MAX_URL_LENGTH that the base URL and the query leave.
-MAX_PATH_LENGTH = 1024
+#: Bytes (percent-encoded) the path of a ``DMHubClient.request`` may take: what MAX_URL_LENGTH
+#: leaves beside the longest base URL, query and token, and the ``?`` and ``&access_token=``
+#: between them (1,009). It was 1,024, and the longest call made a URL of 8,207 bytes.
+MAX_PATH_LENGTH = (
+    MAX_URL_LENGTH - 2 * MAX_SETTING_LENGTH - MAX_QUERY_LENGTH - len("?&access_token=")
+)
 
 
 def sendable_token(value: object) -> bool:

@@ -10,11 +10,20 @@ from typing import Any
 from urllib.parse import quote, unquote
 
 import pytest
+from _helpers import serving
+from aiohttp import web
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from dmhub_async import InvalidRequestError
-from dmhub_async._validate import MAX_PATH_LENGTH, MAX_QUERY_LENGTH, check_request, query_length
+from dmhub_async import DMHubClient, InvalidRequestError
+from dmhub_async._validate import (
+    MAX_PATH_LENGTH,
+    MAX_QUERY_LENGTH,
+    MAX_SETTING_LENGTH,
+    MAX_URL_LENGTH,
+    check_request,
+    query_length,
+)
 
 
 def sendable(text: str) -> bool:
@@ -70,7 +79,7 @@ PARAMS = st.dictionaries(st.text(max_size=10), VALUES, max_size=4)
 @given(path=PATHS, params=PARAMS)
 @example(path="/v1/\udcff", params={})
 @example(path="/v1/x\r\n", params={})
-@example(path="/" + "a" * 341, params={})  # 3 * 342 > 1,024: checked in full, and fits
+@example(path="/" + "a" * 341, params={})  # 3 * 342 > 1,009: checked in full, and fits
 @example(path="/" + "é" * 200, params={})  # 1,201 bytes percent-encoded
 @example(path="/v1", params={"a": "x" * 2047})  # 3 * 2,052 > 6,144: checked in full
 @example(path="/v1", params={"a": "\udcff"})
@@ -90,6 +99,32 @@ def test_the_glance_agrees_with_the_full_check(path: str, params: dict[str, Any]
     else:
         assert method == "GET"
         assert dict(query or {}) == expected
+
+
+async def test_the_longest_call_request_takes_is_a_url_under_the_limit() -> None:
+    # The longest base URL and token, path and query each takes: the URL was 8,207 bytes
+    # (past the 8,192 the README promises, and the 8,190 of a request line aiohttp's own
+    # server reads), as the path's 1,024 left no room for "?" and "&access_token=".
+    sent: list[int] = []
+
+    async def answer(request: web.Request) -> web.Response:
+        sent.append(len(f"{request.scheme}://{request.host}{request.raw_path}"))
+        return web.json_response([])
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", answer)
+    async with serving(app) as root:
+        base = root + "/" + "p" * (MAX_SETTING_LENGTH - len(root) - 1)
+        token = "t" * MAX_SETTING_LENGTH
+        async with DMHubClient(access_token=token, base_url=base, timezone="UTC") as dm:
+            path = "/" + "y" * (MAX_PATH_LENGTH - 1)
+            await dm.request("GET", path, params={"a": "x" * (MAX_QUERY_LENGTH - 2)})
+            with pytest.raises(InvalidRequestError, match="path is longer"):
+                await dm.request("GET", path + "y")
+
+    assert len(base) == MAX_SETTING_LENGTH
+    assert sent
+    assert max(sent) <= MAX_URL_LENGTH, sent
 
 
 @pytest.mark.parametrize("method", [["GET"], None, b"GET", "GETX"])
