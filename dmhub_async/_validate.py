@@ -329,6 +329,8 @@ def query_length(params: Mapping[str, str]) -> int:
 def check_query(method: str, params: Mapping[str, str]) -> None:
     """Refuse query parameters that cannot be sent as they are, or make too long a URL."""
     for name, value in params.items():
+        # The name too (request()'s are the caller's): it was a raw UnicodeEncodeError.
+        check_text(method, f"a parameter's name ({short(name)})", name)
         check_text(method, name, value)
     length = query_length(params)
     if length > MAX_QUERY_LENGTH:

@@ -341,6 +341,10 @@ CASES: dict[str, Call] = {
     "request: path with a ..; segment": lambda dm: dm.request("GET", "/v1/customers/..;/x"),
     "request: params not a mapping": lambda dm: dm.request("GET", "/v1/customers", params=5),
     "request: params a bool": lambda dm: dm.request("GET", "/v1/customers", params={"a": True}),
+    # A raw UnicodeEncodeError: the values were checked, not the names.
+    "request: a param name a lone surrogate": lambda dm: dm.request(
+        "GET", "/v1/customers", params={"a\udcff": "x"}
+    ),
     "request: params of 5,000 digits": lambda dm: dm.request(
         "GET", "/v1/customers", params={"a": 10**5000}
     ),
