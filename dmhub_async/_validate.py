@@ -408,6 +408,13 @@ def _request_query(params: object) -> Mapping[str, str]:
     for name, value in params.items():
         if type(name) is not str:
             raise InvalidRequestError(f"request(): a param name must be a str, not {short(name)}")
+        if name == "access_token":
+            # Replaced by the client's own without a word: a call meant for another app's
+            # token (another tenant's) was answered with this client's customers.
+            raise InvalidRequestError(
+                "request(): params hold access_token: the client sends its own token with every"
+                " call; for another token, make a client with DMHubClient(access_token=...)"
+            )
         if type(value) is not str:
             if isinstance(value, bool) or not isinstance(value, int) or value.bit_length() > 63:
                 raise InvalidRequestError(

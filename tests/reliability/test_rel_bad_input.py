@@ -341,6 +341,11 @@ CASES: dict[str, Call] = {
     "request: path with a ..; segment": lambda dm: dm.request("GET", "/v1/customers/..;/x"),
     "request: params not a mapping": lambda dm: dm.request("GET", "/v1/customers", params=5),
     "request: params a bool": lambda dm: dm.request("GET", "/v1/customers", params={"a": True}),
+    # Replaced by the client's own without a word: a call meant for another app's (another
+    # tenant's) token answered with this client's customers.
+    "request: params holding access_token": lambda dm: dm.request(
+        "GET", "/v1/customers/count", params={"access_token": "another-apps-token"}
+    ),
     # A raw UnicodeEncodeError: the values were checked, not the names.
     "request: a param name a lone surrogate": lambda dm: dm.request(
         "GET", "/v1/customers", params={"a\udcff": "x"}
