@@ -548,6 +548,8 @@ BAD_INPUTS: list[tuple[str, list[str], dict[str, str | None], int, tuple[str, ..
     ("a tar name", ["--out", "x.jsonl.tar"], {}, 2, ("x.jsonl.tar", "tar archive")),
     ("a name ending in a space", ["--out", "x.csv "], {}, 2, ("'x.csv '", "ends in a space")),
     ("bad url", [], {"DMHUB_BASE_URL": "ftp://example"}, 1, ("DMHUB_BASE_URL", "ftp://")),
+    # The field given, quoted back as the flag: "unknown customer field '--select'".
+    ("a field named as a flag", ["--select", "name,select"], {}, 2, ("'select'",)),
     # Under the URL's limit as a count sends them, past it as the export's walks do (its
     # sort, its final check's select=id; a shard's window): refused by the walk as
     # "list_rows(): the filters take ...", exit 1, after every customer was walked.

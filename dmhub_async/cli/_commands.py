@@ -103,7 +103,9 @@ def _filters(args: argparse.Namespace) -> dict[str, Any]:
             if _filter_params("export", {name: value}, paged=True, zone=zone)[1]:
                 naive.append(flag)
         except InvalidRequestError as err:
-            message = without_method(str(err)).replace(name, flag)
+            # The name, not the value quoted ('select' in "--select name,select" was shown
+            # as '--select', a field the user had not given).
+            message = re.sub(rf"(?<!['\"])\b{name}\b(?!['\"])", flag, without_method(str(err)))
             raise UsageError(message if flag in message else f"{flag}: {message}") from None
         filters[name] = value
     try:  # together: --created-to before --created-from was refused later, exit 1, unnamed
