@@ -635,6 +635,15 @@ def _filter_changes(recorded: dict[str, Any], given: dict[str, Any]) -> list[str
     return said
 
 
+def one_spelling(base_url: object) -> object:
+    """``base_url`` in one spelling (the host's case, a default port), as the token store keys
+    it and a checkpoint records it; as it is when it is no URL that reads (a job's, say)."""
+    try:
+        return normalise_base_url(base_url) if isinstance(base_url, str) else base_url
+    except (InvalidRequestError, ValueError):
+        return base_url
+
+
 def _as_compared(filters: dict[str, Any]) -> dict[str, Any]:
     """An export's filters as two runs are compared: an ``id_list`` as the set of its ids, a
     ``stage`` and a ``select`` as they are sent.

@@ -66,6 +66,7 @@ from ._manifest import (
     ManifestWriter,
     ShardOutcome,
     checkpoint_name,
+    one_spelling,
     part_name,
 )
 from ._plan import Shard
@@ -922,10 +923,15 @@ def _mixed_releases(what: str) -> str:
 
 
 def _check_same_service(client: Any, task: dict[str, Any]) -> None:
-    """Refuse a shard of an export from another service or app than this worker's client."""
+    """Refuse a shard of an export from another service or app than this worker's client.
+
+    The base URLs are compared in one spelling, as the token store keys them (the host's case,
+    a default port): a worker whose DMHUB_BASE_URL spelled the coordinator's service otherwise
+    (``https://API.example.com:443``) refused every shard as another export's.
+    """
     mine = (client.base_url, client.app_id)
     theirs = (task.get("base_url", client.base_url), task.get("app_id", client.app_id))
-    if mine != theirs:
+    if (one_spelling(mine[0]), mine[1]) != (one_spelling(theirs[0]), theirs[1]):
         raise InvalidRequestError(
             f"a worker exporting from {mine[0]} (app {mine[1]}) took another export's shard, "
             f"of {theirs[0]} (app {theirs[1]}), and exported nothing: give each service or "

@@ -1607,6 +1607,30 @@ async def test_a_job_left_on_the_queue_exports_nothing_over_a_shard_recorded_com
     assert "the worker exported nothing" in message
 
 
+async def test_a_worker_spelling_the_export_s_base_url_otherwise_exports_its_shard(
+    tmp_path: Path,
+) -> None:
+    # One service in two spellings (a host name's case, or its default port: the coordinator's
+    # DMHUB_BASE_URL https://api.example.com, a worker's https://API.example.com:443), which
+    # the token store takes for one (its key is the URL in one spelling): the worker refused
+    # every shard as "another export's shard", telling the operator to give each service its
+    # own Redis, and the export ended with no part written.
+    from dmhub_async.shards import _queue
+    from dmhub_async.testing import DMHubSimulator
+
+    async with DMHubSimulator(customers=30) as sim:
+        port = sim.url.rsplit(":", 1)[1]
+        async with DMHubClient(sim.app_id, sim.secret, base_url=f"http://LocalHost:{port}") as dm:
+            task = {**_shard_task(sim, tmp_path), "base_url": f"http://localhost:{port}"}
+            result = await _queue._export_shard_job(_job_context(dm), task)
+            other = {**task, "base_url": f"http://localhost:{int(port) + 1}"}
+            with pytest.raises(InvalidRequestError, match="another export's shard"):
+                await _queue._export_shard_job(_job_context(dm), other)
+    assert result["complete"]
+    assert result["exported"] == 30
+    assert len(exported_ids(tmp_path)) == 30
+
+
 async def test_a_queued_shard_of_an_id_list_carries_its_slice_not_the_list(
     tmp_path: Path, redis: RedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
