@@ -358,9 +358,18 @@ class Manifest:
     def check_same_export(
         self, *, fmt: str, base_url: str, app_id: str | None, filters: dict[str, Any]
     ) -> None:
-        """Refuse to carry on this manifest's export with other settings."""
-        mine = {"format": self.format, "base_url": self.base_url, "app_id": self.app_id}
-        theirs = {"format": fmt, "base_url": base_url, "app_id": app_id}
+        """Refuse to carry on this manifest's export with other settings.
+
+        The base URLs are compared in one spelling (the host's case, a default port), as the
+        token store and a part's checkpoint compare them: a rerun from a machine that spelled
+        the service otherwise was refused, told to delete the directory.
+        """
+        mine = {
+            "format": self.format,
+            "base_url": one_spelling(self.base_url),
+            "app_id": self.app_id,
+        }
+        theirs = {"format": fmt, "base_url": one_spelling(base_url), "app_id": app_id}
         changed = [k for k in mine if mine[k] != theirs[k]]
         recorded, given = _as_compared(self.filters), _as_compared(filters)
         if recorded != given:

@@ -572,6 +572,29 @@ async def test_a_rerun_with_the_same_filters_spelt_another_way_takes_up_the_plan
         await export_sharded(dm, out, 2, progress=False, stage="lead")
 
 
+async def test_a_rerun_from_a_base_url_spelt_another_way_takes_up_the_plan(
+    sim: DMHubSimulator, tmp_path: Path
+) -> None:
+    # Rerun from a machine whose DMHUB_BASE_URL spells the service otherwise (the host's case,
+    # a default port), which the token store and a part's checkpoint take for one: refused as
+    # "a sharded export with other DMHUB_BASE_URL: use a new directory (or delete this one)",
+    # a half-done export its operator was told to delete.
+    out = tmp_path / "out"
+    port = sim.url.rsplit(":", 1)[1]
+    async with DMHubClient(sim.app_id, sim.secret, base_url=f"http://localhost:{port}") as first:
+        begun = await plan_directory(first, out, 2)  # planned, no shard run yet
+    async with DMHubClient(sim.app_id, sim.secret, base_url=f"http://LOCALHOST:{port}") as then:
+        again = await export_sharded(then, out, 2, progress=False)
+    assert again.complete
+    assert [o.shard for o in again.shards] == [o.shard for o in begun.shards]
+    assert again.exported == sim.customers_count()
+    other = f"http://localhost:{int(port) + 1}"
+    async with DMHubClient(sim.app_id, sim.secret, base_url=other, max_retries=0) as elsewhere:
+        with pytest.raises(InvalidRequestError, match="other base_url"):
+            await export_sharded(elsewhere, out, 2, progress=False)
+        assert elsewhere.stats.requests == 0
+
+
 async def test_a_second_coordinator_of_the_directory_is_refused_at_once(
     sim: DMHubSimulator, dm: DMHubClient, tmp_path: Path
 ) -> None:
