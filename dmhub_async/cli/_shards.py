@@ -230,8 +230,11 @@ async def _sharded_export(args: argparse.Namespace, filters: dict[str, Any]) -> 
             "timezone": dm.timezone,
         }
     if args.queue:
-        from ..shards._queue import run_on_queue
+        from ..shards._queue import mark_token_store, run_on_queue
 
+        # The token store's URL (the queue's unless --token-store or DMHUB_TOKEN_STORE names
+        # another): a worker keeping the token in another store refuses its jobs.
+        mark = await mark_token_store(with_redis_password(args.token_store))
         manifest = await run_on_queue(
             args.queue,
             args.out,
@@ -242,6 +245,7 @@ async def _sharded_export(args: argparse.Namespace, filters: dict[str, Any]) -> 
             on_total=lines,
             verify=manifest.verify or args.verify,  # the export's (prepare)
             password_hint=_password_hint(),  # refused mid-run: the variable, not the URL
+            token_store_mark=mark,
         )
     else:
         spec = token_store_spec(args.token_store)

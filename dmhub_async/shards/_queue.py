@@ -99,6 +99,7 @@ __all__ = [
     "check_mounts",
     "check_queue",
     "job_version",
+    "mark_token_store",
     "queue_redis_error",
     "queue_settings",
     "run_on_queue",
@@ -178,6 +179,9 @@ NO_WORKER_AFTER = 30.0
 #: it (missing, or of another size) before the shard fails: an NFS client's attribute and
 #: lookup caches may show another machine's new file late (60 s at most, by default).
 PART_SEEN_WITHIN = 60.0
+#: The key a coordinator sets in its token store's Redis, a job naming its rest: a worker
+#: whose own store lacks it keeps the app's token elsewhere (see _check_same_token_store).
+TOKEN_STORE_MARK = "dmhub_async:token-store-of:"
 
 
 def _progress_key(export_id: str, plan_id: str) -> str:
@@ -640,6 +644,7 @@ async def _export_shard_job(ctx: dict[str, Any], task: dict[str, Any]) -> dict[s
 
     takeover, every = ctx["takeover"], ctx["heartbeat"]
     _check_same_service(ctx["client"], task)
+    await _check_same_token_store(ctx.get("token_store_used"), task)
 
     ended = False
 
@@ -939,6 +944,58 @@ def _check_same_service(client: Any, task: dict[str, Any]) -> None:
         )
 
 
+async def mark_token_store(url: str) -> str | None:
+    """Set a mark in the token store at ``url`` (a Redis), for the jobs to name: a worker then
+    tells whether its own store is that one. None when it cannot be set (no check then)."""
+    import secrets
+
+    from redis.asyncio import Redis
+    from redis.exceptions import RedisError
+
+    mark = secrets.token_hex(8)
+    try:
+        client = Redis.from_url(url, socket_connect_timeout=10, socket_timeout=10)
+    except ValueError:
+        return None
+    try:
+        await client.set(TOKEN_STORE_MARK + mark, b"1", ex=QUEUED_FOR + JOB_TIMEOUT)
+    except (RedisError, OSError):
+        return None
+    finally:
+        await client.aclose()
+    return mark
+
+
+async def _check_same_token_store(store: Any, task: dict[str, Any]) -> None:
+    """Refuse a job whose coordinator keeps the app's token in another store than this worker.
+
+    DM Hub keeps one token per app id, and each fetched revokes the last: a worker whose
+    machine named another Redis in DMHUB_TOKEN_STORE (or --token-store) and the others took
+    turns revoking each other's token, and their shards failed as they ran, parts half written,
+    with error_code 40001. A job of a coordinator that set no mark, a store that is no
+    ``RedisTokenStore`` (a program's own) or one that cannot be read now is not checked.
+    """
+    from .._auth import RedisTokenStore
+
+    mark = task.get("token_store_mark")
+    if not isinstance(mark, str) or not isinstance(store, RedisTokenStore):
+        return
+    from redis.exceptions import RedisError
+
+    try:
+        found = await (await store._client()).exists(TOKEN_STORE_MARK + mark)
+    except (RedisError, OSError):
+        return  # its errors are said by the token fetches that need it
+    if not found:
+        raise InvalidRequestError(
+            f"this worker keeps the app's token in {store!r}, which is not the coordinator's "
+            "token store: DM Hub keeps one token per app id, so the two would revoke each "
+            "other's token as the shard runs; the worker exported nothing. Give the coordinator "
+            "and every worker one token store (the queue's Redis, unless --token-store or "
+            "DMHUB_TOKEN_STORE names the same other Redis on each), then rerun the export"
+        )
+
+
 def worker(
     redis_url: str,
     *,
@@ -1026,6 +1083,7 @@ def worker(
         # A store made here is closed at shutdown; one passed in is its maker's to close.
         ctx["token_store"] = None if "token_store" in kwargs else RedisTokenStore(redis_url)
         kwargs.setdefault("token_store", ctx["token_store"])
+        ctx["token_store_used"] = kwargs["token_store"]  # checked against each job's mark
         limiter = None
         if rate_limit is not None:
             app_id = kwargs.get("app_id") or os.environ.get("DMHUB_APP_ID") or "default"
@@ -1288,6 +1346,7 @@ async def run_on_queue(
     takeover: float = IN_PROGRESS_TTL,
     verify: Verify = "auto",
     password_hint: str | None = None,
+    token_store_mark: str | None = None,
 ) -> Manifest:
     """Enqueue the manifest's pending shards, follow them to the end, and write the manifest.
 
@@ -1300,6 +1359,10 @@ async def run_on_queue(
 
     ``password_hint``: where the Redis password goes, said when Redis refuses it, at the start
     or mid-run (the CLI's variable; by default, the URL).
+
+    ``token_store_mark``: :func:`mark_token_store`'s mark in the coordinator's token store,
+    carried by each job: a worker whose own store lacks it refuses the job (see
+    ``_check_same_token_store``).
 
     Returns when every shard has ended (complete, incomplete or failed after arq's tries).
 
@@ -1347,7 +1410,7 @@ async def run_on_queue(
             raise
         _wait_as_the_workers_do(pool, redis_url)
         bar = ProgressBar(progress, manifest, on_total)
-        settings = (page_size, concurrency, poll, sleep, takeover, verify)
+        settings = (page_size, concurrency, poll, sleep, takeover, verify, token_store_mark)
         try:
             served = _Served(redis_where(redis_url), where)
             return await _follow(pool, where, manifest, todo, bar, *settings, served)
@@ -1510,6 +1573,7 @@ async def _follow(
     sleep: Callable[[float], Awaitable[None]],
     takeover: float,
     verify: Verify,
+    token_store_mark: str | None,
     served: _Served,
 ) -> Manifest:
     """Enqueue ``todo`` on ``pool`` (the jobs not there already) and follow them to the end."""
@@ -1539,6 +1603,8 @@ async def _follow(
             # same Redis refuses the shard rather than fill its part with its own customers.
             "base_url": manifest.base_url,
             "app_id": manifest.app_id,
+            # Where the coordinator keeps the app's token: a worker keeping it elsewhere refuses.
+            **({"token_store_mark": token_store_mark} if token_store_mark else {}),
         }
         # Due by the queue's Redis's clock, not this machine's: arq queues a job due at the
         # enqueuer's clock (or a defer past it) and a worker takes those due by its own, so a

@@ -306,6 +306,30 @@ def test_a_worker_and_a_plain_export_share_the_token_of_DMHUB_TOKEN_STORE(
     assert state["tokens_issued"] == 1  # the plain export's, taken up by the queue's processes
 
 
+def test_a_worker_whose_token_store_is_not_the_coordinators_takes_no_shard_of_it(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    # One worker machine with another Redis in DMHUB_TOKEN_STORE than the coordinator's (the
+    # queue's): DM Hub keeps one token per app id, and the two took turns revoking each other's
+    # token; shards failed as they ran, half written, with error_code 40001. Now the worker
+    # refuses the coordinator's jobs before it sends or writes anything, saying why.
+    tokens = redis.url.rsplit("/", 1)[0] + "/1"  # another store than the queue's (db 0)
+    with sim_process(1_000) as sim:
+        env = sim.env(XDG_CACHE_HOME=str(tmp_path / "cache"))
+        with a_worker(redis.url, {**env, "DMHUB_TOKEN_STORE": tokens}) as worker_err:
+            run = run_queued(tmp_path / "q", redis.url, env)
+            state = sim.state()
+
+    assert run.returncode == 3, run.stderr
+    manifest = json.loads((tmp_path / "q" / "manifest.json").read_text(encoding="utf-8"))
+    errors = [s["error"] for s in manifest["shards"]]
+    assert all("not the coordinator's token store" in (e or "") for e in errors), errors
+    assert all(f":{redis.port}/1," in e for e in errors), errors  # the worker's store, named
+    assert not list((tmp_path / "q").glob("part-*"))
+    assert state["tokens_issued"] == 1  # the coordinator's alone: the worker fetched none
+    assert "Traceback" not in worker_err[0], worker_err
+
+
 @pytest.mark.parametrize("given", ["DMHUB_TOKEN_STORE", "--token-store"])
 @pytest.mark.parametrize("spec", ["file:{tmp}/tokens.json", "memory"])
 def test_a_token_store_of_one_machine_is_refused_on_a_queue(

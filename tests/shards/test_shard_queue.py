@@ -1631,6 +1631,43 @@ async def test_a_worker_spelling_the_export_s_base_url_otherwise_exports_its_sha
     assert len(exported_ids(tmp_path)) == 30
 
 
+async def test_a_worker_keeping_the_token_in_another_store_exports_nothing(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    # DM Hub keeps one token per app id. A worker whose machine named another Redis in
+    # DMHUB_TOKEN_STORE than the coordinator's (and the other workers') fetched its own token,
+    # revoking theirs, and they its: shards failed as they ran, parts half written, with
+    # "error_code 40001: ... access_token is invalid or not latest" (2 of 4 in a run of two
+    # workers). The coordinator marks its store; a worker whose own lacks the mark refuses
+    # the job before it sends or writes anything.
+    from dmhub_async.shards import _queue
+    from dmhub_async.testing import DMHubSimulator
+
+    mark = await _queue.mark_token_store(redis.url)
+    assert mark is not None
+    elsewhere = redis.url[:-1] + "3"  # another database: another store
+    async with (
+        DMHubSimulator(customers=30) as sim,
+        DMHubClient(sim.app_id, sim.secret, base_url=sim.url) as dm,
+        RedisTokenStore(elsewhere) as other,
+        RedisTokenStore(redis.url) as same,
+    ):
+        task = {**_shard_task(sim, tmp_path), "token_store_mark": mark}
+        with pytest.raises(InvalidRequestError) as refused:
+            await _queue._export_shard_job({**_job_context(dm), "token_store_used": other}, task)
+        assert dm.stats.requests == 0
+        assert not (tmp_path / "part-00000.jsonl").exists()
+        result = await _queue._export_shard_job(
+            {**_job_context(dm), "token_store_used": same}, task
+        )
+    message = str(refused.value)
+    assert "not the coordinator's token store" in message
+    assert "/3" in message  # the worker's store, named
+    assert "the worker exported nothing" in message
+    assert result["complete"]
+    assert result["exported"] == 30
+
+
 async def test_a_queued_shard_of_an_id_list_carries_its_slice_not_the_list(
     tmp_path: Path, redis: RedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
