@@ -637,6 +637,7 @@ async def _export_shard_job(ctx: dict[str, Any], task: dict[str, Any]) -> dict[s
     redis = ctx["redis"]
     in_progress = in_progress_key_prefix + ctx["job_id"]
     shard = Shard.from_dict(task["shard"])
+    _check_known_filters(shard, task)
     directory = await _local_directory(task, ctx.get("mounts") or {})
     fmt = task["format"]
     progress_key = _progress_key(task["export_id"], task.get("plan_id", ""))
@@ -910,6 +911,31 @@ def _check_same_version(task: dict[str, Any]) -> None:
             _mixed_releases(
                 f"this worker runs dmhub_async {__version__} (job version {JOB_VERSION}), "
                 f"the coordinator {_release_of(task)} (job version {theirs!r}): the worker "
+                "exported nothing"
+            )
+        )
+
+
+def _check_known_filters(shard: Shard, task: dict[str, Any]) -> None:
+    """Refuse a job whose shard carries a filter this release has not, before it is exported.
+
+    A job of a coordinator of another release (or one made by hand) failed with
+    ``export_customers``' raw TypeError, which the coordinator's report said as "TypeError".
+    """
+    from ..resources._filters import check_filter_names
+
+    unknown = []
+    for name in shard.filters:
+        try:
+            check_filter_names("export_shard", {name: None})
+        except TypeError:
+            unknown.append(printable(str(name))[:40])
+    if unknown:
+        names = ", ".join(repr(n) for n in unknown[:5])
+        raise InvalidRequestError(
+            _mixed_releases(
+                f"the job's shard has a filter this worker's dmhub_async {__version__} does not "
+                f"know ({names}), sent by a coordinator of {_release_of(task)}: the worker "
                 "exported nothing"
             )
         )

@@ -1668,6 +1668,41 @@ async def test_a_worker_keeping_the_token_in_another_store_exports_nothing(
     assert result["exported"] == 30
 
 
+async def test_a_job_with_a_filter_this_worker_does_not_know_says_so_not_type_error(
+    tmp_path: Path,
+) -> None:
+    # A job of a coordinator of another release whose shard carries a filter this worker has
+    # not (a job made by hand, or a release that added one without a new job version): the
+    # job failed with export_customers' raw TypeError, which the coordinator's report said as
+    # "part-00000.jsonl: failed: TypeError" alone.
+    import pickle
+
+    from dmhub_async.shards import _queue
+    from dmhub_async.testing import DMHubSimulator
+
+    async with (
+        DMHubSimulator(customers=30) as sim,
+        DMHubClient(sim.app_id, sim.secret, base_url=sim.url) as dm,
+    ):
+        task = _shard_task(sim, tmp_path)
+        task["shard"]["filters"] = {"stage": "lead", "tag": "vip"}
+        task["release"] = "9.0.0"
+        with pytest.raises(InvalidRequestError) as refused:
+            await _queue._export_shard_job(_job_context(dm), task)
+        assert dm.stats.requests == 0
+    assert not (tmp_path / "part-00000.jsonl").exists()
+    [outcome] = Manifest.new(
+        [Shard(0, None, None)], fmt="jsonl", base_url="u", app_id="a", filters={}
+    ).shards
+    sent = pickle.loads(pickle.dumps(refused.value))  # as arq sends a failed job's error
+    _queue._record(outcome, types.SimpleNamespace(success=False, result=sent))
+    assert outcome.status == "failed"
+    assert "'tag'" in (outcome.error or "")
+    assert "9.0.0" in (outcome.error or "")
+    assert "the worker exported nothing" in (outcome.error or "")
+    assert "run one release on the coordinator and every worker" in (outcome.error or "")
+
+
 async def test_a_queued_shard_of_an_id_list_carries_its_slice_not_the_list(
     tmp_path: Path, redis: RedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
