@@ -144,9 +144,21 @@ class DMHubSimulator:
 
     async def start(self) -> None:
         """Start serving on ``host``:``port`` (port 0 picks a free one)."""
-        if self._runner is not None:
-            return
         loop = asyncio.get_running_loop()
+        if self._runner is not None:
+            if self._served_on is loop:
+                return
+            if self._served_on is not None and not self._served_on.is_closed():
+                # Returned as if serving here: its port took connections no loop answered,
+                # and every call made here waited out its timeout, as if the service were down.
+                raise RuntimeError(
+                    "the simulator is serving on another event loop, still open: stop it there"
+                    " (await sim.aclose()) before starting it on this one, or make one for"
+                    " this loop"
+                )
+            # Its loop ended with it serving (an asyncio.run() that returned without aclose()):
+            # its port is freed, and the same address served from here.
+            self._stop_listening()
         if self._served_on is not None and self._served_on is not loop:
             # aiohttp ties an application to the loop that first ran it: a second asyncio.run()
             # failed inside aiohttp. A new one serves the same state (customers, tokens, hooks).
@@ -165,10 +177,25 @@ class DMHubSimulator:
 
     async def aclose(self) -> None:
         """Stop serving and close every connection (as ``DMHubClient.aclose()``)."""
+        if self._runner is not None and self._served_on is not None and self._served_on.is_closed():
+            # Its loop ended with it serving: aiohttp's clean-up closes the connections through
+            # that loop, a raw "RuntimeError: Event loop is closed".
+            self._stop_listening()
+            return
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
             _forget_handlers()
+
+    def _stop_listening(self) -> None:
+        """Stop serving on a loop that has ended: close the listening sockets (its connections
+        went with that loop), with no call into it."""
+        runner, self._runner = self._runner, None
+        for site in runner.sites if runner is not None else ():
+            server = getattr(site, "_server", None)  # aiohttp's asyncio.Server: no public name
+            if server is not None:
+                server.close()  # on a closed loop, closes the sockets and nothing else
+        _forget_handlers()
 
     async def close(self) -> None:
         """Stop serving: the same as `aclose`, kept for code written against 0.1.0."""

@@ -948,6 +948,52 @@ def test_a_simulator_serves_again_in_a_second_asyncio_run() -> None:
     assert asyncio.run(count()) == 5
 
 
+def test_a_simulator_an_ended_asyncio_run_left_serving_serves_in_the_next() -> None:
+    # Started in one asyncio.run() and never closed (a job, a test that forgot `async with`):
+    # the next run's start() returned at once, its port still taking connections that no
+    # loop would answer, and every call there timed out, as if the service were down.
+    sim = DMHubSimulator(customers=5)
+
+    async def count(close: bool) -> int:
+        await sim.start()
+        try:
+            async with dmhub_async.DMHubClient(
+                sim.app_id,
+                sim.secret,
+                base_url=sim.url,
+                token_store=dmhub_async.MemoryTokenStore(),
+                timeout=2,
+                max_retries=0,
+            ) as dm:
+                return await dm.customers.count()
+        finally:
+            if close:
+                await sim.aclose()
+
+    assert asyncio.run(count(close=False)) == 5
+    port = sim.port
+    assert asyncio.run(count(close=True)) == 5
+    assert sim.port == port  # the same address, as a URL taken before would name it
+    assert asyncio.run(count(close=False)) == 5
+    asyncio.run(sim.aclose())  # from a later loop: it stops serving
+    with pytest.raises(RuntimeError, match="not running"):
+        _ = sim.url
+
+
+def test_a_simulator_serving_on_an_open_loop_is_not_started_on_another() -> None:
+    # Its loop still open (stopped between two run_until_complete()), start() on another one
+    # returned as if serving there, and the calls there waited for their timeouts.
+    sim = DMHubSimulator(customers=5)
+    first = asyncio.new_event_loop()
+    try:
+        first.run_until_complete(sim.start())
+        with pytest.raises(RuntimeError, match="serving on another event loop"):
+            asyncio.run(sim.start())
+        first.run_until_complete(sim.aclose())
+    finally:
+        first.close()
+
+
 def test_a_script_given_one_string_says_so() -> None:
     # script("500") said: unknown fault kinds ['0', '5'].
     with pytest.raises(ValueError, match="script takes an iterable of fault kinds, not the string"):
