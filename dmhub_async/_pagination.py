@@ -244,6 +244,7 @@ class AsyncPaginator(Generic[T]):
             raise
         finally:
             self._closed = True
+            self._plan.seen.forget()  # a walk that ends walks no more: see forget()
             await self._cancel_ahead()
 
     async def _read(self, number: int) -> _Read[T]:

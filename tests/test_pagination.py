@@ -612,6 +612,49 @@ async def test_dedupe_modes(dedupe: Any, rows: list[list[Any]], expected: list[A
     assert await paginator.to_list() == expected
 
 
+class _Key:
+    """A record that is its own key, counted alive by the garbage collector."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __hash__(self) -> int:
+        return hash(self.n)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Key) and other.n == self.n
+
+
+@pytest.mark.parametrize("how", ["to_list", "async for"])
+async def test_a_failed_walks_error_kept_holds_none_of_the_keys_it_saw(how: str) -> None:
+    # A walk that tells repeats by a set (sorted by another field than the id) keeps every key
+    # it yielded. Its error, kept (a list of failures, an error tracker), held them all through
+    # its traceback's frames: 1.2 MB for 19,400 customers walked by name, for as long as kept.
+    async def fetch(number: int, size: int) -> RawPage[_Key]:
+        if number == 20:
+            raise DMHubError("page 20 failed")
+        return RawPage([_Key(n) for n in range((number - 1) * size, number * size)], True)
+
+    async def walk_by_set() -> None:
+        paginator = AsyncPaginator(fetch, page_size=50, key=lambda key: key, dedupe="set")
+        if how == "to_list":
+            await paginator.to_list()
+        else:
+            async for _ in paginator:
+                pass
+
+    kept: list[BaseException] = []
+    try:
+        await walk_by_set()
+    except DMHubError as err:
+        kept.append(err)
+    gc.collect()
+    assert len(kept) == 1
+    # Of the 950 yielded, those the plan compares a page with (the first and the last of each
+    # recent page, for a repair's steps back) are still held, not the walk's every key.
+    assert sum(isinstance(o, _Key) for o in gc.get_objects()) < 100
+
+
 class GatedServer:
     """Pages of ``size`` ids whose answers wait for the test: page 1 at once, each other page
     until its gate opens; ``log`` says when each request went out and each answer came."""
