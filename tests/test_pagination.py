@@ -574,6 +574,24 @@ async def test_max_items_fetches_only_the_pages_it_needs() -> None:
     assert sorted(server.requests) == [1, 2, 3]
 
 
+@pytest.mark.parametrize(("max_items", "checkpoint"), [(20, 3), (25, 3), (30, 4)])
+async def test_max_items_leaves_the_checkpoint_on_the_first_page_not_all_taken(
+    max_items: int, checkpoint: int
+) -> None:
+    # A walk whose max_items ends on a page boundary took every record of its last page: a
+    # later walk from its checkpoint (start_page alone, no resume_after) reads on from the next
+    # page, no record twice; only a page max_items cut short is read again.
+    server = FakeServer(100, totals="both")
+    first = AsyncPaginator(server.fetch, page_size=10, max_items=max_items)
+    got = await first.to_list()
+    assert first.checkpoint == checkpoint
+    rest = AsyncPaginator(server.fetch, page_size=10, start_page=first.checkpoint)
+    again = await rest.to_list()
+    assert len(got) == max_items
+    assert got + again[max_items % 10 :] == server.ids
+    assert not set(got) & set(again[max_items % 10 :])
+
+
 @pytest.mark.parametrize("concurrency", [1, 3, 8])
 async def test_concurrency_bounds_requests_in_flight(concurrency: int) -> None:
     server = FakeServer(500, totals="none", latency=0.001)
