@@ -153,6 +153,30 @@ def test_read_ahead_asks_no_more_pages_than_max_items_can_use() -> None:
     assert plan.last_page_to_request(16) == 3  # 15 more records: pages 2 and 3
 
 
+@pytest.mark.parametrize("inserted", [1, 3])
+def test_records_met_again_as_many_as_signed_up_behind_leave_the_walk_verified(
+    inserted: int,
+) -> None:
+    # Sorted by a field other than the id (set mode), customers signed up behind the cursor
+    # shift the rest forward: the next page meets as many records again as the count grew by.
+    # The inserts explain every repeat, so no record can have slipped past: the walk is not
+    # flagged unverified (an export so flagged runs its final check, a walk of every id).
+    ids = list(range(1, 31))
+    serve = pages_of(ids)
+    served: list[int] = []
+
+    def inserting(number: int) -> RawPage[int]:
+        served.append(number)
+        if len(served) == 2:
+            ids[:0] = range(100, 100 + inserted)
+        return serve(number)
+
+    plan = plan_for(dedupe="set")
+    got, _ = drive(plan, inserting)
+    assert got == list(range(1, 31))
+    assert (plan.stats.duplicates, plan.stats.unverified) == (inserted, 0)
+
+
 # -- drift -----------------------------------------------------------------------------------
 
 
