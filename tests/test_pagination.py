@@ -426,6 +426,14 @@ class StaleCountServer(FakeServer):
         return RawPage(raw.items, None, 30, 3)
 
 
+class StaleRecordsServer(FakeServer):
+    """A server whose ``records`` lags its rows (25 all along) and that says no page count."""
+
+    def page(self, number: int, size: int) -> RawPage[int]:
+        raw = super().page(number, size)
+        return RawPage(raw.items, None, 25, None)
+
+
 @pytest.mark.parametrize("concurrency", [1, 3])
 async def test_an_empty_page_before_the_reported_total_counts_as_unverified(
     concurrency: int,
@@ -447,6 +455,25 @@ async def test_an_empty_page_before_the_reported_total_counts_as_unverified(
     paginator = walk(server, page_size=10, concurrency=concurrency)
     got = await paginator.to_list()
     assert got == list(range(1, 21))  # what a walk can see (the walk still ends on it)
+    assert paginator.stats.unverified == 1
+
+
+async def test_an_empty_last_page_the_records_alone_say_holds_some_counts_as_unverified() -> None:
+    # records=25 at 10 a page, no page count: page 3 holds 21 to 25. Five deleted behind the
+    # cursor and a count that did not move: page 3 came back empty, 21 to 25 shifted onto page
+    # 2 (read already), and the walk must say it may be short.
+    server = StaleRecordsServer(25)
+    served = 0
+
+    def mutate(server: FakeServer) -> None:
+        nonlocal served
+        served += 1
+        if served == 3:
+            del server.ids[:5]
+
+    server.mutate = mutate
+    paginator = walk(server, page_size=10)
+    assert await paginator.to_list() == list(range(1, 21))
     assert paginator.stats.unverified == 1
 
 
