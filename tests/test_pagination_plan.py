@@ -14,7 +14,12 @@ from typing import Any
 import pytest
 
 from dmhub_async import ResponseDecodeError
-from dmhub_async._pagination_plan import MAX_READS_WITHOUT_PROGRESS, RawPage, WalkPlan
+from dmhub_async._pagination_plan import (
+    MAX_READS_WITHOUT_PROGRESS,
+    MAX_STEPS_BACK,
+    RawPage,
+    WalkPlan,
+)
 from dmhub_async._seen_records import Dedupe, SeenRecords
 
 Serve = Callable[[int], RawPage[int]]
@@ -216,6 +221,29 @@ def test_a_delete_of_more_than_a_page_steps_back_further() -> None:
     # Back to page 1, which reaches back; pages 2 and 3 as stepped over (read after the
     # delete, like page 1's re-read), then on.
     assert reads == [1, 2, 3, 2, 1, 4, 5]
+
+
+def test_a_repair_out_of_steps_back_says_the_walk_may_be_short() -> None:
+    # 350 customers (35 pages) deleted behind the cursor before page 40 is read: the repair
+    # steps back MAX_STEPS_BACK pages, none reaching back to 390, the last yielded, and takes
+    # the page it stopped on as it is. 391 to 420 shifted back past it, unread: the walk must
+    # say it may be short (stats.unverified), not end as if whole.
+    ids = list(range(1, 1001))
+    serve = pages_of(ids)
+    served: list[int] = []
+
+    def deleting(number: int) -> RawPage[int]:
+        served.append(number)
+        if len(served) == 40:
+            del ids[:350]
+        return serve(number)
+
+    plan = plan_for()
+    got, reads = drive(plan, deleting)
+    assert reads[39:41] == [40, 39]
+    assert plan.stats.refetches >= MAX_STEPS_BACK
+    assert set(range(391, 421)) - set(got)  # what the flag is for
+    assert plan.stats.unverified == 1
 
 
 def test_a_delete_then_an_insert_behind_the_cursor_during_a_repair_loses_nothing() -> None:
