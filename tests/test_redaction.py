@@ -838,6 +838,23 @@ def test_a_known_secret_is_masked_wherever_it_appears(secret, noise):
     assert secret not in redact(noise + secret + noise, [secret])
 
 
+@pytest.mark.parametrize(
+    "echo",
+    ["ab%2fcd%2bef", "AB%2FCD%2BEF", "Ab/cD+eF"],
+    ids=["lower-case escapes", "upper-cased", "mixed case"],
+)
+def test_a_short_secret_echoed_in_another_case_is_masked(echo: str) -> None:
+    # 8 characters at most: no run of it is masked, only the whole, matched in any case, as a
+    # server that writes its percent escapes in lower case (or upper-cases a value) echoes it.
+    assert redact(f"bad value {echo} for appid", ["ab/cd+ef"]) == "bad value *** for appid"
+
+
+def test_every_short_secret_known_is_masked() -> None:
+    # A client's secret and its token, both too short for runs of them to be masked: each.
+    text = "secret tok4567 then s3cr3t99 and again tok4567"
+    assert redact(text, ["s3cr3t99", "tok4567"]) == "secret *** then *** and again ***"
+
+
 @given(
     secret=st.text(st.characters(blacklist_characters="*"), min_size=9, max_size=40),
     cut=st.data(),
