@@ -1915,6 +1915,32 @@ async def test_a_checkpoint_of_a_later_release_is_refused_saying_so(
 # -- the data changes during the export -------------------------------------------------------
 
 
+async def test_an_export_that_ends_in_mismatch_keeps_its_checkpoint_for_the_rerun(
+    sim: DMHubSimulator, client: DMHubClient, tmp_path: Path
+) -> None:
+    # A sign-up at every count: the counts never agree, and the final check cannot pass. The
+    # report says MISMATCH, run it again: the checkpoint stays for that rerun (removed, the
+    # rerun found a file and no checkpoint, as after a complete export), which takes the
+    # file up and completes it.
+    dest, ckpt = tmp_path / "customers.jsonl", tmp_path / "export.ckpt"
+
+    def sign_up_at_each_count(request: Any) -> None:
+        if request.path == "/v1/customers/count":
+            sim.add_customers(1)
+
+    sim.on_request(sign_up_at_each_count)
+    report = await export_customers(client, dest, checkpoint=ckpt, page_size=100, progress=False)
+    assert not report.complete
+    assert "MISMATCH" in report.summary()
+    assert ckpt.exists()
+    sim.clear_hooks()
+    again = await export_customers(client, dest, checkpoint=ckpt, page_size=100, progress=False)
+    assert again.resumed
+    assert again.complete
+    assert not ckpt.exists()
+    assert_once_each(ids_of(read_jsonl(dest)), sim.customer_ids())
+
+
 @pytest.mark.parametrize("front", [True, False], ids=["ahead of the cursor", "anywhere"])
 @pytest.mark.parametrize(
     ("every", "inserts", "deletes"),
