@@ -142,6 +142,34 @@ async def test_processes_sharing_a_store_share_a_failed_token_fetch(
         assert sim.secret not in message
 
 
+@pytest.mark.parametrize("kind", ["file", "redis", "memory"])
+async def test_a_client_is_not_held_back_by_the_failure_it_recorded_itself(
+    sim: DMHubSimulator, clock: FakeClock, tmp_path: Path, request: Any, kind: str
+) -> None:
+    # The record holds back the other clients that share the store; the client whose fetch
+    # failed tries again at its next call (the endpoint back), not told that "another client"
+    # failed, with no request sent, for as long as its own record holds.
+    (store,) = stores_of(kind, 1, tmp_path, request)
+    try:
+        async with DMHubClient(
+            sim.app_id,
+            sim.secret,
+            base_url=sim.url,
+            token_store=store,
+            retry=RetryPolicy(max_retries=2, jitter=lambda ceiling: ceiling),
+            clock=clock,
+            sleep=clock.sleep,
+        ) as dm:
+            with pytest.raises(ServerError):
+                await dm.customers.count()
+            sim.faults = Faults(rate=0.0)  # the endpoint is back, within the record's hold
+            assert await dm.customers.count() == 1
+    finally:
+        if isinstance(store, RedisTokenStore):
+            await store.aclose()
+    assert sim.counters.requests[TOKEN_ROUTE] == 4
+
+
 @pytest.mark.parametrize("kind", ["503", "429"])
 async def test_a_shared_failure_s_retry_after_is_the_wait_its_message_says(
     sim: DMHubSimulator, clock: FakeClock, tmp_path: Path, request: Any, kind: str
