@@ -2004,6 +2004,11 @@ def test_report_summary_and_completeness() -> None:
     report.verified = False
     assert not report.complete
     assert "MISMATCH" in report.summary()
+    # A final check that failed decides, even with both counts equal to the customers written
+    # (as many sign-ups as deletes while it ran).
+    report.count_after = 10
+    assert not report.complete
+    assert "MISMATCH" in report.summary()
 
 
 def test_a_report_of_one_says_it_in_the_singular() -> None:
