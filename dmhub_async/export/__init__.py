@@ -19,7 +19,8 @@ fail: see :class:`ExportReport` and docs/reliability.md, "Resuming an export".
 
 The pieces: ``_export`` (the walk), ``_output`` (the locked destination, its files),
 ``_checkpoint`` (the typed checkpoint), ``_writers`` (JSONL and CSV, written and read back),
-``_reconcile`` (where a resume starts, the final check), ``_ids`` (the ids written).
+``_reconcile`` (where a resume starts, the final check), ``_ids`` (the ids written),
+``_owner`` (whose customers a resumed output holds, for a client given an access token).
 """
 
 from ._export import export_customers

@@ -29,6 +29,7 @@ from ..resources.customers import CustomerFilters, customer_filter_params, long_
 from ._checkpoint import Checkpoint, ExportScope, id_list_digest, recorded_scope
 from ._ids import IdSet
 from ._output import Output, check_path, open_output
+from ._owner import check_owner
 from ._reconcile import Retries, final_check, start_page
 from ._report import ExportProgress, ExportReport
 from ._writers import Format, Writer, new_writer
@@ -100,7 +101,9 @@ async def export_customers(
     Raises:
         InvalidRequestError: a bad filter, format or destination (a directory, a link, a
             FIFO, a device), a checkpoint of another export or an output that does not
-            match it, or the destination in use by another export.
+            match it (of a client given an access token: none of the customers it holds
+            that are looked up is one the token reaches, as written), or the destination in
+            use by another export.
         OSError: the output cannot be written.
         ResponseDecodeError: a page the service sent cannot be written (text UTF-8 cannot
             hold, a lone surrogate), or read; the pages before it are kept.
@@ -492,6 +495,16 @@ class _Run:
         first = 1
         resumed = self.out.resumed
         if resumed is not None:
+            # Its checkpoint records no app id (a client given an access token): another
+            # app's token at the same base URL took the file up as its own.
+            await check_owner(
+                client,
+                self.out.samples,
+                f"output {report.path!r}",
+                "export to a new file (with a new checkpoint), or delete both to start over",
+                retries,
+                more=lambda: on_thread(self.out.spread_samples),  # its file: waited for
+            )
             first = await start_page(
                 client, filters, self.page_size, resumed.next_page, self.last_id, retries
             )

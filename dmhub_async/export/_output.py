@@ -29,6 +29,7 @@ from .._atomic import give_open_mode, held, naming, put_in_place, remove_or_warn
 from .._exceptions import InvalidRequestError
 from .._threads import on_thread
 from ._checkpoint import Checkpoint, ExportScope, read_checkpoint, write_checkpoint
+from ._owner import Sample, first_records, spread_records
 from ._writers import Scan, scan
 
 __all__ = ["Output", "check_path", "open_output", "wait_for_room"]
@@ -82,9 +83,11 @@ class Output:
     """The open output of one export: ``write``, ``commit`` after a page, ``finish`` or ``close``.
 
     ``resumed`` is the checkpoint read and ``found`` what the file was checked to hold (both
-    None for a new export). ``replace`` false: a file at ``dest`` that no checkpoint resumes is
-    refused as the output is opened, and the file written never takes the place of one another
-    program put at ``dest`` meanwhile (``FileExistsError`` naming it: :func:`put_in_place`).
+    None for a new export); ``samples``, of a resume that recorded no app id, the first
+    customers the file holds, whose owner the export checks before it goes on (``_owner``).
+    ``replace`` false: a file at ``dest`` that no checkpoint resumes is refused as the output
+    is opened, and the file written never takes the place of one another program put at
+    ``dest`` meanwhile (``FileExistsError`` naming it: :func:`put_in_place`).
     """
 
     def __init__(
@@ -98,6 +101,8 @@ class Output:
         self._replace = replace
         self.resumed: Checkpoint | None = None
         self.found: Scan | None = None
+        self.samples: list[Sample] = []
+        self._format = "jsonl" if scope is None else scope.format
         self._locks: list[tuple[filelock.BaseFileLock, Path]] = []
         self._checkpoint = checkpoint
         self._committed: int | None = None  # bytes the checkpoint on disk covers
@@ -153,6 +158,8 @@ class Output:
         found = self.found = _verified(self.fh, resumed, scope.format, self._dest)
         with naming(self._dest):
             self.fh.truncate(found.end)  # a torn record after the checkpoint, or a repair
+            if scope.app_id is None:  # a token's: nothing recorded says whose the file is
+                self.samples = first_records(self.fh, scope.format, found.end)
         self.fh.seek(0, os.SEEK_END)
         if (found.end, found.count, found.last_id) != (
             resumed.bytes,
@@ -172,6 +179,18 @@ class Output:
             write_checkpoint(self._checkpoint, resumed)
             self.resumed = resumed
         self._committed = resumed.bytes
+
+    def spread_samples(self) -> list[Sample]:
+        """Customers spread over what the file was checked to hold (a read of it all), for
+        the owner's check (``_owner``); blocking work, done before anything is written."""
+        assert self._dest is not None
+        assert self.found is not None
+        found = self.found
+        try:
+            with naming(self._dest):
+                return spread_records(self.fh, self._format, found.end, found.count)
+        finally:
+            self.fh.seek(0, os.SEEK_END)
 
     @property
     def resumable(self) -> bool:

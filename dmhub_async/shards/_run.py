@@ -30,6 +30,7 @@ from .._words import counted
 from ..export import ExportProgress, ExportReport, export_customers
 from ..export._export import Verify, check_run, check_verify, retries_of
 from ..export._output import _lock, _release, _sweep
+from ..export._owner import SAMPLES, Sample, check_owner, samples_of, spread_samples_of
 from ..resources._filters import check_filter_names, read_once
 from ..resources.customers import CustomerFilters
 from ._late import LATE_MISMATCH, grown_by_late_check, late_check, late_checked
@@ -336,6 +337,18 @@ async def _prepare(
         existing.check_same_export(
             fmt=format, base_url=client.base_url, app_id=client.app_id, filters=recorded
         )
+        if client.app_id is None:
+            # A client given an access token: the manifest records no app id, and another
+            # app's token at the same base URL took the directory up as its own (its late
+            # check appending that app's customers to the last part).
+            samples = await file_work(lambda: _part_samples(where, existing))
+            await check_owner(
+                client,
+                samples,
+                f"the sharded export in {str(where)!r}",
+                "export to a new directory",
+                more=lambda: file_work(lambda: _spread_part_samples(where, existing)),
+            )
         if text is not None and length != existing.id_list_length:
             # Its length and last slice edited together: the ids past them were in no shard,
             # and the export was reported complete without them.
@@ -389,6 +402,54 @@ async def _prepare(
     )
     await ManifestWriter(manifest, where).write()
     return manifest
+
+
+#: Customers a part is looked up by (at least), and parts looked at, for the owner's check
+#: (``export._owner``): spread over the export's windows, as many as one request holds.
+_PER_PART = 2
+_PARTS_SAMPLED = 10
+#: Customers looked up at most when none of the first are found (one page of ids).
+_MOST_SAMPLES = 100
+
+
+def _spread(count: int) -> list[int]:
+    """Indexes of up to :data:`_PARTS_SAMPLED` parts of ``count``, spread evenly, the first
+    and the last among them."""
+    if count <= _PARTS_SAMPLED:
+        return list(range(count))
+    last = _PARTS_SAMPLED - 1
+    return sorted({round(i * (count - 1) / last) for i in range(_PARTS_SAMPLED)})
+
+
+def _part_samples(where: Path, manifest: Manifest) -> list[Sample]:
+    """The first customers of parts spread over the plan (its oldest and newest windows
+    among them), for the owner's check: a false refusal needs every one deleted since."""
+    outcomes = manifest.shards
+    spread = _spread(len(outcomes))
+    # Two a part of many; more a part of few (one part: all ten from it).
+    per_part = max(_PER_PART, -(-SAMPLES * _PER_PART // max(1, len(spread))))
+    found: list[Sample] = []
+    for index in spread:
+        found += samples_of(where / outcomes[index].file, manifest.format, per_part)
+    # Empty windows among them: other parts, until there are enough.
+    for index in range(len(outcomes)):
+        if len(found) >= SAMPLES * _PER_PART:
+            break
+        if index not in spread:
+            found += samples_of(where / outcomes[index].file, manifest.format, _PER_PART)
+    return found
+
+
+def _spread_part_samples(where: Path, manifest: Manifest) -> list[Sample]:
+    """Customers spread over each of the parts :func:`_part_samples` looks at (a read of
+    them all): looked up when none of their first customers is found (deleted since: the
+    oldest of each window), before the export is refused."""
+    outcomes = manifest.shards
+    found: list[Sample] = []
+    for index in _spread(len(outcomes)):
+        outcome = outcomes[index]
+        found += spread_samples_of(where / outcome.file, manifest.format, outcome.exported)
+    return found[:_MOST_SAMPLES]
 
 
 def check_shards(shards: object, caller: str) -> None:

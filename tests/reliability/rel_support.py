@@ -1,15 +1,22 @@
-"""Helpers of the reliability scenarios: leftover tasks and connections, a log of calls."""
+"""Helpers of the reliability scenarios: leftover tasks and connections, a log of calls, two
+apps behind one host."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 from collections import Counter
+from collections.abc import AsyncIterator
 from typing import Any
+
+import aiohttp
+from aiohttp import web
 
 from dmhub_async import DMHubClient
 from dmhub_async._retry import RETRY_TALLY
 from dmhub_async._sansio import APIResponse, Request
+from dmhub_async.testing import DMHubSimulator
 
 #: The coroutine of the task aiohttp's server runs per open connection.
 SERVER_CONNECTION = "RequestHandler.start"
@@ -79,3 +86,54 @@ class CallLog:
     def pages(self) -> Counter[int]:
         """Calls by list page number."""
         return Counter(int(page) for p, page, _ in self.calls if p == "/v1/customers")
+
+
+class TwoApps:
+    """Two apps' simulators (``a``, ``b``) behind one host (``url``), as the live service is
+    one host for every app: a request goes to the app whose token it carries (``token``)."""
+
+    def __init__(self, a: DMHubSimulator, b: DMHubSimulator, url: str) -> None:
+        self.a, self.b, self.url = a, b, url
+        self._b_tokens: set[str] = set()
+
+    def token(self, sim: DMHubSimulator) -> str:
+        """A new token of ``sim``'s app (its previous one stops working)."""
+        token = sim.tokens.issue()
+        if sim is self.b:
+            self._b_tokens.add(token)
+        return token
+
+    def app_of(self, token: str) -> DMHubSimulator:
+        return self.b if token in self._b_tokens else self.a
+
+
+@contextlib.asynccontextmanager
+async def two_apps(customers: int, *, seed: int = 21) -> AsyncIterator[TwoApps]:
+    """:class:`TwoApps` of ``customers`` each (other customers, the same ids), on 127.0.0.1."""
+    async with (
+        DMHubSimulator(customers, seed=seed, app_id="app-a", secret="secret-a") as a,
+        DMHubSimulator(customers, seed=seed + 1, app_id="app-b", secret="secret-b") as b,
+        aiohttp.ClientSession() as http,
+    ):
+        apps: TwoApps
+
+        async def route(request: web.Request) -> web.Response:
+            sim = apps.app_of(request.query.get("access_token", ""))
+            async with http.get(sim.url + request.path_qs) as answer:
+                body = await answer.read()
+                return web.Response(
+                    status=answer.status, body=body, content_type=answer.content_type
+                )
+
+        app = web.Application()
+        app.router.add_get("/{path:.*}", route)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            port = runner.addresses[0][1]
+            apps = TwoApps(a, b, f"http://127.0.0.1:{port}")
+            yield apps
+        finally:
+            await runner.cleanup()

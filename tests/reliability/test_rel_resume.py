@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from rel_support import two_apps
 
 from dmhub_async import DMHubClient, InvalidRequestError
 from dmhub_async._seen_records import SeenRecords
@@ -71,9 +72,11 @@ async def export(dm: DMHubClient, dest: Path, ckpt: Path | None, **kwargs: Any) 
     return await export_customers(dm, dest, checkpoint=ckpt, progress=False, **kwargs)
 
 
-async def crashed_export(dm: DMHubClient, dest: Path, ckpt: Path, pages: int = 3) -> None:
+async def crashed_export(
+    dm: DMHubClient, dest: Path, ckpt: Path, pages: int = 3, **kwargs: Any
+) -> None:
     with pytest.raises(Crash):
-        await export(dm, dest, ckpt, on_progress=crash_after(pages))
+        await export(dm, dest, ckpt, on_progress=crash_after(pages), **kwargs)
     assert state(ckpt)["exported"] == pages * PAGE
 
 
@@ -522,6 +525,49 @@ async def test_a_checkpoint_of_another_service_or_app_is_refused(
                 await export(other_app, dest, ckpt)
         assert production.counters.total == staging.counters.total == 0  # refused at once
     assert dest.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    ("fmt", "select"),
+    [("jsonl", None), ("csv", None), ("jsonl", ["name", "email"]), ("csv", ["name", "mobile"])],
+)
+async def test_a_token_clients_checkpoint_is_resumed_by_its_own_apps_token_alone(
+    tmp_path: Path, clock: Any, fmt: str, select: list[str] | None
+) -> None:
+    """A client given an access token has no app id for its checkpoint to record: app B's
+    token at the same host resumed app A's cut export, 99 of A's customers among B's 300
+    in a file said complete and verified. B is now refused before anything is written; A's
+    renewed token (a token client cannot renew its own: a long export ends by such a resume)
+    resumes, the first customers of the file deleted since. With a ``select`` that leaves
+    ``dateCreated`` out, the fields selected are compared."""
+    dest, ckpt = tmp_path / f"customers.{fmt}", tmp_path / "export.ckpt"
+    kwargs: dict[str, Any] = {} if select is None else {"select": select}
+
+    def client(token: str) -> DMHubClient:
+        return DMHubClient(access_token=token, base_url=apps.url, clock=clock, sleep=clock.sleep)
+
+    async with two_apps(CUSTOMERS) as apps:
+        async with client(apps.token(apps.a)) as dm:
+            await crashed_export(dm, dest, ckpt, **kwargs)
+        before, recorded = dest.read_bytes(), ckpt.read_bytes()
+        token_b = apps.token(apps.b)
+        async with client(token_b) as dm:
+            with pytest.raises(InvalidRequestError, match="holds customers of another app") as err:
+                await export(dm, dest, ckpt, **kwargs)
+        assert "export to a new file" in str(err.value)
+        assert token_b not in str(err.value)
+        assert (dest.read_bytes(), ckpt.read_bytes()) == (before, recorded)
+
+        written = read_ids(dest)
+        for customer_id in written[:5]:  # the first customers of the file: gone since
+            apps.a.delete_customer(customer_id)
+        async with client(apps.token(apps.a)) as dm:
+            report = await export(dm, dest, ckpt, **kwargs)
+        ids = read_ids(dest)
+        assert report.complete
+        assert_once_each(ids, apps.a.customer_ids())
+        assert set(ids) == set(apps.a.customer_ids()) | set(written[:5])
+        assert dest.read_bytes().startswith(before)
 
 
 # -- two runs, and unsafe files -----------------------------------------------------------------

@@ -9,20 +9,33 @@ again, and said complete without it. The late check (docs/sharding.md) finds it 
 
 from __future__ import annotations
 
+import asyncio
+import csv
+import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiohttp import web
+from rel_support import two_apps
 
-from dmhub_async import DMHubClient
+from dmhub_async import DMHubClient, InvalidRequestError
 from dmhub_async.shards import export_sharded, merge
 from dmhub_async.testing import DMHubSimulator
 
 
 def read_ids(path: Path) -> list[int]:
-    with path.open(encoding="utf-8") as fh:
+    with path.open(encoding="utf-8", newline="") as fh:
+        if path.suffix == ".csv":
+            return [int(row["id"]) for row in csv.DictReader(fh)]
         return [json.loads(line)["id"] for line in fh]
+
+
+def digests(directory: Path) -> dict[str, str]:
+    """Each file of ``directory`` (the manifest, the parts) by its SHA-256."""
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in directory.iterdir()}
 
 
 async def test_a_sign_up_while_a_sharded_export_was_down_is_exported(
@@ -81,3 +94,72 @@ async def test_a_rerun_removes_the_temporary_files_of_a_run_killed_writing_them(
 
         assert not [p.name for p in left if p.exists()]
         assert other.read_bytes() == b"mine"
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+async def test_a_token_clients_sharded_export_is_rerun_by_its_own_apps_token_alone(
+    clock: Any, tmp_path: Path, fmt: str
+) -> None:
+    """A client given an access token has no app id for the manifest to record: app B's
+    token at the same host took up app A's complete sharded export, its late check
+    appending B's sign-ups to A's last part, status complete. B is now refused before
+    anything is written; A's renewed token takes the export up, its sign-ups appended once,
+    the first customers of every part deleted since."""
+
+    def client(token: str) -> DMHubClient:
+        return DMHubClient(access_token=token, base_url=apps.url, clock=clock, sleep=clock.sleep)
+
+    out = tmp_path / "parts"
+    async with two_apps(300) as apps:
+        async with client(apps.token(apps.a)) as dm:
+            manifest = await export_sharded(dm, out, 3, format=fmt, progress=False)
+        assert manifest.complete
+        apps.a.add_customers(4)
+        apps.b.add_customers(5)
+        before = digests(out)
+        token_b = apps.token(apps.b)
+        async with client(token_b) as dm:
+            with pytest.raises(InvalidRequestError, match="holds customers of another app") as err:
+                await export_sharded(dm, out, 3, format=fmt, progress=False)
+        assert "export to a new directory" in str(err.value)
+        assert token_b not in str(err.value)
+        assert digests(out) == before
+
+        deleted = []
+        for part in sorted(out.glob(f"part-*.{fmt}")):
+            deleted += read_ids(part)[:4]  # more than the check looks up in each
+        for customer_id in deleted:
+            apps.a.delete_customer(customer_id)
+        async with client(apps.token(apps.a)) as dm:
+            manifest = await export_sharded(dm, out, 3, format=fmt, progress=False)
+        assert manifest.complete
+        merge(out, tmp_path / f"merged.{fmt}")
+        ids = read_ids(tmp_path / f"merged.{fmt}")
+        assert len(ids) == len(set(ids))
+        assert set(ids) == set(apps.a.customer_ids()) | set(deleted)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes")
+async def test_a_token_clients_rerun_over_a_named_pipe_in_a_parts_place_does_not_hang(
+    clock: Any, tmp_path: Path
+) -> None:
+    """The rerun of a token client looks up customers of its parts before anything else: a
+    named pipe put in a part's place was opened to be read, and the rerun waited for a
+    writer for ever. It is passed over, and the shard exported again, as before."""
+    out = tmp_path / "parts"
+    async with DMHubSimulator(customers=300, seed=11) as sim:
+
+        def client() -> DMHubClient:
+            token = sim.tokens.issue()
+            return DMHubClient(access_token=token, base_url=sim.url, clock=clock, sleep=clock.sleep)
+
+        async with client() as dm:
+            await export_sharded(dm, out, 3, progress=False)
+        part = out / "part-00000.jsonl"
+        part.unlink()
+        os.mkfifo(part)
+        async with client() as dm:
+            manifest = await asyncio.wait_for(export_sharded(dm, out, 3, progress=False), 30)
+        assert manifest.complete
+        merge(out, tmp_path / "merged.jsonl")
+        assert sorted(read_ids(tmp_path / "merged.jsonl")) == sim.customer_ids()

@@ -1,0 +1,215 @@
+"""Whose customers an output holds: checked before a client given an access token resumes.
+
+A checkpoint (or a sharded directory's manifest) records the app id it was written for, and a
+resume with another is refused. A client given an ``access_token`` has none to record: a run
+with another app's token at the same base URL took the file up as its own, that app's
+customers joining it and the final check calling it complete (one tenant's customers in
+another's export). A token is no app's name either: one export resumed with a renewed token
+(a token client cannot renew its own) holds another token, and must go on.
+
+So the output is asked whose it is: a few customers it already holds are fetched by id, in
+one request, and one of them must come back with the ``dateCreated`` written (a field that
+never changes): customers deleted since are no refusal while one is left. An export whose
+``select`` left ``dateCreated`` out is compared by the fields it selected instead (but those
+the service moves by itself): customers deleted or changed since are no refusal while one is
+left as written. One of ids alone (``select=["id"]``) is compared by its ids: another app's
+customers of the same ids pass.
+"""
+
+from __future__ import annotations
+
+import csv
+import stat
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import IO, Any, Final
+
+import attrs
+
+from .._atomic import open_to_read
+from .._client import DMHubClient
+from .._exceptions import InvalidRequestError
+from .._json import loads
+from ._reconcile import Retries
+from ._writers import CSV_FIELDS, _cell, _Lines, long_csv_fields
+
+__all__ = [
+    "SAMPLES",
+    "Sample",
+    "check_owner",
+    "first_records",
+    "records",
+    "samples_of",
+    "spread_records",
+    "spread_samples_of",
+]
+
+#: Customers of a file looked up (one request holds them all).
+SAMPLES: Final = 5
+_CREATED: Final = "dateCreated"
+
+
+@attrs.frozen
+class Sample:
+    """A customer an output holds: its id, and the fields it is compared by, each as a cell:
+    its ``dateCreated``, or without one (a ``select`` that left it out) the other fields
+    written (but those the service changes by itself), or none (ids alone)."""
+
+    id: int
+    fields: tuple[tuple[str, str], ...]
+
+
+#: The fields a sample without ``dateCreated`` is compared by: the model's (a ``select``
+#: names no other), but those the service moves by itself (``lastUpdated`` on any change,
+#: ``dateJoin`` on a matched create: docs/contract.md) and ``id``.
+_COMPARED: Final = frozenset(CSV_FIELDS) - {"id", "lastUpdated", "dateJoin"}
+
+
+def _sample(customer_id: int, fields: dict[str, Any]) -> Sample:
+    """The :class:`Sample` of a customer written with ``fields`` (wire names: values)."""
+    created = fields.get(_CREATED)
+    if created is not None and created != "":
+        return Sample(customer_id, ((_CREATED, _cell(created)),))
+    return Sample(
+        customer_id,
+        tuple(sorted((name, _cell(value)) for name, value in fields.items() if name in _COMPARED)),
+    )
+
+
+def first_records(fh: IO[bytes], fmt: str, limit: int, count: int = SAMPLES) -> list[Sample]:
+    """The first ``count`` whole records in the first ``limit`` bytes of ``fh`` (from its
+    start; its position is left where the read ended)."""
+    return records(fh, fmt, limit, lambda index: index < count, count)
+
+
+def spread_records(fh: IO[bytes], fmt: str, limit: int, total: int) -> list[Sample]:
+    """:data:`SAMPLES` times two records spread over the ``total`` the first ``limit`` bytes
+    of ``fh`` hold (one read of them all)."""
+    wanted = SAMPLES * 2
+    step = max(1, total // wanted)
+    return records(fh, fmt, limit, lambda index: index % step == step - 1, wanted)
+
+
+def records(
+    fh: IO[bytes], fmt: str, limit: int, pick: Callable[[int], bool], count: int
+) -> list[Sample]:
+    """The whole records in the first ``limit`` bytes of ``fh`` whose index (from 0) ``pick``
+    takes, ``count`` at most."""
+    fh.seek(0)
+    lines = _Lines(fh, limit)
+    found: list[Sample] = []
+    index = -1
+    if fmt == "jsonl":
+        for line in lines:
+            if len(found) == count or not lines.whole:
+                break
+            index += 1
+            if not pick(index):
+                continue
+            try:
+                row = loads(line)
+            except ValueError:
+                continue
+            if isinstance(row, dict) and type(row.get("id")) is int:
+                found.append(_sample(row["id"], row))
+        return found
+    with long_csv_fields():
+        reader = csv.reader(lines.text(), strict=True)
+        try:
+            header = next(reader, None)
+            if not header:
+                return found
+            header[0] = header[0].removeprefix("\ufeff")  # written with a byte order mark
+            for cells in reader:
+                if len(found) == count or not lines.whole:
+                    break
+                index += 1
+                if not pick(index) or len(cells) != len(header) or not cells[0].isdigit():
+                    continue
+                found.append(_sample(int(cells[0]), dict(zip(header, cells, strict=True))))
+        except csv.Error:  # a quoted field cut off by the end
+            pass
+    return found
+
+
+def samples_of(path: Path, fmt: str, count: int = SAMPLES) -> list[Sample]:
+    """:func:`first_records` of the file at ``path`` (none when there is no such file)."""
+    return _read(path, lambda fh: first_records(fh, fmt, _WHOLE, count))
+
+
+def spread_samples_of(path: Path, fmt: str, total: int) -> list[Sample]:
+    """:func:`spread_records` of the file at ``path``, which holds about ``total`` records
+    (none when there is no such file)."""
+    return _read(path, lambda fh: spread_records(fh, fmt, _WHOLE, total))
+
+
+#: A limit beyond any file: all of it.
+_WHOLE: Final = 1 << 62
+
+
+def _read(path: Path, read: Callable[[IO[bytes]], list[Sample]]) -> list[Sample]:
+    """``read`` of the regular file at ``path``; nothing of anything else: a named pipe put
+    in a part's place waited for a writer for ever (the rerun hung), and a device (a link to
+    ``/dev/zero``) reads for ever. The rerun goes on to refuse or redo such a part."""
+    try:
+        fh, info = open_to_read(path)
+    except OSError:  # none there, a directory, unreadable: nothing to look up of it
+        return []
+    with fh:
+        return read(fh) if stat.S_ISREG(info.st_mode) else []
+
+
+async def check_owner(
+    client: DMHubClient,
+    samples: Sequence[Sample],
+    what: str,
+    instead: str,
+    retries: Retries | None = None,
+    more: Callable[[], Awaitable[Sequence[Sample]]] | None = None,
+) -> None:
+    """InvalidRequestError unless one of ``samples`` is a customer the service ``client``
+    reaches holds, with the same ``dateCreated`` (nothing to check without samples).
+
+    ``more``: other samples to look up (spread over the output: a read of it all) before a
+    refusal, when none of ``samples`` is found: the first customers of a file are its oldest,
+    which a purge of old customers may have deleted since. ``what``: the output, as the
+    refusal names it (``output '/x/customers.jsonl'``); ``instead``: what to do (``export to
+    a new file``). The retries of its requests go to ``retries``.
+    """
+    if not samples or await _found(client, samples, retries):
+        return
+    looked_up = {sample.id for sample in samples}
+    if more is not None:
+        others = [sample for sample in await more() if sample.id not in looked_up]
+        if others and await _found(client, others, retries):
+            return
+        looked_up.update(sample.id for sample in others)
+    ids = sorted(looked_up)
+    shown = ", ".join(str(i) for i in ids[: SAMPLES * 2])
+    if len(ids) > SAMPLES * 2:
+        shown += ", ..."
+    dated = all(name == _CREATED for sample in samples for name, _ in sample.fields)
+    compared = "dateCreated" if dated else "fields"
+    raise InvalidRequestError(
+        f"{what} holds customers of another app: none of the {len(ids)} looked up (ids "
+        f"{shown}) is a customer with the same {compared} where this client's access token "
+        f"reaches (or every one was deleted{'' if dated else ' or changed'} since), and the "
+        f"export, run with an access_token, recorded no app id to tell: {instead}"
+    )
+
+
+async def _found(client: DMHubClient, samples: Sequence[Sample], retries: Retries | None) -> bool:
+    """Whether one of ``samples`` is a customer ``client``'s service holds, with the same
+    fields (:class:`Sample`): one request."""
+    ids = sorted({sample.id for sample in samples})
+    names = sorted({name for sample in samples for name, _ in sample.fields})
+    walk = client.customers.list_rows(
+        page_size=100, id_list=ids, select=["id", *names], max_items=len(ids)
+    )
+    rows = await (walk.to_list() if retries is None else retries.to_list(walk))
+    held = {row.get("id"): row for row in rows}
+    return any(
+        sample.id in held
+        and all(_cell(held[sample.id].get(name)) == cell for name, cell in sample.fields)
+        for sample in samples
+    )
