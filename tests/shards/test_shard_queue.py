@@ -26,7 +26,7 @@ from _redis import RedisServer
 from shard_support import QuietRedis, SimProcess, exported_ids, planned, queue_workers, sim_process
 
 from dmhub_async import DMHubClient, DMHubError, InvalidRequestError, RedisTokenStore
-from dmhub_async.shards import MANIFEST_NAME, Manifest, Shard
+from dmhub_async.shards import MANIFEST_NAME, Manifest, Shard, ShardOutcome
 from dmhub_async.shards._queue import export_id_of, job_id_of, run_on_queue, worker
 from dmhub_async.shards._run import prepare
 
@@ -77,6 +77,22 @@ def _job_context(client: DMHubClient) -> dict[str, Any]:
         "heartbeat": 10.0,
         "takeover": 30.0,
     }
+
+
+def _recorded_failure(error: BaseException) -> ShardOutcome:
+    """A shard's outcome as the coordinator records a job that failed with ``error``, sent
+    through pickle as arq sends a failed job's error."""
+    import pickle
+
+    from dmhub_async.shards import _queue
+
+    [outcome] = Manifest.new(
+        [Shard(0, None, None)], fmt="jsonl", base_url="u", app_id="a", filters={}
+    ).shards
+    _queue._record(
+        outcome, types.SimpleNamespace(success=False, result=pickle.loads(pickle.dumps(error)))
+    )
+    return outcome
 
 
 def _planned(directory: Path) -> str:
@@ -1496,7 +1512,6 @@ async def test_a_failed_jobs_error_carries_its_retries_to_the_manifest(tmp_path:
     # A shard's job that fails (its requests retried until the client gave up) sends back
     # its error, pickled, and no result: the retries it took were counted nowhere, and the
     # manifest's total said nothing of them. The error carries them.
-    import pickle
 
     from dmhub_async import RetryPolicy
     from dmhub_async.shards import _queue
@@ -1526,11 +1541,7 @@ async def test_a_failed_jobs_error_carries_its_retries_to_the_manifest(tmp_path:
             await _queue._export_shard_job(ctx, task)
         retried = dm.stats.retries
 
-    [outcome] = Manifest.new(
-        [Shard(0, None, None)], fmt="jsonl", base_url="u", app_id="a", filters={}
-    ).shards
-    sent = pickle.loads(pickle.dumps(raised.value))  # as arq sends a failed job's error
-    _queue._record(outcome, types.SimpleNamespace(success=False, result=sent))
+    outcome = _recorded_failure(raised.value)
     assert outcome.status == "failed"
     assert "503" in (outcome.error or "")
     assert retried == 2
@@ -1544,7 +1555,6 @@ async def test_a_job_whose_part_cannot_be_written_fails_its_shard_saying_why(
     # failed in the manifest as "OSError" alone: the file and the reason were lost, where
     # worker processes and one process say "parts/part-00000.jsonl: No space left on device".
     import errno
-    import pickle
 
     from dmhub_async._atomic import naming
     from dmhub_async.export import _output
@@ -1565,11 +1575,7 @@ async def test_a_job_whose_part_cannot_be_written_fails_its_shard_saying_why(
         with pytest.raises(OSError, match="No space left") as raised:
             await _queue._export_shard_job(_job_context(dm), task)
 
-    [outcome] = Manifest.new(
-        [Shard(0, None, None)], fmt="jsonl", base_url="u", app_id="a", filters={}
-    ).shards
-    sent = pickle.loads(pickle.dumps(raised.value))  # as arq sends a failed job's error
-    _queue._record(outcome, types.SimpleNamespace(success=False, result=sent))
+    outcome = _recorded_failure(raised.value)
     assert outcome.status == "failed"
     assert outcome.error == f"{tmp_path / 'part-00000.jsonl'}: No space left on device"
 
@@ -1675,7 +1681,6 @@ async def test_a_job_with_a_filter_this_worker_does_not_know_says_so_not_type_er
     # not (a job made by hand, or a release that added one without a new job version): the
     # job failed with export_customers' raw TypeError, which the coordinator's report said as
     # "part-00000.jsonl: failed: TypeError" alone.
-    import pickle
 
     from dmhub_async.shards import _queue
     from dmhub_async.testing import DMHubSimulator
@@ -1691,11 +1696,7 @@ async def test_a_job_with_a_filter_this_worker_does_not_know_says_so_not_type_er
             await _queue._export_shard_job(_job_context(dm), task)
         assert dm.stats.requests == 0
     assert not (tmp_path / "part-00000.jsonl").exists()
-    [outcome] = Manifest.new(
-        [Shard(0, None, None)], fmt="jsonl", base_url="u", app_id="a", filters={}
-    ).shards
-    sent = pickle.loads(pickle.dumps(refused.value))  # as arq sends a failed job's error
-    _queue._record(outcome, types.SimpleNamespace(success=False, result=sent))
+    outcome = _recorded_failure(refused.value)
     assert outcome.status == "failed"
     assert "'tag'" in (outcome.error or "")
     assert "9.0.0" in (outcome.error or "")
@@ -2503,18 +2504,12 @@ async def test_a_job_keeps_its_in_progress_mark_while_it_hashes_its_part(
     ids=["tries spent", "expired", "the job timeout"],
 )
 def test_a_job_arq_gave_up_fails_its_shard_saying_why(error: str | None, said: str) -> None:
-    import pickle
 
     from arq.worker import JobExecutionFailed
 
-    from dmhub_async.shards import _queue
 
     failed = asyncio.TimeoutError() if error is None else JobExecutionFailed(error)
-    [outcome] = Manifest.new(
-        [Shard(0, None, None)], fmt="jsonl", base_url="u", app_id="a", filters={}
-    ).shards
-    sent = pickle.loads(pickle.dumps(failed))  # as arq sends a failed job's error
-    _queue._record(outcome, types.SimpleNamespace(success=False, result=sent))
+    outcome = _recorded_failure(failed)
 
     assert outcome.status == "failed"
     assert (outcome.error or "").startswith(said), outcome.error
