@@ -434,6 +434,20 @@ class StaleRecordsServer(FakeServer):
         return RawPage(raw.items, None, 25, None)
 
 
+def _deletes_first_at_third_read(deleted: int) -> Callable[[FakeServer], None]:
+    """A ``FakeServer.mutate`` that deletes the first ``deleted`` customers as the third page
+    read is served (behind the cursor of a walk one page at a time)."""
+    served = 0
+
+    def mutate(server: FakeServer) -> None:
+        nonlocal served
+        served += 1
+        if served == 3:
+            del server.ids[:deleted]
+
+    return mutate
+
+
 @pytest.mark.parametrize("concurrency", [1, 3])
 async def test_an_empty_page_before_the_reported_total_counts_as_unverified(
     concurrency: int,
@@ -443,15 +457,7 @@ async def test_an_empty_page_before_the_reported_total_counts_as_unverified(
     # walk ended there, 21 to 30 (shifted onto page 2, read already) never yielded, and
     # stats.unverified == 0: nothing told the caller the walk may be short.
     server = StaleCountServer(30)
-    served = 0
-
-    def mutate(server: FakeServer) -> None:
-        nonlocal served
-        served += 1
-        if served == 3:
-            del server.ids[:10]
-
-    server.mutate = mutate
+    server.mutate = _deletes_first_at_third_read(10)
     paginator = walk(server, page_size=10, concurrency=concurrency)
     got = await paginator.to_list()
     assert got == list(range(1, 21))  # what a walk can see (the walk still ends on it)
@@ -463,15 +469,7 @@ async def test_an_empty_last_page_the_records_alone_say_holds_some_counts_as_unv
     # cursor and a count that did not move: page 3 came back empty, 21 to 25 shifted onto page
     # 2 (read already), and the walk must say it may be short.
     server = StaleRecordsServer(25)
-    served = 0
-
-    def mutate(server: FakeServer) -> None:
-        nonlocal served
-        served += 1
-        if served == 3:
-            del server.ids[:5]
-
-    server.mutate = mutate
+    server.mutate = _deletes_first_at_third_read(5)
     paginator = walk(server, page_size=10)
     assert await paginator.to_list() == list(range(1, 21))
     assert paginator.stats.unverified == 1
