@@ -83,22 +83,24 @@ def stores_of(kind: str, processes: int, tmp_path: Path, request: Any) -> list[A
     return [UsersOwnStore(shared) for _ in range(processes)]
 
 
+def client_of(sim: DMHubSimulator, store: Any, clock: FakeClock) -> DMHubClient:
+    """A client of ``sim`` keeping its token in ``store`` (max_retries=2, exact waits)."""
+    return DMHubClient(
+        sim.app_id,
+        sim.secret,
+        base_url=sim.url,
+        token_store=store,
+        retry=RetryPolicy(max_retries=2, jitter=lambda ceiling: ceiling),
+        clock=clock,
+        sleep=clock.sleep,
+    )
+
+
 async def first_calls(
     sim: DMHubSimulator, stores: list[Any], clock: FakeClock
 ) -> list[BaseException | int]:
     """Each store's client makes its first call, all at once (max_retries=2, exact waits)."""
-    clients = [
-        DMHubClient(
-            sim.app_id,
-            sim.secret,
-            base_url=sim.url,
-            token_store=store,
-            retry=RetryPolicy(max_retries=2, jitter=lambda ceiling: ceiling),
-            clock=clock,
-            sleep=clock.sleep,
-        )
-        for store in stores
-    ]
+    clients = [client_of(sim, store, clock) for store in stores]
     try:
         return await asyncio.wait_for(
             asyncio.gather(*(dm.customers.count() for dm in clients), return_exceptions=True),
@@ -151,15 +153,7 @@ async def test_a_client_is_not_held_back_by_the_failure_it_recorded_itself(
     # failed, with no request sent, for as long as its own record holds.
     (store,) = stores_of(kind, 1, tmp_path, request)
     try:
-        async with DMHubClient(
-            sim.app_id,
-            sim.secret,
-            base_url=sim.url,
-            token_store=store,
-            retry=RetryPolicy(max_retries=2, jitter=lambda ceiling: ceiling),
-            clock=clock,
-            sleep=clock.sleep,
-        ) as dm:
+        async with client_of(sim, store, clock) as dm:
             with pytest.raises(ServerError):
                 await dm.customers.count()
             sim.faults = Faults(rate=0.0)  # the endpoint is back, within the record's hold
