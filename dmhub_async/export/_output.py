@@ -312,12 +312,18 @@ def _verified(fh: IO[bytes], resumed: Checkpoint, fmt: str, path: Path) -> Scan:
     """
     size = os.fstat(fh.fileno()).st_size
     found = scan(fh, fmt, min(size, resumed.bytes))
+    # A CSV's header edited in place (``name`` as ``Name``, as long): its records read back
+    # as the checkpoint says, and the resume wrote its rows under that header, the cells of
+    # the columns it names taken from fields the rows do not have (left blank).
+    other_header = (
+        found.header is not None and resumed.header is not None and found.header != resumed.header
+    )
     exact = (found.end, found.count, found.last_id) == (
         resumed.bytes,
         resumed.exported,
         resumed.last_id,
     )
-    if exact:
+    if exact and not other_header:
         return found
     # A file cut short holds the first of the checkpoint's records, then at most one torn
     # where it was cut. Every record the checkpoint counts, read back in fewer bytes: no
@@ -332,13 +338,19 @@ def _verified(fh: IO[bytes], resumed: Checkpoint, fmt: str, path: Path) -> Scan:
         and resumed.last_id is not None
         and not found.last_id <= resumed.last_id
     )
-    foreign = size >= resumed.bytes or rewritten or found.not_utf8 or found.stopped or past
-    if found.header is not None and resumed.header is not None:
-        foreign = foreign or found.header != resumed.header
+    foreign = (
+        size >= resumed.bytes
+        or rewritten
+        or found.not_utf8
+        or found.stopped
+        or past
+        or other_header
+    )
     if foreign:
         raise InvalidRequestError(
             f"output {str(path)!r} does not match its checkpoint (it holds {found.count} "
             f"records that read back, the checkpoint {resumed.exported}"
+            + (", under another header" if other_header else "")
             + (
                 f", in {size} bytes, not {resumed.bytes}"
                 if rewritten and size < resumed.bytes

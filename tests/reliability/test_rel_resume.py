@@ -374,16 +374,17 @@ async def test_a_repaired_output_that_fails_again_before_its_next_checkpoint_res
 
 
 async def refused_as_changed(
-    sim: DMHubSimulator, dm: DMHubClient, dest: Path, ckpt: Path, changed: bytes
+    sim: DMHubSimulator, dm: DMHubClient, dest: Path, ckpt: Path, changed: bytes, said: str = ""
 ) -> None:
-    """``changed`` written over the output: the resume is refused, nothing is sent, and the
-    file is left as it is."""
+    """``changed`` written over the output: the resume is refused (its message saying ``said``
+    too), nothing is sent, and the file is left as it is."""
     dest.write_bytes(changed)  # noqa: ASYNC240 - a test's small file, nothing else on the loop
     sim.counters.reset()
 
-    with pytest.raises(InvalidRequestError, match="does not match its checkpoint"):
+    with pytest.raises(InvalidRequestError, match="does not match its checkpoint") as refused:
         await export(dm, dest, ckpt)
 
+    assert said in str(refused.value)
     assert sim.counters.total == 0
     assert dest.read_bytes() == changed  # noqa: ASYNC240 - as above
 
@@ -443,6 +444,28 @@ async def test_an_output_a_spreadsheet_saved_shorter_is_refused_not_resumed_with
 
         assert sim.counters.total == 0
     assert dest.read_bytes() == changed
+
+
+@pytest.mark.parametrize("size", ["as long", "longer"])
+async def test_a_csv_whose_header_was_edited_is_refused_not_resumed_under_it(
+    tmp_path: Path, connect: Callable[..., DMHubClient], size: str
+) -> None:
+    """A CSV whose header was edited in place while the export was down, every record as
+    written (``name`` capitalised to ``Name``, same length): it read back as the checkpoint
+    says, and the resume wrote its rows under the edited header, the cells of ``Name`` asked
+    of rows that have ``name``: the names of the 700 customers it wrote were left blank, and
+    the export said complete and verified. Refused, as a header of another length is.
+    ``longer``: a page written after the checkpoint too, as a kill between the two leaves."""
+    dest, ckpt = tmp_path / "customers.csv", tmp_path / "export.ckpt"
+    async with DMHubSimulator(customers=CUSTOMERS, seed=14) as sim, connect(sim) as dm:
+        await crashed_export(dm, dest, ckpt)
+        data = dest.read_bytes()
+        if size == "longer":
+            data += b"".join(data.splitlines(keepends=True)[-100:]).replace(b"\r\n", b"x\r\n")
+        header, _, rows = data.partition(b"\r\n")
+        assert b",name," in header
+        changed = header.replace(b",name,", b",Name,") + b"\r\n" + rows
+        await refused_as_changed(sim, dm, dest, ckpt, changed, "under another header")
 
 
 def _reordered(lines: list[bytes]) -> list[bytes]:
