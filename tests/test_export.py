@@ -2365,6 +2365,44 @@ async def test_a_checkpoint_edited_to_values_no_export_writes_is_refused_as_no_c
     assert sim.counters.total == 0
 
 
+@pytest.mark.parametrize(
+    "damage",
+    [
+        pytest.param(lambda data: b"", id="empty"),
+        pytest.param(lambda data: data[: len(data) // 2], id="cut short"),
+        pytest.param(lambda data: bytes(range(256)), id="binary"),
+    ],
+)
+async def test_a_damaged_checkpoint_is_refused_saying_what_to_do(
+    sim: DMHubSimulator, client: DMHubClient, tmp_path: Path, damage: Any
+) -> None:
+    """A checkpoint empty, cut short or overwritten (a copy interrupted, a file system that
+    lost it in a crash) was refused as "not a checkpoint file", and no more: every other
+    refusal of a checkpoint says what to do, this one left the user guessing whether the
+    output could be kept. It says so now, before any request, the output untouched."""
+    dest, ckpt = tmp_path / "customers.jsonl", tmp_path / "export.ckpt"
+    with pytest.raises(Crash):
+        await export_customers(
+            client, dest, checkpoint=ckpt, page_size=10, progress=False, on_progress=crash_after(2)
+        )
+    ckpt.write_bytes(damage(ckpt.read_bytes()))
+    written = dest.read_bytes()
+    sim.counters.reset()
+
+    with pytest.raises(InvalidRequestError, match=r"is not a checkpoint file") as refused:
+        await export_customers(client, dest, checkpoint=ckpt, page_size=10, progress=False)
+
+    assert "delete it to start over" in str(refused.value)
+    assert dest.read_bytes() == written
+    assert sim.counters.total == 0
+
+    ckpt.unlink()  # as it says: the export starts over, and replaces the output
+    report = await export_customers(client, dest, checkpoint=ckpt, page_size=10, progress=False)
+    assert report.complete
+    assert not report.resumed
+    assert [json.loads(line)["id"] for line in dest.read_bytes().splitlines()] == sim.customer_ids()
+
+
 async def test_a_checkpoint_moved_with_its_output_resumes_but_never_another_outputs(
     sim: DMHubSimulator, client: DMHubClient, tmp_path: Path
 ) -> None:

@@ -253,7 +253,12 @@ def read_checkpoint(path: Path, scope: ExportScope) -> Checkpoint | None:
         # A list that is no ids (an edited checkpoint) raised a raw ValueError from int().
         recorded = recorded_scope(checkpoint.scope)
     except (ValueError, TypeError, KeyError, cattrs.BaseValidationError):
-        raise InvalidRequestError(f"checkpoint {str(path)!r} is not a checkpoint file") from None
+        # Said what to do, as every other refusal of a checkpoint says: a damaged one (empty,
+        # cut short) left the user with no way on but guessing.
+        raise InvalidRequestError(
+            f"checkpoint {str(path)!r} is not a checkpoint file (empty, damaged, or another "
+            "file): give the one the export wrote to resume it, or delete it to start over"
+        ) from None
     if recorded.dest != scope.dest and _moved_with_it(path, recorded.dest, scope.dest):
         recorded = attrs.evolve(recorded, dest=scope.dest)
     differences = recorded.differences(recorded_scope(scope))
