@@ -174,6 +174,37 @@ def test_an_existing_output_needs_force_and_a_read_only_one_is_refused(
     assert jsonl_ids(out) == served.ids()
 
 
+def test_a_read_only_output_of_a_checkpoint_is_refused_saying_how_to_resume(
+    served: ServedSimulator, env: dict[str, str], tmp_path: Path
+) -> None:
+    # An export stopped with a checkpoint, its file made read-only since (or left by a run as
+    # another user, root's by sudo): the rerun was told to "give another file", which the
+    # checkpoint then refused as another export's. The file is its export's to resume.
+    command = ["export", "--out", "some.jsonl", "--checkpoint", "some.ckpt", "--page-size", "20"]
+    served.sim.faults.paths = ("GET /v1/customers",)
+    served.sim.faults.script(["ok"] * 3 + ["reset"])
+    failed = run_cli(*command, "--max-retries", "0", "-q", env=env, cwd=tmp_path)
+    assert failed.returncode == 1, failed.stderr
+    out, ckpt = tmp_path / "some.jsonl", tmp_path / "some.ckpt"
+    written = out.read_bytes()
+    out.chmod(0o444)
+    served.sim.counters.reset()
+
+    refused = run_cli(*command, env=env, cwd=tmp_path)
+
+    assert_one_line_error(refused, 2, "some.jsonl is read-only", "make it writable to resume")
+    assert "give another file" not in refused.stderr
+    assert requests(served) == 0
+    assert out.read_bytes() == written
+    assert ckpt.exists()
+
+    out.chmod(0o644)  # as it says
+    resumed = run_cli(*command, "--report", "json", env=env, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads(resumed.stdout)["resumed"] is True
+    assert jsonl_ids(out) == served.ids()
+
+
 def test_lookup_to_stdout_puts_the_report_on_stderr(
     served: ServedSimulator, env: dict[str, str], tmp_path: Path
 ) -> None:

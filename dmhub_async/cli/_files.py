@@ -290,6 +290,13 @@ def check_output(
         return
     # No write bit at all is read-only even to root, whom os.access lets write anything.
     if not info.st_mode & 0o222 or not os.access(path, os.W_OK):
+        if resumable:
+            # Its checkpoint's export: "give another file" was refused by that checkpoint as
+            # another export's.
+            raise UsageError(
+                f"--out {out} is read-only: make it writable to resume the export of its "
+                f"checkpoint ({checkpoint}), or delete both to start over"
+            )
         raise UsageError(f"--out {out} is read-only: give another file")
     if not (force or resumable):
         if checkpoint is not None:
