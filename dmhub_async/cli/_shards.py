@@ -235,18 +235,22 @@ async def _sharded_export(args: argparse.Namespace, filters: dict[str, Any]) -> 
         # The token store's URL (the queue's unless --token-store or DMHUB_TOKEN_STORE names
         # another): a worker keeping the token in another store refuses its jobs.
         mark = await mark_token_store(with_redis_password(args.token_store))
-        manifest = await run_on_queue(
-            args.queue,
-            args.out,
-            manifest,
-            page_size=args.page_size,
-            concurrency=args.concurrency,
-            progress=bar,
-            on_total=lines,
-            verify=manifest.verify or args.verify,  # the export's (prepare)
-            password_hint=_password_hint(),  # refused mid-run: the variable, not the URL
-            token_store_mark=mark,
-        )
+        try:
+            manifest = await run_on_queue(
+                args.queue,
+                args.out,
+                manifest,
+                page_size=args.page_size,
+                concurrency=args.concurrency,
+                progress=bar,
+                on_total=lines,
+                verify=manifest.verify or args.verify,  # the export's (prepare)
+                password_hint=_password_hint(),  # refused mid-run: the variable, not the URL
+                token_store_mark=mark,
+            )
+        finally:
+            if mark is not None:
+                await mark.aclose()
     else:
         spec = token_store_spec(args.token_store)
         store = token_store(spec)

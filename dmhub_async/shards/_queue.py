@@ -182,6 +182,8 @@ PART_SEEN_WITHIN = 60.0
 #: The key a coordinator sets in its token store's Redis, a job naming its rest: a worker
 #: whose own store lacks it keeps the app's token elsewhere (see _check_same_token_store).
 TOKEN_STORE_MARK = "dmhub_async:token-store-of:"
+#: Seconds a coordinator waits for its token store's Redis as it sets its mark (each poll).
+MARK_ANSWER = 5.0
 
 
 def _progress_key(export_id: str, plan_id: str) -> str:
@@ -970,25 +972,55 @@ def _check_same_service(client: Any, task: dict[str, Any]) -> None:
         )
 
 
-async def mark_token_store(url: str) -> str | None:
+class TokenStoreMark:
+    """The mark a coordinator keeps in its token store's Redis while it runs (see
+    :func:`mark_token_store`): ``name`` goes in each job, :meth:`keep` sets it again.
+
+    Set once, at the start, it was lost with the data of a Redis flushed or restarted without
+    persistence, which the queue takes (its lost jobs are enqueued again): each job enqueued
+    again, or taken after a token store of its own restarted, was refused by every worker as
+    of "not the coordinator's token store", its shard failed.
+    """
+
+    def __init__(self, url: str, name: str) -> None:
+        self._url = url
+        self.name = name
+        self._redis: Any = None
+
+    async def keep(self) -> bool:
+        """Set the mark (again): False when the store cannot be reached or refuses it."""
+        from redis.asyncio import Redis
+        from redis.exceptions import RedisError
+
+        try:
+            if self._redis is None:
+                self._redis = Redis.from_url(
+                    self._url, socket_connect_timeout=MARK_ANSWER, socket_timeout=MARK_ANSWER
+                )
+                sending_cancellably(self._redis.connection_pool)
+            await self._redis.set(TOKEN_STORE_MARK + self.name, b"1", ex=QUEUED_FOR + JOB_TIMEOUT)
+        except (RedisError, OSError, ValueError):
+            return False
+        return True
+
+    async def aclose(self) -> None:
+        if self._redis is not None:
+            redis, self._redis = self._redis, None
+            await to_the_end(redis.aclose())
+
+
+async def mark_token_store(url: str) -> TokenStoreMark | None:
     """Set a mark in the token store at ``url`` (a Redis), for the jobs to name: a worker then
-    tells whether its own store is that one. None when it cannot be set (no check then)."""
+    tells whether its own store is that one. None when it cannot be set (no check then).
+
+    The coordinator keeps it there as it runs (:meth:`TokenStoreMark.keep`, at each poll) and
+    closes it at its end (:meth:`TokenStoreMark.aclose`)."""
     import secrets
 
-    from redis.asyncio import Redis
-    from redis.exceptions import RedisError
-
-    mark = secrets.token_hex(8)
-    try:
-        client = Redis.from_url(url, socket_connect_timeout=10, socket_timeout=10)
-    except ValueError:
+    mark = TokenStoreMark(url, secrets.token_hex(8))
+    if not await mark.keep():
+        await mark.aclose()
         return None
-    try:
-        await client.set(TOKEN_STORE_MARK + mark, b"1", ex=QUEUED_FOR + JOB_TIMEOUT)
-    except (RedisError, OSError):
-        return None
-    finally:
-        await client.aclose()
     return mark
 
 
@@ -1372,7 +1404,7 @@ async def run_on_queue(
     takeover: float = IN_PROGRESS_TTL,
     verify: Verify = "auto",
     password_hint: str | None = None,
-    token_store_mark: str | None = None,
+    token_store_mark: TokenStoreMark | None = None,
 ) -> Manifest:
     """Enqueue the manifest's pending shards, follow them to the end, and write the manifest.
 
@@ -1388,7 +1420,8 @@ async def run_on_queue(
 
     ``token_store_mark``: :func:`mark_token_store`'s mark in the coordinator's token store,
     carried by each job: a worker whose own store lacks it refuses the job (see
-    ``_check_same_token_store``).
+    ``_check_same_token_store``). It is set again at each poll (a Redis flushed or restarted
+    lost it, and every worker then refused the jobs enqueued again); its caller closes it.
 
     Returns when every shard has ended (complete, incomplete or failed after arq's tries).
 
@@ -1599,7 +1632,7 @@ async def _follow(
     sleep: Callable[[float], Awaitable[None]],
     takeover: float,
     verify: Verify,
-    token_store_mark: str | None,
+    token_store_mark: TokenStoreMark | None,
     served: _Served,
 ) -> Manifest:
     """Enqueue ``todo`` on ``pool`` (the jobs not there already) and follow them to the end."""
@@ -1630,7 +1663,7 @@ async def _follow(
             "base_url": manifest.base_url,
             "app_id": manifest.app_id,
             # Where the coordinator keeps the app's token: a worker keeping it elsewhere refuses.
-            **({"token_store_mark": token_store_mark} if token_store_mark else {}),
+            **({"token_store_mark": token_store_mark.name} if token_store_mark else {}),
         }
         # Due by the queue's Redis's clock, not this machine's: arq queues a job due at the
         # enqueuer's clock (or a defer past it) and a worker takes those due by its own, so a
@@ -1678,6 +1711,10 @@ async def _follow(
                 await enqueue(index)
             outcome.status = "running"
         while todo:
+            if token_store_mark is not None:
+                # Before a job is enqueued again: a Redis flushed or restarted lost the mark
+                # with the jobs, and every worker refused the jobs enqueued again.
+                await token_store_mark.keep()
             done: dict[bytes, bytes] = await pool.hgetall(progress_key)  # type: ignore[misc]
             for shard_index, exported in done.items():
                 # Of the shards still followed alone: an ended job's count is its result's

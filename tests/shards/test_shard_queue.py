@@ -207,19 +207,33 @@ async def test_a_worker_killed_mid_shard_is_taken_over_and_nothing_is_lost(
     assert state["tokens_issued"] <= 2
 
 
+@pytest.mark.parametrize("marked", [False, True])
 @pytest.mark.parametrize("loss", ["flushed", "restarted"])
 async def test_jobs_lost_with_redis_mid_run_are_enqueued_again(
-    tmp_path: Path, redis: RedisServer, loss: str
+    tmp_path: Path, redis: RedisServer, loss: str, marked: bool
 ) -> None:
     # Redis flushed, or restarted without persistence, while shards were queued: their jobs
     # were gone, no worker had anything to take, and the coordinator waited for them for ever
-    # with the shards "running" in the manifest.
+    # with the shards "running" in the manifest. With the mark `export --queue` sets in its
+    # token store (the queue's Redis), lost with the jobs: every job enqueued again was
+    # refused by the workers as of "not the coordinator's token store", its shard failed.
+    from dmhub_async.shards._queue import mark_token_store
+
     out = tmp_path / "out"
     with sim_process(20_000, latency_ms=2) as sim:
         manifest = await planned(sim, redis, out, 8)
+        mark = await mark_token_store(redis.url) if marked else None
         with workers(sim, redis.url, 2):
             running = asyncio.ensure_future(
-                run_on_queue(redis.url, out, manifest, progress=False, poll=0.2, takeover=3)
+                run_on_queue(
+                    redis.url,
+                    out,
+                    manifest,
+                    progress=False,
+                    poll=0.2,
+                    takeover=3,
+                    token_store_mark=mark,
+                )
             )
             await wait_for_rows(redis)
             if loss == "flushed":
@@ -227,10 +241,14 @@ async def test_jobs_lost_with_redis_mid_run_are_enqueued_again(
             else:
                 redis.kill()
                 redis.start()
-            manifest = await asyncio.wait_for(running, 120)
+            try:
+                manifest = await asyncio.wait_for(running, 120)
+            finally:
+                if mark is not None:
+                    await mark.aclose()
         state = sim.state()
 
-    assert manifest.complete
+    assert manifest.complete, [s.error for s in manifest.shards if s.error]
     ids = exported_ids(out)
     assert len(ids) == len(set(ids)) == 20_000
     assert set(ids) == set(state["ids"])
@@ -1651,6 +1669,7 @@ async def test_a_worker_keeping_the_token_in_another_store_exports_nothing(
 
     mark = await _queue.mark_token_store(redis.url)
     assert mark is not None
+    await mark.aclose()
     elsewhere = redis.url[:-1] + "3"  # another database: another store
     async with (
         DMHubSimulator(customers=30) as sim,
@@ -1658,7 +1677,7 @@ async def test_a_worker_keeping_the_token_in_another_store_exports_nothing(
         RedisTokenStore(elsewhere) as other,
         RedisTokenStore(redis.url) as same,
     ):
-        task = {**_shard_task(sim, tmp_path), "token_store_mark": mark}
+        task = {**_shard_task(sim, tmp_path), "token_store_mark": mark.name}
         with pytest.raises(InvalidRequestError) as refused:
             await _queue._export_shard_job({**_job_context(dm), "token_store_used": other}, task)
         assert dm.stats.requests == 0
