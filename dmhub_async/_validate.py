@@ -525,18 +525,19 @@ def check_settings(
     for name, value in credentials.items():
         if value is not None and not isinstance(value, str):
             raise InvalidRequestError(f"{name} must be a string, not {type(value).__name__}")
-        if isinstance(value, str) and not value.isprintable():
-            raise InvalidRequestError(f"{name} holds a character that cannot be sent")
         if isinstance(value, str) and value != value.strip():
             # Pasted with a space (a tenant's settings from a sheet or a form): sent, the
             # service refused it, and the AuthenticationError said to check app_id and secret,
             # where nothing showed the space. As the command line refuses DMHUB_APP_ID and
-            # DMHUB_SECRET, never quoting the value.
+            # DMHUB_SECRET, never quoting the value. Before the check below: a secret read
+            # from a file with its newline was "a character that cannot be sent", not where.
             where = "starts" if value[:1].isspace() else "ends"
             raise InvalidRequestError(
                 f"{name} {where} with white space (pasted with it?), which no app's"
                 " credentials hold: remove it"
             )
+        if isinstance(value, str) and not value.isprintable():
+            raise InvalidRequestError(f"{name} holds a character that cannot be sent")
         if isinstance(value, str) and len(quote(value, safe="")) > MAX_SETTING_LENGTH:
             raise InvalidRequestError(f"{name} is longer than {MAX_SETTING_LENGTH} bytes")
     if base_url is not None:

@@ -752,8 +752,20 @@ def test_settings_from_the_environment_are_checked_as_arguments_are(
         ({"access_token": "tok-9f3e "}, {}, "access_token ends with white space"),
         ({}, {"DMHUB_APP_ID": " env-app"}, "DMHUB_APP_ID starts with white space"),
         ({}, {"DMHUB_SECRET": "env-s3cret "}, "DMHUB_SECRET ends with white space"),
+        # Read from a file (a secrets mount, an env file) with its newline: "holds a character
+        # that cannot be sent", and not where, which the command line said.
+        ({"app_id": "tenant-b", "secret": "s3cret-b\n"}, {}, "secret ends with white space"),
+        ({}, {"DMHUB_SECRET": "env-s3cret\r\n"}, "DMHUB_SECRET ends with white space"),
     ],
-    ids=["app_id", "secret", "access_token", "DMHUB_APP_ID", "DMHUB_SECRET"],
+    ids=[
+        "app_id",
+        "secret",
+        "access_token",
+        "DMHUB_APP_ID",
+        "DMHUB_SECRET",
+        "secret-newline",
+        "DMHUB_SECRET-newline",
+    ],
 )
 async def test_credentials_with_white_space_around_them_are_refused_before_anything_is_sent(
     api, monkeypatch, kwargs, env, said
