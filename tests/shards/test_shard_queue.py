@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _redis import RedisServer
+from _redis import RedisServer, collector_paused
 from shard_support import QuietRedis, SimProcess, exported_ids, planned, queue_workers, sim_process
 
 from dmhub_async import DMHubClient, DMHubError, InvalidRequestError, RedisTokenStore
@@ -1691,6 +1691,43 @@ async def test_a_worker_keeping_the_token_in_another_store_exports_nothing(
     assert "the worker exported nothing" in message
     assert result["complete"]
     assert result["exported"] == 30
+
+
+async def test_a_worker_whose_store_client_was_used_on_another_loop_exports_its_shard(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    # worker(client={"token_store": RedisTokenStore(client=...)}), its redis client used once
+    # before on another event loop (a set-up's asyncio.run()): the check of the coordinator's
+    # mark, the job's first use of it, failed the shard with a raw "RuntimeError: Event loop
+    # is closed", where the store itself recovers (or says so in its own words).
+    from redis.asyncio import Redis
+
+    from dmhub_async.shards import _queue
+    from dmhub_async.testing import DMHubSimulator
+
+    mark = await _queue.mark_token_store(redis.url)
+    assert mark is not None
+    await mark.aclose()
+    used = Redis.from_url(redis.url)
+    store = RedisTokenStore(client=used)
+    with collector_paused() as leaks:  # the set-up loop's socket: collected at the end
+        await asyncio.to_thread(asyncio.run, store.get("set-up"))  # another loop, ended since
+        try:
+            async with (
+                DMHubSimulator(customers=30) as sim,
+                DMHubClient(sim.app_id, sim.secret, base_url=sim.url, token_store=store) as dm,
+            ):
+                task = {**_shard_task(sim, tmp_path), "token_store_mark": mark.name}
+                result = await _queue._export_shard_job(
+                    {**_job_context(dm), "token_store_used": store}, task
+                )
+        finally:
+            await used.aclose()
+    assert result["complete"]
+    assert result["exported"] == 30
+    # The socket of the ended loop, which only that loop could have closed; no client left open
+    unclosed = ("ResourceWarning: unclosed <socket.socket", "ResourceWarning: unclosed transport")
+    assert all(leak.startswith(unclosed) for leak in leaks), leaks
 
 
 async def test_a_job_with_a_filter_this_worker_does_not_know_says_so_not_type_error(
