@@ -553,13 +553,21 @@ BAD_INPUTS: list[tuple[str, list[str], dict[str, str | None], int, tuple[str, ..
     # Under the URL's limit as a count sends them, past it as the export's walks do (its
     # sort, its final check's select=id; a shard's window): refused by the walk as
     # "list_rows(): the filters take ...", exit 1, after every customer was walked.
-    ("filters past the walk's URL", ["--stage", "x" * 6115], {}, 2, ("filters take", "6144")),
+    # What the walks add is said as sent ("select=id"), not as a flag the user never gave
+    # ("--select=id").
+    (
+        "filters past the walk's URL",
+        ["--stage", "x" * 6115],
+        {},
+        2,
+        ("filters take", "6144", "sort by id and select=id)"),
+    ),
     (
         "filters past a shard's URL",
         ["--out", "parts", "--shards", "2", "--stage", "x" * 6100],
         {},
         2,
-        ("filters take", "6144"),
+        ("filters take", "6144", "sort by id and select=id)"),
     ),
 ]
 

@@ -115,7 +115,9 @@ def _filters(args: argparse.Namespace) -> dict[str, Any]:
     except InvalidRequestError as err:
         message = without_method(str(err))
         for flag, name in FILTER_FLAGS.items():
-            message = re.sub(rf"\b{name}\b", flag, message)
+            # A keyword as a whole word, not a parameter as sent: "select=id", which the
+            # export's walks add, was said as "--select=id", a flag the user had not given.
+            message = re.sub(rf"(?<!['\"])\b{name}\b(?![='\"])", flag, message)
         raise UsageError(message) from None
     if args.id_list is not None:  # after the checks above: they would join every id
         filters["id_list"] = read_id_file(args.id_list)
