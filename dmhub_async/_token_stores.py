@@ -409,6 +409,10 @@ def _check_async_client(client: object) -> None:
         )
 
 
+#: The start of ``RedisTokenStore``'s keys, unless told another (``prefix``).
+REDIS_TOKEN_PREFIX = "dmhub_async:token:"
+
+
 class RedisTokenStore:
     """Tokens in Redis, with a Redis lock: processes on many machines share them.
 
@@ -431,7 +435,7 @@ class RedisTokenStore:
         url: str | None = None,
         *,
         client: Redis | None = None,
-        prefix: str = "dmhub_async:token:",
+        prefix: str = REDIS_TOKEN_PREFIX,
         lock_timeout: float | None = None,
         lock_ttl: float = 10.0,
         socket_timeout: float = 10.0,

@@ -179,9 +179,11 @@ NO_WORKER_AFTER = 30.0
 #: it (missing, or of another size) before the shard fails: an NFS client's attribute and
 #: lookup caches may show another machine's new file late (60 s at most, by default).
 PART_SEEN_WITHIN = 60.0
-#: The key a coordinator sets in its token store's Redis, a job naming its rest: a worker
-#: whose own store lacks it keeps the app's token elsewhere (see _check_same_token_store).
-TOKEN_STORE_MARK = "dmhub_async:token-store-of:"
+#: The key a coordinator sets in its token store's Redis, after the store's prefix, a job naming
+#: its rest: a worker whose own store lacks it keeps the app's token elsewhere (see
+#: _check_same_token_store). Under the prefix: a store of the same Redis with a prefix of its
+#: own keeps its token under another key, which the mark in the Redis alone did not tell.
+TOKEN_STORE_MARK = "store-mark:"
 #: Seconds a coordinator waits for its token store's Redis as it sets its mark (each poll).
 MARK_ANSWER = 5.0
 
@@ -982,9 +984,10 @@ class TokenStoreMark:
     of "not the coordinator's token store", its shard failed.
     """
 
-    def __init__(self, url: str, name: str) -> None:
+    def __init__(self, url: str, name: str, prefix: str) -> None:
         self._url = url
         self.name = name
+        self._key = prefix + TOKEN_STORE_MARK + name
         self._redis: Any = None
 
     async def keep(self) -> bool:
@@ -998,7 +1001,7 @@ class TokenStoreMark:
                     self._url, socket_connect_timeout=MARK_ANSWER, socket_timeout=MARK_ANSWER
                 )
                 sending_cancellably(self._redis.connection_pool)
-            await self._redis.set(TOKEN_STORE_MARK + self.name, b"1", ex=QUEUED_FOR + JOB_TIMEOUT)
+            await self._redis.set(self._key, b"1", ex=QUEUED_FOR + JOB_TIMEOUT)
         except (RedisError, OSError, ValueError):
             return False
         return True
@@ -1009,15 +1012,20 @@ class TokenStoreMark:
             await to_the_end(redis.aclose())
 
 
-async def mark_token_store(url: str) -> TokenStoreMark | None:
-    """Set a mark in the token store at ``url`` (a Redis), for the jobs to name: a worker then
-    tells whether its own store is that one. None when it cannot be set (no check then).
+async def mark_token_store(url: str, prefix: str | None = None) -> TokenStoreMark | None:
+    """Set a mark in the token store at ``url`` (a Redis; its keys' ``prefix``, by default
+    ``RedisTokenStore``'s), for the jobs to name: a worker then tells whether its own store is
+    that one. None when it cannot be set (no check then).
 
     The coordinator keeps it there as it runs (:meth:`TokenStoreMark.keep`, at each poll) and
     closes it at its end (:meth:`TokenStoreMark.aclose`)."""
     import secrets
 
-    mark = TokenStoreMark(url, secrets.token_hex(8))
+    from .._token_stores import REDIS_TOKEN_PREFIX
+
+    mark = TokenStoreMark(
+        url, secrets.token_hex(8), REDIS_TOKEN_PREFIX if prefix is None else prefix
+    )
     if not await mark.keep():
         await mark.aclose()
         return None
@@ -1041,7 +1049,7 @@ async def _check_same_token_store(store: Any, task: dict[str, Any]) -> None:
     from redis.exceptions import RedisError
 
     try:
-        found = await (await store._client()).exists(TOKEN_STORE_MARK + mark)
+        found = await (await store._client()).exists(store._prefix + TOKEN_STORE_MARK + mark)
     except (RedisError, OSError):
         return  # its errors are said by the token fetches that need it
     except RuntimeError as err:

@@ -1693,6 +1693,30 @@ async def test_a_worker_keeping_the_token_in_another_store_exports_nothing(
     assert result["exported"] == 30
 
 
+async def test_a_worker_keeping_the_token_under_another_prefix_exports_nothing(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    # worker(client={"token_store": RedisTokenStore(url, prefix="myapp:dmhub:")}) on the
+    # coordinator's very Redis: its token is kept under another key, so the two hold a token
+    # each and revoke each other's, as two Redis do. The mark was checked in the Redis alone,
+    # found, and the shard exported (to fail with 40001 half written in a real fleet).
+    from dmhub_async.shards import _queue
+    from dmhub_async.testing import DMHubSimulator
+
+    mark = await _queue.mark_token_store(redis.url)
+    assert mark is not None
+    await mark.aclose()
+    async with (
+        DMHubSimulator(customers=30) as sim,
+        DMHubClient(sim.app_id, sim.secret, base_url=sim.url) as dm,
+        RedisTokenStore(redis.url, prefix="myapp:dmhub:") as other,
+    ):
+        task = {**_shard_task(sim, tmp_path), "token_store_mark": mark.name}
+        with pytest.raises(InvalidRequestError, match="not the coordinator's token store"):
+            await _queue._export_shard_job({**_job_context(dm), "token_store_used": other}, task)
+        assert dm.stats.requests == 0
+
+
 async def test_a_worker_whose_store_client_was_used_on_another_loop_exports_its_shard(
     tmp_path: Path, redis: RedisServer
 ) -> None:
