@@ -412,8 +412,11 @@ def _request_query(params: object) -> Mapping[str, str]:
             # Replaced by the client's own without a word: a call meant for another app's
             # token (another tenant's) was answered with this client's customers.
             raise InvalidRequestError(
-                "request(): params hold access_token: the client sends its own token with every"
-                " call; for another token, make a client with DMHubClient(access_token=...)"
+                # Worded so that the masking of every error message leaves it whole: a name
+                # then ": " or "=" reads as a secret's value ("access_token: ***").
+                "request(): params hold an access_token parameter, which the client does not"
+                " take: the client sends its own token with every call; for another token, make"
+                " a client with it (DMHubClient's access_token argument)"
             )
         if type(value) is not str:
             if isinstance(value, bool) or not isinstance(value, int) or value.bit_length() > 63:

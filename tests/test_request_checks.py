@@ -182,3 +182,16 @@ async def test_not_found_codes_that_are_no_codes_are_refused_before_sending(
     with pytest.raises(InvalidRequestError, match="not_found_codes"):
         await dmhub_client.request("GET", "/v1/customers/999", not_found_codes=codes)
     assert dmhub_simulator.counters.requests == {}
+
+
+async def test_params_holding_access_token_are_refused_in_words_a_reader_can_follow() -> None:
+    # The refusal's own words were taken for a secret and masked as the error was made:
+    # "params hold access_token: *** client sends its own token ... DMHubClient(access_token=***".
+    async with DMHubClient(access_token="t" * 32, base_url="http://127.0.0.1:9") as dm:
+        with pytest.raises(InvalidRequestError) as info:
+            await dm.request("GET", "/v1/customers", params={"access_token": "OTHER"})
+    message = str(info.value)
+    assert "***" not in message
+    assert "the client sends its own token with every call" in message
+    assert "DMHubClient's access_token argument" in message
+    assert "OTHER" not in message
