@@ -195,8 +195,9 @@ class RetryPolicy:
         initial_delay: the first backoff ceiling in seconds; it doubles each retry.
         max_delay: the largest backoff ceiling.
         retry_after_cap: the longest ``Retry-After`` honoured; a longer one is raised at once,
-            as :class:`RateLimitError` on a 429 or :class:`ServerError` on a 5xx (its
-            ``retry_after`` says how long the service asked for).
+            as :class:`RateLimitError` on a 429 or :class:`ServerError` on a 503 (its
+            ``retry_after`` says how long the service asked for). Those two statuses' alone
+            are read: another 5xx is retried with backoff, whatever its ``Retry-After``.
         budget: seconds one call may spend in all (waits included) before it gives up, or None.
         jitter: maps a ceiling to the wait; full jitter (uniform in ``[0, ceiling]``) by default.
 
