@@ -255,6 +255,8 @@ class Shard:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Shard:
         """The shard :meth:`to_dict` wrote."""
+        if not isinstance(data, Mapping):  # a task's argument of another kind: .get() was raw
+            raise InvalidRequestError(f"not a shard: expected to_dict()'s dict, not {short(data)}")
         # The numbers as written, checked as ints: through int(), an edited manifest's "750",
         # 7.5 or true was read as 750, 7 or 1, and the manifest taken for one this SDK wrote.
         planned = data.get("planned_count")

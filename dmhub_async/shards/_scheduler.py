@@ -196,6 +196,8 @@ def _check_values(result: Mapping[str, Any]) -> None:
 
     if not isinstance(result["complete"], bool):
         raise refuse("complete")
+    if not isinstance(result["shard"], Mapping):  # was a raw AttributeError (Shard.from_dict)
+        raise refuse("shard")
     for key in _COUNTS:
         if not count(result[key]):
             raise refuse(key)

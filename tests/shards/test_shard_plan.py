@@ -199,6 +199,14 @@ async def test_a_shard_survives_json(sim: DMHubSimulator, dm: DMHubClient) -> No
     assert [Shard.from_dict(orjson.loads(orjson.dumps(s.to_dict()))) for s in shards] == shards
 
 
+@pytest.mark.parametrize("given", ["part-00000.jsonl", None, 5, [0, None, None]])
+def test_a_shard_read_from_what_is_no_dict_is_refused_in_words(given: Any) -> None:
+    # A task's argument of another kind (a broker's wrapping, the part's name): a raw
+    # AttributeError ("'str' object has no attribute 'get'").
+    with pytest.raises(InvalidRequestError, match=r"^not a shard: expected to_dict\(\)'s dict"):
+        Shard.from_dict(given)
+
+
 _UTC_2020 = datetime(2020, 1, 1, tzinfo=timezone.utc)
 
 

@@ -337,6 +337,10 @@ async def test_plan_directory_records_verify_always_and_a_later_plan_keeps_it(
         ("sha256", "not a digest", "sha256 'not a digest'"),
         ("seconds", "x", "seconds 'x'"),
         ("checked", "yes", "checked 'yes'"),
+        # Not a shard's dict (a broker's own wrapping): a raw AttributeError from Shard.from_dict.
+        ("shard", "part-00000.jsonl", "shard 'part-00000.jsonl'"),
+        ("shard", None, "shard None"),
+        ("shard", [0, None, None], "shard [0, None, None]"),
     ],
 )
 async def test_a_result_of_bad_values_is_refused_and_the_manifest_stays_readable(
