@@ -48,6 +48,7 @@ __all__ = [
     "DEFAULT_MAX_RESPONSE_SIZE",
     "ClientStats",
     "DMHubClient",
+    "check_client",
 ]
 
 DEFAULT_BASE_URL = "https://api.convertlab.com"
@@ -533,3 +534,14 @@ def _timeout(
         # first call, blamed on the token store, it was).
         check_number(name, value, 0, inclusive=False, finite=True, what="a number of seconds")
     return aiohttp.ClientTimeout(total=total, sock_connect=connect, sock_read=read)
+
+
+def check_client(where: str, client: object) -> None:
+    """Refuse a ``client`` argument that is no :class:`DMHubClient`, before anything is sent
+    or written: None, or the simulator given for the client, was a raw ``AttributeError``
+    (``'NoneType' object has no attribute 'customers'``)."""
+    if not isinstance(client, DMHubClient):
+        raise InvalidRequestError(
+            f"{where}(): client must be a DMHubClient (async with DMHubClient(...) as dm), "
+            f"not {short(client)}"
+        )

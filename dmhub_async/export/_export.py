@@ -17,7 +17,7 @@ import attrs
 from typing_extensions import Unpack
 
 from .._auth import normalise_base_url
-from .._client import DMHubClient
+from .._client import DMHubClient, check_client
 from .._exceptions import DMHubError, InvalidRequestError
 from .._pagination import AsyncPaginator
 from .._retry import RETRY_TALLY, RetryTally
@@ -108,6 +108,7 @@ async def export_customers(
         ResponseDecodeError: a page the service sent cannot be written (text UTF-8 cannot
             hold, a lone surrogate), or read; the pages before it are kept.
     """
+    check_client("export_customers", client)
     # Every retry of the export's requests, counted as it happens: a failed export has no
     # report, and the error it raises carries them (retries_of), so that a sharded export's
     # total counts those of a shard that failed.

@@ -30,7 +30,7 @@ import attrs
 import orjson
 
 from .._atomic import remove_or_warn, replace_file, replacing
-from .._client import DMHubClient
+from .._client import DMHubClient, check_client
 from .._exceptions import InvalidRequestError
 from .._pagination import AsyncPaginator
 from .._threads import file_work, on_thread
@@ -131,6 +131,7 @@ async def late_check(
     """
     # Before anything is read or sent: a bad one was refused by the check's walk after its
     # first count (the part locked and read), and taken silently where nothing was due.
+    check_client("late_check", client)
     check_concurrency(concurrency, "late_check(): concurrency")
     check_path_type("late_check", "directory", directory)
     if manifest is not None and not isinstance(manifest, Manifest):

@@ -27,7 +27,7 @@ from typing import Any, TypeVar, overload
 import attrs
 from typing_extensions import Unpack
 
-from .._client import DMHubClient
+from .._client import DMHubClient, check_client
 from .._exceptions import InvalidRequestError
 from .._query_time import in_utc, query_time
 from .._retry import http_date
@@ -504,6 +504,7 @@ async def plan_shards(
     Raises:
         InvalidRequestError: a bad ``n`` or filter, before any request.
     """
+    check_client("plan_shards", client)
     check_filter_names("plan_shards", filters)
     shards, _ = await plan_counted(client, n, now, dict(filters))
     return shards

@@ -21,7 +21,7 @@ from typing import Any
 from typing_extensions import Unpack
 
 from .._atomic import replace_file
-from .._client import DMHubClient
+from .._client import DMHubClient, check_client
 from .._exceptions import DMHubError, InvalidRequestError
 from .._sansio import date_of
 from .._threads import file_work
@@ -104,6 +104,7 @@ async def export_shard(
     Returns:
         The export's report; ``report.complete`` is the shard's verdict.
     """
+    check_client("export_shard", client)
     if not isinstance(shard, Shard):
         raise InvalidRequestError(f"export_shard(): expected a Shard, not {type(shard).__name__}")
     # In this function's name: export_customers' refusal named export_customers().
@@ -653,6 +654,7 @@ async def export_sharded(
     Returns:
         The manifest as written at the end; ``manifest.complete`` is the export's verdict.
     """
+    check_client("export_sharded", client)
     check_filter_names("export_sharded", filters)
     check_path_type("export_sharded", "directory", directory)
     if isinstance(parallel, bool) or not isinstance(parallel, int) or parallel < 1:

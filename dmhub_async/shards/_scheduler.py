@@ -25,7 +25,7 @@ from typing import Any
 
 from typing_extensions import Unpack
 
-from .._client import DMHubClient
+from .._client import DMHubClient, check_client
 from .._exceptions import InvalidRequestError
 from .._threads import file_work
 from .._validate import check_path_type, is_collection, short
@@ -78,6 +78,7 @@ async def plan_directory(
     Returns:
         The directory's manifest, as written.
     """
+    check_client("plan_directory", client)
     check_filter_names("plan_directory", filters)
     check_path_type("plan_directory", "directory", directory)
     check_verify(verify, "plan_directory(): ")

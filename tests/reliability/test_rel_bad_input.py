@@ -871,6 +871,40 @@ def files_in(directory: Path) -> list[str]:
     return sorted(p.name for p in directory.iterdir())
 
 
+#: Each export or plan function, called with ``client`` in the client's place.
+CLIENT_TAKERS: dict[str, Callable[[Any, Path], Any]] = {
+    "export_customers": lambda c, d: export_customers(c, d / "out.jsonl", progress=False),
+    "export_sharded": lambda c, d: _shards().export_sharded(c, d / "parts", 2, progress=False),
+    "export_shard": lambda c, d: _shards().export_shard(
+        c, _shards().Shard(index=0, start=None, end=None), d / "part.jsonl"
+    ),
+    "plan_shards": lambda c, d: _shards().plan_shards(c, 2),
+    "plan_directory": lambda c, d: _shards().plan_directory(c, d / "parts", 2),
+    "late_check": lambda c, d: _shards().late_check(c, d / "parts"),
+}
+
+
+def _shards() -> Any:
+    import dmhub_async.shards
+
+    return dmhub_async.shards
+
+
+@pytest.mark.parametrize("name", list(CLIENT_TAKERS))
+async def test_an_export_given_no_client_is_refused_naming_it(
+    sim: DMHubSimulator, tmp_path: Path, name: str
+) -> None:
+    # None, or the simulator given in the client's place, was a raw AttributeError from
+    # inside ("'NoneType' object has no attribute 'customers'", "... 'timezone'").
+    for instead, said in ((None, "not None"), (sim, "not <DMHubSimulat")):
+        with pytest.raises(InvalidRequestError) as info:
+            await CLIENT_TAKERS[name](instead, tmp_path)
+        assert str(info.value).startswith(f"{name}(): client must be a DMHubClient"), info.value
+        assert said in str(info.value)
+    assert sim.counters.total == 0
+    assert files_in(tmp_path) == []
+
+
 #: A stage as long as the filters' URL allows (MAX_QUERY_LENGTH, 6,144 bytes: "stage=" and
 #: 6,130 characters), which the walk's sort by id (sidx=id&sord=asc) takes past it; one of
 #: 6,115 fits the walk, but not the final check's (select=id); one of 6,100 fits both, but
