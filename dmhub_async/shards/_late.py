@@ -228,8 +228,9 @@ async def _check(
     outcome.size, outcome.sha256 = size, sha256
     outcome.exported = held.records + added
     outcome.count_after = count
-    if outcome.retries is not None:
-        outcome.retries += retries.taken
+    # Its retries replace the last check's, not added to the shard's: so added, every rerun of
+    # a complete export, which checks the window again, made the export's count grow for good.
+    retried, manifest.late_check_retries = manifest.late_check_retries, retries.taken
     seen = manifest.last_window_seen_at
     # Or the service's time at the check's first count, if earlier: its clock stamps the
     # customers' creation (see _manifest.seen_whole).
@@ -242,7 +243,11 @@ async def _check(
             manifest.last_window_seen_at = began
     else:
         outcome.status, outcome.error = "incomplete", LATE_MISMATCH
-    if attrs.astuple(outcome, recurse=False) != before or manifest.last_window_seen_at != seen:
+    if (
+        attrs.astuple(outcome, recurse=False) != before
+        or manifest.last_window_seen_at != seen
+        or manifest.late_check_retries != retried
+    ):
         await ManifestWriter(manifest, where).write()  # nothing new: nothing written
     # The manifest says what the part holds now: what the check was writing is no longer news.
     await file_work(lambda: remove_or_warn(_said(part), "late check's note"))

@@ -251,6 +251,10 @@ class Manifest:
     #: of an ``id_list``, or a manifest of an earlier release (or one it rewrote), whose last
     #: window is then checked once.
     last_window_seen_at: datetime | None = None
+    #: Retries the last late check took (its own, replaced by the next one's: added to the
+    #: last shard's, every rerun of a complete export grew the export's count for good). None:
+    #: no late check has run, or a manifest of an earlier release (or one it rewrote).
+    late_check_retries: int | None = None
     #: What this run's late check of the last window found (not written in the file): None
     #: when none ran.
     late_check: LateCheck | None = attrs.field(default=None, eq=False)
@@ -278,9 +282,10 @@ class Manifest:
     @property
     def retries(self) -> int:
         """Retries the export took, all together: its plan's count probes
-        (:attr:`plan_retries`) and each shard's export (its last run's). What was not counted,
-        None, adds none."""
-        return (self.plan_retries or 0) + sum(s.retries or 0 for s in self.shards)
+        (:attr:`plan_retries`), each shard's export (its last run's) and the last late check
+        (:attr:`late_check_retries`). What was not counted, None, adds none."""
+        shards = sum(s.retries or 0 for s in self.shards)
+        return (self.plan_retries or 0) + shards + (self.late_check_retries or 0)
 
     @property
     def planned(self) -> int:
@@ -396,6 +401,8 @@ class Manifest:
             del raw["verify"]  # not said: written as the manifest was read
         if raw["last_window_seen_at"] is None:
             del raw["last_window_seen_at"]  # not known: written as the manifest was read
+        if raw["late_check_retries"] is None:
+            del raw["late_check_retries"]  # none ran: written as earlier releases wrote it
         data = orjson.dumps({**raw, "status": self.status()}, option=orjson.OPT_INDENT_2)
         replace_file(path, data + b"\n")
         return path
@@ -454,6 +461,7 @@ class Manifest:
         if not self.shards:
             raise ValueError("no shards")
         _check_count("plan_retries", self.plan_retries)
+        _check_count("late_check_retries", self.late_check_retries)
         _check_count("id_list_length", self.id_list_length)
         _check_count("shards_asked", self.shards_asked)
         if self.verify not in (None, "auto", "always"):

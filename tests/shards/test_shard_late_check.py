@@ -42,7 +42,7 @@ from dmhub_async.shards import (
 from dmhub_async.shards._local import WorkerSettings, run_in_processes
 from dmhub_async.shards._queue import run_on_queue
 from dmhub_async.shards._run import export_sharded, prepare
-from dmhub_async.testing import DMHubSimulator, _app
+from dmhub_async.testing import DMHubSimulator, FakeClock, _app
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -341,6 +341,37 @@ async def test_nothing_is_late_checked_while_a_shard_is_not_complete(tmp_path: P
             assert not manifest.complete
             assert manifest.late_check is None
             assert await late_check(dm, out) is None  # rerun the export first
+
+
+async def test_a_rerun_s_late_check_does_not_add_its_retries_to_the_export_s_for_good(
+    tmp_path: Path,
+) -> None:
+    # Each late check added its retries to the last shard's, in the manifest: a complete export
+    # rerun (as a daily job does, for the sign-ups) reported more retries at every run, 12,
+    # 16, 18, 21..., where Manifest.retries promises each shard's last run's.
+    out = tmp_path / "out"
+    clock = FakeClock()
+    async with (
+        DMHubSimulator(customers=200, seed=9) as sim,
+        DMHubClient(sim.app_id, sim.secret, base_url=sim.url, clock=clock, sleep=clock.sleep) as dm,
+    ):
+        first = await export_sharded(dm, out, 2, progress=False)
+        assert first.complete
+        exported = [o.retries for o in first.shards]
+        assert first.retries == 0
+        for _ in range(3):
+            sim.faults.script(["503", "503"])  # the late check's first two requests
+            again = await export_sharded(dm, out, 2, progress=False)
+            assert again.late_check is not None
+            assert again.late_check.retries == 2
+            assert again.retries == 2  # the export's own (0) and its last late check's
+            on_disk = Manifest.read(out)
+            assert on_disk is not None
+            assert [o.retries for o in on_disk.shards] == exported
+            assert (on_disk.late_check_retries, on_disk.retries) == (2, 2)
+        quiet = await export_sharded(dm, out, 2, progress=False)  # a late check of no retry
+        assert quiet.retries == 0
+        assert Manifest.read(out).retries == 0  # type: ignore[union-attr]
 
 
 def test_the_cli_reports_what_the_late_check_added(tmp_path: Path) -> None:
