@@ -2587,7 +2587,6 @@ def test_a_job_arq_gave_up_fails_its_shard_saying_why(error: str | None, said: s
 
     from arq.worker import JobExecutionFailed
 
-
     failed = asyncio.TimeoutError() if error is None else JobExecutionFailed(error)
     outcome = _recorded_failure(failed)
 
