@@ -642,6 +642,50 @@ def test_output_to_a_closed_standard_output_is_a_usage_error(tmp_path: Path) -> 
     assert "Traceback" not in result.stderr
 
 
+def with_stderr_closed(
+    args: list[str], env: dict[str, str], cwd: Path
+) -> subprocess.CompletedProcess[bytes]:
+    """The command started with its standard error closed (``2>&-``, a daemon's or a cron
+    line's), its standard output captured."""
+    return subprocess.run(
+        cli_command(*args),
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        timeout=60,
+        check=False,
+        close_fds=True,
+        preexec_fn=lambda: os.close(2),
+        env=env,
+    )
+
+
+def test_an_export_with_standard_error_closed_writes_its_file(
+    served: ServedSimulator, env: dict[str, str], tmp_path: Path
+) -> None:
+    # `export --out c.jsonl 2>&-` exited 1 having written nothing, and said nothing: a raw
+    # AttributeError ('NoneType' object has no attribute 'isatty') as it chose its progress.
+    result = with_stderr_closed(["export", "--out", "c.jsonl"], env, tmp_path)
+
+    assert result.returncode == 0
+    assert sorted(jsonl_ids(tmp_path / "c.jsonl")) == sorted(served.ids())
+    assert b"exported" in result.stdout  # the report, on standard output as ever
+
+
+def test_a_warning_with_standard_error_closed_stays_out_of_the_data(
+    served: ServedSimulator, env: dict[str, str], tmp_path: Path
+) -> None:
+    # `export --out - -q 2>&-` with a cache directory it cannot write: print(file=None) wrote
+    # the warning "the token is kept in memory" into standard output, a line of the JSON
+    # lines that no JSON reader takes.
+    (tmp_path / "not-a-directory").write_text("")
+    env = {**env, "XDG_CACHE_HOME": str(tmp_path / "not-a-directory")}
+    result = with_stderr_closed(["export", "--out", "-", "-q"], env, tmp_path)
+
+    assert result.returncode == 0
+    lines = result.stdout.decode("utf-8").splitlines()
+    assert sorted(json.loads(line)["id"] for line in lines) == sorted(served.ids())
+
+
 def test_an_output_file_never_widens_the_umask_other_threads_create_files_with(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -21,6 +21,7 @@ from ._errors import (
     EXIT_USAGE,
     Interrupted,
     interruptible,
+    standard_error_open,
     stopped_loading,
 )
 
@@ -29,6 +30,13 @@ __all__ = ["EXIT_ERROR", "EXIT_INCOMPLETE", "EXIT_OK", "EXIT_USAGE", "main"]
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
+    # No argv: the program itself (the console script, python -m), which ends as run() returns.
+    exiting = argv is None
+    with standard_error_open(exiting=exiting):
+        return _command(argv, exiting=exiting)
+
+
+def _command(argv: Sequence[str] | None, *, exiting: bool) -> int:
     try:
         # aiohttp, the SDK and the commands: a second or two to load on a busy machine, and a
         # Ctrl-C then printed the traceback of the import it cut (the console script imports
@@ -40,8 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return stopped_loading()
     except Interrupted as err:
         return stopped_loading(err.signum)
-    # No argv: the program itself (the console script, python -m), which ends as run() returns.
-    return run(argv, exiting=argv is None)
+    return run(argv, exiting=exiting)
 
 
 def __getattr__(name: str) -> object:
