@@ -10,12 +10,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import csv
+import errno
+import io
 import json
 import os
 import queue
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -41,6 +44,7 @@ from _cli_support import (
 from _helpers import a_worker
 
 from dmhub_async import DMHubClient, MemoryTokenStore
+from dmhub_async.cli import _report, main
 from dmhub_async.testing import DMHubSimulator
 
 # -- export -----------------------------------------------------------------------------------
@@ -970,6 +974,66 @@ def test_settings_or_banner_to_a_full_standard_output_name_it(
     assert result.returncode == 1, result.stderr
     assert result.stderr == "dmhub-async: error: standard output: No space left on device\n"
     assert not (tmp_path / "d.jsonl").exists()
+
+
+class _FullDisk(io.TextIOBase):
+    """A standard error on a full disk (``2>> run.log``, its file system full): every write
+    fails with ENOSPC, and is counted."""
+
+    def __init__(self) -> None:
+        self.tried = 0
+
+    def write(self, text: str) -> int:
+        self.tried += 1
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def isatty(self) -> bool:
+        return False
+
+
+def test_progress_and_warnings_to_a_full_standard_error_leave_the_export_whole(
+    in_process: dict[str, str],
+    served: ServedSimulator,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    # `export --out c.jsonl 2>>run.log`, the log's disk full: the first progress line (5 s
+    # in) failed the export, exit 1, its file removed and its pages fetched for nothing, and
+    # the warning that the token is kept in memory (a cache directory it cannot write) failed
+    # it before its first request. Neither is the export's work.
+    monkeypatch.setattr(_report, "PROGRESS_EVERY", 0.0)
+    monkeypatch.setattr(_report, "TICK_EVERY", 0.0)
+    (tmp_path / "not-a-directory").write_text("")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "not-a-directory"))
+    stderr = _FullDisk()
+    monkeypatch.setattr(sys, "stderr", stderr)
+
+    code = main(["export", "--out", "c.jsonl", "--concurrency", "2"])
+
+    assert code == 0
+    assert sorted(jsonl_ids(tmp_path / "c.jsonl")) == sorted(served.ids())
+    assert stderr.tried >= 2  # the warning and the progress lines were said, and failed
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_an_error_line_to_a_full_standard_error_keeps_its_exit_code(
+    served: ServedSimulator, env: dict[str, str], tmp_path: Path
+) -> None:
+    # A refusal (exit 2: --out exists) whose line could not be written ended in that write's
+    # OSError, exit 1, as any error: a script told "usage" from "error" by the code alone.
+    (tmp_path / "c.jsonl").write_text("{}\n", encoding="utf-8")
+    with open("/dev/full", "w") as full:
+        result = subprocess.run(
+            cli_command("export", "--out", "c.jsonl"),
+            env=env,
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=full,
+            timeout=TIMEOUT,
+            check=False,
+        )
+
+    assert result.returncode == 2
 
 
 @pytest.mark.parametrize("report", ["text", "json"])

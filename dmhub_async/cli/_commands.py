@@ -44,6 +44,7 @@ from ._errors import (
     CommandError,
     UsageError,
     interruptible,
+    say,
     without_method,
     work_done,
 )
@@ -122,10 +123,9 @@ def _filters(args: argparse.Namespace) -> dict[str, Any]:
     if args.id_list is not None:  # after the checks above: they would join every id
         filters["id_list"] = read_id_file(args.id_list)
     if naive and not args.quiet:
-        print(
+        say(
             f"dmhub-async: note: {' and '.join(naive)} without an offset read as UTC; give "
-            "--timezone (e.g. Asia/Shanghai) or an offset (+08:00)",
-            file=sys.stderr,
+            "--timezone (e.g. Asia/Shanghai) or an offset (+08:00)"
         )
     return filters
 
@@ -199,10 +199,9 @@ def _finish(
     if report.complete:
         return EXIT_OK
     if args.quiet and args.report == "text":
-        print(
+        say(
             f"dmhub-async: incomplete: {report.exported} exported, the service counted "
-            f"{report.count_before} before and {report.count_after} after; {rerun}",
-            file=sys.stderr,
+            f"{report.count_before} before and {report.count_after} after; {rerun}"
         )
     return EXIT_INCOMPLETE
 

@@ -36,6 +36,7 @@ __all__ = [
     "explain",
     "interruptible",
     "noting_work_done",
+    "say",
     "standard_error_open",
     "stopped_answering",
     "stopped_loading",
@@ -83,11 +84,20 @@ def standard_error_open(*, exiting: bool) -> Iterator[None]:
             sys.stderr = None
 
 
+def say(line: str) -> None:
+    """``line`` on standard error, a write that fails there (a full disk under ``2>> run.log``,
+    its reader gone) let go: what the command says there (its progress, a warning, a note, its
+    error line) is no part of its work, and a failed progress line had failed the export,
+    exit 1, its file removed; a failed error line had turned exit 2 or 130 into 1."""
+    with contextlib.suppress(OSError):
+        print(line, file=sys.stderr, flush=True)
+
+
 def stopped_loading(signum: int = signal.SIGINT) -> int:
     """A Ctrl-C or SIGTERM before the command began (while it loaded, or read its flags): said
     in one line, exit 130 or 143, as one while it runs; nothing had begun, so nothing is left
     to say."""
-    print(f"dmhub-async: stopped by {signal.Signals(signum).name}", file=sys.stderr)
+    say(f"dmhub-async: stopped by {signal.Signals(signum).name}")
     return 128 + signum
 
 

@@ -28,6 +28,7 @@ from ._errors import (
     explain,
     interruptible,
     noting_work_done,
+    say,
     stopped_loading,
 )
 from ._files import stop_standard_output
@@ -383,5 +384,5 @@ def run(argv: Sequence[str] | None = None, *, exiting: bool = False) -> int:
         secrets = (os.environ.get("DMHUB_SECRET"), os.environ.get(REDIS_PASSWORD_ENV))
         message = "error: " + redact(message, secrets)
     # One line, whatever it quotes (the service's words, a file name): nothing a terminal obeys.
-    print(f"dmhub-async: {printable(message)}", file=sys.stderr)
+    say(f"dmhub-async: {printable(message)}")
     return code

@@ -16,7 +16,7 @@ import attrs
 from .._validate import printable
 from .._words import counted
 from ..export import ExportProgress, ExportReport
-from ._errors import CommandError, unnamed_write_error
+from ._errors import CommandError, say, unnamed_write_error
 
 __all__ = [
     "PROGRESS_EVERY",
@@ -113,7 +113,10 @@ class ProgressLines:
             line += f", {rate:,.0f}/s"
             if total and rate > 0:
                 line += f", ETA {_duration(max(total - done, 0) / rate)}"
-        print(line, file=self._out or sys.stderr, flush=True)
+        if self._out is None:
+            say(line)
+        else:
+            print(line, file=self._out, flush=True)
 
 
 @contextlib.contextmanager

@@ -23,7 +23,7 @@ from .._logging import show_log
 from .._redact import redact
 from .._token_file import NO_LOCKS, FileTokenStore, holds_only_tokens
 from .._token_stores import MemoryTokenStore, RedisTokenStore, TokenStore
-from ._errors import CommandError, UsageError, stopped_answering
+from ._errors import CommandError, UsageError, say, stopped_answering
 
 __all__ = [
     "REDIS_PASSWORD_ENV",
@@ -80,10 +80,9 @@ def _default_spec() -> str:
     if writable and _can_lock(path):
         return f"file:{path}"
     cannot = "write" if not writable else "lock files in"
-    print(
+    say(
         f"dmhub-async: warning: cannot {cannot} {path.parent}: the token is kept in memory, so "
-        "other runs with this app id will revoke it (see --token-store)",
-        file=sys.stderr,
+        "other runs with this app id will revoke it (see --token-store)"
     )
     return "memory"
 

@@ -39,6 +39,7 @@ from ._errors import (
     CommandError,
     UsageError,
     interruptible,
+    say,
     work_done,
 )
 from ._files import appeared, check_output
@@ -375,11 +376,10 @@ def _finish(manifest: Manifest, args: argparse.Namespace) -> int:
     print_report(data, text, style=args.report, quiet=args.quiet, out=sys.stdout)
     if not manifest.complete and args.quiet and args.report == "text":
         # As a one-file export says it: exit 3 alone said nothing of what to do.
-        print(
+        say(
             f"dmhub-async: incomplete: {done} of {counted(len(manifest.shards), 'part')} "
             "complete in "
-            f"{args.out}; rerun the same command to finish them",
-            file=sys.stderr,
+            f"{args.out}; rerun the same command to finish them"
         )
     return EXIT_OK if manifest.complete else EXIT_INCOMPLETE
 
@@ -552,7 +552,7 @@ def _named(files: list[str]) -> str:
 async def worker_command(args: argparse.Namespace) -> int:
     """``worker --redis URL``: serve the export queue until stopped (SIGTERM, Ctrl-C)."""
     if args.report == "json":  # a script would wait for an object that never comes
-        print(f"dmhub-async: --report json: {WORKER_REPORT}", file=sys.stderr)
+        say(f"dmhub-async: --report json: {WORKER_REPORT}")
     client: dict[str, Any] = {"max_retries": args.max_retries}
     if getattr(args, "timezone", None):
         client["timezone"] = args.timezone
