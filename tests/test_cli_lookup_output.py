@@ -6,6 +6,8 @@ import csv
 import io
 import json
 import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -65,6 +67,44 @@ def test_a_lookups_progress_after_its_last_answer_says_no_check() -> None:
     lines.tick()
 
     assert out.getvalue().splitlines() == ["dmhub-async: 12/12 identities (100%), 2/s, ETA 0:00:00"]
+
+
+def test_reading_a_slow_pipe_says_so_every_few_seconds(monkeypatch: pytest.MonkeyPatch) -> None:
+    # `slow_query | dmhub-async lookup --in - ...`: the copy looked at the clock only every
+    # 10,000 rows, so a producer giving a row a second (or none yet) left the log without a
+    # line for as long as it took, where a line every 5 seconds is promised and a CI job that
+    # kills a silent step killed it. Here 3 rows have come, and the next does not.
+    now = [100.0]
+
+    def clock() -> float:
+        now[0] += 6.0  # each look of the clock more than PROGRESS_EVERY after the last
+        return now[0]
+
+    monkeypatch.setattr(_report, "_now", clock)
+    monkeypatch.setattr(_report, "TICK_EVERY", 0.001)
+    err = _Said()
+    monkeypatch.setattr(sys, "stderr", err)
+    with _report.reading("lines of --in - copied", quiet=False) as note:
+        assert note is not None
+        for rows in (1, 2, 3):
+            note(rows)
+        # The read blocks here: no row, no call of note().
+        assert err.written.wait(30), "no line while the input was read"
+
+    assert err.getvalue().splitlines()[0].startswith("dmhub-async: 3 lines of --in - copied, ")
+
+
+class _Said(io.StringIO):
+    """A standard error that says when something was written to it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = threading.Event()
+
+    def write(self, text: str) -> int:
+        written = super().write(text)
+        self.written.set()
+        return written
 
 
 @pytest.mark.parametrize("out", ["found.jsonl", "found.NDJSON"])
@@ -138,6 +178,7 @@ def _piped(monkeypatch: pytest.MonkeyPatch, rows: int, *, ticking: bool = False)
         ticks = iter(range(0, 10_000, 10))
         monkeypatch.setattr(_report, "_now", lambda: float(next(ticks)), raising=False)
         monkeypatch.setattr(_report, "READ_NOTE_EVERY", 10, raising=False)
+        monkeypatch.setattr(_report, "TICK_EVERY", 3600.0)  # the clock looked at by rows alone
     data = "type,value\n" + "".join(f"email,nobody{i}@example.com\n" for i in range(rows))
     monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(data.encode())))
 

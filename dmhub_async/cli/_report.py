@@ -7,6 +7,7 @@ import contextlib
 import io
 import json
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, TextIO, cast
@@ -122,8 +123,9 @@ class ProgressLines:
 @contextlib.contextmanager
 def reading(what: str, *, quiet: bool) -> Iterator[Callable[[int], None] | None]:
     """What blocking work over an input notes its rows in, ``note(rows)`` (every row; it looks
-    at them every :data:`READ_NOTE_EVERY`): a bar on a terminal, gone at the end, as an export's
-    is; in a log a line every :data:`PROGRESS_EVERY` seconds (``dmhub-async: 200,000 {what},
+    at them every :data:`READ_NOTE_EVERY`, a log's lines every :data:`TICK_EVERY` s too): a
+    bar on a terminal, gone at the end, as an export's is; in a log a line every
+    :data:`PROGRESS_EVERY` seconds, rows coming or not (``dmhub-async: 200,000 {what},
     52,311/s``); None (nothing) when ``quiet``.
 
     A lookup copies a pipe's rows to a temporary file, and checks every row, before its first
@@ -150,13 +152,34 @@ def reading(what: str, *, quiet: bool) -> Iterator[Callable[[int], None] | None]
         finally:
             bar.close()
         return
+    # The rows noted here, said by a thread of its own every TICK_EVERY (a line once
+    # PROGRESS_EVERY has passed): the work blocks on its reads, and a pipe whose producer gave
+    # a row a second, or none yet, went without a line for as long as it took, where the
+    # clock was looked at only every READ_NOTE_EVERY rows.
     lines = ProgressLines(what=what, checked=False, clock=_now, first=0)
+    seen = 0
+    done = threading.Event()
+    lock = threading.Lock()  # the lines' one writer at a time
 
     def said(rows: int) -> None:
+        nonlocal seen
+        seen = rows
         if rows % READ_NOTE_EVERY == 0:
-            lines.update(rows, None)
+            with lock:
+                lines.update(rows, None)
 
-    yield said
+    def tick() -> None:
+        while not done.wait(TICK_EVERY):
+            with lock:
+                lines.update(seen, None)
+
+    ticker = threading.Thread(target=tick, name="dmhub-reading-progress", daemon=True)
+    ticker.start()
+    try:
+        yield said
+    finally:
+        done.set()
+        ticker.join()
 
 
 @contextlib.asynccontextmanager
