@@ -22,7 +22,7 @@ from .._auth import FileTokenStore, RedisTokenStore
 from .._exceptions import AuthenticationError, DMHubError, InvalidRequestError, TokenStoreError
 from .._words import counted
 from ..shards import MANIFEST_NAME, LateCheck, Manifest
-from ..shards._late import late_check, late_checked
+from ..shards._late import late_checked, run_late_check
 from ..shards._local import WorkerSettings, private_token_directory, run_in_processes
 from ..shards._manifest import ShardOutcome, check_named_as, merge_parts, merged_into_itself
 from ..shards._queue import (
@@ -285,7 +285,8 @@ async def _sharded_export(args: argparse.Namespace, filters: dict[str, Any]) -> 
         # The runners have no client: the last window's late check runs here, with this
         # process's credentials, once every shard is complete (export_sharded runs its own).
         async with open_client(args, args.concurrency) as dm:
-            await late_check(dm, args.out, manifest, concurrency=args.concurrency)
+            # Its credentials were compared with the export's as prepare() took it up.
+            await run_late_check(dm, Path(args.out), manifest, concurrency=args.concurrency)
             work_done()  # as export_sharded's, above
     work_done()  # no late check due: the run ended, its manifest says what a rerun has to do
     return _finish(manifest, args)

@@ -127,7 +127,10 @@ async def late_check(
 
     Raises:
         InvalidRequestError: no manifest, or the last part is missing or changed since it was
-            exported (delete it and rerun the export, which exports that shard again).
+            exported (delete it and rerun the export, which exports that shard again); a
+            client of another base URL or app id than the manifest records, or given an
+            access token that reaches none of the customers of the parts looked up (another
+            app's: see docs/sharding.md on a token client's rerun), before anything is written.
     """
     # Before anything is read or sent: a bad one was refused by the check's walk after its
     # first count (the part locked and read), and taken silently where nothing was due.
@@ -145,12 +148,30 @@ async def late_check(
         manifest = Manifest.read(where)
         if manifest is None:
             raise InvalidRequestError(f"{where} has no {MANIFEST_NAME}: not a sharded export")
+    return await _late_check(client, where, manifest, concurrency, check_app=True)
+
+
+async def run_late_check(
+    client: DMHubClient, where: Path, manifest: Manifest, *, concurrency: int
+) -> LateCheck | None:
+    """:func:`late_check` of a run that compared ``client`` with the directory's export as it
+    took it up (``_run.prepare``): not again, which costs a token client a request."""
+    return await _late_check(client, where, manifest, concurrency, check_app=False)
+
+
+async def _late_check(
+    client: DMHubClient, where: Path, manifest: Manifest, concurrency: int, *, check_app: bool
+) -> LateCheck | None:
     outcome = _due(manifest)
     if outcome is None:
         return None
-    from ._run import coordinating
+    from ._run import check_same_app, coordinating
 
     with coordinating(where):
+        if check_app:
+            # Another app's client (its app id, or its token at the same host) appended that
+            # app's customers to the last part, the export complete: nothing compared it.
+            await check_same_app(client, where, manifest, "late_check")
         part = where / outcome.file
         # On threads it is waited for, however long, when the check is cancelled (Ctrl-C, a
         # timeout): the locks were released while the copy was still being written, and an

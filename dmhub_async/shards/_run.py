@@ -33,7 +33,7 @@ from ..export._output import _lock, _release, _sweep
 from ..export._owner import SAMPLES, Sample, check_owner, samples_of, spread_samples_of
 from ..resources._filters import check_filter_names, read_once
 from ..resources.customers import CustomerFilters
-from ._late import LATE_MISMATCH, grown_by_late_check, late_check, late_checked
+from ._late import LATE_MISMATCH, grown_by_late_check, late_checked, run_late_check
 from ._manifest import (
     ID_LIST_NAME,
     MANIFEST_NAME,
@@ -42,6 +42,7 @@ from ._manifest import (
     ShardOutcome,
     checkpoint_name,
     id_list_file,
+    one_spelling,
     part_digest,
 )
 from ._plan import (
@@ -342,14 +343,7 @@ async def _prepare(
             # A client given an access token: the manifest records no app id, and another
             # app's token at the same base URL took the directory up as its own (its late
             # check appending that app's customers to the last part).
-            samples = await file_work(lambda: _part_samples(where, existing))
-            await check_owner(
-                client,
-                samples,
-                f"the sharded export in {str(where)!r}",
-                "export to a new directory",
-                more=lambda: file_work(lambda: _spread_part_samples(where, existing)),
-            )
+            await _check_token_owner(client, where, existing, "export to a new directory")
         if text is not None and length != existing.id_list_length:
             # Its length and last slice edited together: the ids past them were in no shard,
             # and the export was reported complete without them.
@@ -403,6 +397,48 @@ async def _prepare(
     )
     await ManifestWriter(manifest, where).write()
     return manifest
+
+
+async def check_same_app(client: DMHubClient, where: Path, manifest: Manifest, caller: str) -> None:
+    """Refuse ``client`` unless it is of the service and app that made the sharded export in
+    ``where`` (``manifest``): its base URL (in one spelling) and app id the manifest's, and a
+    client given an access token (no app id) one that reaches the customers of its parts
+    (:func:`_check_token_owner`, one request). For a function that takes a directory up
+    without the plan's own check (``late_check``): given another app's client, the late
+    check appended that app's customers to the last part, the export complete."""
+    changed = [
+        name
+        for name, recorded, given in (
+            ("base_url", one_spelling(manifest.base_url), one_spelling(client.base_url)),
+            ("app_id", manifest.app_id, client.app_id),
+        )
+        if recorded != given
+    ]
+    if changed:
+        raise InvalidRequestError(
+            f"{caller}(): the sharded export in {str(where)!r} was made with another "
+            f"{' and '.join(changed)} than this client's: nothing was sent or written; give "
+            f"{caller} a client of the service and app that made it"
+        )
+    if client.app_id is None:
+        await _check_token_owner(
+            client, where, manifest, f"give {caller} a client of the app that made it"
+        )
+
+
+async def _check_token_owner(
+    client: DMHubClient, where: Path, manifest: Manifest, instead: str
+) -> None:
+    """InvalidRequestError (saying ``instead``) unless a customer of the parts in ``where``
+    is one ``client``'s access token reaches, as written (``export._owner.check_owner``)."""
+    samples = await file_work(lambda: _part_samples(where, manifest))
+    await check_owner(
+        client,
+        samples,
+        f"the sharded export in {str(where)!r}",
+        instead,
+        more=lambda: file_work(lambda: _spread_part_samples(where, manifest)),
+    )
 
 
 #: Customers a part is looked up by (at least), and parts looked at, for the owner's check
@@ -736,7 +772,8 @@ async def _export_sharded(
         await asyncio.gather(*tasks)
         # Every shard complete: the last window looked at again (its customers created since
         # its shard ended), the run's last act; a rerun of a complete export runs it too.
-        await late_check(client, where, manifest, concurrency=concurrency)
+        # Its client was compared with the export's as the run took the directory up (prepare).
+        await run_late_check(client, where, manifest, concurrency=concurrency)
     except BaseException:
         for task in tasks:
             task.cancel()

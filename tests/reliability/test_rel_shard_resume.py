@@ -22,7 +22,7 @@ from aiohttp import web
 from rel_support import two_apps
 
 from dmhub_async import DMHubClient, InvalidRequestError
-from dmhub_async.shards import export_sharded, merge
+from dmhub_async.shards import export_sharded, late_check, merge
 from dmhub_async.testing import DMHubSimulator
 
 
@@ -163,3 +163,53 @@ async def test_a_token_clients_rerun_over_a_named_pipe_in_a_parts_place_does_not
         assert manifest.complete
         merge(out, tmp_path / "merged.jsonl")
         assert sorted(read_ids(tmp_path / "merged.jsonl")) == sim.customer_ids()
+
+
+@pytest.mark.parametrize("credentials", ["app id", "access token"])
+async def test_late_check_given_another_apps_client_appends_nothing_to_the_last_part(
+    clock: Any, tmp_path: Path, credentials: str
+) -> None:
+    """``late_check(client, directory)`` (after ``run_in_processes``, ``run_on_queue`` or a
+    scheduler's results) compared the client with nothing the manifest records: app B's
+    client, with its own app id at another base URL or with its token at the same host,
+    appended B's sign-ups (some 60) to app A's last part, the export complete. B is refused
+    before it sends or writes anything; A's own renewed token checks the window as before."""
+    out = tmp_path / "parts"
+    async with two_apps(300) as apps:
+        if credentials == "app id":
+            a_url, b_url = apps.a.url, apps.b.url  # each app its own service
+        else:
+            a_url = b_url = apps.url  # one host, each request to its token's app
+
+        def client(sim: DMHubSimulator, url: str) -> DMHubClient:
+            if credentials == "app id":
+                return DMHubClient(
+                    sim.app_id, sim.secret, base_url=url, clock=clock, sleep=clock.sleep
+                )
+            token = apps.token(sim)
+            return DMHubClient(access_token=token, base_url=url, clock=clock, sleep=clock.sleep)
+
+        async with client(apps.a, a_url) as dm:
+            manifest = await export_sharded(dm, out, 3, progress=False)
+        assert manifest.complete
+        apps.a.add_customers(4)
+        apps.b.add_customers(5)
+        before = digests(out)
+        sent: list[str] = []
+        apps.b.on_request(lambda request: sent.append(request.path))
+        async with client(apps.b, b_url) as dm:
+            with pytest.raises(InvalidRequestError, match="another") as err:
+                await late_check(dm, out)
+        assert "late_check" in str(err.value)
+        assert digests(out) == before
+        # The other service is sent nothing; a token's app, the look-ups by id alone (the
+        # parts' first customers, then customers spread over them).
+        assert sent == ([] if credentials == "app id" else ["/v1/customers"] * 2)
+
+        async with client(apps.a, a_url) as dm:
+            checked = await late_check(dm, out)
+        assert checked is not None
+        assert checked.added == 4
+        merge(out, tmp_path / "merged.jsonl")
+        ids = read_ids(tmp_path / "merged.jsonl")
+        assert sorted(ids) == apps.a.customer_ids()
