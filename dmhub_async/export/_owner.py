@@ -12,8 +12,10 @@ one request, and one of them must come back with the ``dateCreated`` written (a 
 never changes): customers deleted since are no refusal while one is left. An export whose
 ``select`` left ``dateCreated`` out is compared by the fields it selected instead (but those
 the service moves by itself): customers deleted or changed since are no refusal while one is
-left as written. One of ids alone (``select=["id"]``) is compared by its ids: another app's
-customers of the same ids pass.
+left as written; a customer that left every one of them empty tells nothing (another app's
+customer of its id, as empty, matched it), unless none looked up has one written. One of ids
+alone (``select=["id"]``, or such fields empty in every customer looked up) is compared by its
+ids: another app's customers of the same ids pass.
 """
 
 from __future__ import annotations
@@ -176,14 +178,28 @@ async def check_owner(
     refusal names it (``output '/x/customers.jsonl'``); ``instead``: what to do (``export to
     a new file``). The retries of its requests go to ``retries``.
     """
-    if not samples or await _found(client, samples, retries):
+    if not samples:
+        return
+    ids_alone = all(not sample.fields for sample in samples)  # ``select=["id"]``
+    # A customer whose compared fields are all empty tells nothing: another app's of the same
+    # id, as empty, matched it (a select of fields most customers leave empty).
+    first = list(samples) if ids_alone else _telling(samples)
+    if first and await _found(client, first, retries):
         return
     looked_up = {sample.id for sample in samples}
+    others: list[Sample] = []
     if more is not None:
         others = [sample for sample in await more() if sample.id not in looked_up]
-        if others and await _found(client, others, retries):
+        told = others if ids_alone else _telling(others)
+        if told and await _found(client, told, retries):
             return
         looked_up.update(sample.id for sample in others)
+    if not ids_alone and not first and not _telling(others):
+        # Every customer looked up left those fields empty: their ids alone to go by, as
+        # with ``select=["id"]``.
+        bare = [Sample(sample.id, ()) for sample in (*samples, *others)]
+        if await _found(client, bare, retries):
+            return
     ids = sorted(looked_up)
     shown = ", ".join(str(i) for i in ids[: SAMPLES * 2])
     if len(ids) > SAMPLES * 2:
@@ -196,6 +212,12 @@ async def check_owner(
         f"reaches (or every one was deleted{'' if dated else ' or changed'} since), and the "
         f"export, run with an access_token, recorded no app id to tell: {instead}"
     )
+
+
+def _telling(samples: Sequence[Sample]) -> list[Sample]:
+    """The ``samples`` with a compared field written (not empty): one that matches tells
+    this app's customer from another's."""
+    return [sample for sample in samples if any(cell for _, cell in sample.fields)]
 
 
 async def _found(client: DMHubClient, samples: Sequence[Sample], retries: Retries | None) -> bool:
