@@ -20,6 +20,7 @@ ids: another app's customers of the same ids pass.
 
 from __future__ import annotations
 
+import contextvars
 import csv
 import stat
 from collections.abc import Awaitable, Callable, Sequence
@@ -36,6 +37,7 @@ from ._reconcile import Retries
 from ._writers import CSV_FIELDS, _cell, _Lines, long_csv_fields
 
 __all__ = [
+    "OWNER_CHECKED",
     "SAMPLES",
     "Sample",
     "check_owner",
@@ -45,6 +47,13 @@ __all__ = [
     "spread_records",
     "spread_samples_of",
 ]
+
+#: The client whose token a sharded run found to reach its directory's customers
+#: (``shards._run``), set in each of its shards' tasks: their resumes ask no more (one
+#: look-up a shard, the same question the directory's answered).
+OWNER_CHECKED: contextvars.ContextVar[DMHubClient | None] = contextvars.ContextVar(
+    "dmhub_owner_checked", default=None
+)
 
 #: Customers of a file looked up (one request holds them all).
 SAMPLES: Final = 5
@@ -178,7 +187,7 @@ async def check_owner(
     refusal names it (``output '/x/customers.jsonl'``); ``instead``: what to do (``export to
     a new file``). The retries of its requests go to ``retries``.
     """
-    if not samples:
+    if not samples or OWNER_CHECKED.get() is client:
         return
     ids_alone = all(not sample.fields for sample in samples)  # ``select=["id"]``
     # A customer whose compared fields are all empty tells nothing: another app's of the same

@@ -30,7 +30,14 @@ from .._words import counted
 from ..export import ExportProgress, ExportReport, export_customers
 from ..export._export import Verify, check_run, check_verify, retries_of
 from ..export._output import _lock, _release, _sweep
-from ..export._owner import SAMPLES, Sample, check_owner, samples_of, spread_samples_of
+from ..export._owner import (
+    OWNER_CHECKED,
+    SAMPLES,
+    Sample,
+    check_owner,
+    samples_of,
+    spread_samples_of,
+)
 from ..resources._filters import check_filter_names, read_once
 from ..resources.customers import CustomerFilters
 from ._late import LATE_MISMATCH, grown_by_late_check, late_checked, run_late_check
@@ -731,9 +738,11 @@ async def _export_sharded(
     verify: Verify,
     filters: dict[str, Any],
 ) -> Manifest:
+    where = Path(directory)
+    # A plan taken up by a token client: prepare() checks whose its parts' customers are.
+    taken_up = client.app_id is None and await file_work(lambda: (where / MANIFEST_NAME).is_file())
     manifest = await prepare(client, directory, shards, format=format, verify=verify, **filters)
     verify = manifest.verify or verify  # the export's: "always" once any run asked for it
-    where = Path(directory)
     writer = ManifestWriter(manifest, where)
     bar = ProgressBar(progress, manifest, on_total)
     gate = asyncio.Semaphore(parallel)
@@ -742,6 +751,10 @@ async def _export_sharded(
         index = outcome.shard.index
         async with gate:
             outcome.status = "running"
+            if taken_up:
+                # In this shard's task alone: its resume asked again whose its part is (a
+                # look-up a shard), as prepare() asked of the directory's parts.
+                OWNER_CHECKED.set(client)
             try:
                 report = await export_shard(
                     client,

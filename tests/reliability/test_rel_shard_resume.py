@@ -213,3 +213,45 @@ async def test_late_check_given_another_apps_client_appends_nothing_to_the_last_
         merge(out, tmp_path / "merged.jsonl")
         ids = read_ids(tmp_path / "merged.jsonl")
         assert sorted(ids) == apps.a.customer_ids()
+
+
+async def test_a_token_clients_rerun_of_half_done_shards_looks_their_owner_up_once(
+    clock: Any, tmp_path: Path
+) -> None:
+    """A token client's rerun asks the service whose the directory's customers are once, as it
+    takes the plan up; each half-done shard's resume asked again (one look-up by id a shard:
+    17 for 16 shards), though its part is one of the directory's already checked."""
+    out = tmp_path / "parts"
+    async with DMHubSimulator(customers=800, seed=3) as sim:
+
+        def client() -> DMHubClient:
+            return DMHubClient(
+                access_token=sim.tokens.issue(),
+                base_url=sim.url,
+                max_retries=0,
+                clock=clock,
+                sleep=clock.sleep,
+            )
+
+        def third_page_fails(request: web.Request) -> None:
+            if request.path == "/v1/customers" and request.query.get("page") == "3":
+                sim.faults.script(["503"])
+
+        sim.on_request(third_page_fails)
+        async with client() as dm:
+            first = await export_sharded(dm, out, 4, progress=False, page_size=50)
+        assert [o.status for o in first.shards].count("complete") == 0
+        sim.clear_hooks()
+        look_ups: list[str] = []
+
+        def owner_look_up(request: web.Request) -> None:
+            if "idList" in request.query and request.query["select"].startswith("id,dateCreated"):
+                look_ups.append(request.query["idList"])
+
+        sim.on_request(owner_look_up)
+        async with client() as dm:
+            again = await export_sharded(dm, out, 4, progress=False, page_size=50)
+        assert again.complete
+        assert len(look_ups) == 1
+        merge(out, tmp_path / "merged.jsonl")
+        assert sorted(read_ids(tmp_path / "merged.jsonl")) == sim.customer_ids()
