@@ -876,10 +876,14 @@ def _as_sent(secret: str) -> str:
 
 
 @example(secret="Cn4ry+S3cr3t/Zq9=", cut=None, noise="bad value ")
+# Spaces every few characters: its query form (quote_plus, as yarl sends it) has a "+" in
+# every run of 8, which neither the raw secret nor its %20 form holds.
+@example(secret="Cn4 ry S3 cr3 tZq", cut=None, noise="bad value ")
 @given(
-    # A secret of what a URL must encode (+ / = and the like) as well as of what it need not.
+    # A secret of what a URL must encode (+ / = space and the like) as well as of what it
+    # need not.
     secret=st.text(
-        st.characters(min_codepoint=0x21, max_codepoint=0x7E, blacklist_characters="*"),
+        st.characters(min_codepoint=0x20, max_codepoint=0x7E, blacklist_characters="*"),
         min_size=9,
         max_size=40,
     ),
