@@ -1163,3 +1163,76 @@ async def test_an_export_s_final_check_writes_no_customer_twice(
     assert report.exported == 250
     assert report.recovered == 200  # 51..250, not the 250 rows each fetch was answered
     assert report.complete
+
+
+# -- 11. an export's final check says complete only when it can show it ------------------------
+
+
+def inconsistent(
+    customers: int,
+    *,
+    counted: int | None = None,
+    records: int | None = None,
+    never_by_id: int | None = None,
+    empty: tuple[int, int] | None = None,
+) -> Handler:
+    """A service of ``customers`` (ids 1..``customers``) whose answers disagree: its count says
+    ``counted``, its pages' ``records`` say ``records``, a fetch by ``idList`` never answers
+    ``never_by_id``, and the page ``empty`` (rows, page) comes back empty."""
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        if request.path == "/v1/customers/count":
+            return web.json_response(customers if counted is None else counted)
+        rows, page = int(request.query["rows"]), int(request.query["page"])
+        if "idList" in request.query:
+            asked = {int(i) for i in request.query["idList"].split(",")}
+            ids: Any = sorted(i for i in asked if 1 <= i <= customers and i != never_by_id)
+            ids = ids[(page - 1) * rows : page * rows]
+        else:
+            ids = range(1, customers + 1)[(page - 1) * rows : page * rows]
+        if (rows, page) == empty:
+            ids = range(0)
+        body: dict[str, Any] = {"rows": [{"id": i, "name": f"n{i}"} for i in ids]}
+        if records is not None:
+            body["records"] = records
+        return web.json_response(body)
+
+    return answer
+
+
+def exported_ids(dest: Path) -> list[int]:
+    return [json.loads(line)["id"] for line in dest.read_text(encoding="utf-8").splitlines()]
+
+
+@pytest.mark.parametrize(
+    "service",
+    [
+        # The count says 201, every walk sees 200, twice alike: the check passed on the two
+        # walks agreeing and the counts agreeing with each other, never with what was seen.
+        pytest.param({"counted": 201}, id="a count above every walk"),
+        # The pages' records say 201, the count and every walk 200: the empty page after the
+        # last is one the walk cannot vouch for (unverified), and the check passed all the same.
+        pytest.param({"records": 201}, id="pages that say one more"),
+        # Customer 60 is listed but never served by id: the walk skipped its page, the check
+        # fetched it and got nothing, and passed without it.
+        pytest.param({"never_by_id": 60, "empty": (50, 2)}, id="a customer never served by id"),
+    ],
+)
+async def test_an_export_s_final_check_says_no_complete_file_it_cannot_show(
+    servers: tuple[Server, Server],
+    client: Callable[..., DMHubClient],
+    tmp_path: Path,
+    service: dict[str, Any],
+) -> None:
+    served, _ = servers
+    served.handler = inconsistent(200, **service)
+    dm = client(served.url, max_retries=0)
+    dest = tmp_path / "customers.jsonl"
+
+    report = await export_customers(dm, dest, page_size=50, progress=False, verify="always")
+
+    assert report.verified is False
+    assert not report.complete
+    assert "MISMATCH" in report.summary()
+    ids = exported_ids(dest)
+    assert len(ids) == len(set(ids)) == report.exported
