@@ -21,7 +21,7 @@ import tracemalloc
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import aiohttp
 import attrs
@@ -1218,18 +1218,21 @@ def exported_ids(dest: Path) -> list[int]:
         pytest.param({"never_by_id": 60, "empty": (50, 2)}, id="a customer never served by id"),
     ],
 )
+# "auto" runs the check too: the counts disagree with the file, or a page was unverified.
+@pytest.mark.parametrize("verify", ["always", "auto"])
 async def test_an_export_s_final_check_says_no_complete_file_it_cannot_show(
     servers: tuple[Server, Server],
     client: Callable[..., DMHubClient],
     tmp_path: Path,
     service: dict[str, Any],
+    verify: Literal["always", "auto"],
 ) -> None:
     served, _ = servers
     served.handler = inconsistent(200, **service)
     dm = client(served.url, max_retries=0)
     dest = tmp_path / "customers.jsonl"
 
-    report = await export_customers(dm, dest, page_size=50, progress=False, verify="always")
+    report = await export_customers(dm, dest, page_size=50, progress=False, verify=verify)
 
     assert report.verified is False
     assert not report.complete
