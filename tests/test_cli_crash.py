@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 from _cli_support import TIMEOUT, ServedSimulator, cli_command, serve, served_env
-from _crash import check_export, crash_env, records, run_once, run_until_done
+from _crash import check_export, crash_env, records, run_once, run_until_done, summary
 
 CUSTOMERS = 600
 PAGE = ["--page-size", "50", "--concurrency", "2", "--report", "json", "--no-progress"]
@@ -165,6 +165,39 @@ def test_a_foreign_file_where_a_checkpointed_export_would_go_is_not_taken_for_on
     assert "does not read as an export" in refused.stderr
     assert "finished export" not in refused.stderr
     assert out.read_bytes() == b"a shopping list\n"
+
+
+def test_a_repaired_output_killed_before_its_next_checkpoint_reruns(
+    sim: ServedSimulator, env: dict[str, str], tmp_path: Path
+) -> None:
+    """An output found shorter than its checkpoint (its last record not on disk at a kill) is
+    cut back and resumed. Had the repair not been checkpointed at once, a kill after the next
+    page's write, before its checkpoint, left other records (customers deleted while down)
+    where the old checkpoint's were, and every rerun was refused as "does not match its
+    checkpoint": the export could only be started over."""
+    out = tmp_path / "customers.jsonl"
+    args = ["export", "--out", out.name, "--checkpoint", "customers.ckpt", *PAGE]
+    assert run_once(args, env, tmp_path, "page:6").crashed_at is not None  # 300 records
+    data = out.read_bytes()
+    last = data.splitlines(keepends=True)[-1]
+    with out.open("r+b") as fh:
+        fh.truncate(len(data) - len(last) // 2)  # record 300 torn
+    written = {json.loads(line)["id"] for line in data.splitlines()[:-1]}
+    deleted = sim.ids()[295:300]  # the file's last customers, deleted while it was down
+
+    def delete() -> None:
+        for customer_id in deleted:
+            sim.sim.delete_customer(customer_id)
+
+    sim.call(delete)
+
+    # The first checkpoint written: the repair's, or (had it none) the next page's.
+    killed = run_once(args, env, tmp_path, "sync:1")
+    assert killed.crashed_at is not None
+    runs = run_until_done(args, env, tmp_path, [], max_runs=2)
+
+    assert [run.returncode for run in runs] == [0], summary(runs)
+    check_export(out, "jsonl", sorted({*sim.ids(), *(written & set(deleted))}), runs[-1].report)
 
 
 # -- sharded ----------------------------------------------------------------------------------
