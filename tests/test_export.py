@@ -2422,6 +2422,15 @@ async def test_a_checkpoint_moved_with_its_output_resumes_but_never_another_outp
     with pytest.raises(InvalidRequestError, match="belongs to another export"):
         await export_customers(client, other / "out.jsonl", checkpoint=ckpt, progress=False)
     assert not (other / "out.jsonl").exists()
+    # Gone from the recorded place, an output of that name elsewhere than beside the
+    # checkpoint is not it moved: matched by the name alone, it was resumed.
+    (third := tmp_path / "third").mkdir()
+    dest.rename(third / "out.jsonl")
+    kept = (third / "out.jsonl").read_bytes()
+    with pytest.raises(InvalidRequestError, match="belongs to another export"):
+        await export_customers(client, third / "out.jsonl", checkpoint=ckpt, progress=False)
+    assert (third / "out.jsonl").read_bytes() == kept
+    (third / "out.jsonl").rename(dest)
 
     (moved := tmp_path / "moved").mkdir()
     dest.rename(moved / "out.jsonl")
