@@ -39,6 +39,7 @@ from dmhub_async import (
     DMHubClient,
     InvalidRequestError,
     MemoryTokenStore,
+    ResponseTooLargeError,
     ServerError,
 )
 from dmhub_async.export import (
@@ -579,6 +580,30 @@ async def test_the_final_check_fetches_as_many_customers_a_request_as_the_pages_
     assert (report.exported, report.recovered) == (260, 60)
     assert len(read_jsonl(tmp_path / "p.jsonl")) == 260
     assert set(asked) == {"10"}
+
+
+async def test_one_customer_too_large_for_the_client_found_by_the_final_check_is_raised(
+    tmp_path: Path,
+) -> None:
+    # The check fetches a batch too large to read again in halves; one customer alone too
+    # large is the service's answer to raise, not halved again into an empty id_list (which
+    # blamed the caller: "list_rows(): id_list is empty").
+    async with DMHubSimulator(customers=100, seed=3) as sim:
+        counts: list[str] = []
+
+        def note(request: Any) -> None:
+            if request.path == "/v1/customers/count":
+                counts.append(request.path)
+                if len(counts) == 2:  # the count after the walk: a large sign-up behind it
+                    huge = {"name": "huge", "attr": {"blob": "x" * 300_000}}
+                    sim.insert_customer(huge, customer_id=min(sim.customer_ids()) - 1)
+
+        sim.on_request(note)
+        async with DMHubClient(
+            sim.app_id, sim.secret, base_url=sim.url, max_response_size=200_000
+        ) as dm:
+            with pytest.raises(ResponseTooLargeError, match="max_response_size"):
+                await export_customers(dm, tmp_path / "p.jsonl", page_size=10, progress=False)
 
 
 # -- failures, checkpoints and resume ---------------------------------------------------------
