@@ -593,39 +593,29 @@ def test_a_signal_stops_a_run_whose_standard_output_is_a_full_pipe(
 
 
 #: The command line as its console script (``dmhub-async``) starts it, or ``python -m``, with
-#: a hook that holds the first import of aiohttp (the CLI's first heavy one, a second of
-#: loading on a busy machine) until SIGINT comes: Ctrl-C as soon as the command was typed.
-#: Held in sleeps of 10 ms: Python runs a signal's handler between two steps of its code, and
-#: a signal that comes after the last step before one long sleep (the test sends it as soon as
-#: it sees the file; a loaded machine can pause the command right there) is handled by no one
-#: until that sleep ends: the one cause found for CI's one timeout on the 60 s sleep this
-#: was, which said nothing of why. Held 45 s at most, less than the test waits: a signal that
-#: never raised there is then said with what decides it (the handlers, the blocked and
-#: pending signals).
-HELD_IN_ITS_IMPORTS = """
-import importlib.abc, pathlib, runpy, signal, sys, time
+#: a hook that sends the command SIGINT or SIGTERM in one of the imports it makes as it starts:
+#: Ctrl-C as soon as the command was typed, at a known place rather than at a time a loaded
+#: machine makes random. ``at``: the import's name; ``inside``: the first import made while
+#: that of ``inside`` runs (orjson's set-up, in C, imports uuid). A file ``signalled`` says the
+#: place was reached (a test whose place is never reached would test nothing).
+SIGNALLED_AS_IT_LOADS = """
+import importlib.abc, os, pathlib, runpy, signal, sys, time
 
-class Hold(importlib.abc.MetaPathFinder):
+class Signal(importlib.abc.MetaPathFinder):
+    inside_it = False
+
     def find_spec(self, name, path, target=None):
-        if name == "aiohttp":
+        if name == {inside!r}:
+            self.inside_it = True
+        elif name == {at!r} or self.inside_it:
             sys.meta_path.remove(self)
-            pathlib.Path("importing").touch()
-            deadline = time.monotonic() + 45
-            while time.monotonic() < deadline:  # until the signal raises here
-                time.sleep(0.01)
-            status = pathlib.Path("/proc/self/status")
-            print(
-                "held 45 s, no signal raised: SIGINT handler", signal.getsignal(signal.SIGINT),
-                "SIGTERM handler", signal.getsignal(signal.SIGTERM),
-                "blocked", sorted(signal.pthread_sigmask(signal.SIG_BLOCK, [])),
-                "pending", sorted(signal.sigpending()),
-                *(line for line in (status.read_text() if status.exists() else "").splitlines()
-                  if line.startswith(("State", "Sig", "Shd"))),
-                file=sys.stderr,
-            )
+            pathlib.Path("signalled").touch()
+            for signum in {signums!r}:
+                os.kill(os.getpid(), signum)
+            time.sleep(0.01)  # a step for Python to run the handler in (it runs at the next)
         return None
 
-sys.meta_path.insert(0, Hold())
+sys.meta_path.insert(0, Signal())
 sys.argv = ["dmhub-async", "--version"]
 if {module!r}:
     runpy.run_module({module!r}, run_name="__main__")
@@ -634,28 +624,82 @@ else:
     sys.exit(main())
 """
 
+#: Where in the command line's start-up the signal comes, as (``at``, ``inside``).
+_LOADING_PLACES = {
+    # Its first module, as the console script imports main(): before main() ran, so before it
+    # handled any signal (SIGINT: Python's traceback, exit 1; SIGTERM: exit -15, no line).
+    "its first module": ("dmhub_async.cli._errors", None),
+    # Inside orjson's set-up: a signal raised into it crashed the command (exit -11, SIGSEGV).
+    "orjson's set-up": (None, "orjson.orjson"),
+    # aiohttp's import, a second of loading on a busy machine.
+    "aiohttp": ("aiohttp", None),
+}
 
-@pytest.mark.parametrize("module", ["", "dmhub_async"], ids=["console script", "python -m"])
+
+def signalled_as_it_loads(
+    tmp_path: Path, place: str, signums: list[int], module: str = ""
+) -> tuple[subprocess.CompletedProcess[str], bool]:
+    """The command line run with `SIGNALLED_AS_IT_LOADS` at ``place``; and whether it got there."""
+    at, inside = _LOADING_PLACES[place]
+    script = SIGNALLED_AS_IT_LOADS.format(
+        at=at, inside=inside, signums=[int(s) for s in signums], module=module
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        env=base_env(tmp_path / "cache"),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    return result, (tmp_path / "signalled").exists()
+
+
+@pytest.mark.parametrize(
+    ("place", "module"),
+    [
+        ("its first module", ""),
+        ("its first module", "dmhub_async"),
+        ("orjson's set-up", ""),
+        ("aiohttp", ""),
+        ("aiohttp", "dmhub_async"),
+    ],
+    ids=["first module", "first module python -m", "orjson", "aiohttp", "aiohttp python -m"],
+)
 @pytest.mark.parametrize(
     ("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["INT", "TERM"]
 )
 def test_a_signal_while_the_command_line_loads_exits_in_one_line(
-    tmp_path: Path, module: str, signum: int, code: int
+    tmp_path: Path, place: str, module: str, signum: int, code: int
 ) -> None:
     # SIGINT printed Python's traceback of the import it cut (aiohttp's, the SDK's), exit 1;
     # SIGTERM killed the command with no line (exit -15), for the second or two it loads.
-    cwd = tmp_path / "cwd"
-    cwd.mkdir()
-    returncode, text = interrupt(
-        [],
-        env=base_env(tmp_path / "cache"),
-        cwd=cwd,
-        signum=signum,
-        started=lambda: (cwd / "importing").exists(),
-        python=("-c", HELD_IN_ITS_IMPORTS.format(module=module)),
+    # Then one in orjson's set-up crashed it (exit -11), a plain `import orjson` too: raised
+    # into the set-up's own imports, an error it does not check for. And one as the console
+    # script imported main(), before main() ran, still did either.
+    result, reached = signalled_as_it_loads(tmp_path, place, [signum], module)
+
+    assert reached, result.stderr
+    assert (result.returncode, result.stderr) == (
+        code,
+        f"dmhub-async: stopped by {signal.Signals(signum).name}\n",
     )
-    assert returncode == code, text
-    assert text == f"dmhub-async: stopped by {signal.Signals(signum).name}\n"
+    assert result.stdout == ""  # not the version: the command stopped
+
+
+def test_a_second_signal_while_the_command_line_loads_ends_it_at_once(tmp_path: Path) -> None:
+    # The first one is noted as the command line loads (raised into the import, it crashed
+    # orjson's set-up); a second one ends it at once: an import held for good (a module on a
+    # file system gone away) is not waited for.
+    result, reached = signalled_as_it_loads(tmp_path, "aiohttp", [signal.SIGINT, signal.SIGTERM])
+
+    assert reached, result.stderr
+    assert (result.returncode, result.stdout, result.stderr) == (
+        143,
+        "",
+        "dmhub-async: stopped by SIGINT, then SIGTERM: exiting at once\n",
+    )
 
 
 #: The console script, whose signal lands in an import a library makes inside ``try: ...
@@ -671,9 +715,7 @@ class Swallow(importlib.abc.MetaPathFinder):
             sys.meta_path.remove(self)
             try:
                 os.kill(os.getpid(), {signum})
-                deadline = time.monotonic() + 5
-                while time.monotonic() < deadline:  # until the signal raises here
-                    time.sleep(0.01)
+                time.sleep(0.01)  # a step for Python to run the handler in (it runs at the next)
             except Exception:
                 pass
         return None

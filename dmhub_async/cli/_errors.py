@@ -37,7 +37,6 @@ __all__ = [
     "interruptible",
     "noting_work_done",
     "say",
-    "standard_error_open",
     "stopped_answering",
     "stopped_loading",
     "unnamed_write_error",
@@ -52,36 +51,6 @@ EXIT_INCOMPLETE = 3
 #: The reader of the output went away (``| head -1``): 128 + SIGPIPE, as a shell reports it.
 EXIT_BROKEN_PIPE = 128 + 13
 # 128 + the signal's number, as shells report a process a signal ended: 130 SIGINT, 143 SIGTERM.
-
-
-@contextlib.contextmanager
-def standard_error_open(*, exiting: bool) -> Iterator[None]:
-    """Standard error closed at the start (``2>&-``: a daemon's, a cron line's) made the null
-    device for the command: ``sys.stderr`` was None, and the choice of the progress
-    (``sys.stderr.isatty()``) raised AttributeError, exit 1 with nothing written and nothing
-    said, and ``print(..., file=sys.stderr)`` printed its warning to standard output, into
-    the data of ``--out -``.
-
-    A process that ends with the command (``exiting``) also gets its file descriptor 2 on the
-    null device, which the next file it opened took otherwise (a write meant for standard
-    error, ``os.write(2, ...)``, would go into it). ``sys.stderr`` is None again after.
-    """
-    if sys.stderr is not None:
-        yield
-        return
-    if exiting:
-        try:
-            os.fstat(2)
-        except OSError:
-            fd = os.open(os.devnull, os.O_WRONLY)
-            if fd != 2:  # 0 or 1 closed too: they stay closed
-                os.dup2(fd, 2)
-                os.close(fd)
-    with open(os.devnull, "w", encoding="utf-8") as sys.stderr:
-        try:
-            yield
-        finally:
-            sys.stderr = None
 
 
 def say(line: str) -> None:
