@@ -795,6 +795,26 @@ def test_a_signal_once_the_export_has_ended_leaves_it_ended(
     assert sorted(jsonl_ids(cwd / "all.jsonl")) == served.ids()
 
 
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["INT", "TERM"])
+def test_a_signal_once_a_command_has_failed_leaves_its_error(tmp_path: Path, signum: int) -> None:
+    # It killed the command as it exited (SIGINT: a traceback from the console script under
+    # the error line, exit -2; SIGTERM: exit -15), a shell's 130 or 143 for a command that had
+    # failed and said why: a script read "stopped by a signal", not the error.
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    exited, said = held_then_signalled(
+        HELD_AFTER_ITS_END,
+        ["merge", "no-such-directory", "--out", "all.jsonl"],
+        env=base_env(tmp_path / "cache"),
+        cwd=cwd,
+        marker="ended",
+        signum=signum,
+        waiting="the merge did not end",
+    )
+
+    assert (exited, said) == (1, "dmhub-async: error: no-such-directory: no such directory\n")
+
+
 #: The command line held as asyncio makes its event loop, before the command's handlers are in
 #: place, until SIGINT or SIGTERM comes.
 HELD_AS_ITS_LOOP_IS_MADE = """

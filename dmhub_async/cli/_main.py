@@ -306,20 +306,27 @@ def _signals_noted(
     printed the half-made loop's error and "coroutine '_run' was never awaited" above the
     one line; a SIGTERM then killed the command with no line at all. At its end, the handlers
     that were in place before it are back, or, for a process that ends with the command
-    (``exiting``), both signals are ignored once the command has returned its code, and end
-    the process at once once a signal stopped it (``received``: see `_run`)."""
+    (``exiting``), both signals are ignored once the command has returned its code or failed
+    with an error run() says, and end the process at once once a signal stopped it
+    (``received``: see `_run`)."""
 
     def note(signum: int, frame: FrameType | None) -> None:
         early.append(signum)
 
     previous: dict[int, Any] = {}
+    failed = False
     try:
         for signum in _SIGNALS:
             with contextlib.suppress(ValueError):  # not the main thread: the loop's handling
                 previous[signum] = signal.signal(signum, note)
         yield
+    except (CommandError, DMHubError, OSError, ValueError):
+        # Said in one line by run(), its exit code the command's: ended as one that returned
+        # its code (a signal as the interpreter shut down then killed it, exit -2 or -15).
+        failed = not received
+        raise
     finally:
-        if exiting and ended:
+        if exiting and (ended or failed):
             _ignore_signals()
         elif not (exiting and received):  # else _run's own, to the end of the process
             for noted, handler in previous.items():
@@ -330,11 +337,12 @@ def run(argv: Sequence[str] | None = None, *, exiting: bool = False) -> int:
     """Run the command line; returns the exit status.
 
     ``exiting``: the process ends once this returns (the console script, ``python -m``). Then
-    SIGINT and SIGTERM are ignored once the command has returned its code: the interpreter's
-    shutdown after it (a tenth of a second, its modules let go) put back the default
-    handlers, and a Ctrl-C or SIGTERM there killed a command that had written its output and
-    its report (exit -2 or -15, a shell's 130 or 143): a rerun was then refused as "a finished
-    export", and one a moment earlier, after ``main()`` returned, printed a traceback.
+    SIGINT and SIGTERM are ignored once the command has returned its code (or failed, its
+    error said in one line): the interpreter's shutdown after it (a tenth of a second, its
+    modules let go) put back the default handlers, and a Ctrl-C or SIGTERM there killed a
+    command that had written its output and its report (exit -2 or -15, a shell's 130 or 143):
+    a rerun was then refused as "a finished export", and one a moment earlier, after
+    ``main()`` returned, printed a traceback.
     """
     try:
         with interruptible():
