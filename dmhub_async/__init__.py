@@ -17,7 +17,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ._lazy import lazy_namespace as _lazy_namespace
-from ._logging import setup_logging as _setup_logging
 from ._version import __version__
 
 if TYPE_CHECKING:  # what a type checker sees; at run time each name is imported on first use
@@ -53,7 +52,21 @@ if TYPE_CHECKING:  # what a type checker sees; at run time each name is imported
     )
     from .resources.customers import EMPTY_STAGE, CustomerFilters
 
-_setup_logging()  # DMHUB_LOG=debug|info
+
+def _log_switch() -> None:
+    """``DMHUB_LOG=debug|info``, applied when it is set; logging is loaded only then. Before any
+    handler of the command line's (whose console script imports this package first), a Ctrl-C
+    in logging's import printed Python's traceback, a SIGTERM killed it with no line."""
+    import os
+
+    if os.environ.get("DMHUB_LOG", "").strip():
+        from ._logging import setup_logging
+
+        setup_logging()
+
+
+_log_switch()
+del _log_switch
 
 __all__ = [  # noqa: RUF022 - plain sorted(), as tests/test_public_api.py checks
     "APIConnectionError",

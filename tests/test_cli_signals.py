@@ -629,6 +629,9 @@ _LOADING_PLACES = {
     # Its first module, as the console script imports main(): before main() ran, so before it
     # handled any signal (SIGINT: Python's traceback, exit 1; SIGTERM: exit -15, no line).
     "its first module": ("dmhub_async.cli._errors", None),
+    # The package's log switch (and logging, 4 ms of loading), which `import dmhub_async` made
+    # before main() ran: the same.
+    "the log switch": ("dmhub_async._logging", None),
     # Inside orjson's set-up: a signal raised into it crashed the command (exit -11, SIGSEGV).
     "orjson's set-up": (None, "orjson.orjson"),
     # aiohttp's import, a second of loading on a busy machine.
@@ -661,11 +664,21 @@ def signalled_as_it_loads(
     [
         ("its first module", ""),
         ("its first module", "dmhub_async"),
+        ("the log switch", ""),
+        ("the log switch", "dmhub_async"),
         ("orjson's set-up", ""),
         ("aiohttp", ""),
         ("aiohttp", "dmhub_async"),
     ],
-    ids=["first module", "first module python -m", "orjson", "aiohttp", "aiohttp python -m"],
+    ids=[
+        "first module",
+        "first module python -m",
+        "log switch",
+        "log switch python -m",
+        "orjson",
+        "aiohttp",
+        "aiohttp python -m",
+    ],
 )
 @pytest.mark.parametrize(
     ("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["INT", "TERM"]
