@@ -195,7 +195,17 @@ def _forms(secret: str) -> tuple[str, ...]:
     with contextlib.suppress(UnicodeEncodeError):  # a lone surrogate: never sent, see below
         forms.update(quote(secret, safe=safe) for safe in ("", "/", "/?:@!$'()*,"))
         forms.add(quote_plus(secret))
+        forms.add(_in_query(secret))
     return tuple(forms)
+
+
+def _in_query(secret: str) -> str:
+    """``secret`` as yarl writes it in a query, as aiohttp sends it: a space as ``+`` beside
+    the ``(`` that quote_plus encodes (``0( 00000000`` went out as ``0(+00000000``, whose runs
+    neither of the other forms holds)."""
+    from yarl import URL
+
+    return URL("http://h/").with_query({"q": secret}).raw_query_string.partition("=")[2]
 
 
 def _fragments(secret: str) -> frozenset[str]:

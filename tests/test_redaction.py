@@ -879,6 +879,8 @@ def _as_sent(secret: str) -> str:
 # Spaces every few characters: its query form (quote_plus, as yarl sends it) has a "+" in
 # every run of 8, which neither the raw secret nor its %20 form holds.
 @example(secret="Cn4 ry S3 cr3 tZq", cut=None, noise="bad value ")
+# A space and a "(": yarl sends them "+" and "(", which quote_plus writes "+" and "%28".
+@example(secret="0( 00000000", cut=None, noise="")
 @given(
     # A secret of what a URL must encode (+ / = space and the like) as well as of what it
     # need not.
