@@ -186,6 +186,11 @@ PART_SEEN_WITHIN = 60.0
 TOKEN_STORE_MARK = "store-mark:"
 #: Seconds a coordinator waits for its token store's Redis as it sets its mark (each poll).
 MARK_ANSWER = 5.0
+#: Seconds a worker looks for the coordinator's mark, every MARK_LOOK_EVERY, before it refuses
+#: a job: a job taken just before its Redis was flushed (or restarted) is checked just after,
+#: before the coordinator's next poll has set the mark again.
+MARK_LOOKED_FOR = 5.0
+MARK_LOOK_EVERY = 0.5
 
 
 def _progress_key(export_id: str, plan_id: str) -> str:
@@ -649,7 +654,9 @@ async def _export_shard_job(ctx: dict[str, Any], task: dict[str, Any]) -> dict[s
 
     takeover, every = ctx["takeover"], ctx["heartbeat"]
     _check_same_service(ctx["client"], task)
-    await _check_same_token_store(ctx.get("token_store_used"), task)
+    await _check_same_token_store(
+        ctx.get("token_store_used"), task, ctx.get("sleep") or asyncio.sleep
+    )
 
     ended = False
 
@@ -1032,7 +1039,9 @@ async def mark_token_store(url: str, prefix: str | None = None) -> TokenStoreMar
     return mark
 
 
-async def _check_same_token_store(store: Any, task: dict[str, Any]) -> None:
+async def _check_same_token_store(
+    store: Any, task: dict[str, Any], sleep: Callable[[float], Awaitable[None]]
+) -> None:
     """Refuse a job whose coordinator keeps the app's token in another store than this worker.
 
     DM Hub keeps one token per app id, and each fetched revokes the last: a worker whose
@@ -1040,6 +1049,10 @@ async def _check_same_token_store(store: Any, task: dict[str, Any]) -> None:
     turns revoking each other's token, and their shards failed as they ran, parts half written,
     with error_code 40001. A job of a coordinator that set no mark, a store that is no
     ``RedisTokenStore`` (a program's own) or one that cannot be read now is not checked.
+
+    A mark not found is looked for again, for :data:`MARK_LOOKED_FOR` seconds (``sleep``),
+    before the job is refused: one taken just before its Redis was flushed was refused as of
+    another store, though the coordinator's next poll set the mark again.
     """
     from .._auth import RedisTokenStore
 
@@ -1048,17 +1061,23 @@ async def _check_same_token_store(store: Any, task: dict[str, Any]) -> None:
         return
     from redis.exceptions import RedisError
 
-    try:
-        found = await (await store._client()).exists(store._prefix + TOKEN_STORE_MARK + mark)
-    except (RedisError, OSError):
-        return  # its errors are said by the token fetches that need it
-    except RuntimeError as err:
-        # A client= of another event loop (used in a set-up's asyncio.run()): the shard failed
-        # with a raw "RuntimeError: Event loop is closed", where the store recovers, or says
-        # why in its own words (TokenStoreError).
-        if "loop" not in str(err):
-            raise
-        return
+    looks = max(1, round(MARK_LOOKED_FOR / MARK_LOOK_EVERY))
+    for look in range(looks):
+        if look:
+            await sleep(MARK_LOOK_EVERY)
+        try:
+            found = await (await store._client()).exists(store._prefix + TOKEN_STORE_MARK + mark)
+        except (RedisError, OSError):
+            return  # its errors are said by the token fetches that need it
+        except RuntimeError as err:
+            # A client= of another event loop (used in a set-up's asyncio.run()): the shard
+            # failed with a raw "RuntimeError: Event loop is closed", where the store recovers,
+            # or says why in its own words (TokenStoreError).
+            if "loop" not in str(err):
+                raise
+            return
+        if found:
+            return
     if not found:
         raise InvalidRequestError(
             f"this worker keeps the app's token in {store!r}, which is not the coordinator's "
