@@ -360,6 +360,17 @@ class Manifest:
         self.verify = kept
         return kept, changed
 
+    def settings_changed(self, *, fmt: str, base_url: str, app_id: str | None) -> list[str]:
+        """The names of the settings (``format``, ``base_url``, ``app_id``) given otherwise
+        than this manifest records them, the base URLs compared in one spelling."""
+        mine = {
+            "format": self.format,
+            "base_url": one_spelling(self.base_url),
+            "app_id": self.app_id,
+        }
+        theirs = {"format": fmt, "base_url": one_spelling(base_url), "app_id": app_id}
+        return [k for k in mine if mine[k] != theirs[k]]
+
     def check_same_export(
         self, *, fmt: str, base_url: str, app_id: str | None, filters: dict[str, Any]
     ) -> None:
@@ -369,13 +380,7 @@ class Manifest:
         token store and a part's checkpoint compare them: a rerun from a machine that spelled
         the service otherwise was refused, told to delete the directory.
         """
-        mine = {
-            "format": self.format,
-            "base_url": one_spelling(self.base_url),
-            "app_id": self.app_id,
-        }
-        theirs = {"format": fmt, "base_url": one_spelling(base_url), "app_id": app_id}
-        changed = [k for k in mine if mine[k] != theirs[k]]
+        changed = self.settings_changed(fmt=fmt, base_url=base_url, app_id=app_id)
         recorded, given = _as_compared(self.filters), _as_compared(filters)
         if recorded != given:
             # Each by its keyword: "other filters" alone sent the user through every one.

@@ -49,7 +49,6 @@ from ._manifest import (
     ShardOutcome,
     checkpoint_name,
     id_list_file,
-    one_spelling,
     part_digest,
 )
 from ._plan import (
@@ -413,14 +412,9 @@ async def check_same_app(client: DMHubClient, where: Path, manifest: Manifest, c
     (:func:`_check_token_owner`, one request). For a function that takes a directory up
     without the plan's own check (``late_check``): given another app's client, the late
     check appended that app's customers to the last part, the export complete."""
-    changed = [
-        name
-        for name, recorded, given in (
-            ("base_url", one_spelling(manifest.base_url), one_spelling(client.base_url)),
-            ("app_id", manifest.app_id, client.app_id),
-        )
-        if recorded != given
-    ]
+    changed = manifest.settings_changed(
+        fmt=manifest.format, base_url=client.base_url, app_id=client.app_id
+    )
     if changed:
         raise InvalidRequestError(
             f"{caller}(): the sharded export in {str(where)!r} was made with another "
