@@ -59,6 +59,7 @@ __all__ = [
     "resolvable_url",
     "short",
     "shown_even_half_made",
+    "white_space_around",
 ]
 
 MAX_IDENTITY_TYPE = 32
@@ -512,6 +513,18 @@ def check_paging(page_size: object, start_page: object, max_items: object = None
             raise InvalidRequestError(f"{name} must be an int {bounds}, not {short(value)}")
 
 
+def white_space_around(name: str, value: str) -> str | None:
+    """Why a credential ``name`` of ``value`` is refused when white space is around it (pasted
+    with it, or read from a file with its newline), never quoting it; None when there is none."""
+    if value == value.strip():
+        return None
+    where = "starts" if value[:1].isspace() else "ends"
+    return (
+        f"{name} {where} with white space (pasted with it?), which no app's credentials hold:"
+        " remove it"
+    )
+
+
 def check_settings(
     credentials: Mapping[str, object],
     base_url: object,
@@ -528,17 +541,13 @@ def check_settings(
     for name, value in credentials.items():
         if value is not None and not isinstance(value, str):
             raise InvalidRequestError(f"{name} must be a string, not {type(value).__name__}")
-        if isinstance(value, str) and value != value.strip():
+        if isinstance(value, str) and (spaced := white_space_around(name, value)):
             # Pasted with a space (a tenant's settings from a sheet or a form): sent, the
             # service refused it, and the AuthenticationError said to check app_id and secret,
             # where nothing showed the space. As the command line refuses DMHUB_APP_ID and
             # DMHUB_SECRET, never quoting the value. Before the check below: a secret read
             # from a file with its newline was "a character that cannot be sent", not where.
-            where = "starts" if value[:1].isspace() else "ends"
-            raise InvalidRequestError(
-                f"{name} {where} with white space (pasted with it?), which no app's"
-                " credentials hold: remove it"
-            )
+            raise InvalidRequestError(spaced)
         if isinstance(value, str) and not value.isprintable():
             raise InvalidRequestError(f"{name} holds a character that cannot be sent")
         if isinstance(value, str) and len(quote(value, safe="")) > MAX_SETTING_LENGTH:

@@ -23,6 +23,7 @@ from .._logging import show_log
 from .._redact import redact
 from .._token_file import NO_LOCKS, FileTokenStore, holds_only_tokens
 from .._token_stores import MemoryTokenStore, RedisTokenStore, TokenStore
+from .._validate import white_space_around
 from ._errors import CommandError, UsageError, say, stopped_answering
 
 __all__ = [
@@ -240,13 +241,8 @@ def check_credentials() -> None:
     have taken the token", and the space was nowhere to see. No app id or secret has one.
     """
     for name in ("DMHUB_APP_ID", "DMHUB_SECRET"):
-        value = os.environ.get(name) or ""
-        if value != value.strip():
-            where = "starts" if value[:1].isspace() else "ends"
-            raise CommandError(
-                f"{name} {where} with white space (pasted with it?), which no app's"
-                " credentials hold: remove it"
-            )
+        if spaced := white_space_around(name, os.environ.get(name) or ""):
+            raise CommandError(spaced)
 
 
 @contextlib.asynccontextmanager
