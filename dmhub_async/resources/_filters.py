@@ -29,6 +29,7 @@ from ..models.gender import Gender
 __all__ = [
     "EMPTY_STAGE",
     "FILTER_KEYWORDS",
+    "FILTER_NAMES",
     "LONG_ID_LIST",
     "CustomerFilters",
     "as_given",
@@ -67,7 +68,8 @@ class CustomerFilters(TypedDict, total=False):
     sort_order: Literal["asc", "desc"] | None
 
 
-_FILTERS = frozenset(CustomerFilters.__annotations__)
+#: The names of the customer filters (CustomerFilters' keywords).
+FILTER_NAMES: Final = frozenset(CustomerFilters.__annotations__)
 _TIMES = {
     "date_created_from": "dateCreatedFrom",
     "date_created_to": "dateCreatedTo",
@@ -190,7 +192,7 @@ def check_filter_names(method: str, filters: Mapping[str, Any]) -> None:
     that takes ``**filters`` and hands them on (a sharded export to its plan's counts) named
     the call it made, ``count()``, not the one its caller made."""
     for name in filters:
-        if name not in _FILTERS:
+        if name not in FILTER_NAMES:
             raise TypeError(f"{method}() got an unexpected keyword argument {name!r}")
 
 
