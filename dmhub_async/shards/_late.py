@@ -152,15 +152,27 @@ async def late_check(
 
 
 async def run_late_check(
-    client: DMHubClient, where: Path, manifest: Manifest, *, concurrency: int
+    client: DMHubClient,
+    where: Path,
+    manifest: Manifest,
+    *,
+    concurrency: int,
+    writer: ManifestWriter | None = None,
 ) -> LateCheck | None:
     """:func:`late_check` of a run that compared ``client`` with the directory's export as it
-    took it up (``_run.prepare``): not again, which costs a token client a request."""
-    return await _late_check(client, where, manifest, concurrency, check_app=False)
+    took it up (``_run.prepare``): not again, which costs a token client a request.
+    ``writer``: the run's own, which then does not write the manifest again at its end."""
+    return await _late_check(client, where, manifest, concurrency, check_app=False, writer=writer)
 
 
 async def _late_check(
-    client: DMHubClient, where: Path, manifest: Manifest, concurrency: int, *, check_app: bool
+    client: DMHubClient,
+    where: Path,
+    manifest: Manifest,
+    concurrency: int,
+    *,
+    check_app: bool,
+    writer: ManifestWriter | None = None,
 ) -> LateCheck | None:
     outcome = _due(manifest)
     if outcome is None:
@@ -181,7 +193,14 @@ async def _late_check(
         )
         try:
             await file_work(lambda: _sweep_killed_check(part))
-            result = await _check(client, where, manifest, outcome, concurrency)
+            result = await _check(
+                client,
+                where,
+                manifest,
+                outcome,
+                concurrency,
+                writer or ManifestWriter(manifest, where),
+            )
         finally:
             _release(*lock)
     manifest.late_check = result
@@ -194,6 +213,7 @@ async def _check(
     manifest: Manifest,
     outcome: ShardOutcome,
     concurrency: int,
+    manifest_writer: ManifestWriter,
 ) -> LateCheck:
     part = where / outcome.file
     fmt = manifest.format
@@ -269,7 +289,7 @@ async def _check(
         or manifest.last_window_seen_at != seen
         or manifest.late_check_retries != retried
     ):
-        await ManifestWriter(manifest, where).write()  # nothing new: nothing written
+        await manifest_writer.write()  # nothing new: nothing written
     # The manifest says what the part holds now: what the check was writing is no longer news.
     await file_work(lambda: remove_or_warn(_said(part), "late check's note"))
     return LateCheck(

@@ -396,6 +396,11 @@ class Manifest:
     def write(self, directory: str | os.PathLike[str]) -> Path:
         """Write ``manifest.json`` atomically (a temp file of an unpredictable name, renamed)."""
         path = Path(directory) / MANIFEST_NAME
+        replace_file(path, self._encoded())
+        return path
+
+    def _encoded(self) -> bytes:
+        """``manifest.json``'s bytes, as :meth:`write` writes them."""
         raw = _converter.unstructure(self)
         raw.pop("late_check", None)  # this run's alone
         if raw["id_list_length"] is None:
@@ -409,8 +414,7 @@ class Manifest:
         if raw["late_check_retries"] is None:
             del raw["late_check_retries"]  # none ran: written as earlier releases wrote it
         data = orjson.dumps({**raw, "status": self.status()}, option=orjson.OPT_INDENT_2)
-        replace_file(path, data + b"\n")
-        return path
+        return data + b"\n"
 
     def _copier(self) -> Callable[[], Manifest]:
         """A function making a copy of this manifest as it is now, to call on a thread.
@@ -625,18 +629,30 @@ class ManifestWriter:
         self._turn = asyncio.Lock()
         self._asked = 0  # write() calls so far
         self._done = 0  # the calls made before the last write's copy, which it recorded
+        self._written: bytes | None = None  # what this writer wrote last
 
     async def write(self) -> None:
         """Write the manifest as it is now (:meth:`Manifest.write`, on a thread), unless a
-        write that took it after this call is done by the time this one's turn comes."""
+        write that took it after this call is done by the time this one's turn comes, or the
+        manifest is as this writer wrote it last (a run's end after its late check wrote it:
+        the whole manifest written and synced again for nothing)."""
         self._asked += 1
         asked = self._asked
         async with self._turn:
             if self._done >= asked:
                 return
             copy, covered = self._manifest._copier(), self._asked
-            await on_thread(lambda: copy().write(self._directory))
+            await on_thread(self._write_if_changed(copy))
             self._done = covered
+
+    def _write_if_changed(self, copy: Callable[[], Manifest]) -> Callable[[], None]:
+        def write() -> None:
+            data = copy()._encoded()
+            if data != self._written:
+                replace_file(Path(self._directory) / MANIFEST_NAME, data)
+                self._written = data
+
+        return write
 
 
 def _filter_changes(recorded: dict[str, Any], given: dict[str, Any]) -> list[str]:

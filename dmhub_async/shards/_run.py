@@ -780,7 +780,7 @@ async def _export_sharded(
         # Every shard complete: the last window looked at again (its customers created since
         # its shard ended), the run's last act; a rerun of a complete export runs it too.
         # Its client was compared with the export's as the run took the directory up (prepare).
-        await run_late_check(client, where, manifest, concurrency=concurrency)
+        await run_late_check(client, where, manifest, concurrency=concurrency, writer=writer)
     except BaseException:
         for task in tasks:
             task.cancel()

@@ -284,6 +284,29 @@ async def test_the_coordinator_writes_the_manifest_off_the_event_loop(
         assert all(s["sha256"] for s in shards if s["status"] == "complete")
 
 
+async def test_a_run_does_not_write_the_manifest_again_after_its_late_check(
+    sim: DMHubSimulator, dm: DMHubClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The late check records its retries (7b03f3d), so it wrote the manifest, and the run's
+    # end wrote the same bytes again: 7 writes of 4 shards one at a time, where the test
+    # above allows 6 (it failed in CI whenever no two shards ended during one write).
+    replace_file = _manifest.replace_file
+    written: list[bytes] = []
+
+    def counted(path: Path, data: bytes, **options: Any) -> None:
+        written.append(data)
+        replace_file(path, data, **options)
+
+    monkeypatch.setattr(_manifest, "replace_file", counted)
+    manifest = await export_sharded(dm, tmp_path / "out", 4, parallel=1, progress=False)
+    assert manifest.complete
+    assert sorted(exported_ids(tmp_path / "out")) == sim.customer_ids()
+    # The plan, each shard, the late check; no two writes alike.
+    assert len(written) == 1 + 4 + 1
+    assert len(set(written)) == len(written)
+    assert written[-1] == (tmp_path / "out" / MANIFEST_NAME).read_bytes()
+
+
 async def test_shards_that_end_while_the_manifest_is_written_are_recorded_by_one_write(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -313,8 +336,12 @@ async def test_shards_that_end_while_the_manifest_is_written_are_recorded_by_one
     await asyncio.gather(*(ended(k) for k in range(50)))
 
     assert written == [["failed"] + ["pending"] * 49, ["failed"] * 50]  # was 50 writes
-    await writer.write()  # one asked for later is written, though nothing changed
+    await writer.write()  # nothing changed since: the same bytes not written and synced again
+    assert len(written) == 2
+    manifest.shards[0].status = "complete"
+    await writer.write()  # one asked for later is written when the manifest changed
     assert len(written) == 3
+    assert written[-1] == ["complete"] + ["failed"] * 49
 
 
 async def test_a_merge_refuses_a_compressed_name_it_would_write_plain(
