@@ -32,25 +32,33 @@ def show_log(level: int) -> None:
 
 
 def _not_shown_by_the_root(record: logging.LogRecord) -> bool:
-    """Whether the switch's handler shows ``record``: not when a handler of the root logger
-    shows it on the same stream, in the application's own format.
+    """Whether the switch's handler shows ``record``: not when another handler the record
+    reaches (the root's, or one the application put on the library's logger) shows it on the
+    same stream, in the application's own format.
 
     The library's records go on to the root's handlers as any library's do: with the
     application's ``logging.basicConfig`` beside ``DMHUB_LOG``, each line was on stderr twice.
-    A root handler that writes elsewhere (a file), or not at the record's level, leaves it
-    to this one; so does one with filters of its own (it may drop the library's records), and
-    every root handler when the records do not reach the root (``propagate`` turned off, as
-    applications do against lines shown twice): either way, no line was shown at all.
+    A handler that writes elsewhere (a file), or not at the record's level, leaves it to this
+    one; so does one with filters of its own (it may drop the library's records), and every
+    root handler when the records do not reach the root (``propagate`` turned off, as
+    applications do against lines shown twice): either way, no line was shown at all. The
+    handlers are those the record meets as logging hands it on, from its own logger up: an
+    application's stderr handler on ``dmhub_async`` itself, the library's propagation turned
+    off (the usual way to give a library its own format), had each line shown twice.
     """
-    if not logger.propagate:
-        return True
     stream = getattr(_handler, "stream", None)
-    return not any(
-        getattr(handler, "stream", None) is stream
-        and record.levelno >= handler.level
-        and not handler.filters
-        for handler in logging.getLogger().handlers
-    )
+    current: logging.Logger | None = logging.getLogger(record.name)
+    while current is not None:
+        for handler in current.handlers:
+            if (
+                handler is not _handler
+                and getattr(handler, "stream", None) is stream
+                and record.levelno >= handler.level
+                and not handler.filters
+            ):
+                return False
+        current = current.parent if current.propagate else None
+    return True
 
 
 def setup_logging() -> None:

@@ -932,6 +932,19 @@ def test_a_ctrl_c_as_a_finished_command_exits_keeps_its_outcome(
             1,
             0,
         ),
+        (
+            "logging.basicConfig(level=logging.DEBUG, format='ROOT %(message)s');"
+            " h = logging.StreamHandler(); h.setFormatter(logging.Formatter('APP %(message)s'));"
+            " lib = logging.getLogger('dmhub_async'); lib.addHandler(h); lib.propagate = False",
+            0,
+            1,
+        ),
+        (
+            "h = logging.StreamHandler(); h.setFormatter(logging.Formatter('APP %(message)s'));"
+            " logging.getLogger('dmhub_async').addHandler(h)",
+            0,
+            1,
+        ),
     ],
     ids=[
         "basicConfig",
@@ -940,6 +953,8 @@ def test_a_ctrl_c_as_a_finished_command_exits_keeps_its_outcome(
         "to a file",
         "basicConfig, the library not propagating",
         "basicConfig filtering the library out",
+        "a stderr handler of the application's on the library's logger, not propagating",
+        "a stderr handler of the application's on the library's logger",
     ],
 )
 def test_dmhub_log_beside_the_applications_logging_shows_each_line_once(
@@ -951,6 +966,9 @@ def test_dmhub_log_beside_the_applications_logging_shows_each_line_once(
     # application's format; one that shows nothing at that level, or writes to a file, leaves
     # it to the switch. So does a root handler with a filter (it may drop the library's lines),
     # and every one when the library's logger does not propagate: both showed no line at all.
+    # A stderr handler the application put on the library's own logger (its propagation
+    # turned off, the usual way to give a library its own format) shows it too: each line was
+    # shown twice, its own and the switch's.
     result = _count_with_dmhub_log(env, "debug", first=f"import logging; {root}", cwd=tmp_path)
 
     assert result.returncode == 0, result.stderr
