@@ -430,10 +430,31 @@ def _request_query(params: object) -> Mapping[str, str]:
             query[name] = value = int.__repr__(value)  # its digits, whatever its class's str
         size += len(name) + len(value) + 2
         ascii_only = ascii_only and name.isascii() and value.isascii()
+    if type(params) is not dict:
+        _check_one_value_a_name(params)
     checked: Mapping[str, str] = query if query is not None else params
     if not (ascii_only and 3 * size <= MAX_QUERY_LENGTH):  # else it fits whatever it holds
         check_query("request", checked)
     return checked
+
+
+def _check_one_value_a_name(params: Mapping[str, object]) -> None:
+    """Refuse ``params`` that give a name more than one value (a ``MultiDict``, aiohttp's
+    and yarl's own way to repeat a name).
+
+    The query is made a dict of them as it is sent: every value of such a name but one was
+    dropped without a word (the first kept, or the last when a value was an int), and the call
+    answered for fewer ids than it was given.
+    """
+    seen: set[str] = set()
+    for name, value in params.items():
+        if name in seen or params[name] != value:
+            raise InvalidRequestError(
+                f"request(): params give {short(name)} more than one value, which the client"
+                " sends once: join the values as the service reads them (ids separated by"
+                " commas)"
+            )
+        seen.add(name)
 
 
 def check_json(method: str, what: str, value: Any) -> None:

@@ -14,6 +14,7 @@ from _helpers import serving
 from aiohttp import web
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
+from multidict import MultiDict
 
 from dmhub_async import DMHubClient, InvalidRequestError
 from dmhub_async._validate import (
@@ -195,3 +196,38 @@ async def test_params_holding_access_token_are_refused_in_words_a_reader_can_fol
     assert "the client sends its own token with every call" in message
     assert "DMHubClient's access_token argument" in message
     assert "OTHER" not in message
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        MultiDict([("idList", "1"), ("idList", "2")]),
+        MultiDict([("idList", 1), ("idList", 2)]),
+    ],
+    ids=["MultiDict", "MultiDict of ints"],
+)
+async def test_params_giving_a_name_twice_are_refused_before_anything_is_sent(
+    params: Any,
+) -> None:
+    # A MultiDict (aiohttp's own way to repeat a name) is a Mapping, as request() asks: the
+    # query was made a dict of it as it was sent, and "idList=1&idList=2" went out as
+    # "idList=1" (as "idList=2" when the values were ints), answered for one id, no error.
+    sent: list[str] = []
+
+    async def answer(request: web.Request) -> web.Response:
+        sent.append(request.query_string)
+        return web.json_response([])
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", answer)
+    async with (
+        serving(app) as root,
+        DMHubClient(access_token="t" * 32, base_url=root, timezone="UTC") as dm,
+    ):
+        with pytest.raises(InvalidRequestError, match="more than one value") as info:
+            await dm.request("GET", "/v1/customers", params=params)
+        # One value a name, in a MultiDict too, is sent whole.
+        await dm.request("GET", "/v1/customers", params=MultiDict(idList="1,2", rows=5))
+
+    assert "'idList' more than one value" in str(info.value)
+    assert sent == [f"idList=1,2&rows=5&access_token={'t' * 32}"]
