@@ -31,7 +31,15 @@ from backoff.types import Details
 from yarl import URL
 
 from . import _json
-from ._auth import MemoryTokenStore, Token, TokenManager, TokenStore, legacy_token_key, token_key
+from ._auth import (
+    MemoryTokenStore,
+    Token,
+    TokenManager,
+    TokenStore,
+    legacy_token_key,
+    secret_fingerprint,
+    token_key,
+)
 from ._exceptions import (
     REFUSED_AFTER_REFRESH,
     STATIC_TOKEN_REFUSED,
@@ -240,16 +248,28 @@ def _mirror_keys(token_store: TokenStore, base_url: str, app_id: str) -> tuple[s
     """The keys a token this client fetches is also written under: 0.1's, in a store other
     processes may share, 0.1 ones among them (see legacy_token_key).
 
-    None where that key holds a "|" more than the one joining the base URL and the app id:
-    this version's keys join them to the secret's fingerprint the same way, so an app id
-    holding a "|" (``app-a|<app-a's fingerprint>``) had its token copied under another
-    tenant's very key, and that tenant's client took it and sent it, reading the first
-    one's customers.
+    None where that key could be one of this version's, which join the base URL, the app id
+    and the secret's fingerprint by "|": an app id holding a "|" and another's fingerprint
+    (``app-a|<app-a's fingerprint>``) had its token copied under another tenant's very key,
+    and that tenant's client took it and sent it, reading the first one's customers. Only
+    such a key is skipped: skipping every one with a "|" more (``sim|app``) made a rolling
+    upgrade's 0.1 and new processes revoke each other's token again, 74 tokens for 120 calls.
     """
     legacy = legacy_token_key(base_url, app_id)
-    if isinstance(token_store, MemoryTokenStore) or legacy.count("|") != 1:
+    if isinstance(token_store, MemoryTokenStore) or _could_be_a_token_key(legacy):
         return ()
     return (legacy,)
+
+
+def _could_be_a_token_key(key: str) -> bool:
+    """Whether ``key`` has the form of :func:`token_key`'s: two "|" or more, the last before
+    a fingerprint (16 lower-case hexadecimal digits)."""
+    rest, _, last = key.rpartition("|")
+    return "|" in rest and len(last) == _FINGERPRINT_LENGTH and all(c in _HEX_DIGITS for c in last)
+
+
+_FINGERPRINT_LENGTH: Final = len(secret_fingerprint("", ""))
+_HEX_DIGITS: Final = frozenset("0123456789abcdef")
 
 
 @attrs.define

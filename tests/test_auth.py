@@ -1398,16 +1398,19 @@ class Client01:
         raise AssertionError(f"0.1.0's call failed: {body}")
 
 
+@pytest.mark.parametrize("app_id", ["sim-app-id", "sim|app"])
 @pytest.mark.parametrize("kind", ["file", "redis"])
 async def test_a_0_1_process_sharing_the_store_takes_this_versions_token(
-    tmp_path: Any, kind: str
+    tmp_path: Any, kind: str, app_id: str
 ) -> None:
     """A rolling upgrade: a process still on 0.1.0 and an upgraded one share a token file or
     Redis. The store key changed (issue 13), so each read only its own key and fetched a token
     whenever the other's had revoked its own: every call of one after a call of the other
     fetched a token (40 tokens for 40 calls; run at once, 36 of 400 calls failed with
     AuthenticationError). Either version alone fetches one. The upgraded client now also
-    writes a token it fetches under 0.1.0's key, where a 0.1.0 process looks after a refusal."""
+    writes a token it fetches under 0.1.0's key, where a 0.1.0 process looks after a refusal:
+    for an app id holding a "|" too (a copy skipped for every such one fetched a token a call
+    again), where 0.1.0's key cannot be another tenant's (see the next test)."""
     import aiohttp
 
     from dmhub_async.testing import DMHubSimulator
@@ -1417,7 +1420,7 @@ async def test_a_0_1_process_sharing_the_store_takes_this_versions_token(
         FileTokenStore(tmp_path / "tokens.json") if redis is None else RedisTokenStore(client=redis)
     )
     async with (
-        DMHubSimulator(customers=3) as sim,
+        DMHubSimulator(customers=3, app_id=app_id) as sim,
         aiohttp.ClientSession() as http,
         DMHubClient(sim.app_id, sim.secret, base_url=sim.url, token_store=shared) as dm,
     ):
