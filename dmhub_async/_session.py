@@ -71,7 +71,7 @@ from ._sansio import (
     token_request,
     too_large,
 )
-from ._validate import printable, resolvable_url
+from ._validate import printable, refused_ipv4, resolvable_url
 
 __all__ = ["ClientStats", "Session"]
 
@@ -1447,6 +1447,11 @@ def usable_proxy(proxy: str | None) -> str | None:
     port, host = url.port, url.host
     if url.scheme not in ("http", "https") or not host or port is None:
         raise InvalidRequestError(f"{where} must be an http:// or https:// URL with a host")
+    if refused_ipv4(host):  # "not a canonical IPv4 address" at every request, retried
+        raise InvalidRequestError(
+            f"{where} has an IPv4 address written otherwise than as four decimal numbers (no"
+            " leading zero), which aiohttp refuses to connect to"
+        )
     return proxy
 
 

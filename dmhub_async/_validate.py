@@ -15,6 +15,7 @@ import operator
 import os
 import re
 import reprlib
+import socket
 import types
 import typing
 import unicodedata
@@ -649,6 +650,18 @@ def resolvable_url(text: str) -> URL:
     return url
 
 
+def refused_ipv4(host: str) -> bool:
+    """Whether aiohttp refuses to connect to ``host``: an IPv4 address in a legacy form
+    (``127.1``, ``2130706433``, ``0177.0.0.1``), which the resolver maps onto an address and
+    aiohttp (3.14, not 3.9) refuses at every request, "not a canonical IPv4 address"."""
+    if ":" in host or not host.replace(".", "").isdigit():
+        return False
+    from aiohttp import helpers  # loaded with the client already
+
+    canonical = getattr(helpers, "is_canonical_ipv4_address", None)
+    return canonical is not None and not canonical(host)
+
+
 def _check_base_url(base_url: object) -> None:
     if not isinstance(base_url, str):
         raise InvalidRequestError(f"base_url must be a string, not {type(base_url).__name__}")
@@ -677,6 +690,18 @@ def _check_base_url(base_url: object) -> None:
         )
     if url.query_string or url.fragment:
         raise InvalidRequestError(f"base_url must have no query or fragment: {short(base_url)}")
+    if refused_ipv4(host):
+        # Taken, and every call failed as aiohttp refused it, retried as "no connection to ...
+        # (is base_url right, and the service up?)", the token request first.
+        try:
+            written = f" ({host} is {socket.inet_ntoa(socket.inet_aton(host))})"
+        except OSError:  # no address at all (1.2.3.4.5)
+            written = ""
+        raise InvalidRequestError(
+            f"base_url's host {short(host)} is an IPv4 address written otherwise than as four"
+            " decimal numbers (no leading zero), which aiohttp refuses to connect to: write it"
+            f" so{written}"
+        )
     root = base_url.rstrip("/")
     if root[-3:].lower() == "/v1":
         # Copied from the contract ("every call is under /v1"): the calls went to /v1/v1/...

@@ -863,6 +863,28 @@ def test_a_base_url_whose_host_no_resolver_takes_is_refused_when_the_client_is_m
         DMHubClient(access_token="tok", base_url=base_url)
 
 
+@pytest.mark.parametrize(
+    ("base_url", "written"),
+    [
+        ("https://127.1:8443", "127.0.0.1"),
+        ("https://2130706433", "127.0.0.1"),
+        ("https://0177.0.0.1", "127.0.0.1"),
+        ("https://10.1.2", "10.1.0.2"),
+    ],
+)
+def test_a_base_url_whose_ipv4_host_aiohttp_refuses_is_refused_when_the_client_is_made(
+    no_env, base_url, written
+):
+    # Before: taken, and every call failed as aiohttp (3.14) refused the host, "not a canonical
+    # IPv4 address", retried 4 times over 2 s and raised as APIConnectionError "no connection
+    # to https://127.1:8443 (is base_url right, and the service up?)", the token request first.
+    if not hasattr(pytest.importorskip("aiohttp.helpers"), "is_canonical_ipv4_address"):
+        pytest.skip("this aiohttp connects to such a host, as the resolver reads it")
+    with pytest.raises(InvalidRequestError, match="IPv4 address written otherwise") as info:
+        DMHubClient(access_token="tok", base_url=base_url)
+    assert f"is {written})" in str(info.value)
+
+
 def test_default_base_url(no_env):
     assert DMHubClient(access_token="tok").base_url == "https://api.convertlab.com"
 
