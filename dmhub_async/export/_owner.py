@@ -203,23 +203,32 @@ async def check_owner(
         if told and await _found(client, told, retries):
             return
         looked_up.update(sample.id for sample in others)
+    by_ids = ids_alone
     if not ids_alone and not first and not _telling(others):
         # Every customer looked up left those fields empty: their ids alone to go by, as
         # with ``select=["id"]``.
         bare = [Sample(sample.id, ()) for sample in (*samples, *others)]
         if await _found(client, bare, retries):
             return
+        by_ids = True
     ids = sorted(looked_up)
     shown = ", ".join(str(i) for i in ids[: SAMPLES * 2])
     if len(ids) > SAMPLES * 2:
         shown += ", ..."
+    # What was compared: ids alone (``select=["id"]``, or fields every one left empty) were
+    # said to be compared by a dateCreated the file does not hold, or by its empty fields.
     dated = all(name == _CREATED for sample in samples for name, _ in sample.fields)
-    compared = "dateCreated" if dated else "fields"
+    if by_ids:
+        compared, changed = "found by the same id", ""
+    elif dated:
+        compared, changed = "with the same dateCreated", ""
+    else:
+        compared, changed = "with the same fields", " or changed"
     raise InvalidRequestError(
         f"{what} holds customers of another app: none of the {len(ids)} looked up (ids "
-        f"{shown}) is a customer with the same {compared} where this client's access token "
-        f"reaches (or every one was deleted{'' if dated else ' or changed'} since), and the "
-        f"export, run with an access_token, recorded no app id to tell: {instead}"
+        f"{shown}) is a customer {compared} where this client's access token reaches (or "
+        f"every one was deleted{changed} since), and the export, run with an access_token, "
+        f"recorded no app id to tell: {instead}"
     )
 
 

@@ -602,6 +602,45 @@ async def test_a_token_clients_checkpoint_is_resumed_by_its_own_apps_token_alone
         assert dest.read_bytes().startswith(before)
 
 
+@pytest.mark.parametrize(
+    ("select", "said"),
+    [
+        (None, "with the same dateCreated"),
+        (["name", "mobile"], "with the same fields"),
+        # Ids alone decide: no dateCreated (nor any field) was compared.
+        (["id"], "by the same id"),
+        (["company"], "by the same id"),  # every customer looked up left it empty
+    ],
+)
+async def test_a_token_clients_refused_resume_says_what_it_compared(
+    tmp_path: Path, clock: Any, select: list[str] | None, said: str
+) -> None:
+    """A token client's resume refused (every customer of the file deleted since) says what
+    it compared the customers looked up by: with ``select=["id"]`` (or selected fields every
+    one left empty) their ids alone, where it said "with the same dateCreated", a field the
+    file does not hold and no look-up asked for."""
+    dest, ckpt = tmp_path / "customers.csv", tmp_path / "export.ckpt"
+    kwargs: dict[str, Any] = {} if select is None else {"select": select}
+    async with DMHubSimulator(customers=0, seed=14) as sim:
+        for n in range(CUSTOMERS):
+            sim.insert_customer({"name": f"customer {n}", "mobile": f"1380000{n:04d}"})
+
+        def client() -> DMHubClient:
+            token = sim.tokens.issue()
+            return DMHubClient(access_token=token, base_url=sim.url, clock=clock, sleep=clock.sleep)
+
+        async with client() as dm:
+            await crashed_export(dm, dest, ckpt, **kwargs)
+        for customer_id in read_ids(dest):
+            sim.delete_customer(customer_id)
+        async with client() as dm:
+            with pytest.raises(InvalidRequestError, match="holds customers of another app") as err:
+                await export(dm, dest, ckpt, **kwargs)
+    message = str(err.value)
+    assert said in message
+    assert ("dateCreated" in message) == (select is None)
+
+
 # -- two runs, and unsafe files -----------------------------------------------------------------
 
 
