@@ -11,11 +11,13 @@ So the output is asked whose it is: a few customers it already holds are fetched
 one request, and one of them must come back with the ``dateCreated`` written (a field that
 never changes): customers deleted since are no refusal while one is left. An export whose
 ``select`` left ``dateCreated`` out is compared by the fields it selected instead (but those
-the service moves by itself): customers deleted or changed since are no refusal while one is
-left as written; a customer that left every one of them empty tells nothing (another app's
-customer of its id, as empty, matched it), unless none looked up has one written. One of ids
-alone (``select=["id"]``, or such fields empty in every customer looked up) is compared by its
-ids: another app's customers of the same ids pass.
+the service moves by itself), or its custom fields (``attr``) by a customer that has none of
+those written (``select=["attr"]`` was compared by ids alone): customers deleted or changed
+since are no refusal while one is left as written; a customer that left every one of them
+empty tells nothing (another app's customer of its id, as empty, matched it), unless none
+looked up has one written. One of ids alone (``select=["id"]``, or such fields empty in
+every customer looked up) is compared by its ids: another app's customers of the same ids
+pass.
 """
 
 from __future__ import annotations
@@ -64,7 +66,8 @@ _CREATED: Final = "dateCreated"
 class Sample:
     """A customer an output holds: its id, and the fields it is compared by, each as a cell:
     its ``dateCreated``, or without one (a ``select`` that left it out) the other fields
-    written (but those the service changes by itself), or none (ids alone)."""
+    written (but those the service changes by itself), or with none of those written its
+    custom fields (``attr.KEY``), or none (ids alone)."""
 
     id: int
     fields: tuple[tuple[str, str], ...]
@@ -76,15 +79,43 @@ class Sample:
 _COMPARED: Final = frozenset(CSV_FIELDS) - {"id", "lastUpdated", "dateJoin"}
 
 
-def _sample(customer_id: int, fields: dict[str, Any]) -> Sample:
-    """The :class:`Sample` of a customer written with ``fields`` (wire names: values)."""
+#: A custom field as a sample names it: as the CSV's column of it (``attr.level``).
+_ATTR: Final = "attr."
+
+
+def _sample(customer_id: int, fields: dict[str, Any], fmt: str) -> Sample:
+    """The :class:`Sample` of a customer written with ``fields`` (wire names: values; a
+    CSV's ``attr.*`` columns by their names, a JSON line's ``attr`` as its object)."""
     created = fields.get(_CREATED)
     if created is not None and created != "":
         return Sample(customer_id, ((_CREATED, _cell(created)),))
-    return Sample(
-        customer_id,
-        tuple(sorted((name, _cell(value)) for name, value in fields.items() if name in _COMPARED)),
-    )
+    own = tuple(sorted((name, _cell(value)) for name, value in fields.items() if name in _COMPARED))
+    if not any(cell for _, cell in own):
+        # No field of the model written (``select=["attr"]``: custom fields alone): its
+        # custom fields, or ids alone decided, and another app's token took the file up.
+        custom = _custom_fields(fields, fmt)
+        if any(cell for _, cell in custom):
+            return Sample(customer_id, custom)
+    return Sample(customer_id, own)
+
+
+def _custom_fields(fields: dict[str, Any], fmt: str) -> tuple[tuple[str, str], ...]:
+    """The custom fields of a customer written with ``fields``, each as ``attr.KEY`` and its
+    cell (the CSV's columns of them; not its ``attr`` cell of keys first seen later)."""
+    if fmt == "csv":
+        return tuple(sorted((k, _cell(v)) for k, v in fields.items() if k.startswith(_ATTR)))
+    attr = fields.get("attr")
+    if not isinstance(attr, dict):
+        return ()
+    return tuple(sorted((f"{_ATTR}{key}", _cell(value)) for key, value in attr.items()))
+
+
+def _value(row: dict[str, Any], name: str) -> Any:
+    """The value of the field a sample names ``name`` in a customer the service sent."""
+    if not name.startswith(_ATTR):
+        return row.get(name)
+    attr = row.get("attr")
+    return attr.get(name[len(_ATTR) :]) if isinstance(attr, dict) else None
 
 
 def first_records(fh: IO[bytes], fmt: str, limit: int, count: int = SAMPLES) -> list[Sample]:
@@ -122,7 +153,7 @@ def records(
             except ValueError:
                 continue
             if isinstance(row, dict) and type(row.get("id")) is int:
-                found.append(_sample(row["id"], row))
+                found.append(_sample(row["id"], row, fmt))
         return found
     with long_csv_fields():
         reader = csv.reader(lines.text(), strict=True)
@@ -137,7 +168,8 @@ def records(
                 index += 1
                 if not pick(index) or len(cells) != len(header) or not cells[0].isdigit():
                     continue
-                found.append(_sample(int(cells[0]), dict(zip(header, cells, strict=True))))
+                fields = dict(zip(header, cells, strict=True))
+                found.append(_sample(int(cells[0]), fields, fmt))
         except csv.Error:  # a quoted field cut off by the end
             pass
     return found
@@ -242,14 +274,16 @@ async def _found(client: DMHubClient, samples: Sequence[Sample], retries: Retrie
     """Whether one of ``samples`` is a customer ``client``'s service holds, with the same
     fields (:class:`Sample`): one request."""
     ids = sorted({sample.id for sample in samples})
-    names = sorted({name for sample in samples for name, _ in sample.fields})
+    names = {name for sample in samples for name, _ in sample.fields}
+    # Custom fields (``attr.KEY``) come in ``attr``, one object.
+    select = sorted({"attr" if name.startswith(_ATTR) else name for name in names})
     walk = client.customers.list_rows(
-        page_size=100, id_list=ids, select=["id", *names], max_items=len(ids)
+        page_size=100, id_list=ids, select=["id", *select], max_items=len(ids)
     )
     rows = await (walk.to_list() if retries is None else retries.to_list(walk))
     held = {row.get("id"): row for row in rows}
     return any(
         sample.id in held
-        and all(_cell(held[sample.id].get(name)) == cell for name, cell in sample.fields)
+        and all(_cell(_value(held[sample.id], name)) == cell for name, cell in sample.fields)
         for sample in samples
     )

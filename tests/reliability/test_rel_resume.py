@@ -560,6 +560,10 @@ async def test_a_checkpoint_of_another_service_or_app_is_refused(
         # Fields most customers leave empty: an empty cell matched another app's empty one.
         ("jsonl", ["company"]),
         ("csv", ["campaignName", "email"]),
+        # Custom fields alone: no field of the model to compare, so ids alone decided, and
+        # B's token took A's file up (1,182 rows, A's and B's customers, complete).
+        ("jsonl", ["attr"]),
+        ("csv", ["attr"]),
     ],
 )
 async def test_a_token_clients_checkpoint_is_resumed_by_its_own_apps_token_alone(
@@ -571,7 +575,8 @@ async def test_a_token_clients_checkpoint_is_resumed_by_its_own_apps_token_alone
     renewed token (a token client cannot renew its own: a long export ends by such a resume)
     resumes, the first customers of the file deleted since. With a ``select`` that leaves
     ``dateCreated`` out, the fields selected are compared: those a customer left empty tell
-    nothing (B's customer of the same id had them empty too, and B resumed A's file)."""
+    nothing (B's customer of the same id had them empty too, and B resumed A's file); with
+    custom fields alone (``select=["attr"]``), those are."""
     dest, ckpt = tmp_path / f"customers.{fmt}", tmp_path / "export.ckpt"
     kwargs: dict[str, Any] = {} if select is None else {"select": select}
 
