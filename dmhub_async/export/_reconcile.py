@@ -65,10 +65,13 @@ class Retries:
         return total
 
     async def to_list(self, walk: AsyncPaginator[T]) -> list[T]:
-        """Every item of ``walk``, its retries added."""
-        items = await walk.to_list()
-        self.taken += walk.stats.retries
-        return items
+        """Every item of ``walk``, its retries added, when it fails too: a batch of the final
+        or late check retried, then too large to read and fetched again in halves, had its
+        retries dropped with its error (the check said none)."""
+        try:
+            return await walk.to_list()
+        finally:
+            self.taken += walk.stats.retries
 
 
 async def start_page(

@@ -170,6 +170,47 @@ async def test_a_late_check_fetches_large_customers_within_max_response_size(
     assert sorted(merged_ids(out, tmp_path / "all.jsonl")) == sorted(wanted)
 
 
+async def test_the_retries_of_a_batch_fetched_again_in_halves_are_counted(
+    tmp_path: Path,
+) -> None:
+    # A batch retried (a 500), then too large to read, is fetched again in two halves: its
+    # retries were dropped with its error, the check saying retries=0 and the manifest's
+    # late_check_retries 0 for a request sent twice.
+    blob = "x" * 5000  # some 5 KB a customer: a page of 10 under the cap, one of 60 over it
+    out = tmp_path / "out"
+    clock = FakeClock()
+    async with DMHubSimulator() as sim:
+        for number in range(200):
+            sim.insert_customer({"name": f"c{number}", "attr": {"blob": blob}})
+        async with DMHubClient(
+            sim.app_id,
+            sim.secret,
+            base_url=sim.url,
+            max_response_size=200_000,
+            clock=clock,
+            sleep=clock.sleep,
+        ) as dm:
+            manifest = await export_sharded(dm, out, 2, page_size=10, progress=False)
+            for number in range(60):  # signed up once the export ended
+                sim.insert_customer({"name": f"new{number}", "attr": {"blob": blob}})
+            asked: list[str] = []
+
+            def fail_first_fetch(request: Any) -> None:
+                if request.path == "/v1/customers" and "idList" in request.query:
+                    asked.append(request.query["rows"])
+                    if len(asked) == 1:
+                        raise RuntimeError("the service failed once")  # a 500, retried
+
+            sim.on_request(fail_first_fetch)
+            checked = await late_check(dm, out, manifest)
+
+    assert asked == ["100", "100", "30", "30"]  # the batch sent twice, then its halves
+    assert (checked.added, checked.verified) == (60, True)
+    assert checked.retries == 1
+    assert manifest.late_check_retries == 1
+    assert json.loads((out / _manifest.MANIFEST_NAME).read_bytes())["late_check_retries"] == 1
+
+
 async def test_a_sign_up_while_other_shards_still_run_is_exported_on_processes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
