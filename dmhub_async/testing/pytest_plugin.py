@@ -12,7 +12,8 @@ They run on the test's event loop, whatever its scope (``asyncio_default_test_lo
   ``@pytest.mark.dmhub_simulator(customers=500, seed=7)`` (any constructor argument, as the
   constructor takes it: ``dmhub_simulator(500)`` is 500 customers). It serves on the event
   loop of an ``async def`` test, and from a thread of its own for a plain ``def`` test, whose
-  synchronous code (an ``asyncio.run()`` job, a subprocess) then reaches it.
+  synchronous code (an ``asyncio.run()`` job, a subprocess) then reaches it, and for a test
+  anyio's plugin runs (``@pytest.mark.anyio``), on a loop pytest-asyncio's fixtures may not be on.
 - ``dmhub_clock``: the `FakeClock` the client fixture waits on: retries take no real time, and
   ``dmhub_clock.waits`` lists the waits.
 - ``dmhub_client``: a ``DMHubClient`` pointed at ``dmhub_simulator``, on ``dmhub_clock``, for
@@ -154,6 +155,12 @@ def _is_async_test(request: pytest.FixtureRequest) -> bool:
     return inspect.iscoroutinefunction(test) or inspect.isasyncgenfunction(test)
 
 
+def _run_by_anyio(request: pytest.FixtureRequest) -> bool:
+    """Whether anyio's plugin runs this test (as it decides: the test has ``anyio_backend``),
+    on an event loop of its own, which the async fixtures' may not be."""
+    return "anyio_backend" in request.fixturenames
+
+
 @contextlib.contextmanager
 def _served_from_a_thread(sim: DMHubSimulator) -> Iterator[DMHubSimulator]:
     """``sim`` serving on an event loop of its own thread, for the length of the block."""
@@ -282,15 +289,17 @@ def _dmhub_simulator(
 
     ``@pytest.mark.dmhub_simulator(customers=500, seed=7)`` takes any constructor argument. It
     serves on the event loop of an ``async def`` test, from a thread of its own for a plain
-    ``def`` one. Needs pytest-asyncio.
+    ``def`` one and for one anyio runs. Needs pytest-asyncio.
     """
     if not _with_async_fixtures(request):
         pytest.fail(NEEDS_PYTEST_ASYNCIO, pytrace=False)
-    if _is_async_test(request):  # served by the test's own event loop
+    if _is_async_test(request) and not _run_by_anyio(request):  # served by the test's loop
         yield _on_the_tests_loop(request, "simulator")
         return
     # A plain `def` test runs no event loop: one in the test's loop took connections and
-    # never answered, and synchronous code under test (an asyncio.run() job) hung on it.
+    # never answered, and synchronous code under test (an asyncio.run() job) hung on it. Nor
+    # does pytest-asyncio's run a test anyio runs (in auto mode, or before pytest-asyncio 1.2
+    # in any mode): its client waited out its timeout.
     with _served_from_a_thread(_new_simulator(request, dmhub_clock)) as sim:
         yield sim
 

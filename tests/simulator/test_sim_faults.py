@@ -864,6 +864,39 @@ def test_counts(dmhub_client):
     result.stdout.fnmatch_lines(["*dmhub_client is for `async def` tests*dmhub_simulator.url*"])
 
 
+def test_the_simulator_answers_a_test_that_anyio_runs(pytester: pytest.Pytester) -> None:
+    # anyio's plugin runs a test marked `anyio` on an event loop of its own, while the fixture
+    # served the simulator on pytest-asyncio's loop (in auto mode, or with pytest-asyncio before
+    # 1.2 in any mode), which does not run during the test: it took the connection and never
+    # answered, and the test's client waited out its timeout and retries.
+    pytest.importorskip("anyio")  # here with httpx (the bench group)
+    tests = """
+import pytest
+
+from dmhub_async import DMHubClient, MemoryTokenStore
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+@pytest.mark.anyio
+async def test_counts(dmhub_simulator):
+    async with DMHubClient(
+        dmhub_simulator.app_id,
+        dmhub_simulator.secret,
+        base_url=dmhub_simulator.url,
+        token_store=MemoryTokenStore(),
+        timeout=5,
+        max_retries=0,
+    ) as dm:
+        assert await dm.customers.count() == 50
+"""
+    result = _user_project(pytester, "asyncio_default_fixture_loop_scope = function", tests)
+    result.assert_outcomes(passed=1)
+
+
 @pytest.mark.dmhub_client(max_retries=0)
 async def test_the_client_fixture_takes_settings_from_its_mark(
     dmhub_simulator: DMHubSimulator, dmhub_client: dmhub_async.DMHubClient
