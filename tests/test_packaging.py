@@ -309,3 +309,56 @@ def test_the_redis_extras_floor_serves_a_queued_export(floor_python: Path, tmp_p
     assert "export 0 " in result.stdout, result.stdout + result.stderr
     parts = sorted((tmp_path / "out").glob("*.jsonl"))
     assert sum(len(p.read_text(encoding="utf-8").splitlines()) for p in parts) == 300
+
+
+@pytest.fixture(scope="module")
+def anyio_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh venv holding dmhub-async, pytest, anyio and a pytest-asyncio older than 1.2."""
+    return _venv_with(
+        tmp_path_factory, "anyio-venv", str(ROOT), "pytest", "anyio", "pytest-asyncio==1.1.1"
+    )
+
+
+#: A user's tests that anyio's plugin runs, each on an event loop of anyio's.
+ANYIO_TESTS = """
+import pytest
+
+from dmhub_async import DMHubClient, MemoryTokenStore
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+@pytest.mark.anyio
+async def test_its_own_client(dmhub_simulator):
+    async with DMHubClient(
+        dmhub_simulator.app_id,
+        dmhub_simulator.secret,
+        base_url=dmhub_simulator.url,
+        token_store=MemoryTokenStore(),
+        timeout=5,
+        max_retries=0,
+    ) as dm:
+        assert await dm.customers.count() == 50
+
+
+@pytest.mark.anyio
+async def test_the_client_fixture(dmhub_client):
+    assert await dmhub_client.customers.count() == 50
+"""
+
+
+def test_the_fixtures_serve_a_test_that_anyio_runs(anyio_python: Path, tmp_path: Path) -> None:
+    # pytest-asyncio before 1.2 ran the fixtures on its own event loop, which does not run
+    # during a test anyio's plugin runs: the simulator took the connection and never answered
+    # (the test's client waited out its timeout), and `dmhub_client` failed at its first call
+    # with "this DMHubClient was used in another event loop (an earlier asyncio.run()?)".
+    (tmp_path / "pytest.ini").write_text(
+        "[pytest]\nasyncio_default_fixture_loop_scope = function\n"
+    )
+    (tmp_path / "test_user.py").write_text(ANYIO_TESTS)
+    result = _pytest(anyio_python, tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 passed" in result.stdout

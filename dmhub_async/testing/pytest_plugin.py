@@ -158,7 +158,9 @@ def _is_async_test(request: pytest.FixtureRequest) -> bool:
 def _run_by_anyio(request: pytest.FixtureRequest) -> bool:
     """Whether anyio's plugin runs this test (as it decides: the test has ``anyio_backend``),
     on an event loop of its own, which the async fixtures' may not be."""
-    return "anyio_backend" in request.fixturenames
+    return "anyio_backend" in request.fixturenames and request.config.pluginmanager.has_plugin(
+        "anyio"
+    )
 
 
 @contextlib.contextmanager
@@ -269,7 +271,15 @@ def _async_fixtures() -> type:
             fixtures[fixture_name] = pytest_asyncio.fixture(
                 _copy_of(func), name=fixture_name, **on_scope
             )
+    # Not pytest-asyncio's: anyio's plugin runs it, on the loop it runs the test on.
+    fixtures[_CLIENT_ON_ANYIOS_LOOP] = pytest.fixture(
+        _copy_of(_client), name=_CLIENT_ON_ANYIOS_LOOP
+    )
     return type("DMHubAsyncFixtures", (), fixtures)
+
+
+#: The client of a test anyio runs: a plain async fixture, which anyio's plugin runs.
+_CLIENT_ON_ANYIOS_LOOP = "_dmhub_client_on_anyios_loop"
 
 
 #: Whether this pytest-asyncio takes a fixture's ``loop_scope`` (0.24 and later).
@@ -318,4 +328,8 @@ def _dmhub_client(request: pytest.FixtureRequest) -> DMHubClient:
         # Made on a loop that does not run in a `def` test, it failed at its first call
         # with "used in another event loop (an earlier asyncio.run()?)".
         pytest.fail(CLIENT_NEEDS_ASYNC_TEST, pytrace=False)
+    if _run_by_anyio(request):
+        # pytest-asyncio made it on its own loop (before 1.2), which the test does not run
+        # on: its first call failed with "used in another event loop".
+        return cast("DMHubClient", request.getfixturevalue(_CLIENT_ON_ANYIOS_LOOP))
     return cast("DMHubClient", _on_the_tests_loop(request, "client"))
