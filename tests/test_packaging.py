@@ -227,6 +227,42 @@ def test_the_fast_extras_floor_raises_the_sdks_errors(floor_python: Path, tmp_pa
     assert "ResponseDecodeError: GET /v1/customers -> HTTP 200" in result.stdout
 
 
+#: One scripted reset of a GET and of a PUT, each under a client allowed one retry.
+RESET_ONCE = """
+import asyncio
+from dmhub_async import DMHubClient, MemoryTokenStore
+from dmhub_async.testing import DMHubSimulator, FakeClock
+
+async def main():
+    clock = FakeClock()
+    async with DMHubSimulator(customers=5, clock=clock) as sim:
+        async with DMHubClient(sim.app_id, sim.secret, base_url=sim.url,
+                               token_store=MemoryTokenStore(), clock=clock, sleep=clock.sleep,
+                               max_retries=1) as dm:
+            await dm.customers.count()
+            sim.faults.script(["reset"])
+            print("count", await dm.customers.count(), "retries", dm.stats.retries)
+            sim.faults.script(["reset"])
+            await dm.customers.update(sim.customer_ids()[0], name="z")
+            print("update retries", dm.stats.retries, "faults", dict(sim.counters.faults))
+
+asyncio.run(main())
+"""
+
+
+def test_one_scripted_reset_is_one_failure_on_the_aiohttp_floor(
+    floor_python: Path, tmp_path: Path
+) -> None:
+    # The simulator drops the re-send aiohttp makes by itself after a reset, but aiohttp 3.9
+    # (which `aiohttp>=3.9` allows) sends nothing again: the client's own retry was dropped
+    # instead, and one scripted reset cost two failures. The README's `test_survives_throttling`
+    # (four scripted faults, four retries) failed with APIConnectionError there.
+    result = _run([str(floor_python), "-c", RESET_ONCE], cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "count 5 retries 1\n" in result.stdout
+    assert "update retries 2 faults {'reset': 2}\n" in result.stdout
+
+
 @pytest.fixture(scope="module")
 def old_msgspec_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh venv holding dmhub-async without its extra, and msgspec 0.20 installed apart."""

@@ -47,10 +47,12 @@ class Faults:
     ``kinds`` with probability ``rate``, from a random generator seeded by ``seed``: one seed,
     one schedule, in every run (a set of kinds, such as ``ALL_KINDS``, is taken sorted).
 
-    aiohttp's client silently re-sends an idempotent request (GET, PUT, DELETE) once when the
-    connection drops; with ``drop_resent`` (the default) the simulator drops that immediate
-    re-send too, so a ``"reset"`` reaches the caller as a ``ServerDisconnectedError``. This
-    SDK's client sends a PUT or a DELETE once: its next one is its own retry, never dropped.
+    aiohttp's client (3.10 and later) silently re-sends an idempotent request (GET, PUT,
+    DELETE) once when the connection drops; with ``drop_resent`` (the default) the simulator
+    drops that immediate re-send too, so a ``"reset"`` reaches the caller as a
+    ``ServerDisconnectedError``. This SDK's client sends a PUT or a DELETE once, and an older
+    aiohttp (its ``User-Agent`` says which) any request: its next one is its own retry, never
+    dropped.
     """
 
     ALL_KINDS: frozenset[str] = FAULT_KINDS

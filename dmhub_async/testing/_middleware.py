@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 
@@ -179,9 +180,20 @@ async def _answer(
 _OUR_AGENT = USER_AGENT.split("/", 1)[0] + "/"
 
 
+#: The aiohttp a request's User-Agent names (aiohttp's own, and this SDK's, name it).
+_AIOHTTP_AGENT = re.compile(r"\baiohttp/(\d+)\.(\d+)\.")
+#: The first aiohttp that sends a request again by itself when its connection drops.
+_AIOHTTP_RESENDS = (3, 10)
+
+
 def _sent_once(request: web.Request) -> bool:
-    """Whether ``request`` comes from this SDK's client, which aiohttp does not send again when
-    the connection drops (a PUT or a DELETE: see ``_session._SentOnce``): its next one is its
-    own retry, not to be dropped as a re-send."""
+    """Whether ``request`` is not sent again by its client's aiohttp when the connection drops,
+    so that its next one is the client's own retry, not to be dropped as a re-send: it comes
+    from this SDK's client, which stops the re-send of a PUT or a DELETE (see
+    ``_session._SentOnce``), or from an aiohttp older than 3.10, which sends nothing again (its
+    client's retry was dropped, and one scripted reset cost two failures)."""
     agent = request.headers.get("User-Agent", "")
+    aiohttp = _AIOHTTP_AGENT.search(agent)
+    if aiohttp is not None and (int(aiohttp[1]), int(aiohttp[2])) < _AIOHTTP_RESENDS:
+        return True
     return agent.startswith(_OUR_AGENT) and sends_once(request.method)
