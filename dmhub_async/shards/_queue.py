@@ -25,6 +25,7 @@ import functools
 import hashlib
 import logging
 import os
+import re
 import time
 import types
 from collections.abc import Awaitable, Callable, Mapping
@@ -191,6 +192,8 @@ MARK_ANSWER = 5.0
 #: before the coordinator's next poll has set the mark again.
 MARK_LOOKED_FOR = 5.0
 MARK_LOOK_EVERY = 0.5
+#: A mark's name as a coordinator makes it (secrets.token_hex), and as one is taken from a job.
+_MARK_NAME = re.compile(r"[0-9a-f]{1,64}")
 
 
 def _progress_key(export_id: str, plan_id: str) -> str:
@@ -989,8 +992,26 @@ class TokenStoreMark:
     def __init__(self, url: str, name: str, prefix: str) -> None:
         self._url = url
         self.name = name
-        self._key = prefix + TOKEN_STORE_MARK + name
+        self._prefix = prefix
+        self._keys = [prefix + TOKEN_STORE_MARK + name]
         self._redis: Any = None
+
+    def also(self, name: object) -> bool:
+        """Keep the mark ``name`` too (from the next :meth:`keep` on): that of the jobs an
+        earlier run of the export left on the queue, which this run follows as they are.
+        Whether it is new (a mark, not kept yet).
+
+        Its own alone was set again: the token store's Redis restarted without its data (or
+        flushed) since that run, every worker refused each such job as of "not the
+        coordinator's token store", the same store blamed as another, its shard failed.
+        """
+        if not isinstance(name, str) or not _MARK_NAME.fullmatch(name):
+            return False
+        key = self._prefix + TOKEN_STORE_MARK + name
+        if key in self._keys:
+            return False
+        self._keys.append(key)
+        return True
 
     async def keep(self) -> bool:
         """Set the mark (again): False when the store cannot be reached or refuses it."""
@@ -1003,7 +1024,8 @@ class TokenStoreMark:
                     self._url, socket_connect_timeout=MARK_ANSWER, socket_timeout=MARK_ANSWER
                 )
                 sending_cancellably(self._redis.connection_pool)
-            await self._redis.set(self._key, b"1", ex=QUEUED_FOR + JOB_TIMEOUT)
+            for key in self._keys:
+                await self._redis.set(key, b"1", ex=QUEUED_FOR + JOB_TIMEOUT)
         except (RedisError, OSError, ValueError):
             return False
         return True
@@ -1450,7 +1472,8 @@ async def run_on_queue(
     ``token_store_mark``: :func:`mark_token_store`'s mark in the coordinator's token store,
     carried by each job: a worker whose own store lacks it refuses the job (see
     ``_check_same_token_store``). It is set again at each poll (a Redis flushed or restarted
-    lost it, and every worker then refused the jobs enqueued again); its caller closes it.
+    lost it, and every worker then refused the jobs enqueued again), with the marks of the jobs
+    an earlier run left on the queue, which this one follows; its caller closes it.
 
     Returns when every shard has ended (complete, incomplete or failed after arq's tries).
 
@@ -1615,6 +1638,17 @@ async def _old_directory(pool: ArqRedis, job_ids: list[str]) -> str:
     return "another path"
 
 
+async def _mark_of(job: Any) -> object:
+    """The token-store mark the task of ``job`` (queued, or running) names, if any."""
+    from arq.jobs import DeserializationError
+
+    with contextlib.suppress(DeserializationError):  # a job of another version: none read
+        info = await job.info()
+        task = info.args[0] if info is not None and info.args else None
+        return task.get("token_store_mark") if isinstance(task, dict) else None
+    return None
+
+
 async def _in_progress(pool: ArqRedis, job_id: str) -> bool:
     from arq.constants import in_progress_key_prefix
 
@@ -1738,6 +1772,15 @@ async def _follow(
                 # shard done before a worker took it.
                 await pool.hdel(progress_key, str(index))  # type: ignore[misc]
                 await enqueue(index)
+            elif (
+                status != JobStatus.complete
+                and token_store_mark is not None
+                and token_store_mark.also(await _mark_of(job))
+            ):
+                # An earlier run's job, followed as it is: its mark kept too, or a token store
+                # restarted since (its mark gone) had every worker refuse it as another's. Set
+                # now: a worker may take the job before this loop's end (many shards).
+                await token_store_mark.keep()
             outcome.status = "running"
         while todo:
             if token_store_mark is not None:

@@ -260,6 +260,85 @@ async def test_jobs_lost_with_redis_mid_run_are_enqueued_again(
     assert set(ids) == set(state["ids"])
 
 
+async def test_jobs_an_earlier_run_left_queued_are_exported_after_its_mark_was_lost(
+    tmp_path: Path, redis: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `export --queue --token-store` stopped (Ctrl-C) with its jobs queued, which name its
+    # mark; the token store's Redis restarted without its data (a cache's), the mark gone. The
+    # rerun follows those jobs and set only its own mark: every worker refused each of them as
+    # of "not the coordinator's token store", the same store blamed as another (4 of 4 failed).
+    from _redis import redis_server
+
+    from dmhub_async.shards import _queue
+
+    monkeypatch.setattr(_queue, "MARK_LOOKED_FOR", 0.0)  # refused at the first look: no wait
+    out = tmp_path / "out"
+    (tmp_path / "tokens").mkdir()
+    with sim_process(400) as sim, redis_server(tmp_path / "tokens") as tokens:
+        manifest = await planned(sim, redis, out, 4)
+        first = await _queue.mark_token_store(tokens.url)
+        assert first is not None
+
+        async def stop(_: float) -> None:
+            raise _Stop
+
+        try:
+            with pytest.raises(_Stop):  # stopped, its jobs left on the queue
+                await asyncio.wait_for(
+                    run_on_queue(
+                        redis.url, out, manifest, progress=False, sleep=stop, token_store_mark=first
+                    ),
+                    30,
+                )
+        finally:
+            await first.aclose()
+        assert redis.command("ZCARD", "arq:queue") == ":4"
+        tokens.kill()
+        tokens.start()  # its data gone
+        manifest = Manifest.read(out)
+        assert manifest is not None
+        second = await _queue.mark_token_store(tokens.url)
+        assert second is not None
+        store = RedisTokenStore(tokens.url)
+        polls = 0
+
+        async def served(_: float) -> None:
+            nonlocal polls
+            polls += 1
+            if polls == 1:  # a worker keeping the token in the coordinator's store
+                burst = worker(
+                    redis.url,
+                    burst=True,
+                    handle_signals=False,
+                    client={
+                        "app_id": sim.app_id,
+                        "secret": sim.secret,
+                        "base_url": sim.url,
+                        "token_store": store,
+                    },
+                )
+                try:
+                    await asyncio.wait_for(burst.main(), 60)
+                finally:
+                    await _close_worker(burst)
+
+        try:
+            done = await asyncio.wait_for(
+                run_on_queue(
+                    redis.url, out, manifest, progress=False, sleep=served, token_store_mark=second
+                ),
+                90,
+            )
+        finally:
+            await second.aclose()
+            await store.aclose()
+        state = sim.state()
+
+    assert [s.error for s in done.shards] == [None] * 4
+    assert done.complete
+    assert sorted(exported_ids(out)) == sorted(state["ids"])
+
+
 async def test_a_shard_whose_job_expired_in_the_queue_is_enqueued_again(
     tmp_path: Path, redis: RedisServer
 ) -> None:
