@@ -1037,6 +1037,34 @@ def test_an_error_line_to_a_full_standard_error_keeps_its_exit_code(
 
 
 @pytest.mark.parametrize("report", ["text", "json"])
+def test_a_report_whose_standard_error_reader_went_away_is_no_exit_141(
+    served: ServedSimulator, env: dict[str, str], tmp_path: Path, report: str
+) -> None:
+    # `export --out - 2>>(a logger that exited) | consumer`: the data went out whole, its
+    # reader still there, and the report to standard error met a broken pipe. The command
+    # ended silently with 141, which says the reader of --out - went away (the data cut
+    # short), where a report that cannot be written is an error of its own (exit 1).
+    read, write = os.pipe()
+    os.close(read)  # the reader of standard error, gone
+    try:
+        result = subprocess.run(
+            cli_command("export", "--out", "-", "--report", report),
+            env=env,
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=write,
+            timeout=TIMEOUT,
+            check=False,
+        )
+    finally:
+        os.close(write)
+
+    ids = [json.loads(line)["id"] for line in result.stdout.splitlines()]
+    assert sorted(ids) == sorted(served.ids())
+    assert result.returncode == 1
+
+
+@pytest.mark.parametrize("report", ["text", "json"])
 def test_simulate_whose_reader_went_away_ends_silently(tmp_path: Path, report: str) -> None:
     # `dmhub-async simulate | head -0` said "error: --port 0: Broken pipe", exit 1: the reader
     # of its settings gone is a pipe's end (exit 141, as `--out - | head -1`), not the port's.

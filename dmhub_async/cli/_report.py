@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import io
 import json
+import os
 import sys
 import threading
 import time
@@ -244,12 +245,26 @@ def print_report(data: dict[str, Any], text: str, *, style: str, quiet: bool, ou
     try:
         print(line, file=out, flush=True)
     except OSError as err:
-        if not unnamed_write_error(err):
+        # The reader of standard error gone (a logger that exited) while the data went to
+        # standard output whole: exit 141, said of the data's reader, sent scripts to rerun a
+        # complete export. Said as any failed write of the report; the reader of one pipe that
+        # takes both (2>&1) gone is the data's, left to exit 141.
+        apart = isinstance(err, BrokenPipeError) and out is sys.stderr and _apart(out, sys.stdout)
+        if not (apart or unnamed_write_error(err)):
             raise
         # Said of the stream and of the report: a user whose export file was written in full
         # took the bare exit 1 for a failed export.
         where = "standard error" if out is sys.stderr else "standard output"
         raise CommandError(f"{where}: {err.strerror} (the report was not written)") from None
+
+
+def _apart(one: TextIO, other: TextIO | None) -> bool:
+    """Whether two standard streams are not one file (one pipe, as ``2>&1`` makes them)."""
+    try:
+        mine, theirs = os.fstat(one.fileno()), os.fstat(other.fileno())  # type: ignore[union-attr]
+    except (AttributeError, OSError, ValueError):  # none, closed, or no file: not the data's
+        return True
+    return (mine.st_dev, mine.st_ino) != (theirs.st_dev, theirs.st_ino)
 
 
 @contextlib.contextmanager
