@@ -182,6 +182,22 @@ class DMHubSimulator:
             # that loop, a raw "RuntimeError: Event loop is closed".
             self._stop_listening()
             return
+        served_on = self._served_on
+        if (
+            self._runner is not None
+            and served_on is not None
+            and served_on is not asyncio.get_running_loop()
+            and served_on.is_running()
+        ):
+            # Its loop runs on another thread (a fixture's): aiohttp's clean-up from this one
+            # was a raw "attached to a different loop" RuntimeError, the port closed and the
+            # connections left half shut, a client's next call waiting out its timeout.
+            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._cleanup(), served_on))
+            return
+        await self._cleanup()
+
+    async def _cleanup(self) -> None:
+        """Stop serving, on the loop that serves."""
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()

@@ -1027,6 +1027,51 @@ def test_a_simulator_serving_on_an_open_loop_is_not_started_on_another() -> None
         first.close()
 
 
+def test_a_simulator_serving_on_another_threads_loop_is_closed_from_this_one() -> None:
+    # Served by a loop running on a thread of its own (a plain-def test's fixture of yours),
+    # closed with aclose() from the test's asyncio.run(), a client's connection still open:
+    # aiohttp's raw "RuntimeError: Task ... got Future ... attached to a different loop", its
+    # port closed and its connection left half shut, so the client's next call waited out
+    # its whole timeout (APITimeoutError, blaming the service) instead of failing at once.
+    import threading
+
+    sim = DMHubSimulator(customers=5)
+    serving = asyncio.new_event_loop()
+    thread = threading.Thread(target=serving.run_forever, daemon=True)
+    thread.start()
+    try:
+        asyncio.run_coroutine_threadsafe(sim.start(), serving).result(timeout=30)
+
+        async def closed_under_a_client() -> BaseException | None:
+            async with dmhub_async.DMHubClient(
+                sim.app_id,
+                sim.secret,
+                base_url=sim.url,
+                token_store=dmhub_async.MemoryTokenStore(),
+                timeout=10,
+                max_retries=0,
+            ) as dm:
+                assert await dm.customers.count() == 5  # its connection kept alive
+                await sim.aclose()
+                try:
+                    await dm.customers.count()
+                except dmhub_async.DMHubError as err:
+                    return err
+            return None
+
+        failed = asyncio.run(closed_under_a_client())
+    finally:
+        serving.call_soon_threadsafe(serving.stop)
+        thread.join(10)
+        serving.close()
+
+    with pytest.raises(RuntimeError, match="not running"):
+        _ = sim.url
+    # Refused at once, as a stopped service is: no timeout.
+    assert isinstance(failed, dmhub_async.APIConnectionError)
+    assert not isinstance(failed, dmhub_async.APITimeoutError)
+
+
 def test_a_script_given_one_string_says_so() -> None:
     # script("500") said: unknown fault kinds ['0', '5'].
     with pytest.raises(ValueError, match="script takes an iterable of fault kinds, not the string"):
