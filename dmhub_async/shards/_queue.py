@@ -657,8 +657,11 @@ async def _export_shard_job(ctx: dict[str, Any], task: dict[str, Any]) -> dict[s
 
     takeover, every = ctx["takeover"], ctx["heartbeat"]
     _check_same_service(ctx["client"], task)
+    # A client given an access token (no app id) fetches none, so revokes no one's: its store
+    # goes unused, and such a worker was refused as keeping "the app's token" in it.
+    fetches = getattr(ctx["client"], "app_id", None) is not None
     await _check_same_token_store(
-        ctx.get("token_store_used"), task, ctx.get("sleep") or asyncio.sleep
+        ctx.get("token_store_used") if fetches else None, task, ctx.get("sleep") or asyncio.sleep
     )
 
     ended = False

@@ -1778,6 +1778,32 @@ async def test_a_worker_keeping_the_token_in_another_store_exports_nothing(
     assert result["exported"] == 30
 
 
+async def test_a_worker_given_an_access_token_is_not_refused_as_of_another_token_store(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    # worker(client={"access_token": ...}), the coordinator's token store another Redis than
+    # the queue's (`export --queue Q --token-store T`): the worker fetches no token, so
+    # revokes none, and its store goes unused; it was refused all the same, as keeping "the
+    # app's token in RedisTokenStore(Q)", which is not the coordinator's: every shard failed.
+    from dmhub_async.shards import _queue
+    from dmhub_async.testing import DMHubSimulator
+
+    mark = await _queue.mark_token_store(redis.url[:-1] + "3")  # the coordinator's: another
+    assert mark is not None
+    await mark.aclose()
+    async with (
+        DMHubSimulator(customers=30) as sim,
+        RedisTokenStore(redis.url) as unused,  # the queue's, which worker() makes
+        DMHubClient(access_token=sim.tokens.issue(), base_url=sim.url) as dm,
+    ):
+        task = {**_shard_task(sim, tmp_path), "app_id": None, "token_store_mark": mark.name}
+        result = await _queue._export_shard_job(
+            {**_job_context(dm), "token_store_used": unused}, task
+        )
+    assert result["complete"]
+    assert result["exported"] == 30
+
+
 async def test_a_worker_keeping_the_token_under_another_prefix_exports_nothing(
     tmp_path: Path, redis: RedisServer
 ) -> None:
