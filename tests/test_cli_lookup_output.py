@@ -75,9 +75,13 @@ def test_reading_a_slow_pipe_says_so_every_few_seconds(monkeypatch: pytest.Monke
     # line for as long as it took, where a line every 5 seconds is promised and a CI job that
     # kills a silent step killed it. Here 3 rows have come, and the next does not.
     now = [100.0]
+    noted = threading.Event()
 
     def clock() -> float:
-        now[0] += 6.0  # each look of the clock more than PROGRESS_EVERY after the last
+        # Still until the 3 rows are noted (a tick of the thread before them, on a busy
+        # machine, said "0 lines"), then each look more than PROGRESS_EVERY after the last.
+        if noted.is_set():
+            now[0] += 6.0
         return now[0]
 
     monkeypatch.setattr(_report, "_now", clock)
@@ -88,6 +92,7 @@ def test_reading_a_slow_pipe_says_so_every_few_seconds(monkeypatch: pytest.Monke
         assert note is not None
         for rows in (1, 2, 3):
             note(rows)
+        noted.set()
         # The read blocks here: no row, no call of note().
         assert err.written.wait(30), "no line while the input was read"
 
