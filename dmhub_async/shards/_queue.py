@@ -1617,6 +1617,28 @@ async def _take_over_a_run_elsewhere(
     return None
 
 
+async def _enqueue_job(pool: ArqRedis, *args: Any, **kwargs: Any) -> Any:
+    """arq's ``enqueue_job``, tried again when Redis cut its connection inside its transaction.
+
+    arq WATCHes the job's key, then reads it: a connection cut in between (a restart, a
+    failover, a rotated password's clients killed) is no try redis-py makes again, and came
+    out as its WatchError ("A ConnectionError occurred on while watching one or more keys"):
+    the export stopped at once, "cannot reach the queue's Redis", though Redis was there, or
+    refused the password. Redis is waited for as any command waits (a PING: a Redis away, or
+    one that refuses, raises its own error), and the job enqueued anew (no EXEC was sent).
+    """
+    from redis.exceptions import WatchError
+
+    for _ in range(REDIS_RETRIES):
+        try:
+            return await pool.enqueue_job(*args, **kwargs)
+        except WatchError as err:  # arq's own, of a key changed, it takes for "already queued"
+            if not isinstance(err.__context__, tuple(_away_errors())):
+                raise
+        await pool.ping()
+    return await pool.enqueue_job(*args, **kwargs)
+
+
 def _shards_said(indexes: list[int]) -> tuple[str, str, str, str, str]:
     """``shards 0, 1 and 2``, its verb and pronouns; a run of thousands: six, and how many more."""
     indexes = sorted(indexes)
@@ -1740,7 +1762,8 @@ async def _follow(
             due = due + timedelta(seconds=defer or 0.0)
         job = jobs[index]
         for _ in range(2):
-            queued = await pool.enqueue_job(
+            queued = await _enqueue_job(
+                pool,
                 JOB_NAME,
                 task,
                 _job_id=job.job_id,

@@ -12,6 +12,7 @@ import re
 import signal
 import time
 import warnings
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -729,6 +730,92 @@ async def test_a_queue_redis_whose_password_changed_mid_run_is_said_to_refuse_at
             await asyncio.gather(running, return_exceptions=True)
             await asyncio.wait_for(_close(arq_worker), 20)
     assert "first-pw" not in str(refused.value)
+    assert not [line for line in _said(caplog) if "did not come back" in line], _said(caplog)
+
+
+def _two_shards() -> Manifest:
+    """A plan of two shards, of a service no request reaches."""
+    half = datetime(2024, 1, 1, tzinfo=timezone.utc)
+    return Manifest.new(
+        [Shard(0, None, half), Shard(1, half, None)],
+        fmt="jsonl",
+        base_url="http://127.0.0.1:1",
+        app_id="a",
+        filters={},
+    )
+
+
+def _cut_inside_an_enqueue(
+    monkeypatch: pytest.MonkeyPatch, redis: RedisServer, new_password: str | None
+) -> list[str]:
+    """The first transaction that has sent its WATCH has its connection cut by Redis (the
+    password changed to ``new_password`` first, if given) before its next command is sent:
+    a restart, or a rotation, landing inside arq's enqueue. Returns the cut keys' commands."""
+    import redis as redis_py
+    from redis.asyncio.client import Pipeline
+
+    real = Pipeline.immediate_execute_command
+    cut: list[str] = []
+
+    async def immediate(self: Any, *args: Any, **options: Any) -> Any:
+        if self.watching and not cut:
+            cut.append(str(args[0]))
+            if new_password is None:
+                with redis_py.Redis(port=redis.port, password="first-pw") as client:
+                    client.client_kill_filter(_type="normal", skipme=True)
+            else:
+                _password_changed(redis, "first-pw", new_password)
+        return await real(self, *args, **options)
+
+    monkeypatch.setattr(Pipeline, "immediate_execute_command", immediate)
+    return cut
+
+
+@pytest.mark.parametrize("rotated", [True, False], ids=["password-rotated", "connection-cut"])
+async def test_an_enqueue_cut_off_by_its_redis_is_tried_again_or_said_refused(
+    tmp_path: Path,
+    redis: RedisServer,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    rotated: bool,
+) -> None:
+    # arq's enqueue WATCHes the job's key, then reads it: a connection cut in between (a
+    # restart, a rotated password's clients killed) came out of redis-py as a WatchError
+    # ("A ConnectionError occurred on while watching one or more keys"), not tried again. The
+    # export stopped at once, "cannot reach the queue's Redis ... rerun once it is back",
+    # though Redis was there (or refused the password: the CLI test of a password changed
+    # mid-run failed so, once in hundreds of runs, as the rotation met its second enqueue).
+    redis.command("CONFIG", "SET", "requirepass", "first-pw")
+    url = f"redis://:first-pw@127.0.0.1:{redis.port}/0"
+    cut = _cut_inside_an_enqueue(monkeypatch, redis, "second-pw" if rotated else None)
+
+    class Polled(Exception):
+        """The coordinator's first poll: both shards enqueued."""
+
+    async def sleep(_: float) -> None:
+        raise Polled
+
+    run = _queue.run_on_queue(
+        url, tmp_path / "out", _two_shards(), progress=False, sleep=sleep, password_hint="hint"
+    )
+    with caplog.at_level("INFO", logger="dmhub_async"):
+        if rotated:
+            with pytest.raises(DMHubError) as refused:
+                await asyncio.wait_for(run, 20)  # its wait for a Redis away is 60 s
+            where = f"redis://127.0.0.1:{redis.port}/0"
+            assert str(refused.value) == (
+                f"the queue's Redis at {where} refused: invalid username-password pair or user "
+                "is disabled: hint"
+            )
+        else:
+            with pytest.raises(Polled):
+                await asyncio.wait_for(run, 20)
+            import redis as redis_py
+
+            with redis_py.Redis(port=redis.port, password="first-pw") as client:
+                queued = client.zrange("arq:queue", 0, -1)
+            assert len(queued) == 2, queued  # both shards' jobs
+    assert cut == ["EXISTS"]
     assert not [line for line in _said(caplog) if "did not come back" in line], _said(caplog)
 
 
