@@ -1362,6 +1362,33 @@ def _worker_class() -> Any:
             sending_cancellably(self._pool.connection_pool)
             await super().main()
 
+        async def start_jobs(self, job_ids: list[bytes]) -> None:
+            """arq's, a job's transaction tried again when Redis cut its connection inside it.
+
+            arq takes a job by WATCHing its in-progress mark, then reading it: a connection cut
+            in between (a restart, a failover) came out of redis-py as a WatchError ("A
+            ConnectionError occurred on while watching one or more keys"), which no try makes
+            again: the worker stopped at once, "cannot reach the queue's Redis", where a Redis
+            away is waited for. Redis is waited for as any command waits (a PING: one away, or
+            that refuses, raises its own error), and the job taken anew (no EXEC was sent).
+            """
+            from redis.exceptions import WatchError
+
+            for job_id in job_ids:
+                for _ in range(REDIS_RETRIES):
+                    try:
+                        await super().start_jobs([job_id])
+                        break
+                    except WatchError as err:
+                        if not isinstance(err.__context__, tuple(_away_errors())):
+                            raise
+                        # Given back: arq took the job's place (its semaphore, its count) first.
+                        self.job_counter -= 1
+                        self.sem.release()
+                    await self.pool.ping()
+                else:
+                    await super().start_jobs([job_id])
+
         async def close(self) -> None:
             """Stop: arq's close, which tells Redis the worker is gone; with Redis away, the
             worker's own shutdown all the same, at once.

@@ -819,6 +819,32 @@ async def test_an_enqueue_cut_off_by_its_redis_is_tried_again_or_said_refused(
     assert not [line for line in _said(caplog) if "did not come back" in line], _said(caplog)
 
 
+async def test_a_worker_whose_redis_cuts_it_off_as_it_takes_a_job_takes_it_all_the_same(
+    redis: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # arq takes a job by WATCHing its in-progress mark, then reading it: a connection cut in
+    # between (a restart, a failover) came out of redis-py as a WatchError, and the worker
+    # stopped at once ("cannot reach the queue's Redis"), where a Redis away is waited for.
+    from arq.connections import ArqRedis
+
+    redis.command("CONFIG", "SET", "requirepass", "first-pw")
+    url = f"redis://:first-pw@127.0.0.1:{redis.port}/0"
+    pool = ArqRedis.from_url(url)
+    try:  # a job of a release to come: taken, and refused by the worker (its result written)
+        await pool.enqueue_job(_queue.JOB_NAME, {"job_version": 99}, _job_id="j")
+    finally:
+        await pool.aclose()
+    cut = _cut_inside_an_enqueue(monkeypatch, redis, None)
+    client = {"app_id": "a", "secret": "s", "base_url": "http://127.0.0.1:1"}
+    arq_worker = _queue.worker(url, handle_signals=False, client=client, burst=True)
+    try:
+        await asyncio.wait_for(arq_worker.async_run(), 20)  # raised the WatchError
+    finally:
+        await asyncio.wait_for(_close(arq_worker), 20)
+    assert cut == ["EXISTS"]
+    assert (arq_worker.jobs_complete, arq_worker.jobs_failed) == (0, 1)  # taken, and ended
+
+
 def _readonly_refusals(redis: RedisServer) -> int:
     """The writes ``redis`` has refused as a replica (INFO errorstats' READONLY)."""
     for line in redis.command("INFO", "errorstats").splitlines():
