@@ -2608,12 +2608,17 @@ async def test_a_command_sent_cancellably_is_still_bounded_by_its_socket_timeout
     from redis.asyncio import Redis
     from redis.exceptions import TimeoutError as RedisTimeoutError
 
-    from dmhub_async._redis_send import sending_cancellably
+    from dmhub_async._redis_send import pool_connections, sending_cancellably
 
-    client = Redis.from_url(redis.url, socket_timeout=0.2)
+    # The bound set once the connection is made: a ping left unanswered 0.2 s (a redis-server
+    # a loaded machine ran late) failed the test before the send was tried.
+    client = Redis.from_url(redis.url, socket_timeout=10)
     try:
         await client.ping()  # a connection made before: its class is swapped too
         sending_cancellably(client.connection_pool)
+        client.connection_pool.connection_kwargs["socket_timeout"] = 0.2
+        for connection in pool_connections(client.connection_pool):
+            connection.socket_timeout = 0.2
 
         async def never(self: asyncio.StreamWriter) -> None:
             await asyncio.get_running_loop().create_future()
