@@ -646,6 +646,72 @@ async def test_a_token_clients_refused_resume_says_what_it_compared(
     assert ("dateCreated" in message) == (select is None)
 
 
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+async def test_a_token_clients_resume_goes_on_while_one_customer_is_left_as_written(
+    tmp_path: Path, clock: Any, fmt: str
+) -> None:
+    """The owner's check of a ``select`` without ``dateCreated`` passes while one customer it
+    looks up is as written: here the first two were renamed since, the third left as it was
+    (but its ``lastUpdated`` and ``dateJoin``, which the service moves by itself on any
+    change), every later one deleted. A check that wanted each customer found alike, or read
+    one customer of the answer, or compared the fields the service moves, refused app A's
+    own resume as another app's."""
+    dest, ckpt = tmp_path / f"customers.{fmt}", tmp_path / "export.ckpt"
+    select = ["name", "lastUpdated", "dateJoin"]
+
+    def client(token: str) -> DMHubClient:
+        return DMHubClient(access_token=token, base_url=apps.url, clock=clock, sleep=clock.sleep)
+
+    async with two_apps(CUSTOMERS) as apps:
+        async with client(apps.token(apps.a)) as dm:
+            await crashed_export(dm, dest, ckpt, select=select)
+        before = dest.read_bytes()
+        written = read_ids(dest)
+        # Among the first the check looks up: one with a dateJoin, for the service to move.
+        kept = next(i for i in written[2:5] if apps.a.customer(i)["dateJoin"] is not None)
+        as_written = apps.a.customer(kept)
+        for customer_id in written[:2]:
+            apps.a.store.update(customer_id, {"name": "renamed since"}, clear=False)
+        apps.a.store.update(kept, {"remark": "its name kept"}, clear=False)
+        for customer_id in written[2:]:
+            if customer_id != kept:
+                apps.a.delete_customer(customer_id)
+        now = apps.a.customer(kept)
+        assert now["name"] == as_written["name"]
+        assert now["dateJoin"] != as_written["dateJoin"]
+        assert now["lastUpdated"] != as_written["lastUpdated"]
+
+        async with client(apps.token(apps.a)) as dm:
+            report = await export(dm, dest, ckpt, select=select)
+        ids = read_ids(dest)
+        assert report.complete
+        assert_once_each(ids, apps.a.customer_ids())
+        assert set(ids) == set(apps.a.customer_ids()) | set(written)
+        assert dest.read_bytes().startswith(before)
+
+
+async def test_a_token_clients_resume_of_fields_every_customer_left_empty_goes_by_ids(
+    tmp_path: Path, clock: Any
+) -> None:
+    """An export whose ``select`` names fields every customer it looked up left empty has
+    only its ids to be told by (as ``select=["id"]``): app A's own resume was refused as
+    another app's when none of them tells."""
+    dest, ckpt = tmp_path / "customers.jsonl", tmp_path / "export.ckpt"
+
+    def client(token: str) -> DMHubClient:
+        return DMHubClient(access_token=token, base_url=apps.url, clock=clock, sleep=clock.sleep)
+
+    async with two_apps(CUSTOMERS) as apps:
+        for customer_id in apps.a.customer_ids():
+            apps.a.store.update(customer_id, {"company": None}, clear=True)
+        async with client(apps.token(apps.a)) as dm:
+            await crashed_export(dm, dest, ckpt, select=["company"])
+            report = await export(dm, dest, ckpt, select=["company"])
+        ids = read_ids(dest)
+        assert report.complete
+        assert sorted(ids) == apps.a.customer_ids()
+
+
 # -- two runs, and unsafe files -----------------------------------------------------------------
 
 
