@@ -1901,6 +1901,39 @@ async def test_a_job_taken_before_its_redis_lost_the_mark_waits_for_the_next_pol
     assert waits == [_queue.MARK_LOOK_EVERY] * 3
 
 
+async def test_a_worker_whose_token_store_is_not_redis_exports_its_shard_at_once(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    # A worker given a token store of another kind (a MemoryTokenStore, a program's own) has
+    # no Redis in which to look for the coordinator's mark: its job is exported unchecked,
+    # neither failed by a look-up the store cannot make nor held for the mark's wait. A job
+    # whose mark is there is not held either.
+    from dmhub_async import MemoryTokenStore
+    from dmhub_async.shards import _queue
+    from dmhub_async.testing import DMHubSimulator
+
+    mark = await _queue.mark_token_store(redis.url)
+    assert mark is not None
+    await mark.aclose()
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+
+    async with (
+        DMHubSimulator(customers=30) as sim,
+        DMHubClient(sim.app_id, sim.secret, base_url=sim.url) as dm,
+        RedisTokenStore(redis.url) as same,
+    ):
+        task = {**_shard_task(sim, tmp_path), "token_store_mark": mark.name}
+        for store in (MemoryTokenStore(), same):
+            context = {**_job_context(dm), "token_store_used": store, "sleep": sleep}
+            result = await _queue._export_shard_job(context, task)
+            assert result["complete"]
+            assert result["exported"] == 30
+    assert waits == []
+
+
 async def test_a_job_with_a_filter_this_worker_does_not_know_says_so_not_type_error(
     tmp_path: Path,
 ) -> None:
