@@ -1934,6 +1934,44 @@ async def test_a_worker_whose_token_store_is_not_redis_exports_its_shard_at_once
     assert waits == []
 
 
+#: A queue worker whose token store is another Redis database than the coordinator's (the
+#: queue's), that looks for the coordinator's mark once (no wait for a Redis flushed).
+WORKER_KEEPING_THE_TOKEN_ELSEWHERE = (
+    "import sys; from dmhub_async import RedisTokenStore; from dmhub_async.shards import _queue; "
+    "_queue.MARK_LOOKED_FOR = 0.0; "
+    "store = RedisTokenStore(sys.argv[1][:-1] + '3'); "
+    "_queue.worker(sys.argv[1], client={'token_store': store}, heartbeat=0.5, takeover=3).run()"
+)
+
+
+async def test_a_queued_shard_is_refused_by_a_worker_keeping_the_token_elsewhere(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    # The coordinator's mark rides in each job it enqueues: a job without it is not checked,
+    # and a worker keeping the app's token in another store exported its shard, revoking the
+    # other machines' token as they ran (their shards failed half written, 40001).
+    from dmhub_async.shards._queue import mark_token_store
+
+    out = tmp_path / "out"
+    with sim_process(300) as sim:
+        manifest = await planned(sim, redis, out, 1)
+        mark = await mark_token_store(redis.url)
+        assert mark is not None
+        try:
+            with queue_workers(sim.env(), redis.url, 1, WORKER_KEEPING_THE_TOKEN_ELSEWHERE):
+                manifest = await asyncio.wait_for(
+                    run_on_queue(
+                        redis.url, out, manifest, progress=False, poll=0.2, token_store_mark=mark
+                    ),
+                    60,
+                )
+        finally:
+            await mark.aclose()
+    assert [s.status for s in manifest.shards] == ["failed"]
+    assert "not the coordinator's token store" in str(manifest.shards[0].error)
+    assert exported_ids(out) == []
+
+
 async def test_a_job_with_a_filter_this_worker_does_not_know_says_so_not_type_error(
     tmp_path: Path,
 ) -> None:
