@@ -715,6 +715,28 @@ def test_a_second_signal_while_the_command_line_loads_ends_it_at_once(tmp_path: 
     )
 
 
+def test_the_command_line_run_in_process_gives_the_programs_signal_handlers_back(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # main() notes SIGINT and SIGTERM while the command line loads. Left in place after it, a
+    # program calling main() had its own handlers replaced for good: a Ctrl-C then was noted
+    # and nothing else (the program deaf to it), a second one ended it at once with exit 130.
+    from dmhub_async.cli import main
+
+    def mine(signum: int, frame: object) -> None:
+        raise AssertionError("not sent")
+
+    before = {signum: signal.signal(signum, mine) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        missing = tmp_path / "no-such-export"
+        assert main(["merge", str(missing), "--out", str(tmp_path / "merged.jsonl")]) == 1
+        assert {s: signal.getsignal(s) for s in before} == dict.fromkeys(before, mine)
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
+    assert capsys.readouterr().err == f"dmhub-async: error: {missing}: no such directory\n"
+
+
 #: The console script, whose signal lands in an import a library makes inside ``try: ...
 #: except Exception:`` (msgspec's ``from typing_extensions import ...``, the first import of
 #: typing_extensions as the command line loads): the import is aiohttp's, held until the signal
