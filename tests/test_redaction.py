@@ -855,6 +855,15 @@ def test_every_short_secret_known_is_masked() -> None:
     assert redact(text, ["s3cr3t99", "tok4567"]) == "secret *** then *** and again ***"
 
 
+def test_a_run_of_a_secret_after_letters_whose_lower_case_is_longer_is_masked() -> None:
+    # "İ".lower() is two characters: runs found in the lower-cased text at its positions
+    # were cut out of the text itself one character further on for each such letter before
+    # them, and eight of them left a run of the secret whole, beside a mask in the wrong place.
+    secret = "a449c4458ea1b2c3eddcca9af9481"
+    text = f"name 'İİİİİİİİ' refused, value {secret[:12]}... of another field"
+    assert redact(text, [secret]) == "name 'İİİİİİİİ' refused, value ***... of another field"
+
+
 @given(
     secret=st.text(st.characters(blacklist_characters="*"), min_size=9, max_size=40),
     cut=st.data(),
