@@ -12,8 +12,9 @@ They run on the test's event loop, whatever its scope (``asyncio_default_test_lo
   ``@pytest.mark.dmhub_simulator(customers=500, seed=7)`` (any constructor argument, as the
   constructor takes it: ``dmhub_simulator(500)`` is 500 customers). It serves on the event
   loop of an ``async def`` test, and from a thread of its own for a plain ``def`` test, whose
-  synchronous code (an ``asyncio.run()`` job, a subprocess) then reaches it, and for a test
-  anyio's plugin runs (``@pytest.mark.anyio``), on a loop pytest-asyncio's fixtures may not be on.
+  synchronous code (an ``asyncio.run()`` job, a subprocess) then reaches it. A test anyio's
+  plugin runs (``@pytest.mark.anyio``, pytest-asyncio in strict mode) is served on anyio's
+  loop, its own; one marked ``anyio`` that pytest-asyncio runs (its auto mode), from a thread.
 - ``dmhub_clock``: the `FakeClock` the client fixture waits on: retries take no real time, and
   ``dmhub_clock.waits`` lists the waits.
 - ``dmhub_client``: a ``DMHubClient`` pointed at ``dmhub_simulator``, on ``dmhub_clock``, for
@@ -155,12 +156,19 @@ def _is_async_test(request: pytest.FixtureRequest) -> bool:
     return inspect.iscoroutinefunction(test) or inspect.isasyncgenfunction(test)
 
 
-def _run_by_anyio(request: pytest.FixtureRequest) -> bool:
-    """Whether anyio's plugin runs this test (as it decides: the test has ``anyio_backend``),
-    on an event loop of its own, which the async fixtures' may not be."""
+def _with_anyio_backend(request: pytest.FixtureRequest) -> bool:
+    """Whether anyio's plugin runs this test's async fixtures, on an event loop of its own
+    (as it decides: the test has ``anyio_backend``), which pytest-asyncio's may not be."""
     return "anyio_backend" in request.fixturenames and request.config.pluginmanager.has_plugin(
         "anyio"
     )
+
+
+def _run_by_anyio(request: pytest.FixtureRequest) -> bool:
+    """Whether anyio's plugin runs the test itself, on the loop it runs its async fixtures on:
+    it has ``anyio_backend``, and no ``asyncio`` mark (which pytest-asyncio's auto mode gives
+    every async test), with which pytest-asyncio runs it on its own loop."""
+    return _with_anyio_backend(request) and request.node.get_closest_marker("asyncio") is None
 
 
 @contextlib.contextmanager
@@ -271,15 +279,20 @@ def _async_fixtures() -> type:
             fixtures[fixture_name] = pytest_asyncio.fixture(
                 _copy_of(func), name=fixture_name, **on_scope
             )
-    # Not pytest-asyncio's: anyio's plugin runs it, on the loop it runs the test on.
+    # Not pytest-asyncio's: anyio's plugin runs them, on the loop it runs the test on.
     fixtures[_CLIENT_ON_ANYIOS_LOOP] = pytest.fixture(
         _copy_of(_client), name=_CLIENT_ON_ANYIOS_LOOP
+    )
+    fixtures[_SIMULATOR_ON_ANYIOS_LOOP] = pytest.fixture(
+        _copy_of(_simulator_in_loop), name=_SIMULATOR_ON_ANYIOS_LOOP
     )
     return type("DMHubAsyncFixtures", (), fixtures)
 
 
-#: The client of a test anyio runs: a plain async fixture, which anyio's plugin runs.
+#: The client and the simulator of a test anyio runs: plain async fixtures, which anyio's
+#: plugin runs.
 _CLIENT_ON_ANYIOS_LOOP = "_dmhub_client_on_anyios_loop"
+_SIMULATOR_ON_ANYIOS_LOOP = "_dmhub_simulator_on_anyios_loop"
 
 
 #: Whether this pytest-asyncio takes a fixture's ``loop_scope`` (0.24 and later).
@@ -298,18 +311,25 @@ def _dmhub_simulator(
     """A running DMHubSimulator seeded with 50 customers, on ``dmhub_clock``.
 
     ``@pytest.mark.dmhub_simulator(customers=500, seed=7)`` takes any constructor argument. It
-    serves on the event loop of an ``async def`` test, from a thread of its own for a plain
-    ``def`` one and for one anyio runs. Needs pytest-asyncio.
+    serves on the event loop of an ``async def`` test (anyio's, for one anyio runs), from a
+    thread of its own for a plain ``def`` one and for one marked ``anyio`` that pytest-asyncio
+    runs. Needs pytest-asyncio.
     """
     if not _with_async_fixtures(request):
         pytest.fail(NEEDS_PYTEST_ASYNCIO, pytrace=False)
-    if _is_async_test(request) and not _run_by_anyio(request):  # served by the test's loop
-        yield _on_the_tests_loop(request, "simulator")
-        return
+    if _is_async_test(request):
+        if not _with_anyio_backend(request):  # served by the test's loop
+            yield _on_the_tests_loop(request, "simulator")
+            return
+        if _run_by_anyio(request):
+            # On the test's loop, anyio's: from a thread, an async hook of the test's (an
+            # asyncio.Event it sets) ran on another loop, and a request it held hung.
+            yield request.getfixturevalue(_SIMULATOR_ON_ANYIOS_LOOP)
+            return
     # A plain `def` test runs no event loop: one in the test's loop took connections and
     # never answered, and synchronous code under test (an asyncio.run() job) hung on it. Nor
-    # does pytest-asyncio's run a test anyio runs (in auto mode, or before pytest-asyncio 1.2
-    # in any mode): its client waited out its timeout.
+    # does the loop anyio runs a test's async fixtures on when pytest-asyncio runs the test
+    # (its auto mode): its client waited out its timeout.
     with _served_from_a_thread(_new_simulator(request, dmhub_clock)) as sim:
         yield sim
 
@@ -328,7 +348,7 @@ def _dmhub_client(request: pytest.FixtureRequest) -> DMHubClient:
         # Made on a loop that does not run in a `def` test, it failed at its first call
         # with "used in another event loop (an earlier asyncio.run()?)".
         pytest.fail(CLIENT_NEEDS_ASYNC_TEST, pytrace=False)
-    if _run_by_anyio(request):
+    if _with_anyio_backend(request):
         # pytest-asyncio made it on its own loop (before 1.2), which the test does not run
         # on: its first call failed with "used in another event loop".
         return cast("DMHubClient", request.getfixturevalue(_CLIENT_ON_ANYIOS_LOOP))

@@ -897,6 +897,51 @@ async def test_counts(dmhub_simulator):
     result.assert_outcomes(passed=1)
 
 
+def test_the_simulator_of_a_test_anyio_runs_serves_on_its_loop(pytester: pytest.Pytester) -> None:
+    # In pytest-asyncio's strict mode anyio's plugin runs a test marked `anyio`, and its async
+    # fixtures too, on its loop: there the simulator served, until it was served from a thread
+    # for every test marked `anyio`. A hook of the test's then ran on the thread's loop, and
+    # one holding a request until the test let it go (an asyncio.Event) held it for good: the
+    # call waited out its timeout.
+    pytest.importorskip("anyio")
+    tests = """
+import asyncio
+
+import pytest
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+@pytest.mark.anyio
+@pytest.mark.dmhub_client(timeout=5, max_retries=0)
+async def test_a_held_request(dmhub_simulator, dmhub_client):
+    held, go = asyncio.Event(), asyncio.Event()
+    loops = []
+
+    async def hold(request):
+        loops.append(asyncio.get_running_loop())
+        held.set()
+        await go.wait()
+
+    dmhub_simulator.on_request(hold)
+    call = asyncio.ensure_future(dmhub_client.customers.count())
+    await held.wait()
+    go.set()
+    assert await call == 50
+    assert loops == [asyncio.get_running_loop()] * len(loops)
+"""
+    pytester.makeini(
+        "[pytest]\nasyncio_mode = strict\nasyncio_default_fixture_loop_scope = function\n"
+    )
+    pytester.makepyfile(test_user=tests)
+    with _as_a_user():
+        result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+
+
 @pytest.mark.dmhub_client(max_retries=0)
 async def test_the_client_fixture_takes_settings_from_its_mark(
     dmhub_simulator: DMHubSimulator, dmhub_client: dmhub_async.DMHubClient
