@@ -31,7 +31,7 @@ import types
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime, timedelta, timezone
 from pathlib import Path, PurePath
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 from .._exceptions import (
@@ -109,6 +109,7 @@ __all__ = [
 ]
 
 logger = logging.getLogger("dmhub_async")
+_T = TypeVar("_T")
 
 JOB_NAME = "dmhub_export_shard"
 #: The shape of a job, of its result and of the files they name (the shard, the part, its
@@ -1645,25 +1646,32 @@ async def _take_over_a_run_elsewhere(
 
 
 async def _enqueue_job(pool: ArqRedis, *args: Any, **kwargs: Any) -> Any:
-    """arq's ``enqueue_job``, tried again when Redis cut its connection inside its transaction.
+    """arq's ``enqueue_job``, tried again when Redis cut its connection inside its transaction
+    (see :func:`_watched_again`)."""
+    return await _watched_again(pool, lambda: pool.enqueue_job(*args, **kwargs))
 
-    arq WATCHes the job's key, then reads it: a connection cut in between (a restart, a
-    failover, a rotated password's clients killed) is no try redis-py makes again, and came
-    out as its WatchError ("A ConnectionError occurred on while watching one or more keys"):
-    the export stopped at once, "cannot reach the queue's Redis", though Redis was there, or
-    refused the password. Redis is waited for as any command waits (a PING: a Redis away, or
-    one that refuses, raises its own error), and the job enqueued anew (no EXEC was sent).
+
+async def _watched_again(pool: ArqRedis, transaction: Callable[[], Awaitable[_T]]) -> _T:
+    """``transaction()``, one that WATCHes a key then reads it (arq's enqueue, a job taken off
+    the queue), made anew when Redis cut its connection in between.
+
+    A connection cut there (a restart, a failover, a rotated password's clients killed) is no
+    try redis-py makes again, and came out as its WatchError ("A ConnectionError occurred on
+    while watching one or more keys"): the export stopped at once, "cannot reach the queue's
+    Redis", though Redis was there, or refused the password. Redis is waited for as any
+    command waits (a PING: a Redis away, or one that refuses, raises its own error), and the
+    transaction made anew (no EXEC was sent).
     """
     from redis.exceptions import WatchError
 
     for _ in range(REDIS_RETRIES):
         try:
-            return await pool.enqueue_job(*args, **kwargs)
+            return await transaction()
         except WatchError as err:  # arq's own, of a key changed, it takes for "already queued"
             if not isinstance(err.__context__, tuple(_away_errors())):
                 raise
         await pool.ping()
-    return await pool.enqueue_job(*args, **kwargs)
+    return await transaction()
 
 
 def _shards_said(indexes: list[int]) -> tuple[str, str, str, str, str]:
@@ -1710,7 +1718,14 @@ async def _in_progress(pool: ArqRedis, job_id: str) -> bool:
 async def _take_off_the_queue(pool: ArqRedis, job_id: str) -> bool:
     """Remove a queued job no worker has, as a worker takes one (arq's ``start_jobs``): its
     in-progress mark watched, and set in the same transaction, so a worker taking it at that
-    moment fails its own. Whether it was removed (not: a worker has it now)."""
+    moment fails its own. Whether it was removed (not: a worker has it now).
+
+    Made anew when Redis cut the connection between the WATCH and the read (a rerun stopped
+    "cannot reach the queue's Redis", Redis there): see :func:`_watched_again`."""
+    return await _watched_again(pool, lambda: _take_off_the_queue_once(pool, job_id))
+
+
+async def _take_off_the_queue_once(pool: ArqRedis, job_id: str) -> bool:
     from arq.constants import (
         default_queue_name,
         in_progress_key_prefix,

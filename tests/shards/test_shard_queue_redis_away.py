@@ -819,6 +819,56 @@ async def test_an_enqueue_cut_off_by_its_redis_is_tried_again_or_said_refused(
     assert not [line for line in _said(caplog) if "did not come back" in line], _said(caplog)
 
 
+async def test_a_rerun_cut_off_by_its_redis_as_it_takes_queued_jobs_over_takes_them_all_the_same(
+    tmp_path: Path,
+    redis: RedisServer,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A rerun at another path takes the jobs a stopped coordinator left queued off the queue,
+    # each in a transaction of arq's kind: its in-progress mark WATCHed, then read. A
+    # connection cut in between (a restart, a failover) came out as redis-py's WatchError, as
+    # in an enqueue, and the rerun stopped at once, "cannot reach the queue's Redis", though
+    # Redis was there.
+    redis.command("CONFIG", "SET", "requirepass", "first-pw")
+    url = f"redis://:first-pw@127.0.0.1:{redis.port}/0"
+
+    class Polled(Exception):
+        """The coordinator's first poll: both shards enqueued."""
+
+    async def sleep(_: float) -> None:
+        raise Polled
+
+    out = tmp_path / "out"
+    out.mkdir()
+    manifest = _two_shards()
+    manifest.write(out)
+    with pytest.raises(Polled):  # stopped with both jobs queued, no worker serving the queue
+        await asyncio.wait_for(
+            _queue.run_on_queue(url, out, manifest, progress=False, sleep=sleep), 20
+        )
+    old_jobs = [_queue.job_id_of(_queue.export_id_of(out), manifest.plan_id, i) for i in (0, 1)]
+    elsewhere = tmp_path / "mounted-elsewhere"
+    elsewhere.symlink_to(out, target_is_directory=True)  # the same files at another path
+    again = Manifest.read(elsewhere)
+    assert again is not None
+
+    cut = _cut_inside_an_enqueue(monkeypatch, redis, None)
+    with caplog.at_level("INFO", logger="dmhub_async"), pytest.raises(Polled):
+        await asyncio.wait_for(
+            _queue.run_on_queue(url, elsewhere, again, progress=False, sleep=sleep), 20
+        )
+    assert cut == ["EXISTS"]
+    new_jobs = [_queue.job_id_of(_queue.export_id_of(elsewhere), again.plan_id, i) for i in (0, 1)]
+    import redis as redis_py
+
+    with redis_py.Redis(port=redis.port, password="first-pw") as client:
+        queued = sorted(job.decode() for job in client.zrange("arq:queue", 0, -1))
+    assert queued == sorted(new_jobs)  # the old jobs taken off, this run's enqueued
+    assert not set(queued) & set(old_jobs)
+    assert "taken off the queue, and enqueued for this run" in " ".join(_said(caplog))
+
+
 async def test_a_worker_whose_redis_cuts_it_off_as_it_takes_a_job_takes_it_all_the_same(
     redis: RedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
