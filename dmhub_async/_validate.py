@@ -441,21 +441,29 @@ def _request_query(params: object) -> Mapping[str, str]:
 
 def _check_one_value_a_name(params: Mapping[str, object]) -> None:
     """Refuse ``params`` that give a name more than one value (a ``MultiDict``, aiohttp's
-    and yarl's own way to repeat a name).
+    and yarl's own way to repeat a name; a web framework's query, werkzeug's ``MultiDict``
+    as Flask's ``request.args``, Django's ``QueryDict``, whose ``getlist`` gives them all).
 
     The query is made a dict of them as it is sent: every value of such a name but one was
     dropped without a word (the first kept, or the last when a value was an int), and the call
-    answered for fewer ids than it was given.
+    answered for fewer ids than it was given. A framework's query gives each name once in its
+    items (the first value): it was sent so, unchecked.
     """
+    getlist = getattr(params, "getlist", None)
     seen: set[str] = set()
     for name, value in params.items():
-        if name in seen or params[name] != value:
+        if name in seen or params[name] != value or (callable(getlist) and _many(getlist(name))):
             raise InvalidRequestError(
                 f"request(): params give {short(name)} more than one value, which the client"
                 " sends once: join the values as the service reads them (ids separated by"
                 " commas)"
             )
         seen.add(name)
+
+
+def _many(values: object) -> bool:
+    """Whether ``values`` (a ``getlist`` answer) are more than one."""
+    return isinstance(values, (list, tuple)) and len(values) > 1
 
 
 def check_json(method: str, what: str, value: Any) -> None:

@@ -198,13 +198,31 @@ async def test_params_holding_access_token_are_refused_in_words_a_reader_can_fol
     assert "OTHER" not in message
 
 
+class _FormArgs(dict):  # type: ignore[type-arg]
+    """Params as a web framework hands a query over (werkzeug's ``MultiDict``, Flask's
+    ``request.args``; Django's ``QueryDict``): a dict of one value a name, its first, as
+    ``items()`` and ``[name]`` give it, every value of a name by ``getlist(name)``."""
+
+    def __init__(self, pairs: list[tuple[str, Any]]) -> None:
+        super().__init__()
+        self._lists: dict[str, list[Any]] = {}
+        for name, value in pairs:
+            self._lists.setdefault(name, []).append(value)
+            self.setdefault(name, value)
+
+    def getlist(self, name: str) -> list[Any]:
+        return list(self._lists.get(name, ()))
+
+
 @pytest.mark.parametrize(
     "params",
     [
         MultiDict([("idList", "1"), ("idList", "2")]),
         MultiDict([("idList", 1), ("idList", 2)]),
+        # Its items() give a name once: the check of them passed, and "idList=1" went out.
+        _FormArgs([("idList", "1"), ("idList", "2")]),
     ],
-    ids=["MultiDict", "MultiDict of ints"],
+    ids=["MultiDict", "MultiDict of ints", "a framework's query args"],
 )
 async def test_params_giving_a_name_twice_are_refused_before_anything_is_sent(
     params: Any,
@@ -228,6 +246,10 @@ async def test_params_giving_a_name_twice_are_refused_before_anything_is_sent(
             await dm.request("GET", "/v1/customers", params=params)
         # One value a name, in a MultiDict too, is sent whole.
         await dm.request("GET", "/v1/customers", params=MultiDict(idList="1,2", rows=5))
+        await dm.request("GET", "/v1/customers", params=_FormArgs([("idList", "3,4")]))
 
     assert "'idList' more than one value" in str(info.value)
-    assert sent == [f"idList=1,2&rows=5&access_token={'t' * 32}"]
+    assert sent == [
+        f"idList=1,2&rows=5&access_token={'t' * 32}",
+        f"idList=3,4&access_token={'t' * 32}",
+    ]
