@@ -96,14 +96,30 @@ def _sample(customer_id: int, fields: dict[str, Any], fmt: str) -> Sample:
         custom = _custom_fields(fields, fmt)
         if any(cell for _, cell in custom):
             return Sample(customer_id, custom)
+        if not own and any(name == "attr" or name.startswith(_ATTR) for name in fields):
+            # Custom fields selected, this customer having none: a compared field left empty,
+            # which tells nothing. Read as ids alone (``select=["id"]``), its ids decided and
+            # the customers further in the file were never looked up: a file whose first
+            # customers had no custom field was taken up by another app's token.
+            return Sample(customer_id, (("attr", ""),))
     return Sample(customer_id, own)
 
 
 def _custom_fields(fields: dict[str, Any], fmt: str) -> tuple[tuple[str, str], ...]:
     """The custom fields of a customer written with ``fields``, each as ``attr.KEY`` and its
-    cell (the CSV's columns of them; not its ``attr`` cell of keys first seen later)."""
+    cell: a CSV's columns of them and the keys of its ``attr`` cell (those first seen after
+    the first page: all of them, where its customers had none), a JSON line's ``attr``."""
     if fmt == "csv":
-        return tuple(sorted((k, _cell(v)) for k, v in fields.items() if k.startswith(_ATTR)))
+        cells = [(k, _cell(v)) for k, v in fields.items() if k.startswith(_ATTR)]
+        later = fields.get("attr")
+        if later:
+            try:
+                attr = loads(later)  # as the writer wrote it: numbers exactly, as a row's
+            except (ValueError, RecursionError):
+                attr = None
+            if isinstance(attr, dict):
+                cells += ((f"{_ATTR}{key}", _cell(value)) for key, value in attr.items())
+        return tuple(sorted(cells))
     attr = fields.get("attr")
     if not isinstance(attr, dict):
         return ()

@@ -607,6 +607,44 @@ async def test_a_token_clients_checkpoint_is_resumed_by_its_own_apps_token_alone
         assert dest.read_bytes().startswith(before)
 
 
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+async def test_a_token_clients_custom_fields_export_whose_first_customers_have_none_is_compared(
+    tmp_path: Path, clock: Any, fmt: str
+) -> None:
+    """An export of custom fields alone (``select=["attr"]``) whose first customers have none
+    (the oldest, from before the app had any) held records read as ``select=["id"]``'s: ids
+    alone decided, nothing further in the file was looked at, and app B's token took A's
+    cut file up (A's and B's customers mixed, complete); the CSV's later custom fields, in
+    its ``attr`` column (none were among its first page's columns), told nothing either."""
+    dest, ckpt = tmp_path / f"customers.{fmt}", tmp_path / "export.ckpt"
+
+    def client(token: str) -> DMHubClient:
+        return DMHubClient(access_token=token, base_url=apps.url, clock=clock, sleep=clock.sleep)
+
+    async with two_apps(CUSTOMERS) as apps:
+        for sim, member in ((apps.a, "A"), (apps.b, "B")):
+            for n, customer_id in enumerate(sim.customer_ids()):
+                sim.store.update(customer_id, {"attr": None}, clear=True)
+                if n >= PAGE:  # the first page's customers have no custom field
+                    fields = {"attr": {"member": f"{member}{customer_id}"}}
+                    sim.store.update(customer_id, fields, clear=True)
+        async with client(apps.token(apps.a)) as dm:
+            await crashed_export(dm, dest, ckpt, select=["attr"])
+        before, recorded = dest.read_bytes(), ckpt.read_bytes()
+        token_b = apps.token(apps.b)
+        async with client(token_b) as dm:
+            with pytest.raises(InvalidRequestError, match="holds customers of another app"):
+                await export(dm, dest, ckpt, select=["attr"])
+        assert (dest.read_bytes(), ckpt.read_bytes()) == (before, recorded)
+
+        async with client(apps.token(apps.a)) as dm:
+            report = await export(dm, dest, ckpt, select=["attr"])
+        ids = read_ids(dest)
+        assert report.complete
+        assert sorted(ids) == apps.a.customer_ids()
+        assert dest.read_bytes().startswith(before)
+
+
 @pytest.mark.parametrize(
     ("select", "said"),
     [
