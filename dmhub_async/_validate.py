@@ -55,6 +55,7 @@ __all__ = [
     "check_settings",
     "check_text",
     "mangled_value",
+    "pasted_around",
     "printable",
     "query_length",
     "resolvable_url",
@@ -555,6 +556,25 @@ def white_space_around(name: str, value: str) -> str | None:
     )
 
 
+def pasted_around(name: str, value: str) -> str | None:
+    """Why a credential ``name`` of ``value`` is refused as pasted: white space around it
+    (:func:`white_space_around`), or quotes (``"..."`` or ``'...'``), never quoting it; None
+    when there are neither.
+
+    A ``.env`` file's ``DMHUB_SECRET="..."`` read by a loader that keeps the quotes (``export
+    $(cat .env)``, docker's ``--env-file``) was sent with them: the service refused it, and
+    "check app_id and secret" sent the user to a file that showed the right value.
+    """
+    if spaced := white_space_around(name, value):
+        return spaced
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+        return (
+            f"{name} is in quotes ({value[0]}...{value[0]}: read from a .env file with them?),"
+            " which no app's credentials hold: remove them"
+        )
+    return None
+
+
 def check_settings(
     credentials: Mapping[str, object],
     base_url: object,
@@ -571,7 +591,7 @@ def check_settings(
     for name, value in credentials.items():
         if value is not None and not isinstance(value, str):
             raise InvalidRequestError(f"{name} must be a string, not {type(value).__name__}")
-        if isinstance(value, str) and (spaced := white_space_around(name, value)):
+        if isinstance(value, str) and (spaced := pasted_around(name, value)):
             # Pasted with a space (a tenant's settings from a sheet or a form): sent, the
             # service refused it, and the AuthenticationError said to check app_id and secret,
             # where nothing showed the space. As the command line refuses DMHUB_APP_ID and

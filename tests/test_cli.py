@@ -676,6 +676,40 @@ def test_credentials_with_white_space_around_them_are_refused_before_anything_is
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ids.csv"]
 
 
+@pytest.mark.parametrize(
+    ("name", "value", "said"),
+    [
+        ("DMHUB_SECRET", f'"{SECRET}"', "DMHUB_SECRET is in quotes"),
+        ("DMHUB_APP_ID", f"'{APP_ID}'", "DMHUB_APP_ID is in quotes"),
+    ],
+    ids=["secret", "app_id"],
+)
+@pytest.mark.parametrize("command", ["export", "lookup"])
+def test_credentials_in_quotes_are_refused_before_anything_is_sent(
+    served: ServedSimulator,
+    env: dict[str, str],
+    tmp_path: Path,
+    name: str,
+    value: str,
+    said: str,
+    command: str,
+) -> None:
+    # `DMHUB_SECRET="..."` from a .env file read with its quotes (`export $(cat .env)`,
+    # docker's --env-file) was sent with them: the service refused it, and the line said to
+    # check DMHUB_APP_ID and DMHUB_SECRET, "if they are right, another process ... may have
+    # taken the token", while the file showed the right value.
+    env[name] = value
+    (tmp_path / "ids.csv").write_text("wechat,o1\n", encoding="utf-8")
+    args = ["--out", "x.jsonl"] if command == "export" else ["--in", "ids.csv", "--out", "x.csv"]
+
+    result = run_cli(command, *args, env=env, cwd=tmp_path)
+
+    assert_one_line_error(result, 1, said, "remove them")
+    assert value.strip("'\"") not in result.stderr
+    assert sum(served.sim.counters.routes.values()) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ids.csv"]
+
+
 def test_a_service_that_stops_answering_mid_run_is_not_blamed_on_the_base_url(
     served: ServedSimulator, env: dict[str, str], tmp_path: Path
 ) -> None:

@@ -786,6 +786,41 @@ async def test_credentials_with_white_space_around_them_are_refused_before_anyth
         assert value.strip() not in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "env", "said"),
+    [
+        ({"app_id": "tenant-b", "secret": '"s3cret-b"'}, {}, "secret is in quotes"),
+        ({"app_id": "'tenant-b'", "secret": "s3cret-b"}, {}, "app_id is in quotes"),
+        ({"access_token": '"tok-9f3e"'}, {}, "access_token is in quotes"),
+        ({}, {"DMHUB_SECRET": '"env-s3cret"'}, "DMHUB_SECRET is in quotes"),
+        ({}, {"DMHUB_APP_ID": "'env-app'"}, "DMHUB_APP_ID is in quotes"),
+    ],
+    ids=["secret", "app_id", "access_token", "DMHUB_SECRET", "DMHUB_APP_ID"],
+)
+async def test_credentials_in_quotes_are_refused_before_anything_is_sent(
+    api, monkeypatch, kwargs, env, said
+):
+    # A .env file holds `DMHUB_SECRET="..."`; read by a loader that keeps the quotes (`export
+    # $(cat .env)`, docker's --env-file, a systemd EnvironmentFile with '), the secret was
+    # sent with them: the service refused it, "check app_id and secret", and the value the
+    # user checked in the file was right. No app id, secret or token holds quotes at both ends.
+    monkeypatch.setenv("DMHUB_APP_ID", "env-app")
+    monkeypatch.setenv("DMHUB_SECRET", "env-s3cret")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(InvalidRequestError, match=said) as info:
+        DMHubClient(token_store=MemoryTokenStore(), **kwargs)
+    assert "remove them" in str(info.value)
+    assert not calls(api, "/security/accesstoken")
+    for value in (*kwargs.values(), *env.values()):
+        assert value.strip("'\"") not in str(info.value)
+
+
+@pytest.mark.parametrize("secret", ['s3"cret', '"s3cret', "it's", '"'])
+def test_a_credential_with_a_quote_not_around_it_is_taken(no_env, secret):
+    assert DMHubClient("app", secret, token_store=MemoryTokenStore()).app_id == "app"
+
+
 async def test_credentials_and_base_url_from_the_environment(api, monkeypatch, clock):
     monkeypatch.setenv("DMHUB_APP_ID", "env-app")
     monkeypatch.setenv("DMHUB_SECRET", "env-secret")

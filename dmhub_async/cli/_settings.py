@@ -23,7 +23,7 @@ from .._logging import show_log
 from .._redact import redact
 from .._token_file import NO_LOCKS, FileTokenStore, holds_only_tokens
 from .._token_stores import MemoryTokenStore, RedisTokenStore, TokenStore
-from .._validate import white_space_around
+from .._validate import pasted_around
 from ._errors import CommandError, UsageError, say, stopped_answering
 
 __all__ = [
@@ -233,15 +233,15 @@ def show_requests(verbose: bool) -> None:
 
 
 def check_credentials() -> None:
-    """Refuse a ``DMHUB_APP_ID`` or ``DMHUB_SECRET`` with white space around it, before
-    anything is sent (CommandError, exit 1, as credentials the service refuses).
+    """Refuse a ``DMHUB_APP_ID`` or ``DMHUB_SECRET`` with white space or quotes around it,
+    before anything is sent (CommandError, exit 1, as credentials the service refuses).
 
     One pasted with a space (an ``.env`` file, a CI variable) was sent as it was: the service
     refused it, the line said to check both, "if they are right, another process ... may
     have taken the token", and the space was nowhere to see. No app id or secret has one.
     """
     for name in ("DMHUB_APP_ID", "DMHUB_SECRET"):
-        if spaced := white_space_around(name, os.environ.get(name) or ""):
+        if spaced := pasted_around(name, os.environ.get(name) or ""):
             raise CommandError(spaced)
 
 
