@@ -690,6 +690,15 @@ def refused_ipv4(host: str) -> bool:
     return canonical is not None and not canonical(host)
 
 
+#: Where a call's own path starts in a base URL that holds one: a resource of the contract's
+#: under /v1, or the token endpoint.
+_CALL_PATH = re.compile(
+    r"/(?:v1/(?:customers|customeridentities|customerandidentities|customerstatistics)"
+    r"|security/accesstoken)(?=/|$)",
+    re.IGNORECASE,
+)
+
+
 def _check_base_url(base_url: object) -> None:
     if not isinstance(base_url, str):
         raise InvalidRequestError(f"base_url must be a string, not {type(base_url).__name__}")
@@ -729,6 +738,17 @@ def _check_base_url(base_url: object) -> None:
             f"base_url's host {short(host)} is an IPv4 address written otherwise than as four"
             " decimal numbers (no leading zero), which aiohttp refuses to connect to: write it"
             f" so{written}"
+        )
+    after_scheme = base_url.partition("://")[2]
+    path = after_scheme[len(after_scheme.split("/", 1)[0]) :]
+    if call := _CALL_PATH.search(path):
+        # A call's URL copied whole from the contract (.../v1/customers): the token request
+        # went to /v1/customers/security/accesstoken, refused "invalid access_token", which
+        # blamed the credentials (the command line: another process's token too).
+        raise InvalidRequestError(
+            "base_url is the service's root, not a call's URL (the client adds /v1/... to each"
+            " call, and /security/accesstoken to the token request): pass"
+            f" {short(base_url[: len(base_url) - len(path) + call.start()])}"
         )
     root = base_url.rstrip("/")
     if root[-3:].lower() == "/v1":

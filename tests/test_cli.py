@@ -710,6 +710,24 @@ def test_credentials_in_quotes_are_refused_before_anything_is_sent(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ids.csv"]
 
 
+def test_a_base_url_that_is_a_calls_url_is_refused_before_anything_is_sent(
+    served: ServedSimulator, env: dict[str, str], tmp_path: Path
+) -> None:
+    # DMHUB_BASE_URL set to a call's URL from the contract: the token request went to
+    # /v1/customers/security/accesstoken, and the line said "invalid access_token; another
+    # process using the same app id may have taken the token ..., or check DMHUB_APP_ID and
+    # DMHUB_SECRET", none of which was wrong.
+    env["DMHUB_BASE_URL"] = served.sim.url + "/v1/customers"
+
+    result = run_cli("export", "--out", "x.jsonl", env=env, cwd=tmp_path)
+
+    assert_one_line_error(result, 1, "DMHUB_BASE_URL", f"pass {served.sim.url!r}")
+    assert "another process" not in result.stderr
+    assert "DMHUB_SECRET" not in result.stderr
+    assert sum(served.sim.counters.routes.values()) == 0
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_service_that_stops_answering_mid_run_is_not_blamed_on_the_base_url(
     served: ServedSimulator, env: dict[str, str], tmp_path: Path
 ) -> None:

@@ -872,6 +872,38 @@ def test_a_base_url_ending_in_v1_is_refused_saying_what_to_pass(no_env, base_url
     assert base_url.rstrip("/")[: -len("/v1")] in said  # the URL to pass instead
 
 
+@pytest.mark.parametrize(
+    ("base_url", "root"),
+    [
+        ("https://api.convertlab.com/v1/customers", "https://api.convertlab.com"),
+        ("https://api.convertlab.com/v1/customers/", "https://api.convertlab.com"),
+        ("https://api.convertlab.com/v1/customers/count", "https://api.convertlab.com"),
+        ("https://api.convertlab.com/V1/customerIdentities", "https://api.convertlab.com"),
+        ("https://api.convertlab.com/v1/customerStatistics", "https://api.convertlab.com"),
+        ("https://gateway.test/dmhub/v1/customerandidentities", "https://gateway.test/dmhub"),
+        ("https://api.convertlab.com/security/accesstoken", "https://api.convertlab.com"),
+    ],
+)
+def test_a_base_url_that_is_a_calls_url_is_refused_saying_what_to_pass(no_env, base_url, root):
+    # The contract's URL of a call copied whole (https://api.convertlab.com/v1/customers):
+    # taken, the token request went to /v1/customers/security/accesstoken, and against the
+    # simulator failed "error_code 40014: invalid access_token (the app id and secret were
+    # refused: check app_id and secret)", which blamed the credentials; the command line
+    # added that another process may have taken the token.
+    with pytest.raises(InvalidRequestError) as info:
+        DMHubClient("app", "s3cret", base_url=base_url, token_store=MemoryTokenStore())
+    said = str(info.value)
+    assert "the service's root" in said
+    assert f"pass {root!r}" in said
+
+
+@pytest.mark.parametrize(
+    "base_url", ["https://gateway.test/v1/dmhub", "https://h.test/api/v1/customersearch"]
+)
+def test_a_base_url_with_v1_in_a_gateways_path_is_taken(no_env, base_url):
+    assert DMHubClient(access_token="tok", base_url=base_url).base_url == base_url
+
+
 @pytest.mark.parametrize("base_url", ["https://gateway.test/dmhub", "https://h.test/v12"])
 def test_a_base_url_with_another_path_is_taken(no_env, base_url):
     assert DMHubClient(access_token="tok", base_url=base_url).base_url == base_url
