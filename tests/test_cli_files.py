@@ -131,6 +131,27 @@ def test_an_output_named_as_a_directory_is_refused_not_written_as_a_file(
     assert requests(served) == 0
 
 
+@pytest.mark.parametrize("where", ["under a file", "in a missing directory"])
+@pytest.mark.parametrize("command", ["export", "lookup"])
+def test_an_output_whose_directory_is_missing_or_a_file_is_a_usage_error_saying_which(
+    served: ServedSimulator, env: dict[str, str], tmp_path: Path, command: str, where: str
+) -> None:
+    # `--out exports/june.csv` where exports was a file: exit 1 and "exports/june.csv: Not
+    # a directory", as if the run had failed; where it did not exist yet, "cannot write to
+    # 'exports'", and not why.
+    write_identities(tmp_path / "ids.csv", [("mobile", "13800000000")])
+    (tmp_path / "exports").write_text("a report\n", encoding="utf-8")
+    folder = "exports" if where == "under a file" else "missing"
+    args = ["--in", "ids.csv"] if command == "lookup" else []
+
+    result = run_cli(command, *args, "--out", f"{folder}/june.csv", env=env, cwd=tmp_path)
+
+    why = "is not a directory" if where == "under a file" else "does not exist"
+    assert_one_line_error(result, 2, f"--out '{folder}/june.csv'", f"'{folder}', which {why}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exports", "ids.csv"]
+    assert requests(served) == 0
+
+
 @pytest.mark.parametrize("kind", ["directory", "in a missing directory", "symlink"])
 def test_export_refuses_a_checkpoint_that_cannot_be_one_as_a_usage_error(
     served: ServedSimulator, env: dict[str, str], tmp_path: Path, kind: str

@@ -1843,6 +1843,35 @@ async def test_a_relative_output_stays_where_it_was_named_though_the_cwd_changes
     assert ids_of(read_jsonl(named / "customers.jsonl")) == sim.customer_ids()
 
 
+@pytest.mark.parametrize("where", ["under a file", "in a missing directory"])
+@pytest.mark.parametrize("which", ["output", "checkpoint"])
+async def test_a_path_whose_directory_is_missing_or_a_file_says_so_before_any_request(
+    sim: DMHubSimulator, client: DMHubClient, tmp_path: Path, where: str, which: str
+) -> None:
+    # `export_customers(dm, "exports/june.jsonl")` before making exports/: "cannot write to
+    # 'exports'", and not why; and where that name was a file (a report of the same name),
+    # os.lstat's raw NotADirectoryError, past `except InvalidRequestError` (the command
+    # line: exit 1, "Not a directory", as if the export had failed, not its flag).
+    (tmp_path / "exports").write_text("a report\n", encoding="utf-8")
+    folder = tmp_path / ("exports" if where == "under a file" else "missing")
+    path = folder / ("june.jsonl" if which == "output" else "june.ckpt")
+    dest = path if which == "output" else tmp_path / "june.jsonl"
+    checkpoint = path if which == "checkpoint" else None
+    sim.counters.reset()
+
+    with pytest.raises(InvalidRequestError) as info:
+        await export_customers(client, dest, checkpoint=checkpoint, progress=False)
+
+    said = str(info.value)
+    assert said.startswith(f"{which} {str(path)!r}: cannot write to {str(folder)!r}")
+    if where == "under a file":
+        assert said.endswith("which is not a directory")
+    else:
+        assert said.endswith("which does not exist: make it first")
+    assert files_in(tmp_path) == ["exports"]
+    assert sim.counters.total == 0
+
+
 async def test_outputs_that_cannot_be_written_are_refused_before_any_request(
     sim: DMHubSimulator, client: DMHubClient, tmp_path: Path
 ) -> None:

@@ -43,7 +43,8 @@ def check_path(path: Path, what: str) -> None:
     """Refuse a path that is not a regular file (or nothing yet) in a writable directory."""
     try:
         mode = os.lstat(path).st_mode
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # a file where its directory should be
+        # (said below): raw out of export_customers, and exit 1 on the command line.
         mode = None
     except ValueError:  # "embedded null byte", raw out of export_customers and merge
         raise InvalidRequestError(
@@ -56,7 +57,17 @@ def check_path(path: Path, what: str) -> None:
     if mode is not None and not stat.S_ISREG(mode):
         kind = "a symbolic link" if stat.S_ISLNK(mode) else "not a regular file"
         raise InvalidRequestError(f"{what} {str(path)!r} is {kind}: give a regular file")
-    if not path.parent.is_dir() or not os.access(path.parent, os.W_OK):
+    if not path.parent.is_dir():
+        # "cannot write to 'exports'" said nothing of why: made not yet, or a file.
+        why = (
+            "which is not a directory"
+            if os.path.lexists(path.parent)
+            else "which does not exist: make it first"
+        )
+        raise InvalidRequestError(
+            f"{what} {str(path)!r}: cannot write to {str(path.parent)!r}, {why}"
+        )
+    if not os.access(path.parent, os.W_OK):
         raise InvalidRequestError(f"{what} {str(path)!r}: cannot write to {str(path.parent)!r}")
 
 
