@@ -35,6 +35,7 @@ from ._validate import (
     check_request,
     check_settings,
     is_collection,
+    misnamed_variables,
     short,
     shown_even_half_made,
 )
@@ -164,9 +165,11 @@ class DMHubClient:
             check_flag("DMHubClient", "allow_insecure_http", allow_insecure_http)
             self.app_id = app_id
             if not access_token and not (self.app_id and secret):
+                # DMHUB_APPID set for DMHUB_APP_ID: named, the user saw both "set".
+                unset = ("DMHUB_APP_ID",) * (not self.app_id) + ("DMHUB_SECRET",) * (not secret)
                 raise InvalidRequestError(
                     "no credentials: pass app_id and secret (or access_token), "
-                    "or set DMHUB_APP_ID and DMHUB_SECRET"
+                    f"or set DMHUB_APP_ID and DMHUB_SECRET{misnamed_variables(env, unset)}"
                 )
             self.base_url = _lower_scheme((base_url or DEFAULT_BASE_URL).rstrip("/"))
             if not self.base_url.startswith(("http://", "https://")):

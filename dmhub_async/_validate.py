@@ -55,6 +55,7 @@ __all__ = [
     "check_settings",
     "check_text",
     "mangled_value",
+    "misnamed_variables",
     "pasted_around",
     "printable",
     "query_length",
@@ -554,6 +555,31 @@ def white_space_around(name: str, value: str) -> str | None:
         f"{name} {where} with white space (pasted with it?), which no app's credentials hold:"
         " remove it"
     )
+
+
+#: The credentials' variables by their names' letters (upper case, no ``_`` or ``-``), and
+#: the misspellings a user makes of them (the service's own word is ``appid``).
+_CREDENTIAL_VARIABLES: typing.Final[Mapping[str, str]] = {
+    "DMHUBAPPID": "DMHUB_APP_ID",
+    "DMHUBSECRET": "DMHUB_SECRET",
+    "DMHUBAPPSECRET": "DMHUB_SECRET",
+}
+
+
+def misnamed_variables(environ: Mapping[str, str], unset: Iterable[str]) -> str:
+    """`` (DMHUB_APPID is set: did you mean DMHUB_APP_ID?)`` for each variable of ``unset``
+    that a variable set in ``environ`` misspells (its case, its underscores, ``APP_SECRET``),
+    or ``""``. Only names are said, never a value."""
+    wanted = set(unset)
+    said = [
+        f"{name} is set: did you mean {meant}?"
+        for name, value in sorted(environ.items())
+        if value
+        and (meant := _CREDENTIAL_VARIABLES.get(re.sub(r"[_-]", "", name.upper())))
+        and meant in wanted
+        and name != meant
+    ]
+    return f" ({'; '.join(said)})" if said else ""
 
 
 def pasted_around(name: str, value: str) -> str | None:

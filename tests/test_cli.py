@@ -640,6 +640,38 @@ def test_missing_credentials_are_named_as_the_command_line_gives_them(
 
 
 @pytest.mark.parametrize(
+    ("misnamed", "meant"),
+    [
+        ("DMHUB_APPID", "DMHUB_APP_ID"),
+        ("dmhub_app_id", "DMHUB_APP_ID"),
+        ("DMHUB_APP_SECRET", "DMHUB_SECRET"),
+    ],
+)
+@pytest.mark.parametrize("command", ["export", "lookup"])
+def test_a_credential_set_under_a_misspelt_name_is_named_with_the_one_meant(
+    served: ServedSimulator,
+    env: dict[str, str],
+    tmp_path: Path,
+    misnamed: str,
+    meant: str,
+    command: str,
+) -> None:
+    # `export DMHUB_APPID=...` (the service's own word is appid): "DMHUB_APP_ID is not set:
+    # set DMHUB_APP_ID and DMHUB_SECRET", where the user saw it set, a letter apart.
+    env[misnamed] = env.pop(meant)
+    (tmp_path / "ids.csv").write_text("wechat,o1\n", encoding="utf-8")
+    args = ["--in", "ids.csv", "--out", "x.csv"] if command == "lookup" else ["--out", "x.jsonl"]
+
+    result = run_cli(command, *args, env=env, cwd=tmp_path)
+
+    assert_one_line_error(
+        result, 1, f"{meant} is not set", f"{misnamed} is set: did you mean {meant}?"
+    )
+    assert env[misnamed] not in result.stderr
+    assert sum(served.sim.counters.routes.values()) == 0
+
+
+@pytest.mark.parametrize(
     ("name", "value", "said"),
     [
         ("DMHUB_SECRET", f"{SECRET} ", "DMHUB_SECRET ends with white space"),

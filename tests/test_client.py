@@ -821,6 +821,46 @@ def test_a_credential_with_a_quote_not_around_it_is_taken(no_env, secret):
     assert DMHubClient("app", secret, token_store=MemoryTokenStore()).app_id == "app"
 
 
+@pytest.mark.parametrize(
+    ("misnamed", "meant"),
+    [
+        ("DMHUB_APPID", "DMHUB_APP_ID"),
+        ("DM_HUB_APP_ID", "DMHUB_APP_ID"),
+        ("dmhub_secret", "DMHUB_SECRET"),
+        ("DMHUB_APPSECRET", "DMHUB_SECRET"),
+    ],
+)
+async def test_a_credential_set_under_a_misspelt_name_is_named_with_the_one_meant(
+    api, no_env, monkeypatch, misnamed, meant
+):
+    # `export DMHUB_APPID=...` (the service's own word is appid): "no credentials: pass app_id
+    # and secret (or access_token), or set DMHUB_APP_ID and DMHUB_SECRET", where the user saw
+    # both set, one a letter apart.
+    values = {"DMHUB_APP_ID": "env-app", "DMHUB_SECRET": "env-s3cret"}
+    for name, value in values.items():
+        monkeypatch.setenv(misnamed if name == meant else name, value)
+    with pytest.raises(InvalidRequestError) as info:
+        DMHubClient(token_store=MemoryTokenStore())
+    said = str(info.value)
+    assert said.startswith("no credentials: ")
+    assert f"({misnamed} is set: did you mean {meant}?)" in said
+    assert "env-s3cret" not in said
+    assert not calls(api, "/security/accesstoken")
+
+
+def test_a_misspelt_variable_is_not_named_when_the_credentials_are_given(no_env, monkeypatch):
+    monkeypatch.setenv("DMHUB_APPID", "other-app")
+    assert DMHubClient("app", "s3cret", token_store=MemoryTokenStore()).app_id == "app"
+    with pytest.raises(InvalidRequestError) as info:
+        DMHubClient(token_store=MemoryTokenStore(), secret="s3cret")
+    assert "DMHUB_APPID is set: did you mean DMHUB_APP_ID?" in str(info.value)
+    monkeypatch.setenv("DMHUB_APPSECRET", "s3cret")
+    with pytest.raises(InvalidRequestError) as info:
+        DMHubClient("app", token_store=MemoryTokenStore())
+    assert "DMHUB_APPID" not in str(info.value)  # the app id was given
+    assert "DMHUB_APPSECRET is set: did you mean DMHUB_SECRET?" in str(info.value)
+
+
 async def test_credentials_and_base_url_from_the_environment(api, monkeypatch, clock):
     monkeypatch.setenv("DMHUB_APP_ID", "env-app")
     monkeypatch.setenv("DMHUB_SECRET", "env-secret")

@@ -23,6 +23,7 @@ from .._exceptions import (
     ResponseTooLargeError,
     without_token_hint,
 )
+from .._validate import misnamed_variables
 
 __all__ = [
     "EXIT_BROKEN_PIPE",
@@ -205,7 +206,10 @@ def _missing_credentials() -> str:
     DMHUB_APP_ID that was there), and no Python argument, which a command cannot pass."""
     unset = [name for name in ("DMHUB_APP_ID", "DMHUB_SECRET") if not os.environ.get(name)]
     said = f"{' and '.join(unset)} {'is' if len(unset) == 1 else 'are'} not set" if unset else ""
-    return f"{said or 'no credentials'}: set DMHUB_APP_ID and DMHUB_SECRET, your app's credentials"
+    return (
+        f"{said or 'no credentials'}: set DMHUB_APP_ID and DMHUB_SECRET, your app's credentials"
+        + misnamed_variables(os.environ, unset)
+    )
 
 
 def stopped_answering(err: APIConnectionError) -> CommandError:
