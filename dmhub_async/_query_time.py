@@ -88,10 +88,12 @@ _OFFSET = re.compile(r"(?:UTC|GMT)?\s*([+-])\s*(\d{1,2})(?::?(\d{2}))?", re.IGNO
 
 def _did_you_mean(name: str) -> str:
     """`` (did you mean 'Asia/Shanghai'?)`` for a zone name in another case, or its city
-    alone (``"shanghai"``); else nothing. Only ever on the error path: listing the zones reads
-    the zone database's directories."""
+    alone (``"shanghai"``); else nothing, and nothing for an offset (``"GMT+8"``). Only ever
+    on the error path: listing the zones reads the zone database's directories."""
     wanted = name.strip().replace(" ", "_").casefold()
-    if not wanted:
+    if not wanted or _OFFSET.fullmatch(name.strip()):
+        # An offset ("GMT+8": the tzinfo is said after) matched 'Etc/GMT+8' by its last
+        # part: the zone database's name of UTC-8 (POSIX's sign), 16 hours off.
         return ""
     try:
         zones = sorted(zoneinfo.available_timezones())

@@ -578,6 +578,26 @@ def test_an_unknown_zone_name_is_refused_saying_what_to_give(zone: str, said: st
 
 
 @pytest.mark.parametrize(
+    ("zone", "hours"), [("GMT+8", 8), ("gmt+8", 8), ("GMT-5", -5), ("gmt-8", -8)]
+)
+def test_an_offset_written_as_gmt_is_not_offered_the_etc_zone_of_the_opposite_sign(
+    zone: str, hours: int
+) -> None:
+    # "GMT+8" (China's time, as users write it) was answered "(did you mean 'Etc/GMT+8'?)",
+    # the zone database's name of UTC-8: POSIX's sign, the opposite of what it reads as. A
+    # client made with it read every naive time filter 16 hours off, and an export by
+    # --created-from missed or took a day of customers, without a word.
+    with pytest.raises(InvalidRequestError) as info:
+        DMHubClient(access_token="t", timezone=zone)
+    said = str(info.value)
+    assert "Etc/GMT" not in said
+    assert f"(datetime.timezone(timedelta(hours={hours})))" in said
+    offered = re.findall(r"did you mean '([^']+)'", said)
+    for name in offered:  # any zone offered is the offset the user wrote
+        assert zoneinfo.ZoneInfo(name).utcoffset(datetime(2024, 1, 1)) == timedelta(hours=hours)
+
+
+@pytest.mark.parametrize(
     ("zone", "filters"),
     [
         ("Asia/Shanghai", {"date_created_from": datetime(1, 1, 1)}),
