@@ -733,6 +733,13 @@ def _password_hint() -> str:
 
 def _merge(args: argparse.Namespace) -> tuple[int, list[str]]:
     if not os.path.isdir(args.directory):
+        if os.path.exists(args.directory):
+            # The export's file, or a part, given for its directory: "no such directory" of a
+            # file the user could see there.
+            raise CommandError(
+                f"{args.directory} is a file, not a directory: merge takes the directory an"
+                " `export --shards N` wrote"
+            )
         raise CommandError(f"{args.directory}: no such directory")
     if merged_into_itself(args.directory, args.out):
         # Into the manifest or a part, with --force: the merge wrote over its own input and

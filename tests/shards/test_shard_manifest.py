@@ -2387,6 +2387,23 @@ def test_the_cli_quotes_a_directory_named_like_a_setting_as_it_is(
     assert f"exports/{name} has no manifest.json" in error, error
 
 
+def test_the_cli_merge_of_a_file_says_it_takes_the_directory_not_that_none_exists(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `merge june.jsonl --out all.jsonl` (the export's file, or a part, given for its
+    # directory) said "june.jsonl: no such directory" of a file the user could see there.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "june.jsonl").write_bytes(b'{"id": 1}\n')
+
+    assert main(["merge", "june.jsonl", "--out", "all.jsonl"]) == 1
+
+    error = capsys.readouterr().err
+    assert "no such directory" not in error, error
+    assert "june.jsonl is a file, not a directory" in error, error
+    assert "export --shards" in error, error
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["june.jsonl"]
+
+
 def test_a_merge_into_the_file_a_part_links_to_is_refused(done: Path, tmp_path: Path) -> None:
     # A part kept elsewhere, linked from the directory: `merge --out` that file (with --force)
     # replaced the part's data with the merged file, which the next merge refused by its size.
