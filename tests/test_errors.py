@@ -736,6 +736,26 @@ async def test_the_command_line_says_where_it_found_no_connection_once() -> None
     assert "base_url" not in line, line  # not the library's, a Python argument's name
 
 
+async def test_the_command_line_says_a_host_that_was_not_found_was_not_found(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # DMHUB_BASE_URL with its host mistyped: the library said "the host of https://... was
+    # not found", the command line turned it into "no answer from https://... (is
+    # DMHUB_BASE_URL right?)", as of a service down, after 7 s of retries.
+    from dmhub_async.cli._errors import explain
+
+    base_url = "https://api.dmhub-typo.invalid"
+    monkeypatch.setenv("DMHUB_BASE_URL", base_url)
+    async with DMHubClient("app", "s3cret", base_url=base_url) as dm:
+        with pytest.raises(APIConnectionError) as info:
+            await dm.with_options(max_retries=0).customers.count()
+    assert "was not found" in str(info.value)  # the library's words
+
+    _, line = explain(info.value)
+    assert f"the host of {base_url} was not found (is DMHUB_BASE_URL right?)" in line, line
+    assert "no answer from" not in line, line
+
+
 async def test_an_untrusted_certificate_is_met_once_not_retried(tmp_path: Any) -> None:
     # Before: a certificate this machine does not trust was retried like a lost connection,
     # each handshake failing the same way.

@@ -279,6 +279,11 @@ def explain(err: BaseException, flags: Mapping[str, str] = _NO_FLAGS) -> tuple[i
                 " without it)"
             )
         # Nothing answered in this run (else open_client raised stopped_answering's error).
+        if getattr(err.__cause__, "original_type", "").endswith(".ClientConnectorDNSError"):
+            # A host mistyped: "no answer from", as of a service down.
+            return EXIT_ERROR, (
+                f"{said}: the host of {_base_url()} was not found (is DMHUB_BASE_URL right?)"
+            )
         return EXIT_ERROR, f"{said}: no answer from {_base_url()} (is DMHUB_BASE_URL right?)"
     if isinstance(err, OSError) and err.strerror:
         where = f"{err.filename}: " if err.filename is not None else ""
