@@ -152,6 +152,42 @@ def test_a_rerun_after_a_kill_once_the_export_ended_says_it_reads_as_a_finished_
     assert sim.sim.counters.total == requests  # refused before any request
 
 
+@pytest.mark.parametrize("given", [None, "typo.ckpt"], ids=["no --checkpoint", "another"])
+def test_a_rerun_of_a_stopped_export_without_its_checkpoint_names_it_not_a_finished_export(
+    sim: ServedSimulator, env: dict[str, str], tmp_path: Path, given: str | None
+) -> None:
+    """Stopped midway (a kill, a Ctrl-C), then run again with its --checkpoint misspelt: "--out
+    customers.jsonl exists and reads as a finished export (150 customers): an export removes
+    its checkpoint when it ends ...", of a partial file whose checkpoint lay beside it; and run
+    again without --checkpoint, "exists: pass --force to overwrite it", which threw away what
+    was exported. Both name the checkpoint that resumes it."""
+    out = tmp_path / "customers.jsonl"
+    killed = run_once(
+        ["export", "--out", out.name, "--checkpoint", "customers.ckpt", *PAGE],
+        env,
+        tmp_path,
+        "page:3",
+    )
+    assert killed.crashed_at is not None
+    assert (tmp_path / "customers.ckpt").exists()
+    before, requests = out.read_bytes(), sim.sim.counters.total
+
+    checkpoint = ["--checkpoint", given] if given else []
+    rerun = run_once(["export", "--out", out.name, *checkpoint, *PAGE], env, tmp_path)
+
+    assert rerun.returncode == 2, rerun.stderr
+    assert "finished export" not in rerun.stderr
+    assert "in progress" in rerun.stderr
+    assert "rerun with --checkpoint customers.ckpt to resume it" in rerun.stderr
+    assert out.read_bytes() == before
+    assert sim.sim.counters.total == requests  # refused before any request
+    resumed = run_once(
+        ["export", "--out", out.name, "--checkpoint", "customers.ckpt", *PAGE], env, tmp_path
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    check_export(out, "jsonl", sim.ids(), resumed.report)
+
+
 def test_a_foreign_file_where_a_checkpointed_export_would_go_is_not_taken_for_one(
     sim: ServedSimulator, env: dict[str, str], tmp_path: Path
 ) -> None:

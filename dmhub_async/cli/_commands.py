@@ -245,6 +245,7 @@ def _check_export(args: argparse.Namespace) -> tuple[dict[str, Any], ExportEncod
         inputs=[args.checkpoint, args.id_list],
         checkpoint=args.checkpoint,
         fmt="csv" if csv_out else "jsonl",
+        export=True,
     )
     # After check_output: a compressed file's name, a directory, are said as such.
     _check_export_name(args.out, args.format)

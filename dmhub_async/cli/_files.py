@@ -6,6 +6,7 @@ import codecs
 import contextlib
 import errno
 import io
+import json
 import os
 import re
 import select
@@ -254,6 +255,7 @@ def check_output(
     stdout: bool = True,
     checkpoint: str | None = None,
     fmt: str = "jsonl",
+    export: bool = False,
 ) -> None:
     """Refuse, before anything is sent, an ``--out`` whose writing would destroy something.
 
@@ -263,7 +265,8 @@ def check_output(
     export in progress). ``stdout``: whether ``-`` means standard output to this command.
     ``checkpoint``, ``fmt``: an export's checkpoint (which does not exist) and format, for the
     refusal of an existing file to say whether it reads as a finished export
-    (:func:`_exists_without_checkpoint`).
+    (:func:`_exists_without_checkpoint`); ``export``: the command is an export, whose refusal
+    names the checkpoint of an export in progress to ``out`` (:func:`_checkpoint_of`).
     """
     if out == STDOUT:
         if not stdout:  # it was written as a file named "-", over one already there
@@ -299,9 +302,78 @@ def check_output(
             )
         raise UsageError(f"--out {out} is read-only: give another file")
     if not (force or resumable):
+        if export and (found := _checkpoint_of(out, checkpoint)):
+            # Stopped midway, then run again without its --checkpoint (or with one misspelt):
+            # "exists: pass --force", which threw away what was exported, or "reads as a
+            # finished export", of a partial file.
+            where, exported = found
+            which = f"of another checkpoint, {where}" if checkpoint else f"of checkpoint {where}"
+            raise UsageError(
+                f"--out {out} exists, an export in progress ({exported:,} customers so far) "
+                f"{which}: rerun with --checkpoint {where} to resume it, or pass --force to "
+                "export it again"
+            )
         if checkpoint is not None:
             raise UsageError(_exists_without_checkpoint(out, checkpoint, fmt))
         raise UsageError(f"--out {out} exists: pass --force to overwrite it")
+
+
+#: The most entries of a directory looked at, and the largest file read, for a checkpoint of an
+#: existing ``--out`` (a refusal does not read through a directory of a million files).
+_CHECKPOINT_SEARCH: Final = 10_000
+_CHECKPOINT_SIZE: Final = 64 << 10
+
+
+def _checkpoint_of(out: str, checkpoint: str | None) -> tuple[str, int] | None:
+    """A checkpoint of an export in progress to ``out``, in ``out``'s directory or the given
+    ``checkpoint``'s: its path (as beside ``out`` when it is there) and the customers it counts;
+    None when none is found. Only names and counts are read: never a token or a secret."""
+    target = os.path.realpath(out)
+    places = [os.path.dirname(out)]
+    if checkpoint is not None:
+        places.append(os.path.dirname(checkpoint))
+    for place in dict.fromkeys(places):
+        try:
+            with os.scandir(place or ".") as entries:
+                for number, entry in enumerate(entries):
+                    if number >= _CHECKPOINT_SEARCH:
+                        break
+                    if (
+                        entry.is_file(follow_symlinks=False)
+                        and (exported := _counted_for(entry, target)) is not None
+                    ):
+                        return os.path.join(place, entry.name), exported
+        except OSError:  # a directory that cannot be listed: nothing found there
+            continue
+    return None
+
+
+def _counted_for(entry: os.DirEntry[str], target: str) -> int | None:
+    """The customers ``entry`` counts when it is a checkpoint of an export to ``target``."""
+    try:
+        if entry.stat(follow_symlinks=False).st_size > _CHECKPOINT_SIZE:
+            return None
+        # Not blocking, nor through a link, should it have become a FIFO or one since.
+        flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0)
+        with os.fdopen(os.open(entry.path, flags), "rb") as fh:
+            data = fh.read(_CHECKPOINT_SIZE)
+        if b'"scope"' not in data or b'"dest"' not in data:
+            return None
+        recorded = json.loads(data)
+        dest = recorded["scope"]["dest"]
+        exported = recorded["exported"]
+    except (OSError, ValueError, TypeError, KeyError, RecursionError):  # no checkpoint
+        return None
+    if not isinstance(dest, str) or not isinstance(exported, int) or isinstance(exported, bool):
+        return None
+    if os.path.realpath(dest) == target:
+        return exported
+    # A file and its checkpoint moved together (resumed there, as the export takes them).
+    try:
+        beside = os.path.samefile(os.path.dirname(entry.path) or ".", os.path.dirname(target))
+    except OSError:
+        return None
+    return exported if beside and os.path.basename(dest) == os.path.basename(target) else None
 
 
 #: The most of an existing ``--out`` read to say whether it reads as an export: 64 MiB, 0.43 s
