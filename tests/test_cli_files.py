@@ -879,6 +879,25 @@ def test_lookup_input_whose_header_names_the_value_first_is_refused(
     assert not (tmp_path / "r.csv").exists()
 
 
+@pytest.mark.parametrize("kind", ["mobile", "Email", "wechat-unionid"])
+def test_lookup_input_with_no_header_and_its_columns_swapped_is_refused(
+    served: ServedSimulator, env: dict[str, str], tmp_path: Path, kind: str
+) -> None:
+    # An export that writes the value first, with no header: each row ("13800138000",
+    # "mobile") was looked up as the identity of type "13800138000", "not found", exit 0:
+    # the customers the file named reported as none, as a "value,type" header's were.
+    (found, value), *_ = known_identities(served, 1)
+    path = tmp_path / "ids.csv"
+    path.write_text(f"{found},{value}\r\n{value},{kind}\r\n", "utf-8")
+
+    result = run_cli("lookup", "--in", "ids.csv", "--out", "r.csv", env=env, cwd=tmp_path)
+
+    assert_one_line_error(result, 1, "ids.csv:2:", f"{kind}", "type column first")
+    assert value not in result.stderr  # a line, not its rows: personal data
+    assert requests(served) == 0
+    assert not (tmp_path / "r.csv").exists()
+
+
 @pytest.mark.parametrize(
     ("given", "said"), [("missing.csv", "no such file"), ("folder", "directory")]
 )

@@ -378,6 +378,17 @@ def _numbered_identities(
                 ' value holding a comma must be quoted: wechat,"a,b"; a header naming more'
                 " columns allows them)"
             )
+        if (
+            row[1].strip().lower() in _BUILT_IN_TYPES
+            and row[0].strip().lower() not in _BUILT_IN_TYPES
+        ):
+            # value,type with no header: ("13800138000", "mobile") was looked up as a type
+            # "13800138000", "not found", exit 0, as under a "value,type" header (above).
+            raise CommandError(
+                f"{path}:{line}: its value is {row[1].strip()!r}, the name of an identity type:"
+                " are the columns swapped? lookup reads type,value rows: put the type column"
+                " first"
+            )
         identity = Identity(row[0].strip(), row[1].strip())
         # Before check_identity, which refuses them too, in a program's words.
         mangled = mangled_value(identity.type, identity.value, text=_TEXT_COLUMN)
@@ -389,6 +400,9 @@ def _numbered_identities(
             raise CommandError(f"{path}:{line}: {without_method(str(err))}") from None
         yield line, identity
 
+
+#: The service's built-in identity types (docs/contract.md "Identities"), which no value is.
+_BUILT_IN_TYPES: Final = frozenset({"wechat", "wechat-unionid", "email", "mobile"})
 
 #: How a spreadsheet keeps a column of numbers as the text it holds.
 _TEXT_COLUMN: Final = "format the column as Text in Excel (or WPS) and save the file again"
