@@ -939,7 +939,7 @@ def check_identity(method: str, identity: object) -> Identity:
         elif (
             0 < len(kind) <= MAX_IDENTITY_TYPE
             and kind.isascii()
-            and not kind.isspace()
+            and kind == kind.strip()  # nor blank, nor padded: see below
             and kind.isprintable()  # ASCII that is not: a control character (a tab, a NUL)
             and value.isprintable()
             and "+" not in value  # no number in scientific notation (mangled_value)
@@ -962,6 +962,14 @@ def check_identity(method: str, identity: object) -> Identity:
             # A blank cell read with its padding (" ", a full-width "\u3000"): bound by an
             # upsert, every row with one matched the customer of the first, and overwrote it.
             raise InvalidRequestError(f"{method}(): identity {what} is blank (spaces only)")
+    if kind != kind.strip():
+        # Read from a sheet with its padding ("mobile "): sent, and "not found", the customer
+        # holding the value reported as none. No service's type has any; quoted: a type is no
+        # personal data.
+        raise InvalidRequestError(
+            f"{method}(): identity type {kind.strip()!r} has white space around it, which no"
+            " identity type holds: remove it"
+        )
     if identity.name is not None:
         if not isinstance(identity.name, str) or len(identity.name) > MAX_IDENTITY_NAME:
             raise InvalidRequestError(

@@ -327,6 +327,24 @@ async def test_lookup_many_refuses_a_bad_identity_before_any_request(bad: Any) -
     assert not client.asked
 
 
+@pytest.mark.parametrize("kind", ["mobile ", " wechat", "member-card\u3000", "  email"])
+async def test_an_identity_type_with_white_space_around_it_is_refused_before_any_request(
+    kind: str,
+) -> None:
+    # Identity("mobile ", "13800138000"), a type read from a sheet with its padding: sent as
+    # it was, and answered "not found" (None): the customer holding it reported as none. A
+    # padded mobile or email value was refused; a padded type, which no service holds, not.
+    client, ids = fake(10)
+    with pytest.raises(InvalidRequestError) as caught:
+        await ids.lookup_many([*identities(3), Identity(kind, "13800138000")])
+    said = str(caught.value)
+    assert "identities[3]" in said
+    assert f"identity type {kind.strip()!r}" in said
+    assert "white space" in said
+    assert "13800138000" not in said  # the type, never the value: personal data
+    assert not client.asked
+
+
 MANGLED = [
     ("mobile", "13800138000.0", "ends in .0"),  # str() of a float, pandas' float column
     ("mobile", "1.38001E+10", "scientific notation"),  # Excel's General format
