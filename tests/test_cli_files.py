@@ -364,6 +364,22 @@ def test_a_file_that_is_not_csv_text_is_one_line_naming_it_before_any_request(
     assert not (tmp_path / "r.csv").exists()
 
 
+def test_an_unclosed_quote_is_named_by_the_line_it_opens_on(
+    served: ServedSimulator, env: dict[str, str], tmp_path: Path
+) -> None:
+    # The quote on line 3 took the 20,000 lines after it into its value until csv's limit:
+    # the error named line 13,110, a good row, and said only "field larger than field limit".
+    (tmp_path / "ids.csv").write_bytes(
+        b'type,value\nwechat,o1\nwechat,"o2\n' + b"wechat,o3\n" * 20_000
+    )
+
+    result = run_cli("lookup", "--in", "ids.csv", "--out", "r.csv", env=env, cwd=tmp_path)
+
+    assert_one_line_error(result, 1, "ids.csv:3: a quote opened on this line is not closed")
+    assert requests(served) == 0
+    assert not (tmp_path / "r.csv").exists()
+
+
 def test_a_gbk_file_names_encoding_and_reads_with_it(
     served: ServedSimulator, env: dict[str, str], tmp_path: Path
 ) -> None:

@@ -449,9 +449,20 @@ _UTF16: Final = re.compile("[\x01-\x7f]\x00[\x01-\x7f]\x00")
 
 def _csv_rows(reader: Any, path: Path | str) -> Iterator[list[str]]:
     """The reader's rows; a file it cannot read as CSV is an error naming the line."""
+    start = 1  # the line the next row starts on
     try:
-        yield from reader
+        for row in reader:
+            yield row
+            start = reader.line_num + 1
     except csv.Error as err:  # a field past csv's limit (a lone CR ends a line: _files)
+        if reader.line_num > start:
+            # Only a quote spans lines: one never closed (wechat,"o2) took every line after it
+            # into its value until csv's limit, and the line named was that far one (13,110 of
+            # 20,000), thousands of good rows past the one to mend.
+            raise CommandError(
+                f"{path}:{start}: a quote opened on this line is not closed (its value runs"
+                f" to line {reader.line_num:,}, past csv's limit): close it, or quote no value"
+            ) from None
         raise CommandError(
             f"{path}:{max(1, reader.line_num)}: not a CSV line ({err}): save the file as CSV UTF-8"
         ) from None
