@@ -475,6 +475,51 @@ async def test_lookup_iter_holds_about_concurrency_lookups_at_once() -> None:
     assert not other_tasks()
 
 
+async def test_lookup_iter_goes_on_looking_up_while_the_one_at_its_head_waits() -> None:
+    """A lookup being retried (a 5xx's backoff, a 429's Retry-After) at the head of the input
+    held every other: the answers behind it counted as lookups until handed back, so
+    nothing more was sent until it ended (a CLI lookup of 20,000 rows with 3% of answers
+    failing took 169 s, against 13 s with none)."""
+    head = Identity("wechat", "o0")
+    release = asyncio.Event()
+
+    class HeldHead(FakeClient):
+        sent = now = most = 0  # requests sent, in flight, most in flight (the head's too)
+
+        async def request(self, method: str, path: str, **kwargs: Any) -> Any:
+            self.sent += 1
+            self.now += 1
+            self.most = max(self.most, self.now)
+            try:
+                if kwargs["params"]["identityValue"] == head.value:
+                    await release.wait()
+                return await super().request(method, path, **kwargs)
+            finally:
+                self.now -= 1
+
+    client = HeldHead({ident: 1000 + i for i, ident in enumerate(identities(100))})
+    ids = Identities(client)  # type: ignore[arg-type]
+    got: list[tuple[Identity, Any]] = []
+
+    async def consume() -> None:
+        async for pair in ids.lookup_iter(identities(100), concurrency=4):
+            got.append(pair)
+
+    task = asyncio.create_task(consume())
+    for _ in range(200):
+        await asyncio.sleep(0)
+
+    # Up to 4 x concurrency taken while the head waits, never more than 4 in flight.
+    assert client.sent == 16
+    assert client.most == 4
+    assert not got
+    release.set()
+    await task
+    assert got == [(ident, 1000 + i) for i, ident in enumerate(identities(100))]
+    assert client.most == 4
+    assert client.sent == 100
+
+
 async def test_lookup_iter_closed_after_a_break_cancels_its_lookups_at_once() -> None:
     client, ids = fake(0, latency=0.01)
     lookups = ids.lookup_iter(identities(1000), concurrency=8)

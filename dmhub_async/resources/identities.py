@@ -276,8 +276,10 @@ class Identities(Resource):
         """Yield ``(identity, customer_id or None)`` in input order, ``concurrency`` at a time.
 
         For inputs too large for memory: any iterable or async iterable; at most
-        ``concurrency`` lookups are held at once. Recent repeats are answered from memory; the
-        event loop runs at least once every 1,024 inputs, repeats included.
+        ``concurrency`` lookups are in flight at once, and at most ``4 x concurrency``
+        inputs taken and not yet handed back (answers waiting behind one being retried).
+        Recent repeats are answered from memory; the event loop runs at least once every
+        1,024 inputs, repeats included.
 
         With ``return_exceptions=True`` a failed lookup's exception is yielded in its place;
         a closed client or refused credentials (the token request's
@@ -307,8 +309,22 @@ class Identities(Resource):
         window: deque[tuple[Identity, asyncio.Future[int | None]]] = deque()
         # Lookups in flight (or done, not yet yielded), and how many window entries wait on each.
         pending: dict[Identity, tuple[asyncio.Future[int | None], int]] = {}
+        # Lookups in flight, and what a wait for one of them to end waits on. Only these count
+        # against `concurrency`: an answer waiting behind the head of the window (a lookup
+        # retried, its backoff or Retry-After long) counted too, and held every other lookup
+        # until the head's ended (a CLI lookup of 20,000 rows, 3% of answers failing: 169 s;
+        # 103 s so, 13 s with no failure).
+        running = 0
+        ended: list[asyncio.Future[None]] = []
+
+        def end(_: object) -> None:
+            nonlocal running
+            running -= 1
+            if ended and not ended[0].done():
+                ended[0].set_result(None)
 
         def start(identity: Identity) -> None:
+            nonlocal running
             entry = pending.get(identity)
             if entry is not None:
                 future, waiting = entry
@@ -318,6 +334,8 @@ class Identities(Resource):
                 future.set_result(cache[identity])
             else:
                 future = loop.create_task(self._lookup(identity, in_own_task=True))
+                running += 1
+                future.add_done_callback(end)
                 pending[identity] = (future, 1)
             window.append((identity, future))
 
@@ -396,10 +414,25 @@ class Identities(Resource):
                     yield identity, cache[identity]
                     continue
                 start(identity)
-                # Until a lookup may start again: the head of the window may be a repeat that
-                # frees no lookup (one drain let 4 x concurrency run at once after repeats).
-                while len(pending) >= concurrency or len(window) >= 4 * concurrency:
-                    yield await drain_one()
+                # An answer in is handed back once `concurrency` inputs wait (so input is read
+                # about that far ahead); and until a lookup may start again, one in flight must
+                # end (the head of the window may be a repeat that frees no lookup: one drain let
+                # 4 x concurrency run at once after repeats), the window, answers waiting
+                # included, holding at most 4 x concurrency inputs.
+                while window and (
+                    (window[0][1].done() and len(window) >= concurrency)
+                    or running >= concurrency
+                    or len(window) >= 4 * concurrency
+                ):
+                    if window[0][1].done() or len(window) >= 4 * concurrency:
+                        yield await drain_one()
+                        continue
+                    # The head not done is a lookup in flight: its end is one of those awaited.
+                    ended.append(loop.create_future())
+                    try:
+                        await ended[0]
+                    finally:
+                        ended.clear()
             while window:
                 yield await drain_one()
         finally:
