@@ -1109,7 +1109,12 @@ async def test_a_process_waits_for_a_fetch_longer_than_a_minute_on_the_default_s
     """The client waits for the lock as long as another's fetch may take (3 min by default),
     but FileTokenStore and RedisTokenStore gave up after their own 60 s: a token answer slow
     enough to be retried past a minute sent every waiting process to fetch a token of its own,
-    each revoking the others'. The loop's clock jumps 150 s while the first fetch lasts."""
+    each revoking the others'. The loop's clock jumps 150 s while the first fetch lasts.
+
+    The jump comes once the other process has found the lock taken, so that it waits for the
+    lock (within lock_wait) as the time passes: it came after a fixed 0.05 s, and a loaded
+    machine's file thread that had not yet read the token file by then saw its 1 s store
+    timeout pass, and that process fetched tok-2 (1 run in 3 under xdist)."""
     from dmhub_async._auth import TokenManager
 
     loop = asyncio.get_running_loop()
@@ -1117,30 +1122,49 @@ async def test_a_process_waits_for_a_fetch_longer_than_a_minute_on_the_default_s
     skipped = 0.0
     monkeypatch.setattr(loop, "time", lambda: real_time() + skipped)
     fetches = 0
+    waiting = asyncio.Event()  # a process found the lock another's
 
     async def fetch() -> Token:
         nonlocal fetches, skipped
         fetches += 1
         number = fetches
         if number == 1:
-            await asyncio.sleep(0.05)  # the other process is waiting for the lock by now
+            await waiting.wait()  # the other process waits for the lock by now
             skipped += 150.0  # the fetch, retried, took two and a half minutes
             await asyncio.sleep(0.05)
         return Token(f"tok-{number}", loop.time() + 7200, loop.time())
 
     if kind == "file":  # two stores on one file: two processes, as far as the lock goes
         stores: list[Any] = [FileTokenStore(tmp_path / "tokens.json") for _ in range(2)]
+        for store in stores:
+            try_lock = store._try_lock
+
+            def tried(file_lock: Any, try_lock: Any = try_lock) -> bool:
+                taken: bool = try_lock(file_lock)  # on a file thread
+                if not taken:
+                    loop.call_soon_threadsafe(waiting.set)
+                return taken
+
+            monkeypatch.setattr(store, "_try_lock", tried)
     else:
         server = fakeredis.FakeServer()
         stores = [
             RedisTokenStore(client=fakeredis.aioredis.FakeRedis(server=server)) for _ in range(2)
         ]
+        for store in stores:
+            check_expires = store._check_expires  # after a try that found the lock taken
+
+            async def checked(name: str, check_expires: Any = check_expires) -> None:
+                await check_expires(name)
+                waiting.set()
+
+            monkeypatch.setattr(store, "_check_expires", checked)
     managers = [
         TokenManager("key", store, fetch, loop.time, timeout=1.0, lock_wait=300.0)
         for store in stores
     ]
     first = asyncio.ensure_future(managers[0].refresh(None))
-    await asyncio.sleep(0.02)  # the first holds the lock
+    await asyncio.sleep(0.02)  # the first holds the lock, most often
     tokens = await asyncio.gather(first, managers[1].refresh(None))
 
     assert tokens == ["tok-1", "tok-1"]
