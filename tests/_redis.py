@@ -12,22 +12,30 @@ from collections.abc import Iterator
 import pytest
 
 from dmhub_async.testing._redis import (
+    PORT_TRIES,
     REDIS_SERVER,
     SKIP_REASON,
+    PortTaken,
     RedisServer,
     free_port,
+    listened_on,
     redis_server,
+    server_port,
 )
 
 __all__ = [
+    "PORT_TRIES",
     "REDIS_SERVER",
     "SKIP_REASON",
+    "PortTaken",
     "RedisServer",
     "collector_paused",
     "free_port",
     "leaks_collected",
+    "listened_on",
     "no_leaks",
     "redis_server",
+    "server_port",
 ]
 
 

@@ -1,16 +1,19 @@
-"""What CI runs: the derandomized property tests, the README's test command, and the check that
-a Redis test leaves no connection open."""
+"""What CI runs: the derandomized property tests, the README's test command, the check that
+a Redis test leaves no connection open, and each test's redis-server its own."""
 
 from __future__ import annotations
 
 import os
 import socket
+from pathlib import Path
 from typing import Any
 
 import pytest
 from _helpers import hypothesis_profile
-from _redis import no_leaks
+from _redis import REDIS_SERVER, SKIP_REASON, PortTaken, RedisServer, no_leaks
 from hypothesis import settings
+
+from dmhub_async.testing import _redis
 
 
 def test_ci_draws_the_same_examples_every_run() -> None:
@@ -44,3 +47,73 @@ def test_the_leak_check_finds_a_connection_the_test_left_in_a_cycle() -> None:
     _leave_a_socket_in_a_cycle()
     with pytest.raises(pytest.fail.Exception, match=r"left open by this test(.|\n)*unclosed"):
         check.__exit__(None, None, None)
+
+
+@pytest.fixture
+def two_dirs(tmp_path: Path) -> tuple[Path, Path]:
+    if REDIS_SERVER is None:
+        pytest.skip(SKIP_REASON)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    return tmp_path / "a", tmp_path / "b"
+
+
+def test_a_redis_server_given_a_port_another_listens_on_starts_on_a_port_of_its_own(
+    two_dirs: tuple[Path, Path],
+) -> None:
+    # free_port() closes its socket before redis-server binds the port: two xdist workers
+    # could be given one port. The second's redis-server exited ("Address already in use"),
+    # but the first's answered its PING: start() returned, and its test used (and flushed,
+    # and killed) the other test's Redis.
+    first = RedisServer(two_dirs[0])
+    first.start()
+    second = RedisServer(two_dirs[1])
+    second.port, second.url = first.port, first.url  # what free_port() gave both
+    try:
+        second.start()
+        assert first.command("SET", "first's", "1") == "+OK"
+        assert second.command("GET", "first's") == "$-1"  # not there: a server of its own
+        assert second.port != first.port
+        assert second.url == f"redis://127.0.0.1:{second.port}/0"
+    finally:
+        second.kill()
+        first.kill()
+
+
+def test_a_redis_server_restarted_on_a_port_another_took_says_so(
+    two_dirs: tuple[Path, Path],
+) -> None:
+    # Restarted (a test of Redis away and back), it keeps its URL: its port taken meanwhile by
+    # another's server, that server answered the restart's PING, and the test went on with it.
+    server = RedisServer(two_dirs[0])
+    server.start()
+    server.kill()
+    other = RedisServer(two_dirs[1])
+    other.port, other.url = server.port, server.url
+    other.start()
+    try:
+        with pytest.raises(PortTaken, match=f"127.0.0.1:{server.port} is another process's"):
+            server.start()
+    finally:
+        server.kill()
+        other.kill()
+
+
+def test_xdist_workers_start_their_redis_servers_on_ports_apart_outside_the_ephemeral_range(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The ports of two workers' servers never meet, and none is a port the kernel hands to an
+    # outgoing connection (or to bind(0)) meanwhile: a server restarted on its port found it
+    # taken by a client's socket.
+    if REDIS_SERVER is None:
+        pytest.skip(SKIP_REASON)
+    ephemeral = _redis._ephemeral()
+    if ephemeral is None or ephemeral.start < _redis.SERVER_PORTS.stop:
+        pytest.skip("no ephemeral range said, or it holds the servers' ports")
+    ports = {}
+    for worker in ("gw0", "gw1"):
+        monkeypatch.setenv("PYTEST_XDIST_WORKER", worker)
+        monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "2")
+        ports[worker] = {RedisServer(tmp_path).port for _ in range(30)}
+    assert max(ports["gw0"]) < min(ports["gw1"])
+    assert not any(port in ephemeral for port in ports["gw0"] | ports["gw1"])

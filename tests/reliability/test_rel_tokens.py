@@ -13,9 +13,7 @@ import contextlib
 import json
 import logging
 import os
-import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -582,23 +580,10 @@ def redis_without_scripts(
     ... ""``, as hardening guides advise), as some Redis-compatible proxies have none."""
     if REDIS_SERVER is None:
         pytest.skip(SKIP_REASON)
-    server = RedisServer(directory)
-    settings = ["--port", str(server.port), "--bind", "127.0.0.1", "--save", ""]
-    settings += ["--appendonly", "no", "--dir", str(directory)]
     disabled = [word for command in commands for word in ("--rename-command", command, "")]
-    server._proc = subprocess.Popen(
-        [REDIS_SERVER, *settings, *disabled],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    server = RedisServer(directory, disabled)
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            with contextlib.suppress(OSError):
-                if server.command("PING") == "+PONG":
-                    break
-            assert time.monotonic() < deadline, "redis-server did not answer"
-            time.sleep(0.01)
+        server.start()
         yield server
     finally:
         server.kill()

@@ -914,7 +914,9 @@ async def _close_worker(arq_worker: Any) -> None:
 def _tls_redis(directory: Path) -> tuple[subprocess.Popen[bytes], int, Path]:
     """A redis-server on 127.0.0.1 speaking only TLS, with a certificate of a CA of its own."""
 
-    from _redis import REDIS_SERVER, free_port
+    import ssl
+
+    from _redis import PORT_TRIES, REDIS_SERVER, listened_on, server_port
 
     openssl = shutil.which("openssl")
     if REDIS_SERVER is None or openssl is None:
@@ -983,8 +985,38 @@ def _tls_redis(directory: Path) -> tuple[subprocess.Popen[bytes], int, Path]:
             directory / "ext",
         ]
     )
-    port = free_port()
-    proc = subprocess.Popen(
+    # Ours answers with a certificate of our CA: another's (another worker's, on a port both
+    # were given) cannot, and ours then exits; another port is tried.
+    context = ssl.create_default_context(cafile=str(ca))
+    for _ in range(PORT_TRIES):
+        port = server_port()
+        proc = _tls_redis_on(port, cert, cert_key, ca, directory)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # listening (TLS: no PING over a plain socket)
+            if proc.poll() is not None:
+                if listened_on(port):
+                    break  # another process's port
+                pytest.skip("this redis-server has no TLS")
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", port), 1) as sock,
+            ):
+                context.wrap_socket(sock, server_hostname="127.0.0.1").close()
+                return proc, port, ca
+            time.sleep(0.01)
+        else:
+            proc.kill()
+            raise AssertionError("the TLS redis-server did not listen")
+    raise AssertionError(f"every port tried was another process's ({PORT_TRIES} of them)")
+
+
+def _tls_redis_on(
+    port: int, cert: Path, cert_key: Path, ca: Path, directory: Path
+) -> subprocess.Popen[bytes]:
+    from _redis import REDIS_SERVER
+
+    assert REDIS_SERVER is not None
+    return subprocess.Popen(
         [
             REDIS_SERVER,
             "--port",
@@ -1011,15 +1043,6 @@ def _tls_redis(directory: Path) -> tuple[subprocess.Popen[bytes], int, Path]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:  # listening (TLS: no PING over a plain socket)
-        if proc.poll() is not None:
-            pytest.skip("this redis-server has no TLS")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
-            return proc, port, ca
-        time.sleep(0.01)
-    proc.kill()
-    raise AssertionError("the TLS redis-server did not listen")
 
 
 async def test_a_rediss_url_with_its_ca_reaches_the_queue_as_it_reaches_the_token_store(
