@@ -527,7 +527,7 @@ async def test_a_close_cancelled_while_the_token_is_asked_for_still_closes_the_s
 @pytest.mark.parametrize("max_retries", [0, 4])
 @pytest.mark.parametrize("stalls", ["taking the lock", "storing the token"])
 async def test_aclose_returns_though_the_token_files_file_system_stalls(
-    api, make_client, tmp_path, caplog, stalls, max_retries
+    api, make_client, tmp_path, caplog, monkeypatch, stalls, max_retries
 ):
     # A token file on a file system that stops answering (an NFS server away): its thread never
     # returns, and a token fetch stopped by the close (or one storing its token) waits for it
@@ -552,6 +552,13 @@ async def test_aclose_returns_though_the_token_files_file_system_stalls(
         return real(*args, **kwargs)
 
     setattr(store, stalling, never_returns)
+    # The loop's clock stands still until the file system stalls: the store calls before it
+    # (reads, the lock's checks, each on a file thread) are within the 0.2 s timeout however
+    # late a loaded machine runs their threads. Past that the client read the store as down,
+    # fetched without it, and never reached the stall (3 of 4 cases with a 0.3 s read).
+    loop = asyncio.get_running_loop()
+    real_time, start = loop.time, loop.time()
+    monkeypatch.setattr(loop, "time", lambda: real_time() if reached.is_set() else start)
     try:
         dm = make_client(token_store=store, timeout=0.2, max_retries=max_retries)
         call = asyncio.ensure_future(dm.request("GET", "/v1/customers/1"))
