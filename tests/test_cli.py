@@ -19,6 +19,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -42,6 +43,7 @@ from _cli_support import (
     simulator_process,
 )
 from _helpers import a_worker
+from _redis import PORT_TRIES, server_port
 
 from dmhub_async import DMHubClient, MemoryTokenStore
 from dmhub_async.cli import _report, main
@@ -401,42 +403,66 @@ def test_simulate_command_serves_an_export(tmp_path: Path) -> None:
 
 @contextlib.contextmanager
 def simulating(*args: str, cwd: Path) -> Iterator[tuple[queue.Queue[str | None], int]]:
-    """``dmhub-async simulate --port PORT ARGS``: its stdout lines (None at the end), its port."""
-    port = closed_port()
-    server = subprocess.Popen(
-        cli_command("simulate", "--port", str(port), *args),
-        env=base_env(cwd / "cache"),
-        cwd=cwd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    lines: queue.Queue[str | None] = queue.Queue()
+    """``dmhub-async simulate --port PORT ARGS``: its stdout lines (None at the end), its port.
 
-    def read(stdout: IO[str]) -> None:
-        for line in stdout:
-            lines.put(line)
-        lines.put(None)
-
-    assert server.stdout is not None
-    reader = threading.Thread(target=read, args=(server.stdout,), daemon=True)
-    reader.start()
-    try:
-        deadline = time.monotonic() + TIMEOUT
-        while True:  # until it listens
-            assert server.poll() is None, "the simulator ended"
-            assert time.monotonic() < deadline, "the simulator never listened"
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    The port is one of this xdist worker's own, outside the ephemeral range (``server_port``):
+    one bound and closed (``bind(0)``) was free for any other worker's server or connection to
+    take in the second the command took to start, and the test then failed on "the simulator
+    ended", or went on with the other's server. One found taken all the same is left for
+    another.
+    """
+    with contextlib.ExitStack() as stack:
+        for _ in range(PORT_TRIES):
+            port = server_port()
+            # A file: a pipe that no one reads may fill.
+            errors = stack.enter_context(tempfile.TemporaryFile("w+"))
+            server = subprocess.Popen(
+                cli_command("simulate", "--port", str(port), *args),
+                env=base_env(cwd / "cache"),
+                cwd=cwd,
+                stdout=subprocess.PIPE,
+                stderr=errors,
+                text=True,
+            )
+            if _listening(server, port):
                 break
-            except OSError:
-                time.sleep(0.05)
-        yield lines, port
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
-        reader.join(10)
-        server.stdout.close()
+            server.communicate()  # ended: its stdout read to the end, and closed
+            errors.seek(0)
+            said = errors.read()
+            assert f"--port {port} is in use" in said, f"the simulator ended: {said}"
+        else:
+            raise AssertionError(f"every port tried was another's ({PORT_TRIES} of them)")
+        lines: queue.Queue[str | None] = queue.Queue()
+
+        def read(stdout: IO[str]) -> None:
+            for line in stdout:
+                lines.put(line)
+            lines.put(None)
+
+        assert server.stdout is not None
+        reader = threading.Thread(target=read, args=(server.stdout,), daemon=True)
+        reader.start()
+        try:
+            yield lines, port
+        finally:
+            server.terminate()
+            server.wait(timeout=10)
+            reader.join(10)
+            server.stdout.close()
+
+
+def _listening(server: subprocess.Popen[str], port: int) -> bool:
+    """Whether ``server`` listens on ``port`` (False: it ended first, its port taken)."""
+    deadline = time.monotonic() + TIMEOUT
+    while server.poll() is None:  # until it listens
+        assert time.monotonic() < deadline, "the simulator never listened"
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        except OSError:
+            time.sleep(0.05)
+        else:
+            return True
+    return False
 
 
 def rest(lines: queue.Queue[str | None]) -> list[str]:
@@ -491,6 +517,24 @@ def test_simulate_on_a_port_in_use_says_to_give_another(tmp_path: Path) -> None:
 
     assert_one_line_error(result, 1, f"--port {port} is in use", "--port 0")
     assert "attempting" not in result.stderr
+
+
+def test_a_simulator_process_whose_port_was_taken_is_started_on_another(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The tests' simulator processes: a port that another worker's server or connection took
+    # (bound: a connection's own port, a server yet to listen) before theirs bound it ended
+    # them, and the test failed on "the simulator ended". Another port is tried.
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        busy = taken.getsockname()[1]
+        ports = iter([busy, server_port()])
+        monkeypatch.setattr(sys.modules[__name__], "server_port", lambda: next(ports))
+        with simulating("--customers", "3", "--report", "json", cwd=tmp_path) as (lines, port):
+            line = lines.get(timeout=TIMEOUT)
+    assert port != busy
+    assert line is not None
+    assert json.loads(line)["base_url"] == f"http://127.0.0.1:{port}"
 
 
 def test_simulate_quiet_prints_nothing(tmp_path: Path) -> None:
