@@ -548,10 +548,11 @@ def test_simulate_quiet_prints_nothing(tmp_path: Path) -> None:
 
 
 def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port  # nothing listens there any more
+    """A port nothing listens on, nor will while the test runs: this worker's own
+    (``server_port``). One bound and closed (``bind(0)``) was free for another worker's
+    simulator to take in the second a command took to start, and the command meant to find
+    no answer there exported from it, with the credentials every simulator serves."""
+    return server_port()
 
 
 BAD_INPUTS: list[tuple[str, list[str], dict[str, str | None], int, tuple[str, ...]]] = [

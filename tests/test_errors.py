@@ -551,11 +551,11 @@ def test_the_attributes_are_typed() -> None:
 
 
 def _closed_port() -> int:
-    import socket
+    """A port nothing listens on, nor will: this worker's own (``server_port``), not one of the
+    ephemeral range, which another worker's server may bind meanwhile."""
+    from _redis import server_port
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return server_port()
 
 
 async def test_a_refused_connection_names_where_it_went_and_what_to_check() -> None:
