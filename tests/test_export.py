@@ -25,6 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any
 
+import attrs
 import pytest
 from _helpers import (
     IdNeedingTheLoop,
@@ -604,6 +605,41 @@ async def test_one_customer_too_large_for_the_client_found_by_the_final_check_is
         ) as dm:
             with pytest.raises(ResponseTooLargeError, match="max_response_size"):
                 await export_customers(dm, tmp_path / "p.jsonl", page_size=10, progress=False)
+
+
+async def test_a_customer_the_service_lists_but_does_not_answer_by_id_is_not_called_exported(
+    sim: DMHubSimulator, client: DMHubClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A sign-up behind the walk that the final check's id walks list, every one, but its fetch
+    # by id does not answer (a replica behind the one listing): the check must not pass on two
+    # id walks that agree with the counts while the file lacks it.
+    from dmhub_async.testing import _app
+
+    parse_filters = _app.parse_filters
+    hidden: set[int] = set()
+
+    def lagging(query: Any) -> Any:
+        found = parse_filters(query)
+        if found.id_list is not None:
+            return attrs.evolve(found, id_list=found.id_list - hidden)
+        return found
+
+    monkeypatch.setattr(_app, "parse_filters", lagging)
+
+    def on_progress(p: ExportProgress) -> None:
+        if p.pages == CUSTOMERS // 100:  # the walk's last page: a sign-up behind it
+            late = sim.insert_customer({"name": "late"}, customer_id=min(sim.customer_ids()) - 1)
+            hidden.add(late["id"])
+
+    report = await export_customers(
+        client, tmp_path / "p.jsonl", page_size=100, progress=False, on_progress=on_progress
+    )
+
+    (late,) = hidden
+    assert late not in {row["id"] for row in read_jsonl(tmp_path / "p.jsonl")}
+    assert report.exported == CUSTOMERS
+    assert report.verified is False
+    assert not report.complete
 
 
 # -- failures, checkpoints and resume ---------------------------------------------------------
