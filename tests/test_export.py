@@ -581,6 +581,8 @@ async def test_the_final_check_fetches_as_many_customers_a_request_as_the_pages_
     assert (report.exported, report.recovered) == (260, 60)
     assert len(read_jsonl(tmp_path / "p.jsonl")) == 260
     assert set(asked) == {"10"}
+    # Each missing customer fetched once: none fetched again, none counted a duplicate.
+    assert (len(asked), report.duplicates) == (6, 0)
 
 
 async def test_one_customer_too_large_for_the_client_found_by_the_final_check_is_raised(
