@@ -908,13 +908,22 @@ async def test_an_export_given_no_client_is_refused_naming_it(
 #: A stage as long as the filters' URL allows (MAX_QUERY_LENGTH, 6,144 bytes: "stage=" and
 #: 6,130 characters), which the walk's sort by id (sidx=id&sord=asc) takes past it; one of
 #: 6,115 fits the walk, but not the final check's (select=id); one of 6,100 fits both, but
-#: not a sharded export's walk, which adds its window's bounds.
+#: not a sharded export's walk, which adds its window's bounds. One of 6,090 fits the walks
+#: of an id list, leaving 13 bytes of URL: too few for an id of 19 digits (one of 6,084, 19).
 NEAR_THE_LIMIT = {
     "export": ("export_customers", {"stage": "x" * 6130}),
     "export's final check": ("export_customers", {"stage": "x" * 6115, "verify": "always"}),
     "export of an id": ("export_customers", {"stage": "x" * 6110, "id_list": [10**18]}),
+    "export of an id with no room": (
+        "export_customers",
+        {"stage": "x" * 6090, "id_list": [10**18]},
+    ),
     "sharded export": ("export_sharded", {"stage": "x" * 6100}),
     "sharded export of an id": ("export_sharded", {"stage": "x" * 6110, "id_list": [10**18]}),
+    "sharded export of an id with no room": (
+        "export_sharded",
+        {"stage": "x" * 6090, "id_list": [10**18]},
+    ),
 }
 
 
@@ -940,6 +949,33 @@ async def test_filters_the_walk_takes_past_the_urls_limit_are_refused_as_the_exp
     assert str(info.value).startswith(f"{method}(): "), str(info.value)
     assert sim.counters.total == 0
     assert files_in(tmp_path) == []
+
+
+@pytest.mark.parametrize("method", ["export_customers", "export_sharded"])
+async def test_filters_leaving_room_for_just_the_id_are_exported(
+    sim: DMHubSimulator, connect: Callable[..., DMHubClient], tmp_path: Path, method: str
+) -> None:
+    # The bound of the check above: filters that leave an id list's walks the room of its
+    # longest id, and not a byte more, are exported, every URL under the limit.
+    from dmhub_async.shards import export_sharded, merge
+
+    wanted = sim.insert_customer({"name": "staged", "stage": "x" * 6084})["id"]
+    lines: list[int] = []
+    sim.on_request(lambda request: lines.append(len(str(request.url))))
+    filters: dict[str, Any] = {"stage": "x" * 6084, "id_list": [wanted, 10**18]}
+    async with connect(sim) as dm:
+        if method == "export_customers":
+            dest = tmp_path / "out.jsonl"
+            report = await export_customers(dm, dest, progress=False, verify="always", **filters)
+            assert report.complete
+        else:
+            manifest = await export_sharded(dm, tmp_path / "parts", 2, progress=False, **filters)
+            assert manifest.complete
+            dest = tmp_path / "out.jsonl"
+            merge(tmp_path / "parts", dest)
+    assert [json.loads(line)["id"] for line in dest.read_text().splitlines()] == [wanted]
+    assert lines
+    assert max(lines) <= MAX_URL_LENGTH
 
 
 # -- the response decoder, fuzzed ---------------------------------------------------------------
