@@ -123,6 +123,9 @@ def check_room(method: str, params: dict[str, str], name: str, longest: int) -> 
 _EXPORT_WALK: Final = {"sidx": "id", "sord": "asc", "select": "id"}
 #: What a sharded export's windows add: their bounds, of fixed width.
 _WINDOW: Final = {"dateCreatedFrom": "2016-11-11T11:11:11", "dateCreatedTo": "2016-11-11T11:11:11"}
+#: The longest id there is (ids are from 0 to 2**63 - 1): the room the final check's fetch
+#: by id needs, of an export that names no ids.
+_LONGEST_ID: Final = 2**63 - 1
 
 
 def check_export_room(
@@ -131,11 +134,13 @@ def check_export_room(
     """Refuse, in ``method``'s name and before anything is sent, filters (``params``, the
     query of a count: no sort) that the walks of an export take past the URL's limit: with
     their sort by id and the final check's ``select=id`` (``windowed``: a sharded export's
-    window bounds too), and room for an id of ``longest_id``'s length if given.
+    window bounds too), and room for an id of ``longest_id``'s length (if not given, of the
+    longest id there is: the final check fetches the customers it finds missing by id).
 
     Checked as a count sends them, filters a few bytes under the limit passed: the walk was
     refused as ``list_rows()``, a call the caller never made, a sharded export's after its
     plan's counts; the final check's only after every customer was walked, at every rerun.
+    Without the room of an id, so was its fetch of a customer it found missing.
     """
     walk = {**_EXPORT_WALK, **(_WINDOW if windowed else {})}
     walk.update((name, value) for name, value in params.items() if name != "idList")
@@ -148,6 +153,14 @@ def check_export_room(
         ) from None
     if longest_id is not None:
         check_room(method, walk, "idList", longest_id)
+        return
+    try:
+        check_room(method, walk, "idList", _LONGEST_ID)
+    except InvalidRequestError as err:
+        raise InvalidRequestError(
+            f"{err} (the final check fetches a customer it finds missing by its id, which"
+            f" takes up to {len(str(_LONGEST_ID))} digits)"
+        ) from None
 
 
 #: The walks of a :class:`BatchWalk`'s batches (``walks[i](start_page, max_items)``), and the
