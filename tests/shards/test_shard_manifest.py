@@ -307,6 +307,33 @@ async def test_a_run_does_not_write_the_manifest_again_after_its_late_check(
     assert written[-1] == (tmp_path / "out" / MANIFEST_NAME).read_bytes()
 
 
+async def test_a_manifest_write_that_failed_is_tried_again_as_the_run_ends(
+    sim: DMHubSimulator, dm: DMHubClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The write after the last shard fails (a full disk, for a moment): the run raises it,
+    # and its end writes the manifest again, the last shard recorded complete, not left
+    # pending on disk for a rerun to export again.
+    replace_file = _manifest.replace_file
+    tried: list[bytes] = []
+
+    def full_once(path: Path, data: bytes, **options: Any) -> None:
+        tried.append(data)
+        if len(tried) == 1 + 4:  # the plan's, then one after each shard: the last's fails
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        replace_file(path, data, **options)
+
+    monkeypatch.setattr(_manifest, "replace_file", full_once)
+    out = tmp_path / "out"
+    with pytest.raises(OSError, match="No space left"):
+        await export_sharded(dm, out, 4, parallel=1, progress=False)
+
+    on_disk = Manifest.read(out)
+    assert on_disk is not None
+    assert [s.status for s in on_disk.shards] == ["complete"] * 4
+    assert sorted(exported_ids(out)) == sim.customer_ids()
+    assert tried[-1] == tried[-2]  # the same bytes, written this time
+
+
 async def test_shards_that_end_while_the_manifest_is_written_are_recorded_by_one_write(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
