@@ -1422,7 +1422,19 @@ class Client01:
         raise AssertionError(f"0.1.0's call failed: {body}")
 
 
-@pytest.mark.parametrize("app_id", ["sim-app-id", "sim|app"])
+#: App ids whose 0.1 key is no key of this version's: the copy is written under it. (Not one
+#: whose last "|" comes before 16 lower-case hexadecimal digits: see the next test.)
+OWN_0_1_KEYS = [
+    "sim-app-id",
+    "sim|app",
+    "0123456789abcdef",  # a fingerprint's form, but no "|" before it: the base URL's
+    "sim|0123456789abcde",  # one digit short
+    "sim|0123456789ABCDEF",  # upper case: a fingerprint is written in lower case
+    "sim|0123456789abcdeg",
+]
+
+
+@pytest.mark.parametrize("app_id", OWN_0_1_KEYS)
 @pytest.mark.parametrize("kind", ["file", "redis"])
 async def test_a_0_1_process_sharing_the_store_takes_this_versions_token(
     tmp_path: Any, kind: str, app_id: str
