@@ -411,7 +411,9 @@ def _request_query(params: object) -> Mapping[str, str]:
     ascii_only = True
     for name, value in params.items():
         if type(name) is not str:
-            raise InvalidRequestError(f"request(): a param name must be a str, not {short(name)}")
+            raise InvalidRequestError(
+                f"request(): a param name must be a str, not {_str_of_its_own(name)}"
+            )
         if name == "access_token":
             # Replaced by the client's own without a word: a call meant for another app's
             # token (another tenant's) was answered with this client's customers.
@@ -426,7 +428,7 @@ def _request_query(params: object) -> Mapping[str, str]:
             if isinstance(value, bool) or not isinstance(value, int) or value.bit_length() > 63:
                 raise InvalidRequestError(
                     f"request(): param {short(name)} must be a str or a 64-bit int, "
-                    f"not {short(value)}"
+                    f"not {_str_of_its_own(value)}"
                 )
             if query is None:
                 query = dict(params)
@@ -439,6 +441,16 @@ def _request_query(params: object) -> Mapping[str, str]:
     if not (ascii_only and 3 * size <= MAX_QUERY_LENGTH):  # else it fits whatever it holds
         check_query("request", checked)
     return checked
+
+
+def _str_of_its_own(value: object) -> str:
+    """:func:`short` of ``value``, its type named when it is a str of a class of its own that
+    reads as a plain str (aiohttp's ``istr``, a CIMultiDict's names): "a param name must be a
+    str, not 'idList'" said a str was none."""
+    said = short(value)
+    if isinstance(value, str) and type(value) is not str and said == short(str.__str__(value)):
+        return f"{type(value).__name__} {said}"
+    return said
 
 
 def _check_one_value_a_name(params: Mapping[str, object]) -> None:

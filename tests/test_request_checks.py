@@ -214,6 +214,17 @@ class _FormArgs(dict):  # type: ignore[type-arg]
         return list(self._lists.get(name, ()))
 
 
+async def test_params_whose_names_are_no_plain_str_say_of_what_type_they_are() -> None:
+    # aiohttp's CIMultiDict keeps its names as istr, a str of its own: refused before anything
+    # is sent, as "a param name must be a str, not 'idList'", a str to look at.
+    from multidict import CIMultiDict
+
+    async with DMHubClient(access_token="t" * 32, base_url="http://127.0.0.1:9") as dm:
+        with pytest.raises(InvalidRequestError) as info:
+            await dm.request("GET", "/v1/customers", params=CIMultiDict(idList="1,2"))
+    assert str(info.value) == "request(): a param name must be a str, not istr 'idList'"
+
+
 @pytest.mark.parametrize(
     "params",
     [
