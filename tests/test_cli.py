@@ -651,6 +651,35 @@ def test_bad_input_is_one_line_on_stderr(
     assert token is None or token not in result.stderr
 
 
+@pytest.mark.parametrize("shards", [False, True], ids=["export", "sharded export"])
+def test_an_id_list_export_whose_filters_leave_its_ids_room_is_exported(
+    served: ServedSimulator, env: dict[str, str], tmp_path: Path, shards: bool
+) -> None:
+    # The walks of an id list carry its ids, and the longest of them must fit: a stage of
+    # 6,088 bytes leaves 15 bytes of URL, room for the simulator's 10-digit ids (as
+    # export_customers and export_sharded take it), not for one of 19 digits. The command
+    # line kept room for 19 before reading --id-list: refused, exit 2, what the library
+    # exports. Filters leaving the ids no room are still refused before anything is sent.
+    stage = "x" * 6088
+    wanted = served.call(served.sim.insert_customer, {"name": "staged", "stage": stage})["id"]
+    (tmp_path / "ids.txt").write_text(f"{wanted}\n", encoding="utf-8")
+    out = ["--out", "parts", "--shards", "2"] if shards else ["--out", "x.jsonl"]
+    flags = [*out, "--id-list", "ids.txt", "--no-progress"]
+
+    result = run_cli("export", *flags, "--stage", stage, env=env, cwd=tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    if shards:
+        merged = run_cli("merge", "parts", "--out", "x.jsonl", env=env, cwd=tmp_path)
+        assert merged.returncode == 0, merged.stderr
+    assert jsonl_ids(tmp_path / "x.jsonl") == [wanted]
+
+    before = sum(served.sim.counters.routes.values())
+    refused = run_cli("export", *flags, "--force", "--stage", "x" * 6094, env=env, cwd=tmp_path)
+    assert_one_line_error(refused, 2, "filters take too much of the URL")
+    assert sum(served.sim.counters.routes.values()) == before
+
+
 @pytest.mark.parametrize(
     ("unset", "said"),
     [
