@@ -188,6 +188,38 @@ def test_a_rerun_of_a_stopped_export_without_its_checkpoint_names_it_not_a_finis
     check_export(out, "jsonl", sim.ids(), resumed.report)
 
 
+def test_a_checkpoint_of_an_export_to_another_directory_is_not_named_for_a_file_beside_it(
+    sim: ServedSimulator, env: dict[str, str], tmp_path: Path
+) -> None:
+    """An export stopped whose checkpoint was kept apart from its output (--out x/out.jsonl
+    --checkpoint y/out.ckpt), then another export to y/out.jsonl, a file of that name beside
+    the checkpoint: it was refused as "an export in progress (150 customers so far) of
+    checkpoint y/out.ckpt: rerun with --checkpoint y/out.ckpt to resume it", and that rerun
+    was refused "belongs to another export" (its output stands in x/). The file is said to
+    exist, as any other."""
+    (tmp_path / "x").mkdir()
+    (tmp_path / "y").mkdir()
+    killed = run_once(
+        ["export", "--out", "x/out.jsonl", "--checkpoint", "y/out.ckpt", *PAGE],
+        env,
+        tmp_path,
+        "page:3",
+    )
+    assert killed.crashed_at is not None
+    assert (tmp_path / "y" / "out.ckpt").exists()
+    (tmp_path / "y" / "out.jsonl").write_text('{"id": 1}\n', encoding="utf-8")
+    requests = sim.sim.counters.total
+
+    rerun = run_once(["export", "--out", "y/out.jsonl", *PAGE], env, tmp_path)
+
+    assert rerun.returncode == 2, rerun.stderr
+    assert "in progress" not in rerun.stderr
+    assert "y/out.ckpt" not in rerun.stderr
+    assert "--out y/out.jsonl exists" in rerun.stderr
+    assert (tmp_path / "y" / "out.jsonl").read_text(encoding="utf-8") == '{"id": 1}\n'
+    assert sim.sim.counters.total == requests  # refused before any request
+
+
 def test_a_foreign_file_where_a_checkpointed_export_would_go_is_not_taken_for_one(
     sim: ServedSimulator, env: dict[str, str], tmp_path: Path
 ) -> None:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, BinaryIO, Final, Protocol, TextIO, cast
 from .._atomic import held as live_run_holds
 from .._atomic import hold, replacing
 from .._exceptions import InvalidRequestError
+from ..export._checkpoint import moved_with_it
 from ..export._export import check_output_name
 from ..export._output import check_path, wait_for_room
 from ..export._writers import is_utf8, scan
@@ -368,12 +369,14 @@ def _counted_for(entry: os.DirEntry[str], target: str) -> int | None:
         return None
     if os.path.realpath(dest) == target:
         return exported
-    # A file and its checkpoint moved together (resumed there, as the export takes them).
+    # A file and its checkpoint moved together (resumed there, as the export takes them), and
+    # only then: one kept apart from its output (--out x/out.jsonl --checkpoint y/out.ckpt)
+    # was named for y/out.jsonl, a file beside it, and its resume refused "another export's".
     try:
-        beside = os.path.samefile(os.path.dirname(entry.path) or ".", os.path.dirname(target))
-    except OSError:
+        moved = moved_with_it(Path(entry.path), dest, target)
+    except (OSError, RuntimeError):  # a path it cannot resolve (a loop of links): not found
         return None
-    return exported if beside and os.path.basename(dest) == os.path.basename(target) else None
+    return exported if moved else None
 
 
 #: The most of an existing ``--out`` read to say whether it reads as an export: 64 MiB, 0.43 s

@@ -27,6 +27,7 @@ __all__ = [
     "Checkpoint",
     "ExportScope",
     "id_list_digest",
+    "moved_with_it",
     "read_checkpoint",
     "recorded_scope",
     "write_checkpoint",
@@ -50,7 +51,7 @@ class ExportScope:
 
     base_url: str
     app_id: str | None
-    dest: str  # absolute; a checkpoint beside it moved with it still reads (_moved_with_it)
+    dest: str  # absolute; a checkpoint beside it moved with it still reads (moved_with_it)
     format: str
     encoding: str
     filters: dict[str, str]  # the query string of the walk, as sent
@@ -160,7 +161,7 @@ def _digested(scope: ExportScope) -> bool:
     return scope.filters.get("idList", "").startswith(_DIGEST)
 
 
-def _moved_with_it(path: Path, recorded: str, dest: str) -> bool:
+def moved_with_it(path: Path, recorded: str, dest: str) -> bool:
     """Whether the output a checkpoint at ``path`` records (``recorded``: an absolute path, as
     every release writes it, or a name) is ``dest`` (absolute), the two moved together: the
     output of that name, beside the checkpoint (a sharded export's part and its checkpoint).
@@ -259,7 +260,7 @@ def read_checkpoint(path: Path, scope: ExportScope) -> Checkpoint | None:
             f"checkpoint {str(path)!r} is not a checkpoint file (empty, damaged, or another "
             "file): give the one the export wrote to resume it, or delete it to start over"
         ) from None
-    if recorded.dest != scope.dest and _moved_with_it(path, recorded.dest, scope.dest):
+    if recorded.dest != scope.dest and moved_with_it(path, recorded.dest, scope.dest):
         recorded = attrs.evolve(recorded, dest=scope.dest)
     differences = recorded.differences(recorded_scope(scope))
     if differences:
