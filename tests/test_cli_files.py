@@ -380,6 +380,31 @@ def test_an_unclosed_quote_is_named_by_the_line_it_opens_on(
     assert not (tmp_path / "r.csv").exists()
 
 
+@pytest.mark.parametrize(
+    "content",
+    [
+        b'type,value,remark\nwechat,o1,\nwechat,o2,"VIP\n' + b"wechat,o3,\n" * 40,
+        b'type,value\nwechat,o1\nwechat,"o2\n' + b"wechat,o3\n" * 40,
+        b'type,value\nwechat,o1\nwechat,"o2\n',
+    ],
+    ids=["in a remark", "in a value", "on the last line"],
+)
+def test_an_unclosed_quote_the_file_ends_in_is_named_by_the_line_it_opens_on(
+    served: ServedSimulator, env: dict[str, str], tmp_path: Path, content: bytes
+) -> None:
+    # A quote never closed in a file too short to reach csv's limit took every line after it
+    # into its cell until the end of the file: in a remark, the 40 rows after it were never
+    # looked up, and the lookup ended with exit 0, two rows written; in a value, the error
+    # was "ids.csv:3: identity value holds a control character".
+    (tmp_path / "ids.csv").write_bytes(content)
+
+    result = run_cli("lookup", "--in", "ids.csv", "--out", "r.csv", env=env, cwd=tmp_path)
+
+    assert_one_line_error(result, 1, "ids.csv:3: a quote opened on this line is not closed")
+    assert requests(served) == 0
+    assert not (tmp_path / "r.csv").exists()
+
+
 def test_a_gbk_file_names_encoding_and_reads_with_it(
     served: ServedSimulator, env: dict[str, str], tmp_path: Path
 ) -> None:

@@ -341,10 +341,11 @@ def _numbered_identities(
     path = source if name is None else name  # what the messages name
     lines = decoded_lines(source, "utf-8-sig" if encoding == "utf-8" else encoding, name)
     # skipinitialspace: `wechat, "o4..."` kept its quotes in the value (and was not found).
-    reader = csv.reader(_without_nul(lines, path), skipinitialspace=True)
+    read = _Read(_without_nul(lines, path))
+    reader = csv.reader(read, skipinitialspace=True)
     columns = 2  # a header may name more (a name column), whose cells are then left alone
     end = 0  # the line the row before ended on: a cell may span lines (a remark)
-    for row in _csv_rows(reader, path):
+    for row in _csv_rows(reader, path, read):
         line, end = end + 1, reader.line_num
         if not row or not "".join(row).strip():
             continue
@@ -460,11 +461,35 @@ def _without_nul(lines: Iterator[str], path: Path | str) -> Iterator[str]:
 _UTF16: Final = re.compile("[\x01-\x7f]\x00[\x01-\x7f]\x00")
 
 
-def _csv_rows(reader: Any, path: Path | str) -> Iterator[list[str]]:
-    """The reader's rows; a file it cannot read as CSV is an error naming the line."""
+class _Read(Iterator[str]):
+    """The lines of ``lines``, and whether every one has been read (``ended``)."""
+
+    def __init__(self, lines: Iterator[str]) -> None:
+        self._lines = lines
+        self.ended = False
+
+    def __next__(self) -> str:
+        try:
+            return next(self._lines)
+        except StopIteration:
+            self.ended = True
+            raise
+
+
+def _csv_rows(reader: Any, path: Path | str, read: _Read) -> Iterator[list[str]]:
+    """The reader's rows (of the lines ``read``); a file it cannot read as CSV is an error
+    naming the line."""
     start = 1  # the line the next row starts on
     try:
         for row in reader:
+            if read.ended and any("\n" in cell or "\r" in cell for cell in row):
+                # A row ends at its last line's end, before the next is read, but for a quote
+                # still open at the end of the file, which csv closes there: every line after
+                # it taken into its cell (a remark's: those rows never looked up, exit 0).
+                raise CommandError(
+                    f"{path}:{start}: a quote opened on this line is not closed (its value runs"
+                    " to the end of the file): close it, or quote no value"
+                )
             yield row
             start = reader.line_num + 1
     except csv.Error as err:  # a field past csv's limit (a lone CR ends a line: _files)
