@@ -1910,6 +1910,31 @@ async def test_a_path_whose_directory_is_missing_or_a_file_says_so_before_any_re
     assert sim.counters.total == 0
 
 
+@pytest.mark.parametrize("which", ["output", "checkpoint"])
+async def test_a_path_under_a_file_further_up_says_which_file_before_any_request(
+    sim: DMHubSimulator, client: DMHubClient, tmp_path: Path, which: str
+) -> None:
+    # exports/2026/june.jsonl where exports is a file: "cannot write to 'exports/2026', which
+    # does not exist: make it first", and `mkdir -p exports/2026` then failed "Not a
+    # directory". The file in the way is named.
+    (tmp_path / "exports").write_text("a report\n", encoding="utf-8")
+    folder = tmp_path / "exports" / "2026"
+    path = folder / ("june.jsonl" if which == "output" else "june.ckpt")
+    dest = path if which == "output" else tmp_path / "june.jsonl"
+    checkpoint = path if which == "checkpoint" else None
+    sim.counters.reset()
+
+    with pytest.raises(InvalidRequestError) as info:
+        await export_customers(client, dest, checkpoint=checkpoint, progress=False)
+
+    said = str(info.value)
+    assert said.startswith(f"{which} {str(path)!r}: cannot write to {str(folder)!r}")
+    assert said.endswith(f"under {str(tmp_path / 'exports')!r}, which is not a directory")
+    assert "make it first" not in said
+    assert files_in(tmp_path) == ["exports"]
+    assert sim.counters.total == 0
+
+
 async def test_outputs_that_cannot_be_written_are_refused_before_any_request(
     sim: DMHubSimulator, client: DMHubClient, tmp_path: Path
 ) -> None:

@@ -58,12 +58,16 @@ def check_path(path: Path, what: str) -> None:
         kind = "a symbolic link" if stat.S_ISLNK(mode) else "not a regular file"
         raise InvalidRequestError(f"{what} {str(path)!r} is {kind}: give a regular file")
     if not path.parent.is_dir():
-        # "cannot write to 'exports'" said nothing of why: made not yet, or a file.
-        why = (
-            "which is not a directory"
-            if os.path.lexists(path.parent)
-            else "which does not exist: make it first"
-        )
+        # "cannot write to 'exports'" said nothing of why: made not yet, or a file. A file
+        # further up (exports/2026 where exports is one) is named: "does not exist: make it
+        # first", and `mkdir -p exports/2026` failed "Not a directory".
+        there = next((p for p in path.parents if os.path.lexists(p)), None)
+        if there is None or there.is_dir():
+            why = "which does not exist: make it first"
+        elif there == path.parent:
+            why = "which is not a directory"
+        else:
+            why = f"under {str(there)!r}, which is not a directory"
         raise InvalidRequestError(
             f"{what} {str(path)!r}: cannot write to {str(path.parent)!r}, {why}"
         )
