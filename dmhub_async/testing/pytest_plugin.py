@@ -18,9 +18,9 @@ They run on the test's event loop, whatever its scope (``asyncio_default_test_lo
 - ``dmhub_clock``: the `FakeClock` the client fixture waits on: retries take no real time, and
   ``dmhub_clock.waits`` lists the waits.
 - ``dmhub_client``: a ``DMHubClient`` pointed at ``dmhub_simulator``, on ``dmhub_clock``, for
-  ``async def`` tests (a plain ``def`` test asking for it fails, saying how to make one). Pass
-  it settings with ``@pytest.mark.dmhub_client(max_retries=1, timeout=5)`` (any constructor
-  argument).
+  ``async def`` tests (a plain ``def`` test asking for it fails, saying how to make one, as
+  does one marked ``anyio`` that pytest-asyncio runs, in its auto mode). Pass it settings
+  with ``@pytest.mark.dmhub_client(max_retries=1, timeout=5)`` (any constructor argument).
 
 A module's or class's ``pytestmark`` of these marks counts too, the closest mark winning key by
 key: a test's ``dmhub_simulator(seed=7)`` under a module's ``dmhub_simulator(500)`` is 500
@@ -55,6 +55,15 @@ CLIENT_NEEDS_ASYNC_TEST = (
     "dmhub_client is for `async def` tests: in a plain `def` test, make the client inside the "
     "coroutine you run, `async with DMHubClient(dmhub_simulator.app_id, dmhub_simulator.secret, "
     "base_url=dmhub_simulator.url) as dm:`"
+)
+
+CLIENT_NEEDS_ONE_LOOP = (
+    "dmhub_client cannot serve a test marked `anyio` that pytest-asyncio runs (asyncio_mode ="
+    " auto, or an `asyncio` mark): anyio's plugin makes it on its event loop, and pytest-asyncio"
+    " runs the test on another. Set asyncio_mode = strict with no `asyncio` mark on the test"
+    " (anyio's plugin then runs it), or make the client inside the test: `async with"
+    " DMHubClient(dmhub_simulator.app_id, dmhub_simulator.secret, base_url=dmhub_simulator.url)"
+    " as dm:`"
 )
 
 
@@ -340,7 +349,8 @@ def _dmhub_client(request: pytest.FixtureRequest) -> DMHubClient:
     tests.
 
     ``@pytest.mark.dmhub_client(max_retries=1, timeout=5)`` takes any constructor argument.
-    Needs pytest-asyncio.
+    Needs pytest-asyncio; not for a test marked ``anyio`` that pytest-asyncio runs (its auto
+    mode), whose async fixtures anyio's plugin runs on another loop than the test's.
     """
     if not _with_async_fixtures(request):
         pytest.fail(NEEDS_PYTEST_ASYNCIO, pytrace=False)
@@ -349,6 +359,11 @@ def _dmhub_client(request: pytest.FixtureRequest) -> DMHubClient:
         # with "used in another event loop (an earlier asyncio.run()?)".
         pytest.fail(CLIENT_NEEDS_ASYNC_TEST, pytrace=False)
     if _with_anyio_backend(request):
+        if not _run_by_anyio(request):
+            # Its fixtures run by anyio's plugin on anyio's loop, the test by pytest-asyncio
+            # on its own (auto mode, or an asyncio mark): the first call failed with "used in
+            # another event loop (an earlier asyncio.run()?)", which the test never made.
+            pytest.fail(CLIENT_NEEDS_ONE_LOOP, pytrace=False)
         # pytest-asyncio made it on its own loop (before 1.2), which the test does not run
         # on: its first call failed with "used in another event loop".
         return cast("DMHubClient", request.getfixturevalue(_CLIENT_ON_ANYIOS_LOOP))

@@ -897,6 +897,33 @@ async def test_counts(dmhub_simulator):
     result.assert_outcomes(passed=1)
 
 
+def test_the_client_fixture_of_a_test_anyio_marks_and_pytest_asyncio_runs_says_so(
+    pytester: pytest.Pytester,
+) -> None:
+    # In pytest-asyncio's auto mode a test marked `anyio` is run by pytest-asyncio, on its own
+    # loop, while anyio's plugin runs the test's async fixtures on anyio's: the client was made
+    # there, and its first call failed with "used in another event loop (an earlier
+    # asyncio.run()?)", which the test never made.
+    pytest.importorskip("anyio")
+    tests = """
+import pytest
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+@pytest.mark.anyio
+async def test_counts(dmhub_client):
+    assert await dmhub_client.customers.count() == 50
+"""
+    result = _user_project(pytester, "asyncio_default_fixture_loop_scope = function", tests)
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*dmhub_client cannot serve a test marked `anyio`*strict*"])
+    assert "an earlier asyncio.run()" not in result.stdout.str()
+
+
 def test_the_simulator_of_a_test_anyio_runs_serves_on_its_loop(pytester: pytest.Pytester) -> None:
     # In pytest-asyncio's strict mode anyio's plugin runs a test marked `anyio`, and its async
     # fixtures too, on its loop: there the simulator served, until it was served from a thread
