@@ -226,6 +226,33 @@ def test_a_read_only_output_of_a_checkpoint_is_refused_saying_how_to_resume(
     assert jsonl_ids(out) == served.ids()
 
 
+def test_a_rerun_without_the_checkpoint_it_left_in_the_working_directory_names_it(
+    served: ServedSimulator, env: dict[str, str], tmp_path: Path
+) -> None:
+    # Exported to another directory (exports/), its checkpoint kept where the command ran,
+    # stopped midway, and run again without --checkpoint: only the output's own directory
+    # was searched for it, and the rerun said "exists: pass --force to overwrite it", which
+    # threw away what was exported.
+    (tmp_path / "exports").mkdir()
+    out = tmp_path / "exports" / "some.jsonl"
+    command = ["export", "--out", "exports/some.jsonl", "--page-size", "20"]
+    served.sim.faults.paths = ("GET /v1/customers",)
+    served.sim.faults.script(["ok"] * 3 + ["reset"])
+    failed = run_cli(
+        *command, "--checkpoint", "some.ckpt", "--max-retries", "0", "-q", env=env, cwd=tmp_path
+    )
+    assert failed.returncode == 1, failed.stderr
+    assert (tmp_path / "some.ckpt").exists()
+    written = out.read_bytes()
+    served.sim.counters.reset()
+
+    refused = run_cli(*command, env=env, cwd=tmp_path)
+
+    assert_one_line_error(refused, 2, "in progress", "rerun with --checkpoint some.ckpt")
+    assert requests(served) == 0
+    assert out.read_bytes() == written
+
+
 def test_lookup_to_stdout_puts_the_report_on_stderr(
     served: ServedSimulator, env: dict[str, str], tmp_path: Path
 ) -> None:

@@ -326,13 +326,19 @@ _CHECKPOINT_SIZE: Final = 64 << 10
 
 
 def _checkpoint_of(out: str, checkpoint: str | None) -> tuple[str, int] | None:
-    """A checkpoint of an export in progress to ``out``, in ``out``'s directory or the given
-    ``checkpoint``'s: its path (as beside ``out`` when it is there) and the customers it counts;
-    None when none is found. Only names and counts are read: never a token or a secret."""
+    """A checkpoint of an export in progress to ``out``, in ``out``'s directory, the given
+    ``checkpoint``'s or the working directory: its path (as beside ``out`` when it is there)
+    and the customers it counts; None when none is found. Only names and counts are read:
+    never a token or a secret.
+
+    The working directory too: an export to another one (``--out exports/c.jsonl
+    --checkpoint c.ckpt``) run again without its checkpoint was told only to ``--force`` it,
+    which threw away what was exported."""
     target = os.path.realpath(out)
     places = [os.path.dirname(out)]
     if checkpoint is not None:
         places.append(os.path.dirname(checkpoint))
+    places.append("")  # the working directory, where a checkpoint is named as given
     for place in dict.fromkeys(places):
         try:
             with os.scandir(place or ".") as entries:
