@@ -580,6 +580,16 @@ def _recheck_parts(where: Path, manifest: Manifest) -> bool:
 def _check_directory(where: Path) -> None:
     if where.exists() and not where.is_dir():
         raise InvalidRequestError(f"{where} is not a directory: a sharded export writes one")
+    for above in where.parents:
+        if os.path.lexists(above):
+            if not above.is_dir():
+                # june.jsonl/parts: a raw NotADirectoryError of the path as it was made (the
+                # command line's "parts: Not a directory", exit 1), naming no file.
+                raise InvalidRequestError(
+                    f"{where} cannot be made: {above} is not a directory (a sharded export"
+                    " writes one)"
+                )
+            return
 
 
 def _manifest_in(where: Path) -> Manifest | None:

@@ -2441,6 +2441,24 @@ def test_the_cli_merge_of_a_file_says_it_takes_the_directory_not_that_none_exist
     assert sorted(p.name for p in tmp_path.iterdir()) == ["june.jsonl"]
 
 
+async def test_a_sharded_export_into_a_directory_under_a_file_is_refused_naming_the_file(
+    sim: DMHubSimulator, dm: DMHubClient, tmp_path: Path
+) -> None:
+    # A directory under a file (the export's file given for a folder: june.jsonl/parts) came
+    # out of export_sharded as a raw NotADirectoryError of the path, and of `export --shards`
+    # as "parts: Not a directory", exit 1; an export to one file is refused saying which.
+    (tmp_path / "june.jsonl").write_bytes(b'{"id": 1}\n')
+    sent = sim.counters.total
+
+    with pytest.raises(InvalidRequestError) as info:
+        await export_sharded(dm, tmp_path / "june.jsonl" / "parts", 2, progress=False)
+
+    assert "june.jsonl" in str(info.value)
+    assert "not a directory" in str(info.value)
+    assert sim.counters.total == sent
+    assert sorted(os.listdir(tmp_path)) == ["june.jsonl"]
+
+
 def test_a_merge_into_the_file_a_part_links_to_is_refused(done: Path, tmp_path: Path) -> None:
     # A part kept elsewhere, linked from the directory: `merge --out` that file (with --force)
     # replaced the part's data with the merged file, which the next merge refused by its size.
