@@ -820,6 +820,13 @@ def merge_parts(
     # a device (/dev/null, as root), a missing folder was made, and a directory failed once
     # every part was copied, with a raw IsADirectoryError. As an export refuses them.
     check_path(Path(dest), "merge's output")
+    if os.path.lexists(directory) and not os.path.isdir(directory):
+        # The export's file, or a part, given for its directory: a raw NotADirectoryError of
+        # "june.jsonl/manifest.json", a file nobody named.
+        raise InvalidRequestError(
+            f"{directory} is a file, not a directory: merge takes the directory export_sharded"
+            " wrote"
+        )
     manifest = Manifest.read(directory)
     if manifest is None:
         raise InvalidRequestError(f"{directory} has no {MANIFEST_NAME}: not a sharded export")

@@ -2459,6 +2459,17 @@ async def test_a_sharded_export_into_a_directory_under_a_file_is_refused_naming_
     assert sorted(os.listdir(tmp_path)) == ["june.jsonl"]
 
 
+def test_a_merge_of_a_file_says_it_takes_the_directory(tmp_path: Path) -> None:
+    # merge("june.jsonl", ...) (the export's file, or a part, given for its directory) raised
+    # a raw NotADirectoryError of "june.jsonl/manifest.json", a file nobody named.
+    (tmp_path / "june.jsonl").write_bytes(b'{"id": 1}\n')
+
+    with pytest.raises(InvalidRequestError, match=r"june\.jsonl is a file, not a directory"):
+        merge(tmp_path / "june.jsonl", tmp_path / "all.jsonl")
+
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["june.jsonl"]
+
+
 def test_a_merge_into_the_file_a_part_links_to_is_refused(done: Path, tmp_path: Path) -> None:
     # A part kept elsewhere, linked from the directory: `merge --out` that file (with --force)
     # replaced the part's data with the merged file, which the next merge refused by its size.
