@@ -170,6 +170,7 @@ def test_a_rerun_of_a_stopped_export_without_its_checkpoint_names_it_not_a_finis
     )
     assert killed.crashed_at is not None
     assert (tmp_path / "customers.ckpt").exists()
+    sim.settled()  # the killed run's pages in flight counted as its own
     before, requests = out.read_bytes(), sim.sim.counters.total
 
     checkpoint = ["--checkpoint", given] if given else []
@@ -208,6 +209,7 @@ def test_a_checkpoint_of_an_export_to_another_directory_is_not_named_for_a_file_
     assert killed.crashed_at is not None
     assert (tmp_path / "y" / "out.ckpt").exists()
     (tmp_path / "y" / "out.jsonl").write_text('{"id": 1}\n', encoding="utf-8")
+    sim.settled()  # the killed run's pages in flight counted as its own
     requests = sim.sim.counters.total
 
     rerun = run_once(["export", "--out", "y/out.jsonl", *PAGE], env, tmp_path)
