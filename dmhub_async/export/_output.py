@@ -61,7 +61,7 @@ def check_path(path: Path, what: str) -> None:
         # "cannot write to 'exports'" said nothing of why: made not yet, or a file. A file
         # further up (exports/2026 where exports is one) is named: "does not exist: make it
         # first", and `mkdir -p exports/2026` failed "Not a directory".
-        there = next((p for p in path.parents if os.path.lexists(p)), None)
+        there = nearest_existing(path)
         if there is None or there.is_dir():
             why = "which does not exist: make it first"
         elif there == path.parent:
@@ -73,6 +73,12 @@ def check_path(path: Path, what: str) -> None:
         )
     if not os.access(path.parent, os.W_OK):
         raise InvalidRequestError(f"{what} {str(path)!r}: cannot write to {str(path.parent)!r}")
+
+
+def nearest_existing(path: Path) -> Path | None:
+    """The nearest of ``path``'s parents that exists (a directory, or a file where one should
+    be), or None: what a refusal to make or write below it names."""
+    return next((p for p in path.parents if os.path.lexists(p)), None)
 
 
 async def open_output(

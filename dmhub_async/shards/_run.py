@@ -29,7 +29,7 @@ from .._validate import check_flag, check_path_type, short
 from .._words import counted
 from ..export import ExportProgress, ExportReport, export_customers
 from ..export._export import Verify, check_run, check_verify, retries_of
-from ..export._output import _lock, _release, _sweep
+from ..export._output import _lock, _release, _sweep, nearest_existing
 from ..export._owner import (
     OWNER_CHECKED,
     SAMPLES,
@@ -580,16 +580,13 @@ def _recheck_parts(where: Path, manifest: Manifest) -> bool:
 def _check_directory(where: Path) -> None:
     if where.exists() and not where.is_dir():
         raise InvalidRequestError(f"{where} is not a directory: a sharded export writes one")
-    for above in where.parents:
-        if os.path.lexists(above):
-            if not above.is_dir():
-                # june.jsonl/parts: a raw NotADirectoryError of the path as it was made (the
-                # command line's "parts: Not a directory", exit 1), naming no file.
-                raise InvalidRequestError(
-                    f"{where} cannot be made: {above} is not a directory (a sharded export"
-                    " writes one)"
-                )
-            return
+    above = nearest_existing(where)
+    if above is not None and not above.is_dir():
+        # june.jsonl/parts: a raw NotADirectoryError of the path as it was made (the command
+        # line's "parts: Not a directory", exit 1), naming no file.
+        raise InvalidRequestError(
+            f"{where} cannot be made: {above} is not a directory (a sharded export writes one)"
+        )
 
 
 def _manifest_in(where: Path) -> Manifest | None:
