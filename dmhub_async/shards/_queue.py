@@ -1370,25 +1370,24 @@ def _worker_class() -> Any:
             in between (a restart, a failover) came out of redis-py as a WatchError ("A
             ConnectionError occurred on while watching one or more keys"), which no try makes
             again: the worker stopped at once, "cannot reach the queue's Redis", where a Redis
-            away is waited for. Redis is waited for as any command waits (a PING: one away, or
-            that refuses, raises its own error), and the job taken anew (no EXEC was sent).
+            away is waited for. Redis is waited for as any command waits, and the job taken
+            anew (no EXEC was sent): see :func:`_watched_again`.
             """
+            for job_id in job_ids:
+                await _watched_again(self.pool, functools.partial(self._start_job, job_id))
+
+        async def _start_job(self, job_id: bytes) -> None:
+            """arq's ``start_jobs`` of one job; cut off by its Redis inside the transaction,
+            the job's place (its semaphore, its count), which arq took first, given back."""
             from redis.exceptions import WatchError
 
-            for job_id in job_ids:
-                for _ in range(REDIS_RETRIES):
-                    try:
-                        await super().start_jobs([job_id])
-                        break
-                    except WatchError as err:
-                        if not isinstance(err.__context__, tuple(_away_errors())):
-                            raise
-                        # Given back: arq took the job's place (its semaphore, its count) first.
-                        self.job_counter -= 1
-                        self.sem.release()
-                    await self.pool.ping()
-                else:
-                    await super().start_jobs([job_id])
+            try:
+                await super().start_jobs([job_id])
+            except WatchError as err:
+                if isinstance(err.__context__, tuple(_away_errors())):
+                    self.job_counter -= 1
+                    self.sem.release()
+                raise
 
         async def close(self) -> None:
             """Stop: arq's close, which tells Redis the worker is gone; with Redis away, the
