@@ -14,12 +14,14 @@ They run on the test's event loop, whatever its scope (``asyncio_default_test_lo
   loop of an ``async def`` test, and from a thread of its own for a plain ``def`` test, whose
   synchronous code (an ``asyncio.run()`` job, a subprocess) then reaches it. A test anyio's
   plugin runs (``@pytest.mark.anyio``, pytest-asyncio in strict mode) is served on anyio's
-  loop, its own; one marked ``anyio`` that pytest-asyncio runs (its auto mode), from a thread.
+  loop, its own; one marked ``anyio`` that pytest-asyncio runs (its auto mode), or that anyio
+  runs on trio, from a thread.
 - ``dmhub_clock``: the `FakeClock` the client fixture waits on: retries take no real time, and
   ``dmhub_clock.waits`` lists the waits.
 - ``dmhub_client``: a ``DMHubClient`` pointed at ``dmhub_simulator``, on ``dmhub_clock``, for
   ``async def`` tests (a plain ``def`` test asking for it fails, saying how to make one, as
-  does one marked ``anyio`` that pytest-asyncio runs, in its auto mode). Pass it settings
+  does one marked ``anyio`` that pytest-asyncio runs, in its auto mode, or that anyio runs on
+  trio). Pass it settings
   with ``@pytest.mark.dmhub_client(max_retries=1, timeout=5)`` (any constructor argument).
 
 A module's or class's ``pytestmark`` of these marks counts too, the closest mark winning key by
@@ -163,6 +165,22 @@ def _is_async_test(request: pytest.FixtureRequest) -> bool:
     test = getattr(request.node, "function", None)
     test = getattr(getattr(test, "hypothesis", None), "inner_test", test)  # @given wraps it
     return inspect.iscoroutinefunction(test) or inspect.isasyncgenfunction(test)
+
+
+CLIENT_NEEDS_ASYNCIO = (
+    "dmhub_client runs on asyncio, and anyio's plugin runs this test on {backend}: give the test"
+    ' an `anyio_backend` of "asyncio", or reach the simulator from the test by'
+    " dmhub_simulator.url"
+)
+
+
+def _anyio_backend(request: pytest.FixtureRequest) -> str:
+    """The name of the backend anyio's plugin runs the test on (``anyio_backend`` is a name, or
+    a name and its options)."""
+    backend = request.getfixturevalue("anyio_backend")
+    if isinstance(backend, tuple) and backend:
+        backend = backend[0]
+    return str(backend)
 
 
 def _with_anyio_backend(request: pytest.FixtureRequest) -> bool:
@@ -322,7 +340,7 @@ def _dmhub_simulator(
     ``@pytest.mark.dmhub_simulator(customers=500, seed=7)`` takes any constructor argument. It
     serves on the event loop of an ``async def`` test (anyio's, for one anyio runs), from a
     thread of its own for a plain ``def`` one and for one marked ``anyio`` that pytest-asyncio
-    runs. Needs pytest-asyncio.
+    runs, or that anyio runs on trio. Needs pytest-asyncio.
     """
     if not _with_async_fixtures(request):
         pytest.fail(NEEDS_PYTEST_ASYNCIO, pytrace=False)
@@ -330,9 +348,10 @@ def _dmhub_simulator(
         if not _with_anyio_backend(request):  # served by the test's loop
             yield _on_the_tests_loop(request, "simulator")
             return
-        if _run_by_anyio(request):
+        if _run_by_anyio(request) and _anyio_backend(request) == "asyncio":
             # On the test's loop, anyio's: from a thread, an async hook of the test's (an
-            # asyncio.Event it sets) ran on another loop, and a request it held hung.
+            # asyncio.Event it sets) ran on another loop, and a request it held hung. A test
+            # run on trio has no asyncio loop: its setup failed with "no running event loop".
             yield request.getfixturevalue(_SIMULATOR_ON_ANYIOS_LOOP)
             return
     # A plain `def` test runs no event loop: one in the test's loop took connections and
@@ -364,6 +383,9 @@ def _dmhub_client(request: pytest.FixtureRequest) -> DMHubClient:
             # on its own (auto mode, or an asyncio mark): the first call failed with "used in
             # another event loop (an earlier asyncio.run()?)", which the test never made.
             pytest.fail(CLIENT_NEEDS_ONE_LOOP, pytrace=False)
+        backend = _anyio_backend(request)
+        if backend != "asyncio":  # its setup failed deep inside ("no running event loop")
+            pytest.fail(CLIENT_NEEDS_ASYNCIO.format(backend=backend), pytrace=False)
         # pytest-asyncio made it on its own loop (before 1.2), which the test does not run
         # on: its first call failed with "used in another event loop".
         return cast("DMHubClient", request.getfixturevalue(_CLIENT_ON_ANYIOS_LOOP))

@@ -969,6 +969,51 @@ async def test_a_held_request(dmhub_simulator, dmhub_client):
     result.assert_outcomes(passed=1)
 
 
+def test_the_fixtures_of_a_test_anyio_runs_on_trio_serve_it_or_say_why(
+    pytester: pytest.Pytester,
+) -> None:
+    # A test anyio's plugin runs on trio (an `anyio_backend` of "trio") has no asyncio loop:
+    # the simulator, served on anyio's loop, failed its setup with a raw "RuntimeError: no
+    # running event loop" (from a thread, as before, the test reaches it by its URL), and the
+    # client, which runs on asyncio alone, failed deep inside too.
+    pytest.importorskip("anyio")
+    pytest.importorskip("trio")
+    tests = """
+from urllib.parse import urlsplit
+
+import pytest
+import trio
+
+
+@pytest.fixture
+def anyio_backend():
+    return "trio"
+
+
+@pytest.mark.anyio
+async def test_reached(dmhub_simulator):
+    where = urlsplit(dmhub_simulator.url)
+    stream = await trio.open_tcp_stream(where.hostname, where.port)
+    async with stream:
+        await stream.send_all(b"GET /v1/customers/count HTTP/1.0\\r\\n\\r\\n")
+        assert (await stream.receive_some()).startswith(b"HTTP/1.")
+
+
+@pytest.mark.anyio
+async def test_with_the_client(dmhub_client):
+    pass
+"""
+    pytester.makeini(
+        "[pytest]\nasyncio_mode = strict\nasyncio_default_fixture_loop_scope = function\n"
+    )
+    pytester.makepyfile(test_user=tests)
+    with _as_a_user():
+        result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(["*dmhub_client runs on asyncio*trio*dmhub_simulator.url*"])
+    assert "no running event loop" not in result.stdout.str()
+
+
 @pytest.mark.dmhub_client(max_retries=0)
 async def test_the_client_fixture_takes_settings_from_its_mark(
     dmhub_simulator: DMHubSimulator, dmhub_client: dmhub_async.DMHubClient
