@@ -59,6 +59,7 @@ def _cancellable(base: Any) -> Any:
     """``base``, a redis-py connection class, sending as :func:`sending_cancellably` says."""
     if getattr(base, "_sends_cancellably", False):
         return base
+    from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import TimeoutError as RedisTimeoutError
 
     class Cancellable(base):  # type: ignore[misc]  # a class redis-py picked
@@ -76,6 +77,17 @@ def _cancellable(base: Any) -> Any:
             # freeze. The connect's own tries within these are one (the queue's _TRYING).
             whole = super().connect
             await self.retry.call_with_retry(whole, lambda error: self.disconnect())
+
+        async def send_command(self: Any, *args: Any, **kwargs: Any) -> None:
+            if args and args[0] == "UNWATCH" and not self.is_connected:
+                # A pipeline's reset, its connection closed by an error inside its WATCH: a
+                # connection made anew watches nothing. redis-py connected again to send it,
+                # and a Redis frozen (or cut off) left the handshake unanswered: its
+                # TimeoutError came out of the reset in place of the WatchError that has the
+                # transaction made anew, and a queue's export or worker stopped mid-freeze.
+                # Refused as redis-py's reset expects of a connection gone: it goes on.
+                raise RedisConnectionError("not connected: it watches nothing")
+            await super().send_command(*args, **kwargs)
 
         async def send_packed_command(self: Any, command: Any, check_health: bool = True) -> None:
             if not self.is_connected:

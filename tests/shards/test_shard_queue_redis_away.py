@@ -900,6 +900,87 @@ async def test_a_worker_whose_redis_cuts_it_off_as_it_takes_a_job_takes_it_all_t
     assert (arq_worker.jobs_complete, arq_worker.jobs_failed) == (0, cuts)  # taken, and ended
 
 
+def _frozen_inside_a_transaction(
+    monkeypatch: pytest.MonkeyPatch, redis: RedisServer, freeze: float
+) -> list[str]:
+    """The first transaction that has sent its WATCH finds Redis frozen (SIGSTOP, a paused VM)
+    for ``freeze`` seconds before its next command is sent. Returns the frozen keys' commands."""
+    from redis.asyncio.client import Pipeline
+
+    real = Pipeline.immediate_execute_command
+    frozen: list[str] = []
+
+    async def immediate(self: Any, *args: Any, **options: Any) -> Any:
+        if self.watching and not frozen:
+            frozen.append(str(args[0]))
+            _away(redis, "frozen")
+            asyncio.get_running_loop().call_later(freeze, _back, redis, "frozen")
+        return await real(self, *args, **options)
+
+    monkeypatch.setattr(Pipeline, "immediate_execute_command", immediate)
+    return frozen
+
+
+@pytest.mark.parametrize("who", ["export", "worker"])
+async def test_a_redis_frozen_inside_a_transaction_is_waited_for(
+    tmp_path: Path,
+    redis: RedisServer,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    who: str,
+) -> None:
+    # Frozen between an enqueue's (or a worker's take's) WATCH and its read, for longer than
+    # one answer and well within the wait: redis-py's WatchError of the unanswered read never
+    # came out. Its pipeline's reset connected again to send UNWATCH, the handshake went
+    # unanswered, and that TimeoutError stopped the export ("cannot reach the queue's Redis
+    # ... Timeout reading from"), or the worker, 2 s into a 4 s freeze, just after saying
+    # "is back ... goes on".
+    from arq.connections import ArqRedis
+
+    monkeypatch.setattr(_queue, "REDIS_WAIT", 20.0)
+    monkeypatch.setattr(_queue, "REDIS_ANSWER", ANSWER)
+    monkeypatch.setattr(_queue, "QUEUE_TIMEOUT", ANSWER)
+    caplog.set_level("INFO", logger="dmhub_async")
+    try:
+        if who == "export":
+
+            class Polled(Exception):
+                """The coordinator's first poll: both shards enqueued."""
+
+            async def sleep(_: float) -> None:
+                raise Polled
+
+            frozen = _frozen_inside_a_transaction(monkeypatch, redis, 4 * ANSWER)
+            run = _queue.run_on_queue(
+                redis.url, tmp_path / "out", _two_shards(), progress=False, sleep=sleep
+            )
+            with pytest.raises(Polled):
+                await asyncio.wait_for(run, 30)
+            pool = ArqRedis.from_url(redis.url)
+            try:
+                assert await pool.zcard("arq:queue") == 2  # both shards' jobs
+            finally:
+                await pool.aclose()
+        else:
+            pool = ArqRedis.from_url(redis.url)
+            try:  # a job of a release to come: taken, and refused (its result written)
+                await pool.enqueue_job(_queue.JOB_NAME, {"job_version": 99}, _job_id="j")
+            finally:
+                await pool.aclose()
+            frozen = _frozen_inside_a_transaction(monkeypatch, redis, 4 * ANSWER)
+            client = {"app_id": "a", "secret": "s", "base_url": "http://127.0.0.1:1"}
+            arq_worker = _queue.worker(redis.url, handle_signals=False, client=client, burst=True)
+            try:
+                await asyncio.wait_for(arq_worker.async_run(), 30)
+            finally:
+                await asyncio.wait_for(_close(arq_worker), 20)
+            assert (arq_worker.jobs_complete, arq_worker.jobs_failed) == (0, 1)  # taken, ended
+    finally:
+        _back(redis, "frozen")
+    assert frozen == ["EXISTS"]
+    assert not [line for line in _said(caplog) if "did not come back" in line], _said(caplog)
+
+
 def _readonly_refusals(redis: RedisServer) -> int:
     """The writes ``redis`` has refused as a replica (INFO errorstats' READONLY)."""
     for line in redis.command("INFO", "errorstats").splitlines():
