@@ -3,6 +3,7 @@ a Redis test leaves no connection open, and each test's redis-server its own."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from pathlib import Path
@@ -78,6 +79,46 @@ def test_a_redis_server_given_a_port_another_listens_on_starts_on_a_port_of_its_
     finally:
         second.kill()
         first.kill()
+
+
+def test_a_redis_server_given_a_port_another_program_answers_on_starts_on_one_of_its_own(
+    two_dirs: tuple[Path, Path],
+) -> None:
+    # A program of another protocol listening on the port (its greeting not UTF-8, as a
+    # database's handshake is): start() read that greeting as its own server's INFO, before
+    # its redis-server had exited ("Address already in use"), and raised a raw
+    # UnicodeDecodeError, its redis-server left unwaited for.
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    listener.settimeout(0.05)
+    over = threading.Event()
+
+    def greet() -> None:
+        while not over.is_set():
+            try:
+                connection, _ = listener.accept()
+            except OSError:  # no one yet (a timeout)
+                continue
+            with connection, contextlib.suppress(OSError):
+                connection.sendall(b"\xff\xfe\x00not redis\r\n")
+
+    greeter = threading.Thread(target=greet, daemon=True)
+    greeter.start()
+    server = RedisServer(two_dirs[0])
+    taken = listener.getsockname()[1]
+    server.port, server.url = taken, f"redis://127.0.0.1:{taken}/0"
+    try:
+        server.start()
+        assert server.port != taken
+        assert server.command("PING") == "+PONG"
+    finally:
+        server.kill()
+        over.set()
+        greeter.join(5)
+        listener.close()
 
 
 def test_a_redis_server_restarted_on_a_port_another_took_says_so(

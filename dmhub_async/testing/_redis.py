@@ -146,8 +146,9 @@ class RedisServer:
                 if listened_on(self.port):  # "Address already in use"
                     raise PortTaken(f"127.0.0.1:{self.port} is another process's")
                 raise RuntimeError(f"redis-server exited with {proc.returncode}")
-            # Ours, not another's (which answers while ours has yet to exit).
-            with contextlib.suppress(OSError):
+            # Ours, not another's (which answers while ours has yet to exit), whatever its
+            # protocol: a greeting that is no Redis reply (not UTF-8, say) is not ours either.
+            with contextlib.suppress(OSError, ValueError):
                 if self._answering() == proc.pid:
                     return
             time.sleep(0.01)
