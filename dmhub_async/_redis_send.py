@@ -11,6 +11,7 @@ the worker polled on, still running long after it was told to stop. redis-py 8.1
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import importlib
 from collections.abc import Iterator
@@ -19,6 +20,12 @@ from typing import Any
 from ._tasks import within
 
 __all__ = ["pool_connections", "require_redis_extra", "sending_cancellably"]
+
+#: The id of the connection whose UNWATCH this task has sent, until its answer is read (see
+#: _cancellable).
+_UNWATCHING: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+    "dmhub_redis_unwatching", default=None
+)
 
 
 def require_redis_extra(what: str, *modules: str) -> None:
@@ -79,15 +86,32 @@ def _cancellable(base: Any) -> Any:
             await self.retry.call_with_retry(whole, lambda error: self.disconnect())
 
         async def send_command(self: Any, *args: Any, **kwargs: Any) -> None:
-            if args and args[0] == "UNWATCH" and not self.is_connected:
-                # A pipeline's reset, its connection closed by an error inside its WATCH: a
-                # connection made anew watches nothing. redis-py connected again to send it,
-                # and a Redis frozen (or cut off) left the handshake unanswered: its
-                # TimeoutError came out of the reset in place of the WatchError that has the
-                # transaction made anew, and a queue's export or worker stopped mid-freeze.
-                # Refused as redis-py's reset expects of a connection gone: it goes on.
-                raise RedisConnectionError("not connected: it watches nothing")
+            if args and args[0] == "UNWATCH":
+                if not self.is_connected:
+                    # A pipeline's reset, its connection closed by an error inside its WATCH:
+                    # a connection made anew watches nothing. redis-py connected again to send
+                    # it, and a Redis frozen (or cut off) left the handshake unanswered: its
+                    # TimeoutError came out of the reset in place of the WatchError that has
+                    # the transaction made anew, and a queue's export or worker stopped
+                    # mid-freeze. Refused as redis-py's reset expects of a connection gone.
+                    raise RedisConnectionError("not connected: it watches nothing")
+                _UNWATCHING.set(id(self))  # its answer unread: see read_response
             await super().send_command(*args, **kwargs)
+
+        async def read_response(self: Any, *args: Any, **kwargs: Any) -> Any:
+            if _UNWATCHING.get() != id(self):
+                return await super().read_response(*args, **kwargs)
+            _UNWATCHING.set(None)
+            try:
+                return await super().read_response(*args, **kwargs)
+            except RedisTimeoutError as err:
+                # UNWATCH left unanswered (Redis frozen as a transaction ended unsent, as arq's
+                # check of a job another worker has ends): the connection is closed, and no
+                # longer watches; said as a connection lost, which redis-py's pipeline reset
+                # takes. Its TimeoutError came out of the reset, and an idle worker stopped
+                # one answer into a freeze its wait is for.
+                await self.disconnect(nowait=True)
+                raise RedisConnectionError(str(err)) from None
 
         async def send_packed_command(self: Any, command: Any, check_health: bool = True) -> None:
             if not self.is_connected:

@@ -981,6 +981,54 @@ async def test_a_redis_frozen_inside_a_transaction_is_waited_for(
     assert not [line for line in _said(caplog) if "did not come back" in line], _said(caplog)
 
 
+async def test_a_worker_whose_redis_freezes_as_it_unwatches_a_job_another_has_waits_for_it(
+    redis: RedisServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # An idle worker polls the jobs other workers have (they stay queued while they run): for
+    # each, arq WATCHes its in-progress mark, reads it, and leaves it, redis-py's pipeline reset
+    # sending UNWATCH. Redis frozen (SIGSTOP, a paused VM) as that UNWATCH went: its read's
+    # TimeoutError came out of the reset, which takes a connection lost (a ConnectionError)
+    # alone, and the worker stopped one answer into a 4 s freeze its wait is for.
+    from arq.connections import ArqRedis
+    from redis.asyncio.client import Pipeline
+
+    monkeypatch.setattr(_queue, "REDIS_WAIT", 20.0)
+    monkeypatch.setattr(_queue, "REDIS_ANSWER", ANSWER)
+    pool = ArqRedis.from_url(redis.url)
+    try:  # a job of a release to come, which another worker has for now
+        await pool.enqueue_job(_queue.JOB_NAME, {"job_version": 99}, _job_id="j")
+        await pool.set("arq:in-progress:j", b"1")
+    finally:
+        await pool.aclose()
+    real = Pipeline.reset
+    frozen: list[bool] = []
+    loop = asyncio.get_running_loop()
+
+    def given_back() -> None:  # the other worker's job ends: this one takes it, ending its run
+        redis.command("DEL", "arq:in-progress:j")
+
+    async def reset(self: Any) -> None:
+        if self.watching and self.connection is not None and not frozen:
+            frozen.append(True)
+            _away(redis, "frozen")
+            loop.call_later(4 * ANSWER, _back, redis, "frozen")
+            loop.call_later(4 * ANSWER + 0.5, given_back)
+        await real(self)
+
+    monkeypatch.setattr(Pipeline, "reset", reset)
+    caplog.set_level("INFO", logger="dmhub_async")
+    client = {"app_id": "a", "secret": "s", "base_url": "http://127.0.0.1:1"}
+    arq_worker = _queue.worker(redis.url, handle_signals=False, client=client, burst=True)
+    try:
+        await asyncio.wait_for(arq_worker.async_run(), 30)
+    finally:
+        _back(redis, "frozen")
+        await asyncio.wait_for(_close(arq_worker), 20)
+    assert frozen
+    assert (arq_worker.jobs_complete, arq_worker.jobs_failed) == (0, 1)  # taken once free
+    assert not [line for line in _said(caplog) if "did not come back" in line], _said(caplog)
+
+
 def _readonly_refusals(redis: RedisServer) -> int:
     """The writes ``redis`` has refused as a replica (INFO errorstats' READONLY)."""
     for line in redis.command("INFO", "errorstats").splitlines():
