@@ -411,9 +411,9 @@ def _request_query(params: object) -> Mapping[str, str]:
     ascii_only = True
     for name, value in params.items():
         if type(name) is not str:
-            raise InvalidRequestError(
-                f"request(): a param name must be a str, not {_str_of_its_own(name)}"
-            )
+            if isinstance(name, str):  # aiohttp's istr, a CIMultiDict's names
+                return _request_query_of_text(params)
+            raise InvalidRequestError(f"request(): a param name must be a str, not {short(name)}")
         if name == "access_token":
             # Replaced by the client's own without a word: a call meant for another app's
             # token (another tenant's) was answered with this client's customers.
@@ -425,10 +425,12 @@ def _request_query(params: object) -> Mapping[str, str]:
                 " a client with it (DMHubClient's access_token argument)"
             )
         if type(value) is not str:
+            if isinstance(value, str):  # a str enum (StrEnum)
+                return _request_query_of_text(params)
             if isinstance(value, bool) or not isinstance(value, int) or value.bit_length() > 63:
                 raise InvalidRequestError(
                     f"request(): param {short(name)} must be a str or a 64-bit int, "
-                    f"not {_str_of_its_own(value)}"
+                    f"not {short(value)}"
                 )
             if query is None:
                 query = dict(params)
@@ -443,14 +445,21 @@ def _request_query(params: object) -> Mapping[str, str]:
     return checked
 
 
-def _str_of_its_own(value: object) -> str:
-    """:func:`short` of ``value``, its type named when it is a str of a class of its own that
-    reads as a plain str (aiohttp's ``istr``, a CIMultiDict's names): "a param name must be a
-    str, not 'idList'" said a str was none."""
-    said = short(value)
-    if isinstance(value, str) and type(value) is not str and said == short(str.__str__(value)):
-        return f"{type(value).__name__} {said}"
-    return said
+def _request_query_of_text(params: Mapping[str, object]) -> Mapping[str, str]:
+    """:func:`_request_query` of ``params`` holding a str of a class of its own (aiohttp's
+    ``istr``, a CIMultiDict's names; a str enum), each as the text it holds: what aiohttp
+    would send of it, and a str as ``request()``'s types say. They were refused, "a param name
+    must be a str, not istr 'idList'", of a str."""
+    if type(params) is not dict:  # names given twice, before the copy makes them one
+        _check_one_value_a_name(params)
+    return _request_query(
+        {
+            str.__str__(name) if isinstance(name, str) else name: (
+                str.__str__(value) if isinstance(value, str) else value
+            )
+            for name, value in params.items()
+        }
+    )
 
 
 def _check_one_value_a_name(params: Mapping[str, object]) -> None:

@@ -6,6 +6,7 @@ full; whatever the input, its verdict must be the full check's (here written fro
 
 from __future__ import annotations
 
+import enum
 from typing import Any
 from urllib.parse import quote, unquote
 
@@ -214,15 +215,43 @@ class _FormArgs(dict):  # type: ignore[type-arg]
         return list(self._lists.get(name, ()))
 
 
-async def test_params_whose_names_are_no_plain_str_say_of_what_type_they_are() -> None:
-    # aiohttp's CIMultiDict keeps its names as istr, a str of its own: refused before anything
-    # is sent, as "a param name must be a str, not 'idList'", a str to look at.
+class _Stage(str, enum.Enum):
+    LEAD = "lead"
+
+
+async def test_params_of_a_str_class_of_their_own_are_sent_as_the_text_they_hold() -> None:
+    # `Mapping[str, str | int]` takes them, as mypy does: aiohttp's CIMultiDict keeps its names
+    # as istr, and a str enum (StrEnum, or a `str, Enum` mixin) is a str. They were refused
+    # before anything was sent, "a param name must be a str, not istr 'idList'", "param
+    # 'stage' must be a str or a 64-bit int, not <_Stage.LEAD: 'lead'>", of a str.
     from multidict import CIMultiDict
 
-    async with DMHubClient(access_token="t" * 32, base_url="http://127.0.0.1:9") as dm:
-        with pytest.raises(InvalidRequestError) as info:
-            await dm.request("GET", "/v1/customers", params=CIMultiDict(idList="1,2"))
-    assert str(info.value) == "request(): a param name must be a str, not istr 'idList'"
+    sent: list[str] = []
+
+    async def answer(request: web.Request) -> web.Response:
+        sent.append(request.query_string)
+        return web.json_response([])
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", answer)
+    async with (
+        serving(app) as root,
+        DMHubClient(access_token="t" * 32, base_url=root, timezone="UTC") as dm,
+    ):
+        await dm.request("GET", "/v1/customers", params=CIMultiDict(idList="1,2", rows=5))
+        await dm.request("GET", "/v1/customers", params={"stage": _Stage.LEAD, "rows": 5})
+        # Still refused, as a plain str would be: the name, and two values of one name.
+        with pytest.raises(InvalidRequestError, match="access_token parameter"):
+            await dm.request("GET", "/v1/customers", params=CIMultiDict(access_token="OTHER"))
+        with pytest.raises(InvalidRequestError, match="'IDLIST' more than one value"):
+            await dm.request("GET", "/v1/customers", params=CIMultiDict(idList="1", IDLIST="2"))
+        with pytest.raises(InvalidRequestError, match="a param name must be a str, not 5"):
+            await dm.request("GET", "/v1/customers", params={"stage": _Stage.LEAD, 5: "x"})
+
+    assert sent == [
+        f"idList=1,2&rows=5&access_token={'t' * 32}",
+        f"stage=lead&rows=5&access_token={'t' * 32}",
+    ]
 
 
 @pytest.mark.parametrize(
