@@ -100,6 +100,10 @@ class TokenStoreError(DMHubError):
 #: (:class:`APIConnectionError`'s ``_hint``): the command line names the proxy by it.
 THROUGH_PROXY = ": no connection through the proxy the environment names"
 
+#: How the hint of a request whose host's lookup got no answer begins (EAI_AGAIN: this machine
+#: offline, its DNS server down): the command line says it as it is, not as a host not found.
+NO_DNS_ANSWER = ": the DNS server gave no answer"
+
 
 class APIConnectionError(DMHubError):
     """The service gave no answer: refused, reset, DNS failure.

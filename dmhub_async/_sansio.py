@@ -17,6 +17,7 @@ import attrs
 from . import _json
 from ._exceptions import (
     CREDENTIALS_REFUSED,
+    NO_DNS_ANSWER,
     NOT_FOUND_BY_CODE,
     RAISE_MAX_RESPONSE_SIZE,
     THROUGH_PROXY,
@@ -509,6 +510,7 @@ def connection_error(
     status: int | None = None,
     proxied: bool = False,
     reason: str | None = None,
+    no_dns_answer: bool = False,
 ) -> APIConnectionError:
     """The error for a request that got no answer; says when a write's outcome is unknown.
 
@@ -516,11 +518,16 @@ def connection_error(
     ``connect_timeout``, a proxy that refused the tunnel); ``kind`` names the failure;
     ``where``: the base URL, which a request never sent is said to have found no connection
     to, and what to check; ``status``: a proxy's answer to the tunnel's CONNECT; ``reason``:
-    why a TLS handshake failed (OpenSSL's words: "self-signed certificate").
+    why a TLS handshake failed (OpenSSL's words: "self-signed certificate"); ``no_dns_answer``:
+    the lookup of the host got no answer (not that there is no such host).
     """
     unknown = not request.idempotent and not not_sent
     message = f"{request.method} {request.path} " + ("timed out" if timeout else f"failed ({kind})")
-    hint = connection_hint(kind, where, status, proxied, reason) if not_sent and where else ""
+    hint = (
+        connection_hint(kind, where, status, proxied, reason, no_dns_answer)
+        if not_sent and where
+        else ""
+    )
     message += hint
     if unknown:
         message += (
@@ -549,13 +556,16 @@ def connection_hint(
     status: int | None = None,
     proxied: bool = False,
     reason: str | None = None,
+    no_dns_answer: bool = False,
 ) -> str:
     """What a request that found no connection adds to its message: where it went, and what
     to check. "GET /security/accesstoken failed (ClientConnectorError)" named neither.
 
     ``proxied``: sent through the proxy the environment names, which any connection it did
     not get in time was the proxy's to give (the base URL's host is the proxy's to find).
-    ``reason``: a TLS failure's own words (OpenSSL's)."""
+    ``reason``: a TLS failure's own words (OpenSSL's). ``no_dns_answer``: the host's lookup
+    got no answer (EAI_AGAIN: this machine offline, its DNS server down), which says nothing of
+    the host: "was not found (is base_url right?)" sent the user to check a right URL."""
     said = f" ({printable(reason)})" if reason else ""
     if kind == "ClientConnectorCertificateError":
         # The service answered, with a certificate this machine does not trust: "no connection
@@ -582,6 +592,11 @@ def connection_hint(
         return (
             f"{THROUGH_PROXY} (HTTPS_PROXY, HTTP_PROXY or the system's): is it right and up, and"
             " does it reach the service?"
+        )
+    if no_dns_answer:
+        return (
+            f"{NO_DNS_ANSWER} for the host of {where} (is this machine online, its DNS server"
+            " reachable?)"
         )
     if kind == "ClientConnectorDNSError":
         return f": the host of {where} was not found (is base_url right?)"

@@ -15,6 +15,7 @@ import ipaddress
 import logging
 import os
 import select
+import socket
 import time
 import traceback
 import urllib.request
@@ -1015,6 +1016,7 @@ class Session:
                 status=getattr(failure, "status", None),
                 proxied=self._conn.proxy is not None and self._conn.owns_http,
                 reason=_tls_reason(failure),
+                no_dns_answer=_no_dns_answer(failure),
             )
             cause = RedactedCause(failure, secrets)
             # An error tracker records the variables of each frame of a traceback (Sentry's
@@ -1197,6 +1199,15 @@ def _deflate_of(first: bytes) -> Any:
     """The decompressor of a ``deflate`` body: with the zlib header RFC 9110 asks for, or
     without it, as some servers send it (aiohttp tells them apart the same way)."""
     return zlib.decompressobj(zlib.MAX_WBITS if first[0] & 0x0F == 8 else -zlib.MAX_WBITS)
+
+
+def _no_dns_answer(failure: BaseException) -> bool:
+    """Whether ``failure`` is a host lookup that got no answer ("Temporary failure in name
+    resolution", EAI_AGAIN: this machine offline, its DNS server down), which says nothing of
+    whether the host exists."""
+    return isinstance(failure, aiohttp.ClientConnectorError) and (
+        getattr(failure.os_error, "errno", None) == socket.EAI_AGAIN
+    )
 
 
 def _tls_reason(failure: BaseException) -> str | None:

@@ -756,6 +756,45 @@ async def test_the_command_line_says_a_host_that_was_not_found_was_not_found(
     assert "no answer from" not in line, line
 
 
+async def test_a_resolver_that_gives_no_answer_is_not_said_to_have_not_found_the_host(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A machine offline, or its DNS server down: the lookup fails "Temporary failure in name
+    # resolution" (EAI_AGAIN), no word on the host. The library said "the host of https://...
+    # was not found (is base_url right?)", the command line "(is DMHUB_BASE_URL right?)", of
+    # the service's right (default) URL: the user was sent to check what was not wrong.
+    import socket
+
+    from dmhub_async.cli._errors import explain
+
+    looked_up: list[str] = []
+    real = socket.getaddrinfo
+
+    def no_answer(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if host != "api.dmhub-offline.test":
+            return real(host, *args, **kwargs)
+        looked_up.append(host)
+        raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_answer)
+    base_url = "https://api.dmhub-offline.test"
+    monkeypatch.setenv("DMHUB_BASE_URL", base_url)
+    async with DMHubClient("app", "s3cret", base_url=base_url) as dm:
+        with pytest.raises(APIConnectionError) as info:
+            await dm.with_options(max_retries=0).customers.count()
+
+    assert looked_up == ["api.dmhub-offline.test"]
+    said = str(info.value)
+    assert said.endswith(
+        f"the DNS server gave no answer for the host of {base_url} (is this machine online, its"
+        " DNS server reachable?)"
+    ), said
+    _, line = explain(info.value)
+    assert line == said, line
+    assert "was not found" not in line, line
+    assert "DMHUB_BASE_URL right" not in line, line
+
+
 async def test_an_untrusted_certificate_is_met_once_not_retried(tmp_path: Any) -> None:
     # Before: a certificate this machine does not trust was retried like a lost connection,
     # each handshake failing the same way.

@@ -13,6 +13,7 @@ from types import FrameType, MappingProxyType
 from typing import Any, Final
 
 from .._exceptions import (
+    NO_DNS_ANSWER,
     RAISE_MAX_RESPONSE_SIZE,
     THROUGH_PROXY,
     TLS_FAILURES,
@@ -278,6 +279,10 @@ def explain(err: BaseException, flags: Mapping[str, str] = _NO_FLAGS) -> tuple[i
                 " or the system's): is it right and up? (NO_PROXY names the hosts reached"
                 " without it)"
             )
+        if err._hint.startswith(NO_DNS_ANSWER):
+            # The library's words: the lookup got no answer (this machine offline), which
+            # says nothing of the host; "was not found (is DMHUB_BASE_URL right?)" blamed it.
+            return EXIT_ERROR, str(err)
         # Nothing answered in this run (else open_client raised stopped_answering's error).
         if getattr(err.__cause__, "original_type", "").endswith(".ClientConnectorDNSError"):
             # A host mistyped: "no answer from", as of a service down.
