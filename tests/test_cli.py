@@ -1068,6 +1068,36 @@ def test_a_report_to_a_full_standard_output_is_named_in_the_error(
     assert (tmp_path / args[-1]).stat().st_size > 0  # the output itself is written
 
 
+@pytest.mark.parametrize("report", ["text", "json"])
+@pytest.mark.parametrize("command", ["export", "lookup"])
+def test_a_report_whose_standard_output_reader_went_away_is_no_exit_141(
+    served: ServedSimulator, env: dict[str, str], tmp_path: Path, command: str, report: str
+) -> None:
+    # `export --out c.jsonl --report json | consumer` whose consumer had left: the file was
+    # written whole, and the command ended silently with 141, which says the reader of --out -
+    # went away (the data cut short), where there was no --out -: as a full standard output,
+    # a report that cannot be written is an error of its own, naming it (exit 1).
+    (tmp_path / "ids.csv").write_text("mobile,13800000000\n", encoding="utf-8")
+    args = (
+        ["--in", "ids.csv", "--out", "found.csv"] if command == "lookup" else ["--out", "c.jsonl"]
+    )
+    read, write = os.pipe()
+    os.close(read)  # the reader of standard output, gone
+    try:
+        result = with_stdout(cli_command(command, *args, "--report", report), env, tmp_path, write)
+    finally:
+        os.close(write)
+
+    assert result.returncode == 1, result.stderr
+    assert result.stderr == (
+        "dmhub-async: error: standard output: Broken pipe (the report was not written)\n"
+    )
+    if command == "export":
+        assert sorted(jsonl_ids(tmp_path / "c.jsonl")) == sorted(served.ids())
+    else:
+        assert (tmp_path / "found.csv").read_text(encoding="utf-8").count("\n") == 2
+
+
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
 @pytest.mark.parametrize("command", ["export", "lookup"])
 def test_a_full_standard_output_is_named_in_the_error(

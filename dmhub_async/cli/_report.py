@@ -245,11 +245,14 @@ def print_report(data: dict[str, Any], text: str, *, style: str, quiet: bool, ou
     try:
         print(line, file=out, flush=True)
     except OSError as err:
-        # The reader of standard error gone (a logger that exited) while the data went to
-        # standard output whole: exit 141, said of the data's reader, sent scripts to rerun a
-        # complete export. Said as any failed write of the report; the reader of one pipe that
-        # takes both (2>&1) gone is the data's, left to exit 141.
-        apart = isinstance(err, BrokenPipeError) and out is sys.stderr and _apart(out, sys.stdout)
+        # The reader of the report gone (a logger that exited, a consumer of --report json)
+        # while the data went whole to a file, or to standard output: exit 141, said of the
+        # data's reader, sent scripts to rerun a complete export. Said as any failed write of
+        # the report; the reader of one pipe that takes both (--out - 2>&1) gone is the
+        # data's, left to exit 141. The report is on standard output only when the data is not.
+        apart = isinstance(err, BrokenPipeError) and (
+            out is not sys.stderr or _apart(out, sys.stdout)
+        )
         if not (apart or unnamed_write_error(err)):
             raise
         # Said of the stream and of the report: a user whose export file was written in full
