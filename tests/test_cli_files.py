@@ -966,6 +966,35 @@ def test_lookup_input_with_no_header_and_its_columns_swapped_is_refused(
     assert not (tmp_path / "r.csv").exists()
 
 
+@pytest.mark.parametrize("header", ["type,value", "identityType,identityValue,remark"])
+def test_lookup_input_under_a_header_takes_a_value_named_as_an_identity_type(
+    tmp_path: Path, header: str
+) -> None:
+    # A header says which column is the type: a row of an identity type of the user's own
+    # whose value reads as a built-in type's name (a username "email") was refused as its
+    # columns swapped, "are the columns swapped? ... put the type column first", of a file
+    # that had put it first; the whole lookup refused for the one row.
+    from dmhub_async import Identity
+    from dmhub_async.cli._commands import _identities
+    from dmhub_async.cli._errors import CommandError
+
+    path = tmp_path / "ids.csv"
+    extra = "," if header.count(",") == 2 else ""
+    path.write_text(
+        f"{header}\r\nmobile,13800138000{extra}\r\nusername,email{extra}\r\nnick,Mobile\r\n",
+        "utf-8",
+    )
+    assert list(_identities(path, "utf-8")) == [
+        Identity("mobile", "13800138000"),
+        Identity("username", "email"),
+        Identity("nick", "Mobile"),
+    ]
+    # With no header, the row is still refused as swapped, saying how to tell it is not.
+    path.write_text("username,email\r\n", "utf-8")
+    with pytest.raises(CommandError, match="a first line type,value says so"):
+        list(_identities(path, "utf-8"))
+
+
 @pytest.mark.parametrize(
     ("given", "said"), [("missing.csv", "no such file"), ("folder", "directory")]
 )

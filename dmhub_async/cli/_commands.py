@@ -344,6 +344,7 @@ def _numbered_identities(
     read = _Read(_without_nul(lines, path))
     reader = csv.reader(read, skipinitialspace=True)
     columns = 2  # a header may name more (a name column), whose cells are then left alone
+    headed = False  # under a header naming the type column first: no row's columns swapped
     end = 0  # the line the row before ended on: a cell may span lines (a remark)
     for row in _csv_rows(reader, path, read):
         line, end = end + 1, reader.line_num
@@ -362,7 +363,7 @@ def _numbered_identities(
         if _is_header(row):
             # On the first row that is not blank (not only line 1), or further down: files
             # joined with their headers (cat a.csv b.csv). Each names the columns under it.
-            columns = max(2, len(row))
+            columns, headed = max(2, len(row)), True
             continue
         if _is_header(row[1::-1]):
             # value,type: looked up as the identity ("value", "type"), and every row under it
@@ -393,15 +394,18 @@ def _numbered_identities(
                 " columns allows them)"
             )
         if (
-            row[1].strip().lower() in _BUILT_IN_TYPES
+            not headed
+            and row[1].strip().lower() in _BUILT_IN_TYPES
             and row[0].strip().lower() not in _BUILT_IN_TYPES
         ):
             # value,type with no header: ("13800138000", "mobile") was looked up as a type
             # "13800138000", "not found", exit 0, as under a "value,type" header (above).
+            # Under a type,value header the value is one (a username "email" of a type of
+            # the user's own): the whole lookup was refused for it.
             raise CommandError(
                 f"{path}:{line}: its value is {row[1].strip()!r}, the name of an identity type:"
                 " are the columns swapped? lookup reads type,value rows: put the type column"
-                " first"
+                " first (if they are not swapped, a first line type,value says so)"
             )
         identity = Identity(row[0].strip(), row[1].strip())
         # Before check_identity, which refuses them too, in a program's words.
