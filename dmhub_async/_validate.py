@@ -605,8 +605,8 @@ def misnamed_variables(environ: Mapping[str, str], unset: Iterable[str]) -> str:
 
 def pasted_around(name: str, value: str) -> str | None:
     """Why a credential ``name`` of ``value`` is refused as pasted: white space around it
-    (:func:`white_space_around`), or quotes (``"..."`` or ``'...'``), never quoting it; None
-    when there are neither.
+    (:func:`white_space_around`), or quotes (``"..."`` or ``'...'``, or a chat's curled or
+    full-width ones), never quoting it; None when there are neither.
 
     A ``.env`` file's ``DMHUB_SECRET="..."`` read by a loader that keeps the quotes (``export
     $(cat .env)``, docker's ``--env-file``) was sent with them: the service refused it, and
@@ -614,12 +614,28 @@ def pasted_around(name: str, value: str) -> str | None:
     """
     if spaced := white_space_around(name, value):
         return spaced
-    if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
-        return (
-            f"{name} is in quotes ({value[0]}...{value[0]}: read from a .env file with them?),"
-            " which no app's credentials hold: remove them"
-        )
-    return None
+    if len(value) < 2 or _QUOTES_CLOSED_BY.get(value[0]) != value[-1]:
+        return None
+    how = "read from a .env file" if value[0] in "\"'" else "pasted from a chat or a document"
+    return (
+        f"{name} is in quotes ({value[0]}...{value[-1]}: {how} with them?), which no app's"
+        " credentials hold: remove them"
+    )
+
+
+#: Quotes by the one that opens them: a .env file's, and those a chat or a document curls
+#: (WeChat, Word) or a Chinese input method types (full-width, corner brackets), which a
+#: credential pasted from them was sent with.
+_QUOTES_CLOSED_BY: typing.Final[Mapping[str, str]] = {
+    '"': '"',
+    "'": "'",
+    "\u201c": "\u201d",  # “ ”
+    "\u2018": "\u2019",  # ‘ ’
+    "\uff02": "\uff02",  # ＂ ＂
+    "\uff07": "\uff07",  # ＇ ＇
+    "\u300c": "\u300d",  # 「 」
+    "\u300e": "\u300f",  # 『 』
+}
 
 
 def check_settings(

@@ -771,6 +771,12 @@ def test_settings_from_the_environment_are_checked_as_arguments_are(
         ({"access_token": '"tok-9f3e"'}, {}, "access_token is in quotes"),
         ({}, {"DMHUB_SECRET": '"env-s3cret"'}, "DMHUB_SECRET is in quotes"),
         ({}, {"DMHUB_APP_ID": "'env-app'"}, "DMHUB_APP_ID is in quotes"),
+        # Pasted from a chat or a document that curled them (WeChat, Word), or typed with a
+        # Chinese input method: sent with them, "check app_id and secret" as above.
+        ({"app_id": "tenant-b", "secret": "\u201cs3cret-b\u201d"}, {}, "secret is in quotes"),
+        ({"app_id": "\u2018tenant-b\u2019", "secret": "s3cret-b"}, {}, "app_id is in quotes"),
+        ({}, {"DMHUB_SECRET": "\uff02env-s3cret\uff02"}, "DMHUB_SECRET is in quotes"),
+        ({}, {"DMHUB_SECRET": "\u300cenv-s3cret\u300d"}, "DMHUB_SECRET is in quotes"),
     ],
     ids=[
         "app_id",
@@ -785,6 +791,10 @@ def test_settings_from_the_environment_are_checked_as_arguments_are(
         "access_token-quoted",
         "DMHUB_SECRET-quoted",
         "DMHUB_APP_ID-quoted",
+        "secret-curly-quoted",
+        "app_id-curly-quoted",
+        "DMHUB_SECRET-full-width-quoted",
+        "DMHUB_SECRET-corner-quoted",
     ],
 )
 async def test_credentials_pasted_with_white_space_or_quotes_are_refused_before_anything_is_sent(
@@ -804,7 +814,9 @@ async def test_credentials_pasted_with_white_space_or_quotes_are_refused_before_
     assert ("remove them" if "quotes" in said else "remove it") in str(info.value)
     assert not calls(api, "/security/accesstoken")
     for value in (*kwargs.values(), *env.values()):
-        assert value.strip("'\" \r\n") not in str(info.value)
+        assert value.strip("'\" \r\n\u201c\u201d\u2018\u2019\uff02\u300c\u300d") not in str(
+            info.value
+        )
 
 
 @pytest.mark.parametrize("secret", ['s3"cret', '"s3cret', "it's", '"'])
