@@ -19,6 +19,7 @@ import stat
 import threading
 from collections import Counter
 from collections.abc import Callable
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -608,14 +609,17 @@ async def test_a_token_clients_checkpoint_is_resumed_by_its_own_apps_token_alone
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+@pytest.mark.parametrize("numbers", [False, True], ids=["text", "exact-numbers"])
 async def test_a_token_clients_custom_fields_export_whose_first_customers_have_none_is_compared(
-    tmp_path: Path, clock: Any, fmt: str
+    tmp_path: Path, clock: Any, fmt: str, numbers: bool
 ) -> None:
     """An export of custom fields alone (``select=["attr"]``) whose first customers have none
     (the oldest, from before the app had any) held records read as ``select=["id"]``'s: ids
     alone decided, nothing further in the file was looked at, and app B's token took A's
     cut file up (A's and B's customers mixed, complete); the CSV's later custom fields, in
-    its ``attr`` column (none were among its first page's columns), told nothing either."""
+    its ``attr`` column (none were among its first page's columns), told nothing either.
+    Numbers a float would round are read back from that column exactly, as the service's
+    answer is: read as floats, none matched, and A's own resume was refused."""
     dest, ckpt = tmp_path / f"customers.{fmt}", tmp_path / "export.ckpt"
 
     def client(token: str) -> DMHubClient:
@@ -626,7 +630,10 @@ async def test_a_token_clients_custom_fields_export_whose_first_customers_have_n
             for n, customer_id in enumerate(sim.customer_ids()):
                 sim.store.update(customer_id, {"attr": None}, clear=True)
                 if n >= PAGE:  # the first page's customers have no custom field
-                    fields = {"attr": {"member": f"{member}{customer_id}"}}
+                    value: Any = f"{member}{customer_id}"
+                    if numbers:  # A's and B's apart, each of more digits than a float's
+                        value = Decimal(f"{customer_id}.{ord(member)}000000000000000001")
+                    fields = {"attr": {"member": value}}
                     sim.store.update(customer_id, fields, clear=True)
         async with client(apps.token(apps.a)) as dm:
             await crashed_export(dm, dest, ckpt, select=["attr"])
@@ -642,6 +649,42 @@ async def test_a_token_clients_custom_fields_export_whose_first_customers_have_n
         ids = read_ids(dest)
         assert report.complete
         assert sorted(ids) == apps.a.customer_ids()
+        assert dest.read_bytes().startswith(before)
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+async def test_a_token_clients_export_of_custom_fields_and_fields_left_empty_is_compared_by_them(
+    tmp_path: Path, clock: Any, fmt: str
+) -> None:
+    """An export selecting custom fields beside a field of the model every customer left
+    empty (``select=["company", "attr"]``) is told by its custom fields, as one of custom
+    fields alone: a check that went to them only when no field of the model was selected
+    compared the empty ``company`` alone, which tells nothing, then ids alone, and app B's
+    token took A's cut file up."""
+    dest, ckpt = tmp_path / f"customers.{fmt}", tmp_path / "export.ckpt"
+    select = ["company", "attr"]
+
+    def client(token: str) -> DMHubClient:
+        return DMHubClient(access_token=token, base_url=apps.url, clock=clock, sleep=clock.sleep)
+
+    async with two_apps(CUSTOMERS) as apps:
+        for sim, member in ((apps.a, "A"), (apps.b, "B")):
+            for customer_id in sim.customer_ids():
+                sim.store.update(customer_id, {"company": None}, clear=True)
+                fields = {"attr": {"member": f"{member}{customer_id}"}}
+                sim.store.update(customer_id, fields, clear=True)
+        async with client(apps.token(apps.a)) as dm:
+            await crashed_export(dm, dest, ckpt, select=select)
+        before, recorded = dest.read_bytes(), ckpt.read_bytes()
+        async with client(apps.token(apps.b)) as dm:
+            with pytest.raises(InvalidRequestError, match="holds customers of another app"):
+                await export(dm, dest, ckpt, select=select)
+        assert (dest.read_bytes(), ckpt.read_bytes()) == (before, recorded)
+
+        async with client(apps.token(apps.a)) as dm:
+            report = await export(dm, dest, ckpt, select=select)
+        assert report.complete
+        assert sorted(read_ids(dest)) == apps.a.customer_ids()
         assert dest.read_bytes().startswith(before)
 
 
