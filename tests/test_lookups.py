@@ -520,6 +520,42 @@ async def test_lookup_iter_goes_on_looking_up_while_the_one_at_its_head_waits() 
     assert client.sent == 100
 
 
+async def test_lookup_iter_whose_lookups_end_together_reports_no_error_of_its_own() -> None:
+    """Lookups ending at once while lookup_iter waits for one of them to end (every one of
+    ``concurrency`` in flight, the head among them) end the wait once: a second end that
+    set it again made asyncio log "Exception in callback" (InvalidStateError) of a run
+    whose answers were all right."""
+    release = asyncio.Event()
+
+    class Held(FakeClient):
+        async def request(self, method: str, path: str, **kwargs: Any) -> Any:
+            await release.wait()
+            return await super().request(method, path, **kwargs)
+
+    wanted = identities(6)
+    client = Held({ident: 1000 + i for i, ident in enumerate(wanted)})
+    ids = Identities(client)  # type: ignore[arg-type]
+    loop = asyncio.get_running_loop()
+    errors: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _, context: errors.append(context))
+    try:
+        got: list[tuple[Identity, Any]] = []
+
+        async def consume() -> None:
+            async for pair in ids.lookup_iter(wanted, concurrency=2):
+                got.append(pair)
+
+        task = asyncio.create_task(consume())
+        for _ in range(20):  # both lookups sent, lookup_iter waiting for one to end
+            await asyncio.sleep(0)
+        release.set()  # both end in one turn of the loop
+        await task
+    finally:
+        loop.set_exception_handler(None)
+    assert got == [(ident, 1000 + i) for i, ident in enumerate(wanted)]
+    assert errors == []
+
+
 async def test_lookup_iter_closed_after_a_break_cancels_its_lookups_at_once() -> None:
     client, ids = fake(0, latency=0.01)
     lookups = ids.lookup_iter(identities(1000), concurrency=8)
