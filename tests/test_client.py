@@ -819,6 +819,21 @@ async def test_credentials_pasted_with_white_space_or_quotes_are_refused_before_
         )
 
 
+@pytest.mark.parametrize("quotes", ['""', "''"])
+async def test_a_credential_of_nothing_but_its_quotes_is_refused_before_anything_is_sent(
+    api, monkeypatch, quotes
+):
+    # `DMHUB_SECRET=""` in a .env file read by a loader that keeps the quotes: the two quotes
+    # are the whole value, no secret, and were to be refused as any quoted one is, not sent
+    # for the service to refuse with "check app_id and secret".
+    monkeypatch.setenv("DMHUB_APP_ID", "env-app")
+    monkeypatch.setenv("DMHUB_SECRET", quotes)
+    with pytest.raises(InvalidRequestError, match="DMHUB_SECRET is in quotes") as info:
+        DMHubClient(token_store=MemoryTokenStore())
+    assert "remove them" in str(info.value)
+    assert not calls(api, "/security/accesstoken")
+
+
 @pytest.mark.parametrize("secret", ['s3"cret', '"s3cret', "it's", '"'])
 def test_a_credential_with_a_quote_not_around_it_is_taken(no_env, secret):
     assert DMHubClient("app", secret, token_store=MemoryTokenStore()).app_id == "app"
