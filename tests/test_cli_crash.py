@@ -180,10 +180,50 @@ def test_a_rerun_of_a_stopped_export_without_its_checkpoint_names_it_not_a_finis
     assert "finished export" not in rerun.stderr
     assert "in progress" in rerun.stderr
     assert "rerun with --checkpoint customers.ckpt to resume it" in rerun.stderr
+    # A --checkpoint given is said not to be the one: "of checkpoint customers.ckpt" read as
+    # though the one given were it.
+    said = "of another checkpoint, customers.ckpt" if given else "of checkpoint customers.ckpt"
+    assert said in rerun.stderr
     assert out.read_bytes() == before
     assert sim.sim.counters.total == requests  # refused before any request
     resumed = run_once(
         ["export", "--out", out.name, "--checkpoint", "customers.ckpt", *PAGE], env, tmp_path
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    check_export(out, "jsonl", sim.ids(), resumed.report)
+
+
+def test_a_stopped_export_moved_with_its_checkpoint_is_named_when_rerun_without_it(
+    sim: ServedSimulator, env: dict[str, str], tmp_path: Path
+) -> None:
+    """A stopped export's directory moved (its file and checkpoint together, as the export
+    itself resumes them), then run again there without --checkpoint: the checkpoint records
+    the old path, and was to be named all the same, not "exists: pass --force", which threw
+    away what was exported."""
+    (tmp_path / "old").mkdir()
+    killed = run_once(
+        ["export", "--out", "old/customers.jsonl", "--checkpoint", "old/customers.ckpt", *PAGE],
+        env,
+        tmp_path,
+        "page:3",
+    )
+    assert killed.crashed_at is not None
+    (tmp_path / "old").rename(tmp_path / "new")
+    out = tmp_path / "new" / "customers.jsonl"
+    sim.settled()  # the killed run's pages in flight counted as its own
+    before, requests = out.read_bytes(), sim.sim.counters.total
+
+    rerun = run_once(["export", "--out", "new/customers.jsonl", *PAGE], env, tmp_path)
+
+    assert rerun.returncode == 2, rerun.stderr
+    assert "in progress" in rerun.stderr
+    assert "rerun with --checkpoint new/customers.ckpt to resume it" in rerun.stderr
+    assert out.read_bytes() == before
+    assert sim.sim.counters.total == requests  # refused before any request
+    resumed = run_once(
+        ["export", "--out", "new/customers.jsonl", "--checkpoint", "new/customers.ckpt", *PAGE],
+        env,
+        tmp_path,
     )
     assert resumed.returncode == 0, resumed.stderr
     check_export(out, "jsonl", sim.ids(), resumed.report)
