@@ -879,6 +879,15 @@ def test_a_misspelt_variable_is_not_named_when_the_credentials_are_given(no_env,
     assert "DMHUB_APPSECRET is set: did you mean DMHUB_SECRET?" in str(info.value)
 
 
+def test_a_misspelt_variable_set_to_nothing_is_not_named(no_env, monkeypatch):
+    # `DMHUB_APPID=` (emptied, as a template of variables leaves one) holds no credential:
+    # "DMHUB_APPID is set: did you mean DMHUB_APP_ID?" sent the user to a value there is not.
+    monkeypatch.setenv("DMHUB_APPID", "")
+    with pytest.raises(InvalidRequestError) as info:
+        DMHubClient(token_store=MemoryTokenStore(), secret="s3cret")
+    assert "DMHUB_APPID" not in str(info.value)
+
+
 async def test_credentials_and_base_url_from_the_environment(api, monkeypatch, clock):
     monkeypatch.setenv("DMHUB_APP_ID", "env-app")
     monkeypatch.setenv("DMHUB_SECRET", "env-secret")
