@@ -846,6 +846,8 @@ def test_a_credential_with_a_quote_not_around_it_is_taken(no_env, secret):
         ("DM_HUB_APP_ID", "DMHUB_APP_ID"),
         ("dmhub_secret", "DMHUB_SECRET"),
         ("DMHUB_APPSECRET", "DMHUB_SECRET"),
+        # A docker --env-file or a systemd EnvironmentFile takes a name no shell does.
+        ("DMHUB-APP-ID", "DMHUB_APP_ID"),
     ],
 )
 async def test_a_credential_set_under_a_misspelt_name_is_named_with_the_one_meant(
