@@ -140,6 +140,17 @@ def test_a_redis_server_restarted_on_a_port_another_took_says_so(
         other.kill()
 
 
+def test_a_server_port_where_the_ephemeral_range_holds_the_servers_ports_is_the_kernels(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A machine whose ephemeral range holds the servers' ports (ip_local_port_range 1024
+    # 65535): a port drawn from them could be any outgoing connection's meanwhile, so the
+    # kernel's own free port is taken instead, as free_port() finds it.
+    monkeypatch.setattr(_redis, "_ephemeral", lambda: range(1024, 65536))
+    monkeypatch.setattr(_redis, "free_port", lambda: 1)
+    assert _redis.server_port({}) == 1
+
+
 def test_xdist_workers_start_their_redis_servers_on_ports_apart_outside_the_ephemeral_range(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
