@@ -688,6 +688,30 @@ async def test_a_token_clients_export_of_custom_fields_and_fields_left_empty_is_
         assert dest.read_bytes().startswith(before)
 
 
+async def test_a_token_clients_custom_fields_resume_is_refused_by_answers_lacking_attr(
+    tmp_path: Path, clock: Any
+) -> None:
+    """Another app's customers whose answers lack ``attr`` altogether (as some live answers
+    did: docs/contract.md, "More live behaviour") are no match of an export of custom fields,
+    and the resume is refused as another app's, not a raw error reading their custom fields."""
+    dest, ckpt = tmp_path / "customers.jsonl", tmp_path / "export.ckpt"
+
+    def client(token: str) -> DMHubClient:
+        return DMHubClient(access_token=token, base_url=apps.url, clock=clock, sleep=clock.sleep)
+
+    async with two_apps(CUSTOMERS) as apps:
+        async with client(apps.token(apps.a)) as dm:
+            await crashed_export(dm, dest, ckpt, select=["attr"])
+        before, recorded = dest.read_bytes(), ckpt.read_bytes()
+        for customer_id in apps.b.customer_ids():
+            # The stored row, as the simulator answers with it: its attr key gone.
+            apps.b.store.update(customer_id, {}, clear=False).pop("attr", None)
+        async with client(apps.token(apps.b)) as dm:
+            with pytest.raises(InvalidRequestError, match="holds customers of another app"):
+                await export(dm, dest, ckpt, select=["attr"])
+        assert (dest.read_bytes(), ckpt.read_bytes()) == (before, recorded)
+
+
 @pytest.mark.parametrize(
     ("select", "said"),
     [
