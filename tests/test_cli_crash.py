@@ -193,6 +193,31 @@ def test_a_rerun_of_a_stopped_export_without_its_checkpoint_names_it_not_a_finis
     check_export(out, "jsonl", sim.ids(), resumed.report)
 
 
+def test_a_rerun_given_a_misspelt_checkpoint_in_another_directory_names_the_one_there(
+    sim: ServedSimulator, env: dict[str, str], tmp_path: Path
+) -> None:
+    """Checkpoints kept in a directory of their own (--checkpoint ckpts/customers.ckpt), the
+    output in another, stopped, then run again with the checkpoint misspelt: the directory
+    the --checkpoint given names is searched too, and the one there named, not "exists and
+    reads as ...", which sent the user to --force."""
+    (tmp_path / "out").mkdir()
+    (tmp_path / "ckpts").mkdir()
+    args = ["export", "--out", "out/customers.jsonl", *PAGE]
+    killed = run_once([*args, "--checkpoint", "ckpts/customers.ckpt"], env, tmp_path, "page:3")
+    assert killed.crashed_at is not None
+    out = tmp_path / "out" / "customers.jsonl"
+    sim.settled()  # the killed run's pages in flight counted as its own
+    before, requests = out.read_bytes(), sim.sim.counters.total
+
+    rerun = run_once([*args, "--checkpoint", "ckpts/customer.ckpt"], env, tmp_path)
+
+    assert rerun.returncode == 2, rerun.stderr
+    assert "in progress" in rerun.stderr
+    assert "rerun with --checkpoint ckpts/customers.ckpt to resume it" in rerun.stderr
+    assert out.read_bytes() == before
+    assert sim.sim.counters.total == requests  # refused before any request
+
+
 def test_a_stopped_export_moved_with_its_checkpoint_is_named_when_rerun_without_it(
     sim: ServedSimulator, env: dict[str, str], tmp_path: Path
 ) -> None:
