@@ -820,6 +820,26 @@ async def test_an_enqueue_cut_off_by_its_redis_is_tried_again_or_said_refused(
     assert not [line for line in _said(caplog) if "did not come back" in line], _said(caplog)
 
 
+async def test_an_enqueue_cut_off_at_every_try_is_said_as_its_redis_cut_off(
+    tmp_path: Path, redis: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Cut at every try (a Redis restarting over and over): the tries run out, and the last
+    # one's own error is what the run stops with, as a Redis it cannot reach, never an error
+    # of the retry's own.
+    monkeypatch.setattr(_queue, "REDIS_RETRIES", 1)
+    redis.command("CONFIG", "SET", "requirepass", "first-pw")
+    url = f"redis://:first-pw@127.0.0.1:{redis.port}/0"
+    cut = _cut_inside_an_enqueue(monkeypatch, redis, None, times=2)
+
+    async def sleep(_: float) -> None:
+        raise AssertionError("polled: every enqueue was cut off")
+
+    run = _queue.run_on_queue(url, tmp_path / "out", _two_shards(), progress=False, sleep=sleep)
+    with pytest.raises(DMHubError, match="cannot reach the queue's Redis"):
+        await asyncio.wait_for(run, 20)
+    assert cut == ["EXISTS", "EXISTS"]
+
+
 async def test_a_rerun_cut_off_by_its_redis_as_it_takes_queued_jobs_over_takes_them_all_the_same(
     tmp_path: Path,
     redis: RedisServer,
