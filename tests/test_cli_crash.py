@@ -218,6 +218,29 @@ def test_a_rerun_given_a_misspelt_checkpoint_in_another_directory_names_the_one_
     assert sim.sim.counters.total == requests  # refused before any request
 
 
+def test_a_stopped_export_through_a_linked_directory_is_named_when_rerun_without_it(
+    sim: ServedSimulator, env: dict[str, str], tmp_path: Path
+) -> None:
+    """An export to a directory reached through a link (a mounted volume's usual path), stopped,
+    then run again there without --checkpoint: its checkpoint is named as for any other."""
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real", target_is_directory=True)
+    args = ["export", "--out", "link/customers.jsonl", *PAGE]
+    killed = run_once([*args, "--checkpoint", "link/customers.ckpt"], env, tmp_path, "page:3")
+    assert killed.crashed_at is not None
+    out = tmp_path / "real" / "customers.jsonl"
+    sim.settled()  # the killed run's pages in flight counted as its own
+    before, requests = out.read_bytes(), sim.sim.counters.total
+
+    rerun = run_once(args, env, tmp_path)
+
+    assert rerun.returncode == 2, rerun.stderr
+    assert "in progress" in rerun.stderr
+    assert "rerun with --checkpoint link/customers.ckpt to resume it" in rerun.stderr
+    assert out.read_bytes() == before
+    assert sim.sim.counters.total == requests  # refused before any request
+
+
 def test_a_stopped_export_moved_with_its_checkpoint_is_named_when_rerun_without_it(
     sim: ServedSimulator, env: dict[str, str], tmp_path: Path
 ) -> None:
