@@ -608,10 +608,11 @@ async def test_a_token_clients_checkpoint_is_resumed_by_its_own_apps_token_alone
         assert dest.read_bytes().startswith(before)
 
 
+@pytest.mark.parametrize("none", ["empty", "absent"])
 @pytest.mark.parametrize("fmt", ["jsonl", "csv"])
 @pytest.mark.parametrize("numbers", [False, True], ids=["text", "exact-numbers"])
 async def test_a_token_clients_custom_fields_export_whose_first_customers_have_none_is_compared(
-    tmp_path: Path, clock: Any, fmt: str, numbers: bool
+    tmp_path: Path, clock: Any, fmt: str, numbers: bool, none: str
 ) -> None:
     """An export of custom fields alone (``select=["attr"]``) whose first customers have none
     (the oldest, from before the app had any) held records read as ``select=["id"]``'s: ids
@@ -619,7 +620,9 @@ async def test_a_token_clients_custom_fields_export_whose_first_customers_have_n
     cut file up (A's and B's customers mixed, complete); the CSV's later custom fields, in
     its ``attr`` column (none were among its first page's columns), told nothing either.
     Numbers a float would round are read back from that column exactly, as the service's
-    answer is: read as floats, none matched, and A's own resume was refused."""
+    answer is: read as floats, none matched, and A's own resume was refused. So did a JSON
+    line of a customer sent without ``attr`` at all (``absent``: as some live answers are,
+    docs/contract.md), where one sent ``"attr": {}`` was compared."""
     dest, ckpt = tmp_path / f"customers.{fmt}", tmp_path / "export.ckpt"
 
     def client(token: str) -> DMHubClient:
@@ -628,13 +631,15 @@ async def test_a_token_clients_custom_fields_export_whose_first_customers_have_n
     async with two_apps(CUSTOMERS) as apps:
         for sim, member in ((apps.a, "A"), (apps.b, "B")):
             for n, customer_id in enumerate(sim.customer_ids()):
-                sim.store.update(customer_id, {"attr": None}, clear=True)
+                row = sim.store.update(customer_id, {"attr": None}, clear=True)
                 if n >= PAGE:  # the first page's customers have no custom field
                     value: Any = f"{member}{customer_id}"
                     if numbers:  # A's and B's apart, each of more digits than a float's
                         value = Decimal(f"{customer_id}.{ord(member)}000000000000000001")
                     fields = {"attr": {"member": value}}
                     sim.store.update(customer_id, fields, clear=True)
+                elif none == "absent":
+                    del row["attr"]  # sent without the key
         async with client(apps.token(apps.a)) as dm:
             await crashed_export(dm, dest, ckpt, select=["attr"])
         before, recorded = dest.read_bytes(), ckpt.read_bytes()
