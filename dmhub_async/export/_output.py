@@ -29,7 +29,7 @@ from .._atomic import give_open_mode, held, naming, put_in_place, remove_or_warn
 from .._exceptions import InvalidRequestError
 from .._threads import on_thread
 from ._checkpoint import Checkpoint, ExportScope, read_checkpoint, write_checkpoint
-from ._owner import Sample, first_records, selects_custom, spread_records
+from ._owner import Sample, first_records, selected_fields, spread_records
 from ._writers import Scan, scan
 
 __all__ = ["Output", "check_path", "open_output", "wait_for_room"]
@@ -124,8 +124,8 @@ class Output:
         self.found: Scan | None = None
         self.samples: list[Sample] = []
         self._format = "jsonl" if scope is None else scope.format
-        # Custom fields selected: a JSON line sent without ``attr`` holds them empty.
-        self._custom = scope is not None and selects_custom(scope.filters.get("select"))
+        # A field selected that a JSON line was sent without is one left empty (``_owner``).
+        self._selected = selected_fields(None if scope is None else scope.filters.get("select"))
         self._locks: list[tuple[filelock.BaseFileLock, Path]] = []
         self._checkpoint = checkpoint
         self._committed: int | None = None  # bytes the checkpoint on disk covers
@@ -182,7 +182,9 @@ class Output:
         with naming(self._dest):
             self.fh.truncate(found.end)  # a torn record after the checkpoint, or a repair
             if scope.app_id is None:  # a token's: nothing recorded says whose the file is
-                self.samples = first_records(self.fh, scope.format, found.end, custom=self._custom)
+                self.samples = first_records(
+                    self.fh, scope.format, found.end, selected=self._selected
+                )
         self.fh.seek(0, os.SEEK_END)
         if (found.end, found.count, found.last_id) != (
             resumed.bytes,
@@ -212,7 +214,7 @@ class Output:
         try:
             with naming(self._dest):
                 return spread_records(
-                    self.fh, self._format, found.end, found.count, custom=self._custom
+                    self.fh, self._format, found.end, found.count, selected=self._selected
                 )
         finally:
             self.fh.seek(0, os.SEEK_END)

@@ -15,10 +15,10 @@ the service moves by itself), or its custom fields (``attr``) by a customer that
 those written (``select=["attr"]`` was compared by ids alone): customers deleted or changed
 since are no refusal while one is left as written; a customer that left every one of them
 empty tells nothing (another app's customer of its id, as empty, matched it), unless none
-looked up has one written (a JSON line sent without ``attr``, of an export that selected
-it, has its custom fields empty). One of ids alone (``select=["id"]``, or such fields empty
-in every customer looked up) is compared by its ids: another app's customers of the same ids
-pass.
+looked up has one written (a JSON line sent without a field the export selected, as some
+live answers lack ``attr`` or ``displayName``, has it empty). One of ids alone
+(``select=["id"]``, or such fields empty in every customer looked up) is compared by its
+ids: another app's customers of the same ids pass.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ __all__ = [
     "first_records",
     "records",
     "samples_of",
-    "selects_custom",
+    "selected_fields",
     "spread_records",
     "spread_samples_of",
 ]
@@ -136,28 +136,35 @@ def _value(row: dict[str, Any], name: str) -> Any:
     return attr.get(name[len(_ATTR) :]) if isinstance(attr, dict) else None
 
 
-def selects_custom(select: str | None) -> bool:
-    """Whether an export of the wire ``select`` (``"id,attr"``; None: every field, whose
-    customers are compared by their ``dateCreated``) selected the custom fields."""
-    return "attr" in (select or "").split(",")
+def selected_fields(select: str | None) -> frozenset[str]:
+    """The fields an export of the wire ``select`` (``"id,attr"``) selected; none for every
+    field (None), whose customers are compared by their ``dateCreated``."""
+    return frozenset((select or "").split(",")) - {"", "id"}
 
 
 def first_records(
-    fh: IO[bytes], fmt: str, limit: int, count: int = SAMPLES, *, custom: bool = False
+    fh: IO[bytes],
+    fmt: str,
+    limit: int,
+    count: int = SAMPLES,
+    *,
+    selected: frozenset[str] = frozenset(),
 ) -> list[Sample]:
     """The first ``count`` whole records in the first ``limit`` bytes of ``fh`` (from its
     start; its position is left where the read ended)."""
-    return records(fh, fmt, limit, lambda index: index < count, count, custom=custom)
+    return records(fh, fmt, limit, lambda index: index < count, count, selected=selected)
 
 
 def spread_records(
-    fh: IO[bytes], fmt: str, limit: int, total: int, *, custom: bool = False
+    fh: IO[bytes], fmt: str, limit: int, total: int, *, selected: frozenset[str] = frozenset()
 ) -> list[Sample]:
     """:data:`SAMPLES` times two records spread over the ``total`` the first ``limit`` bytes
     of ``fh`` hold (one read of them all)."""
     wanted = SAMPLES * 2
     step = max(1, total // wanted)
-    return records(fh, fmt, limit, lambda index: index % step == step - 1, wanted, custom=custom)
+    return records(
+        fh, fmt, limit, lambda index: index % step == step - 1, wanted, selected=selected
+    )
 
 
 def records(
@@ -167,11 +174,11 @@ def records(
     pick: Callable[[int], bool],
     count: int,
     *,
-    custom: bool = False,
+    selected: frozenset[str] = frozenset(),
 ) -> list[Sample]:
     """The whole records in the first ``limit`` bytes of ``fh`` whose index (from 0) ``pick``
-    takes, ``count`` at most. ``custom``: the export selected the custom fields
-    (:func:`selects_custom`)."""
+    takes, ``count`` at most. ``selected``: the fields the export selected
+    (:func:`selected_fields`)."""
     fh.seek(0)
     lines = _Lines(fh, limit)
     found: list[Sample] = []
@@ -188,12 +195,12 @@ def records(
             except ValueError:
                 continue
             if isinstance(row, dict) and type(row.get("id")) is int:
-                if custom and "attr" not in row:
-                    # Sent without ``attr`` at all (docs/contract.md: some live answers lack
-                    # it), written as it came: a custom field left empty, not the sample of
-                    # ``select=["id"]``, whose ids alone decided (another app's token took the
-                    # file up when its first customers came so).
-                    row = {**row, "attr": None}
+                if missing := selected - row.keys():
+                    # A selected field sent not at all (docs/contract.md: some live answers
+                    # lack attr and displayName), written as it came: a field left empty, not
+                    # the sample of ``select=["id"]``, whose ids alone decided (another app's
+                    # token took the file up when its first customers came so).
+                    row = {**row, **dict.fromkeys(missing)}
                 found.append(_sample(row["id"], row, fmt))
         return found
     with long_csv_fields():
@@ -216,15 +223,19 @@ def records(
     return found
 
 
-def samples_of(path: Path, fmt: str, count: int = SAMPLES, *, custom: bool = False) -> list[Sample]:
+def samples_of(
+    path: Path, fmt: str, count: int = SAMPLES, *, selected: frozenset[str] = frozenset()
+) -> list[Sample]:
     """:func:`first_records` of the file at ``path`` (none when there is no such file)."""
-    return _read(path, lambda fh: first_records(fh, fmt, _WHOLE, count, custom=custom))
+    return _read(path, lambda fh: first_records(fh, fmt, _WHOLE, count, selected=selected))
 
 
-def spread_samples_of(path: Path, fmt: str, total: int, *, custom: bool = False) -> list[Sample]:
+def spread_samples_of(
+    path: Path, fmt: str, total: int, *, selected: frozenset[str] = frozenset()
+) -> list[Sample]:
     """:func:`spread_records` of the file at ``path``, which holds about ``total`` records
     (none when there is no such file)."""
-    return _read(path, lambda fh: spread_records(fh, fmt, _WHOLE, total, custom=custom))
+    return _read(path, lambda fh: spread_records(fh, fmt, _WHOLE, total, selected=selected))
 
 
 #: A limit beyond any file: all of it.

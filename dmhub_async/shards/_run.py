@@ -36,7 +36,7 @@ from ..export._owner import (
     Sample,
     check_owner,
     samples_of,
-    selects_custom,
+    selected_fields,
     spread_samples_of,
 )
 from ..resources._filters import check_filter_names, read_once
@@ -463,41 +463,41 @@ def _spread(count: int) -> list[int]:
 def _part_samples(where: Path, manifest: Manifest) -> list[Sample]:
     """The first customers of parts spread over the plan (its oldest and newest windows
     among them), for the owner's check: a false refusal needs every one deleted since."""
-    outcomes, custom = manifest.shards, _selects_custom(manifest)
+    outcomes, selected = manifest.shards, _selected(manifest)
     spread = _spread(len(outcomes))
     # Two a part of many; more a part of few (one part: all ten from it).
     per_part = max(_PER_PART, -(-SAMPLES * _PER_PART // max(1, len(spread))))
     found: list[Sample] = []
     for index in spread:
         part = where / outcomes[index].file
-        found += samples_of(part, manifest.format, per_part, custom=custom)
+        found += samples_of(part, manifest.format, per_part, selected=selected)
     # Empty windows among them: other parts, until there are enough.
     for index in range(len(outcomes)):
         if len(found) >= SAMPLES * _PER_PART:
             break
         if index not in spread:
             part = where / outcomes[index].file
-            found += samples_of(part, manifest.format, _PER_PART, custom=custom)
+            found += samples_of(part, manifest.format, _PER_PART, selected=selected)
     return found
 
 
-def _selects_custom(manifest: Manifest) -> bool:
-    """Whether the export selected the custom fields (its parts' JSON lines sent without
-    ``attr`` hold them empty: ``export._owner``), where it did not select every field."""
+def _selected(manifest: Manifest) -> frozenset[str]:
+    """The fields the export selected (a JSON line of its parts sent without one holds it
+    empty: ``export._owner``), none where it selected every field."""
     columns = _columns(dict(manifest.filters))
-    return selects_custom(",".join(columns) if columns else None)
+    return selected_fields(",".join(columns) if columns else None)
 
 
 def _spread_part_samples(where: Path, manifest: Manifest) -> list[Sample]:
     """Customers spread over each of the parts :func:`_part_samples` looks at (a read of
     them all): looked up when none of their first customers is found (deleted since: the
     oldest of each window), before the export is refused."""
-    outcomes, custom = manifest.shards, _selects_custom(manifest)
+    outcomes, selected = manifest.shards, _selected(manifest)
     found: list[Sample] = []
     for index in _spread(len(outcomes)):
         outcome = outcomes[index]
         part = where / outcome.file
-        found += spread_samples_of(part, manifest.format, outcome.exported, custom=custom)
+        found += spread_samples_of(part, manifest.format, outcome.exported, selected=selected)
     return found[:_MOST_SAMPLES]
 
 
