@@ -154,8 +154,12 @@ def check_export_room(
     if longest_id is not None:
         check_room(method, walk, "idList", longest_id)
         return
+    # As that fetch sends them: the export's own select (or none), not its id walk's
+    # select=id, which sends no idList. With it, filters whose every request fits (a stage of
+    # 6,085 to 6,094 bytes) were refused.
+    fetch = walk if "select" in params else {k: v for k, v in walk.items() if k != "select"}
     try:
-        check_room(method, walk, "idList", _LONGEST_ID)
+        check_room(method, fetch, "idList", _LONGEST_ID)
     except InvalidRequestError as err:
         raise InvalidRequestError(
             f"{err} (the final check fetches a customer it finds missing by its id, which"
