@@ -152,6 +152,25 @@ def test_an_output_whose_directory_is_missing_or_a_file_is_a_usage_error_saying_
     assert requests(served) == 0
 
 
+@pytest.mark.parametrize("where", ["under a file", "a link to nothing"])
+def test_a_sharded_export_whose_directory_cannot_be_made_is_a_usage_error_saying_why(
+    served: ServedSimulator, env: dict[str, str], tmp_path: Path, where: str
+) -> None:
+    # `export --shards 2 --out exports/parts` where exports was a file: exit 1, as if the run
+    # had failed (an export to one file there is exit 2); --out a link to a directory not
+    # there (unmounted): exit 1 and "parts: File exists", of a path the user saw none at.
+    (tmp_path / "exports").write_text("a report\n", encoding="utf-8")
+    (tmp_path / "parts").symlink_to(tmp_path / "unmounted")
+    out = "exports/parts" if where == "under a file" else "parts"
+
+    result = run_cli("export", "--shards", "2", "--out", out, env=env, cwd=tmp_path)
+
+    why = "exports is not a directory" if where == "under a file" else "which does not exist"
+    assert_one_line_error(result, 2, f"--out {out}", why)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exports", "parts"]
+    assert requests(served) == 0
+
+
 @pytest.mark.parametrize("kind", ["directory", "in a missing directory", "symlink"])
 def test_export_refuses_a_checkpoint_that_cannot_be_one_as_a_usage_error(
     served: ServedSimulator, env: dict[str, str], tmp_path: Path, kind: str

@@ -32,7 +32,7 @@ from ..shards._queue import (
     worker,
     worker_credentials_hint,
 )
-from ..shards._run import TotalProgress, coordinating, export_sharded, prepare
+from ..shards._run import TotalProgress, check_directory, coordinating, export_sharded, prepare
 from ._errors import (
     EXIT_INCOMPLETE,
     EXIT_OK,
@@ -133,6 +133,11 @@ def check_sharding(args: argparse.Namespace) -> None:
         )
     if Path(args.out).exists() and not Path(args.out).is_dir():
         raise UsageError(f"--out {args.out}: not a directory (--shards writes one)")
+    try:
+        # One that cannot be made (under a file, a link to nothing): the run's error, exit 1.
+        check_directory(Path(args.out))
+    except InvalidRequestError as err:
+        raise UsageError(f"--out {err}") from None
 
 
 async def sharded_export(args: argparse.Namespace, filters: dict[str, Any]) -> int:

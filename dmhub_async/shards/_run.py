@@ -270,7 +270,7 @@ def coordinating(directory: str | os.PathLike[str]) -> Iterator[None]:
     if where in _COORDINATED.get():
         yield
         return
-    _check_directory(where)
+    check_directory(where)
     made = not where.exists()
     where.mkdir(parents=True, exist_ok=True)
     try:
@@ -588,9 +588,18 @@ def _recheck_parts(where: Path, manifest: Manifest) -> bool:
     return changed
 
 
-def _check_directory(where: Path) -> None:
+def check_directory(where: Path) -> None:
+    """Refuse, before anything is made or sent, a sharded export's directory that is not one
+    or cannot be made (the command line's ``--out`` too: it was exit 1, as a failed run)."""
     if where.exists() and not where.is_dir():
         raise InvalidRequestError(f"{where} is not a directory: a sharded export writes one")
+    if not where.exists() and where.is_symlink():
+        # A link to a directory not there (unmounted, moved, or never made): a raw
+        # FileExistsError of the link, from mkdir.
+        raise InvalidRequestError(
+            f"{where} is a symbolic link to {os.readlink(where)}, which does not exist (a"
+            " sharded export writes a directory: make it, or give another)"
+        )
     above = nearest_existing(where)
     if above is not None and not above.is_dir():
         # june.jsonl/parts: a raw NotADirectoryError of the path as it was made (the command
@@ -601,7 +610,7 @@ def _check_directory(where: Path) -> None:
 
 
 def _manifest_in(where: Path) -> Manifest | None:
-    _check_directory(where)
+    check_directory(where)
     return Manifest.read(where) if where.is_dir() else None
 
 

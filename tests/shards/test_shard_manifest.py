@@ -2466,6 +2466,24 @@ async def test_a_sharded_export_into_a_directory_under_a_file_is_refused_naming_
     assert sorted(os.listdir(tmp_path)) == ["june.jsonl"]
 
 
+async def test_a_sharded_export_into_a_link_to_nothing_is_refused_naming_it(
+    sim: DMHubSimulator, dm: DMHubClient, tmp_path: Path
+) -> None:
+    # A link to a directory not there (unmounted, moved) came out of export_sharded as a raw
+    # FileExistsError of the link, from its mkdir.
+    (tmp_path / "parts").symlink_to(tmp_path / "unmounted")
+    sent = sim.counters.total
+
+    with pytest.raises(InvalidRequestError) as info:
+        await export_sharded(dm, tmp_path / "parts", 2, progress=False)
+
+    said = str(info.value)
+    assert f"{tmp_path / 'parts'} is a symbolic link to {tmp_path / 'unmounted'}" in said
+    assert "which does not exist" in said
+    assert sim.counters.total == sent
+    assert sorted(os.listdir(tmp_path)) == ["parts"]
+
+
 def test_a_merge_of_a_file_says_it_takes_the_directory(tmp_path: Path) -> None:
     # merge("june.jsonl", ...) (the export's file, or a part, given for its directory) raised
     # a raw NotADirectoryError of "june.jsonl/manifest.json", a file nobody named.
