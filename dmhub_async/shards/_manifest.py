@@ -820,6 +820,12 @@ def merge_parts(
     # a device (/dev/null, as root), a missing folder was made, and a directory failed once
     # every part was copied, with a raw IsADirectoryError. As an export refuses them.
     check_path(Path(dest), "merge's output")
+    if os.path.islink(directory) and not os.path.exists(directory):
+        # A link to a directory not there (unmounted, moved): "is a file", of no file.
+        raise InvalidRequestError(
+            f"{directory} is a symbolic link to {os.readlink(directory)}, which does not"
+            " exist: merge takes the directory export_sharded wrote"
+        )
     if os.path.lexists(directory) and not os.path.isdir(directory):
         # The export's file, or a part, given for its directory: a raw NotADirectoryError of
         # "june.jsonl/manifest.json", a file nobody named.

@@ -2495,6 +2495,20 @@ def test_a_merge_of_a_file_says_it_takes_the_directory(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["june.jsonl"]
 
 
+def test_a_merge_of_a_link_to_nothing_says_so_not_that_it_is_a_file(tmp_path: Path) -> None:
+    # A link to a directory not there (unmounted, moved) was said to be "a file, not a
+    # directory": the user found no file there.
+    (tmp_path / "parts").symlink_to(tmp_path / "unmounted")
+
+    with pytest.raises(InvalidRequestError) as info:
+        merge(tmp_path / "parts", tmp_path / "all.jsonl")
+
+    said = str(info.value)
+    assert "is a file" not in said
+    assert f"is a symbolic link to {tmp_path / 'unmounted'}, which does not exist" in said
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["parts"]
+
+
 def test_a_merge_into_the_file_a_part_links_to_is_refused(done: Path, tmp_path: Path) -> None:
     # A part kept elsewhere, linked from the directory: `merge --out` that file (with --force)
     # replaced the part's data with the merged file, which the next merge refused by its size.
