@@ -34,7 +34,7 @@ import attrs
 
 from .._atomic import open_to_read
 from .._client import DMHubClient
-from .._exceptions import InvalidRequestError
+from .._exceptions import InvalidRequestError, ResponseTooLargeError
 from .._json import loads
 from ._reconcile import Retries
 from ._writers import CSV_FIELDS, _cell, _Lines, long_csv_fields
@@ -324,7 +324,8 @@ def _telling(samples: Sequence[Sample]) -> list[Sample]:
 
 async def _found(client: DMHubClient, samples: Sequence[Sample], retries: Retries | None) -> bool:
     """Whether one of ``samples`` is a customer ``client``'s service holds, with the same
-    fields (:class:`Sample`): one request."""
+    fields (:class:`Sample`): one request, or, for an answer larger than the client reads,
+    one a half (as the final check fetches: ``_reconcile._fetch``)."""
     ids = sorted({sample.id for sample in samples})
     names = {name for sample in samples for name, _ in sample.fields}
     # Custom fields (``attr.KEY``) come in ``attr``, one object.
@@ -332,7 +333,21 @@ async def _found(client: DMHubClient, samples: Sequence[Sample], retries: Retrie
     walk = client.customers.list_rows(
         page_size=100, id_list=ids, select=["id", *select], max_items=len(ids)
     )
-    rows = await (walk.to_list() if retries is None else retries.to_list(walk))
+    try:
+        rows = await (walk.to_list() if retries is None else retries.to_list(walk))
+    except ResponseTooLargeError:
+        # Large custom fields of up to 100 customers (a sharded rerun whose parts' first
+        # customers were deleted since) failed the rerun, where the export's pages passed.
+        if len(ids) == 1:
+            raise
+        first = set(ids[: len(ids) // 2])
+        for half in (
+            [sample for sample in samples if sample.id in first],
+            [sample for sample in samples if sample.id not in first],
+        ):
+            if await _found(client, half, retries):
+                return True
+        return False
     held = {row.get("id"): row for row in rows}
     return any(
         sample.id in held

@@ -165,6 +165,49 @@ async def test_a_token_clients_sharded_export_is_rerun_by_its_own_apps_token_alo
         assert set(ids) == set(apps.a.customer_ids()) | set(deleted)
 
 
+async def test_a_token_clients_rerun_of_large_custom_fields_looks_their_owner_up_in_halves(
+    clock: Any, tmp_path: Path
+) -> None:
+    """A token client's rerun of ``select=["attr"]`` compares the custom fields of the
+    customers it looks up: with the parts' first customers deleted since, up to 100 spread
+    over them, in one request, whose answer of large custom fields (pages of 5 had fitted the
+    client's ``max_response_size``) failed the rerun with ResponseTooLargeError, at every
+    rerun. They are looked up in halves, as the final check fetches."""
+
+    def client(token: str) -> DMHubClient:
+        return DMHubClient(
+            access_token=token,
+            base_url=apps.url,
+            clock=clock,
+            sleep=clock.sleep,
+            max_response_size=200_000,
+        )
+
+    out = tmp_path / "parts"
+    filters: dict[str, Any] = {"select": ["attr"], "page_size": 5}
+    async with two_apps(300) as apps:
+        for customer_id in apps.a.customer_ids():  # 30 KB each
+            fields = {"attr": {"notes": f"{customer_id}" + "x" * 30_000}}
+            apps.a.store.update(customer_id, fields, clear=True)
+        async with client(apps.token(apps.a)) as dm:
+            manifest = await export_sharded(dm, out, 3, progress=False, **filters)
+        assert manifest.complete
+        deleted = []
+        for part in sorted(out.glob("part-*.jsonl")):
+            deleted += read_ids(part)[:6]  # more than the check looks up in each first
+        for customer_id in deleted:
+            apps.a.delete_customer(customer_id)
+        apps.a.add_customers(2)
+
+        async with client(apps.token(apps.a)) as dm:
+            manifest = await export_sharded(dm, out, 3, progress=False, **filters)
+        assert manifest.complete
+        merge(out, tmp_path / "merged.jsonl")
+        ids = read_ids(tmp_path / "merged.jsonl")
+        assert len(ids) == len(set(ids))
+        assert set(ids) == set(apps.a.customer_ids()) | set(deleted)
+
+
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes")
 async def test_a_token_clients_rerun_over_a_named_pipe_in_a_parts_place_does_not_hang(
     clock: Any, tmp_path: Path
