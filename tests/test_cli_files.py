@@ -171,6 +171,28 @@ def test_a_sharded_export_whose_directory_cannot_be_made_is_a_usage_error_saying
     assert requests(served) == 0
 
 
+@pytest.mark.parametrize("shards", [False, True])
+def test_an_out_whose_tilde_no_shell_expanded_says_so(
+    served: ServedSimulator, env: dict[str, str], tmp_path: Path, shards: bool
+) -> None:
+    # `--out=~/exports/june.jsonl` (a shell expands ~ only where a word starts): "cannot
+    # write to '~/exports', which does not exist: make it first", of the user's own
+    # ~/exports; with --shards, a directory named "~" was made where the command ran, exit 0.
+    home = tmp_path / "home"
+    (home / "exports").mkdir(parents=True)
+    work = tmp_path / "work"
+    work.mkdir()
+    out = "~/exports/parts" if shards else "~/exports/june.jsonl"
+    more = ["--shards", "2"] if shards else []
+
+    result = run_cli("export", *more, f"--out={out}", env={**env, "HOME": str(home)}, cwd=work)
+
+    assert_one_line_error(result, 2, "~ is not expanded", "give", str(home / "exports"))
+    assert list(work.iterdir()) == []
+    assert list((home / "exports").iterdir()) == []
+    assert requests(served) == 0
+
+
 @pytest.mark.parametrize("kind", ["directory", "in a missing directory", "symlink"])
 def test_export_refuses_a_checkpoint_that_cannot_be_one_as_a_usage_error(
     served: ServedSimulator, env: dict[str, str], tmp_path: Path, kind: str

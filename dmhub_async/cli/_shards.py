@@ -21,6 +21,7 @@ from typing import Any
 from .._auth import FileTokenStore, RedisTokenStore
 from .._exceptions import AuthenticationError, DMHubError, InvalidRequestError, TokenStoreError
 from .._words import counted
+from ..export._output import NOT_EXPANDED, unexpanded_home
 from ..shards import MANIFEST_NAME, LateCheck, Manifest
 from ..shards._late import late_checked, run_late_check
 from ..shards._local import WorkerSettings, private_token_directory, run_in_processes
@@ -133,6 +134,9 @@ def check_sharding(args: argparse.Namespace) -> None:
         )
     if Path(args.out).exists() and not Path(args.out).is_dir():
         raise UsageError(f"--out {args.out}: not a directory (--shards writes one)")
+    if (home := unexpanded_home(Path(args.out))) is not None:
+        # --out=~/exports/parts: a directory named "~" was made here, exit 0.
+        raise UsageError(f"--out {args.out}: {NOT_EXPANDED}: give {home}")
     try:
         # One that cannot be made (under a file, a link to nothing): the run's error, exit 1.
         check_directory(Path(args.out))

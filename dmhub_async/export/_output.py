@@ -62,7 +62,11 @@ def check_path(path: Path, what: str) -> None:
         # further up (exports/2026 where exports is one) is named: "does not exist: make it
         # first", and `mkdir -p exports/2026` failed "Not a directory".
         there = nearest_existing(path)
-        if there is None or there.is_dir():
+        if (home := unexpanded_home(path.parent)) is not None:
+            # --out=~/exports/june.jsonl (no shell expands a ~ after "="): "does not exist:
+            # make it first", of the user's own ~/exports.
+            why = f"which does not exist: {NOT_EXPANDED}: give {home!r}"
+        elif there is None or there.is_dir():
             why = "which does not exist: make it first"
         elif there == path.parent:
             why = "which is not a directory"
@@ -73,6 +77,23 @@ def check_path(path: Path, what: str) -> None:
         )
     if not os.access(path.parent, os.W_OK):
         raise InvalidRequestError(f"{what} {str(path)!r}: cannot write to {str(path.parent)!r}")
+
+
+#: Why a path's leading ``~`` names no home here.
+NOT_EXPANDED: Final = (
+    "a leading ~ is not expanded here (a shell expands it only where a word starts: "
+    "--out ~/x, not --out=~/x)"
+)
+
+
+def unexpanded_home(path: Path) -> str | None:
+    """``path`` with its leading ``~`` (or ``~user``) expanded, when nothing of that name is
+    where it would be made (no shell expanded it); None for any other path."""
+    first = path.parts[0] if path.parts else ""
+    if not first.startswith("~") or os.path.lexists(first):
+        return None
+    home = os.path.expanduser(str(path))
+    return None if home == str(path) else home
 
 
 def nearest_existing(path: Path) -> Path | None:
