@@ -488,9 +488,12 @@ async def test_a_redis_not_reached_says_why_in_redis_pys_words_never_its_passwor
     # whose certificate is of a CA not given (?ssl_ca_certs=), a plain redis:// URL of a TLS
     # Redis, a host name that does not resolve, a port nothing listens on, alike; the queue
     # and the token store on the same URL said redis-py's reason.
-    with socket.socket() as listening:
-        listening.bind(("127.0.0.1", 0))
-        port = listening.getsockname()[1]  # closed: nothing listens there now
+    from _redis import server_port
+
+    # Nothing listens there, nor will: this worker's own port. One bound and closed (bind(0))
+    # was free for another worker's in-process simulator (which binds port 0) to take, and
+    # the limiter then reached an HTTP server, not "Error 111 connecting".
+    port = server_port()
     limiter = RedisRateLimiter(f"redis://:RedisPassw0rd@127.0.0.1:{port}/0", 5, timeout=1)
     try:
         with pytest.raises(DMHubError) as caught:
