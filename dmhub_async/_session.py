@@ -16,6 +16,7 @@ import logging
 import os
 import select
 import socket
+import sys
 import time
 import traceback
 import urllib.request
@@ -1201,13 +1202,30 @@ def _deflate_of(first: bytes) -> Any:
     return zlib.decompressobj(zlib.MAX_WBITS if first[0] & 0x0F == 8 else -zlib.MAX_WBITS)
 
 
+#: c-ares's codes of a lookup that got no answer (ARES_ESERVFAIL, ARES_ECONNREFUSED "Could not
+#: contact DNS servers", ARES_ETIMEOUT "Timeout while contacting DNS servers"), which aiodns's
+#: DNSError carries first.
+_ARES_NO_ANSWER = (3, 11, 12)
+
+
 def _no_dns_answer(failure: BaseException) -> bool:
     """Whether ``failure`` is a host lookup that got no answer ("Temporary failure in name
     resolution", EAI_AGAIN: this machine offline, its DNS server down), which says nothing of
-    whether the host exists."""
-    return isinstance(failure, aiohttp.ClientConnectorError) and (
-        getattr(failure.os_error, "errno", None) == socket.EAI_AGAIN
-    )
+    whether the host exists.
+
+    aiohttp looks hosts up with aiodns where it is installed (``aiohttp[speedups]``), which says
+    it as ``OSError(None, "Could not contact DNS servers")`` from aiodns's ``DNSError``: no
+    errno, and "was not found (is base_url right?)" sent the user to check a right URL."""
+    if not isinstance(failure, aiohttp.ClientConnectorError):
+        return False
+    os_error = failure.os_error
+    if getattr(os_error, "errno", None) == socket.EAI_AGAIN:
+        return True
+    dns_error = getattr(sys.modules.get("aiodns.error"), "DNSError", None)  # imported if used
+    cause = os_error.__cause__
+    if cause is None or not (isinstance(dns_error, type) and isinstance(cause, dns_error)):
+        return False
+    return bool(cause.args) and cause.args[0] in _ARES_NO_ANSWER
 
 
 def _tls_reason(failure: BaseException) -> str | None:

@@ -795,6 +795,112 @@ async def test_a_resolver_that_gives_no_answer_is_not_said_to_have_not_found_the
     assert "DMHUB_BASE_URL right" not in line, line
 
 
+@pytest.mark.parametrize(
+    ("code", "words"),
+    [
+        (11, "Could not contact DNS servers"),  # c-ares's ARES_ECONNREFUSED
+        (12, "Timeout while contacting DNS servers"),  # ARES_ETIMEOUT
+        (3, "Server failed"),  # ARES_ESERVFAIL: glibc's EAI_AGAIN too
+    ],
+)
+async def test_aiodns_giving_no_answer_is_not_said_to_have_not_found_the_host(
+    monkeypatch: pytest.MonkeyPatch, code: int, words: str
+) -> None:
+    # With aiodns installed (aiohttp[speedups]), aiohttp looks hosts up with it (its
+    # AsyncResolver), which says a lookup that got no answer as OSError(None, c-ares's words)
+    # from aiodns's DNSError: no EAI_AGAIN. The library said "the host of https://... was not
+    # found (is base_url right?)", the command line "(is DMHUB_BASE_URL right?)", of the
+    # service's right URL, as before its threaded resolver's case was told apart. aiodns
+    # stood in for: its error module, and aiohttp's AsyncResolver's raise.
+    import sys
+    import types
+
+    import aiohttp.connector
+
+    from dmhub_async.cli._errors import explain
+
+    aiodns_error = types.ModuleType("aiodns.error")
+
+    class DNSError(Exception):
+        pass
+
+    aiodns_error.DNSError = DNSError  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "aiodns.error", aiodns_error)
+    looked_up: list[str] = []
+
+    class Resolver(aiohttp.abc.AbstractResolver):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            pass
+
+        async def resolve(self, host: str, *args: Any, **kwargs: Any) -> Any:
+            looked_up.append(host)
+            try:
+                raise DNSError(code, words)
+            except DNSError as exc:  # as aiohttp's AsyncResolver says it
+                raise OSError(None, exc.args[1]) from exc
+
+        async def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(aiohttp.connector, "DefaultResolver", Resolver)
+    # A host of its own: a token request that failed is not sent again for a second.
+    base_url = f"https://api-{code}.dmhub-offline.test"
+    monkeypatch.setenv("DMHUB_BASE_URL", base_url)
+    async with DMHubClient("app", "s3cret", base_url=base_url) as dm:
+        with pytest.raises(APIConnectionError) as info:
+            await dm.with_options(max_retries=0).customers.count()
+
+    assert looked_up == [f"api-{code}.dmhub-offline.test"]
+    said = str(info.value)
+    assert said.endswith(
+        f"the DNS server gave no answer for the host of {base_url} (is this machine online, its"
+        " DNS server reachable?)"
+    ), said
+    _, line = explain(info.value)
+    assert line == said, line
+
+
+async def test_aiodns_not_finding_the_host_is_still_said_so(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The other side of the test above: a host the DNS server says is not there (c-ares's
+    # ARES_ENOTFOUND, "Domain name not found") is still a base URL to check.
+    import sys
+    import types
+
+    import aiohttp.connector
+
+    aiodns_error = types.ModuleType("aiodns.error")
+
+    class DNSError(Exception):
+        pass
+
+    aiodns_error.DNSError = DNSError  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "aiodns.error", aiodns_error)
+
+    class Resolver(aiohttp.abc.AbstractResolver):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            pass
+
+        async def resolve(self, host: str, *args: Any, **kwargs: Any) -> Any:
+            try:
+                raise DNSError(4, "Domain name not found")
+            except DNSError as exc:
+                raise OSError(None, exc.args[1]) from exc
+
+        async def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(aiohttp.connector, "DefaultResolver", Resolver)
+    base_url = "https://api.dmhub-mistyped.test"
+    async with DMHubClient("app", "s3cret", base_url=base_url) as dm:
+        with pytest.raises(APIConnectionError) as info:
+            await dm.with_options(max_retries=0).customers.count()
+    said = str(info.value)  # "was not found" (aiohttp 3.9 has no DNS error: "no connection")
+    assert "gave no answer" not in said, said
+    assert "(is base_url right" in said, said
+
+
 async def test_an_untrusted_certificate_is_met_once_not_retried(tmp_path: Any) -> None:
     # Before: a certificate this machine does not trust was retried like a lost connection,
     # each handshake failing the same way.
