@@ -976,6 +976,17 @@ def _check_same_service(client: Any, task: dict[str, Any]) -> None:
     mine = (client.base_url, client.app_id)
     theirs = (task.get("base_url", client.base_url), task.get("app_id", client.app_id))
     if (one_spelling(mine[0]), mine[1]) != (one_spelling(theirs[0]), theirs[1]):
+        if mine[1] is None and one_spelling(mine[0]) == one_spelling(theirs[0]):
+            # A worker given an access token alone, on an export planned with an app id: it
+            # was said to have taken "another export's shard" (of "app None"), and told to
+            # give each app workers of their own, of the very export it serves.
+            raise InvalidRequestError(
+                f"a worker given an access token alone took a shard of an export of {theirs[0]}"
+                f" planned with app {theirs[1]}, which it cannot show is its token's app (it has"
+                " no app id), and exported nothing: give the worker the app's id and secret"
+                " (DMHUB_APP_ID and DMHUB_SECRET, or worker()'s client app_id and secret) in"
+                " place of the token"
+            )
         raise InvalidRequestError(
             f"a worker exporting from {mine[0]} (app {mine[1]}) took another export's shard, "
             f"of {theirs[0]} (app {theirs[1]}), and exported nothing: give each service or "

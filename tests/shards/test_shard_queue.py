@@ -1769,6 +1769,42 @@ async def test_a_worker_spelling_the_export_s_base_url_otherwise_exports_its_sha
     assert len(exported_ids(tmp_path)) == 30
 
 
+async def test_a_worker_given_an_access_token_alone_is_told_to_take_the_app_s_credentials(
+    tmp_path: Path,
+) -> None:
+    # An export planned with an app id and secret, a worker given an access token alone
+    # (worker(client={"access_token": ...})): it has no app id to show the shard is its app's,
+    # and was refused as "a worker exporting from URL (app None) took another export's shard,
+    # of URL (app ID) ...: give each service or app workers of their own", of the very
+    # export it serves, sending the operator to split a queue that was right.
+    from dmhub_async.shards import _queue
+    from dmhub_async.testing import DMHubSimulator
+
+    async with (
+        DMHubSimulator(customers=30) as sim,
+        DMHubClient(access_token=sim.tokens.issue(), base_url=sim.url) as dm,
+    ):
+        task = _shard_task(sim, tmp_path)
+        with pytest.raises(InvalidRequestError) as refused:
+            await _queue._export_shard_job(_job_context(dm), task)
+        assert dm.stats.requests == 0
+        # Another service's export is still said to be another's.
+        other = {**task, "base_url": "https://api.elsewhere.example"}
+        with pytest.raises(InvalidRequestError, match="another export's shard"):
+            await _queue._export_shard_job(_job_context(dm), other)
+        url, app_id, secret = sim.url, sim.app_id, sim.secret
+    assert not (tmp_path / "part-00000.jsonl").exists()
+    message = str(refused.value)
+    assert message == (
+        f"a worker given an access token alone took a shard of an export of {url} planned"
+        f" with app {app_id}, which it cannot show is its token's app (it has no app id),"
+        " and exported nothing: give the worker the app's id and secret (DMHUB_APP_ID and"
+        " DMHUB_SECRET, or worker()'s client app_id and secret) in place of the token"
+    ), message
+    assert "app None" not in message
+    assert secret not in message
+
+
 async def test_a_worker_keeping_the_token_in_another_store_exports_nothing(
     tmp_path: Path, redis: RedisServer
 ) -> None:
