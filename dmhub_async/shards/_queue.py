@@ -987,6 +987,15 @@ def _check_same_service(client: Any, task: dict[str, Any]) -> None:
                 " (DMHUB_APP_ID and DMHUB_SECRET, or worker()'s client app_id and secret) in"
                 " place of the token"
             )
+        if theirs[1] is None and one_spelling(mine[0]) == one_spelling(theirs[0]):
+            # The other way round: an export planned with an access token alone, whose job
+            # carries no app id, was "another export's shard, of ... (app None)" too.
+            raise InvalidRequestError(
+                f"a worker of app {mine[1]} took a shard of an export of {theirs[0]} planned with"
+                " an access token alone, which cannot show its app is the worker's (it has no"
+                " app id), and exported nothing: plan the export with the app's id and secret"
+                " in place of the token"
+            )
         raise InvalidRequestError(
             f"a worker exporting from {mine[0]} (app {mine[1]}) took another export's shard, "
             f"of {theirs[0]} (app {theirs[1]}), and exported nothing: give each service or "

@@ -1805,6 +1805,35 @@ async def test_a_worker_given_an_access_token_alone_is_told_to_take_the_app_s_cr
     assert secret not in message
 
 
+async def test_a_worker_taking_a_shard_of_an_export_planned_with_a_token_says_so(
+    tmp_path: Path,
+) -> None:
+    # The other way round: an export planned with an access token alone (export_sharded of a
+    # client given one), a worker given the app id and secret. The job carries no app id to
+    # compare, and the worker said it "took another export's shard, of URL (app None)", and
+    # to give each app workers of their own, of the very export it serves.
+    from dmhub_async.shards import _queue
+    from dmhub_async.testing import DMHubSimulator
+
+    async with (
+        DMHubSimulator(customers=30) as sim,
+        DMHubClient(sim.app_id, sim.secret, base_url=sim.url) as dm,
+    ):
+        task = {**_shard_task(sim, tmp_path), "app_id": None}
+        with pytest.raises(InvalidRequestError) as refused:
+            await _queue._export_shard_job(_job_context(dm), task)
+        assert dm.stats.requests == 0
+        url, app_id = sim.url, sim.app_id
+    assert not (tmp_path / "part-00000.jsonl").exists()
+    message = str(refused.value)
+    assert message == (
+        f"a worker of app {app_id} took a shard of an export of {url} planned with an access"
+        " token alone, which cannot show its app is the worker's (it has no app id), and"
+        " exported nothing: plan the export with the app's id and secret in place of the token"
+    ), message
+    assert "app None" not in message
+
+
 async def test_a_worker_keeping_the_token_in_another_store_exports_nothing(
     tmp_path: Path, redis: RedisServer
 ) -> None:
