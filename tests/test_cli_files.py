@@ -1037,6 +1037,28 @@ def test_lookup_input_under_a_header_takes_a_value_named_as_an_identity_type(
 
 
 @pytest.mark.parametrize(
+    "row", ["13800138000,mobile", "+8613800138000,Mobile", "zhang@example.com,email"]
+)
+@pytest.mark.parametrize("header", ["type,value", "identityType,identityValue"])
+def test_lookup_input_under_a_header_with_a_row_swapped_is_refused(
+    served: ServedSimulator, env: dict[str, str], tmp_path: Path, header: str, row: str
+) -> None:
+    # A header naming the type first, over rows whose columns are swapped (pasted in the other
+    # order): since the header was taken to say no row is swapped, "13800138000,mobile" was
+    # looked up as an identity of a type "13800138000", "not found", exit 0, every row so. A
+    # type holds no @ and is not a number: such a row is refused, as with no header, never
+    # quoting the row (personal data).
+    (tmp_path / "ids.csv").write_text(f"{header}\nmobile,13800000000\n{row}\n", "utf-8")
+
+    result = run_cli("lookup", "--in", "ids.csv", "--out", "r.csv", env=env, cwd=tmp_path)
+
+    assert_one_line_error(result, 1, "ids.csv:3:", "are the columns swapped?")
+    assert row.split(",")[0] not in result.stderr
+    assert requests(served) == 0
+    assert not (tmp_path / "r.csv").exists()
+
+
+@pytest.mark.parametrize(
     ("given", "said"), [("missing.csv", "no such file"), ("folder", "directory")]
 )
 def test_lookup_input_that_is_no_file_says_what_it_is(

@@ -394,18 +394,25 @@ def _numbered_identities(
                 " columns allows them)"
             )
         if (
-            not headed
-            and row[1].strip().lower() in _BUILT_IN_TYPES
+            row[1].strip().lower() in _BUILT_IN_TYPES
             and row[0].strip().lower() not in _BUILT_IN_TYPES
+            and (not headed or _reads_as_a_value(row[0]))
         ):
             # value,type with no header: ("13800138000", "mobile") was looked up as a type
             # "13800138000", "not found", exit 0, as under a "value,type" header (above).
-            # Under a type,value header the value is one (a username "email" of a type of
-            # the user's own): the whole lookup was refused for it.
+            # Under a type,value header the value may be one (a username "email" of a type of
+            # the user's own): the whole lookup was refused for it. Not so a row whose type
+            # reads as a value, which no type is: every such row under a header was looked up
+            # swapped, each "not found", exit 0.
+            said = (
+                " (its header names the type column first: each row must follow it)"
+                if headed
+                else " (if they are not swapped, a first line type,value says so)"
+            )
             raise CommandError(
                 f"{path}:{line}: its value is {row[1].strip()!r}, the name of an identity type:"
                 " are the columns swapped? lookup reads type,value rows: put the type column"
-                " first (if they are not swapped, a first line type,value says so)"
+                f" first{said}"
             )
         identity = Identity(row[0].strip(), row[1].strip())
         # Before check_identity, which refuses them too, in a program's words.
@@ -432,6 +439,13 @@ _HEADER: Final = (
     frozenset({"type", "identitytype", "identity_type", "类型", "身份类型", "标识类型"}),
     frozenset({"value", "identityvalue", "identity_value", "值", "身份值", "标识值"}),
 )
+
+
+def _reads_as_a_value(cell: str) -> bool:
+    """Whether ``cell``, in a row's type column, reads as an identity's value, which no type
+    is (a type is a name, such as ``taobao-account``): a number (a mobile), or an address."""
+    text = cell.strip()
+    return "@" in text or text.removeprefix("+").replace("-", "").replace(" ", "").isdigit()
 
 
 def _is_header(row: list[str]) -> bool:
