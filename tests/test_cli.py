@@ -1102,6 +1102,40 @@ def test_a_report_whose_standard_output_reader_went_away_is_no_exit_141(
         assert (tmp_path / "found.csv").read_text(encoding="utf-8").count("\n") == 2
 
 
+@pytest.mark.parametrize("report", ["text", "json"])
+def test_a_report_read_by_head_1_is_one_write_not_an_error(report: str) -> None:
+    # `export --out c.jsonl | head -1` with PYTHONUNBUFFERED=1 (as many container images set
+    # it): the report went out in two writes, its text and then its line end, and head, gone
+    # with its one line, left the second to meet a broken pipe: "dmhub-async: error: standard
+    # output: Broken pipe (the report was not written)", exit 1, of a report whose line was
+    # read and an export complete (2 runs in 3). The report is one write: the reader takes
+    # what it wants of it. A stream that breaks after its first write stands for that reader.
+    class _FirstWriteOnly(io.RawIOBase):
+        def __init__(self) -> None:
+            self.written: list[bytes] = []
+
+        def writable(self) -> bool:
+            return True
+
+        def write(self, data: Any) -> int:
+            if self.written:
+                raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+            self.written.append(bytes(data))
+            return len(data)
+
+    raw = _FirstWriteOnly()
+    # PYTHONUNBUFFERED's standard output: unbuffered bytes, text written through.
+    out = io.TextIOWrapper(raw, encoding="utf-8", write_through=True)  # type: ignore[arg-type]
+    data = {"path": "c.jsonl", "exported": 1500}
+    text = "exported      1500 customers to c.jsonl (jsonl)\ncomplete      yes"
+
+    _report.print_report(data, text, style=report, quiet=False, out=out)
+
+    [written] = raw.written
+    expected = json.dumps(data) if report == "json" else text
+    assert written.decode("utf-8") == expected + "\n"
+
+
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
 @pytest.mark.parametrize("command", ["export", "lookup"])
 def test_a_full_standard_output_is_named_in_the_error(

@@ -242,8 +242,15 @@ def print_report(data: dict[str, Any], text: str, *, style: str, quiet: bool, ou
         if not _writable(line, out):
             encoding = getattr(out, "encoding", None) or "utf-8"
             line = line.encode(encoding, "backslashreplace").decode(encoding)
+    stream = out if out is not None else sys.stdout
+    if stream is None:  # started with >&-: nothing written, as print does
+        return
     try:
-        print(line, file=out, flush=True)
+        # One write, its line end with it: print's two (the text, then "\n"), each its own
+        # under PYTHONUNBUFFERED=1, had `| head -1`, gone with the first, break the second:
+        # exit 1, "the report was not written", of a report read and an export complete.
+        stream.write(line + "\n")
+        stream.flush()
     except OSError as err:
         # The reader of the report gone (a logger that exited, a consumer of --report json)
         # while the data went whole to a file, or to standard output: exit 141, said of the
