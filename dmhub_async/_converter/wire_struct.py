@@ -30,7 +30,7 @@ import re
 from collections.abc import Callable
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Final, TypeVar, cast
+from typing import Any, Final, Generic, TypeVar, cast
 
 import attrs
 import cattrs
@@ -93,12 +93,41 @@ def wire_struct(cls: type[Any], unknown: tuple[str, ...] = ()) -> Any:
     )
 
 
+class Models(Generic[T]):
+    """How :func:`page_reader` makes its models: built whole, as they are read (the default).
+
+    ``page(unknown, struct)``: the function from a page's typed records (of ``struct``, which
+    holds the model's fields and the learnt ``unknown`` keys) to their models; ``one(struct)``
+    the function from one such record (no unknown key) to its model; ``row(data)`` the model
+    of a record decoded as JSON data (one msgspec refused). Each raises for a value it refuses.
+    """
+
+    def __init__(self, cls: type[T], converter: cattrs.Converter) -> None:
+        self.cls = cls
+        self.converter = converter
+        self.hook = converter.get_structure_hook(cls)
+
+    def page(self, unknown: tuple[str, ...], struct: Any) -> Callable[[Any], list[T]]:
+        return make_page_build_fn(
+            self.cls, self.converter, msgspec.structs.astuple, unknown, msgspec.UNSET
+        )
+
+    def one(self, struct: Any) -> Callable[[Any], T]:
+        build = make_tuple_build_fn(self.cls, self.converter)
+        astuple = msgspec.structs.astuple
+        return lambda record: cast(T, build(astuple(record)))
+
+    def row(self, data: Any) -> T:
+        return cast(T, self.hook(data, self.cls))
+
+
 def page_reader(
     cls: type[T],
     converter: cattrs.Converter,
     key: str,
     page_keys: tuple[str, ...],
     fallback: Callable[[bytes], tuple[list[T], dict[str, Any]]],
+    models: Models[T] | None = None,
 ) -> Callable[[bytes], tuple[list[T], dict[str, Any]]]:
     """A function from a page's bytes to its models (the list under ``key``) and other keys.
 
@@ -106,45 +135,47 @@ def page_reader(
     above), a record it refuses by the converter's hook, and ``fallback`` for a page that is
     still not read. Of the page's other
     keys, msgspec gives the ``page_keys`` (those the callers read: a decode of the page that
-    kept every key cost a sixth of the whole); ``fallback`` gives them all.
+    kept every key cost a sixth of the whole); ``fallback`` gives them all. ``models``: how
+    the models are made of the typed records (:class:`Models`, the default: built whole).
     """
     struct = wire_struct(cls)
     if struct is None:
         return fallback
     unset = msgspec.UNSET
+    make = models if models is not None else Models(cls, converter)
 
-    def page_decoder(unknown: tuple[str, ...]) -> Any:
+    def page_decoder(unknown: tuple[str, ...]) -> tuple[Any, Any]:
+        row_struct = wire_struct(cls, unknown)
         page_struct = msgspec.defstruct(
             f"Wire{cls.__name__}Page",
             [
-                (key, list[wire_struct(cls, unknown)] | None, None),  # type: ignore[misc]
+                (key, list[row_struct] | None, None),  # type: ignore[valid-type]
                 *((k, Any, unset) for k in page_keys),
             ],
             kw_only=True,
             gc=False,
         )
-        return msgspec.json.Decoder(page_struct, float_hook=_json.exact_number)
+        return msgspec.json.Decoder(page_struct, float_hook=_json.exact_number), row_struct
 
     # The unknown keys met so far (a service that adds a field sends it on every record) and
     # the page decoder that reads them too: learnt once, then every page is read in one go.
-    astuple = msgspec.structs.astuple
-    build: Callable[[Any], T] = make_tuple_build_fn(cls, converter)  # no unknown key
+    build = make.one(struct)  # no unknown key
+    decoder, row_struct = page_decoder(())
     typed: tuple[tuple[str, ...], Any, Callable[[Any], list[T]]] = (
         (),
-        page_decoder(()),
-        make_page_build_fn(cls, converter, astuple),
+        decoder,
+        make.page((), row_struct),
     )
     raw_page_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])
     raw_rows_decoder = msgspec.json.Decoder(list[msgspec.Raw] | None)
     row_decoder = msgspec.json.Decoder(struct, float_hook=_json.exact_number)
     value_decoder = msgspec.json.Decoder(float_hook=_json.exact_number)
-    hook = converter.get_structure_hook(cls)
 
     def read_row(raw: Any) -> T:
         try:
-            return build(astuple(row_decoder.decode(raw)))
+            return build(row_decoder.decode(raw))
         except _REFUSED:
-            return cast(T, hook(_json.loads(bytes(raw)), cls))
+            return make.row(_json.loads(bytes(raw)))
 
     def read_typed(body: bytes) -> tuple[list[T], dict[str, Any]] | None:
         nonlocal typed
@@ -158,11 +189,8 @@ def page_reader(
                     return None
                 learnt = (*unknown, found.group(1))
                 # The build of the learnt keys too: their values go straight to extra.
-                typed = (
-                    learnt,
-                    page_decoder(learnt),
-                    make_page_build_fn(cls, converter, astuple, learnt, unset),
-                )
+                decoder, row_struct = page_decoder(learnt)
+                typed = (learnt, decoder, make.page(learnt, row_struct))
                 continue
             meta = {k: v for k in page_keys if (v := getattr(page, k)) is not unset}
             return build_page(getattr(page, key) or ()), meta
