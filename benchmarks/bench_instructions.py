@@ -117,6 +117,9 @@ WALKS: dict[str, str] = {
     "typed floor: aiohttp + the SDK's page reader": "typed-floor",
     "SDK list()": "list",
     "SDK list().pages()": "list-pages",
+    'SDK list(structure="lazy"), no field read': "lazy",
+    'SDK list(structure="lazy"), every field read': "lazy-read-all",
+    "diagnostic: list() (eager), every field read": "eager-read-all",
     "SDK list_rows()": "rows",
     "SDK list_rows().pages()": "rows-pages",
     "diagnostic: list_rows(), big-integer check off": "rows-no-big-int-check",
@@ -238,8 +241,36 @@ def _walk(kind: str, server: Any) -> Callable[[], Awaitable[int]]:
         kind = "rows"
     # bench_overhead's own contenders, by their names there: what is counted is what is timed.
     name = {"floor": "orjson-floor", "list": "sdk1", "list-pages": "sdk1-pages", "rows": "rows1"}
+    if kind.startswith(("lazy", "eager-")):
+        return _lazy_walk(server, kind.partition("-")[0], read_all=kind.endswith("read-all"))
     walk = CONTENDERS[name.get(kind, kind)][1]()
     return lambda: walk(server)
+
+
+def _lazy_walk(server: Any, structure: str, read_all: bool) -> Callable[[], Awaitable[int]]:
+    """``list(structure=structure)`` as bench_overhead's ``list()`` walk: its records left
+    unread, or (``read_all``) every field of every record read (lazy's honest worst case)."""
+    import operator
+
+    import attrs
+
+    from dmhub_async import Customer, DMHubClient, MemoryTokenStore
+
+    every_field = operator.attrgetter(*(a.name for a in attrs.fields(Customer)))
+
+    async def walk() -> int:
+        n = 0
+        async with DMHubClient(
+            server.app_id, server.secret, base_url=server.url, token_store=MemoryTokenStore()
+        ) as dm:
+            customers = dm.customers.list(page_size=PAGE_SIZE, structure=structure)  # type: ignore[arg-type]
+            async for customer in customers:
+                if read_all:
+                    every_field(customer)
+                n += 1
+        return n
+
+    return walk
 
 
 def _calls(kind: str, server: Any, n: int) -> Callable[[], Awaitable[None]]:

@@ -7,8 +7,10 @@ writes each row's bytes as the service sent them. Same records, same errors, sam
 
 from __future__ import annotations
 
+import copy
 import json
 import os
+import pickle
 import re
 import sys
 import time
@@ -47,12 +49,15 @@ from dmhub_async._converter import (
     lenient_page_reader,
     make_converter,
     read_customer_page,
+    read_customer_page_deferred,
     read_statistics_page,
     structure_customers,
     structure_statistics_list,
+    to_wire,
     wire_names,
     wire_struct,
 )
+from dmhub_async._converter.deferred import deferred_rows
 from dmhub_async._converter.names import wire_order
 from dmhub_async._sansio import Request, read_response
 from dmhub_async._session import env_proxy, environment_proxies
@@ -63,7 +68,7 @@ from dmhub_async._validate import (
     check_identity,
 )
 from dmhub_async.export import export_customers
-from dmhub_async.models import Customer, CustomerStatistics
+from dmhub_async.models import Customer, CustomerStatistics, Gender
 from dmhub_async.resources import _pages, customer_statistics, customers, identities
 from dmhub_async.testing import DMHubSimulator
 from dmhub_async.testing._fields import CUSTOMER_FIELDS, STATISTICS_FIELDS
@@ -72,6 +77,9 @@ UTC = timezone.utc
 WHAT = "a page of customers"
 FAST = _pages.rows_page(read_customer_page, WHAT)
 LENIENT = _pages.rows_page(lenient_page_reader(structure_customers, "rows"), WHAT)
+#: list(structure="lazy")'s readers: msgspec's, and the lenient way's.
+FAST_LAZY = _pages.rows_page(read_customer_page_deferred, WHAT)
+LENIENT_LAZY = _pages.rows_page(lenient_page_reader(deferred_rows, "rows"), WHAT)
 PAGE = Request("GET", "/v1/customers", {"rows": "100", "page": "1"})
 
 
@@ -199,7 +207,7 @@ def test_a_decimal_sent_as_nan_or_infinity_names_the_record_and_the_field(
 
 @pytest.mark.parametrize("body", [b"", b"[1, 2]", b'{"rows": {}}', b'{"rows": [1]}', b"null"])
 def test_what_is_no_page_is_a_decode_error(body: bytes) -> None:
-    for decode in (FAST, LENIENT):
+    for decode in (FAST, LENIENT, FAST_LAZY, LENIENT_LAZY):
         with pytest.raises(ResponseDecodeError, match="not a page of customers"):
             _read(body, decode)
 
@@ -208,6 +216,8 @@ def test_what_is_no_page_is_a_decode_error(body: bytes) -> None:
 CUSTOMER_READERS = {
     "fast": FAST,
     "lenient": LENIENT,
+    "lazy": FAST_LAZY,
+    "lazy, lenient": LENIENT_LAZY,
     "rows": _pages.rows_page(customers.read_rows, WHAT, customers.row_ids),  # list_rows()
     "raw rows": _pages.rows_page(customers.read_raw_rows, WHAT),
 }
@@ -299,6 +309,19 @@ def test_a_row_whose_id_is_no_integer_is_a_decode_error(body: bytes, reader: str
         _read(body, CUSTOMER_READERS[reader])
 
 
+@pytest.mark.parametrize("body", BAD_ROW_IDS.values(), ids=BAD_ROW_IDS.keys())
+@pytest.mark.parametrize("reader", ["lazy", "lazy, lenient"])
+def test_a_lazy_walk_takes_or_refuses_an_id_as_the_eager_one(body: bytes, reader: str) -> None:
+    # The walk drops repeats by the ids: read with the page, never deferred.
+    try:
+        eager = [c.id for c in _read(body, FAST).items]
+    except ResponseDecodeError:
+        with pytest.raises(ResponseDecodeError, match=r"customers: .*record 1, field 'id'"):
+            _read(body, CUSTOMER_READERS[reader])
+    else:
+        assert [c.id for c in _read(body, CUSTOMER_READERS[reader]).items] == eager == [8, 9, 10]
+
+
 async def test_list_rows_and_the_export_refuse_ids_that_are_no_integers(
     api: aioresponses, tokens: Any, make_client: Any, tmp_path: Path
 ) -> None:
@@ -387,6 +410,131 @@ async def test_list_yields_the_same_records_with_and_without_msgspec(
     assert all(c.date_created is not None and c.date_created.utcoffset() is not None for c in fast)
     # With msgspec installed (the test extra has it), the fast path is msgspec's typed decode.
     assert wire_struct.msgspec is None or wire_struct.wire_struct(Customer) is not None
+
+
+# --- list(structure="lazy"): each customer built on its first read ----------------------------
+
+_FIELD_NAMES = [a.name for a in attrs.fields(Customer)]
+
+#: What a user does first with a customer of the walk, and what it gives; each on a lazy one
+#: not built yet, and on the eager one.
+_FIRST_USES: dict[str, Any] = {
+    "every field": lambda c: [repr(getattr(c, name)) for name in _FIELD_NAMES],
+    "extra first": lambda c: (repr(c.extra), repr(c.date_join)),
+    "==": lambda c: c,  # the lists compared: the lazy customer == the eager one
+    "!=": lambda c: _NotEqual(c),
+    "repr": repr,
+    "attrs.asdict": attrs.asdict,
+    "attrs.astuple": attrs.astuple,
+    "attrs.evolve": lambda c: (type(e := attrs.evolve(c, name="x")), repr(e)),
+    "unstructure": to_wire,
+    "pickle": lambda c: pickle.dumps(c, protocol=pickle.HIGHEST_PROTOCOL),
+    "pickled and back": lambda c: repr(pickle.loads(pickle.dumps(c))),
+    "copy": lambda c: repr(copy.copy(c)),
+    "deepcopy": lambda c: repr(copy.deepcopy(c)),
+    "a field written": lambda c: (setattr(c, "name", "written"), repr(c))[1],
+    "extra written": lambda c: (setattr(c, "extra", {"k": 1}), repr(c))[1],
+}
+
+
+class _NotEqual:
+    def __init__(self, customer: Any) -> None:
+        self.customer = customer
+
+    def __eq__(self, other: object) -> bool:  # the != of the two customers, both ways
+        assert isinstance(other, _NotEqual)
+        return not (self.customer != other.customer) and not (other.customer != self.customer)
+
+
+@settings(max_examples=100, deadline=None, derandomize=True)
+@given(st.lists(_ROWS, max_size=4))
+@example([BIG_ROW])
+@example(
+    [
+        {"id": 1, "dateJoin": "2017-06-01T12:12:12.1234567Z", "annualRevenue": 1.50},
+        {"id": 2, "dateJoin": "2017-06-01T20:12:12+08:00", "annualRevenue": "1.50", "gender": 9},
+        {"id": 3, "employeeNumber": 2**70, "annualRevenue": 12345678901234567.89, "x": None},
+        {"id": 4, "dateJoin": "20170601T121212Z", "name": 5, "attr": None, "gender": "x"},
+    ]
+)
+def test_a_lazy_customer_is_in_every_way_the_eager_one(rows: list[dict[str, Any]]) -> None:
+    body = json.dumps({"rows": rows, "records": 9, "total": 2}, ensure_ascii=False).encode()
+    for eager_reader, lazy_reader in ((FAST, FAST_LAZY), (LENIENT, LENIENT_LAZY)):
+        eager = _read(body, eager_reader)
+        for use, first_use in _FIRST_USES.items():
+            lazy = _read(body, lazy_reader)
+            assert (lazy.total_records, lazy.total_pages) == (9, 2)
+            assert all(isinstance(c, Customer) for c in lazy.items)
+            assert [c.id for c in lazy.items] == [c.id for c in eager.items]
+            got = [first_use(c) for c in lazy.items]
+            assert got == [first_use(copy.deepcopy(c)) for c in eager.items], use
+            # Built once used: a Customer in every way from then on.
+            assert all(type(c) is Customer for c in lazy.items), use
+        assert _models([_read(body, lazy_reader)]) == _models([eager])
+
+
+#: Malformed values (wire key, field, value): refused by msgspec and read by the hook, or
+#: typed by msgspec and refused by the build.
+MALFORMED = {
+    "no timestamp": ("dateJoin", "date_join", "tok-secret"),
+    "no UTC form": ("dateJoin", "date_join", "9999-12-31T23:00:00-05:00"),
+    "NaN": ("annualRevenue", "annual_revenue", "NaN"),
+    "no integer": ("employeeNumber", "employee_number", "12a"),
+    "no object": ("attr", "attr", [1, 2]),
+}
+
+
+@pytest.mark.parametrize("reader", [FAST_LAZY, LENIENT_LAZY], ids=["fast", "lenient"])
+@pytest.mark.parametrize("malformed", list(MALFORMED))
+def test_a_lazy_customers_malformed_field_raises_on_its_read_naming_the_record_and_the_field(
+    reader: Any, malformed: str
+) -> None:
+    wire, field, value = MALFORMED[malformed]
+    rows = [
+        {"id": 1, "name": "a"},
+        {"id": 2, "name": "b", wire: value, "tagCount": 3, "gender": 1},
+        {"id": 3, "name": "c"},
+    ]
+    body = json.dumps({"rows": rows, "records": 3}).encode()
+    with pytest.raises(ResponseDecodeError, match=rf"record 1 \(id 2\), field '{wire}'"):
+        _read(body, FAST)  # eager: the page refused
+    first, second, third = _read(body, reader).items  # lazy: the page read
+    assert (first.name, third.name) == ("a", "c")
+    for _ in range(2):  # on every read of it
+        with pytest.raises(ResponseDecodeError) as info:
+            getattr(second, field)
+        text = str(info.value)
+        assert f"the record with id 2, field '{wire}'" in text
+        assert text.startswith("the answer is not a page of customers: cannot read a Customer")
+        assert info.value.__cause__ is None
+        assert info.value.__context__ is None
+    # The record's other fields still read.
+    assert (second.id, second.name, second.gender) == (2, "b", Gender.MALE)
+    assert (second.email, second.is_member) == (None, None)  # not sent: the default
+    assert second.extra == {"tagCount": 3}
+    second.extra = {"k": 1}
+    assert second.extra == {"k": 1}
+    assert "unreadable" in repr(second)
+    with pytest.raises(ResponseDecodeError, match=f"field '{wire}'"):
+        pickle.dumps(second)
+    with pytest.raises(ResponseDecodeError, match=f"field '{wire}'"):
+        assert second == first
+
+
+async def test_list_lazy_walks_the_records_of_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    async with (
+        DMHubSimulator(customers=40, seed=15) as sim,
+        DMHubClient(app_id=sim.app_id, secret=sim.secret, base_url=sim.url) as dm,
+    ):
+        sim.insert_customer({"name": "大数 小D", "attr": {"n": 10**22, "m": -(2**63) - 1}})
+        eager = [c async for c in dm.customers.list(page_size=7, concurrency=3)]
+        lazy = [c async for c in dm.customers.list(page_size=7, structure="lazy")]
+        pages = [p async for p in dm.customers.list(page_size=7, structure="lazy").pages()]
+        with pytest.raises(InvalidRequestError, match="structure must be 'eager' or 'lazy'"):
+            dm.customers.list(structure="deferred")  # type: ignore[arg-type]
+    assert len(lazy) == 41
+    assert [repr(c) for c in lazy] == [repr(c) for c in eager]
+    assert [c for page in pages for c in page.items] == eager
 
 
 class _NoLoads:

@@ -631,6 +631,23 @@ async def test_no_token_in_the_variables_of_a_failed_walk_s_traceback(
     assert_clean(info.value, debug_logs.records)
 
 
+async def test_no_token_in_a_lazy_customers_malformed_field_error(api, make_client, debug_logs):
+    # list(structure="lazy") reads a malformed field when the caller reads it, after the page
+    # and its request: the field's value, the token in it, is quoted masked, and neither the
+    # record nor the value stays in the variables of the frames that raised.
+    issue_tokens(api)
+    page = '{{"rows": [{{"id": 1, "dateJoin": "x {token}"}}], "records": 1, "total": 1}}'
+    api.get(API_URL, callback=body(200, page))
+    dm = make_client(app_id="app-1", secret=SECRET, max_retries=0)
+    [customer] = await dm.customers.list(structure="lazy").to_list()
+
+    with pytest.raises(ResponseDecodeError, match="the record with id 1, field 'dateJoin'") as info:
+        customer.date_join  # noqa: B018
+
+    assert TOKEN in sent_urls(api)
+    assert_clean(info.value, debug_logs.records)
+
+
 async def test_no_stale_token_when_the_answer_comes_after_a_refresh(
     api, make_client, debug_logs, clock
 ):

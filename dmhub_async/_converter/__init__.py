@@ -21,6 +21,7 @@ from .. import _json
 from ..models import Customer, CustomerFields, CustomerIdentity, CustomerStatistics, Gender
 from ..models.identity import Identity
 from .converter import make_converter
+from .deferred import DeferredModels, deferred_rows
 from .names import WRITABLE_CUSTOMER_FIELDS, camel, wire_names
 from .scalars import decimal_to_json, format_timestamp, parse_timestamp, timestamp_as_written
 from .wire_struct import page_reader
@@ -37,6 +38,7 @@ __all__ = [
     "make_converter",
     "parse_timestamp",
     "read_customer_page",
+    "read_customer_page_deferred",
     "read_statistics_page",
     "structure_customer",
     "structure_customers",
@@ -184,6 +186,17 @@ read_customer_page: Final = page_reader(
     "rows",
     ("records", "total", "page", "error_code", "error_description"),
     lenient_page_reader(structure_customers, "rows"),
+)
+#: read_customer_page's ``list(structure="lazy")`` twin: each record a ``Customer`` built on
+#: its first read (see .deferred); ValueError only when the body is not such a page, a record
+#: is no object or its id no integer.
+read_customer_page_deferred: Final = page_reader(
+    Customer,
+    _converter,
+    "rows",
+    ("records", "total", "page", "error_code", "error_description"),
+    lenient_page_reader(deferred_rows, "rows"),
+    DeferredModels(_converter),
 )
 #: A statistics page's bytes (``{"items": [...], "meta": {...}}``), as read_customer_page.
 read_statistics_page: Final = page_reader(

@@ -7,7 +7,7 @@ import copy
 import operator
 from collections.abc import Callable, Iterable, Mapping
 from datetime import timezone, tzinfo
-from typing import Any, Final, TypeVar
+from typing import Any, Final, Literal, TypeVar
 
 from typing_extensions import Unpack
 
@@ -15,6 +15,7 @@ from .._converter import (
     customer_fields_to_wire,
     identity_to_wire,
     read_customer_page,
+    read_customer_page_deferred,
     structure_customer,
     timestamp_as_written,
 )
@@ -227,6 +228,7 @@ class Customers(Resource):
         max_items: int | None = None,
         concurrency: int = 1,
         resume_after: int | None = None,
+        structure: Literal["eager", "lazy"] = "eager",
         **filters: Unpack[CustomerFilters],
     ) -> AsyncPaginator[Customer]:
         """Walk the customers that match the filters, each once, in server order.
@@ -246,13 +248,30 @@ class Customers(Resource):
             **filters: ``stage``, ``source``, ``mobile``, ``email``, ``gender``, ``id_list``,
                 ``date_created_from``/``_to``, ``last_updated_from``/``_to``, ``select``,
                 ``sort_by`` (default ``"id"``), ``sort_order`` (``"asc"`` or ``"desc"``).
+            structure: ``"eager"`` (the default, strict): every customer of a page is built
+                and checked as the page is read, and a malformed field stops the walk there,
+                naming the record and the field. ``"lazy"``: each customer is built on the
+                first read of a field other than ``id`` (or its first write, comparison,
+                ``repr``, copy or pickle), all its fields at once, and is then a plain
+                ``Customer``; a walk whose records are mostly passed on unread costs less.
+                Every value is the eager one; but a malformed field no longer stops the walk:
+                it raises ``ResponseDecodeError`` on each read of that field, naming the
+                record's id and the field, and the record's other fields still read.
 
         Raises:
             InvalidRequestError: a bad filter or paging value (at once, before any request).
         """
+        if structure == "eager":
+            read = read_customer_page
+        elif structure == "lazy":
+            read = read_customer_page_deferred
+        else:
+            raise InvalidRequestError(
+                f"list(): structure must be 'eager' or 'lazy', not {short(structure)}"
+            )
         return self._walk(
             "list",
-            read_customer_page,
+            read,
             _customer_id,
             dict(filters),
             keys_of=_customer_ids,
