@@ -487,6 +487,32 @@ def test_a_lazy_customers_numbers_are_every_digit_the_service_sent(reader: Any) 
     assert lazy.extra == {"levelScore": Decimal("1e400")}
 
 
+def test_a_lazy_customer_whose_build_is_interrupted_is_built_at_its_next_use(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A KeyboardInterrupt inside the build left a Customer of a few fields, its `extra` the
+    # decoded record (a msgspec Struct), and no build ever again.
+    from dmhub_async._converter import deferred
+
+    body = b'{"rows": [{"id": 1, "name": "a", "email": "a@b.c", "tagCount": 2}]}'
+    [eager] = _read(body, FAST).items
+    [lazy] = _read(body, FAST_LAZY).items
+    pending = deferred._EXTRA_SLOT.__get__(lazy)
+    fill = deferred._FILLS[type(pending)]
+
+    def interrupted(obj: Any, record: Any) -> None:
+        obj.name = "half"
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(deferred._FILLS, type(pending), interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        lazy.email  # noqa: B018
+    monkeypatch.setitem(deferred._FILLS, type(pending), fill)
+    assert (lazy.email, lazy.extra) == ("a@b.c", {"tagCount": 2})
+    assert type(lazy) is Customer
+    assert lazy == eager
+
+
 #: Malformed values (wire key, field, value): refused by msgspec and read by the hook, or
 #: typed by msgspec and refused by the build.
 MALFORMED = {

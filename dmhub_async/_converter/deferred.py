@@ -161,6 +161,9 @@ def _build(obj: Any) -> bool:
         _set_class(obj, "__class__", DeferredCustomer)
         _EXTRA_SLOT.__set__(obj, _Unreadable(_as_row(pending)))
         return False
+    except BaseException:  # a Ctrl+C, a task cancelled in a signal handler: built at next use
+        _set_class(obj, "__class__", DeferredCustomer)
+        raise
     return True
 
 
