@@ -1409,6 +1409,24 @@ def _worker_class() -> Any:
                     self.sem.release()
                 raise
 
+        async def finish_job(self, *args: Any, **kwargs: Any) -> None:
+            """arq's, whose error is taken from its task even when no job waits for it.
+
+            arq records a job's end in a task of its own (``asyncio.shield``): the close
+            cancels the job outside it (see :meth:`_jobs_ended`), and the record, left to fail
+            on its own against a Redis gone (a busy ``--rate-limit`` worker whose Redis stayed
+            away past its wait), reached stderr as asyncio's "Task exception was never
+            retrieved" with a 60-line traceback of redis-py's. Awaited, the job still gets the
+            error; left, the job is run again once its in-progress mark lapses.
+            """
+            _retrieved_in_its_own_task(_ShardWorker.finish_job.__code__)
+            await super().finish_job(*args, **kwargs)
+
+        async def finish_failed_job(self, *args: Any, **kwargs: Any) -> None:
+            """arq's, whose error is taken from its task as :meth:`finish_job`'s is."""
+            _retrieved_in_its_own_task(_ShardWorker.finish_failed_job.__code__)
+            await super().finish_failed_job(*args, **kwargs)
+
         async def close(self) -> None:
             """Stop: arq's close, which tells Redis the worker is gone; with Redis away, the
             worker's own shutdown all the same, at once.
@@ -1469,6 +1487,20 @@ def _worker_class() -> Any:
                 raise error
 
     return _ShardWorker
+
+
+def _retrieved_in_its_own_task(code: types.CodeType) -> None:
+    """The exception of the task running the coroutine of ``code`` (a record arq shields in
+    a task of its own) taken once it ends, so that asyncio does not say it, unretrieved, with
+    its traceback; nothing when the coroutine runs in its caller's task."""
+    task = asyncio.current_task()
+    if task is not None and getattr(task.get_coro(), "cr_code", None) is code:
+        task.add_done_callback(_exception_taken)
+
+
+def _exception_taken(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 def _answered_within(pool: Any, seconds: float) -> None:

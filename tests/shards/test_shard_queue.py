@@ -911,6 +911,60 @@ async def test_a_worker_stopped_as_a_job_records_its_end_closes_all_the_same(
     assert queued._pool is None
 
 
+async def test_a_worker_stopped_as_its_redis_fails_a_jobs_end_record_says_no_traceback(
+    tmp_path: Path, redis: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `dmhub-async worker --rate-limit`, its Redis killed for longer than its wait: the job
+    # failed as the wait ended and was recording its end (arq's finish_job, shielded) as the
+    # worker stopped; the close cancelled the job outside the shield, and the record, left
+    # to fail on its own, reached stderr as asyncio's "Task exception was never retrieved"
+    # and a 60-line traceback of redis-py's ConnectionError, after "the worker stops" and
+    # before "cannot reach the queue's Redis" (found running the README's queue with the
+    # queue's Redis killed for 70 s). Here the record fails once the close is over.
+    import gc
+
+    from arq.connections import ArqRedis
+    from arq.worker import Worker
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from dmhub_async.shards import _queue
+
+    recording, recorded = asyncio.Event(), asyncio.Event()
+
+    async def finish_job(self: Any, *args: object) -> None:
+        recording.set()
+        await recorded.wait()
+        raise RedisConnectionError("Error 111 connecting to 127.0.0.1:1. Connection refused.")
+
+    monkeypatch.setattr(Worker, "finish_job", finish_job)
+    loop = asyncio.get_running_loop()
+    unhandled: list[dict[str, Any]] = []
+    monkeypatch.setattr(loop, "call_exception_handler", unhandled.append)
+    client = {"app_id": "a", "secret": "s", "base_url": "http://127.0.0.1:1"}
+    queued = worker(redis.url, handle_signals=False, client=client)
+    shard = Shard(0, None, None)
+    task = {"job_version": 1, "shard": shard.to_dict(), "directory": str(tmp_path / "gone")}
+    pool = ArqRedis.from_url(redis.url)
+    try:
+        await pool.enqueue_job(_queue.JOB_NAME, task, _job_id="j")  # it fails at once
+    finally:
+        await pool.aclose()
+    running = asyncio.ensure_future(queued.async_run())
+    try:
+        await asyncio.wait_for(recording.wait(), 30)
+        running.cancel()  # its main has ended (as when its wait for Redis is over)
+        await asyncio.gather(running, return_exceptions=True)
+        await asyncio.wait_for(_close_worker(queued), 10)
+    finally:
+        recorded.set()
+        for _ in range(5):
+            await asyncio.sleep(0)  # the record, shielded, fails
+    gc.collect()  # asyncio says an exception never retrieved as the task is collected
+
+    assert [u.get("message") for u in unhandled] == []
+    assert queued._pool is None
+
+
 async def _close_worker(arq_worker: Any) -> None:
     with warnings.catch_warnings():  # arq closes its pool by redis-py's deprecated close()
         warnings.simplefilter("ignore", DeprecationWarning)
