@@ -790,6 +790,11 @@ async def merge_command(args: argparse.Namespace) -> int:
     # nothing of it, and the export's --verify was recorded nowhere.
     manifest = Manifest.read(args.directory)
     if manifest is not None:
+        # Whether the file is the whole export, and which parts are not in it: with
+        # --allow-incomplete, a script reading the report got the records alone, as of a whole
+        # export's merge (stderr alone said a part was left out or not complete).
+        data["complete"] = manifest.complete and len(merged) == len(manifest.shards)
+        data["left_out"] = [s.file for s in manifest.shards if s.file not in set(merged)]
         # The parts in the file: --allow-incomplete counted the checks of parts it left out.
         shards = _among(manifest, merged)
         said = [s.checked for s in shards if s.status in _RAN_TO_ITS_END]

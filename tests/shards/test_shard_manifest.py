@@ -2276,6 +2276,32 @@ async def test_merging_what_there_is_counts_the_final_checks_of_the_parts_it_mer
     assert f"{line} merged (1 left out)\n" in text, text
 
 
+async def test_a_merges_json_report_says_whether_its_file_is_the_whole_export(
+    dm: DMHubClient, done: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `merge --allow-incomplete --report json`, read by a script: a part deleted since, or an
+    # export stopped mid-way, gave {"path", "records", "lines", "verify", "checked"}, exit 0,
+    # as a whole export's merge does: only stderr said a part was left out or not complete
+    # (found merging an export whose workers had all failed: "records": 0, exit 0).
+    def merged(directory: Path, name: str) -> dict[str, Any]:
+        command = ["merge", str(directory), "--out", str(tmp_path / name), "--allow-incomplete"]
+        assert main([*command, "--report", "json"]) == 0
+        said: dict[str, Any] = orjson.loads(capsys.readouterr().out)
+        return said
+
+    whole = await asyncio.to_thread(merged, done, "whole.jsonl")
+    (done / "part-00001.jsonl").unlink()
+    without = await asyncio.to_thread(merged, done, "without.jsonl")
+    stopped = tmp_path / "stopped"
+    await stopped_mid_way(dm, stopped, 4, after=60)
+    partly = await asyncio.to_thread(merged, stopped, "partly.jsonl")
+
+    assert (whole["complete"], whole["left_out"]) == (True, [])
+    assert (without["complete"], without["left_out"]) == (False, ["part-00001.jsonl"])
+    assert partly["complete"] is False
+    assert partly["records"] == len((tmp_path / "partly.jsonl").read_bytes().splitlines())
+
+
 @pytest.mark.parametrize("kind", ["a symbolic link", "a named pipe", "a directory", "no folder"])
 async def test_a_merge_into_what_is_not_a_regular_file_is_refused_before_it_reads(
     dm: DMHubClient, done: Path, tmp_path: Path, kind: str
