@@ -609,6 +609,38 @@ def test_plain_http_off_this_machine_needs_allow_insecure_http(
     assert jsonl_ids(tmp_path / "a.jsonl") == served.ids()
 
 
+def test_allow_insecure_http_reaches_the_worker_processes_of_a_sharded_export(
+    served: ServedSimulator, env: dict[str, str], tmp_path: Path
+) -> None:
+    # The flag reached the plan's client alone: each worker process's client refused the plain
+    # http URL as it was made, each died in a traceback, 3 times a shard, every shard failed
+    # ("its worker died 3 times"), exit 3.
+    env["DMHUB_BASE_URL"] = served.sim.url.replace("127.0.0.1", "0.0.0.0")
+    args = ["--out", "parts", "--shards", "2", "--workers", "2", "--allow-insecure-http"]
+
+    done = run_cli("export", *args, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    merged = run_cli("merge", "parts", "--out", "all.jsonl", env=env, cwd=tmp_path)
+    assert merged.returncode == 0, merged.stderr
+
+    assert jsonl_ids(tmp_path / "all.jsonl") == served.ids()
+
+
+def test_a_worker_given_allow_insecure_http_takes_a_plain_http_url(
+    served: ServedSimulator, env: dict[str, str], tmp_path: Path, redis: Any
+) -> None:
+    # `worker --allow-insecure-http` (in its --help) was not passed to its client: the worker
+    # stopped as it started, "pass --allow-insecure-http if you must", the flag given.
+    env["DMHUB_BASE_URL"] = served.sim.url.replace("127.0.0.1", "0.0.0.0")
+    worker = ["worker", "--redis", redis.url, "--burst"]
+
+    refused = run_cli(*worker, env=env, cwd=tmp_path)
+    assert_one_line_error(refused, 1, "DMHUB_BASE_URL", "plain http", "--allow-insecure-http")
+    allowed = run_cli(*worker, "--allow-insecure-http", env=env, cwd=tmp_path)
+
+    assert allowed.returncode == 0, allowed.stderr  # the queue empty: --burst ends it
+
+
 @pytest.mark.parametrize(
     "args",
     [

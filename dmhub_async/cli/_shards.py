@@ -238,6 +238,9 @@ async def _sharded_export(args: argparse.Namespace, filters: dict[str, Any]) -> 
             "base_url": dm.base_url,
             "max_retries": args.max_retries,
             "timezone": dm.timezone,
+            # A plain http URL off this machine, as the flag allows it here: without it, each
+            # worker process's client refused it as it was made, dying in a traceback.
+            "allow_insecure_http": args.allow_insecure_http,
         }
     if args.queue:
         from ..shards._queue import mark_token_store, run_on_queue
@@ -564,6 +567,10 @@ async def worker_command(args: argparse.Namespace) -> int:
     if args.report == "json":  # a script would wait for an object that never comes
         say(f"dmhub-async: --report json: {WORKER_REPORT}")
     client: dict[str, Any] = {"max_retries": args.max_retries}
+    if args.allow_insecure_http:
+        # Its jobs' client: without it, the worker stopped as it started, "pass
+        # --allow-insecure-http if you must", the flag given.
+        client["allow_insecure_http"] = True
     if getattr(args, "timezone", None):
         client["timezone"] = args.timezone
     mounts = _mounts(args.mount)
