@@ -203,3 +203,76 @@ async def serving(app: Any) -> AsyncIterator[str]:
         yield f"http://127.0.0.1:{runner.addresses[0][1]}"
     finally:
         await runner.cleanup()
+
+
+#: A child calling one of the library's exports with the path it is given, on a client of
+#: ``base_url``, printing its InvalidRequestError.
+_UNENTERABLE_CHILD = """
+import asyncio, sys
+from dmhub_async import DMHubClient, InvalidRequestError
+from dmhub_async.export import export_customers
+from dmhub_async.shards import export_sharded
+
+call, path, base_url = sys.argv[1:]
+
+async def run() -> None:
+    async with DMHubClient("app", "s3cr3t-app-secret", base_url=base_url) as dm:
+        try:
+            if call == "export_customers":
+                await export_customers(dm, path, progress=False)
+            else:
+                await export_sharded(dm, path, 2, progress=False)
+        except InvalidRequestError as err:
+            print(f"refused: {err}")
+
+asyncio.run(run())
+"""
+
+
+def run_unprivileged(
+    command: list[str], locked: Path, **kwargs: Any
+) -> subprocess.CompletedProcess[str]:
+    """``command`` run with the directory ``locked`` made unenterable (mode 000), as a user
+    for whom permission bits hold: as root (who passes them), with the capabilities that do
+    dropped by setpriv; skipped where neither can be had, or where ``locked`` can still be
+    listed. ``kwargs``: subprocess.run's."""
+    import shutil
+
+    if sys.platform == "win32":
+        pytest.skip("POSIX permission bits")
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("root, and no setpriv to drop the capabilities that pass permission bits")
+        prefix = [setpriv, "--bounding-set", "-dac_override,-dac_read_search"]
+    probe = (
+        f"import os, sys\ntry:\n    os.listdir({str(locked)!r})\n"
+        "except PermissionError:\n    sys.exit(3)"
+    )
+    locked.chmod(0)
+    try:
+        if subprocess.run([*prefix, sys.executable, "-c", probe], timeout=60).returncode != 3:
+            pytest.skip("permission bits do not bind this user here")
+        return subprocess.run(
+            [*prefix, *command], capture_output=True, text=True, timeout=60, check=False, **kwargs
+        )
+    finally:
+        locked.chmod(0o700)
+
+
+def export_under_unenterable(call: str, locked: Path, path: Path) -> str:
+    """What ``call`` (``export_customers`` or ``export_sharded``) of ``path``, under the
+    directory ``locked`` made unenterable, said (:func:`run_unprivileged`). Its client's
+    address is a port bound by no server: anything sent fails as a connection error, not the
+    refusal."""
+    import socket
+
+    with socket.socket() as unserved:  # bound, never listening: nothing answers there
+        unserved.bind(("127.0.0.1", 0))
+        base_url = f"http://127.0.0.1:{unserved.getsockname()[1]}"
+        done = run_unprivileged(
+            [sys.executable, "-c", _UNENTERABLE_CHILD, call, str(path), base_url], locked
+        )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()

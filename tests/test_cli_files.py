@@ -33,7 +33,7 @@ from _cli_support import (
     run_cli,
     serve,
 )
-from _helpers import temporary_files_cannot_be_made, umask_watched
+from _helpers import run_unprivileged, temporary_files_cannot_be_made, umask_watched
 
 CUSTOMERS = 120
 
@@ -168,6 +168,28 @@ def test_a_sharded_export_whose_directory_cannot_be_made_is_a_usage_error_saying
     why = "exports is not a directory" if where == "under a file" else "which does not exist"
     assert_one_line_error(result, 2, f"--out {out}", why)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["exports", "parts"]
+    assert requests(served) == 0
+
+
+@pytest.mark.parametrize("shards", [False, True])
+def test_an_out_under_a_directory_it_cannot_enter_is_a_usage_error_naming_it(
+    served: ServedSimulator, env: dict[str, str], tmp_path: Path, shards: bool
+) -> None:
+    # `export --out locked/2026/june.jsonl` (or --shards 2 --out locked/2026/parts) where this
+    # user may not enter locked: "june.jsonl: Permission denied", exit 1, as if the run had
+    # failed, naming no directory to fix (a missing one is a usage error naming it).
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    out = f"{locked}/2026/parts" if shards else f"{locked}/2026/june.jsonl"
+    more = ["--shards", "2"] if shards else []
+
+    result = run_unprivileged(
+        cli_command("export", *more, "--out", out), locked, env=env, cwd=tmp_path
+    )
+
+    assert_one_line_error(result, 2, "--out", out, "permission denied", "cannot enter")
+    assert result.stderr.rstrip().endswith(f"{locked}'" if not shards else str(locked))
+    assert os.listdir(locked) == []
     assert requests(served) == 0
 
 

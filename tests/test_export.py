@@ -29,6 +29,7 @@ import attrs
 import pytest
 from _helpers import (
     IdNeedingTheLoop,
+    export_under_unenterable,
     lock_files_cannot_go,
     loop_runs_meanwhile,
     temporary_files_cannot_be_made,
@@ -1933,6 +1934,26 @@ async def test_a_path_under_a_file_further_up_says_which_file_before_any_request
     assert "make it first" not in said
     assert files_in(tmp_path) == ["exports"]
     assert sim.counters.total == 0
+
+
+@pytest.mark.parametrize("depth", ["in it", "further down"])
+def test_an_output_under_a_directory_it_cannot_enter_is_refused_naming_it(
+    tmp_path: Path, depth: str
+) -> None:
+    # An output in (or below) a directory this user may not enter: a raw PermissionError of
+    # os.lstat out of export_customers, naming no directory to fix (a missing one is named).
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    folder = locked if depth == "in it" else locked / "2026"
+    path = folder / "june.jsonl"
+
+    said = export_under_unenterable("export_customers", locked, path)
+
+    assert said == (
+        f"refused: output {str(path)!r}: cannot write to {str(folder)!r}, permission denied:"
+        f" this user cannot enter {str(locked)!r}"
+    )
+    assert os.listdir(locked) == []
 
 
 async def test_outputs_that_cannot_be_written_are_refused_before_any_request(

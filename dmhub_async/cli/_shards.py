@@ -132,7 +132,11 @@ def check_sharding(args: argparse.Namespace) -> None:
             f"--encoding {args.encoding}: the parts of --shards are written in utf-8 (merge "
             "concatenates them, so no part can start with utf-8-sig's mark)"
         )
-    if Path(args.out).exists() and not Path(args.out).is_dir():
+    try:
+        a_file = Path(args.out).exists() and not Path(args.out).is_dir()
+    except PermissionError:  # under a directory this user may not enter: said below
+        a_file = False
+    if a_file:
         raise UsageError(f"--out {args.out}: not a directory (--shards writes one)")
     if (home := unexpanded_home(Path(args.out))) is not None:
         # --out=~/exports/parts: a directory named "~" was made here, exit 0.

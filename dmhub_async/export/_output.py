@@ -32,7 +32,7 @@ from ._checkpoint import Checkpoint, ExportScope, read_checkpoint, write_checkpo
 from ._owner import Sample, first_records, selected_fields, spread_records
 from ._writers import Scan, scan
 
-__all__ = ["Output", "check_path", "open_output", "wait_for_room"]
+__all__ = ["Output", "check_path", "denied", "open_output", "wait_for_room"]
 
 logger = logging.getLogger("dmhub_async")
 #: Open without following a link, and without blocking on a FIFO (where the OS has them).
@@ -49,6 +49,10 @@ def check_path(path: Path, what: str) -> None:
     except ValueError:  # "embedded null byte", raw out of export_customers and merge
         raise InvalidRequestError(
             f"{what} {str(path)!r} holds a NUL character, which no file name can"
+        ) from None
+    except PermissionError:  # under a directory this user may not enter: raw, naming none
+        raise InvalidRequestError(
+            f"{what} {str(path)!r}: cannot write to {str(path.parent)!r}, {denied(path)}"
         ) from None
     # Each refusal names ``what``: a checkpoint of an unset setting ("") was "'.' is a
     # directory, not a file", which the user took for the output.
@@ -94,6 +98,14 @@ def unexpanded_home(path: Path) -> str | None:
         return None
     home = os.path.expanduser(str(path))
     return None if home == str(path) else home
+
+
+def denied(path: Path, *, quoted: bool = True) -> str:
+    """Why ``path`` cannot be reached, where a look at it was denied: the directory above it
+    this user may not enter (the nearest it can see), named (``quoted``: as ``repr``)."""
+    where = nearest_existing(path)
+    shown = "a directory above it" if where is None else repr(str(where)) if quoted else where
+    return f"permission denied: this user cannot enter {shown}"
 
 
 def nearest_existing(path: Path) -> Path | None:

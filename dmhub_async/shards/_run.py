@@ -29,7 +29,7 @@ from .._validate import check_flag, check_path_type, short
 from .._words import counted
 from ..export import ExportProgress, ExportReport, export_customers
 from ..export._export import Verify, _columns, check_run, check_verify, retries_of
-from ..export._output import _lock, _release, _sweep, nearest_existing
+from ..export._output import _lock, _release, _sweep, denied, nearest_existing
 from ..export._owner import (
     OWNER_CHECKED,
     SAMPLES,
@@ -591,6 +591,11 @@ def _recheck_parts(where: Path, manifest: Manifest) -> bool:
 def check_directory(where: Path) -> None:
     """Refuse, before anything is made or sent, a sharded export's directory that is not one
     or cannot be made (the command line's ``--out`` too: it was exit 1, as a failed run)."""
+    try:
+        where.exists()
+    except PermissionError:  # under one this user may not enter: raw, naming none
+        why = denied(where, quoted=False)
+        raise InvalidRequestError(f"{where} cannot be made, {why}") from None
     if where.exists() and not where.is_dir():
         raise InvalidRequestError(f"{where} is not a directory: a sharded export writes one")
     if not where.exists() and where.is_symlink():

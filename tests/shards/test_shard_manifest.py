@@ -23,7 +23,12 @@ from typing import Any
 import attrs
 import orjson
 import pytest
-from _helpers import lock_files_cannot_go, loop_runs_meanwhile, umask_watched
+from _helpers import (
+    export_under_unenterable,
+    lock_files_cannot_go,
+    loop_runs_meanwhile,
+    umask_watched,
+)
 from aiohttp import web
 from shard_support import exported_ids, stopped_mid_way
 
@@ -2508,6 +2513,24 @@ async def test_a_sharded_export_into_a_link_to_nothing_is_refused_naming_it(
     assert "which does not exist" in said
     assert sim.counters.total == sent
     assert sorted(os.listdir(tmp_path)) == ["parts"]
+
+
+@pytest.mark.parametrize("depth", ["in it", "further down"])
+def test_a_sharded_export_under_a_directory_it_cannot_enter_is_refused_naming_it(
+    tmp_path: Path, depth: str
+) -> None:
+    # A directory in (or below) one this user may not enter: a raw PermissionError of its
+    # stat out of export_sharded, naming no directory to fix.
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    where = locked / "parts" if depth == "in it" else locked / "2026" / "parts"
+
+    said = export_under_unenterable("export_sharded", locked, where)
+
+    assert said == (
+        f"refused: {where} cannot be made, permission denied: this user cannot enter {locked}"
+    )
+    assert os.listdir(locked) == []
 
 
 def test_a_merge_of_a_file_says_it_takes_the_directory(tmp_path: Path) -> None:
