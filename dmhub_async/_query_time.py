@@ -19,7 +19,14 @@ from ._converter.scalars import ascii_digits, timestamp_as_written
 from ._exceptions import InvalidRequestError
 from ._validate import MAX_JSON_DEPTH, short
 
-__all__ = ["NaiveDatetimeWarning", "query_time", "times_in_utc", "warn_naive", "zone_setting"]
+__all__ = [
+    "NaiveDatetimeWarning",
+    "did_you_mean",
+    "query_time",
+    "times_in_utc",
+    "warn_naive",
+    "zone_setting",
+]
 
 
 class NaiveDatetimeWarning(UserWarning):
@@ -77,7 +84,7 @@ def _named(name: str) -> tzinfo:
     except (ValueError, KeyError, OSError):  # ZoneInfoNotFoundError is a KeyError
         pass
     raise InvalidRequestError(
-        f"timezone: no time zone is named {short(name)}{_did_you_mean(name)}: give an IANA name"
+        f"timezone: no time zone is named {short(name)}{did_you_mean(name)}: give an IANA name"
         f" such as 'Asia/Shanghai' or 'UTC', or a tzinfo{_offset_hint(name)}"
     )
 
@@ -86,7 +93,7 @@ def _named(name: str) -> tzinfo:
 _OFFSET = re.compile(r"(?:UTC|GMT)?\s*([+-])\s*(\d{1,2})(?::?(\d{2}))?", re.IGNORECASE)
 
 
-def _did_you_mean(name: str) -> str:
+def did_you_mean(name: str) -> str:
     """`` (did you mean 'Asia/Shanghai'?)`` for a zone name in another case, or its city
     alone (``"shanghai"``); else nothing, and nothing for an offset (``"GMT+8"``). Only ever
     on the error path: listing the zones reads the zone database's directories."""

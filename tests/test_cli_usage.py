@@ -220,6 +220,16 @@ def test_help_shows_a_default_of_zero_and_no_default_of_an_on_off_flag(
         (["export", "--out", "x.jsonl", "--timezone", "Asia"], ("--timezone", "'Asia'")),
         (["export", "--out", "x.jsonl", "--timezone", "America"], ("--timezone", "'America'")),
         (["export", "--out", "x.jsonl", "--timezone", "a" * 300], ("--timezone", "IANA")),
+        # A zone in another case, or its city alone: DMHubClient(timezone=...) names the one
+        # meant, the flag said "(say Asia/Shanghai, or UTC)" of any.
+        (
+            ["export", "--out", "x.jsonl", "--timezone", "america/new_york"],
+            ("--timezone", "(did you mean 'America/New_York'?)"),
+        ),
+        (
+            ["export", "--out", "x.jsonl", "--timezone", "tokyo"],
+            ("--timezone", "'tokyo' (did you mean 'Asia/Tokyo'?)"),
+        ),
         # A rate the shared limit cannot keep: exit 1 once the worker had reached its Redis,
         # naming the Python argument (rate_limit), not the flag.
         (

@@ -10,6 +10,7 @@ from typing import Any, NoReturn
 
 from .._exceptions import InvalidRequestError
 from .._pagination import MAX_CONCURRENCY
+from .._query_time import did_you_mean
 from .._shared_rate import check_shared_rate
 from .._validate import short
 from .._version import __version__
@@ -155,9 +156,10 @@ def _time_zone(text: str) -> str:
     # OSError: a directory of the zone database ("Asia", "America") or a name too long for a
     # file was a raw IsADirectoryError and its traceback (DMHubClient(timezone=...) refuses it).
     except (ValueError, zoneinfo.ZoneInfoNotFoundError, OSError):
-        raise argparse.ArgumentTypeError(
-            f"not an IANA time zone: {short(text)} (say Asia/Shanghai, or UTC)"
-        ) from None
+        # The one meant, as DMHubClient(timezone=...) names it ("america/new_york", "tokyo"):
+        # any name was told "say Asia/Shanghai".
+        meant = did_you_mean(text) or " (say Asia/Shanghai, or UTC)"
+        raise argparse.ArgumentTypeError(f"not an IANA time zone: {short(text)}{meant}") from None
     return text
 
 
