@@ -35,6 +35,8 @@ from _cli_support import (
 )
 from _helpers import run_unprivileged, temporary_files_cannot_be_made, umask_watched
 
+from dmhub_async.shards import Manifest
+
 CUSTOMERS = 120
 
 
@@ -213,6 +215,29 @@ def test_an_out_whose_tilde_no_shell_expanded_says_so(
     assert list(work.iterdir()) == []
     assert list((home / "exports").iterdir()) == []
     assert requests(served) == 0
+
+
+def test_a_sharded_out_naming_a_directory_called_tilde_here_is_written_there(
+    served: ServedSimulator, env: dict[str, str], tmp_path: Path
+) -> None:
+    # `--shards 2 --out ./~/parts`: a directory literally named "~" where the command runs,
+    # as the user wrote it (no shell expands "./~"), was refused as "a leading ~ is not
+    # expanded here: give /home/u/parts" (Path("./~/parts") reads "~/parts").
+    home = tmp_path / "home"
+    home.mkdir()
+    work = tmp_path / "work"
+    work.mkdir()
+
+    result = run_cli(
+        "export", "--shards", "2", "--out", "./~/parts", env={**env, "HOME": str(home)}, cwd=work
+    )
+
+    assert result.returncode == 0, result.stderr
+    manifest = Manifest.read(work / "~" / "parts")
+    assert manifest is not None
+    assert manifest.complete
+    assert manifest.exported == CUSTOMERS
+    assert list(home.iterdir()) == []
 
 
 @pytest.mark.parametrize("kind", ["directory", "in a missing directory", "symlink"])

@@ -138,7 +138,7 @@ def check_sharding(args: argparse.Namespace) -> None:
         a_file = False
     if a_file:
         raise UsageError(f"--out {args.out}: not a directory (--shards writes one)")
-    if (home := unexpanded_home(Path(args.out))) is not None:
+    if (home := unexpanded_home(args.out)) is not None:  # as written: ./~/parts is no home
         # --out=~/exports/parts: a directory named "~" was made here, exit 0.
         raise UsageError(f"--out {args.out}: {NOT_EXPANDED}: give {home}")
     try:

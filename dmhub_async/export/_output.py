@@ -90,14 +90,18 @@ NOT_EXPANDED: Final = (
 )
 
 
-def unexpanded_home(path: Path) -> str | None:
+def unexpanded_home(path: str | Path) -> str | None:
     """``path`` with its leading ``~`` (or ``~user``) expanded, when nothing of that name is
-    where it would be made (no shell expanded it); None for any other path."""
-    first = path.parts[0] if path.parts else ""
-    if not first.startswith("~") or os.path.lexists(first):
+    where it would be made (no shell expanded it); None for any other path. Given as text
+    (the command line's ``--out``), a path led by ``./`` is none: ``./~/parts`` names a
+    directory called ``~`` here, as written (``Path`` drops the ``./``, and it was refused)."""
+    text = os.fspath(path)
+    parts = Path(text).parts
+    first = parts[0] if parts else ""
+    if not text.startswith("~") or os.path.lexists(first):
         return None
-    home = os.path.expanduser(str(path))
-    return None if home == str(path) else home
+    home = os.path.expanduser(text)
+    return None if home == text else home
 
 
 def denied(path: Path, *, quoted: bool = True) -> str:
