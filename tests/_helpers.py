@@ -211,7 +211,7 @@ _UNENTERABLE_CHILD = """
 import asyncio, sys
 from dmhub_async import DMHubClient, InvalidRequestError
 from dmhub_async.export import export_customers
-from dmhub_async.shards import export_sharded
+from dmhub_async.shards import export_sharded, merge
 
 call, path, base_url = sys.argv[1:]
 
@@ -220,8 +220,10 @@ async def run() -> None:
         try:
             if call == "export_customers":
                 await export_customers(dm, path, progress=False)
-            else:
+            elif call == "export_sharded":
                 await export_sharded(dm, path, 2, progress=False)
+            else:  # merge, into a file beside the run
+                merge(path, "merged.jsonl")
         except InvalidRequestError as err:
             print(f"refused: {err}")
 
@@ -262,8 +264,9 @@ def run_unprivileged(
 
 
 def export_under_unenterable(call: str, locked: Path, path: Path) -> str:
-    """What ``call`` (``export_customers`` or ``export_sharded``) of ``path``, under the
-    directory ``locked`` made unenterable, said (:func:`run_unprivileged`). Its client's
+    """What ``call`` (``export_customers``, ``export_sharded`` or ``merge``, into
+    ``merged.jsonl`` beside ``locked``) of ``path``, under (or at) the directory ``locked``
+    made unenterable, said (:func:`run_unprivileged`). Its client's
     address is a port bound by no server: anything sent fails as a connection error, not the
     refusal."""
     import socket
@@ -272,7 +275,9 @@ def export_under_unenterable(call: str, locked: Path, path: Path) -> str:
         unserved.bind(("127.0.0.1", 0))
         base_url = f"http://127.0.0.1:{unserved.getsockname()[1]}"
         done = run_unprivileged(
-            [sys.executable, "-c", _UNENTERABLE_CHILD, call, str(path), base_url], locked
+            [sys.executable, "-c", _UNENTERABLE_CHILD, call, str(path), base_url],
+            locked,
+            cwd=locked.parent,
         )
     assert done.returncode == 0, done.stderr
     return done.stdout.strip()

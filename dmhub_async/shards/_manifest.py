@@ -37,7 +37,7 @@ from .._validate import check_flag, check_path_type, short
 from .._words import counted
 from ..export._checkpoint import ExportScope, recorded_scope
 from ..export._export import FORMAT_OF_SUFFIX, Verify, check_output_name
-from ..export._output import _lock, _release, _sweep, check_path
+from ..export._output import _lock, _release, _sweep, check_path, denied
 from ..resources._filters import EMPTY_STAGE, customer_filter_params
 from ._csv_merge import Rewrite, Union, header_names, read_header, same_export, whole_header
 from ._plan import ListedIds, Shard, _aware, _seconds
@@ -833,6 +833,16 @@ def merge_parts(
             f"{directory} is a file, not a directory: merge takes the directory export_sharded"
             " wrote"
         )
+    within = Path(directory) / MANIFEST_NAME
+    try:
+        os.lstat(within)
+    except PermissionError:  # one this user may not enter: a raw error of its manifest.json
+        raise InvalidRequestError(
+            f"{directory} cannot be read, {denied(within, quoted=False)} (merge takes the"
+            " directory export_sharded wrote)"
+        ) from None
+    except OSError:  # none there: said below
+        pass
     manifest = Manifest.read(directory)
     if manifest is None:
         raise InvalidRequestError(f"{directory} has no {MANIFEST_NAME}: not a sharded export")

@@ -591,11 +591,15 @@ def _recheck_parts(where: Path, manifest: Manifest) -> bool:
 def check_directory(where: Path) -> None:
     """Refuse, before anything is made or sent, a sharded export's directory that is not one
     or cannot be made (the command line's ``--out`` too: it was exit 1, as a failed run)."""
+    within = where / MANIFEST_NAME
     try:
-        where.exists()
-    except PermissionError:  # under one this user may not enter: raw, naming none
-        why = denied(where, quoted=False)
-        raise InvalidRequestError(f"{where} cannot be made, {why}") from None
+        os.lstat(within)
+    except PermissionError:  # in (or under) one this user may not enter: raw, naming none
+        made = "written to" if os.path.lexists(where) else "made"
+        why = denied(within, quoted=False)
+        raise InvalidRequestError(f"{where} cannot be {made}, {why}") from None
+    except OSError:  # none yet, or not a directory: said below
+        pass
     if where.exists() and not where.is_dir():
         raise InvalidRequestError(f"{where} is not a directory: a sharded export writes one")
     if not where.exists() and where.is_symlink():

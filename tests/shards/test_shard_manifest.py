@@ -2515,22 +2515,43 @@ async def test_a_sharded_export_into_a_link_to_nothing_is_refused_naming_it(
     assert sorted(os.listdir(tmp_path)) == ["parts"]
 
 
-@pytest.mark.parametrize("depth", ["in it", "further down"])
+@pytest.mark.parametrize("depth", ["itself", "in it", "further down"])
 def test_a_sharded_export_under_a_directory_it_cannot_enter_is_refused_naming_it(
     tmp_path: Path, depth: str
 ) -> None:
-    # A directory in (or below) one this user may not enter: a raw PermissionError of its
-    # stat out of export_sharded, naming no directory to fix.
+    # A directory in (or below) one this user may not enter, or one it may not enter itself:
+    # a raw PermissionError of its stat (or of its manifest's read) out of export_sharded,
+    # naming no directory to fix.
     locked = tmp_path / "locked"
     locked.mkdir()
-    where = locked / "parts" if depth == "in it" else locked / "2026" / "parts"
+    where = {"itself": locked, "in it": locked / "parts"}.get(depth, locked / "2026" / "parts")
 
     said = export_under_unenterable("export_sharded", locked, where)
 
+    made = "written to" if depth == "itself" else "made"
     assert said == (
-        f"refused: {where} cannot be made, permission denied: this user cannot enter {locked}"
+        f"refused: {where} cannot be {made}, permission denied: this user cannot enter {locked}"
     )
     assert os.listdir(locked) == []
+
+
+@pytest.mark.parametrize("depth", ["itself", "in it"])
+def test_a_merge_of_a_directory_it_cannot_enter_is_refused_naming_it(
+    tmp_path: Path, depth: str
+) -> None:
+    # merge() of an export's directory this user may not enter (or one under it): a raw
+    # PermissionError of its manifest.json, a file nobody named.
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    where = locked if depth == "itself" else locked / "parts"
+
+    said = export_under_unenterable("merge", locked, where)
+
+    assert said == (
+        f"refused: {where} cannot be read, permission denied: this user cannot enter {locked}"
+        " (merge takes the directory export_sharded wrote)"
+    )
+    assert sorted(os.listdir(tmp_path)) == ["locked"]
 
 
 def test_a_merge_of_a_file_says_it_takes_the_directory(tmp_path: Path) -> None:
