@@ -274,10 +274,14 @@ def export_under_unenterable(call: str, locked: Path, path: Path) -> str:
     with socket.socket() as unserved:  # bound, never listening: nothing answers there
         unserved.bind(("127.0.0.1", 0))
         base_url = f"http://127.0.0.1:{unserved.getsockname()[1]}"
+        # This checkout's package, whatever the interpreter has installed.
+        repo = str(Path(__file__).resolve().parent.parent)
+        python_path = os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")]))
         done = run_unprivileged(
             [sys.executable, "-c", _UNENTERABLE_CHILD, call, str(path), base_url],
             locked,
             cwd=locked.parent,
+            env={**os.environ, "PYTHONPATH": python_path},
         )
     assert done.returncode == 0, done.stderr
     return done.stdout.strip()
