@@ -217,6 +217,26 @@ def test_an_out_whose_tilde_no_shell_expanded_says_so(
     assert requests(served) == 0
 
 
+@pytest.mark.parametrize("depth", ["itself", "in it"])
+def test_a_merge_of_a_directory_it_cannot_enter_says_so(
+    env: dict[str, str], tmp_path: Path, depth: str
+) -> None:
+    # `merge locked/parts` where this user may not enter locked: "locked/parts: no such
+    # directory", of one that may well be there; `merge locked`: "locked/manifest.json:
+    # Permission denied", a file nobody named.
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    where = locked if depth == "itself" else locked / "parts"
+
+    result = run_unprivileged(
+        cli_command("merge", str(where), "--out", "all.jsonl"), locked, env=env, cwd=tmp_path
+    )
+
+    assert_one_line_error(result, 1, f"{where} cannot be read", "permission denied")
+    assert result.stderr.rstrip().endswith(f"cannot enter {locked}")
+    assert sorted(os.listdir(tmp_path)) == ["locked"]
+
+
 def test_a_sharded_out_naming_a_directory_called_tilde_here_is_written_there(
     served: ServedSimulator, env: dict[str, str], tmp_path: Path
 ) -> None:

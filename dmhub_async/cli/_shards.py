@@ -21,7 +21,7 @@ from typing import Any
 from .._auth import FileTokenStore, RedisTokenStore
 from .._exceptions import AuthenticationError, DMHubError, InvalidRequestError, TokenStoreError
 from .._words import counted
-from ..export._output import NOT_EXPANDED, unexpanded_home
+from ..export._output import NOT_EXPANDED, denied, unexpanded_home
 from ..shards import MANIFEST_NAME, LateCheck, Manifest
 from ..shards._late import late_checked, run_late_check
 from ..shards._local import WorkerSettings, private_token_directory, run_in_processes
@@ -752,6 +752,15 @@ def _password_hint() -> str:
 
 
 def _merge(args: argparse.Namespace) -> tuple[int, list[str]]:
+    within = Path(args.directory) / MANIFEST_NAME
+    try:
+        os.lstat(within)
+    except PermissionError:  # one this user may not enter: "no such directory", or raw
+        raise CommandError(
+            f"{args.directory} cannot be read, {denied(within, quoted=False)}"
+        ) from None
+    except OSError:  # none there, or a file: said below
+        pass
     if not os.path.isdir(args.directory):
         if os.path.exists(args.directory):
             # The export's file, or a part, given for its directory: "no such directory" of a
