@@ -608,6 +608,38 @@ async def test_a_token_clients_checkpoint_is_resumed_by_its_own_apps_token_alone
         assert dest.read_bytes().startswith(before)
 
 
+def read_bytes(path: Path) -> bytes:
+    return path.read_bytes()
+
+
+async def refused_to_b_resumed_by_a(
+    apps: Any, clock: Any, dest: Path, ckpt: Path, select: list[str]
+) -> bytes:
+    """App A's token client export of ``select`` cut off, app B's token refused its resume
+    (nothing written), A's renewed token resuming it complete; the cut file's bytes."""
+
+    def client(token: str) -> DMHubClient:
+        return DMHubClient(access_token=token, base_url=apps.url, clock=clock, sleep=clock.sleep)
+
+    def files() -> tuple[bytes, bytes]:
+        return read_bytes(dest), read_bytes(ckpt)
+
+    async with client(apps.token(apps.a)) as dm:
+        await crashed_export(dm, dest, ckpt, select=select)
+    cut = files()
+    async with client(apps.token(apps.b)) as dm:
+        with pytest.raises(InvalidRequestError, match="holds customers of another app"):
+            await export(dm, dest, ckpt, select=select)
+    assert files() == cut
+
+    async with client(apps.token(apps.a)) as dm:
+        report = await export(dm, dest, ckpt, select=select)
+    assert report.complete
+    assert sorted(read_ids(dest)) == apps.a.customer_ids()
+    assert read_bytes(dest).startswith(cut[0])
+    return cut[0]
+
+
 @pytest.mark.parametrize("none", ["empty", "absent"])
 @pytest.mark.parametrize("fmt", ["jsonl", "csv"])
 @pytest.mark.parametrize("numbers", [False, True], ids=["text", "exact-numbers"])
@@ -625,9 +657,6 @@ async def test_a_token_clients_custom_fields_export_whose_first_customers_have_n
     docs/contract.md), where one sent ``"attr": {}`` was compared."""
     dest, ckpt = tmp_path / f"customers.{fmt}", tmp_path / "export.ckpt"
 
-    def client(token: str) -> DMHubClient:
-        return DMHubClient(access_token=token, base_url=apps.url, clock=clock, sleep=clock.sleep)
-
     async with two_apps(CUSTOMERS) as apps:
         for sim, member in ((apps.a, "A"), (apps.b, "B")):
             for n, customer_id in enumerate(sim.customer_ids()):
@@ -640,21 +669,7 @@ async def test_a_token_clients_custom_fields_export_whose_first_customers_have_n
                     sim.store.update(customer_id, fields, clear=True)
                 elif none == "absent":
                     del row["attr"]  # sent without the key
-        async with client(apps.token(apps.a)) as dm:
-            await crashed_export(dm, dest, ckpt, select=["attr"])
-        before, recorded = dest.read_bytes(), ckpt.read_bytes()
-        token_b = apps.token(apps.b)
-        async with client(token_b) as dm:
-            with pytest.raises(InvalidRequestError, match="holds customers of another app"):
-                await export(dm, dest, ckpt, select=["attr"])
-        assert (dest.read_bytes(), ckpt.read_bytes()) == (before, recorded)
-
-        async with client(apps.token(apps.a)) as dm:
-            report = await export(dm, dest, ckpt, select=["attr"])
-        ids = read_ids(dest)
-        assert report.complete
-        assert sorted(ids) == apps.a.customer_ids()
-        assert dest.read_bytes().startswith(before)
+        await refused_to_b_resumed_by_a(apps, clock, dest, ckpt, ["attr"])
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "csv"])
@@ -669,28 +684,13 @@ async def test_a_token_clients_export_of_custom_fields_and_fields_left_empty_is_
     dest, ckpt = tmp_path / f"customers.{fmt}", tmp_path / "export.ckpt"
     select = ["company", "attr"]
 
-    def client(token: str) -> DMHubClient:
-        return DMHubClient(access_token=token, base_url=apps.url, clock=clock, sleep=clock.sleep)
-
     async with two_apps(CUSTOMERS) as apps:
         for sim, member in ((apps.a, "A"), (apps.b, "B")):
             for customer_id in sim.customer_ids():
                 sim.store.update(customer_id, {"company": None}, clear=True)
                 fields = {"attr": {"member": f"{member}{customer_id}"}}
                 sim.store.update(customer_id, fields, clear=True)
-        async with client(apps.token(apps.a)) as dm:
-            await crashed_export(dm, dest, ckpt, select=select)
-        before, recorded = dest.read_bytes(), ckpt.read_bytes()
-        async with client(apps.token(apps.b)) as dm:
-            with pytest.raises(InvalidRequestError, match="holds customers of another app"):
-                await export(dm, dest, ckpt, select=select)
-        assert (dest.read_bytes(), ckpt.read_bytes()) == (before, recorded)
-
-        async with client(apps.token(apps.a)) as dm:
-            report = await export(dm, dest, ckpt, select=select)
-        assert report.complete
-        assert sorted(read_ids(dest)) == apps.a.customer_ids()
-        assert dest.read_bytes().startswith(before)
+        await refused_to_b_resumed_by_a(apps, clock, dest, ckpt, select)
 
 
 async def test_a_token_clients_export_whose_first_customers_came_without_a_selected_field(
@@ -704,27 +704,12 @@ async def test_a_token_clients_export_whose_first_customers_came_without_a_selec
     dest, ckpt = tmp_path / "customers.jsonl", tmp_path / "export.ckpt"
     select = ["displayName"]
 
-    def client(token: str) -> DMHubClient:
-        return DMHubClient(access_token=token, base_url=apps.url, clock=clock, sleep=clock.sleep)
-
     async with two_apps(CUSTOMERS) as apps:
         for sim in (apps.a, apps.b):
             for customer_id in sim.customer_ids()[:PAGE]:
                 del sim.store.update(customer_id, {}, clear=True)["displayName"]
-        async with client(apps.token(apps.a)) as dm:
-            await crashed_export(dm, dest, ckpt, select=select)
-        before, recorded = dest.read_bytes(), ckpt.read_bytes()
+        before = await refused_to_b_resumed_by_a(apps, clock, dest, ckpt, select)
         assert before.startswith(b'{"id":%d}\n' % apps.a.customer_ids()[0])
-        async with client(apps.token(apps.b)) as dm:
-            with pytest.raises(InvalidRequestError, match="holds customers of another app"):
-                await export(dm, dest, ckpt, select=select)
-        assert (dest.read_bytes(), ckpt.read_bytes()) == (before, recorded)
-
-        async with client(apps.token(apps.a)) as dm:
-            report = await export(dm, dest, ckpt, select=select)
-        assert report.complete
-        assert sorted(read_ids(dest)) == apps.a.customer_ids()
-        assert dest.read_bytes().startswith(before)
 
 
 async def test_a_token_clients_custom_fields_resume_is_refused_by_answers_lacking_attr(
