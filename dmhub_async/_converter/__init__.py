@@ -177,6 +177,9 @@ def lenient_page_reader(
     return read
 
 
+#: A customer page's keys beside its rows, which a page reader gives back.
+_PAGE_KEYS: Final = ("records", "total", "page", "error_code", "error_description")
+
 #: A customer page's bytes (``{"rows": [...], "records": n, "total": pages}``) to its
 #: ``Customer``s and its other keys; msgspec's typed decode when installed (see .wire_struct).
 #: ValueError when the body is not such a page or a record is malformed.
@@ -184,7 +187,7 @@ read_customer_page: Final = page_reader(
     Customer,
     _converter,
     "rows",
-    ("records", "total", "page", "error_code", "error_description"),
+    _PAGE_KEYS,
     lenient_page_reader(structure_customers, "rows"),
 )
 #: read_customer_page's ``list(structure="lazy")`` twin: each record a ``Customer`` built on
@@ -194,7 +197,7 @@ read_customer_page_deferred: Final = page_reader(
     Customer,
     _converter,
     "rows",
-    ("records", "total", "page", "error_code", "error_description"),
+    _PAGE_KEYS,
     lenient_page_reader(deferred_rows, "rows"),
     DeferredModels(_converter),
 )
