@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import gc
 import logging
 import pickle
 import re
@@ -646,6 +647,29 @@ async def test_no_token_in_a_lazy_customers_malformed_field_error(api, make_clie
 
     assert TOKEN in sent_urls(api)
     assert_clean(info.value, debug_logs.records)
+
+
+async def test_no_token_in_a_lazy_customers_malformed_field_error_after_its_client_is_gone(
+    api, debug_logs
+):
+    # A lazy customer's malformed field may be read long after its walk, its client closed
+    # and collected: the error and the repr quoted the token the value held, which no live
+    # client knew any longer.
+    issue_tokens(api)
+    page = '{{"rows": [{{"id": 1, "dateJoin": "x {token}"}}], "records": 1, "total": 1}}'
+    api.get(API_URL, callback=body(200, page))
+    async with DMHubClient(app_id="app-1", secret=SECRET, base_url=BASE, max_retries=0) as dm:
+        [customer] = await dm.customers.list(structure="lazy").to_list()
+    assert TOKEN in sent_urls(api)
+    del dm
+    gc.collect()
+    assert TOKEN not in _redact.live_secrets()  # the client gone
+
+    for _ in range(2):  # on every read
+        with pytest.raises(ResponseDecodeError, match="record with id 1, field 'dateJoin'") as info:
+            customer.date_join  # noqa: B018
+        assert_clean(info.value, debug_logs.records)
+    assert not leaks(repr(customer)), repr(customer)
 
 
 async def test_no_stale_token_when_the_answer_comes_after_a_refresh(

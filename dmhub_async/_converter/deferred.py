@@ -25,7 +25,7 @@ import attrs
 import cattrs
 
 from .._exceptions import ResponseDecodeError
-from .._redact import redact
+from .._redact import live_holders, redact
 from ..models import Customer, Gender
 from . import scalars
 from .codegen import make_fast_structure_fn, make_tuple_fill_fn
@@ -49,6 +49,26 @@ _ID_SLOT: Final[Any] = Customer.__dict__["id"]
 _set_class: Final = object.__setattr__
 #: What a build or a field's hook raises for a value it refuses (as .wire_struct's).
 _REFUSED: Final = (ValueError, TypeError, ArithmeticError, AttributeError, KeyError, RecursionError)
+
+#: The secrets in use when a lazy page was read, the latest ``_KEPT_SECRETS`` of them, which a
+#: malformed field's error is masked against: it is made when the field is read, maybe after
+#: the walk's client is closed and collected, and it quoted the token the value held (a service
+#: echoing the URL) as is, no live client knowing it any longer.
+_page_secrets: dict[str, None] = {}
+_KEPT_SECRETS: Final = 256
+
+
+def _remember_secrets() -> None:
+    """Keep the secrets in use now (a page's reading: its client's token and secret)."""
+    known = _page_secrets
+    for holder in live_holders():
+        for secret in holder.secrets:
+            if secret and secret not in known:
+                known[secret] = None
+    if len(known) > _KEPT_SECRETS:
+        for old in list(known)[:-_KEPT_SECRETS]:
+            known.pop(old, None)
+
 
 #: The type of a pending record (a msgspec Struct of the page reader's, or a dict) -> the
 #: function that sets every field of a Customer from it.
@@ -211,7 +231,8 @@ def _read_field(obj: Any, name: str) -> Any:
         where = "a record without an id" if record is None else f"the record with id {record}"
         text = redact(
             "the answer is not a page of customers: cannot read a Customer from the response:"
-            f" {where}, field {_WIRE[name]!r}: {problem}"
+            f" {where}, field {_WIRE[name]!r}: {problem}",
+            _page_secrets,
         )
     else:
         Customer.__dict__[name].__set__(obj, read)
@@ -270,6 +291,7 @@ class DeferredModels(Models[Customer]):
 
 def deferred_records(records: Iterable[Any]) -> list[Customer]:
     """Typed wire records (msgspec Structs of a filled type) as pending customers."""
+    _remember_secrets()
     models: list[Customer] = []
     add = models.append
     new = object.__new__
@@ -287,6 +309,7 @@ def deferred_records(records: Iterable[Any]) -> list[Customer]:
 def deferred_rows(rows: list[Any]) -> list[Customer]:
     """Rows decoded as JSON data as pending customers; ValueError for a row that is no object
     or whose id is no integer (the walk needs it at once: refused with the page)."""
+    _remember_secrets()
     models: list[Customer] = []
     for index, row in enumerate(rows):
         if not isinstance(row, dict):
