@@ -257,6 +257,10 @@ class Customers(Resource):
                 Every value is the eager one; but a malformed field no longer stops the walk:
                 it raises ``ResponseDecodeError`` on each read of that field, naming the
                 record's id and the field, and the record's other fields still read.
+                msgspec's encoders (``msgspec.json.encode``, ``msgspec.to_builtins``) read
+                an attrs instance's slots themselves: a customer not built yet is refused
+                there (``TypeError: Encoding objects of type DeferredCustomer is
+                unsupported``); read one of its fields first.
 
         Raises:
             InvalidRequestError: a bad filter or paging value (at once, before any request).
