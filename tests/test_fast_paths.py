@@ -513,6 +513,34 @@ def test_a_lazy_customer_whose_build_is_interrupted_is_built_at_its_next_use(
     assert lazy == eager
 
 
+@pytest.mark.parametrize("reader", [FAST_LAZY, LENIENT_LAZY], ids=["fast", "lenient"])
+@pytest.mark.parametrize("malformed", [False, True], ids=["readable", "malformed"])
+def test_a_lazy_customers_id_written_or_deleted_before_its_first_use_stays_so(
+    reader: Any, malformed: bool
+) -> None:
+    # The id is set with the page, not built: a write or a delete of it built nothing, and
+    # the build of the first use set it back to the record's, the caller's write lost.
+    row = {"id": 7, "name": "a", "tagCount": 2, **({"annualRevenue": "NaN"} if malformed else {})}
+    body = json.dumps({"rows": [row]}).encode()
+    [written] = _read(body, reader).items
+    written.id = 99
+    assert (written.name, written.extra) == ("a", {"tagCount": 2})  # the first use
+    assert written.id == 99
+    if not malformed:
+        [eager] = _read(body, FAST).items
+        eager.id = 99
+        assert written == eager
+        assert repr(written) == repr(eager)
+        assert pickle.loads(pickle.dumps(written)).id == 99
+    [deleted] = _read(body, reader).items
+    del deleted.id
+    assert deleted.name == "a"  # the first use
+    assert not hasattr(deleted, "id")
+    [evolved] = _read(body, reader).items
+    evolved.id = None
+    assert attrs.evolve(evolved, annual_revenue=None).id is None
+
+
 #: Malformed values (wire key, field, value): refused by msgspec and read by the hook, or
 #: typed by msgspec and refused by the build.
 MALFORMED = {

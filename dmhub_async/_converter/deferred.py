@@ -174,17 +174,41 @@ def _build(obj: Any) -> bool:
     if pending.__class__ is _Unreadable:
         return False
     fill = _FILLS[pending.__class__]
+    # The id as the caller left it: set with the page and no property, so written or deleted
+    # without a build, which sets it from the record again (a write was lost).
+    try:
+        ident = obj.id  # a slot's read and write: 0.2k instructions a first use (a finally
+    except AttributeError:  # calling the slot descriptor's __get__/__set__ counted 2.5k)
+        ident = _NO_ID
     _set_class(obj, "__class__", Customer)
     try:
         fill(obj, pending)  # sets extra last: the pending record stays there until it works
     except _REFUSED:
         _set_class(obj, "__class__", DeferredCustomer)
         _EXTRA_SLOT.__set__(obj, _Unreadable(_as_row(pending)))
+        _keep_id(obj, ident)
         return False
     except BaseException:  # a Ctrl+C, a task cancelled in a signal handler: built at next use
         _set_class(obj, "__class__", DeferredCustomer)
+        _keep_id(obj, ident)
         raise
+    if ident is _NO_ID:
+        del obj.id
+    else:
+        obj.id = ident
     return True
+
+
+#: An id deleted before the first use (:func:`_build`).
+_NO_ID: Final = object()
+
+
+def _keep_id(obj: Any, ident: Any) -> None:
+    """Put back the id the caller left (``_NO_ID``: deleted) after a build that did not end."""
+    if ident is not _NO_ID:
+        obj.id = ident
+    elif hasattr(obj, "id"):
+        del obj.id
 
 
 def _as_row(pending: Any) -> dict[str, Any]:
@@ -227,7 +251,7 @@ def _read_field(obj: Any, name: str) -> Any:
     except _REFUSED as err:
         problem = str(err)
         problem = problem if len(problem) <= 200 else problem[:200] + "..."
-        record = _ID_SLOT.__get__(obj)
+        record = getattr(obj, "id", None)  # the caller's, who may have written or deleted it
         where = "a record without an id" if record is None else f"the record with id {record}"
         text = redact(
             "the answer is not a page of customers: cannot read a Customer from the response:"
