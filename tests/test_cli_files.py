@@ -211,7 +211,9 @@ def test_an_out_whose_tilde_no_shell_expanded_says_so(
 
     result = run_cli("export", *more, f"--out={out}", env={**env, "HOME": str(home)}, cwd=work)
 
-    assert_one_line_error(result, 2, "~ is not expanded", "give", str(home / "exports"))
+    # The path meant, not its directory: `--out /home/exports` would be refused as one.
+    meant = home / "exports" / ("parts" if shards else "june.jsonl")
+    assert_one_line_error(result, 2, "~ is not expanded", "give", str(meant))
     assert list(work.iterdir()) == []
     assert list((home / "exports").iterdir()) == []
     assert requests(served) == 0

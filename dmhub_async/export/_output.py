@@ -66,10 +66,11 @@ def check_path(path: Path, what: str) -> None:
         # further up (exports/2026 where exports is one) is named: "does not exist: make it
         # first", and `mkdir -p exports/2026` failed "Not a directory".
         there = nearest_existing(path)
-        if (home := unexpanded_home(path.parent)) is not None:
+        if unexpanded_home(path.parent) is not None:
             # --out=~/exports/june.jsonl (no shell expands a ~ after "="): "does not exist:
-            # make it first", of the user's own ~/exports.
-            why = f"which does not exist: {NOT_EXPANDED}: give {home!r}"
+            # make it first", of the user's own ~/exports. The path meant is named, not its
+            # directory (which, given to --out, is refused as one).
+            why = f"which does not exist: {NOT_EXPANDED}: give {os.path.expanduser(path)!r}"
         elif there is None or there.is_dir():
             why = "which does not exist: make it first"
         elif there == path.parent:
