@@ -769,6 +769,13 @@ def _merge(args: argparse.Namespace) -> tuple[int, list[str]]:
                 f"{args.directory} is a file, not a directory: merge takes the directory an"
                 " `export --shards N` wrote"
             )
+        if os.path.islink(args.directory):
+            # A link to a directory not there (unmounted, moved): "no such directory" of a
+            # link the user could see there. As merge() says it.
+            raise CommandError(
+                f"{args.directory} is a symbolic link to {os.readlink(args.directory)}, which"
+                " does not exist: merge takes the directory an `export --shards N` wrote"
+            )
         raise CommandError(f"{args.directory}: no such directory")
     if merged_into_itself(args.directory, args.out):
         # Into the manifest or a part, with --force: the merge wrote over its own input and

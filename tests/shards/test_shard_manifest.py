@@ -2479,6 +2479,22 @@ def test_the_cli_merge_of_a_file_says_it_takes_the_directory_not_that_none_exist
     assert sorted(p.name for p in tmp_path.iterdir()) == ["june.jsonl"]
 
 
+def test_the_cli_merge_of_a_link_to_nothing_names_the_link(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `merge parts` of a link to a directory not there (unmounted, moved) said "parts: no
+    # such directory" of a link the user could see there; merge() names it.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "parts").symlink_to(tmp_path / "unmounted")
+
+    assert main(["merge", "parts", "--out", "all.jsonl"]) == 1
+
+    error = capsys.readouterr().err
+    assert "no such directory" not in error, error
+    assert f"parts is a symbolic link to {tmp_path / 'unmounted'}, which does not exist" in error
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["parts"]
+
+
 async def test_a_sharded_export_into_a_directory_under_a_file_is_refused_naming_the_file(
     sim: DMHubSimulator, dm: DMHubClient, tmp_path: Path
 ) -> None:
