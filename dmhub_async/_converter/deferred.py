@@ -192,10 +192,7 @@ def _build(obj: Any) -> bool:
         _set_class(obj, "__class__", DeferredCustomer)
         _keep_id(obj, ident)
         raise
-    if ident is _NO_ID:
-        del obj.id
-    else:
-        obj.id = ident
+    _keep_id(obj, ident)
     return True
 
 
@@ -204,7 +201,7 @@ _NO_ID: Final = object()
 
 
 def _keep_id(obj: Any, ident: Any) -> None:
-    """Put back the id the caller left (``_NO_ID``: deleted) after a build that did not end."""
+    """Put back the id the caller left (``_NO_ID``: deleted) after a build."""
     if ident is not _NO_ID:
         obj.id = ident
     elif hasattr(obj, "id"):
@@ -230,16 +227,9 @@ def _extra_of(row: dict[str, Any]) -> dict[str, Any]:
     that is no known one."""
     extra = {k: v for k, v in row.items() if k not in _KNOWN_WIRE}
     gender = row.get(_WIRE["gender"])
-    if _gender(gender) is None:  # kept as sent, as the hook keeps it
+    if scalars.to_gender(gender) is None:  # kept as sent, as the hook keeps it
         extra[_WIRE["gender"]] = gender
     return extra
-
-
-def _gender(value: Any) -> Gender | None:
-    """The hook's reading of a wire gender: None for one that is no known gender."""
-    if value is None or type(value) is int:
-        return scalars.GENDERS.get(value)
-    return scalars.to_gender(value)
 
 
 def _read_field(obj: Any, name: str) -> Any:
@@ -271,7 +261,7 @@ def _read_field(obj: Any, name: str) -> Any:
 def _field_value(name: str, value: Any) -> Any:
     """A field's value of its wire value, as the converter's hook reads it."""
     if name == "gender":
-        found = _gender(value)
+        found = scalars.to_gender(value)
         return Gender.UNKNOWN if found is None else found
     if value is None:  # the field's default, a new one of a factory's (attr: {})
         default: Any = attrs.fields_dict(Customer)[name].default
