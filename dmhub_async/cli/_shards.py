@@ -21,11 +21,17 @@ from typing import Any
 from .._auth import FileTokenStore, RedisTokenStore
 from .._exceptions import AuthenticationError, DMHubError, InvalidRequestError, TokenStoreError
 from .._words import counted
-from ..export._output import NOT_EXPANDED, denied, unexpanded_home
+from ..export._output import NOT_EXPANDED, unexpanded_home
 from ..shards import MANIFEST_NAME, LateCheck, Manifest
 from ..shards._late import late_checked, run_late_check
 from ..shards._local import WorkerSettings, private_token_directory, run_in_processes
-from ..shards._manifest import ShardOutcome, check_named_as, merge_parts, merged_into_itself
+from ..shards._manifest import (
+    ShardOutcome,
+    check_named_as,
+    merge_parts,
+    merged_into_itself,
+    unmergeable,
+)
 from ..shards._queue import (
     check_mounts,
     check_queue,
@@ -752,30 +758,11 @@ def _password_hint() -> str:
 
 
 def _merge(args: argparse.Namespace) -> tuple[int, list[str]]:
-    within = Path(args.directory) / MANIFEST_NAME
-    try:
-        os.lstat(within)
-    except PermissionError:  # one this user may not enter: "no such directory", or raw
-        raise CommandError(
-            f"{args.directory} cannot be read, {denied(within, quoted=False)}"
-        ) from None
-    except OSError:  # none there, or a file: said below
-        pass
+    takes = "merge takes the directory an `export --shards N` wrote"
+    why = unmergeable(args.directory, takes, takes_when_denied=False)
+    if why is not None:
+        raise CommandError(why)
     if not os.path.isdir(args.directory):
-        if os.path.exists(args.directory):
-            # The export's file, or a part, given for its directory: "no such directory" of a
-            # file the user could see there.
-            raise CommandError(
-                f"{args.directory} is a file, not a directory: merge takes the directory an"
-                " `export --shards N` wrote"
-            )
-        if os.path.islink(args.directory):
-            # A link to a directory not there (unmounted, moved): "no such directory" of a
-            # link the user could see there. As merge() says it.
-            raise CommandError(
-                f"{args.directory} is a symbolic link to {os.readlink(args.directory)}, which"
-                " does not exist: merge takes the directory an `export --shards N` wrote"
-            )
         raise CommandError(f"{args.directory}: no such directory")
     if merged_into_itself(args.directory, args.out):
         # Into the manifest or a part, with --force: the merge wrote over its own input and

@@ -797,6 +797,32 @@ def merge(
     return merge_parts(directory, dest, allow_incomplete=allow_incomplete)[0]
 
 
+def unmergeable(
+    directory: str | os.PathLike[str], takes: str, *, takes_when_denied: bool = True
+) -> str | None:
+    """Why merge cannot read ``directory``, said before it tries, or None (a directory that is
+    not there at all is its caller's to say): one this user may not enter (a raw error of its
+    manifest.json, or "no such directory"), a link to a directory not there ("is a file" of no
+    file, or "no such directory" of a link the user could see), or a file (the export's file, or
+    a part, given for its directory: a raw NotADirectoryError of "june.jsonl/manifest.json").
+    ``takes``: what merge takes, in the caller's words (said of a denied one too when
+    ``takes_when_denied``)."""
+    within = Path(directory) / MANIFEST_NAME
+    try:
+        os.lstat(within)
+    except PermissionError:
+        said = f" ({takes})" if takes_when_denied else ""
+        return f"{directory} cannot be read, {denied(within, quoted=False)}{said}"
+    except OSError:  # none there, or a file: said below
+        pass
+    if os.path.islink(directory) and not os.path.exists(directory):
+        target = os.readlink(directory)
+        return f"{directory} is a symbolic link to {target}, which does not exist: {takes}"
+    if os.path.lexists(directory) and not os.path.isdir(directory):
+        return f"{directory} is a file, not a directory: {takes}"
+    return None
+
+
 def merge_parts(
     directory: str | os.PathLike[str],
     dest: str | os.PathLike[str],
@@ -820,29 +846,9 @@ def merge_parts(
     # a device (/dev/null, as root), a missing folder was made, and a directory failed once
     # every part was copied, with a raw IsADirectoryError. As an export refuses them.
     check_path(Path(dest), "merge's output")
-    if os.path.islink(directory) and not os.path.exists(directory):
-        # A link to a directory not there (unmounted, moved): "is a file", of no file.
-        raise InvalidRequestError(
-            f"{directory} is a symbolic link to {os.readlink(directory)}, which does not"
-            " exist: merge takes the directory export_sharded wrote"
-        )
-    if os.path.lexists(directory) and not os.path.isdir(directory):
-        # The export's file, or a part, given for its directory: a raw NotADirectoryError of
-        # "june.jsonl/manifest.json", a file nobody named.
-        raise InvalidRequestError(
-            f"{directory} is a file, not a directory: merge takes the directory export_sharded"
-            " wrote"
-        )
-    within = Path(directory) / MANIFEST_NAME
-    try:
-        os.lstat(within)
-    except PermissionError:  # one this user may not enter: a raw error of its manifest.json
-        raise InvalidRequestError(
-            f"{directory} cannot be read, {denied(within, quoted=False)} (merge takes the"
-            " directory export_sharded wrote)"
-        ) from None
-    except OSError:  # none there: said below
-        pass
+    why = unmergeable(directory, "merge takes the directory export_sharded wrote")
+    if why is not None:
+        raise InvalidRequestError(why)
     manifest = Manifest.read(directory)
     if manifest is None:
         raise InvalidRequestError(f"{directory} has no {MANIFEST_NAME}: not a sharded export")
