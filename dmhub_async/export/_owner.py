@@ -23,6 +23,7 @@ ids: another app's customers of the same ids pass.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import csv
 import stat
@@ -34,9 +35,10 @@ import attrs
 
 from .._atomic import open_to_read
 from .._client import DMHubClient
-from .._exceptions import InvalidRequestError, ResponseTooLargeError
+from .._exceptions import InvalidRequestError
 from .._json import loads
-from ._reconcile import Retries
+from .._pagination import AsyncPaginator
+from ._reconcile import Retries, fetch_in_halves
 from ._writers import CSV_FIELDS, _cell, _Lines, long_csv_fields
 
 __all__ = [
@@ -325,32 +327,33 @@ def _telling(samples: Sequence[Sample]) -> list[Sample]:
 async def _found(client: DMHubClient, samples: Sequence[Sample], retries: Retries | None) -> bool:
     """Whether one of ``samples`` is a customer ``client``'s service holds, with the same
     fields (:class:`Sample`): one request, or, for an answer larger than the client reads,
-    one a half (as the final check fetches: ``_reconcile._fetch``)."""
+    one a half (:func:`fetch_in_halves`, as the final check fetches), stopping at the first
+    that holds one."""
     ids = sorted({sample.id for sample in samples})
     names = {name for sample in samples for name, _ in sample.fields}
     # Custom fields (``attr.KEY``) come in ``attr``, one object.
     select = sorted({"attr" if name.startswith(_ATTR) else name for name in names})
-    walk = client.customers.list_rows(
-        page_size=100, id_list=ids, select=["id", *select], max_items=len(ids)
-    )
-    try:
-        rows = await (walk.to_list() if retries is None else retries.to_list(walk))
-    except ResponseTooLargeError:
+
+    def walk(batch: list[Any], _: int) -> AsyncPaginator[Any]:
         # Large custom fields of up to 100 customers (a sharded rerun whose parts' first
-        # customers were deleted since) failed the rerun, where the export's pages passed.
-        if len(ids) == 1:
-            raise
-        first = set(ids[: len(ids) // 2])
-        for half in (
-            [sample for sample in samples if sample.id in first],
-            [sample for sample in samples if sample.id not in first],
-        ):
-            if await _found(client, half, retries):
+        # customers were deleted since) failed the rerun, where the export's pages passed:
+        # fetched in halves, each asking for as many customers as it has ids (max_items).
+        return client.customers.list_rows(
+            page_size=100, id_list=batch, select=["id", *select], max_items=len(batch)
+        )
+
+    fetched = fetch_in_halves(walk, ids, len(ids), Retries() if retries is None else retries)
+    async with contextlib.aclosing(fetched) as batches:
+        async for batch, rows in batches:
+            asked = set(batch)
+            held = {row.get("id"): row for row in rows}
+            if any(
+                sample.id in asked
+                and sample.id in held
+                and all(
+                    _cell(_value(held[sample.id], name)) == cell for name, cell in sample.fields
+                )
+                for sample in samples
+            ):
                 return True
-        return False
-    held = {row.get("id"): row for row in rows}
-    return any(
-        sample.id in held
-        and all(_cell(_value(held[sample.id], name)) == cell for name, cell in sample.fields)
-        for sample in samples
-    )
+    return False

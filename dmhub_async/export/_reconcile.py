@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import attrs
@@ -29,7 +29,7 @@ from .._pagination import AsyncPaginator
 from .._sansio import date_of
 from ._ids import IdSet
 
-__all__ = ["Retries", "final_check", "start_page"]
+__all__ = ["Retries", "fetch_in_halves", "final_check", "start_page"]
 
 T = TypeVar("T")
 
@@ -195,21 +195,46 @@ async def _fetch(
     """Fetch ``ids``, ``size`` a request, and append them; how many did not come (gone, or
     changed since).
 
-    A batch whose answer is larger than the client reads is fetched again in two halves: a
-    sharded export's late check, which knows no page size, fetched 100 customers whose attr
-    is large a request, over ``max_response_size``, and failed with ResponseTooLargeError
-    after its walk, where the shards' smaller pages had passed. One customer too large for
-    it is raised.
+    A batch whose answer is larger than the client reads is fetched again in two halves
+    (:func:`fetch_in_halves`): a sharded export's late check, which knows no page size,
+    fetched 100 customers whose attr is large a request, over ``max_response_size``, and
+    failed with ResponseTooLargeError after its walk, where the shards' smaller pages had
+    passed. One customer too large for it is raised.
     """
-    # Each batch with the page size it is asked for: a half asks for as many rows as it has
-    # ids, so a service that ignores idList (answering whole pages) is cut short too.
+
+    def walk(batch: list[Any], asked: int) -> AsyncPaginator[Any]:
+        return rows(page_size=asked, id_list=batch)
+
+    async with contextlib.aclosing(fetch_in_halves(walk, ids, size, retries)) as batches:
+        async for _, found in batches:
+            if found:
+                await append(found)
+    return sum(1 for i in ids if i not in written)
+
+
+async def fetch_in_halves(
+    walk: Callable[[list[Any], int], AsyncPaginator[T]],
+    ids: Sequence[Any],
+    size: int,
+    retries: Retries,
+) -> AsyncGenerator[tuple[list[Any], list[T]], None]:
+    """Each batch of ``ids`` (``size`` a request, in their order) with the rows its request
+    answered: ``walk(batch, asked)``, ``asked`` the rows to ask for (``size``; a half's as
+    many as its ids, so a service that ignores idList, answering whole pages, is cut short
+    too). Its retries go to ``retries``.
+
+    A batch whose answer is larger than the client reads is fetched again in two halves, the
+    first first (each of them halved so in turn); one id too large for the client is raised.
+    A caller that stops at a batch (the owner's look-up, at the first that holds one) sends
+    no more requests.
+    """
     pending = collections.deque(
-        (ids[start : start + size], size) for start in range(0, len(ids), size)
+        (list(ids[start : start + size]), size) for start in range(0, len(ids), size)
     )
     while pending:
-        batch, rows_asked = pending.popleft()
+        batch, asked = pending.popleft()
         try:
-            found = await retries.to_list(rows(page_size=rows_asked, id_list=batch))
+            found = await retries.to_list(walk(batch, asked))
         except ResponseTooLargeError:
             if len(batch) == 1:
                 raise
@@ -217,6 +242,4 @@ async def _fetch(
             first, rest = batch[:half], batch[half:]
             pending.extendleft(((rest, len(rest)), (first, len(first))))  # the first half first
             continue
-        if found:
-            await append(found)
-    return sum(1 for i in ids if i not in written)
+        yield batch, found

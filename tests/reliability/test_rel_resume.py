@@ -27,7 +27,7 @@ import pytest
 from aiohttp import web
 from rel_support import two_apps
 
-from dmhub_async import DMHubClient, InvalidRequestError
+from dmhub_async import DMHubClient, InvalidRequestError, ResponseTooLargeError
 from dmhub_async._seen_records import SeenRecords
 from dmhub_async.export import ExportProgress, ExportReport, export_customers
 from dmhub_async.export import _export as export_run
@@ -839,6 +839,104 @@ async def test_a_token_clients_resume_of_fields_every_customer_left_empty_goes_b
         ids = read_ids(dest)
         assert report.complete
         assert sorted(ids) == apps.a.customer_ids()
+
+
+class Lookups:
+    """The id lists ``sim`` was asked for (``idList``) since :meth:`start`, in order; None for
+    a request of its customers without one."""
+
+    def __init__(self, sim: DMHubSimulator) -> None:
+        self.all: list[list[int] | None] = []
+        self.started = False
+        sim.on_request(self._note)
+
+    def start(self) -> None:
+        self.started = True
+
+    def _note(self, request: web.Request) -> None:
+        if self.started and request.path == "/v1/customers":
+            ids = request.query.get("idList")
+            self.all.append(None if ids is None else [int(i) for i in ids.split(",")])
+
+    def first(self) -> list[list[int] | None]:
+        """Those asked for before the first request without an idList."""
+        return self.all[: self.all.index(None)] if None in self.all else self.all
+
+
+def large_attr_client(sim: DMHubSimulator, clock: Any) -> DMHubClient:
+    """A client of an access token of ``sim`` reading answers of 100,000 bytes at most."""
+    return DMHubClient(
+        access_token=sim.tokens.issue(),
+        base_url=sim.url,
+        clock=clock,
+        sleep=clock.sleep,
+        max_response_size=100_000,
+    )
+
+
+#: A token client's export of large custom fields: pages of 2 (50 KB) under its 100,000 bytes.
+LARGE_ATTR: dict[str, Any] = {"select": ["attr"], "page_size": 2}
+
+
+async def cut_export_of_large_custom_fields(
+    sim: DMHubSimulator, clock: Any, dest: Path, ckpt: Path
+) -> list[int]:
+    """40 customers of 25 KB custom fields put in ``sim``, and a token client's export of
+    them cut after 3 pages; the ids written."""
+    for n in range(40):
+        sim.insert_customer({"name": f"customer {n}", "attr": {"notes": f"{n}" + "x" * 25_000}})
+    async with large_attr_client(sim, clock) as dm:
+        with pytest.raises(Crash):
+            await export(dm, dest, ckpt, on_progress=crash_after(3), **LARGE_ATTR)
+    return read_ids(dest)
+
+
+@pytest.mark.parametrize("changed", [0, 2], ids=["first-half-holds-one", "second-half"])
+async def test_a_token_clients_owner_look_up_too_large_is_asked_in_halves_to_the_first_match(
+    tmp_path: Path, clock: Any, changed: int
+) -> None:
+    """The owner's look-up of a token client's resume asks for the 5 first customers of the
+    file in one request: with large custom fields that answer is over the client's
+    ``max_response_size``, and it is asked again in halves, the first first, stopping at the
+    first half holding a customer as written (the first customers changed since: the second
+    half). The resume then goes on and completes."""
+    dest, ckpt = tmp_path / "customers.jsonl", tmp_path / "export.ckpt"
+    async with DMHubSimulator(customers=0, seed=14) as sim:
+        looked_up = Lookups(sim)
+        written = await cut_export_of_large_custom_fields(sim, clock, dest, ckpt)
+        for customer_id in written[:changed]:
+            changed_since = {"attr": {"notes": "changed since" + "x" * 25_000}}  # as large
+            sim.store.update(customer_id, changed_since, clear=False)
+        looked_up.start()
+        async with large_attr_client(sim, clock) as dm:
+            report = await export(dm, dest, ckpt, **LARGE_ATTR)
+        assert report.complete
+        assert sorted(read_ids(dest)) == sim.customer_ids()
+
+    halves = [written[:2], written[2:5]]
+    assert looked_up.first() == [written[:5], *halves[: 1 + (changed > 0)]]
+
+
+async def test_a_token_clients_owner_look_up_of_one_customer_too_large_raises_it(
+    tmp_path: Path, clock: Any
+) -> None:
+    """A customer the owner's look-up asks for grown since over the client's
+    ``max_response_size``: its answer is too large however halved, and the resume raises
+    ResponseTooLargeError after three requests (the five, two, then it alone), nothing
+    written: no loop, nor a refusal as another app's customers."""
+    dest, ckpt = tmp_path / "customers.jsonl", tmp_path / "export.ckpt"
+    async with DMHubSimulator(customers=0, seed=14) as sim:
+        looked_up = Lookups(sim)
+        written = await cut_export_of_large_custom_fields(sim, clock, dest, ckpt)
+        before = (dest.read_bytes(), ckpt.read_bytes())
+        sim.store.update(written[0], {"attr": {"notes": "x" * 150_000}}, clear=False)
+        looked_up.start()
+        async with large_attr_client(sim, clock) as dm:
+            with pytest.raises(ResponseTooLargeError, match="max_response_size"):
+                await export(dm, dest, ckpt, **LARGE_ATTR)
+        assert (dest.read_bytes(), ckpt.read_bytes()) == before
+
+    assert looked_up.all == [written[:5], written[:2], written[:1]]
 
 
 # -- two runs, and unsafe files -----------------------------------------------------------------
