@@ -239,6 +239,10 @@ class ResponseTooLargeError(APIError):
 #: What a :class:`ResponseTooLargeError` advises, a setting of the client's (the command line,
 #: which takes no such setting, says what it can do instead).
 RAISE_MAX_RESPONSE_SIZE: Final = ". Raise max_response_size if the service really sends that much"
+#: What a :class:`ResponseTooLargeError` of one customer asked for by its id (the final
+#: check's, the owner's look-up's: no smaller request holds it) says after the customer's id,
+#: before :data:`RAISE_MAX_RESPONSE_SIZE`; the command line advises no smaller page for it.
+ALONE_BY_ID: Final = " alone, asked for by its id"
 
 
 # The one table from status to class; body codes come first (see error_for).

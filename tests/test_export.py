@@ -592,22 +592,42 @@ async def test_one_customer_too_large_for_the_client_found_by_the_final_check_is
     # The check fetches a batch too large to read again in halves; one customer alone too
     # large is the service's answer to raise, not halved again into an empty id_list (which
     # blamed the caller: "list_rows(): id_list is empty").
+    from dmhub_async.cli._errors import explain
+
     async with DMHubSimulator(customers=100, seed=3) as sim:
         counts: list[str] = []
+        huge_id = min(sim.customer_ids()) - 1
 
         def note(request: Any) -> None:
             if request.path == "/v1/customers/count":
                 counts.append(request.path)
                 if len(counts) == 2:  # the count after the walk: a large sign-up behind it
                     huge = {"name": "huge", "attr": {"blob": "x" * 300_000}}
-                    sim.insert_customer(huge, customer_id=min(sim.customer_ids()) - 1)
+                    sim.insert_customer(huge, customer_id=huge_id)
 
         sim.on_request(note)
         async with DMHubClient(
             sim.app_id, sim.secret, base_url=sim.url, max_response_size=200_000
         ) as dm:
-            with pytest.raises(ResponseTooLargeError, match="max_response_size"):
+            with pytest.raises(ResponseTooLargeError, match="max_response_size") as caught:
                 await export_customers(dm, tmp_path / "p.jsonl", page_size=10, progress=False)
+
+    # Named: "the answer is larger than max_response_size" said neither which customer nor
+    # that no smaller request holds it, and the command line advised a smaller --page-size,
+    # which cannot help.
+    said = str(caught.value)
+    assert said.endswith(
+        f"not read (customer {huge_id} alone, asked for by its id). Raise max_response_size"
+        " if the service really sends that much"
+    ), said
+    assert f"customer {huge_id} alone" in repr(caught.value)
+    code, line = explain(caught.value)
+    assert code == 1
+    assert line.endswith(
+        f"larger than the 200,000 bytes a command reads: not read (customer {huge_id} alone,"
+        " asked for by its id)"
+    ), line
+    assert "--page-size" not in line, line
 
 
 async def test_a_customer_the_service_lists_but_does_not_answer_by_id_is_not_called_exported(

@@ -13,6 +13,7 @@ from types import FrameType, MappingProxyType
 from typing import Any, Final
 
 from .._exceptions import (
+    ALONE_BY_ID,
     NO_DNS_ANSWER,
     RAISE_MAX_RESPONSE_SIZE,
     THROUGH_PROXY,
@@ -246,7 +247,8 @@ def _too_large(err: ResponseTooLargeError) -> str:
     for fewer of them (a page of 100 with large custom fields passed the cap)."""
     message = without_method(str(err)).replace(RAISE_MAX_RESPONSE_SIZE, "")
     message = _CAP.sub(r"larger than the \1 bytes a command reads", message)
-    if err.path == "/v1/customers":
+    if err.path == "/v1/customers" and ALONE_BY_ID not in message:
+        # (One customer alone too large, asked for by its id: no smaller page holds it.)
         message += (
             ": ask for fewer customers a page: a smaller --page-size (a checkpoint's export"
             " keeps the size it began with)"

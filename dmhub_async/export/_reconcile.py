@@ -24,9 +24,10 @@ from typing import Any, TypeVar
 import attrs
 
 from .._client import DMHubClient
-from .._exceptions import ResponseTooLargeError
+from .._exceptions import ALONE_BY_ID, RAISE_MAX_RESPONSE_SIZE, ResponseTooLargeError
 from .._pagination import AsyncPaginator
 from .._sansio import date_of
+from .._validate import short
 from ._ids import IdSet
 
 __all__ = ["Retries", "fetch_in_halves", "final_check", "start_page"]
@@ -199,7 +200,7 @@ async def _fetch(
     (:func:`fetch_in_halves`): a sharded export's late check, which knows no page size,
     fetched 100 customers whose attr is large a request, over ``max_response_size``, and
     failed with ResponseTooLargeError after its walk, where the shards' smaller pages had
-    passed. One customer too large for it is raised.
+    passed. One customer too large for it is raised, naming it.
     """
 
     def walk(batch: list[Any], asked: int) -> AsyncPaginator[Any]:
@@ -224,9 +225,9 @@ async def fetch_in_halves(
     too). Its retries go to ``retries``.
 
     A batch whose answer is larger than the client reads is fetched again in two halves, the
-    first first (each of them halved so in turn); one id too large for the client is raised.
-    A caller that stops at a batch (the owner's look-up, at the first that holds one) sends
-    no more requests.
+    first first (each of them halved so in turn); one id too large for the client is raised,
+    naming its customer. A caller that stops at a batch (the owner's look-up, at the first
+    that holds one) sends no more requests.
     """
     pending = collections.deque(
         (list(ids[start : start + size]), size) for start in range(0, len(ids), size)
@@ -235,8 +236,14 @@ async def fetch_in_halves(
         batch, asked = pending.popleft()
         try:
             found = await retries.to_list(walk(batch, asked))
-        except ResponseTooLargeError:
+        except ResponseTooLargeError as err:
             if len(batch) == 1:
+                # The customer named: "the answer is larger" alone said nothing of which
+                # customer, nor that no smaller page would hold it.
+                named = f" (customer {short(batch[0])}{ALONE_BY_ID}){RAISE_MAX_RESPONSE_SIZE}"
+                err.args = (str(err).replace(RAISE_MAX_RESPONSE_SIZE, named, 1), *err.args[1:])
+                if err.description is not None:  # its repr's
+                    err.description = err.description.replace(RAISE_MAX_RESPONSE_SIZE, named, 1)
                 raise
             half = len(batch) // 2
             first, rest = batch[:half], batch[half:]

@@ -922,8 +922,10 @@ async def test_a_token_clients_owner_look_up_of_one_customer_too_large_raises_it
 ) -> None:
     """A customer the owner's look-up asks for grown since over the client's
     ``max_response_size``: its answer is too large however halved, and the resume raises
-    ResponseTooLargeError after three requests (the five, two, then it alone), nothing
-    written: no loop, nor a refusal as another app's customers."""
+    ResponseTooLargeError naming it after three requests (the five, two, then it alone),
+    nothing written: no loop, nor a refusal as another app's customers. "The answer is
+    larger than max_response_size" said neither which customer nor that no smaller request
+    would hold it."""
     dest, ckpt = tmp_path / "customers.jsonl", tmp_path / "export.ckpt"
     async with DMHubSimulator(customers=0, seed=14) as sim:
         looked_up = Lookups(sim)
@@ -932,9 +934,10 @@ async def test_a_token_clients_owner_look_up_of_one_customer_too_large_raises_it
         sim.store.update(written[0], {"attr": {"notes": "x" * 150_000}}, clear=False)
         looked_up.start()
         async with large_attr_client(sim, clock) as dm:
-            with pytest.raises(ResponseTooLargeError, match="max_response_size"):
+            with pytest.raises(ResponseTooLargeError, match="max_response_size") as err:
                 await export(dm, dest, ckpt, **LARGE_ATTR)
         assert (dest.read_bytes(), ckpt.read_bytes()) == before
+    assert f"(customer {written[0]} alone, asked for by its id)" in str(err.value)
 
     assert looked_up.all == [written[:5], written[:2], written[:1]]
 
