@@ -22,6 +22,7 @@ import unicodedata
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
+from itertools import islice
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 
@@ -485,8 +486,17 @@ def _check_one_value_a_name(params: Mapping[str, object]) -> None:
 
 
 def _many(values: object) -> bool:
-    """Whether ``values`` (a ``getlist`` answer) are more than one."""
-    return isinstance(values, (list, tuple)) and len(values) > 1
+    """Whether ``values`` (a ``getlist`` answer) are more than one: a list, or any iterable of
+    them (a generator of two was read as no more than one, and one of the two went out)."""
+    if isinstance(values, (list, tuple)):
+        return len(values) > 1
+    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+        return False
+    return next(islice(values, 1, None), _NO_VALUE) is not _NO_VALUE
+
+
+#: What :func:`_many` reads past the last of a ``getlist`` answer's values.
+_NO_VALUE = object()
 
 
 def check_json(method: str, what: str, value: Any) -> None:

@@ -215,6 +215,13 @@ class _FormArgs(dict):  # type: ignore[type-arg]
         return list(self._lists.get(name, ()))
 
 
+class _FormArgsOfGenerators(_FormArgs):
+    """:class:`_FormArgs` whose ``getlist`` gives a generator of the values, not a list."""
+
+    def getlist(self, name: str) -> Any:
+        return (value for value in self._lists.get(name, ()))
+
+
 class _Stage(str, enum.Enum):
     LEAD = "lead"
 
@@ -261,8 +268,15 @@ async def test_params_of_a_str_class_of_their_own_are_sent_as_the_text_they_hold
         MultiDict([("idList", 1), ("idList", 2)]),
         # Its items() give a name once: the check of them passed, and "idList=1" went out.
         _FormArgs([("idList", "1"), ("idList", "2")]),
+        # Its getlist() a generator of the two: read as no more than one, "idList=1" went out.
+        _FormArgsOfGenerators([("idList", "1"), ("idList", "2")]),
     ],
-    ids=["MultiDict", "MultiDict of ints", "a framework's query args"],
+    ids=[
+        "MultiDict",
+        "MultiDict of ints",
+        "a framework's query args",
+        "query args whose getlist is a generator",
+    ],
 )
 async def test_params_giving_a_name_twice_are_refused_before_anything_is_sent(
     params: Any,
@@ -287,9 +301,11 @@ async def test_params_giving_a_name_twice_are_refused_before_anything_is_sent(
         # One value a name, in a MultiDict too, is sent whole.
         await dm.request("GET", "/v1/customers", params=MultiDict(idList="1,2", rows=5))
         await dm.request("GET", "/v1/customers", params=_FormArgs([("idList", "3,4")]))
+        await dm.request("GET", "/v1/customers", params=_FormArgsOfGenerators([("idList", "5")]))
 
     assert "'idList' more than one value" in str(info.value)
     assert sent == [
         f"idList=1,2&rows=5&access_token={'t' * 32}",
         f"idList=3,4&access_token={'t' * 32}",
+        f"idList=5&access_token={'t' * 32}",
     ]
