@@ -428,14 +428,15 @@ def _request_query(params: object) -> Mapping[str, str]:
         if type(value) is not str:
             if isinstance(value, str):  # a str enum (StrEnum)
                 return _request_query_of_text(params)
-            if isinstance(value, bool) or not isinstance(value, int) or value.bit_length() > 63:
+            number = value if type(value) is int else _as_int(value)
+            if number is None or number.bit_length() > 63:
                 raise InvalidRequestError(
                     f"request(): param {short(name)} must be a str or a 64-bit int, "
                     f"not {short(value)}"
                 )
             if query is None:
                 query = dict(params)
-            query[name] = value = int.__repr__(value)  # its digits, whatever its class's str
+            query[name] = value = int.__repr__(number)  # its digits, whatever its class's str
         size += len(name) + len(value) + 2
         ascii_only = ascii_only and name.isascii() and value.isascii()
     if type(params) is not dict:
@@ -444,6 +445,19 @@ def _request_query(params: object) -> Mapping[str, str]:
     if not (ascii_only and 3 * size <= MAX_QUERY_LENGTH):  # else it fits whatever it holds
         check_query("request", checked)
     return checked
+
+
+def _as_int(value: object) -> int | None:
+    """``value`` as the int it is, or None: an int subclass, or an integer of a class of its
+    own (numpy's ``int64``, any ``numbers.Integral``) through ``__index__``; not a bool."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    try:
+        return operator.index(value)  # type: ignore[arg-type]
+    except TypeError:  # no integer: a float, numpy's bool_
+        return None
 
 
 def _request_query_of_text(params: Mapping[str, object]) -> Mapping[str, str]:

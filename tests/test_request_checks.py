@@ -261,6 +261,47 @@ async def test_params_of_a_str_class_of_their_own_are_sent_as_the_text_they_hold
     ]
 
 
+class _Int64:
+    """An integer of a class of its own, as numpy's ``int64`` is: no int subclass, but an
+    integer to Python through ``__index__`` (numbers.Integral's own way)."""
+
+    def __init__(self, value: int) -> None:
+        self._value = value
+
+    def __index__(self) -> int:
+        return self._value
+
+    def __repr__(self) -> str:
+        return f"_Int64({self._value})"
+
+
+async def test_params_of_an_int_class_of_their_own_are_sent_as_the_int_they_hold() -> None:
+    # numpy's int64 (a page size or an id read from a data frame) was refused before anything
+    # was sent, "param 'rows' must be a str or a 64-bit int, not int64(5)", of a 64-bit int.
+    sent: list[str] = []
+
+    async def answer(request: web.Request) -> web.Response:
+        sent.append(request.query_string)
+        return web.json_response([])
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", answer)
+    async with (
+        serving(app) as root,
+        DMHubClient(access_token="t" * 32, base_url=root, timezone="UTC") as dm,
+    ):
+        await dm.request("GET", "/v1/customers", params={"rows": _Int64(5), "page": 2})
+        await dm.request("GET", "/v1/customers", params={"idList": _Int64(2**63 - 1)})
+        # Still refused past 64 bits, as an int is.
+        with pytest.raises(InvalidRequestError, match="'rows' must be a str or a 64-bit int"):
+            await dm.request("GET", "/v1/customers", params={"rows": _Int64(2**63)})
+
+    assert sent == [
+        f"rows=5&page=2&access_token={'t' * 32}",
+        f"idList={2**63 - 1}&access_token={'t' * 32}",
+    ]
+
+
 @pytest.mark.parametrize(
     "params",
     [
