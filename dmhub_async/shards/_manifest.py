@@ -804,7 +804,8 @@ def unmergeable(
     not there at all is its caller's to say): one this user may not enter (a raw error of its
     manifest.json, or "no such directory"), a link to a directory not there ("is a file" of no
     file, or "no such directory" of a link the user could see), or a file (the export's file, or
-    a part, given for its directory: a raw NotADirectoryError of "june.jsonl/manifest.json").
+    a part, given for its directory: a raw NotADirectoryError of "june.jsonl/manifest.json"; a
+    named pipe, a socket or a device said as one).
     ``takes``: what merge takes, in the caller's words (said of a denied one too when
     ``takes_when_denied``)."""
     within = Path(directory) / MANIFEST_NAME
@@ -819,7 +820,12 @@ def unmergeable(
         target = os.readlink(directory)
         return f"{directory} is a symbolic link to {target}, which does not exist: {takes}"
     if os.path.lexists(directory) and not os.path.isdir(directory):
-        return f"{directory} is a file, not a directory: {takes}"
+        try:  # a named pipe, a socket or a device is said as what it is, not as "a file"
+            mode = os.stat(directory).st_mode
+        except OSError:
+            mode = stat.S_IFREG
+        kind = next((name for test, name in _KINDS if test(mode)), "a file")
+        return f"{directory} is {kind}, not a directory: {takes}"
     return None
 
 

@@ -2581,6 +2581,28 @@ def test_a_merge_of_a_file_says_it_takes_the_directory(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["june.jsonl"]
 
 
+@pytest.mark.parametrize("cli", [False, True], ids=["merge()", "the CLI's merge"])
+def test_a_merge_of_a_named_pipe_says_it_is_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], cli: bool
+) -> None:
+    # A named pipe given for the directory was said to be "a file, not a directory": the
+    # user found a pipe there, no file.
+    monkeypatch.chdir(tmp_path)
+    os.mkfifo(tmp_path / "parts")
+
+    if cli:
+        assert main(["merge", "parts", "--out", "all.jsonl"]) == 1
+        said = capsys.readouterr().err
+    else:
+        with pytest.raises(InvalidRequestError) as info:
+            merge("parts", "all.jsonl")
+        said = str(info.value)
+
+    assert "is a file" not in said, said
+    assert "parts is a named pipe, not a directory" in said, said
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["parts"]
+
+
 def test_a_merge_of_a_link_to_nothing_says_so_not_that_it_is_a_file(tmp_path: Path) -> None:
     # A link to a directory not there (unmounted, moved) was said to be "a file, not a
     # directory": the user found no file there.
