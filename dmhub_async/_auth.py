@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 from . import _exceptions
 from ._exceptions import (
+    NO_DNS_ANSWER,
     APIConnectionError,
     APIError,
     AuthenticationError,
@@ -37,6 +38,7 @@ from ._tasks import within
 from ._token_file import FileTokenStore
 from ._token_stores import (
     DEFAULT_STORE,
+    FAILURE_HINTS,
     SHARED_FAILURES,
     FetchFailure,
     MemoryTokenStore,
@@ -549,8 +551,10 @@ class TokenManager:
             return
         status = err.status if isinstance(err, APIError) else None
         code = err.code if isinstance(err, APIError) and type(err.code) is int else None
+        said = getattr(err, "_hint", "")
+        hint = next((name for name, words in FAILURE_HINTS.items() if said.startswith(words)), None)
         now = self._clock()
-        failure = FetchFailure(type(err).__name__, status, code, now, now + hold)
+        failure = FetchFailure(type(err).__name__, status, code, now, now + hold, hint)
         self._recorded = failure
         try:
             await self._call(store.set_failure(self._key, failure))
@@ -654,6 +658,15 @@ def _shared_failure(failure: FetchFailure, now: float, store: str) -> DMHubError
         f" {math.ceil(left):.0f} s, so that clients waiting for the token add no load to a"
         " token endpoint that is down"
     )
+    # What the fetch met, said as it said it (without its base URL, which the record keeps
+    # not): "no answer" alone was read as of a service down (the CLI: "is DMHUB_BASE_URL
+    # right?") when it was the DNS server that gave none.
+    hint = (
+        f"{NO_DNS_ANSWER} for its host (is this machine online, its DNS server reachable?)"
+        if failure.hint == "no_dns_answer"
+        else ""
+    )
+    message += hint
     if issubclass(cls, APIError):
         # The wait the message says, where an answer's Retry-After would be (429 and 503): a
         # caller that waits err.retry_after before its next call had None to wait.
@@ -668,4 +681,6 @@ def _shared_failure(failure: FetchFailure, now: float, store: str) -> DMHubError
         )
     else:
         error = cls(message, method="GET", path=TOKEN_PATH)
+        if isinstance(error, APIConnectionError):
+            error._hint = hint
     return error

@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 import attrs
 from typing_extensions import Self
 
-from ._exceptions import InvalidRequestError, TokenStoreError
+from ._exceptions import NO_DNS_ANSWER, InvalidRequestError, TokenStoreError
 from ._redis_send import require_redis_extra, sending_cancellably
 from ._validate import (
     PERCENT_ENCODE,
@@ -109,6 +109,8 @@ class FetchFailure:
     ``error`` names the error's class (one of :data:`SHARED_FAILURES`), ``status`` and
     ``code`` are an :class:`~dmhub_async.APIError`'s; ``failed_at`` and ``until`` are epoch
     seconds. Never the error's message: nothing the service or a proxy wrote is kept.
+    ``hint``: what a fetch that got no connection met, by its name in :data:`FAILURE_HINTS`
+    (the DNS server gave no answer), else None: the clients it holds say it as the fetch did.
     """
 
     error: str
@@ -116,6 +118,7 @@ class FetchFailure:
     code: int | None
     failed_at: float
     until: float
+    hint: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The record as a JSON-safe mapping, for stores."""
@@ -137,7 +140,10 @@ class FetchFailure:
             return None
         if not all(n is None or (type(n) is int and abs(n) < 10**9) for n in (status, code)):
             return None
-        return cls(error, status, code, failed_at, until)
+        hint = data.get("hint") if isinstance(data, dict) else None  # none of older releases
+        if not isinstance(hint, str) or hint not in FAILURE_HINTS:
+            hint = None
+        return cls(error, status, code, failed_at, until, hint)
 
 
 #: The failures of a token fetch that a store records: those the retries met (the service
@@ -151,6 +157,12 @@ SHARED_FAILURES = frozenset(
         "APITimeoutError",
     }
 )
+
+
+#: What a token fetch that got no connection met, by the name a :class:`FetchFailure` keeps,
+#: and how its error's ``_hint`` begins: said again by the clients the failure holds (they said
+#: "no answer" alone, and the command line blamed the base URL of a DNS server down).
+FAILURE_HINTS = {"no_dns_answer": NO_DNS_ANSWER}
 
 
 @runtime_checkable

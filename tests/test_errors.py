@@ -795,6 +795,49 @@ async def test_a_resolver_that_gives_no_answer_is_not_said_to_have_not_found_the
     assert "DMHUB_BASE_URL right" not in line, line
 
 
+async def test_a_rerun_held_by_a_dns_no_answer_still_says_the_dns_server_gave_none(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The token store records a token fetch that failed, and a client that takes its lock
+    # within the hold (a rerun within 6 s) raises it at once. The record kept no kind: the
+    # rerun said "-> no answer: failed 0 s ago ...", and the command line added ": no answer
+    # from https://... (is DMHUB_BASE_URL right?)" of the right URL, where the first run said
+    # the DNS server gave no answer.
+    import socket
+
+    from dmhub_async.cli._errors import explain
+
+    looked_up: list[str] = []
+    real = socket.getaddrinfo
+
+    def no_answer(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if host != "api.dmhub-rerun.test":
+            return real(host, *args, **kwargs)
+        looked_up.append(host)
+        raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_answer)
+    base_url = "https://api.dmhub-rerun.test"
+    monkeypatch.setenv("DMHUB_BASE_URL", base_url)
+    errors: list[APIConnectionError] = []
+    for _ in range(2):
+        async with DMHubClient("app", "s3cret", base_url=base_url) as dm:
+            with pytest.raises(APIConnectionError) as info:
+                await dm.with_options(max_retries=0).customers.count()
+        errors.append(info.value)
+
+    assert looked_up == ["api.dmhub-rerun.test"]  # the rerun was held: nothing sent
+    said = str(errors[1])
+    assert "in another client or process sharing the token store" in said, said
+    assert said.endswith(
+        "the DNS server gave no answer for its host (is this machine online, its DNS server"
+        " reachable?)"
+    ), said
+    _, line = explain(errors[1])
+    assert line == said, line
+    assert "DMHUB_BASE_URL right" not in line, line
+
+
 @pytest.mark.parametrize(
     ("code", "words"),
     [
