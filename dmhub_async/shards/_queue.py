@@ -651,7 +651,10 @@ async def _export_shard_job(ctx: dict[str, Any], task: dict[str, Any]) -> dict[s
     in_progress = in_progress_key_prefix + ctx["job_id"]
     shard = Shard.from_dict(task["shard"])
     _check_known_filters(shard, task)
-    directory = await _local_directory(task, ctx.get("mounts") or {})
+    try:
+        directory = await _local_directory(task, ctx.get("mounts") or {})
+    except _OfAnotherPlan as err:
+        raise InvalidRequestError(await _said_of_another_plan(redis, task, err)) from None
     fmt = task["format"]
     progress_key = _progress_key(task["export_id"], task.get("plan_id", ""))
     last = 0.0
@@ -859,11 +862,59 @@ def _check_same_plan(local: Path, task: dict[str, Any], where: str) -> None:
         theirs = (task.get("base_url"), task.get("app_id"), task.get("format"))
     if mine != theirs:
         said = printable(str(mine))[:80]
-        raise InvalidRequestError(
-            f"{where} holds another export's {MANIFEST_NAME} (plan {said}, the job's "
-            f"{printable(str(theirs))[:80]}): the worker exported nothing; check the mount"
+        # Another plan's id is all a worker sees: a job left on the queue by an earlier export
+        # at this path (its directory deleted and exported again) reads the same as a mount to
+        # another export's directory. It was said to be the mount alone, which was right.
+        why = (
+            "a job of another plan: one left on the queue by an earlier export at this path"
+            " (its directory since deleted and exported again), which needs nothing done, or a"
+            " mount to another export's directory: check the mount"
+            if plan
+            else "check the mount"
         )
+        message = (
+            f"{where} holds another export's {MANIFEST_NAME} (plan {said}, the job's "
+            f"{printable(str(theirs))[:80]}): the worker exported nothing; {why}"
+        )
+        if plan and isinstance(mine, str):
+            raise _OfAnotherPlan(message, mine, where)
+        raise InvalidRequestError(message)
     _check_not_complete(local, recorded, task, where)
+
+
+class _OfAnotherPlan(InvalidRequestError):
+    """:func:`_check_same_plan`'s refusal of a directory holding the manifest of another plan
+    (``plan``), which :func:`_said_of_another_plan` may tell apart."""
+
+    def __init__(self, message: str, plan: str, where: str) -> None:
+        super().__init__(message)
+        self.plan, self.where = plan, where
+
+
+async def _said_of_another_plan(redis: Any, task: dict[str, Any], err: _OfAnotherPlan) -> str:
+    """``err``'s words, or, when this Redis holds a job of the directory's plan under the job's
+    own export id (the same path: that plan's coordinator enqueued it here), that this job is
+    an earlier plan's, left on the queue: nothing to check. Either way on a worker's refusal,
+    one Redis command; Redis refusing it leaves ``err``'s words."""
+    from arq.constants import in_progress_key_prefix, job_key_prefix, result_key_prefix
+
+    shard = task.get("shard")
+    index = shard.get("index") if isinstance(shard, dict) else None
+    indices = {0, index} if isinstance(index, int) and 0 <= index < 100_000 else {0}
+    ids = [job_id_of(str(task.get("export_id")), err.plan, i) for i in sorted(indices)]
+    prefixes = (job_key_prefix, result_key_prefix, in_progress_key_prefix)
+    try:
+        found = await redis.exists(*(prefix + job_id for job_id in ids for prefix in prefixes))
+    except Exception:  # redis-py's errors, whatever the version: not told apart
+        return str(err)
+    if not found:
+        return str(err)
+    return (
+        f"{err.where} holds the {MANIFEST_NAME} of a later plan of this export ({err.plan}),"
+        f" whose jobs this Redis holds: this job ({task.get('plan_id')}) was left on the queue"
+        " by an earlier export at this path, its directory since deleted and exported again;"
+        " the worker exported nothing, and nothing needs doing"
+    )
 
 
 def _check_not_complete(

@@ -238,10 +238,50 @@ async def test_a_mount_to_another_directory_is_refused_before_anything_is_writte
         "no directory": f"{where} is not a directory on this worker",
     }
     assert str(raised.value).startswith(said[found]), str(raised.value)
+    if found == "another export":
+        # A job of an earlier plan of this directory (deleted and exported again), left on the
+        # queue, was said to be a mount to check, of a mount that was right.
+        assert str(raised.value).endswith(
+            ": the worker exported nothing; a job of another plan: one left on the queue by an"
+            " earlier export at this path (its directory since deleted and exported again),"
+            " which needs nothing done, or a mount to another export's directory: check the"
+            " mount"
+        ), str(raised.value)
     left = [local, june, june / "manifest.json"]
     assert sorted(map(str, tmp_path.rglob("*"))) == sorted(  # noqa: ASYNC240
         str(p) for p in left if p.exists()
     )  # no part, no checkpoint
+
+
+async def test_a_job_of_an_earlier_plan_of_a_re_exported_directory_is_said_to_be_one(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    # The directory deleted and exported again at the same path, by a coordinator on this
+    # Redis: a job of its earlier plan left on the queue was told to check a mount that was
+    # right. The later plan's jobs (or their results) on the queue's Redis, under the job's own
+    # export id, say which it is.
+    import redis.asyncio as aioredis
+
+    june = tmp_path / "june"
+    june.mkdir()
+    (june / "manifest.json").write_text(json.dumps({"plan_id": "0123456789abcdef"}))
+    queue = aioredis.Redis.from_url(redis.url)
+    await queue.set("arq:result:dmhub-export:e:0123456789abcdef:00000", b"done")
+    ctx = _job_context(redis=queue)
+    try:
+        async with DMHubClient("app", "s", base_url="http://127.0.0.1:9/") as client:
+            ctx["client"] = client
+            with pytest.raises(InvalidRequestError) as raised:
+                await _export_shard_job(ctx, _job(str(june), "fedcba9876543210"))
+    finally:
+        await queue.aclose()
+    assert str(raised.value) == (
+        f"the export's directory {june} holds the manifest.json of a later plan of this export"
+        " (0123456789abcdef), whose jobs this Redis holds: this job (fedcba9876543210) was left"
+        " on the queue by an earlier export at this path, its directory since deleted and"
+        " exported again; the worker exported nothing, and nothing needs doing"
+    )
+    assert sorted(p.name for p in june.iterdir()) == ["manifest.json"]
 
 
 @pytest.mark.parametrize("found", ["no manifest", "another export"])
