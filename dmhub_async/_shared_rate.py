@@ -117,8 +117,9 @@ class RedisRateLimiter:
         rate: requests per second, shared, from 1e-15 to 1e15 (what Redis can keep): a whole
             number of requests in a whole number of seconds up to 60 (2.5: 5 in 2 s, which may
             go at once), or one request every whole number of seconds (0.001).
-        key: what the limit is for: clients with the same key share one limit (the app id is a
-            good key: the service limits an app, not a process).
+        key: what the limit is for: clients with the same key and the same ``rate`` share one
+            limit (the app id is a good key: the service limits an app, not a process); one
+            of another ``rate`` keeps a window of its own.
         timeout: seconds one Redis command may take.
         sleep: the wait between tries (``asyncio.sleep``).
 

@@ -495,7 +495,8 @@ def _shard_commands(command: Callable[[str, str, str], argparse.ArgumentParser])
         "--rate-limit",
         type=_shared_rate,
         metavar="PER_SECOND",
-        help="requests per second shared by every worker on this Redis (default: none)",
+        help="requests per second shared by every worker of the app on this Redis given the"
+        " same value; give each the same (default: none, this worker not limited)",
     )
     worker.add_argument(
         "--jobs", type=_int_in(1, MAX_CONCURRENCY), default=1, help="shards exported at once"

@@ -1199,7 +1199,9 @@ def worker(
         redis_url: the queue's Redis, ``redis://HOST:PORT/DB``; also the shared token store and
             the shared rate limit.
         client: more ``DMHubClient`` keyword arguments (credentials default to the environment).
-        rate_limit: requests per second shared by every worker on this Redis, or None.
+        rate_limit: requests per second shared by every worker of the app on this Redis
+            given the same rate (one given another keeps a window of its own, one given None
+            is not limited: give each the same), or None.
         max_jobs: shards this worker exports at once.
         concurrency: requests this worker keeps in flight, its ``max_jobs`` shards together
             (its client's ``max_concurrency``), and the pages each shard walks at once, in
