@@ -716,3 +716,34 @@ def test_a_second_signal_ends_an_export_whose_cleanup_is_stuck(
     assert proc.returncode == 128 + signal.Signals[then], stderr
     assert stderr.count("\n") == 1, stderr
     assert (tmp_path / "c.ckpt").exists()  # the first page's: a rerun resumes from it
+
+
+def test_a_checkpoint_left_behind_by_a_forced_export_is_not_named_an_export_in_progress(
+    sim: ServedSimulator, env: dict[str, str], tmp_path: Path
+) -> None:
+    """An export stopped (its checkpoint left), then the file exported again whole with
+    --force and no checkpoint, which leaves that checkpoint where it was: a plain rerun was
+    refused as "an export in progress (150 customers so far) of checkpoint out.ckpt: rerun
+    with --checkpoint out.ckpt to resume it", of a file holding the whole export."""
+    killed = run_once(
+        ["export", "--out", "out.jsonl", "--checkpoint", "out.ckpt", *PAGE],
+        env,
+        tmp_path,
+        "page:3",
+    )
+    assert killed.crashed_at is not None
+    assert (tmp_path / "out.ckpt").exists()
+    sim.settled()  # the killed run's pages in flight counted as its own
+    forced = run_once(["export", "--out", "out.jsonl", "--force", *PAGE], env, tmp_path)
+    assert forced.returncode == 0, forced.stderr
+    whole = (tmp_path / "out.jsonl").read_bytes()
+    requests = sim.sim.counters.total
+
+    rerun = run_once(["export", "--out", "out.jsonl", *PAGE], env, tmp_path)
+
+    assert rerun.returncode == 2, rerun.stderr
+    assert "an export in progress" not in rerun.stderr, rerun.stderr
+    assert "--out out.jsonl exists, written after checkpoint out.ckpt" in rerun.stderr
+    assert "pass --force to export it again" in rerun.stderr, rerun.stderr
+    assert (tmp_path / "out.jsonl").read_bytes() == whole
+    assert sim.sim.counters.total == requests  # refused before any request

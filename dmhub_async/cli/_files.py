@@ -307,8 +307,20 @@ def check_output(
             # Stopped midway, then run again without its --checkpoint (or with one misspelt):
             # "exists: pass --force", which threw away what was exported, or "reads as a
             # finished export", of a partial file.
-            where, exported = found
+            where, exported, stale = found
             which = f"of another checkpoint, {where}" if checkpoint else f"of checkpoint {where}"
+            if stale:
+                # A stopped export's checkpoint, the file written whole since by an export
+                # without it (--force), which leaves it: "an export in progress" of a whole
+                # export, whose resume re-read most of it.
+                raise UsageError(
+                    f"--out {out} exists, written after checkpoint {where} of an export to it"
+                    f" that stopped at {exported:,} customers, and more than two of its pages"
+                    " longer than that export left it: most likely a later export without that"
+                    " checkpoint (--force) wrote it whole, and left the checkpoint behind; pass"
+                    f" --force to export it again (and delete {where}), or rerun with"
+                    f" --checkpoint {where} to resume the stopped export"
+                )
             raise UsageError(
                 f"--out {out} exists, an export in progress ({exported:,} customers so far) "
                 f"{which}: rerun with --checkpoint {where} to resume it, or pass --force to "
@@ -325,11 +337,11 @@ _CHECKPOINT_SEARCH: Final = 10_000
 _CHECKPOINT_SIZE: Final = 64 << 10
 
 
-def _checkpoint_of(out: str, checkpoint: str | None) -> tuple[str, int] | None:
+def _checkpoint_of(out: str, checkpoint: str | None) -> tuple[str, int, bool] | None:
     """A checkpoint of an export in progress to ``out``, in ``out``'s directory, the given
-    ``checkpoint``'s or the working directory: its path (as beside ``out`` when it is there)
-    and the customers it counts; None when none is found. Only names and counts are read:
-    never a token or a secret.
+    ``checkpoint``'s or the working directory: its path (as beside ``out`` when it is there),
+    the customers it counts, and whether it is stale (:func:`_left_behind`); None when none
+    is found. Only names and counts are read: never a token or a secret.
 
     The working directory too: an export to another one (``--out exports/c.jsonl
     --checkpoint c.ckpt``) run again without its checkpoint was told only to ``--force`` it,
@@ -347,16 +359,18 @@ def _checkpoint_of(out: str, checkpoint: str | None) -> tuple[str, int] | None:
                         break
                     if (
                         entry.is_file(follow_symlinks=False)
-                        and (exported := _counted_for(entry, target)) is not None
+                        and (counted := _counted_for(entry, target)) is not None
                     ):
-                        return os.path.join(place, entry.name), exported
+                        exported, stale = counted
+                        return os.path.join(place, entry.name), exported, stale
         except OSError:  # a directory that cannot be listed: nothing found there
             continue
     return None
 
 
-def _counted_for(entry: os.DirEntry[str], target: str) -> int | None:
-    """The customers ``entry`` counts when it is a checkpoint of an export to ``target``."""
+def _counted_for(entry: os.DirEntry[str], target: str) -> tuple[int, bool] | None:
+    """The customers ``entry`` counts when it is a checkpoint of an export to ``target``, and
+    whether it is stale (:func:`_left_behind`)."""
     try:
         if entry.stat(follow_symlinks=False).st_size > _CHECKPOINT_SIZE:
             return None
@@ -374,7 +388,7 @@ def _counted_for(entry: os.DirEntry[str], target: str) -> int | None:
     if not isinstance(dest, str) or not isinstance(exported, int) or isinstance(exported, bool):
         return None
     if os.path.realpath(dest) == target:
-        return exported
+        return exported, _left_behind(entry, recorded, target)
     # A file and its checkpoint moved together (resumed there, as the export takes them), and
     # only then: one kept apart from its output (--out x/out.jsonl --checkpoint y/out.ckpt)
     # was named for y/out.jsonl, a file beside it, and its resume refused "another export's".
@@ -382,7 +396,30 @@ def _counted_for(entry: os.DirEntry[str], target: str) -> int | None:
         moved = moved_with_it(Path(entry.path), dest, target)
     except (OSError, RuntimeError):  # a path it cannot resolve (a loop of links): not found
         return None
-    return exported if moved else None
+    return (exported, _left_behind(entry, recorded, target)) if moved else None
+
+
+def _left_behind(entry: os.DirEntry[str], recorded: dict[str, object], target: str) -> bool:
+    """Whether the checkpoint ``entry`` (read as ``recorded``) of an export to ``target`` is a
+    stopped export's left behind by a later one that wrote ``target`` whole without it (an
+    ``export --force`` with no ``--checkpoint``, which leaves it): the file was written after
+    the checkpoint, and holds more than two pages (of the checkpoint's size, at its customers'
+    mean length) past the bytes it covers. An export stopped in progress wrote at most the
+    page after its checkpoint's (or, stopped in its final check, the customers it found
+    missing: a guess, then, which is why the refusal says "most likely" and still offers the
+    resume). Said, never acted on."""
+    covered, exported, page = (recorded.get(k) for k in ("bytes", "exported", "page_size"))
+    if not (isinstance(covered, int) and isinstance(exported, int) and isinstance(page, int)):
+        return False
+    if min(covered, exported, page) <= 0:
+        return False
+    try:
+        found = os.stat(target)
+        if found.st_mtime <= entry.stat(follow_symlinks=False).st_mtime:
+            return False
+    except OSError:
+        return False
+    return found.st_size - covered > 2 * page * -(-covered // exported)
 
 
 #: The most of an existing ``--out`` read to say whether it reads as an export: 64 MiB, 0.43 s
