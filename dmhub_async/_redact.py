@@ -114,6 +114,42 @@ def redact(text: str, secrets: Iterable[str | None] = ()) -> str:
     return _mask_fragments(text, longer) if longer else text
 
 
+def redis_password(url: str) -> str | None:
+    """The password redis-py sends for a Redis URL (the one before its ``@``, or a
+    ``?password=`` of its query; percent-decoded), or None."""
+    try:
+        from redis.asyncio.connection import parse_url
+
+        password = parse_url(url).get("password")
+    except (ImportError, ValueError):  # no redis extra; a URL refused where it is read
+        return None
+    return password if isinstance(password, str) and password else None
+
+
+def without_password(text: str, password: str | None) -> str:
+    """``text`` (Redis's words) with a Redis ``password`` masked where Redis quotes it (a Redis
+    that does not know AUTH, renamed away or a proxy without it, answers "unknown command
+    'AUTH', with args beginning with: '<password>'", cut at 128 bytes), and, of 4 characters
+    or more, anywhere, raw or URL-encoded, in any case. Not its runs, as :func:`redact` masks
+    a token's: "invalid username-password pair" lost its "-password" to a password holding it,
+    the very message that says it is wrong; nor a short one unquoted, which took every "a" of
+    "Connection refused"."""
+    if not password:
+        return text
+
+    def quoted(match: re.Match[str]) -> str:
+        said = match[1]
+        whole = said == password or (len(said) >= FRAGMENT and password.startswith(said))
+        return f"'{MASK}'" if whole else match[0]
+
+    text = _QUOTED.sub(quoted, text)
+    return _secret_pattern(password).sub(MASK, text) if len(password) >= 4 else text
+
+
+#: A value Redis quotes in its words.
+_QUOTED = re.compile(r"'([^']+)'")
+
+
 class _Masks:
     """What masks one secret, made once while it is in use: its pattern, its forms (when it is
     long enough for its runs to be masked) and their runs in lower case."""

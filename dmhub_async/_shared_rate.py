@@ -23,6 +23,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ._exceptions import DMHubError, InvalidRequestError
+from ._redact import redis_password, without_password
 from ._redis_send import require_redis_extra, sending_cancellably
 from ._token_stores import PerLoop, loop_table
 from ._validate import (
@@ -167,10 +168,8 @@ class RedisRateLimiter:
         self._item = RateLimitItemPerSecond(amount, seconds)
         self._key = f"dmhub_async:{key}"
         self._where = redis_where(url)
-        try:  # masked in redis-py's words, should a version ever quote it (read: a URL it reads)
-            self._password = urlsplit(url).password
-        except ValueError:
-            self._password = None
+        # Masked in Redis's and redis-py's words, as redis-py sends it (percent-decoded).
+        self._password = redis_password(url)
         # A password cut short by a "/" (not percent-encoded): its start is read as the port,
         # which redis-py's words name ("connecting to localhost:PORT"): not said.
         self._misread = password_misread(url)
@@ -260,17 +259,18 @@ class RedisRateLimiter:
             if isinstance(err, (ResponseError, AuthenticationError)):
                 # Reached, and refused: Redis's own words say what to fix (full, an ACL user
                 # without EVALSHA, a database that does not exist, the password); "cannot be
-                # reached" sent the user to the network. They never hold the password.
+                # reached" sent the user to the network. A Redis that does not know AUTH quotes
+                # the password in them (see without_password).
+                said = printable(without_password(str(err), self._password))[:300]
                 raise DMHubError(
                     f"the shared rate limit at {self._where} refused the request: "
-                    f"{printable(str(err))[:300]}: no request was sent"
+                    f"{said}: no request was sent"
                 ) from None
             # Why, in redis-py's words ("Error 111 connecting to HOST:PORT", "[SSL:
             # CERTIFICATE_VERIFY_FAILED] ..."), as the queue and the token store say it: it was
             # the error's type alone, "(ConnectionError)", whatever was wrong.
-            why = printable(str(err))[:300].rstrip(".") or type(err).__name__
-            if self._password:
-                why = why.replace(self._password, "***")
+            why = printable(without_password(str(err), self._password))[:300].rstrip(".")
+            why = why or type(err).__name__
             if self._misread:
                 why = PERCENT_ENCODE
             raise DMHubError(

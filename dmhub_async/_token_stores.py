@@ -26,6 +26,7 @@ import attrs
 from typing_extensions import Self
 
 from ._exceptions import NO_DNS_ANSWER, InvalidRequestError, TokenStoreError
+from ._redact import without_password
 from ._redis_send import require_redis_extra, sending_cancellably
 from ._validate import (
     PERCENT_ENCODE,
@@ -532,7 +533,11 @@ class RedisTokenStore:
             ResponseError,
         )
 
-        message = f"{self!r}: {doing} failed: {type(err).__name__}: {err}"
+        # Redis's words may quote the password sent (see without_password).
+        pool = getattr(self._redis, "connection_pool", None)
+        password = getattr(pool, "connection_kwargs", {}).get("password")
+        said = without_password(str(err), password if isinstance(password, str) else None)
+        message = f"{self!r}: {doing} failed: {type(err).__name__}: {said}"
         if self._misread:
             message = f"{self!r}: {doing} failed: {type(err).__name__}: {PERCENT_ENCODE}"
         # Refused for good (a password missing or wrong, an ACL user without the commands, a

@@ -66,7 +66,7 @@ from dmhub_async import (
     _pagination,
     _redact,
 )
-from dmhub_async._redact import MASK, RedactedCause, redact
+from dmhub_async._redact import MASK, RedactedCause, redact, without_password
 from dmhub_async._sansio import Request
 from dmhub_async.testing import DMHubSimulator
 
@@ -894,6 +894,35 @@ def test_every_short_secret_known_is_masked() -> None:
     # A client's secret and its token, both too short for runs of them to be masked: each.
     text = "secret tok4567 then s3cr3t99 and again tok4567"
     assert redact(text, ["s3cr3t99", "tok4567"]) == "secret *** then *** and again ***"
+
+
+@pytest.mark.parametrize(
+    ("password", "said", "masked"),
+    [
+        ("pw", "args beginning with: 'pw' ", "args beginning with: '***' "),
+        ("a", "Error 111 connecting to a:6379. Connection refused", None),
+        ("p@ss/w0rd", "args beginning with: 'p@ss/w0rd' ", "args beginning with: '***' "),
+        ("p@ss/w0rd", "sent p%40ss%2Fw0rd and P%40SS%2fw0rd", "sent *** and ***"),
+        ("x" * 100 + "y" * 100, f"args beginning with: '{'x' * 100 + 'y' * 26}' ", "with: '***' "),
+        ("my-password-1", "WRONGPASS invalid username-password pair or user is disabled.", None),
+    ],
+    ids=[
+        "short, quoted",
+        "short, elsewhere",
+        "long, quoted",
+        "long, URL-encoded",
+        "quoted cut at 128 bytes",
+        "sharing a run with the message",
+    ],
+)
+def test_a_redis_password_is_masked_in_redis_s_words(
+    password: str, said: str, masked: str | None
+) -> None:
+    # Quoted by Redis, whatever its length, or cut short as Redis cuts it; a short one
+    # nowhere else, where every "a" of a message would go; and no run of 8 of it, which
+    # the message that says a password is wrong may share with it.
+    shown = without_password(said, password)
+    assert shown == said if masked is None else masked in shown
 
 
 def test_a_run_of_a_secret_after_letters_whose_lower_case_is_longer_is_masked() -> None:

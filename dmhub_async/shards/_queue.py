@@ -32,7 +32,6 @@ from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime, timedelta, timezone
 from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import urlsplit
 
 from .._exceptions import (
     AuthenticationError,
@@ -40,7 +39,7 @@ from .._exceptions import (
     InvalidRequestError,
     without_token_hint,
 )
-from .._redact import MASK
+from .._redact import MASK, redis_password, without_password
 from .._redis_send import pool_connections, sending_cancellably
 from .._shared_rate import check_shared_rate
 from .._tasks import to_the_end
@@ -367,8 +366,7 @@ class _Away:
 
     def __init__(self, redis_url: str, who: str) -> None:
         self.where, self.who = redis_where(redis_url), who
-        with contextlib.suppress(ValueError):  # checked before: a URL it reads
-            self.password = urlsplit(redis_url).password
+        self.password = redis_password(redis_url)
         self.since: float | None = None
         #: When the wait for Redis ends, for every command of the pool: that of the command
         #: whose try first failed. Each command had a wait of its own, and the ~16 queued
@@ -401,9 +399,8 @@ class _Away:
         now = time.monotonic()
         self.since = now if began is None else min(began, now)
         self.until = until
-        reason = printable(str(error) or type(error).__name__)[:200].rstrip(".")
-        if getattr(self, "password", None):  # never in redis-py's words: kept so
-            reason = reason.replace(self.password or "", "***")
+        said = without_password(str(error), self.password)  # as redis-py sends it
+        reason = printable(said or type(error).__name__)[:200].rstrip(".")
         left = max(until - now, 0.0)
         at = time.strftime("%H:%M:%S", time.localtime(time.time() + left))
         if self.read_only:
@@ -582,7 +579,7 @@ def queue_redis_error(
     Reached and refused (full under ``noeviction``, an ACL user without a command arq needs,
     a database that does not exist, a wrong password), it was "cannot reach", which sent the
     user to the network: Redis's own words say what to fix, as the shared rate limit says
-    them. They never hold the password. A password missing or refused ("Authentication
+    them (the password masked: see without_password). A password missing or refused ("Authentication
     required.") says where one goes: ``password_hint``, else the URL; a Redis not reached,
     what to do next: ``then`` (it said only why, "Error 111 connecting to HOST:PORT").
     """
@@ -598,11 +595,8 @@ def queue_redis_error(
         context, RedisAuthenticationError
     ):
         err = context
-    reason = printable(str(err))[:300]
-    with contextlib.suppress(ValueError):  # checked before: a URL it reads
-        password = urlsplit(redis_url).password
-        if password:  # redis-py's words never hold it: kept so, whatever a version says
-            reason = reason.replace(password, "***")
+    # Redis's words may quote the password, as redis-py sends it (see without_password).
+    reason = printable(without_password(str(err), redis_password(redis_url)))[:300]
     if isinstance(err, RedisAuthenticationError):
         hint = password_hint or "give its password in the URL, redis://:PASSWORD@HOST:PORT/DB"
         return DMHubError(f"the queue's Redis at {where} refused: {reason.rstrip('.')}: {hint}")
@@ -1409,10 +1403,16 @@ def _worker_class() -> Any:
             Redis's errors are raised from here, without redis-py's frames and the errors they
             chained: the variables of those frames that an error tracker records (Sentry's
             default) held the password (redis-py's AUTH arguments, as a connection is made).
+            Nor in their words: a Redis that does not know AUTH quotes it (without_password).
             """
             try:
                 await self._main()
             except (RedisError, OSError) as err:
+                said = str(err)
+                if isinstance(err, RedisError):  # one message; an OSError's errno is kept
+                    masked = without_password(said, getattr(self.redis_settings, "password", None))
+                    if masked != said:
+                        err.args = (masked,)
                 raise err.with_traceback(None) from None
 
         async def _main(self) -> None:

@@ -18,6 +18,7 @@ import asyncio
 import logging
 import traceback
 import unittest.mock
+import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from urllib.parse import quote, quote_plus
 
 import attrs
 import pytest
+from _redis import REDIS_SERVER, SKIP_REASON, RedisServer
 from aiohttp import web
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
@@ -40,12 +42,16 @@ from dmhub_async import (
     MemoryTokenStore,
     NotFoundError,
     RateLimitError,
+    RedisRateLimiter,
+    RedisTokenStore,
     ResponseDecodeError,
     ServerError,
     _redact,
     cli,
 )
 from dmhub_async._redact import redact
+from dmhub_async.shards import _queue
+from dmhub_async.shards._queue import check_queue
 from dmhub_async.testing import DMHubSimulator
 
 CANARY_SECRET = "Cn4ry+S3cr3t/Zq9="
@@ -416,3 +422,103 @@ def test_a_secret_is_masked_raw_and_url_encoded_every_way(secret: str) -> None:
 def test_a_secret_from_undecodable_environment_bytes_does_not_break_redaction() -> None:
     secret = b"canary-\xff\xfe".decode("utf-8", "surrogateescape")
     assert redact(f"x {secret} canary-%FF%FE y", [secret, "lone-\ud800"]) == "x *** *** y"
+
+
+# -- a Redis's password --------------------------------------------------------------------------
+
+CANARY_REDIS_PASSWORD = "Rd1sCn4ry+Pass/w0rd="
+
+
+@pytest.fixture(scope="module")
+def redis_without_auth(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A redis-server that does not know AUTH (renamed away, as a proxy without it): Redis 7
+    answers the password sent with "unknown command 'AUTH', with args beginning with: '...'"."""
+    if REDIS_SERVER is None:
+        pytest.skip(SKIP_REASON)
+    server = RedisServer(tmp_path_factory.mktemp("redis"), ["--rename-command", "AUTH", ""])
+    try:
+        server.start()
+        yield server
+    finally:
+        server.kill()
+
+
+async def _store_get(url: str) -> None:
+    async with RedisTokenStore(url) as store:
+        await store.get("key")
+
+
+async def _rate_turn(url: str) -> None:
+    limiter = RedisRateLimiter(url, 5)
+    try:
+        await limiter.acquire()
+    finally:
+        await limiter.aclose()
+
+
+def shown_texts(err: BaseException) -> list[str]:
+    """What Python's traceback and an error tracker (Sentry) show of an error: its message,
+    repr and attributes, and those of each error of its chain as they follow it (a cause,
+    else a context unless ``raise ... from None`` suppressed it), and the traceback."""
+    texts = ["".join(traceback.format_exception(type(err), err, err.__traceback__))]
+    current: BaseException | None = err
+    while current is not None:
+        texts += [str(current), repr(current), repr(current.args)]
+        texts += [repr(value) for value in vars(current).values()]
+        suppressed = current.__suppress_context__
+        current = current.__cause__ or (None if suppressed else current.__context__)
+    return texts
+
+
+@pytest.mark.parametrize(
+    "use", [_store_get, _rate_turn, check_queue], ids=["store", "rate limit", "queue"]
+)
+@pytest.mark.parametrize("typed", ["as is", "percent-encoded", "in the query"])
+async def test_a_redis_that_quotes_its_password_back_has_it_masked(
+    redis_without_auth: RedisServer,
+    caplog: pytest.LogCaptureFixture,
+    use: Callable[[str], Awaitable[None]],
+    typed: str,
+) -> None:
+    """A Redis that refuses the AUTH it was sent quotes the password in its words: the token
+    store's error said it whole ("GET failed: ResponseError: unknown command 'AUTH', with args
+    beginning with: '<password>'"), on stderr as the command line's error line, and so did the
+    shared rate limit's; the queue's masked it only as typed before the URL's "@", not
+    percent-decoded as redis-py sends it, nor one given as ``?password=``, which redis-py takes.
+    Each says Redis's words, the password masked."""
+    if typed == "as is":
+        password = in_url = "Rd1sCn4ryPassw0rd"
+    else:
+        password, in_url = CANARY_REDIS_PASSWORD, quote(CANARY_REDIS_PASSWORD, safe="")
+    if typed == "in the query":  # redis-py takes it there too
+        url = f"{redis_without_auth.url}?password={in_url}"
+    else:
+        url = redis_without_auth.url.replace("redis://", f"redis://:{in_url}@")
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(DMHubError) as caught:
+        await use(url)
+    assert "unknown command 'AUTH', with args beginning with: '***'" in str(caught.value)
+    texts = shown_texts(caught.value) + log_texts(caplog.records)
+    assert leaks(texts, {password, in_url}) == []
+
+
+async def test_a_queue_worker_on_a_redis_that_quotes_its_password_back_raises_it_masked(
+    redis_without_auth: RedisServer,
+) -> None:
+    """``worker(url).run()`` raises Redis's own error (arq's), which quoted the password: a
+    service running workers logged it, or sent it to its error tracker."""
+    from redis.exceptions import ResponseError
+
+    password = "Rd1sCn4ryPassw0rd"
+    url = redis_without_auth.url.replace("redis://", f"redis://:{password}@")
+    client = {"app_id": "a", "secret": "s", "base_url": "http://127.0.0.1:1"}
+    arq_worker = _queue.worker(url, handle_signals=False, client=client, burst=True)
+    try:
+        with pytest.raises(ResponseError) as caught:
+            await asyncio.wait_for(arq_worker.async_run(), 20)
+    finally:
+        with warnings.catch_warnings():  # arq closes its pool by redis-py's deprecated close()
+            warnings.simplefilter("ignore", DeprecationWarning)
+            await asyncio.wait_for(arq_worker.close(), 20)
+    assert "unknown command 'AUTH', with args beginning with: '***'" in str(caught.value)
+    assert leaks(shown_texts(caught.value), {password}) == []
