@@ -384,7 +384,10 @@ def _origin(location: str | None) -> str:
         return "an unreadable Location"
     if not host:
         return "the same host"
-    return f"{parts.scheme}://{host}" + (f":{port}" if port else "")
+    if ":" in host:  # IPv6, bracketed as in a URL: "https://::1:8443" hid which part is the port
+        host = f"[{host}]"
+    scheme = f"{parts.scheme}:" if parts.scheme else ""  # "//host": the request's own scheme
+    return f"{scheme}//{host}" + (f":{port}" if port else "")
 
 
 def _body_text(body: bytes, secrets: Iterable[str | None], limit: int = 1000) -> str | None:

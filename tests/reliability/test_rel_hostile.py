@@ -155,6 +155,36 @@ async def test_a_redirect_to_another_host_gets_no_token(
     assert len(service.seen) == 1  # and not retried
 
 
+@pytest.mark.parametrize(
+    ("location", "said"),
+    [
+        ("//127.0.0.2:8443/v1/customers/1", "a redirect to //127.0.0.2:8443, not followed"),
+        ("https://[::1]:8443/v1/customers/1", "a redirect to https://[::1]:8443, not followed"),
+        ("https://[2001:db8::1]/", "a redirect to https://[2001:db8::1], not followed"),
+    ],
+    ids=["protocol-relative", "IPv6 with a port", "IPv6"],
+)
+async def test_a_redirect_names_the_host_it_points_to_as_a_url_writes_it(
+    servers: tuple[Server, Server], client: Callable[..., DMHubClient], location: str, said: str
+) -> None:
+    """A ``Location`` without a scheme (``//host``, the request's own scheme) was said "a
+    redirect to ://127.0.0.2:8443", and an IPv6 host without its brackets ("https://::1:8443":
+    which part is the port?), so the user could not tell where the service pointed."""
+    service, _ = servers
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        return web.Response(status=302, headers={"Location": location})
+
+    service.handler = answer
+    dm = client(service.url)
+
+    with pytest.raises(APIError) as caught:
+        await dm.customers.get(1)
+
+    assert said in str(caught.value)
+    assert TOKEN not in texts_of(caught.value)
+
+
 async def test_a_307_does_not_resend_a_create_body_to_another_host(
     servers: tuple[Server, Server], client: Callable[..., DMHubClient]
 ) -> None:
