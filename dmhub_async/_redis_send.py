@@ -10,7 +10,9 @@ the worker polled on, still running long after it was told to stop. redis-py 8.1
 
 from __future__ import annotations
 
+import ast
 import asyncio
+import contextlib
 import contextvars
 import functools
 import importlib
@@ -19,13 +21,36 @@ from typing import Any
 
 from ._tasks import within
 
-__all__ = ["pool_connections", "require_redis_extra", "sending_cancellably"]
+__all__ = ["pool_connections", "redis_words", "require_redis_extra", "sending_cancellably"]
 
 #: The id of the connection whose UNWATCH this task has sent, until its answer is read (see
 #: _cancellable).
 _UNWATCHING: contextvars.ContextVar[int | None] = contextvars.ContextVar(
     "dmhub_redis_unwatching", default=None
 )
+
+
+#: redis-py's words for a refusal of a command sent in a pipeline, between the command (with
+#: every argument) and the refusal's own words.
+_OF_A_PIPELINE = " of pipeline caused error: "
+
+
+def redis_words(err: BaseException) -> str:
+    """Redis's own words of ``err``: of a command of a pipeline (arq enqueues a job and writes
+    its end in transactions), without redis-py's preface, ``Command # 1 (SET KEY VALUE) of
+    pipeline caused error: ('...',)``, which put the command first with every argument (a
+    job's pickled bytes) on the error's one line."""
+    said = str(err)
+    if not said.startswith("Command # "):
+        return said
+    _, found, words = said.rpartition(_OF_A_PIPELINE)  # the last: its arguments may hold it
+    if not found:
+        return said
+    with contextlib.suppress(ValueError, SyntaxError, MemoryError, RecursionError):
+        read = ast.literal_eval(words)  # redis-py 5 writes the error's args, a tuple
+        if isinstance(read, tuple) and read and isinstance(read[0], str):
+            return read[0]
+    return words
 
 
 def require_redis_extra(what: str, *modules: str) -> None:

@@ -40,7 +40,7 @@ from .._exceptions import (
     without_token_hint,
 )
 from .._redact import MASK, redis_password, without_password
-from .._redis_send import pool_connections, sending_cancellably
+from .._redis_send import pool_connections, redis_words, sending_cancellably
 from .._shared_rate import check_shared_rate
 from .._tasks import to_the_end
 from .._tasks import within as _bounded_in_time
@@ -399,7 +399,7 @@ class _Away:
         now = time.monotonic()
         self.since = now if began is None else min(began, now)
         self.until = until
-        said = without_password(str(error), self.password)  # as redis-py sends it
+        said = without_password(redis_words(error), self.password)  # as redis-py sends it
         reason = printable(said or type(error).__name__)[:200].rstrip(".")
         left = max(until - now, 0.0)
         at = time.strftime("%H:%M:%S", time.localtime(time.time() + left))
@@ -565,6 +565,8 @@ def _backoff() -> Any:
 UNREACHED = "is Redis running there, and is the URL right?"
 #: ... and about one gone mid-run, past the tries (the coordinator's manifest kept).
 GONE_MID_RUN = "the manifest is written as it stands: rerun the same command once it is back"
+#: What to do about a queue's Redis full under ``noeviction`` (redis-py's OutOfMemoryError).
+FULL = "it is full: free some of its memory or raise its maxmemory, then rerun the same command"
 
 
 def queue_redis_error(
@@ -584,7 +586,7 @@ def queue_redis_error(
     what to do next: ``then`` (it said only why, "Error 111 connecting to HOST:PORT").
     """
     from redis.exceptions import AuthenticationError as RedisAuthenticationError
-    from redis.exceptions import BusyLoadingError, ResponseError
+    from redis.exceptions import BusyLoadingError, OutOfMemoryError, ResponseError
 
     where = redis_where(redis_url)
     # A refusal of the password met in a transaction (arq's enqueue watches its keys) comes
@@ -596,10 +598,12 @@ def queue_redis_error(
     ):
         err = context
     # Redis's words may quote the password, as redis-py sends it (see without_password).
-    reason = printable(without_password(str(err), redis_password(redis_url)))[:300]
+    reason = printable(without_password(redis_words(err), redis_password(redis_url)))[:300]
     if isinstance(err, RedisAuthenticationError):
         hint = password_hint or "give its password in the URL, redis://:PASSWORD@HOST:PORT/DB"
         return DMHubError(f"the queue's Redis at {where} refused: {reason.rstrip('.')}: {hint}")
+    if isinstance(err, OutOfMemoryError):
+        return DMHubError(f"the queue's Redis at {where} refused: {reason.rstrip('.')}: {FULL}")
     if isinstance(err, (ResponseError, BusyLoadingError)):
         return DMHubError(f"the queue's Redis at {where} refused: {reason}")
     # Why, in redis-py's words ("Error 111 connecting to HOST:PORT. Connect call failed",

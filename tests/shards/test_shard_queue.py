@@ -1199,6 +1199,52 @@ async def test_a_queue_redis_that_refuses_is_said_to_refuse_in_its_own_words(
     assert str(refused.value).startswith(f"the queue's Redis at {where} refused: ")
     assert words in str(refused.value)
     assert "pw" not in str(refused.value)
+    assert "of pipeline caused error" not in str(refused.value)
+
+
+async def test_a_full_queue_redis_is_said_in_its_words_not_with_the_refused_commands_bytes(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    # arq writes a job's end (its pickled result) and enqueues a job in transactions: a Redis
+    # full under noeviction refused them, and redis-py's words for a command of a pipeline
+    # put the command first, every argument: the worker stopped with "refused: Command # 1
+    # (SET arq:result:dmhub-export:... \x04\x95\r\x01...) of pipeline caused error:
+    # ("command not allowed when used memory > 'maxmemory'.",)", the job's pickled bytes on
+    # its one line, and neither said what to do.
+    import pickle
+
+    from arq.connections import ArqRedis
+    from redis.exceptions import OutOfMemoryError
+
+    from dmhub_async.shards._queue import queue_redis_error
+
+    redis.command("CONFIG", "SET", "maxmemory-policy", "noeviction")
+    redis.command("CONFIG", "SET", "maxmemory", "1")
+    client = ArqRedis.from_url(redis.url)
+    try:
+        async with client.pipeline(transaction=True) as record:
+            record.set("arq:result:dmhub-export:0:1:00000", pickle.dumps({"r": "\x04\r\x01"}))
+            record.delete("arq:in-progress:dmhub-export:0:1:00000")
+            with pytest.raises(OutOfMemoryError) as refused:
+                await record.execute()
+    finally:
+        await client.aclose()
+    said = str(queue_redis_error(redis.url, refused.value))
+
+    assert said == (
+        f"the queue's Redis at {redis.url} refused: command not allowed when used memory >"
+        " 'maxmemory': it is full: free some of its memory or raise its maxmemory, then rerun"
+        " the same command"
+    )
+
+    manifest = Manifest.new(
+        [Shard(0, None, None)], fmt="jsonl", base_url="http://127.0.0.1:1", app_id="a", filters={}
+    )
+    with pytest.raises(DMHubError) as stopped:
+        await asyncio.wait_for(
+            run_on_queue(redis.url, tmp_path / "o", manifest, progress=False), 30
+        )
+    assert str(stopped.value) == said
 
 
 async def test_a_worker_refused_by_its_redis_keeps_the_password_out_of_its_traceback(

@@ -1131,3 +1131,37 @@ def test_a_password_refused_within_a_transaction_is_said_as_refused() -> None:
         "the queue's Redis at redis://127.0.0.1:6399/0 refused: invalid username-password pair"
         " or user is disabled: check $DMHUB_REDIS_PASSWORD"
     )
+
+
+async def test_a_replica_refusing_a_transaction_is_said_in_its_words_not_with_the_commands_bytes(
+    redis: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A failover as arq writes a job's end (its pickled result) in a transaction: the wait's
+    # line quoted redis-py's words for a command of a pipeline, the command first with every
+    # argument, "(Command # 1 (SET arq:result:... \x04\x95\r...) of pipeline caused error:
+    # ("You can't write against a read only replica.",)), failed over?".
+    import pickle
+
+    from arq.connections import ArqRedis
+    from redis.exceptions import ReadOnlyError
+
+    assert redis.command("REPLICAOF", "127.0.0.1", "1") == "+OK"  # a replica: writes refused
+    client = ArqRedis.from_url(redis.url)
+    try:
+        async with client.pipeline(transaction=True) as record:
+            record.set("arq:result:dmhub-export:0:1:00000", pickle.dumps({"r": "\x04\r\x01"}))
+            with pytest.raises(ReadOnlyError) as refused:
+                await record.execute()
+    finally:
+        await client.aclose()
+        redis.command("REPLICAOF", "NO", "ONE")
+    away = _queue._Away(redis.url, "the worker")
+    caplog.set_level("WARNING", logger="dmhub_async")
+
+    away.failed(refused.value, time.monotonic() + 60)
+
+    [said] = _said(caplog)
+    assert said.startswith(
+        f"the queue's Redis at {redis.url} is a read-only replica (You can't write against a"
+        " read only replica), failed over?: the worker waits for it to take writes again until"
+    )
