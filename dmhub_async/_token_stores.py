@@ -27,7 +27,7 @@ from typing_extensions import Self
 
 from ._exceptions import NO_DNS_ANSWER, InvalidRequestError, TokenStoreError
 from ._redact import without_password
-from ._redis_send import require_redis_extra, sending_cancellably
+from ._redis_send import redis_words, require_redis_extra, sending_cancellably
 from ._validate import (
     PERCENT_ENCODE,
     REDIS_MAX_SECONDS,
@@ -533,10 +533,12 @@ class RedisTokenStore:
             ResponseError,
         )
 
-        # Redis's words may quote the password sent (see without_password).
+        # Redis's words, not redis-py's for a command of a pipeline (the token's write is a
+        # transaction), which quoted the command with every argument: the token's key and
+        # record; and they may quote the password sent (see without_password).
         pool = getattr(self._redis, "connection_pool", None)
         password = getattr(pool, "connection_kwargs", {}).get("password")
-        said = without_password(str(err), password if isinstance(password, str) else None)
+        said = without_password(redis_words(err), password if isinstance(password, str) else None)
         message = f"{self!r}: {doing} failed: {type(err).__name__}: {said}"
         if self._misread:
             message = f"{self!r}: {doing} failed: {type(err).__name__}: {PERCENT_ENCODE}"
@@ -545,13 +547,13 @@ class RedisTokenStore:
         # process fetched a token of its own on every refusal, revoking the others' (4
         # processes, 3 s: 181 tokens).
         refused = (AuthenticationError, AuthenticationWrongNumberOfArgsError, NoPermissionError)
-        if isinstance(err, refused) or str(err).startswith("DB index is out of range"):
+        if isinstance(err, refused) or said.startswith("DB index is out of range"):
             message += (
                 "; no process can share a token through it: give the store a user, password"
                 " and database that Redis takes"
             )
             return TokenStoreError(message, store=repr(self), unsafe=True)
-        if isinstance(err, ResponseError) and "unknown command" in str(err).lower():
+        if isinstance(err, ResponseError) and "unknown command" in said.lower():
             # Disabled or renamed (EVAL and EVALSHA, as hardening guides advise), or a proxy
             # that lacks it: taken for an outage, each process fetched a token of its own on
             # every refusal, revoking the others' (two clients taking turns: a token a call).

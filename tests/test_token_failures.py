@@ -31,6 +31,7 @@ from dmhub_async import (
     RetryPolicy,
     ServerError,
     Token,
+    TokenStoreError,
 )
 from dmhub_async._auth import token_key
 from dmhub_async.testing import DMHubSimulator, FakeClock, Faults
@@ -391,3 +392,27 @@ async def test_a_token_stored_ends_the_failure_recorded_beside_it_in_every_store
     finally:
         if isinstance(store, RedisTokenStore):
             await store.aclose()
+
+
+async def test_a_redis_store_refusing_a_tokens_write_says_redis_s_words_not_the_record(
+    redis: RedisServer,
+) -> None:
+    # The store writes a token and its record's removal in one transaction: a Redis that
+    # refused the write (full under noeviction, an ACL user who may read the token's key and
+    # not write it) was said in redis-py's words for a command of a pipeline, the command first
+    # with every argument: "SET failed: NoPermissionError: Command # 1 (SET
+    # dmhub_async:token:URL|APP|HASH {"access_token": "***", "expires_at": ...} EX 7201) of
+    # pipeline caused error: ('this user has no permissions ...',)".
+    redis.command("ACL", "SETUSER", "reader", "on", ">readerpw", "+@all", "%R~dmhub_async:token:*")
+    store = RedisTokenStore(redis.url.replace("redis://", "redis://reader:readerpw@"))
+    try:
+        with pytest.raises(TokenStoreError) as refused:
+            await store.set("key", Token("a-token-of-the-app", 10**10))
+    finally:
+        await store.aclose()
+
+    assert str(refused.value) == (
+        f"{store!r}: SET failed: NoPermissionError: this user has no permissions to access one"
+        " of the keys used as arguments; no process can share a token through it: give the store"
+        " a user, password and database that Redis takes"
+    )
