@@ -565,6 +565,11 @@ def _backoff() -> Any:
 UNREACHED = "is Redis running there, and is the URL right?"
 #: ... and about one gone mid-run, past the tries (the coordinator's manifest kept).
 GONE_MID_RUN = "the manifest is written as it stands: rerun the same command once it is back"
+#: ... and about one whose TLS certificate this machine did not trust (a ``rediss://`` URL).
+UNTRUSTED = (
+    "its TLS certificate was not trusted: give the URL the certificate of its CA"
+    " (?ssl_ca_certs=PATH), and the host name its certificate names"
+)
 #: What to do about a queue's Redis full under ``noeviction`` (redis-py's OutOfMemoryError).
 FULL = "it is full: free some of its memory or raise its maxmemory, then rerun the same command"
 
@@ -609,7 +614,25 @@ def queue_redis_error(
     # Why, in redis-py's words ("Error 111 connecting to HOST:PORT. Connect call failed",
     # "Connection lost"): it was the error's type alone, "ConnectionError".
     why = (reason or type(err).__name__).rstrip(".")
+    if _certificate_refused(err):
+        # A Redis that answered, with a certificate of a CA this machine does not know (a
+        # private one's): "is Redis running there, and is the URL right?" sent the user to it.
+        then = UNTRUSTED
     return DMHubError(f"cannot reach the queue's Redis at {where}: {why}: {then}")
+
+
+def _certificate_refused(err: BaseException) -> bool:
+    """Whether ``err`` (or an error it was raised from or in) is a TLS certificate not
+    verified, as redis-py's ConnectionError of a ``rediss://`` connect carries it."""
+    import ssl
+
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, ssl.SSLCertVerificationError):
+            return True
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__  # type: ignore[assignment]
+    return False
 
 
 def worker_credentials_hint(err: AuthenticationError, whose: str = "the workers'") -> str:

@@ -1128,6 +1128,32 @@ async def test_a_rediss_url_with_its_ca_reaches_the_queue_as_it_reaches_the_toke
         proc.wait(10)
 
 
+async def test_a_rediss_url_whose_certificate_is_not_trusted_says_to_give_its_ca(
+    tmp_path: Path,
+) -> None:
+    # A Redis with a certificate of a private CA, its URL without ?ssl_ca_certs=: `export
+    # --queue` and `worker` stopped with "cannot reach the queue's Redis at ...: ...
+    # CERTIFICATE_VERIFY_FAILED] certificate verify failed: self-signed certificate ...: is
+    # Redis running there, and is the URL right?", sending the user to a Redis that answered.
+    from dmhub_async.shards._queue import check_queue
+
+    proc, port, _ = _tls_redis(tmp_path)
+    try:
+        with pytest.raises(DMHubError) as refused:
+            await asyncio.wait_for(check_queue(f"rediss://127.0.0.1:{port}/0"), 30)
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+    said = str(refused.value)
+    assert said.startswith(f"cannot reach the queue's Redis at rediss://127.0.0.1:{port}/0: ")
+    assert "certificate verify failed" in said
+    assert said.endswith(
+        ": its TLS certificate was not trusted: give the URL the certificate of its CA"
+        " (?ssl_ca_certs=PATH), and the host name its certificate names"
+    )
+
+
 async def test_a_worker_outlives_a_redis_restart_and_takes_the_next_shard(
     tmp_path: Path, redis: RedisServer
 ) -> None:
