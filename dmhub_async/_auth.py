@@ -298,6 +298,52 @@ class TokenManager:
             del stale, token  # the refused token: not among the variables an error tracker records
             raise
 
+    async def taken_since(
+        self,
+        refused: str,
+        fetch: Callable[[], Awaitable[Token]] | None = None,
+        closing: Closing | None = None,
+    ) -> str | None:
+        """After ``refused``, the token a refresh gave a call, was refused too: the token that
+        another client or process has put in the store since (it took the token: each one
+        fetched revokes the last), else None, and the refusal stands.
+
+        Two workers sharing a Redis that restarted without its data each fetched a token, the
+        second revoking the first's before the call it was fetched for was sent again with it:
+        that call failed with 40001, its one refresh spent, the newest token in the store.
+
+        Nothing is fetched while the store holds a token (``refused`` itself: refused for good;
+        or one issued before it) or cannot be read: a token fetched then would revoke the
+        other's, which would fetch again, and so on. A store that holds none (it lost its data)
+        is refreshed as usual, under its lock, and the token stored for the others to take.
+        """
+        try:
+            held = self._held
+            if held is not None and held.value != refused and self._valid(held):
+                return held.value  # another caller of this client took a newer one already
+            flight = self._flight
+            if flight is not None:  # a refresh under way: its token, unless it is the refused
+                token = await _waited(flight, closing)
+                return None if token == refused else token
+            try:
+                stored = self._given(await self._call(self._store.get(self._key)))
+            except TokenStoreError as err:
+                if err.unsafe:
+                    raise
+                log.debug("%s; the token refused after its refresh is not replaced", err)
+                return None
+            if stored is None:
+                return await self.refresh(refused, fetch, closing)
+            if not self._usable(stored, refused):
+                return None
+            self._held, self._unshared = stored, False
+            self._fresh_until = stored.expires_at - self._margin(stored)
+            self._renew_paused_until = float("-inf")
+            return stored.value
+        except BaseException:
+            del refused  # as in refresh()
+            raise
+
     def stop(self) -> asyncio.Future[str] | None:
         """End the fetch in flight if it still waits for the store (its lock may be another
         process's for minutes), and return it, for the client's close to await: the close

@@ -78,6 +78,10 @@ from ._validate import printable, refused_ipv4, resolvable_url
 __all__ = ["ClientStats", "Session"]
 
 logger = logging.getLogger("dmhub_async")
+#: How many times a call refused after its token's refresh is sent again, each time with a
+#: token another process stored since (it took the token): bounded, so that two processes
+#: taking turns revoke no call's token for ever.
+TAKEN_TOKEN_RESENDS: Final = 2
 
 
 @attrs.define
@@ -99,6 +103,8 @@ class _Call:
     request: Request
     retries: int = 0
     refreshed: bool = False
+    #: Sends with a token another process stored after the refreshed one was refused.
+    taken: int = 0
     #: A write's earlier attempt got no answer it could read, and may have been applied.
     maybe_applied: bool = False
 
@@ -725,7 +731,9 @@ class Session:
         self, call: _Call, failed: list[DMHubError], token: str
     ) -> _Answer:
         """The rest of an attempt of ``call`` whose send with ``token`` failed: a refused token
-        is refreshed once and the call sent again; any other error is raised (a write's noted:
+        is refreshed once and the call sent again; refused again, it is sent with the token
+        another process has stored since, if there is one (:meth:`TokenManager.taken_since`),
+        at most :data:`TAKEN_TOKEN_RESENDS` times; any other error is raised (a write's noted:
         :func:`_note_write_failure`). The error is taken out of ``failed``, so that no frame of
         its own traceback holds it.
 
@@ -738,20 +746,51 @@ class Session:
             if not isinstance(failed[0], AuthenticationError):
                 _note_write_failure(call, failed[0])
                 raise failed.pop()
-            if tokens is None or call.refreshed:
-                _say_what_to_check(failed[0], STATIC_TOKEN_REFUSED if tokens is None else None)
+            if tokens is None:
+                _say_what_to_check(failed[0], STATIC_TOKEN_REFUSED)
                 raise failed.pop()
-            failed.clear()
-            call.refreshed = True
-            token = self._current_token = await self._refresh(tokens, token)
-            try:
-                return await self._send(call.request, token, call.retries)
-            except DMHubError as err:  # the send after a refresh may be applied as well
-                _say_what_to_check(err)
-                _note_write_failure(call, err)
-                raise
+            if call.refreshed:  # an attempt after a retry, refused: as a resend refused
+                given = await self._taken_since(call, tokens, token)
+                if given is None:
+                    _say_what_to_check(failed[0])
+                    raise failed.pop()
+                token = given
+            else:
+                call.refreshed = True
+                failed.clear()
+                token = self._current_token = await self._refresh(tokens, token)
+            while True:
+                failed.clear()
+                try:
+                    return await self._send(call.request, token, call.retries)
+                except DMHubError as err:  # the send after a refresh may be applied as well
+                    failed.append(err)
+                if isinstance(failed[0], AuthenticationError):
+                    given = await self._taken_since(call, tokens, token)
+                    if given is not None:
+                        token = given
+                        continue
+                _say_what_to_check(failed[0])
+                _note_write_failure(call, failed[0])
+                raise failed.pop()
         except BaseException:
             del token  # not among the variables an error tracker records (see _send)
+            raise
+
+    async def _taken_since(self, call: _Call, tokens: TokenManager, refused: str) -> str | None:
+        """The token another process has stored since ``refused``, the call's token after its
+        refresh, was refused (:meth:`TokenManager.taken_since`), while the call may still be
+        sent again with one; else None."""
+        try:
+            if call.taken >= TAKEN_TOKEN_RESENDS:
+                return None
+            call.taken += 1
+            given = await tokens.taken_since(refused, self._token_fetch, self._closing)
+            if given is not None:
+                self._current_token = given
+            return given
+        except BaseException:
+            del refused  # the refused token: not for an error tracker (see _send)
             raise
 
     async def _refresh(self, tokens: TokenManager, stale: str | None) -> str:

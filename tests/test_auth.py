@@ -4,6 +4,7 @@ shared through the memory, file and Redis stores, or given as is."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import json
 import math
@@ -12,7 +13,7 @@ import stat
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import fakeredis
@@ -2302,3 +2303,110 @@ async def test_a_call_refused_while_a_refresh_ahead_of_expiry_waits_on_the_store
 
     assert results == [CUSTOMER, CUSTOMER]
     assert tokens.issued == ["tok-1", "tok-2"]
+
+
+class RestartedStore:
+    """A Redis token store in the small: its tokens and its lock live in the server, and a
+    restart without persistence loses both; ``down`` while it is not back."""
+
+    def __init__(self) -> None:
+        self.tokens: dict[str, Token] = {}
+        self.held = asyncio.Lock()
+        self.down = False
+
+    def restart(self, *, down: bool) -> None:
+        self.tokens, self.held, self.down = {}, asyncio.Lock(), down
+
+    def _answer(self) -> None:
+        if self.down:
+            raise ConnectionRefusedError("Connect call failed")
+
+    async def get(self, key: str) -> Token | None:
+        self._answer()
+        return self.tokens.get(key)
+
+    async def set(self, key: str, token: Token) -> None:
+        self._answer()
+        self.tokens[key] = token
+
+    @contextlib.asynccontextmanager
+    async def lock(self, key: str) -> AsyncIterator[None]:
+        self._answer()
+        async with self.held:
+            yield
+
+
+async def test_a_token_another_process_took_after_this_ones_refresh_is_taken_from_the_store(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Two workers sharing the queue's Redis as their token store, which restarted without its
+    # data (tests/shards/test_shard_queue.py, "restarted"): B's first call came while it was
+    # down and fetched a token without it, revoking A's; A, refused, fetched one without it
+    # too, revoking B's; Redis back and empty, B, refused, fetched and stored one under the
+    # lock before A's resend reached the service. A's call was refused again and failed with
+    # 40001, its one refresh spent, with the newest token in the store: a shard lost.
+    from dmhub_async.testing import DMHubSimulator
+
+    store = RestartedStore()
+    caplog.set_level("WARNING", logger="dmhub_async")
+    async with (
+        DMHubSimulator(customers=1) as sim,
+        DMHubClient(sim.app_id, sim.secret, base_url=sim.url, token_store=store) as a,
+        DMHubClient(sim.app_id, sim.secret, base_url=sim.url, token_store=store) as b,
+    ):
+        assert await a.customers.count() == 1  # a token, stored
+        store.restart(down=True)
+        assert await b.customers.count() == 1  # its first: fetched without the store
+        resent: list[str] = []
+
+        async def b_refused_meanwhile(request: Any) -> None:
+            token = request.query.get("access_token")
+            if request.path.startswith("/v1/") and token == sim.access_token and not resent:
+                resent.append(token)  # A's resend with the token its refresh fetched
+                store.down = False  # back, empty
+                assert await b.customers.count() == 1  # refused, it fetches and stores one
+
+        sim.on_request(b_refused_meanwhile)
+        assert await a.customers.count() == 1
+        sim.clear_hooks()
+        assert await a.customers.count() == 1
+        assert await b.customers.count() == 1
+        fetched = (a.stats.token_fetches, b.stats.token_fetches)
+
+    assert resent
+    assert sim.counters.tokens_issued == 4
+    assert fetched == (2, 2)  # A took B's last token from the store, and fetched no third
+    assert sim.counters.errors[40001] == 3  # A's first two, B's one: refused once each
+
+
+async def test_a_call_refused_whatever_token_the_store_gives_is_sent_again_at_most_twice() -> None:
+    # A call refused after its refresh is sent again with a token another process stored
+    # since, not for ever: a store that gives a new token at each read, each refused, ends it
+    # after two such sends, with no token fetched for it.
+    from dmhub_async.testing import DMHubSimulator
+
+    class EverNewer(MemoryTokenStore):
+        given = 0
+
+        async def get(self, key: str) -> Token | None:
+            stored = await super().get(key)
+            if stored is None:
+                return None
+            self.given += 1
+            return Token(f"taken-{self.given}", stored.expires_at, time.time())
+
+    async with (
+        DMHubSimulator(customers=1) as sim,
+        DMHubClient(sim.app_id, sim.secret, base_url=sim.url, token_store=EverNewer()) as dm,
+    ):
+        assert await dm.customers.count() == 1
+        sim.tokens.revoke()
+        sent = sim.counters.requests["/v1/customers/count"]
+        with pytest.raises(AuthenticationError) as info:
+            await dm.customers.count()
+        sent = sim.counters.requests["/v1/customers/count"] - sent
+
+    assert sent == 4  # the revoked token, the store's, and two taken since
+    assert sim.counters.tokens_issued == 1
+    assert info.value.code == 40014
+    assert "share one token store" in str(info.value)
