@@ -16,7 +16,7 @@ import inspect
 import logging
 import math
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, TypeVar, cast
 from urllib.parse import urlsplit
@@ -303,6 +303,8 @@ class TokenManager:
         refused: str,
         fetch: Callable[[], Awaitable[Token]] | None = None,
         closing: Closing | None = None,
+        sleep: Callable[[float], Awaitable[None]] | None = None,
+        waits: Iterable[float] = (),
     ) -> str | None:
         """After ``refused``, the token a refresh gave a call, was refused too: the token that
         another client or process has put in the store since (it took the token: each one
@@ -316,22 +318,36 @@ class TokenManager:
         or one issued before it) or cannot be read: a token fetched then would revoke the
         other's, which would fetch again, and so on. A store that holds none (it lost its data)
         is refreshed as usual, under its lock, and the token stored for the others to take.
+
+        A store that fails is read again after each of ``waits`` (seconds, through ``sleep``):
+        a Redis restarting is back a moment later. Read once alone, a call refused while both
+        processes had fetched without it failed, the store back and empty. One that failed
+        only at its timeout (frozen) is not read again: each read would wait that long.
         """
         try:
-            held = self._held
-            if held is not None and held.value != refused and self._valid(held):
-                return held.value  # another caller of this client took a newer one already
-            flight = self._flight
-            if flight is not None:  # a refresh under way: its token, unless it is the refused
-                token = await _waited(flight, closing)
-                return None if token == refused else token
-            try:
-                stored = self._given(await self._call(self._store.get(self._key)))
-            except TokenStoreError as err:
-                if err.unsafe:
-                    raise
-                log.debug("%s; the token refused after its refresh is not replaced", err)
-                return None
+            pauses, loop = iter(waits), asyncio.get_running_loop()
+            while True:
+                held = self._held
+                if held is not None and held.value != refused and self._valid(held):
+                    return held.value  # another caller of this client took a newer one already
+                flight = self._flight
+                if flight is not None:  # a refresh under way: its token, unless the refused
+                    token = await _waited(flight, closing)
+                    return None if token == refused else token
+                asked = loop.time()
+                try:
+                    stored = self._given(await self._call(self._store.get(self._key)))
+                    break
+                except TokenStoreError as err:
+                    if err.unsafe:
+                        raise
+                    # One that took its whole timeout to fail (frozen) is not read again.
+                    frozen = loop.time() - asked >= self._timeout
+                    pause = None if frozen else next(pauses, None)
+                    if pause is None or sleep is None:
+                        log.debug("%s; the token refused after its refresh is not replaced", err)
+                        return None
+                await sleep(pause)
             if stored is None:
                 return await self.refresh(refused, fetch, closing)
             if not self._usable(stored, refused):

@@ -785,7 +785,11 @@ class Session:
             if call.taken >= TAKEN_TOKEN_RESENDS:
                 return None
             call.taken += 1
-            given = await tokens.taken_since(refused, self._token_fetch, self._closing)
+            policy = self.policy  # a store that does not answer is waited for as a retry is
+            waits = (policy.jitter(policy.ceiling(n)) for n in range(1, policy.max_retries + 1))
+            given = await tokens.taken_since(
+                refused, self._token_fetch, self._closing, self._closing.sleep, waits
+            )
             if given is not None:
                 self._current_token = given
             return given

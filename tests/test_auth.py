@@ -2410,3 +2410,51 @@ async def test_a_call_refused_whatever_token_the_store_gives_is_sent_again_at_mo
     assert sim.counters.tokens_issued == 1
     assert info.value.code == 40014
     assert "share one token store" in str(info.value)
+
+
+async def test_a_call_refused_after_its_refresh_while_the_store_is_down_waits_for_it() -> None:
+    # As above, but the second client's refusal came while Redis was still down too: it
+    # fetched a token without the store as well, revoking the one the first had just fetched
+    # for its resend. That resend was refused, the store did not answer, and the call failed
+    # with 40001 at once, Redis back a moment later. It now waits for the store as the
+    # client's retries wait, finds it back and empty, fetches a token under its lock and
+    # stores it, which the other takes at its next refusal.
+    from dmhub_async.testing import DMHubSimulator
+
+    store = RestartedStore()
+    waits: list[float] = []
+
+    async def back_meanwhile(seconds: float) -> None:
+        waits.append(seconds)
+        store.down = False  # back, empty
+
+    async with (
+        DMHubSimulator(customers=1) as sim,
+        DMHubClient(
+            sim.app_id, sim.secret, base_url=sim.url, token_store=store, sleep=back_meanwhile
+        ) as a,
+        DMHubClient(sim.app_id, sim.secret, base_url=sim.url, token_store=store) as b,
+    ):
+        assert await a.customers.count() == 1  # a token, stored
+        store.restart(down=True)
+        assert await b.customers.count() == 1  # its first: fetched without the store
+        resent: list[str] = []
+
+        async def b_refused_meanwhile(request: Any) -> None:
+            token = request.query.get("access_token")
+            if request.path.startswith("/v1/") and token == sim.access_token and not resent:
+                resent.append(token)  # A's resend with the token its refresh fetched
+                assert await b.customers.count() == 1  # refused, it fetches without the store
+
+        sim.on_request(b_refused_meanwhile)
+        assert await a.customers.count() == 1
+        sim.clear_hooks()
+        assert await b.customers.count() == 1  # refused, it takes A's from the store
+        assert await a.customers.count() == 1
+        fetched = (a.stats.token_fetches, b.stats.token_fetches)
+
+    assert resent
+    assert len(waits) == 1
+    assert sim.counters.tokens_issued == 5
+    assert fetched == (3, 2)
+    assert sim.counters.errors[40001] == 4  # each client's first two tokens, refused once each
