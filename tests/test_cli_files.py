@@ -195,6 +195,35 @@ def test_an_out_under_a_directory_it_cannot_enter_is_a_usage_error_naming_it(
     assert requests(served) == 0
 
 
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["export", "--out", "loop/june.jsonl"],
+        ["export", "--out", "loop/june.jsonl", "--checkpoint", "june.ckpt"],
+        ["export", "--out", "june.jsonl", "--checkpoint", "loop/june.ckpt"],
+        ["lookup", "--in", "ids.csv", "--out", "loop/found.csv"],
+    ],
+    ids=["export", "export-with-checkpoint", "checkpoint", "lookup"],
+)
+def test_an_out_through_a_link_loop_is_a_usage_error_naming_the_link(
+    served: ServedSimulator, env: dict[str, str], tmp_path: Path, command: list[str]
+) -> None:
+    # `--out loop/june.jsonl`, loop a link that leads back to itself (or two to each other):
+    # "loop/june.jsonl: Too many levels of symbolic links", exit 1, as if the run had failed;
+    # with an input or a checkpoint beside it, a traceback (RuntimeError: Symlink loop from).
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    write_identities(tmp_path / "ids.csv", [("mobile", "13800000000")])
+    flag = "--checkpoint" if "loop/june.ckpt" in command else "--out"
+
+    result = run_cli(*command, env=env, cwd=tmp_path)
+
+    assert_one_line_error(
+        result, 2, f"{flag} 'loop/", "cannot write to 'loop', a symbolic link that leads back to"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ids.csv", "loop"]
+    assert requests(served) == 0
+
+
 @pytest.mark.parametrize("shards", [False, True])
 def test_an_out_whose_tilde_no_shell_expanded_says_so(
     served: ServedSimulator, env: dict[str, str], tmp_path: Path, shards: bool

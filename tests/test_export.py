@@ -1956,6 +1956,33 @@ async def test_a_path_under_a_file_further_up_says_which_file_before_any_request
     assert sim.counters.total == 0
 
 
+@pytest.mark.parametrize("which", ["output", "checkpoint"])
+@pytest.mark.parametrize("depth", ["in it", "further down"])
+async def test_a_path_through_a_link_loop_is_refused_naming_the_link_before_any_request(
+    sim: DMHubSimulator, client: DMHubClient, tmp_path: Path, which: str, depth: str
+) -> None:
+    # exports/june.jsonl where exports is a link that leads back to itself (a link to itself,
+    # two to each other): a raw "OSError: [Errno 40] Too many levels of symbolic links" out of
+    # export_customers, naming no link to mend.
+    (tmp_path / "exports").symlink_to(tmp_path / "exports")
+    folder = tmp_path / "exports" if depth == "in it" else tmp_path / "exports" / "2026"
+    path = folder / ("june.jsonl" if which == "output" else "june.ckpt")
+    dest = path if which == "output" else tmp_path / "june.jsonl"
+    checkpoint = path if which == "checkpoint" else None
+    sim.counters.reset()
+
+    with pytest.raises(InvalidRequestError) as info:
+        await export_customers(client, dest, checkpoint=checkpoint, progress=False)
+
+    under = "" if depth == "in it" else f" under {str(tmp_path / 'exports')!r},"
+    assert str(info.value) == (
+        f"{which} {str(path)!r}: cannot write to {str(folder)!r},{under} a symbolic link that"
+        " leads back to itself (a loop): mend the link, or give another path"
+    )
+    assert files_in(tmp_path) == ["exports"]
+    assert sim.counters.total == 0
+
+
 @pytest.mark.parametrize("depth", ["in it", "further down"])
 def test_an_output_under_a_directory_it_cannot_enter_is_refused_naming_it(
     tmp_path: Path, depth: str

@@ -313,7 +313,7 @@ async def _export(args: argparse.Namespace) -> int:
 
 def _same_place(a: str, b: str) -> bool:
     """Whether the paths ``a`` and ``b`` name one place (neither need exist)."""
-    return Path(a).resolve() == Path(b).resolve()
+    return os.path.realpath(a) == os.path.realpath(b)  # resolve() raises on a link loop
 
 
 def _distinct(ids: list[int] | None) -> int | None:

@@ -466,7 +466,8 @@ def _same_file(a: Path, b: Path) -> bool:
     try:
         return os.path.samefile(a, b)
     except OSError:  # one of them does not exist (yet): compare where they would be
-        return a.resolve() == b.resolve()
+        # realpath, not resolve(): a link loop on the way raised RuntimeError, a traceback
+        return os.path.realpath(a) == os.path.realpath(b)
 
 
 #: Seconds after which a lookup's temporary file that no live run holds is a killed run's: one

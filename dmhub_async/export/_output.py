@@ -32,7 +32,7 @@ from ._checkpoint import Checkpoint, ExportScope, read_checkpoint, write_checkpo
 from ._owner import Sample, first_records, selected_fields, spread_records
 from ._writers import Scan, scan
 
-__all__ = ["Output", "check_path", "denied", "open_output", "wait_for_room"]
+__all__ = ["Output", "check_path", "denied", "looping", "open_output", "wait_for_room"]
 
 logger = logging.getLogger("dmhub_async")
 #: Open without following a link, and without blocking on a FIFO (where the OS has them).
@@ -54,6 +54,9 @@ def check_path(path: Path, what: str) -> None:
         raise InvalidRequestError(
             f"{what} {str(path)!r}: cannot write to {str(path.parent)!r}, {denied(path)}"
         ) from None
+    except OSError as err:  # a link on the way that leads to itself, a name too long: raw
+        # out of export_customers and merge, and "Too many levels of symbolic links", exit 1
+        raise InvalidRequestError(f"{what} {str(path)!r}: {_unreachable(path, err)}") from None
     # Each refusal names ``what``: a checkpoint of an unset setting ("") was "'.' is a
     # directory, not a file", which the user took for the output.
     if mode is not None and stat.S_ISDIR(mode):
@@ -82,6 +85,34 @@ def check_path(path: Path, what: str) -> None:
         )
     if not os.access(path.parent, os.W_OK):
         raise InvalidRequestError(f"{what} {str(path)!r}: cannot write to {str(path.parent)!r}")
+
+
+def _unreachable(path: Path, err: OSError) -> str:
+    """Why ``path`` cannot be reached, where a look at it failed with ``err``: the symbolic
+    link above it that leads back to itself (a loop), named, or the system's words."""
+    if err.errno != errno.ELOOP:
+        return f"cannot write to it: {err.strerror}"
+    link = looping(path.parent) or path.parent
+    where = "" if link == path.parent else f" under {str(link)!r},"
+    return (
+        f"cannot write to {str(path.parent)!r},{where} a symbolic link that leads back to"
+        " itself (a loop): mend the link, or give another path"
+    )
+
+
+def looping(path: Path) -> Path | None:
+    """The first of ``path`` and the directories above it whose links go round in a loop
+    (a link to itself, or two to each other), or None."""
+    return next((p for p in (*reversed(path.parents), path) if _loops(p)), None)
+
+
+def _loops(path: Path) -> bool:
+    """Whether following the links of ``path`` goes round in a loop."""
+    try:
+        os.stat(path)
+    except OSError as err:
+        return err.errno == errno.ELOOP
+    return False
 
 
 #: Why a path's leading ``~`` names no home here.

@@ -37,7 +37,7 @@ from .._validate import check_flag, check_path_type, short
 from .._words import counted
 from ..export._checkpoint import ExportScope, recorded_scope
 from ..export._export import FORMAT_OF_SUFFIX, Verify, check_output_name
-from ..export._output import _lock, _release, _sweep, check_path, denied
+from ..export._output import _lock, _release, _sweep, check_path, denied, looping
 from ..resources._filters import EMPTY_STAGE, customer_filter_params
 from ._csv_merge import Rewrite, Union, header_names, read_header, same_export, whole_header
 from ._plan import ListedIds, Shard, _aware, _seconds
@@ -736,7 +736,8 @@ def check_named_as(dest: Path, fmt: str, label: str | None = None) -> None:
 def merged_into_itself(directory: str | os.PathLike[str], dest: str | os.PathLike[str]) -> bool:
     """Whether a merge's ``dest`` is the export's directory or inside it (its manifest, a
     part): :func:`merge` refuses it, the CLI with its usage error."""
-    where, into = Path(directory).resolve(), Path(dest).resolve()
+    # realpath, not resolve(): a link loop on the way raised RuntimeError out of merge()
+    where, into = Path(os.path.realpath(directory)), Path(os.path.realpath(dest))
     return into == where or where in into.parents
 
 
@@ -815,7 +816,13 @@ def unmergeable(
         said = f" ({takes})" if takes_when_denied else ""
         return f"{directory} cannot be read, {denied(within, quoted=False)}{said}"
     except OSError:  # none there, or a file: said below
-        pass
+        # A link on the way that leads back to itself: "no such directory", or a raw OSError
+        # of its manifest.json out of merge().
+        if (link := looping(Path(directory))) is not None:
+            return (
+                f"{directory} cannot be read: {link} is a symbolic link that leads back to"
+                f" itself (a loop): {takes}"
+            )
     if os.path.islink(directory) and not os.path.exists(directory):
         target = os.readlink(directory)
         return f"{directory} is a symbolic link to {target}, which does not exist: {takes}"
@@ -859,9 +866,9 @@ def merge_parts(
     if manifest is None:
         raise InvalidRequestError(f"{directory} has no {MANIFEST_NAME}: not a sharded export")
     check_named_as(Path(dest), manifest.format)
-    into = Path(dest).resolve()
+    into = os.path.realpath(dest)
     for outcome in manifest.shards:
-        if (Path(directory) / outcome.file).resolve() == into:
+        if os.path.realpath(Path(directory) / outcome.file) == into:
             # A part that is a link to ``dest`` (parts kept on another disk): the merged file
             # replaced the part's data, which the next merge refused by its size.
             raise InvalidRequestError(

@@ -2617,6 +2617,52 @@ def test_a_merge_of_a_link_to_nothing_says_so_not_that_it_is_a_file(tmp_path: Pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["parts"]
 
 
+@pytest.mark.parametrize("looping", ["the directory", "the output"])
+def test_a_merge_through_a_link_loop_is_refused_naming_the_link(
+    done: Path, tmp_path: Path, looping: str
+) -> None:
+    # A directory or an output under a link that leads back to itself: a raw RuntimeError
+    # ("Symlink loop from ...") of pathlib, or OSError of its manifest.json, out of merge().
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    directory = tmp_path / "loop" / "out" if looping == "the directory" else done
+    dest = tmp_path / "all.jsonl" if looping == "the directory" else tmp_path / "loop" / "a.jsonl"
+
+    with pytest.raises(InvalidRequestError) as info:
+        merge(directory, dest)
+
+    said = str(info.value)
+    if looping == "the directory":
+        assert said == (
+            f"{directory} cannot be read: {tmp_path / 'loop'} is a symbolic link that leads"
+            " back to itself (a loop): merge takes the directory export_sharded wrote"
+        )
+    else:
+        assert said.startswith(f"merge's output {str(dest)!r}: cannot write to")
+        assert said.endswith(
+            f"cannot write to {str(tmp_path / 'loop')!r}, a symbolic link that leads back to"
+            " itself (a loop): mend the link, or give another path"
+        )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["loop", "out"]
+
+
+def test_the_cli_merge_through_a_link_loop_is_refused_naming_the_link(
+    done: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `merge out --out loop/all.jsonl`, loop a link that leads back to itself: a traceback
+    # (RuntimeError: Symlink loop from ...), exit 1; `merge loop/out`: "no such directory".
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+
+    assert main(["merge", "out", "--out", "loop/all.jsonl"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("dmhub-async: error: --out 'loop/all.jsonl': cannot write to 'loop',")
+    assert "a symbolic link that leads back to itself" in error
+    assert main(["merge", "loop/out", "--out", "all.jsonl"]) == 1
+    error = capsys.readouterr().err
+    assert "loop is a symbolic link that leads back to itself" in error, error
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["loop", "out"]
+
+
 def test_a_merge_into_the_file_a_part_links_to_is_refused(done: Path, tmp_path: Path) -> None:
     # A part kept elsewhere, linked from the directory: `merge --out` that file (with --force)
     # replaced the part's data with the merged file, which the next merge refused by its size.
