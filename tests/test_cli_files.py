@@ -1120,13 +1120,16 @@ def test_lookup_input_under_a_header_takes_a_value_named_as_an_identity_type(
     path = tmp_path / "ids.csv"
     extra = "," if header.count(",") == 2 else ""
     path.write_text(
-        f"{header}\r\nmobile,13800138000{extra}\r\nusername,email{extra}\r\nnick,Mobile\r\n",
+        f"{header}\r\nmobile,13800138000{extra}\r\nusername,email{extra}\r\nnick,Mobile\r\n"
+        # A type in the reference's style (lower case, dashes) as long as an openid.
+        f"order-platform-customer-code,wechat{extra}\r\n",
         "utf-8",
     )
     assert list(_identities(path, "utf-8")) == [
         Identity("mobile", "13800138000"),
         Identity("username", "email"),
         Identity("nick", "Mobile"),
+        Identity("order-platform-customer-code", "wechat"),
     ]
     # With no header, the row is still refused as swapped, saying how to tell it is not.
     path.write_text("username,email\r\n", "utf-8")
@@ -1135,7 +1138,21 @@ def test_lookup_input_under_a_header_takes_a_value_named_as_an_identity_type(
 
 
 @pytest.mark.parametrize(
-    "row", ["13800138000,mobile", "+8613800138000,Mobile", "zhang@example.com,email"]
+    "row",
+    [
+        "13800138000,mobile",
+        "+8613800138000,Mobile",
+        "zhang@example.com,email",
+        # As a phone or a spreadsheet writes a number, an address typed with a Chinese input
+        # method, and WeChat's ids (an openid, a unionid): each was looked up as a type of
+        # that name, "not found", exit 0.
+        "(+86) 138-0013-8000,mobile",
+        "138.0013.8000,mobile",
+        "1.38001E+10,mobile",
+        "zhang\uff20example.com,email",
+        "oLVPpjqs2BhvzwPj5A-vTYAX3GLc,wechat",
+        "o6_bmjrPTlm6_2sgVt7hMZOPfL2M,wechat-unionid",
+    ],
 )
 @pytest.mark.parametrize("header", ["type,value", "identityType,identityValue"])
 def test_lookup_input_under_a_header_with_a_row_swapped_is_refused(

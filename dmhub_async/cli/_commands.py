@@ -443,9 +443,26 @@ _HEADER: Final = (
 
 def _reads_as_a_value(cell: str) -> bool:
     """Whether ``cell``, in a row's type column, reads as an identity's value, which no type
-    is (a type is a name, such as ``taobao-account``): a number (a mobile), or an address."""
+    is (a type is a name, such as ``taobao-account``): a number (a mobile, as a phone or a
+    spreadsheet writes it), an address (its ``@`` full-width too), or WeChat's id."""
     text = cell.strip()
-    return "@" in text or text.removeprefix("+").replace("-", "").replace(" ", "").isdigit()
+    return (
+        "@" in text
+        or "\uff20" in text
+        or text.translate(_PHONE_MARKS).isdigit()
+        or _VALUE_LIKE.fullmatch(text) is not None
+        # An openid or unionid: 28 letters, digits, - and _, of both cases; a type in the
+        # reference's style (lower case, dashes) as long is none.
+        or (_WECHAT_ID.fullmatch(text) is not None and not text.islower())
+    )
+
+
+#: What a phone number is written with besides its digits: ``+86 (138) 0013-8000``, ``138.0013``.
+_PHONE_MARKS: Final = str.maketrans("", "", "+-(). ")
+#: A number in scientific notation, as a spreadsheet shows a mobile (``1.38001E+10``).
+_VALUE_LIKE: Final = re.compile(r"\d+(?:\.\d+)?[eE][+-]?\d+")
+#: WeChat's openid and unionid: ``o`` then 27 letters, digits, ``-`` or ``_``.
+_WECHAT_ID: Final = re.compile(r"o[0-9A-Za-z_-]{27}")
 
 
 def _is_header(row: list[str]) -> bool:
