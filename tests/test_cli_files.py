@@ -248,6 +248,41 @@ def test_an_out_whose_tilde_no_shell_expanded_says_so(
     assert requests(served) == 0
 
 
+@pytest.mark.parametrize("flag", ["--in", "--id-list"])
+def test_an_input_whose_tilde_no_shell_expanded_says_so(
+    served: ServedSimulator, env: dict[str, str], tmp_path: Path, flag: str
+) -> None:
+    # `lookup --in=~/ids.csv` (or `export --id-list=~/ids.txt`; a shell expands ~ only where
+    # a word starts): "--in ~/ids.csv: no such file", of the user's own file, saying nothing
+    # of why, where --out=~/... says it.
+    home = tmp_path / "home"
+    home.mkdir()
+    write_identities(home / "ids.csv", [("mobile", "13800000000")])
+    (home / "ids.txt").write_text("1\n", encoding="utf-8")
+    work = tmp_path / "work"
+    work.mkdir()
+    if flag == "--in":
+        command, name = ["lookup", "--out", "found.csv"], "ids.csv"
+    else:
+        command, name = ["export", "--out", "june.jsonl"], "ids.txt"
+
+    result = run_cli(*command, f"{flag}=~/{name}", env={**env, "HOME": str(home)}, cwd=work)
+
+    assert_one_line_error(
+        result,
+        1,
+        f"{flag} ~/{name}: no such file",
+        f"~ is not expanded here (a shell expands it only where a word starts: {flag} ~/x,",
+        f"give {home / name}",
+    )
+    assert list(work.iterdir()) == []
+    assert requests(served) == 0
+    # A ~ file that is not in the home either: no such file, with no path to give.
+    result = run_cli(*command, f"{flag}=~/other", env={**env, "HOME": str(home)}, cwd=work)
+    assert_one_line_error(result, 1, f"{flag} ~/other: no such file")
+    assert "give" not in result.stderr
+
+
 @pytest.mark.parametrize("depth", ["itself", "in it"])
 def test_a_merge_of_a_directory_it_cannot_enter_says_so(
     env: dict[str, str], tmp_path: Path, depth: str

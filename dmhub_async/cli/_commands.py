@@ -57,6 +57,7 @@ from ._files import (
     counted_noting,
     decoded_lines,
     export_stdout,
+    no_such_file,
     read_id_file,
     read_twice,
     remove_left_behind,
@@ -546,7 +547,7 @@ def _check_lookup(args: argparse.Namespace) -> tuple[str, str]:
     format (``csv``, or ``jsonl`` when ``--format`` or a ``.jsonl``/``.ndjson`` name says so)."""
     given = Path(args.infile)
     if args.infile != STDIN and not given.exists():
-        raise CommandError(f"--in {args.infile}: no such file")
+        raise CommandError(no_such_file("--in", args.infile))
     if given.is_dir():
         raise CommandError(f"--in {args.infile} is a directory: give a CSV file")
     out = Path(args.out)

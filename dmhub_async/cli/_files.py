@@ -26,7 +26,7 @@ from .._atomic import hold, replacing
 from .._exceptions import InvalidRequestError
 from ..export._checkpoint import moved_with_it
 from ..export._export import check_output_name
-from ..export._output import check_path, wait_for_room
+from ..export._output import check_path, not_expanded, unexpanded_home, wait_for_room
 from ..export._writers import is_utf8, scan
 from ._errors import CommandError, Interrupted, UsageError, interruptible, unnamed_write_error
 
@@ -40,6 +40,7 @@ __all__ = [
     "counted_noting",
     "decoded_lines",
     "export_stdout",
+    "no_such_file",
     "read_id_file",
     "read_twice",
     "remove_left_behind",
@@ -462,6 +463,17 @@ def _exists_without_checkpoint(out: str, checkpoint: str, fmt: str) -> str:
     )
 
 
+def no_such_file(flag: str, given: str) -> str:
+    """``FLAG GIVEN: no such file``; for a ``~/ids.csv`` no shell expanded (``--in=~/ids.csv``)
+    that is in the home, the path meant: "no such file" alone, of the user's own file, said
+    nothing of why."""
+    said = f"{flag} {given}: no such file"
+    home = unexpanded_home(given)
+    if home is None or not os.path.isfile(home):
+        return said
+    return f"{said}: {not_expanded(flag)}: give {home}"
+
+
 def _same_file(a: Path, b: Path) -> bool:
     try:
         return os.path.samefile(a, b)
@@ -868,7 +880,7 @@ def read_id_file(given: str) -> list[int]:
             with path.open("rb") as fh, interruptible():  # 300,000 lines: 0.1 s, a signal heard
                 ids = _ids_in(fh, given)
         except FileNotFoundError:
-            raise CommandError(f"--id-list {given}: no such file") from None
+            raise CommandError(no_such_file("--id-list", given)) from None
         except OSError as err:  # unreadable (its mode), or a read that failed
             raise CommandError(
                 f"--id-list {given}: cannot read it: {err.strerror or err}"

@@ -32,7 +32,15 @@ from ._checkpoint import Checkpoint, ExportScope, read_checkpoint, write_checkpo
 from ._owner import Sample, first_records, selected_fields, spread_records
 from ._writers import Scan, scan
 
-__all__ = ["Output", "check_path", "denied", "looping", "open_output", "wait_for_room"]
+__all__ = [
+    "Output",
+    "check_path",
+    "denied",
+    "looping",
+    "not_expanded",
+    "open_output",
+    "wait_for_room",
+]
 
 logger = logging.getLogger("dmhub_async")
 #: Open without following a link, and without blocking on a FIFO (where the OS has them).
@@ -115,11 +123,16 @@ def _loops(path: Path) -> bool:
     return False
 
 
+def not_expanded(flag: str) -> str:
+    """Why a path given to ``flag`` with a leading ``~`` names no home here."""
+    return (
+        "a leading ~ is not expanded here (a shell expands it only where a word starts: "
+        f"{flag} ~/x, not {flag}=~/x)"
+    )
+
+
 #: Why a path's leading ``~`` names no home here.
-NOT_EXPANDED: Final = (
-    "a leading ~ is not expanded here (a shell expands it only where a word starts: "
-    "--out ~/x, not --out=~/x)"
-)
+NOT_EXPANDED: Final = not_expanded("--out")
 
 
 def unexpanded_home(path: str | Path) -> str | None:
