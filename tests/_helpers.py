@@ -232,12 +232,12 @@ asyncio.run(run())
 
 
 def run_unprivileged(
-    command: list[str], locked: Path, **kwargs: Any
+    command: list[str], locked: Path, *, mode: int = 0, **kwargs: Any
 ) -> subprocess.CompletedProcess[str]:
-    """``command`` run with the directory ``locked`` made unenterable (mode 000), as a user
-    for whom permission bits hold: as root (who passes them), with the capabilities that do
-    dropped by setpriv; skipped where neither can be had, or where ``locked`` can still be
-    listed. ``kwargs``: subprocess.run's."""
+    """``command`` run with the directory ``locked`` made unenterable (mode 000; read-only
+    with ``mode=0o555``), as a user for whom permission bits hold: as root (who passes them),
+    with the capabilities that do dropped by setpriv; skipped where neither can be had, or
+    where ``locked`` can still be listed and written to. ``kwargs``: subprocess.run's."""
     import shutil
 
     if sys.platform == "win32":
@@ -248,11 +248,13 @@ def run_unprivileged(
         if setpriv is None:
             pytest.skip("root, and no setpriv to drop the capabilities that pass permission bits")
         prefix = [setpriv, "--bounding-set", "-dac_override,-dac_read_search"]
+    within = str(locked / ".probe")
     probe = (
         f"import os, sys\ntry:\n    os.listdir({str(locked)!r})\n"
+        f"    os.mkdir({within!r})\n    os.rmdir({within!r})\n"
         "except PermissionError:\n    sys.exit(3)"
     )
-    locked.chmod(0)
+    locked.chmod(mode)
     try:
         if subprocess.run([*prefix, sys.executable, "-c", probe], timeout=60).returncode != 3:
             pytest.skip("permission bits do not bind this user here")
@@ -263,10 +265,10 @@ def run_unprivileged(
         locked.chmod(0o700)
 
 
-def export_under_unenterable(call: str, locked: Path, path: Path) -> str:
+def export_under_unenterable(call: str, locked: Path, path: Path, mode: int = 0) -> str:
     """What ``call`` (``export_customers``, ``export_sharded`` or ``merge``, into
     ``merged.jsonl`` beside ``locked``) of ``path``, under (or at) the directory ``locked``
-    made unenterable, said (:func:`run_unprivileged`). Its client's
+    made unenterable (or read-only: ``mode``), said (:func:`run_unprivileged`). Its client's
     address is a port bound by no server: anything sent fails as a connection error, not the
     refusal."""
     import socket
@@ -280,6 +282,7 @@ def export_under_unenterable(call: str, locked: Path, path: Path) -> str:
         done = run_unprivileged(
             [sys.executable, "-c", _UNENTERABLE_CHILD, call, str(path), base_url],
             locked,
+            mode=mode,
             cwd=locked.parent,
             env={**os.environ, "PYTHONPATH": python_path},
         )

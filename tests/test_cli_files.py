@@ -224,6 +224,32 @@ def test_an_out_through_a_link_loop_is_a_usage_error_naming_the_link(
     assert requests(served) == 0
 
 
+@pytest.mark.parametrize("made", [True, False])
+def test_shards_under_a_directory_it_cannot_write_to_are_a_usage_error_naming_it(
+    served: ServedSimulator, env: dict[str, str], tmp_path: Path, made: bool
+) -> None:
+    # `export --shards 2 --out archive/parts` where archive is read-only to this user (or
+    # `--out archive`): "/x/archive/parts: Permission denied" (".manifest.json.lock: ..."),
+    # exit 1, as if the run had failed, where a directory it may not enter is a usage error
+    # naming it.
+    locked = tmp_path / "archive"
+    locked.mkdir()
+    out = f"{locked}/parts" if made else str(locked)
+
+    result = run_unprivileged(
+        cli_command("export", "--shards", "2", "--out", out),
+        locked,
+        mode=0o555,
+        env=env,
+        cwd=tmp_path,
+    )
+
+    said = "made" if made else "written to"
+    assert_one_line_error(result, 2, f"--out {out} cannot be {said}: this user cannot write to")
+    assert os.listdir(locked) == []
+    assert requests(served) == 0
+
+
 @pytest.mark.parametrize("shards", [False, True])
 def test_an_out_whose_tilde_no_shell_expanded_says_so(
     served: ServedSimulator, env: dict[str, str], tmp_path: Path, shards: bool

@@ -616,6 +616,19 @@ def check_directory(where: Path) -> None:
         raise InvalidRequestError(
             f"{where} cannot be made: {above} is not a directory (a sharded export writes one)"
         )
+    # Read-only to this user (mode 555, an archive), or to be made under such a directory: a
+    # raw PermissionError of mkdir or of the manifest's lock (the command line's "parts:
+    # Permission denied", exit 1), where one it may not enter is named.
+    there = os.path.isdir(where)
+    if (there or not os.path.lexists(where)) and above is not None:
+        into = where if there else above
+        if not os.access(into, os.W_OK):
+            raise InvalidRequestError(
+                f"{where} cannot be {'written to' if there else 'made'}: this user cannot"
+                f" write to {into} (a sharded export writes its manifest and parts"
+                f"{'' if there else ' in a directory it makes'} there): give a directory it"
+                " can write to"
+            )
 
 
 def _manifest_in(where: Path) -> Manifest | None:

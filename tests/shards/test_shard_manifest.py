@@ -2551,6 +2551,34 @@ def test_a_sharded_export_under_a_directory_it_cannot_enter_is_refused_naming_it
     assert os.listdir(locked) == []
 
 
+@pytest.mark.parametrize("depth", ["itself", "in it", "further down"])
+def test_a_sharded_export_under_a_directory_it_cannot_write_to_is_refused_naming_it(
+    tmp_path: Path, depth: str
+) -> None:
+    # A directory read-only to this user (mode 555, as a user for whom it binds), or one to be
+    # made in (or below) such a one: a raw PermissionError of the manifest's lock or of mkdir
+    # out of export_sharded, where one it may not enter is refused naming it.
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    where = {"itself": locked, "in it": locked / "parts"}.get(depth, locked / "2026" / "parts")
+
+    said = export_under_unenterable("export_sharded", locked, where, mode=0o555)
+
+    if depth == "itself":
+        assert said == (
+            f"refused: {where} cannot be written to: this user cannot write to {locked} (a"
+            " sharded export writes its manifest and parts there): give a directory it can"
+            " write to"
+        )
+    else:
+        assert said == (
+            f"refused: {where} cannot be made: this user cannot write to {locked} (a sharded"
+            " export writes its manifest and parts in a directory it makes there): give a"
+            " directory it can write to"
+        )
+    assert os.listdir(locked) == []
+
+
 @pytest.mark.parametrize("depth", ["itself", "in it"])
 def test_a_merge_of_a_directory_it_cannot_enter_is_refused_naming_it(
     tmp_path: Path, depth: str
