@@ -2003,6 +2003,25 @@ def test_an_output_under_a_directory_it_cannot_enter_is_refused_naming_it(
     assert os.listdir(locked) == []
 
 
+def test_an_output_in_a_directory_it_cannot_write_to_says_why_and_what_to_do(
+    tmp_path: Path,
+) -> None:
+    # An output in a directory read-only to this user (mode 555, as a user for whom it
+    # binds): "output '/x/archive/june.jsonl': cannot write to '/x/archive'", saying neither
+    # why nor what to do, where the other refusals of the path do.
+    locked = tmp_path / "archive"
+    locked.mkdir()
+    path = locked / "june.jsonl"
+
+    said = export_under_unenterable("export_customers", locked, path, mode=0o555)
+
+    assert said == (
+        f"refused: output {str(path)!r}: cannot write to {str(locked)!r}, which this user may"
+        " not write in (its mode, or a read-only file system): give a directory it can write to"
+    )
+    assert os.listdir(locked) == []
+
+
 async def test_outputs_that_cannot_be_written_are_refused_before_any_request(
     sim: DMHubSimulator, client: DMHubClient, tmp_path: Path
 ) -> None:

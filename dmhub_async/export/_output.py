@@ -92,7 +92,12 @@ def check_path(path: Path, what: str) -> None:
             f"{what} {str(path)!r}: cannot write to {str(path.parent)!r}, {why}"
         )
     if not os.access(path.parent, os.W_OK):
-        raise InvalidRequestError(f"{what} {str(path)!r}: cannot write to {str(path.parent)!r}")
+        # Why, and what to do: "cannot write to '/x/archive'" said neither.
+        raise InvalidRequestError(
+            f"{what} {str(path)!r}: cannot write to {str(path.parent)!r}, which this user may"
+            " not write in (its mode, or a read-only file system): give a directory it can"
+            " write to"
+        )
 
 
 def _unreachable(path: Path, err: OSError) -> str:
