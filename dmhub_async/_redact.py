@@ -49,14 +49,6 @@ def watch(holder: SecretHolder) -> None:
         _holders.add(holder)
 
 
-def live_holders() -> list[SecretHolder]:
-    """The live holders, without the lock and the WeakSet's iteration (each page of a lazy walk
-    asks, see ``_converter.deferred``: they cost five times this): a copy of the set of its
-    references, made in C, then each one's object."""
-    refs: set[weakref.ref[SecretHolder]] = _holders.data  # type: ignore[attr-defined]
-    return [holder for ref in refs.copy() if (holder := ref()) is not None]
-
-
 def live_secrets() -> list[str | None]:
     """The secrets of every live holder: what every error message is redacted against."""
     with _holders_lock:

@@ -672,6 +672,38 @@ async def test_no_token_in_a_lazy_customers_malformed_field_error_after_its_clie
     assert not leaks(repr(customer)), repr(customer)
 
 
+async def test_no_token_in_a_lazy_customers_error_after_its_client_is_gone_among_many_clients(
+    api, debug_logs
+):
+    # An agency's process holds a client for each tenant. Each lazy page remembered the
+    # secrets of every live client, the latest 256 of them: once 300 tenants' clients were
+    # alive, one page of another tenant's lazy walk pushed out the token of a walk whose
+    # client was gone, and its customer's malformed field quoted that token again.
+    issue_tokens(api)
+    page = '{{"rows": [{{"id": 1, "dateJoin": "x {token}"}}], "records": 1, "total": 1}}'
+    api.get(API_URL, callback=body(200, page), repeat=True)
+    async with DMHubClient(app_id="app-1", secret=SECRET, base_url=BASE, max_retries=0) as dm:
+        [customer] = await dm.customers.list(structure="lazy").to_list()
+    del dm
+    gc.collect()
+    tenants = [
+        DMHubClient(app_id=f"tenant-{i}", secret=f"tenant-secret-{i:03d}", base_url=BASE)
+        for i in range(300)
+    ]
+    walker = DMHubClient(access_token="another-tenants-token", base_url=BASE)
+    try:
+        await walker.customers.list(structure="lazy").to_list()  # one page of another walk
+    finally:
+        for tenant in (*tenants, walker):
+            await tenant.aclose()
+    assert TOKEN not in _redact.live_secrets()  # the first walk's client gone
+
+    with pytest.raises(ResponseDecodeError, match="record with id 1, field 'dateJoin'") as info:
+        customer.date_join  # noqa: B018
+    assert_clean(info.value, debug_logs.records)
+    assert not leaks(repr(customer)), repr(customer)
+
+
 async def test_no_stale_token_when_the_answer_comes_after_a_refresh(
     api, make_client, debug_logs, clock
 ):

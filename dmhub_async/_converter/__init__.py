@@ -21,7 +21,7 @@ from .. import _json
 from ..models import Customer, CustomerFields, CustomerIdentity, CustomerStatistics, Gender
 from ..models.identity import Identity
 from .converter import make_converter
-from .deferred import DeferredModels, deferred_rows
+from .deferred import DeferredModels, deferred_rows, remember_secrets
 from .names import WRITABLE_CUSTOMER_FIELDS, camel, wire_names
 from .scalars import decimal_to_json, format_timestamp, parse_timestamp, timestamp_as_written
 from .wire_struct import page_reader
@@ -40,6 +40,7 @@ __all__ = [
     "read_customer_page",
     "read_customer_page_deferred",
     "read_statistics_page",
+    "remember_secrets",
     "structure_customer",
     "structure_customers",
     "structure_identities",
@@ -192,7 +193,7 @@ read_customer_page: Final = page_reader(
 )
 #: read_customer_page's ``list(structure="lazy")`` twin: each record a ``Customer`` built on
 #: its first read (see .deferred); ValueError only when the body is not such a page, a record
-#: is no object or its id no integer.
+#: is no object or its id no integer. Its walk gives each page's secrets to remember_secrets.
 read_customer_page_deferred: Final = page_reader(
     Customer,
     _converter,
