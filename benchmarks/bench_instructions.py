@@ -1,8 +1,9 @@
 """Benchmark: the client's CPU counted in instructions, a figure a rerun reproduces.
 
 Run ``python -m benchmarks.bench_instructions`` (``--quick`` for a smoke run; ``--json PATH``
-also writes the figures). It needs valgrind (``apt-get install valgrind``) and says so, and
-does nothing else, without it.
+also writes the figures; ``--contender NAME``, a label or a child's kind such as ``rows``,
+counts that one alone beside its question's floor). It needs valgrind (``apt-get install
+valgrind``) and says so, and does nothing else, without it.
 
 On a shared machine the timed benchmarks move by 10-40% from one run to the next, and a ratio
 of 1.20x against 1.05x cannot be told apart. Here each contender runs in a child process under
@@ -649,6 +650,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="question 5 beside the same export by the dmhub_async of another checkout (its"
         " root: a `git worktree add` of an older commit), the table's reference",
     )
+    parser.add_argument(
+        "--contender",
+        action="append",
+        metavar="NAME",
+        help="only this contender (its label, or its kind: rows, list, rows-no-big-int-check...)"
+        " beside its question's floor, in the questions that have it (repeatable)",
+    )
     parser.add_argument("--json", metavar="PATH", help="also write the figures here")
     parser.add_argument("--child", nargs=2, metavar=("KIND", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -717,6 +725,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             " included)",
         ),
     }
+    every = {question: plan[0] for question, plan in plans.items()}  # each one's contenders
     if args.quick:  # a floor and the SDK of each question, small
         for question, (contenders, _, unit, floor, heading) in plans.items():
             picked = {k: contenders[k] for k in (floor, QUICK[question])}
@@ -724,7 +733,29 @@ def main(argv: Sequence[str] | None = None) -> int:
             if question == "5":  # the reference too, when there is one
                 picked = exports
             plans[question] = (picked, runs, unit, floor, heading)
-    chosen = sorted(set(args.question or plans))
+    if args.contender:  # each question's floor and the contenders named, in their order
+        wanted = set(args.contender)
+        known = {n for c in every.values() for item in c.items() for n in item}
+        if wanted - known:
+            parser.error(
+                f"--contender {', '.join(sorted(wanted - known))}: no such contender; the kinds:"
+                f" {', '.join(sorted({k for c in every.values() for k in c.values()}))}"
+            )
+        for question, (_, runs, unit, floor, heading) in list(plans.items()):
+            named = {k: v for k, v in every[question].items() if {k, v} & wanted}
+            if named:
+                plans[question] = (
+                    {floor: every[question][floor]} | named,
+                    runs,
+                    unit,
+                    floor,
+                    heading,
+                )
+            else:  # nothing asked of this question
+                del plans[question]
+    chosen = sorted(set(args.question or plans) & set(plans))
+    if not chosen:
+        parser.error("--contender: none of the contenders named is in the questions chosen")
     print(machine_info())
     print(f"valgrind --tool=callgrind; {customers} customers, {pages} pages of {PAGE_SIZE}")
     figures: dict[str, dict[str, float]] = {}

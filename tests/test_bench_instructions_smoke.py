@@ -161,6 +161,38 @@ def test_a_run_prints_each_questions_contenders_over_its_floor(
     assert figures["SDK list_rows()"]["median"] == 1600  # k instructions a page
 
 
+def test_contenders_named_are_counted_alone_beside_their_floor(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    counted: list[str] = []
+
+    def fake_count(kind: str, n: int, sim: object) -> int:
+        counted.append(kind)
+        return 90_000_000 + n * {"floor": 4_000_000, "get": 400_000}.get(kind, 4_400_000)
+
+    _counted_by(monkeypatch, fake_count)
+    # A kind and a label; question 4 has neither of them and is not run at all.
+    argv = ["--contender", "rows-no-big-int-check", "--contender", "SDK list_rows()"]
+    assert bi.main([*argv, "--question", "1", "--question", "4"]) == 0
+    assert sorted(set(counted)) == ["floor", "rows", "rows-no-big-int-check"]
+    out = capsys.readouterr().out
+    assert "question 4" not in out
+    rows = {line.rsplit(None, 2)[0]: line.split()[-2:] for line in out.splitlines()[3:] if line}
+    assert set(rows) >= {"floor: aiohttp + orjson", "SDK list_rows()"}
+    assert rows["diagnostic: list_rows(), big-integer check off"] == [
+        "220",
+        "1.10x",
+    ]  # a page of 20
+    assert "SDK list()" not in rows
+
+    # A name that is no contender is refused, naming it, before anything is counted.
+    counted.clear()
+    with pytest.raises(SystemExit):
+        bi.main(["--contender", "rowz"])
+    assert "--contender rowz: no such contender" in capsys.readouterr().err
+    assert counted == []
+
+
 @pytest.mark.timeout(90)
 def test_the_export_against_another_checkout_imports_that_checkouts_sdk(tmp_path: Path) -> None:
     # A checkout whose package says where it is: the child must export with it, not with
