@@ -56,6 +56,9 @@ _DIGITS_TO_ZERO: Final = bytes(0x30 if 0x30 <= b <= 0x39 or b == 0x2E else 0x20 
 #: or an exponent.
 _LOSSY: Final = re.compile(rb"-\d{19}|\d{20}|(?=[\d.]{17})\d*\.\d|\d{16}[eE]")
 
+#: Digits and points in a row that every literal ``_LOSSY`` matches holds.
+_LONG_RUN: Final = _RUN * 4
+
 #: The shortest body ``_LOSSY`` can match in (17 digits and a point or an exponent).
 _SHORTEST_LOSSY: Final = 17
 
@@ -92,8 +95,12 @@ def _may_lose_digits(body: bytes) -> bool:
         searches -= 1
         start = at * _STRIDE
         # The run holds bytes start to start + 12; any literal it is part of shows within 40
-        # bytes either side (a longer one is looked at again from its next sampled byte).
-        if _LOSSY.search(body, max(0, start - 40), start + 52):
+        # bytes either side (a longer one is looked at again from its next sampled byte). A
+        # literal _LOSSY matches has 16 digits and points in a row: a place without (a mobile
+        # with its country code, 13 digits; a time in milliseconds) is passed by at C speed,
+        # where a regex search cost a page of one such number a row 0.7 times orjson's read.
+        around = body[max(0, start - 40) : start + 52]
+        if _LONG_RUN in around.translate(_DIGITS_TO_ZERO) and _LOSSY.search(around):
             return True
         at = sample.find(_RUN, at + 1)
     return False
