@@ -193,6 +193,12 @@ class TokenManager:
         #: The held token was fetched without the store (it failed), or the store did not take
         #: it: the store's may be older.
         self._unshared = False
+        #: ... and the store answered, and did not take it (refused its lock or its write: a
+        #: Redis full under noeviction): a store that holds no token after a refusal keeps none,
+        #: and lost none (:meth:`taken_since`).
+        self._unkept = False
+        #: The store answered the read of the fetch in flight (``_shared``).
+        self._store_read = False
         #: The failed fetch this manager last recorded in the store: its own callers (a
         #: ``with_options`` client's retries) are not held back by it.
         self._recorded: FetchFailure | None = None
@@ -349,10 +355,16 @@ class TokenManager:
                         return None
                 await sleep(pause)
             if stored is None:
+                if self._unkept:
+                    # A store that took no token holds none: not one that lost it. A token
+                    # fetched here revoked every other process's, and the call was sent twice
+                    # more: a token refused for good cost 3 tokens a call, not 1.
+                    log.debug("%r keeps no token: the token refused is not replaced", self._store)
+                    return None
                 return await self.refresh(refused, fetch, closing)
             if not self._usable(stored, refused):
                 return None
-            self._held, self._unshared = stored, False
+            self._held, self._unshared, self._unkept = stored, False, False
             self._fresh_until = stored.expires_at - self._margin(stored)
             self._renew_paused_until = float("-inf")
             return stored.value
@@ -422,6 +434,7 @@ class TokenManager:
         try:
             held = self._held
             keep = held if held is not None and held.value != stale and self._valid(held) else None
+            self._store_read = False
             try:
                 token, shared = await self._shared(stale, fetch)
             except DMHubError as err:
@@ -441,9 +454,10 @@ class TokenManager:
                     err,
                 )
                 token = await self._fetch_new(fetch)
-                self._held, self._unshared = token, True
+                # Read, and its lock refused: a store that keeps no token (not one down).
+                self._held, self._unshared, self._unkept = token, True, self._store_read
             else:
-                self._held, self._unshared = token, not shared
+                self._held, self._unshared, self._unkept = token, not shared, not shared
             self._fresh_until = token.expires_at - self._margin(token)
             self._renew_paused_until = float("-inf")
             return token.value
@@ -485,6 +499,7 @@ class TokenManager:
         """
         try:
             token = self._given(await self._call(self._store.get(self._key)))
+            self._store_read = True
             if token is not None and self._usable(token, stale):
                 return token, True
             async with self._locked():

@@ -2458,3 +2458,46 @@ async def test_a_call_refused_after_its_refresh_while_the_store_is_down_waits_fo
     assert sim.counters.tokens_issued == 5
     assert fetched == (3, 2)
     assert sim.counters.errors[40001] == 4  # each client's first two tokens, refused once each
+
+
+@pytest.mark.parametrize("refuses", ["its lock", "the token's write"])
+async def test_a_token_refused_for_good_through_a_store_that_keeps_none_is_one_refresh(
+    refuses: str,
+) -> None:
+    # A store that answers and takes no token (a Redis token store full under noeviction: its
+    # reads answer, its lock and writes are refused) holds none after the refresh: that is no
+    # store that lost its data. Taken for one, a call whose every token was refused fetched two
+    # more tokens, each revoking every other process's, and sent the call twice more: 4 API
+    # requests and 3 new tokens a call, not the documented 2 and 1 (docs/reliability.md,
+    # "Refused for good").
+    from dmhub_async.testing import DMHubSimulator
+
+    class Full(MemoryTokenStore):
+        def _refuse(self) -> None:
+            said = "OutOfMemoryError: command not allowed when used memory > 'maxmemory'"
+            raise TokenStoreError(said, store=repr(self))
+
+        async def set(self, key: str, token: Token) -> None:
+            self._refuse()
+
+        def lock(self, key: str) -> contextlib.AbstractAsyncContextManager[None]:
+            if refuses == "its lock":
+                self._refuse()
+            return super().lock(key)
+
+    async with (
+        DMHubSimulator(customers=1) as sim,
+        DMHubClient(sim.app_id, sim.secret, base_url=sim.url, token_store=Full()) as dm,
+    ):
+
+        def revoke_every_token(request: Any) -> None:
+            if request.path.startswith("/v1/"):
+                sim.revoke_tokens()
+
+        sim.on_request(revoke_every_token)
+        for call in range(1, 3):
+            with pytest.raises(AuthenticationError) as info:
+                await dm.customers.count()
+            assert info.value.code == 40001
+            assert sim.counters.requests["/v1/customers/count"] == 2 * call
+            assert sim.counters.tokens_issued == 1 + call  # the first, then one a call
