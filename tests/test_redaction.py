@@ -937,6 +937,8 @@ def test_every_short_secret_known_is_masked() -> None:
         ("p@ss/w0rd", "sent p%40ss%2Fw0rd and P%40SS%2fw0rd", "sent *** and ***"),
         ("x" * 100 + "y" * 100, f"args beginning with: '{'x' * 100 + 'y' * 26}' ", "with: '***' "),
         ("my-password-1", "WRONGPASS invalid username-password pair or user is disabled.", None),
+        ("€" * 50, f"args beginning with: '{'€' * 42}\ufffd' ", "with: '***' "),
+        ("pass\r\nword-123", "args beginning with: 'pass  word-123' ", "with: '***' "),
     ],
     ids=[
         "short, quoted",
@@ -945,6 +947,8 @@ def test_every_short_secret_known_is_masked() -> None:
         "long, URL-encoded",
         "quoted cut at 128 bytes",
         "sharing a run with the message",
+        "quoted cut at 128 bytes inside a character",
+        "quoted with its line break as a space",
     ],
 )
 def test_a_redis_password_is_masked_in_redis_s_words(

@@ -473,7 +473,9 @@ def shown_texts(err: BaseException) -> list[str]:
 @pytest.mark.parametrize(
     "use", [_store_get, _rate_turn, check_queue], ids=["store", "rate limit", "queue"]
 )
-@pytest.mark.parametrize("typed", ["as is", "percent-encoded", "in the query"])
+@pytest.mark.parametrize(
+    "typed", ["as is", "percent-encoded", "in the query", "non-ASCII, past 128 bytes"]
+)
 async def test_a_redis_that_quotes_its_password_back_has_it_masked(
     redis_without_auth: RedisServer,
     caplog: pytest.LogCaptureFixture,
@@ -488,6 +490,9 @@ async def test_a_redis_that_quotes_its_password_back_has_it_masked(
     Each says Redis's words, the password masked."""
     if typed == "as is":
         password = in_url = "Rd1sCn4ryPassw0rd"
+    elif typed == "non-ASCII, past 128 bytes":  # Redis cuts it inside a character
+        password = "Rd1s" + "€" * 60
+        in_url = quote(password, safe="")
     else:
         password, in_url = CANARY_REDIS_PASSWORD, quote(CANARY_REDIS_PASSWORD, safe="")
     if typed == "in the query":  # redis-py takes it there too
