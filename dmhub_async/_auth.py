@@ -342,7 +342,10 @@ class TokenManager:
                     return None if token == refused else token
                 asked = loop.time()
                 try:
-                    stored = self._given(await self._call(self._store.get(self._key)))
+                    # Ended by the client's close, as a refresh's wait for the store is: a store
+                    # that did not answer held a closed client's call for its whole timeout.
+                    read = self._call(self._store.get(self._key))
+                    stored = self._given(await (read if closing is None else closing.wait(read)))
                     break
                 except TokenStoreError as err:
                     if err.unsafe:

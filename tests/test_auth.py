@@ -2501,3 +2501,46 @@ async def test_a_token_refused_for_good_through_a_store_that_keeps_none_is_one_r
             assert info.value.code == 40001
             assert sim.counters.requests["/v1/customers/count"] == 2 * call
             assert sim.counters.tokens_issued == 1 + call  # the first, then one a call
+
+
+async def test_a_call_refused_after_its_refresh_ends_at_the_close_while_the_store_is_read() -> None:
+    # A call refused after its refresh reads the store for a token another process took
+    # since. A store that did not answer held the call, the client closed, for the store's
+    # whole timeout (30 s by default; here 60), a service's shutdown with it, and then it
+    # raised the refusal: the refresh's own wait for the store ends at the close.
+    from dmhub_async.testing import DMHubSimulator
+
+    class Freezing(MemoryTokenStore):
+        frozen = False
+        reached = asyncio.Event()
+
+        async def get(self, key: str) -> Token | None:
+            if self.frozen:
+                self.reached.set()
+                await asyncio.Event().wait()  # no answer
+            return await super().get(key)
+
+    store = Freezing()
+    async with DMHubSimulator(customers=1) as sim:
+        dm = DMHubClient(sim.app_id, sim.secret, base_url=sim.url, token_store=store, timeout=60)
+        try:
+            assert await dm.customers.count() == 1
+            sent: list[str] = []
+
+            def revoke_every_token(request: Any) -> None:
+                if request.path.startswith("/v1/"):
+                    sim.revoke_tokens()
+                    sent.append(request.path)
+                    store.frozen = len(sent) == 2  # the resend after the refresh: refused
+
+            sim.on_request(revoke_every_token)
+            call = asyncio.ensure_future(dm.customers.count())
+            await asyncio.wait_for(store.reached.wait(), 10)
+        finally:
+            await dm.aclose()
+        done, _ = await asyncio.wait({call}, timeout=10)
+
+    assert done  # it was still waiting for the store
+    with pytest.raises(DMHubError, match="this DMHubClient is closed"):
+        call.result()
+    assert len(sent) == 2
