@@ -747,3 +747,33 @@ def test_a_checkpoint_left_behind_by_a_forced_export_is_not_named_an_export_in_p
     assert "pass --force to export it again" in rerun.stderr, rerun.stderr
     assert (tmp_path / "out.jsonl").read_bytes() == whole
     assert sim.sim.counters.total == requests  # refused before any request
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_an_export_killed_before_a_page_of_longer_customers_is_checkpointed_is_in_progress(
+    sim: ServedSimulator, env: dict[str, str], tmp_path: Path, fmt: str
+) -> None:
+    """Killed after its second page was synced, before its checkpoint: the file one page past
+    what the checkpoint covers, as a stopped export leaves it. Those 50 customers were longer
+    than the first 50 (a name of 2,000 characters), and the rerun without --checkpoint was
+    told "most likely a later export without that checkpoint (--force) wrote it whole", and to
+    pass --force (deleting the checkpoint), of an export in progress."""
+
+    def lengthen() -> None:
+        for customer_id in sim.sim.customer_ids()[50:100]:
+            sim.sim.delete_customer(customer_id)
+            sim.sim.insert_customer({"name": "n" * 2000}, customer_id=customer_id)
+
+    sim.call(lengthen)
+    out = f"out.{fmt}"
+    killed = run_once(
+        ["export", "--out", out, "--checkpoint", "out.ckpt", *PAGE], env, tmp_path, "sync:2"
+    )
+    assert killed.crashed_at is not None
+    assert (tmp_path / "out.ckpt").exists()
+
+    rerun = run_once(["export", "--out", out, *PAGE], env, tmp_path)
+
+    assert rerun.returncode == 2, rerun.stderr
+    assert f"--out {out} exists, an export in progress (50 customers so far)" in rerun.stderr
+    assert "most likely" not in rerun.stderr, rerun.stderr

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Final, Protocol, TextIO, cast
 
 from .._atomic import held as live_run_holds
-from .._atomic import hold, replacing
+from .._atomic import hold, open_to_read, replacing
 from .._exceptions import InvalidRequestError
 from ..export._checkpoint import moved_with_it
 from ..export._export import check_output_name
@@ -404,23 +404,56 @@ def _left_behind(entry: os.DirEntry[str], recorded: dict[str, object], target: s
     """Whether the checkpoint ``entry`` (read as ``recorded``) of an export to ``target`` is a
     stopped export's left behind by a later one that wrote ``target`` whole without it (an
     ``export --force`` with no ``--checkpoint``, which leaves it): the file was written after
-    the checkpoint, and holds more than two pages (of the checkpoint's size, at its customers'
-    mean length) past the bytes it covers. An export stopped in progress wrote at most the
-    page after its checkpoint's (or, stopped in its final check, the customers it found
-    missing: a guess, then, which is why the refusal says "most likely" and still offers the
-    resume). Said, never acted on."""
-    covered, exported, page = (recorded.get(k) for k in ("bytes", "exported", "page_size"))
-    if not (isinstance(covered, int) and isinstance(exported, int) and isinstance(page, int)):
-        return False
-    if min(covered, exported, page) <= 0:
+    the checkpoint, and holds more than two pages of records (of the checkpoint's size) past
+    the bytes it covers. An export stopped in progress wrote at most the page after its
+    checkpoint's (or, stopped in its final check, the customers it found missing: a guess,
+    then, which is why the refusal says "most likely" and still offers the resume). Said,
+    never acted on.
+
+    Records, not bytes: two pages at the mean length of the customers it covers called an
+    export in progress stale when its next page held longer customers (a page of 1, or
+    customers of 2,000 characters after 50 short ones), and advised --force of it."""
+    covered, page = recorded.get("bytes"), recorded.get("page_size")
+    scope = recorded.get("scope")
+    fmt = scope.get("format") if isinstance(scope, dict) else None
+    if not (isinstance(covered, int) and isinstance(page, int)) or min(covered, page) <= 0:
         return False
     try:
-        found = os.stat(target)
-        if found.st_mtime <= entry.stat(follow_symlinks=False).st_mtime:
+        if os.stat(target).st_mtime <= entry.stat(follow_symlinks=False).st_mtime:
             return False
+        return _records_past(target, covered, 2 * page + 1, csv=fmt == "csv") > 2 * page
     except OSError:
         return False
-    return found.st_size - covered > 2 * page * -(-covered // exported)
+
+
+def _records_past(path: str, start: int, most: int, *, csv: bool) -> int:
+    """The whole records of the regular file at ``path`` from byte ``start``, counted up to
+    ``most``: its lines, or a CSV's records (a newline within a quoted field is none; its
+    quotes, doubled within one, say where it is), in its first :data:`_READ_BACK` bytes from
+    there. Nothing of anything but a regular file."""
+    fh, info = open_to_read(path)
+    counted, quoted, read = 0, False, 0
+    with fh:
+        if not stat.S_ISREG(info.st_mode):
+            return 0
+        fh.seek(start)
+        while counted < most and read < _READ_BACK and (block := fh.read(_RECORDS_BLOCK)):
+            read += len(block)
+            if not csv or (not quoted and b'"' not in block):
+                counted += block.count(b"\n")
+                continue
+            for mark in _CSV_MARK.finditer(block):
+                if mark.group() == b'"':
+                    quoted = not quoted
+                elif not quoted:
+                    counted += 1
+    return counted
+
+
+#: The bytes :func:`_records_past` reads at once.
+_RECORDS_BLOCK: Final = 1 << 16
+#: What :func:`_records_past` reads of a CSV: a quote, or the end of a line.
+_CSV_MARK: Final = re.compile(rb'["\n]')
 
 
 #: The most of an existing ``--out`` read to say whether it reads as an export: 64 MiB, 0.43 s
