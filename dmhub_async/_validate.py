@@ -429,7 +429,8 @@ def _request_query(params: object) -> Mapping[str, str]:
             if isinstance(value, str):  # a str enum (StrEnum)
                 return _request_query_of_text(params)
             number = value if type(value) is int else _as_int(value)
-            if number is None or number.bit_length() > 63:
+            # -2**63 too, the least (its bit_length is 64).
+            if number is None or not -0x8000000000000000 <= number <= 0x7FFFFFFFFFFFFFFF:
                 raise InvalidRequestError(
                     f"request(): param {short(name)} must be a str or a 64-bit int, "
                     f"not {short(value)}"

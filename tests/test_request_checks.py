@@ -56,7 +56,7 @@ def query_of(params: dict[str, Any]) -> dict[str, str] | None:
         if name == "access_token":  # the client's own, never the caller's
             return None
         if isinstance(value, int) and not isinstance(value, bool):
-            if value.bit_length() > 63:
+            if not -(2**63) <= value < 2**63:
                 return None
             value = str(value)
         if not (sendable(name) and sendable(value)):
@@ -88,6 +88,8 @@ PARAMS = st.dictionaries(st.text(max_size=10), VALUES, max_size=4)
 @example(path="/v1", params={"a": "x" * 2047})  # 3 * 2,052 > 6,144: checked in full
 @example(path="/v1", params={"a": "\udcff"})
 @example(path="/v1", params={"a": 2**63})
+@example(path="/v1", params={"a": -(2**63)})
+@example(path="/v1", params={"a": -(2**63) - 1})
 @example(path="/v1/customers/count?access_token=ATTACKER", params={})
 @example(path="/v1/customers/count", params={"access_token": "ATTACKER"})
 @example(path="/v1/customers#x", params={})
@@ -350,3 +352,28 @@ async def test_params_giving_a_name_twice_are_refused_before_anything_is_sent(
         f"idList=3,4&access_token={'t' * 32}",
         f"idList=5&access_token={'t' * 32}",
     ]
+
+
+@pytest.mark.parametrize("value", [-(2**63), _Int64(-(2**63))], ids=["int", "int class"])
+async def test_the_least_64_bit_int_is_sent_as_a_param(value: Any) -> None:
+    # -2**63 is a 64-bit int (the least), yet it was refused before anything was sent, "param
+    # 'x' must be a str or a 64-bit int, not -9223372036854775808": its bit_length is 64.
+    sent: list[str] = []
+
+    async def answer(request: web.Request) -> web.Response:
+        sent.append(request.query_string)
+        return web.json_response([])
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", answer)
+    async with (
+        serving(app) as root,
+        DMHubClient(access_token="t" * 32, base_url=root, timezone="UTC") as dm,
+    ):
+        await dm.request("GET", "/v1/customers", params={"x": value})
+        # One past it, either way, is no 64-bit int.
+        for beyond in (-(2**63) - 1, 2**63):
+            with pytest.raises(InvalidRequestError, match="'x' must be a str or a 64-bit int"):
+                await dm.request("GET", "/v1/customers", params={"x": beyond})
+
+    assert sent == [f"x={-(2**63)}&access_token={'t' * 32}"]
