@@ -415,9 +415,11 @@ def _request_query(params: object) -> Mapping[str, str]:
             if isinstance(name, str):  # aiohttp's istr, a CIMultiDict's names
                 return _request_query_of_text(params)
             raise InvalidRequestError(f"request(): a param name must be a str, not {short(name)}")
-        if name == "access_token":
+        if (length := len(name)) == 12 and name.casefold() == "access_token":
             # Replaced by the client's own without a word: a call meant for another app's
-            # token (another tenant's) was answered with this client's customers.
+            # token (another tenant's) was answered with this client's customers. In any case
+            # too ("ACCESS_TOKEN"): sent beside the client's own, for a service that reads
+            # names in any case to take either.
             raise InvalidRequestError(
                 # Worded so that the masking of every error message leaves it whole: a name
                 # then ": " or "=" reads as a secret's value ("access_token: ***").
@@ -438,7 +440,7 @@ def _request_query(params: object) -> Mapping[str, str]:
             if query is None:
                 query = dict(params)
             query[name] = value = int.__repr__(number)  # its digits, whatever its class's str
-        size += len(name) + len(value) + 2
+        size += length + len(value) + 2
         ascii_only = ascii_only and name.isascii() and value.isascii()
     if type(params) is not dict:
         _check_one_value_a_name(params)

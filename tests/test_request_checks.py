@@ -53,7 +53,7 @@ def path_is_good(path: str) -> bool:
 def query_of(params: dict[str, Any]) -> dict[str, str] | None:
     query = {}
     for name, value in params.items():
-        if name == "access_token":  # the client's own, never the caller's
+        if len(name) == 12 and name.casefold() == "access_token":  # the client's own, any case
             return None
         if isinstance(value, int) and not isinstance(value, bool):
             if not -(2**63) <= value < 2**63:
@@ -92,6 +92,7 @@ PARAMS = st.dictionaries(st.text(max_size=10), VALUES, max_size=4)
 @example(path="/v1", params={"a": -(2**63) - 1})
 @example(path="/v1/customers/count?access_token=ATTACKER", params={})
 @example(path="/v1/customers/count", params={"access_token": "ATTACKER"})
+@example(path="/v1/customers/count", params={"ACCESS_TOKEN": "ATTACKER"})
 @example(path="/v1/customers#x", params={})
 @example(path="/v1/customers/1/../2", params={})
 @example(path="/v1/%2E%2e", params={})
@@ -377,3 +378,31 @@ async def test_the_least_64_bit_int_is_sent_as_a_param(value: Any) -> None:
                 await dm.request("GET", "/v1/customers", params={"x": beyond})
 
     assert sent == [f"x={-(2**63)}&access_token={'t' * 32}"]
+
+
+@pytest.mark.parametrize("name", ["ACCESS_TOKEN", "Access_Token", "access_toKen"])
+async def test_params_holding_access_token_in_other_cases_are_refused_before_sending(
+    name: str,
+) -> None:
+    # Sent beside the client's own, "ACCESS_TOKEN=OTHER&access_token=...": a service that
+    # reads names in any case (docs/contract.md does not say it does not) took one of two
+    # tokens, another app's perhaps, as "access_token" alone was refused for.
+    sent: list[str] = []
+
+    async def answer(request: web.Request) -> web.Response:
+        sent.append(request.query_string)
+        return web.json_response([])
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", answer)
+    async with (
+        serving(app) as root,
+        DMHubClient(access_token="t" * 32, base_url=root, timezone="UTC") as dm,
+    ):
+        with pytest.raises(InvalidRequestError, match="access_token parameter") as info:
+            await dm.request("GET", "/v1/customers", params={"rows": 5, name: "OTHER"})
+        # A name that only holds it is sent.
+        await dm.request("GET", "/v1/customers", params={"my_access_token": "x"})
+
+    assert "OTHER" not in str(info.value)
+    assert sent == [f"my_access_token=x&access_token={'t' * 32}"]
