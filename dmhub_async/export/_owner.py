@@ -330,14 +330,17 @@ async def _found(client: DMHubClient, samples: Sequence[Sample], retries: Retrie
     one a half (:func:`fetch_in_halves`, as the final check fetches), stopping at the first
     that holds one."""
     ids = sorted({sample.id for sample in samples})
-    names = {name for sample in samples for name, _ in sample.fields}
-    # Custom fields (``attr.KEY``) come in ``attr``, one object.
-    select = sorted({"attr" if name.startswith(_ATTR) else name for name in names})
 
     def walk(batch: list[Any], _: int) -> AsyncPaginator[Any]:
         # Large custom fields of up to 100 customers (a sharded rerun whose parts' first
         # customers were deleted since) failed the rerun, where the export's pages passed:
-        # fetched in halves, each asking for as many customers as it has ids (max_items).
+        # fetched in halves, each asking for as many customers as it has ids (max_items), and
+        # for the fields of its own samples (a half of customers told by their names asked
+        # for the custom fields of the other half's too, and failed as too large).
+        asked = set(batch)
+        names = {name for sample in samples if sample.id in asked for name, _ in sample.fields}
+        # Custom fields (``attr.KEY``) come in ``attr``, one object.
+        select = sorted({"attr" if name.startswith(_ATTR) else name for name in names})
         return client.customers.list_rows(
             page_size=100, id_list=batch, select=["id", *select], max_items=len(batch)
         )

@@ -942,6 +942,43 @@ async def test_a_token_clients_owner_look_up_of_one_customer_too_large_raises_it
     assert looked_up.all == [written[:5], written[:2], written[:1]]
 
 
+async def test_a_token_clients_owner_look_up_in_halves_asks_each_for_its_own_fields(
+    tmp_path: Path, clock: Any
+) -> None:
+    """An export of ``name`` and ``attr``: its first 2 customers written with a name (looked
+    up by it), the next ones with none (looked up by their custom fields). The 5 looked up at
+    once are over the client's ``max_response_size`` and asked again in halves: the first
+    half, customers told by their name, asks for their names (as before 4e14f0d), not for the
+    custom fields of the half after it too; its first customer's custom fields grown over the
+    cap since, that half failed the resume with ResponseTooLargeError, where its name, as
+    written, tells it."""
+    dest, ckpt = tmp_path / "customers.jsonl", tmp_path / "export.ckpt"
+    select: dict[str, Any] = {"select": ["name", "attr"], "page_size": 2}
+    async with DMHubSimulator(customers=0, seed=14) as sim:
+        for n in range(40):
+            named = {"name": f"customer {n}"} if n < 2 else {}
+            sim.insert_customer({**named, "attr": {"notes": f"{n}" + "x" * 25_000}})
+        async with large_attr_client(sim, clock) as dm:
+            with pytest.raises(Crash):
+                await export(dm, dest, ckpt, on_progress=crash_after(3), **select)
+        written = read_ids(dest)
+        grown = {"attr": {"notes": "grown since" + "x" * 120_000}}  # over the cap alone
+        sim.store.update(written[0], grown, clear=False)
+        selected: list[str | None] = []
+
+        def note(request: web.Request) -> None:
+            if request.path == "/v1/customers" and "idList" in request.query:
+                selected.append(request.query.get("select"))
+
+        sim.on_request(note)
+        async with large_attr_client(sim, clock) as dm:
+            report = await export(dm, dest, ckpt, **select)
+        assert report.complete
+        assert sorted(read_ids(dest)) == sim.customer_ids()
+
+    assert selected[:2] == ["id,attr,name", "id,name"]
+
+
 # -- two runs, and unsafe files -----------------------------------------------------------------
 
 
