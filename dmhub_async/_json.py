@@ -58,6 +58,15 @@ _LOSSY: Final = re.compile(rb"-\d{19}|\d{20}|(?=[\d.]{17})\d*\.\d|\d{16}[eE]")
 
 #: Digits and points in a row that every literal ``_LOSSY`` matches holds.
 _LONG_RUN: Final = _RUN * 4
+#: Digits and points to b"0"; what a number's digits follow in JSON (whitespace, ``:``, ``,``
+#: and ``[`` before a number; ``-``, ``+``, ``e`` and ``E`` within one) to b" "; every other
+#: byte (a quote, an escaped one, another letter, UTF-8) to b'"': digits after it are text.
+_NUMBER_MARKS: Final = bytes(
+    0x30 if 0x30 <= b <= 0x39 or b == 0x2E else 0x20 if b in b" \t\n\r:,[-+eE" else 0x22
+    for b in range(256)
+)
+#: A run ``_LONG_RUN`` long that may be a number's: the body's first bytes, or after a b" ".
+_NUMBER_RUN: Final = b" " + _LONG_RUN
 
 #: The shortest body ``_LOSSY`` can match in (17 digits and a point or an exponent).
 _SHORTEST_LOSSY: Final = 17
@@ -78,18 +87,24 @@ def _may_lose_digits(body: bytes) -> bool:
     a short literal whose exponent is below a float's range (``1e-400``), which orjson reads
     as ``0.0`` (or a subnormal float): finding ``e-`` in a 100 KB page costs about 160 us,
     nearly orjson's whole read (185 us), for a number no customer field holds. Digits inside
-    strings may give a false positive, which costs only speed. Where such places are many, the
-    whole body is checked in one pass instead: the cost stays linear, a few times orjson's at
-    most.
+    a string after a quote or a letter (an ID-card or a bank card number) are told apart: in a
+    body orjson reads, a number's digits follow whitespace, ``:``, ``,``, ``[`` or its own sign,
+    point or exponent. Those after a space may give a false positive, which costs only speed.
+    Where such places are many, the whole body is checked in one pass instead: the cost stays
+    linear, a few times orjson's at most.
     """
     sample = body[::_STRIDE].translate(_DIGITS_TO_ZERO)
     searches = len(body) // _DENSE  # worth making one place at a time; then one pass
     at = sample.find(_RUN)
+    if at != -1 and sample.count(_RUN, at) > searches:  # each is a place: one pass at once
+        searches = 0
     while at != -1:
         if not searches:
             # Every literal _LOSSY matches has 16 digits and points in a row: most such bodies
-            # have none (ids, keys of digits), found at C speed; the others, one regex pass.
-            if _RUN * 4 not in body.translate(_DIGITS_TO_ZERO):
+            # have none (ids, keys of digits) or only within strings (ID-card numbers), found
+            # at C speed; the others, one regex pass.
+            marked = body.translate(_NUMBER_MARKS)
+            if _NUMBER_RUN not in marked and not marked.startswith(_LONG_RUN):
                 return False
             return _LOSSY.search(body) is not None
         searches -= 1
@@ -99,8 +114,11 @@ def _may_lose_digits(body: bytes) -> bool:
         # literal _LOSSY matches has 16 digits and points in a row: a place without (a mobile
         # with its country code, 13 digits; a time in milliseconds) is passed by at C speed,
         # where a regex search cost a page of one such number a row 0.7 times orjson's read.
+        # A run after a quote or a letter (an ID-card or a bank card number in a string, on
+        # every row of some pages) is text in any body orjson reads: passed by too.
         around = body[max(0, start - 40) : start + 52]
-        if _LONG_RUN in around.translate(_DIGITS_TO_ZERO) and _LOSSY.search(around):
+        marked = around.translate(_NUMBER_MARKS)
+        if (_NUMBER_RUN in marked or marked.startswith(_LONG_RUN)) and _LOSSY.search(around):
             return True
         at = sample.find(_RUN, at + 1)
     return False

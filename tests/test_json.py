@@ -178,6 +178,40 @@ def test_a_page_of_13_to_15_digit_numbers_costs_no_regex_search(
         }
 
 
+#: Strings of 16 to 19 digits a CRM's custom fields hold on every row: no number.
+DIGIT_STRINGS = {
+    "an ID-card number": b"11010119900307%04d",  # 18 characters
+    "one ending in X": b"1101011990030%04dX",
+    "a bank card": b"622202123456%07d",  # 19 digits
+    "an order number": b"20230101%08d",  # 16 digits
+}
+
+
+@pytest.mark.parametrize("value", list(DIGIT_STRINGS.values()), ids=list(DIGIT_STRINGS))
+def test_a_page_of_16_to_19_digit_strings_costs_no_regex_search(
+    value: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each is a run of digits after a quote: no number. A regex search at each, then past one
+    # a KB a regex pass over the whole page, cost 18 times orjson's read of it.
+    counting = _CountingSearches()
+    monkeypatch.setattr(_json, "_LOSSY", counting)
+    body = _page_of(b"86139%08d")
+    for i in range(100):  # each row's attr holds one
+        sent = b'{"sent":86139%08d}' % i
+        body = body.replace(sent, b'{"idCard":"%s",%s' % (value % i, sent[1:]))
+    assert body.count(b'"idCard":"') == 100
+
+    assert _json.loads(body) == json.loads(body)
+    assert counting.searches == 0
+    # A number a float would round among them is still found, wherever it falls.
+    for row in (0, 1, 2, 3, 99):
+        at = body.index(b'"idCard":"', body.index(b'"id":%d,' % (3000000000 + row)))
+        for number in (b"12345678901234567890", b"-1234567890123456789", b"1234567890123456e5"):
+            lossy = body[:at] + b'"n":[%s],' % number + body[at:]
+            assert _json.loads(lossy)["rows"][row]["attr"]["n"] == [json.loads(number)]
+            assert _json.loads(lossy)["rows"][row]["attr"]["idCard"] == (value % row).decode()
+
+
 # --- decimals a float cannot hold: read and written with every digit ------------------------
 
 LOSSY = [
@@ -331,6 +365,86 @@ def test_the_fast_path_reads_what_the_standard_library_reads(rows: list[dict[str
     assert repr(data) == repr(exact)  # 10**22 and 1e22 are equal floats and ints: the types too
     assert structure_customers(data["rows"]) == structure_customers(exact["rows"])
     assert repr(json.loads(_json.dumps(data))) == repr(exact)
+
+
+_WHITESPACE = st.sampled_from(["", " ", "\n", "\t", "\r\n  "])
+#: Runs of digits within strings, beside what may come before and after them there.
+_DIGIT_STRING_TEXTS = st.builds(
+    '"{}{}{}"'.format,
+    st.sampled_from(["", '\\"', "\\\\", "\\n", "x", " ", ":", ",", "[", "-", "e", "0.", "中"]),
+    st.integers(10**15, 10**20).map(str),
+    st.sampled_from(["", "X", '\\"', "\\\\", ".5", "e5", " "]),
+)
+#: Numbers a float rounds (and some it does not), and ones of every size.
+_NUMBER_LITERALS = (
+    st.sampled_from(
+        [*LOSSY, "-1234567890123456789", "1234567890123456e5", "1.5e+12345678901234567"]
+    )
+    | st.integers(-(10**25), 10**25).map(str)
+    | _DECIMALS.map(str)
+    | _FLOATS.map(repr)
+)
+
+
+def _json_text(inner: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
+    items = st.lists(st.tuples(_WHITESPACE, inner, _WHITESPACE), max_size=4)
+    keys = _DIGIT_STRING_TEXTS | st.just('"k"')
+    return st.builds(
+        lambda items: "[" + ",".join(a + v + b for a, v, b in items) + "]", items
+    ) | st.builds(
+        lambda keys, items: (
+            "{"
+            + ",".join(
+                f"{k}{a}:{b}{v}" for k, (a, v, b) in zip(keys[: len(items)], items, strict=True)
+            )
+            + "}"
+        ),
+        st.lists(keys, min_size=4, max_size=4, unique=True),
+        items,
+    )
+
+
+_DIGIT_PAGES = st.recursive(_DIGIT_STRING_TEXTS | _NUMBER_LITERALS, _json_text, max_leaves=12)
+
+
+def _same(read: Any, exact: Any) -> bool:
+    """Whether ``read`` is what json.loads(parse_float=Decimal) read, every number exactly."""
+    if isinstance(exact, dict):
+        return (
+            isinstance(read, dict)
+            and list(read) == list(exact)
+            and all(_same(read[k], v) for k, v in exact.items())
+        )
+    if isinstance(exact, list):
+        return isinstance(read, list) and len(read) == len(exact) and all(map(_same, read, exact))
+    if isinstance(exact, Decimal):
+        return type(read) in (float, Decimal) and _exact(read) == exact
+    return type(read) is type(exact) and read == exact
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(_DIGIT_PAGES, _WHITESPACE, st.sampled_from([0, 2000, 40000]), st.booleans())
+@example('"11010119900307451X"', "", 0, False)
+@example("12345678901234567.89", "", 0, False)  # at the body's first byte
+@example("12345678901234567.89" + " " * 2100, "", 0, False)  # and in one of 2 KB
+@example('["11010119900307451X",12345678901234567.89]', "", 2000, True)
+@example('{"a\\"12345678901234567890":"\\"12345678901234567890"}', " ", 40000, False)
+@example('{"k":123456789012345678901,"i":"1234567890123456789"}', "", 0, False)
+@example('{"i":"1234567890123456789","k":12345678901234567.5}', "", 40000, True)
+@example('["1234567890123456789",1234567890123456e5]', "\n", 2000, False)
+def test_a_page_of_digit_strings_and_numbers_is_read_exactly(
+    text: str, space: str, filler: int, filler_first: bool
+) -> None:
+    """Runs of digits in strings (after a quote, an escaped quote, a letter) are never taken
+    for numbers, nor a number for a string: whatever the place, at the body's edges, nested, or
+    in a page long enough to be looked at place by place."""
+    if filler:  # a body of more than a KB is looked at a place at a time first
+        pad = '"' + "p" * filler + '"'
+        text = f"[{pad},{text}]" if filler_first else f"[{text},{pad}]"
+    body = (space + text + space).encode()
+    exact = json.loads(body, parse_float=Decimal)
+    assert _same(_json.loads(body), exact)
+    assert _same(_json.loads(body.decode()), exact)
 
 
 # --- end to end: the simulator stores and serves them, list() and the export keep them ------
