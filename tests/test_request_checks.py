@@ -6,7 +6,9 @@ full; whatever the input, its verdict must be the full check's (here written fro
 
 from __future__ import annotations
 
+import contextlib
 import enum
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote, unquote
 
@@ -225,6 +227,24 @@ class _FormArgsOfGenerators(_FormArgs):
         return (value for value in self._lists.get(name, ()))
 
 
+@contextlib.asynccontextmanager
+async def _client_recording(sent: list[str]) -> AsyncIterator[DMHubClient]:
+    """A client of a service that answers every request with no customers, appending each
+    request's query string to ``sent``: what went out, or that nothing did."""
+
+    async def answer(request: web.Request) -> web.Response:
+        sent.append(request.query_string)
+        return web.json_response([])
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", answer)
+    async with (
+        serving(app) as root,
+        DMHubClient(access_token="t" * 32, base_url=root, timezone="UTC") as dm,
+    ):
+        yield dm
+
+
 class _Stage(str, enum.Enum):
     LEAD = "lead"
 
@@ -237,17 +257,7 @@ async def test_params_of_a_str_class_of_their_own_are_sent_as_the_text_they_hold
     from multidict import CIMultiDict
 
     sent: list[str] = []
-
-    async def answer(request: web.Request) -> web.Response:
-        sent.append(request.query_string)
-        return web.json_response([])
-
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", answer)
-    async with (
-        serving(app) as root,
-        DMHubClient(access_token="t" * 32, base_url=root, timezone="UTC") as dm,
-    ):
+    async with _client_recording(sent) as dm:
         await dm.request("GET", "/v1/customers", params=CIMultiDict(idList="1,2", rows=5))
         await dm.request("GET", "/v1/customers", params={"stage": _Stage.LEAD, "rows": 5})
         # Still refused, as a plain str would be: the name, and two values of one name.
@@ -282,17 +292,7 @@ async def test_params_of_an_int_class_of_their_own_are_sent_as_the_int_they_hold
     # numpy's int64 (a page size or an id read from a data frame) was refused before anything
     # was sent, "param 'rows' must be a str or a 64-bit int, not int64(5)", of a 64-bit int.
     sent: list[str] = []
-
-    async def answer(request: web.Request) -> web.Response:
-        sent.append(request.query_string)
-        return web.json_response([])
-
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", answer)
-    async with (
-        serving(app) as root,
-        DMHubClient(access_token="t" * 32, base_url=root, timezone="UTC") as dm,
-    ):
+    async with _client_recording(sent) as dm:
         await dm.request("GET", "/v1/customers", params={"rows": _Int64(5), "page": 2})
         await dm.request("GET", "/v1/customers", params={"idList": _Int64(2**63 - 1)})
         # Still refused past 64 bits, as an int is.
@@ -329,17 +329,7 @@ async def test_params_giving_a_name_twice_are_refused_before_anything_is_sent(
     # query was made a dict of it as it was sent, and "idList=1&idList=2" went out as
     # "idList=1" (as "idList=2" when the values were ints), answered for one id, no error.
     sent: list[str] = []
-
-    async def answer(request: web.Request) -> web.Response:
-        sent.append(request.query_string)
-        return web.json_response([])
-
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", answer)
-    async with (
-        serving(app) as root,
-        DMHubClient(access_token="t" * 32, base_url=root, timezone="UTC") as dm,
-    ):
+    async with _client_recording(sent) as dm:
         with pytest.raises(InvalidRequestError, match="more than one value") as info:
             await dm.request("GET", "/v1/customers", params=params)
         # One value a name, in a MultiDict too, is sent whole.
@@ -360,17 +350,7 @@ async def test_the_least_64_bit_int_is_sent_as_a_param(value: Any) -> None:
     # -2**63 is a 64-bit int (the least), yet it was refused before anything was sent, "param
     # 'x' must be a str or a 64-bit int, not -9223372036854775808": its bit_length is 64.
     sent: list[str] = []
-
-    async def answer(request: web.Request) -> web.Response:
-        sent.append(request.query_string)
-        return web.json_response([])
-
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", answer)
-    async with (
-        serving(app) as root,
-        DMHubClient(access_token="t" * 32, base_url=root, timezone="UTC") as dm,
-    ):
+    async with _client_recording(sent) as dm:
         await dm.request("GET", "/v1/customers", params={"x": value})
         # One past it, either way, is no 64-bit int.
         for beyond in (-(2**63) - 1, 2**63):
@@ -388,17 +368,7 @@ async def test_params_holding_access_token_in_other_cases_are_refused_before_sen
     # reads names in any case (docs/contract.md does not say it does not) took one of two
     # tokens, another app's perhaps, as "access_token" alone was refused for.
     sent: list[str] = []
-
-    async def answer(request: web.Request) -> web.Response:
-        sent.append(request.query_string)
-        return web.json_response([])
-
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", answer)
-    async with (
-        serving(app) as root,
-        DMHubClient(access_token="t" * 32, base_url=root, timezone="UTC") as dm,
-    ):
+    async with _client_recording(sent) as dm:
         with pytest.raises(InvalidRequestError, match="access_token parameter") as info:
             await dm.request("GET", "/v1/customers", params={"rows": 5, name: "OTHER"})
         # A name that only holds it is sent.
