@@ -23,7 +23,15 @@ from typing import Any
 
 import pytest
 from _redis import RedisServer, collector_paused
-from shard_support import QuietRedis, SimProcess, exported_ids, planned, queue_workers, sim_process
+from shard_support import (
+    WORKER,
+    QuietRedis,
+    SimProcess,
+    exported_ids,
+    planned,
+    queue_workers,
+    sim_process,
+)
 
 from dmhub_async import DMHubClient, DMHubError, InvalidRequestError, RedisTokenStore
 from dmhub_async.shards import MANIFEST_NAME, Manifest, Shard, ShardOutcome
@@ -2264,14 +2272,40 @@ async def test_a_queued_shard_of_an_id_list_carries_its_slice_not_the_list(
 
 
 async def _id_list_export_on_queue(
-    sim: SimProcess, redis: RedisServer, out: Path, given: list[int], **run: Any
+    sim: SimProcess,
+    redis: RedisServer,
+    out: Path,
+    given: list[int],
+    script: str = WORKER,
+    **run: Any,
 ) -> Manifest:
-    """A sharded export of ``given`` on the queue, planned as the CLI plans it, 2 workers."""
+    """A sharded export of ``given`` on the queue, planned as the CLI plans it, 2 workers
+    (``script``)."""
     manifest = await planned(sim, redis, out, 3, id_list=given)
-    with workers(sim, redis.url, 2):
+    with queue_workers(sim.env(), redis.url, 2, script):
         return await asyncio.wait_for(
             run_on_queue(redis.url, out, manifest, progress=False, poll=0.1, **run), 120
         )
+
+
+#: A queue worker whose shards, once exported, end only after the coordinator heard a total
+#: (the test pushes to the list "heard"): no job ends before the export's first progress line.
+WORKER_ENDING_AFTER_A_TOTAL_IS_HEARD = """
+import sys
+from redis.asyncio import Redis
+from dmhub_async.shards import _queue
+
+exported = _queue.export_shard
+
+async def held(*args, **kwargs):
+    report = await exported(*args, **kwargs)  # its progress written as its pages were
+    async with Redis.from_url(sys.argv[1]) as redis:
+        await redis.execute_command("BRPOPLPUSH", "heard", "heard", 0)  # left there: all go
+    return report
+
+_queue.export_shard = held
+_queue.worker(sys.argv[1], heartbeat=0.5, takeover=3).run()
+"""
 
 
 async def test_the_progress_total_on_the_queue_ends_at_the_customers_found(
@@ -2279,18 +2313,27 @@ async def test_the_progress_total_on_the_queue_ends_at_the_customers_found(
 ) -> None:
     # An id list's slices plan their ids (1,000 here, of which 300 are customers): as each
     # shard's job ends, its customers take its planned count's place in the total (decee38),
-    # which the queue's runner had no test of its own of.
+    # which the queue's runner had no test of its own of. Its jobs end only once a total was
+    # heard: a shard that ended before the coordinator's first look at the progress (a busy
+    # machine) lowered the first total heard, 805, not the ids' 1,000.
     from dmhub_async.testing._seeded_rows import FIRST_ID
 
     out = tmp_path / "out"
     heard: list[tuple[int, int | None]] = []
+
+    def on_total(done: int, total: int | None) -> None:
+        if not heard:
+            redis.command("RPUSH", "heard", "1")
+        heard.append((done, total))
+
     with sim_process(300) as sim:
         manifest = await _id_list_export_on_queue(
             sim,
             redis,
             out,
             list(range(FIRST_ID, FIRST_ID + 1_000)),
-            on_total=lambda done, total: heard.append((done, total)),
+            WORKER_ENDING_AFTER_A_TOTAL_IS_HEARD,
+            on_total=on_total,
         )
 
     assert manifest.complete
