@@ -1166,8 +1166,10 @@ def test_a_bounded_stop_past_its_event_loop_names_the_threads_the_exit_waits_for
     # loop closed, said 2 s later "waiting on an event loop that does not answer".
     argv = ["worker", "--redis", "redis://127.0.0.1:1/0", "--stop-timeout", "0.5"]
 
-    code, said, took = _stopped_while_a_read_stalls(tmp_path, argv, signal.SIGTERM, None)
+    code, said, _ = _stopped_while_a_read_stalls(tmp_path, argv, signal.SIGTERM, None)
 
+    # Said by the bound's own timer (at 0.5 s), not by the one 2 s later for a loop that does
+    # not answer (which says so): told apart by their words, not by a loaded machine's clock.
     assert code == 143, said
     assert said.splitlines() == [
         "dmhub-async: stopped by SIGTERM",
@@ -1175,4 +1177,3 @@ def test_a_bounded_stop_past_its_event_loop_names_the_threads_the_exit_waits_for
         " interpreter's exit, which waits for threads: dmhub-file_0): exiting at once, its"
         " cleanup unfinished",
     ], said
-    assert took < 2.5  # the bound, not its 2 s more for a loop that does not answer
