@@ -392,6 +392,7 @@ def _tries(redis: RedisServer, key: str) -> int:
     return int(value) if value.isdigit() else 0
 
 
+@pytest.mark.timeout(180)  # the minute a takeover is given, and the export's 20,000 after
 async def test_a_shard_taken_over_while_its_worker_still_exports_it_ends_complete(
     tmp_path: Path, redis: RedisServer
 ) -> None:
@@ -421,7 +422,10 @@ async def test_a_shard_taken_over_while_its_worker_still_exports_it_ends_complet
                 first = int(holder[1])
                 os.kill(first, signal.SIGSTOP)
                 try:
-                    for _ in range(200):  # until the other worker has taken the job, or ended it
+                    # Until the other worker has taken the job, or ended it: a takeover of 1 s
+                    # and a poll of 0.5, given a minute (10 s was a loaded machine's margin:
+                    # "no other worker took the job"), within the test's own timeout.
+                    for _ in range(1200):
                         taken = _tries(redis, tries_key)
                         if taken >= 2 or redis.command("EXISTS", result_key) == ":1":
                             break
