@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import errno
 import logging
 import os
 import sys
@@ -29,7 +30,7 @@ from .._validate import check_flag, check_path_type, short
 from .._words import counted
 from ..export import ExportProgress, ExportReport, export_customers
 from ..export._export import Verify, _columns, check_run, check_verify, retries_of
-from ..export._output import _lock, _release, _sweep, denied, nearest_existing
+from ..export._output import _lock, _release, _sweep, denied, looping, nearest_existing
 from ..export._owner import (
     OWNER_CHECKED,
     SAMPLES,
@@ -598,8 +599,15 @@ def check_directory(where: Path) -> None:
         made = "written to" if os.path.lexists(where) else "made"
         why = denied(within, quoted=False)
         raise InvalidRequestError(f"{where} cannot be {made}, {why}") from None
-    except OSError:  # none yet, or not a directory: said below
-        pass
+    except OSError as err:  # none yet, or not a directory: said below
+        if err.errno == errno.ELOOP and (link := looping(where)) is not None:
+            # A link that leads back to itself, the directory or above it: "is a symbolic
+            # link to loop, which does not exist", or "loop is not a directory".
+            up = "" if link == where else ", above it,"
+            raise InvalidRequestError(
+                f"{where} cannot be made: {link}{up} is a symbolic link that leads back to"
+                " itself (a loop): mend the link, or give another directory"
+            ) from None
     if where.exists() and not where.is_dir():
         raise InvalidRequestError(f"{where} is not a directory: a sharded export writes one")
     if not where.exists() and where.is_symlink():

@@ -2531,6 +2531,33 @@ async def test_a_sharded_export_into_a_link_to_nothing_is_refused_naming_it(
     assert sorted(os.listdir(tmp_path)) == ["parts"]
 
 
+@pytest.mark.parametrize("where", ["the link", "under it"])
+async def test_a_sharded_export_through_a_link_loop_is_refused_naming_the_loop(
+    sim: DMHubSimulator, dm: DMHubClient, tmp_path: Path, where: str
+) -> None:
+    # A directory that is, or is under, a link that leads back to itself: "loop is a symbolic
+    # link to loop, which does not exist" (it is there, and goes round), or "loop/parts cannot
+    # be made: loop is not a directory", where an output or a merge through it says the loop.
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    directory = loop if where == "the link" else loop / "parts"
+    sent = sim.counters.total
+
+    with pytest.raises(InvalidRequestError) as info:
+        await export_sharded(dm, directory, 2, progress=False)
+
+    said = str(info.value)
+    assert "does not exist" not in said
+    assert "not a directory" not in said
+    above = "" if where == "the link" else ", above it,"
+    assert said == (
+        f"{directory} cannot be made: {loop}{above} is a symbolic link that leads back to"
+        " itself (a loop): mend the link, or give another directory"
+    )
+    assert sim.counters.total == sent
+    assert sorted(os.listdir(tmp_path)) == ["loop"]
+
+
 @pytest.mark.parametrize("depth", ["itself", "in it", "further down"])
 def test_a_sharded_export_under_a_directory_it_cannot_enter_is_refused_naming_it(
     tmp_path: Path, depth: str
