@@ -732,12 +732,6 @@ def _shared_failure(failure: FetchFailure, now: float, store: str) -> DMHubError
     else:
         what = "no answer" if cls is APIConnectionError else "no answer in time"
     ago, left = max(0.0, now - failure.failed_at), failure.until - now
-    message = (
-        f"GET {TOKEN_PATH} -> {what}: failed {ago:.0f} s ago in another client or process"
-        f" sharing the token store {store}, after its retries; not sent again for"
-        f" {math.ceil(left):.0f} s, so that clients waiting for the token add no load to a"
-        " token endpoint that is down"
-    )
     # What the fetch met, said as it said it (without its base URL, which the record keeps
     # not): "no answer" alone was read as of a service down (the CLI: "is DMHUB_BASE_URL
     # right?") when it was the DNS server that gave none.
@@ -746,7 +740,15 @@ def _shared_failure(failure: FetchFailure, now: float, store: str) -> DMHubError
         if failure.hint == "no_dns_answer"
         else ""
     )
-    message += hint
+    # Of a host no DNS server named, not "a token endpoint that is down": nothing reached it.
+    down = "to a token endpoint that is down"
+    why = "while the token endpoint cannot be reached" if hint else down
+    message = (
+        f"GET {TOKEN_PATH} -> {what}: failed {ago:.0f} s ago in another client or process"
+        f" sharing the token store {store}, after its retries; not sent again for"
+        f" {math.ceil(left):.0f} s, so that clients waiting for the token add no load {why}"
+        f"{hint}"
+    )
     if issubclass(cls, APIError):
         # The wait the message says, where an answer's Retry-After would be (429 and 503): a
         # caller that waits err.retry_after before its next call had None to wait.

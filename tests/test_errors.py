@@ -833,6 +833,9 @@ async def test_a_rerun_held_by_a_dns_no_answer_still_says_the_dns_server_gave_no
         "the DNS server gave no answer for its host (is this machine online, its DNS server"
         " reachable?)"
     ), said
+    # Not that the endpoint is down: nothing reached it.
+    assert "endpoint that is down" not in said, said
+    assert "add no load while the token endpoint cannot be reached: the DNS server" in said, said
     _, line = explain(errors[1])
     assert line == said, line
     assert "DMHUB_BASE_URL right" not in line, line
