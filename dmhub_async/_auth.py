@@ -197,7 +197,8 @@ class TokenManager:
         #: Redis full under noeviction): a store that holds no token after a refusal keeps none,
         #: and lost none (:meth:`taken_since`).
         self._unkept = False
-        #: The store answered the read of the fetch in flight (``_shared``).
+        #: The store answered the read of the fetch in flight (``_shared``), and its write did
+        #: not go unanswered.
         self._store_read = False
         #: The failed fetch this manager last recorded in the store: its own callers (a
         #: ``with_options`` client's retries) are not held back by it.
@@ -457,10 +458,13 @@ class TokenManager:
                     err,
                 )
                 token = await self._fetch_new(fetch)
-                # Read, and its lock refused: a store that keeps no token (not one down).
-                self._held, self._unshared, self._unkept = token, True, self._store_read
+                # Read, and its lock refused: a store that keeps no token (not one down, nor one
+                # that went down since its read: a Redis restarting, back empty).
+                unkept = self._store_read and not _unanswered(err)
+                self._held, self._unshared, self._unkept = token, True, unkept
             else:
-                self._held, self._unshared, self._unkept = token, not shared, not shared
+                unkept = not shared and self._store_read
+                self._held, self._unshared, self._unkept = token, not shared, unkept
             self._fresh_until = token.expires_at - self._margin(token)
             self._renew_paused_until = float("-inf")
             return token.value
@@ -526,6 +530,8 @@ class TokenManager:
                         await self._call(self._store.set(key, token))
                 except TokenStoreError as err:
                     log.warning("%s; the new token is held but not shared", err)
+                    # Down since its read (a restart): no store that answers and keeps none.
+                    self._store_read = not _unanswered(err)
                 return token, shared
         except BaseException:
             del stale  # as in refresh()
@@ -713,6 +719,20 @@ class TokenManager:
             await self._call(lock.__aexit__(*exc_info))  # type: ignore[arg-type]
         except TokenStoreError as err:
             log.warning("%s; its lock was not released and frees itself", err)
+
+
+def _unanswered(err: BaseException) -> bool:
+    """Whether the store call that raised ``err`` got no answer (a connection refused or lost,
+    its timeout: a Redis down or restarting), not a refusal of a store that answers (a Redis
+    full under noeviction): the store's own exception is the context of ``err``."""
+    seen = err.__context__
+    # Not any OSError: a token file on a full disk answers its reads and keeps no token.
+    if isinstance(seen, ConnectionError | TimeoutError | asyncio.TimeoutError):
+        return True
+    redis_errors = sys.modules.get("redis.exceptions")  # imported by any Redis store that failed
+    return redis_errors is not None and isinstance(
+        seen, redis_errors.ConnectionError | redis_errors.TimeoutError
+    )
 
 
 def _is_time(value: object) -> bool:

@@ -2544,3 +2544,53 @@ async def test_a_call_refused_after_its_refresh_ends_at_the_close_while_the_stor
     with pytest.raises(DMHubError, match="this DMHubClient is closed"):
         call.result()
     assert len(sent) == 2
+
+
+async def test_a_call_refused_after_a_refresh_whose_write_met_the_store_down_refreshes() -> None:
+    # As test_a_call_refused_after_its_refresh_while_the_store_is_down_waits_for_it, but the
+    # store went down during the refresh's token fetch (read before, the write refused for want
+    # of an answer), not before it. Taken for a store that answers and keeps no token (a Redis
+    # full under noeviction, above), the call refused after that refresh failed with 40001, the
+    # store back and empty a moment later: the refusal of a restart stood.
+    from dmhub_async.testing import DMHubSimulator
+
+    store = RestartedStore()
+    waits: list[float] = []
+
+    async def back_meanwhile(seconds: float) -> None:
+        waits.append(seconds)
+        store.down = False  # back, empty
+
+    async with (
+        DMHubSimulator(customers=1) as sim,
+        DMHubClient(
+            sim.app_id, sim.secret, base_url=sim.url, token_store=store, sleep=back_meanwhile
+        ) as a,
+        DMHubClient(sim.app_id, sim.secret, base_url=sim.url, token_store=store) as b,
+    ):
+        assert await a.customers.count() == 1  # a token, stored
+        store.restart(down=True)
+        assert await b.customers.count() == 1  # its first: fetched without the store
+        store.down = False  # back, empty
+        seen: list[str] = []
+
+        async def down_in_a_fetch_then_b_refused(request: Any) -> None:
+            if not request.path.startswith("/v1/") and not seen:
+                seen.append("A's token fetch")
+                store.restart(down=True)  # A's refresh read the store: its write meets none
+            elif (
+                request.path.startswith("/v1/")
+                and seen == ["A's token fetch"]
+                and request.query.get("access_token") == sim.access_token
+            ):
+                seen.append("A's resend")
+                assert await b.customers.count() == 1  # refused, fetches without the store
+
+        sim.on_request(down_in_a_fetch_then_b_refused)
+        assert await a.customers.count() == 1  # refused, refreshed, refused, refreshed again
+        sim.clear_hooks()
+        assert await b.customers.count() == 1  # refused, it takes A's from the store
+
+    assert seen == ["A's token fetch", "A's resend"]
+    assert len(waits) == 1
+    assert sim.counters.tokens_issued == 5
