@@ -129,21 +129,34 @@ def without_password(text: str, password: str | None) -> str:
     if not password:
         return text
     sent = password.replace("\r", " ").replace("\n", " ")  # as Redis says a line break
-
-    def quoted(match: re.Match[str]) -> str:
-        said = match[1]
-        # Cut at 128 bytes inside a character (a non-ASCII password), whose bytes left
-        # redis-py reads as U+FFFD: its start was said, unmasked.
-        cut = said.rstrip("\ufffd")
-        whole = said == sent or (len(cut) >= FRAGMENT and sent.startswith(cut))
-        return f"'{MASK}'" if whole else match[0]
-
-    text = _QUOTED.sub(quoted, text)
+    text = _quoted_masked(text, sent)
     return _secret_pattern(password).sub(MASK, text) if len(password) >= 4 else text
 
 
-#: A value Redis quotes in its words.
-_QUOTED = re.compile(r"'([^']+)'")
+def _quoted_masked(text: str, sent: str) -> str:
+    """``text`` with ``sent`` masked where Redis quotes it (``'<sent>'``), whole or its start of
+    :data:`FRAGMENT` characters or more: Redis cuts it at 128 bytes, inside a character for a
+    non-ASCII one, whose bytes left redis-py reads as U+FFFD. Quotes within ``sent`` are its
+    own: a quoted value was taken to end at the first (``'abc'def...'``), and the rest of a
+    password holding one (a cut one: all of it but its first characters) was said."""
+    shown, at, start = [], 0, text.find("'")
+    while start != -1:
+        begin = start + 1
+        same = 0
+        most = min(len(sent), len(text) - begin)
+        while same < most and text[begin + same] == sent[same]:
+            same += 1
+        end = begin + same
+        while end < len(text) and text[end] == "\ufffd":
+            end += 1
+        # Its end: a quote after all of it, or after its start, however long.
+        ends = [end] if text.startswith("'", end) and same >= min(len(sent), FRAGMENT) else []
+        ends += [k for k in range(begin + same - 1, begin + FRAGMENT - 1, -1) if text[k] == "'"]
+        if ends:
+            shown += [text[at:start], f"'{MASK}'"]
+            at = ends[0] + 1
+        start = text.find("'", max(at, start + 1))
+    return "".join(shown) + text[at:]
 
 
 class _Masks:

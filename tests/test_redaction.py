@@ -939,6 +939,8 @@ def test_every_short_secret_known_is_masked() -> None:
         ("my-password-1", "WRONGPASS invalid username-password pair or user is disabled.", None),
         ("€" * 50, f"args beginning with: '{'€' * 42}\ufffd' ", "with: '***' "),
         ("pass\r\nword-123", "args beginning with: 'pass  word-123' ", "with: '***' "),
+        ("Rd1sCn4ry'Pass", "args beginning with: 'Rd1sCn4ry'Pass' ", "with: '***' "),
+        ("Rd1s'" + "P" * 150, f"args beginning with: 'Rd1s'{'P' * 123}' ", "with: '***' "),
     ],
     ids=[
         "short, quoted",
@@ -949,6 +951,8 @@ def test_every_short_secret_known_is_masked() -> None:
         "sharing a run with the message",
         "quoted cut at 128 bytes inside a character",
         "quoted with its line break as a space",
+        "quoted, holding a quote",
+        "quoted cut at 128 bytes, holding a quote",
     ],
 )
 def test_a_redis_password_is_masked_in_redis_s_words(

@@ -474,7 +474,14 @@ def shown_texts(err: BaseException) -> list[str]:
     "use", [_store_get, _rate_turn, check_queue], ids=["store", "rate limit", "queue"]
 )
 @pytest.mark.parametrize(
-    "typed", ["as is", "percent-encoded", "in the query", "non-ASCII, past 128 bytes"]
+    "typed",
+    [
+        "as is",
+        "percent-encoded",
+        "in the query",
+        "non-ASCII, past 128 bytes",
+        "holding a quote, past 128 bytes",
+    ],
 )
 async def test_a_redis_that_quotes_its_password_back_has_it_masked(
     redis_without_auth: RedisServer,
@@ -492,6 +499,9 @@ async def test_a_redis_that_quotes_its_password_back_has_it_masked(
         password = in_url = "Rd1sCn4ryPassw0rd"
     elif typed == "non-ASCII, past 128 bytes":  # Redis cuts it inside a character
         password = "Rd1s" + "€" * 60
+        in_url = quote(password, safe="")
+    elif typed == "holding a quote, past 128 bytes":  # the rest of it was said after its quote
+        password = "Rd1s'" + "Cn4ryPassw0rd" * 12
         in_url = quote(password, safe="")
     else:
         password, in_url = CANARY_REDIS_PASSWORD, quote(CANARY_REDIS_PASSWORD, safe="")
