@@ -1211,6 +1211,11 @@ def test_lookup_input_under_a_header_takes_a_value_named_as_an_identity_type(
         "138.0013.8000,mobile",
         "1.38001E+10,mobile",
         "zhang\uff20example.com,email",
+        # Its marks as a Chinese input method types them (full-width), or a web page's
+        # no-break space: looked up as a type, "not found", exit 0.
+        "\uff08\uff0b86\uff09138\uff0d0013\uff0d8000,mobile",
+        "138\u30000013\u30008000,mobile",
+        "+86\u00a0138\u00a00013\u00a08000,mobile",
         "oLVPpjqs2BhvzwPj5A-vTYAX3GLc,wechat",
         "o6_bmjrPTlm6_2sgVt7hMZOPfL2M,wechat-unionid",
     ],

@@ -13,6 +13,7 @@ import os
 import re
 import sys
 import time
+import unicodedata
 from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -446,7 +447,9 @@ def _reads_as_a_value(cell: str) -> bool:
     """Whether ``cell``, in a row's type column, reads as an identity's value, which no type
     is (a type is a name, such as ``taobao-account``): a number (a mobile, as a phone or a
     spreadsheet writes it), an address (its ``@`` full-width too), or WeChat's id."""
-    text = cell.strip()
+    # Its marks as a Chinese input method types them (full-width: "（＋86）138－0013"), or a web
+    # page's no-break spaces, as ASCII: such a row was looked up as a type, "not found".
+    text = unicodedata.normalize("NFKC", cell).strip()
     return (
         "@" in text
         or "\uff20" in text
