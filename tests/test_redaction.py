@@ -941,6 +941,13 @@ def test_every_short_secret_known_is_masked() -> None:
         ("pass\r\nword-123", "args beginning with: 'pass  word-123' ", "with: '***' "),
         ("Rd1sCn4ry'Pass", "args beginning with: 'Rd1sCn4ry'Pass' ", "with: '***' "),
         ("Rd1s'" + "P" * 150, f"args beginning with: 'Rd1s'{'P' * 123}' ", "with: '***' "),
+        # Cut short after a long user name: its first 8 characters (a FRAGMENT) are masked,
+        # fewer are not, nor a quoted word a password merely begins with.
+        ("s3cr3t-passw0rd", "args beginning with: 'u' 's3cr3t-p' ", "'u' '***' "),
+        ("s3cr3t-passw0rd", "unknown command 's3cr3t', with args beginning with: ", None),
+        # Unquoted: masked from 4 characters, not under.
+        ("p4ss", "sent p4ss in the clear", "sent *** in the clear"),
+        ("abc", "Error 111 connecting to abc.internal:6379", None),
     ],
     ids=[
         "short, quoted",
@@ -953,6 +960,10 @@ def test_every_short_secret_known_is_masked() -> None:
         "quoted with its line break as a space",
         "quoted, holding a quote",
         "quoted cut at 128 bytes, holding a quote",
+        "quoted cut to 8 characters",
+        "a quoted word it begins with",
+        "4 characters, elsewhere",
+        "3 characters, elsewhere",
     ],
 )
 def test_a_redis_password_is_masked_in_redis_s_words(
