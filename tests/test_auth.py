@@ -2594,3 +2594,171 @@ async def test_a_call_refused_after_a_refresh_whose_write_met_the_store_down_ref
     assert seen == ["A's token fetch", "A's resend"]
     assert len(waits) == 1
     assert sim.counters.tokens_issued == 5
+
+
+class _FlakyStore(MemoryTokenStore):
+    """A memory store whose reads fail (``down``) or never answer (``frozen``) when told, and
+    that counts them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = self.frozen = self.unsafe = False
+        self.reads = 0
+
+    async def get(self, key: str) -> Token | None:
+        self.reads += 1
+        if self.frozen:
+            await asyncio.Event().wait()
+        if self.down:
+            raise ConnectionRefusedError("Connect call failed")
+        if self.unsafe:
+            raise TokenStoreError("the store's password refused", store="s", unsafe=True)
+        return await super().get(key)
+
+
+async def test_a_frozen_store_is_read_once_for_a_token_taken_since() -> None:
+    # A call refused after its refresh, the store not answering at all: each read waits the
+    # store's whole timeout, so it is read once and the refusal stands; read again after each
+    # of the retries' waits, the call hung (1 + retries) timeouts before it failed.
+    from dmhub_async._auth import TokenManager
+
+    loop = asyncio.get_running_loop()
+    store = _FlakyStore()
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    async def fetch() -> Token:
+        return Token("tok-1", loop.time() + 7200, loop.time())
+
+    tokens = TokenManager("key", store, fetch, loop.time, timeout=0.01)
+    assert await tokens.refresh(None) == "tok-1"
+    store.frozen, store.reads = True, 0
+
+    taken = await tokens.taken_since("tok-1", fetch, None, sleep, [1.0, 2.0, 4.0])
+
+    assert taken is None
+    assert store.reads == 1
+    assert slept == []
+
+
+@pytest.mark.parametrize("expired", [False, True], ids=["valid", "expired"])
+async def test_a_newer_token_another_call_of_the_client_took_is_given_while_the_store_is_down(
+    expired: bool,
+) -> None:
+    # Two calls of one client: the first's refreshed token (tok-1) refused, the second replaced
+    # it (tok-2) meanwhile. With the store down, the first is sent again with the client's
+    # tok-2, while it is valid: the store's failure failed it. An expired one is not sent.
+    from dmhub_async._auth import TokenManager
+
+    now = 1_000_000.0
+    store = _FlakyStore()
+    fetched = 0
+
+    async def fetch() -> Token:
+        nonlocal fetched
+        fetched += 1
+        return Token(f"tok-{fetched}", now + 7200, now)
+
+    tokens = TokenManager("key", store, fetch, lambda: now, timeout=1.0)
+    assert await tokens.refresh(None) == "tok-1"
+    assert await tokens.refresh("tok-1") == "tok-2"  # the other call's refresh
+    store.down = True
+    if expired:
+        now += 7201
+
+    async def sleep(seconds: float) -> None:
+        pass
+
+    taken = await tokens.taken_since("tok-1", fetch, None, sleep, [])
+
+    assert taken == (None if expired else "tok-2")
+    assert fetched == 2
+
+
+@pytest.mark.parametrize("gives", ["tok-2", "tok-1"], ids=["a new token", "the refused one"])
+async def test_a_token_taken_since_waits_for_the_clients_refresh_under_way(gives: str) -> None:
+    # Another call of the client refreshing (the store holding the refused token): its token is
+    # the one to send, not "none since" from the store's refused one; and a refresh that gives
+    # the refused token back (one kept, ahead of expiry) gives none, not that token to resend.
+    from dmhub_async._auth import TokenManager
+
+    loop = asyncio.get_running_loop()
+    store = MemoryTokenStore()
+    fetching, release = asyncio.Event(), asyncio.Event()
+    fetched = 0
+
+    async def fetch() -> Token:
+        nonlocal fetched
+        fetched += 1
+        if fetched == 1:
+            return Token("tok-1", loop.time() + 7200, loop.time())
+        fetching.set()
+        await release.wait()
+        return Token(gives, loop.time() + 7200, loop.time())
+
+    tokens = TokenManager("key", store, fetch, loop.time, timeout=5.0)
+    assert await tokens.refresh(None) == "tok-1"
+    refreshing = asyncio.ensure_future(tokens.refresh("tok-1"))
+    await asyncio.wait_for(fetching.wait(), 10)
+    taking = asyncio.ensure_future(tokens.taken_since("tok-1", fetch, None, None, []))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    release.set()
+    await asyncio.wait_for(refreshing, 10)
+    taken = await asyncio.wait_for(taking, 10)
+
+    assert taken == ("tok-2" if gives == "tok-2" else None)
+    assert fetched == 2
+
+
+async def test_a_store_unsafe_to_use_is_raised_not_waited_for_a_token_taken_since() -> None:
+    # A store refused for good (its password, an ACL user without the commands) when read for
+    # a token taken since: its error, at once, as a refresh raises it; taken for a store down
+    # for a moment, it was read again after each retry's wait, and the call then failed as
+    # if its token alone had been refused.
+    from dmhub_async._auth import TokenManager
+
+    loop = asyncio.get_running_loop()
+    store = _FlakyStore()
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    async def fetch() -> Token:
+        return Token("tok-1", loop.time() + 7200, loop.time())
+
+    tokens = TokenManager("key", store, fetch, loop.time, timeout=1.0)
+    assert await tokens.refresh(None) == "tok-1"
+    store.unsafe, store.reads = True, 0
+
+    with pytest.raises(TokenStoreError, match="password refused") as info:
+        await tokens.taken_since("tok-1", fetch, None, sleep, [1.0, 2.0])
+
+    assert info.value.unsafe
+    assert (store.reads, slept) == (1, [])
+
+
+async def test_a_token_taken_since_is_held_until_its_own_expiry_not_the_refused_ones() -> None:
+    # The token another process stored, taken after this client's was refused, may expire
+    # before the refused one would have: once it has, the client's next call refreshes, and is
+    # not sent with it (held as fresh as long as the refused token was: refused, once more).
+    from dmhub_async._auth import TokenManager
+
+    now = 1_000_000.0
+    store = MemoryTokenStore()
+
+    async def fetch() -> Token:
+        return Token("tok-1", now + 7200, now)
+
+    tokens = TokenManager("key", store, fetch, lambda: now, timeout=1.0)
+    assert await tokens.refresh(None) == "tok-1"
+    await store.set("key", Token("tok-b", now + 400, now - 6800))  # issued earlier elsewhere
+
+    assert await tokens.taken_since("tok-1", fetch, None, None, []) == "tok-b"
+    assert tokens.held() == "tok-b"
+    now += 500
+
+    assert tokens.held() is None
