@@ -305,6 +305,40 @@ async def test_params_of_an_int_class_of_their_own_are_sent_as_the_int_they_hold
     ]
 
 
+class _Rows(int):
+    """An int of the caller's own class whose text is not its digits (an enum's, 3.10's)."""
+
+    def __str__(self) -> str:
+        return f"Rows.R{int(self)}"
+
+    __repr__ = __str__
+
+
+async def test_a_bool_or_float_param_is_refused_and_an_int_subclass_is_sent_as_its_digits() -> None:
+    # A bool is an int to Python, not to the service ("rows=True", or 1 where a flag was
+    # meant), and a float no int: refused before anything is sent, as before params of an int
+    # class of their own were taken; an int subclass goes out as its digits, whatever its str
+    # says.
+    sent: list[str] = []
+
+    async def answer(request: web.Request) -> web.Response:
+        sent.append(request.query_string)
+        return web.json_response([])
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", answer)
+    async with (
+        serving(app) as root,
+        DMHubClient(access_token="t" * 32, base_url=root, timezone="UTC") as dm,
+    ):
+        await dm.request("GET", "/v1/customers", params={"rows": _Rows(5)})
+        for flag in (True, False, 2.5):  # nor a float, cut to its int part
+            with pytest.raises(InvalidRequestError, match=f"'rows' must be .* not {flag}"):
+                await dm.request("GET", "/v1/customers", params={"rows": flag})
+
+    assert sent == [f"rows=5&access_token={'t' * 32}"]
+
+
 @pytest.mark.parametrize(
     "params",
     [
