@@ -841,6 +841,42 @@ async def test_a_rerun_held_by_a_dns_no_answer_still_says_the_dns_server_gave_no
     assert "DMHUB_BASE_URL right" not in line, line
 
 
+async def test_a_rerun_held_by_a_dns_no_answer_through_a_token_file_says_the_dns_server_gave_none(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    # As above, the record read back from a token file, as a rerun in another process reads
+    # it: its hint went through the file's JSON (a store of a later release's hint this one
+    # does not know reads none).
+    import socket
+
+    from dmhub_async import FileTokenStore
+    from dmhub_async._token_stores import FetchFailure
+
+    def no_answer(host: Any, *args: Any, **kwargs: Any) -> Any:
+        raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_answer)
+    base_url = "https://api.dmhub-rerun.test"
+    errors: list[APIConnectionError] = []
+    for _ in range(2):
+        store = FileTokenStore(tmp_path / "tokens.json")
+        async with DMHubClient("app", "s3cret", base_url=base_url, token_store=store) as dm:
+            with pytest.raises(APIConnectionError) as info:
+                await dm.with_options(max_retries=0).customers.count()
+        errors.append(info.value)
+
+    said = str(errors[1])
+    assert "in another client or process sharing the token store" in said, said
+    assert said.endswith(
+        "the DNS server gave no answer for its host (is this machine online,"
+        " its DNS server reachable?)"
+    ), said
+    recorded = FetchFailure("APIConnectionError", None, None, 1.0, 2.0, "no_dns_answer")
+    later = {**recorded.to_json(), "hint": "a_hint_of_a_later_release"}
+    assert FetchFailure.from_json(recorded.to_json()) == recorded
+    assert FetchFailure.from_json(later) == FetchFailure("APIConnectionError", None, None, 1.0, 2.0)
+
+
 @pytest.mark.parametrize(
     ("code", "words"),
     [
