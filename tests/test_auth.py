@@ -516,7 +516,7 @@ def test_token_key_normalises_the_spelling_of_the_base_url():
 
 
 def test_token_key_tells_secrets_apart_and_holds_none():
-    key = token_key(BASE, "app-1", "secret-1")
+    key = token_key("https://api.dmhub.test", "app-1", "secret-1")
     assert token_key(BASE, "app-1", "secret-2") != key
     assert token_key(BASE, "app-2", "secret-1") != key
     assert "secret-1" not in key
@@ -2210,6 +2210,37 @@ async def test_a_token_refused_on_a_retry_after_its_refresh_says_what_to_check(
     assert tokens.issued == ["tok-1", "tok-2"]
     assert count(api, "/v1/customers/1") == 3
     assert "refused again with a token fetched just now" in str(info.value)
+
+
+async def test_a_token_refused_on_a_retry_after_its_refresh_takes_the_one_stored_since(
+    api, tokens, make_client, clock
+):
+    # As above, but another process stored a token of its own meanwhile (taking it revoked
+    # tok-2): the retry refused is sent again with that token, as a resend refused is, and
+    # the call is answered; no third token fetched.
+    store = MemoryTokenStore()
+    key = token_key("https://api.dmhub.test", "app-1", "secret-1")
+
+    async def taken_elsewhere(url: Any, **kwargs: Any) -> CallbackResult:
+        await store.set(key, Token("tok-x", clock() + 7200, clock()))
+        return CallbackResult(payload={"error_code": 42001})
+
+    api.get(url("/v1/customers/1"), payload={"error_code": 42001})
+    api.get(url("/v1/customers/1"), status=500, payload={"error_code": 500})
+    api.get(url("/v1/customers/1"), callback=taken_elsewhere)
+    api.get(url("/v1/customers/1"), payload=CUSTOMER)
+    dm = make_client(token_store=store)
+
+    assert await dm.request("GET", "/v1/customers/1") == CUSTOMER
+
+    assert tokens.issued == ["tok-1", "tok-2"]
+    assert count(api, "/v1/customers/1") == 4
+    sent = {
+        u.query.get("access_token"): len(made)
+        for (_, u), made in api.requests.items()
+        if u.path == "/v1/customers/1"
+    }
+    assert sent == {"tok-1": 1, "tok-2": 2, "tok-x": 1}
 
 
 class AnsweredWhenTold(MemoryTokenStore):
