@@ -1183,7 +1183,9 @@ def test_lookup_input_under_a_header_takes_a_value_named_as_an_identity_type(
     path.write_text(
         f"{header}\r\nmobile,13800138000{extra}\r\nusername,email{extra}\r\nnick,Mobile\r\n"
         # A type in the reference's style (lower case, dashes) as long as an openid.
-        f"order-platform-customer-code,wechat{extra}\r\n",
+        f"order-platform-customer-code,wechat{extra}\r\n"
+        # One of mixed case, longer than an openid, that holds an openid's shape within it.
+        f"Shop_Taobao_Account_Number_2024,mobile{extra}\r\n",
         "utf-8",
     )
     assert list(_identities(path, "utf-8")) == [
@@ -1191,6 +1193,7 @@ def test_lookup_input_under_a_header_takes_a_value_named_as_an_identity_type(
         Identity("username", "email"),
         Identity("nick", "Mobile"),
         Identity("order-platform-customer-code", "wechat"),
+        Identity("Shop_Taobao_Account_Number_2024", "mobile"),
     ]
     # With no header, the row is still refused as swapped, saying how to tell it is not.
     path.write_text("username,email\r\n", "utf-8")
