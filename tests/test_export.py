@@ -589,21 +589,27 @@ async def test_the_final_check_fetches_as_many_customers_a_request_as_the_pages_
 async def test_one_customer_too_large_for_the_client_found_by_the_final_check_is_raised(
     tmp_path: Path,
 ) -> None:
-    # The check fetches a batch too large to read again in halves; one customer alone too
-    # large is the service's answer to raise, not halved again into an empty id_list (which
-    # blamed the caller: "list_rows(): id_list is empty").
+    # The check fetches a batch too large to read again in halves, each asking for as many
+    # rows as it has ids; one customer alone too large is the service's answer to raise, not
+    # halved again into an empty id_list (which blamed the caller: "list_rows(): id_list is
+    # empty").
     from dmhub_async.cli._errors import explain
 
     async with DMHubSimulator(customers=100, seed=3) as sim:
         counts: list[str] = []
-        huge_id = min(sim.customer_ids()) - 1
+        huge_id = min(sim.customer_ids()) - 3
+        by_id: list[tuple[str, str | None]] = []  # each fetch by id: its ids, the rows asked
 
         def note(request: Any) -> None:
+            if "idList" in request.query:
+                by_id.append((request.query["idList"], request.query.get("rows")))
             if request.path == "/v1/customers/count":
                 counts.append(request.path)
                 if len(counts) == 2:  # the count after the walk: a large sign-up behind it
                     huge = {"name": "huge", "attr": {"blob": "x" * 300_000}}
                     sim.insert_customer(huge, customer_id=huge_id)
+                    for small_id in (huge_id + 1, huge_id + 2):  # and two small ones
+                        sim.insert_customer({"name": "small"}, customer_id=small_id)
 
         sim.on_request(note)
         async with DMHubClient(
@@ -628,6 +634,10 @@ async def test_one_customer_too_large_for_the_client_found_by_the_final_check_is
         " asked for by its id)"
     ), line
     assert "--page-size" not in line, line
+    # Three missing, too large together: the first half, the huge one, asks for one row (as
+    # many as its ids: a service that ignores idList, answering whole pages, is cut short too).
+    asked = ",".join(str(i) for i in range(huge_id, huge_id + 3))
+    assert by_id == [(asked, "10"), (str(huge_id), "1")]
 
 
 async def test_a_customer_the_service_lists_but_does_not_answer_by_id_is_not_called_exported(
