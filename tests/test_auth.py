@@ -2243,6 +2243,31 @@ async def test_a_token_refused_on_a_retry_after_its_refresh_takes_the_one_stored
     assert sent == {"tok-1": 1, "tok-2": 2, "tok-x": 1}
 
 
+async def test_a_delete_whose_resend_after_its_refresh_got_no_answer_is_an_unknown_outcome(
+    api, tokens, make_client, clock
+):
+    # Refused, refreshed, sent again and its answer lost (it may have deleted the customer),
+    # then repeated: the repeat's "no such customer" says the outcome is unknown, not that
+    # the customer never was.
+    import aiohttp
+
+    from dmhub_async import NotFoundError
+
+    path = "/v1/customers/7"
+    api.delete(url(path), payload={"error_code": 42001})
+    api.delete(url(path), exception=aiohttp.ServerDisconnectedError())
+    api.delete(url(path), status=500, payload={"error_code": 40201, "error_description": "x"})
+    dm = make_client()
+
+    with pytest.raises(NotFoundError) as info:
+        await dm.customers.delete(7)
+
+    assert tokens.issued == ["tok-1", "tok-2"]
+    assert count(api, path) == 3
+    assert info.value.outcome_unknown
+    assert "may have been applied" in str(info.value)
+
+
 class AnsweredWhenTold(MemoryTokenStore):
     """A store whose first read answers when the test says."""
 
