@@ -1986,19 +1986,19 @@ def test_standard_input_from_a_file_read_in_part_already_is_read_from_there(
 
 
 @pytest.mark.parametrize(
-    ("exported", "covered", "size", "newer", "left_behind"),
+    ("fmt", "covered", "records", "newer", "left_behind"),
     [
-        # 100 customers of 100 bytes, pages of 10: more than 2 pages (2,000 bytes) past them.
-        (100, 10_000, 12_000, 1, False),
-        (100, 10_000, 12_001, 1, True),
-        # Their mean length rounded up (101 bytes): 2,020 bytes.
-        (100, 10_050, 12_070, 1, False),
-        (100, 10_050, 12_071, 1, True),
+        # Pages of 10: more than 2 pages (20 records) past the bytes it covers.
+        ("jsonl", 1_000, 20, 1, False),
+        ("jsonl", 1_000, 21, 1, True),
+        # A CSV's newline within a quoted field ends no record.
+        ("csv", 1_000, 20, 1, False),
+        ("csv", 1_000, 21, 1, True),
         # Written in the checkpoint's second (a coarse clock), or before it: in progress.
-        (100, 10_000, 50_000, 0, False),
-        (100, 10_000, 50_000, -1, False),
-        # A CSV's checkpoint before its first customer: its header alone covered.
-        (0, 9, 50_000, 1, False),
+        ("jsonl", 1_000, 500, 0, False),
+        ("jsonl", 1_000, 500, -1, False),
+        # A checkpoint that covers no byte: none to count from.
+        ("jsonl", 0, 500, 1, False),
     ],
 )
 @pytest.mark.parametrize("moved", [False, True], ids=["in place", "moved with its file"])
@@ -2006,31 +2006,34 @@ def test_a_checkpoint_is_said_left_behind_only_past_two_pages_of_a_later_file(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     moved: bool,
-    exported: int,
+    fmt: str,
     covered: int,
-    size: int,
+    records: int,
     newer: int,
     left_behind: bool,
 ) -> None:
-    # A plain rerun of an export stopped in progress (its file at most a page past its
-    # checkpoint) is told to resume it; one whose file a later --force export wrote whole
-    # (more than two pages past) is told so: the bounds, and the file's time, decide.
+    # A plain rerun of an export stopped in progress (its file at most a page of records past
+    # its checkpoint) is told to resume it; one whose file a later --force export wrote whole
+    # (more than two pages past) is told so: the records past it, and the file's time, decide.
     from dmhub_async.cli import _files
 
     monkeypatch.chdir(tmp_path)
-    out = tmp_path / "out.jsonl"
-    out.write_bytes(b"x" * size)
+    out = tmp_path / f"out.{fmt}"
+    # A CSV's records each hold a newline within a quoted field, which ends no record.
+    record = b'1,"a\nb"\n' if fmt == "csv" else b"{}\n"
+    out.write_bytes(b"x" * covered + record * records)
     ckpt = tmp_path / "out.ckpt"
     # Moved: the checkpoint names the file where both were (resumed where they are now).
-    dest = tmp_path / "gone" / "out.jsonl" if moved else out
-    recorded = {"scope": {"dest": str(dest)}, "exported": exported, "bytes": covered}
-    ckpt.write_text(json.dumps({**recorded, "page_size": 10}), "utf-8")
+    dest = tmp_path / "gone" / out.name if moved else out
+    scope = {"dest": str(dest), "format": fmt}
+    recorded = {"scope": scope, "exported": 100, "bytes": covered, "page_size": 10}
+    ckpt.write_text(json.dumps(recorded), "utf-8")
     os.utime(ckpt, (1_000_000, 1_000_000))
     os.utime(out, (1_000_000 + newer, 1_000_000 + newer))
 
     with pytest.raises(_files.UsageError) as refused:
-        _files.check_output("out.jsonl", force=False, export=True)
+        _files.check_output(out.name, force=False, export=True)
 
     said = str(refused.value)
     assert ("written after checkpoint out.ckpt" in said) is left_behind, said
-    assert (f"an export in progress ({exported:,} customers so far)" in said) is not left_behind
+    assert ("an export in progress (100 customers so far)" in said) is not left_behind
