@@ -67,6 +67,30 @@ _NUMBER_MARKS: Final = bytes(
 )
 #: A run ``_LONG_RUN`` long that may be a number's: the body's first bytes, or after a b" ".
 _NUMBER_RUN: Final = b" " + _LONG_RUN
+#: Digits to b"0"; what an integer follows (whitespace, ``:``, ``,``, ``[``) to b" ", its sign
+#: to b"-"; a point, ``e``, ``E`` and ``+`` (a decimal's, an exponent's) to b"."; every other
+#: byte to b'"'. A run ``_NUMBER_RUN`` finds is an integer of 16 digits or more when it shows
+#: here as ``_INTEGER_RUN`` or ``_NEGATIVE_RUN``, each of its bytes at the same place.
+_INTEGER_MARKS: Final = bytes(
+    0x30
+    if 0x30 <= b <= 0x39
+    else 0x20
+    if b in b" \t\n\r:,["
+    else 0x2D
+    if b == 0x2D
+    else 0x2E
+    if b in b".eE+"
+    else 0x22
+    for b in range(256)
+)
+_INTEGER_RUN: Final = b" " + _LONG_RUN
+_NEGATIVE_RUN: Final = b"-" + _LONG_RUN
+#: Such an integer orjson may not read exactly: 20 digits and more (2**64 is 20 digits; those of
+#: 20 up to 2**64 - 1 are read by json.loads for nothing), 19 and more after a sign (-2**63 is
+#: 19); and 16 digits and more followed by a point or an exponent: a decimal.
+_PAST_64_BITS: Final = b" " + _RUN * 5
+_PAST_64_BITS_NEGATIVE: Final = _NEGATIVE_RUN + b"000"
+_DECIMAL_RUN: Final = _LONG_RUN + b"."
 
 #: The shortest body ``_LOSSY`` can match in (17 digits and a point or an exponent).
 _SHORTEST_LOSSY: Final = 17
@@ -103,10 +127,7 @@ def _may_lose_digits(body: bytes) -> bool:
             # Every literal _LOSSY matches has 16 digits and points in a row: most such bodies
             # have none (ids, keys of digits) or only within strings (ID-card numbers), found
             # at C speed; the others, one regex pass.
-            marked = body.translate(_NUMBER_MARKS)
-            if _NUMBER_RUN not in marked and not marked.startswith(_LONG_RUN):
-                return False
-            return _LOSSY.search(body) is not None
+            return _lossy_in(body)
         searches -= 1
         start = at * _STRIDE
         # The run holds bytes start to start + 12; any literal it is part of shows within 40
@@ -116,12 +137,39 @@ def _may_lose_digits(body: bytes) -> bool:
         # where a regex search cost a page of one such number a row 0.7 times orjson's read.
         # A run after a quote or a letter (an ID-card or a bank card number in a string, on
         # every row of some pages) is text in any body orjson reads: passed by too.
-        around = body[max(0, start - 40) : start + 52]
-        marked = around.translate(_NUMBER_MARKS)
-        if (_NUMBER_RUN in marked or marked.startswith(_LONG_RUN)) and _LOSSY.search(around):
+        if _lossy_in(body[max(0, start - 40) : start + 52]):
             return True
         at = sample.find(_RUN, at + 1)
     return False
+
+
+def _lossy_in(text: bytes) -> bool:
+    """Whether ``text`` (a body, or the bytes around a place of one) holds a literal ``_LOSSY``
+    matches where a number's digits may be.
+
+    Each run of 16 digits and points that may be a number's is told apart at C speed when it is
+    an integer orjson reads exactly (``"extId": 1580000000000000123``, a snowflake id on every
+    row): when every one shows as an integer of 16 digits or more, of at most 19 (18 after a
+    sign), followed by no point or exponent, no regex search is made; else one decides. A run
+    at the start of ``text`` (maybe cut from its literal) goes to the regex; one whose end is
+    cut off, counted an integer here, is whole around its next place (or is the body's end: a
+    body cut within a number is no JSON).
+    """
+    marked = text.translate(_NUMBER_MARKS)
+    runs = marked.count(_NUMBER_RUN)
+    if marked.startswith(_LONG_RUN):
+        runs = -1  # no integer counted below: the regex decides
+    elif not runs:
+        return False
+    integers = text.translate(_INTEGER_MARKS)
+    if (
+        integers.count(_INTEGER_RUN) + integers.count(_NEGATIVE_RUN) == runs
+        and _DECIMAL_RUN not in integers
+        and _PAST_64_BITS not in integers
+        and _PAST_64_BITS_NEGATIVE not in integers
+    ):
+        return False
+    return _LOSSY.search(text) is not None
 
 
 def exact_number(text: str) -> float | Decimal:

@@ -212,6 +212,53 @@ def test_a_page_of_16_to_19_digit_strings_costs_no_regex_search(
             assert _json.loads(lossy)["rows"][row]["attr"]["idCard"] == (value % row).decode()
 
 
+#: Integers of 16 to 19 digits written as numbers, one on every row: ids (a snowflake id), all
+#: within what orjson reads exactly (-2**63 to 2**64 - 1).
+LONG_INTEGERS = {
+    "a snowflake id": b"1580000000000%06d",  # 19 digits
+    "the largest of 19 digits": b"99999999999999%05d",
+    "16 digits": b"10000000000%05d",
+    "18 digits, negative": b"-1000000000000%05d",
+}
+
+
+@pytest.mark.parametrize("value", list(LONG_INTEGERS.values()), ids=list(LONG_INTEGERS))
+@pytest.mark.parametrize("spaced", [False, True], ids=["compact", "spaced"])
+def test_a_page_of_16_to_19_digit_integers_costs_no_regex_search(
+    value: bytes, spaced: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # orjson reads each exactly. Each place cost a regex search, then past one a KB a regex
+    # pass over the whole page: 30 times orjson's read of it.
+    counting = _CountingSearches()
+    monkeypatch.setattr(_json, "_LOSSY", counting)
+    body = _page_of(b"86139%08d")
+    for i in range(100):  # each row's attr holds one
+        sent = b'{"sent":86139%08d}' % i
+        body = body.replace(sent, b'{"extId":%s,%s' % (value % i, sent[1:]))
+    if spaced:
+        body = body.replace(b'":', b'": ').replace(b",", b", ")
+    assert body.count(b'"extId":') == 100
+
+    assert _json.loads(body) == json.loads(body)
+    assert counting.searches == 0
+    # A number orjson would round among them is still found, wherever it falls.
+    for row in (0, 1, 2, 3, 99):
+        at = body.index(b'"extId":', body.index(b"%d," % (3000000000 + row)))
+        for number in (
+            b"18446744073709551616",  # 2**64: one past orjson's largest
+            b"-9223372036854775809",  # one below its smallest
+            b"12345678901234567890123",
+            b"12345678901234567.89",
+            b"1234567.8901234567",
+            b"1234567890123456e5",
+            b"1234567890123456789E-2",
+        ):
+            lossy = body[:at] + b'"n":[%s],' % number + body[at:]
+            attr = _json.loads(lossy)["rows"][row]["attr"]
+            assert _same(attr["n"], [json.loads(number, parse_float=Decimal)])
+            assert attr["extId"] == int(value % row)
+
+
 # --- decimals a float cannot hold: read and written with every digit ------------------------
 
 LOSSY = [
@@ -383,6 +430,22 @@ _NUMBER_LITERALS = (
     | st.integers(-(10**25), 10**25).map(str)
     | _DECIMALS.map(str)
     | _FLOATS.map(repr)
+    # Integers about the ends of what orjson reads exactly (-2**63 to 2**64 - 1), of both signs,
+    # those of 16 to 20 digits, -0; and decimals of 16 to 19 digits, whatever their point.
+    | st.builds(
+        lambda end, off, sign: str(sign * (end + off)),
+        st.sampled_from([2**63, 2**64]),
+        st.integers(-3, 3),
+        st.sampled_from([1, -1]),
+    )
+    | st.integers(10**15, 10**20).map(str)
+    | st.integers(-(10**20), -(10**15)).map(str)
+    | st.sampled_from(["-0", "0", "-0.0"])
+    | st.builds(
+        lambda digits, exponent: str(Decimal(digits).scaleb(exponent)),
+        st.integers(10**15, 10**19 - 1) | st.integers(-(10**19) + 1, -(10**15)),
+        st.integers(-20, 2),
+    )
 )
 
 
@@ -432,6 +495,11 @@ def _same(read: Any, exact: Any) -> bool:
 @example('{"k":123456789012345678901,"i":"1234567890123456789"}', "", 0, False)
 @example('{"i":"1234567890123456789","k":12345678901234567.5}', "", 40000, True)
 @example('["1234567890123456789",1234567890123456e5]', "\n", 2000, False)
+@example("[9223372036854775807,-9223372036854775808,18446744073709551615,-0]", "", 0, False)
+@example("[1580000000000000123,-9223372036854775809]", " ", 2000, True)
+@example("[1580000000000000123,18446744073709551616]", "", 40000, False)
+@example('{"k":1580000000000000123,"i":1234567890123456.7}', "", 0, False)
+@example("1.0000000000000001", "", 0, False)  # a decimal at the body's first byte
 def test_a_page_of_digit_strings_and_numbers_is_read_exactly(
     text: str, space: str, filler: int, filler_first: bool
 ) -> None:
