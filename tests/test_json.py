@@ -147,6 +147,16 @@ def _page_of(value: bytes) -> bytes:
     return b'{"rows":[' + b",".join(rows) + b'],"records":100,"total":1}'
 
 
+def _page_whose_attr_holds(field: bytes, value: bytes) -> bytes:
+    """:func:`_page_of` a 13-digit mobile, each row's attr holding ``field`` of ``value % i``
+    before its own number."""
+    body = _page_of(b"86139%08d")
+    for i in range(100):
+        sent = b'{"sent":86139%08d}' % i
+        body = body.replace(sent, b"{" + field % (value % i) + b"," + sent[1:])
+    return body
+
+
 @pytest.mark.parametrize(
     "value",
     [b"86139%08d", b"17171717%05d", b"171717171%06d"],  # 13, 13 and 15 digits: no float rounds
@@ -195,10 +205,7 @@ def test_a_page_of_16_to_19_digit_strings_costs_no_regex_search(
     # a KB a regex pass over the whole page, cost 18 times orjson's read of it.
     counting = _CountingSearches()
     monkeypatch.setattr(_json, "_LOSSY", counting)
-    body = _page_of(b"86139%08d")
-    for i in range(100):  # each row's attr holds one
-        sent = b'{"sent":86139%08d}' % i
-        body = body.replace(sent, b'{"idCard":"%s",%s' % (value % i, sent[1:]))
+    body = _page_whose_attr_holds(b'"idCard":"%s"', value)
     assert body.count(b'"idCard":"') == 100
 
     assert _json.loads(body) == json.loads(body)
@@ -231,10 +238,7 @@ def test_a_page_of_16_to_19_digit_integers_costs_no_regex_search(
     # pass over the whole page: 30 times orjson's read of it.
     counting = _CountingSearches()
     monkeypatch.setattr(_json, "_LOSSY", counting)
-    body = _page_of(b"86139%08d")
-    for i in range(100):  # each row's attr holds one
-        sent = b'{"sent":86139%08d}' % i
-        body = body.replace(sent, b'{"extId":%s,%s' % (value % i, sent[1:]))
+    body = _page_whose_attr_holds(b'"extId":%s', value)
     if spaced:
         body = body.replace(b'":', b'": ').replace(b",", b", ")
     assert body.count(b'"extId":') == 100
