@@ -18,12 +18,14 @@ import math
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import TYPE_CHECKING, TypeVar, cast
+from typing import TYPE_CHECKING, Final, TypeVar, cast
 from urllib.parse import urlsplit
 
 from . import _exceptions
 from ._exceptions import (
     NO_DNS_ANSWER,
+    NO_PROXY_CONNECTION,
+    THROUGH_PROXY,
     APIConnectionError,
     APIError,
     AuthenticationError,
@@ -721,6 +723,20 @@ class TokenManager:
             log.warning("%s; its lock was not released and frees itself", err)
 
 
+#: What a client held by another's failed fetch says it met, by the name its record keeps
+#: (:data:`FAILURE_HINTS`): as the fetch said it, but its base URL, which the record keeps not.
+#: Without, "no answer" was read as of a service down (the command line: "is DMHUB_BASE_URL
+#: right?") when it was the DNS server that gave none, or the environment's proxy.
+_PROXY: Final = " (HTTPS_PROXY, HTTP_PROXY or the system's): is it right and up"
+_HELD_HINTS: Final = {
+    "no_dns_answer": (
+        f"{NO_DNS_ANSWER} for its host (is this machine online, its DNS server reachable?)"
+    ),
+    "no_proxy_connection": f"{NO_PROXY_CONNECTION}{_PROXY}?",
+    "through_proxy": f"{THROUGH_PROXY}{_PROXY}, and does it reach the service?",
+}
+
+
 def _unanswered(err: BaseException) -> bool:
     """Whether the store call that raised ``err`` got no answer (a connection refused or lost,
     its timeout: a Redis down or restarting), not a refusal of a store that answers (a Redis
@@ -755,11 +771,7 @@ def _shared_failure(failure: FetchFailure, now: float, store: str) -> DMHubError
     # What the fetch met, said as it said it (without its base URL, which the record keeps
     # not): "no answer" alone was read as of a service down (the CLI: "is DMHUB_BASE_URL
     # right?") when it was the DNS server that gave none.
-    hint = (
-        f"{NO_DNS_ANSWER} for its host (is this machine online, its DNS server reachable?)"
-        if failure.hint == "no_dns_answer"
-        else ""
-    )
+    hint = _HELD_HINTS.get(failure.hint or "", "")
     # Of a host no DNS server named, not "a token endpoint that is down": nothing reached it.
     down = "to a token endpoint that is down"
     why = "while the token endpoint cannot be reached" if hint else down

@@ -99,6 +99,8 @@ class TokenStoreError(DMHubError):
 #: How the hint of a request that got no connection through the environment's proxy begins
 #: (:class:`APIConnectionError`'s ``_hint``): the command line names the proxy by it.
 THROUGH_PROXY = ": no connection through the proxy the environment names"
+#: How the hint of a request the environment's proxy itself did not answer begins.
+NO_PROXY_CONNECTION = ": no connection to the proxy the environment names"
 
 #: How the hint of a request whose host's lookup got no answer begins (EAI_AGAIN: this machine
 #: offline, its DNS server down): the command line says it as it is, not as a host not found.

@@ -18,6 +18,7 @@ from . import _json
 from ._exceptions import (
     CREDENTIALS_REFUSED,
     NO_DNS_ANSWER,
+    NO_PROXY_CONNECTION,
     NOT_FOUND_BY_CODE,
     RAISE_MAX_RESPONSE_SIZE,
     THROUGH_PROXY,
@@ -581,8 +582,7 @@ def connection_hint(
         return f": the TLS handshake with {where} failed{said}: does it serve https there?"
     if kind == "ClientProxyConnectionError":  # the base URL was never reached, nor blamed
         return (
-            ": no connection to the proxy the environment names (HTTPS_PROXY, HTTP_PROXY or the"
-            " system's): is it right and up?"
+            f"{NO_PROXY_CONNECTION} (HTTPS_PROXY, HTTP_PROXY or the system's): is it right and up?"
         )
     if kind == "ClientHttpProxyError":  # it answered the tunnel's CONNECT: nor blamed either
         said = f"HTTP {status}" if status else "an error"

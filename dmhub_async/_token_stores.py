@@ -25,7 +25,13 @@ from urllib.parse import urlsplit
 import attrs
 from typing_extensions import Self
 
-from ._exceptions import NO_DNS_ANSWER, InvalidRequestError, TokenStoreError
+from ._exceptions import (
+    NO_DNS_ANSWER,
+    NO_PROXY_CONNECTION,
+    THROUGH_PROXY,
+    InvalidRequestError,
+    TokenStoreError,
+)
 from ._redact import without_password
 from ._redis_send import redis_words, require_redis_extra, sending_cancellably
 from ._validate import (
@@ -163,7 +169,11 @@ SHARED_FAILURES = frozenset(
 #: What a token fetch that got no connection met, by the name a :class:`FetchFailure` keeps,
 #: and how its error's ``_hint`` begins: said again by the clients the failure holds (they said
 #: "no answer" alone, and the command line blamed the base URL of a DNS server down).
-FAILURE_HINTS = {"no_dns_answer": NO_DNS_ANSWER}
+FAILURE_HINTS = {
+    "no_dns_answer": NO_DNS_ANSWER,
+    "no_proxy_connection": NO_PROXY_CONNECTION,
+    "through_proxy": THROUGH_PROXY,
+}
 
 
 @runtime_checkable

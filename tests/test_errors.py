@@ -841,6 +841,43 @@ async def test_a_rerun_held_by_a_dns_no_answer_still_says_the_dns_server_gave_no
     assert "DMHUB_BASE_URL right" not in line, line
 
 
+async def test_a_rerun_held_by_a_proxy_that_gave_no_connection_names_the_proxy(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # As a DNS no-answer above: the environment's proxy down, the first run said "no
+    # connection to the proxy the environment names"; the rerun held by its record said "a
+    # token endpoint that is down", and the command line "no answer from the default base URL
+    # (is DMHUB_BASE_URL right?)", of a URL never reached.
+    import socket
+
+    from dmhub_async.cli._errors import explain
+
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()  # nothing listens there: the proxy gives no connection
+    for name in ("HTTPS_PROXY", "https_proxy", "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{port}")
+    errors: list[APIConnectionError] = []
+    for _ in range(2):
+        async with DMHubClient("app", "s3cret", base_url="https://api.dmhub-proxy.test") as dm:
+            with pytest.raises(APIConnectionError) as info:
+                await dm.with_options(max_retries=0).customers.count()
+        errors.append(info.value)
+
+    first, held = str(errors[0]), str(errors[1])
+    assert "no connection to the proxy the environment names" in first, first
+    assert "in another client or process sharing the token store" in held, held
+    assert held.endswith(
+        "while the token endpoint cannot be reached: no connection to the proxy the environment"
+        " names (HTTPS_PROXY, HTTP_PROXY or the system's): is it right and up?"
+    ), held
+    _, line = explain(errors[1])
+    assert "no answer from the proxy the environment names" in line, line
+    assert "DMHUB_BASE_URL" not in line, line
+
+
 async def test_a_rerun_held_by_a_dns_no_answer_through_a_token_file_says_the_dns_server_gave_none(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Any
 ) -> None:

@@ -15,6 +15,7 @@ from typing import Any, Final
 from .._exceptions import (
     ALONE_BY_ID,
     NO_DNS_ANSWER,
+    NO_PROXY_CONNECTION,
     RAISE_MAX_RESPONSE_SIZE,
     THROUGH_PROXY,
     TLS_FAILURES,
@@ -273,7 +274,7 @@ def explain(err: BaseException, flags: Mapping[str, str] = _NO_FLAGS) -> tuple[i
             return EXIT_ERROR, str(err)  # the library's words: something answered, not in TLS
         if getattr(err.__cause__, "original_type", "").endswith(
             ".ClientProxyConnectionError"
-        ) or err._hint.startswith(THROUGH_PROXY):
+        ) or err._hint.startswith((THROUGH_PROXY, NO_PROXY_CONNECTION)):
             # Sent to a proxy that never answered (or gave no connection in time): the base
             # URL was never reached, nor blamed.
             return EXIT_ERROR, (
