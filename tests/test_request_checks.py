@@ -320,17 +320,7 @@ async def test_a_bool_or_float_param_is_refused_and_an_int_subclass_is_sent_as_i
     # class of their own were taken; an int subclass goes out as its digits, whatever its str
     # says.
     sent: list[str] = []
-
-    async def answer(request: web.Request) -> web.Response:
-        sent.append(request.query_string)
-        return web.json_response([])
-
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", answer)
-    async with (
-        serving(app) as root,
-        DMHubClient(access_token="t" * 32, base_url=root, timezone="UTC") as dm,
-    ):
+    async with _client_recording(sent) as dm:
         await dm.request("GET", "/v1/customers", params={"rows": _Rows(5)})
         for flag in (True, False, 2.5):  # nor a float, cut to its int part
             with pytest.raises(InvalidRequestError, match=f"'rows' must be .* not {flag}"):
