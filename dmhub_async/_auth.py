@@ -24,8 +24,6 @@ from urllib.parse import urlsplit
 from . import _exceptions
 from ._exceptions import (
     NO_DNS_ANSWER,
-    NO_PROXY_CONNECTION,
-    THROUGH_PROXY,
     APIConnectionError,
     APIError,
     AuthenticationError,
@@ -35,7 +33,7 @@ from ._exceptions import (
 )
 from ._limits import cancelling, client_closed
 from ._retry import RetryPolicy
-from ._sansio import RETRY_AFTER_STATUSES, TOKEN_PATH
+from ._sansio import RETRY_AFTER_STATUSES, TOKEN_PATH, connection_hint
 from ._tasks import within
 from ._token_file import FileTokenStore
 from ._token_stores import (
@@ -727,13 +725,13 @@ class TokenManager:
 #: (:data:`FAILURE_HINTS`): as the fetch said it, but its base URL, which the record keeps not.
 #: Without, "no answer" was read as of a service down (the command line: "is DMHUB_BASE_URL
 #: right?") when it was the DNS server that gave none, or the environment's proxy.
-_PROXY: Final = " (HTTPS_PROXY, HTTP_PROXY or the system's): is it right and up"
 _HELD_HINTS: Final = {
     "no_dns_answer": (
         f"{NO_DNS_ANSWER} for its host (is this machine online, its DNS server reachable?)"
     ),
-    "no_proxy_connection": f"{NO_PROXY_CONNECTION}{_PROXY}?",
-    "through_proxy": f"{THROUGH_PROXY}{_PROXY}, and does it reach the service?",
+    # The proxy's, which names no base URL: as the fetch's own words (connection_hint).
+    "no_proxy_connection": connection_hint("ClientProxyConnectionError", ""),
+    "through_proxy": connection_hint("ClientConnectorError", "", proxied=True),
 }
 
 
