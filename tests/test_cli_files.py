@@ -250,6 +250,22 @@ def test_shards_under_a_directory_it_cannot_write_to_are_a_usage_error_naming_it
     assert requests(served) == 0
 
 
+@pytest.mark.parametrize("under", [False, True])
+def test_shards_whose_name_is_too_long_are_a_usage_error_naming_it(
+    served: ServedSimulator, env: dict[str, str], tmp_path: Path, under: bool
+) -> None:
+    # `export --shards 2 --out <90 Chinese characters>` (270 bytes, over a file system's 255):
+    # "...: File name too long", exit 1, as if the run had failed, naming no flag, where
+    # `--out` of one file so named is a usage error naming it.
+    out = "\u5ba2" * 90 + ("/parts" if under else "")
+
+    result = run_cli("export", "--shards", "2", "--out", out, env=env, cwd=tmp_path)
+
+    assert_one_line_error(result, 2, f"--out {out} cannot be made: File name too long")
+    assert os.listdir(tmp_path) == []
+    assert requests(served) == 0
+
+
 @pytest.mark.parametrize("shards", [False, True])
 def test_an_out_whose_tilde_no_shell_expanded_says_so(
     served: ServedSimulator, env: dict[str, str], tmp_path: Path, shards: bool

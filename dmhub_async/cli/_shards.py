@@ -140,7 +140,7 @@ def check_sharding(args: argparse.Namespace) -> None:
         )
     try:
         a_file = Path(args.out).exists() and not Path(args.out).is_dir()
-    except PermissionError:  # under a directory this user may not enter: said below
+    except OSError:  # under a directory this user may not enter, a name too long: said below
         a_file = False
     if a_file:
         raise UsageError(f"--out {args.out}: not a directory (--shards writes one)")

@@ -10,6 +10,7 @@ export (never by the workers), atomically: a crash leaves the old manifest or th
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import logging
 import operator
@@ -815,7 +816,9 @@ def unmergeable(
     except PermissionError:
         said = f" ({takes})" if takes_when_denied else ""
         return f"{directory} cannot be read, {denied(within, quoted=False)}{said}"
-    except OSError:  # none there, or a file: said below
+    except OSError as err:  # none there, or a file: said below
+        if err.errno == errno.ENAMETOOLONG:  # the same: "no such directory", or raw
+            return f"{directory} cannot be read: {err.strerror}: {takes}"
         # A link on the way that leads back to itself: "no such directory", or a raw OSError
         # of its manifest.json out of merge().
         if (link := looping(Path(directory))) is not None:

@@ -608,6 +608,13 @@ def check_directory(where: Path) -> None:
                 f"{where} cannot be made: {link}{up} is a symbolic link that leads back to"
                 " itself (a loop): mend the link, or give another directory"
             ) from None
+        if err.errno == errno.ENAMETOOLONG:
+            # A name longer than the file system takes (90 Chinese characters): a raw OSError
+            # of where.exists() below, "...: File name too long", exit 1, as a failed run.
+            raise InvalidRequestError(
+                f"{where} cannot be made: {err.strerror}: give a directory whose every name is"
+                " shorter"
+            ) from None
     if where.exists() and not where.is_dir():
         raise InvalidRequestError(f"{where} is not a directory: a sharded export writes one")
     if not where.exists() and where.is_symlink():

@@ -2558,6 +2558,51 @@ async def test_a_sharded_export_through_a_link_loop_is_refused_naming_the_loop(
     assert sorted(os.listdir(tmp_path)) == ["loop"]
 
 
+#: A directory name longer than a file system takes (255 bytes: 86 Chinese characters).
+TOO_LONG = "\u5ba2" * 90
+
+
+@pytest.mark.parametrize("where", ["the directory", "above it"])
+async def test_a_sharded_export_whose_name_is_too_long_is_refused_naming_it(
+    sim: DMHubSimulator, dm: DMHubClient, tmp_path: Path, where: str
+) -> None:
+    # A directory named in 90 Chinese characters (270 bytes): a raw "OSError: [Errno 36] File
+    # name too long" out of export_sharded, and the command line's "...: File name too long",
+    # exit 1, as a failed run, where an output of one file so named is refused naming it.
+    directory = tmp_path / TOO_LONG if where == "the directory" else tmp_path / TOO_LONG / "parts"
+    sent = sim.counters.total
+
+    with pytest.raises(InvalidRequestError) as info:
+        await export_sharded(dm, directory, 2, progress=False)
+
+    assert str(info.value) == (
+        f"{directory} cannot be made: File name too long: give a directory whose every name"
+        " is shorter"
+    )
+    assert sim.counters.total == sent
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_merge_of_a_directory_whose_name_is_too_long_is_refused_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # merge() of it: a raw OSError of its manifest.json; `merge` of it: "no such directory".
+    directory = tmp_path / TOO_LONG
+
+    with pytest.raises(InvalidRequestError) as info:
+        merge(directory, tmp_path / "all.jsonl")
+
+    assert str(info.value) == (
+        f"{directory} cannot be read: File name too long: merge takes the directory"
+        " export_sharded wrote"
+    )
+    monkeypatch.chdir(tmp_path)
+    assert main(["merge", TOO_LONG, "--out", "all.jsonl"]) == 1
+    error = capsys.readouterr().err
+    assert f"{TOO_LONG} cannot be read: File name too long" in error, error
+    assert os.listdir(tmp_path) == []
+
+
 @pytest.mark.parametrize("depth", ["itself", "in it", "further down"])
 def test_a_sharded_export_under_a_directory_it_cannot_enter_is_refused_naming_it(
     tmp_path: Path, depth: str
