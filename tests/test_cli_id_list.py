@@ -15,11 +15,12 @@ from _cli_support import (
     SECRET,
     ServedSimulator,
     assert_one_line_error,
+    cli_command,
     jsonl_ids,
     read_csv,
     run_cli,
 )
-from _helpers import a_worker
+from _helpers import a_worker, run_unprivileged
 from _redis import RedisServer
 
 pytestmark = pytest.mark.timeout(180)
@@ -325,6 +326,29 @@ def test_a_file_of_ids_that_is_not_one_is_refused_naming_its_line_before_anythin
     assert requests(served) == 0
     left = sorted(p.name for p in tmp_path.iterdir())
     assert left == (["ids.txt"] if content is not None else [])  # no output, no checkpoint
+
+
+@pytest.mark.parametrize("where", ["under a directory it cannot enter", "a name too long"])
+def test_a_file_of_ids_that_cannot_be_looked_at_is_refused_naming_the_flag(
+    served: ServedSimulator, env: dict[str, str], tmp_path: Path, where: str
+) -> None:
+    # `--id-list locked/ids.txt`, locked a directory this user may not enter, or a name longer
+    # than a file system takes: "locked/ids.txt: Permission denied" (of the look for a
+    # directory, before the read whose refusal names the flag), exit 1, naming no flag.
+    if where == "a name too long":
+        given, strerror = "\u5ba2" * 90 + ".txt", "File name too long"
+        result = run_cli("export", "--out", "x.jsonl", "--id-list", given, env=env, cwd=tmp_path)
+    else:
+        locked = tmp_path / "locked"
+        locked.mkdir()
+        (locked / "ids.txt").write_text("3000000001\n", encoding="utf-8")
+        given, strerror = "locked/ids.txt", "Permission denied"
+        command = cli_command("export", "--out", "x.jsonl", "--id-list", given)
+        result = run_unprivileged(command, locked, env=env, cwd=tmp_path)
+
+    assert_one_line_error(result, 1, f"--id-list {given}: cannot read it: {strerror}")
+    assert requests(served) == 0
+    assert not (tmp_path / "x.jsonl").exists()
 
 
 @pytest.mark.parametrize("out", ["ids.jsonl", "./ids.jsonl"])

@@ -907,7 +907,12 @@ def read_id_file(given: str) -> list[int]:
             ids = _ids_in(sys.stdin.buffer, "<stdin>")
     else:
         path = Path(given)
-        if path.is_dir():
+        try:
+            a_directory = path.is_dir()
+        except OSError:  # under one it may not enter, a name too long: said as the open's, below
+            # ("locked/ids.txt: Permission denied", exit 1, naming no flag)
+            a_directory = False
+        if a_directory:
             raise CommandError(f"--id-list {given} is a directory: give a file of ids, one a line")
         try:
             with path.open("rb") as fh, interruptible():  # 300,000 lines: 0.1 s, a signal heard
