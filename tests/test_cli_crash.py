@@ -777,3 +777,37 @@ def test_an_export_killed_before_a_page_of_longer_customers_is_checkpointed_is_i
     assert rerun.returncode == 2, rerun.stderr
     assert f"--out {out} exists, an export in progress (50 customers so far)" in rerun.stderr
     assert "most likely" not in rerun.stderr, rerun.stderr
+
+
+@pytest.mark.parametrize("nth", [1, 3])
+def test_a_checkpoint_killed_before_its_rename_is_not_named_by_its_temporary_file(
+    sim: ServedSimulator, env: dict[str, str], tmp_path: Path, nth: int
+) -> None:
+    """Killed as its checkpoint was written, before its rename: the hidden temporary file
+    (``.out.ckpt.xxxxxxxx.tmp``, whole) left beside the output was taken for the checkpoint, and
+    the plain rerun told "an export in progress ... of checkpoint .out.ckpt.k2j4m9xq.tmp: rerun
+    with --checkpoint .out.ckpt.k2j4m9xq.tmp", a file nobody asked for, which the next export
+    to it sweeps. Of the first checkpoint, over an earlier whole export, it was the only one."""
+    if nth == 1:  # yesterday's export, whole: the killed one's first checkpoint never in place
+        done = run_once(["export", "--out", "out.jsonl", *PAGE], env, tmp_path)
+        assert done.returncode == 0, done.stderr
+    killed = run_once(
+        ["export", "--out", "out.jsonl", "--checkpoint", "out.ckpt", "--force", *PAGE],
+        env,
+        tmp_path,
+        f"ckpt_rename:{nth}",
+    )
+    assert killed.crashed_at is not None
+    assert [p.name for p in tmp_path.glob(".out.ckpt.*.tmp")], list(tmp_path.iterdir())
+
+    rerun = run_once(["export", "--out", "out.jsonl", *PAGE], env, tmp_path)
+
+    assert rerun.returncode == 2, rerun.stderr
+    assert ".tmp" not in rerun.stderr, rerun.stderr
+    if nth == 1:
+        assert "--out out.jsonl exists: pass --force to overwrite it" in rerun.stderr
+    else:
+        assert (
+            "--out out.jsonl exists, an export in progress (100 customers so far) of checkpoint"
+            " out.ckpt: rerun with --checkpoint out.ckpt to resume it"
+        ) in rerun.stderr, rerun.stderr

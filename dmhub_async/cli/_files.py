@@ -360,6 +360,7 @@ def _checkpoint_of(out: str, checkpoint: str | None) -> tuple[str, int, bool] | 
                         break
                     if (
                         entry.is_file(follow_symlinks=False)
+                        and _WRITTEN_UNTIL_RENAMED.fullmatch(entry.name) is None
                         and (counted := _counted_for(entry, target)) is not None
                     ):
                         exported, stale = counted
@@ -367,6 +368,12 @@ def _checkpoint_of(out: str, checkpoint: str | None) -> tuple[str, int, bool] | 
         except OSError:  # a directory that cannot be listed: nothing found there
             continue
     return None
+
+
+#: ``mkstemp``'s name of a file written until it is renamed in place (``_atomic.replacing``):
+#: a checkpoint's, whole, left by a run killed just before its rename, was named for the
+#: checkpoint ("rerun with --checkpoint .out.ckpt.k2j4m9xq.tmp"), a file the next export sweeps.
+_WRITTEN_UNTIL_RENAMED: Final = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp", re.DOTALL)
 
 
 def _counted_for(entry: os.DirEntry[str], target: str) -> tuple[int, bool] | None:
