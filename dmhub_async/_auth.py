@@ -351,8 +351,10 @@ class TokenManager:
                 except TokenStoreError as err:
                     if err.unsafe:
                         raise
-                    # One that took its whole timeout to fail (frozen) is not read again.
-                    frozen = loop.time() - asked >= self._timeout
+                    # One that took its whole timeout to fail (frozen), or timed out of its
+                    # own (a Redis whose host stopped answering: its socket_timeout), is not
+                    # read again: each read would wait that long.
+                    frozen = _timed_out(err) or loop.time() - asked >= self._timeout
                     pause = None if frozen else next(pauses, None)
                     if pause is None or sleep is None:
                         log.debug("%s; the token refused after its refresh is not replaced", err)
@@ -747,6 +749,18 @@ def _unanswered(err: BaseException) -> bool:
     return redis_errors is not None and isinstance(
         seen, redis_errors.ConnectionError | redis_errors.TimeoutError
     )
+
+
+def _timed_out(err: BaseException) -> bool:
+    """Whether the store call that raised ``err`` waited out a timeout, the client's or the
+    store's own (a Redis whose host stopped answering fails at its ``socket_timeout``), not
+    one refused at once (a Redis restarting): the store's own exception is the context of
+    ``err``."""
+    seen = err.__context__
+    if isinstance(seen, TimeoutError | asyncio.TimeoutError):
+        return True
+    redis_errors = sys.modules.get("redis.exceptions")  # imported by any Redis store that failed
+    return redis_errors is not None and isinstance(seen, redis_errors.TimeoutError)
 
 
 def _is_time(value: object) -> bool:

@@ -2699,6 +2699,49 @@ async def test_a_frozen_store_is_read_once_for_a_token_taken_since() -> None:
     assert slept == []
 
 
+@pytest.mark.parametrize("kind", ["redis", "builtin"])
+async def test_a_store_whose_read_times_out_is_read_once_for_a_token_taken_since(kind: str) -> None:
+    # A RedisTokenStore whose host stopped answering fails each read at its socket_timeout
+    # (10 s by default), well inside the client's timeout (30 s): taken for a Redis restarting,
+    # it was read again after each of the retries' waits, and a call refused after its refresh
+    # hung five reads and four waits (about 60 s; 1 s socket_timeout: 8.8 s) before it failed.
+    from redis.exceptions import TimeoutError as RedisTimeout
+
+    from dmhub_async._auth import TokenManager
+
+    loop = asyncio.get_running_loop()
+    said = "Timeout reading from 127.0.0.1:6379"
+    timed_out = RedisTimeout(said) if kind == "redis" else TimeoutError(said)
+
+    class HostAway(MemoryTokenStore):
+        away = False
+        reads = 0
+
+        async def get(self, key: str) -> Token | None:
+            self.reads += 1
+            if self.away:
+                raise timed_out  # its own timeout, at once here
+            return await super().get(key)
+
+    store = HostAway()
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    async def fetch() -> Token:
+        return Token("tok-1", loop.time() + 7200, loop.time())
+
+    tokens = TokenManager("key", store, fetch, loop.time, timeout=30.0)
+    assert await tokens.refresh(None) == "tok-1"
+    store.away, store.reads = True, 0
+
+    taken = await tokens.taken_since("tok-1", fetch, None, sleep, [1.0, 2.0, 4.0])
+
+    assert taken is None
+    assert (store.reads, slept) == (1, [])
+
+
 @pytest.mark.parametrize("expired", [False, True], ids=["valid", "expired"])
 async def test_a_newer_token_another_call_of_the_client_took_is_given_while_the_store_is_down(
     expired: bool,
