@@ -455,9 +455,7 @@ def _as_int(value: object) -> int | None:
     own (numpy's ``int64``, any ``numbers.Integral``) through ``__index__``; not a bool."""
     if isinstance(value, bool):
         return None
-    if isinstance(value, int):
-        return value
-    try:
+    try:  # a plain int of an int subclass too, whatever its own __index__
         return operator.index(value)  # type: ignore[arg-type]
     except TypeError:  # no integer: a float, numpy's bool_
         return None
@@ -966,18 +964,21 @@ def check_id(method: str, customer_id: object) -> int:
     """A customer id as a plain int, or InvalidRequestError (ids are 64-bit ints on the wire).
 
     Plain: an int subclass of the caller's (a typed id whose ``__repr__`` is its own) went out
-    as its text, ``/v1/customers/CustomerId(7)``, which the service could only refuse.
+    as its text, ``/v1/customers/CustomerId(7)``, which the service could only refuse. An
+    integer of a class of its own (numpy's ``int64``, read from a data frame) is taken as the
+    int its ``__index__`` gives, as a param of ``request()`` is; a bool is refused.
     """
-    if isinstance(customer_id, bool) or not isinstance(customer_id, int):
+    number = customer_id if type(customer_id) is int else _as_int(customer_id)
+    if number is None:
         raise InvalidRequestError(
             f"{method}(): a customer id must be an int, not {type(customer_id).__name__}"
         )
-    if customer_id < 0 or customer_id >= 2**63:
+    if number < 0 or number >= 2**63:
         raise InvalidRequestError(
             f"{method}(): customer id {short(customer_id)} is out of range: ids are 64-bit,"
             " from 0 to 2**63 - 1"
         )
-    return customer_id if type(customer_id) is int else operator.index(customer_id)
+    return number
 
 
 def check_identity(method: str, identity: object) -> Identity:

@@ -305,6 +305,36 @@ async def test_params_of_an_int_class_of_their_own_are_sent_as_the_int_they_hold
     ]
 
 
+async def test_customer_ids_of_an_int_class_of_their_own_are_taken_as_the_int_they_hold() -> None:
+    # numpy's int64 (an id read from a data frame) was refused by every method taking a
+    # customer id, "get(): a customer id must be an int, not int64", while request() took it.
+    from dmhub_async.testing import DMHubSimulator
+
+    async with (
+        DMHubSimulator(customers=5) as sim,
+        DMHubClient(sim.app_id, sim.secret, base_url=sim.url) as dm,
+    ):
+        ids = sorted(sim.customer_ids())
+        got = await dm.customers.get(_Int64(ids[1]))
+        assert got.id == ids[1]
+        listed = [c.id async for c in dm.customers.list(id_list=[_Int64(ids[3]), ids[0]])]
+        assert sorted(listed) == [ids[0], ids[3]]
+        rest = [c.id async for c in dm.customers.list(resume_after=_Int64(ids[2]))]
+        assert rest == ids[3:]
+        assert await dm.customers.count(id_list=[_Int64(ids[4])]) == 1
+        await dm.customers.delete(_Int64(ids[4]))
+        assert sorted(sim.customer_ids()) == ids[:4]
+        # A bool is still no id, nor anything past 64 bits.
+        with pytest.raises(InvalidRequestError, match=r"get\(\): a customer id must be an int"):
+            await dm.customers.get(True)
+        with pytest.raises(InvalidRequestError, match=r"get\(\): customer id .* out of range"):
+            await dm.customers.get(_Int64(2**63))
+        with pytest.raises(InvalidRequestError, match=r"id_list\[1\]: customer id _Int64\(-1"):
+            await dm.customers.count(id_list=[1, _Int64(-1)])
+        with pytest.raises(InvalidRequestError, match=r"id_list\[0\]: a customer id must be"):
+            await dm.customers.count(id_list=[2.0, _Int64(1)])
+
+
 class _Rows(int):
     """An int of the caller's own class whose text is not its digits (an enum's, 3.10's)."""
 

@@ -338,7 +338,7 @@ class Customers(Resource):
         ids = long_id_list(merged)
         # Named in errors and the naive time warning as called: list_rows() said list().
         params = self._params(method, merged, frames=3)  # list() or list_rows(), _walk
-        _check_resume_after(method, paging.get("resume_after"), params)
+        paging["resume_after"] = _check_resume_after(method, paging.get("resume_after"), params)
         read_page = rows_page(read, "a page of customers", keys_of)
         descending = (params.get("sidx"), params.get("sord")) == ("id", "desc")
 
@@ -453,7 +453,7 @@ def _check_sort_across(
         )
 
 
-def _check_resume_after(method: str, resume_after: object, params: Mapping[str, str]) -> None:
+def _check_resume_after(method: str, resume_after: object, params: Mapping[str, str]) -> int | None:
     """A walk's resume point: a customer id, and an id sort to find it by.
 
     Checked before the first request: a str was a TypeError after the first page, NaN lost
@@ -461,13 +461,14 @@ def _check_resume_after(method: str, resume_after: object, params: Mapping[str, 
     sort it was ignored, every customer yielded again.
     """
     if resume_after is None:
-        return
-    check_id(method, resume_after)
+        return None
+    last_id = check_id(method, resume_after)
     if params.get("sidx") != "id":
         raise InvalidRequestError(
             f"{method}(): resume_after needs the id sort (sort_by='id'): by another field a walk "
             "cannot tell where the last one stopped"
         )
+    return last_id
 
 
 #: A customer's id, in C: the walk reads it from a page's first and last records.
