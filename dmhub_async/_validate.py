@@ -459,6 +459,8 @@ def _as_int(value: object) -> int | None:
         return operator.index(value)  # type: ignore[arg-type]
     except TypeError:  # no integer: a float, numpy's bool_
         return None
+    except Exception:  # an __index__ of its own failing otherwise (pandas' NA...): no integer
+        return None  # either, refused by the caller naming it: it escaped raw
 
 
 def _request_query_of_text(params: Mapping[str, object]) -> Mapping[str, str]:

@@ -359,6 +359,37 @@ async def test_a_bool_or_float_param_is_refused_and_an_int_subclass_is_sent_as_i
     assert sent == [f"rows=5&access_token={'t' * 32}"]
 
 
+class _NoInt:
+    """An integer class of its own whose ``__index__`` fails otherwise than TypeError (a
+    missing value's, as pandas' ``NA`` is, "cannot convert NA to integer")."""
+
+    def __index__(self) -> int:
+        raise ValueError("cannot convert NA to integer")
+
+    def __repr__(self) -> str:
+        return "<NA>"
+
+
+async def test_a_param_or_an_id_whose_index_fails_is_refused_naming_it_before_sending() -> None:
+    # The ValueError of its __index__ escaped request() and customers.get() raw, naming no
+    # param, as no error of the SDK's.
+    from dmhub_async.testing import DMHubSimulator
+
+    async with (
+        DMHubSimulator(customers=1) as sim,
+        DMHubClient(sim.app_id, sim.secret, base_url=sim.url) as dm,
+    ):
+        with pytest.raises(
+            InvalidRequestError, match=r"param 'rows' must be a str or a 64-bit int, not <NA>"
+        ):
+            await dm.request("GET", "/v1/customers", params={"rows": _NoInt()})
+        with pytest.raises(InvalidRequestError, match=r"get\(\): a customer id must be an int"):
+            await dm.customers.get(_NoInt())
+        with pytest.raises(InvalidRequestError, match=r"id_list\[1\]: a customer id must be"):
+            await dm.customers.count(id_list=[1, _NoInt()])
+        assert (sim.counters.total, sim.counters.tokens_issued) == (0, 0)  # nothing sent
+
+
 @pytest.mark.parametrize(
     "params",
     [
