@@ -641,7 +641,7 @@ def pasted_around(name: str, value: str) -> str | None:
     """
     if spaced := white_space_around(name, value):
         return spaced
-    if len(value) < 2 or _QUOTES_CLOSED_BY.get(value[0]) != value[-1]:
+    if len(value) < 2 or value[-1] not in _QUOTES_CLOSED_BY.get(value[0], ""):
         return None
     how = "read from a .env file" if value[0] in "\"'" else "pasted from a chat or a document"
     return (
@@ -650,14 +650,24 @@ def pasted_around(name: str, value: str) -> str | None:
     )
 
 
-#: Quotes by the one that opens them: a .env file's, and those a chat or a document curls
-#: (WeChat, Word) or a Chinese input method types (full-width, corner brackets), which a
-#: credential pasted from them was sent with.
+#: Quotes by the one that opens them (each of the characters that may close them): a .env
+#: file's, and those a chat or a document curls (WeChat, Word; both ends closing, as Swedish
+#: and Finnish write them; German and Polish low-high ones) or a Chinese input method types
+#: (full-width, corner brackets), and guillemets (French, Russian; German and Danish the other
+#: way round), which a credential pasted from them was sent with.
 _QUOTES_CLOSED_BY: typing.Final[Mapping[str, str]] = {
     '"': '"',
     "'": "'",
     "\u201c": "\u201d",  # “ ”
     "\u2018": "\u2019",  # ‘ ’
+    "\u201d": "\u201d",  # ” ”
+    "\u2019": "\u2019",  # ’ ’
+    "\u201e": "\u201c\u201d",  # „ “ and „ ”
+    "\u201a": "\u2018\u2019",  # ‚ ‘ and ‚ ’
+    "\u00ab": "\u00bb",  # « »
+    "\u00bb": "\u00ab",  # » «
+    "\u2039": "\u203a",  # ‹ ›
+    "\u203a": "\u2039",  # › ‹
     "\uff02": "\uff02",  # ＂ ＂
     "\uff07": "\uff07",  # ＇ ＇
     "\u300c": "\u300d",  # 「 」

@@ -777,6 +777,16 @@ def test_settings_from_the_environment_are_checked_as_arguments_are(
         ({"app_id": "\u2018tenant-b\u2019", "secret": "s3cret-b"}, {}, "app_id is in quotes"),
         ({}, {"DMHUB_SECRET": "\uff02env-s3cret\uff02"}, "DMHUB_SECRET is in quotes"),
         ({}, {"DMHUB_SECRET": "\u300cenv-s3cret\u300d"}, "DMHUB_SECRET is in quotes"),
+        # Two closing curly quotes (Swedish, Finnish; a word processor that curls both ends
+        # one way), guillemets (French, Russian; German and Danish the other way round) and
+        # German low-high quotes: sent with them, as the curled ones were before.
+        ({"app_id": "tenant-b", "secret": "\u201ds3cret-b\u201d"}, {}, "secret is in quotes"),
+        ({"access_token": "\u2019tok-9f3e\u2019"}, {}, "access_token is in quotes"),
+        ({}, {"DMHUB_SECRET": "\u00abenv-s3cret\u00bb"}, "DMHUB_SECRET is in quotes"),
+        ({"app_id": "\u00bbtenant-b\u00ab", "secret": "s3cret-b"}, {}, "app_id is in quotes"),
+        ({}, {"DMHUB_SECRET": "\u2039env-s3cret\u203a"}, "DMHUB_SECRET is in quotes"),
+        ({"app_id": "tenant-b", "secret": "\u201es3cret-b\u201c"}, {}, "secret is in quotes"),
+        ({"app_id": "tenant-b", "secret": "\u201es3cret-b\u201d"}, {}, "secret is in quotes"),
     ],
     ids=[
         "app_id",
@@ -795,6 +805,13 @@ def test_settings_from_the_environment_are_checked_as_arguments_are(
         "app_id-curly-quoted",
         "DMHUB_SECRET-full-width-quoted",
         "DMHUB_SECRET-corner-quoted",
+        "secret-closing-curly-quoted",
+        "access_token-closing-single-quoted",
+        "DMHUB_SECRET-guillemets",
+        "app_id-reversed-guillemets",
+        "DMHUB_SECRET-single-guillemets",
+        "secret-german-quoted",
+        "secret-polish-quoted",
     ],
 )
 async def test_credentials_pasted_with_white_space_or_quotes_are_refused_before_anything_is_sent(
@@ -814,9 +831,9 @@ async def test_credentials_pasted_with_white_space_or_quotes_are_refused_before_
     assert ("remove them" if "quotes" in said else "remove it") in str(info.value)
     assert not calls(api, "/security/accesstoken")
     for value in (*kwargs.values(), *env.values()):
-        assert value.strip("'\" \r\n\u201c\u201d\u2018\u2019\uff02\u300c\u300d") not in str(
-            info.value
-        )
+        assert value.strip(
+            "'\" \r\n\u201c\u201d\u201e\u2018\u2019\uff02\u300c\u300d\xab\xbb\u2039\u203a"
+        ) not in str(info.value)
 
 
 @pytest.mark.parametrize("quotes", ['""', "''"])
