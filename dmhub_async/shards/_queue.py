@@ -954,7 +954,8 @@ def _check_not_complete(
     if not isinstance(shard, dict) or not isinstance(shards, list):
         return  # a manifest of no shards' entries (an earlier release's) is not checked
     index = shard.get("index")
-    name = part_name(index, task.get("format", "jsonl")) if isinstance(index, int) else None
+    fmt = task.get("format", "jsonl")
+    name = part_name(index, fmt) if type(index) is int and index >= 0 else None
     for entry in shards:
         if not isinstance(entry, dict) or entry.get("file") != name or name is None:
             continue

@@ -405,3 +405,15 @@ async def test_a_part_recorded_without_the_final_check_an_export_asks_for_is_sai
         "shard 0: part-00000.jsonl: recorded without its final check, which this export asks "
         "for (verify 'always' in its manifest)"
     )
+
+
+def test_part_name_is_the_shards_file_and_refuses_what_no_shard_is() -> None:
+    # A scheduler of the user's own names a part by its shard's index: -1 (a "last" index, a
+    # slot not yet given one) was "part--0001.jsonl", a file no manifest holds, and True
+    # "part-00001.jsonl", shard 1's.
+    assert part_name(3, "jsonl") == "part-00003.jsonl"
+    assert part_name(0, "csv") == "part-00000.csv"
+    with pytest.raises(InvalidRequestError, match=r"part_name\(\): index must be >= 0, not -1"):
+        part_name(-1, "jsonl")
+    with pytest.raises(InvalidRequestError, match=r"index must be an int, not True"):
+        part_name(True, "jsonl")  # type: ignore[arg-type]
