@@ -290,6 +290,58 @@ def test_an_out_whose_tilde_no_shell_expanded_says_so(
     assert requests(served) == 0
 
 
+def test_a_checkpoint_whose_tilde_no_shell_expanded_names_its_own_flag(
+    served: ServedSimulator, env: dict[str, str], tmp_path: Path
+) -> None:
+    # `--checkpoint=~/june.ckpt`: "a shell expands it only where a word starts: --out ~/x,
+    # not --out=~/x", of a --checkpoint.
+    home = tmp_path / "home"
+    home.mkdir()
+    work = tmp_path / "work"
+    work.mkdir()
+
+    result = run_cli(
+        "export",
+        "--out",
+        "june.jsonl",
+        "--checkpoint=~/june.ckpt",
+        env={**env, "HOME": str(home)},
+        cwd=work,
+    )
+
+    assert_one_line_error(
+        result,
+        2,
+        "--checkpoint '~/june.ckpt': cannot write to '~', which does not exist: a leading ~ is"
+        " not expanded here (a shell expands it only where a word starts: --checkpoint ~/x,"
+        f" not --checkpoint=~/x): give {str(home / 'june.ckpt')!r}",
+    )
+    assert list(work.iterdir()) == []
+    assert requests(served) == 0
+
+
+def test_an_out_in_a_missing_directory_called_tilde_here_is_not_said_the_home(
+    served: ServedSimulator, env: dict[str, str], tmp_path: Path
+) -> None:
+    # `--out ./~/june.jsonl`, no "~" directory here: "a leading ~ is not expanded here: give
+    # /home/u/june.jsonl", of a path that named no home (Path("./~/x") reads "~/x").
+    home = tmp_path / "home"
+    home.mkdir()
+    work = tmp_path / "work"
+    work.mkdir()
+
+    result = run_cli("export", "--out", "./~/june.jsonl", env={**env, "HOME": str(home)}, cwd=work)
+
+    assert_one_line_error(
+        result,
+        2,
+        "--out './~/june.jsonl': cannot write to './~', which does not exist: make it first",
+    )
+    assert "give" not in result.stderr
+    assert list(work.iterdir()) == []
+    assert requests(served) == 0
+
+
 @pytest.mark.parametrize("flag", ["--in", "--id-list"])
 def test_an_input_whose_tilde_no_shell_expanded_says_so(
     served: ServedSimulator, env: dict[str, str], tmp_path: Path, flag: str

@@ -2658,3 +2658,38 @@ async def test_a_checkpoint_moved_with_its_output_resumes_but_never_another_outp
     assert [json.loads(line)["id"] for line in (moved / "out.jsonl").read_bytes().splitlines()] == (
         sim.customer_ids()
     )
+
+
+async def test_a_path_led_by_tilde_in_the_library_is_refused_naming_the_home_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Python expands no ~: export_sharded(dm, "~/parts") made a directory named "~" where the
+    # program ran and wrote the export there; export_customers(dm, "~/june.jsonl") was told
+    # "--out ~/x, not --out=~/x", a command line's flag, of a function's argument.
+    from dmhub_async.shards import export_sharded
+
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir()
+    work.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(work)
+    async with (
+        DMHubSimulator(customers=3) as sim,
+        DMHubClient(sim.app_id, sim.secret, base_url=sim.url) as dm,
+    ):
+        with pytest.raises(InvalidRequestError) as sharded:
+            await export_sharded(dm, "~/parts", shards=2)
+        with pytest.raises(InvalidRequestError) as single:
+            await export_customers(dm, "june.jsonl", checkpoint="~/june.ckpt")
+    assert str(sharded.value) == (
+        "directory '~/parts': a leading ~ is not expanded here (Python takes a path as"
+        f" written: os.path.expanduser() expands it): give {str(home / 'parts')!r}"
+    )
+    assert str(single.value) == (
+        "checkpoint '~/june.ckpt': cannot write to '~', which does not exist: a leading ~ is"
+        " not expanded here (Python takes a path as written: os.path.expanduser() expands"
+        f" it): give {str(home / 'june.ckpt')!r}"
+    )
+    assert list(work.iterdir()) == []
+    assert list(home.iterdir()) == []
+    assert sim.counters.total == 0

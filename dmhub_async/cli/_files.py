@@ -232,9 +232,9 @@ def export_stdout() -> BinaryIO:
     return cast(BinaryIO, _ShownControls(stream)) if on_terminal else stream
 
 
-def _check_path(path: Path, flag: str) -> None:
-    """The export's ``check_path`` (a regular file or nothing yet, in a writable directory),
-    its refusal a usage error naming ``flag``."""
+def _check_path(path: str, flag: str) -> None:
+    """The export's ``check_path`` (a regular file or nothing yet, in a writable directory) of
+    ``path`` as given (``./~/x`` names no home), its refusal a usage error naming ``flag``."""
     try:
         check_path(path, flag)
     except InvalidRequestError as err:
@@ -245,7 +245,7 @@ def _check_path(path: Path, flag: str) -> None:
 def check_checkpoint(checkpoint: str) -> None:
     """Refuse a ``--checkpoint`` the export would refuse (a directory, a link, a directory
     that does not exist) as a usage error, before anything is sent: it was exit 1."""
-    _check_path(Path(checkpoint), "--checkpoint")
+    _check_path(checkpoint, "--checkpoint")
 
 
 def check_output(
@@ -288,7 +288,7 @@ def check_output(
     for other in inputs:
         if other is not None and other != STDOUT and _same_file(path, Path(other)):
             raise UsageError(f"--out {out} is also an input of this command: give another file")
-    _check_path(path, "--out")
+    _check_path(out, "--out")
     try:
         info = os.stat(path)
     except FileNotFoundError:

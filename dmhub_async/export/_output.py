@@ -47,8 +47,12 @@ logger = logging.getLogger("dmhub_async")
 _SAFE_OPEN = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
 
 
-def check_path(path: Path, what: str) -> None:
-    """Refuse a path that is not a regular file (or nothing yet) in a writable directory."""
+def check_path(path: str | os.PathLike[str], what: str) -> None:
+    """Refuse a path that is not a regular file (or nothing yet) in a writable directory.
+
+    ``path`` as given (text: the command line's ``./~/x`` is no home, which ``Path`` drops)."""
+    given = os.fspath(path)
+    path = Path(path)
     try:
         mode = os.lstat(path).st_mode
     except (FileNotFoundError, NotADirectoryError):  # a file where its directory should be
@@ -77,20 +81,26 @@ def check_path(path: Path, what: str) -> None:
         # further up (exports/2026 where exports is one) is named: "does not exist: make it
         # first", and `mkdir -p exports/2026` failed "Not a directory".
         there = nearest_existing(path)
-        if unexpanded_home(path.parent) is not None:
+        shown, parent = str(path), str(path.parent)
+        if unexpanded_home(os.path.dirname(given)) is not None:
             # --out=~/exports/june.jsonl (no shell expands a ~ after "="): "does not exist:
             # make it first", of the user's own ~/exports. The path meant is named, not its
-            # directory (which, given to --out, is refused as one).
-            why = f"which does not exist: {NOT_EXPANDED}: give {os.path.expanduser(path)!r}"
+            # directory (which, given to --out, is refused as one); so is the setting given
+            # (--checkpoint was told "--out ~/x").
+            home = os.path.expanduser(path)
+            why = f"which does not exist: {not_expanded(what)}: give {home!r}"
+        elif parent.startswith("~"):
+            # ./~/june.jsonl: a directory named "~" here, as written, which was said to be
+            # the home ("give '/root/june.jsonl'"), and named "~" as Path writes it.
+            shown, parent = os.path.join(".", shown), os.path.join(".", parent)
+            why = "which does not exist: make it first"
         elif there is None or there.is_dir():
             why = "which does not exist: make it first"
         elif there == path.parent:
             why = "which is not a directory"
         else:
             why = f"under {str(there)!r}, which is not a directory"
-        raise InvalidRequestError(
-            f"{what} {str(path)!r}: cannot write to {str(path.parent)!r}, {why}"
-        )
+        raise InvalidRequestError(f"{what} {shown!r}: cannot write to {parent!r}, {why}")
     if not os.access(path.parent, os.W_OK):
         # Why, and what to do: "cannot write to '/x/archive'" said neither.
         raise InvalidRequestError(
@@ -129,7 +139,13 @@ def _loops(path: Path) -> bool:
 
 
 def not_expanded(flag: str) -> str:
-    """Why a path given to ``flag`` with a leading ``~`` names no home here."""
+    """Why a path given to ``flag`` (a command line's, ``--out``; else a function's argument,
+    which no shell read) with a leading ``~`` names no home here."""
+    if not flag.startswith("--"):
+        return (
+            "a leading ~ is not expanded here (Python takes a path as written:"
+            " os.path.expanduser() expands it)"
+        )
     return (
         "a leading ~ is not expanded here (a shell expands it only where a word starts: "
         f"{flag} ~/x, not {flag}=~/x)"
@@ -140,7 +156,7 @@ def not_expanded(flag: str) -> str:
 NOT_EXPANDED: Final = not_expanded("--out")
 
 
-def unexpanded_home(path: str | Path) -> str | None:
+def unexpanded_home(path: str | os.PathLike[str]) -> str | None:
     """``path`` with its leading ``~`` (or ``~user``) expanded, when nothing of that name is
     where it would be made (no shell expanded it); None for any other path. Given as text
     (the command line's ``--out``), a path led by ``./`` is none: ``./~/parts`` names a

@@ -30,7 +30,16 @@ from .._validate import check_flag, check_path_type, short
 from .._words import counted
 from ..export import ExportProgress, ExportReport, export_customers
 from ..export._export import Verify, _columns, check_run, check_verify, retries_of
-from ..export._output import _lock, _release, _sweep, denied, looping, nearest_existing
+from ..export._output import (
+    _lock,
+    _release,
+    _sweep,
+    denied,
+    looping,
+    nearest_existing,
+    not_expanded,
+    unexpanded_home,
+)
 from ..export._owner import (
     OWNER_CHECKED,
     SAMPLES,
@@ -271,6 +280,12 @@ def coordinating(directory: str | os.PathLike[str]) -> Iterator[None]:
     if where in _COORDINATED.get():
         yield
         return
+    if (home := unexpanded_home(directory)) is not None:
+        # export_sharded(dm, "~/parts"): a directory named "~" was made here, the run
+        # written in it.
+        raise InvalidRequestError(
+            f"directory {os.fspath(directory)!r}: {not_expanded('directory')}: give {home!r}"
+        )
     check_directory(where)
     made = not where.exists()
     where.mkdir(parents=True, exist_ok=True)
