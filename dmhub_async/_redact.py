@@ -59,9 +59,11 @@ def live_secrets() -> list[str | None]:
 _SECRET_PARAMS = re.compile(r"((?:access_token|secret)=)[^&#\s'\"]*", re.IGNORECASE)
 #: The same fields in a JSON body or a dict's repr quoted back (their quotes escaped too, as
 #: a body quoted inside a JSON string): a token answer the client could not read (not JSON, in
-#: a gateway's page) held the token the service had just issued, which no client knew yet.
+#: a gateway's page) held the token the service had just issued, which no client knew yet;
+#: so did one naming it ``accessToken`` or giving it in a list (``["..."]``).
 _SECRET_FIELDS = re.compile(
-    r"""(\\?["'](?:access_token|secret)\\?["']\s*:\s*\\?["'])[^"'\\]*""", re.IGNORECASE
+    r"""(\\?["'](?:access[_-]?token|secret)\\?["']\s*:\s*(?:\[\s*)?\\?["'])[^"'\\]*""",
+    re.IGNORECASE,
 )
 
 #: A quote as a page escapes it (``&quot;``, ``&#34;``, ``&#x27;``...), or a raw or escaped one.

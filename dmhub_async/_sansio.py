@@ -7,8 +7,9 @@ only carries them over the network. See docs/architecture.md.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, Final
 from urllib.parse import urlencode, urlsplit
 
 import aiohttp
@@ -275,15 +276,15 @@ def read_response(
     elif 200 <= status < 300 and refused is None:
         return None  # 204 on delete, or an empty success
 
-    if request.path == TOKEN_PATH and isinstance(data, Mapping):
+    if request.path == TOKEN_PATH:
         # A token answer that is an error may still hold a token: its access_token field is
         # masked by name, and the same token quoted elsewhere (the description, any other
         # field, a header) went out whole in the message, .description, .body, .headers and
         # .request_id.
-        issued = data.get("access_token")
-        if isinstance(issued, str) and issued:
-            secrets = (*secrets, issued)
-            headers = {name: redact(value, (issued,)) for name, value in headers.items()}
+        issued = _issued_tokens(request, headers, body, data)
+        if issued:
+            secrets = (*secrets, *issued)
+            headers = {name: redact(value, issued) for name, value in headers.items()}
     code, description = error_of(data, secrets)
     if 200 <= status < 300 and code is None:
         if not decoded or refused is not None:
@@ -342,6 +343,38 @@ def read_response(
         headers=headers,
         body=_body_text(body, secrets),
     )
+
+
+def _issued_tokens(
+    request: Request, headers: Mapping[str, str], body: bytes, data: Any
+) -> tuple[str, ...]:
+    """What a token answer outside the contract's shape may hold of the token just issued,
+    which no client knows yet: a string ``access_token``; one named otherwise
+    (``accessToken``, ``Access-Token``) or in a list (``["..."]``); and, quoted as text (a
+    gateway's page, a cut answer, a description), a run of 32 lower-case hexadecimal
+    characters, the shape of the service's tokens (docs/contract.md), unless it is the
+    answer's request id or the app id, which a user needs to act. Each was in the message,
+    ``.description`` and ``.body`` whole."""
+    found: list[str] = []
+    if isinstance(data, Mapping):
+        for name, value in data.items():
+            if isinstance(name, str) and _TOKEN_NAME.fullmatch(name):
+                values = value if isinstance(value, list) else [value]
+                found += [v for v in values if isinstance(v, str) and v]
+        said = data.get("error_description")
+        texts = [str(said)[:_ERROR_TEXT]] if said is not None else []
+    else:
+        texts = []
+    texts.append(body[:4096].decode("utf-8", "replace"))  # what _body_text quotes
+    known = {request_id(headers), (request.params or {}).get("appid")}
+    found += (run for text in texts for run in _TOKEN_SHAPE.findall(text) if run not in known)
+    return tuple(dict.fromkeys(found))
+
+
+#: A token answer's field names for the token: ``access_token``, ``accessToken``, ``Access-Token``.
+_TOKEN_NAME: Final = re.compile(r"access[_-]?token", re.IGNORECASE)
+#: A token as the service's look (docs/contract.md: 32 lower-case hexadecimal characters), alone.
+_TOKEN_SHAPE: Final = re.compile(r"(?<![0-9A-Za-z])[0-9a-f]{32}(?![0-9A-Za-z])")
 
 
 def error_of(data: Any, secrets: Iterable[str | None]) -> tuple[int | str | None, str | None]:

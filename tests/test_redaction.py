@@ -1333,6 +1333,74 @@ async def test_a_fresh_token_in_a_token_answer_no_parser_takes_is_masked(
     assert MASK in str(error)
 
 
+#: A token just issued, of the service's shape (docs/contract.md: 32 lower-case hex digits).
+FRESH_HEX = "9f86d081884c7d659a2feaa0c55ad015"
+#: A request id of the same shape, which the user needs to ask the service's operators.
+REQUEST_ID = "0af7651916cd43dd8448eb211c80319c"
+
+
+@pytest.mark.parametrize(
+    ("status", "body"),
+    [
+        # Named in camel case, in a gateway's page or a cut answer.
+        (502, f'<html><body>upstream: {{"accessToken": "{FRESH}", "expiresIn": 7200}}</body>'),
+        (200, f'{{"error_code": 0, "accessToken": "{FRESH}", "expi'),
+        # In a list, on an error status or beside an error code.
+        (502, f'{{"access_token": ["{FRESH}"], "expires_in": 7200}}'),
+        (200, f'{{"error_code": 1, "error_description": "x", "access_token": ["{FRESH}"]}}'),
+        (200, f'{{"error_code": 1, "error_description": "x", "AccessToken": "{FRESH}"}}'),
+        # In free text, of the service's shape: only its shape tells it.
+        (502, f"Bad gateway: upstream issued {FRESH_HEX}, then closed (request {REQUEST_ID})"),
+        (200, f'{{"error_code": 500, "error_description": "issued {FRESH_HEX}, not saved"}}'),
+        (503, f"<p>token={FRESH_HEX[:16]}... {FRESH_HEX}</p><p>request {REQUEST_ID}</p>"),
+    ],
+    ids=[
+        "camel-page",
+        "camel-cut",
+        "list",
+        "list-error-code",
+        "pascal-error-code",
+        "free-text",
+        "free-text-description",
+        "free-text-page",
+    ],
+)
+async def test_a_fresh_token_in_a_token_answer_outside_the_contracts_shape_is_masked(
+    api, make_client, status: int, body: str
+) -> None:
+    """A token answer outside the contract's shape that holds the token the service has just
+    issued, which no client knows yet: named otherwise than ``access_token``, in a list, or
+    in free text. It was in the error's message, ``.description`` and ``.body``; what the
+    user needs to act (the status, the page's words, the request id) is kept."""
+    api.get(
+        TOKEN_URL,
+        status=status,
+        body=body,
+        content_type="text/html",
+        headers={"X-Request-Id": REQUEST_ID},
+        repeat=True,
+    )
+    dm = make_client(app_id="app-1", secret=SECRET, base_url=BASE, max_retries=0)
+
+    with pytest.raises(DMHubError) as raised:
+        await dm.request("GET", "/v1/customers/1")
+
+    error = raised.value
+    seen = [
+        str(error),
+        repr(error),
+        str(getattr(error, "body", "")),
+        str(getattr(error, "description", "")),
+        *traceback.format_exception(error),
+    ]
+    for fresh in (FRESH, FRESH_HEX):
+        assert not any(fresh[:12] in text for text in seen), seen
+    assert f"HTTP {status}" in str(error)
+    assert getattr(error, "request_id", None) == REQUEST_ID
+    if REQUEST_ID in body:
+        assert REQUEST_ID in str(error)
+
+
 @pytest.mark.parametrize(
     ("text", "masked"),
     [
