@@ -19,9 +19,17 @@ import importlib
 from collections.abc import Iterator
 from typing import Any
 
+from ._redact import without_password
 from ._tasks import within
+from ._validate import printable
 
-__all__ = ["pool_connections", "redis_words", "require_redis_extra", "sending_cancellably"]
+__all__ = [
+    "pool_connections",
+    "redis_words",
+    "redis_words_shown",
+    "require_redis_extra",
+    "sending_cancellably",
+]
 
 #: The id of the connection whose UNWATCH this task has sent, until its answer is read (see
 #: _cancellable).
@@ -51,6 +59,15 @@ def redis_words(err: BaseException) -> str:
         if isinstance(read, tuple) and read and isinstance(read[0], str):
             return read[0]
     return words
+
+
+def redis_words_shown(err: BaseException, password: str | None, most: int = 300) -> str:
+    """What Redis said of ``err``, fit to show in a message or a log line: its own words
+    (:func:`redis_words`), ``password`` (the one redis-py sent) masked where Redis quotes it back
+    (:func:`~dmhub_async._redact.without_password`), as one line a terminal never obeys
+    (:func:`~dmhub_async._validate.printable`), and at most ``most`` characters; "" for an error
+    that says nothing."""
+    return printable(without_password(redis_words(err), password))[:most]
 
 
 def require_redis_extra(what: str, *modules: str) -> None:

@@ -23,8 +23,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ._exceptions import DMHubError, InvalidRequestError
-from ._redact import redis_password, without_password
-from ._redis_send import require_redis_extra, sending_cancellably
+from ._redact import redis_password
+from ._redis_send import redis_words_shown, require_redis_extra, sending_cancellably
 from ._token_stores import PerLoop, loop_table
 from ._validate import (
     PERCENT_ENCODE,
@@ -33,7 +33,6 @@ from ._validate import (
     check_redis_options,
     check_text,
     password_misread,
-    printable,
     redis_url_error,
     redis_where,
     short,
@@ -261,7 +260,7 @@ class RedisRateLimiter:
                 # without EVALSHA, a database that does not exist, the password); "cannot be
                 # reached" sent the user to the network. A Redis that does not know AUTH quotes
                 # the password in them (see without_password).
-                said = printable(without_password(str(err), self._password))[:300]
+                said = redis_words_shown(err, self._password)
                 raise DMHubError(
                     f"the shared rate limit at {self._where} refused the request: "
                     f"{said}: no request was sent"
@@ -269,8 +268,7 @@ class RedisRateLimiter:
             # Why, in redis-py's words ("Error 111 connecting to HOST:PORT", "[SSL:
             # CERTIFICATE_VERIFY_FAILED] ..."), as the queue and the token store say it: it was
             # the error's type alone, "(ConnectionError)", whatever was wrong.
-            why = printable(without_password(str(err), self._password))[:300].rstrip(".")
-            why = why or type(err).__name__
+            why = redis_words_shown(err, self._password).rstrip(".") or type(err).__name__
             if self._misread:
                 why = PERCENT_ENCODE
             raise DMHubError(

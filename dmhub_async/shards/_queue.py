@@ -40,7 +40,7 @@ from .._exceptions import (
     without_token_hint,
 )
 from .._redact import MASK, redis_password, without_password
-from .._redis_send import pool_connections, redis_words, sending_cancellably
+from .._redis_send import pool_connections, redis_words_shown, sending_cancellably
 from .._shared_rate import check_shared_rate
 from .._tasks import to_the_end
 from .._tasks import within as _bounded_in_time
@@ -399,8 +399,8 @@ class _Away:
         now = time.monotonic()
         self.since = now if began is None else min(began, now)
         self.until = until
-        said = without_password(redis_words(error), self.password)  # as redis-py sends it
-        reason = printable(said or type(error).__name__)[:200].rstrip(".")
+        said = redis_words_shown(error, self.password, 200)  # as redis-py sends it
+        reason = (said or type(error).__name__).rstrip(".")
         left = max(until - now, 0.0)
         at = time.strftime("%H:%M:%S", time.localtime(time.time() + left))
         if self.read_only:
@@ -603,7 +603,7 @@ def queue_redis_error(
     ):
         err = context
     # Redis's words may quote the password, as redis-py sends it (see without_password).
-    reason = printable(without_password(redis_words(err), redis_password(redis_url)))[:300]
+    reason = redis_words_shown(err, redis_password(redis_url))
     if isinstance(err, RedisAuthenticationError):
         hint = password_hint or "give its password in the URL, redis://:PASSWORD@HOST:PORT/DB"
         return DMHubError(f"the queue's Redis at {where} refused: {reason.rstrip('.')}: {hint}")
