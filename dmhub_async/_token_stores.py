@@ -33,7 +33,7 @@ from ._exceptions import (
     TokenStoreError,
 )
 from ._redact import without_password
-from ._redis_send import redis_words, require_redis_extra, sending_cancellably
+from ._redis_send import redis_words, redis_words_shown, require_redis_extra, sending_cancellably
 from ._validate import (
     PERCENT_ENCODE,
     REDIS_MAX_SECONDS,
@@ -546,9 +546,7 @@ class RedisTokenStore:
         # Redis's words, not redis-py's for a command of a pipeline (the token's write is a
         # transaction), which quoted the command with every argument: the token's key and
         # record; and they may quote the password sent (see without_password).
-        pool = getattr(self._redis, "connection_pool", None)
-        password = getattr(pool, "connection_kwargs", {}).get("password")
-        said = without_password(redis_words(err), password if isinstance(password, str) else None)
+        said = without_password(redis_words(err), self._password())
         message = f"{self!r}: {doing} failed: {type(err).__name__}: {said}"
         if self._misread:
             message = f"{self!r}: {doing} failed: {type(err).__name__}: {PERCENT_ENCODE}"
@@ -583,6 +581,18 @@ class RedisTokenStore:
             )
             return TokenStoreError(message, store=repr(self), unsafe=True)
         return TokenStoreError(message, store=repr(self))
+
+    def _password(self) -> str | None:
+        """The password redis-py sends (its connection pool's), or None."""
+        pool = getattr(self._redis, "connection_pool", None)
+        password = getattr(pool, "connection_kwargs", {}).get("password")
+        return password if isinstance(password, str) else None
+
+    def _said(self, err: BaseException) -> str:
+        """What Redis (or redis-py) said of ``err``, fit to show in a log line: a Redis that
+        lost AUTH (restarted with it renamed away, a proxy without it) quotes the password
+        sent as the store connects again, while its lock is held."""
+        return redis_words_shown(err, self._password())
 
     async def get(self, key: str) -> Token | None:
         """The stored token for ``key``, or None."""
@@ -702,7 +712,11 @@ class RedisTokenStore:
                 await lock.release()
             except (LockError, RedisError, OSError) as err:
                 # The token is fetched and stored by now: a lost lock must not fail the call.
-                log.warning("%r: releasing the lock failed (%s); it expires on its own", self, err)
+                log.warning(
+                    "%r: releasing the lock failed (%s); it expires on its own",
+                    self,
+                    self._said(err),
+                )
             except asyncio.CancelledError:
                 # Cancelled before Redis had it (its asyncio.run() ending, a timeout): the lock
                 # stayed for its ttl, and every other client waited that long for a lock nobody
@@ -777,7 +791,7 @@ class RedisTokenStore:
         try:
             await lock.do_release(token)
         except (LockError, RedisError, OSError) as err:
-            log.debug("%r: releasing the lock again failed (%s)", self, err)
+            log.debug("%r: releasing the lock again failed (%s)", self, self._said(err))
 
     async def _keep(self, lock: RedisLock) -> None:
         """Extend ``lock`` to its full ttl every third of it, until cancelled; a failed extension
@@ -796,11 +810,13 @@ class RedisTokenStore:
             try:
                 await lock.reacquire()
             except LockNotOwnedError as err:  # expired, or taken by another: nothing to extend
-                log.warning("%r: extending the lock failed (%s)", self, err)
+                log.warning("%r: extending the lock failed (%s)", self, self._said(err))
                 return
             except (LockError, RedisError, OSError) as err:
                 if not failing:  # once a streak: every tenth of a ttl would flood the log
-                    log.warning("%r: extending the lock failed (%s); trying again", self, err)
+                    log.warning(
+                        "%r: extending the lock failed (%s); trying again", self, self._said(err)
+                    )
                 failing = True
             else:
                 if failing:

@@ -537,3 +537,36 @@ async def test_a_queue_worker_on_a_redis_that_quotes_its_password_back_raises_it
             await asyncio.wait_for(arq_worker.close(), 20)
     assert "unknown command 'AUTH', with args beginning with: '***'" in str(caught.value)
     assert leaks(shown_texts(caught.value), {password}) == []
+
+
+async def test_a_redis_token_store_s_lock_warnings_mask_a_password_redis_quotes_back(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A Redis that lost AUTH while a store held its lock (restarted with AUTH renamed away, or
+    a proxy without it put in front) quotes the password sent again as the store reconnects:
+    the store's warnings that extending and releasing its lock failed logged Redis's words as
+    they were, the password in them."""
+    if REDIS_SERVER is None:
+        pytest.skip(SKIP_REASON)
+    password = "Rd1sCn4ryPassw0rd"
+    server = RedisServer(tmp_path)  # its password set once it runs: its start checks it answers
+    server.start()
+    caplog.set_level(logging.DEBUG)
+    try:
+        assert server.command("CONFIG", "SET", "requirepass", password) == "+OK"
+        url = server.url.replace("redis://", f"redis://:{password}@")
+        async with RedisTokenStore(url, lock_ttl=0.3) as store, store.lock("key"):
+            server.kill()
+            server.settings = ("--rename-command", "AUTH", "")
+            server.start()
+            for _ in range(1000):  # its keeper extends it every 0.1 s
+                if "extending the lock failed" in caplog.text:
+                    break
+                await asyncio.sleep(0.01)
+    finally:
+        server.kill()
+    warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    said = "(unknown command 'AUTH', with args beginning with: '***' )"
+    assert [w for w in warned if f"extending the lock failed {said}; trying again" in w]
+    assert [w for w in warned if f"releasing the lock failed {said}; it expires" in w]
+    assert leaks(log_texts(caplog.records), {password}) == []
