@@ -284,6 +284,29 @@ def test_a_redis_that_is_a_replica_is_said_to_refuse_writes_not_to_be_away(
     ), said[1]
 
 
+def test_a_redis_waited_for_is_said_with_a_password_its_words_quote_masked(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The wait's line says Redis's words, and a Redis (or a proxy) that does not know AUTH
+    # quotes the password redis-py sent: "unknown command 'AUTH', with args beginning with:
+    # '<password>'". Masked as redis-py sends it, percent-decoded from the URL.
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    caplog.set_level("WARNING", logger="dmhub_async")
+    password = "Rd1s@Cn4ry/Passw0rd"
+    away = _queue._Away("redis://:Rd1s%40Cn4ry%2FPassw0rd@127.0.0.1:6390/0", "the worker")
+    quoted = f"unknown command 'AUTH', with args beginning with: '{password}' "
+
+    away.failed(RedisConnectionError(quoted), time.monotonic() + 60)
+
+    [said] = _said(caplog)
+    assert said.startswith(
+        "the queue's Redis at redis://127.0.0.1:6390/0 does not answer (unknown command 'AUTH',"
+        " with args beginning with: '***' ): the worker waits for it until "
+    ), said
+    assert "Cn4ry" not in caplog.text
+
+
 class _WorkerClock:
     """The queue's clock (``_queue.time.monotonic``) at ``now``, moved by the test."""
 
