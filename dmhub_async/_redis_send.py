@@ -17,7 +17,7 @@ import contextvars
 import functools
 import importlib
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 from ._redact import without_password
 from ._tasks import within
@@ -25,6 +25,7 @@ from ._validate import printable
 
 __all__ = [
     "pool_connections",
+    "redis_refusal",
     "redis_words",
     "redis_words_shown",
     "require_redis_extra",
@@ -59,6 +60,28 @@ def redis_words(err: BaseException) -> str:
         if isinstance(read, tuple) and read and isinstance(read[0], str):
             return read[0]
     return words
+
+
+_E = TypeVar("_E", bound=BaseException)
+
+
+def redis_refusal(err: _E) -> _E | Exception:
+    """``err``, or the refusal it stands for: redis-py connects a unix socket with its handshake
+    (AUTH, SELECT) inside the socket's own try, and says what Redis refused there (a wrong
+    password, an AUTH it does not know) as a ConnectionError raised from that refusal. Over
+    ``unix://``, a refused password was taken for a Redis away: the token store's an outage
+    (each process fetching a token of its own), the rate limit's "cannot be reached", the
+    queue's a minute's wait; over ``redis://``, each says it refused."""
+    from redis.exceptions import AuthenticationError, ConnectionError, ResponseError
+
+    cause = err.__cause__
+    if (
+        isinstance(err, ConnectionError)
+        and not isinstance(err, AuthenticationError)
+        and isinstance(cause, (AuthenticationError, ResponseError))
+    ):
+        return cause
+    return err
 
 
 def redis_words_shown(err: BaseException, password: str | None, most: int = 300) -> str:

@@ -33,7 +33,13 @@ from ._exceptions import (
     TokenStoreError,
 )
 from ._redact import without_password
-from ._redis_send import redis_words, redis_words_shown, require_redis_extra, sending_cancellably
+from ._redis_send import (
+    redis_refusal,
+    redis_words,
+    redis_words_shown,
+    require_redis_extra,
+    sending_cancellably,
+)
 from ._validate import (
     PERCENT_ENCODE,
     REDIS_MAX_SECONDS,
@@ -542,6 +548,8 @@ class RedisTokenStore:
             NoPermissionError,
             ResponseError,
         )
+
+        err = redis_refusal(err)  # a refusal over a unix socket, as over TCP
 
         # Redis's words, not redis-py's for a command of a pipeline (the token's write is a
         # transaction), which quoted the command with every argument: the token's key and

@@ -40,7 +40,12 @@ from .._exceptions import (
     without_token_hint,
 )
 from .._redact import MASK, redis_password, without_password
-from .._redis_send import pool_connections, redis_words_shown, sending_cancellably
+from .._redis_send import (
+    pool_connections,
+    redis_refusal,
+    redis_words_shown,
+    sending_cancellably,
+)
 from .._shared_rate import check_shared_rate
 from .._tasks import to_the_end
 from .._tasks import within as _bounded_in_time
@@ -512,11 +517,14 @@ def _waiting_class() -> Any:
                     except asyncio.TimeoutError:  # the read cancelled: its connection closed
                         raise RedisTimeoutError(f"no answer in {within:.3g} s") from None
                 except self._supported_errors as error:
-                    if isinstance(error, RedisAuthenticationError):
+                    if isinstance(error, RedisAuthenticationError) or (
+                        redis_refusal(error) is not error
+                    ):
                         # Answered, and refused (redis-py's AuthenticationError is a
-                        # ConnectionError): a password changed on Redis as the run went on was
-                        # waited for as a Redis away ("does not answer"), a minute for a
-                        # password no wait puts right. Raised at once, as at the start.
+                        # ConnectionError; over a unix socket, any refusal of its handshake
+                        # is one): a password changed on Redis as the run went on was waited
+                        # for as a Redis away ("does not answer"), a minute for a password no
+                        # wait puts right. Raised at once, as at the start.
                         await fail(error)
                         raise
                     failures += 1
@@ -594,6 +602,7 @@ def queue_redis_error(
     from redis.exceptions import BusyLoadingError, OutOfMemoryError, ResponseError
 
     where = redis_where(redis_url)
+    err = redis_refusal(err)  # a refusal over a unix socket, as over TCP
     # A refusal of the password met in a transaction (arq's enqueue watches its keys) comes
     # up as redis-py's WatchError, "A ConnectionError occurred on while watching one or more
     # keys", the refusal its context: said as "cannot reach", then, at random.
@@ -1435,7 +1444,8 @@ def _worker_class() -> Any:
             """
             try:
                 await self._main()
-            except (RedisError, OSError) as err:
+            except (RedisError, OSError) as caught:
+                err = redis_refusal(caught)  # a refusal over a unix socket, as over TCP
                 said = str(err)
                 if isinstance(err, RedisError):  # one message; an OSError's errno is kept
                     masked = without_password(said, getattr(self.redis_settings, "password", None))

@@ -9,7 +9,9 @@ import contextlib
 import functools
 import os
 import re
+import shutil
 import signal
+import tempfile
 import time
 import warnings
 from datetime import datetime, timezone
@@ -706,17 +708,33 @@ def _password_changed(redis: RedisServer, old: str, new: str) -> None:
         client.client_kill_filter(_type="normal", skipme=True)
 
 
+@pytest.mark.parametrize("over", ["tcp", "unix"])
 @pytest.mark.parametrize("who", ["export", "worker"])
 async def test_a_queue_redis_whose_password_changed_mid_run_is_said_to_refuse_at_once(
-    tmp_path: Path, redis: RedisServer, caplog: pytest.LogCaptureFixture, who: str
+    tmp_path: Path,
+    redis: RedisServer,
+    caplog: pytest.LogCaptureFixture,
+    request: pytest.FixtureRequest,
+    who: str,
+    over: str,
 ) -> None:
     # redis-py's AuthenticationError is a ConnectionError: a password changed on the queue's
     # Redis as the export ran was taken for a Redis away. The coordinator and the worker said
     # "does not answer (invalid username-password pair or user is disabled)" and waited their
     # minute for a password they could not change, then "did not come back within 60 s" and
-    # "refused" (the docs: a wrong password stops them at once, in Redis's own words).
-    redis.command("CONFIG", "SET", "requirepass", "first-pw")
+    # "refused" (the docs: a wrong password stops them at once, in Redis's own words). Over a
+    # unix socket, redis-py says the refusal as a ConnectionError raised from it: waited too.
     url = f"redis://:first-pw@127.0.0.1:{redis.port}/0"
+    where = f"redis://127.0.0.1:{redis.port}/0"
+    if over == "unix":  # a short path: a unix socket's is at most 107 bytes
+        directory = tempfile.mkdtemp(prefix="dmhub-redis-")
+        request.addfinalizer(functools.partial(shutil.rmtree, directory, ignore_errors=True))
+        sock = os.path.join(directory, "redis.sock")
+        redis.kill()
+        redis.settings = ("--unixsocket", sock, "--unixsocketperm", "700")
+        redis.start()
+        url, where = f"unix://:first-pw@{sock}", f"unix://{sock}"
+    redis.command("CONFIG", "SET", "requirepass", "first-pw")
     caplog.set_level("INFO", logger="dmhub_async")
     refused: pytest.ExceptionInfo[BaseException]
     if who == "export":
@@ -733,7 +751,6 @@ async def test_a_queue_redis_whose_password_changed_mid_run_is_said_to_refuse_at
         )
         with pytest.raises(DMHubError) as refused:
             await asyncio.wait_for(run, 20)  # its wait for a Redis away is 60 s
-        where = f"redis://127.0.0.1:{redis.port}/0"
         assert str(refused.value) == (
             f"the queue's Redis at {where} refused: invalid username-password pair or user is "
             "disabled: hint"

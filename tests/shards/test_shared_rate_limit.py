@@ -11,7 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from dmhub_async import (
     RedisTokenStore,
 )
 from dmhub_async._shared_rate import _MAX_RATE, _MIN_RATE, _SPREAD
+from dmhub_async.shards._queue import check_queue
 from dmhub_async.testing import DMHubSimulator
 
 pytestmark = pytest.mark.timeout(60)
@@ -424,8 +425,9 @@ def test_a_rate_no_short_window_can_hold_is_refused_before_anything_is_sent(rate
 
 
 @contextlib.contextmanager
-def unix_socket_redis() -> Iterator[str]:
-    """A redis-server of the test's own listening on a unix socket alone: the socket's path."""
+def unix_socket_redis(*settings: str) -> Iterator[str]:
+    """A redis-server of the test's own listening on a unix socket alone, given more of its
+    ``settings`` (``--requirepass PW``): the socket's path."""
     from _redis import REDIS_SERVER, SKIP_REASON
 
     if REDIS_SERVER is None:
@@ -435,20 +437,31 @@ def unix_socket_redis() -> Iterator[str]:
         sock = os.path.join(directory, "redis.sock")
         no_port = ("--port", "0", "--save", "", "--appendonly", "no", "--dir", directory)
         proc = subprocess.Popen(
-            [REDIS_SERVER, "--unixsocket", sock, *no_port],
+            [REDIS_SERVER, "--unixsocket", sock, *no_port, *settings],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
         try:
             for _ in range(1000):  # at most 10 s
-                if os.path.exists(sock) or proc.poll() is not None:
+                if _accepts(sock) or proc.poll() is not None:
                     break
                 time.sleep(0.01)
-            assert os.path.exists(sock), "redis-server did not make its socket"
+            assert _accepts(sock), "redis-server does not listen on its socket"
             yield sock
         finally:
             proc.kill()
             proc.wait(timeout=10)
+
+
+def _accepts(sock: str) -> bool:
+    """Whether a redis-server listens on unix socket ``sock``: its file is made before it
+    listens, and a connect in between was refused."""
+    with socket.socket(socket.AF_UNIX) as conn:
+        try:
+            conn.connect(sock)
+        except OSError:
+            return False
+    return True
 
 
 def _keys_at(sock: str, db: int) -> bytes:
@@ -477,6 +490,85 @@ async def test_a_unix_socket_redis_keeps_the_limit_as_it_keeps_the_queue() -> No
         finally:
             await limiter.aclose()
         assert b"dmhub_async:app" in _keys_at(sock, 2)
+
+
+async def _store_get(url: str) -> None:
+    async with RedisTokenStore(url) as store:
+        await store.get("key")
+
+
+async def _rate_turn(url: str) -> None:
+    limiter = RedisRateLimiter(url, 5)
+    try:
+        await limiter.acquire()
+    finally:
+        await limiter.aclose()
+
+
+@pytest.mark.parametrize(
+    ("use", "refused"),
+    [
+        (
+            _store_get,
+            "GET failed: AuthenticationError: invalid username-password pair or user is"
+            " disabled.; no process can share a token through it: give the store a user,"
+            " password and database that Redis takes",
+        ),
+        (
+            _rate_turn,
+            "refused the request: invalid username-password pair or user is disabled.: no"
+            " request was sent",
+        ),
+        (check_queue, "refused: invalid username-password pair or user is disabled: give its"),
+    ],
+    ids=["store", "rate limit", "queue"],
+)
+@pytest.mark.parametrize("over", ["tcp", "unix"])
+async def test_a_redis_refusing_the_password_is_said_to_refuse_it_over_a_unix_socket_too(
+    tmp_path: Path, use: Callable[[str], Awaitable[None]], refused: str, over: str
+) -> None:
+    # redis-py connects a unix socket with its handshake (AUTH) inside the socket's own try,
+    # and says a refusal there as a ConnectionError: over unix://, a wrong password was "cannot
+    # be reached" (the rate limit), and the token store took it for an outage (each process
+    # then fetching a token of its own, revoking the others'), where redis:// said it refused.
+    if over == "unix":
+        with (
+            unix_socket_redis("--requirepass", "right-pw") as sock,
+            pytest.raises(DMHubError) as caught,
+        ):
+            await asyncio.wait_for(use(f"unix://:wrong-pw@{sock}"), 30)
+    else:
+        server = RedisServer(tmp_path)
+        server.start()
+        try:
+            assert server.command("CONFIG", "SET", "requirepass", "right-pw") == "+OK"
+            with pytest.raises(DMHubError) as caught:
+                await asyncio.wait_for(use(f"redis://:wrong-pw@127.0.0.1:{server.port}/0"), 30)
+        finally:
+            server.kill()
+    assert refused in str(caught.value)
+    assert getattr(caught.value, "unsafe", True)  # the store's: refused for good
+
+
+@pytest.mark.parametrize(
+    "use", [_store_get, _rate_turn, check_queue], ids=["store", "rate limit", "queue"]
+)
+async def test_a_redis_not_knowing_auth_over_a_unix_socket_is_said_to_refuse_it(
+    use: Callable[[str], Awaitable[None]],
+) -> None:
+    # As above, a Redis (or a proxy) that does not know AUTH: "cannot be reached" and, the
+    # queue's, "is Redis running there?", as if Redis were not there; the store's, an outage.
+    with (
+        unix_socket_redis("--rename-command", "AUTH", "") as sock,
+        pytest.raises(DMHubError) as caught,
+    ):
+        await asyncio.wait_for(use(f"unix://:Rd1sCn4ryPassw0rd@{sock}"), 30)
+    said = str(caught.value)
+    assert "refused" in said or "Redis does not know that command" in said, said
+    assert "unknown command 'AUTH', with args beginning with: '***'" in said
+    assert "cannot" not in said, said
+    assert "running there" not in said, said
+    assert getattr(caught.value, "unsafe", True)
 
 
 async def test_a_unix_socket_not_there_is_named_by_its_path() -> None:
