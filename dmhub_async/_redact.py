@@ -110,14 +110,26 @@ def redact(text: str, secrets: Iterable[str | None] = ()) -> str:
 
 def redis_password(url: str) -> str | None:
     """The password redis-py sends for a Redis URL (the one before its ``@``, or a
-    ``?password=`` of its query; percent-decoded), or None."""
+    ``?password=`` of its query; percent-decoded), or None; given none, its user name (see
+    :func:`redis_secret`)."""
     try:
         from redis.asyncio.connection import parse_url
 
-        password = parse_url(url).get("password")
+        parsed = parse_url(url)
     except (ImportError, ValueError):  # no redis extra; a URL refused where it is read
         return None
-    return password if isinstance(password, str) and password else None
+    return redis_secret(parsed.get("password"), parsed.get("username"))
+
+
+def redis_secret(password: object, username: object) -> str | None:
+    """The secret redis-py sends as AUTH's arguments: ``password``, or, given none, the
+    ``username``: a password written without its colon (``redis://PASSWORD@HOST``) is a user
+    name to redis-py, sent as AUTH's first argument, and a Redis that does not know AUTH
+    quoted it as it quotes a password ("with args beginning with: 'PASSWORD' ''")."""
+    for secret in (password, username):
+        if isinstance(secret, str) and secret:
+            return secret
+    return None
 
 
 def without_password(text: str, password: str | None) -> str:

@@ -32,7 +32,7 @@ from ._exceptions import (
     InvalidRequestError,
     TokenStoreError,
 )
-from ._redact import without_password
+from ._redact import redis_secret, without_password
 from ._redis_send import (
     redis_refusal,
     redis_words,
@@ -591,10 +591,10 @@ class RedisTokenStore:
         return TokenStoreError(message, store=repr(self))
 
     def _password(self) -> str | None:
-        """The password redis-py sends (its connection pool's), or None."""
+        """The password redis-py sends (its connection pool's; see redis_secret), or None."""
         pool = getattr(self._redis, "connection_pool", None)
-        password = getattr(pool, "connection_kwargs", {}).get("password")
-        return password if isinstance(password, str) else None
+        kwargs = getattr(pool, "connection_kwargs", {})
+        return redis_secret(kwargs.get("password"), kwargs.get("username"))
 
     def _said(self, err: BaseException) -> str:
         """What Redis (or redis-py) said of ``err``, fit to show in a log line: a Redis that

@@ -39,7 +39,7 @@ from .._exceptions import (
     InvalidRequestError,
     without_token_hint,
 )
-from .._redact import MASK, redis_password, without_password
+from .._redact import MASK, redis_password, redis_secret, without_password
 from .._redis_send import (
     pool_connections,
     redis_refusal,
@@ -1448,7 +1448,11 @@ def _worker_class() -> Any:
                 err = redis_refusal(caught)  # a refusal over a unix socket, as over TCP
                 said = str(err)
                 if isinstance(err, RedisError):  # one message; an OSError's errno is kept
-                    masked = without_password(said, getattr(self.redis_settings, "password", None))
+                    settings = self.redis_settings
+                    sent = redis_secret(
+                        getattr(settings, "password", None), getattr(settings, "username", None)
+                    )
+                    masked = without_password(said, sent)
                     if masked != said:
                         err.args = (masked,)
                 raise err.with_traceback(None) from None

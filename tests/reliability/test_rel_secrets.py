@@ -481,6 +481,7 @@ def shown_texts(err: BaseException) -> list[str]:
         "in the query",
         "non-ASCII, past 128 bytes",
         "holding a quote, past 128 bytes",
+        "in the user name's place",
     ],
 )
 async def test_a_redis_that_quotes_its_password_back_has_it_masked(
@@ -507,6 +508,8 @@ async def test_a_redis_that_quotes_its_password_back_has_it_masked(
         password, in_url = CANARY_REDIS_PASSWORD, quote(CANARY_REDIS_PASSWORD, safe="")
     if typed == "in the query":  # redis-py takes it there too
         url = f"{redis_without_auth.url}?password={in_url}"
+    elif typed == "in the user name's place":  # its colon left out: sent as AUTH's user name
+        url = redis_without_auth.url.replace("redis://", f"redis://{in_url}@")
     else:
         url = redis_without_auth.url.replace("redis://", f"redis://:{in_url}@")
     caplog.set_level(logging.DEBUG)
@@ -517,15 +520,18 @@ async def test_a_redis_that_quotes_its_password_back_has_it_masked(
     assert leaks(texts, {password, in_url}) == []
 
 
+@pytest.mark.parametrize("where", [":", ""], ids=["as the password", "as the user name"])
 async def test_a_queue_worker_on_a_redis_that_quotes_its_password_back_raises_it_masked(
-    redis_without_auth: RedisServer,
+    redis_without_auth: RedisServer, where: str
 ) -> None:
     """``worker(url).run()`` raises Redis's own error (arq's), which quoted the password: a
-    service running workers logged it, or sent it to its error tracker."""
+    service running workers logged it, or sent it to its error tracker. So did a password
+    given without its colon (``redis://PASSWORD@HOST``), which redis-py sends as AUTH's user
+    name."""
     from redis.exceptions import ResponseError
 
     password = "Rd1sCn4ryPassw0rd"
-    url = redis_without_auth.url.replace("redis://", f"redis://:{password}@")
+    url = redis_without_auth.url.replace("redis://", f"redis://{where}{password}@")
     client = {"app_id": "a", "secret": "s", "base_url": "http://127.0.0.1:1"}
     arq_worker = _queue.worker(url, handle_signals=False, client=client, burst=True)
     try:
