@@ -152,25 +152,41 @@ def _quoted_masked(text: str, sent: str) -> str:
     :data:`FRAGMENT` characters or more: Redis cuts it at 128 bytes, inside a character for a
     non-ASCII one, whose bytes left redis-py reads as U+FFFD. Quotes within ``sent`` are its
     own: a quoted value was taken to end at the first (``'abc'def...'``), and the rest of a
-    password holding one (a cut one: all of it but its first characters) was said."""
+    password holding one (a cut one: all of it but its first characters) was said. Of quoted
+    values that overlap, the one closing last: the password is AUTH's last argument, and a
+    user name before it could read as its start (``'a' 'a' '`` for a password ``a' ``, whose
+    mask took the user name and left the password said)."""
     shown, at, start = [], 0, text.find("'")
     while start != -1:
-        begin = start + 1
-        same = 0
-        most = min(len(sent), len(text) - begin)
-        while same < most and text[begin + same] == sent[same]:
-            same += 1
-        end = begin + same
-        while end < len(text) and text[end] == "\ufffd":
-            end += 1
-        # Its end: a quote after all of it, or after its start, however long.
-        ends = [end] if text.startswith("'", end) and same >= min(len(sent), FRAGMENT) else []
-        ends += [k for k in range(begin + same - 1, begin + FRAGMENT - 1, -1) if text[k] == "'"]
-        if ends:
+        close = _quoted_close(text, start, sent)
+        if close is not None and not any(
+            (later := _quoted_close(text, quote, sent)) is not None and later > close
+            for quote in range(start + 1, close + 1)
+            if text[quote] == "'"
+        ):
             shown += [text[at:start], f"'{MASK}'"]
-            at = ends[0] + 1
+            at = close + 1
         start = text.find("'", max(at, start + 1))
     return "".join(shown) + text[at:]
+
+
+def _quoted_close(text: str, start: int, sent: str) -> int | None:
+    """Where the quote that closes ``sent`` quoted from ``text[start]`` (a quote) is: after all
+    of it, or after its start of :data:`FRAGMENT` characters or more, however long; or None."""
+    begin = start + 1
+    same = 0
+    most = min(len(sent), len(text) - begin)
+    while same < most and text[begin + same] == sent[same]:
+        same += 1
+    end = begin + same
+    while end < len(text) and text[end] == "\ufffd":
+        end += 1
+    if text.startswith("'", end) and same >= min(len(sent), FRAGMENT):
+        return end
+    for k in range(begin + same - 1, begin + FRAGMENT - 1, -1):
+        if text[k] == "'":
+            return k
+    return None
 
 
 class _Masks:

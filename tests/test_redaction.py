@@ -945,6 +945,10 @@ def test_every_short_secret_known_is_masked() -> None:
         # fewer are not, nor a quoted word a password merely begins with.
         ("s3cr3t-passw0rd", "args beginning with: 'u' 's3cr3t-p' ", "'u' '***' "),
         ("s3cr3t-passw0rd", "unknown command 's3cr3t', with args beginning with: ", None),
+        # Short, holding a quote, after a user name it makes look like its start: the
+        # quoted password is the one whose closing quote is last.
+        ("a' ", "args beginning with: 'a' 'a' ' ", "args beginning with: 'a' '***' "),
+        ("'", "args beginning with: 'u' ''' ", "args beginning with: 'u' '***' "),
         # Unquoted: masked from 4 characters, not under.
         ("p4ss", "sent p4ss in the clear", "sent *** in the clear"),
         ("abc", "Error 111 connecting to abc.internal:6379", None),
@@ -962,6 +966,8 @@ def test_every_short_secret_known_is_masked() -> None:
         "quoted cut at 128 bytes, holding a quote",
         "quoted cut to 8 characters",
         "a quoted word it begins with",
+        "short, holding a quote, after a user name",
+        "a quote alone, after a user name",
         "4 characters, elsewhere",
         "3 characters, elsewhere",
     ],
