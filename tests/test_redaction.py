@@ -900,6 +900,9 @@ def test_any_token_or_secret_parameter_value_is_masked(value, name, before, afte
             '"body": "{\\"access_token\\": \\"v4lue\\"}"',
             '"body": "{\\"access_token\\": \\"***\\"}"',
         ),
+        # Its value holding JSON escapes: a "/" as "\/" (PHP's, Jackson's), any as "\u...".
+        ('{"access_token": "v4l\\/ue\\u002b9"}', '{"access_token": "***"}'),
+        ('"body": "{\\"secret\\": \\"v4l\\\\/ue\\"}"', '"body": "{\\"secret\\": \\"***\\"}"'),
     ],
 )
 def test_a_token_or_secret_field_of_a_quoted_body_is_masked(text: str, masked: str) -> None:
@@ -1405,6 +1408,33 @@ async def test_a_fresh_token_in_a_token_answer_outside_the_contracts_shape_is_ma
     assert getattr(error, "request_id", None) == REQUEST_ID
     if REQUEST_ID in body:
         assert REQUEST_ID in str(error)
+
+
+async def test_a_fresh_token_holding_json_escapes_in_a_token_answer_cut_short_is_masked(
+    api, make_client
+) -> None:
+    """A token answer cut short (no parser takes it) whose fresh token holds a ``/`` its
+    server's JSON writes as ``\\/`` (PHP's ``json_encode``, some Java writers) or a character
+    written ``\\u...``: its field was masked up to the first backslash, and the rest of the
+    token the service had just issued was in the error's message, repr and ``body``."""
+    written = "Zq9fr3sh\\/0123456789\\u002babcdefXYZ"  # Zq9fr3sh/0123456789+abcdefXYZ
+    api.get(
+        TOKEN_URL,
+        status=200,
+        body='{"error_code": 0, "access_token": "' + written + '", "expires_in": 72',
+        content_type="application/json",
+        repeat=True,
+    )
+    dm = make_client(app_id="app-1", secret=SECRET, base_url=BASE, max_retries=0)
+
+    with pytest.raises(DMHubError) as raised:
+        await dm.request("GET", "/v1/customers/1")
+
+    error = raised.value
+    seen = [str(error), repr(error), str(getattr(error, "body", ""))]
+    seen += traceback.format_exception(error)
+    assert not any(part in text for text in seen for part in ("0123456789", "XYZ")), seen
+    assert '"access_token": "***"' in str(getattr(error, "body", ""))
 
 
 @pytest.mark.parametrize(
