@@ -7,6 +7,7 @@ authentication") and the secret in the token request's, so any URL is a secret u
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import threading
@@ -282,7 +283,17 @@ def _forms(secret: str) -> tuple[str, ...]:
         forms.update(quote(secret, safe=safe) for safe in ("", "/", "/?:@!$'()*,"))
         forms.add(quote_plus(secret))
         forms.add(_in_query(secret))
+    forms.update(_in_json(secret))
     return tuple(forms)
+
+
+def _in_json(text: str) -> set[str]:
+    """``text`` as a JSON writer may put it in a string: non-ASCII as ``\\u00e9`` (Python's
+    and Java's default), ``/`` as ``\\/`` (PHP's ``json_encode``). A service echoing a secret
+    in its JSON body so, the error's ``body`` kept it whole: no raw or URL-encoded form of it
+    was there to match."""
+    written = json.dumps(text)[1:-1]
+    return {written, written.replace("/", "\\/")}
 
 
 def _in_query(secret: str) -> str:
@@ -299,7 +310,8 @@ def _fragments(secret: str) -> frozenset[str]:
 
 
 def _secret_pattern(secret: str) -> re.Pattern[str]:
-    """Matches ``secret`` with each character that URL encoding may change either way."""
+    """Matches ``secret`` with each character that URL encoding, or a JSON string's escapes,
+    may change either way."""
     parts = []
     for char in secret:
         if char.isascii() and (char.isalnum() or char in "-._~"):
@@ -312,6 +324,7 @@ def _secret_pattern(secret: str) -> re.Pattern[str]:
             forms.add(re.escape(quote(char, safe="", errors="surrogateescape")))
         if char == " ":
             forms.add(r"\+")
+        forms.update(map(re.escape, _in_json(char)))
         parts.append("(?:" + "|".join(sorted(forms, key=len, reverse=True)) + ")")  # longest first
     # Case-insensitive for the hex digits of %2b/%2B; masking a case variant too is harmless.
     return re.compile("".join(parts), re.IGNORECASE)

@@ -915,6 +915,33 @@ def test_a_known_secret_is_masked_wherever_it_appears(secret, noise):
 
 
 @pytest.mark.parametrize(
+    ("secret", "echo"),
+    [
+        ("Cn4ry/S3cr3t/Zq9", "Cn4ry\\/S3cr3t\\/Zq9"),  # PHP's json_encode: "/" as "\/"
+        ("ab/cd+ef", "ab\\/cd+ef"),  # too short for runs: the whole of it
+        ("s\u00e9cr\u00e8t-1234", "s\\u00e9cr\\u00E8t-1234"),  # ensure_ascii, either case
+    ],
+    ids=["slashes", "short", "non-ascii"],
+)
+async def test_a_secret_echoed_json_escaped_in_a_body_is_masked(
+    api, make_client, secret: str, echo: str
+) -> None:
+    """A token endpoint refusing the secret, echoing it in its JSON body as its writer escapes
+    it: the description (decoded) was masked, but the error's ``body`` kept the secret, which
+    no raw or URL-encoded form of it matched."""
+    body = '{"error_code": "40004", "error_description": "illegal secret ' + echo + '"}'
+    api.get(TOKEN_URL, status=200, body=body, content_type="application/json", repeat=True)
+    dm = make_client(app_id="app-1", secret=secret, base_url=BASE, max_retries=0)
+
+    with pytest.raises(DMHubError) as raised:
+        await dm.request("GET", "/v1/customers/1")
+
+    error = raised.value
+    assert getattr(error, "body", None) == body.replace(echo, MASK)
+    assert error.description == f"illegal secret {MASK}"
+
+
+@pytest.mark.parametrize(
     "echo",
     ["ab%2fcd%2bef", "AB%2FCD%2BEF", "Ab/cD+eF"],
     ids=["lower-case escapes", "upper-cased", "mixed case"],
