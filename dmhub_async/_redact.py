@@ -81,7 +81,9 @@ _SECRET_MARKUP = re.compile(
         (?:access_token|secret){_ANY_QUOTE}\s*:\s*{_ANY_QUOTE}
       | <(?:access_token|secret)\s*>\s*(?:<!\[CDATA\[)?
       | (?:^|(?<=[\s"'>;]))(?:x-)?(?:access[_-]token|secret)[ \t]*:[ \t]*
-    )[^\s"'&<>\\\]]+""",  # a value: an empty one is nothing to mask ("<secret>" was "<***>***")
+    )(?:[^\s"'&<>\\\]] | \\{{1,2}}(?:/|u[0-9a-f]{{4}}))+""",  # a value: an empty one is nothing
+    # to mask ("<secret>" was "<***>***"); through the JSON escapes a token may hold ("\/" as
+    # PHP writes a "/", "\u002b"), shown in a gateway's page: it was masked up to them.
     re.IGNORECASE | re.MULTILINE | re.VERBOSE,
 )
 

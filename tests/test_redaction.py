@@ -1331,6 +1331,8 @@ FRESH = "Zq9fr3sh0123456789abcdef"  # a token just issued: in no client's secret
         ),
         ("text/html", 502, f"<pre>{{&#34;access_token&#34;: &#34;{FRESH}&#34;}}</pre>"),
         ("text/html", 502, f"<pre>{{&#x27;access_token&#x27;: &#x27;{FRESH}&#x27;}}</pre>"),
+        # PHP's JSON ("/" as "\/") in such a page: the token masked up to its backslash.
+        ("text/html", 502, f"<pre>{{&quot;access_token&quot;:&quot;p\\/{FRESH}&quot;}}</pre>"),
         # The answer as XML (an old gateway, a content negotiation gone wrong).
         (
             "application/xml",
@@ -1343,7 +1345,17 @@ FRESH = "Zq9fr3sh0123456789abcdef"  # a token just issued: in no client's secret
         ("text/plain", 200, f"X-Access-Token: {FRESH}"),
         ("text/plain", 200, f"access_token: {FRESH}"),
     ],
-    ids=["html", "html-decimal", "html-single", "xml", "xml-cdata", "header", "x-header", "text"],
+    ids=[
+        "html",
+        "html-decimal",
+        "html-single",
+        "html-json-escapes",
+        "xml",
+        "xml-cdata",
+        "header",
+        "x-header",
+        "text",
+    ],
 )
 async def test_a_fresh_token_in_a_token_answer_no_parser_takes_is_masked(
     api, make_client, content_type: str, status: int, body: str
@@ -1470,6 +1482,13 @@ async def test_a_fresh_token_holding_json_escapes_in_a_token_answer_cut_short_is
         ("<secret>s3cr3t</secret>", f"<secret>{MASK}</secret>"),
         ("{&quot;secret&quot;: &quot;s3cr3t&quot;}", f"{{&quot;secret&quot;: &quot;{MASK}&quot;}}"),
         ("Access-Token: v4lue\r\nVia: 1.1 gw", f"Access-Token: {MASK}\r\nVia: 1.1 gw"),
+        # A value holding JSON escapes ("\/", "\u002b"), as a page quoting PHP's JSON shows it.
+        (
+            "&quot;secret&quot;:&quot;s3\\/cr\\u002b3t&quot;",
+            f"&quot;secret&quot;:&quot;{MASK}&quot;",
+        ),
+        # A header line quoted in a JSON string: its "\r\n" ends the value, as a line break does.
+        ('"Access-Token: v4lue\\r\\nVia: 1.1 gw"', f'"Access-Token: {MASK}\\r\\nVia: 1.1 gw"'),
         ("access_token is invalid", "access_token is invalid"),  # no value: nothing to mask
         ("a body without access_token", "a body without access_token"),
     ],
