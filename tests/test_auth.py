@@ -2268,6 +2268,39 @@ async def test_a_delete_whose_resend_after_its_refresh_got_no_answer_is_an_unkno
     assert "may have been applied" in str(info.value)
 
 
+async def test_a_resend_after_its_refresh_failing_otherwise_is_not_sent_with_a_token_taken_since(
+    api, tokens, make_client, clock
+):
+    # Refused, refreshed, and the resend answered "no such customer" while another process
+    # stored a token of its own: only a refusal is sent again with the token taken since. The
+    # call ends with the resend's error, two requests, the other's token never sent.
+    from dmhub_async import NotFoundError
+
+    store = MemoryTokenStore()
+    key = token_key("https://api.dmhub.test", "app-1", "secret-1")
+
+    async def not_found_taken_elsewhere(url: Any, **kwargs: Any) -> CallbackResult:
+        await store.set(key, Token("tok-x", clock() + 7200, clock()))
+        return CallbackResult(status=404, payload={"error_code": 40201, "error_description": "x"})
+
+    api.get(url("/v1/customers/1"), payload={"error_code": 42001})
+    api.get(url("/v1/customers/1"), callback=not_found_taken_elsewhere)
+    api.get(url("/v1/customers/1"), payload=CUSTOMER)
+    dm = make_client(token_store=store)
+
+    with pytest.raises(NotFoundError):
+        await dm.request("GET", "/v1/customers/1")
+
+    assert tokens.issued == ["tok-1", "tok-2"]
+    sent = [
+        u.query.get("access_token")
+        for (_, u), made in api.requests.items()
+        for _ in made
+        if u.path == "/v1/customers/1"
+    ]
+    assert sent == ["tok-1", "tok-2"]
+
+
 class AnsweredWhenTold(MemoryTokenStore):
     """A store whose first read answers when the test says."""
 
