@@ -284,6 +284,57 @@ async def test_a_job_of_an_earlier_plan_of_a_re_exported_directory_is_said_to_be
     assert sorted(p.name for p in june.iterdir()) == ["manifest.json"]
 
 
+@pytest.mark.parametrize(
+    ("held", "later"),
+    [
+        ("arq:job:dmhub-export:e:0123456789abcdef:00003", True),  # its shard, queued
+        ("arq:in-progress:dmhub-export:e:0123456789abcdef:00003", True),  # ... running
+        ("arq:result:dmhub-export:e:0123456789abcdef:00000", True),  # the first shard's, done
+        ("arq:in-progress:dmhub-export:e:0123456789abcdef:00000", True),
+        ("arq:job:dmhub-export:other:0123456789abcdef:00003", False),  # another export's
+        ("arq:result:dmhub-export:e:fedcba9876543210:00003", False),  # its own plan's
+    ],
+)
+async def test_a_job_of_an_earlier_plan_is_told_by_the_later_plans_key_of_its_shard_or_the_first(
+    tmp_path: Path, redis: RedisServer, held: str, later: bool
+) -> None:
+    # As above, a job of shard 3: the later plan may have fewer shards (no shard 3), or its
+    # results of shard 3 expired, while its first shard is queued, running or done; or it is
+    # this shard's job alone that is left. A key of another export (another path), or of the
+    # job's own plan, tells nothing: the refusal names both causes.
+    import redis.asyncio as aioredis
+
+    june = tmp_path / "june"
+    june.mkdir()
+    (june / "manifest.json").write_text(json.dumps({"plan_id": "0123456789abcdef"}))
+    queue = aioredis.Redis.from_url(redis.url)
+    await queue.set(held, b"x")
+    ctx = _job_context(redis=queue)
+    job = _job(str(june), "fedcba9876543210")
+    job["shard"]["index"] = 3
+    try:
+        async with DMHubClient("app", "s", base_url="http://127.0.0.1:9/") as client:
+            ctx["client"] = client
+            with pytest.raises(InvalidRequestError) as raised:
+                await _export_shard_job(ctx, job)
+    finally:
+        await queue.aclose()
+    if later:
+        assert str(raised.value).startswith(
+            f"the export's directory {june} holds the manifest.json of a later plan of this"
+            " export (0123456789abcdef), whose jobs this Redis holds: this job"
+            " (fedcba9876543210) was left on the queue by an earlier export at this path"
+        ), str(raised.value)
+    else:
+        assert str(raised.value).endswith(
+            "the worker exported nothing; a job of another plan: one left on the queue by an"
+            " earlier export at this path (its directory since deleted and exported again),"
+            " which needs nothing done, or a mount to another export's directory: check the"
+            " mount"
+        ), str(raised.value)
+    assert sorted(p.name for p in june.iterdir()) == ["manifest.json"]
+
+
 @pytest.mark.parametrize("found", ["no manifest", "another export"])
 async def test_a_workers_own_directory_at_the_coordinators_path_is_refused(
     tmp_path: Path, found: str
