@@ -256,6 +256,33 @@ def test_a_redis_that_answers_after_the_wait_was_given_up_is_not_said_to_be_back
     assert said[1].endswith("did not come back within 2 s: the worker stops"), said
 
 
+def test_a_redis_away_whose_words_quote_the_password_is_said_with_it_masked(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Words waited for as a Redis away (a ConnectionError of redis-py's, as a proxy in front
+    # of Redis may send) that quote the password as redis-py sent it, percent-decoded: the
+    # wait's line masks it, as the queue's other errors do; not the URL's encoded form alone.
+    from urllib.parse import quote
+
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    caplog.set_level("INFO", logger="dmhub_async")
+    password = "Rd1s'Cn4ry Passw\u20acrd"
+    url = f"redis://:{quote(password, safe='')}@127.0.0.1:6390/0"
+    away = _queue._Away(url, "the worker")
+    away.failed(
+        RedisConnectionError(f"unknown command 'AUTH', with args beginning with: '{password}'"),
+        time.monotonic() + 60,
+    )
+
+    [said] = _said(caplog)
+    assert said.startswith(
+        "the queue's Redis at redis://127.0.0.1:6390/0 does not answer (unknown command"
+        " 'AUTH', with args beginning with: '***'): the worker waits for it until"
+    ), said
+    assert "Cn4ry" not in said, said
+
+
 def test_a_redis_that_is_a_replica_is_said_to_refuse_writes_not_to_be_away(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
