@@ -95,6 +95,8 @@ PARAMS = st.dictionaries(st.text(max_size=10), VALUES, max_size=4)
 @example(path="/v1/customers/count?access_token=ATTACKER", params={})
 @example(path="/v1/customers/count", params={"access_token": "ATTACKER"})
 @example(path="/v1/customers/count", params={"ACCESS_TOKEN": "ATTACKER"})
+@example(path="/v1/customers/count", params={"acce\u017f\u017f_token": "ATTACKER"})  # long s
+@example(path="/v1", params={"%" * 2100: "1"})  # a name past the limit, its value short
 @example(path="/v1/customers#x", params={})
 @example(path="/v1/customers/1/../2", params={})
 @example(path="/v1/%2E%2e", params={})
