@@ -7,6 +7,7 @@ tested without an event loop.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import pickle
 import typing
@@ -873,6 +874,47 @@ async def test_a_rerun_held_by_a_proxy_that_gave_no_connection_names_the_proxy(
         "while the token endpoint cannot be reached: no connection to the proxy the environment"
         " names (HTTPS_PROXY, HTTP_PROXY or the system's): is it right and up?"
     ), held
+    _, line = explain(errors[1])
+    assert "no answer from the proxy the environment names" in line, line
+    assert "DMHUB_BASE_URL" not in line, line
+
+
+async def test_a_rerun_held_by_a_proxy_that_closed_its_connection_names_the_proxy(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # As above, the proxy up but closing each connection it takes: the first run said "no
+    # connection through the proxy the environment names"; the rerun held by its record says
+    # so too, and the command line names the proxy, not DMHUB_BASE_URL.
+    from dmhub_async.cli._errors import explain
+
+    async def closed_at_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+
+    proxy = await asyncio.start_server(closed_at_once, "127.0.0.1", 0)
+    port = proxy.sockets[0].getsockname()[1]
+    for name in ("HTTPS_PROXY", "https_proxy", "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{port}")
+    errors: list[APIConnectionError] = []
+    try:
+        for _ in range(2):
+            base_url = "https://api.dmhub-proxy-closed.test"
+            async with DMHubClient("app", "s3cret", base_url=base_url) as dm:
+                with pytest.raises(APIConnectionError) as info:
+                    await dm.with_options(max_retries=0).customers.count()
+            errors.append(info.value)
+    finally:
+        proxy.close()
+        await proxy.wait_closed()
+
+    words = (
+        "no connection through the proxy the environment names (HTTPS_PROXY, HTTP_PROXY or the"
+        " system's): is it right and up, and does it reach the service?"
+    )
+    first, held = str(errors[0]), str(errors[1])
+    assert first.endswith(words), first
+    assert "in another client or process sharing the token store" in held, held
+    assert held.endswith(f"while the token endpoint cannot be reached: {words}"), held
     _, line = explain(errors[1])
     assert "no answer from the proxy the environment names" in line, line
     assert "DMHUB_BASE_URL" not in line, line
