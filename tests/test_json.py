@@ -263,6 +263,22 @@ def test_a_page_of_16_to_19_digit_integers_costs_no_regex_search(
             assert attr["extId"] == int(value % row)
 
 
+def test_a_page_of_snowflake_ids_in_lists_costs_no_regex_search(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # As above, the ids in a list ("tagIds": [..., ...]): the first after "[" is an integer
+    # orjson reads exactly as much as the second after ",".
+    counting = _CountingSearches()
+    monkeypatch.setattr(_json, "_LOSSY", counting)
+    body = _page_whose_attr_holds(b'"tagIds":[%s,1580000000000000001]', b"1580000000000%06d")
+    assert body.count(b'"tagIds":[') == 100
+
+    assert _json.loads(body) == json.loads(body)
+    assert counting.searches == 0
+    lossy = body.replace(b'"tagIds":[1580000000000000007,', b'"tagIds":[18446744073709551616,')
+    assert _json.loads(lossy)["rows"][7]["attr"]["tagIds"] == [2**64, 1580000000000000001]
+
+
 # --- decimals a float cannot hold: read and written with every digit ------------------------
 
 LOSSY = [
