@@ -971,6 +971,13 @@ def test_every_short_secret_known_is_masked() -> None:
         ("pass\r\nword-123", "args beginning with: 'pass  word-123' ", "with: '***' "),
         ("Rd1sCn4ry'Pass", "args beginning with: 'Rd1sCn4ry'Pass' ", "with: '***' "),
         ("Rd1s'" + "P" * 150, f"args beginning with: 'Rd1s'{'P' * 123}' ", "with: '***' "),
+        # Cut just before a quote of its own: the cut's closing quote reads as that one.
+        (
+            "Rd1s" + "P" * 124 + "'x" + "P" * 20,
+            f"args beginning with: 'Rd1s{'P' * 124}' ",
+            "'***' ",
+        ),
+        ("s3cr3t-p'ssw0rd", "args beginning with: 'u' 's3cr3t-p' ", "'u' '***' "),
         # Cut short after a long user name: its first 8 characters (a FRAGMENT) are masked,
         # fewer are not, nor a quoted word a password merely begins with.
         ("s3cr3t-passw0rd", "args beginning with: 'u' 's3cr3t-p' ", "'u' '***' "),
@@ -994,6 +1001,8 @@ def test_every_short_secret_known_is_masked() -> None:
         "quoted with its line break as a space",
         "quoted, holding a quote",
         "quoted cut at 128 bytes, holding a quote",
+        "quoted cut at 128 bytes just before its own quote",
+        "quoted cut to 8 characters just before its own quote",
         "quoted cut to 8 characters",
         "a quoted word it begins with",
         "short, holding a quote, after a user name",
