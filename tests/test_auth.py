@@ -2635,7 +2635,22 @@ async def test_a_call_refused_after_its_refresh_ends_at_the_close_while_the_stor
     assert len(sent) == 2
 
 
-async def test_a_call_refused_after_a_refresh_whose_write_met_the_store_down_refreshes() -> None:
+class RestartedRedis(RestartedStore):
+    """:class:`RestartedStore` down as redis-py says it: its own ConnectionError."""
+
+    def _answer(self) -> None:
+        from redis.exceptions import ConnectionError as RedisConnectionError
+
+        if self.down:
+            raise RedisConnectionError(
+                "Error 111 connecting to 127.0.0.1:6379. Connect call failed."
+            )
+
+
+@pytest.mark.parametrize("said", ["by the socket", "by redis-py"])
+async def test_a_call_refused_after_a_refresh_whose_write_met_the_store_down_refreshes(
+    said: str,
+) -> None:
     # As test_a_call_refused_after_its_refresh_while_the_store_is_down_waits_for_it, but the
     # store went down during the refresh's token fetch (read before, the write refused for want
     # of an answer), not before it. Taken for a store that answers and keeps no token (a Redis
@@ -2643,7 +2658,7 @@ async def test_a_call_refused_after_a_refresh_whose_write_met_the_store_down_ref
     # store back and empty a moment later: the refusal of a restart stood.
     from dmhub_async.testing import DMHubSimulator
 
-    store = RestartedStore()
+    store = RestartedStore() if said == "by the socket" else RestartedRedis()
     waits: list[float] = []
 
     async def back_meanwhile(seconds: float) -> None:
