@@ -2635,6 +2635,58 @@ async def test_a_call_refused_after_its_refresh_ends_at_the_close_while_the_stor
     assert len(sent) == 2
 
 
+async def test_a_call_refused_after_a_refresh_whose_lock_met_the_store_down_refreshes() -> None:
+    # As below, the store gone down after the refresh's read, at its lock: no store that
+    # answers and keeps no token either.
+    from dmhub_async.testing import DMHubSimulator
+
+    seen: list[str] = []
+
+    class DownAtTheLock(RestartedStore):
+        @contextlib.asynccontextmanager
+        async def lock(self, key: str) -> AsyncIterator[None]:
+            if seen == ["armed"]:
+                seen[:] = ["A's lock"]
+                self.restart(down=True)  # read a moment ago: its lock meets none
+            async with super().lock(key):
+                yield
+
+    store = DownAtTheLock()
+
+    async def back_meanwhile(seconds: float) -> None:
+        store.down = False  # back, empty
+
+    async with (
+        DMHubSimulator(customers=1) as sim,
+        DMHubClient(
+            sim.app_id, sim.secret, base_url=sim.url, token_store=store, sleep=back_meanwhile
+        ) as a,
+        DMHubClient(sim.app_id, sim.secret, base_url=sim.url, token_store=store) as b,
+    ):
+        assert await a.customers.count() == 1  # a token, stored
+        store.restart(down=True)
+        assert await b.customers.count() == 1  # its first: fetched without the store
+        store.down = False  # back, empty
+
+        async def b_refused_meanwhile(request: Any) -> None:
+            token = request.query.get("access_token")
+            if (
+                request.path.startswith("/v1/")
+                and seen == ["A's lock"]
+                and token == sim.access_token
+            ):
+                seen.append("A's resend")
+                assert await b.customers.count() == 1  # refused, fetches without the store
+
+        sim.on_request(b_refused_meanwhile)
+        seen.append("armed")
+        assert await a.customers.count() == 1  # refused, refreshed, refused, refreshed again
+        sim.clear_hooks()
+        assert await b.customers.count() == 1
+
+    assert seen == ["A's lock", "A's resend"]
+
+
 class RestartedRedis(RestartedStore):
     """:class:`RestartedStore` down as redis-py says it: its own ConnectionError."""
 
