@@ -50,10 +50,10 @@ _RUN: Final = b"0000"
 #: Digits and the decimal point to b"0", every other byte to b" ".
 _DIGITS_TO_ZERO: Final = bytes(0x30 if 0x30 <= b <= 0x39 or b == 0x2E else 0x20 for b in range(256))
 #: A number literal orjson rounds: an integer below -2**63 (19 digits and a sign) or of 20
-#: digits and more (2**64 - 1 has 20 digits too: a few of those are read by json.loads for
-#: nothing); a decimal of 16 digits or more, counting from its first digit (a float holds 15;
-#: some of 16 and 17 read back the same, and exact_number keeps those floats), with a point
-#: or an exponent.
+#: digits and more (2**64 - 1 has 20 digits too: :func:`_within_64_bits` tells those apart by
+#: their value first); a decimal of 16 digits or more, counting from its first digit (a float
+#: holds 15; some of 16 and 17 read back the same, and exact_number keeps those floats), with a
+#: point or an exponent.
 _LOSSY: Final = re.compile(rb"-\d{19}|\d{20}|(?=[\d.]{17})\d*\.\d|\d{16}[eE]")
 
 #: Digits and points in a row that every literal ``_LOSSY`` matches holds.
@@ -85,12 +85,17 @@ _INTEGER_MARKS: Final = bytes(
 )
 _INTEGER_RUN: Final = b" " + _LONG_RUN
 _NEGATIVE_RUN: Final = b"-" + _LONG_RUN
-#: Such an integer orjson may not read exactly: 20 digits and more (2**64 is 20 digits; those of
-#: 20 up to 2**64 - 1 are read by json.loads for nothing), 19 and more after a sign (-2**63 is
-#: 19); and 16 digits and more followed by a point or an exponent: a decimal.
+#: Such an integer orjson may not read exactly: 20 digits and more (2**64 is 20 digits), 19 and
+#: more after a sign (-2**63 is 19), each told by its value (:func:`_within_64_bits`); and 16
+#: digits and more followed by a point or an exponent: a decimal.
 _PAST_64_BITS: Final = b" " + _RUN * 5
 _PAST_64_BITS_NEGATIVE: Final = _NEGATIVE_RUN + b"000"
 _DECIMAL_RUN: Final = _LONG_RUN + b"."
+#: The digits of the largest integer orjson reads exactly, and of the least after its sign.
+_LARGEST: Final = b"%d" % (2**64 - 1)
+_LEAST: Final = b"%d" % 2**63
+#: 19 digits after an exponent's sign (its ``e`` is marked as a point): no integer.
+_EXPONENT_RUN: Final = b"." + _PAST_64_BITS_NEGATIVE
 
 #: The shortest body ``_LOSSY`` can match in (17 digits and a point or an exponent).
 _SHORTEST_LOSSY: Final = 17
@@ -150,10 +155,11 @@ def _lossy_in(text: bytes) -> bool:
     Each run of 16 digits and points that may be a number's is told apart at C speed when it is
     an integer orjson reads exactly (``"extId": 1580000000000000123``, a snowflake id on every
     row): when every one shows as an integer of 16 digits or more, of at most 19 (18 after a
-    sign), followed by no point or exponent, no regex search is made; else one decides. A run
-    at the start of ``text`` (maybe cut from its literal) goes to the regex; one whose end is
-    cut off, counted an integer here, is whole around its next place (or is the body's end: a
-    body cut within a number is no JSON).
+    sign) or within 64 bits by its value (:func:`_within_64_bits`), followed by no point or
+    exponent, no regex search is made; else one decides. A run at the start of ``text`` (maybe
+    cut from its literal) goes to the regex; one whose end is cut off, counted an integer here,
+    is whole around its next place (or is the body's end: a body cut within a number is no
+    JSON).
     """
     marked = text.translate(_NUMBER_MARKS)
     runs = marked.count(_NUMBER_RUN)
@@ -165,11 +171,43 @@ def _lossy_in(text: bytes) -> bool:
     if (
         integers.count(_INTEGER_RUN) + integers.count(_NEGATIVE_RUN) == runs
         and _DECIMAL_RUN not in integers
-        and _PAST_64_BITS not in integers
-        and _PAST_64_BITS_NEGATIVE not in integers
+        and _within_64_bits(text, integers)
     ):
         return False
     return _LOSSY.search(text) is not None
+
+
+def _within_64_bits(text: bytes, integers: bytes) -> bool:
+    """Whether each integer of 20 digits (19 after a sign) ``integers`` marks in ``text`` is one
+    orjson reads exactly, from -2**63 to 2**64 - 1 (an id on every row): none longer, none an
+    exponent's (``1e-1000000000000000000``, no integer), none beyond by its value.
+
+    A comparison of its digits at each (about 2k instructions with the loop's turn); more than
+    a few and one per 128 bytes (a body of little but such ids), the regex decides as it did
+    before: there the turns of this loop would cost about what json.loads's read costs. A run
+    whose end is cut off is whole around its next place, as in :func:`_lossy_in`.
+    """
+    for run, longer, most in (
+        (_PAST_64_BITS, _PAST_64_BITS + b"0", _LARGEST),
+        (_PAST_64_BITS_NEGATIVE, _PAST_64_BITS_NEGATIVE + b"0", _LEAST),
+    ):
+        at = integers.find(run)
+        if at == -1:
+            continue
+        if (
+            integers.count(run, at) > 4 + len(text) // 128
+            or integers.find(longer, at) != -1
+            or (run is _PAST_64_BITS_NEGATIVE and _EXPONENT_RUN in integers)
+        ):
+            return False
+        size = len(run)
+        at = 1  # each run's first digit
+        for before in integers.split(run)[:-1]:
+            at += len(before)
+            if text[at : at + size - 1] > most:  # digits of one length: ordered as their values
+                return False
+            at += size
+    return True
 
 
 def exact_number(text: str) -> float | Decimal:

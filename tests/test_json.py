@@ -279,6 +279,56 @@ def test_a_page_of_snowflake_ids_in_lists_costs_no_regex_search(
     assert _json.loads(lossy)["rows"][7]["attr"]["tagIds"] == [2**64, 1580000000000000001]
 
 
+#: Integers of 20 digits up to 2**64 - 1, and of 19 after a sign down to -2**63: orjson reads
+#: each exactly, though only its value tells it from one a digit longer.
+VERY_LONG_INTEGERS = {
+    "20 digits": b"1000000000000%07d",
+    "up to 2**64 - 1": b"184467440737095515%02d",
+    "19 digits, negative": b"-1000000000000%06d",
+    "down to -2**63": b"-92233720368547757%02d",
+}
+
+
+@pytest.mark.parametrize("value", list(VERY_LONG_INTEGERS.values()), ids=list(VERY_LONG_INTEGERS))
+@pytest.mark.parametrize("spaced", [False, True], ids=["compact", "spaced"])
+def test_a_page_of_integers_up_to_64_bits_costs_no_regex_search(
+    value: bytes, spaced: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each place cost a regex search, then past one a KB a regex pass over the page, which
+    # found the first such id and had json.loads read the page: 7 times orjson's read of it.
+    counting = _CountingSearches()
+    monkeypatch.setattr(_json, "_LOSSY", counting)
+    body = _page_whose_attr_holds(b'"extId":%s', value)
+    body = body.replace(
+        b'"records"', b'"ends":[18446744073709551615,-9223372036854775808],"records"'
+    )
+    if spaced:
+        body = body.replace(b'":', b'": ').replace(b",", b", ")
+    assert body.count(b'"extId":') == 100
+
+    read = _json.loads(body)
+    assert read == json.loads(body)
+    assert [row["attr"]["extId"] for row in read["rows"]] == [int(value % i) for i in range(100)]
+    assert read["ends"] == [2**64 - 1, -(2**63)]
+    assert counting.searches == 0
+    # One past either end, or a digit longer, is still read exactly, wherever it falls.
+    for row in (0, 1, 2, 3, 99):
+        at = body.index(b'"extId":', body.index(b"%d," % (3000000000 + row)))
+        for number in (
+            b"18446744073709551616",  # 2**64
+            b"99999999999999999999",
+            b"-9223372036854775809",  # -2**63 - 1
+            b"-9999999999999999999",
+            b"184467440737095516150",  # (2**64 - 1) * 10
+            b"-10000000000000000000",
+            b"1.5e-1000000000000000000",  # an exponent of 19 digits is no integer
+        ):
+            lossy = body[:at] + b'"n":[%s],' % number + body[at:]
+            attr = _json.loads(lossy)["rows"][row]["attr"]
+            assert _same(attr["n"], [json.loads(number, parse_float=Decimal)])
+            assert attr["extId"] == int(value % row)
+
+
 # --- decimals a float cannot hold: read and written with every digit ------------------------
 
 LOSSY = [
@@ -520,6 +570,7 @@ def _same(read: Any, exact: Any) -> bool:
 @example("[1580000000000000123,18446744073709551616]", "", 40000, False)
 @example('{"k":1580000000000000123,"i":1234567890123456.7}', "", 0, False)
 @example("1.0000000000000001", "", 0, False)  # a decimal at the body's first byte
+@example("[18446744073709551615,-9223372036854775808,1e-1234567890123456789]", "", 0, False)
 def test_a_page_of_digit_strings_and_numbers_is_read_exactly(
     text: str, space: str, filler: int, filler_first: bool
 ) -> None:
