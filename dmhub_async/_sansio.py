@@ -14,6 +14,7 @@ from urllib.parse import urlencode, urlsplit
 
 import aiohttp
 import attrs
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from . import _json
 from ._exceptions import (
@@ -151,15 +152,31 @@ def request_id(headers: Mapping[str, str]) -> str | None:
     return None
 
 
+def _masked_headers(headers: Mapping[str, str]) -> Mapping[str, str]:
+    """``headers`` with the token and the secret masked in every value, read as aiohttp's are
+    (case-insensitive, each of a repeated header kept): a service or a proxy answering with a
+    ``Content-Location``, a ``Link`` or an echo of the request URL showed the token to a user
+    printing ``dm.last_response.headers``. Made when an answer is read, not as it arrives.
+
+    Read all at once first (a header value holds no line break): each value on its own cost
+    some 100 us on the usual six headers, and one holding a secret is rare.
+    """
+    values = "\n".join(headers.values())
+    if redact(values) == values:
+        return headers
+    return CIMultiDictProxy(CIMultiDict((name, redact(value)) for name, value in headers.items()))
+
+
 @attrs.frozen
 class APIResponse:
     """A successful answer: status, headers, decoded body, and the retries it took.
 
-    ``dm.last_response`` is the latest one the calling task received.
+    ``dm.last_response`` is the latest one the calling task received. Its ``headers`` have the
+    token and the secret masked (a header quoting the request URL held the token).
     """
 
     status: int
-    headers: Mapping[str, str] = attrs.field(repr=False)
+    headers: Mapping[str, str] = attrs.field(repr=False, converter=_masked_headers)
     #: The decoded JSON; for a request with ``decode`` (a list's page), what that made of it.
     data: Any = attrs.field(repr=False)
     retries: int = 0

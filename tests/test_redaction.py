@@ -1504,3 +1504,33 @@ async def test_a_fresh_token_holding_json_escapes_in_a_token_answer_cut_short_is
 )
 def test_a_token_or_secret_in_markup_or_a_header_line_is_masked(text: str, masked: str) -> None:
     assert redact(text) == masked
+
+
+async def _echoing_headers(request: web.Request) -> web.StreamResponse:
+    """A success whose headers quote the request (a proxy's or a framework's echo)."""
+    url = str(request.url)
+    echo = {"Content-Location": url, "Link": f"<{url}>; rel=self", "X-Echo": f"token {TOKEN}"}
+    return web.json_response(7 if request.path.endswith("/count") else {"id": 2}, headers=echo)
+
+
+@pytest.mark.parametrize("call", ["request", "count"])
+async def test_no_token_in_last_response_headers_a_service_echoed(make_client, call):
+    # A service (or a proxy) answering with a header quoting the request URL: the token was
+    # in what a user printing dm.last_response.headers (or logging them) saw.
+    async with _loopback(_echoing_headers) as base_url:
+        dm = make_client(access_token=TOKEN, base_url=base_url)
+        if call == "request":
+            await dm.request("GET", "/v1/customers/2")
+        else:
+            assert await dm.customers.count() == 7
+        response = dm.last_response
+        assert response is not None
+        headers = response.headers
+        shown = [repr(response), repr(headers), str(dict(headers)), str(list(headers.items()))]
+        assert not [leaks(text) for text in shown if leaks(text)], shown
+        # Still the answer's headers, read as before: case-insensitive, the echo masked.
+        assert headers["x-echo"] == f"token {MASK}"
+        path = "/v1/customers/2" if call == "request" else "/v1/customers/count"
+        assert headers["Content-Location"] == f"{base_url}{path}?access_token={MASK}"
+        assert headers["Content-Type"].startswith("application/json")
+        assert dm.last_response is response  # made once, on the first read
