@@ -181,6 +181,13 @@ class APIResponse:
     data: Any = attrs.field(repr=False)
     retries: int = 0
 
+    def __reduce__(self) -> tuple[type[APIResponse], tuple[Any, ...]]:
+        # Pickled and copied with its headers as a plain CIMultiDict (masked already; made read
+        # only again as it is rebuilt): aiohttp's read-only view of them does not pickle, so an
+        # answer sent to another process (arq pickles a job's result) failed with "can't pickle
+        # multidict._multidict.CIMultiDictProxy objects".
+        return (APIResponse, (self.status, CIMultiDict(self.headers), self.data, self.retries))
+
     @property
     def status_code(self) -> int:
         """``status``, by the name most HTTP libraries give it."""

@@ -1534,3 +1534,19 @@ async def test_no_token_in_last_response_headers_a_service_echoed(make_client, c
         assert headers["Content-Location"] == f"{base_url}{path}?access_token={MASK}"
         assert headers["Content-Type"].startswith("application/json")
         assert dm.last_response is response  # made once, on the first read
+
+
+async def test_last_response_pickles_and_copies_with_the_token_masked(make_client):
+    # Sent to another process (arq pickles a job's result): aiohttp's headers would not pickle,
+    # "TypeError: can't pickle multidict._multidict.CIMultiDictProxy objects".
+    async with _loopback(_echoing_headers) as base_url:
+        dm = make_client(access_token=TOKEN, base_url=base_url)
+        await dm.request("GET", "/v1/customers/2")
+        response = dm.last_response
+        assert response is not None
+        sent = pickle.dumps(response)
+        assert not leaks(sent.decode("latin-1"))
+        for received in (pickle.loads(sent), copy.copy(response), copy.deepcopy(response)):
+            assert received == response
+            assert (received.status_code, received.data, received.retries) == (200, {"id": 2}, 0)
+            assert received.headers["x-echo"] == f"token {MASK}"
