@@ -501,7 +501,12 @@ def _shard_commands(command: Callable[[str, str, str], argparse.ArgumentParser])
     worker.add_argument(
         "--jobs", type=_int_in(1, MAX_CONCURRENCY), default=1, help="shards exported at once"
     )
-    worker.add_argument("--burst", action="store_true", help="stop when the queue is empty")
+    worker.add_argument(
+        "--burst",
+        action="store_true",
+        help="stop when the queue is empty: exit 1 when a shard job it ran failed, 0 when all "
+        "succeeded or none were queued",
+    )
     worker.add_argument(
         "--stop-timeout",
         type=_float_in(0.1),

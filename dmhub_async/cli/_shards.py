@@ -622,6 +622,12 @@ async def worker_command(args: argparse.Namespace) -> int:
             raise CommandError(str(gone)) from None
         finally:
             await arq_worker.close()
+    failed = arq_worker.jobs_failed
+    if args.burst and failed:
+        # A CI script or a batch machine running `worker --burst` could not tell: it exited 0
+        # with every shard it ran failed (each said in its line above).
+        ran = failed + arq_worker.jobs_complete
+        raise CommandError(f"{failed} of the {ran} shard jobs this worker ran failed (said above)")
     return EXIT_OK
 
 

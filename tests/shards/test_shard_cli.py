@@ -422,7 +422,7 @@ def test_a_queue_with_a_password_is_reached_without_it_on_the_command_line(
 
 
 def _queued_then_a_worker_with_a_wrong_secret(
-    sim: SimProcess, redis: RedisServer, tmp_path: Path
+    sim: SimProcess, redis: RedisServer, tmp_path: Path, secret: str = "wrong-one"
 ) -> subprocess.CompletedProcess[str]:
     """Once the export's two jobs are on the queue (at most 60 s), a burst worker whose
     DMHUB_SECRET is wrong, run to its end. (It went on after 15 s whether they were or not: a
@@ -434,7 +434,7 @@ def _queued_then_a_worker_with_a_wrong_secret(
     assert redis.command("ZCARD", "arq:queue") == ":2", "the export never queued its two jobs"
     return subprocess.run(
         [sys.executable, "-m", "dmhub_async", "worker", "--redis", redis.url, "--burst"],
-        env=sim.env(XDG_CACHE_HOME=str(tmp_path / "cache"), DMHUB_SECRET="wrong-one"),
+        env=sim.env(XDG_CACHE_HOME=str(tmp_path / "cache"), DMHUB_SECRET=secret),
         capture_output=True,
         text=True,
         timeout=150,
@@ -459,11 +459,31 @@ def test_a_worker_says_a_failed_shard_in_one_line_not_a_traceback(
         finally:
             assert export.wait(timeout=150) == 3  # incomplete: both shards failed
 
-    assert worker.returncode == 0, worker.stderr
+    # A CI script running a burst worker can tell: it exited 0 with every job failed.
+    assert worker.returncode == 1, worker.stderr
     assert "Traceback" not in worker.stderr, worker.stderr
-    lines = worker.stderr.splitlines()
+    *lines, last = worker.stderr.splitlines()
     assert len(lines) == 2, worker.stderr
     assert all("failed" in line and "AuthenticationError" in line for line in lines), lines
+    assert last == "dmhub-async: error: 2 of the 2 shard jobs this worker ran failed (said above)"
+
+
+def test_a_burst_worker_whose_jobs_all_succeeded_exits_0(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    with sim_process(200) as sim:
+        export = subprocess.Popen(
+            queued_export(tmp_path / "q", redis.url),
+            env=sim.env(XDG_CACHE_HOME=str(tmp_path / "cache")),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            worker = _queued_then_a_worker_with_a_wrong_secret(sim, redis, tmp_path, sim.secret)
+        finally:
+            assert export.wait(timeout=150) == 0
+
+    assert (worker.returncode, worker.stderr) == (0, "")
 
 
 def test_a_shard_failed_by_a_workers_credentials_says_to_check_the_workers_environment(
@@ -489,7 +509,7 @@ def test_a_shard_failed_by_a_workers_credentials_says_to_check_the_workers_envir
     assert export.returncode == 3, err  # incomplete: both shards failed
     failed = [line for line in (out + err).splitlines() if ": failed: " in line]
     assert len(failed) == 2, out + err
-    workers = worker.stderr.splitlines()
+    workers = worker.stderr.splitlines()[:-1]  # the last: how many of its jobs failed
     assert len(workers) == 2, worker.stderr
     for line in failed + workers:
         assert "error_code 40004" in line, line
