@@ -14,6 +14,7 @@ import inspect
 import ipaddress
 import logging
 import os
+import re
 import select
 import socket
 import sys
@@ -29,6 +30,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import attrs
 from aiohttp.client_proto import ResponseHandler
+from aiohttp.http_exceptions import HttpProcessingError
 from backoff.types import Details
 from yarl import URL
 
@@ -1061,6 +1063,7 @@ class Session:
                 proxied=self._conn.proxy is not None and self._conn.owns_http,
                 reason=_tls_reason(failure),
                 no_dns_answer=_no_dns_answer(failure),
+                not_http=_not_http(failure),
             )
             cause = RedactedCause(failure, secrets)
             # An error tracker records the variables of each frame of a traceback (Sentry's
@@ -1280,6 +1283,18 @@ def _tls_reason(failure: BaseException) -> str | None:
         reason = getattr(failure.os_error, "reason", None)
         return reason.lower().replace("_", " ") if isinstance(reason, str) else None
     return None
+
+
+def _not_http(failure: BaseException) -> str | None:
+    """What aiohttp's parser found wrong in an answer that was no HTTP (a status line of
+    another protocol, a header without a colon), in its words up to the bytes it quotes
+    ("Bad status line", "Invalid header token"); None for any other failure."""
+    if not isinstance(failure, aiohttp.ClientResponseError):
+        return None
+    if not isinstance(failure.__cause__, HttpProcessingError):
+        return None
+    said = re.split(r"""[:'"\n]|\bb'""", str(failure.message), maxsplit=1)[0].strip()
+    return printable(said) or "unreadable"
 
 
 #: What aiohttp raises for a request that never left: refused, DNS, and (from aiohttp 3.10,

@@ -1121,3 +1121,65 @@ def test_the_command_line_says_what_it_can_do_of_an_answer_too_large(
         assert line.endswith("not read"), line
     else:
         assert line.endswith(f"not read: {advice}"), line
+
+
+TOKEN_ECHO = "t0ken-echoed-back"
+
+
+@pytest.mark.parametrize(
+    ("answer", "said"),
+    [
+        (b"SSH-2.0-OpenSSH_8.9\r\n\r\n", ("Bad status line",)),
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nNoColon {line}\r\n"
+            b"Content-Length: 2\r\n\r\n{{}}",
+            ("Invalid header token", "Invalid HTTP header"),  # aiohttp's C parser, its Python one
+        ),
+    ],
+    ids=["status line", "header without a colon"],
+)
+@pytest.mark.parametrize("method", ["GET", "POST"])
+async def test_an_answer_that_is_not_http_is_said_so_naming_the_url_without_the_token(
+    make_client, answer: bytes, said: tuple[str, ...], method: str
+) -> None:
+    # Before: "GET /v1/customers/1 failed (ClientResponseError)", aiohttp's class name alone:
+    # nothing said the service (or a proxy) had answered, and not in HTTP.
+    import asyncio
+
+    from dmhub_async.cli._errors import explain, stopped_answering
+
+    requests: list[bytes] = []
+
+    async def garbled(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        line = (await reader.readuntil(b"\r\n\r\n")).split(b"\r\n", 1)[0]
+        requests.append(line)
+        writer.write(answer.replace(b"{line}", line).replace(b"{{}}", b"{}"))
+        await writer.drain()
+        writer.close()
+
+    listening = await asyncio.start_server(garbled, "127.0.0.1", 0)
+    base_url = f"http://127.0.0.1:{listening.sockets[0].getsockname()[1]}"
+    async with listening:
+        dm = make_client(access_token=TOKEN_ECHO, base_url=base_url, max_retries=2)
+        with pytest.raises(APIConnectionError) as info:
+            await dm.request(
+                method, "/v1/customers/1", json={"name": "x"} if method == "POST" else None
+            )
+
+    message = str(info.value)
+    start = f"{method} /v1/customers/1 failed: the answer from {base_url} was not HTTP ("
+    assert message.startswith(start), message
+    assert message[len(start) :].startswith(said), message
+    assert TOKEN_ECHO not in message
+    _, line = explain(info.value)  # the command line's: not "no answer from"
+    assert line == message
+    assert str(stopped_answering(info.value)) == message  # nor "stopped answering", mid-run
+    if method == "GET":  # no answer read: retried, as a connection lost
+        assert len(requests) == 3
+        assert not info.value.outcome_unknown
+    else:  # a create without mobile or email, sent: it may have been applied
+        assert len(requests) == 1
+        assert info.value.outcome_unknown
+        assert message.endswith(
+            "its outcome is unknown and it was not repeated: check before trying again"
+        )

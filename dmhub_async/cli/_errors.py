@@ -219,6 +219,8 @@ def stopped_answering(err: APIConnectionError) -> CommandError:
     """``err`` after the service had answered in this run: its URL is right, it went away."""
     if getattr(err.__cause__, "original_type", "").endswith(".ClientHttpProxyError"):
         return CommandError(str(err))  # the proxy refused: the service did not stop answering
+    if getattr(err.__cause__, "original_type", "").endswith(".ClientResponseError"):
+        return CommandError(str(err))  # it answered, not in HTTP: it did not stop answering
     said = str(err).removesuffix(err._hint)
     return CommandError(f"{said}: {_base_url()} stopped answering (it had answered in this run)")
 
@@ -272,6 +274,8 @@ def explain(err: BaseException, flags: Mapping[str, str] = _NO_FLAGS) -> tuple[i
             return EXIT_ERROR, str(err)  # the library's words: the proxy refused, and with what
         if getattr(err.__cause__, "original_type", "").rpartition(".")[2] in TLS_FAILURES:
             return EXIT_ERROR, str(err)  # the library's words: something answered, not in TLS
+        if getattr(err.__cause__, "original_type", "").endswith(".ClientResponseError"):
+            return EXIT_ERROR, str(err)  # the library's words: something answered, not in HTTP
         if getattr(err.__cause__, "original_type", "").endswith(
             ".ClientProxyConnectionError"
         ) or err._hint.startswith((THROUGH_PROXY, NO_PROXY_CONNECTION)):
