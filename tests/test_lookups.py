@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _helpers import url
+from aioresponses import CallbackResult
 
 from dmhub_async import (
     AuthenticationError,
@@ -872,3 +874,27 @@ async def test_create_with_identities_refuses_an_identity_given_twice_before_sen
     )
     assert "o1" not in message  # places, not values: personal data
     assert api.requests == {}
+
+
+async def test_return_exceptions_retries_a_failing_lookup_alone_by_the_clients_policy(
+    api, tokens, make_client
+) -> None:
+    # Not every input retried: the one whose lookup fails is tried 1 + max_retries times, as
+    # any call is, and each other input is asked once.
+    asked: Counter[str] = Counter()
+
+    def answer(u: Any, **kwargs: Any) -> CallbackResult:
+        value = u.query["identityValue"]
+        asked[value] += 1
+        if value == "o3":
+            return CallbackResult(status=500, payload={"error_code": 1})
+        return CallbackResult(payload=[])
+
+    api.get(url("/v1/customeridentities"), callback=answer, repeat=True)
+    dm = make_client(max_retries=2)
+
+    result = await dm.identities.lookup_many(identities(8), concurrency=4, return_exceptions=True)
+
+    assert isinstance(result[Identity("wechat", "o3")], ServerError)
+    assert asked == {**{f"o{n}": 1 for n in range(8)}, "o3": 3}
+    assert tokens.issued == ["tok-1"]  # no refetch either
