@@ -755,12 +755,15 @@ def _timed_out(err: BaseException) -> bool:
     """Whether the store call that raised ``err`` waited out a timeout, the client's or the
     store's own (a Redis whose host stopped answering fails at its ``socket_timeout``), not
     one refused at once (a Redis restarting): the store's own exception is the context of
-    ``err``."""
-    seen = err.__context__
-    if isinstance(seen, TimeoutError | asyncio.TimeoutError):
-        return True
+    ``err``, or what that was raised from: over a unix socket, redis-py says a connect's
+    handshake that timed out as a ConnectionError raised from its TimeoutError."""
     redis_errors = sys.modules.get("redis.exceptions")  # imported by any Redis store that failed
-    return redis_errors is not None and isinstance(seen, redis_errors.TimeoutError)
+    for seen in (err.__context__, getattr(err.__context__, "__cause__", None)):
+        if isinstance(seen, TimeoutError | asyncio.TimeoutError):
+            return True
+        if redis_errors is not None and isinstance(seen, redis_errors.TimeoutError):
+            return True
+    return False
 
 
 def _is_time(value: object) -> bool:

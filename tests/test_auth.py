@@ -11,6 +11,7 @@ import math
 import os
 import stat
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -2799,19 +2800,25 @@ async def test_a_frozen_store_is_read_once_for_a_token_taken_since() -> None:
     assert slept == []
 
 
-@pytest.mark.parametrize("kind", ["redis", "builtin"])
+@pytest.mark.parametrize("kind", ["redis", "builtin", "redis over a unix socket"])
 async def test_a_store_whose_read_times_out_is_read_once_for_a_token_taken_since(kind: str) -> None:
     # A RedisTokenStore whose host stopped answering fails each read at its socket_timeout
     # (10 s by default), well inside the client's timeout (30 s): taken for a Redis restarting,
     # it was read again after each of the retries' waits, and a call refused after its refresh
     # hung five reads and four waits (about 60 s; 1 s socket_timeout: 8.8 s) before it failed.
+    # Over a unix socket, redis-py says a connect's handshake that timed out as a
+    # ConnectionError raised from the TimeoutError (see the test after this one).
+    from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import TimeoutError as RedisTimeout
 
     from dmhub_async._auth import TokenManager
 
     loop = asyncio.get_running_loop()
     said = "Timeout reading from 127.0.0.1:6379"
-    timed_out = RedisTimeout(said) if kind == "redis" else TimeoutError(said)
+    timed_out: Exception = TimeoutError(said) if kind == "builtin" else RedisTimeout(said)
+    if kind == "redis over a unix socket":
+        timed_out = RedisConnectionError(timed_out)
+        timed_out.__cause__ = timed_out.args[0]
 
     class HostAway(MemoryTokenStore):
         away = False
@@ -2840,6 +2847,49 @@ async def test_a_store_whose_read_times_out_is_read_once_for_a_token_taken_since
 
     assert taken is None
     assert (store.reads, slept) == (1, [])
+
+
+async def test_a_silent_redis_store_on_a_unix_socket_is_read_once_for_a_token_taken_since() -> None:
+    # redis-py connects a unix socket with its handshake inside the socket's own try: a
+    # Redis that does not answer (frozen, stopped) fails the connect's read at socket_timeout
+    # as "ConnectionError: Timeout reading from PATH", raised from redis-py's TimeoutError,
+    # taken for a Redis refusing at once: it was read again after each of the retries' waits
+    # (4 connects, each its socket_timeout: 10 s by default), as over TCP before be9df35.
+    from dmhub_async._auth import TokenManager
+
+    connects = 0
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connects
+        connects += 1
+        await reader.read()  # until the client closes it
+        writer.close()
+
+    # Short: a unix socket's path is at most 107 bytes, and pytest's tmp_path may be longer.
+    directory = tempfile.TemporaryDirectory(prefix="dmhub-silent-")
+    path = os.path.join(directory.name, "redis.sock")
+    server = await asyncio.start_unix_server(silent, path)
+    store = RedisTokenStore(f"unix://{path}", socket_timeout=0.1)
+    loop = asyncio.get_running_loop()
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    async def fetch() -> Token:
+        return Token("tok-1", loop.time() + 7200, loop.time())
+
+    try:
+        tokens = TokenManager("key", store, fetch, loop.time, timeout=30.0)
+        taken = await tokens.taken_since("tok-1", fetch, None, sleep, [1.0, 2.0, 4.0])
+    finally:
+        await store.aclose()
+        server.close()
+        await server.wait_closed()
+        directory.cleanup()
+
+    assert taken is None
+    assert (connects, slept) == (1, [])
 
 
 @pytest.mark.parametrize("expired", [False, True], ids=["valid", "expired"])
