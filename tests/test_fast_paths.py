@@ -514,6 +514,46 @@ def test_a_lazy_customer_whose_build_is_interrupted_is_built_at_its_next_use(
 
 
 @pytest.mark.parametrize("reader", [FAST_LAZY, LENIENT_LAZY], ids=["fast", "lenient"])
+def test_a_lazy_customer_interrupted_as_its_build_returns_is_built_whole_at_its_next_use(
+    reader: Any,
+) -> None:
+    # A Ctrl+C (here a debugger's or a profiler's trace function raising it) once the build had
+    # set `extra`, its last field, and before it returned: the record stayed pending, its
+    # `extra` slot now the built extra, which the next use built as the record: every field
+    # read None, the values the service sent lost without a word.
+    from dmhub_async._converter import deferred
+
+    body = b'{"rows": [{"id": 1, "name": "a", "email": "a@b.c", "tagCount": 2}]}'
+    [eager] = _read(body, FAST).items
+    [lazy] = _read(body, reader).items
+
+    def trace(frame: Any, event: str, arg: Any) -> Any:
+        built = frame.f_locals.get("extra")
+        target = frame.f_locals.get("self")
+        if (
+            event == "line"
+            and frame.f_code.co_filename.startswith("<dmhub_async ")
+            and isinstance(built, dict)
+            and target is lazy
+            and deferred._EXTRA_SLOT.__get__(target) is built  # `self.extra = extra` done
+        ):
+            sys.settrace(previous)
+            raise KeyboardInterrupt
+        return trace
+
+    previous = sys.gettrace()
+    sys.settrace(trace)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            lazy.email  # noqa: B018
+    finally:
+        sys.settrace(previous)
+    assert (lazy.email, lazy.name, lazy.extra) == ("a@b.c", "a", {"tagCount": 2})
+    assert type(lazy) is Customer
+    assert lazy == eager
+
+
+@pytest.mark.parametrize("reader", [FAST_LAZY, LENIENT_LAZY], ids=["fast", "lenient"])
 @pytest.mark.parametrize("malformed", [False, True], ids=["readable", "malformed"])
 def test_a_lazy_customers_id_written_or_deleted_before_its_first_use_stays_so(
     reader: Any, malformed: bool

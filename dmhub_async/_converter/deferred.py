@@ -183,19 +183,23 @@ def _build(obj: Any) -> bool:
         ident = obj.id  # a slot's read and write: 0.2k instructions a first use (a finally
     except AttributeError:  # calling the slot descriptor's __get__/__set__ counted 2.5k)
         ident = _NO_ID
-    _set_class(obj, "__class__", Customer)
     try:
+        _set_class(obj, "__class__", Customer)
         fill(obj, pending)  # sets extra last: the pending record stays there until it works
+        _keep_id(obj, ident)
     except _REFUSED:
         _set_class(obj, "__class__", DeferredCustomer)
         _EXTRA_SLOT.__set__(obj, _Unreadable(_as_row(pending)))
         _keep_id(obj, ident)
         return False
     except BaseException:  # a Ctrl+C, a task cancelled in a signal handler: built at next use
+        # The record put back: once the build had set extra, its last field, and before it
+        # returned, extra was the built one, which the next use built as the record (every
+        # field None). Every step of the build is in this try: nothing half done is seen.
+        _EXTRA_SLOT.__set__(obj, pending)
         _set_class(obj, "__class__", DeferredCustomer)
         _keep_id(obj, ident)
         raise
-    _keep_id(obj, ident)
     return True
 
 
