@@ -7,6 +7,7 @@ writes each row's bytes as the service sent them. Same records, same errors, sam
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -511,6 +512,31 @@ def test_a_lazy_customer_whose_build_is_interrupted_is_built_at_its_next_use(
     assert (lazy.email, lazy.extra) == ("a@b.c", {"tagCount": 2})
     assert type(lazy) is Customer
     assert lazy == eager
+
+
+@pytest.mark.parametrize("reader", [FAST_LAZY, LENIENT_LAZY], ids=["fast", "lenient"])
+def test_a_lazy_customers_first_use_near_the_recursion_limit_leaves_it_readable(
+    reader: Any,
+) -> None:
+    # The caller's stack, not the record: a first use with too few frames left raised the
+    # RecursionError inside the build, which took it for a value refused and marked a good
+    # record unreadable for good (a private class from then on), or said its field malformed.
+    body = json.dumps(
+        {"rows": [{"id": 1, "name": "a", "dateJoin": "2017-06-01T20:12:12+08:00", "x": 2}]}
+    ).encode()
+    [eager] = _read(body, FAST).items
+    [lazy] = _read(body, reader).items
+
+    def down() -> None:  # the first use tried at every depth, from the limit up
+        with contextlib.suppress(RecursionError):
+            down()
+        with contextlib.suppress(RecursionError):
+            lazy.date_join  # noqa: B018  (ResponseDecodeError: the bug)
+
+    down()
+    assert type(lazy) is Customer
+    assert lazy.date_join == datetime(2017, 6, 1, 12, 12, 12, tzinfo=UTC)
+    assert (lazy == eager, repr(lazy)) == (True, repr(eager))
 
 
 @pytest.mark.parametrize("reader", [FAST_LAZY, LENIENT_LAZY], ids=["fast", "lenient"])

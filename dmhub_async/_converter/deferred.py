@@ -47,8 +47,10 @@ _ALL: Final = operator.attrgetter(*_FIELDS)
 _EXTRA_SLOT: Final[Any] = Customer.__dict__["extra"]
 _ID_SLOT: Final[Any] = Customer.__dict__["id"]
 _set_class: Final = object.__setattr__
-#: What a build or a field's hook raises for a value it refuses (as .wire_struct's).
-_REFUSED: Final = (ValueError, TypeError, ArithmeticError, AttributeError, KeyError, RecursionError)
+#: What a build or a field's hook raises for a value it refuses (as .wire_struct's, but for
+#: RecursionError: the caller's stack, not the record, which neither walks into; a first use
+#: near the limit marked a good record unreadable for good, or said its field malformed).
+_REFUSED: Final = (ValueError, TypeError, ArithmeticError, AttributeError, KeyError)
 
 #: The secrets lazy pages were read with, the latest ``_KEPT_SECRETS`` of them, which a
 #: malformed field's error is masked against: it is made when the field is read, maybe after
