@@ -607,6 +607,32 @@ def test_a_lazy_customers_id_written_or_deleted_before_its_first_use_stays_so(
     assert attrs.evolve(evolved, annual_revenue=None).id is None
 
 
+@pytest.mark.parametrize("reader", [FAST_LAZY, LENIENT_LAZY], ids=["fast", "lenient"])
+@pytest.mark.parametrize("malformed", [False, True], ids=["readable", "malformed"])
+def test_a_lazy_customer_whose_id_was_deleted_is_said_a_customer_as_the_eager_one(
+    reader: Any, malformed: bool
+) -> None:
+    # repr and a pickle of an unreadable record, and == of one not built yet, read its id
+    # from the slot, which named the private class: "'DeferredCustomer' object has no
+    # attribute 'id'", where the eager customer says 'Customer'.
+    row = {"id": 7, "name": "a", **({"annualRevenue": "NaN"} if malformed else {})}
+    [eager] = _read(json.dumps({"rows": [{"id": 7, "name": "a"}]}).encode(), FAST).items
+    del eager.id
+    uses: dict[str, Any] = {"==": lambda c: c == Customer(id=7), "pickle": pickle.dumps}
+    if malformed:
+        uses["repr"] = repr  # a readable one is built first, a Customer then
+    for use, first_use in uses.items():
+        with pytest.raises(AttributeError) as said:
+            first_use(eager)
+        [lazy] = _read(json.dumps({"rows": [row]}).encode(), reader).items
+        del lazy.id
+        with pytest.raises(AttributeError) as info:
+            first_use(lazy)
+        assert str(info.value) == str(said.value), use
+        assert info.value.name == "id", use
+        assert info.value.obj is lazy, use
+
+
 #: Malformed values (wire key, field, value): refused by msgspec and read by the hook, or
 #: typed by msgspec and refused by the build.
 MALFORMED = {

@@ -109,7 +109,7 @@ class DeferredCustomer(Customer):
     def __eq__(self, other: object) -> bool:
         if other.__class__ is not Customer and other.__class__ is not DeferredCustomer:
             return NotImplemented
-        return bool(_ALL(self) == _ALL(other))
+        return bool(_values(self) == _values(other))
 
     __hash__ = None  # as Customer's: mutable, eq by value
 
@@ -117,7 +117,7 @@ class DeferredCustomer(Customer):
         if _build(self):
             return repr(self)
         try:
-            values = _ALL(self)
+            values = _values(self)
         except ResponseDecodeError as err:
             return f"<Customer id={self.id!r}, unreadable: {err.description}>"
         return repr(Customer(**dict(zip(_FIELDS, values, strict=True))))
@@ -126,7 +126,27 @@ class DeferredCustomer(Customer):
         if _build(self):
             return self.__reduce_ex__(protocol)
         # Unreadable: pickled as the Customer of its fields, the malformed one raising.
-        return Customer(**dict(zip(_FIELDS, _ALL(self), strict=True))).__reduce_ex__(protocol)
+        return Customer(**dict(zip(_FIELDS, _values(self), strict=True))).__reduce_ex__(protocol)
+
+
+def _values(obj: Any) -> Any:
+    """Every field of ``obj`` (``_ALL``); its id deleted said as of the eager customer: the id's
+    slot named the private class ("'DeferredCustomer' object has no attribute 'id'")."""
+    if obj.__class__ is DeferredCustomer and not hasattr(obj, "id"):
+        raise AttributeError(_NO_ID_WORDS, name="id", obj=obj)
+    return _ALL(obj)
+
+
+def _no_id_words() -> str:
+    """What reading the id of a ``Customer`` without one says (the interpreter's words)."""
+    try:
+        _ID_SLOT.__get__(object.__new__(Customer))
+    except AttributeError as err:
+        return str(err)
+    raise AssertionError("a new Customer holds an id")  # pragma: no cover
+
+
+_NO_ID_WORDS: Final = _no_id_words()
 
 
 def _deferred_field(name: str) -> property:
