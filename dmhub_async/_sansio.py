@@ -308,7 +308,9 @@ def read_response(
         issued = _issued_tokens(request, headers, body, data)
         if issued:
             secrets = (*secrets, *issued)
-            headers = {name: redact(value, issued) for name, value in headers.items()}
+            # Still read in any case, every line kept: a plain dict lost a lower-case
+            # Retry-After and X-Request-Id (HTTP/2's, Envoy's).
+            headers = CIMultiDict((name, redact(value, issued)) for name, value in headers.items())
     code, description = error_of(data, secrets)
     if 200 <= status < 300 and code is None:
         if not decoded or refused is not None:

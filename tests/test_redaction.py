@@ -1460,6 +1460,34 @@ async def test_a_fresh_token_in_a_token_answer_outside_the_contracts_shape_is_ma
         assert REQUEST_ID in str(error)
 
 
+async def test_a_token_answer_masked_for_a_fresh_token_keeps_its_headers_read_in_any_case(
+    api, make_client
+) -> None:
+    """A token answer whose body quotes a run of the token's shape, its headers written in
+    lower case (as HTTP/2 and proxies such as Envoy send them): masking the run in them made
+    them a plain dict, read in one case only, and the 503's Retry-After and the request id
+    were lost (the retry no longer waited what the service asked; no id to quote)."""
+    api.get(
+        TOKEN_URL,
+        status=503,
+        body=f"<p>upstream issued {FRESH_HEX}, then went down</p>",
+        content_type="text/html",
+        headers={"retry-after": "7", "x-request-id": REQUEST_ID, "x-issued": FRESH_HEX},
+        repeat=True,
+    )
+    dm = make_client(app_id="app-1", secret=SECRET, base_url=BASE, max_retries=0)
+
+    with pytest.raises(DMHubError) as raised:
+        await dm.request("GET", "/v1/customers/1")
+
+    error = raised.value
+    assert "HTTP 503" in str(error)
+    assert "(Retry-After 7s)" in str(error)
+    assert getattr(error, "retry_after", None) == 7
+    assert getattr(error, "request_id", None) == REQUEST_ID
+    assert FRESH_HEX[:12] not in str(getattr(error, "headers", None)) + str(error)
+
+
 async def test_a_fresh_token_holding_json_escapes_in_a_token_answer_cut_short_is_masked(
     api, make_client
 ) -> None:
