@@ -49,7 +49,7 @@ from ..export._owner import (
     selected_fields,
     spread_samples_of,
 )
-from ..resources._filters import check_filter_names, read_once
+from ..resources._filters import check_filter_names, checked_ids, read_once
 from ..resources.customers import CustomerFilters
 from ._late import LATE_MISMATCH, grown_by_late_check, late_checked, run_late_check
 from ._manifest import (
@@ -355,9 +355,13 @@ async def _prepare(
         text: bytes | None = None
         length = 0
         if existing.id_list_length is not None and recorded.get("id_list") is not None:
-            # The list's file's digest: the caller's list, repeats dropped, as planned.
+            # The list's file's digest: the caller's list, checked (numpy's int64 as the int
+            # it holds: a raw TypeError here, of ids the first run took) and repeats dropped,
+            # as planned.
             ids = recorded["id_list"]
-            unique, text, digest = await asyncio.to_thread(unique_ids, ids)
+            unique, text, digest = await asyncio.to_thread(
+                lambda: unique_ids(checked_ids(caller, ids))
+            )
             recorded, length = {**recorded, "id_list": digest}, len(unique)
         existing.check_same_export(
             fmt=format, base_url=client.base_url, app_id=client.app_id, filters=recorded
