@@ -342,6 +342,32 @@ def test_an_out_in_a_missing_directory_called_tilde_here_is_not_said_the_home(
     assert requests(served) == 0
 
 
+@pytest.mark.parametrize("out", ["./~/june.jsonl", "~/june.jsonl", "./~/2026/june.jsonl"])
+def test_an_out_under_a_file_called_tilde_here_is_said_under_a_file(
+    served: ServedSimulator, env: dict[str, str], tmp_path: Path, out: str
+) -> None:
+    # A file named "~" here (an `export --out ~` of a shell that expanded nothing): told
+    # "cannot write to './~', which does not exist: make it first", and `mkdir ./~` failed
+    # "File exists".
+    home = tmp_path / "home"
+    home.mkdir()
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "~").write_text("an export\n")
+
+    result = run_cli("export", "--out", out, env={**env, "HOME": str(home)}, cwd=work)
+
+    shown = out if out.startswith("./") else f"./{out}"
+    if "2026" in out:
+        said = "cannot write to './~/2026', under './~', which is not a directory"
+    else:
+        said = "cannot write to './~', which is not a directory"
+    assert_one_line_error(result, 2, f"--out {shown!r}: {said}")
+    assert "give" not in result.stderr
+    assert sorted(p.name for p in work.iterdir()) == ["~"]
+    assert requests(served) == 0
+
+
 @pytest.mark.parametrize("flag", ["--in", "--id-list"])
 def test_an_input_whose_tilde_no_shell_expanded_says_so(
     served: ServedSimulator, env: dict[str, str], tmp_path: Path, flag: str

@@ -89,17 +89,18 @@ def check_path(path: str | os.PathLike[str], what: str) -> None:
             # (--checkpoint was told "--out ~/x").
             home = os.path.expanduser(path)
             why = f"which does not exist: {not_expanded(what)}: give {home!r}"
-        elif parent.startswith("~"):
-            # ./~/june.jsonl: a directory named "~" here, as written, which was said to be
-            # the home ("give '/root/june.jsonl'"), and named "~" as Path writes it.
-            shown, parent = os.path.join(".", shown), os.path.join(".", parent)
-            why = "which does not exist: make it first"
-        elif there is None or there.is_dir():
-            why = "which does not exist: make it first"
-        elif there == path.parent:
-            why = "which is not a directory"
         else:
-            why = f"under {str(there)!r}, which is not a directory"
+            # ./~/june.jsonl: a directory named "~" here, as written, which was said to be
+            # the home ("give '/root/june.jsonl'"), and named "~" as Path writes it; not yet
+            # made, or under a file named "~" here (said "does not exist", of a file), as
+            # any other.
+            shown, parent = _here(shown), _here(parent)
+            if there is None or there.is_dir():
+                why = "which does not exist: make it first"
+            elif there == path.parent:
+                why = "which is not a directory"
+            else:
+                why = f"under {_here(str(there))!r}, which is not a directory"
         raise InvalidRequestError(f"{what} {shown!r}: cannot write to {parent!r}, {why}")
     if not os.access(path.parent, os.W_OK):
         # Why, and what to do: "cannot write to '/x/archive'" said neither.
@@ -136,6 +137,11 @@ def _loops(path: Path) -> bool:
     except OSError as err:
         return err.errno == errno.ELOOP
     return False
+
+
+def _here(path: str) -> str:
+    """``path`` as a name here: led by ``./`` when it starts with ``~``, no home's."""
+    return os.path.join(".", path) if path.startswith("~") else path
 
 
 def not_expanded(flag: str) -> str:
