@@ -62,11 +62,11 @@ _SECRET_PARAMS = re.compile(r"((?:access_token|secret)=)[^&#\s'\"]*", re.IGNOREC
 #: a body quoted inside a JSON string): a token answer the client could not read (not JSON, in
 #: a gateway's page) held the token the service had just issued, which no client knew yet;
 #: so did one naming it ``accessToken`` or giving it in a list (``["..."]``). A value runs on
-#: through its JSON escapes (``\/`` as PHP writes a ``/``, ``\u002b``; doubled in a quoted
-#: body) up to its closing quote, raw or escaped: it was masked up to its first backslash, and
-#: the rest of the token was shown.
+#: through its JSON escapes (``\/`` as PHP writes a ``/``, ``\u002b``; escaped again in a
+#: quoted body, ``\\\/`` by PHP's) up to its closing quote, raw or escaped: it was masked up
+#: to its first backslash (or the third of ``\\\/``), and the rest of the token was shown.
 _SECRET_FIELDS = re.compile(
-    r"""(\\?["'](?:access[_-]?token|secret)\\?["']\s*:\s*(?:\[\s*)?\\?["'])(?:[^"'\\]|\\{1,2}[^"'\\])*""",
+    r"""(\\?["'](?:access[_-]?token|secret)\\?["']\s*:\s*(?:\[\s*)?\\?["'])(?:[^"'\\]|\\+[^"'\\])*""",
     re.IGNORECASE,
 )
 

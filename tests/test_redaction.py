@@ -905,6 +905,12 @@ def test_any_token_or_secret_parameter_value_is_masked(value, name, before, afte
         # Its value holding JSON escapes: a "/" as "\/" (PHP's, Jackson's), any as "\u...".
         ('{"access_token": "v4l\\/ue\\u002b9"}', '{"access_token": "***"}'),
         ('"body": "{\\"secret\\": \\"v4l\\\\/ue\\"}"', '"body": "{\\"secret\\": \\"***\\"}"'),
+        # PHP's JSON quoted by PHP's JSON: "\/" written again, "\\\/" (the backslash escaped,
+        # the "/" too); the rest of the token was shown from there.
+        (
+            '"body": "{\\"access_token\\":\\"v4l\\\\\\/ue+9\\",\\"expires_in\\":7200}"',
+            '"body": "{\\"access_token\\":\\"***\\",\\"expires_in\\":7200}"',
+        ),
     ],
 )
 def test_a_token_or_secret_field_of_a_quoted_body_is_masked(text: str, masked: str) -> None:
