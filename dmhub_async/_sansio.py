@@ -379,8 +379,8 @@ def _issued_tokens(
     (``accessToken``, ``Access-Token``) or in a list (``["..."]``); and, quoted as text (a
     gateway's page, a cut answer, a description), a run of 32 lower-case hexadecimal
     characters, the shape of the service's tokens (docs/contract.md), unless it is the
-    answer's request id or the app id, which a user needs to act. Each was in the message,
-    ``.description`` and ``.body`` whole."""
+    answer's request id (or trace id: any of ``REQUEST_ID_HEADERS``) or the app id, which a
+    user needs to act. Each was in the message, ``.description`` and ``.body`` whole."""
     found: list[str] = []
     if isinstance(data, Mapping):
         for name, value in data.items():
@@ -392,7 +392,9 @@ def _issued_tokens(
     else:
         texts = []
     texts.append(body[:4096].decode("utf-8", "replace"))  # what _body_text quotes
-    known = {request_id(headers), (request.params or {}).get("appid")}
+    # Each request id header's, not the first alone: a trace id beside an X-Request-Id.
+    known = {headers.get(name) for name in REQUEST_ID_HEADERS}
+    known.add((request.params or {}).get("appid"))
     found += (run for text in texts for run in _TOKEN_SHAPE.findall(text) if run not in known)
     return tuple(dict.fromkeys(found))
 

@@ -1466,6 +1466,35 @@ async def test_a_fresh_token_in_a_token_answer_outside_the_contracts_shape_is_ma
         assert REQUEST_ID in str(error)
 
 
+async def test_a_token_answer_keeps_a_trace_id_of_the_tokens_shape_beside_its_request_id(
+    api, make_client
+) -> None:
+    """A gateway's page naming its trace id (32 hex digits, W3C's), also sent in its
+    ``X-Trace-Id`` beside an ``X-Request-Id``: only the first request id header was told from
+    a fresh token, and the trace id the operators ask for was masked in the body, the message
+    and ``.headers``."""
+    trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+    api.get(
+        TOKEN_URL,
+        status=502,
+        body=f"<p>upstream issued {FRESH_HEX}, then closed (trace {trace})</p>",
+        content_type="text/html",
+        headers={"X-Request-Id": "gw-7f3a", "X-Trace-Id": trace},
+        repeat=True,
+    )
+    dm = make_client(app_id="app-1", secret=SECRET, base_url=BASE, max_retries=0)
+
+    with pytest.raises(DMHubError) as raised:
+        await dm.request("GET", "/v1/customers/1")
+
+    error = raised.value
+    assert f"(trace {trace})" in str(error)
+    assert f"(trace {trace})" in str(getattr(error, "body", ""))
+    assert getattr(error, "headers", {}).get("X-Trace-Id") == trace
+    assert getattr(error, "request_id", None) == "gw-7f3a"
+    assert FRESH_HEX[:12] not in str(error) + str(getattr(error, "body", ""))
+
+
 async def test_a_token_answer_masked_for_a_fresh_token_keeps_its_headers_read_in_any_case(
     api, make_client
 ) -> None:
