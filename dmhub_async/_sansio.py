@@ -181,12 +181,12 @@ class APIResponse:
     data: Any = attrs.field(repr=False)
     retries: int = 0
 
-    def __reduce__(self) -> tuple[type[APIResponse], tuple[Any, ...]]:
+    def __reduce__(self) -> tuple[Callable[..., APIResponse], tuple[Any, ...]]:
         # Pickled and copied with its headers as a plain CIMultiDict (masked already; made read
         # only again as it is rebuilt): aiohttp's read-only view of them does not pickle, so an
         # answer sent to another process (arq pickles a job's result) failed with "can't pickle
         # multidict._multidict.CIMultiDictProxy objects".
-        return (APIResponse, (self.status, CIMultiDict(self.headers), self.data, self.retries))
+        return (_rebuilt, (self.status, CIMultiDict(self.headers), self.data, self.retries))
 
     @property
     def status_code(self) -> int:
@@ -197,6 +197,12 @@ class APIResponse:
     def request_id(self) -> str | None:
         """The id the service gave this request (``X-Request-Id`` and the like), if any."""
         return request_id(self.headers)
+
+
+def _rebuilt(status: int, headers: CIMultiDict[str], data: Any, retries: int) -> APIResponse:
+    """An :class:`APIResponse` unpickled or copied: its headers read-only again, as the answer's
+    were (a copy's could be changed in place)."""
+    return APIResponse(status, CIMultiDictProxy(headers), data, retries)
 
 
 def date_of(answer: APIResponse | None) -> str | None:

@@ -1615,6 +1615,9 @@ async def test_last_response_pickles_and_copies_with_the_token_masked(make_clien
             assert received == response
             assert (received.status_code, received.data, received.retries) == (200, {"id": 2}, 0)
             assert received.headers["x-echo"] == f"token {MASK}"
+            # Read-only, as the answer's own headers are: a copy's could be changed in place.
+            with pytest.raises(TypeError):
+                received.headers["x-echo"] = "changed"  # type: ignore[index]
 
 
 class _CountingPattern:
