@@ -1094,9 +1094,9 @@ raise SystemExit(main())
 
 def _stopped_while_a_read_stalls(
     tmp_path: Path, argv: list[str], first: int, second: int | None
-) -> tuple[int, str, float]:
-    """(exit code, stderr, seconds from the first signal to the end) of a `_STALLED_READ`
-    command sent ``first`` as it reads, then, once it has said it stopped, ``second``."""
+) -> tuple[int, str]:
+    """(exit code, stderr) of a `_STALLED_READ` command sent ``first`` as it reads, then, once
+    it has said it stopped, ``second``; waited for 30 s, half its read's 60."""
     (tmp_path / "stalled.py").write_text(_STALLED_READ, encoding="utf-8")
     with log_of(tmp_path).open("w+b") as stderr:
         proc = subprocess.Popen(
@@ -1116,18 +1116,16 @@ def _stopped_while_a_read_stalls(
         try:
             until((tmp_path / "reading").exists)
             proc.send_signal(first)
-            sent = time.monotonic()
             if second is not None:
                 until(lambda: b"stopped by" in log_of(tmp_path).read_bytes())
                 proc.send_signal(second)
             code = proc.wait(timeout=30)
-            took = time.monotonic() - sent
         finally:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait(timeout=10)
         stderr.seek(0)
-        return code, stderr.read().decode("utf-8"), took
+        return code, stderr.read().decode("utf-8")
 
 
 @pytest.mark.parametrize(
@@ -1146,7 +1144,7 @@ def test_a_second_signal_as_the_process_waits_for_a_stalled_read_exits_at_once_i
     # for its file thread, stuck in a read from a file system gone away. A second Ctrl-C
     # printed KeyboardInterrupt's traceback from that wait; a second SIGTERM killed the
     # process without a word. A second signal ends it at once, as during the command's cleanup.
-    code, said, took = _stopped_while_a_read_stalls(tmp_path, ["demo"], first, second)
+    code, said = _stopped_while_a_read_stalls(tmp_path, ["demo"], first, second)
 
     names = [signal.Signals(s).name for s in (first, second)]
     assert code == 128 + second, said
@@ -1155,8 +1153,7 @@ def test_a_second_signal_as_the_process_waits_for_a_stalled_read_exits_at_once_i
         f"dmhub-async: stopped by {names[0]}: no output written",
         f"dmhub-async: stopped by {names[0]}, then {names[1]}: exiting at once, its cleanup"
         " unfinished",
-    ], said
-    assert took < 20  # not the read's 60 s
+    ], said  # said by the second signal's ending, within half the read's 60 s (not took < 20)
 
 
 def test_a_bounded_stop_past_its_event_loop_names_the_threads_the_exit_waits_for(
@@ -1166,7 +1163,7 @@ def test_a_bounded_stop_past_its_event_loop_names_the_threads_the_exit_waits_for
     # loop closed, said 2 s later "waiting on an event loop that does not answer".
     argv = ["worker", "--redis", "redis://127.0.0.1:1/0", "--stop-timeout", "0.5"]
 
-    code, said, _ = _stopped_while_a_read_stalls(tmp_path, argv, signal.SIGTERM, None)
+    code, said = _stopped_while_a_read_stalls(tmp_path, argv, signal.SIGTERM, None)
 
     # Said by the bound's own timer (at 0.5 s), not by the one 2 s later for a loop that does
     # not answer (which says so): told apart by their words, not by a loaded machine's clock.

@@ -577,7 +577,7 @@ def test_a_worker_stopped_while_redis_is_away_ends_at_once_in_one_line(
     # SIGTERM (a deploy, systemd) while the queue's Redis was down: arq's close told Redis the
     # worker was gone, and redis-py's ConnectionError came out as a traceback in place of
     # "stopped by SIGTERM" (and, with the worker's tries for a restarting Redis, after a minute).
-    code, err, _ = _stop_a_serving_worker(
+    code, err = _stop_a_serving_worker(
         tmp_path, redis, ["-m", "dmhub_async", "worker", "--redis", redis.url], redis.kill
     )
 
@@ -615,9 +615,9 @@ def _stop_a_serving_worker(
     redis: RedisServer,
     arguments: list[str],
     before: Callable[[], object] = lambda: None,
-) -> tuple[int, str, float]:
-    """(exit code, stderr, seconds from the SIGTERM to the exit) of ``python ARGUMENTS``, a
-    worker sent SIGTERM once it serves the queue (``before`` called just before)."""
+) -> tuple[int, str]:
+    """(exit code, stderr) of ``python ARGUMENTS``, a worker sent SIGTERM once it serves the
+    queue (``before`` called just before), given 30 s to exit."""
     with sim_process(100) as sim:
         worker = subprocess.Popen(
             [sys.executable, *arguments],
@@ -634,19 +634,17 @@ def _stop_a_serving_worker(
                 time.sleep(0.05)
             before()
             worker.terminate()
-            sent = time.monotonic()
             _, err = worker.communicate(timeout=30)
-            took = time.monotonic() - sent
         finally:
             if worker.poll() is None:
                 worker.kill()
                 worker.communicate()
-    return worker.returncode, err, took
+    return worker.returncode, err
 
 
 def _stop_a_stuck_worker(
     tmp_path: Path, redis: RedisServer, how: str, *flags: str
-) -> tuple[int, str, float]:
+) -> tuple[int, str]:
     """:func:`_stop_a_serving_worker` of a `_STUCK_WORKER`."""
     script = tmp_path / "stuck_worker.py"
     script.write_text(_STUCK_WORKER, encoding="utf-8")
@@ -670,14 +668,13 @@ def test_a_worker_whose_stop_never_ends_exits_at_its_stop_timeout_saying_where_i
     # Run 58 of the benchmarks: a `dmhub-async worker` sent SIGTERM was still in its event
     # loop 30 s later (and minutes after), saying nothing: its cleanup waited on something
     # that never came. Now its stop is bounded (--stop-timeout) and says what it waited on.
-    code, err, took = _stop_a_stuck_worker(tmp_path, redis, how, "--stop-timeout", bound)
+    code, err = _stop_a_stuck_worker(tmp_path, redis, how, "--stop-timeout", bound)
 
     assert code == 143, err
     assert err.splitlines() == [
         f"dmhub-async: stopped by SIGTERM: its cleanup did not end within {bound} s (waiting on "
         f"{waits}): exiting at once, its cleanup unfinished"
-    ], err
-    assert took < 20  # the bound, not the test's own timeout
+    ], err  # said by the bound alone; without it, no exit within the 30 s given (not took < 20)
 
 
 @pytest.mark.parametrize("given", ["0", "-1", "nan", "inf", "soon"])
