@@ -1174,3 +1174,55 @@ def test_a_bounded_stop_past_its_event_loop_names_the_threads_the_exit_waits_for
         " interpreter's exit, which waits for threads: dmhub-file_0): exiting at once, its"
         " cleanup unfinished",
     ], said
+
+
+def test_a_bound_whose_timer_ran_late_still_names_what_the_exit_waits_for(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The bound's two timers were started together at the signal, the first at the bound's
+    # 0.5 s, the second ("an event loop that does not answer") 2 s after it: a first one whose
+    # thread a loaded machine ran 2 s late came after the second, which said the loop did not
+    # answer of one closed long before. The loop's 2 s begin when the bound's time is up.
+    from dmhub_async.cli import _main
+
+    class Said(Exception):
+        pass
+
+    def exit_at_once(signum: int, said: str) -> None:
+        raise Said(said)
+
+    timers: list[Any] = []
+
+    class Timer:  # threading.Timer's, run when the test says
+        def __init__(self, interval: float, function: Callable[[], None]) -> None:
+            self.interval, self.function, self.started = interval, function, False
+            self.daemon, self.name = False, ""
+            timers.append(self)
+
+        def start(self) -> None:
+            self.started = True
+
+        def cancel(self) -> None:
+            pass
+
+    monkeypatch.setattr(_main, "_exit_at_once", exit_at_once)
+    monkeypatch.setattr(threading, "Timer", Timer)
+    loop = asyncio.new_event_loop()
+    loop.close()  # the command ended: the interpreter's exit is what waits
+
+    _main._bound_the_stop(loop, signal.SIGTERM, 0.5)
+
+    # A loaded machine runs the first timer's thread last: every other one started, first.
+    said: list[tuple[float, str]] = []
+    while started := [timer for timer in timers if timer.started]:
+        timer = started[-1]
+        timer.started = False
+        with pytest.raises(Said) as ended:
+            timer.function()
+        said.append((timer.interval, str(ended.value)))
+    assert said[0][1].startswith(
+        "stopped by SIGTERM: its cleanup did not end within 0.5 s (waiting on the interpreter's"
+        " exit"
+    ), said
+    # Had that not ended the process, the loop's 2 s are counted from the bound's end.
+    assert [interval for interval, _ in said] == [0.5, _main._LOOP_ANSWER], said

@@ -167,6 +167,10 @@ def _bound_the_stop(
         _give_up(signum, seconds, _waits(loop))
 
     def in_time() -> None:
+        # The loop's time to answer begins now, not at the signal: started together, a first
+        # timer whose thread a loaded machine ran 2 s late came after the second, which said
+        # the loop did not answer of one long closed. (Cancelled first, it never runs.)
+        timers[1].start()
         try:
             loop.call_soon_threadsafe(on_loop)
         except RuntimeError:  # the loop closed: the interpreter's exit is what waits
@@ -176,12 +180,12 @@ def _bound_the_stop(
         _give_up(signum, seconds, "an event loop that does not answer")
 
     timers = []
-    for delay, then in ((seconds, in_time), (seconds + _LOOP_ANSWER, too_late)):
+    for delay, then in ((seconds, in_time), (_LOOP_ANSWER, too_late)):
         timer = threading.Timer(delay, then)
         timer.daemon = True
         timer.name = "dmhub-stop-bound"
-        timer.start()
         timers.append(timer)
+    timers[0].start()
     return timers
 
 
