@@ -73,8 +73,11 @@ def fresh_default_token_store() -> None:
     port to a later one. A token left behind would meet that later simulator, which refuses
     it: the client fetches a new one and sends the request again, one request more than a test
     that counts requests expects (test_list_integration.py, the tests after the id-list walk).
+    A token fetch's failure left behind held a later client of that key for its 6 s (raised
+    at once, nothing sent): the DNS no-answer rerun test, run twice in a row, looked nothing up.
     """
     DEFAULT_STORE._tokens.clear()
+    DEFAULT_STORE._failures.clear()
 
 
 @pytest.fixture
