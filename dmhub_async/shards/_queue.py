@@ -1036,6 +1036,12 @@ def _check_known_filters(shard: Shard, task: dict[str, Any]) -> None:
         )
 
 
+def _secret_of(settings: Any) -> str | None:
+    """The secret arq's ``RedisSettings`` sends Redis: its password, or a user name given with
+    none (``redis://PASSWORD@HOST``, which redis-py sends as a user name)."""
+    return redis_secret(getattr(settings, "password", None), getattr(settings, "username", None))
+
+
 def _release_of(sent: dict[str, Any]) -> str:
     release = sent.get("release")
     return printable(str(release))[:40] if release is not None else "0.1.0 or earlier"
@@ -1446,13 +1452,12 @@ def _worker_class() -> Any:
                 await self._main()
             except (RedisError, OSError) as caught:
                 err = redis_refusal(caught)  # a refusal over a unix socket, as over TCP
+                del caught
                 said = str(err)
                 if isinstance(err, RedisError):  # one message; an OSError's errno is kept
-                    settings = self.redis_settings
-                    sent = redis_secret(
-                        getattr(settings, "password", None), getattr(settings, "username", None)
-                    )
-                    masked = without_password(said, sent)
+                    # No variable of this frame, which the error's traceback keeps, holds
+                    # the password: an error tracker records them.
+                    masked = without_password(said, _secret_of(self.redis_settings))
                     if masked != said:
                         err.args = (masked,)
                 raise err.with_traceback(None) from None
