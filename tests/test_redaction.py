@@ -1418,6 +1418,15 @@ REQUEST_ID = "0af7651916cd43dd8448eb211c80319c"
         (502, f"Bad gateway: upstream issued {FRESH_HEX}, then closed (request {REQUEST_ID})"),
         (200, f'{{"error_code": 500, "error_description": "issued {FRESH_HEX}, not saved"}}'),
         (503, f"<p>token={FRESH_HEX[:16]}... {FRESH_HEX}</p><p>request {REQUEST_ID}</p>"),
+        # In a list and quoted in the description too, where no field's name is beside it.
+        (
+            200,
+            f'{{"error_code": 1, "error_description": "{FRESH}", "access_token": ["{FRESH}"]}}',
+        ),
+        # Far into a gateway's page.
+        (502, f"<html><head><title>502 Bad Gateway</title></head><body>upstream: {FRESH_HEX}"),
+        # After a line break the JSON writes as "\n": "n" then the token in the body's text.
+        (200, f'{{"error_code": 500, "error_description": "issued:\\n{FRESH_HEX}, not saved"}}'),
     ],
     ids=[
         "camel-page",
@@ -1428,6 +1437,9 @@ REQUEST_ID = "0af7651916cd43dd8448eb211c80319c"
         "free-text",
         "free-text-description",
         "free-text-page",
+        "list-quoted",
+        "free-text-far-into-a-page",
+        "free-text-after-an-escape",
     ],
 )
 async def test_a_fresh_token_in_a_token_answer_outside_the_contracts_shape_is_masked(
@@ -1521,6 +1533,34 @@ async def test_a_token_answer_masked_for_a_fresh_token_keeps_its_headers_read_in
     assert getattr(error, "retry_after", None) == 7
     assert getattr(error, "request_id", None) == REQUEST_ID
     assert FRESH_HEX[:12] not in str(getattr(error, "headers", None)) + str(error)
+
+
+async def test_a_token_answer_s_error_keeps_its_app_id_and_fields_that_are_no_token(
+    api, make_client
+) -> None:
+    """What a token answer's error says that is no token stays said: the app id (of the
+    tokens' own shape, 32 hex digits, which the user needs to see which app was refused), and
+    a field whose name only starts like the token's (``access_token_type``), whose value is in
+    the description, and a longer run of hex digits (a 40-digit trace id) the shape is no part
+    of."""
+    app_id = "5d41402abc4b2a76b9719d911017c592"
+    said = f"app {app_id}: bearer not allowed (trace aaf4c61ddcc5e8a2dabede0f3b482cd9aea9434d)"
+    api.get(
+        TOKEN_URL,
+        status=200,
+        body=(
+            f'{{"error_code": 40001, "error_description": "{said}", "access_token_type": "bearer"}}'
+        ),
+        content_type="application/json",
+        repeat=True,
+    )
+    dm = make_client(app_id=app_id, secret=SECRET, base_url=BASE, max_retries=0)
+
+    with pytest.raises(DMHubError) as raised:
+        await dm.request("GET", "/v1/customers/1")
+
+    assert said in str(raised.value)
+    assert getattr(raised.value, "description", None) == said
 
 
 async def test_a_fresh_token_holding_json_escapes_in_a_token_answer_cut_short_is_masked(
