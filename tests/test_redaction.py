@@ -1535,6 +1535,29 @@ async def test_a_token_answer_masked_for_a_fresh_token_keeps_its_headers_read_in
     assert FRESH_HEX[:12] not in str(getattr(error, "headers", None)) + str(error)
 
 
+async def test_a_fresh_token_a_token_answer_s_header_echoes_is_masked_in_the_error(
+    api, make_client
+) -> None:
+    """A token answer outside the contract's shape whose header echoes the token just issued
+    (a gateway's debug header): the error's ``headers`` showed it whole."""
+    api.get(
+        TOKEN_URL,
+        status=502,
+        body=f'{{"accessToken": "{FRESH}", "expiresIn": 7200}}',
+        content_type="text/html",
+        headers={"X-Upstream-Echo": f"issued {FRESH}", "X-Request-Id": REQUEST_ID},
+        repeat=True,
+    )
+    dm = make_client(app_id="app-1", secret=SECRET, base_url=BASE, max_retries=0)
+
+    with pytest.raises(DMHubError) as raised:
+        await dm.request("GET", "/v1/customers/1")
+
+    headers = getattr(raised.value, "headers", {})
+    assert headers.get("X-Upstream-Echo") == f"issued {MASK}", headers
+    assert headers.get("X-Request-Id") == REQUEST_ID
+
+
 async def test_a_token_answer_s_error_keeps_its_app_id_and_fields_that_are_no_token(
     api, make_client
 ) -> None:
