@@ -68,7 +68,7 @@ from dmhub_async import (
     _pagination,
     _redact,
 )
-from dmhub_async._redact import MASK, RedactedCause, redact, without_password
+from dmhub_async._redact import MASK, RedactedCause, redact, redis_password, without_password
 from dmhub_async._sansio import Request
 from dmhub_async.testing import DMHubSimulator
 
@@ -1029,6 +1029,23 @@ def test_a_redis_password_is_masked_in_redis_s_words(
     # the message that says a password is wrong may share with it.
     shown = without_password(said, password)
     assert shown == said if masked is None else masked in shown
+
+
+@pytest.mark.parametrize(
+    ("url", "said"),
+    [
+        # A user name and a password: Redis quotes both as AUTH's arguments.
+        ("redis://reader:pa55word-9@h:6379/0", "args beginning with: 'reader' 'pa55word-9' "),
+        # A password written without its colon: redis-py sends it as the user name.
+        ("redis://pa55word-9@h:6379/0", "args beginning with: 'pa55word-9' "),
+        ("redis://h:6379/0?username=reader&password=pa55word-9", "with: 'reader' 'pa55word-9' "),
+    ],
+    ids=["user and password", "password without its colon", "in the query"],
+)
+def test_the_password_a_redis_url_sends_is_the_one_masked(url: str, said: str) -> None:
+    shown = without_password(said, redis_password(url))
+    assert "pa55word" not in shown, shown
+    assert MASK in shown
 
 
 def test_a_run_of_a_secret_after_letters_whose_lower_case_is_longer_is_masked() -> None:
