@@ -1031,6 +1031,22 @@ def test_a_redis_password_is_masked_in_redis_s_words(
     assert shown == said if masked is None else masked in shown
 
 
+#: A secret holding "/" and a non-ASCII letter, as a JSON writer escapes it ("\\/", "\\u00e9").
+_SLASHED = "Cn4ry/S3cr3t/Zq9-x0x0x0x0-t\u00e9il/end"
+_SLASHED_JSON = "Cn4ry\\/S3cr3t\\/Zq9-x0x0x0x0-t\\u00e9il\\/end"
+
+
+@pytest.mark.parametrize(
+    "echo",
+    [_SLASHED_JSON[:20], _SLASHED_JSON[10:], _SLASHED_JSON[20:]],
+    ids=["its start", "its end", "its end, non-ASCII"],
+)
+def test_a_secret_echoed_json_escaped_and_cut_short_is_masked(echo: str) -> None:
+    # A description cut to its first characters, or a log line of its last: a run of the
+    # secret as JSON writes it, not the whole, went out where a raw run would be masked.
+    assert redact(f'{{"echo": "{echo}"}}', [_SLASHED]) == '{"echo": "***"}'
+
+
 @pytest.mark.parametrize(
     ("url", "said"),
     [
