@@ -787,6 +787,9 @@ def test_settings_from_the_environment_are_checked_as_arguments_are(
         ({}, {"DMHUB_SECRET": "\u2039env-s3cret\u203a"}, "DMHUB_SECRET is in quotes"),
         ({"app_id": "tenant-b", "secret": "\u201es3cret-b\u201c"}, {}, "secret is in quotes"),
         ({"app_id": "tenant-b", "secret": "\u201es3cret-b\u201d"}, {}, "secret is in quotes"),
+        ({"access_token": "\u203atok-9f3e\u2039"}, {}, "access_token is in quotes"),
+        ({"app_id": "\u201atenant-b\u2018", "secret": "s3cret-b"}, {}, "app_id is in quotes"),
+        ({"app_id": "\u201atenant-b\u2019", "secret": "s3cret-b"}, {}, "app_id is in quotes"),
     ],
     ids=[
         "app_id",
@@ -812,6 +815,9 @@ def test_settings_from_the_environment_are_checked_as_arguments_are(
         "DMHUB_SECRET-single-guillemets",
         "secret-german-quoted",
         "secret-polish-quoted",
+        "access_token-reversed-single-guillemets",
+        "app_id-german-single-quoted",
+        "app_id-polish-single-quoted",
     ],
 )
 async def test_credentials_pasted_with_white_space_or_quotes_are_refused_before_anything_is_sent(
