@@ -323,6 +323,8 @@ async def test_customer_ids_of_an_int_class_of_their_own_are_taken_as_the_int_th
         assert sorted(listed) == [ids[0], ids[3]]
         rest = [c.id async for c in dm.customers.list(resume_after=_Int64(ids[2]))]
         assert rest == ids[3:]
+        everyone = [c.id async for c in dm.customers.list(resume_after=_Int64(0))]
+        assert everyone == ids  # 0, the least id there is: from the start
         assert await dm.customers.count(id_list=[_Int64(ids[4])]) == 1
         await dm.customers.delete(_Int64(ids[4]))
         assert sorted(sim.customer_ids()) == ids[:4]
