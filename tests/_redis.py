@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from dmhub_async import RedisRateLimiter, RedisTokenStore
 from dmhub_async.testing._redis import (
     PORT_TRIES,
     REDIS_SERVER,
@@ -34,8 +35,10 @@ __all__ = [
     "leaks_collected",
     "listened_on",
     "no_leaks",
+    "rate_turn",
     "redis_server",
     "server_port",
+    "store_get",
 ]
 
 
@@ -100,3 +103,18 @@ def no_leaks() -> Iterator[None]:
         gc.unfreeze()
     if leaks:
         pytest.fail("left open by this test:\n" + "\n".join(leaks), pytrace=False)
+
+
+async def store_get(url: str) -> None:
+    """One read of a :class:`RedisTokenStore` at ``url``: what a token store's refusal is."""
+    async with RedisTokenStore(url) as store:
+        await store.get("key")
+
+
+async def rate_turn(url: str) -> None:
+    """One turn of a :class:`RedisRateLimiter` at ``url``: what a shared limit's refusal is."""
+    limiter = RedisRateLimiter(url, 5)
+    try:
+        await limiter.acquire()
+    finally:
+        await limiter.aclose()

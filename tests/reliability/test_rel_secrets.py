@@ -26,7 +26,7 @@ from urllib.parse import quote, quote_plus
 
 import attrs
 import pytest
-from _redis import REDIS_SERVER, SKIP_REASON, RedisServer
+from _redis import REDIS_SERVER, SKIP_REASON, RedisServer, rate_turn, store_get
 from aiohttp import web
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
@@ -42,7 +42,6 @@ from dmhub_async import (
     MemoryTokenStore,
     NotFoundError,
     RateLimitError,
-    RedisRateLimiter,
     RedisTokenStore,
     ResponseDecodeError,
     ServerError,
@@ -443,19 +442,6 @@ def redis_without_auth(tmp_path_factory: pytest.TempPathFactory) -> Any:
         server.kill()
 
 
-async def _store_get(url: str) -> None:
-    async with RedisTokenStore(url) as store:
-        await store.get("key")
-
-
-async def _rate_turn(url: str) -> None:
-    limiter = RedisRateLimiter(url, 5)
-    try:
-        await limiter.acquire()
-    finally:
-        await limiter.aclose()
-
-
 def shown_texts(err: BaseException) -> list[str]:
     """What Python's traceback and an error tracker (Sentry) show of an error: its message,
     repr and attributes, and those of each error of its chain as they follow it (a cause,
@@ -471,7 +457,7 @@ def shown_texts(err: BaseException) -> list[str]:
 
 
 @pytest.mark.parametrize(
-    "use", [_store_get, _rate_turn, check_queue], ids=["store", "rate limit", "queue"]
+    "use", [store_get, rate_turn, check_queue], ids=["store", "rate limit", "queue"]
 )
 @pytest.mark.parametrize(
     "typed",

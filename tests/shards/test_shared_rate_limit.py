@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _redis import RedisServer
+from _redis import RedisServer, rate_turn, store_get
 
 from dmhub_async import (
     DMHubClient,
@@ -492,30 +492,17 @@ async def test_a_unix_socket_redis_keeps_the_limit_as_it_keeps_the_queue() -> No
         assert b"dmhub_async:app" in _keys_at(sock, 2)
 
 
-async def _store_get(url: str) -> None:
-    async with RedisTokenStore(url) as store:
-        await store.get("key")
-
-
-async def _rate_turn(url: str) -> None:
-    limiter = RedisRateLimiter(url, 5)
-    try:
-        await limiter.acquire()
-    finally:
-        await limiter.aclose()
-
-
 @pytest.mark.parametrize(
     ("use", "refused"),
     [
         (
-            _store_get,
+            store_get,
             "GET failed: AuthenticationError: invalid username-password pair or user is"
             " disabled.; no process can share a token through it: give the store a user,"
             " password and database that Redis takes",
         ),
         (
-            _rate_turn,
+            rate_turn,
             "refused the request: invalid username-password pair or user is disabled.: no"
             " request was sent",
         ),
@@ -551,7 +538,7 @@ async def test_a_redis_refusing_the_password_is_said_to_refuse_it_over_a_unix_so
 
 
 @pytest.mark.parametrize(
-    "use", [_store_get, _rate_turn, check_queue], ids=["store", "rate limit", "queue"]
+    "use", [store_get, rate_turn, check_queue], ids=["store", "rate limit", "queue"]
 )
 async def test_a_redis_not_knowing_auth_over_a_unix_socket_is_said_to_refuse_it(
     use: Callable[[str], Awaitable[None]],
