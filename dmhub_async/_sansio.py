@@ -592,15 +592,14 @@ def connection_error(
     to, and what to check; ``status``: a proxy's answer to the tunnel's CONNECT; ``reason``:
     why a TLS handshake failed (OpenSSL's words: "self-signed certificate"); ``no_dns_answer``:
     the lookup of the host got no answer (not that there is no such host); ``not_http``: what
-    aiohttp's parser found wrong in an answer that was no HTTP ("Bad status line"), said with
-    ``where`` (it was "failed (ClientResponseError)"). Such an answer is none the client could
-    read: retried as a connection lost after sending.
+    aiohttp's parser found wrong in an answer, "not HTTP (Bad status line)" or "HTTP beyond the
+    client's limits (...)", said with ``where`` (it was "failed (ClientResponseError)"). Such
+    an answer is none the client could read: retried as a connection lost after sending.
     """
     unknown = not request.idempotent and not not_sent
     message = f"{request.method} {request.path} " + ("timed out" if timeout else f"failed ({kind})")
     if not_http is not None and where and not timeout:
-        message = f"{request.method} {request.path} failed: the answer from {where} was not HTTP"
-        message += f" ({not_http})"
+        message = f"{request.method} {request.path} failed: the answer from {where} was {not_http}"
     hint = (
         connection_hint(kind, where, status, proxied, reason, no_dns_answer)
         if not_sent and where

@@ -1286,15 +1286,23 @@ def _tls_reason(failure: BaseException) -> str | None:
 
 
 def _not_http(failure: BaseException) -> str | None:
-    """What aiohttp's parser found wrong in an answer that was no HTTP (a status line of
-    another protocol, a header without a colon), in its words up to the bytes it quotes
-    ("Bad status line", "Invalid header token"); None for any other failure."""
+    """What aiohttp's parser found wrong in an answer, said after "was": no HTTP (a status
+    line of another protocol, a header without a colon) or HTTP past the limits aiohttp reads
+    (a header line over its 8190 bytes, which it was said not to be), in its words up to the
+    bytes it quotes ("not HTTP (Bad status line)"); None for any other failure."""
     if not isinstance(failure, aiohttp.ClientResponseError):
         return None
     if not isinstance(failure.__cause__, HttpProcessingError):
         return None
-    said = re.split(r"""[:'"\n]|\bb'""", str(failure.message), maxsplit=1)[0].strip()
-    return printable(said) or "unreadable"
+    # Up to a quote that opens (not the apostrophe of "can't", which cut its words short).
+    said = re.split(r"""[:\n]|(?<!\w)['"]|\bb['"]""", str(failure.message), maxsplit=1)[0].strip()
+    said = printable(said) or "unreadable"
+    # By aiohttp's words: the client's protocol raises its parser's errors as one class.
+    if said.startswith("Got more than "):  # "... bytes when reading: <the line>", cut there
+        return f"HTTP beyond the client's limits ({said} a line)"
+    if said.startswith("Too many "):  # headers, trailers
+        return f"HTTP beyond the client's limits ({said})"
+    return f"not HTTP ({said})"
 
 
 #: What aiohttp raises for a request that never left: refused, DNS, and (from aiohttp 3.10,

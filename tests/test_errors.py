@@ -1183,3 +1183,55 @@ async def test_an_answer_that_is_not_http_is_said_so_naming_the_url_without_the_
         assert message.endswith(
             "its outcome is unknown and it was not repeated: check before trying again"
         )
+
+
+@pytest.mark.parametrize(
+    ("answer", "said"),
+    [
+        # A gateway's long header (a cookie, a policy): HTTP, past aiohttp's 8190 bytes a line.
+        (
+            b"HTTP/1.1 200 OK\r\nX-Echo: {line}" + b"a" * 9000 + b"\r\n"
+            b"Content-Length: 2\r\n\r\n{{}}",
+            "was HTTP beyond the client's limits (Got more than 8190 bytes when reading a line)",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\n"
+            + b"".join(b"X-H%d: v\r\n" % i for i in range(200))
+            + b"Content-Length: 2\r\n\r\n{{}}",
+            "was HTTP beyond the client's limits (Too many headers received)",
+        ),
+        # aiohttp's words hold an apostrophe of their own: they were cut there.
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"2\r\n{{}}\r\n0\r\n\r\n",
+            "was not HTTP (Transfer-Encoding can't be present with Content-Length)",
+        ),
+    ],
+    ids=["a line too long", "too many headers", "words with an apostrophe"],
+)
+async def test_an_http_answer_past_the_client_limits_is_not_called_not_http(
+    make_client, answer: bytes, said: str
+) -> None:
+    # "GET /v1/customers/1 failed: the answer from URL was not HTTP (Got more than 8190 bytes
+    # when reading)": an HTTP answer with a header line over aiohttp's limit was said to be no
+    # HTTP at all, which sends a user to check the port, and aiohttp's words were cut short.
+    requests: list[bytes] = []
+
+    async def answering(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        line = (await reader.readuntil(b"\r\n\r\n")).split(b"\r\n", 1)[0]
+        requests.append(line)
+        writer.write(answer.replace(b"{line}", line).replace(b"{{}}", b"{}"))
+        await writer.drain()
+        writer.close()
+
+    listening = await asyncio.start_server(answering, "127.0.0.1", 0)
+    base_url = f"http://127.0.0.1:{listening.sockets[0].getsockname()[1]}"
+    async with listening:
+        dm = make_client(access_token=TOKEN_ECHO, base_url=base_url, max_retries=0)
+        with pytest.raises(APIConnectionError) as info:
+            await dm.request("GET", "/v1/customers/1")
+
+    message = str(info.value)
+    assert message == f"GET /v1/customers/1 failed: the answer from {base_url} {said}", message
+    assert TOKEN_ECHO not in message
+    assert len(requests) == 1
