@@ -1759,3 +1759,31 @@ def test_a_lazy_customers_malformed_field_costs_no_scan_a_secret_once_256_are_re
     text = str(info.value)
     assert "field 'dateJoin': not a timestamp: 'at *** or ***'" in text, text
     assert len(scans) <= 4, len(scans)  # the two quoted (and the live clients', none here)
+
+
+async def _plain_answer(request: web.Request) -> web.StreamResponse:
+    return web.json_response({"id": 2}, headers={"X-Request-Id": "r-1"})
+
+
+async def test_last_response_copied_or_pickled_keeps_its_headers_read_only(make_client):
+    # Copied or unpickled, an answer whose headers held nothing to mask had them as a plain,
+    # writable CIMultiDict (the original's are read-only, as aiohttp's): a copy's headers
+    # could be changed where the answer's could not.
+    async with _loopback(_plain_answer) as base_url:
+        dm = make_client(access_token=TOKEN, base_url=base_url)
+        await dm.request("GET", "/v1/customers/2")
+        response = dm.last_response
+        assert response is not None
+        for received in (
+            pickle.loads(pickle.dumps(response)),
+            copy.copy(response),
+            copy.deepcopy(response),
+        ):
+            assert received == response
+            assert received.headers["x-request-id"] == "r-1"
+            with pytest.raises(TypeError):
+                received.headers["X-Request-Id"] = "changed"  # type: ignore[index]
+            with pytest.raises((TypeError, AttributeError)):
+                received.headers.add("X-Added", "1")  # type: ignore[attr-defined]
+        with pytest.raises(TypeError):
+            response.headers["X-Request-Id"] = "changed"  # type: ignore[index]
