@@ -14,7 +14,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import fakeredis
@@ -2773,15 +2773,15 @@ class _FlakyStore(MemoryTokenStore):
         return await super().get(key)
 
 
-async def test_a_frozen_store_is_read_once_for_a_token_taken_since() -> None:
-    # A call refused after its refresh, the store not answering at all: each read waits the
-    # store's whole timeout, so it is read once and the refusal stands; read again after each
-    # of the retries' waits, the call hung (1 + retries) timeouts before it failed.
+async def _taken_since_once_failing(
+    store: MemoryTokenStore, fail: Callable[[], None], slept: list[float], timeout: float
+) -> str | None:
+    """What a client whose tok-1 was refreshed through ``store``, the store then failing
+    (``fail``), takes for a token taken since tok-1 was refused after its refresh; the
+    retries' waits it sleeps (1, 2 and 4 s, none really) are appended to ``slept``."""
     from dmhub_async._auth import TokenManager
 
     loop = asyncio.get_running_loop()
-    store = _FlakyStore()
-    slept: list[float] = []
 
     async def sleep(seconds: float) -> None:
         slept.append(seconds)
@@ -2789,11 +2789,23 @@ async def test_a_frozen_store_is_read_once_for_a_token_taken_since() -> None:
     async def fetch() -> Token:
         return Token("tok-1", loop.time() + 7200, loop.time())
 
-    tokens = TokenManager("key", store, fetch, loop.time, timeout=0.01)
+    tokens = TokenManager("key", store, fetch, loop.time, timeout=timeout)
     assert await tokens.refresh(None) == "tok-1"
-    store.frozen, store.reads = True, 0
+    fail()
+    return await tokens.taken_since("tok-1", fetch, None, sleep, [1.0, 2.0, 4.0])
 
-    taken = await tokens.taken_since("tok-1", fetch, None, sleep, [1.0, 2.0, 4.0])
+
+async def test_a_frozen_store_is_read_once_for_a_token_taken_since() -> None:
+    # A call refused after its refresh, the store not answering at all: each read waits the
+    # store's whole timeout, so it is read once and the refusal stands; read again after each
+    # of the retries' waits, the call hung (1 + retries) timeouts before it failed.
+    store = _FlakyStore()
+    slept: list[float] = []
+
+    def freeze() -> None:
+        store.frozen, store.reads = True, 0
+
+    taken = await _taken_since_once_failing(store, freeze, slept, timeout=0.01)
 
     assert taken is None
     assert store.reads == 1
@@ -2811,9 +2823,6 @@ async def test_a_store_whose_read_times_out_is_read_once_for_a_token_taken_since
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import TimeoutError as RedisTimeout
 
-    from dmhub_async._auth import TokenManager
-
-    loop = asyncio.get_running_loop()
     said = "Timeout reading from 127.0.0.1:6379"
     timed_out: Exception = TimeoutError(said) if kind == "builtin" else RedisTimeout(said)
     if kind == "redis over a unix socket":
@@ -2833,17 +2842,10 @@ async def test_a_store_whose_read_times_out_is_read_once_for_a_token_taken_since
     store = HostAway()
     slept: list[float] = []
 
-    async def sleep(seconds: float) -> None:
-        slept.append(seconds)
+    def away() -> None:
+        store.away, store.reads = True, 0
 
-    async def fetch() -> Token:
-        return Token("tok-1", loop.time() + 7200, loop.time())
-
-    tokens = TokenManager("key", store, fetch, loop.time, timeout=30.0)
-    assert await tokens.refresh(None) == "tok-1"
-    store.away, store.reads = True, 0
-
-    taken = await tokens.taken_since("tok-1", fetch, None, sleep, [1.0, 2.0, 4.0])
+    taken = await _taken_since_once_failing(store, away, slept, timeout=30.0)
 
     assert taken is None
     assert (store.reads, slept) == (1, [])
@@ -2967,24 +2969,14 @@ async def test_a_store_unsafe_to_use_is_raised_not_waited_for_a_token_taken_sinc
     # a token taken since: its error, at once, as a refresh raises it; taken for a store down
     # for a moment, it was read again after each retry's wait, and the call then failed as
     # if its token alone had been refused.
-    from dmhub_async._auth import TokenManager
-
-    loop = asyncio.get_running_loop()
     store = _FlakyStore()
     slept: list[float] = []
 
-    async def sleep(seconds: float) -> None:
-        slept.append(seconds)
-
-    async def fetch() -> Token:
-        return Token("tok-1", loop.time() + 7200, loop.time())
-
-    tokens = TokenManager("key", store, fetch, loop.time, timeout=1.0)
-    assert await tokens.refresh(None) == "tok-1"
-    store.unsafe, store.reads = True, 0
+    def unsafe() -> None:
+        store.unsafe, store.reads = True, 0
 
     with pytest.raises(TokenStoreError, match="password refused") as info:
-        await tokens.taken_since("tok-1", fetch, None, sleep, [1.0, 2.0])
+        await _taken_since_once_failing(store, unsafe, slept, timeout=1.0)
 
     assert info.value.unsafe
     assert (store.reads, slept) == (1, [])
