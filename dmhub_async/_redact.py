@@ -109,7 +109,7 @@ def redact(text: str, secrets: Iterable[str | None] = ()) -> str:
     # Only the patterns of the secrets whose anchor the text holds: each one scanned the text,
     # 1.3 ms an error once a lazy walk had remembered 256 secrets (or 128 clients were alive).
     # Masking drops no anchor's character, so the text as it came answers for every secret.
-    seen = text.lower() if text.isascii() else text.translate(_LIKE_ASCII).lower()
+    seen = (text if text.isascii() else _like_ascii(text)).lower()
     for mask in masks:
         if mask.anchor in seen:
             text = mask.pattern.sub(MASK, text)
@@ -323,7 +323,18 @@ def _fragments(secret: str) -> frozenset[str]:
 
 #: The characters outside ASCII that a pattern's IGNORECASE takes for ASCII letters ("ı" and
 #: "İ" for "i", "ſ" for "s", the Kelvin sign for "k"), as those: what an anchor is looked for in.
-_LIKE_ASCII = str.maketrans({"\u0130": "i", "\u0131": "i", "\u017f": "s", "\u212a": "k"})
+_LIKE_ASCII = {"\u0130": "i", "\u0131": "i", "\u017f": "s", "\u212a": "k"}
+
+
+def _like_ascii(text: str) -> str:
+    """``text`` with the letters of :data:`_LIKE_ASCII` as their ASCII ones: one fast scan for
+    each (``str.translate`` looked every character up in a dict: 0.6 ms on an error of 4 KB in
+    Chinese, a third more than all its masking, for letters it held none of)."""
+    for odd, plain in _LIKE_ASCII.items():
+        text = text.replace(odd, plain)
+    return text
+
+
 #: The characters URL encoding never changes: a pattern matches them as they are.
 _NEVER_ENCODED = re.compile(r"[A-Za-z0-9._~-]+")
 

@@ -1808,3 +1808,29 @@ async def test_last_response_copied_or_pickled_keeps_its_headers_read_only(make_
                 received.headers.add("X-Added", "1")  # type: ignore[attr-defined]
         with pytest.raises(TypeError):
             response.headers["X-Request-Id"] = "changed"  # type: ignore[index]
+
+
+class _CountedLookups(dict):  # type: ignore[type-arg]
+    """A table whose look-ups of one key at a time are counted."""
+
+    lookups = 0
+
+    def __getitem__(self, key: object) -> Any:
+        self.lookups += 1
+        return super().__getitem__(key)
+
+
+def test_an_error_in_chinese_is_not_looked_up_a_character_at_a_time_for_a_secrets_anchor(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A text outside ASCII (the service's messages are in Chinese) had each of its characters
+    # looked up in a table of the 4 letters re's IGNORECASE takes for ASCII ones, to find a
+    # secret's anchor: 0.6 ms on an error of 4 KB, a third more than the masking before it.
+    table = _CountedLookups(_redact._LIKE_ASCII)
+    monkeypatch.setattr(_redact, "_LIKE_ASCII", table)
+    secret = "KissKiss/Tok+47" + "x" * 17
+    echo = "KıſſKiss%2FTOK%2b47" + "X" * 17  # the Kelvin sign, the dotless i, the long s
+    said = "参数错误，请检查客户标识"  # "wrong parameter, check the customer's identity"
+    text = f"{said} {echo} " + said * 340  # 4 KB
+    assert redact(text, [secret]) == f"{said} {MASK} " + said * 340
+    assert table.lookups == 0
