@@ -31,6 +31,7 @@ import asyncio
 import contextlib
 import copy
 import gc
+import html
 import json
 import logging
 import pickle
@@ -1834,3 +1835,55 @@ def test_an_error_in_chinese_is_not_looked_up_a_character_at_a_time_for_a_secret
     text = f"{said} {echo} " + said * 340  # 4 KB
     assert redact(text, [secret]) == f"{said} {MASK} " + said * 340
     assert table.lookups == 0
+
+
+#: Characters for secrets and texts where the anchors could go wrong: what URL encoding and
+#: JSON change, letters re's IGNORECASE takes for ASCII ones, case folds of another length.
+_TRICKY = "aAiIsSkK09-._~ %/+&=\\\"'<>*İıſ\u212aßςΣéÉ中😀\u0301ﬀ"
+
+
+def _forms_of(secret: str) -> list[str]:
+    """``secret`` as a service may echo it: in any case (with the letters outside ASCII that
+    re's IGNORECASE takes for ASCII ones), URL-encoded (either hex case, twice), JSON- or
+    HTML-escaped, or cut to runs of 8 characters."""
+    like_ascii = secret.translate(str.maketrans("iIsSkK", "ıİſſ\u212a\u212a"))
+    forms = [secret, secret.upper(), secret.lower(), secret.swapcase(), like_ascii]
+    for encoded in (quote(secret, safe=""), quote(secret, safe="/"), quote_plus(secret)):
+        forms += [encoded, encoded.lower(), quote(encoded, safe="")]
+    escaped = json.dumps(secret)[1:-1]
+    forms += [escaped, escaped.replace("/", "\\/"), html.escape(secret)]
+    return forms + [secret[at : at + 8] for at in range(0, len(secret) - 7, 3)]
+
+
+# The letters re's IGNORECASE takes for ASCII ones, in the anchor: "kıſſ" holds no "kiss".
+@example(secrets=["Kiss/Tok+47"], picks=[(0, 4)], noise=[], sep=" ")
+@example(secrets=["kiss+ikki"], picks=[(0, 1), (0, 4)], noise=["İ"], sep="")
+@example(secrets=["KISS/KISS"], picks=[(0, 4)], noise=[], sep="")  # "Kİſſ": "ki̇ſſ" lower-cased
+@given(
+    secrets=st.lists(st.text(st.sampled_from(_TRICKY), min_size=4, max_size=24), min_size=1),
+    picks=st.lists(st.tuples(st.integers(0, 9), st.integers(0, 99)), max_size=8),
+    noise=st.lists(st.text(st.sampled_from(_TRICKY), max_size=10), max_size=4),
+    sep=st.sampled_from(["", " ", "x", "İ", "%"]),
+)
+def test_a_secret_is_masked_as_when_every_secrets_pattern_scanned_the_text(
+    secrets, picks, noise, sep
+):
+    # Each secret's pattern scans an error's text only where the text holds its anchor (the
+    # longest run of its characters URL encoding never changes, in any case): whatever the
+    # secrets and whatever form the text quotes them in, what is masked is what scanning the
+    # text with every secret's pattern masks.
+    pieces = []
+    for which, form in picks:
+        forms = _forms_of(secrets[which % len(secrets)])
+        pieces.append(forms[form % len(forms)])
+    text = sep.join(pieces + noise)
+    masks = _redact._masks_of(dict.fromkeys(secrets))
+    anchors = [mask.anchor for mask in masks]
+    masked = redact(text, secrets)
+    try:
+        for mask in masks:
+            mask.anchor = ""  # found in any text: every pattern scans it
+        assert masked == redact(text, secrets)
+    finally:
+        for mask, anchor in zip(masks, anchors, strict=True):
+            mask.anchor = anchor
