@@ -250,10 +250,24 @@ def _mask_fragments(text: str, masks: list[_Masks]) -> str:
     """``text`` with every run of ``FRAGMENT`` characters or more of a secret masked."""
     folded = text.lower()
     if len(folded) == len(text):  # any case, as the whole secret is matched
-        grams = _runs(masks)
-    else:  # lower() changed a length ("İ"): positions would no longer match the text
-        grams = frozenset().union(*(_fragments(form) for mask in masks for form in mask.forms))
-        folded = text
+        spans = _spans(folded, _runs(masks))
+    else:  # lower() made an "İ" two characters: positions would no longer match the text
+        raw = frozenset().union(*(_fragments(form) for mask in masks for form in mask.forms))
+        spans = _spans(text, raw)
+        # And in any case, with "İ" as "i", which keeps the positions: the runs in another
+        # case (upper-cased, or URL-encoded in lower-case hex) beside an "İ" (a Turkish name
+        # quoted) were shown whole.
+        folded = text.replace("\u0130", "i").lower()
+        if len(folded) == len(text):  # no other letter lower-cases longer (Unicode 15)
+            spans = _merged(spans + _spans(folded, _runs(masks)))
+    for start, end in reversed(spans):
+        text = text[:start] + MASK + text[end:]
+    return text
+
+
+def _spans(folded: str, grams: frozenset[str]) -> list[list[int]]:
+    """Where ``folded`` holds runs of ``FRAGMENT`` characters among ``grams``, in order, those
+    that overlap or touch as one."""
     spans: list[list[int]] = []
     for start in range(len(folded) - FRAGMENT + 1):
         if folded[start : start + FRAGMENT] in grams:
@@ -261,9 +275,18 @@ def _mask_fragments(text: str, masks: list[_Masks]) -> str:
                 spans[-1][1] = start + FRAGMENT
             else:
                 spans.append([start, start + FRAGMENT])
-    for start, end in reversed(spans):
-        text = text[:start] + MASK + text[end:]
-    return text
+    return spans
+
+
+def _merged(spans: list[list[int]]) -> list[list[int]]:
+    """``spans`` in order, those that overlap or touch as one."""
+    merged: list[list[int]] = []
+    for start, end in sorted(spans):
+        if merged and start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    return merged
 
 
 #: The runs of the secrets of the latest masks, by those secrets, the latest ``_KEPT_RUNS``

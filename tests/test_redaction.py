@@ -1887,3 +1887,18 @@ def test_a_secret_is_masked_as_when_every_secrets_pattern_scanned_the_text(
     finally:
         for mask, anchor in zip(masks, anchors, strict=True):
             mask.anchor = anchor
+
+
+@pytest.mark.parametrize(
+    "cut",
+    ["A449C4458EA1B7F0", "Cn4ry%2bS3cr3t%2f"],
+    ids=["a token's start upper-cased", "URL-encoded in lower-case hex"],
+)
+def test_a_run_of_a_secret_in_another_case_beside_a_dotted_capital_i_is_masked(cut: str) -> None:
+    # A text holding "İ" (a Turkish customer's name or city quoted beside it), whose lower case
+    # is two characters, had the runs of the secrets looked for in it as they are written: one
+    # in another case (upper-cased, or URL-encoded in lower-case hex) was shown whole.
+    secrets = ["a449c4458ea1b7f0eddcca9af9481d2e", "Cn4ry+S3cr3t/Zq9xYw"]
+    for said in (f"city 'İstanbul', value {cut}... refused", f"İİİİİİİİ {cut}"):
+        assert cut not in redact(said, secrets)
+        assert redact(said, secrets) == said.replace(cut, MASK)
