@@ -421,17 +421,22 @@ def test_a_queue_with_a_password_is_reached_without_it_on_the_command_line(
     assert state["tokens_issued"] == 1  # shared through the queue's Redis, as without a password
 
 
+def _until_queued(redis: RedisServer, jobs: int = 2) -> None:
+    """Until the export's ``jobs`` jobs are on the queue (at most 60 s)."""
+    for _ in range(6000):
+        if redis.command("ZCARD", "arq:queue") == f":{jobs}":
+            break
+        time.sleep(0.01)
+    assert redis.command("ZCARD", "arq:queue") == f":{jobs}", f"the export never queued {jobs}"
+
+
 def _queued_then_a_worker_with_a_wrong_secret(
     sim: SimProcess, redis: RedisServer, tmp_path: Path, secret: str = "wrong-one"
 ) -> subprocess.CompletedProcess[str]:
     """Once the export's two jobs are on the queue (at most 60 s), a burst worker whose
     DMHUB_SECRET is wrong, run to its end. (It went on after 15 s whether they were or not: a
     burst worker on an empty queue ended at once, and the test failed on its output.)"""
-    for _ in range(6000):
-        if redis.command("ZCARD", "arq:queue") == ":2":
-            break
-        time.sleep(0.01)
-    assert redis.command("ZCARD", "arq:queue") == ":2", "the export never queued its two jobs"
+    _until_queued(redis)
     return subprocess.run(
         [sys.executable, "-m", "dmhub_async", "worker", "--redis", redis.url, "--burst"],
         env=sim.env(XDG_CACHE_HOME=str(tmp_path / "cache"), DMHUB_SECRET=secret),
@@ -484,6 +489,73 @@ def test_a_burst_worker_whose_jobs_all_succeeded_exits_0(
             assert export.wait(timeout=150) == 0
 
     assert (worker.returncode, worker.stderr) == (0, "")
+
+
+def test_a_burst_worker_with_one_job_failed_and_one_done_says_1_of_the_2_and_exits_1(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    # The count of jobs it ran is of both kinds: "1 of the 1" had said it ran one job.
+    with sim_process(200) as sim:
+        export = subprocess.Popen(
+            queued_export(tmp_path / "q", redis.url),
+            env=sim.env(XDG_CACHE_HOME=str(tmp_path / "cache")),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            _until_queued(redis)
+            # Shard 1's part cannot be written (a directory stands in its place): its job
+            # fails, shard 0's is done.
+            (tmp_path / "q" / "part-00001.jsonl").mkdir()
+            worker = _queued_then_a_worker_with_a_wrong_secret(sim, redis, tmp_path, sim.secret)
+        finally:
+            assert export.wait(timeout=150) == 3  # incomplete: one shard failed
+
+    assert worker.returncode == 1, worker.stderr
+    assert "Traceback" not in worker.stderr, worker.stderr
+    *lines, last = worker.stderr.splitlines()
+    assert len(lines) == 1, worker.stderr
+    assert "part-00001.jsonl" in lines[0], lines
+    assert last == "dmhub-async: error: 1 of the 2 shard jobs this worker ran failed (said above)"
+
+
+def test_a_worker_without_burst_stopped_after_a_failed_job_says_so_and_exits_143(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    # A worker serving the queue until stopped exits as stopped (143 for SIGTERM), as
+    # docs/sharding.md says, not 1 for the jobs it ran that failed: those are counted by a
+    # --burst worker alone, whose run ends when the queue is empty.
+    with sim_process(200) as sim:
+        export = subprocess.Popen(
+            queued_export(tmp_path / "q", redis.url),
+            env=sim.env(XDG_CACHE_HOME=str(tmp_path / "cache")),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "dmhub_async", "worker", "--redis", redis.url],
+            env=sim.env(XDG_CACHE_HOME=str(tmp_path / "cache"), DMHUB_SECRET="wrong-one"),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            # Both jobs failed once the export ends: a job's result is written after the
+            # worker counted it failed.
+            assert export.wait(timeout=150) == 3
+            worker.terminate()
+            _, err = worker.communicate(timeout=30)
+        finally:
+            for proc in (export, worker):
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.communicate()
+
+    assert worker.returncode == 143, err
+    *lines, last = err.splitlines()
+    assert len(lines) == 2, err
+    assert all("failed" in line and "AuthenticationError" in line for line in lines), lines
+    assert last == "dmhub-async: stopped by SIGTERM", err
 
 
 def test_a_shard_failed_by_a_workers_credentials_says_to_check_the_workers_environment(
