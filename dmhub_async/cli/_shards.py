@@ -627,6 +627,8 @@ async def worker_command(args: argparse.Namespace) -> int:
         # A CI script or a batch machine running `worker --burst` could not tell: it exited 0
         # with every shard it ran failed (each said in its line above).
         ran = failed + arq_worker.jobs_complete
+        if ran == 1:  # "1 of the 1 shard jobs" read oddly
+            raise CommandError("the shard job this worker ran failed (said above)")
         raise CommandError(f"{failed} of the {ran} shard jobs this worker ran failed (said above)")
     return EXIT_OK
 

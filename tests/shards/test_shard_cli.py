@@ -36,9 +36,10 @@ def dmhub(
     )
 
 
-def queued_export(out: Path, queue: str) -> list[str]:
-    """The command of a 2-shard export of everyone into ``out`` on the queue at ``queue``."""
-    command = ["export", "--out", str(out), "--shards", "2", "--queue", queue, "-q"]
+def queued_export(out: Path, queue: str, shards: int = 2) -> list[str]:
+    """The command of a ``shards``-shard export of everyone into ``out`` on the queue at
+    ``queue``."""
+    command = ["export", "--out", str(out), "--shards", str(shards), "--queue", queue, "-q"]
     return [sys.executable, "-m", "dmhub_async", *command]
 
 
@@ -431,12 +432,12 @@ def _until_queued(redis: RedisServer, jobs: int = 2) -> None:
 
 
 def _queued_then_a_worker_with_a_wrong_secret(
-    sim: SimProcess, redis: RedisServer, tmp_path: Path, secret: str = "wrong-one"
+    sim: SimProcess, redis: RedisServer, tmp_path: Path, secret: str = "wrong-one", jobs: int = 2
 ) -> subprocess.CompletedProcess[str]:
-    """Once the export's two jobs are on the queue (at most 60 s), a burst worker whose
+    """Once the export's ``jobs`` jobs are on the queue (at most 60 s), a burst worker whose
     DMHUB_SECRET is wrong, run to its end. (It went on after 15 s whether they were or not: a
     burst worker on an empty queue ended at once, and the test failed on its output.)"""
-    _until_queued(redis)
+    _until_queued(redis, jobs)
     return subprocess.run(
         [sys.executable, "-m", "dmhub_async", "worker", "--redis", redis.url, "--burst"],
         env=sim.env(XDG_CACHE_HOME=str(tmp_path / "cache"), DMHUB_SECRET=secret),
@@ -471,6 +472,29 @@ def test_a_worker_says_a_failed_shard_in_one_line_not_a_traceback(
     assert len(lines) == 2, worker.stderr
     assert all("failed" in line and "AuthenticationError" in line for line in lines), lines
     assert last == "dmhub-async: error: 2 of the 2 shard jobs this worker ran failed (said above)"
+
+
+def test_a_burst_worker_whose_one_job_failed_says_the_job_it_ran_failed(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    # It said "1 of the 1 shard jobs this worker ran failed".
+    with sim_process(200) as sim:
+        export = subprocess.Popen(
+            queued_export(tmp_path / "q", redis.url, shards=1),
+            env=sim.env(XDG_CACHE_HOME=str(tmp_path / "cache")),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            worker = _queued_then_a_worker_with_a_wrong_secret(sim, redis, tmp_path, jobs=1)
+        finally:
+            assert export.wait(timeout=150) == 3  # incomplete: its shard failed
+
+    assert worker.returncode == 1, worker.stderr
+    *lines, last = worker.stderr.splitlines()
+    assert len(lines) == 1, worker.stderr
+    assert "AuthenticationError" in lines[0], lines
+    assert last == "dmhub-async: error: the shard job this worker ran failed (said above)"
 
 
 def test_a_burst_worker_whose_jobs_all_succeeded_exits_0(
