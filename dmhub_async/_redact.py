@@ -53,7 +53,16 @@ def watch(holder: SecretHolder) -> None:
 def live_secrets() -> list[str | None]:
     """The secrets of every live holder: what every error message is redacted against."""
     with _holders_lock:
-        holders = list(_holders)
+        while True:
+            try:
+                holders = list(_holders)
+                break
+            except RuntimeError:
+                # A holder collected on another thread as this one starts reading: the
+                # WeakSet's removal can land between its guard's look and the read (CPython's
+                # weakref.WeakSet), and the error made was a raw "RuntimeError: Set changed
+                # size during iteration" (seen on 3.10 under load). Read again: it is done.
+                continue
     return [secret for holder in holders for secret in holder.secrets]
 
 

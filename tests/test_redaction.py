@@ -1292,6 +1292,39 @@ def test_a_base_url_with_a_query_is_refused_without_quoting_it(base_url: str, sa
     assert not leaks(str(info.value))
 
 
+def test_an_error_made_as_a_client_is_collected_on_another_thread_is_the_sdks_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A client collected on another thread as an error reads the live clients' secrets: the
+    WeakSet's removal can land between its iteration guard's look and the read, and the read
+    raises "Set changed size during iteration" (seen once on 3.10 under load, in the test
+    after this one). It was raised raw in place of the error; the secrets are read again."""
+    import weakref
+
+    from dmhub_async import DMHubClient, InvalidRequestError
+
+    class Racing(weakref.WeakSet):  # type: ignore[type-arg]
+        raced = 0
+
+        def __iter__(self):  # type: ignore[no-untyped-def]
+            if not Racing.raced:
+                Racing.raced += 1
+                raise RuntimeError("Set changed size during iteration")
+            return super().__iter__()
+
+    racing = Racing(list(_redact._holders))
+    monkeypatch.setattr(_redact, "_holders", racing)
+    live = DMHubClient("app", "collected-race-5b2e")
+
+    with pytest.raises(InvalidRequestError, match="base_url") as info:
+        DMHubClient("app", "collected-race-5b2e", base_url="ftp://api.example.com")
+
+    assert Racing.raced == 1
+    assert "collected-race-5b2e" not in str(info.value)
+    assert "collected-race-5b2e" in _redact.live_secrets()
+    del live
+
+
 def test_an_error_made_while_another_thread_makes_a_client_is_the_sdks_own() -> None:
     """Every error masks the secrets of every live client, read from a set that each new
     client joins: read while another thread's client joined it (a threaded server, a thread
