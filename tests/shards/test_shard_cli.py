@@ -422,6 +422,19 @@ def test_a_queue_with_a_password_is_reached_without_it_on_the_command_line(
     assert state["tokens_issued"] == 1  # shared through the queue's Redis, as without a password
 
 
+def _exporting(
+    sim: SimProcess, redis: RedisServer, tmp_path: Path, shards: int = 2
+) -> subprocess.Popen[bytes]:
+    """A ``shards``-shard export of everyone into ``tmp_path/q`` on the queue, started, its
+    output dropped: the test waits for its exit."""
+    return subprocess.Popen(
+        queued_export(tmp_path / "q", redis.url, shards=shards),
+        env=sim.env(XDG_CACHE_HOME=str(tmp_path / "cache")),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
 def _until_queued(redis: RedisServer, jobs: int = 2) -> None:
     """Until the export's ``jobs`` jobs are on the queue (at most 60 s)."""
     for _ in range(6000):
@@ -454,12 +467,7 @@ def test_a_worker_says_a_failed_shard_in_one_line_not_a_traceback(
     # arq logged each failed job with its traceback, which reached stderr through logging's
     # last resort: some 60 lines a shard, where the CLI promises one line and no traceback.
     with sim_process(200) as sim:
-        export = subprocess.Popen(
-            queued_export(tmp_path / "q", redis.url),
-            env=sim.env(XDG_CACHE_HOME=str(tmp_path / "cache")),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        export = _exporting(sim, redis, tmp_path)
         try:
             worker = _queued_then_a_worker_with_a_wrong_secret(sim, redis, tmp_path)
         finally:
@@ -479,12 +487,7 @@ def test_a_burst_worker_whose_one_job_failed_says_the_job_it_ran_failed(
 ) -> None:
     # It said "1 of the 1 shard jobs this worker ran failed".
     with sim_process(200) as sim:
-        export = subprocess.Popen(
-            queued_export(tmp_path / "q", redis.url, shards=1),
-            env=sim.env(XDG_CACHE_HOME=str(tmp_path / "cache")),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        export = _exporting(sim, redis, tmp_path, shards=1)
         try:
             worker = _queued_then_a_worker_with_a_wrong_secret(sim, redis, tmp_path, jobs=1)
         finally:
@@ -501,12 +504,7 @@ def test_a_burst_worker_whose_jobs_all_succeeded_exits_0(
     tmp_path: Path, redis: RedisServer
 ) -> None:
     with sim_process(200) as sim:
-        export = subprocess.Popen(
-            queued_export(tmp_path / "q", redis.url),
-            env=sim.env(XDG_CACHE_HOME=str(tmp_path / "cache")),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        export = _exporting(sim, redis, tmp_path)
         try:
             worker = _queued_then_a_worker_with_a_wrong_secret(sim, redis, tmp_path, sim.secret)
         finally:
@@ -520,12 +518,7 @@ def test_a_burst_worker_with_one_job_failed_and_one_done_says_1_of_the_2_and_exi
 ) -> None:
     # The count of jobs it ran is of both kinds: "1 of the 1" had said it ran one job.
     with sim_process(200) as sim:
-        export = subprocess.Popen(
-            queued_export(tmp_path / "q", redis.url),
-            env=sim.env(XDG_CACHE_HOME=str(tmp_path / "cache")),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        export = _exporting(sim, redis, tmp_path)
         try:
             _until_queued(redis)
             # Shard 1's part cannot be written (a directory stands in its place): its job
@@ -550,12 +543,7 @@ def test_a_worker_without_burst_stopped_after_a_failed_job_says_so_and_exits_143
     # docs/sharding.md says, not 1 for the jobs it ran that failed: those are counted by a
     # --burst worker alone, whose run ends when the queue is empty.
     with sim_process(200) as sim:
-        export = subprocess.Popen(
-            queued_export(tmp_path / "q", redis.url),
-            env=sim.env(XDG_CACHE_HOME=str(tmp_path / "cache")),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        export = _exporting(sim, redis, tmp_path)
         worker = subprocess.Popen(
             [sys.executable, "-m", "dmhub_async", "worker", "--redis", redis.url],
             env=sim.env(XDG_CACHE_HOME=str(tmp_path / "cache"), DMHUB_SECRET="wrong-one"),
