@@ -1032,9 +1032,11 @@ def test_a_redis_password_is_masked_in_redis_s_words(
     assert shown == said if masked is None else masked in shown
 
 
-#: A secret holding "/" and a non-ASCII letter, as a JSON writer escapes it ("\\/", "\\u00e9").
-_SLASHED = "Cn4ry/S3cr3t/Zq9-x0x0x0x0-t\u00e9il/end"
-_SLASHED_JSON = "Cn4ry\\/S3cr3t\\/Zq9-x0x0x0x0-t\\u00e9il\\/end"
+#: A secret holding "/" and a non-ASCII letter, as a JSON writer escapes it ("\\/", "\\u00e9"),
+#: sharing no run with another test's: a client of one still alive masks its secret first, and
+#: the 2 characters left of a run ("***-x") cannot be masked then (failed in file order).
+_SLASHED = "Vk7rq/W4lnut/Hm2-y1y1y1y1-t\u00e9il/end"
+_SLASHED_JSON = "Vk7rq\\/W4lnut\\/Hm2-y1y1y1y1-t\\u00e9il\\/end"
 
 
 @pytest.mark.parametrize(
