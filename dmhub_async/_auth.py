@@ -740,30 +740,39 @@ _HELD_HINTS: Final = {
 def _unanswered(err: BaseException) -> bool:
     """Whether the store call that raised ``err`` got no answer (a connection refused or lost,
     its timeout: a Redis down or restarting), not a refusal of a store that answers (a Redis
-    full under noeviction): the store's own exception is the context of ``err``."""
-    seen = err.__context__
+    full under noeviction)."""
     # Not any OSError: a token file on a full disk answers its reads and keeps no token.
-    if isinstance(seen, ConnectionError | TimeoutError | asyncio.TimeoutError):
-        return True
-    redis_errors = sys.modules.get("redis.exceptions")  # imported by any Redis store that failed
-    return redis_errors is not None and isinstance(
-        seen, redis_errors.ConnectionError | redis_errors.TimeoutError
-    )
+    return _store_met(err, (ConnectionError, TimeoutError), ("ConnectionError", "TimeoutError"))
 
 
 def _timed_out(err: BaseException) -> bool:
     """Whether the store call that raised ``err`` waited out a timeout, the client's or the
     store's own (a Redis whose host stopped answering fails at its ``socket_timeout``), not
-    one refused at once (a Redis restarting): the store's own exception is the context of
-    ``err``, or what that was raised from: over a unix socket, redis-py says a connect's
-    handshake that timed out as a ConnectionError raised from its TimeoutError."""
+    one refused at once (a Redis restarting). Also what the store's exception was raised from:
+    over a unix socket, redis-py says a connect's handshake that timed out as a ConnectionError
+    raised from its TimeoutError."""
+    return _store_met(err, (TimeoutError,), ("TimeoutError",), raised_from=True)
+
+
+def _store_met(
+    err: BaseException,
+    kinds: tuple[type[BaseException], ...],
+    redis_kinds: tuple[str, ...],
+    *,
+    raised_from: bool = False,
+) -> bool:
+    """Whether the store's own exception (the context of ``err``, its TokenStoreError; with
+    ``raised_from``, or what that was raised from) is of ``kinds`` (``asyncio.TimeoutError``
+    with ``TimeoutError``: 3.10's is its own), or of redis-py's classes named ``redis_kinds``."""
+    if TimeoutError in kinds:
+        kinds = (*kinds, asyncio.TimeoutError)
     redis_errors = sys.modules.get("redis.exceptions")  # imported by any Redis store that failed
-    for seen in (err.__context__, getattr(err.__context__, "__cause__", None)):
-        if isinstance(seen, TimeoutError | asyncio.TimeoutError):
-            return True
-        if redis_errors is not None and isinstance(seen, redis_errors.TimeoutError):
-            return True
-    return False
+    if redis_errors is not None:
+        kinds = (*kinds, *(getattr(redis_errors, name) for name in redis_kinds))
+    seen = err.__context__
+    return isinstance(seen, kinds) or (
+        raised_from and seen is not None and isinstance(seen.__cause__, kinds)
+    )
 
 
 def _is_time(value: object) -> bool:
