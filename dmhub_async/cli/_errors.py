@@ -215,11 +215,18 @@ def _missing_credentials() -> str:
     )
 
 
+def _failed_with(err: BaseException) -> str:
+    """The name of the class (aiohttp's) of what ``err`` was raised from, as its redacted
+    stand-in keeps it (``original_type``); "" for none."""
+    return str(getattr(err.__cause__, "original_type", "")).rpartition(".")[2]
+
+
 def stopped_answering(err: APIConnectionError) -> CommandError:
     """``err`` after the service had answered in this run: its URL is right, it went away."""
-    if getattr(err.__cause__, "original_type", "").endswith(".ClientHttpProxyError"):
+    kind = _failed_with(err)
+    if kind == "ClientHttpProxyError":
         return CommandError(str(err))  # the proxy refused: the service did not stop answering
-    if getattr(err.__cause__, "original_type", "").endswith(".ClientResponseError"):
+    if kind == "ClientResponseError":
         return CommandError(str(err))  # it answered, not in HTTP: it did not stop answering
     said = str(err).removesuffix(err._hint)
     return CommandError(f"{said}: {_base_url()} stopped answering (it had answered in this run)")
@@ -270,15 +277,16 @@ def explain(err: BaseException, flags: Mapping[str, str] = _NO_FLAGS) -> tuple[i
     if isinstance(err, APIConnectionError):
         # The library's words on where it found no connection: said below as a command says it.
         said = str(err).removesuffix(err._hint)
-        if getattr(err.__cause__, "original_type", "").endswith(".ClientHttpProxyError"):
+        kind = _failed_with(err)
+        if kind == "ClientHttpProxyError":
             return EXIT_ERROR, str(err)  # the library's words: the proxy refused, and with what
-        if getattr(err.__cause__, "original_type", "").rpartition(".")[2] in TLS_FAILURES:
+        if kind in TLS_FAILURES:
             return EXIT_ERROR, str(err)  # the library's words: something answered, not in TLS
-        if getattr(err.__cause__, "original_type", "").endswith(".ClientResponseError"):
+        if kind == "ClientResponseError":
             return EXIT_ERROR, str(err)  # the library's words: something answered, not in HTTP
-        if getattr(err.__cause__, "original_type", "").endswith(
-            ".ClientProxyConnectionError"
-        ) or err._hint.startswith((THROUGH_PROXY, NO_PROXY_CONNECTION)):
+        if kind == "ClientProxyConnectionError" or err._hint.startswith(
+            (THROUGH_PROXY, NO_PROXY_CONNECTION)
+        ):
             # Sent to a proxy that never answered (or gave no connection in time): the base
             # URL was never reached, nor blamed.
             return EXIT_ERROR, (
@@ -291,7 +299,7 @@ def explain(err: BaseException, flags: Mapping[str, str] = _NO_FLAGS) -> tuple[i
             # says nothing of the host; "was not found (is DMHUB_BASE_URL right?)" blamed it.
             return EXIT_ERROR, str(err)
         # Nothing answered in this run (else open_client raised stopped_answering's error).
-        if getattr(err.__cause__, "original_type", "").endswith(".ClientConnectorDNSError"):
+        if kind == "ClientConnectorDNSError":
             # A host mistyped: "no answer from", as of a service down.
             return EXIT_ERROR, (
                 f"{said}: the host of {_base_url()} was not found (is DMHUB_BASE_URL right?)"
