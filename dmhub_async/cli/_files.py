@@ -916,8 +916,8 @@ def read_id_file(given: str) -> list[int]:
         path = Path(given)
         try:
             a_directory = path.is_dir()
-        except OSError:  # under one it may not enter, a name too long: said as the open's, below
-            # ("locked/ids.txt: Permission denied", exit 1, naming no flag)
+        except OSError:  # under one it may not enter, a name too long: the open's refusal,
+            # below, names the flag (this look's raised "locked/ids.txt: Permission denied")
             a_directory = False
         if a_directory:
             raise CommandError(f"--id-list {given} is a directory: give a file of ids, one a line")
