@@ -269,7 +269,10 @@ def _settings_class() -> Any:
         def __repr__(self) -> str:
             def shown(name: str) -> Any:
                 value = getattr(self, name)
-                return MASK if name == "password" and value else value
+                # And a user name given without a password: one written without its colon
+                # (redis://PASSWORD@HOST), which redis-py sends (see redis_secret).
+                secret = name == "password" or (name == "username" and not self.password)
+                return MASK if secret and value else value
 
             fields = ", ".join(f"{f.name}={shown(f.name)!r}" for f in dataclasses.fields(self))
             return f"RedisSettings({fields})"

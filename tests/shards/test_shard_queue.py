@@ -1305,20 +1305,22 @@ async def test_a_full_queue_redis_is_said_in_its_words_not_with_the_refused_comm
     assert str(stopped.value) == said
 
 
+@pytest.mark.parametrize("sent", [":wrong-PASSWORD-2", "wrong-PASSWORD-2"], ids=["", "no colon"])
 async def test_a_worker_refused_by_its_redis_keeps_the_password_out_of_its_traceback(
-    redis: RedisServer,
+    redis: RedisServer, sent: str
 ) -> None:
     # An error tracker records each frame's variables (Sentry's default): a worker whose
     # Redis refused its password raised redis-py's AuthenticationError with the password in
     # the variables of arq's frames (its RedisSettings, whose repr shows it) and of redis-py's
-    # (its AUTH arguments).
+    # (its AUTH arguments). Written without its colon (redis://PASSWORD@HOST), the password is
+    # the user name redis-py sends, which the repr showed.
     import traceback
 
     from redis.exceptions import AuthenticationError
 
     redis.command("CONFIG", "SET", "requirepass", "right-PASSWORD-1")
     queued = worker(
-        f"redis://:wrong-PASSWORD-2@127.0.0.1:{redis.port}/0",
+        f"redis://{sent}@127.0.0.1:{redis.port}/0",
         burst=True,
         handle_signals=False,
         client={"app_id": "a", "secret": "s"},
