@@ -145,18 +145,30 @@ def redis_secret(password: object, username: object) -> str | None:
     """The secret redis-py sends as AUTH's arguments: ``password``, or, given none, the
     ``username``: a password written without its colon (``redis://PASSWORD@HOST``) is a user
     name to redis-py, sent as AUTH's first argument, and a Redis that does not know AUTH
-    quoted it as it quotes a password ("with args beginning with: 'PASSWORD' ''")."""
-    for secret in (password, username):
-        if isinstance(secret, str) and secret:
-            return secret
+    quoted it as it quotes a password ("with args beginning with: 'PASSWORD' ''"). A user name
+    is masked only there (see :func:`without_password`)."""
+    if isinstance(password, str) and password:
+        return password
+    if isinstance(username, str) and username:
+        return _UserName(username)
     return None
+
+
+class _UserName(str):
+    """A user name sent with no password (:func:`redis_secret`): masked where Redis quotes
+    AUTH's arguments back, not anywhere, as a password of 4 characters or more is. A real one
+    (an ACL user without a password) named a socket's directory, or a host: ``unix://redis@/
+    run/redis/redis-server.sock`` said "connecting to /run/***/***-server.sock"."""
+
+    __slots__ = ()
 
 
 def without_password(text: str, password: str | None) -> str:
     """``text`` (Redis's words) with a Redis ``password`` masked where Redis quotes it (a Redis
     that does not know AUTH, renamed away or a proxy without it, answers "unknown command
     'AUTH', with args beginning with: '<password>'", cut at 128 bytes), and, of 4 characters
-    or more, anywhere, raw or URL-encoded, in any case. Not its runs, as :func:`redact` masks
+    or more (a password, not a user name sent with none), anywhere, raw or URL-encoded, in any
+    case. Not its runs, as :func:`redact` masks
     a token's: "invalid username-password pair" lost its "-password" to a password holding it,
     the very message that says it is wrong; nor a short one unquoted, which took every "a" of
     "Connection refused"."""
@@ -164,7 +176,9 @@ def without_password(text: str, password: str | None) -> str:
         return text
     sent = password.replace("\r", " ").replace("\n", " ")  # as Redis says a line break
     text = _quoted_masked(text, sent)
-    return _secret_pattern(password).sub(MASK, text) if len(password) >= 4 else text
+    if len(password) < 4 or isinstance(password, _UserName):
+        return text
+    return _secret_pattern(password).sub(MASK, text)
 
 
 def _quoted_masked(text: str, sent: str) -> str:

@@ -570,6 +570,22 @@ async def test_a_unix_socket_not_there_is_named_by_its_path() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    "use", [store_get, rate_turn, check_queue], ids=["store", "rate limit", "queue"]
+)
+async def test_a_unix_socket_not_there_is_named_whole_beside_a_user_name_given_no_password(
+    use: Callable[[str], Awaitable[None]],
+) -> None:
+    # A user name given without a password (an ACL user who needs none) is masked as a
+    # password is where Redis quotes AUTH's arguments back (redis://PASSWORD@HOST, its colon
+    # left out), but it was masked anywhere, as a password is: the socket's path said
+    # "/nonexistent/***/***-server.sock".
+    with pytest.raises(DMHubError) as caught:
+        await asyncio.wait_for(use("unix://redis@/nonexistent/redis/redis-server.sock"), 30)
+    said = str(caught.value)
+    assert "Error 2 connecting to /nonexistent/redis/redis-server.sock." in said, said
+
+
 async def test_a_redis_not_reached_says_why_in_redis_pys_words_never_its_password() -> None:
     # "cannot be reached (ConnectionError)" was all it said, whatever the reason: a TLS Redis
     # whose certificate is of a CA not given (?ssl_ca_certs=), a plain redis:// URL of a TLS
