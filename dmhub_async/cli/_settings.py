@@ -11,7 +11,7 @@ import sys
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import parse_qs, quote, urlsplit, urlunsplit
 
 import platformdirs
 
@@ -48,7 +48,8 @@ def with_redis_password(url: str) -> str:
 
     A password written in ``--redis``, ``--queue`` or ``--token-store`` is on the process list
     (``ps``) of every user of the machine for as long as the command runs; from the
-    environment, it never is. Anything but a Redis URL, or one that has a password, is as given.
+    environment, it never is. Anything but a Redis URL, or one that has a password (before its
+    ``@``, or a ``?password=`` of its query, which redis-py reads too), is as given.
     """
     password = os.environ.get(REDIS_PASSWORD_ENV)
     if not password:
@@ -58,6 +59,9 @@ def with_redis_password(url: str) -> str:
     except ValueError:  # refused where it is used, in its own words
         return url
     if parts.scheme.lower() not in _REDIS_SCHEMES or parts.password is not None:
+        return url
+    # One of the query was overridden by the variable's (redis-py takes the one before "@").
+    if "password" in parse_qs(parts.query):
         return url
     user, _, where = parts.netloc.rpartition("@")
     netloc = f"{user}:{quote(password, safe='')}@{where}"
