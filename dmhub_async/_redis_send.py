@@ -139,6 +139,24 @@ def _cancellable(base: Any) -> Any:
         _sends_cancellably = True
 
         async def connect(self: Any) -> None:
+            try:
+                await self._connected()
+            except RedisConnectionError as err:
+                refusal = redis_refusal(err)
+                if refusal is err:
+                    raise
+            else:
+                return
+            # Over a unix socket, redis-py reads the handshake (AUTH, SELECT) inside the
+            # socket's own try, says Redis's refusal there as a ConnectionError raised from it,
+            # and, a refusal in Redis's own words (-BUSY as SELECT was sent, AUTH unknown),
+            # left the connection connected: the next command ran on it, in database 0 (a
+            # token store on ?db=3 kept its token where no other process looked), or without
+            # AUTH. Closed, and the refusal raised as over TCP.
+            await self.disconnect()
+            raise refusal
+
+        async def _connected(self: Any) -> None:
             if self.is_connected or not getattr(self.retry, "tries_whole_connects", False):
                 await super().connect()
                 return

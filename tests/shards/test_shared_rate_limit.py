@@ -570,6 +570,96 @@ async def test_a_unix_socket_not_there_is_named_by_its_path() -> None:
     )
 
 
+def _busy_with_a_script(sock: str) -> socket.socket:
+    """A script that runs until killed (``SCRIPT KILL``), sent to the Redis at unix socket
+    ``sock`` (given ``--lua-time-limit 10``: Redis 6's name, which 7 takes), once Redis answers
+    others ``-BUSY``: the connection that sent it, to close after."""
+    busy = socket.socket(socket.AF_UNIX)
+    busy.connect(sock)
+    busy.sendall(b"*3\r\n$4\r\nEVAL\r\n$17\r\nwhile true do end\r\n$1\r\n0\r\n")
+    for _ in range(500):  # at most 5 s
+        with socket.socket(socket.AF_UNIX) as ping:
+            ping.settimeout(5)
+            ping.connect(sock)
+            ping.sendall(b"*1\r\n$4\r\nPING\r\n")
+            if ping.recv(100).startswith(b"-BUSY"):
+                return busy
+        time.sleep(0.01)
+    busy.close()
+    raise AssertionError("the script did not make Redis busy")
+
+
+def _script_killed(sock: str, busy: socket.socket) -> None:
+    with socket.socket(socket.AF_UNIX) as kill:
+        kill.settimeout(5)
+        kill.connect(sock)
+        kill.sendall(b"*2\r\n$6\r\nSCRIPT\r\n$4\r\nKILL\r\n")
+        assert kill.recv(100) == b"+OK\r\n"
+    busy.close()
+    for _ in range(500):  # at most 5 s: the script ends at its next check
+        with socket.socket(socket.AF_UNIX) as ping:
+            ping.settimeout(5)
+            ping.connect(sock)
+            ping.sendall(b"*1\r\n$4\r\nPING\r\n")
+            if ping.recv(100) == b"+PONG\r\n":
+                return
+        time.sleep(0.01)
+    raise AssertionError("the script was not killed")
+
+
+@pytest.mark.parametrize("what", ["store", "rate limit"])
+async def test_a_unix_socket_redis_busy_as_it_connects_is_used_in_its_database_after(
+    what: str,
+) -> None:
+    # redis-py connects a unix socket with its handshake inside the socket's own try, and left
+    # the connection connected when Redis refused the handshake with its own words (-BUSY from
+    # a long script as SELECT was sent): the next command ran on that connection, in database
+    # 0. A token store on ?db=3 kept the token where no other process looked for it (each
+    # fetching its own, revoking the others'); a shared rate limit kept its window there.
+    from dmhub_async import Token
+
+    with unix_socket_redis("--lua-time-limit", "10") as sock:
+        url = f"unix://{sock}?db=3"
+        store = RedisTokenStore(url, socket_timeout=5)
+        limiter = RedisRateLimiter(url, 5, key="app", timeout=5)
+
+        async def use() -> None:
+            if what == "store":
+                await store.set("app", Token("t0k3n", time.time() + 60))
+            else:
+                await limiter.acquire()
+
+        try:
+            busy = _busy_with_a_script(sock)
+            try:
+                with pytest.raises(DMHubError, match="BUSY"):
+                    await asyncio.wait_for(use(), 10)
+            finally:
+                _script_killed(sock, busy)
+            await asyncio.wait_for(use(), 10)
+        finally:
+            await store.aclose()
+            await limiter.aclose()
+        kept = "dmhub_async:token:app" if what == "store" else "dmhub_async:app"
+        assert (_held_in(sock, 3, kept), _held_in(sock, 0, kept)) == (True, False)
+
+
+def _held_in(sock: str, db: int, key: str) -> bool:
+    """Whether database ``db`` of the Redis at unix socket ``sock`` holds a key naming ``key``
+    (the shared rate limit's keys are the limits library's, ``key`` within)."""
+    pattern = f"*{key}*"
+    with socket.socket(socket.AF_UNIX) as conn:
+        conn.settimeout(5)
+        conn.connect(sock)
+        conn.sendall(f"*2\r\n$6\r\nSELECT\r\n${len(str(db))}\r\n{db}\r\n".encode())
+        conn.sendall(f"*2\r\n$4\r\nKEYS\r\n${len(pattern)}\r\n{pattern}\r\n".encode())
+        answer = b""
+        while answer.count(b"\r\n") < 2:
+            answer += conn.recv(4096)
+        assert answer.startswith(b"+OK\r\n*"), answer
+        return not answer.startswith(b"+OK\r\n*0\r\n")
+
+
 @pytest.mark.parametrize(
     "use", [store_get, rate_turn, check_queue], ids=["store", "rate limit", "queue"]
 )
