@@ -71,7 +71,12 @@ def redis_refusal(err: _E) -> _E | Exception:
     password, an AUTH it does not know) as a ConnectionError raised from that refusal. Over
     ``unix://``, a refused password was taken for a Redis away: the token store's an outage
     (each process fetching a token of its own), the rate limit's "cannot be reached", the
-    queue's a minute's wait; over ``redis://``, each says it refused."""
+    queue's a minute's wait; over ``redis://``, each says it refused.
+
+    The connections the SDK makes (:func:`sending_cancellably`) raise the refusal itself; it
+    is read here only where redis-py's own connect may have said it: a user's client given to
+    the token store, arq's pool, made and PINGed as a queue worker starts, and a queue's tries
+    of a connect whole (see ``shards._queue._waiting``)."""
     from redis.exceptions import AuthenticationError, ConnectionError, ResponseError
 
     cause = err.__cause__

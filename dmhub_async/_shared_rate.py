@@ -24,12 +24,7 @@ from urllib.parse import urlsplit
 
 from ._exceptions import DMHubError, InvalidRequestError
 from ._redact import redis_password
-from ._redis_send import (
-    redis_refusal,
-    redis_words_shown,
-    require_redis_extra,
-    sending_cancellably,
-)
+from ._redis_send import redis_words_shown, require_redis_extra, sending_cancellably
 from ._token_stores import PerLoop, loop_table
 from ._validate import (
     PERCENT_ENCODE,
@@ -260,7 +255,8 @@ class RedisRateLimiter:
                 raise
             from redis.exceptions import AuthenticationError, ResponseError
 
-            err = redis_refusal(err)  # a refusal over a unix socket, as over TCP
+            # Its connections are the SDK's (sending_cancellably): a refusal of a unix socket's
+            # handshake comes as itself, as over TCP.
             if isinstance(err, (ResponseError, AuthenticationError)):
                 # Reached, and refused: Redis's own words say what to fix (full, an ACL user
                 # without EVALSHA, a database that does not exist, the password); "cannot be

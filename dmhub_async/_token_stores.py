@@ -549,7 +549,9 @@ class RedisTokenStore:
             ResponseError,
         )
 
-        err = redis_refusal(err)  # a refusal over a unix socket, as over TCP
+        # A refusal over a unix socket, as over TCP: a client given (client=) has redis-py's
+        # own connections, not the SDK's (see redis_refusal).
+        err = redis_refusal(err)
 
         # Redis's words, not redis-py's for a command of a pipeline (the token's write is a
         # transaction), which quoted the command with every argument: the token's key and

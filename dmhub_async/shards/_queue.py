@@ -525,9 +525,10 @@ def _waiting_class() -> Any:
                     ):
                         # Answered, and refused (redis-py's AuthenticationError is a
                         # ConnectionError; over a unix socket, any refusal of its handshake
-                        # is one): a password changed on Redis as the run went on was waited
-                        # for as a Redis away ("does not answer"), a minute for a password no
-                        # wait puts right. Raised at once, as at the start.
+                        # is one, as the connect these tries make whole, redis-py's, says it):
+                        # a password changed on Redis as the run went on was waited for as a
+                        # Redis away ("does not answer"), a minute for a password no wait puts
+                        # right. Raised at once, as at the start.
                         await fail(error)
                         raise
                     failures += 1
@@ -605,7 +606,8 @@ def queue_redis_error(
     from redis.exceptions import BusyLoadingError, OutOfMemoryError, ResponseError
 
     where = redis_where(redis_url)
-    err = redis_refusal(err)  # a refusal over a unix socket, as over TCP
+    # Of a connection of the SDK's (sending_cancellably), or raised by the worker's main: a
+    # refusal of a unix socket's handshake comes as itself, as over TCP.
     # A refusal of the password met in a transaction (arq's enqueue watches its keys) comes
     # up as redis-py's WatchError, "A ConnectionError occurred on while watching one or more
     # keys", the refusal its context: said as "cannot reach", then, at random.
@@ -1454,7 +1456,9 @@ def _worker_class() -> Any:
             try:
                 await self._main()
             except (RedisError, OSError) as caught:
-                err = redis_refusal(caught)  # a refusal over a unix socket, as over TCP
+                # A refusal over a unix socket, as over TCP: arq's pool, made and PINGed as
+                # the worker starts, has redis-py's own connections (see redis_refusal).
+                err = redis_refusal(caught)
                 del caught
                 said = str(err)
                 if isinstance(err, RedisError):  # one message; an OSError's errno is kept

@@ -24,9 +24,10 @@ from dmhub_async import (
     InvalidRequestError,
     RedisRateLimiter,
     RedisTokenStore,
+    TokenStoreError,
 )
 from dmhub_async._shared_rate import _MAX_RATE, _MIN_RATE, _SPREAD
-from dmhub_async.shards._queue import check_queue
+from dmhub_async.shards._queue import check_queue, worker
 from dmhub_async.testing import DMHubSimulator
 
 pytestmark = pytest.mark.timeout(60)
@@ -568,6 +569,40 @@ async def test_a_unix_socket_not_there_is_named_by_its_path() -> None:
     assert str(caught.value).startswith(
         "the shared rate limit at unix:///nonexistent/redis.sock cannot be reached"
     )
+
+
+async def test_a_user_s_redis_client_refused_the_password_over_a_unix_socket_is_refused() -> None:
+    # RedisTokenStore(client=...) takes a redis.asyncio client of the user's, whose connections
+    # are redis-py's own: over unix://, their refusal of the password comes as a
+    # ConnectionError raised from it, which the store reads (it was taken for an outage, each
+    # process then fetching a token of its own, revoking the others').
+    from redis.asyncio import Redis
+
+    with unix_socket_redis("--requirepass", "right-pw") as sock:
+        client = Redis(unix_socket_path=sock, password="wrong-pw", socket_timeout=5)
+        try:
+            with pytest.raises(TokenStoreError) as caught:
+                await asyncio.wait_for(RedisTokenStore(client=client).get("app"), 10)
+        finally:
+            await client.aclose()
+    assert "GET failed: AuthenticationError: invalid username-password pair" in str(caught.value)
+    assert caught.value.unsafe
+
+
+async def test_a_queue_worker_refused_the_password_over_a_unix_socket_as_it_starts_stops() -> None:
+    # arq makes a worker's pool, and PINGs through it, with redis-py's own connections: over
+    # unix://, a refused password came as a ConnectionError raised from the refusal, which the
+    # worker's tries waited for as a Redis away (a minute), then raised as it was.
+    from redis.exceptions import AuthenticationError
+
+    with unix_socket_redis("--requirepass", "right-pw") as sock:
+        client = {"app_id": "a", "secret": "s", "base_url": "http://127.0.0.1:1"}
+        arq_worker = worker(f"unix://:wrong-pw@{sock}", handle_signals=False, client=client)
+        try:
+            with pytest.raises(AuthenticationError, match="invalid username-password pair"):
+                await asyncio.wait_for(arq_worker.async_run(), 20)  # its wait: 60 s
+        finally:
+            await asyncio.wait_for(arq_worker.close(), 20)
 
 
 def _busy_with_a_script(sock: str) -> socket.socket:
