@@ -347,11 +347,21 @@ def _forms(secret: str) -> tuple[str, ...]:
 
 def _in_json(text: str) -> set[str]:
     """``text`` as a JSON writer may put it in a string: non-ASCII as ``\\u00e9`` (Python's
-    and Java's default), ``/`` as ``\\/`` (PHP's ``json_encode``). A service echoing a secret
-    in its JSON body so, the error's ``body`` kept it whole: no raw or URL-encoded form of it
-    was there to match."""
+    and Java's default), ``/`` as ``\\/`` (PHP's ``json_encode``), and any character but
+    letters, digits and ``-._~`` as ``\\u00XX`` (.NET's ``System.Text.Json`` writes ``+`` as
+    ``\\u002B``, Go ``&<>`` as ``\\u0026``...). A service echoing a secret in its JSON body
+    so, the error's ``body`` kept it whole: no raw or URL-encoded form of it was there to
+    match (``\\u002B`` as well, and its runs, with ``\\u00e9`` and ``\\/`` alone)."""
     written = json.dumps(text)[1:-1]
-    return {written, written.replace("/", "\\/")}
+    every = "".join(map(_json_escaped, text))
+    return {written, written.replace("/", "\\/"), every}
+
+
+def _json_escaped(char: str) -> str:
+    """``char`` as a JSON writer escaping every character it may escape writes it."""
+    if _NEVER_ENCODED.match(char):
+        return char
+    return f"\\u{ord(char):04x}" if char.isascii() else json.dumps(char)[1:-1]
 
 
 def _in_query(secret: str) -> str:

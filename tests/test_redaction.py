@@ -931,8 +931,12 @@ def test_a_known_secret_is_masked_wherever_it_appears(secret, noise):
         ("Cn4ry/S3cr3t/Zq9", "Cn4ry\\/S3cr3t\\/Zq9"),  # PHP's json_encode: "/" as "\/"
         ("ab/cd+ef", "ab\\/cd+ef"),  # too short for runs: the whole of it
         ("s\u00e9cr\u00e8t-1234", "s\\u00e9cr\\u00E8t-1234"),  # ensure_ascii, either case
+        # .NET's System.Text.Json writes "+" as "\u002B"; others "/" as "\u002f".
+        ("Cn4ry+S3cr3t/Zq9", "Cn4ry\\u002BS3cr3t/Zq9"),
+        ("Cn4ry+S3cr3t/Zq9", "Cn4ry\\u002bS3cr3t\\u002fZq9"),
+        ("ab&cd<ef", "ab\\u0026cd\\u003Cef"),  # Go's: "&", "<", ">"; too short for runs
     ],
-    ids=["slashes", "short", "non-ascii"],
+    ids=["slashes", "short", "non-ascii", "plus as u002B", "u00XX in lower case", "short, Go's"],
 )
 async def test_a_secret_echoed_json_escaped_in_a_body_is_masked(
     api, make_client, secret: str, echo: str
@@ -1041,8 +1045,15 @@ _SLASHED_JSON = "Vk7rq\\/W4lnut\\/Hm2-y1y1y1y1-t\\u00e9il\\/end"
 
 @pytest.mark.parametrize(
     "echo",
-    [_SLASHED_JSON[:20], _SLASHED_JSON[10:], _SLASHED_JSON[20:]],
-    ids=["its start", "its end", "its end, non-ASCII"],
+    [
+        _SLASHED_JSON[:20],
+        _SLASHED_JSON[10:],
+        _SLASHED_JSON[20:],
+        # Every character but letters, digits and "-._~" as "\u00XX" (a writer escaping them).
+        _SLASHED_JSON.replace("\\/", "\\u002f")[:22],
+        _SLASHED_JSON.replace("\\/", "\\u002F")[14:],
+    ],
+    ids=["its start", "its end", "its end, non-ASCII", "u002f, its start", "u002F, its end"],
 )
 def test_a_secret_echoed_json_escaped_and_cut_short_is_masked(echo: str) -> None:
     # A description cut to its first characters, or a log line of its last: a run of the
