@@ -290,15 +290,39 @@ def _mask_fragments(text: str, masks: list[_Masks]) -> str:
 
 def _spans(folded: str, grams: frozenset[str]) -> list[list[int]]:
     """Where ``folded`` holds runs of ``FRAGMENT`` characters among ``grams``, in order, those
-    that overlap or touch as one."""
+    that overlap or touch as one.
+
+    Looked for only in the stretches of ``folded`` made of the characters of ``grams``, where
+    any of them must be: each position of the text was looked up, 1.4-1.6 ms of an error of
+    4 KB (in Chinese, or words no secret holds) with a secret in use. Spans of two stretches
+    never touch (a character of neither is between them), so they are the same spans."""
     spans: list[list[int]] = []
-    for start in range(len(folded) - FRAGMENT + 1):
-        if folded[start : start + FRAGMENT] in grams:
-            if spans and start <= spans[-1][1]:
-                spans[-1][1] = start + FRAGMENT
-            else:
-                spans.append([start, start + FRAGMENT])
+    for stretch in _stretches(grams).finditer(folded):
+        for start in range(stretch.start(), stretch.end() - FRAGMENT + 1):
+            if folded[start : start + FRAGMENT] in grams:
+                if spans and start <= spans[-1][1]:
+                    spans[-1][1] = start + FRAGMENT
+                else:
+                    spans.append([start, start + FRAGMENT])
     return spans
+
+
+#: The patterns of :func:`_stretches`, by the runs they are made of, the latest ones.
+_stretch_patterns: dict[frozenset[str], re.Pattern[str]] = {}
+
+
+def _stretches(grams: frozenset[str]) -> re.Pattern[str]:
+    """Matches each stretch of ``FRAGMENT`` characters or more, all of them characters of
+    ``grams``: a run among ``grams`` is within one."""
+    pattern = _stretch_patterns.get(grams)
+    if pattern is None:
+        chars = "".join(f"\\U{ord(char):08x}" for char in sorted(set().union(*grams)))
+        # No run at all (none to mask): a class of no character is no pattern.
+        pattern = re.compile(f"[{chars}]{{{FRAGMENT},}}" if chars else "(?!)")
+        _stretch_patterns[grams] = pattern
+        for old in list(_stretch_patterns)[: -2 * _KEPT_RUNS]:  # the oldest; a list: threads
+            _stretch_patterns.pop(old, None)
+    return pattern
 
 
 def _merged(spans: list[list[int]]) -> list[list[int]]:
