@@ -6,6 +6,7 @@ authentication") and the secret in the token request's, so any URL is a secret u
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import json
 import os
@@ -189,38 +190,83 @@ def _quoted_masked(text: str, sent: str) -> str:
     password holding one (a cut one: all of it but its first characters) was said. Of quoted
     values that overlap, the one closing last: the password is AUTH's last argument, and a
     user name before it could read as its start (``'a' 'a' '`` for a password ``a' ``, whose
-    mask took the user name and left the password said)."""
-    shown, at, start = [], 0, text.find("'")
-    while start != -1:
-        close = _quoted_close(text, start, sent)
-        if close is not None and not any(
-            (later := _quoted_close(text, quote, sent)) is not None and later > close
-            for quote in range(start + 1, close + 1)
-            if text[quote] == "'"
-        ):
-            shown += [text[at:start], f"'{MASK}'"]
-            at = close + 1
-        start = text.find("'", max(at, start + 1))
+    mask took the user name and left the password said).
+
+    In time linear in ``text`` and ``sent``: each quote's value was read again for each quote
+    within it, and ``sent`` compared afresh from each quote (0.78-1.15 s on 3,000 quotes)."""
+    quotes = [found.start() for found in _QUOTE.finditer(text)]
+    if not quotes:
+        return text
+    same = _prefix_lengths(text, sent, [start + 1 for start in quotes])
+    cut_ends: dict[int, int] = {}
+    closes = [
+        _quoted_close(text, start, sent, same[i], quotes, cut_ends)
+        for i, start in enumerate(quotes)
+    ]
+    # The next quote whose value closes later than each one's: any within its value does then.
+    later = [len(quotes)] * len(quotes)
+    waiting: list[int] = []
+    for i, close in enumerate(closes):
+        while waiting and closes[waiting[-1]] < close:
+            later[waiting.pop()] = i
+        waiting.append(i)
+    shown, at = [], 0
+    for i, start in enumerate(quotes):
+        close = closes[i]
+        if start < at or close < 0 or (later[i] < len(quotes) and quotes[later[i]] <= close):
+            continue
+        shown += [text[at:start], f"'{MASK}'"]
+        at = close + 1
     return "".join(shown) + text[at:]
 
 
-def _quoted_close(text: str, start: int, sent: str) -> int | None:
-    """Where the quote that closes ``sent`` quoted from ``text[start]`` (a quote) is: after all
-    of it, or after its start of :data:`FRAGMENT` characters or more, however long; or None."""
+_QUOTE = re.compile("'")
+_CUT_CHARACTERS = re.compile("\ufffd*")
+
+
+def _quoted_close(
+    text: str, start: int, sent: str, same: int, quotes: list[int], cut_ends: dict[int, int]
+) -> int:
+    """Where the quote that closes ``sent`` quoted from ``text[start]`` (a quote whose next
+    ``same`` characters are the first of ``sent``) is: after all of it, or after its start of
+    :data:`FRAGMENT` characters or more, however long; or -1. ``quotes``: where ``text``'s
+    quotes are; ``cut_ends``: where each run of U+FFFD found so far ends, by its start."""
     begin = start + 1
-    same = 0
-    most = min(len(sent), len(text) - begin)
-    while same < most and text[begin + same] == sent[same]:
-        same += 1
     end = begin + same
-    while end < len(text) and text[end] == "\ufffd":
-        end += 1
+    if end not in cut_ends:
+        cut = _CUT_CHARACTERS.match(text, end)
+        cut_ends[end] = cut.end() if cut else end
+    end = cut_ends[end]
     if text.startswith("'", end) and same >= min(len(sent), FRAGMENT):
         return end
-    for k in range(begin + same - 1, begin + FRAGMENT - 1, -1):
-        if text[k] == "'":
-            return k
-    return None
+    # The last quote within its start, if FRAGMENT characters or more come before it.
+    last = quotes[bisect.bisect_left(quotes, begin + same) - 1]
+    return last if last >= begin + FRAGMENT else -1
+
+
+def _prefix_lengths(text: str, sent: str, positions: list[int]) -> list[int]:
+    """For each of ``positions`` (in increasing order), how many characters of ``text`` from
+    there are the first ones of ``sent``, in time linear in both (the Z algorithm)."""
+    size = len(sent)
+    own = [size] + [0] * (size - 1)  # own[i]: how many of sent's from i are its first ones
+    left = right = 0  # sent[left:right] (then text[left:right]) is sent[: right - left]
+    for i in range(1, size):
+        k = min(right - i, own[i - left]) if i < right else 0
+        while i + k < size and sent[k] == sent[i + k]:
+            k += 1
+        own[i] = k
+        if i + k > right:
+            left, right = i, i + k
+    lengths = []
+    left = right = 0
+    for i in positions:
+        k = min(right - i, own[i - left]) if i < right else 0
+        while k < size and i + k < len(text) and text[i + k] == sent[k]:
+            k += 1
+        lengths.append(k)
+        if i + k > right:
+            left, right = i, i + k
+    return lengths
 
 
 class _Masks:
