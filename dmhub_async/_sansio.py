@@ -385,7 +385,8 @@ def _issued_tokens(
     (``accessToken``, ``Access-Token``) or in a list (``["..."]``); and, quoted as text (a
     gateway's page, a cut answer, a description), a run of 32 lower-case hexadecimal
     characters, the shape of the service's tokens (docs/contract.md), unless it is the
-    answer's request id (or trace id: any of ``REQUEST_ID_HEADERS``) or the app id, which a
+    answer's request id (or trace id: any header named for one, ``REQUEST_ID_HEADERS`` and
+    those of gateways, ``X-Kong-Request-Id``, ``traceparent``...) or the app id, which a
     user needs to act. Each was in the message, ``.description`` and ``.body`` whole."""
     found: list[str] = []
     if isinstance(data, Mapping):
@@ -398,8 +399,16 @@ def _issued_tokens(
     else:
         texts = []
     texts.append(body[:4096].decode("utf-8", "replace"))  # what _body_text quotes
-    # Each request id header's, not the first alone: a trace id beside an X-Request-Id.
-    known = {headers.get(name) for name in REQUEST_ID_HEADERS}
+    # Each request id header's, not the first alone: a trace id beside an X-Request-Id; and
+    # the runs in any header a gateway names a request or trace id by (X-Kong-Request-Id,
+    # X-B3-TraceId, traceparent), which its page quotes: masked, the id was lost.
+    known: set[str | None] = {headers.get(name) for name in REQUEST_ID_HEADERS}
+    known.update(
+        run
+        for name, value in headers.items()
+        if _ID_HEADER.search(name)
+        for run in _TOKEN_SHAPE.findall(value)
+    )
     known.add((request.params or {}).get("appid"))
     found += (run for text in texts for run in _TOKEN_SHAPE.findall(text) if run not in known)
     return tuple(dict.fromkeys(found))
@@ -407,6 +416,9 @@ def _issued_tokens(
 
 #: A token answer's field names for the token: ``access_token``, ``accessToken``, ``Access-Token``.
 _TOKEN_NAME: Final = re.compile(r"access[_-]?token", re.IGNORECASE)
+#: Names of headers a gateway sends a request or a trace id in (``X-Kong-Request-Id``,
+#: ``X-B3-TraceId``, ``traceparent``, ``X-Cloud-Trace-Context``...).
+_ID_HEADER: Final = re.compile(r"request-?id|trace-?id|traceparent|trace-context", re.IGNORECASE)
 #: A token as the service's look (docs/contract.md: 32 lower-case hexadecimal characters), alone.
 _TOKEN_SHAPE: Final = re.compile(r"(?<![0-9A-Za-z])[0-9a-f]{32}(?![0-9A-Za-z])")
 

@@ -1613,6 +1613,42 @@ async def test_a_token_answer_keeps_a_trace_id_of_the_tokens_shape_beside_its_re
     assert FRESH_HEX[:12] not in str(error) + str(getattr(error, "body", ""))
 
 
+@pytest.mark.parametrize(
+    ("header", "value"),
+    [
+        ("X-Kong-Request-Id", "{id}"),  # Kong 3's, also its error body's "request_id"
+        ("X-B3-TraceId", "{id}"),  # Zipkin's, as Envoy passes it on
+        ("traceparent", "00-{id}-00f067aa0ba902b7-01"),  # W3C's, the trace id within
+    ],
+    ids=["Kong's request id", "B3 trace id", "W3C traceparent"],
+)
+async def test_a_token_answer_keeps_an_id_of_the_tokens_shape_a_gateway_names_its_request_by(
+    api, make_client, header: str, value: str
+) -> None:
+    """A gateway's 502 on the token endpoint naming the id it sends in its own request or
+    trace id header (``X-Kong-Request-Id``, ``X-B3-TraceId``, ``traceparent``): only
+    ``X-Request-Id``, ``X-Trace-Id`` and ``Request-Id`` were told from a fresh token, and the
+    id the operators ask for was masked in the body, the message and ``.headers``."""
+    said = "4bf92f3577b34da6a3ce929d0e0e4736"
+    body = f'{{"message": "An invalid response was received", "request_id": "{said}"}}'
+    api.get(
+        TOKEN_URL,
+        status=502,
+        body=body,
+        content_type="application/json",
+        headers={header: value.format(id=said)},
+        repeat=True,
+    )
+    dm = make_client(app_id="app-1", secret=SECRET, base_url=BASE, max_retries=0)
+
+    with pytest.raises(DMHubError) as raised:
+        await dm.request("GET", "/v1/customers/1")
+
+    error = raised.value
+    assert getattr(error, "body", None) == body
+    assert getattr(error, "headers", {}).get(header) == value.format(id=said)
+
+
 async def test_a_token_answer_masked_for_a_fresh_token_keeps_its_headers_read_in_any_case(
     api, make_client
 ) -> None:
