@@ -329,6 +329,47 @@ def test_a_page_of_integers_up_to_64_bits_costs_no_regex_search(
             assert attr["extId"] == int(value % row)
 
 
+def _page_of_20_digit_ids(row_size: int, rows: int = 200) -> tuple[bytes, list[int]]:
+    """A page of ``rows`` rows of ``row_size`` bytes (and a comma), each a 20-digit id up to
+    2**64 - 1 and a name filling the rest, and those ids."""
+    ids = [2**64 - 1 - 7919 * i for i in range(rows)]
+    made = []
+    for i in ids:
+        row = b'{"id":%d,"name":"' % i
+        made.append(row + b"n" * (row_size - len(row) - 2) + b'"}')
+    assert all(len(row) == row_size for row in made)
+    return b'{"rows":[' + b",".join(made) + b"]}", ids
+
+
+@pytest.mark.parametrize(
+    ("row_size", "searches"),
+    [(124, 1), (135, 0)],  # a 20-digit id every 125 bytes, then every 136 (the budget: 128)
+    ids=["denser than one a 128 bytes", "sparser"],
+)
+def test_20_digit_ids_are_told_by_their_digits_up_to_one_per_128_bytes(
+    row_size: int, searches: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each such id is compared with 2**64 - 1 by its digits, a turn of a Python loop: denser
+    # than one per 128 bytes, those turns would cost what json.loads's read of the page costs,
+    # and one regex search decides instead. Either side, every id is read exactly, and one past
+    # 2**64 - 1 among them, anywhere, still sends the page to the exact read.
+    counting = _CountingSearches()
+    monkeypatch.setattr(_json, "_LOSSY", counting)
+    body, ids = _page_of_20_digit_ids(row_size)
+
+    read = _json.loads(body)
+    assert [row["id"] for row in read["rows"]] == ids
+    assert counting.searches == searches
+    for at in (0, 100, 199):
+        past = body.replace(b"%d" % ids[at], b"%d" % (2**64 + 7918), 1)  # 20 digits too
+        assert len(past) == len(body)
+        assert [row["id"] for row in _json.loads(past)["rows"]] == [
+            *ids[:at],
+            2**64 + 7918,
+            *ids[at + 1 :],
+        ]
+
+
 # --- decimals a float cannot hold: read and written with every digit ------------------------
 
 LOSSY = [
