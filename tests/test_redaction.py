@@ -1649,6 +1649,29 @@ async def test_a_token_answer_keeps_an_id_of_the_tokens_shape_a_gateway_names_it
     assert getattr(error, "headers", {}).get(header) == value.format(id=said)
 
 
+def test_a_token_answer_keeps_each_of_a_repeated_request_id_header() -> None:
+    """Two ``X-Request-Id`` lines (a gateway's beside the service's, each of the token's shape,
+    32 hex digits): only the first was told from a fresh token, and the other, which the
+    operators ask for, was masked in the message, ``.body`` and ``.headers``."""
+    from dmhub_async._sansio import read_response, token_request
+
+    gateway, service = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7a3ce929d0e0e4736"
+    headers = CIMultiDictProxy(
+        CIMultiDict([("X-Request-Id", gateway), ("X-Request-Id", service), ("Retry-After", "7")])
+    )
+    body = f"<p>upstream issued {FRESH_HEX}, then closed (request {service})</p>".encode()
+
+    with pytest.raises(DMHubError) as raised:
+        read_response(token_request("app-1", SECRET), 503, headers, body)
+
+    error = raised.value
+    assert f"(request {service})" in str(error)
+    assert f"(request {service})" in str(getattr(error, "body", ""))
+    assert getattr(error, "headers", {}).get("X-Request-Id") == service  # a dict: the last
+    assert FRESH_HEX not in str(error) + str(getattr(error, "body", ""))
+    assert getattr(error, "retry_after", None) == 7
+
+
 async def test_a_token_answer_masked_for_a_fresh_token_keeps_its_headers_read_in_any_case(
     api, make_client
 ) -> None:
