@@ -876,16 +876,17 @@ def test_a_redacted_cause_pickles_and_copies_as_it_is():
 
 
 @given(
-    # What a URL can hold: printable ASCII, the rest percent-encoded; & # and quotes end it.
+    # What a URL can hold: printable ASCII, the rest percent-encoded (yarl encodes < and >);
+    # & # and quotes end it, and the > closing a URL quoted in <...>.
     value=st.text(
         alphabet=st.characters(
-            min_codepoint=0x21, max_codepoint=0x7E, blacklist_characters="&#'\""
+            min_codepoint=0x21, max_codepoint=0x7E, blacklist_characters="&#'\"<>"
         ),
         min_size=1,
     ),
     name=st.sampled_from(["access_token", "secret", "ACCESS_TOKEN"]),
     before=st.sampled_from(["", "?", "https://h/p?x=1&"]),
-    after=st.sampled_from(["", "&y=2", "#frag", " and more", "'", '"']),
+    after=st.sampled_from(["", "&y=2", "#frag", " and more", "'", '"', '>; rel="next"']),
 )
 def test_any_token_or_secret_parameter_value_is_masked(value, name, before, after):
     text = f"{before}{name}={value}{after}"
@@ -2062,3 +2063,11 @@ def test_a_run_of_a_secret_in_another_case_beside_a_dotted_capital_i_is_masked(c
     for said in (f"city 'İstanbul', value {cut}... refused", f"İİİİİİİİ {cut}"):
         assert cut not in redact(said, secrets)
         assert redact(said, secrets) == said.replace(cut, MASK)
+
+
+@pytest.mark.parametrize("token", [TOKEN, "fresh-unknown-token"], ids=["known", "unknown"])
+def test_a_token_in_a_link_headers_url_keeps_what_follows_the_url(token: str) -> None:
+    # A Link header quoting the request URL: the "access_token=" value ran on through the ">;"
+    # closing the URL, and the header said "<...access_token=*** rel="next"".
+    link = f'<{BASE}/v1/customers?access_token={token}>; rel="next", <{BASE}/v1/x>; rel="last"'
+    assert redact(link, [TOKEN]) == link.replace(token, MASK)
