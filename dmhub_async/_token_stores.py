@@ -32,7 +32,7 @@ from ._exceptions import (
     InvalidRequestError,
     TokenStoreError,
 )
-from ._redact import redis_secret, without_password
+from ._redact import redact, redis_secret, without_password
 from ._redis_send import (
     redis_refusal,
     redis_words,
@@ -438,6 +438,11 @@ def _check_async_client(client: object) -> None:
         )
 
 
+#: The characters of what Redis said kept in a store's error, as of a service's description:
+#: a Redis (a proxy, another service on its port) refusing with a megabyte of words put them
+#: all in the error, every log line of it, masked whole each time.
+_SAID_TEXT = 1000
+
 #: The start of ``RedisTokenStore``'s keys, unless told another (``prefix``).
 REDIS_TOKEN_PREFIX = "dmhub_async:token:"
 
@@ -557,6 +562,9 @@ class RedisTokenStore:
         # transaction), which quoted the command with every argument: the token's key and
         # record; and they may quote the password sent (see without_password).
         said = without_password(redis_words(err), self._password())
+        if len(said) > _SAID_TEXT:
+            # Its start, masked before it is cut (a secret cut at the edge is no longer known).
+            said = redact(said[:4096])[:_SAID_TEXT] + "..."
         message = f"{self!r}: {doing} failed: {type(err).__name__}: {said}"
         if self._misread:
             message = f"{self!r}: {doing} failed: {type(err).__name__}: {PERCENT_ENCODE}"

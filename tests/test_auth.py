@@ -636,6 +636,31 @@ async def test_store_errors_are_token_store_errors_naming_the_store(tmp_path):
         FileTokenStore(tmp_path / "tokens.json")
 
 
+async def test_a_redis_store_answering_a_megabyte_of_words_says_their_start() -> None:
+    # A Redis (a proxy, another service on its port) refusing a command with a megabyte of
+    # words: all of them were the store's error, and every log line of it.
+    async def wordy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while line := await reader.readline():
+            if line.startswith(b"*"):  # a command: its arguments, then the refusal
+                for _ in range(2 * int(line[1:])):
+                    await reader.readline()
+                writer.write(b"-ERR " + b"x" * 1_000_000 + b"\r\n")
+                await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(wordy, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with RedisTokenStore(f"redis://127.0.0.1:{port}/0", socket_timeout=5) as store:
+            with pytest.raises(TokenStoreError) as caught:
+                await store.get("key")
+    finally:
+        server.close()
+        await server.wait_closed()
+    said = f"{store!r}: GET failed: ResponseError: "
+    assert str(caught.value) == said + "x" * 1000 + "..."
+
+
 class _BytesPath:
     """A path-like whose path is bytes (os.PathLike[bytes]), as os.DirEntry of bytes is."""
 
