@@ -282,7 +282,7 @@ class _Masks:
         self.pattern = _secret_pattern(secret)
         self.anchor = _anchor(secret)
         self.forms = _forms(secret) if len(secret) > FRAGMENT else ()
-        self.runs = frozenset().union(*(_fragments(form.lower()) for form in self.forms))
+        self.runs = frozenset().union(*(_fragments(_lower(form)) for form in self.forms))
 
 
 #: The masks of the secrets in use, by secret. Not a cache of a fixed size: every error masks
@@ -319,7 +319,7 @@ FRAGMENT = 8
 
 def _mask_fragments(text: str, masks: list[_Masks]) -> str:
     """``text`` with every run of ``FRAGMENT`` characters or more of a secret masked."""
-    folded = text.lower()
+    folded = _lower(text)
     if len(folded) == len(text):  # any case, as the whole secret is matched
         spans = _spans(folded, _runs(masks))
     else:  # lower() made an "İ" two characters: positions would no longer match the text
@@ -328,12 +328,20 @@ def _mask_fragments(text: str, masks: list[_Masks]) -> str:
         # And in any case, with "İ" as "i", which keeps the positions: the runs in another
         # case (upper-cased, or URL-encoded in lower-case hex) beside an "İ" (a Turkish name
         # quoted) were shown whole.
-        folded = text.replace("\u0130", "i").lower()
+        folded = _lower(text.replace("\u0130", "i"))
         if len(folded) == len(text):  # no other letter lower-cases longer (Unicode 15)
             spans = _merged(spans + _spans(folded, _runs(masks)))
     for start, end in reversed(spans):
         text = text[:start] + MASK + text[end:]
     return text
+
+
+def _lower(text: str) -> str:
+    """``text`` lower-cased, a final sigma as any other: "Σ" lower-cases to "ς" at a word's end
+    and to "σ" within one, so a run of a secret cut right after its "Σ" (or "σ" upper-cased)
+    matched none of the secret's runs, and its start was shown."""
+    folded = text.lower()
+    return folded.replace("\u03c2", "\u03c3") if "\u03c2" in folded else folded
 
 
 def _spans(folded: str, grams: frozenset[str]) -> list[list[int]]:

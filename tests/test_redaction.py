@@ -2071,3 +2071,15 @@ def test_a_token_in_a_link_headers_url_keeps_what_follows_the_url(token: str) ->
     # closing the URL, and the header said "<...access_token=*** rel="next"".
     link = f'<{BASE}/v1/customers?access_token={token}>; rel="next", <{BASE}/v1/x>; rel="last"'
     assert redact(link, [TOKEN]) == link.replace(token, MASK)
+
+
+@pytest.mark.parametrize(
+    ("secret", "cut"),
+    [("abcdefgσhijklmnop", "ABCDEFGΣ"), ("abcdefgΣhijklmnop", "abcdefgΣ")],
+    ids=["upper-cased", "as written"],
+)
+def test_a_run_of_a_secret_cut_right_after_a_capital_sigma_is_masked(secret: str, cut: str) -> None:
+    # "Σ" lower-cases to "ς" at a word's end and to "σ" within one: a secret's run ending in
+    # it, cut there, no longer matched the secret's runs, and the secret's start was shown.
+    for said in (f"value {cut}... refused", f"city 'İstanbul', value {cut}, refused"):
+        assert redact(said, [secret]) == said.replace(cut, MASK)
