@@ -49,6 +49,15 @@ def _redacted(value: Any) -> Any:
     return redact(value) if isinstance(value, str) else value
 
 
+def _names_masked(headers: Mapping[str, str]) -> Mapping[str, str]:
+    """``headers`` with the secrets in their names masked: all looked at once (one holding a
+    secret is rare), each masked only then."""
+    names = "\n".join(headers)
+    if redact(names) == names:
+        return headers
+    return {redact(name): value for name, value in headers.items()}
+
+
 class DMHubError(Exception):
     """The root of every error dmhub_async raises.
 
@@ -185,8 +194,9 @@ class APIError(DMHubError):
     ) -> None:
         super().__init__(message)
         self.retry_after = retry_after
-        #: The answer's headers (a ``Location`` may hold the token: values are redacted).
-        self.headers = {k: redact(v) for k, v in (headers or {}).items()}
+        #: The answer's headers (a ``Location`` may hold the token: values are redacted, and
+        #: names: a proxy echoing the request's parameters as headers named one after it).
+        self.headers = {k: redact(v) for k, v in _names_masked(headers or {}).items()}
         #: The start of the answer's body (up to 1,000 characters), redacted.
         self.body = _redacted(body)
         #: The id the service gave the request (``X-Request-Id`` and the like), if any.

@@ -153,18 +153,21 @@ def request_id(headers: Mapping[str, str]) -> str | None:
 
 
 def _masked_headers(headers: Mapping[str, str]) -> Mapping[str, str]:
-    """``headers`` with the token and the secret masked in every value, read as aiohttp's are
-    (case-insensitive, each of a repeated header kept): a service or a proxy answering with a
-    ``Content-Location``, a ``Link`` or an echo of the request URL showed the token to a user
-    printing ``dm.last_response.headers``. Made when an answer is read, not as it arrives.
+    """``headers`` with the token and the secret masked in every name and value, read as
+    aiohttp's are (case-insensitive, each of a repeated header kept): a service or a proxy
+    answering with a ``Content-Location``, a ``Link``, an echo of the request URL (or of its
+    parameters as headers of their names) showed the token to a user printing
+    ``dm.last_response.headers``. Made when an answer is read, not as it arrives.
 
     Read all at once first (a header value holds no line break): each value on its own cost
     some 100 us on the usual six headers, and one holding a secret is rare.
     """
-    values = "\n".join(headers.values())
-    if redact(values) == values:
+    said = "\n".join((*headers.keys(), *headers.values()))  # a header named after the token too
+    if redact(said) == said:
         return headers
-    return CIMultiDictProxy(CIMultiDict((name, redact(value)) for name, value in headers.items()))
+    return CIMultiDictProxy(
+        CIMultiDict((redact(name), redact(value)) for name, value in headers.items())
+    )
 
 
 @attrs.frozen

@@ -2083,3 +2083,27 @@ def test_a_run_of_a_secret_cut_right_after_a_capital_sigma_is_masked(secret: str
     # it, cut there, no longer matched the secret's runs, and the secret's start was shown.
     for said in (f"value {cut}... refused", f"city 'İstanbul', value {cut}, refused"):
         assert redact(said, [secret]) == said.replace(cut, MASK)
+
+
+@pytest.mark.parametrize("status", [500, 200], ids=["an error", "last_response"])
+async def test_a_header_named_after_the_token_is_masked(api, make_client, status: int) -> None:
+    # A proxy echoing the request's parameters as headers of their own names: a header named
+    # after the token showed it in the error's headers (their values alone were masked).
+    api.get(
+        re.compile(r"^https://api\.dmhub\.test/v1/customers/1\?.*$"),
+        status=status,
+        payload={"id": 1} if status == 200 else {"error_code": 500},
+        headers={f"X-Param-{TOKEN}": "1", "X-Request-Id": "req-7"},
+    )
+    dm = make_client(access_token=TOKEN, base_url=BASE, max_retries=0)
+    if status == 200:
+        await dm.request("GET", "/v1/customers/1")
+        assert dm.last_response is not None
+        headers = dm.last_response.headers
+    else:
+        with pytest.raises(APIError) as raised:
+            await dm.request("GET", "/v1/customers/1")
+        headers = raised.value.headers
+    assert headers.get(f"X-Param-{MASK}") == "1", headers
+    assert headers.get("X-Request-Id") == "req-7"
+    assert not leaks(str(dict(headers)))
