@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import html
 import json
 import os
 import re
@@ -483,8 +484,8 @@ def _anchor(secret: str) -> str:
 
 
 def _secret_pattern(secret: str) -> re.Pattern[str]:
-    """Matches ``secret`` with each character that URL encoding, or a JSON string's escapes,
-    may change either way."""
+    """Matches ``secret`` with each character that URL encoding, a JSON string's escapes, or a
+    page's (an entity of its code), may change either way."""
     parts = []
     for char in secret:
         if char.isascii() and (char.isalnum() or char in "-._~"):
@@ -498,6 +499,9 @@ def _secret_pattern(secret: str) -> re.Pattern[str]:
         if char == " ":
             forms.add(r"\+")
         forms.update(map(re.escape, _in_json(char)))
+        if char.isascii() and char.isprintable():  # as a page escapes it: "&#x2F;", "&#39;"
+            escaped = (html.escape(char), f"&#x{ord(char):x};", f"&#{ord(char)};")
+            forms.update(map(re.escape, escaped))
         parts.append("(?:" + "|".join(sorted(forms, key=len, reverse=True)) + ")")  # longest first
     # Case-insensitive for the hex digits of %2b/%2B; masking a case variant too is harmless.
     return re.compile("".join(parts), re.IGNORECASE)

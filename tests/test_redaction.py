@@ -2107,3 +2107,23 @@ async def test_a_header_named_after_the_token_is_masked(api, make_client, status
     assert headers.get(f"X-Param-{MASK}") == "1", headers
     assert headers.get("X-Request-Id") == "req-7"
     assert not leaks(str(dict(headers)))
+
+
+_ENTITIES_SECRET = "Cn4ry/S3cr3t'Zq9/xYw\"é"
+
+
+@pytest.mark.parametrize(
+    "echoed",
+    [
+        html.escape(_ENTITIES_SECRET).replace("/", "&#x2F;"),  # OWASP's escaping: "'" as "&#x27;"
+        html.escape(_ENTITIES_SECRET).replace("/", "&#47;").replace("&#x27;", "&#39;"),
+    ],
+    ids=["hex entities", "decimal entities"],
+)
+def test_a_secret_html_escaped_as_entities_of_its_characters_codes_is_masked_whole(
+    echoed: str,
+) -> None:
+    # A gateway's page escaping "/" and "'" as entities of their code: the secret was masked up
+    # to its first such character ("***&#x2F;Zq9&#x27;...": its end shown).
+    said = f"echoed: {echoed} (refused)"
+    assert redact(said, [_ENTITIES_SECRET]) == f"echoed: {MASK} (refused)"
