@@ -435,7 +435,11 @@ def _in_json(text: str) -> set[str]:
     match (``\\u002B`` as well, and its runs, with ``\\u00e9`` and ``\\/`` alone)."""
     written = json.dumps(text)[1:-1]
     every = "".join(map(_json_escaped, text))
-    return {written, written.replace("/", "\\/"), every}
+    once = {written, written.replace("/", "\\/"), every}
+    # And escaped twice, a JSON body quoted in a JSON string ("\\/", "\\u00e9"; "\\\/" by PHP):
+    # the secret was masked in its runs alone, its start and end shown, or not at all.
+    twice = {json.dumps(form)[1:-1] for form in once}
+    return once | twice | {form.replace("/", "\\/") for form in twice}
 
 
 def _json_escaped(char: str) -> str:

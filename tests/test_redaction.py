@@ -2127,3 +2127,21 @@ def test_a_secret_html_escaped_as_entities_of_its_characters_codes_is_masked_who
     # to its first such character ("***&#x2F;Zq9&#x27;...": its end shown).
     said = f"echoed: {echoed} (refused)"
     assert redact(said, [_ENTITIES_SECRET]) == f"echoed: {MASK} (refused)"
+
+
+#: ``_ENTITIES_SECRET`` as PHP's json_encode writes it ("/" as "\/"), quoted in a JSON string
+#: by it again.
+_PHP_TWICE = json.dumps(json.dumps(_ENTITIES_SECRET).replace("/", "\\/")).replace("/", "\\/")
+
+
+@pytest.mark.parametrize(
+    "echoed",
+    [json.dumps(json.dumps(_ENTITIES_SECRET))[3:-3], _PHP_TWICE[3:-3]],
+    ids=["by Python's json", "by PHP's"],
+)
+def test_a_secret_json_escaped_twice_is_masked_whole(echoed: str) -> None:
+    # A body quoting a JSON body in a JSON string: the secret's "/", '"' and "é" escaped twice
+    # ("\\/", "\\\"", "\\u00e9"), it was masked in its runs of 8 characters alone, or not at all
+    # ('Cn4ry\\***\\/xYw\\\"\\u00e9': its start and its end shown).
+    said = f"echoed: {echoed} (refused)"
+    assert redact(said, [_ENTITIES_SECRET]) == f"echoed: {MASK} (refused)"
