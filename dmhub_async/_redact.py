@@ -332,9 +332,32 @@ def _mask_fragments(text: str, masks: list[_Masks]) -> str:
         folded = _lower(text.replace("\u0130", "i"))
         if len(folded) == len(text):  # no other letter lower-cases longer (Unicode 15)
             spans = _merged(spans + _spans(folded, _runs(masks)))
+    # A secret outside ASCII only: one of ASCII holding "%C3%A9" or "\\u00e9" as it is, cut, was
+    # 8 characters of it, masked (no escape of an ASCII secret stands for a letter outside it).
+    escaped = bool(spans) and not all(mask.secret.isascii() for mask in masks)
     for start, end in reversed(spans):
+        if escaped and _characters(text[start:end]) < FRAGMENT:
+            continue  # a customer's escaped text sharing a character or two with a secret's
         text = text[:start] + MASK + text[end:]
     return text
+
+
+#: How a character outside ASCII is escaped, as one: "\u5bc6" (once or twice), "%E5%AF%86".
+_ESCAPED = re.compile(
+    r"\\+u(?:[1-9a-f][0-9a-f]{3}|0[1-9a-f][0-9a-f]{2}|00[89a-f][0-9a-f])"
+    r"|%[c-f][0-9a-f](?:%[89ab][0-9a-f]){1,3}",
+    re.IGNORECASE,
+)
+
+
+def _characters(span: str) -> int:
+    """How many characters ``span`` stands for, each escape of one outside ASCII as one: 8
+    characters of a secret's escaped form (``\\u5bc6\\u``) may hold one of its characters
+    alone, and a customer's name ``\\u``-escaped or URL-encoded beside, sharing it, was masked
+    with them (``***7801\\u738b...``), unreadable."""
+    if "\\" not in span and "%" not in span:
+        return len(span)
+    return len(span) - sum(len(escape) - 1 for escape in _ESCAPED.findall(span))
 
 
 def _lower(text: str) -> str:

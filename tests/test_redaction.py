@@ -2145,3 +2145,32 @@ def test_a_secret_json_escaped_twice_is_masked_whole(echoed: str) -> None:
     # ('Cn4ry\\***\\/xYw\\\"\\u00e9': its start and its end shown).
     said = f"echoed: {echoed} (refused)"
     assert redact(said, [_ENTITIES_SECRET]) == f"echoed: {MASK} (refused)"
+
+
+#: A secret outside ASCII, sharing its first characters with a customer's name ("密码王小明").
+_CHINESE_SECRET = "密钥Zq9xYw-4f1c7e"
+
+
+@pytest.mark.parametrize(
+    "quoted",
+    [lambda text: json.dumps(text)[1:-1], lambda text: quote(text, safe="")],
+    ids=["\\u-escaped", "URL-encoded"],
+)
+def test_a_customers_escaped_chinese_sharing_a_character_with_a_secret_stays_readable(
+    quoted: Callable[[str], str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An error's body quoting a customer's name "\u"-escaped (Python's and Java's JSON): its
+    # first character shared with the secret's, it was masked with the next "\u" as "a run of
+    # 8 characters" ('"***7801\u738b..."'), though it holds less than 2 of the secret's.
+    for name in ("密码王小明", "王密钥", "密钥王"):
+        said = f'{{"name": "{quoted(name)}", "code": 500}}'
+        assert redact(said, [_CHINESE_SECRET]) == said
+    # A run of 8 characters of the secret, escaped so, is masked still.
+    for cut in (_CHINESE_SECRET[:8], _CHINESE_SECRET[1:9], _CHINESE_SECRET[:-1]):
+        said = f'{{"echo": "{quoted(cut)}", "code": 500}}'
+        assert redact(said, [_CHINESE_SECRET]) == f'{{"echo": "{MASK}", "code": 500}}'
+    # A secret of ASCII holding such an escape as it is: 8 of its characters are masked (no
+    # secret outside ASCII in use: another test's client still alive may hold one).
+    monkeypatch.setattr(_redact, "live_secrets", list)
+    literal = quoted("密") + "Zq9xYw-4f1c"
+    assert redact(f"x {literal[:8]}...", [literal]) == f"x {MASK}..."
