@@ -266,6 +266,32 @@ def test_shards_whose_name_is_too_long_are_a_usage_error_naming_it(
     assert requests(served) == 0
 
 
+@pytest.mark.parametrize(
+    ("flag", "command"),
+    [
+        ("--out", ["export"]),
+        ("--checkpoint", ["export", "--out", "june.jsonl"]),
+        ("--out", ["lookup", "--in", "in.csv"]),
+    ],
+)
+def test_a_file_named_too_long_for_the_files_beside_it_is_a_usage_error_naming_it(
+    served: ServedSimulator, env: dict[str, str], tmp_path: Path, flag: str, command: list[str]
+) -> None:
+    # A name of 80 Chinese characters (246 bytes with its suffix, under a file system's 255)
+    # is a file the system takes, but not the hidden ones written beside it, named after it
+    # (".NAME.xxxxxxxx.part", ".NAME.lock"): "/x/NAME: File name too long", exit 1, naming no
+    # flag, as a failed run; a --checkpoint so named after the count and the first page.
+    write_identities(tmp_path / "in.csv", [("wechat", "o1")])
+    suffix = ".csv" if command[0] == "lookup" else ".ckpt" if flag == "--checkpoint" else ".jsonl"
+    name = "\u5ba2" * 80 + suffix
+
+    result = run_cli(*command, flag, name, env=env, cwd=tmp_path)
+
+    assert_one_line_error(result, 2, f"{flag} '{name}'", "give a name of at most 240 bytes")
+    assert os.listdir(tmp_path) == ["in.csv"]
+    assert requests(served) == 0
+
+
 @pytest.mark.parametrize("shards", [False, True])
 def test_an_out_whose_tilde_no_shell_expanded_says_so(
     served: ServedSimulator, env: dict[str, str], tmp_path: Path, shards: bool

@@ -2693,3 +2693,33 @@ async def test_a_path_led_by_tilde_in_the_library_is_refused_naming_the_home_pat
     assert list(work.iterdir()) == []
     assert list(home.iterdir()) == []
     assert sim.counters.total == 0
+
+
+@pytest.mark.parametrize("given", ["output", "checkpoint"])
+async def test_a_path_named_too_long_for_the_files_beside_it_is_refused_before_anything_is_sent(
+    tmp_path: Path, given: str
+) -> None:
+    # 80 Chinese characters and a suffix (245, 246 bytes, under a file system's 255): a raw
+    # "OSError: [Errno 36] File name too long" of the hidden file named after it (the output's
+    # ".NAME.xxxxxxxx.part" before the first request, the checkpoint's ".tmp" once the first
+    # page was read), naming the user's own name.
+    name = "\u5ba2" * 80
+    out, ckpt = tmp_path / "june.jsonl", tmp_path / "june.ckpt"
+    if given == "output":
+        out = tmp_path / f"{name}.jsonl"
+    else:
+        ckpt = tmp_path / f"{name}.ckpt"
+    async with (
+        DMHubSimulator(customers=3) as sim,
+        DMHubClient(sim.app_id, sim.secret, base_url=sim.url) as dm,
+    ):
+        with pytest.raises(InvalidRequestError) as refused:
+            await export_customers(dm, out, checkpoint=ckpt, progress=False)
+    path = out if given == "output" else ckpt
+    assert str(refused.value) == (
+        f"{given} {str(path)!r}: cannot write to it: its name of {len(path.name.encode())}"
+        " bytes is too long for the hidden files written beside it, named after it with 15"
+        " bytes more (a name here holds 255): give a name of at most 240 bytes"
+    )
+    assert os.listdir(tmp_path) == []
+    assert sim.counters.total == 0

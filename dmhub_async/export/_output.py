@@ -109,6 +109,30 @@ def check_path(path: str | os.PathLike[str], what: str) -> None:
             " not write in (its mode, or a read-only file system): give a directory it can"
             " write to"
         )
+    _check_room_beside(path, what)
+
+
+#: Bytes the longest name written beside a file adds to its own: an export's work file,
+#: mkstemp's ``.NAME.xxxxxxxx.part`` (a checkpoint's or a merge's ``.tmp``, its ``.lock``, less).
+BESIDE: Final = len("..xxxxxxxx.part")
+
+
+def _check_room_beside(path: Path, what: str) -> None:
+    """Refuse a name the file system takes but not the hidden files named after it beside it
+    (:data:`BESIDE` bytes longer): 80 Chinese characters and ``.jsonl`` (246 bytes) failed
+    "File name too long" of the user's own name, a raw OSError out of export_customers and
+    exit 1 naming no flag, a checkpoint's once the first page was read."""
+    try:
+        longest = os.pathconf(path.parent, "PC_NAME_MAX")
+    except (AttributeError, OSError, ValueError):  # no such limit said here (Windows)
+        return
+    size = len(os.fsencode(path.name))
+    if 0 < longest < size + BESIDE:
+        raise InvalidRequestError(
+            f"{what} {str(path)!r}: cannot write to it: its name of {size} bytes is too long"
+            f" for the hidden files written beside it, named after it with {BESIDE} bytes more"
+            f" (a name here holds {longest}): give a name of at most {longest - BESIDE} bytes"
+        )
 
 
 def _unreachable(path: Path, err: OSError) -> str:
