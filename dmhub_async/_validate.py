@@ -16,6 +16,7 @@ import os
 import re
 import reprlib
 import socket
+import sys
 import types
 import typing
 import unicodedata
@@ -63,6 +64,7 @@ __all__ = [
     "resolvable_url",
     "short",
     "shown_even_half_made",
+    "unnameable",
     "white_space_around",
 ]
 
@@ -577,8 +579,27 @@ def check_path_type(method: str, name: str, value: object) -> None:
     if isinstance(value, str) or (
         isinstance(value, os.PathLike) and isinstance(os.fspath(value), str)
     ):
+        if (why := unnameable(os.fspath(value))) is not None:
+            # a raw "ValueError: embedded null byte" or UnicodeEncodeError out of the first
+            # look at it (export_sharded, merge)
+            raise InvalidRequestError(f"{method}(): {name} {os.fspath(value)!r} {why}")
         return
     raise InvalidRequestError(f"{method}(): {name} must be a path, not {type(value).__name__}")
+
+
+def unnameable(path: str) -> str | None:
+    """Why no file can have the name ``path`` (a NUL in it, or a character the file system's
+    encoding cannot write: a lone surrogate, half of a character cut in two), or None."""
+    if "\x00" in path:
+        return "holds a NUL character, which no file name can"
+    try:
+        os.fsencode(path)
+    except UnicodeEncodeError as err:
+        return (
+            f"holds {path[err.start]!r}, which no file name here can (the file system's"
+            f" {sys.getfilesystemencoding()} cannot write it)"
+        )
+    return None
 
 
 def check_paging(page_size: object, start_page: object, max_items: object = None) -> None:

@@ -2723,3 +2723,47 @@ async def test_a_path_named_too_long_for_the_files_beside_it_is_refused_before_a
     )
     assert os.listdir(tmp_path) == []
     assert sim.counters.total == 0
+
+
+@pytest.mark.parametrize("char", ["\x00", "\ud83d"], ids=["NUL", "lone surrogate"])
+@pytest.mark.parametrize("given", ["output", "checkpoint", "sharded", "merged", "merge's dest"])
+async def test_a_path_no_file_can_be_named_is_refused_saying_what_it_holds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, char: str, given: str
+) -> None:
+    # Half of an emoji (a name cut in two, or decoded with surrogatepass) was said to be "a NUL
+    # character" by export_customers, and came out of export_sharded() and merge() as a raw
+    # UnicodeEncodeError, as a NUL did as a raw "ValueError: embedded null byte".
+    from dmhub_async.shards import export_sharded, merge
+
+    monkeypatch.chdir(tmp_path)
+    name = f"june{char}"
+    async with (
+        DMHubSimulator(customers=3) as sim,
+        DMHubClient(sim.app_id, sim.secret, base_url=sim.url) as dm,
+    ):
+        call = {
+            "output": lambda: export_customers(dm, name, format="jsonl", progress=False),
+            "checkpoint": lambda: export_customers(
+                dm, "june.jsonl", checkpoint=name, progress=False
+            ),
+            "sharded": lambda: export_sharded(dm, name, shards=2),
+            "merged": lambda: merge(name, "june.jsonl"),
+            "merge's dest": lambda: merge("parts", name),
+        }[given]
+        with pytest.raises(InvalidRequestError) as refused:
+            await call()
+    said = {
+        "\x00": "holds a NUL character, which no file name can",
+        "\ud83d": "holds '\\ud83d', which no file name here can (the file system's utf-8 cannot"
+        " write it)",
+    }[char]
+    where = {
+        "output": "output",
+        "checkpoint": "checkpoint",
+        "sharded": "export_sharded(): directory",
+        "merged": "merge(): directory",
+        "merge's dest": "merge(): dest",
+    }[given]
+    assert str(refused.value) == f"{where} {name!r} {said}"
+    assert os.listdir(tmp_path) == []
+    assert sim.counters.total == 0

@@ -28,6 +28,7 @@ import filelock
 from .._atomic import give_open_mode, held, naming, put_in_place, remove_or_warn, temporary_beside
 from .._exceptions import InvalidRequestError
 from .._threads import on_thread
+from .._validate import unnameable
 from ._checkpoint import Checkpoint, ExportScope, read_checkpoint, write_checkpoint
 from ._owner import Sample, first_records, selected_fields, spread_records
 from ._writers import Scan, scan
@@ -58,10 +59,10 @@ def check_path(path: str | os.PathLike[str], what: str) -> None:
     except (FileNotFoundError, NotADirectoryError):  # a file where its directory should be
         # (said below): raw out of export_customers, and exit 1 on the command line.
         mode = None
-    except ValueError:  # "embedded null byte", raw out of export_customers and merge
-        raise InvalidRequestError(
-            f"{what} {str(path)!r} holds a NUL character, which no file name can"
-        ) from None
+    except ValueError:  # "embedded null byte", raw out of export_customers and merge; a
+        # lone surrogate's UnicodeEncodeError, which was said to be a NUL
+        why = unnameable(given) or "holds a NUL character, which no file name can"
+        raise InvalidRequestError(f"{what} {str(path)!r} {why}") from None
     except PermissionError:  # under a directory this user may not enter: raw, naming none
         raise InvalidRequestError(
             f"{what} {str(path)!r}: cannot write to {str(path.parent)!r}, {denied(path)}"
