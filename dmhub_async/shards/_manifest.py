@@ -34,7 +34,7 @@ from .._converter.scalars import parse_timestamp
 from .._exceptions import InvalidRequestError
 from .._retry import http_date
 from .._threads import on_thread
-from .._validate import check_flag, check_number, check_path_type, short
+from .._validate import _as_int, check_flag, check_number, check_path_type, short
 from .._words import counted
 from ..export._checkpoint import ExportScope, recorded_scope
 from ..export._export import FORMAT_OF_SUFFIX, Verify, check_output_name
@@ -130,10 +130,14 @@ def _not_the_list(path: Path) -> InvalidRequestError:
 
 def part_name(index: int, fmt: str) -> str:
     """``part-00003.jsonl``: the file of shard 3 (an index from 0: -1 was ``part--0001``, a
-    file no manifest names, and True shard 1's)."""
-    if type(index) is not int or index < 0:
-        check_number("part_name(): index", index, 0, inclusive=True, kind=int)
-    return f"part-{index:05d}.{fmt}"
+    file no manifest names, and True shard 1's). An integer of a class of its own (numpy's
+    ``int64``) is taken as the int its ``__index__`` gives, as a customer id is."""
+    number = index if type(index) is int else _as_int(index)
+    if number is None or number < 0:
+        check_number(
+            "part_name(): index", index if number is None else number, 0, inclusive=True, kind=int
+        )
+    return f"part-{number:05d}.{fmt}"
 
 
 def checkpoint_name(index: int, fmt: str) -> str:
