@@ -454,15 +454,22 @@ def _request_query(params: object) -> Mapping[str, str]:
 
 def _as_int(value: object) -> int | None:
     """``value`` as the int it is, or None: an int subclass, or an integer of a class of its
-    own (numpy's ``int64``, any ``numbers.Integral``) through ``__index__``; not a bool."""
-    if isinstance(value, bool):
+    own (numpy's ``int64``, any ``numbers.Integral``) through ``__index__``; not a bool, nor a
+    float whose class gives an ``__index__`` (it went out cut to its int part), nor what an
+    ``__index__`` giving a bool stands for (True went out as "1")."""
+    if isinstance(value, (bool, float)):
         return None
-    try:  # a plain int of an int subclass too, whatever its own __index__
-        return operator.index(value)  # type: ignore[arg-type]
-    except TypeError:  # no integer: a float, numpy's bool_
+    if isinstance(value, int):  # a plain int of an int subclass, whatever its own __index__
+        return operator.index(value)
+    try:  # the class's own, as index() calls it: index() makes a bool it gives 1 or 0
+        number = type(value).__index__(value)  # type: ignore[attr-defined]
+    except Exception:  # no integer (a float, numpy's bool_), or an __index__ of its own
+        return None  # failing otherwise (pandas' NA...): refused by the caller naming it
+    if type(number) is int:
+        return number
+    if isinstance(number, bool) or not isinstance(number, int):  # index() refuses a non-int
         return None
-    except Exception:  # an __index__ of its own failing otherwise (pandas' NA...): no integer
-        return None  # either, refused by the caller naming it: it escaped raw
+    return operator.index(number)  # an int subclass: the plain int index() gives of it
 
 
 def _request_query_of_text(params: Mapping[str, object]) -> Mapping[str, str]:

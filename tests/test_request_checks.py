@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import warnings
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote, unquote
@@ -391,6 +392,47 @@ async def test_a_param_or_an_id_whose_index_fails_is_refused_naming_it_before_se
             await dm.customers.get(_NoInt())
         with pytest.raises(InvalidRequestError, match=r"id_list\[1\]: a customer id must be"):
             await dm.customers.count(id_list=[1, _NoInt()])
+        assert (sim.counters.total, sim.counters.tokens_issued) == (0, 0)  # nothing sent
+
+
+class _IndexedFloat(float):
+    """A float of a class of its own that gives an ``__index__`` (its int part): a float
+    still, as numpy's ``float64`` is, which no ``__index__`` makes a customer id."""
+
+    def __index__(self) -> int:
+        return int(self)
+
+
+class _IndexOfTrue:
+    """An integer class of its own whose ``__index__`` gives a bool (Python warns of it,
+    a warning a library's caller does not see)."""
+
+    def __index__(self) -> int:
+        return True
+
+    def __repr__(self) -> str:
+        return "_IndexOfTrue()"
+
+
+@pytest.mark.parametrize("value", [_IndexedFloat(7.5), _IndexOfTrue()], ids=["float", "bool"])
+async def test_a_float_or_a_bool_through_index_is_refused_as_a_param_or_an_id(value: Any) -> None:
+    # A float subclass with an __index__ went out cut to its int part ("rows=7", "/v1/
+    # customers/7" of 7.5), and an __index__ giving True as "1": refused before anything is
+    # sent, as a float and a bool are.
+    from dmhub_async.testing import DMHubSimulator
+
+    async with (
+        DMHubSimulator(customers=1) as sim,
+        DMHubClient(sim.app_id, sim.secret, base_url=sim.url) as dm,
+    ):
+        with warnings.catch_warnings():  # as a caller's: Python's warning of a bool unseen
+            warnings.simplefilter("ignore", DeprecationWarning)
+            with pytest.raises(InvalidRequestError, match=r"param 'rows' must be a str or a 64"):
+                await dm.request("GET", "/v1/customers", params={"rows": value})
+            with pytest.raises(InvalidRequestError, match=r"get\(\): a customer id must be an"):
+                await dm.customers.get(value)
+            with pytest.raises(InvalidRequestError, match=r"id_list\[1\]: a customer id must"):
+                await dm.customers.count(id_list=[1, value])
         assert (sim.counters.total, sim.counters.tokens_issued) == (0, 0)  # nothing sent
 
 
