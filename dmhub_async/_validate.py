@@ -502,13 +502,29 @@ def _check_one_value_a_name(params: Mapping[str, object]) -> None:
     getlist = getattr(params, "getlist", None)
     seen: set[str] = set()
     for name, value in params.items():
-        if name in seen or params[name] != value or (callable(getlist) and _many(getlist(name))):
+        if (
+            name in seen
+            or params[name] != value
+            or (callable(getlist) and _gives_many(getlist, name))
+        ):
             raise InvalidRequestError(
                 f"request(): params give {short(name)} more than one value, which the client"
                 " sends once: join the values as the service reads them (ids separated by"
                 " commas)"
             )
         seen.add(name)
+
+
+def _gives_many(getlist: Callable[[str], object], name: str) -> bool:
+    """Whether ``getlist(name)`` gives more than one value; InvalidRequestError naming the
+    param if it raises, or its values do as they are read (it escaped ``request()`` raw)."""
+    try:
+        return _many(getlist(name))
+    except Exception as err:
+        raise InvalidRequestError(
+            f"request(): params' values of {short(name)} could not be read: their getlist()"
+            f" raised {type(err).__name__}; give the params as a dict"
+        ) from None
 
 
 def _many(values: object) -> bool:

@@ -436,6 +436,33 @@ async def test_a_float_or_a_bool_through_index_is_refused_as_a_param_or_an_id(va
         assert (sim.counters.total, sim.counters.tokens_issued) == (0, 0)  # nothing sent
 
 
+class _FormArgsFailing(_FormArgs):
+    """:class:`_FormArgs` whose ``getlist`` raises (a framework's query read past its
+    request, a proxy of one gone)."""
+
+    def getlist(self, name: str) -> Any:
+        raise RuntimeError("Working outside of request context.")
+
+
+class _FormArgsFailingLater(_FormArgs):
+    """:class:`_FormArgs` whose ``getlist`` gives values that raise as they are read."""
+
+    def getlist(self, name: str) -> Any:
+        yield "1"
+        raise RuntimeError("Working outside of request context.")
+
+
+@pytest.mark.parametrize("params_type", [_FormArgsFailing, _FormArgsFailingLater])
+async def test_params_whose_getlist_fails_are_refused_naming_the_param(params_type: Any) -> None:
+    # The RuntimeError of the params' own getlist() escaped request() raw, as no error of the
+    # SDK's, naming no param.
+    sent: list[str] = []
+    async with _client_recording(sent) as dm:
+        with pytest.raises(InvalidRequestError, match=r"request\(\): params' values of 'idList'"):
+            await dm.request("GET", "/v1/customers", params=params_type([("idList", "1")]))
+    assert sent == []
+
+
 @pytest.mark.parametrize(
     "params",
     [
