@@ -429,6 +429,36 @@ def test_an_input_whose_tilde_no_shell_expanded_says_so(
     assert "give" not in result.stderr
 
 
+@pytest.mark.parametrize(
+    "where", ["under a directory it cannot enter", "a file it may not read", "a name too long"]
+)
+def test_a_lookup_input_that_cannot_be_looked_at_is_refused_naming_the_flag(
+    served: ServedSimulator, env: dict[str, str], tmp_path: Path, where: str
+) -> None:
+    # `lookup --in locked/in.csv`, locked a directory this user may not enter (or in.csv a
+    # file it may not read), or a name longer than a file system takes: "locked/in.csv:
+    # Permission denied" (or "...: File name too long"), exit 1, naming no flag, where
+    # --id-list's says "--id-list ...: cannot read it".
+    if where == "a name too long":
+        given, strerror = "\u5ba2" * 90 + ".csv", "File name too long"
+        result = run_cli("lookup", "--in", given, "--out", "found.csv", env=env, cwd=tmp_path)
+    else:
+        locked = tmp_path / "locked"
+        locked.mkdir()
+        write_identities(locked / "in.csv", [("mobile", "13800000000")])
+        given, strerror = "locked/in.csv", "Permission denied"
+        command = cli_command("lookup", "--in", given, "--out", "found.csv")
+        mode = 0
+        if where == "a file it may not read":  # in a directory it may list, not write in
+            (locked / "in.csv").chmod(0)
+            mode = 0o555
+        result = run_unprivileged(command, locked, mode=mode, env=env, cwd=tmp_path)
+
+    assert_one_line_error(result, 1, f"--in {given}: cannot read it: {strerror}")
+    assert requests(served) == 0
+    assert not (tmp_path / "found.csv").exists()
+
+
 @pytest.mark.parametrize("depth", ["itself", "in it"])
 def test_a_merge_of_a_directory_it_cannot_enter_says_so(
     env: dict[str, str], tmp_path: Path, depth: str

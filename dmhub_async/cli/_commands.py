@@ -549,9 +549,17 @@ def _check_lookup(args: argparse.Namespace) -> tuple[str, str]:
     """The output's checks, before the input is read; the input's encoding, the output's
     format (``csv``, or ``jsonl`` when ``--format`` or a ``.jsonl``/``.ndjson`` name says so)."""
     given = Path(args.infile)
-    if args.infile != STDIN and not given.exists():
-        raise CommandError(no_such_file("--in", args.infile))
-    if given.is_dir():
+    try:
+        if args.infile != STDIN and not given.exists():
+            raise CommandError(no_such_file("--in", args.infile))
+        a_directory = given.is_dir()
+        if not a_directory and args.infile != STDIN and given.is_file():
+            with given.open("rb"):  # a file it may not read (its mode): said here, named
+                pass
+    except OSError as err:  # under a directory it may not enter, a name too long: named as
+        # --id-list's (this look's, or the read's, raised "locked/in.csv: Permission denied")
+        raise CommandError(f"--in {args.infile}: cannot read it: {err.strerror or err}") from None
+    if a_directory:
         raise CommandError(f"--in {args.infile} is a directory: give a CSV file")
     out = Path(args.out)
     fmt = args.format
