@@ -459,6 +459,34 @@ def test_a_lookup_input_that_cannot_be_looked_at_is_refused_naming_the_flag(
     assert not (tmp_path / "found.csv").exists()
 
 
+def test_a_merge_whose_tilde_no_shell_expanded_says_so(env: dict[str, str], tmp_path: Path) -> None:
+    # `merge '~/parts'` (quoted, or "$DIR" of DIR='~/parts': no shell expands a ~ then):
+    # "~/parts: no such directory", of the user's own ~/parts, saying nothing of why, where
+    # --out=~/... and --in=~/... say it.
+    home = tmp_path / "home"
+    (home / "parts").mkdir(parents=True)
+    work = tmp_path / "work"
+    work.mkdir()
+
+    result = run_cli(
+        "merge", "~/parts", "--out", "all.jsonl", env={**env, "HOME": str(home)}, cwd=work
+    )
+
+    assert_one_line_error(
+        result,
+        1,
+        "~/parts: no such directory: a leading ~ is not expanded here (a shell expands it",
+        f"give {home / 'parts'}",
+    )
+    assert list(work.iterdir()) == []
+    # A ~ directory that is not in the home either: no such directory, with no path to give.
+    result = run_cli(
+        "merge", "~/other", "--out", "all.jsonl", env={**env, "HOME": str(home)}, cwd=work
+    )
+    assert_one_line_error(result, 1, "~/other: no such directory")
+    assert "give" not in result.stderr
+
+
 @pytest.mark.parametrize("depth", ["itself", "in it"])
 def test_a_merge_of_a_directory_it_cannot_enter_says_so(
     env: dict[str, str], tmp_path: Path, depth: str

@@ -765,13 +765,27 @@ def _password_hint() -> str:
     return f"give its password in ${REDIS_PASSWORD_ENV} (and none in the URL, which ps shows)"
 
 
+def _no_such_directory(given: str) -> str:
+    """``GIVEN: no such directory``; for a ``~/parts`` no shell expanded (``merge '~/parts'``,
+    quoted) that is in the home, the path meant, as the path flags say it (:func:`no_such_file`):
+    "no such directory" alone, of the user's own directory, said nothing of why."""
+    said = f"{given}: no such directory"
+    home = unexpanded_home(given)
+    if home is None or not os.path.isdir(home):
+        return said
+    return (
+        f"{said}: a leading ~ is not expanded here (a shell expands it only where a word starts,"
+        f" unquoted: ~/x, not '~/x'): give {home}"
+    )
+
+
 def _merge(args: argparse.Namespace) -> tuple[int, list[str]]:
     takes = "merge takes the directory an `export --shards N` wrote"
     why = unmergeable(args.directory, takes, takes_when_denied=False)
     if why is not None:
         raise CommandError(why)
     if not os.path.isdir(args.directory):
-        raise CommandError(f"{args.directory}: no such directory")
+        raise CommandError(_no_such_directory(args.directory))
     if merged_into_itself(args.directory, args.out):
         # Into the manifest or a part, with --force: the merge wrote over its own input and
         # said it had merged, and the export could no longer be rerun or merged.
