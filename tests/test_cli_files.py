@@ -316,6 +316,32 @@ def test_an_out_whose_tilde_no_shell_expanded_says_so(
     assert requests(served) == 0
 
 
+@pytest.mark.parametrize("command", ["export", "lookup"])
+@pytest.mark.parametrize("out", ["~", "~/", "~/exports/"])
+def test_an_out_of_a_home_directory_whose_tilde_no_shell_expanded_says_so(
+    served: ServedSimulator, env: dict[str, str], tmp_path: Path, out: str, command: str
+) -> None:
+    # `export --out=~` (or ~/, or ~/exports/; a shell expands ~ only where a word starts):
+    # "the format is read from the name ...: name it ~.jsonl", or "--out ~/ names a
+    # directory", saying nothing of the ~, where --out=~/exports/june.jsonl says it.
+    home = tmp_path / "home"
+    (home / "exports").mkdir(parents=True)
+    work = tmp_path / "work"
+    work.mkdir()
+    write_identities(work / "ids.csv", [("mobile", "13800000000")])
+    more = ["--in", "ids.csv"] if command == "lookup" else []
+
+    result = run_cli(command, *more, f"--out={out}", env={**env, "HOME": str(home)}, cwd=work)
+
+    meant = str(home) + out[1:]  # the home, as written after it
+    assert_one_line_error(
+        result, 2, f"--out {out}: a leading ~ is not expanded here", f"give a file in {meant}"
+    )
+    assert sorted(p.name for p in work.iterdir()) == ["ids.csv"]
+    assert list((home / "exports").iterdir()) == []
+    assert requests(served) == 0
+
+
 def test_a_checkpoint_whose_tilde_no_shell_expanded_names_its_own_flag(
     served: ServedSimulator, env: dict[str, str], tmp_path: Path
 ) -> None:

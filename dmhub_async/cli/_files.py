@@ -276,6 +276,10 @@ def check_output(
         if sys.stdout is None or getattr(sys.stdout, "closed", False):  # started with >&-
             raise UsageError("--out -: standard output is closed: give --out a file")
         return
+    if (home := unexpanded_home(out)) is not None and os.path.isdir(home):
+        # --out=~ or --out=~/exports/ (no shell expands a ~ after "="): "the format is read
+        # from the name: name it ~.jsonl", or "names a directory", saying nothing of the ~.
+        raise UsageError(f"--out {out}: {not_expanded('--out')}: give a file in {home}")
     if out.endswith(("/", os.sep)) and not os.path.isdir(out):
         # Path("exports/") is "exports": a file of that name was written where a directory was
         # meant (an existing directory is refused below, as any directory is).
