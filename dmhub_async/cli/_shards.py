@@ -626,11 +626,22 @@ async def worker_command(args: argparse.Namespace) -> int:
     if args.burst and failed:
         # A CI script or a batch machine running `worker --burst` could not tell: it exited 0
         # with every shard it ran failed (each said in its line above).
-        ran = failed + arq_worker.jobs_complete
-        if ran == 1:  # "1 of the 1 shard jobs" read oddly
-            raise CommandError("the shard job this worker ran failed (said above)")
-        raise CommandError(f"{failed} of the {ran} shard jobs this worker ran failed (said above)")
+        raise CommandError(failed_jobs(failed, failed + arq_worker.jobs_complete))
     return EXIT_OK
+
+
+def failed_jobs(failed: int, ran: int) -> str:
+    """A burst worker's last line, of the ``failed`` of the ``ran`` shard jobs it ran: "1 of
+    the 1", "2 of the 2" read oddly; when all failed, "the shard job", "both", "all 3"."""
+    if failed < ran:
+        jobs = f"{failed:,} of the {counted(ran, 'shard job')}"
+    elif ran == 1:
+        jobs = "the shard job"
+    elif ran == 2:
+        jobs = "both shard jobs"
+    else:
+        jobs = f"all {ran:,} shard jobs"
+    return f"{jobs} this worker ran failed (said above)"
 
 
 def _mounts(given: list[str]) -> dict[str, str]:

@@ -479,7 +479,27 @@ def test_a_worker_says_a_failed_shard_in_one_line_not_a_traceback(
     *lines, last = worker.stderr.splitlines()
     assert len(lines) == 2, worker.stderr
     assert all("failed" in line and "AuthenticationError" in line for line in lines), lines
-    assert last == "dmhub-async: error: 2 of the 2 shard jobs this worker ran failed (said above)"
+    # It said "2 of the 2 shard jobs this worker ran failed".
+    assert last == "dmhub-async: error: both shard jobs this worker ran failed (said above)"
+
+
+@pytest.mark.parametrize(
+    ("failed", "ran", "said"),
+    [
+        (1, 1, "the shard job this worker ran failed"),
+        (2, 2, "both shard jobs this worker ran failed"),
+        (3, 3, "all 3 shard jobs this worker ran failed"),
+        (1, 2, "1 of the 2 shard jobs this worker ran failed"),
+        (2, 1_000, "2 of the 1,000 shard jobs this worker ran failed"),
+    ],
+)
+def test_a_burst_worker_says_how_many_of_its_jobs_failed_in_words(
+    failed: int, ran: int, said: str
+) -> None:
+    # "2 of the 2 shard jobs" (and "3 of the 3") read oddly, as "1 of the 1" had.
+    from dmhub_async.cli._shards import failed_jobs
+
+    assert failed_jobs(failed, ran) == f"{said} (said above)"
 
 
 def test_a_burst_worker_whose_one_job_failed_says_the_job_it_ran_failed(
