@@ -167,8 +167,8 @@ def test_a_sharded_export_whose_directory_cannot_be_made_is_a_usage_error_saying
 
     result = run_cli("export", "--shards", "2", "--out", out, env=env, cwd=tmp_path)
 
-    why = "exports is not a directory" if where == "under a file" else "which does not exist"
-    assert_one_line_error(result, 2, f"--out {out}", why)
+    why = "'exports' is not a directory" if where == "under a file" else "which does not exist"
+    assert_one_line_error(result, 2, f"--out {out!r}", why)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["exports", "parts"]
     assert requests(served) == 0
 
@@ -190,7 +190,7 @@ def test_an_out_under_a_directory_it_cannot_enter_is_a_usage_error_naming_it(
     )
 
     assert_one_line_error(result, 2, "--out", out, "permission denied", "cannot enter")
-    assert result.stderr.rstrip().endswith(f"{locked}'" if not shards else str(locked))
+    assert result.stderr.rstrip().endswith(f"{locked}'")  # quoted, as a one-file --out's
     assert os.listdir(locked) == []
     assert requests(served) == 0
 
@@ -245,7 +245,7 @@ def test_shards_under_a_directory_it_cannot_write_to_are_a_usage_error_naming_it
     )
 
     said = "made" if made else "written to"
-    assert_one_line_error(result, 2, f"--out {out} cannot be {said}: this user cannot write to")
+    assert_one_line_error(result, 2, f"--out {out!r} cannot be {said}: this user cannot write")
     assert os.listdir(locked) == []
     assert requests(served) == 0
 
@@ -261,7 +261,7 @@ def test_shards_whose_name_is_too_long_are_a_usage_error_naming_it(
 
     result = run_cli("export", "--shards", "2", "--out", out, env=env, cwd=tmp_path)
 
-    assert_one_line_error(result, 2, f"--out {out} cannot be made: File name too long")
+    assert_one_line_error(result, 2, f"--out {out!r} cannot be made: File name too long")
     assert os.listdir(tmp_path) == []
     assert requests(served) == 0
 
@@ -289,6 +289,32 @@ def test_a_file_named_too_long_for_the_files_beside_it_is_a_usage_error_naming_i
 
     assert_one_line_error(result, 2, f"{flag} '{name}'", "give a name of at most 240 bytes")
     assert os.listdir(tmp_path) == ["in.csv"]
+    assert requests(served) == 0
+
+
+@pytest.mark.parametrize("where", ["a file", "under a file", "parts of another export"])
+def test_shards_refused_name_their_directory_quoted(
+    served: ServedSimulator, env: dict[str, str], tmp_path: Path, where: str
+) -> None:
+    # `export --shards 2 --out $'june\n.jsonl'`: "--out june\n.jsonl: not a directory", the
+    # name unquoted (and a directory named `june\n.jsonl`, backslash and n, said the same),
+    # where a one-file --out is quoted: "--out 'june\n.jsonl' is a directory".
+    name = "june\n.jsonl"
+    if where == "parts of another export":
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "part-00000.jsonl").write_text("", encoding="utf-8")
+    else:
+        (tmp_path / name).write_text("", encoding="utf-8")
+    out = f"{name}/parts" if where == "under a file" else name
+    said = {
+        "a file": f"--out {name!r}: not a directory (--shards writes one)",
+        "under a file": f"--out {out!r} cannot be made: {name!r} is not a directory",
+        "parts of another export": f"--out {name!r} holds part-00000.jsonl but no manifest",
+    }[where]
+
+    result = run_cli("export", "--shards", "2", "--out", out, env=env, cwd=tmp_path)
+
+    assert_one_line_error(result, 2, said)
     assert requests(served) == 0
 
 

@@ -143,10 +143,10 @@ def check_sharding(args: argparse.Namespace) -> None:
     except OSError:  # under a directory this user may not enter, a name too long: said below
         a_file = False
     if a_file:
-        raise UsageError(f"--out {args.out}: not a directory (--shards writes one)")
+        raise UsageError(f"--out {args.out!r}: not a directory (--shards writes one)")
     if (home := unexpanded_home(args.out)) is not None:  # as written: ./~/parts is no home
         # --out=~/exports/parts: a directory named "~" was made here, exit 0.
-        raise UsageError(f"--out {args.out}: {NOT_EXPANDED}: give {home}")
+        raise UsageError(f"--out {args.out!r}: {NOT_EXPANDED}: give {home!r}")
     try:
         # One that cannot be made (under a file, a link to nothing): the run's error, exit 1.
         check_directory(Path(args.out))
@@ -211,7 +211,7 @@ def _check_strays(where: Path, *, force: bool) -> None:
     if not force:
         shown = ", ".join(strays[:3]) + (f" and {len(strays) - 3} more" if len(strays) > 3 else "")
         raise UsageError(
-            f"--out {where} holds {shown} but no {MANIFEST_NAME}: another export's parts; "
+            f"--out {str(where)!r} holds {shown} but no {MANIFEST_NAME}: another export's parts; "
             "pass --force to overwrite them, or give another directory"
         )
     for name in strays:  # a stale checkpoint of another plan failed its shard
@@ -402,7 +402,7 @@ def _finish(manifest: Manifest, args: argparse.Namespace) -> int:
         say(
             f"dmhub-async: incomplete: {done} of {counted(len(manifest.shards), 'part')} "
             "complete in "
-            f"{args.out}; rerun the same command to finish them"
+            f"{args.out!r}; rerun the same command to finish them"
         )
     return EXIT_OK if manifest.complete else EXIT_INCOMPLETE
 

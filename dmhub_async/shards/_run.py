@@ -610,37 +610,39 @@ def _recheck_parts(where: Path, manifest: Manifest) -> bool:
 
 def check_directory(where: Path) -> None:
     """Refuse, before anything is made or sent, a sharded export's directory that is not one
-    or cannot be made (the command line's ``--out`` too: it was exit 1, as a failed run)."""
+    or cannot be made (the command line's ``--out`` too: it was exit 1, as a failed run).
+    Each path quoted as ``check_path`` quotes a file's: a newline in a name split the line."""
     within = where / MANIFEST_NAME
+    named = repr(str(where))
     try:
         os.lstat(within)
     except PermissionError:  # in (or under) one this user may not enter: raw, naming none
         made = "written to" if os.path.lexists(where) else "made"
-        why = denied(within, quoted=False)
-        raise InvalidRequestError(f"{where} cannot be {made}, {why}") from None
+        why = denied(within)
+        raise InvalidRequestError(f"{named} cannot be {made}, {why}") from None
     except OSError as err:  # none yet, or not a directory: said below
         if err.errno == errno.ELOOP and (link := looping(where)) is not None:
             # A link that leads back to itself, the directory or above it: "is a symbolic
             # link to loop, which does not exist", or "loop is not a directory".
             up = "" if link == where else ", above it,"
             raise InvalidRequestError(
-                f"{where} cannot be made: {link}{up} is a symbolic link that leads back to"
+                f"{named} cannot be made: {str(link)!r}{up} is a symbolic link that leads back to"
                 " itself (a loop): mend the link, or give another directory"
             ) from None
         if err.errno == errno.ENAMETOOLONG:
             # A name longer than the file system takes (90 Chinese characters): a raw OSError
             # of where.exists() below, "...: File name too long", exit 1, as a failed run.
             raise InvalidRequestError(
-                f"{where} cannot be made: {err.strerror}: give a directory whose every name is"
+                f"{named} cannot be made: {err.strerror}: give a directory whose every name is"
                 " shorter"
             ) from None
     if where.exists() and not where.is_dir():
-        raise InvalidRequestError(f"{where} is not a directory: a sharded export writes one")
+        raise InvalidRequestError(f"{named} is not a directory: a sharded export writes one")
     if not where.exists() and where.is_symlink():
         # A link to a directory not there (unmounted, moved, or never made): a raw
         # FileExistsError of the link, from mkdir.
         raise InvalidRequestError(
-            f"{where} is a symbolic link to {os.readlink(where)}, which does not exist (a"
+            f"{named} is a symbolic link to {os.readlink(where)!r}, which does not exist (a"
             " sharded export writes a directory: make it, or give another)"
         )
     above = nearest_existing(where)
@@ -648,7 +650,8 @@ def check_directory(where: Path) -> None:
         # june.jsonl/parts: a raw NotADirectoryError of the path as it was made (the command
         # line's "parts: Not a directory", exit 1), naming no file.
         raise InvalidRequestError(
-            f"{where} cannot be made: {above} is not a directory (a sharded export writes one)"
+            f"{named} cannot be made: {str(above)!r} is not a directory (a sharded export writes"
+            " one)"
         )
     # Read-only to this user (mode 555, an archive), or to be made under such a directory: a
     # raw PermissionError of mkdir or of the manifest's lock (the command line's "parts:
@@ -658,8 +661,8 @@ def check_directory(where: Path) -> None:
         into = where if there else above
         if not os.access(into, os.W_OK):
             raise InvalidRequestError(
-                f"{where} cannot be {'written to' if there else 'made'}: this user cannot"
-                f" write to {into} (a sharded export writes its manifest and parts"
+                f"{named} cannot be {'written to' if there else 'made'}: this user cannot"
+                f" write to {str(into)!r} (a sharded export writes its manifest and parts"
                 f"{'' if there else ' in a directory it makes'} there): give a directory it"
                 " can write to"
             )

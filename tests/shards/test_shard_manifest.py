@@ -2525,7 +2525,9 @@ async def test_a_sharded_export_into_a_link_to_nothing_is_refused_naming_it(
         await export_sharded(dm, tmp_path / "parts", 2, progress=False)
 
     said = str(info.value)
-    assert f"{tmp_path / 'parts'} is a symbolic link to {tmp_path / 'unmounted'}" in said
+    assert (
+        f"{str(tmp_path / 'parts')!r} is a symbolic link to {str(tmp_path / 'unmounted')!r}" in said
+    )
     assert "which does not exist" in said
     assert sim.counters.total == sent
     assert sorted(os.listdir(tmp_path)) == ["parts"]
@@ -2551,7 +2553,8 @@ async def test_a_sharded_export_through_a_link_loop_is_refused_naming_the_loop(
     assert "not a directory" not in said
     above = "" if where == "the link" else ", above it,"
     assert said == (
-        f"{directory} cannot be made: {loop}{above} is a symbolic link that leads back to"
+        f"{str(directory)!r} cannot be made: {str(loop)!r}{above} is a symbolic link that leads"
+        " back to"
         " itself (a loop): mend the link, or give another directory"
     )
     assert sim.counters.total == sent
@@ -2576,11 +2579,32 @@ async def test_a_sharded_export_whose_name_is_too_long_is_refused_naming_it(
         await export_sharded(dm, directory, 2, progress=False)
 
     assert str(info.value) == (
-        f"{directory} cannot be made: File name too long: give a directory whose every name"
+        f"{str(directory)!r} cannot be made: File name too long: give a directory whose every name"
         " is shorter"
     )
     assert sim.counters.total == sent
     assert os.listdir(tmp_path) == []
+
+
+async def test_a_sharded_export_refused_names_its_directory_quoted(
+    sim: DMHubSimulator, dm: DMHubClient, tmp_path: Path
+) -> None:
+    # Its directory under a file whose name holds a newline: "/x/june\n.jsonl/parts cannot be
+    # made: /x/june\n.jsonl is not a directory", the line split where a log wrote it, where
+    # export_customers' refusals quote their paths.
+    (tmp_path / "june\n.jsonl").write_text("", encoding="utf-8")
+    directory = tmp_path / "june\n.jsonl" / "parts"
+    sent = sim.counters.total
+
+    with pytest.raises(InvalidRequestError) as info:
+        await export_sharded(dm, directory, 2, progress=False)
+
+    assert str(info.value) == (
+        f"{str(directory)!r} cannot be made: {str(directory.parent)!r} is not a directory (a"
+        " sharded export writes one)"
+    )
+    assert "\n" not in str(info.value)
+    assert sim.counters.total == sent
 
 
 def test_a_merge_of_a_directory_whose_name_is_too_long_is_refused_naming_it(
@@ -2618,7 +2642,8 @@ def test_a_sharded_export_under_a_directory_it_cannot_enter_is_refused_naming_it
 
     made = "written to" if depth == "itself" else "made"
     assert said == (
-        f"refused: {where} cannot be {made}, permission denied: this user cannot enter {locked}"
+        f"refused: {str(where)!r} cannot be {made}, permission denied: this user cannot enter"
+        f" {str(locked)!r}"
     )
     assert os.listdir(locked) == []
 
@@ -2638,15 +2663,16 @@ def test_a_sharded_export_under_a_directory_it_cannot_write_to_is_refused_naming
 
     if depth == "itself":
         assert said == (
-            f"refused: {where} cannot be written to: this user cannot write to {locked} (a"
+            f"refused: {str(where)!r} cannot be written to: this user cannot write to"
+            f" {str(locked)!r} (a"
             " sharded export writes its manifest and parts there): give a directory it can"
             " write to"
         )
     else:
         assert said == (
-            f"refused: {where} cannot be made: this user cannot write to {locked} (a sharded"
-            " export writes its manifest and parts in a directory it makes there): give a"
-            " directory it can write to"
+            f"refused: {str(where)!r} cannot be made: this user cannot write to {str(locked)!r}"
+            " (a sharded export writes its manifest and parts in a directory it makes there):"
+            " give a directory it can write to"
         )
     assert os.listdir(locked) == []
 
