@@ -1790,6 +1790,12 @@ async def test_a_fresh_token_holding_json_escapes_in_a_token_answer_cut_short_is
             "&quot;secret&quot;:&quot;s3\\/cr\\u002b3t&quot;",
             f"&quot;secret&quot;:&quot;{MASK}&quot;",
         ),
+        # The same in a body quoted once more in a JSON string: each escape's backslash doubled
+        # ("\\/", "\\u002b"), as a log line quoting that page shows it.
+        (
+            "&quot;secret&quot;:&quot;s3\\\\/cr\\\\u002b3t&quot;",
+            f"&quot;secret&quot;:&quot;{MASK}&quot;",
+        ),
         # A header line quoted in a JSON string: its "\r\n" ends the value, as a line break does.
         ('"Access-Token: v4lue\\r\\nVia: 1.1 gw"', f'"Access-Token: {MASK}\\r\\nVia: 1.1 gw"'),
         ("access_token is invalid", "access_token is invalid"),  # no value: nothing to mask
