@@ -287,7 +287,9 @@ def test_a_file_named_too_long_for_the_files_beside_it_is_a_usage_error_naming_i
 
     result = run_cli(*command, flag, name, env=env, cwd=tmp_path)
 
-    assert_one_line_error(result, 2, f"{flag} '{name}'", "give a name of at most 240 bytes")
+    # The export's own output has its ".part" (15 bytes more), the others a ".tmp" (14).
+    most = 240 if command[0] == "export" and flag == "--out" else 241
+    assert_one_line_error(result, 2, f"{flag} '{name}'", f"give a name of at most {most} bytes")
     assert os.listdir(tmp_path) == ["in.csv"]
     assert requests(served) == 0
 
@@ -316,6 +318,41 @@ def test_shards_refused_name_their_directory_quoted(
 
     assert_one_line_error(result, 2, said)
     assert requests(served) == 0
+
+
+@pytest.mark.parametrize(
+    ("flag", "command"),
+    [
+        ("--checkpoint", ["export", "--force", "--out", "june.jsonl"]),
+        ("--out", ["lookup", "--in", "in.csv"]),
+        ("--out", ["merge", "parts"]),
+    ],
+)
+def test_a_file_whose_only_neighbour_is_its_tmp_takes_a_name_of_241_bytes(
+    served: ServedSimulator, env: dict[str, str], tmp_path: Path, flag: str, command: list[str]
+) -> None:
+    # A checkpoint, a lookup's or a merge's output has one file written beside it, mkstemp's
+    # ".NAME.xxxxxxxx.tmp" (14 bytes more): a name of 241 bytes worked (a checkpoint of an
+    # export in progress among them), and was refused as the export's output is, by the
+    # 15 bytes of its ".part", said "15 bytes more ... at most 240", which it is not.
+    write_identities(tmp_path / "in.csv", [("wechat", "o1")])
+    if command[0] == "merge":
+        assert (
+            run_cli("export", "--shards", "2", "--out", "parts", env=env, cwd=tmp_path).returncode
+            == 0
+        )
+    suffix = {"export": ".ckpt", "lookup": ".csv", "merge": ".jsonl"}[command[0]]
+    fits, over = ("x" * (n - len(suffix)) + suffix for n in (241, 242))
+
+    assert run_cli(*command, flag, fits, env=env, cwd=tmp_path).returncode == 0, fits
+    result = run_cli(*command, flag, over, env=env, cwd=tmp_path)
+
+    assert_one_line_error(
+        result,
+        2,
+        f"{flag} '{over}'",
+        "named after it with 14 bytes more (a name here holds 255): give a name of at most 241",
+    )
 
 
 @pytest.mark.parametrize("shards", [False, True])

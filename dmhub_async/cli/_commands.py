@@ -35,6 +35,7 @@ from .._validate import check_identity, mangled_value
 from .._words import counted
 from ..export import ExportReport, export_customers
 from ..export._export import FORMAT_OF_SUFFIX
+from ..export._output import REPLACED_BESIDE
 from ..export._report import VERIFY_FLAG
 from ..models.identity import Identity
 from ..resources._batches import check_export_room
@@ -575,7 +576,7 @@ def _check_lookup(args: argparse.Namespace) -> tuple[str, str]:
                 f" name it {out.with_suffix('.csv')} or {out.with_suffix('.jsonl')} (JSON"
                 " lines), or give --format csv|jsonl"
             )
-    check_output(args.out, force=args.force, inputs=[args.infile])
+    check_output(args.out, force=args.force, inputs=[args.infile], beside=REPLACED_BESIDE)
     return _encoding(args), fmt or "csv"
 
 

@@ -26,7 +26,14 @@ from .._atomic import hold, open_to_read, replacing
 from .._exceptions import InvalidRequestError
 from ..export._checkpoint import moved_with_it
 from ..export._export import check_output_name
-from ..export._output import check_path, not_expanded, unexpanded_home, wait_for_room
+from ..export._output import (
+    BESIDE,
+    REPLACED_BESIDE,
+    check_path,
+    not_expanded,
+    unexpanded_home,
+    wait_for_room,
+)
 from ..export._writers import is_utf8, scan
 from ._errors import CommandError, Interrupted, UsageError, interruptible, unnamed_write_error
 
@@ -232,11 +239,11 @@ def export_stdout() -> BinaryIO:
     return cast(BinaryIO, _ShownControls(stream)) if on_terminal else stream
 
 
-def _check_path(path: str, flag: str) -> None:
+def _check_path(path: str, flag: str, beside: int) -> None:
     """The export's ``check_path`` (a regular file or nothing yet, in a writable directory) of
     ``path`` as given (``./~/x`` names no home), its refusal a usage error naming ``flag``."""
     try:
-        check_path(path, flag)
+        check_path(path, flag, beside=beside)
     except InvalidRequestError as err:
         message = str(err)
         raise UsageError(message if flag in message else f"{flag}: {message}") from None
@@ -245,7 +252,7 @@ def _check_path(path: str, flag: str) -> None:
 def check_checkpoint(checkpoint: str) -> None:
     """Refuse a ``--checkpoint`` the export would refuse (a directory, a link, a directory
     that does not exist) as a usage error, before anything is sent: it was exit 1."""
-    _check_path(checkpoint, "--checkpoint")
+    _check_path(checkpoint, "--checkpoint", REPLACED_BESIDE)
 
 
 def check_output(
@@ -258,6 +265,7 @@ def check_output(
     checkpoint: str | None = None,
     fmt: str = "jsonl",
     export: bool = False,
+    beside: int = BESIDE,
 ) -> None:
     """Refuse, before anything is sent, an ``--out`` whose writing would destroy something.
 
@@ -269,6 +277,7 @@ def check_output(
     refusal of an existing file to say whether it reads as a finished export
     (:func:`_exists_without_checkpoint`); ``export``: the command is an export, whose refusal
     names the checkpoint of an export in progress to ``out`` (:func:`_checkpoint_of`).
+    ``beside``: how much longer the longest name written beside ``out`` is (see ``check_path``).
     """
     if out == STDOUT:
         if not stdout:  # it was written as a file named "-", over one already there
@@ -292,7 +301,7 @@ def check_output(
     for other in inputs:
         if other is not None and other != STDOUT and _same_file(path, Path(other)):
             raise UsageError(f"--out {out} is also an input of this command: give another file")
-    _check_path(out, "--out")
+    _check_path(out, "--out", beside)
     try:
         info = os.stat(path)
     except FileNotFoundError:

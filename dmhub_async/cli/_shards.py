@@ -21,7 +21,7 @@ from typing import Any
 from .._auth import FileTokenStore, RedisTokenStore
 from .._exceptions import AuthenticationError, DMHubError, InvalidRequestError, TokenStoreError
 from .._words import counted
-from ..export._output import NOT_EXPANDED, unexpanded_home
+from ..export._output import NOT_EXPANDED, REPLACED_BESIDE, unexpanded_home
 from ..shards import MANIFEST_NAME, LateCheck, Manifest
 from ..shards._late import late_checked, run_late_check
 from ..shards._local import WorkerSettings, private_token_directory, run_in_processes
@@ -804,7 +804,7 @@ def _merge(args: argparse.Namespace) -> tuple[int, list[str]]:
             f"--out {args.out} is inside the export's directory {args.directory}: "
             "give a file elsewhere"
         )
-    check_output(args.out, force=args.force, stdout=False)
+    check_output(args.out, force=args.force, stdout=False, beside=REPLACED_BESIDE)
     manifest = Manifest.read(args.directory)
     if manifest is not None:
         # A name of the other format (all.csv of JSON lines parts) is the command's to change,

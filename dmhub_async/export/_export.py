@@ -28,7 +28,7 @@ from ..resources._filters import checked_ids, read_once
 from ..resources.customers import CustomerFilters, customer_filter_params, long_id_list
 from ._checkpoint import Checkpoint, ExportScope, id_list_digest, recorded_scope
 from ._ids import IdSet
-from ._output import Output, check_path, open_output
+from ._output import REPLACED_BESIDE, Output, check_path, open_output
 from ._owner import check_owner
 from ._reconcile import Retries, final_check, start_page
 from ._report import ExportProgress, ExportReport
@@ -367,7 +367,7 @@ def _places(path: Path, checkpoint: Path | None) -> tuple[Path, Path, Path | Non
     and not ``path`` itself."""
     resolved = path.resolve()
     if checkpoint is not None:
-        check_path(checkpoint, "checkpoint")
+        check_path(checkpoint, "checkpoint", beside=REPLACED_BESIDE)
         if checkpoint.resolve() == resolved:
             raise InvalidRequestError("the checkpoint cannot be the output file")
     # Absolute, now, as the output (_checked_output).

@@ -48,10 +48,20 @@ logger = logging.getLogger("dmhub_async")
 _SAFE_OPEN = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
 
 
-def check_path(path: str | os.PathLike[str], what: str) -> None:
+#: Bytes the longest name written beside a file adds to its own: an export's work file,
+#: mkstemp's ``.NAME.xxxxxxxx.part`` (its ``.lock``, less).
+BESIDE: Final = len("..xxxxxxxx.part")
+#: Of a file written whole and renamed in place (a checkpoint, a merge's or a lookup's output):
+#: mkstemp's ``.NAME.xxxxxxxx.tmp``. A name of 241 bytes worked, refused by :data:`BESIDE`.
+REPLACED_BESIDE: Final = len("..xxxxxxxx.tmp")
+
+
+def check_path(path: str | os.PathLike[str], what: str, *, beside: int = BESIDE) -> None:
     """Refuse a path that is not a regular file (or nothing yet) in a writable directory.
 
-    ``path`` as given (text: the command line's ``./~/x`` is no home, which ``Path`` drops)."""
+    ``path`` as given (text: the command line's ``./~/x`` is no home, which ``Path`` drops).
+    ``beside``: how many bytes longer than its own the longest name written beside it is
+    (:data:`BESIDE`, an export's output; :data:`REPLACED_BESIDE`, a file written whole)."""
     given = os.fspath(path)
     path = Path(path)
     try:
@@ -110,17 +120,12 @@ def check_path(path: str | os.PathLike[str], what: str) -> None:
             " not write in (its mode, or a read-only file system): give a directory it can"
             " write to"
         )
-    _check_room_beside(path, what)
+    _check_room_beside(path, what, beside)
 
 
-#: Bytes the longest name written beside a file adds to its own: an export's work file,
-#: mkstemp's ``.NAME.xxxxxxxx.part`` (a checkpoint's or a merge's ``.tmp``, its ``.lock``, less).
-BESIDE: Final = len("..xxxxxxxx.part")
-
-
-def _check_room_beside(path: Path, what: str) -> None:
+def _check_room_beside(path: Path, what: str, beside: int) -> None:
     """Refuse a name the file system takes but not the hidden files named after it beside it
-    (:data:`BESIDE` bytes longer): 80 Chinese characters and ``.jsonl`` (246 bytes) failed
+    (``beside`` bytes longer): 80 Chinese characters and ``.jsonl`` (246 bytes) failed
     "File name too long" of the user's own name, a raw OSError out of export_customers and
     exit 1 naming no flag, a checkpoint's once the first page was read."""
     try:
@@ -128,11 +133,11 @@ def _check_room_beside(path: Path, what: str) -> None:
     except (AttributeError, OSError, ValueError):  # no such limit said here (Windows)
         return
     size = len(os.fsencode(path.name))
-    if 0 < longest < size + BESIDE:
+    if 0 < longest < size + beside:
         raise InvalidRequestError(
             f"{what} {str(path)!r}: cannot write to it: its name of {size} bytes is too long"
-            f" for the hidden files written beside it, named after it with {BESIDE} bytes more"
-            f" (a name here holds {longest}): give a name of at most {longest - BESIDE} bytes"
+            f" for the hidden files written beside it, named after it with {beside} bytes more"
+            f" (a name here holds {longest}): give a name of at most {longest - beside} bytes"
         )
 
 

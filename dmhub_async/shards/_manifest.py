@@ -38,7 +38,15 @@ from .._validate import _as_int, check_flag, check_number, check_path_type, shor
 from .._words import counted
 from ..export._checkpoint import ExportScope, recorded_scope
 from ..export._export import FORMAT_OF_SUFFIX, Verify, check_output_name
-from ..export._output import _lock, _release, _sweep, check_path, denied, looping
+from ..export._output import (
+    REPLACED_BESIDE,
+    _lock,
+    _release,
+    _sweep,
+    check_path,
+    denied,
+    looping,
+)
 from ..resources._filters import EMPTY_STAGE, customer_filter_params
 from ._csv_merge import Rewrite, Union, header_names, read_header, same_export, whole_header
 from ._plan import ListedIds, Shard, _aware, _seconds
@@ -868,7 +876,7 @@ def merge_parts(
     # Only the CLI checked: the merged file was renamed over a symbolic link, a named pipe or
     # a device (/dev/null, as root), a missing folder was made, and a directory failed once
     # every part was copied, with a raw IsADirectoryError. As an export refuses them.
-    check_path(Path(dest), "merge's output")
+    check_path(Path(dest), "merge's output", beside=REPLACED_BESIDE)
     why = unmergeable(directory, "merge takes the directory export_sharded wrote")
     if why is not None:
         raise InvalidRequestError(why)
