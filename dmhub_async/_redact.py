@@ -527,8 +527,11 @@ def _secret_pattern(secret: str) -> re.Pattern[str]:
             forms.add(r"\+")
         forms.update(map(re.escape, _in_json(char)))
         if char.isascii() and char.isprintable():  # as a page escapes it: "&#x2F;", "&#39;"
-            escaped = (html.escape(char), f"&#x{ord(char):x};", f"&#{ord(char)};")
-            forms.update(map(re.escape, escaped))
+            forms.add(re.escape(html.escape(char)))
+            # Its code with zeros before it too: PHP's htmlspecialchars writes "'" as "&#039;".
+            forms.add(rf"&\#(?:x0*{ord(char):x}|0*{ord(char)});")
+            if char == "'":
+                forms.add("&apos;")  # HTML5's and XML's
         parts.append("(?:" + "|".join(sorted(forms, key=len, reverse=True)) + ")")  # longest first
     # Case-insensitive for the hex digits of %2b/%2B; masking a case variant too is harmless.
     return re.compile("".join(parts), re.IGNORECASE)

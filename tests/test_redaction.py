@@ -2123,8 +2123,12 @@ _ENTITIES_SECRET = "Cn4ry/S3cr3t'Zq9/xYw\"é"
     [
         html.escape(_ENTITIES_SECRET).replace("/", "&#x2F;"),  # OWASP's escaping: "'" as "&#x27;"
         html.escape(_ENTITIES_SECRET).replace("/", "&#47;").replace("&#x27;", "&#39;"),
+        # PHP's htmlspecialchars (ENT_QUOTES, its default since 8.1), and with ENT_HTML5.
+        html.escape(_ENTITIES_SECRET).replace("&#x27;", "&#039;"),
+        html.escape(_ENTITIES_SECRET).replace("&#x27;", "&apos;"),
+        _ENTITIES_SECRET.replace("/", "&#x002F;").replace("'", "&#X27;"),
     ],
-    ids=["hex entities", "decimal entities"],
+    ids=["hex entities", "decimal entities", "PHP's", "PHP's HTML5", "zeros, capital X"],
 )
 def test_a_secret_html_escaped_as_entities_of_its_characters_codes_is_masked_whole(
     echoed: str,
