@@ -446,7 +446,36 @@ def _forms(secret: str) -> tuple[str, ...]:
         forms.add(quote_plus(secret))
         forms.add(_in_query(secret))
     forms.update(_in_json(secret))
+    forms.update(_in_page(secret))
     return tuple(forms)
+
+
+def _in_page(secret: str) -> set[str]:
+    """``secret`` as a page may escape it (see :func:`_secret_pattern`): as html.escape and
+    PHP's htmlspecialchars write it (``&quot;``, ``&#x27;`` or ``&#039;`` or ``&apos;``), and
+    with each ASCII character but letters, digits and ``-._~`` as an entity of its code, hex
+    (beside the named ones, as OWASP's encoder) or decimal. Quoted so and cut short, all of it
+    but its raw runs was shown (``Cn4ry&#x2F;S3cr3t&#x27;Zq``: 15 of its 20 characters)."""
+    if _NEVER_ENCODED.fullmatch(secret):
+        return set()
+    named = html.escape(secret)
+    return {
+        named,
+        named.replace("&#x27;", "&#039;"),
+        named.replace("&#x27;", "&apos;"),
+        "".join(_entity(char, "&#x{:x};") for char in secret),
+        "".join(
+            html.escape(char) if char in '&<>"' else _entity(char, "&#x{:x};") for char in secret
+        ),
+        "".join(_entity(char, "&#{};") for char in secret),
+    }
+
+
+def _entity(char: str, written: str) -> str:
+    """``char`` as ``written`` (``"&#x{:x};"``) of its code, if a page may so escape it."""
+    if _NEVER_ENCODED.match(char) or not (char.isascii() and char.isprintable()):
+        return char
+    return written.format(ord(char))
 
 
 def _in_json(text: str) -> set[str]:

@@ -2139,6 +2139,24 @@ def test_a_secret_html_escaped_as_entities_of_its_characters_codes_is_masked_who
     assert redact(said, [_ENTITIES_SECRET]) == f"echoed: {MASK} (refused)"
 
 
+@pytest.mark.parametrize(
+    "echoed",
+    [
+        html.escape(_ENTITIES_SECRET).replace("/", "&#x2F;"),
+        "".join(f"&#{ord(char)};" if char in "/'\"" else char for char in _ENTITIES_SECRET),
+        html.escape(_ENTITIES_SECRET).replace("&#x27;", "&#039;"),
+    ],
+    ids=["hex entities", "decimal entities", "PHP's"],
+)
+@pytest.mark.parametrize("cut", [(0, 25), (0, 30), (4, 40)], ids=["25", "30", "4 to 40"])
+def test_a_secret_html_escaped_and_cut_short_is_masked(echoed: str, cut: tuple[int, int]) -> None:
+    # A page cutting what it quotes so escaped: its runs of 8 characters were looked for raw,
+    # URL-encoded or JSON-escaped alone, and all of it but its raw runs was shown
+    # ("Cn4ry&#x2F;S3cr3t&#x27;Zq": 15 of the secret's 20 characters).
+    said = f"echoed: {echoed[slice(*cut)]}... (cut)"
+    assert redact(said, [_ENTITIES_SECRET]) == f"echoed: {MASK}... (cut)"
+
+
 #: ``_ENTITIES_SECRET`` as PHP's json_encode writes it ("/" as "\/"), quoted in a JSON string
 #: by it again.
 _PHP_TWICE = json.dumps(json.dumps(_ENTITIES_SECRET).replace("/", "\\/")).replace("/", "\\/")
