@@ -338,8 +338,25 @@ def _mask_fragments(text: str, masks: list[_Masks]) -> str:
     for start, end in reversed(spans):
         if escaped and _characters(text[start:end]) < FRAGMENT:
             continue  # a customer's escaped text sharing a character or two with a secret's
+        if _escapes_alone(text[start:end]):
+            continue  # "\u002F\u002F" of a URL, for a secret holding "//"
         text = text[:start] + MASK + text[end:]
     return text
+
+
+#: An escape of one character: JSON's (once or twice), a URL's, a page's entity.
+_AN_ESCAPE = r"\\+u[0-9a-f]{4}|\\+/|%[0-9a-f]{2}|&(?:\#x?[0-9a-f]+|[a-z]+);"
+_ESCAPES = re.compile(f"(?:{_AN_ESCAPE})+", re.IGNORECASE)
+_ONE_ESCAPE = re.compile(_AN_ESCAPE, re.IGNORECASE)
+
+
+def _escapes_alone(span: str) -> bool:
+    """Whether ``span`` is escapes alone, of fewer than 8 characters: a run of 8 of a secret's
+    escaped form may hold escapes alone, of two characters side by side ("2F\\u002F" of "//"
+    as .NET writes it), and every URL a body or a page quoted so ("https:\\u002F\\u002F...",
+    "https:&#x2F;&#x2F;...") lost its "//" and the letters beside. They stand for fewer than 8
+    characters of the secret, as a raw run needs; a character of it beside them is masked."""
+    return bool(_ESCAPES.fullmatch(span)) and len(_ONE_ESCAPE.findall(span)) < FRAGMENT
 
 
 #: How a character outside ASCII is escaped, as one: "\u5bc6" (once or twice), "%E5%AF%86".

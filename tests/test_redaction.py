@@ -2157,6 +2157,34 @@ def test_a_secret_html_escaped_and_cut_short_is_masked(echoed: str, cut: tuple[i
     assert redact(said, [_ENTITIES_SECRET]) == f"echoed: {MASK}... (cut)"
 
 
+#: A secret holding two characters a JSON writer or a page escapes side by side ("//"): 1 in
+#: 30 base64 secrets of 32 characters holds such a pair ("++", "+/", "//"...).
+_PAIRED_SECRET = "Cn4ry//S3cr3t+Zq9xYw81kd"
+
+
+@pytest.mark.parametrize(
+    ("said", "slash"),
+    [
+        ('{"help": "https:\\u002F\\u002Fexample.com\\u002Fhelp"}', "\\u002F"),  # .NET's
+        ('{"help": "https:\\\\u002f\\\\u002fexample.com"}', "\\\\u002f"),  # escaped twice
+        ('<a href="https:&#x2F;&#x2F;example.com&#x2F;help">help</a>', "&#x2F;"),  # OWASP's
+        ('<a href="https:&#47;&#47;example.com">help</a>', "&#47;"),
+    ],
+    ids=["u002F", "u002f escaped twice", "hex entities", "decimal entities"],
+)
+def test_escapes_alone_of_characters_a_secret_holds_side_by_side_stay_readable(
+    said: str, slash: str
+) -> None:
+    # A run of 8 characters of a secret's escaped form can hold escapes alone ("2F\u002F" of
+    # "//" as .NET writes it): every URL a body or a page quoted so ("https:\u002F\u002F...")
+    # lost its "//" and the letters beside them, as "https:***example.com", for a secret
+    # holding "//": escapes alone stand for fewer than 8 characters of it, as a raw run needs.
+    assert redact(said, [_PAIRED_SECRET]) == said
+    # The secret so escaped and cut is masked still: characters of it beside the escapes.
+    cut = f"Cn4ry{slash}{slash}S3cr"
+    assert redact(f"echoed: {cut}... (cut)", [_PAIRED_SECRET]) == f"echoed: {MASK}... (cut)"
+
+
 #: ``_ENTITIES_SECRET`` as PHP's json_encode writes it ("/" as "\/"), quoted in a JSON string
 #: by it again.
 _PHP_TWICE = json.dumps(json.dumps(_ENTITIES_SECRET).replace("/", "\\/")).replace("/", "\\/")
