@@ -420,8 +420,10 @@ def _issued_tokens(
 #: A token answer's field names for the token: ``access_token``, ``accessToken``, ``Access-Token``.
 _TOKEN_NAME: Final = re.compile(r"access[_-]?token", re.IGNORECASE)
 #: Names of headers a gateway sends a request or a trace id in (``X-Kong-Request-Id``,
-#: ``X-B3-TraceId``, ``traceparent``, ``X-Cloud-Trace-Context``...).
-_ID_HEADER: Final = re.compile(r"request-?id|trace-?id|traceparent|trace-context", re.IGNORECASE)
+#: ``X-B3-TraceId``, ``traceparent``, ``X-Cloud-Trace-Context``, ``X-Correlation-Id``...).
+_ID_HEADER: Final = re.compile(
+    r"request-?id|trace-?id|traceparent|trace-context|correlation-?id", re.IGNORECASE
+)
 #: A token as the service's look (docs/contract.md: 32 lower-case hexadecimal characters), alone.
 _TOKEN_SHAPE: Final = re.compile(r"(?<![0-9A-Za-z])[0-9a-f]{32}(?![0-9A-Za-z])")
 

@@ -1620,8 +1620,9 @@ async def test_a_token_answer_keeps_a_trace_id_of_the_tokens_shape_beside_its_re
         ("X-Kong-Request-Id", "{id}"),  # Kong 3's, also its error body's "request_id"
         ("X-B3-TraceId", "{id}"),  # Zipkin's, as Envoy passes it on
         ("traceparent", "00-{id}-00f067aa0ba902b7-01"),  # W3C's, the trace id within
+        ("X-Correlation-Id", "{id}"),  # MuleSoft's, Spring's, many gateways' own
     ],
-    ids=["Kong's request id", "B3 trace id", "W3C traceparent"],
+    ids=["Kong's request id", "B3 trace id", "W3C traceparent", "correlation id"],
 )
 async def test_a_token_answer_keeps_an_id_of_the_tokens_shape_a_gateway_names_its_request_by(
     api, make_client, header: str, value: str
