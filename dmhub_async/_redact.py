@@ -69,8 +69,9 @@ def live_secrets() -> list[str | None]:
 
 
 #: A value runs up to the end of its parameter, or of a URL quoted in ``<...>`` (a ``Link``
-#: header's): its ``>; rel="next"`` was masked with it. A URL holds no raw ``<`` or ``>``.
-_SECRET_PARAMS = re.compile(r"((?:access_token|secret)=)[^&#\s'\"<>]*", re.IGNORECASE)
+#: header's): its ``>; rel="next"`` was masked with it. A URL holds no raw ``<`` or ``>``; a
+#: value quoted in them (``access_token=<...>``, in free text) is masked within them.
+_SECRET_PARAMS = re.compile(r"((?:access_token|secret)=<?)[^&#\s'\"<>]*", re.IGNORECASE)
 #: The same fields in a JSON body or a dict's repr quoted back (their quotes escaped too, as
 #: a body quoted inside a JSON string): a token answer the client could not read (not JSON, in
 #: a gateway's page) held the token the service had just issued, which no client knew yet;

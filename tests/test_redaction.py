@@ -2081,6 +2081,22 @@ def test_a_token_in_a_link_headers_url_keeps_what_follows_the_url(token: str) ->
 
 
 @pytest.mark.parametrize(
+    "said",
+    [
+        "refused: access_token=<{value}> (expired)",  # a value quoted in <...> in free text
+        "secret=<{value}>",
+        "token: <https://h/v1/x?access_token=<{value}>>; rel=next",
+    ],
+)
+def test_an_unknown_token_quoted_in_angle_brackets_after_its_name_is_masked(said: str) -> None:
+    # A value ends at a "<" or ">" now (a Link header's URL keeps its ">; rel=..."): one
+    # quoted as "access_token=<...>" ended before it began, and a token no client knew (one
+    # the service had just issued) was shown whole.
+    value = "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert redact(said.format(value=value), []) == said.format(value=MASK)
+
+
+@pytest.mark.parametrize(
     ("secret", "cut"),
     [("abcdefgσhijklmnop", "ABCDEFGΣ"), ("abcdefgΣhijklmnop", "abcdefgΣ")],
     ids=["upper-cased", "as written"],
