@@ -229,9 +229,10 @@ class DMHubClient:
             # A setting refused (a misconfiguration, reported to an error tracker as the
             # program starts): the secret and the token (one from DMHUB_SECRET in no frame
             # of the caller's) and os.environ were in this frame's variables, and in those of
-            # the checks it called, for the tracker to record (see Session._send).
+            # the checks it called, for the tracker to record (see Session._send). So was a
+            # base_url refused for the password or query it holds (one from DMHUB_BASE_URL too).
             traceback.clear_frames(err.__traceback__)
-            del secret, access_token, env, err
+            del secret, access_token, base_url, env, err
             raise
 
     def _build_resources(self) -> None:

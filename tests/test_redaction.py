@@ -837,6 +837,35 @@ def test_no_secret_in_the_variables_of_a_client_refused_as_it_is_made(
     assert_no_secret_in_locals(info.value)
 
 
+@pytest.mark.parametrize("given", ["environment", "argument"])
+@pytest.mark.parametrize(
+    "url",
+    [f"https://gateway:{SECRET}@api.dmhub.test", f"https://api.dmhub.test/?secret={SECRET}"],
+    ids=["a password in it", "a secret in its query"],
+)
+def test_no_secret_of_a_refused_base_url_in_the_variables_of_the_client(
+    url: str, given: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # base_url is refused holding a user and password, or a query, because the URL is shown in
+    # reprs, errors and manifests: the refused URL stayed in the variables of
+    # DMHubClient.__init__, where an error tracker recording them (capture_locals=True) took
+    # the password; one from DMHUB_BASE_URL was in no frame of the caller's.
+    monkeypatch.delenv("DMHUB_APP_ID", raising=False)
+    monkeypatch.delenv("DMHUB_SECRET", raising=False)
+    settings: dict[str, Any] = {"access_token": "a-token-of-the-app"}
+    if given == "environment":
+        monkeypatch.setenv("DMHUB_BASE_URL", url)
+    else:
+        settings["base_url"] = url
+
+    with pytest.raises(InvalidRequestError) as info:
+        DMHubClient(**settings)
+
+    del settings, url  # the test's own variables: not the SDK's
+    assert not leaks(str(info.value))
+    assert_no_secret_in_locals(info.value)
+
+
 def test_request_repr_and_description_hide_the_secret():
     request = Request(
         "GET",
