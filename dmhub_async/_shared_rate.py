@@ -35,6 +35,7 @@ from ._validate import (
     password_misread,
     redis_url_error,
     redis_where,
+    settings_forgotten_if_refused,
     short,
     shown_even_half_made,
 )
@@ -128,6 +129,7 @@ class RedisRateLimiter:
             str, or one UTF-8 cannot carry) or sleep (at once, nothing is sent).
     """
 
+    @settings_forgotten_if_refused
     def __init__(
         self,
         url: str,

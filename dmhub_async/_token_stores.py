@@ -49,6 +49,7 @@ from ._validate import (
     password_misread,
     redis_url_error,
     sendable_token,
+    settings_forgotten_if_refused,
     shown_even_half_made,
 )
 
@@ -464,6 +465,7 @@ class RedisTokenStore:
     share it.
     """
 
+    @settings_forgotten_if_refused
     def __init__(
         self,
         url: str | None = None,

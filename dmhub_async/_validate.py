@@ -17,6 +17,7 @@ import re
 import reprlib
 import socket
 import sys
+import traceback
 import types
 import typing
 import unicodedata
@@ -24,7 +25,7 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
 from itertools import islice
-from typing import Any, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 
 from yarl import URL
@@ -62,6 +63,7 @@ __all__ = [
     "printable",
     "query_length",
     "resolvable_url",
+    "settings_forgotten_if_refused",
     "short",
     "shown_even_half_made",
     "unnameable",
@@ -247,6 +249,34 @@ def shown_even_half_made(repr_of: Callable[[_Shown], str]) -> Callable[[_Shown],
             return f"<{type(self).__name__} (not made)>"
 
     return shown
+
+
+_Made = TypeVar("_Made")
+_Settings = ParamSpec("_Settings")
+
+
+def settings_forgotten_if_refused(
+    init: Callable[Concatenate[_Made, _Settings], None],
+) -> Callable[Concatenate[_Made, _Settings], None]:
+    """An ``__init__`` whose refusal leaves none of its settings among the variables of the
+    error's traceback, which an error tracker records (``capture_locals=True``), its half-made
+    object alone (shown by :func:`shown_even_half_made`).
+
+    A Redis URL refused, or one whose other setting was (``lock_ttl=-1``), left its password in
+    the variables of the ``__init__`` and of the checks it called; a pool made of a URL redis-py
+    refuses (``?protocol=9``) was there too, whose repr raised, and the tracker's report failed.
+    """
+
+    @functools.wraps(init)
+    def made(self: _Made, /, *args: _Settings.args, **kwargs: _Settings.kwargs) -> None:
+        try:
+            init(self, *args, **kwargs)
+        except BaseException as err:
+            traceback.clear_frames(err.__traceback__)  # the __init__'s, ended: not this one
+            del args, kwargs, err
+            raise
+
+    return made
 
 
 def short(value: object) -> str:

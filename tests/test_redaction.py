@@ -797,6 +797,44 @@ def test_an_error_tracker_records_the_traceback_of_a_refused_setting(
     assert "(not made)>" in text  # the half-made object, shown as such
 
 
+#: A Redis URL of the password SECRET, refused as the store or limit is made (its own setting,
+#: or another of theirs).
+_REDIS_REFUSED: dict[str, Callable[[], object]] = {
+    "a store of a bad lock_ttl": lambda: RedisTokenStore(
+        f"redis://:{SECRET}@127.0.0.1:1/0", lock_ttl=-1
+    ),
+    "a store of a ?protocol= redis-py refuses": lambda: RedisTokenStore(
+        f"redis://:{SECRET}@127.0.0.1:1/0?protocol=9"
+    ),
+    "a store of a password's unencoded /": lambda: RedisTokenStore(
+        f"redis://:{SECRET}/x@127.0.0.1:1/0"
+    ),
+    "a shared limit of a bad rate": lambda: RedisRateLimiter(
+        f"redis://:{SECRET}@127.0.0.1:1/0", -1
+    ),
+    "a shared limit of a ?protocol= redis-py refuses": lambda: RedisRateLimiter(
+        f"redis://:{SECRET}@127.0.0.1:1/0?protocol=9", 5
+    ),
+}
+
+
+@pytest.mark.parametrize("make", list(_REDIS_REFUSED.values()), ids=list(_REDIS_REFUSED))
+def test_no_redis_password_in_the_variables_of_a_store_or_limit_refused_as_made(
+    make: Callable[[], object],
+) -> None:
+    # The URL (one read from the environment or a settings file, in no frame of the caller's)
+    # was among the variables of __init__ and of the checks it called, which an error tracker
+    # records (capture_locals=True); a pool made of a URL redis-py refuses was there too, whose
+    # repr raised ConnectionError: the tracker's report of the InvalidRequestError failed.
+    with pytest.raises(InvalidRequestError) as info:
+        make()
+
+    assert not leaks(str(info.value))
+    assert_no_secret_in_locals(info.value)
+    recorded = traceback.TracebackException.from_exception(info.value, capture_locals=True)
+    assert "    self = " in "".join(recorded.format())  # the half-made object, still shown
+
+
 #: A client's settings it refuses as it is made, each after it has read the credentials.
 _REFUSED_WITH_CREDENTIALS: dict[str, dict[str, Any]] = {
     "plain http off this machine": {"base_url": "http://dmhub.example"},
