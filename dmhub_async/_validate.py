@@ -41,6 +41,7 @@ __all__ = [
     "MAX_CONCURRENCY",
     "MAX_QUERY_LENGTH",
     "MAX_URL_LENGTH",
+    "arguments_forgotten_if_refused",
     "at_index",
     "check_concurrency",
     "check_customer_fields",
@@ -273,6 +274,28 @@ def settings_forgotten_if_refused(
             init(self, *args, **kwargs)
         except BaseException as err:
             traceback.clear_frames(err.__traceback__)  # the __init__'s, ended: not this one
+            del args, kwargs, err
+            raise
+
+    return made
+
+
+_Made_by = TypeVar("_Made_by")
+
+
+def arguments_forgotten_if_refused(
+    make: Callable[_Settings, _Made_by],
+) -> Callable[_Settings, _Made_by]:
+    """A function that makes something of its settings (``worker()``), whose refusal leaves none
+    of them among the variables of the error's traceback: see
+    :func:`settings_forgotten_if_refused`, for an ``__init__``."""
+
+    @functools.wraps(make)
+    def made(*args: _Settings.args, **kwargs: _Settings.kwargs) -> _Made_by:
+        try:
+            return make(*args, **kwargs)
+        except BaseException as err:
+            traceback.clear_frames(err.__traceback__)  # the function's, ended: not this one
             del args, kwargs, err
             raise
 

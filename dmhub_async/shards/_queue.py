@@ -51,6 +51,7 @@ from .._tasks import to_the_end
 from .._tasks import within as _bounded_in_time
 from .._validate import (
     PERCENT_ENCODE,
+    arguments_forgotten_if_refused,
     check_concurrency,
     check_flag,
     check_number,
@@ -1222,6 +1223,7 @@ async def _check_same_token_store(
         )
 
 
+@arguments_forgotten_if_refused
 def worker(
     redis_url: str,
     *,

@@ -1389,6 +1389,32 @@ def test_a_worker_refused_as_it_is_made_keeps_the_secret_out_of_its_traceback() 
     assert [line for line in said.splitlines() if "SECRET-CANARY" in line] == []
 
 
+@pytest.mark.parametrize(
+    ("url", "refused"),
+    [
+        ("redis://:PASSWORD-CANARY-5@127.0.0.1:1/0", {"max_jobs": 0}),
+        ("redis://:PASSWORD-CANARY-5@127.0.0.1:1/0", {"mounts": {"x": "/y"}}),
+        ("redis://:PASSWORD-CANARY-5/x@127.0.0.1:1/0", {}),  # its "/" read as the path
+    ],
+    ids=["max_jobs", "mounts", "a password's unencoded /"],
+)
+def test_a_worker_refused_as_it_is_made_keeps_the_redis_password_out_of_its_traceback(
+    url: str, refused: dict[str, Any]
+) -> None:
+    # As above, for the Redis password: the URL (read from the environment or a settings file,
+    # in no frame of the caller's) was in the variables of worker() and of queue_settings().
+    import traceback
+
+    with pytest.raises(InvalidRequestError) as info:
+        worker(url, **refused)
+    del url  # the test's own variable: not the SDK's
+    said = "".join(
+        traceback.TracebackException.from_exception(info.value, capture_locals=True).format()
+    )
+    assert "worker()" in said
+    assert [line for line in said.splitlines() if "PASSWORD-CANARY" in line] == []
+
+
 async def test_a_queue_redis_not_there_is_said_with_the_reason() -> None:
     # "cannot reach the queue's Redis at redis://127.0.0.1:1/0: ConnectionError" said nothing
     # of why (refused, a name that does not resolve, a connection lost), where the refusals
