@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import operator
 import sys
 import traceback
 from collections.abc import (
@@ -34,7 +33,13 @@ from ._exceptions import DMHubError, InvalidRequestError
 from ._pagination_plan import PaginatorStats, RawPage, WalkPlan
 from ._retry import RETRY_TALLY, RetryTally
 from ._seen_records import Dedupe, SeenRecords
-from ._validate import MAX_CONCURRENCY, check_concurrency, short, shown_even_half_made
+from ._validate import (
+    MAX_CONCURRENCY,
+    _as_int,
+    check_concurrency,
+    short,
+    shown_even_half_made,
+)
 from .models.page import Page
 
 __all__ = [
@@ -113,20 +118,27 @@ class AsyncPaginator(Generic[T]):
         dedupe: Dedupe = "none",
         resume_after: Any = None,
     ) -> None:
-        for name, value, low in (("page_size", page_size, 1), ("start_page", start_page, 1)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise InvalidRequestError(f"{name} must be an int >= {low}, not {short(value)}")
-        check_concurrency(concurrency)  # worded as lookup_many's, an export's and worker()'s
-        if max_items is not None and (
-            isinstance(max_items, bool) or not isinstance(max_items, int) or max_items < 0
-        ):
-            raise InvalidRequestError(
-                f"max_items must be an int >= 0 or None, not {short(max_items)}"
-            )
+        # Plain ints, as a customer id is taken: an int subclass's str (its repr, CustomerId(7))
+        # went out as rows= and page=, and numpy's int64 was refused; a bool or a float (one
+        # giving an __index__ too) is not one.
+        numbers = []
+        for name, value in (("page_size", page_size), ("start_page", start_page)):
+            number = _as_int(value)
+            if number is None or number < 1:
+                raise InvalidRequestError(f"{name} must be an int >= 1, not {short(value)}")
+            numbers.append(number)
+        page_size, start_page = numbers
+        # worded as lookup_many's, an export's and worker()'s
+        concurrency = check_concurrency(concurrency)
+        if max_items is not None:
+            items = _as_int(max_items)
+            if items is None or items < 0:
+                raise InvalidRequestError(
+                    f"max_items must be an int >= 0 or None, not {short(max_items)}"
+                )
+            max_items = items
         if dedupe != "none" and key is None:
             raise InvalidRequestError("dedupe needs a key")
-        # Plain ints: an int subclass's str (its repr, CustomerId(7)) went out as rows= and page=.
-        page_size, start_page = operator.index(page_size), operator.index(start_page)
         self._fetch = fetch
         self.page_size = page_size
         self.start_page = start_page

@@ -638,14 +638,17 @@ def _check_json(method: str, where: str, value: Any, depth: int) -> None:
         )
 
 
-def check_concurrency(value: object, name: str = "concurrency") -> None:
+def check_concurrency(value: object, name: str = "concurrency") -> int:
     """A walk's, a lookup's or a worker's ``concurrency``: an int from 1 to
     :data:`MAX_CONCURRENCY`, refused in one wording wherever it is given (``name``: as the
-    caller names it, ``"worker(): concurrency"``)."""
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_CONCURRENCY:
+    caller names it, ``"worker(): concurrency"``). The plain int it is: an integer of a class
+    of its own (numpy's ``int64``) is taken as an id is, a bool or a float is not."""
+    number = _as_int(value)
+    if number is None or not 1 <= number <= MAX_CONCURRENCY:
         raise InvalidRequestError(
             f"{name} must be an int from 1 to {MAX_CONCURRENCY}, not {short(value)}"
         )
+    return number
 
 
 def check_path_type(method: str, name: str, value: object) -> None:
@@ -685,7 +688,8 @@ def check_paging(page_size: object, start_page: object, max_items: object = None
         ("start_page", start_page, 1, MAX_PAGE_NUMBER),
         ("max_items", max_items, 0, None),
     ):
-        if isinstance(value, int) and (value < low or (high is not None and value > high)):
+        number = _as_int(value)
+        if number is not None and (number < low or (high is not None and number > high)):
             bounds = f"from {low} to {high}" if high is not None else f">= {low}"
             raise InvalidRequestError(f"{name} must be an int {bounds}, not {short(value)}")
 

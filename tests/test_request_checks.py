@@ -436,6 +436,54 @@ async def test_a_float_or_a_bool_through_index_is_refused_as_a_param_or_an_id(va
         assert (sim.counters.total, sim.counters.tokens_issued) == (0, 0)  # nothing sent
 
 
+async def test_paging_and_concurrency_of_an_int_class_of_their_own_are_taken_as_ids_are(
+    tmp_path: Any,
+) -> None:
+    # numpy's int64 (a page size read from a config's data frame) was refused by list(),
+    # list_rows(), lookup_many() and export_customers(), "page_size must be an int >= 1, not
+    # _Int64(2)", where a customer id or a param of that class is taken; a float or a bool is
+    # still refused, whatever its __index__.
+    from dmhub_async import Identity
+    from dmhub_async.export import export_customers
+    from dmhub_async.testing import DMHubSimulator
+
+    async with (
+        DMHubSimulator(customers=5) as sim,
+        DMHubClient(sim.app_id, sim.secret, base_url=sim.url) as dm,
+    ):
+        ids = sorted(sim.customer_ids())
+        walk = dm.customers.list(page_size=_Int64(2), max_items=_Int64(3), concurrency=_Int64(2))
+        assert [c.id async for c in walk] == ids[:3]
+        assert (walk.page_size, walk.max_items, walk.concurrency) == (2, 3, 2)
+        assert {type(walk.page_size), type(walk.max_items)} == {int}
+        rows = dm.customers.list_rows(id_list=ids, page_size=_Int64(2), max_items=_Int64(4))
+        assert [row["id"] async for row in rows] == ids[:4]
+        email = Identity("email", "nobody@example.com")
+        assert await dm.identities.lookup_many([email], concurrency=_Int64(2)) == {email: None}
+        found = [pair async for pair in dm.identities.lookup_iter([email], concurrency=_Int64(2))]
+        assert found == [(email, None)]
+        report = await export_customers(
+            dm,
+            tmp_path / "out.jsonl",
+            page_size=_Int64(2),
+            concurrency=_Int64(2),
+            checkpoint=tmp_path / "cp.json",
+            progress=False,
+        )
+        assert (report.exported, report.pages) == (5, 3)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            for bad in (_IndexedFloat(2.5), _IndexOfTrue(), True, 2.0):
+                with pytest.raises(InvalidRequestError, match="page_size must be an int >= 1"):
+                    dm.customers.list(page_size=bad)
+                with pytest.raises(InvalidRequestError, match="max_items must be an int >= 0"):
+                    dm.customers.list_rows(max_items=bad)
+                with pytest.raises(InvalidRequestError, match="concurrency must be an int from"):
+                    await dm.identities.lookup_many([email], concurrency=bad)
+        with pytest.raises(InvalidRequestError, match=r"page_size must be an int from 1 to"):
+            dm.customers.list(page_size=_Int64(2**31))
+
+
 class _FormArgsFailing(_FormArgs):
     """:class:`_FormArgs` whose ``getlist`` raises (a framework's query read past its
     request, a proxy of one gone)."""

@@ -162,7 +162,9 @@ async def _export(
     )
     # A long id_list was checked by _plan: not again (25 ms for 300,000 ids on the event loop).
     checked = filters if long_ids is None else {**filters, "id_list": [0]}
-    check_run(client, page_size, concurrency, "on_progress", on_progress, **checked)
+    page_size, concurrency = check_run(
+        client, page_size, concurrency, "on_progress", on_progress, **checked
+    )
     if scope is not None and long_ids is not None:
         # The checkpoint records the ids as walked, as their digest (recorded_scope): sorted,
         # joined and hashed on a thread (300,000 held the event loop 100 ms and more).
@@ -220,15 +222,16 @@ def check_run(
     *,
     callback_takes: int = 1,
     **filters: Any,
-) -> None:
+) -> tuple[int, int]:
     """The walk's settings and a progress callback (called with ``callback_takes``
-    arguments), checked before any request or file.
+    arguments), checked before any request or file; ``page_size`` and ``concurrency`` as the
+    plain ints the walk reads them as (numpy's ``int64`` went into a checkpoint's JSON raw).
 
     A bad callback was a raw TypeError at the first progress, with pages already written; an
     async one, never awaited, was silent.
     """
     # Built, not walked: the walk checks page_size, concurrency and the filters as it is made.
-    client.customers.list_rows(page_size=page_size, concurrency=concurrency, **filters)
+    walk = client.customers.list_rows(page_size=page_size, concurrency=concurrency, **filters)
     if callback is not None and not callable(callback):
         raise InvalidRequestError(f"{callback_name} must be a function, not {short(callback)}")
     if callback is not None and not _takes(callback, callback_takes):
@@ -249,6 +252,7 @@ def check_run(
             f"{callback_name} must be a plain function (called after every page, not awaited),"
             f" not a coroutine function: {short(callback)}"
         )
+    return walk.page_size, walk.concurrency
 
 
 def _takes(callback: Callable[..., Any], count: int) -> bool:

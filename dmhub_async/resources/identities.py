@@ -179,7 +179,7 @@ class Identities(Resource):
         """
         if not is_collection(identities):
             raise InvalidRequestError("lookup_many(): identities must be a list of Identity")
-        _check_concurrency(concurrency)
+        concurrency = _check_concurrency(concurrency)
         check_flag("lookup_many", "return_exceptions", return_exceptions)  # "no" was true
         # The client's own state is no lookup's result: with return_exceptions=True a closed
         # client (or one of another event loop) answered {identity: "closed"} for each, and {};
@@ -298,7 +298,7 @@ class Identities(Resource):
         return_exceptions: bool,
     ) -> AsyncGenerator[tuple[Identity, int | Exception | None], None]:
         """lookup_iter's generator: it checks its arguments at its first step, before a request."""
-        _check_concurrency(concurrency)
+        concurrency = _check_concurrency(concurrency)
         check_flag("lookup_iter", "return_exceptions", return_exceptions)
         if not isinstance(identities, AsyncIterable) and not is_collection(identities):
             raise InvalidRequestError("lookup_iter(): identities must be an iterable of Identity")
@@ -529,10 +529,10 @@ def _named(err: Exception, method: str, index: int, identity: Identity) -> Excep
     return named
 
 
-def _check_concurrency(concurrency: object) -> None:
+def _check_concurrency(concurrency: object) -> int:
     # At most the walks' cap: lookup_iter's window holds 4 x concurrency tasks, so any number
     # was any memory (a million: 152 MB for 10,000 inputs), where the walks and the CLI cap it.
-    check_concurrency(concurrency)
+    return check_concurrency(concurrency)
 
 
 async def _next(items: AsyncGenerator[Identity, None]) -> Identity:

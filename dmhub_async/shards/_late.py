@@ -135,7 +135,7 @@ async def late_check(
     # Before anything is read or sent: a bad one was refused by the check's walk after its
     # first count (the part locked and read), and taken silently where nothing was due.
     check_client("late_check", client)
-    check_concurrency(concurrency, "late_check(): concurrency")
+    concurrency = check_concurrency(concurrency, "late_check(): concurrency")
     check_path_type("late_check", "directory", directory)
     if manifest is not None and not isinstance(manifest, Manifest):
         # A manifest sent as JSON (a task queue's) was a raw AttributeError from deep inside.

@@ -1284,7 +1284,7 @@ def worker(
     check_flag("worker", "burst", burst)
     check_flag("worker", "handle_signals", handle_signals)
     if concurrency is not None:
-        check_concurrency(concurrency, "worker(): concurrency")
+        concurrency = check_concurrency(concurrency, "worker(): concurrency")
     if rate_limit is not None:  # checked by the limiter too, but only at the worker's start
         check_shared_rate("worker(): rate_limit", rate_limit)
     mapped = check_mounts(mounts) if mounts is not None else {}

@@ -786,7 +786,9 @@ async def export_sharded(
     check_verify(verify, "export_sharded(): ")
     # Before the plan: a bad one was planned, then failed in every shard (or at the first
     # progress, a raw TypeError).
-    check_run(client, page_size, concurrency, "on_total", on_total, callback_takes=2)
+    page_size, concurrency = check_run(
+        client, page_size, concurrency, "on_total", on_total, callback_takes=2
+    )
     check_shards(shards, "export_sharded")
     warn_if_naive(client, "export_sharded", filters)
     with coordinating(directory):
