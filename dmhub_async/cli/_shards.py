@@ -17,6 +17,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from .._auth import FileTokenStore, RedisTokenStore
 from .._exceptions import AuthenticationError, DMHubError, InvalidRequestError, TokenStoreError
@@ -268,7 +269,7 @@ async def _sharded_export(args: argparse.Namespace, filters: dict[str, Any]) -> 
                 progress=bar,
                 on_total=lines,
                 verify=manifest.verify or args.verify,  # the export's (prepare)
-                password_hint=_password_hint(),  # refused mid-run: the variable, not the URL
+                password_hint=_password_hint(args.queue),  # refused mid-run: where it goes
                 token_store_mark=mark,
             )
         finally:
@@ -616,7 +617,7 @@ async def worker_command(args: argparse.Namespace) -> int:
             gone = queue_redis_error(
                 args.redis,
                 err,
-                password_hint=_password_hint(),  # refused mid-run: the variable, not the URL
+                password_hint=_password_hint(args.redis),  # refused mid-run: where it goes
                 then="start the worker again once it is back",
             )
             raise CommandError(str(gone)) from None
@@ -762,18 +763,37 @@ async def _reach_queue(redis_url: str, flag: str, *, rate_limited: bool = False)
                 "--rate-limit needs the redis extra: pip install 'dmhub-async[redis]'"
             ) from None
     try:
-        await check_queue(redis_url, flag, password_hint=_password_hint())
+        await check_queue(redis_url, flag, password_hint=_password_hint(redis_url))
     except InvalidRequestError as err:
         raise UsageError(str(err)) from None
     except DMHubError as err:
         raise CommandError(str(err)) from None
 
 
-def _password_hint() -> str:
-    """Where a command's Redis password goes: the variable, not the URL (which ps shows)."""
-    if os.environ.get(REDIS_PASSWORD_ENV):
+def _password_hint(url: str) -> str:
+    """Where a command's Redis password goes: the variable, not the URL (which ps shows).
+    ``url`` as sent (:func:`with_redis_password`'s): "check $DMHUB_REDIS_PASSWORD" only when
+    the variable's password is the one it holds, not the URL's own (which is sent over it)."""
+    password = os.environ.get(REDIS_PASSWORD_ENV)
+    if password and _sent_password(url) == password:
         return f"check ${REDIS_PASSWORD_ENV}"
+    if password:
+        return (
+            f"the URL's own password was sent, not ${REDIS_PASSWORD_ENV}'s: check it, or give"
+            " none in the URL (which ps shows)"
+        )
     return f"give its password in ${REDIS_PASSWORD_ENV} (and none in the URL, which ps shows)"
+
+
+def _sent_password(url: str) -> str | None:
+    """The password redis-py sends of ``url``: the one before its ``@``, else its query's."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return None
+    if parts.password is not None:
+        return unquote(parts.password)
+    return next(iter(parse_qs(parts.query).get("password", [])), None)
 
 
 def _no_such_directory(given: str) -> str:

@@ -937,6 +937,37 @@ def test_a_queue_redis_that_wants_a_password_says_where_to_give_it(
     assert not out.exists()
 
 
+@pytest.mark.parametrize("written", ["before its @", "as ?password="])
+def test_a_queue_url_whose_own_password_is_refused_says_so_not_the_variable(
+    tmp_path: Path, redis: RedisServer, written: str
+) -> None:
+    # The URL's own password is sent over $DMHUB_REDIS_PASSWORD's; refused, it said "check
+    # $DMHUB_REDIS_PASSWORD" whenever the variable was set, sending the user to a password
+    # that was right (here) and never sent.
+    redis.command("CONFIG", "SET", "requirepass", "rightpw")
+    url = (
+        f"redis://:hunter2@127.0.0.1:{redis.port}/0"
+        if written == "before its @"
+        else f"redis://127.0.0.1:{redis.port}/0?password=hunter2"
+    )
+    with sim_process(10) as sim:
+        run = subprocess.run(
+            [sys.executable, "-m", "dmhub_async", "worker", "--burst", "--redis", url],
+            env=sim.env(XDG_CACHE_HOME=str(tmp_path / "cache"), DMHUB_REDIS_PASSWORD="rightpw"),
+            capture_output=True,
+            text=True,
+            timeout=150,
+            check=False,
+        )
+
+    assert run.returncode == 1, run.stderr
+    assert run.stderr.endswith(
+        "invalid username-password pair or user is disabled: the URL's own password was sent,"
+        " not $DMHUB_REDIS_PASSWORD's: check it, or give none in the URL (which ps shows)\n"
+    ), run.stderr
+    assert "hunter2" not in run.stderr
+
+
 @pytest.mark.parametrize("command", ["export", "worker"])
 def test_a_queue_password_changed_mid_run_is_said_at_once_with_where_it_goes(
     tmp_path: Path, redis: RedisServer, command: str
