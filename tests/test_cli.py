@@ -1318,6 +1318,28 @@ def test_export_verify_always_runs_the_final_check_the_library_offers(
     assert jsonl_ids(tmp_path / "checked.jsonl") == served.ids()
 
 
+def test_a_quiet_sharded_export_left_incomplete_says_so_naming_its_directory_quoted(
+    served: ServedSimulator, env: dict[str, str], tmp_path: Path
+) -> None:
+    # `export --shards N -q` that left a part incomplete ended with exit 3 and no word of what
+    # to do; its line now says it, the directory quoted as its refusals quote it (a newline
+    # in the name split the line). Each shard's pages fail, with no retry.
+    served.sim.faults.paths = ("GET /v1/customers",)
+    served.sim.faults.script(["reset"] * 100)  # the plan's counts are another path's
+
+    result = run_cli(
+        "export", "--out", "my\nparts", "--shards", "2", "--concurrency", "1",
+        "--max-retries", "0", "-q", env=env, cwd=tmp_path,
+    )  # fmt: skip
+
+    assert result.returncode == 3, result.stderr
+    assert result.stderr.splitlines()[-1] == (
+        "dmhub-async: incomplete: 0 of 2 parts complete in 'my\\nparts'; rerun the same"
+        " command to finish them"
+    ), result.stderr
+    assert "Traceback" not in result.stderr
+
+
 @pytest.mark.parametrize("runner", ["in-process", "workers", "queue"])
 def test_a_sharded_export_with_verify_always_checks_every_shard(
     served: ServedSimulator,
