@@ -591,8 +591,8 @@ def test_a_merge_of_a_directory_it_cannot_enter_says_so(
         cli_command("merge", str(where), "--out", "all.jsonl"), locked, env=env, cwd=tmp_path
     )
 
-    assert_one_line_error(result, 1, f"{where} cannot be read", "permission denied")
-    assert result.stderr.rstrip().endswith(f"cannot enter {locked}")
+    assert_one_line_error(result, 1, f"{str(where)!r} cannot be read", "permission denied")
+    assert result.stderr.rstrip().endswith(f"cannot enter {str(locked)!r}")
     assert sorted(os.listdir(tmp_path)) == ["locked"]
 
 

@@ -824,33 +824,35 @@ def unmergeable(
     a part, given for its directory: a raw NotADirectoryError of "june.jsonl/manifest.json"; a
     named pipe, a socket or a device said as one).
     ``takes``: what merge takes, in the caller's words (said of a denied one too when
-    ``takes_when_denied``)."""
+    ``takes_when_denied``). Each path quoted as ``check_path`` quotes a file's (``repr``): a
+    newline in a name split the line."""
     within = Path(directory) / MANIFEST_NAME
+    named = repr(os.fspath(directory))
     try:
         os.lstat(within)
     except PermissionError:
         said = f" ({takes})" if takes_when_denied else ""
-        return f"{directory} cannot be read, {denied(within, quoted=False)}{said}"
+        return f"{named} cannot be read, {denied(within)}{said}"
     except OSError as err:  # none there, or a file: said below
         if err.errno == errno.ENAMETOOLONG:  # the same: "no such directory", or raw
-            return f"{directory} cannot be read: {err.strerror}: {takes}"
+            return f"{named} cannot be read: {err.strerror}: {takes}"
         # A link on the way that leads back to itself: "no such directory", or a raw OSError
         # of its manifest.json out of merge().
         if (link := looping(Path(directory))) is not None:
             return (
-                f"{directory} cannot be read: {link} is a symbolic link that leads back to"
+                f"{named} cannot be read: {str(link)!r} is a symbolic link that leads back to"
                 f" itself (a loop): {takes}"
             )
     if os.path.islink(directory) and not os.path.exists(directory):
         target = os.readlink(directory)
-        return f"{directory} is a symbolic link to {target}, which does not exist: {takes}"
+        return f"{named} is a symbolic link to {target!r}, which does not exist: {takes}"
     if os.path.lexists(directory) and not os.path.isdir(directory):
         try:  # a named pipe, a socket or a device is said as what it is, not as "a file"
             mode = os.stat(directory).st_mode
         except OSError:
             mode = stat.S_IFREG
         kind = next((name for test, name in _KINDS if test(mode)), "a file")
-        return f"{directory} is {kind}, not a directory: {takes}"
+        return f"{named} is {kind}, not a directory: {takes}"
     return None
 
 
@@ -871,7 +873,8 @@ def merge_parts(
         # Only the CLI refused it: merge() wrote over the manifest (the plan lost, the
         # directory refused from then on as "not a manifest this SDK wrote") or over a part.
         raise InvalidRequestError(
-            f"{dest} is inside the export's directory {directory}: merge into a file elsewhere"
+            f"{os.fspath(dest)!r} is inside the export's directory {os.fspath(directory)!r}:"
+            " merge into a file elsewhere"
         )
     # Only the CLI checked: the merged file was renamed over a symbolic link, a named pipe or
     # a device (/dev/null, as root), a missing folder was made, and a directory failed once
@@ -882,7 +885,9 @@ def merge_parts(
         raise InvalidRequestError(why)
     manifest = Manifest.read(directory)
     if manifest is None:
-        raise InvalidRequestError(f"{directory} has no {MANIFEST_NAME}: not a sharded export")
+        raise InvalidRequestError(
+            f"{os.fspath(directory)!r} has no {MANIFEST_NAME}: not a sharded export"
+        )
     check_named_as(Path(dest), manifest.format)
     into = os.path.realpath(dest)
     for outcome in manifest.shards:
@@ -890,13 +895,13 @@ def merge_parts(
             # A part that is a link to ``dest`` (parts kept on another disk): the merged file
             # replaced the part's data, which the next merge refused by its size.
             raise InvalidRequestError(
-                f"{dest} is {outcome.file} of the export (the part is a link to it): merge into "
-                "a file elsewhere"
+                f"{os.fspath(dest)!r} is {outcome.file} of the export (the part is a link to it):"
+                " merge into a file elsewhere"
             )
     if not manifest.complete and not allow_incomplete:
         raise InvalidRequestError(
-            f"the export in {directory} is not complete: finish it first (rerun the export), "
-            "or merge what there is with allow_incomplete=True (CLI: --allow-incomplete)"
+            f"the export in {os.fspath(directory)!r} is not complete: finish it first (rerun the"
+            " export), or merge what there is with allow_incomplete=True (CLI: --allow-incomplete)"
         )
     # Under the lock an export to ``dest`` takes: a merge killed (kill -9) left its temporary
     # file beside ``dest`` for ever, and it can be removed only while no live merge writes it.

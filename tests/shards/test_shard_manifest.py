@@ -2459,7 +2459,7 @@ def test_the_cli_quotes_a_directory_named_like_a_setting_as_it_is(
     assert main(["merge", f"exports/{name}", "--out", "all.jsonl"]) == 1
 
     error = capsys.readouterr().err
-    assert f"exports/{name} has no manifest.json" in error, error
+    assert f"'exports/{name}' has no manifest.json" in error, error
 
 
 def test_the_cli_merge_of_a_file_says_it_takes_the_directory_not_that_none_exists(
@@ -2474,7 +2474,7 @@ def test_the_cli_merge_of_a_file_says_it_takes_the_directory_not_that_none_exist
 
     error = capsys.readouterr().err
     assert "no such directory" not in error, error
-    assert "june.jsonl is a file, not a directory" in error, error
+    assert "'june.jsonl' is a file, not a directory" in error, error
     assert "export --shards" in error, error
     assert sorted(p.name for p in tmp_path.iterdir()) == ["june.jsonl"]
 
@@ -2491,7 +2491,7 @@ def test_the_cli_merge_of_a_link_to_nothing_names_the_link(
 
     error = capsys.readouterr().err
     assert "no such directory" not in error, error
-    assert f"parts is a symbolic link to {tmp_path / 'unmounted'}, which does not exist" in error
+    assert f"'parts' is a symbolic link to {str(tmp_path / 'unmounted')!r}, which does" in error
     assert sorted(p.name for p in tmp_path.iterdir()) == ["parts"]
 
 
@@ -2617,13 +2617,13 @@ def test_a_merge_of_a_directory_whose_name_is_too_long_is_refused_naming_it(
         merge(directory, tmp_path / "all.jsonl")
 
     assert str(info.value) == (
-        f"{directory} cannot be read: File name too long: merge takes the directory"
+        f"{str(directory)!r} cannot be read: File name too long: merge takes the directory"
         " export_sharded wrote"
     )
     monkeypatch.chdir(tmp_path)
     assert main(["merge", TOO_LONG, "--out", "all.jsonl"]) == 1
     error = capsys.readouterr().err
-    assert f"{TOO_LONG} cannot be read: File name too long" in error, error
+    assert f"'{TOO_LONG}' cannot be read: File name too long" in error, error
     assert os.listdir(tmp_path) == []
 
 
@@ -2690,8 +2690,8 @@ def test_a_merge_of_a_directory_it_cannot_enter_is_refused_naming_it(
     said = export_under_unenterable("merge", locked, where)
 
     assert said == (
-        f"refused: {where} cannot be read, permission denied: this user cannot enter {locked}"
-        " (merge takes the directory export_sharded wrote)"
+        f"refused: {str(where)!r} cannot be read, permission denied: this user cannot enter"
+        f" {str(locked)!r} (merge takes the directory export_sharded wrote)"
     )
     assert sorted(os.listdir(tmp_path)) == ["locked"]
 
@@ -2701,10 +2701,43 @@ def test_a_merge_of_a_file_says_it_takes_the_directory(tmp_path: Path) -> None:
     # a raw NotADirectoryError of "june.jsonl/manifest.json", a file nobody named.
     (tmp_path / "june.jsonl").write_bytes(b'{"id": 1}\n')
 
-    with pytest.raises(InvalidRequestError, match=r"june\.jsonl is a file, not a directory"):
+    with pytest.raises(InvalidRequestError, match=r"june\.jsonl' is a file, not a directory"):
         merge(tmp_path / "june.jsonl", tmp_path / "all.jsonl")
 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["june.jsonl"]
+
+
+def test_a_merge_quotes_the_directory_and_the_output_it_refuses(tmp_path: Path) -> None:
+    # merge() and unmergeable() wrote the paths bare, where check_path and check_directory
+    # quote them: a newline in a name split the line of a log writing the error, and a name
+    # holding a backslash and an n was told apart from it by nothing.
+    file = tmp_path / "june\n.jsonl"
+    file.write_bytes(b'{"id": 1}\n')
+    empty = tmp_path / "parts\nmay"
+    empty.mkdir()
+    inside, link, nowhere = empty / "all\n.jsonl", tmp_path / "gone\nlink", tmp_path / "no\nwhere"
+    link.symlink_to(nowhere)
+
+    said = []
+    for directory, dest in (
+        (file, tmp_path / "all.jsonl"),
+        (empty, tmp_path / "all.jsonl"),
+        (empty, inside),
+        (link, tmp_path / "all.jsonl"),
+    ):
+        with pytest.raises(InvalidRequestError) as info:
+            merge(directory, dest)
+        said.append(str(info.value))
+
+    assert said == [
+        f"{str(file)!r} is a file, not a directory: merge takes the directory export_sharded wrote",
+        f"{str(empty)!r} has no manifest.json: not a sharded export",
+        f"{str(inside)!r} is inside the export's directory {str(empty)!r}: merge into a file"
+        " elsewhere",
+        f"{str(link)!r} is a symbolic link to {str(nowhere)!r}, which does not exist: merge"
+        " takes the directory export_sharded wrote",
+    ]
+    assert all("\n" not in line for line in said), said
 
 
 @pytest.mark.parametrize("cli", [False, True], ids=["merge()", "the CLI's merge"])
@@ -2725,7 +2758,7 @@ def test_a_merge_of_a_named_pipe_says_it_is_one(
         said = str(info.value)
 
     assert "is a file" not in said, said
-    assert "parts is a named pipe, not a directory" in said, said
+    assert "'parts' is a named pipe, not a directory" in said, said
     assert sorted(p.name for p in tmp_path.iterdir()) == ["parts"]
 
 
@@ -2739,7 +2772,7 @@ def test_a_merge_of_a_link_to_nothing_says_so_not_that_it_is_a_file(tmp_path: Pa
 
     said = str(info.value)
     assert "is a file" not in said
-    assert f"is a symbolic link to {tmp_path / 'unmounted'}, which does not exist" in said
+    assert f"is a symbolic link to {str(tmp_path / 'unmounted')!r}, which does not exist" in said
     assert sorted(p.name for p in tmp_path.iterdir()) == ["parts"]
 
 
@@ -2759,8 +2792,8 @@ def test_a_merge_through_a_link_loop_is_refused_naming_the_link(
     said = str(info.value)
     if looping == "the directory":
         assert said == (
-            f"{directory} cannot be read: {tmp_path / 'loop'} is a symbolic link that leads"
-            " back to itself (a loop): merge takes the directory export_sharded wrote"
+            f"{str(directory)!r} cannot be read: {str(tmp_path / 'loop')!r} is a symbolic link"
+            " that leads back to itself (a loop): merge takes the directory export_sharded wrote"
         )
     else:
         assert said.startswith(f"merge's output {str(dest)!r}: cannot write to")
@@ -2785,7 +2818,7 @@ def test_the_cli_merge_through_a_link_loop_is_refused_naming_the_link(
     assert "a symbolic link that leads back to itself" in error
     assert main(["merge", "loop/out", "--out", "all.jsonl"]) == 1
     error = capsys.readouterr().err
-    assert "loop is a symbolic link that leads back to itself" in error, error
+    assert "'loop' is a symbolic link that leads back to itself" in error, error
     assert sorted(p.name for p in tmp_path.iterdir()) == ["loop", "out"]
 
 
