@@ -821,7 +821,7 @@ def _merge(args: argparse.Namespace) -> tuple[int, list[str]]:
         # Into the manifest or a part, with --force: the merge wrote over its own input and
         # said it had merged, and the export could no longer be rerun or merged.
         raise UsageError(
-            f"--out {args.out} is inside the export's directory {args.directory}: "
+            f"--out {args.out!r} is inside the export's directory {args.directory!r}: "
             "give a file elsewhere"
         )
     check_output(args.out, force=args.force, stdout=False, beside=REPLACED_BESIDE)

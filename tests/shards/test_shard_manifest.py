@@ -2740,6 +2740,24 @@ def test_a_merge_quotes_the_directory_and_the_output_it_refuses(tmp_path: Path) 
     assert all("\n" not in line for line in said), said
 
 
+def test_the_cli_merge_into_its_own_directory_quotes_both(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `merge DIR --out DIR/all.jsonl` wrote both paths bare, as merge() did: a newline in
+    # the name split the line.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "my\nparts").mkdir()
+
+    assert main(["merge", "my\nparts", "--out", "my\nparts/all.jsonl"]) == 2
+
+    error = capsys.readouterr().err
+    assert error.splitlines()[-1] == (
+        "dmhub-async: error: --out 'my\\nparts/all.jsonl' is inside the export's directory"
+        " 'my\\nparts': give a file elsewhere"
+    ), error
+    assert os.listdir(tmp_path / "my\nparts") == []
+
+
 @pytest.mark.parametrize("cli", [False, True], ids=["merge()", "the CLI's merge"])
 def test_a_merge_of_a_named_pipe_says_it_is_one(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], cli: bool
