@@ -435,6 +435,39 @@ def test_a_checkpoint_whose_tilde_no_shell_expanded_names_its_own_flag(
     assert requests(served) == 0
 
 
+@pytest.mark.parametrize("checkpoint", ["~", "~/", "~/exports/"])
+def test_a_checkpoint_of_a_home_directory_whose_tilde_no_shell_expanded_says_so(
+    served: ServedSimulator, env: dict[str, str], tmp_path: Path, checkpoint: str
+) -> None:
+    # `--checkpoint=~` (or ~/): as --out=~, no shell expanded it; the export ran, its
+    # checkpoint a file named "~" where the command ran (left there by a failed or stopped
+    # run), where `--checkpoint ~` is refused as the directory it names.
+    home = tmp_path / "home"
+    (home / "exports").mkdir(parents=True)
+    work = tmp_path / "work"
+    work.mkdir()
+
+    result = run_cli(
+        "export",
+        "--out",
+        "june.jsonl",
+        f"--checkpoint={checkpoint}",
+        env={**env, "HOME": str(home)},
+        cwd=work,
+    )
+
+    meant = str(home) + checkpoint[1:]  # the home, as written after it
+    assert_one_line_error(
+        result,
+        2,
+        f"--checkpoint {checkpoint}: a leading ~ is not expanded here (a shell expands it only"
+        f" where a word starts: --checkpoint ~/x, not --checkpoint=~/x): give a file in {meant}",
+    )
+    assert list(work.iterdir()) == []
+    assert list((home / "exports").iterdir()) == []
+    assert requests(served) == 0
+
+
 def test_an_out_in_a_missing_directory_called_tilde_here_is_not_said_the_home(
     served: ServedSimulator, env: dict[str, str], tmp_path: Path
 ) -> None:

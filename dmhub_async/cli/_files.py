@@ -251,8 +251,18 @@ def _check_path(path: str, flag: str, beside: int) -> None:
 
 def check_checkpoint(checkpoint: str) -> None:
     """Refuse a ``--checkpoint`` the export would refuse (a directory, a link, a directory
-    that does not exist) as a usage error, before anything is sent: it was exit 1."""
+    that does not exist) as a usage error, before anything is sent: it was exit 1. One of the
+    home whose ``~`` no shell expanded is refused as ``--out``'s is (:func:`check_output`)."""
+    _check_home("--checkpoint", checkpoint)
     _check_path(checkpoint, "--checkpoint", REPLACED_BESIDE)
+
+
+def _check_home(flag: str, path: str) -> None:
+    """Refuse ``path``, given to ``flag``, that is a directory of the home as written after a
+    ``~`` no shell expanded (``--out=~``, ``--checkpoint=~/``): taken as written, it named a
+    file ``~`` where the command ran, or was refused saying nothing of the ``~``."""
+    if (home := unexpanded_home(path)) is not None and os.path.isdir(home):
+        raise UsageError(f"{flag} {path}: {not_expanded(flag)}: give a file in {home}")
 
 
 def check_output(
@@ -285,10 +295,9 @@ def check_output(
         if sys.stdout is None or getattr(sys.stdout, "closed", False):  # started with >&-
             raise UsageError("--out -: standard output is closed: give --out a file")
         return
-    if (home := unexpanded_home(out)) is not None and os.path.isdir(home):
-        # --out=~ or --out=~/exports/ (no shell expands a ~ after "="): "the format is read
-        # from the name: name it ~.jsonl", or "names a directory", saying nothing of the ~.
-        raise UsageError(f"--out {out}: {not_expanded('--out')}: give a file in {home}")
+    # --out=~ or --out=~/exports/ (no shell expands a ~ after "="): "the format is read from
+    # the name: name it ~.jsonl", or "names a directory", saying nothing of the ~.
+    _check_home("--out", out)
     if out.endswith(("/", os.sep)) and not os.path.isdir(out):
         # Path("exports/") is "exports": a file of that name was written where a directory was
         # meant (an existing directory is refused below, as any directory is).
