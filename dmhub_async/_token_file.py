@@ -24,7 +24,7 @@ from ._atomic import make_private_directory, replace_file
 from ._exceptions import InvalidRequestError, TokenStoreError
 from ._threads import file_work, on_thread
 from ._token_stores import DEFAULT_LIFETIME, FetchFailure, ProcessLocks, Token
-from ._validate import check_number, shown_even_half_made
+from ._validate import check_number, shown_even_half_made, unnameable
 
 __all__ = ["NO_LOCKS", "FileTokenStore", "holds_only_tokens"]
 
@@ -78,14 +78,13 @@ class FileTokenStore:
             )
         # A path-like of bytes was a raw TypeError from Path(); a NUL, which no file name holds,
         # was taken, and each call's ValueError read as the store being down: every client
-        # then fetched a token of its own, revoking the others', for as long as it ran.
+        # then fetched a token of its own, revoking the others', for as long as it ran. So was
+        # a lone surrogate (half an emoji), each call's UnicodeEncodeError.
         name = os.fspath(path) if isinstance(path, (str, os.PathLike)) else None
         if not isinstance(name, str):
             raise InvalidRequestError(f"path must be a path, not {type(path).__name__}")
-        if "\x00" in name:
-            raise InvalidRequestError(
-                f"path {name!r} holds a NUL character, which no file name can"
-            )
+        if (why := unnameable(name)) is not None:
+            raise InvalidRequestError(f"path {name!r} {why}")
         self.path = Path(name)
         try:
             is_dir = self.path.is_dir()

@@ -671,14 +671,27 @@ class _BytesPath:
         return self.path
 
 
-def test_a_file_store_path_no_file_can_have_is_refused_when_made(tmp_path):
+@pytest.mark.parametrize(
+    ("char", "said"),
+    [
+        ("\x00", "holds a NUL character, which no file name can"),
+        (
+            "\ud83d",
+            "holds '\\ud83d', which no file name here can (the file system's utf-8 cannot"
+            " write it)",
+        ),
+    ],
+    ids=["a NUL", "a lone surrogate"],
+)
+def test_a_file_store_path_no_file_can_have_is_refused_when_made(tmp_path, char, said):
     # A NUL was taken: each call then failed with a ValueError, read as the store being down,
     # so every client fetched a token of its own (revoking the others') with a warning that
-    # blamed the store, as long as it ran. A bytes path-like was a raw TypeError.
-    path = tmp_path / "tokens\x00.json"
+    # blamed the store, as long as it ran; so did a lone surrogate (half an emoji), each call's
+    # UnicodeEncodeError. A bytes path-like was a raw TypeError.
+    path = tmp_path / f"tokens{char}.json"
     with pytest.raises(InvalidRequestError) as caught:
         FileTokenStore(path)
-    assert str(caught.value) == f"path {str(path)!r} holds a NUL character, which no file name can"
+    assert str(caught.value) == f"path {str(path)!r} {said}"
     with pytest.raises(InvalidRequestError, match="path must be a path, not _BytesPath"):
         FileTokenStore(_BytesPath(b"/tmp/tokens.json"))  # type: ignore[arg-type]
 
