@@ -79,6 +79,10 @@ def test_a_bad_store_spec_is_a_usage_error_naming_the_flag(spec: str) -> None:
         # A / in the password, not percent-encoded: its start was read as the port, and
         # redis-py's refusal quoted it ("... integer value as 'Hunter2Redis'").
         "redis://:Hunter2Redis/x9@cache.internal:6380/0",
+        # A password in the query, which redis-py reads (and the CLI keeps over the
+        # variable's), under a scheme mistyped: no "@", so the spec was quoted whole.
+        "redi://cache.internal:6380/0?password=Hunter2Redis",
+        "rediss:/cache.internal:6380/0?db=1&PASSWORD=Hunter2Redis",
     ],
 )
 def test_a_bad_store_spec_never_shows_the_redis_password(spec: str) -> None:

@@ -153,9 +153,10 @@ def token_store(spec: str | None) -> TokenStore:
             ) from None
         except ValueError as err:
             raise UsageError(f"--token-store: {err}") from None
-    # Not quoted if it may hold a password (redis://:PASSWORD@HOST mistyped): stderr goes to
-    # terminals and CI logs.
-    given = "what was given (not shown: it may hold a password)" if "@" in spec else repr(spec)
+    # Not quoted if it may hold a password (redis://:PASSWORD@HOST mistyped, or one given as
+    # ?password=, which redis-py reads too): stderr goes to terminals and CI logs.
+    secret = "@" in spec or "password=" in spec.lower()
+    given = "what was given (not shown: it may hold a password)" if secret else repr(spec)
     raise UsageError(
         f"--token-store (or {TOKEN_STORE_ENV}) must be memory, file:PATH or redis://HOST[:PORT], "
         f"not {given}"
