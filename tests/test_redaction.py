@@ -713,9 +713,13 @@ async def test_no_stale_token_when_the_answer_comes_after_a_refresh(
     # One call still waiting on an answer for the old token while another has refreshed it:
     # the late answer echoes the old token, which must be masked all the same.
     issue_tokens(api)
+    sent_with: list[str] = []
+    arrived = asyncio.Event()
     release = asyncio.Event()
 
     async def slow_failure(url: Any, **kwargs: Any) -> CallbackResult:
+        sent_with.append(token_of(url))
+        arrived.set()
         await release.wait()
         return CallbackResult(
             status=500,
@@ -731,12 +735,13 @@ async def test_no_stale_token_when_the_answer_comes_after_a_refresh(
     dm = make_client(app_id="app-1", secret=SECRET, max_retries=0)
 
     slow = asyncio.ensure_future(dm.request("GET", "/v1/slow"))
-    await asyncio.sleep(0.01)  # slow is in flight with the first token
+    await arrived.wait()  # slow is in flight with the first token (not after 0.01 s)
     await dm.request("GET", "/v1/customers/1")  # refused: refreshed to ...-2
     release.set()
     with pytest.raises(DMHubError) as info:
         await slow
 
+    assert sent_with == [TOKEN]  # answered after the refresh, echoing the token before it
     assert_clean(info.value, debug_logs.records)
 
 
