@@ -659,7 +659,9 @@ async def test_the_client_fixture_waits_on_the_fake_clock(
     dmhub_simulator.faults.script(["429", "503"])
     started = time.monotonic()
     assert await dmhub_client.customers.count() == 50
-    assert time.monotonic() - started < 10  # not the 30 s Retry-After: the clock is fake
+    # Not the 30 s Retry-After in real time, however loaded the machine (it was < 10 s): the
+    # clock is fake. A real wait of it alone would take 30 s or more.
+    assert time.monotonic() - started < 30
     assert len(dmhub_clock.waits) == 2
     assert dmhub_clock.waits[0] >= 30  # the Retry-After was honoured, in virtual time
 
