@@ -49,7 +49,7 @@ from _helpers import serving
 from aiohttp import web
 from aiohttp.client_reqrep import ConnectionKey, RequestInfo
 from aioresponses import CallbackResult, aioresponses
-from hypothesis import example, given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from multidict import CIMultiDict, CIMultiDictProxy
 
@@ -79,6 +79,11 @@ SECRET = "SECRET-CANARY-91bc"
 CANARIES = (TOKEN, SECRET, "7f3a9", "91bc")
 TOKEN_URL = re.compile(r"^https://api\.dmhub\.test/security/accesstoken\?.*$")
 API_URL = re.compile(r"^https://api\.dmhub\.test/v1/customers.*$")
+#: The property tests' settings: no deadline, as CI's profile has none. Each example's secret is
+#: new, and its first redact compiles its patterns: a loaded machine took 257 ms for one, past
+#: Hypothesis's 200 ms, and the replay (the patterns cached) 0.04 ms, so Hypothesis failed the
+#: test as flaky in a local run.
+NO_DEADLINE = settings(deadline=None)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -947,6 +952,7 @@ def test_a_redacted_cause_pickles_and_copies_as_it_is():
     assert TOKEN.encode() not in pickled
 
 
+@NO_DEADLINE
 @given(
     # What a URL can hold: printable ASCII, the rest percent-encoded (yarl encodes < and >);
     # & # and quotes end it, and the > closing a URL quoted in <...>.
@@ -993,6 +999,7 @@ def test_a_token_or_secret_field_of_a_quoted_body_is_masked(text: str, masked: s
     assert redact(text) == masked
 
 
+@NO_DEADLINE
 @given(secret=st.text(min_size=4), noise=st.text())
 def test_a_known_secret_is_masked_wherever_it_appears(secret, noise):
     assert secret not in redact(noise + secret + noise, [secret])
@@ -1184,6 +1191,7 @@ def test_a_run_of_a_secret_after_letters_whose_lower_case_is_longer_is_masked() 
     assert redact(text, [secret]) == "name 'İİİİİİİİ' refused, value ***... of another field"
 
 
+@NO_DEADLINE
 @given(
     secret=st.text(st.characters(blacklist_characters="*"), min_size=9, max_size=40),
     cut=st.data(),
@@ -1204,6 +1212,7 @@ def _as_sent(secret: str) -> str:
     return URL("http://h/").with_query({"q": secret}).raw_query_string.partition("=")[2]
 
 
+@NO_DEADLINE
 @example(secret="Cn4ry+S3cr3t/Zq9=", cut=None, noise="bad value ")
 # Spaces every few characters: its query form (quote_plus, as yarl sends it) has a "+" in
 # every run of 8, which neither the raw secret nor its %20 form holds.
@@ -2095,6 +2104,7 @@ def _forms_of(secret: str) -> list[str]:
     return forms + [secret[at : at + 8] for at in range(0, len(secret) - 7, 3)]
 
 
+@NO_DEADLINE
 # The letters re's IGNORECASE takes for ASCII ones, in the anchor: "kıſſ" holds no "kiss".
 @example(secrets=["Kiss/Tok+47"], picks=[(0, 4)], noise=[], sep=" ")
 @example(secrets=["kiss+ikki"], picks=[(0, 1), (0, 4)], noise=["İ"], sep="")
