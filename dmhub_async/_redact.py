@@ -352,12 +352,20 @@ _ONE_ESCAPE = re.compile(_AN_ESCAPE, re.IGNORECASE)
 
 
 def _escapes_alone(span: str) -> bool:
-    """Whether ``span`` is escapes alone, of fewer than 8 characters: a run of 8 of a secret's
-    escaped form may hold escapes alone, of two characters side by side ("2F\\u002F" of "//"
-    as .NET writes it), and every URL a body or a page quoted so ("https:\\u002F\\u002F...",
-    "https:&#x2F;&#x2F;...") lost its "//" and the letters beside. They stand for fewer than 8
-    characters of the secret, as a raw run needs; a character of it beside them is masked."""
-    return bool(_ESCAPES.fullmatch(span)) and len(_ONE_ESCAPE.findall(span)) < FRAGMENT
+    """Whether ``span`` is the "//" of a URL escaped: a run of 8 of a secret's escaped form may
+    hold two escapes alone, of "/" side by side ("2F\\u002F" of "//" as .NET writes it), and
+    every URL a body or a page quoted so ("https:\\u002F\\u002F...", "https:&#x2F;&#x2F;...")
+    lost its "//" and the letters beside. Two "/" alone, not up to 7 characters of any kind (a
+    secret's "::::;/{" URL-encoded and cut to them was shown): a run of 8 characters of the
+    secret's escaped form is masked, as it always was; a character of it beside them too."""
+    if not _ESCAPES.fullmatch(span):
+        return False
+    escapes = _ONE_ESCAPE.findall(span)
+    return len(escapes) <= 2 and all(_SLASH.fullmatch(escape) for escape in escapes)
+
+
+#: An escape of "/": JSON's (once or twice), a URL's, a page's entity.
+_SLASH = re.compile(r"\\+(?:u002f|/)|%2f|&(?:\#x0*2f|\#0*47|sol);", re.IGNORECASE)
 
 
 #: How a character outside ASCII is escaped, as one: "\u5bc6" (once or twice), "%E5%AF%86".

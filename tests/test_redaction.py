@@ -2284,6 +2284,26 @@ def test_escapes_alone_of_characters_a_secret_holds_side_by_side_stay_readable(
     assert redact(f"echoed: {cut}... (cut)", [_PAIRED_SECRET]) == f"echoed: {MASK}... (cut)"
 
 
+@pytest.mark.parametrize(
+    "quoted",
+    [
+        lambda text: quote(text, safe=""),
+        lambda text: "".join(f"\\u{ord(char):04X}" for char in text),  # as .NET writes it
+        lambda text: "".join(f"&#x{ord(char):x};" for char in text),
+    ],
+    ids=["URL-encoded", "u-escaped", "hex entities"],
+)
+def test_a_secret_s_escaped_characters_alone_cut_short_are_masked(
+    quoted: Callable[[str], str],
+) -> None:
+    # 5794036 spared any span of escapes alone standing for fewer than 8 characters: a secret
+    # of punctuation cut to them showed 7 of its characters (test_a_run_of_eight_characters_
+    # of_a_url_encoded_secret_is_masked found it at random). A URL's "//" alone is spared.
+    secret = "000000000000::::;/{"
+    cut = quoted("::::;/{")
+    assert redact(f"echoed: {cut}... (cut)", [secret]) == f"echoed: {MASK}... (cut)"
+
+
 #: ``_ENTITIES_SECRET`` as PHP's json_encode writes it ("/" as "\/"), quoted in a JSON string
 #: by it again.
 _PHP_TWICE = json.dumps(json.dumps(_ENTITIES_SECRET).replace("/", "\\/")).replace("/", "\\/")
