@@ -336,34 +336,45 @@ def _mask_fragments(text: str, masks: list[_Masks]) -> str:
     # A secret outside ASCII only: one of ASCII holding "%C3%A9" or "\\u00e9" as it is, cut, was
     # 8 characters of it, masked (no escape of an ASCII secret stands for a letter outside it).
     escaped = bool(spans) and not all(mask.secret.isascii() for mask in masks)
+    found = text  # as it came: a span masked after one ends cuts the escape they share
     for start, end in reversed(spans):
         if escaped and _characters(text[start:end]) < FRAGMENT:
             continue  # a customer's escaped text sharing a character or two with a secret's
-        if _escapes_alone(text[start:end]):
-            continue  # "\u002F\u002F" of a URL, for a secret holding "//"
+        if _escapes_alone(found, start, end):
+            continue  # "\u002F\u002F" of a URL, for a secret holding "//" (or "/+")
         text = text[:start] + MASK + text[end:]
     return text
 
 
 #: An escape of one character: JSON's (once or twice), a URL's, a page's entity.
 _AN_ESCAPE = r"\\+u[0-9a-f]{4}|\\+/|%[0-9a-f]{2}|&(?:\#x?[0-9a-f]+|[a-z]+);"
-_ESCAPES = re.compile(f"(?:{_AN_ESCAPE})+", re.IGNORECASE)
 _ONE_ESCAPE = re.compile(_AN_ESCAPE, re.IGNORECASE)
 
 
-def _escapes_alone(span: str) -> bool:
-    """Whether ``span`` is the "//" of a URL escaped: a run of 8 of a secret's escaped form may
-    hold two escapes alone, of "/" side by side ("2F\\u002F" of "//" as .NET writes it), and
-    every URL a body or a page quoted so ("https:\\u002F\\u002F...", "https:&#x2F;&#x2F;...")
-    lost its "//" and the letters beside. Two "/" alone, not up to 7 characters of any kind (a
-    secret's "::::;/{" URL-encoded and cut to them was shown): a run of 8 characters of the
-    secret's escaped form is masked, as it always was; a character of it beside them too."""
-    if not _ESCAPES.fullmatch(span):
-        return False
-    escapes = _ONE_ESCAPE.findall(span)
-    return len(escapes) <= 2 and all(_SLASH.fullmatch(escape) for escape in escapes)
+def _escapes_alone(text: str, start: int, end: int) -> bool:
+    """Whether ``text[start:end]`` is the "//" of a URL escaped, those escapes it cuts at its
+    ends counted whole: a run of 8 of a secret's escaped form may hold two escapes alone, of
+    "/" and another character side by side ("2F\\u002F" of "//" as .NET writes it, or
+    "\\u002F\\u002" of "/+" cut in its "+"), and every URL a body or a page quoted so
+    ("https:\\u002F\\u002F...", "https:&#x2F;&#x2F;...") lost its "//" and the letters beside.
+    Two "/" alone, not 7 characters of any kind (a secret's "::::;\\{" URL-encoded and cut to
+    them): a run of 8 characters of the secret's escaped form is masked, as it always was."""
+    # Whole escapes from a little before the span to a little after: those it cuts, whole.
+    at, slashes = start, 0
+    window = (max(0, start - _LONGEST_ESCAPE), end + _LONGEST_ESCAPE)
+    for escape in _ONE_ESCAPE.finditer(text, *window):
+        if escape.end() <= at:
+            continue  # before the span, or wholly within its part already covered
+        if escape.start() > at or not _SLASH.fullmatch(escape.group()):
+            return False  # a character of the span outside any escape, or not a "/"
+        at, slashes = escape.end(), slashes + 1
+        if at >= end:
+            return slashes <= 2
+    return False
 
 
+#: The most characters of one escape :func:`_escapes_alone` looks back for (``&#x0002F;``).
+_LONGEST_ESCAPE = 16
 #: An escape of "/": JSON's (once or twice), a URL's, a page's entity.
 _SLASH = re.compile(r"\\+(?:u002f|/)|%2f|&(?:\#x0*2f|\#0*47|sol);", re.IGNORECASE)
 

@@ -2285,6 +2285,30 @@ def test_escapes_alone_of_characters_a_secret_holds_side_by_side_stay_readable(
 
 
 @pytest.mark.parametrize(
+    "said",
+    [
+        '{"help": "https:\\u002F\\u002Fexample.com\\u002Fhelp"}',
+        '<a href="https:&#x2F;&#x2F;example.com&#x2F;help">help</a>',
+        '<a href="https:&#47;&#47;example.com">help</a>',
+    ],
+    ids=["u002F", "hex entities", "decimal entities"],
+)
+@pytest.mark.parametrize("pair", ["/+", "/&", "/%"])
+def test_escapes_of_a_url_sharing_the_start_of_a_secret_s_pair_stay_readable(
+    said: str, pair: str
+) -> None:
+    # A mend of 5794036: the "//" of a URL escaped matches a secret's "/+" escaped up to the
+    # middle of the "+" ("\u002F\u002" of "\u002f\u002b"), a span of escapes cut short that
+    # was masked: "https:***Fexample.com", though the secret held no "//".
+    secret = f"Cn4ry{pair}S3cr3tZq9xYw81kd"
+    assert redact(said, [secret]) == said
+    # The secret so escaped and cut is masked still: characters of it beside the escapes.
+    cut = json.dumps(secret, ensure_ascii=True).replace("/", "\\u002F")[1:13]
+    cut = "".join(f"\\u{ord(c):04X}" if c in "+&%" else c for c in cut)
+    assert redact(f"echoed: {cut}... (cut)", [secret]) == f"echoed: {MASK}... (cut)"
+
+
+@pytest.mark.parametrize(
     "quoted",
     [
         lambda text: quote(text, safe=""),
