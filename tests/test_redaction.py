@@ -1140,6 +1140,66 @@ def test_a_redis_password_quoted_among_many_quotes_is_masked_in_a_read_of_each_c
     assert _CountedText.reads <= 4 * len(said), _CountedText.reads
 
 
+def _quoted_masked_quote_by_quote(text: str, sent: str) -> str:
+    # without_password's quoted values as it masked them before it was made linear (aabfbf8):
+    # each quote's value read whole, and each quote within it looked at again.
+    def close_of(start: int) -> int | None:
+        begin, same = start + 1, 0
+        most = min(len(sent), len(text) - begin)
+        while same < most and text[begin + same] == sent[same]:
+            same += 1
+        end = begin + same
+        while end < len(text) and text[end] == "\ufffd":
+            end += 1
+        if text.startswith("'", end) and same >= min(len(sent), 8):
+            return end
+        for k in range(begin + same - 1, begin + 8 - 1, -1):
+            if text[k] == "'":
+                return k
+        return None
+
+    shown, at, start = [], 0, text.find("'")
+    while start != -1:
+        close = close_of(start)
+        if close is not None and not any(
+            (later := close_of(quote)) is not None and later > close
+            for quote in range(start + 1, close + 1)
+            if text[quote] == "'"
+        ):
+            shown += [text[at:start], f"'{MASK}'"]
+            at = close + 1
+        start = text.find("'", max(at, start + 1))
+    return "".join(shown) + text[at:]
+
+
+@example(password="'''''''''a'''aa'", pieces=["'''''''''a'"])
+@example(password="''''''a'", pieces=["'''''''a''a''"])
+@given(
+    # Passwords of few letters, repeating themselves (where a linear search skips ahead), and
+    # Redis's words quoting pieces of them, cut ("\ufffd": a character cut at 128 bytes).
+    password=st.text(st.sampled_from("ab'"), min_size=1, max_size=20),
+    pieces=st.lists(
+        st.one_of(
+            st.text(st.sampled_from("ab' \ufffd"), max_size=12),
+            st.sampled_from(["'", "P", "'P'", "'P", "P'"]),
+        ),
+        max_size=10,
+    ),
+)
+def test_a_redis_password_is_masked_where_reading_each_quoted_value_whole_masks_it(
+    password: str, pieces: list[str]
+) -> None:
+    # The quoted values Redis's words hold are masked as reading each one whole from its quote
+    # masks them, however the password repeats itself: a linear search of its start reads
+    # ahead on what it has matched, and a wrong skip shows it, or masks words it is not.
+    said = "".join(piece.replace("P", password) for piece in pieces)
+    for text in (said, f"'{password}' {said}", f"{said}'{password[:9]}\ufffd'", f"'{said}"):
+        expected = _quoted_masked_quote_by_quote(text, password)
+        if len(password) >= 4:
+            expected = _redact._secret_pattern(password).sub(MASK, expected)
+        assert without_password(text, password) == expected, text
+
+
 #: A secret holding "/" and a non-ASCII letter, as a JSON writer escapes it ("\\/", "\\u00e9"),
 #: sharing no run with another test's: a client of one still alive masks its secret first, and
 #: the 2 characters left of a run ("***-x") cannot be masked then (failed in file order).
