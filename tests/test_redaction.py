@@ -2433,3 +2433,37 @@ def test_a_customers_escaped_chinese_sharing_a_character_with_a_secret_stays_rea
     monkeypatch.setattr(_redact, "live_secrets", list)
     literal = quoted("密") + "Zq9xYw-4f1c"
     assert redact(f"x {literal[:8]}...", [literal]) == f"x {MASK}..."
+
+
+#: A secret outside ASCII whose first 4 characters are a word ("data centre") a customer's
+#: company name holds too.
+_WORD_SECRET = "数据中心密钥-Zq9x"
+
+
+@pytest.mark.parametrize(
+    "quoted",
+    [
+        lambda text: json.dumps(text)[1:-1],
+        lambda text: json.dumps(json.dumps(text)[1:-1])[1:-1],
+        lambda text: quote(text, safe=""),
+    ],
+    ids=["\\u-escaped", "\\u-escaped twice", "URL-encoded"],
+)
+def test_a_customers_escaped_name_sharing_4_characters_with_a_secret_stays_readable(
+    quoted: Callable[[str], str],
+) -> None:
+    # Each escape of a character outside ASCII ("\u6570", "\\u6570", "%E6%95%B0") stands for
+    # one character: a name sharing 4 of them with the secret holds less than 8 of its own.
+    said = f'{{"company": "{quoted("数据中心有限公司")}", "code": 500}}'
+    assert redact(said, [_WORD_SECRET]) == said
+    # 8 of the secret's characters, escaped so, are masked still.
+    said = f'{{"echo": "{quoted(_WORD_SECRET[:8])}", "code": 500}}'
+    assert redact(said, [_WORD_SECRET]) == f'{{"echo": "{MASK}", "code": 500}}'
+
+
+def test_a_secret_outside_ascii_cut_to_a_run_of_its_u00xx_escaped_form_is_masked() -> None:
+    # .NET writes the "+" of a secret of Chinese and ASCII as "\u002B": the 8 characters of
+    # that escape and what follows are a run of the secret's form, as of a secret of ASCII;
+    # an escape of an ASCII character is not one character outside ASCII.
+    secret = "密钥+Zq9xYw-4f1c7e"
+    assert redact('{"echo": "\\u002BZq9xYw"}', [secret]) == f'{{"echo": "{MASK}"}}'
