@@ -1762,8 +1762,19 @@ async def test_a_token_answer_keeps_a_trace_id_of_the_tokens_shape_beside_its_re
         ("X-B3-TraceId", "{id}"),  # Zipkin's, as Envoy passes it on
         ("traceparent", "00-{id}-00f067aa0ba902b7-01"),  # W3C's, the trace id within
         ("X-Correlation-Id", "{id}"),  # MuleSoft's, Spring's, many gateways' own
+        ("X-Cloud-Trace-Context", "{id}/1;o=1"),  # Google Cloud's load balancer's
+        ("uber-trace-id", "{id}:00f067aa0ba902b7:0:1"),  # Jaeger's
+        ("X-Api-RequestId", "{id}"),  # a request id named with no hyphen
     ],
-    ids=["Kong's request id", "B3 trace id", "W3C traceparent", "correlation id"],
+    ids=[
+        "Kong's request id",
+        "B3 trace id",
+        "W3C traceparent",
+        "correlation id",
+        "Cloud trace context",
+        "Jaeger trace id",
+        "RequestId",
+    ],
 )
 async def test_a_token_answer_keeps_an_id_of_the_tokens_shape_a_gateway_names_its_request_by(
     api, make_client, header: str, value: str
