@@ -2251,8 +2251,12 @@ def test_an_unknown_token_quoted_in_angle_brackets_after_its_name_is_masked(said
 
 @pytest.mark.parametrize(
     ("secret", "cut"),
-    [("abcdefgσhijklmnop", "ABCDEFGΣ"), ("abcdefgΣhijklmnop", "abcdefgΣ")],
-    ids=["upper-cased", "as written"],
+    [
+        ("abcdefgσhijklmnop", "ABCDEFGΣ"),
+        ("abcdefgΣhijklmnop", "abcdefgΣ"),
+        ("abcdefghijklmnoΣ", "ijklmnoΣ"),  # its own "Σ" at its end, a "ς" lower-cased
+    ],
+    ids=["upper-cased", "as written", "the secret's end"],
 )
 def test_a_run_of_a_secret_cut_right_after_a_capital_sigma_is_masked(secret: str, cut: str) -> None:
     # "Σ" lower-cases to "ς" at a word's end and to "σ" within one: a secret's run ending in
