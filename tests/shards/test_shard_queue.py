@@ -1305,6 +1305,26 @@ async def test_a_full_queue_redis_is_said_in_its_words_not_with_the_refused_comm
     assert str(stopped.value) == said
 
 
+@pytest.mark.parametrize(
+    ("url", "user"),
+    [
+        ("redis://reader:PASSWORD-1@127.0.0.1:6379/0", "'reader'"),  # a user name and a password
+        ("redis://PASSWORD-1@127.0.0.1:6379/0", "'***'"),  # a password written without its colon
+    ],
+    ids=["user and password", "no colon"],
+)
+def test_a_queues_redis_settings_shown_name_the_user_given_with_a_password(
+    url: str, user: str
+) -> None:
+    # The repr masks the password, and a user name only when it is the secret sent (given
+    # without a password): an ACL user's name, which the operators read, is shown.
+    from dmhub_async.shards import _queue
+
+    shown = repr(_queue.queue_settings(url, "redis_url"))
+    assert f"username={user}," in shown
+    assert "PASSWORD" not in shown
+
+
 @pytest.mark.parametrize("sent", [":wrong-PASSWORD-2", "wrong-PASSWORD-2"], ids=["", "no colon"])
 async def test_a_worker_refused_by_its_redis_keeps_the_password_out_of_its_traceback(
     redis: RedisServer, sent: str
