@@ -2726,6 +2726,23 @@ async def test_a_path_named_too_long_for_the_files_beside_it_is_refused_before_a
     assert sim.counters.total == 0
 
 
+async def test_a_path_named_as_long_as_the_files_beside_it_leave_room_for_is_written(
+    tmp_path: Path,
+) -> None:
+    # The refusal above says "give a name of at most 240 bytes": one of 240 is taken, and its
+    # hidden files beside it (255 bytes) are written.
+    if os.pathconf(tmp_path, "PC_NAME_MAX") != 255:
+        pytest.skip("a file system whose names hold other than 255 bytes")
+    out = tmp_path / ("x" * (240 - len(".jsonl")) + ".jsonl")
+    ckpt = tmp_path / ("y" * (240 - len(".ckpt")) + ".ckpt")
+    async with (
+        DMHubSimulator(customers=3) as sim,
+        DMHubClient(sim.app_id, sim.secret, base_url=sim.url) as dm,
+    ):
+        await export_customers(dm, out, checkpoint=ckpt, progress=False)
+    assert len(out.read_text().splitlines()) == 3
+
+
 @pytest.mark.parametrize("char", ["\x00", "\ud83d"], ids=["NUL", "lone surrogate"])
 @pytest.mark.parametrize("given", ["output", "checkpoint", "sharded", "merged", "merge's dest"])
 async def test_a_path_no_file_can_be_named_is_refused_saying_what_it_holds(
