@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import operator
 import os
 import re
 import subprocess
@@ -19,6 +20,30 @@ import pytest
 
 BASE = "https://api.dmhub.test"
 CUSTOMER = {"id": 1, "name": "x"}
+
+
+class Int64:
+    """An integer of a class of its own, as numpy's ``int64`` is (an id or a page size read
+    from a data frame): no int subclass, but an integer to Python through ``__index__``
+    (numbers.Integral's own way), ordered and hashed by its value."""
+
+    def __init__(self, value: int) -> None:
+        self._value = value
+
+    def __index__(self) -> int:
+        return self._value
+
+    def __lt__(self, other: object) -> bool:
+        return self._value < operator.index(other)  # type: ignore[arg-type]
+
+    def __eq__(self, other: object) -> bool:
+        return hasattr(other, "__index__") and self._value == operator.index(other)  # type: ignore[arg-type]
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __repr__(self) -> str:
+        return f"_Int64({self._value})"
 
 
 def users_environ() -> dict[str, str]:

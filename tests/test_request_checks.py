@@ -14,7 +14,7 @@ from typing import Any
 from urllib.parse import quote, unquote
 
 import pytest
-from _helpers import serving
+from _helpers import Int64, serving
 from aiohttp import web
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
@@ -277,30 +277,16 @@ async def test_params_of_a_str_class_of_their_own_are_sent_as_the_text_they_hold
     ]
 
 
-class _Int64:
-    """An integer of a class of its own, as numpy's ``int64`` is: no int subclass, but an
-    integer to Python through ``__index__`` (numbers.Integral's own way)."""
-
-    def __init__(self, value: int) -> None:
-        self._value = value
-
-    def __index__(self) -> int:
-        return self._value
-
-    def __repr__(self) -> str:
-        return f"_Int64({self._value})"
-
-
 async def test_params_of_an_int_class_of_their_own_are_sent_as_the_int_they_hold() -> None:
     # numpy's int64 (a page size or an id read from a data frame) was refused before anything
     # was sent, "param 'rows' must be a str or a 64-bit int, not int64(5)", of a 64-bit int.
     sent: list[str] = []
     async with _client_recording(sent) as dm:
-        await dm.request("GET", "/v1/customers", params={"rows": _Int64(5), "page": 2})
-        await dm.request("GET", "/v1/customers", params={"idList": _Int64(2**63 - 1)})
+        await dm.request("GET", "/v1/customers", params={"rows": Int64(5), "page": 2})
+        await dm.request("GET", "/v1/customers", params={"idList": Int64(2**63 - 1)})
         # Still refused past 64 bits, as an int is.
         with pytest.raises(InvalidRequestError, match="'rows' must be a str or a 64-bit int"):
-            await dm.request("GET", "/v1/customers", params={"rows": _Int64(2**63)})
+            await dm.request("GET", "/v1/customers", params={"rows": Int64(2**63)})
 
     assert sent == [
         f"rows=5&page=2&access_token={'t' * 32}",
@@ -318,26 +304,26 @@ async def test_customer_ids_of_an_int_class_of_their_own_are_taken_as_the_int_th
         DMHubClient(sim.app_id, sim.secret, base_url=sim.url) as dm,
     ):
         ids = sorted(sim.customer_ids())
-        got = await dm.customers.get(_Int64(ids[1]))
+        got = await dm.customers.get(Int64(ids[1]))
         assert got.id == ids[1]
-        listed = [c.id async for c in dm.customers.list(id_list=[_Int64(ids[3]), ids[0]])]
+        listed = [c.id async for c in dm.customers.list(id_list=[Int64(ids[3]), ids[0]])]
         assert sorted(listed) == [ids[0], ids[3]]
-        rest = [c.id async for c in dm.customers.list(resume_after=_Int64(ids[2]))]
+        rest = [c.id async for c in dm.customers.list(resume_after=Int64(ids[2]))]
         assert rest == ids[3:]
-        everyone = [c.id async for c in dm.customers.list(resume_after=_Int64(0))]
+        everyone = [c.id async for c in dm.customers.list(resume_after=Int64(0))]
         assert everyone == ids  # 0, the least id there is: from the start
-        assert await dm.customers.count(id_list=[_Int64(ids[4])]) == 1
-        await dm.customers.delete(_Int64(ids[4]))
+        assert await dm.customers.count(id_list=[Int64(ids[4])]) == 1
+        await dm.customers.delete(Int64(ids[4]))
         assert sorted(sim.customer_ids()) == ids[:4]
         # A bool is still no id, nor anything past 64 bits.
         with pytest.raises(InvalidRequestError, match=r"get\(\): a customer id must be an int"):
             await dm.customers.get(True)
         with pytest.raises(InvalidRequestError, match=r"get\(\): customer id .* out of range"):
-            await dm.customers.get(_Int64(2**63))
+            await dm.customers.get(Int64(2**63))
         with pytest.raises(InvalidRequestError, match=r"id_list\[1\]: customer id _Int64\(-1"):
-            await dm.customers.count(id_list=[1, _Int64(-1)])
+            await dm.customers.count(id_list=[1, Int64(-1)])
         with pytest.raises(InvalidRequestError, match=r"id_list\[0\]: a customer id must be"):
-            await dm.customers.count(id_list=[2.0, _Int64(1)])
+            await dm.customers.count(id_list=[2.0, Int64(1)])
 
 
 class _Rows(int):
@@ -441,7 +427,7 @@ async def test_paging_and_concurrency_of_an_int_class_of_their_own_are_taken_as_
 ) -> None:
     # numpy's int64 (a page size read from a config's data frame) was refused by list(),
     # list_rows(), lookup_many() and export_customers(), "page_size must be an int >= 1, not
-    # _Int64(2)", where a customer id or a param of that class is taken; a float or a bool is
+    # Int64(2)", where a customer id or a param of that class is taken; a float or a bool is
     # still refused, whatever its __index__.
     from dmhub_async import Identity
     from dmhub_async.export import export_customers
@@ -452,21 +438,21 @@ async def test_paging_and_concurrency_of_an_int_class_of_their_own_are_taken_as_
         DMHubClient(sim.app_id, sim.secret, base_url=sim.url) as dm,
     ):
         ids = sorted(sim.customer_ids())
-        walk = dm.customers.list(page_size=_Int64(2), max_items=_Int64(3), concurrency=_Int64(2))
+        walk = dm.customers.list(page_size=Int64(2), max_items=Int64(3), concurrency=Int64(2))
         assert [c.id async for c in walk] == ids[:3]
         assert (walk.page_size, walk.max_items, walk.concurrency) == (2, 3, 2)
         assert {type(walk.page_size), type(walk.max_items)} == {int}
-        rows = dm.customers.list_rows(id_list=ids, page_size=_Int64(2), max_items=_Int64(4))
+        rows = dm.customers.list_rows(id_list=ids, page_size=Int64(2), max_items=Int64(4))
         assert [row["id"] async for row in rows] == ids[:4]
         email = Identity("email", "nobody@example.com")
-        assert await dm.identities.lookup_many([email], concurrency=_Int64(2)) == {email: None}
-        found = [pair async for pair in dm.identities.lookup_iter([email], concurrency=_Int64(2))]
+        assert await dm.identities.lookup_many([email], concurrency=Int64(2)) == {email: None}
+        found = [pair async for pair in dm.identities.lookup_iter([email], concurrency=Int64(2))]
         assert found == [(email, None)]
         report = await export_customers(
             dm,
             tmp_path / "out.jsonl",
-            page_size=_Int64(2),
-            concurrency=_Int64(2),
+            page_size=Int64(2),
+            concurrency=Int64(2),
             checkpoint=tmp_path / "cp.json",
             progress=False,
         )
@@ -481,7 +467,7 @@ async def test_paging_and_concurrency_of_an_int_class_of_their_own_are_taken_as_
                 with pytest.raises(InvalidRequestError, match="concurrency must be an int from"):
                     await dm.identities.lookup_many([email], concurrency=bad)
         with pytest.raises(InvalidRequestError, match=r"page_size must be an int from 1 to"):
-            dm.customers.list(page_size=_Int64(2**31))
+            dm.customers.list(page_size=Int64(2**31))
 
 
 class _FormArgsFailing(_FormArgs):
@@ -551,7 +537,7 @@ async def test_params_giving_a_name_twice_are_refused_before_anything_is_sent(
     ]
 
 
-@pytest.mark.parametrize("value", [-(2**63), _Int64(-(2**63))], ids=["int", "int class"])
+@pytest.mark.parametrize("value", [-(2**63), Int64(-(2**63))], ids=["int", "int class"])
 async def test_the_least_64_bit_int_is_sent_as_a_param(value: Any) -> None:
     # -2**63 is a 64-bit int (the least), yet it was refused before anything was sent, "param
     # 'x' must be a str or a 64-bit int, not -9223372036854775808": its bit_length is 64.

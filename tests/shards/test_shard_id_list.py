@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
-import operator
 import os
 import tracemalloc
 from collections.abc import AsyncIterator
@@ -22,6 +21,7 @@ from typing import Any
 
 import orjson
 import pytest
+from _helpers import Int64
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from shard_support import exported_ids
@@ -381,26 +381,6 @@ async def test_a_rerun_refuses_a_manifest_edited_to_leave_out_the_lists_last_ids
     assert not (out / "part-00003.jsonl").exists()  # nothing exported
 
 
-class _Int64:
-    """An integer of a class of its own, as numpy's ``int64`` is (an id read from a data
-    frame): no int subclass, but an ``__index__``, ordered and hashed by its value."""
-
-    def __init__(self, value: int) -> None:
-        self._value = value
-
-    def __index__(self) -> int:
-        return self._value
-
-    def __lt__(self, other: object) -> bool:
-        return self._value < operator.index(other)  # type: ignore[arg-type]
-
-    def __eq__(self, other: object) -> bool:
-        return hasattr(other, "__index__") and self._value == operator.index(other)  # type: ignore[arg-type]
-
-    def __hash__(self) -> int:
-        return hash(self._value)
-
-
 async def test_a_rerun_of_an_id_list_of_an_int_class_of_its_own_takes_up_the_export(
     sim: DMHubSimulator, dm: DMHubClient, tmp_path: Path
 ) -> None:
@@ -408,7 +388,7 @@ async def test_a_rerun_of_an_id_list_of_an_int_class_of_its_own_takes_up_the_exp
     # failed the rerun that takes the export up (after a crash, or to check it is complete)
     # with a raw TypeError: "descriptor '__repr__' requires a 'int' object but received a
     # 'numpy.int64'"; a bad id given to the rerun was a raw TypeError too, naming none.
-    given = [_Int64(i) for i in sim.customer_ids()[:120]]
+    given = [Int64(i) for i in sim.customer_ids()[:120]]
     out = tmp_path / "out"
     first = await export_sharded(dm, out, 4, progress=False, id_list=given)
     assert first.complete

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _helpers import Int64
 
 from dmhub_async import DMHubClient, InvalidRequestError
 from dmhub_async.export import ExportProgress
@@ -419,25 +420,11 @@ def test_part_name_is_the_shards_file_and_refuses_what_no_shard_is() -> None:
         part_name(True, "jsonl")  # type: ignore[arg-type]
 
 
-class _Int64:
-    """An integer of a class of its own, as numpy's ``int64`` is: an int to Python through
-    ``__index__``, no int subclass."""
-
-    def __init__(self, value: int) -> None:
-        self._value = value
-
-    def __index__(self) -> int:
-        return self._value
-
-    def __repr__(self) -> str:
-        return f"_Int64({self._value})"
-
-
 def test_part_name_takes_a_shard_index_of_an_int_class_of_its_own() -> None:
     # numpy's int64 (an index read from a data frame, or from a plan's array) was refused,
     # "part_name(): index must be an int, not int64(3)", as the rest of the SDK takes it.
-    assert part_name(_Int64(3), "jsonl") == "part-00003.jsonl"  # type: ignore[arg-type]
+    assert part_name(Int64(3), "jsonl") == "part-00003.jsonl"  # type: ignore[arg-type]
     with pytest.raises(InvalidRequestError, match=r"part_name\(\): index must be >= 0, not -1"):
-        part_name(_Int64(-1), "jsonl")  # type: ignore[arg-type]
+        part_name(Int64(-1), "jsonl")  # type: ignore[arg-type]
     with pytest.raises(InvalidRequestError, match=r"index must be an int, not 3.0"):
         part_name(3.0, "jsonl")  # type: ignore[arg-type]
