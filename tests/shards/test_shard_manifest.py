@@ -2740,6 +2740,33 @@ def test_a_merge_quotes_the_directory_and_the_output_it_refuses(tmp_path: Path) 
     assert all("\n" not in line for line in said), said
 
 
+async def test_a_merge_quotes_an_unfinished_export_and_an_output_a_part_links_to(
+    done: Path, tmp_path: Path
+) -> None:
+    # The refusals of an export not complete, and of an output a part is a link to, quote the
+    # directory and the output as merge()'s others do: a newline in a name split the line.
+    directory = tmp_path / "june\nparts"
+    os.rename(done, directory)
+    edit(directory, lambda data: data["shards"][1].update(status="failed", size=None, sha256=None))
+    with pytest.raises(InvalidRequestError) as unfinished:
+        merge(directory, tmp_path / "all.jsonl")
+
+    part = directory / "part-00002.jsonl"
+    dest = tmp_path / "kept\nelsewhere.jsonl"
+    os.rename(part, dest)
+    os.symlink(dest, part)
+    with pytest.raises(InvalidRequestError) as linked:
+        merge(directory, dest, allow_incomplete=True)
+
+    assert str(unfinished.value).startswith(
+        f"the export in {str(directory)!r} is not complete: finish it first"
+    )
+    assert str(linked.value) == (
+        f"{str(dest)!r} is part-00002.jsonl of the export (the part is a link to it): merge"
+        " into a file elsewhere"
+    )
+
+
 def test_the_cli_merge_into_its_own_directory_quotes_both(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
