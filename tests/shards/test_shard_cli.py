@@ -968,6 +968,30 @@ def test_a_queue_url_whose_own_password_is_refused_says_so_not_the_variable(
     assert "hunter2" not in run.stderr
 
 
+def test_a_variable_password_of_url_characters_refused_says_to_check_the_variable(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    # $DMHUB_REDIS_PASSWORD goes into the URL percent-encoded ("hunter%2F2"): compared as
+    # written there, a wrong one holding a "/" or an "@" was said to be "the URL's own password
+    # ..., not $DMHUB_REDIS_PASSWORD's", of a URL given none.
+    redis.command("CONFIG", "SET", "requirepass", "rightpw")
+    with sim_process(10) as sim:
+        run = subprocess.run(
+            [sys.executable, "-m", "dmhub_async", "worker", "--burst", "--redis", redis.url],
+            env=sim.env(XDG_CACHE_HOME=str(tmp_path / "cache"), DMHUB_REDIS_PASSWORD="hunter/2@x"),
+            capture_output=True,
+            text=True,
+            timeout=150,
+            check=False,
+        )
+
+    assert run.returncode == 1, run.stderr
+    assert run.stderr.endswith(
+        "invalid username-password pair or user is disabled: check $DMHUB_REDIS_PASSWORD\n"
+    ), run.stderr
+    assert "hunter" not in run.stderr
+
+
 @pytest.mark.parametrize("command", ["export", "worker"])
 def test_a_queue_password_changed_mid_run_is_said_at_once_with_where_it_goes(
     tmp_path: Path, redis: RedisServer, command: str
