@@ -1762,6 +1762,7 @@ async def test_a_token_answer_keeps_a_trace_id_of_the_tokens_shape_beside_its_re
         ("X-B3-TraceId", "{id}"),  # Zipkin's, as Envoy passes it on
         ("traceparent", "00-{id}-00f067aa0ba902b7-01"),  # W3C's, the trace id within
         ("X-Correlation-Id", "{id}"),  # MuleSoft's, Spring's, many gateways' own
+        ("X-CorrelationId", "{id}"),  # one word, as some .NET gateways name it
         ("X-Cloud-Trace-Context", "{id}/1;o=1"),  # Google Cloud's load balancer's
         ("uber-trace-id", "{id}:00f067aa0ba902b7:0:1"),  # Jaeger's
         ("X-Api-RequestId", "{id}"),  # a request id named with no hyphen
@@ -1771,6 +1772,7 @@ async def test_a_token_answer_keeps_a_trace_id_of_the_tokens_shape_beside_its_re
         "B3 trace id",
         "W3C traceparent",
         "correlation id",
+        "CorrelationId",
         "Cloud trace context",
         "Jaeger trace id",
         "RequestId",
@@ -2343,8 +2345,9 @@ _PAIRED_SECRET = "Cn4ry//S3cr3t+Zq9xYw81kd"
         ('{"help": "https:\\\\u002f\\\\u002fexample.com"}', "\\\\u002f"),  # escaped twice
         ('<a href="https:&#x2F;&#x2F;example.com&#x2F;help">help</a>', "&#x2F;"),  # OWASP's
         ('<a href="https:&#47;&#47;example.com">help</a>', "&#47;"),
+        ('{"help": "https:\\\\\\/\\\\\\/example.com"}', "\\\\\\/"),  # PHP's, twice
     ],
-    ids=["u002F", "u002f escaped twice", "hex entities", "decimal entities"],
+    ids=["u002F", "u002f escaped twice", "hex entities", "decimal entities", "PHP's twice"],
 )
 def test_escapes_alone_of_characters_a_secret_holds_side_by_side_stay_readable(
     said: str, slash: str
