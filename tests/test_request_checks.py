@@ -468,6 +468,9 @@ async def test_paging_and_concurrency_of_an_int_class_of_their_own_are_taken_as_
                     await dm.identities.lookup_many([email], concurrency=bad)
         with pytest.raises(InvalidRequestError, match=r"page_size must be an int from 1 to"):
             dm.customers.list(page_size=Int64(2**31))
+        # The bound the message says is taken: "from 1 to 2147483647".
+        last = dm.customers.list(page_size=Int64(2**31 - 1), start_page=Int64(2**31 - 1))
+        assert (last.page_size, last.start_page) == (2**31 - 1, 2**31 - 1)
 
 
 class _FormArgsFailing(_FormArgs):
