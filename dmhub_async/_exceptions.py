@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Final
 
-from ._redact import redact
+from ._redact import masked_headers, redact
 
 __all__ = [
     "APIConnectionError",
@@ -47,15 +47,6 @@ __all__ = [
 
 def _redacted(value: Any) -> Any:
     return redact(value) if isinstance(value, str) else value
-
-
-def _names_masked(headers: Mapping[str, str]) -> Mapping[str, str]:
-    """``headers`` with the secrets in their names masked: all looked at once (one holding a
-    secret is rare), each masked only then."""
-    names = "\n".join(headers)
-    if redact(names) == names:
-        return headers
-    return {redact(name): value for name, value in headers.items()}
 
 
 class DMHubError(Exception):
@@ -196,7 +187,7 @@ class APIError(DMHubError):
         self.retry_after = retry_after
         #: The answer's headers (a ``Location`` may hold the token: values are redacted, and
         #: names: a proxy echoing the request's parameters as headers named one after it).
-        self.headers = {k: redact(v) for k, v in _names_masked(headers or {}).items()}
+        self.headers = dict(masked_headers(headers or {}).items())  # each key's last
         #: The start of the answer's body (up to 1,000 characters), redacted.
         self.body = _redacted(body)
         #: The id the service gave the request (``X-Request-Id`` and the like), if any.

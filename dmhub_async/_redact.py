@@ -14,9 +14,11 @@ import os
 import re
 import threading
 import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 from urllib.parse import quote, quote_plus
+
+from multidict import CIMultiDict, CIMultiDictProxy
 
 MASK = "***"
 
@@ -131,6 +133,24 @@ def redact(text: str, secrets: Iterable[str | None] = ()) -> str:
     # whole other one (two canaries sharing "-CANARY-") where its own match would no longer find it.
     longer = [mask for mask in masks if mask.forms]
     return _mask_fragments(text, longer) if longer else text
+
+
+def masked_headers(headers: Mapping[str, str]) -> Mapping[str, str]:
+    """``headers`` with the token and the secret masked in every name and value, read as
+    aiohttp's are (case-insensitive, each of a repeated header kept): a service or a proxy
+    answering with a ``Content-Location``, a ``Link``, an echo of the request URL (or of its
+    parameters as headers of their names) showed the token to a user printing
+    ``dm.last_response.headers`` or an error's ``headers``.
+
+    Read all at once first (a header value holds no line break): each value on its own cost
+    some 100 us on the usual six headers, and one holding a secret is rare.
+    """
+    said = "\n".join((*headers.keys(), *headers.values()))  # a header named after the token too
+    if redact(said) == said:
+        return headers
+    return CIMultiDictProxy(
+        CIMultiDict((redact(name), redact(value)) for name, value in headers.items())
+    )
 
 
 def redis_password(url: str) -> str | None:

@@ -35,7 +35,7 @@ from ._exceptions import (
     coerce_code,
     error_class,
 )
-from ._redact import MASK, redact
+from ._redact import MASK, masked_headers, redact
 from ._retry import FINAL_5XX, REQUEST_TIMEOUT, longest_retry_after
 from ._token_stores import Token
 from ._validate import MAX_SETTING_LENGTH, printable, sendable_token
@@ -152,24 +152,6 @@ def request_id(headers: Mapping[str, str]) -> str | None:
     return None
 
 
-def _masked_headers(headers: Mapping[str, str]) -> Mapping[str, str]:
-    """``headers`` with the token and the secret masked in every name and value, read as
-    aiohttp's are (case-insensitive, each of a repeated header kept): a service or a proxy
-    answering with a ``Content-Location``, a ``Link``, an echo of the request URL (or of its
-    parameters as headers of their names) showed the token to a user printing
-    ``dm.last_response.headers``. Made when an answer is read, not as it arrives.
-
-    Read all at once first (a header value holds no line break): each value on its own cost
-    some 100 us on the usual six headers, and one holding a secret is rare.
-    """
-    said = "\n".join((*headers.keys(), *headers.values()))  # a header named after the token too
-    if redact(said) == said:
-        return headers
-    return CIMultiDictProxy(
-        CIMultiDict((redact(name), redact(value)) for name, value in headers.items())
-    )
-
-
 @attrs.frozen
 class APIResponse:
     """A successful answer: status, headers, decoded body, and the retries it took.
@@ -179,7 +161,9 @@ class APIResponse:
     """
 
     status: int
-    headers: Mapping[str, str] = attrs.field(repr=False, converter=_masked_headers)
+    headers: Mapping[str, str] = attrs.field(
+        repr=False, converter=masked_headers
+    )  # on read, not as it arrives
     #: The decoded JSON; for a request with ``decode`` (a list's page), what that made of it.
     data: Any = attrs.field(repr=False)
     retries: int = 0

@@ -2057,11 +2057,9 @@ async def test_a_count_masks_its_headers_only_once_last_response_is_read(make_cl
     # Each count() made its APIResponse, and so masked its headers, as its answer came: about
     # 220k instructions of a count's 640k (callgrind), for headers no caller read. (A count of
     # an id_list long enough for several requests still makes one a request.)
-    from dmhub_async import _sansio
-
     masked: list[str] = []
-    redact = _sansio.redact
-    monkeypatch.setattr(_sansio, "redact", lambda text: masked.append(text) or redact(text))
+    redact = _redact.redact
+    monkeypatch.setattr(_redact, "redact", lambda text: masked.append(text) or redact(text))
     async with _loopback(_echoing_headers) as base_url:
         dm = make_client(access_token=TOKEN, base_url=base_url)
         for _ in range(3):
