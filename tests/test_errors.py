@@ -8,9 +8,11 @@ tested without an event loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import pickle
 import typing
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -1126,6 +1128,24 @@ def test_the_command_line_says_what_it_can_do_of_an_answer_too_large(
 TOKEN_ECHO = "t0ken-echoed-back"
 
 
+@contextlib.asynccontextmanager
+async def _answering_raw(answer: bytes, requests: list[bytes]) -> AsyncIterator[str]:
+    """A loopback server at the URL yielded, answering each request with ``answer`` as bytes
+    (``{line}``: the request's line, ``{{}}``: ``{}``), each request's line kept in
+    ``requests``."""
+
+    async def answering(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        line = (await reader.readuntil(b"\r\n\r\n")).split(b"\r\n", 1)[0]
+        requests.append(line)
+        writer.write(answer.replace(b"{line}", line).replace(b"{{}}", b"{}"))
+        await writer.drain()
+        writer.close()
+
+    listening = await asyncio.start_server(answering, "127.0.0.1", 0)
+    async with listening:
+        yield f"http://127.0.0.1:{listening.sockets[0].getsockname()[1]}"
+
+
 @pytest.mark.parametrize(
     ("answer", "said"),
     [
@@ -1144,22 +1164,10 @@ async def test_an_answer_that_is_not_http_is_said_so_naming_the_url_without_the_
 ) -> None:
     # Before: "GET /v1/customers/1 failed (ClientResponseError)", aiohttp's class name alone:
     # nothing said the service (or a proxy) had answered, and not in HTTP.
-    import asyncio
-
     from dmhub_async.cli._errors import explain, stopped_answering
 
     requests: list[bytes] = []
-
-    async def garbled(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        line = (await reader.readuntil(b"\r\n\r\n")).split(b"\r\n", 1)[0]
-        requests.append(line)
-        writer.write(answer.replace(b"{line}", line).replace(b"{{}}", b"{}"))
-        await writer.drain()
-        writer.close()
-
-    listening = await asyncio.start_server(garbled, "127.0.0.1", 0)
-    base_url = f"http://127.0.0.1:{listening.sockets[0].getsockname()[1]}"
-    async with listening:
+    async with _answering_raw(answer, requests) as base_url:
         dm = make_client(access_token=TOKEN_ECHO, base_url=base_url, max_retries=2)
         with pytest.raises(APIConnectionError) as info:
             await dm.request(
@@ -1216,17 +1224,7 @@ async def test_an_http_answer_past_the_client_limits_is_not_called_not_http(
     # when reading)": an HTTP answer with a header line over aiohttp's limit was said to be no
     # HTTP at all, which sends a user to check the port, and aiohttp's words were cut short.
     requests: list[bytes] = []
-
-    async def answering(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        line = (await reader.readuntil(b"\r\n\r\n")).split(b"\r\n", 1)[0]
-        requests.append(line)
-        writer.write(answer.replace(b"{line}", line).replace(b"{{}}", b"{}"))
-        await writer.drain()
-        writer.close()
-
-    listening = await asyncio.start_server(answering, "127.0.0.1", 0)
-    base_url = f"http://127.0.0.1:{listening.sockets[0].getsockname()[1]}"
-    async with listening:
+    async with _answering_raw(answer, requests) as base_url:
         dm = make_client(access_token=TOKEN_ECHO, base_url=base_url, max_retries=0)
         with pytest.raises(APIConnectionError) as info:
             await dm.request("GET", "/v1/customers/1")
