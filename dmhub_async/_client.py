@@ -384,9 +384,16 @@ def _check_objects(
     first call with a raw AttributeError or TypeError."""
     _check_retry(retry)
     if token_store is not None and not isinstance(token_store, TokenStore):
+        given = short(token_store)
+        # A Redis URL (the CLI's spelling of a store) may hold its password: the message is
+        # logged and shown, and short() keeps the start and end of a long one.
+        if isinstance(token_store, str) and (
+            "@" in token_store or "password=" in token_store.lower()
+        ):
+            given = "a str that may hold a password (not shown): RedisTokenStore(url)"
         raise InvalidRequestError(
             "token_store must be a TokenStore (MemoryTokenStore(), FileTokenStore(path), "
-            f"RedisTokenStore(url)), not {short(token_store)}"
+            f"RedisTokenStore(url)), not {given}"
         )
     if session is not None and not isinstance(session, aiohttp.ClientSession):
         raise InvalidRequestError(f"session must be an aiohttp.ClientSession, not {short(session)}")

@@ -1742,6 +1742,28 @@ def test_settings_that_are_objects_are_checked_when_the_client_is_made(no_env, k
 
 
 @pytest.mark.parametrize(
+    "url",
+    [
+        "redis://:Rd1sCn4ryPassw0rd@cache:6379/0",
+        "redis://cache:6379/0?password=Rd1sCn4ryPassw0rd",
+        "redis://Rd1sCn4ryPassw0rd@cache:6379/0",
+    ],
+    ids=["before its @", "in its query", "without its colon"],
+)
+def test_a_redis_url_given_as_the_token_store_is_refused_without_quoting_it(no_env, url):
+    # DMHubClient(token_store=os.environ["DMHUB_TOKEN_STORE"]), the CLI's spelling of a store:
+    # refused, its message (logged, shown) quoted the URL, cut in its middle: the password's
+    # start or end ("...Cn4ryPassw0rd'").
+    with pytest.raises(InvalidRequestError) as info:
+        DMHubClient(access_token="tok", token_store=url)
+
+    said = str(info.value)
+    assert not [piece for piece in ("Rd1s", "Cn4r", "Passw0rd", "cache") if piece in said]
+    assert said.startswith("token_store must be a TokenStore (")
+    assert said.endswith("not a str that may hold a password (not shown): RedisTokenStore(url)")
+
+
+@pytest.mark.parametrize(
     ("headers", "said"),
     [
         ({"X-Trace": "a\r\nX-Evil: 1"}, "printable ASCII"),
