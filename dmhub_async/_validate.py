@@ -270,14 +270,35 @@ def settings_forgotten_if_refused(
 
     @functools.wraps(init)
     def made(self: _Made, /, *args: _Settings.args, **kwargs: _Settings.kwargs) -> None:
+        handled = sys.exc_info()[1]
         try:
             init(self, *args, **kwargs)
         except BaseException as err:
-            traceback.clear_frames(err.__traceback__)  # the __init__'s, ended: not this one
-            del args, kwargs, err
+            _frames_cleared(err, handled)
+            del args, kwargs, err, handled
             raise
 
     return made
+
+
+def _frames_cleared(err: BaseException, handled: BaseException | None) -> None:
+    """The ended frames of ``err``'s traceback cleared (not the running one), and of every error
+    it was raised from or while handling, up to ``handled``, the caller's own (its frames are
+    the caller's to keep).
+
+    A refusal raised ``from None`` still holds the error it replaced (``__context__``), which
+    ``TracebackException(capture_locals=True)`` records: redis-py's frames that read the URL,
+    and a connection it refused half-made (``?timeout=5``), whose repr raised AttributeError:
+    the tracker's report failed in place of the InvalidRequestError's."""
+    seen: set[int] = set()
+    todo = [err]
+    while todo:
+        each = todo.pop()
+        if each is handled or id(each) in seen:
+            continue
+        seen.add(id(each))
+        traceback.clear_frames(each.__traceback__)
+        todo.extend(chained for chained in (each.__cause__, each.__context__) if chained)
 
 
 _Made_by = TypeVar("_Made_by")
@@ -292,11 +313,12 @@ def arguments_forgotten_if_refused(
 
     @functools.wraps(make)
     def made(*args: _Settings.args, **kwargs: _Settings.kwargs) -> _Made_by:
+        handled = sys.exc_info()[1]
         try:
             return make(*args, **kwargs)
         except BaseException as err:
-            traceback.clear_frames(err.__traceback__)  # the function's, ended: not this one
-            del args, kwargs, err
+            _frames_cleared(err, handled)
+            del args, kwargs, err, handled
             raise
 
     return made

@@ -825,7 +825,27 @@ _REDIS_REFUSED: dict[str, Callable[[], object]] = {
     "a shared limit of a ?protocol= redis-py refuses": lambda: RedisRateLimiter(
         f"redis://:{SECRET}@127.0.0.1:1/0?protocol=9", 5
     ),
+    # redis-py's connection refused them half-made, its repr raising AttributeError.
+    "a store of a query option redis-py does not take": lambda: RedisTokenStore(
+        f"redis://:{SECRET}@127.0.0.1:1/0?timeout=5"
+    ),
+    "a store over unix of a query option redis-py does not take": lambda: RedisTokenStore(
+        f"unix://:{SECRET}@/run/redis.sock?timeout=5"
+    ),
+    "a shared limit of a TLS flag redis-py refuses": lambda: RedisRateLimiter(
+        f"rediss://:{SECRET}@127.0.0.1:1/0?ssl_cert_reqs=bogus", 5
+    ),
 }
+
+
+def _recorded_variables(recorded: traceback.TracebackException) -> Iterator[str]:
+    """Every frame variable ``recorded`` holds, of its causes and contexts too (a suppressed
+    one included: it is recorded, though not printed)."""
+    for frame in recorded.stack:
+        yield from (frame.locals or {}).values()
+    for chained in (recorded.__cause__, recorded.__context__):
+        if chained is not None:
+            yield from _recorded_variables(chained)
 
 
 @pytest.mark.parametrize("make", list(_REDIS_REFUSED.values()), ids=list(_REDIS_REFUSED))
@@ -843,6 +863,28 @@ def test_no_redis_password_in_the_variables_of_a_store_or_limit_refused_as_made(
     assert_no_secret_in_locals(info.value)
     recorded = traceback.TracebackException.from_exception(info.value, capture_locals=True)
     assert "    self = " in "".join(recorded.format())  # the half-made object, still shown
+    assert not [value for value in _recorded_variables(recorded) if leaks(value)]
+
+
+def test_a_store_refused_inside_an_except_leaves_the_caller_s_own_error_whole() -> None:
+    # The refusal's frames are cleared, and those of the errors it replaced: not those of the
+    # error its caller was handling as it made the store, which its own report shows.
+    def failing() -> None:
+        kept = "the caller's own"
+        raise KeyError(kept)
+
+    try:
+        failing()
+    except KeyError:
+        with pytest.raises(InvalidRequestError) as info:
+            RedisTokenStore(f"redis://:{SECRET}@127.0.0.1:1/0?timeout=5")
+
+    own = [error for error in chain(info.value) if isinstance(error, KeyError)]
+    assert len(own) == 1
+    tb = own[0].__traceback__
+    assert tb is not None
+    assert tb.tb_next is not None
+    assert tb.tb_next.tb_frame.f_locals == {"kept": "the caller's own"}
 
 
 #: A client's settings it refuses as it is made, each after it has read the credentials.
