@@ -196,6 +196,28 @@ def check_redis_options(owner: str, url: str, pool: Any) -> None:
             err = ValueError("a query option's value is not one it takes")
         raise redis_url_error(owner, url, err) from None
     check_password_read(owner, url)
+    check_database(owner, url)
+
+
+#: A ``redis://`` URL's path that names its database (or none: database 0).
+_DATABASE_PATH = re.compile(r"/?(?:[0-9]+/?)?")
+
+
+def check_database(owner: str, url: str) -> None:
+    """InvalidRequestError for a ``redis://`` or ``rediss://`` URL whose path is no database's
+    number: redis-py reads its digits alone, and any other path as database 0, so a store on
+    ``redis://HOST/tokens`` kept its tokens in database 0 (``/1/2`` was database 12), without a
+    word. arq (a queue worker) refuses them."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # pragma: no cover - redis-py read it: urlsplit does too
+        return
+    if parts.scheme.lower() in ("redis", "rediss") and not _DATABASE_PATH.fullmatch(
+        unquote(parts.path)
+    ):
+        raise InvalidRequestError(
+            f"{owner}: the URL's path must be a database's number: redis://HOST:PORT/DB"
+        )
 
 
 def check_password_read(owner: str, url: str) -> None:
