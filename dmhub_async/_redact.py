@@ -188,6 +188,20 @@ class _UserName(str):
     __slots__ = ()
 
 
+#: Said of Redis's refusal of AUTH given a user name and no password: ``redis://PASSWORD@HOST``,
+#: a password written without its colon (never shown: it may be one).
+NO_COLON = (
+    "a user name was sent with no password: a password goes after a colon, redis://:PASSWORD@HOST"
+)
+
+
+def no_colon_hint(secret: str | None) -> str:
+    """``"; "`` and :data:`NO_COLON` for the ``secret`` redis-py sent (:func:`redis_secret`)
+    when it is a user name given no password, else "": refused, "invalid username-password
+    pair" said nothing of a password's missing colon."""
+    return f"; {NO_COLON}" if isinstance(secret, _UserName) else ""
+
+
 def without_password(text: str, password: str | None) -> str:
     """``text`` (Redis's words) with a Redis ``password`` masked where Redis quotes it (a Redis
     that does not know AUTH, renamed away or a proxy without it, answers "unknown command

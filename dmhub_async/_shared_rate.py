@@ -23,7 +23,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ._exceptions import DMHubError, InvalidRequestError
-from ._redact import redis_password
+from ._redact import no_colon_hint, redis_password
 from ._redis_send import redis_words_shown, require_redis_extra, sending_cancellably
 from ._token_stores import PerLoop, loop_table
 from ._validate import (
@@ -265,6 +265,8 @@ class RedisRateLimiter:
                 # reached" sent the user to the network. A Redis that does not know AUTH quotes
                 # the password in them (see without_password).
                 said = redis_words_shown(err, self._password)
+                if isinstance(err, AuthenticationError):
+                    said += no_colon_hint(self._password)
                 raise DMHubError(
                     f"the shared rate limit at {self._where} refused the request: "
                     f"{said}: no request was sent"

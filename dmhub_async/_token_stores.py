@@ -32,7 +32,7 @@ from ._exceptions import (
     InvalidRequestError,
     TokenStoreError,
 )
-from ._redact import redact, redis_secret, without_password
+from ._redact import no_colon_hint, redact, redis_secret, without_password
 from ._redis_send import (
     redis_refusal,
     redis_words,
@@ -576,6 +576,8 @@ class RedisTokenStore:
         # processes, 3 s: 181 tokens).
         refused = (AuthenticationError, AuthenticationWrongNumberOfArgsError, NoPermissionError)
         if isinstance(err, refused) or said.startswith("DB index is out of range"):
+            if isinstance(err, AuthenticationError):
+                message += no_colon_hint(self._password())
             message += (
                 "; no process can share a token through it: give the store a user, password"
                 " and database that Redis takes"

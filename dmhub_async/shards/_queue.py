@@ -39,7 +39,7 @@ from .._exceptions import (
     InvalidRequestError,
     without_token_hint,
 )
-from .._redact import MASK, redis_password, redis_secret, without_password
+from .._redact import MASK, no_colon_hint, redis_password, redis_secret, without_password
 from .._redis_send import (
     pool_connections,
     redis_refusal,
@@ -621,6 +621,7 @@ def queue_redis_error(
     reason = redis_words_shown(err, redis_password(redis_url))
     if isinstance(err, RedisAuthenticationError):
         hint = password_hint or "give its password in the URL, redis://:PASSWORD@HOST:PORT/DB"
+        hint += no_colon_hint(redis_password(redis_url))
         return DMHubError(f"the queue's Redis at {where} refused: {reason.rstrip('.')}: {hint}")
     if isinstance(err, OutOfMemoryError):
         return DMHubError(f"the queue's Redis at {where} refused: {reason.rstrip('.')}: {FULL}")

@@ -563,6 +563,56 @@ async def test_a_redis_refusing_the_password_is_said_to_refuse_it_over_a_unix_so
 @pytest.mark.parametrize(
     "use", [store_get, rate_turn, check_queue], ids=["store", "rate limit", "queue"]
 )
+@pytest.mark.parametrize("over", ["tcp", "unix"])
+async def test_a_password_written_without_its_colon_refused_is_said_to_need_it(
+    tmp_path: Path, use: Callable[[str], Awaitable[None]], over: str
+) -> None:
+    # redis://PASSWORD@HOST names a user and no password: refused, "invalid username-password
+    # pair" said nothing of the colon the password lacks, and the password is never shown.
+    if over == "unix":
+        with (
+            unix_socket_redis("--requirepass", "Rd1sCn4ryPassw0rd") as sock,
+            pytest.raises(DMHubError) as caught,
+        ):
+            await asyncio.wait_for(use(f"unix://Rd1sCn4ryPassw0rd@{sock}"), 30)
+    else:
+        server = RedisServer(tmp_path)
+        server.start()
+        try:
+            assert server.command("CONFIG", "SET", "requirepass", "Rd1sCn4ryPassw0rd") == "+OK"
+            url = f"redis://Rd1sCn4ryPassw0rd@127.0.0.1:{server.port}/0"
+            with pytest.raises(DMHubError) as caught:
+                await asyncio.wait_for(use(url), 30)
+        finally:
+            server.kill()
+    said = str(caught.value)
+    assert "invalid username-password pair" in said
+    assert NO_COLON in said
+    assert "Rd1sCn4ryPassw0rd" not in said
+
+
+@pytest.mark.parametrize("use", [store_get, rate_turn], ids=["store", "rate limit"])
+async def test_a_password_refused_with_its_colon_is_not_said_to_need_one(
+    tmp_path: Path, use: Callable[[str], Awaitable[None]]
+) -> None:
+    with (
+        unix_socket_redis("--requirepass", "right-pw") as sock,
+        pytest.raises(DMHubError) as caught,
+    ):
+        await asyncio.wait_for(use(f"unix://:wrong-pw@{sock}"), 30)
+    assert "invalid username-password pair" in str(caught.value)
+    assert NO_COLON not in str(caught.value)
+
+
+#: What a refusal of a user name given no password adds (redis://PASSWORD@HOST).
+NO_COLON = (
+    "a user name was sent with no password: a password goes after a colon, redis://:PASSWORD@HOST"
+)
+
+
+@pytest.mark.parametrize(
+    "use", [store_get, rate_turn, check_queue], ids=["store", "rate limit", "queue"]
+)
 async def test_a_redis_not_knowing_auth_over_a_unix_socket_is_said_to_refuse_it(
     use: Callable[[str], Awaitable[None]],
 ) -> None:
