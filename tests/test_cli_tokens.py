@@ -104,7 +104,14 @@ def test_a_redis_store_takes_its_password_from_the_environment(
 ) -> None:
     # Only the command line could give a Redis password: on every user's process list (ps).
     monkeypatch.setenv("DMHUB_REDIS_PASSWORD", "p@ss/w:rd#1")
-    for spec, user in (("redis://127.0.0.1:1/0", None), ("rediss://ops@127.0.0.1:1/0", "ops")):
+    for spec, user in (
+        ("redis://127.0.0.1:1/0", None),
+        ("rediss://ops@127.0.0.1:1/0", "ops"),
+        # An empty password, which redis-py skips (a template's redis://:${PW}@HOST, PW unset):
+        # none was sent, the variable's never, and Redis refused "Authentication required".
+        ("redis://:@127.0.0.1:1/0", None),
+        ("redis://ops:@127.0.0.1:1/0", "ops"),
+    ):
         store = token_store(spec)
         assert isinstance(store, RedisTokenStore)
         kwargs = store._redis.connection_pool.connection_kwargs

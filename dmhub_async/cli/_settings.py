@@ -49,7 +49,8 @@ def with_redis_password(url: str) -> str:
     A password written in ``--redis``, ``--queue`` or ``--token-store`` is on the process list
     (``ps``) of every user of the machine for as long as the command runs; from the
     environment, it never is. Anything but a Redis URL, or one that has a password (before its
-    ``@``, or a ``?password=`` of its query, which redis-py reads too), is as given.
+    ``@``, or a ``?password=`` of its query, which redis-py reads too; an empty one, which
+    redis-py skips, is none), is as given.
     """
     password = os.environ.get(REDIS_PASSWORD_ENV)
     if not password:
@@ -58,12 +59,14 @@ def with_redis_password(url: str) -> str:
         parts = urlsplit(url)
     except ValueError:  # refused where it is used, in its own words
         return url
-    if parts.scheme.lower() not in _REDIS_SCHEMES or parts.password is not None:
+    # An empty one is none: redis-py skips it (a template's redis://:${PW}@HOST, PW unset).
+    if parts.scheme.lower() not in _REDIS_SCHEMES or parts.password:
         return url
     # One of the query was overridden by the variable's (redis-py takes the one before "@").
     if "password" in parse_qs(parts.query):
         return url
-    user, _, where = parts.netloc.rpartition("@")
+    userinfo, _, where = parts.netloc.rpartition("@")
+    user = userinfo.partition(":")[0]
     netloc = f"{user}:{quote(password, safe='')}@{where}"
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
