@@ -7,8 +7,9 @@ only carries them over the network. See docs/architecture.md.
 
 from __future__ import annotations
 
+import itertools
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Final
 from urllib.parse import urlencode, urlsplit
 
@@ -373,8 +374,9 @@ def _issued_tokens(
     gateway's page, a cut answer, a description), a run of 32 lower-case hexadecimal
     characters, the shape of the service's tokens (docs/contract.md), unless it is the
     answer's request id (or trace id: any header named for one, ``REQUEST_ID_HEADERS`` and
-    those of gateways, ``X-Kong-Request-Id``, ``traceparent``...) or the app id, which a
-    user needs to act. Each was in the message, ``.description`` and ``.body`` whole."""
+    those of gateways, ``X-Kong-Request-Id``, ``traceparent``..., see :func:`_id_runs`) or
+    the app id, which a user needs to act. Each was in the message, ``.description`` and
+    ``.body`` whole."""
     found: list[str] = []
     if isinstance(data, Mapping):
         for name, value in data.items():
@@ -391,16 +393,32 @@ def _issued_tokens(
     # X-B3-TraceId, traceparent), which its page quotes: masked, the id was lost.
     known: set[str | None] = {headers.get(name) for name in REQUEST_ID_HEADERS}
     known.update(
-        run
-        for name, value in headers.items()
-        if _ID_HEADER.search(name)
-        for run in _TOKEN_SHAPE.findall(value)
+        run for name, value in headers.items() if _ID_HEADER.search(name) for run in _id_runs(value)
     )
     known.add((request.params or {}).get("appid"))
     found += (run for text in texts for run in _TOKEN_SHAPE.findall(text) if run not in known)
     return tuple(dict.fromkeys(found))
 
 
+def _id_runs(value: str) -> Iterator[str]:
+    """The runs of the token's shape an id header's ``value`` holds: as it is, and made of its
+    groups of hex digits between dashes, joined (AWS's ``Root=1-5759e988-bd862e3f...``, a
+    UUID), which a page quotes as 32 digits (the trace id's W3C form, a UUID without its
+    dashes): masked as a token just issued, the id was lost in the body, ``.headers``
+    (``Root=1-***-***``) and ``.request_id``."""
+    yield from _TOKEN_SHAPE.findall(value)
+    for dashed in _DASHED_HEX.findall(value):
+        groups = dashed.split("-")
+        ends = list(itertools.accumulate(map(len, groups), initial=0))
+        after = {end: i for i, end in enumerate(ends)}  # the groups before each end
+        for first, start in enumerate(ends):
+            last = after.get(start + 32)
+            if last is not None:
+                yield "".join(groups[first:last])
+
+
+#: Groups of lower-case hex digits between dashes (``5759e988-bd862e3f...``), alone.
+_DASHED_HEX: Final = re.compile(r"(?<![0-9A-Za-z])[0-9a-f]+(?:-[0-9a-f]+)+(?![0-9A-Za-z])")
 #: A token answer's field names for the token: ``access_token``, ``accessToken``, ``Access-Token``.
 _TOKEN_NAME: Final = re.compile(r"access[_-]?token", re.IGNORECASE)
 #: Names of headers a gateway sends a request or a trace id in (``X-Kong-Request-Id``,

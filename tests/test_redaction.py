@@ -1870,6 +1870,47 @@ def test_a_token_answer_keeps_each_of_a_repeated_request_id_header() -> None:
     assert getattr(error, "retry_after", None) == 7
 
 
+@pytest.mark.parametrize(
+    ("header", "value", "said"),
+    [
+        (  # AWS's (ALB, API Gateway); the trace id's W3C form is its two groups joined
+            "X-Amzn-Trace-Id",
+            "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1",
+            "5759e988bd862e3fe1be46a994272793",
+        ),
+        (  # a UUID, quoted in the body without its dashes (Java's uuid.replace("-", ""))
+            "X-Request-Id",
+            "550e8400-e29b-41d4-a716-446655440000",
+            "550e8400e29b41d4a716446655440000",
+        ),
+    ],
+    ids=["X-Amzn-Trace-Id", "UUID request id"],
+)
+def test_a_token_answer_keeps_an_id_its_header_writes_in_dashed_groups(
+    header: str, value: str, said: str
+) -> None:
+    """A gateway's 502 on the token endpoint quoting its id as 32 hex digits (the token's
+    shape) where its header writes the same digits in groups between dashes (AWS's
+    ``Root=1-5759e988-bd86...``, a UUID): the id was taken for a token just issued and masked
+    in the body, ``.headers`` (``Root=1-***-***``) and ``.request_id``
+    (``***-e29b-41d4-a716-***``), the one id the operators ask for. A fresh token is still
+    masked."""
+    from dmhub_async._sansio import read_response, token_request
+
+    headers = CIMultiDictProxy(CIMultiDict([(header, value)]))
+    body = f'{{"message": "upstream issued {FRESH_HEX}", "trace_id": "{said}"}}'
+
+    with pytest.raises(DMHubError) as raised:
+        read_response(token_request("app-1", SECRET), 502, headers, body.encode())
+
+    error = raised.value
+    assert f'"trace_id": "{said}"' in str(getattr(error, "body", ""))
+    assert getattr(error, "headers", {}).get(header) == value
+    if header == "X-Request-Id":
+        assert getattr(error, "request_id", None) == value
+    assert FRESH_HEX not in str(error) + str(getattr(error, "body", ""))
+
+
 async def test_a_token_answer_masked_for_a_fresh_token_keeps_its_headers_read_in_any_case(
     api, make_client
 ) -> None:
