@@ -370,14 +370,18 @@ def _mask_fragments(text: str, masks: list[_Masks]) -> str:
     # A secret outside ASCII only: one of ASCII holding "%C3%A9" or "\\u00e9" as it is, cut, was
     # 8 characters of it, masked (no escape of an ASCII secret stands for a letter outside it).
     escaped = bool(spans) and not all(mask.secret.isascii() for mask in masks)
-    found = text  # as it came: a span masked after one ends cuts the escape they share
-    for start, end in reversed(spans):
+    # Each span's text and the mask, then joined: the whole text made again for each span
+    # masked took a second for 20 headers of 8 KB looked at joined, each echoing a run of the
+    # token 900 times (the copies grew as the square of the text).
+    shown, at = [], 0
+    for start, end in spans:
         if escaped and _characters(text[start:end]) < FRAGMENT:
             continue  # a customer's escaped text sharing a character or two with a secret's
-        if _escapes_alone(found, start, end):
+        if _escapes_alone(text, start, end):
             continue  # "\u002F\u002F" of a URL, for a secret holding "//" (or "/+")
-        text = text[:start] + MASK + text[end:]
-    return text
+        shown += [text[at:start], MASK]
+        at = end
+    return "".join(shown) + text[at:] if shown else text
 
 
 #: An escape of one character: JSON's (once or twice), a URL's, a page's entity.

@@ -1182,6 +1182,36 @@ def test_a_redis_password_quoted_among_many_quotes_is_masked_in_a_read_of_each_c
     assert _CountedText.reads <= 4 * len(said), _CountedText.reads
 
 
+class _CopiedText(str):
+    """A text whose characters copied into a new one (by a slice or a ``+``) are counted."""
+
+    copied = 0
+
+    def __getitem__(self, key: Any) -> _CopiedText:
+        part = _CopiedText(super().__getitem__(key))
+        type(self).copied += len(part)
+        return part
+
+    def __add__(self, other: str) -> _CopiedText:
+        type(self).copied += len(self) + len(other)
+        return _CopiedText(str(self) + other)
+
+
+def test_a_text_of_many_runs_of_a_token_is_masked_in_a_copy_of_each_character(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Each run masked made the whole text again (its start, the mask, its end): a proxy
+    # echoing the token's start 900 times in each of 20 headers of 8 KB (looked at joined)
+    # took a second, 5,670M characters copied as counted here.
+    from dmhub_async._redact import _mask_fragments, _Masks
+
+    monkeypatch.setattr(_CopiedText, "copied", 0)
+    token = "0123456789abcdef0123456789abcdef"
+    text = _CopiedText("\n".join([f"{token[:8]}z" * 900] * 20))
+    assert _mask_fragments(text, [_Masks(token)]) == "\n".join([f"{MASK}z" * 900] * 20)
+    assert _CopiedText.copied <= 2 * len(text), _CopiedText.copied
+
+
 def _quoted_masked_quote_by_quote(text: str, sent: str) -> str:
     # without_password's quoted values as it masked them before it was made linear (aabfbf8):
     # each quote's value read whole, and each quote within it looked at again.
