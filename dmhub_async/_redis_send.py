@@ -94,8 +94,14 @@ def redis_words_shown(err: BaseException, password: str | None, most: int = 300)
     (:func:`redis_words`), ``password`` (the one redis-py sent) masked where Redis quotes it back
     (:func:`~dmhub_async._redact.without_password`), as one line a terminal never obeys
     (:func:`~dmhub_async._validate.printable`), and at most ``most`` characters; "" for an error
-    that says nothing."""
-    return printable(without_password(redis_words(err), password))[:most]
+    that says nothing. Only their start is looked at: a megabyte of quotes (a proxy, another
+    service on Redis's port) took seconds to look for the password in."""
+    said = redis_words(err)[: most + _MASKED_MARGIN]  # a secret cut at the edge is not said
+    return printable(without_password(said, password))[:most]
+
+
+#: The characters of Redis's words masked beyond those shown (see :func:`redis_words_shown`).
+_MASKED_MARGIN = 4096
 
 
 def require_redis_extra(what: str, *modules: str) -> None:

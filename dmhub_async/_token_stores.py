@@ -443,6 +443,8 @@ def _check_async_client(client: object) -> None:
 #: a Redis (a proxy, another service on its port) refusing with a megabyte of words put them
 #: all in the error, every log line of it, masked whole each time.
 _SAID_TEXT = 1000
+#: The characters of what Redis said masked, of which ``_SAID_TEXT`` are said.
+_MASKED_TEXT = 4096
 
 #: The start of ``RedisTokenStore``'s keys, unless told another (``prefix``).
 REDIS_TOKEN_PREFIX = "dmhub_async:token:"
@@ -563,10 +565,12 @@ class RedisTokenStore:
         # Redis's words, not redis-py's for a command of a pipeline (the token's write is a
         # transaction), which quoted the command with every argument: the token's key and
         # record; and they may quote the password sent (see without_password).
-        said = without_password(redis_words(err), self._password())
-        if len(said) > _SAID_TEXT:
-            # Its start, masked before it is cut (a secret cut at the edge is no longer known).
-            said = redact(said[:4096])[:_SAID_TEXT] + "..."
+        # Its start alone (a megabyte of quotes took seconds to look for the password in),
+        # masked before it is cut to what is said (a secret cut at the edge is no longer known).
+        words = redis_words(err)
+        said = without_password(words[:_MASKED_TEXT], self._password())
+        if len(said) > _SAID_TEXT or len(words) > _MASKED_TEXT:
+            said = redact(said)[:_SAID_TEXT] + "..."
         message = f"{self!r}: {doing} failed: {type(err).__name__}: {said}"
         if self._misread:
             message = f"{self!r}: {doing} failed: {type(err).__name__}: {PERCENT_ENCODE}"

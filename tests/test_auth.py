@@ -663,6 +663,46 @@ async def test_a_redis_store_answering_a_megabyte_of_words_says_their_start(size
     assert str(caught.value) == said + ("x" * size if size <= 1000 else "x" * 1000 + "...")
 
 
+async def test_a_redis_store_answering_a_megabyte_of_quotes_masks_their_start_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A Redis (a proxy, another service on its port) refusing a command with a megabyte of
+    # quotes, to a store given a password: the password was looked for where Redis quotes it
+    # in all of them before their start was cut (seconds of the event loop), then said alone.
+    import dmhub_async._redact as redact_module
+
+    looked_at = []
+    quoted_masked = redact_module._quoted_masked
+
+    def counted(text: str, sent: str) -> str:
+        looked_at.append(len(text))
+        return quoted_masked(text, sent)
+
+    monkeypatch.setattr(redact_module, "_quoted_masked", counted)
+
+    async def quoting(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while line := await reader.readline():
+            if line.startswith(b"*"):  # a command: its arguments, then the answer
+                said = [await reader.readline() for _ in range(2 * int(line[1:]))]
+                auth = said[1].strip().upper() == b"AUTH"
+                writer.write(b"+OK\r\n" if auth else b"-ERR " + b"'" * 1_000_000 + b"\r\n")
+                await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(quoting, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        url = f"redis://:pw-0123456789@127.0.0.1:{port}/0"
+        async with RedisTokenStore(url, socket_timeout=5) as store:
+            with pytest.raises(TokenStoreError) as caught:
+                await store.get("key")
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert str(caught.value) == f"{store!r}: GET failed: ResponseError: " + "'" * 1000 + "..."
+    assert sum(looked_at) <= 10_000, looked_at
+
+
 class _BytesPath:
     """A path-like whose path is bytes (os.PathLike[bytes]), as os.DirEntry of bytes is."""
 

@@ -1182,6 +1182,32 @@ def test_a_redis_password_quoted_among_many_quotes_is_masked_in_a_read_of_each_c
     assert _CountedText.reads <= 4 * len(said), _CountedText.reads
 
 
+def test_redis_words_shown_of_a_megabyte_of_quotes_masks_their_start_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # What a queue's worker, the shared rate limit and the token store say of a Redis
+    # refusing with a megabyte of quotes: the password was looked for in all of them first.
+    from redis.exceptions import ResponseError
+
+    import dmhub_async._redact as redact_module
+    from dmhub_async._redis_send import redis_words_shown
+
+    looked_at = []
+    quoted_masked = redact_module._quoted_masked
+
+    def counted(text: str, sent: str) -> str:
+        looked_at.append(len(text))
+        return quoted_masked(text, sent)
+
+    monkeypatch.setattr(redact_module, "_quoted_masked", counted)
+    refused = ResponseError("'" * 1_000_000 + "'pw-0123456789'")
+    assert redis_words_shown(refused, "pw-0123456789") == "'" * 300
+    assert redis_words_shown(ResponseError("wrong: 'pw-0123456789'"), "pw-0123456789") == (
+        f"wrong: '{MASK}'"
+    )
+    assert sum(looked_at) <= 10_000, looked_at
+
+
 class _CopiedText(str):
     """A text whose characters copied into a new one (by a slice or a ``+``) are counted."""
 
