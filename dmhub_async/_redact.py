@@ -318,7 +318,17 @@ class _Masks:
         self.pattern = _secret_pattern(secret)
         self.anchor = _anchor(secret)
         self.forms = _forms(secret) if len(secret) > FRAGMENT else ()
-        self.runs = frozenset().union(*(_fragments(_lower(form)) for form in self.forms))
+        self.runs = frozenset().union(
+            *(_fragments(_lower(form)) for form in self.forms),
+            # And with "İ" as "i", as a text holding one is read (see _mask_fragments): only
+            # its two-character lower case was there, and a secret holding it, quoted in
+            # another case, cut or echoed twice, was shown in every run of 8 holding one.
+            *(
+                _fragments(_lower(form.replace("\u0130", "i")))
+                for form in self.forms
+                if "\u0130" in form
+            ),
+        )
 
 
 #: The masks of the secrets in use, by secret. Not a cache of a fixed size: every error masks

@@ -2378,6 +2378,25 @@ def test_a_run_of_a_secret_in_another_case_beside_a_dotted_capital_i_is_masked(c
         assert redact(said, secrets) == said.replace(cut, MASK)
 
 
+@pytest.mark.parametrize(
+    ("said", "shown"),
+    [
+        ("value \\İİ-KILIM-... refused", f"value {MASK}... refused"),
+        ("value İ-KILIM-İİ\\... refused", f"value {MASK}... refused"),
+        # Twice back to back: the first one's pattern takes the second's first backslash.
+        ("echo: \\İİ-KILIM-İİ\\\\İİ-KILIM-İİ\\ refused", f"echo: {MASK}{MASK} refused"),
+    ],
+    ids=["upper-cased, cut", "its middle", "echoed twice"],
+)
+def test_a_secret_holding_a_dotted_capital_i_in_another_case_is_masked(
+    said: str, shown: str
+) -> None:
+    # Its runs were its forms' in lower case, "İ" as the two characters "i̇"; a text holding
+    # "İ" is looked in with it as "i": a secret holding one, quoted upper-cased and cut, or
+    # twice, was shown in every run of 8 of its characters that held an "İ" (10 of its 13).
+    assert redact(said, ["\\İİ-kilim-İİ\\"]) == shown
+
+
 @pytest.mark.parametrize("token", [TOKEN, "fresh-unknown-token"], ids=["known", "unknown"])
 def test_a_token_in_a_link_headers_url_keeps_what_follows_the_url(token: str) -> None:
     # A Link header quoting the request URL: the "access_token=" value ran on through the ">;"
