@@ -526,13 +526,21 @@ def _forms(secret: str) -> tuple[str, ...]:
     """``secret`` and the ways a URL encodes it, whose runs are masked alike: a value quoted
     URL-encoded and cut short (``Cn4ry%2BS3cr3t%2FZq9...``) held no run of the raw secret."""
     forms = {secret}
-    with contextlib.suppress(UnicodeEncodeError):  # a lone surrogate: never sent, see below
-        forms.update(quote(secret, safe=safe) for safe in ("", "/", "/?:@!$'()*,"))
-        forms.add(quote_plus(secret))
-        forms.add(_in_query(secret))
-    forms.update(_in_json(secret))
+    for said in _in_cases(secret):
+        with contextlib.suppress(UnicodeEncodeError):  # a lone surrogate: never sent, see below
+            forms.update(quote(said, safe=safe) for safe in ("", "/", "/?:@!$'()*,"))
+            forms.add(quote_plus(said))
+            forms.add(_in_query(said))
+        forms.update(_in_json(said))
     forms.update(_in_page(secret))
     return tuple(forms)
+
+
+def _in_cases(text: str) -> set[str]:
+    """``text`` as written, and upper- and lower-cased where it holds a letter outside ASCII:
+    a pattern ignoring case takes "С" for "с", but not "\\u0421" for "\\u0441" nor "%D0%A1" for
+    "%D1%81", and a secret of such letters quoted escaped in another case was shown whole."""
+    return {text} if text.isascii() else {text, text.upper(), text.lower()}
 
 
 def _in_page(secret: str) -> set[str]:
@@ -648,7 +656,11 @@ def _secret_pattern(secret: str) -> re.Pattern[str]:
             forms.add(re.escape(quote(char, safe="", errors="surrogateescape")))
         if char == " ":
             forms.add(r"\+")
-        forms.update(map(re.escape, _in_json(char)))
+        for said in _in_cases(char) - {char}:  # "ä" upper-cased: "%C3%84" (JSON: below)
+            with contextlib.suppress(UnicodeEncodeError):
+                forms.add(re.escape(quote(said, safe="", errors="surrogateescape")))
+        for said in _in_cases(char):
+            forms.update(map(re.escape, _in_json(said)))
         if char.isascii() and char.isprintable():  # as a page escapes it: "&#x2F;", "&#39;"
             forms.add(re.escape(html.escape(char)))
             # Its code with zeros before it too: PHP's htmlspecialchars writes "'" as "&#039;".

@@ -2397,6 +2397,28 @@ def test_a_secret_holding_a_dotted_capital_i_in_another_case_is_masked(
     assert redact(said, ["\\İİ-kilim-İİ\\"]) == shown
 
 
+@pytest.mark.parametrize(
+    "written",
+    [
+        lambda said: json.dumps(said)[1:-1],  # Python's and Java's: "\\u041f"
+        lambda said: quote(said, safe=""),  # "%D0%9F"
+        lambda said: json.dumps(said)[1:-1][:50],  # cut: 9 of its characters
+        lambda said: json.dumps(json.dumps(said)[1:-1])[1:-1],  # escaped twice
+    ],
+    ids=["JSON-escaped", "URL-encoded", "JSON-escaped, cut", "JSON-escaped twice"],
+)
+@pytest.mark.parametrize("case", [str.upper, str.lower], ids=["upper-cased", "lower-cased"])
+def test_a_secret_outside_ascii_escaped_in_another_case_is_masked(
+    written: Callable[[str], str], case: Callable[[str], str]
+) -> None:
+    # A re pattern ignoring case takes "С" for "с", but not "\u0421" for "\u0441" nor "%D0%A1"
+    # for "%D1%81": a secret of Cyrillic or accented letters that a service quoted upper-cased
+    # (or lower-cased), escaped, was shown whole, all but its ASCII runs of 8.
+    secret = "пароль-Секрет-42"
+    said = written(case(secret))
+    assert redact(f"refused: {said}...", [secret]) == f"refused: {MASK}..."
+
+
 @pytest.mark.parametrize("token", [TOKEN, "fresh-unknown-token"], ids=["known", "unknown"])
 def test_a_token_in_a_link_headers_url_keeps_what_follows_the_url(token: str) -> None:
     # A Link header quoting the request URL: the "access_token=" value ran on through the ">;"
