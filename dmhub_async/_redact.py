@@ -9,6 +9,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import html
+import itertools
 import json
 import os
 import re
@@ -581,10 +582,26 @@ def _in_json(text: str) -> set[str]:
     written = json.dumps(text)[1:-1]
     every = "".join(map(_json_escaped, text))
     once = {written, written.replace("/", "\\/"), every}
+    # Some of those characters escaped and not the others, as each writer picks its own
+    # (.NET's "+" with "/" raw, Gson's "=" with "+" raw): cut short, a run of 8 characters
+    # holding one raw and one escaped matched neither form, and was shown. Each set of them,
+    # for a secret of up to 4 kinds (base64's "+/=": 6 more forms); past that, all or none.
+    kinds = sorted({char for char in text if char.isascii() and _json_escaped(char) != char})
+    if len(kinds) <= _MOST_KINDS_ESCAPED_APART:
+        for size in range(1, len(kinds)):
+            for escaped in itertools.combinations(kinds, size):
+                once.add(
+                    "".join(_json_escaped(c) if c in escaped else json.dumps(c)[1:-1] for c in text)
+                )
     # And escaped twice, a JSON body quoted in a JSON string ("\\/", "\\u00e9"; "\\\/" by PHP):
     # the secret was masked in its runs alone, its start and end shown, or not at all.
     twice = {json.dumps(form)[1:-1] for form in once}
     return once | twice | {form.replace("/", "\\/") for form in twice}
+
+
+#: The most kinds of characters a secret may hold for :func:`_in_json` to give a form of each
+#: set of them escaped: 2 to the power of it forms, and as many again escaped twice.
+_MOST_KINDS_ESCAPED_APART = 4
 
 
 def _json_escaped(char: str) -> str:

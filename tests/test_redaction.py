@@ -2419,6 +2419,26 @@ def test_a_secret_outside_ascii_escaped_in_another_case_is_masked(
     assert redact(f"refused: {said}...", [secret]) == f"refused: {MASK}..."
 
 
+@pytest.mark.parametrize(
+    ("escaped", "start", "end"),
+    [
+        ("+", 7, 15),  # .NET's: "IHUjp/\u002b0", "/" raw
+        ("=", 18, 26),  # Gson's: "vDZq9/V\u003d", "/" raw
+        ("/", 11, 19),  # "p\u002f+0k53v", "+" raw
+    ],
+    ids=[".NET's plus", "Gson's equals", "slashes alone"],
+)
+def test_a_secret_json_escaped_in_part_and_cut_short_is_masked(
+    escaped: str, start: int, end: int
+) -> None:
+    # A JSON writer escapes the characters it picks and leaves the others: the whole secret
+    # was masked in any mix, but its runs of 8 were looked for with all or none of them
+    # escaped, and a cut of 8 characters holding a raw one and an escaped one was shown.
+    secret = "DYOnmLtIHUjp/+0k53vDZq9/V="
+    said = "".join(_redact._json_escaped(c) if c in escaped else c for c in secret[start:end])
+    assert redact(f"echo: {said} ...", [secret]) == f"echo: {MASK} ..."
+
+
 @pytest.mark.parametrize("token", [TOKEN, "fresh-unknown-token"], ids=["known", "unknown"])
 def test_a_token_in_a_link_headers_url_keeps_what_follows_the_url(token: str) -> None:
     # A Link header quoting the request URL: the "access_token=" value ran on through the ">;"
