@@ -557,7 +557,7 @@ def closed_port() -> int:
 
 BAD_INPUTS: list[tuple[str, list[str], dict[str, str | None], int, tuple[str, ...]]] = [
     ("no credentials", [], {"DMHUB_APP_ID": None, "DMHUB_SECRET": None}, 1, ("credentials",)),
-    ("wrong secret", [], {"DMHUB_SECRET": "wrong-" + SECRET}, 1, ("DMHUB_SECRET", "--token-store")),
+    ("wrong secret", [], {"DMHUB_SECRET": "wrong-" + SECRET}, 1, ("DMHUB_SECRET",)),
     ("unreachable", ["--max-retries", "0"], {"DMHUB_BASE_URL": "closed"}, 1, ("no answer",)),
     ("bad gender", ["--gender", "7"], {}, 2, ("--gender",)),
     ("bad date", ["--created-from", "notadate"], {}, 2, ("--created-from",)),

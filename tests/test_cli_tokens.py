@@ -28,7 +28,7 @@ from dmhub_async.cli._settings import token_store
 from dmhub_async.testing import DMHubSimulator
 
 
-@pytest.mark.parametrize("code", [40001, 40004])
+@pytest.mark.parametrize("code", [40001, 42001])
 def test_a_refused_token_says_why_runs_must_share_it(code: int) -> None:
     # It said "DM Hub keeps one a app id".
     exit_code, line = explain(AuthenticationError("refused", status=401, code=code))
@@ -36,6 +36,32 @@ def test_a_refused_token_says_why_runs_must_share_it(code: int) -> None:
     assert exit_code == EXIT_ERROR
     assert "(DM Hub keeps one token per app id): share it with --token-store" in line
     assert "DMHUB_APP_ID and DMHUB_SECRET" in line
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "check"),
+    [
+        (200, "40004", "check DMHUB_APP_ID and DMHUB_SECRET"),
+        (200, "40013", "check DMHUB_APP_ID and DMHUB_SECRET"),
+        (404, 404, "check DMHUB_BASE_URL, DMHUB_APP_ID and DMHUB_SECRET"),
+    ],
+    ids=["40004", "another code", "no token endpoint there"],
+)
+def test_a_refused_token_request_says_only_what_to_check(
+    status: int, code: int | str, check: str
+) -> None:
+    # The token request itself refused (a wrong secret, 40004 or any other code; a base URL
+    # with no token endpoint) is never another process's doing: the line said "another process
+    # using the same app id may have taken the token ..., or check DMHUB_APP_ID and
+    # DMHUB_SECRET" of 40013, and named no DMHUB_BASE_URL of a 404.
+    refused = AuthenticationError("refused", status=status, code=code, path="/security/accesstoken")
+
+    exit_code, line = explain(refused)
+
+    assert exit_code == EXIT_ERROR
+    assert line.endswith(f"; {check}"), line
+    assert "another process" not in line
+    assert "--token-store" not in line
 
 
 async def test_a_refused_token_request_is_one_line_naming_the_variables_once() -> None:

@@ -26,6 +26,7 @@ from .._exceptions import (
     ResponseTooLargeError,
     without_token_hint,
 )
+from .._sansio import TOKEN_PATH
 from .._validate import misnamed_variables
 
 __all__ = [
@@ -190,8 +191,13 @@ def _auth_hint(err: AuthenticationError) -> str:
         "token per app id): share it with --token-store or DMHUB_TOKEN_STORE"
     )
     credentials = "check DMHUB_APP_ID and DMHUB_SECRET"
-    if str(err.code) == "40004":  # the token request itself was refused: the credentials
-        return f"{credentials}; if they are right, {sharing}"
+    if err.path == TOKEN_PATH or str(err.code) == "40004":
+        # The token request itself was refused, by any code (a wrong secret was 40013 on some
+        # services): never another process's doing, which only revokes a token once issued.
+        # Not on HTTP 200: no token endpoint where the base URL points, maybe (a 404).
+        if err.status >= 300:
+            return "check DMHUB_BASE_URL, DMHUB_APP_ID and DMHUB_SECRET"
+        return credentials
     return f"{sharing}, or {credentials}"
 
 
