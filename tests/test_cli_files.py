@@ -379,6 +379,42 @@ def test_an_out_whose_tilde_no_shell_expanded_says_so(
     assert requests(served) == 0
 
 
+@pytest.mark.skipif(os.sep != "/", reason="a drive letter is a path of this machine's own")
+@pytest.mark.parametrize(
+    ("flag", "command"),
+    [
+        ("--out", ["export", "--out", "C:\\exports\\june.jsonl"]),
+        ("--out", ["export", "--shards", "2", "--out", "c:\\exports\\parts"]),
+        ("--checkpoint", ["export", "--out", "june.jsonl", "--checkpoint", "D:\\june.ckpt"]),
+        ("--out", ["lookup", "--in", "ids.csv", "--out", "C:\\found.csv"]),
+    ],
+    ids=["export", "sharded export", "checkpoint", "lookup"],
+)
+def test_a_windows_path_is_a_usage_error_naming_its_flag(
+    served: ServedSimulator, env: dict[str, str], tmp_path: Path, flag: str, command: list[str]
+) -> None:
+    # `--out 'C:\exports\june.jsonl'`, a Windows path typed on Linux: exported, exit 0, to
+    # a file of that one name, backslashes and all, in the directory the command ran in.
+    write_identities(tmp_path / "ids.csv", [("mobile", "13800000000")])
+    given = command[command.index(flag) + 1]
+
+    result = run_cli(*command, env=env, cwd=tmp_path)
+
+    assert_one_line_error(result, 2, f"{flag} {given}: a Windows path", f"./{given}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ids.csv"]
+    assert requests(served) == 0
+
+
+def test_a_name_led_by_dot_slash_and_a_drive_letter_is_written_as_given(
+    served: ServedSimulator, env: dict[str, str], tmp_path: Path
+) -> None:
+    # The way round the refusal above, which it names: a file so named is a legal one here.
+    result = run_cli("export", "--out", "./C:\\june.jsonl", "-q", env=env, cwd=tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    assert len(jsonl_ids(tmp_path / "C:\\june.jsonl")) == CUSTOMERS
+
+
 @pytest.mark.parametrize("command", ["export", "lookup"])
 @pytest.mark.parametrize("out", ["~", "~/", "~/exports/"])
 def test_an_out_of_a_home_directory_whose_tilde_no_shell_expanded_says_so(

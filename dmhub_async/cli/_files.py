@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 __all__ = [
     "STDOUT",
     "appeared",
+    "check_local",
     "check_output",
     "counted_noting",
     "decoded_lines",
@@ -253,8 +254,24 @@ def check_checkpoint(checkpoint: str) -> None:
     """Refuse a ``--checkpoint`` the export would refuse (a directory, a link, a directory
     that does not exist) as a usage error, before anything is sent: it was exit 1. One of the
     home whose ``~`` no shell expanded is refused as ``--out``'s is (:func:`check_output`)."""
+    check_local("--checkpoint", checkpoint)
     _check_home("--checkpoint", checkpoint)
     _check_path(checkpoint, "--checkpoint", REPLACED_BESIDE)
+
+
+#: A Windows path's start, a drive and a backslash (``C:\exports\june.jsonl``).
+_DRIVE: Final = re.compile(r"[A-Za-z]:\\")
+
+
+def check_local(flag: str, path: str) -> None:
+    """Refuse ``path``, given to ``flag``, that is a Windows path (``C:\\exports\\june.jsonl``)
+    where a path has no drive: it was taken as one name, backslashes and all, a file written
+    where the command ran, exit 0. ``./C:\\x`` names such a file, as written."""
+    if os.sep == "/" and _DRIVE.match(path):
+        raise UsageError(
+            f"{flag} {path}: a Windows path, read here as one name, backslashes and all: give"
+            f" a path of this machine, with / (or ./{path} for that name)"
+        )
 
 
 def _check_home(flag: str, path: str) -> None:
@@ -295,6 +312,7 @@ def check_output(
         if sys.stdout is None or getattr(sys.stdout, "closed", False):  # started with >&-
             raise UsageError("--out -: standard output is closed: give --out a file")
         return
+    check_local("--out", out)
     # --out=~ or --out=~/exports/ (no shell expands a ~ after "="): "the format is read from
     # the name: name it ~.jsonl", or "names a directory", saying nothing of the ~.
     _check_home("--out", out)

@@ -50,7 +50,7 @@ from ._errors import (
     say,
     work_done,
 )
-from ._files import appeared, check_output
+from ._files import appeared, check_local, check_output
 from ._parser import WORKER_REPORT
 from ._report import ProgressLines, ids_listed, print_report, shown
 from ._settings import (
@@ -139,6 +139,7 @@ def check_sharding(args: argparse.Namespace) -> None:
             f"--encoding {args.encoding}: the parts of --shards are written in utf-8 (merge "
             "concatenates them, so no part can start with utf-8-sig's mark)"
         )
+    check_local("--out", args.out)
     try:
         a_file = Path(args.out).exists() and not Path(args.out).is_dir()
     except OSError:  # under a directory this user may not enter, a name too long: said below
