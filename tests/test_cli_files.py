@@ -224,6 +224,33 @@ def test_an_out_through_a_link_loop_is_a_usage_error_naming_the_link(
     assert requests(served) == 0
 
 
+@pytest.mark.parametrize("links", ["a loop", "a chain"])
+def test_a_lookup_input_through_a_link_loop_or_chain_is_said_as_such(
+    served: ServedSimulator, env: dict[str, str], tmp_path: Path, links: str
+) -> None:
+    # `lookup --in loop/in.csv`: "--in loop/in.csv: no such file", of a link that leads back
+    # to itself; and of a file that is there at the end of a chain of 45 links, more than the
+    # system follows.
+    if links == "a loop":
+        (tmp_path / "loop").symlink_to(tmp_path / "loop")
+        given, first = "loop/in.csv", "loop"
+        said = "a symbolic link that leads back to itself (a loop)"
+    else:
+        write_identities(tmp_path / "real.csv", [("mobile", "13800000000")])
+        (tmp_path / "l45").symlink_to(tmp_path / "real.csv")
+        for n in range(44, -1, -1):
+            (tmp_path / f"l{n}").symlink_to(tmp_path / f"l{n + 1}")
+        given = first = "l0"
+        said = "a symbolic link through too many levels of symbolic links"
+
+    result = run_cli("lookup", "--in", given, "--out", "found.csv", env=env, cwd=tmp_path)
+
+    assert_one_line_error(result, 1, f"--in {given}: cannot read it: {first!r} is {said}")
+    assert "no such file" not in result.stderr
+    assert not (tmp_path / "found.csv").exists()
+    assert requests(served) == 0
+
+
 @pytest.mark.parametrize("made", [True, False])
 def test_shards_under_a_directory_it_cannot_write_to_are_a_usage_error_naming_it(
     served: ServedSimulator, env: dict[str, str], tmp_path: Path, made: bool

@@ -30,6 +30,8 @@ from ..export._output import (
     BESIDE,
     REPLACED_BESIDE,
     check_path,
+    looping,
+    looping_link,
     not_expanded,
     unexpanded_home,
     wait_for_room,
@@ -546,7 +548,10 @@ def _exists_without_checkpoint(out: str, checkpoint: str, fmt: str) -> str:
 def no_such_file(flag: str, given: str) -> str:
     """``FLAG GIVEN: no such file``; for a ``~/ids.csv`` no shell expanded (``--in=~/ids.csv``)
     that is in the home, the path meant: "no such file" alone, of the user's own file, said
-    nothing of why."""
+    nothing of why. One through a link that goes round (or through more links than are
+    followed) is said as such: it was "no such file" too."""
+    if (link := looping(Path(given))) is not None:
+        return f"{flag} {given}: cannot read it: {str(link)!r} is {looping_link(link)}"
     said = f"{flag} {given}: no such file"
     home = unexpanded_home(given)
     if home is None or not os.path.isfile(home):

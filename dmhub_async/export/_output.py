@@ -38,6 +38,7 @@ __all__ = [
     "check_path",
     "denied",
     "looping",
+    "looping_link",
     "not_expanded",
     "open_output",
     "wait_for_room",
@@ -149,9 +150,18 @@ def _unreachable(path: Path, err: OSError) -> str:
     link = looping(path.parent) or path.parent
     where = "" if link == path.parent else f" under {str(link)!r},"
     return (
-        f"cannot write to {str(path.parent)!r},{where} a symbolic link that leads back to"
-        " itself (a loop): mend the link, or give another path"
+        f"cannot write to {str(path.parent)!r},{where} {looping_link(link)}: mend the link, or"
+        " give another path"
     )
+
+
+def looping_link(link: Path) -> str:
+    """What ``link``, found by :func:`looping`, is: a symbolic link that leads back to itself
+    (a loop), or the first of a chain longer than the system follows (40 links on Linux),
+    which its ELOOP says too: said a loop, it was not one."""
+    if _loops(Path(os.path.realpath(link))):  # resolved as far as it goes: it goes round
+        return "a symbolic link that leads back to itself (a loop)"
+    return "a symbolic link through too many levels of symbolic links (more than are followed)"
 
 
 def looping(path: Path) -> Path | None:

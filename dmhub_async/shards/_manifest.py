@@ -46,6 +46,7 @@ from ..export._output import (
     check_path,
     denied,
     looping,
+    looping_link,
 )
 from ..resources._filters import EMPTY_STAGE, customer_filter_params
 from ._csv_merge import Rewrite, Union, header_names, read_header, same_export, whole_header
@@ -839,10 +840,7 @@ def unmergeable(
         # A link on the way that leads back to itself: "no such directory", or a raw OSError
         # of its manifest.json out of merge().
         if (link := looping(Path(directory))) is not None:
-            return (
-                f"{named} cannot be read: {str(link)!r} is a symbolic link that leads back to"
-                f" itself (a loop): {takes}"
-            )
+            return f"{named} cannot be read: {str(link)!r} is {looping_link(link)}: {takes}"
     if os.path.islink(directory) and not os.path.exists(directory):
         target = os.readlink(directory)
         return f"{named} is a symbolic link to {target!r}, which does not exist: {takes}"

@@ -36,6 +36,7 @@ from ..export._output import (
     _sweep,
     denied,
     looping,
+    looping_link,
     nearest_existing,
     not_expanded,
     unexpanded_home,
@@ -626,8 +627,8 @@ def check_directory(where: Path) -> None:
             # link to loop, which does not exist", or "loop is not a directory".
             up = "" if link == where else ", above it,"
             raise InvalidRequestError(
-                f"{named} cannot be made: {str(link)!r}{up} is a symbolic link that leads back to"
-                " itself (a loop): mend the link, or give another directory"
+                f"{named} cannot be made: {str(link)!r}{up} is {looping_link(link)}: mend the"
+                " link, or give another directory"
             ) from None
         if err.errno == errno.ENAMETOOLONG:
             # A name longer than the file system takes (90 Chinese characters): a raw OSError

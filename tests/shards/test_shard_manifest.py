@@ -2849,6 +2849,42 @@ def test_a_merge_through_a_link_loop_is_refused_naming_the_link(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["loop", "out"]
 
 
+def _chain(tmp_path: Path, links: int = 45) -> Path:
+    """The first of ``links`` symbolic links, each to the next, the last to a directory: more
+    than a system follows (40 on Linux, 32 on macOS), and no loop."""
+    (tmp_path / "real").mkdir(parents=True)
+    (tmp_path / f"l{links}").symlink_to(tmp_path / "real")
+    for n in range(links - 1, -1, -1):
+        (tmp_path / f"l{n}").symlink_to(tmp_path / f"l{n + 1}")
+    return tmp_path / "l0"
+
+
+@pytest.mark.parametrize("through", ["the directory", "the output", "a sharded export"])
+async def test_a_chain_of_too_many_links_is_said_as_such_not_a_loop(
+    done: Path, sim: DMHubSimulator, dm: DMHubClient, tmp_path: Path, through: str
+) -> None:
+    # A chain of 45 links to a directory (one link to the next, no loop): the system's ELOOP,
+    # said "'l0' is a symbolic link that leads back to itself (a loop)", which it does not.
+    first = _chain(tmp_path / "links")
+
+    async def run() -> object:
+        if through == "the directory":
+            return merge(first / "out", tmp_path / "all.jsonl")
+        if through == "the output":
+            return merge(done, first / "all.jsonl")
+        return await export_sharded(dm, first / "parts", 2, progress=False)
+
+    with pytest.raises(InvalidRequestError) as info:
+        await run()
+
+    said = str(info.value)
+    assert f"{str(first)!r}" in said
+    assert "a symbolic link through too many levels of symbolic links" in said, said
+    assert "leads back to itself" not in said
+    assert "(a loop)" not in said
+    assert os.listdir(tmp_path / "links" / "real") == []
+
+
 def test_the_cli_merge_through_a_link_loop_is_refused_naming_the_link(
     done: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
