@@ -22,6 +22,9 @@ from urllib.parse import quote, quote_plus
 from multidict import CIMultiDict, CIMultiDictProxy
 
 MASK = "***"
+#: The fewest characters of a secret or token masked: a shorter one cannot be told apart from
+#: the words around it (masking "ab" would mask every "ab" of a message).
+SHORTEST_MASKED = 4
 
 
 class SecretHolder(Protocol):
@@ -120,7 +123,9 @@ def redact(text: str, secrets: Iterable[str | None] = ()) -> str:
         text = _SECRET_MARKUP.sub(r"\g<1>" + MASK, text)
     # Each once: a client's every derived client (with_options) holds its secret and token.
     known = dict.fromkeys(
-        secret for secret in (*secrets, *live_secrets()) if secret and len(secret) >= 4
+        secret
+        for secret in (*secrets, *live_secrets())
+        if secret and len(secret) >= SHORTEST_MASKED
     )
     masks = _masks_of(known)
     # Only the patterns of the secrets whose anchor the text holds: each one scanned the text,

@@ -36,7 +36,7 @@ from ._exceptions import (
     coerce_code,
     error_class,
 )
-from ._redact import MASK, masked_headers, redact
+from ._redact import MASK, SHORTEST_MASKED, masked_headers, redact
 from ._retry import FINAL_5XX, REQUEST_TIMEOUT, longest_retry_after
 from ._token_stores import Token
 from ._validate import MAX_SETTING_LENGTH, printable, sendable_token
@@ -229,6 +229,12 @@ def read_token(data: Any, started: float) -> Token:
         raise _no_token(
             "an access_token that cannot be sent (not printable, or longer than "
             f"{MAX_SETTING_LENGTH} bytes URL-encoded)"
+        )
+    if len(token) < SHORTEST_MASKED:  # quoted back in an error, it would be shown whole
+        del data, token
+        raise _no_token(
+            f"an access_token of fewer than {SHORTEST_MASKED} characters, too short to be masked"
+            " in errors (DM Hub's are 32)"
         )
     lifetime = data.get("expires_in")
     if isinstance(lifetime, bool):  # true was float()-ed to 1 s: a fetch a second

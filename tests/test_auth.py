@@ -408,6 +408,32 @@ async def test_expires_in_from_the_answer_sets_the_refresh_time(api, make_client
     assert checker.seen == ["tok-1", "tok-1", "tok-2"]
 
 
+@pytest.mark.parametrize("issued", ["k", "k9", "k9Z"])
+async def test_an_issued_token_too_short_to_mask_is_refused_never_shown(api, make_client, issued):
+    # A token of 1 to 3 characters cannot be masked without masking every short word: taken,
+    # the service's "token k9Z revoked" was quoted whole in the AuthenticationError.
+    api.get(
+        url("/security/accesstoken"),
+        payload={"error_code": 0, "access_token": issued, "expires_in": 7200},
+        repeat=True,
+    )
+    api.get(
+        url("/v1/customers/1"),
+        status=401,
+        payload={"error_code": 40001, "error_description": f"token <{issued}> revoked"},
+        repeat=True,
+    )
+    dm = make_client(max_retries=0)
+
+    with pytest.raises(DMHubError) as info:
+        await dm.request("GET", "/v1/customers/1")
+
+    assert isinstance(info.value, ResponseDecodeError)
+    assert "too short to be masked" in str(info.value)
+    assert f"<{issued}>" not in str(info.value)
+    assert count(api, "/v1/customers/1") == 0
+
+
 @pytest.mark.parametrize(
     "expires_in",
     [-1, 0, "nan", "-inf", "inf", 1e17, None, "abc", True, [7200]],
@@ -416,9 +442,9 @@ async def test_expires_in_from_the_answer_sets_the_refresh_time(api, make_client
 def test_a_token_lifetime_out_of_reason_is_the_default(expires_in: Any) -> None:
     # Taken as given, a negative or NaN one made every call fetch a token (revoking every other
     # client's); a huge one a token Redis refused to store, so each client fetched its own.
-    token = read_token({"access_token": "tok", "expires_in": expires_in}, 1000.0)
-    assert (token.value, token.expires_at) == ("tok", 1000.0 + DEFAULT_TOKEN_LIFETIME)
-    assert read_token({"access_token": "tok", "expires_in": 900}, 1000.0).expires_at == 1900.0
+    token = read_token({"access_token": "tok-1", "expires_in": expires_in}, 1000.0)
+    assert (token.value, token.expires_at) == ("tok-1", 1000.0 + DEFAULT_TOKEN_LIFETIME)
+    assert read_token({"access_token": "tok-1", "expires_in": 900}, 1000.0).expires_at == 1900.0
 
 
 @pytest.mark.parametrize(
