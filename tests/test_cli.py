@@ -947,6 +947,62 @@ def test_a_failed_lookup_names_the_input_line_it_failed_on(
     assert not (tmp_path / "found.csv").exists()
 
 
+@contextlib.contextmanager
+def _echoing_service() -> Iterator[str]:
+    """A service on 127.0.0.1, on a thread of its own, whose lookups fail quoting the
+    identity they were asked for, as a service's words may (its base URL)."""
+    from aiohttp import web
+
+    async def token(request: web.Request) -> web.Response:
+        return web.json_response({"error_code": 0, "access_token": "e" * 32, "expires_in": 7200})
+
+    async def lookup(request: web.Request) -> web.Response:
+        value = request.query.get("identityValue")
+        body = {"error_code": 50000, "error_description": f"lookup of {value} failed"}
+        return web.json_response(body, status=500)
+
+    app = web.Application()
+    app.router.add_get("/security/accesstoken", token)
+    app.router.add_get("/v1/customeridentities", lookup)
+    loop = asyncio.new_event_loop()
+    runner = web.AppRunner(app, access_log=None)
+    loop.run_until_complete(runner.setup())
+    loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", 0).start())
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(timeout=10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+        loop.close()
+
+
+def test_a_failed_lookup_never_shows_the_identity_the_service_quoted(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    # "ids.csv:2: its lookup failed: ... lookup of 13812345678 failed": the line, as the README
+    # says, and the identity too (personal data, in a CI log) where the service quoted it.
+    (tmp_path / "ids.csv").write_text("type,value\nmobile,13812345678\n", encoding="utf-8")
+    with _echoing_service() as base_url:
+        result = run_cli(
+            "lookup",
+            "--in",
+            "ids.csv",
+            "--out",
+            "found.csv",
+            "--max-retries",
+            "0",
+            env={**env, "DMHUB_BASE_URL": base_url},
+            cwd=tmp_path,
+        )
+
+    assert_one_line_error(result, 1, "ids.csv:2: its lookup failed:", "lookup of *** failed")
+    assert "13812345678" not in result.stderr
+    assert not (tmp_path / "found.csv").exists()
+
+
 @pytest.mark.parametrize(
     ("fault", "words"),
     [

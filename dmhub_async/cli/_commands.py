@@ -31,6 +31,7 @@ from .._exceptions import (
     ServerError,
 )
 from .._query_time import zone_setting
+from .._redact import redact
 from .._validate import check_identity, mangled_value
 from .._words import counted
 from ..export import ExportReport, export_customers
@@ -647,13 +648,13 @@ async def _lookup_rows(
         # slow service (or token) showed nothing until the first, a CI job's silent step.
         progress.update(0, total)
     found = missing = 0
-    # The line of each identity taken and not yet answered: answers come in input order, so
-    # the first is the line of the lookup that fails.
-    lines: deque[int] = deque()
+    # The line and value of each identity taken and not yet answered: answers come in input
+    # order, so the first is the lookup that fails.
+    lines: deque[tuple[int, str]] = deque()
 
     def taken() -> Iterator[Identity]:
         for line, identity in _numbered_identities(infile, encoding, name):
-            lines.append(line)
+            lines.append((line, identity.value))
             yield identity
 
     async with open_client(args, args.concurrency) as dm, ticking(progress):
@@ -672,6 +673,9 @@ async def _lookup_rows(
                     if progress is not None:
                         progress.update(found + missing, total)
             except APIError as err:
+                # The service's words may quote the identity it was asked for: personal data
+                # (a mobile, an openid), masked as a secret is, wherever the line is said.
+                said = redact(without_method(str(err)), [lines[0][1]] if lines else [])
                 if isinstance(err, RateLimitError):
                     # The app's, not the line's: any row would have met it, and the advice to
                     # check or remove the line had a good row dropped.
@@ -679,25 +683,25 @@ async def _lookup_rows(
                     if err.retry_after is not None and err.retry_after > cap:
                         # Raised at once, not retried: more --max-retries met it again at once.
                         raise CommandError(
-                            f"{without_method(str(err))}: the service's rate limit asked for a"
+                            f"{said}: the service's rate limit asked for a"
                             f" wait longer than the {cap:g} s a retry waits: run it again once"
                             " that time has passed, with a lower --concurrency"
                         ) from None
                     raise CommandError(
-                        f"{without_method(str(err))}: the service's rate limit outlasted the"
+                        f"{said}: the service's rate limit outlasted the"
                         " retries: run it again with a lower --concurrency or more --max-retries"
                     ) from None
                 if isinstance(err, ServerError) and err.status in _UNAVAILABLE:
                     # The service down or a gateway's failure, which no row causes.
                     raise CommandError(
-                        f"{without_method(str(err))}: the service's, not a row's (it was"
+                        f"{said}: the service's, not a row's (it was"
                         " unavailable): run it again later"
                     ) from None
                 if isinstance(err, AuthenticationError) or not lines:
                     raise  # the app's, not the line's: explain() says what to do
                 # The line, not its value: an identity is personal data (a mobile, an openid).
                 raise CommandError(
-                    f"{name}:{lines[0]}: its lookup failed: {without_method(str(err))}; "
+                    f"{name}:{lines[0][0]}: its lookup failed: {said}; "
                     "run it again, and if that line fails again, check or remove it"
                 ) from None
     where = "standard output" if args.out == STDOUT else args.out

@@ -175,7 +175,8 @@ class Identities(Resource):
                 :class:`DMHubError` is.
             DMHubError: a lookup failed (without ``return_exceptions``): its message starts
                 with the input's place and type (``lookup_many(): identities[8] (a wechat
-                identity): ...``), never its value.
+                identity): ...``), never its value; the service's words after it may
+                quote the value back, as any error's may (README, on personal data).
         """
         if not is_collection(identities):
             raise InvalidRequestError("lookup_many(): identities must be a list of Identity")
