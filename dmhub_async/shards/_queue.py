@@ -46,6 +46,7 @@ from .._redis_send import (
     redis_words_shown,
     sending_cancellably,
 )
+from .._sansio import TOKEN_PATH
 from .._shared_rate import check_shared_rate
 from .._tasks import to_the_end
 from .._tasks import within as _bounded_in_time
@@ -660,7 +661,9 @@ def worker_credentials_hint(err: AuthenticationError, whose: str = "the workers'
     which failed the same way.
     """
     check = f"check {whose} DMHUB_APP_ID and DMHUB_SECRET (each worker reads its own environment)"
-    if str(err.code) == "40004":  # the token request itself was refused: the credentials
+    if err.path == TOKEN_PATH or str(err.code) == "40004":
+        # The token request itself was refused (by any code: 40013 on some services): the
+        # credentials, never another process's fetch, which only revokes a token once issued.
         return check
     return (
         f"{check}, or whether another process using the same app id, not sharing the queue's "

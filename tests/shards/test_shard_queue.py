@@ -33,9 +33,21 @@ from shard_support import (
     sim_process,
 )
 
-from dmhub_async import DMHubClient, DMHubError, InvalidRequestError, RedisTokenStore
+from dmhub_async import (
+    AuthenticationError,
+    DMHubClient,
+    DMHubError,
+    InvalidRequestError,
+    RedisTokenStore,
+)
 from dmhub_async.shards import MANIFEST_NAME, Manifest, Shard, ShardOutcome
-from dmhub_async.shards._queue import export_id_of, job_id_of, run_on_queue, worker
+from dmhub_async.shards._queue import (
+    export_id_of,
+    job_id_of,
+    run_on_queue,
+    worker,
+    worker_credentials_hint,
+)
 from dmhub_async.shards._run import prepare
 
 pytestmark = pytest.mark.timeout(240)
@@ -3294,3 +3306,26 @@ async def test_a_part_seen_late_is_waited_for_at_a_poll_of_60_s(
             )
     assert [(s.status, s.error) for s in ended.shards] == [("complete", None)] * 2
     assert ended.complete
+
+
+@pytest.mark.parametrize(
+    ("code", "path", "sharing"),
+    [
+        ("40004", "/security/accesstoken", False),
+        ("40013", "/security/accesstoken", False),
+        (40001, "/v1/customers", True),
+    ],
+    ids=["40004", "another code", "a call's token refused"],
+)
+def test_a_workers_refused_token_request_is_said_of_its_credentials_alone(
+    code: str | int, path: str, sharing: bool
+) -> None:
+    # A worker's token request refused by 40013 (a wrong secret on some services) was said
+    # "check the workers' DMHUB_APP_ID and DMHUB_SECRET ..., or whether another process ...
+    # took the token": another process's fetch never makes a token request fail.
+    refused = AuthenticationError("refused", status=200, code=code, path=path)
+
+    hint = worker_credentials_hint(refused)
+
+    assert hint.startswith("check the workers' DMHUB_APP_ID and DMHUB_SECRET")
+    assert ("another process" in hint) is sharing, hint
