@@ -2743,6 +2743,35 @@ async def test_a_path_named_as_long_as_the_files_beside_it_leave_room_for_is_wri
     assert len(out.read_text().splitlines()) == 3
 
 
+@pytest.mark.skipif(
+    sys.platform in ("win32", "darwin"), reason="a file system naming files in bytes alone"
+)
+@pytest.mark.parametrize("where", ["its directory", "its name"])
+async def test_an_export_whose_path_is_not_utf8_resumes_from_its_checkpoint(
+    sim: DMHubSimulator, client: DMHubClient, tmp_path: Path, where: str
+) -> None:
+    # A name of bytes that are no UTF-8 (a Latin-1 archive's "r\xe9sultats"), as os.listdir()
+    # and the command line give it (surrogateescape): taken, then the first checkpoint, which
+    # records the output's path, raised a raw "TypeError: str is not valid UTF-8: surrogates
+    # not allowed" once the first page was read, and a resume could never be.
+    latin = os.fsdecode(b"r\xe9sultats")
+    if where == "its directory":
+        (tmp_path / latin).mkdir()
+        dest, ckpt = tmp_path / latin / "june.jsonl", tmp_path / latin / "june.ckpt"
+    else:
+        dest, ckpt = tmp_path / f"{latin}.jsonl", tmp_path / f"{latin}.ckpt"
+    with pytest.raises(Crash):
+        await export_customers(
+            client, dest, checkpoint=ckpt, page_size=50, progress=False, on_progress=crash_after(2)
+        )
+
+    report = await export_customers(client, dest, checkpoint=ckpt, page_size=50, progress=False)
+
+    assert (report.resumed, report.complete) == (True, True)
+    assert ids_of(read_jsonl(dest)) == sim.customer_ids()
+    assert not ckpt.exists()
+
+
 @pytest.mark.parametrize("char", ["\x00", "\ud83d"], ids=["NUL", "lone surrogate"])
 @pytest.mark.parametrize("given", ["output", "checkpoint", "sharded", "merged", "merge's dest"])
 async def test_a_path_no_file_can_be_named_is_refused_saying_what_it_holds(

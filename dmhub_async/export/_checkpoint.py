@@ -8,6 +8,7 @@ service, app, destination, format and filters (docs/reliability.md, "Resuming an
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path, PurePath
 from typing import Any
@@ -27,6 +28,7 @@ __all__ = [
     "Checkpoint",
     "ExportScope",
     "id_list_digest",
+    "loads_checkpoint",
     "moved_with_it",
     "read_checkpoint",
     "recorded_scope",
@@ -217,7 +219,29 @@ def write_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
         del raw["work"]  # as earlier releases wrote it, which can then read it
     if not _digested(checkpoint.scope):
         raw["version"] = _FULL_ID_LIST_VERSION  # which earlier releases read too
-    replace_file(path, orjson.dumps(raw))
+    try:
+        data = orjson.dumps(raw)
+    except TypeError:  # a path of bytes that are no UTF-8 (see loads_checkpoint)
+        data = json.dumps(raw).encode("ascii")
+    replace_file(path, data)
+
+
+def loads_checkpoint(raw: bytes) -> Any:
+    """A checkpoint's JSON, or None when it is not JSON.
+
+    A path of bytes that are no UTF-8 (``r\\xe9sultats``, as ``os.listdir`` and the command
+    line give it: ``surrogateescape``'s lone surrogates) is written by ``json`` as escapes
+    (``\\udce9``), which orjson neither writes nor reads: such an export raised a raw
+    TypeError at its first checkpoint. Read back by ``json`` then, and only then."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        if b"\\udc" not in raw:
+            return None
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
 
 
 def read_checkpoint(path: Path, scope: ExportScope) -> Checkpoint | None:
@@ -226,10 +250,7 @@ def read_checkpoint(path: Path, scope: ExportScope) -> Checkpoint | None:
         raw = path.read_bytes()
     except FileNotFoundError:
         return None
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        data = None
+    data = loads_checkpoint(raw)
     version = data.get("version") if isinstance(data, dict) else None
     if version == 1:
         raise InvalidRequestError(

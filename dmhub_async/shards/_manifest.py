@@ -36,7 +36,7 @@ from .._retry import http_date
 from .._threads import on_thread
 from .._validate import _as_int, check_flag, check_number, check_path_type, short
 from .._words import counted
-from ..export._checkpoint import ExportScope, recorded_scope
+from ..export._checkpoint import ExportScope, loads_checkpoint, recorded_scope
 from ..export._export import FORMAT_OF_SUFFIX, Verify, check_output_name
 from ..export._output import (
     REPLACED_BESIDE,
@@ -1433,9 +1433,9 @@ def _committed(checkpoint: Path) -> _Committed:
         with fh:
             if not stat.S_ISREG(info.st_mode):
                 return _Committed(None)
-            data = orjson.loads(fh.read())
+            data = loads_checkpoint(fh.read())
         covered, exported = data["bytes"], data.get("exported")
-    except (OSError, orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+    except (OSError, KeyError, TypeError, AttributeError):
         return _Committed(None)
     if not isinstance(covered, int) or isinstance(covered, bool):
         return _Committed(None)

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import csv
 import errno
+import json
 import os
 import socket
 import stat
@@ -1860,6 +1861,31 @@ async def test_a_stopped_run_leaves_no_shard_said_to_be_running(
 
     again = await export_sharded(dm, out, 4, progress=False)
     assert [(s.status, s.error) for s in again.shards] == [("complete", None)] * 4
+
+
+@pytest.mark.skipif(
+    sys.platform in ("win32", "darwin"), reason="a file system naming files in bytes alone"
+)
+async def test_a_sharded_export_in_a_directory_not_utf8_resumes_and_merges_what_there_is(
+    dm: DMHubClient, tmp_path: Path
+) -> None:
+    # A directory named in bytes that are no UTF-8 (os.listdir()'s and the command line's
+    # surrogateescape): each shard's first checkpoint, which records its part's path, raised
+    # a raw TypeError; written, merge read none of them, and the rows after one went in.
+    out = tmp_path / os.fsdecode(b"r\xe9sultats")
+    await stopped_mid_way(dm, out, 4, after=60)
+    covered = [json.loads(checkpoint.read_bytes())["exported"] for checkpoint in out.glob("*.ckpt")]
+    part = out / "part-00001.jsonl"
+    first = part.read_bytes().splitlines(keepends=True)[0]
+    with part.open("ab") as fh:  # a page written, its checkpoint not yet: not to be merged
+        fh.write(first)
+
+    assert merge(out, tmp_path / "so-far.jsonl", allow_incomplete=True) == sum(covered)
+
+    again = await export_sharded(dm, out, 4, progress=False)
+    assert again.complete
+    ids = exported_ids(out)
+    assert len(ids) == len(set(ids)) == CUSTOMERS
 
 
 async def test_a_merge_says_a_shard_a_killed_coordinator_left_running_is_not_running(
