@@ -210,8 +210,10 @@ def _progress_key(export_id: str, plan_id: str) -> str:
 
 
 def export_id_of(directory: Path) -> str:
-    """The export's id: the same directory is the same export, on every machine."""
-    return hashlib.sha256(os.path.abspath(directory).encode()).hexdigest()[:16]
+    """The export's id: the same directory is the same export, on every machine. Its path's
+    bytes as the file system names them: a name not UTF-8 (``surrogateescape``'s) was a raw
+    UnicodeEncodeError of ``--queue``, and a UTF-8 one's id is as it was."""
+    return hashlib.sha256(os.fsencode(os.path.abspath(directory))).hexdigest()[:16]
 
 
 def _absolute(directory: str | os.PathLike[str]) -> Path:

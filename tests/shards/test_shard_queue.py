@@ -592,6 +592,28 @@ async def test_a_queue_redis_gone_mid_run_is_waited_for_then_a_dmhub_error(
     assert on_disk.status() == "incomplete"
 
 
+@pytest.mark.skipif(
+    sys.platform in ("win32", "darwin"), reason="a file system naming files in bytes alone"
+)
+async def test_a_queue_export_in_a_directory_not_utf8_is_exported_by_its_workers(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    # A directory named in bytes that are no UTF-8 (os.listdir()'s and the command line's
+    # surrogateescape), which --workers and one process export: `--queue` died at once with a
+    # raw "'utf-8' codec can't encode character '\udce9'", of the export's id.
+    out = tmp_path / os.fsdecode(b"r\xe9sultats")
+    with sim_process(400) as sim:
+        manifest = await planned(sim, redis, out, 2)
+        with workers(sim, redis.url, 1):
+            manifest = await asyncio.wait_for(
+                run_on_queue(redis.url, out, manifest, progress=False, poll=0.2), 120
+            )
+
+    assert manifest.complete
+    ids = exported_ids(out)
+    assert len(ids) == len(set(ids)) == 400
+
+
 async def test_a_new_export_in_a_directory_shows_none_of_the_old_ones_progress(
     tmp_path: Path, redis: RedisServer
 ) -> None:
