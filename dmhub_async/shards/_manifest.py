@@ -877,7 +877,7 @@ def merge_parts(
     # Only the CLI checked: the merged file was renamed over a symbolic link, a named pipe or
     # a device (/dev/null, as root), a missing folder was made, and a directory failed once
     # every part was copied, with a raw IsADirectoryError. As an export refuses them.
-    check_path(Path(dest), "merge's output", beside=REPLACED_BESIDE)
+    check_path(Path(dest), "merge(): dest", beside=REPLACED_BESIDE)
     why = unmergeable(directory, "merge takes the directory export_sharded wrote")
     if why is not None:
         raise InvalidRequestError(why)

@@ -2847,6 +2847,26 @@ def test_a_merge_of_a_link_to_nothing_says_so_not_that_it_is_a_file(tmp_path: Pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["parts"]
 
 
+@pytest.mark.parametrize("given", ["a directory", "in no directory", "holding a NUL"])
+def test_merge_names_its_dest_as_its_parameter_in_each_refusal(
+    done: Path, tmp_path: Path, given: str
+) -> None:
+    # A dest holding a NUL was "merge(): dest", one that is a directory or in none "merge's
+    # output": one argument told two ways, the second no name a caller gave.
+    (tmp_path / "adir").mkdir()
+    dest = {
+        "a directory": tmp_path / "adir",
+        "in no directory": tmp_path / "no" / "all.jsonl",
+        "holding a NUL": tmp_path / "a\0b.jsonl",
+    }[given]
+
+    with pytest.raises(InvalidRequestError) as refused:
+        merge(done, dest)
+
+    assert str(refused.value).startswith(f"merge(): dest {str(dest)!r}"), str(refused.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adir", "out"]
+
+
 @pytest.mark.parametrize("looping", ["the directory", "the output"])
 def test_a_merge_through_a_link_loop_is_refused_naming_the_link(
     done: Path, tmp_path: Path, looping: str
@@ -2867,7 +2887,7 @@ def test_a_merge_through_a_link_loop_is_refused_naming_the_link(
             " that leads back to itself (a loop): merge takes the directory export_sharded wrote"
         )
     else:
-        assert said.startswith(f"merge's output {str(dest)!r}: cannot write to")
+        assert said.startswith(f"merge(): dest {str(dest)!r}: cannot write to")
         assert said.endswith(
             f"cannot write to {str(tmp_path / 'loop')!r}, a symbolic link that leads back to"
             " itself (a loop): mend the link, or give another path"
