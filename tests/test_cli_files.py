@@ -660,15 +660,15 @@ def test_a_merge_whose_tilde_no_shell_expanded_says_so(env: dict[str, str], tmp_
     assert_one_line_error(
         result,
         1,
-        "~/parts: no such directory: a leading ~ is not expanded here (a shell expands it",
-        f"give {home / 'parts'}",
+        "'~/parts': no such directory: a leading ~ is not expanded here (a shell expands it",
+        f"give {str(home / 'parts')!r}",
     )
     assert list(work.iterdir()) == []
     # A ~ directory that is not in the home either: no such directory, with no path to give.
     result = run_cli(
         "merge", "~/other", "--out", "all.jsonl", env={**env, "HOME": str(home)}, cwd=work
     )
-    assert_one_line_error(result, 1, "~/other: no such directory")
+    assert_one_line_error(result, 1, "'~/other': no such directory")
     assert "give" not in result.stderr
 
 

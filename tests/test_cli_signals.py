@@ -734,7 +734,7 @@ def test_the_command_line_run_in_process_gives_the_programs_signal_handlers_back
     finally:
         for signum, handler in before.items():
             signal.signal(signum, handler)
-    assert capsys.readouterr().err == f"dmhub-async: error: {missing}: no such directory\n"
+    assert capsys.readouterr().err == f"dmhub-async: error: {str(missing)!r}: no such directory\n"
 
 
 #: The console script, whose signal lands in an import a library makes inside ``try: ...
@@ -847,7 +847,7 @@ def test_a_signal_once_a_command_has_failed_leaves_its_error(tmp_path: Path, sig
         waiting="the merge did not end",
     )
 
-    assert (exited, said) == (1, "dmhub-async: error: no-such-directory: no such directory\n")
+    assert (exited, said) == (1, "dmhub-async: error: 'no-such-directory': no such directory\n")
 
 
 #: The command line held as asyncio makes its event loop, before the command's handlers are in

@@ -798,16 +798,17 @@ def _sent_password(url: str) -> str | None:
 
 
 def _no_such_directory(given: str) -> str:
-    """``GIVEN: no such directory``; for a ``~/parts`` no shell expanded (``merge '~/parts'``,
+    """``'GIVEN': no such directory``; for a ``~/parts`` no shell expanded (``merge '~/parts'``,
     quoted) that is in the home, the path meant, as the path flags say it (:func:`no_such_file`):
-    "no such directory" alone, of the user's own directory, said nothing of why."""
-    said = f"{given}: no such directory"
+    "no such directory" alone, of the user's own directory, said nothing of why. Quoted, as
+    merge's other refusals quote the directory (``repr``: a name's end ran into the words)."""
+    said = f"{given!r}: no such directory"
     home = unexpanded_home(given)
     if home is None or not os.path.isdir(home):
         return said
     return (
         f"{said}: a leading ~ is not expanded here (a shell expands it only where a word starts,"
-        f" unquoted: ~/x, not '~/x'): give {home}"
+        f" unquoted: ~/x, not '~/x'): give {home!r}"
     )
 
 

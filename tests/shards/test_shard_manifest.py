@@ -2811,6 +2811,20 @@ def test_the_cli_merge_into_its_own_directory_quotes_both(
     assert os.listdir(tmp_path / "my\nparts") == []
 
 
+def test_the_cli_merge_of_no_directory_quotes_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `merge 'my parts'` of no such directory wrote it bare, where its other refusals quote
+    # it: the name's end ran into the message's words, a backslash and an n read as a newline.
+    monkeypatch.chdir(tmp_path)
+
+    assert main(["merge", "my parts\\n", "--out", "all.jsonl"]) == 1
+
+    error = capsys.readouterr().err
+    assert error.splitlines()[-1] == "dmhub-async: error: 'my parts\\\\n': no such directory"
+    assert os.listdir(tmp_path) == []
+
+
 @pytest.mark.parametrize("cli", [False, True], ids=["merge()", "the CLI's merge"])
 def test_a_merge_of_a_named_pipe_says_it_is_one(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], cli: bool
