@@ -2726,6 +2726,32 @@ async def test_a_path_named_too_long_for_the_files_beside_it_is_refused_before_a
     assert sim.counters.total == 0
 
 
+@pytest.mark.parametrize("longest", [14, 15])
+async def test_a_file_system_whose_names_leave_no_room_beside_one_is_said_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, longest: int
+) -> None:
+    # A file system whose names hold 14 or 15 bytes (System V's, a FAT volume without long
+    # names), under the 15 an output's ".NAME.xxxxxxxx.part" adds: "give a name of at most -1
+    # bytes" (0 bytes at 15), a length no name has.
+    pathconf = os.pathconf
+    monkeypatch.setattr(
+        os, "pathconf", lambda p, n: longest if n == "PC_NAME_MAX" else pathconf(p, n)
+    )
+    async with (
+        DMHubSimulator(customers=3) as sim,
+        DMHubClient(sim.app_id, sim.secret, base_url=sim.url) as dm,
+    ):
+        with pytest.raises(InvalidRequestError) as refused:
+            await export_customers(dm, tmp_path / "a.jsonl", progress=False)
+    assert str(refused.value) == (
+        f"output {str(tmp_path / 'a.jsonl')!r}: cannot write to it: the hidden files written"
+        f" beside it are named after it with 15 bytes more, and a name here holds {longest}:"
+        " give a path on a file system whose names hold more"
+    )
+    assert os.listdir(tmp_path) == []
+    assert sim.counters.total == 0
+
+
 async def test_a_path_named_as_long_as_the_files_beside_it_leave_room_for_is_written(
     tmp_path: Path,
 ) -> None:

@@ -134,6 +134,12 @@ def _check_room_beside(path: Path, what: str, beside: int) -> None:
     except (AttributeError, OSError, ValueError):  # no such limit said here (Windows)
         return
     size = len(os.fsencode(path.name))
+    if 0 < longest <= beside:  # no name leaves room: "at most -1 bytes" (0 at 15) was said
+        raise InvalidRequestError(
+            f"{what} {str(path)!r}: cannot write to it: the hidden files written beside it are"
+            f" named after it with {beside} bytes more, and a name here holds {longest}: give a"
+            " path on a file system whose names hold more"
+        )
     if 0 < longest < size + beside:
         raise InvalidRequestError(
             f"{what} {str(path)!r}: cannot write to it: its name of {size} bytes is too long"
