@@ -137,14 +137,24 @@ def _not_the_list(path: Path) -> InvalidRequestError:
     )
 
 
+#: The last shard index a part's five digits name (no plan has more than MAX_SHARDS shards).
+_LAST_PART: Final = 99_999
+
+
 def part_name(index: int, fmt: str) -> str:
     """``part-00003.jsonl``: the file of shard 3 (an index from 0: -1 was ``part--0001``, a
-    file no manifest names, and True shard 1's). An integer of a class of its own (numpy's
+    file no manifest names, and True shard 1's; to 99999: 100000 was out of the parts' order,
+    10**300 a name no file system holds). An integer of a class of its own (numpy's
     ``int64``) is taken as the int its ``__index__`` gives, as a customer id is."""
     number = index if type(index) is int else _as_int(index)
-    if number is None or number < 0:
+    if number is None or not 0 <= number <= _LAST_PART:
         check_number(
-            "part_name(): index", index if number is None else number, 0, inclusive=True, kind=int
+            "part_name(): index",
+            index if number is None else number,
+            0,
+            inclusive=True,
+            kind=int,
+            high=_LAST_PART,
         )
     return f"part-{number:05d}.{fmt}"
 

@@ -420,6 +420,18 @@ def test_part_name_is_the_shards_file_and_refuses_what_no_shard_is() -> None:
         part_name(True, "jsonl")  # type: ignore[arg-type]
 
 
+def test_part_name_refuses_an_index_past_its_five_digits() -> None:
+    # No upper bound: 100000 was "part-100000.jsonl", out of the parts' order as `ls` lists
+    # them, 10**300 a name of 312 bytes no file system holds, 10**5000 a raw "ValueError:
+    # Exceeds the limit (4300 digits) for integer string conversion". No plan has more than
+    # MAX_SHARDS (4096) shards: every part of one is named in five digits.
+    assert part_name(99_999, "jsonl") == "part-99999.jsonl"
+    for index, shown in ((100_000, "100000"), (10**5000, "an integer of 16610 bits")):
+        with pytest.raises(InvalidRequestError) as refused:
+            part_name(index, "jsonl")
+        assert str(refused.value) == f"part_name(): index must be <= 99999, not {shown}"
+
+
 def test_part_name_takes_a_shard_index_of_an_int_class_of_its_own() -> None:
     # numpy's int64 (an index read from a data frame, or from a plan's array) was refused,
     # "part_name(): index must be an int, not int64(3)", as the rest of the SDK takes it.
