@@ -62,6 +62,7 @@ from .._validate import (
     printable,
     redis_url_error,
     redis_where,
+    unnameable,
 )
 from .._version import __version__
 from ..export._export import Verify, check_verify, retries_of
@@ -830,6 +831,10 @@ def check_mounts(mounts: object) -> dict[str, str]:
                 raise InvalidRequestError(
                     f"worker(): mounts: {printable(str(path))[:200]!r} is not an absolute path"
                 )
+            text = os.fspath(path)
+            if isinstance(text, str) and (why := unnameable(text)) is not None:
+                # Taken, every job mapped through it failed "not a directory on this worker"
+                raise InvalidRequestError(f"worker(): mounts: {text!r} {why}")
         key = os.path.normpath(os.fspath(theirs))
         if key in checked:
             raise InvalidRequestError(f"worker(): mounts: {key} is mapped twice")

@@ -378,6 +378,25 @@ def test_mounts_that_cannot_be_read_are_refused_when_the_worker_is_made(
         worker("redis://127.0.0.1:9/0", mounts=mounts)
 
 
+@pytest.mark.parametrize(
+    ("mounts", "said"),
+    [
+        ({"/exports": "/mnt/ex\0ports"}, "'/mnt/ex\\x00ports' holds a NUL character"),
+        ({"/ex\ud83dports": "/mnt"}, "'/ex\\ud83dports' holds '\\ud83d', which no file name"),
+    ],
+    ids=["a NUL", "a lone surrogate"],
+)
+def test_a_mount_no_file_can_be_named_is_refused_when_the_worker_is_made(
+    mounts: dict[str, str], said: str
+) -> None:
+    # Taken, as FileTokenStore took such a path before a62ae41: every job mapped through it
+    # then failed "... is not a directory on this worker: check the mount", of a path no
+    # directory can have, for as long as the worker ran.
+    with pytest.raises(InvalidRequestError) as refused:
+        worker("redis://127.0.0.1:9/0", mounts=mounts)
+    assert str(refused.value).startswith(f"worker(): mounts: {said}"), str(refused.value)
+
+
 def test_the_cli_refuses_a_mount_without_its_two_paths(tmp_path: Path) -> None:
     run = subprocess.run(
         _cli("worker", "--redis", "redis://127.0.0.1:9/0", "--mount", "/exports"),
