@@ -53,8 +53,9 @@ _DIGITS_TO_ZERO: Final = bytes(0x30 if 0x30 <= b <= 0x39 or b == 0x2E else 0x20 
 #: digits and more (2**64 - 1 has 20 digits too: :func:`_within_64_bits` tells those apart by
 #: their value first); a decimal of 16 digits or more, counting from its first digit (a float
 #: holds 15; some of 16 and 17 read back the same, and exact_number keeps those floats), with a
-#: point or an exponent.
-_LOSSY: Final = re.compile(rb"-\d{19}|\d{20}|(?=[\d.]{17})\d*\.\d|\d{16}[eE]")
+#: point or an exponent; a negative exponent of 16 digits or more (``1e-5318196142216656``,
+#: which orjson reads as 0.0; a positive one past a float's range it refuses).
+_LOSSY: Final = re.compile(rb"-(?:\d{19}|(?<=[eE]-)\d{16})|\d{20}|(?=[\d.]{17})\d*\.\d|\d{16}[eE]")
 
 #: Digits and points in a row that every literal ``_LOSSY`` matches holds.
 _LONG_RUN: Final = _RUN * 4
@@ -94,8 +95,8 @@ _DECIMAL_RUN: Final = _LONG_RUN + b"."
 #: The digits of the largest integer orjson reads exactly, and of the least after its sign.
 _LARGEST: Final = b"%d" % (2**64 - 1)
 _LEAST: Final = b"%d" % 2**63
-#: 19 digits after an exponent's sign (its ``e`` is marked as a point): no integer.
-_EXPONENT_RUN: Final = b"." + _PAST_64_BITS_NEGATIVE
+#: 16 digits and more after an exponent's sign (its ``e`` is marked as a point): no integer.
+_EXPONENT_RUN: Final = b"." + _NEGATIVE_RUN
 
 #: An integer of 16 to 20 digits, or of 16 to 19 after a sign, that is a whole literal: after
 #: what a number follows, before what ends one (no point, exponent or further digit).
@@ -119,9 +120,10 @@ def _may_lose_digits(body: bytes) -> bool:
     Never a false negative for a literal of many digits: any 16 consecutive bytes hold four
     multiples of four, so every such literal (16 digits and more, or 17 digits and points)
     shows as ``0000`` in the sample; each such place is then checked exactly. Not looked for:
-    a short literal whose exponent is below a float's range (``1e-400``), which orjson reads
-    as ``0.0`` (or a subnormal float): finding ``e-`` in a 100 KB page costs about 160 us,
-    nearly orjson's whole read (185 us), for a number no customer field holds. Digits inside
+    a short literal whose exponent is below a float's range (``1e-400``; one of 16 digits and
+    more is a run like any other), which orjson reads as ``0.0`` (or a subnormal float):
+    finding ``e-`` in a 100 KB page costs about 160 us, nearly orjson's whole read (185 us),
+    for a number no customer field holds. Digits inside
     a string after a quote or a letter (an ID-card or a bank card number) are told apart: in a
     body orjson reads, a number's digits follow whitespace, ``:``, ``,``, ``[`` or its own sign,
     point or exponent. Those after a space may give a false positive, which costs only speed.
@@ -179,10 +181,11 @@ def _lossy_in(text: bytes) -> bool:
     an integer orjson reads exactly (``"extId": 1580000000000000123``, a snowflake id on every
     row): when every one shows as an integer of 16 digits or more, of at most 19 (18 after a
     sign) or within 64 bits by its value (:func:`_within_64_bits`), followed by no point or
-    exponent, no regex search is made; else one decides. A run at the start of ``text`` (maybe
-    cut from its literal) goes to the regex; one whose end is cut off, counted an integer here,
-    is whole around its next place (or is the body's end: a body cut within a number is no
-    JSON).
+    exponent, and none is a negative exponent's digits (``1e-5318196142216656``, which orjson
+    reads as 0.0), no regex search is made; else one decides. A run at the start of ``text``
+    (maybe cut from its literal) goes to the regex; one whose end is cut off, counted an integer
+    here, is whole around its next place (or is the body's end: a body cut within a number is
+    no JSON).
     """
     marked = text.translate(_NUMBER_MARKS)
     runs = marked.count(_NUMBER_RUN)
@@ -191,9 +194,11 @@ def _lossy_in(text: bytes) -> bool:
     elif not runs:
         return False
     integers = text.translate(_INTEGER_MARKS)
+    negatives = integers.count(_NEGATIVE_RUN)  # an exponent's run after its sign too
     if (
-        integers.count(_INTEGER_RUN) + integers.count(_NEGATIVE_RUN) == runs
+        integers.count(_INTEGER_RUN) + negatives == runs
         and _DECIMAL_RUN not in integers
+        and (not negatives or _EXPONENT_RUN not in integers)
         and _within_64_bits(text, integers)
     ):
         return False
@@ -202,8 +207,8 @@ def _lossy_in(text: bytes) -> bool:
 
 def _within_64_bits(text: bytes, integers: bytes) -> bool:
     """Whether each integer of 20 digits (19 after a sign) ``integers`` marks in ``text`` is one
-    orjson reads exactly, from -2**63 to 2**64 - 1 (an id on every row): none longer, none an
-    exponent's (``1e-1000000000000000000``, no integer), none beyond by its value.
+    orjson reads exactly, from -2**63 to 2**64 - 1 (an id on every row): none longer, none
+    beyond by its value (an exponent's digits, no integer, are told apart before).
 
     A comparison of its digits at each (about 2k instructions with the loop's turn); more than
     a few and one per 128 bytes (a body of little but such ids), the regex decides as it did
@@ -217,11 +222,7 @@ def _within_64_bits(text: bytes, integers: bytes) -> bool:
         at = integers.find(run)
         if at == -1:
             continue
-        if (
-            integers.count(run, at) > 4 + len(text) // 128
-            or integers.find(longer, at) != -1
-            or (run is _PAST_64_BITS_NEGATIVE and _EXPONENT_RUN in integers)
-        ):
+        if integers.count(run, at) > 4 + len(text) // 128 or integers.find(longer, at) != -1:
             return False
         size = len(run)
         at = 1  # each run's first digit

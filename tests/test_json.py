@@ -22,6 +22,7 @@ from dmhub_async._converter import (
     wire_struct,
 )
 from dmhub_async.export import export_customers
+from dmhub_async.resources._rows import read_rows
 from dmhub_async.testing import DMHubSimulator
 
 BIG = [
@@ -445,6 +446,35 @@ def test_a_decimal_a_float_would_round_is_read_exactly(text: str, pad: int) -> N
     assert data["rows"][0]["attr"]["n"] == Decimal(text)
     assert type(data["rows"][0]["attr"]["n"]) is Decimal
     assert _json.loads(text) == Decimal(text)
+
+
+@pytest.mark.parametrize(
+    "text", ["1E-5318196142216656", "1e-53181961422166566", "-2.5e-531819614221665660"]
+)
+@pytest.mark.parametrize("pad", range(4))
+@pytest.mark.parametrize(
+    "row_size", [0, 80, 300], ids=["page under 1 KB", "page of 1 KB", "page of 3 KB"]
+)
+@pytest.mark.parametrize("first", [2**64 - 1, -(2**63)], ids=["20-digit ids", "negative ids"])
+def test_a_number_whose_exponent_has_16_digits_or_more_is_read_exactly(
+    text: str, pad: int, row_size: int, first: int
+) -> None:
+    # A literal of 16 digits in a row is one the reader never misses, whatever else the page
+    # holds: one of 19 digits was read exactly, one of 16 to 18 as 0.0 (orjson's underflow)
+    # on a page whose 20-digit ids were told by their digits.
+    ids = [first - 7919 * i if first > 0 else first + 7919 * i for i in range(10)]
+    rows = [b'{"id":%d,"name":"%s","attr":{}}' % (i, b"n" * row_size) for i in ids]
+    rows[4] = rows[4].replace(b"{}", b'{"p":"%s","n":%s}' % (b"x" * pad, text.encode()))
+    body = b'{"rows":[' + b",".join(rows) + b'],"records":10,"total":1,"page":1}'
+
+    read = _json.loads(body)["rows"]
+    assert [row["id"] for row in read] == ids
+    assert read[4]["attr"]["n"] == Decimal(text)
+    assert type(read[4]["attr"]["n"]) is Decimal
+    [row] = read_rows(body)[0][4:5]  # list_rows()' pages
+    assert row["attr"]["n"] == Decimal(text)
+    assert type(row["attr"]["n"]) is Decimal
+    assert _json.loads(text) == Decimal(text)  # a body of the number alone
 
 
 @pytest.mark.parametrize(
