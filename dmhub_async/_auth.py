@@ -246,6 +246,7 @@ class TokenManager:
         stale: str | None,
         fetch: Callable[[], Awaitable[Token]] | None = None,
         closing: Closing | None = None,
+        owner: object = None,
     ) -> str:
         """A token other than ``stale``: one fetch however many callers ask at once.
 
@@ -254,7 +255,9 @@ class TokenManager:
         caller that waited on a fetch made another way (``fetch`` compares unequal), which
         failed (but for refused credentials or an unsafe store) or whose client was closed,
         fetches its own way, once. ``closing`` (the caller's client's) ends this caller's wait
-        when that client closes; the fetch goes on for the others.
+        when that client closes; the fetch goes on for the others. ``owner`` is held by the
+        fetch this caller starts until it ends: the client whose ``fetch`` it is, which holds
+        that method weakly (see _session._TokenFetch) and may be dropped by then.
         """
         try:
             fetch = self._fetch if fetch is None else fetch
@@ -272,7 +275,7 @@ class TokenManager:
                     return held.value  # another caller has replaced the refused token already
                 flight = self._flight
                 if flight is None or (kept_stale and flight.done()):
-                    flight = self._flight = asyncio.ensure_future(self._renew(stale, fetch))
+                    flight = self._flight = asyncio.ensure_future(self._renew(stale, fetch, owner))
                     self._flight_fetch = fetch
                     flight.add_done_callback(self._land)
                     return await _waited(flight, closing)  # never ``stale``: see _renew
@@ -312,6 +315,7 @@ class TokenManager:
         closing: Closing | None = None,
         sleep: Callable[[float], Awaitable[None]] | None = None,
         waits: Iterable[float] = (),
+        owner: object = None,
     ) -> str | None:
         """After ``refused``, the token a refresh gave a call, was refused too: the token that
         another client or process has put in the store since (it took the token: each one
@@ -367,7 +371,7 @@ class TokenManager:
                     # more: a token refused for good cost 3 tokens a call, not 1.
                     log.debug("%r keeps no token: the token refused is not replaced", self._store)
                     return None
-                return await self.refresh(refused, fetch, closing)
+                return await self.refresh(refused, fetch, closing, owner)
             if not self._usable(stored, refused):
                 return None
             self._held, self._unshared, self._unkept = stored, False, False
@@ -436,7 +440,10 @@ class TokenManager:
         if not flight.cancelled():
             flight.exception()  # mark retrieved: every waiter has seen it already
 
-    async def _renew(self, stale: str | None, fetch: Callable[[], Awaitable[Token]]) -> str:
+    async def _renew(
+        self, stale: str | None, fetch: Callable[[], Awaitable[Token]], owner: object = None
+    ) -> str:
+        # ``owner``: held by this frame while the fetch runs (see refresh).
         try:
             held = self._held
             keep = held if held is not None and held.value != stale and self._valid(held) else None

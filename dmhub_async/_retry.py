@@ -275,9 +275,12 @@ class RetryPolicy:
         started = _first_attempt_started.pop(err, started)
         for retry in itertools.count(1):
             delay = self.wait(retry, err)
+            # Not kept over the wait: the failure's traceback holds backoff's frame, which holds
+            # this generator, a cycle that kept the client's session for the collector.
+            del err
             if self.budget is not None and clock() - started + delay > self.budget:
                 return
-            err = yield delay
+            err = yield delay  # noqa: F841 (read at the loop's top; ruff misses it past the del)
 
 
 def _handed_over(
@@ -347,11 +350,12 @@ def retrying(
     # counts, waits, logs and gives up exactly as if it had made the attempt). backoff's loop
     # costs about 2 us a call even when nothing fails (its wait generator, a datetime, a
     # details dict); this way 0.5 us.
-    # going_on is the one closure more the session's own first attempt needs: whatever is
-    # made here sits in a cycle with its session (which holds these closures, they its bound
-    # _attempt), left for the collector. An attrs instance and three closures more a call of
-    # retrying() cost a short-lived client 38k instructions, 1.4% (bench_instructions
-    # --question 4s), most of it in the collector and the allocator.
+    # going_on is the one closure more the session's own first attempt needs. Whatever is
+    # made here sat in a cycle with its session (which holds these closures, they its bound
+    # _attempt), left for the collector, until the session became an argument (_session.py's
+    # _build_retries): an attrs instance and three closures more a call of retrying() cost a
+    # short-lived client 38k instructions, 1.4% (bench_instructions --question 4s), most of it
+    # in the collector and the allocator.
     async def going_on(rest: Awaitable[T], started: float, *args: Any) -> T:
         nonlocal loop
         try:

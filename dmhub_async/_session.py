@@ -226,14 +226,22 @@ def _built(answer: tuple[Any, ...]) -> APIResponse:
 @attrs.frozen
 class _TokenFetch:
     """A client's token fetch, equal to another's with the same retry policy and timeout: the
-    clients ``with_options`` makes for a call or two share one fetch when their settings do."""
+    clients ``with_options`` makes for a call or two share one fetch when their settings do.
+
+    ``fetch`` is its session's method, held weakly: the session holds this and so does its
+    token manager, which the session holds (a cycle, left for the collector, once the client
+    was closed). Only a fetch its own session began calls it (the manager is always handed
+    the caller's), and that fetch holds the session until it ends (``TokenManager.refresh``'s
+    ``owner``), however soon the client is closed and dropped."""
 
     policy: RetryPolicy
     timeout: aiohttp.ClientTimeout
-    fetch: Callable[[], Awaitable[Token]] = attrs.field(eq=False)
+    fetch: weakref.WeakMethod[Callable[[], Awaitable[Token]]] = attrs.field(eq=False)
 
     def __call__(self) -> Awaitable[Token]:
-        return self.fetch()
+        fetch = self.fetch()
+        assert fetch is not None  # called by its session only (see above)
+        return fetch()
 
 
 def _closed_after_write(request: Request) -> APIConnectionError:
@@ -391,7 +399,7 @@ class Session:
         redact_watch(self)
         self._tokens: TokenManager | None = None
         #: How this client fetches a token: by its own retries and timeout (see derive()).
-        self._token_fetch = _TokenFetch(policy, timeout, self._fetch_token)
+        self._token_fetch = _TokenFetch(policy, timeout, weakref.WeakMethod(self._fetch_token))
         #: A derived client's fetch runs here, made at its first: see _fetch_shared_token().
         self._fetcher: Session | None = None
         if app_id and secret:
@@ -407,11 +415,14 @@ class Session:
         self._build_retries()
 
     def _build_retries(self) -> None:
-        clock, sleep, on_backoff = self._clock, self._closing.sleep, self._on_backoff
-        #: ``_send_call(call)``: the call's attempts; ``_go_on_call(rest, started, call)``: those
-        #: after a first attempt that ``request()`` sent itself (see _retry.retrying).
+        clock, sleep, on_backoff = self._clock, self._closing.sleep, Session._on_backoff
+        #: ``_send_call(session, call)``: the call's attempts; ``_go_on_call(rest, started,
+        #: session, call)``: those after a first attempt that ``request()`` sent itself (see
+        #: _retry.retrying). The session is an argument, not bound in: loops holding its bound
+        #: ``_attempt`` made a cycle with it (it holds them), and a closed client's session,
+        #: token manager, limits and store (about 98 objects) waited for the collector.
         self._send_call, self._go_on_call = retrying(
-            self._attempt,
+            Session._attempt,
             self.policy,
             clock=clock,
             sleep=sleep,
@@ -419,7 +430,7 @@ class Session:
             giveup=_from_token_request,
         )
         self._send_token_request = retrying(
-            self._attempt, self.policy, clock=clock, sleep=sleep, on_backoff=on_backoff
+            Session._attempt, self.policy, clock=clock, sleep=sleep, on_backoff=on_backoff
         )[0]
 
     def derive(
@@ -446,7 +457,7 @@ class Session:
         # requests of up to 30 s each for a client told max_retries=0, timeout=5.
         derived._fetcher = None
         derived._token_fetch = _TokenFetch(
-            derived.policy, derived._timeout, derived._fetch_shared_token
+            derived.policy, derived._timeout, weakref.WeakMethod(derived._fetch_shared_token)
         )
         derived._build_retries()  # its loops must call the derived session, not this one
         redact_watch(derived)
@@ -627,7 +638,7 @@ class Session:
         try:
             if token is None:  # none held: _attempt takes the store's, or a new one
                 call = _Call(Request(*fields))
-                answer: _Answer = await self._send_call(call)
+                answer: _Answer = await self._send_call(self, call)
             else:
                 # With the token held, the first attempt is sent from here: no _Call, retry
                 # loop or _attempt to pass through: about 7k instructions of a lookup's 414k
@@ -644,7 +655,7 @@ class Session:
                 if failed is not None:
                     call = _Call(Request(*fields))
                     rest = self._after_failed_send(call, failed, token)
-                    answer = await self._go_on_call(rest, started, call)
+                    answer = await self._go_on_call(rest, started, self, call)
         except DMHubError as err:
             del token  # not among the variables an error tracker records (see _send)
             assert call is not None  # every DMHubError here came from a call's attempts
@@ -675,7 +686,7 @@ class Session:
         self.check_open()
         call = _Call(request)
         try:
-            answer: _Answer = await self._send_call(call)
+            answer: _Answer = await self._send_call(self, call)
         except DMHubError as err:
             ended = self._ended(call, err)
             raise ended from ended.__cause__ or err.__cause__  # a redacted stand-in, or None
@@ -696,12 +707,14 @@ class Session:
             return _closed_after_write(call.request)
         return _given_up(call, err)
 
-    def _on_backoff(self, details: Details) -> None:
+    @staticmethod
+    def _on_backoff(details: Details) -> None:
         # Every retry, the token request's included: stats.requests counts their attempts too.
-        call: _Call = details["args"][0]
+        session: Session = details["args"][0]  # an argument: see _build_retries
+        call: _Call = details["args"][1]
         err = details["exception"]  # type: ignore[typeddict-item]
         call.retries += 1
-        self.stats.retries += 1
+        session.stats.retries += 1
         tally = RETRY_TALLY.get()
         if tally is not None and call.request.authenticated:  # not a token fetch's
             tally.retries += 1
@@ -712,7 +725,7 @@ class Session:
             if isinstance(err, APIError)
             else type(err).__name__,
             call.retries,
-            self.policy.max_retries,
+            session.policy.max_retries,
             details["wait"],
         )
 
@@ -798,7 +811,7 @@ class Session:
             policy = self.policy  # a store that does not answer is waited for as a retry is
             waits = (policy.jitter(policy.ceiling(n)) for n in range(1, policy.max_retries + 1))
             given = await tokens.taken_since(
-                refused, self._token_fetch, self._closing, self._closing.sleep, waits
+                refused, self._token_fetch, self._closing, self._closing.sleep, waits, self
             )
             if given is not None:
                 self._current_token = given
@@ -813,7 +826,7 @@ class Session:
         request): cut short, a token fetched and not yet stored would leave every other process
         with a revoked one."""
         try:
-            return await tokens.refresh(stale, self._token_fetch, self._closing)
+            return await tokens.refresh(stale, self._token_fetch, self._closing, self)
         except BaseException:
             del stale  # the refused token: not for an error tracker (see _send)
             raise
@@ -839,7 +852,7 @@ class Session:
         self.stats.token_fetches += 1
         started = self._clock()
         answer: _Answer = await self._send_token_request(
-            _Call(token_request(self.app_id, self._secret))
+            self, _Call(token_request(self.app_id, self._secret))
         )
         try:
             return read_token(answer[2], started)

@@ -3109,3 +3109,47 @@ async def test_a_token_taken_since_is_held_until_its_own_expiry_not_the_refused_
     now += 500
 
     assert tokens.held() is None
+
+
+async def test_a_fetch_held_weakly_runs_once_the_client_that_began_it_is_gone():
+    # A client's session holds its token fetch method weakly (a strong one made a cycle: the
+    # session holds the fetch, the fetch the session). The fetch a client begins is held by the
+    # flight through its owner: that client closed and dropped as the fetch waits for the
+    # store's lock, the fetch still runs, and the caller waiting on it gets the token.
+    import weakref
+
+    import aiohttp
+
+    from dmhub_async._auth import TokenManager
+    from dmhub_async._session import _TokenFetch
+
+    gate = asyncio.Event()
+
+    class GatedStore(MemoryTokenStore):
+        @contextlib.asynccontextmanager
+        async def lock(self, key: str) -> AsyncIterator[None]:  # type: ignore[override]
+            await gate.wait()
+            async with super().lock(key):
+                yield
+
+    class Client:
+        async def fetch(self) -> Token:
+            return Token("tok-new", time.time() + 7200, time.time())
+
+    client = Client()
+    gone = weakref.ref(client)
+    fetch = _TokenFetch(
+        RetryPolicy(), aiohttp.ClientTimeout(total=5), weakref.WeakMethod(client.fetch)
+    )
+    tokens = TokenManager("key", GatedStore(), fetch, time.time, timeout=5.0)
+    began = asyncio.ensure_future(tokens.refresh(None, fetch, None, client))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    began.cancel()  # its caller gone (its client's close, a timeout)
+    with contextlib.suppress(asyncio.CancelledError):
+        await began
+    del client, began
+    waiting = asyncio.ensure_future(tokens.refresh(None, fetch))
+    gate.set()
+    assert await waiting == "tok-new"
+    assert gone() is None  # let go once its fetch ended

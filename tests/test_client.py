@@ -1896,3 +1896,51 @@ async def test_a_derived_call_cancelled_as_it_gets_its_slot_gives_the_slot_back(
     loop.call_soon(loop.call_soon, call.cancel)  # ...which is cancelled as it gets it
     await asyncio.wait([call])  # cancelled (or through already): either way, done with the slot
     assert (await asyncio.wait_for(dm.customers.get(1), 5)).id == CUSTOMER["id"]
+
+
+async def test_a_closed_client_is_freed_without_the_garbage_collector():
+    # Its session held its retry loops and its token fetch, each holding the session's bound
+    # methods: a cycle of about 98 objects (the session, its token manager, limits, store...)
+    # that only the collector freed, once a young collection a walk. Freed on the last
+    # reference now: a parent and a derived client, each having fetched a token and retried.
+    async def no_wait(seconds: float) -> None:
+        await asyncio.sleep(0)
+
+    async with DMHubSimulator(customers=250) as sim:
+        collecting = gc.isenabled()
+        gc.collect()
+        gc.disable()
+        try:
+            dm = DMHubClient(
+                sim.app_id,
+                sim.secret,
+                base_url=sim.url,
+                token_store=MemoryTokenStore(),
+                sleep=no_wait,
+            )
+            async with dm:
+                sim.faults.script(["500", "ok"])
+                assert len([c async for c in dm.customers.list(page_size=100)]) == 250
+                derived = dm.with_options(timeout=5, max_retries=2)
+                sim.revoke_tokens()  # the derived client fetches one by its own settings
+                sim.faults.script(["503", "ok"])
+                assert (await derived.customers.get(sim.customer_ids()[0])).id > 0
+                assert (dm.stats.token_fetches, dm.stats.retries) == (2, 2)
+                await derived.aclose()
+                await derived.aclose()  # closed twice
+            await dm.aclose()
+            session, derived_session = dm._session, derived._session
+            alive = {
+                "client": weakref.ref(dm),
+                "session": weakref.ref(session),
+                "token manager": weakref.ref(session._tokens),
+                "limits": weakref.ref(session._limits),
+                "derived client": weakref.ref(derived),
+                "derived session": weakref.ref(derived_session),
+            }
+            del dm, derived, session, derived_session
+            await asyncio.sleep(0)
+            assert [name for name, ref in alive.items() if ref() is not None] == []
+        finally:
+            if collecting:
+                gc.enable()
