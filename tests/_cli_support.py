@@ -20,6 +20,8 @@ from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pytest
+
 from dmhub_async.testing import DMHubSimulator
 
 T = TypeVar("T")
@@ -235,6 +237,22 @@ def run_cli(
     assert "Traceback" not in result.stderr
     assert SECRET not in result.stdout + result.stderr
     return result
+
+
+def cli_in_process(
+    capsys: pytest.CaptureFixture[str], *args: str
+) -> subprocess.CompletedProcess[str]:
+    """``main(args)`` run in this process, its output read through pytest's ``capsys``, with
+    ``run_cli``'s checks: for a command that ends before it sends anything (a refusal), where
+    a new interpreter (a second or more on a busy machine) adds nothing a test asserts. The
+    environment and the directory are the ``in_process`` fixture's."""
+    from dmhub_async.cli import main
+
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err
+    assert SECRET not in out + err
+    return subprocess.CompletedProcess(["dmhub-async", *args], code, out, err)
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess[str], code: int, *words: str) -> None:
