@@ -28,6 +28,7 @@ from _cli_support import (
     ServedSimulator,
     assert_one_line_error,
     cli_command,
+    cli_in_process,
     jsonl_ids,
     read_csv,
     run_cli,
@@ -302,7 +303,12 @@ def test_shards_whose_name_is_too_long_are_a_usage_error_naming_it(
     ],
 )
 def test_a_file_named_too_long_for_the_files_beside_it_is_a_usage_error_naming_it(
-    served: ServedSimulator, env: dict[str, str], tmp_path: Path, flag: str, command: list[str]
+    served: ServedSimulator,
+    in_process: dict[str, str],
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    flag: str,
+    command: list[str],
 ) -> None:
     # A name of 80 Chinese characters (246 bytes with its suffix, under a file system's 255)
     # is a file the system takes, but not the hidden ones written beside it, named after it
@@ -312,7 +318,7 @@ def test_a_file_named_too_long_for_the_files_beside_it_is_a_usage_error_naming_i
     suffix = ".csv" if command[0] == "lookup" else ".ckpt" if flag == "--checkpoint" else ".jsonl"
     name = "\u5ba2" * 80 + suffix
 
-    result = run_cli(*command, flag, name, env=env, cwd=tmp_path)
+    result = cli_in_process(capsys, *command, flag, name)
 
     # The export's own output has its ".part" (15 bytes more), the others a ".tmp" (14).
     most = 240 if command[0] == "export" and flag == "--out" else 241
@@ -323,7 +329,11 @@ def test_a_file_named_too_long_for_the_files_beside_it_is_a_usage_error_naming_i
 
 @pytest.mark.parametrize("where", ["a file", "under a file", "parts of another export"])
 def test_shards_refused_name_their_directory_quoted(
-    served: ServedSimulator, env: dict[str, str], tmp_path: Path, where: str
+    served: ServedSimulator,
+    in_process: dict[str, str],
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    where: str,
 ) -> None:
     # `export --shards 2 --out $'june\n.jsonl'`: "--out june\n.jsonl: not a directory", the
     # name unquoted (and a directory named `june\n.jsonl`, backslash and n, said the same),
@@ -341,7 +351,7 @@ def test_shards_refused_name_their_directory_quoted(
         "parts of another export": f"--out {name!r} holds part-00000.jsonl but no manifest",
     }[where]
 
-    result = run_cli("export", "--shards", "2", "--out", out, env=env, cwd=tmp_path)
+    result = cli_in_process(capsys, "export", "--shards", "2", "--out", out)
 
     assert_one_line_error(result, 2, said)
     assert requests(served) == 0
@@ -445,7 +455,13 @@ def test_a_name_led_by_dot_slash_and_a_drive_letter_is_written_as_given(
 @pytest.mark.parametrize("command", ["export", "lookup"])
 @pytest.mark.parametrize("out", ["~", "~/", "~/exports/"])
 def test_an_out_of_a_home_directory_whose_tilde_no_shell_expanded_says_so(
-    served: ServedSimulator, env: dict[str, str], tmp_path: Path, out: str, command: str
+    served: ServedSimulator,
+    in_process: dict[str, str],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    out: str,
+    command: str,
 ) -> None:
     # `export --out=~` (or ~/, or ~/exports/; a shell expands ~ only where a word starts):
     # "the format is read from the name ...: name it ~.jsonl", or "--out ~/ names a
@@ -456,8 +472,10 @@ def test_an_out_of_a_home_directory_whose_tilde_no_shell_expanded_says_so(
     work.mkdir()
     write_identities(work / "ids.csv", [("mobile", "13800000000")])
     more = ["--in", "ids.csv"] if command == "lookup" else []
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(work)
 
-    result = run_cli(command, *more, f"--out={out}", env={**env, "HOME": str(home)}, cwd=work)
+    result = cli_in_process(capsys, command, *more, f"--out={out}")
 
     meant = str(home) + out[1:]  # the home, as written after it
     assert_one_line_error(
@@ -500,7 +518,12 @@ def test_a_checkpoint_whose_tilde_no_shell_expanded_names_its_own_flag(
 
 @pytest.mark.parametrize("checkpoint", ["~", "~/", "~/exports/"])
 def test_a_checkpoint_of_a_home_directory_whose_tilde_no_shell_expanded_says_so(
-    served: ServedSimulator, env: dict[str, str], tmp_path: Path, checkpoint: str
+    served: ServedSimulator,
+    in_process: dict[str, str],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    checkpoint: str,
 ) -> None:
     # `--checkpoint=~` (or ~/): as --out=~, no shell expanded it; the export ran, its
     # checkpoint a file named "~" where the command ran (left there by a failed or stopped
@@ -509,15 +532,10 @@ def test_a_checkpoint_of_a_home_directory_whose_tilde_no_shell_expanded_says_so(
     (home / "exports").mkdir(parents=True)
     work = tmp_path / "work"
     work.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(work)
 
-    result = run_cli(
-        "export",
-        "--out",
-        "june.jsonl",
-        f"--checkpoint={checkpoint}",
-        env={**env, "HOME": str(home)},
-        cwd=work,
-    )
+    result = cli_in_process(capsys, "export", "--out", "june.jsonl", f"--checkpoint={checkpoint}")
 
     meant = str(home) + checkpoint[1:]  # the home, as written after it
     assert_one_line_error(
@@ -644,7 +662,12 @@ def test_a_lookup_input_that_cannot_be_looked_at_is_refused_naming_the_flag(
     assert not (tmp_path / "found.csv").exists()
 
 
-def test_a_merge_whose_tilde_no_shell_expanded_says_so(env: dict[str, str], tmp_path: Path) -> None:
+def test_a_merge_whose_tilde_no_shell_expanded_says_so(
+    in_process: dict[str, str],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
     # `merge '~/parts'` (quoted, or "$DIR" of DIR='~/parts': no shell expands a ~ then):
     # "~/parts: no such directory", of the user's own ~/parts, saying nothing of why, where
     # --out=~/... and --in=~/... say it.
@@ -652,10 +675,10 @@ def test_a_merge_whose_tilde_no_shell_expanded_says_so(env: dict[str, str], tmp_
     (home / "parts").mkdir(parents=True)
     work = tmp_path / "work"
     work.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(work)
 
-    result = run_cli(
-        "merge", "~/parts", "--out", "all.jsonl", env={**env, "HOME": str(home)}, cwd=work
-    )
+    result = cli_in_process(capsys, "merge", "~/parts", "--out", "all.jsonl")
 
     assert_one_line_error(
         result,
@@ -665,9 +688,7 @@ def test_a_merge_whose_tilde_no_shell_expanded_says_so(env: dict[str, str], tmp_
     )
     assert list(work.iterdir()) == []
     # A ~ directory that is not in the home either: no such directory, with no path to give.
-    result = run_cli(
-        "merge", "~/other", "--out", "all.jsonl", env={**env, "HOME": str(home)}, cwd=work
-    )
+    result = cli_in_process(capsys, "merge", "~/other", "--out", "all.jsonl")
     assert_one_line_error(result, 1, "'~/other': no such directory")
     assert "give" not in result.stderr
 
