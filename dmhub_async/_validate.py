@@ -207,13 +207,17 @@ def check_database(owner: str, url: str) -> None:
     """InvalidRequestError for a ``redis://`` or ``rediss://`` URL whose path is no database's
     number: redis-py reads its digits alone, and any other path as database 0, so a store on
     ``redis://HOST/tokens`` kept its tokens in database 0 (``/1/2`` was database 12), without a
-    word. arq (a queue worker) refuses them."""
+    word. arq (a queue worker) refuses them. One naming its database in its query (``?db=2``)
+    is taken whatever its path: redis-py and arq read the database there, the path not at all
+    (``redis://HOST/x?db=2``, database 2 in both, was refused)."""
     try:
         parts = urlsplit(url)
     except ValueError:  # pragma: no cover - redis-py read it: urlsplit does too
         return
-    if parts.scheme.lower() in ("redis", "rediss") and not _DATABASE_PATH.fullmatch(
-        unquote(parts.path)
+    if (
+        parts.scheme.lower() in ("redis", "rediss")
+        and not parse_qs(parts.query).get("db")
+        and not _DATABASE_PATH.fullmatch(unquote(parts.path))
     ):
         raise InvalidRequestError(
             f"{owner}: the URL's path must be a database's number: redis://HOST:PORT/DB"

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _redis import RedisServer, rate_turn, store_get
+from _redis import RedisServer, rate_turn, redis_server, store_get
 
 from dmhub_async import (
     DMHubClient,
@@ -193,6 +193,24 @@ def test_a_redis_url_whose_path_is_no_database_number_is_refused_as_made(
     said = str(info.value)
     assert said.endswith("the URL's path must be a database's number: redis://HOST:PORT/DB")
     assert "RedisPassw0rd" not in said
+
+
+@pytest.mark.parametrize("path", ["/x", "/tokens/", ""])
+@pytest.mark.parametrize(
+    "use", [store_get, rate_turn, check_queue], ids=["store", "rate limit", "queue"]
+)
+async def test_a_redis_url_naming_its_database_in_its_query_is_taken_whatever_its_path(
+    tmp_path: Path, use: Callable[[str], Awaitable[None]], path: str
+) -> None:
+    # ?db=2 names the database (redis-py and arq read it there, the path not at all): a store,
+    # a limit or a queue on redis://HOST:PORT/x?db=2 used database 2 before the path was
+    # checked, and was then refused "the URL's path must be a database's number".
+    with redis_server(tmp_path) as server:
+        await asyncio.wait_for(use(f"redis://127.0.0.1:{server.port}{path}?db=2"), 30)
+        keyspace = server.command("INFO", "keyspace")
+    if use is rate_turn:  # its window's key, in the database named
+        assert "db2:keys=" in keyspace
+        assert "db0:" not in keyspace
 
 
 @pytest.mark.parametrize("path", ["", "/", "/0", "/15", "/3/"])
