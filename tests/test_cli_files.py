@@ -442,6 +442,44 @@ def test_a_windows_path_is_a_usage_error_naming_its_flag(
     assert requests(served) == 0
 
 
+@pytest.mark.skipif(os.sep != "/", reason="a drive letter is a path of this machine's own")
+@pytest.mark.parametrize(
+    ("flag", "command"),
+    [
+        ("--out", ["export", "--shards", "2", "--out", "C:/exports/parts"]),
+        ("--out", ["export", "--out", "c:/exports/june.jsonl"]),
+        ("--checkpoint", ["export", "--out", "june.jsonl", "--checkpoint", "D:/june.ckpt"]),
+    ],
+    ids=["sharded export", "export", "checkpoint"],
+)
+def test_a_windows_path_with_forward_slashes_is_a_usage_error_naming_its_flag(
+    served: ServedSimulator, env: dict[str, str], tmp_path: Path, flag: str, command: list[str]
+) -> None:
+    # Windows takes C:/exports/parts as it takes C:\exports\parts: typed on Linux, a sharded
+    # export made ./C:/exports/parts where the command ran and exported there, exit 0; a
+    # file's --out was told to make the directory 'C:' first.
+    given = command[command.index(flag) + 1]
+
+    result = run_cli(*command, env=env, cwd=tmp_path)
+
+    assert_one_line_error(result, 2, f"{flag} {given}: a Windows path", f"./{given}")
+    assert list(tmp_path.iterdir()) == []
+    assert requests(served) == 0
+
+
+@pytest.mark.skipif(os.sep != "/", reason="a drive letter is a path of this machine's own")
+def test_a_path_under_a_directory_named_like_a_drive_that_is_there_is_taken(
+    served: ServedSimulator, env: dict[str, str], tmp_path: Path
+) -> None:
+    # A directory of that name here (one a run of an earlier release made): its path is one
+    # of this machine's, resumed or written as before.
+    (tmp_path / "C:").mkdir()
+    result = run_cli("export", "--out", "C:/june.jsonl", "-q", env=env, cwd=tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    assert len(jsonl_ids(tmp_path / "C:" / "june.jsonl")) == CUSTOMERS
+
+
 def test_a_name_led_by_dot_slash_and_a_drive_letter_is_written_as_given(
     served: ServedSimulator, env: dict[str, str], tmp_path: Path
 ) -> None:

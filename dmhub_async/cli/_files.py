@@ -263,16 +263,28 @@ def check_checkpoint(checkpoint: str) -> None:
 
 #: A Windows path's start, a drive and a backslash (``C:\exports\june.jsonl``).
 _DRIVE: Final = re.compile(r"[A-Za-z]:\\")
+#: Or a drive and a slash (``C:/exports/june.jsonl``), which Windows takes the same way.
+_DRIVE_SLASH: Final = re.compile(r"[A-Za-z]:/")
 
 
 def check_local(flag: str, path: str) -> None:
     """Refuse ``path``, given to ``flag``, that is a Windows path (``C:\\exports\\june.jsonl``)
     where a path has no drive: it was taken as one name, backslashes and all, a file written
-    where the command ran, exit 0. ``./C:\\x`` names such a file, as written."""
-    if os.sep == "/" and _DRIVE.match(path):
+    where the command ran, exit 0. ``./C:\\x`` names such a file, as written. One with
+    forward slashes (``C:/exports/parts``) is refused when no directory ``C:`` is here: a
+    sharded export made one where the command ran and exported there, exit 0."""
+    if os.sep != "/":
+        return
+    if _DRIVE.match(path):
         raise UsageError(
             f"{flag} {path}: a Windows path, read here as one name, backslashes and all: give"
             f" a path of this machine, with / (or ./{path} for that name)"
+        )
+    if _DRIVE_SLASH.match(path) and not os.path.isdir(path[:2]):
+        raise UsageError(
+            f"{flag} {path}: a Windows path, read here as under a directory {path[:2]} where the"
+            f" command runs, which is not there: give a path of this machine (or ./{path} for"
+            " that one)"
         )
 
 
