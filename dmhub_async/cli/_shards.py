@@ -20,7 +20,13 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from .._auth import FileTokenStore, RedisTokenStore
-from .._exceptions import AuthenticationError, DMHubError, InvalidRequestError, TokenStoreError
+from .._exceptions import (
+    AuthenticationError,
+    DMHubError,
+    InvalidRequestError,
+    TokenStoreError,
+    without_token_hint,
+)
 from .._words import counted
 from ..export._output import NOT_EXPANDED, REPLACED_BESIDE, unexpanded_home
 from ..shards import MANIFEST_NAME, LateCheck, Manifest
@@ -719,7 +725,9 @@ class _OneLine(OneLine):
         text = text.replace(_ARQ_CLOSE, "shutdown ◆", 1)
         failure = record.exc_info[1] if record.exc_info else None
         if isinstance(failure, AuthenticationError):  # a shard failed by this worker's token
-            text = f"{text}; {worker_credentials_hint(failure, _THIS_WORKER)}"
+            # What to check said once, in the command line's words (as the export's report
+            # says it): not also the library's "check app_id and secret" before them.
+            text = f"{without_token_hint(text)}; {worker_credentials_hint(failure, _THIS_WORKER)}"
         return text
 
 

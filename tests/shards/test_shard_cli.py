@@ -618,6 +618,9 @@ def test_a_shard_failed_by_a_workers_credentials_says_to_check_the_workers_envir
     for line in failed + workers:
         assert "error_code 40004" in line, line
         assert "DMHUB_APP_ID and DMHUB_SECRET" in line, line
+        # Said once, in the command line's words: the worker's line said the library's "(the
+        # app id and secret were refused: check app_id and secret)" before them.
+        assert line.count("check") == 1, line
         assert "worker" in line.split("40004", 1)[1], line  # whose: the worker's, not this run's
         assert "wrong-one" not in line
         assert sim.secret not in line
