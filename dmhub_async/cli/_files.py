@@ -283,8 +283,8 @@ def check_local(flag: str, path: str) -> None:
     if _DRIVE_SLASH.match(path) and not os.path.isdir(path[:2]):
         raise UsageError(
             f"{flag} {path}: a Windows path, read here as under a directory {path[:2]} where the"
-            f" command runs, which is not there: give a path of this machine (or ./{path} for"
-            " that one)"
+            f" command runs, which is not there: give a path of this machine (or make the"
+            f" directory ./{path[:2]} first, to write under it)"
         )
 
 
