@@ -2310,6 +2310,17 @@ def test_a_secret_of_backslashes_is_masked_in_a_scan_of_the_text() -> None:
     assert without_password(said, secret) == f"illegal secret {secret[:-1]}x, sent {MASK}"
 
 
+@pytest.mark.timeout(10)  # half a minute before, the event loop held meanwhile
+@pytest.mark.parametrize("secret", ["Cn4ry\\\\S3cr3t", "P\u00e4sswort\\\\S3cr3t"])
+def test_a_page_of_backslashes_is_masked_in_a_scan_of_it(secret: str) -> None:
+    # A secret holding two backslashes, 8 of them escaped twice: a page of backslashes is runs
+    # of it, and the escapes about each run masked were looked for from every backslash of the
+    # page on to its end (16 KB: 2 s; 64 KB: half a minute; a non-ASCII secret's twice).
+    page = "\\" * 65536
+    said = f"bad body: {page}; id 12345678"
+    assert redact(said, [secret]) == f"bad body: {MASK}; id 12345678"
+
+
 #: Characters for secrets and texts where the anchors could go wrong: what URL encoding and
 #: JSON change, letters re's IGNORECASE takes for ASCII ones, case folds of another length.
 _TRICKY = "aAiIsSkK09-._~ %/+&=\\\"'<>*İıſ\u212aßςΣéÉ中😀\u0301ﬀ"
