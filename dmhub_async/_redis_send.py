@@ -30,6 +30,7 @@ __all__ = [
     "redis_words_shown",
     "require_redis_extra",
     "sending_cancellably",
+    "start_without_password",
 ]
 
 #: The id of the connection whose UNWATCH this task has sent, until its answer is read (see
@@ -96,12 +97,24 @@ def redis_words_shown(err: BaseException, password: str | None, most: int = 300)
     (:func:`~dmhub_async._validate.printable`), and at most ``most`` characters; "" for an error
     that says nothing. Only their start is looked at: a megabyte of quotes (a proxy, another
     service on Redis's port) took seconds to look for the password in."""
-    said = redis_words(err)[: most + _MASKED_MARGIN]  # a secret cut at the edge is not said
-    return printable(without_password(said, password))[:most]
+    said = start_without_password(redis_words(err), password, most + _MASKED_MARGIN)
+    return printable(said)[:most]
 
 
 #: The characters of Redis's words masked beyond those shown (see :func:`redis_words_shown`).
 _MASKED_MARGIN = 4096
+
+
+def start_without_password(words: str, password: str | None, size: int) -> str:
+    """The first ``size`` characters of ``words`` (Redis's) with ``password`` masked
+    (:func:`~dmhub_async._redact.without_password`), less their last ``len(password)`` when
+    ``words`` are longer: a password cut there is no longer known, and the copies of it masked
+    before made the start shorter, which brought the cut one into what is said (40 quotes of a
+    password of 128 characters: its first 73 said)."""
+    said = without_password(words[:size], password)
+    if password and len(words) > size:
+        said = said[: max(0, len(said) - len(password))]
+    return said
 
 
 def require_redis_extra(what: str, *modules: str) -> None:

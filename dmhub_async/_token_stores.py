@@ -32,13 +32,14 @@ from ._exceptions import (
     InvalidRequestError,
     TokenStoreError,
 )
-from ._redact import no_colon_hint, redact, redis_secret, without_password
+from ._redact import no_colon_hint, redact, redis_secret
 from ._redis_send import (
     redis_refusal,
     redis_words,
     redis_words_shown,
     require_redis_extra,
     sending_cancellably,
+    start_without_password,
 )
 from ._validate import (
     PERCENT_ENCODE,
@@ -564,11 +565,11 @@ class RedisTokenStore:
 
         # Redis's words, not redis-py's for a command of a pipeline (the token's write is a
         # transaction), which quoted the command with every argument: the token's key and
-        # record; and they may quote the password sent (see without_password).
+        # record; and they may quote the password sent (see start_without_password).
         # Its start alone (a megabyte of quotes took seconds to look for the password in),
         # masked before it is cut to what is said (a secret cut at the edge is no longer known).
         words = redis_words(err)
-        said = without_password(words[:_MASKED_TEXT], self._password())
+        said = start_without_password(words, self._password(), _MASKED_TEXT)
         if len(said) > _SAID_TEXT or len(words) > _MASKED_TEXT:
             said = redact(said)[:_SAID_TEXT] + "..."
         message = f"{self!r}: {doing} failed: {type(err).__name__}: {said}"

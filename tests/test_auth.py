@@ -729,6 +729,36 @@ async def test_a_redis_store_answering_a_megabyte_of_quotes_masks_their_start_al
     assert sum(looked_at) <= 10_000, looked_at
 
 
+async def test_a_redis_store_answering_a_password_quoted_many_times_never_says_it_cut() -> None:
+    # A Redis (a proxy) refusing a command quoting a password of 128 characters 40 times: the
+    # store masks their first 4,096 characters and says 1,000, and the copies masked shorter
+    # brought the one cut at 4,096 within them (its first 35 characters said).
+    password = "f3a1" * 32
+
+    async def quoting(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while line := await reader.readline():
+            if line.startswith(b"*"):  # a command: its arguments, then the answer
+                said = [await reader.readline() for _ in range(2 * int(line[1:]))]
+                auth = said[1].strip().upper() == b"AUTH"
+                quotes = f"'{password}' ".encode() * 40
+                writer.write(b"+OK\r\n" if auth else b"-ERR " + quotes + b"\r\n")
+                await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(quoting, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        url = f"redis://:{password}@127.0.0.1:{port}/0"
+        async with RedisTokenStore(url, socket_timeout=5) as store:
+            with pytest.raises(TokenStoreError) as caught:
+                await store.get("key")
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert password[:8] not in str(caught.value)
+    assert str(caught.value).startswith(f"{store!r}: GET failed: ResponseError: '***' ")
+
+
 class _BytesPath:
     """A path-like whose path is bytes (os.PathLike[bytes]), as os.DirEntry of bytes is."""
 

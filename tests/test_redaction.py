@@ -1208,6 +1208,20 @@ def test_redis_words_shown_of_a_megabyte_of_quotes_masks_their_start_alone(
     assert sum(looked_at) <= 10_000, looked_at
 
 
+def test_redis_words_shown_never_say_a_password_cut_where_their_start_is_cut() -> None:
+    # A Redis (a proxy) quoting a password of 128 characters 40 times: its start alone is
+    # looked at, the copies in it masked shorter, and the one cut at the edge of that start
+    # came within what is said (its first 73 characters).
+    from redis.exceptions import ResponseError
+
+    from dmhub_async._redis_send import redis_words_shown
+
+    password = "f3a1" * 32
+    said = redis_words_shown(ResponseError(f"'{password}' " * 40), password)
+    assert password[:8] not in said
+    assert said.startswith(f"'{MASK}' " * 20)
+
+
 class _CopiedText(str):
     """A text whose characters copied into a new one (by a slice or a ``+``) are counted."""
 
