@@ -19,6 +19,7 @@ from typing import Any, Final, cast
 
 import aiohttp
 import attrs
+import yarl
 from typing_extensions import Self
 
 from ._auth import DEFAULT_STORE, TokenStore
@@ -386,11 +387,20 @@ def _check_objects(
     if token_store is not None and not isinstance(token_store, TokenStore):
         given = short(token_store)
         # A Redis URL (the CLI's spelling of a store) may hold its password: the message is
-        # logged and shown, and short() keeps the start and end of a long one.
-        if isinstance(token_store, str) and (
-            "@" in token_store or "password=" in token_store.lower()
-        ):
-            given = "a str that may hold a password (not shown): RedisTokenStore(url)"
+        # logged and shown, and short() keeps the start and end of a long one. Bytes (read
+        # from os.environb) or a yarl URL (built with URL.build) as well.
+        written = (
+            token_store.decode("latin-1")
+            if isinstance(token_store, bytes)
+            else str(token_store)
+            if isinstance(token_store, (str, yarl.URL))
+            else ""
+        )
+        if "@" in written or "password=" in written.lower():
+            given = (
+                f"a {type(token_store).__name__} that may hold a password (not shown):"
+                " RedisTokenStore(url)"
+            )
         raise InvalidRequestError(
             "token_store must be a TokenStore (MemoryTokenStore(), FileTokenStore(path), "
             f"RedisTokenStore(url)), not {given}"

@@ -16,6 +16,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import yarl
 from _helpers import BASE, CUSTOMER, serving, url
 from aiohttp import web
 from aioresponses import CallbackResult, aioresponses
@@ -1747,20 +1748,24 @@ def test_settings_that_are_objects_are_checked_when_the_client_is_made(no_env, k
         "redis://:Rd1sCn4ryPassw0rd@cache:6379/0",
         "redis://cache:6379/0?password=Rd1sCn4ryPassw0rd",
         "redis://Rd1sCn4ryPassw0rd@cache:6379/0",
+        b"redis://cache:6379/0?password=Rd1sCn4ryPassw0rd",
+        yarl.URL("redis://cache:6379/0?password=Rd1sCn4ryPassw0rd"),
     ],
-    ids=["before its @", "in its query", "without its colon"],
+    ids=["before its @", "in its query", "without its colon", "bytes", "a yarl URL"],
 )
 def test_a_redis_url_given_as_the_token_store_is_refused_without_quoting_it(no_env, url):
-    # DMHubClient(token_store=os.environ["DMHUB_TOKEN_STORE"]), the CLI's spelling of a store:
-    # refused, its message (logged, shown) quoted the URL, cut in its middle: the password's
-    # start or end ("...Cn4ryPassw0rd'").
+    # DMHubClient(token_store=os.environ["DMHUB_TOKEN_STORE"]), the CLI's spelling of a store
+    # (or os.environb's bytes, a yarl URL built): refused, its message (logged, shown) quoted
+    # the URL, cut in its middle: the password's start or end ("...Cn4ryPassw0rd'").
     with pytest.raises(InvalidRequestError) as info:
         DMHubClient(access_token="tok", token_store=url)
 
     said = str(info.value)
     assert not [piece for piece in ("Rd1s", "Cn4r", "Passw0rd", "cache") if piece in said]
     assert said.startswith("token_store must be a TokenStore (")
-    assert said.endswith("not a str that may hold a password (not shown): RedisTokenStore(url)")
+    assert said.endswith(
+        f"not a {type(url).__name__} that may hold a password (not shown): RedisTokenStore(url)"
+    )
 
 
 @pytest.mark.parametrize(
