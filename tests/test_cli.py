@@ -1003,6 +1003,29 @@ def test_a_failed_lookup_never_shows_the_identity_the_service_quoted(
     assert not (tmp_path / "found.csv").exists()
 
 
+def test_a_failed_lookup_masks_the_identity_in_the_services_words_alone(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    # An identity of 4 digits (a member number) masked in the whole line took the error code's
+    # digits too ("error_code ***0"): the code, which says what failed, is the client's words.
+    (tmp_path / "ids.csv").write_text("type,value\nmobile,5000\n", encoding="utf-8")
+    with _echoing_service() as base_url:
+        result = run_cli(
+            "lookup",
+            "--in",
+            "ids.csv",
+            "--out",
+            "found.csv",
+            "--max-retries",
+            "0",
+            env={**env, "DMHUB_BASE_URL": base_url},
+            cwd=tmp_path,
+        )
+
+    assert_one_line_error(result, 1, "ids.csv:2: its lookup failed:", "lookup of *** failed")
+    assert "HTTP 500, error_code 50000: lookup of *** failed" in result.stderr
+
+
 @pytest.mark.parametrize(
     ("fault", "words"),
     [

@@ -32,7 +32,7 @@ from .._exceptions import (
 )
 from .._query_time import zone_setting
 from .._redact import redact
-from .._validate import check_identity, mangled_value
+from .._validate import check_identity, mangled_value, printable
 from .._words import counted
 from ..export import ExportReport, export_customers
 from ..export._export import FORMAT_OF_SUFFIX
@@ -628,6 +628,19 @@ async def _lookup(args: argparse.Namespace) -> int:
         return await _lookup_rows(args, infile, name, encoding, fmt)
 
 
+def _identity_masked(err: APIError, value: str) -> str:
+    """``err``'s line with ``value``, the identity its lookup was for, masked in the service's
+    words and what follows them alone: masked in the whole line, a value of 4 or 5 digits (a
+    member number) masked the error code too ("error_code ***0"), and runs of a longer one
+    the path ("/v1/***identities" for customer@example.com)."""
+    said = without_method(str(err))
+    words = printable(err.description)[:40] if err.description else ""  # kept cut past 1,000
+    at = said.find(f": {words}") if words else -1
+    if at < 0:  # no words of the service's where they are said: all of it, as it may quote it
+        return redact(said, [value])
+    return said[:at] + redact(said[at:], [value])
+
+
 async def _lookup_rows(
     args: argparse.Namespace, infile: Path, name: str, encoding: str, fmt: str
 ) -> int:
@@ -675,7 +688,7 @@ async def _lookup_rows(
             except APIError as err:
                 # The service's words may quote the identity it was asked for: personal data
                 # (a mobile, an openid), masked as a secret is, wherever the line is said.
-                said = redact(without_method(str(err)), [lines[0][1]] if lines else [])
+                said = _identity_masked(err, lines[0][1]) if lines else without_method(str(err))
                 if isinstance(err, RateLimitError):
                     # The app's, not the line's: any row would have met it, and the advice to
                     # check or remove the line had a good row dropped.
