@@ -112,7 +112,7 @@ BINDING = {"customerId": "1", "identityType": "wechat", "identityValue": "o"}
 
 def _answer(path: str) -> dict[str, Any]:
     if path.endswith("/accesstoken"):
-        return {"payload": {"error_code": 0, "access_token": "tok", "expires_in": 7200}}
+        return {"payload": {"error_code": 0, "access_token": "tok-1", "expires_in": 7200}}
     if path == "/v1/customers/count":
         return {"payload": 0}
     if path == "/v1/customers":
@@ -469,7 +469,7 @@ async def test_client_settings_are_checked_when_the_client_is_made(
 
 
 def _sent_as(method: str, path: str, query: dict[str, str], body: Any = None) -> Any:
-    return (method, path, {"access_token": "tok", **query}, body)
+    return (method, path, {"access_token": "tok-1", **query}, body)
 
 
 LIST = {"sidx": "id", "sord": "asc", "rows": "100", "page": "1"}
