@@ -33,6 +33,7 @@ from yarl import URL
 from ._converter import scalars
 from ._converter.scalars import timestamp_as_written
 from ._exceptions import InvalidRequestError, coerce_code
+from ._redact import MASK
 from .models.customer import CustomerFields
 from .models.gender import Gender
 from .models.identity import Identity
@@ -350,10 +351,31 @@ def arguments_forgotten_if_refused(
     return made
 
 
+#: A ``password=`` value of a URL's query, in a str quoted in an error.
+_PASSWORD_PARAM = re.compile(r"(?<=password=)[^&#\s'\"]+", re.IGNORECASE)
+
+
+def _without_url_password(text: str) -> str:
+    """``text`` with what may be a URL's password masked: all from its first ``://`` to its
+    last ``@`` (``redis://:PASSWORD@HOST``, one written without its colon or holding a ``/``
+    too), and a ``password=`` value. In one pass: a pattern up to the last ``@`` took seconds
+    on a str of many ``://`` after its ``@`` (each tried to the end)."""
+    after = text.find("://") + 3
+    at = text.rfind("@")
+    if 3 <= after <= at:
+        text = f"{text[:after]}{MASK}{text[at:]}"
+    return _PASSWORD_PARAM.sub(MASK, text)
+
+
 def short(value: object) -> str:
-    """``repr(value)`` cut to a readable length, for error messages; never raises."""
+    """``repr(value)`` cut to a readable length, for error messages; never raises. A str's
+    URL password is masked (:func:`_without_url_password`): a Redis URL given for a setting
+    by a slip (``rate_limit="redis://..."``, for ``RedisRateLimiter(url, rate)``) was quoted,
+    its password whole in a short one (the cut is in the middle), its end in a ``?password=``."""
     if isinstance(value, int) and value.bit_length() > 256:  # repr fails past 4300 digits
         return f"an integer of {value.bit_length()} bits"
+    if isinstance(value, str) and ("@" in value or "password=" in value.lower()):
+        value = _without_url_password(value)
     try:
         return reprlib.repr(value)
     except Exception:  # a broken __repr__ must not replace the error being reported

@@ -956,6 +956,46 @@ def test_no_secret_of_a_refused_base_url_in_the_variables_of_the_client(
     assert_no_secret_in_locals(info.value)
 
 
+@pytest.mark.parametrize("setting", ["rate_limit", "timeout", "session", "retry", "timezone"])
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        (f"redis://u:{SECRET}@h/0", "'redis://***@h/0'"),
+        (f"redis://{SECRET}@h/0", "'redis://***@h/0'"),
+        (f"redis://h/0?password={SECRET}", "'redis://h/0?password=***'"),
+    ],
+    ids=["before its @", "without its colon", "in its query"],
+)
+def test_a_redis_url_given_for_another_setting_is_refused_without_its_password(
+    setting: str, url: str, shown: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # DMHubClient(rate_limit="redis://...") (for RedisRateLimiter(url, rate)), or any setting
+    # given the URL by a slip: its refusal quoted the value, cut in its middle past 30
+    # characters, so the password was shown whole in a short URL, its end in a ?password=.
+    monkeypatch.delenv("DMHUB_BASE_URL", raising=False)
+    with pytest.raises(InvalidRequestError) as info:
+        DMHubClient(access_token="a-token-of-the-app", **{setting: url})
+
+    said = str(info.value)
+    assert not leaks(said), said
+    assert said.startswith(f"{setting}"), said
+    assert shown in said, said  # the rest of the URL, to find the slip by
+
+
+def test_a_long_value_of_many_schemes_is_quoted_at_once() -> None:
+    # Its password masked by a pattern up to the last "@", each "://" after the "@" was tried
+    # to the end: 20,000 of them took some 6 s (the square of the text), 2 ms in one pass.
+    import time
+
+    from dmhub_async._validate import short
+
+    value = "@" + "://" * 20_000 + f"?password={SECRET}"
+    started = time.perf_counter()
+    said = short(value)
+    assert time.perf_counter() - started < 1.0
+    assert not leaks(said), said
+
+
 def test_request_repr_and_description_hide_the_secret():
     request = Request(
         "GET",
