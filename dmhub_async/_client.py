@@ -37,6 +37,7 @@ from ._validate import (
     check_settings,
     is_collection,
     misnamed_variables,
+    settings_forgotten_if_refused,
     short,
     shown_even_half_made,
 )
@@ -101,6 +102,9 @@ class DMHubClient:
         InvalidRequestError: no credentials, or a bad setting.
     """
 
+    # A setting refused leaves none of the settings among the frames' variables: a Redis URL
+    # given as token_store (DMHUB_TOKEN_STORE's spelling) or rate_limit kept its password there.
+    @settings_forgotten_if_refused
     def __init__(
         self,
         app_id: str | None = None,

@@ -996,6 +996,27 @@ def test_a_long_value_of_many_schemes_is_quoted_at_once() -> None:
     assert not leaks(said), said
 
 
+@pytest.mark.parametrize("setting", ["token_store", "rate_limit", "session"])
+def test_no_redis_password_in_the_variables_of_a_client_refused_a_url_for_a_setting(
+    setting: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # DMHubClient(token_store=os.environ["DMHUB_TOKEN_STORE"]), the CLI's spelling of a store,
+    # is refused without quoting the URL; but it stayed among the variables of
+    # DMHubClient.__init__, which an error tracker records (capture_locals=True): the password
+    # read from the environment, in no frame of the caller's, went to the tracker.
+    monkeypatch.delenv("DMHUB_BASE_URL", raising=False)
+    settings: dict[str, Any] = {setting: f"redis://:{SECRET}@cache:6379/0"}
+
+    with pytest.raises(InvalidRequestError) as info:
+        DMHubClient(access_token="a-token-of-the-app", **settings)
+
+    del settings  # the test's own variable: not the SDK's
+    assert not leaks(str(info.value))
+    assert_no_secret_in_locals(info.value)
+    recorded = traceback.TracebackException.from_exception(info.value, capture_locals=True)
+    assert "    self = " in "".join(recorded.format())  # the half-made client, still shown
+
+
 def test_request_repr_and_description_hide_the_secret():
     request = Request(
         "GET",
