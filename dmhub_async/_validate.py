@@ -153,6 +153,8 @@ def redis_where(url: str) -> str:
         return "the URL given"  # a password read as host, port and path: not shown
     try:
         parts = urlsplit(url)
+        if "@" in parts.path:  # a user and password a slash short of "//" (redis:/:PASSWORD@
+            return "the URL given"  # HOST), read as the path: not shown
         if parts.scheme.lower() == "unix":  # a socket's path, its database in the query: it
             # was "unix://localhost:6379/PATH", a host and port that are not where Redis is
             db = parse_qs(parts.query).get("db", [""])[0]
@@ -235,6 +237,7 @@ def check_password_read(owner: str, url: str) -> None:
     took the connection, and the tokens went to it, unauthenticated, without a word. An ``@``
     in the query with a host before it is left alone: a TLS file's path may hold one.
     """
+    _check_socket_userinfo(owner, url)
     if not password_misread(url):
         return
     try:
@@ -248,6 +251,23 @@ def check_password_read(owner: str, url: str) -> None:
         raise InvalidRequestError(
             f"{owner}: the URL's @ comes after its host, port or database, so its password "
             f"would not be sent ({PERCENT_ENCODE})"
+        )
+
+
+def _check_socket_userinfo(owner: str, url: str) -> None:
+    """InvalidRequestError for a ``unix:`` URL a slash short of ``unix://`` whose user and
+    password are read as the socket's path (``unix:/:PASSWORD@/run/redis.sock``): no password
+    was sent, and the path, shown in the repr, each warning of the store and each error
+    (redis-py's "connecting to /:PASSWORD@/run/redis.sock"), held it. A socket's path with an
+    ``@`` within a name (``unix:///run/redis@main/redis.sock``) is left alone."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # pragma: no cover - redis-py read it: urlsplit does too
+        return
+    if parts.scheme.lower() == "unix" and not parts.netloc and "@/" in parts.path:
+        raise InvalidRequestError(
+            f"{owner}: the URL's user and password go after unix://, as in"
+            " unix://:PASSWORD@/PATH: a slash short, they were read as the socket's path"
         )
 
 

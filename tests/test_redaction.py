@@ -835,6 +835,20 @@ _REDIS_REFUSED: dict[str, Callable[[], object]] = {
     "a shared limit of a TLS flag redis-py refuses": lambda: RedisRateLimiter(
         f"rediss://:{SECRET}@127.0.0.1:1/0?ssl_cert_reqs=bogus", 5
     ),
+    # A slash short of unix://: the password was read as the socket's path, and shown in the
+    # repr, each warning of the store and each error of the limit (redis-py's "connecting to").
+    "a store over unix:/ with a password": lambda: RedisTokenStore(
+        f"unix:/:{SECRET}@/run/redis.sock"
+    ),
+    "a store over unix: with a password": lambda: RedisTokenStore(f"unix:{SECRET}@/run/redis.sock"),
+    "a shared limit over unix:/ with a password": lambda: RedisRateLimiter(
+        f"unix:/:{SECRET}@/run/redis.sock", 5
+    ),
+    # A slash short of redis://: refused for its path, its password in the half-made limit's
+    # repr among the traceback's variables ("redis://localhost:6379/:PASSWORD@HOST/0").
+    "a shared limit over redis:/ with a password": lambda: RedisRateLimiter(
+        f"redis:/:{SECRET}@127.0.0.1:1/0", 5
+    ),
 }
 
 
