@@ -996,17 +996,14 @@ def test_a_redis_url_given_for_another_setting_is_refused_without_its_password(
     assert shown in said, said  # the rest of the URL, to find the slip by
 
 
+@pytest.mark.timeout(10)  # about a minute before, the event loop held meanwhile
 def test_a_long_value_of_many_schemes_is_quoted_at_once() -> None:
     # Its password masked by a pattern up to the last "@", each "://" after the "@" was tried
     # to the end: 20,000 of them took some 6 s (the square of the text), 2 ms in one pass.
-    import time
-
     from dmhub_async._validate import short
 
-    value = "@" + "://" * 20_000 + f"?password={SECRET}"
-    started = time.perf_counter()
+    value = "@" + "://" * 60_000 + f"?password={SECRET}"
     said = short(value)
-    assert time.perf_counter() - started < 1.0
     assert not leaks(said), said
 
 
