@@ -660,7 +660,10 @@ class Session:
             del token  # not among the variables an error tracker records (see _send)
             assert call is not None  # every DMHubError here came from a call's attempts
             ended = self._ended(call, err)
-            raise ended from ended.__cause__ or err.__cause__  # a redacted stand-in, or None
+            try:
+                raise ended from ended.__cause__ or err.__cause__  # a redacted stand-in, or None
+            finally:
+                del ended  # not held by this frame, which its traceback holds (a cycle)
         except BaseException:
             del token
             raise
@@ -689,7 +692,10 @@ class Session:
             answer: _Answer = await self._send_call(self, call)
         except DMHubError as err:
             ended = self._ended(call, err)
-            raise ended from ended.__cause__ or err.__cause__  # a redacted stand-in, or None
+            try:
+                raise ended from ended.__cause__ or err.__cause__  # a redacted stand-in, or None
+            finally:
+                del ended  # not held by this frame, which its traceback holds (a cycle)
         if remembered:
             remember_response(self, answer)  # an APIResponse once dm.last_response is read
         return answer

@@ -30,6 +30,8 @@ from dmhub_async import (
     Identity,
     InvalidRequestError,
     MemoryTokenStore,
+    RetryPolicy,
+    ServerError,
 )
 from dmhub_async.testing import DMHubSimulator
 
@@ -1944,6 +1946,55 @@ async def test_a_closed_client_is_freed_without_the_garbage_collector():
                 "derived session": weakref.ref(derived_session),
             }
             del dm, derived, session, derived_session
+            await asyncio.sleep(0)
+            assert [name for name, ref in alive.items() if ref() is not None] == []
+        finally:
+            if collecting:
+                gc.enable()
+
+
+async def test_a_closed_client_whose_calls_failed_is_freed_without_the_garbage_collector():
+    # The error a call gave up with was a variable of the frame that raised it, which its
+    # traceback holds: a cycle holding that frame's session, its token manager and limits, so
+    # a client one of whose calls had failed was left for the collector once closed (and each
+    # failed call's frames and error until then). Each way a call ends in the session: a
+    # request (get) and an answer read as its fields (count).
+    async def no_wait(seconds: float) -> None:
+        await asyncio.sleep(0)
+
+    async with DMHubSimulator(customers=10) as sim:
+        collecting = gc.isenabled()
+        gc.collect()
+        gc.disable()
+        try:
+            dm = DMHubClient(
+                sim.app_id,
+                sim.secret,
+                base_url=sim.url,
+                token_store=MemoryTokenStore(),
+                retry=RetryPolicy(max_retries=1),
+                sleep=no_wait,
+            )
+            failed = []
+            async with dm:
+                sim.faults.script(["500", "500", "503", "503"])
+                try:
+                    await dm.customers.get(sim.customer_ids()[0])
+                except ServerError as err:
+                    failed.append(err.status)
+                try:
+                    await dm.customers.count()
+                except ServerError as err:
+                    failed.append(err.status)
+            assert failed == [500, 503]
+            session = dm._session
+            alive = {
+                "client": weakref.ref(dm),
+                "session": weakref.ref(session),
+                "token manager": weakref.ref(session._tokens),
+                "limits": weakref.ref(session._limits),
+            }
+            del dm, session
             await asyncio.sleep(0)
             assert [name for name, ref in alive.items() if ref() is not None] == []
         finally:
