@@ -2739,6 +2739,19 @@ def test_a_secret_s_escaped_characters_alone_cut_short_are_masked(
     assert redact(f"echoed: {cut}... (cut)", [secret]) == f"echoed: {MASK}... (cut)"
 
 
+@pytest.mark.parametrize("slash", ["\\u002F", "&#x2F;", "&#47;"], ids=["u002F", "hex", "decimal"])
+@pytest.mark.parametrize("between", ["x", "S3cr3tQ"], ids=["one character", "seven"])
+def test_a_secret_s_escaped_slashes_with_its_characters_between_cut_short_are_masked(
+    slash: str, between: str
+) -> None:
+    # Escapes of "/" alone are spared as a URL's "//" (_escapes_alone); with characters of the
+    # secret between them ("\u002FS3cr3tQ\u002F" of "/S3cr3tQ/"), they are a run of its
+    # escaped form as any other, and masked: sparing them showed the characters between.
+    secret = f"Cn4ry/{between}/Zq9xYw81kd"
+    said = f"echoed: {slash}{between}{slash}... (cut)"
+    assert redact(said, [secret]) == f"echoed: {MASK}... (cut)"
+
+
 #: ``_ENTITIES_SECRET`` as PHP's json_encode writes it ("/" as "\/"), quoted in a JSON string
 #: by it again.
 _PHP_TWICE = json.dumps(json.dumps(_ENTITIES_SECRET).replace("/", "\\/")).replace("/", "\\/")
@@ -2810,6 +2823,33 @@ def test_a_customers_escaped_name_sharing_4_characters_with_a_secret_stays_reada
     # 8 of the secret's characters, escaped so, are masked still.
     said = f'{{"echo": "{quoted(_WORD_SECRET[:8])}", "code": 500}}'
     assert redact(said, [_WORD_SECRET]) == f'{{"echo": "{MASK}", "code": 500}}'
+
+
+#: A secret in Cyrillic, whose first characters a customer's name ("Павел") shares.
+_CYRILLIC_SECRET = "Пароль-Zq9xYw4f1c"
+
+
+@pytest.mark.parametrize(
+    "quoted",
+    [
+        lambda text: json.dumps(text)[1:-1],
+        lambda text: json.dumps(json.dumps(text)[1:-1])[1:-1],
+        lambda text: quote(text, safe=""),
+    ],
+    ids=["\\u-escaped", "\\u-escaped twice", "URL-encoded"],
+)
+def test_a_customers_escaped_cyrillic_name_sharing_characters_with_a_secret_stays_readable(
+    quoted: Callable[[str], str],
+) -> None:
+    # An escape of a letter from U+0100 to U+0FFF ("\u041f", Cyrillic, Greek, Arabic...)
+    # stands for one character as a Chinese one's does: a name sharing 2 of them with the
+    # secret holds less than 8 of its characters.
+    said = f'{{"name": "{quoted("Павел")}", "code": 500}}'
+    assert redact(said, [_CYRILLIC_SECRET]) == said
+    # 8 of the secret's characters, escaped so, are masked still.
+    for cut in (_CYRILLIC_SECRET[:8], _CYRILLIC_SECRET[1:9]):
+        said = f'{{"echo": "{quoted(cut)}", "code": 500}}'
+        assert redact(said, [_CYRILLIC_SECRET]) == f'{{"echo": "{MASK}", "code": 500}}'
 
 
 def test_a_secret_outside_ascii_cut_to_a_run_of_its_u00xx_escaped_form_is_masked() -> None:
