@@ -2654,8 +2654,12 @@ def test_a_secret_html_escaped_as_entities_of_its_characters_codes_is_masked_who
         html.escape(_ENTITIES_SECRET).replace("/", "&#x2F;"),
         "".join(f"&#{ord(char)};" if char in "/'\"" else char for char in _ENTITIES_SECRET),
         html.escape(_ENTITIES_SECRET).replace("&#x27;", "&#039;"),
+        html.escape(_ENTITIES_SECRET).replace("&#x27;", "&apos;"),
+        # Each character but letters, digits and "-._~" as a hex entity (Spring's
+        # htmlEscapeHex): '"' as "&#x22;", not "&quot;".
+        "".join(f"&#x{ord(char):x};" if char in "/'\"" else char for char in _ENTITIES_SECRET),
     ],
-    ids=["hex entities", "decimal entities", "PHP's"],
+    ids=["hex entities", "decimal entities", "PHP's", "PHP's HTML5", "every one as hex"],
 )
 @pytest.mark.parametrize("cut", [(0, 25), (0, 30), (4, 40)], ids=["25", "30", "4 to 40"])
 def test_a_secret_html_escaped_and_cut_short_is_masked(echoed: str, cut: tuple[int, int]) -> None:
@@ -2664,6 +2668,21 @@ def test_a_secret_html_escaped_and_cut_short_is_masked(echoed: str, cut: tuple[i
     # ("Cn4ry&#x2F;S3cr3t&#x27;Zq": 15 of the secret's 20 characters).
     said = f"echoed: {echoed[slice(*cut)]}... (cut)"
     assert redact(said, [_ENTITIES_SECRET]) == f"echoed: {MASK}... (cut)"
+
+
+@pytest.mark.parametrize(
+    "escaped",
+    [html.escape, lambda text: html.escape(text).replace("&#x27;", "&apos;")],
+    ids=["html.escape", "PHP's HTML5"],
+)
+@pytest.mark.parametrize("secret", ["Zq'9&x\"Y", "p&ss"])
+def test_a_secret_of_8_characters_or_fewer_a_page_escapes_is_masked(
+    escaped: Callable[[str], str], secret: str
+) -> None:
+    # Too short for its runs to be masked, a secret is matched whole alone: its "&", '"' or
+    # "'" as a page's named entity ("&amp;", "&quot;", "&apos;") are in that match too.
+    said = f"echoed: {escaped(secret)} (refused)"
+    assert redact(said, [secret]) == f"echoed: {MASK} (refused)"
 
 
 #: A secret holding two characters a JSON writer or a page escapes side by side ("//"): 1 in
