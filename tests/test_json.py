@@ -420,6 +420,24 @@ def test_each_20_digit_id_is_told_by_its_own_digits_not_a_look_at_its_bytes_arou
         ]
 
 
+@pytest.mark.parametrize("tail", [b".5", b"e0", b"E+0"], ids=["point", "exponent", "E+"])
+def test_a_number_of_17_digits_and_a_fraction_or_exponent_on_every_row_is_read_exactly(
+    tail: bytes,
+) -> None:
+    # The lone integers told by their own digits (0eaa037) end before what ends a number: a
+    # number of 17 digits going on with a point or an exponent, on every row of 1 KB, is no
+    # integer, and is read with every digit, not through a float (12345678901234568).
+    numbers = [b"%d" % (12345678901234567 + 7919 * i) + tail for i in range(200)]
+    made = []
+    for number in numbers:
+        row = b'{"amount":%s,"name":"' % number
+        made.append(row + b"n" * (1024 - len(row) - 2) + b'"}')
+    body = b'{"rows":[' + b",".join(made) + b"]}"
+    assert [row["amount"] for row in _json.loads(body)["rows"]] == [
+        Decimal(number.decode()) for number in numbers
+    ]
+
+
 # --- decimals a float cannot hold: read and written with every digit ------------------------
 
 LOSSY = [
