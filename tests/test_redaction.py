@@ -2560,6 +2560,48 @@ def test_a_secret_json_escaped_in_part_and_cut_short_is_masked(
     assert redact(f"echo: {said} ...", [secret]) == f"echo: {MASK} ..."
 
 
+@pytest.mark.parametrize(
+    ("secret", "escaped", "start", "end"),
+    [
+        ("DYOnmLtIHUjp/+0k53vDZq9V", "+", 8, 16),  # .NET's, of two kinds: "/" raw
+        ("DYOn&mLtIHUjp/+0k53vDZq9=V", "+&", 9, 17),  # .NET's, of four kinds: "/" "=" raw
+        ("DYOnmLtIHUjp\\+0k53vDZq9V", "+", 8, 16),  # beside a backslash, written "\\"
+        ("DZq9пароль9Zk/+0k53vDZq9", "+", 10, 18),  # its letters outside ASCII: kinds past 4
+    ],
+    ids=["two kinds", "four kinds", "a backslash", "letters outside ASCII"],
+)
+def test_a_secret_json_escaped_in_part_by_any_writer_and_cut_short_is_masked(
+    secret: str, escaped: str, start: int, end: int
+) -> None:
+    # As above, for the other secrets and writers: a cut of 8 characters holding a "+"
+    # escaped beside a "/" raw (or beside a backslash, which JSON writes "\\" alone) is masked
+    # in a secret of those two kinds alone, of four, or of letters outside ASCII besides (never
+    # counted among the kinds, whose every mix is a form of its own).
+    said = "".join(
+        _redact._json_escaped(c) if c in escaped else json.dumps(c)[1:-1] for c in secret[start:end]
+    )
+    assert redact(f"echo: {said} ...", [secret]) == f"echo: {MASK} ..."
+
+
+@pytest.mark.parametrize(
+    "written",
+    [
+        lambda said: json.dumps(said)[1:-1],  # "\\u041f"
+        lambda said: quote(said, safe=""),  # "%D0%9F"
+        lambda said: json.dumps(json.dumps(said)[1:-1])[1:-1],  # escaped twice
+    ],
+    ids=["JSON-escaped", "URL-encoded", "JSON-escaped twice"],
+)
+@pytest.mark.parametrize("case", [str.upper, str.lower], ids=["upper-cased", "lower-cased"])
+def test_a_short_secret_outside_ascii_escaped_in_another_case_is_masked(
+    written: Callable[[str], str], case: Callable[[str], str]
+) -> None:
+    # A secret of 8 characters or fewer has no runs to mask: its pattern alone, which took
+    # "\u041f" for "п" only as the secret writes it, showed it escaped in another case.
+    secret = "Ключ-9ä"
+    assert redact(f"refused: {written(case(secret))}.", [secret]) == f"refused: {MASK}."
+
+
 @pytest.mark.parametrize("token", [TOKEN, "fresh-unknown-token"], ids=["known", "unknown"])
 def test_a_token_in_a_link_headers_url_keeps_what_follows_the_url(token: str) -> None:
     # A Link header quoting the request URL: the "access_token=" value ran on through the ">;"
