@@ -759,6 +759,33 @@ async def test_a_redis_store_answering_a_password_quoted_many_times_never_says_i
     assert str(caught.value).startswith(f"{store!r}: GET failed: ResponseError: '***' ")
 
 
+async def test_a_redis_store_never_shows_a_password_quoted_across_the_end_of_what_is_said() -> None:
+    # A Redis's long words are masked before they are cut to the 1000 characters said: a
+    # password quoted across that end, cut first, was no longer known, and its start was said.
+    async def quoting(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while line := await reader.readline():
+            if line.startswith(b"*"):  # a command: its arguments, then the answer
+                said = [await reader.readline() for _ in range(2 * int(line[1:]))]
+                auth = said[1].strip().upper() == b"AUTH"
+                words = b"x" * 995 + b" 'pw-0123456789' " + b"y" * 5000
+                writer.write(b"+OK\r\n" if auth else b"-ERR " + words + b"\r\n")
+                await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(quoting, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        url = f"redis://:pw-0123456789@127.0.0.1:{port}/0"
+        async with RedisTokenStore(url, socket_timeout=5) as store:
+            with pytest.raises(TokenStoreError) as caught:
+                await store.get("key")
+    finally:
+        server.close()
+        await server.wait_closed()
+    shown = "x" * 995 + " '***' "
+    assert str(caught.value) == f"{store!r}: GET failed: ResponseError: {shown[:1000]}..."
+
+
 class _BytesPath:
     """A path-like whose path is bytes (os.PathLike[bytes]), as os.DirEntry of bytes is."""
 

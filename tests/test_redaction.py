@@ -1294,6 +1294,17 @@ def test_redis_words_shown_never_say_a_password_cut_where_their_start_is_cut() -
     assert said.startswith(f"'{MASK}' " * 20)
 
 
+def test_redis_words_shown_never_shows_a_password_cut_at_their_end() -> None:
+    # Redis's words are cut to what is said after the password is masked in them: cut
+    # first, the password quoted across the cut was no longer known, and its start was said.
+    from redis.exceptions import ResponseError
+
+    from dmhub_async._redis_send import redis_words_shown
+
+    refused = ResponseError("x" * 295 + " 'pw-0123456789' refused")
+    assert redis_words_shown(refused, "pw-0123456789") == "x" * 295 + f" '{MASK}"[:5]
+
+
 class _CopiedText(str):
     """A text whose characters copied into a new one (by a slice or a ``+``) are counted."""
 

@@ -180,16 +180,17 @@ def test_a_redis_url_redis_py_cannot_read_is_refused_without_its_password(
         assert str(info.value).endswith("cannot read the URL: protocol must be either 2 or 3")
 
 
+@pytest.mark.parametrize("scheme", ["redis", "rediss"])
 @pytest.mark.parametrize("path", ["/tokens", "/db1", "/1/2", "/0x1"])
 @pytest.mark.parametrize("make", [RedisTokenStore, lambda url: RedisRateLimiter(url, 5)])
 def test_a_redis_url_whose_path_is_no_database_number_is_refused_as_made(
-    path: str, make: Any
+    path: str, make: Any, scheme: str
 ) -> None:
     # redis-py reads the path's digits alone, any other as database 0: RedisTokenStore(
     # "redis://HOST/tokens") shared its tokens in database 0 with whatever else was there, and
     # "redis://HOST/1/2" was database 12, without a word (a queue worker refuses both).
     with pytest.raises(InvalidRequestError) as info:
-        make(f"redis://:RedisPassw0rd@127.0.0.1:1{path}")
+        make(f"{scheme}://:RedisPassw0rd@127.0.0.1:1{path}")
     said = str(info.value)
     assert said.endswith("the URL's path must be a database's number: redis://HOST:PORT/DB")
     assert "RedisPassw0rd" not in said
