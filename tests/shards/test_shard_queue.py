@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import hashlib
 import json
 import os
 import shutil
@@ -612,6 +613,19 @@ async def test_a_queue_export_in_a_directory_not_utf8_is_exported_by_its_workers
     assert manifest.complete
     ids = exported_ids(out)
     assert len(ids) == len(set(ids)) == 400
+
+
+@pytest.mark.skipif(
+    sys.platform in ("win32", "darwin"), reason="a file system naming files in bytes alone"
+)
+def test_two_directories_not_utf8_are_two_exports_on_the_queue(tmp_path: Path) -> None:
+    # The id names the export's keys in Redis (its jobs, its progress): read with their
+    # undecodable bytes replaced, "r\xe9sultats" and "r\xe8sultats" had one id. A UTF-8
+    # one's id is as releases before gave it.
+    first = export_id_of(tmp_path / os.fsdecode(b"r\xe9sultats"))
+    assert first != export_id_of(tmp_path / os.fsdecode(b"r\xe8sultats"))
+    utf8 = tmp_path / "résultats"
+    assert export_id_of(utf8) == hashlib.sha256(str(utf8).encode()).hexdigest()[:16]
 
 
 async def test_a_new_export_in_a_directory_shows_none_of_the_old_ones_progress(
