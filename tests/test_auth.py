@@ -689,59 +689,16 @@ async def test_a_redis_store_answering_a_megabyte_of_words_says_their_start(size
     assert str(caught.value) == said + ("x" * size if size <= 1000 else "x" * 1000 + "...")
 
 
-async def test_a_redis_store_answering_a_megabyte_of_quotes_masks_their_start_alone(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    # A Redis (a proxy, another service on its port) refusing a command with a megabyte of
-    # quotes, to a store given a password: the password was looked for where Redis quotes it
-    # in all of them before their start was cut (seconds of the event loop), then said alone.
-    import dmhub_async._redact as redact_module
-
-    looked_at = []
-    quoted_masked = redact_module._quoted_masked
-
-    def counted(text: str, sent: str) -> str:
-        looked_at.append(len(text))
-        return quoted_masked(text, sent)
-
-    monkeypatch.setattr(redact_module, "_quoted_masked", counted)
+async def _store_refused_with(words: bytes, password: str) -> tuple[RedisTokenStore, str]:
+    """A store given ``password`` whose Redis (a proxy, another service on its port) takes the
+    AUTH and refuses every other command with ``words``: the store and what its GET said."""
 
     async def quoting(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while line := await reader.readline():
             if line.startswith(b"*"):  # a command: its arguments, then the answer
                 said = [await reader.readline() for _ in range(2 * int(line[1:]))]
                 auth = said[1].strip().upper() == b"AUTH"
-                writer.write(b"+OK\r\n" if auth else b"-ERR " + b"'" * 1_000_000 + b"\r\n")
-                await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(quoting, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
-        url = f"redis://:pw-0123456789@127.0.0.1:{port}/0"
-        async with RedisTokenStore(url, socket_timeout=5) as store:
-            with pytest.raises(TokenStoreError) as caught:
-                await store.get("key")
-    finally:
-        server.close()
-        await server.wait_closed()
-    assert str(caught.value) == f"{store!r}: GET failed: ResponseError: " + "'" * 1000 + "..."
-    assert sum(looked_at) <= 10_000, looked_at
-
-
-async def test_a_redis_store_answering_a_password_quoted_many_times_never_says_it_cut() -> None:
-    # A Redis (a proxy) refusing a command quoting a password of 128 characters 40 times: the
-    # store masks their first 4,096 characters and says 1,000, and the copies masked shorter
-    # brought the one cut at 4,096 within them (its first 35 characters said).
-    password = "f3a1" * 32
-
-    async def quoting(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while line := await reader.readline():
-            if line.startswith(b"*"):  # a command: its arguments, then the answer
-                said = [await reader.readline() for _ in range(2 * int(line[1:]))]
-                auth = said[1].strip().upper() == b"AUTH"
-                quotes = f"'{password}' ".encode() * 40
-                writer.write(b"+OK\r\n" if auth else b"-ERR " + quotes + b"\r\n")
+                writer.write(b"+OK\r\n" if auth else b"-ERR " + words + b"\r\n")
                 await writer.drain()
         writer.close()
 
@@ -755,35 +712,53 @@ async def test_a_redis_store_answering_a_password_quoted_many_times_never_says_i
     finally:
         server.close()
         await server.wait_closed()
-    assert password[:8] not in str(caught.value)
-    assert str(caught.value).startswith(f"{store!r}: GET failed: ResponseError: '***' ")
+    return store, str(caught.value)
+
+
+async def test_a_redis_store_answering_a_megabyte_of_quotes_masks_their_start_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A Redis refusing a command with a megabyte of quotes, to a store given a password: the
+    # password was looked for where Redis quotes it in all of them before their start was cut
+    # (seconds of the event loop), then said alone.
+    import dmhub_async._redact as redact_module
+
+    looked_at = []
+    quoted_masked = redact_module._quoted_masked
+
+    def counted(text: str, sent: str) -> str:
+        looked_at.append(len(text))
+        return quoted_masked(text, sent)
+
+    monkeypatch.setattr(redact_module, "_quoted_masked", counted)
+
+    store, said = await _store_refused_with(b"'" * 1_000_000, "pw-0123456789")
+
+    assert said == f"{store!r}: GET failed: ResponseError: " + "'" * 1000 + "..."
+    assert sum(looked_at) <= 10_000, looked_at
+
+
+async def test_a_redis_store_answering_a_password_quoted_many_times_never_says_it_cut() -> None:
+    # A Redis (a proxy) refusing a command quoting a password of 128 characters 40 times: the
+    # store masks their first 4,096 characters and says 1,000, and the copies masked shorter
+    # brought the one cut at 4,096 within them (its first 35 characters said).
+    password = "f3a1" * 32
+
+    store, said = await _store_refused_with(f"'{password}' ".encode() * 40, password)
+
+    assert password[:8] not in said
+    assert said.startswith(f"{store!r}: GET failed: ResponseError: '***' ")
 
 
 async def test_a_redis_store_never_shows_a_password_quoted_across_the_end_of_what_is_said() -> None:
     # A Redis's long words are masked before they are cut to the 1000 characters said: a
     # password quoted across that end, cut first, was no longer known, and its start was said.
-    async def quoting(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while line := await reader.readline():
-            if line.startswith(b"*"):  # a command: its arguments, then the answer
-                said = [await reader.readline() for _ in range(2 * int(line[1:]))]
-                auth = said[1].strip().upper() == b"AUTH"
-                words = b"x" * 995 + b" 'pw-0123456789' " + b"y" * 5000
-                writer.write(b"+OK\r\n" if auth else b"-ERR " + words + b"\r\n")
-                await writer.drain()
-        writer.close()
+    words = b"x" * 995 + b" 'pw-0123456789' " + b"y" * 5000
 
-    server = await asyncio.start_server(quoting, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
-        url = f"redis://:pw-0123456789@127.0.0.1:{port}/0"
-        async with RedisTokenStore(url, socket_timeout=5) as store:
-            with pytest.raises(TokenStoreError) as caught:
-                await store.get("key")
-    finally:
-        server.close()
-        await server.wait_closed()
+    store, said = await _store_refused_with(words, "pw-0123456789")
+
     shown = "x" * 995 + " '***' "
-    assert str(caught.value) == f"{store!r}: GET failed: ResponseError: {shown[:1000]}..."
+    assert said == f"{store!r}: GET failed: ResponseError: {shown[:1000]}..."
 
 
 class _BytesPath:
