@@ -1905,25 +1905,37 @@ async def test_a_derived_call_cancelled_as_it_gets_its_slot_gives_the_slot_back(
     assert (await asyncio.wait_for(dm.customers.get(1), 5)).id == CUSTOMER["id"]
 
 
+async def _no_wait(seconds: float) -> None:
+    await asyncio.sleep(0)
+
+
+@contextlib.contextmanager
+def _without_the_collector() -> Iterator[None]:
+    """The garbage collector off (after a collection): what is left alive is held by a
+    reference, not waiting for the collector."""
+    collecting = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if collecting:
+            gc.enable()
+
+
 async def test_a_closed_client_is_freed_without_the_garbage_collector():
     # Its session held its retry loops and its token fetch, each holding the session's bound
     # methods: a cycle of about 98 objects (the session, its token manager, limits, store...)
     # that only the collector freed, once a young collection a walk. Freed on the last
     # reference now: a parent and a derived client, each having fetched a token and retried.
-    async def no_wait(seconds: float) -> None:
-        await asyncio.sleep(0)
-
     async with DMHubSimulator(customers=250) as sim:
-        collecting = gc.isenabled()
-        gc.collect()
-        gc.disable()
-        try:
+        with _without_the_collector():
             dm = DMHubClient(
                 sim.app_id,
                 sim.secret,
                 base_url=sim.url,
                 token_store=MemoryTokenStore(),
-                sleep=no_wait,
+                sleep=_no_wait,
             )
             async with dm:
                 sim.faults.script(["500", "ok"])
@@ -1948,9 +1960,6 @@ async def test_a_closed_client_is_freed_without_the_garbage_collector():
             del dm, derived, session, derived_session
             await asyncio.sleep(0)
             assert [name for name, ref in alive.items() if ref() is not None] == []
-        finally:
-            if collecting:
-                gc.enable()
 
 
 async def test_a_closed_client_whose_calls_failed_is_freed_without_the_garbage_collector():
@@ -1959,21 +1968,15 @@ async def test_a_closed_client_whose_calls_failed_is_freed_without_the_garbage_c
     # a client one of whose calls had failed was left for the collector once closed (and each
     # failed call's frames and error until then). Each way a call ends in the session: a
     # request (get) and an answer read as its fields (count).
-    async def no_wait(seconds: float) -> None:
-        await asyncio.sleep(0)
-
     async with DMHubSimulator(customers=10) as sim:
-        collecting = gc.isenabled()
-        gc.collect()
-        gc.disable()
-        try:
+        with _without_the_collector():
             dm = DMHubClient(
                 sim.app_id,
                 sim.secret,
                 base_url=sim.url,
                 token_store=MemoryTokenStore(),
                 retry=RetryPolicy(max_retries=1),
-                sleep=no_wait,
+                sleep=_no_wait,
             )
             failed = []
             async with dm:
@@ -1997,6 +2000,3 @@ async def test_a_closed_client_whose_calls_failed_is_freed_without_the_garbage_c
             del dm, session
             await asyncio.sleep(0)
             assert [name for name, ref in alive.items() if ref() is not None] == []
-        finally:
-            if collecting:
-                gc.enable()
