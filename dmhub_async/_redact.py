@@ -15,8 +15,8 @@ import os
 import re
 import threading
 import weakref
-from collections.abc import Iterable, Mapping
-from typing import Any, Protocol
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Protocol, TypeVar
 from urllib.parse import quote, quote_plus
 
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -488,15 +488,13 @@ _stretch_patterns: dict[frozenset[str], re.Pattern[str]] = {}
 def _stretches(grams: frozenset[str]) -> re.Pattern[str]:
     """Matches each stretch of ``FRAGMENT`` characters or more, all of them characters of
     ``grams``: a run among ``grams`` is within one."""
-    pattern = _stretch_patterns.get(grams)
-    if pattern is None:
+
+    def made() -> re.Pattern[str]:
         chars = "".join(f"\\U{ord(char):08x}" for char in sorted(set().union(*grams)))
         # No run at all (none to mask): a class of no character is no pattern.
-        pattern = re.compile(f"[{chars}]{{{FRAGMENT},}}" if chars else "(?!)")
-        _stretch_patterns[grams] = pattern
-        for old in list(_stretch_patterns)[: -2 * _KEPT_RUNS]:  # the oldest; a list: threads
-            _stretch_patterns.pop(old, None)
-    return pattern
+        return re.compile(f"[{chars}]{{{FRAGMENT},}}" if chars else "(?!)")
+
+    return _latest(_stretch_patterns, grams, made, 2 * _KEPT_RUNS)
 
 
 def _merged(spans: list[list[int]]) -> list[list[int]]:
@@ -519,16 +517,26 @@ def _merged(spans: list[list[int]]) -> list[list[int]]:
 _latest_runs: dict[frozenset[str], frozenset[str]] = {}
 _KEPT_RUNS = 4
 
+_Key = TypeVar("_Key")
+_Made = TypeVar("_Made")
+
+
+def _latest(cache: dict[_Key, _Made], key: _Key, make: Callable[[], _Made], kept: int) -> _Made:
+    """``cache[key]``, made by ``make`` if it is not there, the latest ``kept`` alone kept."""
+    made = cache.get(key)
+    if made is None:
+        made = cache[key] = make()
+        for old in list(cache)[:-kept]:  # the oldest; a list: other threads
+            cache.pop(old, None)
+    return made
+
 
 def _runs(masks: list[_Masks]) -> frozenset[str]:
     """The runs (in lower case) of the secrets of ``masks``, all of them."""
     secrets = frozenset(mask.secret for mask in masks)
-    runs = _latest_runs.get(secrets)
-    if runs is None:
-        runs = _latest_runs[secrets] = frozenset().union(*(mask.runs for mask in masks))
-        for old in list(_latest_runs)[:-_KEPT_RUNS]:  # the oldest; a list: other threads
-            _latest_runs.pop(old, None)
-    return runs
+    return _latest(
+        _latest_runs, secrets, lambda: frozenset().union(*(mask.runs for mask in masks)), _KEPT_RUNS
+    )
 
 
 #: The runs of the secrets of the latest masks as written (not lower-cased), by those secrets,
@@ -540,13 +548,12 @@ _latest_raw_runs: dict[frozenset[str], frozenset[str]] = {}
 def _raw_runs(masks: list[_Masks]) -> frozenset[str]:
     """The runs (as written) of the secrets of ``masks``, all of them."""
     secrets = frozenset(mask.secret for mask in masks)
-    runs = _latest_raw_runs.get(secrets)
-    if runs is None:
-        runs = frozenset().union(*(_fragments(form) for mask in masks for form in mask.forms))
-        _latest_raw_runs[secrets] = runs
-        for old in list(_latest_raw_runs)[:-_KEPT_RUNS]:  # the oldest; a list: other threads
-            _latest_raw_runs.pop(old, None)
-    return runs
+    return _latest(
+        _latest_raw_runs,
+        secrets,
+        lambda: frozenset().union(*(_fragments(form) for mask in masks for form in mask.forms)),
+        _KEPT_RUNS,
+    )
 
 
 def _forms(secret: str) -> tuple[str, ...]:
