@@ -36,6 +36,7 @@ from ._validate import (
     check_request,
     check_settings,
     is_collection,
+    may_hold_password,
     misnamed_variables,
     settings_forgotten_if_refused,
     short,
@@ -400,7 +401,7 @@ def _check_objects(
             if isinstance(token_store, (str, yarl.URL))
             else ""
         )
-        if "@" in written or "password=" in written.lower():
+        if may_hold_password(written):
             given = (
                 f"a {type(token_store).__name__} that may hold a password (not shown):"
                 " RedisTokenStore(url)"

@@ -387,6 +387,13 @@ def _without_url_password(text: str) -> str:
     return _PASSWORD_PARAM.sub(MASK, text)
 
 
+def may_hold_password(text: str) -> bool:
+    """Whether ``text`` (a URL given where it was not due, or mistyped) may hold a password: a
+    user and password before an ``@``, or a ``password=`` of a query, which redis-py reads too.
+    Such a text is masked or named, never quoted whole, where a refusal says what was given."""
+    return "@" in text or "password=" in text.lower()
+
+
 def short(value: object) -> str:
     """``repr(value)`` cut to a readable length, for error messages; never raises. A str's
     URL password is masked (:func:`_without_url_password`): a Redis URL given for a setting
@@ -394,7 +401,7 @@ def short(value: object) -> str:
     its password whole in a short one (the cut is in the middle), its end in a ``?password=``."""
     if isinstance(value, int) and value.bit_length() > 256:  # repr fails past 4300 digits
         return f"an integer of {value.bit_length()} bits"
-    if isinstance(value, str) and ("@" in value or "password=" in value.lower()):
+    if isinstance(value, str) and may_hold_password(value):
         value = _without_url_password(value)
     try:
         return reprlib.repr(value)

@@ -23,7 +23,7 @@ from .._logging import show_log
 from .._redact import redact
 from .._token_file import NO_LOCKS, FileTokenStore, holds_only_tokens
 from .._token_stores import MemoryTokenStore, RedisTokenStore, TokenStore
-from .._validate import pasted_around
+from .._validate import may_hold_password, pasted_around
 from ._errors import CommandError, UsageError, say, stopped_answering
 
 __all__ = [
@@ -158,7 +158,7 @@ def token_store(spec: str | None) -> TokenStore:
             raise UsageError(f"--token-store: {err}") from None
     # Not quoted if it may hold a password (redis://:PASSWORD@HOST mistyped, or one given as
     # ?password=, which redis-py reads too): stderr goes to terminals and CI logs.
-    secret = "@" in spec or "password=" in spec.lower()
+    secret = may_hold_password(spec)
     given = "what was given (not shown: it may hold a password)" if secret else repr(spec)
     raise UsageError(
         f"--token-store (or {TOKEN_STORE_ENV}) must be memory, file:PATH or redis://HOST[:PORT], "
