@@ -17,7 +17,6 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
 
 from .._auth import FileTokenStore, RedisTokenStore
 from .._exceptions import (
@@ -27,6 +26,7 @@ from .._exceptions import (
     TokenStoreError,
     without_token_hint,
 )
+from .._redact import redis_password
 from .._words import counted
 from ..export._output import NOT_EXPANDED, REPLACED_BESIDE, unexpanded_home
 from ..shards import MANIFEST_NAME, LateCheck, Manifest
@@ -784,7 +784,7 @@ def _password_hint(url: str) -> str:
     ``url`` as sent (:func:`with_redis_password`'s): "check $DMHUB_REDIS_PASSWORD" only when
     the variable's password is the one it holds, not the URL's own (which is sent over it)."""
     password = os.environ.get(REDIS_PASSWORD_ENV)
-    if password and _sent_password(url) == password:
+    if password and redis_password(url) == password:
         return f"check ${REDIS_PASSWORD_ENV}"
     if password:
         return (
@@ -792,17 +792,6 @@ def _password_hint(url: str) -> str:
             " none in the URL (which ps shows)"
         )
     return f"give its password in ${REDIS_PASSWORD_ENV} (and none in the URL, which ps shows)"
-
-
-def _sent_password(url: str) -> str | None:
-    """The password redis-py sends of ``url``: the one before its ``@``, else its query's."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return None
-    if parts.password is not None:
-        return unquote(parts.password)
-    return next(iter(parse_qs(parts.query).get("password", [])), None)
 
 
 def _no_such_directory(given: str) -> str:
