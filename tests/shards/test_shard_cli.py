@@ -940,6 +940,22 @@ def test_a_queue_redis_that_wants_a_password_says_where_to_give_it(
     assert not out.exists()
 
 
+def _burst_worker(
+    tmp_path: Path, url: str, password: str, *flags: str
+) -> subprocess.CompletedProcess[str]:
+    """``worker --redis URL --burst FLAGS`` run to its end against a simulator of 10
+    customers, ``password`` in $DMHUB_REDIS_PASSWORD."""
+    with sim_process(10) as sim:
+        return subprocess.run(
+            [sys.executable, "-m", "dmhub_async", "worker", "--redis", url, "--burst", *flags],
+            env=sim.env(XDG_CACHE_HOME=str(tmp_path / "cache"), DMHUB_REDIS_PASSWORD=password),
+            capture_output=True,
+            text=True,
+            timeout=150,
+            check=False,
+        )
+
+
 @pytest.mark.parametrize("written", ["before its @", "as ?password="])
 def test_a_queue_url_whose_own_password_is_refused_says_so_not_the_variable(
     tmp_path: Path, redis: RedisServer, written: str
@@ -953,15 +969,7 @@ def test_a_queue_url_whose_own_password_is_refused_says_so_not_the_variable(
         if written == "before its @"
         else f"redis://127.0.0.1:{redis.port}/0?password=hunter2"
     )
-    with sim_process(10) as sim:
-        run = subprocess.run(
-            [sys.executable, "-m", "dmhub_async", "worker", "--burst", "--redis", url],
-            env=sim.env(XDG_CACHE_HOME=str(tmp_path / "cache"), DMHUB_REDIS_PASSWORD="rightpw"),
-            capture_output=True,
-            text=True,
-            timeout=150,
-            check=False,
-        )
+    run = _burst_worker(tmp_path, url, "rightpw")
 
     assert run.returncode == 1, run.stderr
     assert run.stderr.endswith(
@@ -978,15 +986,7 @@ def test_a_variable_password_of_url_characters_refused_says_to_check_the_variabl
     # written there, a wrong one holding a "/" or an "@" was said to be "the URL's own password
     # ..., not $DMHUB_REDIS_PASSWORD's", of a URL given none.
     redis.command("CONFIG", "SET", "requirepass", "rightpw")
-    with sim_process(10) as sim:
-        run = subprocess.run(
-            [sys.executable, "-m", "dmhub_async", "worker", "--burst", "--redis", redis.url],
-            env=sim.env(XDG_CACHE_HOME=str(tmp_path / "cache"), DMHUB_REDIS_PASSWORD="hunter/2@x"),
-            capture_output=True,
-            text=True,
-            timeout=150,
-            check=False,
-        )
+    run = _burst_worker(tmp_path, redis.url, "hunter/2@x")
 
     assert run.returncode == 1, run.stderr
     assert run.stderr.endswith(
@@ -1048,20 +1048,6 @@ def test_a_queue_password_changed_mid_run_is_said_at_once_with_where_it_goes(
     assert "first-pw" not in stderr
 
 
-def _worker_of_user_w(tmp_path: Path, url: str, *flags: str) -> subprocess.CompletedProcess[str]:
-    """``worker --redis URL --burst FLAGS`` run to its end against a simulator of 10
-    customers, as Redis user ``w`` (its password in $DMHUB_REDIS_PASSWORD)."""
-    with sim_process(10) as sim:
-        return subprocess.run(
-            [sys.executable, "-m", "dmhub_async", "worker", "--redis", url, "--burst", *flags],
-            env=sim.env(XDG_CACHE_HOME=str(tmp_path / "cache"), DMHUB_REDIS_PASSWORD="w-pw"),
-            capture_output=True,
-            text=True,
-            timeout=150,
-            check=False,
-        )
-
-
 def test_a_worker_whose_redis_refuses_its_shared_rate_limit_stops_as_it_starts(
     tmp_path: Path, redis: RedisServer
 ) -> None:
@@ -1073,7 +1059,7 @@ def test_a_worker_whose_redis_refuses_its_shared_rate_limit_stops_as_it_starts(
     acl = ("ACL", "SETUSER", "w", "on", ">w-pw", "~arq:*", "~dmhub_async:*", "&*", "+@all")
     assert redis.command(*acl) == "+OK"
     url = f"redis://w@127.0.0.1:{redis.port}/0"
-    run = _worker_of_user_w(tmp_path, url, "--rate-limit", "50")
+    run = _burst_worker(tmp_path, url, "w-pw", "--rate-limit", "50")
 
     assert run.returncode == 1, run.stderr
     where = f"redis://127.0.0.1:{redis.port}/0"
@@ -1095,7 +1081,7 @@ def test_a_worker_whose_redis_refuses_its_token_stores_lock_stops_as_it_starts(
     acl = ("ACL", "SETUSER", "w", "on", ">w-pw", "~*", "&*", "+@all", "-evalsha", "-eval")
     assert redis.command(*acl) == "+OK"
     url = f"redis://w@127.0.0.1:{redis.port}/0"
-    run = _worker_of_user_w(tmp_path, url, *(("--token-store", url) if given else ()))
+    run = _burst_worker(tmp_path, url, "w-pw", *(("--token-store", url) if given else ()))
 
     assert run.returncode == 1, run.stderr
     assert run.stderr == (
