@@ -90,6 +90,22 @@ class IdNeedingTheLoop(int):
         return int.__int__(self)
 
 
+def quoted_masked_lengths(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The lengths of the texts Redis's words are looked at for a quoted password in (the
+    redaction's ``_quoted_masked``), one a look, as they are looked at from now on."""
+    import dmhub_async._redact as redact_module
+
+    looked_at: list[int] = []
+    quoted_masked = redact_module._quoted_masked
+
+    def counted(text: str, sent: str) -> str:
+        looked_at.append(len(text))
+        return quoted_masked(text, sent)
+
+    monkeypatch.setattr(redact_module, "_quoted_masked", counted)
+    return looked_at
+
+
 def lock_files_cannot_go(monkeypatch: pytest.MonkeyPatch) -> None:
     """The output's directory made read-only mid-run: its lock files can no longer be removed
     (what unlink says in a directory without write permission, where chmod binds: not root)."""

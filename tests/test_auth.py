@@ -19,7 +19,14 @@ from typing import Any
 
 import fakeredis
 import pytest
-from _helpers import BASE, CUSTOMER, refused_for_good, two_processes_take_turns, url
+from _helpers import (
+    BASE,
+    CUSTOMER,
+    quoted_masked_lengths,
+    refused_for_good,
+    two_processes_take_turns,
+    url,
+)
 from _redis import no_leaks
 from aioresponses import CallbackResult, aioresponses
 
@@ -721,16 +728,7 @@ async def test_a_redis_store_answering_a_megabyte_of_quotes_masks_their_start_al
     # A Redis refusing a command with a megabyte of quotes, to a store given a password: the
     # password was looked for where Redis quotes it in all of them before their start was cut
     # (seconds of the event loop), then said alone.
-    import dmhub_async._redact as redact_module
-
-    looked_at = []
-    quoted_masked = redact_module._quoted_masked
-
-    def counted(text: str, sent: str) -> str:
-        looked_at.append(len(text))
-        return quoted_masked(text, sent)
-
-    monkeypatch.setattr(redact_module, "_quoted_masked", counted)
+    looked_at = quoted_masked_lengths(monkeypatch)
 
     store, said = await _store_refused_with(b"'" * 1_000_000, "pw-0123456789")
 

@@ -45,7 +45,7 @@ from urllib.parse import quote, quote_plus
 
 import aiohttp
 import pytest
-from _helpers import serving
+from _helpers import quoted_masked_lengths, serving
 from aiohttp import web
 from aiohttp.client_reqrep import ConnectionKey, RequestInfo
 from aioresponses import CallbackResult, aioresponses
@@ -1261,17 +1261,9 @@ def test_redis_words_shown_of_a_megabyte_of_quotes_masks_their_start_alone(
     # refusing with a megabyte of quotes: the password was looked for in all of them first.
     from redis.exceptions import ResponseError
 
-    import dmhub_async._redact as redact_module
     from dmhub_async._redis_send import redis_words_shown
 
-    looked_at = []
-    quoted_masked = redact_module._quoted_masked
-
-    def counted(text: str, sent: str) -> str:
-        looked_at.append(len(text))
-        return quoted_masked(text, sent)
-
-    monkeypatch.setattr(redact_module, "_quoted_masked", counted)
+    looked_at = quoted_masked_lengths(monkeypatch)
     refused = ResponseError("'" * 1_000_000 + "'pw-0123456789'")
     assert redis_words_shown(refused, "pw-0123456789") == "'" * 300
     assert redis_words_shown(ResponseError("wrong: 'pw-0123456789'"), "pw-0123456789") == (
